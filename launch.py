@@ -1,0 +1,91 @@
+"""Train, evaluate, report on or predict with an MNIST model: the one entry point.
+
+  python launch.py --model=gru                    # train with the tuned preset
+  python launch.py --model=cnn --preset=seed      # the seed notebook's setup
+  python launch.py --model=mlp --mnist_dir=DIR    # offline: the four IDX files
+
+Every Config field (mnist_jax/config.py) is a flag; unset flags take the preset.
+"""
+
+import os
+import shutil
+import sys
+
+from absl import app
+from absl import flags
+
+from mnist_jax import config as config_lib
+from mnist_jax.errors import UserError
+
+for _name, _field in config_lib.FIELDS.items():
+  _kind = config_lib.field_type(_name)
+  _help = f"Config.{_name} (default: from the preset, else {_field.default!r})"
+  if _kind is bool:
+    flags.DEFINE_bool(_name, None, _help)
+  elif _kind is int:
+    flags.DEFINE_integer(_name, None, _help)
+  elif _kind is float:
+    flags.DEFINE_float(_name, None, _help)
+  elif _kind is tuple:
+    flags.DEFINE_list(_name, None, _help + "; comma-separated integers")
+  else:
+    flags.DEFINE_string(_name, None, _help)
+flags.DEFINE_enum("mode", "train", ["train"], "What to do.")
+flags.DEFINE_bool("overwrite", False, "Start over in an existing --workdir.")
+flags.DEFINE_bool("debug", False, "Show Python tracebacks instead of one line.")
+FLAGS = flags.FLAGS
+
+
+def _overrides() -> dict:
+  values = {}
+  for name in config_lib.FIELDS:
+    value = FLAGS[name].value
+    if value is None or name in ("model", "preset"):
+      continue
+    if config_lib.field_type(name) is tuple:
+      try:
+        value = tuple(int(v) for v in value)
+      except ValueError:
+        raise UserError(f"--{name} takes comma-separated integers, got "
+                        f"{','.join(value)}") from None
+    values[name] = value
+  return values
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise UserError(f"unexpected arguments {argv[1:]}; flags take the form "
+                    "--name=value (see --help)")
+  # pylint: disable=g-import-not-at-top
+  from mnist_jax import models, runtime, train, workdir
+  # pylint: enable=g-import-not-at-top
+  model = FLAGS.model or config_lib.Config.model
+  config = models.get_config(model, FLAGS.preset or "tuned", **_overrides())
+  work = config.workdir or workdir.default_workdir(model)
+  config = config.replace(workdir=work)
+  runtime.setup()
+  if FLAGS.overwrite and os.path.exists(os.path.join(work, workdir.CONFIG_FILE)):
+    shutil.rmtree(work)
+  train.train_and_evaluate(config, work)
+
+
+def _parse(argv):
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}; see python launch.py --help", file=sys.stderr)
+    sys.exit(2)
+
+
+def _run(argv):
+  try:
+    main(argv)
+  except UserError as e:
+    if FLAGS.debug:
+      raise
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(_run, flags_parser=_parse)

@@ -1,0 +1,129 @@
+"""The run configuration: one flat, frozen dataclass shared by every module.
+
+Every field is also a `launch.py` flag of the same name (flags default to "take
+it from the preset"). Presets live in `mnist_jax/models/registry.py`.
+"""
+
+import dataclasses
+import json
+from typing import Any, Optional, Tuple
+
+from mnist_jax.errors import UserError
+
+OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "onecycle")
+DATASETS = ("mnist", "fashion_mnist", "kmnist")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """All settings of one run. Defaults are the common base every preset edits."""
+
+  # What to train.
+  model: str = "mlp"
+  preset: str = "tuned"
+  dataset: str = "mnist"
+  # Data.
+  data_dir: Optional[str] = None  # tfds data dir; None means tfds's default.
+  mnist_dir: Optional[str] = None  # Folder with the four IDX files (offline).
+  val_fraction: float = 0.1
+  # Optimisation.
+  epochs: int = 10
+  batch_size: int = 128
+  eval_batch_size: int = 1000
+  optimizer: str = "adam"
+  learning_rate: float = 1e-3
+  schedule: str = "constant"
+  warmup_epochs: float = 0.0
+  momentum: float = 0.9  # sgd momentum (0 for plain sgd).
+  rmsprop_decay: float = 0.9
+  eps: float = 1e-7
+  weight_decay: float = 0.0
+  label_smoothing: float = 0.0
+  grad_clip: float = 0.0  # Global-norm clip; 0 disables it.
+  # Model shape (each model reads the fields it needs).
+  hidden: int = 128  # Recurrent state size.
+  num_layers: int = 1  # Stacked recurrent layers.
+  bidirectional: bool = False
+  mlp_hidden: Tuple[int, ...] = (512, 256)
+  dropout: float = 0.0
+  cnn_features: Tuple[int, ...] = (32, 64)
+  cnn_dense: int = 128
+  # Run control.
+  seed: int = 0
+  workdir: Optional[str] = None
+  chunk_steps: int = 200  # Train steps per jitted scan; progress prints between.
+  target_accuracy: float = 0.0  # Stop once validation (or test) accuracy >= it.
+
+  def replace(self, **changes) -> "Config":
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def field_type(name: str) -> Any:
+  """The Python type a flag for `name` parses to (int, float, bool, str, tuple)."""
+  default = FIELDS[name].default
+  if isinstance(default, bool):
+    return bool
+  if isinstance(default, tuple):
+    return tuple
+  if default is None:
+    return str
+  return type(default)
+
+
+def from_dict(values: dict) -> Config:
+  """Builds a Config from a (JSON) dict, turning lists back into tuples."""
+  unknown = sorted(set(values) - set(FIELDS))
+  if unknown:
+    raise UserError(f"unknown config keys {unknown}; the known ones are in "
+                    "mnist_jax/config.py")
+  fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+  return Config(**fixed)
+
+
+def validate(config: Config) -> Config:
+  """Rejects settings no run can use, with a message that says what to pass."""
+  c = config
+  checks = [
+      (c.epochs > 0, f"--epochs must be positive, got {c.epochs}"),
+      (c.batch_size > 0, f"--batch_size must be positive, got {c.batch_size}"),
+      (c.eval_batch_size > 0,
+       f"--eval_batch_size must be positive, got {c.eval_batch_size}"),
+      (c.learning_rate > 0,
+       f"--learning_rate must be positive, got {c.learning_rate}"),
+      (0.0 <= c.val_fraction < 1.0,
+       f"--val_fraction must be in [0, 1), got {c.val_fraction}"),
+      (c.optimizer in OPTIMIZERS,
+       f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {c.optimizer!r}"),
+      (c.schedule in SCHEDULES,
+       f"--schedule must be one of {', '.join(SCHEDULES)}, got {c.schedule!r}"),
+      (c.dataset in DATASETS,
+       f"--dataset must be one of {', '.join(DATASETS)}, got {c.dataset!r}"),
+      (0.0 <= c.dropout < 1.0, f"--dropout must be in [0, 1), got {c.dropout}"),
+      (0.0 <= c.label_smoothing < 1.0,
+       f"--label_smoothing must be in [0, 1), got {c.label_smoothing}"),
+      (c.weight_decay >= 0, f"--weight_decay must be >= 0, got {c.weight_decay}"),
+      (c.grad_clip >= 0, f"--grad_clip must be >= 0 (0 disables), got {c.grad_clip}"),
+      (c.hidden > 0, f"--hidden must be positive, got {c.hidden}"),
+      (c.num_layers > 0, f"--num_layers must be positive, got {c.num_layers}"),
+      (c.chunk_steps > 0, f"--chunk_steps must be positive, got {c.chunk_steps}"),
+      (0.0 <= c.target_accuracy <= 1.0,
+       f"--target_accuracy must be a fraction in [0, 1], got {c.target_accuracy}"),
+      (all(h > 0 for h in c.mlp_hidden),
+       f"--mlp_hidden sizes must be positive, got {list(c.mlp_hidden)}"),
+      (len(c.cnn_features) > 0 and all(f > 0 for f in c.cnn_features),
+       f"--cnn_features must be positive sizes, got {list(c.cnn_features)}"),
+  ]
+  for ok, message in checks:
+    if not ok:
+      raise UserError(message)
+  return c

@@ -1,0 +1,201 @@
+"""MNIST input: prepare with tfds once, cache decoded arrays, split, put on device.
+
+The first run prepares the tfds dataset (download, or `--mnist_dir` offline),
+decodes it through `tfds.data_source` and caches the uint8 arrays beside it, so
+later runs load two small arrays in well under a second. Training reads batches
+by index from the device-resident arrays inside the jitted epoch (`train.py`).
+"""
+
+import dataclasses
+import os
+import socket
+import tempfile
+import urllib.parse
+
+import numpy as np
+
+from mnist_jax import idx
+from mnist_jax.errors import UserError
+
+VIEWS = ("flat", "image", "rows")
+NETWORK_TIMEOUT_S = 3.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split: images [N, 28, 28] uint8 and labels [N] int32 (numpy or jax)."""
+  images: object
+  labels: object
+
+  def __len__(self):
+    return len(self.labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  train: Split
+  val: Split  # Empty (N = 0) when val_fraction is 0.
+  test: Split
+  class_names: tuple
+
+
+def default_data_dir() -> str:
+  return os.environ.get("TFDS_DATA_DIR",
+                        os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
+
+
+def _cache_path(data_dir: str, name: str, version: str) -> str:
+  return os.path.join(data_dir, name, version, "mnist_jax_arrays.npz")
+
+
+def _network_reachable(url: str, timeout: float = NETWORK_TIMEOUT_S) -> bool:
+  parsed = urllib.parse.urlparse(url)
+  port = parsed.port or (443 if parsed.scheme == "https" else 80)
+  try:
+    with socket.create_connection((parsed.hostname, port), timeout=timeout):
+      return True
+  except OSError:
+    return False
+
+
+def _write_cache(path: str, arrays: dict) -> None:
+  """Writes the npz atomically so an interrupted run never leaves half a file."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp.npz")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      np.savez(f, **arrays)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def _read_cache(path: str):
+  try:
+    with np.load(path) as z:
+      arrays = {k: z[k] for k in ("train_images", "train_labels", "test_images",
+                                  "test_labels")}
+  except Exception:  # pylint: disable=broad-except
+    return None  # A damaged cache is rebuilt from the prepared dataset.
+  if (arrays["train_images"].shape[1:] != (28, 28) or
+      len(arrays["train_images"]) != len(arrays["train_labels"]) or
+      len(arrays["test_images"]) != len(arrays["test_labels"])):
+    return None
+  return arrays
+
+
+def prepare(dataset: str = "mnist", data_dir=None, mnist_dir=None) -> dict:
+  """Makes sure the tfds dataset is prepared and returns its decoded arrays.
+
+  Args:
+    dataset: "mnist", "fashion_mnist" or "kmnist".
+    data_dir: tfds data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).
+    mnist_dir: folder with the four IDX files, for preparing with no network.
+
+  Returns:
+    dict with train_images [60000, 28, 28] uint8, train_labels [60000] int32,
+    test_images [10000, 28, 28] uint8, test_labels [10000] int32 (fewer for
+    small synthetic datasets).
+  """
+  # Imported here: tfds takes about a second to import and only the first run
+  # of a dataset needs it.
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from mnist_jax import tfds_builder  # pylint: disable=g-import-not-at-top
+
+  data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
+  builder_cls = tfds_builder.BUILDERS[dataset]
+  cache = _cache_path(data_dir, dataset, str(builder_cls.VERSION))
+  if os.path.exists(cache):
+    arrays = _read_cache(cache)
+    if arrays is not None:
+      return arrays
+
+  try:
+    builder = builder_cls(data_dir=data_dir, file_format="array_record")
+  except OSError as e:
+    raise UserError(f"cannot use --data_dir={data_dir}: {e}") from None
+  if not builder.is_prepared():
+    if mnist_dir:
+      mnist_dir = os.path.abspath(os.path.expanduser(mnist_dir))
+      if not os.path.isdir(mnist_dir):
+        raise UserError(f"--mnist_dir={mnist_dir} is not a folder; pass the folder "
+                        "that holds the four IDX files")
+      paths = tfds_builder.find_idx_files(mnist_dir)
+      for key, path in paths.items():  # Validate before tfds writes anything.
+        idx.read(path, idx.IMAGES_MAGIC if key.endswith("images")
+                 else idx.LABELS_MAGIC)
+      config = tfds.download.DownloadConfig(manual_dir=mnist_dir)
+    else:
+      if not _network_reachable(builder_cls.URL):
+        raise UserError(
+            f"{dataset} is not prepared in {data_dir} and the network is "
+            f"unreachable: pass --mnist_dir=DIR (a folder with the four IDX "
+            f"files) or --data_dir=DIR (where it is already prepared)")
+      config = tfds.download.DownloadConfig()
+    try:
+      builder.download_and_prepare(download_config=config)
+    except UserError:
+      raise
+    except OSError as e:
+      raise UserError(f"preparing {dataset} in {data_dir} failed: {e}") from None
+    except Exception as e:  # pylint: disable=broad-except
+      if "Checksum" in type(e).__name__ or "Connection" in type(e).__name__:
+        raise UserError(f"downloading {dataset} failed ({type(e).__name__}); pass "
+                        "--mnist_dir=DIR with the four IDX files") from None
+      raise
+  elif builder.info.file_format is not None and (
+      builder.info.file_format.value != "array_record"):
+    raise UserError(f"{dataset} in {data_dir} was prepared as "
+                    f"{builder.info.file_format.value}, not array_record; pass "
+                    "another --data_dir")
+
+  train_images, train_labels = tfds_builder.decode_split(builder, "train")
+  test_images, test_labels = tfds_builder.decode_split(builder, "test")
+  arrays = dict(train_images=train_images, train_labels=train_labels,
+                test_images=test_images, test_labels=test_labels)
+  _write_cache(cache, arrays)
+  return arrays
+
+
+def split(arrays: dict, val_fraction: float, class_names=None) -> Dataset:
+  """Holds out the last `val_fraction` of the training set, as Keras does.
+
+  Keras' `validation_split=0.1` takes the last 10% before any shuffling; this
+  is the same deterministic split, so results are comparable with the seeds.
+  """
+  n = len(arrays["train_labels"])
+  n_train = int(n * (1.0 - val_fraction))
+  if val_fraction > 0 and n_train == n:
+    n_train = n - 1
+  return Dataset(
+      train=Split(arrays["train_images"][:n_train], arrays["train_labels"][:n_train]),
+      val=Split(arrays["train_images"][n_train:], arrays["train_labels"][n_train:]),
+      test=Split(arrays["test_images"], arrays["test_labels"]),
+      class_names=tuple(class_names or [str(i) for i in range(10)]),
+  )
+
+
+def load(config) -> Dataset:
+  """Prepares (if needed), loads and splits the dataset a config names."""
+  from mnist_jax import tfds_builder  # pylint: disable=g-import-not-at-top
+  arrays = prepare(config.dataset, config.data_dir, config.mnist_dir)
+  return split(arrays, config.val_fraction, tfds_builder.class_names(config.dataset))
+
+
+def to_view(images, view: str):
+  """Scales uint8 images [B, 28, 28] to float32 in [0, 1] in a model's layout.
+
+  Returns:
+    flat: [B, 784]; image: [B, 28, 28, 1]; rows: [B, 28, 28] (28 steps of 28).
+  """
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  x = images.astype(jnp.float32) * (1.0 / 255.0)
+  if view == "flat":
+    return x.reshape(x.shape[0], -1)
+  if view == "image":
+    return x[..., None]
+  if view == "rows":
+    return x
+  raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")

@@ -1,0 +1,99 @@
+"""Reading and writing the IDX format the MNIST files come in.
+
+Every malformed input (bad gzip, wrong magic, truncated, wrong sizes, labels out
+of range) raises `IdxError` naming the file; nothing else escapes.
+"""
+
+import gzip
+import struct
+import zlib
+
+import numpy as np
+
+from mnist_jax.errors import UserError
+
+IMAGES_MAGIC = 0x00000803  # uint8 data, 3 dimensions.
+LABELS_MAGIC = 0x00000801  # uint8 data, 1 dimension.
+MAX_ITEMS = 10_000_000  # Refuse absurd headers before allocating for them.
+
+
+class IdxError(UserError):
+  """An IDX file is missing, unreadable, truncated or not what it claims."""
+
+
+def _read_bytes(path: str) -> bytes:
+  try:
+    with open(path, "rb") as f:
+      raw = f.read()
+  except OSError as e:
+    raise IdxError(f"cannot read {path}: {e.strerror or e}") from None
+  if raw[:2] == b"\x1f\x8b":
+    try:
+      return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as e:
+      raise IdxError(f"{path} is a corrupt or truncated gzip file ({e}); "
+                     "replace it with a fresh copy") from None
+  return raw
+
+
+def read(path: str, expect_magic: int) -> np.ndarray:
+  """Reads one IDX file (optionally gzip-compressed) into a uint8 array.
+
+  Args:
+    path: the file.
+    expect_magic: IMAGES_MAGIC or LABELS_MAGIC.
+
+  Returns:
+    [N, 28, 28] uint8 for images, [N] uint8 for labels.
+  """
+  raw = _read_bytes(path)
+  kind = "images" if expect_magic == IMAGES_MAGIC else "labels"
+  ndim = 3 if expect_magic == IMAGES_MAGIC else 1
+  header = 4 + 4 * ndim
+  if len(raw) < header:
+    raise IdxError(f"{path} is truncated: {len(raw)} bytes, shorter than an IDX "
+                   f"{kind} header; replace it with a fresh copy")
+  magic = struct.unpack(">I", raw[:4])[0]
+  if magic != expect_magic:
+    raise IdxError(f"{path} is not an IDX {kind} file (magic 0x{magic:08x}, "
+                   f"expected 0x{expect_magic:08x})")
+  dims = struct.unpack(f">{ndim}I", raw[4:header])
+  if ndim == 3 and dims[1:] != (28, 28):
+    raise IdxError(f"{path} holds {dims[1]}x{dims[2]} images; 28x28 expected")
+  if not 0 < dims[0] <= MAX_ITEMS:
+    raise IdxError(f"{path} claims {dims[0]} {kind}; that is not a valid count")
+  size = int(np.prod(dims))
+  body = len(raw) - header
+  if body != size:
+    state = "truncated" if body < size else "longer than its header says"
+    raise IdxError(f"{path} is {state}: {body} data bytes for {size} expected; "
+                   "replace it with a fresh copy")
+  return np.frombuffer(raw, np.uint8, count=size, offset=header).reshape(dims)
+
+
+def read_pair(images_path: str, labels_path: str):
+  """Reads matching image and label files and checks they agree.
+
+  Returns:
+    images [N, 28, 28] uint8 and labels [N] int32 in 0..9.
+  """
+  images = read(images_path, IMAGES_MAGIC)
+  labels = read(labels_path, LABELS_MAGIC)
+  if len(images) != len(labels):
+    raise IdxError(f"{images_path} has {len(images)} images but {labels_path} "
+                   f"has {len(labels)} labels")
+  if labels.max() > 9:
+    raise IdxError(f"{labels_path} has a label {int(labels.max())}; labels must "
+                   "be 0-9")
+  return images, labels.astype(np.int32)
+
+
+def write(path: str, array: np.ndarray, compress: bool = False) -> None:
+  """Writes uint8 images [N, 28, 28] or labels [N] as an IDX file (for tests)."""
+  array = np.asarray(array, np.uint8)
+  magic = IMAGES_MAGIC if array.ndim == 3 else LABELS_MAGIC
+  data = struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.tobytes()
+  if compress:
+    data = gzip.compress(data)
+  with open(path, "wb") as f:
+    f.write(data)

@@ -1,0 +1,80 @@
+"""Convolutional model on the [B, 28, 28, 1] image view.
+
+XLA:CPU's convolution is slow, and far slower inside a scanned epoch, so the
+convolution and pooling here are lowered to slices, one matmul and a reshape-max.
+`PatchConv` keeps `nn.Conv`'s parameters (names, shapes, initialisers) and
+computes the same function, which `tests/test_models.py` checks against it.
+"""
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class PatchConv(nn.Module):
+  """A stride-1 'VALID' or 'SAME' convolution as im2col slices plus one matmul.
+
+  x: [B, H, W, Cin] -> [B, H', W', features]; params `kernel` [kh, kw, Cin,
+  features] and `bias` [features], exactly as `nn.Conv` lays them out.
+  """
+  features: int
+  kernel_size: Sequence[int] = (3, 3)
+  padding: str = "VALID"
+  kernel_init: object = nn.linear.default_kernel_init
+  bias_init: object = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x):
+    kh, kw = self.kernel_size
+    cin = x.shape[-1]
+    kernel = self.param("kernel", self.kernel_init, (kh, kw, cin, self.features))
+    bias = self.param("bias", self.bias_init, (self.features,))
+    if self.padding == "SAME":
+      ph, pw = kh - 1, kw - 1
+      x = jnp.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2),
+                      (0, 0)))
+    elif self.padding != "VALID":
+      raise ValueError(f"padding must be VALID or SAME, got {self.padding!r}")
+    h = x.shape[1] - kh + 1
+    w = x.shape[2] - kw + 1
+    # Patch layout (i, j, cin) matches kernel.reshape(kh * kw * cin, features).
+    patches = jnp.concatenate(
+        [x[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)], axis=-1)
+    y = patches @ kernel.reshape(kh * kw * cin, self.features)
+    return y + bias
+
+
+def max_pool_2x2(x):
+  """2x2 max pooling, stride 2, 'VALID' (odd edges dropped), as reshape + max.
+
+  x: [B, H, W, C] -> [B, H // 2, W // 2, C]; equals nn.max_pool(x, (2, 2), (2, 2)).
+  """
+  b, h, w, c = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2, :]
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+class CNN(nn.Module):
+  """Conv(3x3, ReLU) - MaxPool 2 blocks, then Dense(ReLU) - Dense.
+
+  x: [B, 28, 28, 1] -> logits [B, num_classes].
+  """
+  features: Sequence[int] = (32, 64)
+  dense: int = 128
+  dropout: float = 0.0
+  padding: str = "VALID"
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    for i, width in enumerate(self.features):
+      x = nn.relu(PatchConv(width, padding=self.padding, name=f"conv_{i}")(x))
+      x = max_pool_2x2(x)
+    x = x.reshape(x.shape[0], -1)
+    if self.dropout > 0:
+      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = nn.relu(nn.Dense(self.dense, name="dense")(x))
+    if self.dropout > 0:
+      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, name="out")(x)

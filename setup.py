@@ -1,0 +1,30 @@
+"""mnist_jax: classic MNIST architectures in JAX/Flax (linen), one command each."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="mnist_jax",
+    version="0.1.0",
+    description="Train and compare linear, MLP, CNN, SimpleRNN, LSTM and GRU "
+                "models on MNIST with JAX, Flax and optax.",
+    python_requires=">=3.10",
+    packages=find_packages(include=["mnist_jax", "mnist_jax.*"]),
+    package_data={"mnist_jax": ["checksums.tsv"]},
+    install_requires=[
+        "jax>=0.6,<0.11",
+        "flax>=0.10,<0.13",
+        "optax>=0.2.4,<0.3",
+        "orbax-checkpoint>=0.11,<0.13",
+        "tensorflow-datasets>=4.9.8,<5",
+        # tfds 4.9.x on Python 3.11 imports it without declaring it.
+        "importlib_resources>=6",
+        "array_record>=0.7",
+        "numpy>=1.26,<3",
+        "matplotlib>=3.8,<4",
+        "absl-py>=2.1,<3",
+        "Pillow>=10",
+    ],
+    extras_require={
+        "test": ["pytest>=8,<10", "hypothesis>=6.100,<7"],
+    },
+)

@@ -1,0 +1,54 @@
+"""Shared fixtures: small synthetic IDX datasets, never the real MNIST."""
+
+import os
+
+import numpy as np
+import pytest
+
+from mnist_jax import idx
+
+# Keep test processes off the persistent compile cache of the user's home.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "")
+
+
+def synthetic_digits(n: int, seed: int = 0):
+  """Learnable fake digits: class k lights a k-dependent block of pixels.
+
+  Returns images [n, 28, 28] uint8 and labels [n] uint8 covering all 10 classes.
+  """
+  rng = np.random.default_rng(seed)
+  labels = (np.arange(n) % 10).astype(np.uint8)
+  rng.shuffle(labels)
+  images = rng.integers(0, 40, size=(n, 28, 28)).astype(np.uint8)
+  for k in range(10):
+    r, c = divmod(k, 4)
+    images[labels == k, 2 + 6 * r:7 + 6 * r, 2 + 6 * c:7 + 6 * c] = 230
+  return images, labels
+
+
+def write_idx_dir(folder, n_train=600, n_test=200, compress=True, seed=0):
+  """Writes the four MNIST-named IDX files of a synthetic dataset into folder."""
+  os.makedirs(folder, exist_ok=True)
+  suffix = ".gz" if compress else ""
+  tr_x, tr_y = synthetic_digits(n_train, seed)
+  te_x, te_y = synthetic_digits(n_test, seed + 1)
+  idx.write(os.path.join(folder, "train-images-idx3-ubyte" + suffix), tr_x, compress)
+  idx.write(os.path.join(folder, "train-labels-idx1-ubyte" + suffix), tr_y, compress)
+  idx.write(os.path.join(folder, "t10k-images-idx3-ubyte" + suffix), te_x, compress)
+  idx.write(os.path.join(folder, "t10k-labels-idx1-ubyte" + suffix), te_y, compress)
+  return str(folder)
+
+
+@pytest.fixture(scope="session")
+def idx_dir(tmp_path_factory):
+  """A folder with a synthetic 600/200-example dataset in gzipped IDX files."""
+  return write_idx_dir(tmp_path_factory.mktemp("idx"))
+
+
+@pytest.fixture(scope="session")
+def prepared(idx_dir, tmp_path_factory):
+  """(mnist_dir, data_dir) with the synthetic dataset prepared through tfds."""
+  from mnist_jax import data  # pylint: disable=g-import-not-at-top
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  data.prepare("mnist", data_dir, idx_dir)
+  return idx_dir, data_dir
