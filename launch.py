@@ -8,7 +8,7 @@ Every Config field (mnist_jax/config.py) is a flag; unset flags take the preset.
 """
 
 import os
-import shutil
+import shlex
 import sys
 
 from absl import app
@@ -64,9 +64,16 @@ def main(argv):
   work = config.workdir or workdir.default_workdir(model)
   config = config.replace(workdir=work)
   runtime.setup()
-  if FLAGS.overwrite and os.path.exists(os.path.join(work, workdir.CONFIG_FILE)):
-    shutil.rmtree(work)
-  train.train_and_evaluate(config, work)
+  train.train_and_evaluate(config, work, overwrite=FLAGS.overwrite)
+
+
+def _resume_command(work: str) -> str:
+  """This command line without --overwrite and with the --workdir it used."""
+  args = [a for a in sys.argv[1:]
+          if a.split("=")[0] not in ("--overwrite", "-overwrite")]
+  if not any(a.split("=")[0] in ("--workdir", "-workdir") for a in args):
+    args.append(f"--workdir={work}")
+  return shlex.join(["python", os.path.basename(sys.argv[0]), *args])
 
 
 def _parse(argv):
@@ -78,13 +85,24 @@ def _parse(argv):
 
 
 def _run(argv):
+  """Runs main; exit status 1 bad input, 2 bad flag, 3 diverged, 128+N signal N."""
+  from mnist_jax import preemption  # pylint: disable=g-import-not-at-top
   try:
     main(argv)
   except UserError as e:
     if FLAGS.debug:
       raise
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(e.exit_code)
+  except preemption.Preempted as e:
+    print(f"{e}. To resume, run: {_resume_command(e.workdir)}", file=sys.stderr)
+    sys.exit(e.exit_code)
+  except KeyboardInterrupt:
+    if FLAGS.debug:
+      raise
+    print("interrupted (Ctrl-C); running the same command again resumes from "
+          "the last complete checkpoint, if any", file=sys.stderr)
+    sys.exit(preemption.FORCED_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,20 @@
-"""Orbax checkpoints of the full train state, one per epoch, written atomically.
+"""Orbax checkpoints of the full train state, written atomically.
 
-Each checkpoint holds the TrainState (params, optimizer state, step, dropout
-key) and a small JSON record of where the run stands (epoch, data position).
+Each checkpoint, named by its global step, holds the TrainState (params,
+optimizer state, step, dropout key) and a JSON record of where the run stands:
+`epoch` (epochs completed), `epoch_step` (steps done in the next epoch, for a
+checkpoint taken mid-epoch on preemption) with that epoch's partial metric sums,
+the model name and the parameter shapes (to refuse another model's checkpoint
+with a clear message). Orbax writes into a temporary folder and renames it when
+complete, so a process killed mid-save leaves the previous checkpoint intact.
 """
 
+import logging
 import os
 from typing import Optional, Tuple
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from mnist_jax.errors import UserError
@@ -23,15 +30,41 @@ def _abstract(tree):
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+def param_shapes(params) -> dict:
+  """{"Dense_0/kernel": [784, 10], ...}: a model's fingerprint, for the meta."""
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  return {"/".join(str(getattr(k, "key", k)) for k in path): list(np.shape(v))
+          for path, v in flat}
+
+
+def _reason(e: Exception) -> str:
+  text = str(e).strip()
+  return (text.splitlines()[0][:200] if text else "") or type(e).__name__
+
+
 class Checkpointer:
-  """Saves and restores `(state, meta)` pairs under `workdir/checkpoints/<step>`."""
+  """Saves and restores `(state, meta)` pairs under `workdir/checkpoints/<step>`.
+
+  `read_only=True` touches nothing on disk: use it to check a checkpoint
+  before deciding to write anything.
+  """
 
   def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
     self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+      raise CheckpointError(f"{self.directory} is a file, not a checkpoint "
+                            "folder; remove it or pass another --workdir")
+    # Orbax warns about every read-only option it adjusts; those are intended.
+    logging.getLogger("absl").setLevel(logging.ERROR)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=not read_only, read_only=read_only,
-        enable_async_checkpointing=True)
-    self._manager = ocp.CheckpointManager(self.directory, options=options)
+        max_to_keep=None if read_only else keep, create=not read_only,
+        read_only=read_only, enable_async_checkpointing=not read_only)
+    try:
+      self._manager = ocp.CheckpointManager(self.directory, options=options)
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(f"cannot open the checkpoints in {self.directory} "
+                            f"({_reason(e)}); remove that folder or pass another "
+                            "--workdir") from None
 
   def save(self, step: int, state, meta: dict) -> None:
     """Starts an atomic save in the background; `wait` or `close` finishes it."""
@@ -40,29 +73,76 @@ class Checkpointer:
         force=True)
 
   def latest_step(self) -> Optional[int]:
-    return self._manager.latest_step()
+    """The newest complete checkpoint's step (unfinished saves are ignored)."""
+    try:
+      return self._manager.latest_step()
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(f"cannot list the checkpoints in {self.directory} "
+                            f"({_reason(e)}); remove that folder or pass another "
+                            "--workdir") from None
 
-  def restore(self, template, step: Optional[int] = None) -> Tuple[object, dict]:
-    """Restores the state shaped like `template` and its meta record.
+  def _damaged(self, step: int, e: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"the checkpoint {self.directory}/{step} is damaged or truncated "
+        f"({_reason(e)}); delete that folder to resume from an earlier one, or "
+        "pass --overwrite to start over")
 
-    Raises:
-      CheckpointError: there is none, or it is damaged or from another model.
-    """
+  def read_meta(self, step: Optional[int] = None) -> Tuple[int, dict]:
+    """(step, meta record) of a checkpoint (default: the latest)."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise CheckpointError(f"no checkpoint in {self.directory}; train first "
                             "(python launch.py --model=NAME --workdir=DIR)")
     try:
-      restored = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(_abstract(template)),
-          meta=ocp.args.JsonRestore()))
+      meta = self._manager.restore(step, args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore()))["meta"]
     except Exception as e:  # pylint: disable=broad-except
-      reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+      raise self._damaged(step, e) from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("epoch"), int):
+      raise self._damaged(step, ValueError("its meta record has no epoch"))
+    return step, dict(meta)
+
+  def restore(self, template, step: Optional[int] = None,
+              model: Optional[str] = None) -> Tuple[object, dict]:
+    """Restores the state shaped like `template` and its meta record.
+
+    Args:
+      template: a TrainState of the model the checkpoint should hold.
+      step: which checkpoint (default: the latest).
+      model: the model name the checkpoint must have been written by.
+
+    Raises:
+      CheckpointError: there is none, or it is damaged or from another model.
+    """
+    step, meta = self.read_meta(step)
+    where = f"{self.directory}/{step}"
+    if model is not None and meta.get("model", model) != model:
       raise CheckpointError(
-          f"cannot restore the checkpoint at {self.directory}/{step} ({reason}); "
-          "it is damaged or from another model: remove it or pass another "
-          "--workdir") from None
-    return restored["state"], dict(restored["meta"])
+          f"the checkpoint {where} was written by model {meta['model']!r}, not "
+          f"{model!r}; pass the --model it was trained with, --overwrite, or "
+          "another --workdir")
+    want = param_shapes(template.params)
+    have = meta.get("param_shapes")
+    if have is not None and have != want:
+      diff = [k for k in sorted(set(have) | set(want))
+              if have.get(k) != want.get(k)]
+      first = diff[0]
+      raise CheckpointError(
+          f"the checkpoint {where} holds another model's parameters ({first}: "
+          f"{have.get(first)} in the checkpoint, {want.get(first)} here; "
+          f"{len(diff)} differences); pass the settings it was trained with, "
+          "--overwrite, or another --workdir")
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(_abstract(template))))
+    except Exception as e:  # pylint: disable=broad-except
+      if "tree structures do not match" in str(e):
+        raise CheckpointError(
+            f"the checkpoint {where} does not fit this model ({_reason(e)}); "
+            "pass the settings it was trained with, --overwrite, or another "
+            "--workdir") from None
+      raise self._damaged(step, e) from None
+    return restored["state"], meta
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

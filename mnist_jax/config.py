@@ -6,6 +6,7 @@ it from the preset"). Presets live in `mnist_jax/models/registry.py`.
 
 import dataclasses
 import json
+import math
 from typing import Any, Optional, Tuple
 
 from mnist_jax.errors import UserError
@@ -54,6 +55,8 @@ class Config:
   workdir: Optional[str] = None
   chunk_steps: int = 200  # Train steps per jitted scan; progress prints between.
   target_accuracy: float = 0.0  # Stop once validation (or test) accuracy >= it.
+  checkpoint_every: int = 1  # Epochs between checkpoints (the last is always saved).
+  keep_checkpoints: int = 3  # How many recent checkpoints to keep on disk.
 
   def replace(self, **changes) -> "Config":
     return dataclasses.replace(self, **changes)
@@ -98,8 +101,8 @@ def validate(config: Config) -> Config:
       (c.batch_size > 0, f"--batch_size must be positive, got {c.batch_size}"),
       (c.eval_batch_size > 0,
        f"--eval_batch_size must be positive, got {c.eval_batch_size}"),
-      (c.learning_rate > 0,
-       f"--learning_rate must be positive, got {c.learning_rate}"),
+      (c.learning_rate > 0 and math.isfinite(c.learning_rate),
+       f"--learning_rate must be a positive number, got {c.learning_rate}"),
       (0.0 <= c.val_fraction < 1.0,
        f"--val_fraction must be in [0, 1), got {c.val_fraction}"),
       (c.optimizer in OPTIMIZERS,
@@ -116,6 +119,18 @@ def validate(config: Config) -> Config:
       (c.hidden > 0, f"--hidden must be positive, got {c.hidden}"),
       (c.num_layers > 0, f"--num_layers must be positive, got {c.num_layers}"),
       (c.chunk_steps > 0, f"--chunk_steps must be positive, got {c.chunk_steps}"),
+      (c.checkpoint_every > 0,
+       f"--checkpoint_every must be a positive number of epochs, got "
+       f"{c.checkpoint_every}"),
+      (c.keep_checkpoints > 0,
+       f"--keep_checkpoints must be positive, got {c.keep_checkpoints}"),
+      (c.eps > 0, f"--eps must be positive, got {c.eps}"),
+      (c.warmup_epochs >= 0, f"--warmup_epochs must be >= 0, got {c.warmup_epochs}"),
+      (0 <= c.seed < 2**32, f"--seed must be in [0, 2**32), got {c.seed}"),
+      (0.0 <= c.momentum < 1.0, f"--momentum must be in [0, 1), got {c.momentum}"),
+      (0.0 <= c.rmsprop_decay < 1.0,
+       f"--rmsprop_decay must be in [0, 1), got {c.rmsprop_decay}"),
+      (c.cnn_dense > 0, f"--cnn_dense must be positive, got {c.cnn_dense}"),
       (0.0 <= c.target_accuracy <= 1.0,
        f"--target_accuracy must be a fraction in [0, 1], got {c.target_accuracy}"),
       (all(h > 0 for h in c.mlp_hidden),

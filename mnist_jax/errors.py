@@ -1,4 +1,4 @@
-"""The one exception type that reaches users as a one-line message."""
+"""The exception types that reach users as a one-line message."""
 
 
 class UserError(Exception):
@@ -6,3 +6,9 @@ class UserError(Exception):
 
   The message must say what went wrong and what to do about it.
   """
+  exit_code = 1
+
+
+class Diverged(UserError):
+  """Training produced a non-finite loss; exit status 3 tells it from bad input."""
+  exit_code = 3

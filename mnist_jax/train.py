@@ -122,8 +122,11 @@ def make_train_chunk(config: Config) -> Callable:
   """A jitted function running a chunk of steps as one `lax.scan`.
 
   The returned fn(state, images [N,28,28], labels [N], batch_idx [C, B] int32,
-  valid [C] bool) -> (state, metric sums) skips steps where valid is False, so
-  every chunk of an epoch has one shape and compiles once.
+  valid [C] bool) -> (state, metric sums, bad) skips steps where valid is False,
+  so every chunk of an epoch has one shape and compiles once. `bad` (int32) is
+  the global number of the first step whose loss, or whose update of the
+  parameters, was not finite, and -1 if none was; steps after it are skipped.
+  Divergence is thus found on the device, read once per chunk.
   """
   view = models.get(config.model).view
   step = functools.partial(train_step, view=view,
@@ -131,7 +134,7 @@ def make_train_chunk(config: Config) -> Callable:
 
   def chunk(state, images, labels, batch_idx, valid):
     def body(carry, inputs):
-      state, sums = carry
+      state, sums, bad = carry
       idx, ok = inputs
 
       def run(state):
@@ -140,11 +143,18 @@ def make_train_chunk(config: Config) -> Callable:
       def skip(state):
         return state, _zeros()
 
-      state, metrics = jax.lax.cond(ok, run, skip, state)
-      return (state, jax.tree.map(jnp.add, sums, metrics)), None
+      number = state.step + 1
+      state, metrics = jax.lax.cond(ok & (bad < 0), run, skip, state)
+      bad = jnp.where((bad < 0) & ok & ~jnp.isfinite(metrics["loss"]),
+                      number, bad)
+      return (state, jax.tree.map(jnp.add, sums, metrics), bad), None
 
-    (state, sums), _ = jax.lax.scan(body, (state, _zeros()), (batch_idx, valid))
-    return state, sums
+    init = (state, _zeros(), jnp.full((), -1, jnp.int32))
+    (state, sums, bad), _ = jax.lax.scan(body, init, (batch_idx, valid))
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p))
+                                for p in jax.tree.leaves(state.params)]))
+    bad = jnp.where((bad < 0) & ~finite, state.step.astype(jnp.int32), bad)
+    return state, sums, bad
 
   return jax.jit(chunk, donate_argnums=(0,))
 
@@ -231,41 +241,45 @@ def _epoch_plan(rng, epoch, *, n, batch_size, num_chunks, chunk_len):
   return batches.reshape(num_chunks, chunk_len, batch_size)
 
 
-def train_and_evaluate(config: Config, workdir: str, stream=None) -> Dict[str, Any]:
+def train_and_evaluate(config: Config, workdir: str, stream=None,
+                       overwrite: bool = False) -> Dict[str, Any]:
   """Trains `config.model`, evaluates it, and writes the run folder.
 
   Running it again on a folder with checkpoints resumes from the latest one
-  and ends exactly where an uninterrupted run would.
+  and ends exactly where an uninterrupted run would. Settings, data, folder and
+  checkpoint are all checked before anything is written, so a refused run
+  leaves the folder as it was. `overwrite` replaces an existing run folder.
 
   Returns:
     the final metrics row (test_loss, test_accuracy, wall_time_s, ...).
+
+  Raises:
+    UserError: bad settings, data, folder or checkpoint (nothing was written).
+    Diverged: the loss became non-finite; the last good checkpoint is kept.
+    preemption.Preempted: SIGTERM or SIGINT; a checkpoint to resume from is saved.
   """
   # pylint: disable=g-import-not-at-top
   import os
+  import shutil
   from mnist_jax import checkpoint as checkpoint_lib
   from mnist_jax import plots
+  from mnist_jax import preemption
   from mnist_jax import progress as progress_lib
   from mnist_jax import workdir as workdir_lib
-  from mnist_jax.errors import UserError
+  from mnist_jax.errors import Diverged, UserError
   # pylint: enable=g-import-not-at-top
 
   start_time = time.perf_counter()
   spec = models.get(config.model)
   workdir_lib.check_writable(workdir)
-  config_path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
-  if os.path.exists(config_path):
-    diffs = workdir_lib.config_differences(workdir_lib.read_config(workdir), config)
-    if diffs:
-      raise UserError(f"{workdir} holds a run with other settings ({'; '.join(diffs)});"
-                      " pass --overwrite to start it over, or another --workdir")
+  existing = workdir_lib.check_run_folder(workdir, config, overwrite=overwrite)
+  resuming = existing and not overwrite
 
   dataset = data_lib.load(config)
   n_train = len(dataset.train)
   if config.batch_size > n_train:
     raise UserError(f"--batch_size={config.batch_size} is larger than the "
                     f"{n_train} training examples; pass a smaller one")
-  workdir_lib.start(workdir, config, workdir_lib.environment())
-  log = workdir_lib.MetricsLog(workdir)
   progress = progress_lib.Progress(config.epochs, stream=stream)
 
   put = jax.device_put
@@ -284,20 +298,37 @@ def train_and_evaluate(config: Config, workdir: str, stream=None) -> Dict[str, A
   steps = n_train // config.batch_size
   model = spec.build(config)
   state = create_train_state(init_rng, config, model, steps)
+  shapes = checkpoint_lib.param_shapes(state.params)
 
-  checkpoints = checkpoint_lib.Checkpointer(workdir)
-  first_epoch = 1
-  if checkpoints.latest_step() is not None:
-    state, meta = checkpoints.restore(state)
-    first_epoch = int(meta["epoch"]) + 1
-    log.truncate_after(int(meta["epoch"]))
-    progress.message(f"resuming {workdir} after epoch {meta['epoch']}")
+  meta = None
+  if resuming:
+    meta, state = _restore_for_resume(config, workdir, state, steps)
+    final = workdir_lib.final_metrics(workdir)
+    if meta is not None and meta.get("done") and final is not None:
+      progress.message(f"{workdir} already finished: test accuracy "
+                       f"{100 * final['test_accuracy']:.2f}%; pass --overwrite to "
+                       "train it again")
+      return final
+
+  # Everything is checked: from here on the run folder is written.
+  if overwrite and existing:
+    shutil.rmtree(workdir)
+  environment = workdir_lib.environment()
+  if resuming:
+    workdir_lib.record_resume(workdir, config, environment, meta)
   else:
-    log.truncate_after(0)
+    workdir_lib.start(workdir, config, environment)
+  log = workdir_lib.MetricsLog(workdir)
+  log.truncate_after(meta["epoch"] if meta else 0)
+  checkpoints = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
+  if meta is not None:
+    progress.message(f"resuming {workdir} at step {meta['step']} (epoch "
+                     f"{meta['epoch'] + 1}, step {meta.get('epoch_step', 0)} of "
+                     f"{steps})")
 
   num_chunks, chunk_len = chunk_plan(steps, config.chunk_steps)
-  valid = put((np.arange(num_chunks * chunk_len) < steps)
-              .reshape(num_chunks, chunk_len))
+  positions = np.arange(num_chunks * chunk_len).reshape(num_chunks, chunk_len)
+  valid = put(positions < steps)
   plan = jax.jit(functools.partial(_epoch_plan, n=n_train,
                                    batch_size=config.batch_size,
                                    num_chunks=num_chunks, chunk_len=chunk_len))
@@ -310,53 +341,101 @@ def train_and_evaluate(config: Config, workdir: str, stream=None) -> Dict[str, A
   def eval_split(name):
     return fetch(evaluate(state.params, *eval_data[name]))
 
+  last_saved = int(state.step) if meta is not None else None
+
+  def save(epochs_done, epoch_step=0, sums=None, done=False):
+    nonlocal last_saved
+    record = {"epoch": epochs_done, "epoch_step": epoch_step,
+              "step": int(state.step), "model": config.model,
+              "seed": config.seed, "done": done, "param_shapes": shapes}
+    if sums is not None:
+      record["sums"] = {k: float(v) for k, v in jax.device_get(sums).items()}
+    checkpoints.save(int(state.step), state, record)
+    last_saved = int(state.step)
+
+  def last_good():
+    checkpoints.wait()
+    step = checkpoints.latest_step()
+    if step is None:
+      return "no checkpoint had been saved yet"
+    return f"the last good checkpoint, {checkpoints.directory}/{step}, is kept"
+
   target_split = "val" if "val" in eval_data else "test"
   time_to_target = None
+  first_epoch = meta["epoch"] + 1 if meta else 1
+  skip_steps = meta.get("epoch_step", 0) if meta else 0
+  finished = bool(meta and meta.get("done"))
   epoch = first_epoch - 1
-  for epoch in range(first_epoch, config.epochs + 1):
-    epoch_start = time.perf_counter()
-    batches = plan(data_rng, epoch)
-    sums = _zeros()
-    for c in range(num_chunks):
-      state, chunk_sums = chunk_fn(state, train_images, train_labels,
-                                   batches[c], valid[c])
-      sums = jax.tree.map(jnp.add, sums, chunk_sums)
-      if c < num_chunks - 1:
-        jax.block_until_ready(chunk_sums)
-        progress.update(epoch, min((c + 1) * chunk_len, steps), steps,
-                        time.perf_counter() - epoch_start)
-    train_m = fetch(sums)
-    epoch_time = time.perf_counter() - epoch_start
-    row = {"epoch": epoch, "step": int(state.step),
-           "train_loss": train_m["loss"], "train_accuracy": train_m["accuracy"],
-           "val_loss": None, "val_accuracy": None}
-    if "val" in eval_data:
-      val_m = eval_split("val")
-      row.update(val_loss=val_m["loss"], val_accuracy=val_m["accuracy"])
-    row.update(epoch_time_s=epoch_time,
-               examples_per_s=steps * config.batch_size / epoch_time,
-               elapsed_s=time.perf_counter() - start_time)
-    if not math.isfinite(train_m["loss"]):
-      log.write({**row, "diverged": True})
-      checkpoints.close()
-      raise UserError(f"training diverged in epoch {epoch} (train loss "
-                      f"{train_m['loss']}); the last good checkpoint is kept in "
-                      f"{checkpoints.directory}: lower --learning_rate or set "
-                      "--grad_clip")
-    reached = None
-    if config.target_accuracy > 0:
-      reached = (row["val_accuracy"] if target_split == "val"
-                 else eval_split("test")["accuracy"])
-      row["target_metric"] = reached
-    log.write(row)
-    progress.epoch_done(epoch, row)
-    checkpoints.save(epoch, state, {"epoch": epoch, "step": int(state.step)})
-    if reached is not None and reached >= config.target_accuracy:
-      time_to_target = time.perf_counter() - start_time
-      progress.message(f"reached {target_split} accuracy {100 * reached:.2f}% >= "
-                       f"{100 * config.target_accuracy:.2f}% after epoch {epoch} "
-                       f"in {time_to_target:.1f}s")
-      break
+  with preemption.StopRequest() as stop:
+    for epoch in range(first_epoch, 1 if finished else config.epochs + 1):
+      epoch_start = time.perf_counter()
+      batches = plan(data_rng, epoch)
+      done_steps = skip_steps if epoch == first_epoch else 0
+      epoch_valid = valid if done_steps == 0 else put(
+          (positions < steps) & (positions >= done_steps))
+      sums = _zeros()
+      if done_steps:  # The partial sums of a mid-epoch checkpoint, bit-exact.
+        sums = {k: jnp.asarray(np.float32(v)) for k, v in meta["sums"].items()}
+      for c in range(num_chunks):
+        if (c + 1) * chunk_len <= done_steps:
+          continue
+        if stop.signum is not None:  # A safe point: between chunks.
+          if int(state.step) not in (last_saved, 0):
+            save(epoch - 1, done_steps, sums if done_steps else None)
+          checkpoints.close()
+          raise preemption.Preempted(stop.signum, (
+              f"stopped by {preemption.signal_name(stop.signum)} at step "
+              f"{int(state.step)} (epoch {epoch}, step {done_steps} of {steps}); "
+              f"the checkpoint is in {checkpoints.directory}"
+              if last_saved else
+              f"stopped by {preemption.signal_name(stop.signum)} before the "
+              "first step; nothing to save"), workdir)
+        state, chunk_sums, bad = chunk_fn(state, train_images, train_labels,
+                                          batches[c], epoch_valid[c])
+        sums = jax.tree.map(jnp.add, sums, chunk_sums)
+        bad = int(bad)  # The one host sync per chunk.
+        if bad >= 0:
+          message = (f"training diverged: the loss or the parameters became "
+                     f"non-finite at step {bad} (epoch {epoch}, step "
+                     f"{bad - (epoch - 1) * steps} of {steps}); {last_good()}; "
+                     "lower --learning_rate or set --grad_clip, then start over "
+                     "with --overwrite")
+          log.write({"epoch": epoch, "step": bad, "diverged": True,
+                     "message": message})
+          checkpoints.close()
+          raise Diverged(message)
+        done_steps = min((c + 1) * chunk_len, steps)
+        if c < num_chunks - 1:
+          progress.update(epoch, done_steps, steps,
+                          time.perf_counter() - epoch_start)
+      train_m = fetch(sums)
+      epoch_time = time.perf_counter() - epoch_start
+      row = {"epoch": epoch, "step": int(state.step),
+             "train_loss": train_m["loss"], "train_accuracy": train_m["accuracy"],
+             "val_loss": None, "val_accuracy": None}
+      if "val" in eval_data:
+        val_m = eval_split("val")
+        row.update(val_loss=val_m["loss"], val_accuracy=val_m["accuracy"])
+      row.update(epoch_time_s=epoch_time,
+                 examples_per_s=steps * config.batch_size / epoch_time,
+                 elapsed_s=time.perf_counter() - start_time)
+      reached = None
+      if config.target_accuracy > 0:
+        reached = (row["val_accuracy"] if target_split == "val"
+                   else eval_split("test")["accuracy"])
+        row["target_metric"] = reached
+      log.write(row)
+      progress.epoch_done(epoch, row)
+      stop_early = reached is not None and reached >= config.target_accuracy
+      last = stop_early or epoch == config.epochs
+      if last or epoch % config.checkpoint_every == 0:
+        save(epoch, done=last)
+      if stop_early:
+        time_to_target = time.perf_counter() - start_time
+        progress.message(f"reached {target_split} accuracy {100 * reached:.2f}% "
+                         f">= {100 * config.target_accuracy:.2f}% after epoch "
+                         f"{epoch} in {time_to_target:.1f}s")
+        break
 
   test_m = eval_split("test")
   checkpoints.close()
@@ -375,3 +454,39 @@ def train_and_evaluate(config: Config, workdir: str, stream=None) -> Dict[str, A
                    f"examples); wall time {final['wall_time_s']:.1f}s; "
                    f"results in {workdir}")
   return final
+
+
+def _restore_for_resume(config: Config, workdir: str, template, steps: int):
+  """(meta, state) of the run folder's latest checkpoint, or (None, template).
+
+  Reads without writing anything, and refuses a checkpoint that is damaged,
+  from another model, or from another data size.
+  """
+  # pylint: disable=g-import-not-at-top
+  import os
+  from mnist_jax import checkpoint as checkpoint_lib
+  from mnist_jax import workdir as workdir_lib
+  # pylint: enable=g-import-not-at-top
+  directory = os.path.join(workdir, checkpoint_lib.CHECKPOINT_DIR)
+  reader = None
+  if os.path.exists(directory):
+    reader = checkpoint_lib.Checkpointer(workdir, read_only=True)
+  if reader is None or reader.latest_step() is None:
+    if workdir_lib.final_metrics(workdir) is not None:
+      raise checkpoint_lib.CheckpointError(
+          f"{workdir} holds a finished run but its checkpoint is missing from "
+          f"{directory}; pass --overwrite to train it again, or another --workdir")
+    return None, template
+  state, meta = reader.restore(template, model=config.model)
+  reader.close()
+  epoch, epoch_step = meta.get("epoch"), meta.get("epoch_step", 0)
+  if (not isinstance(epoch_step, int) or not 0 <= epoch_step < steps or
+      not 0 <= epoch <= config.epochs or
+      meta.get("step") != epoch * steps + epoch_step or
+      int(state.step) != meta.get("step") or
+      (epoch_step and not isinstance(meta.get("sums"), dict))):
+    raise checkpoint_lib.CheckpointError(
+        f"the latest checkpoint in {directory} (step {meta.get('step')}, epoch "
+        f"{epoch}) does not fit this run's {steps} steps per epoch (were the "
+        "data or the batch size changed?); pass --overwrite or another --workdir")
+  return meta, state

@@ -3,6 +3,8 @@
 import json
 import os
 import platform
+import shlex
+import subprocess
 import sys
 import tempfile
 import time
@@ -16,8 +18,11 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
             "tensorflow-datasets", "numpy", "matplotlib", "absl-py")
-# Settings that may differ when resuming a run: where to find data, how to log.
-RESUMABLE_DIFFERENCES = ("data_dir", "mnist_dir", "workdir", "chunk_steps")
+# Settings that may differ when resuming a run: where to find data, how to log
+# and checkpoint. (Another chunk_steps keeps the parameters exact, but may
+# change the last bits of that epoch's train metrics: see docs.)
+RESUMABLE_DIFFERENCES = ("data_dir", "mnist_dir", "workdir", "chunk_steps",
+                         "checkpoint_every", "keep_checkpoints")
 
 
 def default_workdir(model: str) -> str:
@@ -41,7 +46,24 @@ def environment() -> dict:
       "devices": [str(d) for d in jax.devices()],
       "process_count": jax.process_count(),
       "command": sys.argv,
+      "cwd": os.getcwd(),
+      "code": _code_version(),
+      "env": {k: v for k, v in os.environ.items()
+              if k.startswith(("XLA_", "JAX_", "TFDS_", "CUDA_VISIBLE", "TPU_"))},
   }
+
+
+def _code_version() -> dict:
+  """The git commit of this checkout and whether it had local changes."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    def git(*args):
+      return subprocess.run(["git", "-C", root, *args], capture_output=True,
+                            text=True, timeout=5, check=True).stdout.strip()
+    return {"commit": git("rev-parse", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+  except (OSError, subprocess.SubprocessError):
+    return {"commit": None, "dirty": None}
 
 
 def write_json_atomic(path: str, obj) -> None:
@@ -82,16 +104,53 @@ def config_differences(old: config_lib.Config, new: config_lib.Config) -> List[s
 
 
 def check_writable(workdir: str) -> None:
-  """Fails early, before anything is written, when the folder cannot be used."""
-  parent = os.path.dirname(os.path.abspath(workdir)) or "."
-  target = workdir if os.path.exists(workdir) else parent
+  """Fails early, before anything is written, when the folder cannot be used.
+
+  Probes by creating (and removing) a temporary file in the folder, or in its
+  nearest existing parent: permission bits alone miss read-only file systems.
+  """
+  path = os.path.abspath(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise UserError(f"--workdir={workdir} is a file, not a folder; pass a folder")
+  target = path
   while not os.path.exists(target):
     target = os.path.dirname(target)
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise UserError(f"--workdir={workdir} is a file, not a folder; pass a folder")
-  if not os.access(target, os.W_OK | os.X_OK):
-    raise UserError(f"--workdir={workdir} is not writable (no write permission "
-                    f"on {target}); pass a folder you can write to")
+  if not os.path.isdir(target):
+    raise UserError(f"--workdir={workdir} cannot be created: {target} is a "
+                    "file; pass a folder path")
+  try:
+    fd, probe = tempfile.mkstemp(dir=target, prefix=".mnist_jax_probe")
+    os.close(fd)
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f"--workdir={workdir} is not writable ({target}: "
+                    f"{e.strerror or e}); pass a folder you can write to") from None
+
+
+def check_run_folder(workdir: str, config: config_lib.Config,
+                     overwrite: bool = False) -> bool:
+  """Whether `workdir` holds a run; refuses one `config` cannot continue.
+
+  A run folder (with config.json) must agree with `config` on every setting
+  that matters, unless `overwrite`; any other non-empty folder is refused, so
+  --overwrite can never delete a folder launch.py did not write.
+  """
+  if not os.path.exists(workdir):
+    return False
+  if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+    if os.listdir(workdir):
+      raise UserError(f"--workdir={workdir} is not empty and holds no "
+                      f"{CONFIG_FILE}, so it is not a run folder; pass a new or "
+                      "empty folder")
+    return False
+  old = read_config(workdir)
+  if not overwrite:
+    diffs = config_differences(old, config)
+    if diffs:
+      raise UserError(f"{workdir} holds a run with other settings "
+                      f"({'; '.join(diffs)}); pass --overwrite to start it over, "
+                      "or another --workdir")
+  return True
 
 
 def start(workdir: str, config: config_lib.Config, env: dict) -> None:
@@ -99,7 +158,38 @@ def start(workdir: str, config: config_lib.Config, env: dict) -> None:
   os.makedirs(workdir, exist_ok=True)
   write_json_atomic(os.path.join(workdir, CONFIG_FILE),
                     {"config": config.to_dict(), "environment": env,
+                     "repeat": repeat_command(config),
                      "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
+def record_resume(workdir: str, config: config_lib.Config, env: dict,
+                  meta: Optional[dict]) -> None:
+  """Appends this resumption (when, from which step, how) to config.json."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  with open(path) as f:
+    record = json.load(f)
+  record.setdefault("resumes", []).append({
+      "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+      "from_step": meta["step"] if meta else 0,
+      "changed": {k: v for k, v in config.to_dict().items()
+                  if record["config"].get(k) != v},
+      "environment": env})
+  write_json_atomic(path, record)
+
+
+def repeat_command(config: config_lib.Config) -> str:
+  """A launch.py command line that spells out every setting of `config`."""
+  parts = ["python", "launch.py"]
+  for name, value in config.to_dict().items():
+    if value is None or name == "workdir":
+      continue
+    if isinstance(value, bool):
+      parts.append(f"--{name}" if value else f"--no{name}")
+    elif isinstance(value, (list, tuple)):
+      parts.append(f"--{name}={','.join(str(v) for v in value)}")
+    else:
+      parts.append(f"--{name}={value}")
+  return " ".join(shlex.quote(p) for p in parts)
 
 
 class MetricsLog:

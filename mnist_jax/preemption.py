@@ -1,0 +1,114 @@
+"""Stopping a run cleanly: SIGTERM or Ctrl-C ask for a checkpoint, then an exit.
+
+Training checks `StopRequest.signum` between jitted chunks (the safe points),
+saves a checkpoint there and raises `Preempted`; launch.py prints how to resume
+and exits with 128 + the signal number (143 for SIGTERM, 130 for SIGINT), the
+status a shell reports for a process stopped by that signal.
+
+A second Ctrl-C exits at once, even while the main thread is blocked inside a
+long XLA call: Python runs signal handlers only in the main thread between
+bytecodes, so a watcher thread reads the signal numbers the C-level handler
+writes to a wake-up pipe (`signal.set_wakeup_fd`) and acts immediately.
+"""
+
+import os
+import signal
+import sys
+import threading
+from typing import Optional
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+FORCED_EXIT_CODE = 128 + signal.SIGINT
+
+
+def signal_name(signum: int) -> str:
+  return signal.Signals(signum).name
+
+
+class Preempted(Exception):
+  """A requested stop after its checkpoint is safely on disk."""
+
+  def __init__(self, signum: int, message: str, workdir: str):
+    super().__init__(message)
+    self.signum = signum
+    self.workdir = workdir
+
+  @property
+  def exit_code(self) -> int:
+    return 128 + self.signum
+
+
+class StopRequest:
+  """While active, SIGTERM and SIGINT set `signum` instead of ending the process.
+
+  Use as a context manager around the training loop. Outside the main thread
+  (where signal handlers cannot be installed) it is inactive.
+  """
+
+  def __init__(self, stream=None):
+    self.signum: Optional[int] = None
+    self._stream = stream or sys.stderr
+    self._old = {}
+    self._pipe = None
+    self._old_fd = -1
+    self._thread = None
+
+  def _notice(self, text: str) -> None:
+    try:
+      self._stream.write(text + "\n")
+      self._stream.flush()
+    except (OSError, ValueError):
+      pass
+
+  def _watch(self, fd: int) -> None:
+    while True:
+      try:
+        data = os.read(fd, 64)
+      except OSError:
+        return
+      if not data:
+        return
+      for signum in data:
+        if signum not in SIGNALS:
+          continue
+        if self.signum is None:
+          self.signum = signum
+          hint = " (Ctrl-C again to quit at once, without saving)" if (
+              signum == signal.SIGINT) else ""
+          self._notice(f"{signal_name(signum)} received: saving a checkpoint at "
+                       f"the next safe point, then stopping{hint}")
+        elif signum == signal.SIGINT:
+          self._notice("second Ctrl-C: quitting now without saving; the last "
+                       "complete checkpoint is kept")
+          try:
+            sys.stdout.flush()
+          except (OSError, ValueError):
+            pass
+          os._exit(FORCED_EXIT_CODE)  # pylint: disable=protected-access
+
+  def __enter__(self) -> "StopRequest":
+    if threading.current_thread() is not threading.main_thread():
+      return self
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    self._pipe = (read_fd, write_fd)
+    self._old_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    for signum in SIGNALS:
+      # The watcher thread does the work; this only stops the default action.
+      self._old[signum] = signal.signal(signum, lambda *_: None)
+    self._thread = threading.Thread(target=self._watch, args=(read_fd,),
+                                    name="stop-request", daemon=True)
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self._pipe is None:
+      return
+    for signum, handler in self._old.items():
+      signal.signal(signum, handler)
+    signal.set_wakeup_fd(self._old_fd)
+    read_fd, write_fd = self._pipe
+    os.close(write_fd)
+    self._thread.join(timeout=5)
+    os.close(read_fd)
+    self._pipe = None
