@@ -9,11 +9,13 @@ with a clear message). Orbax writes into a temporary folder and renames it when
 complete, so a process killed mid-save leaves the previous checkpoint intact.
 """
 
+import hashlib
 import logging
 import os
 from typing import Optional, Tuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -37,6 +39,23 @@ def param_shapes(params) -> dict:
           for path, v in flat}
 
 
+def _as_arrays(tree):
+  """Python and numpy scalars (a fresh TrainState's step) as JAX arrays."""
+  return jax.tree.map(
+      lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), tree)
+
+
+def state_digest(state) -> str:
+  """SHA-256 over every array of the state: restore checks it to catch damage
+  that orbax reads back without complaint (flipped bytes in the data files)."""
+  h = hashlib.sha256()
+  for leaf in jax.tree.leaves(jax.device_get(_as_arrays(state))):
+    a = np.asarray(leaf)
+    h.update(f"{a.dtype.str}{a.shape}".encode())
+    h.update(np.ascontiguousarray(a).tobytes())
+  return h.hexdigest()
+
+
 def _reason(e: Exception) -> str:
   text = str(e).strip()
   return (text.splitlines()[0][:200] if text else "") or type(e).__name__
@@ -58,7 +77,8 @@ class Checkpointer:
     logging.getLogger("absl").setLevel(logging.ERROR)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=None if read_only else keep, create=not read_only,
-        read_only=read_only, enable_async_checkpointing=not read_only)
+        read_only=read_only, enable_async_checkpointing=not read_only,
+        cleanup_tmp_directories=not read_only)
     try:
       self._manager = ocp.CheckpointManager(self.directory, options=options)
     except Exception as e:  # pylint: disable=broad-except
@@ -67,7 +87,11 @@ class Checkpointer:
                             "--workdir") from None
 
   def save(self, step: int, state, meta: dict) -> None:
-    """Starts an atomic save in the background; `wait` or `close` finishes it."""
+    """Starts an atomic save in the background; `wait` or `close` finishes it.
+
+    The meta record gets the state's digest, checked on restore.
+    """
+    meta = {**meta, "digest": state_digest(state)}
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
         force=True)
@@ -121,7 +145,7 @@ class Checkpointer:
           f"the checkpoint {where} was written by model {meta['model']!r}, not "
           f"{model!r}; pass the --model it was trained with, --overwrite, or "
           "another --workdir")
-    want = param_shapes(template.params)
+    want = param_shapes(getattr(template, "params", template))
     have = meta.get("param_shapes")
     if have is not None and have != want:
       diff = [k for k in sorted(set(have) | set(want))
@@ -142,7 +166,11 @@ class Checkpointer:
             "pass the settings it was trained with, --overwrite, or another "
             "--workdir") from None
       raise self._damaged(step, e) from None
-    return restored["state"], meta
+    state = _as_arrays(restored["state"])
+    if "digest" in meta and state_digest(state) != meta["digest"]:
+      raise self._damaged(step, ValueError(
+          "its arrays do not match the checksum saved with them"))
+    return state, meta
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

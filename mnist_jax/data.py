@@ -112,10 +112,19 @@ def prepare(dataset: str = "mnist", data_dir=None, mnist_dir=None) -> dict:
     if arrays is not None:
       return arrays
 
+  def damaged(e: Exception) -> UserError:
+    folder = os.path.join(data_dir, dataset, str(builder_cls.VERSION))
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    return UserError(f"the prepared {dataset} in {folder} is damaged "
+                     f"({type(e).__name__}: {reason}); delete that folder to "
+                     "prepare it again (offline: with --mnist_dir=DIR)")
+
   try:
     builder = builder_cls(data_dir=data_dir, file_format="array_record")
   except OSError as e:
     raise UserError(f"cannot use --data_dir={data_dir}: {e}") from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise damaged(e) from None
   if not builder.is_prepared():
     if mnist_dir:
       mnist_dir = os.path.abspath(os.path.expanduser(mnist_dir))
@@ -123,9 +132,8 @@ def prepare(dataset: str = "mnist", data_dir=None, mnist_dir=None) -> dict:
         raise UserError(f"--mnist_dir={mnist_dir} is not a folder; pass the folder "
                         "that holds the four IDX files")
       paths = tfds_builder.find_idx_files(mnist_dir)
-      for key, path in paths.items():  # Validate before tfds writes anything.
-        idx.read(path, idx.IMAGES_MAGIC if key.endswith("images")
-                 else idx.LABELS_MAGIC)
+      for split in ("train", "test"):  # Validate before tfds writes anything.
+        idx.read_pair(paths[f"{split}_images"], paths[f"{split}_labels"])
       config = tfds.download.DownloadConfig(manual_dir=mnist_dir)
     else:
       if not _network_reachable(builder_cls.URL):
@@ -151,8 +159,11 @@ def prepare(dataset: str = "mnist", data_dir=None, mnist_dir=None) -> dict:
                     f"{builder.info.file_format.value}, not array_record; pass "
                     "another --data_dir")
 
-  train_images, train_labels = tfds_builder.decode_split(builder, "train")
-  test_images, test_labels = tfds_builder.decode_split(builder, "test")
+  try:
+    train_images, train_labels = tfds_builder.decode_split(builder, "train")
+    test_images, test_labels = tfds_builder.decode_split(builder, "test")
+  except Exception as e:  # pylint: disable=broad-except
+    raise damaged(e) from None
   arrays = dict(train_images=train_images, train_labels=train_labels,
                 test_images=test_images, test_labels=test_labels)
   _write_cache(cache, arrays)

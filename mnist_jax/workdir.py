@@ -92,8 +92,9 @@ def read_config(workdir: str) -> config_lib.Config:
     raise UserError(f"{path} does not exist: --workdir must be a run folder "
                     "written by launch.py") from None
   except (OSError, ValueError, KeyError, TypeError) as e:
-    raise UserError(f"{path} is unreadable ({type(e).__name__}); it is not a "
-                    "run folder written by launch.py") from None
+    raise UserError(f"{path} is unreadable ({type(e).__name__}); pass "
+                    "--overwrite to start that run over, or another --workdir"
+                    ) from None
 
 
 def config_differences(old: config_lib.Config, new: config_lib.Config) -> List[str]:
@@ -143,9 +144,8 @@ def check_run_folder(workdir: str, config: config_lib.Config,
                       f"{CONFIG_FILE}, so it is not a run folder; pass a new or "
                       "empty folder")
     return False
-  old = read_config(workdir)
   if not overwrite:
-    diffs = config_differences(old, config)
+    diffs = config_differences(read_config(workdir), config)
     if diffs:
       raise UserError(f"{workdir} holds a run with other settings "
                       f"({'; '.join(diffs)}); pass --overwrite to start it over, "

@@ -1,0 +1,133 @@
+"""Running launch.py in a child process, with a hook to stop it mid-epoch."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Runs launch.py after wrapping Progress.update (called between the chunks of
+# an epoch) to print a marker and pause, so a test can signal it mid-epoch.
+_CHILD = r"""
+import os, runpy, sys, time
+sys.path.insert(0, os.getcwd())
+from mnist_jax import progress
+_update = progress.Progress.update
+def update(self, epoch, done, total, elapsed):
+  print(f"@chunk epoch={epoch} done={done}", flush=True)
+  time.sleep(float(os.environ.get("CHUNK_PAUSE_S", "0")))
+  return _update(self, epoch, done, total, elapsed)
+progress.Progress.update = update
+sys.argv = ["launch.py"] + sys.argv[1:]
+runpy.run_path("launch.py", run_name="__main__")
+"""
+
+
+def child_env(**extra):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR="",
+             PYTHONPATH=ROOT, **extra)
+  env.pop("XLA_FLAGS", None)
+  return env
+
+
+def run(args, timeout=120, **env):
+  """Runs launch.py to the end: (exit status, stdout, stderr)."""
+  p = subprocess.run([sys.executable, "launch.py", *args], cwd=ROOT,
+                     capture_output=True, text=True, timeout=timeout,
+                     env=child_env(**env))
+  return p.returncode, p.stdout, p.stderr
+
+
+def run_and_signal(args, signum, epoch, chunk=3, pause_s=0.2, timeout=120):
+  """Starts a run, sends `signum` after the `chunk`-th chunk of `epoch`.
+
+  The pause after each chunk lets the previous epoch's checkpoint finish.
+
+  Returns:
+    (exit status, stdout, stderr, the marker line it was stopped at).
+  """
+  p = subprocess.Popen([sys.executable, "-c", _CHILD, *args], cwd=ROOT,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       env=child_env(CHUNK_PAUSE_S=str(pause_s)))
+  deadline = time.monotonic() + timeout
+  lines, marker, seen = [], None, 0
+  try:
+    for line in p.stdout:
+      lines.append(line)
+      seen += line.startswith(f"@chunk epoch={epoch} ")
+      if seen == chunk:
+        marker = line.strip()
+        p.send_signal(signum)
+        break
+      if time.monotonic() > deadline:
+        break
+    out, err = p.communicate(timeout=max(1, deadline - time.monotonic()))
+  finally:
+    if p.poll() is None:
+      p.kill()
+      p.wait()
+  assert marker is not None, "".join(lines) + p.stderr.read() if p.stderr else ""
+  return p.returncode, "".join(lines) + out, err, marker
+
+
+def metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def deterministic(rows):
+  """Metrics rows without the wall-clock fields."""
+  timing = ("epoch_time_s", "examples_per_s", "elapsed_s", "compile_time_s",
+            "wall_time_s", "time_to_target_s")
+  return [{k: v for k, v in r.items() if k not in timing} for r in rows]
+
+
+def restore_latest(workdir):
+  """(state, meta) of a run folder's latest checkpoint, via a fresh template."""
+  # pylint: disable=g-import-not-at-top
+  from mnist_jax import checkpoint, models, train
+  from mnist_jax import workdir as workdir_lib
+  # pylint: enable=g-import-not-at-top
+  config = workdir_lib.read_config(workdir)
+  template = train.create_train_state(jax.random.PRNGKey(0), config,
+                                      models.get(config.model).build(config), 1)
+  reader = checkpoint.Checkpointer(workdir, read_only=True)
+  try:
+    return reader.restore(template, model=config.model)
+  finally:
+    reader.close()
+
+
+def assert_trees_equal(a, b):
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def snapshot(*folders):
+  """{path: (size, mtime_ns, bytes hash)} of every file under the folders."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  state = {}
+  for folder in folders:
+    if not os.path.exists(folder):
+      continue
+    for dirpath, dirnames, filenames in os.walk(folder):
+      for d in dirnames:
+        state[os.path.join(dirpath, d)] = "dir"
+      for name in filenames:
+        path = os.path.join(dirpath, name)
+        with open(path, "rb") as f:
+          digest = hashlib.sha256(f.read()).hexdigest()
+        st = os.stat(path)
+        state[path] = (st.st_size, st.st_mtime_ns, digest)
+  return state
+
+
+SIGKILL, SIGTERM, SIGINT = signal.SIGKILL, signal.SIGTERM, signal.SIGINT

@@ -1,0 +1,210 @@
+"""Bad input: one line on stderr, a non-zero exit, no traceback, nothing written."""
+
+import gzip
+import json
+import os
+import shutil
+
+import pytest
+
+import launch_helpers as lh
+from conftest import write_idx_dir
+
+RUN = ("--model=mlp", "--mlp_hidden=8", "--epochs=1", "--batch_size=32",
+       "--chunk_steps=50")
+
+
+@pytest.fixture(scope="module")
+def runs(prepared, tmp_path_factory):
+  """Finished mlp and linear runs with the same flags otherwise."""
+  mnist_dir, data_dir = prepared
+  root = tmp_path_factory.mktemp("runs")
+  made = {}
+  for model in ("mlp", "linear"):
+    workdir = str(root / model)
+    rc, _, err = lh.run([*RUN, f"--model={model}", f"--mnist_dir={mnist_dir}",
+                         f"--data_dir={data_dir}", f"--workdir={workdir}"])
+    assert rc == 0, err
+    made[model] = workdir
+  made["data_dir"] = data_dir
+  return made
+
+
+def _copy_run(runs, tmp_path, name="mlp"):
+  target = str(tmp_path / "run")
+  shutil.copytree(runs[name], target)
+  return target
+
+
+def _latest_checkpoint(workdir):
+  folder = os.path.join(workdir, "checkpoints")
+  return os.path.join(folder, max(os.listdir(folder), key=int))
+
+
+def _truncated_checkpoint(runs, tmp_path):
+  workdir = _copy_run(runs, tmp_path)
+  state = os.path.join(_latest_checkpoint(workdir), "state")
+  for dirpath, _, filenames in os.walk(state):
+    for name in filenames:
+      path = os.path.join(dirpath, name)
+      with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 3)
+  return workdir
+
+
+def _other_models_checkpoint(runs, tmp_path):
+  workdir = _copy_run(runs, tmp_path)
+  shutil.rmtree(os.path.join(workdir, "checkpoints"))
+  shutil.copytree(os.path.join(runs["linear"], "checkpoints"),
+                  os.path.join(workdir, "checkpoints"))
+  return workdir
+
+
+def _missing_checkpoint(runs, tmp_path):
+  workdir = _copy_run(runs, tmp_path)
+  shutil.rmtree(os.path.join(workdir, "checkpoints"))
+  return workdir
+
+
+def _corrupt_config(runs, tmp_path):
+  workdir = _copy_run(runs, tmp_path)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write('{"config": {"model": ')
+  return workdir
+
+
+def _not_a_run_folder(runs, tmp_path):
+  folder = tmp_path / "stuff"
+  folder.mkdir()
+  (folder / "notes.txt").write_text("mine")
+  return str(folder)
+
+
+def _data(tmp_path, damage):
+  """A fresh IDX folder with one file damaged, and an empty tfds data dir."""
+  mnist_dir = write_idx_dir(tmp_path / "idx", n_train=100, n_test=50,
+                            compress=False)
+  images = os.path.join(mnist_dir, "train-images-idx3-ubyte")
+  labels = os.path.join(mnist_dir, "train-labels-idx1-ubyte")
+  if damage == "truncated":
+    with open(images, "r+b") as f:
+      f.truncate(5000)
+  elif damage == "swapped":
+    shutil.copy(labels, images)
+  elif damage == "missing":
+    os.remove(labels)
+  elif damage == "bad_gzip":
+    with open(images, "rb") as f:
+      raw = gzip.compress(f.read())
+    os.remove(images)
+    with open(images + ".gz", "wb") as f:
+      f.write(raw[:len(raw) // 2])
+  elif damage == "bad_label":
+    with open(labels, "r+b") as f:
+      f.seek(8)
+      f.write(bytes([42]))
+  data_dir = tmp_path / "tfds"
+  data_dir.mkdir()
+  return [f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}",
+          f"--workdir={tmp_path / 'new'}"]
+
+
+# (id, extra flags or a function (runs, tmp_path) -> workdir or flag list,
+#  expected exit status, a piece of the expected message).
+CASES = [
+    ("unknown_model", ["--model=vgg"], 1, "unknown model 'vgg'"),
+    ("unknown_preset", ["--preset=best"], 1, "has no preset 'best'"),
+    ("unknown_mode", ["--mode=serve"], 2, "--mode"),
+    ("zero_batch", ["--batch_size=0"], 1, "--batch_size must be positive"),
+    ("negative_batch", ["--batch_size=-4"], 1, "--batch_size must be positive"),
+    ("zero_epochs", ["--epochs=0"], 1, "--epochs must be positive"),
+    ("zero_lr", ["--learning_rate=0"], 1, "--learning_rate must be a positive"),
+    ("negative_lr", ["--learning_rate=-0.1"], 1, "--learning_rate must be"),
+    ("nan_lr", ["--learning_rate=nan"], 1, "--learning_rate must be"),
+    ("val_fraction_one", ["--val_fraction=1"], 1, "--val_fraction must be in [0, 1)"),
+    ("val_fraction_negative", ["--val_fraction=-0.1"], 1, "--val_fraction"),
+    ("batch_over_train_set", ["--batch_size=100000"], 1, "is larger than the"),
+    ("checkpoint_every_zero", ["--checkpoint_every=0"], 1, "--checkpoint_every"),
+    ("keep_zero", ["--keep_checkpoints=0"], 1, "--keep_checkpoints"),
+    ("dropout_one", ["--dropout=1"], 1, "--dropout must be in [0, 1)"),
+    ("bad_optimizer", ["--optimizer=lion"], 1, "--optimizer must be one of"),
+    ("bad_int", ["--epochs=ten"], 2, "--epochs=ten"),
+    ("bad_float", ["--learning_rate=fast"], 2, "--learning_rate"),
+    ("bad_list", ["--mlp_hidden=a,b"], 1, "comma-separated integers"),
+    ("unknown_flag", ["--epoch=3"], 2, "Unknown command line flag 'epoch'"),
+    ("stray_argument", ["train"], 1, "unexpected arguments"),
+    ("huge_seed", ["--seed=99999999999"], 1, "--seed must be in"),
+    ("unwritable_workdir", ["--workdir=/sys/mnist_jax_run"], 1, "is not writable"),
+    ("workdir_under_file", lambda r, t: [f"--workdir={_file(t)}/run"], 1,
+     "is a file"),
+    ("workdir_is_file", lambda r, t: [f"--workdir={_file(t)}"], 1,
+     "is a file, not a folder"),
+    ("not_a_run_folder", _not_a_run_folder, 1, "is not a run folder"),
+    ("other_settings", lambda r, t: [f"--workdir={_copy_run(r, t)}",
+                                     "--epochs=2"], 1,
+     "holds a run with other settings (epochs: 1 -> 2)"),
+    ("corrupt_config", _corrupt_config, 1, "config.json is unreadable"),
+    ("truncated_checkpoint", _truncated_checkpoint, 1, "damaged or truncated"),
+    ("other_models_checkpoint", _other_models_checkpoint, 1,
+     "was written by model 'linear', not 'mlp'"),
+    ("missing_checkpoint", _missing_checkpoint, 1, "checkpoint is missing"),
+    ("truncated_idx", lambda r, t: _data(t, "truncated"), 1, "is truncated"),
+    ("swapped_idx", lambda r, t: _data(t, "swapped"), 1, "is not an IDX images file"),
+    ("missing_idx", lambda r, t: _data(t, "missing"), 1, "is missing from"),
+    ("bad_gzip_idx", lambda r, t: _data(t, "bad_gzip"), 1, "corrupt or truncated gzip"),
+    ("bad_label_idx", lambda r, t: _data(t, "bad_label"), 1, "labels must be 0-9"),
+    ("damaged_prepared_records",
+     lambda r, t: _damaged_prepared(r, t, "records"), 1, "is damaged"),
+    ("damaged_prepared_info",
+     lambda r, t: _damaged_prepared(r, t, "info"), 1, "is damaged"),
+    ("mnist_dir_not_folder", lambda r, t: [f"--mnist_dir={_file(t)}",
+                                           f"--data_dir={t / 'tfds'}"], 1,
+     "is not a folder"),
+]
+
+
+def _damaged_prepared(runs, tmp_path, what):
+  """A copy of the prepared tfds data dir, without the array cache, damaged."""
+  data_dir = str(tmp_path / "tfds")
+  shutil.copytree(runs["data_dir"], data_dir)
+  version = os.path.join(data_dir, "mnist", "3.0.1")
+  os.remove(os.path.join(version, "mnist_jax_arrays.npz"))
+  if what == "records":
+    path = os.path.join(version, "mnist-train.array_record-00000-of-00001")
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) // 2)
+  else:
+    with open(os.path.join(version, "dataset_info.json"), "w") as f:
+      f.write('{"name": ')
+  return [f"--data_dir={data_dir}", f"--workdir={tmp_path / 'new'}"]
+
+
+def _file(tmp_path):
+  path = tmp_path / "a_file"
+  path.write_text("not a folder")
+  return str(path)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_and_writes_nothing(case, prepared, runs, tmp_path):
+  _, extra, status, message = case
+  mnist_dir, data_dir = prepared
+  base = [*RUN, f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}",
+          f"--workdir={tmp_path / 'new'}"]
+  if callable(extra):
+    extra = extra(runs, tmp_path)
+    if isinstance(extra, str):
+      extra = [f"--workdir={extra}"]
+  before = lh.snapshot(str(tmp_path), data_dir, mnist_dir, *runs.values())
+  rc, out, err = lh.run([*base, *extra], timeout=60)
+  assert rc == status, (out, err)
+  assert "Traceback" not in err + out
+  lines = err.strip().splitlines()
+  assert len(lines) == 1, err
+  assert lines[0].startswith("error: ") and message in lines[0], lines[0]
+  assert lh.snapshot(str(tmp_path), data_dir, mnist_dir, *runs.values()) == before
+
+
+def test_debug_shows_the_traceback(prepared, tmp_path):
+  rc, _, err = lh.run(["--model=vgg", "--debug", f"--workdir={tmp_path / 'x'}"])
+  assert rc != 0 and "Traceback" in err and "UserError" in err
