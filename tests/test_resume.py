@@ -83,3 +83,67 @@ def test_rerunning_a_finished_run_changes_nothing(prepared, reference):
   assert rc == 0, err
   assert "already finished" in out
   assert lh.snapshot(ref_dir) == before
+
+
+_SAVER = r"""
+import sys
+import jax
+from mnist_jax import checkpoint
+ck = checkpoint.Checkpointer(sys.argv[1])
+def big(seed):  # 128 MB of incompressible floats: a save takes a while.
+  return {"w": jax.random.uniform(jax.random.PRNGKey(seed), (32, 1024, 1024))}
+ck.save(1, big(1), {"epoch": 1})
+ck.wait()
+ck.save(2, big(2), {"epoch": 2})
+print("saving", flush=True)
+ck.wait()
+print("saved", flush=True)
+"""
+
+
+def test_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path):
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  import jax  # pylint: disable=g-import-not-at-top
+  from mnist_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  p = subprocess.Popen([sys.executable, "-c", _SAVER, str(tmp_path)],
+                       cwd=lh.ROOT, stdout=subprocess.PIPE, text=True,
+                       env=lh.child_env())
+  assert p.stdout.readline().strip() == "saving"
+  p.kill()
+  p.wait()
+  folder = tmp_path / "checkpoints"
+  names = os.listdir(folder)
+  assert "1" in names and "2" not in names, names
+  assert any(".orbax-checkpoint-tmp" in n for n in names), names  # Mid-save.
+  template = {"w": jax.numpy.zeros((32, 1024, 1024))}
+  restored, meta = checkpoint.Checkpointer(str(tmp_path), read_only=True).restore(
+      template)
+  assert meta["epoch"] == 1
+  lh.assert_trees_equal(restored, {"w": jax.random.uniform(
+      jax.random.PRNGKey(1), (32, 1024, 1024))})
+  # A resumed run saves the same step again over the unfinished attempt.
+  writer = checkpoint.Checkpointer(str(tmp_path))
+  assert writer.latest_step() == 1
+  again = {"w": jax.random.uniform(jax.random.PRNGKey(3), (32, 1024, 1024))}
+  writer.save(2, again, {"epoch": 2})
+  writer.close()
+  assert sorted(os.listdir(folder)) == ["1", "2"]
+  restored, meta = checkpoint.Checkpointer(str(tmp_path), read_only=True).restore(
+      template)
+  assert meta["epoch"] == 2
+  lh.assert_trees_equal(restored, again)
+
+
+def test_checkpoint_every_and_keep(prepared, tmp_path):
+  from mnist_jax import models, train  # pylint: disable=g-import-not-at-top
+  mnist_dir, data_dir = prepared
+  config = models.get_config(
+      "linear", "seed", epochs=5, batch_size=100, checkpoint_every=2,
+      keep_checkpoints=2, mnist_dir=mnist_dir, data_dir=data_dir)
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir, stream=open(os.devnull, "w"))
+  # 6 steps per epoch; saves after epochs 2, 4 and 5 (the last); keeps two.
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints")), key=int) == [
+      "24", "30"]
+  _, meta = lh.restore_latest(workdir)
+  assert meta["epoch"] == 5 and meta["done"]
