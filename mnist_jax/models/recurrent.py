@@ -28,10 +28,12 @@ class Recurrent(nn.Module):
   def __call__(self, x, train: bool = False):
     cell_cls = CELLS[self.cell]
     for layer in range(self.num_layers):
-      forward = nn.RNN(cell_cls(self.hidden), name=f"{self.cell}_{layer}")
+      # Cells are named here: nn.RNN binds its cell in this (the parent) scope.
+      name = f"{self.cell}_{layer}"
+      forward = nn.RNN(cell_cls(self.hidden, name=name))
       if self.bidirectional:
-        backward = nn.RNN(cell_cls(self.hidden), reverse=True, keep_order=True,
-                          name=f"{self.cell}_{layer}_backward")
+        backward = nn.RNN(cell_cls(self.hidden, name=name + "_backward"),
+                          reverse=True, keep_order=True)
         x = jnp.concatenate([forward(x), backward(x)], axis=-1)
       else:
         x = forward(x)
