@@ -273,3 +273,21 @@ def _markdown(workdir, config, names, counts, stats, pairs, accuracy, loss, n):
             "![sample probabilities](sample_probabilities.png)", "",
             "## Settings", "", "```json", config.to_json(), "```", ""]
   return "\n".join(lines)
+
+
+def main(workdir: str, **overrides) -> Dict[str, Any]:
+  """The `--mode=report` command: evaluates a finished run and rewrites its report.
+
+  overrides: data_dir / mnist_dir, when the data is elsewhere than at training.
+  """
+  # pylint: disable=g-import-not-at-top
+  from mnist_jax import data as data_lib
+  # pylint: enable=g-import-not-at-top
+  run = load_run(workdir, **overrides)
+  dataset = data_lib.load(run.config)
+  result = write(workdir, run.config, run.params, run.apply_fn, dataset.test,
+                 dataset.class_names, view=run.view)
+  print(f"test accuracy {100 * result['accuracy']:.2f}% (loss "
+        f"{result['loss']:.4f}, {len(dataset.test)} examples, checkpoint of "
+        f"epoch {run.epoch}); report in {os.path.join(workdir, 'report.md')}")
+  return result
