@@ -27,6 +27,8 @@ CENTRE = 14.0  # Mean centre of mass (row and column) of MNIST training digits.
 NOISE = 0.2  # Ink below this fraction of the strongest ink is background.
 MIN_CONTRAST = 0.08  # Less ink contrast than this is a blank image.
 STROKE = 2.0  # Minimum stroke width in the 20x20 box (MNIST pens are 2-3 px).
+MAX_SIDE = 1024  # Bigger images are shrunk first (a digit needs no more).
+WORK_SIDE = 4 * BOX  # Crops above this are max-pooled down: thin strokes survive.
 PLOT_DIR = "predict"
 
 
@@ -76,6 +78,9 @@ def open_image(path: str) -> Image.Image:
 def _gray(image: Image.Image) -> np.ndarray:
   """Luminance in [0, 1] (1 = white), transparent areas filled as background."""
   image = ImageOps.exif_transpose(image)
+  if max(image.size) > MAX_SIDE:
+    image = image.copy()
+    image.thumbnail((MAX_SIDE, MAX_SIDE))
   if image.mode in ("I", "F") or image.mode.startswith("I;"):
     a = np.asarray(image, np.float64)
     span = a.max() - a.min()
@@ -100,6 +105,13 @@ def _dilate(a: np.ndarray, radius: int) -> np.ndarray:
     a = np.max([p[i:i + a.shape[0], j:j + a.shape[1]]
                 for i in range(3) for j in range(3)], axis=0)
   return a
+
+
+def _max_pool(a: np.ndarray, k: int) -> np.ndarray:
+  """k x k block maxima (zero-padded at the far edges): shrinks, keeps thin lines."""
+  h, w = -(-a.shape[0] // k) * k, -(-a.shape[1] // k) * k
+  a = np.pad(a, ((0, h - a.shape[0]), (0, w - a.shape[1])))
+  return a.reshape(h // k, k, w // k, k).max(axis=(1, 3))
 
 
 def _stroke_width(ink: np.ndarray) -> float:
@@ -150,6 +162,8 @@ def preprocess(image: Image.Image, name: str = "image") -> np.ndarray:
   ink = np.clip((ink - NOISE) / (1.0 - NOISE), 0.0, 1.0)
   rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
   ink = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+  if max(ink.shape) > 2 * WORK_SIDE:
+    ink = _max_pool(ink, max(ink.shape) // WORK_SIDE)
 
   scale = BOX / max(ink.shape)
   thin = STROKE / scale - _stroke_width(ink)
