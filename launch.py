@@ -3,6 +3,8 @@
   python launch.py --model=gru                    # train with the tuned preset
   python launch.py --model=cnn --preset=seed      # the seed notebook's setup
   python launch.py --model=mlp --mnist_dir=DIR    # offline: the four IDX files
+  python launch.py --mode=report --workdir=RUN    # rewrite RUN's report.md + plots
+  python launch.py --mode=predict --workdir=RUN --image=seven.png[,...] [--json]
 
 Every Config field (mnist_jax/config.py) is a flag; unset flags take the preset.
 """

@@ -140,6 +140,11 @@ def _pm(values, scale=1.0, digits=2) -> str:
   return text + (f" ± {scale * std:.{digits}f}" if len(values) > 1 else "")
 
 
+def _span(values) -> str:
+  return (str(min(values)) if min(values) == max(values)
+          else f"{min(values)}-{max(values)}")
+
+
 def write_tables(groups: Sequence[dict], out: str) -> None:
   header = ["model", "preset", "label", "runs", "seeds", "parameters",
             "test_accuracy_mean", "test_accuracy_std", "test_loss_mean",
@@ -152,7 +157,7 @@ def write_tables(groups: Sequence[dict], out: str) -> None:
     rows.append([g["model"], g["preset"], g["label"], len(g["runs"]),
                  " ".join(map(str, g["seeds"])), g["parameters"], f"{acc:.6f}",
                  f"{acc_std:.6f}", f"{_mean_std(g['test_loss'])[0]:.6f}",
-                 _pm(g["epochs"], digits=0), f"{wall:.2f}", f"{wall_std:.2f}",
+                 _span(g["epochs"]), f"{wall:.2f}", f"{wall_std:.2f}",
                  f"{_mean_std(g['epoch_time_s'])[0]:.3f}",
                  f"{_mean_std(g['examples_per_s'])[0]:.0f}"])
   _write_csv(os.path.join(out, "comparison.csv"), rows)
@@ -180,7 +185,7 @@ def write_tables(groups: Sequence[dict], out: str) -> None:
     lines.append(
         f"| {g['label']} | {g['preset']} | {len(g['runs'])} | "
         f"{g['parameters']:,} | {_pm(g['test_accuracy'], 100)} | "
-        f"{_pm(g['epochs'], digits=0)} | {_pm(g['wall_time_s'], digits=1)} | "
+        f"{_span(g['epochs'])} | {_pm(g['wall_time_s'], digits=1)} | "
         f"{_pm(g['epoch_time_s'], digits=2)} | "
         f"{_mean_std(g['examples_per_s'])[0]:,.0f} |")
   lines += ["", "![test accuracy per model](accuracy.png)", "",

@@ -7,6 +7,7 @@ import matplotlib
 import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 DPI = 120
 
@@ -18,6 +19,18 @@ def _save(fig, path: str) -> str:
   plt.close(fig)
   os.replace(tmp, path)
   return path
+
+
+def _epoch_axis(ax, epochs) -> None:
+  """Whole-number epoch ticks, also for a run of one epoch."""
+  epochs = sorted(set(epochs))
+  if not epochs:
+    return
+  if len(epochs) <= 15:
+    ax.set_xticks(epochs)
+  else:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+  ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
 
 
 def learning_curves(rows: List[dict], path: str, title: str = "") -> str:
@@ -38,6 +51,7 @@ def learning_curves(rows: List[dict], path: str, title: str = "") -> str:
       ax.axhline(scale * final[-1][f"test_{key}"], color="gray", ls="--",
                  label=f"test ({scale * final[-1][f'test_{key}']:.4g})")
     ax.set_xlabel("Epoch")
+    _epoch_axis(ax, x)
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -298,6 +312,8 @@ def compare_curves(groups: Sequence[dict], path: str) -> str:
         ax.fill_between(x, y.min(axis=0), y.max(axis=0), color=color, alpha=0.2)
       drawn += 1
     ax.set_xlabel("Epoch")
+    _epoch_axis(ax, [e for g in groups for rows in g["curves"] for e in
+                     (r["epoch"] for r in rows)])
     ax.set_ylabel(label)
     ax.set_title(label if drawn else f"{label}: no run has one")
     if "loss" in key and drawn:
