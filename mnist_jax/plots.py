@@ -7,7 +7,7 @@ import matplotlib
 import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
-from matplotlib.ticker import MaxNLocator  # pylint: disable=g-import-not-at-top,wrong-import-position
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 DPI = 120
 
@@ -253,11 +253,16 @@ def compare_accuracy(groups: Sequence[dict], path: str) -> str:
     ax.barh(i, mean, color=colors[i], alpha=0.75,
             xerr=acc.std() if len(acc) > 1 else None, capsize=4)
     ax.plot(acc, [i] * len(acc), "k.", ms=6)
+  low = max(0.0, np.floor(min(all_acc)) - 1) if all_acc else 0.0
+  for i, g in enumerate(groups):
+    acc = 100 * np.asarray(g["test_accuracy"])
     spread = f" ± {acc.std():.2f}" if len(acc) > 1 else ""
-    ax.text(mean, i, f" {mean:.2f}%{spread} (n={len(acc)})", va="center",
-            ha="left", fontsize=8)
-  low = np.floor(min(all_acc)) - 1 if all_acc else 0
-  ax.set_xlim(max(0.0, low), 100.9 + 0.12 * (100 - low))
+    end = max(acc.max(), acc.mean() + acc.std())
+    room = 100 - end > 0.3 * (100 - low)  # Beside the bar if it fits, else in it.
+    ax.text((end if room else low) + 0.015 * (100 - low), i,
+            f"{acc.mean():.2f}%{spread} (n={len(acc)})", va="center",
+            ha="left", fontsize=9)
+  ax.set_xlim(low, 100)
   ax.set_yticks(range(n), [g["label"] for g in groups])
   ax.invert_yaxis()
   ax.set_xlabel("Test accuracy (%)")
@@ -318,6 +323,9 @@ def compare_curves(groups: Sequence[dict], path: str) -> str:
     ax.set_title(label if drawn else f"{label}: no run has one")
     if "loss" in key and drawn:
       ax.set_yscale("log")
+      ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+      ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+      ax.yaxis.set_minor_formatter(NullFormatter())
     ax.grid(alpha=0.3, which="both")
     if drawn:
       ax.legend(fontsize=8)
