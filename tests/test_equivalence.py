@@ -98,11 +98,12 @@ def test_recurrence_layer_matches_flax_rnn_any_length(cell, steps, features):
 
 def test_recurrence_second_order_is_not_silently_wrong():
   """custom_vjp has no JVP rule: forward-mode use must fail loudly."""
-  xp = jnp.ones((2, 1, 4))
-  wh = jnp.ones((4, 4))
+  x = jnp.ones((2, 1, 3))
+  wi, wh = jnp.ones((3, 4)), jnp.ones((4, 4))
   with pytest.raises(TypeError):
-    jax.jvp(lambda w: recurrence.recurrence("rnn", xp, w, jnp.zeros(4),
-                                            (jnp.zeros((1, 4)),), True),
+    jax.jvp(lambda w: recurrence.recurrence("rnn", x, wi, jnp.zeros(4), w,
+                                            jnp.zeros(4), (jnp.zeros((1, 4)),),
+                                            True),
             (wh,), (wh,))
 
 
@@ -123,12 +124,34 @@ def test_patch_conv_matches_nn_conv(padding, cin, size):
   _assert_trees_close(*grads)
 
 
+def test_conv3x3_cfirst_matches_nn_conv():
+  x = jax.random.uniform(jax.random.PRNGKey(0), (3, 13, 13, 5))
+  ref = nn.Conv(7, (3, 3), padding="VALID")
+  params = ref.init(jax.random.PRNGKey(1), x)
+
+  def fast(p, x):
+    y = cnn.conv3x3_cfirst(jnp.transpose(x, (3, 1, 2, 0)),
+                           p["params"]["kernel"], p["params"]["bias"])
+    return jnp.transpose(y, (3, 1, 2, 0))
+
+  np.testing.assert_allclose(np.asarray(fast(params, x)),
+                             np.asarray(ref.apply(params, x)), rtol=RTOL,
+                             atol=ATOL)
+  w = jax.random.normal(jax.random.PRNGKey(2), (3, 11, 11, 7))
+  grads = [jax.grad(lambda p, x, f=f: jnp.sum(f(p, x) * w), argnums=(0, 1))(
+      params, x) for f in (ref.apply, fast)]
+  _assert_trees_close(*grads)
+
+
 @pytest.mark.parametrize("shape", [(2, 26, 26, 4), (3, 11, 11, 2), (1, 5, 7, 3)])
 def test_max_pool_matches_nn_max_pool(shape):
   x = jax.random.normal(jax.random.PRNGKey(0), shape)
   ref = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
   np.testing.assert_array_equal(np.asarray(cnn.max_pool_2x2(x)),
                                 np.asarray(ref(x)))
+  cfirst = jnp.transpose(cnn.max_pool_2x2_cfirst(jnp.transpose(x, (3, 1, 2, 0))),
+                         (3, 1, 2, 0))
+  np.testing.assert_array_equal(np.asarray(cfirst), np.asarray(ref(x)))
   w = jax.random.normal(jax.random.PRNGKey(1), ref(x).shape)
   np.testing.assert_allclose(
       np.asarray(jax.grad(lambda x: jnp.sum(cnn.max_pool_2x2(x) * w))(x)),
@@ -156,10 +179,11 @@ class _ReferenceCNN(nn.Module):
     return nn.Dense(10, name="out")(x)
 
 
+@pytest.mark.parametrize("layout", ["cfirst", "nhwc"])
 @pytest.mark.parametrize("dropout,train", [(0.0, False), (0.25, True)])
-def test_cnn_matches_stock_flax_cnn(dropout, train):
+def test_cnn_matches_stock_flax_cnn(layout, dropout, train):
   ref = _ReferenceCNN(features=(4, 8), dense=16, dropout=dropout)
-  fast = cnn.CNN(features=(4, 8), dense=16, dropout=dropout)
+  fast = cnn.CNN(features=(4, 8), dense=16, dropout=dropout, layout=layout)
   x = jax.random.uniform(jax.random.PRNGKey(0), (3, 28, 28, 1))
   params = ref.init(jax.random.PRNGKey(1), x)
   _assert_trees_equal(params, fast.init(jax.random.PRNGKey(1), x))
