@@ -59,27 +59,22 @@ class Recurrent(nn.Module):
     return x[:, -1]
 
   def _fast_layers(self, x, train):
-    # Parameter groups are named as flax auto-names the cells above
-    # (e.g. OptimizedLSTMCell_0, _1, ...), so both impls share checkpoints.
-    prefix = CELLS[self.cell].__name__
-    count = 0
-
-    def params(features):
-      nonlocal count
-      p = recurrence.CellParams(self.cell, features, self.hidden,
-                                name=f"{prefix}_{count}")()
-      count += 1
-      return p
+    # Parameter groups carry the names the flax impl gives its cells
+    # (rnn_0, rnn_0_backward, ...), so both impls share checkpoints.
+    def params(features, name):
+      return recurrence.CellParams(self.cell, features, self.hidden, name=name)()
 
     x = jnp.swapaxes(x, 0, 1)  # Time-major [T, B, F] inside the stack.
     for layer in range(self.num_layers):
       # The top layer returns only its final state(s): [B, H] per direction.
       top = layer == self.num_layers - 1
       features = x.shape[-1]
-      y = recurrence.rnn_layer(self.cell, params(features), x, sequences=not top)
+      name = f"{self.cell}_{layer}"
+      y = recurrence.rnn_layer(self.cell, params(features, name), x,
+                               sequences=not top)
       if self.bidirectional:
-        back = recurrence.rnn_layer(self.cell, params(features), x, reverse=True,
-                                    sequences=not top)
+        back = recurrence.rnn_layer(self.cell, params(features, name + "_backward"),
+                                    x, reverse=True, sequences=not top)
         y = jnp.concatenate([y, back], axis=-1)
       x = y
       if self.dropout > 0 and not top:
