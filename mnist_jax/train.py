@@ -21,6 +21,7 @@ import optax
 from mnist_jax import data as data_lib
 from mnist_jax import models
 from mnist_jax import optim
+from mnist_jax import sequence as sequence_lib
 from mnist_jax.config import Config
 
 Metrics = Dict[str, jax.Array]  # {"loss": sum, "correct": sum, "count": n}
@@ -38,7 +39,7 @@ def create_train_state(rng: jax.Array, config: Config, model: nn.Module,
                        steps_per_epoch: int) -> TrainState:
   """Initialises parameters and optimizer state from `rng`."""
   init_rng, dropout_rng = jax.random.split(rng)
-  view = models.get(config.model).view
+  view = models.input_view(config)
   dummy = data_lib.to_view(jnp.zeros((1, 28, 28), jnp.uint8), view)
   params = jax.jit(functools.partial(model.init, train=False))(
       init_rng, dummy)["params"]
@@ -125,7 +126,7 @@ def make_train_chunk(config: Config) -> Callable:
   valid [C] bool) -> (state, metric sums) skips steps where valid is False, so
   every chunk of an epoch has one shape and compiles once.
   """
-  view = models.get(config.model).view
+  view = models.input_view(config)
   step = functools.partial(train_step, view=view,
                            label_smoothing=config.label_smoothing)
 
@@ -151,7 +152,7 @@ def make_train_chunk(config: Config) -> Callable:
 
 def make_evaluate(config: Config, apply_fn: Callable) -> Callable:
   """A jitted fn(params, images, labels, batch_idx [C, B], mask [C, B]) -> sums."""
-  view = models.get(config.model).view
+  view = models.input_view(config)
 
   def evaluate(params, images, labels, batch_idx, mask):
     def body(sums, inputs):
@@ -265,6 +266,7 @@ def train_and_evaluate(config: Config, workdir: str, stream=None) -> Dict[str, A
     raise UserError(f"--batch_size={config.batch_size} is larger than the "
                     f"{n_train} training examples; pass a smaller one")
   workdir_lib.start(workdir, config, workdir_lib.environment())
+  sequence_lib.record(workdir, config)
   log = workdir_lib.MetricsLog(workdir)
   progress = progress_lib.Progress(config.epochs, stream=stream)
 

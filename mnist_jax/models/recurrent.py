@@ -1,6 +1,7 @@
-"""Recurrent models (SimpleRNN, LSTM, GRU) scanned over the 28 image rows.
+"""Recurrent models (SimpleRNN, LSTM, GRU) scanned over an image sequence.
 
-x: [B, T, F] (T = 28 steps of F = 28 pixels) -> logits [B, num_classes]; the
+x: [B, T, F] (28 rows of 28 pixels, or 784 pixels of 1: see sequence.py)
+-> logits [B, num_classes]; the
 last hidden state of the top layer (both directions when bidirectional) feeds
 a Dense output layer, as in the seed notebooks.
 """
@@ -23,14 +24,20 @@ class Recurrent(nn.Module):
   bidirectional: bool = False
   dropout: float = 0.0
   num_classes: int = 10
+  remat: bool = False  # Recompute each step in backprop: O(T) less memory.
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    cell_cls = CELLS[self.cell]
+    base = CELLS[self.cell]
+    cell_cls = nn.remat(base) if self.remat else base
+    cells = iter(range(2 * self.num_layers))
+    # Explicit names equal to linen's automatic ones, so that remat (which
+    # renames the class) keeps the parameter tree and its checkpoints.
+    make_cell = lambda: cell_cls(self.hidden, name=f"{base.__name__}_{next(cells)}")
     for layer in range(self.num_layers):
-      forward = nn.RNN(cell_cls(self.hidden), name=f"{self.cell}_{layer}")
+      forward = nn.RNN(make_cell(), name=f"{self.cell}_{layer}")
       if self.bidirectional:
-        backward = nn.RNN(cell_cls(self.hidden), reverse=True, keep_order=True,
+        backward = nn.RNN(make_cell(), reverse=True, keep_order=True,
                           name=f"{self.cell}_{layer}_backward")
         x = jnp.concatenate([forward(x), backward(x)], axis=-1)
       else:

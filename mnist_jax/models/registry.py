@@ -11,6 +11,7 @@ from typing import Callable, Dict
 import flax.linen as nn
 
 from mnist_jax import config as config_lib
+from mnist_jax import sequence as sequence_lib
 from mnist_jax.errors import UserError
 from mnist_jax.models import cnn, dense, recurrent
 
@@ -61,14 +62,29 @@ def get_config(model: str, preset: str = "tuned", **overrides) -> config_lib.Con
   unknown = sorted(set(values) - set(config_lib.FIELDS))
   if unknown:
     raise UserError(f"unknown settings {unknown}")
-  return config_lib.validate(
+  config = config_lib.validate(
       config_lib.Config(model=model, preset=preset).replace(**values))
+  if config.sequence != "rows" and get(model).view != "rows":
+    raise UserError(f"--sequence={config.sequence} applies to the recurrent "
+                    f"models ({', '.join(n for n, s in MODELS.items() if s.view == 'rows')})"
+                    f", not to {model}")
+  return config
+
+
+def input_view(config: config_lib.Config):
+  """The view `data.to_view` applies for this config: the model's, or for
+  recurrent models the one `--sequence` picks (a function for pixel orders)."""
+  spec = get(config.model)
+  if spec.view == "rows":
+    return sequence_lib.view(config.sequence, config.permute_seed)
+  return spec.view
 
 
 def _recurrent(cell: str):
   def build_fn(c: config_lib.Config) -> nn.Module:
     return recurrent.Recurrent(cell=cell, hidden=c.hidden, num_layers=c.num_layers,
-                               bidirectional=c.bidirectional, dropout=c.dropout)
+                               bidirectional=c.bidirectional, dropout=c.dropout,
+                               remat=c.remat)
   return build_fn
 
 
@@ -94,7 +110,7 @@ register(ModelSpec(
 register(ModelSpec(
     name="cnn", view="image", description="conv-pool-conv-pool-dense CNN",
     build=lambda c: cnn.CNN(features=c.cnn_features, dense=c.cnn_dense,
-                            dropout=c.dropout),
+                            dropout=c.dropout, padding=c.cnn_padding),
     presets={
         "seed": dict(cnn_features=(32, 64), cnn_dense=128, epochs=5,
                      batch_size=128, val_fraction=0.0),
