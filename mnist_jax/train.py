@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mnist_jax import augment as augment_lib
 from mnist_jax import data as data_lib
 from mnist_jax import models
 from mnist_jax import optim
@@ -73,7 +74,8 @@ def _sums(logits, labels, nll, mask=None) -> Metrics:
 
 def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
                view: str, label_smoothing: float = 0.0,
-               axis_name: Optional[str] = None):
+               axis_name: Optional[str] = None,
+               augment: Optional[Callable] = None):
   """One optimizer step on a batch.
 
   Args:
@@ -83,12 +85,15 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
     view: the model's input layout (see data.to_view).
     label_smoothing: smoothing of the optimised loss (metrics use plain CE).
     axis_name: when mapped over devices, the axis to average gradients over.
+    augment: optional fn(key, images) -> images (augment.py), applied first.
 
   Returns:
     (new state, metric sums over the batch).
   """
-  x = data_lib.to_view(images, view)
   dropout_rng = jax.random.fold_in(state.rng, state.step)
+  if augment is not None:
+    images = augment(jax.random.fold_in(dropout_rng, 1), images)
+  x = data_lib.to_view(images, view)
 
   def loss_fn(params):
     logits = state.apply_fn({"params": params}, x, train=True,
@@ -129,7 +134,8 @@ def make_train_chunk(config: Config) -> Callable:
   """
   view = models.input_view(config)
   step = functools.partial(train_step, view=view,
-                           label_smoothing=config.label_smoothing)
+                           label_smoothing=config.label_smoothing,
+                           augment=augment_lib.from_config(config))
 
   def chunk(state, images, labels, batch_idx, valid):
     def body(carry, inputs):
