@@ -65,9 +65,9 @@ def get_config(model: str, preset: str = "tuned", **overrides) -> config_lib.Con
   config = config_lib.validate(
       config_lib.Config(model=model, preset=preset).replace(**values))
   if config.sequence != "rows" and get(model).view != "rows":
+    recurrent_models = [n for n, s in MODELS.items() if s.view == "rows"]
     raise UserError(f"--sequence={config.sequence} applies to the recurrent "
-                    f"models ({', '.join(n for n, s in MODELS.items() if s.view == 'rows')})"
-                    f", not to {model}")
+                    f"models ({', '.join(recurrent_models)}), not to {model}")
   return config
 
 
@@ -100,6 +100,8 @@ register(ModelSpec(
     presets={
         "seed": dict(epochs=5, batch_size=32, learning_rate=1e-3, val_fraction=0.0),
         "tuned": dict(base="seed", epochs=10, schedule="cosine"),
+        "best": dict(base="tuned", epochs=20, batch_size=128, learning_rate=2e-3,
+                     val_fraction=0.0),
     }))
 
 register(ModelSpec(
@@ -109,6 +111,7 @@ register(ModelSpec(
         "seed": dict(mlp_hidden=(512, 256), dropout=0.2, epochs=10, batch_size=128),
         "tuned": dict(base="seed", mlp_hidden=(1024, 1024), dropout=0.3,
                       epochs=20, schedule="cosine", label_smoothing=0.1),
+        "best": dict(base="tuned", epochs=40, val_fraction=0.0, **_AUGMENT),
     }))
 
 register(ModelSpec(
@@ -127,12 +130,26 @@ register(ModelSpec(
     }))
 
 _RNN_SEED = dict(hidden=128, epochs=10, batch_size=128)
+# Sequential (784 x 1 pixel) MNIST: clipped Adam with warmup and cosine decay,
+# remat of the scanned cell to keep backprop memory O(T * hidden) carries.
+# Sized for a GPU: one CPU epoch takes minutes (docs/research.md).
+_PIXELS = dict(sequence="pixels", hidden=128, epochs=50, batch_size=128,
+               optimizer="adam", learning_rate=1e-3, schedule="warmup_cosine",
+               warmup_epochs=1.0, grad_clip=1.0, remat=True, val_fraction=0.1)
+_PERMUTED = dict(base="pixels", sequence="permuted")
+# Best row-reading RNNs within the CPU budget in docs/research.md.
+_RNN_BEST = dict(base="tuned", num_layers=2, epochs=30, learning_rate=2e-3,
+                 schedule="warmup_cosine", warmup_epochs=1.0, grad_clip=1.0,
+                 label_smoothing=0.1, val_fraction=0.0, **_AUGMENT)
 register(ModelSpec(
     name="rnn", view="rows", description="SimpleRNN(128) over the 28 rows",
     build=_recurrent("rnn"),
     presets={
         "seed": dict(_RNN_SEED),
         "tuned": dict(base="seed", epochs=15, schedule="cosine", grad_clip=1.0),
+        "best": dict(_RNN_BEST, learning_rate=1e-3),
+        "pixels": dict(_PIXELS, learning_rate=1e-4),
+        "permuted": dict(_PERMUTED),
     }))
 
 register(ModelSpec(
@@ -143,6 +160,9 @@ register(ModelSpec(
                      rmsprop_decay=0.9, eps=1e-7),
         "tuned": dict(base="seed", optimizer="adam", epochs=12,
                       schedule="cosine", grad_clip=1.0),
+        "best": dict(_RNN_BEST),
+        "pixels": dict(_PIXELS),
+        "permuted": dict(_PERMUTED),
     }))
 
 register(ModelSpec(
@@ -151,4 +171,7 @@ register(ModelSpec(
     presets={
         "seed": dict(_RNN_SEED),
         "tuned": dict(base="seed", epochs=12, schedule="cosine", grad_clip=1.0),
+        "best": dict(_RNN_BEST),
+        "pixels": dict(_PIXELS),
+        "permuted": dict(_PERMUTED),
     }))
