@@ -42,5 +42,7 @@ def view(sequence: str, permute_seed: int = 0) -> Union[str, Callable]:
 def record(workdir: str, config) -> None:
   """Writes the permutation of a permuted run into its folder (no-op otherwise)."""
   if getattr(config, "sequence", "rows") == "permuted":
-    np.save(os.path.join(workdir, PERMUTATION_FILE),
-            permutation(config.permute_seed))
+    path = os.path.join(workdir, PERMUTATION_FILE)
+    with open(path + ".tmp", "wb") as f:
+      np.save(f, permutation(config.permute_seed))
+    os.replace(path + ".tmp", path)
