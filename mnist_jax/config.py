@@ -13,6 +13,8 @@ from mnist_jax.errors import UserError
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "onecycle")
 DATASETS = ("mnist", "fashion_mnist", "kmnist")
+SEQUENCES = ("rows", "pixels", "permuted")
+PADDINGS = ("VALID", "SAME")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +51,21 @@ class Config:
   dropout: float = 0.0
   cnn_features: Tuple[int, ...] = (32, 64)
   cnn_dense: int = 128
+  cnn_padding: str = "VALID"  # VALID or SAME convolutions.
+  # Sequences (recurrent models): rows (28 x 28), pixels or permuted (784 x 1).
+  sequence: str = "rows"
+  permute_seed: int = 0  # Fixes the pixel order of --sequence=permuted.
+  remat: bool = False  # Recompute each recurrent step in backprop (less memory).
+  # On-device augmentation of training images (see mnist_jax/augment.py).
+  augment: bool = False
+  augment_shift: float = 2.0  # Max shift in pixels.
+  augment_rotate: float = 10.0  # Max rotation in degrees.
+  augment_scale: float = 0.1  # Max relative zoom in or out.
+  augment_elastic: float = 0.0  # Elastic distortion strength (pixels); 0 = off.
+  augment_elastic_sigma: float = 4.0  # Smoothness of the elastic field (pixels).
   # Run control.
   seed: int = 0
+  num_seeds: int = 1  # Replicas trained at once (seeds seed .. seed+N-1).
   workdir: Optional[str] = None
   chunk_steps: int = 200  # Train steps per jitted scan; progress prints between.
   target_accuracy: float = 0.0  # Stop once validation (or test) accuracy >= it.
@@ -118,6 +133,16 @@ def validate(config: Config) -> Config:
       (c.chunk_steps > 0, f"--chunk_steps must be positive, got {c.chunk_steps}"),
       (0.0 <= c.target_accuracy <= 1.0,
        f"--target_accuracy must be a fraction in [0, 1], got {c.target_accuracy}"),
+      (c.sequence in SEQUENCES,
+       f"--sequence must be one of {', '.join(SEQUENCES)}, got {c.sequence!r}"),
+      (c.cnn_padding in PADDINGS,
+       f"--cnn_padding must be VALID or SAME, got {c.cnn_padding!r}"),
+      (c.num_seeds > 0, f"--num_seeds must be positive, got {c.num_seeds}"),
+      (min(c.augment_shift, c.augment_rotate, c.augment_scale,
+           c.augment_elastic) >= 0 and c.augment_scale < 1
+       and c.augment_elastic_sigma > 0,
+       "--augment_shift/rotate/elastic must be >= 0, --augment_scale in [0, 1) "
+       "and --augment_elastic_sigma > 0"),
       (all(h > 0 for h in c.mlp_hidden),
        f"--mlp_hidden sizes must be positive, got {list(c.mlp_hidden)}"),
       (len(c.cnn_features) > 0 and all(f > 0 for f in c.cnn_features),

@@ -18,9 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mnist_jax import augment as augment_lib
 from mnist_jax import data as data_lib
 from mnist_jax import models
 from mnist_jax import optim
+from mnist_jax import replicas as replicas_lib
+from mnist_jax import sequence as sequence_lib
 from mnist_jax.config import Config
 
 Metrics = Dict[str, jax.Array]  # {"loss": sum, "correct": sum, "count": n}
@@ -38,7 +41,7 @@ def create_train_state(rng: jax.Array, config: Config, model: nn.Module,
                        steps_per_epoch: int) -> TrainState:
   """Initialises parameters and optimizer state from `rng`."""
   init_rng, dropout_rng = jax.random.split(rng)
-  view = models.get(config.model).view
+  view = models.input_view(config)
   dummy = data_lib.to_view(jnp.zeros((1, 28, 28), jnp.uint8), view)
   params = jax.jit(functools.partial(model.init, train=False))(
       init_rng, dummy)["params"]
@@ -71,7 +74,8 @@ def _sums(logits, labels, nll, mask=None) -> Metrics:
 
 def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
                view: str, label_smoothing: float = 0.0,
-               axis_name: Optional[str] = None):
+               axis_name: Optional[str] = None,
+               augment: Optional[Callable] = None):
   """One optimizer step on a batch.
 
   Args:
@@ -81,12 +85,15 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
     view: the model's input layout (see data.to_view).
     label_smoothing: smoothing of the optimised loss (metrics use plain CE).
     axis_name: when mapped over devices, the axis to average gradients over.
+    augment: optional fn(key, images) -> images (augment.py), applied first.
 
   Returns:
     (new state, metric sums over the batch).
   """
-  x = data_lib.to_view(images, view)
   dropout_rng = jax.random.fold_in(state.rng, state.step)
+  if augment is not None:
+    images = augment(jax.random.fold_in(dropout_rng, 1), images)
+  x = data_lib.to_view(images, view)
 
   def loss_fn(params):
     logits = state.apply_fn({"params": params}, x, train=True,
@@ -125,9 +132,10 @@ def make_train_chunk(config: Config) -> Callable:
   valid [C] bool) -> (state, metric sums) skips steps where valid is False, so
   every chunk of an epoch has one shape and compiles once.
   """
-  view = models.get(config.model).view
+  view = models.input_view(config)
   step = functools.partial(train_step, view=view,
-                           label_smoothing=config.label_smoothing)
+                           label_smoothing=config.label_smoothing,
+                           augment=augment_lib.from_config(config))
 
   def chunk(state, images, labels, batch_idx, valid):
     def body(carry, inputs):
@@ -146,12 +154,14 @@ def make_train_chunk(config: Config) -> Callable:
     (state, sums), _ = jax.lax.scan(body, (state, _zeros()), (batch_idx, valid))
     return state, sums
 
+  # --num_seeds: state and batch_idx gain a leading replica axis.
+  chunk = replicas_lib.vmap(config, chunk, in_axes=(0, None, None, 0, None))
   return jax.jit(chunk, donate_argnums=(0,))
 
 
 def make_evaluate(config: Config, apply_fn: Callable) -> Callable:
   """A jitted fn(params, images, labels, batch_idx [C, B], mask [C, B]) -> sums."""
-  view = models.get(config.model).view
+  view = models.input_view(config)
 
   def evaluate(params, images, labels, batch_idx, mask):
     def body(sums, inputs):
@@ -161,7 +171,8 @@ def make_evaluate(config: Config, apply_fn: Callable) -> Callable:
     sums, _ = jax.lax.scan(body, _zeros(), (batch_idx, mask))
     return sums
 
-  return jax.jit(evaluate)
+  return jax.jit(replicas_lib.vmap(config, evaluate,
+                                   in_axes=(0, None, None, None, None)))
 
 
 def eval_batches(n: int, batch_size: int):
@@ -266,6 +277,7 @@ def train_and_evaluate(config: Config, workdir: str, stream=None) -> Dict[str, A
     raise UserError(f"--batch_size={config.batch_size} is larger than the "
                     f"{n_train} training examples; pass a smaller one")
   workdir_lib.start(workdir, config, workdir_lib.environment())
+  sequence_lib.record(workdir, config)
   log = workdir_lib.MetricsLog(workdir)
   progress = progress_lib.Progress(config.epochs, stream=stream)
 
@@ -280,11 +292,11 @@ def train_and_evaluate(config: Config, workdir: str, stream=None) -> Dict[str, A
       for name, s in splits.items()
   }
 
-  rng = jax.random.PRNGKey(config.seed)
-  init_rng, data_rng = jax.random.split(rng)
+  init_rng, data_rng = replicas_lib.keys(config)
   steps = n_train // config.batch_size
   model = spec.build(config)
-  state = create_train_state(init_rng, config, model, steps)
+  state = replicas_lib.vmap(config, lambda r: create_train_state(
+      r, config, model, steps))(init_rng)
 
   checkpoints = checkpoint_lib.Checkpointer(workdir)
   first_epoch = 1
@@ -299,9 +311,11 @@ def train_and_evaluate(config: Config, workdir: str, stream=None) -> Dict[str, A
   num_chunks, chunk_len = chunk_plan(steps, config.chunk_steps)
   valid = put((np.arange(num_chunks * chunk_len) < steps)
               .reshape(num_chunks, chunk_len))
-  plan = jax.jit(functools.partial(_epoch_plan, n=n_train,
-                                   batch_size=config.batch_size,
-                                   num_chunks=num_chunks, chunk_len=chunk_len))
+  plan = jax.jit(replicas_lib.vmap(
+      config, functools.partial(_epoch_plan, n=n_train,
+                                batch_size=config.batch_size,
+                                num_chunks=num_chunks, chunk_len=chunk_len),
+      in_axes=(0, None), out_axes=1))
   compile_start = time.perf_counter()
   chunk_fn = make_train_chunk(config).lower(
       state, train_images, train_labels, plan(data_rng, 1)[0], valid[0]).compile()
@@ -309,7 +323,7 @@ def train_and_evaluate(config: Config, workdir: str, stream=None) -> Dict[str, A
   compile_time = time.perf_counter() - compile_start
 
   def eval_split(name):
-    return fetch(evaluate(state.params, *eval_data[name]))
+    return replicas_lib.fetch(evaluate(state.params, *eval_data[name]), fetch)
 
   target_split = "val" if "val" in eval_data else "test"
   time_to_target = None
@@ -326,14 +340,16 @@ def train_and_evaluate(config: Config, workdir: str, stream=None) -> Dict[str, A
         jax.block_until_ready(chunk_sums)
         progress.update(epoch, min((c + 1) * chunk_len, steps), steps,
                         time.perf_counter() - epoch_start)
-    train_m = fetch(sums)
+    train_m = replicas_lib.fetch(sums, fetch)
     epoch_time = time.perf_counter() - epoch_start
-    row = {"epoch": epoch, "step": int(state.step),
+    row = {"epoch": epoch, "step": int(jnp.max(state.step)),
            "train_loss": train_m["loss"], "train_accuracy": train_m["accuracy"],
            "val_loss": None, "val_accuracy": None}
+    val_m = None
     if "val" in eval_data:
       val_m = eval_split("val")
       row.update(val_loss=val_m["loss"], val_accuracy=val_m["accuracy"])
+    row.update(replicas_lib.row_extras(config, train=train_m, val=val_m))
     row.update(epoch_time_s=epoch_time,
                examples_per_s=steps * config.batch_size / epoch_time,
                elapsed_s=time.perf_counter() - start_time)
@@ -351,7 +367,8 @@ def train_and_evaluate(config: Config, workdir: str, stream=None) -> Dict[str, A
       row["target_metric"] = reached
     log.write(row)
     progress.epoch_done(epoch, row)
-    checkpoints.save(epoch, state, {"epoch": epoch, "step": int(state.step)})
+    checkpoints.save(epoch, state, {"epoch": epoch,
+                                    "step": int(jnp.max(state.step))})
     if reached is not None and reached >= config.target_accuracy:
       time_to_target = time.perf_counter() - start_time
       progress.message(f"reached {target_split} accuracy {100 * reached:.2f}% >= "
@@ -363,17 +380,24 @@ def train_and_evaluate(config: Config, workdir: str, stream=None) -> Dict[str, A
   checkpoints.close()
   final = {"test_loss": test_m["loss"], "test_accuracy": test_m["accuracy"],
            "test_examples": int(test_m["count"]), "epochs_run": epoch,
-           "steps": int(state.step), "compile_time_s": compile_time,
+           "steps": int(jnp.max(state.step)), "compile_time_s": compile_time,
            "wall_time_s": time.perf_counter() - start_time,
-           "num_params": int(sum(p.size for p in jax.tree.leaves(state.params)))}
+           "num_params": int(sum(p.size for p in jax.tree.leaves(state.params))
+                             // config.num_seeds)}
+  final.update(replicas_lib.row_extras(config, test=test_m))
   if config.target_accuracy > 0:
     final["time_to_target_s"] = time_to_target
   log.write(final)
   plots.learning_curves(log.read(), os.path.join(workdir, "learning_curves.png"),
                         title=f"{config.model} ({config.preset})")
-  report.write(workdir, config, state.params, state.apply_fn, dataset.test,
-               dataset.class_names, view=spec.view)
-  progress.message(f"test accuracy {100 * final['test_accuracy']:.2f}% "
+  # The report shows one model: with --num_seeds, the first replica's.
+  report_params = (jax.tree.map(lambda p: p[0], state.params)
+                   if config.num_seeds > 1 else state.params)
+  report.write(workdir, config, report_params, state.apply_fn, dataset.test,
+               dataset.class_names, view=models.input_view(config))
+  spread = (f" +- {100 * final['test_accuracy_std']:.2f} (mean +- std of "
+            f"{config.num_seeds} seeds)" if config.num_seeds > 1 else "")
+  progress.message(f"test accuracy {100 * final['test_accuracy']:.2f}%{spread} "
                    f"(loss {final['test_loss']:.4f}, {final['test_examples']} "
                    f"examples); wall time {final['wall_time_s']:.1f}s; "
                    f"results in {workdir}")

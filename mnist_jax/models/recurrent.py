@@ -1,7 +1,7 @@
-"""Recurrent models (SimpleRNN, LSTM, GRU) scanned over the 28 image rows.
+"""Recurrent models (SimpleRNN, LSTM, GRU) scanned over an image sequence.
 
-x: [B, T, F] (T = 28 steps of F = 28 pixels) -> logits [B, num_classes]; the
-last hidden state of the top layer (both directions when bidirectional) feeds
+x: [B, T, F] (28 rows of 28 pixels, or 784 pixels of 1: see sequence.py)
+-> logits [B, num_classes]; the last hidden state of the top layer (both directions when bidirectional) feeds
 a Dense output layer, as in the seed notebooks.
 
 `impl="fast"` (the default) runs each layer with `recurrence.rnn_layer`:
@@ -26,10 +26,13 @@ class Recurrent(nn.Module):
   dropout: float = 0.0
   num_classes: int = 10
   impl: str = "fast"  # "fast" (recurrence.py) or "flax" (nn.RNN), same function.
+  # Recompute each step in backprop: O(T) less memory for long sequences. It
+  # runs the flax impl (nn.remat cells), with the same parameters.
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if self.impl == "flax":
+    if self.impl == "flax" or self.remat:
       last = self._flax_layers(x, train)
     elif self.impl == "fast":
       last = self._fast_layers(x, train)
@@ -40,7 +43,7 @@ class Recurrent(nn.Module):
     return nn.Dense(self.num_classes, name="out")(last)
 
   def _flax_layers(self, x, train):
-    cell_cls = CELLS[self.cell]
+    cell_cls = nn.remat(CELLS[self.cell]) if self.remat else CELLS[self.cell]
     for layer in range(self.num_layers):
       # Cells are named here: nn.RNN binds its cell in this (the parent) scope.
       name = f"{self.cell}_{layer}"
