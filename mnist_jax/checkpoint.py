@@ -4,6 +4,7 @@ Each checkpoint holds the TrainState (params, optimizer state, step, dropout
 key) and a small JSON record of where the run stands (epoch, data position).
 """
 
+import dataclasses
 import os
 from typing import Optional, Tuple
 
@@ -31,6 +32,16 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=not read_only, read_only=read_only,
         enable_async_checkpointing=True)
+    if jax.process_count() > 1:
+      # Only process 0 checkpoints, host-local copies of the replicated state
+      # (parallel.py), so no process waits on another.
+      process = jax.process_index()
+      if not read_only:
+        os.makedirs(self.directory, exist_ok=True)
+      options = dataclasses.replace(
+          options, create=False,
+          multiprocessing_options=ocp.options.MultiprocessingOptions(
+              primary_host=process, active_processes={process}))
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def save(self, step: int, state, meta: dict) -> None:

@@ -13,6 +13,8 @@ from mnist_jax.errors import UserError
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "onecycle")
 DATASETS = ("mnist", "fashion_mnist", "kmnist")
+PARALLEL = ("auto", "none", "pmap", "sharded")
+DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +56,12 @@ class Config:
   workdir: Optional[str] = None
   chunk_steps: int = 200  # Train steps per jitted scan; progress prints between.
   target_accuracy: float = 0.0  # Stop once validation (or test) accuracy >= it.
+  # Devices, hosts and precision (mnist_jax/parallel.py, precision.py).
+  parallel: str = "auto"  # auto, none, pmap or sharded; auto: pmap on >1 device.
+  dtype: str = "float32"  # Compute dtype, float32 or bfloat16; params stay float32.
+  coordinator_address: Optional[str] = None  # host:port of process 0.
+  num_processes: int = 0  # Processes of a multi-host run; 0: one, or the cluster's.
+  process_id: int = -1  # This process's index; -1: from the cluster.
 
   def replace(self, **changes) -> "Config":
     return dataclasses.replace(self, **changes)
@@ -118,6 +126,12 @@ def validate(config: Config) -> Config:
       (c.chunk_steps > 0, f"--chunk_steps must be positive, got {c.chunk_steps}"),
       (0.0 <= c.target_accuracy <= 1.0,
        f"--target_accuracy must be a fraction in [0, 1], got {c.target_accuracy}"),
+      (c.parallel in PARALLEL,
+       f"--parallel must be one of {', '.join(PARALLEL)}, got {c.parallel!r}"),
+      (c.dtype in DTYPES,
+       f"--dtype must be one of {', '.join(DTYPES)}, got {c.dtype!r}"),
+      (c.num_processes >= 0,
+       f"--num_processes must be >= 0 (0: one process), got {c.num_processes}"),
       (all(h > 0 for h in c.mlp_hidden),
        f"--mlp_hidden sizes must be positive, got {list(c.mlp_hidden)}"),
       (len(c.cnn_features) > 0 and all(f > 0 for f in c.cnn_features),
