@@ -24,6 +24,11 @@ def _abstract(tree):
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+def _host_local(tree):
+  """With several processes, numpy copies: orbax refuses host-local jax.Arrays."""
+  return jax.device_get(tree) if jax.process_count() > 1 else tree
+
+
 class Checkpointer:
   """Saves and restores `(state, meta)` pairs under `workdir/checkpoints/<step>`."""
 
@@ -47,7 +52,7 @@ class Checkpointer:
   def save(self, step: int, state, meta: dict) -> None:
     """Starts an atomic save in the background; `wait` or `close` finishes it."""
     self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        state=ocp.args.StandardSave(_host_local(state)), meta=ocp.args.JsonSave(meta)),
         force=True)
 
   def latest_step(self) -> Optional[int]:
@@ -65,7 +70,9 @@ class Checkpointer:
                             "(python launch.py --model=NAME --workdir=DIR)")
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(_abstract(template)),
+          state=ocp.args.StandardRestore(
+              _host_local(template) if jax.process_count() > 1
+              else _abstract(template)),
           meta=ocp.args.JsonRestore()))
     except Exception as e:  # pylint: disable=broad-except
       reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__

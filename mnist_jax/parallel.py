@@ -147,7 +147,7 @@ class Parallel:
   def shard_chunks(self, index):
     """`shard` for each chunk of [num_chunks, ..., B]; indexable by chunk."""
     if self.mode == "none":
-      return index
+      return jax.device_put(index)
     return [self.shard(c) for c in np.asarray(index)]
 
   def replicate_chunks(self, x):
@@ -177,15 +177,19 @@ class Parallel:
     as this process's scalars.
     """
     if self.mode == "pmap":
-      fn = jax.pmap(chunk, axis_name=AXIS, donate_argnums=(0,),
-                    devices=list(self.mesh.devices.flat))
+      fn = jax.pmap(chunk, axis_name=AXIS, donate_argnums=(0,))
     elif self.mode == "sharded":
       replicated = NamedSharding(self.mesh, P())
       fn = jax.jit(chunk, out_shardings=(replicated, replicated),
                    donate_argnums=(0,))
     else:
       fn = jax.jit(chunk, donate_argnums=(0,))
-    compiled = fn.lower(*example_args).compile()
+    if self.mode == "pmap" and jax.process_count() > 1:
+      # pmap's AOT executable takes global shapes, its call local ones: the
+      # chunk compiles on its first call instead.
+      compiled = fn
+    else:
+      compiled = fn.lower(*example_args).compile()
     if self.mode == "none":
       return compiled
 
@@ -201,8 +205,7 @@ class Parallel:
     if self.mode == "none":
       return jax.jit(evaluate)
     if self.mode == "pmap":
-      fn = jax.pmap(lambda *a: jax.lax.psum(evaluate(*a), AXIS), axis_name=AXIS,
-                    devices=list(self.mesh.devices.flat))
+      fn = jax.pmap(lambda *a: jax.lax.psum(evaluate(*a), AXIS), axis_name=AXIS)
     else:
       fn = jax.jit(evaluate, out_shardings=NamedSharding(self.mesh, P()))
     return lambda *args: self.unreplicate(fn(*args))
