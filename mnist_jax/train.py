@@ -255,6 +255,7 @@ def train_and_evaluate(config: Config, workdir: str, stream=None) -> Dict[str, A
   from mnist_jax import parallel
   from mnist_jax import plots
   from mnist_jax import progress as progress_lib
+  from mnist_jax import report
   from mnist_jax import workdir as workdir_lib
   from mnist_jax.errors import UserError
   # pylint: enable=g-import-not-at-top
@@ -392,6 +393,8 @@ def train_and_evaluate(config: Config, workdir: str, stream=None) -> Dict[str, A
   if par.is_main:
     plots.learning_curves(log.read(), os.path.join(workdir, "learning_curves.png"),
                           title=f"{config.model} ({config.preset})")
+    report.write(workdir, config, par.unreplicate(state.params), state.apply_fn,
+                 dataset.test, dataset.class_names, view=spec.view)
   progress.message(f"test accuracy {100 * final['test_accuracy']:.2f}% "
                    f"(loss {final['test_loss']:.4f}, {final['test_examples']} "
                    f"examples); wall time {final['wall_time_s']:.1f}s; "
