@@ -64,7 +64,7 @@ def main(argv):
     raise UserError(f"unexpected arguments {argv[1:]}; flags take the form "
                     "--name=value (see --help)")
   # pylint: disable=g-import-not-at-top
-  from mnist_jax import models, runtime, train, workdir
+  from mnist_jax import models, parallel, runtime, train, workdir
   # pylint: enable=g-import-not-at-top
   if FLAGS.mode != "train":
     return _use_run()
@@ -73,7 +73,9 @@ def main(argv):
   work = config.workdir or workdir.default_workdir(model)
   config = config.replace(workdir=work)
   runtime.setup()
-  if FLAGS.overwrite and os.path.exists(os.path.join(work, workdir.CONFIG_FILE)):
+  parallel.initialize(config)
+  if (FLAGS.overwrite and parallel.is_main() and
+      os.path.exists(os.path.join(work, workdir.CONFIG_FILE))):
     shutil.rmtree(work)
   train.train_and_evaluate(config, work)
 

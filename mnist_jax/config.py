@@ -15,6 +15,8 @@ SCHEDULES = ("constant", "cosine", "warmup_cosine", "onecycle")
 DATASETS = ("mnist", "fashion_mnist", "kmnist")
 SEQUENCES = ("rows", "pixels", "permuted")
 PADDINGS = ("VALID", "SAME")
+PARALLEL = ("auto", "none", "pmap", "sharded")
+DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +71,12 @@ class Config:
   workdir: Optional[str] = None
   chunk_steps: int = 200  # Train steps per jitted scan; progress prints between.
   target_accuracy: float = 0.0  # Stop once validation (or test) accuracy >= it.
+  # Devices, hosts and precision (mnist_jax/parallel.py, precision.py).
+  parallel: str = "auto"  # auto, none, pmap or sharded; auto: pmap on >1 device.
+  dtype: str = "float32"  # Compute dtype, float32 or bfloat16; params stay float32.
+  coordinator_address: Optional[str] = None  # host:port of process 0.
+  num_processes: int = 0  # Processes of a multi-host run; 0: one, or the cluster's.
+  process_id: int = -1  # This process's index; -1: from the cluster.
 
   def replace(self, **changes) -> "Config":
     return dataclasses.replace(self, **changes)
@@ -143,6 +151,12 @@ def validate(config: Config) -> Config:
        and c.augment_elastic_sigma > 0,
        "--augment_shift/rotate/elastic must be >= 0, --augment_scale in [0, 1) "
        "and --augment_elastic_sigma > 0"),
+      (c.parallel in PARALLEL,
+       f"--parallel must be one of {', '.join(PARALLEL)}, got {c.parallel!r}"),
+      (c.dtype in DTYPES,
+       f"--dtype must be one of {', '.join(DTYPES)}, got {c.dtype!r}"),
+      (c.num_processes >= 0,
+       f"--num_processes must be >= 0 (0: one process), got {c.num_processes}"),
       (all(h > 0 for h in c.mlp_hidden),
        f"--mlp_hidden sizes must be positive, got {list(c.mlp_hidden)}"),
       (len(c.cnn_features) > 0 and all(f > 0 for f in c.cnn_features),

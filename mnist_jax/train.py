@@ -24,6 +24,7 @@ from mnist_jax import models
 from mnist_jax import optim
 from mnist_jax import replicas as replicas_lib
 from mnist_jax import sequence as sequence_lib
+from mnist_jax import precision
 from mnist_jax.config import Config
 
 Metrics = Dict[str, jax.Array]  # {"loss": sum, "correct": sum, "count": n}
@@ -45,7 +46,8 @@ def create_train_state(rng: jax.Array, config: Config, model: nn.Module,
   dummy = data_lib.to_view(jnp.zeros((1, 28, 28), jnp.uint8), view)
   params = jax.jit(functools.partial(model.init, train=False))(
       init_rng, dummy)["params"]
-  return TrainState.create(apply_fn=model.apply, params=params,
+  return TrainState.create(apply_fn=precision.cast_apply(model.apply, config.dtype),
+                           params=params,
                            tx=optim.make_optimizer(config, steps_per_epoch),
                            rng=dropout_rng)
 
@@ -91,6 +93,8 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
     (new state, metric sums over the batch).
   """
   dropout_rng = jax.random.fold_in(state.rng, state.step)
+  if axis_name is not None:  # Each device masks its own part of the batch.
+    dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
   if augment is not None:
     images = augment(jax.random.fold_in(dropout_rng, 1), images)
   x = data_lib.to_view(images, view)
@@ -125,17 +129,20 @@ def _zeros() -> Metrics:
   return {"loss": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
 
 
-def make_train_chunk(config: Config) -> Callable:
-  """A jitted function running a chunk of steps as one `lax.scan`.
+def make_train_chunk(config: Config, axis_name: Optional[str] = None,
+                     jit: bool = True) -> Callable:
+  """A function running a chunk of steps as one `lax.scan` (jitted if `jit`).
 
   The returned fn(state, images [N,28,28], labels [N], batch_idx [C, B] int32,
   valid [C] bool) -> (state, metric sums) skips steps where valid is False, so
-  every chunk of an epoch has one shape and compiles once.
+  every chunk of an epoch has one shape and compiles once. `axis_name` and
+  `jit=False` are for mapping it over devices (see parallel.py).
   """
   view = models.input_view(config)
   step = functools.partial(train_step, view=view,
                            label_smoothing=config.label_smoothing,
-                           augment=augment_lib.from_config(config))
+                           augment=augment_lib.from_config(config),
+                           axis_name=axis_name)
 
   def chunk(state, images, labels, batch_idx, valid):
     def body(carry, inputs):
@@ -156,11 +163,11 @@ def make_train_chunk(config: Config) -> Callable:
 
   # --num_seeds: state and batch_idx gain a leading replica axis.
   chunk = replicas_lib.vmap(config, chunk, in_axes=(0, None, None, 0, None))
-  return jax.jit(chunk, donate_argnums=(0,))
+  return jax.jit(chunk, donate_argnums=(0,)) if jit else chunk
 
 
-def make_evaluate(config: Config, apply_fn: Callable) -> Callable:
-  """A jitted fn(params, images, labels, batch_idx [C, B], mask [C, B]) -> sums."""
+def make_evaluate(config: Config, apply_fn: Callable, jit: bool = True) -> Callable:
+  """A (jitted) fn(params, images, labels, batch_idx [C, B], mask [C, B]) -> sums."""
   view = models.input_view(config)
 
   def evaluate(params, images, labels, batch_idx, mask):
@@ -171,17 +178,19 @@ def make_evaluate(config: Config, apply_fn: Callable) -> Callable:
     sums, _ = jax.lax.scan(body, _zeros(), (batch_idx, mask))
     return sums
 
-  return jax.jit(replicas_lib.vmap(config, evaluate,
-                                   in_axes=(0, None, None, None, None)))
+  evaluate = replicas_lib.vmap(config, evaluate, in_axes=(0, None, None, None, None))
+  return jax.jit(evaluate) if jit else evaluate
 
 
-def eval_batches(n: int, batch_size: int):
+def eval_batches(n: int, batch_size: int, multiple: int = 1):
   """Index and mask arrays covering all n examples once; the last batch is padded.
+
+  The batch is at most n, rounded up to a multiple of `multiple` (the devices).
 
   Returns:
     batch_idx [C, B] int32 and mask [C, B] float32, C = ceil(n / B).
   """
-  batch_size = min(batch_size, max(n, 1))
+  batch_size = -(-min(batch_size, max(n, 1)) // multiple) * multiple
   c = max(1, math.ceil(n / batch_size))
   flat = np.arange(c * batch_size)
   mask = (flat < n).astype(np.float32).reshape(c, batch_size)
@@ -254,6 +263,7 @@ def train_and_evaluate(config: Config, workdir: str, stream=None) -> Dict[str, A
   # pylint: disable=g-import-not-at-top
   import os
   from mnist_jax import checkpoint as checkpoint_lib
+  from mnist_jax import parallel
   from mnist_jax import plots
   from mnist_jax import progress as progress_lib
   from mnist_jax import report
@@ -263,6 +273,7 @@ def train_and_evaluate(config: Config, workdir: str, stream=None) -> Dict[str, A
 
   start_time = time.perf_counter()
   spec = models.get(config.model)
+  par = parallel.setup(config)
   workdir_lib.check_writable(workdir)
   config_path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
   if os.path.exists(config_path):
@@ -271,24 +282,27 @@ def train_and_evaluate(config: Config, workdir: str, stream=None) -> Dict[str, A
       raise UserError(f"{workdir} holds a run with other settings ({'; '.join(diffs)});"
                       " pass --overwrite to start it over, or another --workdir")
 
-  dataset = data_lib.load(config)
+  dataset = par.main_first(lambda: data_lib.load(config))
   n_train = len(dataset.train)
   if config.batch_size > n_train:
     raise UserError(f"--batch_size={config.batch_size} is larger than the "
                     f"{n_train} training examples; pass a smaller one")
-  workdir_lib.start(workdir, config, workdir_lib.environment())
-  sequence_lib.record(workdir, config)
-  log = workdir_lib.MetricsLog(workdir)
-  progress = progress_lib.Progress(config.epochs, stream=stream)
+  if par.is_main:
+    workdir_lib.start(workdir, config, workdir_lib.environment())
+    sequence_lib.record(workdir, config)
+  log = workdir_lib.MetricsLog(workdir) if par.is_main else parallel.NullLog()
+  progress = progress_lib.Progress(config.epochs, stream=stream,
+                                   prefix=par.log_prefix)
 
-  put = jax.device_put
+  put = par.replicate
   train_images, train_labels = put(dataset.train.images), put(dataset.train.labels)
   splits = {"test": dataset.test}
   if len(dataset.val):
     splits["val"] = dataset.val
   eval_data = {
       name: (put(s.images), put(s.labels),
-             *map(put, eval_batches(len(s), config.eval_batch_size)))
+             *map(par.shard, eval_batches(len(s), config.eval_batch_size,
+                                          par.num_devices)))
       for name, s in splits.items()
   }
 
@@ -298,7 +312,8 @@ def train_and_evaluate(config: Config, workdir: str, stream=None) -> Dict[str, A
   state = replicas_lib.vmap(config, lambda r: create_train_state(
       r, config, model, steps))(init_rng)
 
-  checkpoints = checkpoint_lib.Checkpointer(workdir)
+  checkpoints = (checkpoint_lib.Checkpointer(workdir) if par.is_main
+                 else parallel.NullCheckpointer())
   first_epoch = 1
   if checkpoints.latest_step() is not None:
     state, meta = checkpoints.restore(state)
@@ -307,19 +322,22 @@ def train_and_evaluate(config: Config, workdir: str, stream=None) -> Dict[str, A
     progress.message(f"resuming {workdir} after epoch {meta['epoch']}")
   else:
     log.truncate_after(0)
+  state, first_epoch = par.from_main((state, first_epoch))
+  state, first_epoch = par.replicate(state), int(first_epoch)
 
   num_chunks, chunk_len = chunk_plan(steps, config.chunk_steps)
-  valid = put((np.arange(num_chunks * chunk_len) < steps)
-              .reshape(num_chunks, chunk_len))
+  valid = par.replicate_chunks((np.arange(num_chunks * chunk_len) < steps)
+                              .reshape(num_chunks, chunk_len))
   plan = jax.jit(replicas_lib.vmap(
       config, functools.partial(_epoch_plan, n=n_train,
                                 batch_size=config.batch_size,
                                 num_chunks=num_chunks, chunk_len=chunk_len),
       in_axes=(0, None), out_axes=1))
   compile_start = time.perf_counter()
-  chunk_fn = make_train_chunk(config).lower(
-      state, train_images, train_labels, plan(data_rng, 1)[0], valid[0]).compile()
-  evaluate = make_evaluate(config, state.apply_fn)
+  chunk_fn = par.compile_train(
+      make_train_chunk(config, par.axis_name, jit=False), state, train_images,
+      train_labels, par.shard_chunks(plan(data_rng, 1))[0], valid[0])
+  evaluate = par.wrap_evaluate(make_evaluate(config, state.apply_fn, jit=False))
   compile_time = time.perf_counter() - compile_start
 
   def eval_split(name):
@@ -330,7 +348,7 @@ def train_and_evaluate(config: Config, workdir: str, stream=None) -> Dict[str, A
   epoch = first_epoch - 1
   for epoch in range(first_epoch, config.epochs + 1):
     epoch_start = time.perf_counter()
-    batches = plan(data_rng, epoch)
+    batches = par.shard_chunks(plan(data_rng, epoch))
     sums = _zeros()
     for c in range(num_chunks):
       state, chunk_sums = chunk_fn(state, train_images, train_labels,
@@ -342,7 +360,7 @@ def train_and_evaluate(config: Config, workdir: str, stream=None) -> Dict[str, A
                         time.perf_counter() - epoch_start)
     train_m = replicas_lib.fetch(sums, fetch)
     epoch_time = time.perf_counter() - epoch_start
-    row = {"epoch": epoch, "step": int(jnp.max(state.step)),
+    row = {"epoch": epoch, "step": int(jnp.max(par.unreplicate(state.step))),
            "train_loss": train_m["loss"], "train_accuracy": train_m["accuracy"],
            "val_loss": None, "val_accuracy": None}
     val_m = None
@@ -367,8 +385,8 @@ def train_and_evaluate(config: Config, workdir: str, stream=None) -> Dict[str, A
       row["target_metric"] = reached
     log.write(row)
     progress.epoch_done(epoch, row)
-    checkpoints.save(epoch, state, {"epoch": epoch,
-                                    "step": int(jnp.max(state.step))})
+    checkpoints.save(epoch, par.unreplicate(state),
+                     {"epoch": epoch, "step": row["step"]})
     if reached is not None and reached >= config.target_accuracy:
       time_to_target = time.perf_counter() - start_time
       progress.message(f"reached {target_split} accuracy {100 * reached:.2f}% >= "
@@ -380,21 +398,25 @@ def train_and_evaluate(config: Config, workdir: str, stream=None) -> Dict[str, A
   checkpoints.close()
   final = {"test_loss": test_m["loss"], "test_accuracy": test_m["accuracy"],
            "test_examples": int(test_m["count"]), "epochs_run": epoch,
-           "steps": int(jnp.max(state.step)), "compile_time_s": compile_time,
+           "steps": int(jnp.max(par.unreplicate(state.step))),
+           "compile_time_s": compile_time,
            "wall_time_s": time.perf_counter() - start_time,
-           "num_params": int(sum(p.size for p in jax.tree.leaves(state.params))
+           "num_params": int(sum(p.size for p in
+                                 jax.tree.leaves(par.unreplicate(state.params)))
                              // config.num_seeds)}
   final.update(replicas_lib.row_extras(config, test=test_m))
   if config.target_accuracy > 0:
     final["time_to_target_s"] = time_to_target
   log.write(final)
-  plots.learning_curves(log.read(), os.path.join(workdir, "learning_curves.png"),
-                        title=f"{config.model} ({config.preset})")
-  # The report shows one model: with --num_seeds, the first replica's.
-  report_params = (jax.tree.map(lambda p: p[0], state.params)
-                   if config.num_seeds > 1 else state.params)
-  report.write(workdir, config, report_params, state.apply_fn, dataset.test,
-               dataset.class_names, view=models.input_view(config))
+  if par.is_main:
+    plots.learning_curves(log.read(), os.path.join(workdir, "learning_curves.png"),
+                          title=f"{config.model} ({config.preset})")
+    # The report shows one model: with --num_seeds, the first replica's.
+    params = par.unreplicate(state.params)
+    if config.num_seeds > 1:
+      params = jax.tree.map(lambda p: p[0], params)
+    report.write(workdir, config, params, state.apply_fn, dataset.test,
+                 dataset.class_names, view=models.input_view(config))
   spread = (f" +- {100 * final['test_accuracy_std']:.2f} (mean +- std of "
             f"{config.num_seeds} seeds)" if config.num_seeds > 1 else "")
   progress.message(f"test accuracy {100 * final['test_accuracy']:.2f}%{spread} "

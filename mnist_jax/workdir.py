@@ -17,7 +17,9 @@ METRICS_FILE = "metrics.jsonl"
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
             "tensorflow-datasets", "numpy", "matplotlib", "absl-py")
 # Settings that may differ when resuming a run: where to find data, how to log.
-RESUMABLE_DIFFERENCES = ("data_dir", "mnist_dir", "workdir", "chunk_steps")
+RESUMABLE_DIFFERENCES = ("data_dir", "mnist_dir", "workdir", "chunk_steps",
+                         "parallel", "coordinator_address", "num_processes",
+                         "process_id")
 
 
 def default_workdir(model: str) -> str:

@@ -71,7 +71,7 @@ class CellParams(nn.Module):
       made = [_DenseParams(fan_in, h, bias, init, name=name)()
               for name, bias in specs]
       kernel = jnp.concatenate([k for k, _ in made], axis=-1)
-      bias = jnp.concatenate([b if b is not None else jnp.zeros((h,), jnp.float32)
+      bias = jnp.concatenate([b if b is not None else jnp.zeros((h,), kernel.dtype)
                               for _, b in made])
       return kernel, bias
 
