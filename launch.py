@@ -3,6 +3,8 @@
   python launch.py --model=gru                    # train with the tuned preset
   python launch.py --model=cnn --preset=seed      # the seed notebook's setup
   python launch.py --model=mlp --mnist_dir=DIR    # offline: the four IDX files
+  python launch.py --mode=report --workdir=RUN    # rewrite RUN's report.md + plots
+  python launch.py --mode=predict --workdir=RUN --image=seven.png[,...] [--json]
 
 Every Config field (mnist_jax/config.py) is a flag; unset flags take the preset.
 """
@@ -30,7 +32,12 @@ for _name, _field in config_lib.FIELDS.items():
     flags.DEFINE_list(_name, None, _help + "; comma-separated integers")
   else:
     flags.DEFINE_string(_name, None, _help)
-flags.DEFINE_enum("mode", "train", ["train"], "What to do.")
+flags.DEFINE_enum("mode", "train", ["train", "report", "predict"],
+                  "train; report (rewrite a run folder's evaluation files); "
+                  "predict (the digit in --image files, with --workdir's model).")
+flags.DEFINE_list("image", [], "--mode=predict: image files (PNG, JPEG, ...).")
+flags.DEFINE_bool("json", False, "--mode=predict: one JSON object per line.")
+flags.DEFINE_bool("plot", False, "--mode=predict: save WORKDIR/predict/<name>.png.")
 flags.DEFINE_bool("overwrite", False, "Start over in an existing --workdir.")
 flags.DEFINE_bool("debug", False, "Show Python tracebacks instead of one line.")
 FLAGS = flags.FLAGS
@@ -57,13 +64,16 @@ def main(argv):
     raise UserError(f"unexpected arguments {argv[1:]}; flags take the form "
                     "--name=value (see --help)")
   # pylint: disable=g-import-not-at-top
-  from mnist_jax import models, runtime, train, workdir
+  from mnist_jax import models, parallel, runtime, train, workdir
   # pylint: enable=g-import-not-at-top
+  if FLAGS.mode != "train":
+    return _use_run()
   model = FLAGS.model or config_lib.Config.model
   config = models.get_config(model, FLAGS.preset or "tuned", **_overrides())
   work = config.workdir or workdir.default_workdir(model)
   config = config.replace(workdir=work)
   runtime.setup()
+  parallel.initialize(config)
   train.train_and_evaluate(config, work, overwrite=FLAGS.overwrite)
 
 
@@ -74,6 +84,22 @@ def _resume_command(work: str) -> str:
   if not any(a.split("=")[0] in ("--workdir", "-workdir") for a in args):
     args.append(f"--workdir={work}")
   return shlex.join(["python", os.path.basename(sys.argv[0]), *args])
+
+
+def _use_run():
+  """--mode=report or predict: works on the finished run in --workdir."""
+  # pylint: disable=g-import-not-at-top
+  from mnist_jax import predict, report, runtime
+  # pylint: enable=g-import-not-at-top
+  if not FLAGS.workdir:
+    raise UserError(f"--mode={FLAGS.mode} needs --workdir=DIR, a run folder")
+  runtime.setup()
+  if FLAGS.mode == "predict":
+    if predict.main(FLAGS.workdir, FLAGS.image, FLAGS.json, FLAGS.plot):
+      sys.exit(1)
+    return
+  moved = {k: FLAGS[k].value for k in ("data_dir", "mnist_dir") if FLAGS[k].value}
+  report.main(FLAGS.workdir, **moved)
 
 
 def _parse(argv):

@@ -9,6 +9,7 @@ with a clear message). Orbax writes into a temporary folder and renames it when
 complete, so a process killed mid-save leaves the previous checkpoint intact.
 """
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -61,6 +62,11 @@ def _reason(e: Exception) -> str:
   return (text.splitlines()[0][:200] if text else "") or type(e).__name__
 
 
+def _host_local(tree):
+  """With several processes, numpy copies: orbax refuses host-local jax.Arrays."""
+  return jax.device_get(tree) if jax.process_count() > 1 else tree
+
+
 class Checkpointer:
   """Saves and restores `(state, meta)` pairs under `workdir/checkpoints/<step>`.
 
@@ -79,6 +85,16 @@ class Checkpointer:
         max_to_keep=None if read_only else keep, create=not read_only,
         read_only=read_only, enable_async_checkpointing=not read_only,
         cleanup_tmp_directories=not read_only)
+    if jax.process_count() > 1:
+      # Only process 0 checkpoints, host-local copies of the replicated state
+      # (parallel.py), so no process waits on another.
+      process = jax.process_index()
+      if not read_only:
+        os.makedirs(self.directory, exist_ok=True)
+      options = dataclasses.replace(
+          options, create=False,
+          multiprocessing_options=ocp.options.MultiprocessingOptions(
+              primary_host=process, active_processes={process}))
     try:
       self._manager = ocp.CheckpointManager(self.directory, options=options)
     except Exception as e:  # pylint: disable=broad-except
@@ -93,7 +109,7 @@ class Checkpointer:
     """
     meta = {**meta, "digest": state_digest(state)}
     self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        state=ocp.args.StandardSave(_host_local(state)), meta=ocp.args.JsonSave(meta)),
         force=True)
 
   def latest_step(self) -> Optional[int]:
@@ -158,7 +174,9 @@ class Checkpointer:
           "--overwrite, or another --workdir")
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(_abstract(template))))
+          state=ocp.args.StandardRestore(
+              _host_local(template) if jax.process_count() > 1
+              else _abstract(template))))
     except Exception as e:  # pylint: disable=broad-except
       if "tree structures do not match" in str(e):
         raise CheckpointError(

@@ -14,6 +14,10 @@ from mnist_jax.errors import UserError
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "onecycle")
 DATASETS = ("mnist", "fashion_mnist", "kmnist")
+SEQUENCES = ("rows", "pixels", "permuted")
+PADDINGS = ("VALID", "SAME")
+PARALLEL = ("auto", "none", "pmap", "sharded")
+DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,13 +54,32 @@ class Config:
   dropout: float = 0.0
   cnn_features: Tuple[int, ...] = (32, 64)
   cnn_dense: int = 128
+  cnn_padding: str = "VALID"  # VALID or SAME convolutions.
+  # Sequences (recurrent models): rows (28 x 28), pixels or permuted (784 x 1).
+  sequence: str = "rows"
+  permute_seed: int = 0  # Fixes the pixel order of --sequence=permuted.
+  remat: bool = False  # Recompute each recurrent step in backprop (less memory).
+  # On-device augmentation of training images (see mnist_jax/augment.py).
+  augment: bool = False
+  augment_shift: float = 2.0  # Max shift in pixels.
+  augment_rotate: float = 10.0  # Max rotation in degrees.
+  augment_scale: float = 0.1  # Max relative zoom in or out.
+  augment_elastic: float = 0.0  # Elastic distortion strength (pixels); 0 = off.
+  augment_elastic_sigma: float = 4.0  # Smoothness of the elastic field (pixels).
   # Run control.
   seed: int = 0
+  num_seeds: int = 1  # Replicas trained at once (seeds seed .. seed+N-1).
   workdir: Optional[str] = None
   chunk_steps: int = 200  # Train steps per jitted scan; progress prints between.
   target_accuracy: float = 0.0  # Stop once validation (or test) accuracy >= it.
   checkpoint_every: int = 1  # Epochs between checkpoints (the last is always saved).
   keep_checkpoints: int = 3  # How many recent checkpoints to keep on disk.
+  # Devices, hosts and precision (mnist_jax/parallel.py, precision.py).
+  parallel: str = "auto"  # auto, none, pmap or sharded; auto: pmap on >1 device.
+  dtype: str = "float32"  # Compute dtype, float32 or bfloat16; params stay float32.
+  coordinator_address: Optional[str] = None  # host:port of process 0.
+  num_processes: int = 0  # Processes of a multi-host run; 0: one, or the cluster's.
+  process_id: int = -1  # This process's index; -1: from the cluster.
 
   def replace(self, **changes) -> "Config":
     return dataclasses.replace(self, **changes)
@@ -102,7 +125,7 @@ def validate(config: Config) -> Config:
       (c.eval_batch_size > 0,
        f"--eval_batch_size must be positive, got {c.eval_batch_size}"),
       (c.learning_rate > 0 and math.isfinite(c.learning_rate),
-       f"--learning_rate must be a positive number, got {c.learning_rate}"),
+       f"--learning_rate must be positive, got {c.learning_rate}"),
       (0.0 <= c.val_fraction < 1.0,
        f"--val_fraction must be in [0, 1), got {c.val_fraction}"),
       (c.optimizer in OPTIMIZERS,
@@ -133,6 +156,22 @@ def validate(config: Config) -> Config:
       (c.cnn_dense > 0, f"--cnn_dense must be positive, got {c.cnn_dense}"),
       (0.0 <= c.target_accuracy <= 1.0,
        f"--target_accuracy must be a fraction in [0, 1], got {c.target_accuracy}"),
+      (c.sequence in SEQUENCES,
+       f"--sequence must be one of {', '.join(SEQUENCES)}, got {c.sequence!r}"),
+      (c.cnn_padding in PADDINGS,
+       f"--cnn_padding must be VALID or SAME, got {c.cnn_padding!r}"),
+      (c.num_seeds > 0, f"--num_seeds must be positive, got {c.num_seeds}"),
+      (min(c.augment_shift, c.augment_rotate, c.augment_scale,
+           c.augment_elastic) >= 0 and c.augment_scale < 1
+       and c.augment_elastic_sigma > 0,
+       "--augment_shift/rotate/elastic must be >= 0, --augment_scale in [0, 1) "
+       "and --augment_elastic_sigma > 0"),
+      (c.parallel in PARALLEL,
+       f"--parallel must be one of {', '.join(PARALLEL)}, got {c.parallel!r}"),
+      (c.dtype in DTYPES,
+       f"--dtype must be one of {', '.join(DTYPES)}, got {c.dtype!r}"),
+      (c.num_processes >= 0,
+       f"--num_processes must be >= 0 (0: one process), got {c.num_processes}"),
       (all(h > 0 for h in c.mlp_hidden),
        f"--mlp_hidden sizes must be positive, got {list(c.mlp_hidden)}"),
       (len(c.cnn_features) > 0 and all(f > 0 for f in c.cnn_features),

@@ -195,14 +195,19 @@ def load(config) -> Dataset:
   return split(arrays, config.val_fraction, tfds_builder.class_names(config.dataset))
 
 
-def to_view(images, view: str):
+def to_view(images, view):
   """Scales uint8 images [B, 28, 28] to float32 in [0, 1] in a model's layout.
+
+  `view` is a name, or a function of the scaled [B, 28, 28] images (as
+  `sequence.view` returns for pixel and permuted sequences).
 
   Returns:
     flat: [B, 784]; image: [B, 28, 28, 1]; rows: [B, 28, 28] (28 steps of 28).
   """
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   x = images.astype(jnp.float32) * (1.0 / 255.0)
+  if callable(view):
+    return view(x)
   if view == "flat":
     return x.reshape(x.shape[0], -1)
   if view == "image":

@@ -1,11 +1,13 @@
 """Figures, saved as PNG files with matplotlib's non-interactive Agg backend."""
 
 import os
-from typing import List
+from typing import List, Optional, Sequence
 
 import matplotlib
+import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 DPI = 120
 
@@ -17,6 +19,18 @@ def _save(fig, path: str) -> str:
   plt.close(fig)
   os.replace(tmp, path)
   return path
+
+
+def _epoch_axis(ax, epochs) -> None:
+  """Whole-number epoch ticks, also for a run of one epoch."""
+  epochs = sorted(set(epochs))
+  if not epochs:
+    return
+  if len(epochs) <= 15:
+    ax.set_xticks(epochs)
+  else:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+  ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
 
 
 def learning_curves(rows: List[dict], path: str, title: str = "") -> str:
@@ -37,6 +51,7 @@ def learning_curves(rows: List[dict], path: str, title: str = "") -> str:
       ax.axhline(scale * final[-1][f"test_{key}"], color="gray", ls="--",
                  label=f"test ({scale * final[-1][f'test_{key}']:.4g})")
     ax.set_xlabel("Epoch")
+    _epoch_axis(ax, x)
     ax.set_ylabel(label)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -45,3 +60,287 @@ def learning_curves(rows: List[dict], path: str, title: str = "") -> str:
   if title:
     fig.suptitle(title)
   return _save(fig, path)
+
+
+def _labels(class_names: Optional[Sequence[str]], k: int) -> List[str]:
+  return list(class_names) if class_names else [str(i) for i in range(k)]
+
+
+def confusion_matrix(counts: np.ndarray, path: str,
+                     class_names: Optional[Sequence[str]] = None,
+                     title: str = "") -> str:
+  """Counts in each cell, colour = the fraction of the true class (row)."""
+  k = counts.shape[0]
+  names = _labels(class_names, k)
+  rows = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+  fig, ax = plt.subplots(figsize=(7.5, 6.5))
+  image = ax.imshow(rows, cmap="Blues", vmin=0.0, vmax=1.0)
+  bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+  bar.set_label("Fraction of the true class")
+  for i in range(k):
+    for j in range(k):
+      if counts[i, j]:
+        ax.text(j, i, f"{counts[i, j]:d}", ha="center", va="center", fontsize=8,
+                color="white" if rows[i, j] > 0.5 else
+                ("firebrick" if i != j else "black"))
+  ax.set_xticks(range(k), names, rotation=45 if len(max(names, key=len)) > 2
+                else 0, ha="right" if len(max(names, key=len)) > 2 else "center")
+  ax.set_yticks(range(k), names)
+  ax.set_xlabel("Predicted label")
+  ax.set_ylabel("True label")
+  total = int(counts.sum())
+  ax.set_title(title or f"Confusion matrix ({total} test images; counts, "
+               "colour = row fraction)", fontsize=11)
+  return _save(fig, path)
+
+
+def per_class_accuracy(accuracy: np.ndarray, support: np.ndarray, path: str,
+                       class_names: Optional[Sequence[str]] = None,
+                       overall: Optional[float] = None, title: str = "") -> str:
+  """Bar chart of each class's accuracy (recall), zoomed to where bars differ."""
+  k = len(accuracy)
+  names = _labels(class_names, k)
+  pct = 100.0 * np.asarray(accuracy, dtype=float)
+  fig, ax = plt.subplots(figsize=(8, 4.2))
+  colors = ["firebrick" if p == pct.min() else "steelblue" for p in pct]
+  ax.bar(range(k), pct, color=colors)
+  low = max(0.0, np.floor(min(pct.min(), overall * 100 if overall else 100) - 2))
+  ax.set_ylim(low, 100.5)
+  for i, p in enumerate(pct):
+    ax.text(i, p + 0.1, f"{p:.1f}", ha="center", va="bottom", fontsize=8)
+  if overall is not None:
+    ax.axhline(100 * overall, color="gray", ls="--",
+               label=f"overall {100 * overall:.2f}%")
+    ax.legend(loc="lower right")
+  ax.set_xticks(range(k), [f"{n}\n(n={s})" for n, s in zip(names, support)],
+                fontsize=8)
+  ax.set_xlabel("True class (number of test images)")
+  ax.set_ylabel("Accuracy (%)")
+  ax.set_title(title or "Test accuracy per class (lowest in red)")
+  ax.grid(axis="y", alpha=0.3)
+  return _save(fig, path)
+
+
+def _digit(ax, image, frame_color=None, as_model_sees=False):
+  """Dark ink on white for reading; white on black (the model's input) if asked."""
+  ax.imshow(image, cmap="gray" if as_model_sees else "gray_r", vmin=0, vmax=255)
+  ax.set_xticks([])
+  ax.set_yticks([])
+  for spine in ax.spines.values():
+    spine.set_visible(frame_color is not None)
+    if frame_color is not None:
+      spine.set_color(frame_color)
+      spine.set_linewidth(3)
+
+
+def _grid(n: int, cols: int):
+  rows = max(1, int(np.ceil(n / cols)))
+  fig, axes = plt.subplots(rows, cols, figsize=(1.45 * cols, 1.75 * rows + 0.5),
+                           squeeze=False)
+  for ax in axes.flat[n:]:
+    ax.axis("off")
+  return fig, axes.flat
+
+
+def prediction_grid(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray,
+                    path: str, class_names: Optional[Sequence[str]] = None,
+                    indices: Optional[Sequence[int]] = None, cols: int = 8,
+                    title: str = "") -> str:
+  """Test digits with true and predicted labels; wrong ones framed in red."""
+  names = _labels(class_names, 10)
+  indices = list(range(len(images))) if indices is None else list(indices)
+  fig, axes = _grid(len(images), cols)
+  wrong = 0
+  for ax, image, y, p, i in zip(axes, images, labels, predicted, indices):
+    bad = int(y) != int(p)
+    wrong += bad
+    _digit(ax, image, "red" if bad else None)
+    ax.set_title(f"#{i}\ntrue {names[y]}  pred {names[p]}" + (" ✗" if bad else ""),
+                 fontsize=8, color="red" if bad else "black")
+  fig.suptitle(title or f"Test predictions ({wrong} of {len(images)} wrong, "
+               "framed in red)")
+  return _save(fig, path)
+
+
+def mistakes(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray,
+             p_predicted: np.ndarray, p_true: np.ndarray, path: str,
+             class_names: Optional[Sequence[str]] = None,
+             indices: Optional[Sequence[int]] = None, cols: int = 6,
+             title: str = "") -> str:
+  """The most confident wrong predictions: predicted and true label, both probabilities."""
+  names = _labels(class_names, 10)
+  fig, axes = _grid(max(len(images), 1), cols)
+  indices = list(range(len(images))) if indices is None else list(indices)
+  if not len(images):
+    axes[0].axis("off")
+    axes[0].text(0.5, 0.5, "no wrong predictions", ha="center", va="center")
+  for ax, image, y, p, pp, pt, i in zip(axes, images, labels, predicted,
+                                        p_predicted, p_true, indices):
+    _digit(ax, image, "red")
+    ax.set_title(f"#{i} pred {names[p]} ({100 * pp:.1f}%)\ntrue {names[y]} "
+                 f"({100 * pt:.1f}%)", fontsize=8)
+  fig.suptitle(title or "Most confident mistakes (predicted label and its "
+               "probability; true label and its probability)", fontsize=10)
+  return _save(fig, path)
+
+
+def probability_bars(ax, probabilities: np.ndarray, class_names=None,
+                     true_label: Optional[int] = None) -> None:
+  """Bars of one example's class probabilities: best orange (red if wrong), true green."""
+  k = len(probabilities)
+  names = _labels(class_names, k)
+  pct = 100.0 * np.asarray(probabilities, dtype=float)
+  best = int(np.argmax(pct))
+  colors = ["steelblue"] * k
+  if true_label is not None and true_label != best:
+    colors[true_label] = "seagreen"
+  colors[best] = "darkorange" if true_label in (None, best) else "firebrick"
+  ax.bar(range(k), pct, color=colors)
+  for i, p in enumerate(pct):
+    if p >= 0.05:
+      ax.text(i, p + 1, f"{p:.1f}" if p < 99.95 else "100", ha="center",
+              va="bottom", fontsize=8)
+  ax.set_xticks(range(k), names)
+  ax.set_ylim(0, 110)
+  ax.set_xlabel("Class")
+  ax.set_ylabel("Probability (%)")
+  ax.grid(axis="y", alpha=0.3)
+
+
+def sample_probabilities(samples: Sequence[dict], path: str,
+                         class_names: Optional[Sequence[str]] = None,
+                         title: str = "") -> str:
+  """Rows of (digit, its 10 class-probability bars).
+
+  Each sample is a dict with image [28, 28] uint8, probabilities [10], and
+  optional label (int), caption (str) and as_model_sees (white on black).
+  """
+  names = _labels(class_names, 10)
+  fig, axes = plt.subplots(len(samples), 2, figsize=(9, 3.1 * len(samples)),
+                           gridspec_kw={"width_ratios": [1, 2.6]}, squeeze=False)
+  for (ax_img, ax_bar), s in zip(axes, samples):
+    label = s.get("label")
+    best = int(np.argmax(s["probabilities"]))
+    _digit(ax_img, s["image"], None if label in (None, best) else "red",
+           s.get("as_model_sees", False))
+    ax_img.set_title(s.get("caption", ""), fontsize=9)
+    probability_bars(ax_bar, s["probabilities"], names, label)
+    head = f"predicted {names[best]} ({100 * s['probabilities'][best]:.1f}%)"
+    if label is not None:
+      head += f", true {names[label]}"
+    ax_bar.set_title(head, fontsize=10)
+  if title:
+    fig.suptitle(title)
+  return _save(fig, path)
+
+
+# Comparison across runs (experiments/compare.py).
+
+def _colors(n: int):
+  cmap = plt.get_cmap("tab10")
+  return [cmap(i % 10) for i in range(n)]
+
+
+def compare_accuracy(groups: Sequence[dict], path: str) -> str:
+  """Test accuracy per configuration: mean bar, std whisker, one dot per seed."""
+  n = len(groups)
+  fig, ax = plt.subplots(figsize=(8, 0.55 * n + 1.6))
+  colors = _colors(n)
+  all_acc = [100 * a for g in groups for a in g["test_accuracy"]]
+  for i, g in enumerate(groups):
+    acc = 100 * np.asarray(g["test_accuracy"])
+    mean = acc.mean()
+    ax.barh(i, mean, color=colors[i], alpha=0.75,
+            xerr=acc.std() if len(acc) > 1 else None, capsize=4)
+    ax.plot(acc, [i] * len(acc), "k.", ms=6)
+  low = max(0.0, np.floor(min(all_acc)) - 1) if all_acc else 0.0
+  for i, g in enumerate(groups):
+    acc = 100 * np.asarray(g["test_accuracy"])
+    spread = f" ± {acc.std():.2f}" if len(acc) > 1 else ""
+    end = max(acc.max(), acc.mean() + acc.std())
+    room = 100 - end > 0.3 * (100 - low)  # Beside the bar if it fits, else in it.
+    ax.text((end if room else low) + 0.015 * (100 - low), i,
+            f"{acc.mean():.2f}%{spread} (n={len(acc)})", va="center",
+            ha="left", fontsize=9)
+  ax.set_xlim(low, 100)
+  ax.set_yticks(range(n), [g["label"] for g in groups])
+  ax.invert_yaxis()
+  ax.set_xlabel("Test accuracy (%)")
+  ax.set_title("Test accuracy per model (bar: mean, whisker: std over seeds, "
+               "dots: runs)", fontsize=10)
+  ax.grid(axis="x", alpha=0.3)
+  return _save(fig, path)
+
+
+def compare_accuracy_time(groups: Sequence[dict], path: str) -> str:
+  """Test accuracy against training wall time, one point per configuration."""
+  fig, ax = plt.subplots(figsize=(7.5, 5))
+  for g, color in zip(groups, _colors(len(groups))):
+    acc = 100 * np.asarray(g["test_accuracy"])
+    t = np.asarray(g["wall_time_s"])
+    ax.plot(t, acc, ".", color=color, alpha=0.4)
+    ax.errorbar(t.mean(), acc.mean(),
+                xerr=t.std() if len(t) > 1 else None,
+                yerr=acc.std() if len(acc) > 1 else None,
+                fmt="o", color=color, ms=8, capsize=3, label=g["label"])
+    ax.annotate(g["label"], (t.mean(), acc.mean()), textcoords="offset points",
+                xytext=(6, 5), fontsize=8)
+  ax.set_xscale("log")
+  ax.set_xlabel("Training wall time (s, log scale; includes compilation)")
+  ax.set_ylabel("Test accuracy (%)")
+  ax.set_title("Accuracy against training time (mean ± std over seeds)")
+  ax.grid(alpha=0.3, which="both")
+  ax.legend(fontsize=8, loc="lower right")
+  return _save(fig, path)
+
+
+def compare_curves(groups: Sequence[dict], path: str) -> str:
+  """All learning curves overlaid: mean line, shaded min-max over seeds."""
+  panels = (("train_loss", "Train loss (cross entropy)", 1.0),
+            ("val_loss", "Validation loss", 1.0),
+            ("train_accuracy", "Train accuracy (%)", 100.0),
+            ("val_accuracy", "Validation accuracy (%)", 100.0))
+  fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+  for ax, (key, label, scale) in zip(axes.flat, panels):
+    drawn = 0
+    for g, color in zip(groups, _colors(len(groups))):
+      curves = [[(r["epoch"], scale * r[key]) for r in rows
+                 if r.get(key) is not None] for rows in g["curves"]]
+      curves = [c for c in curves if c]
+      if not curves:
+        continue
+      length = min(len(c) for c in curves)
+      x = [e for e, _ in curves[0][:length]]
+      y = np.array([[v for _, v in c[:length]] for c in curves])
+      ax.plot(x, y.mean(axis=0), "o-", ms=3, color=color, label=g["label"])
+      if len(y) > 1:
+        ax.fill_between(x, y.min(axis=0), y.max(axis=0), color=color, alpha=0.2)
+      drawn += 1
+    ax.set_xlabel("Epoch")
+    _epoch_axis(ax, [e for g in groups for rows in g["curves"] for e in
+                     (r["epoch"] for r in rows)])
+    ax.set_ylabel(label)
+    ax.set_title(label if drawn else f"{label}: no run has one")
+    if "loss" in key and drawn:
+      ax.set_yscale("log")
+      ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+      ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+      ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.grid(alpha=0.3, which="both")
+    if drawn:
+      ax.legend(fontsize=8)
+  fig.suptitle("Learning curves (mean over seeds; band: min to max)")
+  return _save(fig, path)
+
+
+def prediction(image: np.ndarray, probabilities: np.ndarray, path: str,
+               source: str = "", class_names=None) -> str:
+  """An input as the model saw it (28x28 after preprocessing) and its probabilities."""
+  names = _labels(class_names, len(probabilities))
+  best = int(np.argmax(probabilities))
+  return sample_probabilities(
+      [{"image": image, "probabilities": probabilities,
+        "caption": "as the model saw it (28x28)", "as_model_sees": True}],
+      path, names,
+      title=f"{os.path.basename(source)}: {names[best]} "
+            f"({100 * probabilities[best]:.1f}%)")

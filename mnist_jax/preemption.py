@@ -25,6 +25,20 @@ def signal_name(signum: int) -> str:
   return signal.Signals(signum).name
 
 
+def agreed(signum: Optional[int]) -> Optional[int]:
+  """The stop request of any process: all must stop at the same chunk.
+
+  With one process, `signum` itself; with several, one small all-gather.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    return signum
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  votes = multihost_utils.process_allgather(np.int32(signum or 0))
+  return int(np.max(votes)) or None
+
+
 class Preempted(Exception):
   """A requested stop after its checkpoint is safely on disk."""
 

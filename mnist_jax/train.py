@@ -18,9 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mnist_jax import augment as augment_lib
 from mnist_jax import data as data_lib
 from mnist_jax import models
 from mnist_jax import optim
+from mnist_jax import replicas as replicas_lib
+from mnist_jax import sequence as sequence_lib
+from mnist_jax import precision
 from mnist_jax.config import Config
 
 Metrics = Dict[str, jax.Array]  # {"loss": sum, "correct": sum, "count": n}
@@ -38,11 +42,12 @@ def create_train_state(rng: jax.Array, config: Config, model: nn.Module,
                        steps_per_epoch: int) -> TrainState:
   """Initialises parameters and optimizer state from `rng`."""
   init_rng, dropout_rng = jax.random.split(rng)
-  view = models.get(config.model).view
+  view = models.input_view(config)
   dummy = data_lib.to_view(jnp.zeros((1, 28, 28), jnp.uint8), view)
   params = jax.jit(functools.partial(model.init, train=False))(
       init_rng, dummy)["params"]
-  return TrainState.create(apply_fn=model.apply, params=params,
+  return TrainState.create(apply_fn=precision.cast_apply(model.apply, config.dtype),
+                           params=params,
                            tx=optim.make_optimizer(config, steps_per_epoch),
                            rng=dropout_rng)
 
@@ -71,7 +76,8 @@ def _sums(logits, labels, nll, mask=None) -> Metrics:
 
 def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
                view: str, label_smoothing: float = 0.0,
-               axis_name: Optional[str] = None):
+               axis_name: Optional[str] = None,
+               augment: Optional[Callable] = None):
   """One optimizer step on a batch.
 
   Args:
@@ -81,12 +87,17 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
     view: the model's input layout (see data.to_view).
     label_smoothing: smoothing of the optimised loss (metrics use plain CE).
     axis_name: when mapped over devices, the axis to average gradients over.
+    augment: optional fn(key, images) -> images (augment.py), applied first.
 
   Returns:
     (new state, metric sums over the batch).
   """
-  x = data_lib.to_view(images, view)
   dropout_rng = jax.random.fold_in(state.rng, state.step)
+  if axis_name is not None:  # Each device masks its own part of the batch.
+    dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
+  if augment is not None:
+    images = augment(jax.random.fold_in(dropout_rng, 1), images)
+  x = data_lib.to_view(images, view)
 
   def loss_fn(params):
     logits = state.apply_fn({"params": params}, x, train=True,
@@ -118,19 +129,23 @@ def _zeros() -> Metrics:
   return {"loss": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
 
 
-def make_train_chunk(config: Config) -> Callable:
-  """A jitted function running a chunk of steps as one `lax.scan`.
+def make_train_chunk(config: Config, axis_name: Optional[str] = None,
+                     jit: bool = True) -> Callable:
+  """A function running a chunk of steps as one `lax.scan` (jitted if `jit`).
 
   The returned fn(state, images [N,28,28], labels [N], batch_idx [C, B] int32,
-  valid [C] bool) -> (state, metric sums, bad) skips steps where valid is False,
-  so every chunk of an epoch has one shape and compiles once. `bad` (int32) is
-  the global number of the first step whose loss, or whose update of the
-  parameters, was not finite, and -1 if none was; steps after it are skipped.
-  Divergence is thus found on the device, read once per chunk.
+  valid [C] bool) -> (state, metric sums, bad) skips steps where valid is
+  False, so every chunk of an epoch has one shape and compiles once. `bad`
+  (int32) is the global number of the first step whose loss, or whose update
+  of the parameters, was not finite, and -1 if none was; steps after it are
+  skipped. Divergence is thus found on the device, read once per chunk.
+  `axis_name` and `jit=False` are for mapping it over devices (parallel.py).
   """
-  view = models.get(config.model).view
+  view = models.input_view(config)
   step = functools.partial(train_step, view=view,
-                           label_smoothing=config.label_smoothing)
+                           label_smoothing=config.label_smoothing,
+                           augment=augment_lib.from_config(config),
+                           axis_name=axis_name)
 
   def chunk(state, images, labels, batch_idx, valid):
     def body(carry, inputs):
@@ -156,12 +171,14 @@ def make_train_chunk(config: Config) -> Callable:
     bad = jnp.where((bad < 0) & ~finite, state.step.astype(jnp.int32), bad)
     return state, sums, bad
 
-  return jax.jit(chunk, donate_argnums=(0,))
+  # --num_seeds: state and batch_idx gain a leading replica axis.
+  chunk = replicas_lib.vmap(config, chunk, in_axes=(0, None, None, 0, None))
+  return jax.jit(chunk, donate_argnums=(0,)) if jit else chunk
 
 
-def make_evaluate(config: Config, apply_fn: Callable) -> Callable:
-  """A jitted fn(params, images, labels, batch_idx [C, B], mask [C, B]) -> sums."""
-  view = models.get(config.model).view
+def make_evaluate(config: Config, apply_fn: Callable, jit: bool = True) -> Callable:
+  """A (jitted) fn(params, images, labels, batch_idx [C, B], mask [C, B]) -> sums."""
+  view = models.input_view(config)
 
   def evaluate(params, images, labels, batch_idx, mask):
     def body(sums, inputs):
@@ -171,16 +188,19 @@ def make_evaluate(config: Config, apply_fn: Callable) -> Callable:
     sums, _ = jax.lax.scan(body, _zeros(), (batch_idx, mask))
     return sums
 
-  return jax.jit(evaluate)
+  evaluate = replicas_lib.vmap(config, evaluate, in_axes=(0, None, None, None, None))
+  return jax.jit(evaluate) if jit else evaluate
 
 
-def eval_batches(n: int, batch_size: int):
+def eval_batches(n: int, batch_size: int, multiple: int = 1):
   """Index and mask arrays covering all n examples once; the last batch is padded.
+
+  The batch is at most n, rounded up to a multiple of `multiple` (the devices).
 
   Returns:
     batch_idx [C, B] int32 and mask [C, B] float32, C = ceil(n / B).
   """
-  batch_size = min(batch_size, max(n, 1))
+  batch_size = -(-min(batch_size, max(n, 1)) // multiple) * multiple
   c = max(1, math.ceil(n / batch_size))
   flat = np.arange(c * batch_size)
   mask = (flat < n).astype(np.float32).reshape(c, batch_size)
@@ -262,96 +282,126 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
   import os
   import shutil
   from mnist_jax import checkpoint as checkpoint_lib
+  from mnist_jax import parallel
   from mnist_jax import plots
   from mnist_jax import preemption
   from mnist_jax import progress as progress_lib
+  from mnist_jax import report
   from mnist_jax import workdir as workdir_lib
   from mnist_jax.errors import Diverged, UserError
   # pylint: enable=g-import-not-at-top
 
   start_time = time.perf_counter()
   spec = models.get(config.model)
+  par = parallel.setup(config)
   workdir_lib.check_writable(workdir)
   existing = workdir_lib.check_run_folder(workdir, config, overwrite=overwrite)
   resuming = existing and not overwrite
 
-  dataset = data_lib.load(config)
+  dataset = par.main_first(lambda: data_lib.load(config))
   n_train = len(dataset.train)
   if config.batch_size > n_train:
     raise UserError(f"--batch_size={config.batch_size} is larger than the "
                     f"{n_train} training examples; pass a smaller one")
-  progress = progress_lib.Progress(config.epochs, stream=stream)
+  progress = progress_lib.Progress(config.epochs, stream=stream,
+                                   prefix=par.log_prefix)
 
-  put = jax.device_put
+  put = par.replicate
   train_images, train_labels = put(dataset.train.images), put(dataset.train.labels)
   splits = {"test": dataset.test}
   if len(dataset.val):
     splits["val"] = dataset.val
   eval_data = {
       name: (put(s.images), put(s.labels),
-             *map(put, eval_batches(len(s), config.eval_batch_size)))
+             *map(par.shard, eval_batches(len(s), config.eval_batch_size,
+                                          par.num_devices)))
       for name, s in splits.items()
   }
 
-  rng = jax.random.PRNGKey(config.seed)
-  init_rng, data_rng = jax.random.split(rng)
+  init_rng, data_rng = replicas_lib.keys(config)
   steps = n_train // config.batch_size
   model = spec.build(config)
-  state = create_train_state(init_rng, config, model, steps)
+  state = replicas_lib.vmap(config, lambda r: create_train_state(
+      r, config, model, steps))(init_rng)
   shapes = checkpoint_lib.param_shapes(state.params)
 
   meta = None
-  if resuming:
+  if resuming and par.is_main:
     meta, state = _restore_for_resume(config, workdir, state, steps)
     final = workdir_lib.final_metrics(workdir)
-    if meta is not None and meta.get("done") and final is not None:
+    if (meta is not None and meta.get("done") and final is not None and
+        jax.process_count() == 1):
       progress.message(f"{workdir} already finished: test accuracy "
                        f"{100 * final['test_accuracy']:.2f}%; pass --overwrite to "
                        "train it again")
       return final
 
   # Everything is checked: from here on the run folder is written.
-  if overwrite and existing:
-    shutil.rmtree(workdir)
-  environment = workdir_lib.environment()
-  if resuming:
-    workdir_lib.record_resume(workdir, config, environment, meta)
-  else:
-    workdir_lib.start(workdir, config, environment)
-  log = workdir_lib.MetricsLog(workdir)
+  if par.is_main:
+    if overwrite and existing:
+      shutil.rmtree(workdir)
+    environment = workdir_lib.environment()
+    if resuming:
+      workdir_lib.record_resume(workdir, config, environment, meta)
+    else:
+      workdir_lib.start(workdir, config, environment)
+    sequence_lib.record(workdir, config)
+  log = workdir_lib.MetricsLog(workdir) if par.is_main else parallel.NullLog()
   log.truncate_after(meta["epoch"] if meta else 0)
-  checkpoints = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
+  checkpoints = (checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
+                 if par.is_main else parallel.NullCheckpointer())
   if meta is not None:
     progress.message(f"resuming {workdir} at step {meta['step']} (epoch "
                      f"{meta['epoch'] + 1}, step {meta.get('epoch_step', 0)} of "
                      f"{steps})")
 
+  # Where to start, on every process: (first epoch, steps of it already done,
+  # finished) and that epoch's partial metric sums, bit-exact from the JSON.
+  position = np.array([meta["epoch"] + 1 if meta else 1,
+                       meta.get("epoch_step", 0) if meta else 0,
+                       bool(meta and meta.get("done"))], np.int32)
+  partial = jax.tree.map(lambda z: np.zeros(np.shape(z), np.float32),
+                         jax.eval_shape(lambda: replicas_lib.vmap(
+                             config, lambda _: _zeros())(init_rng)))
+  if meta is not None and meta.get("sums"):
+    partial = {k: np.asarray(v, np.float32) for k, v in meta["sums"].items()}
+  state, position, partial = par.from_main((state, position, partial))
+  state = par.replicate(state)
+  first_epoch, skip_steps, finished = (int(v) for v in np.asarray(position))
+
   num_chunks, chunk_len = chunk_plan(steps, config.chunk_steps)
   positions = np.arange(num_chunks * chunk_len).reshape(num_chunks, chunk_len)
-  valid = put(positions < steps)
-  plan = jax.jit(functools.partial(_epoch_plan, n=n_train,
-                                   batch_size=config.batch_size,
-                                   num_chunks=num_chunks, chunk_len=chunk_len))
+  valid = par.replicate_chunks(positions < steps)
+  plan = jax.jit(replicas_lib.vmap(
+      config, functools.partial(_epoch_plan, n=n_train,
+                                batch_size=config.batch_size,
+                                num_chunks=num_chunks, chunk_len=chunk_len),
+      in_axes=(0, None), out_axes=1))
   compile_start = time.perf_counter()
-  chunk_fn = make_train_chunk(config).lower(
-      state, train_images, train_labels, plan(data_rng, 1)[0], valid[0]).compile()
-  evaluate = make_evaluate(config, state.apply_fn)
+  chunk_fn = par.compile_train(
+      make_train_chunk(config, par.axis_name, jit=False), state, train_images,
+      train_labels, par.shard_chunks(plan(data_rng, 1))[0], valid[0])
+  evaluate = par.wrap_evaluate(make_evaluate(config, state.apply_fn, jit=False))
   compile_time = time.perf_counter() - compile_start
 
   def eval_split(name):
-    return fetch(evaluate(state.params, *eval_data[name]))
+    return replicas_lib.fetch(evaluate(state.params, *eval_data[name]), fetch)
 
-  last_saved = int(state.step) if meta is not None else None
+  def global_step() -> int:
+    return int(jnp.max(par.unreplicate(state.step)))
+
+  last_saved = global_step() if meta is not None else None
 
   def save(epochs_done, epoch_step=0, sums=None, done=False):
     nonlocal last_saved
     record = {"epoch": epochs_done, "epoch_step": epoch_step,
-              "step": int(state.step), "model": config.model,
+              "step": global_step(), "model": config.model,
               "seed": config.seed, "done": done, "param_shapes": shapes}
     if sums is not None:
-      record["sums"] = {k: float(v) for k, v in jax.device_get(sums).items()}
-    checkpoints.save(int(state.step), state, record)
-    last_saved = int(state.step)
+      record["sums"] = {k: np.asarray(v).tolist()
+                        for k, v in jax.device_get(sums).items()}
+    checkpoints.save(global_step(), par.unreplicate(state), record)
+    last_saved = global_step()
 
   def last_good():
     checkpoints.wait()
@@ -362,45 +412,44 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
 
   target_split = "val" if "val" in eval_data else "test"
   time_to_target = None
-  first_epoch = meta["epoch"] + 1 if meta else 1
-  skip_steps = meta.get("epoch_step", 0) if meta else 0
-  finished = bool(meta and meta.get("done"))
   epoch = first_epoch - 1
   with preemption.StopRequest() as stop:
     for epoch in range(first_epoch, 1 if finished else config.epochs + 1):
       epoch_start = time.perf_counter()
-      batches = plan(data_rng, epoch)
+      batches = par.shard_chunks(plan(data_rng, epoch))
       done_steps = skip_steps if epoch == first_epoch else 0
-      epoch_valid = valid if done_steps == 0 else put(
+      epoch_valid = valid if done_steps == 0 else par.replicate_chunks(
           (positions < steps) & (positions >= done_steps))
       sums = _zeros()
-      if done_steps:  # The partial sums of a mid-epoch checkpoint, bit-exact.
-        sums = {k: jnp.asarray(np.float32(v)) for k, v in meta["sums"].items()}
+      if done_steps:  # The partial sums of a mid-epoch checkpoint.
+        sums = jax.tree.map(jnp.asarray, partial)
       for c in range(num_chunks):
         if (c + 1) * chunk_len <= done_steps:
           continue
-        if stop.signum is not None:  # A safe point: between chunks.
-          if int(state.step) not in (last_saved, 0):
+        signum = preemption.agreed(stop.signum)
+        if signum is not None:  # A safe point: between chunks.
+          if global_step() not in (last_saved, 0):
             save(epoch - 1, done_steps, sums if done_steps else None)
           checkpoints.close()
-          raise preemption.Preempted(stop.signum, (
-              f"stopped by {preemption.signal_name(stop.signum)} at step "
-              f"{int(state.step)} (epoch {epoch}, step {done_steps} of {steps}); "
-              f"the checkpoint is in {checkpoints.directory}"
-              if last_saved else
-              f"stopped by {preemption.signal_name(stop.signum)} before the "
-              "first step; nothing to save"), workdir)
+          name = preemption.signal_name(signum)
+          raise preemption.Preempted(signum, (
+              f"stopped by {name} at step {global_step()} (epoch {epoch}, step "
+              f"{done_steps} of {steps}); the checkpoint is in "
+              f"{checkpoints.directory}" if last_saved else
+              f"stopped by {name} before the first step; nothing to save"),
+                                     workdir)
         state, chunk_sums, bad = chunk_fn(state, train_images, train_labels,
                                           batches[c], epoch_valid[c])
         sums = jax.tree.map(jnp.add, sums, chunk_sums)
-        bad = int(bad)  # The one host sync per chunk.
-        if bad >= 0:
+        bad = np.asarray(jax.device_get(bad)).reshape(-1)  # One sync a chunk.
+        if (bad >= 0).any():
+          step = int(bad[bad >= 0].min())
           message = (f"training diverged: the loss or the parameters became "
-                     f"non-finite at step {bad} (epoch {epoch}, step "
-                     f"{bad - (epoch - 1) * steps} of {steps}); {last_good()}; "
+                     f"non-finite at step {step} (epoch {epoch}, step "
+                     f"{step - (epoch - 1) * steps} of {steps}); {last_good()}; "
                      "lower --learning_rate or set --grad_clip, then start over "
                      "with --overwrite")
-          log.write({"epoch": epoch, "step": bad, "diverged": True,
+          log.write({"epoch": epoch, "step": step, "diverged": True,
                      "message": message})
           checkpoints.close()
           raise Diverged(message)
@@ -408,14 +457,16 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
         if c < num_chunks - 1:
           progress.update(epoch, done_steps, steps,
                           time.perf_counter() - epoch_start)
-      train_m = fetch(sums)
+      train_m = replicas_lib.fetch(sums, fetch)
       epoch_time = time.perf_counter() - epoch_start
-      row = {"epoch": epoch, "step": int(state.step),
+      row = {"epoch": epoch, "step": global_step(),
              "train_loss": train_m["loss"], "train_accuracy": train_m["accuracy"],
              "val_loss": None, "val_accuracy": None}
+      val_m = None
       if "val" in eval_data:
         val_m = eval_split("val")
         row.update(val_loss=val_m["loss"], val_accuracy=val_m["accuracy"])
+      row.update(replicas_lib.row_extras(config, train=train_m, val=val_m))
       row.update(epoch_time_s=epoch_time,
                  examples_per_s=steps * config.batch_size / epoch_time,
                  elapsed_s=time.perf_counter() - start_time)
@@ -441,15 +492,28 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
   checkpoints.close()
   final = {"test_loss": test_m["loss"], "test_accuracy": test_m["accuracy"],
            "test_examples": int(test_m["count"]), "epochs_run": epoch,
-           "steps": int(state.step), "compile_time_s": compile_time,
+           "steps": int(jnp.max(par.unreplicate(state.step))),
+           "compile_time_s": compile_time,
            "wall_time_s": time.perf_counter() - start_time,
-           "num_params": int(sum(p.size for p in jax.tree.leaves(state.params)))}
+           "num_params": int(sum(p.size for p in
+                                 jax.tree.leaves(par.unreplicate(state.params)))
+                             // config.num_seeds)}
+  final.update(replicas_lib.row_extras(config, test=test_m))
   if config.target_accuracy > 0:
     final["time_to_target_s"] = time_to_target
   log.write(final)
-  plots.learning_curves(log.read(), os.path.join(workdir, "learning_curves.png"),
-                        title=f"{config.model} ({config.preset})")
-  progress.message(f"test accuracy {100 * final['test_accuracy']:.2f}% "
+  if par.is_main:
+    plots.learning_curves(log.read(), os.path.join(workdir, "learning_curves.png"),
+                          title=f"{config.model} ({config.preset})")
+    # The report shows one model: with --num_seeds, the first replica's.
+    params = par.unreplicate(state.params)
+    if config.num_seeds > 1:
+      params = jax.tree.map(lambda p: p[0], params)
+    report.write(workdir, config, params, state.apply_fn, dataset.test,
+                 dataset.class_names, view=models.input_view(config))
+  spread = (f" +- {100 * final['test_accuracy_std']:.2f} (mean +- std of "
+            f"{config.num_seeds} seeds)" if config.num_seeds > 1 else "")
+  progress.message(f"test accuracy {100 * final['test_accuracy']:.2f}%{spread} "
                    f"(loss {final['test_loss']:.4f}, {final['test_examples']} "
                    f"examples); wall time {final['wall_time_s']:.1f}s; "
                    f"results in {workdir}")
@@ -483,7 +547,7 @@ def _restore_for_resume(config: Config, workdir: str, template, steps: int):
   if (not isinstance(epoch_step, int) or not 0 <= epoch_step < steps or
       not 0 <= epoch <= config.epochs or
       meta.get("step") != epoch * steps + epoch_step or
-      int(state.step) != meta.get("step") or
+      int(np.max(np.asarray(state.step))) != meta.get("step") or
       (epoch_step and not isinstance(meta.get("sums"), dict))):
     raise checkpoint_lib.CheckpointError(
         f"the latest checkpoint in {directory} (step {meta.get('step')}, epoch "

@@ -1,5 +1,6 @@
 """Shared fixtures: small synthetic IDX datasets, never the real MNIST."""
 
+import io
 import os
 
 import numpy as np
@@ -52,3 +53,16 @@ def prepared(idx_dir, tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp("tfds"))
   data.prepare("mnist", data_dir, idx_dir)
   return idx_dir, data_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_run(prepared, tmp_path_factory):
+  """A finished one-epoch MLP run folder on the synthetic data (with its report)."""
+  from mnist_jax import models, train  # pylint: disable=g-import-not-at-top
+  mnist_dir, data_dir = prepared
+  workdir = str(tmp_path_factory.mktemp("runs") / "mlp")
+  config = models.get_config("mlp", "seed", epochs=1, mlp_hidden=(16,),
+                             batch_size=32, mnist_dir=mnist_dir,
+                             data_dir=data_dir, workdir=workdir)
+  train.train_and_evaluate(config, workdir, stream=io.StringIO())
+  return workdir

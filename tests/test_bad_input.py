@@ -113,12 +113,12 @@ def _data(tmp_path, damage):
 #  expected exit status, a piece of the expected message).
 CASES = [
     ("unknown_model", ["--model=vgg"], 1, "unknown model 'vgg'"),
-    ("unknown_preset", ["--preset=best"], 1, "has no preset 'best'"),
+    ("unknown_preset", ["--preset=fastest"], 1, "has no preset 'fastest'"),
     ("unknown_mode", ["--mode=serve"], 2, "--mode"),
     ("zero_batch", ["--batch_size=0"], 1, "--batch_size must be positive"),
     ("negative_batch", ["--batch_size=-4"], 1, "--batch_size must be positive"),
     ("zero_epochs", ["--epochs=0"], 1, "--epochs must be positive"),
-    ("zero_lr", ["--learning_rate=0"], 1, "--learning_rate must be a positive"),
+    ("zero_lr", ["--learning_rate=0"], 1, "--learning_rate must be positive"),
     ("negative_lr", ["--learning_rate=-0.1"], 1, "--learning_rate must be"),
     ("nan_lr", ["--learning_rate=nan"], 1, "--learning_rate must be"),
     ("val_fraction_one", ["--val_fraction=1"], 1, "--val_fraction must be in [0, 1)"),

@@ -2,8 +2,10 @@
 
 XLA:CPU's convolution is slow, and far slower inside a scanned epoch, so the
 convolution and pooling here are lowered to slices, one matmul and a reshape-max.
-`PatchConv` keeps `nn.Conv`'s parameters (names, shapes, initialisers) and
-computes the same function, which `tests/test_models.py` checks against it.
+`PatchConv` and `ConvParams` keep `nn.Conv`'s parameters (names, shapes,
+initialisers) and compute the same function, which `tests/test_equivalence.py`
+checks against nn.Conv and nn.max_pool. By default the convolutional stack
+runs channels-first with the batch last ([C, H, W, B], see conv3x3_cfirst).
 """
 
 from typing import Sequence
@@ -45,6 +47,47 @@ class PatchConv(nn.Module):
     return y + bias
 
 
+class ConvParams(nn.Module):
+  """nn.Conv's parameters for a 3x3 conv: kernel [3, 3, Cin, features], bias."""
+  features: int
+  in_features: int
+  kernel_size: Sequence[int] = (3, 3)
+
+  @nn.compact
+  def __call__(self):
+    kernel = self.param("kernel", nn.linear.default_kernel_init,
+                        (*self.kernel_size, self.in_features, self.features))
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    return kernel, bias
+
+
+def conv3x3_cfirst(x, kernel, bias):
+  """A stride-1 'VALID' convolution in channels-first, batch-last layout.
+
+  x: [Cin, H, W, B] -> [Cout, H', W', B]; kernel [kh, kw, Cin, Cout] as nn.Conv.
+  With the batch as the minor axis every patch slice copies long contiguous
+  runs, the patch matrix is stacked along its major axis (so its gradient
+  splits into views, not strided copies), and the matmul is
+  [Cout, kh*kw*Cin] x [kh*kw*Cin, H'*W'*B] with a wide, cheap output.
+  """
+  kh, kw, cin, cout = kernel.shape
+  _, hin, win, b = x.shape
+  h, w = hin - kh + 1, win - kw + 1
+  patches = jnp.concatenate(
+      [x[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)], axis=0)
+  # Row (i, j, cin) of the patches matches kernel.reshape(kh * kw * cin, cout).
+  y = jnp.dot(kernel.reshape(kh * kw * cin, cout).T,
+              patches.reshape(kh * kw * cin, h * w * b))
+  return y.reshape(cout, h, w, b) + bias[:, None, None, None]
+
+
+def max_pool_2x2_cfirst(x):
+  """max_pool_2x2 in [C, H, W, B] layout -> [C, H // 2, W // 2, B]."""
+  c, h, w, b = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2, :]
+  return x.reshape(c, h // 2, 2, w // 2, 2, b).max(axis=(2, 4))
+
+
 def max_pool_2x2(x):
   """2x2 max pooling, stride 2, 'VALID' (odd edges dropped), as reshape + max.
 
@@ -65,12 +108,22 @@ class CNN(nn.Module):
   dropout: float = 0.0
   padding: str = "VALID"
   num_classes: int = 10
+  layout: str = "cfirst"  # "cfirst" ([C, H, W, B] inside) or "nhwc"; same function.
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    for i, width in enumerate(self.features):
-      x = nn.relu(PatchConv(width, padding=self.padding, name=f"conv_{i}")(x))
-      x = max_pool_2x2(x)
+    if self.layout == "cfirst" and self.padding == "VALID":
+      x = jnp.transpose(x, (3, 1, 2, 0))  # [B, H, W, C] -> [C, H, W, B]
+      for i, width in enumerate(self.features):
+        conv = ConvParams(width, x.shape[0], name=f"conv_{i}")
+        x = max_pool_2x2_cfirst(nn.relu(conv3x3_cfirst(x, *conv())))
+      x = jnp.transpose(x, (3, 1, 2, 0))  # Back to [B, H, W, C] to flatten.
+    elif self.layout in ("cfirst", "nhwc"):
+      for i, width in enumerate(self.features):
+        x = nn.relu(PatchConv(width, padding=self.padding, name=f"conv_{i}")(x))
+        x = max_pool_2x2(x)
+    else:
+      raise ValueError(f"layout must be 'cfirst' or 'nhwc', got {self.layout!r}")
     x = x.reshape(x.shape[0], -1)
     if self.dropout > 0:
       x = nn.Dropout(self.dropout, deterministic=not train)(x)

@@ -1,0 +1,296 @@
+"""Compares finished runs (or trains them first): one table and three plots.
+
+  # Compare run folders (a folder of run folders works too):
+  python experiments/compare.py runs/linear runs/cnn runs/gru --out=comparison
+  # Train each model (and seed) first, then compare; finished runs are reused:
+  python experiments/compare.py --train=linear,mlp,cnn,rnn,lstm,gru \
+      --seeds=0,1,2 --runs_root=runs/compare --out=comparison
+
+Writes OUT/comparison.md and OUT/comparison.csv (one row per configuration:
+mean and standard deviation over its seeds), OUT/runs.csv (one row per run),
+and OUT/accuracy.png, OUT/accuracy_vs_time.png, OUT/learning_curves.png.
+"""
+
+import csv
+import os
+import statistics
+import sys
+from typing import Dict, List, Optional, Sequence
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np
+
+from mnist_jax import config as config_lib
+from mnist_jax import workdir as workdir_lib
+from mnist_jax.errors import UserError
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+# Settings that do not change what is trained: runs differing only in these
+# (and the seed) are repeats of one configuration.
+NOT_CONFIGURATION = ("seed", "workdir", "data_dir", "mnist_dir", "chunk_steps")
+PLOTS = ("accuracy.png", "accuracy_vs_time.png", "learning_curves.png")
+
+
+def find_runs(paths: Sequence[str]) -> List[str]:
+  """Run folders among `paths`: each path is a run folder or holds run folders."""
+  found = []
+  for path in paths:
+    if os.path.exists(os.path.join(path, workdir_lib.CONFIG_FILE)):
+      found.append(path)
+    elif os.path.isdir(path):
+      subs = sorted(os.path.join(path, d) for d in os.listdir(path)
+                    if os.path.exists(os.path.join(path, d, workdir_lib.CONFIG_FILE)))
+      if not subs:
+        raise UserError(f"{path} is neither a run folder nor a folder of run "
+                        "folders (no config.json); pass run folders")
+      found.extend(subs)
+    else:
+      raise UserError(f"{path} does not exist; pass run folders written by "
+                      "launch.py")
+  return found
+
+
+def summarize(run_dir: str) -> Optional[dict]:
+  """Headline numbers and learning curve of a finished run (None if unfinished)."""
+  config = workdir_lib.read_config(run_dir)
+  rows = list(workdir_lib.read_metrics(
+      os.path.join(run_dir, workdir_lib.METRICS_FILE)))
+  final = workdir_lib.final_metrics(run_dir)
+  if final is None:
+    return None
+  epochs = [r for r in rows if "epoch" in r and "train_loss" in r]
+  return {
+      "run": run_dir, "config": config, "model": config.model,
+      "preset": config.preset, "seed": config.seed,
+      "parameters": final.get("num_params"),
+      "test_accuracy": final["test_accuracy"], "test_loss": final["test_loss"],
+      "epochs": final.get("epochs_run", len(epochs)),
+      "wall_time_s": final["wall_time_s"],
+      "compile_time_s": final.get("compile_time_s"),
+      "epoch_time_s": statistics.median(r["epoch_time_s"] for r in epochs),
+      "examples_per_s": statistics.median(r["examples_per_s"] for r in epochs),
+      "curve": epochs,
+  }
+
+
+def _key(config) -> tuple:
+  d = config.to_dict()
+  return tuple(sorted((k, str(v)) for k, v in d.items()
+                      if k not in NOT_CONFIGURATION))
+
+
+def _model_order(name: str) -> int:
+  from mnist_jax import models  # pylint: disable=g-import-not-at-top
+  names = list(models.MODELS)
+  return names.index(name) if name in names else len(names)
+
+
+def group(summaries: Sequence[dict]) -> List[dict]:
+  """Runs of one configuration (all but the seed equal) as one group each."""
+  groups: Dict[tuple, List[dict]] = {}
+  for s in summaries:
+    groups.setdefault(_key(s["config"]), []).append(s)
+  out = []
+  for runs in groups.values():
+    runs.sort(key=lambda s: s["seed"])
+    first = runs[0]
+    out.append({
+        "model": first["model"], "preset": first["preset"], "runs": runs,
+        "config": first["config"], "seeds": [s["seed"] for s in runs],
+        "parameters": first["parameters"],
+        "test_accuracy": [s["test_accuracy"] for s in runs],
+        "test_loss": [s["test_loss"] for s in runs],
+        "epochs": [s["epochs"] for s in runs],
+        "wall_time_s": [s["wall_time_s"] for s in runs],
+        "epoch_time_s": [s["epoch_time_s"] for s in runs],
+        "examples_per_s": [s["examples_per_s"] for s in runs],
+        "curves": [s["curve"] for s in runs]})
+  _label(out)
+  out.sort(key=lambda g: (_model_order(g["model"]), g["label"]))
+  return out
+
+
+def _label(groups: List[dict]) -> None:
+  """Names each group by its model, plus whatever tells same-model groups apart."""
+  by_model: Dict[str, List[dict]] = {}
+  for g in groups:
+    by_model.setdefault(g["model"], []).append(g)
+  for same in by_model.values():
+    if len(same) == 1:
+      same[0]["label"] = same[0]["model"]
+      continue
+    dicts = [g["config"].to_dict() for g in same]
+    differ = [k for k in config_lib.FIELDS if k not in NOT_CONFIGURATION
+              and len({str(d[k]) for d in dicts}) > 1]
+    for g, d in zip(same, dicts):
+      parts = [f"{k}={d[k]}" if k != "preset" else d[k] for k in differ[:3]]
+      g["label"] = f"{g['model']} ({', '.join(parts)})"
+
+
+def _mean_std(values) -> tuple:
+  a = np.asarray(values, np.float64)
+  return float(a.mean()), float(a.std()) if len(a) > 1 else 0.0
+
+
+def _pm(values, scale=1.0, digits=2) -> str:
+  mean, std = _mean_std(values)
+  text = f"{scale * mean:.{digits}f}"
+  return text + (f" ± {scale * std:.{digits}f}" if len(values) > 1 else "")
+
+
+def _span(values) -> str:
+  return (str(min(values)) if min(values) == max(values)
+          else f"{min(values)}-{max(values)}")
+
+
+def write_tables(groups: Sequence[dict], out: str) -> None:
+  header = ["model", "preset", "label", "runs", "seeds", "parameters",
+            "test_accuracy_mean", "test_accuracy_std", "test_loss_mean",
+            "epochs", "wall_time_s_mean", "wall_time_s_std", "epoch_time_s_mean",
+            "examples_per_s_mean"]
+  rows = [header]
+  for g in groups:
+    acc, acc_std = _mean_std(g["test_accuracy"])
+    wall, wall_std = _mean_std(g["wall_time_s"])
+    rows.append([g["model"], g["preset"], g["label"], len(g["runs"]),
+                 " ".join(map(str, g["seeds"])), g["parameters"], f"{acc:.6f}",
+                 f"{acc_std:.6f}", f"{_mean_std(g['test_loss'])[0]:.6f}",
+                 _span(g["epochs"]), f"{wall:.2f}", f"{wall_std:.2f}",
+                 f"{_mean_std(g['epoch_time_s'])[0]:.3f}",
+                 f"{_mean_std(g['examples_per_s'])[0]:.0f}"])
+  _write_csv(os.path.join(out, "comparison.csv"), rows)
+  run_rows = [["model", "preset", "label", "seed", "run", "parameters",
+               "test_accuracy", "test_loss", "epochs", "wall_time_s",
+               "compile_time_s", "epoch_time_s", "examples_per_s"]]
+  for g in groups:
+    for s in g["runs"]:
+      run_rows.append([s["model"], s["preset"], g["label"], s["seed"], s["run"],
+                       s["parameters"], f"{s['test_accuracy']:.6f}",
+                       f"{s['test_loss']:.6f}", s["epochs"],
+                       f"{s['wall_time_s']:.2f}",
+                       f"{s['compile_time_s'] or 0:.2f}",
+                       f"{s['epoch_time_s']:.3f}", f"{s['examples_per_s']:.0f}"])
+  _write_csv(os.path.join(out, "runs.csv"), run_rows)
+
+  lines = ["# Model comparison", "",
+           "Mean ± standard deviation over seeds where a configuration has "
+           "several runs. Wall time includes data loading and compilation; "
+           "epoch time and examples/s are medians over epochs.", "",
+           "| model | preset | runs | parameters | test accuracy % | epochs | "
+           "wall time s | epoch time s | examples/s |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+  for g in groups:
+    lines.append(
+        f"| {g['label']} | {g['preset']} | {len(g['runs'])} | "
+        f"{g['parameters']:,} | {_pm(g['test_accuracy'], 100)} | "
+        f"{_span(g['epochs'])} | {_pm(g['wall_time_s'], digits=1)} | "
+        f"{_pm(g['epoch_time_s'], digits=2)} | "
+        f"{_mean_std(g['examples_per_s'])[0]:,.0f} |")
+  lines += ["", "![test accuracy per model](accuracy.png)", "",
+            "![accuracy against training time](accuracy_vs_time.png)", "",
+            "![learning curves](learning_curves.png)", "",
+            "Runs: [runs.csv](runs.csv); table: [comparison.csv](comparison.csv).",
+            ""]
+  tmp = os.path.join(out, "comparison.md.tmp")
+  with open(tmp, "w") as f:
+    f.write("\n".join(lines))
+  os.replace(tmp, os.path.join(out, "comparison.md"))
+
+
+def _write_csv(path: str, rows) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w", newline="") as f:
+    csv.writer(f, lineterminator="\n").writerows(rows)
+  os.replace(tmp, path)
+
+
+def compare(paths: Sequence[str], out: str, log=print) -> List[dict]:
+  """Reads finished runs under `paths`, writes the table and plots to `out`."""
+  from mnist_jax import plots  # pylint: disable=g-import-not-at-top
+  summaries = []
+  for run in find_runs(paths):
+    s = summarize(run)
+    if s is None:
+      log(f"skipping {run}: it has no final test metrics (unfinished run)")
+    else:
+      summaries.append(s)
+  if not summaries:
+    raise UserError("none of the runs has finished; train them first "
+                    "(python launch.py --model=NAME --workdir=DIR)")
+  groups = group(summaries)
+  os.makedirs(out, exist_ok=True)
+  write_tables(groups, out)
+  plots.compare_accuracy(groups, os.path.join(out, "accuracy.png"))
+  plots.compare_accuracy_time(groups, os.path.join(out, "accuracy_vs_time.png"))
+  plots.compare_curves(groups, os.path.join(out, "learning_curves.png"))
+  log(f"compared {len(summaries)} runs in {len(groups)} configurations; "
+      f"table and plots in {out}/comparison.md")
+  return groups
+
+
+def train_runs(model_names: Sequence[str], seeds: Sequence[int], runs_root: str,
+               preset: str = "tuned", log=print, stream=None,
+               **overrides) -> List[str]:
+  """Trains each model and seed into runs_root/MODEL-seedN; reuses finished runs."""
+  # pylint: disable=g-import-not-at-top
+  from mnist_jax import models, runtime, train
+  # pylint: enable=g-import-not-at-top
+  runtime.setup()
+  folders = []
+  for name in model_names:
+    for seed in seeds:
+      folder = os.path.join(runs_root, f"{name}-seed{seed}")
+      config = models.get_config(name, preset, seed=seed, workdir=folder,
+                                 **overrides)
+      done = workdir_lib.final_metrics(folder) if os.path.isdir(folder) else None
+      if done and not workdir_lib.config_differences(
+          workdir_lib.read_config(folder), config):
+        log(f"{folder}: finished before, reused")
+      else:
+        log(f"training {name} (seed {seed}) in {folder}")
+        train.train_and_evaluate(config, folder, stream=stream)
+      folders.append(folder)
+  return folders
+
+
+def main(argv):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  f = flags.FLAGS
+  paths = list(argv[1:])
+  if f.train:
+    overrides = {k: getattr(f, k) for k in ("epochs", "data_dir", "mnist_dir")
+                 if getattr(f, k) is not None}
+    seeds = [int(s) for s in f.seeds]
+    paths += train_runs(f.train, seeds, f.runs_root, f.preset, **overrides)
+  if not paths:
+    raise UserError("pass run folders to compare, or --train=MODEL[,MODEL...]")
+  compare(paths, f.out)
+
+
+def _define_flags():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("out", "comparison", "Folder for the table and plots.")
+  flags.DEFINE_list("train", [], "Models to train first (e.g. linear,cnn,gru).")
+  flags.DEFINE_list("seeds", ["0"], "--train: seeds to train each model with.")
+  flags.DEFINE_string("runs_root", os.path.join("runs", "compare"),
+                      "--train: where the run folders go (MODEL-seedN).")
+  flags.DEFINE_string("preset", "tuned", "--train: preset of every model.")
+  flags.DEFINE_integer("epochs", None, "--train: epochs (default: the preset's).")
+  flags.DEFINE_string("data_dir", None, "--train: tfds data dir.")
+  flags.DEFINE_string("mnist_dir", None, "--train: folder with the IDX files.")
+
+
+def _run(argv):
+  try:
+    main(argv)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  from absl import app  # pylint: disable=g-import-not-at-top
+  _define_flags()
+  app.run(_run)

@@ -1,0 +1,110 @@
+"""How long a run takes to start training: process start to the first train step.
+
+  python experiments/startup.py --model=gru --data_dir=/tmp/tfds_real
+  python experiments/startup.py --model=all --repeats=2 --data_dir=/tmp/tfds_real
+
+Each measurement is a fresh `python` process that goes through launch.py's own
+path (flags, imports, data load, state init, compile or cache load) and stops
+at the first call of the compiled train chunk. Run twice: the first run fills
+the persistent compilation cache, the second shows a warm start. Prints one
+JSON line per run with the time of each phase since the process started.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Runs in the child: time phases of launch.py's main up to the first step.
+_PROBE = r"""
+import time
+T0 = time.perf_counter()
+import json, sys
+sys.path.insert(0, {root!r})
+marks = {{}}
+def mark(name):
+  marks.setdefault(name, round(time.perf_counter() - T0, 3))
+import launch
+mark("imported_launch")
+from mnist_jax import data, train
+mark("imported_train")
+
+class _Started(Exception):
+  pass
+
+_load = data.load
+def load(config):
+  out = _load(config)
+  mark("data_loaded")
+  return out
+data.load = load
+
+_make = train.make_train_chunk
+def make_train_chunk(config):
+  jitted = _make(config)
+  class Lowered:
+    def __init__(self, lowered):
+      self.lowered = lowered
+    def compile(self):
+      mark("compile_start")
+      compiled = self.lowered.compile()
+      mark("compiled")
+      def first_call(*args):
+        mark("first_step")
+        raise _Started()
+      return first_call
+  class Jitted:
+    def lower(self, *args):
+      mark("state_ready")
+      return Lowered(jitted.lower(*args))
+  return Jitted()
+train.make_train_chunk = make_train_chunk
+
+try:
+  launch.FLAGS(sys.argv)
+  launch.main([sys.argv[0]])
+except _Started:
+  pass
+print("STARTUP " + json.dumps(marks))
+"""
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--model", default="all")
+  p.add_argument("--preset", default="seed")
+  p.add_argument("--repeats", type=int, default=2,
+                 help="runs per model; the first may compile, later ones are warm")
+  p.add_argument("--data_dir", default=None)
+  p.add_argument("--mnist_dir", default=None)
+  args = p.parse_args(argv)
+  sys.path.insert(0, ROOT)
+  from mnist_jax import models  # pylint: disable=g-import-not-at-top
+  names = list(models.MODELS) if args.model == "all" else args.model.split(",")
+  probe = _PROBE.format(root=ROOT)
+  for name in names:
+    for run in range(1, args.repeats + 1):
+      with tempfile.TemporaryDirectory() as work:
+        cmd = [sys.executable, "-c", probe, f"--model={name}",
+               f"--preset={args.preset}", f"--workdir={work}/run"]
+        cmd += [f"--{k}={v}" for k in ("data_dir", "mnist_dir")
+                if (v := getattr(args, k))]
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                             check=False)
+      lines = [l for l in out.stdout.splitlines() if l.startswith("STARTUP ")]
+      if out.returncode or not lines:
+        print(f"error: {name} run {run} failed:\n{out.stderr[-2000:]}",
+              file=sys.stderr)
+        sys.exit(1)
+      marks = json.loads(lines[-1][len("STARTUP "):])
+      print(json.dumps({"model": name, "preset": args.preset, "run": run,
+                        "start_training_s": marks.get("first_step"), **marks}),
+            flush=True)
+
+
+if __name__ == "__main__":
+  main()

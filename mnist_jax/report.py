@@ -1,0 +1,293 @@
+"""Evaluation of a trained run, written into its folder: figures, CSVs, report.md.
+
+`write` runs at the end of training; `python launch.py --mode=report
+--workdir=DIR` runs it again on any finished run folder (`load_run` restores the
+latest checkpoint read-only). Every file goes through a temporary name and a
+rename, so an interrupted report never leaves half a file.
+"""
+
+import csv
+import dataclasses
+import io
+import os
+import statistics
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from mnist_jax import workdir as workdir_lib
+
+GRID_SIZE = 40  # Test digits shown in predictions.png.
+MISTAKES_SHOWN = 24
+PAIRS_LISTED = 10
+FILES = ("report.md", "confusion_matrix.png", "confusion_matrix.csv",
+         "per_class.csv", "per_class_accuracy.png", "confused_pairs.csv",
+         "predictions.png", "mistakes.png", "sample_probabilities.png",
+         "learning_curves.png")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A trained model loaded from its run folder."""
+  config: Any
+  params: Any
+  apply_fn: Callable
+  view: str
+  epoch: int
+
+
+def load_run(workdir: str, **overrides) -> Run:
+  """Restores the latest checkpoint of a run folder, without writing to it.
+
+  overrides: Config fields to change, e.g. data_dir when the data moved.
+  """
+  # pylint: disable=g-import-not-at-top
+  import jax
+  from mnist_jax import checkpoint as checkpoint_lib
+  from mnist_jax import models
+  from mnist_jax import train
+  # pylint: enable=g-import-not-at-top
+  config = workdir_lib.read_config(workdir).replace(**overrides)
+  spec = models.get(config.model)
+  template = train.create_train_state(jax.random.PRNGKey(0), config,
+                                      spec.build(config), steps_per_epoch=1)
+  checkpoints = checkpoint_lib.Checkpointer(workdir, read_only=True)
+  try:
+    state, meta = checkpoints.restore(template)
+  finally:
+    checkpoints.close()
+  return Run(config, state.params, state.apply_fn, spec.view,
+             int(meta.get("epoch", 0)))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+  """Row-wise softmax in float64: [N, K] -> [N, K] probabilities."""
+  z = np.asarray(logits, np.float64)
+  z = np.exp(z - z.max(axis=-1, keepdims=True))
+  return z / z.sum(axis=-1, keepdims=True)
+
+
+def confusion(labels: np.ndarray, predicted: np.ndarray, k: int = 10) -> np.ndarray:
+  """[K, K] int64 counts: rows are true labels, columns predictions."""
+  flat = np.asarray(labels, np.int64) * k + np.asarray(predicted, np.int64)
+  return np.bincount(flat, minlength=k * k).reshape(k, k)
+
+
+def per_class(counts: np.ndarray) -> Dict[str, np.ndarray]:
+  """Support, correct, accuracy (recall), precision and F1 of each class."""
+  support = counts.sum(axis=1)
+  correct = np.diag(counts)
+  predicted = counts.sum(axis=0)
+  recall = correct / np.maximum(support, 1)
+  precision = correct / np.maximum(predicted, 1)
+  f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+  return {"support": support, "correct": correct, "accuracy": recall,
+          "precision": precision, "f1": f1}
+
+
+def confused_pairs(counts: np.ndarray, top: int = PAIRS_LISTED) -> List[dict]:
+  """The most frequent (true, predicted) mistakes, most frequent first."""
+  k = counts.shape[0]
+  pairs = [{"true": i, "predicted": j, "count": int(counts[i, j]),
+            "fraction_of_true": float(counts[i, j] / max(counts[i].sum(), 1))}
+           for i in range(k) for j in range(k) if i != j and counts[i, j]]
+  pairs.sort(key=lambda p: (-p["count"], p["true"], p["predicted"]))
+  return pairs[:top]
+
+
+def _write_text(path: str, text: str) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w", newline="") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def _csv(rows: Sequence[Sequence[Any]]) -> str:
+  out = io.StringIO()
+  csv.writer(out, lineterminator="\n").writerows(rows)
+  return out.getvalue()
+
+
+def _fmt_s(seconds: Optional[float]) -> str:
+  if seconds is None:
+    return "n/a"
+  return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _headline(workdir: str, accuracy: float, loss: float, n: int) -> List[tuple]:
+  """(name, value) rows for the top of report.md, from metrics.jsonl."""
+  rows = workdir_lib.read_metrics(os.path.join(workdir, workdir_lib.METRICS_FILE))
+  epochs = [r for r in rows if "epoch" in r and "train_loss" in r]
+  final = workdir_lib.final_metrics(workdir) or {}
+  out = [("Test accuracy", f"**{100 * accuracy:.2f}%** ({n} images, "
+          f"{int(round((1 - accuracy) * n))} wrong)"),
+         ("Test loss", f"{loss:.4f}")]
+  if epochs and epochs[-1].get("val_accuracy") is not None:
+    out.append(("Validation accuracy (last epoch)",
+                f"{100 * epochs[-1]['val_accuracy']:.2f}%"))
+  if epochs:
+    out.append(("Train accuracy (last epoch)",
+                f"{100 * epochs[-1]['train_accuracy']:.2f}%"))
+  if "num_params" in final:
+    out.append(("Parameters", f"{final['num_params']:,}"))
+  if epochs:
+    out.append(("Epochs run", str(epochs[-1]["epoch"])))
+    out.append(("Epoch time (median)", _fmt_s(statistics.median(
+        r["epoch_time_s"] for r in epochs))))
+    out.append(("Examples/s (median)", f"{statistics.median(r['examples_per_s'] for r in epochs):,.0f}"))
+  if "wall_time_s" in final:
+    out.append(("Wall time", f"{_fmt_s(final['wall_time_s'])} (compile "
+                f"{_fmt_s(final.get('compile_time_s'))})"))
+  if final.get("time_to_target_s") is not None:
+    out.append(("Time to target accuracy", _fmt_s(final["time_to_target_s"])))
+  return out
+
+
+def write(workdir: str, config, params, apply_fn: Callable, test,
+          class_names: Optional[Sequence[str]] = None,
+          view: Optional[str] = None) -> Dict[str, Any]:
+  """Evaluates `params` on the test split and writes the report files.
+
+  Args:
+    workdir: the run folder.
+    config: the run's Config.
+    params: model parameters.
+    apply_fn: the model's apply function.
+    test: data.Split with images [N, 28, 28] uint8 and labels [N].
+    class_names: K label names (default "0".."9").
+    view: the model's input layout (default: from the model registry).
+
+  Returns:
+    {"accuracy", "loss", "confusion", "paths"}: test metrics and written files.
+  """
+  # pylint: disable=g-import-not-at-top
+  from mnist_jax import models
+  from mnist_jax import plots
+  from mnist_jax import train
+  # pylint: enable=g-import-not-at-top
+  view = view or models.get(config.model).view
+  images = np.asarray(test.images)
+  labels = np.asarray(test.labels).astype(np.int64)
+  n = len(labels)
+  logits = train.predict_logits(params, apply_fn, images, view,
+                                config.eval_batch_size)
+  k = logits.shape[-1]
+  names = list(class_names) if class_names else [str(i) for i in range(k)]
+  probs = softmax(logits)
+  predicted = probs.argmax(axis=-1)
+  p_true = probs[np.arange(n), labels]
+  loss = float(-np.mean(np.log(np.maximum(p_true, 1e-30))))
+  counts = confusion(labels, predicted, k)
+  accuracy = float(np.trace(counts) / max(n, 1))
+  stats = per_class(counts)
+  pairs = confused_pairs(counts)
+  title = f"{config.model} ({config.preset})"
+  path = lambda name: os.path.join(workdir, name)
+
+  _write_text(path("confusion_matrix.csv"), _csv(
+      [["true\\predicted"] + names] +
+      [[names[i]] + [int(c) for c in counts[i]] for i in range(k)]))
+  _write_text(path("per_class.csv"), _csv(
+      [["class", "name", "support", "correct", "accuracy", "precision", "f1"]] +
+      [[i, names[i], int(stats["support"][i]), int(stats["correct"][i]),
+        f"{stats['accuracy'][i]:.6f}", f"{stats['precision'][i]:.6f}",
+        f"{stats['f1'][i]:.6f}"] for i in range(k)]))
+  _write_text(path("confused_pairs.csv"), _csv(
+      [["true", "predicted", "count", "fraction_of_true"]] +
+      [[names[p["true"]], names[p["predicted"]], p["count"],
+        f"{p['fraction_of_true']:.6f}"] for p in pairs]))
+
+  plots.confusion_matrix(counts, path("confusion_matrix.png"), names,
+                         title=f"{title}: confusion matrix on {n} test images "
+                         f"({100 * accuracy:.2f}% correct)")
+  plots.per_class_accuracy(stats["accuracy"], stats["support"],
+                           path("per_class_accuracy.png"), names, accuracy,
+                           title=f"{title}: test accuracy per class "
+                           "(lowest in red)")
+  shown = np.arange(min(GRID_SIZE, n))
+  plots.prediction_grid(images[shown], labels[shown], predicted[shown],
+                        path("predictions.png"), names, shown)
+  wrong = np.flatnonzero(predicted != labels)
+  worst = wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")]
+  worst = worst[:MISTAKES_SHOWN]
+  plots.mistakes(images[worst], labels[worst], predicted[worst],
+                 probs[worst, predicted[worst]], p_true[worst],
+                 path("mistakes.png"), names, worst,
+                 title=f"{title}: the {len(worst)} most confident mistakes of "
+                 f"{len(wrong)} (predicted label and probability; true label "
+                 "and its probability)")
+  samples = [{"image": images[0], "probabilities": probs[0],
+              "label": int(labels[0]), "caption": "test image #0"}]
+  if n > 1:
+    unsure = int(np.argmin(probs.max(axis=-1)))
+    samples.append({"image": images[unsure], "probabilities": probs[unsure],
+                    "label": int(labels[unsure]),
+                    "caption": f"test image #{unsure}\n(the least confident)"})
+  plots.sample_probabilities(samples, path("sample_probabilities.png"), names,
+                             title=f"{title}: class probabilities of single "
+                             "test images")
+  metrics_rows = workdir_lib.read_metrics(path(workdir_lib.METRICS_FILE))
+  if metrics_rows:
+    plots.learning_curves(metrics_rows, path("learning_curves.png"), title=title)
+
+  _write_text(path("report.md"), _markdown(
+      workdir, config, names, counts, stats, pairs, accuracy, loss, n))
+  return {"accuracy": accuracy, "loss": loss, "confusion": counts,
+          "paths": [path(f) for f in FILES if os.path.exists(path(f))]}
+
+
+def _markdown(workdir, config, names, counts, stats, pairs, accuracy, loss, n):
+  lines = [f"# {config.model} ({config.preset} preset) on {config.dataset}", ""]
+  lines += ["| | |", "|---|---|"]
+  lines += [f"| {k} | {v} |" for k, v in _headline(workdir, accuracy, loss, n)]
+  lines += ["", "## Learning curves", "", "![learning curves](learning_curves.png)",
+            "", "## Confusion matrix", "",
+            "Rows are true labels, columns predictions; each cell shows a count, "
+            "its colour the fraction of the row. Counts: "
+            "[confusion_matrix.csv](confusion_matrix.csv).", "",
+            "![confusion matrix](confusion_matrix.png)", "",
+            "## Most confused pairs", ""]
+  if pairs:
+    lines += ["| true | predicted as | count | % of true class |",
+              "|---|---|---:|---:|"]
+    lines += [f"| {names[p['true']]} | {names[p['predicted']]} | {p['count']} | "
+              f"{100 * p['fraction_of_true']:.2f} |" for p in pairs]
+    k = counts.shape[0]
+    both = sorted(((counts[i, j] + counts[j, i], i, j) for i in range(k)
+                   for j in range(i + 1, k)), key=lambda t: (-t[0], t[1], t[2]))
+    top = [f"{names[i]} and {names[j]} ({c})" for c, i, j in both[:3] if c]
+    lines += ["", "Confused in either direction most: " + ", ".join(top) + "."]
+  else:
+    lines += ["No test image was misclassified."]
+  lines += ["", "## Per class", "", "![per-class accuracy](per_class_accuracy.png)",
+            "", "| class | images | correct | accuracy % | precision % | F1 % |",
+            "|---|---:|---:|---:|---:|---:|"]
+  lines += [f"| {names[i]} | {stats['support'][i]} | {stats['correct'][i]} | "
+            f"{100 * stats['accuracy'][i]:.2f} | {100 * stats['precision'][i]:.2f} "
+            f"| {100 * stats['f1'][i]:.2f} |" for i in range(len(names))]
+  lines += ["", "## Predictions", "",
+            f"The first {min(GRID_SIZE, n)} test images; wrong ones are framed "
+            "in red.", "", "![predictions](predictions.png)", "",
+            "## Most confident mistakes", "", "![mistakes](mistakes.png)", "",
+            "## Class probabilities of single images", "",
+            "![sample probabilities](sample_probabilities.png)", "",
+            "## Settings", "", "```json", config.to_json(), "```", ""]
+  return "\n".join(lines)
+
+
+def main(workdir: str, **overrides) -> Dict[str, Any]:
+  """The `--mode=report` command: evaluates a finished run and rewrites its report.
+
+  overrides: data_dir / mnist_dir, when the data is elsewhere than at training.
+  """
+  # pylint: disable=g-import-not-at-top
+  from mnist_jax import data as data_lib
+  # pylint: enable=g-import-not-at-top
+  run = load_run(workdir, **overrides)
+  dataset = data_lib.load(run.config)
+  result = write(workdir, run.config, run.params, run.apply_fn, dataset.test,
+                 dataset.class_names, view=run.view)
+  print(f"test accuracy {100 * result['accuracy']:.2f}% (loss "
+        f"{result['loss']:.4f}, {len(dataset.test)} examples, checkpoint of "
+        f"epoch {run.epoch}); report in {os.path.join(workdir, 'report.md')}")
+  return result

@@ -1,0 +1,170 @@
+"""MNIST-style preprocessing of image files and prediction with a trained run."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+from PIL import ImageDraw
+import pytest
+
+from mnist_jax import predict
+from mnist_jax import report
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _centre_of_mass(a):
+  a = a.astype(np.float64)
+  idx = np.arange(a.shape[0])
+  return (a.sum(axis=1) * idx).sum() / a.sum(), (a.sum(axis=0) * idx).sum() / a.sum()
+
+
+def _box(a):
+  rows, cols = np.flatnonzero(a.any(axis=1)), np.flatnonzero(a.any(axis=0))
+  return rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+
+
+def _seven(size=(200, 200), ink=0, paper=255, width=14, mode="L"):
+  """A '7' drawn off-centre (in the top-left part) of a canvas."""
+  image = Image.new(mode, size, paper)
+  w, h = size
+  ImageDraw.Draw(image).line([(0.1 * w, 0.1 * h), (0.5 * w, 0.1 * h),
+                              (0.25 * w, 0.6 * h)], fill=ink, width=width)
+  return image
+
+
+def test_output_is_centred_by_centre_of_mass_and_fits_20x20():
+  out = predict.preprocess(_seven())
+  assert out.shape == (28, 28) and out.dtype == np.uint8
+  cy, cx = _centre_of_mass(out)
+  assert abs(cy - predict.CENTRE) <= 0.5 and abs(cx - predict.CENTRE) <= 0.5
+  assert max(_box(out)) == 20
+  # Off-centre input: the centre of mass moved, not just the bounding box.
+  assert out.max() == 255 and out[0].max() == 0 and out[:, 0].max() == 0
+
+
+def test_light_background_is_inverted_to_mnist_polarity():
+  dark_on_light = predict.preprocess(_seven(ink=0, paper=255))
+  light_on_dark = predict.preprocess(_seven(ink=255, paper=0))
+  grey_paper = predict.preprocess(_seven(ink=40, paper=200))
+  for out in (dark_on_light, light_on_dark, grey_paper):
+    assert out[0, 0] == 0 and out.max() == 255  # Black background, white ink.
+  np.testing.assert_array_equal(dark_on_light, light_on_dark)
+  assert np.abs(grey_paper.astype(int) - dark_on_light).mean() < 3
+
+
+def test_colour_and_transparent_images():
+  rgb = predict.preprocess(_seven(ink=(10, 20, 150), paper=(250, 240, 200),
+                                  mode="RGB"))
+  transparent = predict.preprocess(_seven(ink=(0, 0, 0, 255), paper=(0, 0, 0, 0),
+                                          mode="RGBA"))
+  reference = predict.preprocess(_seven())
+  for out in (rgb, transparent):
+    assert out[0, 0] == 0
+    assert np.abs(out.astype(int) - reference).mean() < 5
+
+
+@pytest.mark.parametrize("size,expect", [((1600, 300), (5, 20)),  # Wide and big.
+                                         ((7, 40), (20, 5))])  # Tiny and tall.
+def test_big_and_odd_sizes_keep_the_aspect_ratio(size, expect):
+  w, h = size
+  image = Image.new("L", size, 0)
+  # A bar filling 80% x 80% of the canvas: its aspect is the canvas's.
+  ImageDraw.Draw(image).rectangle([0.1 * w, 0.1 * h, 0.9 * w - 1, 0.9 * h - 1],
+                                  fill=255)
+  out = predict.preprocess(image)
+  assert out.shape == (28, 28)
+  height, width = _box(out > 64)
+  assert abs(height - expect[0]) <= 1 and abs(width - expect[1]) <= 1
+
+
+def test_thin_pen_on_a_big_canvas_is_thickened():
+  thin = predict.preprocess(_seven(size=(1200, 1200), width=3))
+  thick = predict.preprocess(_seven(size=(1200, 1200), width=90))
+  assert (thin > 127).sum() >= 0.5 * (thick > 127).sum()
+
+
+def test_error_paths_name_the_file(tmp_path):
+  text = tmp_path / "notes.txt"
+  text.write_text("not an image\n")
+  empty = tmp_path / "empty.png"
+  empty.write_bytes(b"")
+  truncated = tmp_path / "cut.png"
+  buffer = io.BytesIO()
+  _seven().save(buffer, format="PNG")
+  truncated.write_bytes(buffer.getvalue()[:60])
+  blank = tmp_path / "blank.png"
+  Image.new("L", (50, 50), 255).save(blank)
+  cases = {str(text): "is not an image", str(empty): "is empty",
+           str(tmp_path / "missing.png"): "does not exist",
+           str(tmp_path): "is a folder", str(truncated): "cannot be read",
+           str(blank): "has no digit"}
+  for path, words in cases.items():
+    with pytest.raises(predict.ImageError) as info:
+      predict.load(path)
+    message = str(info.value)
+    assert message.startswith(path) and words in message, message
+    assert "\n" not in message
+
+
+def _write_digits(folder):
+  good = []
+  for i, (ink, paper, ext) in enumerate([(0, 255, "png"), (255, 0, "jpg")]):
+    path = os.path.join(folder, f"good{i}.{ext}")
+    _seven(ink=ink, paper=paper).save(path)
+    good.append(path)
+  bad = os.path.join(folder, "bad.txt")
+  with open(bad, "w") as f:
+    f.write("hello\n")
+  return good, bad
+
+
+def test_predict_files_keeps_going_after_a_bad_file(tiny_run, tmp_path):
+  good, bad = _write_digits(str(tmp_path))
+  run = report.load_run(tiny_run)
+  results = predict.predict_files(run, [good[0], bad, good[1]])
+  assert [r.file for r in results] == [good[0], bad, good[1]]
+  assert results[1].error is not None and results[1].digit is None
+  for r in (results[0], results[2]):
+    assert r.error is None and 0 <= r.digit <= 9
+    assert sum(r.probabilities) == pytest.approx(1.0, abs=1e-4)
+    assert r.digit == int(np.argmax(r.probabilities))
+  out, err = io.StringIO(), io.StringIO()
+  failed = predict.main(tiny_run, [good[0], bad], as_json=True, plot=True,
+                        out=out, err=err)
+  assert failed == 1
+  lines = [json.loads(line) for line in out.getvalue().splitlines()]
+  assert [line["file"] for line in lines] == [good[0], bad]
+  assert lines[0]["digit"] == results[0].digit and len(lines[0]["probabilities"]) == 10
+  assert lines[1]["digit"] is None and "not an image" in lines[1]["error"]
+  assert f"error: {bad} is not an image" in err.getvalue()
+  assert os.path.exists(os.path.join(tiny_run, predict.PLOT_DIR, "good0.png"))
+
+
+def _launch(*args):
+  return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args],
+                        capture_output=True, text=True, cwd=ROOT, check=False)
+
+
+def test_predict_mode_exit_status(tiny_run, tmp_path):
+  good, _ = _write_digits(str(tmp_path))
+  empty = tmp_path / "empty.png"
+  empty.write_bytes(b"")
+  missing = str(tmp_path / "missing.png")
+  result = _launch("--mode=predict", f"--workdir={tiny_run}",
+                   f"--image={good[0]},{empty},{missing},{good[1]}", "--json")
+  assert result.returncode == 1, result.stderr
+  records = [json.loads(line) for line in result.stdout.splitlines()]
+  assert [r["file"] for r in records] == [good[0], str(empty), missing, good[1]]
+  assert [r["digit"] is None for r in records] == [False, True, True, False]
+  errors = result.stderr.strip().splitlines()
+  assert errors == [f"error: {empty} is empty (0 bytes); pass a PNG or JPEG file",
+                    f"error: {missing} does not exist; check the path"]
+
+  ok = _launch("--mode=predict", f"--workdir={tiny_run}", f"--image={good[0]}")
+  assert ok.returncode == 0, ok.stderr
+  assert ok.stdout.startswith(f"{good[0]}: ") and "probabilities 0:" in ok.stdout

@@ -1,0 +1,80 @@
+"""--num_seeds: N replicas in one vmapped program."""
+
+import io
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from mnist_jax import models, replicas, train, workdir as workdir_lib
+
+TINY = dict(mlp_hidden=(16,), dropout=0.2, epochs=2, batch_size=50,
+            val_fraction=0.1)
+
+
+def _run(prepared, folder, **overrides):
+  mnist_dir, data_dir = prepared
+  config = models.get_config("mlp", mnist_dir=mnist_dir, data_dir=data_dir,
+                             **{**TINY, **overrides})
+  train.train_and_evaluate(config, str(folder), stream=io.StringIO())
+  return workdir_lib.read_metrics(os.path.join(str(folder), "metrics.jsonl"))
+
+
+def test_replica_keys_are_those_of_single_runs():
+  config = models.get_config("mlp", seed=4, num_seeds=3)
+  init, data = replicas.keys(config)
+  for i in range(3):
+    single = replicas.keys(config.replace(seed=4 + i, num_seeds=1))
+    np.testing.assert_array_equal(init[i], single[0])
+    np.testing.assert_array_equal(data[i], single[1])
+
+
+@pytest.fixture(scope="module")
+def three_seeds(prepared, tmp_path_factory):
+  return _run(prepared, tmp_path_factory.mktemp("seeds"), seed=3, num_seeds=3)
+
+
+def test_rows_hold_each_replica_and_their_mean_and_std(three_seeds):
+  epochs, final = three_seeds[:-1], three_seeds[-1]
+  assert [r["epoch"] for r in epochs] == [1, 2]
+  for row in epochs:
+    per = row["replicas"]
+    assert [p["seed"] for p in per] == [3, 4, 5]
+    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+      values = [p[key] for p in per]
+      assert row[key] == pytest.approx(np.mean(values))
+      assert row[key + "_std"] == pytest.approx(np.std(values, ddof=1))
+  losses = [p["test_loss"] for p in final["replicas"]]
+  assert len(set(losses)) == 3  # Different init, dropout and data order.
+  assert final["test_loss"] == pytest.approx(np.mean(losses))
+  assert final["test_loss_std"] == pytest.approx(np.std(losses, ddof=1))
+  assert final["num_params"] == 784 * 16 + 16 + 16 * 10 + 10
+
+
+def test_replica_i_is_the_single_run_with_seed_plus_i(prepared, three_seeds,
+                                                      tmp_path):
+  rows = _run(prepared, tmp_path / "single", seed=4)
+  assert "replicas" not in rows[-1] and "test_loss_std" not in rows[-1]
+  assert all("replicas" not in r and "train_loss_std" not in r for r in rows)
+  replica = three_seeds[-1]["replicas"][1]
+  assert replica["seed"] == 4
+  assert replica["test_loss"] == pytest.approx(rows[-1]["test_loss"], rel=1e-5)
+  assert replica["test_accuracy"] == pytest.approx(rows[-1]["test_accuracy"])
+  for multi, single in zip(three_seeds[:-1], rows[:-1]):
+    assert multi["replicas"][1]["train_loss"] == pytest.approx(
+        single["train_loss"], rel=1e-5)
+
+
+def test_replicas_resume_from_their_checkpoint(prepared, tmp_path):
+  """Resuming a stacked run after epoch 1 ends where the whole run ended."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / "resume"
+  whole = _run(prepared, folder, num_seeds=2)
+  latest = max(os.listdir(folder / "checkpoints"), key=int)  # Named by step.
+  shutil.rmtree(folder / "checkpoints" / latest)
+  resumed = _run(prepared, folder, num_seeds=2)
+  assert [r.get("epoch") for r in resumed] == [1, 2, None]
+  for key in ("test_loss", "test_accuracy"):
+    assert [p[key] for p in resumed[-1]["replicas"]] == pytest.approx(
+        [p[key] for p in whole[-1]["replicas"]], rel=1e-6)

@@ -1,0 +1,92 @@
+"""The per-run evaluation files: written after training and on demand."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from mnist_jax import report
+from mnist_jax import workdir as workdir_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _read_csv(path):
+  with open(path) as f:
+    return list(csv.reader(f))
+
+
+def test_training_leaves_every_report_file(tiny_run):
+  for name in report.FILES:
+    assert os.path.getsize(os.path.join(tiny_run, name)) > 0, name
+  for name in report.FILES:
+    if name.endswith(".png"):
+      with Image.open(os.path.join(tiny_run, name)) as image:
+        assert image.format == "PNG" and min(image.size) >= 300, name
+  text = open(os.path.join(tiny_run, "report.md")).read()
+  for name in report.FILES:
+    if name.endswith(".png"):
+      assert f"({name})" in text, name
+  assert not [f for f in os.listdir(tiny_run) if ".tmp" in f]
+
+
+def test_confusion_matrix_counts_sum_to_test_size(tiny_run):
+  rows = _read_csv(os.path.join(tiny_run, "confusion_matrix.csv"))
+  assert rows[0][1:] == [str(i) for i in range(10)]
+  counts = np.array([[int(c) for c in r[1:]] for r in rows[1:]])
+  final = workdir_lib.final_metrics(tiny_run)
+  assert counts.shape == (10, 10)
+  assert counts.sum() == final["test_examples"] == 200
+  assert counts.sum(axis=1).tolist() == [20] * 10  # The fixture's class sizes.
+  assert np.trace(counts) / counts.sum() == pytest.approx(final["test_accuracy"])
+
+  per_class = _read_csv(os.path.join(tiny_run, "per_class.csv"))
+  assert per_class[0][:5] == ["class", "name", "support", "correct", "accuracy"]
+  assert [int(r[3]) for r in per_class[1:]] == np.diag(counts).tolist()
+  pairs = _read_csv(os.path.join(tiny_run, "confused_pairs.csv"))[1:]
+  for true, predicted, count, _ in pairs:
+    assert true != predicted and counts[int(true), int(predicted)] == int(count)
+
+
+def test_confusion_and_pairs_on_known_labels():
+  labels = np.array([3, 3, 3, 8, 8, 4, 9, 9, 9, 0])
+  predicted = np.array([8, 8, 3, 3, 8, 9, 4, 9, 4, 0])
+  counts = report.confusion(labels, predicted)
+  assert counts[3, 8] == 2 and counts[8, 3] == 1 and counts[9, 4] == 2
+  assert counts.sum() == len(labels)
+  pairs = report.confused_pairs(counts)
+  assert [(p["true"], p["predicted"], p["count"]) for p in pairs] == [
+      (3, 8, 2), (9, 4, 2), (4, 9, 1), (8, 3, 1)]
+  stats = report.per_class(counts)
+  assert stats["accuracy"][3] == pytest.approx(1 / 3)
+  assert stats["precision"][8] == pytest.approx(1 / 3)
+
+
+def test_report_mode_rewrites_a_finished_run(tiny_run, tmp_path):
+  workdir = str(tmp_path / "copy")
+  subprocess.run(["cp", "-r", tiny_run, workdir], check=True)
+  for name in ("report.md", "confusion_matrix.png", "mistakes.png"):
+    os.remove(os.path.join(workdir, name))
+  result = report.main(workdir)
+  for name in report.FILES:
+    assert os.path.exists(os.path.join(workdir, name)), name
+  assert result["accuracy"] == pytest.approx(
+      workdir_lib.final_metrics(workdir)["test_accuracy"])
+
+
+def _launch(*args):
+  return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args],
+                        capture_output=True, text=True, cwd=ROOT, check=False)
+
+
+def test_report_mode_on_a_folder_without_a_run(tmp_path):
+  result = _launch("--mode=report", f"--workdir={tmp_path}")
+  assert result.returncode == 1
+  assert result.stderr.strip().startswith("error: ")
+  assert "config.json does not exist" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1
