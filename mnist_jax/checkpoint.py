@@ -18,7 +18,6 @@ from typing import Optional, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
 from mnist_jax.errors import UserError
 
@@ -29,8 +28,15 @@ class CheckpointError(UserError):
   """A checkpoint is missing, unreadable, or does not fit this model."""
 
 
+def _orbax():
+  """orbax.checkpoint, imported on first use: the import takes about 0.7 s,
+  which a fresh run should not pay before its first step."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  return ocp
+
+
 def _abstract(tree):
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+  return jax.tree.map(_orbax().utils.to_shape_dtype_struct, tree)
 
 
 def param_shapes(params) -> dict:
@@ -79,10 +85,23 @@ class Checkpointer:
     if os.path.exists(self.directory) and not os.path.isdir(self.directory):
       raise CheckpointError(f"{self.directory} is a file, not a checkpoint "
                             "folder; remove it or pass another --workdir")
+    self._read_only = read_only
+    self._keep = keep
+    self._cached_manager = None
+    if read_only:
+      self._manager  # pylint: disable=pointless-statement  # Fail now, not later.
+
+  @property
+  def _manager(self):
+    """The orbax manager, made on first use (a writer first needs it to save)."""
+    if self._cached_manager is not None:
+      return self._cached_manager
+    ocp = _orbax()
+    read_only = self._read_only
     # Orbax warns about every read-only option it adjusts; those are intended.
     logging.getLogger("absl").setLevel(logging.ERROR)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=None if read_only else keep, create=not read_only,
+        max_to_keep=None if read_only else self._keep, create=not read_only,
         read_only=read_only, enable_async_checkpointing=not read_only,
         cleanup_tmp_directories=not read_only)
     if jax.process_count() > 1:
@@ -96,11 +115,12 @@ class Checkpointer:
           multiprocessing_options=ocp.options.MultiprocessingOptions(
               primary_host=process, active_processes={process}))
     try:
-      self._manager = ocp.CheckpointManager(self.directory, options=options)
+      self._cached_manager = ocp.CheckpointManager(self.directory, options=options)
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(f"cannot open the checkpoints in {self.directory} "
                             f"({_reason(e)}); remove that folder or pass another "
                             "--workdir") from None
+    return self._cached_manager
 
   def save(self, step: int, state, meta: dict) -> None:
     """Starts an atomic save in the background; `wait` or `close` finishes it.
@@ -108,6 +128,7 @@ class Checkpointer:
     The meta record gets the state's digest, checked on restore.
     """
     meta = {**meta, "digest": state_digest(state)}
+    ocp = _orbax()
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(_host_local(state)), meta=ocp.args.JsonSave(meta)),
         force=True)
@@ -134,6 +155,7 @@ class Checkpointer:
       raise CheckpointError(f"no checkpoint in {self.directory}; train first "
                             "(python launch.py --model=NAME --workdir=DIR)")
     try:
+      ocp = _orbax()
       meta = self._manager.restore(step, args=ocp.args.Composite(
           meta=ocp.args.JsonRestore()))["meta"]
     except Exception as e:  # pylint: disable=broad-except
@@ -172,6 +194,7 @@ class Checkpointer:
           f"{have.get(first)} in the checkpoint, {want.get(first)} here; "
           f"{len(diff)} differences); pass the settings it was trained with, "
           "--overwrite, or another --workdir")
+    ocp = _orbax()
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(
@@ -191,8 +214,10 @@ class Checkpointer:
     return state, meta
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    if self._cached_manager is not None:
+      self._cached_manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    if self._cached_manager is not None:
+      self._cached_manager.wait_until_finished()
+      self._cached_manager.close()

@@ -9,11 +9,12 @@ import json
 import math
 from typing import Any, Optional, Tuple
 
+from mnist_jax import datasets
 from mnist_jax.errors import UserError
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "onecycle")
-DATASETS = ("mnist", "fashion_mnist", "kmnist")
+DATASETS = tuple(datasets.DATASETS)
 SEQUENCES = ("rows", "pixels", "permuted")
 PADDINGS = ("VALID", "SAME")
 PARALLEL = ("auto", "none", "pmap", "sharded")

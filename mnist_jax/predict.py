@@ -19,6 +19,7 @@ from PIL import Image
 from PIL import ImageOps
 from PIL import UnidentifiedImageError
 
+from mnist_jax import datasets
 from mnist_jax.errors import UserError
 
 SIZE = 28
@@ -225,14 +226,13 @@ def main(workdir: str, paths: Sequence[str], as_json: bool = False,
   # pylint: disable=g-import-not-at-top
   from mnist_jax import plots
   from mnist_jax import report
-  from mnist_jax import tfds_builder
   # pylint: enable=g-import-not-at-top
   out = out or sys.stdout
   err = err or sys.stderr
   if not paths:
     raise UserError("--mode=predict needs --image=FILE[,FILE...]")
   run = report.load_run(workdir)
-  names = tfds_builder.class_names(run.config.dataset)
+  names = datasets.class_names(run.config.dataset)
   results = predict_files(run, paths)
   for r in results:
     if r.error is not None:

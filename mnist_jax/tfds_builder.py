@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
+from mnist_jax import datasets
 from mnist_jax import idx
 
 FILES = {
@@ -87,34 +88,17 @@ class _IdxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                     "label": int(labels[index])}
 
 
-class Mnist(_IdxBuilder, skip_registration=True):
-  name = "mnist"
-  URL = "https://storage.googleapis.com/cvdf-datasets/mnist/"
-  DESCRIPTION = "The MNIST database of handwritten digits."
+def _builder(info: datasets.DatasetInfo):
+  return type(info.name.title().replace("_", ""), (_IdxBuilder,), dict(
+      name=info.name, VERSION=tfds.core.Version(info.version), URL=info.url,
+      DESCRIPTION=info.description, LABEL_NAMES=info.label_names,
+      __module__=__name__),
+              skip_registration=True)
 
 
-class FashionMnist(_IdxBuilder, skip_registration=True):
-  name = "fashion_mnist"
-  URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
-  DESCRIPTION = "Fashion-MNIST: Zalando article images, 10 classes."
-  LABEL_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
-
-
-class Kmnist(_IdxBuilder, skip_registration=True):
-  name = "kmnist"
-  URL = "http://codh.rois.ac.jp/kmnist/dataset/kmnist/"
-  DESCRIPTION = "Kuzushiji-MNIST: cursive Japanese characters, 10 classes."
-  LABEL_NAMES = ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")
-
-
-BUILDERS = {b.name: b for b in (Mnist, FashionMnist, Kmnist)}
-
-
-def class_names(dataset: str) -> list:
-  """Human-readable label names: digits for MNIST, words for the sisters."""
-  names = BUILDERS[dataset].LABEL_NAMES
-  return list(names) if names else [str(i) for i in range(10)]
+BUILDERS = {name: _builder(info) for name, info in datasets.DATASETS.items()}
+Mnist, FashionMnist, Kmnist = (BUILDERS[n] for n in ("mnist", "fashion_mnist", "kmnist"))
+class_names = datasets.class_names
 
 
 def decode_split(builder: tfds.core.DatasetBuilder, split: str):

@@ -283,7 +283,6 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
   import shutil
   from mnist_jax import checkpoint as checkpoint_lib
   from mnist_jax import parallel
-  from mnist_jax import plots
   from mnist_jax import preemption
   from mnist_jax import progress as progress_lib
   from mnist_jax import report
@@ -503,6 +502,9 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
     final["time_to_target_s"] = time_to_target
   log.write(final)
   if par.is_main:
+    # Imported only now: matplotlib takes about 0.5 s, not worth paying before
+    # the first step.
+    from mnist_jax import plots  # pylint: disable=g-import-not-at-top
     plots.learning_curves(log.read(), os.path.join(workdir, "learning_curves.png"),
                           title=f"{config.model} ({config.preset})")
     # The report shows one model: with --num_seeds, the first replica's.

@@ -1,0 +1,47 @@
+"""A run with its data already prepared starts training without the slow imports."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+import startup  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def test_first_step_needs_neither_tfds_nor_orbax_nor_matplotlib(prepared, tmp_path):
+  """tfds (data cached), orbax (nothing to restore yet) and matplotlib (plots
+  come at the end) cost over a second of start-up between them."""
+  _, data_dir = prepared
+  cmd = [sys.executable, "-c", startup._PROBE.format(root=ROOT),  # pylint: disable=protected-access
+         "--model=mlp", "--preset=seed", "--mlp_hidden=8", "--epochs=1",
+         "--batch_size=50", f"--data_dir={data_dir}", f"--workdir={tmp_path}/run"]
+  out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  line = [l for l in out.stdout.splitlines() if l.startswith("STARTUP ")][-1]
+  marks = json.loads(line[len("STARTUP "):])
+  assert marks["heavy_modules_loaded"] == []
+  assert marks["imported_launch"] <= marks["data_loaded"] <= marks["first_step"]
+
+
+def test_a_cached_dataset_loads_without_tfds(prepared):
+  _, data_dir = prepared
+  code = ("import sys; from mnist_jax import data; "
+          f"a = data.prepare('mnist', {data_dir!r}); "
+          "print(len(a['train_labels']), 'tensorflow_datasets' in sys.modules)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, cwd=ROOT, check=True, timeout=120)
+  assert out.stdout.split() == ["600", "False"]
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "kmnist"])
+def test_builders_take_their_version_and_names_from_datasets(name):
+  from mnist_jax import datasets, tfds_builder  # pylint: disable=g-import-not-at-top
+  builder = tfds_builder.BUILDERS[name]
+  assert str(builder.VERSION) == datasets.DATASETS[name].version
+  assert builder.name == name
+  assert tfds_builder.class_names(name) == datasets.class_names(name)
