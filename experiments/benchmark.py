@@ -42,6 +42,8 @@ def parse_args(argv=None):
   p.add_argument("--data_dir", default=None)
   p.add_argument("--batch_size", type=int, default=None)
   p.add_argument("--chunk_steps", type=int, default=None)
+  p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                 help="override any Config field, e.g. --set=cnn_features=16,32")
   p.add_argument("--parallel", default="auto",
                  help="auto (what launch.py does), none, pmap or sharded")
   p.add_argument("--eval", action="store_true",
@@ -123,6 +125,25 @@ def step_flops(config, state, images, labels):
   return counted, float((cost or {}).get("flops", float("nan")))
 
 
+def _parse_sets(items) -> dict:
+  """--set FIELD=VALUE strings -> typed Config overrides."""
+  from mnist_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from mnist_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  out = {}
+  for item in items:
+    key, _, value = item.partition("=")
+    if key not in config_lib.FIELDS:
+      raise UserError(f"--set: unknown Config field {key!r}")
+    kind = config_lib.field_type(key)
+    if kind is tuple:
+      out[key] = tuple(int(v) for v in value.split(","))
+    elif kind is bool:
+      out[key] = value.lower() in ("1", "true", "yes")
+    else:
+      out[key] = kind(value)
+  return out
+
+
 def bench_model(name: str, args, peak: float) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -133,6 +154,7 @@ def bench_model(name: str, args, peak: float) -> dict:
   overrides = {k: getattr(args, k) for k in ("mnist_dir", "data_dir", "batch_size",
                                              "chunk_steps")
                if getattr(args, k) is not None}
+  overrides.update(_parse_sets(args.set))
   config = models.get_config(name, args.preset, epochs=args.epochs,
                              parallel=args.parallel, **overrides)
   par = parallel.setup(config)
