@@ -72,6 +72,8 @@ def main(argv):
   config = models.get_config(model, FLAGS.preset or "tuned", **_overrides())
   work = config.workdir or workdir.default_workdir(model)
   config = config.replace(workdir=work)
+  runtime.split_host(config.parallel, config.num_seeds, multi_process=bool(
+      config.coordinator_address or config.num_processes > 1))
   runtime.setup()
   parallel.initialize(config)
   train.train_and_evaluate(config, work, overwrite=FLAGS.overwrite)

@@ -42,6 +42,10 @@ def parse_args(argv=None):
   p.add_argument("--data_dir", default=None)
   p.add_argument("--batch_size", type=int, default=None)
   p.add_argument("--chunk_steps", type=int, default=None)
+  p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                 help="override any Config field, e.g. --set=cnn_features=16,32")
+  p.add_argument("--parallel", default="auto",
+                 help="auto (what launch.py does), none, pmap or sharded")
   p.add_argument("--eval", action="store_true",
                  help="also time one evaluation pass over the test split")
   p.add_argument("--compile_cache", action="store_true",
@@ -121,21 +125,42 @@ def step_flops(config, state, images, labels):
   return counted, float((cost or {}).get("flops", float("nan")))
 
 
+def _parse_sets(items) -> dict:
+  """--set FIELD=VALUE strings -> typed Config overrides."""
+  from mnist_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from mnist_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  out = {}
+  for item in items:
+    key, _, value = item.partition("=")
+    if key not in config_lib.FIELDS:
+      raise UserError(f"--set: unknown Config field {key!r}")
+    kind = config_lib.field_type(key)
+    if kind is tuple:
+      out[key] = tuple(int(v) for v in value.split(","))
+    elif kind is bool:
+      out[key] = value.lower() in ("1", "true", "yes")
+    else:
+      out[key] = kind(value)
+  return out
+
+
 def bench_model(name: str, args, peak: float) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from mnist_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  from mnist_jax import models, train  # pylint: disable=g-import-not-at-top
+  from mnist_jax import models, parallel, train  # pylint: disable=g-import-not-at-top
 
   overrides = {k: getattr(args, k) for k in ("mnist_dir", "data_dir", "batch_size",
                                              "chunk_steps")
                if getattr(args, k) is not None}
-  config = models.get_config(name, args.preset, epochs=args.epochs, **overrides)
+  overrides.update(_parse_sets(args.set))
+  config = models.get_config(name, args.preset, epochs=args.epochs,
+                             parallel=args.parallel, **overrides)
+  par = parallel.setup(config)
   dataset = data_lib.load(config)
   n = len(dataset.train)
-  images = jax.device_put(dataset.train.images)
-  labels = jax.device_put(dataset.train.labels)
+  host_images, host_labels = dataset.train.images, dataset.train.labels
   steps = n // config.batch_size
   if steps < 1:
     raise SystemExit(f"error: --batch_size={config.batch_size} is larger than the "
@@ -145,21 +170,25 @@ def bench_model(name: str, args, peak: float) -> dict:
   model = models.build(config)
   state = train.create_train_state(init_rng, config, model, steps)
   num_params = int(sum(p.size for p in jax.tree.leaves(state.params)))
-  flops, xla_flops = step_flops(config, state, images, labels)
+  flops, xla_flops = step_flops(config, state, jnp.asarray(host_images[:512]),
+                                jnp.asarray(host_labels[:512]))
+  state = par.replicate(state)
+  images, labels = par.replicate(host_images), par.replicate(host_labels)
 
   num_chunks, chunk_len = train.chunk_plan(steps, config.chunk_steps)
-  valid = jnp.asarray((np.arange(num_chunks * chunk_len) < steps)
-                      .reshape(num_chunks, chunk_len))
+  valid = par.replicate_chunks((np.arange(num_chunks * chunk_len) < steps)
+                               .reshape(num_chunks, chunk_len))
 
   def plan(epoch):
     batches = train.epoch_batches(data_rng, epoch, n, config.batch_size)
     pad = num_chunks * chunk_len - steps
-    return jnp.pad(batches, ((0, pad), (0, 0))).reshape(
-        num_chunks, chunk_len, config.batch_size)
+    return par.shard_chunks(jnp.pad(batches, ((0, pad), (0, 0))).reshape(
+        num_chunks, chunk_len, config.batch_size))
 
   t = time.perf_counter()
-  chunk_fn = train.make_train_chunk(config).lower(
-      state, images, labels, plan(1)[0], valid[0]).compile()
+  chunk_fn = par.compile_train(
+      train.make_train_chunk(config, par.axis_name, jit=False), state, images,
+      labels, plan(1)[0], valid[0])
   compile_time = time.perf_counter() - t
 
   epoch_times = []
@@ -189,13 +218,17 @@ def bench_model(name: str, args, peak: float) -> dict:
       "fraction_of_peak": round(gflops / peak, 4),
       "last_chunk_train_accuracy": round(final["accuracy"], 4),
       "backend": jax.default_backend(),
+      "parallel": par.mode, "devices": par.num_devices,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
   if args.eval:
-    evaluate = train.make_evaluate(config, state.apply_fn)
+    evaluate = par.wrap_evaluate(
+        train.make_evaluate(config, state.apply_fn, jit=False))
     test = dataset.test
-    batch_idx, mask = train.eval_batches(len(test), config.eval_batch_size)
-    eval_args = (jax.device_put(test.images), jax.device_put(test.labels),
-                 jnp.asarray(batch_idx), jnp.asarray(mask))
+    batch_idx, mask = train.eval_batches(len(test), config.eval_batch_size,
+                                         par.num_devices)
+    eval_args = (par.replicate(test.images), par.replicate(test.labels),
+                 par.shard(batch_idx), par.shard(mask))
     t = time.perf_counter()
     jax.block_until_ready(evaluate(state.params, *eval_args))
     row["eval_compile_and_run_s"] = round(time.perf_counter() - t, 3)
@@ -212,6 +245,7 @@ def main(argv=None):
     os.environ["JAX_COMPILATION_CACHE_DIR"] = ""
   from mnist_jax import models, runtime  # pylint: disable=g-import-not-at-top
   from mnist_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  runtime.split_host(args.parallel)
   runtime.setup()
   names = list(models.MODELS) if args.model == "all" else args.model.split(",")
   try:

@@ -252,9 +252,44 @@ def check_batch(batch_size: int, num_devices: int) -> None:
         f"{' or '.join(map(str, options))}), or --parallel=none")
 
 
+# --parallel=auto on a CPU host that runtime.split_host cut into one device per
+# core: the mode each model runs fastest in, measured on 2 cores with the seed
+# presets (docs/perf.md). Models whose matmuls already use every core (linear,
+# mlp) stay on one device; sharding the CNN's batch-last layout made XLA move
+# data between devices (2x slower than pmap).
+SPLIT_HOST_MODES = {"rnn": "sharded", "lstm": "sharded", "gru": "sharded",
+                    "cnn": "pmap"}
+MIN_DEVICE_BATCH = 32  # Below this many examples per device, use fewer devices.
+
+
+def split_host_devices(model: str, batch_size: int, devices: int):
+  """(mode, device count) --parallel=auto uses on a host split into `devices`.
+
+  The most devices, up to `devices`, that split the batch evenly into parts of
+  at least MIN_DEVICE_BATCH; one device ("none") if that is one or the model
+  does not gain from it.
+  """
+  mode = SPLIT_HOST_MODES.get(model, "none")
+  usable = [d for d in range(2, devices + 1)
+            if batch_size % d == 0 and batch_size // d >= MIN_DEVICE_BATCH]
+  if mode == "none" or not usable:
+    return "none", 1
+  return mode, max(usable)
+
+
 def setup(config) -> Parallel:
   """Starts jax.distributed if asked, resolves --parallel and checks the batch."""
   initialize(config)
+  from mnist_jax import runtime  # pylint: disable=g-import-not-at-top
+  if (config.parallel == "auto" and runtime.host_split() and
+      jax.process_count() == 1 and jax.default_backend() == "cpu"):
+    mode, count = split_host_devices(
+        config.model, config.batch_size,
+        1 if config.num_seeds > 1 else jax.local_device_count())
+    if mode == "none":
+      return Parallel("none", 1, None)
+    return Parallel(mode, count,
+                    Mesh(np.array(jax.local_devices()[:count]), (AXIS,)))
   mode = resolve_mode(config.parallel, jax.device_count(), jax.process_count())
   if mode == "none":
     return Parallel("none", 1, None)

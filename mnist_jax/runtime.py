@@ -1,5 +1,7 @@
-"""Process-wide JAX settings: the persistent compilation cache and quiet logs."""
+"""Process-wide JAX settings: CPU devices, the persistent compilation cache, logs."""
 
+import importlib.metadata
+import importlib.util
 import logging
 import os
 
@@ -23,3 +25,65 @@ def setup(cache_dir: str = DEFAULT_CACHE) -> None:
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+# Host devices --parallel=auto makes on a CPU-only machine: one per core, at
+# most this many (measured on 2 cores only; see docs/perf.md).
+MAX_HOST_DEVICES = 8
+_split = 0  # The CPU device count split_host set in this process, or 0.
+
+
+def _accelerator_possible() -> bool:
+  """True when JAX may pick a GPU or TPU: a plugin is installed or asked for."""
+  platforms = os.environ.get("JAX_PLATFORMS", "").strip().lower()
+  if platforms:
+    return platforms.split(",")[0] != "cpu"
+  if importlib.util.find_spec("libtpu") is not None:
+    return True
+  if importlib.metadata.entry_points(group="jax_plugins"):
+    return True
+  return importlib.util.find_spec("jax_plugins") is not None
+
+
+def split_host(parallel: str = "auto", num_seeds: int = 1,
+               multi_process: bool = False) -> int:
+  """Makes XLA:CPU one device per core so --parallel=auto can run data parallel.
+
+  Small MNIST models leave a core idle: their matmuls are too small for XLA to
+  split, so two single-batch-half devices run side by side instead (same
+  function: the gradient is the mean over the global batch). Only on a host
+  where JAX will run on the CPU, when --parallel is auto, one seed is
+  trained, the user has not chosen a CPU device count (XLA_FLAGS
+  --xla_force_host_platform_device_count or JAX_NUM_CPU_DEVICES), and JAX has
+  not started its backends yet; never for several processes (`multi_process`
+  or a SLURM job of several tasks). Returns the device count set, else 0.
+  """
+  global _split
+  if parallel != "auto" or num_seeds > 1 or _split:
+    return _split
+  if multi_process or int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1:
+    return 0
+  if ("xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+      or os.environ.get("JAX_NUM_CPU_DEVICES")):
+    return 0
+  if _accelerator_possible():
+    return 0
+  try:
+    cores = len(os.sched_getaffinity(0))
+  except AttributeError:  # Not on Linux.
+    cores = os.cpu_count() or 1
+  devices = min(cores, MAX_HOST_DEVICES)
+  if devices < 2:
+    return 0
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  if getattr(xla_bridge, "backends_are_initialized", lambda: True)():
+    return 0
+  jax.config.update("jax_num_cpu_devices", devices)
+  _split = devices
+  return devices
+
+
+def host_split() -> int:
+  """The CPU device count split_host set in this process (0 if none)."""
+  return _split

@@ -304,6 +304,9 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
                     f"{n_train} training examples; pass a smaller one")
   progress = progress_lib.Progress(config.epochs, stream=stream,
                                    prefix=par.log_prefix)
+  if par.num_devices > 1:
+    progress.message(f"data parallel ({par.mode}) over {par.num_devices} "
+                     f"{jax.default_backend().upper()} devices")
 
   put = par.replicate
   train_images, train_labels = put(dataset.train.images), put(dataset.train.labels)
@@ -340,6 +343,7 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
     if overwrite and existing:
       shutil.rmtree(workdir)
     environment = workdir_lib.environment()
+    environment["parallel"] = {"mode": par.mode, "devices": par.num_devices}
     if resuming:
       workdir_lib.record_resume(workdir, config, environment, meta)
     else:
