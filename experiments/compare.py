@@ -7,7 +7,8 @@
       --seeds=0,1,2 --runs_root=runs/compare --out=comparison
 
 Writes OUT/comparison.md and OUT/comparison.csv (one row per configuration:
-mean and standard deviation over its seeds), OUT/runs.csv (one row per run),
+mean and standard deviation over its seeds; a --num_seeds run counts as one
+run per seed), OUT/runs.csv (one row per run and seed),
 and OUT/accuracy.png, OUT/accuracy_vs_time.png, OUT/learning_curves.png.
 """
 
@@ -29,7 +30,11 @@ from mnist_jax.errors import UserError
 
 # Settings that do not change what is trained: runs differing only in these
 # (and the seed) are repeats of one configuration.
-NOT_CONFIGURATION = ("seed", "workdir", "data_dir", "mnist_dir", "chunk_steps")
+# A --num_seeds=N run counts as N runs, one per seed (replica i is the run
+# with seed+i), so its replicas are grouped with single-seed runs of the same
+# settings and give the error bars.
+NOT_CONFIGURATION = ("seed", "workdir", "data_dir", "mnist_dir", "chunk_steps",
+                     "num_seeds")
 PLOTS = ("accuracy.png", "accuracy_vs_time.png", "learning_curves.png")
 
 
@@ -73,6 +78,30 @@ def summarize(run_dir: str) -> Optional[dict]:
       "examples_per_s": statistics.median(r["examples_per_s"] for r in epochs),
       "curve": epochs,
   }
+
+
+def split_replicas(summary: dict) -> List[dict]:
+  """A --num_seeds=N run's summary as N summaries, one per replica and seed.
+
+  Each replica takes its own test metrics and learning curve from the
+  `replicas` lists of metrics.jsonl; the wall, epoch and examples/s times are
+  the whole run's (its replicas trained together). Other runs: [summary].
+  """
+  final = workdir_lib.final_metrics(summary["run"])
+  if not final or not final.get("replicas"):
+    return [summary]
+  out = []
+  for i, replica in enumerate(final["replicas"]):
+    curve = []
+    for row in summary["curve"]:
+      plain = {k: v for k, v in row.items()
+               if k != "replicas" and not k.endswith("_std")}
+      curve.append({**plain, **{k: v for k, v in row["replicas"][i].items()
+                                if k != "seed"}})
+    out.append({**summary, "seed": replica["seed"],
+                "test_accuracy": replica["test_accuracy"],
+                "test_loss": replica["test_loss"], "curve": curve})
+  return out
 
 
 def _key(config) -> tuple:
@@ -215,7 +244,7 @@ def compare(paths: Sequence[str], out: str, log=print) -> List[dict]:
     if s is None:
       log(f"skipping {run}: it has no final test metrics (unfinished run)")
     else:
-      summaries.append(s)
+      summaries.extend(split_replicas(s))
   if not summaries:
     raise UserError("none of the runs has finished; train them first "
                     "(python launch.py --model=NAME --workdir=DIR)")

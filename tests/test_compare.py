@@ -73,3 +73,36 @@ def test_command_line_errors(tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith("error: ") and words in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_num_seeds_run_gives_one_run_per_seed(prepared, tmp_path):
+  """A --num_seeds=3 run is grouped as three seeds, with their spread."""
+  from mnist_jax import models, train  # pylint: disable=g-import-not-at-top
+  mnist_dir, data_dir = prepared
+  folder = str(tmp_path / "linear-3seeds")
+  config = models.get_config("linear", "seed", num_seeds=3, seed=5, epochs=2,
+                             val_fraction=0.1, mnist_dir=mnist_dir,
+                             data_dir=data_dir)
+  train.train_and_evaluate(config, folder, stream=io.StringIO())
+  final = workdir_lib.final_metrics(folder)
+  groups = compare.compare([folder], str(tmp_path / "out"), log=lambda _: None)
+  assert len(groups) == 1
+  g = groups[0]
+  assert g["seeds"] == [5, 6, 7]
+  assert g["test_accuracy"] == [r["test_accuracy"] for r in final["replicas"]]
+  assert len(set(g["test_loss"])) == 3
+  for curve, replica in zip(g["curves"], range(3)):
+    assert [r["epoch"] for r in curve] == [1, 2]
+    rows = list(workdir_lib.read_metrics(
+        os.path.join(folder, workdir_lib.METRICS_FILE)))
+    assert curve[1]["val_loss"] == rows[1]["replicas"][replica]["val_loss"]
+    assert "replicas" not in curve[1] and "val_loss_std" not in curve[1]
+  with open(os.path.join(str(tmp_path / "out"), "comparison.csv")) as f:
+    row = next(csv.DictReader(f))
+  assert row["runs"] == "3" and row["seeds"] == "5 6 7"
+  assert float(row["test_accuracy_mean"]) == pytest.approx(
+      final["test_accuracy"], abs=1e-6)
+  assert float(row["test_accuracy_std"]) == pytest.approx(
+      final["test_accuracy_std"], abs=1e-6)
+  assert float(row["test_loss_mean"]) == pytest.approx(final["test_loss"],
+                                                       abs=1e-6)

@@ -78,3 +78,34 @@ def test_replicas_resume_from_their_checkpoint(prepared, tmp_path):
   for key in ("test_loss", "test_accuracy"):
     assert [p[key] for p in resumed[-1]["replicas"]] == pytest.approx(
         [p[key] for p in whole[-1]["replicas"]], rel=1e-6)
+
+
+def test_unrolled_and_vmapped_replica_steps_agree(monkeypatch):
+  """The CPU's unrolled replicas and the accelerators' vmap train alike."""
+  import functools  # pylint: disable=g-import-not-at-top
+  config = models.get_config("mlp", **{**TINY, "num_seeds": 3, "seed": 7})
+  model = models.build(config)
+  init_rng, data_rng = replicas.keys(config)
+  make_state = jax.vmap(lambda r: train.create_train_state(r, config, model, 4))
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (200, 28, 28), dtype=np.uint8)
+  labels = rng.integers(0, 10, 200).astype(np.int32)
+  batches = jax.vmap(functools.partial(
+      train._epoch_plan, n=200, batch_size=50, num_chunks=1, chunk_len=5),
+                     in_axes=(0, None), out_axes=1)(data_rng, 1)[0]
+  valid = np.arange(5) < 4  # The last step is padding and must be skipped.
+  out = {}
+  for unrolled in (True, False):
+    monkeypatch.setattr(replicas, "unroll", lambda c, u=unrolled: u)
+    out[unrolled] = train.make_train_chunk(config)(
+        make_state(init_rng), images, labels, batches, valid)
+  (s1, m1, b1), (s2, m2, b2) = out[True], out[False]
+  np.testing.assert_array_equal(s1.step, [4, 4, 4])
+  np.testing.assert_array_equal(s1.step, s2.step)
+  np.testing.assert_array_equal(b1, [-1, -1, -1])
+  np.testing.assert_array_equal(b1, b2)
+  for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
+  np.testing.assert_array_equal(m1["count"], [200, 200, 200])
+  assert len(set(np.asarray(m1["loss"]).tolist())) == 3
