@@ -138,12 +138,12 @@ register(ModelSpec(
 _RNN_SEED = dict(hidden=128, epochs=10, batch_size=128)
 # Sequential (784 x 1 pixel) MNIST: clipped Adam with warmup and cosine decay,
 # (--remat trades ~25% more step time for ~3.5x less backprop memory.)
-# Sized for a GPU: one CPU epoch takes minutes (docs/research.md).
+# Sized for a GPU: one CPU epoch takes minutes (README: Research suite).
 _PIXELS = dict(sequence="pixels", hidden=128, epochs=50, batch_size=128,
                optimizer="adam", learning_rate=1e-3, schedule="warmup_cosine",
                warmup_epochs=1.0, grad_clip=1.0, val_fraction=0.1)
 _PERMUTED = dict(base="pixels", sequence="permuted")
-# Best row-reading RNNs within the CPU budget in docs/research.md.
+# Best row-reading RNNs within the CPU budget in the README (Research suite).
 _RNN_BEST = dict(base="tuned", num_layers=2, epochs=20, learning_rate=2e-3,
                  schedule="warmup_cosine", warmup_epochs=1.0, grad_clip=1.0,
                  label_smoothing=0.1, val_fraction=0.0, **_AUGMENT)
