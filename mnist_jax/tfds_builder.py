@@ -97,8 +97,6 @@ def _builder(info: datasets.DatasetInfo):
 
 
 BUILDERS = {name: _builder(info) for name, info in datasets.DATASETS.items()}
-Mnist, FashionMnist, Kmnist = (BUILDERS[n] for n in ("mnist", "fashion_mnist", "kmnist"))
-class_names = datasets.class_names
 
 
 def decode_split(builder: tfds.core.DatasetBuilder, split: str):

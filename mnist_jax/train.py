@@ -406,14 +406,15 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
 
   def save(epochs_done, epoch_step=0, sums=None, done=False):
     nonlocal last_saved
+    step = global_step()
     record = {"epoch": epochs_done, "epoch_step": epoch_step,
-              "step": global_step(), "model": config.model,
+              "step": step, "model": config.model,
               "seed": config.seed, "done": done, "param_shapes": shapes}
     if sums is not None:
       record["sums"] = {k: np.asarray(v).tolist()
                         for k, v in jax.device_get(sums).items()}
-    checkpoints.save(global_step(), par.unreplicate(state), record)
-    last_saved = global_step()
+    checkpoints.save(step, par.unreplicate(state), record)
+    last_saved = step
 
   def last_good():
     checkpoints.wait()
@@ -424,6 +425,7 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
 
   target_split = "val" if "val" in eval_data else "test"
   time_to_target = None
+  test_m = None  # The test metrics of the current state, when already computed.
   epoch = first_epoch - 1
   with preemption.StopRequest() as stop:
     for epoch in range(first_epoch, 1 if finished else config.epochs + 1):
@@ -484,8 +486,10 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
                  elapsed_s=time.perf_counter() - start_time)
       reached = None
       if config.target_accuracy > 0:
+        if target_split == "test":
+          test_m = eval_split("test")  # Reused as the final test metrics if last.
         reached = (row["val_accuracy"] if target_split == "val"
-                   else eval_split("test")["accuracy"])
+                   else test_m["accuracy"])
         row["target_metric"] = reached
       log.write(row)
       progress.epoch_done(epoch, row)
@@ -500,11 +504,12 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
                          f"{epoch} in {time_to_target:.1f}s")
         break
 
-  test_m = eval_split("test")
+  if test_m is None:
+    test_m = eval_split("test")
   checkpoints.close()
   final = {"test_loss": test_m["loss"], "test_accuracy": test_m["accuracy"],
            "test_examples": int(test_m["count"]), "epochs_run": epoch,
-           "steps": int(jnp.max(par.unreplicate(state.step))),
+           "steps": global_step(),
            "compile_time_s": compile_time,
            "wall_time_s": time.perf_counter() - start_time,
            "num_params": int(sum(p.size for p in

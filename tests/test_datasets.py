@@ -6,7 +6,7 @@ import os
 import pytest
 
 from tests.conftest import write_idx_dir
-from mnist_jax import data, models, tfds_builder, train
+from mnist_jax import data, datasets, models, train
 
 
 @pytest.mark.parametrize("dataset,model,extra", [
@@ -21,7 +21,7 @@ def test_each_dataset_prepares_trains_and_plots(dataset, model, extra, tmp_path)
                              data_dir=data_dir, epochs=1, batch_size=100,
                              val_fraction=0.0, **extra)
   loaded = data.load(config)
-  assert loaded.class_names == tuple(tfds_builder.class_names(dataset))
+  assert loaded.class_names == tuple(datasets.class_names(dataset))
   assert len(loaded.train) == 300 and len(loaded.test) == 100
   # Prepared under the dataset's own name, beside any other dataset.
   assert os.path.isdir(os.path.join(data_dir, dataset, "3.0.1"))
@@ -32,9 +32,9 @@ def test_each_dataset_prepares_trains_and_plots(dataset, model, extra, tmp_path)
 
 
 def test_sister_datasets_name_their_classes():
-  assert tfds_builder.class_names("fashion_mnist")[0] == "T-shirt/top"
-  assert tfds_builder.class_names("kmnist")[1] == "ki"
-  assert tfds_builder.class_names("mnist") == [str(i) for i in range(10)]
+  assert datasets.class_names("fashion_mnist")[0] == "T-shirt/top"
+  assert datasets.class_names("kmnist")[1] == "ki"
+  assert datasets.class_names("mnist") == [str(i) for i in range(10)]
 
 
 def test_every_model_has_a_valid_best_preset():

@@ -157,3 +157,14 @@ def test_target_accuracy_stops_early(prepared, tmp_path):
                      target_accuracy=0.3, learning_rate=3e-3)
   assert final["epochs_run"] < 20
   assert final["time_to_target_s"] is not None
+
+
+def test_target_on_the_test_split_ends_with_that_evaluation(prepared, tmp_path):
+  """With no validation split the target is checked on the test set, and the
+  final test metrics are those of the state that reached it."""
+  final, work = _run(prepared, tmp_path, name="mlp", epochs=20, val_fraction=0.0,
+                     target_accuracy=0.3, learning_rate=3e-3)
+  rows = [json.loads(l) for l in open(os.path.join(work, "metrics.jsonl"))]
+  assert final["epochs_run"] < 20
+  assert rows[-2]["target_metric"] >= 0.3
+  assert final["test_accuracy"] == rows[-2]["target_metric"]
