@@ -3,19 +3,22 @@
 Replica i is the run `--seed=seed+i`: its parameter init, dropout keys and
 data order come from PRNGKey(seed + i) exactly as a single run's do, so a
 replica reproduces the single-seed run with that seed (up to float rounding of
-batched matmuls). On a CPU the train step of each replica is unrolled in one
-scan (see `unroll`); elsewhere it is vmapped. The train state, the per-epoch batch order and the metric
-sums gain a leading replica axis [N, ...]; the dataset itself is shared.
+batched matmuls). On a CPU each replica runs the single-seed chunk of steps
+in turn, the replicas split over the host's devices (see `sequential`, `mesh`);
+elsewhere the step is vmapped. The train state, the per-epoch batch order and
+the metric sums gain a leading replica axis [N, ...]; the dataset is shared.
 
 metrics.jsonl keeps its single-seed keys, holding the mean over replicas, and
 adds `<key>_std` (sample standard deviation, ddof=1) and `replicas`: one dict
 per replica with its seed and metrics. With N = 1 nothing changes.
 """
 
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import jax
+from jax import shard_map
 import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
 import numpy as np
 
 METRIC_KEYS = ("loss", "accuracy")
@@ -89,54 +92,73 @@ def row_extras(config, **splits) -> Dict:
   return extras
 
 
-# Most replicas whose train steps are unrolled side by side on a CPU.
-MAX_UNROLLED = 8
+AXIS = "replica"  # The mesh axis the replicas are split along.
 
 
-def unroll(config) -> bool:
-  """Whether the train chunk runs the replicas as N unbatched steps.
+def sequential(config) -> bool:
+  """Whether the train chunk runs the replicas one after another (CPU).
 
-  On a CPU, N copies of the single-seed step in one scan body ran 22% faster
-  than the vmapped step (tuned MLP, 4 replicas: 37 vs 47 ms per step): XLA:CPU
+  On a CPU, N replicas as a `lax.scan` over the replica axis of the
+  single-seed chunk (replica 0's steps, then replica 1's, ...) ran at 4x the
+  single-seed step, while the vmapped step ran at 5.5x (tuned MLP): XLA:CPU
   runs N small matmuls faster than one batched matmul, and the vmapped step's
   per-replica `lax.cond` (skip padding and diverged steps) becomes a select
-  that reads and writes the whole train state every step. Accelerators, and
-  many replicas (compile time grows with N), keep the vmapped step.
+  that reads and writes the whole train state every step. Accelerators keep
+  the vmapped step, which fills the device better.
   """
-  return (1 < config.num_seeds <= MAX_UNROLLED and
-          jax.default_backend() == "cpu")
+  return config.num_seeds > 1 and jax.default_backend() == "cpu"
 
 
-def unrolled_chunk(n: int, body: Callable, finish: Callable, zeros: Callable):
-  """A train chunk over N replicas: one scan whose body is N unbatched steps.
+def mesh(config) -> Optional[Mesh]:
+  """The CPU devices the replicas are split over, or None for one device.
 
-  Each replica runs exactly the single-seed step, so replica i computes what
-  the run with seed+i computes.
+  With a host split into one device per core (runtime.split_host), each
+  device trains N / D replicas, its own core running their steps, where one
+  device would spread every small matmul over both cores. The most devices
+  that divide N are used.
+  """
+  if not sequential(config):
+    return None
+  devices = jax.local_devices()
+  count = max(d for d in range(1, len(devices) + 1) if config.num_seeds % d == 0)
+  if count == 1 or jax.process_count() > 1:
+    return None
+  return Mesh(np.array(devices[:count]), (AXIS,))
+
+
+def split(config, fn: Callable, per_replica: Sequence[bool]) -> Callable:
+  """`fn` with its replica axis split across `mesh(config)` (or `fn` itself).
+
+  per_replica: for each argument, whether it has the leading replica axis
+  (else every device gets all of it). Every output has the replica axis.
+  """
+  replica_mesh = mesh(config)
+  if replica_mesh is None:
+    return fn
+  return shard_map(fn, mesh=replica_mesh,
+                   in_specs=tuple(P(AXIS) if r else P() for r in per_replica),
+                   out_specs=P(AXIS), check_vma=False)
+
+
+def sequential_chunk(config, chunk: Callable) -> Callable:
+  """The single-seed train chunk run for each replica in turn.
+
+  Each replica runs exactly the single-seed program, so replica i computes
+  what the run with seed+i computes.
 
   Args:
-    n: the number of replicas.
-    body: fn(images, labels, carry, (idx [B], ok)) -> carry, one replica's step
-      with carry (state, metric sums, bad).
-    finish: fn(state, sums, bad) -> (state, sums, bad) after the scan.
-    zeros: fn() -> zero metric sums.
+    config: the run's Config.
+    chunk: fn(state, images, labels, batch_idx [C, B], valid [C]) ->
+      (state, sums, bad), one replica's chunk of steps.
 
   Returns:
     fn(state [N, ...], images, labels, batch_idx [N, C, B], valid [C]) ->
-    (state [N, ...], sums [N], bad [N]).
+    (state [N, ...], sums [N], bad [N]), split over `mesh(config)`.
   """
-  def chunk(state, images, labels, batch_idx, valid):
-    states = [jax.tree.map(lambda a, i=i: a[i], state) for i in range(n)]
+  def run(state, images, labels, batch_idx, valid):
+    def body(_, replica):
+      state, idx = replica
+      return None, chunk(state, images, labels, idx, valid)
+    return jax.lax.scan(body, None, (state, batch_idx))[1]
 
-    def scan_body(carries, inputs):
-      idx, ok = inputs
-      return tuple(body(images, labels, c, (idx[i], ok))
-                   for i, c in enumerate(carries)), None
-
-    init = tuple((s, zeros(), jnp.full((), -1, jnp.int32)) for s in states)
-    carries, _ = jax.lax.scan(scan_body, init,
-                              (jnp.swapaxes(batch_idx, 0, 1), valid))
-    out = [finish(*c) for c in carries]
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *out)
-
-  return chunk
-
+  return split(config, run, (True, False, False, True, False))

@@ -52,14 +52,15 @@ def split_host(parallel: str = "auto", num_seeds: int = 1,
   Small MNIST models leave a core idle: their matmuls are too small for XLA to
   split, so two single-batch-half devices run side by side instead (same
   function: the gradient is the mean over the global batch). Only on a host
-  where JAX will run on the CPU, when --parallel is auto, one seed is
-  trained, the user has not chosen a CPU device count (XLA_FLAGS
+  where JAX will run on the CPU, when --parallel is auto (with --num_seeds > 1
+  the replicas are split over the devices: replicas.mesh), the user has not chosen a CPU device count (XLA_FLAGS
   --xla_force_host_platform_device_count or JAX_NUM_CPU_DEVICES), and JAX has
   not started its backends yet; never for several processes (`multi_process`
   or a SLURM job of several tasks). Returns the device count set, else 0.
   """
   global _split
-  if parallel != "auto" or num_seeds > 1 or _split:
+  del num_seeds  # Several seeds use the devices too (replicas.mesh).
+  if parallel != "auto" or _split:
     return _split
   if multi_process or int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1:
     return 0

@@ -178,8 +178,8 @@ def make_train_chunk(config: Config, axis_name: Optional[str] = None,
     return finish(state, sums, bad)
 
   # --num_seeds: state and batch_idx have a leading replica axis [N, ...].
-  if replicas_lib.unroll(config):
-    chunk = replicas_lib.unrolled_chunk(config.num_seeds, body, finish, _zeros)
+  if replicas_lib.sequential(config):
+    chunk = replicas_lib.sequential_chunk(config, chunk)
   else:
     chunk = replicas_lib.vmap(config, chunk, in_axes=(0, None, None, 0, None))
   return jax.jit(chunk, donate_argnums=(0,)) if jit else chunk
@@ -197,7 +197,9 @@ def make_evaluate(config: Config, apply_fn: Callable, jit: bool = True) -> Calla
     sums, _ = jax.lax.scan(body, _zeros(), (batch_idx, mask))
     return sums
 
-  evaluate = replicas_lib.vmap(config, evaluate, in_axes=(0, None, None, None, None))
+  evaluate = replicas_lib.split(
+      config, replicas_lib.vmap(config, evaluate, in_axes=(0, None, None, None, None)),
+      (True, False, False, False, False))
   return jax.jit(evaluate) if jit else evaluate
 
 

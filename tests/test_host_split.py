@@ -39,7 +39,6 @@ def test_split_host_leaves_explicit_choices_alone(monkeypatch):
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   assert runtime.split_host("none") == 0
   assert runtime.split_host("pmap") == 0
-  assert runtime.split_host("auto", num_seeds=2) == 0
   assert runtime.split_host("auto", multi_process=True) == 0
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=3")
   assert runtime.split_host("auto") == 0

@@ -80,8 +80,8 @@ def test_replicas_resume_from_their_checkpoint(prepared, tmp_path):
         [p[key] for p in whole[-1]["replicas"]], rel=1e-6)
 
 
-def test_unrolled_and_vmapped_replica_steps_agree(monkeypatch):
-  """The CPU's unrolled replicas and the accelerators' vmap train alike."""
+def test_sequential_and_vmapped_replica_steps_agree(monkeypatch):
+  """The CPU's replicas in turn and the accelerators' vmap train alike."""
   import functools  # pylint: disable=g-import-not-at-top
   config = models.get_config("mlp", **{**TINY, "num_seeds": 3, "seed": 7})
   model = models.build(config)
@@ -95,9 +95,9 @@ def test_unrolled_and_vmapped_replica_steps_agree(monkeypatch):
                      in_axes=(0, None), out_axes=1)(data_rng, 1)[0]
   valid = np.arange(5) < 4  # The last step is padding and must be skipped.
   out = {}
-  for unrolled in (True, False):
-    monkeypatch.setattr(replicas, "unroll", lambda c, u=unrolled: u)
-    out[unrolled] = train.make_train_chunk(config)(
+  for in_turn in (True, False):
+    monkeypatch.setattr(replicas, "sequential", lambda c, s=in_turn: s)
+    out[in_turn] = train.make_train_chunk(config)(
         make_state(init_rng), images, labels, batches, valid)
   (s1, m1, b1), (s2, m2, b2) = out[True], out[False]
   np.testing.assert_array_equal(s1.step, [4, 4, 4])
@@ -109,3 +109,66 @@ def test_unrolled_and_vmapped_replica_steps_agree(monkeypatch):
   np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
   np.testing.assert_array_equal(m1["count"], [200, 200, 200])
   assert len(set(np.asarray(m1["loss"]).tolist())) == 3
+
+
+_ON_TWO_DEVICES = r"""
+import functools, json
+import jax, numpy as np
+from mnist_jax import models, replicas, train
+config = models.get_config("mlp", mlp_hidden=(16,), dropout=0.2, batch_size=50,
+                           num_seeds=4, seed=7)
+assert replicas.mesh(config).devices.size == 2
+model = models.build(config)
+init_rng, data_rng = replicas.keys(config)
+make_state = jax.jit(jax.vmap(lambda r: train.create_train_state(r, config, model, 4)))
+rng = np.random.default_rng(0)
+images = rng.integers(0, 256, (200, 28, 28), dtype=np.uint8)
+labels = rng.integers(0, 10, 200).astype(np.int32)
+batches = jax.vmap(functools.partial(
+    train._epoch_plan, n=200, batch_size=50, num_chunks=1, chunk_len=5),
+                   in_axes=(0, None), out_axes=1)(data_rng, 1)[0]
+valid = np.arange(5) < 4
+eval_idx, eval_mask = train.eval_batches(200, 64)
+out = {}
+for split in (True, False):
+  if not split:
+    replicas.mesh = lambda c: None
+  state, sums, bad = train.make_train_chunk(config)(
+      make_state(init_rng), images, labels, batches, valid)
+  ev = train.make_evaluate(config, state.apply_fn)(
+      state.params, images, labels, eval_idx, eval_mask)
+  out[split] = dict(devices=len(state.params["out"]["kernel"].sharding.device_set),
+                    step=np.asarray(state.step).tolist(), bad=np.asarray(bad).tolist(),
+                    loss=np.asarray(sums["loss"]).tolist(),
+                    params=[np.asarray(p).ravel()[:50].tolist()
+                            for p in jax.tree.leaves(state.params)],
+                    eval_loss=np.asarray(ev["loss"]).tolist(),
+                    eval_count=np.asarray(ev["count"]).tolist())
+print(json.dumps(out))
+"""
+
+
+def test_replicas_split_over_two_host_devices_train_as_on_one():
+  """With the host split into 2 CPU devices, each trains 2 of 4 replicas."""
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2",
+             JAX_COMPILATION_CACHE_DIR="", PYTHONPATH=root)
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.run([sys.executable, "-c", _ON_TWO_DEVICES], cwd=root,
+                        env=env, capture_output=True, text=True, timeout=300,
+                        check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  split, one = out["true"], out["false"]
+  assert split["devices"] == 2 and one["devices"] == 1
+  assert split["step"] == one["step"] == [4, 4, 4, 4]
+  assert split["bad"] == one["bad"] == [-1, -1, -1, -1]
+  assert len(set(split["loss"])) == 4
+  np.testing.assert_allclose(split["loss"], one["loss"], rtol=1e-5)
+  for a, b in zip(split["params"], one["params"]):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(split["eval_loss"], one["eval_loss"], rtol=1e-5)
+  assert split["eval_count"] == one["eval_count"] == [200] * 4

@@ -1,0 +1,95 @@
+"""Where the wall time of one launch.py training run goes, phase by phase.
+
+  python experiments/phases.py -- --model=mlp --num_seeds=4 --epochs=2 \
+      --data_dir=/tmp/tfds_real --workdir=/tmp/phases --overwrite
+
+Runs launch.py's own main in this process with timers wrapped around its
+phases (imports, data, state init, compile, each train chunk, evaluation,
+checkpoints, report, learning curves) and prints one JSON line of seconds.
+Device work is waited for inside each timer, so phases do not overlap.
+`process_start_s` is the interpreter's start-up before this file runs
+(from /proc, Linux only).
+"""
+
+import collections
+import json
+import os
+import sys
+import time
+
+T0 = time.perf_counter()
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def _process_age() -> float:
+  """Seconds since this process started (Linux /proc), else 0."""
+  try:
+    with open("/proc/self/stat") as f:
+      start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/uptime") as f:
+      uptime = float(f.read().split()[0])
+    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+  except (OSError, ValueError, IndexError):
+    return 0.0
+
+
+START_AGE = _process_age()
+totals = collections.defaultdict(float)
+counts = collections.defaultdict(int)
+
+
+def timed(name, fn, block=True):
+  def wrapper(*args, **kwargs):
+    import jax  # pylint: disable=g-import-not-at-top
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    if block:
+      out = jax.block_until_ready(out)
+    totals[name] += time.perf_counter() - start
+    counts[name] += 1
+    return out
+  return wrapper
+
+
+def main():
+  argv = [sys.argv[0]] + [a for a in sys.argv[1:] if a != "--"]
+  t = time.perf_counter()
+  import launch  # pylint: disable=g-import-not-at-top
+  from mnist_jax import checkpoint, data, parallel, plots, report, train  # pylint: disable=g-import-not-at-top
+  totals["imports"] = time.perf_counter() - t
+
+  data.load = timed("data_load", data.load, block=False)
+  train.create_train_state = timed("init_state", train.create_train_state)
+  compile_train = parallel.Parallel.compile_train
+
+  def compile_and_time(self, *args):
+    start = time.perf_counter()
+    fn = compile_train(self, *args)
+    totals["compile_train"] += time.perf_counter() - start
+    return timed("train_chunks", fn)
+  parallel.Parallel.compile_train = compile_and_time
+  wrap_evaluate = parallel.Parallel.wrap_evaluate
+  parallel.Parallel.wrap_evaluate = lambda self, ev: timed(
+      "evaluate", wrap_evaluate(self, ev))
+  checkpoint.Checkpointer.save = timed("checkpoint_save",
+                                       checkpoint.Checkpointer.save, block=False)
+  checkpoint.Checkpointer.close = timed("checkpoint_close",
+                                        checkpoint.Checkpointer.close, block=False)
+  report.write = timed("report", report.write, block=False)
+  plots.learning_curves = timed("learning_curves", plots.learning_curves,
+                                block=False)
+  t = time.perf_counter()
+  launch.FLAGS(argv)
+  launch.main([argv[0]])
+  totals["launch_main"] = time.perf_counter() - t
+  totals["learning_curves"] -= totals["report"] and 0.0
+  out = {"process_start_s": round(START_AGE, 3)}
+  out.update({k: round(v, 3) for k, v in totals.items()})
+  out["calls"] = dict(counts)
+  out["total_in_process_s"] = round(time.perf_counter() - T0, 3)
+  print(json.dumps(out))
+
+
+if __name__ == "__main__":
+  main()
