@@ -334,8 +334,11 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
   init_rng, data_rng = replicas_lib.keys(config)
   steps = n_train // config.batch_size
   model = spec.build(config)
-  state = replicas_lib.vmap(config, lambda r: create_train_state(
-      r, config, model, steps))(init_rng)
+  make_state = replicas_lib.vmap(config, lambda r: create_train_state(
+      r, config, model, steps))
+  if config.num_seeds > 1:  # One program, not every optimizer-init op vmapped.
+    make_state = jax.jit(make_state)
+  state = make_state(init_rng)
   shapes = checkpoint_lib.param_shapes(state.params)
 
   meta = None
