@@ -83,7 +83,6 @@ def main():
   launch.FLAGS(argv)
   launch.main([argv[0]])
   totals["launch_main"] = time.perf_counter() - t
-  totals["learning_curves"] -= totals["report"] and 0.0
   out = {"process_start_s": round(START_AGE, 3)}
   out.update({k: round(v, 3) for k, v in totals.items()})
   out["calls"] = dict(counts)
