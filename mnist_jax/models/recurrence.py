@@ -86,10 +86,10 @@ def _cell_step(kind, carry, xt, a):
   Returns (new carry, saved): what the backward pass reads of this step, as
   one array of local derivative factors, so that each backward step is a few
   multiplies of it (computed here, where the activations are at hand).
-    lstm: [B, 6H] = d(gate preactivations)/dc for i, f, g; d(o preact.)/dh;
-          dc/dh (o * tanh'(c)); and f (dc_prev/dc).
-    gru:  [B, 5H] = d(preactivations)/dh' for r, z and the h-side n
-          (r * dn); dn (the x-side n); and z (dh_prev/dh', direct part).
+    lstm: [B, 6H] = dc/d(pre-activation) of i, f, g; dh/d(pre-activation)
+          of o; dh/dc; dc/dc_prev (= f).
+    gru:  [B, 5H] = dh/d(pre-activation) of r, z and the h-side n; of the
+          x-side n; dh/dh_prev through z (= z).
   """
   if kind == "rnn":
     h = jnp.tanh(xt + a)
