@@ -81,6 +81,59 @@ def conv3x3_cfirst(x, kernel, bias):
   return y.reshape(cout, h, w, b) + bias[:, None, None, None]
 
 
+# Below this many input channels conv3x3_relu_pool_cfirst uses the pool-phase
+# lowering (memory-bound conv); above it, the cropped patch matmul (compute-bound).
+PHASE_MAX_IN_FEATURES = 4
+
+
+def _window_taps(x, ho, wo):
+  """[C, H, W, B] -> [16, C, ho, wo, B]: tap (r, s) of window (t, u) is x[:, 2t+r, 2u+s].
+
+  The 4x4 windows at stride 2 are contiguous slices of x viewed as
+  [C, ho + 1, 2, wo + 1, 2, B], so neither they nor their gradients are
+  strided copies.
+  """
+  c, _, _, b = x.shape
+  x = x[:, :2 * ho + 2, :2 * wo + 2, :].reshape(c, ho + 1, 2, wo + 1, 2, b)
+  return jnp.stack([x[:, r // 2:r // 2 + ho, r % 2, s // 2:s // 2 + wo, s % 2, :]
+                    for r in range(4) for s in range(4)], axis=0)
+
+
+def conv3x3_relu_pool_cfirst(x, kernel, bias, padding="VALID"):
+  """max_pool_2x2(relu(conv3x3(x) + bias)) in [C, H, W, B] layout.
+
+  x: [Cin, H, W, B] -> [Cout, H' // 2, W' // 2, B], H' the conv's output size;
+  kernel [3, 3, Cin, Cout] and bias [Cout] as nn.Conv. Only the conv outputs
+  the pool reads are computed (the seed CNN's conv2 has 11x11 outputs of which
+  the pool keeps 10x10: 17% fewer FLOPs). With few input channels the conv is
+  memory-bound, so each 4x4 window at stride 2 (one pool window's receptive
+  field) is one patch column and a [4 * Cout, 16 * Cin] kernel, the 3x3 kernel
+  at the four pool positions, gives the four pool candidates in one matmul: a
+  patch matrix 2.25x smaller than im2col's and a pool that is a max of four
+  row blocks. Max commutes with + bias and ReLU, so the pool comes first there.
+  """
+  kh, kw, cin, cout = kernel.shape
+  if (kh, kw) != (3, 3):
+    raise ValueError(f"kernel must be 3x3, got {kh}x{kw}")
+  if padding == "SAME":
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  elif padding != "VALID":
+    raise ValueError(f"padding must be VALID or SAME, got {padding!r}")
+  _, hin, win, b = x.shape
+  ho, wo = (hin - 2) // 2, (win - 2) // 2
+  if cin <= PHASE_MAX_IN_FEATURES:
+    taps = _window_taps(x, ho, wo).reshape(16 * cin, ho * wo * b)
+    phases = jnp.stack([jnp.pad(kernel, ((r, 1 - r), (s, 1 - s), (0, 0), (0, 0)))
+                        for r in range(2) for s in range(2)])  # [4, 4, 4, Cin, Cout]
+    phases = jnp.swapaxes(phases.reshape(4, 16 * cin, cout), 1, 2)
+    y = jnp.dot(phases.reshape(4 * cout, 16 * cin), taps)
+    y = y.reshape(4, cout, ho, wo, b)
+    y = jnp.maximum(jnp.maximum(y[0], y[1]), jnp.maximum(y[2], y[3]))
+    return nn.relu(y + bias[:, None, None, None])
+  y = conv3x3_cfirst(x[:, :2 * ho + 2, :2 * wo + 2, :], kernel, bias)
+  return max_pool_2x2_cfirst(nn.relu(y))
+
+
 def max_pool_2x2_cfirst(x):
   """max_pool_2x2 in [C, H, W, B] layout -> [C, H // 2, W // 2, B]."""
   c, h, w, b = x.shape
@@ -112,13 +165,15 @@ class CNN(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if self.layout == "cfirst" and self.padding == "VALID":
+    if self.layout == "cfirst":
+      if self.padding not in ("VALID", "SAME"):
+        raise ValueError(f"padding must be VALID or SAME, got {self.padding!r}")
       x = jnp.transpose(x, (3, 1, 2, 0))  # [B, H, W, C] -> [C, H, W, B]
       for i, width in enumerate(self.features):
         conv = ConvParams(width, x.shape[0], name=f"conv_{i}")
-        x = max_pool_2x2_cfirst(nn.relu(conv3x3_cfirst(x, *conv())))
+        x = conv3x3_relu_pool_cfirst(x, *conv(), padding=self.padding)
       x = jnp.transpose(x, (3, 1, 2, 0))  # Back to [B, H, W, C] to flatten.
-    elif self.layout in ("cfirst", "nhwc"):
+    elif self.layout == "nhwc":
       for i, width in enumerate(self.features):
         x = nn.relu(PatchConv(width, padding=self.padding, name=f"conv_{i}")(x))
         x = max_pool_2x2(x)
