@@ -5,7 +5,9 @@ convolution and pooling here are lowered to slices, one matmul and a reshape-max
 `PatchConv` and `ConvParams` keep `nn.Conv`'s parameters (names, shapes,
 initialisers) and compute the same function, which `tests/test_equivalence.py`
 checks against nn.Conv and nn.max_pool. By default the convolutional stack
-runs channels-first with the batch last ([C, H, W, B], see conv3x3_cfirst).
+runs channels-first with the batch last ([C, H, W, B], see conv3x3_cfirst),
+each conv, ReLU and pool fused so that only the outputs the pool reads are
+computed (conv3x3_relu_pool_cfirst).
 """
 
 from typing import Sequence
