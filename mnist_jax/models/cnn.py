@@ -196,7 +196,10 @@ def conv3x3_relu_pool_cfirst(x, kernel, bias, padding="VALID"):
     y = jnp.dot(phases.reshape(4 * cout, 16 * cin), taps)
     y = _max_of_four(y.reshape(4, cout, ho, wo, b))
     return nn.relu(y + bias[:, None, None, None])
-  y = conv3x3_cfirst(x[:, :2 * ho + 2, :2 * wo + 2, :], kernel,
+  # The barrier materialises x once: otherwise XLA recomputes the previous
+  # layer's pool per patch slice and copies the slices again to concatenate.
+  x = jax.lax.optimization_barrier(x[:, :2 * ho + 2, :2 * wo + 2, :])
+  y = conv3x3_cfirst(x, kernel,
                      jnp.zeros_like(bias))
   return nn.relu(_pool_2x2_even(y) + bias[:, None, None, None])
 
