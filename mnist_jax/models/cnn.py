@@ -221,6 +221,21 @@ def max_pool_2x2(x):
   return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
+def _valid_extent(size, num_layers):
+  """Input rows (or columns) that a stack of VALID conv3x3 + pool2x2 layers reads.
+
+  A pool drops an odd last row of its conv's output, so the seed CNN's conv2
+  never reads conv1's 13th pooled row: cropping the 28x28 input to 26x26 gives
+  the same outputs with conv1 computing 12x12 instead of 13x13 pooled outputs.
+  """
+  pooled = size
+  for _ in range(num_layers):
+    pooled = (pooled - 2) // 2
+  for _ in range(num_layers):
+    pooled = 2 * pooled + 2
+  return pooled
+
+
 class CNN(nn.Module):
   """Conv(3x3, ReLU) - MaxPool 2 blocks, then Dense(ReLU) - Dense.
 
@@ -238,6 +253,9 @@ class CNN(nn.Module):
     if self.layout == "cfirst":
       if self.padding not in ("VALID", "SAME"):
         raise ValueError(f"padding must be VALID or SAME, got {self.padding!r}")
+      if self.padding == "VALID":
+        x = x[:, :_valid_extent(x.shape[1], len(self.features)),
+              :_valid_extent(x.shape[2], len(self.features))]
       x = jnp.transpose(x, (3, 1, 2, 0))  # [B, H, W, C] -> [C, H, W, B]
       for i, width in enumerate(self.features):
         conv = ConvParams(width, x.shape[0], name=f"conv_{i}")
