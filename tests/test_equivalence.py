@@ -242,3 +242,21 @@ def test_cnn_matches_stock_flax_cnn(layout, features, padding, dropout, train):
   np.testing.assert_allclose(np.asarray(y_fast), np.asarray(y_ref), rtol=RTOL,
                              atol=ATOL)
   _assert_trees_close(g_ref, g_fast)
+
+
+@pytest.mark.parametrize("features,shape", [
+    ((4, 8, 8), (31, 29)),  # Three VALID layers: the input is cropped to 30x22.
+    ((4,), (9, 8)),  # One layer: the odd row is the pool's, nothing to crop.
+])
+def test_cnn_valid_crop_matches_stock_flax_cnn(features, shape):
+  """The cfirst CNN crops the input to the rows and columns its VALID
+  conv-pool stack reads; outputs and gradients stay those of the full input."""
+  ref = _ReferenceCNN(features=features, dense=16)
+  fast = cnn.CNN(features=features, dense=16)
+  x = jax.random.normal(jax.random.PRNGKey(2), (2, *shape, 1))
+  params = ref.init(jax.random.PRNGKey(1), x)
+  _, y_ref, g_ref = _loss_and_grads(ref, params, x, False)
+  _, y_fast, g_fast = _loss_and_grads(fast, params, x, False)
+  np.testing.assert_allclose(np.asarray(y_fast), np.asarray(y_ref), rtol=RTOL,
+                             atol=ATOL)
+  _assert_trees_close(g_ref, g_fast)
