@@ -143,6 +143,46 @@ def test_conv3x3_cfirst_matches_nn_conv():
   _assert_trees_close(*grads)
 
 
+@pytest.mark.parametrize("padding", ["VALID", "SAME"])
+@pytest.mark.parametrize("cin,height,width", [
+    (1, 28, 28), (3, 9, 12), (4, 7, 8),    # pool-phase lowering (few channels)
+    (5, 13, 13), (32, 13, 13), (8, 12, 9)])  # cropped patch matmul
+def test_conv3x3_relu_pool_cfirst_matches_flax(padding, cin, height, width):
+  """Against nn.max_pool(relu(nn.Conv(x))): outputs and the gradients with
+  respect to kernel, bias and input, on odd and even sizes (odd conv outputs
+  leave a row and column the pool drops, which the lowering never computes)."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, height, width, cin))
+  conv = nn.Conv(7, (3, 3), padding=padding)
+  params = conv.init(jax.random.PRNGKey(1), x)["params"]
+  params = dict(params, bias=jax.random.normal(jax.random.PRNGKey(3), (7,)))
+
+  def ref(p, x):
+    y = nn.relu(conv.apply({"params": p}, x))
+    return nn.max_pool(y, (2, 2), strides=(2, 2), padding="VALID")
+
+  def fast(p, x):
+    y = cnn.conv3x3_relu_pool_cfirst(jnp.transpose(x, (3, 1, 2, 0)),
+                                     p["kernel"], p["bias"], padding=padding)
+    return jnp.transpose(y, (3, 1, 2, 0))
+
+  y_ref = ref(params, x)
+  np.testing.assert_allclose(np.asarray(fast(params, x)), np.asarray(y_ref),
+                             rtol=RTOL, atol=ATOL)
+  w = jax.random.normal(jax.random.PRNGKey(2), y_ref.shape)
+  grads = [jax.grad(lambda p, x, f=f: jnp.sum(f(p, x) * w), argnums=(0, 1))(
+      params, x) for f in (ref, fast)]
+  _assert_trees_close(*grads)
+
+
+def test_conv3x3_relu_pool_cfirst_rejects_bad_arguments():
+  x = jnp.zeros((1, 8, 8, 2))
+  with pytest.raises(ValueError, match="3x3"):
+    cnn.conv3x3_relu_pool_cfirst(x, jnp.zeros((5, 5, 1, 4)), jnp.zeros(4))
+  with pytest.raises(ValueError, match="VALID or SAME"):
+    cnn.conv3x3_relu_pool_cfirst(x, jnp.zeros((3, 3, 1, 4)), jnp.zeros(4),
+                                 padding="FULL")
+
+
 @pytest.mark.parametrize("shape", [(2, 26, 26, 4), (3, 11, 11, 2), (1, 5, 7, 3)])
 def test_max_pool_matches_nn_max_pool(shape):
   x = jax.random.normal(jax.random.PRNGKey(0), shape)
@@ -164,11 +204,12 @@ class _ReferenceCNN(nn.Module):
   features: tuple = (32, 64)
   dense: int = 128
   dropout: float = 0.0
+  padding: str = "VALID"
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     for i, width in enumerate(self.features):
-      x = nn.relu(nn.Conv(width, (3, 3), padding="VALID", name=f"conv_{i}")(x))
+      x = nn.relu(nn.Conv(width, (3, 3), padding=self.padding, name=f"conv_{i}")(x))
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape(x.shape[0], -1)
     if self.dropout > 0:
@@ -180,15 +221,42 @@ class _ReferenceCNN(nn.Module):
 
 
 @pytest.mark.parametrize("layout", ["cfirst", "nhwc"])
-@pytest.mark.parametrize("dropout,train", [(0.0, False), (0.25, True)])
-def test_cnn_matches_stock_flax_cnn(layout, dropout, train):
-  ref = _ReferenceCNN(features=(4, 8), dense=16, dropout=dropout)
-  fast = cnn.CNN(features=(4, 8), dense=16, dropout=dropout, layout=layout)
+@pytest.mark.parametrize("features,padding,dropout,train", [
+    ((4, 8), "VALID", 0.0, False),
+    ((4, 8), "VALID", 0.25, True),
+    ((4, 8, 16), "SAME", 0.25, True),  # the shape of the `best` preset
+])
+def test_cnn_matches_stock_flax_cnn(layout, features, padding, dropout, train):
+  """Includes MNIST-like inputs: a zero border makes exact ties in the pools,
+  where any pooling gradient rule must give the same parameter gradients."""
+  ref = _ReferenceCNN(features=features, dense=16, dropout=dropout,
+                      padding=padding)
+  fast = cnn.CNN(features=features, dense=16, dropout=dropout, layout=layout,
+                 padding=padding)
   x = jax.random.uniform(jax.random.PRNGKey(0), (3, 28, 28, 1))
+  x = x.at[:, :5].set(0.0).at[:, :, -6:].set(0.0)
   params = ref.init(jax.random.PRNGKey(1), x)
   _assert_trees_equal(params, fast.init(jax.random.PRNGKey(1), x))
   v_ref, y_ref, g_ref = _loss_and_grads(ref, params, x, train)
   v_fast, y_fast, g_fast = _loss_and_grads(fast, params, x, train)
+  np.testing.assert_allclose(np.asarray(y_fast), np.asarray(y_ref), rtol=RTOL,
+                             atol=ATOL)
+  _assert_trees_close(g_ref, g_fast)
+
+
+@pytest.mark.parametrize("features,shape", [
+    ((4, 8, 8), (31, 29)),  # Three VALID layers: the input is cropped to 30x22.
+    ((4,), (9, 8)),  # One layer: the odd row is the pool's, nothing to crop.
+])
+def test_cnn_valid_crop_matches_stock_flax_cnn(features, shape):
+  """The cfirst CNN crops the input to the rows and columns its VALID
+  conv-pool stack reads; outputs and gradients stay those of the full input."""
+  ref = _ReferenceCNN(features=features, dense=16)
+  fast = cnn.CNN(features=features, dense=16)
+  x = jax.random.normal(jax.random.PRNGKey(2), (2, *shape, 1))
+  params = ref.init(jax.random.PRNGKey(1), x)
+  _, y_ref, g_ref = _loss_and_grads(ref, params, x, False)
+  _, y_fast, g_fast = _loss_and_grads(fast, params, x, False)
   np.testing.assert_allclose(np.asarray(y_fast), np.asarray(y_ref), rtol=RTOL,
                              atol=ATOL)
   _assert_trees_close(g_ref, g_fast)
