@@ -20,7 +20,6 @@ compile_time_s is a cold compile.
 """
 
 import argparse
-import dataclasses
 import functools
 import json
 import os
@@ -47,10 +46,6 @@ def parse_args(argv=None):
                  help="override any Config field, e.g. --set=cnn_features=16,32")
   p.add_argument("--parallel", default="auto",
                  help="auto (what launch.py does), none, pmap or sharded")
-  p.add_argument("--compiler_options", default="model",
-                 help="XLA compiler options of the train chunk: model (the "
-                      "registry's, what launch.py uses), none, or "
-                      "NAME=VALUE[;NAME=VALUE...]")
   p.add_argument("--eval", action="store_true",
                  help="also time one evaluation pass over the test split")
   p.add_argument("--compile_cache", action="store_true",
@@ -149,22 +144,6 @@ def _parse_sets(items) -> dict:
   return out
 
 
-def _parse_options(text: str):
-  """"none" or "NAME=VALUE;..." -> sorted (name, value) pairs; true/false and
-  integers become bool and int (XLA wants those types)."""
-  if text == "none":
-    return ()
-  out = []
-  for item in text.split(";"):
-    key, value = item.split("=", 1)
-    if value.lower() in ("true", "false"):
-      value = value.lower() == "true"
-    elif value.lstrip("-").isdigit():
-      value = int(value)
-    out.append((key, value))
-  return tuple(sorted(out))
-
-
 def bench_model(name: str, args, peak: float) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -179,9 +158,6 @@ def bench_model(name: str, args, peak: float) -> dict:
   config = models.get_config(name, args.preset, epochs=args.epochs,
                              parallel=args.parallel, **overrides)
   par = parallel.setup(config)
-  if args.compiler_options != "model":
-    par = dataclasses.replace(par, compiler_options=_parse_options(
-        args.compiler_options))
   dataset = data_lib.load(config)
   n = len(dataset.train)
   host_images, host_labels = dataset.train.images, dataset.train.labels
@@ -244,7 +220,6 @@ def bench_model(name: str, args, peak: float) -> dict:
       "backend": jax.default_backend(),
       "parallel": par.mode, "devices": par.num_devices,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      "compiler_options": dict(par.compiler_options),
   }
   if args.eval:
     evaluate = par.wrap_evaluate(

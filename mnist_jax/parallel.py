@@ -25,7 +25,6 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
-from mnist_jax import compile_options
 from mnist_jax.config import PARALLEL as MODES
 from mnist_jax.errors import UserError
 
@@ -86,9 +85,6 @@ class Parallel:
   mode: str  # "none", "pmap" or "sharded".
   num_devices: int  # D: devices taking part, over all processes.
   mesh: Optional[Mesh]  # pmap: the local devices; sharded: every device.
-  # XLA options the train chunk and evaluation compile with, as sorted
-  # (name, value) pairs (compile_options.py; empty: XLA's defaults).
-  compiler_options: Tuple[Tuple[str, Any], ...] = ()
 
   @property
   def axis_name(self) -> Optional[str]:
@@ -193,8 +189,7 @@ class Parallel:
       # chunk compiles on its first call instead.
       compiled = fn
     else:
-      compiled = compile_options.compile_lowered(fn.lower(*example_args),
-                                                 dict(self.compiler_options))
+      compiled = fn.lower(*example_args).compile()
     if self.mode == "none":
       return compiled
 
@@ -207,16 +202,12 @@ class Parallel:
   def wrap_evaluate(self, evaluate: Callable) -> Callable:
     """Maps a raw `train.make_evaluate(jit=False)`: fn(params, images, labels,
     batch_idx, mask) -> metric sums over every device, as local scalars."""
-    options = dict(self.compiler_options)
     if self.mode == "none":
-      return compile_options.with_options(jax.jit(evaluate), options)
+      return jax.jit(evaluate)
     if self.mode == "pmap":
       fn = jax.pmap(lambda *a: jax.lax.psum(evaluate(*a), AXIS), axis_name=AXIS)
-      if jax.process_count() > 1:
-        options = {}  # As in compile_train: no AOT compile over processes.
     else:
       fn = jax.jit(evaluate, out_shardings=NamedSharding(self.mesh, P()))
-    fn = compile_options.with_options(fn, options)
     return lambda *args: self.unreplicate(fn(*args))
 
   def from_main(self, tree):
@@ -287,16 +278,7 @@ def split_host_devices(model: str, batch_size: int, devices: int):
 
 
 def setup(config) -> Parallel:
-  """Starts jax.distributed if asked, resolves --parallel and checks the batch.
-
-  The result carries the model's compiler options for this backend.
-  """
-  par = _setup(config)
-  options = compile_options.for_model(config.model, jax.default_backend())
-  return dataclasses.replace(par, compiler_options=tuple(sorted(options.items())))
-
-
-def _setup(config) -> Parallel:
+  """Starts jax.distributed if asked, resolves --parallel and checks the batch."""
   initialize(config)
   from mnist_jax import runtime  # pylint: disable=g-import-not-at-top
   if (config.parallel == "auto" and runtime.host_split() and

@@ -358,8 +358,6 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
       shutil.rmtree(workdir)
     environment = workdir_lib.environment()
     environment["parallel"] = {"mode": par.mode, "devices": par.num_devices}
-    if par.compiler_options:
-      environment["compiler_options"] = dict(par.compiler_options)
     if resuming:
       workdir_lib.record_resume(workdir, config, environment, meta)
     else:

@@ -6,7 +6,7 @@ so `tuned` states only how it differs from `seed`.
 """
 
 import dataclasses
-from typing import Any, Callable, Dict, Mapping
+from typing import Callable, Dict
 
 import flax.linen as nn
 
@@ -23,10 +23,6 @@ class ModelSpec:
   view: str  # "flat", "image" or "rows": see data.to_view.
   presets: Dict[str, dict]
   description: str = ""
-  # XLA options its train chunk and evaluation compile with on CPU
-  # (compile_options.py); measured per model in docs/rnnfast.md.
-  cpu_compiler_options: Mapping[str, Any] = dataclasses.field(
-      default_factory=dict)
 
 
 MODELS: Dict[str, ModelSpec] = {}
