@@ -147,35 +147,29 @@ def make_train_chunk(config: Config, axis_name: Optional[str] = None,
                            augment=augment_lib.from_config(config),
                            axis_name=axis_name)
 
-  def body(images, labels, carry, inputs):
-    state, sums, bad = carry
-    idx, ok = inputs
+  def chunk(state, images, labels, batch_idx, valid):
+    def body(carry, inputs):
+      state, sums, bad = carry
+      idx, ok = inputs
 
-    def run(state):
-      return step(state, images[idx], labels[idx])
+      def run(state):
+        return step(state, images[idx], labels[idx])
 
-    def skip(state):
-      return state, _zeros()
+      def skip(state):
+        return state, _zeros()
 
-    number = state.step + 1
-    state, metrics = jax.lax.cond(ok & (bad < 0), run, skip, state)
-    bad = jnp.where((bad < 0) & ok & ~jnp.isfinite(metrics["loss"]),
-                    number, bad)
-    return state, jax.tree.map(jnp.add, sums, metrics), bad
+      number = state.step + 1
+      state, metrics = jax.lax.cond(ok & (bad < 0), run, skip, state)
+      bad = jnp.where((bad < 0) & ok & ~jnp.isfinite(metrics["loss"]),
+                      number, bad)
+      return (state, jax.tree.map(jnp.add, sums, metrics), bad), None
 
-  def finish(state, sums, bad):
+    init = (state, _zeros(), jnp.full((), -1, jnp.int32))
+    (state, sums, bad), _ = jax.lax.scan(body, init, (batch_idx, valid))
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p))
                                 for p in jax.tree.leaves(state.params)]))
     bad = jnp.where((bad < 0) & ~finite, state.step.astype(jnp.int32), bad)
     return state, sums, bad
-
-  def chunk(state, images, labels, batch_idx, valid):
-    def scan_body(carry, inputs):
-      return body(images, labels, carry, inputs), None
-
-    init = (state, _zeros(), jnp.full((), -1, jnp.int32))
-    (state, sums, bad), _ = jax.lax.scan(scan_body, init, (batch_idx, valid))
-    return finish(state, sums, bad)
 
   # --num_seeds: state and batch_idx have a leading replica axis [N, ...].
   if replicas_lib.sequential(config):

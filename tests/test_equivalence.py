@@ -193,10 +193,15 @@ def test_max_pool_matches_nn_max_pool(shape):
                          (3, 1, 2, 0))
   np.testing.assert_array_equal(np.asarray(cfirst), np.asarray(ref(x)))
   w = jax.random.normal(jax.random.PRNGKey(1), ref(x).shape)
+  ref_grad = np.asarray(jax.grad(lambda x: jnp.sum(ref(x) * w))(x))
   np.testing.assert_allclose(
       np.asarray(jax.grad(lambda x: jnp.sum(cnn.max_pool_2x2(x) * w))(x)),
-      np.asarray(jax.grad(lambda x: jnp.sum(ref(x) * w))(x)), rtol=RTOL,
-      atol=ATOL)
+      ref_grad, rtol=RTOL, atol=ATOL)
+  cfirst_pool = lambda x: jnp.transpose(
+      cnn.max_pool_2x2_cfirst(jnp.transpose(x, (3, 1, 2, 0))), (3, 1, 2, 0))
+  np.testing.assert_allclose(
+      np.asarray(jax.grad(lambda x: jnp.sum(cfirst_pool(x) * w))(x)),
+      ref_grad, rtol=RTOL, atol=ATOL)
 
 
 class _ReferenceCNN(nn.Module):

@@ -64,11 +64,11 @@ class ConvParams(nn.Module):
     return kernel, bias
 
 
-def conv3x3_cfirst(x, kernel, bias):
+def conv3x3_cfirst(x, kernel, bias=None):
   """A stride-1 'VALID' convolution in channels-first, batch-last layout.
 
-  x: [Cin, H, W, B] -> [Cout, H', W', B]; kernel [kh, kw, Cin, Cout] as nn.Conv.
-  With the batch as the minor axis every patch slice copies long contiguous
+  x: [Cin, H, W, B] -> [Cout, H', W', B]; kernel [kh, kw, Cin, Cout] and
+  bias [Cout] (or None: no bias) as nn.Conv. With the batch as the minor axis every patch slice copies long contiguous
   runs, the patch matrix is stacked along its major axis (so its gradient
   splits into views, not strided copies), and the matmul is
   [Cout, kh*kw*Cin] x [kh*kw*Cin, H'*W'*B] with a wide, cheap output.
@@ -81,7 +81,8 @@ def conv3x3_cfirst(x, kernel, bias):
   # Row (i, j, cin) of the patches matches kernel.reshape(kh * kw * cin, cout).
   y = jnp.dot(kernel.reshape(kh * kw * cin, cout).T,
               patches.reshape(kh * kw * cin, h * w * b))
-  return y.reshape(cout, h, w, b) + bias[:, None, None, None]
+  y = y.reshape(cout, h, w, b)
+  return y if bias is None else y + bias[:, None, None, None]
 
 
 # Below this many input channels conv3x3_relu_pool_cfirst uses the pool-phase
@@ -102,14 +103,22 @@ def _window_taps(x, ho, wo):
                     for r in range(4) for s in range(4)], axis=0)
 
 
+def _first_max_grads(candidates, m, g):
+  """The gradient of m = max(candidates) as max pooling's: g to the first
+  candidate equal to m, zero to the others. One elementwise pass each; autodiff
+  of a max tree recomputed the tree per pad (6.8 ms of a 25 ms CNN step)."""
+  grads, taken = [], jnp.zeros(m.shape, bool)
+  for candidate in candidates:
+    first = (candidate == m) & ~taken
+    grads.append(jnp.where(first, g, 0.0))
+    taken = taken | first
+  return grads
+
+
 @jax.custom_vjp
 def _max_of_four(y):
-  """[4, ...] -> [...]: the max over the leading axis (the four pool positions).
-
-  The gradient goes to the first maximum, as max pooling's does. Autodiff of
-  the max tree gave a backward fusion that recomputed the tree per pad and took
-  6.8 ms per step for conv1 at batch 128.
-  """
+  """[4, ...] -> [...]: the max over the leading axis (the four pool positions),
+  with the first maximum taking the gradient."""
   return jnp.maximum(jnp.maximum(y[0], y[1]), jnp.maximum(y[2], y[3]))
 
 
@@ -120,12 +129,7 @@ def _max_of_four_fwd(y):
 
 def _max_of_four_bwd(res, g):
   y, m = res
-  grads, taken = [], jnp.zeros(m.shape, bool)
-  for i in range(4):
-    first = (y[i] == m) & ~taken
-    grads.append(jnp.where(first, g, 0.0))
-    taken = taken | first
-  return (jnp.stack(grads),)
+  return (jnp.stack(_first_max_grads(list(y), m, g)),)
 
 
 _max_of_four.defvjp(_max_of_four_fwd, _max_of_four_bwd)
@@ -133,12 +137,8 @@ _max_of_four.defvjp(_max_of_four_fwd, _max_of_four_bwd)
 
 @jax.custom_vjp
 def _pool_2x2_even(y):
-  """[C, 2h, 2w, B] -> [C, h, w, B]: 2x2 max pooling, stride 2.
-
-  The gradient goes to the first maximum of each window in row-major order,
-  as max pooling's does, written as one elementwise pass over the input: the
-  autodiff gradient of the reshape-max spent about as long as conv2's matmul.
-  """
+  """[C, 2h, 2w, B] -> [C, h, w, B]: 2x2 max pooling, stride 2, with the first
+  maximum of each window (row-major) taking the gradient."""
   c, h, w, b = y.shape
   return y.reshape(c, h // 2, 2, w // 2, 2, b).max(axis=(2, 4))
 
@@ -152,14 +152,9 @@ def _pool_2x2_even_bwd(res, g):
   y, m = res
   c, h, w, b = y.shape
   y = y.reshape(c, h // 2, 2, w // 2, 2, b)
-  rows, taken = [], jnp.zeros(m.shape, bool)
-  for r in range(2):
-    row = []
-    for s in range(2):
-      first = (y[:, :, r, :, s, :] == m) & ~taken
-      row.append(jnp.where(first, g, 0.0))
-      taken = taken | first
-    rows.append(jnp.stack(row, axis=3))
+  grads = _first_max_grads([y[:, :, r, :, s, :] for r in range(2) for s in range(2)],
+                           m, g)
+  rows = [jnp.stack(grads[2 * r:2 * r + 2], axis=3) for r in range(2)]
   return (jnp.stack(rows, axis=2).reshape(c, h, w, b),)
 
 
@@ -199,16 +194,15 @@ def conv3x3_relu_pool_cfirst(x, kernel, bias, padding="VALID"):
   # The barrier materialises x once: otherwise XLA recomputes the previous
   # layer's pool per patch slice and copies the slices again to concatenate.
   x = jax.lax.optimization_barrier(x[:, :2 * ho + 2, :2 * wo + 2, :])
-  y = conv3x3_cfirst(x, kernel,
-                     jnp.zeros_like(bias))
-  return nn.relu(_pool_2x2_even(y) + bias[:, None, None, None])
+  return nn.relu(max_pool_2x2_cfirst(conv3x3_cfirst(x, kernel)) +
+                 bias[:, None, None, None])
 
 
 def max_pool_2x2_cfirst(x):
-  """max_pool_2x2 in [C, H, W, B] layout -> [C, H // 2, W // 2, B]."""
-  c, h, w, b = x.shape
-  x = x[:, :h // 2 * 2, :w // 2 * 2, :]
-  return x.reshape(c, h // 2, 2, w // 2, 2, b).max(axis=(2, 4))
+  """max_pool_2x2 in [C, H, W, B] layout -> [C, H // 2, W // 2, B], with a
+  one-pass gradient (_pool_2x2_even)."""
+  _, h, w, _ = x.shape
+  return _pool_2x2_even(x[:, :h // 2 * 2, :w // 2 * 2, :])
 
 
 def max_pool_2x2(x):
