@@ -20,34 +20,11 @@ def setup(cache_dir: str = DEFAULT_CACHE) -> None:
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-  unroll_threefry()
   # tfds warns once about decoding PNGs with PIL instead of OpenCV: that is
   # the intended path here, and it runs once per dataset.
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("absl").setLevel(logging.ERROR)
-
-
-def unroll_threefry() -> bool:
-  """Lowers jax.random's threefry hash unrolled on CPU, as JAX does elsewhere.
-
-  On CPU, JAX lowers it as a loop over its rounds (quicker to compile); each
-  dropout mask then takes several passes over memory: a [128, 1024] mask
-  took 1.0 ms rolled and 0.14 ms unrolled, with the same bits (the hash is
-  integer arithmetic). Returns False, changing nothing, if JAX's internals
-  moved.
-  """
-  try:
-    # pylint: disable=g-import-not-at-top,protected-access
-    from jax._src.random import threefry2x32 as impl
-    from jax.interpreters import mlir
-    mlir.register_lowering(impl.threefry2x32_p,
-                           impl._threefry2x32_lowering_rule, platform="cpu",
-                           inline=False)
-    # pylint: enable=g-import-not-at-top,protected-access
-  except (ImportError, AttributeError):
-    return False
-  return True
 
 
 # Host devices --parallel=auto makes on a CPU-only machine: one per core, at
