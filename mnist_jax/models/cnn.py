@@ -15,6 +15,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class PatchConv(nn.Module):
@@ -88,6 +89,91 @@ def conv3x3_cfirst(x, kernel, bias=None):
 # Below this many input channels conv3x3_relu_pool_cfirst uses the pool-phase
 # lowering (memory-bound conv); above it, the cropped patch matmul (compute-bound).
 PHASE_MAX_IN_FEATURES = 4
+
+
+# Winograd F(2x2, 3x3) (Lavin & Gray 2016): out = A^T [(G k G^T) * (B^T d B)] A
+# per 4x4 input tile d and 2x2 output tile; as [16 (a, b), 16 (r, s)] Kronecker
+# matrices acting on the 16 window taps, and on the 16 transformed products.
+_WINO_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
+                    np.float32)
+_WINO_G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)
+_WINO_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
+_WINO_IN = np.kron(_WINO_BT, _WINO_BT)  # [16 (a, b), 16 (r, s)]
+_WINO_OUT = np.kron(_WINO_AT, _WINO_AT)  # [4 (i, j), 16 (a, b)]
+
+
+def _batched_dot(a, b, contract_a, contract_b):
+  """[K, ...] x [K, ...] -> [K, free_a, free_b]: one matmul per leading index."""
+  return jax.lax.dot_general(a, b, (((contract_a,), (contract_b,)), ((0,), (0,))))
+
+
+def _winograd_fwd(x, kernel):
+  cin, hin, win, b = x.shape
+  cout = kernel.shape[3]
+  ho, wo = (hin - 2) // 2, (win - 2) // 2
+  n = ho * wo * b
+  taps = _window_taps(x, ho, wo).reshape(16, cin * n)
+  v = jnp.dot(_WINO_IN, taps).reshape(16, cin, n)
+  u = jnp.einsum("ai,bj,ijco->aboc", _WINO_G, _WINO_G, kernel).reshape(16, cout, cin)
+  y = jnp.dot(_WINO_OUT, _batched_dot(u, v, 2, 1).reshape(16, cout * n))
+  y = y.reshape(4, cout, n)
+  m = jnp.maximum(jnp.maximum(y[0], y[1]), jnp.maximum(y[2], y[3]))
+  return m.reshape(cout, ho, wo, b), (v, u, y, m)
+
+
+@jax.custom_vjp
+def _winograd_conv_pool(x, kernel):
+  """max_pool_2x2(conv3x3(x)) by Winograd F(2x2, 3x3), without bias.
+
+  x: [Cin, 2 ho + 2, 2 wo + 2, B], kernel [3, 3, Cin, Cout] -> [Cout, ho, wo, B].
+  Each 2x2 output tile is one pool window, so the pool is a max over the four
+  rows of the output transform. 16 batched [Cout, Cin] x [Cin, ho wo B]
+  matmuls do 2.25x fewer multiplies than the patch matmul; the hand-written
+  gradient stays in the transformed domain (the kernel gradient is 16
+  [Cout, N] x [N, Cin] matmuls, the input gradient 16 [Cin, Cout] x [Cout, N]),
+  with the first maximum of each window (row-major) taking the gradient.
+  """
+  return _winograd_fwd(x, kernel)[0]
+
+
+def _winograd_conv_pool_fwd(x, kernel):
+  m, res = _winograd_fwd(x, kernel)
+  return m, (x.shape, *res)
+
+
+def _winograd_conv_pool_bwd(res, g):
+  (cin, hin, win, b), v, u, y, m = res
+  cout = u.shape[1]
+  ho, wo = (hin - 2) // 2, (win - 2) // 2
+  n = ho * wo * b
+  dy = jnp.stack(_first_max_grads(list(y), m, g.reshape(m.shape)))
+  dprod = jnp.dot(_WINO_OUT.T, dy.reshape(4, cout * n)).reshape(16, cout, n)
+  du = _batched_dot(dprod, v, 2, 2).reshape(4, 4, cout, cin)
+  dkernel = jnp.einsum("ai,bj,aboc->ijco", _WINO_G, _WINO_G, du)
+  dv = _batched_dot(u, dprod, 1, 1).reshape(16, cin * n)
+  dtaps = jnp.dot(_WINO_IN.T, dv).reshape(16, cin, ho, wo, b)
+  return _window_taps_transpose(dtaps), dkernel
+
+
+_winograd_conv_pool.defvjp(_winograd_conv_pool_fwd, _winograd_conv_pool_bwd)
+
+
+def _window_taps_transpose(taps):
+  """The transpose of _window_taps: [16, C, ho, wo, B] -> [C, 2ho+2, 2wo+2, B].
+
+  Summed per row and column parity (four pads each) and interleaved once;
+  autodiff's transpose summed 16 pads of the whole input (3x slower)."""
+  _, c, ho, wo, b = taps.shape
+  rows = []
+  for p in range(2):
+    cols = []
+    for q in range(2):
+      parts = [jnp.pad(taps[4 * (p + 2 * i) + q + 2 * j],
+                       ((0, 0), (i, 1 - i), (j, 1 - j), (0, 0)))
+               for i in range(2) for j in range(2)]
+      cols.append(sum(parts[1:], parts[0]))
+    rows.append(jnp.stack(cols, axis=3))  # [C, ho + 1, wo + 1, 2, B]
+  return jnp.stack(rows, axis=2).reshape(c, 2 * ho + 2, 2 * wo + 2, b)
 
 
 def _window_taps(x, ho, wo):
@@ -194,8 +280,7 @@ def conv3x3_relu_pool_cfirst(x, kernel, bias, padding="VALID"):
   # The barrier materialises x once: otherwise XLA recomputes the previous
   # layer's pool per patch slice and copies the slices again to concatenate.
   x = jax.lax.optimization_barrier(x[:, :2 * ho + 2, :2 * wo + 2, :])
-  return nn.relu(max_pool_2x2_cfirst(conv3x3_cfirst(x, kernel)) +
-                 bias[:, None, None, None])
+  return nn.relu(_winograd_conv_pool(x, kernel) + bias[:, None, None, None])
 
 
 def max_pool_2x2_cfirst(x):
