@@ -300,6 +300,33 @@ def max_pool_2x2(x):
   return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
+class DenseParams(nn.Module):
+  """nn.Dense's parameters: kernel [in_features, features], bias [features]."""
+  features: int
+  in_features: int
+
+  @nn.compact
+  def __call__(self):
+    kernel = self.param("kernel", nn.linear.default_kernel_init,
+                        (self.in_features, self.features))
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    return kernel, bias
+
+
+def dense_cfirst(x, kernel):
+  """x.transpose(3, 1, 2, 0).reshape(B, -1) @ kernel without moving x.
+
+  x: [C, H, W, B], kernel [H * W * C, D] (rows in nn.Dense's (h, w, c) order
+  of the flattened NHWC input) -> [B, D]. The kernel is permuted to (c, h, w)
+  rows instead (a copy of the kernel, not of the activations): XLA fused the
+  activation transpose with the previous pool, which then read its four
+  candidates with a batch-strided pattern (0.76 ms of a 15 ms step).
+  """
+  c, h, w, b = x.shape
+  kernel = kernel.reshape(h, w, c, -1).transpose(2, 0, 1, 3).reshape(c * h * w, -1)
+  return jax.lax.dot_general(x.reshape(c * h * w, b), kernel, (((0,), (0,)), ((), ())))
+
+
 def _valid_extent(size, num_layers):
   """Input rows (or columns) that a stack of VALID conv3x3 + pool2x2 layers reads.
 
@@ -339,6 +366,11 @@ class CNN(nn.Module):
       for i, width in enumerate(self.features):
         conv = ConvParams(width, x.shape[0], name=f"conv_{i}")
         x = conv3x3_relu_pool_cfirst(x, *conv(), padding=self.padding)
+      if self.dropout == 0:
+        c, h, w, _ = x.shape
+        kernel, bias = DenseParams(self.dense, h * w * c, name="dense")()
+        x = nn.relu(dense_cfirst(x, kernel) + bias)
+        return nn.Dense(self.num_classes, name="out")(x)
       x = jnp.transpose(x, (3, 1, 2, 0))  # Back to [B, H, W, C] to flatten.
     elif self.layout == "nhwc":
       for i, width in enumerate(self.features):
