@@ -174,6 +174,45 @@ def test_conv3x3_relu_pool_cfirst_matches_flax(padding, cin, height, width):
   _assert_trees_close(*grads)
 
 
+@pytest.mark.parametrize("cin,height,width", [(32, 12, 12), (6, 8, 14)])
+def test_winograd_conv_pool_matches_patch_conv(cin, height, width):
+  """The Winograd conv + pool (and its hand-written gradient) against the
+  patch-matmul conv and reshape-max pool, with zero regions that make exact
+  ties: zero tiles transform to exact zeros, so the tied outputs stay tied and
+  the first maximum of each window takes the gradient, as nn.max_pool's."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (cin, height, width, 3))
+  x = x.at[:, :4].set(0.0).at[:, :, -4:].set(0.0)
+  kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, cin, 5))
+  ref = lambda x, k: cnn.max_pool_2x2_cfirst(cnn.conv3x3_cfirst(x, k))
+  y_ref = ref(x, kernel)
+  np.testing.assert_allclose(np.asarray(cnn._winograd_conv_pool(x, kernel)),
+                             np.asarray(y_ref), rtol=RTOL, atol=1e-5)
+  w = jax.random.normal(jax.random.PRNGKey(2), y_ref.shape)
+  grads = [jax.grad(lambda x, k, f=f: jnp.sum(f(x, k) * w), argnums=(0, 1))(
+      x, kernel) for f in (ref, cnn._winograd_conv_pool)]
+  _assert_trees_close(*grads, atol=1e-5)
+
+
+def test_window_taps_transpose_is_the_transpose():
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 10, 12, 2))
+  taps = jax.random.normal(jax.random.PRNGKey(1), (16, 3, 4, 5, 2))
+  _, vjp = jax.vjp(lambda x: cnn._window_taps(x, 4, 5), x)
+  np.testing.assert_allclose(np.asarray(cnn._window_taps_transpose(taps)),
+                             np.asarray(vjp(taps)[0]), rtol=1e-6, atol=1e-6)
+
+
+def test_dense_cfirst_matches_flatten_then_dense():
+  x = jax.random.normal(jax.random.PRNGKey(0), (6, 3, 4, 5))  # [C, H, W, B]
+  kernel = jax.random.normal(jax.random.PRNGKey(1), (3 * 4 * 6, 7))
+  flat = lambda x, k: jnp.transpose(x, (3, 1, 2, 0)).reshape(5, -1) @ k
+  np.testing.assert_allclose(np.asarray(cnn.dense_cfirst(x, kernel)),
+                             np.asarray(flat(x, kernel)), rtol=RTOL, atol=ATOL)
+  w = jax.random.normal(jax.random.PRNGKey(2), (5, 7))
+  grads = [jax.grad(lambda x, k, f=f: jnp.sum(f(x, k) * w), argnums=(0, 1))(
+      x, kernel) for f in (flat, cnn.dense_cfirst)]
+  _assert_trees_close(*grads)
+
+
 def test_conv3x3_relu_pool_cfirst_rejects_bad_arguments():
   x = jnp.zeros((1, 8, 8, 2))
   with pytest.raises(ValueError, match="3x3"):
@@ -230,6 +269,7 @@ class _ReferenceCNN(nn.Module):
     ((4, 8), "VALID", 0.0, False),
     ((4, 8), "VALID", 0.25, True),
     ((4, 8, 16), "SAME", 0.25, True),  # the shape of the `best` preset
+    ((8, 8), "VALID", 0.0, False),  # conv2 by Winograd, as in the seed CNN
 ])
 def test_cnn_matches_stock_flax_cnn(layout, features, padding, dropout, train):
   """Includes MNIST-like inputs: a zero border makes exact ties in the pools,

@@ -7,7 +7,8 @@ initialisers) and compute the same function, which `tests/test_equivalence.py`
 checks against nn.Conv and nn.max_pool. By default the convolutional stack
 runs channels-first with the batch last ([C, H, W, B], see conv3x3_cfirst),
 each conv, ReLU and pool fused so that only the outputs the pool reads are
-computed (conv3x3_relu_pool_cfirst).
+computed (conv3x3_relu_pool_cfirst), and the dense layer reads that layout in
+place (dense_cfirst) when there is no dropout.
 """
 
 from typing import Sequence
@@ -87,7 +88,7 @@ def conv3x3_cfirst(x, kernel, bias=None):
 
 
 # Below this many input channels conv3x3_relu_pool_cfirst uses the pool-phase
-# lowering (memory-bound conv); above it, the cropped patch matmul (compute-bound).
+# lowering (memory-bound conv); above it, Winograd F(2x2, 3x3) (compute-bound).
 PHASE_MAX_IN_FEATURES = 4
 
 
@@ -259,6 +260,9 @@ def conv3x3_relu_pool_cfirst(x, kernel, bias, padding="VALID"):
   at the four pool positions, gives the four pool candidates in one matmul: a
   patch matrix 2.25x smaller than im2col's and a pool that is a max of four
   row blocks. Max commutes with + bias and ReLU, so the pool comes first there.
+  With more input channels (the seed CNN's conv2) the conv is compute-bound and
+  runs as Winograd F(2x2, 3x3) with the pool in its output transform
+  (_winograd_conv_pool: 2.25x fewer multiplies).
   """
   kh, kw, cin, cout = kernel.shape
   if (kh, kw) != (3, 3):
@@ -277,8 +281,10 @@ def conv3x3_relu_pool_cfirst(x, kernel, bias, padding="VALID"):
     y = jnp.dot(phases.reshape(4 * cout, 16 * cin), taps)
     y = _max_of_four(y.reshape(4, cout, ho, wo, b))
     return nn.relu(y + bias[:, None, None, None])
-  # The barrier materialises x once: otherwise XLA recomputes the previous
-  # layer's pool per patch slice and copies the slices again to concatenate.
+  # XLA:CPU expands optimization barriers before fusion (its
+  # cse_barrier_expander pass), so this one does not stop the previous layer's
+  # pool from being recomputed in each of the 16 window slices (about 1 ms of
+  # a 15 ms seed step under pmap); kept as it was measured in session 2.
   x = jax.lax.optimization_barrier(x[:, :2 * ho + 2, :2 * wo + 2, :])
   return nn.relu(_winograd_conv_pool(x, kernel) + bias[:, None, None, None])
 
