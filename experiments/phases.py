@@ -63,9 +63,9 @@ def main():
   train.create_train_state = timed("init_state", train.create_train_state)
   compile_train = parallel.Parallel.compile_train
 
-  def compile_and_time(self, *args):
+  def compile_and_time(self, *args, **kwargs):
     start = time.perf_counter()
-    fn = compile_train(self, *args)
+    fn = compile_train(self, *args, **kwargs)
     totals["compile_train"] += time.perf_counter() - start
     return timed("train_chunks", fn)
   parallel.Parallel.compile_train = compile_and_time

@@ -169,8 +169,12 @@ class Parallel:
 
     return jax.tree.map(first, tree)
 
-  def compile_train(self, chunk: Callable, *example_args) -> Callable:
+  def compile_train(self, chunk: Callable, *example_args,
+                    compiler_options: Optional[dict] = None) -> Callable:
     """Compiles a raw `train.make_train_chunk(jit=False)` for this mode.
+
+    `compiler_options` (XLA options, e.g. replicas.compiler_options) are
+    dropped if this jaxlib does not know one of them.
 
     Returns fn(state, images, labels, batch_idx, valid) -> (state, sums, bad),
     the state in this mode's layout, the metric sums (over the global batch)
@@ -189,7 +193,13 @@ class Parallel:
       # chunk compiles on its first call instead.
       compiled = fn
     else:
-      compiled = fn.lower(*example_args).compile()
+      lowered = fn.lower(*example_args)
+      try:
+        compiled = lowered.compile(compiler_options)
+      except jax.errors.JaxRuntimeError as e:
+        if not compiler_options or "option" not in str(e):
+          raise
+        compiled = lowered.compile()
     if self.mode == "none":
       return compiled
 

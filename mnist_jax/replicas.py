@@ -109,6 +109,20 @@ def sequential(config) -> bool:
   return config.num_seeds > 1 and jax.default_backend() == "cpu"
 
 
+def compiler_options(config) -> Optional[Dict[str, str]]:
+  """XLA options for the train chunk: on a CPU with replicas, region analysis.
+
+  XLA:CPU's copy insertion otherwise copies loop-carried buffers every step:
+  a [1024, 1024] kernel after the step's `lax.cond`, the threefry state in
+  each dropout mask's round loop. With region analysis those copies go: the
+  tuned MLP's 4-replica step 32.4 -> 30.7 ms, the same bits. Other runs keep
+  XLA's defaults (a single seed gains ~2%; not measured for the other models).
+  """
+  if not sequential(config):
+    return None
+  return {"xla_cpu_copy_insertion_use_region_analysis": "True"}
+
+
 def mesh(config) -> Optional[Mesh]:
   """The CPU devices the replicas are split over, or None for one device.
 

@@ -176,7 +176,10 @@ def make_train_chunk(config: Config, axis_name: Optional[str] = None,
     chunk = replicas_lib.sequential_chunk(config, chunk)
   else:
     chunk = replicas_lib.vmap(config, chunk, in_axes=(0, None, None, 0, None))
-  return jax.jit(chunk, donate_argnums=(0,)) if jit else chunk
+  if not jit:
+    return chunk
+  return jax.jit(chunk, donate_argnums=(0,),
+                 compiler_options=replicas_lib.compiler_options(config))
 
 
 def make_evaluate(config: Config, apply_fn: Callable, jit: bool = True) -> Callable:
@@ -391,7 +394,8 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
   compile_start = time.perf_counter()
   chunk_fn = par.compile_train(
       make_train_chunk(config, par.axis_name, jit=False), state, train_images,
-      train_labels, par.shard_chunks(plan(data_rng, 1))[0], valid[0])
+      train_labels, par.shard_chunks(plan(data_rng, 1))[0], valid[0],
+      compiler_options=replicas_lib.compiler_options(config))
   evaluate = par.wrap_evaluate(make_evaluate(config, state.apply_fn, jit=False))
   compile_time = time.perf_counter() - compile_start
 
