@@ -45,9 +45,9 @@ def load(config):
 data.load = load
 
 _compile = parallel.Parallel.compile_train
-def compile_train(self, *args):
+def compile_train(self, *args, **kwargs):
   mark("state_ready")
-  _compile(self, *args)
+  _compile(self, *args, **kwargs)
   mark("compiled")
   def first_call(*args):
     mark("first_step")
