@@ -25,6 +25,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
+from mnist_jax import replicas
 from mnist_jax.config import PARALLEL as MODES
 from mnist_jax.errors import UserError
 
@@ -85,6 +86,9 @@ class Parallel:
   mode: str  # "none", "pmap" or "sharded".
   num_devices: int  # D: devices taking part, over all processes.
   mesh: Optional[Mesh]  # pmap: the local devices; sharded: every device.
+  # XLA options the train chunk compiles with, as sorted (name, value) pairs
+  # (replicas.compiler_options; empty: XLA's defaults).
+  compiler_options: Tuple[Tuple[str, str], ...] = ()
 
   @property
   def axis_name(self) -> Optional[str]:
@@ -169,12 +173,10 @@ class Parallel:
 
     return jax.tree.map(first, tree)
 
-  def compile_train(self, chunk: Callable, *example_args,
-                    compiler_options: Optional[dict] = None) -> Callable:
+  def compile_train(self, chunk: Callable, *example_args) -> Callable:
     """Compiles a raw `train.make_train_chunk(jit=False)` for this mode.
 
-    `compiler_options` (XLA options, e.g. replicas.compiler_options) are
-    dropped if this jaxlib does not know one of them.
+    With `self.compiler_options`, dropped if this jaxlib does not know one.
 
     Returns fn(state, images, labels, batch_idx, valid) -> (state, sums, bad),
     the state in this mode's layout, the metric sums (over the global batch)
@@ -194,10 +196,11 @@ class Parallel:
       compiled = fn
     else:
       lowered = fn.lower(*example_args)
+      options = dict(self.compiler_options)
       try:
-        compiled = lowered.compile(compiler_options)
+        compiled = lowered.compile(options or None)
       except jax.errors.JaxRuntimeError as e:
-        if not compiler_options or "option" not in str(e):
+        if not options or "option" not in str(e):
           raise
         compiled = lowered.compile()
     if self.mode == "none":
@@ -288,7 +291,16 @@ def split_host_devices(model: str, batch_size: int, devices: int):
 
 
 def setup(config) -> Parallel:
-  """Starts jax.distributed if asked, resolves --parallel and checks the batch."""
+  """Starts jax.distributed if asked, resolves --parallel and checks the batch.
+
+  The result carries the train chunk's XLA options for this run.
+  """
+  par = _setup(config)
+  options = replicas.compiler_options(config) or {}
+  return dataclasses.replace(par, compiler_options=tuple(sorted(options.items())))
+
+
+def _setup(config) -> Parallel:
   initialize(config)
   from mnist_jax import runtime  # pylint: disable=g-import-not-at-top
   if (config.parallel == "auto" and runtime.host_split() and

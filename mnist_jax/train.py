@@ -355,6 +355,8 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
       shutil.rmtree(workdir)
     environment = workdir_lib.environment()
     environment["parallel"] = {"mode": par.mode, "devices": par.num_devices}
+    if par.compiler_options:
+      environment["compiler_options"] = dict(par.compiler_options)
     if resuming:
       workdir_lib.record_resume(workdir, config, environment, meta)
     else:
@@ -394,8 +396,7 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
   compile_start = time.perf_counter()
   chunk_fn = par.compile_train(
       make_train_chunk(config, par.axis_name, jit=False), state, train_images,
-      train_labels, par.shard_chunks(plan(data_rng, 1))[0], valid[0],
-      compiler_options=replicas_lib.compiler_options(config))
+      train_labels, par.shard_chunks(plan(data_rng, 1))[0], valid[0])
   evaluate = par.wrap_evaluate(make_evaluate(config, state.apply_fn, jit=False))
   compile_time = time.perf_counter() - compile_start
 
