@@ -281,11 +281,7 @@ def conv3x3_relu_pool_cfirst(x, kernel, bias, padding="VALID"):
     y = jnp.dot(phases.reshape(4 * cout, 16 * cin), taps)
     y = _max_of_four(y.reshape(4, cout, ho, wo, b))
     return nn.relu(y + bias[:, None, None, None])
-  # XLA:CPU expands optimization barriers before fusion (its
-  # cse_barrier_expander pass), so this one does not stop the previous layer's
-  # pool from being recomputed in each of the 16 window slices (about 1 ms of
-  # a 15 ms seed step under pmap); kept as it was measured in session 2.
-  x = jax.lax.optimization_barrier(x[:, :2 * ho + 2, :2 * wo + 2, :])
+  x = x[:, :2 * ho + 2, :2 * wo + 2, :]
   return nn.relu(_winograd_conv_pool(x, kernel) + bias[:, None, None, None])
 
 
