@@ -316,15 +316,20 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
     progress.message(f"data parallel ({par.mode}) over {par.num_devices} "
                      f"{jax.default_backend().upper()} devices")
 
-  put = par.replicate
+  # With --num_seeds on a split CPU host, arrays go where the replicas run.
+  place = functools.partial(replicas_lib.place, config)
+
+  def put(x):
+    return place(par.replicate(x), per_replica=False)
+
   train_images, train_labels = put(dataset.train.images), put(dataset.train.labels)
   splits = {"test": dataset.test}
   if len(dataset.val):
     splits["val"] = dataset.val
   eval_data = {
       name: (put(s.images), put(s.labels),
-             *map(par.shard, eval_batches(len(s), config.eval_batch_size,
-                                          par.num_devices)))
+             *map(lambda b: place(par.shard(b), per_replica=False),
+                  eval_batches(len(s), config.eval_batch_size, par.num_devices)))
       for name, s in splits.items()
   }
 
@@ -382,12 +387,12 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
   if meta is not None and meta.get("sums"):
     partial = {k: np.asarray(v, np.float32) for k, v in meta["sums"].items()}
   state, position, partial = par.from_main((state, position, partial))
-  state = par.replicate(state)
+  state = place(par.replicate(state), per_replica=True)
   first_epoch, skip_steps, finished = (int(v) for v in np.asarray(position))
 
   num_chunks, chunk_len = chunk_plan(steps, config.chunk_steps)
   positions = np.arange(num_chunks * chunk_len).reshape(num_chunks, chunk_len)
-  valid = par.replicate_chunks(positions < steps)
+  valid = place(par.replicate_chunks(positions < steps), per_replica=False)
   plan = jax.jit(replicas_lib.vmap(
       config, functools.partial(_epoch_plan, n=n_train,
                                 batch_size=config.batch_size,
@@ -396,7 +401,8 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
   compile_start = time.perf_counter()
   chunk_fn = par.compile_train(
       make_train_chunk(config, par.axis_name, jit=False), state, train_images,
-      train_labels, par.shard_chunks(plan(data_rng, 1))[0], valid[0])
+      train_labels, place(par.shard_chunks(plan(data_rng, 1)), per_replica=False)[0],
+      valid[0])
   evaluate = par.wrap_evaluate(make_evaluate(config, state.apply_fn, jit=False))
   compile_time = time.perf_counter() - compile_start
 
@@ -434,10 +440,10 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
   with preemption.StopRequest() as stop:
     for epoch in range(first_epoch, 1 if finished else config.epochs + 1):
       epoch_start = time.perf_counter()
-      batches = par.shard_chunks(plan(data_rng, epoch))
+      batches = place(par.shard_chunks(plan(data_rng, epoch)), per_replica=False)
       done_steps = skip_steps if epoch == first_epoch else 0
-      epoch_valid = valid if done_steps == 0 else par.replicate_chunks(
-          (positions < steps) & (positions >= done_steps))
+      epoch_valid = valid if done_steps == 0 else place(par.replicate_chunks(
+          (positions < steps) & (positions >= done_steps)), per_replica=False)
       sums = _zeros()
       if done_steps:  # The partial sums of a mid-epoch checkpoint.
         sums = jax.tree.map(jnp.asarray, partial)

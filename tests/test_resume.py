@@ -147,3 +147,24 @@ def test_checkpoint_every_and_keep(prepared, tmp_path):
       "24", "30"]
   _, meta = lh.restore_latest(workdir)
   assert meta["epoch"] == 5 and meta["done"]
+
+
+def test_replicas_stopped_mid_epoch_then_resumed_equal_uninterrupted(prepared,
+                                                                      tmp_path):
+  """--num_seeds resumes mid-epoch too; on a split host, from both devices."""
+  args = lambda name: _args(prepared, str(tmp_path / name), "--num_seeds=2",
+                            "--epochs=2")
+  rc, _, err = lh.run(args("whole"))
+  assert rc == 0, err
+  whole = lh.deterministic(lh.metrics(str(tmp_path / "whole")))
+  assert len(whole[-1]["replicas"]) == 2
+  rc, _, err, _ = lh.run_and_signal(args("stopped"), lh.SIGTERM, epoch=2)
+  assert rc == 128 + lh.SIGTERM, err
+  from mnist_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  _, meta = checkpoint.Checkpointer(str(tmp_path / "stopped"),
+                                    read_only=True).read_meta()
+  assert meta["epoch"] == 1 and 0 < meta["epoch_step"] < 33, meta
+  rc, out, err = lh.run(args("stopped"))
+  assert rc == 0, err
+  assert "resuming" in out
+  assert lh.deterministic(lh.metrics(str(tmp_path / "stopped"))) == whole
