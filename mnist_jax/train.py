@@ -316,20 +316,15 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
     progress.message(f"data parallel ({par.mode}) over {par.num_devices} "
                      f"{jax.default_backend().upper()} devices")
 
-  # With --num_seeds on a split CPU host, arrays go where the replicas run.
-  place = functools.partial(replicas_lib.place, config)
-
-  def put(x):
-    return place(par.replicate(x), per_replica=False)
-
+  put = par.replicate
   train_images, train_labels = put(dataset.train.images), put(dataset.train.labels)
   splits = {"test": dataset.test}
   if len(dataset.val):
     splits["val"] = dataset.val
   eval_data = {
       name: (put(s.images), put(s.labels),
-             *map(lambda b: place(par.shard(b), per_replica=False),
-                  eval_batches(len(s), config.eval_batch_size, par.num_devices)))
+             *map(par.shard, eval_batches(len(s), config.eval_batch_size,
+                                          par.num_devices)))
       for name, s in splits.items()
   }
 
@@ -346,6 +341,8 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
   meta = None
   if resuming and par.is_main:
     meta, state = _restore_for_resume(config, workdir, state, steps)
+    if meta is not None:
+      state = replicas_lib.restored(config, state)
     final = workdir_lib.final_metrics(workdir)
     if (meta is not None and meta.get("done") and final is not None and
         jax.process_count() == 1):
@@ -387,12 +384,12 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
   if meta is not None and meta.get("sums"):
     partial = {k: np.asarray(v, np.float32) for k, v in meta["sums"].items()}
   state, position, partial = par.from_main((state, position, partial))
-  state = place(par.replicate(state), per_replica=True)
+  state = par.replicate(state)
   first_epoch, skip_steps, finished = (int(v) for v in np.asarray(position))
 
   num_chunks, chunk_len = chunk_plan(steps, config.chunk_steps)
   positions = np.arange(num_chunks * chunk_len).reshape(num_chunks, chunk_len)
-  valid = place(par.replicate_chunks(positions < steps), per_replica=False)
+  valid = par.replicate_chunks(positions < steps)
   plan = jax.jit(replicas_lib.vmap(
       config, functools.partial(_epoch_plan, n=n_train,
                                 batch_size=config.batch_size,
@@ -401,8 +398,7 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
   compile_start = time.perf_counter()
   chunk_fn = par.compile_train(
       make_train_chunk(config, par.axis_name, jit=False), state, train_images,
-      train_labels, place(par.shard_chunks(plan(data_rng, 1)), per_replica=False)[0],
-      valid[0])
+      train_labels, par.shard_chunks(plan(data_rng, 1))[0], valid[0])
   evaluate = par.wrap_evaluate(make_evaluate(config, state.apply_fn, jit=False))
   compile_time = time.perf_counter() - compile_start
 
@@ -440,10 +436,10 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
   with preemption.StopRequest() as stop:
     for epoch in range(first_epoch, 1 if finished else config.epochs + 1):
       epoch_start = time.perf_counter()
-      batches = place(par.shard_chunks(plan(data_rng, epoch)), per_replica=False)
+      batches = par.shard_chunks(plan(data_rng, epoch))
       done_steps = skip_steps if epoch == first_epoch else 0
-      epoch_valid = valid if done_steps == 0 else place(par.replicate_chunks(
-          (positions < steps) & (positions >= done_steps)), per_replica=False)
+      epoch_valid = valid if done_steps == 0 else par.replicate_chunks(
+          (positions < steps) & (positions >= done_steps))
       sums = _zeros()
       if done_steps:  # The partial sums of a mid-epoch checkpoint.
         sums = jax.tree.map(jnp.asarray, partial)
