@@ -287,7 +287,6 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
     preemption.Preempted: SIGTERM or SIGINT; a checkpoint to resume from is saved.
   """
   # pylint: disable=g-import-not-at-top
-  import os
   import shutil
   from mnist_jax import checkpoint as checkpoint_lib
   from mnist_jax import parallel
@@ -526,12 +525,8 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
     final["time_to_target_s"] = time_to_target
   log.write(final)
   if par.is_main:
-    # Imported only now: matplotlib takes about 0.5 s, not worth paying before
-    # the first step.
-    from mnist_jax import plots  # pylint: disable=g-import-not-at-top
-    plots.learning_curves(log.read(), os.path.join(workdir, "learning_curves.png"),
-                          title=f"{config.model} ({config.preset})")
-    # The report shows one model: with --num_seeds, the first replica's.
+    # The report draws every figure, learning_curves.png included. The report
+    # shows one model: with --num_seeds, the first replica's.
     params = par.unreplicate(state.params)
     if config.num_seeds > 1:
       params = jax.tree.map(lambda p: p[0], params)
