@@ -405,7 +405,11 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
     return replicas_lib.fetch(evaluate(state.params, *eval_data[name]), fetch)
 
   def global_step() -> int:
-    return int(jnp.max(par.unreplicate(state.step)))
+    # On the host: with --num_seeds on a split CPU host, a jnp.max over the
+    # replicas' steps is a cross-device all-reduce, which before the first
+    # chunk of a resumed run could time out ("Termination timeout for all
+    # reduce", abort).
+    return int(np.max(jax.device_get(par.unreplicate(state.step))))
 
   last_saved = global_step() if meta is not None else None
 
