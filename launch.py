@@ -9,6 +9,7 @@
 Every Config field (mnist_jax/config.py) is a flag; unset flags take the preset.
 """
 
+import logging
 import os
 import shlex
 import sys
@@ -112,6 +113,18 @@ def _parse(argv):
     sys.exit(2)
 
 
+def _quiet_teardown():
+  """After the one-line error, nothing else reaches the terminal.
+
+  Library threads still winding down (orbax's reads of a damaged checkpoint)
+  can print tracebacks while the interpreter exits; they would bury the line.
+  """
+  sys.stderr.flush()
+  logging.disable(logging.CRITICAL)
+  sys.stderr = open(os.devnull, "w")  # pylint: disable=consider-using-with
+  sys.unraisablehook = lambda unraisable: None
+
+
 def _run(argv):
   """Runs main; exit status 1 bad input, 2 bad flag, 3 diverged, 128+N signal N."""
   from mnist_jax import preemption  # pylint: disable=g-import-not-at-top
@@ -121,6 +134,7 @@ def _run(argv):
     if FLAGS.debug:
       raise
     print(f"error: {e}", file=sys.stderr)
+    _quiet_teardown()
     sys.exit(e.exit_code)
   except preemption.Preempted as e:
     print(f"{e}. To resume, run: {_resume_command(e.workdir)}", file=sys.stderr)
