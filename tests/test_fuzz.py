@@ -178,12 +178,10 @@ import os, shutil, sys
 sys.path.insert(0, os.getcwd())
 import jax
 from mnist_jax import checkpoint, models, train
-source, scratch = sys.argv[1], sys.argv[2]
+source, scratch, files = sys.argv[1], sys.argv[2], sys.argv[3:]
 config = models.get_config("linear", "seed")
 template = train.create_train_state(jax.random.PRNGKey(2), config,
                                     models.build(config), 5)
-files = sorted(os.path.relpath(os.path.join(d, f), source)
-               for d, _, fs in os.walk(source) for f in fs)
 for name in files:
   for cut in (False, True):
     shutil.rmtree(scratch, ignore_errors=True)
@@ -216,7 +214,8 @@ def test_damaged_checkpoints_leave_no_stray_tracebacks(saved, tmp_path):
   """
   source, _, _ = saved
   out = subprocess.run(
-      [sys.executable, "-c", _DAMAGE_EVERY_FILE, source, str(tmp_path / "x")],
+      [sys.executable, "-c", _DAMAGE_EVERY_FILE, source, str(tmp_path / "x"),
+       *_files(source)],
       capture_output=True, text=True, timeout=300, check=True,
       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   assert "refused" in out.stdout
