@@ -20,9 +20,38 @@ from absl import flags
 from mnist_jax import config as config_lib
 from mnist_jax.errors import UserError
 
-for _name, _field in config_lib.FIELDS.items():
+
+def value_text(value) -> str:
+  """A default as it is typed on the command line (unset for None)."""
+  if value is None or value == []:
+    return "unset"
+  if isinstance(value, bool):
+    return str(value).lower()
+  if isinstance(value, (tuple, list)):
+    return ",".join(str(v) for v in value)
+  if isinstance(value, float):
+    return f"{value:g}"
+  return str(value)
+
+
+def default_text(name: str) -> str:
+  """A Config field's default as --help and the README's flag table state it."""
+  field = config_lib.FIELDS[name]
+  value = value_text(field.default)
+  return f"the preset's, else {value}" if field.metadata["preset"] else value
+
+
+def config_flag_help(name: str) -> str:
+  """The --help line of a Config field's flag: its metadata help + default."""
+  help_text = config_lib.FIELDS[name].metadata["help"]
+  return f"{help_text} (default: {default_text(name)})"
+
+
+# Every Config field is a flag. Its absl default is None, meaning "not given":
+# main() then takes the preset's value, else the field's default.
+for _name in config_lib.FIELDS:
   _kind = config_lib.field_type(_name)
-  _help = f"Config.{_name} (default: from the preset, else {_field.default!r})"
+  _help = config_flag_help(_name)
   if _kind is bool:
     flags.DEFINE_bool(_name, None, _help)
   elif _kind is int:
@@ -30,17 +59,22 @@ for _name, _field in config_lib.FIELDS.items():
   elif _kind is float:
     flags.DEFINE_float(_name, None, _help)
   elif _kind is tuple:
-    flags.DEFINE_list(_name, None, _help + "; comma-separated integers")
+    flags.DEFINE_list(_name, None, _help)
   else:
     flags.DEFINE_string(_name, None, _help)
 flags.DEFINE_enum("mode", "train", ["train", "report", "predict"],
-                  "train; report (rewrite a run folder's evaluation files); "
-                  "predict (the digit in --image files, with --workdir's model).")
-flags.DEFINE_list("image", [], "--mode=predict: image files (PNG, JPEG, ...).")
-flags.DEFINE_bool("json", False, "--mode=predict: one JSON object per line.")
-flags.DEFINE_bool("plot", False, "--mode=predict: save WORKDIR/predict/<name>.png.")
-flags.DEFINE_bool("overwrite", False, "Start over in an existing --workdir.")
-flags.DEFINE_bool("debug", False, "Show Python tracebacks instead of one line.")
+                  "What to do: train, report (rewrite a finished run's report "
+                  "and plots) or predict (the digits in --image files)")
+flags.DEFINE_list("image", [], "With --mode=predict: image files, comma-separated "
+                  "(PNG, JPEG, anything Pillow reads)")
+flags.DEFINE_bool("json", False,
+                  "With --mode=predict: print one JSON object per image")
+flags.DEFINE_bool("plot", False,
+                  "With --mode=predict: also save WORKDIR/predict/<name>.png")
+flags.DEFINE_bool("overwrite", False,
+                  "Start over in an existing --workdir instead of resuming it")
+flags.DEFINE_bool("debug", False,
+                  "Show Python tracebacks instead of one-line errors")
 FLAGS = flags.FLAGS
 
 

@@ -1,7 +1,9 @@
 """The run configuration: one flat, frozen dataclass shared by every module.
 
-Every field is also a `launch.py` flag of the same name (flags default to "take
-it from the preset"). Presets live in `mnist_jax/models/registry.py`.
+Every field is also a `launch.py` flag of the same name, whose --help line is
+the field's `help` metadata; an unset flag takes the preset's value, and the
+preset's value falls back to the field's default. Presets live in
+`mnist_jax/models/registry.py`.
 """
 
 import dataclasses
@@ -19,6 +21,19 @@ SEQUENCES = ("rows", "pixels", "permuted")
 PADDINGS = ("VALID", "SAME")
 PARALLEL = ("auto", "none", "pmap", "sharded")
 DTYPES = ("float32", "bfloat16")
+IMPLS = ("auto", "stock", "fast")
+
+
+def _field(default: Any, help_text: str, preset: bool = False) -> Any:
+  """A Config field carrying its flag's one-line help.
+
+  `help_text` is the flag's --help line and the README's flag table entry
+  (tests/test_flags.py holds both to it); launch.py appends the default.
+  `preset` marks the fields some preset in models/registry.py sets, whose
+  default then depends on --model and --preset.
+  """
+  return dataclasses.field(default=default,
+                           metadata={"help": help_text, "preset": preset})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,61 +41,131 @@ class Config:
   """All settings of one run. Defaults are the common base every preset edits."""
 
   # What to train.
-  model: str = "mlp"
-  preset: str = "tuned"
-  dataset: str = "mnist"
+  model: str = _field(
+      "mlp", "Architecture to train: linear, mlp, cnn, rnn, lstm or gru")
+  preset: str = _field(
+      "tuned", "Settings for --model: seed (its notebook), tuned, best (most "
+      "accurate), fast (cnn), pixels or permuted (rnn, lstm, gru)")
+  dataset: str = _field(
+      "mnist", "Which dataset: mnist, fashion_mnist or kmnist")
   # Data.
-  data_dir: Optional[str] = None  # tfds data dir; None means tfds's default.
-  mnist_dir: Optional[str] = None  # Folder with the four IDX files (offline).
-  val_fraction: float = 0.1
+  data_dir: Optional[str] = _field(
+      None, "tfds data folder the dataset is prepared and cached in; "
+      "unset means $TFDS_DATA_DIR or ~/tensorflow_datasets")
+  mnist_dir: Optional[str] = _field(
+      None, "Folder with the four IDX files (.gz or not) to prepare the "
+      "dataset from, without network")
+  val_fraction: float = _field(
+      0.1, "Fraction of the training split held out for validation (its "
+      "last examples), in [0, 1)", preset=True)
   # Optimisation.
-  epochs: int = 10
-  batch_size: int = 128
-  eval_batch_size: int = 1000
-  optimizer: str = "adam"
-  learning_rate: float = 1e-3
-  schedule: str = "constant"
-  warmup_epochs: float = 0.0
-  momentum: float = 0.9  # sgd momentum (0 for plain sgd).
-  rmsprop_decay: float = 0.9
-  eps: float = 1e-7
-  weight_decay: float = 0.0
-  label_smoothing: float = 0.0
-  grad_clip: float = 0.0  # Global-norm clip; 0 disables it.
+  epochs: int = _field(10, "Training epochs", preset=True)
+  batch_size: int = _field(
+      128, "Global batch size, split over the devices", preset=True)
+  eval_batch_size: int = _field(
+      1000, "Evaluation batch size; the last batch is padded and masked")
+  optimizer: str = _field(
+      "adam", "The optimizer: adam, adamw, rmsprop or sgd", preset=True)
+  learning_rate: float = _field(
+      1e-3, "Peak learning rate", preset=True)
+  schedule: str = _field(
+      "constant", "Learning-rate schedule: constant, cosine, warmup_cosine "
+      "or onecycle", preset=True)
+  warmup_epochs: float = _field(
+      0.0, "Linear warmup in epochs, for --schedule=warmup_cosine", preset=True)
+  momentum: float = _field(0.9, "SGD momentum; 0 for plain SGD")
+  rmsprop_decay: float = _field(
+      0.9, "RMSprop decay of the squared-gradient average", preset=True)
+  eps: float = _field(
+      1e-7, "RMSprop epsilon, added outside the square root as in Keras",
+      preset=True)
+  weight_decay: float = _field(
+      0.0, "Weight decay of kernels, not biases: decoupled for adamw, added "
+      "to the gradient otherwise")
+  label_smoothing: float = _field(
+      0.0, "Label smoothing of the training loss; reported losses are plain "
+      "cross entropy", preset=True)
+  grad_clip: float = _field(
+      0.0, "Global-norm gradient clipping threshold; 0 disables it",
+      preset=True)
   # Model shape (each model reads the fields it needs).
-  hidden: int = 128  # Recurrent state size.
-  num_layers: int = 1  # Stacked recurrent layers.
-  bidirectional: bool = False
-  mlp_hidden: Tuple[int, ...] = (512, 256)
-  dropout: float = 0.0
-  cnn_features: Tuple[int, ...] = (32, 64)
-  cnn_dense: int = 128
-  cnn_padding: str = "VALID"  # VALID or SAME convolutions.
-  # Sequences (recurrent models): rows (28 x 28), pixels or permuted (784 x 1).
-  sequence: str = "rows"
-  permute_seed: int = 0  # Fixes the pixel order of --sequence=permuted.
-  remat: bool = False  # Recompute each recurrent step in backprop (less memory).
-  # On-device augmentation of training images (see mnist_jax/augment.py).
-  augment: bool = False
-  augment_shift: float = 2.0  # Max shift in pixels.
-  augment_rotate: float = 10.0  # Max rotation in degrees.
-  augment_scale: float = 0.1  # Max relative zoom in or out.
-  augment_elastic: float = 0.0  # Elastic distortion strength (pixels); 0 = off.
-  augment_elastic_sigma: float = 4.0  # Smoothness of the elastic field (pixels).
+  hidden: int = _field(
+      128, "State size of the recurrent layers", preset=True)
+  num_layers: int = _field(1, "Stacked recurrent layers", preset=True)
+  bidirectional: bool = _field(
+      False, "Recurrent layers also read the sequence backwards")
+  mlp_hidden: Tuple[int, ...] = _field(
+      (512, 256), "MLP hidden layer sizes, comma-separated", preset=True)
+  dropout: float = _field(
+      0.0, "Dropout rate: after each MLP hidden layer, around the CNN's dense "
+      "layer, between recurrent layers and on the last state", preset=True)
+  cnn_features: Tuple[int, ...] = _field(
+      (32, 64), "CNN conv widths, comma-separated; each conv is followed by a "
+      "2x2 max-pool", preset=True)
+  cnn_kernel: int = _field(3, "CNN square kernel size")
+  cnn_dense: int = _field(
+      128, "Width of the CNN's dense layer", preset=True)
+  cnn_padding: str = _field(
+      "VALID", "CNN convolution padding: VALID or SAME", preset=True)
+  # Sequences (recurrent models).
+  sequence: str = _field(
+      "rows", "How recurrent models read an image: rows (28 steps of 28 "
+      "pixels), pixels (784 steps of 1) or permuted (784, fixed random order)",
+      preset=True)
+  permute_seed: int = _field(
+      0, "Seed of the pixel order of --sequence=permuted")
+  remat: bool = _field(
+      False, "Recompute each recurrent step in backprop: less memory, slower")
+  # On-device augmentation of training images (mnist_jax/augment.py).
+  augment: bool = _field(
+      False, "Randomly shift, rotate and zoom each training image, on the "
+      "device", preset=True)
+  augment_shift: float = _field(
+      2.0, "Largest --augment shift, in pixels along each axis", preset=True)
+  augment_rotate: float = _field(
+      10.0, "Largest --augment rotation, in degrees", preset=True)
+  augment_scale: float = _field(
+      0.1, "Largest --augment zoom in or out, relative, in [0, 1)", preset=True)
+  augment_elastic: float = _field(
+      0.0, "With --augment, elastic distortion strength in pixels; 0 turns it "
+      "off")
+  augment_elastic_sigma: float = _field(
+      4.0, "Smoothness of the elastic distortion field, in pixels")
   # Run control.
-  seed: int = 0
-  num_seeds: int = 1  # Replicas trained at once (seeds seed .. seed+N-1).
-  workdir: Optional[str] = None
-  chunk_steps: int = 200  # Train steps per jitted scan; progress prints between.
-  target_accuracy: float = 0.0  # Stop once validation (or test) accuracy >= it.
-  checkpoint_every: int = 1  # Epochs between checkpoints (the last is always saved).
-  keep_checkpoints: int = 3  # How many recent checkpoints to keep on disk.
-  # Devices, hosts and precision (mnist_jax/parallel.py, precision.py).
-  parallel: str = "auto"  # auto, none, pmap or sharded; auto: pmap on >1 device.
-  dtype: str = "float32"  # Compute dtype, float32 or bfloat16; params stay float32.
-  coordinator_address: Optional[str] = None  # host:port of process 0.
-  num_processes: int = 0  # Processes of a multi-host run; 0: one, or the cluster's.
-  process_id: int = -1  # This process's index; -1: from the cluster.
+  seed: int = _field(
+      0, "Seed of initialisation, dropout and data order, in [0, 2**32)")
+  num_seeds: int = _field(
+      1, "Train N replicas (seeds seed .. seed+N-1) in one compiled program")
+  workdir: Optional[str] = _field(
+      None, "Run folder, resumed if it holds a run; unset means "
+      "runs/<model>-<timestamp>")
+  chunk_steps: int = _field(
+      200, "Train steps per compiled scan; progress prints and preemption "
+      "checks run between chunks")
+  target_accuracy: float = _field(
+      0.0, "Stop once validation accuracy (test, without a validation split) "
+      "reaches this fraction; 0 turns it off")
+  checkpoint_every: int = _field(
+      1, "Epochs between checkpoints; the last epoch is always saved")
+  keep_checkpoints: int = _field(
+      3, "How many recent checkpoints stay on disk")
+  # Devices, hosts, precision and kernels.
+  parallel: str = _field(
+      "auto", "Device layout: auto, none (one device), pmap or sharded (jit "
+      "over a mesh); auto picks per host and model")
+  dtype: str = _field(
+      "float32", "Compute dtype: float32 or bfloat16; parameters and "
+      "optimizer state stay float32")
+  impl: str = _field(
+      "auto", "Layer implementation: auto (fast kernels where measured "
+      "faster), stock (Flax layers only) or fast (kernels wherever they fit)")
+  coordinator_address: Optional[str] = _field(
+      None, "host:port of process 0, for a multi-process run outside SLURM "
+      "and TPU VMs")
+  num_processes: int = _field(
+      0, "Processes of a multi-process run; 0: one, or the cluster's count")
+  process_id: int = _field(
+      -1, "This process's index, 0 to N-1; -1: from the cluster")
 
   def replace(self, **changes) -> "Config":
     return dataclasses.replace(self, **changes)
@@ -155,6 +240,7 @@ def validate(config: Config) -> Config:
       (0.0 <= c.rmsprop_decay < 1.0,
        f"--rmsprop_decay must be in [0, 1), got {c.rmsprop_decay}"),
       (c.cnn_dense > 0, f"--cnn_dense must be positive, got {c.cnn_dense}"),
+      (c.cnn_kernel > 0, f"--cnn_kernel must be positive, got {c.cnn_kernel}"),
       (0.0 <= c.target_accuracy <= 1.0,
        f"--target_accuracy must be a fraction in [0, 1], got {c.target_accuracy}"),
       (c.sequence in SEQUENCES,
@@ -171,6 +257,8 @@ def validate(config: Config) -> Config:
        f"--parallel must be one of {', '.join(PARALLEL)}, got {c.parallel!r}"),
       (c.dtype in DTYPES,
        f"--dtype must be one of {', '.join(DTYPES)}, got {c.dtype!r}"),
+      (c.impl in IMPLS,
+       f"--impl must be one of {', '.join(IMPLS)}, got {c.impl!r}"),
       (c.num_processes >= 0,
        f"--num_processes must be >= 0 (0: one process), got {c.num_processes}"),
       (all(h > 0 for h in c.mlp_hidden),
