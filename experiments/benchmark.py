@@ -1,9 +1,9 @@
 """Times training of the registered models the same way every time.
 
   python experiments/benchmark.py --model=all --preset=seed --epochs=3 \
-      --data_dir=/tmp/tfds_real
+      --mnist_dir=DIR
   python experiments/benchmark.py --model=cnn --preset=fast --epochs=2 \
-      --mnist_dir=../shared/mnist
+      --data_dir=DIR --set=impl=stock
 
 Prints one JSON object per line per model: compile time of the scanned train
 chunk, the median epoch time over the epochs after the first, examples/s, the

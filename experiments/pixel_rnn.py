@@ -3,9 +3,9 @@
 For each setting prints the compiled train step's temporary memory (XLA's
 memory analysis), the median time of a scanned train step on random data, and
 the epoch time that implies for 54,000 training images (MNIST less the 10%
-validation split). Run it under the CPU lock:
+validation split). Run it on an otherwise idle machine:
 
-  flock /tmp/mnist_cpu.lock python experiments/pixel_rnn.py --model=lstm --steps=5
+  python experiments/pixel_rnn.py --model=lstm --steps=5
 """
 
 import argparse

@@ -1,7 +1,7 @@
 """PyTorch timing of the six seed architectures, to set beside experiments/benchmark.py.
 
   pip install torch   # not a dependency of mnist_jax; this script only
-  python experiments/reference_torch.py --model=all --epochs=3 --data_dir=/tmp/tfds_real
+  python experiments/reference_torch.py --model=all --epochs=3 --mnist_dir=DIR
 
 The same networks, optimizers, batch sizes and training-set sizes as the seed
 presets (mnist_jax/models/registry.py), trained the way a careful PyTorch user

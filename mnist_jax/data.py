@@ -2,7 +2,7 @@
 
 The first run prepares the tfds dataset (download, or `--mnist_dir` offline),
 decodes it through `tfds.data_source` and caches the uint8 arrays beside it, so
-later runs load two small arrays in well under a second. Training reads batches
+later runs skip tfds and load two arrays. Training reads batches
 by index from the device-resident arrays inside the jitted epoch (`train.py`).
 """
 
@@ -107,7 +107,8 @@ def prepare(dataset: str = "mnist", data_dir=None, mnist_dir=None) -> dict:
     if arrays is not None:
       return arrays
 
-  # Imported only now: a cached run never needs tfds (0.3-1 s to import).
+  # Imported only here, so that a run with cached arrays starts without
+  # importing tfds (measured in docs/performance.md; tests/test_startup.py).
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from mnist_jax import tfds_builder  # pylint: disable=g-import-not-at-top
   builder_cls = tfds_builder.BUILDERS[dataset]
