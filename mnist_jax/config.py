@@ -56,6 +56,7 @@ class Config:
   cnn_features: Tuple[int, ...] = (32, 64)
   cnn_dense: int = 128
   cnn_padding: str = "VALID"  # VALID or SAME convolutions.
+  cnn_kernel: int = 3  # Square convolution kernel size.
   # Sequences (recurrent models): rows (28 x 28), pixels or permuted (784 x 1).
   sequence: str = "rows"
   permute_seed: int = 0  # Fixes the pixel order of --sequence=permuted.
@@ -78,6 +79,7 @@ class Config:
   # Devices, hosts and precision (mnist_jax/parallel.py, precision.py).
   parallel: str = "auto"  # auto, none, pmap or sharded; auto: pmap on >1 device.
   dtype: str = "float32"  # Compute dtype, float32 or bfloat16; params stay float32.
+  impl: str = "auto"  # auto, stock or fast: Flax modules or mnist_jax/kernels/.
   coordinator_address: Optional[str] = None  # host:port of process 0.
   num_processes: int = 0  # Processes of a multi-host run; 0: one, or the cluster's.
   process_id: int = -1  # This process's index; -1: from the cluster.
@@ -177,8 +179,20 @@ def validate(config: Config) -> Config:
        f"--mlp_hidden sizes must be positive, got {list(c.mlp_hidden)}"),
       (len(c.cnn_features) > 0 and all(f > 0 for f in c.cnn_features),
        f"--cnn_features must be positive sizes, got {list(c.cnn_features)}"),
+      (c.cnn_kernel > 0, f"--cnn_kernel must be positive, got {c.cnn_kernel}"),
+      (c.impl in ("auto", "stock", "fast"),
+       f"--impl must be one of auto, stock, fast, got {c.impl!r}"),
   ]
   for ok, message in checks:
     if not ok:
       raise UserError(message)
+  size = 28  # The CNN's image side after each conv and 2x2 pool.
+  for _ in c.cnn_features:
+    size = (size - (c.cnn_kernel - 1) * (c.cnn_padding == "VALID")) // 2
+  if size < 1:
+    raise UserError(
+        f"{len(c.cnn_features)} conv-pool layers of --cnn_kernel={c.cnn_kernel} "
+        f"--cnn_padding={c.cnn_padding} leave no pixels of a 28x28 image; pass "
+        + ("a smaller --cnn_kernel, fewer --cnn_features or --cnn_padding=SAME"
+           if c.cnn_padding == "VALID" else "fewer --cnn_features"))
   return c
