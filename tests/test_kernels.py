@@ -4,7 +4,6 @@ the other's checkpoints."""
 import dataclasses
 import io
 
-import jax
 import jax.numpy as jnp
 import pytest
 
