@@ -269,4 +269,13 @@ def validate(config: Config) -> Config:
   for ok, message in checks:
     if not ok:
       raise UserError(message)
+  size = 28  # The CNN's image side after each conv and 2x2 pool.
+  for _ in c.cnn_features:
+    size = (size - (c.cnn_kernel - 1) * (c.cnn_padding == "VALID")) // 2
+  if size < 1:
+    raise UserError(
+        f"{len(c.cnn_features)} conv-pool layers of --cnn_kernel={c.cnn_kernel} "
+        f"--cnn_padding={c.cnn_padding} leave no pixels of a 28x28 image; pass "
+        + ("a smaller --cnn_kernel, fewer --cnn_features or --cnn_padding=SAME"
+           if c.cnn_padding == "VALID" else "fewer --cnn_features"))
   return c

@@ -19,10 +19,12 @@ METRICS_FILE = "metrics.jsonl"
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
             "tensorflow-datasets", "numpy", "matplotlib", "absl-py")
 # Settings that may differ when resuming a run: where to find data, how to log
-# and checkpoint, how to spread over devices. (Another chunk_steps keeps the
-# parameters exact but may change the last bits of that epoch's train metrics.)
+# and checkpoint, how to spread over devices, stock modules or fast kernels.
+# (Another chunk_steps keeps the parameters exact but may change the last bits
+# of that epoch's train metrics; another impl has the same parameter tree and
+# function, to float32 rounding.)
 RESUMABLE_DIFFERENCES = ("data_dir", "mnist_dir", "workdir", "chunk_steps",
-                         "checkpoint_every", "keep_checkpoints",
+                         "impl", "checkpoint_every", "keep_checkpoints",
                          "parallel", "coordinator_address", "num_processes",
                          "process_id")
 

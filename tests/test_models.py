@@ -1,13 +1,11 @@
-"""Every registered model: output shape, parameter count, fast lowerings."""
+"""Every registered model: output shape, parameter count, stacking."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from mnist_jax import data, models
-from mnist_jax.models import cnn
 
 # Parameter counts of the seed architectures, from the layer formulas.
 SEED_PARAMS = {
@@ -34,9 +32,10 @@ def test_registry_has_the_six_seed_models():
   assert set(SEED_PARAMS) <= set(models.MODELS)
 
 
+@pytest.mark.parametrize("impl", ["stock", "fast"])
 @pytest.mark.parametrize("name", sorted(models.MODELS))
-def test_output_shape_and_seed_parameter_count(name):
-  config = models.get_config(name, "seed")
+def test_output_shape_and_seed_parameter_count(name, impl):
+  config = models.get_config(name, "seed", impl=impl)
   model, params, x = _init(config)
   logits = model.apply({"params": params}, x)
   assert logits.shape == (3, 10)
@@ -54,11 +53,12 @@ def test_every_preset_builds_and_runs(name):
     assert model.apply({"params": params}, x).shape == (2, 10)
 
 
+@pytest.mark.parametrize("impl", ["stock", "fast"])
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 @pytest.mark.parametrize("layers,bidirectional", [(2, False), (1, True), (2, True)])
-def test_recurrent_stacking_and_bidirectional(cell, layers, bidirectional):
+def test_recurrent_stacking_and_bidirectional(cell, layers, bidirectional, impl):
   config = models.get_config(cell, "seed", hidden=16, num_layers=layers,
-                             bidirectional=bidirectional)
+                             bidirectional=bidirectional, impl=impl)
   model, params, x = _init(config)
   assert model.apply({"params": params}, x).shape == (3, 10)
   n_rnn = sum(1 for k in params if k.startswith(cell))
@@ -75,27 +75,3 @@ def test_bidirectional_backward_sees_the_whole_sequence():
   x2 = x.at[:, 0].add(1.0)
   f = lambda v: model.apply({"params": params}, v)
   assert not np.allclose(f(x), f(x2))
-
-
-@pytest.mark.parametrize("padding", ["VALID", "SAME"])
-@pytest.mark.parametrize("cin,hw", [(1, 28), (5, 11)])
-def test_patch_conv_equals_flax_conv(padding, cin, hw):
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, hw, hw, cin))
-  ref = nn.Conv(7, (3, 3), padding=padding)
-  params = ref.init(jax.random.PRNGKey(1), x)
-  fast = cnn.PatchConv(7, padding=padding)
-  assert jax.tree.map(jnp.shape, fast.init(jax.random.PRNGKey(1), x)) == \
-      jax.tree.map(jnp.shape, params)
-  np.testing.assert_allclose(fast.apply(params, x), ref.apply(params, x),
-                             rtol=1e-5, atol=1e-5)
-  g_fast = jax.grad(lambda p: jnp.sum(fast.apply(p, x) ** 2))(params)
-  g_ref = jax.grad(lambda p: jnp.sum(ref.apply(p, x) ** 2))(params)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
-               g_fast, g_ref)
-
-
-@pytest.mark.parametrize("hw", [26, 11, 7])
-def test_reshape_max_pool_equals_flax_max_pool(hw):
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, hw, hw, 3))
-  np.testing.assert_array_equal(cnn.max_pool_2x2(x),
-                                nn.max_pool(x, (2, 2), strides=(2, 2)))

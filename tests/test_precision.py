@@ -30,10 +30,11 @@ def _train(name, dtype):
 
 
 def _dot_operand_dtypes(jaxpr):
-  """Operand dtypes of every dot_general, nested jaxprs (scan, jit) included."""
+  """Operand dtypes of every matmul and convolution, nested jaxprs (scan, jit,
+  custom_vjp) included."""
   found = []
   for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "dot_general":
+    if eqn.primitive.name in ("dot_general", "conv_general_dilated"):
       found.append(tuple(str(v.aval.dtype) for v in eqn.invars))
     for param in eqn.params.values():
       for sub in param if isinstance(param, (tuple, list)) else [param]:
@@ -43,16 +44,17 @@ def _dot_operand_dtypes(jaxpr):
   return found
 
 
-def _state(name, dtype):
-  config = models.get_config(name, "seed", dtype=dtype, dropout=0.0,
+def _state(name, dtype, impl="auto"):
+  config = models.get_config(name, "seed", dtype=dtype, dropout=0.0, impl=impl,
                              **CONFIGS[name])
   return train.create_train_state(jax.random.PRNGKey(0), config,
                                   models.build(config), STEPS)
 
 
+@pytest.mark.parametrize("impl", ["stock", "fast"])
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_bfloat16_computes_in_bfloat16_with_float32_state(name):
-  state = _state(name, "bfloat16")
+def test_bfloat16_computes_in_bfloat16_with_float32_state(name, impl):
+  state = _state(name, "bfloat16", impl)
   floats = [leaf for leaf in jax.tree.leaves((state.params, state.opt_state))
             if jnp.issubdtype(leaf.dtype, jnp.floating)]
   assert floats and all(leaf.dtype == jnp.float32 for leaf in floats)
@@ -61,7 +63,7 @@ def test_bfloat16_computes_in_bfloat16_with_float32_state(name):
   assert apply(state.params).dtype == jnp.float32
   dots = _dot_operand_dtypes(jax.make_jaxpr(apply)(state.params).jaxpr)
   assert dots and all(d == ("bfloat16", "bfloat16") for d in dots), dots
-  f32 = _state(name, "float32")
+  f32 = _state(name, "float32", impl)
   assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(f32.params))
   assert _dot_operand_dtypes(jax.make_jaxpr(
       lambda p: f32.apply_fn({"params": p}, x, train=False))(f32.params).jaxpr

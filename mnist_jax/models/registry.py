@@ -1,16 +1,19 @@
-"""The model registry: `--model` name -> module builder, input view and presets.
+"""The model registry: `--model` name -> stock module, input view and presets.
 
 A new architecture is one Flax module plus one `register(...)` call here. Presets
 are small dicts of Config overrides; a preset may name a `base` preset it edits,
-so `tuned` states only how it differs from `seed`.
+so `tuned` states only how it differs from `seed`. `build` swaps in a fast
+kernel (mnist_jax/kernels/) where `--impl` picks one.
 """
 
 import dataclasses
-from typing import Callable, Dict
+from typing import Callable, Dict, Optional
 
 import flax.linen as nn
+import jax
 
 from mnist_jax import config as config_lib
+from mnist_jax import kernels
 from mnist_jax import sequence as sequence_lib
 from mnist_jax.errors import UserError
 from mnist_jax.models import cnn, dense, recurrent
@@ -18,11 +21,21 @@ from mnist_jax.models import cnn, dense, recurrent
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
+  """A registered model."""
   name: str
-  build: Callable[[config_lib.Config], nn.Module]
+  stock: Callable[[config_lib.Config], nn.Module]  # Its stock Flax module.
   view: str  # "flat", "image" or "rows": see data.to_view.
   presets: Dict[str, dict]
   description: str = ""
+
+  def build(self, config: config_lib.Config,
+            backend: Optional[str] = None) -> nn.Module:
+    """The stock module, or its kernel where `kernels.resolve` picks it on
+    `backend` (default: JAX's default backend)."""
+    module = self.stock(config)
+    if kernels.resolve(config, backend or jax.default_backend()) == "fast":
+      return kernels.drop_in(config.model, module)
+    return module
 
 
 MODELS: Dict[str, ModelSpec] = {}
@@ -39,8 +52,19 @@ def get(name: str) -> ModelSpec:
   return MODELS[name]
 
 
-def build(config: config_lib.Config) -> nn.Module:
-  return get(config.model).build(config)
+def build(config: config_lib.Config, backend: Optional[str] = None) -> nn.Module:
+  """The module a run of `config` trains: see ModelSpec.build."""
+  return get(config.model).build(config, backend)
+
+
+def implementation(config: config_lib.Config,
+                   backend: Optional[str] = None) -> dict:
+  """What `--impl` chose, for the run folder's record: the setting, "stock" or
+  "fast", and the module class that runs."""
+  backend = backend or jax.default_backend()
+  module = type(build(config, backend))
+  return {"impl": config.impl, "resolved": kernels.resolve(config, backend),
+          "module": f"{module.__module__}.{module.__qualname__}"}
 
 
 def preset_overrides(model: str, preset: str) -> dict:
@@ -96,7 +120,7 @@ _AUGMENT = dict(augment=True, augment_shift=2.0, augment_rotate=10.0,
 # the accuracy bars in the README within 3 minutes on a 2-core CPU.
 register(ModelSpec(
     name="linear", view="flat", description="Dense(10) on the 784 pixels",
-    build=lambda c: dense.Linear(),
+    stock=lambda c: dense.Linear(),
     presets={
         "seed": dict(epochs=5, batch_size=32, learning_rate=1e-3, val_fraction=0.0),
         "tuned": dict(base="seed", epochs=10, schedule="cosine"),
@@ -106,7 +130,7 @@ register(ModelSpec(
 
 register(ModelSpec(
     name="mlp", view="flat", description="784-512-256-10 ReLU MLP with dropout",
-    build=lambda c: dense.MLP(hidden=c.mlp_hidden, dropout=c.dropout),
+    stock=lambda c: dense.MLP(hidden=c.mlp_hidden, dropout=c.dropout),
     presets={
         "seed": dict(mlp_hidden=(512, 256), dropout=0.2, epochs=10, batch_size=128),
         "tuned": dict(base="seed", mlp_hidden=(1024, 1024), dropout=0.3,
@@ -116,8 +140,9 @@ register(ModelSpec(
 
 register(ModelSpec(
     name="cnn", view="image", description="conv-pool-conv-pool-dense CNN",
-    build=lambda c: cnn.CNN(features=c.cnn_features, dense=c.cnn_dense,
-                            dropout=c.dropout, padding=c.cnn_padding),
+    stock=lambda c: cnn.CNN(features=c.cnn_features, kernel_size=c.cnn_kernel,
+                            dense=c.cnn_dense, dropout=c.dropout,
+                            padding=c.cnn_padding),
     presets={
         "seed": dict(cnn_features=(32, 64), cnn_dense=128, epochs=5,
                      batch_size=128, val_fraction=0.0),
@@ -126,7 +151,6 @@ register(ModelSpec(
         # Time to 99% test accuracy: the seed network at half width (16, 32
         # filters, 4x fewer conv FLOPs) on all 60,000 examples, one-cycle Adam;
         # with no validation split, --target_accuracy stops on test accuracy.
-        # 99.17-99.2% after 3 epochs, about 23 s on 2 CPU cores (docs/perf.md).
         "fast": dict(base="seed", cnn_features=(16, 32), epochs=3,
                      learning_rate=5e-3, schedule="onecycle", val_fraction=0.0),
         "best": dict(base="seed", cnn_features=(32, 64, 128), cnn_padding="SAME",
@@ -136,20 +160,20 @@ register(ModelSpec(
     }))
 
 _RNN_SEED = dict(hidden=128, epochs=10, batch_size=128)
-# Sequential (784 x 1 pixel) MNIST: clipped Adam with warmup and cosine decay,
-# (--remat trades ~25% more step time for ~3.5x less backprop memory.)
-# Sized for a GPU: one CPU epoch takes minutes (README: Research suite).
+# Sequential (784 x 1 pixel) MNIST: clipped Adam with warmup and cosine decay.
+# Sized for a GPU: one CPU epoch takes minutes. (--remat trades step time for
+# less backprop memory.)
 _PIXELS = dict(sequence="pixels", hidden=128, epochs=50, batch_size=128,
                optimizer="adam", learning_rate=1e-3, schedule="warmup_cosine",
                warmup_epochs=1.0, grad_clip=1.0, val_fraction=0.1)
 _PERMUTED = dict(base="pixels", sequence="permuted")
-# Best row-reading RNNs within the CPU budget in the README (Research suite).
+# Best row-reading RNNs within the CPU time budget.
 _RNN_BEST = dict(base="tuned", num_layers=2, epochs=20, learning_rate=2e-3,
                  schedule="warmup_cosine", warmup_epochs=1.0, grad_clip=1.0,
                  label_smoothing=0.1, val_fraction=0.0, **_AUGMENT)
 register(ModelSpec(
     name="rnn", view="rows", description="SimpleRNN(128) over the 28 rows",
-    build=_recurrent("rnn"),
+    stock=_recurrent("rnn"),
     presets={
         "seed": dict(_RNN_SEED),
         "tuned": dict(base="seed", epochs=15, schedule="cosine", grad_clip=1.0),
@@ -160,7 +184,7 @@ register(ModelSpec(
 
 register(ModelSpec(
     name="lstm", view="rows", description="LSTM(128) over the 28 rows",
-    build=_recurrent("lstm"),
+    stock=_recurrent("lstm"),
     presets={
         "seed": dict(_RNN_SEED, optimizer="rmsprop", learning_rate=1e-3,
                      rmsprop_decay=0.9, eps=1e-7),
@@ -175,7 +199,7 @@ register(ModelSpec(
 
 register(ModelSpec(
     name="gru", view="rows", description="GRU(128) over the 28 rows",
-    build=_recurrent("gru"),
+    stock=_recurrent("gru"),
     presets={
         "seed": dict(_RNN_SEED),
         "tuned": dict(base="seed", epochs=12, learning_rate=2e-3,

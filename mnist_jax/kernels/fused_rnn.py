@@ -1,30 +1,25 @@
-"""Fast recurrent layers: the same function and parameters as `nn.RNN` over
-flax's `SimpleCell`, `OptimizedLSTMCell` (= `LSTMCell`) and `GRUCell`.
+"""A drop-in for `models.recurrent.Recurrent` (nn.RNN over flax's `SimpleCell`,
+`OptimizedLSTMCell` and `GRUCell`, stacked, bidirectional, with dropout).
 
-On CPU a scanned cell spends its time in many small ops per time step. Here
-the G gate matmuls of a step are one [B, H] x [H, G*H] matmul (and one
-[B, F] x [F, G*H] for the input), and the backward pass is written by hand
-(`jax.custom_vjp`): per step it does one [B, G*H] x [G*H, H] matmul and one
-fused elementwise pass, and the kernel gradients are single
-[H, T*B] x [T*B, G*H] and [F, T*B] x [T*B, G*H] matmuls after the loop instead
+Same attributes (remat excepted), same parameter tree and the same function,
+outputs and gradients (tests/test_equivalence.py). On CPU a scanned cell
+spends its time in many small ops per time step. Here the G gate matmuls of a
+step are one [B, H] x [H, G*H] matmul (and one [B, F] x [F, G*H] for the
+input), and the backward pass is written by hand (`jax.custom_vjp`): per step
+it does one [B, G*H] x [G*H, H] matmul and one fused elementwise pass, and the
+kernel gradients are single contractions over all steps after the loop instead
 of T small ones inside it.
-`tests/test_equivalence.py` checks outputs and gradients against flax.
 
 Shapes: T time steps, B batch, F input features, H hidden units, G gates
 (1 for rnn, 4 for lstm in order i, f, g, o; 3 for gru in order r, z, n).
 """
 
 import functools
-from typing import Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-GATES = {"rnn": 1, "lstm": 4, "gru": 3}
-# The flax cell each kind replaces; its class name prefixes the parameters.
-FLAX_CELLS = {"rnn": nn.SimpleCell, "lstm": nn.OptimizedLSTMCell,
-              "gru": nn.GRUCell}
 # Per kind: the input-side and hidden-side Dense parameter groups, in gate order,
 # each (name, has_bias), exactly as the flax cell creates them.
 _LAYOUT = {
@@ -125,9 +120,9 @@ def _cell_step(kind, carry, xt, a):
 
 
 def _forward(kind, x, wi, bi, wh, bh, carry0, save):
-  # The input projection stays in the loop: measured on XLA:CPU, a fusion that
-  # reads its step of a hoisted [T, B, G*H] projection ran 2-3x slower than
-  # one that reads a fresh [B, F] x [F, G*H] matmul result.
+  # The input projection stays in the loop: on XLA:CPU a fusion that reads its
+  # step of a hoisted [T, B, G*H] projection ran slower than one that reads a
+  # fresh [B, F] x [F, G*H] matmul result.
   def body(carry, xt):
     new, saved = _cell_step(kind, carry, xt @ wi + bi, carry[-1] @ wh + bh)
     return new, (new[-1], saved) if save else new[-1]
@@ -203,8 +198,8 @@ def _recurrence_bwd(kind, sequences, res, dout):
     dxp = jnp.concatenate([da[..., :2 * hidden], dan], axis=-1)
   else:
     da = dxp = out
-  # Not as [T*B, .] matrix products: on two sharded CPU devices those ran the
-  # LSTM epoch 7.8 s against 5.5 s (docs/rnnfast.md).
+  # Contractions over (t, b), not [T*B, .] matrix products: those ran slower
+  # on two sharded CPU devices.
   dwh = jnp.einsum("tbh,tbg->hg", h_prev, da)
   dwi = jnp.einsum("tbf,tbg->fg", x, dxp)
   dx = jnp.einsum("tbg,fg->tbf", dxp, wi)  # Dropped by XLA when x is data.
@@ -232,3 +227,43 @@ def rnn_layer(kind: str, params, x: jax.Array, reverse: bool = False,
                  for _ in range(2 if kind == "lstm" else 1))
   hs = recurrence(kind, x, wi, bi, wh, bh, carry0, sequences)
   return jnp.flip(hs, axis=0) if reverse and sequences else hs
+
+
+class Recurrent(nn.Module):
+  """Stacked, optionally bidirectional fused recurrent layers, then Dense.
+
+  x: [B, T, F] -> logits [B, num_classes]; attributes and parameter names
+  ({cell}_{layer}, {cell}_{layer}_backward, out) as models.recurrent.Recurrent.
+  """
+  cell: str = "lstm"
+  hidden: int = 128
+  num_layers: int = 1
+  bidirectional: bool = False
+  dropout: float = 0.0
+  num_classes: int = 10
+  remat: bool = False  # Not supported: the stock module recomputes steps.
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if self.remat:
+      raise ValueError("the fused recurrence has no remat; use the stock "
+                       "models.recurrent.Recurrent")
+    x = jnp.swapaxes(x, 0, 1)  # Time-major [T, B, F] inside the stack.
+    for layer in range(self.num_layers):
+      if layer > 0:
+        # Batch-major for the mask, so that it is the stock module's draw.
+        x = jnp.swapaxes(nn.Dropout(self.dropout, deterministic=not train)(
+            jnp.swapaxes(x, 0, 1)), 0, 1)
+      # The top layer returns only its final state(s): [B, H] per direction.
+      top = layer == self.num_layers - 1
+      name = f"{self.cell}_{layer}"
+      params = CellParams(self.cell, x.shape[-1], self.hidden, name=name)()
+      y = rnn_layer(self.cell, params, x, sequences=not top)
+      if self.bidirectional:
+        params = CellParams(self.cell, x.shape[-1], self.hidden,
+                            name=name + "_backward")()
+        back = rnn_layer(self.cell, params, x, reverse=True, sequences=not top)
+        y = jnp.concatenate([y, back], axis=-1)
+      x = y
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, name="out")(x)
