@@ -63,8 +63,7 @@ def _session_hparams(mux, run):
   content = mux.PluginRunToTagToContent("hparams")[run]
   start = hparams_metadata.parse_session_start_info_plugin_data(
       content[hparams_metadata.SESSION_START_INFO_TAG])
-  return {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind"))
-          for k, v in start.hparams.items()}
+  return {k: getattr(v, v.WhichOneof("kind")) for k, v in start.hparams.items()}
 
 
 def _expect(rows, tags):
