@@ -23,8 +23,12 @@ setup(
         "matplotlib>=3.8,<4",
         "absl-py>=2.1,<3",
         "Pillow>=10",
+        # TensorBoard event files without TensorFlow.
+        "tensorboardX>=2.6.2.2,<3",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "hypothesis>=6.100,<7"],
+        # tensorboard: its loaders read the events back in the tests (and it
+        # is what users run to view them).
+        "test": ["pytest>=8,<10", "hypothesis>=6.100,<7", "tensorboard>=2.18,<3"],
     },
 )

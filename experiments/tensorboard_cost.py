@@ -1,0 +1,83 @@
+"""What TensorBoard events cost a run: the writer's calls, timed on their own.
+
+  python experiments/tensorboard_cost.py --run=runs/linear-seed
+  python experiments/tensorboard_cost.py --run=runs/linear-seed --members=4
+
+Replays a finished run folder's metrics.jsonl through tensorboard_events.Writer
+into a temporary folder: opening the writer, each `epoch(row)` (median of
+--repeats calls, at epochs past the run's own) and `final(row, figures)` with
+the folder's PNG figures, then `close()`. With --members=N each row gets N
+per-member dicts, as a --num_seeds=N row has. Compare the epoch median with the
+run's own `epoch_time_s`. Prints one JSON line.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# pylint: disable=wrong-import-position
+from mnist_jax import report, tensorboard_events, workdir as workdir_lib
+
+
+def _with_members(row, config, n):
+  """`row` with the `replicas` list of an n-member run (members = the mean)."""
+  if n <= 1:
+    return row
+  keys = [k for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                      "test_loss", "test_accuracy") if row.get(k) is not None]
+  return {**row, "replicas": [{"seed": config.seed + i, **{k: row[k] for k in keys}}
+                              for i in range(n)]}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--run", required=True, help="a finished run folder")
+  parser.add_argument("--members", type=int, default=1)
+  parser.add_argument("--repeats", type=int, default=200)
+  args = parser.parse_args()
+
+  rows = workdir_lib.read_metrics(os.path.join(args.run, workdir_lib.METRICS_FILE))
+  config = workdir_lib.read_config(args.run)
+  config = config.replace(num_seeds=args.members,  # A schedule for every epoch.
+                          epochs=config.epochs + args.repeats)
+  epochs = [_with_members(r, config, args.members) for r in rows if "train_loss" in r]
+  final = _with_members(rows[-1], config, args.members)
+  figures = [os.path.join(args.run, f) for f in report.FILES if f.endswith(".png")]
+  steps = epochs[0]["step"] // epochs[0]["epoch"]
+
+  with tempfile.TemporaryDirectory() as logdir:
+    start = time.perf_counter()
+    writer = tensorboard_events.Writer(logdir, config, steps_per_epoch=steps)
+    opened = time.perf_counter() - start
+    times = []
+    for i in range(args.repeats):
+      row = dict(epochs[i % len(epochs)], epoch=len(epochs) + i + 1)
+      start = time.perf_counter()
+      writer.epoch(row)
+      times.append(time.perf_counter() - start)
+      time.sleep(0.005)  # Let the background thread write, as between epochs.
+    start = time.perf_counter()
+    writer.final(final, figures)
+    finished = time.perf_counter() - start
+    start = time.perf_counter()
+    writer.close()
+    closed = time.perf_counter() - start
+    size = sum(os.path.getsize(os.path.join(d, f))
+               for d, _, files in os.walk(logdir) for f in files)
+  print(json.dumps({
+      "members": args.members, "open_ms": round(1e3 * opened, 2),
+      "epoch_median_ms": round(1e3 * statistics.median(times), 3),
+      "epoch_p90_ms": round(1e3 * sorted(times)[int(0.9 * len(times))], 3),
+      "final_ms": round(1e3 * finished, 2), "close_ms": round(1e3 * closed, 2),
+      "figures": sum(os.path.exists(f) for f in figures),
+      "run_epoch_time_s": statistics.median(r["epoch_time_s"] for r in epochs),
+      "event_bytes": size}))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,305 @@
+"""TensorBoard events, read back with TensorBoard's own loaders."""
+
+import os
+import sys
+import time
+
+import numpy as np
+from PIL import Image
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.backend.event_processing import plugin_event_multiplexer
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+from tensorboard.util import tensor_util
+
+from mnist_jax import models, optim, tensorboard_events
+
+STEPS = 10  # Steps per epoch of the hand-made rows.
+
+
+def _row(epoch, seeds=(), offset=0.0):
+  """An epoch row as train_and_evaluate writes it, mean over `seeds` if any."""
+  def metrics(seed):
+    base = 1.0 / epoch + 0.01 * seed + offset
+    return {"train_loss": base, "train_accuracy": 0.5 + 0.01 * epoch - 0.001 * seed,
+            "val_loss": base + 0.1, "val_accuracy": 0.45 + 0.01 * epoch}
+  row = {"epoch": epoch, "step": epoch * STEPS}
+  if seeds:
+    per = [{"seed": s, **metrics(s)} for s in seeds]
+    row.update({k: float(np.mean([p[k] for p in per])) for k in per[0] if k != "seed"})
+    row.update({f"{k}_std": 0.01 for k in per[0] if k != "seed"})
+    row["replicas"] = per
+  else:
+    row.update(metrics(0))
+  row.update(epoch_time_s=0.2 + epoch, examples_per_s=6000.0 / epoch,
+             elapsed_s=epoch + 1.0)
+  return row
+
+
+def _final(epochs, seeds=()):
+  row = {"test_loss": 0.25, "test_accuracy": 0.93, "test_examples": 200,
+         "epochs_run": epochs, "steps": epochs * STEPS}
+  if seeds:
+    row["replicas"] = [{"seed": s, "test_loss": 0.2 + 0.01 * s,
+                        "test_accuracy": 0.9 + 0.001 * s} for s in seeds]
+  return row
+
+
+def _multiplexer(logdir):
+  mux = plugin_event_multiplexer.EventMultiplexer()
+  mux.AddRunsFromDirectory(str(logdir))
+  mux.Reload()
+  return mux
+
+
+def _scalars(mux, run):
+  """{tag: [(step, value)]} of a run, as the scalars plugin reads them."""
+  tags = mux.PluginRunToTagToContent("scalars").get(run, {})
+  return {tag: [(e.step, float(tensor_util.make_ndarray(e.tensor_proto)))
+                for e in mux.Tensors(run, tag)] for tag in tags}
+
+
+def _session_hparams(mux, run):
+  content = mux.PluginRunToTagToContent("hparams")[run]
+  start = hparams_metadata.parse_session_start_info_plugin_data(
+      content[hparams_metadata.SESSION_START_INFO_TAG])
+  return {k: getattr(v, v.WhichOneof("kind")) for k, v in start.hparams.items()}
+
+
+def _expect(rows, tags):
+  """{tag: [(epoch, value)]} that `rows` should give."""
+  out = {}
+  for key, tag in tags.items():
+    points = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
+    if points:
+      out[tag] = points
+  return out
+
+
+def _assert_series(got, expected):
+  assert sorted(got) == sorted(expected)
+  for tag, points in expected.items():
+    assert [s for s, _ in got[tag]] == [s for s, _ in points], tag
+    np.testing.assert_allclose([v for _, v in got[tag]], [v for _, v in points],
+                               rtol=1e-6, err_msg=tag)
+
+
+def _config(**overrides):
+  return models.get_config("mlp", **{"epochs": 5, "mlp_hidden": (16,), **overrides})
+
+
+def _png(path, size, color):
+  Image.new("RGB", size, color).save(path)
+  return str(path)
+
+
+def test_epoch_rows_final_metrics_and_figures_read_back(tmp_path):
+  config = _config(schedule="cosine", epochs=3)
+  rows = [dict(_row(e), learning_rate=1e-3 / e) for e in (1, 2, 3)]
+  figures = [_png(tmp_path / "learning_curves.png", (40, 30), "red"),
+             _png(tmp_path / "mistakes.png", (20, 50), "blue")]
+  writer = tensorboard_events.Writer(str(tmp_path), config, steps_per_epoch=STEPS)
+  for row in rows:
+    writer.epoch(row)
+  writer.final(_final(3), figures + [str(tmp_path / "not_drawn.png")])
+  writer.close()
+
+  mux = _multiplexer(tmp_path)
+  assert list(mux.Runs()) == ["."]
+  expected = _expect(rows, {**tensorboard_events.EPOCH_TAGS,
+                            **tensorboard_events.SPEED_TAGS})
+  expected.update({"loss/test": [(3, 0.25)], "accuracy/test": [(3, 0.93)]})
+  _assert_series(_scalars(mux, "."), expected)
+
+  acc = event_accumulator.EventAccumulator(str(tmp_path))
+  acc.Reload()
+  assert sorted(acc.Tags()["images"]) == ["figures/learning_curves", "figures/mistakes"]
+  for path, (width, height) in zip(figures, [(40, 30), (20, 50)]):
+    name = os.path.splitext(os.path.basename(path))[0]
+    [image] = acc.Images(f"figures/{name}")
+    assert (image.step, image.width, image.height) == (3, width, height)
+    with open(path, "rb") as f:
+      assert image.encoded_image_string == f.read()
+  assert "tensorflow" not in sys.modules
+
+
+def test_learning_rate_comes_from_the_schedule_when_a_row_has_none(tmp_path):
+  config = _config(schedule="warmup_cosine", warmup_epochs=1.0, epochs=4)
+  writer = tensorboard_events.Writer(str(tmp_path), config, steps_per_epoch=STEPS)
+  for e in (1, 2, 3, 4):
+    writer.epoch(_row(e))
+  writer.close()
+  schedule = optim.make_schedule(config, STEPS)
+  got = _scalars(_multiplexer(tmp_path), ".")["learning_rate"]
+  assert [s for s, _ in got] == [1, 2, 3, 4]
+  np.testing.assert_allclose([v for _, v in got],
+                             [float(schedule(e * STEPS)) for e in (1, 2, 3, 4)],
+                             rtol=1e-6)
+  assert len({round(v, 9) for _, v in got}) == 4
+
+
+def test_config_is_an_hparams_session_closed_by_final(tmp_path):
+  config = _config(learning_rate=3e-3, workdir=str(tmp_path))
+  unfinished = tensorboard_events.Writer(str(tmp_path / "stopped"), config)
+  unfinished.epoch(_row(1))
+  unfinished.close()  # Preempted or diverged: the session stays open.
+  writer = tensorboard_events.Writer(str(tmp_path / "done"), config)
+  writer.epoch(_row(1))
+  writer.final(_final(1))
+  writer.close()
+  mux = _multiplexer(tmp_path)
+  content = mux.PluginRunToTagToContent("hparams")
+  assert hparams_metadata.SESSION_END_INFO_TAG not in content["stopped"]
+  end = hparams_metadata.parse_session_end_info_plugin_data(
+      content["done"][hparams_metadata.SESSION_END_INFO_TAG])
+  assert end.status == 1  # STATUS_SUCCESS
+  for run in ("stopped", "done"):
+    values = _session_hparams(mux, run)
+    assert values["model"] == "mlp"
+    assert values["learning_rate"] == pytest.approx(3e-3)
+    assert values["mlp_hidden"] == "16" and values["num_seeds"] == 1
+    assert values["augment"] is False
+    assert "workdir" not in values and "data_dir" not in values
+
+
+def test_events_reach_the_file_while_the_run_goes_on(tmp_path):
+  """A live TensorBoard sees an epoch within seconds, before close()."""
+  writer = tensorboard_events.Writer(str(tmp_path), _config())
+  writer.epoch(_row(1))
+  deadline = time.monotonic() + 20 * tensorboard_events.FLUSH_SECS
+  seen = {}
+  while time.monotonic() < deadline and "loss/train" not in seen:
+    time.sleep(0.05)
+    seen = _scalars(_multiplexer(tmp_path), ".")
+  writer.close()
+  assert seen["loss/train"] == [(1, pytest.approx(_row(1)["train_loss"]))]
+
+
+def test_each_member_is_a_run_with_the_same_tags(tmp_path):
+  seeds = (4, 5, 6)
+  config = _config(seed=4, num_seeds=3)
+  rows = [_row(e, seeds) for e in (1, 2)]
+  writer = tensorboard_events.Writer(str(tmp_path), config, steps_per_epoch=STEPS)
+  for row in rows:
+    writer.epoch(row)
+  writer.final(_final(2, seeds))
+  writer.close()
+
+  mux = _multiplexer(tmp_path)
+  assert sorted(mux.Runs()) == [".", "seed=4", "seed=5", "seed=6"]
+  mean = _scalars(mux, ".")
+  for key, tag in tensorboard_events.EPOCH_TAGS.items():
+    if key != "learning_rate":
+      assert [v for _, v in mean[tag]] == pytest.approx([r[key] for r in rows])
+  for i, seed in enumerate(seeds):
+    run = f"seed={seed}"
+    own = [r["replicas"][i] for r in rows]
+    expected = _expect([{**p, "epoch": r["epoch"]} for p, r in zip(own, rows)],
+                       tensorboard_events.EPOCH_TAGS)
+    expected["learning_rate"] = mean["learning_rate"]
+    expected["loss/test"] = [(2, 0.2 + 0.01 * seed)]
+    expected["accuracy/test"] = [(2, 0.9 + 0.001 * seed)]
+    _assert_series(_scalars(mux, run), expected)
+    values = _session_hparams(mux, run)
+    assert (values["seed"], values["num_seeds"]) == (seed, 1)
+  assert _session_hparams(mux, ".")["num_seeds"] == 3
+  assert len({tuple(v for _, v in _scalars(mux, f"seed={s}")["loss/train"])
+              for s in seeds}) == 3
+
+
+def test_sweep_members_are_named_by_their_settings():
+  assert (tensorboard_events.member_name({"learning_rate": 1e-3, "seed": 3})
+          == "learning_rate=0.001,seed=3")
+  assert tensorboard_events.member_name({"mlp_hidden": (64, 32)}) == "mlp_hidden=64,32"
+  config = _config(num_seeds=2, seed=7)
+  assert tensorboard_events.members_of(config) == [{"seed": 7}, {"seed": 8}]
+  assert tensorboard_events.members_of(_config()) == []
+
+
+def _load_both(logdir):
+  """The scalars of one run as the plain and the plugin loaders give them."""
+  acc = event_accumulator.EventAccumulator(str(logdir))
+  acc.Reload()
+  plain = {t: [(e.step, e.value) for e in acc.Scalars(t)]
+           for t in acc.Tags()["scalars"]}
+  return plain, _scalars(_multiplexer(logdir), ".")
+
+
+def test_resume_continues_one_series_that_matches_the_kept_rows(tmp_path):
+  """Killed in epoch 4 with epoch 4 written past the checkpoint, resumed at 3."""
+  config = _config(epochs=5)
+  first = [dict(_row(e), learning_rate=1e-3 / e) for e in (1, 2, 3, 4)]
+  writer = tensorboard_events.Writer(str(tmp_path), config)
+  for row in first:
+    writer.epoch(row)
+  writer.close()  # What a kill leaves once the background flush has run.
+
+  kept = first[:3]  # metrics.jsonl after truncate_after(3).
+  again = [dict(_row(e, offset=0.5), learning_rate=2e-3 / e)  # Not the first 4.
+           for e in (4, 5)]
+  writer = tensorboard_events.Writer(str(tmp_path), config, history=kept)
+  for row in again:
+    writer.epoch(row)
+  writer.final(_final(5))
+  writer.close()
+
+  assert len([f for f in os.listdir(tmp_path) if "tfevents" in f]) == 2
+  expected = _expect(kept + again, {**tensorboard_events.EPOCH_TAGS,
+                                    **tensorboard_events.SPEED_TAGS})
+  expected.update({"loss/test": [(5, 0.25)], "accuracy/test": [(5, 0.93)]})
+  for scalars in _load_both(tmp_path):
+    _assert_series(scalars, expected)
+    assert all([s for s, _ in scalars[t]] == [1, 2, 3, 4, 5]
+               for t in expected if "test" not in t)
+
+
+def test_resume_restores_rows_a_kill_kept_from_the_events(tmp_path):
+  """A kill before the background flush of epoch 3: the kept rows fill it in."""
+  config = _config(epochs=4, seed=1, num_seeds=2)
+  rows = [_row(e, (1, 2)) for e in (1, 2, 3, 4)]
+  writer = tensorboard_events.Writer(str(tmp_path), config, steps_per_epoch=STEPS)
+  for row in rows[:2]:
+    writer.epoch(row)
+  writer.close()
+  writer = tensorboard_events.Writer(str(tmp_path), config, history=rows[:3],
+                                     steps_per_epoch=STEPS)
+  writer.epoch(rows[3])
+  writer.close()
+  mux = _multiplexer(tmp_path)
+  for run, key in ((".", "train_loss"), ("seed=2", "train_loss")):
+    got = _scalars(mux, run)["loss/train"]
+    assert [s for s, _ in got] == [1, 2, 3, 4]
+    values = [r[key] if run == "." else r["replicas"][1][key] for r in rows]
+    np.testing.assert_allclose([v for _, v in got], values, rtol=1e-6)
+
+
+def test_disabled_writer_writes_nothing(tmp_path):
+  writer = tensorboard_events.Writer(str(tmp_path / "run"), _config(), enabled=False)
+  writer.epoch(_row(1))
+  writer.final(_final(1), [_png(tmp_path / "x.png", (4, 4), "red")])
+  writer.close()
+  assert not os.path.exists(tmp_path / "run")
+
+
+def test_a_failed_write_warns_once_and_the_run_goes_on(tmp_path, monkeypatch):
+  (tmp_path / "seed=1").write_text("a file where a member folder should go")
+  warnings = []
+  writer = tensorboard_events.Writer(str(tmp_path), _config(num_seeds=2, seed=0),
+                                     warn=warnings.append)
+  for e in (1, 2):
+    writer.epoch(_row(e, (0, 1)))
+  writer.final(_final(2, (0, 1)))
+  writer.close()
+  assert len(warnings) == 1 and "training goes on" in warnings[0]
+
+  warnings.clear()
+  writer = tensorboard_events.Writer(str(tmp_path / "ok"), _config(),
+                                     warn=warnings.append)
+  def broken(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+  monkeypatch.setattr(tensorboard_events.SummaryWriter, "add_scalar", broken)
+  for e in (1, 2, 3):
+    writer.epoch(_row(e))
+  writer.final(_final(3))
+  writer.close()
+  assert len(warnings) == 1 and "No space left on device" in warnings[0]
