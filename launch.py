@@ -18,6 +18,14 @@ from absl import app
 from absl import flags
 
 from mnist_jax import config as config_lib
+from mnist_jax import models
+from mnist_jax import parallel
+from mnist_jax import predict
+from mnist_jax import preemption
+from mnist_jax import runtime
+from mnist_jax import train
+from mnist_jax import trained
+from mnist_jax import workdir
 from mnist_jax.errors import UserError
 
 for _name, _field in config_lib.FIELDS.items():
@@ -64,16 +72,13 @@ def main(argv):
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}; flags take the form "
                     "--name=value (see --help)")
-  # pylint: disable=g-import-not-at-top
-  from mnist_jax import models, parallel, runtime, train, workdir
-  # pylint: enable=g-import-not-at-top
   if FLAGS.mode != "train":
     return _use_run()
   model = FLAGS.model or config_lib.Config.model
   config = models.get_config(model, FLAGS.preset or "tuned", **_overrides())
   work = config.workdir or workdir.default_workdir(model)
   config = config.replace(workdir=work)
-  runtime.split_host(config.parallel, config.num_seeds, multi_process=bool(
+  runtime.split_host(config.parallel, multi_process=bool(
       config.coordinator_address or config.num_processes > 1))
   runtime.setup()
   parallel.initialize(config)
@@ -91,9 +96,6 @@ def _resume_command(work: str) -> str:
 
 def _use_run():
   """--mode=report or predict: works on the finished run in --workdir."""
-  # pylint: disable=g-import-not-at-top
-  from mnist_jax import predict, report, runtime
-  # pylint: enable=g-import-not-at-top
   if not FLAGS.workdir:
     raise UserError(f"--mode={FLAGS.mode} needs --workdir=DIR, a run folder")
   runtime.setup()
@@ -102,7 +104,7 @@ def _use_run():
       sys.exit(1)
     return
   moved = {k: FLAGS[k].value for k in ("data_dir", "mnist_dir") if FLAGS[k].value}
-  report.main(FLAGS.workdir, **moved)
+  trained.rewrite_report(FLAGS.workdir, **moved)
 
 
 def _parse(argv):
@@ -127,7 +129,6 @@ def _quiet_teardown():
 
 def _run(argv):
   """Runs main; exit status 1 bad input, 2 bad flag, 3 diverged, 128+N signal N."""
-  from mnist_jax import preemption  # pylint: disable=g-import-not-at-top
   try:
     main(argv)
   except UserError as e:

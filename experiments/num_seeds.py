@@ -2,10 +2,10 @@
 
 Runs `python launch.py ARGS --num_seeds=N` as fresh processes (alternating, so
 load drifts hit both), and prints each wall time, the medians and their ratio
-next to N, the cost of N separate runs. Run it under the CPU lock:
+next to N, the cost of N separate runs. Run it on an otherwise idle machine:
 
-  flock /tmp/mnist_cpu.lock python experiments/num_seeds.py --seeds=4 --repeats=2 \
-      -- --model=mlp --epochs=2 --mnist_dir=/work/shared/mnist --data_dir=/tmp/tfds_real
+  python experiments/num_seeds.py --seeds=4 --repeats=2 \
+      -- --model=mlp --epochs=2 --mnist_dir=DIR --data_dir=DIR
 """
 
 import argparse

@@ -1,7 +1,7 @@
 """Where the wall time of one launch.py training run goes, phase by phase.
 
   python experiments/phases.py -- --model=mlp --num_seeds=4 --epochs=2 \
-      --data_dir=/tmp/tfds_real --workdir=/tmp/phases --overwrite
+      --data_dir=DIR --workdir=runs/phases --overwrite
 
 Runs launch.py's own main in this process with timers wrapped around its
 phases (imports, data, state init, compile, each train chunk, evaluation,

@@ -1,7 +1,7 @@
 """How long a run takes to start training: process start to the first train step.
 
-  python experiments/startup.py --model=gru --data_dir=/tmp/tfds_real
-  python experiments/startup.py --model=all --repeats=2 --data_dir=/tmp/tfds_real
+  python experiments/startup.py --model=gru --data_dir=DIR
+  python experiments/startup.py --model=all --repeats=2 --data_dir=DIR
 
 Each measurement is a fresh `python` process that goes through launch.py's own
 path (flags, imports, data load, state init, compile or cache load) and stops

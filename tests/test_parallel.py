@@ -14,8 +14,8 @@ import sys
 import numpy as np
 import pytest
 
+from mnist_jax import batches
 from mnist_jax import parallel
-from mnist_jax import train
 from mnist_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,7 +86,7 @@ def test_evaluation_counts_every_example_once(results, name, mode, n):
                                               (203, 50, 8), (5, 1000, 8),
                                               (1, 7, 2)])
 def test_eval_batches_pad_and_mask(n, batch, multiple):
-  idx, mask = train.eval_batches(n, batch, multiple)
+  idx, mask = batches.eval_batches(n, batch, multiple)
   assert idx.shape == mask.shape and idx.shape[1] % multiple == 0
   assert idx.shape[1] <= max(batch, multiple) + multiple
   assert sorted(idx[mask > 0].tolist()) == list(range(n))
