@@ -19,7 +19,6 @@ from absl import flags
 
 from mnist_jax import config as config_lib
 from mnist_jax import models
-from mnist_jax import parallel
 from mnist_jax import predict
 from mnist_jax import preemption
 from mnist_jax import runtime
@@ -81,7 +80,6 @@ def main(argv):
   runtime.split_host(config.parallel, multi_process=bool(
       config.coordinator_address or config.num_processes > 1))
   runtime.setup()
-  parallel.initialize(config)
   train.train_and_evaluate(config, work, overwrite=FLAGS.overwrite)
 
 

@@ -51,7 +51,12 @@ class EpochPlan:
 
 
 class Engine:
-  """Places a run's data and state on its devices and runs its programs."""
+  """Places a run's data and state on its devices and runs its programs.
+
+  In a run's order: `place` the dataset, `init_state` (or `restored`, for a
+  checkpoint's), `start` on every process, `compile`; then per epoch
+  `epoch_plan`, `train_chunk` for each chunk, `metrics` and `evaluate`.
+  """
 
   def __init__(self, config, members: Sequence[members_lib.Member]):
     """Starts jax.distributed if asked and resolves --parallel (parallel.setup).
@@ -66,7 +71,11 @@ class Engine:
     self._in_turn = replicas.in_turn(num)
     self._member_mesh = replicas.mesh(num)
     self._options = replicas.compiler_options(num)
-    self._chunk = self._evaluate = None
+    self.steps = self.chunk_len = 0  # Set by place().
+    self.images = self.labels = self._plan = self._positions = self._valid = None
+    self._eval = {}
+    self._data_rng = None  # Set by init_state().
+    self._chunk = self._evaluate = None  # Set by compile().
 
   # Processes.
 
@@ -143,6 +152,7 @@ class Engine:
     """A fresh train state: `create(rng)` for each member, stacked [M, ...].
 
     create: fn(init_rng) -> TrainState of one member (train.create_train_state).
+    Also draws the members' data keys: both as a single run splits its seed.
     """
     init_rng, self._data_rng = members_lib.keys(self.members)
     make = replicas.vmap(len(self.members), create)

@@ -341,7 +341,6 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
   if target.active:
     final["time_to_target_s"] = time_to_target
   log.final(final)
-  log.close()
 
   # Report: the figures and tables of the first member's model.
   if engine.is_main:
@@ -349,6 +348,7 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
                             dataset.test.images, models.input_view(config),
                             config.eval_batch_size)
     report.write(workdir, config, dataset.test, logits, dataset.class_names)
+  log.close()
   log.message(_summary(final, len(members), workdir))
   return final
 
