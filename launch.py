@@ -18,6 +18,13 @@ from absl import app
 from absl import flags
 
 from mnist_jax import config as config_lib
+from mnist_jax import models
+from mnist_jax import predict
+from mnist_jax import preemption
+from mnist_jax import runtime
+from mnist_jax import train
+from mnist_jax import trained
+from mnist_jax import workdir
 from mnist_jax.errors import UserError
 
 
@@ -98,19 +105,15 @@ def main(argv):
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}; flags take the form "
                     "--name=value (see --help)")
-  # pylint: disable=g-import-not-at-top
-  from mnist_jax import models, parallel, runtime, train, workdir
-  # pylint: enable=g-import-not-at-top
   if FLAGS.mode != "train":
     return _use_run()
   model = FLAGS.model or config_lib.Config.model
   config = models.get_config(model, FLAGS.preset or "tuned", **_overrides())
   work = config.workdir or workdir.default_workdir(model)
   config = config.replace(workdir=work)
-  runtime.split_host(config.parallel, config.num_seeds, multi_process=bool(
+  runtime.split_host(config.parallel, multi_process=bool(
       config.coordinator_address or config.num_processes > 1))
   runtime.setup()
-  parallel.initialize(config)
   train.train_and_evaluate(config, work, overwrite=FLAGS.overwrite)
 
 
@@ -125,18 +128,19 @@ def _resume_command(work: str) -> str:
 
 def _use_run():
   """--mode=report or predict: works on the finished run in --workdir."""
-  # pylint: disable=g-import-not-at-top
-  from mnist_jax import predict, report, runtime
-  # pylint: enable=g-import-not-at-top
   if not FLAGS.workdir:
     raise UserError(f"--mode={FLAGS.mode} needs --workdir=DIR, a run folder")
   runtime.setup()
+  # Where the data moved to, and the layers to evaluate with, may differ from
+  # the run's own.
+  overrides = {k: FLAGS[k].value for k in ("data_dir", "mnist_dir", "impl")
+               if FLAGS[k].value}
   if FLAGS.mode == "predict":
-    if predict.main(FLAGS.workdir, FLAGS.image, FLAGS.json, FLAGS.plot):
+    if predict.main(FLAGS.workdir, FLAGS.image, FLAGS.json, FLAGS.plot,
+                    **overrides):
       sys.exit(1)
     return
-  moved = {k: FLAGS[k].value for k in ("data_dir", "mnist_dir") if FLAGS[k].value}
-  report.main(FLAGS.workdir, **moved)
+  trained.rewrite_report(FLAGS.workdir, **overrides)
 
 
 def _parse(argv):
@@ -161,7 +165,6 @@ def _quiet_teardown():
 
 def _run(argv):
   """Runs main; exit status 1 bad input, 2 bad flag, 3 diverged, 128+N signal N."""
-  from mnist_jax import preemption  # pylint: disable=g-import-not-at-top
   try:
     main(argv)
   except UserError as e:

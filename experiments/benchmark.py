@@ -13,8 +13,9 @@ epoch, over the epoch time; XLA's own cost analysis is reported beside it but
 counts a loop body once) and that as a fraction of this machine's f32 matmul
 peak, measured in the same process with a big matmul.
 
-The epoch loop is train.py's own (make_train_chunk, chunk_plan, epoch_batches,
-create_train_state), so it times exactly what `launch.py` runs. The
+The epoch loop runs train.py's own chunk (make_train_chunk, create_train_state)
+on batches.py's order, placed by parallel.py as `launch.py` places it; it waits
+for the device once per epoch. The
 persistent compilation cache is off unless --compile_cache is given, so
 compile_time_s is a cold compile.
 """
@@ -28,6 +29,23 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+from jax.extend import core
+import jax.numpy as jnp
+import numpy as np
+
+from mnist_jax import batches as batches_lib
+from mnist_jax import config as config_lib
+from mnist_jax import data as data_lib
+from mnist_jax import members
+from mnist_jax import models
+from mnist_jax import parallel
+from mnist_jax import runtime
+from mnist_jax import train
+from mnist_jax.errors import UserError
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 
 def parse_args(argv=None):
@@ -60,8 +78,6 @@ def parse_args(argv=None):
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
   """This machine's f32 matmul throughput: the best of `repeats` [n,n]x[n,n]."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
   b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
   mm = jax.jit(jnp.matmul)
@@ -81,8 +97,6 @@ def jaxpr_flops(jaxpr) -> float:
   recurrent models 28x; here scan bodies count `length` times, cond takes
   its dearest branch, and calls are followed. Elementwise work is not counted.
   """
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from jax.extend import core  # pylint: disable=g-import-not-at-top
   jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
   total = 0.0
   for eqn in jaxpr.eqns:
@@ -112,10 +126,8 @@ def jaxpr_flops(jaxpr) -> float:
 
 def step_flops(config, state, images, labels):
   """(jaxpr matmul+conv FLOPs, XLA cost-analysis FLOPs) of one train step."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from mnist_jax import models, train  # pylint: disable=g-import-not-at-top
   step = functools.partial(
-      train.train_step, view=models.get(config.model).view,
+      train.train_step, view=models.input_view(config),
       label_smoothing=config.label_smoothing)
   batch = (images[:config.batch_size], labels[:config.batch_size])
   counted = jaxpr_flops(jax.make_jaxpr(step)(state, *batch))
@@ -127,8 +139,6 @@ def step_flops(config, state, images, labels):
 
 def _parse_sets(items) -> dict:
   """--set FIELD=VALUE strings -> typed Config overrides."""
-  from mnist_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from mnist_jax.errors import UserError  # pylint: disable=g-import-not-at-top
   out = {}
   for item in items:
     key, _, value = item.partition("=")
@@ -145,12 +155,6 @@ def _parse_sets(items) -> dict:
 
 
 def bench_model(name: str, args, peak: float) -> dict:
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from mnist_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  from mnist_jax import models, parallel, train  # pylint: disable=g-import-not-at-top
-
   overrides = {k: getattr(args, k) for k in ("mnist_dir", "data_dir", "batch_size",
                                              "chunk_steps")
                if getattr(args, k) is not None}
@@ -175,15 +179,14 @@ def bench_model(name: str, args, peak: float) -> dict:
   state = par.replicate(state)
   images, labels = par.replicate(host_images), par.replicate(host_labels)
 
-  num_chunks, chunk_len = train.chunk_plan(steps, config.chunk_steps)
+  num_chunks, chunk_len = batches_lib.chunk_plan(steps, config.chunk_steps)
   valid = par.replicate_chunks((np.arange(num_chunks * chunk_len) < steps)
                                .reshape(num_chunks, chunk_len))
 
   def plan(epoch):
-    batches = train.epoch_batches(data_rng, epoch, n, config.batch_size)
-    pad = num_chunks * chunk_len - steps
-    return par.shard_chunks(jnp.pad(batches, ((0, pad), (0, 0))).reshape(
-        num_chunks, chunk_len, config.batch_size))
+    return par.shard_chunks(batches_lib.epoch_plan(
+        data_rng, epoch, n=n, batch_size=config.batch_size,
+        num_chunks=num_chunks, chunk_len=chunk_len))
 
   t = time.perf_counter()
   chunk_fn = par.compile_train(
@@ -202,7 +205,7 @@ def bench_model(name: str, args, peak: float) -> dict:
   timed = epoch_times[1:] or epoch_times
   epoch_time = statistics.median(timed)
   gflops = flops * steps / epoch_time / 1e9
-  final = train.fetch(sums)
+  final = members.host_metrics(sums)
   row = {
       "model": name, "preset": args.preset, "batch_size": config.batch_size,
       "train_examples": n, "steps_per_epoch": steps,
@@ -225,15 +228,15 @@ def bench_model(name: str, args, peak: float) -> dict:
     evaluate = par.wrap_evaluate(
         train.make_evaluate(config, state.apply_fn, jit=False))
     test = dataset.test
-    batch_idx, mask = train.eval_batches(len(test), config.eval_batch_size,
-                                         par.num_devices)
+    batch_idx, mask = batches_lib.eval_batches(
+        len(test), config.eval_batch_size, par.num_devices)
     eval_args = (par.replicate(test.images), par.replicate(test.labels),
                  par.shard(batch_idx), par.shard(mask))
     t = time.perf_counter()
     jax.block_until_ready(evaluate(state.params, *eval_args))
     row["eval_compile_and_run_s"] = round(time.perf_counter() - t, 3)
     t = time.perf_counter()
-    metrics = train.fetch(evaluate(state.params, *eval_args))
+    metrics = members.host_metrics(evaluate(state.params, *eval_args))
     row["eval_time_s"] = round(time.perf_counter() - t, 4)
     row["test_accuracy"] = round(metrics["accuracy"], 4)
   return row
@@ -243,8 +246,6 @@ def main(argv=None):
   args = parse_args(argv)
   if not args.compile_cache:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = ""
-  from mnist_jax import models, runtime  # pylint: disable=g-import-not-at-top
-  from mnist_jax.errors import UserError  # pylint: disable=g-import-not-at-top
   runtime.split_host(args.parallel)
   runtime.setup()
   names = list(models.MODELS) if args.model == "all" else args.model.split(",")

@@ -21,9 +21,16 @@ from typing import Dict, List, Optional, Sequence
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app
+from absl import flags
 import numpy as np
 
 from mnist_jax import config as config_lib
+from mnist_jax import files
+from mnist_jax import models
+from mnist_jax import plots
+from mnist_jax import runtime
+from mnist_jax import train
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.errors import UserError
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -111,7 +118,6 @@ def _key(config) -> tuple:
 
 
 def _model_order(name: str) -> int:
-  from mnist_jax import models  # pylint: disable=g-import-not-at-top
   names = list(models.MODELS)
   return names.index(name) if name in names else len(names)
 
@@ -222,22 +228,16 @@ def write_tables(groups: Sequence[dict], out: str) -> None:
             "![learning curves](learning_curves.png)", "",
             "Runs: [runs.csv](runs.csv); table: [comparison.csv](comparison.csv).",
             ""]
-  tmp = os.path.join(out, "comparison.md.tmp")
-  with open(tmp, "w") as f:
-    f.write("\n".join(lines))
-  os.replace(tmp, os.path.join(out, "comparison.md"))
+  files.write_text(os.path.join(out, "comparison.md"), "\n".join(lines))
 
 
 def _write_csv(path: str, rows) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", newline="") as f:
+  with files.atomic(path) as f:
     csv.writer(f, lineterminator="\n").writerows(rows)
-  os.replace(tmp, path)
 
 
 def compare(paths: Sequence[str], out: str, log=print) -> List[dict]:
   """Reads finished runs under `paths`, writes the table and plots to `out`."""
-  from mnist_jax import plots  # pylint: disable=g-import-not-at-top
   summaries = []
   for run in find_runs(paths):
     s = summarize(run)
@@ -263,9 +263,6 @@ def train_runs(model_names: Sequence[str], seeds: Sequence[int], runs_root: str,
                preset: str = "tuned", log=print, stream=None,
                **overrides) -> List[str]:
   """Trains each model and seed into runs_root/MODEL-seedN; reuses finished runs."""
-  # pylint: disable=g-import-not-at-top
-  from mnist_jax import models, runtime, train
-  # pylint: enable=g-import-not-at-top
   runtime.setup()
   folders = []
   for name in model_names:
@@ -285,7 +282,6 @@ def train_runs(model_names: Sequence[str], seeds: Sequence[int], runs_root: str,
 
 
 def main(argv):
-  from absl import flags  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   paths = list(argv[1:])
   if f.train:
@@ -299,7 +295,6 @@ def main(argv):
 
 
 def _define_flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("out", "comparison", "Folder for the table and plots.")
   flags.DEFINE_list("train", [], "Models to train first (e.g. linear,cnn,gru).")
   flags.DEFINE_list("seeds", ["0"], "--train: seeds to train each model with.")
@@ -320,6 +315,5 @@ def _run(argv):
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
   _define_flags()
   app.run(_run)

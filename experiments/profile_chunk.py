@@ -20,6 +20,18 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+import numpy as np
+
+from mnist_jax import batches as batches_lib
+from mnist_jax import data as data_lib
+from mnist_jax import models
+from mnist_jax import parallel
+from mnist_jax import runtime
+from mnist_jax import train
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -30,13 +42,7 @@ def main(argv=None):
   p.add_argument("--parallel", default="none")
   p.add_argument("--top", type=int, default=20)
   args = p.parse_args(argv)
-  from mnist_jax import runtime  # pylint: disable=g-import-not-at-top
   runtime.split_host(args.parallel)
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from mnist_jax import data as data_lib  # pylint: disable=g-import-not-at-top
-  from mnist_jax import models, parallel, train  # pylint: disable=g-import-not-at-top
 
   overrides = {k: getattr(args, k) for k in ("data_dir", "mnist_dir")
                if getattr(args, k) is not None}
@@ -51,13 +57,12 @@ def main(argv=None):
       init_rng, config, models.build(config), steps))
   images = par.replicate(dataset.train.images)
   labels = par.replicate(dataset.train.labels)
-  num_chunks, chunk_len = train.chunk_plan(steps, config.chunk_steps)
+  num_chunks, chunk_len = batches_lib.chunk_plan(steps, config.chunk_steps)
   valid = par.replicate_chunks((np.arange(num_chunks * chunk_len) < steps)
                                .reshape(num_chunks, chunk_len))
-  batches = train.epoch_batches(data_rng, 1, n, config.batch_size)
-  batches = par.shard_chunks(jnp.pad(
-      batches, ((0, num_chunks * chunk_len - steps), (0, 0))).reshape(
-          num_chunks, chunk_len, config.batch_size))
+  batches = par.shard_chunks(batches_lib.epoch_plan(
+      data_rng, 1, n=n, batch_size=config.batch_size, num_chunks=num_chunks,
+      chunk_len=chunk_len))
   chunk = par.compile_train(train.make_train_chunk(config, par.axis_name,
                                                    jit=False),
                             state, images, labels, batches[0], valid[0])

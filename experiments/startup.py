@@ -19,6 +19,9 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from mnist_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Runs in the child: time phases of launch.py's main up to the first step.
 _PROBE = r"""
@@ -77,8 +80,6 @@ def main(argv=None):
   p.add_argument("--data_dir", default=None)
   p.add_argument("--mnist_dir", default=None)
   args = p.parse_args(argv)
-  sys.path.insert(0, ROOT)
-  from mnist_jax import models  # pylint: disable=g-import-not-at-top
   names = list(models.MODELS) if args.model == "all" else args.model.split(",")
   probe = _PROBE.format(root=ROOT)
   for name in names:

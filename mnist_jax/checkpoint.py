@@ -37,14 +37,14 @@ class CheckpointError(UserError):
 
 
 def _orbax():
-  """orbax.checkpoint, imported on first use: the import takes about 0.7 s,
-  which a fresh run should not pay before its first step."""
+  """orbax.checkpoint, imported on first use: its import is slow, and a fresh
+  run should not pay for it before its first step (tests/test_startup.py)."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   return ocp
 
 
-# How long a failed restore waits for orbax's stray callbacks (measured: they
-# land within 40 ms of the failure) before the error is raised.
+# How long a failed restore waits for orbax's stray callbacks, which land
+# shortly after the failure, before the error is raised.
 _STRAY_GRACE_S = 0.5
 
 

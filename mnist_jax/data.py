@@ -9,12 +9,12 @@ by index from the device-resident arrays inside the jitted epoch (`train.py`).
 import dataclasses
 import os
 import socket
-import tempfile
 import urllib.parse
 
 import numpy as np
 
 from mnist_jax import datasets
+from mnist_jax import files
 from mnist_jax import idx
 from mnist_jax.errors import UserError
 
@@ -62,15 +62,8 @@ def _network_reachable(url: str, timeout: float = NETWORK_TIMEOUT_S) -> bool:
 def _write_cache(path: str, arrays: dict) -> None:
   """Writes the npz atomically so an interrupted run never leaves half a file."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp.npz")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  with files.atomic(path, "wb") as f:
+    np.savez(f, **arrays)
 
 
 def _read_cache(path: str):
@@ -107,8 +100,7 @@ def prepare(dataset: str = "mnist", data_dir=None, mnist_dir=None) -> dict:
     if arrays is not None:
       return arrays
 
-  # Imported only here, so that a run with cached arrays starts without
-  # importing tfds (measured in docs/performance.md; tests/test_startup.py).
+  # Imported only now: a cached run never needs tfds, whose import is slow.
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from mnist_jax import tfds_builder  # pylint: disable=g-import-not-at-top
   builder_cls = tfds_builder.BUILDERS[dataset]

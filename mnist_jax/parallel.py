@@ -17,30 +17,41 @@ the global batch that belong to its own devices; only process 0 writes files.
 """
 
 import dataclasses
+import importlib.util
 import os
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Optional
 
 import jax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
-from mnist_jax import replicas
+from mnist_jax import runtime
 from mnist_jax.config import PARALLEL as MODES
 from mnist_jax.errors import UserError
 
 AXIS = "data"  # The pmap axis name and the mesh axis the batch is sharded along.
+GCE_PRODUCT_FILE = "/sys/class/dmi/id/product_name"
 
 
-def _cluster_detected() -> bool:
-  """True inside a multi-process SLURM job or on a Cloud TPU VM."""
-  if "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-    return True
-  try:
-    from jax._src.cloud_tpu_init import running_in_cloud_tpu_vm  # pylint: disable=g-import-not-at-top
-  except ImportError:
+def _slurm_job_of_several_tasks() -> bool:
+  return ("SLURM_JOB_ID" in os.environ and
+          int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1)
+
+
+def _cloud_tpu_vm() -> bool:
+  """A Google Compute Engine VM with libtpu installed: likely a Cloud TPU VM.
+
+  Only a hint: `jax.distributed.initialize()` then reads the TPU workers from
+  the VM's metadata itself, and finds no cluster on any other VM.
+  """
+  if importlib.util.find_spec("libtpu") is None:
     return False
-  return bool(running_in_cloud_tpu_vm)
+  try:
+    with open(GCE_PRODUCT_FILE) as f:
+      return f.read().strip() == "Google Compute Engine"
+  except OSError:
+    return False
 
 
 def initialize(config) -> None:
@@ -48,7 +59,8 @@ def initialize(config) -> None:
 
   Must run before anything touches a JAX device. Explicit flags win; without
   them, SLURM jobs of several tasks and Cloud TPU VMs are detected, and JAX
-  reads the coordinator, process count and index from the cluster.
+  reads the coordinator, process count and index from the cluster
+  (`jax.distributed.initialize()` with no arguments).
   """
   if jax.distributed.is_initialized():
     return
@@ -64,13 +76,44 @@ def initialize(config) -> None:
                       f"--num_processes={config.num_processes}")
     jax.distributed.initialize(config.coordinator_address, config.num_processes,
                                config.process_id)
-  elif _cluster_detected():
+  elif _slurm_job_of_several_tasks():
     jax.distributed.initialize()
+  elif _cloud_tpu_vm():
+    try:
+      jax.distributed.initialize()
+    except ValueError:  # JAX found no TPU cluster here: one process.
+      pass
 
 
 def is_main() -> bool:
   """Whether this process writes files (process 0)."""
   return jax.process_index() == 0
+
+
+def log_prefix() -> str:
+  """What this process's console lines start with: "" for a single process."""
+  if jax.process_count() == 1:
+    return ""
+  return f"[process {jax.process_index()}/{jax.process_count()}] "
+
+
+def from_main(tree):
+  """Process 0's values of a pytree, on every process (resuming, many hosts)."""
+  if jax.process_count() == 1:
+    return tree
+  return multihost_utils.broadcast_one_to_all(tree)
+
+
+def main_first(fn: Callable[[], Any]) -> Any:
+  """Runs fn on process 0, then on the others (e.g. preparing shared data)."""
+  if jax.process_count() == 1:
+    return fn()
+  if is_main():
+    result = fn()
+    multihost_utils.sync_global_devices("mnist_jax:main_first")
+    return result
+  multihost_utils.sync_global_devices("mnist_jax:main_first")
+  return fn()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,24 +129,11 @@ class Parallel:
   mode: str  # "none", "pmap" or "sharded".
   num_devices: int  # D: devices taking part, over all processes.
   mesh: Optional[Mesh]  # pmap: the local devices; sharded: every device.
-  # XLA options the train chunk compiles with, as sorted (name, value) pairs
-  # (replicas.compiler_options; empty: XLA's defaults).
-  compiler_options: Tuple[Tuple[str, str], ...] = ()
 
   @property
   def axis_name(self) -> Optional[str]:
     """The collective axis the step body averages over (pmap only)."""
     return AXIS if self.mode == "pmap" else None
-
-  @property
-  def is_main(self) -> bool:
-    return jax.process_index() == 0
-
-  @property
-  def log_prefix(self) -> str:
-    if jax.process_count() == 1:
-      return ""
-    return f"[process {jax.process_index()}/{jax.process_count()}] "
 
   def _sharding(self, ndim: int, batch: bool) -> NamedSharding:
     if self.mode == "pmap":
@@ -173,10 +203,12 @@ class Parallel:
 
     return jax.tree.map(first, tree)
 
-  def compile_train(self, chunk: Callable, *example_args) -> Callable:
-    """Compiles a raw `train.make_train_chunk(jit=False)` for this mode.
+  def compile_train(self, chunk: Callable, *example_args,
+                    compiler_options: Optional[Dict[str, str]] = None
+                    ) -> Callable:
+    """Compiles a raw train chunk (`train.make_train_chunk(jit=False)`).
 
-    With `self.compiler_options`, dropped if this jaxlib does not know one.
+    With `compiler_options` (XLA's), dropped if this jaxlib does not know one.
 
     Returns fn(state, images, labels, batch_idx, valid) -> (state, sums, bad),
     the state in this mode's layout, the metric sums (over the global batch)
@@ -196,7 +228,7 @@ class Parallel:
       compiled = fn
     else:
       lowered = fn.lower(*example_args)
-      options = dict(self.compiler_options)
+      options = dict(compiler_options or {})
       try:
         compiled = lowered.compile(options or None)
       except jax.errors.JaxRuntimeError as e:
@@ -222,23 +254,6 @@ class Parallel:
     else:
       fn = jax.jit(evaluate, out_shardings=NamedSharding(self.mesh, P()))
     return lambda *args: self.unreplicate(fn(*args))
-
-  def from_main(self, tree):
-    """Process 0's values of a pytree, on every process (resuming, many hosts)."""
-    if jax.process_count() == 1:
-      return tree
-    return multihost_utils.broadcast_one_to_all(tree)
-
-  def main_first(self, fn: Callable[[], Any]) -> Any:
-    """Runs fn on process 0, then on the others (e.g. preparing shared data)."""
-    if jax.process_count() == 1:
-      return fn()
-    if self.is_main:
-      result = fn()
-      multihost_utils.sync_global_devices("mnist_jax:main_first")
-      return result
-    multihost_utils.sync_global_devices("mnist_jax:main_first")
-    return fn()
 
 
 def resolve_mode(requested: str, device_count: int, process_count: int) -> str:
@@ -266,10 +281,10 @@ def check_batch(batch_size: int, num_devices: int) -> None:
 
 
 # --parallel=auto on a CPU host that runtime.split_host cut into one device per
-# core: the mode each model runs fastest in, measured on 2 cores with the seed
-# presets (docs/perf.md). Models whose matmuls already use every core (linear,
-# mlp) stay on one device; sharding the CNN's batch-last layout made XLA move
-# data between devices (2x slower than pmap).
+# core: the mode each model ran fastest in on a 2-core host with the seed
+# presets. Models whose matmuls already use every core (linear, mlp) stay on
+# one device; sharding the CNN's batch-last layout made XLA move data between
+# devices, much slower than pmap.
 SPLIT_HOST_MODES = {"rnn": "sharded", "lstm": "sharded", "gru": "sharded",
                     "cnn": "pmap"}
 MIN_DEVICE_BATCH = 32  # Below this many examples per device, use fewer devices.
@@ -290,24 +305,18 @@ def split_host_devices(model: str, batch_size: int, devices: int):
   return mode, max(usable)
 
 
-def setup(config) -> Parallel:
+def setup(config, num_members: int = 1) -> Parallel:
   """Starts jax.distributed if asked, resolves --parallel and checks the batch.
 
-  The result carries the train chunk's XLA options for this run.
+  Several members (members.py) train on one device, or on a split CPU host
+  over its devices along their own axis (replicas.mesh): never data parallel.
   """
-  par = _setup(config)
-  options = replicas.compiler_options(config) or {}
-  return dataclasses.replace(par, compiler_options=tuple(sorted(options.items())))
-
-
-def _setup(config) -> Parallel:
   initialize(config)
-  from mnist_jax import runtime  # pylint: disable=g-import-not-at-top
   if (config.parallel == "auto" and runtime.host_split() and
       jax.process_count() == 1 and jax.default_backend() == "cpu"):
     mode, count = split_host_devices(
         config.model, config.batch_size,
-        1 if config.num_seeds > 1 else jax.local_device_count())
+        1 if num_members > 1 else jax.local_device_count())
     if mode == "none":
       return Parallel("none", 1, None)
     return Parallel(mode, count,
@@ -320,42 +329,9 @@ def _setup(config) -> Parallel:
   else:
     mesh = Mesh(np.array(jax.devices()), (AXIS,))
   par = Parallel(mode, jax.device_count(), mesh)
-  if config.num_seeds > 1:
+  if num_members > 1:
     raise UserError(f"--num_seeds={config.num_seeds} runs on one device; with "
                     f"{par.num_devices} devices pass --parallel=none (or "
                     "--num_seeds=1 to spread one model over the devices)")
   check_batch(config.batch_size, par.num_devices)
   return par
-
-
-class NullLog:
-  """Stands in for workdir.MetricsLog on processes that write no files."""
-
-  def truncate_after(self, epoch: int) -> None:
-    del epoch
-
-  def write(self, row: dict) -> None:
-    del row
-
-  def read(self):
-    return []
-
-
-class NullCheckpointer:
-  """Stands in for checkpoint.Checkpointer on processes that write no files."""
-  directory = None
-
-  def save(self, step: int, state, meta: dict) -> None:
-    del step, state, meta
-
-  def latest_step(self) -> Optional[int]:
-    return None
-
-  def restore(self, template, step=None) -> Tuple[object, dict]:
-    raise RuntimeError("only process 0 restores checkpoints")
-
-  def wait(self) -> None:
-    pass
-
-  def close(self) -> None:
-    pass

@@ -9,15 +9,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from mnist_jax import files  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 DPI = 120
 
 
 def _save(fig, path: str) -> str:
   fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=DPI)
+  with files.atomic(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=DPI)
   plt.close(fig)
-  os.replace(tmp, path)
   return path
 
 

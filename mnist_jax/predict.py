@@ -20,6 +20,8 @@ from PIL import ImageOps
 from PIL import UnidentifiedImageError
 
 from mnist_jax import datasets
+from mnist_jax import report
+from mnist_jax import trained
 from mnist_jax.errors import UserError
 
 SIZE = 28
@@ -193,12 +195,8 @@ def load(path: str) -> np.ndarray:
     return preprocess(image, path)
 
 
-def predict_files(run, paths: Sequence[str]) -> List[Prediction]:
-  """Predicts each file with a loaded run (report.load_run); failures kept in order."""
-  # pylint: disable=g-import-not-at-top
-  from mnist_jax import report
-  from mnist_jax import train
-  # pylint: enable=g-import-not-at-top
+def predict_files(run: trained.Run, paths: Sequence[str]) -> List[Prediction]:
+  """Predicts each file with a loaded run (trained.load_run); failures kept in order."""
   results = []
   for path in paths:
     try:
@@ -208,8 +206,7 @@ def predict_files(run, paths: Sequence[str]) -> List[Prediction]:
   good = [r for r in results if r.error is None]
   if good:
     images = np.stack([r.image for r in good])
-    probs = report.softmax(train.predict_logits(
-        run.params, run.apply_fn, images, run.view, batch_size=len(good)))
+    probs = report.softmax(run.logits(images, batch_size=len(good)))
     for r, p in zip(good, probs):
       r.digit = int(np.argmax(p))
       r.probabilities = [round(float(v), 6) for v in p]
@@ -217,21 +214,19 @@ def predict_files(run, paths: Sequence[str]) -> List[Prediction]:
 
 
 def main(workdir: str, paths: Sequence[str], as_json: bool = False,
-         plot: bool = False, out=None, err=None) -> int:
+         plot: bool = False, out=None, err=None, **overrides) -> int:
   """The `--mode=predict` command: prints one line per file.
+
+  overrides: Config fields to change when loading the run (e.g. impl).
 
   Returns:
     the number of files that failed (launch.py exits 1 when it is not 0).
   """
-  # pylint: disable=g-import-not-at-top
-  from mnist_jax import plots
-  from mnist_jax import report
-  # pylint: enable=g-import-not-at-top
   out = out or sys.stdout
   err = err or sys.stderr
   if not paths:
     raise UserError("--mode=predict needs --image=FILE[,FILE...]")
-  run = report.load_run(workdir)
+  run = trained.load_run(workdir, **overrides)
   names = datasets.class_names(run.config.dataset)
   results = predict_files(run, paths)
   for r in results:
@@ -247,6 +242,9 @@ def main(workdir: str, paths: Sequence[str], as_json: bool = False,
       print(f"{r.file}: {names[r.digit]} ({100 * r.probabilities[r.digit]:.1f}%)"
             f"  probabilities {probs}", file=out)
     if plot:
+      # matplotlib only for --plot: launch.py imports this module for every
+      # command, and a training run starts without matplotlib.
+      from mnist_jax import plots  # pylint: disable=g-import-not-at-top
       folder = os.path.join(workdir, PLOT_DIR)
       os.makedirs(folder, exist_ok=True)
       stem = os.path.splitext(os.path.basename(r.file))[0]

@@ -17,6 +17,10 @@ import sys
 import threading
 from typing import Optional
 
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 FORCED_EXIT_CODE = 128 + signal.SIGINT
 
@@ -30,13 +34,30 @@ def agreed(signum: Optional[int]) -> Optional[int]:
 
   With one process, `signum` itself; with several, one small all-gather.
   """
-  import jax  # pylint: disable=g-import-not-at-top
   if jax.process_count() == 1:
     return signum
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   votes = multihost_utils.process_allgather(np.int32(signum or 0))
   return int(np.max(votes)) or None
+
+
+def message(signum: int, step: int, epoch: int, epoch_step: int,
+            steps_per_epoch: int, directory: Optional[str]) -> str:
+  """What a stopped run says, in one line.
+
+  Args:
+    signum: the signal that asked for the stop.
+    step: the global step the run stopped at.
+    epoch: the epoch it stopped in (1-based).
+    epoch_step: the steps of that epoch done.
+    steps_per_epoch: the run's steps per epoch.
+    directory: the checkpoint folder, or None when nothing was saved (the
+      run stopped before its first step).
+  """
+  name = signal_name(signum)
+  if directory is None:
+    return f"stopped by {name} before the first step; nothing to save"
+  return (f"stopped by {name} at step {step} (epoch {epoch}, step {epoch_step} "
+          f"of {steps_per_epoch}); the checkpoint is in {directory}")
 
 
 class Preempted(Exception):

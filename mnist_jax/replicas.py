@@ -1,192 +1,136 @@
-"""Many seeds in one compiled program: `--num_seeds=N` replicas at once.
+"""How the members' axis of one program runs on devices (see members.py).
 
-Replica i is the run `--seed=seed+i`: its parameter init, dropout keys and
-data order come from PRNGKey(seed + i) exactly as a single run's do, so a
-replica reproduces the single-seed run with that seed (up to float rounding of
-batched matmuls). On a CPU each replica runs the single-seed chunk of steps
-in turn, the replicas split over the host's devices (see `sequential`, `mesh`);
-elsewhere the step is vmapped. The train state, the per-epoch batch order and
-the metric sums gain a leading replica axis [N, ...]; the dataset is shared.
-
-metrics.jsonl keeps its single-seed keys, holding the mean over replicas, and
-adds `<key>_std` (sample standard deviation, ddof=1) and `replicas`: one dict
-per replica with its seed and metrics. With N = 1 nothing changes.
+With M > 1 members the train state, the batch order and the metric sums have a
+leading axis [M, ...]. On a CPU each member runs the single-member chunk of
+steps in turn (`in_turn`), the members split over the host's CPU devices
+(`mesh`); elsewhere the step is vmapped, which fills an accelerator better.
+With one member every function here returns its input unchanged.
 """
 
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import jax
 from jax import shard_map
-import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
-METRIC_KEYS = ("loss", "accuracy")
+AXIS = "replica"  # The mesh axis the members are split along.
 
 
-def seeds(config) -> List[int]:
-  """The seed of each replica: seed, seed+1, ..., seed+N-1."""
-  return [config.seed + i for i in range(config.num_seeds)]
-
-
-def keys(config):
-  """(init_rng, data_rng) as a single run splits them; stacked [N, 2] for N > 1."""
-  if config.num_seeds == 1:
-    return tuple(jax.random.split(jax.random.PRNGKey(config.seed)))
-  pairs = jnp.stack([jax.random.split(jax.random.PRNGKey(s)) for s in seeds(config)])
-  return pairs[:, 0], pairs[:, 1]
-
-
-def vmap(config, fn: Callable, in_axes=0, out_axes=0) -> Callable:
-  """`fn` mapped over the replica axis, or `fn` itself for a single seed."""
-  if config.num_seeds == 1:
+def vmap(num: int, fn: Callable, in_axes=0, out_axes=0) -> Callable:
+  """`fn` mapped over the members' axis, or `fn` itself for one member."""
+  if num == 1:
     return fn
   return jax.vmap(fn, in_axes=in_axes, out_axes=out_axes)
 
 
-def fetch(metrics, fetch_one: Callable) -> Dict:
-  """Host metrics of a single run, or for stacked [N] sums the replica mean.
+def in_turn(num: int) -> bool:
+  """Whether the train chunk runs the members one after another (CPU).
 
-  Returns:
-    fetch_one's dict (loss, accuracy, count); for N replicas the means under
-    those keys plus `per_replica`, the list of each replica's dict.
+  On a CPU, M members as a `lax.scan` over the members' axis of the
+  single-member chunk (member 0's steps, then member 1's, ...) ran faster than
+  the vmapped step: XLA:CPU runs M small matmuls faster than one batched
+  matmul, and the vmapped step's per-member `lax.cond` (skip padding and
+  diverged steps) becomes a select that reads and writes the whole train state
+  every step. Accelerators keep the vmapped step.
   """
-  m = jax.device_get(metrics)
-  if np.ndim(m["count"]) == 0:
-    return fetch_one(m)
-  per = [fetch_one(jax.tree.map(lambda a, i=i: a[i], m))
-         for i in range(len(m["count"]))]
-  out = {k: float(np.mean([p[k] for p in per])) for k in per[0]}
-  out["per_replica"] = per
-  return out
+  return num > 1 and jax.default_backend() == "cpu"
 
 
-def _std(values: Sequence[float]) -> float:
-  return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+def compiler_options(num: int) -> Optional[Dict[str, str]]:
+  """XLA options for the train chunk: with members in turn, region analysis.
 
-
-def row_extras(config, **splits) -> Dict:
-  """The replica part of a metrics row: `<split>_<key>_std` and `replicas`.
-
-  Args:
-    config: the run's Config.
-    **splits: split name -> `fetch` result (None for a split not evaluated).
-
-  Returns:
-    {} for a single seed; else the std of each metric over replicas and
-    `replicas`: [{"seed", "<split>_loss", "<split>_accuracy", ...}] per replica.
+  XLA:CPU's copy insertion otherwise copies loop-carried buffers every step
+  (a large kernel after the step's `lax.cond`, the threefry state in each
+  dropout mask's round loop); with region analysis those copies go and the
+  results keep the same bits. Other runs keep XLA's defaults.
   """
-  if config.num_seeds == 1:
-    return {}
-  extras = {}
-  per_replica = [{"seed": s} for s in seeds(config)]
-  for split, fetched in splits.items():
-    if fetched is None:
-      continue
-    for key in METRIC_KEYS:
-      values = [p[key] for p in fetched["per_replica"]]
-      extras[f"{split}_{key}_std"] = _std(values)
-      for replica, value in zip(per_replica, values):
-        replica[f"{split}_{key}"] = value
-  extras["replicas"] = per_replica
-  return extras
-
-
-AXIS = "replica"  # The mesh axis the replicas are split along.
-
-
-def sequential(config) -> bool:
-  """Whether the train chunk runs the replicas one after another (CPU).
-
-  On a CPU, N replicas as a `lax.scan` over the replica axis of the
-  single-seed chunk (replica 0's steps, then replica 1's, ...) ran at 4x the
-  single-seed step, while the vmapped step ran at 5.5x (tuned MLP): XLA:CPU
-  runs N small matmuls faster than one batched matmul, and the vmapped step's
-  per-replica `lax.cond` (skip padding and diverged steps) becomes a select
-  that reads and writes the whole train state every step. Accelerators keep
-  the vmapped step, which fills the device better.
-  """
-  return config.num_seeds > 1 and jax.default_backend() == "cpu"
-
-
-def compiler_options(config) -> Optional[Dict[str, str]]:
-  """XLA options for the train chunk: on a CPU with replicas, region analysis.
-
-  XLA:CPU's copy insertion otherwise copies loop-carried buffers every step:
-  a [1024, 1024] kernel after the step's `lax.cond`, the threefry state in
-  each dropout mask's round loop. With region analysis those copies go: the
-  tuned MLP's 4-replica step 32.4 -> 30.7 ms, the same bits. Other runs keep
-  XLA's defaults (a single seed gains ~2%; not measured for the other models).
-  """
-  if not sequential(config):
+  if not in_turn(num):
     return None
   return {"xla_cpu_copy_insertion_use_region_analysis": "True"}
 
 
-def mesh(config) -> Optional[Mesh]:
-  """The CPU devices the replicas are split over, or None for one device.
+def mesh(num: int) -> Optional[Mesh]:
+  """The CPU devices the members are split over, or None for one device.
 
   With a host split into one device per core (runtime.split_host), each
-  device trains N / D replicas, its own core running their steps, where one
+  device trains M / D members, its own core running their steps, where one
   device would spread every small matmul over both cores. The most devices
-  that divide N are used.
+  that divide M are used.
   """
-  if not sequential(config):
+  if not in_turn(num):
     return None
   devices = jax.local_devices()
-  count = max(d for d in range(1, len(devices) + 1) if config.num_seeds % d == 0)
+  count = max(d for d in range(1, len(devices) + 1) if num % d == 0)
   if count == 1 or jax.process_count() > 1:
     return None
   return Mesh(np.array(devices[:count]), (AXIS,))
 
 
-def restored(config, state):
-  """A restored stacked state, split along its replica axis on `mesh(config)`.
+def place_restored(state, member_mesh: Optional[Mesh]):
+  """A restored stacked state, split along the members' axis on `member_mesh`.
 
   orbax restores it onto one device, which the split train chunk refuses
   ("incompatible devices"). It goes through the host: moving device arrays
   between the split host's CPU devices before the first chunk could hang.
   """
-  replica_mesh = mesh(config)
-  if replica_mesh is None:
+  if member_mesh is None:
     return state
   return jax.device_put(jax.device_get(state),
-                        NamedSharding(replica_mesh, P(AXIS)))
+                        NamedSharding(member_mesh, P(AXIS)))
 
 
-def split(config, fn: Callable, per_replica: Sequence[bool]) -> Callable:
-  """`fn` with its replica axis split across `mesh(config)` (or `fn` itself).
+def split(fn: Callable, member_mesh: Optional[Mesh],
+          per_member: Sequence[bool]) -> Callable:
+  """`fn` with its members' axis split across `member_mesh` (or `fn` itself).
 
-  per_replica: for each argument, whether it has the leading replica axis
-  (else every device gets all of it). Every output has the replica axis.
+  per_member: for each argument, whether it has the leading members' axis
+  (else every device gets all of it). Every output has the members' axis.
   """
-  replica_mesh = mesh(config)
-  if replica_mesh is None:
+  if member_mesh is None:
     return fn
-  return shard_map(fn, mesh=replica_mesh,
-                   in_specs=tuple(P(AXIS) if r else P() for r in per_replica),
+  return shard_map(fn, mesh=member_mesh,
+                   in_specs=tuple(P(AXIS) if r else P() for r in per_member),
                    out_specs=P(AXIS), check_vma=False)
 
 
-def sequential_chunk(config, chunk: Callable) -> Callable:
-  """The single-seed train chunk run for each replica in turn.
-
-  Each replica runs exactly the single-seed program, so replica i computes
-  what the run with seed+i computes.
+def train_chunk(chunk: Callable, num: int, sequential: bool,
+                member_mesh: Optional[Mesh] = None) -> Callable:
+  """The single-member train chunk over the members' axis.
 
   Args:
-    config: the run's Config.
     chunk: fn(state, images, labels, batch_idx [C, B], valid [C]) ->
-      (state, sums, bad), one replica's chunk of steps.
+      (state, sums, bad), one member's chunk of steps (train.make_train_chunk).
+    num: M, the number of members.
+    sequential: run the members in turn (`in_turn`), else vmap the step.
+    member_mesh: the devices to split the members over (`mesh`), or None.
 
   Returns:
-    fn(state [N, ...], images, labels, batch_idx [N, C, B], valid [C]) ->
-    (state [N, ...], sums [N], bad [N]), split over `mesh(config)`.
+    fn(state [M, ...], images, labels, batch_idx [M, C, B], valid [C]) ->
+    (state [M, ...], sums [M], bad [M]); `chunk` itself for one member. In
+    turn, member i runs exactly the single-member program, so it computes
+    what the single run with its seed computes.
   """
+  if num == 1:
+    return chunk
+  if not sequential:
+    return jax.vmap(chunk, in_axes=(0, None, None, 0, None))
+
   def run(state, images, labels, batch_idx, valid):
-    def body(_, replica):
-      state, idx = replica
+    def body(_, member):
+      state, idx = member
       return None, chunk(state, images, labels, idx, valid)
     return jax.lax.scan(body, None, (state, batch_idx))[1]
 
-  return split(config, run, (True, False, False, True, False))
+  return split(run, member_mesh, (True, False, False, True, False))
+
+
+def evaluate(fn: Callable, num: int,
+             member_mesh: Optional[Mesh] = None) -> Callable:
+  """The single-member evaluation (train.make_evaluate) over the members.
+
+  fn(params [M, ...], images, labels, batch_idx, mask) -> sums [M]; `fn`
+  itself for one member.
+  """
+  return split(vmap(num, fn, in_axes=(0, None, None, None, None)), member_mesh,
+               (True, False, False, False, False))

@@ -1,20 +1,20 @@
 """Evaluation of a trained run, written into its folder: figures, CSVs, report.md.
 
-`write` runs at the end of training; `python launch.py --mode=report
---workdir=DIR` runs it again on any finished run folder (`load_run` restores the
-latest checkpoint read-only). Every file goes through a temporary name and a
-rename, so an interrupted report never leaves half a file.
+`write` takes a model's test predictions and writes the files; it runs at the
+end of training, and `python launch.py --mode=report --workdir=DIR` runs it
+again on a finished run folder (trained.py). Every file goes through a
+temporary name and a rename, so an interrupted report never leaves half a file.
 """
 
 import csv
-import dataclasses
 import io
 import os
 import statistics
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from mnist_jax import files
 from mnist_jax import workdir as workdir_lib
 
 GRID_SIZE = 40  # Test digits shown in predictions.png.
@@ -24,40 +24,6 @@ FILES = ("report.md", "confusion_matrix.png", "confusion_matrix.csv",
          "per_class.csv", "per_class_accuracy.png", "confused_pairs.csv",
          "predictions.png", "mistakes.png", "sample_probabilities.png",
          "learning_curves.png")
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-  """A trained model loaded from its run folder."""
-  config: Any
-  params: Any
-  apply_fn: Callable
-  view: str
-  epoch: int
-
-
-def load_run(workdir: str, **overrides) -> Run:
-  """Restores the latest checkpoint of a run folder, without writing to it.
-
-  overrides: Config fields to change, e.g. data_dir when the data moved.
-  """
-  # pylint: disable=g-import-not-at-top
-  import jax
-  from mnist_jax import checkpoint as checkpoint_lib
-  from mnist_jax import models
-  from mnist_jax import train
-  # pylint: enable=g-import-not-at-top
-  config = workdir_lib.read_config(workdir).replace(**overrides)
-  spec = models.get(config.model)
-  template = train.create_train_state(jax.random.PRNGKey(0), config,
-                                      spec.build(config), steps_per_epoch=1)
-  checkpoints = checkpoint_lib.Checkpointer(workdir, read_only=True)
-  try:
-    state, meta = checkpoints.restore(template)
-  finally:
-    checkpoints.close()
-  return Run(config, state.params, state.apply_fn, spec.view,
-             int(meta.get("epoch", 0)))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -93,13 +59,6 @@ def confused_pairs(counts: np.ndarray, top: int = PAIRS_LISTED) -> List[dict]:
            for i in range(k) for j in range(k) if i != j and counts[i, j]]
   pairs.sort(key=lambda p: (-p["count"], p["true"], p["predicted"]))
   return pairs[:top]
-
-
-def _write_text(path: str, text: str) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w", newline="") as f:
-    f.write(text)
-  os.replace(tmp, path)
 
 
 def _csv(rows: Sequence[Sequence[Any]]) -> str:
@@ -143,34 +102,26 @@ def _headline(workdir: str, accuracy: float, loss: float, n: int) -> List[tuple]
   return out
 
 
-def write(workdir: str, config, params, apply_fn: Callable, test,
-          class_names: Optional[Sequence[str]] = None,
-          view: Optional[str] = None) -> Dict[str, Any]:
-  """Evaluates `params` on the test split and writes the report files.
+def write(workdir: str, config, test, logits: np.ndarray,
+          class_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+  """Scores a model's test predictions and writes the report files.
 
   Args:
-    workdir: the run folder.
+    workdir: the run folder (its metrics.jsonl gives the learning curves).
     config: the run's Config.
-    params: model parameters.
-    apply_fn: the model's apply function.
     test: data.Split with images [N, 28, 28] uint8 and labels [N].
+    logits: the model's logits [N, K] for those images, in order.
     class_names: K label names (default "0".."9").
-    view: the model's input layout (default: from the model registry).
 
   Returns:
     {"accuracy", "loss", "confusion", "paths"}: test metrics and written files.
   """
-  # pylint: disable=g-import-not-at-top
-  from mnist_jax import models
-  from mnist_jax import plots
-  from mnist_jax import train
-  # pylint: enable=g-import-not-at-top
-  view = view or models.get(config.model).view
+  # matplotlib is needed only once a run ends: importing plots here keeps it
+  # out of a run's start-up.
+  from mnist_jax import plots  # pylint: disable=g-import-not-at-top
   images = np.asarray(test.images)
   labels = np.asarray(test.labels).astype(np.int64)
   n = len(labels)
-  logits = train.predict_logits(params, apply_fn, images, view,
-                                config.eval_batch_size)
   k = logits.shape[-1]
   names = list(class_names) if class_names else [str(i) for i in range(k)]
   probs = softmax(logits)
@@ -184,15 +135,15 @@ def write(workdir: str, config, params, apply_fn: Callable, test,
   title = f"{config.model} ({config.preset})"
   path = lambda name: os.path.join(workdir, name)
 
-  _write_text(path("confusion_matrix.csv"), _csv(
+  files.write_text(path("confusion_matrix.csv"), _csv(
       [["true\\predicted"] + names] +
       [[names[i]] + [int(c) for c in counts[i]] for i in range(k)]))
-  _write_text(path("per_class.csv"), _csv(
+  files.write_text(path("per_class.csv"), _csv(
       [["class", "name", "support", "correct", "accuracy", "precision", "f1"]] +
       [[i, names[i], int(stats["support"][i]), int(stats["correct"][i]),
         f"{stats['accuracy'][i]:.6f}", f"{stats['precision'][i]:.6f}",
         f"{stats['f1'][i]:.6f}"] for i in range(k)]))
-  _write_text(path("confused_pairs.csv"), _csv(
+  files.write_text(path("confused_pairs.csv"), _csv(
       [["true", "predicted", "count", "fraction_of_true"]] +
       [[names[p["true"]], names[p["predicted"]], p["count"],
         f"{p['fraction_of_true']:.6f}"] for p in pairs]))
@@ -230,7 +181,7 @@ def write(workdir: str, config, params, apply_fn: Callable, test,
   if metrics_rows:
     plots.learning_curves(metrics_rows, path("learning_curves.png"), title=title)
 
-  _write_text(path("report.md"), _markdown(
+  files.write_text(path("report.md"), _markdown(
       workdir, config, names, counts, stats, pairs, accuracy, loss, n))
   return {"accuracy": accuracy, "loss": loss, "confusion": counts,
           "paths": [path(f) for f in FILES if os.path.exists(path(f))]}
@@ -273,21 +224,3 @@ def _markdown(workdir, config, names, counts, stats, pairs, accuracy, loss, n):
             "![sample probabilities](sample_probabilities.png)", "",
             "## Settings", "", "```json", config.to_json(), "```", ""]
   return "\n".join(lines)
-
-
-def main(workdir: str, **overrides) -> Dict[str, Any]:
-  """The `--mode=report` command: evaluates a finished run and rewrites its report.
-
-  overrides: data_dir / mnist_dir, when the data is elsewhere than at training.
-  """
-  # pylint: disable=g-import-not-at-top
-  from mnist_jax import data as data_lib
-  # pylint: enable=g-import-not-at-top
-  run = load_run(workdir, **overrides)
-  dataset = data_lib.load(run.config)
-  result = write(workdir, run.config, run.params, run.apply_fn, dataset.test,
-                 dataset.class_names, view=run.view)
-  print(f"test accuracy {100 * result['accuracy']:.2f}% (loss "
-        f"{result['loss']:.4f}, {len(dataset.test)} examples, checkpoint of "
-        f"epoch {run.epoch}); report in {os.path.join(workdir, 'report.md')}")
-  return result

@@ -5,6 +5,9 @@ import importlib.util
 import logging
 import os
 
+from absl import logging as absl_logging
+import jax
+
 DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "mnist_jax", "jax")
 
 
@@ -12,9 +15,8 @@ def setup(cache_dir: str = DEFAULT_CACHE) -> None:
   """Turns on JAX's persistent compilation cache (unless cache_dir is empty).
 
   A second run of the same model and shapes then loads its compiled epoch
-  from disk instead of compiling it again (several seconds on CPU).
+  from disk instead of compiling it again.
   """
-  import jax  # pylint: disable=g-import-not-at-top
   cache_dir = os.environ.get("JAX_COMPILATION_CACHE_DIR", cache_dir)
   if cache_dir:
     jax.config.update("jax_compilation_cache_dir", cache_dir)
@@ -22,13 +24,12 @@ def setup(cache_dir: str = DEFAULT_CACHE) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   # tfds warns once about decoding PNGs with PIL instead of OpenCV: that is
   # the intended path here, and it runs once per dataset.
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("absl").setLevel(logging.ERROR)
 
 
 # Host devices --parallel=auto makes on a CPU-only machine: one per core, at
-# most this many (measured on 2 cores only; see docs/perf.md).
+# most this many (only 2-core hosts have been measured).
 MAX_HOST_DEVICES = 8
 _split = 0  # The CPU device count split_host set in this process, or 0.
 
@@ -45,22 +46,20 @@ def _accelerator_possible() -> bool:
   return importlib.util.find_spec("jax_plugins") is not None
 
 
-def split_host(parallel: str = "auto", num_seeds: int = 1,
-               multi_process: bool = False) -> int:
+def split_host(parallel: str = "auto", multi_process: bool = False) -> int:
   """Makes XLA:CPU one device per core so --parallel=auto can run data parallel.
 
   Small MNIST models leave a core idle: their matmuls are too small for XLA to
   split, so two single-batch-half devices run side by side instead (same
   function: the gradient is the mean over the global batch). Only on a host
-  where JAX will run on the CPU, when --parallel is auto (--num_seeds > 1
-  splits its replicas over the devices: replicas.mesh), the user has not
-  chosen a CPU device count (XLA_FLAGS
-  --xla_force_host_platform_device_count or JAX_NUM_CPU_DEVICES), and JAX has
-  not started its backends yet; never for several processes (`multi_process`
-  or a SLURM job of several tasks). Returns the device count set, else 0.
+  where JAX will run on the CPU, when --parallel is auto (several members
+  split over the devices too: replicas.mesh), the user has not chosen a CPU
+  device count (XLA_FLAGS --xla_force_host_platform_device_count or
+  JAX_NUM_CPU_DEVICES), and JAX has not started its backends yet; never for
+  several processes (`multi_process` or a SLURM job of several tasks).
+  Returns the device count set, else 0.
   """
   global _split
-  del num_seeds  # Several seeds use the devices too (replicas.mesh).
   if parallel != "auto" or _split:
     return _split
   if multi_process or int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1:
@@ -77,11 +76,10 @@ def split_host(parallel: str = "auto", num_seeds: int = 1,
   devices = min(cores, MAX_HOST_DEVICES)
   if devices < 2:
     return 0
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
-  if getattr(xla_bridge, "backends_are_initialized", lambda: True)():
+  try:
+    jax.config.update("jax_num_cpu_devices", devices)
+  except RuntimeError:  # JAX has started its backends: too late to split.
     return 0
-  jax.config.update("jax_num_cpu_devices", devices)
   _split = devices
   return devices
 

@@ -13,6 +13,7 @@ from typing import Callable, Union
 
 import numpy as np
 
+from mnist_jax import files
 from mnist_jax.config import SEQUENCES
 PERMUTATION_FILE = "permutation.npy"
 NUM_PIXELS = 28 * 28
@@ -42,7 +43,5 @@ def view(sequence: str, permute_seed: int = 0) -> Union[str, Callable]:
 def record(workdir: str, config) -> None:
   """Writes the permutation of a permuted run into its folder (no-op otherwise)."""
   if getattr(config, "sequence", "rows") == "permuted":
-    path = os.path.join(workdir, PERMUTATION_FILE)
-    with open(path + ".tmp", "wb") as f:
+    with files.atomic(os.path.join(workdir, PERMUTATION_FILE), "wb") as f:
       np.save(f, permutation(config.permute_seed))
-    os.replace(path + ".tmp", path)

@@ -4,10 +4,14 @@ Data stays on the device as uint8 arrays. Each epoch draws a permutation with
 `jax.random`, and runs as a few jitted `lax.scan` chunks that gather batches by
 index, so there is no host round trip per step and one compile per shape.
 Metrics come back from the device as sums and counts, once per chunk.
+
+The pure functions come first: `create_train_state`, `train_step`,
+`eval_step`, the scanned chunk (`make_train_chunk`) and the evaluation
+(`make_evaluate`), each for one model. `train_and_evaluate` runs them through
+an `engine.Engine`, which places them on the run's devices.
 """
 
 import functools
-import math
 import time
 from typing import Any, Callable, Dict, Optional
 
@@ -16,16 +20,27 @@ from flax.training import train_state
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from mnist_jax import augment as augment_lib
+from mnist_jax import batches as batches_lib
+from mnist_jax import checkpoint as checkpoint_lib
 from mnist_jax import data as data_lib
+from mnist_jax import divergence
+from mnist_jax import engine as engine_lib
+from mnist_jax import members as members_lib
 from mnist_jax import models
 from mnist_jax import optim
-from mnist_jax import replicas as replicas_lib
-from mnist_jax import sequence as sequence_lib
 from mnist_jax import precision
+from mnist_jax import preemption
+from mnist_jax import progress as progress_lib
+from mnist_jax import report
+from mnist_jax import resume
+from mnist_jax import runlog
+from mnist_jax import sequence as sequence_lib
+from mnist_jax import target as target_lib
+from mnist_jax import workdir as workdir_lib
 from mnist_jax.config import Config
+from mnist_jax.errors import Diverged, UserError
 
 Metrics = Dict[str, jax.Array]  # {"loss": sum, "correct": sum, "count": n}
 
@@ -139,7 +154,8 @@ def make_train_chunk(config: Config, axis_name: Optional[str] = None,
   (int32) is the global number of the first step whose loss, or whose update
   of the parameters, was not finite, and -1 if none was; steps after it are
   skipped. Divergence is thus found on the device, read once per chunk.
-  `axis_name` and `jit=False` are for mapping it over devices (parallel.py).
+  One model: an engine maps it over the members' axis (replicas.py) and over
+  devices (parallel.py), with `axis_name` and `jit=False`.
   """
   view = models.input_view(config)
   step = functools.partial(train_step, view=view,
@@ -171,19 +187,15 @@ def make_train_chunk(config: Config, axis_name: Optional[str] = None,
     bad = jnp.where((bad < 0) & ~finite, state.step.astype(jnp.int32), bad)
     return state, sums, bad
 
-  # --num_seeds: state and batch_idx have a leading replica axis [N, ...].
-  if replicas_lib.sequential(config):
-    chunk = replicas_lib.sequential_chunk(config, chunk)
-  else:
-    chunk = replicas_lib.vmap(config, chunk, in_axes=(0, None, None, 0, None))
-  if not jit:
-    return chunk
-  return jax.jit(chunk, donate_argnums=(0,),
-                 compiler_options=replicas_lib.compiler_options(config))
+  return jax.jit(chunk, donate_argnums=(0,)) if jit else chunk
 
 
 def make_evaluate(config: Config, apply_fn: Callable, jit: bool = True) -> Callable:
-  """A (jitted) fn(params, images, labels, batch_idx [C, B], mask [C, B]) -> sums."""
+  """A (jitted) fn(params, images, labels, batch_idx [C, B], mask [C, B]) -> sums.
+
+  images [N, 28, 28] uint8, labels [N] int32; the sums cover the examples
+  where mask is 1 (batches.eval_batches), for one model.
+  """
   view = models.input_view(config)
 
   def evaluate(params, images, labels, batch_idx, mask):
@@ -194,61 +206,14 @@ def make_evaluate(config: Config, apply_fn: Callable, jit: bool = True) -> Calla
     sums, _ = jax.lax.scan(body, _zeros(), (batch_idx, mask))
     return sums
 
-  evaluate = replicas_lib.split(
-      config, replicas_lib.vmap(config, evaluate, in_axes=(0, None, None, None, None)),
-      (True, False, False, False, False))
   return jax.jit(evaluate) if jit else evaluate
-
-
-def eval_batches(n: int, batch_size: int, multiple: int = 1):
-  """Index and mask arrays covering all n examples once; the last batch is padded.
-
-  The batch is at most n, rounded up to a multiple of `multiple` (the devices).
-
-  Returns:
-    batch_idx [C, B] int32 and mask [C, B] float32, C = ceil(n / B).
-  """
-  batch_size = -(-min(batch_size, max(n, 1)) // multiple) * multiple
-  c = max(1, math.ceil(n / batch_size))
-  flat = np.arange(c * batch_size)
-  mask = (flat < n).astype(np.float32).reshape(c, batch_size)
-  return np.minimum(flat, max(n - 1, 0)).astype(np.int32).reshape(c, batch_size), mask
-
-
-def epoch_batches(rng: jax.Array, epoch: int, n: int, batch_size: int) -> jax.Array:
-  """The epoch's shuffled batches: [n // batch_size, batch_size] int32 indices.
-
-  A pure function of (rng, epoch): resuming at any epoch replays the same order.
-  The last partial batch is dropped; a new permutation each epoch uses it later.
-  """
-  steps = n // batch_size
-  perm = jax.random.permutation(jax.random.fold_in(rng, epoch), n)
-  return perm[:steps * batch_size].reshape(steps, batch_size).astype(jnp.int32)
-
-
-def chunk_plan(steps: int, max_chunk: int):
-  """Splits `steps` into equal chunks of at most `max_chunk` (last one padded).
-
-  Returns:
-    (number of chunks, steps per chunk).
-  """
-  num = max(1, math.ceil(steps / max_chunk))
-  return num, math.ceil(steps / num)
-
-
-def fetch(metrics: Metrics) -> Dict[str, float]:
-  """Turns device metric sums into host means: loss, accuracy, count."""
-  m = jax.device_get(metrics)
-  count = float(m["count"])
-  return {"loss": float(m["loss"]) / max(count, 1.0),
-          "accuracy": float(m["correct"]) / max(count, 1.0), "count": count}
 
 
 def predict_logits(params, apply_fn: Callable, images: np.ndarray, view: str,
                    batch_size: int = 1000) -> np.ndarray:
   """Logits [N, 10] for uint8 images [N, 28, 28], in order (no example dropped)."""
   n = len(images)
-  batch_idx, _ = eval_batches(n, batch_size)
+  batch_idx, _ = batches_lib.eval_batches(n, batch_size)
 
   @jax.jit
   def run(params, images, batch_idx):
@@ -261,12 +226,13 @@ def predict_logits(params, apply_fn: Callable, images: np.ndarray, view: str,
   return np.asarray(logits).reshape(-1, logits.shape[-1])[:n]
 
 
-def _epoch_plan(rng, epoch, *, n, batch_size, num_chunks, chunk_len):
-  """The epoch's batches laid out as [num_chunks, chunk_len, batch_size] indices."""
-  batches = epoch_batches(rng, epoch, n, batch_size)
-  pad = num_chunks * chunk_len - batches.shape[0]
-  batches = jnp.pad(batches, ((0, pad), (0, 0)))
-  return batches.reshape(num_chunks, chunk_len, batch_size)
+
+def steps_per_epoch(config: Config, num_train: int) -> int:
+  """Full batches in the training split; refuses a batch larger than it."""
+  if config.batch_size > num_train:
+    raise UserError(f"--batch_size={config.batch_size} is larger than the "
+                    f"{num_train} training examples; pass a smaller one")
+  return num_train // config.batch_size
 
 
 def train_and_evaluate(config: Config, workdir: str, stream=None,
@@ -286,296 +252,166 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
     Diverged: the loss became non-finite; the last good checkpoint is kept.
     preemption.Preempted: SIGTERM or SIGINT; a checkpoint to resume from is saved.
   """
-  # pylint: disable=g-import-not-at-top
-  import shutil
-  from mnist_jax import checkpoint as checkpoint_lib
-  from mnist_jax import parallel
-  from mnist_jax import preemption
-  from mnist_jax import progress as progress_lib
-  from mnist_jax import report
-  from mnist_jax import workdir as workdir_lib
-  from mnist_jax.errors import Diverged, UserError
-  # pylint: enable=g-import-not-at-top
-
   start_time = time.perf_counter()
-  spec = models.get(config.model)
-  par = parallel.setup(config)
+  # Devices and data.
+  members = members_lib.from_config(config)
+  engine = engine_lib.Engine(config, members)
   workdir_lib.check_writable(workdir)
   existing = workdir_lib.check_run_folder(workdir, config, overwrite=overwrite)
-  resuming = existing and not overwrite
+  dataset = engine.main_first(functools.partial(data_lib.load, config))
+  steps = steps_per_epoch(config, len(dataset.train))
+  log = runlog.RunLog(progress_lib.Progress(config.epochs, stream=stream,
+                                            prefix=engine.log_prefix))
+  if engine.description():
+    log.message(engine.description())
+  engine.place(dataset, steps)
 
-  dataset = par.main_first(lambda: data_lib.load(config))
-  n_train = len(dataset.train)
-  if config.batch_size > n_train:
-    raise UserError(f"--batch_size={config.batch_size} is larger than the "
-                    f"{n_train} training examples; pass a smaller one")
-  progress = progress_lib.Progress(config.epochs, stream=stream,
-                                   prefix=par.log_prefix)
-  if par.num_devices > 1:
-    progress.message(f"data parallel ({par.mode}) over {par.num_devices} "
-                     f"{jax.default_backend().upper()} devices")
-
-  put = par.replicate
-  train_images, train_labels = put(dataset.train.images), put(dataset.train.labels)
-  splits = {"test": dataset.test}
-  if len(dataset.val):
-    splits["val"] = dataset.val
-  eval_data = {
-      name: (put(s.images), put(s.labels),
-             *map(par.shard, eval_batches(len(s), config.eval_batch_size,
-                                          par.num_devices)))
-      for name, s in splits.items()
-  }
-
-  init_rng, data_rng = replicas_lib.keys(config)
-  steps = n_train // config.batch_size
-  model = spec.build(config)
-  make_state = replicas_lib.vmap(config, lambda r: create_train_state(
-      r, config, model, steps))
-  if config.num_seeds > 1:  # One program, not every optimizer-init op vmapped.
-    make_state = jax.jit(make_state)
-  state = make_state(init_rng)
+  # Restore or initialise: every check comes before anything is written.
+  state = engine.init_state(functools.partial(
+      create_train_state, config=config, model=models.build(config),
+      steps_per_epoch=steps))
   shapes = checkpoint_lib.param_shapes(state.params)
-
   meta = None
-  if resuming and par.is_main:
-    meta, state = _restore_for_resume(config, workdir, state, steps)
-    if meta is not None:
-      state = replicas_lib.restored(config, state)
+  if existing and not overwrite and engine.is_main:
+    meta, state = resume.restore(config, workdir, state, steps)
     final = workdir_lib.final_metrics(workdir)
     if (meta is not None and meta.get("done") and final is not None and
         jax.process_count() == 1):
-      progress.message(f"{workdir} already finished: test accuracy "
-                       f"{100 * final['test_accuracy']:.2f}%; pass --overwrite to "
-                       "train it again")
+      log.message(f"{workdir} already finished: test accuracy "
+                  f"{100 * final['test_accuracy']:.2f}%; pass --overwrite to "
+                  "train it again")
       return final
+    state = engine.restored(state) if meta is not None else state
 
-  # Everything is checked: from here on the run folder is written.
-  if par.is_main:
-    if overwrite and existing:
-      shutil.rmtree(workdir)
-    environment = workdir_lib.environment()
-    environment["parallel"] = {"mode": par.mode, "devices": par.num_devices}
-    if par.compiler_options:
-      environment["compiler_options"] = dict(par.compiler_options)
-    if resuming:
-      workdir_lib.record_resume(workdir, config, environment, meta)
-    else:
-      workdir_lib.start(workdir, config, environment)
+  # From here on the run folder is written.
+  if engine.is_main:
+    workdir_lib.begin(workdir, config,
+                      {**workdir_lib.environment(), **engine.environment(),
+                       "implementation": models.implementation(config)},
+                      existing=existing, overwrite=overwrite, meta=meta)
     sequence_lib.record(workdir, config)
-  log = workdir_lib.MetricsLog(workdir) if par.is_main else parallel.NullLog()
-  log.truncate_after(meta["epoch"] if meta else 0)
-  checkpoints = (checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints)
-                 if par.is_main else parallel.NullCheckpointer())
+  log.open(workdir if engine.is_main else None, meta["epoch"] if meta else 0)
+  saver = resume.Saver(workdir, config, shapes, write=engine.is_main)
   if meta is not None:
-    progress.message(f"resuming {workdir} at step {meta['step']} (epoch "
-                     f"{meta['epoch'] + 1}, step {meta.get('epoch_step', 0)} of "
-                     f"{steps})")
+    log.message(f"resuming {workdir} at step {meta['step']} (epoch "
+                f"{meta['epoch'] + 1}, step {meta.get('epoch_step', 0)} of "
+                f"{steps})")
+  state, start = engine.start(state, resume.Start.from_meta(meta))
+  compile_time = engine.compile(
+      state, make_train_chunk(config, engine.axis_name, jit=False),
+      make_evaluate(config, state.apply_fn, jit=False))
+  saver.last_saved = engine.step(state) if meta is not None else None
 
-  # Where to start, on every process: (first epoch, steps of it already done,
-  # finished) and that epoch's partial metric sums, bit-exact from the JSON.
-  position = np.array([meta["epoch"] + 1 if meta else 1,
-                       meta.get("epoch_step", 0) if meta else 0,
-                       bool(meta and meta.get("done"))], np.int32)
-  partial = jax.tree.map(lambda z: np.zeros(np.shape(z), np.float32),
-                         jax.eval_shape(lambda: replicas_lib.vmap(
-                             config, lambda _: _zeros())(init_rng)))
-  if meta is not None and meta.get("sums"):
-    partial = {k: np.asarray(v, np.float32) for k, v in meta["sums"].items()}
-  state, position, partial = par.from_main((state, position, partial))
-  state = par.replicate(state)
-  first_epoch, skip_steps, finished = (int(v) for v in np.asarray(position))
-
-  num_chunks, chunk_len = chunk_plan(steps, config.chunk_steps)
-  positions = np.arange(num_chunks * chunk_len).reshape(num_chunks, chunk_len)
-  valid = par.replicate_chunks(positions < steps)
-  plan = jax.jit(replicas_lib.vmap(
-      config, functools.partial(_epoch_plan, n=n_train,
-                                batch_size=config.batch_size,
-                                num_chunks=num_chunks, chunk_len=chunk_len),
-      in_axes=(0, None), out_axes=1))
-  compile_start = time.perf_counter()
-  chunk_fn = par.compile_train(
-      make_train_chunk(config, par.axis_name, jit=False), state, train_images,
-      train_labels, par.shard_chunks(plan(data_rng, 1))[0], valid[0])
-  evaluate = par.wrap_evaluate(make_evaluate(config, state.apply_fn, jit=False))
-  compile_time = time.perf_counter() - compile_start
-
-  def eval_split(name):
-    return replicas_lib.fetch(evaluate(state.params, *eval_data[name]), fetch)
-
-  def global_step() -> int:
-    # On the host: with --num_seeds on a split CPU host, a jnp.max over the
-    # replicas' steps is a cross-device all-reduce, which before the first
-    # chunk of a resumed run could time out ("Termination timeout for all
-    # reduce", abort).
-    return int(np.max(jax.device_get(par.unreplicate(state.step))))
-
-  last_saved = global_step() if meta is not None else None
-
-  def save(epochs_done, epoch_step=0, sums=None, done=False):
-    nonlocal last_saved
-    step = global_step()
-    record = {"epoch": epochs_done, "epoch_step": epoch_step,
-              "step": step, "model": config.model,
-              "seed": config.seed, "done": done, "param_shapes": shapes}
-    if sums is not None:
-      record["sums"] = {k: np.asarray(v).tolist()
-                        for k, v in jax.device_get(sums).items()}
-    checkpoints.save(step, par.unreplicate(state), record)
-    last_saved = step
-
-  def last_good():
-    checkpoints.wait()
-    step = checkpoints.latest_step()
-    if step is None:
-      return "no checkpoint had been saved yet"
-    return f"the last good checkpoint, {checkpoints.directory}/{step}, is kept"
-
-  target_split = "val" if "val" in eval_data else "test"
-  time_to_target = None
-  test_m = None  # The test metrics of the current state, when already computed.
-  epoch = first_epoch - 1
+  # Each epoch: train, evaluate, log, checkpoint.
+  target = target_lib.Target(config.target_accuracy, "val" in engine.splits)
+  test_m = time_to_target = None  # test_m: the current state's, when known.
+  epoch = start.epoch - 1
   with preemption.StopRequest() as stop:
-    for epoch in range(first_epoch, 1 if finished else config.epochs + 1):
-      epoch_start = time.perf_counter()
-      batches = par.shard_chunks(plan(data_rng, epoch))
-      done_steps = skip_steps if epoch == first_epoch else 0
-      epoch_valid = valid if done_steps == 0 else par.replicate_chunks(
-          (positions < steps) & (positions >= done_steps))
-      sums = _zeros()
-      if done_steps:  # The partial sums of a mid-epoch checkpoint.
-        sums = jax.tree.map(jnp.asarray, partial)
-      for c in range(num_chunks):
-        if (c + 1) * chunk_len <= done_steps:
-          continue
-        signum = preemption.agreed(stop.signum)
-        if signum is not None:  # A safe point: between chunks.
-          if global_step() not in (last_saved, 0):
-            save(epoch - 1, done_steps, sums if done_steps else None)
-          checkpoints.close()
-          name = preemption.signal_name(signum)
-          raise preemption.Preempted(signum, (
-              f"stopped by {name} at step {global_step()} (epoch {epoch}, step "
-              f"{done_steps} of {steps}); the checkpoint is in "
-              f"{checkpoints.directory}" if last_saved else
-              f"stopped by {name} before the first step; nothing to save"),
-                                     workdir)
-        state, chunk_sums, bad = chunk_fn(state, train_images, train_labels,
-                                          batches[c], epoch_valid[c])
-        sums = jax.tree.map(jnp.add, sums, chunk_sums)
-        bad = np.asarray(jax.device_get(bad)).reshape(-1)  # One sync a chunk.
-        if (bad >= 0).any():
-          step = int(bad[bad >= 0].min())
-          message = (f"training diverged: the loss or the parameters became "
-                     f"non-finite at step {step} (epoch {epoch}, step "
-                     f"{step - (epoch - 1) * steps} of {steps}); {last_good()}; "
-                     "lower --learning_rate or set --grad_clip, then start over "
-                     "with --overwrite")
-          log.write({"epoch": epoch, "step": step, "diverged": True,
-                     "message": message})
-          checkpoints.close()
-          raise Diverged(message)
-        done_steps = min((c + 1) * chunk_len, steps)
-        if c < num_chunks - 1:
-          progress.update(epoch, done_steps, steps,
-                          time.perf_counter() - epoch_start)
-      train_m = replicas_lib.fetch(sums, fetch)
-      epoch_time = time.perf_counter() - epoch_start
-      row = {"epoch": epoch, "step": global_step(),
-             "train_loss": train_m["loss"], "train_accuracy": train_m["accuracy"],
-             "val_loss": None, "val_accuracy": None}
-      val_m = None
-      if "val" in eval_data:
-        val_m = eval_split("val")
-        row.update(val_loss=val_m["loss"], val_accuracy=val_m["accuracy"])
-      row.update(replicas_lib.row_extras(config, train=train_m, val=val_m))
-      row.update(epoch_time_s=epoch_time,
-                 examples_per_s=steps * config.batch_size / epoch_time,
-                 elapsed_s=time.perf_counter() - start_time)
-      reached = None
-      if config.target_accuracy > 0:
-        if target_split == "test":
-          test_m = eval_split("test")  # Reused as the final test metrics if last.
-        reached = (row["val_accuracy"] if target_split == "val"
-                   else test_m["accuracy"])
+    for epoch in start.epochs(config.epochs):
+      state, train_m, epoch_time = _train_epoch(engine, state, epoch, start,
+                                                stop, saver, log, workdir)
+      val_m = engine.evaluate(state, "val") if "val" in engine.splits else None
+      row = _epoch_row(members, epoch, engine.step(state), train_m, val_m,
+                       epoch_time, steps * config.batch_size,
+                       time.perf_counter() - start_time)
+      if target.needs_test:
+        test_m = engine.evaluate(state, "test")  # Final, if this is the last.
+      reached = target.value(row, test_m)
+      if target.active:
         row["target_metric"] = reached
-      log.write(row)
-      progress.epoch_done(epoch, row)
-      stop_early = reached is not None and reached >= config.target_accuracy
-      last = stop_early or epoch == config.epochs
+      log.epoch(row)
+      last = target.reached(reached) or epoch == config.epochs
       if last or epoch % config.checkpoint_every == 0:
-        save(epoch, done=last)
-      if stop_early:
+        saver.save(engine.step(state), engine.host_copy(state), epoch=epoch,
+                   done=last)
+      if target.reached(reached):
         time_to_target = time.perf_counter() - start_time
-        progress.message(f"reached {target_split} accuracy {100 * reached:.2f}% "
-                         f">= {100 * config.target_accuracy:.2f}% after epoch "
-                         f"{epoch} in {time_to_target:.1f}s")
+        log.message(target.message(reached, epoch, time_to_target))
         break
 
+  # Final evaluation.
   if test_m is None:
-    test_m = eval_split("test")
-  checkpoints.close()
+    test_m = engine.evaluate(state, "test")
+  saver.close()
   final = {"test_loss": test_m["loss"], "test_accuracy": test_m["accuracy"],
            "test_examples": int(test_m["count"]), "epochs_run": epoch,
-           "steps": global_step(),
-           "compile_time_s": compile_time,
+           "steps": engine.step(state), "compile_time_s": compile_time,
            "wall_time_s": time.perf_counter() - start_time,
-           "num_params": int(sum(p.size for p in
-                                 jax.tree.leaves(par.unreplicate(state.params)))
-                             // config.num_seeds)}
-  final.update(replicas_lib.row_extras(config, test=test_m))
-  if config.target_accuracy > 0:
+           "num_params": engine.num_params(state),
+           **members_lib.row_extras(members, test=test_m)}
+  if target.active:
     final["time_to_target_s"] = time_to_target
-  log.write(final)
-  if par.is_main:
-    # The report draws every figure, learning_curves.png included. The report
-    # shows one model: with --num_seeds, the first replica's.
-    params = par.unreplicate(state.params)
-    if config.num_seeds > 1:
-      params = jax.tree.map(lambda p: p[0], params)
-    report.write(workdir, config, params, state.apply_fn, dataset.test,
-                 dataset.class_names, view=models.input_view(config))
-  spread = (f" +- {100 * final['test_accuracy_std']:.2f} (mean +- std of "
-            f"{config.num_seeds} seeds)" if config.num_seeds > 1 else "")
-  progress.message(f"test accuracy {100 * final['test_accuracy']:.2f}%{spread} "
-                   f"(loss {final['test_loss']:.4f}, {final['test_examples']} "
-                   f"examples); wall time {final['wall_time_s']:.1f}s; "
-                   f"results in {workdir}")
+  log.final(final)
+
+  # Report: the figures and tables of the first member's model.
+  if engine.is_main:
+    logits = predict_logits(engine.member_params(state), state.apply_fn,
+                            dataset.test.images, models.input_view(config),
+                            config.eval_batch_size)
+    report.write(workdir, config, dataset.test, logits, dataset.class_names)
+  log.close()
+  log.message(_summary(final, len(members), workdir))
   return final
 
 
-def _restore_for_resume(config: Config, workdir: str, template, steps: int):
-  """(meta, state) of the run folder's latest checkpoint, or (None, template).
+def _train_epoch(engine, state, epoch, start, stop, saver, log, workdir):
+  """Runs one epoch's chunks: (state, host train metrics, epoch seconds).
 
-  Reads without writing anything, and refuses a checkpoint that is damaged,
-  from another model, or from another data size.
+  Between chunks (the safe points) a stop request saves a checkpoint and
+  raises Preempted; after a chunk, a non-finite step ends the run (Diverged).
   """
-  # pylint: disable=g-import-not-at-top
-  import os
-  from mnist_jax import checkpoint as checkpoint_lib
-  from mnist_jax import workdir as workdir_lib
-  # pylint: enable=g-import-not-at-top
-  directory = os.path.join(workdir, checkpoint_lib.CHECKPOINT_DIR)
-  reader = None
-  if os.path.exists(directory):
-    reader = checkpoint_lib.Checkpointer(workdir, read_only=True)
-  if reader is None or reader.latest_step() is None:
-    if workdir_lib.final_metrics(workdir) is not None:
-      raise checkpoint_lib.CheckpointError(
-          f"{workdir} holds a finished run but its checkpoint is missing from "
-          f"{directory}; pass --overwrite to train it again, or another --workdir")
-    return None, template
-  state, meta = reader.restore(template, model=config.model)
-  reader.close()
-  epoch, epoch_step = meta.get("epoch"), meta.get("epoch_step", 0)
-  if (not isinstance(epoch_step, int) or not 0 <= epoch_step < steps or
-      not 0 <= epoch <= config.epochs or
-      meta.get("step") != epoch * steps + epoch_step or
-      int(np.max(np.asarray(state.step))) != meta.get("step") or
-      (epoch_step and not isinstance(meta.get("sums"), dict))):
-    raise checkpoint_lib.CheckpointError(
-        f"the latest checkpoint in {directory} (step {meta.get('step')}, epoch "
-        f"{epoch}) does not fit this run's {steps} steps per epoch (were the "
-        "data or the batch size changed?); pass --overwrite or another --workdir")
-  return meta, state
+  epoch_start = time.perf_counter()
+  done = start.steps_done(epoch)
+  plan = engine.epoch_plan(epoch, done)
+  sums = engine.initial_sums(start.sums if done else None)
+  for c in plan.chunks:
+    signum = preemption.agreed(stop.signum)
+    if signum is not None:
+      _preempt(engine, state, signum, epoch, done, sums, saver, log, workdir)
+    state, sums, bad = engine.train_chunk(state, plan, c, sums)
+    step = divergence.first_step(bad)
+    if step is not None:
+      message = divergence.message(step, epoch, engine.steps, saver.kept())
+      log.diverged(divergence.row(step, epoch, message))
+      log.close()
+      saver.close()
+      raise Diverged(message)
+    done = plan.steps_after(c)
+    if not plan.is_last(c):
+      log.chunk(epoch, done, engine.steps, time.perf_counter() - epoch_start)
+  train_m = engine.metrics(sums)
+  return state, train_m, time.perf_counter() - epoch_start
+
+
+def _preempt(engine, state, signum, epoch, done, sums, saver, log, workdir):
+  """Saves where the run stands inside `epoch` (unless saved) and stops it."""
+  step = engine.step(state)
+  if not saver.is_saved(step):
+    saver.save(step, engine.host_copy(state), epoch=epoch - 1, epoch_step=done,
+               sums=sums if done else None)
+  log.close()
+  saver.close()
+  raise preemption.Preempted(signum, preemption.message(
+      signum, step, epoch, done, engine.steps,
+      saver.directory if saver.last_saved else None), workdir)
+
+
+def _epoch_row(members, epoch, step, train_m, val_m, epoch_time, examples,
+               elapsed) -> Dict[str, Any]:
+  """The metrics.jsonl row of an epoch (val_m None: no validation split)."""
+  return {"epoch": epoch, "step": step, "train_loss": train_m["loss"],
+          "train_accuracy": train_m["accuracy"],
+          "val_loss": val_m["loss"] if val_m else None,
+          "val_accuracy": val_m["accuracy"] if val_m else None,
+          **members_lib.row_extras(members, train=train_m, val=val_m),
+          "epoch_time_s": epoch_time, "examples_per_s": examples / epoch_time,
+          "elapsed_s": elapsed}
+
+
+def _summary(final: dict, num_members: int, workdir: str) -> str:
+  spread = (f" +- {100 * final['test_accuracy_std']:.2f} (mean +- std of "
+            f"{num_members} seeds)" if num_members > 1 else "")
+  return (f"test accuracy {100 * final['test_accuracy']:.2f}%{spread} "
+          f"(loss {final['test_loss']:.4f}, {final['test_examples']} "
+          f"examples); wall time {final['wall_time_s']:.1f}s; results in "
+          f"{workdir}")

@@ -4,6 +4,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -11,7 +12,10 @@ import time
 from importlib import metadata
 from typing import Iterable, List, Optional
 
+import jax
+
 from mnist_jax import config as config_lib
+from mnist_jax import files
 from mnist_jax.errors import UserError
 
 CONFIG_FILE = "config.json"
@@ -35,7 +39,6 @@ def default_workdir(model: str) -> str:
 
 def environment() -> dict:
   """Package versions, Python, platform and the JAX devices of this process."""
-  import jax  # pylint: disable=g-import-not-at-top
   versions = {}
   for name in PACKAGES:
     try:
@@ -68,21 +71,6 @@ def _code_version() -> dict:
             "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
   except (OSError, subprocess.SubprocessError):
     return {"commit": None, "dirty": None}
-
-
-def write_json_atomic(path: str, obj) -> None:
-  """Writes JSON through a temporary file and a rename: never half a file."""
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 def read_config(workdir: str) -> config_lib.Config:
@@ -157,10 +145,30 @@ def check_run_folder(workdir: str, config: config_lib.Config,
   return True
 
 
+def begin(workdir: str, config: config_lib.Config, env: dict, *,
+          existing: bool, overwrite: bool, meta: Optional[dict]) -> None:
+  """Writes config.json as a run starts: the first thing a run writes.
+
+  Args:
+    workdir: the run folder.
+    config: the run's settings.
+    env: the environment to record (`environment()` and the devices used).
+    existing: whether `workdir` holds a run already (check_run_folder).
+    overwrite: start that run over: its folder is deleted first.
+    meta: the record of the checkpoint a resumed run starts from, if any.
+  """
+  if existing and not overwrite:
+    record_resume(workdir, config, env, meta)
+    return
+  if existing:
+    shutil.rmtree(workdir)
+  start(workdir, config, env)
+
+
 def start(workdir: str, config: config_lib.Config, env: dict) -> None:
   """Creates the folder and writes config.json with the environment."""
   os.makedirs(workdir, exist_ok=True)
-  write_json_atomic(os.path.join(workdir, CONFIG_FILE),
+  files.write_json(os.path.join(workdir, CONFIG_FILE),
                     {"config": config.to_dict(), "environment": env,
                      "repeat": repeat_command(config),
                      "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
@@ -178,7 +186,7 @@ def record_resume(workdir: str, config: config_lib.Config, env: dict,
       "changed": {k: v for k, v in config.to_dict().items()
                   if record["config"].get(k) != v},
       "environment": env})
-  write_json_atomic(path, record)
+  files.write_json(path, record)
 
 
 def repeat_command(config: config_lib.Config) -> str:
@@ -206,11 +214,9 @@ class MetricsLog:
     """Drops epoch lines after `epoch` (and any final line): for resuming."""
     rows = [r for r in self.read() if r.get("epoch", 10**9) <= epoch
             and "test_accuracy" not in r]
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
+    with files.atomic(self.path) as f:
       for r in rows:
         f.write(json.dumps(r) + "\n")
-    os.replace(tmp, self.path)
 
   def write(self, row: dict) -> None:
     with open(self.path, "a") as f:

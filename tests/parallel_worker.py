@@ -17,7 +17,7 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from conftest import synthetic_digits  # pylint: disable=wrong-import-position
-from mnist_jax import models, parallel, train  # pylint: disable=wrong-import-position
+from mnist_jax import batches, members, models, parallel, train  # pylint: disable=wrong-import-position
 
 MODES = ("none", "pmap", "sharded")
 # Dropout is on only in "mlp_drop": pmap draws a different mask on each device,
@@ -48,27 +48,27 @@ def run(name, mode, train_x, train_y, test_x, test_y):
                                    models.build(config), STEPS)
   state = par.replicate(state)
   images, labels = par.replicate(train_x), par.replicate(train_y)
-  num_chunks, chunk_len = train.chunk_plan(STEPS, CHUNK)
-  plan = train._epoch_plan(jax.random.PRNGKey(2), 1, n=len(train_y),  # pylint: disable=protected-access
-                           batch_size=BATCH, num_chunks=num_chunks,
-                           chunk_len=chunk_len)
-  batches = par.shard_chunks(plan)
+  num_chunks, chunk_len = batches.chunk_plan(STEPS, CHUNK)
+  plan = batches.epoch_plan(jax.random.PRNGKey(2), 1, n=len(train_y),
+                            batch_size=BATCH, num_chunks=num_chunks,
+                            chunk_len=chunk_len)
+  chunks = par.shard_chunks(plan)
   valid = par.replicate_chunks(
       (np.arange(num_chunks * chunk_len) < STEPS).reshape(num_chunks, chunk_len))
   chunk_fn = par.compile_train(
       train.make_train_chunk(config, par.axis_name, jit=False), state, images,
-      labels, batches[0], valid[0])
+      labels, chunks[0], valid[0])
   losses = []
   for c in range(num_chunks):
-    state, sums, _ = chunk_fn(state, images, labels, batches[c], valid[c])
-    m = train.fetch(sums)
+    state, sums, _ = chunk_fn(state, images, labels, chunks[c], valid[c])
+    m = members.host_metrics(sums)
     losses += [m["loss"], m["accuracy"], m["count"]]
   params = jax.device_get(par.unreplicate(state.params))
   flat = np.concatenate([np.ravel(p) for p in jax.tree.leaves(params)])
 
   n_test, eval_batch = EVAL_SIZES.get(name, EVAL_DEFAULT)
   test_x, test_y = test_x[:n_test], test_y[:n_test]
-  idx, mask = train.eval_batches(n_test, eval_batch, par.num_devices)
+  idx, mask = batches.eval_batches(n_test, eval_batch, par.num_devices)
   evaluate = par.wrap_evaluate(
       train.make_evaluate(config, state.apply_fn, jit=False))
   sums = jax.device_get(evaluate(state.params, par.replicate(test_x),

@@ -10,6 +10,7 @@ from PIL import Image
 import pytest
 
 from experiments import compare
+from mnist_jax import files
 from mnist_jax import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,7 +58,7 @@ def test_same_model_groups_are_told_apart(tiny_run, tmp_path):
   with open(path) as f:
     data = json.load(f)
   data["config"] = record.to_dict()
-  workdir_lib.write_json_atomic(path, data)
+  files.write_json(path, data)
   groups = compare.group([compare.summarize(tiny_run), compare.summarize(other)])
   assert sorted(g["label"] for g in groups) == ["mlp (learning_rate=0.001)",
                                                 "mlp (learning_rate=0.01)"]

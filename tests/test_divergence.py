@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import launch_helpers as lh
-from mnist_jax import models, train
+from mnist_jax import divergence, models, train
 
 # Adam with a learning rate warming up linearly towards 1e38: the linear
 # model's logits overflow float32 after a few epochs (about step 130 of
@@ -81,3 +81,19 @@ def test_chunk_reports_non_finite_update_of_its_last_step():
   valid = jnp.zeros(8, bool).at[0].set(True)  # One step: its loss is finite.
   state, sums, bad = chunk(state, images, labels, batch_idx, valid)
   assert np.isfinite(sums["loss"]) and int(bad) == 1
+
+
+def test_first_step_is_the_earliest_over_members():
+  assert divergence.first_step(np.int32(-1)) is None
+  assert divergence.first_step(np.array([-1, -1])) is None
+  assert divergence.first_step(np.int32(7)) == 7
+  assert divergence.first_step(np.array([-1, 12, 9, -1])) == 9
+
+
+def test_message_and_row_say_where():
+  text = divergence.message(75, 3, 37, "the last good checkpoint, C/74, is kept")
+  assert text.startswith("training diverged: ")
+  assert "at step 75 (epoch 3, step 1 of 37)" in text
+  assert "C/74, is kept" in text and "--learning_rate" in text and "\n" not in text
+  assert divergence.row(75, 3, text) == {"epoch": 3, "step": 75,
+                                         "diverged": True, "message": text}

@@ -48,6 +48,20 @@ def test_split_host_leaves_explicit_choices_alone(monkeypatch):
   assert runtime.host_split() == 0
 
 
+def test_split_host_after_jax_started_leaves_the_devices(monkeypatch):
+  """Once JAX has started its backends the CPU device count is fixed: no split,
+  and no error (JAX refuses the setting; split_host reports 0)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  devices = jax.devices()  # Starts the backends, if no test has yet.
+  for name in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES", "SLURM_NTASKS"):
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1}, raising=False)
+  assert runtime.split_host("auto") == 0
+  assert runtime.host_split() == 0
+  assert jax.devices() == devices
+
+
 def test_accelerator_detection(monkeypatch):
   monkeypatch.setenv("JAX_PLATFORMS", "tpu")
   assert runtime._accelerator_possible()  # pylint: disable=protected-access

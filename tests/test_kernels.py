@@ -7,7 +7,7 @@ import io
 import jax.numpy as jnp
 import pytest
 
-from mnist_jax import data, kernels, models, report, train
+from mnist_jax import batches, data, kernels, members, models, train, trained
 from mnist_jax.errors import UserError
 
 FAST_MODELS = ("cnn", "rnn", "lstm", "gru")
@@ -97,9 +97,9 @@ def test_implementation_records_the_choice():
 
 def _test_metrics(config, params, apply_fn):
   test = data.load(config).test
-  idx, mask = train.eval_batches(len(test), config.eval_batch_size)
+  idx, mask = batches.eval_batches(len(test), config.eval_batch_size)
   evaluate = train.make_evaluate(config, apply_fn)
-  return train.fetch(evaluate(params, jnp.asarray(test.images),
+  return members.host_metrics(evaluate(params, jnp.asarray(test.images),
                               jnp.asarray(test.labels), idx, mask))
 
 
@@ -114,7 +114,7 @@ def test_a_fast_run_restores_into_stock(prepared, tmp_path, name, overrides):
                    mnist_dir=mnist_dir, data_dir=data_dir, **overrides)
   assert models.implementation(config)["resolved"] == "fast"
   final = train.train_and_evaluate(config, workdir, stream=io.StringIO())
-  run = report.load_run(workdir, impl="stock")
+  run = trained.load_run(workdir, impl="stock")
   assert models.implementation(run.config)["resolved"] == "stock"
   metrics = _test_metrics(run.config, run.params, run.apply_fn)
   assert metrics["accuracy"] == pytest.approx(final["test_accuracy"], abs=1e-5)
@@ -128,7 +128,7 @@ def test_cnn_kernel_5_trains(prepared, tmp_path):
                    epochs=2, batch_size=50, learning_rate=3e-3,
                    val_fraction=0.0, mnist_dir=mnist_dir, data_dir=data_dir)
   final = train.train_and_evaluate(config, workdir, stream=io.StringIO())
-  run = report.load_run(workdir)
+  run = trained.load_run(workdir)
   assert run.params["conv_0"]["kernel"].shape == (5, 5, 1, 4)
   assert final["test_accuracy"] > 0.5  # Ten classes: chance is 0.1.
 

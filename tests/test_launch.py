@@ -32,6 +32,10 @@ def test_launch_trains_and_writes_the_run_folder(prepared, tmp_path):
   assert record["config"]["model"] == "gru" and record["config"]["hidden"] == 16
   assert record["environment"]["packages"]["jax"]
   assert record["environment"]["devices"]
+  # The CPU runs the GRU's fused kernel under --impl=auto, and says so.
+  assert record["environment"]["implementation"] == {
+      "impl": "auto", "resolved": "fast",
+      "module": "mnist_jax.kernels.fused_rnn.Recurrent"}
   rows = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
   epoch_keys = {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
                 "epoch_time_s", "examples_per_s"}

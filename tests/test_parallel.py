@@ -5,6 +5,7 @@ Simulated devices need XLA_FLAGS before JAX starts, so those runs happen in
 subprocesses (tests/parallel_worker.py, launch.py).
 """
 
+import importlib.util
 import json
 import os
 import socket
@@ -14,8 +15,9 @@ import sys
 import numpy as np
 import pytest
 
+from mnist_jax import batches
+from mnist_jax import models
 from mnist_jax import parallel
-from mnist_jax import train
 from mnist_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,7 +88,7 @@ def test_evaluation_counts_every_example_once(results, name, mode, n):
                                               (203, 50, 8), (5, 1000, 8),
                                               (1, 7, 2)])
 def test_eval_batches_pad_and_mask(n, batch, multiple):
-  idx, mask = train.eval_batches(n, batch, multiple)
+  idx, mask = batches.eval_batches(n, batch, multiple)
   assert idx.shape == mask.shape and idx.shape[1] % multiple == 0
   assert idx.shape[1] <= max(batch, multiple) + multiple
   assert sorted(idx[mask > 0].tolist()) == list(range(n))
@@ -112,6 +114,46 @@ def test_resolve_mode():
     parallel.resolve_mode("none", 8, 2)
   with pytest.raises(UserError, match="--parallel must be one of"):
     parallel.resolve_mode("dp", 8, 1)
+
+
+def test_cloud_tpu_vm_is_libtpu_on_google_compute_engine(monkeypatch, tmp_path):
+  product = tmp_path / "product_name"
+  monkeypatch.setattr(parallel, "GCE_PRODUCT_FILE", str(product))
+  find_spec = importlib.util.find_spec
+  libtpu = {"libtpu": True}
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (
+      object() if libtpu.get(name) else find_spec(name, *a)))
+  product.write_text("Google Compute Engine\n")
+  assert parallel._cloud_tpu_vm()  # pylint: disable=protected-access
+  product.write_text("Standard PC (Q35 + ICH9, 2009)\n")
+  assert not parallel._cloud_tpu_vm()  # pylint: disable=protected-access
+  product.unlink()
+  assert not parallel._cloud_tpu_vm()  # pylint: disable=protected-access
+  product.write_text("Google Compute Engine\n")
+  libtpu["libtpu"] = False
+  assert not parallel._cloud_tpu_vm()  # pylint: disable=protected-access
+
+
+def test_a_tpu_hint_without_a_cluster_runs_one_process(monkeypatch):
+  """jax.distributed.initialize() decides; finding no cluster is no error,
+  but a SLURM job's failure to start is."""
+  calls = []
+
+  def no_cluster(*args):
+    calls.append(args)
+    raise ValueError("coordinator_address should be defined.")
+
+  monkeypatch.setattr(parallel.jax.distributed, "is_initialized", lambda: False)
+  monkeypatch.setattr(parallel.jax.distributed, "initialize", no_cluster)
+  monkeypatch.setattr(parallel, "_cloud_tpu_vm", lambda: True)
+  monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+  config = models.get_config("mlp")
+  parallel.initialize(config)
+  assert calls == [()]
+  monkeypatch.setenv("SLURM_JOB_ID", "7")
+  monkeypatch.setenv("SLURM_NTASKS", "2")
+  with pytest.raises(ValueError):
+    parallel.initialize(config)
 
 
 def test_cli_rejects_a_batch_that_does_not_split(tmp_path):

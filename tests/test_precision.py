@@ -7,6 +7,7 @@ import pytest
 
 from conftest import synthetic_digits
 from mnist_jax import data as data_lib
+from mnist_jax import members
 from mnist_jax import models
 from mnist_jax import train
 
@@ -26,7 +27,7 @@ def _train(name, dtype):
   state, sums, _ = train.make_train_chunk(config)(
       state, jnp.asarray(x), jnp.asarray(y.astype(np.int32)), idx,
       jnp.ones(STEPS, bool))
-  return state, train.fetch(sums)
+  return state, members.host_metrics(sums)
 
 
 def _dot_operand_dtypes(jaxpr):

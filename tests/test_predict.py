@@ -12,7 +12,7 @@ from PIL import ImageDraw
 import pytest
 
 from mnist_jax import predict
-from mnist_jax import report
+from mnist_jax import trained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -125,7 +125,7 @@ def _write_digits(folder):
 
 def test_predict_files_keeps_going_after_a_bad_file(tiny_run, tmp_path):
   good, bad = _write_digits(str(tmp_path))
-  run = report.load_run(tiny_run)
+  run = trained.load_run(tiny_run)
   results = predict.predict_files(run, [good[0], bad, good[1]])
   assert [r.file for r in results] == [good[0], bad, good[1]]
   assert results[1].error is not None and results[1].digit is None

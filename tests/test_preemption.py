@@ -62,3 +62,11 @@ def test_second_ctrl_c_quits_during_a_long_xla_call():
   assert "SIGINT received: saving a checkpoint" in err
   assert "second Ctrl-C: quitting now" in err
   assert "Traceback" not in err
+
+
+def test_message_says_where_the_run_stopped_and_what_was_saved():
+  text = preemption.message(signal.SIGTERM, 38, 2, 5, 33, "RUN/checkpoints")
+  assert text == ("stopped by SIGTERM at step 38 (epoch 2, step 5 of 33); the "
+                  "checkpoint is in RUN/checkpoints")
+  assert preemption.message(signal.SIGINT, 0, 1, 0, 33, None) == (
+      "stopped by SIGINT before the first step; nothing to save")

@@ -1,4 +1,4 @@
-"""--num_seeds: N replicas in one vmapped program."""
+"""--num_seeds: N members (one per seed) in one compiled program."""
 
 import io
 import os
@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from mnist_jax import models, replicas, train, workdir as workdir_lib
+from mnist_jax import batches, members, models, replicas, train
+from mnist_jax import workdir as workdir_lib
 
 TINY = dict(mlp_hidden=(16,), dropout=0.2, epochs=2, batch_size=50,
             val_fraction=0.1)
@@ -23,9 +24,10 @@ def _run(prepared, folder, **overrides):
 
 def test_replica_keys_are_those_of_single_runs():
   config = models.get_config("mlp", seed=4, num_seeds=3)
-  init, data = replicas.keys(config)
+  init, data = members.keys(members.from_config(config))
   for i in range(3):
-    single = replicas.keys(config.replace(seed=4 + i, num_seeds=1))
+    single = members.keys(members.from_config(
+        config.replace(seed=4 + i, num_seeds=1)))
     np.testing.assert_array_equal(init[i], single[0])
     np.testing.assert_array_equal(data[i], single[1])
 
@@ -80,25 +82,27 @@ def test_replicas_resume_from_their_checkpoint(prepared, tmp_path):
         [p[key] for p in whole[-1]["replicas"]], rel=1e-6)
 
 
-def test_sequential_and_vmapped_replica_steps_agree(monkeypatch):
-  """The CPU's replicas in turn and the accelerators' vmap train alike."""
+def test_sequential_and_vmapped_replica_steps_agree():
+  """The CPU's members in turn and the accelerators' vmap train alike."""
   import functools  # pylint: disable=g-import-not-at-top
   config = models.get_config("mlp", **{**TINY, "num_seeds": 3, "seed": 7})
   model = models.build(config)
-  init_rng, data_rng = replicas.keys(config)
+  init_rng, data_rng = members.keys(members.from_config(config))
   make_state = jax.vmap(lambda r: train.create_train_state(r, config, model, 4))
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (200, 28, 28), dtype=np.uint8)
   labels = rng.integers(0, 10, 200).astype(np.int32)
-  batches = jax.vmap(functools.partial(
-      train._epoch_plan, n=200, batch_size=50, num_chunks=1, chunk_len=5),
-                     in_axes=(0, None), out_axes=1)(data_rng, 1)[0]
+  order = jax.vmap(functools.partial(
+      batches.epoch_plan, n=200, batch_size=50, num_chunks=1, chunk_len=5),
+                   in_axes=(0, None), out_axes=1)(data_rng, 1)[0]
   valid = np.arange(5) < 4  # The last step is padding and must be skipped.
   out = {}
   for in_turn in (True, False):
-    monkeypatch.setattr(replicas, "sequential", lambda c, s=in_turn: s)
-    out[in_turn] = train.make_train_chunk(config)(
-        make_state(init_rng), images, labels, batches, valid)
+    chunk = replicas.train_chunk(train.make_train_chunk(config, jit=False), 3,
+                                 sequential=in_turn)
+    options = replicas.compiler_options(3) if in_turn else None
+    out[in_turn] = jax.jit(chunk, donate_argnums=(0,), compiler_options=options)(
+        make_state(init_rng), images, labels, order, valid)
   (s1, m1, b1), (s2, m2, b2) = out[True], out[False]
   np.testing.assert_array_equal(s1.step, [4, 4, 4])
   np.testing.assert_array_equal(s1.step, s2.step)
@@ -115,7 +119,7 @@ _ON_TWO_DEVICES = r"""
 import functools, json
 import jax, numpy as np
 import hashlib
-from mnist_jax import checkpoint, models, replicas, train
+from mnist_jax import batches, checkpoint, members, models, replicas, train
 def host_digest(tree):
   h = hashlib.sha256()
   for a in jax.tree.leaves(jax.device_get(tree)):
@@ -125,25 +129,28 @@ def host_digest(tree):
   return h.hexdigest()
 config = models.get_config("mlp", mlp_hidden=(16,), dropout=0.2, batch_size=50,
                            num_seeds=4, seed=7)
-assert replicas.mesh(config).devices.size == 2
+assert replicas.mesh(4).devices.size == 2
 model = models.build(config)
-init_rng, data_rng = replicas.keys(config)
+init_rng, data_rng = members.keys(members.from_config(config))
 make_state = jax.jit(jax.vmap(lambda r: train.create_train_state(r, config, model, 4)))
 rng = np.random.default_rng(0)
 images = rng.integers(0, 256, (200, 28, 28), dtype=np.uint8)
 labels = rng.integers(0, 10, 200).astype(np.int32)
-batches = jax.vmap(functools.partial(
-    train._epoch_plan, n=200, batch_size=50, num_chunks=1, chunk_len=5),
-                   in_axes=(0, None), out_axes=1)(data_rng, 1)[0]
+order = jax.vmap(functools.partial(
+    batches.epoch_plan, n=200, batch_size=50, num_chunks=1, chunk_len=5),
+                 in_axes=(0, None), out_axes=1)(data_rng, 1)[0]
 valid = np.arange(5) < 4
-eval_idx, eval_mask = train.eval_batches(200, 64)
+eval_idx, eval_mask = batches.eval_batches(200, 64)
 out = {}
 for split in (True, False):
-  if not split:
-    replicas.mesh = lambda c: None
-  state, sums, bad = train.make_train_chunk(config)(
-      make_state(init_rng), images, labels, batches, valid)
-  ev = train.make_evaluate(config, state.apply_fn)(
+  mesh = replicas.mesh(4) if split else None
+  chunk = replicas.train_chunk(train.make_train_chunk(config, jit=False), 4,
+                               sequential=True, member_mesh=mesh)
+  state, sums, bad = jax.jit(chunk, donate_argnums=(0,),
+                             compiler_options=replicas.compiler_options(4))(
+      make_state(init_rng), images, labels, order, valid)
+  ev = jax.jit(replicas.evaluate(
+      train.make_evaluate(config, state.apply_fn, jit=False), 4, mesh))(
       state.params, images, labels, eval_idx, eval_mask)
   out[split] = dict(devices=len(state.params["out"]["kernel"].sharding.device_set),
                     step=np.asarray(state.step).tolist(), bad=np.asarray(bad).tolist(),

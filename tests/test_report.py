@@ -10,6 +10,7 @@ from PIL import Image
 import pytest
 
 from mnist_jax import report
+from mnist_jax import trained
 from mnist_jax import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,7 +72,7 @@ def test_report_mode_rewrites_a_finished_run(tiny_run, tmp_path):
   subprocess.run(["cp", "-r", tiny_run, workdir], check=True)
   for name in ("report.md", "confusion_matrix.png", "mistakes.png"):
     os.remove(os.path.join(workdir, name))
-  result = report.main(workdir)
+  result = trained.rewrite_report(workdir)
   for name in report.FILES:
     assert os.path.exists(os.path.join(workdir, name)), name
   assert result["accuracy"] == pytest.approx(

@@ -2,9 +2,13 @@
 
 import os
 
+import numpy as np
 import pytest
 
 import launch_helpers as lh
+from mnist_jax import checkpoint
+from mnist_jax import models
+from mnist_jax import resume
 
 # 540 training examples / 16 = 33 steps per epoch, in 7 chunks of 5.
 FLAGS = ("--model=mlp", "--mlp_hidden=16", "--epochs=3", "--batch_size=16",
@@ -15,6 +19,105 @@ def _args(prepared, workdir, *extra):
   mnist_dir, data_dir = prepared
   return [*FLAGS, f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}",
           f"--workdir={workdir}", *extra]
+
+
+CONFIG = models.get_config("mlp", seed=3, epochs=3)
+
+
+def _meta(**changes):
+  """The record of a checkpoint taken 5 steps into epoch 2 of 33-step epochs."""
+  sums = {"loss": np.float32(4.5), "correct": np.float32(30.0),
+          "count": np.float32(80.0)}
+  return {**resume.record(CONFIG, epoch=1, step=38, param_shapes={"w": [2]},
+                          epoch_step=5, sums=sums), **changes}
+
+
+def test_record_holds_where_the_run_stands():
+  meta = _meta()
+  assert meta == {"epoch": 1, "epoch_step": 5, "step": 38, "model": "mlp",
+                  "seed": 3, "done": False, "param_shapes": {"w": [2]},
+                  "sums": {"loss": 4.5, "correct": 30.0, "count": 80.0}}
+  end = resume.record(CONFIG, epoch=3, step=99, param_shapes={}, done=True)
+  assert end["epoch_step"] == 0 and end["done"] and "sums" not in end
+
+
+def test_start_after_a_mid_epoch_checkpoint():
+  start = resume.Start.from_meta(_meta())
+  assert (start.epoch, start.epoch_step, start.finished) == (2, 5, False)
+  assert list(start.epochs(3)) == [2, 3]
+  assert start.steps_done(2) == 5 and start.steps_done(3) == 0
+  assert start.sums["count"] == np.float32(80.0)
+  assert start.sums["loss"].dtype == np.float32
+  fresh = resume.Start.from_meta(None)
+  assert list(fresh.epochs(3)) == [1, 2, 3] and fresh.steps_done(1) == 0
+  done = resume.Start.from_meta(_meta(epoch=3, epoch_step=0, done=True))
+  assert list(done.epochs(3)) == []
+
+
+def test_start_survives_the_trip_to_other_processes():
+  zeros = {k: np.zeros((2,), np.float32) for k in ("loss", "correct", "count")}
+  for start in (resume.Start.from_meta(_meta()), resume.Start()):
+    position, sums = start.as_arrays(zeros)
+    assert position.dtype == np.int32
+    back = resume.Start.from_arrays(position, sums)
+    assert (back.epoch, back.epoch_step, back.finished) == (
+        start.epoch, start.epoch_step, start.finished)
+    if start.sums is None:
+      assert back.sums is None
+    else:
+      assert {k: float(v) for k, v in back.sums.items()} == {
+          k: float(v) for k, v in start.sums.items()}
+
+
+@pytest.mark.parametrize("changes,state_step", [
+    ({}, 38),
+    ({"epoch": 0, "epoch_step": 0, "step": 0, "sums": None}, 0),
+    ({"epoch": 3, "epoch_step": 0, "step": 99}, 99),
+])
+def test_a_fitting_checkpoint_is_accepted(changes, state_step):
+  resume.check_fits(_meta(**changes), state_step, steps=33, epochs=3,
+                    where="ckpt")
+
+
+@pytest.mark.parametrize("changes,state_step", [
+    ({}, 37),  # The state holds another step than its record.
+    ({"step": 40}, 40),  # step != epoch * steps + epoch_step: other data size.
+    ({"epoch_step": 33, "step": 66}, 66),  # A whole epoch is no partial one.
+    ({"epoch": 4, "epoch_step": 0, "step": 132}, 132),  # Past --epochs.
+    ({"sums": None}, 38),  # Mid-epoch without its partial sums.
+    ({"epoch_step": 1.5}, 38),
+])
+def test_a_checkpoint_that_does_not_fit_is_refused(changes, state_step):
+  with pytest.raises(checkpoint.CheckpointError) as e:
+    resume.check_fits(_meta(**changes), state_step, steps=33, epochs=3,
+                      where="DIR/checkpoints")
+  message = str(e.value)
+  assert "\n" not in message and "DIR/checkpoints" in message
+  assert "33 steps per epoch" in message and "--overwrite" in message
+
+
+def test_saver_of_a_process_that_writes_no_files(tmp_path):
+  saver = resume.Saver(str(tmp_path / "run"), CONFIG, {}, write=False)
+  assert saver.directory == str(tmp_path / "run" / "checkpoints")
+  assert saver.is_saved(0) and not saver.is_saved(5)
+  saver.save(5, {"w": np.zeros(2)}, epoch=0, epoch_step=5)
+  assert saver.is_saved(5) and saver.last_saved == 5
+  assert saver.kept() == "no checkpoint had been saved yet"
+  saver.close()
+  assert not os.path.exists(tmp_path / "run")
+
+
+def test_saver_records_and_keeps_checkpoints(tmp_path):
+  workdir = str(tmp_path / "run")
+  saver = resume.Saver(workdir, CONFIG, {"w": [2]})
+  state = {"w": np.arange(2, dtype=np.float32)}
+  saver.save(33, state, epoch=1)
+  saver.save(38, state, epoch=1, epoch_step=5, sums=_meta()["sums"])
+  assert saver.kept() == f"the last good checkpoint, {saver.directory}/38, is kept"
+  saver.close()
+  _, meta = checkpoint.Checkpointer(workdir, read_only=True).read_meta()
+  assert meta["step"] == 38 and meta["epoch_step"] == 5
+  assert meta["sums"] == {"loss": 4.5, "correct": 30.0, "count": 80.0}
 
 
 @pytest.fixture(scope="module")

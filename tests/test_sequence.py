@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_jax import data, models, sequence, train
+from mnist_jax import data, models, sequence, train, trained
 from mnist_jax.errors import UserError
 
 
@@ -104,3 +104,5 @@ def test_permuted_run_records_its_order_and_tests_with_it(prepared, tmp_path):
   logits = model.apply({"params": state.params}, jnp.asarray(x))
   accuracy = float(np.mean(np.argmax(logits, -1) == np.asarray(test.labels)))
   assert accuracy == pytest.approx(final["test_accuracy"])
+  # --mode=report reads the test images in the run's order too.
+  assert trained.rewrite_report(workdir)["accuracy"] == pytest.approx(accuracy)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_digits
-from mnist_jax import models, train
+from mnist_jax import batches, models, train
 
 TINY = {
     "linear": {},
@@ -59,7 +59,7 @@ def test_dropout_key_depends_on_the_step():
 
 def test_eval_batches_cover_every_example_once():
   for n, b in [(10000, 1000), (10000, 768), (7, 3), (5, 10)]:
-    idx, mask = train.eval_batches(n, b)
+    idx, mask = batches.eval_batches(n, b)
     assert idx.shape == mask.shape
     assert mask.sum() == n
     assert sorted(idx[mask > 0].tolist()) == list(range(n))
@@ -72,7 +72,7 @@ def test_evaluate_counts_a_partial_last_batch():
                                    models.build(config), 10)
   evaluate = train.make_evaluate(config, state.apply_fn)
   sums = evaluate(state.params, jnp.asarray(images), jnp.asarray(labels, jnp.int32),
-                  *map(jnp.asarray, train.eval_batches(150, 64)))
+                  *map(jnp.asarray, batches.eval_batches(150, 64)))
   logits = train.predict_logits(state.params, state.apply_fn, images, "flat", 64)
   assert logits.shape == (150, 10)
   assert float(sums["count"]) == 150
@@ -81,17 +81,17 @@ def test_evaluate_counts_a_partial_last_batch():
 
 def test_epoch_batches_are_a_fresh_permutation_each_epoch():
   rng = jax.random.PRNGKey(3)
-  a = np.asarray(train.epoch_batches(rng, 1, 100, 32))
-  b = np.asarray(train.epoch_batches(rng, 2, 100, 32))
+  a = np.asarray(batches.epoch_batches(rng, 1, 100, 32))
+  b = np.asarray(batches.epoch_batches(rng, 2, 100, 32))
   assert a.shape == (3, 32) and len(set(a.ravel())) == 96
   assert not np.array_equal(a, b)
-  np.testing.assert_array_equal(a, train.epoch_batches(rng, 1, 100, 32))
+  np.testing.assert_array_equal(a, batches.epoch_batches(rng, 1, 100, 32))
 
 
 @pytest.mark.parametrize("steps,max_chunk", [(421, 200), (10, 200), (200, 200),
                                              (1875, 200)])
 def test_chunk_plan_covers_steps_with_little_padding(steps, max_chunk):
-  num, length = train.chunk_plan(steps, max_chunk)
+  num, length = batches.chunk_plan(steps, max_chunk)
   assert length <= max_chunk and num * length >= steps
   assert num * length - steps < num
 
@@ -103,16 +103,16 @@ def test_scanned_chunk_equals_step_by_step():
   images, labels = jnp.asarray(images), jnp.asarray(labels, jnp.int32)
   init = lambda: train.create_train_state(jax.random.PRNGKey(0), config,
                                           models.build(config), 3)
-  batches = train.epoch_batches(jax.random.PRNGKey(1), 1, 96, 32)
+  order = batches.epoch_batches(jax.random.PRNGKey(1), 1, 96, 32)
   chunk = train.make_train_chunk(config)
-  padded = jnp.concatenate([batches, batches[:1]])
+  padded = jnp.concatenate([order, order[:1]])
   state, sums, _ = chunk(init(), images, labels, padded,
                       jnp.array([True, True, True, False]))
   ref = init()
   step = jax.jit(lambda s, i: train.train_step(s, images[i], labels[i], view="flat"))
   total = 0.0
   for i in range(3):
-    ref, m = step(ref, batches[i])
+    ref, m = step(ref, order[i])
     total += float(m["loss"])
   assert int(state.step) == 3 and float(sums["count"]) == 96
   np.testing.assert_allclose(float(sums["loss"]), total, rtol=1e-5)

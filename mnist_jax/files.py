@@ -1,0 +1,54 @@
+"""Writing a file whole or not at all, with the user's normal permissions.
+
+Every file a run writes (config.json, the dataset cache, the report, plots)
+goes to a temporary name in the same folder and is renamed over the target
+when complete, so an interrupted run never leaves half a file. The temporary
+file is created with mode 0o666 and the process umask applies, as for any
+file `open(path, "w")` creates: `tempfile.mkstemp` would make it 0o600, and a
+colleague or a TensorBoard server under another account could not read it.
+"""
+
+import contextlib
+import json
+import os
+import secrets
+from typing import IO, Iterator
+
+
+@contextlib.contextmanager
+def atomic(path: str, mode: str = "w") -> Iterator[IO]:
+  """Opens a temporary file beside `path`; renames it to `path` on success.
+
+  Args:
+    path: the file to write.
+    mode: "w" (text) or "wb" (binary).
+
+  Yields:
+    the open temporary file. If the block raises, it is removed and `path`
+    is left as it was.
+  """
+  if mode not in ("w", "wb"):
+    raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
+  folder, name = os.path.split(os.path.abspath(path))
+  tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
+  fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+  try:
+    with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as f:
+      yield f
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def write_text(path: str, text: str) -> None:
+  with atomic(path) as f:
+    f.write(text)
+
+
+def write_json(path: str, obj) -> None:
+  """Indented JSON with sorted keys and a final newline."""
+  with atomic(path) as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.write("\n")

@@ -1,0 +1,69 @@
+"""Every row of a run reaches every writer; a resumed run forgets later epochs."""
+
+import io
+import json
+import os
+
+from mnist_jax import progress
+from mnist_jax import runlog
+from mnist_jax import workdir as workdir_lib
+
+
+def _row(epoch):
+  return {"epoch": epoch, "step": 10 * epoch, "train_loss": 1.0 / epoch,
+          "train_accuracy": 0.5, "val_loss": None, "val_accuracy": None,
+          "epoch_time_s": 1.0, "examples_per_s": 100.0, "elapsed_s": epoch}
+
+
+class _Recorder:
+  def __init__(self):
+    self.calls = []
+
+  def resume(self, epoch):
+    self.calls.append(("resume", epoch))
+
+  def epoch(self, row):
+    self.calls.append(("epoch", row["epoch"]))
+
+  def diverged(self, row):
+    self.calls.append(("diverged", row["step"]))
+
+  def final(self, row):
+    self.calls.append(("final", row["test_accuracy"]))
+
+  def close(self):
+    self.calls.append(("close",))
+
+
+def test_rows_go_to_every_writer_and_epochs_to_the_console(tmp_path):
+  console = io.StringIO()
+  recorder = _Recorder()
+  log = runlog.RunLog(progress.Progress(2, stream=console), [recorder])
+  log.open(str(tmp_path), resume_after=0)
+  log.epoch(_row(1))
+  log.diverged({"epoch": 2, "step": 15, "diverged": True, "message": "m"})
+  log.final({"test_accuracy": 0.9})
+  log.close()
+  assert recorder.calls == [("resume", 0), ("epoch", 1), ("diverged", 15),
+                            ("final", 0.9), ("close",)]
+  assert "epoch 1/2 loss 1.0000" in console.getvalue()
+  rows = workdir_lib.read_metrics(os.path.join(tmp_path, "metrics.jsonl"))
+  assert [r.get("epoch") for r in rows] == [1, 2, None]
+
+
+def test_a_resumed_run_drops_later_epochs_and_the_final_row(tmp_path):
+  path = os.path.join(tmp_path, "metrics.jsonl")
+  with open(path, "w") as f:
+    for row in (_row(1), _row(2), _row(3), {"test_accuracy": 0.9}):
+      f.write(json.dumps(row) + "\n")
+  log = runlog.RunLog(progress.Progress(3, stream=io.StringIO()))
+  log.open(str(tmp_path), resume_after=2)
+  assert [r["epoch"] for r in workdir_lib.read_metrics(path)] == [1, 2]
+
+
+def test_a_process_that_writes_no_files_has_no_writer(tmp_path):
+  log = runlog.RunLog(progress.Progress(1, stream=io.StringIO()))
+  log.open(None)
+  log.epoch(_row(1))
+  log.final({"test_accuracy": 0.9})
+  assert log.writers == [] and os.listdir(tmp_path) == []
