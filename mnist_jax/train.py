@@ -54,28 +54,40 @@ class TrainState(train_state.TrainState):
 
 
 def create_train_state(rng: jax.Array, config: Config, model: nn.Module,
-                       steps_per_epoch: int) -> TrainState:
-  """Initialises parameters and optimizer state from `rng`."""
+                       steps_per_epoch: int,
+                       hparams: Optional[Dict[str, jax.Array]] = None) -> TrainState:
+  """Initialises parameters and optimizer state from `rng`.
+
+  hparams: a sweep member's swept hyperparameters, {key of
+  `opt_state.hyperparams`: scalar} (one row of `sweep.hyperparams`, traced
+  under `jax.vmap`); they replace the config's values. None for no sweep.
+  """
   init_rng, dropout_rng = jax.random.split(rng)
   view = models.input_view(config)
   dummy = data_lib.to_view(jnp.zeros((1, 28, 28), jnp.uint8), view)
   params = jax.jit(functools.partial(model.init, train=False))(
       init_rng, dummy)["params"]
-  return TrainState.create(apply_fn=precision.cast_apply(model.apply, config.dtype),
-                           params=params,
-                           tx=optim.make_optimizer(config, steps_per_epoch),
-                           rng=dropout_rng)
+  hparams = dict(hparams or {})
+  state = TrainState.create(
+      apply_fn=precision.cast_apply(model.apply, config.dtype), params=params,
+      tx=optim.make_optimizer(config, steps_per_epoch, swept=hparams),
+      rng=dropout_rng)
+  if hparams:
+    state = state.replace(opt_state=optim.with_hyperparams(state.opt_state,
+                                                           hparams))
+  return state
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array,
                   label_smoothing: float = 0.0):
   """Per-example cross entropy, plain and label-smoothed.
 
-  logits [B, K], labels [B] int -> (plain [B], smoothed [B]).
+  logits [B, K], labels [B] int -> (plain [B], smoothed [B]). A smoothing of
+  Python 0 skips the smoothed loss; an array (a sweep member's) never does.
   """
   logp = jax.nn.log_softmax(logits)
   nll = -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
-  if label_smoothing == 0:
+  if isinstance(label_smoothing, (int, float)) and label_smoothing == 0:
     return nll, nll
   smooth = -logp.mean(axis=-1)
   return nll, (1.0 - label_smoothing) * nll + label_smoothing * smooth
@@ -100,7 +112,8 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
     images: [B, 28, 28] uint8.
     labels: [B] int32.
     view: the model's input layout (see data.to_view).
-    label_smoothing: smoothing of the optimised loss (metrics use plain CE).
+    label_smoothing: smoothing of the optimised loss (metrics use plain CE),
+      where the state holds none of its own (`optim.label_smoothing`).
     axis_name: when mapped over devices, the axis to average gradients over.
     augment: optional fn(key, images) -> images (augment.py), applied first.
 
@@ -113,6 +126,8 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
   if augment is not None:
     images = augment(jax.random.fold_in(dropout_rng, 1), images)
   x = data_lib.to_view(images, view)
+  # A state made with label smoothing on (or swept) holds its own value.
+  label_smoothing = optim.label_smoothing(state.opt_state, label_smoothing)
 
   def loss_fn(params):
     logits = state.apply_fn({"params": params}, x, train=True,
