@@ -3,9 +3,10 @@
 The run's own events go in its event folder (the run folder): the rows of
 metrics.jsonl, which with --num_seeds hold the mean over members. Each member
 (a seed, or a sweep's point) gets a subfolder named for its settings, e.g.
-`seed=3`, with the same tags, so `tensorboard --logdir runs` overlays the
-members of a run and the runs of a folder. The x-axis is the epoch: every
-metric is per epoch, and runs with other batch sizes line up.
+`seed=3`, with the same tags, read from the row's `members` list, so
+`tensorboard --logdir runs` overlays the members of a run and the runs of a
+folder. The x-axis is the epoch: every metric is per epoch, and runs with
+other batch sizes line up.
 
 Each writer opens a new event file that starts with a session restart at
 epoch 1, then replays the epoch rows the run folder kept (`history`). A resumed
@@ -18,10 +19,10 @@ FLUSH_SECS, so a live TensorBoard follows the run.
 
 import os
 import sys
+import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
-import numpy as np
 from PIL import Image
 from tensorboardX import SummaryWriter
 from tensorboardX import summary as tbx_summary
@@ -29,6 +30,7 @@ from tensorboardX.proto import summary_pb2
 
 from mnist_jax import config as config_lib
 from mnist_jax import optim
+from mnist_jax.errors import UserError
 
 EPOCH_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val",
               "train_accuracy": "accuracy/train", "val_accuracy": "accuracy/val",
@@ -49,6 +51,23 @@ def members_of(config) -> List[Dict]:
   if config.num_seeds <= 1:
     return []
   return [{"seed": config.seed + i} for i in range(config.num_seeds)]
+
+
+def members_from_labels(labels: Sequence[Dict]) -> List[Dict]:
+  """The members of a run from their labels: [] for a single member.
+
+  A label names a member in metrics.jsonl, e.g. {"seed": 3} or {"index": 0,
+  "learning_rate": 0.001, "seed": 3}; its keys that are no Config field go.
+  """
+  if len(labels) <= 1:
+    return []
+  return [{k: v for k, v in m.items() if k in config_lib.FIELDS}
+          for m in labels]
+
+
+def member_rows(row: Dict) -> List[Dict]:
+  """A metrics row's per-member dicts (`replicas` in older run folders)."""
+  return row.get("members") or row.get("replicas") or []
 
 
 def _text(value) -> str:
@@ -73,17 +92,32 @@ def hparams(config, member: Optional[Dict] = None) -> Dict:
           for k, v in values.items() if k not in NOT_HPARAMS and v is not None}
 
 
-def _learning_rates(config, member: Optional[Dict],
-                    steps_per_epoch: Optional[int]) -> Optional[np.ndarray]:
-  """The learning rate after each epoch, [epochs + 1] indexed by epoch."""
-  if not steps_per_epoch:
-    return None
-  if member:
-    config = config.replace(**{k: v for k, v in member.items()
-                               if k in config_lib.FIELDS})
-  schedule = optim.make_schedule(config, steps_per_epoch)
-  steps = np.arange(config.epochs + 1) * steps_per_epoch
-  return np.broadcast_to(np.asarray(schedule(steps), np.float64), steps.shape)
+def check_folders(logdir: str, members: Sequence[Dict]) -> None:
+  """Refuses member event folders that are in the way, before a run writes.
+
+  The run folder itself is checked with the rest of it (workdir.py); this
+  checks the subfolders a resumed run's members write into.
+
+  Args:
+    logdir: the event folder (the run folder).
+    members: the members' labels (see members_from_labels).
+
+  Raises:
+    UserError: a member's folder is a file, or cannot be written.
+  """
+  for member in members_from_labels(members):
+    path = os.path.join(logdir, member_name(member))
+    if os.path.lexists(path) and not os.path.isdir(path):
+      raise UserError(f"{path} is a file where TensorBoard events of a member "
+                      "go; move it away, or pass --notensorboard")
+    if os.path.isdir(path):
+      try:
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".mnist_jax_probe")
+        os.close(fd)
+        os.remove(probe)
+      except OSError as e:
+        raise UserError(f"{path} is not writable ({e.strerror or e}); pass "
+                        "--notensorboard, or make it writable") from None
 
 
 def _image(path: str) -> summary_pb2.Summary.Image:
@@ -101,9 +135,9 @@ def _image(path: str) -> summary_pb2.Summary.Image:
 class Writer:
   """Writes a run's TensorBoard events: epoch rows, final metrics, figures, config.
 
-  Call `epoch(row)` with each epoch row of metrics.jsonl, `final(row, figures)`
-  with the final row and the report's PNG files, and `close()` at the end,
-  also when the run stops early. A write that fails prints one warning and
+  Call `epoch(row)` with each epoch row of metrics.jsonl, `final(row)` with
+  the final row, `figures(paths)` with the report's PNG files, and `close()`
+  at the end, also when the run stops early. A write that fails prints one warning and
   turns the writer off: TensorBoard events never stop a run.
   """
 
@@ -117,10 +151,12 @@ class Writer:
     Args:
       logdir: the event folder (the run folder); members get subfolders.
       config: the run's Config, written as hparams.
-      members: each member's own settings, e.g. [{"seed": 3}, ...], in the
-        order of a row's `replicas`; None: from config.num_seeds.
+      members: each member's label, e.g. [{"seed": 3}, ...], in the order
+        of a row's `members` (see members_from_labels); None: from
+        config.num_seeds.
       history: the epoch rows the run folder kept, when resuming.
-      steps_per_epoch: to compute the learning rate of rows without one.
+      steps_per_epoch: to compute the learning rate of rows without one
+        (from their step).
       enabled: False makes every method a no-op (--notensorboard).
       warn: prints the warning line of a failed write (default: stderr).
     """
@@ -128,14 +164,14 @@ class Writer:
     self._warn = warn or (lambda text: print(text, file=sys.stderr))
     self._main = None
     self._members = []
-    self._rates = []
     self._last_epoch = 0
     if not enabled:
       return
-    members = members_of(config) if members is None else list(members)
+    members = (members_of(config) if members is None
+               else members_from_labels(members))
+    self._configs = [config] + [config.replace(**m) for m in members]
+    self._steps_per_epoch = steps_per_epoch
     try:
-      self._rates = [_learning_rates(config, m, steps_per_epoch)
-                     for m in [None] + members]
       self._main = self._open(logdir, hparams(config))
       self._members = [self._open(os.path.join(logdir, member_name(m)),
                                   hparams(config, m)) for m in members]
@@ -174,11 +210,13 @@ class Writer:
                "metrics.jsonl has every row")
     self._close_all()
 
-  def _rate(self, i: int, epoch: int) -> Optional[float]:
-    rates = self._rates[i]
-    if rates is None or not 0 <= epoch < len(rates):
+  def _rate(self, values: Dict, i: int, step: Optional[int]) -> Optional[float]:
+    """The row's (or member's) learning rate, else member i's at `step`."""
+    if values.get("learning_rate") is not None:
+      return values["learning_rate"]
+    if not self._steps_per_epoch or step is None:
       return None
-    return float(rates[epoch])
+    return optim.learning_rate(self._configs[i], self._steps_per_epoch, step)
 
   @staticmethod
   def _scalars(writer, values: Dict, tags: Dict, step: int) -> None:
@@ -191,12 +229,11 @@ class Writer:
     epoch = row.get("epoch")
     if epoch is None or row.get("train_loss") is None:
       return  # Not an epoch row (e.g. the divergence note).
-    lr = row.get("learning_rate", self._rate(0, epoch))
-    self._scalars(self._main, {**row, "learning_rate": lr},
+    step = row.get("step")
+    self._scalars(self._main, {**row, "learning_rate": self._rate(row, 0, step)},
                   {**EPOCH_TAGS, **SPEED_TAGS}, epoch)
-    for i, (writer, member) in enumerate(zip(self._members,
-                                             row.get("replicas") or [])):
-      lr = member.get("learning_rate", self._rate(i + 1, epoch))
+    for i, (writer, member) in enumerate(zip(self._members, member_rows(row))):
+      lr = self._rate(member, i + 1, step)
       self._scalars(writer, {**member, "learning_rate": lr}, EPOCH_TAGS, epoch)
     self._last_epoch = epoch
 
@@ -210,26 +247,39 @@ class Writer:
       self._fail(e)
 
   def final(self, row: Dict, figures: Sequence[str] = ()) -> None:
-    """Writes the test metrics and the figures (PNG paths) at the last epoch.
+    """Writes the test metrics (and `figures`) at the last epoch.
 
-    Also closes each HParams session as finished. Missing figures are skipped.
+    Also closes each HParams session as finished.
     """
     if self._main is None:
       return
     try:
-      step = row.get("epochs_run") or self._last_epoch
-      self._scalars(self._main, row, FINAL_TAGS, step)
-      for writer, member in zip(self._members, row.get("replicas") or []):
-        self._scalars(writer, member, FINAL_TAGS, step)
-      for path in figures:
+      self._last_epoch = row.get("epochs_run") or self._last_epoch
+      self._scalars(self._main, row, FINAL_TAGS, self._last_epoch)
+      for writer, member in zip(self._members, member_rows(row)):
+        self._scalars(writer, member, FINAL_TAGS, self._last_epoch)
+      _, _, end = tbx_summary.hparams({}, {})
+      for writer in self._writers():
+        writer.file_writer.add_summary(end)
+    except Exception as e:  # pylint: disable=broad-except
+      self._fail(e)
+    self.figures(figures)
+
+  def figures(self, paths: Sequence[str]) -> None:
+    """Writes PNG files as images `figures/<name>` at the last epoch.
+
+    Files that do not exist are skipped.
+    """
+    if self._main is None:
+      return
+    try:
+      for path in paths:
         if os.path.exists(path):
           name = os.path.splitext(os.path.basename(path))[0]
           self._main.file_writer.add_summary(summary_pb2.Summary(value=[
               summary_pb2.Summary.Value(tag=f"figures/{name}",
-                                        image=_image(path))]), step)
-      _, _, end = tbx_summary.hparams({}, {})
-      for writer in self._writers():
-        writer.file_writer.add_summary(end)
+                                        image=_image(path))]),
+                                             self._last_epoch)
     except Exception as e:  # pylint: disable=broad-except
       self._fail(e)
 
