@@ -1,4 +1,4 @@
-"""TensorBoard event files of a run, written with tensorboardX (no TensorFlow).
+"""TensorBoard event files of a run, made with tensorboardX's protos (no TensorFlow).
 
 The run's own events go in its event folder (the run folder): the rows of
 metrics.jsonl, which with --num_seeds hold the mean over members. Each member
@@ -13,20 +13,27 @@ epoch 1, then replays the epoch rows the run folder kept (`history`). A resumed
 run thus drops whatever its killed predecessor wrote and continues one series
 that matches metrics.jsonl, in TensorBoard's Python loader (which purges on the
 restart) and in its fast loader (which replaces a tag's later points when a
-step repeats). tensorboardX writes in a background thread and flushes every
-FLUSH_SECS, so a live TensorBoard follows the run.
+step repeats).
+
+Events are written in the caller's thread and flushed as each call returns, so
+a live TensorBoard follows the run, a killed run loses no epoch it logged, and
+a failed write is seen where it happens: it prints one warning and stops the
+events, never the run.
 """
 
 import os
+import socket
+import struct
 import sys
 import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 from PIL import Image
-from tensorboardX import SummaryWriter
 from tensorboardX import summary as tbx_summary
+from tensorboardX.proto import event_pb2
 from tensorboardX.proto import summary_pb2
+from tensorboardX.record_writer import masked_crc32c
 
 from mnist_jax import config as config_lib
 from mnist_jax import optim
@@ -42,7 +49,6 @@ FINAL_TAGS = {"test_loss": "loss/test", "test_accuracy": "accuracy/test"}
 # trained: left out of the hparams, where they would only tell runs apart.
 NOT_HPARAMS = ("workdir", "data_dir", "mnist_dir", "coordinator_address",
                "num_processes", "process_id", "tensorboard")
-FLUSH_SECS = 1.0
 _COLORSPACES = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
 
 
@@ -132,6 +138,45 @@ def _image(path: str) -> summary_pb2.Summary.Image:
                                    encoded_image_string=data)
 
 
+class EventFile:
+  """One TensorBoard event file: `Event` protos in TFRecord framing.
+
+  Written in the caller's thread. `flush` hands what was written to the OS,
+  so TensorBoard reads it as the run goes on and a killed run keeps it; only
+  `close` waits for the disk (fsync), which tensorboardX's own writers do on
+  every flush, at a cost of a sizeable part of the shortest epochs.
+  """
+
+  def __init__(self, folder: str):
+    os.makedirs(folder, exist_ok=True)
+    now = time.time_ns()  # Names sort by time; no two files share one.
+    path = os.path.join(folder, f"events.out.tfevents.{now // 10**9}."
+                        f"{socket.gethostname()}.{now}")
+    self._file = open(path, "wb")  # pylint: disable=consider-using-with
+    self.write(event_pb2.Event(wall_time=now / 1e9,
+                               file_version="brain.Event:2"))
+
+  def write(self, event: event_pb2.Event) -> None:
+    data = event.SerializeToString()
+    header = struct.pack("<Q", len(data))
+    self._file.write(b"".join([header, struct.pack("<I", masked_crc32c(header)),
+                               data, struct.pack("<I", masked_crc32c(data))]))
+
+  def summary(self, summary: summary_pb2.Summary, step: int = 0) -> None:
+    self.write(event_pb2.Event(wall_time=time.time(), step=step,
+                               summary=summary))
+
+  def flush(self) -> None:
+    self._file.flush()
+
+  def close(self) -> None:
+    try:
+      self._file.flush()
+      os.fsync(self._file.fileno())
+    finally:
+      self._file.close()
+
+
 class Writer:
   """Writes a run's TensorBoard events: epoch rows, final metrics, figures, config.
 
@@ -177,21 +222,28 @@ class Writer:
                                   hparams(config, m)) for m in members]
       for row in history:
         self._epoch(row)
+      self._flush()
     except Exception as e:  # pylint: disable=broad-except
       self._fail(e)
 
-  def _open(self, path: str, values: Dict) -> SummaryWriter:
-    # The restart at epoch 1 purges a killed predecessor's events; the
-    # nanosecond suffix keeps a writer from reusing a file name of the same
-    # second; an unbounded queue never blocks the loop.
-    writer = SummaryWriter(path, purge_step=1, flush_secs=FLUSH_SECS,
-                           max_queue=0, filename_suffix=f".{time.time_ns()}")
+  @staticmethod
+  def _open(path: str, values: Dict) -> EventFile:
+    """A new event file: the restart at epoch 1 that purges a killed
+    predecessor's events, then the HParams session of `values`."""
+    events = EventFile(path)
+    events.write(event_pb2.Event(step=1, wall_time=time.time(),
+                                 session_log=event_pb2.SessionLog(
+                                     status=event_pb2.SessionLog.START)))
     _, start, _ = tbx_summary.hparams(values, {})
-    writer.file_writer.add_summary(start)
-    return writer
+    events.summary(start)
+    return events
 
-  def _writers(self) -> List[SummaryWriter]:
+  def _writers(self) -> List[EventFile]:
     return [w for w in [self._main] + self._members if w is not None]
+
+  def _flush(self) -> None:
+    for writer in self._writers():
+      writer.flush()
 
   def _close_all(self) -> Optional[Exception]:
     """Closes every file; returns the first error instead of raising it."""
@@ -220,10 +272,16 @@ class Writer:
 
   @staticmethod
   def _scalars(writer, values: Dict, tags: Dict, step: int) -> None:
-    for key, tag in tags.items():
-      value = values.get(key)
-      if value is not None:
-        writer.add_scalar(tag, float(value), step)
+    """One event with a scalar per tag whose key `values` holds.
+
+    NaN and inf are written as they are (a diverging loss is data), without
+    tensorboardX's add_scalar and its warning on each.
+    """
+    summary = summary_pb2.Summary(value=[
+        summary_pb2.Summary.Value(tag=tag, simple_value=float(values[key]))
+        for key, tag in tags.items() if values.get(key) is not None])
+    if summary.value:
+      writer.summary(summary, step)
 
   def _epoch(self, row: Dict) -> None:
     epoch = row.get("epoch")
@@ -243,6 +301,7 @@ class Writer:
       return
     try:
       self._epoch(row)
+      self._flush()
     except Exception as e:  # pylint: disable=broad-except
       self._fail(e)
 
@@ -260,7 +319,8 @@ class Writer:
         self._scalars(writer, member, FINAL_TAGS, self._last_epoch)
       _, _, end = tbx_summary.hparams({}, {})
       for writer in self._writers():
-        writer.file_writer.add_summary(end)
+        writer.summary(end, self._last_epoch)
+      self._flush()
     except Exception as e:  # pylint: disable=broad-except
       self._fail(e)
     self.figures(figures)
@@ -276,15 +336,16 @@ class Writer:
       for path in paths:
         if os.path.exists(path):
           name = os.path.splitext(os.path.basename(path))[0]
-          self._main.file_writer.add_summary(summary_pb2.Summary(value=[
+          self._main.summary(summary_pb2.Summary(value=[
               summary_pb2.Summary.Value(tag=f"figures/{name}",
                                         image=_image(path))]),
-                                             self._last_epoch)
+                             self._last_epoch)
+      self._flush()
     except Exception as e:  # pylint: disable=broad-except
       self._fail(e)
 
   def close(self) -> None:
-    """Writes out everything queued and closes the files (idempotent)."""
+    """Closes the files, on disk (idempotent)."""
     error = self._close_all()
     if error is not None:
       self._fail(error)
