@@ -26,7 +26,7 @@ CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     ("cnn", 100, 8, ("pmap", 2)),  # 100 splits into 2 x 50, not 4 x 25.
     ("rnn", 63, 2, ("none", 1)),  # Odd: no even split.
     ("gru", 62, 2, ("none", 1)),  # 2 x 31 is below MIN_DEVICE_BATCH.
-    ("mlp", 128, 2, ("none", 1)),  # Gains nothing from it (docs/perf.md).
+    ("mlp", 128, 2, ("none", 1)),  # Measured to gain nothing (docs/performance.md).
     ("linear", 32, 2, ("none", 1)),
     ("gru", 128, 1, ("none", 1)),
 ])
