@@ -29,6 +29,7 @@ setup(
     extras_require={
         # tensorboard: its loaders read the events back in the tests (and it
         # is what users run to view them).
-        "test": ["pytest>=8,<10", "hypothesis>=6.100,<7", "tensorboard>=2.18,<3"],
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4", "hypothesis>=6.100,<7",
+                 "tensorboard>=2.18,<3"],
     },
 )

@@ -2,14 +2,24 @@
 
 import io
 import os
+import tempfile
 
+import jax
 import numpy as np
 import pytest
 
 from mnist_jax import idx
 
-# Keep test processes off the persistent compile cache of the user's home.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "")
+# One fresh persistent compilation cache per test session, never the user's:
+# the many tests that train the same tiny model, in this process or in child
+# launch.py processes (which inherit the variable), compile it once. Set
+# JAX_COMPILATION_CACHE_DIR to share one between sessions, or "" to turn it off.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mnist_jax_tests_jit_")
+if os.environ["JAX_COMPILATION_CACHE_DIR"]:
+  jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def synthetic_digits(n: int, seed: int = 0):

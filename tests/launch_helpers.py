@@ -30,7 +30,7 @@ runpy.run_path("launch.py", run_name="__main__")
 
 
 def child_env(**extra):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR="",
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
              PYTHONPATH=ROOT, **extra)
   env.pop("XLA_FLAGS", None)
   return env

@@ -16,6 +16,7 @@ from mnist_jax import workdir as workdir_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_trains_and_compares_with_mean_over_seeds(tiny_run, prepared, tmp_path):
   mnist_dir, data_dir = prepared
   root = str(tmp_path / "runs")
@@ -76,6 +77,7 @@ def test_command_line_errors(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_num_seeds_run_gives_one_run_per_seed(prepared, tmp_path):
   """A --num_seeds=3 run is grouped as three seeds, with their spread."""
   from mnist_jax import models, train  # pylint: disable=g-import-not-at-top

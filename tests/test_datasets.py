@@ -9,6 +9,7 @@ from tests.conftest import write_idx_dir
 from mnist_jax import data, datasets, models, train
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset,model,extra", [
     ("mnist", "cnn", dict(cnn_features=(4,), cnn_dense=8, augment=True)),
     ("fashion_mnist", "lstm", dict(hidden=4, sequence="pixels")),

@@ -68,8 +68,8 @@ def _cfirst(f):
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 @pytest.mark.parametrize("num_layers,bidirectional,dropout,train", [
     (1, False, 0.0, False),
-    (2, True, 0.3, True),
-    (3, False, 0.2, True),
+    pytest.param(2, True, 0.3, True, marks=pytest.mark.slow),
+    pytest.param(3, False, 0.2, True, marks=pytest.mark.slow),
 ])
 def test_fused_recurrent_matches_stock(cell, num_layers, bidirectional, dropout,
                                        train):
@@ -79,6 +79,7 @@ def test_fused_recurrent_matches_stock(cell, num_layers, bidirectional, dropout,
   _assert_drop_in(recurrent.Recurrent(**kw), fused_rnn.Recurrent(**kw), x, train)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 @pytest.mark.parametrize("steps,features", [(1, 3), (13, 1)])
 def test_fused_layer_matches_flax_rnn_any_length(cell, steps, features):
@@ -127,7 +128,10 @@ def test_fused_recurrent_refuses_remat():
         jax.random.PRNGKey(0), x)
 
 
-@pytest.mark.parametrize("kernel_size,cin,size", [(3, 5, 13), (5, 1, 28), (2, 3, 9)])
+@pytest.mark.parametrize("kernel_size,cin,size", [
+    (3, 5, 13),
+    pytest.param(5, 1, 28, marks=pytest.mark.slow),
+    pytest.param(2, 3, 9, marks=pytest.mark.slow)])
 def test_conv_cfirst_matches_nn_conv(kernel_size, cin, size):
   x = jax.random.uniform(jax.random.PRNGKey(0), (3, size, size, cin))
   ref = nn.Conv(7, (kernel_size, kernel_size), padding="VALID", use_bias=False)
@@ -142,11 +146,17 @@ def test_conv_cfirst_matches_nn_conv(kernel_size, cin, size):
   _assert_trees_close(*grads)
 
 
-@pytest.mark.parametrize("padding", ["VALID", "SAME"])
+_SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("padding", ["SAME", pytest.param("VALID", marks=_SLOW)])
 @pytest.mark.parametrize("kernel_size,cin,height,width", [
-    (3, 1, 28, 28), (3, 3, 9, 12), (3, 4, 7, 8),  # pool-phase (few channels)
-    (3, 5, 13, 13), (3, 32, 13, 13), (3, 8, 12, 9),  # Winograd
-    (5, 1, 28, 28), (5, 6, 11, 10), (4, 2, 9, 9)])  # im2col
+    pytest.param(3, 1, 28, 28, marks=_SLOW),  # pool-phase (few channels)
+    pytest.param(3, 3, 9, 12, marks=_SLOW), pytest.param(3, 4, 7, 8, marks=_SLOW),
+    pytest.param(3, 5, 13, 13, marks=_SLOW), (3, 32, 13, 13),  # Winograd
+    pytest.param(3, 8, 12, 9, marks=_SLOW),
+    (5, 1, 28, 28), pytest.param(5, 6, 11, 10, marks=_SLOW),  # im2col
+    pytest.param(4, 2, 9, 9, marks=_SLOW)])
 def test_conv_relu_pool_matches_flax(padding, kernel_size, cin, height, width):
   """Against nn.max_pool(relu(nn.Conv(x))): outputs and the gradients with
   respect to kernel, bias and input, on odd and even sizes (odd conv outputs
@@ -180,7 +190,8 @@ def test_conv_relu_pool_matches_flax(padding, kernel_size, cin, height, width):
   _assert_trees_close(*grads)
 
 
-@pytest.mark.parametrize("cin,height,width", [(32, 12, 12), (6, 8, 14)])
+@pytest.mark.parametrize("cin,height,width", [
+    (32, 12, 12), pytest.param(6, 8, 14, marks=pytest.mark.slow)])
 def test_winograd_conv_pool_matches_flax(cin, height, width):
   """The Winograd conv + pool (and its hand-written gradient) against nn.Conv
   and nn.max_pool, with zero regions that make exact ties: zero tiles
@@ -202,6 +213,7 @@ def test_winograd_conv_pool_matches_flax(cin, height, width):
   _assert_trees_close(*grads, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_window_taps_transpose_is_the_transpose():
   x = jax.random.normal(jax.random.PRNGKey(0), (3, 10, 12, 2))
   taps = jax.random.normal(jax.random.PRNGKey(1), (16, 3, 4, 5, 2))
@@ -228,7 +240,8 @@ def test_conv_relu_pool_rejects_unknown_padding():
                              jnp.zeros(4), padding="FULL")
 
 
-@pytest.mark.parametrize("shape", [(2, 26, 26, 4), (3, 10, 12, 2)])
+@pytest.mark.parametrize("shape", [
+    pytest.param((2, 26, 26, 4), marks=pytest.mark.slow), (3, 10, 12, 2)])
 def test_max_pool_matches_nn_max_pool_with_ties(shape):
   """Exactly: values, and the gradient going to the first maximum of a tie."""
   x = jax.random.normal(jax.random.PRNGKey(0), shape)
@@ -243,12 +256,14 @@ def test_max_pool_matches_nn_max_pool_with_ties(shape):
 
 
 @pytest.mark.parametrize("features,kernel_size,padding,dropout,train", [
-    ((4, 8), 3, "VALID", 0.0, False),
-    ((4, 8), 3, "VALID", 0.25, True),
-    ((4, 8, 16), 3, "SAME", 0.25, True),  # the shape of the `best` preset
-    ((8, 8), 3, "VALID", 0.0, False),  # conv2 by Winograd, as in the seed CNN
-    ((4, 8), 5, "VALID", 0.25, True),  # im2col
-    ((4, 6, 8), 5, "SAME", 0.0, False),
+    pytest.param((4, 8), 3, "VALID", 0.0, False, marks=pytest.mark.slow),
+    pytest.param((4, 8), 3, "VALID", 0.25, True, marks=pytest.mark.slow),
+    pytest.param((4, 8, 16), 3, "SAME", 0.25, True,  # the `best` preset's shape
+                 marks=pytest.mark.slow),
+    pytest.param((8, 8), 3, "VALID", 0.0, False,  # conv2 by Winograd, as in seed
+                 marks=pytest.mark.slow),
+    pytest.param((4, 8), 5, "VALID", 0.25, True, marks=pytest.mark.slow),  # im2col
+    pytest.param((4, 6, 8), 5, "SAME", 0.0, False, marks=pytest.mark.slow),
 ])
 def test_conv_pool_cnn_matches_stock(features, kernel_size, padding, dropout,
                                      train):
@@ -261,6 +276,7 @@ def test_conv_pool_cnn_matches_stock(features, kernel_size, padding, dropout,
   _assert_drop_in(cnn.CNN(**kw), conv_pool.CNN(**kw), x, train)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("features,kernel_size,shape", [
     ((4, 8, 8), 3, (31, 29)),  # Three VALID layers: the input is cropped to 30x22.
     ((4,), 3, (9, 8)),  # One layer: the odd row is the pool's, nothing to crop.

@@ -130,6 +130,7 @@ def _restore_within(workdir, template, seconds=60):
 MUTATIONS = st.sampled_from(["truncate", "random", "flip", "delete"])
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data(), mutation=MUTATIONS)
@@ -205,6 +206,7 @@ for name in files:
 """
 
 
+@pytest.mark.slow
 def test_damaged_checkpoints_leave_no_stray_tracebacks(saved, tmp_path):
   """Restoring each damaged copy in a fresh process prints nothing to stderr.
 

@@ -26,7 +26,7 @@ CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     ("cnn", 100, 8, ("pmap", 2)),  # 100 splits into 2 x 50, not 4 x 25.
     ("rnn", 63, 2, ("none", 1)),  # Odd: no even split.
     ("gru", 62, 2, ("none", 1)),  # 2 x 31 is below MIN_DEVICE_BATCH.
-    ("mlp", 128, 2, ("none", 1)),  # Gains nothing from it (docs/perf.md).
+    ("mlp", 128, 2, ("none", 1)),  # Measured to gain nothing (docs/performance.md).
     ("linear", 32, 2, ("none", 1)),
     ("gru", 128, 1, ("none", 1)),
 ])
@@ -70,7 +70,7 @@ def test_accelerator_detection(monkeypatch):
 
 
 def _env() -> dict:
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR="",
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
              PYTHONPATH=ROOT)
   env.pop("XLA_FLAGS", None)
   env.pop("JAX_NUM_CPU_DEVICES", None)
@@ -96,6 +96,7 @@ def _launch(prepared, workdir, model, *extra):
   return proc.stdout, rows, environment
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CORES < 2, reason="needs at least 2 CPU cores")
 @pytest.mark.parametrize("model,mode", [("gru", "sharded"), ("cnn", "pmap")])
 def test_auto_splits_the_host_and_trains_the_same(prepared, tmp_path, model,
@@ -120,6 +121,7 @@ def test_auto_splits_the_host_and_trains_the_same(prepared, tmp_path, model,
   assert rows[0]["train_loss"] != pytest.approx(rows[1]["train_loss"], abs=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CORES < 2, reason="needs at least 2 CPU cores")
 @pytest.mark.parametrize("extra", [["--batch_size=63"], ["--num_seeds=2"]])
 def test_auto_falls_back_to_one_device(prepared, tmp_path, extra):

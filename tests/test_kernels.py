@@ -103,6 +103,7 @@ def _test_metrics(config, params, apply_fn):
                               jnp.asarray(test.labels), idx, mask))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,overrides", [
     ("cnn", dict(cnn_features=(4, 8), cnn_dense=16, dropout=0.25)),
     ("gru", dict(hidden=8, num_layers=2, bidirectional=True, dropout=0.2)),
@@ -121,6 +122,7 @@ def test_a_fast_run_restores_into_stock(prepared, tmp_path, name, overrides):
   assert metrics["loss"] == pytest.approx(final["test_loss"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_cnn_kernel_5_trains(prepared, tmp_path):
   mnist_dir, data_dir = prepared
   workdir = str(tmp_path / "cnn5")

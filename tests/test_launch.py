@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def launch(*args, cwd=ROOT, env=None):
-  env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": "", **(env or {})}
+  env = {**os.environ, **(env or {})}
   return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args],
                         cwd=cwd, capture_output=True, text=True, timeout=300,
                         env=env)

@@ -55,7 +55,8 @@ def test_every_preset_builds_and_runs(name):
 
 @pytest.mark.parametrize("impl", ["stock", "fast"])
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-@pytest.mark.parametrize("layers,bidirectional", [(2, False), (1, True), (2, True)])
+@pytest.mark.parametrize("layers,bidirectional", [
+    (2, False), (1, True), pytest.param(2, True, marks=pytest.mark.slow)])
 def test_recurrent_stacking_and_bidirectional(cell, layers, bidirectional, impl):
   config = models.get_config(cell, "seed", hidden=16, num_layers=layers,
                              bidirectional=bidirectional, impl=impl)

@@ -205,6 +205,7 @@ TINY = dict(mlp_hidden=(16,), dropout=0.0, batch_size=16, epochs=2,
             schedule="warmup_cosine", warmup_epochs=0.5)
 
 
+@pytest.mark.slow
 def test_vmapped_train_states_equal_their_single_runs():
   """Members made by create_train_state under vmap, stepped by train_step,
   equal the single runs of their configs: the loss reads each member's label

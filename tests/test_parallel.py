@@ -28,7 +28,6 @@ def _env(devices: int) -> dict:
   env = dict(os.environ)
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   env["JAX_PLATFORMS"] = "cpu"
-  env["JAX_COMPILATION_CACHE_DIR"] = ""
   return env
 
 
@@ -44,10 +43,12 @@ def results(tmp_path_factory):
     return dict(z)
 
 
+@pytest.mark.slow
 def test_worker_ran_on_eight_devices(results):
   assert int(results["device_count"]) == 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["pmap", "sharded"])
 @pytest.mark.parametrize("name", ["mlp", "cnn", "gru"])
 def test_training_matches_one_device(results, name, mode):
@@ -62,6 +63,7 @@ def test_training_matches_one_device(results, name, mode):
                          results[f"{name}/{mode}/losses"][-3])
 
 
+@pytest.mark.slow
 def test_sharded_dropout_matches_one_device(results):
   """jit over a mesh draws the same global dropout mask as one device."""
   np.testing.assert_allclose(results["mlp_drop/sharded/params"],
@@ -70,6 +72,7 @@ def test_sharded_dropout_matches_one_device(results):
                          results["mlp/none/params"], atol=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,n", [("mlp", 10_000), ("cnn", 203), ("gru", 203)])
 @pytest.mark.parametrize("mode", ["none", "pmap", "sharded"])
 def test_evaluation_counts_every_example_once(results, name, mode, n):
@@ -200,6 +203,7 @@ def single_process_rows(prepared, tmp_path_factory):
   return _rows(single)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["pmap", "sharded"])
 def test_two_processes_match_one(prepared, single_process_rows, tmp_path, mode):
   """2 processes x 2 CPU devices over jax.distributed on loopback."""

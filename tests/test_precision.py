@@ -53,7 +53,9 @@ def _state(name, dtype, impl="auto"):
 
 
 @pytest.mark.parametrize("impl", ["stock", "fast"])
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.slow) if n in ("cnn", "lstm") else n
+    for n in CONFIGS])
 def test_bfloat16_computes_in_bfloat16_with_float32_state(name, impl):
   state = _state(name, "bfloat16", impl)
   floats = [leaf for leaf in jax.tree.leaves((state.params, state.opt_state))
@@ -71,6 +73,7 @@ def test_bfloat16_computes_in_bfloat16_with_float32_state(name, impl):
   ) == [("float32", "float32")] * len(dots)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mlp", "gru"])
 def test_bfloat16_training_stays_float32_and_close(name):
   state, metrics = _train(name, "bfloat16")

@@ -150,6 +150,7 @@ def _launch(*args):
                         capture_output=True, text=True, cwd=ROOT, check=False)
 
 
+@pytest.mark.slow
 def test_predict_mode_exit_status(tiny_run, tmp_path):
   good, _ = _write_digits(str(tmp_path))
   empty = tmp_path / "empty.png"

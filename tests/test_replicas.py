@@ -68,6 +68,7 @@ def test_replica_i_is_the_single_run_with_seed_plus_i(prepared, three_seeds,
         single["train_loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_replicas_resume_from_their_checkpoint(prepared, tmp_path):
   """Resuming a stacked run after epoch 1 ends where the whole run ended."""
   import shutil  # pylint: disable=g-import-not-at-top
@@ -82,6 +83,7 @@ def test_replicas_resume_from_their_checkpoint(prepared, tmp_path):
         [p[key] for p in whole[-1]["replicas"]], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_sequential_and_vmapped_replica_steps_agree():
   """The CPU's members in turn and the accelerators' vmap train alike."""
   import functools  # pylint: disable=g-import-not-at-top
@@ -165,6 +167,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_replicas_split_over_two_host_devices_train_as_on_one():
   """With the host split into 2 CPU devices, each trains 2 of 4 replicas."""
   import json  # pylint: disable=g-import-not-at-top
@@ -172,7 +175,7 @@ def test_replicas_split_over_two_host_devices_train_as_on_one():
   import sys  # pylint: disable=g-import-not-at-top
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2",
-             JAX_COMPILATION_CACHE_DIR="", PYTHONPATH=root)
+             PYTHONPATH=root)
   env.pop("XLA_FLAGS", None)
   proc = subprocess.run([sys.executable, "-c", _ON_TWO_DEVICES], cwd=root,
                         env=env, capture_output=True, text=True, timeout=300,

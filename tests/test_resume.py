@@ -130,6 +130,7 @@ def reference(prepared, tmp_path_factory):
   return workdir, lh.deterministic(lh.metrics(workdir)), state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [lh.SIGKILL, lh.SIGTERM, lh.SIGINT],
                          ids=["SIGKILL", "SIGTERM", "SIGINT"])
 def test_stopped_mid_epoch_then_resumed_equals_uninterrupted(
@@ -204,6 +205,7 @@ print("saved", flush=True)
 """
 
 
+@pytest.mark.slow
 def test_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path):
   import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
   import jax  # pylint: disable=g-import-not-at-top
@@ -252,6 +254,7 @@ def test_checkpoint_every_and_keep(prepared, tmp_path):
   assert meta["epoch"] == 5 and meta["done"]
 
 
+@pytest.mark.slow
 def test_replicas_stopped_mid_epoch_then_resumed_equal_uninterrupted(prepared,
                                                                       tmp_path):
   """--num_seeds resumes mid-epoch too; on a split host, from both devices."""

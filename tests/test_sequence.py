@@ -53,6 +53,7 @@ def test_stacked_and_bidirectional_cells_read_pixels(cell, bidirectional):
   assert model.apply({"params": params}, x).shape == (3, 10)
 
 
+@pytest.mark.slow
 def test_remat_keeps_parameters_outputs_and_gradients():
   x = data.to_view(_images(), sequence.view("pixels"))
   results = []
@@ -77,6 +78,7 @@ def test_sequence_is_only_for_recurrent_models():
     models.get_config("lstm", sequence="columns")
 
 
+@pytest.mark.slow
 def test_permuted_run_records_its_order_and_tests_with_it(prepared, tmp_path):
   """The test split is read in the order saved in the run folder."""
   from mnist_jax import checkpoint  # pylint: disable=g-import-not-at-top

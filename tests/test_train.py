@@ -130,6 +130,7 @@ def _run(prepared, tmp_path, name="mlp", **overrides):
   return final, work
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics(prepared, tmp_path):
   a, wa = _run(prepared, tmp_path / "a")
   b, wb = _run(prepared, tmp_path / "b")
