@@ -25,13 +25,13 @@ from mnist_jax import report, tensorboard_events, workdir as workdir_lib
 
 
 def _with_members(row, config, n):
-  """`row` with the `replicas` list of an n-member run (members = the mean)."""
+  """`row` with the `members` list of an n-member run (each member = the mean)."""
   if n <= 1:
     return row
   keys = [k for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy",
                       "test_loss", "test_accuracy") if row.get(k) is not None]
-  return {**row, "replicas": [{"seed": config.seed + i, **{k: row[k] for k in keys}}
-                              for i in range(n)]}
+  return {**row, "members": [{"seed": config.seed + i, **{k: row[k] for k in keys}}
+                             for i in range(n)]}
 
 
 def main():
@@ -60,7 +60,6 @@ def main():
       start = time.perf_counter()
       writer.epoch(row)
       times.append(time.perf_counter() - start)
-      time.sleep(0.005)  # Let the background thread write, as between epochs.
     start = time.perf_counter()
     writer.final(final, figures)
     finished = time.perf_counter() - start

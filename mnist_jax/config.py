@@ -149,6 +149,9 @@ class Config:
       1, "Epochs between checkpoints; the last epoch is always saved")
   keep_checkpoints: int = _field(
       3, "How many recent checkpoints stay on disk")
+  tensorboard: bool = _field(
+      True, "Write TensorBoard event files into the run folder; "
+      "--notensorboard skips them")
   # Devices, hosts, precision and kernels.
   parallel: str = _field(
       "auto", "Device layout: auto, none (one device), pmap or sharded (jit "

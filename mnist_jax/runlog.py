@@ -3,14 +3,18 @@
 `RunLog` hands each row to its writers and the epoch lines to the console. A
 writer has the methods of `JsonlWriter`: `resume(epoch)` forgets what was
 logged after `epoch` (a resumed run logs those epochs again), `epoch(row)`,
-`diverged(row)` and `final(row)` record a row, `close()` ends. metrics.jsonl
-is the one writer today; another sink (e.g. TensorBoard event files) is one
-more writer in `RunLog.open`.
+`diverged(row)` and `final(row)` record a row, `figures()` takes the report's
+figures once they are drawn, `close()` ends (and may be called again). The
+writers of the process that writes the run folder are metrics.jsonl and,
+unless --notensorboard, TensorBoard event files.
 """
 
-from typing import Optional, Sequence
+import os
+from typing import Dict, Optional, Sequence
 
 from mnist_jax import progress as progress_lib
+from mnist_jax import report
+from mnist_jax import tensorboard_events
 from mnist_jax import workdir as workdir_lib
 
 
@@ -32,8 +36,66 @@ class JsonlWriter:
   def final(self, row: dict) -> None:
     self._log.write(row)
 
+  def figures(self) -> None:
+    pass
+
   def close(self) -> None:
     pass
+
+
+class TensorBoardWriter:
+  """TensorBoard event files in the run folder (tensorboard_events.Writer).
+
+  The files open on `resume`, with the epoch rows metrics.jsonl keeps, so a
+  resumed run continues one series. Each member of a run with several gets
+  its own series, in a subfolder named for its settings.
+  """
+
+  def __init__(self, workdir: str, config, members: Sequence[Dict] = (),
+               steps_per_epoch: Optional[int] = None):
+    """members: each member's label ({"seed": 3, ...}); one member is the run."""
+    self._workdir = workdir
+    self._config = config
+    self._members = list(members)
+    self._steps_per_epoch = steps_per_epoch
+    self._writer = None
+
+  def resume(self, epoch: int) -> None:
+    kept = [r for r in workdir_lib.MetricsLog(self._workdir).read()
+            if r.get("epoch", epoch + 1) <= epoch and "train_loss" in r]
+    self._writer = tensorboard_events.Writer(
+        self._workdir, self._config, members=self._members, history=kept,
+        steps_per_epoch=self._steps_per_epoch)
+
+  def epoch(self, row: dict) -> None:
+    self._writer.epoch(row)
+
+  def diverged(self, row: dict) -> None:
+    pass  # metrics.jsonl says where; the series end at the last good epoch.
+
+  def final(self, row: dict) -> None:
+    self._writer.final(row)
+
+  def figures(self) -> None:
+    self._writer.figures([os.path.join(self._workdir, name)
+                          for name in report.FILES if name.endswith(".png")])
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+
+
+def check(workdir: str, config, members: Sequence[Dict]) -> None:
+  """Refuses, before anything is written, event folders a run cannot write.
+
+  The run folder itself is checked with the rest of it (workdir.py); here the
+  folders of the members' TensorBoard series, which a resumed run reuses.
+
+  Raises:
+    UserError: a member's folder is a file, or cannot be written.
+  """
+  if config.tensorboard:
+    tensorboard_events.check_folders(workdir, members)
 
 
 class RunLog:
@@ -43,14 +105,26 @@ class RunLog:
     self.progress = progress
     self.writers = list(writers)
 
-  def open(self, workdir: Optional[str], resume_after: int = 0) -> None:
+  def open(self, workdir: Optional[str], resume_after: int = 0, *,
+           config=None, members: Sequence[Dict] = (),
+           steps_per_epoch: Optional[int] = None) -> None:
     """Starts the writers of `workdir` (None: this process writes no files).
 
-    resume_after: the epochs completed before this run started; rows of
-    later epochs are dropped, as the run logs them again.
+    Args:
+      workdir: the run folder, or None.
+      resume_after: the epochs completed before this run started; rows of
+        later epochs are dropped, as the run logs them again.
+      config: the run's Config; with `config.tensorboard`, TensorBoard event
+        files are written too.
+      members: each member's label ({"seed": 3, ...}), in the order of a
+        row's `members`.
+      steps_per_epoch: the run's, for TensorBoard's learning rates.
     """
     if workdir is not None:
       self.writers.append(JsonlWriter(workdir))
+      if config is not None and config.tensorboard:
+        self.writers.append(TensorBoardWriter(workdir, config, members,
+                                              steps_per_epoch))
     for writer in self.writers:
       writer.resume(resume_after)
 
@@ -74,6 +148,12 @@ class RunLog:
     for writer in self.writers:
       writer.final(row)
 
+  def figures(self) -> None:
+    """The report's figures are in the run folder: writers may take them."""
+    for writer in self.writers:
+      writer.figures()
+
   def close(self) -> None:
+    """Ends every writer; a run calls it on every way out, maybe twice."""
     for writer in self.writers:
       writer.close()

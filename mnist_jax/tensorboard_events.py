@@ -1,34 +1,43 @@
-"""TensorBoard event files of a run, written with tensorboardX (no TensorFlow).
+"""TensorBoard event files of a run, made with tensorboardX's protos (no TensorFlow).
 
 The run's own events go in its event folder (the run folder): the rows of
 metrics.jsonl, which with --num_seeds hold the mean over members. Each member
 (a seed, or a sweep's point) gets a subfolder named for its settings, e.g.
-`seed=3`, with the same tags, so `tensorboard --logdir runs` overlays the
-members of a run and the runs of a folder. The x-axis is the epoch: every
-metric is per epoch, and runs with other batch sizes line up.
+`seed=3`, with the same tags, read from the row's `members` list, so
+`tensorboard --logdir runs` overlays the members of a run and the runs of a
+folder. The x-axis is the epoch: every metric is per epoch, and runs with
+other batch sizes line up.
 
 Each writer opens a new event file that starts with a session restart at
 epoch 1, then replays the epoch rows the run folder kept (`history`). A resumed
 run thus drops whatever its killed predecessor wrote and continues one series
 that matches metrics.jsonl, in TensorBoard's Python loader (which purges on the
 restart) and in its fast loader (which replaces a tag's later points when a
-step repeats). tensorboardX writes in a background thread and flushes every
-FLUSH_SECS, so a live TensorBoard follows the run.
+step repeats).
+
+Events are written in the caller's thread and flushed as each call returns, so
+a live TensorBoard follows the run, a killed run loses no epoch it logged, and
+a failed write is seen where it happens: it prints one warning and stops the
+events, never the run.
 """
 
 import os
+import socket
+import struct
 import sys
+import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
-import numpy as np
 from PIL import Image
-from tensorboardX import SummaryWriter
 from tensorboardX import summary as tbx_summary
+from tensorboardX.proto import event_pb2
 from tensorboardX.proto import summary_pb2
+from tensorboardX.record_writer import masked_crc32c
 
 from mnist_jax import config as config_lib
 from mnist_jax import optim
+from mnist_jax.errors import UserError
 
 EPOCH_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val",
               "train_accuracy": "accuracy/train", "val_accuracy": "accuracy/val",
@@ -40,7 +49,6 @@ FINAL_TAGS = {"test_loss": "loss/test", "test_accuracy": "accuracy/test"}
 # trained: left out of the hparams, where they would only tell runs apart.
 NOT_HPARAMS = ("workdir", "data_dir", "mnist_dir", "coordinator_address",
                "num_processes", "process_id", "tensorboard")
-FLUSH_SECS = 1.0
 _COLORSPACES = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
 
 
@@ -49,6 +57,23 @@ def members_of(config) -> List[Dict]:
   if config.num_seeds <= 1:
     return []
   return [{"seed": config.seed + i} for i in range(config.num_seeds)]
+
+
+def members_from_labels(labels: Sequence[Dict]) -> List[Dict]:
+  """The members of a run from their labels: [] for a single member.
+
+  A label names a member in metrics.jsonl, e.g. {"seed": 3} or {"index": 0,
+  "learning_rate": 0.001, "seed": 3}; its keys that are no Config field go.
+  """
+  if len(labels) <= 1:
+    return []
+  return [{k: v for k, v in m.items() if k in config_lib.FIELDS}
+          for m in labels]
+
+
+def member_rows(row: Dict) -> List[Dict]:
+  """A metrics row's per-member dicts (`replicas` in older run folders)."""
+  return row.get("members") or row.get("replicas") or []
 
 
 def _text(value) -> str:
@@ -73,17 +98,32 @@ def hparams(config, member: Optional[Dict] = None) -> Dict:
           for k, v in values.items() if k not in NOT_HPARAMS and v is not None}
 
 
-def _learning_rates(config, member: Optional[Dict],
-                    steps_per_epoch: Optional[int]) -> Optional[np.ndarray]:
-  """The learning rate after each epoch, [epochs + 1] indexed by epoch."""
-  if not steps_per_epoch:
-    return None
-  if member:
-    config = config.replace(**{k: v for k, v in member.items()
-                               if k in config_lib.FIELDS})
-  schedule = optim.make_schedule(config, steps_per_epoch)
-  steps = np.arange(config.epochs + 1) * steps_per_epoch
-  return np.broadcast_to(np.asarray(schedule(steps), np.float64), steps.shape)
+def check_folders(logdir: str, members: Sequence[Dict]) -> None:
+  """Refuses member event folders that are in the way, before a run writes.
+
+  The run folder itself is checked with the rest of it (workdir.py); this
+  checks the subfolders a resumed run's members write into.
+
+  Args:
+    logdir: the event folder (the run folder).
+    members: the members' labels (see members_from_labels).
+
+  Raises:
+    UserError: a member's folder is a file, or cannot be written.
+  """
+  for member in members_from_labels(members):
+    path = os.path.join(logdir, member_name(member))
+    if os.path.lexists(path) and not os.path.isdir(path):
+      raise UserError(f"{path} is a file where TensorBoard events of a member "
+                      "go; move it away, or pass --notensorboard")
+    if os.path.isdir(path):
+      try:
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".mnist_jax_probe")
+        os.close(fd)
+        os.remove(probe)
+      except OSError as e:
+        raise UserError(f"{path} is not writable ({e.strerror or e}); pass "
+                        "--notensorboard, or make it writable") from None
 
 
 def _image(path: str) -> summary_pb2.Summary.Image:
@@ -98,12 +138,51 @@ def _image(path: str) -> summary_pb2.Summary.Image:
                                    encoded_image_string=data)
 
 
+class EventFile:
+  """One TensorBoard event file: `Event` protos in TFRecord framing.
+
+  Written in the caller's thread. `flush` hands what was written to the OS,
+  so TensorBoard reads it as the run goes on and a killed run keeps it; only
+  `close` waits for the disk (fsync), which tensorboardX's own writers do on
+  every flush, at a cost of a sizeable part of the shortest epochs.
+  """
+
+  def __init__(self, folder: str):
+    os.makedirs(folder, exist_ok=True)
+    now = time.time_ns()  # Names sort by time; no two files share one.
+    path = os.path.join(folder, f"events.out.tfevents.{now // 10**9}."
+                        f"{socket.gethostname()}.{now}")
+    self._file = open(path, "wb")  # pylint: disable=consider-using-with
+    self.write(event_pb2.Event(wall_time=now / 1e9,
+                               file_version="brain.Event:2"))
+
+  def write(self, event: event_pb2.Event) -> None:
+    data = event.SerializeToString()
+    header = struct.pack("<Q", len(data))
+    self._file.write(b"".join([header, struct.pack("<I", masked_crc32c(header)),
+                               data, struct.pack("<I", masked_crc32c(data))]))
+
+  def summary(self, summary: summary_pb2.Summary, step: int = 0) -> None:
+    self.write(event_pb2.Event(wall_time=time.time(), step=step,
+                               summary=summary))
+
+  def flush(self) -> None:
+    self._file.flush()
+
+  def close(self) -> None:
+    try:
+      self._file.flush()
+      os.fsync(self._file.fileno())
+    finally:
+      self._file.close()
+
+
 class Writer:
   """Writes a run's TensorBoard events: epoch rows, final metrics, figures, config.
 
-  Call `epoch(row)` with each epoch row of metrics.jsonl, `final(row, figures)`
-  with the final row and the report's PNG files, and `close()` at the end,
-  also when the run stops early. A write that fails prints one warning and
+  Call `epoch(row)` with each epoch row of metrics.jsonl, `final(row)` with
+  the final row, `figures(paths)` with the report's PNG files, and `close()`
+  at the end, also when the run stops early. A write that fails prints one warning and
   turns the writer off: TensorBoard events never stop a run.
   """
 
@@ -117,10 +196,12 @@ class Writer:
     Args:
       logdir: the event folder (the run folder); members get subfolders.
       config: the run's Config, written as hparams.
-      members: each member's own settings, e.g. [{"seed": 3}, ...], in the
-        order of a row's `replicas`; None: from config.num_seeds.
+      members: each member's label, e.g. [{"seed": 3}, ...], in the order
+        of a row's `members` (see members_from_labels); None: from
+        config.num_seeds.
       history: the epoch rows the run folder kept, when resuming.
-      steps_per_epoch: to compute the learning rate of rows without one.
+      steps_per_epoch: to compute the learning rate of rows without one
+        (from their step).
       enabled: False makes every method a no-op (--notensorboard).
       warn: prints the warning line of a failed write (default: stderr).
     """
@@ -128,34 +209,41 @@ class Writer:
     self._warn = warn or (lambda text: print(text, file=sys.stderr))
     self._main = None
     self._members = []
-    self._rates = []
     self._last_epoch = 0
     if not enabled:
       return
-    members = members_of(config) if members is None else list(members)
+    members = (members_of(config) if members is None
+               else members_from_labels(members))
+    self._configs = [config] + [config.replace(**m) for m in members]
+    self._steps_per_epoch = steps_per_epoch
     try:
-      self._rates = [_learning_rates(config, m, steps_per_epoch)
-                     for m in [None] + members]
       self._main = self._open(logdir, hparams(config))
       self._members = [self._open(os.path.join(logdir, member_name(m)),
                                   hparams(config, m)) for m in members]
       for row in history:
         self._epoch(row)
+      self._flush()
     except Exception as e:  # pylint: disable=broad-except
       self._fail(e)
 
-  def _open(self, path: str, values: Dict) -> SummaryWriter:
-    # The restart at epoch 1 purges a killed predecessor's events; the
-    # nanosecond suffix keeps a writer from reusing a file name of the same
-    # second; an unbounded queue never blocks the loop.
-    writer = SummaryWriter(path, purge_step=1, flush_secs=FLUSH_SECS,
-                           max_queue=0, filename_suffix=f".{time.time_ns()}")
+  @staticmethod
+  def _open(path: str, values: Dict) -> EventFile:
+    """A new event file: the restart at epoch 1 that purges a killed
+    predecessor's events, then the HParams session of `values`."""
+    events = EventFile(path)
+    events.write(event_pb2.Event(step=1, wall_time=time.time(),
+                                 session_log=event_pb2.SessionLog(
+                                     status=event_pb2.SessionLog.START)))
     _, start, _ = tbx_summary.hparams(values, {})
-    writer.file_writer.add_summary(start)
-    return writer
+    events.summary(start)
+    return events
 
-  def _writers(self) -> List[SummaryWriter]:
+  def _writers(self) -> List[EventFile]:
     return [w for w in [self._main] + self._members if w is not None]
+
+  def _flush(self) -> None:
+    for writer in self._writers():
+      writer.flush()
 
   def _close_all(self) -> Optional[Exception]:
     """Closes every file; returns the first error instead of raising it."""
@@ -174,29 +262,36 @@ class Writer:
                "metrics.jsonl has every row")
     self._close_all()
 
-  def _rate(self, i: int, epoch: int) -> Optional[float]:
-    rates = self._rates[i]
-    if rates is None or not 0 <= epoch < len(rates):
+  def _rate(self, values: Dict, i: int, step: Optional[int]) -> Optional[float]:
+    """The row's (or member's) learning rate, else member i's at `step`."""
+    if values.get("learning_rate") is not None:
+      return values["learning_rate"]
+    if not self._steps_per_epoch or step is None:
       return None
-    return float(rates[epoch])
+    return optim.learning_rate(self._configs[i], self._steps_per_epoch, step)
 
   @staticmethod
   def _scalars(writer, values: Dict, tags: Dict, step: int) -> None:
-    for key, tag in tags.items():
-      value = values.get(key)
-      if value is not None:
-        writer.add_scalar(tag, float(value), step)
+    """One event with a scalar per tag whose key `values` holds.
+
+    NaN and inf are written as they are (a diverging loss is data), without
+    tensorboardX's add_scalar and its warning on each.
+    """
+    summary = summary_pb2.Summary(value=[
+        summary_pb2.Summary.Value(tag=tag, simple_value=float(values[key]))
+        for key, tag in tags.items() if values.get(key) is not None])
+    if summary.value:
+      writer.summary(summary, step)
 
   def _epoch(self, row: Dict) -> None:
     epoch = row.get("epoch")
     if epoch is None or row.get("train_loss") is None:
       return  # Not an epoch row (e.g. the divergence note).
-    lr = row.get("learning_rate", self._rate(0, epoch))
-    self._scalars(self._main, {**row, "learning_rate": lr},
+    step = row.get("step")
+    self._scalars(self._main, {**row, "learning_rate": self._rate(row, 0, step)},
                   {**EPOCH_TAGS, **SPEED_TAGS}, epoch)
-    for i, (writer, member) in enumerate(zip(self._members,
-                                             row.get("replicas") or [])):
-      lr = member.get("learning_rate", self._rate(i + 1, epoch))
+    for i, (writer, member) in enumerate(zip(self._members, member_rows(row))):
+      lr = self._rate(member, i + 1, step)
       self._scalars(writer, {**member, "learning_rate": lr}, EPOCH_TAGS, epoch)
     self._last_epoch = epoch
 
@@ -206,35 +301,51 @@ class Writer:
       return
     try:
       self._epoch(row)
+      self._flush()
     except Exception as e:  # pylint: disable=broad-except
       self._fail(e)
 
   def final(self, row: Dict, figures: Sequence[str] = ()) -> None:
-    """Writes the test metrics and the figures (PNG paths) at the last epoch.
+    """Writes the test metrics (and `figures`) at the last epoch.
 
-    Also closes each HParams session as finished. Missing figures are skipped.
+    Also closes each HParams session as finished.
     """
     if self._main is None:
       return
     try:
-      step = row.get("epochs_run") or self._last_epoch
-      self._scalars(self._main, row, FINAL_TAGS, step)
-      for writer, member in zip(self._members, row.get("replicas") or []):
-        self._scalars(writer, member, FINAL_TAGS, step)
-      for path in figures:
-        if os.path.exists(path):
-          name = os.path.splitext(os.path.basename(path))[0]
-          self._main.file_writer.add_summary(summary_pb2.Summary(value=[
-              summary_pb2.Summary.Value(tag=f"figures/{name}",
-                                        image=_image(path))]), step)
+      self._last_epoch = row.get("epochs_run") or self._last_epoch
+      self._scalars(self._main, row, FINAL_TAGS, self._last_epoch)
+      for writer, member in zip(self._members, member_rows(row)):
+        self._scalars(writer, member, FINAL_TAGS, self._last_epoch)
       _, _, end = tbx_summary.hparams({}, {})
       for writer in self._writers():
-        writer.file_writer.add_summary(end)
+        writer.summary(end, self._last_epoch)
+      self._flush()
+    except Exception as e:  # pylint: disable=broad-except
+      self._fail(e)
+    self.figures(figures)
+
+  def figures(self, paths: Sequence[str]) -> None:
+    """Writes PNG files as images `figures/<name>` at the last epoch.
+
+    Files that do not exist are skipped.
+    """
+    if self._main is None:
+      return
+    try:
+      for path in paths:
+        if os.path.exists(path):
+          name = os.path.splitext(os.path.basename(path))[0]
+          self._main.summary(summary_pb2.Summary(value=[
+              summary_pb2.Summary.Value(tag=f"figures/{name}",
+                                        image=_image(path))]),
+                             self._last_epoch)
+      self._flush()
     except Exception as e:  # pylint: disable=broad-except
       self._fail(e)
 
   def close(self) -> None:
-    """Writes out everything queued and closes the files (idempotent)."""
+    """Closes the files, on disk (idempotent)."""
     error = self._close_all()
     if error is not None:
       self._fail(error)

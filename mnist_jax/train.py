@@ -11,6 +11,7 @@ The pure functions come first: `create_train_state`, `train_step`,
 an `engine.Engine`, which places them on the run's devices.
 """
 
+import contextlib
 import functools
 import time
 from typing import Any, Callable, Dict, Optional
@@ -267,12 +268,22 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
     Diverged: the loss became non-finite; the last good checkpoint is kept.
     preemption.Preempted: SIGTERM or SIGINT; a checkpoint to resume from is saved.
   """
+  with contextlib.ExitStack() as on_exit:
+    return _train_and_evaluate(config, workdir, stream, overwrite, on_exit)
+
+
+def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
+  """The phases of train_and_evaluate; `on_exit` closes the run log however
+  they end (finished, diverged, preempted or failed)."""
   start_time = time.perf_counter()
   # Devices and data.
   members = members_lib.from_config(config)
+  labels = [m.label() for m in members]
   engine = engine_lib.Engine(config, members)
   workdir_lib.check_writable(workdir)
   existing = workdir_lib.check_run_folder(workdir, config, overwrite=overwrite)
+  if existing and not overwrite:
+    runlog.check(workdir, config, labels)
   dataset = engine.main_first(functools.partial(data_lib.load, config))
   steps = steps_per_epoch(config, len(dataset.train))
   log = runlog.RunLog(progress_lib.Progress(config.epochs, stream=stream,
@@ -305,7 +316,9 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
                        "implementation": models.implementation(config)},
                       existing=existing, overwrite=overwrite, meta=meta)
     sequence_lib.record(workdir, config)
-  log.open(workdir if engine.is_main else None, meta["epoch"] if meta else 0)
+  log.open(workdir if engine.is_main else None, meta["epoch"] if meta else 0,
+           config=config, members=labels, steps_per_epoch=steps)
+  on_exit.callback(log.close)
   saver = resume.Saver(workdir, config, shapes, write=engine.is_main)
   if meta is not None:
     log.message(f"resuming {workdir} at step {meta['step']} (epoch "
@@ -329,6 +342,7 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
       row = _epoch_row(members, epoch, engine.step(state), train_m, val_m,
                        epoch_time, steps * config.batch_size,
                        time.perf_counter() - start_time)
+      row["learning_rate"] = optim.learning_rate(config, steps, row["step"])
       if target.needs_test:
         test_m = engine.evaluate(state, "test")  # Final, if this is the last.
       reached = target.value(row, test_m)
@@ -364,7 +378,7 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
                             dataset.test.images, models.input_view(config),
                             config.eval_batch_size)
     report.write(workdir, config, dataset.test, logits, dataset.class_names)
-  log.close()
+    log.figures()
   log.message(_summary(final, len(members), workdir))
   return final
 
@@ -388,7 +402,6 @@ def _train_epoch(engine, state, epoch, start, stop, saver, log, workdir):
     if step is not None:
       message = divergence.message(step, epoch, engine.steps, saver.kept())
       log.diverged(divergence.row(step, epoch, message))
-      log.close()
       saver.close()
       raise Diverged(message)
     done = plan.steps_after(c)
@@ -404,7 +417,6 @@ def _preempt(engine, state, signum, epoch, done, sums, saver, log, workdir):
   if not saver.is_saved(step):
     saver.save(step, engine.host_copy(state), epoch=epoch - 1, epoch_step=done,
                sums=sums if done else None)
-  log.close()
   saver.close()
   raise preemption.Preempted(signum, preemption.message(
       signum, step, epoch, done, engine.steps,

@@ -21,7 +21,8 @@ from mnist_jax.errors import UserError
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
-            "tensorflow-datasets", "numpy", "matplotlib", "absl-py")
+            "tensorflow-datasets", "numpy", "matplotlib", "absl-py",
+            "tensorboardX")
 # Settings that may differ when resuming a run: where to find data, how to log
 # and checkpoint, how to spread over devices, stock modules or fast kernels.
 # (Another chunk_steps keeps the parameters exact but may change the last bits
@@ -29,7 +30,7 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
 # function, to float32 rounding.)
 RESUMABLE_DIFFERENCES = ("data_dir", "mnist_dir", "workdir", "chunk_steps",
                          "impl", "checkpoint_every", "keep_checkpoints",
-                         "parallel", "coordinator_address", "num_processes",
+                         "tensorboard", "parallel", "coordinator_address", "num_processes",
                          "process_id")
 
 

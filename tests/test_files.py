@@ -65,7 +65,9 @@ def test_run_files_get_the_users_permissions(prepared, tmp_path, umask):
                              batch_size=50, mnist_dir=mnist_dir,
                              data_dir=fresh, workdir=workdir)
   train.train_and_evaluate(config, workdir, stream=io.StringIO())
-  written = ["config.json", "metrics.jsonl", *report.FILES]
+  events = [f for f in os.listdir(workdir) if "tfevents" in f]
+  written = ["config.json", "metrics.jsonl", *report.FILES, *events]
+  assert events
   for name in written:
     assert _mode(os.path.join(workdir, name)) == EXPECTED, name
   assert _mode(cache) == EXPECTED

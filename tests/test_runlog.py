@@ -4,6 +4,10 @@ import io
 import json
 import os
 
+from PIL import Image
+from tensorboard.backend.event_processing import event_accumulator
+
+from mnist_jax import models
 from mnist_jax import progress
 from mnist_jax import runlog
 from mnist_jax import workdir as workdir_lib
@@ -31,6 +35,9 @@ class _Recorder:
   def final(self, row):
     self.calls.append(("final", row["test_accuracy"]))
 
+  def figures(self):
+    self.calls.append(("figures",))
+
   def close(self):
     self.calls.append(("close",))
 
@@ -43,9 +50,10 @@ def test_rows_go_to_every_writer_and_epochs_to_the_console(tmp_path):
   log.epoch(_row(1))
   log.diverged({"epoch": 2, "step": 15, "diverged": True, "message": "m"})
   log.final({"test_accuracy": 0.9})
+  log.figures()
   log.close()
   assert recorder.calls == [("resume", 0), ("epoch", 1), ("diverged", 15),
-                            ("final", 0.9), ("close",)]
+                            ("final", 0.9), ("figures",), ("close",)]
   assert "epoch 1/2 loss 1.0000" in console.getvalue()
   rows = workdir_lib.read_metrics(os.path.join(tmp_path, "metrics.jsonl"))
   assert [r.get("epoch") for r in rows] == [1, 2, None]
@@ -67,3 +75,47 @@ def test_a_process_that_writes_no_files_has_no_writer(tmp_path):
   log.epoch(_row(1))
   log.final({"test_accuracy": 0.9})
   assert log.writers == [] and os.listdir(tmp_path) == []
+
+
+def _write_rows(workdir, rows):
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    for row in rows:
+      f.write(json.dumps(row) + "\n")
+
+
+def _events(workdir):
+  acc = event_accumulator.EventAccumulator(str(workdir))
+  acc.Reload()
+  return acc
+
+
+def test_tensorboard_continues_the_kept_rows_and_takes_the_figures(tmp_path):
+  config = models.get_config("mlp", epochs=3)
+  _write_rows(tmp_path, [_row(1), _row(2), _row(3), {"test_accuracy": 0.5}])
+  Image.new("L", (8, 6)).save(tmp_path / "mistakes.png")
+  log = runlog.RunLog(progress.Progress(3, stream=io.StringIO()))
+  log.open(str(tmp_path), resume_after=2, config=config, steps_per_epoch=10)
+  assert [type(w) for w in log.writers] == [runlog.JsonlWriter,
+                                            runlog.TensorBoardWriter]
+  again = dict(_row(3), train_loss=0.25)
+  log.epoch(again)
+  log.final({"test_accuracy": 0.75, "test_loss": 0.5, "epochs_run": 3})
+  log.figures()
+  log.close()
+  log.close()
+  acc = _events(tmp_path)
+  assert [(e.step, e.value) for e in acc.Scalars("loss/train")] == [
+      (1, 1.0), (2, 0.5), (3, 0.25)]
+  assert [(e.step, e.value) for e in acc.Scalars("accuracy/test")] == [(3, 0.75)]
+  [image] = acc.Images("figures/mistakes")
+  assert (image.step, image.width, image.height) == (3, 8, 6)
+
+
+def test_notensorboard_opens_metrics_jsonl_only(tmp_path):
+  config = models.get_config("mlp", tensorboard=False)
+  log = runlog.RunLog(progress.Progress(1, stream=io.StringIO()))
+  log.open(str(tmp_path), config=config)
+  log.epoch(_row(1))
+  log.close()
+  assert [type(w) for w in log.writers] == [runlog.JsonlWriter]
+  assert os.listdir(tmp_path) == ["metrics.jsonl"]

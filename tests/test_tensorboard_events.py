@@ -2,7 +2,6 @@
 
 import os
 import sys
-import time
 
 import numpy as np
 from PIL import Image
@@ -13,6 +12,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.util import tensor_util
 
 from mnist_jax import models, optim, tensorboard_events
+from mnist_jax.errors import UserError
 
 STEPS = 10  # Steps per epoch of the hand-made rows.
 
@@ -28,7 +28,7 @@ def _row(epoch, seeds=(), offset=0.0):
     per = [{"seed": s, **metrics(s)} for s in seeds]
     row.update({k: float(np.mean([p[k] for p in per])) for k in per[0] if k != "seed"})
     row.update({f"{k}_std": 0.01 for k in per[0] if k != "seed"})
-    row["replicas"] = per
+    row["members"] = per
   else:
     row.update(metrics(0))
   row.update(epoch_time_s=0.2 + epoch, examples_per_s=6000.0 / epoch,
@@ -40,7 +40,7 @@ def _final(epochs, seeds=()):
   row = {"test_loss": 0.25, "test_accuracy": 0.93, "test_examples": 200,
          "epochs_run": epochs, "steps": epochs * STEPS}
   if seeds:
-    row["replicas"] = [{"seed": s, "test_loss": 0.2 + 0.01 * s,
+    row["members"] = [{"seed": s, "test_loss": 0.2 + 0.01 * s,
                         "test_accuracy": 0.9 + 0.001 * s} for s in seeds]
   return row
 
@@ -129,12 +129,12 @@ def test_learning_rate_comes_from_the_schedule_when_a_row_has_none(tmp_path):
   for e in (1, 2, 3, 4):
     writer.epoch(_row(e))
   writer.close()
-  schedule = optim.make_schedule(config, STEPS)
   got = _scalars(_multiplexer(tmp_path), ".")["learning_rate"]
   assert [s for s, _ in got] == [1, 2, 3, 4]
-  np.testing.assert_allclose([v for _, v in got],
-                             [float(schedule(e * STEPS)) for e in (1, 2, 3, 4)],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+      [v for _, v in got],
+      [optim.learning_rate(config, STEPS, e * STEPS) for e in (1, 2, 3, 4)],
+      rtol=1e-6)
   assert len({round(v, 9) for _, v in got}) == 4
 
 
@@ -163,16 +163,13 @@ def test_config_is_an_hparams_session_closed_by_final(tmp_path):
 
 
 def test_events_reach_the_file_while_the_run_goes_on(tmp_path):
-  """A live TensorBoard sees an epoch within seconds, before close()."""
+  """A live TensorBoard sees each epoch as soon as it is logged."""
   writer = tensorboard_events.Writer(str(tmp_path), _config())
-  writer.epoch(_row(1))
-  deadline = time.monotonic() + 20 * tensorboard_events.FLUSH_SECS
-  seen = {}
-  while time.monotonic() < deadline and "loss/train" not in seen:
-    time.sleep(0.05)
+  for e in (1, 2):
+    writer.epoch(_row(e))
     seen = _scalars(_multiplexer(tmp_path), ".")
+    assert [s for s, _ in seen["loss/train"]] == list(range(1, e + 1))
   writer.close()
-  assert seen["loss/train"] == [(1, pytest.approx(_row(1)["train_loss"]))]
 
 
 def test_each_member_is_a_run_with_the_same_tags(tmp_path):
@@ -193,7 +190,7 @@ def test_each_member_is_a_run_with_the_same_tags(tmp_path):
       assert [v for _, v in mean[tag]] == pytest.approx([r[key] for r in rows])
   for i, seed in enumerate(seeds):
     run = f"seed={seed}"
-    own = [r["replicas"][i] for r in rows]
+    own = [r["members"][i] for r in rows]
     expected = _expect([{**p, "epoch": r["epoch"]} for p, r in zip(own, rows)],
                        tensorboard_events.EPOCH_TAGS)
     expected["learning_rate"] = mean["learning_rate"]
@@ -216,6 +213,46 @@ def test_sweep_members_are_named_by_their_settings():
   assert tensorboard_events.members_of(_config()) == []
 
 
+def test_sweep_members_take_their_own_learning_rate_and_older_rows_read(tmp_path):
+  """Labels as a sweep gives them (index, swept values, seed); the rows of a
+  sweep carry each member's rate; a run folder from before the rename to
+  `members` lists them under `replicas`."""
+  config = _config(seed=1, num_seeds=1, epochs=2)
+  labels = [{"index": 0, "learning_rate": 1e-3, "seed": 1},
+            {"index": 1, "learning_rate": 3e-3, "seed": 1}]
+  rows = [_row(e, (1, 2)) for e in (1, 2)]
+  for row in rows:
+    for member, label in zip(row["members"], labels):
+      member["learning_rate"] = label["learning_rate"] / row["epoch"]
+  rows[1]["replicas"] = rows[1].pop("members")
+  writer = tensorboard_events.Writer(str(tmp_path), config, members=labels,
+                                     steps_per_epoch=STEPS)
+  for row in rows:
+    writer.epoch(row)
+  writer.close()
+  mux = _multiplexer(tmp_path)
+  assert sorted(mux.Runs()) == [".", "learning_rate=0.001,seed=1",
+                                "learning_rate=0.003,seed=1"]
+  got = _scalars(mux, "learning_rate=0.003,seed=1")
+  assert got["learning_rate"] == [(1, pytest.approx(3e-3)), (2, pytest.approx(1.5e-3))]
+  assert [s for s, _ in got["loss/train"]] == [1, 2]
+  values = _session_hparams(mux, "learning_rate=0.003,seed=1")
+  assert values["learning_rate"] == pytest.approx(3e-3) and "index" not in values
+
+
+def test_a_member_folder_in_the_way_is_refused_before_writing(tmp_path):
+  members = [{"seed": 0}, {"seed": 1}]
+  tensorboard_events.check_folders(str(tmp_path), members)  # Nothing there.
+  (tmp_path / "seed=0").mkdir()
+  tensorboard_events.check_folders(str(tmp_path), members)  # A folder: fine.
+  (tmp_path / "seed=1").write_text("not a folder")
+  with pytest.raises(UserError, match=r"seed=1 is a file where TensorBoard "
+                     r"events of a member go; .* --notensorboard"):
+    tensorboard_events.check_folders(str(tmp_path), members)
+  assert sorted(os.listdir(tmp_path)) == ["seed=0", "seed=1"]
+  assert os.listdir(tmp_path / "seed=0") == []
+
+
 def _load_both(logdir):
   """The scalars of one run as the plain and the plugin loaders give them."""
   acc = event_accumulator.EventAccumulator(str(logdir))
@@ -232,7 +269,7 @@ def test_resume_continues_one_series_that_matches_the_kept_rows(tmp_path):
   writer = tensorboard_events.Writer(str(tmp_path), config)
   for row in first:
     writer.epoch(row)
-  writer.close()  # What a kill leaves once the background flush has run.
+  writer.close()  # A kill leaves the same: each epoch is flushed as logged.
 
   kept = first[:3]  # metrics.jsonl after truncate_after(3).
   again = [dict(_row(e, offset=0.5), learning_rate=2e-3 / e)  # Not the first 4.
@@ -254,7 +291,8 @@ def test_resume_continues_one_series_that_matches_the_kept_rows(tmp_path):
 
 
 def test_resume_restores_rows_a_kill_kept_from_the_events(tmp_path):
-  """A kill before the background flush of epoch 3: the kept rows fill it in."""
+  """Events that stopped after epoch 2 (a failed write): the kept rows fill
+  in epoch 3 on resume."""
   config = _config(epochs=4, seed=1, num_seeds=2)
   rows = [_row(e, (1, 2)) for e in (1, 2, 3, 4)]
   writer = tensorboard_events.Writer(str(tmp_path), config, steps_per_epoch=STEPS)
@@ -269,7 +307,7 @@ def test_resume_restores_rows_a_kill_kept_from_the_events(tmp_path):
   for run, key in ((".", "train_loss"), ("seed=2", "train_loss")):
     got = _scalars(mux, run)["loss/train"]
     assert [s for s, _ in got] == [1, 2, 3, 4]
-    values = [r[key] if run == "." else r["replicas"][1][key] for r in rows]
+    values = [r[key] if run == "." else r["members"][1][key] for r in rows]
     np.testing.assert_allclose([v for _, v in got], values, rtol=1e-6)
 
 
@@ -295,11 +333,15 @@ def test_a_failed_write_warns_once_and_the_run_goes_on(tmp_path, monkeypatch):
   warnings.clear()
   writer = tensorboard_events.Writer(str(tmp_path / "ok"), _config(),
                                      warn=warnings.append)
+  writer.epoch(_row(1))
   def broken(*args, **kwargs):
     raise OSError(28, "No space left on device")
-  monkeypatch.setattr(tensorboard_events.SummaryWriter, "add_scalar", broken)
-  for e in (1, 2, 3):
+  monkeypatch.setattr(tensorboard_events.EventFile, "flush", broken)
+  for e in (2, 3):
     writer.epoch(_row(e))
   writer.final(_final(3))
   writer.close()
   assert len(warnings) == 1 and "No space left on device" in warnings[0]
+  monkeypatch.undo()
+  got = _scalars(_multiplexer(tmp_path / "ok"), ".")["loss/train"]
+  assert [s for s, _ in got][:1] == [1]  # What was written before stays.
