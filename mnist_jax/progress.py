@@ -55,6 +55,9 @@ class Progress:
     val = ""
     if row.get("val_accuracy") is not None:
       val = f" val_loss {row['val_loss']:.4f} val_acc {100 * row['val_accuracy']:.2f}%"
+    if row.get("leader"):
+      val += " (leading: " + ", ".join(
+          f"{k}={v:g}" for k, v in row["leader"].items()) + ")"
     left = self._eta(epoch, 1.0, row["epoch_time_s"])
     text = (f"{self.prefix}epoch {epoch}/{self.epochs} loss {row['train_loss']:.4f} "
             f"acc {100 * row['train_accuracy']:.2f}%{val} "

@@ -37,6 +37,7 @@ from mnist_jax import report
 from mnist_jax import resume
 from mnist_jax import runlog
 from mnist_jax import sequence as sequence_lib
+from mnist_jax import sweep
 from mnist_jax import target as target_lib
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.config import Config
@@ -225,21 +226,27 @@ def make_evaluate(config: Config, apply_fn: Callable, jit: bool = True) -> Calla
 
 
 def predict_logits(params, apply_fn: Callable, images: np.ndarray, view: str,
-                   batch_size: int = 1000) -> np.ndarray:
-  """Logits [N, 10] for uint8 images [N, 28, 28], in order (no example dropped)."""
+                   batch_size: int = 1000, stacked: bool = False) -> np.ndarray:
+  """Logits [N, 10] for uint8 images [N, 28, 28], in order (no example dropped).
+
+  stacked: `params` are S models' stacked [S, ...]; returns their logits
+  [S, N, 10], computed one model after another in one program.
+  """
   n = len(images)
   batch_idx, _ = batches_lib.eval_batches(n, batch_size)
 
-  @jax.jit
-  def run(params, images, batch_idx):
+  def one(params, images, batch_idx):
     def body(_, idx):
       return None, apply_fn({"params": params}, data_lib.to_view(images[idx], view),
                             train=False)
     return jax.lax.scan(body, None, batch_idx)[1]
 
-  logits = run(params, jnp.asarray(images), jnp.asarray(batch_idx))
-  return np.asarray(logits).reshape(-1, logits.shape[-1])[:n]
-
+  run = one
+  if stacked:
+    run = lambda p, x, b: jax.lax.map(lambda q: one(q, x, b), p)
+  logits = np.asarray(jax.jit(run)(params, jnp.asarray(images),
+                                   jnp.asarray(batch_idx)))
+  return logits.reshape(*logits.shape[:-3], -1, logits.shape[-1])[..., :n, :]
 
 
 def steps_per_epoch(config: Config, num_train: int) -> int:
@@ -319,15 +326,15 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
 
   # Each epoch: train, evaluate, log, checkpoint.
   target = target_lib.Target(config.target_accuracy, "val" in engine.splits)
-  test_m = time_to_target = None  # test_m: the current state's, when known.
+  test_m = val_m = time_to_target = None  # The current state's, when known.
   epoch = start.epoch - 1
   with preemption.StopRequest() as stop:
     for epoch in start.epochs(config.epochs):
       state, train_m, epoch_time = _train_epoch(engine, state, epoch, start,
                                                 stop, saver, log, workdir)
       val_m = engine.evaluate(state, "val") if "val" in engine.splits else None
-      row = _epoch_row(members, epoch, engine.step(state), train_m, val_m,
-                       epoch_time, steps * config.batch_size,
+      row = _epoch_row(members, steps, epoch, engine.step(state), train_m,
+                       val_m, epoch_time, steps * config.batch_size,
                        time.perf_counter() - start_time)
       if target.needs_test:
         test_m = engine.evaluate(state, "test")  # Final, if this is the last.
@@ -344,29 +351,44 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
         log.message(target.message(reached, epoch, time_to_target))
         break
 
-  # Final evaluation.
+  # Final evaluation: choose the member (by validation), test every member,
+  # and the ensemble of the chosen grid point's seeds.
   if test_m is None:
     test_m = engine.evaluate(state, "test")
+  if val_m is None and "val" in engine.splits:
+    val_m = engine.evaluate(state, "val")
   saver.close()
-  final = {"test_loss": test_m["loss"], "test_accuracy": test_m["accuracy"],
-           "test_examples": int(test_m["count"]), "epochs_run": epoch,
-           "steps": engine.step(state), "compile_time_s": compile_time,
-           "wall_time_s": time.perf_counter() - start_time,
-           "num_params": engine.num_params(state),
-           **members_lib.row_extras(members, test=test_m)}
+  choice = members_lib.choose(members, val_m)
+  logits, ensemble = (_chosen_logits(engine, state, config, dataset, choice)
+                      if engine.is_main else (None, None))
+  final = _final_row(members, choice, test_m, ensemble, steps,
+                     epochs_run=epoch, steps=engine.step(state),
+                     compile_time_s=compile_time,
+                     wall_time_s=time.perf_counter() - start_time,
+                     num_params=engine.num_params(state))
   if target.active:
     final["time_to_target_s"] = time_to_target
   log.final(final)
 
-  # Report: the figures and tables of the first member's model.
+  # Report: the figures and tables of the chosen member.
   if engine.is_main:
-    logits = predict_logits(engine.member_params(state), state.apply_fn,
-                            dataset.test.images, models.input_view(config),
-                            config.eval_batch_size)
-    report.write(workdir, config, dataset.test, logits, dataset.class_names)
+    report.write(workdir, config, dataset.test, logits, dataset.class_names,
+                 ensemble=ensemble)
   log.close()
-  log.message(_summary(final, len(members), workdir))
+  log.message(_summary(final, members, workdir))
   return final
+
+
+def _chosen_logits(engine, state, config, dataset, choice):
+  """(the chosen member's test logits [N, K], the ensemble of its grid point's
+  seeds as report.ensemble_metrics gives it, or None for one seed)."""
+  seeds = members_lib.points(engine.members)[choice.point]
+  logits = predict_logits(engine.stacked_params(state, seeds), state.apply_fn,
+                          dataset.test.images, models.input_view(config),
+                          config.eval_batch_size, stacked=True)
+  ensemble = (report.ensemble_metrics(logits, dataset.test.labels)
+              if len(seeds) > 1 else None)
+  return logits[seeds.index(choice.member)], ensemble
 
 
 def _train_epoch(engine, state, epoch, start, stop, saver, log, workdir):
@@ -411,22 +433,59 @@ def _preempt(engine, state, signum, epoch, done, sums, saver, log, workdir):
       saver.directory if saver.last_saved else None), workdir)
 
 
-def _epoch_row(members, epoch, step, train_m, val_m, epoch_time, examples,
-               elapsed) -> Dict[str, Any]:
-  """The metrics.jsonl row of an epoch (val_m None: no validation split)."""
-  return {"epoch": epoch, "step": step, "train_loss": train_m["loss"],
-          "train_accuracy": train_m["accuracy"],
-          "val_loss": val_m["loss"] if val_m else None,
-          "val_accuracy": val_m["accuracy"] if val_m else None,
-          **members_lib.row_extras(members, train=train_m, val=val_m),
-          "epoch_time_s": epoch_time, "examples_per_s": examples / epoch_time,
-          "elapsed_s": elapsed}
+def _epoch_row(members, steps, epoch, step, train_m, val_m, epoch_time,
+               examples, elapsed) -> Dict[str, Any]:
+  """The metrics.jsonl row of an epoch (val_m None: no validation split).
+
+  The top-level metrics are the leading grid point's (members.choose), which
+  a sweep names in `leader`.
+  """
+  leader = members_lib.choose(members, val_m)
+  rates = (members_lib.learning_rates(members, steps, step)
+           if len(members) > 1 else None)
+  top, extras = members_lib.row(members, leader.point,
+                                {"train": train_m, "val": val_m}, rates)
+  row = {"epoch": epoch, "step": step, **top}
+  if members[leader.member].values:
+    row["leader"] = dict(members[leader.member].values)
+  return {**row, **extras, "epoch_time_s": epoch_time,
+          "examples_per_s": examples / epoch_time, "elapsed_s": elapsed}
 
 
-def _summary(final: dict, num_members: int, workdir: str) -> str:
-  spread = (f" +- {100 * final['test_accuracy_std']:.2f} (mean +- std of "
-            f"{num_members} seeds)" if num_members > 1 else "")
-  return (f"test accuracy {100 * final['test_accuracy']:.2f}%{spread} "
-          f"(loss {final['test_loss']:.4f}, {final['test_examples']} "
-          f"examples); wall time {final['wall_time_s']:.1f}s; results in "
+def _final_row(members, choice, test_m, ensemble, steps_per_epoch,
+               **fields) -> Dict[str, Any]:
+  """The final metrics.jsonl row: the chosen grid point's test metrics
+  (mean over its seeds), `fields`, and with several members which one was
+  chosen, the ensemble of its point's seeds and every member's metrics."""
+  top, extras = members_lib.row(
+      members, choice.point, {"test": test_m},
+      members_lib.learning_rates(members, steps_per_epoch, fields["steps"])
+      if len(members) > 1 else None)
+  final = {**top, "test_examples": int(test_m["count"]), **fields}
+  if len(members) > 1:
+    chosen = members[choice.member]
+    final["chosen"] = {"values": dict(chosen.values), "member": chosen.index,
+                       "seed": chosen.seed}
+  if ensemble is not None:
+    final["ensemble_test_accuracy"] = ensemble["accuracy"]
+    final["ensemble_test_loss"] = ensemble["loss"]
+  return {**final, **extras}
+
+
+def _summary(final: dict, members, workdir: str) -> str:
+  """The line a run ends with: the chosen point's test accuracy and where."""
+  seeds = len(members) // len(members_lib.points(members))
+  detail = f"loss {final['test_loss']:.4f}, {final['test_examples']} examples"
+  text = f"test accuracy {100 * final['test_accuracy']:.2f}%"
+  if seeds > 1:
+    text += f" +- {100 * final['test_accuracy_std']:.2f}"
+    detail = f"mean +- std of {seeds} seeds; {detail}"
+  text += f" ({detail})"
+  if "ensemble_test_accuracy" in final:
+    text += (f"; their ensemble {100 * final['ensemble_test_accuracy']:.2f}%")
+  chosen = final.get("chosen")
+  if chosen and chosen["values"]:
+    text = (f"chosen by validation accuracy: "
+            f"{sweep.values_text(chosen['values'])}; {text}")
+  return (f"{text}; wall time {final['wall_time_s']:.1f}s; results in "
           f"{workdir}")
