@@ -108,6 +108,8 @@ def split_members(summary: dict) -> List[dict]:
   configs = [m.config for m in members_lib.from_config(summary["config"])]
   out = []
   for i, entry in enumerate(entries):
+    if entry.get("diverged"):  # As a diverged single run, it has no result.
+      continue
     curve = members_lib.member_rows(
         [{**r, "members": r.get("members") or r["replicas"]}
          for r in summary["curve"]], i)

@@ -5,8 +5,9 @@ optimizer state, step, dropout key) and a JSON record of where the run stands:
 `epoch` (epochs completed), `epoch_step` (steps done in the next epoch, for a
 checkpoint taken mid-epoch on preemption) with that epoch's partial metric sums,
 the model name, the parameter shapes (to refuse another model's checkpoint
-with a clear message) and the format number of the state's layout (`FORMAT`). Orbax writes into a temporary folder and renames it when
-complete, so a process killed mid-save leaves the previous checkpoint intact.
+with a clear message) and the format number of the state's layout (`FORMAT`).
+Orbax writes into a temporary folder and renames it when complete, so a
+process killed mid-save leaves the previous checkpoint intact.
 """
 
 import contextlib
@@ -293,12 +294,11 @@ class Checkpointer:
     where = f"{self.directory}/{step}"
     written = meta.get("format", 1)
     if written != FORMAT:
+      newer = isinstance(written, int) and written > FORMAT
       raise CheckpointError(
           f"the checkpoint {where} was written by "
-          f"{'a newer' if isinstance(written, int) and written > FORMAT else 'an older'}"
-          f" mnist_jax "
-          f"(checkpoint format {written}; this one reads {FORMAT}); pass "
-          "--overwrite to start over")
+          f"{'a newer' if newer else 'an older'} mnist_jax (checkpoint format "
+          f"{written}; this one reads {FORMAT}); pass --overwrite to start over")
     if model is not None and meta.get("model", model) != model:
       raise CheckpointError(
           f"the checkpoint {where} was written by model {meta['model']!r}, not "

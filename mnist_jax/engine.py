@@ -102,6 +102,8 @@ class Engine:
   def environment(self) -> dict:
     """What config.json records of the devices, besides workdir.environment."""
     env = {"parallel": {"mode": self.par.mode, "devices": self.par.num_devices}}
+    if self._member_mesh is not None:  # The members split over these devices.
+      env["member_devices"] = self._member_mesh.devices.size
     if self._options:
       env["compiler_options"] = dict(sorted(self._options.items()))
     return env

@@ -16,12 +16,15 @@ validation loss, then the lower index), then that point's seed with the
 highest validation accuracy (same ties). Without a validation split (never
 with a sweep), member 0.
 
-A metrics.jsonl row (`row`) keeps the single run's keys, holding the mean over
-the seeds of one grid point (the leading point after each epoch, the chosen one
-at the end), adds `<key>_std` over those seeds (sample standard deviation,
-ddof=1) when there are several, and `members`: one dict per member with its
-`index`, `seed`, swept `values`, `learning_rate` at the row's step, and its
-metrics. With one member the row is the single run's.
+A metrics.jsonl row (`row`) keeps the single run's keys, holding one member's
+metrics: after each epoch the leading member's (the one chosen if the run
+stopped there, named in `leader`), at the end the chosen member's (named in
+`chosen`). When that member's grid point has several seeds, `<key>_mean` and
+`<key>_std` (sample standard deviation, ddof=1) over them follow, and
+`members` lists every member: its `index`, `seed`, swept `values`,
+`learning_rate` at the row's step, and its metrics (a member that diverged,
+divergence.py, has `diverged` and None for its non-finite losses). With one
+member the row is the single run's.
 """
 
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -64,14 +67,19 @@ def init_state(members: Sequence[Member], create: Callable, init_rng,
   """Every member's fresh train state, stacked [M, ...] when M > 1.
 
   create: fn(init_rng, hparams=...) -> one member's TrainState
-    (train.create_train_state), vmapped over the members' keys and their
+    (train.create_train_state), given each member's key and its row of the
     swept hyperparameters (sweep.hyperparams).
+
+  The members run one jitted `create` in turn: it compiles in a fraction of
+  the time the vmapped initialisers take, and gives the same bits.
   """
   hparams = sweep.hyperparams(members, steps_per_epoch)
+  rows = [{k: v[i] for k, v in hparams.items()} for i in range(len(members))]
   if len(members) == 1:
-    return create(init_rng, hparams={k: v[0] for k, v in hparams.items()})
-  make = jax.vmap(lambda rng, h: create(rng, hparams=h))
-  return jax.jit(make)(init_rng, hparams)  # One program, not every init op.
+    return create(init_rng, hparams=rows[0])
+  one = jax.jit(lambda rng, h: create(rng, hparams=h))
+  states = [one(init_rng[i], row) for i, row in enumerate(rows)]
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
 
 
 def points(members: Sequence[Member]) -> List[Tuple[int, ...]]:
@@ -86,10 +94,15 @@ def points(members: Sequence[Member]) -> List[Tuple[int, ...]]:
 
 
 def means(sums) -> Dict[str, float]:
-  """Host means of one member's metric sums: loss, accuracy, count."""
+  """Host means of one member's metric sums: loss, accuracy, count.
+
+  NaN for sums over no example (a diverged member's skipped steps).
+  """
   count = float(sums["count"])
-  return {"loss": float(sums["loss"]) / max(count, 1.0),
-          "accuracy": float(sums["correct"]) / max(count, 1.0), "count": count}
+  if count == 0:
+    return {"loss": float("nan"), "accuracy": float("nan"), "count": count}
+  return {"loss": float(sums["loss"]) / count,
+          "accuracy": float(sums["correct"]) / count, "count": count}
 
 
 def host_metrics(sums) -> Dict:
@@ -116,8 +129,10 @@ def per_member(fetched: Dict) -> List[Dict]:
 
 def _best(scored) -> int:
   """The index among (index, accuracy, loss) with the highest accuracy, then
-  the lowest loss, then the lowest index."""
-  return min(scored, key=lambda s: (-s[1], s[2], s[0]))[0]
+  the lowest loss, then the lowest index; a non-finite loss (a diverged
+  member) ranks last."""
+  return min(scored, key=lambda s: (not np.isfinite(s[2]), -s[1], s[2],
+                                    s[0]))[0]
 
 
 def choose(members: Sequence[Member], val: Optional[Dict]) -> Choice:
@@ -152,41 +167,59 @@ def _std(values: Sequence[float]) -> float:
   return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-def row(members: Sequence[Member], point: int, splits: Dict[str, Optional[Dict]],
+def _json(value: float) -> Optional[float]:
+  """A metric for metrics.jsonl: None where it is not finite (a diverged
+  member's loss), which JSON cannot hold."""
+  return float(value) if np.isfinite(value) else None
+
+
+def identity(member: Member) -> Dict:
+  """What names a member in a metrics row: index, seed, swept values."""
+  return {"index": member.index, "seed": member.seed,
+          "values": dict(member.values)}
+
+
+def row(members: Sequence[Member], choice: Choice,
+        splits: Dict[str, Optional[Dict]],
         rates: Optional[Sequence[float]] = None) -> Tuple[Dict, Dict]:
-  """The members' part of a metrics row: (means, extras).
+  """The members' part of a metrics row: (top-level metrics, extras).
 
   Args:
     members: the run's members.
-    point: the grid point whose seeds the row's top-level keys average.
+    choice: the member whose metrics are the row's own, and its grid point.
     splits: split name -> `host_metrics` result (None: not evaluated).
     rates: each member's learning rate at the row's step (`learning_rates`).
 
   Returns:
-    means: `<split>_loss`, `<split>_accuracy` of the point (None for a split
-      not evaluated). extras: {} for one member; else `<split>_<key>_std`
-      over the point's seeds when it has several, and `members`.
+    top: `<split>_loss`, `<split>_accuracy` of the chosen member (None for a
+      split not evaluated). extras: {} for one member; else
+      `<split>_<key>_mean` and `_std` over the grid point's seeds when it has
+      several, and `members`.
   """
-  if len(members) == 1:
-    return ({f"{split}_{key}": fetched[key] if fetched else None
-             for split, fetched in splits.items() for key in METRIC_KEYS}, {})
-  seeds = points(members)[point]
   per = {split: per_member(f) for split, f in splits.items() if f}
-  top, extras = {}, {}
-  for split in splits:
-    for key in METRIC_KEYS:
-      values = [per[split][i][key] for i in seeds] if split in per else None
-      top[f"{split}_{key}"] = float(np.mean(values)) if values else None
-      if values and len(seeds) > 1:
-        extras[f"{split}_{key}_std"] = _std(values)
+  if len(members) == 1:  # The single run's row, as it always was.
+    return {f"{split}_{key}": per[split][0][key] if split in per else None
+            for split in splits for key in METRIC_KEYS}, {}
+  top = {f"{split}_{key}": _json(per[split][choice.member][key])
+         if split in per else None for split in splits for key in METRIC_KEYS}
+  seeds = points(members)[choice.point]
+  extras = {}
+  if len(seeds) > 1:
+    for split, values in per.items():
+      for key in METRIC_KEYS:
+        of_seeds = [values[i][key] for i in seeds]
+        extras[f"{split}_{key}_mean"] = _json(np.mean(of_seeds))
+        extras[f"{split}_{key}_std"] = _json(_std(of_seeds))
   rows = []
   for m in members:
-    entry = {"index": m.index, "seed": m.seed, "values": dict(m.values)}
+    entry = identity(m)
     if rates is not None:
       entry["learning_rate"] = rates[m.index]
     for split, values in per.items():
       for key in METRIC_KEYS:
-        entry[f"{split}_{key}"] = values[m.index][key]
+        entry[f"{split}_{key}"] = _json(values[m.index][key])
+    if any(not np.isfinite(values[m.index]["loss"]) for values in per.values()):
+      entry["diverged"] = True
     rows.append(entry)
   extras["members"] = rows
   return top, extras
@@ -196,8 +229,8 @@ def member_rows(rows: Sequence[Dict], index: int) -> List[Dict]:
   """metrics.jsonl rows as member `index`'s own run would have written them.
 
   Each row's top-level metrics become that member's; what describes the
-  members as a group (`_std`, `members`, `leader`, `chosen`, the ensemble)
-  goes. Rows without `members` (a single-member run) are kept as they are.
+  members as a group (`_mean`, `_std`, `members`, `leader`, `chosen`, the
+  ensemble) goes. Rows without `members` (a single-member run) are kept.
   """
   out = []
   for r in rows:
@@ -207,7 +240,8 @@ def member_rows(rows: Sequence[Dict], index: int) -> List[Dict]:
       continue
     plain = {k: v for k, v in r.items()
              if k not in ("members", "leader", "chosen")
-             and not k.endswith("_std") and not k.startswith("ensemble_")}
+             and not k.endswith(("_mean", "_std"))
+             and not k.startswith("ensemble_")}
     plain.update({k: v for k, v in entries[index].items()
                   if k not in IDENTITY_KEYS})
     out.append(plain)

@@ -44,15 +44,26 @@ def score(probs: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
           "loss": float(-np.mean(np.log(np.maximum(p_true, 1e-30))))}
 
 
+def _finite_models(logits: np.ndarray) -> np.ndarray:
+  """The models of logits [S, N, K] whose logits are all finite: a member
+  that diverged (divergence.py) has no place in an ensemble."""
+  return logits[np.isfinite(logits).all(axis=(1, 2))]
+
+
 def ensemble_probabilities(logits: np.ndarray) -> np.ndarray:
   """The ensemble of S models: the mean of their probabilities, [S, N, K] -> [N, K]."""
-  return softmax(logits).mean(axis=0)
+  return softmax(_finite_models(logits)).mean(axis=0)
 
 
-def ensemble_metrics(logits: np.ndarray, labels: np.ndarray) -> Dict[str, Any]:
-  """Test accuracy and loss of the ensemble of S models' logits [S, N, K]."""
-  return {**score(ensemble_probabilities(logits), labels),
-          "members": int(logits.shape[0])}
+def ensemble_metrics(logits: np.ndarray,
+                     labels: np.ndarray) -> Optional[Dict[str, Any]]:
+  """Test accuracy and loss of the ensemble of S models' logits [S, N, K];
+  None unless at least two of them are finite."""
+  finite = _finite_models(logits)
+  if len(finite) < 2:
+    return None
+  return {**score(ensemble_probabilities(finite), labels),
+          "members": len(finite)}
 
 
 def confusion(labels: np.ndarray, predicted: np.ndarray, k: int = 10) -> np.ndarray:
@@ -123,8 +134,8 @@ def _ensemble_text(ensemble: dict, final: dict) -> str:
   """The ensemble's accuracy beside the mean +- std of its single members."""
   text = (f"**{100 * ensemble['accuracy']:.2f}%** (loss {ensemble['loss']:.4f}; "
           f"the mean probabilities of {ensemble['members']} seeds)")
-  if final.get("test_accuracy_std") is not None:
-    text += (f"; single members {100 * final['test_accuracy']:.2f} ± "
+  if final.get("test_accuracy_mean") is not None:
+    text += (f"; single members {100 * final['test_accuracy_mean']:.2f} ± "
              f"{100 * final['test_accuracy_std']:.2f}%")
   return text
 
@@ -168,8 +179,8 @@ def write(workdir: str, config, test, logits: np.ndarray,
   final = next((r for r in reversed(rows) if "test_accuracy" in r), {})
   chosen = final.get("chosen")
   if chosen:  # The chosen member's own curves and numbers.
-    rows = members_lib.member_rows(rows, chosen["member"])
-    title += f", member {chosen['member']}"
+    rows = members_lib.member_rows(rows, chosen["index"])
+    title += f", member {chosen['index']}"
 
   files.write_csv(path("confusion_matrix.csv"),
       [["true\\predicted"] + names] +

@@ -21,7 +21,8 @@ def table(rows: Sequence[dict]) -> List[Dict[str, Any]]:
 
   Each: member, values (swept), seed, best and final validation accuracy and
   loss (best over epochs; None without a validation split), test accuracy and
-  loss, and whether it is the chosen member.
+  loss (a diverged member's losses None), whether it diverged, and whether it
+  is the chosen member.
   """
   final = next((r for r in reversed(rows) if "test_accuracy" in r), {})
   if not final.get("members"):
@@ -32,15 +33,17 @@ def table(rows: Sequence[dict]) -> List[Dict[str, Any]]:
     i = entry["index"]
     val = [(r["members"][i]["val_accuracy"], r["members"][i]["val_loss"])
            for r in epochs if "val_accuracy" in r["members"][i]]
+    losses = [l for _, l in val if l is not None]  # None: diverged.
     out.append({
         "member": i, "values": entry["values"], "seed": entry["seed"],
         "best_val_accuracy": max(a for a, _ in val) if val else None,
-        "best_val_loss": min(l for _, l in val) if val else None,
+        "best_val_loss": min(losses) if losses else None,
         "final_val_accuracy": val[-1][0] if val else None,
         "final_val_loss": val[-1][1] if val else None,
         "test_accuracy": entry["test_accuracy"],
         "test_loss": entry["test_loss"],
-        "chosen": i == final["chosen"]["member"]})
+        "diverged": bool(entry.get("diverged")),
+        "chosen": i == final["chosen"]["index"]})
   return out
 
 
@@ -53,10 +56,10 @@ def write(workdir: str, config, records: Sequence[dict]) -> None:
           "final_val_loss", "test_accuracy", "test_loss"]
   text = lambda v: "" if v is None else f"{v:.6f}"
   files.write_csv(os.path.join(workdir, "sweep.csv"),
-                  [["member", *names, "seed", *keys, "chosen"]] +
+                  [["member", *names, "seed", *keys, "diverged", "chosen"]] +
                   [[r["member"], *[repr(r["values"][n]) for n in names],
                     r["seed"], *[text(r[key]) for key in keys],
-                    int(r["chosen"])] for r in records])
+                    int(r["diverged"]), int(r["chosen"])] for r in records])
   seeds = f"{config.num_seeds} seed{'s' if config.num_seeds > 1 else ''}"
   plots.sweep(records, names, os.path.join(workdir, "sweep.png"),
               title=f"{config.model} ({config.preset}): {len(records)} "
@@ -80,7 +83,7 @@ def section(config, final: dict, records: Sequence[dict]) -> List[str]:
   else:
     how = "the first: without a validation split no member is preferred"
   lines = ["## Members", "",
-           f"This report shows member {chosen['member']} ({label}) of "
+           f"This report shows member {chosen['index']} ({label}) of "
            f"{len(final['members'])}, trained in one program, chosen as {how}. "
            "Test metrics play no part in the choice.", ""]
   if not config.sweep or not records:

@@ -160,6 +160,12 @@ def _zeros() -> Metrics:
   return {"loss": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
 
 
+def _finite(params) -> jax.Array:
+  """Whether every parameter is finite: a bool scalar."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(p))
+                            for p in jax.tree.leaves(params)]))
+
+
 def make_train_chunk(config: Config, axis_name: Optional[str] = None,
                      jit: bool = True) -> Callable:
   """A function running a chunk of steps as one `lax.scan` (jitted if `jit`).
@@ -168,10 +174,13 @@ def make_train_chunk(config: Config, axis_name: Optional[str] = None,
   valid [C] bool) -> (state, metric sums, bad) skips steps where valid is
   False, so every chunk of an epoch has one shape and compiles once. `bad`
   (int32) is the global number of the first step whose loss, or whose update
-  of the parameters, was not finite, and -1 if none was; steps after it are
-  skipped. Divergence is thus found on the device, read once per chunk.
-  One model: an engine maps it over the members' axis (replicas.py) and over
-  devices (parallel.py), with `axis_name` and `jit=False`.
+  of the parameters, was not finite, and -1 if none was; the steps after it
+  leave the parameters alone and only count. A state whose parameters are
+  already not finite (a sweep member that diverged in an earlier chunk) trains
+  no step, and `bad` is its step at the chunk's start. Divergence is thus found
+  on the device, read once per chunk. One model: an engine maps it over the
+  members' axis (replicas.py) and over devices (parallel.py), with
+  `axis_name` and `jit=False`.
   """
   view = models.input_view(config)
   step = functools.partial(train_step, view=view,
@@ -187,8 +196,9 @@ def make_train_chunk(config: Config, axis_name: Optional[str] = None,
       def run(state):
         return step(state, images[idx], labels[idx])
 
-      def skip(state):
-        return state, _zeros()
+      def skip(state):  # Padding is no step; a step after divergence counts.
+        counted = ok.astype(state.step.dtype)
+        return state.replace(step=state.step + counted), _zeros()
 
       number = state.step + 1
       state, metrics = jax.lax.cond(ok & (bad < 0), run, skip, state)
@@ -196,11 +206,11 @@ def make_train_chunk(config: Config, axis_name: Optional[str] = None,
                       number, bad)
       return (state, jax.tree.map(jnp.add, sums, metrics), bad), None
 
-    init = (state, _zeros(), jnp.full((), -1, jnp.int32))
+    bad = jnp.where(_finite(state.params), -1, state.step).astype(jnp.int32)
+    init = (state, _zeros(), bad)
     (state, sums, bad), _ = jax.lax.scan(body, init, (batch_idx, valid))
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p))
-                                for p in jax.tree.leaves(state.params)]))
-    bad = jnp.where((bad < 0) & ~finite, state.step.astype(jnp.int32), bad)
+    bad = jnp.where((bad < 0) & ~_finite(state.params),
+                    state.step.astype(jnp.int32), bad)
     return state, sums, bad
 
   return jax.jit(chunk, donate_argnums=(0,)) if jit else chunk
@@ -381,13 +391,12 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
 
 def _chosen_logits(engine, state, config, dataset, choice):
   """(the chosen member's test logits [N, K], the ensemble of its grid point's
-  seeds as report.ensemble_metrics gives it, or None for one seed)."""
+  seeds as report.ensemble_metrics gives it, or None)."""
   seeds = members_lib.points(engine.members)[choice.point]
   logits = predict_logits(engine.stacked_params(state, seeds), state.apply_fn,
                           dataset.test.images, models.input_view(config),
                           config.eval_batch_size, stacked=True)
-  ensemble = (report.ensemble_metrics(logits, dataset.test.labels)
-              if len(seeds) > 1 else None)
+  ensemble = report.ensemble_metrics(logits, dataset.test.labels)
   return logits[seeds.index(choice.member)], ensemble
 
 
@@ -395,7 +404,8 @@ def _train_epoch(engine, state, epoch, start, stop, saver, log, workdir):
   """Runs one epoch's chunks: (state, host train metrics, epoch seconds).
 
   Between chunks (the safe points) a stop request saves a checkpoint and
-  raises Preempted; after a chunk, a non-finite step ends the run (Diverged).
+  raises Preempted; after a chunk, a non-finite step ends the run (Diverged),
+  or with several members stops that member, and the run once all are.
   """
   epoch_start = time.perf_counter()
   done = start.steps_done(epoch)
@@ -406,7 +416,12 @@ def _train_epoch(engine, state, epoch, start, stop, saver, log, workdir):
     if signum is not None:
       _preempt(engine, state, signum, epoch, done, sums, saver, log, workdir)
     state, sums, bad = engine.train_chunk(state, plan, c, sums)
-    step = divergence.first_step(bad)
+    step = divergence.all_stopped(bad)
+    if step is None and len(engine.members) > 1:
+      before = (epoch - 1) * engine.steps + done
+      for i in divergence.stopped_after(bad, before):
+        log.message(divergence.member_message(
+            sweep.label(engine.members[i]), int(bad[i]), epoch, engine.steps))
     if step is not None:
       message = divergence.message(step, epoch, engine.steps, saver.kept())
       log.diverged(divergence.row(step, epoch, message))
@@ -437,35 +452,33 @@ def _epoch_row(members, steps, epoch, step, train_m, val_m, epoch_time,
                examples, elapsed) -> Dict[str, Any]:
   """The metrics.jsonl row of an epoch (val_m None: no validation split).
 
-  The top-level metrics are the leading grid point's (members.choose), which
-  a sweep names in `leader`.
+  The top-level metrics are the leading member's (members.choose), which a
+  run of several members names in `leader`.
   """
   leader = members_lib.choose(members, val_m)
   rates = (members_lib.learning_rates(members, steps, step)
            if len(members) > 1 else None)
-  top, extras = members_lib.row(members, leader.point,
+  top, extras = members_lib.row(members, leader,
                                 {"train": train_m, "val": val_m}, rates)
   row = {"epoch": epoch, "step": step, **top}
-  if members[leader.member].values:
-    row["leader"] = dict(members[leader.member].values)
+  if len(members) > 1:
+    row["leader"] = members_lib.identity(members[leader.member])
   return {**row, **extras, "epoch_time_s": epoch_time,
           "examples_per_s": examples / epoch_time, "elapsed_s": elapsed}
 
 
 def _final_row(members, choice, test_m, ensemble, steps_per_epoch,
                **fields) -> Dict[str, Any]:
-  """The final metrics.jsonl row: the chosen grid point's test metrics
-  (mean over its seeds), `fields`, and with several members which one was
-  chosen, the ensemble of its point's seeds and every member's metrics."""
+  """The final metrics.jsonl row: the chosen member's test metrics, `fields`,
+  and with several members which one was chosen, the mean, spread and
+  ensemble of its grid point's seeds and every member's metrics."""
   top, extras = members_lib.row(
-      members, choice.point, {"test": test_m},
+      members, choice, {"test": test_m},
       members_lib.learning_rates(members, steps_per_epoch, fields["steps"])
       if len(members) > 1 else None)
   final = {**top, "test_examples": int(test_m["count"]), **fields}
   if len(members) > 1:
-    chosen = members[choice.member]
-    final["chosen"] = {"values": dict(chosen.values), "member": chosen.index,
-                       "seed": chosen.seed}
+    final["chosen"] = members_lib.identity(members[choice.member])
   if ensemble is not None:
     final["ensemble_test_accuracy"] = ensemble["accuracy"]
     final["ensemble_test_loss"] = ensemble["loss"]
@@ -473,19 +486,19 @@ def _final_row(members, choice, test_m, ensemble, steps_per_epoch,
 
 
 def _summary(final: dict, members, workdir: str) -> str:
-  """The line a run ends with: the chosen point's test accuracy and where."""
-  seeds = len(members) // len(members_lib.points(members))
-  detail = f"loss {final['test_loss']:.4f}, {final['test_examples']} examples"
-  text = f"test accuracy {100 * final['test_accuracy']:.2f}%"
-  if seeds > 1:
-    text += f" +- {100 * final['test_accuracy_std']:.2f}"
-    detail = f"mean +- std of {seeds} seeds; {detail}"
-  text += f" ({detail})"
-  if "ensemble_test_accuracy" in final:
-    text += (f"; their ensemble {100 * final['ensemble_test_accuracy']:.2f}%")
+  """The line a run ends with: the chosen member's test accuracy, its grid
+  point's seeds and their ensemble, and where the results are."""
+  text = (f"test accuracy {100 * final['test_accuracy']:.2f}% (loss "
+          f"{final['test_loss']:.4f}, {final['test_examples']} examples)")
   chosen = final.get("chosen")
-  if chosen and chosen["values"]:
+  if chosen:
     text = (f"chosen by validation accuracy: "
-            f"{sweep.values_text(chosen['values'])}; {text}")
+            f"{sweep.values_text(chosen['values'], chosen['seed'])}; {text}")
+  if "test_accuracy_mean" in final:
+    seeds = len(members) // len(members_lib.points(members))
+    text += (f"; its {seeds} seeds {100 * final['test_accuracy_mean']:.2f} +- "
+             f"{100 * final['test_accuracy_std']:.2f}%")
+  if "ensemble_test_accuracy" in final:
+    text += f", their ensemble {100 * final['ensemble_test_accuracy']:.2f}%"
   return (f"{text}; wall time {final['wall_time_s']:.1f}s; results in "
           f"{workdir}")

@@ -73,15 +73,16 @@ def load_run(workdir: str, **overrides) -> Run:
   members = members_lib.from_config(config)
   create = functools.partial(train.create_train_state, config=config,
                              model=models.build(config), steps_per_epoch=1)
-  template = members_lib.init_state(members, create,
-                                    members_lib.keys(members)[0], 1)
+  # Shapes only: orbax restores into them, and nothing is initialised.
+  template = jax.eval_shape(lambda: members_lib.init_state(
+      members, create, members_lib.keys(members)[0], 1))
   checkpoints = checkpoint_lib.Checkpointer(workdir, read_only=True)
   try:
     state, meta = checkpoints.restore(template, model=config.model)
   finally:
     checkpoints.close()
   chosen = (workdir_lib.final_metrics(workdir) or {}).get("chosen")
-  member = chosen["member"] if chosen else 0
+  member = chosen["index"] if chosen else 0
   seeds = next(p for p in members_lib.points(members) if member in p)
   params = state.params
   if len(members) == 1:
@@ -103,9 +104,9 @@ def rewrite_report(workdir: str, **overrides) -> Dict[str, Any]:
   dataset = data_lib.load(run.config)
   images = np.asarray(dataset.test.images)
   logits = run.seed_logits(images, run.config.eval_batch_size)
-  ensemble = (report.ensemble_metrics(logits, dataset.test.labels)
-              if len(logits) > 1 else None)
-  result = report.write(workdir, run.config, dataset.test, logits[run.seeds.index(run.member)],
+  ensemble = report.ensemble_metrics(logits, dataset.test.labels)
+  result = report.write(workdir, run.config, dataset.test,
+                        logits[run.seeds.index(run.member)],
                         dataset.class_names, ensemble=ensemble)
   print(f"test accuracy {100 * result['accuracy']:.2f}% (loss "
         f"{result['loss']:.4f}, {len(dataset.test)} examples, checkpoint of "
