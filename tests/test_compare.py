@@ -102,8 +102,8 @@ def test_num_seeds_run_gives_one_run_per_seed(prepared, tmp_path):
     row = next(csv.DictReader(f))
   assert row["runs"] == "3" and row["seeds"] == "5 6 7"
   assert float(row["test_accuracy_mean"]) == pytest.approx(
-      final["test_accuracy"], abs=1e-6)
+      final["test_accuracy_mean"], abs=1e-6)
   assert float(row["test_accuracy_std"]) == pytest.approx(
       final["test_accuracy_std"], abs=1e-6)
-  assert float(row["test_loss_mean"]) == pytest.approx(final["test_loss"],
-                                                       abs=1e-6)
+  assert float(row["test_loss_mean"]) == pytest.approx(
+      final["test_loss_mean"], abs=1e-6)

@@ -37,19 +37,27 @@ def three_seeds(prepared, tmp_path_factory):
   return _run(prepared, tmp_path_factory.mktemp("seeds"), seed=3, num_seeds=3)
 
 
-def test_rows_hold_each_replica_and_their_mean_and_std(three_seeds):
+def test_rows_hold_the_leading_member_every_member_and_their_mean_and_std(
+    three_seeds):
   epochs, final = three_seeds[:-1], three_seeds[-1]
   assert [r["epoch"] for r in epochs] == [1, 2]
   for row in epochs:
     per = row["members"]
     assert [p["seed"] for p in per] == [3, 4, 5]
+    lead = row["leader"]["index"]
+    assert row["leader"] == {"index": lead, "seed": 3 + lead, "values": {}}
+    assert per[lead]["val_accuracy"] == max(p["val_accuracy"] for p in per)
     for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
       values = [p[key] for p in per]
-      assert row[key] == pytest.approx(np.mean(values))
+      assert row[key] == per[lead][key]
+      assert row[key + "_mean"] == pytest.approx(np.mean(values))
       assert row[key + "_std"] == pytest.approx(np.std(values, ddof=1))
   losses = [p["test_loss"] for p in final["members"]]
   assert len(set(losses)) == 3  # Different init, dropout and data order.
-  assert final["test_loss"] == pytest.approx(np.mean(losses))
+  chosen = final["chosen"]["index"]
+  assert final["chosen"]["seed"] == 3 + chosen
+  assert final["test_loss"] == final["members"][chosen]["test_loss"]
+  assert final["test_loss_mean"] == pytest.approx(np.mean(losses))
   assert final["test_loss_std"] == pytest.approx(np.std(losses, ddof=1))
   assert final["num_params"] == 784 * 16 + 16 + 16 * 10 + 10
 
