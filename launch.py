@@ -5,6 +5,7 @@
   python launch.py --model=mlp --mnist_dir=DIR    # offline: the four IDX files
   python launch.py --mode=report --workdir=RUN    # rewrite RUN's report.md + plots
   python launch.py --mode=predict --workdir=RUN --image=seven.png[,...] [--json]
+  python launch.py --model=mlp --sweep=learning_rate=3e-4,1e-3,3e-3 --num_seeds=2
 
 Every Config field (mnist_jax/config.py) is a flag; unset flags take the preset.
 """
@@ -22,6 +23,7 @@ from mnist_jax import models
 from mnist_jax import predict
 from mnist_jax import preemption
 from mnist_jax import runtime
+from mnist_jax import sweep
 from mnist_jax import train
 from mnist_jax import trained
 from mnist_jax import workdir
@@ -30,7 +32,7 @@ from mnist_jax.errors import UserError
 
 def value_text(value) -> str:
   """A default as it is typed on the command line (unset for None)."""
-  if value is None or value == []:
+  if value is None or value == [] or value == "":
     return "unset"
   if isinstance(value, bool):
     return str(value).lower()
@@ -59,7 +61,9 @@ def config_flag_help(name: str) -> str:
 for _name in config_lib.FIELDS:
   _kind = config_lib.field_type(_name)
   _help = config_flag_help(_name)
-  if _kind is bool:
+  if _name == "sweep":  # Repeatable: one NAME=V1,V2,... each.
+    flags.DEFINE_multi_string(_name, None, _help)
+  elif _kind is bool:
     flags.DEFINE_bool(_name, None, _help)
   elif _kind is int:
     flags.DEFINE_integer(_name, None, _help)
@@ -78,6 +82,9 @@ flags.DEFINE_bool("json", False,
                   "With --mode=predict: print one JSON object per image")
 flags.DEFINE_bool("plot", False,
                   "With --mode=predict: also save WORKDIR/predict/<name>.png")
+flags.DEFINE_bool("ensemble", False,
+                  "With --mode=predict: average the probabilities of the seeds "
+                  "of the run's chosen grid point instead of its chosen member")
 flags.DEFINE_bool("overwrite", False,
                   "Start over in an existing --workdir instead of resuming it")
 flags.DEFINE_bool("debug", False,
@@ -86,18 +93,29 @@ FLAGS = flags.FLAGS
 
 
 def _overrides() -> dict:
+  """The Config fields given on the command line, parsed; --sweep canonical.
+
+  Raises:
+    UserError: a bad --sweep, or a flag given beside a sweep of the same name.
+  """
   values = {}
   for name in config_lib.FIELDS:
     value = FLAGS[name].value
     if value is None or name in ("model", "preset"):
       continue
-    if config_lib.field_type(name) is tuple:
+    if name == "sweep":
+      value = sweep.canonical(value, FLAGS.model or config_lib.Config.model)
+    elif config_lib.field_type(name) is tuple:
       try:
         value = tuple(int(v) for v in value)
       except ValueError:
         raise UserError(f"--{name} takes comma-separated integers, got "
                         f"{','.join(value)}") from None
     values[name] = value
+  for name in sweep.parse(values.get("sweep", "")):
+    if name in values:
+      raise UserError(f"--{name} and --sweep={name}=... both set {name}; pass "
+                      "its values in --sweep only")
   return values
 
 
@@ -137,7 +155,7 @@ def _use_run():
                if FLAGS[k].value}
   if FLAGS.mode == "predict":
     if predict.main(FLAGS.workdir, FLAGS.image, FLAGS.json, FLAGS.plot,
-                    **overrides):
+                    ensemble=FLAGS.ensemble, **overrides):
       sys.exit(1)
     return
   trained.rewrite_report(FLAGS.workdir, **overrides)

@@ -5,14 +5,19 @@
   # Train each model (and seed) first, then compare; finished runs are reused:
   python experiments/compare.py --train=linear,mlp,cnn,rnn,lstm,gru \
       --seeds=0,1,2 --runs_root=runs/compare --out=comparison
+  # Train several values of settings a --sweep cannot vary (one run each):
+  python experiments/compare.py --train=mlp --vary=mlp_hidden=256/512,256 \
+      --vary=dropout=0/0.2 --out=comparison
 
 Writes OUT/comparison.md and OUT/comparison.csv (one row per configuration:
-mean and standard deviation over its seeds; a --num_seeds run counts as one
-run per seed), OUT/runs.csv (one row per run and seed),
-and OUT/accuracy.png, OUT/accuracy_vs_time.png, OUT/learning_curves.png.
+mean and standard deviation over its seeds), OUT/runs.csv (one row per run
+and seed), and OUT/accuracy.png, OUT/accuracy_vs_time.png,
+OUT/learning_curves.png. Every member of a --num_seeds or --sweep run counts
+as the run of its own configuration and seed.
 """
 
 import csv
+import itertools
 import os
 import statistics
 import sys
@@ -27,6 +32,7 @@ import numpy as np
 
 from mnist_jax import config as config_lib
 from mnist_jax import files
+from mnist_jax import members as members_lib
 from mnist_jax import models
 from mnist_jax import plots
 from mnist_jax import runtime
@@ -36,12 +42,12 @@ from mnist_jax.errors import UserError
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 # Settings that do not change what is trained: runs differing only in these
-# (and the seed) are repeats of one configuration.
-# A --num_seeds=N run counts as N runs, one per seed (replica i is the run
-# with seed+i), so its replicas are grouped with single-seed runs of the same
-# settings and give the error bars.
+# (and the seed) are repeats of one configuration. A run of several members
+# counts as one run per member, each with its own configuration (its swept
+# values) and seed, so members are grouped with single runs of the same
+# settings and their seeds give the error bars.
 NOT_CONFIGURATION = ("seed", "workdir", "data_dir", "mnist_dir", "chunk_steps",
-                     "num_seeds")
+                     "num_seeds", "sweep")
 PLOTS = ("accuracy.png", "accuracy_vs_time.png", "learning_curves.png")
 
 
@@ -87,27 +93,29 @@ def summarize(run_dir: str) -> Optional[dict]:
   }
 
 
-def split_replicas(summary: dict) -> List[dict]:
-  """A --num_seeds=N run's summary as N summaries, one per replica and seed.
+def split_members(summary: dict) -> List[dict]:
+  """A run's summary as one summary per member (members.py), each the run of
+  its own configuration and seed.
 
-  Each replica takes its own test metrics and learning curve from the
-  `replicas` lists of metrics.jsonl; the wall, epoch and examples/s times are
-  the whole run's (its replicas trained together). Other runs: [summary].
+  Each member takes its Config (the swept values applied), test metrics and
+  learning curve from metrics.jsonl; the wall, epoch and examples/s times are
+  the whole run's (its members trained together). One member: [summary].
   """
   final = workdir_lib.final_metrics(summary["run"])
-  if not final or not final.get("replicas"):
+  entries = final and (final.get("members") or final.get("replicas"))
+  if not entries:
     return [summary]
+  configs = [m.config for m in members_lib.from_config(summary["config"])]
   out = []
-  for i, replica in enumerate(final["replicas"]):
-    curve = []
-    for row in summary["curve"]:
-      plain = {k: v for k, v in row.items()
-               if k != "replicas" and not k.endswith("_std")}
-      curve.append({**plain, **{k: v for k, v in row["replicas"][i].items()
-                                if k != "seed"}})
-    out.append({**summary, "seed": replica["seed"],
-                "test_accuracy": replica["test_accuracy"],
-                "test_loss": replica["test_loss"], "curve": curve})
+  for i, entry in enumerate(entries):
+    if entry.get("diverged"):  # As a diverged single run, it has no result.
+      continue
+    curve = members_lib.member_rows(
+        [{**r, "members": r.get("members") or r["replicas"]}
+         for r in summary["curve"]], i)
+    out.append({**summary, "config": configs[i], "seed": entry["seed"],
+                "test_accuracy": entry["test_accuracy"],
+                "test_loss": entry["test_loss"], "curve": curve})
   return out
 
 
@@ -244,7 +252,7 @@ def compare(paths: Sequence[str], out: str, log=print) -> List[dict]:
     if s is None:
       log(f"skipping {run}: it has no final test metrics (unfinished run)")
     else:
-      summaries.extend(split_replicas(s))
+      summaries.extend(split_members(s))
   if not summaries:
     raise UserError("none of the runs has finished; train them first "
                     "(python launch.py --model=NAME --workdir=DIR)")
@@ -259,25 +267,73 @@ def compare(paths: Sequence[str], out: str, log=print) -> List[dict]:
   return groups
 
 
+def parse_vary(specs: Sequence[str]) -> Dict[str, list]:
+  """`--vary` specs, each NAME=V1/V2/..., as {Config field: [values]}.
+
+  Values are typed as the field's flag is: `mlp_hidden=256/512,256` gives
+  (256,) and (512, 256).
+  """
+  grid = {}
+  for spec in specs:
+    name, _, listed = (t.strip() for t in spec.partition("="))
+    if name in ("model", "seed", "preset") or name not in config_lib.FIELDS:
+      raise UserError(
+          f"--vary={spec}: vary a Config field other than model, preset and "
+          "seed (--train, --preset and --seeds choose those), e.g. "
+          "--vary=mlp_hidden=256/512")
+    texts = [t.strip() for t in listed.split("/") if t.strip()]
+    if not texts or name in grid:
+      raise UserError(f"--vary={spec}: give each name once, as NAME=V1/V2/...")
+    grid[name] = [_typed(name, t) for t in texts]
+  return grid
+
+
+def _typed(name: str, text: str):
+  kind = config_lib.field_type(name)
+  try:
+    if kind is tuple:
+      return tuple(int(v) for v in text.split(","))
+    if kind is bool:
+      if text.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(text)
+      return text.lower() in ("true", "1")
+    return kind(text)
+  except ValueError:
+    raise UserError(f"--vary={name}: {text!r} is not a value of {name}"
+                    ) from None
+
+
+def _folder_name(model: str, values: Dict, seed: int) -> str:
+  parts = [model] + [f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
+                     for k, v in values.items()] + [f"seed{seed}"]
+  return "-".join(parts)
+
+
 def train_runs(model_names: Sequence[str], seeds: Sequence[int], runs_root: str,
                preset: str = "tuned", log=print, stream=None,
+               vary: Optional[Dict[str, list]] = None,
                **overrides) -> List[str]:
-  """Trains each model and seed into runs_root/MODEL-seedN; reuses finished runs."""
+  """Trains each model, `vary` combination and seed into runs_root; reuses
+  finished runs. Folders are named MODEL[-NAME=VALUE...]-seedN."""
   runtime.setup()
+  vary = vary or {}
+  combos = [dict(zip(vary, c)) for c in itertools.product(*vary.values())]
   folders = []
   for name in model_names:
-    for seed in seeds:
-      folder = os.path.join(runs_root, f"{name}-seed{seed}")
-      config = models.get_config(name, preset, seed=seed, workdir=folder,
-                                 **overrides)
-      done = workdir_lib.final_metrics(folder) if os.path.isdir(folder) else None
-      if done and not workdir_lib.config_differences(
-          workdir_lib.read_config(folder), config):
-        log(f"{folder}: finished before, reused")
-      else:
-        log(f"training {name} (seed {seed}) in {folder}")
-        train.train_and_evaluate(config, folder, stream=stream)
-      folders.append(folder)
+    for values in combos:
+      for seed in seeds:
+        folder = os.path.join(runs_root, _folder_name(name, values, seed))
+        config = models.get_config(name, preset, seed=seed, workdir=folder,
+                                   **{**overrides, **values})
+        done = (workdir_lib.final_metrics(folder) if os.path.isdir(folder)
+                else None)
+        if done and not workdir_lib.config_differences(
+            workdir_lib.read_config(folder), config):
+          log(f"{folder}: finished before, reused")
+        else:
+          log(f"training {os.path.basename(folder)} in {folder}")
+          train.train_and_evaluate(config, folder, stream=stream)
+        folders.append(folder)
   return folders
 
 
@@ -288,7 +344,10 @@ def main(argv):
     overrides = {k: getattr(f, k) for k in ("epochs", "data_dir", "mnist_dir")
                  if getattr(f, k) is not None}
     seeds = [int(s) for s in f.seeds]
-    paths += train_runs(f.train, seeds, f.runs_root, f.preset, **overrides)
+    paths += train_runs(f.train, seeds, f.runs_root, f.preset,
+                        vary=parse_vary(f.vary), **overrides)
+  elif f.vary:
+    raise UserError("--vary needs --train=MODEL: it trains a run per value")
   if not paths:
     raise UserError("pass run folders to compare, or --train=MODEL[,MODEL...]")
   compare(paths, f.out)
@@ -298,6 +357,9 @@ def _define_flags():
   flags.DEFINE_string("out", "comparison", "Folder for the table and plots.")
   flags.DEFINE_list("train", [], "Models to train first (e.g. linear,cnn,gru).")
   flags.DEFINE_list("seeds", ["0"], "--train: seeds to train each model with.")
+  flags.DEFINE_multi_string(
+      "vary", [], "--train: a setting to train several values of, "
+      "NAME=V1/V2/... (e.g. mlp_hidden=256/512,256); repeat for a grid.")
   flags.DEFINE_string("runs_root", os.path.join("runs", "compare"),
                       "--train: where the run folders go (MODEL-seedN).")
   flags.DEFINE_string("preset", "tuned", "--train: preset of every model.")

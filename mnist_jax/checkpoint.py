@@ -4,9 +4,10 @@ Each checkpoint, named by its global step, holds the TrainState (params,
 optimizer state, step, dropout key) and a JSON record of where the run stands:
 `epoch` (epochs completed), `epoch_step` (steps done in the next epoch, for a
 checkpoint taken mid-epoch on preemption) with that epoch's partial metric sums,
-the model name and the parameter shapes (to refuse another model's checkpoint
-with a clear message). Orbax writes into a temporary folder and renames it when
-complete, so a process killed mid-save leaves the previous checkpoint intact.
+the model name, the parameter shapes (to refuse another model's checkpoint
+with a clear message) and the format number of the state's layout (`FORMAT`).
+Orbax writes into a temporary folder and renames it when complete, so a
+process killed mid-save leaves the previous checkpoint intact.
 """
 
 import contextlib
@@ -30,6 +31,9 @@ import numpy as np
 from mnist_jax.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
+# The layout of the saved train state. 2: every hyperparameter in the optimizer
+# state (optim.py); a checkpoint without a format number is 1.
+FORMAT = 2
 
 
 class CheckpointError(UserError):
@@ -231,7 +235,7 @@ class Checkpointer:
     The meta record gets the state's digest and its own checksum, both
     checked on restore.
     """
-    meta = {**meta, "digest": state_digest(state)}
+    meta = {**meta, "format": FORMAT, "digest": state_digest(state)}
     meta["meta_checksum"] = _meta_checksum(meta)
     ocp = _orbax()
     self._manager.save(step, args=ocp.args.Composite(
@@ -288,6 +292,13 @@ class Checkpointer:
     """
     step, meta = self.read_meta(step)
     where = f"{self.directory}/{step}"
+    written = meta.get("format", 1)
+    if written != FORMAT:
+      newer = isinstance(written, int) and written > FORMAT
+      raise CheckpointError(
+          f"the checkpoint {where} was written by "
+          f"{'a newer' if newer else 'an older'} mnist_jax (checkpoint format "
+          f"{written}; this one reads {FORMAT}); pass --overwrite to start over")
     if model is not None and meta.get("model", model) != model:
       raise CheckpointError(
           f"the checkpoint {where} was written by model {meta['model']!r}, not "

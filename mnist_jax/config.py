@@ -135,7 +135,11 @@ class Config:
   seed: int = _field(
       0, "Seed of initialisation, dropout and data order, in [0, 2**32)")
   num_seeds: int = _field(
-      1, "Train N replicas (seeds seed .. seed+N-1) in one compiled program")
+      1, "Train N members (seeds seed .. seed+N-1) in one compiled program; "
+      "with --sweep, N per grid point")
+  sweep: str = _field(
+      "", "Hyperparameter grid trained in the same program: NAME=V1,V2,...; "
+      "repeat the flag or join with ; for several names")
   workdir: Optional[str] = _field(
       None, "Run folder, resumed if it holds a run; unset means "
       "runs/<model>-<timestamp>")

@@ -102,6 +102,8 @@ class Engine:
   def environment(self) -> dict:
     """What config.json records of the devices, besides workdir.environment."""
     env = {"parallel": {"mode": self.par.mode, "devices": self.par.num_devices}}
+    if self._member_mesh is not None:  # The members split over these devices.
+      env["member_devices"] = self._member_mesh.devices.size
     if self._options:
       env["compiler_options"] = dict(sorted(self._options.items()))
     return env
@@ -149,16 +151,14 @@ class Engine:
   # State.
 
   def init_state(self, create: Callable):
-    """A fresh train state: `create(rng)` for each member, stacked [M, ...].
+    """A fresh train state of every member, stacked [M, ...] (members.init_state).
 
-    create: fn(init_rng) -> TrainState of one member (train.create_train_state).
-    Also draws the members' data keys: both as a single run splits its seed.
+    create: fn(init_rng, hparams=...) -> TrainState of one member
+      (train.create_train_state). Also draws the members' data keys: both as
+      a single run splits its seed.
     """
     init_rng, self._data_rng = members_lib.keys(self.members)
-    make = replicas.vmap(len(self.members), create)
-    if len(self.members) > 1:  # One program, not every optimizer-init op vmapped.
-      make = jax.jit(make)
-    return make(init_rng)
+    return members_lib.init_state(self.members, create, init_rng, self.steps)
 
   def restored(self, state):
     """A state restored from a checkpoint, placed as the train chunk wants it."""
@@ -255,6 +255,13 @@ class Engine:
     if len(self.members) > 1:
       params = jax.tree.map(lambda p: p[i], params)
     return params
+
+  def stacked_params(self, state, indices: Sequence[int]):
+    """The parameters of members `indices`, stacked [len(indices), ...] on the host."""
+    params = jax.device_get(self.par.unreplicate(state.params))
+    if len(self.members) == 1:
+      return jax.tree.map(lambda p: np.stack([p] * len(indices)), params)
+    return jax.tree.map(lambda p: np.asarray(p)[np.asarray(indices)], params)
 
   def num_params(self, state) -> int:
     """Parameters of one member."""

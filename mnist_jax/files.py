@@ -9,10 +9,11 @@ colleague or a TensorBoard server under another account could not read it.
 """
 
 import contextlib
+import csv
 import json
 import os
 import secrets
-from typing import IO, Iterator
+from typing import IO, Any, Iterator, Sequence
 
 
 @contextlib.contextmanager
@@ -52,3 +53,9 @@ def write_json(path: str, obj) -> None:
   with atomic(path) as f:
     json.dump(obj, f, indent=2, sort_keys=True)
     f.write("\n")
+
+
+def write_csv(path: str, rows: Sequence[Sequence[Any]]) -> None:
+  """Rows of cells as CSV with "\\n" line ends; the first row is the header."""
+  with atomic(path) as f:
+    csv.writer(f, lineterminator="\n").writerows(rows)

@@ -330,8 +330,9 @@ def setup(config, num_members: int = 1) -> Parallel:
     mesh = Mesh(np.array(jax.devices()), (AXIS,))
   par = Parallel(mode, jax.device_count(), mesh)
   if num_members > 1:
-    raise UserError(f"--num_seeds={config.num_seeds} runs on one device; with "
-                    f"{par.num_devices} devices pass --parallel=none (or "
-                    "--num_seeds=1 to spread one model over the devices)")
+    raise UserError(f"the {num_members} members of --num_seeds and --sweep "
+                    f"train on one device; with {par.num_devices} devices pass "
+                    "--parallel=none (or one member, --num_seeds=1 and no "
+                    "--sweep, to spread one model over the devices)")
   check_batch(config.batch_size, par.num_devices)
   return par

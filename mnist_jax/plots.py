@@ -345,3 +345,64 @@ def prediction(image: np.ndarray, probabilities: np.ndarray, path: str,
       path, names,
       title=f"{os.path.basename(source)}: {names[best]} "
             f"({100 * probabilities[best]:.1f}%)")
+
+
+def _value_axis(ax, values) -> None:
+  """The x axis of swept values: log for positive values spanning over 10x
+  (learning rates, say), symlog when 0 joins them, else linear; ticks at the
+  values."""
+  values = np.asarray(sorted(set(values)), np.float64)
+  positive = values[values > 0]
+  spans = len(positive) > 1 and positive.max() > 10 * positive.min()
+  if spans and len(positive) == len(values):
+    ax.set_xscale("log")
+  elif spans and (values >= 0).all():
+    ax.set_xscale("symlog", linthresh=positive.min())
+  ax.set_xticks(values)
+  ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+  ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def sweep(table: Sequence[dict], names: Sequence[str], path: str,
+          title: str = "") -> str:
+  """Validation and test accuracy against each swept value.
+
+  table: sweep_report.table's records, one per member. One panel per swept
+  name; a line per combination of the other names' values; mean over the
+  seeds, band +- std; the chosen grid point starred.
+  """
+  fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.3),
+                           squeeze=False)
+  chosen = next(r for r in table if r["chosen"])
+  point = [r for r in table if r["values"] == chosen["values"]]
+  for ax, name in zip(axes[0], names):
+    others = [n for n in names if n != name]
+    lines = {}  # The other names' values -> {this name's value: records}.
+    for r in table:
+      key = tuple(r["values"][n] for n in others)
+      lines.setdefault(key, {}).setdefault(r["values"][name], []).append(r)
+    colors = _colors(2 * len(lines))
+    for j, (key, by_value) in enumerate(lines.items()):
+      xs = sorted(by_value)
+      where = ", ".join(f"{n}={v:g}" for n, v in zip(others, key))
+      for metric, style, what, color in (
+          ("final_val_accuracy", "o-", "validation", colors[2 * j]),
+          ("test_accuracy", "s--", "test", colors[2 * j + 1])):
+        y = [[100 * r[metric] for r in by_value[x]] for x in xs]
+        mean = np.array([np.mean(v) for v in y])
+        std = np.array([np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in y])
+        ax.plot(xs, mean, style, color=color, ms=4,
+                label=what + (f" ({where})" if where else ""))
+        if std.any():
+          ax.fill_between(xs, mean - std, mean + std, color=color, alpha=0.15)
+    ax.plot([chosen["values"][name]],
+            [np.mean([100 * r["final_val_accuracy"] for r in point])], "*",
+            ms=15, color="gold", mec="black", label="chosen", zorder=5)
+    _value_axis(ax, [r["values"][name] for r in table])
+    ax.set_xlabel(name)
+    ax.set_ylabel("Accuracy (%)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+  fig.suptitle((title + "\n" if title else "") + "final validation and test "
+               "accuracy; mean over seeds, band ± std", fontsize=10)
+  return _save(fig, path)

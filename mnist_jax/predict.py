@@ -20,7 +20,6 @@ from PIL import ImageOps
 from PIL import UnidentifiedImageError
 
 from mnist_jax import datasets
-from mnist_jax import report
 from mnist_jax import trained
 from mnist_jax.errors import UserError
 
@@ -195,8 +194,12 @@ def load(path: str) -> np.ndarray:
     return preprocess(image, path)
 
 
-def predict_files(run: trained.Run, paths: Sequence[str]) -> List[Prediction]:
-  """Predicts each file with a loaded run (trained.load_run); failures kept in order."""
+def predict_files(run: trained.Run, paths: Sequence[str],
+                  ensemble: bool = False) -> List[Prediction]:
+  """Predicts each file with a loaded run (trained.load_run); failures kept in order.
+
+  ensemble: average the probabilities of the chosen grid point's seeds.
+  """
   results = []
   for path in paths:
     try:
@@ -206,7 +209,7 @@ def predict_files(run: trained.Run, paths: Sequence[str]) -> List[Prediction]:
   good = [r for r in results if r.error is None]
   if good:
     images = np.stack([r.image for r in good])
-    probs = report.softmax(run.logits(images, batch_size=len(good)))
+    probs = run.probabilities(images, ensemble, batch_size=len(good))
     for r, p in zip(good, probs):
       r.digit = int(np.argmax(p))
       r.probabilities = [round(float(v), 6) for v in p]
@@ -214,9 +217,12 @@ def predict_files(run: trained.Run, paths: Sequence[str]) -> List[Prediction]:
 
 
 def main(workdir: str, paths: Sequence[str], as_json: bool = False,
-         plot: bool = False, out=None, err=None, **overrides) -> int:
+         plot: bool = False, out=None, err=None, ensemble: bool = False,
+         **overrides) -> int:
   """The `--mode=predict` command: prints one line per file.
 
+  ensemble: predict with the mean probabilities of the chosen grid point's
+    seeds (`--ensemble`), not the chosen member alone.
   overrides: Config fields to change when loading the run (e.g. impl).
 
   Returns:
@@ -228,7 +234,7 @@ def main(workdir: str, paths: Sequence[str], as_json: bool = False,
     raise UserError("--mode=predict needs --image=FILE[,FILE...]")
   run = trained.load_run(workdir, **overrides)
   names = datasets.class_names(run.config.dataset)
-  results = predict_files(run, paths)
+  results = predict_files(run, paths, ensemble)
   for r in results:
     if r.error is not None:
       print(f"error: {r.error}", file=err)

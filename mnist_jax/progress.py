@@ -15,6 +15,11 @@ def _fmt_time(seconds: float) -> str:
   return f"{seconds}s"
 
 
+def _number(value, spec: str) -> str:
+  """`value` formatted by `spec`; "n/a" for None (a diverged member's)."""
+  return "n/a" if value is None else format(value, spec)
+
+
 class Progress:
   """Prints progress within an epoch at most every REPORT_EVERY_S seconds.
 
@@ -55,9 +60,15 @@ class Progress:
     val = ""
     if row.get("val_accuracy") is not None:
       val = f" val_loss {row['val_loss']:.4f} val_acc {100 * row['val_accuracy']:.2f}%"
+    if row.get("leader"):  # Several members: the one the numbers are of.
+      leader = row["leader"]
+      val += " (leading: " + ", ".join(
+          [f"{k}={v:g}" for k, v in leader["values"].items()] +
+          [f"seed={leader['seed']}"]) + ")"
     left = self._eta(epoch, 1.0, row["epoch_time_s"])
-    text = (f"{self.prefix}epoch {epoch}/{self.epochs} loss {row['train_loss']:.4f} "
-            f"acc {100 * row['train_accuracy']:.2f}%{val} "
+    text = (f"{self.prefix}epoch {epoch}/{self.epochs} loss "
+            f"{_number(row['train_loss'], '.4f')} acc "
+            f"{_number(row['train_accuracy'], '.2%')}{val} "
             f"{row['epoch_time_s']:.1f}s ({row['examples_per_s']:,.0f} ex/s), "
             f"about {_fmt_time(left)} left")
     self.stream.write(("\r" if self.tty else "") + text +

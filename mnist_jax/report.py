@@ -2,12 +2,13 @@
 
 `write` takes a model's test predictions and writes the files; it runs at the
 end of training, and `python launch.py --mode=report --workdir=DIR` runs it
-again on a finished run folder (trained.py). Every file goes through a
+again on a finished run folder (trained.py). With several members (seeds or a
+sweep, members.py) the model is the chosen member: its figures, its learning
+curves, and beside them the ensemble of its grid point's seeds and, for a
+sweep, sweep.csv and sweep.png over every member. Every file goes through a
 temporary name and a rename, so an interrupted report never leaves half a file.
 """
 
-import csv
-import io
 import os
 import statistics
 from typing import Any, Dict, List, Optional, Sequence
@@ -15,6 +16,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from mnist_jax import files
+from mnist_jax import members as members_lib
+from mnist_jax import sweep_report
 from mnist_jax import workdir as workdir_lib
 
 GRID_SIZE = 40  # Test digits shown in predictions.png.
@@ -31,6 +34,36 @@ def softmax(logits: np.ndarray) -> np.ndarray:
   z = np.asarray(logits, np.float64)
   z = np.exp(z - z.max(axis=-1, keepdims=True))
   return z / z.sum(axis=-1, keepdims=True)
+
+
+def score(probs: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
+  """Accuracy and mean cross entropy of probabilities [N, K] for labels [N]."""
+  labels = np.asarray(labels).astype(np.int64)
+  p_true = probs[np.arange(len(labels)), labels]
+  return {"accuracy": float(np.mean(probs.argmax(axis=-1) == labels)),
+          "loss": float(-np.mean(np.log(np.maximum(p_true, 1e-30))))}
+
+
+def _finite_models(logits: np.ndarray) -> np.ndarray:
+  """The models of logits [S, N, K] whose logits are all finite: a member
+  that diverged (divergence.py) has no place in an ensemble."""
+  return logits[np.isfinite(logits).all(axis=(1, 2))]
+
+
+def ensemble_probabilities(logits: np.ndarray) -> np.ndarray:
+  """The ensemble of S models: the mean of their probabilities, [S, N, K] -> [N, K]."""
+  return softmax(_finite_models(logits)).mean(axis=0)
+
+
+def ensemble_metrics(logits: np.ndarray,
+                     labels: np.ndarray) -> Optional[Dict[str, Any]]:
+  """Test accuracy and loss of the ensemble of S models' logits [S, N, K];
+  None unless at least two of them are finite."""
+  finite = _finite_models(logits)
+  if len(finite) < 2:
+    return None
+  return {**score(ensemble_probabilities(finite), labels),
+          "members": len(finite)}
 
 
 def confusion(labels: np.ndarray, predicted: np.ndarray, k: int = 10) -> np.ndarray:
@@ -61,23 +94,18 @@ def confused_pairs(counts: np.ndarray, top: int = PAIRS_LISTED) -> List[dict]:
   return pairs[:top]
 
 
-def _csv(rows: Sequence[Sequence[Any]]) -> str:
-  out = io.StringIO()
-  csv.writer(out, lineterminator="\n").writerows(rows)
-  return out.getvalue()
-
-
 def _fmt_s(seconds: Optional[float]) -> str:
   if seconds is None:
     return "n/a"
   return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def _headline(workdir: str, accuracy: float, loss: float, n: int) -> List[tuple]:
-  """(name, value) rows for the top of report.md, from metrics.jsonl."""
-  rows = workdir_lib.read_metrics(os.path.join(workdir, workdir_lib.METRICS_FILE))
+def _headline(rows: List[dict], accuracy: float, loss: float,
+              n: int) -> List[tuple]:
+  """(name, value) rows for the top of report.md, from metrics.jsonl rows."""
   epochs = [r for r in rows if "epoch" in r and "train_loss" in r]
-  final = workdir_lib.final_metrics(workdir) or {}
+  finals = [r for r in rows if "test_accuracy" in r]
+  final = finals[-1] if finals else {}
   out = [("Test accuracy", f"**{100 * accuracy:.2f}%** ({n} images, "
           f"{int(round((1 - accuracy) * n))} wrong)"),
          ("Test loss", f"{loss:.4f}")]
@@ -102,16 +130,29 @@ def _headline(workdir: str, accuracy: float, loss: float, n: int) -> List[tuple]
   return out
 
 
+def _ensemble_text(ensemble: dict, final: dict) -> str:
+  """The ensemble's accuracy beside the mean +- std of its single members."""
+  text = (f"**{100 * ensemble['accuracy']:.2f}%** (loss {ensemble['loss']:.4f}; "
+          f"the mean probabilities of {ensemble['members']} seeds)")
+  if final.get("test_accuracy_mean") is not None:
+    text += (f"; single members {100 * final['test_accuracy_mean']:.2f} ± "
+             f"{100 * final['test_accuracy_std']:.2f}%")
+  return text
+
+
 def write(workdir: str, config, test, logits: np.ndarray,
-          class_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+          class_names: Optional[Sequence[str]] = None,
+          ensemble: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
   """Scores a model's test predictions and writes the report files.
 
   Args:
-    workdir: the run folder (its metrics.jsonl gives the learning curves).
+    workdir: the run folder (its metrics.jsonl gives the learning curves, and
+      with several members which one was chosen).
     config: the run's Config.
     test: data.Split with images [N, 28, 28] uint8 and labels [N].
-    logits: the model's logits [N, K] for those images, in order.
+    logits: the (chosen member's) logits [N, K] for those images, in order.
     class_names: K label names (default "0".."9").
+    ensemble: `ensemble_metrics` of the chosen grid point's seeds, if several.
 
   Returns:
     {"accuracy", "loss", "confusion", "paths"}: test metrics and written files.
@@ -127,26 +168,32 @@ def write(workdir: str, config, test, logits: np.ndarray,
   probs = softmax(logits)
   predicted = probs.argmax(axis=-1)
   p_true = probs[np.arange(n), labels]
-  loss = float(-np.mean(np.log(np.maximum(p_true, 1e-30))))
+  loss = score(probs, labels)["loss"]
   counts = confusion(labels, predicted, k)
   accuracy = float(np.trace(counts) / max(n, 1))
   stats = per_class(counts)
   pairs = confused_pairs(counts)
   title = f"{config.model} ({config.preset})"
   path = lambda name: os.path.join(workdir, name)
+  rows = workdir_lib.read_metrics(path(workdir_lib.METRICS_FILE))
+  final = next((r for r in reversed(rows) if "test_accuracy" in r), {})
+  chosen = final.get("chosen")
+  if chosen:  # The chosen member's own curves and numbers.
+    rows = members_lib.member_rows(rows, chosen["index"])
+    title += f", member {chosen['index']}"
 
-  files.write_text(path("confusion_matrix.csv"), _csv(
+  files.write_csv(path("confusion_matrix.csv"),
       [["true\\predicted"] + names] +
-      [[names[i]] + [int(c) for c in counts[i]] for i in range(k)]))
-  files.write_text(path("per_class.csv"), _csv(
+      [[names[i]] + [int(c) for c in counts[i]] for i in range(k)])
+  files.write_csv(path("per_class.csv"),
       [["class", "name", "support", "correct", "accuracy", "precision", "f1"]] +
       [[i, names[i], int(stats["support"][i]), int(stats["correct"][i]),
         f"{stats['accuracy'][i]:.6f}", f"{stats['precision'][i]:.6f}",
-        f"{stats['f1'][i]:.6f}"] for i in range(k)]))
-  files.write_text(path("confused_pairs.csv"), _csv(
+        f"{stats['f1'][i]:.6f}"] for i in range(k)])
+  files.write_csv(path("confused_pairs.csv"),
       [["true", "predicted", "count", "fraction_of_true"]] +
       [[names[p["true"]], names[p["predicted"]], p["count"],
-        f"{p['fraction_of_true']:.6f}"] for p in pairs]))
+        f"{p['fraction_of_true']:.6f}"] for p in pairs])
 
   plots.confusion_matrix(counts, path("confusion_matrix.png"), names,
                          title=f"{title}: confusion matrix on {n} test images "
@@ -177,21 +224,30 @@ def write(workdir: str, config, test, logits: np.ndarray,
   plots.sample_probabilities(samples, path("sample_probabilities.png"), names,
                              title=f"{title}: class probabilities of single "
                              "test images")
-  metrics_rows = workdir_lib.read_metrics(path(workdir_lib.METRICS_FILE))
-  if metrics_rows:
-    plots.learning_curves(metrics_rows, path("learning_curves.png"), title=title)
+  if rows:
+    plots.learning_curves(rows, path("learning_curves.png"), title=title)
+  table = sweep_report.table(
+      workdir_lib.read_metrics(path(workdir_lib.METRICS_FILE)))
+  if config.sweep and table:
+    sweep_report.write(workdir, config, table)
 
+  headline = _headline(rows, accuracy, loss, n)
+  if ensemble is not None:
+    headline.insert(2, ("Ensemble test accuracy", _ensemble_text(ensemble, final)))
   files.write_text(path("report.md"), _markdown(
-      workdir, config, names, counts, stats, pairs, accuracy, loss, n))
+      config, names, counts, stats, pairs, n, headline,
+      sweep_report.section(config, final, table)))
   return {"accuracy": accuracy, "loss": loss, "confusion": counts,
-          "paths": [path(f) for f in FILES if os.path.exists(path(f))]}
+          "paths": [path(f) for f in FILES + sweep_report.FILES
+                    if os.path.exists(path(f))]}
 
 
-def _markdown(workdir, config, names, counts, stats, pairs, accuracy, loss, n):
+def _markdown(config, names, counts, stats, pairs, n, headline, members):
   lines = [f"# {config.model} ({config.preset} preset) on {config.dataset}", ""]
   lines += ["| | |", "|---|---|"]
-  lines += [f"| {k} | {v} |" for k, v in _headline(workdir, accuracy, loss, n)]
-  lines += ["", "## Learning curves", "", "![learning curves](learning_curves.png)",
+  lines += [f"| {k} | {v} |" for k, v in headline]
+  lines += ["", *members]
+  lines += ["## Learning curves", "", "![learning curves](learning_curves.png)",
             "", "## Confusion matrix", "",
             "Rows are true labels, columns predictions; each cell shows a count, "
             "its colour the fraction of the row. Counts: "

@@ -52,7 +52,8 @@ def _parse_value(name: str, text: str) -> Any:
   return value
 
 
-def _check_name(name: str) -> None:
+def _check_name(name: str, texts: Sequence[str], model: str) -> None:
+  """Refuses a name that is not sweepable, saying what trains it instead."""
   if name in optim.SWEEPABLE:
     return
   sweepable = ", ".join(optim.SWEEPABLE)
@@ -60,16 +61,20 @@ def _check_name(name: str) -> None:
     raise UserError("--sweep=seed: seeds are not swept; --seed=S "
                     "--num_seeds=N trains the seeds S .. S+N-1 of every point")
   if name in config_lib.FIELDS:
+    command = (f"--train={','.join(texts)}" if name == "model" else
+               f"--train={model} --vary={name}={'/'.join(texts)}")
     raise UserError(
         f"--sweep cannot vary {name}: only the optimizer and loss settings "
-        f"({sweepable}) leave shapes and the compiled program alone; for "
-        f"{name}, train a run per value and compare them with "
-        "experiments/compare.py --train=... (or their run folders)")
+        f"({sweepable}) leave shapes and the compiled program alone; train a "
+        f"run per value and compare them with python experiments/compare.py "
+        f"{command}")
   raise UserError(f"--sweep: unknown name {name!r}; sweepable: {sweepable}")
 
 
-def parse(specs: Union[str, Sequence[str]]) -> Grid:
+def parse(specs: Union[str, Sequence[str]], model: str = "MODEL") -> Grid:
   """The grid of `--sweep` specs: each `NAME=V1,V2,...`, several `;`-joined.
+
+  model: the run's --model, for the command a refused name is pointed to.
 
   Raises:
     UserError: a malformed spec, a bad or repeated value, an empty list, an
@@ -84,11 +89,11 @@ def parse(specs: Union[str, Sequence[str]]) -> Grid:
     name, sep, listed = (s.strip() for s in part.partition("="))
     if not sep or not name:
       raise UserError(f"--sweep={part}: expected NAME=V1,V2,...; {_example()}")
-    _check_name(name)
+    texts = [t.strip() for t in listed.split(",") if t.strip()]
+    _check_name(name, texts, model)
     if name in grid:
       raise UserError(f"--sweep names {name} twice; give it once with all its "
                       "values")
-    texts = [t.strip() for t in listed.split(",") if t.strip()]
     if not texts:
       raise UserError(f"--sweep={name}= lists no values; {_example()}")
     values = tuple(_parse_value(name, t) for t in texts)
@@ -100,13 +105,13 @@ def parse(specs: Union[str, Sequence[str]]) -> Grid:
   return grid
 
 
-def canonical(specs: Union[str, Sequence[str]]) -> str:
+def canonical(specs: Union[str, Sequence[str]], model: str = "MODEL") -> str:
   """The sweep as one string for `Config.sweep`: `a=1.0,2.0;b=0.1` ("": none).
 
   Parsing it again gives the same grid.
   """
   return ";".join(f"{name}={','.join(repr(v) for v in values)}"
-                  for name, values in parse(specs).items())
+                  for name, values in parse(specs, model).items())
 
 
 def _check_applies(grid: Grid, config: Config) -> None:
@@ -134,11 +139,13 @@ def members(config: Config, spec: Optional[str] = None) -> List[Member]:
     UserError: a bad sweep, or a member whose values no run accepts.
   """
   config_lib.validate(config)
-  grid = parse(config.sweep if spec is None else spec)
+  grid = parse(config.sweep if spec is None else spec, config.model)
   _check_applies(grid, config)
-  # A member is a single run: one seed, no sweep.
-  single = {"num_seeds": 1, **({"sweep": ""} if "sweep" in config_lib.FIELDS
-                               else {})}
+  if grid and config.val_fraction == 0:
+    raise UserError("--sweep chooses its member by validation accuracy, and "
+                    "--val_fraction=0 holds out none; pass e.g. "
+                    "--val_fraction=0.1")
+  single = {"num_seeds": 1, "sweep": ""}  # A member is a single run.
   out = []
   for point in itertools.product(*grid.values()):
     values = dict(zip(grid, point))
@@ -169,8 +176,13 @@ def hyperparams(sweep_members: Sequence[Member],
 
 def label(member: Member) -> str:
   """A member's name for logs and tables: `learning_rate=0.003, seed=1`."""
-  return ", ".join([f"{k}={_short(v)}" for k, v in member.values.items()] +
-                   [f"seed={member.seed}"])
+  return values_text(member.values, member.seed)
+
+
+def values_text(values: Dict[str, Any], seed: Optional[int] = None) -> str:
+  """Swept values (and a seed) as text: `learning_rate=0.003, seed=1`."""
+  return ", ".join([f"{k}={_short(v)}" for k, v in values.items()] +
+                   ([f"seed={seed}"] if seed is not None else []))
 
 
 def _short(value) -> str:

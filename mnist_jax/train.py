@@ -38,6 +38,7 @@ from mnist_jax import report
 from mnist_jax import resume
 from mnist_jax import runlog
 from mnist_jax import sequence as sequence_lib
+from mnist_jax import sweep
 from mnist_jax import target as target_lib
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.config import Config
@@ -160,6 +161,12 @@ def _zeros() -> Metrics:
   return {"loss": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
 
 
+def _finite(params) -> jax.Array:
+  """Whether every parameter is finite: a bool scalar."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(p))
+                            for p in jax.tree.leaves(params)]))
+
+
 def make_train_chunk(config: Config, axis_name: Optional[str] = None,
                      jit: bool = True) -> Callable:
   """A function running a chunk of steps as one `lax.scan` (jitted if `jit`).
@@ -168,10 +175,13 @@ def make_train_chunk(config: Config, axis_name: Optional[str] = None,
   valid [C] bool) -> (state, metric sums, bad) skips steps where valid is
   False, so every chunk of an epoch has one shape and compiles once. `bad`
   (int32) is the global number of the first step whose loss, or whose update
-  of the parameters, was not finite, and -1 if none was; steps after it are
-  skipped. Divergence is thus found on the device, read once per chunk.
-  One model: an engine maps it over the members' axis (replicas.py) and over
-  devices (parallel.py), with `axis_name` and `jit=False`.
+  of the parameters, was not finite, and -1 if none was; the steps after it
+  leave the parameters alone and only count. A state whose parameters are
+  already not finite (a sweep member that diverged in an earlier chunk) trains
+  no step, and `bad` is its step at the chunk's start. Divergence is thus found
+  on the device, read once per chunk. One model: an engine maps it over the
+  members' axis (replicas.py) and over devices (parallel.py), with
+  `axis_name` and `jit=False`.
   """
   view = models.input_view(config)
   step = functools.partial(train_step, view=view,
@@ -187,8 +197,9 @@ def make_train_chunk(config: Config, axis_name: Optional[str] = None,
       def run(state):
         return step(state, images[idx], labels[idx])
 
-      def skip(state):
-        return state, _zeros()
+      def skip(state):  # Padding is no step; a step after divergence counts.
+        counted = ok.astype(state.step.dtype)
+        return state.replace(step=state.step + counted), _zeros()
 
       number = state.step + 1
       state, metrics = jax.lax.cond(ok & (bad < 0), run, skip, state)
@@ -196,11 +207,11 @@ def make_train_chunk(config: Config, axis_name: Optional[str] = None,
                       number, bad)
       return (state, jax.tree.map(jnp.add, sums, metrics), bad), None
 
-    init = (state, _zeros(), jnp.full((), -1, jnp.int32))
+    bad = jnp.where(_finite(state.params), -1, state.step).astype(jnp.int32)
+    init = (state, _zeros(), bad)
     (state, sums, bad), _ = jax.lax.scan(body, init, (batch_idx, valid))
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p))
-                                for p in jax.tree.leaves(state.params)]))
-    bad = jnp.where((bad < 0) & ~finite, state.step.astype(jnp.int32), bad)
+    bad = jnp.where((bad < 0) & ~_finite(state.params),
+                    state.step.astype(jnp.int32), bad)
     return state, sums, bad
 
   return jax.jit(chunk, donate_argnums=(0,)) if jit else chunk
@@ -226,21 +237,27 @@ def make_evaluate(config: Config, apply_fn: Callable, jit: bool = True) -> Calla
 
 
 def predict_logits(params, apply_fn: Callable, images: np.ndarray, view: str,
-                   batch_size: int = 1000) -> np.ndarray:
-  """Logits [N, 10] for uint8 images [N, 28, 28], in order (no example dropped)."""
+                   batch_size: int = 1000, stacked: bool = False) -> np.ndarray:
+  """Logits [N, 10] for uint8 images [N, 28, 28], in order (no example dropped).
+
+  stacked: `params` are S models' stacked [S, ...]; returns their logits
+  [S, N, 10], computed one model after another in one program.
+  """
   n = len(images)
   batch_idx, _ = batches_lib.eval_batches(n, batch_size)
 
-  @jax.jit
-  def run(params, images, batch_idx):
+  def one(params, images, batch_idx):
     def body(_, idx):
       return None, apply_fn({"params": params}, data_lib.to_view(images[idx], view),
                             train=False)
     return jax.lax.scan(body, None, batch_idx)[1]
 
-  logits = run(params, jnp.asarray(images), jnp.asarray(batch_idx))
-  return np.asarray(logits).reshape(-1, logits.shape[-1])[:n]
-
+  run = one
+  if stacked:
+    run = lambda p, x, b: jax.lax.map(lambda q: one(q, x, b), p)
+  logits = np.asarray(jax.jit(run)(params, jnp.asarray(images),
+                                   jnp.asarray(batch_idx)))
+  return logits.reshape(*logits.shape[:-3], -1, logits.shape[-1])[..., :n, :]
 
 
 def steps_per_epoch(config: Config, num_train: int) -> int:
@@ -278,7 +295,7 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
   start_time = time.perf_counter()
   # Devices and data.
   members = members_lib.from_config(config)
-  labels = [m.label() for m in members]
+  labels = [{"seed": m.seed, **dict(m.values)} for m in members]
   engine = engine_lib.Engine(config, members)
   workdir_lib.check_writable(workdir)
   existing = workdir_lib.check_run_folder(workdir, config, overwrite=overwrite)
@@ -332,17 +349,16 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
 
   # Each epoch: train, evaluate, log, checkpoint.
   target = target_lib.Target(config.target_accuracy, "val" in engine.splits)
-  test_m = time_to_target = None  # test_m: the current state's, when known.
+  test_m = val_m = time_to_target = None  # The current state's, when known.
   epoch = start.epoch - 1
   with preemption.StopRequest() as stop:
     for epoch in start.epochs(config.epochs):
       state, train_m, epoch_time = _train_epoch(engine, state, epoch, start,
                                                 stop, saver, log, workdir)
       val_m = engine.evaluate(state, "val") if "val" in engine.splits else None
-      row = _epoch_row(members, epoch, engine.step(state), train_m, val_m,
-                       epoch_time, steps * config.batch_size,
+      row = _epoch_row(members, steps, epoch, engine.step(state), train_m,
+                       val_m, epoch_time, steps * config.batch_size,
                        time.perf_counter() - start_time)
-      row["learning_rate"] = optim.learning_rate(config, steps, row["step"])
       if target.needs_test:
         test_m = engine.evaluate(state, "test")  # Final, if this is the last.
       reached = target.value(row, test_m)
@@ -358,36 +374,51 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
         log.message(target.message(reached, epoch, time_to_target))
         break
 
-  # Final evaluation.
+  # Final evaluation: choose the member (by validation), test every member,
+  # and the ensemble of the chosen grid point's seeds.
   if test_m is None:
     test_m = engine.evaluate(state, "test")
+  if val_m is None and "val" in engine.splits:
+    val_m = engine.evaluate(state, "val")
   saver.close()
-  final = {"test_loss": test_m["loss"], "test_accuracy": test_m["accuracy"],
-           "test_examples": int(test_m["count"]), "epochs_run": epoch,
-           "steps": engine.step(state), "compile_time_s": compile_time,
-           "wall_time_s": time.perf_counter() - start_time,
-           "num_params": engine.num_params(state),
-           **members_lib.row_extras(members, test=test_m)}
+  choice = members_lib.choose(members, val_m)
+  logits, ensemble = (_chosen_logits(engine, state, config, dataset, choice)
+                      if engine.is_main else (None, None))
+  final = _final_row(members, choice, test_m, ensemble, steps,
+                     epochs_run=epoch, steps=engine.step(state),
+                     compile_time_s=compile_time,
+                     wall_time_s=time.perf_counter() - start_time,
+                     num_params=engine.num_params(state))
   if target.active:
     final["time_to_target_s"] = time_to_target
   log.final(final)
 
-  # Report: the figures and tables of the first member's model.
+  # Report: the figures and tables of the chosen member.
   if engine.is_main:
-    logits = predict_logits(engine.member_params(state), state.apply_fn,
-                            dataset.test.images, models.input_view(config),
-                            config.eval_batch_size)
-    report.write(workdir, config, dataset.test, logits, dataset.class_names)
+    report.write(workdir, config, dataset.test, logits, dataset.class_names,
+                 ensemble=ensemble)
     log.figures()
-  log.message(_summary(final, len(members), workdir))
+  log.message(_summary(final, members, workdir))
   return final
+
+
+def _chosen_logits(engine, state, config, dataset, choice):
+  """(the chosen member's test logits [N, K], the ensemble of its grid point's
+  seeds as report.ensemble_metrics gives it, or None)."""
+  seeds = members_lib.points(engine.members)[choice.point]
+  logits = predict_logits(engine.stacked_params(state, seeds), state.apply_fn,
+                          dataset.test.images, models.input_view(config),
+                          config.eval_batch_size, stacked=True)
+  ensemble = report.ensemble_metrics(logits, dataset.test.labels)
+  return logits[seeds.index(choice.member)], ensemble
 
 
 def _train_epoch(engine, state, epoch, start, stop, saver, log, workdir):
   """Runs one epoch's chunks: (state, host train metrics, epoch seconds).
 
   Between chunks (the safe points) a stop request saves a checkpoint and
-  raises Preempted; after a chunk, a non-finite step ends the run (Diverged).
+  raises Preempted; after a chunk, a non-finite step ends the run (Diverged),
+  or with several members stops that member, and the run once all are.
   """
   epoch_start = time.perf_counter()
   done = start.steps_done(epoch)
@@ -398,7 +429,12 @@ def _train_epoch(engine, state, epoch, start, stop, saver, log, workdir):
     if signum is not None:
       _preempt(engine, state, signum, epoch, done, sums, saver, log, workdir)
     state, sums, bad = engine.train_chunk(state, plan, c, sums)
-    step = divergence.first_step(bad)
+    step = divergence.all_stopped(bad)
+    if step is None and len(engine.members) > 1:
+      before = (epoch - 1) * engine.steps + done
+      for i in divergence.stopped_after(bad, before):
+        log.message(divergence.member_message(
+            sweep.label(engine.members[i]), int(bad[i]), epoch, engine.steps))
     if step is not None:
       message = divergence.message(step, epoch, engine.steps, saver.kept())
       log.diverged(divergence.row(step, epoch, message))
@@ -423,22 +459,58 @@ def _preempt(engine, state, signum, epoch, done, sums, saver, log, workdir):
       saver.directory if saver.last_saved else None), workdir)
 
 
-def _epoch_row(members, epoch, step, train_m, val_m, epoch_time, examples,
-               elapsed) -> Dict[str, Any]:
-  """The metrics.jsonl row of an epoch (val_m None: no validation split)."""
-  return {"epoch": epoch, "step": step, "train_loss": train_m["loss"],
-          "train_accuracy": train_m["accuracy"],
-          "val_loss": val_m["loss"] if val_m else None,
-          "val_accuracy": val_m["accuracy"] if val_m else None,
-          **members_lib.row_extras(members, train=train_m, val=val_m),
-          "epoch_time_s": epoch_time, "examples_per_s": examples / epoch_time,
-          "elapsed_s": elapsed}
+def _epoch_row(members, steps, epoch, step, train_m, val_m, epoch_time,
+               examples, elapsed) -> Dict[str, Any]:
+  """The metrics.jsonl row of an epoch (val_m None: no validation split).
+
+  The top-level metrics are the leading member's (members.choose), which a
+  run of several members names in `leader`.
+  """
+  leader = members_lib.choose(members, val_m)
+  rates = (members_lib.learning_rates(members, steps, step)
+           if len(members) > 1 else None)
+  top, extras = members_lib.row(members, leader,
+                                {"train": train_m, "val": val_m}, rates)
+  row = {"epoch": epoch, "step": step, **top, "learning_rate": optim.learning_rate(
+      members[leader.member].config, steps, step)}
+  if len(members) > 1:
+    row["leader"] = members_lib.identity(members[leader.member])
+  return {**row, **extras, "epoch_time_s": epoch_time,
+          "examples_per_s": examples / epoch_time, "elapsed_s": elapsed}
 
 
-def _summary(final: dict, num_members: int, workdir: str) -> str:
-  spread = (f" +- {100 * final['test_accuracy_std']:.2f} (mean +- std of "
-            f"{num_members} seeds)" if num_members > 1 else "")
-  return (f"test accuracy {100 * final['test_accuracy']:.2f}%{spread} "
-          f"(loss {final['test_loss']:.4f}, {final['test_examples']} "
-          f"examples); wall time {final['wall_time_s']:.1f}s; results in "
+def _final_row(members, choice, test_m, ensemble, steps_per_epoch,
+               **fields) -> Dict[str, Any]:
+  """The final metrics.jsonl row: the chosen member's test metrics, `fields`,
+  and with several members which one was chosen, the mean, spread and
+  ensemble of its grid point's seeds and every member's metrics."""
+  top, extras = members_lib.row(
+      members, choice, {"test": test_m},
+      members_lib.learning_rates(members, steps_per_epoch, fields["steps"])
+      if len(members) > 1 else None)
+  final = {**top, "test_examples": int(test_m["count"]), **fields}
+  if len(members) > 1:
+    final["chosen"] = members_lib.identity(members[choice.member])
+  if ensemble is not None:
+    final["ensemble_test_accuracy"] = ensemble["accuracy"]
+    final["ensemble_test_loss"] = ensemble["loss"]
+  return {**final, **extras}
+
+
+def _summary(final: dict, members, workdir: str) -> str:
+  """The line a run ends with: the chosen member's test accuracy, its grid
+  point's seeds and their ensemble, and where the results are."""
+  text = (f"test accuracy {100 * final['test_accuracy']:.2f}% (loss "
+          f"{final['test_loss']:.4f}, {final['test_examples']} examples)")
+  chosen = final.get("chosen")
+  if chosen:
+    text = (f"chosen by validation accuracy: "
+            f"{sweep.values_text(chosen['values'], chosen['seed'])}; {text}")
+  if "test_accuracy_mean" in final:
+    seeds = len(members) // len(members_lib.points(members))
+    text += (f"; its {seeds} seeds {100 * final['test_accuracy_mean']:.2f} +- "
+             f"{100 * final['test_accuracy_std']:.2f}%")
+  if "ensemble_test_accuracy" in final:
+    text += f", their ensemble {100 * final['ensemble_test_accuracy']:.2f}%"
+  return (f"{text}; wall time {final['wall_time_s']:.1f}s; results in "
           f"{workdir}")

@@ -1,19 +1,23 @@
 """A finished run loaded back from its folder: `--mode=report` and predictions.
 
 `load_run` restores the latest checkpoint of a run folder without writing to
-it; `rewrite_report` evaluates that model on the test split again and rewrites
-the report files (report.py); predict.py predicts image files with it.
+it, every member of it, and keeps the chosen one (members.py) and its grid
+point's seeds; `rewrite_report` evaluates them on the test split again and
+rewrites the report files (report.py); predict.py predicts image files with
+the chosen member, or with `--ensemble` the mean of its seeds.
 """
 
 import dataclasses
+import functools
 import os
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Tuple
 
 import jax
 import numpy as np
 
 from mnist_jax import checkpoint as checkpoint_lib
 from mnist_jax import data as data_lib
+from mnist_jax import members as members_lib
 from mnist_jax import models
 from mnist_jax import report
 from mnist_jax import train
@@ -22,34 +26,72 @@ from mnist_jax import workdir as workdir_lib
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  """A trained model loaded from its run folder."""
+  """A trained model loaded from its run folder: its chosen member.
+
+  With several members (members.py), `params` are the chosen member's and
+  `seed_params` those of its grid point's seeds, stacked [S, ...], for the
+  ensemble; for one member, S = 1.
+  """
   config: Any
   params: Any
   apply_fn: Callable
   view: Any  # The model's input layout (data.to_view).
   epoch: int
+  member: int = 0
+  seeds: Tuple[int, ...] = (0,)  # The chosen grid point's members.
+  seed_params: Any = None
 
   def logits(self, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """Logits [N, K] for uint8 images [N, 28, 28]."""
+    """The chosen member's logits [N, K] for uint8 images [N, 28, 28]."""
     return train.predict_logits(self.params, self.apply_fn, images, self.view,
                                 batch_size)
+
+  def seed_logits(self, images: np.ndarray,
+                  batch_size: int = 1000) -> np.ndarray:
+    """Logits [S, N, K] of the chosen grid point's S seeds."""
+    return train.predict_logits(self.seed_params, self.apply_fn, images,
+                                self.view, batch_size, stacked=True)
+
+  def probabilities(self, images: np.ndarray, ensemble: bool = False,
+                    batch_size: int = 1000) -> np.ndarray:
+    """Class probabilities [N, K]: the chosen member's, or with `ensemble` the
+    mean of its grid point's seeds'."""
+    if ensemble:
+      return report.ensemble_probabilities(self.seed_logits(images, batch_size))
+    return report.softmax(self.logits(images, batch_size))
 
 
 def load_run(workdir: str, **overrides) -> Run:
   """Restores the latest checkpoint of a run folder, without writing to it.
 
+  The chosen member is the one the final row of metrics.jsonl names (member
+  0 of a run that has none, e.g. an unfinished one).
+
   overrides: Config fields to change, e.g. data_dir when the data moved.
   """
   config = workdir_lib.read_config(workdir).replace(**overrides)
-  template = train.create_train_state(jax.random.PRNGKey(0), config,
-                                      models.build(config), steps_per_epoch=1)
+  members = members_lib.from_config(config)
+  create = functools.partial(train.create_train_state, config=config,
+                             model=models.build(config), steps_per_epoch=1)
+  # Shapes only: orbax restores into them, and nothing is initialised.
+  template = jax.eval_shape(lambda: members_lib.init_state(
+      members, create, members_lib.keys(members)[0], 1))
   checkpoints = checkpoint_lib.Checkpointer(workdir, read_only=True)
   try:
-    state, meta = checkpoints.restore(template)
+    state, meta = checkpoints.restore(template, model=config.model)
   finally:
     checkpoints.close()
-  return Run(config, state.params, state.apply_fn, models.input_view(config),
-             int(meta.get("epoch", 0)))
+  chosen = (workdir_lib.final_metrics(workdir) or {}).get("chosen")
+  member = chosen["index"] if chosen else 0
+  seeds = next(p for p in members_lib.points(members) if member in p)
+  params = state.params
+  if len(members) == 1:
+    seed_params = jax.tree.map(lambda p: p[None], params)
+  else:
+    seed_params = jax.tree.map(lambda p: p[np.asarray(seeds)], params)
+    params = jax.tree.map(lambda p: p[member], params)
+  return Run(config, params, state.apply_fn, models.input_view(config),
+             int(meta.get("epoch", 0)), member, seeds, seed_params)
 
 
 def rewrite_report(workdir: str, **overrides) -> Dict[str, Any]:
@@ -60,10 +102,12 @@ def rewrite_report(workdir: str, **overrides) -> Dict[str, Any]:
   """
   run = load_run(workdir, **overrides)
   dataset = data_lib.load(run.config)
-  logits = run.logits(np.asarray(dataset.test.images),
-                      run.config.eval_batch_size)
-  result = report.write(workdir, run.config, dataset.test, logits,
-                        dataset.class_names)
+  images = np.asarray(dataset.test.images)
+  logits = run.seed_logits(images, run.config.eval_batch_size)
+  ensemble = report.ensemble_metrics(logits, dataset.test.labels)
+  result = report.write(workdir, run.config, dataset.test,
+                        logits[run.seeds.index(run.member)],
+                        dataset.class_names, ensemble=ensemble)
   print(f"test accuracy {100 * result['accuracy']:.2f}% (loss "
         f"{result['loss']:.4f}, {len(dataset.test)} examples, checkpoint of "
         f"epoch {run.epoch}); report in {os.path.join(workdir, 'report.md')}")

@@ -191,10 +191,14 @@ def record_resume(workdir: str, config: config_lib.Config, env: dict,
 
 
 def repeat_command(config: config_lib.Config) -> str:
-  """A launch.py command line that spells out every setting of `config`."""
+  """A launch.py command line that spells out every setting of `config`.
+
+  A swept setting is given by --sweep only (launch.py refuses both).
+  """
   parts = ["python", "launch.py"]
+  swept = {part.partition("=")[0] for part in config.sweep.split(";")}
   for name, value in config.to_dict().items():
-    if value is None or name == "workdir":
+    if value is None or value == "" or name == "workdir" or name in swept:
       continue
     if isinstance(value, bool):
       parts.append(f"--{name}" if value else f"--no{name}")

@@ -92,20 +92,20 @@ def test_num_seeds_run_gives_one_run_per_seed(prepared, tmp_path):
   assert len(groups) == 1
   g = groups[0]
   assert g["seeds"] == [5, 6, 7]
-  assert g["test_accuracy"] == [r["test_accuracy"] for r in final["replicas"]]
+  assert g["test_accuracy"] == [r["test_accuracy"] for r in final["members"]]
   assert len(set(g["test_loss"])) == 3
   for curve, replica in zip(g["curves"], range(3)):
     assert [r["epoch"] for r in curve] == [1, 2]
     rows = list(workdir_lib.read_metrics(
         os.path.join(folder, workdir_lib.METRICS_FILE)))
-    assert curve[1]["val_loss"] == rows[1]["replicas"][replica]["val_loss"]
-    assert "replicas" not in curve[1] and "val_loss_std" not in curve[1]
+    assert curve[1]["val_loss"] == rows[1]["members"][replica]["val_loss"]
+    assert "members" not in curve[1] and "val_loss_std" not in curve[1]
   with open(os.path.join(str(tmp_path / "out"), "comparison.csv")) as f:
     row = next(csv.DictReader(f))
   assert row["runs"] == "3" and row["seeds"] == "5 6 7"
   assert float(row["test_accuracy_mean"]) == pytest.approx(
-      final["test_accuracy"], abs=1e-6)
+      final["test_accuracy_mean"], abs=1e-6)
   assert float(row["test_accuracy_std"]) == pytest.approx(
       final["test_accuracy_std"], abs=1e-6)
-  assert float(row["test_loss_mean"]) == pytest.approx(final["test_loss"],
-                                                       abs=1e-6)
+  assert float(row["test_loss_mean"]) == pytest.approx(
+      final["test_loss_mean"], abs=1e-6)

@@ -64,12 +64,20 @@ def test_chunk_reports_first_non_finite_step_and_skips_the_rest():
   state, sums, bad = chunk(state, images, labels, batch_idx, valid)
   assert int(bad) == -1 and int(state.step) == 8 and np.isfinite(sums["loss"])
 
-  # Poison one weight: the next step's loss is NaN, and no step runs after it.
-  leaves, treedef = jax.tree.flatten(state.params)
-  leaves[0] = leaves[0].at[(0,) * leaves[0].ndim].set(jnp.nan)
-  state = state.replace(params=jax.tree.unflatten(treedef, leaves))
-  state, _, bad = chunk(state, images, labels, batch_idx, valid)
-  assert int(bad) == 9 and int(state.step) == 9
+  # Diverge at the chunk's third step: the steps after it count, update nothing.
+  inf = config.replace(learning_rate=float("inf"))
+  state = train.create_train_state(jax.random.PRNGKey(0), inf,
+                                   models.get("linear").build(config), 10)
+  state, _, bad = train.make_train_chunk(inf)(
+      state, images, labels, batch_idx, valid.at[:2].set(False))
+  assert int(bad) == 2 and int(state.step) == 6
+  frozen = jax.device_get(state.params)
+
+  # Parameters already not finite: no step trains, bad is the chunk's start.
+  state, sums, bad = chunk(state, images, labels, batch_idx, valid)
+  assert int(bad) == 6 and int(state.step) == 14 and float(sums["count"]) == 0
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(frozen)):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_chunk_reports_non_finite_update_of_its_last_step():
@@ -83,11 +91,14 @@ def test_chunk_reports_non_finite_update_of_its_last_step():
   assert np.isfinite(sums["loss"]) and int(bad) == 1
 
 
-def test_first_step_is_the_earliest_over_members():
-  assert divergence.first_step(np.int32(-1)) is None
-  assert divergence.first_step(np.array([-1, -1])) is None
-  assert divergence.first_step(np.int32(7)) == 7
-  assert divergence.first_step(np.array([-1, 12, 9, -1])) == 9
+def test_the_run_stops_once_every_member_has():
+  assert divergence.all_stopped(np.int32(-1)) is None
+  assert divergence.all_stopped(np.array([-1, -1])) is None
+  assert divergence.all_stopped(np.int32(7)) == 7
+  assert divergence.all_stopped(np.array([-1, 12, 9, -1])) is None
+  assert divergence.all_stopped(np.array([20, 12, 9, 20])) == 20
+  # Members 0 and 3 stopped at the chunk from step 20 on; 1 and 2 before.
+  assert divergence.stopped_after(np.array([23, 12, -1, 21]), 20) == [0, 3]
 
 
 def test_message_and_row_say_where():

@@ -37,19 +37,27 @@ def three_seeds(prepared, tmp_path_factory):
   return _run(prepared, tmp_path_factory.mktemp("seeds"), seed=3, num_seeds=3)
 
 
-def test_rows_hold_each_replica_and_their_mean_and_std(three_seeds):
+def test_rows_hold_the_leading_member_every_member_and_their_mean_and_std(
+    three_seeds):
   epochs, final = three_seeds[:-1], three_seeds[-1]
   assert [r["epoch"] for r in epochs] == [1, 2]
   for row in epochs:
-    per = row["replicas"]
+    per = row["members"]
     assert [p["seed"] for p in per] == [3, 4, 5]
+    lead = row["leader"]["index"]
+    assert row["leader"] == {"index": lead, "seed": 3 + lead, "values": {}}
+    assert per[lead]["val_accuracy"] == max(p["val_accuracy"] for p in per)
     for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
       values = [p[key] for p in per]
-      assert row[key] == pytest.approx(np.mean(values))
+      assert row[key] == per[lead][key]
+      assert row[key + "_mean"] == pytest.approx(np.mean(values))
       assert row[key + "_std"] == pytest.approx(np.std(values, ddof=1))
-  losses = [p["test_loss"] for p in final["replicas"]]
+  losses = [p["test_loss"] for p in final["members"]]
   assert len(set(losses)) == 3  # Different init, dropout and data order.
-  assert final["test_loss"] == pytest.approx(np.mean(losses))
+  chosen = final["chosen"]["index"]
+  assert final["chosen"]["seed"] == 3 + chosen
+  assert final["test_loss"] == final["members"][chosen]["test_loss"]
+  assert final["test_loss_mean"] == pytest.approx(np.mean(losses))
   assert final["test_loss_std"] == pytest.approx(np.std(losses, ddof=1))
   assert final["num_params"] == 784 * 16 + 16 + 16 * 10 + 10
 
@@ -57,14 +65,14 @@ def test_rows_hold_each_replica_and_their_mean_and_std(three_seeds):
 def test_replica_i_is_the_single_run_with_seed_plus_i(prepared, three_seeds,
                                                       tmp_path):
   rows = _run(prepared, tmp_path / "single", seed=4)
-  assert "replicas" not in rows[-1] and "test_loss_std" not in rows[-1]
-  assert all("replicas" not in r and "train_loss_std" not in r for r in rows)
-  replica = three_seeds[-1]["replicas"][1]
+  assert "members" not in rows[-1] and "test_loss_std" not in rows[-1]
+  assert all("members" not in r and "train_loss_std" not in r for r in rows)
+  replica = three_seeds[-1]["members"][1]
   assert replica["seed"] == 4
   assert replica["test_loss"] == pytest.approx(rows[-1]["test_loss"], rel=1e-5)
   assert replica["test_accuracy"] == pytest.approx(rows[-1]["test_accuracy"])
   for multi, single in zip(three_seeds[:-1], rows[:-1]):
-    assert multi["replicas"][1]["train_loss"] == pytest.approx(
+    assert multi["members"][1]["train_loss"] == pytest.approx(
         single["train_loss"], rel=1e-5)
 
 
@@ -79,8 +87,8 @@ def test_replicas_resume_from_their_checkpoint(prepared, tmp_path):
   resumed = _run(prepared, folder, num_seeds=2)
   assert [r.get("epoch") for r in resumed] == [1, 2, None]
   for key in ("test_loss", "test_accuracy"):
-    assert [p[key] for p in resumed[-1]["replicas"]] == pytest.approx(
-        [p[key] for p in whole[-1]["replicas"]], rel=1e-6)
+    assert [p[key] for p in resumed[-1]["members"]] == pytest.approx(
+        [p[key] for p in whole[-1]["members"]], rel=1e-6)
 
 
 @pytest.mark.slow

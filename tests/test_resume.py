@@ -263,7 +263,7 @@ def test_replicas_stopped_mid_epoch_then_resumed_equal_uninterrupted(prepared,
   rc, _, err = lh.run(args("whole"))
   assert rc == 0, err
   whole = lh.deterministic(lh.metrics(str(tmp_path / "whole")))
-  assert len(whole[-1]["replicas"]) == 2
+  assert len(whole[-1]["members"]) == 2
   rc, _, err, _ = lh.run_and_signal(args("stopped"), lh.SIGTERM, epoch=2)
   assert rc == 128 + lh.SIGTERM, err
   from mnist_jax import checkpoint  # pylint: disable=g-import-not-at-top
