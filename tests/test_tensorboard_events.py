@@ -7,10 +7,9 @@ import numpy as np
 from PIL import Image
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
-from tensorboard.backend.event_processing import plugin_event_multiplexer
 from tensorboard.plugins.hparams import metadata as hparams_metadata
-from tensorboard.util import tensor_util
 
+import tensorboard_helpers as tbh
 from mnist_jax import models, optim, tensorboard_events
 from mnist_jax.errors import UserError
 
@@ -43,20 +42,6 @@ def _final(epochs, seeds=()):
     row["members"] = [{"seed": s, "test_loss": 0.2 + 0.01 * s,
                         "test_accuracy": 0.9 + 0.001 * s} for s in seeds]
   return row
-
-
-def _multiplexer(logdir):
-  mux = plugin_event_multiplexer.EventMultiplexer()
-  mux.AddRunsFromDirectory(str(logdir))
-  mux.Reload()
-  return mux
-
-
-def _scalars(mux, run):
-  """{tag: [(step, value)]} of a run, as the scalars plugin reads them."""
-  tags = mux.PluginRunToTagToContent("scalars").get(run, {})
-  return {tag: [(e.step, float(tensor_util.make_ndarray(e.tensor_proto)))
-                for e in mux.Tensors(run, tag)] for tag in tags}
 
 
 def _session_hparams(mux, run):
@@ -104,12 +89,12 @@ def test_epoch_rows_final_metrics_and_figures_read_back(tmp_path):
   writer.final(_final(3), figures + [str(tmp_path / "not_drawn.png")])
   writer.close()
 
-  mux = _multiplexer(tmp_path)
+  mux = tbh.multiplexer(tmp_path)
   assert list(mux.Runs()) == ["."]
   expected = _expect(rows, {**tensorboard_events.EPOCH_TAGS,
                             **tensorboard_events.SPEED_TAGS})
   expected.update({"loss/test": [(3, 0.25)], "accuracy/test": [(3, 0.93)]})
-  _assert_series(_scalars(mux, "."), expected)
+  _assert_series(tbh.scalars(mux, "."), expected)
 
   acc = event_accumulator.EventAccumulator(str(tmp_path))
   acc.Reload()
@@ -129,7 +114,7 @@ def test_learning_rate_comes_from_the_schedule_when_a_row_has_none(tmp_path):
   for e in (1, 2, 3, 4):
     writer.epoch(_row(e))
   writer.close()
-  got = _scalars(_multiplexer(tmp_path), ".")["learning_rate"]
+  got = tbh.scalars(tbh.multiplexer(tmp_path), ".")["learning_rate"]
   assert [s for s, _ in got] == [1, 2, 3, 4]
   np.testing.assert_allclose(
       [v for _, v in got],
@@ -147,7 +132,7 @@ def test_config_is_an_hparams_session_closed_by_final(tmp_path):
   writer.epoch(_row(1))
   writer.final(_final(1))
   writer.close()
-  mux = _multiplexer(tmp_path)
+  mux = tbh.multiplexer(tmp_path)
   content = mux.PluginRunToTagToContent("hparams")
   assert hparams_metadata.SESSION_END_INFO_TAG not in content["stopped"]
   end = hparams_metadata.parse_session_end_info_plugin_data(
@@ -167,7 +152,7 @@ def test_events_reach_the_file_while_the_run_goes_on(tmp_path):
   writer = tensorboard_events.Writer(str(tmp_path), _config())
   for e in (1, 2):
     writer.epoch(_row(e))
-    seen = _scalars(_multiplexer(tmp_path), ".")
+    seen = tbh.scalars(tbh.multiplexer(tmp_path), ".")
     assert [s for s, _ in seen["loss/train"]] == list(range(1, e + 1))
   writer.close()
 
@@ -182,9 +167,9 @@ def test_each_member_is_a_run_with_the_same_tags(tmp_path):
   writer.final(_final(2, seeds))
   writer.close()
 
-  mux = _multiplexer(tmp_path)
+  mux = tbh.multiplexer(tmp_path)
   assert sorted(mux.Runs()) == [".", "seed=4", "seed=5", "seed=6"]
-  mean = _scalars(mux, ".")
+  mean = tbh.scalars(mux, ".")
   for key, tag in tensorboard_events.EPOCH_TAGS.items():
     if key != "learning_rate":
       assert [v for _, v in mean[tag]] == pytest.approx([r[key] for r in rows])
@@ -196,11 +181,11 @@ def test_each_member_is_a_run_with_the_same_tags(tmp_path):
     expected["learning_rate"] = mean["learning_rate"]
     expected["loss/test"] = [(2, 0.2 + 0.01 * seed)]
     expected["accuracy/test"] = [(2, 0.9 + 0.001 * seed)]
-    _assert_series(_scalars(mux, run), expected)
+    _assert_series(tbh.scalars(mux, run), expected)
     values = _session_hparams(mux, run)
     assert (values["seed"], values["num_seeds"]) == (seed, 1)
   assert _session_hparams(mux, ".")["num_seeds"] == 3
-  assert len({tuple(v for _, v in _scalars(mux, f"seed={s}")["loss/train"])
+  assert len({tuple(v for _, v in tbh.scalars(mux, f"seed={s}")["loss/train"])
               for s in seeds}) == 3
 
 
@@ -230,10 +215,10 @@ def test_sweep_members_take_their_own_learning_rate_and_older_rows_read(tmp_path
   for row in rows:
     writer.epoch(row)
   writer.close()
-  mux = _multiplexer(tmp_path)
+  mux = tbh.multiplexer(tmp_path)
   assert sorted(mux.Runs()) == [".", "learning_rate=0.001,seed=1",
                                 "learning_rate=0.003,seed=1"]
-  got = _scalars(mux, "learning_rate=0.003,seed=1")
+  got = tbh.scalars(mux, "learning_rate=0.003,seed=1")
   assert got["learning_rate"] == [(1, pytest.approx(3e-3)), (2, pytest.approx(1.5e-3))]
   assert [s for s, _ in got["loss/train"]] == [1, 2]
   values = _session_hparams(mux, "learning_rate=0.003,seed=1")
@@ -259,7 +244,7 @@ def _load_both(logdir):
   acc.Reload()
   plain = {t: [(e.step, e.value) for e in acc.Scalars(t)]
            for t in acc.Tags()["scalars"]}
-  return plain, _scalars(_multiplexer(logdir), ".")
+  return plain, tbh.scalars(tbh.multiplexer(logdir), ".")
 
 
 def test_resume_continues_one_series_that_matches_the_kept_rows(tmp_path):
@@ -303,9 +288,9 @@ def test_resume_restores_rows_a_kill_kept_from_the_events(tmp_path):
                                      steps_per_epoch=STEPS)
   writer.epoch(rows[3])
   writer.close()
-  mux = _multiplexer(tmp_path)
+  mux = tbh.multiplexer(tmp_path)
   for run, key in ((".", "train_loss"), ("seed=2", "train_loss")):
-    got = _scalars(mux, run)["loss/train"]
+    got = tbh.scalars(mux, run)["loss/train"]
     assert [s for s, _ in got] == [1, 2, 3, 4]
     values = [r[key] if run == "." else r["members"][1][key] for r in rows]
     np.testing.assert_allclose([v for _, v in got], values, rtol=1e-6)
@@ -343,5 +328,5 @@ def test_a_failed_write_warns_once_and_the_run_goes_on(tmp_path, monkeypatch):
   writer.close()
   assert len(warnings) == 1 and "No space left on device" in warnings[0]
   monkeypatch.undo()
-  got = _scalars(_multiplexer(tmp_path / "ok"), ".")["loss/train"]
+  got = tbh.scalars(tbh.multiplexer(tmp_path / "ok"), ".")["loss/train"]
   assert [s for s, _ in got][:1] == [1]  # What was written before stays.

@@ -10,11 +10,10 @@ import sys
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
-from tensorboard.backend.event_processing import plugin_event_multiplexer
 from tensorboard.plugins.hparams import metadata as hparams_metadata
-from tensorboard.util import tensor_util
 
 import launch_helpers as lh
+import tensorboard_helpers as tbh
 from mnist_jax import models, report, tensorboard_events, train
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.errors import Diverged, UserError
@@ -39,20 +38,6 @@ def _train(prepared, workdir, model="mlp", draw=False, **overrides):
       patch.setattr(report, "write", lambda *args, **kwargs: None)
     train.train_and_evaluate(config, str(workdir), stream=io.StringIO())
   return workdir_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
-
-
-def _multiplexer(logdir):
-  mux = plugin_event_multiplexer.EventMultiplexer()
-  mux.AddRunsFromDirectory(str(logdir))
-  mux.Reload()
-  return mux
-
-
-def _scalars(mux, run):
-  """{tag: [(step, value)]} of a run, as the scalars plugin reads them."""
-  tags = mux.PluginRunToTagToContent("scalars").get(run, {})
-  return {tag: [(e.step, float(tensor_util.make_ndarray(e.tensor_proto)))
-                for e in mux.Tensors(run, tag)] for tag in tags}
 
 
 def _plain_scalars(logdir):
@@ -119,9 +104,9 @@ def test_a_run_writes_its_rows_figures_and_config(tiny_run):
   expected = _expected(epochs, final)
   assert {"loss/val", "accuracy/val", "learning_rate"} <= set(expected)
 
-  mux = _multiplexer(workdir)
+  mux = tbh.multiplexer(workdir)
   assert list(mux.Runs()) == ["."]
-  _assert_series(_scalars(mux, "."), expected)
+  _assert_series(tbh.scalars(mux, "."), expected)
   _assert_series(_plain_scalars(workdir), expected)
 
   acc = event_accumulator.EventAccumulator(workdir)
@@ -157,20 +142,20 @@ def test_each_seed_is_a_series_of_its_own(two_seeds):
   # Cosine over 2 epochs: half the peak after the first, 0 after the second.
   assert [r["learning_rate"] for r in epochs] == [
       pytest.approx(peak / 2, rel=1e-6), pytest.approx(0, abs=1e-9)]
-  mux = _multiplexer(workdir)
+  mux = tbh.multiplexer(workdir)
   assert sorted(mux.Runs()) == [".", "seed=5", "seed=6"]
-  _assert_series(_scalars(mux, "."), _expected(epochs, final))
+  _assert_series(tbh.scalars(mux, "."), _expected(epochs, final))
   member_tags = tensorboard_events.EPOCH_TAGS
   for i, run in enumerate(["seed=5", "seed=6"]):
     own = [{"epoch": r["epoch"], "learning_rate": r["learning_rate"],
             **_members(r)[i]} for r in epochs]
-    _assert_series(_scalars(mux, run),
+    _assert_series(tbh.scalars(mux, run),
                    _expected(own, _members(final)[i], member_tags))
     values, end = _session(mux, run)
     assert (values["seed"], values["num_seeds"]) == (5 + i, 1)
     assert end.status == 1
-  assert (_scalars(mux, "seed=5")["loss/train"] !=
-          _scalars(mux, "seed=6")["loss/train"])
+  assert (tbh.scalars(mux, "seed=5")["loss/train"] !=
+          tbh.scalars(mux, "seed=6")["loss/train"])
 
 
 def test_notensorboard_writes_no_event_file(prepared, tmp_path):
@@ -215,7 +200,7 @@ def test_the_event_files_close_on_every_way_out(prepared, tmp_path,
   assert os.path.realpath(events) not in _open_files()
   rows = workdir_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   epochs = [r for r in rows if "train_loss" in r]
-  got = _scalars(_multiplexer(workdir), ".")
+  got = tbh.scalars(tbh.multiplexer(workdir), ".")
   assert got["loss/train"] == [
       (r["epoch"], pytest.approx(r["train_loss"], rel=1e-6)) for r in epochs]
   assert ("loss/test" in got) == (way_out == "report fails")
@@ -247,7 +232,7 @@ def test_a_stopped_and_resumed_run_is_one_series(prepared, tmp_path, signum):
   assert [r["epoch"] for r in epochs] == [1, 2, 3]
   expected = _expected(epochs, final)
   assert len(_event_files(workdir)) == 2
-  for got in (_scalars(_multiplexer(workdir), "."), _plain_scalars(workdir)):
+  for got in (tbh.scalars(tbh.multiplexer(workdir), "."), _plain_scalars(workdir)):
     _assert_series(got, expected)
     assert all([s for s, _ in got[t]] == [1, 2, 3]
                for t in expected if "test" not in t)
