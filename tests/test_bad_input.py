@@ -185,7 +185,19 @@ def _file(tmp_path):
   return str(path)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+# Cases that repeat another's check with other values: CI runs them (-m slow).
+SLOW_CASES = {
+    "unknown_preset", "negative_batch", "zero_epochs", "negative_lr", "nan_lr",
+    "val_fraction_negative", "checkpoint_every_zero", "keep_zero",
+    "dropout_one", "bad_float", "huge_seed", "workdir_under_file",
+    "swapped_idx", "bad_gzip_idx", "bad_label_idx", "damaged_prepared_info",
+    "mnist_dir_not_folder", "missing_checkpoint", "zero_lr", "val_fraction_one",
+    "bad_list", "stray_argument", "missing_idx", "workdir_is_file"}
+
+
+@pytest.mark.parametrize("case", [
+    pytest.param(c, id=c[0], marks=[pytest.mark.slow] * (c[0] in SLOW_CASES))
+    for c in CASES])
 def test_bad_input_is_one_line_and_writes_nothing(case, prepared, runs, tmp_path):
   _, extra, status, message = case
   mnist_dir, data_dir = prepared

@@ -65,6 +65,7 @@ def test_same_model_groups_are_told_apart(tiny_run, tmp_path):
                                                 "mlp (learning_rate=0.01)"]
 
 
+@pytest.mark.slow
 def test_command_line_errors(tmp_path):
   script = os.path.join(ROOT, "experiments", "compare.py")
   for args, words in (([str(tmp_path / "nope")], "does not exist"),

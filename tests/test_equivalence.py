@@ -129,7 +129,7 @@ def test_fused_recurrent_refuses_remat():
 
 
 @pytest.mark.parametrize("kernel_size,cin,size", [
-    (3, 5, 13),
+    pytest.param(3, 5, 13, marks=pytest.mark.slow),
     pytest.param(5, 1, 28, marks=pytest.mark.slow),
     pytest.param(2, 3, 9, marks=pytest.mark.slow)])
 def test_conv_cfirst_matches_nn_conv(kernel_size, cin, size):
@@ -153,7 +153,8 @@ _SLOW = pytest.mark.slow
 @pytest.mark.parametrize("kernel_size,cin,height,width", [
     pytest.param(3, 1, 28, 28, marks=_SLOW),  # pool-phase (few channels)
     pytest.param(3, 3, 9, 12, marks=_SLOW), pytest.param(3, 4, 7, 8, marks=_SLOW),
-    pytest.param(3, 5, 13, 13, marks=_SLOW), (3, 32, 13, 13),  # Winograd
+    pytest.param(3, 5, 13, 13, marks=_SLOW),
+    pytest.param(3, 32, 13, 13, marks=_SLOW),  # Winograd
     pytest.param(3, 8, 12, 9, marks=_SLOW),
     (5, 1, 28, 28), pytest.param(5, 6, 11, 10, marks=_SLOW),  # im2col
     pytest.param(4, 2, 9, 9, marks=_SLOW)])

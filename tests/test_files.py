@@ -52,6 +52,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
   assert os.listdir(tmp_path) == ["keep.txt"]
 
 
+@pytest.mark.slow
 def test_run_files_get_the_users_permissions(prepared, tmp_path, umask):
   """config.json, metrics.jsonl, the report, the checkpoint and the dataset
   cache: 0o666 & ~umask, not tempfile's 0o600."""

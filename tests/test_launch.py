@@ -45,6 +45,7 @@ def test_launch_trains_and_writes_the_run_folder(prepared, tmp_path):
   assert 0.0 <= rows[-1]["test_accuracy"] <= 1.0
 
 
+@pytest.mark.slow  # test_bad_input.py checks the same in the fast suite
 @pytest.mark.parametrize("args,message", [
     (["--model=transformer"], "unknown model 'transformer'"),
     (["--preset=huge"], "has no preset 'huge'"),

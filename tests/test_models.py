@@ -45,7 +45,9 @@ def test_output_shape_and_seed_parameter_count(name, impl):
     assert n == SEED_PARAMS[name]
 
 
-@pytest.mark.parametrize("name", sorted(models.MODELS))
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=[pytest.mark.slow] * (n == "cnn"))
+    for n in sorted(models.MODELS)])
 def test_every_preset_builds_and_runs(name):
   for preset in models.get(name).presets:
     config = models.get_config(name, preset)

@@ -180,6 +180,7 @@ def test_same_seed_and_flags_give_bit_identical_metrics(prepared, reference,
   assert "--seed=3" in record["repeat"] and "--mlp_hidden=16" in record["repeat"]
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_run_changes_nothing(prepared, reference):
   ref_dir = reference[0]
   before = lh.snapshot(ref_dir)
@@ -239,6 +240,7 @@ def test_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path):
   lh.assert_trees_equal(restored, again)
 
 
+@pytest.mark.slow
 def test_checkpoint_every_and_keep(prepared, tmp_path):
   from mnist_jax import models, train  # pylint: disable=g-import-not-at-top
   mnist_dir, data_dir = prepared

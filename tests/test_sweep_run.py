@@ -145,6 +145,7 @@ def test_member_i_is_the_single_run_with_its_values_and_seed(prepared, swept,
           assert entry[key] == pytest.approx(own[key], abs=1e-6), (i, key)
 
 
+@pytest.mark.slow
 def test_in_turn_and_vmapped_sweep_members_agree():
   """The CPU's members in turn and the accelerators' vmap train alike."""
   config = models.get_config("linear", **TINY, sweep=SWEEP)  # 4 members.
@@ -207,6 +208,7 @@ def test_without_a_sweep_the_best_seed_or_without_validation_member_0():
   assert members.choose(listed, None) == (0, 0)
 
 
+@pytest.mark.slow
 def test_a_diverged_member_stops_alone(prepared, tmp_path):
   """SGD at 1e38 overflows at once; the other member trains on and is chosen."""
   folder = tmp_path / "run"
@@ -462,6 +464,7 @@ def test_compare_vary_errors(spec, words):
 # Checkpoints.
 
 
+@pytest.mark.slow
 def test_a_sweep_resumes_from_its_checkpoint_exactly(prepared, swept, tmp_path):
   folder, rows = swept
   copy = tmp_path / "resumed"

@@ -153,6 +153,7 @@ def test_tiny_run_learns_and_counts_every_test_example(prepared, tmp_path):
   assert all(r["val_accuracy"] is not None for r in rows[:-1])
 
 
+@pytest.mark.slow
 def test_target_accuracy_stops_early(prepared, tmp_path):
   final, work = _run(prepared, tmp_path, name="mlp", epochs=20,
                      target_accuracy=0.3, learning_rate=3e-3)
@@ -160,6 +161,7 @@ def test_target_accuracy_stops_early(prepared, tmp_path):
   assert final["time_to_target_s"] is not None
 
 
+@pytest.mark.slow
 def test_target_on_the_test_split_ends_with_that_evaluation(prepared, tmp_path):
   """With no validation split the target is checked on the test set, and the
   final test metrics are those of the state that reached it."""
