@@ -198,8 +198,7 @@ def make_train_chunk(config: Config, axis_name: Optional[str] = None,
         return step(state, images[idx], labels[idx])
 
       def skip(state):  # Padding is no step; a step after divergence counts.
-        counted = ok.astype(state.step.dtype)
-        return state.replace(step=state.step + counted), _zeros()
+        return state.replace(step=jnp.where(ok, state.step + 1, state.step)), _zeros()
 
       number = state.step + 1
       state, metrics = jax.lax.cond(ok & (bad < 0), run, skip, state)

@@ -120,6 +120,22 @@ def test_scanned_chunk_equals_step_by_step():
                state.params, ref.params)
 
 
+def test_chunk_returns_a_state_of_the_types_it_takes():
+  """Shapes, dtypes and weak types of the state survive a chunk, so a fresh
+  state (a Python step count) and the chunk's output share one compile."""
+  config = tiny_config("mlp")
+  images, labels = synthetic_digits(64)
+  state = train.create_train_state(jax.random.PRNGKey(0), config,
+                                   models.build(config), 2)
+  order = batches.epoch_batches(jax.random.PRNGKey(1), 1, 64, 32)
+  out, _, _ = jax.eval_shape(train.make_train_chunk(config, jit=False), state,
+                             jnp.asarray(images), jnp.asarray(labels, jnp.int32),
+                             order, jnp.array([True, False]))
+  kind = lambda x: (x.shape, x.dtype, x.weak_type)
+  assert (jax.tree.map(lambda x: kind(jax.typeof(x)), state) ==
+          jax.tree.map(kind, out))
+
+
 def _run(prepared, tmp_path, name="mlp", **overrides):
   mnist_dir, data_dir = prepared
   values = dict(mnist_dir=mnist_dir, data_dir=data_dir, val_fraction=0.1,
