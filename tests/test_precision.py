@@ -54,7 +54,7 @@ def _state(name, dtype, impl="auto"):
 
 @pytest.mark.parametrize("impl", ["stock", "fast"])
 @pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.slow) if n in ("cnn", "lstm") else n
+    pytest.param(n, marks=pytest.mark.slow) if n in ("cnn", "lstm", "gru") else n
     for n in CONFIGS])
 def test_bfloat16_computes_in_bfloat16_with_float32_state(name, impl):
   state = _state(name, "bfloat16", impl)

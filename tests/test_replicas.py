@@ -62,6 +62,7 @@ def test_rows_hold_the_leading_member_every_member_and_their_mean_and_std(
   assert final["num_params"] == 784 * 16 + 16 + 16 * 10 + 10
 
 
+@pytest.mark.slow  # test_sweep_run.py checks a member against its single run
 def test_replica_i_is_the_single_run_with_seed_plus_i(prepared, three_seeds,
                                                       tmp_path):
   rows = _run(prepared, tmp_path / "single", seed=4)
