@@ -1,7 +1,8 @@
 """TensorBoard event files of a run, made with tensorboardX's protos (no TensorFlow).
 
 The run's own events go in its event folder (the run folder): the rows of
-metrics.jsonl, which with --num_seeds hold the mean over members. Each member
+metrics.jsonl, whose top-level metrics with several members are the leading
+member's. Each member
 (a seed, or a sweep's point) gets a subfolder named for its settings, e.g.
 `seed=3`, with the same tags, read from the row's `members` list, so
 `tensorboard --logdir runs` overlays the members of a run and the runs of a
@@ -85,7 +86,7 @@ def _text(value) -> str:
 
 
 def member_name(values: Dict) -> str:
-  """The subfolder of a member: `seed=3`, `learning_rate=0.001,seed=3`."""
+  """The subfolder of a member: `seed=3`, `seed=3,learning_rate=0.001`."""
   return ",".join(f"{k}={_text(v)}" for k, v in values.items())
 
 
