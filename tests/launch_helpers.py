@@ -1,5 +1,6 @@
 """Running launch.py in a child process, with a hook to stop it mid-epoch."""
 
+import hashlib
 import json
 import os
 import signal
@@ -113,7 +114,6 @@ def assert_trees_equal(a, b):
 
 def snapshot(*folders):
   """{path: (size, mtime_ns, bytes hash)} of every file under the folders."""
-  import hashlib  # pylint: disable=g-import-not-at-top
   state = {}
   for folder in folders:
     if not os.path.exists(folder):

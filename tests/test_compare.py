@@ -2,6 +2,7 @@
 
 import csv
 import io
+import json
 import os
 import subprocess
 import sys
@@ -55,7 +56,6 @@ def test_same_model_groups_are_told_apart(tiny_run, tmp_path):
   subprocess.run(["cp", "-r", tiny_run, other], check=True)
   path = os.path.join(other, workdir_lib.CONFIG_FILE)
   record = workdir_lib.read_config(other).replace(learning_rate=0.01)
-  import json  # pylint: disable=g-import-not-at-top
   with open(path) as f:
     data = json.load(f)
   data["config"] = record.to_dict()

@@ -1,6 +1,8 @@
 """The offline tfds prepare path, the cache, the split, the views, data errors."""
 
+import gzip
 import os
+import socket
 import time
 
 import numpy as np
@@ -80,7 +82,6 @@ def _break(path, how):
   if how == "truncated":
     raw = raw[:len(raw) // 2]
   elif how == "magic":
-    import gzip  # pylint: disable=g-import-not-at-top
     body = gzip.decompress(raw)
     raw = gzip.compress(b"\x00\x00\x09\x99" + body[4:])
   elif how == "garbage":
@@ -121,7 +122,6 @@ def test_offline_without_data_fails_fast(tmp_path, monkeypatch):
 
 
 def test_network_probe_reports_a_closed_port():
-  import socket  # pylint: disable=g-import-not-at-top
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]  # Bound but not listening: connections refused.

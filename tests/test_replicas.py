@@ -1,5 +1,6 @@
 """--num_seeds: N members (one per seed) in one compiled program."""
 
+import functools
 import io
 import os
 
@@ -95,7 +96,6 @@ def test_replicas_resume_from_their_checkpoint(prepared, tmp_path):
 @pytest.mark.slow
 def test_sequential_and_vmapped_replica_steps_agree():
   """The CPU's members in turn and the accelerators' vmap train alike."""
-  import functools  # pylint: disable=g-import-not-at-top
   config = models.get_config("mlp", **{**TINY, "num_seeds": 3, "seed": 7})
   model = models.build(config)
   init_rng, data_rng = members.keys(members.from_config(config))
