@@ -1,5 +1,6 @@
 """Shared fixtures: small synthetic IDX datasets, never the real MNIST."""
 
+import functools
 import io
 import os
 import tempfile
@@ -8,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from mnist_jax import idx
+from mnist_jax import batches, idx, replicas, train
 
 # One fresh persistent compilation cache per test session, never the user's:
 # the many tests that train the same tiny model, in this process or in child
@@ -35,6 +36,31 @@ def synthetic_digits(n: int, seed: int = 0):
     r, c = divmod(k, 4)
     images[labels == k, 2 + 6 * r:7 + 6 * r, 2 + 6 * c:7 + 6 * c] = 230
   return images, labels
+
+
+def members_in_turn_and_vmapped(config, num_members, make_state, data_rng,
+                                 valid):
+  """One chunk of a members' program, run in turn (CPU) and vmapped (GPU/TPU).
+
+  make_state() -> a fresh train state with a leading members axis; data_rng:
+  the members' data keys; valid [C] bool: the chunk's steps (False: padding).
+  Returns {True: in turn, False: vmapped}, each (state, metric sums, bad), on
+  the same 200 random uint8 images.
+  """
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (200, 28, 28), dtype=np.uint8)
+  labels = rng.integers(0, 10, 200).astype(np.int32)
+  order = jax.vmap(functools.partial(
+      batches.epoch_plan, n=200, batch_size=50, num_chunks=1,
+      chunk_len=len(valid)), in_axes=(0, None), out_axes=1)(data_rng, 1)[0]
+  out = {}
+  for in_turn in (True, False):
+    chunk = replicas.train_chunk(train.make_train_chunk(config, jit=False),
+                                 num_members, sequential=in_turn)
+    options = replicas.compiler_options(num_members) if in_turn else None
+    out[in_turn] = jax.jit(chunk, donate_argnums=(0,), compiler_options=options)(
+        make_state(), images, labels, order, np.asarray(valid))
+  return out
 
 
 def write_idx_dir(folder, n_train=600, n_test=200, compress=True, seed=0):

@@ -1,6 +1,5 @@
 """--num_seeds: N members (one per seed) in one compiled program."""
 
-import functools
 import io
 import os
 
@@ -8,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from mnist_jax import batches, members, models, replicas, train
+from conftest import members_in_turn_and_vmapped
+from mnist_jax import members, models, train
 from mnist_jax import workdir as workdir_lib
 
 TINY = dict(mlp_hidden=(16,), dropout=0.2, epochs=2, batch_size=50,
@@ -100,20 +100,9 @@ def test_sequential_and_vmapped_replica_steps_agree():
   model = models.build(config)
   init_rng, data_rng = members.keys(members.from_config(config))
   make_state = jax.vmap(lambda r: train.create_train_state(r, config, model, 4))
-  rng = np.random.default_rng(0)
-  images = rng.integers(0, 256, (200, 28, 28), dtype=np.uint8)
-  labels = rng.integers(0, 10, 200).astype(np.int32)
-  order = jax.vmap(functools.partial(
-      batches.epoch_plan, n=200, batch_size=50, num_chunks=1, chunk_len=5),
-                   in_axes=(0, None), out_axes=1)(data_rng, 1)[0]
   valid = np.arange(5) < 4  # The last step is padding and must be skipped.
-  out = {}
-  for in_turn in (True, False):
-    chunk = replicas.train_chunk(train.make_train_chunk(config, jit=False), 3,
-                                 sequential=in_turn)
-    options = replicas.compiler_options(3) if in_turn else None
-    out[in_turn] = jax.jit(chunk, donate_argnums=(0,), compiler_options=options)(
-        make_state(init_rng), images, labels, order, valid)
+  out = members_in_turn_and_vmapped(config, 3, lambda: make_state(init_rng),
+                                    data_rng, valid)
   (s1, m1, b1), (s2, m2, b2) = out[True], out[False]
   np.testing.assert_array_equal(s1.step, [4, 4, 4])
   np.testing.assert_array_equal(s1.step, s2.step)

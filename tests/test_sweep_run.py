@@ -16,8 +16,9 @@ import pytest
 import launch
 import launch_helpers as lh
 from experiments import compare
-from mnist_jax import batches, checkpoint, data, members, models, optim
-from mnist_jax import predict, replicas, report, sweep, train, trained
+from conftest import members_in_turn_and_vmapped
+from mnist_jax import checkpoint, data, members, models, optim, predict
+from mnist_jax import report, sweep, train, trained
 from mnist_jax import workdir as workdir_lib
 from mnist_jax.errors import UserError
 
@@ -153,20 +154,9 @@ def test_in_turn_and_vmapped_sweep_members_agree():
   create = functools.partial(train.create_train_state, config=config,
                              model=models.build(config), steps_per_epoch=4)
   init_rng, data_rng = members.keys(listed)
-  rng = np.random.default_rng(0)
-  images = rng.integers(0, 256, (200, 28, 28), dtype=np.uint8)
-  labels = rng.integers(0, 10, 200).astype(np.int32)
-  order = jax.vmap(functools.partial(
-      batches.epoch_plan, n=200, batch_size=50, num_chunks=1, chunk_len=4),
-                   in_axes=(0, None), out_axes=1)(data_rng, 1)[0]
-  state = members.init_state(listed, create, init_rng, 4)
-  out = {}
-  for in_turn in (True, False):
-    chunk = replicas.train_chunk(train.make_train_chunk(config, jit=False), 4,
-                                 sequential=in_turn)
-    out[in_turn] = jax.jit(chunk, compiler_options=replicas.compiler_options(
-        4) if in_turn else None)(state, images, labels, order,
-                                 np.ones(4, bool))  # Not donated: used twice.
+  out = members_in_turn_and_vmapped(
+      config, 4, lambda: members.init_state(listed, create, init_rng, 4),
+      data_rng, np.ones(4, bool))
   (s1, m1, _), (s2, m2, _) = out[True], out[False]
   np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
   for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
