@@ -110,3 +110,8 @@ def test_num_seeds_run_gives_one_run_per_seed(prepared, tmp_path):
       final["test_accuracy_std"], abs=1e-6)
   assert float(row["test_loss_mean"]) == pytest.approx(
       final["test_loss_mean"], abs=1e-6)
+
+
+def test_final_row_records_data_time(tiny_run):
+  final = workdir_lib.final_metrics(tiny_run)
+  assert 0 < final["data_time_s"] < final["wall_time_s"]
