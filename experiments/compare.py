@@ -13,9 +13,13 @@ Writes OUT/comparison.md and OUT/comparison.csv (one row per configuration:
 mean and standard deviation over its seeds), OUT/runs.csv (one row per run
 and seed), and OUT/accuracy.png, OUT/accuracy_vs_time.png,
 OUT/learning_curves.png. Every member of a --num_seeds or --sweep run counts
-as the run of its own configuration and seed.
+as the run of its own configuration and seed. Times are a run's wall time less
+loading its data (the first run on a machine also prepares the dataset), so
+the run that happened to come first is not charged for it. Configurations of
+one model are ordered by the values that tell them apart, numbers as numbers.
 """
 
+import argparse
 import csv
 import itertools
 import os
@@ -26,8 +30,6 @@ from typing import Dict, List, Optional, Sequence
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from absl import app
-from absl import flags
 import numpy as np
 
 from mnist_jax import config as config_lib
@@ -79,13 +81,15 @@ def summarize(run_dir: str) -> Optional[dict]:
   if final is None:
     return None
   epochs = [r for r in rows if "epoch" in r and "train_loss" in r]
+  data_time = final.get("data_time_s")  # None: written before it was recorded.
   return {
       "run": run_dir, "config": config, "model": config.model,
       "preset": config.preset, "seed": config.seed,
       "parameters": final.get("num_params"),
       "test_accuracy": final["test_accuracy"], "test_loss": final["test_loss"],
       "epochs": final.get("epochs_run", len(epochs)),
-      "wall_time_s": final["wall_time_s"],
+      "wall_time_s": final["wall_time_s"], "data_time_s": data_time,
+      "train_time_s": final["wall_time_s"] - (data_time or 0.0),
       "compile_time_s": final.get("compile_time_s"),
       "epoch_time_s": statistics.median(r["epoch_time_s"] for r in epochs),
       "examples_per_s": statistics.median(r["examples_per_s"] for r in epochs),
@@ -119,6 +123,21 @@ def split_members(summary: dict) -> List[dict]:
   return out
 
 
+def sort_key(value) -> tuple:
+  """Orders setting values of any type: numbers (and numeric text) by value,
+  then tuples element by element, then other text; None first."""
+  if value is None:
+    return (0,)
+  if isinstance(value, (bool, int, float)):
+    return (1, float(value))
+  if isinstance(value, (tuple, list)):
+    return (2, tuple(sort_key(v) for v in value))
+  try:
+    return (1, float(value))
+  except (TypeError, ValueError):
+    return (3, str(value))
+
+
 def _key(config) -> tuple:
   d = config.to_dict()
   return tuple(sorted((k, str(v)) for k, v in d.items()
@@ -147,29 +166,37 @@ def group(summaries: Sequence[dict]) -> List[dict]:
         "test_loss": [s["test_loss"] for s in runs],
         "epochs": [s["epochs"] for s in runs],
         "wall_time_s": [s["wall_time_s"] for s in runs],
+        "train_time_s": [s["train_time_s"] for s in runs],
+        "no_data_time": [s["run"] for s in runs if s["data_time_s"] is None],
         "epoch_time_s": [s["epoch_time_s"] for s in runs],
         "examples_per_s": [s["examples_per_s"] for s in runs],
         "curves": [s["curve"] for s in runs]})
   _label(out)
-  out.sort(key=lambda g: (_model_order(g["model"]), g["label"]))
+  out.sort(key=lambda g: (_model_order(g["model"]), g["order"]))
   return out
 
 
 def _label(groups: List[dict]) -> None:
-  """Names each group by its model, plus whatever tells same-model groups apart."""
+  """Names each group by its model, plus whatever tells same-model groups
+  apart, and gives it its place among them (`order`: those values' sort_key,
+  presets in the registry's order)."""
   by_model: Dict[str, List[dict]] = {}
   for g in groups:
     by_model.setdefault(g["model"], []).append(g)
   for same in by_model.values():
     if len(same) == 1:
-      same[0]["label"] = same[0]["model"]
+      same[0]["label"], same[0]["order"] = same[0]["model"], ()
       continue
+    presets = list(models.get(same[0]["model"]).presets)
     dicts = [g["config"].to_dict() for g in same]
     differ = [k for k in config_lib.FIELDS if k not in NOT_CONFIGURATION
               and len({str(d[k]) for d in dicts}) > 1]
     for g, d in zip(same, dicts):
       parts = [f"{k}={d[k]}" if k != "preset" else d[k] for k in differ[:3]]
       g["label"] = f"{g['model']} ({', '.join(parts)})"
+      g["order"] = tuple(
+          sort_key(presets.index(d[k]) if k == "preset" and d[k] in presets
+                   else d[k]) for k in differ)
 
 
 def _mean_std(values) -> tuple:
@@ -191,48 +218,59 @@ def _span(values) -> str:
 def write_tables(groups: Sequence[dict], out: str) -> None:
   header = ["model", "preset", "label", "runs", "seeds", "parameters",
             "test_accuracy_mean", "test_accuracy_std", "test_loss_mean",
-            "epochs", "wall_time_s_mean", "wall_time_s_std", "epoch_time_s_mean",
-            "examples_per_s_mean"]
+            "epochs", "train_time_s_mean", "train_time_s_std",
+            "wall_time_s_mean", "epoch_time_s_mean", "examples_per_s_mean"]
   rows = [header]
   for g in groups:
     acc, acc_std = _mean_std(g["test_accuracy"])
-    wall, wall_std = _mean_std(g["wall_time_s"])
+    time, time_std = _mean_std(g["train_time_s"])
     rows.append([g["model"], g["preset"], g["label"], len(g["runs"]),
                  " ".join(map(str, g["seeds"])), g["parameters"], f"{acc:.6f}",
                  f"{acc_std:.6f}", f"{_mean_std(g['test_loss'])[0]:.6f}",
-                 _span(g["epochs"]), f"{wall:.2f}", f"{wall_std:.2f}",
+                 _span(g["epochs"]), f"{time:.2f}", f"{time_std:.2f}",
+                 f"{_mean_std(g['wall_time_s'])[0]:.2f}",
                  f"{_mean_std(g['epoch_time_s'])[0]:.3f}",
                  f"{_mean_std(g['examples_per_s'])[0]:.0f}"])
   _write_csv(os.path.join(out, "comparison.csv"), rows)
   run_rows = [["model", "preset", "label", "seed", "run", "parameters",
-               "test_accuracy", "test_loss", "epochs", "wall_time_s",
-               "compile_time_s", "epoch_time_s", "examples_per_s"]]
+               "test_accuracy", "test_loss", "epochs", "train_time_s",
+               "wall_time_s", "data_time_s", "compile_time_s", "epoch_time_s",
+               "examples_per_s"]]
   for g in groups:
     for s in g["runs"]:
       run_rows.append([s["model"], s["preset"], g["label"], s["seed"], s["run"],
                        s["parameters"], f"{s['test_accuracy']:.6f}",
                        f"{s['test_loss']:.6f}", s["epochs"],
-                       f"{s['wall_time_s']:.2f}",
+                       f"{s['train_time_s']:.2f}", f"{s['wall_time_s']:.2f}",
+                       "" if s["data_time_s"] is None
+                       else f"{s['data_time_s']:.2f}",
                        f"{s['compile_time_s'] or 0:.2f}",
                        f"{s['epoch_time_s']:.3f}", f"{s['examples_per_s']:.0f}"])
   _write_csv(os.path.join(out, "runs.csv"), run_rows)
 
   lines = ["# Model comparison", "",
            "Mean ± standard deviation over seeds where a configuration has "
-           "several runs. Wall time includes data loading and compilation; "
-           "epoch time and examples/s are medians over epochs.", "",
-           "| model | preset | runs | parameters | test accuracy % | epochs | "
-           "wall time s | epoch time s | examples/s |",
+           "several runs. Time is a run's wall time less loading its data "
+           "(and preparing it, the first time): compilation, evaluation and "
+           "the report are in it. Epoch time and examples/s are medians over "
+           "epochs. Accuracy axes start a whole point below the lowest run "
+           "and end at 100%.", ""]
+  older = [run for g in groups for run in g["no_data_time"]]
+  if older:
+    lines += [f"{len(older)} run(s) predate the record of data loading time; "
+              "their time includes it: " + ", ".join(older), ""]
+  lines += ["| model | preset | runs | parameters | test accuracy % | epochs | "
+           "time s | epoch time s | examples/s |",
            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
   for g in groups:
     lines.append(
         f"| {g['label']} | {g['preset']} | {len(g['runs'])} | "
         f"{g['parameters']:,} | {_pm(g['test_accuracy'], 100)} | "
-        f"{_span(g['epochs'])} | {_pm(g['wall_time_s'], digits=1)} | "
+        f"{_span(g['epochs'])} | {_pm(g['train_time_s'], digits=1)} | "
         f"{_pm(g['epoch_time_s'], digits=2)} | "
         f"{_mean_std(g['examples_per_s'])[0]:,.0f} |")
   lines += ["", "![test accuracy per model](accuracy.png)", "",
-            "![accuracy against training time](accuracy_vs_time.png)", "",
+            "![accuracy against run time](accuracy_vs_time.png)", "",
             "![learning curves](learning_curves.png)", "",
             "Runs: [runs.csv](runs.csv); table: [comparison.csv](comparison.csv).",
             ""]
@@ -337,45 +375,57 @@ def train_runs(model_names: Sequence[str], seeds: Sequence[int], runs_root: str,
   return folders
 
 
-def main(argv):
-  f = flags.FLAGS
-  paths = list(argv[1:])
-  if f.train:
-    overrides = {k: getattr(f, k) for k in ("epochs", "data_dir", "mnist_dir")
-                 if getattr(f, k) is not None}
-    seeds = [int(s) for s in f.seeds]
-    paths += train_runs(f.train, seeds, f.runs_root, f.preset,
-                        vary=parse_vary(f.vary), **overrides)
-  elif f.vary:
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  args = _parser().parse_args(argv)
+  paths = list(args.runs)
+  if args.train:
+    overrides = {k: getattr(args, k) for k in ("epochs", "data_dir", "mnist_dir")
+                 if getattr(args, k) is not None}
+    paths += train_runs(args.train, args.seeds, args.runs_root, args.preset,
+                        vary=parse_vary(args.vary), **overrides)
+  elif args.vary:
     raise UserError("--vary needs --train=MODEL: it trains a run per value")
   if not paths:
     raise UserError("pass run folders to compare, or --train=MODEL[,MODEL...]")
-  compare(paths, f.out)
+  compare(paths, args.out)
 
 
-def _define_flags():
-  flags.DEFINE_string("out", "comparison", "Folder for the table and plots.")
-  flags.DEFINE_list("train", [], "Models to train first (e.g. linear,cnn,gru).")
-  flags.DEFINE_list("seeds", ["0"], "--train: seeds to train each model with.")
-  flags.DEFINE_multi_string(
-      "vary", [], "--train: a setting to train several values of, "
-      "NAME=V1/V2/... (e.g. mlp_hidden=256/512,256); repeat for a grid.")
-  flags.DEFINE_string("runs_root", os.path.join("runs", "compare"),
-                      "--train: where the run folders go (MODEL-seedN).")
-  flags.DEFINE_string("preset", "tuned", "--train: preset of every model.")
-  flags.DEFINE_integer("epochs", None, "--train: epochs (default: the preset's).")
-  flags.DEFINE_string("data_dir", None, "--train: tfds data dir.")
-  flags.DEFINE_string("mnist_dir", None, "--train: folder with the IDX files.")
+def _names(text: str) -> List[str]:
+  return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def _run(argv):
-  try:
-    main(argv)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      description=__doc__.split("\n\n")[0],
+      epilog=__doc__.split("\n\n", 1)[1],
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("runs", nargs="*",
+                      help="run folders, or folders of run folders")
+  parser.add_argument("--out", default="comparison",
+                      help="folder for the table and plots")
+  parser.add_argument("--train", type=_names, default=[],
+                      help="models to train first (e.g. linear,cnn,gru)")
+  parser.add_argument("--seeds", type=lambda t: [int(s) for s in _names(t)],
+                      default=[0], help="--train: seeds of each model (0,1,2)")
+  parser.add_argument(
+      "--vary", action="append", default=[],
+      help="--train: a setting to train several values of, NAME=V1/V2/... "
+      "(e.g. mlp_hidden=256/512,256); repeat for a grid")
+  parser.add_argument("--runs_root", default=os.path.join("runs", "compare"),
+                      help="--train: where the run folders go (MODEL-seedN)")
+  parser.add_argument("--preset", default="tuned",
+                      help="--train: preset of every model")
+  parser.add_argument("--epochs", type=int, default=None,
+                      help="--train: epochs (default: the preset's)")
+  parser.add_argument("--data_dir", default=None, help="--train: tfds data dir")
+  parser.add_argument("--mnist_dir", default=None,
+                      help="--train: folder with the IDX files")
+  return parser
 
 
 if __name__ == "__main__":
-  _define_flags()
-  app.run(_run)
+  try:
+    main()
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)

@@ -8,9 +8,10 @@ phases (imports, data, state init, compile, each train chunk, evaluation,
 checkpoints, report, learning curves) and prints one JSON line of seconds.
 Device work is waited for inside each timer, so phases do not overlap.
 `process_start_s` is the interpreter's start-up before this file runs
-(from /proc, Linux only).
+(from /proc, Linux only). Every argument but --help goes to launch.py.
 """
 
+import argparse
 import collections
 import json
 import os
@@ -56,8 +57,18 @@ def timed(name, fn, block=True):
   return wrapper
 
 
+def _launch_argv():
+  """launch.py's argv: this command's arguments after --help is handled."""
+  parser = argparse.ArgumentParser(
+      description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      usage="%(prog)s [-h] -- LAUNCH_FLAGS")
+  _, rest = parser.parse_known_args()
+  return [sys.argv[0]] + [a for a in rest if a != "--"]
+
+
 def main():
-  argv = [sys.argv[0]] + [a for a in sys.argv[1:] if a != "--"]
+  argv = _launch_argv()
   t = time.perf_counter()
   import launch
   from mnist_jax import checkpoint, data, parallel, plots, report, train

@@ -1,6 +1,7 @@
 """Figures, saved as PNG files with matplotlib's non-interactive Agg backend."""
 
 import os
+import textwrap
 from typing import List, Optional, Sequence
 
 import matplotlib
@@ -235,28 +236,67 @@ def sample_probabilities(samples: Sequence[dict], path: str,
   return _save(fig, path)
 
 
-# Comparison across runs (experiments/compare.py).
+# Comparison across runs (experiments/compare.py). Each figure is laid out
+# whole: titles wrapped to its width, legends outside the axes, and saved with
+# a bounding box that holds every label.
+
+MARKERS = "osD^vP*Xhp<>"
+
 
 def _colors(n: int):
   cmap = plt.get_cmap("tab10")
   return [cmap(i % 10) for i in range(n)]
 
 
-def compare_accuracy(groups: Sequence[dict], path: str) -> str:
+def accuracy_floor(values) -> float:
+  """Where a comparison's accuracy axis starts, in %: one point below the
+  lowest value, rounded down to a whole percent, and not below 0.
+
+  The axis always ends at 100%, so it spans at least a point and a half:
+  0.03 points between two runs stay 0.03 points of that span, never the
+  whole height.
+  """
+  return max(0.0, float(np.floor(min(values))) - 1.0)
+
+
+def fit_title(fig, title) -> None:
+  """Wraps a title (a Text artist) into lines that lie within `fig`, where
+  the layout puts it."""
+  text = title.get_text().replace("\n", " ")
+  chars = len(text)
+  while chars > 20:
+    fig.draw_without_rendering()
+    box = title.get_window_extent()
+    if box.x0 >= fig.bbox.x0 and box.x1 <= fig.bbox.x1:
+      break
+    chars = int(chars * 0.9)
+    title.set_text("\n".join(textwrap.wrap(text, chars)))
+
+
+def _save_whole(fig, path: str) -> str:
+  """Saves `fig` with everything drawn in it, legends outside the axes too."""
+  with files.atomic(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.1)
+  plt.close(fig)
+  return path
+
+
+def _train_times(g: dict) -> np.ndarray:
+  """A group's run times less data loading (older runs: their wall time)."""
+  return np.asarray(g.get("train_time_s", g["wall_time_s"]), np.float64)
+
+
+def accuracy_figure(groups: Sequence[dict]):
   """Test accuracy per configuration: mean bar, std whisker, one dot per seed."""
   n = len(groups)
-  fig, ax = plt.subplots(figsize=(8, 0.55 * n + 1.6))
+  fig, ax = plt.subplots(figsize=(8, 0.55 * n + 1.6), layout="constrained")
   colors = _colors(n)
-  all_acc = [100 * a for g in groups for a in g["test_accuracy"]]
+  low = accuracy_floor([100 * a for g in groups for a in g["test_accuracy"]])
   for i, g in enumerate(groups):
     acc = 100 * np.asarray(g["test_accuracy"])
-    mean = acc.mean()
-    ax.barh(i, mean, color=colors[i], alpha=0.75,
+    ax.barh(i, acc.mean() - low, left=low, color=colors[i], alpha=0.75,
             xerr=acc.std() if len(acc) > 1 else None, capsize=4)
     ax.plot(acc, [i] * len(acc), "k.", ms=6)
-  low = max(0.0, np.floor(min(all_acc)) - 1) if all_acc else 0.0
-  for i, g in enumerate(groups):
-    acc = 100 * np.asarray(g["test_accuracy"])
     spread = f" ± {acc.std():.2f}" if len(acc) > 1 else ""
     end = max(acc.max(), acc.mean() + acc.std())
     room = 100 - end > 0.3 * (100 - low)  # Beside the bar if it fits, else in it.
@@ -266,72 +306,128 @@ def compare_accuracy(groups: Sequence[dict], path: str) -> str:
   ax.set_xlim(low, 100)
   ax.set_yticks(range(n), [g["label"] for g in groups])
   ax.invert_yaxis()
-  ax.set_xlabel("Test accuracy (%)")
-  ax.set_title("Test accuracy per model (bar: mean, whisker: std over seeds, "
-               "dots: runs)", fontsize=10)
+  ax.set_xlabel(f"Test accuracy (%; axis from {low:g}, a point below the "
+                "lowest run)")
+  fit_title(fig, ax.set_title("Test accuracy per configuration (bar: mean over "
+                              "seeds, whisker: std, dots: each run)",
+                              fontsize=10))
   ax.grid(axis="x", alpha=0.3)
-  return _save(fig, path)
+  return fig
 
 
-def compare_accuracy_time(groups: Sequence[dict], path: str) -> str:
-  """Test accuracy against training wall time, one point per configuration."""
-  fig, ax = plt.subplots(figsize=(7.5, 5))
-  for g, color in zip(groups, _colors(len(groups))):
+def compare_accuracy(groups: Sequence[dict], path: str) -> str:
+  return _save_whole(accuracy_figure(groups), path)
+
+
+def accuracy_time_figure(groups: Sequence[dict]):
+  """Test accuracy against run time less data loading, a point per configuration."""
+  longest = max(len(g["label"]) for g in groups)  # The legend goes beside.
+  fig, ax = plt.subplots(figsize=(min(6.5 + 0.06 * longest, 12), 4.8),
+                         layout="constrained")
+  every_acc, every_time = [], []
+  for i, (g, color) in enumerate(zip(groups, _colors(len(groups)))):
     acc = 100 * np.asarray(g["test_accuracy"])
-    t = np.asarray(g["wall_time_s"])
-    ax.plot(t, acc, ".", color=color, alpha=0.4)
+    t = _train_times(g)
+    every_acc += list(acc)
+    every_time += list(t)
+    marker = MARKERS[i % len(MARKERS)]
+    if len(acc) > 1:
+      ax.plot(t, acc, marker, color=color, alpha=0.35, ms=4, ls="none")
     ax.errorbar(t.mean(), acc.mean(),
                 xerr=t.std() if len(t) > 1 else None,
                 yerr=acc.std() if len(acc) > 1 else None,
-                fmt="o", color=color, ms=8, capsize=3, label=g["label"])
-    ax.annotate(g["label"], (t.mean(), acc.mean()), textcoords="offset points",
-                xytext=(6, 5), fontsize=8)
-  ax.set_xscale("log")
-  ax.set_xlabel("Training wall time (s, log scale; includes compilation)")
-  ax.set_ylabel("Test accuracy (%)")
-  ax.set_title("Accuracy against training time (mean ± std over seeds)")
+                fmt=marker, color=color, ms=8, capsize=3, label=g["label"],
+                clip_on=False)
+  log = max(every_time) > 10 * min(every_time)
+  if log:
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+  ax.set_ylim(accuracy_floor(every_acc), 100)
+  ax.set_xlabel("Run time less data loading (s" + (", log scale" if log else "")
+                + "; compilation, evaluation and report included)")
+  ax.set_ylabel(f"Test accuracy (%; from {accuracy_floor(every_acc):g})")
   ax.grid(alpha=0.3, which="both")
-  ax.legend(fontsize=8, loc="lower right")
-  return _save(fig, path)
+  ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1),
+            borderaxespad=0)
+  fit_title(fig, ax.set_title("Test accuracy against run time (mean ± std over "
+                              "seeds)"))
+  return fig
 
 
-def compare_curves(groups: Sequence[dict], path: str) -> str:
-  """All learning curves overlaid: mean line, shaded min-max over seeds."""
-  panels = (("train_loss", "Train loss (cross entropy)", 1.0),
-            ("val_loss", "Validation loss", 1.0),
-            ("train_accuracy", "Train accuracy (%)", 100.0),
-            ("val_accuracy", "Validation accuracy (%)", 100.0))
-  fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
-  for ax, (key, label, scale) in zip(axes.flat, panels):
-    drawn = 0
-    for g, color in zip(groups, _colors(len(groups))):
-      curves = [[(r["epoch"], scale * r[key]) for r in rows
-                 if r.get(key) is not None] for rows in g["curves"]]
-      curves = [c for c in curves if c]
-      if not curves:
-        continue
+def compare_accuracy_time(groups: Sequence[dict], path: str) -> str:
+  return _save_whole(accuracy_time_figure(groups), path)
+
+
+CURVE_PANELS = (("train_loss", "Train loss (cross entropy)", 1.0),
+                ("val_loss", "Validation loss", 1.0),
+                ("train_accuracy", "Train accuracy (%)", 100.0),
+                ("val_accuracy", "Validation accuracy (%)", 100.0))
+
+
+def _mean_curves(groups: Sequence[dict], key: str, scale: float):
+  """[(group index, epochs, [seeds, epochs] values)] of the groups with `key`."""
+  out = []
+  for i, g in enumerate(groups):
+    curves = [[(r["epoch"], scale * r[key]) for r in rows
+               if r.get(key) is not None] for rows in g["curves"]]
+    curves = [c for c in curves if c]
+    if curves:
       length = min(len(c) for c in curves)
-      x = [e for e, _ in curves[0][:length]]
-      y = np.array([[v for _, v in c[:length]] for c in curves])
-      ax.plot(x, y.mean(axis=0), "o-", ms=3, color=color, label=g["label"])
+      out.append((i, [e for e, _ in curves[0][:length]],
+                  np.array([[v for _, v in c[:length]] for c in curves])))
+  return out
+
+
+def curves_figure(groups: Sequence[dict]):
+  """Learning curves overlaid: mean line, shaded min-max over seeds; a panel
+  per metric some run has (no validation panels when no run holds one out)."""
+  panels = [(p, _mean_curves(groups, p[0], p[2])) for p in CURVE_PANELS]
+  panels = [(p, lines) for p, lines in panels if lines]
+  cols = 2 if len(panels) == 4 else len(panels)
+  rows = (len(panels) + cols - 1) // cols
+  fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.2 * rows),
+                           squeeze=False, layout="constrained")
+  colors = _colors(len(groups))
+  epochs = [e for g in groups for rows_ in g["curves"] for e in
+            (r["epoch"] for r in rows_)]
+  for ax, ((key, label, _), lines) in zip(axes.flat, panels):
+    for i, x, y in lines:
+      ax.plot(x, y.mean(axis=0), "-", marker=MARKERS[i % len(MARKERS)], ms=3,
+              color=colors[i], label=groups[i]["label"], clip_on=False)
       if len(y) > 1:
-        ax.fill_between(x, y.min(axis=0), y.max(axis=0), color=color, alpha=0.2)
-      drawn += 1
+        ax.fill_between(x, y.min(axis=0), y.max(axis=0), color=colors[i],
+                        alpha=0.2)
     ax.set_xlabel("Epoch")
-    _epoch_axis(ax, [e for g in groups for rows in g["curves"] for e in
-                     (r["epoch"] for r in rows)])
+    _epoch_axis(ax, epochs)
     ax.set_ylabel(label)
-    ax.set_title(label if drawn else f"{label}: no run has one")
-    if "loss" in key and drawn:
+    ax.set_title(label)
+    values = [v for _, _, y in lines for v in y.flat]
+    if "loss" in key and max(values) > 10 * min(values) > 0:
       ax.set_yscale("log")
       ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
       ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
       ax.yaxis.set_minor_formatter(NullFormatter())
+    elif "loss" in key:
+      ax.set_ylim(bottom=0)
+    else:
+      ax.set_ylim(accuracy_floor(values), 100)
     ax.grid(alpha=0.3, which="both")
-    if drawn:
-      ax.legend(fontsize=8)
-  fig.suptitle("Learning curves (mean over seeds; band: min to max)")
-  return _save(fig, path)
+  legend = {}  # Each group once, in the groups' order.
+  for ax in axes.flat:
+    for handle, text in zip(*ax.get_legend_handles_labels()):
+      legend.setdefault(text, handle)
+  fig.legend(list(legend.values()), list(legend), loc="outside lower center",
+             ncols=min(len(legend), 3), fontsize=8)
+  fit_title(fig, fig.suptitle("Learning curves (mean over seeds; band: min to "
+                              "max; accuracy axes from a point below the lowest "
+                              "value)"))
+  return fig
+
+
+def compare_curves(groups: Sequence[dict], path: str) -> str:
+  return _save_whole(curves_figure(groups), path)
 
 
 def prediction(image: np.ndarray, probabilities: np.ndarray, path: str,

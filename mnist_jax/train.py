@@ -300,7 +300,9 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
   existing = workdir_lib.check_run_folder(workdir, config, overwrite=overwrite)
   if existing and not overwrite:
     runlog.check(workdir, config, labels)
+  data_start = time.perf_counter()  # Preparing (first time) and loading.
   dataset = engine.main_first(functools.partial(data_lib.load, config))
+  data_time = time.perf_counter() - data_start
   steps = steps_per_epoch(config, len(dataset.train))
   log = runlog.RunLog(progress_lib.Progress(config.epochs, stream=stream,
                                             prefix=engine.log_prefix))
@@ -385,7 +387,7 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
                       if engine.is_main else (None, None))
   final = _final_row(members, choice, test_m, ensemble, steps,
                      epochs_run=epoch, steps=engine.step(state),
-                     compile_time_s=compile_time,
+                     compile_time_s=compile_time, data_time_s=data_time,
                      wall_time_s=time.perf_counter() - start_time,
                      num_params=engine.num_params(state))
   if target.active:

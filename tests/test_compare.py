@@ -4,14 +4,17 @@ import csv
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
+import matplotlib.pyplot as plt
 from PIL import Image
 import pytest
 
 from experiments import compare
 from mnist_jax import files
+from mnist_jax import plots
 from mnist_jax import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,3 +113,113 @@ def test_num_seeds_run_gives_one_run_per_seed(prepared, tmp_path):
       final["test_accuracy_std"], abs=1e-6)
   assert float(row["test_loss_mean"]) == pytest.approx(
       final["test_loss_mean"], abs=1e-6)
+
+
+# Times without the data, numeric order, honest axes, whole figures.
+
+
+def test_final_row_records_data_time_and_compare_leaves_it_out(tiny_run):
+  final = workdir_lib.final_metrics(tiny_run)
+  assert 0 < final["data_time_s"] < final["wall_time_s"]
+  summary = compare.summarize(tiny_run)
+  assert summary["train_time_s"] == pytest.approx(
+      final["wall_time_s"] - final["data_time_s"])
+
+
+def test_a_run_without_data_time_still_loads_and_is_named(tiny_run, tmp_path):
+  old = str(tmp_path / "old")
+  shutil.copytree(tiny_run, old)
+  path = os.path.join(old, workdir_lib.METRICS_FILE)
+  rows = list(workdir_lib.read_metrics(path))
+  del rows[-1]["data_time_s"]
+  files.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+  summary = compare.summarize(old)
+  assert summary["data_time_s"] is None
+  assert summary["train_time_s"] == rows[-1]["wall_time_s"]
+  compare.write_tables(compare.group([summary]), str(tmp_path))
+  with open(tmp_path / "comparison.md") as f:
+    assert f"1 run(s) predate the record of data loading time; their time " \
+        f"includes it: {old}" in f.read()
+
+
+def test_sort_key_orders_numbers_as_numbers_across_types():
+  values = ["adam", 128, (512, 256), 64, None, "3e-4", (256,), 1e-3, True]
+  assert sorted(values, key=compare.sort_key) == [
+      None, "3e-4", 1e-3, True, 64, 128, (256,), (512, 256), "adam"]
+
+
+def _copy_with(run, folder, **changes):
+  subprocess.run(["cp", "-r", run, folder], check=True)
+  path = os.path.join(folder, workdir_lib.CONFIG_FILE)
+  with open(path) as f:
+    data = json.load(f)
+  data["config"] = workdir_lib.read_config(folder).replace(**changes).to_dict()
+  files.write_json(path, data)
+  return compare.summarize(folder)
+
+
+def test_configurations_of_a_model_are_ordered_by_value(tiny_run, tmp_path):
+  summaries = [_copy_with(tiny_run, str(tmp_path / str(b)), batch_size=b)
+               for b in (128, 64, 1000)]
+  assert [g["label"] for g in compare.group(summaries)] == [
+      "mlp (batch_size=64)", "mlp (batch_size=128)", "mlp (batch_size=1000)"]
+
+
+def _group(label, accuracies, times=None, val=True, epochs=3):
+  times = times or [10.0] * len(accuracies)
+  curves = [[{"epoch": e, "train_loss": 1.0 / e, "train_accuracy": a - 0.01 / e,
+              "val_loss": 1.2 / e if val else None,
+              "val_accuracy": a - 0.02 / e if val else None}
+             for e in range(1, epochs + 1)] for a in accuracies]
+  return {"label": label, "test_accuracy": accuracies, "train_time_s": times,
+          "wall_time_s": [t + 5 for t in times], "curves": curves}
+
+
+def test_accuracy_axes_start_a_point_below_the_lowest_run():
+  assert plots.accuracy_floor([99.2, 99.23]) == 98.0
+  assert plots.accuracy_floor([92.65, 99.3]) == 91.0
+  assert plots.accuracy_floor([99.0]) == 98.0
+  assert plots.accuracy_floor([0.4, 50.0]) == 0.0
+  groups = [_group("cnn", [0.9920]), _group("gru", [0.9923], [30.0])]
+  fig = plots.accuracy_time_figure(groups)
+  assert fig.axes[0].get_ylim() == (98.0, 100.0)  # 0.03 points of 2.
+  assert plots.accuracy_figure(groups).axes[0].get_xlim() == (98.0, 100.0)
+  panels = {ax.get_title(): ax for ax in plots.curves_figure(groups).axes}
+  low = plots.accuracy_floor([100 * (0.992 - 0.02)])
+  assert panels["Validation accuracy (%)"].get_ylim() == (low, 100.0)
+  assert panels["Validation loss"].get_ylim()[0] == 0.0
+  plt.close("all")
+
+
+def test_no_panel_without_data():
+  without = plots.curves_figure([_group("linear", [0.92], val=False)])
+  assert [ax.get_title() for ax in without.axes] == [
+      "Train loss (cross entropy)", "Train accuracy (%)"]
+  mixed = plots.curves_figure([_group("linear", [0.92], val=False),
+                               _group("mlp", [0.98])])
+  assert len(mixed.axes) == 4 and all(ax.lines for ax in mixed.axes)
+  plt.close("all")
+
+
+def test_titles_fit_and_legends_clear_the_axes():
+  groups = [_group(f"mlp (learning_rate={lr}, dropout=0.25, grad_clip=1.0)",
+                   [0.98, 0.981], [20.0 * (i + 1), 21.0 * (i + 1)])
+            for i, lr in enumerate((1e-4, 3e-4, 1e-3, 3e-3, 1e-2))]
+  for figure in (plots.accuracy_figure, plots.accuracy_time_figure,
+                 plots.curves_figure):
+    fig = figure(groups)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    page = fig.bbox
+    titles = [t for t in fig.texts + [ax.title for ax in fig.axes]
+              if t.get_text()]  # fig.texts holds the suptitle.
+    assert titles
+    for title in titles:
+      box = title.get_window_extent(renderer)
+      assert page.x0 <= box.x0 and box.x1 <= page.x1, title.get_text()
+    legends = [ax.get_legend() for ax in fig.axes] + fig.legends
+    for legend in filter(None, legends):
+      box = legend.get_window_extent(renderer)
+      assert not any(box.overlaps(ax.get_window_extent(renderer))
+                     for ax in fig.axes), figure.__name__
+  plt.close("all")
