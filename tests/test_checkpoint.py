@@ -115,14 +115,18 @@ def _edit_meta(workdir, edit, checksum=True):
     json.dump(meta, f)
 
 
+def _cut_meta(workdir):
+  with open(_meta_path(workdir), "w") as f:
+    f.write('{"epo')
+
+
 DAMAGE = {
     "flipped_array_byte": (_flip_array_byte,
                            "its arrays do not match the checksum saved"),
     "truncated_arrays": (_truncate_arrays, "its arrays do not read back"),
     "missing_meta": (lambda w: os.remove(_meta_path(w)),
                      "its meta record is missing"),
-    "unparsable_meta": (lambda w: open(_meta_path(w), "w").write('{"epo'),  # pylint: disable=consider-using-with
-                        "its meta record is unreadable"),
+    "unparsable_meta": (_cut_meta, "its meta record is unreadable"),
     "edited_meta": (lambda w: _edit_meta(w, lambda m: m.update(epoch=5),
                                          checksum=False),
                     "its meta record does not match the checksum"),
