@@ -8,6 +8,15 @@ the model name, the parameter shapes (to refuse another model's checkpoint
 with a clear message) and the format number of the state's layout (`FORMAT`).
 Orbax writes into a temporary folder and renames it when complete, so a
 process killed mid-save leaves the previous checkpoint intact.
+
+A checkpoint is restored whole into host memory, whatever devices or
+processes wrote it (one device, pmap, sharded, members split over devices,
+several processes): the sharding orbax saved with it never decides where it
+goes, and the engine places it on the devices at hand (engine.py). A restore
+that fails is called damaged only when the checkpoint is verified damaged (a
+checksum mismatch, a missing, truncated or unparsable file); any other
+failure says what does not match, and no message advises deleting a healthy
+checkpoint.
 """
 
 import contextlib
@@ -121,8 +130,17 @@ def _meta_checksum(meta: dict) -> str:
   return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def _abstract(tree):
-  return jax.tree.map(_orbax().utils.to_shape_dtype_struct, tree)
+def _host_target(template):
+  """Host zeros shaped like `template` (arrays, ShapeDtypeStructs, scalars).
+
+  Orbax reads each leaf whole into such a target, whatever devices wrote it;
+  a target with device shardings (or none) would make it place the leaves as
+  the sharding saved with them says, on devices this process may not have.
+  """
+  def zeros(x):
+    x = x if hasattr(x, "dtype") else jnp.asarray(x)
+    return np.zeros(x.shape, x.dtype)
+  return jax.tree.map(zeros, template)
 
 
 def param_shapes(params) -> dict:
@@ -175,6 +193,15 @@ def _reason(e: Exception) -> str:
   return (text.splitlines()[0][:200] if text else "") or type(e).__name__
 
 
+def _meta_damage(meta) -> Optional[str]:
+  """Why a checkpoint's meta record is damaged, or None if it is whole."""
+  if not isinstance(meta, dict) or not isinstance(meta.get("epoch"), int):
+    return "its meta record has no epoch"
+  if "meta_checksum" in meta and meta["meta_checksum"] != _meta_checksum(meta):
+    return "its meta record does not match the checksum saved with it"
+  return None
+
+
 def _host_local(tree):
   """With several processes, numpy copies: orbax refuses host-local jax.Arrays."""
   return jax.device_get(tree) if jax.process_count() > 1 else tree
@@ -190,8 +217,9 @@ class Checkpointer:
   def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
     self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
     if os.path.exists(self.directory) and not os.path.isdir(self.directory):
-      raise CheckpointError(f"{self.directory} is a file, not a checkpoint "
-                            "folder; remove it or pass another --workdir")
+      raise CheckpointError(f"{self.directory} is a file where the run's "
+                            "checkpoint folder goes; move it away, or pass "
+                            "another --workdir")
     self._read_only = read_only
     self._keep = keep
     self._cached_manager = None
@@ -224,9 +252,10 @@ class Checkpointer:
     try:
       self._cached_manager = ocp.CheckpointManager(self.directory, options=options)
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(f"cannot open the checkpoints in {self.directory} "
-                            f"({_reason(e)}); remove that folder or pass another "
-                            "--workdir") from None
+      raise CheckpointError(
+          f"cannot open the checkpoints in {self.directory} ({_reason(e)}); "
+          "check that this user can read and write that folder, or pass "
+          "another --workdir") from None
     return self._cached_manager
 
   def save(self, step: int, state, meta: dict) -> None:
@@ -247,15 +276,91 @@ class Checkpointer:
     try:
       return self._manager.latest_step()
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(f"cannot list the checkpoints in {self.directory} "
-                            f"({_reason(e)}); remove that folder or pass another "
-                            "--workdir") from None
+      raise CheckpointError(
+          f"cannot list the checkpoints in {self.directory} ({_reason(e)}); "
+          "check that this user can read that folder, or pass another "
+          "--workdir") from None
 
-  def _damaged(self, step: int, e: Exception) -> CheckpointError:
+  def _where(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def _damaged(self, step: int, why: str) -> CheckpointError:
+    """The error for a checkpoint verified damaged, naming the one before it."""
+    try:
+      earlier = [s for s in self._manager.all_steps(read=True) if s < step]
+    except Exception:  # pylint: disable=broad-except
+      earlier = []
+    if earlier:
+      advice = ("delete that folder to go back to the checkpoint before it, "
+                f"{self._where(max(earlier))}, or pass --overwrite to start over")
+    else:
+      advice = ("the run has no earlier checkpoint: pass --overwrite to start "
+                "over, or another --workdir")
+    return CheckpointError(f"the checkpoint {self._where(step)} is damaged or "
+                           f"truncated ({why}); {advice}")
+
+  def _unreadable_file(self, step: int) -> Optional[str]:
+    """A file of checkpoint `step` this user may not read, if any."""
+    for folder, _, names in os.walk(self._where(step)):
+      for name in [".", *names]:
+        path = os.path.normpath(os.path.join(folder, name))
+        if not os.access(path, os.R_OK):
+          return path
+    return None
+
+  def damage(self, step: int) -> Optional[str]:
+    """Why checkpoint `step` is damaged, or None when it reads back intact.
+
+    Independent of any run and of the devices at hand: its meta record must
+    parse and match the checksum saved with it, and every array must read
+    back whole, in the structure and shapes saved with it (orbax's own
+    metadata). The arrays' digest needs the run's structure: `restore`
+    checks it.
+    """
+    path = os.path.join(self._where(step), "meta", "metadata")
+    try:
+      with open(path, "rb") as f:
+        meta = json.loads(f.read().decode())
+    except FileNotFoundError:
+      return "its meta record is missing"
+    except PermissionError:
+      return None
+    except (OSError, ValueError) as e:  # JSONDecodeError, UnicodeDecodeError.
+      return f"its meta record is unreadable: {_reason(e)}"
+    why = _meta_damage(meta)
+    if why:
+      return why
+    ocp = _orbax()
+    try:
+      with _stray_output_to_log():
+        saved = ocp.StandardCheckpointHandler().metadata(
+            self._manager.directory / str(step) / "state")
+        self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_host_target(saved.tree))))
+    except (MemoryError, PermissionError):
+      return None
+    except Exception as e:  # pylint: disable=broad-except
+      if any(code in str(e) for code in ("RESOURCE_EXHAUSTED",
+                                         "PERMISSION_DENIED")):
+        return None
+      return f"its arrays do not read back: {_reason(e)}"
+    return None
+
+  def _failure(self, step: int, e: Exception) -> CheckpointError:
+    """The error for a failed read of checkpoint `step`: damaged only when
+    `damage` finds it so; otherwise what does not match, nothing deleted."""
+    unreadable = self._unreadable_file(step)
+    if unreadable:
+      return CheckpointError(
+          f"{unreadable} cannot be read by this user (permission denied); "
+          f"give read access to {self.directory}, or pass another --workdir")
+    why = self.damage(step)
+    if why is not None:
+      return self._damaged(step, why)
     return CheckpointError(
-        f"the checkpoint {self.directory}/{step} is damaged or truncated "
-        f"({_reason(e)}); delete that folder to resume from an earlier one, or "
-        "pass --overwrite to start over")
+        f"the checkpoint {self._where(step)} is intact but does not fit this "
+        f"run's train state ({_reason(e)}); pass the settings it was trained "
+        "with (its run folder's config.json holds them), or another --workdir")
 
   def read_meta(self, step: Optional[int] = None) -> Tuple[int, dict]:
     """(step, meta record) of a checkpoint (default: the latest)."""
@@ -268,12 +373,10 @@ class Checkpointer:
       meta = self._manager.restore(step, args=ocp.args.Composite(
           meta=ocp.args.JsonRestore()))["meta"]
     except Exception as e:  # pylint: disable=broad-except
-      raise self._damaged(step, e) from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("epoch"), int):
-      raise self._damaged(step, ValueError("its meta record has no epoch"))
-    if "meta_checksum" in meta and meta["meta_checksum"] != _meta_checksum(meta):
-      raise self._damaged(step, ValueError(
-          "its meta record does not match the checksum saved with it"))
+      raise self._failure(step, e) from None
+    why = _meta_damage(meta)
+    if why:
+      raise self._damaged(step, why)
     meta = dict(meta)
     meta.pop("meta_checksum", None)
     return step, meta
@@ -282,28 +385,37 @@ class Checkpointer:
               model: Optional[str] = None) -> Tuple[object, dict]:
     """Restores the state shaped like `template` and its meta record.
 
+    Every leaf is read whole into host memory and comes back on this
+    process's default device, whatever devices wrote it; the engine then
+    places it (engine.Engine.restored and start).
+
     Args:
-      template: a TrainState of the model the checkpoint should hold.
+      template: a TrainState of the model the checkpoint should hold (arrays
+        or ShapeDtypeStructs: only shapes, dtypes and structure are used).
       step: which checkpoint (default: the latest).
       model: the model name the checkpoint must have been written by.
 
     Raises:
-      CheckpointError: there is none, or it is damaged or from another model.
+      CheckpointError: there is none, it is damaged (verified: `damage` or
+        the digest), or it does not fit `template` (another model, format or
+        structure), which the message tells apart.
     """
     step, meta = self.read_meta(step)
-    where = f"{self.directory}/{step}"
+    where = self._where(step)
     written = meta.get("format", 1)
     if written != FORMAT:
       newer = isinstance(written, int) and written > FORMAT
       raise CheckpointError(
           f"the checkpoint {where} was written by "
           f"{'a newer' if newer else 'an older'} mnist_jax (checkpoint format "
-          f"{written}; this one reads {FORMAT}); pass --overwrite to start over")
+          f"{written}; this one reads {FORMAT}); use "
+          f"{'a newer mnist_jax' if newer else 'the mnist_jax that wrote it'} "
+          "to resume or report on it, or pass another --workdir to train anew")
     if model is not None and meta.get("model", model) != model:
       raise CheckpointError(
           f"the checkpoint {where} was written by model {meta['model']!r}, not "
-          f"{model!r}; pass the --model it was trained with, --overwrite, or "
-          "another --workdir")
+          f"{model!r}; pass the --model it was trained with, or another "
+          "--workdir")
     want = param_shapes(getattr(template, "params", template))
     have = meta.get("param_shapes")
     if have is not None and have != want:
@@ -313,26 +425,19 @@ class Checkpointer:
       raise CheckpointError(
           f"the checkpoint {where} holds another model's parameters ({first}: "
           f"{have.get(first)} in the checkpoint, {want.get(first)} here; "
-          f"{len(diff)} differences); pass the settings it was trained with, "
-          "--overwrite, or another --workdir")
+          f"{len(diff)} differences); pass the settings it was trained with "
+          "(its run folder's config.json holds them), or another --workdir")
     ocp = _orbax()
     try:
       with _stray_output_to_log():
         restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(
-                _host_local(template) if jax.process_count() > 1
-                else _abstract(template))))
+            state=ocp.args.StandardRestore(_host_target(template))))
     except Exception as e:  # pylint: disable=broad-except
-      if "tree structures do not match" in str(e):
-        raise CheckpointError(
-            f"the checkpoint {where} does not fit this model ({_reason(e)}); "
-            "pass the settings it was trained with, --overwrite, or another "
-            "--workdir") from None
-      raise self._damaged(step, e) from None
+      raise self._failure(step, e) from None
     state = _as_arrays(restored["state"])
     if "digest" in meta and state_digest(state) != meta["digest"]:
-      raise self._damaged(step, ValueError(
-          "its arrays do not match the checksum saved with them"))
+      raise self._damaged(step, "its arrays do not match the checksum saved "
+                          "with them")
     return state, meta
 
   def wait(self) -> None:

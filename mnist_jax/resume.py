@@ -66,7 +66,8 @@ def check_fits(meta: dict, state_step: int, steps: int, epochs: int,
     raise checkpoint_lib.CheckpointError(
         f"the latest checkpoint in {where} (step {meta.get('step')}, epoch "
         f"{epoch}) does not fit this run's {steps} steps per epoch (were the "
-        "data or the batch size changed?); pass --overwrite or another --workdir")
+        "data or the batch size changed?); resume with the data and "
+        "--batch_size it was trained with, or pass another --workdir")
 
 
 def restore(config, workdir: str, template, steps: int) -> Tuple[Optional[dict], object]:

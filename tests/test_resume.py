@@ -93,7 +93,8 @@ def test_a_checkpoint_that_does_not_fit_is_refused(changes, state_step):
                       where="DIR/checkpoints")
   message = str(e.value)
   assert "\n" not in message and "DIR/checkpoints" in message
-  assert "33 steps per epoch" in message and "--overwrite" in message
+  assert "33 steps per epoch" in message and "another --workdir" in message
+  assert "--overwrite" not in message  # The checkpoint is whole: keep it.
 
 
 def test_saver_of_a_process_that_writes_no_files(tmp_path):

@@ -549,7 +549,8 @@ def test_a_checkpoint_of_another_format_is_a_one_line_error(
                              stream=io.StringIO())
   message = str(e.value)
   assert "\n" not in message and words in message
-  assert "pass --overwrite to start over" in message
+  assert "pass another --workdir to train anew" in message
+  assert "--overwrite" not in message and "damaged" not in message
   assert "does not fit" not in message
   assert lh.snapshot(folder) == before
   with pytest.raises(checkpoint.CheckpointError, match="older|newer"):

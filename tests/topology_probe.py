@@ -1,0 +1,61 @@
+"""launch.py with observers that print what report and predict computed.
+
+Run by tests/test_topology.py in place of launch.py, with launch.py's flags.
+It runs launch.py unchanged, and prints one line `@metrics {json}`:
+  --mode=report: the test accuracy and loss report.write got for the chosen
+    member, and the ensemble's (None for one member);
+  --mode=predict: the test accuracy and loss of the run predict loaded
+    (trained.Run), chosen member and ensemble, on the run's test split.
+
+  python tests/topology_probe.py --mode=report --workdir=RUN
+"""
+
+import json
+import os
+import runpy
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # pylint: disable=wrong-import-position
+
+from mnist_jax import data  # pylint: disable=wrong-import-position
+from mnist_jax import predict  # pylint: disable=wrong-import-position
+from mnist_jax import report  # pylint: disable=wrong-import-position
+
+
+def _print(chosen, ensemble):
+  print("@metrics " + json.dumps({
+      "accuracy": chosen["accuracy"], "loss": chosen["loss"],
+      "ensemble_accuracy": ensemble and ensemble["accuracy"],
+      "ensemble_loss": ensemble and ensemble["loss"]}), flush=True)
+
+
+_write = report.write
+
+
+def write(*args, ensemble=None, **kwargs):
+  result = _write(*args, ensemble=ensemble, **kwargs)
+  _print(result, ensemble)
+  return result
+
+
+_predict_files = predict.predict_files
+
+
+def predict_files(run, paths, ensemble=False):
+  test = data.load(run.config).test
+  images = np.asarray(test.images)
+  chosen = report.score(run.probabilities(images), test.labels)
+  seeds = None
+  if len(run.seeds) > 1:
+    seeds = report.score(run.probabilities(images, ensemble=True), test.labels)
+  _print(chosen, seeds)
+  return _predict_files(run, paths, ensemble)
+
+
+report.write = write
+predict.predict_files = predict_files
+sys.argv = [os.path.join(ROOT, "launch.py")] + sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
