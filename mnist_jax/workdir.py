@@ -181,10 +181,12 @@ def record_resume(workdir: str, config: config_lib.Config, env: dict,
   path = os.path.join(workdir, CONFIG_FILE)
   with open(path) as f:
     record = json.load(f)
+  # Compared as JSON holds them: a tuple (cnn_features) is a list there.
+  settings = json.loads(json.dumps(config.to_dict()))
   record.setdefault("resumes", []).append({
       "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
       "from_step": meta["step"] if meta else 0,
-      "changed": {k: v for k, v in config.to_dict().items()
+      "changed": {k: v for k, v in settings.items()
                   if record["config"].get(k) != v},
       "environment": env})
   files.write_json(path, record)
