@@ -14,12 +14,15 @@ import logging
 import os
 import shlex
 import sys
+import textwrap
+from typing import List
 
 from absl import app
 from absl import flags
 
 from mnist_jax import config as config_lib
 from mnist_jax import models
+from mnist_jax import optim
 from mnist_jax import predict
 from mnist_jax import preemption
 from mnist_jax import runtime
@@ -27,33 +30,69 @@ from mnist_jax import sweep
 from mnist_jax import train
 from mnist_jax import trained
 from mnist_jax import workdir
+from mnist_jax.config import value_text
 from mnist_jax.errors import UserError
 
+# launch.py's own flags, which are not run settings: name -> its --help group.
+# Each is defined below with its one-line help.
+LAUNCH_GROUPS = {"overwrite": config_lib.RUN_FOLDER,
+                 **{name: config_lib.MODES for name in (
+                     "mode", "image", "json", "plot", "ensemble", "debug")}}
+_LAUNCH_HELP = {}  # Their help, without the default.
+HELP_ARGS = ("-h", "-help", "--help", "-?", "--helpshort", "-helpshort",
+             "--helpfull", "-helpfull", "--helpxml", "-helpxml")
 
-def value_text(value) -> str:
-  """A default as it is typed on the command line (unset for None)."""
-  if value is None or value == [] or value == "":
-    return "unset"
-  if isinstance(value, bool):
-    return str(value).lower()
-  if isinstance(value, (tuple, list)):
-    return ",".join(str(v) for v in value)
-  if isinstance(value, float):
-    return f"{value:g}"
-  return str(value)
+
+def flag_help(name: str) -> str:
+  """A flag's help, without its default.
+
+  A Config field's is its metadata help, plus what the registry and optim.py
+  know: the presets without validation data, the names --sweep takes.
+  """
+  if name not in config_lib.FIELDS:
+    return _LAUNCH_HELP[name]
+  text = config_lib.FIELDS[name].metadata["help"]
+  if name == "preset":
+    text += ("; holding out no validation data (so no validation curve, and "
+             f"--sweep refused): {models.registry.without_validation()}")
+  elif name == "sweep":
+    text += f"; NAME: {', '.join(optim.SWEEPABLE)}"
+  return text
 
 
 def default_text(name: str) -> str:
-  """A Config field's default as --help and the README's flag table state it."""
+  """A flag's default as --help and the README's flag table state it."""
+  if name not in config_lib.FIELDS:
+    return value_text(FLAGS[name].default)
   field = config_lib.FIELDS[name]
   value = value_text(field.default)
   return f"the preset's, else {value}" if field.metadata["preset"] else value
 
 
 def config_flag_help(name: str) -> str:
-  """The --help line of a Config field's flag: its metadata help + default."""
-  help_text = config_lib.FIELDS[name].metadata["help"]
-  return f"{help_text} (default: {default_text(name)})"
+  """A flag's --help line: its help, then its default."""
+  return f"{flag_help(name)} (default: {default_text(name)})"
+
+
+def group_of(name: str) -> str:
+  """The --help group (config_lib.GROUPS) a flag is listed in."""
+  if name in config_lib.FIELDS:
+    return config_lib.FIELDS[name].metadata["group"]
+  return LAUNCH_GROUPS[name]
+
+
+def flags_in_order() -> List[str]:
+  """Every flag as --help lists it: by group, each group's Config fields in
+  their declaration order, then launch.py's own."""
+  names = [*config_lib.FIELDS, *LAUNCH_GROUPS]
+  return sorted(names, key=lambda n: config_lib.GROUPS.index(group_of(n)))
+
+
+def _define(define, name: str, default, help_text: str, **kwargs) -> None:
+  """Defines one of launch.py's own flags."""
+  _LAUNCH_HELP[name] = help_text
+  define(name, default, help=f"{help_text} (default: {value_text(default)})",
+         **kwargs)
 
 
 # Every Config field is a flag. Its absl default is None, meaning "not given":
@@ -73,23 +112,50 @@ for _name in config_lib.FIELDS:
     flags.DEFINE_list(_name, None, _help)
   else:
     flags.DEFINE_string(_name, None, _help)
-flags.DEFINE_enum("mode", "train", ["train", "report", "predict"],
-                  "What to do: train, report (rewrite a finished run's report "
-                  "and plots) or predict (the digits in --image files)")
-flags.DEFINE_list("image", [], "With --mode=predict: image files, comma-separated "
-                  "(PNG, JPEG, anything Pillow reads)")
-flags.DEFINE_bool("json", False,
-                  "With --mode=predict: print one JSON object per image")
-flags.DEFINE_bool("plot", False,
-                  "With --mode=predict: also save WORKDIR/predict/<name>.png")
-flags.DEFINE_bool("ensemble", False,
-                  "With --mode=predict: average the probabilities of the seeds "
-                  "of the run's chosen grid point instead of its chosen member")
-flags.DEFINE_bool("overwrite", False,
-                  "Start over in an existing --workdir instead of resuming it")
-flags.DEFINE_bool("debug", False,
-                  "Show Python tracebacks instead of one-line errors")
+_define(flags.DEFINE_bool, "overwrite", False,
+        "Start over in an existing --workdir instead of resuming it")
+_define(flags.DEFINE_enum, "mode", "train",
+        "What to do: train, report (rewrite a finished run's report and "
+        "plots) or predict (the digits in --image files)",
+        enum_values=["train", "report", "predict"])
+_define(flags.DEFINE_list, "image", [],
+        "With --mode=predict: image files, comma-separated (PNG, JPEG, "
+        "anything Pillow reads)")
+_define(flags.DEFINE_bool, "json", False,
+        "With --mode=predict: print one JSON object per image")
+_define(flags.DEFINE_bool, "plot", False,
+        "With --mode=predict: also save WORKDIR/predict/<name>.png")
+_define(flags.DEFINE_bool, "ensemble", False,
+        "With --mode=predict: average the probabilities of the seeds of the "
+        "run's chosen grid point instead of its chosen member")
+_define(flags.DEFINE_bool, "debug", False,
+        "Show Python tracebacks instead of one-line errors")
 FLAGS = flags.FLAGS
+
+
+def help_text(full: bool = False) -> str:
+  """What --help prints: the usage above, then every flag by group.
+
+  full (--helpfull): also the flags of the libraries (absl's logging flags).
+  """
+  lines = [__doc__.strip(), ""]
+  for group in config_lib.GROUPS:
+    lines.append(f"{group}:")
+    for name in (n for n in flags_in_order() if group_of(n) == group):
+      spelled = f"--[no]{name}" if FLAGS[name].boolean else f"--{name}"
+      lines.append(textwrap.fill(f"{spelled}: {config_flag_help(name)}",
+                                 width=80, initial_indent="  ",
+                                 subsequent_indent="      "))
+    lines.append("")
+  lines.append(textwrap.fill(
+      "Exit status: 0 done (or already finished), 1 bad input, 2 a flag that "
+      "does not parse, 3 diverged, 130 or 143 stopped by Ctrl-C or SIGTERM. "
+      "--helpfull also lists the libraries' flags.", width=80))
+  if full:
+    ours = FLAGS.find_module_defining_flag("model")
+    lines += ["", *(FLAGS.module_help(m) for m in FLAGS.flags_by_module_dict()
+                    if m != ours)]
+  return "\n".join(lines)
 
 
 def _overrides() -> dict:
@@ -162,6 +228,17 @@ def _use_run():
 
 
 def _parse(argv):
+  """Parses the flags; --help (-h, --helpshort, --helpfull) prints the flags
+  by group and exits 0, as asking for help is no error."""
+  for arg in argv[1:]:
+    if arg == "--":
+      break
+    if arg in HELP_ARGS:
+      if arg.endswith("helpxml"):
+        FLAGS.write_help_in_xml_format(sys.stdout)
+      else:
+        print(help_text(full=arg.endswith("helpfull")))
+      sys.exit(0)
   try:
     return FLAGS(argv)
   except flags.Error as e:
