@@ -7,15 +7,18 @@
   python launch.py --mode=predict --workdir=RUN --image=seven.png[,...] [--json]
   python launch.py --model=mlp --sweep=learning_rate=3e-4,1e-3,3e-3 --num_seeds=2
 
-Every Config field (mnist_jax/config.py) is a flag; unset flags take the preset.
+Every Config field (mnist_jax/config.py) is a flag; unset flags take the
+preset. The same command again resumes its run; without --workdir, that is the
+newest unfinished run of the same settings under runs/.
 """
 
+import dataclasses
 import logging
 import os
 import shlex
 import sys
 import textwrap
-from typing import List
+from typing import List, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -31,7 +34,7 @@ from mnist_jax import train
 from mnist_jax import trained
 from mnist_jax import workdir
 from mnist_jax.config import value_text
-from mnist_jax.errors import UserError
+from mnist_jax.errors import Diverged, UserError
 
 # launch.py's own flags, which are not run settings: name -> its --help group.
 # Each is defined below with its one-line help.
@@ -113,7 +116,8 @@ for _name in config_lib.FIELDS:
   else:
     flags.DEFINE_string(_name, None, _help)
 _define(flags.DEFINE_bool, "overwrite", False,
-        "Start over in an existing --workdir instead of resuming it")
+        "Start --workdir over (deleting it) instead of resuming it; without "
+        "--workdir, start a new run folder instead of resuming one")
 _define(flags.DEFINE_enum, "mode", "train",
         "What to do: train, report (rewrite a finished run's report and "
         "plots) or predict (the digits in --image files)",
@@ -185,6 +189,17 @@ def _overrides() -> dict:
   return values
 
 
+@dataclasses.dataclass
+class _Run:
+  """This command's training run, for the messages that say how to resume."""
+  config: Optional[config_lib.Config] = None  # Its workdir as typed.
+  work: Optional[str] = None  # The run folder it trains in.
+  held: Optional[dict] = None  # workdir.locking()'s: the folders it wrote.
+
+
+_RUN = _Run()
+
+
 def main(argv):
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}; flags take the form "
@@ -192,22 +207,38 @@ def main(argv):
   if FLAGS.mode != "train":
     return _use_run()
   model = FLAGS.model or config_lib.Config.model
-  config = models.get_config(model, FLAGS.preset or "tuned", **_overrides())
-  work = config.workdir or workdir.default_workdir(model)
-  config = config.replace(workdir=work)
+  overrides = _overrides()
+  config = models.get_config(model, FLAGS.preset or "tuned", **overrides)
+  _RUN.config = config
   runtime.split_host(config.parallel, multi_process=bool(
       config.coordinator_address or config.num_processes > 1))
   runtime.setup()
-  train.train_and_evaluate(config, work, overwrite=FLAGS.overwrite)
+  sweep.members(config)  # A bad --sweep says so before which folder is used.
+  work, note = _run_folder(config)
+  _RUN.work = work
+  if note:
+    print(note, flush=True)
+  preemption.set_resume_command(resume_command)
+  with workdir.locking() as _RUN.held:
+    train.train_and_evaluate(config.replace(workdir=work), work,
+                             overwrite=FLAGS.overwrite and bool(config.workdir))
 
 
-def _resume_command(work: str) -> str:
-  """This command line without --overwrite and with the --workdir it used."""
-  args = [a for a in sys.argv[1:]
-          if a.split("=")[0] not in ("--overwrite", "-overwrite")]
-  if not any(a.split("=")[0] in ("--workdir", "-workdir") for a in args):
-    args.append(f"--workdir={work}")
-  return shlex.join(["python", os.path.basename(sys.argv[0]), *args])
+def _run_folder(config: config_lib.Config):
+  """(the folder to train in, a line saying which and why, or None for a
+  --workdir given or a first run).
+
+  Raises:
+    UserError: --workdir is in use by another run.
+    Diverged: the run to resume diverged with these settings (it would again).
+  """
+  if not config.workdir:
+    choice = workdir.choose(config, overwrite=FLAGS.overwrite)
+    return choice.path, choice.reason if choice.news else None
+  workdir.check_not_in_use(config.workdir)
+  if not FLAGS.overwrite:
+    workdir.check_not_diverged(config.workdir, config)
+  return config.workdir, None
 
 
 def _use_run():
@@ -225,6 +256,100 @@ def _use_run():
       sys.exit(1)
     return
   trained.rewrite_report(FLAGS.workdir, **overrides)
+
+
+# The commands the messages print: the command line as typed, edited.
+
+
+def _flag_name(arg: str) -> Optional[str]:
+  """The flag an argument sets (`--name=v`, `-name`, `--noname`), else None."""
+  if not arg.startswith("-") or arg == "--":
+    return None
+  name = arg.lstrip("-").split("=", 1)[0]
+  if name not in FLAGS and name.startswith("no") and name[2:] in FLAGS:
+    return name[2:]
+  return name
+
+
+def without(args: Sequence[str], names: Sequence[str]) -> List[str]:
+  """`args` without those setting a flag in `names`, in any spelling
+  (`--name=v`, `--name v`, `--name`, `--noname`)."""
+  out, skip_value = [], False
+  for i, arg in enumerate(args):
+    if skip_value:
+      skip_value = False
+      continue
+    if arg == "--":  # What follows is no flag.
+      return out + list(args[i:])
+    name = _flag_name(arg)
+    if name in names:
+      skip_value = "=" not in arg and name in FLAGS and not FLAGS[name].boolean
+      continue
+    out.append(arg)
+  return out
+
+
+def _typed(name: str) -> bool:
+  """Whether the command line as typed sets flag `name`."""
+  args = sys.argv[1:]
+  args = args[:args.index("--")] if "--" in args else args
+  return any(_flag_name(a) == name for a in args)
+
+
+def _command(args: Sequence[str]) -> str:
+  return shlex.join(["python", sys.argv[0], *args])
+
+
+def _same_command_resumes(work: str) -> bool:
+  """Whether this command, given no --workdir, would pick `work` to resume."""
+  try:
+    choice = workdir.choose(_RUN.config, overwrite=False)
+  except UserError:  # Diverged: it would refuse.
+    return False
+  return choice.resume and os.path.abspath(choice.path) == os.path.abspath(work)
+
+
+def resume_command(work: Optional[str] = None) -> str:
+  """This command line as typed, without --overwrite, that resumes `work`
+  (this run's folder by default): --workdir is added only where the same
+  command without it would pick another folder."""
+  work = work or _RUN.work
+  args = without(sys.argv[1:], ("overwrite",))
+  if not _typed("workdir") and not _same_command_resumes(work):
+    args.append(f"--workdir={work}")
+  return _command(args)
+
+
+def _retry_advice() -> str:
+  """After a divergence: a command with a lower learning rate (or clipping)
+  that trains these settings again, and what it does with the run folder."""
+  config = _RUN.config
+  swept = sweep.parse(config.sweep) if config else {}
+  if config is None or ("learning_rate" in swept and "grad_clip" in swept):
+    return ""
+  if "learning_rate" not in swept:
+    name, value = "learning_rate", f"{config.learning_rate / 10:g}"
+  else:
+    name, value = "grad_clip", "1"
+  args = [*without(sys.argv[1:], ("overwrite", name)),
+          f"--{name}={value}"]
+  if _typed("workdir"):
+    args.append("--overwrite")
+    where = f"--overwrite starts {config.workdir} over"
+  else:
+    where = "a new run folder"
+  return f"; for example ({where}): {_command(args)}"
+
+
+def _interrupted() -> str:
+  """What a Ctrl-C outside the training loop says (the loop's says more)."""
+  work = _RUN.work
+  if work and _RUN.held is not None and os.path.realpath(work) in _RUN.held:
+    return (f"interrupted (Ctrl-C); {work} keeps its last complete checkpoint, "
+            f"if any. To resume, run: {resume_command(work)}")
+  where = f"before {work} was written" if work else "before training started"
+  return (f"interrupted (Ctrl-C) {where}; to start again, run: "
+          f"{_command(sys.argv[1:])}")
 
 
 def _parse(argv):
@@ -265,17 +390,17 @@ def _run(argv):
   except UserError as e:
     if FLAGS.debug:
       raise
-    print(f"error: {e}", file=sys.stderr)
+    advice = _retry_advice() if isinstance(e, Diverged) else ""
+    print(f"error: {e}{advice}", file=sys.stderr)
     _quiet_teardown()
     sys.exit(e.exit_code)
   except preemption.Preempted as e:
-    print(f"{e}. To resume, run: {_resume_command(e.workdir)}", file=sys.stderr)
+    print(f"{e}. To resume, run: {resume_command(e.workdir)}", file=sys.stderr)
     sys.exit(e.exit_code)
   except KeyboardInterrupt:
     if FLAGS.debug:
       raise
-    print("interrupted (Ctrl-C); running the same command again resumes from "
-          "the last complete checkpoint, if any", file=sys.stderr)
+    print(_interrupted(), file=sys.stderr)
     sys.exit(preemption.FORCED_EXIT_CODE)
 
 

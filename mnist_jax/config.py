@@ -159,7 +159,8 @@ class Config:
       "", "Hyperparameter grid trained in the same program: NAME=V1,V2,...; "
       "repeat the flag or join with ; for several names", TRAINING)
   workdir: Optional[str] = _field(
-      None, "Run folder, resumed if it holds a run; unset means "
+      None, "Run folder, resumed if it holds a run; unset: the newest "
+      "unfinished run of these settings under runs/, else a new "
       "runs/<model>-<timestamp>", RUN_FOLDER)
   chunk_steps: int = _field(
       200, "Train steps per compiled scan; progress prints and preemption "

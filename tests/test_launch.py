@@ -2,10 +2,16 @@
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
 import pytest
+
+import launch as launch_module
+from mnist_jax import files
+from mnist_jax import workdir
+from mnist_jax.models import registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -75,3 +81,95 @@ def test_batch_larger_than_training_set(prepared, tmp_path):
   assert result.returncode == 1
   assert "larger than the 600 training examples" in result.stderr
   assert not (tmp_path / "run").exists()
+
+
+# The commands messages print.
+
+
+@pytest.fixture
+def typed(monkeypatch, tmp_path):
+  """Sets the command line as typed in an empty folder: typed(*args, config)."""
+  monkeypatch.chdir(tmp_path)
+
+  def set_command(*args, config=None, work=None):
+    monkeypatch.setattr(sys, "argv", ["launch.py", *args])
+    monkeypatch.setattr(launch_module, "_RUN", launch_module._Run(
+        config=config, work=work))
+  return set_command
+
+
+LINEAR = registry.get_config("linear", epochs=4)
+
+
+def _unfinished_run(path, config=LINEAR, started="2026-01-01T10:00:00+0000"):
+  os.makedirs(path)
+  files.write_json(os.path.join(path, "config.json"),
+                   {"config": config.to_dict(), "started": started})
+  workdir.MetricsLog(path).write({"epoch": 1})
+
+
+def test_without_drops_every_spelling_of_a_flag():
+  assert launch_module.without(
+      ["--overwrite", "--nooverwrite", "--overwrite=false", "-overwrite",
+       "--learning_rate", "0.1", "--learning_rate=3", "-learning_rate=2",
+       "--epochs=3", "--", "--overwrite"], ("overwrite", "learning_rate")) == [
+           "--epochs=3", "--", "--overwrite"]
+
+
+def test_resume_command_is_the_command_as_typed(typed):
+  work = os.path.join("runs", "linear-a")
+  _unfinished_run(work)
+  sweep = "--sweep=learning_rate=0.001,0.002;label_smoothing=0,0.1"
+  typed("--model=linear", "--epochs=4", "--overwrite", sweep, config=LINEAR,
+        work=work)
+  command = launch_module.resume_command()
+  assert command == f"python launch.py --model=linear --epochs=4 '{sweep}'"
+  assert shlex.split(command)[-1] == sweep
+  # A newer unfinished run of the same settings: the same command would pick
+  # that one, so --workdir is added.
+  _unfinished_run(os.path.join("runs", "linear-b"),
+                  started="2026-02-01T10:00:00+0000")
+  assert launch_module.resume_command() == (
+      f"python launch.py --model=linear --epochs=4 '{sweep}' --workdir={work}")
+  # A --workdir typed (in either spelling) stays as typed.
+  typed("--model=linear", "--workdir", work, "--epochs=4",
+        config=LINEAR.replace(workdir=work), work=work)
+  assert launch_module.resume_command() == (
+      f"python launch.py --model=linear --workdir {work} --epochs=4")
+
+
+def test_divergence_advice_is_a_command_with_a_lower_learning_rate(typed):
+  retry_advice = launch_module._retry_advice  # pylint: disable=protected-access
+  config = LINEAR.replace(learning_rate=0.5)
+  typed("--model=linear", "--learning_rate", "0.5", "--overwrite",
+        config=config)
+  assert retry_advice() == (
+      "; for example (a new run folder): python launch.py --model=linear "
+      "--learning_rate=0.05")
+  typed("--model=linear", "--workdir=W", config=config.replace(workdir="W"))
+  assert retry_advice() == (
+      "; for example (--overwrite starts W over): python launch.py "
+      "--model=linear --workdir=W --learning_rate=0.05 --overwrite")
+  swept = config.replace(sweep="learning_rate=0.5,1.0")
+  typed("--model=linear", "--sweep=learning_rate=0.5,1", config=swept)
+  assert retry_advice().endswith(
+      "python launch.py --model=linear --sweep=learning_rate=0.5,1 "
+      "--grad_clip=1")
+
+
+def test_ctrl_c_outside_the_loop_says_what_to_run(typed):
+  typed("--model=linear")
+  interrupted = launch_module._interrupted  # pylint: disable=protected-access
+  assert interrupted() == ("interrupted (Ctrl-C) before training started; to "
+                           "start again, run: python launch.py --model=linear")
+  work = os.path.join("runs", "linear-a")
+  typed("--model=linear", "--overwrite", config=LINEAR, work=work)
+  assert interrupted() == (
+      f"interrupted (Ctrl-C) before {work} was written; to start again, run: "
+      "python launch.py --model=linear --overwrite")
+  _unfinished_run(work)
+  held = {os.path.realpath(work): None}
+  launch_module._RUN.held = held  # pylint: disable=protected-access
+  assert interrupted() == (
+      f"interrupted (Ctrl-C); {work} keeps its last complete checkpoint, if "
+      "any. To resume, run: python launch.py --model=linear")
