@@ -2,6 +2,7 @@
 
   python launch.py --model=gru                    # train with the tuned preset
   python launch.py --model=cnn --preset=seed      # the seed notebook's setup
+  python launch.py --model=cnn --preset=best --dry_run   # see what it would run
   python launch.py --model=mlp --mnist_dir=DIR    # offline: the four IDX files
   python launch.py --mode=report --workdir=RUN    # rewrite RUN's report.md + plots
   python launch.py --mode=predict --workdir=RUN --image=seven.png[,...] [--json]
@@ -24,6 +25,7 @@ from absl import app
 from absl import flags
 
 from mnist_jax import config as config_lib
+from mnist_jax import dry_run
 from mnist_jax import models
 from mnist_jax import optim
 from mnist_jax import predict
@@ -40,7 +42,8 @@ from mnist_jax.errors import Diverged, UserError
 # Each is defined below with its one-line help.
 LAUNCH_GROUPS = {"overwrite": config_lib.RUN_FOLDER,
                  **{name: config_lib.MODES for name in (
-                     "mode", "image", "json", "plot", "ensemble", "debug")}}
+                     "mode", "dry_run", "image", "json", "plot", "ensemble",
+                     "debug")}}
 _LAUNCH_HELP = {}  # Their help, without the default.
 HELP_ARGS = ("-h", "-help", "--help", "-?", "--helpshort", "-helpshort",
              "--helpfull", "-helpfull", "--helpxml", "-helpxml")
@@ -122,6 +125,9 @@ _define(flags.DEFINE_enum, "mode", "train",
         "What to do: train, report (rewrite a finished run's report and "
         "plots) or predict (the digits in --image files)",
         enum_values=["train", "report", "predict"])
+_define(flags.DEFINE_bool, "dry_run", False,
+        "Print the settings, validation split, model, devices and run folder "
+        "this command would train with; train and write nothing")
 _define(flags.DEFINE_list, "image", [],
         "With --mode=predict: image files, comma-separated (PNG, JPEG, "
         "anything Pillow reads)")
@@ -205,6 +211,9 @@ def main(argv):
     raise UserError(f"unexpected arguments {argv[1:]}; flags take the form "
                     "--name=value (see --help)")
   if FLAGS.mode != "train":
+    if FLAGS.dry_run:
+      raise UserError(f"--dry_run shows what training would do; leave it out "
+                      f"with --mode={FLAGS.mode}")
     return _use_run()
   model = FLAGS.model or config_lib.Config.model
   overrides = _overrides()
@@ -213,6 +222,8 @@ def main(argv):
   runtime.split_host(config.parallel, multi_process=bool(
       config.coordinator_address or config.num_processes > 1))
   runtime.setup()
+  if FLAGS.dry_run:
+    return _dry_run(config, overrides)
   sweep.members(config)  # A bad --sweep says so before which folder is used.
   work, note = _run_folder(config)
   _RUN.work = work
@@ -239,6 +250,46 @@ def _run_folder(config: config_lib.Config):
   if not FLAGS.overwrite:
     workdir.check_not_diverged(config.workdir, config)
   return config.workdir, None
+
+
+def _dry_run(config: config_lib.Config, overrides: dict) -> None:
+  """--dry_run: the checks a run makes before writing, then what it would do."""
+  members = tuple(sweep.members(config))
+  given = {**overrides, **{n: FLAGS[n].value for n in ("model", "preset")
+                           if FLAGS[n].value is not None}}
+  if config.workdir:
+    work = config.workdir
+    workdir.check_not_in_use(work)
+    workdir.check_writable(work)
+    existing = workdir.check_run_folder(work, config, FLAGS.overwrite)
+    folder = _explicit_folder_line(work, config, existing)
+  else:
+    try:
+      choice = workdir.choose(config, overwrite=FLAGS.overwrite)
+      work, folder = choice.path, choice.reason
+    except Diverged as e:
+      work, folder = None, f"none: the run would stop at once: {e}"
+  source = "flag" if config.workdir else "chosen (see run folder)"
+  print(dry_run.text(config.replace(workdir=work), given, folder, source,
+                     members))
+
+
+def _explicit_folder_line(work: str, config, existing: bool) -> str:
+  """What a run would do with the --workdir given."""
+  if not existing:
+    return f"{work}, a new run folder"
+  if FLAGS.overwrite:
+    return f"{work}, deleted and started over (--overwrite)"
+  try:
+    workdir.check_not_diverged(work, config)
+  except Diverged as e:
+    return f"none: the run would stop at once: {e}"
+  state, last = workdir.status(work)
+  if state == "finished":
+    return (f"{work} already finished: the run would print its result and "
+            "stop (--overwrite trains it again)")
+  logged = (last or {}).get("epoch", 0)
+  return f"resuming {work} ({logged} of {config.epochs} epochs logged)"
 
 
 def _use_run():
@@ -314,7 +365,7 @@ def resume_command(work: Optional[str] = None) -> str:
   (this run's folder by default): --workdir is added only where the same
   command without it would pick another folder."""
   work = work or _RUN.work
-  args = without(sys.argv[1:], ("overwrite",))
+  args = without(sys.argv[1:], ("overwrite", "dry_run"))
   if not _typed("workdir") and not _same_command_resumes(work):
     args.append(f"--workdir={work}")
   return _command(args)
@@ -331,7 +382,7 @@ def _retry_advice() -> str:
     name, value = "learning_rate", f"{config.learning_rate / 10:g}"
   else:
     name, value = "grad_clip", "1"
-  args = [*without(sys.argv[1:], ("overwrite", name)),
+  args = [*without(sys.argv[1:], ("overwrite", "dry_run", name)),
           f"--{name}={value}"]
   if _typed("workdir"):
     args.append("--overwrite")

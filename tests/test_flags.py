@@ -86,8 +86,8 @@ def test_flag_help_is_built_from_the_field_metadata():
     assert launch.config_flag_help(name) == (
         f"{launch.flag_help(name)} (default: {launch.default_text(name)})")
     assert launch.value_text(field.default) in FLAGS[name].help
-  assert set(_launch_flags()) == {"debug", "ensemble", "image", "json",
-                                  "mode", "overwrite", "plot"}
+  assert set(_launch_flags()) == {"debug", "dry_run", "ensemble", "image",
+                                  "json", "mode", "overwrite", "plot"}
   assert set(_launch_flags()) == set(launch.LAUNCH_GROUPS)
 
 

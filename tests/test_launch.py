@@ -2,13 +2,19 @@
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
 import launch as launch_module
+from launch_helpers import snapshot as lh_snapshot
+from mnist_jax import data
+from mnist_jax import dry_run
 from mnist_jax import files
 from mnist_jax import workdir
 from mnist_jax.models import registry
@@ -83,7 +89,7 @@ def test_batch_larger_than_training_set(prepared, tmp_path):
   assert not (tmp_path / "run").exists()
 
 
-# The commands messages print.
+# The commands messages print, and --dry_run.
 
 
 @pytest.fixture
@@ -173,3 +179,73 @@ def test_ctrl_c_outside_the_loop_says_what_to_run(typed):
   assert interrupted() == (
       f"interrupted (Ctrl-C); {work} keeps its last complete checkpoint, if "
       "any. To resume, run: python launch.py --model=linear")
+
+
+def test_dry_run_marks_where_each_setting_comes_from():
+  config = registry.get_config("cnn", "best", epochs=3, learning_rate=3e-3)
+  given = {"model": "cnn", "preset": "best", "epochs": 3,
+           "learning_rate": 3e-3}
+  origin = dry_run.sources(config, given)
+  assert origin["epochs"] == "flag; preset: 18"
+  assert origin["learning_rate"] == "flag"  # The preset's value, given again.
+  assert origin["cnn_dense"] == "preset" and origin["momentum"] == "default"
+  assert dry_run.sources(config.replace(momentum=0.5),
+                         {"momentum": 0.5})["momentum"] == "flag; default: 0.9"
+  text = dry_run.text(config.replace(workdir="W"), given, "W, a new run folder",
+                      "flag")
+  assert "validation: none: it trains on all 60,000 training images" in text
+  assert "--sweep is refused" in text
+  assert ("model:      cnn (best preset): Conv32 3x3 SAME, max-pool, Conv64 "
+          "3x3 SAME, max-pool, Conv128 3x3 SAME, max-pool, Dense256, Dense10, "
+          "dropout 0.25; 390,410 parameters") in text
+  assert re.search(r"    --epochs=3 +flag; preset: 18\n", text)
+
+
+@pytest.mark.parametrize("model,preset", [("mlp", "seed"), ("cnn", "best"),
+                                          ("lstm", "permuted")])
+def test_dry_run_counts_the_parameters_init_makes(model, preset):
+  config = registry.get_config(model, preset)
+  module = registry.get(model).stock(config)
+  x = data.to_view(np.zeros((1, 28, 28), np.uint8),
+                   registry.input_view(config))
+  params = module.init(jax.random.PRNGKey(0), x)["params"]
+  assert dry_run.num_params(config) == sum(
+      p.size for p in jax.tree.leaves(params))
+
+
+def test_dry_run_says_which_split_is_held_out():
+  config = registry.get_config("mlp")  # The last 10%.
+  split = data.split({"train_images": np.zeros(dry_run.TRAIN_IMAGES),
+                      "train_labels": np.zeros(dry_run.TRAIN_IMAGES),
+                      "test_images": np.zeros(1), "test_labels": np.zeros(1)},
+                     config.val_fraction)
+  assert dry_run.validation_line(config, 2) == (
+      f"the last 10% of the training split ({len(split.val):,} of its 60,000 "
+      f"images; it trains on the other {len(split.train):,}), for the "
+      "validation curve and the member choice")
+
+
+def test_dry_run_writes_nothing_and_names_the_run_it_would_resume(tmp_path):
+  work = tmp_path / "runs" / "mlp-a"
+  _unfinished_run(str(work), registry.get_config("mlp", epochs=3))
+  before = lh_snapshot(tmp_path)
+  result = launch("--epochs=3", "--dry_run", cwd=tmp_path,
+                  env={"TFDS_DATA_DIR": str(tmp_path / "tfds")})
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.startswith("dry run: nothing is trained")
+  assert (f"run folder: resuming {os.path.join('runs', 'mlp-a')}, the newest "
+          "unfinished run of these settings under runs/ (1 of 3 epochs "
+          "logged)") in result.stdout
+  assert ("model:      mlp (tuned preset): 784-1024-1024-10, ReLU, dropout "
+          "0.3") in result.stdout
+  assert lh_snapshot(tmp_path) == before
+
+
+def test_dry_run_refuses_bad_flags_as_a_run_does(tmp_path):
+  result = launch("--model=cnn", "--preset=best", "--sweep=learning_rate=1,2",
+                  "--dry_run", cwd=tmp_path)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines() == [
+      "error: --sweep chooses its member by validation accuracy, and "
+      "--val_fraction=0 holds out none; pass e.g. --val_fraction=0.1"]
+  assert os.listdir(tmp_path) == []
