@@ -2,24 +2,32 @@
 
   python launch.py --model=gru                    # train with the tuned preset
   python launch.py --model=cnn --preset=seed      # the seed notebook's setup
+  python launch.py --model=cnn --preset=best --dry_run   # see what it would run
   python launch.py --model=mlp --mnist_dir=DIR    # offline: the four IDX files
   python launch.py --mode=report --workdir=RUN    # rewrite RUN's report.md + plots
   python launch.py --mode=predict --workdir=RUN --image=seven.png[,...] [--json]
   python launch.py --model=mlp --sweep=learning_rate=3e-4,1e-3,3e-3 --num_seeds=2
 
-Every Config field (mnist_jax/config.py) is a flag; unset flags take the preset.
+Every Config field (mnist_jax/config.py) is a flag; unset flags take the
+preset. The same command again resumes its run; without --workdir, that is the
+newest unfinished run of the same settings under runs/.
 """
 
+import dataclasses
 import logging
 import os
 import shlex
 import sys
+import textwrap
+from typing import List, Optional, Sequence
 
 from absl import app
 from absl import flags
 
 from mnist_jax import config as config_lib
+from mnist_jax import dry_run
 from mnist_jax import models
+from mnist_jax import optim
 from mnist_jax import predict
 from mnist_jax import preemption
 from mnist_jax import runtime
@@ -27,33 +35,70 @@ from mnist_jax import sweep
 from mnist_jax import train
 from mnist_jax import trained
 from mnist_jax import workdir
-from mnist_jax.errors import UserError
+from mnist_jax.config import value_text
+from mnist_jax.errors import Diverged, UserError
+
+# launch.py's own flags, which are not run settings: name -> its --help group.
+# Each is defined below with its one-line help.
+LAUNCH_GROUPS = {"overwrite": config_lib.RUN_FOLDER,
+                 **{name: config_lib.MODES for name in (
+                     "mode", "dry_run", "image", "json", "plot", "ensemble",
+                     "debug")}}
+_LAUNCH_HELP = {}  # Their help, without the default.
+HELP_ARGS = ("-h", "-help", "--help", "-?", "--helpshort", "-helpshort",
+             "--helpfull", "-helpfull", "--helpxml", "-helpxml")
 
 
-def value_text(value) -> str:
-  """A default as it is typed on the command line (unset for None)."""
-  if value is None or value == [] or value == "":
-    return "unset"
-  if isinstance(value, bool):
-    return str(value).lower()
-  if isinstance(value, (tuple, list)):
-    return ",".join(str(v) for v in value)
-  if isinstance(value, float):
-    return f"{value:g}"
-  return str(value)
+def flag_help(name: str) -> str:
+  """A flag's help, without its default.
+
+  A Config field's is its metadata help, plus what the registry and optim.py
+  know: the presets without validation data, the names --sweep takes.
+  """
+  if name not in config_lib.FIELDS:
+    return _LAUNCH_HELP[name]
+  text = config_lib.FIELDS[name].metadata["help"]
+  if name == "preset":
+    text += ("; holding out no validation data (so no validation curve, and "
+             f"--sweep refused): {models.registry.without_validation()}")
+  elif name == "sweep":
+    text += f"; NAME: {', '.join(optim.SWEEPABLE)}"
+  return text
 
 
 def default_text(name: str) -> str:
-  """A Config field's default as --help and the README's flag table state it."""
+  """A flag's default as --help and the README's flag table state it."""
+  if name not in config_lib.FIELDS:
+    return value_text(FLAGS[name].default)
   field = config_lib.FIELDS[name]
   value = value_text(field.default)
   return f"the preset's, else {value}" if field.metadata["preset"] else value
 
 
 def config_flag_help(name: str) -> str:
-  """The --help line of a Config field's flag: its metadata help + default."""
-  help_text = config_lib.FIELDS[name].metadata["help"]
-  return f"{help_text} (default: {default_text(name)})"
+  """A flag's --help line: its help, then its default."""
+  return f"{flag_help(name)} (default: {default_text(name)})"
+
+
+def group_of(name: str) -> str:
+  """The --help group (config_lib.GROUPS) a flag is listed in."""
+  if name in config_lib.FIELDS:
+    return config_lib.FIELDS[name].metadata["group"]
+  return LAUNCH_GROUPS[name]
+
+
+def flags_in_order() -> List[str]:
+  """Every flag as --help lists it: by group, each group's Config fields in
+  their declaration order, then launch.py's own."""
+  names = [*config_lib.FIELDS, *LAUNCH_GROUPS]
+  return sorted(names, key=lambda n: config_lib.GROUPS.index(group_of(n)))
+
+
+def _define(define, name: str, default, help_text: str, **kwargs) -> None:
+  """Defines one of launch.py's own flags."""
+  _LAUNCH_HELP[name] = help_text
+  define(name, default, help=f"{help_text} (default: {value_text(default)})",
+         **kwargs)
 
 
 # Every Config field is a flag. Its absl default is None, meaning "not given":
@@ -73,23 +118,54 @@ for _name in config_lib.FIELDS:
     flags.DEFINE_list(_name, None, _help)
   else:
     flags.DEFINE_string(_name, None, _help)
-flags.DEFINE_enum("mode", "train", ["train", "report", "predict"],
-                  "What to do: train, report (rewrite a finished run's report "
-                  "and plots) or predict (the digits in --image files)")
-flags.DEFINE_list("image", [], "With --mode=predict: image files, comma-separated "
-                  "(PNG, JPEG, anything Pillow reads)")
-flags.DEFINE_bool("json", False,
-                  "With --mode=predict: print one JSON object per image")
-flags.DEFINE_bool("plot", False,
-                  "With --mode=predict: also save WORKDIR/predict/<name>.png")
-flags.DEFINE_bool("ensemble", False,
-                  "With --mode=predict: average the probabilities of the seeds "
-                  "of the run's chosen grid point instead of its chosen member")
-flags.DEFINE_bool("overwrite", False,
-                  "Start over in an existing --workdir instead of resuming it")
-flags.DEFINE_bool("debug", False,
-                  "Show Python tracebacks instead of one-line errors")
+_define(flags.DEFINE_bool, "overwrite", False,
+        "Start --workdir over (deleting it) instead of resuming it; without "
+        "--workdir, start a new run folder instead of resuming one")
+_define(flags.DEFINE_enum, "mode", "train",
+        "What to do: train, report (rewrite a finished run's report and "
+        "plots) or predict (the digits in --image files)",
+        enum_values=["train", "report", "predict"])
+_define(flags.DEFINE_bool, "dry_run", False,
+        "Print the settings, validation split, model, devices and run folder "
+        "this command would train with; train and write nothing")
+_define(flags.DEFINE_list, "image", [],
+        "With --mode=predict: image files, comma-separated (PNG, JPEG, "
+        "anything Pillow reads)")
+_define(flags.DEFINE_bool, "json", False,
+        "With --mode=predict: print one JSON object per image")
+_define(flags.DEFINE_bool, "plot", False,
+        "With --mode=predict: also save WORKDIR/predict/<name>.png")
+_define(flags.DEFINE_bool, "ensemble", False,
+        "With --mode=predict: average the probabilities of the seeds of the "
+        "run's chosen grid point instead of its chosen member")
+_define(flags.DEFINE_bool, "debug", False,
+        "Show Python tracebacks instead of one-line errors")
 FLAGS = flags.FLAGS
+
+
+def help_text(full: bool = False) -> str:
+  """What --help prints: the usage above, then every flag by group.
+
+  full (--helpfull): also the flags of the libraries (absl's logging flags).
+  """
+  lines = [__doc__.strip(), ""]
+  for group in config_lib.GROUPS:
+    lines.append(f"{group}:")
+    for name in (n for n in flags_in_order() if group_of(n) == group):
+      spelled = f"--[no]{name}" if FLAGS[name].boolean else f"--{name}"
+      lines.append(textwrap.fill(f"{spelled}: {config_flag_help(name)}",
+                                 width=80, initial_indent="  ",
+                                 subsequent_indent="      "))
+    lines.append("")
+  lines.append(textwrap.fill(
+      "Exit status: 0 done (or already finished), 1 bad input, 2 a flag that "
+      "does not parse, 3 diverged, 130 or 143 stopped by Ctrl-C or SIGTERM. "
+      "--helpfull also lists the libraries' flags.", width=80))
+  if full:
+    ours = FLAGS.find_module_defining_flag("model")
+    lines += ["", *(FLAGS.module_help(m) for m in FLAGS.flags_by_module_dict()
+                    if m != ours)]
+  return "\n".join(lines)
 
 
 def _overrides() -> dict:
@@ -119,29 +195,101 @@ def _overrides() -> dict:
   return values
 
 
+@dataclasses.dataclass
+class _Run:
+  """This command's training run, for the messages that say how to resume."""
+  config: Optional[config_lib.Config] = None  # Its workdir as typed.
+  work: Optional[str] = None  # The run folder it trains in.
+  held: Optional[dict] = None  # workdir.locking()'s: the folders it wrote.
+
+
+_RUN = _Run()
+
+
 def main(argv):
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}; flags take the form "
                     "--name=value (see --help)")
   if FLAGS.mode != "train":
+    if FLAGS.dry_run:
+      raise UserError(f"--dry_run shows what training would do; leave it out "
+                      f"with --mode={FLAGS.mode}")
     return _use_run()
   model = FLAGS.model or config_lib.Config.model
-  config = models.get_config(model, FLAGS.preset or "tuned", **_overrides())
-  work = config.workdir or workdir.default_workdir(model)
-  config = config.replace(workdir=work)
+  overrides = _overrides()
+  config = models.get_config(model, FLAGS.preset or "tuned", **overrides)
+  _RUN.config = config
   runtime.split_host(config.parallel, multi_process=bool(
       config.coordinator_address or config.num_processes > 1))
   runtime.setup()
-  train.train_and_evaluate(config, work, overwrite=FLAGS.overwrite)
+  if FLAGS.dry_run:
+    return _dry_run(config, overrides)
+  sweep.members(config)  # A bad --sweep says so before which folder is used.
+  work, note = _run_folder(config)
+  _RUN.work = work
+  if note:
+    print(note, flush=True)
+  preemption.set_resume_command(resume_command)
+  with workdir.locking() as _RUN.held:
+    train.train_and_evaluate(config.replace(workdir=work), work,
+                             overwrite=FLAGS.overwrite and bool(config.workdir))
 
 
-def _resume_command(work: str) -> str:
-  """This command line without --overwrite and with the --workdir it used."""
-  args = [a for a in sys.argv[1:]
-          if a.split("=")[0] not in ("--overwrite", "-overwrite")]
-  if not any(a.split("=")[0] in ("--workdir", "-workdir") for a in args):
-    args.append(f"--workdir={work}")
-  return shlex.join(["python", os.path.basename(sys.argv[0]), *args])
+def _run_folder(config: config_lib.Config):
+  """(the folder to train in, a line saying which and why, or None for a
+  --workdir given or a first run).
+
+  Raises:
+    UserError: --workdir is in use by another run.
+    Diverged: the run to resume diverged with these settings (it would again).
+  """
+  if not config.workdir:
+    choice = workdir.choose(config, overwrite=FLAGS.overwrite)
+    return choice.path, choice.reason if choice.news else None
+  workdir.check_not_in_use(config.workdir)
+  if not FLAGS.overwrite:
+    workdir.check_not_diverged(config.workdir, config)
+  return config.workdir, None
+
+
+def _dry_run(config: config_lib.Config, overrides: dict) -> None:
+  """--dry_run: the checks a run makes before writing, then what it would do."""
+  members = tuple(sweep.members(config))
+  given = {**overrides, **{n: FLAGS[n].value for n in ("model", "preset")
+                           if FLAGS[n].value is not None}}
+  if config.workdir:
+    work = config.workdir
+    workdir.check_not_in_use(work)
+    workdir.check_writable(work)
+    existing = workdir.check_run_folder(work, config, FLAGS.overwrite)
+    folder = _explicit_folder_line(work, config, existing)
+  else:
+    try:
+      choice = workdir.choose(config, overwrite=FLAGS.overwrite)
+      work, folder = choice.path, choice.reason
+    except Diverged as e:
+      work, folder = None, f"none: the run would stop at once: {e}"
+  source = "flag" if config.workdir else "chosen (see run folder)"
+  print(dry_run.text(config.replace(workdir=work), given, folder, source,
+                     members))
+
+
+def _explicit_folder_line(work: str, config, existing: bool) -> str:
+  """What a run would do with the --workdir given."""
+  if not existing:
+    return f"{work}, a new run folder"
+  if FLAGS.overwrite:
+    return f"{work}, deleted and started over (--overwrite)"
+  try:
+    workdir.check_not_diverged(work, config)
+  except Diverged as e:
+    return f"none: the run would stop at once: {e}"
+  state, last = workdir.status(work)
+  if state == "finished":
+    return (f"{work} already finished: the run would print its result and "
+            "stop (--overwrite trains it again)")
+  logged = (last or {}).get("epoch", 0)
+  return f"resuming {work} ({logged} of {config.epochs} epochs logged)"
 
 
 def _use_run():
@@ -161,7 +309,112 @@ def _use_run():
   trained.rewrite_report(FLAGS.workdir, **overrides)
 
 
+# The commands the messages print: the command line as typed, edited.
+
+
+def _flag_name(arg: str) -> Optional[str]:
+  """The flag an argument sets (`--name=v`, `-name`, `--noname`), else None."""
+  if not arg.startswith("-") or arg == "--":
+    return None
+  name = arg.lstrip("-").split("=", 1)[0]
+  if name not in FLAGS and name.startswith("no") and name[2:] in FLAGS:
+    return name[2:]
+  return name
+
+
+def without(args: Sequence[str], names: Sequence[str]) -> List[str]:
+  """`args` without those setting a flag in `names`, in any spelling
+  (`--name=v`, `--name v`, `--name`, `--noname`)."""
+  out, skip_value = [], False
+  for i, arg in enumerate(args):
+    if skip_value:
+      skip_value = False
+      continue
+    if arg == "--":  # What follows is no flag.
+      return out + list(args[i:])
+    name = _flag_name(arg)
+    if name in names:
+      skip_value = "=" not in arg and name in FLAGS and not FLAGS[name].boolean
+      continue
+    out.append(arg)
+  return out
+
+
+def _typed(name: str) -> bool:
+  """Whether the command line as typed sets flag `name`."""
+  args = sys.argv[1:]
+  args = args[:args.index("--")] if "--" in args else args
+  return any(_flag_name(a) == name for a in args)
+
+
+def _command(args: Sequence[str]) -> str:
+  return shlex.join(["python", sys.argv[0], *args])
+
+
+def _same_command_resumes(work: str) -> bool:
+  """Whether this command, given no --workdir, would pick `work` to resume."""
+  try:
+    choice = workdir.choose(_RUN.config, overwrite=False)
+  except UserError:  # Diverged: it would refuse.
+    return False
+  return choice.resume and os.path.abspath(choice.path) == os.path.abspath(work)
+
+
+def resume_command(work: Optional[str] = None) -> str:
+  """This command line as typed, without --overwrite, that resumes `work`
+  (this run's folder by default): --workdir is added only where the same
+  command without it would pick another folder."""
+  work = work or _RUN.work
+  args = without(sys.argv[1:], ("overwrite", "dry_run"))
+  if not _typed("workdir") and not _same_command_resumes(work):
+    args.append(f"--workdir={work}")
+  return _command(args)
+
+
+def _retry_advice() -> str:
+  """After a divergence: a command with a lower learning rate (or clipping)
+  that trains these settings again, and what it does with the run folder."""
+  config = _RUN.config
+  swept = sweep.parse(config.sweep) if config else {}
+  if config is None or ("learning_rate" in swept and "grad_clip" in swept):
+    return ""
+  if "learning_rate" not in swept:
+    name, value = "learning_rate", f"{config.learning_rate / 10:g}"
+  else:
+    name, value = "grad_clip", "1"
+  args = [*without(sys.argv[1:], ("overwrite", "dry_run", name)),
+          f"--{name}={value}"]
+  if _typed("workdir"):
+    args.append("--overwrite")
+    where = f"--overwrite starts {config.workdir} over"
+  else:
+    where = "a new run folder"
+  return f"; for example ({where}): {_command(args)}"
+
+
+def _interrupted() -> str:
+  """What a Ctrl-C outside the training loop says (the loop's says more)."""
+  work = _RUN.work
+  if work and _RUN.held is not None and os.path.realpath(work) in _RUN.held:
+    return (f"interrupted (Ctrl-C); {work} keeps its last complete checkpoint, "
+            f"if any. To resume, run: {resume_command(work)}")
+  where = f"before {work} was written" if work else "before training started"
+  return (f"interrupted (Ctrl-C) {where}; to start again, run: "
+          f"{_command(sys.argv[1:])}")
+
+
 def _parse(argv):
+  """Parses the flags; --help (-h, --helpshort, --helpfull) prints the flags
+  by group and exits 0, as asking for help is no error."""
+  for arg in argv[1:]:
+    if arg == "--":
+      break
+    if arg in HELP_ARGS:
+      if arg.endswith("helpxml"):
+        FLAGS.write_help_in_xml_format(sys.stdout)
+      else:
+        print(help_text(full=arg.endswith("helpfull")))
+      sys.exit(0)
   try:
     return FLAGS(argv)
   except flags.Error as e:
@@ -188,17 +441,17 @@ def _run(argv):
   except UserError as e:
     if FLAGS.debug:
       raise
-    print(f"error: {e}", file=sys.stderr)
+    advice = _retry_advice() if isinstance(e, Diverged) else ""
+    print(f"error: {e}{advice}", file=sys.stderr)
     _quiet_teardown()
     sys.exit(e.exit_code)
   except preemption.Preempted as e:
-    print(f"{e}. To resume, run: {_resume_command(e.workdir)}", file=sys.stderr)
+    print(f"{e}. To resume, run: {resume_command(e.workdir)}", file=sys.stderr)
     sys.exit(e.exit_code)
   except KeyboardInterrupt:
     if FLAGS.debug:
       raise
-    print("interrupted (Ctrl-C); running the same command again resumes from "
-          "the last complete checkpoint, if any", file=sys.stderr)
+    print(_interrupted(), file=sys.stderr)
     sys.exit(preemption.FORCED_EXIT_CODE)
 
 

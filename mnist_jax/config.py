@@ -24,155 +24,177 @@ DTYPES = ("float32", "bfloat16")
 IMPLS = ("auto", "stock", "fast")
 
 
-def _field(default: Any, help_text: str, preset: bool = False) -> Any:
-  """A Config field carrying its flag's one-line help.
+# The groups --help and the README's flag table list the flags in, in order.
+MODEL, DATA, TRAINING, DEVICES, RUN_FOLDER, MODES = GROUPS = (
+    "Model", "Data", "Training", "Devices and speed", "Run folder",
+    "Modes and output")
+
+
+def _field(default: Any, help_text: str, group: str,
+           preset: bool = False) -> Any:
+  """A Config field carrying its flag's one-line help and its help group.
 
   `help_text` is the flag's --help line and the README's flag table entry
   (tests/test_flags.py holds both to it); launch.py appends the default.
-  `preset` marks the fields some preset in models/registry.py sets, whose
-  default then depends on --model and --preset.
+  `group` (one of GROUPS) is the heading it is listed under. `preset` marks
+  the fields some preset in models/registry.py sets, whose default then
+  depends on --model and --preset.
   """
-  return dataclasses.field(default=default,
-                           metadata={"help": help_text, "preset": preset})
+  return dataclasses.field(
+      default=default,
+      metadata={"help": help_text, "group": group, "preset": preset})
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
   """All settings of one run. Defaults are the common base every preset edits."""
 
-  # What to train.
+  # What to train (each field's group says where --help lists it).
   model: str = _field(
-      "mlp", "Architecture to train: linear, mlp, cnn, rnn, lstm or gru")
+      "mlp", "Architecture to train: linear, mlp, cnn, rnn, lstm or gru", MODEL)
   preset: str = _field(
       "tuned", "Settings for --model: seed (its notebook), tuned, best (most "
-      "accurate), fast (cnn), pixels or permuted (rnn, lstm, gru)")
+      "accurate), fast (cnn), pixels or permuted (rnn, lstm, gru)", MODEL)
   dataset: str = _field(
-      "mnist", "Which dataset: mnist, fashion_mnist or kmnist")
+      "mnist", "Which dataset: mnist, fashion_mnist or kmnist", DATA)
   # Data.
   data_dir: Optional[str] = _field(
       None, "tfds data folder the dataset is prepared and cached in; "
-      "unset means $TFDS_DATA_DIR or ~/tensorflow_datasets")
+      "unset means $TFDS_DATA_DIR or ~/tensorflow_datasets", DATA)
   mnist_dir: Optional[str] = _field(
       None, "Folder with the four IDX files (.gz or not) to prepare the "
-      "dataset from, without network")
+      "dataset from, without network", DATA)
   val_fraction: float = _field(
       0.1, "Fraction of the training split held out for validation (its "
-      "last examples), in [0, 1)", preset=True)
+      "last examples), in [0, 1)", DATA, preset=True)
   # Optimisation.
-  epochs: int = _field(10, "Training epochs", preset=True)
+  epochs: int = _field(10, "Training epochs", TRAINING, preset=True)
   batch_size: int = _field(
-      128, "Global batch size, split over the devices", preset=True)
+      128, "Global batch size, split over the devices", TRAINING, preset=True)
   eval_batch_size: int = _field(
-      1000, "Evaluation batch size; the last batch is padded and masked")
+      1000, "Evaluation batch size; the last batch is padded and masked",
+      DEVICES)
   optimizer: str = _field(
-      "adam", "The optimizer: adam, adamw, rmsprop or sgd", preset=True)
+      "adam", "The optimizer: adam, adamw, rmsprop or sgd", TRAINING,
+      preset=True)
   learning_rate: float = _field(
-      1e-3, "Peak learning rate", preset=True)
+      1e-3, "Peak learning rate", TRAINING, preset=True)
   schedule: str = _field(
       "constant", "Learning-rate schedule: constant, cosine, warmup_cosine "
-      "or onecycle", preset=True)
+      "or onecycle", TRAINING, preset=True)
   warmup_epochs: float = _field(
-      0.0, "Linear warmup in epochs, for --schedule=warmup_cosine", preset=True)
-  momentum: float = _field(0.9, "SGD momentum; 0 for plain SGD")
+      0.0, "Linear warmup in epochs, for --schedule=warmup_cosine", TRAINING,
+      preset=True)
+  momentum: float = _field(0.9, "SGD momentum; 0 for plain SGD", TRAINING)
   rmsprop_decay: float = _field(
-      0.9, "RMSprop decay of the squared-gradient average", preset=True)
+      0.9, "RMSprop decay of the squared-gradient average", TRAINING,
+      preset=True)
   eps: float = _field(
       1e-7, "RMSprop epsilon, added outside the square root as in Keras",
-      preset=True)
+      TRAINING, preset=True)
   weight_decay: float = _field(
       0.0, "Weight decay of kernels, not biases: decoupled for adamw, added "
-      "to the gradient otherwise")
+      "to the gradient otherwise", TRAINING)
   label_smoothing: float = _field(
       0.0, "Label smoothing of the training loss; reported losses are plain "
-      "cross entropy", preset=True)
+      "cross entropy", TRAINING, preset=True)
   grad_clip: float = _field(
       0.0, "Global-norm gradient clipping threshold; 0 disables it",
-      preset=True)
+      TRAINING, preset=True)
   # Model shape (each model reads the fields it needs).
   hidden: int = _field(
-      128, "State size of the recurrent layers", preset=True)
-  num_layers: int = _field(1, "Stacked recurrent layers", preset=True)
+      128, "State size of the recurrent layers", MODEL, preset=True)
+  num_layers: int = _field(1, "Stacked recurrent layers", MODEL, preset=True)
   bidirectional: bool = _field(
-      False, "Recurrent layers also read the sequence backwards")
+      False, "Recurrent layers also read the sequence backwards", MODEL)
   mlp_hidden: Tuple[int, ...] = _field(
-      (512, 256), "MLP hidden layer sizes, comma-separated", preset=True)
+      (512, 256), "MLP hidden layer sizes, comma-separated", MODEL, preset=True)
   dropout: float = _field(
       0.0, "Dropout rate: after each MLP hidden layer, around the CNN's dense "
-      "layer, between recurrent layers and on the last state", preset=True)
+      "layer, between recurrent layers and on the last state", MODEL,
+      preset=True)
   cnn_features: Tuple[int, ...] = _field(
       (32, 64), "CNN conv widths, comma-separated; each conv is followed by a "
-      "2x2 max-pool", preset=True)
-  cnn_kernel: int = _field(3, "CNN square kernel size")
+      "2x2 max-pool", MODEL, preset=True)
+  cnn_kernel: int = _field(3, "CNN square kernel size", MODEL)
   cnn_dense: int = _field(
-      128, "Width of the CNN's dense layer", preset=True)
+      128, "Width of the CNN's dense layer", MODEL, preset=True)
   cnn_padding: str = _field(
-      "VALID", "CNN convolution padding: VALID or SAME", preset=True)
+      "VALID", "CNN convolution padding: VALID or SAME", MODEL, preset=True)
   # Sequences (recurrent models).
   sequence: str = _field(
       "rows", "How recurrent models read an image: rows (28 steps of 28 "
       "pixels), pixels (784 steps of 1) or permuted (784, fixed random order)",
-      preset=True)
+      MODEL, preset=True)
   permute_seed: int = _field(
-      0, "Seed of the pixel order of --sequence=permuted")
+      0, "Seed of the pixel order of --sequence=permuted", MODEL)
   remat: bool = _field(
-      False, "Recompute each recurrent step in backprop: less memory, slower")
+      False, "Recompute each recurrent step in backprop: less memory, slower",
+      DEVICES)
   # On-device augmentation of training images (mnist_jax/augment.py).
   augment: bool = _field(
       False, "Randomly shift, rotate and zoom each training image, on the "
-      "device", preset=True)
+      "device", DATA, preset=True)
   augment_shift: float = _field(
-      2.0, "Largest --augment shift, in pixels along each axis", preset=True)
+      2.0, "Largest --augment shift, in pixels along each axis", DATA,
+      preset=True)
   augment_rotate: float = _field(
-      10.0, "Largest --augment rotation, in degrees", preset=True)
+      10.0, "Largest --augment rotation, in degrees", DATA, preset=True)
   augment_scale: float = _field(
-      0.1, "Largest --augment zoom in or out, relative, in [0, 1)", preset=True)
+      0.1, "Largest --augment zoom in or out, relative, in [0, 1)", DATA,
+      preset=True)
   augment_elastic: float = _field(
       0.0, "With --augment, elastic distortion strength in pixels; 0 turns it "
-      "off")
+      "off", DATA)
   augment_elastic_sigma: float = _field(
-      4.0, "Smoothness of the elastic distortion field, in pixels")
+      4.0, "Smoothness of the elastic distortion field, in pixels", DATA)
   # Run control.
   seed: int = _field(
-      0, "Seed of initialisation, dropout and data order, in [0, 2**32)")
+      0, "Seed of initialisation, dropout and data order, in [0, 2**32)",
+      TRAINING)
   num_seeds: int = _field(
       1, "Train N members (seeds seed .. seed+N-1) in one compiled program; "
-      "with --sweep, N per grid point")
+      "with --sweep, N per grid point", TRAINING)
   sweep: str = _field(
       "", "Hyperparameter grid trained in the same program: NAME=V1,V2,...; "
-      "repeat the flag or join with ; for several names")
+      "repeat the flag or join with ; for several names", TRAINING)
   workdir: Optional[str] = _field(
-      None, "Run folder, resumed if it holds a run; unset means "
-      "runs/<model>-<timestamp>")
+      None, "Run folder, resumed if it holds a run; unset: the newest "
+      "unfinished run of these settings under runs/, else a new "
+      "runs/<model>-<timestamp>", RUN_FOLDER)
   chunk_steps: int = _field(
       200, "Train steps per compiled scan; progress prints and preemption "
-      "checks run between chunks")
+      "checks run between chunks", DEVICES)
   target_accuracy: float = _field(
       0.0, "Stop once validation accuracy (test, without a validation split) "
-      "reaches this fraction; 0 turns it off")
+      "reaches this fraction; 0 turns it off", TRAINING)
   checkpoint_every: int = _field(
-      1, "Epochs between checkpoints; the last epoch is always saved")
+      1, "Epochs between checkpoints; the last epoch is always saved",
+      RUN_FOLDER)
   keep_checkpoints: int = _field(
-      3, "How many recent checkpoints stay on disk")
+      3, "How many recent checkpoints stay on disk", RUN_FOLDER)
   tensorboard: bool = _field(
       True, "Write TensorBoard event files into the run folder; "
-      "--notensorboard skips them")
+      "--notensorboard skips them", RUN_FOLDER)
   # Devices, hosts, precision and kernels.
   parallel: str = _field(
       "auto", "Device layout: auto, none (one device), pmap or sharded (jit "
-      "over a mesh); auto picks per host and model")
+      "over a mesh); auto picks per host and model", DEVICES)
   dtype: str = _field(
       "float32", "Compute dtype: float32 or bfloat16; parameters and "
-      "optimizer state stay float32")
+      "optimizer state stay float32", DEVICES)
   impl: str = _field(
       "auto", "Layer implementation: auto (fast kernels where measured "
-      "faster), stock (Flax layers only) or fast (kernels wherever they fit)")
+      "faster), stock (Flax layers only) or fast (kernels wherever they fit)",
+      DEVICES)
   coordinator_address: Optional[str] = _field(
       None, "host:port of process 0, for a multi-process run outside SLURM "
-      "and TPU VMs")
+      "and TPU VMs", DEVICES)
   num_processes: int = _field(
-      0, "Processes of a multi-process run; 0: one, or the cluster's count")
+      0, "Processes of a multi-process run; 0: one, or the cluster's count",
+      DEVICES)
   process_id: int = _field(
-      -1, "This process's index, 0 to N-1; -1: from the cluster")
+      -1, "This process's index, 0 to N-1; -1: from the cluster", DEVICES)
 
   def replace(self, **changes) -> "Config":
     return dataclasses.replace(self, **changes)
@@ -185,6 +207,19 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def value_text(value) -> str:
+  """A setting as it is typed on the command line (unset for None)."""
+  if value is None or value == [] or value == "":
+    return "unset"
+  if isinstance(value, bool):
+    return str(value).lower()
+  if isinstance(value, (tuple, list)):
+    return ",".join(str(v) for v in value)
+  if isinstance(value, float):
+    return f"{value:g}"
+  return str(value)
 
 
 def field_type(name: str) -> Any:

@@ -47,8 +47,7 @@ def message(step: int, epoch: int, steps_per_epoch: int, kept: str) -> str:
   return (f"training diverged: the loss or the parameters became non-finite at "
           f"step {step} (epoch {epoch}, step "
           f"{step - (epoch - 1) * steps_per_epoch} of {steps_per_epoch}); "
-          f"{kept}; lower --learning_rate or set --grad_clip, then start over "
-          "with --overwrite")
+          f"{kept}; lower --learning_rate or set --grad_clip and train again")
 
 
 def row(step: int, epoch: int, text: str) -> dict:

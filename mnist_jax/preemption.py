@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Optional
+from typing import Callable, Optional
 
 import jax
 from jax.experimental import multihost_utils
@@ -23,6 +23,22 @@ import numpy as np
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 FORCED_EXIT_CODE = 128 + signal.SIGINT
+# fn() -> the command that resumes this process's run (launch.py sets it), for
+# the line a second Ctrl-C prints as it quits.
+_resume_command: Optional[Callable[[], str]] = None
+
+
+def set_resume_command(fn: Optional[Callable[[], str]]) -> None:
+  global _resume_command
+  _resume_command = fn
+
+
+def _how_to_resume() -> str:
+  """". To resume, run: ..." where the command is known, else ""."""
+  try:
+    return f". To resume, run: {_resume_command()}" if _resume_command else ""
+  except Exception:  # pylint: disable=broad-except
+    return ""  # Quitting now matters more than the hint.
 
 
 def signal_name(signum: int) -> str:
@@ -114,7 +130,7 @@ class StopRequest:
                        f"the next safe point, then stopping{hint}")
         elif signum == signal.SIGINT:
           self._notice("second Ctrl-C: quitting now without saving; the last "
-                       "complete checkpoint is kept")
+                       f"complete checkpoint is kept{_how_to_resume()}")
           try:
             sys.stdout.flush()
           except (OSError, ValueError):

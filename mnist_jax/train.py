@@ -322,8 +322,9 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
     if (meta is not None and meta.get("done") and final is not None and
         jax.process_count() == 1):
       log.message(f"{workdir} already finished: test accuracy "
-                  f"{100 * final['test_accuracy']:.2f}%; pass --overwrite to "
-                  "train it again")
+                  f"{100 * final['test_accuracy']:.2f}%; the same command "
+                  f"with --overwrite trains it again ({workdir} is deleted "
+                  "first)")
       return final
     state = engine.restored(state) if meta is not None else state
 

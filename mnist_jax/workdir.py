@@ -1,5 +1,14 @@
-"""The run folder: config.json, metrics.jsonl and the environment they record."""
+"""The run folder: config.json, metrics.jsonl and the environment they record.
 
+Also which folder a command trains in when it names none (`choose`): the
+newest unfinished run of the same settings under runs/, else a new one. A
+process that writes a run folder holds a lock on it (`hold`) until it ends,
+so a second command never resumes a run that is still training.
+"""
+
+import contextlib
+import dataclasses
+import datetime
 import json
 import os
 import platform
@@ -10,13 +19,18 @@ import sys
 import tempfile
 import time
 from importlib import metadata
-from typing import Iterable, List, Optional
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+
+try:
+  import fcntl
+except ImportError:  # Not on a POSIX system: runs are not locked.
+  fcntl = None
 
 import jax
 
 from mnist_jax import config as config_lib
 from mnist_jax import files
-from mnist_jax.errors import UserError
+from mnist_jax.errors import Diverged, UserError
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -34,8 +48,20 @@ RESUMABLE_DIFFERENCES = ("data_dir", "mnist_dir", "workdir", "chunk_steps",
                          "process_id")
 
 
-def default_workdir(model: str) -> str:
-  return os.path.join("runs", f"{model}-{time.strftime('%Y%m%d-%H%M%S')}")
+RUNS_DIR = "runs"  # Where runs go without --workdir, relative to the cwd.
+# Inside `locking()`: the run folders this process holds locked, path -> the
+# open folder's descriptor (the lock goes with it, even on SIGKILL).
+_HELD: Optional[Dict[str, Optional[int]]] = None
+
+
+def default_workdir(model: str, root: str = RUNS_DIR) -> str:
+  """runs/<model>-<timestamp>, with -2, -3, ... if that folder exists."""
+  base = os.path.join(root, f"{model}-{time.strftime('%Y%m%d-%H%M%S')}")
+  path, n = base, 1
+  while os.path.exists(path):
+    n += 1
+    path = f"{base}-{n}"
+  return path
 
 
 def environment() -> dict:
@@ -158,11 +184,16 @@ def begin(workdir: str, config: config_lib.Config, env: dict, *,
     overwrite: start that run over: its folder is deleted first.
     meta: the record of the checkpoint a resumed run starts from, if any.
   """
+  if existing:
+    _hold(workdir)  # Refuses a run another command began meanwhile.
   if existing and not overwrite:
     record_resume(workdir, config, env, meta)
     return
   if existing:
+    _release(workdir)
     shutil.rmtree(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  _hold(workdir)
   start(workdir, config, env)
 
 
@@ -181,13 +212,235 @@ def record_resume(workdir: str, config: config_lib.Config, env: dict,
   path = os.path.join(workdir, CONFIG_FILE)
   with open(path) as f:
     record = json.load(f)
+  # Compared as JSON holds them: a tuple (cnn_features) is a list there.
+  settings = json.loads(json.dumps(config.to_dict()))
   record.setdefault("resumes", []).append({
       "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
       "from_step": meta["step"] if meta else 0,
-      "changed": {k: v for k, v in config.to_dict().items()
+      "changed": {k: v for k, v in settings.items()
                   if record["config"].get(k) != v},
       "environment": env})
   files.write_json(path, record)
+
+
+@contextlib.contextmanager
+def locking() -> Iterator[Dict[str, Optional[int]]]:
+  """Within: the run folder `begin` writes stays locked until the block ends.
+
+  launch.py trains inside it, so `in_use` tells a folder a command is
+  training in now; other callers of train.train_and_evaluate lock nothing.
+
+  Yields:
+    {real path: descriptor} of the folders `begin` wrote in the block (the
+    descriptor None where the file system has no locks; all closed after).
+  """
+  global _HELD
+  outer, _HELD = _HELD, {}
+  held = _HELD
+  try:
+    yield held
+  finally:
+    for fd in held.values():
+      if fd is not None:
+        os.close(fd)
+    _HELD = outer
+
+
+def _hold(workdir: str) -> None:
+  """Locks `workdir` for this process, inside `locking()` (else a no-op).
+
+  Raises:
+    UserError: another process holds it (a command training in it now).
+  """
+  key = os.path.realpath(workdir)
+  if _HELD is None or key in _HELD:
+    return
+  _HELD[key] = None
+  if fcntl is None:
+    return
+  fd = os.open(key, os.O_RDONLY)
+  for attempt in range(5):  # `in_use` probes hold the lock for an instant.
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      _HELD[key] = fd
+      return
+    except BlockingIOError:
+      time.sleep(0.1 * (attempt + 1))
+    except OSError:  # No locks on this file system: the run goes on unlocked.
+      os.close(fd)
+      return
+  os.close(fd)
+  del _HELD[key]
+  raise _in_use_error(workdir)
+
+
+def _release(workdir: str) -> None:
+  fd = _HELD.pop(os.path.realpath(workdir), None) if _HELD else None
+  if fd is not None:
+    os.close(fd)
+
+
+def in_use(workdir: str) -> bool:
+  """Whether another process is training in run folder `workdir` now."""
+  if fcntl is None or os.path.realpath(workdir) in (_HELD or {}):
+    return False
+  try:
+    fd = os.open(workdir, os.O_RDONLY)
+  except OSError:
+    return False
+  try:
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    return False
+  except BlockingIOError:
+    return True
+  except OSError:
+    return False
+  finally:
+    os.close(fd)
+
+
+def check_not_in_use(workdir: str) -> None:
+  """Refuses a run folder another launch.py is training in now."""
+  if in_use(workdir):
+    raise _in_use_error(workdir)
+
+
+def _in_use_error(workdir: str) -> UserError:
+  return UserError(f"{workdir} is in use: another launch.py is training in it "
+                   "now; wait for it to end, or pass another --workdir")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A run folder under runs/ whose settings a command can resume."""
+  path: str
+  started: Optional[datetime.datetime]  # config.json's "started".
+  status: str  # "unfinished", "finished", "diverged" or "running".
+  last: Optional[dict]  # Its last metrics.jsonl row, if any.
+
+  @property
+  def epochs_logged(self) -> int:
+    return int((self.last or {}).get("epoch", 0))
+
+
+def status(workdir: str) -> Tuple[str, Optional[dict]]:
+  """(state, last metrics row) of a run folder, read from metrics.jsonl.
+
+  finished: it has its final row. diverged: its last row says so (resuming
+  repeats the divergence at the same step). Else unfinished.
+  """
+  rows = [r for r in read_metrics(os.path.join(workdir, METRICS_FILE))
+          if isinstance(r, dict)]
+  last = rows[-1] if rows else None
+  if any("test_accuracy" in r for r in rows):
+    return "finished", last
+  if last is not None and last.get("diverged"):
+    return "diverged", last
+  return "unfinished", last
+
+
+def _started(record: dict) -> Optional[datetime.datetime]:
+  try:
+    return datetime.datetime.strptime(record["started"], "%Y-%m-%dT%H:%M:%S%z")
+  except (KeyError, TypeError, ValueError):
+    return None
+
+
+def find_runs(config: config_lib.Config, root: str = RUNS_DIR) -> List[Run]:
+  """The run folders under `root` that `config` can resume, newest first.
+
+  Newest by the start time in config.json (then by name); anything else
+  under `root` (files, other folders, an unreadable config.json or
+  metrics.jsonl) is skipped.
+  """
+  try:
+    names = sorted(os.listdir(root))
+  except OSError:
+    return []
+  runs = []
+  for name in names:
+    path = os.path.join(root, name)
+    try:
+      with open(os.path.join(path, CONFIG_FILE)) as f:
+        record = json.load(f)
+      if config_differences(config_lib.from_dict(record["config"]), config):
+        continue
+      state, last = status(path)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError,
+            RecursionError, UserError):
+      continue  # Not a run folder this command can use.
+    runs.append(Run(path, _started(record),
+                    "running" if in_use(path) else state, last))
+  oldest = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
+  return sorted(runs, key=lambda r: (r.started or oldest, r.path), reverse=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+  """Where a command without --workdir trains, and why, in one line."""
+  path: str
+  resume: bool
+  reason: str
+  news: bool = True  # Whether to say `reason`: not for a first run.
+
+
+def choose(config: config_lib.Config, overwrite: bool = False,
+           root: str = RUNS_DIR) -> Choice:
+  """The folder a command without --workdir trains in.
+
+  The newest unfinished run of the same settings under `root` is resumed (a
+  run another process is training in is left alone); otherwise a new folder
+  starts. `overwrite` always starts a new folder and deletes nothing.
+
+  Raises:
+    Diverged: the newest run of these settings diverged, and none is
+      unfinished: the same settings would diverge again at the same step.
+  """
+  new = default_workdir(config.model, root)
+  if overwrite:
+    return Choice(new, False, f"starting a new run folder, {new} "
+                  "(--overwrite without --workdir deletes no folder)")
+  runs = find_runs(config, root)
+  for run in runs:
+    if run.status == "unfinished":
+      return Choice(run.path, True, (
+          f"resuming {run.path}, the newest unfinished run of these settings "
+          f"under {root}/ ({run.epochs_logged} of {config.epochs} epochs "
+          "logged); --overwrite starts a new folder instead"))
+  settled = [r for r in runs if r.status != "running"]
+  if settled and settled[0].status == "diverged":
+    raise Diverged(f"{settled[0].path} trained these settings and diverged "
+                   f"({_where(settled[0].last)}); they would diverge again at "
+                   "the same step, so nothing was started: lower "
+                   "--learning_rate or set --grad_clip (a new run folder "
+                   "starts), or pass --overwrite to train them again anyway")
+  if settled:
+    return Choice(new, False, f"{settled[0].path} trained these settings to "
+                  f"the end; starting a new run folder, {new}")
+  if runs:
+    return Choice(new, False, f"{runs[0].path} (these settings) is training "
+                  f"in another process; starting a new run folder, {new}")
+  return Choice(new, False, f"starting a new run folder, {new}", news=False)
+
+
+def check_not_diverged(workdir: str, config: config_lib.Config) -> None:
+  """Refuses to resume a run of the same settings that diverged: it would
+  diverge again at the same step (another setting is refused elsewhere)."""
+  try:
+    same = not config_differences(read_config(workdir), config)
+  except UserError:
+    return  # No readable run here: check_run_folder says what is wrong.
+  state, last = status(workdir)
+  if same and state == "diverged":
+    raise Diverged(f"{workdir} diverged with these settings ({_where(last)}); "
+                   "resuming would diverge again at the same step: lower "
+                   "--learning_rate or set --grad_clip and add --overwrite to "
+                   "start it over")
+
+
+def _where(row: Optional[dict]) -> str:
+  row = row or {}
+  return f"at step {row.get('step')}, epoch {row.get('epoch')}"
 
 
 def repeat_command(config: config_lib.Config) -> str:

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -17,7 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # an epoch) to print a marker and pause, so a test can signal it mid-epoch.
 _CHILD = r"""
 import os, runpy, sys, time
-sys.path.insert(0, os.getcwd())
+script = sys.argv[1]  # launch.py as the user typed it.
+sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
 from mnist_jax import progress
 _update = progress.Progress.update
 def update(self, epoch, done, total, elapsed):
@@ -25,9 +27,14 @@ def update(self, epoch, done, total, elapsed):
   time.sleep(float(os.environ.get("CHUNK_PAUSE_S", "0")))
   return _update(self, epoch, done, total, elapsed)
 progress.Progress.update = update
-sys.argv = ["launch.py"] + sys.argv[1:]
-runpy.run_path("launch.py", run_name="__main__")
+sys.argv = [script] + sys.argv[2:]
+runpy.run_path(script, run_name="__main__")
 """
+
+
+def launch_path(cwd):
+  """launch.py as typed from `cwd`: relative in the repository, else absolute."""
+  return "launch.py" if cwd == ROOT else os.path.join(ROOT, "launch.py")
 
 
 def child_env(**extra):
@@ -37,25 +44,29 @@ def child_env(**extra):
   return env
 
 
-def run(args, timeout=120, **env):
+def run(args, timeout=120, cwd=ROOT, **env):
   """Runs launch.py to the end: (exit status, stdout, stderr)."""
-  p = subprocess.run([sys.executable, "launch.py", *args], cwd=ROOT,
+  p = subprocess.run([sys.executable, launch_path(cwd), *args], cwd=cwd,
                      capture_output=True, text=True, timeout=timeout,
                      env=child_env(**env))
   return p.returncode, p.stdout, p.stderr
 
 
-def run_and_signal(args, signum, epoch, chunk=3, pause_s=0.2, timeout=120):
+def run_and_signal(args, signum, epoch, chunk=3, pause_s=0.2, timeout=120,
+                   cwd=ROOT, repeat=1, on_marker=None):
   """Starts a run, sends `signum` after the `chunk`-th chunk of `epoch`.
 
   The pause after each chunk lets the previous epoch's checkpoint finish.
+  repeat: how many times the signal is sent, 0.3 s apart (2: a double Ctrl-C;
+    give a pause_s above that).
+  on_marker: called first, while the run pauses there.
 
   Returns:
     (exit status, stdout, stderr, the marker line it was stopped at).
   """
-  p = subprocess.Popen([sys.executable, "-c", _CHILD, *args], cwd=ROOT,
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                       env=child_env(CHUNK_PAUSE_S=str(pause_s)))
+  p = subprocess.Popen([sys.executable, "-c", _CHILD, launch_path(cwd), *args],
+                       cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True, env=child_env(CHUNK_PAUSE_S=str(pause_s)))
   deadline = time.monotonic() + timeout
   lines, marker, seen = [], None, 0
   try:
@@ -64,7 +75,11 @@ def run_and_signal(args, signum, epoch, chunk=3, pause_s=0.2, timeout=120):
       seen += line.startswith(f"@chunk epoch={epoch} ")
       if seen == chunk:
         marker = line.strip()
-        p.send_signal(signum)
+        if on_marker is not None:
+          on_marker()
+        for i in range(repeat):
+          time.sleep(0.3 * bool(i))  # Pending signals of one kind merge.
+          p.send_signal(signum)
         break
       if time.monotonic() > deadline:
         break
@@ -75,6 +90,22 @@ def run_and_signal(args, signum, epoch, chunk=3, pause_s=0.2, timeout=120):
       p.wait()
   assert marker is not None, "".join(lines) + p.stderr.read() if p.stderr else ""
   return p.returncode, "".join(lines) + out, err, marker
+
+
+def follow(command, cwd=ROOT, timeout=120):
+  """Runs a command a message printed, as a user would type it: `python` is
+  this interpreter. Returns (exit status, stdout, stderr)."""
+  argv = shlex.split(command)
+  assert argv[0] == "python", command
+  p = subprocess.run([sys.executable, *argv[1:]], cwd=cwd, capture_output=True,
+                     text=True, timeout=timeout, env=child_env())
+  return p.returncode, p.stdout, p.stderr
+
+
+def printed_command(text, after="To resume, run: "):
+  """The command a message prints after `after`, up to the line's end."""
+  line = next(l for l in text.splitlines() if after in l)
+  return line.split(after, 1)[1].strip()
 
 
 def metrics(workdir):

@@ -7,11 +7,14 @@ These tests fail when one of the three drifts from the others.
 
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
 import launch
 from mnist_jax import config as config_lib
+from mnist_jax import optim
 from mnist_jax.errors import UserError
 from mnist_jax.models import registry
 
@@ -19,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = launch.FLAGS
 # A flag-table row: | `--name` | default | what it does |
 ROW = re.compile(r"^\| `--(\w+)` \| (.*?) \| (.*) \|$")
+GROUP_ROW = re.compile(r"^\| \*\*(.+)\*\* \| \| \|$")
 
 
 def _launch_flags():
@@ -28,30 +32,30 @@ def _launch_flags():
 
 
 def _readme_flag_rows():
-  """{flag name: (default cell, help cell)} of the README's "## Flags" table."""
+  """[(flag name, group, default cell, help cell)] of the README's "## Flags"
+  table, in order; a group starts at its row `| **Group** | | |`."""
   with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
     text = f.read()
   section = text.split("\n## Flags\n", 1)[1].split("\n## ", 1)[0]
-  rows = {}
+  rows, group = [], None
   for line in section.splitlines():
+    heading = GROUP_ROW.match(line)
+    if heading:
+      group = heading.group(1)
     match = ROW.match(line)
     if match:
       name, default, help_text = match.groups()
-      assert name not in rows, f"--{name} has two rows in the README's table"
-      rows[name] = tuple(c.replace("`", "").replace("\\|", "|").strip()
-                         for c in (default, help_text))
+      rows.append((name, group, *(
+          c.replace("`", "").replace("\\|", "|").strip()
+          for c in (default, help_text))))
   return rows
 
 
 def _expected_rows():
-  """{flag name: (default text, help text)} from Config and launch.py."""
-  expected = {name: (launch.default_text(name), field.metadata["help"])
-              for name, field in config_lib.FIELDS.items()}
-  for name in _launch_flags():
-    # absl puts an enum's choices first ("<train|report|predict>: ...").
-    help_text = re.sub(r"^<[^>]*>: ", "", FLAGS[name].help)
-    expected[name] = (launch.value_text(FLAGS[name].default), help_text)
-  return expected
+  """[(flag name, group, default text, help text)] from Config and launch.py,
+  in --help's order."""
+  return [(name, launch.group_of(name), launch.default_text(name),
+           launch.flag_help(name)) for name in launch.flags_in_order()]
 
 
 @pytest.mark.parametrize("name", sorted(config_lib.FIELDS))
@@ -61,6 +65,7 @@ def test_every_config_field_has_one_line_help(name):
   assert help_text and "\n" not in help_text and len(help_text) < 160, name
   assert "`" not in help_text and "|" not in help_text, name
   assert isinstance(metadata.get("preset"), bool), name
+  assert metadata.get("group") in config_lib.GROUPS, name
 
 
 def test_preset_marks_match_the_registry():
@@ -74,36 +79,80 @@ def test_preset_marks_match_the_registry():
   assert marked == set_by_presets
 
 
-def _own_help(name):
-  """A flag's help without what absl appends to a repeatable flag's."""
-  return re.sub(r";\s+repeat this option to specify a list of values$", "",
-                FLAGS[name].help)
-
-
 def test_flag_help_is_built_from_the_field_metadata():
   for name, field in config_lib.FIELDS.items():
-    assert _own_help(name) == launch.config_flag_help(name)
-    assert FLAGS[name].help.startswith(field.metadata["help"] + " (default: ")
+    assert FLAGS[name].help.startswith(field.metadata["help"])
+    assert launch.flag_help(name).startswith(field.metadata["help"])
+    assert launch.config_flag_help(name) == (
+        f"{launch.flag_help(name)} (default: {launch.default_text(name)})")
     assert launch.value_text(field.default) in FLAGS[name].help
-  assert set(_launch_flags()) == {"debug", "ensemble", "image", "json", "mode",
-                                  "overwrite", "plot"}
+  assert set(_launch_flags()) == {"debug", "dry_run", "ensemble", "image",
+                                  "json", "mode", "overwrite", "plot"}
+  assert set(_launch_flags()) == set(launch.LAUNCH_GROUPS)
 
 
-def test_help_output_carries_every_line():
-  """What `python launch.py --help` prints holds every flag's full help."""
-  printed = " ".join(FLAGS.module_help(launch).split())
+def _printed_help(capsys, arg="--help"):
+  with pytest.raises(SystemExit) as e:
+    launch._parse(["launch.py", arg])  # pylint: disable=protected-access
+  assert e.value.code == 0, arg
+  return capsys.readouterr().out
+
+
+def test_help_output_carries_every_line(capsys):
+  """What `python launch.py --help` prints holds every flag's help and
+  default, in one style."""
+  printed = " ".join(_printed_help(capsys).split())
   for name in [*config_lib.FIELDS, *_launch_flags()]:
-    assert f"--{name}:" in printed or f"--[no]{name}:" in printed, name
-    assert " ".join(FLAGS[name].help.split()) in printed, name
+    spelled = f"--[no]{name}:" if FLAGS[name].boolean else f"--{name}:"
+    assert f" {spelled} {launch.config_flag_help(name)}" in printed, name
+  assert printed.count("(default: ") == len(FLAGS.get_key_flags_for_module(
+      launch))
+  assert "(default: '" not in printed and "(a number)" not in printed
+
+
+def test_help_lists_flags_by_group_model_first(capsys):
+  printed = _printed_help(capsys)
+  headings = [line[:-1] for line in printed.splitlines()
+              if line.endswith(":") and not line.startswith(" ")]
+  assert headings == list(config_lib.GROUPS)
+  flag_lines = [line.split(":")[0].strip() for line in printed.splitlines()
+                if line.startswith("  --")]
+  assert flag_lines[0] == "--model"
+  assert [f.replace("[no]", "")[2:] for f in flag_lines] == (
+      launch.flags_in_order())
+
+
+def test_sweep_and_preset_help_say_what_they_accept(capsys):
+  printed = " ".join(_printed_help(capsys).split())
+  assert f"NAME: {', '.join(optim.SWEEPABLE)}" in printed
+  assert ("holding out no validation data (so no validation curve, and "
+          "--sweep refused): seed (linear, cnn), tuned (linear), best, fast"
+          in printed)
+
+
+@pytest.mark.parametrize("arg", ["-h", "--help", "-?", "--helpshort",
+                                 "--helpfull", "--helpxml"])
+def test_every_help_flag_prints_help_and_exits_0(capsys, arg):
+  printed = _printed_help(capsys, arg)
+  assert "--model" in printed
+  if arg == "--helpfull":  # And the libraries' flags.
+    assert "--verbosity" in printed and printed.startswith(launch.help_text())
+
+
+def test_help_exits_0_from_the_shell():
+  result = subprocess.run([sys.executable, "launch.py", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.startswith(launch.__doc__.strip()[:40])
 
 
 def test_readme_flag_table_matches_the_help():
+  """Same flags, in the same groups and order, with the same defaults and
+  help as --help."""
   rows = _readme_flag_rows()
-  expected = _expected_rows()
-  assert sorted(set(expected) - set(rows)) == [], "flags missing from README"
-  assert sorted(set(rows) - set(expected)) == [], "README rows of no flag"
-  for name, (default, help_text) in expected.items():
-    assert rows[name] == (default, help_text), name
+  names = [r[0] for r in rows]
+  assert len(names) == len(set(names)), "a flag has two rows in the README"
+  assert rows == _expected_rows()
 
 
 def test_value_text_spells_defaults_as_typed():

@@ -2,10 +2,22 @@
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
+
+import launch as launch_module
+from launch_helpers import snapshot as lh_snapshot
+from mnist_jax import data
+from mnist_jax import dry_run
+from mnist_jax import files
+from mnist_jax import workdir
+from mnist_jax.models import registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -75,3 +87,165 @@ def test_batch_larger_than_training_set(prepared, tmp_path):
   assert result.returncode == 1
   assert "larger than the 600 training examples" in result.stderr
   assert not (tmp_path / "run").exists()
+
+
+# The commands messages print, and --dry_run.
+
+
+@pytest.fixture
+def typed(monkeypatch, tmp_path):
+  """Sets the command line as typed in an empty folder: typed(*args, config)."""
+  monkeypatch.chdir(tmp_path)
+
+  def set_command(*args, config=None, work=None):
+    monkeypatch.setattr(sys, "argv", ["launch.py", *args])
+    monkeypatch.setattr(launch_module, "_RUN", launch_module._Run(
+        config=config, work=work))
+  return set_command
+
+
+LINEAR = registry.get_config("linear", epochs=4)
+
+
+def _unfinished_run(path, config=LINEAR, started="2026-01-01T10:00:00+0000"):
+  os.makedirs(path)
+  files.write_json(os.path.join(path, "config.json"),
+                   {"config": config.to_dict(), "started": started})
+  workdir.MetricsLog(path).write({"epoch": 1})
+
+
+def test_without_drops_every_spelling_of_a_flag():
+  assert launch_module.without(
+      ["--overwrite", "--nooverwrite", "--overwrite=false", "-overwrite",
+       "--learning_rate", "0.1", "--learning_rate=3", "-learning_rate=2",
+       "--epochs=3", "--", "--overwrite"], ("overwrite", "learning_rate")) == [
+           "--epochs=3", "--", "--overwrite"]
+
+
+def test_resume_command_is_the_command_as_typed(typed):
+  work = os.path.join("runs", "linear-a")
+  _unfinished_run(work)
+  sweep = "--sweep=learning_rate=0.001,0.002;label_smoothing=0,0.1"
+  typed("--model=linear", "--epochs=4", "--overwrite", sweep, config=LINEAR,
+        work=work)
+  command = launch_module.resume_command()
+  assert command == f"python launch.py --model=linear --epochs=4 '{sweep}'"
+  assert shlex.split(command)[-1] == sweep
+  # A newer unfinished run of the same settings: the same command would pick
+  # that one, so --workdir is added.
+  _unfinished_run(os.path.join("runs", "linear-b"),
+                  started="2026-02-01T10:00:00+0000")
+  assert launch_module.resume_command() == (
+      f"python launch.py --model=linear --epochs=4 '{sweep}' --workdir={work}")
+  # A --workdir typed (in either spelling) stays as typed.
+  typed("--model=linear", "--workdir", work, "--epochs=4",
+        config=LINEAR.replace(workdir=work), work=work)
+  assert launch_module.resume_command() == (
+      f"python launch.py --model=linear --workdir {work} --epochs=4")
+
+
+def test_divergence_advice_is_a_command_with_a_lower_learning_rate(typed):
+  retry_advice = launch_module._retry_advice  # pylint: disable=protected-access
+  config = LINEAR.replace(learning_rate=0.5)
+  typed("--model=linear", "--learning_rate", "0.5", "--overwrite",
+        config=config)
+  assert retry_advice() == (
+      "; for example (a new run folder): python launch.py --model=linear "
+      "--learning_rate=0.05")
+  typed("--model=linear", "--workdir=W", config=config.replace(workdir="W"))
+  assert retry_advice() == (
+      "; for example (--overwrite starts W over): python launch.py "
+      "--model=linear --workdir=W --learning_rate=0.05 --overwrite")
+  swept = config.replace(sweep="learning_rate=0.5,1.0")
+  typed("--model=linear", "--sweep=learning_rate=0.5,1", config=swept)
+  assert retry_advice().endswith(
+      "python launch.py --model=linear --sweep=learning_rate=0.5,1 "
+      "--grad_clip=1")
+
+
+def test_ctrl_c_outside_the_loop_says_what_to_run(typed):
+  typed("--model=linear")
+  interrupted = launch_module._interrupted  # pylint: disable=protected-access
+  assert interrupted() == ("interrupted (Ctrl-C) before training started; to "
+                           "start again, run: python launch.py --model=linear")
+  work = os.path.join("runs", "linear-a")
+  typed("--model=linear", "--overwrite", config=LINEAR, work=work)
+  assert interrupted() == (
+      f"interrupted (Ctrl-C) before {work} was written; to start again, run: "
+      "python launch.py --model=linear --overwrite")
+  _unfinished_run(work)
+  held = {os.path.realpath(work): None}
+  launch_module._RUN.held = held  # pylint: disable=protected-access
+  assert interrupted() == (
+      f"interrupted (Ctrl-C); {work} keeps its last complete checkpoint, if "
+      "any. To resume, run: python launch.py --model=linear")
+
+
+def test_dry_run_marks_where_each_setting_comes_from():
+  config = registry.get_config("cnn", "best", epochs=3, learning_rate=3e-3)
+  given = {"model": "cnn", "preset": "best", "epochs": 3,
+           "learning_rate": 3e-3}
+  origin = dry_run.sources(config, given)
+  assert origin["epochs"] == "flag; preset: 18"
+  assert origin["learning_rate"] == "flag"  # The preset's value, given again.
+  assert origin["cnn_dense"] == "preset" and origin["momentum"] == "default"
+  assert dry_run.sources(config.replace(momentum=0.5),
+                         {"momentum": 0.5})["momentum"] == "flag; default: 0.9"
+  text = dry_run.text(config.replace(workdir="W"), given, "W, a new run folder",
+                      "flag")
+  assert "validation: none: it trains on all 60,000 training images" in text
+  assert "--sweep is refused" in text
+  assert ("model:      cnn (best preset): Conv32 3x3 SAME, max-pool, Conv64 "
+          "3x3 SAME, max-pool, Conv128 3x3 SAME, max-pool, Dense256, Dense10, "
+          "dropout 0.25; 390,410 parameters") in text
+  assert re.search(r"    --epochs=3 +flag; preset: 18\n", text)
+
+
+@pytest.mark.parametrize("model,preset", [("mlp", "seed"), ("cnn", "best"),
+                                          ("lstm", "permuted")])
+def test_dry_run_counts_the_parameters_init_makes(model, preset):
+  config = registry.get_config(model, preset)
+  module = registry.get(model).stock(config)
+  x = data.to_view(np.zeros((1, 28, 28), np.uint8),
+                   registry.input_view(config))
+  params = module.init(jax.random.PRNGKey(0), x)["params"]
+  assert dry_run.num_params(config) == sum(
+      p.size for p in jax.tree.leaves(params))
+
+
+def test_dry_run_says_which_split_is_held_out():
+  config = registry.get_config("mlp")  # The last 10%.
+  split = data.split({"train_images": np.zeros(dry_run.TRAIN_IMAGES),
+                      "train_labels": np.zeros(dry_run.TRAIN_IMAGES),
+                      "test_images": np.zeros(1), "test_labels": np.zeros(1)},
+                     config.val_fraction)
+  assert dry_run.validation_line(config, 2) == (
+      f"the last 10% of the training split ({len(split.val):,} of its 60,000 "
+      f"images; it trains on the other {len(split.train):,}), for the "
+      "validation curve and the member choice")
+
+
+def test_dry_run_writes_nothing_and_names_the_run_it_would_resume(tmp_path):
+  work = tmp_path / "runs" / "mlp-a"
+  _unfinished_run(str(work), registry.get_config("mlp", epochs=3))
+  before = lh_snapshot(tmp_path)
+  result = launch("--epochs=3", "--dry_run", cwd=tmp_path,
+                  env={"TFDS_DATA_DIR": str(tmp_path / "tfds")})
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.startswith("dry run: nothing is trained")
+  assert (f"run folder: resuming {os.path.join('runs', 'mlp-a')}, the newest "
+          "unfinished run of these settings under runs/ (1 of 3 epochs "
+          "logged)") in result.stdout
+  assert ("model:      mlp (tuned preset): 784-1024-1024-10, ReLU, dropout "
+          "0.3") in result.stdout
+  assert lh_snapshot(tmp_path) == before
+
+
+def test_dry_run_refuses_bad_flags_as_a_run_does(tmp_path):
+  result = launch("--model=cnn", "--preset=best", "--sweep=learning_rate=1,2",
+                  "--dry_run", cwd=tmp_path)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines() == [
+      "error: --sweep chooses its member by validation accuracy, and "
+      "--val_fraction=0 holds out none; pass e.g. --val_fraction=0.1"]
+  assert os.listdir(tmp_path) == []

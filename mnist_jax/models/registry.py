@@ -26,7 +26,9 @@ class ModelSpec:
   stock: Callable[[config_lib.Config], nn.Module]  # Its stock Flax module.
   view: str  # "flat", "image" or "rows": see data.to_view.
   presets: Dict[str, dict]
-  description: str = ""
+  # The architecture a config builds, in one line (the README's models table,
+  # --dry_run): e.g. "784-1024-1024-10, ReLU, dropout 0.3".
+  describe: Callable[[config_lib.Config], str]
 
   def build(self, config: config_lib.Config,
             backend: Optional[str] = None) -> nn.Module:
@@ -95,6 +97,31 @@ def get_config(model: str, preset: str = "tuned", **overrides) -> config_lib.Con
   return config
 
 
+def describe(config: config_lib.Config) -> str:
+  """The architecture `config` trains, in one line (ModelSpec.describe)."""
+  return get(config.model).describe(config)
+
+
+def validation_fraction(model: str, preset: str) -> float:
+  """The fraction of the training split a preset holds out for validation."""
+  return preset_overrides(model, preset).get("val_fraction",
+                                             config_lib.Config.val_fraction)
+
+
+def without_validation() -> str:
+  """The presets that hold out no validation data (so they draw no validation
+  curve and refuse --sweep), for --help: "seed (linear, cnn), ..., best"; a
+  preset without models named holds out none for every model that has it."""
+  models, empty = {}, {}
+  for name, spec in MODELS.items():
+    for preset in spec.presets:
+      models.setdefault(preset, []).append(name)
+      if validation_fraction(name, preset) == 0:
+        empty.setdefault(preset, []).append(name)
+  return ", ".join(p if empty[p] == models[p] else f"{p} ({', '.join(empty[p])})"
+                   for p in models if p in empty)
+
+
 def input_view(config: config_lib.Config):
   """The view `data.to_view` applies for this config: the model's, or for
   recurrent models the one `--sequence` picks (a function for pixel orders)."""
@@ -112,6 +139,35 @@ def _recurrent(cell: str):
   return build_fn
 
 
+def _dropout(c: config_lib.Config) -> str:
+  return f", dropout {c.dropout:g}" if c.dropout else ""
+
+
+def _describe_mlp(c: config_lib.Config) -> str:
+  widths = "-".join(str(w) for w in (784, *c.mlp_hidden, 10))
+  return f"{widths}, ReLU{_dropout(c)}"
+
+
+def _describe_cnn(c: config_lib.Config) -> str:
+  padding = " SAME" if c.cnn_padding == "SAME" else ""
+  convs = [f"Conv{w} {c.cnn_kernel}x{c.cnn_kernel}{padding}, max-pool"
+           for w in c.cnn_features]
+  return f"{', '.join(convs)}, Dense{c.cnn_dense}, Dense10{_dropout(c)}"
+
+
+_READS = {"rows": "the 28 rows", "pixels": "the 784 pixels",
+          "permuted": "the 784 pixels in a fixed random order"}
+
+
+def _describe_recurrent(cell: str):
+  def describe_fn(c: config_lib.Config) -> str:
+    layers = f"{c.num_layers} x " if c.num_layers > 1 else ""
+    both = "bidirectional " if c.bidirectional else ""
+    return (f"{layers}{both}{cell}({c.hidden}) over {_READS[c.sequence]}, "
+            f"last state to Dense(10){_dropout(c)}")
+  return describe_fn
+
+
 # On-device augmentation of the best presets (see augment.py).
 _AUGMENT = dict(augment=True, augment_shift=2.0, augment_rotate=10.0,
                 augment_scale=0.1)
@@ -119,7 +175,8 @@ _AUGMENT = dict(augment=True, augment_shift=2.0, augment_rotate=10.0,
 # Seed presets reproduce the notebooks; tuned presets are the defaults and meet
 # the accuracy bars in the README within 3 minutes on a 2-core CPU.
 register(ModelSpec(
-    name="linear", view="flat", description="Dense(10) on the 784 pixels",
+    name="linear", view="flat",
+    describe=lambda c: "Dense(10) on the 784 pixels",
     stock=lambda c: dense.Linear(),
     presets={
         "seed": dict(epochs=5, batch_size=32, learning_rate=1e-3, val_fraction=0.0),
@@ -129,7 +186,7 @@ register(ModelSpec(
     }))
 
 register(ModelSpec(
-    name="mlp", view="flat", description="784-512-256-10 ReLU MLP with dropout",
+    name="mlp", view="flat", describe=_describe_mlp,
     stock=lambda c: dense.MLP(hidden=c.mlp_hidden, dropout=c.dropout),
     presets={
         "seed": dict(mlp_hidden=(512, 256), dropout=0.2, epochs=10, batch_size=128),
@@ -139,7 +196,7 @@ register(ModelSpec(
     }))
 
 register(ModelSpec(
-    name="cnn", view="image", description="conv-pool-conv-pool-dense CNN",
+    name="cnn", view="image", describe=_describe_cnn,
     stock=lambda c: cnn.CNN(features=c.cnn_features, kernel_size=c.cnn_kernel,
                             dense=c.cnn_dense, dropout=c.dropout,
                             padding=c.cnn_padding),
@@ -172,7 +229,7 @@ _RNN_BEST = dict(base="tuned", num_layers=2, epochs=20, learning_rate=2e-3,
                  schedule="warmup_cosine", warmup_epochs=1.0, grad_clip=1.0,
                  label_smoothing=0.1, val_fraction=0.0, **_AUGMENT)
 register(ModelSpec(
-    name="rnn", view="rows", description="SimpleRNN(128) over the 28 rows",
+    name="rnn", view="rows", describe=_describe_recurrent("SimpleRNN"),
     stock=_recurrent("rnn"),
     presets={
         "seed": dict(_RNN_SEED),
@@ -183,7 +240,7 @@ register(ModelSpec(
     }))
 
 register(ModelSpec(
-    name="lstm", view="rows", description="LSTM(128) over the 28 rows",
+    name="lstm", view="rows", describe=_describe_recurrent("LSTM"),
     stock=_recurrent("lstm"),
     presets={
         "seed": dict(_RNN_SEED, optimizer="rmsprop", learning_rate=1e-3,
@@ -198,7 +255,7 @@ register(ModelSpec(
     }))
 
 register(ModelSpec(
-    name="gru", view="rows", description="GRU(128) over the 28 rows",
+    name="gru", view="rows", describe=_describe_recurrent("GRU"),
     stock=_recurrent("gru"),
     presets={
         "seed": dict(_RNN_SEED),

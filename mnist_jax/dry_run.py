@@ -1,0 +1,161 @@
+"""--dry_run: what a training command would run, printed instead of running it.
+
+The settings after the preset and the flags (and where each value comes from),
+the validation split, the architecture and its parameter count, the device
+layout, and the run folder it would start or resume. Nothing is trained,
+prepared, downloaded or written: the parameters are counted from shapes alone
+(`jax.eval_shape`), and the devices are only listed.
+"""
+
+import math
+import os
+from typing import Dict, List, Optional
+
+import jax
+import jax.numpy as jnp
+
+from mnist_jax import config as config_lib
+from mnist_jax import data as data_lib
+from mnist_jax import engine as engine_lib
+from mnist_jax import members as members_lib
+from mnist_jax import models
+from mnist_jax.config import value_text
+
+# The training split of every dataset in datasets.py: 60,000 images.
+TRAIN_IMAGES = 60_000
+
+
+def sources(config: config_lib.Config, flags_given: Dict[str, object]
+            ) -> Dict[str, str]:
+  """Where each setting of `config` comes from, in words.
+
+  flags_given: the Config fields given on the command line (--model and
+  --preset included when given). "flag" when a flag set it, with the value
+  it replaced when that differs; "preset" when --preset set it; else
+  "default".
+  """
+  preset = models.registry.preset_overrides(config.model, config.preset)
+  out = {}
+  for name, field in config_lib.FIELDS.items():
+    if name in flags_given:
+      before = preset.get(name, field.default)
+      origin = "preset" if name in preset else "default"
+      same = before == getattr(config, name)
+      out[name] = "flag" if same or name in ("model", "preset") else (
+          f"flag; {origin}: {value_text(before)}")
+    else:
+      out[name] = "preset" if name in preset else "default"
+  return out
+
+
+def validation_line(config: config_lib.Config, num_members: int) -> str:
+  """Which part of the training split is held out, and what reads it."""
+  f = config.val_fraction
+  if f > 0:
+    held = TRAIN_IMAGES - int(TRAIN_IMAGES * (1.0 - f))  # As data.split.
+    uses = ["the validation curve"]
+    if num_members > 1:
+      uses.append("the member choice")
+    if config.target_accuracy:
+      uses.append("--target_accuracy")
+    return (f"the last {100 * f:g}% of the training split ({held:,} of its "
+            f"{TRAIN_IMAGES:,} images; it trains on the other "
+            f"{TRAIN_IMAGES - held:,}), for {' and '.join(uses)}")
+  text = (f"none: it trains on all {TRAIN_IMAGES:,} training images, so no "
+          "validation curve")
+  if config.target_accuracy:
+    text += "; --target_accuracy stops on test accuracy"
+  if num_members > 1:
+    text += "; of its members, the first is reported"
+  return text + "; --sweep is refused"
+
+
+def num_params(config: config_lib.Config) -> int:
+  """Parameters of one model of `config`, from shapes alone (no compile)."""
+  module = models.get(config.model).stock(config)
+  view = models.input_view(config)
+
+  def init(key):
+    x = data_lib.to_view(jnp.zeros((1, 28, 28), jnp.uint8), view)
+    return module.init(key, x, train=False)["params"]
+
+  shapes = jax.eval_shape(init, jax.ShapeDtypeStruct((2,), jnp.uint32))
+  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))
+
+
+def model_line(config: config_lib.Config) -> str:
+  impl = models.implementation(config)
+  layers = ("fast kernels" if impl["resolved"] == "fast"
+            else "stock Flax layers")
+  return (f"{config.model} ({config.preset} preset): "
+          f"{models.registry.describe(config)}; {num_params(config):,} "
+          f"parameters; {layers} (--impl={config.impl})")
+
+
+def _multi_process(config: config_lib.Config) -> bool:
+  """Whether the run would start jax.distributed (not done in a dry run)."""
+  return bool(config.coordinator_address or config.num_processes > 1 or
+              int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1)
+
+
+def devices_line(config: config_lib.Config, members) -> str:
+  """How the run would spread over this machine's devices."""
+  if _multi_process(config):
+    return ("several processes: their devices are known once they connect, "
+            "when the run starts")
+  engine = engine_lib.Engine(config, members)
+  backend = jax.default_backend().upper()
+  count = engine.par.num_devices
+  if len(members) > 1:
+    spread = engine.environment().get("member_devices", 1)
+    where = (f"split over {spread} {backend} devices" if spread > 1
+             else f"on one {backend} device")
+    return f"{len(members)} members in one program, {where}"
+  if count == 1:
+    mode = engine.par.mode
+    return f"one {backend} device" + (f" (--parallel={mode})" if mode != "none"
+                                       else "")
+  return (f"data parallel ({engine.par.mode}) over {count} {backend} "
+          f"devices, {config.batch_size // count} examples each per step")
+
+
+def settings_lines(config: config_lib.Config, flags_given: Dict[str, object],
+                   workdir_source: str) -> List[str]:
+  """Every setting, grouped as --help lists them, with where it comes from."""
+  origin = sources(config, flags_given)
+  origin["workdir"] = workdir_source
+  lines = []
+  for group in config_lib.GROUPS:
+    names = [n for n, f in config_lib.FIELDS.items()
+             if f.metadata["group"] == group]
+    if not names:
+      continue
+    lines.append(f"  {group}:")
+    for name in names:
+      setting = f"--{name}={value_text(getattr(config, name))}"
+      lines.append(f"    {setting:<34} {origin[name]}")
+  return lines
+
+
+def text(config: config_lib.Config, flags_given: Dict[str, object],
+         folder: str, workdir_source: str,
+         members: Optional[tuple] = None) -> str:
+  """What --dry_run prints.
+
+  Args:
+    config: the resolved settings (workdir: the folder it would use).
+    flags_given: the Config fields given on the command line.
+    folder: the run folder line: which folder, new or resumed, and why.
+    workdir_source: where --workdir comes from, for the settings list.
+    members: members_lib.from_config(config), if already made.
+  """
+  members = members or members_lib.from_config(config)
+  return "\n".join([
+      "dry run: nothing is trained, prepared or written",
+      f"model:      {model_line(config)}",
+      f"validation: {validation_line(config, len(members))}",
+      f"devices:    {devices_line(config, members)}",
+      f"run folder: {folder}",
+      "settings (flag: given on the command line; preset: set by "
+      f"--preset={config.preset}; default: the Config default):",
+      *settings_lines(config, flags_given, workdir_source)])

@@ -1,0 +1,201 @@
+"""Every message that says how to go on prints a command that does it.
+
+Each test stops or ends a real launch.py run, takes the command its message
+printed, runs it as typed, and checks it did what the message said: resumed
+the same folder to the uninterrupted result, started over, or started a new
+folder. Without --workdir, runs land under runs/ of the test's own folder.
+"""
+
+import json
+import os
+import shlex
+import shutil
+
+import pytest
+
+import launch_helpers as lh
+
+# 540 training examples / 16 = 33 steps per epoch, in 7 chunks of 5.
+FLAGS = ("--model=mlp", "--mlp_hidden=16", "--epochs=3", "--batch_size=16",
+         "--chunk_steps=5", "--seed=3")
+# Adam at 1e38 overflows the linear model's parameters at once.
+DIVERGING = ("--model=linear", "--optimizer=adam", "--schedule=constant",
+             "--learning_rate=1e38", "--epochs=2", "--batch_size=100")
+
+pytestmark = pytest.mark.slow
+
+
+def _args(prepared, *flags):
+  mnist_dir, data_dir = prepared
+  return [*flags, f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}"]
+
+
+def _folders(cwd):
+  runs = os.path.join(cwd, "runs")
+  return sorted(os.listdir(runs)) if os.path.exists(runs) else []
+
+
+def _config(folder):
+  with open(os.path.join(folder, "config.json")) as f:
+    return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def reference(prepared, tmp_path_factory):
+  """The uninterrupted run's metrics rows, without wall-clock fields."""
+  workdir = str(tmp_path_factory.mktemp("reference") / "run")
+  rc, _, err = lh.run([*_args(prepared, *FLAGS), f"--workdir={workdir}"])
+  assert rc == 0, err
+  return workdir, lh.deterministic(lh.metrics(workdir))
+
+
+def _assert_resumed_to_the_end(cwd, command, reference_rows, folder):
+  rc, out, err = lh.follow(command, cwd=cwd)
+  assert rc == 0, err
+  assert f"resuming {folder}" in out
+  assert lh.deterministic(lh.metrics(os.path.join(cwd, folder))) == (
+      reference_rows)
+
+
+def test_ctrl_c_without_workdir_the_same_command_resumes(prepared, reference,
+                                                         tmp_path):
+  cwd = str(tmp_path)
+  args = _args(prepared, *FLAGS)
+  rc, _, err, _ = lh.run_and_signal(args, lh.SIGINT, epoch=2, cwd=cwd)
+  assert rc == 130, err
+  command = lh.printed_command(err)
+  assert command == shlex.join(["python", lh.launch_path(cwd), *args])
+  [name] = _folders(cwd)
+  folder = os.path.join("runs", name)
+  _assert_resumed_to_the_end(cwd, command, reference[1], folder)
+  assert _folders(cwd) == [name]
+  assert _config(os.path.join(cwd, folder))["resumes"][0]["changed"] == {}
+
+
+def test_double_ctrl_c_prints_the_command_that_resumes(prepared, reference,
+                                                       tmp_path):
+  """The issue's case: two Ctrl-C, then the same command."""
+  cwd = str(tmp_path)
+  args = _args(prepared, *FLAGS)
+  rc, _, err, _ = lh.run_and_signal(args, lh.SIGINT, epoch=2, cwd=cwd,
+                                    pause_s=2, repeat=2)
+  assert rc == 130, err
+  assert "second Ctrl-C: quitting now without saving" in err
+  command = lh.printed_command(err)
+  assert command == shlex.join(["python", lh.launch_path(cwd), *args])
+  [name] = _folders(cwd)
+  _assert_resumed_to_the_end(cwd, command, reference[1],
+                             os.path.join("runs", name))
+
+
+def test_sigterm_with_workdir_and_overwrite_resumes_not_restarts(
+    prepared, reference, tmp_path):
+  cwd = str(tmp_path)
+  args = [*_args(prepared, *FLAGS), "--workdir=run", "--overwrite"]
+  rc, _, err, _ = lh.run_and_signal(args, lh.SIGTERM, epoch=2, cwd=cwd)
+  assert rc == 143, err
+  command = lh.printed_command(err)
+  assert command == shlex.join(["python", lh.launch_path(cwd), *args[:-1]])
+  _assert_resumed_to_the_end(cwd, command, reference[1], "run")
+
+
+def test_a_finished_run_is_repeated_in_a_new_folder_or_started_over(
+    prepared, reference, tmp_path):
+  cwd = str(tmp_path)
+  shutil.copytree(reference[0], os.path.join(cwd, "runs", "mlp-first"))
+  args = _args(prepared, *FLAGS)
+  rc, out, err = lh.run(args, cwd=cwd)  # Same settings, finished: a new one.
+  assert rc == 0, err
+  assert "runs/mlp-first trained these settings to the end; starting a new " \
+         "run folder, runs/mlp-" in out
+  assert len(_folders(cwd)) == 2
+  # With --workdir: "already finished", and --overwrite trains it again.
+  folder = os.path.join(cwd, "runs", "mlp-first")
+  before = lh.snapshot(folder)
+  rc, out, err = lh.run([*args, f"--workdir={folder}"], cwd=cwd)
+  assert rc == 0, err
+  assert (f"{folder} already finished: test accuracy" in out and
+          "the same command with --overwrite trains it again" in out)
+  assert lh.snapshot(folder) == before
+  started = _config(folder)["started"]
+  rc, out, err = lh.follow(shlex.join(
+      ["python", lh.launch_path(cwd), *args, f"--workdir={folder}",
+       "--overwrite"]), cwd=cwd)
+  assert rc == 0, err
+  assert "already finished" not in out and "resumes" not in _config(folder)
+  assert _config(folder)["started"] >= started
+  assert lh.deterministic(lh.metrics(folder)) == reference[1]
+
+
+def test_divergence_advice_starts_a_new_folder_with_a_lower_rate(prepared,
+                                                                 tmp_path):
+  cwd = str(tmp_path)
+  args = _args(prepared, *DIVERGING)
+  rc, _, err = lh.run(args, cwd=cwd)
+  assert rc == 3, err
+  command = lh.printed_command(err, "for example (a new run folder): ")
+  assert "--learning_rate=1e+37" in command and "--workdir" not in command
+  [first] = _folders(cwd)
+  before = lh.snapshot(os.path.join(cwd, "runs"))
+  # The same command again would diverge at the same step: it stops at once.
+  rc, _, err = lh.run(args, cwd=cwd)
+  assert rc == 3 and "trained these settings and diverged" in err, err
+  assert lh.snapshot(os.path.join(cwd, "runs")) == before
+  # The printed command trains the lower rate in a new folder.
+  rc, _, err = lh.follow(command, cwd=cwd)
+  assert rc in (0, 3), err
+  second = [f for f in _folders(cwd) if f != first]
+  assert len(second) == 1
+  config = _config(os.path.join(cwd, "runs", second[0]))["config"]
+  assert config["learning_rate"] == 1e37
+  first = os.path.join(cwd, "runs", first)
+  assert lh.snapshot(first) == {k: v for k, v in before.items()
+                                if k.startswith(first + os.sep)}
+
+
+def test_divergence_advice_with_workdir_starts_it_over(prepared, tmp_path):
+  cwd = str(tmp_path)
+  args = [*_args(prepared, *DIVERGING), "--workdir=run"]
+  rc, _, err = lh.run(args, cwd=cwd)
+  assert rc == 3, err
+  command = lh.printed_command(err, "for example (--overwrite starts run "
+                               "over): ")
+  assert "--workdir=run" in shlex.split(command)
+  assert command.endswith("--learning_rate=1e+37 --overwrite")
+  before = lh.snapshot(os.path.join(cwd, "run"))
+  rc, _, err = lh.run(args, cwd=cwd)
+  assert rc == 3 and "resuming would diverge again" in err, err
+  assert lh.snapshot(os.path.join(cwd, "run")) == before
+  rc, _, err = lh.follow(command, cwd=cwd)
+  assert rc in (0, 3), err
+  assert _config(os.path.join(cwd, "run"))["config"]["learning_rate"] == 1e37
+
+
+def test_a_run_training_now_is_not_resumed_by_a_second_command(prepared,
+                                                               tmp_path):
+  """The same command, while the first still trains, starts its own folder;
+  naming the busy folder is refused with one line."""
+  cwd = str(tmp_path)
+  args = _args(prepared, *FLAGS)
+  second = {}
+
+  def while_paused():
+    [name] = _folders(cwd)
+    second["new"] = lh.run(args, cwd=cwd)
+    second["named"] = lh.run([*args, f"--workdir=runs/{name}"], cwd=cwd)
+    second["busy"] = name
+
+  rc, _, err, _ = lh.run_and_signal(args, lh.SIGTERM, epoch=1, chunk=1,
+                                    cwd=cwd, pause_s=45, timeout=300,
+                                    on_marker=while_paused)
+  assert rc == 143, err
+  busy = second["busy"]
+  rc, out, err = second["new"]
+  assert rc == 0, err
+  assert (f"runs/{busy} (these settings) is training in another process; "
+          "starting a new run folder") in out
+  assert len(_folders(cwd)) == 2
+  rc, _, err = second["named"]
+  assert rc == 1 and err.strip().splitlines() == [
+      f"error: runs/{busy} is in use: another launch.py is training in it "
+      "now; wait for it to end, or pass another --workdir"]
