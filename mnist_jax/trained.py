@@ -21,6 +21,7 @@ import numpy as np
 
 from mnist_jax import checkpoint as checkpoint_lib
 from mnist_jax import data as data_lib
+from mnist_jax import datasets
 from mnist_jax import members as members_lib
 from mnist_jax import models
 from mnist_jax import report
@@ -100,6 +101,9 @@ class Run:
     return data_lib.to_view(jnp.asarray(x), self.view)
 
   def _logits(self, x: np.ndarray, stacked: bool, batch_size: int):
+    if not len(x):  # No program runs on an empty batch.
+      k = len(datasets.class_names(self.config.dataset))
+      return np.zeros((len(self.seeds),) * stacked + (0, k), np.float32)
     params = self.seed_params if stacked else self.params
     return train.predict_logits(params, self.apply_fn, x, self.view,
                                 batch_size, stacked=stacked)

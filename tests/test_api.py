@@ -86,6 +86,8 @@ def test_every_layout_and_dtype_gives_the_same_answer(run, test_split):
   assert isinstance(run.predict(images[3]), int)
   np.testing.assert_array_equal(run.predict(images), expected.argmax(-1))
   np.testing.assert_allclose(run.probabilities(images).sum(-1), 1.0)
+  assert run.predict(images[:0]).shape == (0,)
+  assert run.probabilities(images[:0], ensemble=True).shape == (0, 10)
 
 
 @pytest.mark.parametrize("images,message", [
