@@ -6,7 +6,10 @@ later runs skip tfds and load two arrays. Training reads batches
 by index from the device-resident arrays inside the jitted epoch (`train.py`).
 """
 
+import contextlib
 import dataclasses
+import io
+import logging
 import os
 import socket
 import urllib.parse
@@ -80,6 +83,20 @@ def _read_cache(path: str):
   return arrays
 
 
+@contextlib.contextmanager
+def _quiet_tfds(tfds):
+  """Keeps tfds's progress bars (terminal escape codes in a log) and absl
+  warnings out of the run's output; errors still raise."""
+  tfds.display_progress_bar(False)
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    absl_logger.setLevel(level)
+
+
 def prepare(dataset: str = "mnist", data_dir=None, mnist_dir=None) -> dict:
   """Makes sure the tfds dataset is prepared and returns its decoded arrays.
 
@@ -102,6 +119,14 @@ def prepare(dataset: str = "mnist", data_dir=None, mnist_dir=None) -> dict:
 
   # Imported only now: a cached run never needs tfds, whose import is slow.
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  with _quiet_tfds(tfds):
+    arrays = _from_tfds(tfds, dataset, data_dir, mnist_dir)
+  _write_cache(cache, arrays)
+  return arrays
+
+
+def _from_tfds(tfds, dataset: str, data_dir: str, mnist_dir) -> dict:
+  """prepare's arrays from the tfds dataset, prepared first if it is not."""
   from mnist_jax import tfds_builder  # pylint: disable=g-import-not-at-top
   builder_cls = tfds_builder.BUILDERS[dataset]
 
@@ -135,8 +160,12 @@ def prepare(dataset: str = "mnist", data_dir=None, mnist_dir=None) -> dict:
             f"unreachable: pass --mnist_dir=DIR (a folder with the four IDX "
             f"files) or --data_dir=DIR (where it is already prepared)")
       config = tfds.download.DownloadConfig()
-    try:
-      builder.download_and_prepare(download_config=config)
+    source = f"the IDX files in {mnist_dir}" if mnist_dir else "a download"
+    print(f"preparing {dataset} in {data_dir} from {source} (once; later runs "
+          "read it from there)", flush=True)
+    try:  # Without tfds's two bold "Unknown size" lines.
+      with contextlib.redirect_stdout(io.StringIO()):
+        builder.download_and_prepare(download_config=config)
     except UserError:
       raise
     except OSError as e:
@@ -157,10 +186,8 @@ def prepare(dataset: str = "mnist", data_dir=None, mnist_dir=None) -> dict:
     test_images, test_labels = tfds_builder.decode_split(builder, "test")
   except Exception as e:  # pylint: disable=broad-except
     raise damaged(e) from None
-  arrays = dict(train_images=train_images, train_labels=train_labels,
-                test_images=test_images, test_labels=test_labels)
-  _write_cache(cache, arrays)
-  return arrays
+  return dict(train_images=train_images, train_labels=train_labels,
+              test_images=test_images, test_labels=test_labels)
 
 
 def split(arrays: dict, val_fraction: float, class_names=None) -> Dataset:

@@ -6,7 +6,11 @@ from typing import List, Optional, Sequence
 
 import matplotlib
 import numpy as np
-matplotlib.use("Agg")
+# Figures are drawn off-screen and saved. In a notebook (ipykernel sets
+# MPLBACKEND to its inline backend) the backend stays, or the notebook's own
+# figures would stop showing; each figure here is closed once saved.
+if "inline" not in os.environ.get("MPLBACKEND", ""):
+  matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # pylint: disable=g-import-not-at-top,wrong-import-position
 

@@ -1,5 +1,6 @@
 """Console progress: one line per epoch, with interim lines for long epochs."""
 
+import os
 import sys
 import time
 
@@ -23,15 +24,18 @@ def _number(value, spec: str) -> str:
 class Progress:
   """Prints progress within an epoch at most every REPORT_EVERY_S seconds.
 
-  On a terminal the line is redrawn in place; in a log each report is a line.
+  On a terminal the line is redrawn in place; in a log (or a dumb terminal,
+  which shows escape codes as text) each report is a line of its own.
   """
 
   def __init__(self, epochs: int, stream=None, prefix: str = ""):
     self.epochs = epochs
     self.stream = stream or sys.stdout
     self.prefix = prefix
-    self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+    self.tty = (hasattr(self.stream, "isatty") and self.stream.isatty() and
+                os.environ.get("TERM") != "dumb")
     self._last = time.monotonic()
+    self._drawn = False  # A terminal line is being redrawn in place.
     self.epoch_times = []
 
   def _eta(self, epoch: int, fraction: float, elapsed: float) -> float:
@@ -50,6 +54,7 @@ class Progress:
             f"about {_fmt_time(self._eta(epoch, fraction, elapsed))} left)")
     if self.tty:
       self.stream.write("\r" + text + "\033[K")
+      self._drawn = True
     else:
       self.stream.write(text + "\n")
     self.stream.flush()
@@ -73,8 +78,13 @@ class Progress:
             f"about {_fmt_time(left)} left")
     self.stream.write(("\r" if self.tty else "") + text +
                       ("\033[K" if self.tty else "") + "\n")
+    self._drawn = False
     self.stream.flush()
 
   def message(self, text: str) -> None:
+    """A line of its own; on a terminal it replaces a line drawn in place."""
+    if self._drawn:
+      self.stream.write("\r\033[K")
+      self._drawn = False
     self.stream.write(f"{self.prefix}{text}\n")
     self.stream.flush()

@@ -505,9 +505,11 @@ def _summary(final: dict, members, workdir: str) -> str:
   text = (f"test accuracy {100 * final['test_accuracy']:.2f}% (loss "
           f"{final['test_loss']:.4f}, {final['test_examples']} examples)")
   chosen = final.get("chosen")
-  if chosen:
-    text = (f"chosen by validation accuracy: "
-            f"{sweep.values_text(chosen['values'], chosen['seed'])}; {text}")
+  if chosen:  # As report.md says it (sweep_report.section).
+    how = ("chosen by validation accuracy" if members[0].config.val_fraction > 0
+           else "chosen as the first (no validation split to choose by)")
+    text = (f"{how}: {sweep.values_text(chosen['values'], chosen['seed'])}; "
+            f"{text}")
   if "test_accuracy_mean" in final:
     seeds = len(members) // len(members_lib.points(members))
     text += (f"; its {seeds} seeds {100 * final['test_accuracy_mean']:.2f} +- "

@@ -4,7 +4,9 @@
 it, every member of it, and keeps the chosen one (members.py) and its grid
 point's seeds; `rewrite_report` evaluates them on the test split again and
 rewrites the report files (report.py); predict.py predicts image files with
-the chosen member, or with `--ensemble` the mean of its seeds.
+the chosen member, or with `--ensemble` the mean of its seeds. A `Run` is
+also the Python API's trained model (api.py): it predicts on numpy images in
+the layouts `as_images` accepts.
 """
 
 import dataclasses
@@ -12,16 +14,59 @@ import functools
 import os
 from typing import Any, Callable, Dict, Tuple
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mnist_jax import checkpoint as checkpoint_lib
 from mnist_jax import data as data_lib
+from mnist_jax import datasets
 from mnist_jax import members as members_lib
 from mnist_jax import models
 from mnist_jax import report
 from mnist_jax import train
 from mnist_jax import workdir as workdir_lib
+
+
+def as_images(images) -> Tuple[np.ndarray, bool]:
+  """Images in any layout a Run accepts, as the models' pixel batch.
+
+  Accepts one image ([28, 28] or [784]) or a batch ([N, 28, 28], [N, 784] as
+  MNIST's IDX and CSV copies store it, or [N, 28, 28, 1]), of uint8 (or other
+  integers in 0..255; 0 is background, 255 full ink, as in MNIST) or of floats
+  in [0, 1].
+
+  Returns:
+    ([N, 28, 28] pixels on the 0-255 scale: uint8 as given, floats as float32
+    unrounded), whether one image was given.
+
+  Raises:
+    ValueError: another shape, or values outside that range.
+  """
+  x = np.asarray(images)
+  single = x.shape in ((28, 28), (784,))
+  if single:
+    x = x[None]
+  if x.ndim == 4 and x.shape[-1] == 1:
+    x = x[..., 0]
+  if x.ndim == 2 and x.shape[1] == 784:
+    x = x.reshape(-1, 28, 28)
+  if x.ndim != 3 or x.shape[1:] != (28, 28):
+    raise ValueError(f"images of shape {list(np.shape(images))}: pass one "
+                     "image [28, 28] or [784], or a batch [N, 28, 28], "
+                     "[N, 784] or [N, 28, 28, 1]")
+  if x.dtype == np.uint8:
+    return x, single
+  if np.issubdtype(x.dtype, np.integer) and (not x.size or (
+      x.min() >= 0 and x.max() <= 255)):
+    return x.astype(np.uint8), single
+  if np.issubdtype(x.dtype, np.floating) and (not x.size or (
+      np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1)):
+    return x.astype(np.float32) * np.float32(255), single
+  raise ValueError(f"images of dtype {x.dtype} with values from {x.min()} to "
+                   f"{x.max()}: pass uint8 (or integers in 0..255) or floats "
+                   "in [0, 1] (divide 0-255 floats by 255)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +75,9 @@ class Run:
 
   With several members (members.py), `params` are the chosen member's and
   `seed_params` those of its grid point's seeds, stacked [S, ...], for the
-  ensemble; for one member, S = 1.
+  ensemble; for one member, S = 1. Its methods take images in any layout
+  `as_images` accepts; for one image they return the result for it alone
+  (logits [K], a class index), for a batch of N one row per image.
   """
   config: Any
   params: Any
@@ -41,24 +88,65 @@ class Run:
   seeds: Tuple[int, ...] = (0,)  # The chosen grid point's members.
   seed_params: Any = None
 
-  def logits(self, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """The chosen member's logits [N, K] for uint8 images [N, 28, 28]."""
-    return train.predict_logits(self.params, self.apply_fn, images, self.view,
-                                batch_size)
+  @property
+  def model(self) -> nn.Module:
+    """The Flax module: `model.apply({"params": params}, inputs(images))`
+    returns the logits (computed in float32 whatever the run's --dtype)."""
+    return models.build(self.config)
 
-  def seed_logits(self, images: np.ndarray,
-                  batch_size: int = 1000) -> np.ndarray:
+  def inputs(self, images) -> jax.Array:
+    """Images as the model takes them: float32 in [0, 1], [N, 784] (linear,
+    MLP), [N, 28, 28, 1] (CNN) or the recurrent models' sequences."""
+    x, _ = as_images(images)
+    return data_lib.to_view(jnp.asarray(x), self.view)
+
+  def _logits(self, x: np.ndarray, stacked: bool, batch_size: int):
+    if not len(x):  # No program runs on an empty batch.
+      k = len(datasets.class_names(self.config.dataset))
+      return np.zeros((len(self.seeds),) * stacked + (0, k), np.float32)
+    params = self.seed_params if stacked else self.params
+    return train.predict_logits(params, self.apply_fn, x, self.view,
+                                batch_size, stacked=stacked)
+
+  def logits(self, images, batch_size: int = 1000) -> np.ndarray:
+    """The chosen member's logits [N, K] (float32)."""
+    x, single = as_images(images)
+    logits = self._logits(x, False, batch_size)
+    return logits[0] if single else logits
+
+  def seed_logits(self, images, batch_size: int = 1000) -> np.ndarray:
     """Logits [S, N, K] of the chosen grid point's S seeds."""
-    return train.predict_logits(self.seed_params, self.apply_fn, images,
-                                self.view, batch_size, stacked=True)
+    x, single = as_images(images)
+    logits = self._logits(x, True, batch_size)
+    return logits[:, 0] if single else logits
 
-  def probabilities(self, images: np.ndarray, ensemble: bool = False,
+  def probabilities(self, images, ensemble: bool = False,
                     batch_size: int = 1000) -> np.ndarray:
-    """Class probabilities [N, K]: the chosen member's, or with `ensemble` the
-    mean of its grid point's seeds'."""
+    """Class probabilities [N, K] (float64): the chosen member's, or with
+    `ensemble` the mean of its grid point's seeds'."""
+    x, single = as_images(images)
     if ensemble:
-      return report.ensemble_probabilities(self.seed_logits(images, batch_size))
-    return report.softmax(self.logits(images, batch_size))
+      probs = report.ensemble_probabilities(self._logits(x, True, batch_size))
+    else:
+      probs = report.softmax(self._logits(x, False, batch_size))
+    return probs[0] if single else probs
+
+  def predict(self, images, ensemble: bool = False,
+              batch_size: int = 1000) -> np.ndarray:
+    """The most probable class of each image: [N] int64 (an int for one)."""
+    classes = self.probabilities(images, ensemble, batch_size).argmax(axis=-1)
+    return int(classes) if classes.ndim == 0 else classes
+
+  def evaluate(self, images, labels, ensemble: bool = False,
+               batch_size: int = 1000) -> Dict[str, Any]:
+    """{"accuracy", "loss" (mean cross entropy), "confusion" [K, K] counts,
+    rows true labels}, of a batch of images with labels [N]."""
+    probs = self.probabilities(images, ensemble, batch_size)
+    if probs.ndim == 1:
+      probs, labels = probs[None], np.reshape(labels, (1,))
+    labels = np.asarray(labels).astype(np.int64)
+    return {**report.score(probs, labels), "confusion": report.confusion(
+        labels, probs.argmax(axis=-1), probs.shape[-1])}
 
 
 def load_run(workdir: str, **overrides) -> Run:

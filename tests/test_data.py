@@ -3,6 +3,8 @@
 import gzip
 import os
 import socket
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -11,6 +13,8 @@ import pytest
 from conftest import synthetic_digits, write_idx_dir
 from mnist_jax import data, idx
 from mnist_jax.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _as_set(images, labels):
@@ -55,6 +59,23 @@ def test_uncompressed_files_prepare_too(tmp_path):
   mnist_dir = write_idx_dir(tmp_path / "raw", n_train=50, n_test=20, compress=False)
   arrays = data.prepare("mnist", str(tmp_path / "tfds"), mnist_dir)
   assert len(arrays["train_labels"]) == 50 and len(arrays["test_labels"]) == 20
+
+
+def test_first_prepare_prints_one_line_into_a_log(tmp_path):
+  """Not tfds's "Downloading and preparing dataset Unknown size" lines, its
+  progress bars (escape codes and carriage returns) or its absl warnings."""
+  mnist_dir = write_idx_dir(tmp_path / "idx", n_train=50, n_test=20)
+  data_dir = str(tmp_path / "tfds")
+  code = f"from mnist_jax import data; data.prepare('mnist', {data_dir!r}, {mnist_dir!r})"
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, cwd=ROOT, check=False, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.splitlines() == [
+      f"preparing mnist in {data_dir} from the IDX files in {mnist_dir} (once; "
+      "later runs read it from there)"]
+  for text in (out.stdout, out.stderr):
+    assert "\x1b" not in text and "\r" not in text
+  assert "Unknown size" not in out.stderr and "WARNING" not in out.stderr
 
 
 @pytest.mark.parametrize("fraction,n_train,n_val", [(0.1, 540, 60), (0.0, 600, 0),

@@ -10,6 +10,7 @@ import pytest
 
 from conftest import synthetic_digits
 from mnist_jax import batches, models, train
+from mnist_jax import members as members_lib
 
 TINY = {
     "linear": {},
@@ -187,3 +188,16 @@ def test_target_on_the_test_split_ends_with_that_evaluation(prepared, tmp_path):
   assert final["epochs_run"] < 20
   assert rows[-2]["target_metric"] >= 0.3
   assert final["test_accuracy"] == rows[-2]["target_metric"]
+
+
+@pytest.mark.parametrize("val_fraction,how", [
+    (0.1, "chosen by validation accuracy: seed=0"),
+    (0.0, "chosen as the first (no validation split to choose by): seed=0")])
+def test_summary_says_how_the_member_was_chosen(val_fraction, how):
+  """As report.md does: without a validation split the first member is shown."""
+  members = members_lib.from_config(
+      tiny_config("linear", num_seeds=2, val_fraction=val_fraction))
+  final = {"test_accuracy": 0.9, "test_loss": 0.3, "test_examples": 200,
+           "wall_time_s": 1.0,
+           "chosen": members_lib.identity(members[0])}
+  assert train._summary(final, members, "W").startswith(how + "; test accuracy")  # pylint: disable=protected-access

@@ -1,0 +1,143 @@
+"""The Python API: mnist_jax's lazy names, a loaded Run, and README's example."""
+
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import numpy as np
+from PIL import Image, ImageDraw
+import pytest
+
+import mnist_jax
+from mnist_jax import api, workdir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def run(tiny_run):
+  return mnist_jax.load_run(tiny_run)
+
+
+@pytest.fixture(scope="module")
+def test_split(run):
+  return mnist_jax.load_data(run.config).test
+
+
+def _readme_example() -> str:
+  with open(os.path.join(ROOT, "README.md")) as f:
+    text = f.read()
+  section = text[text.index("## Python API"):]
+  return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def _seven(path):
+  """A dark 7 drawn on a light background, as a photographed digit is."""
+  image = Image.new("L", (120, 160), 235)
+  ImageDraw.Draw(image).line([(20, 30), (100, 30), (50, 140)], fill=20, width=12)
+  image.save(path)
+
+
+def test_import_loads_the_api_only_when_used():
+  code = ("import sys, mnist_jax; print(sorted(m for m in ('jax', 'flax', "
+          "'numpy', 'mnist_jax.api') if m in sys.modules)); "
+          "mnist_jax.load_run; print('mnist_jax.api' in sys.modules)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, cwd=ROOT, check=True, timeout=120)
+  assert out.stdout.split("\n")[:2] == ["[]", "True"]
+
+
+def test_the_package_exports_the_api_names():
+  assert sorted(mnist_jax.__all__) == sorted(api.__all__)
+  assert mnist_jax.load_run is api.load_run
+  assert set(mnist_jax.__all__) <= set(dir(mnist_jax))
+  with pytest.raises(AttributeError, match="no attribute 'nope'"):
+    mnist_jax.nope  # pylint: disable=pointless-statement
+
+
+def test_readme_example_runs(prepared, tmp_path, monkeypatch, capsys):
+  """README's "Python API" code, verbatim: trains a run, loads it, predicts."""
+  _, data_dir = prepared
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv("TFDS_DATA_DIR", data_dir)
+  _seven(tmp_path / "seven.png")
+  exec(compile(_readme_example(), "README.md", "exec"), {})  # pylint: disable=exec-used
+  accuracy, final_accuracy, digit = capsys.readouterr().out.split()[-3:]
+  # The loaded run's test accuracy is the one the training run reported.
+  assert float(accuracy) == pytest.approx(float(final_accuracy), abs=1e-6)
+  assert digit in list("0123456789")
+  assert os.path.exists(tmp_path / "runs" / "mlp-api" / "report.md")
+
+
+def test_every_layout_and_dtype_gives_the_same_answer(run, test_split):
+  images = test_split.images[:12]
+  expected = run.logits(images)
+  assert expected.shape == (12, 10)
+  for same in (images.reshape(12, 784), images[..., None],
+               images.astype(np.int64), images / 255.0,
+               (images / 255.0).astype(np.float32).reshape(12, 784)):
+    np.testing.assert_allclose(run.logits(same), expected, atol=1e-5)
+  np.testing.assert_allclose(run.logits(images[3]), expected[3], atol=1e-5)
+  np.testing.assert_allclose(run.logits(images[3].ravel()), expected[3],
+                             atol=1e-5)
+  assert run.predict(images[3]) == int(expected[3].argmax())
+  assert isinstance(run.predict(images[3]), int)
+  np.testing.assert_array_equal(run.predict(images), expected.argmax(-1))
+  np.testing.assert_allclose(run.probabilities(images).sum(-1), 1.0)
+  assert run.predict(images[:0]).shape == (0,)
+  assert run.probabilities(images[:0], ensemble=True).shape == (0, 10)
+
+
+@pytest.mark.parametrize("images,message", [
+    (np.zeros((3, 28, 27), np.uint8), r"shape \[3, 28, 27\]: pass one image"),
+    (np.zeros((3, 28, 28)) + 255.0, r"values from 255.0 to 255.0: pass uint8"),
+    (np.full((28, 28), np.nan), "floats in"),
+    (np.full((28, 28), 300), "integers in 0..255"),
+])
+def test_other_images_are_refused_with_what_to_pass(run, images, message):
+  with pytest.raises(ValueError, match=message):
+    run.predict(images)
+
+
+def test_the_flax_module_computes_the_runs_logits(run, test_split):
+  images = test_split.images[:7]
+  assert run.inputs(images).shape == (7, 784)  # The MLP takes flat pixels.
+  logits = run.model.apply({"params": run.params}, run.inputs(images))
+  np.testing.assert_allclose(logits, run.logits(images), atol=1e-5)
+  assert jax.tree.structure(run.params) == jax.tree.structure(
+      run.model.init(jax.random.key(0), run.inputs(images[:1]))["params"])
+
+
+def test_evaluate_gives_the_training_runs_test_metrics(run, test_split,
+                                                       tiny_run):
+  result = run.evaluate(test_split.images, test_split.labels)
+  final = workdir.final_metrics(tiny_run)
+  assert result["accuracy"] == pytest.approx(final["test_accuracy"], abs=1e-6)
+  assert result["loss"] == pytest.approx(final["test_loss"], rel=1e-4)
+  assert result["confusion"].sum() == len(test_split)
+  assert np.trace(result["confusion"]) == round(result["accuracy"] *
+                                                len(test_split))
+
+
+def test_read_metrics_gives_the_epochs_then_the_final_row(tiny_run):
+  rows = mnist_jax.read_metrics(tiny_run)
+  assert [r["epoch"] for r in rows if "train_loss" in r] == [1]
+  assert "test_accuracy" in rows[-1]
+
+
+def test_load_image_takes_a_path_or_a_pil_image(tmp_path):
+  _seven(tmp_path / "seven.png")
+  from_path = mnist_jax.load_image(tmp_path / "seven.png")
+  assert from_path.shape == (28, 28) and from_path.dtype == np.uint8
+  with Image.open(tmp_path / "seven.png") as image:
+    np.testing.assert_array_equal(mnist_jax.load_image(image), from_path)
+  assert from_path[14].max() == 255 and from_path[0].max() == 0  # Ink, centred.
+
+
+def test_train_and_evaluate_defaults_to_the_configs_workdir(tiny_run, capsys):
+  """A finished run folder is returned as it is, not trained again."""
+  final = mnist_jax.train_and_evaluate(workdir.read_config(tiny_run))
+  assert final == workdir.final_metrics(tiny_run)
+  assert f"{tiny_run} already finished" in capsys.readouterr().out
