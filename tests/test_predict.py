@@ -11,6 +11,7 @@ from PIL import Image
 from PIL import ImageDraw
 import pytest
 
+from mnist_jax import plots
 from mnist_jax import predict
 from mnist_jax import trained
 
@@ -143,6 +144,25 @@ def test_predict_files_keeps_going_after_a_bad_file(tiny_run, tmp_path):
   assert lines[1]["digit"] is None and "not an image" in lines[1]["error"]
   assert f"error: {bad} is not an image" in err.getvalue()
   assert os.path.exists(os.path.join(tiny_run, predict.PLOT_DIR, "good0.png"))
+
+
+def test_report_and_predict_figures_draw_digits_alike(monkeypatch, tmp_path):
+  figures = []
+  monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+  image = predict.preprocess(_seven())
+  probs = np.full(10, 0.1)
+  plots.prediction(image, probs, str(tmp_path / "p.png"), "seven.png")
+  plots.prediction_grid(image[None], np.array([7]), np.array([7]),
+                        str(tmp_path / "g.png"))
+  plots.mistakes(image[None], np.array([7]), np.array([1]), np.array([0.6]),
+                 np.array([0.3]), str(tmp_path / "m.png"))
+  plots.sample_probabilities([{"image": image, "probabilities": probs}],
+                             str(tmp_path / "s.png"))
+  assert len(figures) == 4
+  for fig in figures:
+    drawn = [im for ax in fig.axes for im in ax.images]
+    assert drawn and {im.get_cmap().name for im in drawn} == {"gray_r"}
+    plots.plt.close(fig)
 
 
 def _launch(*args):
