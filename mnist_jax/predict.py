@@ -199,7 +199,16 @@ def predict_files(run: trained.Run, paths: Sequence[str],
   """Predicts each file with a loaded run (trained.load_run); failures kept in order.
 
   ensemble: average the probabilities of the chosen grid point's seeds.
+
+  Raises:
+    UserError: ensemble with one seed at the chosen grid point (nothing to
+      average).
   """
+  if ensemble and len(run.seeds) < 2:
+    raise UserError(
+        "--ensemble averages the seeds of the run's chosen grid point, and "
+        "this run has one seed there; predict without --ensemble, or train "
+        "with --num_seeds=N")
   results = []
   for path in paths:
     try:

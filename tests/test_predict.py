@@ -14,6 +14,7 @@ import pytest
 from mnist_jax import plots
 from mnist_jax import predict
 from mnist_jax import trained
+from mnist_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -146,6 +147,21 @@ def test_predict_files_keeps_going_after_a_bad_file(tiny_run, tmp_path):
   assert os.path.exists(os.path.join(tiny_run, predict.PLOT_DIR, "good0.png"))
 
 
+def test_ensemble_of_one_seed_is_refused_before_anything(tiny_run, tmp_path):
+  good, _ = _write_digits(str(tmp_path))
+  run = trained.load_run(tiny_run)
+  assert run.seeds == (0,)
+  before = sorted(os.walk(tiny_run))
+  out, err = io.StringIO(), io.StringIO()
+  with pytest.raises(UserError) as info:
+    predict.main(tiny_run, good, plot=True, out=out, err=err, ensemble=True)
+  message = str(info.value)
+  assert message.startswith("--ensemble averages the seeds") and "\n" not in message
+  assert "predict without --ensemble" in message and "--num_seeds=N" in message
+  assert out.getvalue() == err.getvalue() == ""
+  assert sorted(os.walk(tiny_run)) == before
+
+
 def test_report_and_predict_figures_draw_digits_alike(monkeypatch, tmp_path):
   figures = []
   monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
@@ -185,6 +201,12 @@ def test_predict_mode_exit_status(tiny_run, tmp_path):
   errors = result.stderr.strip().splitlines()
   assert errors == [f"error: {empty} is empty (0 bytes); pass a PNG or JPEG file",
                     f"error: {missing} does not exist; check the path"]
+
+  refused = _launch("--mode=predict", f"--workdir={tiny_run}",
+                    f"--image={good[0]}", "--ensemble", "--plot")
+  assert refused.returncode == 1 and refused.stdout == ""
+  assert refused.stderr.startswith("error: --ensemble averages the seeds")
+  assert len(refused.stderr.strip().splitlines()) == 1
 
   ok = _launch("--mode=predict", f"--workdir={tiny_run}", f"--image={good[0]}")
   assert ok.returncode == 0, ok.stderr
