@@ -124,7 +124,8 @@ def photo_jpeg(digit: np.ndarray, rng: np.random.Generator) -> bytes:
   size = int(round(rng.uniform(1 / 3, 1 / 2) * min(w, h) * 28 / 20))
   size = min(size, min(w, h))
   coverage = np.zeros((h, w))
-  top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+  top = int(rng.integers(0, h - size + 1))
+  left = int(rng.integers(0, w - size + 1))
   coverage[top:top + size, left:left + size] = _pen(digit, size)
   coverage *= rng.uniform(0.85, 1.0)
 
@@ -143,7 +144,8 @@ def photo_jpeg(digit: np.ndarray, rng: np.random.Generator) -> bytes:
   image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.2)))
   pixels = np.asarray(image, np.float64)
   sigma = rng.uniform(2.0, 7.0)
-  pixels = pixels + rng.normal(0, sigma, (h, w, 1)) + rng.normal(0, sigma / 2, (h, w, 3))
+  grain = rng.normal(0, sigma, (h, w, 1))  # Luminance noise, then colour noise.
+  pixels = pixels + grain + rng.normal(0, sigma / 2, (h, w, 3))
   image = Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8))
   buffer = io.BytesIO()
   image.save(buffer, format="JPEG", quality=int(rng.integers(60, 86)))
@@ -261,7 +263,9 @@ def _parse_args():
   parser.add_argument("--num", type=int, default=1000,
                       help="test digits to use (each as a photo and clean)")
   parser.add_argument("--seed", type=int, default=0,
-                      help="picks the test digits and renders the photos")
+                      help="picks the test digits and renders the photos (of "
+                           "the test set in its order: IDX files' and tfds's "
+                           "differ, so the same seed picks other digits)")
   parser.add_argument("--kinds", default="photo,scan,mnist",
                       help="pictures to measure, of photo, scan, mnist")
   parser.add_argument("--baseline_rev",

@@ -156,7 +156,8 @@ def test_ensemble_of_one_seed_is_refused_before_anything(tiny_run, tmp_path):
   with pytest.raises(UserError) as info:
     predict.main(tiny_run, good, plot=True, out=out, err=err, ensemble=True)
   message = str(info.value)
-  assert message.startswith("--ensemble averages the seeds") and "\n" not in message
+  assert message.startswith("--ensemble averages the seeds")
+  assert "\n" not in message
   assert "predict without --ensemble" in message and "--num_seeds=N" in message
   assert out.getvalue() == err.getvalue() == ""
   assert sorted(os.walk(tiny_run)) == before
