@@ -127,9 +127,12 @@ def per_class_accuracy(accuracy: np.ndarray, support: np.ndarray, path: str,
   return _save(fig, path)
 
 
-def _digit(ax, image, frame_color=None, as_model_sees=False):
-  """Dark ink on white for reading; white on black (the model's input) if asked."""
-  ax.imshow(image, cmap="gray" if as_model_sees else "gray_r", vmin=0, vmax=255)
+DIGIT_CMAP = "gray_r"  # Every figure draws digits as dark ink on white.
+
+
+def _digit(ax, image, frame_color=None):
+  """A [28, 28] uint8 digit, dark ink on white, in every figure alike."""
+  ax.imshow(image, cmap=DIGIT_CMAP, vmin=0, vmax=255)
   ax.set_xticks([])
   ax.set_yticks([])
   for spine in ax.spines.values():
@@ -219,7 +222,7 @@ def sample_probabilities(samples: Sequence[dict], path: str,
   """Rows of (digit, its 10 class-probability bars).
 
   Each sample is a dict with image [28, 28] uint8, probabilities [10], and
-  optional label (int), caption (str) and as_model_sees (white on black).
+  optional label (int) and caption (str).
   """
   names = _labels(class_names, 10)
   fig, axes = plt.subplots(len(samples), 2, figsize=(9, 3.1 * len(samples)),
@@ -227,8 +230,7 @@ def sample_probabilities(samples: Sequence[dict], path: str,
   for (ax_img, ax_bar), s in zip(axes, samples):
     label = s.get("label")
     best = int(np.argmax(s["probabilities"]))
-    _digit(ax_img, s["image"], None if label in (None, best) else "red",
-           s.get("as_model_sees", False))
+    _digit(ax_img, s["image"], None if label in (None, best) else "red")
     ax_img.set_title(s.get("caption", ""), fontsize=9)
     probability_bars(ax_bar, s["probabilities"], names, label)
     head = f"predicted {names[best]} ({100 * s['probabilities'][best]:.1f}%)"
@@ -441,7 +443,7 @@ def prediction(image: np.ndarray, probabilities: np.ndarray, path: str,
   best = int(np.argmax(probabilities))
   return sample_probabilities(
       [{"image": image, "probabilities": probabilities,
-        "caption": "as the model saw it (28x28)", "as_model_sees": True}],
+        "caption": "as the model saw it (28x28)"}],
       path, names,
       title=f"{os.path.basename(source)}: {names[best]} "
             f"({100 * probabilities[best]:.1f}%)")

@@ -11,8 +11,10 @@ from PIL import Image
 from PIL import ImageDraw
 import pytest
 
+from mnist_jax import plots
 from mnist_jax import predict
 from mnist_jax import trained
+from mnist_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -145,6 +147,41 @@ def test_predict_files_keeps_going_after_a_bad_file(tiny_run, tmp_path):
   assert os.path.exists(os.path.join(tiny_run, predict.PLOT_DIR, "good0.png"))
 
 
+def test_ensemble_of_one_seed_is_refused_before_anything(tiny_run, tmp_path):
+  good, _ = _write_digits(str(tmp_path))
+  run = trained.load_run(tiny_run)
+  assert run.seeds == (0,)
+  before = sorted(os.walk(tiny_run))
+  out, err = io.StringIO(), io.StringIO()
+  with pytest.raises(UserError) as info:
+    predict.main(tiny_run, good, plot=True, out=out, err=err, ensemble=True)
+  message = str(info.value)
+  assert message.startswith("--ensemble averages the seeds")
+  assert "\n" not in message
+  assert "predict without --ensemble" in message and "--num_seeds=N" in message
+  assert out.getvalue() == err.getvalue() == ""
+  assert sorted(os.walk(tiny_run)) == before
+
+
+def test_report_and_predict_figures_draw_digits_alike(monkeypatch, tmp_path):
+  figures = []
+  monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+  image = predict.preprocess(_seven())
+  probs = np.full(10, 0.1)
+  plots.prediction(image, probs, str(tmp_path / "p.png"), "seven.png")
+  plots.prediction_grid(image[None], np.array([7]), np.array([7]),
+                        str(tmp_path / "g.png"))
+  plots.mistakes(image[None], np.array([7]), np.array([1]), np.array([0.6]),
+                 np.array([0.3]), str(tmp_path / "m.png"))
+  plots.sample_probabilities([{"image": image, "probabilities": probs}],
+                             str(tmp_path / "s.png"))
+  assert len(figures) == 4
+  for fig in figures:
+    drawn = [im for ax in fig.axes for im in ax.images]
+    assert drawn and {im.get_cmap().name for im in drawn} == {"gray_r"}
+    plots.plt.close(fig)
+
+
 def _launch(*args):
   return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args],
                         capture_output=True, text=True, cwd=ROOT, check=False)
@@ -165,6 +202,12 @@ def test_predict_mode_exit_status(tiny_run, tmp_path):
   errors = result.stderr.strip().splitlines()
   assert errors == [f"error: {empty} is empty (0 bytes); pass a PNG or JPEG file",
                     f"error: {missing} does not exist; check the path"]
+
+  refused = _launch("--mode=predict", f"--workdir={tiny_run}",
+                    f"--image={good[0]}", "--ensemble", "--plot")
+  assert refused.returncode == 1 and refused.stdout == ""
+  assert refused.stderr.startswith("error: --ensemble averages the seeds")
+  assert len(refused.stderr.strip().splitlines()) == 1
 
   ok = _launch("--mode=predict", f"--workdir={tiny_run}", f"--image={good[0]}")
   assert ok.returncode == 0, ok.stderr

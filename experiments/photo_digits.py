@@ -1,0 +1,367 @@
+"""Phone-photo-like pictures of MNIST test digits, and how predict copes with them.
+
+Each test digit is drawn as dark pen strokes (black, blue, dark red or green
+ink) scaled smoothly to a third to a half of the frame's shorter side and put
+anywhere in it, on tinted paper (cream, grey, bluish, white, sometimes lined),
+lit by a gradient with a soft shadow, with sensor noise, a slight blur and JPEG
+compression at quality 60-85, in frames of 300-1200 px, portrait or landscape.
+The same digits are also kept as clean cases: dark ink on white at a normal
+size, and the 28x28 MNIST image itself (white on black).
+
+The script predicts them with a trained run folder, through predict.py's
+preprocess, and prints the accuracy on each kind; `--baseline_rev=REV` also
+measures the preprocess of predict.py at that git revision (read with
+`git show`), so before and after come from one command:
+
+  python experiments/photo_digits.py --run=RUN --data_dir=DIR --num=1000 \
+      --seed=0 --baseline_rev=HEAD~3
+  python experiments/photo_digits.py --run=RUN --mnist_dir=DIR --num=12 \
+      --montage=docs/img/photo_digits.png --samples=photos/
+
+Importing this module has no side effects: tests use `render_photo`,
+`clean_scan` and `mnist_style` on synthetic digits.
+"""
+
+import argparse
+import importlib.util
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image
+from PIL import ImageFilter
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import matplotlib.pyplot as plt
+from mnist_jax import data
+from mnist_jax import idx
+from mnist_jax import plots
+from mnist_jax import predict
+from mnist_jax import trained
+from mnist_jax.errors import UserError
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+PAPERS = {  # RGB of the paper in full light.
+    "white": (238, 238, 232),
+    "cream": (240, 228, 196),
+    "grey": (196, 196, 190),
+    "bluish": (210, 222, 238),
+    "yellow": (246, 234, 160),
+}
+INKS = {
+    "black": (28, 28, 34),
+    "blue": (28, 40, 128),
+    "dark red": (122, 22, 28),
+    "dark green": (22, 84, 44),
+}
+LINE_RGB = (120, 160, 215)  # Ruled lines: light blue.
+SCAN_SCALE = 4  # Clean scan: the 28x28 digit at 112x112 px on white.
+
+
+def _frame_size(rng: np.random.Generator):
+  """(width, height): the longer side 300-1200 px, 4:3, 16:9 or square."""
+  long_side = int(rng.integers(300, 1201))
+  ratio = rng.choice([4 / 3, 16 / 9, 1.0])
+  short_side = int(round(long_side / ratio))
+  landscape = rng.random() < 0.3
+  return (long_side, short_side) if landscape else (short_side, long_side)
+
+
+def _pen(digit: np.ndarray, size: int) -> np.ndarray:
+  """Ink coverage [size, size] in [0, 1]: the 28x28 digit upscaled smoothly,
+  its edges sharpened as a pen's are."""
+  field = Image.fromarray(digit.astype(np.float32) / 255.0)
+  a = np.asarray(field.resize((size, size), Image.Resampling.BICUBIC))
+  return np.clip((a - 0.3) / 0.35, 0.0, 1.0)
+
+
+def _lighting(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+  """A multiplicative light field [h, w]: a linear gradient times a soft shadow."""
+  y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+  y, x = y / max(h, w), x / max(h, w)
+  angle = rng.uniform(0, 2 * np.pi)
+  ramp = np.cos(angle) * x + np.sin(angle) * y
+  ramp = (ramp - ramp.min()) / max(ramp.max() - ramp.min(), 1e-9)
+  light = 1.0 - rng.uniform(0.15, 0.5) * ramp
+  # A shadow (of a hand or the phone): a half-plane with a blurred edge.
+  angle = rng.uniform(0, 2 * np.pi)
+  edge = np.cos(angle) * (x - rng.uniform(0.1, 0.9) * w / max(h, w)) + (
+      np.sin(angle) * (y - rng.uniform(0.1, 0.9) * h / max(h, w)))
+  softness = rng.uniform(0.03, 0.1)
+  shadow = 1.0 / (1.0 + np.exp(-edge / softness))
+  return light * (1.0 - rng.uniform(0.25, 0.55) * shadow)
+
+
+def _ruled(rng: np.random.Generator, paper: np.ndarray) -> np.ndarray:
+  """Draws faint ruled lines across the paper [h, w, 3], in place."""
+  h = paper.shape[0]
+  spacing = rng.uniform(0.06, 0.1) * h
+  width = max(1, int(round(0.004 * h)))
+  strength = rng.uniform(0.25, 0.5)
+  for top in np.arange(rng.uniform(0, spacing), h, spacing).astype(int):
+    rows = slice(top, top + width)
+    paper[rows] = (1 - strength) * paper[rows] + strength * np.array(LINE_RGB)
+  return paper
+
+
+def photo_jpeg(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+  """A phone photo of a digit written on paper, as the bytes of a JPEG file.
+
+  Args:
+    digit: [28, 28] uint8, white on black (MNIST style).
+    rng: the randomness of this photo.
+  """
+  w, h = _frame_size(rng)
+  # MNIST digits fill a 20x20 box of their 28x28 field: the box spans 1/3-1/2
+  # of the frame's shorter side.
+  size = int(round(rng.uniform(1 / 3, 1 / 2) * min(w, h) * 28 / 20))
+  size = min(size, min(w, h))
+  coverage = np.zeros((h, w))
+  top = int(rng.integers(0, h - size + 1))
+  left = int(rng.integers(0, w - size + 1))
+  coverage[top:top + size, left:left + size] = _pen(digit, size)
+  coverage *= rng.uniform(0.85, 1.0)
+
+  names = list(PAPERS)
+  paper_rgb = np.array(PAPERS[names[rng.integers(len(names))]], np.float64)
+  paper_rgb = np.clip(paper_rgb + rng.normal(0, 6, 3), 0, 255)
+  paper = np.broadcast_to(paper_rgb, (h, w, 3)).copy()
+  if rng.random() < 0.3:
+    paper = _ruled(rng, paper)
+  inks = list(INKS)
+  ink_rgb = np.array(INKS[inks[rng.integers(len(inks))]], np.float64)
+  pixels = paper * (1 - coverage[..., None]) + ink_rgb * coverage[..., None]
+  pixels *= _lighting(rng, h, w)[..., None]
+
+  image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+  image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.2)))
+  pixels = np.asarray(image, np.float64)
+  sigma = rng.uniform(2.0, 7.0)
+  grain = rng.normal(0, sigma, (h, w, 1))  # Luminance noise, then colour noise.
+  pixels = pixels + grain + rng.normal(0, sigma / 2, (h, w, 3))
+  image = Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8))
+  buffer = io.BytesIO()
+  image.save(buffer, format="JPEG", quality=int(rng.integers(60, 86)))
+  return buffer.getvalue()
+
+
+def render_photo(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
+  """photo_jpeg's picture, decoded: an RGB image."""
+  return Image.open(io.BytesIO(photo_jpeg(digit, rng))).convert("RGB")
+
+
+def clean_scan(digit: np.ndarray) -> Image.Image:
+  """The digit as a clean scan: black ink on white at 112x112 px (grayscale)."""
+  size = 28 * SCAN_SCALE
+  field = Image.fromarray(digit).resize((size, size), Image.Resampling.BICUBIC)
+  return Image.fromarray(255 - np.asarray(field))
+
+
+def mnist_style(digit: np.ndarray) -> Image.Image:
+  """The digit as it is in MNIST: 28x28, white on black (grayscale)."""
+  return Image.fromarray(digit)
+
+
+def test_digits(mnist_dir=None, data_dir=None):
+  """MNIST's test images [10000, 28, 28] uint8 and labels, from IDX files in
+  mnist_dir or from a prepared tfds data_dir."""
+  if mnist_dir:
+    paths = []
+    for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+      found = [os.path.join(mnist_dir, stem + ext) for ext in ("", ".gz")]
+      found = [p for p in found if os.path.isfile(p)]
+      if not found:
+        sys.exit(f"error: {stem}[.gz] is not in {mnist_dir}; pass the folder "
+                 "with MNIST's IDX files")
+      paths.append(found[0])
+    return idx.read_pair(*paths)
+  arrays = data.prepare("mnist", data_dir=data_dir)
+  return arrays["test_images"], arrays["test_labels"]
+
+
+def baseline_preprocess(rev: str):
+  """predict.preprocess as it is in mnist_jax/predict.py at git revision rev."""
+  shown = subprocess.run(["git", "show", f"{rev}:mnist_jax/predict.py"], cwd=ROOT,
+                         capture_output=True, text=True, check=False)
+  if shown.returncode:
+    sys.exit(f"error: cannot read mnist_jax/predict.py at {rev} "
+             f"({shown.stderr.strip()}); pass a revision of this repository")
+  with tempfile.TemporaryDirectory() as folder:
+    path = os.path.join(folder, "predict_baseline.py")
+    with open(path, "w") as f:
+      f.write(shown.stdout)
+    spec = importlib.util.spec_from_file_location("predict_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+  return module.preprocess
+
+
+def model_inputs(preprocess, pictures):
+  """[N, 28, 28] uint8 inputs and [N] bool failures (no digit found, zeros).
+
+  pictures: PIL images, or JPEG bytes (decoded one at a time).
+  """
+  inputs = np.zeros((len(pictures), 28, 28), np.uint8)
+  failed = np.zeros(len(pictures), bool)
+  for i, picture in enumerate(pictures):
+    if isinstance(picture, bytes):
+      picture = Image.open(io.BytesIO(picture))
+    try:
+      inputs[i] = preprocess(picture)
+    except UserError:  # ImageError, also that of a baseline revision.
+      failed[i] = True
+  return inputs, failed
+
+
+def montage(photos, inputs, labels, probs, path: str, cols: int = 4) -> str:
+  """Photos with the model's answers, each beside its 28x28 input."""
+  rows = -(-len(photos) // cols)
+  fig, axes = plt.subplots(rows, 2 * cols, figsize=(2.9 * cols, 2.1 * rows),
+                           gridspec_kw={"width_ratios": [2.2, 1] * cols},
+                           squeeze=False)
+  for ax in axes.flat:
+    ax.axis("off")
+  cells = axes.reshape(-1, 2)
+  for (ax, ax_input), photo, image, y, p in zip(cells, photos, inputs, labels,
+                                                probs):
+    picture = Image.open(io.BytesIO(photo))
+    picture.thumbnail((260, 260))
+    ax.imshow(picture)
+    ax_input.imshow(image, cmap=plots.DIGIT_CMAP, vmin=0, vmax=255)
+    ax_input.axis("on")
+    ax_input.set_xticks([])
+    ax_input.set_yticks([])
+    best = int(np.argmax(p))
+    ax.set_title(f"a {y}, read as {best} ({100 * p[best]:.0f}%)", fontsize=9,
+                 color="black" if best == y else "red", loc="left")
+  fig.suptitle("Generated phone photos of MNIST test digits, the model's answer "
+               "(red if wrong) and its 28x28 input", fontsize=10)
+  fig.tight_layout()
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=100)
+  plt.close(fig)
+  # 256 colours keep the figure small enough for the README.
+  Image.open(buffer).convert("RGB").quantize(256).save(path, optimize=True)
+  return path
+
+
+def _parse_args():
+  parser = argparse.ArgumentParser(
+      description=__doc__.split("\n\n")[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog=__doc__.split("\n\n", 1)[1])
+  parser.add_argument("--run", help="a trained run folder to measure")
+  parser.add_argument("--mnist_dir", help="folder with MNIST's IDX files")
+  parser.add_argument("--data_dir", help="tfds data dir with MNIST prepared")
+  parser.add_argument("--num", type=int, default=1000,
+                      help="test digits to use (each as a photo and clean)")
+  parser.add_argument("--seed", type=int, default=0,
+                      help="picks the test digits and renders the photos (of "
+                           "the test set in its order: IDX files' and tfds's "
+                           "differ, so the same seed picks other digits)")
+  parser.add_argument("--kinds", default="photo,scan,mnist",
+                      help="pictures to measure, of photo, scan, mnist")
+  parser.add_argument("--baseline_rev",
+                      help="also measure predict.py's preprocess at this git "
+                           "revision")
+  parser.add_argument("--samples", help="write the first --sample_count "
+                      "photos (JPEG) and clean scans (PNG) to this folder")
+  parser.add_argument("--sample_count", type=int, default=24)
+  parser.add_argument("--montage", help="save the first --montage_count photos "
+                      "with the run's answers as this PNG")
+  parser.add_argument("--montage_count", type=int, default=12)
+  args = parser.parse_args()
+  args.kinds = args.kinds.split(",")
+  if not set(args.kinds) <= {"photo", "scan", "mnist"}:
+    parser.error("--kinds: each must be photo, scan or mnist")
+  if args.run is None and args.samples is None:
+    parser.error("pass --run=RUN to measure, or --samples=DIR to write pictures")
+  if args.montage and (not args.run or "photo" not in args.kinds):
+    parser.error("--montage needs --run=RUN and photo in --kinds")
+  return args
+
+
+def _write_samples(folder, photos, digits, labels, count) -> None:
+  os.makedirs(folder, exist_ok=True)
+  for i in range(min(count, len(photos))):
+    stem = os.path.join(folder, f"{i:03d}_true{labels[i]}")
+    with open(f"{stem}_photo.jpg", "wb") as f:
+      f.write(photos[i])
+    clean_scan(digits[i]).save(f"{stem}_scan.png")
+  print(f"samples: {folder}")
+
+
+def measure(run, kinds, methods, labels):
+  """Prints each preprocess's accuracy on each kind of picture.
+
+  kinds: {kind: pictures}; methods: {name: preprocess function}.
+  Returns {(method, kind): (inputs [N, 28, 28], predicted [N] (-1: no digit
+  found), probabilities [N, 10])}.
+  """
+  results = {}
+  for method, preprocess in methods.items():
+    line = []
+    for kind, pictures in kinds.items():
+      start = time.perf_counter()
+      inputs, failed = model_inputs(preprocess, pictures)
+      seconds = (time.perf_counter() - start) / len(pictures)
+      probs = run.probabilities(inputs)
+      predicted = np.where(failed, -1, probs.argmax(axis=1))
+      results[method, kind] = inputs, predicted, probs
+      line.append(f"{kind} {100 * np.mean(predicted == labels):.2f}% "
+                  f"({failed.sum()} no digit, {1000 * seconds:.0f} ms each)")
+    print(f"  {method:>10}: " + ", ".join(line), flush=True)
+  return results
+
+
+def main():
+  args = _parse_args()
+  images, labels = test_digits(args.mnist_dir, args.data_dir)
+  chosen = np.random.default_rng(args.seed).choice(
+      len(images), min(args.num, len(images)), replace=False)
+  digits, labels = images[chosen], labels[chosen]
+  photos = []
+  if "photo" in args.kinds or args.samples:
+    start = time.perf_counter()
+    photos = [photo_jpeg(d, np.random.default_rng([args.seed, i]))
+              for i, d in enumerate(digits)]
+    print(f"{len(photos)} photos of test digits, seed {args.seed} "
+          f"({time.perf_counter() - start:.0f}s to render)", flush=True)
+  if args.samples:
+    _write_samples(args.samples, photos, digits, labels, args.sample_count)
+  if not args.run:
+    return
+
+  make = {"photo": lambda: photos,
+          "scan": lambda: [clean_scan(d) for d in digits],
+          "mnist": lambda: [mnist_style(d) for d in digits]}
+  kinds = {kind: make[kind]() for kind in args.kinds}
+  methods = {"current": predict.preprocess}
+  if args.baseline_rev:
+    methods[args.baseline_rev] = baseline_preprocess(args.baseline_rev)
+  print(f"accuracy of {args.run} on {len(digits)} test digits (no digit found "
+        "counts as wrong)")
+  results = measure(trained.load_run(args.run), kinds, methods, labels)
+  for kind in [k for k in kinds if k != "photo" and args.baseline_rev]:
+    now, before = results["current", kind], results[args.baseline_rev, kind]
+    diff = np.abs(now[0].astype(int) - before[0])
+    print(f"  {kind}: current inputs against {args.baseline_rev}'s: "
+          f"{np.all(diff == 0, axis=(1, 2)).sum()}/{len(diff)} identical, "
+          f"max |difference| {diff.max()}/255; same prediction "
+          f"{np.sum(now[1] == before[1])}/{len(diff)}")
+  if args.montage:
+    k = min(args.montage_count, len(photos))
+    inputs, _, probs = results["current", "photo"]
+    path = montage(photos[:k], inputs[:k], labels[:k], probs[:k], args.montage)
+    print(f"montage: {path} ({os.path.getsize(path) // 1024} KB)")
+
+
+if __name__ == "__main__":
+  main()
