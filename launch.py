@@ -25,18 +25,17 @@ from absl import app
 from absl import flags
 
 from mnist_jax import config as config_lib
-from mnist_jax import dry_run
 from mnist_jax import models
-from mnist_jax import optim
-from mnist_jax import predict
-from mnist_jax import preemption
-from mnist_jax import runtime
-from mnist_jax import sweep
-from mnist_jax import train
-from mnist_jax import trained
-from mnist_jax import workdir
 from mnist_jax.config import value_text
 from mnist_jax.errors import Diverged, UserError
+from mnist_jax.results import run
+from mnist_jax.rundir import folder as folder_lib
+from mnist_jax.training import control
+from mnist_jax.training import devices
+from mnist_jax.training import dry_run
+from mnist_jax.training import members as members_lib
+from mnist_jax.training import optim
+from mnist_jax.training import train
 
 # launch.py's own flags, which are not run settings: name -> its --help group.
 # Each is defined below with its one-line help.
@@ -180,7 +179,8 @@ def _overrides() -> dict:
     if value is None or name in ("model", "preset"):
       continue
     if name == "sweep":
-      value = sweep.canonical(value, FLAGS.model or config_lib.Config.model)
+      value = members_lib.canonical(value,
+                                    FLAGS.model or config_lib.Config.model)
     elif config_lib.field_type(name) is tuple:
       try:
         value = tuple(int(v) for v in value)
@@ -188,7 +188,7 @@ def _overrides() -> dict:
         raise UserError(f"--{name} takes comma-separated integers, got "
                         f"{','.join(value)}") from None
     values[name] = value
-  for name in sweep.parse(values.get("sweep", "")):
+  for name in members_lib.parse(values.get("sweep", "")):
     if name in values:
       raise UserError(f"--{name} and --sweep={name}=... both set {name}; pass "
                       "its values in --sweep only")
@@ -200,7 +200,7 @@ class _Run:
   """This command's training run, for the messages that say how to resume."""
   config: Optional[config_lib.Config] = None  # Its workdir as typed.
   work: Optional[str] = None  # The run folder it trains in.
-  held: Optional[dict] = None  # workdir.locking()'s: the folders it wrote.
+  held: Optional[dict] = None  # folder.locking()'s: the folders it wrote.
 
 
 _RUN = _Run()
@@ -219,18 +219,19 @@ def main(argv):
   overrides = _overrides()
   config = models.get_config(model, FLAGS.preset or "tuned", **overrides)
   _RUN.config = config
-  runtime.split_host(config.parallel, multi_process=bool(
+  devices.split_host(config.parallel, multi_process=bool(
       config.coordinator_address or config.num_processes > 1))
-  runtime.setup()
+  devices.setup_process()
   if FLAGS.dry_run:
     return _dry_run(config, overrides)
-  sweep.members(config)  # A bad --sweep says so before which folder is used.
+  # A bad --sweep says so before which folder is used.
+  members_lib.from_config(config)
   work, note = _run_folder(config)
   _RUN.work = work
   if note:
     print(note, flush=True)
-  preemption.set_resume_command(resume_command)
-  with workdir.locking() as _RUN.held:
+  control.set_resume_command(resume_command)
+  with folder_lib.locking() as _RUN.held:
     train.train_and_evaluate(config.replace(workdir=work), work,
                              overwrite=FLAGS.overwrite and bool(config.workdir))
 
@@ -244,28 +245,28 @@ def _run_folder(config: config_lib.Config):
     Diverged: the run to resume diverged with these settings (it would again).
   """
   if not config.workdir:
-    choice = workdir.choose(config, overwrite=FLAGS.overwrite)
+    choice = folder_lib.choose(config, overwrite=FLAGS.overwrite)
     return choice.path, choice.reason if choice.news else None
-  workdir.check_not_in_use(config.workdir)
+  folder_lib.check_not_in_use(config.workdir)
   if not FLAGS.overwrite:
-    workdir.check_not_diverged(config.workdir, config)
+    folder_lib.check_not_diverged(config.workdir, config)
   return config.workdir, None
 
 
 def _dry_run(config: config_lib.Config, overrides: dict) -> None:
   """--dry_run: the checks a run makes before writing, then what it would do."""
-  members = tuple(sweep.members(config))
+  members = tuple(members_lib.from_config(config))
   given = {**overrides, **{n: FLAGS[n].value for n in ("model", "preset")
                            if FLAGS[n].value is not None}}
   if config.workdir:
     work = config.workdir
-    workdir.check_not_in_use(work)
-    workdir.check_writable(work)
-    existing = workdir.check_run_folder(work, config, FLAGS.overwrite)
+    folder_lib.check_not_in_use(work)
+    folder_lib.check_writable(work)
+    existing = folder_lib.check_run_folder(work, config, FLAGS.overwrite)
     folder = _explicit_folder_line(work, config, existing)
   else:
     try:
-      choice = workdir.choose(config, overwrite=FLAGS.overwrite)
+      choice = folder_lib.choose(config, overwrite=FLAGS.overwrite)
       work, folder = choice.path, choice.reason
     except Diverged as e:
       work, folder = None, f"none: the run would stop at once: {e}"
@@ -281,10 +282,10 @@ def _explicit_folder_line(work: str, config, existing: bool) -> str:
   if FLAGS.overwrite:
     return f"{work}, deleted and started over (--overwrite)"
   try:
-    workdir.check_not_diverged(work, config)
+    folder_lib.check_not_diverged(work, config)
   except Diverged as e:
     return f"none: the run would stop at once: {e}"
-  state, last = workdir.status(work)
+  state, last = folder_lib.status(work)
   if state == "finished":
     return (f"{work} already finished: the run would print its result and "
             "stop (--overwrite trains it again)")
@@ -296,17 +297,17 @@ def _use_run():
   """--mode=report or predict: works on the finished run in --workdir."""
   if not FLAGS.workdir:
     raise UserError(f"--mode={FLAGS.mode} needs --workdir=DIR, a run folder")
-  runtime.setup()
+  devices.setup_process()
   # Where the data moved to, and the layers to evaluate with, may differ from
   # the run's own.
   overrides = {k: FLAGS[k].value for k in ("data_dir", "mnist_dir", "impl")
                if FLAGS[k].value}
   if FLAGS.mode == "predict":
-    if predict.main(FLAGS.workdir, FLAGS.image, FLAGS.json, FLAGS.plot,
-                    ensemble=FLAGS.ensemble, **overrides):
+    if run.print_predictions(FLAGS.workdir, FLAGS.image, FLAGS.json,
+                             FLAGS.plot, ensemble=FLAGS.ensemble, **overrides):
       sys.exit(1)
     return
-  trained.rewrite_report(FLAGS.workdir, **overrides)
+  run.rewrite_report(FLAGS.workdir, **overrides)
 
 
 # The commands the messages print: the command line as typed, edited.
@@ -354,7 +355,7 @@ def _command(args: Sequence[str]) -> str:
 def _same_command_resumes(work: str) -> bool:
   """Whether this command, given no --workdir, would pick `work` to resume."""
   try:
-    choice = workdir.choose(_RUN.config, overwrite=False)
+    choice = folder_lib.choose(_RUN.config, overwrite=False)
   except UserError:  # Diverged: it would refuse.
     return False
   return choice.resume and os.path.abspath(choice.path) == os.path.abspath(work)
@@ -375,7 +376,7 @@ def _retry_advice() -> str:
   """After a divergence: a command with a lower learning rate (or clipping)
   that trains these settings again, and what it does with the run folder."""
   config = _RUN.config
-  swept = sweep.parse(config.sweep) if config else {}
+  swept = members_lib.parse(config.sweep) if config else {}
   if config is None or ("learning_rate" in swept and "grad_clip" in swept):
     return ""
   if "learning_rate" not in swept:
@@ -445,14 +446,14 @@ def _run(argv):
     print(f"error: {e}{advice}", file=sys.stderr)
     _quiet_teardown()
     sys.exit(e.exit_code)
-  except preemption.Preempted as e:
+  except control.Preempted as e:
     print(f"{e}. To resume, run: {resume_command(e.workdir)}", file=sys.stderr)
     sys.exit(e.exit_code)
   except KeyboardInterrupt:
     if FLAGS.debug:
       raise
     print(_interrupted(), file=sys.stderr)
-    sys.exit(preemption.FORCED_EXIT_CODE)
+    sys.exit(control.FORCED_EXIT_CODE)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ setup(
                 "models on MNIST with JAX, Flax and optax.",
     python_requires=">=3.11",
     packages=find_packages(include=["mnist_jax", "mnist_jax.*"]),
-    package_data={"mnist_jax": ["checksums.tsv"]},
+    package_data={"mnist_jax.data": ["checksums.tsv"]},
     install_requires=[
         "jax>=0.6.1,<0.13",
         "flax>=0.10,<0.13",

@@ -14,7 +14,7 @@ counts a loop body once) and that as a fraction of this machine's f32 matmul
 peak, measured in the same process with a big matmul.
 
 The epoch loop runs train.py's own chunk (make_train_chunk, create_train_state)
-on batches.py's order, placed by parallel.py as `launch.py` places it; it waits
+on batches.py's order, placed by devices.py as `launch.py` places it; it waits
 for the device once per epoch. The
 persistent compilation cache is off unless --compile_cache is given, so
 compile_time_s is a cold compile.
@@ -36,15 +36,14 @@ from jax.extend import core
 import jax.numpy as jnp
 import numpy as np
 
-from mnist_jax import batches as batches_lib
 from mnist_jax import config as config_lib
-from mnist_jax import data as data_lib
-from mnist_jax import members
 from mnist_jax import models
-from mnist_jax import parallel
-from mnist_jax import runtime
-from mnist_jax import train
+from mnist_jax.data import batches as batches_lib
+from mnist_jax.data import pipeline
 from mnist_jax.errors import UserError
+from mnist_jax.training import devices
+from mnist_jax.training import members
+from mnist_jax.training import train
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -161,8 +160,8 @@ def bench_model(name: str, args, peak: float) -> dict:
   overrides.update(_parse_sets(args.set))
   config = models.get_config(name, args.preset, epochs=args.epochs,
                              parallel=args.parallel, **overrides)
-  par = parallel.setup(config)
-  dataset = data_lib.load(config)
+  par = devices.setup(config)
+  dataset = pipeline.load(config)
   n = len(dataset.train)
   host_images, host_labels = dataset.train.images, dataset.train.labels
   steps = n // config.batch_size
@@ -246,8 +245,8 @@ def main(argv=None):
   args = parse_args(argv)
   if not args.compile_cache:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = ""
-  runtime.split_host(args.parallel)
-  runtime.setup()
+  devices.split_host(args.parallel)
+  devices.setup_process()
   names = list(models.MODELS) if args.model == "all" else args.model.split(",")
   try:
     for name in names:

@@ -25,7 +25,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from mnist_jax import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mnist_jax.training import members as members_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def wall_time(args, extra, workdir: str) -> float:
@@ -44,7 +44,7 @@ def main():
   parser.add_argument("--repeats", type=int, default=2)
   parser.add_argument("launch_args", nargs="*")
   args = parser.parse_args()
-  points = math.prod(len(v) for v in sweep.parse(args.sweep).values())
+  points = math.prod(len(v) for v in members_lib.parse(args.sweep).values())
   members = args.seeds * points
   many = [f"--num_seeds={args.seeds}"] + (
       [f"--sweep={args.sweep}"] if args.sweep else [])

@@ -71,26 +71,31 @@ def main():
   argv = _launch_argv()
   t = time.perf_counter()
   import launch
-  from mnist_jax import checkpoint, data, parallel, plots, report, train
+  from mnist_jax.data import pipeline
+  from mnist_jax.results import plots
+  from mnist_jax.results import report
+  from mnist_jax.rundir import checkpoints
+  from mnist_jax.training import devices
+  from mnist_jax.training import train
   totals["imports"] = time.perf_counter() - t
 
-  data.load = timed("data_load", data.load, block=False)
+  pipeline.load = timed("data_load", pipeline.load, block=False)
   train.create_train_state = timed("init_state", train.create_train_state)
-  compile_train = parallel.Parallel.compile_train
+  compile_train = devices.Parallel.compile_train
 
   def compile_and_time(self, *args, **kwargs):
     start = time.perf_counter()
     fn = compile_train(self, *args, **kwargs)
     totals["compile_train"] += time.perf_counter() - start
     return timed("train_chunks", fn)
-  parallel.Parallel.compile_train = compile_and_time
-  wrap_evaluate = parallel.Parallel.wrap_evaluate
-  parallel.Parallel.wrap_evaluate = lambda self, ev: timed(
+  devices.Parallel.compile_train = compile_and_time
+  wrap_evaluate = devices.Parallel.wrap_evaluate
+  devices.Parallel.wrap_evaluate = lambda self, ev: timed(
       "evaluate", wrap_evaluate(self, ev))
-  checkpoint.Checkpointer.save = timed("checkpoint_save",
-                                       checkpoint.Checkpointer.save, block=False)
-  checkpoint.Checkpointer.close = timed("checkpoint_close",
-                                        checkpoint.Checkpointer.close, block=False)
+  checkpoints.Checkpointer.save = timed(
+      "checkpoint_save", checkpoints.Checkpointer.save, block=False)
+  checkpoints.Checkpointer.close = timed(
+      "checkpoint_close", checkpoints.Checkpointer.close, block=False)
   report.write = timed("report", report.write, block=False)
   plots.learning_curves = timed("learning_curves", plots.learning_curves,
                                 block=False)

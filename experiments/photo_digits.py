@@ -8,10 +8,10 @@ compression at quality 60-85, in frames of 300-1200 px, portrait or landscape.
 The same digits are also kept as clean cases: dark ink on white at a normal
 size, and the 28x28 MNIST image itself (white on black).
 
-The script predicts them with a trained run folder, through predict.py's
-preprocess, and prints the accuracy on each kind; `--baseline_rev=REV` also
-measures the preprocess of predict.py at that git revision (read with
-`git show`), so before and after come from one command:
+The script predicts them with a trained run folder, through the preprocess of
+mnist_jax/data/images.py, and prints the accuracy on each kind;
+`--baseline_rev=REV` also measures the preprocess at that git revision (read
+with `git show`), so before and after come from one command:
 
   python experiments/photo_digits.py --run=RUN --data_dir=DIR --num=1000 \
       --seed=0 --baseline_rev=HEAD~3
@@ -23,6 +23,7 @@ Importing this module has no side effects: tests use `render_photo`,
 """
 
 import argparse
+import importlib
 import importlib.util
 import io
 import os
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from unittest import mock
 
 import numpy as np
 from PIL import Image
@@ -40,12 +42,12 @@ sys.path.insert(0, ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import matplotlib.pyplot as plt
-from mnist_jax import data
-from mnist_jax import idx
-from mnist_jax import plots
-from mnist_jax import predict
-from mnist_jax import trained
+from mnist_jax.data import idx
+from mnist_jax.data import images as images_lib
+from mnist_jax.data import pipeline
 from mnist_jax.errors import UserError
+from mnist_jax.results import plots
+from mnist_jax.results import run as run_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 PAPERS = {  # RGB of the paper in full light.
@@ -182,24 +184,37 @@ def test_digits(mnist_dir=None, data_dir=None):
                  "with MNIST's IDX files")
       paths.append(found[0])
     return idx.read_pair(*paths)
-  arrays = data.prepare("mnist", data_dir=data_dir)
+  arrays = pipeline.prepare("mnist", data_dir=data_dir)
   return arrays["test_images"], arrays["test_labels"]
 
 
+# Where the preprocess lived, newest first: mnist_jax/predict.py before the
+# package had subpackages. That file imports the modules that moved under
+# their old names; they are lent to it while it loads.
+BASELINE_FILES = ("mnist_jax/data/images.py", "mnist_jax/predict.py")
+_OLD_MODULES = {"mnist_jax.datasets": "mnist_jax.data.datasets",
+                "mnist_jax.trained": "mnist_jax.results.run"}
+
+
 def baseline_preprocess(rev: str):
-  """predict.preprocess as it is in mnist_jax/predict.py at git revision rev."""
-  shown = subprocess.run(["git", "show", f"{rev}:mnist_jax/predict.py"], cwd=ROOT,
-                         capture_output=True, text=True, check=False)
-  if shown.returncode:
-    sys.exit(f"error: cannot read mnist_jax/predict.py at {rev} "
+  """images.preprocess as it is at git revision rev (BASELINE_FILES)."""
+  for name in BASELINE_FILES:
+    shown = subprocess.run(["git", "show", f"{rev}:{name}"], cwd=ROOT,
+                           capture_output=True, text=True, check=False)
+    if not shown.returncode:
+      break
+  else:
+    sys.exit(f"error: cannot read {' or '.join(BASELINE_FILES)} at {rev} "
              f"({shown.stderr.strip()}); pass a revision of this repository")
+  old = {o: importlib.import_module(n) for o, n in _OLD_MODULES.items()}
   with tempfile.TemporaryDirectory() as folder:
-    path = os.path.join(folder, "predict_baseline.py")
+    path = os.path.join(folder, "preprocess_baseline.py")
     with open(path, "w") as f:
       f.write(shown.stdout)
-    spec = importlib.util.spec_from_file_location("predict_baseline", path)
+    spec = importlib.util.spec_from_file_location("preprocess_baseline", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with mock.patch.dict(sys.modules, old):
+      spec.loader.exec_module(module)
   return module.preprocess
 
 
@@ -269,7 +284,7 @@ def _parse_args():
   parser.add_argument("--kinds", default="photo,scan,mnist",
                       help="pictures to measure, of photo, scan, mnist")
   parser.add_argument("--baseline_rev",
-                      help="also measure predict.py's preprocess at this git "
+                      help="also measure the preprocess at this git "
                            "revision")
   parser.add_argument("--samples", help="write the first --sample_count "
                       "photos (JPEG) and clean scans (PNG) to this folder")
@@ -343,12 +358,12 @@ def main():
           "scan": lambda: [clean_scan(d) for d in digits],
           "mnist": lambda: [mnist_style(d) for d in digits]}
   kinds = {kind: make[kind]() for kind in args.kinds}
-  methods = {"current": predict.preprocess}
+  methods = {"current": images_lib.preprocess}
   if args.baseline_rev:
     methods[args.baseline_rev] = baseline_preprocess(args.baseline_rev)
   print(f"accuracy of {args.run} on {len(digits)} test digits (no digit found "
         "counts as wrong)")
-  results = measure(trained.load_run(args.run), kinds, methods, labels)
+  results = measure(run_lib.load_run(args.run), kinds, methods, labels)
   for kind in [k for k in kinds if k != "photo" and args.baseline_rev]:
     now, before = results["current", kind], results[args.baseline_rev, kind]
     diff = np.abs(now[0].astype(int) - before[0])

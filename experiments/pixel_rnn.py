@@ -19,7 +19,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable-next=g-import-not-at-top,wrong-import-position
-from mnist_jax import models, train
+from mnist_jax import models
+from mnist_jax.training import train
 
 
 def measure(model: str, steps: int, repeats: int, **overrides):

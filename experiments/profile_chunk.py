@@ -24,12 +24,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax
 import numpy as np
 
-from mnist_jax import batches as batches_lib
-from mnist_jax import data as data_lib
 from mnist_jax import models
-from mnist_jax import parallel
-from mnist_jax import runtime
-from mnist_jax import train
+from mnist_jax.data import batches as batches_lib
+from mnist_jax.data import pipeline
+from mnist_jax.training import devices
+from mnist_jax.training import train
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -42,14 +41,14 @@ def main(argv=None):
   p.add_argument("--parallel", default="none")
   p.add_argument("--top", type=int, default=20)
   args = p.parse_args(argv)
-  runtime.split_host(args.parallel)
+  devices.split_host(args.parallel)
 
   overrides = {k: getattr(args, k) for k in ("data_dir", "mnist_dir")
                if getattr(args, k) is not None}
   config = models.get_config(args.model, args.preset, epochs=1,
                              parallel=args.parallel, **overrides)
-  par = parallel.setup(config)
-  dataset = data_lib.load(config)
+  par = devices.setup(config)
+  dataset = pipeline.load(config)
   n = len(dataset.train)
   steps = n // config.batch_size
   init_rng, data_rng = jax.random.split(jax.random.PRNGKey(config.seed))

@@ -100,10 +100,11 @@ def main(argv=None):
   except ImportError:
     sys.exit("error: PyTorch is not installed; pip install torch (only this "
              "reference script needs it)")
-  from mnist_jax import data, models  # pylint: disable=g-import-not-at-top
+  from mnist_jax import models  # pylint: disable=g-import-not-at-top
+  from mnist_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from mnist_jax.errors import UserError  # pylint: disable=g-import-not-at-top
   try:
-    arrays = data.prepare("mnist", args.data_dir, args.mnist_dir)
+    arrays = pipeline.prepare("mnist", args.data_dir, args.mnist_dir)
   except UserError as e:
     sys.exit(f"error: {e}")
   names = list(models.MODELS) if args.model == "all" else args.model.split(",")

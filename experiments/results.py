@@ -39,13 +39,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from experiments import compare
-from mnist_jax import files
 from mnist_jax import models
-from mnist_jax import plots
-from mnist_jax import sweep as sweep_lib
-from mnist_jax import workdir as workdir_lib
 from mnist_jax.errors import UserError
+from mnist_jax.results import compare
+from mnist_jax.results import plots
+from mnist_jax.rundir import files
+from mnist_jax.rundir import folder as folder_lib
+from mnist_jax.training import members as members_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 # Where the data was read from does not change a run.
@@ -77,7 +77,7 @@ class Row:
 
   def config(self):
     """The Config launch.py makes of the command."""
-    overrides = {k: sweep_lib.canonical(v, self.model) if k == "sweep" else v
+    overrides = {k: members_lib.canonical(v, self.model) if k == "sweep" else v
                  for k, v in self.flags}
     return models.get_config(self.model, self.preset, **overrides)
 
@@ -131,11 +131,11 @@ def find(rows: Sequence[Row], runs: str) -> Tuple[Dict[Row, str], Dict[Row, str]
   finished, unfinished = {}, {}
   wanted = {row: row.settings() for row in rows}
   for folder in run_folders(runs):
-    have = comparable(workdir_lib.read_config(folder))
+    have = comparable(folder_lib.read_config(folder))
     for row, want in wanted.items():
       if have != want:
         continue
-      if workdir_lib.final_metrics(folder) is None:
+      if folder_lib.final_metrics(folder) is None:
         unfinished.setdefault(row, folder)
       elif row not in finished or _finished_at(folder) > _finished_at(
           finished[row]):
@@ -145,16 +145,16 @@ def find(rows: Sequence[Row], runs: str) -> Tuple[Dict[Row, str], Dict[Row, str]
 
 def run_folders(runs: str) -> List[str]:
   """`runs` if it is a run folder, else the run folders in it (maybe none)."""
-  if os.path.exists(os.path.join(runs, workdir_lib.CONFIG_FILE)):
+  if os.path.exists(os.path.join(runs, folder_lib.CONFIG_FILE)):
     return [runs]
   if not os.path.isdir(runs):
     return []
   return sorted(os.path.join(runs, d) for d in os.listdir(runs) if os.path.exists(
-      os.path.join(runs, d, workdir_lib.CONFIG_FILE)))
+      os.path.join(runs, d, folder_lib.CONFIG_FILE)))
 
 
 def _finished_at(folder: str) -> float:
-  return os.path.getmtime(os.path.join(folder, workdir_lib.METRICS_FILE))
+  return os.path.getmtime(os.path.join(folder, folder_lib.METRICS_FILE))
 
 
 def require(rows: Sequence[Row], runs: str) -> Dict[Row, dict]:
@@ -178,7 +178,7 @@ def require(rows: Sequence[Row], runs: str) -> Dict[Row, dict]:
 
 
 def _result(folder: str) -> dict:
-  final = dict(workdir_lib.final_metrics(folder))
+  final = dict(folder_lib.final_metrics(folder))
   final["run"] = folder
   final["time_s"] = final["wall_time_s"] - (final.get("data_time_s") or 0.0)
   return final
@@ -284,13 +284,14 @@ def ensemble_paragraph(final: dict) -> str:
 
 def sweep_paragraph(sweep: dict, single: dict) -> str:
   chosen = sweep["chosen"]
+  label = members_lib.values_text(chosen["values"], chosen["seed"])
   members = len(sweep["members"])
   return (f"The README's sweep, `{SWEEP.command()}` ({members} members, "
           f"{sweep['epochs_run']} epochs), took {_time(sweep['time_s'])} against "
           f"{_time(single['time_s'])} for the single run `{SINGLE_MLP.command()}` "
           f"of the results table: {sweep['time_s'] / single['time_s']:.1f}x for "
           f"{members} members. Its chosen member "
-          f"({sweep_lib.values_text(chosen['values'], chosen['seed'])}) reaches "
+          f"({label}) reaches "
           f"{_pct(sweep['test_accuracy'])} test accuracy; the single run, "
           f"{_pct(single['test_accuracy'])}.")
 

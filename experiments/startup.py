@@ -34,20 +34,21 @@ def mark(name):
   marks.setdefault(name, round(time.perf_counter() - T0, 3))
 import launch
 mark("imported_launch")
-from mnist_jax import data, parallel, train
+from mnist_jax.data import pipeline
+from mnist_jax.training import devices, train
 mark("imported_train")
 
 class _Started(Exception):
   pass
 
-_load = data.load
+_load = pipeline.load
 def load(config):
   out = _load(config)
   mark("data_loaded")
   return out
-data.load = load
+pipeline.load = load
 
-_compile = parallel.Parallel.compile_train
+_compile = devices.Parallel.compile_train
 def compile_train(self, *args, **kwargs):
   mark("state_ready")
   _compile(self, *args, **kwargs)
@@ -60,7 +61,7 @@ def compile_train(self, *args, **kwargs):
         if m in sys.modules)
     raise _Started()
   return first_call
-parallel.Parallel.compile_train = compile_train
+devices.Parallel.compile_train = compile_train
 
 try:
   launch.FLAGS(sys.argv)

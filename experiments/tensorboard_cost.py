@@ -3,7 +3,7 @@
   python experiments/tensorboard_cost.py --run=runs/linear-seed
   python experiments/tensorboard_cost.py --run=runs/linear-seed --members=4
 
-Replays a finished run folder's metrics.jsonl through tensorboard_events.Writer
+Replays a finished run folder's metrics.jsonl through tensorboard.Writer
 into a temporary folder: opening the writer, each `epoch(row)` (median of
 --repeats calls, at epochs past the run's own) and `final(row, figures)` with
 the folder's PNG figures, then `close()`. With --members=N each row gets N
@@ -21,7 +21,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=wrong-import-position
-from mnist_jax import report, tensorboard_events, workdir as workdir_lib
+from mnist_jax.results import report
+from mnist_jax.rundir import folder
+from mnist_jax.rundir import tensorboard
 
 
 def _with_members(row, config, n):
@@ -41,8 +43,8 @@ def main():
   parser.add_argument("--repeats", type=int, default=200)
   args = parser.parse_args()
 
-  rows = workdir_lib.read_metrics(os.path.join(args.run, workdir_lib.METRICS_FILE))
-  config = workdir_lib.read_config(args.run)
+  rows = folder.read_metrics(os.path.join(args.run, folder.METRICS_FILE))
+  config = folder.read_config(args.run)
   config = config.replace(num_seeds=args.members,  # A schedule for every epoch.
                           epochs=config.epochs + args.repeats)
   epochs = [_with_members(r, config, args.members) for r in rows if "train_loss" in r]
@@ -52,7 +54,7 @@ def main():
 
   with tempfile.TemporaryDirectory() as logdir:
     start = time.perf_counter()
-    writer = tensorboard_events.Writer(logdir, config, steps_per_epoch=steps)
+    writer = tensorboard.Writer(logdir, config, steps_per_epoch=steps)
     opened = time.perf_counter() - start
     times = []
     for i in range(args.repeats):

@@ -10,13 +10,13 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from mnist_jax import data as data_lib
-from mnist_jax import predict
-from mnist_jax import train
-from mnist_jax import workdir as workdir_lib
 from mnist_jax.config import Config
+from mnist_jax.data import images
+from mnist_jax.data import pipeline
 from mnist_jax.models import get_config
-from mnist_jax.trained import Run, as_images, load_run
+from mnist_jax.results.run import Run, as_images, load_run
+from mnist_jax.rundir import folder
+from mnist_jax.training import train
 
 __all__ = ["Config", "Run", "as_images", "get_config", "load_data",
            "load_image", "load_run", "read_metrics", "train_and_evaluate"]
@@ -38,20 +38,20 @@ def train_and_evaluate(config: Config, workdir: Optional[str] = None,
   Returns:
     the final metrics row (test_accuracy, test_loss, wall_time_s, ...).
   """
-  workdir = workdir or config.workdir or workdir_lib.default_workdir(
+  workdir = workdir or config.workdir or folder.default_workdir(
       config.model)
   return train.train_and_evaluate(config.replace(workdir=workdir), workdir,
                                   overwrite=overwrite)
 
 
-def load_data(config: Config, **overrides) -> data_lib.Dataset:
+def load_data(config: Config, **overrides) -> pipeline.Dataset:
   """The dataset a config trains on, split as its run was: `.train`, `.val`
   and `.test` each hold images [N, 28, 28] uint8 and labels [N] int32, and
   `.class_names` the K label names. Prepares it first if needed.
 
   overrides: Config fields to change, e.g. data_dir or mnist_dir.
   """
-  return data_lib.load(config.replace(**overrides))
+  return pipeline.load(config.replace(**overrides))
 
 
 def load_image(image) -> np.ndarray:
@@ -65,12 +65,12 @@ def load_image(image) -> np.ndarray:
     mass, as the MNIST digits were made.
   """
   if isinstance(image, (str, os.PathLike)):
-    return predict.load(os.fspath(image))
-  return predict.preprocess(image)
+    return images.load(os.fspath(image))
+  return images.preprocess(image)
 
 
 def read_metrics(workdir: str) -> List[dict]:
   """A run folder's metrics.jsonl rows: one per epoch, then the final one
   (with test_accuracy) once the run has finished."""
-  return list(workdir_lib.read_metrics(
-      os.path.join(workdir, workdir_lib.METRICS_FILE)))
+  return list(folder.read_metrics(
+      os.path.join(workdir, folder.METRICS_FILE)))

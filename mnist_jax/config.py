@@ -11,7 +11,7 @@ import json
 import math
 from typing import Any, Optional, Tuple
 
-from mnist_jax import datasets
+from mnist_jax.data import datasets
 from mnist_jax.errors import UserError
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")

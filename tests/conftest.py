@@ -9,7 +9,10 @@ import jax
 import numpy as np
 import pytest
 
-from mnist_jax import batches, idx, replicas, train
+from mnist_jax.data import batches
+from mnist_jax.data import idx
+from mnist_jax.training import members
+from mnist_jax.training import train
 
 # One fresh persistent compilation cache per test session, never the user's:
 # the many tests that train the same tiny model, in this process or in child
@@ -55,9 +58,9 @@ def members_in_turn_and_vmapped(config, num_members, make_state, data_rng,
       chunk_len=len(valid)), in_axes=(0, None), out_axes=1)(data_rng, 1)[0]
   out = {}
   for in_turn in (True, False):
-    chunk = replicas.train_chunk(train.make_train_chunk(config, jit=False),
-                                 num_members, sequential=in_turn)
-    options = replicas.compiler_options(num_members) if in_turn else None
+    chunk = members.train_chunk(train.make_train_chunk(config, jit=False),
+                                num_members, sequential=in_turn)
+    options = members.compiler_options(num_members) if in_turn else None
     out[in_turn] = jax.jit(chunk, donate_argnums=(0,), compiler_options=options)(
         make_state(), images, labels, order, np.asarray(valid))
   return out
@@ -85,16 +88,17 @@ def idx_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def prepared(idx_dir, tmp_path_factory):
   """(mnist_dir, data_dir) with the synthetic dataset prepared through tfds."""
-  from mnist_jax import data  # pylint: disable=g-import-not-at-top
+  from mnist_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   data_dir = str(tmp_path_factory.mktemp("tfds"))
-  data.prepare("mnist", data_dir, idx_dir)
+  pipeline.prepare("mnist", data_dir, idx_dir)
   return idx_dir, data_dir
 
 
 @pytest.fixture(scope="session")
 def tiny_run(prepared, tmp_path_factory):
   """A finished one-epoch MLP run folder on the synthetic data (with its report)."""
-  from mnist_jax import models, train  # pylint: disable=g-import-not-at-top
+  from mnist_jax import models  # pylint: disable=g-import-not-at-top
+  from mnist_jax.training import train  # pylint: disable=g-import-not-at-top
   mnist_dir, data_dir = prepared
   workdir = str(tmp_path_factory.mktemp("runs") / "mlp")
   config = models.get_config("mlp", "seed", epochs=1, mlp_hidden=(16,),

@@ -20,13 +20,13 @@ _CHILD = r"""
 import os, runpy, sys, time
 script = sys.argv[1]  # launch.py as the user typed it.
 sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
-from mnist_jax import progress
-_update = progress.Progress.update
+from mnist_jax.rundir import log
+_update = log.Progress.update
 def update(self, epoch, done, total, elapsed):
   print(f"@chunk epoch={epoch} done={done}", flush=True)
   time.sleep(float(os.environ.get("CHUNK_PAUSE_S", "0")))
   return _update(self, epoch, done, total, elapsed)
-progress.Progress.update = update
+log.Progress.update = update
 sys.argv = [script] + sys.argv[2:]
 runpy.run_path(script, run_name="__main__")
 """
@@ -123,13 +123,15 @@ def deterministic(rows):
 def restore_latest(workdir):
   """(state, meta) of a run folder's latest checkpoint, via a fresh template."""
   # pylint: disable=g-import-not-at-top
-  from mnist_jax import checkpoint, models, train
-  from mnist_jax import workdir as workdir_lib
+  from mnist_jax import models
+  from mnist_jax.rundir import checkpoints
+  from mnist_jax.rundir import folder as folder_lib
+  from mnist_jax.training import train
   # pylint: enable=g-import-not-at-top
-  config = workdir_lib.read_config(workdir)
+  config = folder_lib.read_config(workdir)
   template = train.create_train_state(jax.random.PRNGKey(0), config,
                                       models.get(config.model).build(config), 1)
-  reader = checkpoint.Checkpointer(workdir, read_only=True)
+  reader = checkpoints.Checkpointer(workdir, read_only=True)
   try:
     return reader.restore(template, model=config.model)
   finally:

@@ -17,7 +17,11 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from conftest import synthetic_digits  # pylint: disable=wrong-import-position
-from mnist_jax import batches, members, models, parallel, train  # pylint: disable=wrong-import-position
+from mnist_jax import models  # pylint: disable=wrong-import-position
+from mnist_jax.data import batches  # pylint: disable=wrong-import-position
+from mnist_jax.training import devices  # pylint: disable=wrong-import-position
+from mnist_jax.training import members  # pylint: disable=wrong-import-position
+from mnist_jax.training import train  # pylint: disable=wrong-import-position
 
 MODES = ("none", "pmap", "sharded")
 # Dropout is on only in "mlp_drop": pmap draws a different mask on each device,
@@ -42,7 +46,7 @@ def run(name, mode, train_x, train_y, test_x, test_y):
                              optimizer="adam", learning_rate=3e-3,
                              label_smoothing=0.1, grad_clip=1.0, parallel=mode,
                              **CONFIGS[name])
-  par = parallel.setup(config)
+  par = devices.setup(config)
   assert par.mode == mode, (par.mode, mode)
   state = train.create_train_state(jax.random.PRNGKey(1), config,
                                    models.build(config), STEPS)

@@ -11,7 +11,8 @@ from PIL import Image, ImageDraw
 import pytest
 
 import mnist_jax
-from mnist_jax import api, workdir
+from mnist_jax import api
+from mnist_jax.rundir import folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -113,7 +114,7 @@ def test_the_flax_module_computes_the_runs_logits(run, test_split):
 def test_evaluate_gives_the_training_runs_test_metrics(run, test_split,
                                                        tiny_run):
   result = run.evaluate(test_split.images, test_split.labels)
-  final = workdir.final_metrics(tiny_run)
+  final = folder.final_metrics(tiny_run)
   assert result["accuracy"] == pytest.approx(final["test_accuracy"], abs=1e-6)
   assert result["loss"] == pytest.approx(final["test_loss"], rel=1e-4)
   assert result["confusion"].sum() == len(test_split)
@@ -138,6 +139,6 @@ def test_load_image_takes_a_path_or_a_pil_image(tmp_path):
 
 def test_train_and_evaluate_defaults_to_the_configs_workdir(tiny_run, capsys):
   """A finished run folder is returned as it is, not trained again."""
-  final = mnist_jax.train_and_evaluate(workdir.read_config(tiny_run))
-  assert final == workdir.final_metrics(tiny_run)
+  final = mnist_jax.train_and_evaluate(folder.read_config(tiny_run))
+  assert final == folder.final_metrics(tiny_run)
   assert f"{tiny_run} already finished" in capsys.readouterr().out

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_jax import augment, models
+from mnist_jax import models
+from mnist_jax.data import augment
 
 
 def _images(n=4, seed=0):

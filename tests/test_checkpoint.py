@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import launch_helpers as lh
-from mnist_jax import checkpoint
 from mnist_jax import models
-from mnist_jax import train
+from mnist_jax.rundir import checkpoints
+from mnist_jax.training import train
 
 CONFIG = models.get_config("linear", "seed")
 
@@ -27,11 +27,11 @@ def saved(tmp_path_factory):
   """(workdir, state): two checkpoints of a linear model, steps 7 and 14."""
   workdir = str(tmp_path_factory.mktemp("saved"))
   state = _state()
-  writer = checkpoint.Checkpointer(workdir)
+  writer = checkpoints.Checkpointer(workdir)
   for step in (7, 14):
     writer.save(step, state, {"epoch": step // 7, "epoch_step": 0,
                               "step": step, "model": "linear",
-                              "param_shapes": checkpoint.param_shapes(
+                              "param_shapes": checkpoints.param_shapes(
                                   state.params)})
   writer.close()
   return workdir, state
@@ -44,11 +44,11 @@ def _copy(saved, tmp_path):
 
 
 def _step_dir(workdir, step=14):
-  return os.path.join(workdir, checkpoint.CHECKPOINT_DIR, str(step))
+  return os.path.join(workdir, checkpoints.CHECKPOINT_DIR, str(step))
 
 
 def _restore(workdir, template=None, model="linear"):
-  reader = checkpoint.Checkpointer(workdir, read_only=True)
+  reader = checkpoints.Checkpointer(workdir, read_only=True)
   try:
     return reader.restore(_state() if template is None else template,
                           model=model)
@@ -60,7 +60,7 @@ def test_restore_ignores_the_devices_a_checkpoint_was_written_on(saved,
                                                                  tmp_path):
   """A checkpoint written with its arrays over 2 devices (what orbax records
   of the members of a split host) restores in a process with one device,
-  into a template of shapes only (trained.load_run's), whole on this
+  into a template of shapes only (run.load_run's), whole on this
   process's device."""
   workdir = _copy(saved, tmp_path)
   path = os.path.join(_step_dir(workdir), "state", "_sharding")
@@ -110,7 +110,7 @@ def _edit_meta(workdir, edit, checksum=True):
     meta = json.load(f)
   edit(meta)
   if checksum:
-    meta["meta_checksum"] = checkpoint._meta_checksum(meta)  # pylint: disable=protected-access
+    meta["meta_checksum"] = checkpoints._meta_checksum(meta)  # pylint: disable=protected-access
   with open(_meta_path(workdir), "w") as f:
     json.dump(meta, f)
 
@@ -139,7 +139,7 @@ def test_damage_is_called_damage_and_names_the_checkpoint_before(
   workdir = _copy(saved, tmp_path)
   spoil, reason = DAMAGE[damage]
   spoil(workdir)
-  with pytest.raises(checkpoint.CheckpointError) as e:
+  with pytest.raises(checkpoints.CheckpointError) as e:
     _restore(workdir)
   message = str(e.value)
   assert "\n" not in message
@@ -147,7 +147,7 @@ def test_damage_is_called_damage_and_names_the_checkpoint_before(
   assert reason in message
   assert (f"delete that folder to go back to the checkpoint before it, "
           f"{_step_dir(workdir, 7)}, or pass --overwrite") in message
-  reader = checkpoint.Checkpointer(workdir, read_only=True)
+  reader = checkpoints.Checkpointer(workdir, read_only=True)
   assert reader.damage(7) is None
   if damage != "flipped_array_byte":  # Only the run's structure finds that.
     assert reason in reader.damage(14)
@@ -157,7 +157,7 @@ def test_damage_of_the_only_checkpoint_advises_no_deletion(saved, tmp_path):
   workdir = _copy(saved, tmp_path)
   shutil.rmtree(_step_dir(workdir, 7))
   _truncate_arrays(workdir)
-  with pytest.raises(checkpoint.CheckpointError) as e:
+  with pytest.raises(checkpoints.CheckpointError) as e:
     _restore(workdir)
   message = str(e.value)
   assert "is damaged or truncated" in message and "delete" not in message
@@ -167,7 +167,7 @@ def test_damage_of_the_only_checkpoint_advises_no_deletion(saved, tmp_path):
 def _unknown_orbax_error(workdir, monkeypatch):
   """Makes the first read of the state fail as orbax might for a reason
   mnist_jax cannot name (here its old topology error); later reads work."""
-  reader = checkpoint.Checkpointer(workdir, read_only=True)
+  reader = checkpoints.Checkpointer(workdir, read_only=True)
   manager = reader._manager  # pylint: disable=protected-access
   real, failed = manager.restore, []
 
@@ -194,7 +194,7 @@ MISMATCH = {
                           "train state (User-provided restore item"),
     "another_model": ("mlp", "was written by model 'linear', not 'mlp'"),
     "other_shapes": ("bias", "holds another model's parameters"),
-    "newer_format": (_format(checkpoint.FORMAT + 1),
+    "newer_format": (_format(checkpoints.FORMAT + 1),
                      "written by a newer mnist_jax"),
     "older_format": (_format(1), "written by an older mnist_jax"),
 }
@@ -219,8 +219,8 @@ def test_an_intact_checkpoint_that_does_not_fit_is_not_damage(
         lambda p: np.zeros(p.shape[:-1] + (11,), p.dtype), template.params))
   else:
     how(workdir)
-  reader = reader or checkpoint.Checkpointer(workdir, read_only=True)
-  with pytest.raises(checkpoint.CheckpointError) as e:
+  reader = reader or checkpoints.Checkpointer(workdir, read_only=True)
+  with pytest.raises(checkpoints.CheckpointError) as e:
     reader.restore(template, model=model)
   message = str(e.value)
   assert "\n" not in message and words in message, message

@@ -12,10 +12,10 @@ import matplotlib.pyplot as plt
 from PIL import Image
 import pytest
 
-from experiments import compare
-from mnist_jax import files
-from mnist_jax import plots
-from mnist_jax import workdir as workdir_lib
+from mnist_jax.results import compare
+from mnist_jax.results import plots
+from mnist_jax.rundir import files
+from mnist_jax.rundir import folder as folder_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,7 +40,7 @@ def test_trains_and_compares_with_mean_over_seeds(tiny_run, prepared, tmp_path):
   with open(os.path.join(out, "comparison.csv")) as f:
     rows = list(csv.DictReader(f))
   linear = rows[0]
-  accuracies = [workdir_lib.final_metrics(d)["test_accuracy"] for d in folders]
+  accuracies = [folder_lib.final_metrics(d)["test_accuracy"] for d in folders]
   assert linear["runs"] == "2" and linear["seeds"] == "0 1"
   assert float(linear["test_accuracy_mean"]) == pytest.approx(
       sum(accuracies) / 2, abs=1e-6)
@@ -57,8 +57,8 @@ def test_trains_and_compares_with_mean_over_seeds(tiny_run, prepared, tmp_path):
 def test_same_model_groups_are_told_apart(tiny_run, tmp_path):
   other = str(tmp_path / "mlp-lr")
   subprocess.run(["cp", "-r", tiny_run, other], check=True)
-  path = os.path.join(other, workdir_lib.CONFIG_FILE)
-  record = workdir_lib.read_config(other).replace(learning_rate=0.01)
+  path = os.path.join(other, folder_lib.CONFIG_FILE)
+  record = folder_lib.read_config(other).replace(learning_rate=0.01)
   with open(path) as f:
     data = json.load(f)
   data["config"] = record.to_dict()
@@ -84,14 +84,15 @@ def test_command_line_errors(tmp_path):
 @pytest.mark.slow
 def test_num_seeds_run_gives_one_run_per_seed(prepared, tmp_path):
   """A --num_seeds=3 run is grouped as three seeds, with their spread."""
-  from mnist_jax import models, train  # pylint: disable=g-import-not-at-top
+  from mnist_jax import models  # pylint: disable=g-import-not-at-top
+  from mnist_jax.training import train  # pylint: disable=g-import-not-at-top
   mnist_dir, data_dir = prepared
   folder = str(tmp_path / "linear-3seeds")
   config = models.get_config("linear", "seed", num_seeds=3, seed=5, epochs=2,
                              val_fraction=0.1, mnist_dir=mnist_dir,
                              data_dir=data_dir)
   train.train_and_evaluate(config, folder, stream=io.StringIO())
-  final = workdir_lib.final_metrics(folder)
+  final = folder_lib.final_metrics(folder)
   groups = compare.compare([folder], str(tmp_path / "out"), log=lambda _: None)
   assert len(groups) == 1
   g = groups[0]
@@ -100,8 +101,8 @@ def test_num_seeds_run_gives_one_run_per_seed(prepared, tmp_path):
   assert len(set(g["test_loss"])) == 3
   for curve, replica in zip(g["curves"], range(3)):
     assert [r["epoch"] for r in curve] == [1, 2]
-    rows = list(workdir_lib.read_metrics(
-        os.path.join(folder, workdir_lib.METRICS_FILE)))
+    rows = list(folder_lib.read_metrics(
+        os.path.join(folder, folder_lib.METRICS_FILE)))
     assert curve[1]["val_loss"] == rows[1]["members"][replica]["val_loss"]
     assert "members" not in curve[1] and "val_loss_std" not in curve[1]
   with open(os.path.join(str(tmp_path / "out"), "comparison.csv")) as f:
@@ -119,7 +120,7 @@ def test_num_seeds_run_gives_one_run_per_seed(prepared, tmp_path):
 
 
 def test_final_row_records_data_time_and_compare_leaves_it_out(tiny_run):
-  final = workdir_lib.final_metrics(tiny_run)
+  final = folder_lib.final_metrics(tiny_run)
   assert 0 < final["data_time_s"] < final["wall_time_s"]
   summary = compare.summarize(tiny_run)
   assert summary["train_time_s"] == pytest.approx(
@@ -129,8 +130,8 @@ def test_final_row_records_data_time_and_compare_leaves_it_out(tiny_run):
 def test_a_run_without_data_time_still_loads_and_is_named(tiny_run, tmp_path):
   old = str(tmp_path / "old")
   shutil.copytree(tiny_run, old)
-  path = os.path.join(old, workdir_lib.METRICS_FILE)
-  rows = list(workdir_lib.read_metrics(path))
+  path = os.path.join(old, folder_lib.METRICS_FILE)
+  rows = list(folder_lib.read_metrics(path))
   del rows[-1]["data_time_s"]
   files.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
   summary = compare.summarize(old)
@@ -150,10 +151,10 @@ def test_sort_key_orders_numbers_as_numbers_across_types():
 
 def _copy_with(run, folder, **changes):
   subprocess.run(["cp", "-r", run, folder], check=True)
-  path = os.path.join(folder, workdir_lib.CONFIG_FILE)
+  path = os.path.join(folder, folder_lib.CONFIG_FILE)
   with open(path) as f:
     data = json.load(f)
-  data["config"] = workdir_lib.read_config(folder).replace(**changes).to_dict()
+  data["config"] = folder_lib.read_config(folder).replace(**changes).to_dict()
   files.write_json(path, data)
   return compare.summarize(folder)
 

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_digits, write_idx_dir
-from mnist_jax import data, idx
+from mnist_jax.data import idx
+from mnist_jax.data import pipeline
+from mnist_jax.data import views
 from mnist_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +25,7 @@ def _as_set(images, labels):
 
 def test_prepare_offline_keeps_every_example(prepared):
   mnist_dir, data_dir = prepared
-  arrays = data.prepare("mnist", data_dir, mnist_dir)
+  arrays = pipeline.prepare("mnist", data_dir, mnist_dir)
   tr_x, tr_y = synthetic_digits(600, 0)
   te_x, te_y = synthetic_digits(200, 1)
   assert arrays["train_images"].dtype == np.uint8
@@ -35,11 +37,11 @@ def test_prepare_offline_keeps_every_example(prepared):
 
 def test_second_load_uses_cache_and_same_order(prepared):
   mnist_dir, data_dir = prepared
-  first = data.prepare("mnist", data_dir, mnist_dir)
+  first = pipeline.prepare("mnist", data_dir, mnist_dir)
   cache = os.path.join(data_dir, "mnist", "3.0.1", "mnist_jax_arrays.npz")
   assert os.path.exists(cache)
   start = time.perf_counter()
-  second = data.prepare("mnist", data_dir)  # No --mnist_dir needed any more.
+  second = pipeline.prepare("mnist", data_dir)  # No --mnist_dir needed any more.
   assert time.perf_counter() - start < 2.0
   for k in first:
     np.testing.assert_array_equal(first[k], second[k])
@@ -48,16 +50,16 @@ def test_second_load_uses_cache_and_same_order(prepared):
 def test_damaged_cache_is_rebuilt_from_tfds(prepared, tmp_path):
   mnist_dir, data_dir = prepared
   cache = os.path.join(data_dir, "mnist", "3.0.1", "mnist_jax_arrays.npz")
-  good = data.prepare("mnist", data_dir)
+  good = pipeline.prepare("mnist", data_dir)
   with open(cache, "wb") as f:
     f.write(b"not an npz")
-  again = data.prepare("mnist", data_dir)
+  again = pipeline.prepare("mnist", data_dir)
   np.testing.assert_array_equal(good["train_labels"], again["train_labels"])
 
 
 def test_uncompressed_files_prepare_too(tmp_path):
   mnist_dir = write_idx_dir(tmp_path / "raw", n_train=50, n_test=20, compress=False)
-  arrays = data.prepare("mnist", str(tmp_path / "tfds"), mnist_dir)
+  arrays = pipeline.prepare("mnist", str(tmp_path / "tfds"), mnist_dir)
   assert len(arrays["train_labels"]) == 50 and len(arrays["test_labels"]) == 20
 
 
@@ -66,7 +68,8 @@ def test_first_prepare_prints_one_line_into_a_log(tmp_path):
   progress bars (escape codes and carriage returns) or its absl warnings."""
   mnist_dir = write_idx_dir(tmp_path / "idx", n_train=50, n_test=20)
   data_dir = str(tmp_path / "tfds")
-  code = f"from mnist_jax import data; data.prepare('mnist', {data_dir!r}, {mnist_dir!r})"
+  code = ("from mnist_jax.data import pipeline; "
+          f"pipeline.prepare('mnist', {data_dir!r}, {mnist_dir!r})")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True,
                        text=True, cwd=ROOT, check=False, timeout=120)
   assert out.returncode == 0, out.stderr[-2000:]
@@ -81,8 +84,8 @@ def test_first_prepare_prints_one_line_into_a_log(tmp_path):
 @pytest.mark.parametrize("fraction,n_train,n_val", [(0.1, 540, 60), (0.0, 600, 0),
                                                      (0.5, 300, 300)])
 def test_split_holds_out_the_last_fraction(prepared, fraction, n_train, n_val):
-  arrays = data.prepare("mnist", prepared[1])
-  ds = data.split(arrays, fraction)
+  arrays = pipeline.prepare("mnist", prepared[1])
+  ds = pipeline.split(arrays, fraction)
   assert (len(ds.train), len(ds.val), len(ds.test)) == (n_train, n_val, 200)
   np.testing.assert_array_equal(ds.val.labels, arrays["train_labels"][n_train:])
 
@@ -92,7 +95,7 @@ def test_split_holds_out_the_last_fraction(prepared, fraction, n_train, n_val):
 def test_views_scale_to_unit_interval(view, shape):
   images = np.array([np.zeros((28, 28)), np.full((28, 28), 255),
                      np.full((28, 28), 51)], np.uint8)
-  x = np.asarray(data.to_view(images, view))
+  x = np.asarray(views.to_view(images, view))
   assert x.shape == shape and x.dtype == np.float32
   assert x.min() == 0.0 and x.max() == 1.0
   assert np.allclose(x[2], 0.2)
@@ -117,27 +120,27 @@ def test_corrupt_file_names_it_and_leaves_nothing(tmp_path, how):
   _break(bad, how)
   data_dir = tmp_path / "tfds"
   with pytest.raises(idx.IdxError, match="train-images-idx3-ubyte.gz") as e:
-    data.prepare("mnist", str(data_dir), mnist_dir)
+    pipeline.prepare("mnist", str(data_dir), mnist_dir)
   assert "\n" not in str(e.value)
   prepared_files = [f for _, _, fs in os.walk(data_dir) for f in fs]
   assert prepared_files == []
   # The next run, with good files, is not poisoned.
   write_idx_dir(tmp_path / "idx", n_train=50, n_test=20)
-  assert len(data.prepare("mnist", str(data_dir), mnist_dir)["train_labels"]) == 50
+  assert len(pipeline.prepare("mnist", str(data_dir), mnist_dir)["train_labels"]) == 50
 
 
 def test_missing_file_is_named(tmp_path):
   mnist_dir = write_idx_dir(tmp_path / "idx", n_train=50, n_test=20)
   os.remove(os.path.join(mnist_dir, "t10k-labels-idx1-ubyte.gz"))
   with pytest.raises(UserError, match="t10k-labels-idx1-ubyte"):
-    data.prepare("mnist", str(tmp_path / "tfds"), mnist_dir)
+    pipeline.prepare("mnist", str(tmp_path / "tfds"), mnist_dir)
 
 
 def test_offline_without_data_fails_fast(tmp_path, monkeypatch):
-  monkeypatch.setattr(data, "_network_reachable", lambda url: False)
+  monkeypatch.setattr(pipeline, "_network_reachable", lambda url: False)
   start = time.perf_counter()
   with pytest.raises(UserError, match="--mnist_dir") as e:
-    data.prepare("mnist", str(tmp_path / "empty"))
+    pipeline.prepare("mnist", str(tmp_path / "empty"))
   assert time.perf_counter() - start < 5.0
   assert "--data_dir" in str(e.value)
 
@@ -147,7 +150,7 @@ def test_network_probe_reports_a_closed_port():
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]  # Bound but not listening: connections refused.
     start = time.perf_counter()
-    assert not data._network_reachable(f"http://127.0.0.1:{port}/", timeout=1.0)
+    assert not pipeline._network_reachable(f"http://127.0.0.1:{port}/", timeout=1.0)
   assert time.perf_counter() - start < 3.0
 
 

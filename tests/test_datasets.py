@@ -6,7 +6,10 @@ import os
 import pytest
 
 from tests.conftest import write_idx_dir
-from mnist_jax import data, datasets, models, train
+from mnist_jax import models
+from mnist_jax.data import datasets
+from mnist_jax.data import pipeline
+from mnist_jax.training import train
 
 
 @pytest.mark.slow
@@ -21,7 +24,7 @@ def test_each_dataset_prepares_trains_and_plots(dataset, model, extra, tmp_path)
   config = models.get_config(model, dataset=dataset, mnist_dir=idx_dir,
                              data_dir=data_dir, epochs=1, batch_size=100,
                              val_fraction=0.0, **extra)
-  loaded = data.load(config)
+  loaded = pipeline.load(config)
   assert loaded.class_names == tuple(datasets.class_names(dataset))
   assert len(loaded.train) == 300 and len(loaded.test) == 100
   # Prepared under the dataset's own name, beside any other dataset.

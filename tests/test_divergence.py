@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import launch_helpers as lh
-from mnist_jax import divergence, models, train
+from mnist_jax import models
+from mnist_jax.training import control
+from mnist_jax.training import train
 
 # Adam with a learning rate warming up linearly towards 1e38: the linear
 # model's logits overflow float32 after a few epochs (about step 130 of
@@ -92,19 +94,19 @@ def test_chunk_reports_non_finite_update_of_its_last_step():
 
 
 def test_the_run_stops_once_every_member_has():
-  assert divergence.all_stopped(np.int32(-1)) is None
-  assert divergence.all_stopped(np.array([-1, -1])) is None
-  assert divergence.all_stopped(np.int32(7)) == 7
-  assert divergence.all_stopped(np.array([-1, 12, 9, -1])) is None
-  assert divergence.all_stopped(np.array([20, 12, 9, 20])) == 20
+  assert control.all_diverged(np.int32(-1)) is None
+  assert control.all_diverged(np.array([-1, -1])) is None
+  assert control.all_diverged(np.int32(7)) == 7
+  assert control.all_diverged(np.array([-1, 12, 9, -1])) is None
+  assert control.all_diverged(np.array([20, 12, 9, 20])) == 20
   # Members 0 and 3 stopped at the chunk from step 20 on; 1 and 2 before.
-  assert divergence.stopped_after(np.array([23, 12, -1, 21]), 20) == [0, 3]
+  assert control.diverged_after(np.array([23, 12, -1, 21]), 20) == [0, 3]
 
 
 def test_message_and_row_say_where():
-  text = divergence.message(75, 3, 37, "the last good checkpoint, C/74, is kept")
+  text = control.diverged_message(75, 3, 37, "the last good checkpoint, C/74, is kept")
   assert text.startswith("training diverged: ")
   assert "at step 75 (epoch 3, step 1 of 37)" in text
   assert "C/74, is kept" in text and "--learning_rate" in text and "\n" not in text
-  assert divergence.row(75, 3, text) == {"epoch": 3, "step": 75,
-                                         "diverged": True, "message": text}
+  assert control.diverged_row(75, 3, text) == {"epoch": 3, "step": 75,
+                                               "diverged": True, "message": text}

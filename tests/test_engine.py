@@ -7,22 +7,22 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_digits
-from mnist_jax import batches
-from mnist_jax import data
-from mnist_jax import engine as engine_lib
-from mnist_jax import members as members_lib
 from mnist_jax import models
-from mnist_jax import resume
-from mnist_jax import train
+from mnist_jax.data import batches
+from mnist_jax.data import pipeline
+from mnist_jax.rundir import checkpoints
+from mnist_jax.training import devices
+from mnist_jax.training import members as members_lib
+from mnist_jax.training import train
 
 
 def _dataset():
   images, labels = synthetic_digits(230, seed=5)
   test_images, test_labels = synthetic_digits(70, seed=6)
-  return data.split({"train_images": images,
-                     "train_labels": labels.astype(np.int32),
-                     "test_images": test_images,
-                     "test_labels": test_labels.astype(np.int32)}, 0.1)
+  return pipeline.split({"train_images": images,
+                         "train_labels": labels.astype(np.int32),
+                         "test_images": test_images,
+                         "test_labels": test_labels.astype(np.int32)}, 0.1)
 
 
 def _engine(num_seeds=1, **overrides):
@@ -31,12 +31,12 @@ def _engine(num_seeds=1, **overrides):
                              parallel="none", num_seeds=num_seeds, **overrides)
   dataset = _dataset()
   steps = train.steps_per_epoch(config, len(dataset.train))
-  engine = engine_lib.Engine(config, members_lib.from_config(config))
+  engine = devices.Engine(config, members_lib.from_config(config))
   engine.place(dataset, steps)
   state = engine.init_state(functools.partial(
       train.create_train_state, config=config, model=models.build(config),
       steps_per_epoch=steps))
-  state, _ = engine.start(state, resume.Start())
+  state, _ = engine.start(state, checkpoints.Start())
   engine.compile(state, train.make_train_chunk(config, jit=False),
                  train.make_evaluate(config, state.apply_fn, jit=False))
   return config, engine, state

@@ -10,8 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_jax.kernels import conv_pool, fused_rnn
-from mnist_jax.models import cnn, recurrent
+from mnist_jax.models import cnn
+from mnist_jax.models import recurrent
+from mnist_jax.models.kernels import conv_pool
+from mnist_jax.models.kernels import fused_rnn
 
 RTOL = 2e-5
 ATOL = 2e-6

@@ -7,11 +7,11 @@ import stat
 
 import pytest
 
-from mnist_jax import data
-from mnist_jax import files
 from mnist_jax import models
-from mnist_jax import report
-from mnist_jax import train
+from mnist_jax.data import pipeline
+from mnist_jax.results import report
+from mnist_jax.rundir import files
+from mnist_jax.training import train
 
 UMASK = 0o002  # Group-writable: unlike the usual 0o022, also tells 0o664 from 0o644.
 EXPECTED = 0o666 & ~UMASK
@@ -77,4 +77,4 @@ def test_run_files_get_the_users_permissions(prepared, tmp_path, umask):
   assert checkpoint_files
   for path in checkpoint_files:
     assert _mode(path) == EXPECTED, path
-  assert data.prepare("mnist", fresh)["train_images"].shape == (600, 28, 28)
+  assert pipeline.prepare("mnist", fresh)["train_images"].shape == (600, 28, 28)

@@ -14,9 +14,9 @@ import pytest
 
 import launch
 from mnist_jax import config as config_lib
-from mnist_jax import optim
 from mnist_jax.errors import UserError
 from mnist_jax.models import registry
+from mnist_jax.training import optim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = launch.FLAGS

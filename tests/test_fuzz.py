@@ -18,8 +18,11 @@ import numpy as np
 import pytest
 
 import launch_helpers as lh
-from mnist_jax import checkpoint, idx, models, train
+from mnist_jax import models
+from mnist_jax.data import idx
 from mnist_jax.errors import UserError
+from mnist_jax.rundir import checkpoints
+from mnist_jax.training import train
 
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -96,10 +99,10 @@ def saved(tmp_path_factory):
   state = train.create_train_state(jax.random.PRNGKey(1), config, model, 5)
   template = train.create_train_state(jax.random.PRNGKey(2), config, model, 5)
   workdir = str(tmp_path_factory.mktemp("ckpt"))
-  writer = checkpoint.Checkpointer(workdir)
+  writer = checkpoints.Checkpointer(workdir)
   writer.save(7, state, {"epoch": 1, "epoch_step": 0, "step": 7,
                          "model": "linear",
-                         "param_shapes": checkpoint.param_shapes(state.params)})
+                         "param_shapes": checkpoints.param_shapes(state.params)})
   writer.close()
   return workdir, template, state
 
@@ -115,7 +118,7 @@ def _restore_within(workdir, template, seconds=60):
 
   def target():
     try:
-      result["value"] = checkpoint.Checkpointer(
+      result["value"] = checkpoints.Checkpointer(
           workdir, read_only=True).restore(template, model="linear")
     except BaseException as e:  # pylint: disable=broad-except
       result["error"] = e
@@ -166,7 +169,7 @@ def test_checkpoint_damage_is_a_checkpoint_error(saved, data, mutation,
   assert "Traceback" not in stray and "Exception ignored" not in stray, stray
   if "error" in result:
     error = result["error"]
-    assert isinstance(error, checkpoint.CheckpointError), repr(error)
+    assert isinstance(error, checkpoints.CheckpointError), repr(error)
     assert isinstance(error, UserError) and "\n" not in str(error)
     if "delete" in str(error) or "--overwrite" in str(error):
       assert "is damaged or truncated" in str(error), str(error)
@@ -180,7 +183,9 @@ _DAMAGE_EVERY_FILE = """
 import os, shutil, sys
 sys.path.insert(0, os.getcwd())
 import jax
-from mnist_jax import checkpoint, models, train
+from mnist_jax import models
+from mnist_jax.rundir import checkpoints
+from mnist_jax.training import train
 source, scratch, files = sys.argv[1], sys.argv[2], sys.argv[3:]
 config = models.get_config("linear", "seed")
 template = train.create_train_state(jax.random.PRNGKey(2), config,
@@ -200,10 +205,10 @@ for name in files:
         f.seek(size // 2)
         f.write(bytes([byte ^ 0x5A]))
     try:
-      checkpoint.Checkpointer(scratch, read_only=True).restore(template,
-                                                               model="linear")
+      checkpoints.Checkpointer(scratch, read_only=True).restore(template,
+                                                                model="linear")
       print("restored", name, cut)
-    except checkpoint.CheckpointError as e:
+    except checkpoints.CheckpointError as e:
       print("refused", name, cut, e)
 """
 
@@ -245,10 +250,10 @@ def test_checkpoint_meta_edited_is_damaged_not_another_model(saved, tmp_path):
   workdir = str(tmp_path / "run")
   shutil.copytree(source, workdir)
   _edit_meta(workdir, lambda m: m["param_shapes"].update({"out/kernel": [784, 11]}))
-  with pytest.raises(checkpoint.CheckpointError,
+  with pytest.raises(checkpoints.CheckpointError,
                      match="damaged.*does not match the checksum saved with it"):
-    checkpoint.Checkpointer(workdir, read_only=True).restore(template,
-                                                             model="linear")
+    checkpoints.Checkpointer(workdir, read_only=True).restore(template,
+                                                              model="linear")
 
 
 def test_checkpoint_meta_without_checksum_still_restores(saved, tmp_path):
@@ -257,7 +262,7 @@ def test_checkpoint_meta_without_checksum_still_restores(saved, tmp_path):
   workdir = str(tmp_path / "run")
   shutil.copytree(source, workdir)
   _edit_meta(workdir, lambda m: m.pop("meta_checksum"))
-  restored, meta = checkpoint.Checkpointer(workdir, read_only=True).restore(
+  restored, meta = checkpoints.Checkpointer(workdir, read_only=True).restore(
       template, model="linear")
   lh.assert_trees_equal(restored, state)
   assert meta["step"] == 7 and "meta_checksum" not in meta
@@ -265,11 +270,11 @@ def test_checkpoint_meta_without_checksum_still_restores(saved, tmp_path):
 
 def test_checkpoint_restore_round_trip_and_missing(saved, tmp_path):
   source, template, state = saved
-  restored, meta = checkpoint.Checkpointer(source, read_only=True).restore(
+  restored, meta = checkpoints.Checkpointer(source, read_only=True).restore(
       template, model="linear")
   lh.assert_trees_equal(restored, state)
-  assert meta["epoch"] == 1 and meta["digest"] == checkpoint.state_digest(state)
-  with pytest.raises(checkpoint.CheckpointError, match="no checkpoint in"):
-    checkpoint.Checkpointer(str(tmp_path), read_only=True).restore(template)
-  with pytest.raises(checkpoint.CheckpointError, match="not 'mlp'"):
-    checkpoint.Checkpointer(source, read_only=True).restore(template, model="mlp")
+  assert meta["epoch"] == 1 and meta["digest"] == checkpoints.state_digest(state)
+  with pytest.raises(checkpoints.CheckpointError, match="no checkpoint in"):
+    checkpoints.Checkpointer(str(tmp_path), read_only=True).restore(template)
+  with pytest.raises(checkpoints.CheckpointError, match="not 'mlp'"):
+    checkpoints.Checkpointer(source, read_only=True).restore(template, model="mlp")

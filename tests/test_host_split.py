@@ -1,6 +1,6 @@
 """--parallel=auto on a CPU-only host: one XLA device per core, same training.
 
-runtime.split_host must act before JAX starts its backends, so the runs that
+devices.split_host must act before JAX starts its backends, so the runs that
 use it are launch.py subprocesses (JAX_PLATFORMS=cpu, no XLA_FLAGS).
 """
 
@@ -11,8 +11,7 @@ import sys
 
 import pytest
 
-from mnist_jax import parallel
-from mnist_jax import runtime
+from mnist_jax.training import devices as devices_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 300
@@ -31,21 +30,21 @@ CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
     ("gru", 128, 1, ("none", 1)),
 ])
 def test_split_host_devices(model, batch, devices, expected):
-  assert parallel.split_host_devices(model, batch, devices) == expected
+  assert devices_lib.split_host_devices(model, batch, devices) == expected
 
 
 def test_split_host_leaves_explicit_choices_alone(monkeypatch):
   monkeypatch.delenv("XLA_FLAGS", raising=False)
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  assert runtime.split_host("none") == 0
-  assert runtime.split_host("pmap") == 0
-  assert runtime.split_host("auto", multi_process=True) == 0
+  assert devices_lib.split_host("none") == 0
+  assert devices_lib.split_host("pmap") == 0
+  assert devices_lib.split_host("auto", multi_process=True) == 0
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=3")
-  assert runtime.split_host("auto") == 0
+  assert devices_lib.split_host("auto") == 0
   monkeypatch.delenv("XLA_FLAGS")
   monkeypatch.setenv("JAX_PLATFORMS", "cuda")
-  assert runtime.split_host("auto") == 0
-  assert runtime.host_split() == 0
+  assert devices_lib.split_host("auto") == 0
+  assert devices_lib.host_split() == 0
 
 
 def test_split_host_after_jax_started_leaves_the_devices(monkeypatch):
@@ -57,16 +56,16 @@ def test_split_host_after_jax_started_leaves_the_devices(monkeypatch):
     monkeypatch.delenv(name, raising=False)
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1}, raising=False)
-  assert runtime.split_host("auto") == 0
-  assert runtime.host_split() == 0
+  assert devices_lib.split_host("auto") == 0
+  assert devices_lib.host_split() == 0
   assert jax.devices() == devices
 
 
 def test_accelerator_detection(monkeypatch):
   monkeypatch.setenv("JAX_PLATFORMS", "tpu")
-  assert runtime._accelerator_possible()  # pylint: disable=protected-access
+  assert devices_lib._accelerator_possible()  # pylint: disable=protected-access
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  assert not runtime._accelerator_possible()  # pylint: disable=protected-access
+  assert not devices_lib._accelerator_possible()  # pylint: disable=protected-access
 
 
 def _env() -> dict:
@@ -103,10 +102,10 @@ def test_auto_splits_the_host_and_trains_the_same(prepared, tmp_path, model,
                                                    mode):
   """The default run uses every core as a device and matches one device."""
   out, rows, env = _launch(prepared, tmp_path / "auto", model)
-  devices = min(CORES, runtime.MAX_HOST_DEVICES, 2)  # Batch 64: 2 x 32.
+  devices = min(CORES, devices_lib.MAX_HOST_DEVICES, 2)  # Batch 64: 2 x 32.
   assert f"data parallel ({mode}) over {devices} CPU devices" in out
   assert env["parallel"] == {"mode": mode, "devices": devices}
-  assert len(env["devices"]) == min(CORES, runtime.MAX_HOST_DEVICES)
+  assert len(env["devices"]) == min(CORES, devices_lib.MAX_HOST_DEVICES)
 
   out1, ref, env1 = _launch(prepared, tmp_path / "one", model, "--parallel=none")
   assert "data parallel" not in out1

@@ -72,8 +72,9 @@ def _cycle(graph):
 def test_the_graph_is_read_from_every_module():
   modules = _modules()
   graph = {m: _imports(p, modules) for m, p in modules.items()}
-  assert {"mnist_jax.train", "mnist_jax.report", "mnist_jax.models"} <= set(graph)
-  assert "mnist_jax.report" in graph["mnist_jax.train"]
+  assert {"mnist_jax.training.train", "mnist_jax.results.report",
+          "mnist_jax.models"} <= set(graph)
+  assert "mnist_jax.results.report" in graph["mnist_jax.training.train"]
   assert "mnist_jax.models.registry" in graph["mnist_jax.models"]
 
 
@@ -90,12 +91,13 @@ def test_cycle_finder_finds_one():
   assert _cycle({"a": {"b"}, "b": set()}) is None
 
 
-@pytest.mark.parametrize("module", ["mnist_jax.report", "mnist_jax.data",
-                                    "mnist_jax.members"])
+@pytest.mark.parametrize("module", ["mnist_jax.results.report",
+                                    "mnist_jax.data.pipeline",
+                                    "mnist_jax.training.members"])
 def test_outputs_and_data_do_not_import_the_loop(module):
   """Data flows one way: data -> model -> train -> outputs."""
   modules = _modules()
-  assert "mnist_jax.train" not in _imports(modules[module], modules)
+  assert "mnist_jax.training.train" not in _imports(modules[module], modules)
 
 
 def test_no_private_jax_api_in_the_package():

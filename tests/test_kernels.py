@@ -7,8 +7,14 @@ import io
 import jax.numpy as jnp
 import pytest
 
-from mnist_jax import batches, data, kernels, members, models, train, trained
+from mnist_jax import models
+from mnist_jax.data import batches
+from mnist_jax.data import pipeline
 from mnist_jax.errors import UserError
+from mnist_jax.models import kernels
+from mnist_jax.results import run as run_lib
+from mnist_jax.training import members
+from mnist_jax.training import train
 
 FAST_MODELS = ("cnn", "rnn", "lstm", "gru")
 
@@ -89,14 +95,14 @@ def test_implementation_records_the_choice():
   config = _config("gru", impl="auto")
   assert models.implementation(config, "cpu") == {
       "impl": "auto", "resolved": "fast",
-      "module": "mnist_jax.kernels.fused_rnn.Recurrent"}
+      "module": "mnist_jax.models.kernels.fused_rnn.Recurrent"}
   assert models.implementation(config, "gpu") == {
       "impl": "auto", "resolved": "stock",
       "module": "mnist_jax.models.recurrent.Recurrent"}
 
 
 def _test_metrics(config, params, apply_fn):
-  test = data.load(config).test
+  test = pipeline.load(config).test
   idx, mask = batches.eval_batches(len(test), config.eval_batch_size)
   evaluate = train.make_evaluate(config, apply_fn)
   return members.host_metrics(evaluate(params, jnp.asarray(test.images),
@@ -115,7 +121,7 @@ def test_a_fast_run_restores_into_stock(prepared, tmp_path, name, overrides):
                    mnist_dir=mnist_dir, data_dir=data_dir, **overrides)
   assert models.implementation(config)["resolved"] == "fast"
   final = train.train_and_evaluate(config, workdir, stream=io.StringIO())
-  run = trained.load_run(workdir, impl="stock")
+  run = run_lib.load_run(workdir, impl="stock")
   assert models.implementation(run.config)["resolved"] == "stock"
   metrics = _test_metrics(run.config, run.params, run.apply_fn)
   assert metrics["accuracy"] == pytest.approx(final["test_accuracy"], abs=1e-5)
@@ -130,7 +136,7 @@ def test_cnn_kernel_5_trains(prepared, tmp_path):
                    epochs=2, batch_size=50, learning_rate=3e-3,
                    val_fraction=0.0, mnist_dir=mnist_dir, data_dir=data_dir)
   final = train.train_and_evaluate(config, workdir, stream=io.StringIO())
-  run = trained.load_run(workdir)
+  run = run_lib.load_run(workdir)
   assert run.params["conv_0"]["kernel"].shape == (5, 5, 1, 4)
   assert final["test_accuracy"] > 0.5  # Ten classes: chance is 0.1.
 

@@ -13,11 +13,12 @@ import pytest
 
 import launch as launch_module
 from launch_helpers import snapshot as lh_snapshot
-from mnist_jax import data
-from mnist_jax import dry_run
-from mnist_jax import files
-from mnist_jax import workdir
+from mnist_jax.data import pipeline
+from mnist_jax.data import views
 from mnist_jax.models import registry
+from mnist_jax.rundir import files
+from mnist_jax.rundir import folder
+from mnist_jax.training import dry_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,7 +48,7 @@ def test_launch_trains_and_writes_the_run_folder(prepared, tmp_path):
   # The CPU runs the GRU's fused kernel under --impl=auto, and says so.
   assert record["environment"]["implementation"] == {
       "impl": "auto", "resolved": "fast",
-      "module": "mnist_jax.kernels.fused_rnn.Recurrent"}
+      "module": "mnist_jax.models.kernels.fused_rnn.Recurrent"}
   rows = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
   epoch_keys = {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
                 "epoch_time_s", "examples_per_s"}
@@ -111,7 +112,7 @@ def _unfinished_run(path, config=LINEAR, started="2026-01-01T10:00:00+0000"):
   os.makedirs(path)
   files.write_json(os.path.join(path, "config.json"),
                    {"config": config.to_dict(), "started": started})
-  workdir.MetricsLog(path).write({"epoch": 1})
+  folder.MetricsLog(path).write({"epoch": 1})
 
 
 def test_without_drops_every_spelling_of_a_flag():
@@ -206,8 +207,8 @@ def test_dry_run_marks_where_each_setting_comes_from():
 def test_dry_run_counts_the_parameters_init_makes(model, preset):
   config = registry.get_config(model, preset)
   module = registry.get(model).stock(config)
-  x = data.to_view(np.zeros((1, 28, 28), np.uint8),
-                   registry.input_view(config))
+  x = views.to_view(np.zeros((1, 28, 28), np.uint8),
+                    registry.input_view(config))
   params = module.init(jax.random.PRNGKey(0), x)["params"]
   assert dry_run.num_params(config) == sum(
       p.size for p in jax.tree.leaves(params))
@@ -215,10 +216,10 @@ def test_dry_run_counts_the_parameters_init_makes(model, preset):
 
 def test_dry_run_says_which_split_is_held_out():
   config = registry.get_config("mlp")  # The last 10%.
-  split = data.split({"train_images": np.zeros(dry_run.TRAIN_IMAGES),
-                      "train_labels": np.zeros(dry_run.TRAIN_IMAGES),
-                      "test_images": np.zeros(1), "test_labels": np.zeros(1)},
-                     config.val_fraction)
+  split = pipeline.split({"train_images": np.zeros(dry_run.TRAIN_IMAGES),
+                          "train_labels": np.zeros(dry_run.TRAIN_IMAGES),
+                          "test_images": np.zeros(1), "test_labels": np.zeros(1)},
+                         config.val_fraction)
   assert dry_run.validation_line(config, 2) == (
       f"the last 10% of the training split ({len(split.val):,} of its 60,000 "
       f"images; it trains on the other {len(split.train):,}), for the "

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_jax import data, models
+from mnist_jax import models
+from mnist_jax.data import views
 
 # Parameter counts of the seed architectures, from the layer formulas.
 SEED_PARAMS = {
@@ -23,7 +24,7 @@ SEED_PARAMS = {
 
 def _init(config, batch=3):
   model = models.build(config)
-  x = data.to_view(jnp.zeros((batch, 28, 28), jnp.uint8), models.get(config.model).view)
+  x = views.to_view(jnp.zeros((batch, 28, 28), jnp.uint8), models.get(config.model).view)
   params = model.init(jax.random.PRNGKey(0), x)["params"]
   return model, params, x
 

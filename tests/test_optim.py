@@ -8,7 +8,10 @@ import pytest
 
 from conftest import synthetic_digits
 from mnist_jax import config as config_lib
-from mnist_jax import models, optim, sweep, train
+from mnist_jax import models
+from mnist_jax.training import members as members_lib
+from mnist_jax.training import optim
+from mnist_jax.training import train
 
 STEPS_PER_EPOCH, EPOCHS = 10, 5  # 50 steps in all; the tests run a few more.
 
@@ -165,8 +168,8 @@ def test_held_hyperparameters_follow_the_config_and_the_swept_names():
 def _run_members(config, spec, steps=STEPS_PER_EPOCH * EPOCHS + 5):
   """Members of `spec` as one vmapped optimizer: (members, their params and
   opt states, stacked [M])."""
-  members = sweep.members(config, spec)
-  rows = sweep.hyperparams(members, STEPS_PER_EPOCH)
+  members = members_lib.from_config(config, spec)
+  rows = members_lib.hyperparams(members, STEPS_PER_EPOCH)
   tx = optim.make_optimizer(config, STEPS_PER_EPOCH, swept=rows)
   init = lambda params, row: optim.with_hyperparams(tx.init(params), row)
   run = jax.vmap(lambda row: _run(tx, _params(), steps,
@@ -198,7 +201,7 @@ def test_state_structure_does_not_depend_on_the_values():
   config = _config(optimizer="sgd", schedule="warmup_cosine")
   spec = "grad_clip=0,1;weight_decay=0,1e-3;momentum=0,0.5"
   members, _, states = _run_members(config, spec, steps=1)
-  rows = sweep.hyperparams(members, STEPS_PER_EPOCH)
+  rows = members_lib.hyperparams(members, STEPS_PER_EPOCH)
   structures = set()
   for m in members:
     tx = optim.make_optimizer(m.config, STEPS_PER_EPOCH, swept=rows)
@@ -224,11 +227,11 @@ def test_vmapped_train_states_equal_their_single_runs():
   smoothing (the optimizer's values are tested above, without a model)."""
   config = models.get_config("mlp", "seed", learning_rate=1e-2, **TINY)
   spec = "label_smoothing=0,0.2"
-  members = sweep.members(config, spec)
+  members = members_lib.from_config(config, spec)
   model = models.build(config)
   rngs = jnp.stack([jax.random.PRNGKey(m.seed) for m in members])
   states = jax.jit(jax.vmap(lambda r, h: train.create_train_state(
-      r, config, model, 4, hparams=h)))(rngs, sweep.hyperparams(members, 4))
+      r, config, model, 4, hparams=h)))(rngs, members_lib.hyperparams(members, 4))
   images, labels = synthetic_digits(16 * 4)
   images, labels = jnp.asarray(images), jnp.asarray(labels, jnp.int32)
   batches = jnp.arange(16 * 4).reshape(4, 16)

@@ -15,10 +15,10 @@ import sys
 import numpy as np
 import pytest
 
-from mnist_jax import batches
 from mnist_jax import models
-from mnist_jax import parallel
+from mnist_jax.data import batches
 from mnist_jax.errors import UserError
+from mnist_jax.training import devices as devices_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 600
@@ -100,41 +100,41 @@ def test_eval_batches_pad_and_mask(n, batch, multiple):
 
 def test_batch_that_does_not_split_names_the_sizes_that_do():
   with pytest.raises(UserError) as e:
-    parallel.check_batch(100, 8)
+    devices_lib.check_batch(100, 8)
   message = str(e.value)
   assert "\n" not in message
   assert "--batch_size=100" in message and "96 or 104" in message
-  parallel.check_batch(96, 8)
+  devices_lib.check_batch(96, 8)
   with pytest.raises(UserError, match="e.g. 3\\)"):
-    parallel.check_batch(2, 3)
+    devices_lib.check_batch(2, 3)
 
 
 def test_resolve_mode():
-  assert parallel.resolve_mode("auto", 1, 1) == "none"
-  assert parallel.resolve_mode("auto", 8, 1) == "pmap"
-  assert parallel.resolve_mode("sharded", 1, 1) == "sharded"
+  assert devices_lib.resolve_mode("auto", 1, 1) == "none"
+  assert devices_lib.resolve_mode("auto", 8, 1) == "pmap"
+  assert devices_lib.resolve_mode("sharded", 1, 1) == "sharded"
   with pytest.raises(UserError, match="--parallel=pmap or sharded"):
-    parallel.resolve_mode("none", 8, 2)
+    devices_lib.resolve_mode("none", 8, 2)
   with pytest.raises(UserError, match="--parallel must be one of"):
-    parallel.resolve_mode("dp", 8, 1)
+    devices_lib.resolve_mode("dp", 8, 1)
 
 
 def test_cloud_tpu_vm_is_libtpu_on_google_compute_engine(monkeypatch, tmp_path):
   product = tmp_path / "product_name"
-  monkeypatch.setattr(parallel, "GCE_PRODUCT_FILE", str(product))
+  monkeypatch.setattr(devices_lib, "GCE_PRODUCT_FILE", str(product))
   find_spec = importlib.util.find_spec
   libtpu = {"libtpu": True}
   monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (
       object() if libtpu.get(name) else find_spec(name, *a)))
   product.write_text("Google Compute Engine\n")
-  assert parallel._cloud_tpu_vm()  # pylint: disable=protected-access
+  assert devices_lib._cloud_tpu_vm()  # pylint: disable=protected-access
   product.write_text("Standard PC (Q35 + ICH9, 2009)\n")
-  assert not parallel._cloud_tpu_vm()  # pylint: disable=protected-access
+  assert not devices_lib._cloud_tpu_vm()  # pylint: disable=protected-access
   product.unlink()
-  assert not parallel._cloud_tpu_vm()  # pylint: disable=protected-access
+  assert not devices_lib._cloud_tpu_vm()  # pylint: disable=protected-access
   product.write_text("Google Compute Engine\n")
   libtpu["libtpu"] = False
-  assert not parallel._cloud_tpu_vm()  # pylint: disable=protected-access
+  assert not devices_lib._cloud_tpu_vm()  # pylint: disable=protected-access
 
 
 def test_a_tpu_hint_without_a_cluster_runs_one_process(monkeypatch):
@@ -146,17 +146,17 @@ def test_a_tpu_hint_without_a_cluster_runs_one_process(monkeypatch):
     calls.append(args)
     raise ValueError("coordinator_address should be defined.")
 
-  monkeypatch.setattr(parallel.jax.distributed, "is_initialized", lambda: False)
-  monkeypatch.setattr(parallel.jax.distributed, "initialize", no_cluster)
-  monkeypatch.setattr(parallel, "_cloud_tpu_vm", lambda: True)
+  monkeypatch.setattr(devices_lib.jax.distributed, "is_initialized", lambda: False)
+  monkeypatch.setattr(devices_lib.jax.distributed, "initialize", no_cluster)
+  monkeypatch.setattr(devices_lib, "_cloud_tpu_vm", lambda: True)
   monkeypatch.delenv("SLURM_JOB_ID", raising=False)
   config = models.get_config("mlp")
-  parallel.initialize(config)
+  devices_lib.initialize(config)
   assert calls == [()]
   monkeypatch.setenv("SLURM_JOB_ID", "7")
   monkeypatch.setenv("SLURM_NTASKS", "2")
   with pytest.raises(ValueError):
-    parallel.initialize(config)
+    devices_lib.initialize(config)
 
 
 def test_cli_rejects_a_batch_that_does_not_split(tmp_path):

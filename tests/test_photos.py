@@ -1,4 +1,4 @@
-"""predict.preprocess on phone-photo-like pictures (experiments/photo_digits.py's
+"""images.preprocess on phone-photo-like pictures (experiments/photo_digits.py's
 renderings of synthetic digits) and on pictures with no digit."""
 
 import numpy as np
@@ -8,7 +8,7 @@ from PIL import ImageOps
 import pytest
 
 from experiments import photo_digits
-from mnist_jax import predict
+from mnist_jax.data import images
 
 # Polylines on a 28x28 grid, drawn 4x larger and shrunk (anti-aliased strokes
 # about 3 px wide, as MNIST's).
@@ -43,19 +43,19 @@ def test_photo_gives_the_clean_scans_input(k, name):
   # Taking the shading for ink, as the preprocess before lighting correction
   # did, gave IoU <= 0.33 and correlation <= 0.65 on the same photos.
   digit = _digit(name)
-  clean = predict.preprocess(photo_digits.clean_scan(digit))
+  clean = images.preprocess(photo_digits.clean_scan(digit))
   photo = photo_digits.render_photo(digit, np.random.default_rng([3, k]))
-  got = predict.preprocess(photo)
+  got = images.preprocess(photo)
   assert _iou(got, clean) >= 0.5
   assert np.corrcoef(got.ravel(), clean.ravel())[0, 1] >= 0.7
 
 
 def test_light_ink_on_a_dark_photo():
   digit = _digit("4")
-  clean = predict.preprocess(photo_digits.mnist_style(digit))
+  clean = images.preprocess(photo_digits.mnist_style(digit))
   photo = ImageOps.invert(photo_digits.render_photo(digit,
                                                     np.random.default_rng(1)))
-  assert _iou(predict.preprocess(photo), clean) >= 0.5
+  assert _iou(images.preprocess(photo), clean) >= 0.5
 
 
 def _gradient(w=400, h=300, shadow=False):
@@ -80,8 +80,8 @@ def _gradient(w=400, h=300, shadow=False):
 def test_no_digit_is_one_line(tmp_path, picture):
   path = str(tmp_path / "blank.png")
   picture().save(path)
-  with pytest.raises(predict.ImageError) as info:
-    predict.load(path)
+  with pytest.raises(images.ImageError) as info:
+    images.load(path)
   message = str(info.value)
   assert message.startswith(f"{path} has no digit on it") and "\n" not in message
   assert "pass a picture" in message

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_digits
-from mnist_jax import data as data_lib
-from mnist_jax import members
 from mnist_jax import models
-from mnist_jax import train
+from mnist_jax.data import views
+from mnist_jax.training import members
+from mnist_jax.training import train
 
 CONFIGS = {"mlp": dict(mlp_hidden=(32,)),
            "cnn": dict(cnn_features=(4, 8), cnn_dense=16),
@@ -61,7 +61,7 @@ def test_bfloat16_computes_in_bfloat16_with_float32_state(name, impl):
   floats = [leaf for leaf in jax.tree.leaves((state.params, state.opt_state))
             if jnp.issubdtype(leaf.dtype, jnp.floating)]
   assert floats and all(leaf.dtype == jnp.float32 for leaf in floats)
-  x = data_lib.to_view(jnp.zeros((2, 28, 28), jnp.uint8), models.get(name).view)
+  x = views.to_view(jnp.zeros((2, 28, 28), jnp.uint8), models.get(name).view)
   apply = lambda p: state.apply_fn({"params": p}, x, train=False)
   assert apply(state.params).dtype == jnp.float32
   dots = _dot_operand_dtypes(jax.make_jaxpr(apply)(state.params).jaxpr)

@@ -11,10 +11,10 @@ from PIL import Image
 from PIL import ImageDraw
 import pytest
 
-from mnist_jax import plots
-from mnist_jax import predict
-from mnist_jax import trained
+from mnist_jax.data import images
 from mnist_jax.errors import UserError
+from mnist_jax.results import plots
+from mnist_jax.results import run as run_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,19 +40,19 @@ def _seven(size=(200, 200), ink=0, paper=255, width=14, mode="L"):
 
 
 def test_output_is_centred_by_centre_of_mass_and_fits_20x20():
-  out = predict.preprocess(_seven())
+  out = images.preprocess(_seven())
   assert out.shape == (28, 28) and out.dtype == np.uint8
   cy, cx = _centre_of_mass(out)
-  assert abs(cy - predict.CENTRE) <= 0.5 and abs(cx - predict.CENTRE) <= 0.5
+  assert abs(cy - images.CENTRE) <= 0.5 and abs(cx - images.CENTRE) <= 0.5
   assert max(_box(out)) == 20
   # Off-centre input: the centre of mass moved, not just the bounding box.
   assert out.max() == 255 and out[0].max() == 0 and out[:, 0].max() == 0
 
 
 def test_light_background_is_inverted_to_mnist_polarity():
-  dark_on_light = predict.preprocess(_seven(ink=0, paper=255))
-  light_on_dark = predict.preprocess(_seven(ink=255, paper=0))
-  grey_paper = predict.preprocess(_seven(ink=40, paper=200))
+  dark_on_light = images.preprocess(_seven(ink=0, paper=255))
+  light_on_dark = images.preprocess(_seven(ink=255, paper=0))
+  grey_paper = images.preprocess(_seven(ink=40, paper=200))
   for out in (dark_on_light, light_on_dark, grey_paper):
     assert out[0, 0] == 0 and out.max() == 255  # Black background, white ink.
   np.testing.assert_array_equal(dark_on_light, light_on_dark)
@@ -60,11 +60,11 @@ def test_light_background_is_inverted_to_mnist_polarity():
 
 
 def test_colour_and_transparent_images():
-  rgb = predict.preprocess(_seven(ink=(10, 20, 150), paper=(250, 240, 200),
-                                  mode="RGB"))
-  transparent = predict.preprocess(_seven(ink=(0, 0, 0, 255), paper=(0, 0, 0, 0),
-                                          mode="RGBA"))
-  reference = predict.preprocess(_seven())
+  rgb = images.preprocess(_seven(ink=(10, 20, 150), paper=(250, 240, 200),
+                                 mode="RGB"))
+  transparent = images.preprocess(_seven(ink=(0, 0, 0, 255), paper=(0, 0, 0, 0),
+                                         mode="RGBA"))
+  reference = images.preprocess(_seven())
   for out in (rgb, transparent):
     assert out[0, 0] == 0
     assert np.abs(out.astype(int) - reference).mean() < 5
@@ -78,15 +78,15 @@ def test_big_and_odd_sizes_keep_the_aspect_ratio(size, expect):
   # A bar filling 80% x 80% of the canvas: its aspect is the canvas's.
   ImageDraw.Draw(image).rectangle([0.1 * w, 0.1 * h, 0.9 * w - 1, 0.9 * h - 1],
                                   fill=255)
-  out = predict.preprocess(image)
+  out = images.preprocess(image)
   assert out.shape == (28, 28)
   height, width = _box(out > 64)
   assert abs(height - expect[0]) <= 1 and abs(width - expect[1]) <= 1
 
 
 def test_thin_pen_on_a_big_canvas_is_thickened():
-  thin = predict.preprocess(_seven(size=(1200, 1200), width=3))
-  thick = predict.preprocess(_seven(size=(1200, 1200), width=90))
+  thin = images.preprocess(_seven(size=(1200, 1200), width=3))
+  thick = images.preprocess(_seven(size=(1200, 1200), width=90))
   assert (thin > 127).sum() >= 0.5 * (thick > 127).sum()
 
 
@@ -106,8 +106,8 @@ def test_error_paths_name_the_file(tmp_path):
            str(tmp_path): "is a folder", str(truncated): "cannot be read",
            str(blank): "has no digit"}
   for path, words in cases.items():
-    with pytest.raises(predict.ImageError) as info:
-      predict.load(path)
+    with pytest.raises(images.ImageError) as info:
+      images.load(path)
     message = str(info.value)
     assert message.startswith(path) and words in message, message
     assert "\n" not in message
@@ -127,8 +127,8 @@ def _write_digits(folder):
 
 def test_predict_files_keeps_going_after_a_bad_file(tiny_run, tmp_path):
   good, bad = _write_digits(str(tmp_path))
-  run = trained.load_run(tiny_run)
-  results = predict.predict_files(run, [good[0], bad, good[1]])
+  run = run_lib.load_run(tiny_run)
+  results = run_lib.predict_files(run, [good[0], bad, good[1]])
   assert [r.file for r in results] == [good[0], bad, good[1]]
   assert results[1].error is not None and results[1].digit is None
   for r in (results[0], results[2]):
@@ -136,25 +136,25 @@ def test_predict_files_keeps_going_after_a_bad_file(tiny_run, tmp_path):
     assert sum(r.probabilities) == pytest.approx(1.0, abs=1e-4)
     assert r.digit == int(np.argmax(r.probabilities))
   out, err = io.StringIO(), io.StringIO()
-  failed = predict.main(tiny_run, [good[0], bad], as_json=True, plot=True,
-                        out=out, err=err)
+  failed = run_lib.print_predictions(tiny_run, [good[0], bad], as_json=True, plot=True,
+                                     out=out, err=err)
   assert failed == 1
   lines = [json.loads(line) for line in out.getvalue().splitlines()]
   assert [line["file"] for line in lines] == [good[0], bad]
   assert lines[0]["digit"] == results[0].digit and len(lines[0]["probabilities"]) == 10
   assert lines[1]["digit"] is None and "not an image" in lines[1]["error"]
   assert f"error: {bad} is not an image" in err.getvalue()
-  assert os.path.exists(os.path.join(tiny_run, predict.PLOT_DIR, "good0.png"))
+  assert os.path.exists(os.path.join(tiny_run, run_lib.PLOT_DIR, "good0.png"))
 
 
 def test_ensemble_of_one_seed_is_refused_before_anything(tiny_run, tmp_path):
   good, _ = _write_digits(str(tmp_path))
-  run = trained.load_run(tiny_run)
+  run = run_lib.load_run(tiny_run)
   assert run.seeds == (0,)
   before = sorted(os.walk(tiny_run))
   out, err = io.StringIO(), io.StringIO()
   with pytest.raises(UserError) as info:
-    predict.main(tiny_run, good, plot=True, out=out, err=err, ensemble=True)
+    run_lib.print_predictions(tiny_run, good, plot=True, out=out, err=err, ensemble=True)
   message = str(info.value)
   assert message.startswith("--ensemble averages the seeds")
   assert "\n" not in message
@@ -166,7 +166,7 @@ def test_ensemble_of_one_seed_is_refused_before_anything(tiny_run, tmp_path):
 def test_report_and_predict_figures_draw_digits_alike(monkeypatch, tmp_path):
   figures = []
   monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
-  image = predict.preprocess(_seven())
+  image = images.preprocess(_seven())
   probs = np.full(10, 0.1)
   plots.prediction(image, probs, str(tmp_path / "p.png"), "seven.png")
   plots.prediction_grid(image[None], np.array([7]), np.array([7]),

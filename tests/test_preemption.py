@@ -7,12 +7,12 @@ import sys
 import time
 
 import launch_helpers as lh
-from mnist_jax import preemption
+from mnist_jax.training import control
 
 
 def test_signal_sets_the_request_and_handlers_are_restored():
   before = signal.getsignal(signal.SIGTERM)
-  with preemption.StopRequest() as stop:
+  with control.StopRequest() as stop:
     assert stop.signum is None
     os.kill(os.getpid(), signal.SIGTERM)
     deadline = time.monotonic() + 5
@@ -24,7 +24,7 @@ def test_signal_sets_the_request_and_handlers_are_restored():
 
 _SPIN = r"""
 import jax, jax.numpy as jnp
-from mnist_jax import preemption
+from mnist_jax.training import control
 
 @jax.jit
 def spin(x):
@@ -32,7 +32,7 @@ def spin(x):
                                          lambda i, w: w * 0.999 + 1.0, v)
   return jax.lax.fori_loop(0, 1000, inner, x)  # Minutes, in one XLA call.
 
-with preemption.StopRequest() as stop:
+with control.StopRequest() as stop:
   print("ready", flush=True)
   spin(jnp.float32(1.0)).block_until_ready()
   print("finished", stop.signum, flush=True)
@@ -65,8 +65,8 @@ def test_second_ctrl_c_quits_during_a_long_xla_call():
 
 
 def test_message_says_where_the_run_stopped_and_what_was_saved():
-  text = preemption.message(signal.SIGTERM, 38, 2, 5, 33, "RUN/checkpoints")
+  text = control.stopped_message(signal.SIGTERM, 38, 2, 5, 33, "RUN/checkpoints")
   assert text == ("stopped by SIGTERM at step 38 (epoch 2, step 5 of 33); the "
                   "checkpoint is in RUN/checkpoints")
-  assert preemption.message(signal.SIGINT, 0, 1, 0, 33, None) == (
+  assert control.stopped_message(signal.SIGINT, 0, 1, 0, 33, None) == (
       "stopped by SIGINT before the first step; nothing to save")

@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from mnist_jax import progress
+from mnist_jax.rundir import log
 
 ROW = {"epoch_time_s": 2.0, "examples_per_s": 1000.0, "train_loss": 0.5,
        "train_accuracy": 0.9, "val_loss": 0.4, "val_accuracy": 0.91}
@@ -18,8 +18,8 @@ class Terminal(io.StringIO):
 
 def _session(stream):
   """An epoch with an in-place report, a message inside it, and its end."""
-  p = progress.Progress(2, stream=stream)
-  p._last = -progress.REPORT_EVERY_S  # pylint: disable=protected-access
+  p = log.Progress(2, stream=stream)
+  p._last = -log.REPORT_EVERY_S  # pylint: disable=protected-access
   p.update(1, 5, 10, 1.0)
   p.message("a member diverged")
   p.epoch_done(1, ROW)
@@ -53,6 +53,6 @@ def test_a_terminal_message_replaces_the_line_drawn_in_place(monkeypatch):
 
 @pytest.mark.parametrize("stream", [io.StringIO(), Terminal()])
 def test_no_report_inside_the_interval_in_a_log(stream):
-  p = progress.Progress(1, stream=stream)
+  p = log.Progress(1, stream=stream)
   p.update(1, 1, 10, 0.1)
   assert (stream.getvalue() == "") == (not p.tty)

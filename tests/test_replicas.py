@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import members_in_turn_and_vmapped
-from mnist_jax import members, models, train
-from mnist_jax import workdir as workdir_lib
+from mnist_jax import models
+from mnist_jax.rundir import folder as folder_lib
+from mnist_jax.training import members
+from mnist_jax.training import train
 
 TINY = dict(mlp_hidden=(16,), dropout=0.2, epochs=2, batch_size=50,
             val_fraction=0.1)
@@ -20,7 +22,7 @@ def _run(prepared, folder, **overrides):
   config = models.get_config("mlp", mnist_dir=mnist_dir, data_dir=data_dir,
                              **{**TINY, **overrides})
   train.train_and_evaluate(config, str(folder), stream=io.StringIO())
-  return workdir_lib.read_metrics(os.path.join(str(folder), "metrics.jsonl"))
+  return folder_lib.read_metrics(os.path.join(str(folder), "metrics.jsonl"))
 
 
 def test_replica_keys_are_those_of_single_runs():
@@ -119,7 +121,11 @@ _ON_TWO_DEVICES = r"""
 import functools, json
 import jax, numpy as np
 import hashlib
-from mnist_jax import batches, checkpoint, members, models, replicas, train
+from mnist_jax import models
+from mnist_jax.data import batches
+from mnist_jax.rundir import checkpoints
+from mnist_jax.training import members
+from mnist_jax.training import train
 def host_digest(tree):
   h = hashlib.sha256()
   for a in jax.tree.leaves(jax.device_get(tree)):
@@ -129,7 +135,7 @@ def host_digest(tree):
   return h.hexdigest()
 config = models.get_config("mlp", mlp_hidden=(16,), dropout=0.2, batch_size=50,
                            num_seeds=4, seed=7)
-assert replicas.mesh(4).devices.size == 2
+assert members.mesh(4).devices.size == 2
 model = models.build(config)
 init_rng, data_rng = members.keys(members.from_config(config))
 make_state = jax.jit(jax.vmap(lambda r: train.create_train_state(r, config, model, 4)))
@@ -143,13 +149,13 @@ valid = np.arange(5) < 4
 eval_idx, eval_mask = batches.eval_batches(200, 64)
 out = {}
 for split in (True, False):
-  mesh = replicas.mesh(4) if split else None
-  chunk = replicas.train_chunk(train.make_train_chunk(config, jit=False), 4,
-                               sequential=True, member_mesh=mesh)
+  mesh = members.mesh(4) if split else None
+  chunk = members.train_chunk(train.make_train_chunk(config, jit=False), 4,
+                              sequential=True, member_mesh=mesh)
   state, sums, bad = jax.jit(chunk, donate_argnums=(0,),
-                             compiler_options=replicas.compiler_options(4))(
+                             compiler_options=members.compiler_options(4))(
       make_state(init_rng), images, labels, order, valid)
-  ev = jax.jit(replicas.evaluate(
+  ev = jax.jit(members.evaluate(
       train.make_evaluate(config, state.apply_fn, jit=False), 4, mesh))(
       state.params, images, labels, eval_idx, eval_mask)
   out[split] = dict(devices=len(state.params["out"]["kernel"].sharding.device_set),
@@ -159,7 +165,7 @@ for split in (True, False):
                             for p in jax.tree.leaves(state.params)],
                     eval_loss=np.asarray(ev["loss"]).tolist(),
                     eval_count=np.asarray(ev["count"]).tolist(),
-                    digest=checkpoint.state_digest(state),
+                    digest=checkpoints.state_digest(state),
                     host_digest=host_digest(state))
 print(json.dumps(out))
 """

@@ -9,9 +9,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from mnist_jax import report
-from mnist_jax import trained
-from mnist_jax import workdir as workdir_lib
+from mnist_jax.results import report
+from mnist_jax.results import run
+from mnist_jax.rundir import folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,7 +39,7 @@ def test_confusion_matrix_counts_sum_to_test_size(tiny_run):
   rows = _read_csv(os.path.join(tiny_run, "confusion_matrix.csv"))
   assert rows[0][1:] == [str(i) for i in range(10)]
   counts = np.array([[int(c) for c in r[1:]] for r in rows[1:]])
-  final = workdir_lib.final_metrics(tiny_run)
+  final = folder.final_metrics(tiny_run)
   assert counts.shape == (10, 10)
   assert counts.sum() == final["test_examples"] == 200
   assert counts.sum(axis=1).tolist() == [20] * 10  # The fixture's class sizes.
@@ -72,11 +72,11 @@ def test_report_mode_rewrites_a_finished_run(tiny_run, tmp_path):
   subprocess.run(["cp", "-r", tiny_run, workdir], check=True)
   for name in ("report.md", "confusion_matrix.png", "mistakes.png"):
     os.remove(os.path.join(workdir, name))
-  result = trained.rewrite_report(workdir)
+  result = run.rewrite_report(workdir)
   for name in report.FILES:
     assert os.path.exists(os.path.join(workdir, name)), name
   assert result["accuracy"] == pytest.approx(
-      workdir_lib.final_metrics(workdir)["test_accuracy"])
+      folder.final_metrics(workdir)["test_accuracy"])
 
 
 def _launch(*args):

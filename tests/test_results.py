@@ -14,8 +14,8 @@ from PIL import Image
 import pytest
 
 from experiments import results
-from mnist_jax import files
 from mnist_jax.errors import UserError
+from mnist_jax.rundir import files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BY_COMMAND = {r.command(): r for r in results.ROWS}

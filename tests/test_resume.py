@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 import launch_helpers as lh
-from mnist_jax import checkpoint
 from mnist_jax import models
-from mnist_jax import resume
+from mnist_jax.rundir import checkpoints
 
 # 540 training examples / 16 = 33 steps per epoch, in 7 chunks of 5.
 FLAGS = ("--model=mlp", "--mlp_hidden=16", "--epochs=3", "--batch_size=16",
@@ -28,8 +27,8 @@ def _meta(**changes):
   """The record of a checkpoint taken 5 steps into epoch 2 of 33-step epochs."""
   sums = {"loss": np.float32(4.5), "correct": np.float32(30.0),
           "count": np.float32(80.0)}
-  return {**resume.record(CONFIG, epoch=1, step=38, param_shapes={"w": [2]},
-                          epoch_step=5, sums=sums), **changes}
+  return {**checkpoints.record(CONFIG, epoch=1, step=38, param_shapes={"w": [2]},
+                               epoch_step=5, sums=sums), **changes}
 
 
 def test_record_holds_where_the_run_stands():
@@ -37,29 +36,29 @@ def test_record_holds_where_the_run_stands():
   assert meta == {"epoch": 1, "epoch_step": 5, "step": 38, "model": "mlp",
                   "seed": 3, "done": False, "param_shapes": {"w": [2]},
                   "sums": {"loss": 4.5, "correct": 30.0, "count": 80.0}}
-  end = resume.record(CONFIG, epoch=3, step=99, param_shapes={}, done=True)
+  end = checkpoints.record(CONFIG, epoch=3, step=99, param_shapes={}, done=True)
   assert end["epoch_step"] == 0 and end["done"] and "sums" not in end
 
 
 def test_start_after_a_mid_epoch_checkpoint():
-  start = resume.Start.from_meta(_meta())
+  start = checkpoints.Start.from_meta(_meta())
   assert (start.epoch, start.epoch_step, start.finished) == (2, 5, False)
   assert list(start.epochs(3)) == [2, 3]
   assert start.steps_done(2) == 5 and start.steps_done(3) == 0
   assert start.sums["count"] == np.float32(80.0)
   assert start.sums["loss"].dtype == np.float32
-  fresh = resume.Start.from_meta(None)
+  fresh = checkpoints.Start.from_meta(None)
   assert list(fresh.epochs(3)) == [1, 2, 3] and fresh.steps_done(1) == 0
-  done = resume.Start.from_meta(_meta(epoch=3, epoch_step=0, done=True))
+  done = checkpoints.Start.from_meta(_meta(epoch=3, epoch_step=0, done=True))
   assert list(done.epochs(3)) == []
 
 
 def test_start_survives_the_trip_to_other_processes():
   zeros = {k: np.zeros((2,), np.float32) for k in ("loss", "correct", "count")}
-  for start in (resume.Start.from_meta(_meta()), resume.Start()):
+  for start in (checkpoints.Start.from_meta(_meta()), checkpoints.Start()):
     position, sums = start.as_arrays(zeros)
     assert position.dtype == np.int32
-    back = resume.Start.from_arrays(position, sums)
+    back = checkpoints.Start.from_arrays(position, sums)
     assert (back.epoch, back.epoch_step, back.finished) == (
         start.epoch, start.epoch_step, start.finished)
     if start.sums is None:
@@ -75,8 +74,8 @@ def test_start_survives_the_trip_to_other_processes():
     ({"epoch": 3, "epoch_step": 0, "step": 99}, 99),
 ])
 def test_a_fitting_checkpoint_is_accepted(changes, state_step):
-  resume.check_fits(_meta(**changes), state_step, steps=33, epochs=3,
-                    where="ckpt")
+  checkpoints.check_fits(_meta(**changes), state_step, steps=33, epochs=3,
+                         where="ckpt")
 
 
 @pytest.mark.parametrize("changes,state_step", [
@@ -88,9 +87,9 @@ def test_a_fitting_checkpoint_is_accepted(changes, state_step):
     ({"epoch_step": 1.5}, 38),
 ])
 def test_a_checkpoint_that_does_not_fit_is_refused(changes, state_step):
-  with pytest.raises(checkpoint.CheckpointError) as e:
-    resume.check_fits(_meta(**changes), state_step, steps=33, epochs=3,
-                      where="DIR/checkpoints")
+  with pytest.raises(checkpoints.CheckpointError) as e:
+    checkpoints.check_fits(_meta(**changes), state_step, steps=33, epochs=3,
+                           where="DIR/checkpoints")
   message = str(e.value)
   assert "\n" not in message and "DIR/checkpoints" in message
   assert "33 steps per epoch" in message and "another --workdir" in message
@@ -98,7 +97,7 @@ def test_a_checkpoint_that_does_not_fit_is_refused(changes, state_step):
 
 
 def test_saver_of_a_process_that_writes_no_files(tmp_path):
-  saver = resume.Saver(str(tmp_path / "run"), CONFIG, {}, write=False)
+  saver = checkpoints.Saver(str(tmp_path / "run"), CONFIG, {}, write=False)
   assert saver.directory == str(tmp_path / "run" / "checkpoints")
   assert saver.is_saved(0) and not saver.is_saved(5)
   saver.save(5, {"w": np.zeros(2)}, epoch=0, epoch_step=5)
@@ -110,13 +109,13 @@ def test_saver_of_a_process_that_writes_no_files(tmp_path):
 
 def test_saver_records_and_keeps_checkpoints(tmp_path):
   workdir = str(tmp_path / "run")
-  saver = resume.Saver(workdir, CONFIG, {"w": [2]})
+  saver = checkpoints.Saver(workdir, CONFIG, {"w": [2]})
   state = {"w": np.arange(2, dtype=np.float32)}
   saver.save(33, state, epoch=1)
   saver.save(38, state, epoch=1, epoch_step=5, sums=_meta()["sums"])
   assert saver.kept() == f"the last good checkpoint, {saver.directory}/38, is kept"
   saver.close()
-  _, meta = checkpoint.Checkpointer(workdir, read_only=True).read_meta()
+  _, meta = checkpoints.Checkpointer(workdir, read_only=True).read_meta()
   assert meta["step"] == 38 and meta["epoch_step"] == 5
   assert meta["sums"] == {"loss": 4.5, "correct": 30.0, "count": 80.0}
 
@@ -194,8 +193,8 @@ def test_rerunning_a_finished_run_changes_nothing(prepared, reference):
 _SAVER = r"""
 import sys
 import jax
-from mnist_jax import checkpoint
-ck = checkpoint.Checkpointer(sys.argv[1])
+from mnist_jax.rundir import checkpoints
+ck = checkpoints.Checkpointer(sys.argv[1])
 def big(seed):  # 128 MB of incompressible floats: a save takes a while.
   return {"w": jax.random.uniform(jax.random.PRNGKey(seed), (32, 1024, 1024))}
 ck.save(1, big(1), {"epoch": 1})
@@ -211,7 +210,7 @@ print("saved", flush=True)
 def test_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path):
   import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
   import jax  # pylint: disable=g-import-not-at-top
-  from mnist_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from mnist_jax.rundir import checkpoints  # pylint: disable=g-import-not-at-top
   p = subprocess.Popen([sys.executable, "-c", _SAVER, str(tmp_path)],
                        cwd=lh.ROOT, stdout=subprocess.PIPE, text=True,
                        env=lh.child_env())
@@ -223,19 +222,19 @@ def test_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path):
   assert "1" in names and "2" not in names, names
   assert any(".orbax-checkpoint-tmp" in n for n in names), names  # Mid-save.
   template = {"w": jax.numpy.zeros((32, 1024, 1024))}
-  restored, meta = checkpoint.Checkpointer(str(tmp_path), read_only=True).restore(
+  restored, meta = checkpoints.Checkpointer(str(tmp_path), read_only=True).restore(
       template)
   assert meta["epoch"] == 1
   lh.assert_trees_equal(restored, {"w": jax.random.uniform(
       jax.random.PRNGKey(1), (32, 1024, 1024))})
   # A resumed run saves the same step again over the unfinished attempt.
-  writer = checkpoint.Checkpointer(str(tmp_path))
+  writer = checkpoints.Checkpointer(str(tmp_path))
   assert writer.latest_step() == 1
   again = {"w": jax.random.uniform(jax.random.PRNGKey(3), (32, 1024, 1024))}
   writer.save(2, again, {"epoch": 2})
   writer.close()
   assert sorted(os.listdir(folder)) == ["1", "2"]
-  restored, meta = checkpoint.Checkpointer(str(tmp_path), read_only=True).restore(
+  restored, meta = checkpoints.Checkpointer(str(tmp_path), read_only=True).restore(
       template)
   assert meta["epoch"] == 2
   lh.assert_trees_equal(restored, again)
@@ -243,7 +242,8 @@ def test_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_checkpoint_every_and_keep(prepared, tmp_path):
-  from mnist_jax import models, train  # pylint: disable=g-import-not-at-top
+  from mnist_jax import models  # pylint: disable=g-import-not-at-top
+  from mnist_jax.training import train  # pylint: disable=g-import-not-at-top
   mnist_dir, data_dir = prepared
   config = models.get_config(
       "linear", "seed", epochs=5, batch_size=100, checkpoint_every=2,
@@ -269,9 +269,9 @@ def test_replicas_stopped_mid_epoch_then_resumed_equal_uninterrupted(prepared,
   assert len(whole[-1]["members"]) == 2
   rc, _, err, _ = lh.run_and_signal(args("stopped"), lh.SIGTERM, epoch=2)
   assert rc == 128 + lh.SIGTERM, err
-  from mnist_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  _, meta = checkpoint.Checkpointer(str(tmp_path / "stopped"),
-                                    read_only=True).read_meta()
+  from mnist_jax.rundir import checkpoints  # pylint: disable=g-import-not-at-top
+  _, meta = checkpoints.Checkpointer(str(tmp_path / "stopped"),
+                                     read_only=True).read_meta()
   assert meta["epoch"] == 1 and 0 < meta["epoch_step"] < 33, meta
   rc, out, err = lh.run(args("stopped"))
   assert rc == 0, err

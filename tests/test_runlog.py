@@ -8,9 +8,8 @@ from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
 
 from mnist_jax import models
-from mnist_jax import progress
-from mnist_jax import runlog
-from mnist_jax import workdir as workdir_lib
+from mnist_jax.rundir import folder
+from mnist_jax.rundir import log as log_lib
 
 
 def _row(epoch):
@@ -45,7 +44,7 @@ class _Recorder:
 def test_rows_go_to_every_writer_and_epochs_to_the_console(tmp_path):
   console = io.StringIO()
   recorder = _Recorder()
-  log = runlog.RunLog(progress.Progress(2, stream=console), [recorder])
+  log = log_lib.RunLog(log_lib.Progress(2, stream=console), [recorder])
   log.open(str(tmp_path), resume_after=0)
   log.epoch(_row(1))
   log.diverged({"epoch": 2, "step": 15, "diverged": True, "message": "m"})
@@ -55,7 +54,7 @@ def test_rows_go_to_every_writer_and_epochs_to_the_console(tmp_path):
   assert recorder.calls == [("resume", 0), ("epoch", 1), ("diverged", 15),
                             ("final", 0.9), ("figures",), ("close",)]
   assert "epoch 1/2 loss 1.0000" in console.getvalue()
-  rows = workdir_lib.read_metrics(os.path.join(tmp_path, "metrics.jsonl"))
+  rows = folder.read_metrics(os.path.join(tmp_path, "metrics.jsonl"))
   assert [r.get("epoch") for r in rows] == [1, 2, None]
 
 
@@ -64,13 +63,13 @@ def test_a_resumed_run_drops_later_epochs_and_the_final_row(tmp_path):
   with open(path, "w") as f:
     for row in (_row(1), _row(2), _row(3), {"test_accuracy": 0.9}):
       f.write(json.dumps(row) + "\n")
-  log = runlog.RunLog(progress.Progress(3, stream=io.StringIO()))
+  log = log_lib.RunLog(log_lib.Progress(3, stream=io.StringIO()))
   log.open(str(tmp_path), resume_after=2)
-  assert [r["epoch"] for r in workdir_lib.read_metrics(path)] == [1, 2]
+  assert [r["epoch"] for r in folder.read_metrics(path)] == [1, 2]
 
 
 def test_a_process_that_writes_no_files_has_no_writer(tmp_path):
-  log = runlog.RunLog(progress.Progress(1, stream=io.StringIO()))
+  log = log_lib.RunLog(log_lib.Progress(1, stream=io.StringIO()))
   log.open(None)
   log.epoch(_row(1))
   log.final({"test_accuracy": 0.9})
@@ -93,10 +92,10 @@ def test_tensorboard_continues_the_kept_rows_and_takes_the_figures(tmp_path):
   config = models.get_config("mlp", epochs=3)
   _write_rows(tmp_path, [_row(1), _row(2), _row(3), {"test_accuracy": 0.5}])
   Image.new("L", (8, 6)).save(tmp_path / "mistakes.png")
-  log = runlog.RunLog(progress.Progress(3, stream=io.StringIO()))
+  log = log_lib.RunLog(log_lib.Progress(3, stream=io.StringIO()))
   log.open(str(tmp_path), resume_after=2, config=config, steps_per_epoch=10)
-  assert [type(w) for w in log.writers] == [runlog.JsonlWriter,
-                                            runlog.TensorBoardWriter]
+  assert [type(w) for w in log.writers] == [log_lib.JsonlWriter,
+                                            log_lib.TensorBoardWriter]
   again = dict(_row(3), train_loss=0.25)
   log.epoch(again)
   log.final({"test_accuracy": 0.75, "test_loss": 0.5, "epochs_run": 3})
@@ -113,9 +112,9 @@ def test_tensorboard_continues_the_kept_rows_and_takes_the_figures(tmp_path):
 
 def test_notensorboard_opens_metrics_jsonl_only(tmp_path):
   config = models.get_config("mlp", tensorboard=False)
-  log = runlog.RunLog(progress.Progress(1, stream=io.StringIO()))
+  log = log_lib.RunLog(log_lib.Progress(1, stream=io.StringIO()))
   log.open(str(tmp_path), config=config)
   log.epoch(_row(1))
   log.close()
-  assert [type(w) for w in log.writers] == [runlog.JsonlWriter]
+  assert [type(w) for w in log.writers] == [log_lib.JsonlWriter]
   assert os.listdir(tmp_path) == ["metrics.jsonl"]

@@ -30,8 +30,8 @@ def test_first_step_needs_neither_tfds_nor_orbax_nor_matplotlib(prepared, tmp_pa
 
 def test_a_cached_dataset_loads_without_tfds(prepared):
   _, data_dir = prepared
-  code = ("import sys; from mnist_jax import data; "
-          f"a = data.prepare('mnist', {data_dir!r}); "
+  code = ("import sys; from mnist_jax.data import pipeline; "
+          f"a = pipeline.prepare('mnist', {data_dir!r}); "
           "print(len(a['train_labels']), 'tensorflow_datasets' in sys.modules)")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True,
                        text=True, cwd=ROOT, check=True, timeout=120)
@@ -40,7 +40,8 @@ def test_a_cached_dataset_loads_without_tfds(prepared):
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "kmnist"])
 def test_builders_take_their_version_and_names_from_datasets(name, tmp_path):
-  from mnist_jax import datasets, tfds_builder  # pylint: disable=g-import-not-at-top
+  from mnist_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  from mnist_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top
   builder = tfds_builder.BUILDERS[name](data_dir=str(tmp_path),
                                         file_format="array_record")
   assert str(builder.version) == datasets.DATASETS[name].version

@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
-from mnist_jax import models, optim, sweep
+from mnist_jax import models
 from mnist_jax.errors import UserError
+from mnist_jax.training import members as members_lib
+from mnist_jax.training import optim
 
 
 def _config(**overrides):
@@ -12,21 +14,21 @@ def _config(**overrides):
 
 
 def test_repeated_flags_and_semicolons_give_one_grid_in_order():
-  flags = sweep.parse(["learning_rate=3e-4, 1e-3,3e-3", "weight_decay=0,1e-4"])
-  joined = sweep.parse("learning_rate=3e-4,1e-3,3e-3;weight_decay=0,1e-4")
+  flags = members_lib.parse(["learning_rate=3e-4, 1e-3,3e-3", "weight_decay=0,1e-4"])
+  joined = members_lib.parse("learning_rate=3e-4,1e-3,3e-3;weight_decay=0,1e-4")
   assert flags == joined
   assert list(flags) == ["learning_rate", "weight_decay"]
   assert flags["learning_rate"] == (3e-4, 1e-3, 3e-3)
-  assert sweep.parse("") == {} and sweep.parse([]) == {}
+  assert members_lib.parse("") == {} and members_lib.parse([]) == {}
 
 
 def test_canonical_reads_back_as_the_same_grid():
   specs = ["weight_decay=1e-5,0", "learning_rate=0.1,3e-4;label_smoothing=0.1"]
-  text = sweep.canonical(specs)
-  assert sweep.parse(text) == sweep.parse(specs)
-  assert sweep.canonical(text) == text
+  text = members_lib.canonical(specs)
+  assert members_lib.parse(text) == members_lib.parse(specs)
+  assert members_lib.canonical(text) == text
   assert text.startswith("weight_decay=")  # The order given is kept.
-  assert sweep.canonical("") == ""
+  assert members_lib.canonical("") == ""
 
 
 @pytest.mark.parametrize("spec,words", [
@@ -44,7 +46,7 @@ def test_canonical_reads_back_as_the_same_grid():
 ])
 def test_bad_specs_are_one_line_errors(spec, words):
   with pytest.raises(UserError) as caught:
-    sweep.parse(spec)
+    members_lib.parse(spec)
   message = str(caught.value)
   assert "\n" not in message
   for word in words:
@@ -55,7 +57,7 @@ def test_bad_specs_are_one_line_errors(spec, words):
                                   "dropout", "epochs", "hidden", "optimizer"])
 def test_names_that_change_the_program_point_to_compare(name):
   with pytest.raises(UserError, match=r"experiments/compare\.py --train=") as e:
-    sweep.parse(f"{name}=1,2")
+    members_lib.parse(f"{name}=1,2")
   assert f"cannot vary {name}" in str(e.value)
   assert "learning_rate" in str(e.value)  # It lists what can be swept.
 
@@ -73,7 +75,7 @@ def test_names_that_change_the_program_point_to_compare(name):
 ])
 def test_members_refuse_values_no_run_accepts(spec, overrides, words):
   with pytest.raises(UserError) as caught:
-    sweep.members(_config(**overrides), spec)
+    members_lib.from_config(_config(**overrides), spec)
   assert "\n" not in str(caught.value)
   for word in words:
     assert word in str(caught.value)
@@ -81,7 +83,7 @@ def test_members_refuse_values_no_run_accepts(spec, overrides, words):
 
 def test_members_are_grid_point_major_seed_minor():
   config = _config(seed=5, num_seeds=2, learning_rate=1.0)
-  members = sweep.members(
+  members = members_lib.from_config(
       config, "learning_rate=1e-3,3e-3;weight_decay=0,1e-4")
   assert [m.index for m in members] == list(range(8))
   assert [m.seed for m in members] == [5, 6] * 4
@@ -90,25 +92,25 @@ def test_members_are_grid_point_major_seed_minor():
                                      (3e-3, 1e-4)]
   for m in members:
     assert m.config == config.replace(seed=m.seed, num_seeds=1, **m.values)
-  assert sweep.label(members[3]) == "learning_rate=0.001, weight_decay=0.0001, seed=6"
+  assert members_lib.label(members[3]) == "learning_rate=0.001, weight_decay=0.0001, seed=6"
 
 
 def test_no_sweep_is_one_grid_point_of_seeds():
   config = _config(seed=3, num_seeds=3)
-  members = sweep.members(config, "")
+  members = members_lib.from_config(config, "")
   assert [(m.index, m.seed, m.values) for m in members] == [
       (0, 3, {}), (1, 4, {}), (2, 5, {})]
   assert members[1].config == config.replace(seed=4, num_seeds=1)
-  assert sweep.label(members[0]) == "seed=3"
-  assert sweep.hyperparams(members, 10) == {}
-  single = sweep.members(_config(), "")
+  assert members_lib.label(members[0]) == "seed=3"
+  assert members_lib.hyperparams(members, 10) == {}
+  single = members_lib.from_config(_config(), "")
   assert len(single) == 1 and single[0].config == _config()
 
 
 def test_hyperparams_stack_the_swept_values_in_member_order():
   config = _config(num_seeds=2, schedule="warmup_cosine", epochs=4)
-  members = sweep.members(config, "warmup_epochs=0.5,2;grad_clip=0,1")
-  stacked = sweep.hyperparams(members, steps_per_epoch=10)
+  members = members_lib.from_config(config, "warmup_epochs=0.5,2;grad_clip=0,1")
+  stacked = members_lib.hyperparams(members, steps_per_epoch=10)
   assert set(stacked) == {"warmup_steps", "grad_clip"}
   assert stacked["warmup_steps"].dtype == np.int32
   assert stacked["grad_clip"].dtype == np.float32

@@ -15,12 +15,19 @@ import pytest
 
 import launch
 import launch_helpers as lh
-from experiments import compare
 from conftest import members_in_turn_and_vmapped
-from mnist_jax import checkpoint, data, members, models, optim, predict
-from mnist_jax import report, sweep, train, trained
-from mnist_jax import workdir as workdir_lib
+from mnist_jax import models
+from mnist_jax.data import images as images_lib
+from mnist_jax.data import pipeline
 from mnist_jax.errors import UserError
+from mnist_jax.results import compare
+from mnist_jax.results import report
+from mnist_jax.results import run as run_lib
+from mnist_jax.rundir import checkpoints
+from mnist_jax.rundir import folder as folder_lib
+from mnist_jax.training import members
+from mnist_jax.training import optim
+from mnist_jax.training import train
 
 TINY = dict(mlp_hidden=(16,), dropout=0.2, epochs=2, batch_size=50,
             val_fraction=0.1)
@@ -36,7 +43,7 @@ def _config(prepared, **overrides):
 def _train(prepared, folder, **overrides):
   train.train_and_evaluate(_config(prepared, **overrides), str(folder),
                            stream=io.StringIO())
-  return workdir_lib.read_metrics(os.path.join(str(folder), "metrics.jsonl"))
+  return folder_lib.read_metrics(os.path.join(str(folder), "metrics.jsonl"))
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +74,7 @@ def test_repeated_and_joined_sweep_flags_give_one_canonical_spec():
       "sweep": "learning_rate=0.0003,0.001;weight_decay=0.0,0.0001"}
   assert _overrides() == {}
   config = models.get_config("mlp", **repeated)
-  command = workdir_lib.repeat_command(config)
+  command = folder_lib.repeat_command(config)
   assert "--sweep=" in command and "--learning_rate" not in command
   assert "--weight_decay" not in command and "--epochs=20" in command
 
@@ -129,7 +136,7 @@ def test_bad_sweeps_through_launch_are_one_line_and_write_nothing(
 def test_member_i_is_the_single_run_with_its_values_and_seed(prepared, swept,
                                                              tmp_path):
   _, rows = swept
-  listed = sweep.members(_config(prepared, num_seeds=2, sweep=SWEEP))
+  listed = members.from_config(_config(prepared, num_seeds=2, sweep=SWEEP))
   for i in (5,):  # learning_rate 0.01, seed 1 and a swept clip of 0: the
     m = listed[i]  # single run holds no clip at all.
     single = _train(prepared, tmp_path / str(i), seed=m.seed, **m.values)
@@ -210,7 +217,7 @@ def test_a_diverged_member_stops_alone(prepared, tmp_path):
       str(folder), stream=stream)
   assert "member learning_rate=1e+38, seed=0 diverged at step" in (
       stream.getvalue())
-  rows = workdir_lib.read_metrics(str(folder / "metrics.jsonl"))
+  rows = folder_lib.read_metrics(str(folder / "metrics.jsonl"))
   final = rows[-1]
   assert final["chosen"]["index"] == 0 and "diverged" not in final
   assert final["test_accuracy"] == final["members"][0]["test_accuracy"]
@@ -231,7 +238,7 @@ def test_a_diverged_member_stops_alone(prepared, tmp_path):
 
 def test_rows_hold_the_leading_member_and_every_member(prepared, swept):
   folder, rows = swept
-  listed = members.from_config(workdir_lib.read_config(folder))
+  listed = members.from_config(folder_lib.read_config(folder))
   steps = 540 // 50
   epochs, final = rows[:-1], rows[-1]
   for row in epochs:
@@ -295,7 +302,7 @@ def test_sweep_csv_and_png(swept):
     ([0.0, 0.1, 0.2], "linear"), ([0.5, 1.0], "linear")])
 def test_sweep_plot_axis_is_logarithmic_for_values_spanning_decades(values,
                                                                    scale):
-  from mnist_jax import plots  # pylint: disable=g-import-not-at-top
+  from mnist_jax.results import plots  # pylint: disable=g-import-not-at-top
   fig, ax = plots.plt.subplots()
   plots._value_axis(ax, values)  # pylint: disable=protected-access
   assert ax.get_xscale() == scale
@@ -313,7 +320,7 @@ def test_report_names_the_chosen_member_and_the_ensemble(swept):
   folder, rows = swept
   text = open(os.path.join(folder, "report.md")).read()
   chosen = rows[-1]["chosen"]
-  label = sweep.values_text(chosen["values"], chosen["seed"])
+  label = members.values_text(chosen["values"], chosen["seed"])
   assert f"member {chosen['index']} ({label}) of 8" in text
   assert "highest mean final validation accuracy" in text
   assert "Ensemble test accuracy" in text
@@ -346,12 +353,12 @@ def test_ensemble_and_chosen_member_from_the_checkpoint(prepared, swept):
   """The final row's ensemble and member metrics, recomputed from probabilities
   of each member's own parameters."""
   folder, rows = swept
-  run = trained.load_run(folder)
+  run = run_lib.load_run(folder)
   final = rows[-1]
   assert run.member == final["chosen"]["index"]
   assert run.seeds == tuple(members.points(members.from_config(run.config))[
       run.member // 2])
-  dataset = data.load(run.config)
+  dataset = pipeline.load(run.config)
   images = np.asarray(dataset.test.images)
   labels = np.asarray(dataset.test.labels)
   probs = []
@@ -376,23 +383,23 @@ def test_report_mode_and_predict_use_the_chosen_member(swept, tmp_path):
   copy = str(tmp_path / "copy")
   shutil.copytree(folder, copy)
   os.remove(os.path.join(copy, "sweep.png"))
-  result = trained.rewrite_report(copy)
+  result = run_lib.rewrite_report(copy)
   chosen = rows[-1]["members"][rows[-1]["chosen"]["index"]]
   assert result["accuracy"] == pytest.approx(chosen["test_accuracy"], abs=1e-9)
   assert os.path.exists(os.path.join(copy, "sweep.png"))
   assert (open(os.path.join(copy, "report.md")).read() ==
           open(os.path.join(folder, "report.md")).read())
 
-  image = Image.fromarray(np.asarray(data.load(
-      workdir_lib.read_config(folder)).test.images[0]))
+  image = Image.fromarray(np.asarray(pipeline.load(
+      folder_lib.read_config(folder)).test.images[0]))
   path = str(tmp_path / "digit.png")
   image.save(path)
-  run = trained.load_run(folder)
+  run = run_lib.load_run(folder)
   out = io.StringIO()
-  assert predict.main(folder, [path], as_json=True, out=out, ensemble=True) == 0
+  assert run_lib.print_predictions(folder, [path], as_json=True, out=out, ensemble=True) == 0
   got = json.loads(out.getvalue())["probabilities"]
   np.testing.assert_allclose(
-      got, run.probabilities(predict.load(path)[None], ensemble=True)[0],
+      got, run.probabilities(images_lib.load(path)[None], ensemble=True)[0],
       atol=2e-6)
 
 
@@ -433,7 +440,7 @@ def test_compare_vary_trains_a_run_per_value(prepared, tmp_path):
                                mnist_dir=mnist_dir, data_dir=data_dir)
   assert [os.path.basename(f) for f in folders] == [
       "linear-batch_size=50-seed0", "linear-batch_size=100-seed0"]
-  assert [workdir_lib.read_config(f).batch_size for f in folders] == [50, 100]
+  assert [folder_lib.read_config(f).batch_size for f in folders] == [50, 100]
   groups = compare.compare(folders, str(tmp_path / "out"), log=lambda _: None)
   assert sorted(g["label"] for g in groups) == [
       "linear (batch_size=100)", "linear (batch_size=50)"]
@@ -478,8 +485,8 @@ def test_a_sweep_stopped_mid_epoch_resumes_exactly(prepared, tmp_path):
   whole = lh.deterministic(lh.metrics(str(tmp_path / "whole")))
   rc, _, err, _ = lh.run_and_signal(args("stopped"), lh.SIGTERM, epoch=2)
   assert rc == 128 + lh.SIGTERM, err
-  _, meta = checkpoint.Checkpointer(str(tmp_path / "stopped"),
-                                    read_only=True).read_meta()
+  _, meta = checkpoints.Checkpointer(str(tmp_path / "stopped"),
+                                     read_only=True).read_meta()
   assert meta["epoch"] == 1 and meta["epoch_step"] > 0
   rc, out, err = lh.run(args("stopped"))
   assert rc == 0 and "resuming" in out, err
@@ -522,7 +529,7 @@ def _set_format(workdir, value):
     meta = json.load(f)
   meta.pop("format") if value is None else meta.update(format=value)
   meta.pop("meta_checksum")
-  meta["meta_checksum"] = checkpoint._meta_checksum(meta)  # pylint: disable=protected-access
+  meta["meta_checksum"] = checkpoints._meta_checksum(meta)  # pylint: disable=protected-access
   with open(path, "w") as f:
     json.dump(meta, f)
 
@@ -530,13 +537,13 @@ def _set_format(workdir, value):
 @pytest.mark.parametrize("value,words", [
     (None, "an older mnist_jax (checkpoint format 1"),
     (1, "an older mnist_jax (checkpoint format 1"),
-    (checkpoint.FORMAT + 1, "a newer mnist_jax"),
+    (checkpoints.FORMAT + 1, "a newer mnist_jax"),
 ])
 def test_a_checkpoint_of_another_format_is_a_one_line_error(
     swept, tmp_path, value, words):
   source, _ = swept
-  _, meta = checkpoint.Checkpointer(source, read_only=True).read_meta()
-  assert meta["format"] == checkpoint.FORMAT
+  _, meta = checkpoints.Checkpointer(source, read_only=True).read_meta()
+  assert meta["format"] == checkpoints.FORMAT
   folder = str(tmp_path / "run")
   shutil.copytree(source, folder)
   # Resume from epoch 1's checkpoint, as another mnist_jax wrote it.
@@ -544,8 +551,8 @@ def test_a_checkpoint_of_another_format_is_a_one_line_error(
   shutil.rmtree(os.path.join(folders, max(os.listdir(folders), key=int)))
   _set_format(folder, value)
   before = lh.snapshot(folder)
-  with pytest.raises(checkpoint.CheckpointError) as e:
-    train.train_and_evaluate(workdir_lib.read_config(folder), folder,
+  with pytest.raises(checkpoints.CheckpointError) as e:
+    train.train_and_evaluate(folder_lib.read_config(folder), folder,
                              stream=io.StringIO())
   message = str(e.value)
   assert "\n" not in message and words in message
@@ -553,5 +560,5 @@ def test_a_checkpoint_of_another_format_is_a_one_line_error(
   assert "--overwrite" not in message and "damaged" not in message
   assert "does not fit" not in message
   assert lh.snapshot(folder) == before
-  with pytest.raises(checkpoint.CheckpointError, match="older|newer"):
-    trained.load_run(folder)
+  with pytest.raises(checkpoints.CheckpointError, match="older|newer"):
+    run_lib.load_run(folder)

@@ -10,8 +10,10 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 import tensorboard_helpers as tbh
-from mnist_jax import models, optim, tensorboard_events
+from mnist_jax import models
 from mnist_jax.errors import UserError
+from mnist_jax.rundir import tensorboard
+from mnist_jax.training import optim
 
 STEPS = 10  # Steps per epoch of the hand-made rows.
 
@@ -83,7 +85,7 @@ def test_epoch_rows_final_metrics_and_figures_read_back(tmp_path):
   rows = [dict(_row(e), learning_rate=1e-3 / e) for e in (1, 2, 3)]
   figures = [_png(tmp_path / "learning_curves.png", (40, 30), "red"),
              _png(tmp_path / "mistakes.png", (20, 50), "blue")]
-  writer = tensorboard_events.Writer(str(tmp_path), config, steps_per_epoch=STEPS)
+  writer = tensorboard.Writer(str(tmp_path), config, steps_per_epoch=STEPS)
   for row in rows:
     writer.epoch(row)
   writer.final(_final(3), figures + [str(tmp_path / "not_drawn.png")])
@@ -91,8 +93,8 @@ def test_epoch_rows_final_metrics_and_figures_read_back(tmp_path):
 
   mux = tbh.multiplexer(tmp_path)
   assert list(mux.Runs()) == ["."]
-  expected = _expect(rows, {**tensorboard_events.EPOCH_TAGS,
-                            **tensorboard_events.SPEED_TAGS})
+  expected = _expect(rows, {**tensorboard.EPOCH_TAGS,
+                            **tensorboard.SPEED_TAGS})
   expected.update({"loss/test": [(3, 0.25)], "accuracy/test": [(3, 0.93)]})
   _assert_series(tbh.scalars(mux, "."), expected)
 
@@ -110,7 +112,7 @@ def test_epoch_rows_final_metrics_and_figures_read_back(tmp_path):
 
 def test_learning_rate_comes_from_the_schedule_when_a_row_has_none(tmp_path):
   config = _config(schedule="warmup_cosine", warmup_epochs=1.0, epochs=4)
-  writer = tensorboard_events.Writer(str(tmp_path), config, steps_per_epoch=STEPS)
+  writer = tensorboard.Writer(str(tmp_path), config, steps_per_epoch=STEPS)
   for e in (1, 2, 3, 4):
     writer.epoch(_row(e))
   writer.close()
@@ -125,10 +127,10 @@ def test_learning_rate_comes_from_the_schedule_when_a_row_has_none(tmp_path):
 
 def test_config_is_an_hparams_session_closed_by_final(tmp_path):
   config = _config(learning_rate=3e-3, workdir=str(tmp_path))
-  unfinished = tensorboard_events.Writer(str(tmp_path / "stopped"), config)
+  unfinished = tensorboard.Writer(str(tmp_path / "stopped"), config)
   unfinished.epoch(_row(1))
   unfinished.close()  # Preempted or diverged: the session stays open.
-  writer = tensorboard_events.Writer(str(tmp_path / "done"), config)
+  writer = tensorboard.Writer(str(tmp_path / "done"), config)
   writer.epoch(_row(1))
   writer.final(_final(1))
   writer.close()
@@ -149,7 +151,7 @@ def test_config_is_an_hparams_session_closed_by_final(tmp_path):
 
 def test_events_reach_the_file_while_the_run_goes_on(tmp_path):
   """A live TensorBoard sees each epoch as soon as it is logged."""
-  writer = tensorboard_events.Writer(str(tmp_path), _config())
+  writer = tensorboard.Writer(str(tmp_path), _config())
   for e in (1, 2):
     writer.epoch(_row(e))
     seen = tbh.scalars(tbh.multiplexer(tmp_path), ".")
@@ -161,7 +163,7 @@ def test_each_member_is_a_run_with_the_same_tags(tmp_path):
   seeds = (4, 5, 6)
   config = _config(seed=4, num_seeds=3)
   rows = [_row(e, seeds) for e in (1, 2)]
-  writer = tensorboard_events.Writer(str(tmp_path), config, steps_per_epoch=STEPS)
+  writer = tensorboard.Writer(str(tmp_path), config, steps_per_epoch=STEPS)
   for row in rows:
     writer.epoch(row)
   writer.final(_final(2, seeds))
@@ -170,14 +172,14 @@ def test_each_member_is_a_run_with_the_same_tags(tmp_path):
   mux = tbh.multiplexer(tmp_path)
   assert sorted(mux.Runs()) == [".", "seed=4", "seed=5", "seed=6"]
   mean = tbh.scalars(mux, ".")
-  for key, tag in tensorboard_events.EPOCH_TAGS.items():
+  for key, tag in tensorboard.EPOCH_TAGS.items():
     if key != "learning_rate":
       assert [v for _, v in mean[tag]] == pytest.approx([r[key] for r in rows])
   for i, seed in enumerate(seeds):
     run = f"seed={seed}"
     own = [r["members"][i] for r in rows]
     expected = _expect([{**p, "epoch": r["epoch"]} for p, r in zip(own, rows)],
-                       tensorboard_events.EPOCH_TAGS)
+                       tensorboard.EPOCH_TAGS)
     expected["learning_rate"] = mean["learning_rate"]
     expected["loss/test"] = [(2, 0.2 + 0.01 * seed)]
     expected["accuracy/test"] = [(2, 0.9 + 0.001 * seed)]
@@ -190,12 +192,12 @@ def test_each_member_is_a_run_with_the_same_tags(tmp_path):
 
 
 def test_sweep_members_are_named_by_their_settings():
-  assert (tensorboard_events.member_name({"learning_rate": 1e-3, "seed": 3})
+  assert (tensorboard.member_name({"learning_rate": 1e-3, "seed": 3})
           == "learning_rate=0.001,seed=3")
-  assert tensorboard_events.member_name({"mlp_hidden": (64, 32)}) == "mlp_hidden=64,32"
+  assert tensorboard.member_name({"mlp_hidden": (64, 32)}) == "mlp_hidden=64,32"
   config = _config(num_seeds=2, seed=7)
-  assert tensorboard_events.members_of(config) == [{"seed": 7}, {"seed": 8}]
-  assert tensorboard_events.members_of(_config()) == []
+  assert tensorboard.members_of(config) == [{"seed": 7}, {"seed": 8}]
+  assert tensorboard.members_of(_config()) == []
 
 
 def test_sweep_members_take_their_own_learning_rate_and_older_rows_read(tmp_path):
@@ -210,8 +212,8 @@ def test_sweep_members_take_their_own_learning_rate_and_older_rows_read(tmp_path
     for member, label in zip(row["members"], labels):
       member["learning_rate"] = label["learning_rate"] / row["epoch"]
   rows[1]["replicas"] = rows[1].pop("members")
-  writer = tensorboard_events.Writer(str(tmp_path), config, members=labels,
-                                     steps_per_epoch=STEPS)
+  writer = tensorboard.Writer(str(tmp_path), config, members=labels,
+                              steps_per_epoch=STEPS)
   for row in rows:
     writer.epoch(row)
   writer.close()
@@ -227,13 +229,13 @@ def test_sweep_members_take_their_own_learning_rate_and_older_rows_read(tmp_path
 
 def test_a_member_folder_in_the_way_is_refused_before_writing(tmp_path):
   members = [{"seed": 0}, {"seed": 1}]
-  tensorboard_events.check_folders(str(tmp_path), members)  # Nothing there.
+  tensorboard.check_folders(str(tmp_path), members)  # Nothing there.
   (tmp_path / "seed=0").mkdir()
-  tensorboard_events.check_folders(str(tmp_path), members)  # A folder: fine.
+  tensorboard.check_folders(str(tmp_path), members)  # A folder: fine.
   (tmp_path / "seed=1").write_text("not a folder")
   with pytest.raises(UserError, match=r"seed=1 is a file where TensorBoard "
                      r"events of a member go; .* --notensorboard"):
-    tensorboard_events.check_folders(str(tmp_path), members)
+    tensorboard.check_folders(str(tmp_path), members)
   assert sorted(os.listdir(tmp_path)) == ["seed=0", "seed=1"]
   assert os.listdir(tmp_path / "seed=0") == []
 
@@ -251,7 +253,7 @@ def test_resume_continues_one_series_that_matches_the_kept_rows(tmp_path):
   """Killed in epoch 4 with epoch 4 written past the checkpoint, resumed at 3."""
   config = _config(epochs=5)
   first = [dict(_row(e), learning_rate=1e-3 / e) for e in (1, 2, 3, 4)]
-  writer = tensorboard_events.Writer(str(tmp_path), config)
+  writer = tensorboard.Writer(str(tmp_path), config)
   for row in first:
     writer.epoch(row)
   writer.close()  # A kill leaves the same: each epoch is flushed as logged.
@@ -259,15 +261,15 @@ def test_resume_continues_one_series_that_matches_the_kept_rows(tmp_path):
   kept = first[:3]  # metrics.jsonl after truncate_after(3).
   again = [dict(_row(e, offset=0.5), learning_rate=2e-3 / e)  # Not the first 4.
            for e in (4, 5)]
-  writer = tensorboard_events.Writer(str(tmp_path), config, history=kept)
+  writer = tensorboard.Writer(str(tmp_path), config, history=kept)
   for row in again:
     writer.epoch(row)
   writer.final(_final(5))
   writer.close()
 
   assert len([f for f in os.listdir(tmp_path) if "tfevents" in f]) == 2
-  expected = _expect(kept + again, {**tensorboard_events.EPOCH_TAGS,
-                                    **tensorboard_events.SPEED_TAGS})
+  expected = _expect(kept + again, {**tensorboard.EPOCH_TAGS,
+                                    **tensorboard.SPEED_TAGS})
   expected.update({"loss/test": [(5, 0.25)], "accuracy/test": [(5, 0.93)]})
   for scalars in _load_both(tmp_path):
     _assert_series(scalars, expected)
@@ -280,12 +282,12 @@ def test_resume_restores_rows_a_kill_kept_from_the_events(tmp_path):
   in epoch 3 on resume."""
   config = _config(epochs=4, seed=1, num_seeds=2)
   rows = [_row(e, (1, 2)) for e in (1, 2, 3, 4)]
-  writer = tensorboard_events.Writer(str(tmp_path), config, steps_per_epoch=STEPS)
+  writer = tensorboard.Writer(str(tmp_path), config, steps_per_epoch=STEPS)
   for row in rows[:2]:
     writer.epoch(row)
   writer.close()
-  writer = tensorboard_events.Writer(str(tmp_path), config, history=rows[:3],
-                                     steps_per_epoch=STEPS)
+  writer = tensorboard.Writer(str(tmp_path), config, history=rows[:3],
+                              steps_per_epoch=STEPS)
   writer.epoch(rows[3])
   writer.close()
   mux = tbh.multiplexer(tmp_path)
@@ -297,7 +299,7 @@ def test_resume_restores_rows_a_kill_kept_from_the_events(tmp_path):
 
 
 def test_disabled_writer_writes_nothing(tmp_path):
-  writer = tensorboard_events.Writer(str(tmp_path / "run"), _config(), enabled=False)
+  writer = tensorboard.Writer(str(tmp_path / "run"), _config(), enabled=False)
   writer.epoch(_row(1))
   writer.final(_final(1), [_png(tmp_path / "x.png", (4, 4), "red")])
   writer.close()
@@ -307,8 +309,8 @@ def test_disabled_writer_writes_nothing(tmp_path):
 def test_a_failed_write_warns_once_and_the_run_goes_on(tmp_path, monkeypatch):
   (tmp_path / "seed=1").write_text("a file where a member folder should go")
   warnings = []
-  writer = tensorboard_events.Writer(str(tmp_path), _config(num_seeds=2, seed=0),
-                                     warn=warnings.append)
+  writer = tensorboard.Writer(str(tmp_path), _config(num_seeds=2, seed=0),
+                              warn=warnings.append)
   for e in (1, 2):
     writer.epoch(_row(e, (0, 1)))
   writer.final(_final(2, (0, 1)))
@@ -316,12 +318,12 @@ def test_a_failed_write_warns_once_and_the_run_goes_on(tmp_path, monkeypatch):
   assert len(warnings) == 1 and "training goes on" in warnings[0]
 
   warnings.clear()
-  writer = tensorboard_events.Writer(str(tmp_path / "ok"), _config(),
-                                     warn=warnings.append)
+  writer = tensorboard.Writer(str(tmp_path / "ok"), _config(),
+                              warn=warnings.append)
   writer.epoch(_row(1))
   def broken(*args, **kwargs):
     raise OSError(28, "No space left on device")
-  monkeypatch.setattr(tensorboard_events.EventFile, "flush", broken)
+  monkeypatch.setattr(tensorboard.EventFile, "flush", broken)
   for e in (2, 3):
     writer.epoch(_row(e))
   writer.final(_final(3))

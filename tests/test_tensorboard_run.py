@@ -14,11 +14,14 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 import launch_helpers as lh
 import tensorboard_helpers as tbh
-from mnist_jax import models, report, tensorboard_events, train
-from mnist_jax import workdir as workdir_lib
+from mnist_jax import models
 from mnist_jax.errors import Diverged, UserError
+from mnist_jax.results import report
+from mnist_jax.rundir import folder as folder_lib
+from mnist_jax.rundir import tensorboard
+from mnist_jax.training import train
 
-EPOCH_TAGS = {**tensorboard_events.EPOCH_TAGS, **tensorboard_events.SPEED_TAGS}
+EPOCH_TAGS = {**tensorboard.EPOCH_TAGS, **tensorboard.SPEED_TAGS}
 TINY = dict(mlp_hidden=(16,), epochs=2, batch_size=32, val_fraction=0.1,
             schedule="cosine")
 
@@ -37,7 +40,7 @@ def _train(prepared, workdir, model="mlp", draw=False, **overrides):
     if not draw:
       patch.setattr(report, "write", lambda *args, **kwargs: None)
     train.train_and_evaluate(config, str(workdir), stream=io.StringIO())
-  return workdir_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  return folder_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
 
 
 def _plain_scalars(logdir):
@@ -56,7 +59,7 @@ def _expected(epochs, final, tags=EPOCH_TAGS):
     if points:
       out[tag] = points
   last = epochs[-1]["epoch"]
-  for key, tag in tensorboard_events.FINAL_TAGS.items():
+  for key, tag in tensorboard.FINAL_TAGS.items():
     out[tag] = [(last, final[key])]
   return out
 
@@ -97,9 +100,9 @@ def _open_files():
 def test_a_run_writes_its_rows_figures_and_config(tiny_run):
   """The conftest's one-epoch run, with its report."""
   workdir = tiny_run
-  rows = workdir_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  rows = folder_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   epochs, final = rows[:-1], rows[-1]
-  config = workdir_lib.read_config(workdir)
+  config = folder_lib.read_config(workdir)
   assert [r["epoch"] for r in epochs] == [1]
   expected = _expected(epochs, final)
   assert {"loss/val", "accuracy/val", "learning_rate"} <= set(expected)
@@ -138,14 +141,14 @@ def two_seeds(prepared, tmp_path_factory):
 def test_each_seed_is_a_series_of_its_own(two_seeds):
   workdir, rows = two_seeds
   epochs, final = rows[:-1], rows[-1]
-  peak = workdir_lib.read_config(workdir).learning_rate
+  peak = folder_lib.read_config(workdir).learning_rate
   # Cosine over 2 epochs: half the peak after the first, 0 after the second.
   assert [r["learning_rate"] for r in epochs] == [
       pytest.approx(peak / 2, rel=1e-6), pytest.approx(0, abs=1e-9)]
   mux = tbh.multiplexer(workdir)
   assert sorted(mux.Runs()) == [".", "seed=5", "seed=6"]
   _assert_series(tbh.scalars(mux, "."), _expected(epochs, final))
-  member_tags = tensorboard_events.EPOCH_TAGS
+  member_tags = tensorboard.EPOCH_TAGS
   for i, run in enumerate(["seed=5", "seed=6"]):
     own = [{"epoch": r["epoch"], "learning_rate": r["learning_rate"],
             **_members(r)[i]} for r in epochs]
@@ -198,7 +201,7 @@ def test_the_event_files_close_on_every_way_out(prepared, tmp_path,
              warmup_epochs=100, epochs=200, label_smoothing=0.1)
   [events] = _event_files(workdir)
   assert os.path.realpath(events) not in _open_files()
-  rows = workdir_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  rows = folder_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   epochs = [r for r in rows if "train_loss" in r]
   got = tbh.scalars(tbh.multiplexer(workdir), ".")
   assert got["loss/train"] == [

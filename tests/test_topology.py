@@ -1,7 +1,7 @@
 """A run folder works on any devices that can hold it (slow, child processes).
 
 Trained on one device, with pmap or sharded over a split CPU host
-(runtime.split_host), with its members split over that host's devices, or
+(devices.split_host), with its members split over that host's devices, or
 over two processes (jax.distributed on localhost), a run reports, predicts
 and resumes on one device, and resumes on two devices. Report and predict
 give the training run's own test metrics (metrics.jsonl's final row) to 1e-5.
@@ -31,7 +31,7 @@ from PIL import Image
 import pytest
 
 import launch_helpers as lh
-from mnist_jax import trained
+from mnist_jax.results import run as run_lib
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +58,7 @@ class Topology:
   """How a child process runs: its flags and host devices, what it must use."""
   flags: Tuple[str, ...]
   host_devices: Optional[int] = None  # XLA's forced CPU device count.
-  split: bool = False  # Relies on runtime.split_host (two or more cores).
+  split: bool = False  # Relies on devices.split_host (two or more cores).
   devices: int = 1  # Devices the run must use (config.json records them).
 
 
@@ -289,8 +289,8 @@ def test_resume_on_other_devices(lab, name, on, tmp_path):
     trained_devices = _devices_used(json.load(f)["environment"])
   rows = lh.deterministic(lh.metrics(workdir))
   ref_rows = lh.deterministic(lh.metrics(reference))
-  params = trained.load_run(workdir).seed_params
-  ref_params = trained.load_run(reference).seed_params
+  params = run_lib.load_run(workdir).seed_params
+  ref_params = run_lib.load_run(reference).seed_params
   if trained_devices == topology.devices:  # Bit for bit.
     assert rows == ref_rows
     lh.assert_trees_equal(params, ref_params)

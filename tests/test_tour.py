@@ -72,7 +72,7 @@ def test_the_notebook_runs_on_tiny_data(prepared, tmp_path):
                                           ("module://my_inline", "module://my_inline")])
 def test_the_report_keeps_a_notebooks_inline_backend(backend, kept):
   """Training in a notebook must not switch its figures off (plots.py)."""
-  code = ("import matplotlib; from mnist_jax import plots; "
+  code = ("import matplotlib; from mnist_jax.results import plots; "
           "print(matplotlib.get_backend().lower())")
   env = {**os.environ, "MPLBACKEND": backend}
   out = subprocess.run([sys.executable, "-c", code], capture_output=True,

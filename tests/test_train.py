@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_digits
-from mnist_jax import batches, models, train
-from mnist_jax import members as members_lib
+from mnist_jax import models
+from mnist_jax.data import batches
+from mnist_jax.training import members as members_lib
+from mnist_jax.training import train
 
 TINY = {
     "linear": {},

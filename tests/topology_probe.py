@@ -5,7 +5,7 @@ It runs launch.py unchanged, and prints one line `@metrics {json}`:
   --mode=report: the test accuracy and loss report.write got for the chosen
     member, and the ensemble's (None for one member);
   --mode=predict: the test accuracy and loss of the run predict loaded
-    (trained.Run), chosen member and ensemble, on the run's test split.
+    (run.Run), chosen member and ensemble, on the run's test split.
 
   python tests/topology_probe.py --mode=report --workdir=RUN
 """
@@ -20,9 +20,9 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # pylint: disable=wrong-import-position
 
-from mnist_jax import data  # pylint: disable=wrong-import-position
-from mnist_jax import predict  # pylint: disable=wrong-import-position
-from mnist_jax import report  # pylint: disable=wrong-import-position
+from mnist_jax.data import pipeline  # pylint: disable=wrong-import-position
+from mnist_jax.results import report  # pylint: disable=wrong-import-position
+from mnist_jax.results import run as run_lib
 
 
 def _print(chosen, ensemble):
@@ -41,11 +41,11 @@ def write(*args, ensemble=None, **kwargs):
   return result
 
 
-_predict_files = predict.predict_files
+_predict_files = run_lib.predict_files
 
 
 def predict_files(run, paths, ensemble=False):
-  test = data.load(run.config).test
+  test = pipeline.load(run.config).test
   images = np.asarray(test.images)
   chosen = report.score(run.probabilities(images), test.labels)
   seeds = None
@@ -56,6 +56,6 @@ def predict_files(run, paths, ensemble=False):
 
 
 report.write = write
-predict.predict_files = predict_files
+run_lib.predict_files = predict_files
 sys.argv = [os.path.join(ROOT, "launch.py")] + sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")

@@ -1,7 +1,7 @@
-"""Predicting the digit in image files with a trained run.
+"""A picture of one digit as an MNIST-style input: what `--mode=predict` sees.
 
 Any PNG or JPEG (any size, colour or background) is turned into an MNIST-style
-input first, the way the MNIST digits themselves were made: grayscale, light ink
+input the way the MNIST digits themselves were made: grayscale, light ink
 on a dark background (inverted when the background is light), cropped to the
 digit, scaled to fit a 20x20 box keeping its aspect ratio, and placed in a 28x28
 field so that its centre of mass is at pixel (14, 14), where the MNIST training
@@ -9,19 +9,14 @@ digits have theirs on average. A photo's uneven lighting and paper colour are
 divided out first, and marks apart from the digit dropped.
 """
 
-import dataclasses
-import json
 import os
-import sys
-from typing import List, Optional, Sequence, Tuple
+from typing import Tuple
 
 import numpy as np
 from PIL import Image
 from PIL import ImageOps
 from PIL import UnidentifiedImageError
 
-from mnist_jax import datasets
-from mnist_jax import trained
 from mnist_jax.errors import UserError
 
 SIZE = 28
@@ -40,27 +35,10 @@ STRONG = 0.5  # if their ink is at least this fraction of the digit's darkest.
 STROKE = 2.0  # Minimum stroke width in the 20x20 box (MNIST pens are 2-3 px).
 MAX_SIDE = 1024  # Bigger images are shrunk first (a digit needs no more).
 WORK_SIDE = 4 * BOX  # Crops above this are max-pooled down: thin strokes survive.
-PLOT_DIR = "predict"
 
 
 class ImageError(UserError):
   """One input file cannot be used; the others are still predicted."""
-
-
-@dataclasses.dataclass
-class Prediction:
-  file: str
-  digit: Optional[int] = None
-  probabilities: Optional[List[float]] = None
-  image: Optional[np.ndarray] = None  # [28, 28] uint8, as the model saw it.
-  error: Optional[str] = None
-
-  def to_json(self) -> str:
-    record = {"file": self.file, "digit": self.digit,
-              "probabilities": self.probabilities}
-    if self.error is not None:
-      record["error"] = self.error
-    return json.dumps(record)
 
 
 def open_image(path: str) -> Image.Image:
@@ -337,78 +315,3 @@ def load(path: str) -> np.ndarray:
   """Opens and preprocesses one file: [28, 28] uint8, or ImageError."""
   with open_image(path) as image:
     return preprocess(image, path)
-
-
-def predict_files(run: trained.Run, paths: Sequence[str],
-                  ensemble: bool = False) -> List[Prediction]:
-  """Predicts each file with a loaded run (trained.load_run); failures kept in order.
-
-  ensemble: average the probabilities of the chosen grid point's seeds.
-
-  Raises:
-    UserError: ensemble with one seed at the chosen grid point (nothing to
-      average).
-  """
-  if ensemble and len(run.seeds) < 2:
-    raise UserError(
-        "--ensemble averages the seeds of the run's chosen grid point, and "
-        "this run has one seed there; predict without --ensemble, or train "
-        "with --num_seeds=N")
-  results = []
-  for path in paths:
-    try:
-      results.append(Prediction(path, image=load(path)))
-    except ImageError as e:
-      results.append(Prediction(path, error=str(e)))
-  good = [r for r in results if r.error is None]
-  if good:
-    images = np.stack([r.image for r in good])
-    probs = run.probabilities(images, ensemble, batch_size=len(good))
-    for r, p in zip(good, probs):
-      r.digit = int(np.argmax(p))
-      r.probabilities = [round(float(v), 6) for v in p]
-  return results
-
-
-def main(workdir: str, paths: Sequence[str], as_json: bool = False,
-         plot: bool = False, out=None, err=None, ensemble: bool = False,
-         **overrides) -> int:
-  """The `--mode=predict` command: prints one line per file.
-
-  ensemble: predict with the mean probabilities of the chosen grid point's
-    seeds (`--ensemble`), not the chosen member alone.
-  overrides: Config fields to change when loading the run (e.g. impl).
-
-  Returns:
-    the number of files that failed (launch.py exits 1 when it is not 0).
-  """
-  out = out or sys.stdout
-  err = err or sys.stderr
-  if not paths:
-    raise UserError("--mode=predict needs --image=FILE[,FILE...]")
-  run = trained.load_run(workdir, **overrides)
-  names = datasets.class_names(run.config.dataset)
-  results = predict_files(run, paths, ensemble)
-  for r in results:
-    if r.error is not None:
-      print(f"error: {r.error}", file=err)
-      if as_json:
-        print(r.to_json(), file=out)
-      continue
-    if as_json:
-      print(r.to_json(), file=out)
-    else:
-      probs = " ".join(f"{names[i]}:{p:.3f}" for i, p in enumerate(r.probabilities))
-      print(f"{r.file}: {names[r.digit]} ({100 * r.probabilities[r.digit]:.1f}%)"
-            f"  probabilities {probs}", file=out)
-    if plot:
-      # matplotlib only for --plot: launch.py imports this module for every
-      # command, and a training run starts without matplotlib.
-      from mnist_jax import plots  # pylint: disable=g-import-not-at-top
-      folder = os.path.join(workdir, PLOT_DIR)
-      os.makedirs(folder, exist_ok=True)
-      stem = os.path.splitext(os.path.basename(r.file))[0]
-      saved = plots.prediction(r.image, np.asarray(r.probabilities),
-                               os.path.join(folder, f"{stem}.png"), r.file, names)
-      print(f"plot: {saved}", file=err if as_json else out)
-  return sum(r.error is not None for r in results)

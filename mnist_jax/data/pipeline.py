@@ -16,12 +16,11 @@ import urllib.parse
 
 import numpy as np
 
-from mnist_jax import datasets
-from mnist_jax import files
-from mnist_jax import idx
+from mnist_jax.data import datasets
+from mnist_jax.data import idx
 from mnist_jax.errors import UserError
+from mnist_jax.rundir import files
 
-VIEWS = ("flat", "image", "rows")
 NETWORK_TIMEOUT_S = 3.0
 
 
@@ -127,7 +126,7 @@ def prepare(dataset: str = "mnist", data_dir=None, mnist_dir=None) -> dict:
 
 def _from_tfds(tfds, dataset: str, data_dir: str, mnist_dir) -> dict:
   """prepare's arrays from the tfds dataset, prepared first if it is not."""
-  from mnist_jax import tfds_builder  # pylint: disable=g-import-not-at-top
+  from mnist_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top
   builder_cls = tfds_builder.BUILDERS[dataset]
 
   def damaged(e: Exception) -> UserError:
@@ -212,25 +211,3 @@ def load(config) -> Dataset:
   """Prepares (if needed), loads and splits the dataset a config names."""
   arrays = prepare(config.dataset, config.data_dir, config.mnist_dir)
   return split(arrays, config.val_fraction, datasets.class_names(config.dataset))
-
-
-def to_view(images, view):
-  """Scales uint8 images [B, 28, 28] to float32 in [0, 1] in a model's layout.
-
-  `view` is a name, or a function of the scaled [B, 28, 28] images (as
-  `sequence.view` returns for pixel and permuted sequences).
-
-  Returns:
-    flat: [B, 784]; image: [B, 28, 28, 1]; rows: [B, 28, 28] (28 steps of 28).
-  """
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  x = images.astype(jnp.float32) * (1.0 / 255.0)
-  if callable(view):
-    return view(x)
-  if view == "flat":
-    return x.reshape(x.shape[0], -1)
-  if view == "image":
-    return x[..., None]
-  if view == "rows":
-    return x
-  raise ValueError(f"unknown view {view!r}; expected one of {VIEWS}")

@@ -13,8 +13,8 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from mnist_jax import datasets
-from mnist_jax import idx
+from mnist_jax.data import datasets
+from mnist_jax.data import idx
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",

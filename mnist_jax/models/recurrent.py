@@ -1,6 +1,6 @@
 """Recurrent models (SimpleRNN, LSTM, GRU) scanned over an image sequence.
 
-x: [B, T, F] (28 rows of 28 pixels, or 784 pixels of 1: see sequence.py)
+x: [B, T, F] (28 rows of 28 pixels, or 784 pixels of 1: see data/views.py)
 -> logits [B, num_classes]. The last hidden state of the top layer (of both
 directions when bidirectional) feeds a Dense output layer, as in the seed
 notebooks.

@@ -13,10 +13,12 @@ import flax.linen as nn
 import jax
 
 from mnist_jax import config as config_lib
-from mnist_jax import kernels
-from mnist_jax import sequence as sequence_lib
+from mnist_jax.data import views
 from mnist_jax.errors import UserError
-from mnist_jax.models import cnn, dense, recurrent
+from mnist_jax.models import cnn
+from mnist_jax.models import dense
+from mnist_jax.models import kernels
+from mnist_jax.models import recurrent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +26,7 @@ class ModelSpec:
   """A registered model."""
   name: str
   stock: Callable[[config_lib.Config], nn.Module]  # Its stock Flax module.
-  view: str  # "flat", "image" or "rows": see data.to_view.
+  view: str  # "flat", "image" or "rows": see views.to_view.
   presets: Dict[str, dict]
   # The architecture a config builds, in one line (the README's models table,
   # --dry_run): e.g. "784-1024-1024-10, ReLU, dropout 0.3".
@@ -123,11 +125,11 @@ def without_validation() -> str:
 
 
 def input_view(config: config_lib.Config):
-  """The view `data.to_view` applies for this config: the model's, or for
+  """The view `views.to_view` applies for this config: the model's, or for
   recurrent models the one `--sequence` picks (a function for pixel orders)."""
   spec = get(config.model)
   if spec.view == "rows":
-    return sequence_lib.view(config.sequence, config.permute_seed)
+    return views.view(config.sequence, config.permute_seed)
   return spec.view
 
 

@@ -14,7 +14,7 @@ if "inline" not in os.environ.get("MPLBACKEND", ""):
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from mnist_jax import files  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mnist_jax.rundir import files  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 DPI = 120
 
@@ -469,7 +469,7 @@ def sweep(table: Sequence[dict], names: Sequence[str], path: str,
           title: str = "") -> str:
   """Validation and test accuracy against each swept value.
 
-  table: sweep_report.table's records, one per member. One panel per swept
+  table: report.sweep_table's records, one per member. One panel per swept
   name; a line per combination of the other names' values; mean over the
   seeds, band +- std; the chosen grid point starred.
   """

@@ -2,11 +2,14 @@
 
 `write` takes a model's test predictions and writes the files; it runs at the
 end of training, and `python launch.py --mode=report --workdir=DIR` runs it
-again on a finished run folder (trained.py). With several members (seeds or a
+again on a finished run folder (run.py). With several members (seeds or a
 sweep, members.py) the model is the chosen member: its figures, its learning
 curves, and beside them the ensemble of its grid point's seeds and, for a
-sweep, sweep.csv and sweep.png over every member. Every file goes through a
-temporary name and a rename, so an interrupted report never leaves half a file.
+sweep, sweep.csv and sweep.png over every member (`sweep_table` reads one
+record per member from metrics.jsonl; `members_section` is report.md's part
+on which member it shows, how it was chosen and each grid point's mean and
+spread). Every file goes through a temporary name and a rename, so an
+interrupted report never leaves half a file.
 """
 
 import os
@@ -15,10 +18,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from mnist_jax import files
-from mnist_jax import members as members_lib
-from mnist_jax import sweep_report
-from mnist_jax import workdir as workdir_lib
+from mnist_jax.rundir import files
+from mnist_jax.rundir import folder
+from mnist_jax.training import members as members_lib
 
 GRID_SIZE = 40  # Test digits shown in predictions.png.
 MISTAKES_SHOWN = 24
@@ -27,6 +29,7 @@ FILES = ("report.md", "confusion_matrix.png", "confusion_matrix.csv",
          "per_class.csv", "per_class_accuracy.png", "confused_pairs.csv",
          "predictions.png", "mistakes.png", "sample_probabilities.png",
          "learning_curves.png")
+SWEEP_FILES = ("sweep.csv", "sweep.png")  # Written for a sweep only.
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -46,7 +49,7 @@ def score(probs: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
 
 def _finite_models(logits: np.ndarray) -> np.ndarray:
   """The models of logits [S, N, K] whose logits are all finite: a member
-  that diverged (divergence.py) has no place in an ensemble."""
+  that diverged (control.py) has no place in an ensemble."""
   return logits[np.isfinite(logits).all(axis=(1, 2))]
 
 
@@ -149,7 +152,7 @@ def write(workdir: str, config, test, logits: np.ndarray,
     workdir: the run folder (its metrics.jsonl gives the learning curves, and
       with several members which one was chosen).
     config: the run's Config.
-    test: data.Split with images [N, 28, 28] uint8 and labels [N].
+    test: pipeline.Split with images [N, 28, 28] uint8 and labels [N].
     logits: the (chosen member's) logits [N, K] for those images, in order.
     class_names: K label names (default "0".."9").
     ensemble: `ensemble_metrics` of the chosen grid point's seeds, if several.
@@ -159,7 +162,7 @@ def write(workdir: str, config, test, logits: np.ndarray,
   """
   # matplotlib is needed only once a run ends: importing plots here keeps it
   # out of a run's start-up.
-  from mnist_jax import plots  # pylint: disable=g-import-not-at-top
+  from mnist_jax.results import plots  # pylint: disable=g-import-not-at-top
   images = np.asarray(test.images)
   labels = np.asarray(test.labels).astype(np.int64)
   n = len(labels)
@@ -175,7 +178,7 @@ def write(workdir: str, config, test, logits: np.ndarray,
   pairs = confused_pairs(counts)
   title = f"{config.model} ({config.preset})"
   path = lambda name: os.path.join(workdir, name)
-  rows = workdir_lib.read_metrics(path(workdir_lib.METRICS_FILE))
+  rows = folder.read_metrics(path(folder.METRICS_FILE))
   final = next((r for r in reversed(rows) if "test_accuracy" in r), {})
   chosen = final.get("chosen")
   if chosen:  # The chosen member's own curves and numbers.
@@ -226,19 +229,19 @@ def write(workdir: str, config, test, logits: np.ndarray,
                              "test images")
   if rows:
     plots.learning_curves(rows, path("learning_curves.png"), title=title)
-  table = sweep_report.table(
-      workdir_lib.read_metrics(path(workdir_lib.METRICS_FILE)))
+  table = sweep_table(
+      folder.read_metrics(path(folder.METRICS_FILE)))
   if config.sweep and table:
-    sweep_report.write(workdir, config, table)
+    write_sweep(workdir, config, table)
 
   headline = _headline(rows, accuracy, loss, n)
   if ensemble is not None:
     headline.insert(2, ("Ensemble test accuracy", _ensemble_text(ensemble, final)))
   files.write_text(path("report.md"), _markdown(
       config, names, counts, stats, pairs, n, headline,
-      sweep_report.section(config, final, table)))
+      members_section(config, final, table)))
   return {"accuracy": accuracy, "loss": loss, "confusion": counts,
-          "paths": [path(f) for f in FILES + sweep_report.FILES
+          "paths": [path(f) for f in FILES + SWEEP_FILES
                     if os.path.exists(path(f))]}
 
 
@@ -280,3 +283,109 @@ def _markdown(config, names, counts, stats, pairs, n, headline, members):
             "![sample probabilities](sample_probabilities.png)", "",
             "## Settings", "", "```json", config.to_json(), "```", ""]
   return "\n".join(lines)
+
+
+# The members: the chosen one, the sweep's grid.
+
+def sweep_table(rows: Sequence[dict]) -> List[Dict[str, Any]]:
+  """One record per member from metrics.jsonl rows ([] for one member).
+
+  Each: member, values (swept), seed, best and final validation accuracy and
+  loss (best over epochs; None without a validation split), test accuracy and
+  loss (a diverged member's losses None), whether it diverged, and whether it
+  is the chosen member.
+  """
+  final = next((r for r in reversed(rows) if "test_accuracy" in r), {})
+  if not final.get("members"):
+    return []
+  epochs = [r for r in rows if "train_loss" in r and r.get("members")]
+  out = []
+  for entry in final["members"]:
+    i = entry["index"]
+    val = [(r["members"][i]["val_accuracy"], r["members"][i]["val_loss"])
+           for r in epochs if "val_accuracy" in r["members"][i]]
+    losses = [l for _, l in val if l is not None]  # None: diverged.
+    out.append({
+        "member": i, "values": entry["values"], "seed": entry["seed"],
+        "best_val_accuracy": max(a for a, _ in val) if val else None,
+        "best_val_loss": min(losses) if losses else None,
+        "final_val_accuracy": val[-1][0] if val else None,
+        "final_val_loss": val[-1][1] if val else None,
+        "test_accuracy": entry["test_accuracy"],
+        "test_loss": entry["test_loss"],
+        "diverged": bool(entry.get("diverged")),
+        "chosen": i == final["chosen"]["index"]})
+  return out
+
+
+def write_sweep(workdir: str, config, records: Sequence[dict]) -> None:
+  """sweep.csv (one row per member) and sweep.png (accuracy per swept value)."""
+  # matplotlib only once a run ends (see `write`).
+  from mnist_jax.results import plots  # pylint: disable=g-import-not-at-top
+  names = list(members_lib.parse(config.sweep))
+  keys = ["best_val_accuracy", "best_val_loss", "final_val_accuracy",
+          "final_val_loss", "test_accuracy", "test_loss"]
+  text = lambda v: "" if v is None else f"{v:.6f}"
+  files.write_csv(os.path.join(workdir, "sweep.csv"),
+                  [["member", *names, "seed", *keys, "diverged", "chosen"]] +
+                  [[r["member"], *[repr(r["values"][n]) for n in names],
+                    r["seed"], *[text(r[key]) for key in keys],
+                    int(r["diverged"]), int(r["chosen"])] for r in records])
+  seeds = f"{config.num_seeds} seed{'s' if config.num_seeds > 1 else ''}"
+  plots.sweep(records, names, os.path.join(workdir, "sweep.png"),
+              title=f"{config.model} ({config.preset}): {len(records)} "
+              f"members, {seeds} per grid point")
+
+
+def members_section(config, final: dict, records: Sequence[dict]) -> List[str]:
+  """report.md's lines on the members: which one is shown and why, the grid."""
+  chosen = final.get("chosen")
+  if not chosen:
+    return []
+  label = members_lib.values_text(chosen["values"], chosen["seed"])
+  seeds = f"{config.num_seeds} seed{'s' if config.num_seeds > 1 else ''}"
+  if chosen["values"]:
+    how = ("the grid point with the highest mean final validation accuracy "
+           f"over its {seeds}, then its seed with the highest final validation "
+           "accuracy (ties: the lower validation loss, then the lower index)")
+  elif config.val_fraction > 0:
+    how = ("the seed with the highest final validation accuracy (ties: the "
+           "lower validation loss, then the lower index)")
+  else:
+    how = "the first: without a validation split no member is preferred"
+  lines = ["## Members", "",
+           f"This report shows member {chosen['index']} ({label}) of "
+           f"{len(final['members'])}, trained in one program, chosen as {how}. "
+           "Test metrics play no part in the choice.", ""]
+  if not config.sweep or not records:
+    return lines
+  names = list(members_lib.parse(config.sweep))
+  lines += ["| " + " | ".join(names) + " | validation accuracy % | test "
+            "accuracy % | chosen |", "|" + "---|" * len(names) + "---:|---:|---|"]
+  for point in _by_point(records):
+    val = [100 * r["final_val_accuracy"] for r in point]
+    test = [100 * r["test_accuracy"] for r in point]
+    lines.append("| " + " | ".join(f"{point[0]['values'][n]:g}" for n in names)
+                 + f" | {_mean_pm(val)} | {_mean_pm(test)} | "
+                 + ("yes" if any(r["chosen"] for r in point) else "") + " |")
+  lines += ["", "Validation accuracy after the last epoch; mean ± std over the "
+            "seeds. Every member: [sweep.csv](sweep.csv).", "",
+            "![sweep](sweep.png)", ""]
+  return lines
+
+
+def _by_point(records: Sequence[dict]) -> List[List[dict]]:
+  """The records of each grid point (consecutive equal values), in order."""
+  out = []
+  for r in records:
+    if out and out[-1][0]["values"] == r["values"]:
+      out[-1].append(r)
+    else:
+      out.append([r])
+  return out
+
+
+def _mean_pm(values: Sequence[float]) -> str:
+  if len(values) == 1:
+    return f"{values[0]:.2f}"
+  return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"

@@ -1,32 +1,38 @@
-"""A finished run loaded back from its folder: `--mode=report` and predictions.
+"""A finished run loaded back from its folder: --mode=report and --mode=predict.
 
 `load_run` restores the latest checkpoint of a run folder without writing to
 it, every member of it, and keeps the chosen one (members.py) and its grid
 point's seeds; `rewrite_report` evaluates them on the test split again and
-rewrites the report files (report.py); predict.py predicts image files with
-the chosen member, or with `--ensemble` the mean of its seeds. A `Run` is
-also the Python API's trained model (api.py): it predicts on numpy images in
-the layouts `as_images` accepts.
+rewrites the report files (report.py); `print_predictions` predicts image
+files (made MNIST-style by data/images.py) with the chosen member, or with
+`--ensemble` the mean of its seeds. A `Run` is also the Python API's trained
+model (api.py): it predicts on numpy images in the layouts `as_images`
+accepts.
 """
 
 import dataclasses
 import functools
+import json
 import os
-from typing import Any, Callable, Dict, Tuple
+import sys
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mnist_jax import checkpoint as checkpoint_lib
-from mnist_jax import data as data_lib
-from mnist_jax import datasets
-from mnist_jax import members as members_lib
 from mnist_jax import models
-from mnist_jax import report
-from mnist_jax import train
-from mnist_jax import workdir as workdir_lib
+from mnist_jax.data import datasets
+from mnist_jax.data import images as images_lib
+from mnist_jax.data import pipeline
+from mnist_jax.data import views
+from mnist_jax.errors import UserError
+from mnist_jax.results import report
+from mnist_jax.rundir import checkpoints as checkpoints_lib
+from mnist_jax.rundir import folder as folder_lib
+from mnist_jax.training import members as members_lib
+from mnist_jax.training import train
 
 
 def as_images(images) -> Tuple[np.ndarray, bool]:
@@ -82,7 +88,7 @@ class Run:
   config: Any
   params: Any
   apply_fn: Callable
-  view: Any  # The model's input layout (data.to_view).
+  view: Any  # The model's input layout (views.to_view).
   epoch: int
   member: int = 0
   seeds: Tuple[int, ...] = (0,)  # The chosen grid point's members.
@@ -98,7 +104,7 @@ class Run:
     """Images as the model takes them: float32 in [0, 1], [N, 784] (linear,
     MLP), [N, 28, 28, 1] (CNN) or the recurrent models' sequences."""
     x, _ = as_images(images)
-    return data_lib.to_view(jnp.asarray(x), self.view)
+    return views.to_view(jnp.asarray(x), self.view)
 
   def _logits(self, x: np.ndarray, stacked: bool, batch_size: int):
     if not len(x):  # No program runs on an empty batch.
@@ -157,19 +163,19 @@ def load_run(workdir: str, **overrides) -> Run:
 
   overrides: Config fields to change, e.g. data_dir when the data moved.
   """
-  config = workdir_lib.read_config(workdir).replace(**overrides)
+  config = folder_lib.read_config(workdir).replace(**overrides)
   members = members_lib.from_config(config)
   create = functools.partial(train.create_train_state, config=config,
                              model=models.build(config), steps_per_epoch=1)
   # Shapes only: orbax restores into them, and nothing is initialised.
   template = jax.eval_shape(lambda: members_lib.init_state(
       members, create, members_lib.keys(members)[0], 1))
-  checkpoints = checkpoint_lib.Checkpointer(workdir, read_only=True)
+  checkpoints = checkpoints_lib.Checkpointer(workdir, read_only=True)
   try:
     state, meta = checkpoints.restore(template, model=config.model)
   finally:
     checkpoints.close()
-  chosen = (workdir_lib.final_metrics(workdir) or {}).get("chosen")
+  chosen = (folder_lib.final_metrics(workdir) or {}).get("chosen")
   member = chosen["index"] if chosen else 0
   seeds = next(p for p in members_lib.points(members) if member in p)
   params = state.params
@@ -189,7 +195,7 @@ def rewrite_report(workdir: str, **overrides) -> Dict[str, Any]:
   training; impl, to evaluate with other layer implementations.
   """
   run = load_run(workdir, **overrides)
-  dataset = data_lib.load(run.config)
+  dataset = pipeline.load(run.config)
   images = np.asarray(dataset.test.images)
   logits = run.seed_logits(images, run.config.eval_batch_size)
   ensemble = report.ensemble_metrics(logits, dataset.test.labels)
@@ -200,3 +206,99 @@ def rewrite_report(workdir: str, **overrides) -> Dict[str, Any]:
         f"{result['loss']:.4f}, {len(dataset.test)} examples, checkpoint of "
         f"epoch {run.epoch}); report in {os.path.join(workdir, 'report.md')}")
   return result
+
+
+# --mode=predict: image files.
+
+PLOT_DIR = "predict"
+
+
+@dataclasses.dataclass
+class Prediction:
+  file: str
+  digit: Optional[int] = None
+  probabilities: Optional[List[float]] = None
+  image: Optional[np.ndarray] = None  # [28, 28] uint8, as the model saw it.
+  error: Optional[str] = None
+
+  def to_json(self) -> str:
+    record = {"file": self.file, "digit": self.digit,
+              "probabilities": self.probabilities}
+    if self.error is not None:
+      record["error"] = self.error
+    return json.dumps(record)
+
+
+def predict_files(run: Run, paths: Sequence[str],
+                  ensemble: bool = False) -> List[Prediction]:
+  """Predicts each file with a loaded run (`load_run`); failures kept in order.
+
+  ensemble: average the probabilities of the chosen grid point's seeds.
+
+  Raises:
+    UserError: ensemble with one seed at the chosen grid point (nothing to
+      average).
+  """
+  if ensemble and len(run.seeds) < 2:
+    raise UserError(
+        "--ensemble averages the seeds of the run's chosen grid point, and "
+        "this run has one seed there; predict without --ensemble, or train "
+        "with --num_seeds=N")
+  results = []
+  for path in paths:
+    try:
+      results.append(Prediction(path, image=images_lib.load(path)))
+    except images_lib.ImageError as e:
+      results.append(Prediction(path, error=str(e)))
+  good = [r for r in results if r.error is None]
+  if good:
+    images = np.stack([r.image for r in good])
+    probs = run.probabilities(images, ensemble, batch_size=len(good))
+    for r, p in zip(good, probs):
+      r.digit = int(np.argmax(p))
+      r.probabilities = [round(float(v), 6) for v in p]
+  return results
+
+
+def print_predictions(workdir: str, paths: Sequence[str],
+                      as_json: bool = False, plot: bool = False, out=None,
+                      err=None, ensemble: bool = False, **overrides) -> int:
+  """The `--mode=predict` command: prints one line per file.
+
+  ensemble: predict with the mean probabilities of the chosen grid point's
+    seeds (`--ensemble`), not the chosen member alone.
+  overrides: Config fields to change when loading the run (e.g. impl).
+
+  Returns:
+    the number of files that failed (launch.py exits 1 when it is not 0).
+  """
+  out = out or sys.stdout
+  err = err or sys.stderr
+  if not paths:
+    raise UserError("--mode=predict needs --image=FILE[,FILE...]")
+  run = load_run(workdir, **overrides)
+  names = datasets.class_names(run.config.dataset)
+  results = predict_files(run, paths, ensemble)
+  for r in results:
+    if r.error is not None:
+      print(f"error: {r.error}", file=err)
+      if as_json:
+        print(r.to_json(), file=out)
+      continue
+    if as_json:
+      print(r.to_json(), file=out)
+    else:
+      probs = " ".join(f"{names[i]}:{p:.3f}" for i, p in enumerate(r.probabilities))
+      print(f"{r.file}: {names[r.digit]} ({100 * r.probabilities[r.digit]:.1f}%)"
+            f"  probabilities {probs}", file=out)
+    if plot:
+      # matplotlib only for --plot: launch.py imports this module for every
+      # command, and a training run starts without matplotlib.
+      from mnist_jax.results import plots  # pylint: disable=g-import-not-at-top
+      folder = os.path.join(workdir, PLOT_DIR)
+      os.makedirs(folder, exist_ok=True)
+      stem = os.path.splitext(os.path.basename(r.file))[0]
+      saved = plots.prediction(r.image, np.asarray(r.probabilities),
+                               os.path.join(folder, f"{stem}.png"), r.file, names)
+      print(f"plot: {saved}", file=err if as_json else out)
+  return sum(r.error is not None for r in results)

@@ -29,8 +29,8 @@ except ImportError:  # Not on a POSIX system: runs are not locked.
 import jax
 
 from mnist_jax import config as config_lib
-from mnist_jax import files
 from mnist_jax.errors import Diverged, UserError
+from mnist_jax.rundir import files
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"

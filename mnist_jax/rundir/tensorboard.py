@@ -37,8 +37,8 @@ from tensorboardX.proto import summary_pb2
 from tensorboardX.record_writer import masked_crc32c
 
 from mnist_jax import config as config_lib
-from mnist_jax import optim
 from mnist_jax.errors import UserError
+from mnist_jax.training import optim
 
 EPOCH_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val",
               "train_accuracy": "accuracy/train", "val_accuracy": "accuracy/val",
@@ -102,7 +102,7 @@ def hparams(config, member: Optional[Dict] = None) -> Dict:
 def check_folders(logdir: str, members: Sequence[Dict]) -> None:
   """Refuses member event folders that are in the way, before a run writes.
 
-  The run folder itself is checked with the rest of it (workdir.py); this
+  The run folder itself is checked with the rest of it (folder.py); this
   checks the subfolders a resumed run's members write into.
 
   Args:

@@ -1,4 +1,12 @@
-"""Data parallelism over devices and hosts: one step body, three ways to run it.
+"""One run's devices and compiled programs: the process, --parallel, the engine.
+
+The process: `setup_process` turns on JAX's persistent compilation cache;
+`split_host` makes a CPU-only host one XLA:CPU device per core, so that
+--parallel=auto can run data parallel there; `initialize` starts
+`jax.distributed` for several processes, of which only process 0 writes files.
+
+Data parallelism over devices and hosts (`setup` -> `Parallel`): one step
+body, three ways to run it.
 
   none     one device runs the jitted chunk of steps (`train.make_train_chunk`).
   pmap     the same chunk mapped over the local devices with `jax.pmap`; each
@@ -10,27 +18,126 @@
 Every device holds the whole (small) uint8 dataset; what is split is the
 [C, B] array of example indices of a chunk, along its batch axis B. So the
 device-resident scanned epoch is the same in every mode, and the same global
-batches give the same updates on any device count.
+batches give the same updates on any device count. With several processes,
+each process feeds the columns of the global batch that belong to its own
+devices.
 
-With several processes (`jax.distributed`), each process feeds the columns of
-the global batch that belong to its own devices; only process 0 writes files.
+`Engine`, built once per run, is the one object the loop calls. It puts the
+dataset and the batch indices on the devices as the mode wants them, stacks
+the members' axis of several models and, on a split CPU host, splits it over
+the devices (members.py), compiles the train chunk and the evaluation that
+train.py defines, runs them, and hands metrics back as host numbers. The loop
+never sees a device layout.
 """
 
 import dataclasses
+import functools
+import importlib.metadata
 import importlib.util
+import logging
 import os
-from typing import Any, Callable, Dict, Optional
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from absl import logging as absl_logging
 import jax
 from jax.experimental import multihost_utils
+import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
-from mnist_jax import runtime
 from mnist_jax.config import PARALLEL as MODES
+from mnist_jax.data import batches as batches_lib
 from mnist_jax.errors import UserError
+from mnist_jax.rundir import checkpoints
+from mnist_jax.training import members as members_lib
 
 AXIS = "data"  # The pmap axis name and the mesh axis the batch is sharded along.
+
+
+# The process.
+
+DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "mnist_jax", "jax")
+
+
+def setup_process(cache_dir: str = DEFAULT_CACHE) -> None:
+  """Turns on JAX's persistent compilation cache (unless cache_dir is empty).
+
+  A second run of the same model and shapes then loads its compiled epoch
+  from disk instead of compiling it again.
+  """
+  cache_dir = os.environ.get("JAX_COMPILATION_CACHE_DIR", cache_dir)
+  if cache_dir:
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  # tfds warns once about decoding PNGs with PIL instead of OpenCV: that is
+  # the intended path here, and it runs once per dataset.
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+# Host devices --parallel=auto makes on a CPU-only machine: one per core, at
+# most this many (only 2-core hosts have been measured).
+MAX_HOST_DEVICES = 8
+_split = 0  # The CPU device count split_host set in this process, or 0.
+
+
+def _accelerator_possible() -> bool:
+  """True when JAX may pick a GPU or TPU: a plugin is installed or asked for."""
+  platforms = os.environ.get("JAX_PLATFORMS", "").strip().lower()
+  if platforms:
+    return platforms.split(",")[0] != "cpu"
+  if importlib.util.find_spec("libtpu") is not None:
+    return True
+  if importlib.metadata.entry_points(group="jax_plugins"):
+    return True
+  return importlib.util.find_spec("jax_plugins") is not None
+
+
+def split_host(parallel: str = "auto", multi_process: bool = False) -> int:
+  """Makes XLA:CPU one device per core so --parallel=auto can run data parallel.
+
+  Small MNIST models leave a core idle: their matmuls are too small for XLA to
+  split, so two single-batch-half devices run side by side instead (same
+  function: the gradient is the mean over the global batch). Only on a host
+  where JAX will run on the CPU, when --parallel is auto (several members
+  split over the devices too: members.mesh), the user has not chosen a CPU
+  device count (XLA_FLAGS --xla_force_host_platform_device_count or
+  JAX_NUM_CPU_DEVICES), and JAX has not started its backends yet; never for
+  several processes (`multi_process` or a SLURM job of several tasks).
+  Returns the device count set, else 0.
+  """
+  global _split
+  if parallel != "auto" or _split:
+    return _split
+  if multi_process or int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1:
+    return 0
+  if ("xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+      or os.environ.get("JAX_NUM_CPU_DEVICES")):
+    return 0
+  if _accelerator_possible():
+    return 0
+  try:
+    cores = len(os.sched_getaffinity(0))
+  except AttributeError:  # Not on Linux.
+    cores = os.cpu_count() or 1
+  devices = min(cores, MAX_HOST_DEVICES)
+  if devices < 2:
+    return 0
+  try:
+    jax.config.update("jax_num_cpu_devices", devices)
+  except RuntimeError:  # JAX has started its backends: too late to split.
+    return 0
+  _split = devices
+  return devices
+
+
+def host_split() -> int:
+  """The CPU device count split_host set in this process (0 if none)."""
+  return _split
+
+
 GCE_PRODUCT_FILE = "/sys/class/dmi/id/product_name"
 
 
@@ -115,6 +222,8 @@ def main_first(fn: Callable[[], Any]) -> Any:
   multihost_utils.sync_global_devices("mnist_jax:main_first")
   return fn()
 
+
+# Data parallel layouts.
 
 @dataclasses.dataclass(frozen=True)
 class Parallel:
@@ -280,7 +389,7 @@ def check_batch(batch_size: int, num_devices: int) -> None:
         f"{' or '.join(map(str, options))}), or --parallel=none")
 
 
-# --parallel=auto on a CPU host that runtime.split_host cut into one device per
+# --parallel=auto on a CPU host that split_host cut into one device per
 # core: the mode each model ran fastest in on a 2-core host with the seed
 # presets. Models whose matmuls already use every core (linear, mlp) stay on
 # one device; sharding the CNN's batch-last layout made XLA move data between
@@ -309,10 +418,10 @@ def setup(config, num_members: int = 1) -> Parallel:
   """Starts jax.distributed if asked, resolves --parallel and checks the batch.
 
   Several members (members.py) train on one device, or on a split CPU host
-  over its devices along their own axis (replicas.mesh): never data parallel.
+  over its devices along their own axis (members.mesh): never data parallel.
   """
   initialize(config)
-  if (config.parallel == "auto" and runtime.host_split() and
+  if (config.parallel == "auto" and host_split() and
       jax.process_count() == 1 and jax.default_backend() == "cpu"):
     mode, count = split_host_devices(
         config.model, config.batch_size,
@@ -336,3 +445,251 @@ def setup(config, num_members: int = 1) -> Parallel:
                     "--sweep, to spread one model over the devices)")
   check_batch(config.batch_size, par.num_devices)
   return par
+
+
+# The engine.
+
+SUM_KEYS = ("loss", "correct", "count")
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochPlan:
+  """One epoch's batches on the devices, chunk by chunk.
+
+  batches[c] and valid[c] are chunk c's indices [(M,) C, B] and which of its
+  steps run [C]; `chunks` are the chunks still to run, `chunk_len` their
+  length C.
+  """
+  batches: Sequence
+  valid: Sequence
+  chunks: List[int]
+  num_chunks: int
+  chunk_len: int
+  steps: int  # Steps per epoch.
+
+  def steps_after(self, c: int) -> int:
+    """Steps of the epoch done once chunk c has run."""
+    return min((c + 1) * self.chunk_len, self.steps)
+
+  def is_last(self, c: int) -> bool:
+    return c == self.num_chunks - 1
+
+
+class Engine:
+  """Places a run's data and state on its devices and runs its programs.
+
+  In a run's order: `place` the dataset, `init_state` (or `restored`, for a
+  checkpoint's), `start` on every process, `compile`; then per epoch
+  `epoch_plan`, `train_chunk` for each chunk, `metrics` and `evaluate`.
+  """
+
+  def __init__(self, config, members: Sequence[members_lib.Member]):
+    """Starts jax.distributed if asked and resolves --parallel (setup).
+
+    Raises:
+      UserError: a --parallel request these devices or members cannot run.
+    """
+    self.config = config
+    self.members = tuple(members)
+    num = len(self.members)
+    self.par = setup(config, num_members=num)
+    self._in_turn = members_lib.in_turn(num)
+    self._member_mesh = members_lib.mesh(num)
+    self._options = members_lib.compiler_options(num)
+    self.steps = self.chunk_len = 0  # Set by place().
+    self.images = self.labels = self._plan = self._positions = self._valid = None
+    self._eval = {}
+    self._data_rng = None  # Set by init_state().
+    self._chunk = self._evaluate = None  # Set by compile().
+
+  # Processes.
+
+  @property
+  def is_main(self) -> bool:
+    """Whether this process writes the run folder (process 0)."""
+    return is_main()
+
+  @property
+  def log_prefix(self) -> str:
+    return log_prefix()
+
+  def main_first(self, fn: Callable):
+    """fn() on process 0 first, then on the others (main_first)."""
+    return main_first(fn)
+
+  def description(self) -> Optional[str]:
+    """A line on how the run spreads over devices, or None for one device."""
+    if self.par.num_devices == 1:
+      return None
+    return (f"data parallel ({self.par.mode}) over {self.par.num_devices} "
+            f"{jax.default_backend().upper()} devices")
+
+  def environment(self) -> dict:
+    """What config.json records of the devices, besides folder.environment."""
+    env = {"parallel": {"mode": self.par.mode, "devices": self.par.num_devices}}
+    if self._member_mesh is not None:  # The members split over these devices.
+      env["member_devices"] = self._member_mesh.devices.size
+    if self._options:
+      env["compiler_options"] = dict(sorted(self._options.items()))
+    return env
+
+  @property
+  def axis_name(self) -> Optional[str]:
+    """The collective axis the train step averages over (pmap), or None."""
+    return self.par.axis_name
+
+  # Data.
+
+  def place(self, dataset, steps: int) -> None:
+    """Puts the dataset on the devices and lays out epochs of `steps` steps.
+
+    dataset: pipeline.Dataset (uint8 images [N, 28, 28], int32 labels [N]).
+    """
+    config, put = self.config, self.par.replicate
+    self.steps = steps
+    self.images = put(dataset.train.images)
+    self.labels = put(dataset.train.labels)
+    splits = {"test": dataset.test}
+    if len(dataset.val):
+      splits["val"] = dataset.val
+    self._eval = {
+        name: (put(s.images), put(s.labels),
+               *map(self.par.shard, batches_lib.eval_batches(
+                   len(s), config.eval_batch_size, self.par.num_devices)))
+        for name, s in splits.items()}
+    num_chunks, self.chunk_len = batches_lib.chunk_plan(steps, config.chunk_steps)
+    self._positions = np.arange(num_chunks * self.chunk_len).reshape(
+        num_chunks, self.chunk_len)
+    self._valid = self.par.replicate_chunks(self._positions < steps)
+    self._plan = jax.jit(members_lib.vmap(
+        len(self.members), functools.partial(
+            batches_lib.epoch_plan, n=len(dataset.train),
+            batch_size=config.batch_size, num_chunks=num_chunks,
+            chunk_len=self.chunk_len),
+        in_axes=(0, None), out_axes=1))
+
+  @property
+  def splits(self) -> List[str]:
+    """The evaluation splits: "test", and "val" when there is one."""
+    return list(self._eval)
+
+  # State.
+
+  def init_state(self, create: Callable):
+    """A fresh train state of every member, stacked [M, ...] (members.init_state).
+
+    create: fn(init_rng, hparams=...) -> TrainState of one member
+      (train.create_train_state). Also draws the members' data keys: both as
+      a single run splits its seed.
+    """
+    init_rng, self._data_rng = members_lib.keys(self.members)
+    return members_lib.init_state(self.members, create, init_rng, self.steps)
+
+  def restored(self, state):
+    """A state restored from a checkpoint, placed as the train chunk wants it."""
+    return members_lib.place_restored(state, self._member_mesh)
+
+  def zero_sums(self) -> Dict[str, np.ndarray]:
+    """Host zeros shaped like the metric sums: [] or [M] float32."""
+    shape = () if len(self.members) == 1 else (len(self.members),)
+    return {k: np.zeros(shape, np.float32) for k in SUM_KEYS}
+
+  def start(self, state, start: checkpoints.Start):
+    """Process 0's state and start, on every process, the state on its devices."""
+    position, sums = start.as_arrays(self.zero_sums())
+    state, position, sums = from_main((state, position, sums))
+    return (self.par.replicate(state),
+            checkpoints.Start.from_arrays(position, sums))
+
+  # Programs.
+
+  def compile(self, state, train_chunk: Callable, evaluate: Callable) -> float:
+    """Compiles the train chunk and wraps the evaluation; returns the seconds.
+
+    train_chunk: one member's raw chunk (train.make_train_chunk(jit=False)).
+    evaluate: one member's raw evaluation (train.make_evaluate(jit=False)).
+    """
+    start = time.perf_counter()
+    num = len(self.members)
+    chunk = members_lib.train_chunk(train_chunk, num, self._in_turn,
+                                    self._member_mesh)
+    self._chunk = self.par.compile_train(
+        chunk, state, self.images, self.labels,
+        self.par.shard_chunks(self._plan(self._data_rng, 1))[0], self._valid[0],
+        compiler_options=self._options)
+    self._evaluate = self.par.wrap_evaluate(
+        members_lib.evaluate(evaluate, num, self._member_mesh))
+    return time.perf_counter() - start
+
+  def epoch_plan(self, epoch: int, steps_done: int = 0) -> EpochPlan:
+    """The epoch's batches (a pure function of the data keys and `epoch`).
+
+    steps_done: steps of it run before a resume; they are skipped.
+    """
+    batches = self.par.shard_chunks(self._plan(self._data_rng, epoch))
+    valid = self._valid
+    if steps_done:
+      valid = self.par.replicate_chunks((self._positions < self.steps) &
+                                        (self._positions >= steps_done))
+    chunks = [c for c in range(len(self._positions))
+              if (c + 1) * self.chunk_len > steps_done]
+    return EpochPlan(batches, valid, chunks, len(self._positions),
+                     self.chunk_len, self.steps)
+
+  def initial_sums(self, partial: Optional[Dict[str, np.ndarray]] = None):
+    """An epoch's metric sums before its first chunk: zeros or `partial`."""
+    if partial is not None:
+      return jax.tree.map(jnp.asarray, partial)
+    return {k: jnp.zeros(()) for k in SUM_KEYS}
+
+  def train_chunk(self, state, plan: EpochPlan, c: int, sums):
+    """Runs chunk c of `plan`: (state, sums + the chunk's, bad).
+
+    bad: host int32 [M] (or [1]), each member's first non-finite step or -1;
+    reading it is the one wait for the device in each chunk.
+    """
+    state, chunk_sums, bad = self._chunk(state, self.images, self.labels,
+                                         plan.batches[c], plan.valid[c])
+    sums = jax.tree.map(jnp.add, sums, chunk_sums)
+    return state, sums, np.asarray(jax.device_get(bad)).reshape(-1)
+
+  def metrics(self, sums) -> dict:
+    """Metric sums as host means (members.host_metrics)."""
+    return members_lib.host_metrics(sums)
+
+  def evaluate(self, state, split: str) -> dict:
+    """Host metrics of `state` on a split ("val" or "test")."""
+    return members_lib.host_metrics(
+        self._evaluate(state.params, *self._eval[split]))
+
+  def step(self, state) -> int:
+    """The state's global step, as a host number (the largest member's).
+
+    Read on the host: a jnp.max over split members' steps would be a
+    cross-device all-reduce, which before the first chunk of a resumed run
+    could time out on a split CPU host.
+    """
+    return int(np.max(jax.device_get(self.par.unreplicate(state.step))))
+
+  def host_copy(self, state):
+    """This process's copy of the state, for a checkpoint."""
+    return self.par.unreplicate(state)
+
+  def member_params(self, state, i: int = 0):
+    """Member i's parameters, on one device."""
+    params = self.par.unreplicate(state.params)
+    if len(self.members) > 1:
+      params = jax.tree.map(lambda p: p[i], params)
+    return params
+
+  def stacked_params(self, state, indices: Sequence[int]):
+    """The parameters of members `indices`, stacked [len(indices), ...] on the host."""
+    params = jax.device_get(self.par.unreplicate(state.params))
+    if len(self.members) == 1:
+      return jax.tree.map(lambda p: np.stack([p] * len(indices)), params)
+    return jax.tree.map(lambda p: np.asarray(p)[np.asarray(indices)], params)
+
+  def num_params(self, state) -> int:
+    """Parameters of one member."""
+    leaves = jax.tree.leaves(self.par.unreplicate(state.params))
+    return int(sum(p.size for p in leaves) // len(self.members))

@@ -15,11 +15,11 @@ import jax
 import jax.numpy as jnp
 
 from mnist_jax import config as config_lib
-from mnist_jax import data as data_lib
-from mnist_jax import engine as engine_lib
-from mnist_jax import members as members_lib
 from mnist_jax import models
 from mnist_jax.config import value_text
+from mnist_jax.data import views
+from mnist_jax.training import devices
+from mnist_jax.training import members as members_lib
 
 # The training split of every dataset in datasets.py: 60,000 images.
 TRAIN_IMAGES = 60_000
@@ -52,7 +52,7 @@ def validation_line(config: config_lib.Config, num_members: int) -> str:
   """Which part of the training split is held out, and what reads it."""
   f = config.val_fraction
   if f > 0:
-    held = TRAIN_IMAGES - int(TRAIN_IMAGES * (1.0 - f))  # As data.split.
+    held = TRAIN_IMAGES - int(TRAIN_IMAGES * (1.0 - f))  # As pipeline.split.
     uses = ["the validation curve"]
     if num_members > 1:
       uses.append("the member choice")
@@ -76,7 +76,7 @@ def num_params(config: config_lib.Config) -> int:
   view = models.input_view(config)
 
   def init(key):
-    x = data_lib.to_view(jnp.zeros((1, 28, 28), jnp.uint8), view)
+    x = views.to_view(jnp.zeros((1, 28, 28), jnp.uint8), view)
     return module.init(key, x, train=False)["params"]
 
   shapes = jax.eval_shape(init, jax.ShapeDtypeStruct((2,), jnp.uint32))
@@ -103,7 +103,7 @@ def devices_line(config: config_lib.Config, members) -> str:
   if _multi_process(config):
     return ("several processes: their devices are known once they connect, "
             "when the run starts")
-  engine = engine_lib.Engine(config, members)
+  engine = devices.Engine(config, members)
   backend = jax.default_backend().upper()
   count = engine.par.num_devices
   if len(members) > 1:

@@ -1,14 +1,26 @@
-"""The models one run trains together: its members, and which one is chosen.
+"""The models one run trains together: who they are, how their axis runs on
+devices, and which one is chosen.
 
-A run trains the members `sweep.members(config)` lists: every point of the
-`--sweep` grid times the seeds seed .. seed+num_seeds-1, grid point major;
-without a sweep, the one point's seeds; by default a single member. Member i's
-parameter init, dropout keys and data order come from PRNGKey(its seed), and
-its optimizer state holds its swept values, exactly as in the single run with
-those values and seed, so it reproduces that run. With several members the
-train state, the per-epoch batch order and the metric sums gain a leading
-member axis [M, ...] (how that axis runs on devices: replicas.py); the dataset
-is shared.
+Who. `--sweep=learning_rate=3e-4,1e-3 --sweep=weight_decay=0,1e-4` (or one
+flag, `learning_rate=3e-4,1e-3;weight_decay=0,1e-4`) gives the grid of every
+combination of the values, the names in the order given; `--num_seeds=N`
+trains each grid point with the seeds seed .. seed+N-1. A member of the run is
+one (values, seed) pair, in grid point major, seed minor order (`from_config`);
+without a sweep the one point's seeds, by default a single member. Member i
+computes what the single run with its values and seed computes:
+`Member.config` is that run's validated Config, its parameter init, dropout
+keys and data order come from PRNGKey(its seed), and its optimizer state holds
+its swept values. Only the optimizer and loss hyperparameters in
+`optim.SWEEPABLE` can be swept: they are per-member arrays in the optimizer
+state (see optim.py), so the members share one compiled program. Anything else
+changes shapes or the program and is refused.
+
+On devices. With several members the train state, the per-epoch batch order
+and the metric sums gain a leading member axis [M, ...]; the dataset is
+shared. On a CPU each member runs the single-member chunk of steps in turn
+(`in_turn`), the members split over the host's CPU devices (`mesh`);
+elsewhere the step is vmapped, which fills an accelerator better. With one
+member those functions return their input unchanged.
 
 Choosing (`choose`), by validation metrics and never by test: the grid point
 with the highest mean validation accuracy over its seeds (ties: the lower mean
@@ -23,34 +35,177 @@ stopped there, named in `leader`), at the end the chosen member's (named in
 `<key>_std` (sample standard deviation, ddof=1) over them follow, and
 `members` lists every member: its `index`, `seed`, swept `values`,
 `learning_rate` at the row's step, and its metrics (a member that diverged,
-divergence.py, has `diverged` and None for its non-finite losses). With one
+control.py, has `diverged` and None for its non-finite losses). With one
 member the row is the single run's.
 """
 
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+import itertools
+import math
+from typing import (Any, Callable, Dict, List, NamedTuple, Optional, Sequence,
+                    Tuple, Union)
 
 import jax
+from jax import shard_map
 import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
-from mnist_jax import optim
-from mnist_jax import sweep
+from mnist_jax import config as config_lib
+from mnist_jax.config import Config
+from mnist_jax.errors import UserError
+from mnist_jax.training import optim
 
-METRIC_KEYS = ("loss", "accuracy")
-# Keys of a member's dict in a row that say which member it is.
-IDENTITY_KEYS = ("index", "seed", "values")
-Member = sweep.Member
+# Who trains together.
 
-
-class Choice(NamedTuple):
-  """A grid point (index into `points`) and one of its members (member index)."""
-  point: int
-  member: int
+Grid = Dict[str, Tuple[Any, ...]]  # Swept name -> its values, in order.
 
 
-def from_config(config) -> Tuple[Member, ...]:
-  """The members `config` asks for (sweep.members), in member order."""
-  return tuple(sweep.members(config))
+class Member(NamedTuple):
+  """One member of a run: index in member order, seed, swept values, Config."""
+  index: int
+  seed: int
+  values: Dict[str, Any]
+  config: Config
+
+
+def _example() -> str:
+  return "e.g. --sweep=learning_rate=3e-4,1e-3,3e-3"
+
+
+def _parse_value(name: str, text: str) -> Any:
+  kind = config_lib.field_type(name)
+  try:
+    value = kind(text)
+  except ValueError:
+    raise UserError(f"--sweep={name}: {text!r} is not a number; "
+                    f"{_example()}") from None
+  if not math.isfinite(value):
+    raise UserError(f"--sweep={name}: {text!r} is not a finite number")
+  return value
+
+
+def _check_name(name: str, texts: Sequence[str], model: str) -> None:
+  """Refuses a name that is not sweepable, saying what trains it instead."""
+  if name in optim.SWEEPABLE:
+    return
+  sweepable = ", ".join(optim.SWEEPABLE)
+  if name == "seed":
+    raise UserError("--sweep=seed: seeds are not swept; --seed=S "
+                    "--num_seeds=N trains the seeds S .. S+N-1 of every point")
+  if name in config_lib.FIELDS:
+    command = (f"--train={','.join(texts)}" if name == "model" else
+               f"--train={model} --vary={name}={'/'.join(texts)}")
+    raise UserError(
+        f"--sweep cannot vary {name}: only the optimizer and loss settings "
+        f"({sweepable}) leave shapes and the compiled program alone; train a "
+        f"run per value and compare them with python experiments/compare.py "
+        f"{command}")
+  raise UserError(f"--sweep: unknown name {name!r}; sweepable: {sweepable}")
+
+
+def parse(specs: Union[str, Sequence[str]], model: str = "MODEL") -> Grid:
+  """The grid of `--sweep` specs: each `NAME=V1,V2,...`, several `;`-joined.
+
+  model: the run's --model, for the command a refused name is pointed to.
+
+  Raises:
+    UserError: a malformed spec, a bad or repeated value, an empty list, an
+      unknown, repeated or unsweepable name.
+  """
+  if isinstance(specs, str):
+    specs = [specs]
+  grid = {}
+  for part in (p.strip() for spec in specs for p in spec.split(";")):
+    if not part:
+      continue
+    name, sep, listed = (s.strip() for s in part.partition("="))
+    if not sep or not name:
+      raise UserError(f"--sweep={part}: expected NAME=V1,V2,...; {_example()}")
+    texts = [t.strip() for t in listed.split(",") if t.strip()]
+    _check_name(name, texts, model)
+    if name in grid:
+      raise UserError(f"--sweep names {name} twice; give it once with all its "
+                      "values")
+    if not texts:
+      raise UserError(f"--sweep={name}= lists no values; {_example()}")
+    values = tuple(_parse_value(name, t) for t in texts)
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+      raise UserError(f"--sweep={name} lists {_short(repeated[0])} twice; give "
+                      "each value once")
+    grid[name] = values
+  return grid
+
+
+def canonical(specs: Union[str, Sequence[str]], model: str = "MODEL") -> str:
+  """The sweep as one string for `Config.sweep`: `a=1.0,2.0;b=0.1` ("": none).
+
+  Parsing it again gives the same grid.
+  """
+  return ";".join(f"{name}={','.join(repr(v) for v in values)}"
+                  for name, values in parse(specs, model).items())
+
+
+def _check_applies(grid: Grid, config: Config) -> None:
+  """Refuses a swept name the config's optimizer or schedule never reads."""
+  for name in grid:
+    field, needed = optim.ONLY_WITH.get(name, (None, None))
+    if field is not None and getattr(config, field) != needed:
+      raise UserError(
+          f"--sweep={name} changes nothing with --{field}="
+          f"{getattr(config, field)}: only --{field}={needed} reads it")
+
+
+def from_config(config: Config,
+                spec: Optional[str] = None) -> Tuple[Member, ...]:
+  """Every member of the run: the grid of `spec` times the config's seeds.
+
+  Args:
+    config: the run's Config.
+    spec: the sweep, as `--sweep` flags give it or `canonical` writes it;
+      None reads `config.sweep`.
+
+  Returns:
+    the Members in grid point major, seed minor order; each config
+    validated.
+
+  Raises:
+    UserError: a bad sweep, or a member whose values no run accepts.
+  """
+  config_lib.validate(config)
+  grid = parse(config.sweep if spec is None else spec, config.model)
+  _check_applies(grid, config)
+  if grid and config.val_fraction == 0:
+    raise UserError("--sweep chooses its member by validation accuracy, and "
+                    "--val_fraction=0 holds out none; pass e.g. "
+                    "--val_fraction=0.1")
+  single = {"num_seeds": 1, "sweep": ""}  # A member is a single run.
+  out = []
+  for point in itertools.product(*grid.values()):
+    values = dict(zip(grid, point))
+    for i in range(config.num_seeds):
+      seed = config.seed + i
+      try:
+        member = config_lib.validate(
+            config.replace(seed=seed, **single, **values))
+      except UserError as e:
+        raise UserError(f"--sweep: {e}") from None
+      out.append(Member(len(out), seed, values, member))
+  return tuple(out)
+
+
+def hyperparams(sweep_members: Sequence[Member],
+                steps_per_epoch: int) -> Dict[str, np.ndarray]:
+  """The swept hyperparameters of every member, stacked [M] in member order.
+
+  Keys are `opt_state.hyperparams` keys (optim.SWEEPABLE); a row of the
+  arrays is what `train.create_train_state(..., hparams=row)` takes for that
+  member, e.g. under `jax.vmap`. {} when nothing is swept.
+  """
+  swept = [optim.SWEEPABLE[name] for name in sweep_members[0].values]
+  rows = [optim.hyperparams(m.config, steps_per_epoch, swept)
+          for m in sweep_members]
+  return {key: np.stack([row[key] for row in rows]) for key in swept}
 
 
 def keys(members: Sequence[Member]):
@@ -68,12 +223,12 @@ def init_state(members: Sequence[Member], create: Callable, init_rng,
 
   create: fn(init_rng, hparams=...) -> one member's TrainState
     (train.create_train_state), given each member's key and its row of the
-    swept hyperparameters (sweep.hyperparams).
+    swept hyperparameters (`hyperparams`).
 
   The members run one jitted `create` in turn: it compiles in a fraction of
   the time the vmapped initialisers take, and gives the same bits.
   """
-  hparams = sweep.hyperparams(members, steps_per_epoch)
+  hparams = hyperparams(members, steps_per_epoch)
   rows = [{k: v[i] for k, v in hparams.items()} for i in range(len(members))]
   if len(members) == 1:
     return create(init_rng, hparams=rows[0])
@@ -91,6 +246,160 @@ def points(members: Sequence[Member]) -> List[Tuple[int, ...]]:
     else:
       out.append([m.index])
   return [tuple(p) for p in out]
+
+
+def label(member: Member) -> str:
+  """A member's name for logs and tables: `learning_rate=0.003, seed=1`."""
+  return values_text(member.values, member.seed)
+
+
+def values_text(values: Dict[str, Any], seed: Optional[int] = None) -> str:
+  """Swept values (and a seed) as text: `learning_rate=0.003, seed=1`."""
+  return ", ".join([f"{k}={_short(v)}" for k, v in values.items()] +
+                   ([f"seed={seed}"] if seed is not None else []))
+
+
+def _short(value) -> str:
+  """0.003, 1e-05, 2: the shortest text that reads back as the value."""
+  text = f"{value:g}"
+  return text if float(text) == value else repr(value)
+
+
+# How their axis runs on devices.
+
+AXIS = "replica"  # The mesh axis the members are split along.
+
+
+def vmap(num: int, fn: Callable, in_axes=0, out_axes=0) -> Callable:
+  """`fn` mapped over the members' axis, or `fn` itself for one member."""
+  if num == 1:
+    return fn
+  return jax.vmap(fn, in_axes=in_axes, out_axes=out_axes)
+
+
+def in_turn(num: int) -> bool:
+  """Whether the train chunk runs the members one after another (CPU).
+
+  On a CPU, M members as a `lax.scan` over the members' axis of the
+  single-member chunk (member 0's steps, then member 1's, ...) ran faster than
+  the vmapped step: XLA:CPU runs M small matmuls faster than one batched
+  matmul, and the vmapped step's per-member `lax.cond` (skip padding and
+  diverged steps) becomes a select that reads and writes the whole train state
+  every step. Accelerators keep the vmapped step.
+  """
+  return num > 1 and jax.default_backend() == "cpu"
+
+
+def compiler_options(num: int) -> Optional[Dict[str, str]]:
+  """XLA options for the train chunk: with members in turn, region analysis.
+
+  XLA:CPU's copy insertion otherwise copies loop-carried buffers every step
+  (a large kernel after the step's `lax.cond`, the threefry state in each
+  dropout mask's round loop); with region analysis those copies go and the
+  results keep the same bits. Other runs keep XLA's defaults.
+  """
+  if not in_turn(num):
+    return None
+  return {"xla_cpu_copy_insertion_use_region_analysis": "True"}
+
+
+def mesh(num: int) -> Optional[Mesh]:
+  """The CPU devices the members are split over, or None for one device.
+
+  With a host split into one device per core (devices.split_host), each
+  device trains M / D members, its own core running their steps, where one
+  device would spread every small matmul over both cores. The most devices
+  that divide M are used.
+  """
+  if not in_turn(num):
+    return None
+  devices = jax.local_devices()
+  count = max(d for d in range(1, len(devices) + 1) if num % d == 0)
+  if count == 1 or jax.process_count() > 1:
+    return None
+  return Mesh(np.array(devices[:count]), (AXIS,))
+
+
+def place_restored(state, member_mesh: Optional[Mesh]):
+  """A restored stacked state, split along the members' axis on `member_mesh`.
+
+  orbax restores it onto one device, which the split train chunk refuses
+  ("incompatible devices"). It goes through the host: moving device arrays
+  between the split host's CPU devices before the first chunk could hang.
+  """
+  if member_mesh is None:
+    return state
+  return jax.device_put(jax.device_get(state),
+                        NamedSharding(member_mesh, P(AXIS)))
+
+
+def split(fn: Callable, member_mesh: Optional[Mesh],
+          member_axis: Sequence[bool]) -> Callable:
+  """`fn` with its members' axis split across `member_mesh` (or `fn` itself).
+
+  member_axis: for each argument, whether it has the leading members' axis
+  (else every device gets all of it). Every output has the members' axis.
+  """
+  if member_mesh is None:
+    return fn
+  return shard_map(fn, mesh=member_mesh,
+                   in_specs=tuple(P(AXIS) if r else P() for r in member_axis),
+                   out_specs=P(AXIS), check_vma=False)
+
+
+def train_chunk(chunk: Callable, num: int, sequential: bool,
+                member_mesh: Optional[Mesh] = None) -> Callable:
+  """The single-member train chunk over the members' axis.
+
+  Args:
+    chunk: fn(state, images, labels, batch_idx [C, B], valid [C]) ->
+      (state, sums, bad), one member's chunk of steps (train.make_train_chunk).
+    num: M, the number of members.
+    sequential: run the members in turn (`in_turn`), else vmap the step.
+    member_mesh: the devices to split the members over (`mesh`), or None.
+
+  Returns:
+    fn(state [M, ...], images, labels, batch_idx [M, C, B], valid [C]) ->
+    (state [M, ...], sums [M], bad [M]); `chunk` itself for one member. In
+    turn, member i runs exactly the single-member program, so it computes
+    what the single run with its seed computes.
+  """
+  if num == 1:
+    return chunk
+  if not sequential:
+    return jax.vmap(chunk, in_axes=(0, None, None, 0, None))
+
+  def run(state, images, labels, batch_idx, valid):
+    def body(_, member):
+      state, idx = member
+      return None, chunk(state, images, labels, idx, valid)
+    return jax.lax.scan(body, None, (state, batch_idx))[1]
+
+  return split(run, member_mesh, (True, False, False, True, False))
+
+
+def evaluate(fn: Callable, num: int,
+             member_mesh: Optional[Mesh] = None) -> Callable:
+  """The single-member evaluation (train.make_evaluate) over the members.
+
+  fn(params [M, ...], images, labels, batch_idx, mask) -> sums [M]; `fn`
+  itself for one member.
+  """
+  return split(vmap(num, fn, in_axes=(0, None, None, None, None)), member_mesh,
+               (True, False, False, False, False))
+
+
+# Their metrics, and which one is chosen.
+
+METRIC_KEYS = ("loss", "accuracy")
+# Keys of a member's dict in a row that say which member it is.
+IDENTITY_KEYS = ("index", "seed", "values")
+
+
+class Choice(NamedTuple):
+  """A grid point (index into `points`) and one of its members (member index)."""
+  point: int
+  member: int
 
 
 def means(sums) -> Dict[str, float]:

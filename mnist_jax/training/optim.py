@@ -2,7 +2,7 @@
 
 Every numeric hyperparameter a run uses lives in its optimizer state,
 `opt_state.hyperparams` (`optax.inject_hyperparams`), not in the compiled
-program: the members of a sweep (sweep.py) share one program and differ only
+program: the members of a sweep (members.py) share one program and differ only
 in these arrays, and a single run is a sweep of one. Which hyperparameters are
 held, and so the optimizer's structure, depends on the config and on the swept
 names, never on the values: `--grad_clip=0` leaves the clip out, while a swept

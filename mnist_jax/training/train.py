@@ -8,7 +8,7 @@ Metrics come back from the device as sums and counts, once per chunk.
 The pure functions come first: `create_train_state`, `train_step`,
 `eval_step`, the scanned chunk (`make_train_chunk`) and the evaluation
 (`make_evaluate`), each for one model. `train_and_evaluate` runs them through
-an `engine.Engine`, which places them on the run's devices.
+an `devices.Engine`, which places them on the run's devices.
 """
 
 import contextlib
@@ -22,27 +22,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mnist_jax import augment as augment_lib
-from mnist_jax import batches as batches_lib
-from mnist_jax import checkpoint as checkpoint_lib
-from mnist_jax import data as data_lib
-from mnist_jax import divergence
-from mnist_jax import engine as engine_lib
-from mnist_jax import members as members_lib
 from mnist_jax import models
-from mnist_jax import optim
-from mnist_jax import precision
-from mnist_jax import preemption
-from mnist_jax import progress as progress_lib
-from mnist_jax import report
-from mnist_jax import resume
-from mnist_jax import runlog
-from mnist_jax import sequence as sequence_lib
-from mnist_jax import sweep
-from mnist_jax import target as target_lib
-from mnist_jax import workdir as workdir_lib
 from mnist_jax.config import Config
+from mnist_jax.data import augment as augment_lib
+from mnist_jax.data import batches as batches_lib
+from mnist_jax.data import pipeline
+from mnist_jax.data import views
 from mnist_jax.errors import Diverged, UserError
+from mnist_jax.models import precision
+from mnist_jax.results import report
+from mnist_jax.rundir import checkpoints
+from mnist_jax.rundir import folder
+from mnist_jax.rundir import log as log_lib
+from mnist_jax.training import control
+from mnist_jax.training import devices
+from mnist_jax.training import members as members_lib
+from mnist_jax.training import optim
 
 Metrics = Dict[str, jax.Array]  # {"loss": sum, "correct": sum, "count": n}
 
@@ -61,12 +56,12 @@ def create_train_state(rng: jax.Array, config: Config, model: nn.Module,
   """Initialises parameters and optimizer state from `rng`.
 
   hparams: a sweep member's swept hyperparameters, {key of
-  `opt_state.hyperparams`: scalar} (one row of `sweep.hyperparams`, traced
+  `opt_state.hyperparams`: scalar} (one row of `members.hyperparams`, traced
   under `jax.vmap`); they replace the config's values. None for no sweep.
   """
   init_rng, dropout_rng = jax.random.split(rng)
   view = models.input_view(config)
-  dummy = data_lib.to_view(jnp.zeros((1, 28, 28), jnp.uint8), view)
+  dummy = views.to_view(jnp.zeros((1, 28, 28), jnp.uint8), view)
   params = jax.jit(functools.partial(model.init, train=False))(
       init_rng, dummy)["params"]
   hparams = dict(hparams or {})
@@ -113,7 +108,7 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
     state: the train state.
     images: [B, 28, 28] uint8.
     labels: [B] int32.
-    view: the model's input layout (see data.to_view).
+    view: the model's input layout (see views.to_view).
     label_smoothing: smoothing of the optimised loss (metrics use plain CE),
       where the state holds none of its own (`optim.label_smoothing`).
     axis_name: when mapped over devices, the axis to average gradients over.
@@ -127,7 +122,7 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
     dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
   if augment is not None:
     images = augment(jax.random.fold_in(dropout_rng, 1), images)
-  x = data_lib.to_view(images, view)
+  x = views.to_view(images, view)
   # A state made with label smoothing on (or swept) holds its own value.
   label_smoothing = optim.label_smoothing(state.opt_state, label_smoothing)
 
@@ -151,7 +146,7 @@ def eval_step(params, apply_fn: Callable, images: jax.Array, labels: jax.Array,
 
   images [B, 28, 28] uint8, labels [B] int32, mask [B] float32.
   """
-  logits = apply_fn({"params": params}, data_lib.to_view(images, view),
+  logits = apply_fn({"params": params}, views.to_view(images, view),
                     train=False)
   nll, _ = cross_entropy(logits, labels)
   return _sums(logits, labels, nll, mask)
@@ -180,7 +175,7 @@ def make_train_chunk(config: Config, axis_name: Optional[str] = None,
   already not finite (a sweep member that diverged in an earlier chunk) trains
   no step, and `bad` is its step at the chunk's start. Divergence is thus found
   on the device, read once per chunk. One model: an engine maps it over the
-  members' axis (replicas.py) and over devices (parallel.py), with
+  members' axis (members.py) and over devices (devices.py), with
   `axis_name` and `jit=False`.
   """
   view = models.input_view(config)
@@ -247,7 +242,7 @@ def predict_logits(params, apply_fn: Callable, images: np.ndarray, view: str,
 
   def one(params, images, batch_idx):
     def body(_, idx):
-      return None, apply_fn({"params": params}, data_lib.to_view(images[idx], view),
+      return None, apply_fn({"params": params}, views.to_view(images[idx], view),
                             train=False)
     return jax.lax.scan(body, None, batch_idx)[1]
 
@@ -282,7 +277,7 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
   Raises:
     UserError: bad settings, data, folder or checkpoint (nothing was written).
     Diverged: the loss became non-finite; the last good checkpoint is kept.
-    preemption.Preempted: SIGTERM or SIGINT; a checkpoint to resume from is saved.
+    control.Preempted: SIGTERM or SIGINT; a checkpoint to resume from is saved.
   """
   with contextlib.ExitStack() as on_exit:
     return _train_and_evaluate(config, workdir, stream, overwrite, on_exit)
@@ -295,17 +290,17 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
   # Devices and data.
   members = members_lib.from_config(config)
   labels = [{"seed": m.seed, **dict(m.values)} for m in members]
-  engine = engine_lib.Engine(config, members)
-  workdir_lib.check_writable(workdir)
-  existing = workdir_lib.check_run_folder(workdir, config, overwrite=overwrite)
+  engine = devices.Engine(config, members)
+  folder.check_writable(workdir)
+  existing = folder.check_run_folder(workdir, config, overwrite=overwrite)
   if existing and not overwrite:
-    runlog.check(workdir, config, labels)
+    log_lib.check(workdir, config, labels)
   data_start = time.perf_counter()  # Preparing (first time) and loading.
-  dataset = engine.main_first(functools.partial(data_lib.load, config))
+  dataset = engine.main_first(functools.partial(pipeline.load, config))
   data_time = time.perf_counter() - data_start
   steps = steps_per_epoch(config, len(dataset.train))
-  log = runlog.RunLog(progress_lib.Progress(config.epochs, stream=stream,
-                                            prefix=engine.log_prefix))
+  log = log_lib.RunLog(log_lib.Progress(config.epochs, stream=stream,
+                                        prefix=engine.log_prefix))
   if engine.description():
     log.message(engine.description())
   engine.place(dataset, steps)
@@ -314,11 +309,11 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
   state = engine.init_state(functools.partial(
       create_train_state, config=config, model=models.build(config),
       steps_per_epoch=steps))
-  shapes = checkpoint_lib.param_shapes(state.params)
+  shapes = checkpoints.param_shapes(state.params)
   meta = None
   if existing and not overwrite and engine.is_main:
-    meta, state = resume.restore(config, workdir, state, steps)
-    final = workdir_lib.final_metrics(workdir)
+    meta, state = checkpoints.restore(config, workdir, state, steps)
+    final = folder.final_metrics(workdir)
     if (meta is not None and meta.get("done") and final is not None and
         jax.process_count() == 1):
       log.message(f"{workdir} already finished: test accuracy "
@@ -330,30 +325,30 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
 
   # From here on the run folder is written.
   if engine.is_main:
-    workdir_lib.begin(workdir, config,
-                      {**workdir_lib.environment(), **engine.environment(),
-                       "implementation": models.implementation(config)},
-                      existing=existing, overwrite=overwrite, meta=meta)
-    sequence_lib.record(workdir, config)
+    folder.begin(workdir, config,
+                 {**folder.environment(), **engine.environment(),
+                  "implementation": models.implementation(config)},
+                 existing=existing, overwrite=overwrite, meta=meta)
+    views.record(workdir, config)
   log.open(workdir if engine.is_main else None, meta["epoch"] if meta else 0,
            config=config, members=labels, steps_per_epoch=steps)
   on_exit.callback(log.close)
-  saver = resume.Saver(workdir, config, shapes, write=engine.is_main)
+  saver = checkpoints.Saver(workdir, config, shapes, write=engine.is_main)
   if meta is not None:
     log.message(f"resuming {workdir} at step {meta['step']} (epoch "
                 f"{meta['epoch'] + 1}, step {meta.get('epoch_step', 0)} of "
                 f"{steps})")
-  state, start = engine.start(state, resume.Start.from_meta(meta))
+  state, start = engine.start(state, checkpoints.Start.from_meta(meta))
   compile_time = engine.compile(
       state, make_train_chunk(config, engine.axis_name, jit=False),
       make_evaluate(config, state.apply_fn, jit=False))
   saver.last_saved = engine.step(state) if meta is not None else None
 
   # Each epoch: train, evaluate, log, checkpoint.
-  target = target_lib.Target(config.target_accuracy, "val" in engine.splits)
+  target = control.Target(config.target_accuracy, "val" in engine.splits)
   test_m = val_m = time_to_target = None  # The current state's, when known.
   epoch = start.epoch - 1
-  with preemption.StopRequest() as stop:
+  with control.StopRequest() as stop:
     for epoch in start.epochs(config.epochs):
       state, train_m, epoch_time = _train_epoch(engine, state, epoch, start,
                                                 stop, saver, log, workdir)
@@ -427,19 +422,21 @@ def _train_epoch(engine, state, epoch, start, stop, saver, log, workdir):
   plan = engine.epoch_plan(epoch, done)
   sums = engine.initial_sums(start.sums if done else None)
   for c in plan.chunks:
-    signum = preemption.agreed(stop.signum)
+    signum = control.agreed(stop.signum)
     if signum is not None:
       _preempt(engine, state, signum, epoch, done, sums, saver, log, workdir)
     state, sums, bad = engine.train_chunk(state, plan, c, sums)
-    step = divergence.all_stopped(bad)
+    step = control.all_diverged(bad)
     if step is None and len(engine.members) > 1:
       before = (epoch - 1) * engine.steps + done
-      for i in divergence.stopped_after(bad, before):
-        log.message(divergence.member_message(
-            sweep.label(engine.members[i]), int(bad[i]), epoch, engine.steps))
+      for i in control.diverged_after(bad, before):
+        log.message(control.member_diverged_message(
+            members_lib.label(engine.members[i]), int(bad[i]), epoch,
+            engine.steps))
     if step is not None:
-      message = divergence.message(step, epoch, engine.steps, saver.kept())
-      log.diverged(divergence.row(step, epoch, message))
+      message = control.diverged_message(step, epoch, engine.steps,
+                                         saver.kept())
+      log.diverged(control.diverged_row(step, epoch, message))
       saver.close()
       raise Diverged(message)
     done = plan.steps_after(c)
@@ -456,7 +453,7 @@ def _preempt(engine, state, signum, epoch, done, sums, saver, log, workdir):
     saver.save(step, engine.host_copy(state), epoch=epoch - 1, epoch_step=done,
                sums=sums if done else None)
   saver.close()
-  raise preemption.Preempted(signum, preemption.message(
+  raise control.Preempted(signum, control.stopped_message(
       signum, step, epoch, done, engine.steps,
       saver.directory if saver.last_saved else None), workdir)
 
@@ -505,11 +502,11 @@ def _summary(final: dict, members, workdir: str) -> str:
   text = (f"test accuracy {100 * final['test_accuracy']:.2f}% (loss "
           f"{final['test_loss']:.4f}, {final['test_examples']} examples)")
   chosen = final.get("chosen")
-  if chosen:  # As report.md says it (sweep_report.section).
+  if chosen:  # As report.md says it (report.members_section).
     how = ("chosen by validation accuracy" if members[0].config.val_fraction > 0
            else "chosen as the first (no validation split to choose by)")
-    text = (f"{how}: {sweep.values_text(chosen['values'], chosen['seed'])}; "
-            f"{text}")
+    label = members_lib.values_text(chosen["values"], chosen["seed"])
+    text = f"{how}: {label}; {text}"
   if "test_accuracy_mean" in final:
     seeds = len(members) // len(members_lib.points(members))
     text += (f"; its {seeds} seeds {100 * final['test_accuracy_mean']:.2f} +- "

@@ -14,7 +14,8 @@ import flax.linen as nn
 
 from mnist_jax.config import IMPLS, Config
 from mnist_jax.errors import UserError
-from mnist_jax.kernels import conv_pool, fused_rnn
+from mnist_jax.models.kernels import conv_pool
+from mnist_jax.models.kernels import fused_rnn
 
 
 @dataclasses.dataclass(frozen=True)

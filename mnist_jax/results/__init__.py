@@ -1,0 +1,11 @@
+"""Results: what a finished run is read as.
+
+  report.py    report.md, its figures and CSVs, the members' section
+  plots.py     the figures (matplotlib's Agg backend, files only)
+  run.py       a finished run loaded back: `--mode=report`, `--mode=predict`,
+               and the Python API's `Run`
+  compare.py   a table and plots over several runs (experiments/compare.py)
+
+Import the modules themselves (`from mnist_jax.results import report`); this
+package imports none of them, so matplotlib loads only when a figure is drawn.
+"""
