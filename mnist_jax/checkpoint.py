@@ -124,6 +124,28 @@ def _close_abandoned_reads() -> None:
         pass  # orbax re-raises GeneratorExit as its own read error
 
 
+def complete_steps(directory: str) -> list:
+  """The steps of the complete checkpoints in `directory`, from its listing
+  alone: orbax gives a checkpoint its step's name only once it is whole."""
+  try:
+    return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+  except OSError:
+    return []
+
+
+def saved_model(directory: str) -> Optional[str]:
+  """The model name the newest complete checkpoint in `directory` records,
+  read from its meta file alone (None if there is none, or it is unreadable)."""
+  for step in reversed(complete_steps(directory)):
+    try:
+      with open(os.path.join(directory, str(step), "meta", "metadata")) as f:
+        model = json.load(f).get("model")
+      return model if isinstance(model, str) else None
+    except (OSError, ValueError, AttributeError):
+      return None
+  return None
+
+
 def _meta_checksum(meta: dict) -> str:
   """sha256 of the meta record without its checksum, keys sorted."""
   body = {k: v for k, v in meta.items() if k != "meta_checksum"}

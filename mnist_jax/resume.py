@@ -170,6 +170,15 @@ class Saver:
     """Whether a checkpoint holds `step` already (step 0 needs none)."""
     return step in (self.last_saved, 0)
 
+  def on_disk(self) -> str:
+    """Which complete checkpoint a run killed now goes back to, in words,
+    without waiting for a save in flight (for a second Ctrl-C)."""
+    steps = checkpoint_lib.complete_steps(self.directory)
+    if not steps:
+      return "no checkpoint has been saved yet, so the run starts over"
+    return (f"the last complete checkpoint, {self.directory}/{max(steps)}, "
+            "is kept")
+
   def kept(self) -> str:
     """Which checkpoint a run stopped now goes back to, in words."""
     step = None

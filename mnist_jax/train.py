@@ -353,7 +353,7 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
   target = target_lib.Target(config.target_accuracy, "val" in engine.splits)
   test_m = val_m = time_to_target = None  # The current state's, when known.
   epoch = start.epoch - 1
-  with preemption.StopRequest() as stop:
+  with preemption.StopRequest(kept=saver.on_disk) as stop:
     for epoch in start.epochs(config.epochs):
       state, train_m, epoch_time = _train_epoch(engine, state, epoch, start,
                                                 stop, saver, log, workdir)
