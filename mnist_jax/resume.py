@@ -74,17 +74,21 @@ def restore(config, workdir: str, template, steps: int) -> Tuple[Optional[dict],
   """(meta, state) of the run folder's latest checkpoint, or (None, template).
 
   Reads without writing anything, and refuses a checkpoint that is damaged,
-  from another model, or from another data size.
+  from another model, or from another data size, and a run trained to the
+  end but not finished whose checkpoints are gone (its report needs them).
   """
   directory = os.path.join(workdir, checkpoint_lib.CHECKPOINT_DIR)
   reader = None
   if os.path.exists(directory):
     reader = checkpoint_lib.Checkpointer(workdir, read_only=True)
   if reader is None or reader.latest_step() is None:
-    if workdir_lib.final_metrics(workdir) is not None:
+    if (workdir_lib.final_metrics(workdir) is not None and
+        not workdir_lib.finished(workdir)):
       raise checkpoint_lib.CheckpointError(
-          f"{workdir} holds a finished run but its checkpoint is missing from "
-          f"{directory}; pass --overwrite to train it again, or another --workdir")
+          f"{workdir} trained to the end, but its report cannot be written: "
+          f"its checkpoints are missing from {directory}; put them back (the "
+          "same command then writes the report), or pass another --workdir; "
+          f"--overwrite trains it again, deleting {workdir_lib.contents(workdir)}")
     return None, template
   state, meta = reader.restore(template, model=config.model)
   reader.close()
