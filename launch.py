@@ -28,6 +28,7 @@ from mnist_jax import config as config_lib
 from mnist_jax import dry_run
 from mnist_jax import models
 from mnist_jax import optim
+from mnist_jax import parallel
 from mnist_jax import predict
 from mnist_jax import preemption
 from mnist_jax import runtime
@@ -225,28 +226,39 @@ def main(argv):
   if FLAGS.dry_run:
     return _dry_run(config, overrides)
   sweep.members(config)  # A bad --sweep says so before which folder is used.
-  work, note = _run_folder(config)
-  _RUN.work = work
-  if note:
-    print(note, flush=True)
   preemption.set_resume_command(resume_command)
   with workdir.locking() as _RUN.held:
+    work, note = _run_folder(config)
+    _RUN.work = work
+    if note:
+      print(note, flush=True)
     train.train_and_evaluate(config.replace(workdir=work), work,
                              overwrite=FLAGS.overwrite and bool(config.workdir))
 
 
 def _run_folder(config: config_lib.Config):
   """(the folder to train in, a line saying which and why, or None for a
-  --workdir given or a first run).
+  --workdir given or a first run), held by this process from here on (its
+  process 0, with several): no other command writes it meanwhile.
 
   Raises:
-    UserError: --workdir is in use by another run.
+    UserError: --workdir is in use by another process.
     Diverged: the run to resume diverged with these settings (it would again).
   """
+  parallel.initialize(config)  # Which process is process 0.
+  main_process = parallel.is_main()
   if not config.workdir:
-    choice = workdir.choose(config, overwrite=FLAGS.overwrite)
-    return choice.path, choice.reason if choice.news else None
-  workdir.check_not_in_use(config.workdir)
+    for attempt in range(3):
+      choice = workdir.choose(config, overwrite=FLAGS.overwrite)
+      try:
+        if main_process:
+          workdir.claim(choice.path)
+        return choice.path, choice.reason if choice.news else None
+      except workdir.InUse:  # Another command took it a moment ago.
+        if attempt == 2:
+          raise
+  if main_process:
+    workdir.claim(config.workdir)
   if not FLAGS.overwrite:
     workdir.check_not_diverged(config.workdir, config)
   return config.workdir, None
@@ -288,6 +300,9 @@ def _explicit_folder_line(work: str, config, existing: bool) -> str:
   if state == "finished":
     return (f"{work} already finished: the run would print its result and "
             "stop (--overwrite trains it again)")
+  if "test_accuracy" in (last or {}):
+    return (f"completing {work}: it trained to the end, but its report is not "
+            "complete (the run would write it, training nothing)")
   logged = (last or {}).get("epoch", 0)
   return f"resuming {work} ({logged} of {config.epochs} epochs logged)"
 
@@ -301,12 +316,14 @@ def _use_run():
   # the run's own.
   overrides = {k: FLAGS[k].value for k in ("data_dir", "mnist_dir", "impl")
                if FLAGS[k].value}
-  if FLAGS.mode == "predict":
+  if FLAGS.mode == "predict":  # Reads only: also a run being trained.
     if predict.main(FLAGS.workdir, FLAGS.image, FLAGS.json, FLAGS.plot,
                     ensemble=FLAGS.ensemble, **overrides):
       sys.exit(1)
     return
-  trained.rewrite_report(FLAGS.workdir, **overrides)
+  with workdir.locking():  # The report is written by one process at a time.
+    workdir.claim(FLAGS.workdir, mode="report", create=False)
+    trained.rewrite_report(FLAGS.workdir, **overrides)
 
 
 # The commands the messages print: the command line as typed, edited.
@@ -395,7 +412,7 @@ def _retry_advice() -> str:
 def _interrupted() -> str:
   """What a Ctrl-C outside the training loop says (the loop's says more)."""
   work = _RUN.work
-  if work and _RUN.held is not None and os.path.realpath(work) in _RUN.held:
+  if work and os.path.exists(os.path.join(work, workdir.CONFIG_FILE)):
     return (f"interrupted (Ctrl-C); {work} keeps its last complete checkpoint, "
             f"if any. To resume, run: {resume_command(work)}")
   where = f"before {work} was written" if work else "before training started"

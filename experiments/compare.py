@@ -363,8 +363,7 @@ def train_runs(model_names: Sequence[str], seeds: Sequence[int], runs_root: str,
         folder = os.path.join(runs_root, _folder_name(name, values, seed))
         config = models.get_config(name, preset, seed=seed, workdir=folder,
                                    **{**overrides, **values})
-        done = (workdir_lib.final_metrics(folder) if os.path.isdir(folder)
-                else None)
+        done = os.path.isdir(folder) and workdir_lib.finished(folder)
         if done and not workdir_lib.config_differences(
             workdir_lib.read_config(folder), config):
           log(f"{folder}: finished before, reused")

@@ -124,6 +124,28 @@ def _close_abandoned_reads() -> None:
         pass  # orbax re-raises GeneratorExit as its own read error
 
 
+def complete_steps(directory: str) -> list:
+  """The steps of the complete checkpoints in `directory`, from its listing
+  alone: orbax gives a checkpoint its step's name only once it is whole."""
+  try:
+    return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+  except OSError:
+    return []
+
+
+def saved_model(directory: str) -> Optional[str]:
+  """The model name the newest complete checkpoint in `directory` records,
+  read from its meta file alone (None if there is none, or it is unreadable)."""
+  for step in reversed(complete_steps(directory)):
+    try:
+      with open(os.path.join(directory, str(step), "meta", "metadata")) as f:
+        model = json.load(f).get("model")
+      return model if isinstance(model, str) else None
+    except (OSError, ValueError, AttributeError):
+      return None
+  return None
+
+
 def _meta_checksum(meta: dict) -> str:
   """sha256 of the meta record without its checksum, keys sorted."""
   body = {k: v for k, v in meta.items() if k != "meta_checksum"}
@@ -284,6 +306,16 @@ class Checkpointer:
   def _where(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
 
+  def _config_file(self) -> str:
+    return os.path.join(os.path.dirname(self.directory), "config.json")
+
+  def _edited(self, fix: str = "put back its settings (from a copy)") -> str:
+    """The advice when a run's settings (its config.json) and its intact
+    checkpoint disagree: nothing is damaged, so nothing is to be deleted."""
+    return (f"{self._config_file()} no longer holds the settings the run was "
+            f"trained with (was it edited?); nothing was changed: {fix}, or "
+            "pass another --workdir")
+
   def _damaged(self, step: int, why: str) -> CheckpointError:
     """The error for a checkpoint verified damaged, naming the one before it."""
     try:
@@ -292,10 +324,10 @@ class Checkpointer:
       earlier = []
     if earlier:
       advice = ("delete that folder to go back to the checkpoint before it, "
-                f"{self._where(max(earlier))}, or pass --overwrite to start over")
+                f"{self._where(max(earlier))}")
     else:
-      advice = ("the run has no earlier checkpoint: pass --overwrite to start "
-                "over, or another --workdir")
+      advice = ("the run has no earlier checkpoint to go back to: pass "
+                "another --workdir to train anew")
     return CheckpointError(f"the checkpoint {self._where(step)} is damaged or "
                            f"truncated ({why}); {advice}")
 
@@ -359,15 +391,15 @@ class Checkpointer:
       return self._damaged(step, why)
     return CheckpointError(
         f"the checkpoint {self._where(step)} is intact but does not fit this "
-        f"run's train state ({_reason(e)}); pass the settings it was trained "
-        "with (its run folder's config.json holds them), or another --workdir")
+        f"run's train state ({_reason(e)}); {self._edited()}")
 
   def read_meta(self, step: Optional[int] = None) -> Tuple[int, dict]:
     """(step, meta record) of a checkpoint (default: the latest)."""
     step = self.latest_step() if step is None else step
     if step is None:
-      raise CheckpointError(f"no checkpoint in {self.directory}; train first "
-                            "(python launch.py --model=NAME --workdir=DIR)")
+      raise CheckpointError(f"no complete checkpoint in {self.directory}; "
+                            "train the run first (its training command, with "
+                            "this --workdir)")
     try:
       ocp = _orbax()
       meta = self._manager.restore(step, args=ocp.args.Composite(
@@ -412,10 +444,10 @@ class Checkpointer:
           f"{'a newer mnist_jax' if newer else 'the mnist_jax that wrote it'} "
           "to resume or report on it, or pass another --workdir to train anew")
     if model is not None and meta.get("model", model) != model:
+      fix = f"set its \"model\" back to {meta['model']!r}"
       raise CheckpointError(
           f"the checkpoint {where} was written by model {meta['model']!r}, not "
-          f"{model!r}; pass the --model it was trained with, or another "
-          "--workdir")
+          f"{model!r} as {self._config_file()} says; {self._edited(fix)}")
     want = param_shapes(getattr(template, "params", template))
     have = meta.get("param_shapes")
     if have is not None and have != want:
@@ -425,8 +457,7 @@ class Checkpointer:
       raise CheckpointError(
           f"the checkpoint {where} holds another model's parameters ({first}: "
           f"{have.get(first)} in the checkpoint, {want.get(first)} here; "
-          f"{len(diff)} differences); pass the settings it was trained with "
-          "(its run folder's config.json holds them), or another --workdir")
+          f"{len(diff)} differences); {self._edited()}")
     ocp = _orbax()
     try:
       with _stray_output_to_log():

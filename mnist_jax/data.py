@@ -111,6 +111,11 @@ def prepare(dataset: str = "mnist", data_dir=None, mnist_dir=None) -> dict:
     small synthetic datasets).
   """
   data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
+  if os.path.isdir(data_dir) and not os.access(data_dir, os.R_OK | os.X_OK):
+    # Else it would read as "not prepared" (files in it look missing).
+    raise UserError(f"--data_dir={data_dir} cannot be read by this user "
+                    "(permission denied); give read access to it, or pass "
+                    "another --data_dir")
   cache = _cache_path(data_dir, dataset, datasets.DATASETS[dataset].version)
   if os.path.exists(cache):
     arrays = _read_cache(cache)

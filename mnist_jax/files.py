@@ -12,8 +12,12 @@ import contextlib
 import csv
 import json
 import os
+import re
 import secrets
-from typing import IO, Any, Iterator, Sequence
+from typing import IO, Any, Iterator, List, Sequence
+
+# The temporary names `atomic` writes to: .<name>.<8 hex digits>.tmp
+_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
 
 
 @contextlib.contextmanager
@@ -59,3 +63,25 @@ def write_csv(path: str, rows: Sequence[Sequence[Any]]) -> None:
   """Rows of cells as CSV with "\\n" line ends; the first row is the header."""
   with atomic(path) as f:
     csv.writer(f, lineterminator="\n").writerows(rows)
+
+
+def remove_temporary(folder: str) -> List[str]:
+  """Removes what `atomic` left in `folder` when its process was killed.
+
+  Call it only while no other process writes `folder` (under its lock).
+  Returns the names removed.
+  """
+  removed = []
+  try:
+    names = os.listdir(folder)
+  except OSError:
+    return removed
+  for name in names:
+    path = os.path.join(folder, name)
+    if _TEMPORARY.match(name) and os.path.isfile(path):
+      try:
+        os.remove(path)
+        removed.append(name)
+      except OSError:
+        pass
+  return removed

@@ -387,6 +387,9 @@ def main(workdir: str, paths: Sequence[str], as_json: bool = False,
   if not paths:
     raise UserError("--mode=predict needs --image=FILE[,FILE...]")
   run = trained.load_run(workdir, **overrides)
+  note = trained.checkpoint_note(workdir, run)
+  if note:  # A run still training, unfinished, or an older checkpoint.
+    print(f"note: {note}", file=err)
   names = datasets.class_names(run.config.dataset)
   results = predict_files(run, paths, ensemble)
   for r in results:

@@ -96,9 +96,12 @@ class StopRequest:
   (where signal handlers cannot be installed) it is inactive.
   """
 
-  def __init__(self, stream=None):
+  def __init__(self, stream=None, kept: Optional[Callable[[], str]] = None):
+    """kept: fn() -> which checkpoint a run quit now goes back to, in words
+    (resume.Saver.on_disk), for the line a second Ctrl-C prints."""
     self.signum: Optional[int] = None
     self._stream = stream or sys.stderr
+    self._kept = kept
     self._old = {}
     self._pipe = None
     self._old_fd = -1
@@ -129,13 +132,21 @@ class StopRequest:
           self._notice(f"{signal_name(signum)} received: saving a checkpoint at "
                        f"the next safe point, then stopping{hint}")
         elif signum == signal.SIGINT:
-          self._notice("second Ctrl-C: quitting now without saving; the last "
-                       f"complete checkpoint is kept{_how_to_resume()}")
+          self._notice("second Ctrl-C: quitting now without saving; "
+                       f"{self._what_is_kept()}{_how_to_resume()}")
           try:
             sys.stdout.flush()
           except (OSError, ValueError):
             pass
           os._exit(FORCED_EXIT_CODE)  # pylint: disable=protected-access
+
+  def _what_is_kept(self) -> str:
+    if self._kept is None:
+      return "the last complete checkpoint, if any, is kept"
+    try:
+      return self._kept()
+    except Exception:  # pylint: disable=broad-except
+      return "the last complete checkpoint, if any, is kept"
 
   def __enter__(self) -> "StopRequest":
     if threading.current_thread() is not threading.main_thread():

@@ -74,17 +74,21 @@ def restore(config, workdir: str, template, steps: int) -> Tuple[Optional[dict],
   """(meta, state) of the run folder's latest checkpoint, or (None, template).
 
   Reads without writing anything, and refuses a checkpoint that is damaged,
-  from another model, or from another data size.
+  from another model, or from another data size, and a run trained to the
+  end but not finished whose checkpoints are gone (its report needs them).
   """
   directory = os.path.join(workdir, checkpoint_lib.CHECKPOINT_DIR)
   reader = None
   if os.path.exists(directory):
     reader = checkpoint_lib.Checkpointer(workdir, read_only=True)
   if reader is None or reader.latest_step() is None:
-    if workdir_lib.final_metrics(workdir) is not None:
+    if (workdir_lib.final_metrics(workdir) is not None and
+        not workdir_lib.finished(workdir)):
       raise checkpoint_lib.CheckpointError(
-          f"{workdir} holds a finished run but its checkpoint is missing from "
-          f"{directory}; pass --overwrite to train it again, or another --workdir")
+          f"{workdir} trained to the end, but its report cannot be written: "
+          f"its checkpoints are missing from {directory}; put them back (the "
+          "same command then writes the report), or pass another --workdir; "
+          f"--overwrite trains it again, deleting {workdir_lib.contents(workdir)}")
     return None, template
   state, meta = reader.restore(template, model=config.model)
   reader.close()
@@ -169,6 +173,15 @@ class Saver:
   def is_saved(self, step: int) -> bool:
     """Whether a checkpoint holds `step` already (step 0 needs none)."""
     return step in (self.last_saved, 0)
+
+  def on_disk(self) -> str:
+    """Which complete checkpoint a run killed now goes back to, in words,
+    without waiting for a save in flight (for a second Ctrl-C)."""
+    steps = checkpoint_lib.complete_steps(self.directory)
+    if not steps:
+      return "no checkpoint has been saved yet, so the run starts over"
+    return (f"the last complete checkpoint, {self.directory}/{max(steps)}, "
+            "is kept")
 
   def kept(self) -> str:
     """Which checkpoint a run stopped now goes back to, in words."""

@@ -269,7 +269,8 @@ def test_checkpoint_restore_round_trip_and_missing(saved, tmp_path):
       template, model="linear")
   lh.assert_trees_equal(restored, state)
   assert meta["epoch"] == 1 and meta["digest"] == checkpoint.state_digest(state)
-  with pytest.raises(checkpoint.CheckpointError, match="no checkpoint in"):
+  with pytest.raises(checkpoint.CheckpointError,
+                     match="no complete checkpoint in"):
     checkpoint.Checkpointer(str(tmp_path), read_only=True).restore(template)
   with pytest.raises(checkpoint.CheckpointError, match="not 'mlp'"):
     checkpoint.Checkpointer(source, read_only=True).restore(template, model="mlp")

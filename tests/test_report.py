@@ -1,6 +1,8 @@
 """The per-run evaluation files: written after training and on demand."""
 
 import csv
+import io
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +11,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from mnist_jax import predict
 from mnist_jax import report
 from mnist_jax import trained
 from mnist_jax import workdir as workdir_lib
@@ -67,7 +70,7 @@ def test_confusion_and_pairs_on_known_labels():
   assert stats["precision"][8] == pytest.approx(1 / 3)
 
 
-def test_report_mode_rewrites_a_finished_run(tiny_run, tmp_path):
+def test_report_mode_rewrites_a_finished_run(tiny_run, tmp_path, capsys):
   workdir = str(tmp_path / "copy")
   subprocess.run(["cp", "-r", tiny_run, workdir], check=True)
   for name in ("report.md", "confusion_matrix.png", "mistakes.png"):
@@ -77,6 +80,38 @@ def test_report_mode_rewrites_a_finished_run(tiny_run, tmp_path):
     assert os.path.exists(os.path.join(workdir, name)), name
   assert result["accuracy"] == pytest.approx(
       workdir_lib.final_metrics(workdir)["test_accuracy"])
+  report_md = os.path.join(workdir, "report.md")
+  assert capsys.readouterr().out.rstrip().endswith(
+      f"checkpoint of epoch 1); {report_md} was missing: rebuilt")
+  os.remove(os.path.join(workdir, "mistakes.png"))
+  trained.rewrite_report(workdir)
+  assert f"{report_md} was incomplete: rebuilt" in capsys.readouterr().out
+  trained.rewrite_report(workdir)
+  assert f"{report_md} was rewritten" in capsys.readouterr().out
+
+
+def test_a_report_of_an_older_checkpoint_says_so(tiny_run, tmp_path, capsys):
+  """The issue's case: the newest checkpoint gone, the log goes further."""
+  workdir = str(tmp_path / "copy")
+  subprocess.run(["cp", "-r", tiny_run, workdir], check=True)
+  rows = workdir_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    for row in [rows[0], {**rows[0], "epoch": 2}, rows[-1]]:
+      f.write(json.dumps(row) + "\n")
+  trained.rewrite_report(workdir)
+  said = ("these results are of the checkpoint of epoch 1, older than the "
+          "run's last epoch, 2: its later checkpoints are missing")
+  assert f"; note: {said}" in capsys.readouterr().out
+  with open(os.path.join(workdir, "report.md")) as f:
+    assert f.read().splitlines()[2] == f"> **Note:** {said}."
+  image = str(tmp_path / "one.png")
+  pixels = np.zeros((28, 28), np.uint8)
+  pixels[4:24, 12:16] = 255
+  Image.fromarray(pixels).save(image)
+  out, err = io.StringIO(), io.StringIO()
+  assert predict.main(workdir, [image], out=out, err=err) == 0
+  assert err.getvalue() == f"note: {said}\n"
+  assert out.getvalue().startswith(f"{image}: ")
 
 
 def _launch(*args):
