@@ -35,6 +35,7 @@ from mnist_jax import precision
 from mnist_jax import preemption
 from mnist_jax import progress as progress_lib
 from mnist_jax import report
+from mnist_jax import resources
 from mnist_jax import resume
 from mnist_jax import runlog
 from mnist_jax import sequence as sequence_lib
@@ -264,7 +265,9 @@ def steps_per_epoch(config: Config, num_train: int) -> int:
   if config.batch_size > num_train:
     raise UserError(f"--batch_size={config.batch_size} is larger than the "
                     f"{num_train} training examples; pass a smaller one")
-  return num_train // config.batch_size
+  steps = num_train // config.batch_size
+  resources.check_steps(config, steps)
+  return steps
 
 
 def train_and_evaluate(config: Config, workdir: str, stream=None,
@@ -296,6 +299,7 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
   members = members_lib.from_config(config)
   labels = [{"seed": m.seed, **dict(m.values)} for m in members]
   engine = engine_lib.Engine(config, members)
+  resources.check_memory(config, len(members), engine.par.num_devices)
   workdir_lib.check_writable(workdir)
   existing = workdir_lib.check_run_folder(workdir, config, overwrite=overwrite)
   if existing and not overwrite:
