@@ -45,6 +45,7 @@ from absl import flags
 
 from mnist_jax import checkpoint
 from mnist_jax import config as config_lib
+from mnist_jax import divergence
 from mnist_jax import dry_run
 from mnist_jax import models
 from mnist_jax import optim
@@ -181,8 +182,8 @@ def help_text(full: bool = False) -> str:
     lines.append("")
   lines.append(textwrap.fill(
       "Exit status: 0 done (or already finished), 1 bad input, 2 a flag that "
-      "does not parse, 3 diverged, 5 out of memory or disk space, 130 or 143 "
-      "stopped by Ctrl-C or SIGTERM. "
+      "does not parse, 3 diverged, 4 finished but did not learn, 5 out of "
+      "memory or disk space, 130 or 143 stopped by Ctrl-C or SIGTERM. "
       "--helpfull also lists the libraries' flags.", width=80))
   if full:
     ours = FLAGS.find_module_defining_flag("model")
@@ -259,8 +260,20 @@ def main(argv):
     print(note, flush=True)
   preemption.set_resume_command(resume_command)
   with workdir.locking() as _RUN.held:
-    train.train_and_evaluate(config.replace(workdir=work), work,
-                             overwrite=FLAGS.overwrite and bool(config.workdir))
+    final = train.train_and_evaluate(
+        config.replace(workdir=work), work,
+        overwrite=FLAGS.overwrite and bool(config.workdir))
+  _warn_if_not_learned(final)
+
+
+def _warn_if_not_learned(final: dict) -> None:
+  """A finished run that did not learn (divergence.learning_verdict) ends
+  with a warning line and its own exit status; its folder is complete."""
+  verdict = (final or {}).get(divergence.NOT_LEARNED)
+  if verdict:
+    advice = _retry_advice() if verdict["cause"] == "loss" else ""
+    print(f"warning: {verdict['message']}{advice}", file=sys.stderr)
+    sys.exit(divergence.NOT_LEARNED_EXIT_CODE)
 
 
 def _run_folder(config: config_lib.Config):
@@ -532,8 +545,8 @@ def _failure_message(found: resources.Failure, kept: bool) -> str:
 
 
 def _run(argv):
-  """Runs main; exit status 1 bad input, 2 bad flag, 3 diverged, 5 out of
-  memory or disk space, 128+N signal N."""
+  """Runs main; exit status 1 bad input, 2 bad flag, 3 diverged, 4 did not
+  learn, 5 out of memory or disk space, 128+N signal N."""
   for signum in (signal.SIGINT, signal.SIGTERM):
     signal.signal(signum, _interrupt)
   sys.unraisablehook = _unraisable

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from mnist_jax import divergence
 from mnist_jax import files
 from mnist_jax import members as members_lib
 from mnist_jax import sweep_report
@@ -236,14 +237,19 @@ def write(workdir: str, config, test, logits: np.ndarray,
     headline.insert(2, ("Ensemble test accuracy", _ensemble_text(ensemble, final)))
   files.write_text(path("report.md"), _markdown(
       config, names, counts, stats, pairs, n, headline,
-      sweep_report.section(config, final, table)))
+      sweep_report.section(config, final, table),
+      warning=(final.get(divergence.NOT_LEARNED) or {}).get("message")))
   return {"accuracy": accuracy, "loss": loss, "confusion": counts,
           "paths": [path(f) for f in FILES + sweep_report.FILES
                     if os.path.exists(path(f))]}
 
 
-def _markdown(config, names, counts, stats, pairs, n, headline, members):
+def _markdown(config, names, counts, stats, pairs, n, headline, members,
+              warning=None):
+  """report.md's text; `warning` (a run that did not learn) heads it."""
   lines = [f"# {config.model} ({config.preset} preset) on {config.dataset}", ""]
+  if warning:
+    lines += [f"> **Warning:** {warning[0].upper()}{warning[1:]}.", ""]
   lines += ["| | |", "|---|---|"]
   lines += [f"| {k} | {v} |" for k, v in headline]
   lines += ["", *members]

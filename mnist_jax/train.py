@@ -356,6 +356,7 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
   # Each epoch: train, evaluate, log, checkpoint.
   target = target_lib.Target(config.target_accuracy, "val" in engine.splits)
   test_m = val_m = time_to_target = None  # The current state's, when known.
+  row = None  # The last epoch's metrics row, once an epoch has run.
   epoch = start.epoch - 1
   with preemption.StopRequest() as stop:
     for epoch in start.epochs(config.epochs):
@@ -397,6 +398,7 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
                      num_params=engine.num_params(state))
   if target.active:
     final["time_to_target_s"] = time_to_target
+  final.update(divergence.learning_verdict(final, row, dataset.test.labels))
   log.final(final)
 
   # Report: the figures and tables of the chosen member.
