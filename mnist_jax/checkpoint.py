@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mnist_jax import files
 from mnist_jax.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -104,6 +105,74 @@ def _stray_output_to_log():
     sys.stderr, sys.unraisablehook = saved
     if sink.getvalue():
       logging.debug("orbax's stray output while restoring:\n%s", sink.getvalue())
+
+
+class _QuietWriter(logging.Filter):
+  """Keeps orbax's echoes of a failed save off the terminal while a writer
+  is open.
+
+  A save that fails (a full disk, say) raises in the thread that saves or
+  waits, and the run reports it in one line. Before that, orbax's threads log
+  the same failure with tracebacks, and tensorstore's threads, whose event
+  loop orbax closed, print "Event loop is closed" through sys.excepthook.
+  Both go to the debug log instead.
+  """
+
+  def __init__(self):
+    super().__init__()
+    self._hook = self._unraisable_hook = None
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if (record.levelno >= logging.ERROR and
+        f"{os.sep}orbax{os.sep}" in record.pathname):
+      logging.getLogger(__name__).debug("orbax: %s", record.getMessage())
+      return False
+    return True
+
+  @staticmethod
+  def _closed_loop(value) -> bool:
+    if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+      logging.getLogger(__name__).debug("tensorstore: %r", value)
+      return True
+    return False
+
+  def _excepthook(self, kind, value, tb) -> None:
+    if not self._closed_loop(value):
+      self._hook(kind, value, tb)
+
+  def _unraisablehook(self, unraisable) -> None:
+    if not self._closed_loop(unraisable.exc_value):
+      self._unraisable_hook(unraisable)
+
+  def __enter__(self) -> "_QuietWriter":
+    logging.getLogger("absl").addFilter(self)
+    self._hook, sys.excepthook = sys.excepthook, self._excepthook
+    self._unraisable_hook = sys.unraisablehook
+    sys.unraisablehook = self._unraisablehook
+    return self
+
+  def __exit__(self, *exc) -> None:
+    logging.getLogger("absl").removeFilter(self)
+    # pylint: disable=comparison-with-callable
+    if sys.excepthook == self._excepthook:
+      sys.excepthook = self._hook
+    if sys.unraisablehook == self._unraisablehook:
+      sys.unraisablehook = self._unraisable_hook
+
+
+@contextlib.contextmanager
+def _saving(directory: str):
+  """Around orbax's save calls: its stray output to the debug log, and a full
+  disk (which orbax and tensorstore report as ValueError text) as the
+  OSError (ENOSPC, EFBIG) it is, naming the checkpoint folder."""
+  try:
+    with _stray_output_to_log():
+      yield
+  except Exception as e:  # pylint: disable=broad-except
+    code = files.no_space(e)
+    if code is not None and not isinstance(e, OSError):
+      raise files.no_space_error(code, directory) from e
+    raise
 
 
 def _close_abandoned_reads() -> None:
@@ -245,6 +314,7 @@ class Checkpointer:
     self._read_only = read_only
     self._keep = keep
     self._cached_manager = None
+    self._quiet = None  # The log filter of a writer, until close().
     if read_only:
       self._manager  # pylint: disable=pointless-statement  # Fail now, not later.
 
@@ -271,6 +341,8 @@ class Checkpointer:
           options, create=False,
           multiprocessing_options=ocp.options.MultiprocessingOptions(
               primary_host=process, active_processes={process}))
+    if not read_only and self._quiet is None:
+      self._quiet = _QuietWriter().__enter__()  # Until close().
     try:
       self._cached_manager = ocp.CheckpointManager(self.directory, options=options)
     except Exception as e:  # pylint: disable=broad-except
@@ -289,9 +361,11 @@ class Checkpointer:
     meta = {**meta, "format": FORMAT, "digest": state_digest(state)}
     meta["meta_checksum"] = _meta_checksum(meta)
     ocp = _orbax()
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_host_local(state)), meta=ocp.args.JsonSave(meta)),
-        force=True)
+    manager = self._manager  # Made, and quieted, outside _saving's own hooks.
+    with _saving(self.directory):
+      manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(_host_local(state)),
+          meta=ocp.args.JsonSave(meta)), force=True)
 
   def latest_step(self) -> Optional[int]:
     """The newest complete checkpoint's step (unfinished saves are ignored)."""
@@ -473,9 +547,16 @@ class Checkpointer:
 
   def wait(self) -> None:
     if self._cached_manager is not None:
-      self._cached_manager.wait_until_finished()
+      with _saving(self.directory):
+        self._cached_manager.wait_until_finished()
 
   def close(self) -> None:
-    if self._cached_manager is not None:
-      self._cached_manager.wait_until_finished()
-      self._cached_manager.close()
+    try:
+      if self._cached_manager is not None:
+        with _saving(self.directory):
+          self._cached_manager.wait_until_finished()
+          self._cached_manager.close()
+    finally:
+      if self._quiet is not None:
+        self._quiet.__exit__()
+        self._quiet = None

@@ -173,9 +173,13 @@ def _from_tfds(tfds, dataset: str, data_dir: str, mnist_dir) -> dict:
         builder.download_and_prepare(download_config=config)
     except UserError:
       raise
-    except OSError as e:
-      raise UserError(f"preparing {dataset} in {data_dir} failed: {e}") from None
     except Exception as e:  # pylint: disable=broad-except
+      code = files.no_space(e)
+      if code is not None:  # launch.py says it as a full disk anywhere.
+        raise files.no_space_error(code, data_dir) from None
+      if isinstance(e, OSError):
+        raise UserError(f"preparing {dataset} in {data_dir} failed: {e}"
+                        ) from None
       if "Checksum" in type(e).__name__ or "Connection" in type(e).__name__:
         raise UserError(f"downloading {dataset} failed ({type(e).__name__}); pass "
                         "--mnist_dir=DIR with the four IDX files") from None

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from mnist_jax import divergence
 from mnist_jax import files
 from mnist_jax import members as members_lib
 from mnist_jax import sweep_report
@@ -240,15 +241,20 @@ def write(workdir: str, config, test, logits: np.ndarray,
     headline.insert(2, ("Ensemble test accuracy", _ensemble_text(ensemble, final)))
   files.write_text(path("report.md"), _markdown(
       config, names, counts, stats, pairs, n, headline,
-      sweep_report.section(config, final, table), note))
+      sweep_report.section(config, final, table), note=note,
+      warning=(final.get(divergence.NOT_LEARNED) or {}).get("message")))
   return {"accuracy": accuracy, "loss": loss, "confusion": counts,
           "paths": [path(f) for f in FILES + sweep_report.FILES
                     if os.path.exists(path(f))]}
 
 
 def _markdown(config, names, counts, stats, pairs, n, headline, members,
-              note=None):
+              note=None, warning=None):
+  """report.md's text; `warning` (a run that did not learn) and `note` (an
+  older checkpoint than the run's last epoch) head it."""
   lines = [f"# {config.model} ({config.preset} preset) on {config.dataset}", ""]
+  if warning:
+    lines += [f"> **Warning:** {warning[0].upper()}{warning[1:]}.", ""]
   if note:
     lines += [f"> **Note:** {note}.", ""]
   lines += ["| | |", "|---|---|"]

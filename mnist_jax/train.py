@@ -35,6 +35,7 @@ from mnist_jax import precision
 from mnist_jax import preemption
 from mnist_jax import progress as progress_lib
 from mnist_jax import report
+from mnist_jax import resources
 from mnist_jax import resume
 from mnist_jax import runlog
 from mnist_jax import sequence as sequence_lib
@@ -264,7 +265,9 @@ def steps_per_epoch(config: Config, num_train: int) -> int:
   if config.batch_size > num_train:
     raise UserError(f"--batch_size={config.batch_size} is larger than the "
                     f"{num_train} training examples; pass a smaller one")
-  return num_train // config.batch_size
+  steps = num_train // config.batch_size
+  resources.check_steps(config, steps)
+  return steps
 
 
 def train_and_evaluate(config: Config, workdir: str, stream=None,
@@ -299,6 +302,7 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
   members = members_lib.from_config(config)
   labels = [{"seed": m.seed, **dict(m.values)} for m in members]
   engine = engine_lib.Engine(config, members)
+  resources.check_memory(config, len(members), engine.par.num_devices)
   workdir_lib.check_writable(workdir)
   if engine.is_main:  # Inside workdir.locking() (launch.py): the one writer.
     workdir_lib.claim(workdir)
@@ -354,6 +358,7 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
   # Each epoch: train, evaluate, log, checkpoint.
   target = target_lib.Target(config.target_accuracy, "val" in engine.splits)
   test_m = val_m = time_to_target = None  # The current state's, when known.
+  row = None  # The last epoch's metrics row, once an epoch has run.
   epoch = start.epoch - 1
   with preemption.StopRequest(kept=saver.on_disk) as stop:
     for epoch in start.epochs(config.epochs):
@@ -399,6 +404,7 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
                        num_params=engine.num_params(state))
     if target.active:
       final["time_to_target_s"] = time_to_target
+    final.update(divergence.learning_verdict(final, row, dataset.test.labels))
   log.final(final, logged=logged is not None)
 
   # Report: the figures and tables of the chosen member; then, last, the

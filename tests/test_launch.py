@@ -16,6 +16,7 @@ from launch_helpers import snapshot as lh_snapshot
 from mnist_jax import data
 from mnist_jax import dry_run
 from mnist_jax import files
+from mnist_jax import resources
 from mnist_jax import workdir
 from mnist_jax.models import registry
 
@@ -209,7 +210,7 @@ def test_dry_run_counts_the_parameters_init_makes(model, preset):
   x = data.to_view(np.zeros((1, 28, 28), np.uint8),
                    registry.input_view(config))
   params = module.init(jax.random.PRNGKey(0), x)["params"]
-  assert dry_run.num_params(config) == sum(
+  assert resources.parameter_count(config) == sum(
       p.size for p in jax.tree.leaves(params))
 
 

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from mnist_jax import divergence
 from mnist_jax import predict
 from mnist_jax import report
 from mnist_jax import trained
@@ -126,3 +128,20 @@ def test_report_mode_on_a_folder_without_a_run(tmp_path):
   assert "config.json does not exist" in result.stderr
   assert "Traceback" not in result.stderr
   assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_run_that_did_not_learn_says_so_atop_its_report(tiny_run, tmp_path):
+  """The final row's verdict (divergence.learning_verdict) heads report.md,
+  also when --mode=report rewrites it; the tiny run itself learned."""
+  assert divergence.NOT_LEARNED not in workdir_lib.final_metrics(tiny_run)
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(tiny_run, workdir)
+  path = os.path.join(workdir, "metrics.jsonl")
+  rows = [json.loads(line) for line in open(path)]
+  rows[-1][divergence.NOT_LEARNED] = {"cause": "chance",
+                                      "message": "the run did not learn: X"}
+  with open(path, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  trained.rewrite_report(workdir)
+  lines = open(os.path.join(workdir, "report.md")).read().splitlines()
+  assert lines[2] == "> **Warning:** The run did not learn: X."
