@@ -13,12 +13,31 @@ preset. The same command again resumes its run; without --workdir, that is the
 newest unfinished run of the same settings under runs/.
 """
 
+import os
+import signal
+
+
+def _stopped_while_loading(signum, frame):  # pylint: disable=unused-argument
+  """Ctrl-C or SIGTERM while launch.py loads JAX, before `_run` takes over:
+  nothing is written yet, so one line and the shell's status for the signal."""
+  name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+  os.write(2, f"interrupted ({name}) while starting, before anything was "
+           "written; run the same command again to start\n".encode())
+  os._exit(128 + signum)  # pylint: disable=protected-access
+
+
+if __name__ == "__main__":  # Before the imports below, which take seconds.
+  for _signum in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(_signum, _stopped_while_loading)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position,g-bad-import-order
 import dataclasses
 import logging
-import os
 import shlex
+import shutil
 import sys
 import textwrap
+import threading
 from typing import List, Optional, Sequence
 
 from absl import app
@@ -35,7 +54,9 @@ from mnist_jax.training import devices
 from mnist_jax.training import dry_run
 from mnist_jax.training import members as members_lib
 from mnist_jax.training import optim
+from mnist_jax.training import resources
 from mnist_jax.training import train
+# pylint: enable=g-import-not-at-top,wrong-import-position,g-bad-import-order
 
 # launch.py's own flags, which are not run settings: name -> its --help group.
 # Each is defined below with its one-line help.
@@ -158,7 +179,8 @@ def help_text(full: bool = False) -> str:
     lines.append("")
   lines.append(textwrap.fill(
       "Exit status: 0 done (or already finished), 1 bad input, 2 a flag that "
-      "does not parse, 3 diverged, 130 or 143 stopped by Ctrl-C or SIGTERM. "
+      "does not parse, 3 diverged, 4 finished but did not learn, 5 out of "
+      "memory or disk space, 130 or 143 stopped by Ctrl-C or SIGTERM. "
       "--helpfull also lists the libraries' flags.", width=80))
   if full:
     ours = FLAGS.find_module_defining_flag("model")
@@ -200,7 +222,11 @@ class _Run:
   """This command's training run, for the messages that say how to resume."""
   config: Optional[config_lib.Config] = None  # Its workdir as typed.
   work: Optional[str] = None  # The run folder it trains in.
-  held: Optional[dict] = None  # folder.locking()'s: the folders it wrote.
+  held: Optional[dict] = None  # folder.locking()'s: the folders it holds.
+  claimed: bool = False  # This process holds `work` (process 0 does).
+  fresh: bool = False  # The run in `work` starts with this command.
+  existed: bool = False  # `work` existed before (an empty folder, say).
+  signum: int = signal.SIGINT  # The signal that interrupted it.
 
 
 _RUN = _Run()
@@ -226,28 +252,55 @@ def main(argv):
     return _dry_run(config, overrides)
   # A bad --sweep says so before which folder is used.
   members_lib.from_config(config)
-  work, note = _run_folder(config)
-  _RUN.work = work
-  if note:
-    print(note, flush=True)
   control.set_resume_command(resume_command)
+  existed = bool(config.workdir) and os.path.exists(config.workdir)
   with folder_lib.locking() as _RUN.held:
-    train.train_and_evaluate(config.replace(workdir=work), work,
-                             overwrite=FLAGS.overwrite and bool(config.workdir))
+    work, note = _run_folder(config)
+    _RUN.work, _RUN.existed = work, existed
+    _RUN.claimed = os.path.realpath(work) in _RUN.held
+    _RUN.fresh = FLAGS.overwrite or not os.path.exists(
+        os.path.join(work, folder_lib.CONFIG_FILE))
+    if note:
+      print(note, flush=True)
+    final = train.train_and_evaluate(
+        config.replace(workdir=work), work,
+        overwrite=FLAGS.overwrite and bool(config.workdir))
+  _warn_if_not_learned(final)
+
+
+def _warn_if_not_learned(final: dict) -> None:
+  """A finished run that did not learn (control.learning_verdict) ends
+  with a warning line and its own exit status; its folder is complete."""
+  verdict = (final or {}).get(control.NOT_LEARNED)
+  if verdict:
+    advice = _retry_advice() if verdict["cause"] == "loss" else ""
+    print(f"warning: {verdict['message']}{advice}", file=sys.stderr)
+    sys.exit(control.NOT_LEARNED_EXIT_CODE)
 
 
 def _run_folder(config: config_lib.Config):
   """(the folder to train in, a line saying which and why, or None for a
-  --workdir given or a first run).
+  --workdir given or a first run), held by this process from here on (its
+  process 0, with several): no other command writes it meanwhile.
 
   Raises:
-    UserError: --workdir is in use by another run.
+    UserError: --workdir is in use by another process.
     Diverged: the run to resume diverged with these settings (it would again).
   """
+  devices.initialize(config)  # Which process is process 0.
+  main_process = devices.is_main()
   if not config.workdir:
-    choice = folder_lib.choose(config, overwrite=FLAGS.overwrite)
-    return choice.path, choice.reason if choice.news else None
-  folder_lib.check_not_in_use(config.workdir)
+    for attempt in range(3):
+      choice = folder_lib.choose(config, overwrite=FLAGS.overwrite)
+      try:
+        if main_process:
+          folder_lib.claim(choice.path)
+        return choice.path, choice.reason if choice.news else None
+      except folder_lib.InUse:  # Another command took it a moment ago.
+        if attempt == 2:
+          raise
+  if main_process:
+    folder_lib.claim(config.workdir)
   if not FLAGS.overwrite:
     folder_lib.check_not_diverged(config.workdir, config)
   return config.workdir, None
@@ -256,6 +309,7 @@ def _run_folder(config: config_lib.Config):
 def _dry_run(config: config_lib.Config, overrides: dict) -> None:
   """--dry_run: the checks a run makes before writing, then what it would do."""
   members = tuple(members_lib.from_config(config))
+  resources.check_memory(config, len(members))
   given = {**overrides, **{n: FLAGS[n].value for n in ("model", "preset")
                            if FLAGS[n].value is not None}}
   if config.workdir:
@@ -289,6 +343,9 @@ def _explicit_folder_line(work: str, config, existing: bool) -> str:
   if state == "finished":
     return (f"{work} already finished: the run would print its result and "
             "stop (--overwrite trains it again)")
+  if "test_accuracy" in (last or {}):
+    return (f"completing {work}: it trained to the end, but its report is not "
+            "complete (the run would write it, training nothing)")
   logged = (last or {}).get("epoch", 0)
   return f"resuming {work} ({logged} of {config.epochs} epochs logged)"
 
@@ -302,12 +359,14 @@ def _use_run():
   # the run's own.
   overrides = {k: FLAGS[k].value for k in ("data_dir", "mnist_dir", "impl")
                if FLAGS[k].value}
-  if FLAGS.mode == "predict":
+  if FLAGS.mode == "predict":  # Reads only: also a run being trained.
     if run.print_predictions(FLAGS.workdir, FLAGS.image, FLAGS.json,
                              FLAGS.plot, ensemble=FLAGS.ensemble, **overrides):
       sys.exit(1)
     return
-  run.rewrite_report(FLAGS.workdir, **overrides)
+  with folder_lib.locking():  # One process at a time writes the report.
+    folder_lib.claim(FLAGS.workdir, mode="report", create=False)
+    run.rewrite_report(FLAGS.workdir, **overrides)
 
 
 # The commands the messages print: the command line as typed, edited.
@@ -396,11 +455,13 @@ def _retry_advice() -> str:
 def _interrupted() -> str:
   """What a Ctrl-C outside the training loop says (the loop's says more)."""
   work = _RUN.work
-  if work and _RUN.held is not None and os.path.realpath(work) in _RUN.held:
-    return (f"interrupted (Ctrl-C); {work} keeps its last complete checkpoint, "
+  name = ("Ctrl-C" if _RUN.signum == signal.SIGINT else
+          control.signal_name(_RUN.signum))
+  if work and os.path.exists(os.path.join(work, folder_lib.CONFIG_FILE)):
+    return (f"interrupted ({name}); {work} keeps its last complete checkpoint, "
             f"if any. To resume, run: {resume_command(work)}")
   where = f"before {work} was written" if work else "before training started"
-  return (f"interrupted (Ctrl-C) {where}; to start again, run: "
+  return (f"interrupted ({name}) {where}; to start again, run: "
           f"{_command(sys.argv[1:])}")
 
 
@@ -435,8 +496,77 @@ def _quiet_teardown():
   sys.unraisablehook = lambda unraisable: None
 
 
+def _interrupt(signum, frame):  # pylint: disable=unused-argument
+  """Ctrl-C or SIGTERM outside the training loop (whose StopRequest saves a
+  checkpoint first): stops main where it is, as Ctrl-C does, and `_run` says
+  how to go on. Files being written are removed (files.atomic)."""
+  _RUN.signum = signum
+  raise KeyboardInterrupt
+
+
+def _unraisable(unraisable) -> None:
+  """sys.unraisablehook: a signal's KeyboardInterrupt that landed in a
+  garbage-collector callback (JAX has one), where Python only prints it, is
+  delivered again a moment later instead."""
+  if issubclass(unraisable.exc_type, KeyboardInterrupt):
+    threading.Timer(0.01, os.kill, (os.getpid(), _RUN.signum)).start()
+  else:
+    sys.__unraisablehook__(unraisable)
+
+
+def _has_checkpoint(work: str) -> bool:
+  folder = os.path.join(work, folder_lib.CHECKPOINT_DIR)
+  return os.path.isdir(folder) and any(n.isdigit() for n in os.listdir(folder))
+
+
+def _discard_unstarted() -> bool:
+  """Removes the run folder this command began, when it failed before its
+  first checkpoint: nothing half-written is left for a later command to take
+  for a run. Whether it did."""
+  work = _RUN.work
+  if not (work and _RUN.fresh and _RUN.claimed and os.path.isdir(work)):
+    return False
+  if _has_checkpoint(work):
+    return False
+  shutil.rmtree(work, ignore_errors=True)
+  if _RUN.existed:
+    os.makedirs(work, exist_ok=True)
+  return True
+
+
+def _failure_message(found: resources.Failure, kept: bool) -> str:
+  """A failure of the machine's in one line, with what to do in this mode.
+
+  kept: whether the run folder stays, to be resumed.
+  """
+  again = (f"then resume with: {resume_command()}" if kept else
+           "then run the same command again")
+  if found.kind == "memory":
+    if FLAGS.mode != "train":
+      return (f"{found.text}; close what else uses that memory, or run it on "
+              "a machine with more")
+    return (f"{found.text}; {resources.lower_advice(_RUN.config)} (a new "
+            "run), or run it on a machine with more memory")
+  if found.kind == "disk":
+    return f"{found.text}; free some space there, {again}"
+  if found.kind == "io":
+    return f"{found.text}; check that disk, {again}"
+  if FLAGS.mode == "report":
+    return (f"{found.text}; --mode=report writes report.md and its figures "
+            "into the run folder: make it writable, or copy the folder and "
+            "pass the copy as --workdir")
+  if FLAGS.mode == "predict":
+    return (f"{found.text}; leave out --plot, or make "
+            f"{os.path.join(FLAGS.workdir, 'predict')} writable")
+  return f"{found.text}; make it writable, {again}"
+
+
 def _run(argv):
-  """Runs main; exit status 1 bad input, 2 bad flag, 3 diverged, 128+N signal N."""
+  """Runs main; exit status 1 bad input, 2 bad flag, 3 diverged, 4 did not
+  learn, 5 out of memory or disk space, 128+N signal N."""
+  for signum in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(signum, _interrupt)
+  sys.unraisablehook = _unraisable
   try:
     main(argv)
   except UserError as e:
@@ -453,7 +583,17 @@ def _run(argv):
     if FLAGS.debug:
       raise
     print(_interrupted(), file=sys.stderr)
-    sys.exit(control.FORCED_EXIT_CODE)
+    _quiet_teardown()
+    sys.exit(128 + _RUN.signum)
+  except Exception as e:  # pylint: disable=broad-except
+    found = resources.failure(e, _RUN.work or FLAGS.workdir)
+    if found is None or FLAGS.debug:
+      raise
+    kept = bool(FLAGS.mode == "train" and _RUN.work and
+                os.path.isdir(_RUN.work) and not _discard_unstarted())
+    print(f"error: {_failure_message(found, kept)}", file=sys.stderr)
+    _quiet_teardown()
+    sys.exit(found.exit_code)
 
 
 if __name__ == "__main__":

@@ -12,3 +12,9 @@ class UserError(Exception):
 class Diverged(UserError):
   """Training produced a non-finite loss; exit status 3 tells it from bad input."""
   exit_code = 3
+
+
+class OutOfResources(UserError):
+  """The machine has (or would have) run out of memory or disk space: exit
+  status 5, as the same command may succeed once there is more."""
+  exit_code = 5

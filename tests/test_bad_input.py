@@ -61,8 +61,13 @@ def _other_models_checkpoint(runs, tmp_path):
 
 
 def _missing_checkpoint(runs, tmp_path):
+  """A run killed while finishing, whose checkpoints are gone since."""
   workdir = _copy_run(runs, tmp_path)
   shutil.rmtree(os.path.join(workdir, "checkpoints"))
+  with open(os.path.join(workdir, "config.json")) as f:
+    record = json.load(f)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump({**record, "finished": False}, f)
   return workdir
 
 
@@ -143,11 +148,11 @@ CASES = [
     ("other_settings", lambda r, t: [f"--workdir={_copy_run(r, t)}",
                                      "--epochs=2"], 1,
      "holds a run with other settings (epochs: 1 -> 2)"),
-    ("corrupt_config", _corrupt_config, 1, "config.json is unreadable"),
+    ("corrupt_config", _corrupt_config, 1, "config.json is not valid JSON"),
     ("truncated_checkpoint", _truncated_checkpoint, 1, "damaged or truncated"),
     ("other_models_checkpoint", _other_models_checkpoint, 1,
-     "was written by model 'linear', not 'mlp'"),
-    ("missing_checkpoint", _missing_checkpoint, 1, "checkpoint is missing"),
+     "the run's checkpoints were written by model 'linear'"),
+    ("missing_checkpoint", _missing_checkpoint, 1, "checkpoints are missing"),
     ("truncated_idx", lambda r, t: _data(t, "truncated"), 1, "is truncated"),
     ("swapped_idx", lambda r, t: _data(t, "swapped"), 1, "is not an IDX images file"),
     ("missing_idx", lambda r, t: _data(t, "missing"), 1, "is missing from"),

@@ -160,3 +160,26 @@ def test_idx_rejects_inconsistent_pair(tmp_path):
   idx.write(str(tmp_path / "y"), y[:9])
   with pytest.raises(idx.IdxError, match="10 images but"):
     idx.read_pair(str(tmp_path / "x"), str(tmp_path / "y"))
+
+
+def test_an_unreadable_mnist_dir_is_called_unreadable_not_missing(
+    tmp_path, monkeypatch):
+  from mnist_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top
+  folder = write_idx_dir(tmp_path / "idx", n_train=20, n_test=10)
+  os.chmod(folder, 0)
+  try:
+    if os.access(folder, os.X_OK):  # Root searches any folder: simulate it.
+      real_stat = os.stat
+
+      def stat(path, *args, **kwargs):
+        if str(path).startswith(folder + os.sep):
+          raise PermissionError(13, "Permission denied", path)
+        return real_stat(path, *args, **kwargs)
+      monkeypatch.setattr(os, "stat", stat)
+    with pytest.raises(idx.IdxError, match=(
+        f"^{folder} cannot be read by this user \\(permission denied\\); "
+        "give read access to it, or pass another --mnist_dir$")):
+      tfds_builder.find_idx_files(folder)
+  finally:
+    monkeypatch.undo()
+    os.chmod(folder, 0o755)

@@ -16,12 +16,18 @@ CONFIG = registry.get_config("linear", epochs=4)
 
 
 def _run(root, name, config=CONFIG, started="2026-01-01T10:00:00+0000",
-         rows=()):
-  """Writes a run folder as launch.py does: config.json and metrics.jsonl."""
+         rows=(), finished=None):
+  """Writes a run folder as launch.py does: config.json and metrics.jsonl.
+
+  finished: what config.json records (None: a final row means finished).
+  """
   path = os.path.join(root, name)
   os.makedirs(path)
+  if finished is None:
+    finished = any("test_accuracy" in r for r in rows)
   files.write_json(os.path.join(path, folder.CONFIG_FILE),
-                   {"config": config.to_dict(), "started": started})
+                   {"config": config.to_dict(), "started": started,
+                    "finished": finished})
   log = folder.MetricsLog(path)
   for row in rows:
     log.write(row)
@@ -189,3 +195,158 @@ def test_a_run_begun_by_another_process_meanwhile_is_refused(tmp_path):
   finally:
     os.close(fd)
   assert lh.snapshot(path) == before
+
+
+def test_a_held_folder_is_refused_naming_its_holder(tmp_path):
+  """The refusal names the process /proc/locks shows holding the lock; the
+  .lock file a killed holder left is not believed."""
+  path = _run(str(tmp_path), "run", rows=[{"epoch": 1}])
+  with open(os.path.join(path, folder.LOCK_FILE), "w") as f:
+    json.dump({"pid": 999999999, "mode": "train",
+               "command": ["python", "launch.py", "--model=old"]}, f)
+  fd = os.open(path, os.O_RDONLY)  # Another open file: another holder.
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    with folder.locking():
+      with pytest.raises(folder.InUse) as e:
+        folder.claim(path)
+    message = str(e.value)
+    assert message.startswith(f"{path} is in use: pid ")
+    if folder.holder(path).get("pid") == os.getpid():  # /proc/locks exists.
+      assert f"pid {os.getpid()} (" in message and "999999999" not in message
+    assert message.endswith("wait for it to end, or pass another --workdir")
+    with folder.locking():
+      with pytest.raises(folder.InUse, match="then run this again$"):
+        folder.claim(path, mode="report")
+  finally:
+    os.close(fd)
+
+
+def test_a_claim_writes_who_holds_it_and_cleans_what_kills_left(tmp_path):
+  path = _run(str(tmp_path), "run", rows=[{"epoch": 1}])
+  stale = os.path.join(path, ".report.md.0123abcd.tmp")
+  with open(stale, "w") as f:
+    f.write("half a report")
+  with folder.locking() as held:
+    folder.claim(path, mode="report")
+    assert os.path.realpath(path) in held
+    assert not os.path.exists(stale)
+    info = folder.holder(path)
+    assert info["pid"] == os.getpid() and info["mode"] == "report"
+    assert not folder.in_use(path)  # Not to this process itself.
+  assert not os.path.exists(os.path.join(path, folder.LOCK_FILE))
+  assert sorted(os.listdir(path)) == ["config.json", "metrics.jsonl"]
+
+
+def test_a_folder_a_claim_created_goes_if_nothing_was_written(tmp_path):
+  empty, used = str(tmp_path / "a" / "empty"), str(tmp_path / "used")
+  with folder.locking():
+    folder.claim(empty)
+    folder.claim(used)
+    assert sorted(os.listdir(empty)) == [folder.LOCK_FILE]
+    folder.check_run_folder(empty, CONFIG)  # The lock file is no content.
+    folder.start(used, CONFIG, {})
+  assert not os.path.exists(tmp_path / "a")  # Its parent, made for it, too.
+  assert os.listdir(used) == [folder.CONFIG_FILE]
+  with folder.locking():
+    folder.claim(str(tmp_path / "missing"), mode="report", create=False)
+  assert not os.path.exists(tmp_path / "missing")
+
+
+def test_finished_is_recorded_after_the_report_not_read_from_the_last_row(
+    tmp_path):
+  root = str(tmp_path)
+  path = _run(root, "killed_in_report", rows=[{"epoch": 4}, FINAL],
+              finished=False)
+  assert folder.status(path)[0] == "unfinished"
+  choice = folder.choose(CONFIG, root=root)
+  assert choice.resume and choice.path == path
+  assert choice.reason.startswith(f"completing {path}, the newest unfinished")
+  folder.finish(path, FINAL)
+  assert folder.status(path)[0] == "finished"
+  assert not folder.choose(CONFIG, root=root).resume
+  # A folder from before the record: finished with its final row and report.
+  legacy = _run(root, "legacy", rows=[{"epoch": 4}, FINAL])
+  with open(os.path.join(legacy, folder.CONFIG_FILE)) as f:
+    record = json.load(f)
+  del record["finished"]
+  files.write_json(os.path.join(legacy, folder.CONFIG_FILE), record)
+  assert not folder.finished(legacy)
+  (tmp_path / "legacy" / "report.md").write_text("# report")
+  assert folder.finished(legacy)
+
+
+def test_a_torn_log_is_repaired_and_said_never_silently_cut(tmp_path):
+  path = _run(str(tmp_path), "run")
+  rows = [{"epoch": e, "train_loss": 1.0 / e} for e in (1, 2, 4, 5)]
+  with open(os.path.join(path, folder.METRICS_FILE), "w") as f:
+    f.write(json.dumps(rows[0]) + "\n{garbage\n")  # Line 2.
+    f.write("\n".join(json.dumps(r) for r in rows[1:]) + "\n")
+    f.write(json.dumps(rows[1]) + "\n" + '{"epoch": 6, "tr')  # A torn end.
+  log = folder.MetricsLog(path)
+  assert [r["epoch"] for r in log.read()] == [1, 2, 4, 5, 2]
+  notes = log.resume(4, steps_per_epoch=10)
+  assert [r["epoch"] for r in log.read()] == [1, 2, 3, 4]
+  assert log.read()[2] == {"epoch": 3, "step": 30, "lost": True}
+  assert len(notes) == 3
+  assert "line 2 was damaged (not a JSON row) and dropped" in notes[0]
+  assert "epoch 2 logged twice; the later row of each is kept" in notes[1]
+  assert "the row of epoch 3 was lost; written back marked" in notes[2]
+  assert log.resume(4, steps_per_epoch=10) == []  # Repaired for good.
+
+
+def test_a_final_row_is_kept_for_a_run_being_completed(tmp_path):
+  path = _run(str(tmp_path), "run", rows=[{"epoch": 1}, {"epoch": 2}, FINAL],
+              finished=False)
+  log = folder.MetricsLog(path)
+  assert log.resume(2, keep_final=True) == []
+  assert log.read() == [{"epoch": 1}, {"epoch": 2}, FINAL]
+  log.resume(2)
+  assert log.read() == [{"epoch": 1}, {"epoch": 2}]
+
+
+@pytest.mark.parametrize("damage, said", [
+    ("not_json", "is not valid JSON at line 1"),
+    ("a_list", "holds no run settings"),
+    ("a_folder", "cannot be read ("),
+    ("no_permission", "cannot be read by this user (permission denied)")])
+def test_a_damaged_config_json_advises_deleting_nothing(tmp_path, damage, said):
+  path = _run(str(tmp_path), "run", rows=[{"epoch": 1}])
+  config = os.path.join(path, folder.CONFIG_FILE)
+  if damage == "not_json":
+    with open(config, "w") as f:
+      f.write('{"config": {"model": ')
+  elif damage == "a_list":
+    with open(config, "w") as f:
+      f.write("[1, 2]")
+  elif damage == "a_folder":
+    os.remove(config)
+    os.mkdir(config)
+  else:
+    os.chmod(config, 0)
+    if os.access(config, os.R_OK):
+      pytest.skip("this user (root) reads files whatever their permissions")
+  with pytest.raises(folder.UserError) as e:
+    folder.check_run_folder(path, CONFIG)
+  message = str(e.value)
+  assert message.startswith(f"{config} {said}"), message
+  assert "nothing was changed" in message and "another --workdir" in message
+  assert "--overwrite" not in message and "delet" not in message
+
+
+def test_other_settings_say_how_to_resume_and_what_overwrite_deletes(
+    tmp_path, monkeypatch):
+  path = _run(str(tmp_path), "run", rows=[{"epoch": 1}, {"epoch": 2}])
+  os.makedirs(os.path.join(path, "checkpoints", "70"))
+  with open(os.path.join(path, folder.CONFIG_FILE)) as f:
+    record = json.load(f)
+  record["repeat"] = folder.repeat_command(CONFIG)
+  files.write_json(os.path.join(path, folder.CONFIG_FILE), record)
+  monkeypatch.setattr("sys.argv", ["launch.py", "--epochs=9"])
+  with pytest.raises(folder.UserError) as e:
+    folder.check_run_folder(path, CONFIG.replace(epochs=9))
+  assert str(e.value) == (
+      f"{path} holds a run with other settings (epochs: 4 -> 9); to resume "
+      f"that run, run its own command: {record['repeat']} --workdir={path}; "
+      "to train these settings there instead, add --overwrite, which deletes "
+      f"{path}'s 2 logged epochs and 1 checkpoint; or pass another --workdir")

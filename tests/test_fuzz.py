@@ -274,7 +274,8 @@ def test_checkpoint_restore_round_trip_and_missing(saved, tmp_path):
       template, model="linear")
   lh.assert_trees_equal(restored, state)
   assert meta["epoch"] == 1 and meta["digest"] == checkpoints.state_digest(state)
-  with pytest.raises(checkpoints.CheckpointError, match="no checkpoint in"):
+  with pytest.raises(checkpoints.CheckpointError,
+                     match="no complete checkpoint in"):
     checkpoints.Checkpointer(str(tmp_path), read_only=True).restore(template)
   with pytest.raises(checkpoints.CheckpointError, match="not 'mlp'"):
     checkpoints.Checkpointer(source, read_only=True).restore(template, model="mlp")

@@ -19,6 +19,7 @@ from mnist_jax.models import registry
 from mnist_jax.rundir import files
 from mnist_jax.rundir import folder
 from mnist_jax.training import dry_run
+from mnist_jax.training import resources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -210,7 +211,7 @@ def test_dry_run_counts_the_parameters_init_makes(model, preset):
   x = views.to_view(np.zeros((1, 28, 28), np.uint8),
                     registry.input_view(config))
   params = module.init(jax.random.PRNGKey(0), x)["params"]
-  assert dry_run.num_params(config) == sum(
+  assert resources.parameter_count(config) == sum(
       p.size for p in jax.tree.leaves(params))
 
 

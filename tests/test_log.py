@@ -22,7 +22,7 @@ class _Recorder:
   def __init__(self):
     self.calls = []
 
-  def resume(self, epoch):
+  def resume(self, epoch, keep_final=False):
     self.calls.append(("resume", epoch))
 
   def epoch(self, row):

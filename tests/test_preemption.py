@@ -32,7 +32,7 @@ def spin(x):
                                          lambda i, w: w * 0.999 + 1.0, v)
   return jax.lax.fori_loop(0, 1000, inner, x)  # Minutes, in one XLA call.
 
-with control.StopRequest() as stop:
+with control.StopRequest(kept=lambda: "no checkpoint was saved") as stop:
   print("ready", flush=True)
   spin(jnp.float32(1.0)).block_until_ready()
   print("finished", stop.signum, flush=True)
@@ -60,7 +60,8 @@ def test_second_ctrl_c_quits_during_a_long_xla_call():
       p.wait()
   assert rc == 130
   assert "SIGINT received: saving a checkpoint" in err
-  assert "second Ctrl-C: quitting now" in err
+  assert ("second Ctrl-C: quitting now without saving; no checkpoint was "
+          "saved") in err  # What the run says it keeps, not a promise.
   assert "Traceback" not in err
 
 

@@ -1,7 +1,10 @@
 """The per-run evaluation files: written after training and on demand."""
 
 import csv
+import io
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,6 +15,7 @@ import pytest
 from mnist_jax.results import report
 from mnist_jax.results import run
 from mnist_jax.rundir import folder
+from mnist_jax.training import control
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,7 +71,7 @@ def test_confusion_and_pairs_on_known_labels():
   assert stats["precision"][8] == pytest.approx(1 / 3)
 
 
-def test_report_mode_rewrites_a_finished_run(tiny_run, tmp_path):
+def test_report_mode_rewrites_a_finished_run(tiny_run, tmp_path, capsys):
   workdir = str(tmp_path / "copy")
   subprocess.run(["cp", "-r", tiny_run, workdir], check=True)
   for name in ("report.md", "confusion_matrix.png", "mistakes.png"):
@@ -77,6 +81,38 @@ def test_report_mode_rewrites_a_finished_run(tiny_run, tmp_path):
     assert os.path.exists(os.path.join(workdir, name)), name
   assert result["accuracy"] == pytest.approx(
       folder.final_metrics(workdir)["test_accuracy"])
+  report_md = os.path.join(workdir, "report.md")
+  assert capsys.readouterr().out.rstrip().endswith(
+      f"checkpoint of epoch 1); {report_md} was missing: rebuilt")
+  os.remove(os.path.join(workdir, "mistakes.png"))
+  run.rewrite_report(workdir)
+  assert f"{report_md} was incomplete: rebuilt" in capsys.readouterr().out
+  run.rewrite_report(workdir)
+  assert f"{report_md} was rewritten" in capsys.readouterr().out
+
+
+def test_a_report_of_an_older_checkpoint_says_so(tiny_run, tmp_path, capsys):
+  """The issue's case: the newest checkpoint gone, the log goes further."""
+  workdir = str(tmp_path / "copy")
+  subprocess.run(["cp", "-r", tiny_run, workdir], check=True)
+  rows = folder.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    for row in [rows[0], {**rows[0], "epoch": 2}, rows[-1]]:
+      f.write(json.dumps(row) + "\n")
+  run.rewrite_report(workdir)
+  said = ("these results are of the checkpoint of epoch 1, older than the "
+          "run's last epoch, 2: its later checkpoints are missing")
+  assert f"; note: {said}" in capsys.readouterr().out
+  with open(os.path.join(workdir, "report.md")) as f:
+    assert f.read().splitlines()[2] == f"> **Note:** {said}."
+  image = str(tmp_path / "one.png")
+  pixels = np.zeros((28, 28), np.uint8)
+  pixels[4:24, 12:16] = 255
+  Image.fromarray(pixels).save(image)
+  out, err = io.StringIO(), io.StringIO()
+  assert run.print_predictions(workdir, [image], out=out, err=err) == 0
+  assert err.getvalue() == f"note: {said}\n"
+  assert out.getvalue().startswith(f"{image}: ")
 
 
 def _launch(*args):
@@ -91,3 +127,20 @@ def test_report_mode_on_a_folder_without_a_run(tmp_path):
   assert "config.json does not exist" in result.stderr
   assert "Traceback" not in result.stderr
   assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_run_that_did_not_learn_says_so_atop_its_report(tiny_run, tmp_path):
+  """The final row's verdict (control.learning_verdict) heads report.md,
+  also when --mode=report rewrites it; the tiny run itself learned."""
+  assert control.NOT_LEARNED not in folder.final_metrics(tiny_run)
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(tiny_run, workdir)
+  path = os.path.join(workdir, "metrics.jsonl")
+  rows = [json.loads(line) for line in open(path)]
+  rows[-1][control.NOT_LEARNED] = {"cause": "chance",
+                                      "message": "the run did not learn: X"}
+  with open(path, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  run.rewrite_report(workdir)
+  lines = open(os.path.join(workdir, "report.md")).read().splitlines()
+  assert lines[2] == "> **Warning:** The run did not learn: X."

@@ -107,6 +107,16 @@ def test_saver_of_a_process_that_writes_no_files(tmp_path):
   assert not os.path.exists(tmp_path / "run")
 
 
+def test_a_second_ctrl_c_is_told_which_checkpoint_is_kept(tmp_path):
+  saver = checkpoints.Saver(str(tmp_path), CONFIG, {}, write=False)
+  assert saver.on_disk() == ("no checkpoint has been saved yet, so the run "
+                             "starts over")
+  for name in ("33", "66", "99.orbax-checkpoint-tmp-1"):  # 99: mid-save.
+    os.makedirs(os.path.join(tmp_path, "checkpoints", name))
+  assert saver.on_disk() == (f"the last complete checkpoint, {tmp_path}/"
+                             "checkpoints/66, is kept")
+
+
 def test_saver_records_and_keeps_checkpoints(tmp_path):
   workdir = str(tmp_path / "run")
   saver = checkpoints.Saver(workdir, CONFIG, {"w": [2]})

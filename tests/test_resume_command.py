@@ -109,13 +109,15 @@ def test_a_finished_run_is_repeated_in_a_new_folder_or_started_over(
   assert "runs/mlp-first trained these settings to the end; starting a new " \
          "run folder, runs/mlp-" in out
   assert len(_folders(cwd)) == 2
-  # With --workdir: "already finished", and --overwrite trains it again.
+  # With --workdir: "already finished", which advises deleting nothing;
+  # --overwrite, typed, trains it again.
   folder = os.path.join(cwd, "runs", "mlp-first")
   before = lh.snapshot(folder)
   rc, out, err = lh.run([*args, f"--workdir={folder}"], cwd=cwd)
   assert rc == 0, err
   assert (f"{folder} already finished: test accuracy" in out and
-          "the same command with --overwrite trains it again" in out)
+          "to train these settings again, pass another --workdir" in out)
+  assert "--overwrite" not in out
   assert lh.snapshot(folder) == before
   started = _config(folder)["started"]
   rc, out, err = lh.follow(shlex.join(
@@ -196,6 +198,7 @@ def test_a_run_training_now_is_not_resumed_by_a_second_command(prepared,
           "starting a new run folder") in out
   assert len(_folders(cwd)) == 2
   rc, _, err = second["named"]
-  assert rc == 1 and err.strip().splitlines() == [
-      f"error: runs/{busy} is in use: another launch.py is training in it "
-      "now; wait for it to end, or pass another --workdir"]
+  [line] = err.strip().splitlines()
+  assert rc == 1 and line.startswith(f"error: runs/{busy} is in use: pid ")
+  assert line.endswith("is training in it now; wait for it to end, or pass "
+                       "another --workdir")

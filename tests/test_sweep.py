@@ -37,7 +37,7 @@ def test_canonical_reads_back_as_the_same_grid():
     ("learning_rate=,", ["lists no values"]),
     ("learning_rate", ["expected NAME=V1,V2"]),
     ("=1,2", ["expected NAME=V1,V2"]),
-    ("learning_rate=nan", ["not a finite number"]),
+    ("learning_rate=nan", ["--learning_rate must be a finite number"]),
     ("lr=1e-3", ["unknown name 'lr'", "learning_rate, weight_decay"]),
     ("learning_rate=1e-3;learning_rate=3e-3", ["learning_rate twice"]),
     (["learning_rate=1e-3", "learning_rate=3e-3"], ["learning_rate twice"]),

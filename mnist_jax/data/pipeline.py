@@ -110,6 +110,11 @@ def prepare(dataset: str = "mnist", data_dir=None, mnist_dir=None) -> dict:
     small synthetic datasets).
   """
   data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
+  if os.path.isdir(data_dir) and not os.access(data_dir, os.R_OK | os.X_OK):
+    # Else it would read as "not prepared" (files in it look missing).
+    raise UserError(f"--data_dir={data_dir} cannot be read by this user "
+                    "(permission denied); give read access to it, or pass "
+                    "another --data_dir")
   cache = _cache_path(data_dir, dataset, datasets.DATASETS[dataset].version)
   if os.path.exists(cache):
     arrays = _read_cache(cache)
@@ -167,9 +172,13 @@ def _from_tfds(tfds, dataset: str, data_dir: str, mnist_dir) -> dict:
         builder.download_and_prepare(download_config=config)
     except UserError:
       raise
-    except OSError as e:
-      raise UserError(f"preparing {dataset} in {data_dir} failed: {e}") from None
     except Exception as e:  # pylint: disable=broad-except
+      code = files.no_space(e)
+      if code is not None:  # launch.py says it as a full disk anywhere.
+        raise files.no_space_error(code, data_dir) from None
+      if isinstance(e, OSError):
+        raise UserError(f"preparing {dataset} in {data_dir} failed: {e}"
+                        ) from None
       if "Checksum" in type(e).__name__ or "Connection" in type(e).__name__:
         raise UserError(f"downloading {dataset} failed ({type(e).__name__}); pass "
                         "--mnist_dir=DIR with the four IDX files") from None

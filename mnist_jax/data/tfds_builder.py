@@ -8,6 +8,7 @@ points them at a folder holding the four files, `.gz` or not.
 """
 
 import os
+import stat
 
 import numpy as np
 from PIL import Image
@@ -28,13 +29,21 @@ def find_idx_files(folder: str) -> dict:
   """Maps each of FILES to its path in `folder` (plain or `.gz`), or raises.
 
   Raises:
-    idx.IdxError: a file is missing.
+    idx.IdxError: a file is missing, or the folder cannot be read.
   """
   found = {}
   for key, stem in FILES.items():
     for name in (stem, stem + ".gz"):
       path = os.path.join(folder, name)
-      if os.path.isfile(path):
+      try:  # os.path.isfile would call a file in an unreadable folder missing.
+        is_file = stat.S_ISREG(os.stat(path).st_mode)
+      except FileNotFoundError:
+        is_file = False
+      except PermissionError:
+        raise idx.IdxError(f"{folder} cannot be read by this user (permission "
+                           "denied); give read access to it, or pass another "
+                           "--mnist_dir") from None
+      if is_file:
         found[key] = path
         break
     else:

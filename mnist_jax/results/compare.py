@@ -348,8 +348,7 @@ def train_runs(model_names: Sequence[str], seeds: Sequence[int], runs_root: str,
         folder = os.path.join(runs_root, _folder_name(name, values, seed))
         config = models.get_config(name, preset, seed=seed, workdir=folder,
                                    **{**overrides, **values})
-        done = (folder_lib.final_metrics(folder) if os.path.isdir(folder)
-                else None)
+        done = os.path.isdir(folder) and folder_lib.finished(folder)
         if done and not folder_lib.config_differences(
             folder_lib.read_config(folder), config):
           log(f"{folder}: finished before, reused")

@@ -20,6 +20,7 @@ import numpy as np
 
 from mnist_jax.rundir import files
 from mnist_jax.rundir import folder
+from mnist_jax.training import control
 from mnist_jax.training import members as members_lib
 
 GRID_SIZE = 40  # Test digits shown in predictions.png.
@@ -121,7 +122,8 @@ def _headline(rows: List[dict], accuracy: float, loss: float,
   if "num_params" in final:
     out.append(("Parameters", f"{final['num_params']:,}"))
   if epochs:
-    out.append(("Epochs run", str(epochs[-1]["epoch"])))
+    out.append(("Epochs run", str(final.get("epochs_run",
+                                            epochs[-1]["epoch"]))))
     out.append(("Epoch time (median)", _fmt_s(statistics.median(
         r["epoch_time_s"] for r in epochs))))
     out.append(("Examples/s (median)", f"{statistics.median(r['examples_per_s'] for r in epochs):,.0f}"))
@@ -145,7 +147,8 @@ def _ensemble_text(ensemble: dict, final: dict) -> str:
 
 def write(workdir: str, config, test, logits: np.ndarray,
           class_names: Optional[Sequence[str]] = None,
-          ensemble: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+          ensemble: Optional[Dict[str, Any]] = None,
+          note: Optional[str] = None) -> Dict[str, Any]:
   """Scores a model's test predictions and writes the report files.
 
   Args:
@@ -156,6 +159,8 @@ def write(workdir: str, config, test, logits: np.ndarray,
     logits: the (chosen member's) logits [N, K] for those images, in order.
     class_names: K label names (default "0".."9").
     ensemble: `ensemble_metrics` of the chosen grid point's seeds, if several.
+    note: what the model stands for where it is not the finished run's (an
+      older checkpoint, an unfinished run), shown at the top of report.md.
 
   Returns:
     {"accuracy", "loss", "confusion", "paths"}: test metrics and written files.
@@ -239,14 +244,22 @@ def write(workdir: str, config, test, logits: np.ndarray,
     headline.insert(2, ("Ensemble test accuracy", _ensemble_text(ensemble, final)))
   files.write_text(path("report.md"), _markdown(
       config, names, counts, stats, pairs, n, headline,
-      members_section(config, final, table)))
+      members_section(config, final, table), note=note,
+      warning=(final.get(control.NOT_LEARNED) or {}).get("message")))
   return {"accuracy": accuracy, "loss": loss, "confusion": counts,
           "paths": [path(f) for f in FILES + SWEEP_FILES
                     if os.path.exists(path(f))]}
 
 
-def _markdown(config, names, counts, stats, pairs, n, headline, members):
+def _markdown(config, names, counts, stats, pairs, n, headline, members,
+              note=None, warning=None):
+  """report.md's text; `warning` (a run that did not learn) and `note` (an
+  older checkpoint than the run's last epoch) head it."""
   lines = [f"# {config.model} ({config.preset} preset) on {config.dataset}", ""]
+  if warning:
+    lines += [f"> **Warning:** {warning[0].upper()}{warning[1:]}.", ""]
+  if note:
+    lines += [f"> **Note:** {note}.", ""]
   lines += ["| | |", "|---|---|"]
   lines += [f"| {k} | {v} |" for k, v in headline]
   lines += ["", *members]

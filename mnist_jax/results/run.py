@@ -164,12 +164,18 @@ def load_run(workdir: str, **overrides) -> Run:
   overrides: Config fields to change, e.g. data_dir when the data moved.
   """
   config = folder_lib.read_config(workdir).replace(**overrides)
+  folder_lib.check_model(workdir, config)
   members = members_lib.from_config(config)
   create = functools.partial(train.create_train_state, config=config,
                              model=models.build(config), steps_per_epoch=1)
   # Shapes only: orbax restores into them, and nothing is initialised.
   template = jax.eval_shape(lambda: members_lib.init_state(
       members, create, members_lib.keys(members)[0], 1))
+  if not folder_lib.complete_steps(os.path.join(
+      workdir, checkpoints_lib.CHECKPOINT_DIR)) and os.path.isdir(workdir):
+    raise checkpoints_lib.CheckpointError(
+        f"{workdir} has no checkpoint yet (its training stopped before the "
+        f"first was saved); train it first: {folder_lib.run_command(workdir)}")
   checkpoints = checkpoints_lib.Checkpointer(workdir, read_only=True)
   try:
     state, meta = checkpoints.restore(template, model=config.model)
@@ -188,23 +194,77 @@ def load_run(workdir: str, **overrides) -> Run:
              int(meta.get("epoch", 0)), member, seeds, seed_params)
 
 
+def checkpoint_note(workdir: str, run: Run) -> Optional[str]:
+  """What results from `run` (its latest checkpoint) stand for, where that is
+  not the finished run: still training, an older checkpoint than the run's
+  last epoch, or an unfinished run. None for the run's last checkpoint."""
+  epochs = [r["epoch"] for r in folder_lib.read_metrics(
+      os.path.join(workdir, folder_lib.METRICS_FILE))
+            if "train_loss" in r or r.get("lost")]
+  last = max(epochs, default=0)
+  if folder_lib.in_use(workdir):
+    pid = folder_lib.holder(workdir).get("pid")
+    return (f"{workdir} is still training ({f'pid {pid}, ' if pid else ''}"
+            f"epoch {last} of {run.config.epochs} logged): these results are "
+            f"of its latest checkpoint, of epoch {run.epoch}")
+  if run.epoch < last:
+    return (f"these results are of the checkpoint of epoch {run.epoch}, older "
+            f"than the run's last epoch, {last}: its later checkpoints are "
+            "missing")
+  if folder_lib.final_metrics(workdir) is None:
+    return (f"{workdir} is unfinished (epoch {run.epoch} of "
+            f"{run.config.epochs}): these results are of its latest "
+            "checkpoint; to train it on, run: "
+            f"{folder_lib.run_command(workdir)}")
+  return None
+
+
+def _training_ended(workdir: str) -> bool:
+  """Whether the latest checkpoint is the one a run saves at its end."""
+  if not folder_lib.complete_steps(
+      os.path.join(workdir, checkpoints_lib.CHECKPOINT_DIR)):
+    return False
+  reader = checkpoints_lib.Checkpointer(workdir, read_only=True)
+  try:
+    return bool(reader.read_meta()[1].get("done"))
+  finally:
+    reader.close()
+
+
 def rewrite_report(workdir: str, **overrides) -> Dict[str, Any]:
-  """The `--mode=report` command: evaluates a finished run, rewrites its report.
+  """The `--mode=report` command: evaluates a run, rewrites its report.
+
+  A run trained to the end but not finished (killed while finishing) is
+  completed as its training command would (train.train_and_evaluate, which
+  trains nothing). Any other run's report is of its latest checkpoint, and
+  says what that is where it is not the finished run (`checkpoint_note`).
 
   overrides: data_dir / mnist_dir, when the data is elsewhere than at
   training; impl, to evaluate with other layer implementations.
   """
+  path = os.path.join(workdir, report.FILES[0])
+  how = ("rewritten" if folder_lib.finished(workdir) and all(
+      os.path.exists(os.path.join(workdir, f)) for f in report.FILES)
+         else "incomplete: rebuilt" if os.path.exists(path)
+         else "missing: rebuilt")
+  config = folder_lib.read_config(workdir)
+  if not folder_lib.finished(workdir) and _training_ended(workdir):
+    final = train.train_and_evaluate(config.replace(**overrides), workdir)
+    print(f"{path} was {how}; the run is finished")
+    return final
   run = load_run(workdir, **overrides)
+  note = checkpoint_note(workdir, run)
   dataset = pipeline.load(run.config)
   images = np.asarray(dataset.test.images)
   logits = run.seed_logits(images, run.config.eval_batch_size)
   ensemble = report.ensemble_metrics(logits, dataset.test.labels)
   result = report.write(workdir, run.config, dataset.test,
                         logits[run.seeds.index(run.member)],
-                        dataset.class_names, ensemble=ensemble)
+                        dataset.class_names, ensemble=ensemble, note=note)
   print(f"test accuracy {100 * result['accuracy']:.2f}% (loss "
         f"{result['loss']:.4f}, {len(dataset.test)} examples, checkpoint of "
-        f"epoch {run.epoch}); report in {os.path.join(workdir, 'report.md')}")
+        f"epoch {run.epoch}); {path} was {how}"
+        f"{f'; note: {note}' if note else ''}")
   return result
 
 
@@ -277,6 +337,9 @@ def print_predictions(workdir: str, paths: Sequence[str],
   if not paths:
     raise UserError("--mode=predict needs --image=FILE[,FILE...]")
   run = load_run(workdir, **overrides)
+  note = checkpoint_note(workdir, run)
+  if note:  # A run still training, unfinished, or an older checkpoint.
+    print(f"note: {note}", file=err)
   names = datasets.class_names(run.config.dataset)
   results = predict_files(run, paths, ensemble)
   for r in results:

@@ -43,9 +43,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from mnist_jax.errors import UserError
+from mnist_jax.rundir import files
 from mnist_jax.rundir import folder as folder_lib
 
-CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_DIR = folder_lib.CHECKPOINT_DIR
 # The layout of the saved train state. 2: every hyperparameter in the optimizer
 # state (optim.py); a checkpoint without a format number is 1.
 FORMAT = 2
@@ -110,6 +111,74 @@ def _stray_output_to_log():
     sys.stderr, sys.unraisablehook = saved
     if sink.getvalue():
       logging.debug("orbax's stray output while restoring:\n%s", sink.getvalue())
+
+
+class _QuietWriter(logging.Filter):
+  """Keeps orbax's echoes of a failed save off the terminal while a writer
+  is open.
+
+  A save that fails (a full disk, say) raises in the thread that saves or
+  waits, and the run reports it in one line. Before that, orbax's threads log
+  the same failure with tracebacks, and tensorstore's threads, whose event
+  loop orbax closed, print "Event loop is closed" through sys.excepthook.
+  Both go to the debug log instead.
+  """
+
+  def __init__(self):
+    super().__init__()
+    self._hook = self._unraisable_hook = None
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if (record.levelno >= logging.ERROR and
+        f"{os.sep}orbax{os.sep}" in record.pathname):
+      logging.getLogger(__name__).debug("orbax: %s", record.getMessage())
+      return False
+    return True
+
+  @staticmethod
+  def _closed_loop(value) -> bool:
+    if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+      logging.getLogger(__name__).debug("tensorstore: %r", value)
+      return True
+    return False
+
+  def _excepthook(self, kind, value, tb) -> None:
+    if not self._closed_loop(value):
+      self._hook(kind, value, tb)
+
+  def _unraisablehook(self, unraisable) -> None:
+    if not self._closed_loop(unraisable.exc_value):
+      self._unraisable_hook(unraisable)
+
+  def __enter__(self) -> "_QuietWriter":
+    logging.getLogger("absl").addFilter(self)
+    self._hook, sys.excepthook = sys.excepthook, self._excepthook
+    self._unraisable_hook = sys.unraisablehook
+    sys.unraisablehook = self._unraisablehook
+    return self
+
+  def __exit__(self, *exc) -> None:
+    logging.getLogger("absl").removeFilter(self)
+    # pylint: disable=comparison-with-callable
+    if sys.excepthook == self._excepthook:
+      sys.excepthook = self._hook
+    if sys.unraisablehook == self._unraisablehook:
+      sys.unraisablehook = self._unraisable_hook
+
+
+@contextlib.contextmanager
+def _saving(directory: str):
+  """Around orbax's save calls: its stray output to the debug log, and a full
+  disk (which orbax and tensorstore report as ValueError text) as the
+  OSError (ENOSPC, EFBIG) it is, naming the checkpoint folder."""
+  try:
+    with _stray_output_to_log():
+      yield
+  except Exception as e:  # pylint: disable=broad-except
+    code = files.no_space(e)
+    if code is not None and not isinstance(e, OSError):
+      raise files.no_space_error(code, directory) from e
+    raise
 
 
 def _close_abandoned_reads() -> None:
@@ -229,6 +298,7 @@ class Checkpointer:
     self._read_only = read_only
     self._keep = keep
     self._cached_manager = None
+    self._quiet = None  # The log filter of a writer, until close().
     if read_only:
       self._manager  # pylint: disable=pointless-statement  # Fail now, not later.
 
@@ -255,6 +325,8 @@ class Checkpointer:
           options, create=False,
           multiprocessing_options=ocp.options.MultiprocessingOptions(
               primary_host=process, active_processes={process}))
+    if not read_only and self._quiet is None:
+      self._quiet = _QuietWriter().__enter__()  # Until close().
     try:
       self._cached_manager = ocp.CheckpointManager(self.directory, options=options)
     except Exception as e:  # pylint: disable=broad-except
@@ -273,9 +345,11 @@ class Checkpointer:
     meta = {**meta, "format": FORMAT, "digest": state_digest(state)}
     meta["meta_checksum"] = _meta_checksum(meta)
     ocp = _orbax()
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_host_local(state)), meta=ocp.args.JsonSave(meta)),
-        force=True)
+    manager = self._manager  # Made, and quieted, outside _saving's own hooks.
+    with _saving(self.directory):
+      manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(_host_local(state)),
+          meta=ocp.args.JsonSave(meta)), force=True)
 
   def latest_step(self) -> Optional[int]:
     """The newest complete checkpoint's step (unfinished saves are ignored)."""
@@ -290,6 +364,16 @@ class Checkpointer:
   def _where(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
 
+  def _config_file(self) -> str:
+    return os.path.join(os.path.dirname(self.directory), "config.json")
+
+  def _edited(self, fix: str = "put back its settings (from a copy)") -> str:
+    """The advice when a run's settings (its config.json) and its intact
+    checkpoint disagree: nothing is damaged, so nothing is to be deleted."""
+    return (f"{self._config_file()} no longer holds the settings the run was "
+            f"trained with (was it edited?); nothing was changed: {fix}, or "
+            "pass another --workdir")
+
   def _damaged(self, step: int, why: str) -> CheckpointError:
     """The error for a checkpoint verified damaged, naming the one before it."""
     try:
@@ -298,10 +382,10 @@ class Checkpointer:
       earlier = []
     if earlier:
       advice = ("delete that folder to go back to the checkpoint before it, "
-                f"{self._where(max(earlier))}, or pass --overwrite to start over")
+                f"{self._where(max(earlier))}")
     else:
-      advice = ("the run has no earlier checkpoint: pass --overwrite to start "
-                "over, or another --workdir")
+      advice = ("the run has no earlier checkpoint to go back to: pass "
+                "another --workdir to train anew")
     return CheckpointError(f"the checkpoint {self._where(step)} is damaged or "
                            f"truncated ({why}); {advice}")
 
@@ -365,15 +449,15 @@ class Checkpointer:
       return self._damaged(step, why)
     return CheckpointError(
         f"the checkpoint {self._where(step)} is intact but does not fit this "
-        f"run's train state ({_reason(e)}); pass the settings it was trained "
-        "with (its run folder's config.json holds them), or another --workdir")
+        f"run's train state ({_reason(e)}); {self._edited()}")
 
   def read_meta(self, step: Optional[int] = None) -> Tuple[int, dict]:
     """(step, meta record) of a checkpoint (default: the latest)."""
     step = self.latest_step() if step is None else step
     if step is None:
-      raise CheckpointError(f"no checkpoint in {self.directory}; train first "
-                            "(python launch.py --model=NAME --workdir=DIR)")
+      raise CheckpointError(f"no complete checkpoint in {self.directory}; "
+                            "train the run first (its training command, with "
+                            "this --workdir)")
     try:
       ocp = _orbax()
       meta = self._manager.restore(step, args=ocp.args.Composite(
@@ -418,10 +502,10 @@ class Checkpointer:
           f"{'a newer mnist_jax' if newer else 'the mnist_jax that wrote it'} "
           "to resume or report on it, or pass another --workdir to train anew")
     if model is not None and meta.get("model", model) != model:
+      fix = f"set its \"model\" back to {meta['model']!r}"
       raise CheckpointError(
           f"the checkpoint {where} was written by model {meta['model']!r}, not "
-          f"{model!r}; pass the --model it was trained with, or another "
-          "--workdir")
+          f"{model!r} as {self._config_file()} says; {self._edited(fix)}")
     want = param_shapes(getattr(template, "params", template))
     have = meta.get("param_shapes")
     if have is not None and have != want:
@@ -431,8 +515,7 @@ class Checkpointer:
       raise CheckpointError(
           f"the checkpoint {where} holds another model's parameters ({first}: "
           f"{have.get(first)} in the checkpoint, {want.get(first)} here; "
-          f"{len(diff)} differences); pass the settings it was trained with "
-          "(its run folder's config.json holds them), or another --workdir")
+          f"{len(diff)} differences); {self._edited()}")
     ocp = _orbax()
     try:
       with _stray_output_to_log():
@@ -448,12 +531,19 @@ class Checkpointer:
 
   def wait(self) -> None:
     if self._cached_manager is not None:
-      self._cached_manager.wait_until_finished()
+      with _saving(self.directory):
+        self._cached_manager.wait_until_finished()
 
   def close(self) -> None:
-    if self._cached_manager is not None:
-      self._cached_manager.wait_until_finished()
-      self._cached_manager.close()
+    try:
+      if self._cached_manager is not None:
+        with _saving(self.directory):
+          self._cached_manager.wait_until_finished()
+          self._cached_manager.close()
+    finally:
+      if self._quiet is not None:
+        self._quiet.__exit__()
+        self._quiet = None
 
 
 # Resuming: the record saved with each checkpoint, where a run starts.
@@ -514,17 +604,21 @@ def restore(config, workdir: str, template, steps: int) -> Tuple[Optional[dict],
   """(meta, state) of the run folder's latest checkpoint, or (None, template).
 
   Reads without writing anything, and refuses a checkpoint that is damaged,
-  from another model, or from another data size.
+  from another model, or from another data size, and a run trained to the
+  end but not finished whose checkpoints are gone (its report needs them).
   """
   directory = os.path.join(workdir, CHECKPOINT_DIR)
   reader = None
   if os.path.exists(directory):
     reader = Checkpointer(workdir, read_only=True)
   if reader is None or reader.latest_step() is None:
-    if folder_lib.final_metrics(workdir) is not None:
+    if (folder_lib.final_metrics(workdir) is not None and
+        not folder_lib.finished(workdir)):
       raise CheckpointError(
-          f"{workdir} holds a finished run but its checkpoint is missing from "
-          f"{directory}; pass --overwrite to train it again, or another --workdir")
+          f"{workdir} trained to the end, but its report cannot be written: "
+          f"its checkpoints are missing from {directory}; put them back (the "
+          "same command then writes the report), or pass another --workdir; "
+          f"--overwrite trains it again, deleting {folder_lib.contents(workdir)}")
     return None, template
   state, meta = reader.restore(template, model=config.model)
   reader.close()
@@ -609,6 +703,15 @@ class Saver:
   def is_saved(self, step: int) -> bool:
     """Whether a checkpoint holds `step` already (step 0 needs none)."""
     return step in (self.last_saved, 0)
+
+  def on_disk(self) -> str:
+    """Which complete checkpoint a run killed now goes back to, in words,
+    without waiting for a save in flight (for a second Ctrl-C)."""
+    steps = folder_lib.complete_steps(self.directory)
+    if not steps:
+      return "no checkpoint has been saved yet, so the run starts over"
+    return (f"the last complete checkpoint, {self.directory}/{max(steps)}, "
+            "is kept")
 
   def kept(self) -> str:
     """Which checkpoint a run stopped now goes back to, in words."""

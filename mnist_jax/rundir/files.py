@@ -10,10 +10,23 @@ colleague or a TensorBoard server under another account could not read it.
 
 import contextlib
 import csv
+import errno
 import json
 import os
+import re
 import secrets
-from typing import IO, Any, Iterator, Sequence
+from typing import IO, Any, Iterator, List, Optional, Sequence
+
+# The temporary names `atomic` writes to: .<name>.<8 hex digits>.tmp
+_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
+
+# How libraries that wrap the OSError (orbax, tensorstore, tfds's
+# array_record) spell a full disk, or a file past the size limit, in their
+# own errors.
+_NO_SPACE_TEXT = {
+    errno.ENOSPC: ("No space left on device", "os_error_code='28'"),
+    errno.EDQUOT: ("Disk quota exceeded", "os_error_code='122'"),
+    errno.EFBIG: ("File too large", "os_error_code='27'")}
 
 
 @contextlib.contextmanager
@@ -32,14 +45,20 @@ def atomic(path: str, mode: str = "w") -> Iterator[IO]:
     raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
   folder, name = os.path.split(os.path.abspath(path))
   tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
-  fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+  try:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+  except OSError as e:
+    e.filename = path  # Not the temporary name: the file meant.
+    raise
   try:
     with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as f:
       yield f
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     if os.path.exists(tmp):
       os.remove(tmp)
+    if isinstance(e, OSError) and e.filename is None:
+      e.filename = path  # A failed write names no file: say which.
     raise
 
 
@@ -59,3 +78,45 @@ def write_csv(path: str, rows: Sequence[Sequence[Any]]) -> None:
   """Rows of cells as CSV with "\\n" line ends; the first row is the header."""
   with atomic(path) as f:
     csv.writer(f, lineterminator="\n").writerows(rows)
+
+
+def remove_temporary(folder: str) -> List[str]:
+  """Removes what `atomic` left in `folder` when its process was killed.
+
+  Call it only while no other process writes `folder` (under its lock).
+  Returns the names removed.
+  """
+  removed = []
+  try:
+    names = os.listdir(folder)
+  except OSError:
+    return removed
+  for name in names:
+    path = os.path.join(folder, name)
+    if _TEMPORARY.match(name) and os.path.isfile(path):
+      try:
+        os.remove(path)
+        removed.append(name)
+      except OSError:
+        pass
+  return removed
+
+
+def no_space(exc: BaseException) -> Optional[int]:
+  """ENOSPC, EDQUOT or EFBIG when an exception, or one it was raised from,
+  is a full disk (or a file past the size limit), else None."""
+  seen = set()
+  while exc is not None and id(exc) not in seen:
+    seen.add(id(exc))
+    if isinstance(exc, OSError) and exc.errno in _NO_SPACE_TEXT:
+      return exc.errno
+    for code, markers in _NO_SPACE_TEXT.items():
+      if any(marker in str(exc) for marker in markers):
+        return code
+    exc = exc.__cause__ or exc.__context__
+  return None
+
+
+def no_space_error(code: int, folder: str) -> OSError:
+  """The OSError `no_space` found, naming the folder being written."""
+  return OSError(code, os.strerror(code), folder)

@@ -2,8 +2,10 @@
 
 Also which folder a command trains in when it names none (`choose`): the
 newest unfinished run of the same settings under runs/, else a new one. A
-process that writes a run folder holds a lock on it (`hold`) until it ends,
-so a second command never resumes a run that is still training.
+process that writes a run folder holds a lock on it (`claim`) until it ends,
+so a second command never writes a run that another one is writing. A run is
+finished once config.json records it (`finish`), after its report: a run
+killed before that is completed by the same command.
 """
 
 import contextlib
@@ -14,12 +16,13 @@ import os
 import platform
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from importlib import metadata
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 try:
   import fcntl
@@ -49,9 +52,29 @@ RESUMABLE_DIFFERENCES = ("data_dir", "mnist_dir", "workdir", "chunk_steps",
 
 
 RUNS_DIR = "runs"  # Where runs go without --workdir, relative to the cwd.
-# Inside `locking()`: the run folders this process holds locked, path -> the
-# open folder's descriptor (the lock goes with it, even on SIGKILL).
-_HELD: Optional[Dict[str, Optional[int]]] = None
+# Who holds a run folder's lock (pid, command): for the message of a process
+# refused, never for deciding; a killed holder may leave it behind.
+LOCK_FILE = ".lock"
+REPORT_FILE = "report.md"
+# The checkpoints' folder (checkpoints.py writes it; this module only lists
+# it, and reads a checkpoint's meta file, without orbax).
+CHECKPOINT_DIR = "checkpoints"
+
+
+class InUse(UserError):
+  """Another process holds the run folder (it is training or reporting)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Lock:
+  fd: Optional[int]  # The open folder (the lock goes with it, even on SIGKILL).
+  # The outermost folder `claim` created for it (runs/ too, for a first run),
+  # or None: those it created are removed again if nothing was written.
+  created: Optional[str]
+
+
+# Inside `locking()`: the run folders this process holds, real path -> _Lock.
+_HELD: Optional[Dict[str, _Lock]] = None
 
 
 def default_workdir(model: str, root: str = RUNS_DIR) -> str:
@@ -101,18 +124,45 @@ def _code_version() -> dict:
 
 
 def read_config(workdir: str) -> config_lib.Config:
-  """The Config a run folder was trained with."""
+  """The Config a run folder was trained with.
+
+  Raises:
+    UserError: config.json is missing, cannot be read or is not a run's
+      record; the message deletes nothing (the checkpoints may be intact).
+  """
   path = os.path.join(workdir, CONFIG_FILE)
+  keep = ("so the run's settings are unknown; nothing was changed (its "
+          "checkpoints and logs are untouched): ")
   try:
     with open(path) as f:
       record = json.load(f)
-    return config_lib.from_dict(record["config"])
-  except FileNotFoundError:
+    settings = record["config"]
+    if not isinstance(settings, dict):
+      raise TypeError("config is no dict")
+  except (FileNotFoundError, NotADirectoryError):
     raise UserError(f"{path} does not exist: --workdir must be a run folder "
                     "written by launch.py") from None
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise UserError(f"{path} is unreadable ({type(e).__name__}); pass "
-                    "--overwrite to start that run over, or another --workdir"
+  except PermissionError:
+    raise UserError(f"{path} cannot be read by this user (permission denied), "
+                    f"{keep}give read access to it (chmod u+r {path}), or "
+                    "pass another --workdir") from None
+  except OSError as e:
+    raise UserError(f"{path} cannot be read ({e.strerror or e}), {keep}"
+                    "restore it from a copy, or pass another --workdir"
+                    ) from None
+  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError.
+    where = f" at line {e.lineno}" if hasattr(e, "lineno") else ""
+    raise UserError(f"{path} is not valid JSON{where}, {keep}restore it from "
+                    "a copy, or pass another --workdir") from None
+  except (KeyError, TypeError):
+    raise UserError(f"{path} holds no run settings (no \"config\" object), "
+                    f"{keep}restore it from a copy, or pass another --workdir"
+                    ) from None
+  try:
+    return config_lib.from_dict(settings)
+  except TypeError as e:  # A value of the wrong kind, a key misspelt.
+    raise UserError(f"{path} holds settings this mnist_jax cannot use ({e}), "
+                    f"{keep}restore it from a copy, or pass another --workdir"
                     ) from None
 
 
@@ -158,18 +208,88 @@ def check_run_folder(workdir: str, config: config_lib.Config,
   if not os.path.exists(workdir):
     return False
   if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
-    if os.listdir(workdir):
+    if set(os.listdir(workdir)) - {LOCK_FILE}:
       raise UserError(f"--workdir={workdir} is not empty and holds no "
                       f"{CONFIG_FILE}, so it is not a run folder; pass a new or "
                       "empty folder")
     return False
   if not overwrite:
-    diffs = config_differences(read_config(workdir), config)
+    recorded = read_config(workdir)
+    check_model(workdir, recorded)
+    diffs = config_differences(recorded, config)
     if diffs:
-      raise UserError(f"{workdir} holds a run with other settings "
-                      f"({'; '.join(diffs)}); pass --overwrite to start it over, "
-                      "or another --workdir")
+      raise UserError(
+          f"{workdir} holds a run with other settings ({'; '.join(diffs)}); to "
+          f"resume that run, run its own command: {run_command(workdir)}; to "
+          f"train these settings there instead, add --overwrite, which "
+          f"deletes {contents(workdir)}; or pass another --workdir")
   return True
+
+
+def complete_steps(directory: str) -> list:
+  """The steps of the complete checkpoints in `directory`, from its listing
+  alone: orbax gives a checkpoint its step's name only once it is whole."""
+  try:
+    return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
+  except OSError:
+    return []
+
+
+def saved_model(directory: str) -> Optional[str]:
+  """The model name the newest complete checkpoint in `directory` records,
+  read from its meta file alone (None if there is none, or it is unreadable)."""
+  for step in reversed(complete_steps(directory)):
+    try:
+      with open(os.path.join(directory, str(step), "meta", "metadata")) as f:
+        model = json.load(f).get("model")
+      return model if isinstance(model, str) else None
+    except (OSError, ValueError, AttributeError):
+      return None
+  return None
+
+
+def check_model(workdir: str, recorded: config_lib.Config) -> None:
+  """Refuses a run folder whose config.json names another model than its
+  checkpoints: one of them was edited or replaced (nothing is verified
+  damaged, and the run is no run of other settings to start over)."""
+  saved = saved_model(os.path.join(workdir, CHECKPOINT_DIR))
+  if saved is not None and saved != recorded.model:
+    path = os.path.join(workdir, CONFIG_FILE)
+    raise UserError(
+        f"{path} says model {recorded.model!r}, but the run's checkpoints were "
+        f"written by model {saved!r} (was one of them edited or replaced?); "
+        f"nothing was changed: if config.json was edited, set its \"model\" "
+        f"back to {saved!r}; or pass another --workdir")
+
+
+def run_command(workdir: str, *extra: str) -> str:
+  """The command that trains run folder `workdir` with its own settings:
+  config.json's `repeat` with --workdir (and `extra`), with launch.py as this
+  process was started with it (so it works from the same folder)."""
+  try:
+    argv = shlex.split(_record(workdir)["repeat"])
+  except (OSError, ValueError, KeyError, TypeError):
+    argv = ["python", "launch.py"]
+  if argv[1:2] == ["launch.py"] and sys.argv[0].endswith("launch.py"):
+    argv[1] = sys.argv[0]
+  return shlex.join([*argv, f"--workdir={workdir}", *extra])
+
+
+def contents(workdir: str) -> str:
+  """What deleting run folder `workdir` would lose, in words:
+  "W's 3 epochs, 2 checkpoints and report"."""
+  epochs = max([r["epoch"] for r in read_metrics(os.path.join(
+      workdir, METRICS_FILE)) if _epoch_of(r)] or [0])
+  try:
+    checkpoints = sum(name.isdigit() for name in os.listdir(
+        os.path.join(workdir, CHECKPOINT_DIR)))
+  except OSError:
+    checkpoints = 0
+  parts = [f"{epochs} logged epoch{'s' * (epochs != 1)}",
+           f"{checkpoints} checkpoint{'s' * (checkpoints != 1)}"]
+  if os.path.exists(os.path.join(workdir, REPORT_FILE)):
+    parts.append("report")
+  return f"{workdir}'s {', '.join(parts[:-1])} and {parts[-1]}"
 
 
 def begin(workdir: str, config: config_lib.Config, env: dict, *,
@@ -184,34 +304,46 @@ def begin(workdir: str, config: config_lib.Config, env: dict, *,
     overwrite: start that run over: its folder is deleted first.
     meta: the record of the checkpoint a resumed run starts from, if any.
   """
-  if existing:
-    _hold(workdir)  # Refuses a run another command began meanwhile.
+  claim(workdir)  # Refuses a run another command began meanwhile.
   if existing and not overwrite:
     record_resume(workdir, config, env, meta)
     return
   if existing:
-    _release(workdir)
-    shutil.rmtree(workdir)
+    _empty(workdir)
   os.makedirs(workdir, exist_ok=True)
-  _hold(workdir)
   start(workdir, config, env)
 
 
+def _empty(workdir: str) -> None:
+  """Deletes what a run folder holds (--overwrite), keeping the folder and
+  so the lock this process holds on it."""
+  for name in os.listdir(workdir):
+    path = os.path.join(workdir, name)
+    if name == LOCK_FILE:
+      continue
+    if os.path.isdir(path) and not os.path.islink(path):
+      shutil.rmtree(path)
+    else:
+      os.remove(path)
+
+
 def start(workdir: str, config: config_lib.Config, env: dict) -> None:
-  """Creates the folder and writes config.json with the environment."""
+  """Creates the folder and writes config.json with the environment.
+
+  Its "finished" is false until `finish` records the run complete.
+  """
   os.makedirs(workdir, exist_ok=True)
   files.write_json(os.path.join(workdir, CONFIG_FILE),
                     {"config": config.to_dict(), "environment": env,
                      "repeat": repeat_command(config),
-                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                     "finished": False})
 
 
 def record_resume(workdir: str, config: config_lib.Config, env: dict,
                   meta: Optional[dict]) -> None:
   """Appends this resumption (when, from which step, how) to config.json."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  with open(path) as f:
-    record = json.load(f)
+  record = _record(workdir)
   # Compared as JSON holds them: a tuple (cnn_features) is a list there.
   settings = json.loads(json.dumps(config.to_dict()))
   record.setdefault("resumes", []).append({
@@ -220,19 +352,55 @@ def record_resume(workdir: str, config: config_lib.Config, env: dict,
       "changed": {k: v for k, v in settings.items()
                   if record["config"].get(k) != v},
       "environment": env})
-  files.write_json(path, record)
+  record["finished"] = False
+  files.write_json(os.path.join(workdir, CONFIG_FILE), record)
+
+
+def _record(workdir: str) -> dict:
+  """config.json as a dict (OSError, ValueError or TypeError if it is not)."""
+  with open(os.path.join(workdir, CONFIG_FILE)) as f:
+    record = json.load(f)
+  if not isinstance(record, dict):
+    raise TypeError(f"{CONFIG_FILE} holds a {type(record).__name__}")
+  return record
+
+
+def finish(workdir: str, final: dict) -> None:
+  """Records in config.json that the run is complete: the last thing a run
+  writes, after its final row, report and TensorBoard events."""
+  record = _record(workdir)
+  record["finished"] = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                        "test_accuracy": final.get("test_accuracy")}
+  files.write_json(os.path.join(workdir, CONFIG_FILE), record)
+
+
+def finished(workdir: str) -> bool:
+  """Whether config.json records the run complete (`finish`).
+
+  A run folder from before that record counts as finished when it has its
+  final metrics row and report.md.
+  """
+  try:
+    record = _record(workdir)
+  except (OSError, ValueError, TypeError):
+    return False
+  if "finished" in record:
+    return bool(record["finished"])
+  return (final_metrics(workdir) is not None and
+          os.path.exists(os.path.join(workdir, REPORT_FILE)))
 
 
 @contextlib.contextmanager
-def locking() -> Iterator[Dict[str, Optional[int]]]:
-  """Within: the run folder `begin` writes stays locked until the block ends.
+def locking() -> Iterator[Dict[str, _Lock]]:
+  """Within: the run folders this process `claim`s stay locked until it ends.
 
-  launch.py trains inside it, so `in_use` tells a folder a command is
-  training in now; other callers of train.train_and_evaluate lock nothing.
+  launch.py trains (and reports) inside it, so `in_use` tells a folder a
+  command is writing now; other callers of train.train_and_evaluate (the
+  Python API) lock nothing.
 
   Yields:
-    {real path: descriptor} of the folders `begin` wrote in the block (the
-    descriptor None where the file system has no locks; all closed after).
+    {real path: lock} of the folders claimed in the block (all released
+    after it; a folder `claim` created and nothing was written to goes).
   """
   global _HELD
   outer, _HELD = _HELD, {}
@@ -240,48 +408,111 @@ def locking() -> Iterator[Dict[str, Optional[int]]]:
   try:
     yield held
   finally:
-    for fd in held.values():
-      if fd is not None:
-        os.close(fd)
+    for key in list(held):
+      _release(key, held.pop(key))
     _HELD = outer
 
 
-def _hold(workdir: str) -> None:
-  """Locks `workdir` for this process, inside `locking()` (else a no-op).
+def claim(workdir: str, mode: str = "train", create: bool = True) -> None:
+  """Makes this process the one writer of run folder `workdir` (in `locking()`).
+
+  Creates the folder if it does not exist (unless not `create`: then nothing
+  is locked), takes an exclusive lock on it that ends with the process (a
+  kill -9 leaves none behind), writes LOCK_FILE saying who holds it, and
+  removes what killed writers left (files.remove_temporary). Outside
+  `locking()`, and for a folder held already, a no-op.
+
+  Args:
+    workdir: the run folder.
+    mode: what this process does there ("train" or "report"), for messages.
+    create: create a folder that does not exist.
 
   Raises:
-    UserError: another process holds it (a command training in it now).
+    UserError: another process holds it (naming it, where the system tells),
+      or the folder cannot be created or read.
   """
   key = os.path.realpath(workdir)
   if _HELD is None or key in _HELD:
     return
-  _HELD[key] = None
+  created = None
+  if not os.path.isdir(key):
+    if not create:
+      return
+    check_writable(workdir)
+    outermost = key
+    while not os.path.exists(os.path.dirname(outermost)):
+      outermost = os.path.dirname(outermost)
+    os.makedirs(os.path.dirname(key), exist_ok=True)
+    try:
+      os.mkdir(key)
+      created = outermost
+    except FileExistsError:
+      pass  # Another process made it meanwhile: the lock decides.
+  _HELD[key] = _Lock(_lock(key, workdir, mode), created)
+  files.remove_temporary(key)
+  try:
+    files.write_json(os.path.join(key, LOCK_FILE), {
+        "pid": os.getpid(), "host": socket.gethostname(), "mode": mode,
+        "command": ["python", *sys.argv],
+        "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+  except OSError:
+    pass  # A read-only folder: the lock holds without the note.
+
+
+def _lock(key: str, workdir: str, mode: str) -> Optional[int]:
+  """An open descriptor of folder `key` holding its exclusive flock; None
+  where the file system has no locks (the run goes on unlocked)."""
   if fcntl is None:
-    return
-  fd = os.open(key, os.O_RDONLY)
+    return None
   for attempt in range(5):  # `in_use` probes hold the lock for an instant.
     try:
+      fd = os.open(key, os.O_RDONLY)
+    except OSError as e:
+      raise UserError(f"{workdir} cannot be read by this user ({e.strerror}); "
+                      "give read access to it, or pass another --workdir"
+                      ) from None
+    try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-      _HELD[key] = fd
-      return
     except BlockingIOError:
-      time.sleep(0.1 * (attempt + 1))
-    except OSError:  # No locks on this file system: the run goes on unlocked.
       os.close(fd)
-      return
-  os.close(fd)
-  del _HELD[key]
-  raise _in_use_error(workdir)
+      time.sleep(0.1 * (attempt + 1))
+      continue
+    except OSError:
+      os.close(fd)
+      return None
+    try:
+      same = os.path.samestat(os.fstat(fd), os.stat(key))
+    except OSError:
+      same = False
+    if same:
+      return fd
+    os.close(fd)  # Deleted and made again meanwhile: lock the new folder.
+  raise _in_use_error(workdir, mode)
 
 
-def _release(workdir: str) -> None:
-  fd = _HELD.pop(os.path.realpath(workdir), None) if _HELD else None
-  if fd is not None:
-    os.close(fd)
+def _release(key: str, lock: _Lock) -> None:
+  """Ends this process's hold on folder `key`; removes the folder if `claim`
+  created it and nothing was written to it."""
+  if lock.fd is None:
+    return
+  try:
+    os.remove(os.path.join(key, LOCK_FILE))
+  except OSError:
+    pass
+  folder = key
+  while lock.created:
+    try:
+      os.rmdir(folder)
+    except OSError:
+      break  # The run wrote something: it stays.
+    if folder == lock.created:
+      break
+    folder = os.path.dirname(folder)
+  os.close(lock.fd)
 
 
 def in_use(workdir: str) -> bool:
-  """Whether another process is training in run folder `workdir` now."""
+  """Whether another process holds run folder `workdir` now."""
   if fcntl is None or os.path.realpath(workdir) in (_HELD or {}):
     return False
   try:
@@ -299,15 +530,79 @@ def in_use(workdir: str) -> bool:
     os.close(fd)
 
 
-def check_not_in_use(workdir: str) -> None:
-  """Refuses a run folder another launch.py is training in now."""
+def check_not_in_use(workdir: str, mode: str = "train") -> None:
+  """Refuses a run folder another process is writing now."""
   if in_use(workdir):
-    raise _in_use_error(workdir)
+    raise _in_use_error(workdir, mode)
 
 
-def _in_use_error(workdir: str) -> UserError:
-  return UserError(f"{workdir} is in use: another launch.py is training in it "
-                   "now; wait for it to end, or pass another --workdir")
+def holder(workdir: str) -> dict:
+  """Who holds run folder `workdir`, as far as the system tells: {"pid",
+  "command" (argv), "mode", "host"}, any of them missing ({} if unknown).
+
+  LOCK_FILE says it; on Linux /proc/locks names the process that holds the
+  lock, which wins where they differ (the file a killed holder left).
+  """
+  try:
+    with open(os.path.join(workdir, LOCK_FILE)) as f:
+      info = json.load(f)
+    info = info if isinstance(info, dict) else {}
+  except (OSError, ValueError):
+    info = {}
+  pids = _lock_pids(workdir)
+  if pids and info.get("pid") not in pids:
+    try:
+      with open(f"/proc/{pids[0]}/cmdline", "rb") as f:
+        argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+      argv = None
+    info = {"pid": pids[0], "command": argv}
+  return info
+
+
+def _lock_pids(workdir: str) -> List[int]:
+  """The processes holding a flock on folder `workdir`, from /proc/locks."""
+  try:
+    st = os.stat(workdir)
+    with open("/proc/locks") as f:
+      lines = f.read().splitlines()
+  except OSError:
+    return []
+  inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+  pids = []
+  for line in lines:  # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF"
+    parts = line.split()
+    if len(parts) > 5 and parts[1] == "FLOCK" and parts[5] == inode:
+      try:
+        pids.append(int(parts[4]))
+      except ValueError:
+        pass
+  return pids
+
+
+def describe_holder(info: dict) -> str:
+  """"pid 123 (python launch.py --model=mlp ...)" from `holder`'s dict."""
+  if not info.get("pid"):
+    return "another process"
+  text = f"pid {info['pid']}"
+  if info.get("host") and info["host"] != socket.gethostname():
+    text += f" on {info['host']}"
+  command = info.get("command")
+  if isinstance(command, list) and command:
+    line = shlex.join(str(a) for a in command)
+    text += f" ({line[:157] + '...' if len(line) > 160 else line})"
+  return text
+
+
+def _in_use_error(workdir: str, mode: str) -> InUse:
+  info = holder(workdir)
+  doing = ("writing its report" if info.get("mode") == "report"
+           else "training in it" if info.get("mode") == "train"
+           else "writing it")
+  advice = ("wait for it to end, or pass another --workdir" if mode == "train"
+            else "wait for it to end, then run this again")
+  return InUse(f"{workdir} is in use: {describe_holder(info)} is {doing} "
+                   f"now; {advice}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,13 +621,14 @@ class Run:
 def status(workdir: str) -> Tuple[str, Optional[dict]]:
   """(state, last metrics row) of a run folder, read from metrics.jsonl.
 
-  finished: it has its final row. diverged: its last row says so (resuming
-  repeats the divergence at the same step). Else unfinished.
+  finished: config.json records it (`finished`): its report is complete.
+  diverged: its last row says so (resuming repeats the divergence at the same
+  step). Else unfinished, also a run trained to the end whose report is not
+  complete (the same command completes it).
   """
-  rows = [r for r in read_metrics(os.path.join(workdir, METRICS_FILE))
-          if isinstance(r, dict)]
+  rows = read_metrics(os.path.join(workdir, METRICS_FILE))
   last = rows[-1] if rows else None
-  if any("test_accuracy" in r for r in rows):
+  if finished(workdir):
     return "finished", last
   if last is not None and last.get("diverged"):
     return "diverged", last
@@ -402,6 +698,11 @@ def choose(config: config_lib.Config, overwrite: bool = False,
                   "(--overwrite without --workdir deletes no folder)")
   runs = find_runs(config, root)
   for run in runs:
+    if run.status == "unfinished" and "test_accuracy" in (run.last or {}):
+      return Choice(run.path, True, (
+          f"completing {run.path}, the newest unfinished run of these settings "
+          f"under {root}/: it trained to the end but its report is not "
+          "complete; --overwrite starts a new folder instead"))
     if run.status == "unfinished":
       return Choice(run.path, True, (
           f"resuming {run.path}, the newest unfinished run of these settings "
@@ -468,13 +769,57 @@ class MetricsLog:
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, METRICS_FILE)
 
-  def truncate_after(self, epoch: int) -> None:
-    """Drops epoch lines after `epoch` (and any final line): for resuming."""
-    rows = [r for r in self.read() if r.get("epoch", 10**9) <= epoch
-            and "test_accuracy" not in r]
+  def resume(self, epoch: int, steps_per_epoch: Optional[int] = None,
+             keep_final: bool = False) -> List[str]:
+    """Keeps the rows of epochs 1..`epoch` (what the checkpoint covers).
+
+    Later rows go (the resumed run logs them again), and the final row unless
+    `keep_final` (a run whose training ended, being completed). Damage is
+    repaired from what survives and said, never dropped silently: a line that
+    is not a JSON row goes (silently only as the last line: a write a kill
+    cut short), an epoch logged twice keeps its later row, and an epoch of
+    1..`epoch` whose row is lost is written back as {"epoch": E, "step": S,
+    "lost": true} (its training is in the checkpoint; its metrics are not).
+
+    Returns:
+      one line per repair, for the console.
+    """
+    rows, bad, count = _parse(self.path)
+    by_epoch, twice, final = {}, [], None
+    for row in rows:
+      if "test_accuracy" in row:
+        final = row
+      elif _epoch_of(row) and row["epoch"] <= epoch:
+        if row["epoch"] in by_epoch:
+          twice.append(row["epoch"])
+        by_epoch[row["epoch"]] = row
+    lost = [e for e in range(1, epoch + 1) if e not in by_epoch]
+    for e in lost:
+      by_epoch[e] = {"epoch": e, **({"step": e * steps_per_epoch}
+                                    if steps_per_epoch else {}), "lost": True}
+    kept = [by_epoch[e] for e in sorted(by_epoch)]
+    if keep_final and final is not None:
+      kept.append(final)
     with files.atomic(self.path) as f:
-      for r in rows:
+      for r in kept:
         f.write(json.dumps(r) + "\n")
+    notes, torn = [], [n for n in bad if n != count]
+    if torn:
+      notes.append(f"{self.path}: line{'s' * (len(torn) > 1)} "
+                   f"{_numbers(torn)} {'were' if len(torn) > 1 else 'was'} "
+                   "damaged (not a JSON row) and dropped; every other row is "
+                   "kept")
+    if twice:
+      notes.append(f"{self.path}: epoch{'s' * (len(twice) > 1)} "
+                   f"{_numbers(sorted(set(twice)))} logged twice; the later "
+                   "row of each is kept")
+    if lost:
+      notes.append(f"{self.path}: the row{'s' * (len(lost) > 1)} of epoch"
+                   f"{'s' * (len(lost) > 1)} {_numbers(lost)} "
+                   f"{'were' if len(lost) > 1 else 'was'} lost; written back "
+                   "marked {\"lost\": true} (the checkpoint holds the "
+                   "training itself; those epochs' metrics are unknown)")
+    return notes
 
   def write(self, row: dict) -> None:
     with open(self.path, "a") as f:
@@ -483,22 +828,48 @@ class MetricsLog:
       os.fsync(f.fileno())
 
   def read(self) -> List[dict]:
-    return list(read_metrics(self.path))
+    return read_metrics(self.path)
 
 
-def read_metrics(path: str) -> Iterable[dict]:
-  if not os.path.exists(path):
-    return []
-  rows = []
-  with open(path) as f:
-    for line in f:
-      line = line.strip()
-      if line:
-        try:
-          rows.append(json.loads(line))
-        except ValueError:
-          break  # A torn last line from a killed run; the rest is good.
-  return rows
+def _numbers(values: Sequence[int]) -> str:
+  return ", ".join(str(v) for v in values)
+
+
+def _epoch_of(row: dict) -> bool:
+  """Whether `row` is an epoch's row (it has a whole epoch number >= 1)."""
+  epoch = row.get("epoch")
+  return isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 1
+
+
+def _parse(path: str) -> Tuple[List[dict], List[int], int]:
+  """(every JSON object row, the numbers of the other non-blank lines, the
+  number of the last non-blank line) of a metrics.jsonl; a missing file has
+  none."""
+  rows, bad, last = [], [], 0
+  try:
+    with open(path, "rb") as f:
+      lines = f.read().decode("utf-8", errors="replace").splitlines()
+  except FileNotFoundError:
+    return rows, bad, last
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    last = number
+    try:
+      row = json.loads(line)
+    except ValueError:
+      row = None
+    if isinstance(row, dict):
+      rows.append(row)
+    else:
+      bad.append(number)
+  return rows, bad, last
+
+
+def read_metrics(path: str) -> List[dict]:
+  """The rows of a metrics.jsonl, in order; damaged lines are skipped (a
+  resumed run repairs and reports them: MetricsLog.resume)."""
+  return _parse(path)[0]
 
 
 def final_metrics(workdir: str) -> Optional[dict]:

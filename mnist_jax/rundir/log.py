@@ -2,8 +2,9 @@
 
 `RunLog` hands each row to its writers and the epoch lines to the console
 (`Progress`: one line per epoch, with interim lines for long epochs). A
-writer has the methods of `JsonlWriter`: `resume(epoch)` forgets what was
-logged after `epoch` (a resumed run logs those epochs again), `epoch(row)`,
+writer has the methods of `JsonlWriter`: `resume(epoch, keep_final)` forgets
+what was logged after `epoch` (a resumed run logs those epochs again) and
+returns what it repaired, in words, `epoch(row)`,
 `diverged(row)` and `final(row)` record a row, `figures()` takes the report's
 figures once they are drawn, `close()` ends (and may be called again). The
 writers of the process that writes the run folder are metrics.jsonl and,
@@ -13,7 +14,7 @@ unless --notensorboard, TensorBoard event files.
 import os
 import sys
 import time
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from mnist_jax.results import report
 from mnist_jax.rundir import folder
@@ -113,11 +114,12 @@ class Progress:
 class JsonlWriter:
   """metrics.jsonl: each row as one JSON line, flushed to disk at once."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, steps_per_epoch: Optional[int] = None):
     self._log = folder.MetricsLog(workdir)
+    self._steps_per_epoch = steps_per_epoch
 
-  def resume(self, epoch: int) -> None:
-    self._log.truncate_after(epoch)
+  def resume(self, epoch: int, keep_final: bool = False) -> List[str]:
+    return self._log.resume(epoch, self._steps_per_epoch, keep_final)
 
   def epoch(self, row: dict) -> None:
     self._log.write(row)
@@ -152,7 +154,8 @@ class TensorBoardWriter:
     self._steps_per_epoch = steps_per_epoch
     self._writer = None
 
-  def resume(self, epoch: int) -> None:
+  def resume(self, epoch: int, keep_final: bool = False) -> None:
+    del keep_final  # The final row is written again (`final`) if wanted.
     kept = [r for r in folder.MetricsLog(self._workdir).read()
             if r.get("epoch", epoch + 1) <= epoch and "train_loss" in r]
     self._writer = tensorboard.Writer(
@@ -199,13 +202,18 @@ class RunLog:
 
   def open(self, workdir: Optional[str], resume_after: int = 0, *,
            config=None, members: Sequence[Dict] = (),
-           steps_per_epoch: Optional[int] = None) -> None:
+           steps_per_epoch: Optional[int] = None,
+           keep_final: bool = False) -> None:
     """Starts the writers of `workdir` (None: this process writes no files).
+
+    Says on the console what metrics.jsonl had lost and how it was repaired.
 
     Args:
       workdir: the run folder, or None.
       resume_after: the epochs completed before this run started; rows of
         later epochs are dropped, as the run logs them again.
+      keep_final: keep metrics.jsonl's final row (a run trained to the end,
+        being completed: `final(row, logged=True)` then skips it there).
       config: the run's Config; with `config.tensorboard`, TensorBoard event
         files are written too.
       members: each member's label ({"seed": 3, ...}), in the order of a
@@ -213,12 +221,13 @@ class RunLog:
       steps_per_epoch: the run's, for TensorBoard's learning rates.
     """
     if workdir is not None:
-      self.writers.append(JsonlWriter(workdir))
+      self.writers.append(JsonlWriter(workdir, steps_per_epoch))
       if config is not None and config.tensorboard:
         self.writers.append(TensorBoardWriter(workdir, config, members,
                                               steps_per_epoch))
     for writer in self.writers:
-      writer.resume(resume_after)
+      for note in writer.resume(resume_after, keep_final) or ():
+        self.message(note)
 
   def message(self, text: str) -> None:
     self.progress.message(text)
@@ -236,9 +245,12 @@ class RunLog:
     for writer in self.writers:
       writer.diverged(row)
 
-  def final(self, row: dict) -> None:
+  def final(self, row: dict, logged: bool = False) -> None:
+    """The final row; `logged`: metrics.jsonl holds it already (kept by
+    `open(keep_final=True)`), so only the other writers take it."""
     for writer in self.writers:
-      writer.final(row)
+      if not (logged and isinstance(writer, JsonlWriter)):
+        writer.final(row)
 
   def figures(self) -> None:
     """The report's figures are in the run folder: writers may take them."""

@@ -14,6 +14,11 @@ reads it once per chunk, writes a metrics row that says where
 rate, say) a member that diverges stops alone, its parameters left
 non-finite, and the others go on; the run stops once every member has.
 
+A run that stays finite may still not learn (a learning rate far too high
+makes Adam's loss climb to 1e15 without overflowing): `learning_verdict`
+tells, from the final row; the run ends as usual, and launch.py then warns
+and exits with NOT_LEARNED_EXIT_CODE.
+
 Stopping cleanly (`StopRequest`): SIGTERM or Ctrl-C ask for a checkpoint, then
 an exit. Training checks `StopRequest.signum` between jitted chunks (the safe
 points), saves a checkpoint there and raises `Preempted`; launch.py prints how
@@ -25,6 +30,7 @@ bytecodes, so a watcher thread reads the signal numbers the C-level handler
 writes to a wake-up pipe (`signal.set_wakeup_fd`) and acts immediately.
 """
 
+import math
 import os
 import signal
 import sys
@@ -72,7 +78,16 @@ class Target:
             f"{100 * self.accuracy:.2f}% after epoch {epoch} in {seconds:.1f}s")
 
 
-# Divergence.
+# Divergence, and a run that did not learn.
+
+NOT_LEARNED = "did_not_learn"  # The final row's key for learning_verdict's.
+NOT_LEARNED_EXIT_CODE = 4
+# A final training loss this many times a uniform guess's, log(classes), is
+# one that grew by orders of magnitude: no model that learned ends there.
+LOSS_GROWTH = 100
+# Standard errors of the test accuracy of a constant answer, on a test set
+# this size, by which a run must beat always answering the commonest class.
+CHANCE_MARGIN_SE = 2
 
 
 def all_diverged(bad) -> Optional[int]:
@@ -115,6 +130,48 @@ def diverged_message(step: int, epoch: int, steps_per_epoch: int,
 def diverged_row(step: int, epoch: int, text: str) -> dict:
   """The metrics.jsonl row of a divergence."""
   return {"epoch": epoch, "step": step, "diverged": True, "message": text}
+
+
+def learning_verdict(final: dict, last_row: Optional[dict],
+                     test_labels) -> dict:
+  """{NOT_LEARNED: {"cause", "message"}} for a run that did not learn, else {}.
+
+  Args:
+    final: the final metrics row (the chosen member's test_accuracy).
+    last_row: the last epoch's row (its train_loss), None if none was run.
+    test_labels: the test split's labels [N] int.
+
+  cause "loss": the last epoch's training loss is LOSS_GROWTH times that of a
+  uniform guess or more. cause "chance": the test accuracy is no better than
+  answering the most frequent test class every time, beyond CHANCE_MARGIN_SE
+  standard errors of a test set of this size (on MNIST's 10,000 images,
+  11.35% + 0.63%).
+  """
+  labels = np.asarray(test_labels).astype(np.int64).reshape(-1)
+  if not len(labels) or final.get("test_accuracy") is None:
+    return {}
+  counts = np.bincount(labels)
+  classes = max(len(counts), 2)
+  accuracy = final["test_accuracy"]
+  train_loss = (last_row or {}).get("train_loss")
+  uniform = math.log(classes)
+  if train_loss is not None and math.isfinite(train_loss) and (
+      train_loss >= LOSS_GROWTH * uniform):
+    return {NOT_LEARNED: {"cause": "loss", "message": (
+        f"the run did not learn: its training loss ended at {train_loss:.3g}, "
+        f"over {LOSS_GROWTH} times a uniform guess's {uniform:.2f}, and test "
+        f"accuracy is {100 * accuracy:.2f}%; lower --learning_rate or set "
+        "--grad_clip")}}
+  common = counts.max() / len(labels)
+  floor = common + CHANCE_MARGIN_SE * math.sqrt(
+      common * (1 - common) / len(labels))
+  if accuracy <= floor:
+    return {NOT_LEARNED: {"cause": "chance", "message": (
+        f"the run did not learn: test accuracy {100 * accuracy:.2f}% is no "
+        "better than always answering the most frequent class "
+        f"({100 * common:.2f}% of the test images); check --learning_rate "
+        "(too high or too low) and the data, or train longer")}}
+  return {}
 
 
 # Stop requests: SIGTERM and Ctrl-C.
@@ -194,9 +251,12 @@ class StopRequest:
   (where signal handlers cannot be installed) it is inactive.
   """
 
-  def __init__(self, stream=None):
+  def __init__(self, stream=None, kept: Optional[Callable[[], str]] = None):
+    """kept: fn() -> which checkpoint a run quit now goes back to, in words
+    (checkpoints.Saver.on_disk), for the line a second Ctrl-C prints."""
     self.signum: Optional[int] = None
     self._stream = stream or sys.stderr
+    self._kept = kept
     self._old = {}
     self._pipe = None
     self._old_fd = -1
@@ -227,13 +287,21 @@ class StopRequest:
           self._notice(f"{signal_name(signum)} received: saving a checkpoint at "
                        f"the next safe point, then stopping{hint}")
         elif signum == signal.SIGINT:
-          self._notice("second Ctrl-C: quitting now without saving; the last "
-                       f"complete checkpoint is kept{_how_to_resume()}")
+          self._notice("second Ctrl-C: quitting now without saving; "
+                       f"{self._what_is_kept()}{_how_to_resume()}")
           try:
             sys.stdout.flush()
           except (OSError, ValueError):
             pass
           os._exit(FORCED_EXIT_CODE)  # pylint: disable=protected-access
+
+  def _what_is_kept(self) -> str:
+    if self._kept is None:
+      return "the last complete checkpoint, if any, is kept"
+    try:
+      return self._kept()
+    except Exception:  # pylint: disable=broad-except
+      return "the last complete checkpoint, if any, is kept"
 
   def __enter__(self) -> "StopRequest":
     if threading.current_thread() is not threading.main_thread():

@@ -7,19 +7,17 @@ prepared, downloaded or written: the parameters are counted from shapes alone
 (`jax.eval_shape`), and the devices are only listed.
 """
 
-import math
 import os
 from typing import Dict, List, Optional
 
 import jax
-import jax.numpy as jnp
 
 from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.config import value_text
-from mnist_jax.data import views
 from mnist_jax.training import devices
 from mnist_jax.training import members as members_lib
+from mnist_jax.training import resources
 
 # The training split of every dataset in datasets.py: 60,000 images.
 TRAIN_IMAGES = 60_000
@@ -70,25 +68,12 @@ def validation_line(config: config_lib.Config, num_members: int) -> str:
   return text + "; --sweep is refused"
 
 
-def num_params(config: config_lib.Config) -> int:
-  """Parameters of one model of `config`, from shapes alone (no compile)."""
-  module = models.get(config.model).stock(config)
-  view = models.input_view(config)
-
-  def init(key):
-    x = views.to_view(jnp.zeros((1, 28, 28), jnp.uint8), view)
-    return module.init(key, x, train=False)["params"]
-
-  shapes = jax.eval_shape(init, jax.ShapeDtypeStruct((2,), jnp.uint32))
-  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))
-
-
 def model_line(config: config_lib.Config) -> str:
   impl = models.implementation(config)
   layers = ("fast kernels" if impl["resolved"] == "fast"
             else "stock Flax layers")
   return (f"{config.model} ({config.preset} preset): "
-          f"{models.registry.describe(config)}; {num_params(config):,} "
+          f"{models.registry.describe(config)}; {resources.parameter_count(config):,} "
           f"parameters; {layers} (--impl={config.impl})")
 
 

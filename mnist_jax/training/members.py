@@ -79,8 +79,9 @@ def _parse_value(name: str, text: str) -> Any:
   except ValueError:
     raise UserError(f"--sweep={name}: {text!r} is not a number; "
                     f"{_example()}") from None
-  if not math.isfinite(value):
-    raise UserError(f"--sweep={name}: {text!r} is not a finite number")
+  message = config_lib.range_error(name, value)
+  if message:
+    raise UserError(f"--sweep: {message}")
   return value
 
 
@@ -179,6 +180,11 @@ def from_config(config: Config,
     raise UserError("--sweep chooses its member by validation accuracy, and "
                     "--val_fraction=0 holds out none; pass e.g. "
                     "--val_fraction=0.1")
+  count = math.prod(len(v) for v in grid.values()) * config.num_seeds
+  if count > config_lib.MAX_MEMBERS:
+    raise UserError(
+        f"--sweep and --num_seeds make {count} members; one program trains at "
+        f"most {config_lib.MAX_MEMBERS}: list fewer values or seeds")
   single = {"num_seeds": 1, "sweep": ""}  # A member is a single run.
   out = []
   for point in itertools.product(*grid.values()):

@@ -38,6 +38,7 @@ from mnist_jax.training import control
 from mnist_jax.training import devices
 from mnist_jax.training import members as members_lib
 from mnist_jax.training import optim
+from mnist_jax.training import resources
 
 Metrics = Dict[str, jax.Array]  # {"loss": sum, "correct": sum, "count": n}
 
@@ -259,7 +260,9 @@ def steps_per_epoch(config: Config, num_train: int) -> int:
   if config.batch_size > num_train:
     raise UserError(f"--batch_size={config.batch_size} is larger than the "
                     f"{num_train} training examples; pass a smaller one")
-  return num_train // config.batch_size
+  steps = num_train // config.batch_size
+  resources.check_steps(config, steps)
+  return steps
 
 
 def train_and_evaluate(config: Config, workdir: str, stream=None,
@@ -267,9 +270,12 @@ def train_and_evaluate(config: Config, workdir: str, stream=None,
   """Trains `config.model`, evaluates it, and writes the run folder.
 
   Running it again on a folder with checkpoints resumes from the latest one
-  and ends exactly where an uninterrupted run would. Settings, data, folder and
-  checkpoint are all checked before anything is written, so a refused run
-  leaves the folder as it was. `overwrite` replaces an existing run folder.
+  and ends exactly where an uninterrupted run would; on a run trained to the
+  end whose report is not complete, it completes the run without training.
+  The run is finished (folder.finish) only once its report is written.
+  Settings, data, folder and checkpoint are all checked before anything is
+  written, so a refused run leaves the folder as it was. `overwrite`
+  replaces an existing run folder.
 
   Returns:
     the final metrics row (test_loss, test_accuracy, wall_time_s, ...).
@@ -291,9 +297,13 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
   members = members_lib.from_config(config)
   labels = [{"seed": m.seed, **dict(m.values)} for m in members]
   engine = devices.Engine(config, members)
+  resources.check_memory(config, len(members), engine.par.num_devices)
   folder.check_writable(workdir)
+  if engine.is_main:  # Inside folder.locking() (launch.py): the one writer.
+    folder.claim(workdir)
   existing = folder.check_run_folder(workdir, config, overwrite=overwrite)
-  if existing and not overwrite:
+  resuming = existing and not overwrite
+  if resuming:
     log_lib.check(workdir, config, labels)
   data_start = time.perf_counter()  # Preparing (first time) and loading.
   dataset = engine.main_first(functools.partial(pipeline.load, config))
@@ -310,17 +320,13 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
       create_train_state, config=config, model=models.build(config),
       steps_per_epoch=steps))
   shapes = checkpoints.param_shapes(state.params)
-  meta = None
-  if existing and not overwrite and engine.is_main:
+  meta = logged = None  # logged: the final row of a run being completed.
+  if resuming and engine.is_main:
     meta, state = checkpoints.restore(config, workdir, state, steps)
-    final = folder.final_metrics(workdir)
-    if (meta is not None and meta.get("done") and final is not None and
-        jax.process_count() == 1):
-      log.message(f"{workdir} already finished: test accuracy "
-                  f"{100 * final['test_accuracy']:.2f}%; the same command "
-                  f"with --overwrite trains it again ({workdir} is deleted "
-                  "first)")
-      return final
+    if jax.process_count() == 1 and folder.finished(workdir):
+      return _already_finished(workdir, log)
+    if meta is not None and meta.get("done") and jax.process_count() == 1:
+      logged = folder.final_metrics(workdir)  # Kept, not recomputed.
     state = engine.restored(state) if meta is not None else state
 
   # From here on the run folder is written.
@@ -330,14 +336,14 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
                   "implementation": models.implementation(config)},
                  existing=existing, overwrite=overwrite, meta=meta)
     views.record(workdir, config)
+  line = engine.is_main and _resume_line(workdir, meta, logged, steps, resuming)
+  if line:
+    log.message(line)
   log.open(workdir if engine.is_main else None, meta["epoch"] if meta else 0,
-           config=config, members=labels, steps_per_epoch=steps)
+           config=config, members=labels, steps_per_epoch=steps,
+           keep_final=logged is not None)
   on_exit.callback(log.close)
   saver = checkpoints.Saver(workdir, config, shapes, write=engine.is_main)
-  if meta is not None:
-    log.message(f"resuming {workdir} at step {meta['step']} (epoch "
-                f"{meta['epoch'] + 1}, step {meta.get('epoch_step', 0)} of "
-                f"{steps})")
   state, start = engine.start(state, checkpoints.Start.from_meta(meta))
   compile_time = engine.compile(
       state, make_train_chunk(config, engine.axis_name, jit=False),
@@ -347,8 +353,9 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
   # Each epoch: train, evaluate, log, checkpoint.
   target = control.Target(config.target_accuracy, "val" in engine.splits)
   test_m = val_m = time_to_target = None  # The current state's, when known.
+  row = None  # The last epoch's metrics row, once an epoch has run.
   epoch = start.epoch - 1
-  with control.StopRequest() as stop:
+  with control.StopRequest(kept=saver.on_disk) as stop:
     for epoch in start.epochs(config.epochs):
       state, train_m, epoch_time = _train_epoch(engine, state, epoch, start,
                                                 stop, saver, log, workdir)
@@ -372,31 +379,79 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
         break
 
   # Final evaluation: choose the member (by validation), test every member,
-  # and the ensemble of the chosen grid point's seeds.
-  if test_m is None:
+  # and the ensemble of the chosen grid point's seeds; a run being completed
+  # keeps the final row it logged (its times are the training's).
+  if logged is None and test_m is None:
     test_m = engine.evaluate(state, "test")
-  if val_m is None and "val" in engine.splits:
+  if logged is None and val_m is None and "val" in engine.splits:
     val_m = engine.evaluate(state, "val")
   saver.close()
-  choice = members_lib.choose(members, val_m)
+  choice = (members_lib.choose(members, val_m) if logged is None
+            else _logged_choice(members, logged))
   logits, ensemble = (_chosen_logits(engine, state, config, dataset, choice)
                       if engine.is_main else (None, None))
-  final = _final_row(members, choice, test_m, ensemble, steps,
-                     epochs_run=epoch, steps=engine.step(state),
-                     compile_time_s=compile_time, data_time_s=data_time,
-                     wall_time_s=time.perf_counter() - start_time,
-                     num_params=engine.num_params(state))
-  if target.active:
-    final["time_to_target_s"] = time_to_target
-  log.final(final)
+  final = logged
+  if final is None:
+    final = _final_row(members, choice, test_m, ensemble, steps,
+                       epochs_run=epoch, steps=engine.step(state),
+                       compile_time_s=compile_time, data_time_s=data_time,
+                       wall_time_s=time.perf_counter() - start_time,
+                       num_params=engine.num_params(state))
+    if target.active:
+      final["time_to_target_s"] = time_to_target
+    final.update(control.learning_verdict(final, row, dataset.test.labels))
+  log.final(final, logged=logged is not None)
 
-  # Report: the figures and tables of the chosen member.
+  # Report: the figures and tables of the chosen member; then, last, the
+  # record that the run is finished.
   if engine.is_main:
     report.write(workdir, config, dataset.test, logits, dataset.class_names,
                  ensemble=ensemble)
     log.figures()
+    log.close()
+    folder.finish(workdir, final)
   log.message(_summary(final, members, workdir))
   return final
+
+
+def _already_finished(workdir: str, log) -> Optional[Dict[str, Any]]:
+  """What the same command says of a finished run: its result; it changes
+  nothing. Returns its final row."""
+  final = folder.final_metrics(workdir)
+  result = (f": test accuracy {100 * final['test_accuracy']:.2f}%"
+            if final else "")
+  log.message(f"{workdir} already finished{result}; its report is "
+              f"{workdir}/report.md (--mode=report rewrites it); to train "
+              "these settings again, pass another --workdir")
+  return final
+
+
+def _resume_line(workdir, meta, logged, steps, resuming) -> Optional[str]:
+  """Where a run in an existing folder goes on from, in one line (None: a
+  new run, or one started over)."""
+  if meta is None:
+    if not resuming:
+      return None
+    epochs = [r["epoch"] for r in folder.MetricsLog(workdir).read()
+              if "train_loss" in r]
+    again = (f" (the {max(epochs)} epoch(s) logged are trained again)"
+             if epochs else "")
+    return (f"{workdir} has no complete checkpoint: training starts over from "
+            f"epoch 1{again}")
+  if meta.get("done"):
+    what = "its report" if logged else "its final evaluation and report"
+    return (f"completing {workdir}: its training ended at epoch "
+            f"{meta['epoch']} (step {meta['step']}); writing {what}")
+  return (f"resuming {workdir} at step {meta['step']} (epoch "
+          f"{meta['epoch'] + 1}, step {meta.get('epoch_step', 0)} of {steps})")
+
+
+def _logged_choice(members, final: dict) -> members_lib.Choice:
+  """The member a logged final row chose (its `chosen`; member 0 if none)."""
+  member = (final.get("chosen") or {}).get("index", 0)
+  point = next(p for p, seeds in enumerate(members_lib.points(members))
+               if member in seeds)
+  return members_lib.Choice(point, member)
 
 
 def _chosen_logits(engine, state, config, dataset, choice):

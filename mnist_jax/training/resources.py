@@ -1,0 +1,233 @@
+"""What the machine can hold, and the one line said when it runs out.
+
+Before anything is written, `check_memory` refuses a run whose parameters and
+optimizer state alone exceed the memory at hand, and `check_steps` one whose
+step count passes JAX's int32 step counter. What only shows while running (a
+full disk, an allocation XLA or numpy cannot make, a read-only folder) reaches
+launch.py as an exception from anywhere (orbax's save threads, matplotlib,
+numpy); `failure` names it in one line.
+"""
+
+import dataclasses
+import errno
+import math
+import os
+from typing import List, Optional
+
+import jax
+import jax.numpy as jnp
+
+from mnist_jax import config as config_lib
+from mnist_jax import models
+from mnist_jax.data import views
+from mnist_jax.errors import OutOfResources, UserError
+from mnist_jax.rundir import files
+
+# Float32 copies of the parameters a training step holds at once: the
+# parameters, their gradients and the optimizer's slots (Adam's two moments).
+STATE_COPIES = {"adam": 4, "adamw": 4, "rmsprop": 3, "sgd": 3}
+FLOAT_BYTES = 4
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def parameter_count(config: config_lib.Config) -> int:
+  """Parameters of one member of `config`'s model, from shapes alone (no
+  allocation, no compile; kernels share the stock module's parameters)."""
+  module = models.get(config.model).stock(config)
+  view = models.input_view(config)
+
+  def init(key):
+    x = views.to_view(jnp.zeros((1, 28, 28), jnp.uint8), view)
+    return module.init(key, x, train=False)["params"]
+
+  shapes = jax.eval_shape(init, jax.ShapeDtypeStruct((2,), jnp.uint32))
+  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))
+
+
+def size_flags(config: config_lib.Config) -> List[str]:
+  """The flags that size `config`'s model: the Model settings whose growth
+  changes its parameter count (e.g. --mlp_hidden for the MLP)."""
+  base = parameter_count(config)
+  found = []
+  for name in config_lib.ranged_fields():
+    field = config_lib.FIELDS[name]
+    if field.metadata["group"] != config_lib.MODEL or (
+        config_lib.field_type(name) not in (int, tuple)):
+      continue
+    value = getattr(config, name)
+    grown = (tuple(v + 1 for v in value) if isinstance(value, tuple)
+             else value + 1)
+    try:
+      if parameter_count(config.replace(**{name: grown})) != base:
+        found.append(f"--{name}")
+    except Exception:  # pylint: disable=broad-except
+      continue  # A size the model cannot take (no pixels left): not this one.
+  return found
+
+
+def lower_advice(config: Optional[config_lib.Config],
+                 batch: bool = True) -> str:
+  """"lower --batch_size, ...": the settings that make a run smaller (with
+  `batch`, its batches, whose activations take memory too)."""
+  names = (["--batch_size", "--eval_batch_size"] if batch or config is None
+           else [])
+  if config is not None:
+    if config.num_seeds > 1 or config.sweep:
+      names.append("--num_seeds" if not config.sweep else
+                   "--num_seeds or the --sweep values")
+    try:
+      names += size_flags(config)
+    except Exception:  # pylint: disable=broad-except
+      pass  # The advice matters less than the line.
+  return ("lower " + ", ".join(names)) if names else (
+      "run it on a machine with more memory")
+
+
+def bytes_text(n: float) -> str:
+  for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+    if n < 1000 or unit == "PB":
+      return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    n /= 1000
+  return ""
+
+
+def host_memory_available() -> Optional[int]:
+  """Bytes of memory free for a new process on this host (Linux), or None."""
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except (OSError, ValueError, IndexError):
+    pass
+  try:
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+def _device_memory() -> Optional[int]:
+  """The smallest memory limit of this process's devices, where JAX says."""
+  limits = []
+  for device in jax.local_devices():
+    try:
+      stats = device.memory_stats()
+    except Exception:  # pylint: disable=broad-except
+      return None
+    if not stats or "bytes_limit" not in stats:
+      return None
+    limits.append(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+  return min(limits) if limits else None
+
+
+def check_memory(config: config_lib.Config, num_members: int,
+                 num_devices: Optional[int] = None) -> None:
+  """Refuses a run whose parameters and optimizer state cannot fit.
+
+  On a GPU or TPU each device holds its share of the members (all of one
+  member's state, replicated, for data parallelism); on a CPU they share the
+  host's memory. Activations and data are left out: this is a floor, and an
+  allocation that fails later is still named by `failure`.
+
+  Raises:
+    OutOfResources: the state alone needs more than the memory free.
+  """
+  num_devices = num_devices or jax.local_device_count()
+  params = parameter_count(config)
+  copies = STATE_COPIES.get(config.optimizer, 4)
+  one = params * copies * FLOAT_BYTES
+  available = _device_memory() if jax.default_backend() != "cpu" else None
+  if available is not None:
+    need, where = one * math.ceil(num_members / num_devices), "per device"
+  else:
+    available = host_memory_available()
+    need = one * max(num_members, num_devices)
+    where = "on this host"
+  if available is None or need <= available:
+    return
+  members = f"{num_members} members x " if num_members > 1 else ""
+  raise OutOfResources(
+      f"{config.model} with these settings needs {bytes_text(need)} for its "
+      f"parameters and optimizer state alone ({members}{params:,} parameters "
+      f"x {copies} float32 copies), more than the {bytes_text(available)} of "
+      f"memory free {where}; {lower_advice(config, batch=False)}")
+
+
+def check_steps(config: config_lib.Config, steps_per_epoch: int) -> None:
+  """Refuses a run of more steps than JAX's int32 step counter holds."""
+  total = config.epochs * steps_per_epoch
+  if total > config_lib.INT32_MAX:
+    raise UserError(
+        f"--epochs={config.epochs} of {steps_per_epoch} steps each is {total} "
+        f"steps, past the 2**31 - 1 a run can count; pass at most --epochs="
+        f"{config_lib.INT32_MAX // steps_per_epoch} or a larger --batch_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+  """An exception that is the machine's, not a bug: what happened, in words.
+
+  kind: "disk" (full, or a file size limit), "memory", "not_writable" or
+  "io" (another read or write error of the system).
+  path: the file or folder concerned, where known.
+  """
+  kind: str
+  text: str
+  path: Optional[str] = None
+
+  @property
+  def exit_code(self) -> int:
+    return OutOfResources.exit_code if self.kind in ("disk", "memory") else (
+        UserError.exit_code)
+
+
+def _chain(exc: BaseException):
+  """`exc` and the exceptions it was raised from or while handling."""
+  seen = set()
+  while exc is not None and id(exc) not in seen:
+    seen.add(id(exc))
+    yield exc
+    exc = exc.__cause__ or exc.__context__
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+  text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+  return text if len(text) <= limit else text[:limit] + "..."
+
+
+def failure(exc: BaseException,
+            where: Optional[str] = None) -> Optional[Failure]:
+  """What ran out or refused, for an exception from running out of disk or
+  memory or from a file system that refuses a write; None for any other
+  (a bug keeps its traceback).
+
+  where: the folder to name when the error names no file (the run folder).
+  """
+  chain = list(_chain(exc))
+  for e in chain:
+    if isinstance(e, OSError) and e.errno is not None:
+      path = e.filename or where
+      if e.errno == errno.EFBIG:
+        return Failure("disk", f"{path or 'a file'} reached this process's "
+                       "file size limit (ulimit -f)", path)
+      if e.errno in DISK_FULL:
+        return Failure("disk", "no space left on the disk of "
+                       f"{path or 'the run folder'}", path)
+      if e.errno in NOT_WRITABLE:
+        return Failure("not_writable", f"cannot write {path or 'a file'} "
+                       f"({e.strerror})", path)
+      if e.errno == errno.EIO:
+        return Failure("io", f"reading or writing {path or 'a file'} failed "
+                       f"({e.strerror})", path)
+  code = files.no_space(exc)  # Said only in a library's own error's text.
+  if code is not None:
+    return failure(files.no_space_error(code, where), where)
+  for e in chain:
+    if isinstance(e, MemoryError):
+      return Failure("memory", f"out of host memory ({_first_line(e)})")
+    if "RESOURCE_EXHAUSTED" in str(e):
+      detail = _first_line(e).replace("RESOURCE_EXHAUSTED: ", "")
+      return Failure("memory", "out of memory on the "
+                     f"{jax.default_backend().upper()} ({detail})")
+  return None

@@ -1,0 +1,230 @@
+"""Every failure is one line: ranges declared with the fields, what the machine
+can hold, failures of the machine named, and a run that did not learn.
+
+The end-to-end versions (a full tmpfs, a read-only mount, signals while
+starting, the flag fuzz) are slow: tests/test_machine_failures.py.
+"""
+
+import errno
+import math
+import os
+
+import numpy as np
+import pytest
+
+import launch
+from mnist_jax import config as config_lib
+from mnist_jax import models
+from mnist_jax.errors import OutOfResources, UserError
+from mnist_jax.rundir import files
+from mnist_jax.training import control
+from mnist_jax.training import members as members_lib
+from mnist_jax.training import resources
+
+NUMERIC = [n for n in config_lib.FIELDS
+           if config_lib.field_type(n) in (int, float, tuple)]
+
+
+def test_every_numeric_setting_declares_its_range():
+  """A numeric field added without `valid=` fails here, not in a user's run."""
+  assert NUMERIC and sorted(config_lib.ranged_fields()) == sorted(NUMERIC)
+  for name in NUMERIC:
+    valid = config_lib.FIELDS[name].metadata["valid"]
+    default = config_lib.FIELDS[name].default
+    for value in default if isinstance(default, tuple) else [default]:
+      assert valid.contains(value), name
+  config_lib.validate(config_lib.Config())
+
+
+def _absurd(name):
+  """Values of a setting's type far outside any range: floats for a float
+  (an int flag refuses them as it parses: exit 2), huge ints for all."""
+  ints = [2**63, -(2**63), -1, 0]
+  if config_lib.field_type(name) is float:
+    return [math.nan, math.inf, -math.inf, -1e30, 1e30, *ints]
+  return ints
+
+
+def test_validate_refuses_what_the_range_refuses_in_one_line():
+  """validate's verdict and message come from each declared range."""
+  for name in NUMERIC:
+    valid = config_lib.FIELDS[name].metadata["valid"]
+    for value in _absurd(name):
+      typed = (value,) if config_lib.field_type(name) is tuple else value
+      config = config_lib.Config().replace(**{name: typed})
+      if valid.contains(value):
+        assert config_lib.range_error(name, typed) is None
+        config_lib.validate(config)
+        continue
+      with pytest.raises(UserError) as caught:
+        config_lib.validate(config)
+      message = str(caught.value)
+      assert message.startswith(f"--{name} ") and "\n" not in message
+      assert message == config_lib.range_error(name, typed)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"epochs": 0}, "--epochs must be positive, got 0"),
+    ({"epochs": 99999999999}, "--epochs must be at most 1000000, got"),
+    ({"warmup_epochs": math.inf}, "--warmup_epochs must be a finite number"),
+    ({"weight_decay": math.inf}, "--weight_decay must be a finite number"),
+    ({"augment_rotate": math.inf}, "--augment_rotate must be a finite number"),
+    ({"augment_elastic": math.nan}, "--augment_elastic must be a finite number"),
+    ({"augment_rotate": 181.0}, "--augment_rotate must be in [0, 180], got 181"),
+    ({"num_seeds": 10**9}, "--num_seeds must be at most 10000"),
+    ({"mlp_hidden": (99999999999,)}, "--mlp_hidden sizes must be at most 2**24"),
+    ({"seed": 2**32}, "--seed must be in [0, 2**32), got 4294967296"),
+    ({"batch_size": 2**31}, "--batch_size must be at most 2**31 - 1"),
+    ({"process_id": -2}, "--process_id must be >= -1, got -2"),
+    ({"val_fraction": 1.0}, "--val_fraction must be in [0, 1), got 1"),
+    ({"seed": 2**32 - 1, "num_seeds": 2},
+     "--seed=4294967295 --num_seeds=2 would use seeds up to 4294967296"),
+])
+def test_the_issue_values_are_refused_in_one_line(change, message):
+  with pytest.raises(UserError) as caught:
+    config_lib.validate(config_lib.Config().replace(**change))
+  assert str(caught.value).startswith(message), str(caught.value)
+
+
+def test_values_the_meaning_allows_are_accepted():
+  config_lib.validate(config_lib.Config().replace(
+      weight_decay=0.0, learning_rate=1e30, grad_clip=1e30, process_id=-1,
+      augment_rotate=180.0, epochs=config_lib.MAX_EPOCHS))
+
+
+def test_sweep_values_take_the_same_ranges_and_a_bounded_grid():
+  with pytest.raises(UserError, match=r"^--sweep: --weight_decay must be a "
+                     "finite number, got inf$"):
+    members_lib.parse("weight_decay=0,inf")
+  config = models.get_config("mlp", "tuned", num_seeds=2001)
+  with pytest.raises(UserError, match="make 10005 members; one program trains "
+                     "at most 10000"):
+    members_lib.from_config(config, "learning_rate=1e-3,2e-3,3e-3,4e-3,5e-3")
+
+
+def test_memory_check_names_the_model_size_flags():
+  wide = models.get_config("mlp", "seed", mlp_hidden=(2**24, 2**24))
+  with pytest.raises(OutOfResources) as caught:
+    resources.check_memory(wide, 1, 1)
+  message = str(caught.value)
+  assert "parameters and optimizer state alone" in message, message
+  assert message.endswith("lower --mlp_hidden") and caught.value.exit_code == 5
+  resources.check_memory(models.get_config("mlp", "seed"), 4, 1)  # Fits.
+  assert resources.size_flags(models.get_config("cnn", "seed")) == [
+      "--cnn_features", "--cnn_kernel", "--cnn_dense"]
+  assert resources.size_flags(models.get_config("lstm", "seed")) == [
+      "--hidden", "--num_layers"]
+
+
+def test_steps_past_int32_are_refused_before_training():
+  config = models.get_config("mlp", "seed", epochs=config_lib.MAX_EPOCHS)
+  resources.check_steps(config, 2000)
+  with pytest.raises(UserError, match=r"--epochs=1000000 of 60000 steps each "
+                     r"is 60000000000 steps.*pass at most --epochs=35791 "):
+    resources.check_steps(config, 60000)
+
+
+@pytest.mark.parametrize("exc, kind, text", [
+    (OSError(errno.ENOSPC, "No space left on device", "/r/config.json"), "disk",
+     "no space left on the disk of /r/config.json"),
+    (OSError(errno.ENOSPC, "No space left on device"), "disk",
+     "no space left on the disk of /run"),
+    (OSError(errno.EFBIG, "File too large", "/r/m.jsonl"), "disk",
+     "/r/m.jsonl reached this process's file size limit (ulimit -f)"),
+    (OSError(errno.EROFS, "Read-only file system", "/r/report.md"),
+     "not_writable", "cannot write /r/report.md (Read-only file system)"),
+    (OSError(errno.EIO, "Input/output error", "/r/x"), "io",
+     "reading or writing /r/x failed (Input/output error)"),
+    # How tensorstore reports a full disk inside orbax's save.
+    (ValueError("RESOURCE_EXHAUSTED: Error writing local file \"/r/c/x\": "
+                "No space left on device [os_error_code='28']"), "disk",
+     "no space left on the disk of /run"),
+    (ValueError("OUT_OF_RANGE: Failed to write 260161 bytes to file 16: File "
+                "too large [os_error_code='27']"), "disk",
+     "/run reached this process's file size limit (ulimit -f)"),
+    (MemoryError("Unable to allocate 3 TiB"), "memory",
+     "out of host memory (Unable to allocate 3 TiB)"),
+    (RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 4 bytes."),
+     "memory", "out of memory on the CPU (Out of memory allocating 4 bytes.)"),
+])
+def test_failures_of_the_machine_are_named(exc, kind, text):
+  wrapped = RuntimeError("while saving")
+  wrapped.__cause__ = exc  # Found down the chain, as a library raises it.
+  for raised in (exc, wrapped):
+    found = resources.failure(raised, "/run")
+    assert found.kind == kind and found.text == text
+  assert found.exit_code == (5 if kind in ("disk", "memory") else 1)
+
+
+@pytest.mark.parametrize("exc", [ValueError("bad"), KeyError("x"),
+                                 FileNotFoundError(errno.ENOENT, "gone", "/x")])
+def test_bugs_keep_their_traceback(exc):
+  assert resources.failure(exc, "/run") is None
+
+
+def test_atomic_write_failure_names_the_file_and_leaves_nothing(tmp_path,
+                                                                 monkeypatch):
+  target = tmp_path / "report.md"
+
+  class Full:
+    def __init__(self, fd, *args, **kwargs):
+      os.close(fd)
+
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc):
+      return False
+
+    def write(self, text):
+      raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(os, "fdopen", Full)
+  with pytest.raises(OSError) as caught:
+    files.write_text(str(target), "x")
+  assert caught.value.filename == str(target)
+  assert os.listdir(tmp_path) == []
+  assert files.no_space(caught.value) == errno.ENOSPC
+
+
+def _labels(counts):
+  return np.repeat(np.arange(len(counts)), counts)
+
+
+MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+@pytest.mark.parametrize("accuracy, train_loss, cause", [
+    (0.0974, 1e15, "loss"),  # Adam at --learning_rate=1e4, as the issue saw it.
+    (0.9, 400.0, "loss"),
+    (0.0974, 2.3, "chance"),
+    (0.1135, 2.3, "chance"),  # Always answering "1".
+    (0.1197, 2.3, "chance"),
+    (0.1200, 2.3, None),
+    (0.9265, 0.27, None),
+    (0.99, None, None),  # No epoch run here (resumed at the end).
+])
+def test_learning_verdict_on_mnist_sized_test_sets(accuracy, train_loss, cause):
+  final = {"test_accuracy": accuracy}
+  row = None if train_loss is None else {"train_loss": train_loss}
+  verdict = control.learning_verdict(final, row,
+                                        _labels(MNIST_TEST_COUNTS))
+  if cause is None:
+    assert verdict == {}
+  else:
+    assert verdict[control.NOT_LEARNED]["cause"] == cause
+    assert verdict[control.NOT_LEARNED]["message"].startswith(
+        "the run did not learn: ")
+
+
+def test_the_tiny_test_runs_are_judged_by_their_own_test_set_size():
+  """200 balanced test images: two standard errors over 10% are 14.24%."""
+  labels = _labels([20] * 10)
+  assert control.learning_verdict({"test_accuracy": 0.14}, None, labels)
+  assert not control.learning_verdict({"test_accuracy": 0.145}, None, labels)
+
+
+def test_help_documents_the_new_exit_codes():
+  text = launch.help_text()
+  assert "4 finished but did not learn" in text.replace("\n", " ")
+  assert "5 out of memory or disk space" in text.replace("\n", " ")

@@ -1,0 +1,434 @@
+"""A run folder is safe: kill -9 anywhere, two writers, damaged folders.
+
+Kill trials: `kill -9` at random moments of a real launch.py run (between
+chunks, right after a checkpoint save starts, inside the report's file writes,
+after the final row), then the same command (or `--mode=report`), which must
+end bit-identical to an uninterrupted run with a complete report and no
+temporary files. The moments are chosen among markers the child prints where
+the code it wraps does the work (a renamed function fails here, loudly), from
+a seeded random generator: KILL_SEED (default 0) makes them reproducible and
+KILL_TRIALS (default 6) raises their number for a soak.
+
+Then two processes on one folder, and each damaged folder of the issue:
+messages advise deleting nothing that is not verified damaged, and every
+command they print works when followed.
+"""
+
+import json
+import os
+import random
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+import launch_helpers as lh
+import tensorboard_helpers as tbh
+from mnist_jax.results import report
+
+pytestmark = pytest.mark.slow
+
+# 540 training examples / 16 = 33 steps per epoch, in 7 chunks of 5.
+FLAGS = ("--model=mlp", "--mlp_hidden=16", "--epochs=3", "--batch_size=16",
+         "--chunk_steps=5", "--seed=3")
+TRIALS = int(os.environ.get("KILL_TRIALS", "6"))
+SEED = int(os.environ.get("KILL_SEED", "0"))
+PAUSE_S = 0.3  # How long the child waits at each marker.
+
+# Runs launch.py with markers: "@chunk ..." between the chunks of an epoch,
+# "@save step=S" once a checkpoint save is under way (orbax writes on in the
+# background), "@write NAME" while NAME's temporary file is open, "@final"
+# once the final row is on disk. The child pauses HOOK_PAUSE_S at each, and
+# two minutes at the marker HOOK_HOLD names.
+_CHILD = r"""
+import contextlib, os, runpy, sys, time
+script = sys.argv[1]
+sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+from mnist_jax.rundir import checkpoints, files, folder, log
+PAUSE = float(os.environ.get("HOOK_PAUSE_S", "0"))
+
+def mark(text):
+  print(f"@{text}", flush=True)
+  time.sleep(120 if text == os.environ.get("HOOK_HOLD") else PAUSE)
+
+_update = log.Progress.update
+def update(self, epoch, done, total, elapsed):
+  mark(f"chunk epoch={epoch} done={done}")
+  return _update(self, epoch, done, total, elapsed)
+log.Progress.update = update
+
+_save = checkpoints.Checkpointer.save
+def save(self, step, state, meta):
+  _save(self, step, state, meta)
+  mark(f"save step={step}")
+checkpoints.Checkpointer.save = save
+
+_atomic = files.atomic
+@contextlib.contextmanager
+def atomic(path, mode="w"):
+  with _atomic(path, mode) as f:
+    mark(f"write {os.path.basename(path)}")
+    yield f
+files.atomic = atomic
+
+_write = folder.MetricsLog.write
+def write(self, row):
+  _write(self, row)
+  if "test_accuracy" in row:
+    mark("final")
+folder.MetricsLog.write = write
+
+sys.argv = [script] + sys.argv[2:]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def _args(prepared, workdir, *flags):
+  mnist_dir, data_dir = prepared
+  return [*(flags or FLAGS), f"--mnist_dir={mnist_dir}",
+          f"--data_dir={data_dir}", f"--workdir={workdir}"]
+
+
+def _start(args, pause_s=PAUSE_S, hold=""):
+  return subprocess.Popen(
+      [sys.executable, "-c", _CHILD, "launch.py", *args], cwd=lh.ROOT,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      env=lh.child_env(HOOK_PAUSE_S=str(pause_s), HOOK_HOLD=hold))
+
+
+def _digit_image(tmp_path):
+  """A PNG of a one: a white bar on black."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / "one.png")
+  Image.frombytes("L", (28, 28), bytes(
+      255 * (4 <= r < 24 and 12 <= c < 16) for r in range(28)
+      for c in range(28))).save(path)
+  return path
+
+
+def _markers(out):
+  return [line.strip() for line in out.splitlines() if line.startswith("@")]
+
+
+def _temporary(workdir):
+  """Files a killed write can leave: files.atomic's and orbax's."""
+  found = []
+  for folder, dirs, names in os.walk(workdir):
+    found += [os.path.join(folder, n) for n in names + dirs
+              if re.fullmatch(r"\..+\.[0-9a-f]{8}\.tmp", n) or
+              "orbax-checkpoint-tmp" in n]
+  return found
+
+
+def _config(workdir):
+  with open(os.path.join(workdir, "config.json")) as f:
+    return json.load(f)
+
+
+def _outcome(workdir):
+  """What a run folder holds, to compare with the uninterrupted run's."""
+  state, _ = lh.restore_latest(workdir)
+  csvs = {}
+  for name in report.FILES:
+    assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+    if name.endswith(".csv"):
+      with open(os.path.join(workdir, name), "rb") as f:
+        csvs[name] = f.read()
+  scalars = tbh.scalars(tbh.multiplexer(workdir), ".")
+  return {"rows": lh.deterministic(lh.metrics(workdir)), "params": state.params,
+          "csvs": csvs,
+          "tensorboard": {t: v for t, v in scalars.items()
+                          if not t.startswith("speed/")}}
+
+
+@pytest.fixture(scope="module")
+def reference(prepared, tmp_path_factory):
+  """The uninterrupted run: (folder, its outcome, the markers it printed)."""
+  workdir = str(tmp_path_factory.mktemp("reference") / "run")
+  p = _start(_args(prepared, workdir), pause_s=0)
+  out, err = p.communicate(timeout=300)
+  assert p.returncode == 0, err
+  assert _config(workdir)["finished"]
+  return workdir, _outcome(workdir), _markers(out)
+
+
+def _assert_as_uninterrupted(workdir, reference):
+  got, want = _outcome(workdir), reference[1]
+  assert got["rows"] == want["rows"]
+  lh.assert_trees_equal(got["params"], want["params"])
+  assert got["csvs"] == want["csvs"]
+  assert got["tensorboard"] == want["tensorboard"]
+  assert _config(workdir)["finished"]
+  assert _temporary(workdir) == []
+  assert not os.path.exists(os.path.join(workdir, ".lock"))
+
+
+def _kill_at(p, marker, nth, delay_s):
+  """Reads p's output up to the `nth` `marker`, then SIGKILLs it after
+  `delay_s`. Returns whether the marker was seen (the run got that far)."""
+  seen = 0
+  for line in p.stdout:
+    seen += line.strip() == marker
+    if seen == nth:
+      time.sleep(delay_s)
+      p.kill()
+      p.communicate()
+      return True
+  p.wait()
+  return False
+
+
+# In turn; a kill in the report is followed by the same command, then (the
+# next time round) by --mode=report.
+PHASES = ("report", "training", "save", "final")
+
+
+def _moments(markers, phase):
+  """The markers of a phase, as the uninterrupted run printed them."""
+  final = markers.index("@final")
+  if phase == "training":
+    return [m for m in markers if m.startswith("@chunk")]
+  if phase == "save":
+    return [m for m in markers if m.startswith("@save")]
+  if phase == "final":
+    return ["@final"]
+  return markers[final + 1:]  # The report's files, then config.json's record.
+
+
+def test_kill_9_anywhere_then_the_same_command_ends_as_uninterrupted(
+    prepared, reference, tmp_path):
+  rng = random.Random(SEED)
+  outcomes = []
+  for trial in range(TRIALS):
+    phase = PHASES[trial % len(PHASES)]
+    moments = _moments(reference[2], phase)
+    marker = rng.choice(moments)
+    nth = moments[:moments.index(marker) + 1].count(marker)
+    # Inside the pause or after it; within milliseconds of a save's start,
+    # while orbax writes it in the background.
+    delay = rng.uniform(0, 0.03 if phase == "save" else 2 * PAUSE_S)
+    workdir = str(tmp_path / f"trial{trial}")
+    args = _args(prepared, workdir)
+    assert _kill_at(_start(args), marker, nth, delay)
+    by_report = phase == "report" and trial // len(PHASES) % 2 == 1
+    command = (["--mode=report", f"--workdir={workdir}"] if by_report
+               else args)
+    how = "--mode=report" if by_report else "the same command"
+    rc, out, err = lh.run(command, timeout=300)
+    said = next((line for line in out.splitlines()
+                 if line.startswith(("resuming", "completing")) or
+                 "starts over" in line or "already finished" in line),
+                "started anew")
+    outcomes.append(f"trial {trial}: kill -9 {delay:.2f} s after {marker} "
+                    f"({phase}); {how}: exit {rc}, {said}")
+    assert rc == 0, (outcomes[-1], err)
+    assert "Traceback" not in err
+    _assert_as_uninterrupted(workdir, reference)
+  print("\n".join(outcomes))
+
+
+def _one_line_error(err):
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), err
+  return lines[0]
+
+
+@pytest.mark.parametrize("apart_s", [0, 3])
+def test_two_processes_on_one_folder_one_trains_the_other_exits(
+    prepared, reference, tmp_path, apart_s):
+  workdir = str(tmp_path / "run")
+  args = _args(prepared, workdir)
+  first = _start(args, pause_s=0.4)  # Slowed, so it still trains after 3 s.
+  time.sleep(apart_s)
+  second = _start(args, pause_s=0.4)
+  results = {}
+  for p in (first, second):
+    out, err = p.communicate(timeout=300)
+    results[p.pid] = (p.returncode, out, err)
+  [winner] = [pid for pid, r in results.items() if r[0] == 0]
+  [loser] = [pid for pid, r in results.items() if r[0] != 0]
+  rc, out, err = results[loser]
+  assert rc == 1 and not _markers(out)  # It trained nothing.
+  line = _one_line_error(err)
+  assert line.startswith(f"error: {workdir} is in use: pid {winner} (python ")
+  assert line.endswith("is training in it now; wait for it to end, or pass "
+                       "another --workdir")
+  _assert_as_uninterrupted(workdir, reference)
+  assert len([n for n in os.listdir(workdir) if n.startswith("events")]) == 1
+
+
+def test_a_run_being_trained_refuses_a_report_and_predicts_partially(
+    prepared, tmp_path):
+  workdir = str(tmp_path / "run")
+  image = _digit_image(tmp_path)
+  hold = "chunk epoch=2 done=15"  # Epoch 1 is saved by then.
+  p = _start(_args(prepared, workdir), pause_s=0, hold=hold)
+  seen = {}
+  try:
+    for line in p.stdout:
+      if line.strip() == f"@{hold}":
+        seen["report"] = lh.run(["--mode=report", f"--workdir={workdir}"])
+        seen["predict"] = lh.run(["--mode=predict", f"--workdir={workdir}",
+                                  f"--image={image}"])
+        break
+  finally:
+    p.kill()
+    p.wait()
+  rc, _, err = seen["report"]
+  assert rc == 1 and _one_line_error(err).startswith(
+      f"error: {workdir} is in use: pid {p.pid} (python ")
+  assert err.strip().endswith("wait for it to end, then run this again")
+  rc, out, err = seen["predict"]
+  assert rc == 0 and out.startswith(f"{image}: ")
+  assert err.strip() == (
+      f"note: {workdir} is still training (pid {p.pid}, epoch 1 of 3 logged): "
+      "these results are of its latest checkpoint, of epoch 1")
+
+
+def _copy(reference, tmp_path, name="run"):
+  workdir = str(tmp_path / name)
+  shutil.copytree(reference[0], workdir)
+  return workdir
+
+
+def _edit_config(workdir, edit):
+  record = _config(workdir)
+  edit(record)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(record, f)
+
+
+def _report_and_predict(workdir, tmp_path):
+  image = _digit_image(tmp_path)
+  return {"report": ["--mode=report", f"--workdir={workdir}"],
+          "predict": ["--mode=predict", f"--workdir={workdir}",
+                      f"--image={image}"]}
+
+
+def test_other_settings_print_commands_that_work(prepared, reference,
+                                                 tmp_path):
+  workdir = _copy(reference, tmp_path)
+  args = _args(prepared, workdir)
+  rc, _, err = lh.run([*args, "--epochs=4"])
+  line = _one_line_error(err)
+  assert rc == 1 and "(epochs: 3 -> 4)" in line
+  assert f"--overwrite, which deletes {workdir}'s 3 logged epochs, 3 " \
+         "checkpoints and report" in line
+  own = re.search("run its own command: (.*?); to train", line).group(1)
+  rc, out, err = lh.follow(own)
+  assert rc == 0 and f"{workdir} already finished" in out, err
+  rc, out, err = lh.follow(shlex.join(["python", "launch.py", *args,
+                                       "--epochs=4", "--overwrite"]))
+  assert rc == 0, err
+  assert _config(workdir)["config"]["epochs"] == 4
+
+
+def _unreadable(workdir):
+  """config.json that this user cannot read: by its permissions, or (root
+  reads any file) as a folder in its place."""
+  path = os.path.join(workdir, "config.json")
+  os.chmod(path, 0)
+  if os.access(path, os.R_OK):
+    os.remove(path)
+    os.mkdir(path)
+
+
+@pytest.mark.parametrize("damage", ["invalid_json", "unreadable"])
+def test_a_damaged_config_json_deletes_nothing_in_any_mode(
+    prepared, reference, tmp_path, damage):
+  workdir = _copy(reference, tmp_path)
+  if damage == "invalid_json":
+    with open(os.path.join(workdir, "config.json"), "a") as f:
+      f.write("}")
+  else:
+    _unreadable(workdir)
+  before = lh.snapshot(workdir)
+  for mode, args in {"train": _args(prepared, workdir),
+                     **_report_and_predict(workdir, tmp_path)}.items():
+    rc, _, err = lh.run(args)
+    line = _one_line_error(err)
+    assert rc == 1, (mode, line)
+    assert "nothing was changed" in line and "another --workdir" in line
+    assert "--overwrite" not in line and "delet" not in line, line
+    assert lh.snapshot(workdir) == before, mode
+
+
+def test_an_edited_model_says_what_to_put_back(prepared, reference, tmp_path):
+  """The issue's case: report said "pass the --model it was trained with",
+  which was given already."""
+  workdir = _copy(reference, tmp_path)
+  _edit_config(workdir, lambda r: r["config"].update(model="linear"))
+  modes = {"train": _args(prepared, workdir),
+           **_report_and_predict(workdir, tmp_path)}
+  before = lh.snapshot(workdir)
+  for mode, args in modes.items():
+    rc, _, err = lh.run(args)
+    line = _one_line_error(err)
+    assert rc == 1 and line.endswith(
+        "the run's checkpoints were written by model 'mlp' (was one of them "
+        "edited or replaced?); nothing was changed: if config.json was "
+        "edited, set its \"model\" back to 'mlp'; or pass another --workdir"
+        ), (mode, line)
+    assert "--overwrite" not in line and "delet" not in line
+    assert lh.snapshot(workdir) == before
+  _edit_config(workdir, lambda r: r["config"].update(model="mlp"))
+  rc, out, err = lh.run(modes["train"])
+  assert rc == 0 and f"{workdir} already finished" in out, err
+  rc, out, err = lh.run(modes["report"])
+  assert rc == 0 and "report.md was rewritten" in out, err
+
+
+def test_a_torn_log_is_repaired_and_the_resume_says_how(prepared, reference,
+                                                        tmp_path):
+  workdir = str(tmp_path / "run")
+  args = _args(prepared, workdir)
+  rc, _, err, _ = lh.run_and_signal(args, lh.SIGTERM, epoch=3, chunk=2)
+  assert rc == 143, err
+  rows = lh.metrics(workdir)
+  assert [r["epoch"] for r in rows] == [1, 2]
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    f.write("{\"epoch\": 1, \"tr\x00\x00\n" + json.dumps(rows[1]) + "\n")
+  rc, out, err = lh.run(args)
+  assert rc == 0, err
+  log = os.path.join(workdir, "metrics.jsonl")
+  assert (f"{log}: line 1 was damaged (not a JSON row) and dropped; every "
+          "other row is kept") in out
+  assert (f"{log}: the row of epoch 1 was lost; written back marked "
+          "{\"lost\": true}") in out
+  want = reference[1]["rows"]
+  assert lh.deterministic(lh.metrics(workdir)) == [
+      {"epoch": 1, "step": 33, "lost": True}, *want[1:]]
+  assert _config(workdir)["finished"]
+
+
+def test_a_report_of_an_older_checkpoint_says_so_everywhere(
+    prepared, reference, tmp_path):
+  workdir = _copy(reference, tmp_path)
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "99"))  # The newest.
+  said = ("these results are of the checkpoint of epoch 2, older than the "
+          "run's last epoch, 3: its later checkpoints are missing")
+  modes = _report_and_predict(workdir, tmp_path)
+  rc, out, err = lh.run(modes["report"])
+  assert rc == 0 and out.strip().endswith(f"; note: {said}"), err
+  with open(os.path.join(workdir, "report.md")) as f:
+    assert f"> **Note:** {said}." in f.read().splitlines()[:4]
+  rc, out, err = lh.run(modes["predict"])
+  assert f"note: {said}" in err.splitlines()
+
+
+def test_a_second_ctrl_c_before_any_checkpoint_says_none_is_kept(
+    prepared, reference, tmp_path):
+  workdir = str(tmp_path / "run")
+  args = _args(prepared, workdir)
+  rc, _, err, _ = lh.run_and_signal(args, lh.SIGINT, epoch=1, chunk=2,
+                                    pause_s=2, repeat=2)
+  assert rc == 130, err
+  assert ("second Ctrl-C: quitting now without saving; no checkpoint has "
+          "been saved yet, so the run starts over. To resume, run: ") in err
+  rc, _, err = lh.follow(lh.printed_command(err))
+  assert rc == 0, err
+  _assert_as_uninterrupted(workdir, reference)
