@@ -223,7 +223,7 @@ class Config:
   remat: bool = _field(
       False, "Recompute each recurrent step in backprop: less memory, slower",
       DEVICES)
-  # On-device augmentation of training images (mnist_jax/augment.py).
+  # On-device augmentation of training images (mnist_jax/data/augment.py).
   augment: bool = _field(
       False, "Randomly shift, rotate and zoom each training image, on the "
       "device", DATA, preset=True)

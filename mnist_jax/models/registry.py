@@ -3,7 +3,7 @@
 A new architecture is one Flax module plus one `register(...)` call here. Presets
 are small dicts of Config overrides; a preset may name a `base` preset it edits,
 so `tuned` states only how it differs from `seed`. `build` swaps in a fast
-kernel (mnist_jax/kernels/) where `--impl` picks one.
+kernel (mnist_jax/models/kernels/) where `--impl` picks one.
 """
 
 import dataclasses
