@@ -277,7 +277,13 @@ def test_resume_on_other_devices(lab, name, on, tmp_path):
   shutil.copytree(source, workdir)
   folders = os.path.join(workdir, "checkpoints")
   last = max(os.listdir(folders), key=int)
-  shutil.rmtree(os.path.join(folders, last))  # Killed after epoch 1.
+  shutil.rmtree(os.path.join(folders, last))  # Killed after epoch 1:
+  config_path = os.path.join(workdir, "config.json")
+  with open(config_path) as f:
+    record = json.load(f)
+  record["finished"] = False  # so not yet recorded complete.
+  with open(config_path, "w") as f:
+    json.dump(record, f)
   rc, out, err = lab.launch(lab.args(family, topology, workdir), topology)
   assert rc == 0, err[-3000:]
   assert "resuming" in out
