@@ -1,4 +1,10 @@
-"""The supported datasets: name, tfds version, download URL and class names.
+"""The supported datasets, each declared once: files, classes and image shape.
+
+A dataset's class names fix its number of classes, and from it the models'
+output width, the labels the IDX reader accepts, the tfds features and the
+report's tables; its image shape is checked by the reader, the tfds features
+and the cache. Adding a dataset is one `DatasetInfo` entry in DATASETS (and
+its download's line in checksums.tsv where one is published).
 
 Kept free of tensorflow_datasets so that a run whose decoded arrays are already
 cached starts without importing tfds (about 0.3-1 s); `tfds_builder.py` builds
@@ -6,20 +12,52 @@ its builders from these records.
 """
 
 import dataclasses
-from typing import Optional, Tuple
+import string
+from typing import Tuple
+
+# The four IDX files of a dataset, in this order, named without ".gz".
+FILE_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+DIGITS = tuple(string.digits)
+EMNIST_URL = "https://biometrics.nist.gov/cs_links/EMNIST/gzip.zip"
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
+  """One dataset of four IDX files (images uint8 [N, H, W], labels [N]).
+
+  url: the folder the four `.gz` files download from, or (ending in .zip) an
+  archive holding them under `archive_folder`. first_label: the label the
+  files give class 0 (its class index is the file's label minus it).
+  transposed: the files store each image transposed; read back upright.
+  """
   name: str
   version: str
   url: str
   description: str
-  label_names: Optional[Tuple[str, ...]] = None  # None: the digits 0-9.
+  class_names: Tuple[str, ...] = DIGITS
+  image_shape: Tuple[int, int] = (28, 28)
+  train_size: int = 60_000
+  files: Tuple[str, ...] = MNIST_FILES  # In FILE_KEYS order.
+  archive_folder: str = ""
+  first_label: int = 0
+  transposed: bool = False
 
   @property
-  def class_names(self) -> list:
-    return list(self.label_names or [str(i) for i in range(10)])
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  @property
+  def file_names(self) -> dict:
+    """{"train_images": "train-images-idx3-ubyte", ...}: FILE_KEYS -> name."""
+    return dict(zip(FILE_KEYS, self.files))
+
+
+def _emnist_files(split: str) -> Tuple[str, ...]:
+  return tuple(f"emnist-{split}-{part}-{kind}-idx{dims}-ubyte"
+               for part in ("train", "test")
+               for kind, dims in (("images", 3), ("labels", 1)))
 
 
 DATASETS = {d.name: d for d in (
@@ -35,9 +73,32 @@ DATASETS = {d.name: d for d in (
                 "http://codh.rois.ac.jp/kmnist/dataset/kmnist/",
                 "Kuzushiji-MNIST: cursive Japanese characters, 10 classes.",
                 ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")),
+    # EMNIST's own classes: balanced merges the 15 lower-case letters whose
+    # shape is their capital's (c, i, j, k, l, m, o, p, s, u, v, w, x, y, z).
+    DatasetInfo("emnist_balanced", "1.0.0", EMNIST_URL,
+                "EMNIST Balanced: handwritten digits and letters, 47 classes, "
+                "upright.",
+                DIGITS + tuple(string.ascii_uppercase) + tuple("abdefghnqrt"),
+                train_size=112_800, files=_emnist_files("balanced"),
+                archive_folder="gzip", transposed=True),
+    # Letters: upper and lower case together; the files label them 1..26.
+    DatasetInfo("emnist_letters", "1.0.0", EMNIST_URL,
+                "EMNIST Letters: handwritten letters A-Z (either case), 26 "
+                "classes, upright.",
+                tuple(string.ascii_uppercase), train_size=88_800,
+                files=_emnist_files("letters"), archive_folder="gzip",
+                first_label=1, transposed=True),
 )}
+
+
+def get(dataset: str) -> DatasetInfo:
+  return DATASETS[dataset]
 
 
 def class_names(dataset: str) -> list:
   """Human-readable label names: digits for MNIST, words for the sisters."""
-  return DATASETS[dataset].class_names
+  return list(DATASETS[dataset].class_names)
+
+
+def num_classes(dataset: str) -> int:
+  return DATASETS[dataset].num_classes

@@ -1,15 +1,18 @@
 """Reading and writing the IDX format the MNIST files come in.
 
 Every malformed input (bad gzip, wrong magic, truncated, wrong sizes, labels out
-of range) raises `IdxError` naming the file; nothing else escapes.
+of range) raises `IdxError` naming the file; nothing else escapes. The image
+shape and label range are the dataset's (datasets.py).
 """
 
 import gzip
 import struct
 import zlib
+from typing import Tuple
 
 import numpy as np
 
+from mnist_jax.data import datasets
 from mnist_jax.errors import UserError
 
 IMAGES_MAGIC = 0x00000803  # uint8 data, 3 dimensions.
@@ -36,15 +39,17 @@ def _read_bytes(path: str) -> bytes:
   return raw
 
 
-def read(path: str, expect_magic: int) -> np.ndarray:
+def read(path: str, expect_magic: int,
+         image_shape: Tuple[int, int] = (28, 28)) -> np.ndarray:
   """Reads one IDX file (optionally gzip-compressed) into a uint8 array.
 
   Args:
     path: the file.
     expect_magic: IMAGES_MAGIC or LABELS_MAGIC.
+    image_shape: the (H, W) images must have.
 
   Returns:
-    [N, 28, 28] uint8 for images, [N] uint8 for labels.
+    [N, H, W] uint8 for images, [N] uint8 for labels.
   """
   raw = _read_bytes(path)
   kind = "images" if expect_magic == IMAGES_MAGIC else "labels"
@@ -58,8 +63,9 @@ def read(path: str, expect_magic: int) -> np.ndarray:
     raise IdxError(f"{path} is not an IDX {kind} file (magic 0x{magic:08x}, "
                    f"expected 0x{expect_magic:08x})")
   dims = struct.unpack(f">{ndim}I", raw[4:header])
-  if ndim == 3 and dims[1:] != (28, 28):
-    raise IdxError(f"{path} holds {dims[1]}x{dims[2]} images; 28x28 expected")
+  if ndim == 3 and dims[1:] != tuple(image_shape):
+    raise IdxError(f"{path} holds {dims[1]}x{dims[2]} images; "
+                   f"{image_shape[0]}x{image_shape[1]} expected")
   if not 0 < dims[0] <= MAX_ITEMS:
     raise IdxError(f"{path} claims {dims[0]} {kind}; that is not a valid count")
   size = int(np.prod(dims))
@@ -71,25 +77,34 @@ def read(path: str, expect_magic: int) -> np.ndarray:
   return np.frombuffer(raw, np.uint8, count=size, offset=header).reshape(dims)
 
 
-def read_pair(images_path: str, labels_path: str):
-  """Reads matching image and label files and checks they agree.
+def read_pair(images_path: str, labels_path: str,
+              dataset: datasets.DatasetInfo = datasets.DATASETS["mnist"]):
+  """Reads matching image and label files of `dataset` and checks they agree.
+
+  Images the dataset stores transposed come back upright, and labels as class
+  indices (the file's label minus `dataset.first_label`).
 
   Returns:
-    images [N, 28, 28] uint8 and labels [N] int32 in 0..9.
+    images [N, H, W] uint8 and labels [N] int32 in 0..K-1, for the dataset's
+    image shape (H, W) and K classes.
   """
-  images = read(images_path, IMAGES_MAGIC)
+  images = read(images_path, IMAGES_MAGIC, dataset.image_shape)
   labels = read(labels_path, LABELS_MAGIC)
   if len(images) != len(labels):
     raise IdxError(f"{images_path} has {len(images)} images but {labels_path} "
                    f"has {len(labels)} labels")
-  if labels.max() > 9:
-    raise IdxError(f"{labels_path} has a label {int(labels.max())}; labels must "
-                   "be 0-9")
-  return images, labels.astype(np.int32)
+  low, high = dataset.first_label, dataset.first_label + dataset.num_classes - 1
+  if labels.min() < low or labels.max() > high:
+    bad = int(labels.max() if labels.max() > high else labels.min())
+    raise IdxError(f"{labels_path} has a label {bad}; labels must be "
+                   f"{low}-{high} ({dataset.name})")
+  if dataset.transposed:
+    images = np.ascontiguousarray(images.transpose(0, 2, 1))
+  return images, labels.astype(np.int32) - low
 
 
 def write(path: str, array: np.ndarray, compress: bool = False) -> None:
-  """Writes uint8 images [N, 28, 28] or labels [N] as an IDX file (for tests)."""
+  """Writes uint8 images [N, H, W] or labels [N] as an IDX file (for tests)."""
   array = np.asarray(array, np.uint8)
   magic = IMAGES_MAGIC if array.ndim == 3 else LABELS_MAGIC
   data = struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.tobytes()

@@ -26,7 +26,7 @@ NETWORK_TIMEOUT_S = 3.0
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """One split: images [N, 28, 28] uint8 and labels [N] int32 (numpy or jax)."""
+  """One split: images [N, H, W] uint8 and labels [N] int32 (numpy or jax)."""
   images: object
   labels: object
 
@@ -68,14 +68,14 @@ def _write_cache(path: str, arrays: dict) -> None:
     np.savez(f, **arrays)
 
 
-def _read_cache(path: str):
+def _read_cache(path: str, image_shape):
   try:
     with np.load(path) as z:
       arrays = {k: z[k] for k in ("train_images", "train_labels", "test_images",
                                   "test_labels")}
   except Exception:  # pylint: disable=broad-except
     return None  # A damaged cache is rebuilt from the prepared dataset.
-  if (arrays["train_images"].shape[1:] != (28, 28) or
+  if (arrays["train_images"].shape[1:] != tuple(image_shape) or
       len(arrays["train_images"]) != len(arrays["train_labels"]) or
       len(arrays["test_images"]) != len(arrays["test_labels"])):
     return None
@@ -100,14 +100,14 @@ def prepare(dataset: str = "mnist", data_dir=None, mnist_dir=None) -> dict:
   """Makes sure the tfds dataset is prepared and returns its decoded arrays.
 
   Args:
-    dataset: "mnist", "fashion_mnist" or "kmnist".
+    dataset: a name in datasets.DATASETS.
     data_dir: tfds data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).
     mnist_dir: folder with the four IDX files, for preparing with no network.
 
   Returns:
-    dict with train_images [60000, 28, 28] uint8, train_labels [60000] int32,
-    test_images [10000, 28, 28] uint8, test_labels [10000] int32 (fewer for
-    small synthetic datasets).
+    dict with train_images [N, H, W] uint8, train_labels [N] int32 (class
+    indices), test_images [M, H, W] uint8, test_labels [M] int32: for MNIST
+    N = 60000, M = 10000, H = W = 28 (fewer for small synthetic datasets).
   """
   data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
   if os.path.isdir(data_dir) and not os.access(data_dir, os.R_OK | os.X_OK):
@@ -115,9 +115,10 @@ def prepare(dataset: str = "mnist", data_dir=None, mnist_dir=None) -> dict:
     raise UserError(f"--data_dir={data_dir} cannot be read by this user "
                     "(permission denied); give read access to it, or pass "
                     "another --data_dir")
-  cache = _cache_path(data_dir, dataset, datasets.DATASETS[dataset].version)
+  info = datasets.get(dataset)
+  cache = _cache_path(data_dir, dataset, info.version)
   if os.path.exists(cache):
-    arrays = _read_cache(cache)
+    arrays = _read_cache(cache, info.image_shape)
     if arrays is not None:
       return arrays
 
@@ -153,11 +154,18 @@ def _from_tfds(tfds, dataset: str, data_dir: str, mnist_dir) -> dict:
       if not os.path.isdir(mnist_dir):
         raise UserError(f"--mnist_dir={mnist_dir} is not a folder; pass the folder "
                         "that holds the four IDX files")
-      paths = tfds_builder.find_idx_files(mnist_dir)
+      paths = tfds_builder.find_idx_files(mnist_dir, dataset)
       for split in ("train", "test"):  # Validate before tfds writes anything.
-        idx.read_pair(paths[f"{split}_images"], paths[f"{split}_labels"])
+        idx.read_pair(paths[f"{split}_images"], paths[f"{split}_labels"],
+                      datasets.get(dataset))
       config = tfds.download.DownloadConfig(manual_dir=mnist_dir)
     else:
+      unverified = tfds_builder.unverified_urls(dataset)
+      if unverified:
+        raise UserError(
+            f"{dataset} is not prepared in {data_dir}, and no checksum of "
+            f"{unverified[0]} is recorded, so it is not downloaded unchecked: "
+            "pass --mnist_dir=DIR (a folder with the four IDX files)")
       if not _network_reachable(builder_cls.URL):
         raise UserError(
             f"{dataset} is not prepared in {data_dir} and the network is "
@@ -212,7 +220,7 @@ def split(arrays: dict, val_fraction: float, class_names=None) -> Dataset:
       train=Split(arrays["train_images"][:n_train], arrays["train_labels"][:n_train]),
       val=Split(arrays["train_images"][n_train:], arrays["train_labels"][n_train:]),
       test=Split(arrays["test_images"], arrays["test_labels"]),
-      class_names=tuple(class_names or [str(i) for i in range(10)]),
+      class_names=tuple(class_names or datasets.DIGITS),
   )
 
 

@@ -1,10 +1,13 @@
 """tfds builders for MNIST and its IDX-format sisters, usable without TensorFlow.
 
-They write `array_record` files that `tfds.data_source` reads, element for element
-the same as the official tfds `mnist:3.0.1` (and `fashion_mnist`, `kmnist`). Online
-they download the four IDX files through tfds's download manager, which checks them
-against `checksums.tsv` beside this file. Offline, `DownloadConfig(manual_dir=DIR)`
-points them at a folder holding the four files, `.gz` or not.
+One builder per dataset in datasets.py. They write `array_record` files that
+`tfds.data_source` reads, element for element the same as the official tfds
+`mnist:3.0.1` (and `fashion_mnist`, `kmnist`); the EMNIST ones store the images
+upright and the labels from 0, unlike tfds's `emnist`. Online they download the
+four IDX files (or EMNIST's archive of them) through tfds's download manager,
+which checks them against `checksums.tsv` beside this file. Offline,
+`DownloadConfig(manual_dir=DIR)` points them at a folder holding the four
+files, `.gz` or not.
 """
 
 import os
@@ -17,22 +20,20 @@ import tensorflow_datasets as tfds
 from mnist_jax.data import datasets
 from mnist_jax.data import idx
 
-FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
+FILES = datasets.DATASETS["mnist"].file_names  # MNIST's four, for messages.
+CHECKSUMS = os.path.join(os.path.dirname(__file__), "checksums.tsv")
 
 
-def find_idx_files(folder: str) -> dict:
-  """Maps each of FILES to its path in `folder` (plain or `.gz`), or raises.
+def find_idx_files(folder: str, dataset: str = "mnist") -> dict:
+  """Maps each of the dataset's four files to its path in `folder` (plain or
+  `.gz`), or raises.
 
   Raises:
     idx.IdxError: a file is missing, or the folder cannot be read.
   """
+  names = datasets.get(dataset).file_names
   found = {}
-  for key, stem in FILES.items():
+  for key, stem in names.items():
     for name in (stem, stem + ".gz"):
       path = os.path.join(folder, name)
       try:  # os.path.isfile would call a file in an unreadable folder missing.
@@ -48,28 +49,59 @@ def find_idx_files(folder: str) -> dict:
         break
     else:
       raise idx.IdxError(f"{stem}[.gz] is missing from {folder}: it must hold the "
-                         f"four IDX files {', '.join(FILES.values())}")
+                         f"four IDX files {', '.join(names.values())}")
   return found
 
 
+def download_urls(dataset: str) -> list:
+  """The URLs a download of `dataset` fetches: its four `.gz` files, or the
+  one archive that holds them."""
+  info = datasets.get(dataset)
+  if info.url.endswith(".zip"):
+    return [info.url]
+  return [info.url + stem + ".gz" for stem in info.files]
+
+
+def unverified_urls(dataset: str) -> list:
+  """The download URLs of `dataset` with no size and SHA-256 in checksums.tsv:
+  a download of them could not be checked, so none is attempted."""
+  with open(CHECKSUMS) as f:
+    known = {line.split("\t", 1)[0] for line in f if line.strip()}
+  return [url for url in download_urls(dataset) if url not in known]
+
+
+def _downloaded_files(dl_manager, info: datasets.DatasetInfo) -> dict:
+  """Downloads the dataset's files (tfds checks them against checksums.tsv)
+  and maps FILE_KEYS to their paths."""
+  if info.url.endswith(".zip"):
+    folder = os.path.join(os.fspath(dl_manager.download_and_extract(info.url)),
+                          info.archive_folder)
+    return {key: os.path.join(folder, stem + ".gz")
+            for key, stem in info.file_names.items()}
+  paths = dl_manager.download(
+      {key: info.url + stem + ".gz" for key, stem in info.file_names.items()})
+  return {key: os.fspath(path) for key, path in paths.items()}
+
+
 class _IdxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Shared builder: 28x28 uint8 images with labels 0-9 from four IDX files."""
+  """Shared builder: uint8 images and class labels from four IDX files, as
+  its dataset's DatasetInfo (`INFO`) declares them."""
 
   VERSION = tfds.core.Version("3.0.1")
   URL = ""
-  LABEL_NAMES = None
-  DESCRIPTION = ""
+  INFO = datasets.DATASETS["mnist"]
 
   def _info(self):
-    if self.LABEL_NAMES:
-      label = tfds.features.ClassLabel(names=list(self.LABEL_NAMES))
+    names = self.INFO.class_names
+    if names == tuple(str(i) for i in range(len(names))):
+      label = tfds.features.ClassLabel(num_classes=len(names))
     else:
-      label = tfds.features.ClassLabel(num_classes=10)
+      label = tfds.features.ClassLabel(names=list(names))
     return tfds.core.DatasetInfo(
         builder=self,
-        description=self.DESCRIPTION,
+        description=self.INFO.description,
         features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(28, 28, 1)),
+            "image": tfds.features.Image(shape=(*self.INFO.image_shape, 1)),
             "label": label,
         }),
         supervised_keys=("image", "label"),
@@ -78,11 +110,9 @@ class _IdxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _split_generators(self, dl_manager):
     manual = dl_manager._manual_dir  # pylint: disable=protected-access
     if manual is not None and os.fspath(manual):
-      paths = find_idx_files(os.fspath(manual))
+      paths = find_idx_files(os.fspath(manual), self.INFO.name)
     else:
-      paths = dl_manager.download(
-          {key: self.URL + stem + ".gz" for key, stem in FILES.items()})
-      paths = {key: os.fspath(path) for key, path in paths.items()}
+      paths = _downloaded_files(dl_manager, self.INFO)
     return {
         split: self._generate_examples(paths[f"{split}_images"],
                                        paths[f"{split}_labels"])
@@ -90,7 +120,7 @@ class _IdxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     }
 
   def _generate_examples(self, images_path, labels_path):
-    images, labels = idx.read_pair(images_path, labels_path)
+    images, labels = idx.read_pair(images_path, labels_path, self.INFO)
     for index in range(len(labels)):
       # A PIL image is PNG-encoded by PIL; a numpy one would need TensorFlow.
       yield index, {"image": Image.fromarray(images[index], mode="L"),
@@ -100,8 +130,7 @@ class _IdxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 def _builder(info: datasets.DatasetInfo):
   return type(info.name.title().replace("_", ""), (_IdxBuilder,), dict(
       name=info.name, VERSION=tfds.core.Version(info.version), URL=info.url,
-      DESCRIPTION=info.description, LABEL_NAMES=info.label_names,
-      __module__=__name__),
+      INFO=info, __module__=__name__),
               skip_registration=True)
 
 
@@ -112,11 +141,11 @@ def decode_split(builder: tfds.core.DatasetBuilder, split: str):
   """Reads a prepared split through `tfds.data_source` into uint8 arrays.
 
   Returns:
-    images [N, 28, 28] uint8 and labels [N] int32, in the stored order.
+    images [N, H, W] uint8 and labels [N] int32, in the stored order.
   """
   source = builder.as_data_source(split=split)
   n = len(source)
-  images = np.empty((n, 28, 28), np.uint8)
+  images = np.empty((n, *builder.info.features["image"].shape[:2]), np.uint8)
   labels = np.empty((n,), np.int32)
   step = 4096
   for start in range(0, n, step):
