@@ -138,7 +138,7 @@ class Config:
       "tuned", "Settings for --model: seed (its notebook), tuned, best (most "
       "accurate), fast (cnn), pixels or permuted (rnn, lstm, gru)", MODEL)
   dataset: str = _field(
-      "mnist", "Which dataset: mnist, fashion_mnist or kmnist", DATA)
+      "mnist", f"Which dataset: {', '.join(DATASETS)}", DATA)
   # Data.
   data_dir: Optional[str] = _field(
       None, "tfds data folder the dataset is prepared and cached in; "

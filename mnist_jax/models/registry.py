@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 
 from mnist_jax import config as config_lib
+from mnist_jax.data import datasets
 from mnist_jax.data import views
 from mnist_jax.errors import UserError
 from mnist_jax.models import cnn
@@ -23,7 +24,8 @@ from mnist_jax.models import recurrent
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-  """A registered model."""
+  """A registered model. Its module has a `num_classes` attribute: the output
+  width, set from the config's dataset (`module`)."""
   name: str
   stock: Callable[[config_lib.Config], nn.Module]  # Its stock Flax module.
   view: str  # "flat", "image" or "rows": see views.to_view.
@@ -32,11 +34,16 @@ class ModelSpec:
   # --dry_run): e.g. "784-1024-1024-10, ReLU, dropout 0.3".
   describe: Callable[[config_lib.Config], str]
 
+  def module(self, config: config_lib.Config) -> nn.Module:
+    """The stock module, as wide at its output as the dataset has classes."""
+    return self.stock(config).clone(
+        num_classes=datasets.num_classes(config.dataset))
+
   def build(self, config: config_lib.Config,
             backend: Optional[str] = None) -> nn.Module:
     """The stock module, or its kernel where `kernels.resolve` picks it on
     `backend` (default: JAX's default backend)."""
-    module = self.stock(config)
+    module = self.module(config)
     if kernels.resolve(config, backend or jax.default_backend()) == "fast":
       return kernels.drop_in(config.model, module)
     return module
@@ -145,8 +152,12 @@ def _dropout(c: config_lib.Config) -> str:
   return f", dropout {c.dropout:g}" if c.dropout else ""
 
 
+def _classes(c: config_lib.Config) -> int:
+  return datasets.num_classes(c.dataset)
+
+
 def _describe_mlp(c: config_lib.Config) -> str:
-  widths = "-".join(str(w) for w in (784, *c.mlp_hidden, 10))
+  widths = "-".join(str(w) for w in (784, *c.mlp_hidden, _classes(c)))
   return f"{widths}, ReLU{_dropout(c)}"
 
 
@@ -154,7 +165,8 @@ def _describe_cnn(c: config_lib.Config) -> str:
   padding = " SAME" if c.cnn_padding == "SAME" else ""
   convs = [f"Conv{w} {c.cnn_kernel}x{c.cnn_kernel}{padding}, max-pool"
            for w in c.cnn_features]
-  return f"{', '.join(convs)}, Dense{c.cnn_dense}, Dense10{_dropout(c)}"
+  return (f"{', '.join(convs)}, Dense{c.cnn_dense}, Dense{_classes(c)}"
+          f"{_dropout(c)}")
 
 
 _READS = {"rows": "the 28 rows", "pixels": "the 784 pixels",
@@ -166,7 +178,7 @@ def _describe_recurrent(cell: str):
     layers = f"{c.num_layers} x " if c.num_layers > 1 else ""
     both = "bidirectional " if c.bidirectional else ""
     return (f"{layers}{both}{cell}({c.hidden}) over {_READS[c.sequence]}, "
-            f"last state to Dense(10){_dropout(c)}")
+            f"last state to Dense({_classes(c)}){_dropout(c)}")
   return describe_fn
 
 
@@ -178,7 +190,7 @@ _AUGMENT = dict(augment=True, augment_shift=2.0, augment_rotate=10.0,
 # the accuracy bars in the README within 3 minutes on a 2-core CPU.
 register(ModelSpec(
     name="linear", view="flat",
-    describe=lambda c: "Dense(10) on the 784 pixels",
+    describe=lambda c: f"Dense({_classes(c)}) on the 784 pixels",
     stock=lambda c: dense.Linear(),
     presets={
         "seed": dict(epochs=5, batch_size=32, learning_rate=1e-3, val_fraction=0.0),

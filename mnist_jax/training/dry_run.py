@@ -15,13 +15,10 @@ import jax
 from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.config import value_text
+from mnist_jax.data import datasets
 from mnist_jax.training import devices
 from mnist_jax.training import members as members_lib
 from mnist_jax.training import resources
-
-# The training split of every dataset in datasets.py: 60,000 images.
-TRAIN_IMAGES = 60_000
-
 
 def sources(config: config_lib.Config, flags_given: Dict[str, object]
             ) -> Dict[str, str]:
@@ -49,17 +46,18 @@ def sources(config: config_lib.Config, flags_given: Dict[str, object]
 def validation_line(config: config_lib.Config, num_members: int) -> str:
   """Which part of the training split is held out, and what reads it."""
   f = config.val_fraction
+  n = datasets.get(config.dataset).train_size
   if f > 0:
-    held = TRAIN_IMAGES - int(TRAIN_IMAGES * (1.0 - f))  # As pipeline.split.
+    held = n - int(n * (1.0 - f))  # As pipeline.split.
     uses = ["the validation curve"]
     if num_members > 1:
       uses.append("the member choice")
     if config.target_accuracy:
       uses.append("--target_accuracy")
     return (f"the last {100 * f:g}% of the training split ({held:,} of its "
-            f"{TRAIN_IMAGES:,} images; it trains on the other "
-            f"{TRAIN_IMAGES - held:,}), for {' and '.join(uses)}")
-  text = (f"none: it trains on all {TRAIN_IMAGES:,} training images, so no "
+            f"{n:,} images; it trains on the other "
+            f"{n - held:,}), for {' and '.join(uses)}")
+  text = (f"none: it trains on all {n:,} training images, so no "
           "validation curve")
   if config.target_accuracy:
     text += "; --target_accuracy stops on test accuracy"

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from mnist_jax import config as config_lib
 from mnist_jax import models
+from mnist_jax.data import datasets
 from mnist_jax.data import views
 from mnist_jax.errors import OutOfResources, UserError
 from mnist_jax.rundir import files
@@ -34,11 +35,12 @@ NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 def parameter_count(config: config_lib.Config) -> int:
   """Parameters of one member of `config`'s model, from shapes alone (no
   allocation, no compile; kernels share the stock module's parameters)."""
-  module = models.get(config.model).stock(config)
+  module = models.get(config.model).module(config)
   view = models.input_view(config)
 
   def init(key):
-    x = views.to_view(jnp.zeros((1, 28, 28), jnp.uint8), view)
+    x = views.to_view(jnp.zeros((1, *datasets.get(config.dataset).image_shape),
+                                jnp.uint8), view)
     return module.init(key, x, train=False)["params"]
 
   shapes = jax.eval_shape(init, jax.ShapeDtypeStruct((2,), jnp.uint32))

@@ -26,6 +26,7 @@ from mnist_jax import models
 from mnist_jax.config import Config
 from mnist_jax.data import augment as augment_lib
 from mnist_jax.data import batches as batches_lib
+from mnist_jax.data import datasets
 from mnist_jax.data import pipeline
 from mnist_jax.data import views
 from mnist_jax.errors import Diverged, UserError
@@ -62,7 +63,8 @@ def create_train_state(rng: jax.Array, config: Config, model: nn.Module,
   """
   init_rng, dropout_rng = jax.random.split(rng)
   view = models.input_view(config)
-  dummy = views.to_view(jnp.zeros((1, 28, 28), jnp.uint8), view)
+  shape = datasets.get(config.dataset).image_shape
+  dummy = views.to_view(jnp.zeros((1, *shape), jnp.uint8), view)
   params = jax.jit(functools.partial(model.init, train=False))(
       init_rng, dummy)["params"]
   hparams = dict(hparams or {})
@@ -233,10 +235,10 @@ def make_evaluate(config: Config, apply_fn: Callable, jit: bool = True) -> Calla
 
 def predict_logits(params, apply_fn: Callable, images: np.ndarray, view: str,
                    batch_size: int = 1000, stacked: bool = False) -> np.ndarray:
-  """Logits [N, 10] for uint8 images [N, 28, 28], in order (no example dropped).
+  """Logits [N, K] for uint8 images [N, 28, 28], in order (no example dropped).
 
   stacked: `params` are S models' stacked [S, ...]; returns their logits
-  [S, N, 10], computed one model after another in one program.
+  [S, N, K], computed one model after another in one program.
   """
   n = len(images)
   batch_idx, _ = batches_lib.eval_batches(n, batch_size)
