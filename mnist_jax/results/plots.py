@@ -72,6 +72,16 @@ def _labels(class_names: Optional[Sequence[str]], k: int) -> List[str]:
   return list(class_names) if class_names else [str(i) for i in range(k)]
 
 
+def _num_classes(*labels) -> int:
+  """K where no class names are given: one past the largest label seen."""
+  return 1 + max((int(np.max(l)) for l in labels if np.size(l)), default=0)
+
+
+def _class_scale(k: int) -> float:
+  """How much wider a per-class figure is than for 10 classes (>= 1)."""
+  return max(1.0, k / 16)
+
+
 def confusion_matrix(counts: np.ndarray, path: str,
                      class_names: Optional[Sequence[str]] = None,
                      title: str = "") -> str:
@@ -79,14 +89,16 @@ def confusion_matrix(counts: np.ndarray, path: str,
   k = counts.shape[0]
   names = _labels(class_names, k)
   rows = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-  fig, ax = plt.subplots(figsize=(7.5, 6.5))
+  scale = _class_scale(k)
+  fig, ax = plt.subplots(figsize=(7.5 * scale, 6.5 * scale))
   image = ax.imshow(rows, cmap="Blues", vmin=0.0, vmax=1.0)
   bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
   bar.set_label("Fraction of the true class")
   for i in range(k):
     for j in range(k):
       if counts[i, j]:
-        ax.text(j, i, f"{counts[i, j]:d}", ha="center", va="center", fontsize=8,
+        ax.text(j, i, f"{counts[i, j]:d}", ha="center", va="center",
+                fontsize=8 if k <= 16 else 6,
                 color="white" if rows[i, j] > 0.5 else
                 ("firebrick" if i != j else "black"))
   ax.set_xticks(range(k), names, rotation=45 if len(max(names, key=len)) > 2
@@ -107,13 +119,14 @@ def per_class_accuracy(accuracy: np.ndarray, support: np.ndarray, path: str,
   k = len(accuracy)
   names = _labels(class_names, k)
   pct = 100.0 * np.asarray(accuracy, dtype=float)
-  fig, ax = plt.subplots(figsize=(8, 4.2))
+  fig, ax = plt.subplots(figsize=(8 * _class_scale(k), 4.2))
   colors = ["firebrick" if p == pct.min() else "steelblue" for p in pct]
   ax.bar(range(k), pct, color=colors)
   low = max(0.0, np.floor(min(pct.min(), overall * 100 if overall else 100) - 2))
   ax.set_ylim(low, 100.5)
   for i, p in enumerate(pct):
-    ax.text(i, p + 0.1, f"{p:.1f}", ha="center", va="bottom", fontsize=8)
+    ax.text(i, p + 0.1, f"{p:.1f}", ha="center", va="bottom",
+            fontsize=8 if k <= 16 else 5)
   if overall is not None:
     ax.axhline(100 * overall, color="gray", ls="--",
                label=f"overall {100 * overall:.2f}%")
@@ -131,7 +144,8 @@ DIGIT_CMAP = "gray_r"  # Every figure draws digits as dark ink on white.
 
 
 def _digit(ax, image, frame_color=None):
-  """A [28, 28] uint8 digit, dark ink on white, in every figure alike."""
+  """A [H, W] uint8 image (a digit, letter...), dark ink on white, in every
+  figure alike."""
   ax.imshow(image, cmap=DIGIT_CMAP, vmin=0, vmax=255)
   ax.set_xticks([])
   ax.set_yticks([])
@@ -155,8 +169,8 @@ def prediction_grid(images: np.ndarray, labels: np.ndarray, predicted: np.ndarra
                     path: str, class_names: Optional[Sequence[str]] = None,
                     indices: Optional[Sequence[int]] = None, cols: int = 8,
                     title: str = "") -> str:
-  """Test digits with true and predicted labels; wrong ones framed in red."""
-  names = _labels(class_names, 10)
+  """Test images with true and predicted labels; wrong ones framed in red."""
+  names = _labels(class_names, _num_classes(labels, predicted))
   indices = list(range(len(images))) if indices is None else list(indices)
   fig, axes = _grid(len(images), cols)
   wrong = 0
@@ -177,7 +191,7 @@ def mistakes(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray,
              indices: Optional[Sequence[int]] = None, cols: int = 6,
              title: str = "") -> str:
   """The most confident wrong predictions: predicted and true label, both probabilities."""
-  names = _labels(class_names, 10)
+  names = _labels(class_names, _num_classes(labels, predicted))
   fig, axes = _grid(max(len(images), 1), cols)
   indices = list(range(len(images))) if indices is None else list(indices)
   if not len(images):
@@ -208,8 +222,10 @@ def probability_bars(ax, probabilities: np.ndarray, class_names=None,
   for i, p in enumerate(pct):
     if p >= 0.05:
       ax.text(i, p + 1, f"{p:.1f}" if p < 99.95 else "100", ha="center",
-              va="bottom", fontsize=8)
+              va="bottom", fontsize=8 if k <= 16 else 5)
   ax.set_xticks(range(k), names)
+  if k > 16:
+    ax.tick_params(axis="x", labelsize=6)
   ax.set_ylim(0, 110)
   ax.set_xlabel("Class")
   ax.set_ylabel("Probability (%)")
@@ -219,13 +235,15 @@ def probability_bars(ax, probabilities: np.ndarray, class_names=None,
 def sample_probabilities(samples: Sequence[dict], path: str,
                          class_names: Optional[Sequence[str]] = None,
                          title: str = "") -> str:
-  """Rows of (digit, its 10 class-probability bars).
+  """Rows of (image, its K class-probability bars).
 
-  Each sample is a dict with image [28, 28] uint8, probabilities [10], and
+  Each sample is a dict with image [H, W] uint8, probabilities [K], and
   optional label (int) and caption (str).
   """
-  names = _labels(class_names, 10)
-  fig, axes = plt.subplots(len(samples), 2, figsize=(9, 3.1 * len(samples)),
+  k = len(samples[0]["probabilities"]) if samples else 0
+  names = _labels(class_names, k)
+  fig, axes = plt.subplots(len(samples), 2,
+                           figsize=(9 * _class_scale(k), 3.1 * len(samples)),
                            gridspec_kw={"width_ratios": [1, 2.6]}, squeeze=False)
   for (ax_img, ax_bar), s in zip(axes, samples):
     label = s.get("label")

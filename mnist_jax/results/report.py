@@ -23,7 +23,7 @@ from mnist_jax.rundir import folder
 from mnist_jax.training import control
 from mnist_jax.training import members as members_lib
 
-GRID_SIZE = 40  # Test digits shown in predictions.png.
+GRID_SIZE = 40  # Test images shown in predictions.png.
 MISTAKES_SHOWN = 24
 PAIRS_LISTED = 10
 FILES = ("report.md", "confusion_matrix.png", "confusion_matrix.csv",
@@ -70,8 +70,9 @@ def ensemble_metrics(logits: np.ndarray,
           "members": len(finite)}
 
 
-def confusion(labels: np.ndarray, predicted: np.ndarray, k: int = 10) -> np.ndarray:
-  """[K, K] int64 counts: rows are true labels, columns predictions."""
+def confusion(labels: np.ndarray, predicted: np.ndarray, k: int) -> np.ndarray:
+  """[K, K] int64 counts of K classes: rows are true labels, columns
+  predictions."""
   flat = np.asarray(labels, np.int64) * k + np.asarray(predicted, np.int64)
   return np.bincount(flat, minlength=k * k).reshape(k, k)
 
@@ -155,9 +156,9 @@ def write(workdir: str, config, test, logits: np.ndarray,
     workdir: the run folder (its metrics.jsonl gives the learning curves, and
       with several members which one was chosen).
     config: the run's Config.
-    test: pipeline.Split with images [N, 28, 28] uint8 and labels [N].
+    test: pipeline.Split with images [N, H, W] uint8 and labels [N].
     logits: the (chosen member's) logits [N, K] for those images, in order.
-    class_names: K label names (default "0".."9").
+    class_names: K label names (default "0".."K-1").
     ensemble: `ensemble_metrics` of the chosen grid point's seeds, if several.
     note: what the model stands for where it is not the finished run's (an
       older checkpoint, an unfinished run), shown at the top of report.md.

@@ -108,7 +108,7 @@ class Run:
 
   def _logits(self, x: np.ndarray, stacked: bool, batch_size: int):
     if not len(x):  # No program runs on an empty batch.
-      k = len(datasets.class_names(self.config.dataset))
+      k = datasets.num_classes(self.config.dataset)
       return np.zeros((len(self.seeds),) * stacked + (0, k), np.float32)
     params = self.seed_params if stacked else self.params
     return train.predict_logits(params, self.apply_fn, x, self.view,
@@ -276,13 +276,14 @@ PLOT_DIR = "predict"
 @dataclasses.dataclass
 class Prediction:
   file: str
-  digit: Optional[int] = None
+  digit: Optional[int] = None  # The class index (a digit on MNIST).
+  name: Optional[str] = None  # The class's name in its dataset.
   probabilities: Optional[List[float]] = None
   image: Optional[np.ndarray] = None  # [28, 28] uint8, as the model saw it.
   error: Optional[str] = None
 
   def to_json(self) -> str:
-    record = {"file": self.file, "digit": self.digit,
+    record = {"file": self.file, "digit": self.digit, "class": self.name,
               "probabilities": self.probabilities}
     if self.error is not None:
       record["error"] = self.error
@@ -314,8 +315,10 @@ def predict_files(run: Run, paths: Sequence[str],
   if good:
     images = np.stack([r.image for r in good])
     probs = run.probabilities(images, ensemble, batch_size=len(good))
+    names = datasets.class_names(run.config.dataset)
     for r, p in zip(good, probs):
       r.digit = int(np.argmax(p))
+      r.name = names[r.digit]
       r.probabilities = [round(float(v), 6) for v in p]
   return results
 
