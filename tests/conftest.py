@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mnist_jax.data import batches
+from mnist_jax.data import datasets
 from mnist_jax.data import idx
 from mnist_jax.training import members
 from mnist_jax.training import train
@@ -41,6 +42,22 @@ def synthetic_digits(n: int, seed: int = 0):
   return images, labels
 
 
+def synthetic_classes(n: int, num_classes: int, seed: int = 0):
+  """Learnable fake images of K classes: class k lights cell k of a 7x7 grid
+  of 4x4 cells (K <= 49).
+
+  Returns images [n, 28, 28] uint8 (upright) and labels [n] uint8 in 0..K-1.
+  """
+  rng = np.random.default_rng(seed)
+  labels = (np.arange(n) % num_classes).astype(np.uint8)
+  rng.shuffle(labels)
+  images = rng.integers(0, 40, size=(n, 28, 28)).astype(np.uint8)
+  for k in range(num_classes):
+    r, c = divmod(k, 7)
+    images[labels == k, 4 * r:4 * r + 4, 4 * c:4 * c + 4] = 230
+  return images, labels
+
+
 def members_in_turn_and_vmapped(config, num_members, make_state, data_rng,
                                  valid):
   """One chunk of a members' program, run in turn (CPU) and vmapped (GPU/TPU).
@@ -66,16 +83,23 @@ def members_in_turn_and_vmapped(config, num_members, make_state, data_rng,
   return out
 
 
-def write_idx_dir(folder, n_train=600, n_test=200, compress=True, seed=0):
-  """Writes the four MNIST-named IDX files of a synthetic dataset into folder."""
+def write_idx_dir(folder, n_train=600, n_test=200, compress=True, seed=0,
+                  dataset="mnist"):
+  """Writes the four IDX files of a synthetic `dataset` into folder, named and
+  stored as its real files are (EMNIST's transposed, letters labelled 1..26)."""
+  info = datasets.get(dataset)
   os.makedirs(folder, exist_ok=True)
   suffix = ".gz" if compress else ""
-  tr_x, tr_y = synthetic_digits(n_train, seed)
-  te_x, te_y = synthetic_digits(n_test, seed + 1)
-  idx.write(os.path.join(folder, "train-images-idx3-ubyte" + suffix), tr_x, compress)
-  idx.write(os.path.join(folder, "train-labels-idx1-ubyte" + suffix), tr_y, compress)
-  idx.write(os.path.join(folder, "t10k-images-idx3-ubyte" + suffix), te_x, compress)
-  idx.write(os.path.join(folder, "t10k-labels-idx1-ubyte" + suffix), te_y, compress)
+  make = (synthetic_digits if info.num_classes == 10 else
+          functools.partial(synthetic_classes, num_classes=info.num_classes))
+  arrays = {}
+  for part, n, part_seed in (("train", n_train, seed), ("test", n_test, seed + 1)):
+    images, labels = make(n, seed=part_seed)
+    arrays[f"{part}_images"] = (images.transpose(0, 2, 1) if info.transposed
+                                else images)
+    arrays[f"{part}_labels"] = labels + info.first_label
+  for key, name in info.file_names.items():
+    idx.write(os.path.join(folder, name + suffix), arrays[key], compress)
   return str(folder)
 
 

@@ -13,6 +13,7 @@ import pytest
 
 import launch as launch_module
 from launch_helpers import snapshot as lh_snapshot
+from mnist_jax.data import datasets
 from mnist_jax.data import pipeline
 from mnist_jax.data import views
 from mnist_jax.models import registry
@@ -207,7 +208,7 @@ def test_dry_run_marks_where_each_setting_comes_from():
                                           ("lstm", "permuted")])
 def test_dry_run_counts_the_parameters_init_makes(model, preset):
   config = registry.get_config(model, preset)
-  module = registry.get(model).stock(config)
+  module = registry.get(model).module(config)
   x = views.to_view(np.zeros((1, 28, 28), np.uint8),
                     registry.input_view(config))
   params = module.init(jax.random.PRNGKey(0), x)["params"]
@@ -217,8 +218,8 @@ def test_dry_run_counts_the_parameters_init_makes(model, preset):
 
 def test_dry_run_says_which_split_is_held_out():
   config = registry.get_config("mlp")  # The last 10%.
-  split = pipeline.split({"train_images": np.zeros(dry_run.TRAIN_IMAGES),
-                          "train_labels": np.zeros(dry_run.TRAIN_IMAGES),
+  n = datasets.get("mnist").train_size
+  split = pipeline.split({"train_images": np.zeros(n), "train_labels": np.zeros(n),
                           "test_images": np.zeros(1), "test_labels": np.zeros(1)},
                          config.val_fraction)
   assert dry_run.validation_line(config, 2) == (
