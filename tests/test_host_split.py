@@ -12,8 +12,11 @@ import sys
 import pytest
 
 import launch_helpers as lh
+from mnist_jax import models
 from mnist_jax.rundir import folder as folder_lib
 from mnist_jax.training import devices as devices_lib
+from mnist_jax.training import dry_run
+from mnist_jax.training import members as members_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 300
@@ -299,3 +302,11 @@ def test_a_busy_host_gets_the_simplest_layout_unmeasured(tmp_path,
   monkeypatch.setattr(os, "getloadavg", lambda: (3.5, 2.0, 1.0))
   assert devices_lib.choose_layout(LAYOUTS, prepare, {}) == (
       ("pmap", 2), {"how": "cached"})  # Measured while the host was idle.
+
+
+def test_dry_run_says_auto_measures_as_the_run_starts(monkeypatch):
+  monkeypatch.setattr(devices_lib, "auto_layouts", lambda *_: LAYOUTS)
+  config = models.get_config("gru", "seed")
+  line = dry_run.devices_line(config, members_lib.from_config(config))
+  assert line.startswith("one CPU device, or data parallel (pmap or sharded) "
+                         "over 2: --parallel=auto times")
