@@ -171,6 +171,14 @@ def bench_model(name: str, args, peak: float) -> dict:
 
   init_rng, data_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   model = models.build(config)
+  choice = None
+  if devices.auto_layouts(config):  # A split CPU host: as launch.py chooses.
+    engine = devices.Engine(config, members.from_config(config))
+    engine.choose(dataset, steps, functools.partial(
+        train.create_train_state, config=config, model=model,
+        steps_per_epoch=steps), functools.partial(
+            train.make_train_chunk, config, jit=False), repr(model))
+    par, choice = engine.par, engine.environment().get("parallel_choice")
   state = train.create_train_state(init_rng, config, model, steps)
   num_params = int(sum(p.size for p in jax.tree.leaves(state.params)))
   flops, xla_flops = step_flops(config, state, jnp.asarray(host_images[:512]),
@@ -221,6 +229,7 @@ def bench_model(name: str, args, peak: float) -> dict:
       "last_chunk_train_accuracy": round(final["accuracy"], 4),
       "backend": jax.default_backend(),
       "parallel": par.mode, "devices": par.num_devices,
+      "parallel_choice": choice,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
   if args.eval:

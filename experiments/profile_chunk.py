@@ -10,6 +10,7 @@ first when a model's step is slow.
 
 import argparse
 import collections
+import functools
 import glob
 import gzip
 import json
@@ -28,6 +29,7 @@ from mnist_jax import models
 from mnist_jax.data import batches as batches_lib
 from mnist_jax.data import pipeline
 from mnist_jax.training import devices
+from mnist_jax.training import members
 from mnist_jax.training import train
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -52,8 +54,15 @@ def main(argv=None):
   n = len(dataset.train)
   steps = n // config.batch_size
   init_rng, data_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  state = par.replicate(train.create_train_state(
-      init_rng, config, models.build(config), steps))
+  model = models.build(config)
+  if devices.auto_layouts(config):  # A split CPU host: as launch.py chooses.
+    engine = devices.Engine(config, members.from_config(config))
+    engine.choose(dataset, steps, functools.partial(
+        train.create_train_state, config=config, model=model,
+        steps_per_epoch=steps), functools.partial(
+            train.make_train_chunk, config, jit=False), repr(model))
+    par = engine.par
+  state = par.replicate(train.create_train_state(init_rng, config, model, steps))
   images = par.replicate(dataset.train.images)
   labels = par.replicate(dataset.train.labels)
   num_chunks, chunk_len = batches_lib.chunk_plan(steps, config.chunk_steps)

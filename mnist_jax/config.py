@@ -276,7 +276,8 @@ class Config:
   # Devices, hosts, precision and kernels.
   parallel: str = _field(
       "auto", "Device layout: auto, none (one device), pmap or sharded (jit "
-      "over a mesh); auto picks per host and model", DEVICES)
+      "over a mesh); auto picks per host, on a CPU-only one the layout "
+      "measured fastest for the run", DEVICES)
   dtype: str = _field(
       "float32", "Compute dtype: float32 or bfloat16; parameters and "
       "optimizer state stay float32", DEVICES)

@@ -25,6 +25,9 @@ if os.environ["JAX_COMPILATION_CACHE_DIR"]:
   jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+# Likewise the user's cache folder, where --parallel=auto keeps the device
+# layouts it measured (devices.choose_layout): a test measures afresh.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="mnist_jax_tests_cache_")
 
 
 def synthetic_digits(n: int, seed: int = 0):

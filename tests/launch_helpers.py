@@ -44,29 +44,33 @@ def child_env(**extra):
   return env
 
 
-def run(args, timeout=120, cwd=ROOT, **env):
-  """Runs launch.py to the end: (exit status, stdout, stderr)."""
-  p = subprocess.run([sys.executable, launch_path(cwd), *args], cwd=cwd,
+def run(args, timeout=120, cwd=ROOT, script=None, **env):
+  """Runs launch.py (or `script`, a stand-in) to the end: (exit status,
+  stdout, stderr)."""
+  p = subprocess.run([sys.executable, script or launch_path(cwd), *args], cwd=cwd,
                      capture_output=True, text=True, timeout=timeout,
                      env=child_env(**env))
   return p.returncode, p.stdout, p.stderr
 
 
 def run_and_signal(args, signum, epoch, chunk=3, pause_s=0.2, timeout=120,
-                   cwd=ROOT, repeat=1, on_marker=None):
+                   cwd=ROOT, repeat=1, on_marker=None, script=None, env=None):
   """Starts a run, sends `signum` after the `chunk`-th chunk of `epoch`.
 
   The pause after each chunk lets the previous epoch's checkpoint finish.
   repeat: how many times the signal is sent, 0.3 s apart (2: a double Ctrl-C;
     give a pause_s above that).
   on_marker: called first, while the run pauses there.
+  script, env: a stand-in for launch.py; more environment variables.
 
   Returns:
     (exit status, stdout, stderr, the marker line it was stopped at).
   """
-  p = subprocess.Popen([sys.executable, "-c", _CHILD, launch_path(cwd), *args],
+  p = subprocess.Popen([sys.executable, "-c", _CHILD,
+                        script or launch_path(cwd), *args],
                        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       text=True, env=child_env(CHUNK_PAUSE_S=str(pause_s)))
+                       text=True, env=child_env(CHUNK_PAUSE_S=str(pause_s),
+                                                **(env or {})))
   deadline = time.monotonic() + timeout
   lines, marker, seen = [], None, 0
   try:

@@ -36,6 +36,7 @@ from mnist_jax.results import run as run_lib
 pytestmark = pytest.mark.slow
 
 PROBE = os.path.join(lh.ROOT, "tests", "topology_probe.py")
+NEW_MODEL = os.path.join(lh.ROOT, "tests", "new_model_launch.py")
 TIMEOUT_S = 300
 TOLERANCE = 1e-5
 
@@ -78,6 +79,9 @@ TRAINED = {
     "members_split": ("members", "split"),
     "two_processes": ("linear", "two_processes"),
 }
+# --parallel=auto's step times (ms) of each layout on the split host, so that
+# the CNN runs with pmap and the RNN sharded (tests/new_model_launch.py).
+SPLIT_MS = {"cnn": "none=3,pmap=1,sharded=2", "rnn": "none=3,pmap=2,sharded=1"}
 # Where each family runs on two devices in one process.
 TWO_DEVICES = {"linear": "forced_pmap", "cnn": "split", "rnn": "split",
                "members": "split"}
@@ -126,13 +130,20 @@ class Lab:
     return [*FAMILIES[family], *COMMON, *self._data, *topology.flags,
             f"--workdir={workdir}"]
 
-  def launch(self, args, topology: Topology, script: str = "launch.py"):
-    """Runs launch.py (or the probe) to the end: (status, stdout, stderr)."""
+  def launch(self, args, topology: Topology, script: str = "launch.py",
+             family: Optional[str] = None):
+    """Runs launch.py (or the probe) to the end: (status, stdout, stderr).
+
+    On the split host, the layout --parallel=auto measures for `family` is
+    SPLIT_MS's."""
     if topology.split and _cores() < 2:
       pytest.skip("a split host needs two cores")
+    env = _env(topology)
+    if topology.split and family in SPLIT_MS:
+      script, env["FAKE_MS_PER_STEP"] = NEW_MODEL, SPLIT_MS[family]
     p = subprocess.run([sys.executable, script, *args], cwd=lh.ROOT,
                        capture_output=True, text=True, timeout=TIMEOUT_S,
-                       env=_env(topology), check=False)
+                       env=env, check=False)
     return p.returncode, p.stdout, p.stderr
 
   def run(self, family: str, where: str) -> str:
@@ -144,7 +155,8 @@ class Lab:
       if topology is PROCESSES:
         self._two_processes(self.args(family, topology, workdir))
       else:
-        rc, _, err = self.launch(self.args(family, topology, workdir), topology)
+        rc, _, err = self.launch(self.args(family, topology, workdir), topology,
+                                 family=family)
         assert rc == 0, err[-3000:]
       with open(os.path.join(workdir, "config.json")) as f:
         assert _devices_used(json.load(f)["environment"]) == topology.devices
@@ -284,7 +296,8 @@ def test_resume_on_other_devices(lab, name, on, tmp_path):
   record["finished"] = False  # so not yet recorded complete.
   with open(config_path, "w") as f:
     json.dump(record, f)
-  rc, out, err = lab.launch(lab.args(family, topology, workdir), topology)
+  rc, out, err = lab.launch(lab.args(family, topology, workdir), topology,
+                            family=family)
   assert rc == 0, err[-3000:]
   assert "resuming" in out
   with open(os.path.join(workdir, "config.json")) as f:

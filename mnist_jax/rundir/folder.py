@@ -356,6 +356,21 @@ def record_resume(workdir: str, config: config_lib.Config, env: dict,
   files.write_json(os.path.join(workdir, CONFIG_FILE), record)
 
 
+def recorded_parallel(workdir: str) -> Optional[dict]:
+  """The device layout the run in `workdir` last trained with, as config.json
+  records it ({"mode", "devices"}), or None if it records none."""
+  try:
+    record = _record(workdir)
+  except (OSError, ValueError, TypeError):
+    return None
+  envs = [record.get("environment")] + [
+      r.get("environment") for r in record.get("resumes") or []
+      if isinstance(r, dict)]
+  layouts = [e.get("parallel") for e in envs if isinstance(e, dict)]
+  layouts = [p for p in layouts if isinstance(p, dict)]
+  return layouts[-1] if layouts else None
+
+
 def _record(workdir: str) -> dict:
   """config.json as a dict (OSError, ValueError or TypeError if it is not)."""
   with open(os.path.join(workdir, CONFIG_FILE)) as f:

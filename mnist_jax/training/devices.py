@@ -2,7 +2,8 @@
 
 The process: `setup_process` turns on JAX's persistent compilation cache;
 `split_host` makes a CPU-only host one XLA:CPU device per core, so that
---parallel=auto can run data parallel there; `initialize` starts
+--parallel=auto can run data parallel there (the layout a run measures
+fastest on its own train step, `Engine.choose`); `initialize` starts
 `jax.distributed` for several processes, of which only process 0 writes files.
 
 Data parallelism over devices and hosts (`setup` -> `Parallel`): one step
@@ -32,12 +33,15 @@ never sees a device layout.
 
 import dataclasses
 import functools
+import hashlib
 import importlib.metadata
 import importlib.util
+import json
 import logging
 import os
+import re
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from absl import logging as absl_logging
 import jax
@@ -50,6 +54,7 @@ from mnist_jax.config import PARALLEL as MODES
 from mnist_jax.data import batches as batches_lib
 from mnist_jax.errors import UserError
 from mnist_jax.rundir import checkpoints
+from mnist_jax.rundir import files
 from mnist_jax.training import members as members_lib
 
 AXIS = "data"  # The pmap axis name and the mesh axis the batch is sharded along.
@@ -57,15 +62,22 @@ AXIS = "data"  # The pmap axis name and the mesh axis the batch is sharded along
 
 # The process.
 
-DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "mnist_jax", "jax")
+def user_cache(*names: str) -> str:
+  """A path in mnist_jax's folder of the user's cache ($XDG_CACHE_HOME, else
+  ~/.cache): compiled programs, the layouts --parallel=auto measured."""
+  root = (os.environ.get("XDG_CACHE_HOME") or
+          os.path.join(os.path.expanduser("~"), ".cache"))
+  return os.path.join(root, "mnist_jax", *names)
 
 
-def setup_process(cache_dir: str = DEFAULT_CACHE) -> None:
+def setup_process(cache_dir: Optional[str] = None) -> None:
   """Turns on JAX's persistent compilation cache (unless cache_dir is empty).
 
   A second run of the same model and shapes then loads its compiled epoch
-  from disk instead of compiling it again.
+  from disk instead of compiling it again. Default: user_cache("jax").
   """
+  if cache_dir is None:
+    cache_dir = user_cache("jax")
   cache_dir = os.environ.get("JAX_COMPILATION_CACHE_DIR", cache_dir)
   if cache_dir:
     jax.config.update("jax_compilation_cache_dir", cache_dir)
@@ -95,12 +107,21 @@ def _accelerator_possible() -> bool:
   return importlib.util.find_spec("jax_plugins") is not None
 
 
+def _cores() -> int:
+  """The CPU cores this process may run on."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # Not on Linux.
+    return os.cpu_count() or 1
+
+
 def split_host(parallel: str = "auto", multi_process: bool = False) -> int:
   """Makes XLA:CPU one device per core so --parallel=auto can run data parallel.
 
   Small MNIST models leave a core idle: their matmuls are too small for XLA to
-  split, so two single-batch-half devices run side by side instead (same
-  function: the gradient is the mean over the global batch). Only on a host
+  split, so two single-batch-half devices may run side by side instead (same
+  function: the gradient is the mean over the global batch); whether they do
+  is measured per run setting (Engine.choose), whatever the model. Only on a host
   where JAX will run on the CPU, when --parallel is auto (several members
   split over the devices too: members.mesh), the user has not chosen a CPU
   device count (XLA_FLAGS --xla_force_host_platform_device_count or
@@ -118,11 +139,7 @@ def split_host(parallel: str = "auto", multi_process: bool = False) -> int:
     return 0
   if _accelerator_possible():
     return 0
-  try:
-    cores = len(os.sched_getaffinity(0))
-  except AttributeError:  # Not on Linux.
-    cores = os.cpu_count() or 1
-  devices = min(cores, MAX_HOST_DEVICES)
+  devices = min(_cores(), MAX_HOST_DEVICES)
   if devices < 2:
     return 0
   try:
@@ -390,46 +407,122 @@ def check_batch(batch_size: int, num_devices: int) -> None:
 
 
 # --parallel=auto on a CPU host that split_host cut into one device per
-# core: the mode each model ran fastest in on a 2-core host with the seed
-# presets. Models whose matmuls already use every core (linear, mlp) stay on
-# one device; sharding the CNN's batch-last layout made XLA move data between
-# devices, much slower than pmap.
-SPLIT_HOST_MODES = {"rnn": "sharded", "lstm": "sharded", "gru": "sharded",
-                    "cnn": "pmap"}
+# core: the candidate layouts of a run are timed on its own train chunk
+# (Engine.choose), the fastest kept per setting in the user's cache.
 MIN_DEVICE_BATCH = 32  # Below this many examples per device, use fewer devices.
+MEASURED_STEPS = 10  # Train steps timed per layout, after one untimed run.
+REPEATS = 3  # Timed runs per layout; the fastest counts.
+MARGIN = 0.05  # How much faster than a simpler layout another must be to win.
+# A host whose load average is above its cores plus this is busy with other
+# work: a device per core gains nothing there, and times measured would mislead.
+BUSY_LOAD = 1.0
+LAYOUT_CACHE = "parallel.json"  # In user_cache(): {setting key: choice}.
 
 
-def split_host_devices(model: str, batch_size: int, devices: int):
-  """(mode, device count) --parallel=auto uses on a host split into `devices`.
+def split_host_layouts(batch_size: int, devices: int) -> List[Tuple[str, int]]:
+  """The (mode, device count)s --parallel=auto chooses among on a split host,
+  simplest first.
 
-  The most devices, up to `devices`, that split the batch evenly into parts of
-  at least MIN_DEVICE_BATCH; one device ("none") if that is one or the model
-  does not gain from it.
+  Data parallel over the most devices, up to `devices`, that split the batch
+  evenly into parts of at least MIN_DEVICE_BATCH; one device always.
   """
-  mode = SPLIT_HOST_MODES.get(model, "none")
   usable = [d for d in range(2, devices + 1)
             if batch_size % d == 0 and batch_size // d >= MIN_DEVICE_BATCH]
-  if mode == "none" or not usable:
-    return "none", 1
-  return mode, max(usable)
+  if not usable:
+    return [("none", 1)]
+  return [("none", 1), ("pmap", max(usable)), ("sharded", max(usable))]
+
+
+def choose_layout(layouts: Sequence[Tuple[str, int]],
+                  prepare: Callable[[str, int], Callable[[], float]],
+                  setting: dict) -> Tuple[Tuple[str, int], dict]:
+  """The layout cached for `setting`, else the one measured fastest; the
+  simplest, unmeasured, while the host is busy (BUSY_LOAD).
+
+  prepare(mode, device count) -> run() -> seconds per step of one timed run
+  in that layout. Each layout runs once untimed, then REPEATS times in turn
+  with the others (a load that comes and goes slows them all), its fastest
+  run counting. A layout later in `layouts` (less simple) wins only when it
+  is MARGIN faster, so that noise keeps the simpler one. The choice is
+  cached under a hash of `setting` (what the step's speed depends on).
+
+  Returns:
+    ((mode, device count), how it was chosen: {"how": "cached"},
+    {"how": "busy", "load": load average, "cores": cores} or
+    {"how": "measured", "seconds": cost, "ms_per_step": {mode: ms}}).
+  """
+  key = hashlib.sha256(json.dumps(setting, sort_keys=True).encode()).hexdigest()
+  path = user_cache(LAYOUT_CACHE)
+  cache = _read_json(path)
+  entry = cache.get(key)
+  cached = entry.get("layout") if isinstance(entry, dict) else None
+  if isinstance(cached, list) and tuple(cached) in layouts:
+    return tuple(cached), {"how": "cached"}
+  load, cores = os.getloadavg()[0], _cores()
+  if load > cores + BUSY_LOAD:
+    return layouts[0], {"how": "busy", "load": round(load, 1), "cores": cores}
+  start = time.perf_counter()
+  runs = {layout: prepare(*layout) for layout in layouts}
+  for run in runs.values():
+    run()
+  rounds = [{layout: run() for layout, run in runs.items()}
+            for _ in range(REPEATS)]
+  times = {layout: min(r[layout] for r in rounds) for layout in layouts}
+  best = layouts[0]
+  for layout in layouts[1:]:
+    if times[layout] < times[best] * (1 - MARGIN):
+      best = layout
+  how = {"how": "measured", "seconds": round(time.perf_counter() - start, 2),
+         "ms_per_step": {m: round(t * 1e3, 3) for (m, _), t in times.items()}}
+  cache[key] = {"layout": list(best), "ms_per_step": how["ms_per_step"],
+                "setting": setting}
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    files.write_json(path, cache)
+  except OSError:  # An unwritable cache: the next run measures again.
+    pass
+  return best, how
+
+
+def _read_json(path: str) -> dict:
+  """A JSON object file's contents; {} if it is missing or not one."""
+  try:
+    with open(path) as f:
+      data = json.load(f)
+  except (OSError, ValueError):
+    return {}
+  return data if isinstance(data, dict) else {}
+
+
+def local_parallel(mode: str, count: int = 1) -> Parallel:
+  """A single-process Parallel over the first `count` local devices."""
+  if mode == "none":
+    return Parallel("none", 1, None)
+  return Parallel(mode, count, Mesh(np.array(jax.local_devices()[:count]),
+                                    (AXIS,)))
+
+
+def auto_layouts(config, num_members: int = 1) -> List[Tuple[str, int]]:
+  """The layouts --parallel=auto chooses among on a CPU host split_host split
+  (split_host_layouts; one device for several members), else []."""
+  if not (config.parallel == "auto" and host_split() and
+          jax.process_count() == 1 and jax.default_backend() == "cpu"):
+    return []
+  return split_host_layouts(
+      config.batch_size, 1 if num_members > 1 else jax.local_device_count())
 
 
 def setup(config, num_members: int = 1) -> Parallel:
   """Starts jax.distributed if asked, resolves --parallel and checks the batch.
 
+  --parallel=auto on a split CPU host is one device here, until
+  Engine.choose picks among `auto_layouts`.
   Several members (members.py) train on one device, or on a split CPU host
   over its devices along their own axis (members.mesh): never data parallel.
   """
   initialize(config)
-  if (config.parallel == "auto" and host_split() and
-      jax.process_count() == 1 and jax.default_backend() == "cpu"):
-    mode, count = split_host_devices(
-        config.model, config.batch_size,
-        1 if num_members > 1 else jax.local_device_count())
-    if mode == "none":
-      return Parallel("none", 1, None)
-    return Parallel(mode, count,
-                    Mesh(np.array(jax.local_devices()[:count]), (AXIS,)))
+  if auto_layouts(config, num_members):
+    return local_parallel("none")
   mode = resolve_mode(config.parallel, jax.device_count(), jax.process_count())
   if mode == "none":
     return Parallel("none", 1, None)
@@ -493,6 +586,8 @@ class Engine:
     self.members = tuple(members)
     num = len(self.members)
     self.par = setup(config, num_members=num)
+    self._layouts = auto_layouts(config, num)  # Still to choose among.
+    self._choice = None  # How --parallel=auto chose (choose), if it did.
     self._in_turn = members_lib.in_turn(num)
     self._member_mesh = members_lib.mesh(num)
     self._options = members_lib.compiler_options(num)
@@ -518,15 +613,36 @@ class Engine:
     return main_first(fn)
 
   def description(self) -> Optional[str]:
-    """A line on how the run spreads over devices, or None for one device."""
-    if self.par.num_devices == 1:
+    """A line on how the run spreads over devices and how --parallel=auto
+    chose that; None for one device not chosen among others."""
+    backend = jax.default_backend().upper()
+    if self.par.num_devices > 1:
+      line = (f"data parallel ({self.par.mode}) over {self.par.num_devices} "
+              f"{backend} devices")
+    elif self._choice is None:
       return None
-    return (f"data parallel ({self.par.mode}) over {self.par.num_devices} "
-            f"{jax.default_backend().upper()} devices")
+    else:
+      line = f"one {backend} device"
+    how = (self._choice or {}).get("how")
+    if how == "measured":
+      times = ", ".join(f"{m} {ms:.3g}" for m, ms in
+                        self._choice["ms_per_step"].items())
+      return (f"{line} (--parallel=auto: measured fastest in "
+              f"{self._choice['seconds']:.1f} s; ms/step {times})")
+    if how == "cached":
+      return f"{line} (--parallel=auto: measured fastest before, cached)"
+    if how == "recorded":
+      return f"{line} (--parallel=auto: as this run has trained so far)"
+    if how == "busy":
+      return (f"{line} (--parallel=auto: not measured, the host is busy: load "
+              f"{self._choice['load']:g} on {self._choice['cores']} cores)")
+    return line
 
   def environment(self) -> dict:
     """What config.json records of the devices, besides folder.environment."""
     env = {"parallel": {"mode": self.par.mode, "devices": self.par.num_devices}}
+    if self._choice is not None:
+      env["parallel_choice"] = self._choice
     if self._member_mesh is not None:  # The members split over these devices.
       env["member_devices"] = self._member_mesh.devices.size
     if self._options:
@@ -537,6 +653,64 @@ class Engine:
   def axis_name(self) -> Optional[str]:
     """The collective axis the train step averages over (pmap), or None."""
     return self.par.axis_name
+
+  def choose(self, dataset, steps: int, create: Callable,
+             make_chunk: Callable[[Optional[str]], Callable], model: str,
+             recorded: Optional[dict] = None) -> None:
+    """Settles --parallel=auto on a split CPU host; elsewhere does nothing.
+
+    The layout `recorded` for the run being resumed ({"mode", "devices"} of
+    its config.json), so that it goes on as it began; else the one cached or
+    measured fastest for this setting (choose_layout), timed on the run's own
+    train chunk and first batches (`_timed_run`).
+
+    create: as for init_state. make_chunk: fn(axis_name) -> one member's raw
+      train chunk (train.make_train_chunk(config, axis_name, jit=False)).
+    model: the module's repr, what the step's speed depends on with the
+      config's shapes.
+    """
+    if len(self._layouts) < 2:
+      return
+    mine = recorded and (recorded.get("mode"), recorded.get("devices"))
+    if mine in self._layouts:
+      chosen, self._choice = mine, {"how": "recorded"}
+    else:
+      c = self.config
+      setting = {"model": re.sub(r" at 0x[0-9a-f]+", "", model),
+                 "name": c.model, "optimizer": c.optimizer,
+                 "augment": c.augment, "dtype": c.dtype, "impl": c.impl,
+                 "batch_size": c.batch_size,
+                 "input": list(dataset.train.images.shape[1:]),
+                 "cpus": _cores(), "jax": jax.__version__,
+                 "layouts": [list(x) for x in self._layouts]}
+      chosen, self._choice = choose_layout(
+          self._layouts, functools.partial(self._timed_run, dataset, steps,
+                                           create, make_chunk), setting)
+    self.par = local_parallel(*chosen)
+
+  def _timed_run(self, dataset, steps, create, make_chunk, mode: str,
+                 count: int) -> Callable[[], float]:
+    """The run's own train chunk laid out as (mode, count), compiled for the
+    run's real shapes (so that the chosen one's compile is then found in the
+    compilation cache): fn() -> seconds per step of its first MEASURED_STEPS
+    steps on the first batches (the chunk's other steps are skipped)."""
+    self.par = local_parallel(mode, count)
+    self.place(dataset, steps)
+    state, _ = self.start(self.init_state(create),
+                          checkpoints.Start.from_meta(None))
+    self._compile_chunk(state, make_chunk(self.par.axis_name))
+    timed = min(MEASURED_STEPS, self.chunk_len)
+    args = (self.images, self.labels, self.epoch_plan(1).batches[0],
+            self.par.replicate(np.arange(self.chunk_len) < timed))
+    chunk, state = self._chunk, [state]
+
+    def run() -> float:
+      start = time.perf_counter()
+      state[0], _, bad = chunk(state[0], *args)
+      jax.device_get(bad)
+      return (time.perf_counter() - start) / timed
+
+    return run
 
   # Data.
 
@@ -610,16 +784,19 @@ class Engine:
     evaluate: one member's raw evaluation (train.make_evaluate(jit=False)).
     """
     start = time.perf_counter()
-    num = len(self.members)
-    chunk = members_lib.train_chunk(train_chunk, num, self._in_turn,
-                                    self._member_mesh)
+    self._compile_chunk(state, train_chunk)
+    self._evaluate = self.par.wrap_evaluate(
+        members_lib.evaluate(evaluate, len(self.members), self._member_mesh))
+    return time.perf_counter() - start
+
+  def _compile_chunk(self, state, train_chunk: Callable) -> None:
+    """Compiles one member's raw train chunk over the members and devices."""
+    chunk = members_lib.train_chunk(train_chunk, len(self.members),
+                                    self._in_turn, self._member_mesh)
     self._chunk = self.par.compile_train(
         chunk, state, self.images, self.labels,
         self.par.shard_chunks(self._plan(self._data_rng, 1))[0], self._valid[0],
         compiler_options=self._options)
-    self._evaluate = self.par.wrap_evaluate(
-        members_lib.evaluate(evaluate, num, self._member_mesh))
-    return time.perf_counter() - start
 
   def epoch_plan(self, epoch: int, steps_done: int = 0) -> EpochPlan:
     """The epoch's batches (a pure function of the data keys and `epoch`).

@@ -94,6 +94,11 @@ def devices_line(config: config_lib.Config, members) -> str:
     where = (f"split over {spread} {backend} devices" if spread > 1
              else f"on one {backend} device")
     return f"{len(members)} members in one program, {where}"
+  layouts = devices.auto_layouts(config, len(members))
+  if len(layouts) > 1:
+    return (f"one {backend} device, or data parallel (pmap or sharded) over "
+            f"{layouts[-1][1]}: --parallel=auto times which runs the model's "
+            "step fastest as the run starts (once per setting, then cached)")
   if count == 1:
     mode = engine.par.mode
     return f"one {backend} device" + (f" (--parallel={mode})" if mode != "none"

@@ -313,14 +313,19 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
   steps = steps_per_epoch(config, len(dataset.train))
   log = log_lib.RunLog(log_lib.Progress(config.epochs, stream=stream,
                                         prefix=engine.log_prefix))
+  model = models.build(config)
+  create = functools.partial(create_train_state, config=config, model=model,
+                             steps_per_epoch=steps)
+  engine.choose(dataset, steps, create,
+                functools.partial(make_train_chunk, config, jit=False),
+                repr(model),
+                folder.recorded_parallel(workdir) if resuming else None)
   if engine.description():
     log.message(engine.description())
   engine.place(dataset, steps)
 
   # Restore or initialise: every check comes before anything is written.
-  state = engine.init_state(functools.partial(
-      create_train_state, config=config, model=models.build(config),
-      steps_per_epoch=steps))
+  state = engine.init_state(create)
   shapes = checkpoints.param_shapes(state.params)
   meta = logged = None  # logged: the final row of a run being completed.
   if resuming and engine.is_main:
