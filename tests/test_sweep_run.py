@@ -289,9 +289,10 @@ def test_sweep_csv_and_png(swept):
   with open(os.path.join(folder, "sweep.csv")) as f:
     table = list(csv.DictReader(f))
   assert list(table[0]) == [
-      "member", "learning_rate", "grad_clip", "seed", "best_val_accuracy",
-      "best_val_loss", "final_val_accuracy", "final_val_loss",
-      "test_accuracy", "test_loss", "diverged", "chosen"]
+      "member", "learning_rate", "grad_clip", "seed", "best_val_loss",
+      "best_val_accuracy", "best_val_ece", "final_val_loss",
+      "final_val_accuracy", "final_val_ece", "test_loss", "test_accuracy",
+      "test_ece", "diverged", "chosen"]
   assert [r["member"] for r in table] == [str(i) for i in range(8)]
   assert [r["chosen"] for r in table].count("1") == 1
   chosen = next(r for r in table if r["chosen"] == "1")
@@ -304,6 +305,9 @@ def test_sweep_csv_and_png(swept):
             for row in rows[:-1]]
     assert float(r["best_val_accuracy"]) == pytest.approx(max(vals), abs=1e-6)
     assert float(r["final_val_accuracy"]) == pytest.approx(vals[-1], abs=1e-6)
+    eces = [row["members"][int(r["member"])]["val_ece"] for row in rows[:-1]]
+    assert float(r["best_val_ece"]) == pytest.approx(min(eces), abs=1e-6)
+    assert float(r["test_ece"]) == pytest.approx(entry["test_ece"], abs=1e-6)
   with Image.open(os.path.join(folder, "sweep.png")) as image:
     assert image.format == "PNG" and min(image.size) >= 300
 

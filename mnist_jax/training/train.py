@@ -393,7 +393,8 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
                       if engine.is_main else (None, None))
   final = logged
   if final is None:
-    final = _final_row(members, choice, test_m, ensemble, epochs_run=epoch, steps=engine.step(state),
+    final = _final_row(members, choice, test_m, ensemble,
+                       _member_rates(members, row, workdir), epochs_run=epoch, steps=engine.step(state),
                        compile_time_s=compile_time, data_time_s=data_time,
                        wall_time_s=time.perf_counter() - start_time,
                        num_params=engine.num_params(state))
@@ -535,11 +536,26 @@ def _epoch_row(members, epoch, step, train_m, val_m, epoch_time,
           "examples_per_s": examples / epoch_time, "elapsed_s": elapsed}
 
 
-def _final_row(members, choice, test_m, ensemble, **fields) -> Dict[str, Any]:
+def _member_rates(members, row, workdir) -> Optional[list]:
+  """With several members, each one's learning rate as the last epoch row
+  has it (this run's, else the one metrics.jsonl kept of a run being
+  completed); None for one member."""
+  if len(members) == 1:
+    return None
+  if row is None:
+    rows = [r for r in folder.MetricsLog(workdir).read() if "train_loss" in r]
+    row = rows[-1] if rows else {}
+  entries = row.get("members") or [{}] * len(members)
+  return [e.get("learning_rate") for e in entries]
+
+
+def _final_row(members, choice, test_m, ensemble, rates,
+               **fields) -> Dict[str, Any]:
   """The final metrics.jsonl row: the chosen member's test metrics, `fields`,
   and with several members which one was chosen, the mean, spread and
-  ensemble of its grid point's seeds and every member's metrics."""
-  top, extras = members_lib.row(members, choice, {"test": test_m})
+  ensemble of its grid point's seeds and every member's metrics (with
+  `rates`, their learning rates)."""
+  top, extras = members_lib.row(members, choice, {"test": test_m}, rates)
   final = {**top, "test_examples": int(test_m["count"]), **fields}
   if len(members) > 1:
     final["chosen"] = members_lib.identity(members[choice.member])
