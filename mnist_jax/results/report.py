@@ -261,7 +261,8 @@ def write(workdir: str, config, test, logits: np.ndarray,
 
   headline = _headline(rows, test_metrics, n)
   if ensemble is not None:
-    headline.insert(2, ("Ensemble test accuracy", _ensemble_text(ensemble, final)))
+    headline.insert(len(metrics.of("test")),  # After the test metrics.
+                    ("Ensemble test accuracy", _ensemble_text(ensemble, final)))
   files.write_text(path("report.md"), _markdown(
       config, names, counts, stats, pairs, n, headline,
       members_section(config, final, table), note=note,
