@@ -64,7 +64,7 @@ def run(name, mode, train_x, train_y, test_x, test_y):
       labels, chunks[0], valid[0])
   losses = []
   for c in range(num_chunks):
-    state, sums, _ = chunk_fn(state, images, labels, chunks[c], valid[c])
+    state, sums, _, _ = chunk_fn(state, images, labels, chunks[c], valid[c])
     m = members.host_metrics(sums)
     losses += [m["loss"], m["accuracy"], m["count"]]
   params = jax.device_get(par.unreplicate(state.params))

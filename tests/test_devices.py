@@ -46,7 +46,7 @@ def _run(engine, state, epoch, steps_done=0, sums=None, stop_after=None):
   plan = engine.epoch_plan(epoch, steps_done)
   sums = engine.initial_sums(sums)
   for c in plan.chunks[:stop_after]:
-    state, sums, bad = engine.train_chunk(state, plan, c, sums)
+    state, sums, bad, _ = engine.train_chunk(state, plan, c, sums)
     assert (bad == -1).all()
   return state, sums, plan
 
@@ -66,7 +66,7 @@ def test_an_epoch_is_the_pure_chunk_over_the_epochs_order():
   valid = np.arange(9).reshape(3, 3) < 8
   total = 0.0
   for c in range(3):
-    ref, ref_sums, _ = chunk(ref, engine.images, engine.labels, order[c],
+    ref, ref_sums, _, _ = chunk(ref, engine.images, engine.labels, order[c],
                              valid[c])
     total += float(ref_sums["loss"])
   for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref.params)):

@@ -63,20 +63,20 @@ def test_chunk_reports_first_non_finite_step_and_skips_the_rest():
   config, state, images, labels, batch_idx = _chunk_setup()
   chunk = train.make_train_chunk(config)
   valid = jnp.ones(8, bool)
-  state, sums, bad = chunk(state, images, labels, batch_idx, valid)
+  state, sums, bad, _ = chunk(state, images, labels, batch_idx, valid)
   assert int(bad) == -1 and int(state.step) == 8 and np.isfinite(sums["loss"])
 
   # Diverge at the chunk's third step: the steps after it count, update nothing.
   inf = config.replace(learning_rate=float("inf"))
   state = train.create_train_state(jax.random.PRNGKey(0), inf,
                                    models.get("linear").build(config), 10)
-  state, _, bad = train.make_train_chunk(inf)(
+  state, _, bad, _ = train.make_train_chunk(inf)(
       state, images, labels, batch_idx, valid.at[:2].set(False))
   assert int(bad) == 2 and int(state.step) == 6
   frozen = jax.device_get(state.params)
 
   # Parameters already not finite: no step trains, bad is the chunk's start.
-  state, sums, bad = chunk(state, images, labels, batch_idx, valid)
+  state, sums, bad, _ = chunk(state, images, labels, batch_idx, valid)
   assert int(bad) == 6 and int(state.step) == 14 and float(sums["count"]) == 0
   for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(frozen)):
     np.testing.assert_array_equal(a, b)
@@ -89,7 +89,7 @@ def test_chunk_reports_non_finite_update_of_its_last_step():
       jax.random.PRNGKey(0), config.replace(learning_rate=float("inf")),
       models.get("linear").build(config), 10)
   valid = jnp.zeros(8, bool).at[0].set(True)  # One step: its loss is finite.
-  state, sums, bad = chunk(state, images, labels, batch_idx, valid)
+  state, sums, bad, _ = chunk(state, images, labels, batch_idx, valid)
   assert np.isfinite(sums["loss"]) and int(bad) == 1
 
 

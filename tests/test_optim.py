@@ -129,9 +129,25 @@ def test_schedules_equal_optax_over_a_whole_run(schedule, steps_per_epoch,
           counts, held["learning_rate"], held.get("warmup_steps"))
   theirs = jax.vmap(_reference_schedule(config, steps_per_epoch))(counts)
   np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-10)
-  for step in (0, total // 3, total - 1):
-    assert optim.learning_rate(config, steps_per_epoch, step) == pytest.approx(
-        float(theirs[step]), rel=1e-5, abs=1e-12)
+
+
+@pytest.mark.parametrize("schedule", config_lib.SCHEDULES)
+def test_the_state_reads_its_rate_from_its_own_optimizer(schedule):
+  """TrainState.learning_rate: the schedule at the optimizer's update count,
+  with the state's own (a sweep member's) peak, as optax's schedule gives it."""
+  config = _config(schedule=schedule, learning_rate=2e-3, epochs=2,
+                   warmup_epochs=0.5)
+  state = train.create_train_state(jax.random.PRNGKey(0), config,
+                                   models.build(config), STEPS_PER_EPOCH,
+                                   hparams={"learning_rate": 5e-3})
+  theirs = _reference_schedule(config.replace(learning_rate=5e-3),
+                               STEPS_PER_EPOCH)
+  zero = jax.tree.map(jnp.zeros_like, state.params)
+  update = jax.jit(lambda s: s.apply_gradients(grads=zero))
+  for count in range(2 * STEPS_PER_EPOCH + 2):
+    assert float(state.learning_rate()) == pytest.approx(
+        float(theirs(count)), rel=1e-5, abs=1e-12), count
+    state = update(state)
 
 
 def test_warmup_is_a_traced_per_member_array():

@@ -24,7 +24,7 @@ def _train(name, dtype):
                                    models.build(config), STEPS)
   x, y = synthetic_digits(64)
   idx = jnp.arange(STEPS * BATCH, dtype=jnp.int32).reshape(STEPS, BATCH) % 64
-  state, sums, _ = train.make_train_chunk(config)(
+  state, sums, _, _ = train.make_train_chunk(config)(
       state, jnp.asarray(x), jnp.asarray(y.astype(np.int32)), idx,
       jnp.ones(STEPS, bool))
   return state, members.host_metrics(sums)

@@ -105,7 +105,7 @@ def test_sequential_and_vmapped_replica_steps_agree():
   valid = np.arange(5) < 4  # The last step is padding and must be skipped.
   out = members_in_turn_and_vmapped(config, 3, lambda: make_state(init_rng),
                                     data_rng, valid)
-  (s1, m1, b1), (s2, m2, b2) = out[True], out[False]
+  (s1, m1, b1, _), (s2, m2, b2, _) = out[True], out[False]
   np.testing.assert_array_equal(s1.step, [4, 4, 4])
   np.testing.assert_array_equal(s1.step, s2.step)
   np.testing.assert_array_equal(b1, [-1, -1, -1])
@@ -152,7 +152,7 @@ for split in (True, False):
   mesh = members.mesh(4) if split else None
   chunk = members.train_chunk(train.make_train_chunk(config, jit=False), 4,
                               sequential=True, member_mesh=mesh)
-  state, sums, bad = jax.jit(chunk, donate_argnums=(0,),
+  state, sums, bad, _ = jax.jit(chunk, donate_argnums=(0,),
                              compiler_options=members.compiler_options(4))(
       make_state(init_rng), images, labels, order, valid)
   ev = jax.jit(members.evaluate(

@@ -153,6 +153,13 @@ def test_member_i_is_the_single_run_with_its_values_and_seed(prepared, swept,
           assert entry[key] == pytest.approx(own[key], abs=1e-6), (i, key)
 
 
+def _rate(config, steps_per_epoch, step):
+  """The learning rate of `config`'s run after `step` updates."""
+  held = optim.hyperparams(config, steps_per_epoch)
+  return float(optim.Schedule.of(config, steps_per_epoch).rate(
+      step, held["learning_rate"], held.get("warmup_steps")))
+
+
 @pytest.mark.slow
 def test_in_turn_and_vmapped_sweep_members_agree():
   """The CPU's members in turn and the accelerators' vmap train alike."""
@@ -164,8 +171,12 @@ def test_in_turn_and_vmapped_sweep_members_agree():
   out = members_in_turn_and_vmapped(
       config, 4, lambda: members.init_state(listed, create, init_rng, 4),
       data_rng, np.ones(4, bool))
-  (s1, m1, _), (s2, m2, _) = out[True], out[False]
+  (s1, m1, _, r1), (s2, m2, _, r2) = out[True], out[False]
   np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
+  # Each member's learning rate, from its own optimizer state.
+  expected = [_rate(m.config, 4, 4) for m in listed]
+  np.testing.assert_allclose(r1, expected, rtol=1e-6)
+  np.testing.assert_allclose(r2, expected, rtol=1e-6)
   for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   held = s1.opt_state.hyperparams
@@ -255,7 +266,7 @@ def test_rows_hold_the_leading_member_and_every_member(prepared, swept):
       assert row[key + "_std"] == pytest.approx(np.std(values, ddof=1))
     for m, entry in zip(listed, per):
       assert entry["learning_rate"] == pytest.approx(
-          optim.learning_rate(m.config, steps, row["step"]), rel=1e-6)
+          _rate(m.config, steps, row["step"]), rel=1e-6)
   last = {"per_member": [{"accuracy": p["val_accuracy"], "loss": p["val_loss"]}
                          for p in epochs[-1]["members"]]}
   choice = members.choose(listed, last)
@@ -278,9 +289,10 @@ def test_sweep_csv_and_png(swept):
   with open(os.path.join(folder, "sweep.csv")) as f:
     table = list(csv.DictReader(f))
   assert list(table[0]) == [
-      "member", "learning_rate", "grad_clip", "seed", "best_val_accuracy",
-      "best_val_loss", "final_val_accuracy", "final_val_loss",
-      "test_accuracy", "test_loss", "diverged", "chosen"]
+      "member", "learning_rate", "grad_clip", "seed", "best_val_loss",
+      "best_val_accuracy", "best_val_ece", "final_val_loss",
+      "final_val_accuracy", "final_val_ece", "test_loss", "test_accuracy",
+      "test_ece", "diverged", "chosen"]
   assert [r["member"] for r in table] == [str(i) for i in range(8)]
   assert [r["chosen"] for r in table].count("1") == 1
   chosen = next(r for r in table if r["chosen"] == "1")
@@ -293,6 +305,9 @@ def test_sweep_csv_and_png(swept):
             for row in rows[:-1]]
     assert float(r["best_val_accuracy"]) == pytest.approx(max(vals), abs=1e-6)
     assert float(r["final_val_accuracy"]) == pytest.approx(vals[-1], abs=1e-6)
+    eces = [row["members"][int(r["member"])]["val_ece"] for row in rows[:-1]]
+    assert float(r["best_val_ece"]) == pytest.approx(min(eces), abs=1e-6)
+    assert float(r["test_ece"]) == pytest.approx(entry["test_ece"], abs=1e-6)
   with Image.open(os.path.join(folder, "sweep.png")) as image:
     assert image.format == "PNG" and min(image.size) >= 300
 

@@ -13,7 +13,7 @@ import tensorboard_helpers as tbh
 from mnist_jax import models
 from mnist_jax.errors import UserError
 from mnist_jax.rundir import tensorboard
-from mnist_jax.training import optim
+from mnist_jax.training import metrics
 
 STEPS = 10  # Steps per epoch of the hand-made rows.
 
@@ -23,7 +23,8 @@ def _row(epoch, seeds=(), offset=0.0):
   def metrics(seed):
     base = 1.0 / epoch + 0.01 * seed + offset
     return {"train_loss": base, "train_accuracy": 0.5 + 0.01 * epoch - 0.001 * seed,
-            "val_loss": base + 0.1, "val_accuracy": 0.45 + 0.01 * epoch}
+            "val_loss": base + 0.1, "val_accuracy": 0.45 + 0.01 * epoch,
+            "val_ece": 0.05 / epoch + 0.001 * seed}
   row = {"epoch": epoch, "step": epoch * STEPS}
   if seeds:
     per = [{"seed": s, **metrics(s)} for s in seeds]
@@ -85,7 +86,7 @@ def test_epoch_rows_final_metrics_and_figures_read_back(tmp_path):
   rows = [dict(_row(e), learning_rate=1e-3 / e) for e in (1, 2, 3)]
   figures = [_png(tmp_path / "learning_curves.png", (40, 30), "red"),
              _png(tmp_path / "mistakes.png", (20, 50), "blue")]
-  writer = tensorboard.Writer(str(tmp_path), config, steps_per_epoch=STEPS)
+  writer = tensorboard.Writer(str(tmp_path), config)
   for row in rows:
     writer.epoch(row)
   writer.final(_final(3), figures + [str(tmp_path / "not_drawn.png")])
@@ -110,19 +111,29 @@ def test_epoch_rows_final_metrics_and_figures_read_back(tmp_path):
   assert "tensorflow" not in sys.modules
 
 
-def test_learning_rate_comes_from_the_schedule_when_a_row_has_none(tmp_path):
+def test_the_rate_is_the_rows_own_and_older_rows_without_one_read(tmp_path):
+  """The learning rate is the one the run recorded; nothing recomputes it."""
   config = _config(schedule="warmup_cosine", warmup_epochs=1.0, epochs=4)
-  writer = tensorboard.Writer(str(tmp_path), config, steps_per_epoch=STEPS)
-  for e in (1, 2, 3, 4):
-    writer.epoch(_row(e))
+  writer = tensorboard.Writer(str(tmp_path), config)
+  writer.epoch(_row(1))  # An older row, without a rate.
+  for e in (2, 3):
+    writer.epoch(dict(_row(e), learning_rate=1e-3 * e))
   writer.close()
-  got = tbh.scalars(tbh.multiplexer(tmp_path), ".")["learning_rate"]
-  assert [s for s, _ in got] == [1, 2, 3, 4]
-  np.testing.assert_allclose(
-      [v for _, v in got],
-      [optim.learning_rate(config, STEPS, e * STEPS) for e in (1, 2, 3, 4)],
-      rtol=1e-6)
-  assert len({round(v, 9) for _, v in got}) == 4
+  got = tbh.scalars(tbh.multiplexer(tmp_path), ".")
+  assert got["learning_rate"] == [(2, pytest.approx(2e-3)),
+                                  (3, pytest.approx(3e-3))]
+  assert [s for s, _ in got["loss/train"]] == [1, 2, 3]
+
+
+def test_every_metric_of_the_schema_has_its_tag():
+  """A metric declared in metrics.py is a TensorBoard series of its splits."""
+  for m in metrics.METRICS:
+    for split in m.splits:
+      tags = tensorboard.FINAL_TAGS if split == "test" else tensorboard.EPOCH_TAGS
+      assert tags[f"{split}_{m.name}"] == f"{m.tag}/{split}"
+  assert tensorboard.EPOCH_TAGS["val_ece"] == "calibration_error/val"
+  assert tensorboard.FINAL_TAGS["test_ece"] == "calibration_error/test"
+  assert "train_ece" not in tensorboard.EPOCH_TAGS
 
 
 def test_config_is_an_hparams_session_closed_by_final(tmp_path):
@@ -163,7 +174,7 @@ def test_each_member_is_a_run_with_the_same_tags(tmp_path):
   seeds = (4, 5, 6)
   config = _config(seed=4, num_seeds=3)
   rows = [_row(e, seeds) for e in (1, 2)]
-  writer = tensorboard.Writer(str(tmp_path), config, steps_per_epoch=STEPS)
+  writer = tensorboard.Writer(str(tmp_path), config)
   for row in rows:
     writer.epoch(row)
   writer.final(_final(2, seeds))
@@ -180,7 +191,6 @@ def test_each_member_is_a_run_with_the_same_tags(tmp_path):
     own = [r["members"][i] for r in rows]
     expected = _expect([{**p, "epoch": r["epoch"]} for p, r in zip(own, rows)],
                        tensorboard.EPOCH_TAGS)
-    expected["learning_rate"] = mean["learning_rate"]
     expected["loss/test"] = [(2, 0.2 + 0.01 * seed)]
     expected["accuracy/test"] = [(2, 0.9 + 0.001 * seed)]
     _assert_series(tbh.scalars(mux, run), expected)
@@ -212,8 +222,7 @@ def test_sweep_members_take_their_own_learning_rate_and_older_rows_read(tmp_path
     for member, label in zip(row["members"], labels):
       member["learning_rate"] = label["learning_rate"] / row["epoch"]
   rows[1]["replicas"] = rows[1].pop("members")
-  writer = tensorboard.Writer(str(tmp_path), config, members=labels,
-                              steps_per_epoch=STEPS)
+  writer = tensorboard.Writer(str(tmp_path), config, members=labels)
   for row in rows:
     writer.epoch(row)
   writer.close()
@@ -282,12 +291,11 @@ def test_resume_restores_rows_a_kill_kept_from_the_events(tmp_path):
   in epoch 3 on resume."""
   config = _config(epochs=4, seed=1, num_seeds=2)
   rows = [_row(e, (1, 2)) for e in (1, 2, 3, 4)]
-  writer = tensorboard.Writer(str(tmp_path), config, steps_per_epoch=STEPS)
+  writer = tensorboard.Writer(str(tmp_path), config)
   for row in rows[:2]:
     writer.epoch(row)
   writer.close()
-  writer = tensorboard.Writer(str(tmp_path), config, history=rows[:3],
-                              steps_per_epoch=STEPS)
+  writer = tensorboard.Writer(str(tmp_path), config, history=rows[:3])
   writer.epoch(rows[3])
   writer.close()
   mux = tbh.multiplexer(tmp_path)

@@ -109,7 +109,7 @@ def test_scanned_chunk_equals_step_by_step():
   order = batches.epoch_batches(jax.random.PRNGKey(1), 1, 96, 32)
   chunk = train.make_train_chunk(config)
   padded = jnp.concatenate([order, order[:1]])
-  state, sums, _ = chunk(init(), images, labels, padded,
+  state, sums, _, _ = chunk(init(), images, labels, padded,
                       jnp.array([True, True, True, False]))
   ref = init()
   step = jax.jit(lambda s, i: train.train_step(s, images[i], labels[i], view="flat"))
@@ -131,7 +131,7 @@ def test_chunk_returns_a_state_of_the_types_it_takes():
   state = train.create_train_state(jax.random.PRNGKey(0), config,
                                    models.build(config), 2)
   order = batches.epoch_batches(jax.random.PRNGKey(1), 1, 64, 32)
-  out, _, _ = jax.eval_shape(train.make_train_chunk(config, jit=False), state,
+  out, _, _, _ = jax.eval_shape(train.make_train_chunk(config, jit=False), state,
                              jnp.asarray(images), jnp.asarray(labels, jnp.int32),
                              order, jnp.array([True, False]))
   kind = lambda x: (x.shape, x.dtype, x.weak_type)

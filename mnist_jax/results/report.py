@@ -22,6 +22,7 @@ from mnist_jax.rundir import files
 from mnist_jax.rundir import folder
 from mnist_jax.training import control
 from mnist_jax.training import members as members_lib
+from mnist_jax.training import metrics
 
 GRID_SIZE = 40  # Test images shown in predictions.png.
 MISTAKES_SHOWN = 24
@@ -41,11 +42,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def score(probs: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
-  """Accuracy and mean cross entropy of probabilities [N, K] for labels [N]."""
-  labels = np.asarray(labels).astype(np.int64)
-  p_true = probs[np.arange(len(labels)), labels]
-  return {"accuracy": float(np.mean(probs.argmax(axis=-1) == labels)),
-          "loss": float(-np.mean(np.log(np.maximum(p_true, 1e-30))))}
+  """The test metrics (metrics.py) of probabilities [N, K] for labels [N]:
+  their logarithms are logits whose softmax they are."""
+  return metrics.of_logits(np.log(np.maximum(probs, 1e-30)), labels)
 
 
 def _finite_models(logits: np.ndarray) -> np.ndarray:
@@ -61,8 +60,8 @@ def ensemble_probabilities(logits: np.ndarray) -> np.ndarray:
 
 def ensemble_metrics(logits: np.ndarray,
                      labels: np.ndarray) -> Optional[Dict[str, Any]]:
-  """Test accuracy and loss of the ensemble of S models' logits [S, N, K];
-  None unless at least two of them are finite."""
+  """The test metrics of the ensemble of S models' logits [S, N, K] (`score`),
+  and "members"; None unless at least two of them are finite."""
   finite = _finite_models(logits)
   if len(finite) < 2:
     return None
@@ -105,15 +104,35 @@ def _fmt_s(seconds: Optional[float]) -> str:
   return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def _headline(rows: List[dict], accuracy: float, loss: float,
+def test_values(final: dict, logits: np.ndarray, labels: np.ndarray,
+                note: Optional[str] = None) -> Dict[str, float]:
+  """The test metrics report.md shows, by name: the final row's, where it
+  holds every one and the logits are the finished run's (no `note`); else
+  (an older run folder or checkpoint) metrics.py's on `logits` [N, K]."""
+  keys = {m.name: f"test_{m.name}" for m in metrics.of("test")}
+  if note is None and all(final.get(k) is not None for k in keys.values()):
+    return {name: final[key] for name, key in keys.items()}
+  return metrics.of_logits(logits, labels)
+
+
+def _metrics_text(values: Dict[str, float], lead: str = "accuracy") -> str:
+  """`loss 0.1234, calibration error ... 1.23%`: every test metric but `lead`."""
+  return ", ".join(f"{m.label} {m.text(values.get(m.name))}"
+                   for m in metrics.of("test") if m.name != lead)
+
+
+def _headline(rows: List[dict], test: Dict[str, float],
               n: int) -> List[tuple]:
-  """(name, value) rows for the top of report.md, from metrics.jsonl rows."""
+  """(name, value) rows for the top of report.md: `test` (test_values) and
+  metrics.jsonl rows."""
   epochs = [r for r in rows if "epoch" in r and "train_loss" in r]
   finals = [r for r in rows if "test_accuracy" in r]
   final = finals[-1] if finals else {}
+  accuracy = test["accuracy"]
   out = [("Test accuracy", f"**{100 * accuracy:.2f}%** ({n} images, "
-          f"{int(round((1 - accuracy) * n))} wrong)"),
-         ("Test loss", f"{loss:.4f}")]
+          f"{int(round((1 - accuracy) * n))} wrong)")]
+  out += [(f"Test {m.label}", m.text(test.get(m.name)))
+          for m in metrics.of("test") if m.name != "accuracy"]
   if epochs and epochs[-1].get("val_accuracy") is not None:
     out.append(("Validation accuracy (last epoch)",
                 f"{100 * epochs[-1]['val_accuracy']:.2f}%"))
@@ -138,7 +157,7 @@ def _headline(rows: List[dict], accuracy: float, loss: float,
 
 def _ensemble_text(ensemble: dict, final: dict) -> str:
   """The ensemble's accuracy beside the mean +- std of its single members."""
-  text = (f"**{100 * ensemble['accuracy']:.2f}%** (loss {ensemble['loss']:.4f}; "
+  text = (f"**{100 * ensemble['accuracy']:.2f}%** ({_metrics_text(ensemble)}; "
           f"the mean probabilities of {ensemble['members']} seeds)")
   if final.get("test_accuracy_mean") is not None:
     text += (f"; single members {100 * final['test_accuracy_mean']:.2f} ± "
@@ -164,7 +183,8 @@ def write(workdir: str, config, test, logits: np.ndarray,
       older checkpoint, an unfinished run), shown at the top of report.md.
 
   Returns:
-    {"accuracy", "loss", "confusion", "paths"}: test metrics and written files.
+    the test metrics by name (`test_values`), "confusion" and "paths" (the
+    written files).
   """
   # matplotlib is needed only once a run ends: importing plots here keeps it
   # out of a run's start-up.
@@ -177,15 +197,15 @@ def write(workdir: str, config, test, logits: np.ndarray,
   probs = softmax(logits)
   predicted = probs.argmax(axis=-1)
   p_true = probs[np.arange(n), labels]
-  loss = score(probs, labels)["loss"]
   counts = confusion(labels, predicted, k)
-  accuracy = float(np.trace(counts) / max(n, 1))
   stats = per_class(counts)
   pairs = confused_pairs(counts)
   title = f"{config.model} ({config.preset})"
   path = lambda name: os.path.join(workdir, name)
   rows = folder.read_metrics(path(folder.METRICS_FILE))
   final = next((r for r in reversed(rows) if "test_accuracy" in r), {})
+  test_metrics = test_values(final, logits, labels, note)
+  accuracy = test_metrics["accuracy"]
   chosen = final.get("chosen")
   if chosen:  # The chosen member's own curves and numbers.
     rows = members_lib.member_rows(rows, chosen["index"])
@@ -240,14 +260,15 @@ def write(workdir: str, config, test, logits: np.ndarray,
   if config.sweep and table:
     write_sweep(workdir, config, table)
 
-  headline = _headline(rows, accuracy, loss, n)
+  headline = _headline(rows, test_metrics, n)
   if ensemble is not None:
-    headline.insert(2, ("Ensemble test accuracy", _ensemble_text(ensemble, final)))
+    headline.insert(len(metrics.of("test")),  # After the test metrics.
+                    ("Ensemble test accuracy", _ensemble_text(ensemble, final)))
   files.write_text(path("report.md"), _markdown(
       config, names, counts, stats, pairs, n, headline,
       members_section(config, final, table), note=note,
       warning=(final.get(control.NOT_LEARNED) or {}).get("message")))
-  return {"accuracy": accuracy, "loss": loss, "confusion": counts,
+  return {**test_metrics, "confusion": counts,
           "paths": [path(f) for f in FILES + SWEEP_FILES
                     if os.path.exists(path(f))]}
 
@@ -304,10 +325,11 @@ def _markdown(config, names, counts, stats, pairs, n, headline, members,
 def sweep_table(rows: Sequence[dict]) -> List[Dict[str, Any]]:
   """One record per member from metrics.jsonl rows ([] for one member).
 
-  Each: member, values (swept), seed, best and final validation accuracy and
-  loss (best over epochs; None without a validation split), test accuracy and
-  loss (a diverged member's losses None), whether it diverged, and whether it
-  is the chosen member.
+  Each: member, values (swept), seed, `best_val_<metric>` and
+  `final_val_<metric>` of each validation metric (best over epochs; None
+  without a validation split), `test_<metric>` of each test metric (None:
+  not finite, or not in an older run folder), whether it diverged, and
+  whether it is the chosen member.
   """
   final = next((r for r in reversed(rows) if "test_accuracy" in r), {})
   if not final.get("members"):
@@ -316,20 +338,25 @@ def sweep_table(rows: Sequence[dict]) -> List[Dict[str, Any]]:
   out = []
   for entry in final["members"]:
     i = entry["index"]
-    val = [(r["members"][i]["val_accuracy"], r["members"][i]["val_loss"])
-           for r in epochs if "val_accuracy" in r["members"][i]]
-    losses = [l for _, l in val if l is not None]  # None: diverged.
-    out.append({
-        "member": i, "values": entry["values"], "seed": entry["seed"],
-        "best_val_accuracy": max(a for a, _ in val) if val else None,
-        "best_val_loss": min(losses) if losses else None,
-        "final_val_accuracy": val[-1][0] if val else None,
-        "final_val_loss": val[-1][1] if val else None,
-        "test_accuracy": entry["test_accuracy"],
-        "test_loss": entry["test_loss"],
-        "diverged": bool(entry.get("diverged")),
-        "chosen": i == final["chosen"]["index"]})
+    record = {"member": i, "values": entry["values"], "seed": entry["seed"]}
+    for m in metrics.of("val"):
+      key = f"val_{m.name}"
+      val = [r["members"][i][key] for r in epochs
+             if "val_accuracy" in r["members"][i]]
+      known = [v for v in val if v is not None]  # None: diverged.
+      record[f"best_{key}"] = m.best(known) if known else None
+      record[f"final_{key}"] = val[-1] if val else None
+    record.update({k: entry.get(k) for k in metrics.keys("test")})
+    out.append({**record, "diverged": bool(entry.get("diverged")),
+                "chosen": i == final["chosen"]["index"]})
   return out
+
+
+def _table_keys() -> List[str]:
+  """sweep.csv's metric columns (sweep_table's keys)."""
+  val = metrics.keys("val")
+  return ([f"best_{k}" for k in val] + [f"final_{k}" for k in val] +
+          list(metrics.keys("test")))
 
 
 def write_sweep(workdir: str, config, records: Sequence[dict]) -> None:
@@ -337,8 +364,7 @@ def write_sweep(workdir: str, config, records: Sequence[dict]) -> None:
   # matplotlib only once a run ends (see `write`).
   from mnist_jax.results import plots  # pylint: disable=g-import-not-at-top
   names = list(members_lib.parse(config.sweep))
-  keys = ["best_val_accuracy", "best_val_loss", "final_val_accuracy",
-          "final_val_loss", "test_accuracy", "test_loss"]
+  keys = _table_keys()
   text = lambda v: "" if v is None else f"{v:.6f}"
   files.write_csv(os.path.join(workdir, "sweep.csv"),
                   [["member", *names, "seed", *keys, "diverged", "chosen"]] +
@@ -374,13 +400,18 @@ def members_section(config, final: dict, records: Sequence[dict]) -> List[str]:
   if not config.sweep or not records:
     return lines
   names = list(members_lib.parse(config.sweep))
-  lines += ["| " + " | ".join(names) + " | validation accuracy % | test "
-            "accuracy % | chosen |", "|" + "---|" * len(names) + "---:|---:|---|"]
+  tests = metrics.of("test")
+  lines += ["| " + " | ".join(names) + " | validation accuracy % | " +
+            " | ".join(f"test {m.label}{' ' + m.unit if m.unit else ''}"
+                       for m in tests) + " | chosen |",
+            "|" + "---|" * len(names) + "---:|" * (1 + len(tests)) + "---|"]
+  accuracy = metrics.BY_NAME["accuracy"]
   for point in _by_point(records):
-    val = [100 * r["final_val_accuracy"] for r in point]
-    test = [100 * r["test_accuracy"] for r in point]
+    cells = [_mean_pm(accuracy, [r["final_val_accuracy"] for r in point])]
+    cells += [_mean_pm(m, [r.get(f"test_{m.name}") for r in point])
+              for m in tests]
     lines.append("| " + " | ".join(f"{point[0]['values'][n]:g}" for n in names)
-                 + f" | {_mean_pm(val)} | {_mean_pm(test)} | "
+                 + " | " + " | ".join(cells) + " | "
                  + ("yes" if any(r["chosen"] for r in point) else "") + " |")
   lines += ["", "Validation accuracy after the last epoch; mean ± std over the "
             "seeds. Every member: [sweep.csv](sweep.csv).", "",
@@ -399,7 +430,12 @@ def _by_point(records: Sequence[dict]) -> List[List[dict]]:
   return out
 
 
-def _mean_pm(values: Sequence[float]) -> str:
-  if len(values) == 1:
-    return f"{values[0]:.2f}"
-  return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
+def _mean_pm(metric: metrics.Metric, values: Sequence[Optional[float]]) -> str:
+  """Values of a metric (scaled, without unit), as their mean ± std."""
+  if any(v is None for v in values):
+    return "n/a"
+  scaled = [metric.scale * v for v in values]
+  d = metric.digits
+  if len(scaled) == 1:
+    return f"{scaled[0]:.{d}f}"
+  return f"{np.mean(scaled):.{d}f} ± {np.std(scaled, ddof=1):.{d}f}"

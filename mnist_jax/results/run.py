@@ -145,8 +145,9 @@ class Run:
 
   def evaluate(self, images, labels, ensemble: bool = False,
                batch_size: int = 1000) -> Dict[str, Any]:
-    """{"accuracy", "loss" (mean cross entropy), "confusion" [K, K] counts,
-    rows true labels}, of a batch of images with labels [N]."""
+    """The test metrics (metrics.py: "accuracy", "loss" (mean cross entropy),
+    "ece", ...), "count" and "confusion" [K, K] counts (rows true labels), of
+    a batch of images with labels [N]."""
     probs = self.probabilities(images, ensemble, batch_size)
     if probs.ndim == 1:
       probs, labels = probs[None], np.reshape(labels, (1,))

@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Sequence
 from mnist_jax.results import report
 from mnist_jax.rundir import folder
 from mnist_jax.rundir import tensorboard
+from mnist_jax.training import metrics as metrics_lib
 
 
 # The console.
@@ -35,9 +36,11 @@ def _fmt_time(seconds: float) -> str:
   return f"{seconds}s"
 
 
-def _number(value, spec: str) -> str:
-  """`value` formatted by `spec`; "n/a" for None (a diverged member's)."""
-  return "n/a" if value is None else format(value, spec)
+def _metrics_text(row: dict, split: str, prefix: str) -> str:
+  """` loss 0.1234 acc 97.50%`: the split's metrics that the console shows
+  (metrics.py), "n/a" for None (a diverged member's)."""
+  return "".join(f" {prefix}{m.console} {m.text(row.get(f'{split}_{m.name}'))}"
+                 for m in metrics_lib.of(split) if m.console)
 
 
 class Progress:
@@ -83,16 +86,15 @@ class Progress:
     self._last = time.monotonic()
     val = ""
     if row.get("val_accuracy") is not None:
-      val = f" val_loss {row['val_loss']:.4f} val_acc {100 * row['val_accuracy']:.2f}%"
+      val = _metrics_text(row, "val", "val_")
     if row.get("leader"):  # Several members: the one the numbers are of.
       leader = row["leader"]
       val += " (leading: " + ", ".join(
           [f"{k}={v:g}" for k, v in leader["values"].items()] +
           [f"seed={leader['seed']}"]) + ")"
     left = self._eta(epoch, 1.0, row["epoch_time_s"])
-    text = (f"{self.prefix}epoch {epoch}/{self.epochs} loss "
-            f"{_number(row['train_loss'], '.4f')} acc "
-            f"{_number(row['train_accuracy'], '.2%')}{val} "
+    text = (f"{self.prefix}epoch {epoch}/{self.epochs}"
+            f"{_metrics_text(row, 'train', '')}{val} "
             f"{row['epoch_time_s']:.1f}s ({row['examples_per_s']:,.0f} ex/s), "
             f"about {_fmt_time(left)} left")
     self.stream.write(("\r" if self.tty else "") + text +
@@ -145,13 +147,11 @@ class TensorBoardWriter:
   its own series, in a subfolder named for its settings.
   """
 
-  def __init__(self, workdir: str, config, members: Sequence[Dict] = (),
-               steps_per_epoch: Optional[int] = None):
+  def __init__(self, workdir: str, config, members: Sequence[Dict] = ()):
     """members: each member's label ({"seed": 3, ...}); one member is the run."""
     self._workdir = workdir
     self._config = config
     self._members = list(members)
-    self._steps_per_epoch = steps_per_epoch
     self._writer = None
 
   def resume(self, epoch: int, keep_final: bool = False) -> None:
@@ -159,8 +159,7 @@ class TensorBoardWriter:
     kept = [r for r in folder.MetricsLog(self._workdir).read()
             if r.get("epoch", epoch + 1) <= epoch and "train_loss" in r]
     self._writer = tensorboard.Writer(
-        self._workdir, self._config, members=self._members, history=kept,
-        steps_per_epoch=self._steps_per_epoch)
+        self._workdir, self._config, members=self._members, history=kept)
 
   def epoch(self, row: dict) -> None:
     self._writer.epoch(row)
@@ -218,13 +217,12 @@ class RunLog:
         files are written too.
       members: each member's label ({"seed": 3, ...}), in the order of a
         row's `members`.
-      steps_per_epoch: the run's, for TensorBoard's learning rates.
+      steps_per_epoch: the run's, to repair metrics.jsonl on resume.
     """
     if workdir is not None:
       self.writers.append(JsonlWriter(workdir, steps_per_epoch))
       if config is not None and config.tensorboard:
-        self.writers.append(TensorBoardWriter(workdir, config, members,
-                                              steps_per_epoch))
+        self.writers.append(TensorBoardWriter(workdir, config, members))
     for writer in self.writers:
       for note in writer.resume(resume_after, keep_final) or ():
         self.message(note)

@@ -38,14 +38,19 @@ from tensorboardX.record_writer import masked_crc32c
 
 from mnist_jax import config as config_lib
 from mnist_jax.errors import UserError
-from mnist_jax.training import optim
+from mnist_jax.training import metrics
 
-EPOCH_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val",
-              "train_accuracy": "accuracy/train", "val_accuracy": "accuracy/val",
-              "learning_rate": "learning_rate"}
+
+def _tags(splits: Sequence[str]) -> Dict[str, str]:
+  """metrics.jsonl key -> tag (`<tag>/<split>`) of each metric of `splits`."""
+  return {f"{split}_{m.name}": f"{m.tag}/{split}"
+          for m in metrics.METRICS for split in splits if split in m.splits}
+
+
+EPOCH_TAGS = {**_tags(("train", "val")), "learning_rate": "learning_rate"}
 SPEED_TAGS = {"epoch_time_s": "speed/epoch_time_s",
               "examples_per_s": "speed/examples_per_s"}
-FINAL_TAGS = {"test_loss": "loss/test", "test_accuracy": "accuracy/test"}
+FINAL_TAGS = _tags(("test",))
 # Config fields that say where files are or how processes meet, not what was
 # trained: left out of the hparams, where they would only tell runs apart.
 NOT_HPARAMS = ("workdir", "data_dir", "mnist_dir", "coordinator_address",
@@ -189,8 +194,7 @@ class Writer:
 
   def __init__(self, logdir: str, config: config_lib.Config, *,
                members: Optional[Sequence[Dict]] = None,
-               history: Sequence[Dict] = (),
-               steps_per_epoch: Optional[int] = None, enabled: bool = True,
+               history: Sequence[Dict] = (), enabled: bool = True,
                warn: Optional[Callable[[str], None]] = None):
     """Opens the event files and replays `history`.
 
@@ -201,8 +205,6 @@ class Writer:
         of a row's `members` (see members_from_labels); None: from
         config.num_seeds.
       history: the epoch rows the run folder kept, when resuming.
-      steps_per_epoch: to compute the learning rate of rows without one
-        (from their step).
       enabled: False makes every method a no-op (--notensorboard).
       warn: prints the warning line of a failed write (default: stderr).
     """
@@ -215,8 +217,6 @@ class Writer:
       return
     members = (members_of(config) if members is None
                else members_from_labels(members))
-    self._configs = [config] + [config.replace(**m) for m in members]
-    self._steps_per_epoch = steps_per_epoch
     try:
       self._main = self._open(logdir, hparams(config))
       self._members = [self._open(os.path.join(logdir, member_name(m)),
@@ -263,14 +263,6 @@ class Writer:
                "metrics.jsonl has every row")
     self._close_all()
 
-  def _rate(self, values: Dict, i: int, step: Optional[int]) -> Optional[float]:
-    """The row's (or member's) learning rate, else member i's at `step`."""
-    if values.get("learning_rate") is not None:
-      return values["learning_rate"]
-    if not self._steps_per_epoch or step is None:
-      return None
-    return optim.learning_rate(self._configs[i], self._steps_per_epoch, step)
-
   @staticmethod
   def _scalars(writer, values: Dict, tags: Dict, step: int) -> None:
     """One event with a scalar per tag whose key `values` holds.
@@ -288,12 +280,9 @@ class Writer:
     epoch = row.get("epoch")
     if epoch is None or row.get("train_loss") is None:
       return  # Not an epoch row (e.g. the divergence note).
-    step = row.get("step")
-    self._scalars(self._main, {**row, "learning_rate": self._rate(row, 0, step)},
-                  {**EPOCH_TAGS, **SPEED_TAGS}, epoch)
-    for i, (writer, member) in enumerate(zip(self._members, member_rows(row))):
-      lr = self._rate(member, i + 1, step)
-      self._scalars(writer, {**member, "learning_rate": lr}, EPOCH_TAGS, epoch)
+    self._scalars(self._main, row, {**EPOCH_TAGS, **SPEED_TAGS}, epoch)
+    for writer, member in zip(self._members, member_rows(row)):
+      self._scalars(writer, member, EPOCH_TAGS, epoch)
     self._last_epoch = epoch
 
   def epoch(self, row: Dict) -> None:

@@ -56,6 +56,7 @@ from mnist_jax.errors import UserError
 from mnist_jax.rundir import checkpoints
 from mnist_jax.rundir import files
 from mnist_jax.training import members as members_lib
+from mnist_jax.training import metrics as metrics_lib
 
 AXIS = "data"  # The pmap axis name and the mesh axis the batch is sharded along.
 
@@ -336,10 +337,10 @@ class Parallel:
 
     With `compiler_options` (XLA's), dropped if this jaxlib does not know one.
 
-    Returns fn(state, images, labels, batch_idx, valid) -> (state, sums, bad),
-    the state in this mode's layout, the metric sums (over the global batch)
-    and the first non-finite step (train.make_train_chunk) as this process's
-    scalars.
+    Returns fn(state, images, labels, batch_idx, valid) -> (state, sums, bad,
+    rate), the state in this mode's layout, the metric sums (over the global
+    batch), the first non-finite step and the learning rate
+    (train.make_train_chunk) as this process's scalars.
     """
     if self.mode == "pmap":
       fn = jax.pmap(chunk, axis_name=AXIS, donate_argnums=(0,))
@@ -541,9 +542,6 @@ def setup(config, num_members: int = 1) -> Parallel:
 
 
 # The engine.
-
-SUM_KEYS = ("loss", "correct", "count")
-
 
 @dataclasses.dataclass(frozen=True)
 class EpochPlan:
@@ -766,7 +764,7 @@ class Engine:
   def zero_sums(self) -> Dict[str, np.ndarray]:
     """Host zeros shaped like the metric sums: [] or [M] float32."""
     shape = () if len(self.members) == 1 else (len(self.members),)
-    return {k: np.zeros(shape, np.float32) for k in SUM_KEYS}
+    return metrics_lib.zeros(lead=shape, host=True)
 
   def start(self, state, start: checkpoints.Start):
     """Process 0's state and start, on every process, the state on its devices."""
@@ -817,18 +815,23 @@ class Engine:
     """An epoch's metric sums before its first chunk: zeros or `partial`."""
     if partial is not None:
       return jax.tree.map(jnp.asarray, partial)
-    return {k: jnp.zeros(()) for k in SUM_KEYS}
+    return metrics_lib.zeros()
 
   def train_chunk(self, state, plan: EpochPlan, c: int, sums):
-    """Runs chunk c of `plan`: (state, sums + the chunk's, bad).
+    """Runs chunk c of `plan`: (state, sums + the chunk's, bad, rate).
 
     bad: host int32 [M] (or [1]), each member's first non-finite step or -1;
-    reading it is the one wait for the device in each chunk.
+    reading it is the one wait for the device in each chunk. rate: the
+    members' learning rates after the chunk, on the device (`rates`).
     """
-    state, chunk_sums, bad = self._chunk(state, self.images, self.labels,
-                                         plan.batches[c], plan.valid[c])
+    state, chunk_sums, bad, rate = self._chunk(
+        state, self.images, self.labels, plan.batches[c], plan.valid[c])
     sums = jax.tree.map(jnp.add, sums, chunk_sums)
-    return state, sums, np.asarray(jax.device_get(bad)).reshape(-1)
+    return state, sums, np.asarray(jax.device_get(bad)).reshape(-1), rate
+
+  def rates(self, rate) -> List[float]:
+    """A chunk's learning rates as host numbers, one per member."""
+    return [float(r) for r in np.asarray(jax.device_get(rate)).reshape(-1)]
 
   def metrics(self, sums) -> dict:
     """Metric sums as host means (members.host_metrics)."""

@@ -34,7 +34,7 @@ stopped there, named in `leader`), at the end the chosen member's (named in
 `chosen`). When that member's grid point has several seeds, `<key>_mean` and
 `<key>_std` (sample standard deviation, ddof=1) over them follow, and
 `members` lists every member: its `index`, `seed`, swept `values`,
-`learning_rate` at the row's step, and its metrics (a member that diverged,
+`learning_rate` at an epoch row's step, and its metrics (a member that diverged,
 control.py, has `diverged` and None for its non-finite losses). With one
 member the row is the single run's.
 """
@@ -53,6 +53,7 @@ import numpy as np
 from mnist_jax import config as config_lib
 from mnist_jax.config import Config
 from mnist_jax.errors import UserError
+from mnist_jax.training import metrics as metrics_lib
 from mnist_jax.training import optim
 
 # Who trains together.
@@ -359,14 +360,15 @@ def train_chunk(chunk: Callable, num: int, sequential: bool,
 
   Args:
     chunk: fn(state, images, labels, batch_idx [C, B], valid [C]) ->
-      (state, sums, bad), one member's chunk of steps (train.make_train_chunk).
+      (state, sums, bad, rate), one member's chunk of steps
+      (train.make_train_chunk).
     num: M, the number of members.
     sequential: run the members in turn (`in_turn`), else vmap the step.
     member_mesh: the devices to split the members over (`mesh`), or None.
 
   Returns:
     fn(state [M, ...], images, labels, batch_idx [M, C, B], valid [C]) ->
-    (state [M, ...], sums [M], bad [M]); `chunk` itself for one member. In
+    (state [M, ...], sums [M], bad [M], rate [M]); `chunk` itself for one member. In
     turn, member i runs exactly the single-member program, so it computes
     what the single run with its seed computes.
   """
@@ -397,7 +399,6 @@ def evaluate(fn: Callable, num: int,
 
 # Their metrics, and which one is chosen.
 
-METRIC_KEYS = ("loss", "accuracy")
 # Keys of a member's dict in a row that say which member it is.
 IDENTITY_KEYS = ("index", "seed", "values")
 
@@ -408,29 +409,17 @@ class Choice(NamedTuple):
   member: int
 
 
-def means(sums) -> Dict[str, float]:
-  """Host means of one member's metric sums: loss, accuracy, count.
-
-  NaN for sums over no example (a diverged member's skipped steps).
-  """
-  count = float(sums["count"])
-  if count == 0:
-    return {"loss": float("nan"), "accuracy": float("nan"), "count": count}
-  return {"loss": float(sums["loss"]) / count,
-          "accuracy": float(sums["correct"]) / count, "count": count}
-
-
 def host_metrics(sums) -> Dict:
-  """Metric sums {"loss", "correct", "count"} (on a device) as host means.
+  """Metric sums (metrics.batch_sums, on a device) as host values.
 
   Returns:
-    `means` of a single member; for stacked [M] sums the mean over members
-    under the same keys, plus `per_member`, the list of each member's `means`.
+    `metrics.values` of a single member; for stacked [M] sums the mean over
+    members under the same keys, plus `per_member`, each member's values.
   """
   m = jax.device_get(sums)
   if np.ndim(m["count"]) == 0:
-    return means(m)
-  per = [means(jax.tree.map(lambda a, i=i: a[i], m))
+    return metrics_lib.values(m)
+  per = [metrics_lib.values(jax.tree.map(lambda a, i=i: a[i], m))
          for i in range(len(m["count"]))]
   out = {k: float(np.mean([p[k] for p in per])) for k in per[0]}
   out["per_member"] = per
@@ -468,16 +457,6 @@ def choose(members: Sequence[Member], val: Optional[Dict]) -> Choice:
   return Choice(point, member)
 
 
-def learning_rates(members: Sequence[Member], steps_per_epoch: int,
-                   step: int) -> List[float]:
-  """Each member's learning rate after `step` updates (one per grid point)."""
-  by_point = {}
-  for seeds in points(members):
-    by_point[seeds] = optim.learning_rate(members[seeds[0]].config,
-                                          steps_per_epoch, step)
-  return [by_point[seeds] for seeds in points(members) for _ in seeds]
-
-
 def _std(values: Sequence[float]) -> float:
   return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
@@ -503,25 +482,26 @@ def row(members: Sequence[Member], choice: Choice,
     members: the run's members.
     choice: the member whose metrics are the row's own, and its grid point.
     splits: split name -> `host_metrics` result (None: not evaluated).
-    rates: each member's learning rate at the row's step (`learning_rates`).
+    rates: each member's learning rate at the row's step.
 
   Returns:
-    top: `<split>_loss`, `<split>_accuracy` of the chosen member (None for a
-      split not evaluated). extras: {} for one member; else
-      `<split>_<key>_mean` and `_std` over the grid point's seeds when it has
-      several, and `members`.
+    top: `<split>_<metric>` of the chosen member for each metric the split
+      reports (metrics.py; None for a split not evaluated). extras: {} for
+      one member; else `<split>_<metric>_mean` and `_std` over the grid
+      point's seeds when it has several, and `members`.
   """
   per = {split: per_member(f) for split, f in splits.items() if f}
+  names = {split: [m.name for m in metrics_lib.of(split)] for split in splits}
   if len(members) == 1:  # The single run's row, as it always was.
     return {f"{split}_{key}": per[split][0][key] if split in per else None
-            for split in splits for key in METRIC_KEYS}, {}
+            for split in splits for key in names[split]}, {}
   top = {f"{split}_{key}": _json(per[split][choice.member][key])
-         if split in per else None for split in splits for key in METRIC_KEYS}
+         if split in per else None for split in splits for key in names[split]}
   seeds = points(members)[choice.point]
   extras = {}
   if len(seeds) > 1:
     for split, values in per.items():
-      for key in METRIC_KEYS:
+      for key in names[split]:
         of_seeds = [values[i][key] for i in seeds]
         extras[f"{split}_{key}_mean"] = _json(np.mean(of_seeds))
         extras[f"{split}_{key}_std"] = _json(_std(of_seeds))
@@ -531,7 +511,7 @@ def row(members: Sequence[Member], choice: Choice,
     if rates is not None:
       entry["learning_rate"] = rates[m.index]
     for split, values in per.items():
-      for key in METRIC_KEYS:
+      for key in names[split]:
         entry[f"{split}_{key}"] = _json(values[m.index][key])
     if any(not np.isfinite(values[m.index]["loss"]) for values in per.values()):
       entry["diverged"] = True

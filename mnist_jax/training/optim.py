@@ -9,7 +9,7 @@ names, never on the values: `--grad_clip=0` leaves the clip out, while a swept
 `grad_clip` keeps it in every member and 0 turns it off there.
 """
 
-import functools
+import dataclasses
 from typing import Dict, Iterable, Mapping, Optional
 
 import jax
@@ -92,6 +92,32 @@ def _cosine_between(start, end, fraction):
   return end + (start - end) * _half_cosine(fraction)
 
 
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """A run's learning-rate schedule: `name` over `total` steps (static).
+
+  The optimizer follows it (`make_optimizer`), and the train state reads its
+  current rate from the optimizer's own state (`__call__`).
+  """
+  name: str
+  total: int
+
+  @classmethod
+  def of(cls, config: Config, steps_per_epoch: int) -> "Schedule":
+    return cls(config.schedule, total_steps(config, steps_per_epoch))
+
+  def rate(self, count, peak, warmup=None) -> jax.Array:
+    """The rate of the update after `count` updates (see `schedule`)."""
+    return schedule(self.name, count, peak, warmup, self.total)
+
+  def __call__(self, opt_state) -> jax.Array:
+    """The rate of the next update of `opt_state` (make_optimizer's): the
+    schedule at its update count, with its own (a member's) peak and warmup."""
+    held = opt_state.hyperparams
+    return self.rate(opt_state.count, held["learning_rate"],
+                     held.get("warmup_steps"))
+
+
 def hyperparams(config: Config, steps_per_epoch: int,
                 swept: Iterable[str] = ()) -> Dict[str, np.ndarray]:
   """The run's hyperparameters as `opt_state.hyperparams` holds them.
@@ -132,15 +158,16 @@ def make_optimizer(config: Config, steps_per_epoch: int,
   """The optax chain (optional clip, optional decay, the optimizer) whose
   hyperparameters, `hyperparams(config, steps_per_epoch, swept)`, live in
   `opt_state.hyperparams`."""
-  total = total_steps(config, steps_per_epoch)
+  plan = Schedule.of(config, steps_per_epoch)
 
   def chain(learning_rate, warmup_steps=None, weight_decay=None, momentum=None,
             rmsprop_decay=None, eps=None, grad_clip=None, label_smoothing=None):
     # Held beside the optimizer's own so that all of a member's values are in
     # one place; the loss reads it (train.train_step), the optimizer does not.
     del label_smoothing
-    lr = functools.partial(schedule, config.schedule, peak=learning_rate,
-                           warmup=warmup_steps, total=total)
+    def lr(count):
+      return plan.rate(count, learning_rate, warmup_steps)
+
     if config.optimizer == "adam":
       opt = optax.adam(lr)
     elif config.optimizer == "adamw":
@@ -183,11 +210,3 @@ def label_smoothing(opt_state, default: float = 0.0):
   """The loss's label smoothing: the state's own value when it holds one."""
   return getattr(opt_state, "hyperparams", {}).get("label_smoothing", default)
 
-
-def learning_rate(config: Config, steps_per_epoch: int, step: int) -> float:
-  """The learning rate of the update after `step` updates of `config`'s run
-  (for a sweep, pass the member's config): for logs and TensorBoard."""
-  held = hyperparams(config, steps_per_epoch)
-  return float(schedule(config.schedule, np.int32(step), held["learning_rate"],
-                        held.get("warmup_steps"),
-                        total_steps(config, steps_per_epoch)))

@@ -16,6 +16,7 @@ import functools
 import time
 from typing import Any, Callable, Dict, Optional
 
+from flax import struct
 import flax.linen as nn
 from flax.training import train_state
 import jax
@@ -38,18 +39,26 @@ from mnist_jax.rundir import log as log_lib
 from mnist_jax.training import control
 from mnist_jax.training import devices
 from mnist_jax.training import members as members_lib
+from mnist_jax.training import metrics as metrics_lib
 from mnist_jax.training import optim
 from mnist_jax.training import resources
 
-Metrics = Dict[str, jax.Array]  # {"loss": sum, "correct": sum, "count": n}
+Metrics = Dict[str, jax.Array]  # Sums of metrics.py's metrics, and "count".
 
 
 class TrainState(train_state.TrainState):
-  """Params, optimizer state and step, plus the run's base dropout key.
+  """Params, optimizer state and step, plus the run's base dropout key and
+  its learning-rate schedule (static: no array, not in checkpoints).
 
   The dropout key of step s is fold_in(rng, s): derived, never carried forward.
   """
   rng: jax.Array
+  schedule: Optional[optim.Schedule] = struct.field(pytree_node=False,
+                                                    default=None)
+
+  def learning_rate(self) -> jax.Array:
+    """The rate of the optimizer's next update, from its own state."""
+    return self.schedule(self.opt_state)
 
 
 def create_train_state(rng: jax.Array, config: Config, model: nn.Module,
@@ -71,7 +80,7 @@ def create_train_state(rng: jax.Array, config: Config, model: nn.Module,
   state = TrainState.create(
       apply_fn=precision.cast_apply(model.apply, config.dtype), params=params,
       tx=optim.make_optimizer(config, steps_per_epoch, swept=hparams),
-      rng=dropout_rng)
+      rng=dropout_rng, schedule=optim.Schedule.of(config, steps_per_epoch))
   if hparams:
     state = state.replace(opt_state=optim.with_hyperparams(state.opt_state,
                                                            hparams))
@@ -91,14 +100,6 @@ def cross_entropy(logits: jax.Array, labels: jax.Array,
     return nll, nll
   smooth = -logp.mean(axis=-1)
   return nll, (1.0 - label_smoothing) * nll + label_smoothing * smooth
-
-
-def _sums(logits, labels, nll, mask=None) -> Metrics:
-  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-  if mask is None:
-    mask = jnp.ones_like(nll)
-  return {"loss": jnp.sum(nll * mask), "correct": jnp.sum(correct * mask),
-          "count": jnp.sum(mask)}
 
 
 def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
@@ -136,7 +137,7 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
     return smoothed.mean(), (logits, nll)
 
   grads, (logits, nll) = jax.grad(loss_fn, has_aux=True)(state.params)
-  metrics = _sums(logits, labels, nll)
+  metrics = metrics_lib.batch_sums(logits, labels, nll)
   if axis_name is not None:
     grads = jax.lax.pmean(grads, axis_name)
     metrics = jax.lax.psum(metrics, axis_name)
@@ -152,11 +153,7 @@ def eval_step(params, apply_fn: Callable, images: jax.Array, labels: jax.Array,
   logits = apply_fn({"params": params}, views.to_view(images, view),
                     train=False)
   nll, _ = cross_entropy(logits, labels)
-  return _sums(logits, labels, nll, mask)
-
-
-def _zeros() -> Metrics:
-  return {"loss": jnp.zeros(()), "correct": jnp.zeros(()), "count": jnp.zeros(())}
+  return metrics_lib.batch_sums(logits, labels, nll, mask, metrics_lib.EVAL)
 
 
 def _finite(params) -> jax.Array:
@@ -170,14 +167,16 @@ def make_train_chunk(config: Config, axis_name: Optional[str] = None,
   """A function running a chunk of steps as one `lax.scan` (jitted if `jit`).
 
   The returned fn(state, images [N,28,28], labels [N], batch_idx [C, B] int32,
-  valid [C] bool) -> (state, metric sums, bad) skips steps where valid is
+  valid [C] bool) -> (state, metric sums, bad, rate) skips steps where valid is
   False, so every chunk of an epoch has one shape and compiles once. `bad`
   (int32) is the global number of the first step whose loss, or whose update
   of the parameters, was not finite, and -1 if none was; the steps after it
   leave the parameters alone and only count. A state whose parameters are
   already not finite (a sweep member that diverged in an earlier chunk) trains
   no step, and `bad` is its step at the chunk's start. Divergence is thus found
-  on the device, read once per chunk. One model: an engine maps it over the
+  on the device, read once per chunk. `rate` is the learning rate the
+  optimizer's schedule gives at its step count (the next update's), the one
+  place the run computes it. One model: an engine maps it over the
   members' axis (members.py) and over devices (devices.py), with
   `axis_name` and `jit=False`.
   """
@@ -196,7 +195,8 @@ def make_train_chunk(config: Config, axis_name: Optional[str] = None,
         return step(state, images[idx], labels[idx])
 
       def skip(state):  # Padding is no step; a step after divergence counts.
-        return state.replace(step=jnp.where(ok, state.step + 1, state.step)), _zeros()
+        return (state.replace(step=jnp.where(ok, state.step + 1, state.step)),
+                metrics_lib.zeros())
 
       number = state.step + 1
       state, metrics = jax.lax.cond(ok & (bad < 0), run, skip, state)
@@ -205,11 +205,11 @@ def make_train_chunk(config: Config, axis_name: Optional[str] = None,
       return (state, jax.tree.map(jnp.add, sums, metrics), bad), None
 
     bad = jnp.where(_finite(state.params), -1, state.step).astype(jnp.int32)
-    init = (state, _zeros(), bad)
+    init = (state, metrics_lib.zeros(), bad)
     (state, sums, bad), _ = jax.lax.scan(body, init, (batch_idx, valid))
     bad = jnp.where((bad < 0) & ~_finite(state.params),
                     state.step.astype(jnp.int32), bad)
-    return state, sums, bad
+    return state, sums, bad, state.learning_rate()
 
   return jax.jit(chunk, donate_argnums=(0,)) if jit else chunk
 
@@ -227,7 +227,8 @@ def make_evaluate(config: Config, apply_fn: Callable, jit: bool = True) -> Calla
       idx, m = inputs
       metrics = eval_step(params, apply_fn, images[idx], labels[idx], m, view=view)
       return jax.tree.map(jnp.add, sums, metrics), None
-    sums, _ = jax.lax.scan(body, _zeros(), (batch_idx, mask))
+    sums, _ = jax.lax.scan(body, metrics_lib.zeros(metrics_lib.EVAL),
+                           (batch_idx, mask))
     return sums
 
   return jax.jit(evaluate) if jit else evaluate
@@ -367,7 +368,7 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
       state, train_m, epoch_time = _train_epoch(engine, state, epoch, start,
                                                 stop, saver, log, workdir)
       val_m = engine.evaluate(state, "val") if "val" in engine.splits else None
-      row = _epoch_row(members, steps, epoch, engine.step(state), train_m,
+      row = _epoch_row(members, epoch, engine.step(state), train_m,
                        val_m, epoch_time, steps * config.batch_size,
                        time.perf_counter() - start_time)
       if target.needs_test:
@@ -399,8 +400,8 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
                       if engine.is_main else (None, None))
   final = logged
   if final is None:
-    final = _final_row(members, choice, test_m, ensemble, steps,
-                       epochs_run=epoch, steps=engine.step(state),
+    final = _final_row(members, choice, test_m, ensemble,
+                       _member_rates(members, row, workdir), epochs_run=epoch, steps=engine.step(state),
                        compile_time_s=compile_time, data_time_s=data_time,
                        wall_time_s=time.perf_counter() - start_time,
                        num_params=engine.num_params(state))
@@ -475,6 +476,8 @@ def _chosen_logits(engine, state, config, dataset, choice):
 def _train_epoch(engine, state, epoch, start, stop, saver, log, workdir):
   """Runs one epoch's chunks: (state, host train metrics, epoch seconds).
 
+  The train metrics hold `learning_rates`, each member's at the epoch's end.
+
   Between chunks (the safe points) a stop request saves a checkpoint and
   raises Preempted; after a chunk, a non-finite step ends the run (Diverged),
   or with several members stops that member, and the run once all are.
@@ -487,7 +490,7 @@ def _train_epoch(engine, state, epoch, start, stop, saver, log, workdir):
     signum = control.agreed(stop.signum)
     if signum is not None:
       _preempt(engine, state, signum, epoch, done, sums, saver, log, workdir)
-    state, sums, bad = engine.train_chunk(state, plan, c, sums)
+    state, sums, bad, rate = engine.train_chunk(state, plan, c, sums)
     step = control.all_diverged(bad)
     if step is None and len(engine.members) > 1:
       before = (epoch - 1) * engine.steps + done
@@ -504,7 +507,7 @@ def _train_epoch(engine, state, epoch, start, stop, saver, log, workdir):
     done = plan.steps_after(c)
     if not plan.is_last(c):
       log.chunk(epoch, done, engine.steps, time.perf_counter() - epoch_start)
-  train_m = engine.metrics(sums)
+  train_m = {**engine.metrics(sums), "learning_rates": engine.rates(rate)}
   return state, train_m, time.perf_counter() - epoch_start
 
 
@@ -520,7 +523,7 @@ def _preempt(engine, state, signum, epoch, done, sums, saver, log, workdir):
       saver.directory if saver.last_saved else None), workdir)
 
 
-def _epoch_row(members, steps, epoch, step, train_m, val_m, epoch_time,
+def _epoch_row(members, epoch, step, train_m, val_m, epoch_time,
                examples, elapsed) -> Dict[str, Any]:
   """The metrics.jsonl row of an epoch (val_m None: no validation split).
 
@@ -528,33 +531,44 @@ def _epoch_row(members, steps, epoch, step, train_m, val_m, epoch_time,
   run of several members names in `leader`.
   """
   leader = members_lib.choose(members, val_m)
-  rates = (members_lib.learning_rates(members, steps, step)
-           if len(members) > 1 else None)
+  rates = train_m["learning_rates"]
   top, extras = members_lib.row(members, leader,
-                                {"train": train_m, "val": val_m}, rates)
-  row = {"epoch": epoch, "step": step, **top, "learning_rate": optim.learning_rate(
-      members[leader.member].config, steps, step)}
+                                {"train": train_m, "val": val_m},
+                                rates if len(members) > 1 else None)
+  row = {"epoch": epoch, "step": step, **top,
+         "learning_rate": rates[leader.member]}
   if len(members) > 1:
     row["leader"] = members_lib.identity(members[leader.member])
   return {**row, **extras, "epoch_time_s": epoch_time,
           "examples_per_s": examples / epoch_time, "elapsed_s": elapsed}
 
 
-def _final_row(members, choice, test_m, ensemble, steps_per_epoch,
+def _member_rates(members, row, workdir) -> Optional[list]:
+  """With several members, each one's learning rate as the last epoch row
+  has it (this run's, else the one metrics.jsonl kept of a run being
+  completed); None for one member."""
+  if len(members) == 1:
+    return None
+  if row is None:
+    rows = [r for r in folder.MetricsLog(workdir).read() if "train_loss" in r]
+    row = rows[-1] if rows else {}
+  entries = row.get("members") or [{}] * len(members)
+  return [e.get("learning_rate") for e in entries]
+
+
+def _final_row(members, choice, test_m, ensemble, rates,
                **fields) -> Dict[str, Any]:
   """The final metrics.jsonl row: the chosen member's test metrics, `fields`,
   and with several members which one was chosen, the mean, spread and
-  ensemble of its grid point's seeds and every member's metrics."""
-  top, extras = members_lib.row(
-      members, choice, {"test": test_m},
-      members_lib.learning_rates(members, steps_per_epoch, fields["steps"])
-      if len(members) > 1 else None)
+  ensemble of its grid point's seeds and every member's metrics (with
+  `rates`, their learning rates)."""
+  top, extras = members_lib.row(members, choice, {"test": test_m}, rates)
   final = {**top, "test_examples": int(test_m["count"]), **fields}
   if len(members) > 1:
     final["chosen"] = members_lib.identity(members[choice.member])
   if ensemble is not None:
-    final["ensemble_test_accuracy"] = ensemble["accuracy"]
-    final["ensemble_test_loss"] = ensemble["loss"]
+    final.update({f"ensemble_test_{m.name}": ensemble[m.name]
+                  for m in metrics_lib.of("test")})
   return {**final, **extras}
 
 

@@ -1,0 +1,123 @@
+"""The metric schema: each metric's sums, their addition, and its value."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mnist_jax import models
+from mnist_jax.training import members
+from mnist_jax.training import metrics
+
+
+def _batch(seed, n=300, k=10, scale=3.0):
+  rng = np.random.default_rng(seed)
+  logits = (rng.normal(size=(n, k)) * scale).astype(np.float32)
+  labels = rng.integers(0, k, n).astype(np.int32)
+  return logits, labels
+
+
+def _numpy_ece(logits, labels, bins=15):
+  """ECE as usually written: sum over equal-width confidence bins of the bin's
+  share of examples times |its accuracy - its mean confidence|."""
+  z = logits.astype(np.float64)
+  p = np.exp(z - z.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  confidence, predicted = p.max(-1), p.argmax(-1)
+  correct = predicted == labels
+  edges = np.linspace(0, 1, bins + 1)
+  ece = 0.0
+  for lo, hi in zip(edges[:-1], edges[1:]):
+    inside = (confidence >= lo) & ((confidence < hi) | (hi == 1.0))
+    if inside.any():
+      ece += inside.mean() * abs(correct[inside].mean() -
+                                 confidence[inside].mean())
+  return ece
+
+
+def _sums(logits, labels, mask=None):
+  nll = -jax.nn.log_softmax(logits)[np.arange(len(labels)), labels]
+  return metrics.batch_sums(jnp.asarray(logits), jnp.asarray(labels), nll,
+                            None if mask is None else jnp.asarray(mask),
+                            metrics.EVAL)
+
+
+@pytest.mark.parametrize("scale", [0.5, 3.0, 20.0])
+def test_ece_equals_a_direct_numpy_ece(scale):
+  logits, labels = _batch(0, scale=scale)
+  got = metrics.values(jax.device_get(_sums(logits, labels)))
+  assert got["ece"] == pytest.approx(_numpy_ece(logits, labels), abs=1e-5)
+  assert got["ece"] > 0
+  p = np.asarray(jax.nn.softmax(logits))
+  assert got["accuracy"] == np.mean(p.argmax(-1) == labels)
+
+
+def test_sums_of_parts_add_up_to_the_whole():
+  """Batches, devices and members each add sums: two halves (a masked
+  padding example in one) give the sums and the values of the whole."""
+  logits, labels = _batch(1)
+  whole = jax.device_get(_sums(logits, labels))
+  a = _sums(logits[:100], labels[:100])
+  pad = np.concatenate([logits[100:], logits[:1]])
+  b = _sums(pad, np.concatenate([labels[100:], labels[:1]]),
+            np.r_[np.ones(200, np.float32), 0.0])
+  parts = jax.device_get(jax.tree.map(jnp.add, a, b))
+  assert sorted(parts) == sorted(whole)
+  for key in whole:
+    np.testing.assert_allclose(parts[key], whole[key], rtol=1e-5, atol=1e-4)
+  assert whole["ece_count"].shape == (metrics.ECE_BINS,)
+  assert whole["ece_count"].sum() == whole["count"] == 300
+  got, want = metrics.values(parts), metrics.values(whole)
+  assert got["accuracy"] == want["accuracy"]
+  assert got["ece"] == pytest.approx(want["ece"], abs=1e-6)
+
+
+def test_stacked_members_are_each_their_own_sums():
+  (l0, y0), (l1, y1) = _batch(2), _batch(3)
+  stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), _sums(l0, y0),
+                         _sums(l1, y1))
+  fetched = members.host_metrics(stacked)
+  for i, (l, y) in enumerate([(l0, y0), (l1, y1)]):
+    own = metrics.values(jax.device_get(_sums(l, y)))
+    assert fetched["per_member"][i] == pytest.approx(own)
+  assert fetched["ece"] == pytest.approx(
+      np.mean([p["ece"] for p in fetched["per_member"]]))
+
+
+def test_the_train_step_sums_only_the_train_metrics():
+  assert [m.name for m in metrics.of("train")] == ["loss", "accuracy"]
+  assert [m.name for m in metrics.of("test")] == ["loss", "accuracy", "ece"]
+  assert sorted(metrics.zeros()) == ["correct", "count", "loss"]
+  host = metrics.zeros(lead=(3,), host=True)
+  assert isinstance(host["loss"], np.ndarray) and host["loss"].shape == (3,)
+  assert metrics.zeros(metrics.EVAL)["ece_count"].shape == (metrics.ECE_BINS,)
+
+
+def test_no_example_gives_nan():
+  got = metrics.values(jax.device_get(metrics.zeros(metrics.EVAL)))
+  assert got["count"] == 0
+  assert all(np.isnan(got[m.name]) for m in metrics.METRICS)
+
+
+def test_of_logits_is_the_evaluation_in_batches():
+  logits, labels = _batch(4, n=250)
+  whole = metrics.values(jax.device_get(_sums(logits, labels)))
+  got = metrics.of_logits(logits, labels, batch_size=64)
+  assert got["count"] == 250 and got["accuracy"] == whole["accuracy"]
+  assert got["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+  assert got["ece"] == pytest.approx(whole["ece"], abs=1e-6)
+
+
+def test_rows_carry_every_metric_of_each_split():
+  listed = members.from_config(models.get_config("linear", num_seeds=2))
+  per = lambda v: {"per_member": [{"loss": v, "accuracy": 0.5, "ece": 0.1,
+                                   "count": 4.0}] * 2}
+  top, extras = members.row(listed, members.Choice(0, 1),
+                            {"train": per(1.0), "val": per(2.0)}, [1e-3, 1e-3])
+  assert list(top) == ["train_loss", "train_accuracy", "val_loss",
+                       "val_accuracy", "val_ece"]
+  assert extras["val_ece_mean"] == pytest.approx(0.1)
+  assert extras["members"][0]["val_ece"] == 0.1
+  assert extras["members"][0]["learning_rate"] == 1e-3
+  text = metrics.BY_NAME["ece"].text(0.0123)
+  assert text == "1.23%"
