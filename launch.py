@@ -82,7 +82,10 @@ def flag_help(name: str) -> str:
     owners = "/".join(config_lib.models_with(name))
     return f"{config_lib.setting(name).help}; {owners} only"
   text = config_lib.FIELDS[name].metadata["help"]
-  if name == "preset":
+  if name == "model":
+    *names, last = models.MODELS
+    text += f": {', '.join(names)} or {last}"
+  elif name == "preset":
     text += ("; holding out no validation data (so no validation curve, and "
              f"--sweep refused): {models.registry.without_validation()}")
   elif name == "sweep":

@@ -205,7 +205,7 @@ class Config:
 
   # What to train (each field's group says where --help lists it).
   model: str = _field(
-      "mlp", "Architecture to train: linear, mlp, cnn, rnn, lstm or gru", MODEL)
+      "mlp", "Architecture to train", MODEL)  # launch.py lists the names.
   preset: str = _field(
       "tuned", "Settings for --model: seed (its notebook), tuned, best (most "
       "accurate), fast (cnn), pixels or permuted (rnn, lstm, gru)", MODEL)
