@@ -8,8 +8,8 @@
   python launch.py --mode=predict --workdir=RUN --image=seven.png[,...] [--json]
   python launch.py --model=mlp --sweep=learning_rate=3e-4,1e-3,3e-3 --num_seeds=2
 
-Every Config field (mnist_jax/config.py) is a flag; unset flags take the
-preset. The same command again resumes its run; without --workdir, that is the
+Every Config field (mnist_jax/config.py) and every model's own setting
+(mnist_jax/models/registry.py) is a flag; unset flags take the preset. The same command again resumes its run; without --workdir, that is the
 newest unfinished run of the same settings under runs/.
 """
 
@@ -73,12 +73,19 @@ def flag_help(name: str) -> str:
   """A flag's help, without its default.
 
   A Config field's is its metadata help, plus what the registry and optim.py
-  know: the presets without validation data, the names --sweep takes.
+  know: the presets without validation data, the names --sweep takes. A
+  model setting's is its declaration's, plus the models that have it.
   """
-  if name not in config_lib.FIELDS:
+  if name in _LAUNCH_HELP:
     return _LAUNCH_HELP[name]
+  if name not in config_lib.FIELDS:
+    owners = "/".join(config_lib.models_with(name))
+    return f"{config_lib.setting(name).help}; {owners} only"
   text = config_lib.FIELDS[name].metadata["help"]
-  if name == "preset":
+  if name == "model":
+    *names, last = models.MODELS
+    text += f": {', '.join(names)} or {last}"
+  elif name == "preset":
     text += ("; holding out no validation data (so no validation curve, and "
              f"--sweep refused): {models.registry.without_validation()}")
   elif name == "sweep":
@@ -88,11 +95,17 @@ def flag_help(name: str) -> str:
 
 def default_text(name: str) -> str:
   """A flag's default as --help and the README's flag table state it."""
-  if name not in config_lib.FIELDS:
+  if name in _LAUNCH_HELP:
     return value_text(FLAGS[name].default)
-  field = config_lib.FIELDS[name]
-  value = value_text(field.default)
-  return f"the preset's, else {value}" if field.metadata["preset"] else value
+  if name in config_lib.FIELDS:
+    preset = config_lib.FIELDS[name].metadata["preset"]
+  else:  # A model setting: its models' defaults, and whether a preset sets it.
+    preset = name in models.registry.set_by_presets()
+  values = {value_text(config_lib.default(name, m))
+            for m in config_lib.models_with(name)} or {
+                value_text(config_lib.default(name))}
+  value = values.pop() if len(values) == 1 else "the model's"
+  return f"the preset's, else {value}" if preset else value
 
 
 def config_flag_help(name: str) -> str:
@@ -102,15 +115,15 @@ def config_flag_help(name: str) -> str:
 
 def group_of(name: str) -> str:
   """The --help group (config_lib.GROUPS) a flag is listed in."""
-  if name in config_lib.FIELDS:
-    return config_lib.FIELDS[name].metadata["group"]
-  return LAUNCH_GROUPS[name]
+  if name in LAUNCH_GROUPS:
+    return LAUNCH_GROUPS[name]
+  return config_lib.group(name)
 
 
 def flags_in_order() -> List[str]:
   """Every flag as --help lists it: by group, each group's Config fields in
-  their declaration order, then launch.py's own."""
-  names = [*config_lib.FIELDS, *LAUNCH_GROUPS]
+  their declaration order, then the models' settings, then launch.py's own."""
+  names = [*config_lib.flag_names(), *LAUNCH_GROUPS]
   return sorted(names, key=lambda n: config_lib.GROUPS.index(group_of(n)))
 
 
@@ -121,9 +134,9 @@ def _define(define, name: str, default, help_text: str, **kwargs) -> None:
          **kwargs)
 
 
-# Every Config field is a flag. Its absl default is None, meaning "not given":
-# main() then takes the preset's value, else the field's default.
-for _name in config_lib.FIELDS:
+# Every Config field and model setting is a flag. Its absl default is None,
+# meaning "not given": main() then takes the preset's value, else the default.
+for _name in config_lib.flag_names():
   _kind = config_lib.field_type(_name)
   _help = config_flag_help(_name)
   if _name == "sweep":  # Repeatable: one NAME=V1,V2,... each.
@@ -190,13 +203,13 @@ def help_text(full: bool = False) -> str:
 
 
 def _overrides() -> dict:
-  """The Config fields given on the command line, parsed; --sweep canonical.
+  """The settings given on the command line, parsed; --sweep canonical.
 
   Raises:
     UserError: a bad --sweep, or a flag given beside a sweep of the same name.
   """
   values = {}
-  for name in config_lib.FIELDS:
+  for name in config_lib.flag_names():
     value = FLAGS[name].value
     if value is None or name in ("model", "preset"):
       continue

@@ -141,7 +141,7 @@ def _parse_sets(items) -> dict:
   out = {}
   for item in items:
     key, _, value = item.partition("=")
-    if key not in config_lib.FIELDS:
+    if key not in config_lib.flag_names():
       raise UserError(f"--set: unknown Config field {key!r}")
     kind = config_lib.field_type(key)
     if kind is tuple:

@@ -6,12 +6,17 @@ preset's value falls back to the field's default. Presets live in
 `mnist_jax/models/registry.py`. A numeric field declares the values it
 accepts with it (`valid=Range(...)`): `validate`, --sweep and their one-line
 messages all read that declaration.
+
+A model's own settings (its layer sizes, dropout, ...) are no fields here:
+each model declares them with its registry entry (a `Setting` per flag, see
+`declare`), and a Config holds those of its model only, read as attributes
+(`config.mlp_hidden`) and written to config.json as top-level keys.
 """
 
 import dataclasses
 import json
 import math
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from mnist_jax.data import datasets
 from mnist_jax.errors import UserError
@@ -20,7 +25,6 @@ OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "onecycle")
 DATASETS = tuple(datasets.DATASETS)
 SEQUENCES = ("rows", "pixels", "permuted")
-PADDINGS = ("VALID", "SAME")
 PARALLEL = ("auto", "none", "pmap", "sharded")
 DTYPES = ("float32", "bfloat16")
 IMPLS = ("auto", "stock", "fast")
@@ -128,12 +132,80 @@ def _fraction(high_open: bool = True) -> Range:
 
 
 @dataclasses.dataclass(frozen=True)
+class Setting:
+  """A model's own setting, declared with the model (models/registry.py).
+
+  The name it is declared under is a launch.py flag, a config.json key and a
+  Config attribute in runs of the models that declare it, and in no other
+  run. `attribute`: the Flax module attribute it sets; `default`: that
+  attribute's default (filled in by the registry). `help`, `group` and
+  `valid` are as `_field`'s; `choices`, for a text setting, its values.
+  """
+  attribute: str
+  help: str
+  group: str = MODEL
+  valid: Optional[Range] = None
+  choices: Tuple[str, ...] = ()
+  default: Any = None
+
+
+# --model name -> its own settings (flag name -> Setting), in declaration
+# order; filled by `declare` as models/registry.py registers each model.
+MODEL_SETTINGS: Dict[str, Dict[str, Setting]] = {}
+
+
+def declare(model: str, settings: Dict[str, Setting]) -> None:
+  """Records `model`'s own settings. A name several models declare is one
+  flag: its help, group, range and choices must agree (defaults may not)."""
+  for name, declared in settings.items():
+    if name in FIELDS:
+      raise ValueError(f"{model}: {name} is a Config field, not a model's")
+    other = next((d[name] for d in MODEL_SETTINGS.values() if name in d), None)
+    if other is not None and _as_flag(other) != _as_flag(declared):
+      raise ValueError(f"{model}: --{name} is declared differently by "
+                       f"{', '.join(models_with(name))}")
+  MODEL_SETTINGS[model] = dict(settings)
+
+
+def _as_flag(declared: Setting) -> tuple:
+  return declared.help, declared.group, declared.valid, declared.choices
+
+
+def models_with(name: str) -> List[str]:
+  """The models that declare setting `name`, in registration order."""
+  return [m for m, declared in MODEL_SETTINGS.items() if name in declared]
+
+
+def setting(name: str) -> Setting:
+  """The declaration of model setting `name` (the first model's)."""
+  return MODEL_SETTINGS[models_with(name)[0]][name]
+
+
+def flag_names() -> List[str]:
+  """Every run setting's name: the Config fields, then each model setting
+  once, in declaration order."""
+  names = dict.fromkeys(FIELDS)
+  for declared in MODEL_SETTINGS.values():
+    names.update(dict.fromkeys(declared))
+  return list(names)
+
+
+def _foreign(name: str, model: str) -> str:
+  """The message for a setting `model` does not have."""
+  owners = models_with(name)
+  if not owners:
+    return f"unknown setting --{name}; see python launch.py --help"
+  return (f"--{name} is a setting of --model={'/'.join(owners)}, not of "
+          f"--model={model}; leave it out")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
   """All settings of one run. Defaults are the common base every preset edits."""
 
   # What to train (each field's group says where --help lists it).
   model: str = _field(
-      "mlp", "Architecture to train: linear, mlp, cnn, rnn, lstm or gru", MODEL)
+      "mlp", "Architecture to train", MODEL)  # launch.py lists the names.
   preset: str = _field(
       "tuned", "Settings for --model: seed (its notebook), tuned, best (most "
       "accurate), fast (cnn), pixels or permuted (rnn, lstm, gru)", MODEL)
@@ -187,31 +259,6 @@ class Config:
   grad_clip: float = _field(
       0.0, "Global-norm gradient clipping threshold; 0 disables it",
       TRAINING, preset=True, valid=_nonnegative())
-  # Model shape (each model reads the fields it needs).
-  hidden: int = _field(
-      128, "State size of the recurrent layers", MODEL, preset=True,
-      valid=_positive(MAX_WIDTH))
-  num_layers: int = _field(1, "Stacked recurrent layers", MODEL, preset=True,
-                           valid=_positive(MAX_LAYERS))
-  bidirectional: bool = _field(
-      False, "Recurrent layers also read the sequence backwards", MODEL)
-  mlp_hidden: Tuple[int, ...] = _field(
-      (512, 256), "MLP hidden layer sizes, comma-separated", MODEL, preset=True,
-      valid=_positive(MAX_WIDTH))
-  dropout: float = _field(
-      0.0, "Dropout rate: after each MLP hidden layer, around the CNN's dense "
-      "layer, between recurrent layers and on the last state", MODEL,
-      preset=True, valid=_fraction())
-  cnn_features: Tuple[int, ...] = _field(
-      (32, 64), "CNN conv widths, comma-separated; each conv is followed by a "
-      "2x2 max-pool", MODEL, preset=True, valid=_positive(MAX_WIDTH))
-  cnn_kernel: int = _field(3, "CNN square kernel size", MODEL,
-                           valid=_positive(IMAGE_SIDE))
-  cnn_dense: int = _field(
-      128, "Width of the CNN's dense layer", MODEL, preset=True,
-      valid=_positive(MAX_WIDTH))
-  cnn_padding: str = _field(
-      "VALID", "CNN convolution padding: VALID or SAME", MODEL, preset=True)
   # Sequences (recurrent models).
   sequence: str = _field(
       "rows", "How recurrent models read an image: rows (28 steps of 28 "
@@ -220,9 +267,6 @@ class Config:
   permute_seed: int = _field(
       0, "Seed of the pixel order of --sequence=permuted", MODEL,
       valid=Range(0, 2**32, high_open=True, cap=False))
-  remat: bool = _field(
-      False, "Recompute each recurrent step in backprop: less memory, slower",
-      DEVICES)
   # On-device augmentation of training images (mnist_jax/data/augment.py).
   augment: bool = _field(
       False, "Randomly shift, rotate and zoom each training image, on the "
@@ -294,18 +338,69 @@ class Config:
   process_id: int = _field(
       -1, "This process's index, 0 to N-1; -1: from the cluster", DEVICES,
       valid=Range(-1, MAX_PROCESSES - 1))
+  # The model's own settings, MODEL_SETTINGS[model], as (name, value) pairs in
+  # declaration order; given ones replace the declared defaults. Not a flag.
+  model_settings: Tuple[Tuple[str, Any], ...] = ()
+
+  def __post_init__(self):
+    declared = MODEL_SETTINGS.get(self.model, {})
+    given = dict(self.model_settings)
+    for name in given:
+      if name not in declared:
+        raise UserError(_foreign(name, self.model))
+    object.__setattr__(self, "model_settings", tuple(
+        (name, given.get(name, s.default)) for name, s in declared.items()))
+
+  def __getattr__(self, name: str) -> Any:
+    """A setting of the model (`config.mlp_hidden`); fields are found first."""
+    if name.startswith("__") or name == "model_settings":
+      raise AttributeError(name)
+    for key, value in self.model_settings:
+      if key == name:
+        return value
+    raise AttributeError(f"--model={self.__dict__.get('model')} has no "
+                         f"setting {name!r}")
 
   def replace(self, **changes) -> "Config":
-    return dataclasses.replace(self, **changes)
+    """This config with `changes` (fields or the model's settings); a new
+    --model starts from its own settings' defaults."""
+    fields = {k: v for k, v in changes.items() if k in FIELDS}
+    kept = (dict(self.model_settings)
+            if fields.get("model", self.model) == self.model else {})
+    kept.update((k, v) for k, v in changes.items() if k not in FIELDS)
+    return dataclasses.replace(self, **fields,
+                               model_settings=tuple(kept.items()))
 
   def to_dict(self) -> dict:
-    return dataclasses.asdict(self)
+    """The flat record of config.json: every field, then the model's settings."""
+    return {**{name: getattr(self, name) for name in FIELDS},
+            **dict(self.model_settings)}
 
   def to_json(self) -> str:
     return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+FIELDS = {f.name: f for f in dataclasses.fields(Config)
+          if f.name != "model_settings"}
+
+
+def group(name: str) -> str:
+  """The --help group (GROUPS) of a field or model setting."""
+  return FIELDS[name].metadata["group"] if name in FIELDS else setting(name).group
+
+
+def default(name: str, model: Optional[str] = None) -> Any:
+  """A field's default, or model setting `name`'s for `model` (default: the
+  first model that declares it)."""
+  if name in FIELDS:
+    return FIELDS[name].default
+  return MODEL_SETTINGS[model][name].default if model else setting(name).default
+
+
+def ranged_names(config: Config) -> List[str]:
+  """The settings of `config` with a declared range: fields, then its model's."""
+  return [*ranged_fields(), *(n for n, s in MODEL_SETTINGS.get(
+      config.model, {}).items() if s.valid is not None)]
 
 
 def value_text(value) -> str:
@@ -323,24 +418,31 @@ def value_text(value) -> str:
 
 def field_type(name: str) -> Any:
   """The Python type a flag for `name` parses to (int, float, bool, str, tuple)."""
-  default = FIELDS[name].default
-  if isinstance(default, bool):
+  value = default(name)
+  if isinstance(value, bool):
     return bool
-  if isinstance(default, tuple):
+  if isinstance(value, tuple):
     return tuple
-  if default is None:
+  if value is None:
     return str
-  return type(default)
+  return type(value)
 
 
 def from_dict(values: dict) -> Config:
-  """Builds a Config from a (JSON) dict, turning lists back into tuples."""
-  unknown = sorted(set(values) - set(FIELDS))
+  """Builds a Config from a (JSON) dict, turning lists back into tuples.
+
+  Keys of other models' settings are ignored: older config.json files carry
+  every model's.
+  """
+  unknown = sorted(set(values) - set(flag_names()))
   if unknown:
-    raise UserError(f"unknown config keys {unknown}; the known ones are in "
-                    "mnist_jax/config.py")
+    raise UserError(f"unknown config keys {unknown}; the known ones are "
+                    "python launch.py --help's flags")
   fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-  return Config(**fixed)
+  declared = MODEL_SETTINGS.get(fixed.get("model", Config.model), {})
+  return Config(**{k: v for k, v in fixed.items() if k in FIELDS},
+                model_settings=tuple((k, v) for k, v in fixed.items()
+                                     if k in declared))
 
 
 def range_error(name: str, value, flag: Optional[str] = None) -> Optional[str]:
@@ -349,7 +451,8 @@ def range_error(name: str, value, flag: Optional[str] = None) -> Optional[str]:
   flag: how the value was given, for the message (default `--name`). A tuple
   (layer sizes) is checked size by size.
   """
-  valid = FIELDS[name].metadata["valid"]
+  valid = (FIELDS[name].metadata["valid"] if name in FIELDS
+           else setting(name).valid)
   flag = flag or f"--{name}"
   if valid is None:
     return None
@@ -372,12 +475,21 @@ def ranged_fields():
 def validate(config: Config) -> Config:
   """Rejects settings no run can use, with a message that says what to pass.
 
-  Each numeric setting must lie in the range declared with its field; then
-  the choices and the settings that constrain each other.
+  Each numeric setting must lie in the range declared with its field or
+  model setting; then the choices and the settings that constrain each other
+  (a model's own constraints: ModelSpec.check).
   """
   c = config
   for name in ranged_fields():
     message = range_error(name, getattr(c, name))
+    if message:
+      raise UserError(message)
+  for name, declared in MODEL_SETTINGS.get(c.model, {}).items():
+    value = getattr(c, name)
+    if declared.choices and value not in declared.choices:
+      raise UserError(f"--{name} must be one of {', '.join(declared.choices)}, "
+                      f"got {value!r}")
+    message = range_error(name, value)
     if message:
       raise UserError(message)
   checks = [
@@ -389,15 +501,12 @@ def validate(config: Config) -> Config:
        f"--dataset must be one of {', '.join(DATASETS)}, got {c.dataset!r}"),
       (c.sequence in SEQUENCES,
        f"--sequence must be one of {', '.join(SEQUENCES)}, got {c.sequence!r}"),
-      (c.cnn_padding in PADDINGS,
-       f"--cnn_padding must be VALID or SAME, got {c.cnn_padding!r}"),
       (c.parallel in PARALLEL,
        f"--parallel must be one of {', '.join(PARALLEL)}, got {c.parallel!r}"),
       (c.dtype in DTYPES,
        f"--dtype must be one of {', '.join(DTYPES)}, got {c.dtype!r}"),
       (c.impl in IMPLS,
        f"--impl must be one of {', '.join(IMPLS)}, got {c.impl!r}"),
-      (len(c.cnn_features) > 0, "--cnn_features must list at least one size"),
       (c.seed + c.num_seeds <= 2**32,
        f"--seed={c.seed} --num_seeds={c.num_seeds} would use seeds up to "
        f"{c.seed + c.num_seeds - 1}, past 2**32 - 1; pass a smaller --seed"),
@@ -405,13 +514,4 @@ def validate(config: Config) -> Config:
   for ok, message in checks:
     if not ok:
       raise UserError(message)
-  size = 28  # The CNN's image side after each conv and 2x2 pool.
-  for _ in c.cnn_features:
-    size = (size - (c.cnn_kernel - 1) * (c.cnn_padding == "VALID")) // 2
-  if size < 1:
-    raise UserError(
-        f"{len(c.cnn_features)} conv-pool layers of --cnn_kernel={c.cnn_kernel} "
-        f"--cnn_padding={c.cnn_padding} leave no pixels of a 28x28 image; pass "
-        + ("a smaller --cnn_kernel, fewer --cnn_features or --cnn_padding=SAME"
-           if c.cnn_padding == "VALID" else "fewer --cnn_features"))
   return c

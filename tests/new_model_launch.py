@@ -22,7 +22,7 @@ from mnist_jax.training import devices
 
 registry.register(registry.ModelSpec(
     name="newnet", view="flat", describe=lambda c: "784-16-10, ReLU",
-    stock=lambda c: dense.MLP(hidden=(16,), dropout=0.0),
+    module=dense.MLP, fixed={"hidden": (16,), "dropout": 0.0},
     presets={"seed": dict(epochs=2, batch_size=64)}))
 
 FAKE_MS = dict(item.split("=") for item in

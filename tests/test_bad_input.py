@@ -16,13 +16,15 @@ RUN = ("--model=mlp", "--mlp_hidden=8", "--epochs=1", "--batch_size=32",
 
 @pytest.fixture(scope="module")
 def runs(prepared, tmp_path_factory):
-  """Finished mlp and linear runs with the same flags otherwise."""
+  """Finished mlp and linear runs with the same flags otherwise (the linear
+  model has no --mlp_hidden)."""
   mnist_dir, data_dir = prepared
   root = tmp_path_factory.mktemp("runs")
   made = {}
   for model in ("mlp", "linear"):
     workdir = str(root / model)
-    rc, _, err = lh.run([*RUN, f"--model={model}", f"--mnist_dir={mnist_dir}",
+    flags = [f for f in RUN if model == "mlp" or "mlp_hidden" not in f]
+    rc, _, err = lh.run([*flags, f"--model={model}", f"--mnist_dir={mnist_dir}",
                          f"--data_dir={data_dir}", f"--workdir={workdir}"])
     assert rc == 0, err
     made[model] = workdir

@@ -1,10 +1,13 @@
-"""Flag help has one source: Config field metadata, launch.py, --help, README.
+"""Flag help has one source: Config field metadata and the models' settings
+declarations, launch.py, --help, README.
 
-Each Config field's `help` metadata is its flag's one-line --help text and its
-row in the README's flag table; launch.py's own flags carry theirs in launch.py.
-These tests fail when one of the three drifts from the others.
+Each Config field's `help` metadata (each model setting's declared help) is its
+flag's one-line --help text and its row in the README's flag table; launch.py's
+own flags carry theirs in launch.py. These tests fail when one of the three
+drifts from the others.
 """
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -28,7 +31,7 @@ GROUP_ROW = re.compile(r"^\| \*\*(.+)\*\* \| \| \|$")
 def _launch_flags():
   """launch.py's own flags: those it defines that are not Config fields."""
   defined = {f.name for f in FLAGS.get_key_flags_for_module(launch)}
-  return sorted(defined - set(config_lib.FIELDS))
+  return sorted(defined - set(config_lib.flag_names()))
 
 
 def _readme_flag_rows():
@@ -76,7 +79,27 @@ def test_preset_marks_match_the_registry():
     for preset in spec.presets:
       set_by_presets |= set(registry.preset_overrides(model, preset))
   marked = {n for n, f in config_lib.FIELDS.items() if f.metadata["preset"]}
-  assert marked == set_by_presets
+  assert marked == set_by_presets & set(config_lib.FIELDS)
+  assert registry.set_by_presets() == set_by_presets
+
+
+@pytest.mark.parametrize("name", sorted(
+    set(config_lib.flag_names()) - set(config_lib.FIELDS)))
+def test_every_model_setting_has_one_line_help_naming_its_models(name):
+  """A model's own setting is a flag whose help is its declaration's, says
+  which models have it, and defaults to the module attribute's default."""
+  declared = config_lib.setting(name)
+  assert declared.help and "\n" not in declared.help, name
+  assert "`" not in declared.help and "|" not in declared.help, name
+  assert declared.group in config_lib.GROUPS, name
+  owners = config_lib.models_with(name)
+  assert launch.flag_help(name) == f"{declared.help}; {'/'.join(owners)} only"
+  assert FLAGS[name].help == launch.config_flag_help(name)
+  for model in owners:
+    module = registry.get(model).module
+    attribute = config_lib.MODEL_SETTINGS[model][name].attribute
+    assert config_lib.default(name, model) == {
+        f.name: f.default for f in dataclasses.fields(module)}[attribute]
 
 
 def test_flag_help_is_built_from_the_field_metadata():
@@ -102,7 +125,7 @@ def test_help_output_carries_every_line(capsys):
   """What `python launch.py --help` prints holds every flag's help and
   default, in one style."""
   printed = " ".join(_printed_help(capsys).split())
-  for name in [*config_lib.FIELDS, *_launch_flags()]:
+  for name in [*config_lib.flag_names(), *_launch_flags()]:
     spelled = f"--[no]{name}:" if FLAGS[name].boolean else f"--{name}:"
     assert f" {spelled} {launch.config_flag_help(name)}" in printed, name
   assert printed.count("(default: ") == len(FLAGS.get_key_flags_for_module(
@@ -170,5 +193,5 @@ def test_value_text_spells_defaults_as_typed():
 ])
 def test_new_fields_are_validated(change, message):
   with pytest.raises(UserError, match=re.escape(message)):
-    config_lib.validate(config_lib.Config().replace(**change))
+    config_lib.validate(config_lib.Config(model="cnn").replace(**change))
   assert config_lib.validate(config_lib.Config()).impl == "auto"

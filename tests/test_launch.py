@@ -208,7 +208,7 @@ def test_dry_run_marks_where_each_setting_comes_from():
                                           ("lstm", "permuted")])
 def test_dry_run_counts_the_parameters_init_makes(model, preset):
   config = registry.get_config(model, preset)
-  module = registry.get(model).module(config)
+  module = registry.get(model).stock(config)
   x = views.to_view(np.zeros((1, 28, 28), np.uint8),
                     registry.input_view(config))
   params = module.init(jax.random.PRNGKey(0), x)["params"]

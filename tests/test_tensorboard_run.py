@@ -14,6 +14,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 import launch_helpers as lh
 import tensorboard_helpers as tbh
+from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.errors import Diverged, UserError
 from mnist_jax.results import report
@@ -33,9 +34,11 @@ def _train(prepared, workdir, model="mlp", draw=False, **overrides):
   tests that read no figure leave it out).
   """
   mnist_dir, data_dir = prepared
+  tiny = {k: v for k, v in TINY.items()  # The linear model has no mlp_hidden.
+          if k in config_lib.FIELDS or k in config_lib.MODEL_SETTINGS[model]}
   config = models.get_config(model, "seed", mnist_dir=mnist_dir,
                              data_dir=data_dir, workdir=str(workdir),
-                             **{**TINY, **overrides})
+                             **{**tiny, **overrides})
   with pytest.MonkeyPatch.context() as patch:
     if not draw:
       patch.setattr(report, "write", lambda *args, **kwargs: None)

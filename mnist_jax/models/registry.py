@@ -1,13 +1,17 @@
-"""The model registry: `--model` name -> stock module, input view and presets.
+"""The model registry: `--model` name -> stock module, own settings, input
+view and presets.
 
-A new architecture is one Flax module plus one `register(...)` call here. Presets
-are small dicts of Config overrides; a preset may name a `base` preset it edits,
-so `tuned` states only how it differs from `seed`. `build` swaps in a fast
-kernel (mnist_jax/models/kernels/) where `--impl` picks one.
+A new architecture is one Flax module plus one `register(...)` call here, which
+declares the model's own settings (flag name -> module attribute, help, range):
+they become its flags, config.json keys and --help lines, in its runs only,
+with no edit elsewhere. Presets are small dicts of Config overrides; a preset
+may name a `base` preset it edits, so `tuned` states only how it differs from
+`seed`. `build` swaps in a fast kernel (mnist_jax/models/kernels/) where
+`--impl` picks one.
 """
 
 import dataclasses
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import flax.linen as nn
 import jax
@@ -22,28 +26,42 @@ from mnist_jax.models import kernels
 from mnist_jax.models import recurrent
 
 
+Setting = config_lib.Setting
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
   """A registered model. Its module has a `num_classes` attribute: the output
-  width, set from the config's dataset (`module`)."""
+  width, set from the config's dataset (`stock`)."""
   name: str
-  stock: Callable[[config_lib.Config], nn.Module]  # Its stock Flax module.
+  module: type  # Its stock Flax module class.
   view: str  # "flat", "image" or "rows": see views.to_view.
   presets: Dict[str, dict]
   # The architecture a config builds, in one line (the README's models table,
   # --dry_run): e.g. "784-1024-1024-10, ReLU, dropout 0.3".
   describe: Callable[[config_lib.Config], str]
+  # Its own settings: flag name -> Setting(module attribute, help, ...); the
+  # default is the module attribute's (filled in by `register`).
+  settings: Dict[str, Setting] = dataclasses.field(default_factory=dict)
+  fixed: Dict[str, Any] = dataclasses.field(default_factory=dict)  # Other
+  # module arguments, set by no flag (a recurrent model's cell).
+  # Constraints between its settings: a config -> why no run can use it, or
+  # None (config.validate has checked each setting's own range).
+  check: Optional[Callable[[config_lib.Config], Optional[str]]] = None
 
-  def module(self, config: config_lib.Config) -> nn.Module:
-    """The stock module, as wide at its output as the dataset has classes."""
-    return self.stock(config).clone(
-        num_classes=datasets.num_classes(config.dataset))
+  def stock(self, config: config_lib.Config) -> nn.Module:
+    """Its stock Flax module, with `config`'s values of its settings, as wide
+    at its output as the dataset has classes."""
+    return self.module(
+        **self.fixed, num_classes=datasets.num_classes(config.dataset),
+        **{s.attribute: getattr(config, name)
+           for name, s in self.settings.items()})
 
   def build(self, config: config_lib.Config,
             backend: Optional[str] = None) -> nn.Module:
     """The stock module, or its kernel where `kernels.resolve` picks it on
     `backend` (default: JAX's default backend)."""
-    module = self.module(config)
+    module = self.stock(config)
     if kernels.resolve(config, backend or jax.default_backend()) == "fast":
       return kernels.drop_in(config.model, module)
     return module
@@ -53,6 +71,13 @@ MODELS: Dict[str, ModelSpec] = {}
 
 
 def register(spec: ModelSpec) -> ModelSpec:
+  """Adds `spec` to MODELS and declares its settings (config_lib.declare),
+  each defaulting to its module attribute's default."""
+  defaults = {f.name: f.default for f in dataclasses.fields(spec.module)}
+  spec = dataclasses.replace(spec, settings={
+      name: dataclasses.replace(s, default=defaults[s.attribute])
+      for name, s in spec.settings.items()})
+  config_lib.declare(spec.name, spec.settings)
   MODELS[spec.name] = spec
   return spec
 
@@ -94,16 +119,23 @@ def preset_overrides(model: str, preset: str) -> dict:
 def get_config(model: str, preset: str = "tuned", **overrides) -> config_lib.Config:
   """The full Config for a model and preset, with explicit overrides on top."""
   values = {**preset_overrides(model, preset), **overrides}
-  unknown = sorted(set(values) - set(config_lib.FIELDS))
-  if unknown:
-    raise UserError(f"unknown settings {unknown}")
-  config = config_lib.validate(
+  config = config_lib.validate(  # Refuses another model's settings.
       config_lib.Config(model=model, preset=preset).replace(**values))
+  message = get(model).check and get(model).check(config)
+  if message:
+    raise UserError(message)
   if config.sequence != "rows" and get(model).view != "rows":
     recurrent_models = [n for n, s in MODELS.items() if s.view == "rows"]
     raise UserError(f"--sequence={config.sequence} applies to the recurrent "
                     f"models ({', '.join(recurrent_models)}), not to {model}")
   return config
+
+
+def set_by_presets() -> set:
+  """The names of the settings some preset of some model sets (--help says
+  "the preset's, else X" of them)."""
+  return {name for model, spec in MODELS.items() for preset in spec.presets
+          for name in preset_overrides(model, preset)}
 
 
 def describe(config: config_lib.Config) -> str:
@@ -140,14 +172,6 @@ def input_view(config: config_lib.Config):
   return spec.view
 
 
-def _recurrent(cell: str):
-  def build_fn(c: config_lib.Config) -> nn.Module:
-    return recurrent.Recurrent(cell=cell, hidden=c.hidden, num_layers=c.num_layers,
-                               bidirectional=c.bidirectional, dropout=c.dropout,
-                               remat=c.remat)
-  return build_fn
-
-
 def _dropout(c: config_lib.Config) -> str:
   return f", dropout {c.dropout:g}" if c.dropout else ""
 
@@ -182,6 +206,39 @@ def _describe_recurrent(cell: str):
   return describe_fn
 
 
+def _check_cnn(c: config_lib.Config) -> Optional[str]:
+  """Whether some pixels are left after the conv-pool layers."""
+  if not c.cnn_features:
+    return "--cnn_features must list at least one size"
+  size = 28  # The image side after each conv and 2x2 pool.
+  for _ in c.cnn_features:
+    size = (size - (c.cnn_kernel - 1) * (c.cnn_padding == "VALID")) // 2
+  if size >= 1:
+    return None
+  return (
+      f"{len(c.cnn_features)} conv-pool layers of --cnn_kernel={c.cnn_kernel} "
+      f"--cnn_padding={c.cnn_padding} leave no pixels of a 28x28 image; pass "
+      + ("a smaller --cnn_kernel, fewer --cnn_features or --cnn_padding=SAME"
+         if c.cnn_padding == "VALID" else "fewer --cnn_features"))
+
+
+_WIDTH = config_lib.Range(1, config_lib.MAX_WIDTH)  # Units of a layer.
+_DROPOUT = Setting(
+    "dropout", "Dropout rate: after each MLP hidden layer, around the CNN's "
+    "dense layer, between recurrent layers and on the last state",
+    valid=config_lib.Range(0.0, 1.0, high_open=True, cap=False))
+_RECURRENT = {
+    "hidden": Setting("hidden", "State size of the recurrent layers",
+                      valid=_WIDTH),
+    "num_layers": Setting("num_layers", "Stacked recurrent layers",
+                          valid=config_lib.Range(1, config_lib.MAX_LAYERS)),
+    "bidirectional": Setting(
+        "bidirectional", "Recurrent layers also read the sequence backwards"),
+    "dropout": _DROPOUT,
+    "remat": Setting("remat", "Recompute each recurrent step in backprop: "
+                     "less memory, slower", config_lib.DEVICES),
+}
+
 # On-device augmentation of the best presets (see augment.py).
 _AUGMENT = dict(augment=True, augment_shift=2.0, augment_rotate=10.0,
                 augment_scale=0.1)
@@ -191,7 +248,7 @@ _AUGMENT = dict(augment=True, augment_shift=2.0, augment_rotate=10.0,
 register(ModelSpec(
     name="linear", view="flat",
     describe=lambda c: f"Dense({_classes(c)}) on the 784 pixels",
-    stock=lambda c: dense.Linear(),
+    module=dense.Linear,
     presets={
         "seed": dict(epochs=5, batch_size=32, learning_rate=1e-3, val_fraction=0.0),
         "tuned": dict(base="seed", epochs=10, schedule="cosine"),
@@ -201,7 +258,10 @@ register(ModelSpec(
 
 register(ModelSpec(
     name="mlp", view="flat", describe=_describe_mlp,
-    stock=lambda c: dense.MLP(hidden=c.mlp_hidden, dropout=c.dropout),
+    module=dense.MLP, settings={
+        "mlp_hidden": Setting("hidden", "MLP hidden layer sizes, "
+                              "comma-separated", valid=_WIDTH),
+        "dropout": _DROPOUT},
     presets={
         "seed": dict(mlp_hidden=(512, 256), dropout=0.2, epochs=10, batch_size=128),
         "tuned": dict(base="seed", mlp_hidden=(1024, 1024), dropout=0.3,
@@ -211,9 +271,17 @@ register(ModelSpec(
 
 register(ModelSpec(
     name="cnn", view="image", describe=_describe_cnn,
-    stock=lambda c: cnn.CNN(features=c.cnn_features, kernel_size=c.cnn_kernel,
-                            dense=c.cnn_dense, dropout=c.dropout,
-                            padding=c.cnn_padding),
+    module=cnn.CNN, check=_check_cnn, settings={
+        "cnn_features": Setting(
+            "features", "CNN conv widths, comma-separated; each conv is "
+            "followed by a 2x2 max-pool", valid=_WIDTH),
+        "cnn_kernel": Setting("kernel_size", "CNN square kernel size",
+                              valid=config_lib.Range(1, config_lib.IMAGE_SIDE)),
+        "cnn_dense": Setting("dense", "Width of the CNN's dense layer",
+                             valid=_WIDTH),
+        "cnn_padding": Setting("padding", "CNN convolution padding: VALID or "
+                               "SAME", choices=("VALID", "SAME")),
+        "dropout": _DROPOUT},
     presets={
         "seed": dict(cnn_features=(32, 64), cnn_dense=128, epochs=5,
                      batch_size=128, val_fraction=0.0),
@@ -244,7 +312,7 @@ _RNN_BEST = dict(base="tuned", num_layers=2, epochs=20, learning_rate=2e-3,
                  label_smoothing=0.1, val_fraction=0.0, **_AUGMENT)
 register(ModelSpec(
     name="rnn", view="rows", describe=_describe_recurrent("SimpleRNN"),
-    stock=_recurrent("rnn"),
+    module=recurrent.Recurrent, fixed={"cell": "rnn"}, settings=_RECURRENT,
     presets={
         "seed": dict(_RNN_SEED),
         "tuned": dict(base="seed", epochs=15, schedule="cosine", grad_clip=1.0),
@@ -255,7 +323,7 @@ register(ModelSpec(
 
 register(ModelSpec(
     name="lstm", view="rows", describe=_describe_recurrent("LSTM"),
-    stock=_recurrent("lstm"),
+    module=recurrent.Recurrent, fixed={"cell": "lstm"}, settings=_RECURRENT,
     presets={
         "seed": dict(_RNN_SEED, optimizer="rmsprop", learning_rate=1e-3,
                      rmsprop_decay=0.9, eps=1e-7),
@@ -270,7 +338,7 @@ register(ModelSpec(
 
 register(ModelSpec(
     name="gru", view="rows", describe=_describe_recurrent("GRU"),
-    stock=_recurrent("gru"),
+    module=recurrent.Recurrent, fixed={"cell": "gru"}, settings=_RECURRENT,
     presets={
         "seed": dict(_RNN_SEED),
         "tuned": dict(base="seed", epochs=12, learning_rate=2e-3,

@@ -174,7 +174,7 @@ def _label(groups: List[dict]) -> None:
       continue
     presets = list(models.get(same[0]["model"]).presets)
     dicts = [g["config"].to_dict() for g in same]
-    differ = [k for k in config_lib.FIELDS if k not in NOT_CONFIGURATION
+    differ = [k for k in dicts[0] if k not in NOT_CONFIGURATION
               and len({str(d[k]) for d in dicts}) > 1]
     for g, d in zip(same, dicts):
       parts = [f"{k}={d[k]}" if k != "preset" else d[k] for k in differ[:3]]
@@ -299,7 +299,8 @@ def parse_vary(specs: Sequence[str]) -> Dict[str, list]:
   grid = {}
   for spec in specs:
     name, _, listed = (t.strip() for t in spec.partition("="))
-    if name in ("model", "seed", "preset") or name not in config_lib.FIELDS:
+    if name in ("model", "seed", "preset") or (
+        name not in config_lib.flag_names()):
       raise UserError(
           f"--vary={spec}: vary a Config field other than model, preset and "
           "seed (--train, --preset and --seeds choose those), e.g. "

@@ -32,6 +32,9 @@ except ImportError:  # Not on a POSIX system: runs are not locked.
 import jax
 
 from mnist_jax import config as config_lib
+# For its registrations: the models' own settings, which config.json records
+# beside the fields (config_lib.MODEL_SETTINGS).
+from mnist_jax import models  # pylint: disable=unused-import
 from mnist_jax.errors import Diverged, UserError
 from mnist_jax.rundir import files
 

@@ -24,16 +24,16 @@ def sources(config: config_lib.Config, flags_given: Dict[str, object]
             ) -> Dict[str, str]:
   """Where each setting of `config` comes from, in words.
 
-  flags_given: the Config fields given on the command line (--model and
+  flags_given: the settings given on the command line (--model and
   --preset included when given). "flag" when a flag set it, with the value
   it replaced when that differs; "preset" when --preset set it; else
   "default".
   """
   preset = models.registry.preset_overrides(config.model, config.preset)
   out = {}
-  for name, field in config_lib.FIELDS.items():
+  for name in config.to_dict():
     if name in flags_given:
-      before = preset.get(name, field.default)
+      before = preset.get(name, config_lib.default(name, config.model))
       origin = "preset" if name in preset else "default"
       same = before == getattr(config, name)
       out[name] = "flag" if same or name in ("model", "preset") else (
@@ -109,13 +109,13 @@ def devices_line(config: config_lib.Config, members) -> str:
 
 def settings_lines(config: config_lib.Config, flags_given: Dict[str, object],
                    workdir_source: str) -> List[str]:
-  """Every setting, grouped as --help lists them, with where it comes from."""
+  """Every setting of the run (its model's own included), grouped as --help
+  lists them, with where it comes from."""
   origin = sources(config, flags_given)
   origin["workdir"] = workdir_source
   lines = []
   for group in config_lib.GROUPS:
-    names = [n for n, f in config_lib.FIELDS.items()
-             if f.metadata["group"] == group]
+    names = [n for n in origin if config_lib.group(n) == group]
     if not names:
       continue
     lines.append(f"  {group}:")

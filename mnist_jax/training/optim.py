@@ -7,10 +7,18 @@ in these arrays, and a single run is a sweep of one. Which hyperparameters are
 held, and so the optimizer's structure, depends on the config and on the swept
 names, never on the values: `--grad_clip=0` leaves the clip out, while a swept
 `grad_clip` keeps it in every member and 0 turns it off there.
+
+Each such hyperparameter is declared once, in HYPERPARAMS (the Config field it
+comes from, when it is read and held); --sweep's names, what it refuses, the
+held values and `make_optimizer`'s arguments all derive from that table. A new
+one is an entry there, its use in `make_optimizer`'s chain, and its Config
+field (flag, help, default, range) in config.py.
 """
 
 import dataclasses
-from typing import Dict, Iterable, Mapping, Optional
+import dataclasses
+import inspect
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -18,28 +26,6 @@ import numpy as np
 import optax
 
 from mnist_jax.config import Config
-
-# The Config fields a sweep may vary -> their keys in `opt_state.hyperparams`.
-# Warmup is held in steps, counted on the host as a single run counts them.
-SWEEPABLE = {
-    "learning_rate": "learning_rate",
-    "weight_decay": "weight_decay",
-    "label_smoothing": "label_smoothing",
-    "momentum": "momentum",
-    "grad_clip": "grad_clip",
-    "warmup_epochs": "warmup_steps",
-    "rmsprop_decay": "rmsprop_decay",
-    "eps": "eps",
-}
-
-# Sweepable fields read only with one optimizer or schedule: field -> (the
-# Config field that must have, the value).
-ONLY_WITH = {
-    "momentum": ("optimizer", "sgd"),
-    "rmsprop_decay": ("optimizer", "rmsprop"),
-    "eps": ("optimizer", "rmsprop"),
-    "warmup_epochs": ("schedule", "warmup_cosine"),
-}
 
 # cosine_onecycle_schedule's defaults: rise over 30% of the run from peak / 25,
 # then fall to peak / 25 / 1e4.
@@ -54,6 +40,57 @@ def warmup_steps(config: Config, steps_per_epoch: int) -> int:
   """The warmup of `warmup_cosine` in steps: at least 1, less than the run."""
   total = total_steps(config, steps_per_epoch)
   return max(1, min(total - 1, int(config.warmup_epochs * steps_per_epoch)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Hyperparameter:
+  """A number `opt_state.hyperparams` holds, per member: sweepable.
+
+  field: the Config field (flag) it comes from; --sweep takes this name.
+  reads: (Config field, value) a run needs for its optimizer or schedule to
+    read it; None: every run reads it. --sweep refuses it in other runs.
+  on: whether a run that reads it but does not sweep it holds it; None:
+    always (a clip of 0 is left out, a swept one is held and 0 turns it off).
+  value: what is held, from (config, steps_per_epoch); None: the field's value.
+  dtype: of the held 0-d array.
+  """
+  field: str
+  reads: Optional[Tuple[str, Any]] = None
+  on: Optional[Callable[[Config], bool]] = None
+  value: Optional[Callable[[Config, int], Any]] = None
+  dtype: Any = np.float32
+
+  def held(self, config: Config) -> bool:
+    """Whether a run of `config` that does not sweep it holds it."""
+    name, needed = self.reads or (None, None)
+    return ((name is None or getattr(config, name) == needed) and
+            (self.on is None or self.on(config)))
+
+
+# Key in `opt_state.hyperparams` -> its declaration; the order is --sweep's.
+# Warmup is held in steps, counted on the host as a single run counts them.
+HYPERPARAMS = {
+    "learning_rate": Hyperparameter("learning_rate"),
+    "weight_decay": Hyperparameter("weight_decay",
+                                   on=lambda c: c.weight_decay > 0),
+    "label_smoothing": Hyperparameter("label_smoothing",
+                                      on=lambda c: c.label_smoothing > 0),
+    "momentum": Hyperparameter("momentum", reads=("optimizer", "sgd"),
+                               on=lambda c: c.momentum > 0),
+    "grad_clip": Hyperparameter("grad_clip", on=lambda c: c.grad_clip > 0),
+    "warmup_steps": Hyperparameter(
+        "warmup_epochs", reads=("schedule", "warmup_cosine"),
+        value=warmup_steps, dtype=np.int32),
+    "rmsprop_decay": Hyperparameter("rmsprop_decay",
+                                    reads=("optimizer", "rmsprop")),
+    "eps": Hyperparameter("eps", reads=("optimizer", "rmsprop")),
+}
+
+# The Config fields a sweep may vary -> their keys in `opt_state.hyperparams`.
+SWEEPABLE = {h.field: key for key, h in HYPERPARAMS.items()}
+# Sweepable fields read only with one optimizer or schedule: field -> (the
+# Config field that must have, the value).
+ONLY_WITH = {h.field: h.reads for h in HYPERPARAMS.values() if h.reads}
 
 
 def schedule(name: str, count, peak, warmup: Optional[jax.Array],
@@ -132,20 +169,10 @@ def hyperparams(config: Config, steps_per_epoch: int,
     key -> 0-d float32 array (int32 for warmup_steps), for every part the
     config turns on and every swept key.
   """
-  c, swept = config, set(swept)
-  held = {
-      "learning_rate": (True, c.learning_rate),
-      "warmup_steps": (c.schedule == "warmup_cosine",
-                       warmup_steps(c, steps_per_epoch)),
-      "weight_decay": (c.weight_decay > 0, c.weight_decay),
-      "momentum": (c.optimizer == "sgd" and c.momentum > 0, c.momentum),
-      "rmsprop_decay": (c.optimizer == "rmsprop", c.rmsprop_decay),
-      "eps": (c.optimizer == "rmsprop", c.eps),
-      "grad_clip": (c.grad_clip > 0, c.grad_clip),
-      "label_smoothing": (c.label_smoothing > 0, c.label_smoothing),
-  }
-  return {k: np.asarray(v, np.int32 if k == "warmup_steps" else np.float32)
-          for k, (on, v) in held.items() if on or k in swept}
+  swept = set(swept)
+  return {key: np.asarray(h.value(config, steps_per_epoch) if h.value
+                          else getattr(config, h.field), h.dtype)
+          for key, h in HYPERPARAMS.items() if key in swept or h.held(config)}
 
 
 def _decay_mask(params):
@@ -160,13 +187,14 @@ def make_optimizer(config: Config, steps_per_epoch: int,
   `opt_state.hyperparams`."""
   plan = Schedule.of(config, steps_per_epoch)
 
-  def chain(learning_rate, warmup_steps=None, weight_decay=None, momentum=None,
-            rmsprop_decay=None, eps=None, grad_clip=None, label_smoothing=None):
-    # Held beside the optimizer's own so that all of a member's values are in
-    # one place; the loss reads it (train.train_step), the optimizer does not.
-    del label_smoothing
+  def chain(**held):
+    """held: every HYPERPARAMS key -> its value, None where none is held."""
+    # label_smoothing is held beside the optimizer's own so that all of a
+    # member's values are in one place; the loss reads it, the chain does not.
+    weight_decay, grad_clip = held["weight_decay"], held["grad_clip"]
+
     def lr(count):
-      return plan.rate(count, learning_rate, warmup_steps)
+      return plan.rate(count, held["learning_rate"], held["warmup_steps"])
 
     if config.optimizer == "adam":
       opt = optax.adam(lr)
@@ -175,9 +203,10 @@ def make_optimizer(config: Config, steps_per_epoch: int,
                         else weight_decay, mask=_decay_mask)
     elif config.optimizer == "rmsprop":
       # eps outside the square root, as Keras' RMSprop (the LSTM seed) has it.
-      opt = optax.rmsprop(lr, decay=rmsprop_decay, eps=eps, eps_in_sqrt=False)
+      opt = optax.rmsprop(lr, decay=held["rmsprop_decay"], eps=held["eps"],
+                          eps_in_sqrt=False)
     elif config.optimizer == "sgd":
-      opt = optax.sgd(lr, momentum=momentum, nesterov=False)
+      opt = optax.sgd(lr, momentum=held["momentum"], nesterov=False)
     else:
       raise ValueError(f"unknown optimizer {config.optimizer!r}")
     parts = []
@@ -189,6 +218,10 @@ def make_optimizer(config: Config, steps_per_epoch: int,
     parts.append(opt)
     return optax.chain(*parts)
 
+  # inject_hyperparams reads the names the chain takes from its signature.
+  chain.__signature__ = inspect.Signature([
+      inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=None)
+      for key in HYPERPARAMS])
   return optax.inject_hyperparams(chain)(
       **hyperparams(config, steps_per_epoch, swept))
 

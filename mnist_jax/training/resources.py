@@ -35,7 +35,7 @@ NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 def parameter_count(config: config_lib.Config) -> int:
   """Parameters of one member of `config`'s model, from shapes alone (no
   allocation, no compile; kernels share the stock module's parameters)."""
-  module = models.get(config.model).module(config)
+  module = models.get(config.model).stock(config)
   view = models.input_view(config)
 
   def init(key):
@@ -52,9 +52,8 @@ def size_flags(config: config_lib.Config) -> List[str]:
   changes its parameter count (e.g. --mlp_hidden for the MLP)."""
   base = parameter_count(config)
   found = []
-  for name in config_lib.ranged_fields():
-    field = config_lib.FIELDS[name]
-    if field.metadata["group"] != config_lib.MODEL or (
+  for name in config_lib.ranged_names(config):
+    if config_lib.group(name) != config_lib.MODEL or (
         config_lib.field_type(name) not in (int, tuple)):
       continue
     value = getattr(config, name)
