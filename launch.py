@@ -94,7 +94,7 @@ def flag_help(name: str) -> str:
 
 
 def default_text(name: str) -> str:
-  """A flag's default as --help and the README's flag table state it."""
+  """A flag's default as --help and docs/flags.md state it."""
   if name in _LAUNCH_HELP:
     return value_text(FLAGS[name].default)
   if name in config_lib.FIELDS:

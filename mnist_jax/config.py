@@ -30,7 +30,7 @@ DTYPES = ("float32", "bfloat16")
 IMPLS = ("auto", "stock", "fast")
 
 
-# The groups --help and the README's flag table list the flags in, in order.
+# The groups --help and docs/flags.md list the flags in, in order.
 MODEL, DATA, TRAINING, DEVICES, RUN_FOLDER, MODES = GROUPS = (
     "Model", "Data", "Training", "Devices and speed", "Run folder",
     "Modes and output")
@@ -103,7 +103,7 @@ def _field(default: Any, help_text: str, group: str, preset: bool = False,
            valid: Optional[Range] = None) -> Any:
   """A Config field carrying its flag's one-line help and its help group.
 
-  `help_text` is the flag's --help line and the README's flag table entry
+  `help_text` is the flag's --help line and its docs/flags.md table entry
   (tests/test_flags.py holds both to it); launch.py appends the default.
   `group` (one of GROUPS) is the heading it is listed under. `preset` marks
   the fields some preset in models/registry.py sets, whose default then

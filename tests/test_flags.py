@@ -1,8 +1,8 @@
 """Flag help has one source: Config field metadata and the models' settings
-declarations, launch.py, --help, README.
+declarations, launch.py, --help, docs/flags.md.
 
 Each Config field's `help` metadata (each model setting's declared help) is its
-flag's one-line --help text and its row in the README's flag table; launch.py's
+flag's one-line --help text and its row in docs/flags.md's table; launch.py's
 own flags carry theirs in launch.py. These tests fail when one of the three
 drifts from the others.
 """
@@ -35,11 +35,10 @@ def _launch_flags():
 
 
 def _readme_flag_rows():
-  """[(flag name, group, default cell, help cell)] of the README's "## Flags"
-  table, in order; a group starts at its row `| **Group** | | |`."""
-  with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
-    text = f.read()
-  section = text.split("\n## Flags\n", 1)[1].split("\n## ", 1)[0]
+  """[(flag name, group, default cell, help cell)] of docs/flags.md's table,
+  in order; a group starts at its row `| **Group** | | |`."""
+  with open(os.path.join(ROOT, "docs", "flags.md"), encoding="utf-8") as f:
+    section = f.read()
   rows, group = [], None
   for line in section.splitlines():
     heading = GROUP_ROW.match(line)
@@ -174,7 +173,7 @@ def test_readme_flag_table_matches_the_help():
   help as --help."""
   rows = _readme_flag_rows()
   names = [r[0] for r in rows]
-  assert len(names) == len(set(names)), "a flag has two rows in the README"
+  assert len(names) == len(set(names)), "a flag has two rows in docs/flags.md"
   assert rows == _expected_rows()
 
 
