@@ -314,16 +314,8 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
   steps = steps_per_epoch(config, len(dataset.train))
   log = log_lib.RunLog(log_lib.Progress(config.epochs, stream=stream,
                                         prefix=engine.log_prefix))
-  model = models.build(config)
-  create = functools.partial(create_train_state, config=config, model=model,
-                             steps_per_epoch=steps)
-  engine.choose(dataset, steps, create,
-                functools.partial(make_train_chunk, config, jit=False),
-                repr(model),
-                folder.recorded_parallel(workdir) if resuming else None)
-  if engine.description():
-    log.message(engine.description())
-  engine.place(dataset, steps)
+  create = _layout(engine, config, dataset, steps, log,
+                   folder.recorded_parallel(workdir) if resuming else None)
 
   # Restore or initialise: every check comes before anything is written.
   state = engine.init_state(create)
@@ -401,7 +393,8 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
   final = logged
   if final is None:
     final = _final_row(members, choice, test_m, ensemble,
-                       _member_rates(members, row, workdir), epochs_run=epoch, steps=engine.step(state),
+                       _member_rates(members, row, workdir), epochs_run=epoch,
+                       steps=engine.step(state),
                        compile_time_s=compile_time, data_time_s=data_time,
                        wall_time_s=time.perf_counter() - start_time,
                        num_params=engine.num_params(state))
@@ -420,6 +413,22 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
     folder.finish(workdir, final)
   log.message(_summary(final, members, workdir))
   return final
+
+
+def _layout(engine, config, dataset, steps, log, recorded):
+  """Builds the model, chooses the devices' layout (`recorded`: the one a
+  resumed run trained with) and places the data there; returns the train
+  state's maker, rng -> TrainState."""
+  model = models.build(config)
+  create = functools.partial(create_train_state, config=config, model=model,
+                             steps_per_epoch=steps)
+  engine.choose(dataset, steps, create,
+                functools.partial(make_train_chunk, config, jit=False),
+                repr(model), recorded)
+  if engine.description():
+    log.message(engine.description())
+  engine.place(dataset, steps)
+  return create
 
 
 def _already_finished(workdir: str, log) -> Optional[Dict[str, Any]]:
