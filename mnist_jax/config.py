@@ -259,9 +259,9 @@ class Config:
   grad_clip: float = _field(
       0.0, "Global-norm gradient clipping threshold; 0 disables it",
       TRAINING, preset=True, valid=_nonnegative())
-  # Sequences (recurrent models).
+  # Sequences (the models whose view is "rows").
   sequence: str = _field(
-      "rows", "How recurrent models read an image: rows (28 steps of 28 "
+      "rows", "How sequence models read an image: rows (28 steps of 28 "
       "pixels), pixels (784 steps of 1) or permuted (784, fixed random order)",
       MODEL, preset=True)
   permute_seed: int = _field(

@@ -125,9 +125,10 @@ def get_config(model: str, preset: str = "tuned", **overrides) -> config_lib.Con
   if message:
     raise UserError(message)
   if config.sequence != "rows" and get(model).view != "rows":
-    recurrent_models = [n for n, s in MODELS.items() if s.view == "rows"]
-    raise UserError(f"--sequence={config.sequence} applies to the recurrent "
-                    f"models ({', '.join(recurrent_models)}), not to {model}")
+    sequence_models = [n for n, s in MODELS.items() if s.view == "rows"]
+    raise UserError(f"--sequence={config.sequence} applies to the models that "
+                    f"read an image as a sequence ({', '.join(sequence_models)})"
+                    f", not to {model}")
   return config
 
 
@@ -164,8 +165,9 @@ def without_validation() -> str:
 
 
 def input_view(config: config_lib.Config):
-  """The view `views.to_view` applies for this config: the model's, or for
-  recurrent models the one `--sequence` picks (a function for pixel orders)."""
+  """The view `views.to_view` applies for this config: the model's, or for a
+  model reading rows (a sequence) the one `--sequence` picks (a function for
+  pixel orders)."""
   spec = get(config.model)
   if spec.view == "rows":
     return views.view(config.sequence, config.permute_seed)
