@@ -44,14 +44,13 @@ TOLERANCE = 1e-5
 FAMILIES = {
     "linear": ("--model=linear", "--learning_rate=3e-4"),
     "cnn": ("--model=cnn", "--cnn_features=4,8", "--cnn_dense=16",
-            "--batch_size=64", "--learning_rate=3e-4"),
+            "--batch_size=64", "--learning_rate=3e-4", "--dropout=0"),
     "rnn": ("--model=rnn", "--hidden=8", "--batch_size=64",
-            "--learning_rate=3e-3"),
+            "--learning_rate=3e-3", "--dropout=0"),
     "members": ("--model=linear", "--learning_rate=3e-4", "--num_seeds=2",
                 "--val_fraction=0.1"),
 }
-COMMON = ("--preset=seed", "--epochs=2", "--seed=1", "--dropout=0",
-          "--notensorboard")
+COMMON = ("--preset=seed", "--epochs=2", "--seed=1", "--notensorboard")
 
 
 @dataclasses.dataclass(frozen=True)

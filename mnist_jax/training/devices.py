@@ -704,7 +704,7 @@ class Engine:
 
     def run() -> float:
       start = time.perf_counter()
-      state[0], _, bad = chunk(state[0], *args)
+      state[0], _, bad, _ = chunk(state[0], *args)
       jax.device_get(bad)
       return (time.perf_counter() - start) / timed
 
