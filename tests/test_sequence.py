@@ -75,8 +75,9 @@ def test_remat_keeps_parameters_outputs_and_gradients():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_sequence_is_only_for_recurrent_models():
-  with pytest.raises(UserError, match="recurrent"):
+def test_sequence_is_only_for_models_reading_rows():
+  with pytest.raises(UserError, match=r"read an image as a sequence \(rnn, "
+                     r"lstm, gru\), not to mlp"):
     models.get_config("mlp", sequence="pixels")
   with pytest.raises(UserError, match="--sequence"):
     models.get_config("lstm", sequence="columns")
