@@ -206,7 +206,7 @@ def bench_model(name: str, args, peak: float) -> dict:
     batches = jax.block_until_ready(plan(epoch))
     t = time.perf_counter()
     for c in range(num_chunks):
-      state, sums, _ = chunk_fn(state, images, labels, batches[c], valid[c])
+      state, sums, _, _ = chunk_fn(state, images, labels, batches[c], valid[c])
     jax.block_until_ready((state, sums))
     epoch_times.append(time.perf_counter() - t)
   timed = epoch_times[1:] or epoch_times

@@ -24,9 +24,9 @@ CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 
 
 @pytest.mark.parametrize("batch,devices,expected", [
-    (128, 2, [("none", 1), ("pmap", 2), ("sharded", 2)]),
-    (128, 8, [("none", 1), ("pmap", 4), ("sharded", 4)]),  # 128 / 32 = 4 x 32.
-    (100, 8, [("none", 1), ("pmap", 2), ("sharded", 2)]),  # 2 x 50, not 4 x 25.
+    (128, 2, [("none", 1), ("sharded", 2), ("pmap", 2)]),
+    (128, 8, [("none", 1), ("sharded", 4), ("pmap", 4)]),  # 128 / 32 = 4 x 32.
+    (100, 8, [("none", 1), ("sharded", 2), ("pmap", 2)]),  # 2 x 50, not 4 x 25.
     (63, 2, [("none", 1)]),  # Odd: no even split.
     (62, 2, [("none", 1)]),  # 2 x 31 is below MIN_DEVICE_BATCH.
     (128, 1, [("none", 1)]),

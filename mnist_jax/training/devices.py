@@ -422,7 +422,8 @@ LAYOUT_CACHE = "parallel.json"  # In user_cache(): {setting key: choice}.
 
 def split_host_layouts(batch_size: int, devices: int) -> List[Tuple[str, int]]:
   """The (mode, device count)s --parallel=auto chooses among on a split host,
-  simplest first.
+  closest to one device first: `sharded` draws the one-device run's dropout
+  masks, `pmap` one mask per device.
 
   Data parallel over the most devices, up to `devices`, that split the batch
   evenly into parts of at least MIN_DEVICE_BATCH; one device always.
@@ -431,7 +432,7 @@ def split_host_layouts(batch_size: int, devices: int) -> List[Tuple[str, int]]:
             if batch_size % d == 0 and batch_size // d >= MIN_DEVICE_BATCH]
   if not usable:
     return [("none", 1)]
-  return [("none", 1), ("pmap", max(usable)), ("sharded", max(usable))]
+  return [("none", 1), ("sharded", max(usable)), ("pmap", max(usable))]
 
 
 def choose_layout(layouts: Sequence[Tuple[str, int]],
