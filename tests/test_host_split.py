@@ -261,7 +261,7 @@ def test_a_new_model_gets_a_measured_layout_cached_and_kept_on_resume(
   rc, out, err = lh.run(args, script=NEW_MODEL, **env)
   assert rc == 0, err
   assert line + "measured fastest in" in out
-  assert "ms/step none 3, pmap 2, sharded 1" in out
+  assert "ms/step none 3, sharded 1, pmap 2" in out
   assert _environment(first)[0]["parallel"] == {"mode": "sharded", "devices": 2}
   assert _environment(first)[0]["parallel_choice"]["how"] == "measured"
 
