@@ -394,10 +394,9 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
   if final is None:
     final = _final_row(members, choice, test_m, ensemble,
                        _member_rates(members, row, workdir), epochs_run=epoch,
-                       steps=engine.step(state),
-                       compile_time_s=compile_time, data_time_s=data_time,
-                       wall_time_s=time.perf_counter() - start_time,
-                       num_params=engine.num_params(state))
+                       steps=engine.step(state), compile_time_s=compile_time,
+                       data_time_s=data_time, num_params=engine.num_params(state),
+                       wall_time_s=time.perf_counter() - start_time)
     if target.active:
       final["time_to_target_s"] = time_to_target
     final.update(control.learning_verdict(final, row, dataset.test.labels))
