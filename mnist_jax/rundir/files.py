@@ -15,6 +15,7 @@ import json
 import os
 import re
 import secrets
+import tempfile
 from typing import IO, Any, Iterator, List, Optional, Sequence
 
 # The temporary names `atomic` writes to: .<name>.<8 hex digits>.tmp
@@ -60,6 +61,13 @@ def atomic(path: str, mode: str = "w") -> Iterator[IO]:
     if isinstance(e, OSError) and e.filename is None:
       e.filename = path  # A failed write names no file: say which.
     raise
+
+
+def probe_writable(folder: str) -> None:
+  """Creates and removes a file in `folder`: OSError if it cannot be written."""
+  fd, probe = tempfile.mkstemp(dir=folder, prefix=".mnist_jax_probe")
+  os.close(fd)
+  os.remove(probe)
 
 
 def write_text(path: str, text: str) -> None:

@@ -19,7 +19,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from importlib import metadata
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -192,9 +191,7 @@ def check_writable(workdir: str) -> None:
     raise UserError(f"--workdir={workdir} cannot be created: {target} is a "
                     "file; pass a folder path")
   try:
-    fd, probe = tempfile.mkstemp(dir=target, prefix=".mnist_jax_probe")
-    os.close(fd)
-    os.remove(probe)
+    files.probe_writable(target)
   except OSError as e:
     raise UserError(f"--workdir={workdir} is not writable ({target}: "
                     f"{e.strerror or e}); pass a folder you can write to") from None

@@ -26,7 +26,6 @@ import os
 import socket
 import struct
 import sys
-import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -38,6 +37,7 @@ from tensorboardX.record_writer import masked_crc32c
 
 from mnist_jax import config as config_lib
 from mnist_jax.errors import UserError
+from mnist_jax.rundir import files
 from mnist_jax.training import metrics
 
 
@@ -124,9 +124,7 @@ def check_folders(logdir: str, members: Sequence[Dict]) -> None:
                       "go; move it away, or pass --notensorboard")
     if os.path.isdir(path):
       try:
-        fd, probe = tempfile.mkstemp(dir=path, prefix=".mnist_jax_probe")
-        os.close(fd)
-        os.remove(probe)
+        files.probe_writable(path)
       except OSError as e:
         raise UserError(f"{path} is not writable ({e.strerror or e}); pass "
                         "--notensorboard, or make it writable") from None
