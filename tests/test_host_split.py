@@ -174,7 +174,10 @@ def _launch(prepared, workdir, model, *extra, fake_ms=None):
   mnist_dir, data_dir = prepared
   shapes = {"gru": ["--hidden=16"],
             "cnn": ["--cnn_features=4,8", "--cnn_dense=16"]}[model]
-  env = _env(FAKE_MS_PER_STEP=fake_ms) if fake_ms else _env()
+  # A cache of this test's own: another test of the same worker may have
+  # cached a layout for the same setting (test_topology trains this CNN).
+  env = (_env(FAKE_MS_PER_STEP=fake_ms, XDG_CACHE_HOME=str(workdir) + "-cache")
+         if fake_ms else _env())
   proc = subprocess.run(
       [sys.executable, NEW_MODEL if fake_ms else "launch.py",
        f"--model={model}", "--preset=seed",
