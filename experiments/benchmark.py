@@ -174,10 +174,7 @@ def bench_model(name: str, args, peak: float) -> dict:
   choice = None
   if devices.auto_layouts(config):  # A split CPU host: as launch.py chooses.
     engine = devices.Engine(config, members.from_config(config))
-    engine.choose(dataset, steps, functools.partial(
-        train.create_train_state, config=config, model=model,
-        steps_per_epoch=steps), functools.partial(
-            train.make_train_chunk, config, jit=False), repr(model))
+    train.layout_for(engine, config, model, dataset, steps)
     par, choice = engine.par, engine.environment().get("parallel_choice")
   state = train.create_train_state(init_rng, config, model, steps)
   num_params = int(sum(p.size for p in jax.tree.leaves(state.params)))

@@ -10,7 +10,6 @@ first when a model's step is slow.
 
 import argparse
 import collections
-import functools
 import glob
 import gzip
 import json
@@ -57,10 +56,7 @@ def main(argv=None):
   model = models.build(config)
   if devices.auto_layouts(config):  # A split CPU host: as launch.py chooses.
     engine = devices.Engine(config, members.from_config(config))
-    engine.choose(dataset, steps, functools.partial(
-        train.create_train_state, config=config, model=model,
-        steps_per_epoch=steps), functools.partial(
-            train.make_train_chunk, config, jit=False), repr(model))
+    train.layout_for(engine, config, model, dataset, steps)
     par = engine.par
   state = par.replicate(train.create_train_state(init_rng, config, model, steps))
   images = par.replicate(dataset.train.images)

@@ -414,16 +414,24 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
   return final
 
 
-def _layout(engine, config, dataset, steps, log, recorded):
-  """Builds the model, chooses the devices' layout (`recorded`: the one a
-  resumed run trained with) and places the data there; returns the train
-  state's maker, rng -> TrainState."""
-  model = models.build(config)
+def layout_for(engine, config, model, dataset, steps, recorded=None):
+  """Chooses `engine`'s devices' layout for `model`'s train chunk (`recorded`:
+  the one a resumed run trained with; else cached or measured, as
+  --parallel asks); returns the train state's maker, rng -> TrainState.
+  Benchmarks call it too, so that they time the layout a run would use."""
   create = functools.partial(create_train_state, config=config, model=model,
                              steps_per_epoch=steps)
   engine.choose(dataset, steps, create,
                 functools.partial(make_train_chunk, config, jit=False),
                 repr(model), recorded)
+  return create
+
+
+def _layout(engine, config, dataset, steps, log, recorded):
+  """Builds the model, chooses the devices' layout and places the data
+  there; returns the train state's maker, rng -> TrainState."""
+  create = layout_for(engine, config, models.build(config), dataset, steps,
+                      recorded)
   if engine.description():
     log.message(engine.description())
   engine.place(dataset, steps)
