@@ -87,14 +87,16 @@ def test_stacked_members_are_each_their_own_sums():
 def test_the_train_step_sums_only_the_train_metrics():
   assert [m.name for m in metrics.of("train")] == ["loss", "accuracy"]
   assert [m.name for m in metrics.of("test")] == ["loss", "accuracy", "ece"]
-  assert sorted(metrics.zeros()) == ["correct", "count", "loss"]
-  host = metrics.zeros(lead=(3,), host=True)
+  assert sorted(metrics.zeros(num_classes=10)) == ["correct", "count", "loss"]
+  host = metrics.zeros(lead=(3,), host=True, num_classes=10)
   assert isinstance(host["loss"], np.ndarray) and host["loss"].shape == (3,)
-  assert metrics.zeros(metrics.EVAL)["ece_count"].shape == (metrics.ECE_BINS,)
+  assert metrics.zeros(metrics.EVAL, num_classes=10)["ece_count"].shape == (
+      metrics.ECE_BINS,)
 
 
 def test_no_example_gives_nan():
-  got = metrics.values(jax.device_get(metrics.zeros(metrics.EVAL)))
+  got = metrics.values(jax.device_get(metrics.zeros(metrics.EVAL,
+                                                    num_classes=10)))
   assert got["count"] == 0
   assert all(np.isnan(got[m.name]) for m in metrics.METRICS)
 
@@ -121,3 +123,31 @@ def test_rows_carry_every_metric_of_each_split():
   assert extras["members"][0]["learning_rate"] == 1e-3
   text = metrics.BY_NAME["ece"].text(0.0123)
   assert text == "1.23%"
+
+
+def test_a_metric_may_need_the_class_count(monkeypatch):
+  """A metric whose sums are shaped by the classes (per-class hits) or need
+  more than two of them (top-5) is declared like any other: zeros, the sums
+  of a batch, values and of_logits all follow the dataset's class count."""
+  def sums(batch):
+    top5 = jax.lax.top_k(batch.logits, 5)[1]
+    hit = jnp.any(top5 == batch.labels[:, None], -1).astype(jnp.float32)
+    per_class = jax.nn.one_hot(batch.labels, batch.logits.shape[-1])
+    return {"top5": jnp.sum(hit * batch.mask),
+            "class_correct": jnp.sum(per_class * (batch.correct * batch.mask)[
+                :, None], 0)}
+  extra = metrics.Metric("top5", sums, lambda s, n: float(s["top5"]) / n,
+                         metrics.EVAL, tag="top5", label="top-5 accuracy")
+  monkeypatch.setattr(metrics, "METRICS", metrics.METRICS + (extra,))
+  metrics._shapes.cache_clear()  # pylint: disable=protected-access
+  try:
+    zeros = metrics.zeros(metrics.EVAL, num_classes=26)
+    assert zeros["class_correct"].shape == (26,) and zeros["top5"].shape == ()
+    logits, labels = _batch(5, k=26)
+    got = metrics.of_logits(logits, labels, batch_size=64)
+    top5 = np.argsort(-logits, -1)[:, :5]
+    assert got["top5"] == pytest.approx(np.mean(np.any(
+        top5 == labels[:, None], -1)))
+    assert got["accuracy"] == np.mean(logits.argmax(-1) == labels)
+  finally:
+    metrics._shapes.cache_clear()  # pylint: disable=protected-access

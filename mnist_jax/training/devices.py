@@ -720,6 +720,7 @@ class Engine:
     """
     config, put = self.config, self.par.replicate
     self.steps = steps
+    self.num_classes = len(dataset.class_names)
     self.images = put(dataset.train.images)
     self.labels = put(dataset.train.labels)
     splits = {"test": dataset.test}
@@ -765,7 +766,8 @@ class Engine:
   def zero_sums(self) -> Dict[str, np.ndarray]:
     """Host zeros shaped like the metric sums: [] or [M] float32."""
     shape = () if len(self.members) == 1 else (len(self.members),)
-    return metrics_lib.zeros(lead=shape, host=True)
+    return metrics_lib.zeros(lead=shape, host=True,
+                             num_classes=self.num_classes)
 
   def start(self, state, start: checkpoints.Start):
     """Process 0's state and start, on every process, the state on its devices."""
@@ -816,7 +818,8 @@ class Engine:
     """An epoch's metric sums before its first chunk: zeros or `partial`."""
     if partial is not None:
       return jax.tree.map(jnp.asarray, partial)
-    return metrics_lib.zeros()
+    return metrics_lib.zeros(num_classes=self.num_classes)
+
 
   def train_chunk(self, state, plan: EpochPlan, c: int, sums):
     """Runs chunk c of `plan`: (state, sums + the chunk's, bad, rate).

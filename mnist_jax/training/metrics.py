@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mnist_jax.data import datasets
+
 SPLITS = ("train", "val", "test")
 EVAL = ("val", "test")  # The splits one evaluation program serves.
 ECE_BINS = 15
@@ -148,13 +150,15 @@ def batch_sums(logits, labels, nll, mask=None,
 
 
 def zeros(splits: Sequence[str] = ("train",), lead: Tuple[int, ...] = (),
-          host: bool = False) -> Dict[str, jax.Array]:
-  """Zero sums shaped like `batch_sums(splits=splits)`, with `lead` axes in front
-  (e.g. (M,) for M members); numpy arrays where `host`."""
+          host: bool = False, *, num_classes: int) -> Dict[str, jax.Array]:
+  """Zero sums shaped like `batch_sums(splits=splits)` of logits [B,
+  num_classes], with `lead` axes in front (e.g. (M,) for M members); numpy
+  arrays where `host`."""
   shapes = {"count": ()}
   for m in METRICS:
     if any(s in m.splits for s in splits):
-      shapes.update({k: s.shape for k, s in _shapes()[m.name].items()})
+      shapes.update({k: s.shape for k, s in
+                     _shapes(num_classes)[m.name].items()})
   xp = np if host else jnp
   return {k: xp.zeros(lead + shapes[k], np.float32) for k in sorted(shapes)}
 
@@ -165,20 +169,28 @@ def values(sums) -> Dict[str, float]:
   count = float(sums["count"])
   out = {}
   for m in METRICS:
-    if all(k in sums for k in _shapes()[m.name]):
+    if all(k in sums for k in _keys()[m.name]):
       out[m.name] = m.value(sums, count) if count else float("nan")
   out["count"] = count
   return out
 
 
 @functools.lru_cache(maxsize=None)
-def _shapes() -> Dict[str, Dict[str, jax.ShapeDtypeStruct]]:
-  """Each metric's sums, {name: {key: shape}}, from one trace per process."""
+def _shapes(num_classes: int) -> Dict[str, Dict[str, jax.ShapeDtypeStruct]]:
+  """Each metric's sums for `num_classes` classes, {name: {key: shape}}, from
+  one trace per class count and process."""
   def every_sum():
-    batch = Batch(jnp.zeros((1, 2)), jnp.zeros((1,), jnp.int32),
+    batch = Batch(jnp.zeros((1, num_classes)), jnp.zeros((1,), jnp.int32),
                   jnp.zeros((1,)), jnp.ones((1,)))
     return {m.name: m.sums(batch) for m in METRICS}
   return jax.eval_shape(every_sum)
+
+
+def _keys() -> Dict[str, Tuple[str, ...]]:
+  """Each metric's sum keys, which no class count changes (traced with the
+  most classes a registered dataset has: every metric serves every one)."""
+  most = max(datasets.num_classes(name) for name in datasets.DATASETS)
+  return {name: tuple(sums) for name, sums in _shapes(most).items()}
 
 
 def of_logits(logits, labels, splits: Sequence[str] = ("test",),
@@ -187,7 +199,7 @@ def of_logits(logits, labels, splits: Sequence[str] = ("test",),
   evaluation adds up on the device (in batches of `batch_size`)."""
   logits = jnp.asarray(logits, jnp.float32)
   labels = jnp.asarray(np.asarray(labels), jnp.int32)
-  sums = zeros(splits)
+  sums = zeros(splits, num_classes=logits.shape[-1])
   for start in range(0, len(labels), batch_size):
     x, y = logits[start:start + batch_size], labels[start:start + batch_size]
     nll = -jnp.take_along_axis(jax.nn.log_softmax(x), y[:, None], -1)[:, 0]

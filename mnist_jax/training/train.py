@@ -181,6 +181,8 @@ def make_train_chunk(config: Config, axis_name: Optional[str] = None,
   `axis_name` and `jit=False`.
   """
   view = models.input_view(config)
+  zeros = functools.partial(metrics_lib.zeros,
+                            num_classes=datasets.num_classes(config.dataset))
   step = functools.partial(train_step, view=view,
                            label_smoothing=config.label_smoothing,
                            augment=augment_lib.from_config(config),
@@ -196,7 +198,7 @@ def make_train_chunk(config: Config, axis_name: Optional[str] = None,
 
       def skip(state):  # Padding is no step; a step after divergence counts.
         return (state.replace(step=jnp.where(ok, state.step + 1, state.step)),
-                metrics_lib.zeros())
+                zeros())
 
       number = state.step + 1
       state, metrics = jax.lax.cond(ok & (bad < 0), run, skip, state)
@@ -205,7 +207,7 @@ def make_train_chunk(config: Config, axis_name: Optional[str] = None,
       return (state, jax.tree.map(jnp.add, sums, metrics), bad), None
 
     bad = jnp.where(_finite(state.params), -1, state.step).astype(jnp.int32)
-    init = (state, metrics_lib.zeros(), bad)
+    init = (state, zeros(), bad)
     (state, sums, bad), _ = jax.lax.scan(body, init, (batch_idx, valid))
     bad = jnp.where((bad < 0) & ~_finite(state.params),
                     state.step.astype(jnp.int32), bad)
@@ -221,14 +223,15 @@ def make_evaluate(config: Config, apply_fn: Callable, jit: bool = True) -> Calla
   where mask is 1 (batches.eval_batches), for one model.
   """
   view = models.input_view(config)
+  zeros = metrics_lib.zeros(metrics_lib.EVAL,
+                            num_classes=datasets.num_classes(config.dataset))
 
   def evaluate(params, images, labels, batch_idx, mask):
     def body(sums, inputs):
       idx, m = inputs
       metrics = eval_step(params, apply_fn, images[idx], labels[idx], m, view=view)
       return jax.tree.map(jnp.add, sums, metrics), None
-    sums, _ = jax.lax.scan(body, metrics_lib.zeros(metrics_lib.EVAL),
-                           (batch_idx, mask))
+    sums, _ = jax.lax.scan(body, zeros, (batch_idx, mask))
     return sums
 
   return jax.jit(evaluate) if jit else evaluate
