@@ -51,6 +51,8 @@ def synthetic_classes(n: int, num_classes: int, seed: int = 0):
 
   Returns images [n, 28, 28] uint8 (upright) and labels [n] uint8 in 0..K-1.
   """
+  if not 1 <= num_classes <= 49:
+    raise ValueError(f"synthetic_classes draws 1 to 49 classes, not {num_classes}")
   rng = np.random.default_rng(seed)
   labels = (np.arange(n) % num_classes).astype(np.uint8)
   rng.shuffle(labels)
