@@ -1,5 +1,7 @@
 """--sweep: parsing, the one-line errors, member order and per-member arrays."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -120,3 +122,21 @@ def test_hyperparams_stack_the_swept_values_in_member_order():
     own = optim.hyperparams(m.config, 10, swept=stacked)
     for key, values in stacked.items():
       assert values[m.index] == own[key]
+
+
+def test_a_hyperparameter_read_by_several_optimizers(monkeypatch):
+  """`reads` may name several values: eps read by rmsprop and sgd is held by
+  both, and --sweep refuses it with adam, naming both."""
+  entry = dataclasses.replace(optim.HYPERPARAMS["eps"],
+                              reads=("optimizer", ("rmsprop", "sgd")))
+  monkeypatch.setitem(optim.HYPERPARAMS, "eps", entry)
+  monkeypatch.setitem(optim.ONLY_WITH, "eps",
+                      ("optimizer", ("rmsprop", "sgd")))
+  assert entry.held(_config(optimizer="sgd"))
+  assert entry.held(_config(optimizer="rmsprop"))
+  assert not entry.held(_config(optimizer="adam"))
+  assert len(members_lib.from_config(_config(optimizer="sgd"),
+                                     "eps=1e-7,1e-3")) == 2
+  with pytest.raises(UserError, match="only --optimizer=rmsprop or "
+                     "--optimizer=sgd reads it"):
+    members_lib.from_config(_config(optimizer="adam"), "eps=1e-7,1e-3")

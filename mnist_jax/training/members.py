@@ -151,11 +151,12 @@ def canonical(specs: Union[str, Sequence[str]], model: str = "MODEL") -> str:
 def _check_applies(grid: Grid, config: Config) -> None:
   """Refuses a swept name the config's optimizer or schedule never reads."""
   for name in grid:
-    field, needed = optim.ONLY_WITH.get(name, (None, None))
-    if field is not None and getattr(config, field) != needed:
+    field, needed = optim.ONLY_WITH.get(name, (None, ()))
+    if field is not None and getattr(config, field) not in needed:
       raise UserError(
           f"--sweep={name} changes nothing with --{field}="
-          f"{getattr(config, field)}: only --{field}={needed} reads it")
+          f"{getattr(config, field)}: only "
+          f"{' or '.join(f'--{field}={v}' for v in needed)} reads it")
 
 
 def from_config(config: Config,

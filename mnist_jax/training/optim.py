@@ -47,8 +47,9 @@ class Hyperparameter:
   """A number `opt_state.hyperparams` holds, per member: sweepable.
 
   field: the Config field (flag) it comes from; --sweep takes this name.
-  reads: (Config field, value) a run needs for its optimizer or schedule to
-    read it; None: every run reads it. --sweep refuses it in other runs.
+  reads: (Config field, value or tuple of values) a run needs for its
+    optimizer or schedule to read it; None: every run reads it. --sweep
+    refuses it in other runs.
   on: whether a run that reads it but does not sweep it holds it; None:
     always (a clip of 0 is left out, a swept one is held and 0 turns it off).
   value: what is held, from (config, steps_per_epoch); None: the field's value.
@@ -63,8 +64,13 @@ class Hyperparameter:
   def held(self, config: Config) -> bool:
     """Whether a run of `config` that does not sweep it holds it."""
     name, needed = self.reads or (None, None)
-    return ((name is None or getattr(config, name) == needed) and
+    return ((name is None or getattr(config, name) in _values(needed)) and
             (self.on is None or self.on(config)))
+
+
+def _values(needed) -> tuple:
+  """A `reads` value or tuple of values, as a tuple."""
+  return needed if isinstance(needed, tuple) else (needed,)
 
 
 # Key in `opt_state.hyperparams` -> its declaration; the order is --sweep's.
@@ -88,9 +94,10 @@ HYPERPARAMS = {
 
 # The Config fields a sweep may vary -> their keys in `opt_state.hyperparams`.
 SWEEPABLE = {h.field: key for key, h in HYPERPARAMS.items()}
-# Sweepable fields read only with one optimizer or schedule: field -> (the
-# Config field that must have, the value).
-ONLY_WITH = {h.field: h.reads for h in HYPERPARAMS.values() if h.reads}
+# Sweepable fields read only with some optimizers or schedules: field -> (the
+# Config field that must have, the values it is read with).
+ONLY_WITH = {h.field: (h.reads[0], _values(h.reads[1]))
+             for h in HYPERPARAMS.values() if h.reads}
 
 
 def schedule(name: str, count, peak, warmup: Optional[jax.Array],
