@@ -287,8 +287,10 @@ register(ModelSpec(
     presets={
         "seed": dict(cnn_features=(32, 64), cnn_dense=128, epochs=5,
                      batch_size=128, val_fraction=0.0),
+        # Without augmentation its seeds scored 99.18 +- 0.03% (at the bar);
+        # with it, 99.41 +- 0.03% for a fifth more time.
         "tuned": dict(base="seed", epochs=8, dropout=0.25, schedule="cosine",
-                      val_fraction=0.1),
+                      val_fraction=0.1, **_AUGMENT),
         # Time to 99% test accuracy: the seed network at half width (16, 32
         # filters, 4x fewer conv FLOPs) on all 60,000 examples, one-cycle Adam;
         # with no validation split, --target_accuracy stops on test accuracy.
