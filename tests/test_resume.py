@@ -119,7 +119,9 @@ def test_a_second_ctrl_c_is_told_which_checkpoint_is_kept(tmp_path):
 
 def test_saver_records_and_keeps_checkpoints(tmp_path):
   workdir = str(tmp_path / "run")
-  saver = checkpoints.Saver(workdir, CONFIG, {"w": [2]})
+  seconds = iter([7.0, 12.5])
+  saver = checkpoints.Saver(workdir, CONFIG, {"w": [2]},
+                            clock=lambda: next(seconds))
   state = {"w": np.arange(2, dtype=np.float32)}
   saver.save(33, state, epoch=1)
   saver.save(38, state, epoch=1, epoch_step=5, sums=_meta()["sums"])
@@ -128,6 +130,7 @@ def test_saver_records_and_keeps_checkpoints(tmp_path):
   _, meta = checkpoints.Checkpointer(workdir, read_only=True).read_meta()
   assert meta["step"] == 38 and meta["epoch_step"] == 5
   assert meta["sums"] == {"loss": 4.5, "correct": 30.0, "count": 80.0}
+  assert meta["time_s"] == 12.5  # The run's seconds so far, as of the save.
 
 
 @pytest.fixture(scope="module")
@@ -162,10 +165,13 @@ def test_stopped_mid_epoch_then_resumed_equals_uninterrupted(
     _, meta = lh.restore_latest(workdir)
     assert meta["epoch"] == 1 and 0 < meta["epoch_step"] < 33, meta
     assert meta["step"] == 33 + meta["epoch_step"]
+    assert meta["time_s"] > 0
 
   rc, out, err = lh.run(args)
   assert rc == 0, err
   assert "resuming" in out
+  if signum != lh.SIGKILL:  # The run's time is both processes' time.
+    assert lh.metrics(workdir)[-1]["wall_time_s"] > meta["time_s"]
   assert lh.deterministic(lh.metrics(workdir)) == ref_rows
   state, meta = lh.restore_latest(workdir)
   assert meta["done"] and meta["epoch"] == 3

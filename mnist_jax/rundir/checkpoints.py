@@ -36,7 +36,7 @@ import os
 import sys
 import time
 import warnings
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -550,7 +550,7 @@ class Checkpointer:
 
 def record(config, *, epoch: int, step: int, param_shapes: dict,
            epoch_step: int = 0, sums: Optional[dict] = None,
-           done: bool = False) -> dict:
+           done: bool = False, time_s: Optional[float] = None) -> dict:
   """The meta record saved with a checkpoint.
 
   Args:
@@ -563,10 +563,14 @@ def record(config, *, epoch: int, step: int, param_shapes: dict,
     sums: the metric sums of those steps ({"loss", "correct", "count"},
       scalars or [M] with several members), when epoch_step > 0.
     done: whether the run finished.
+    time_s: the seconds the run has trained so far, its processes summed,
+      less their data loading (a resumed run's wall time starts from it).
   """
   meta = {"epoch": epoch, "epoch_step": epoch_step, "step": step,
           "model": config.model, "seed": config.seed, "done": done,
           "param_shapes": param_shapes}
+  if time_s is not None:
+    meta["time_s"] = time_s
   if sums is not None:
     meta["sums"] = {k: np.asarray(v).tolist()
                     for k, v in jax.device_get(sums).items()}
@@ -678,13 +682,17 @@ class Saver:
   """
 
   def __init__(self, workdir: str, config, param_shapes: dict, *,
-               write: bool = True, last_saved: Optional[int] = None):
+               write: bool = True, last_saved: Optional[int] = None,
+               clock: Optional[Callable[[], float]] = None):
+    """clock: the run's seconds so far, recorded with each checkpoint
+    (`record`'s time_s); None records none."""
     self.directory = os.path.join(os.path.abspath(workdir),
                                   CHECKPOINT_DIR)
     self._checkpointer = (Checkpointer(
         workdir, keep=config.keep_checkpoints) if write else None)
     self._config = config
     self._shapes = param_shapes
+    self._clock = clock
     self.last_saved = last_saved
 
   def save(self, step: int, state, *, epoch: int, epoch_step: int = 0,
@@ -697,7 +705,8 @@ class Saver:
     if self._checkpointer is not None:
       self._checkpointer.save(step, state, record(
           self._config, epoch=epoch, step=step, param_shapes=self._shapes,
-          epoch_step=epoch_step, sums=sums, done=done))
+          epoch_step=epoch_step, sums=sums, done=done,
+          time_s=self._clock() if self._clock else None))
     self.last_saved = step
 
   def is_saved(self, step: int) -> bool:

@@ -346,7 +346,12 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
            config=config, members=labels, steps_per_epoch=steps,
            keep_final=logged is not None)
   on_exit.callback(log.close)
-  saver = checkpoints.Saver(workdir, config, shapes, write=engine.is_main)
+  # The run's seconds: its earlier processes' (up to the checkpoint this one
+  # resumes from, less their data loading), then this process's.
+  earlier = (meta or {}).get("time_s", 0.0)
+  clock = lambda: earlier + time.perf_counter() - start_time
+  saver = checkpoints.Saver(workdir, config, shapes, write=engine.is_main,
+                            clock=lambda: clock() - data_time)
   state, start = engine.start(state, checkpoints.Start.from_meta(meta))
   compile_time = engine.compile(
       state, make_train_chunk(config, engine.axis_name, jit=False),
@@ -365,7 +370,7 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
       val_m = engine.evaluate(state, "val") if "val" in engine.splits else None
       row = _epoch_row(members, epoch, engine.step(state), train_m,
                        val_m, epoch_time, steps * config.batch_size,
-                       time.perf_counter() - start_time)
+                       clock())
       if target.needs_test:
         test_m = engine.evaluate(state, "test")  # Final, if this is the last.
       reached = target.value(row, test_m)
@@ -377,7 +382,7 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
         saver.save(engine.step(state), engine.host_copy(state), epoch=epoch,
                    done=last)
       if target.reached(reached):
-        time_to_target = time.perf_counter() - start_time
+        time_to_target = clock()
         log.message(target.message(reached, epoch, time_to_target))
         break
 
@@ -399,7 +404,7 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
                        _member_rates(members, row, workdir), epochs_run=epoch,
                        steps=engine.step(state), compile_time_s=compile_time,
                        data_time_s=data_time, num_params=engine.num_params(state),
-                       wall_time_s=time.perf_counter() - start_time)
+                       wall_time_s=clock())
     if target.active:
       final["time_to_target_s"] = time_to_target
     final.update(control.learning_verdict(final, row, dataset.test.labels))
