@@ -9,8 +9,9 @@
   python launch.py --model=mlp --sweep=learning_rate=3e-4,1e-3,3e-3 --num_seeds=2
 
 Every Config field (mnist_jax/config.py) and every model's own setting
-(mnist_jax/models/registry.py) is a flag; unset flags take the preset. The same command again resumes its run; without --workdir, that is the
-newest unfinished run of the same settings under runs/.
+(mnist_jax/models/registry.py) is a flag; unset flags take the preset. The
+same command again resumes its run; without --workdir, that is the newest
+unfinished run of the same settings under runs/.
 """
 
 import os
@@ -86,8 +87,9 @@ def flag_help(name: str) -> str:
     *names, last = models.MODELS
     text += f": {', '.join(names)} or {last}"
   elif name == "preset":
-    text += ("; holding out no validation data (so no validation curve, and "
-             f"--sweep refused): {models.registry.without_validation()}")
+    text += (f": {models.registry.presets_text()}; holding out no validation "
+             "data (so no validation curve, and --sweep refused): "
+             f"{models.registry.without_validation()}")
   elif name == "sweep":
     text += f"; NAME: {', '.join(optim.SWEEPABLE)}"
   return text

@@ -207,8 +207,8 @@ class Config:
   model: str = _field(
       "mlp", "Architecture to train", MODEL)  # launch.py lists the names.
   preset: str = _field(
-      "tuned", "Settings for --model: seed (its notebook), tuned, best (most "
-      "accurate), fast (cnn), pixels or permuted (rnn, lstm, gru)", MODEL)
+      "tuned", "Named settings for --model (seed: its notebook's; tuned: "
+      "trained well; best: the most accurate found)", MODEL)
   dataset: str = _field(
       "mnist", f"Which dataset: {', '.join(DATASETS)}", DATA)
   # Data.

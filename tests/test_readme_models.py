@@ -9,6 +9,7 @@ a preset changes and the README does not.
 import os
 import re
 
+import launch
 from mnist_jax.models import registry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,3 +86,11 @@ def test_the_tuned_mlp_is_the_one_the_results_report():
       "784-1024-1024-10, ReLU, dropout 0.3")
   assert registry.without_validation() == (
       "seed (linear, cnn), tuned (linear), best, fast")
+
+
+def test_preset_help_names_each_preset_and_its_models():
+  """--preset's help lists every preset, naming the models of those not
+  every model has, from the registry (a new model's presets join it)."""
+  assert registry.presets_text() == (
+      "seed, tuned, best, fast (cnn), pixels, permuted (rnn, lstm, gru)")
+  assert registry.presets_text() in launch.flag_help("preset")

@@ -11,7 +11,7 @@ may name a `base` preset it edits, so `tuned` states only how it differs from
 """
 
 import dataclasses
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import flax.linen as nn
 import jax
@@ -150,18 +150,41 @@ def validation_fraction(model: str, preset: str) -> float:
                                              config_lib.Config.val_fraction)
 
 
+def presets() -> Dict[str, List[str]]:
+  """Each preset's name -> the models that have it, in registration order."""
+  out = {}
+  for name, spec in MODELS.items():
+    for preset in spec.presets:
+      out.setdefault(preset, []).append(name)
+  return out
+
+
+def presets_text() -> str:
+  """Every preset for --help, with its models where not every model has it:
+  "seed, tuned, best, fast (cnn), pixels, permuted (rnn, lstm, gru)"."""
+  groups = []  # [presets, their models]: neighbours with the same models.
+  for preset, models in presets().items():
+    if groups and groups[-1][1] == models:
+      groups[-1][0].append(preset)
+    else:
+      groups.append([[preset], models])
+  return ", ".join(
+      ", ".join(names) + ("" if models == list(MODELS)
+                          else f" ({', '.join(models)})")
+      for names, models in groups)
+
+
 def without_validation() -> str:
   """The presets that hold out no validation data (so they draw no validation
   curve and refuse --sweep), for --help: "seed (linear, cnn), ..., best"; a
   preset without models named holds out none for every model that has it."""
-  models, empty = {}, {}
-  for name, spec in MODELS.items():
-    for preset in spec.presets:
-      models.setdefault(preset, []).append(name)
-      if validation_fraction(name, preset) == 0:
-        empty.setdefault(preset, []).append(name)
-  return ", ".join(p if empty[p] == models[p] else f"{p} ({', '.join(empty[p])})"
-                   for p in models if p in empty)
+  out = []
+  for preset, models in presets().items():
+    empty = [m for m in models if validation_fraction(m, preset) == 0]
+    if empty:
+      out.append(preset if empty == models
+                 else f"{preset} ({', '.join(empty)})")
+  return ", ".join(out)
 
 
 def input_view(config: config_lib.Config):
