@@ -27,7 +27,9 @@ def train_and_evaluate(config: Config, workdir: Optional[str] = None,
   """Trains a run as `python launch.py` does with the same settings.
 
   Resumes `workdir` if it holds an unfinished run of the same settings (and
-  returns at once if it is finished), unless `overwrite`. Progress lines go to
+  returns at once if it is finished), unless `overwrite`. Like launch.py, it
+  is the folder's one writer while it trains: another process on it is
+  refused, and it is refused while another holds it. Progress lines go to
   stdout; errors raise mnist_jax.errors.UserError with the CLI's message.
 
   Args:
@@ -40,8 +42,9 @@ def train_and_evaluate(config: Config, workdir: Optional[str] = None,
   """
   workdir = workdir or config.workdir or folder.default_workdir(
       config.model)
-  return train.train_and_evaluate(config.replace(workdir=workdir), workdir,
-                                  overwrite=overwrite)
+  with folder.locking():
+    return train.train_and_evaluate(config.replace(workdir=workdir), workdir,
+                                    overwrite=overwrite)
 
 
 def load_data(config: Config, **overrides) -> pipeline.Dataset:

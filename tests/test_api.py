@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -142,3 +143,27 @@ def test_train_and_evaluate_defaults_to_the_configs_workdir(tiny_run, capsys):
   final = mnist_jax.train_and_evaluate(folder.read_config(tiny_run))
   assert final == folder.final_metrics(tiny_run)
   assert f"{tiny_run} already finished" in capsys.readouterr().out
+
+
+def test_train_and_evaluate_is_refused_a_folder_another_process_holds(
+    tiny_run, tmp_path):
+  """The API is a run folder's one writer as launch.py is: a folder another
+  process holds (here `flock`, the lock launch.py takes) is refused in one
+  line naming it, and nothing in it changes."""
+  if sys.platform != "linux":
+    pytest.skip("flock(1) and /proc/locks are Linux's")
+  before = {f: os.path.getmtime(os.path.join(tiny_run, f))
+            for f in os.listdir(tiny_run)}
+  holder = subprocess.Popen(["flock", "--exclusive", tiny_run, "sleep", "60"])
+  try:
+    for _ in range(50):
+      if folder.in_use(tiny_run):
+        break
+      time.sleep(0.1)
+    with pytest.raises(folder.InUse, match=re.escape(tiny_run)):
+      mnist_jax.train_and_evaluate(folder.read_config(tiny_run))
+  finally:
+    holder.kill()
+    holder.wait()
+  assert {f: os.path.getmtime(os.path.join(tiny_run, f))
+          for f in os.listdir(tiny_run)} == before

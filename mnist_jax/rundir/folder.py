@@ -409,9 +409,9 @@ def finished(workdir: str) -> bool:
 def locking() -> Iterator[Dict[str, _Lock]]:
   """Within: the run folders this process `claim`s stay locked until it ends.
 
-  launch.py trains (and reports) inside it, so `in_use` tells a folder a
-  command is writing now; other callers of train.train_and_evaluate (the
-  Python API) lock nothing.
+  launch.py and the Python API train (and report) inside it, so `in_use`
+  tells a folder a process is writing now; other callers of
+  train.train_and_evaluate lock nothing.
 
   Yields:
     {real path: lock} of the folders claimed in the block (all released
