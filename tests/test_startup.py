@@ -47,3 +47,26 @@ def test_builders_take_their_version_and_names_from_datasets(name, tmp_path):
   assert str(builder.version) == datasets.DATASETS[name].version
   assert builder.name == name
   assert builder.info.features["label"].names == datasets.class_names(name)
+
+
+def test_launch_does_not_import_an_installed_pytorch(tmp_path):
+  """tensorboardX imports PyTorch where it is installed (about 0.9 s at
+  every start); launch.py keeps it out unless the process has imported it.
+  A stand-in `torch` on the path records whether it was imported."""
+  fake = tmp_path / "torch"
+  fake.mkdir()
+  (fake / "__init__.py").write_text(
+      "import os\nopen(os.environ['TORCH_MARK'], 'w').close()\n"
+      "Tensor = object\n")
+  mark = tmp_path / "imported"
+  env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}",
+         "TORCH_MARK": str(mark)}
+  code = ("import sys, launch; print('torch' in sys.modules); "
+          "import torch; print(torch.Tensor is object)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, cwd=ROOT, env=env, check=True, timeout=120)
+  assert out.stdout.split() == ["False", "True"]  # Imported only when asked.
+  code = "import torch, launch; print(launch.__name__)"
+  subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                 cwd=ROOT, env=env, check=True, timeout=120)
+  assert mark.exists()  # A process using PyTorch keeps it.

@@ -22,6 +22,7 @@ a failed write is seen where it happens: it prints one warning and stops the
 events, never the run.
 """
 
+import contextlib
 import os
 import socket
 import struct
@@ -30,12 +31,32 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 from PIL import Image
-from tensorboardX import summary as tbx_summary
-from tensorboardX.proto import event_pb2
-from tensorboardX.proto import summary_pb2
-from tensorboardX.record_writer import masked_crc32c
 
-from mnist_jax import config as config_lib
+
+@contextlib.contextmanager
+def _torch_hidden():
+  """Within: `import torch` fails, unless this process has imported it."""
+  hide = "torch" not in sys.modules
+  if hide:
+    sys.modules["torch"] = None
+  try:
+    yield
+  finally:
+    if hide and sys.modules.get("torch", 0) is None:
+      del sys.modules["torch"]
+
+
+# tensorboardX's package imports PyTorch where it is installed (about 0.9 s at
+# every start of launch.py) only to accept torch tensors, which no run writes.
+with _torch_hidden():
+  # pylint: disable=g-import-not-at-top
+  from tensorboardX import summary as tbx_summary
+  from tensorboardX.proto import event_pb2
+  from tensorboardX.proto import summary_pb2
+  from tensorboardX.record_writer import masked_crc32c
+  # pylint: enable=g-import-not-at-top
+
+from mnist_jax import config as config_lib  # pylint: disable=g-import-not-at-top,g-bad-import-order
 from mnist_jax.errors import UserError
 from mnist_jax.rundir import files
 from mnist_jax.training import metrics
