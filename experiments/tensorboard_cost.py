@@ -5,10 +5,11 @@
 
 Replays a finished run folder's metrics.jsonl through tensorboard.Writer
 into a temporary folder: opening the writer, each `epoch(row)` (median of
---repeats calls, at epochs past the run's own) and `final(row, figures)` with
-the folder's PNG figures, then `close()`. With --members=N each row gets N
-per-member dicts, as a --num_seeds=N row has. Compare the epoch median with the
-run's own `epoch_time_s`. Prints one JSON line.
+--repeats calls, at epochs past the run's own), `final(row)` and
+`figures(paths)` with the folder's PNG figures, then `close()`. With
+--members=N each row gets N per-member dicts, as a --num_seeds=N row has.
+Compare the epoch median with the run's own `epoch_time_s`. Prints one JSON
+line.
 """
 
 import argparse
@@ -26,14 +27,19 @@ from mnist_jax.rundir import folder
 from mnist_jax.rundir import tensorboard
 
 
+def _labels(config, n):
+  """The member labels of an n-member run ({"seed": s}), or None for one."""
+  return [{"seed": config.seed + i} for i in range(n)] if n > 1 else None
+
+
 def _with_members(row, config, n):
   """`row` with the `members` list of an n-member run (each member = the mean)."""
   if n <= 1:
     return row
-  keys = [k for k in ("train_loss", "train_accuracy", "val_loss", "val_accuracy",
-                      "test_loss", "test_accuracy") if row.get(k) is not None]
-  return {**row, "members": [{"seed": config.seed + i, **{k: row[k] for k in keys}}
-                             for i in range(n)]}
+  keys = [k for k in row if k.startswith(("train_", "val_", "test_")) and
+          isinstance(row[k], float)] + ["learning_rate"]
+  return {**row, "members": [{**label, **{k: row.get(k) for k in keys}}
+                             for label in _labels(config, n)]}
 
 
 def main():
@@ -45,16 +51,15 @@ def main():
 
   rows = folder.read_metrics(os.path.join(args.run, folder.METRICS_FILE))
   config = folder.read_config(args.run)
-  config = config.replace(num_seeds=args.members,  # A schedule for every epoch.
-                          epochs=config.epochs + args.repeats)
+  config = config.replace(num_seeds=args.members)
   epochs = [_with_members(r, config, args.members) for r in rows if "train_loss" in r]
   final = _with_members(rows[-1], config, args.members)
   figures = [os.path.join(args.run, f) for f in report.FILES if f.endswith(".png")]
-  steps = epochs[0]["step"] // epochs[0]["epoch"]
 
   with tempfile.TemporaryDirectory() as logdir:
     start = time.perf_counter()
-    writer = tensorboard.Writer(logdir, config, steps_per_epoch=steps)
+    writer = tensorboard.Writer(logdir, config,
+                                members=_labels(config, args.members))
     opened = time.perf_counter() - start
     times = []
     for i in range(args.repeats):
@@ -63,7 +68,8 @@ def main():
       writer.epoch(row)
       times.append(time.perf_counter() - start)
     start = time.perf_counter()
-    writer.final(final, figures)
+    writer.final(final)
+    writer.figures(figures)
     finished = time.perf_counter() - start
     start = time.perf_counter()
     writer.close()

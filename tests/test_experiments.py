@@ -58,3 +58,15 @@ def test_every_script_answers_help(tmp_path):
   assert refused["status"] == 1
   assert refused["err"].startswith("error: 15 of 15 commands have no finished")
   assert refused["err"].count("\n") == 1 and "Traceback" not in refused["err"]
+
+
+def test_tensorboard_cost_replays_a_finished_run(tiny_run):
+  """tensorboard_cost.py drives the run's own TensorBoard writer, so an
+  interface change of the writer fails here rather than in a user's hands."""
+  script = os.path.join(ROOT, "experiments", "tensorboard_cost.py")
+  for members in ("1", "3"):
+    [run] = _run([[script, [f"--run={tiny_run}", f"--members={members}",
+                            "--repeats=3"]]])
+    assert run["status"] == 0, run["err"]
+    result = json.loads(run["out"])
+    assert result["members"] == int(members) and result["event_bytes"] > 0
