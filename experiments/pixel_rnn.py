@@ -20,6 +20,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable-next=g-import-not-at-top,wrong-import-position
 from mnist_jax import models
+from mnist_jax.data import batches as batches_lib
 from mnist_jax.training import train
 
 
@@ -31,7 +32,7 @@ def measure(model: str, steps: int, repeats: int, **overrides):
   labels = jnp.asarray(rng.integers(0, 10, n).astype(np.int32))
   state = train.create_train_state(jax.random.PRNGKey(0), config,
                                    models.build(config), steps)
-  batches = train._epoch_plan(  # pylint: disable=protected-access
+  batches = batches_lib.epoch_plan(
       jax.random.PRNGKey(1), 1, n=n, batch_size=config.batch_size,
       num_chunks=1, chunk_len=steps)[0]
   valid = jnp.ones((steps,), bool)
@@ -44,7 +45,7 @@ def measure(model: str, steps: int, repeats: int, **overrides):
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    state, sums, _ = compiled(state, images, labels, batches, valid)
+    state, sums, _, _ = compiled(state, images, labels, batches, valid)
     jax.block_until_ready(sums)
     times.append((time.perf_counter() - start) / steps)
   step_s = float(np.median(times))

@@ -70,3 +70,14 @@ def test_tensorboard_cost_replays_a_finished_run(tiny_run):
     assert run["status"] == 0, run["err"]
     result = json.loads(run["out"])
     assert result["members"] == int(members) and result["event_bytes"] > 0
+
+
+def test_pixel_rnn_times_a_step_with_and_without_remat():
+  """pixel_rnn.py compiles the run's own train chunk on 784-step sequences."""
+  script = os.path.join(ROOT, "experiments", "pixel_rnn.py")
+  [run] = _run([[script, ["--model=gru", "--steps=1", "--repeats=1",
+                          "--batch_size=4"]]])
+  assert run["status"] == 0, run["err"]
+  lines = run["out"].splitlines()
+  assert len(lines) == 2 and "'remat': True" in lines[1], run["out"]
+  assert all("ms/step" in line and "temp memory" in line for line in lines)
