@@ -2,7 +2,8 @@
 huge values each give exactly one `error:` line with the documented exit
 status (2: the flag does not parse; 1: outside the range declared with its
 Config field), no traceback and no run folder, or, inside the range, a clean
-run. The flags are Config's numeric fields, so a new one is fuzzed too.
+run. The flags are Config's numeric fields and the models' own numeric settings,
+so a new one is fuzzed too.
 
 One child process imports launch.py and runs its command path with --dry_run
 (every check a run makes before writing, nothing written) for every value; a
@@ -23,8 +24,16 @@ from mnist_jax import config as config_lib
 pytestmark = pytest.mark.slow
 
 VALUES = ("nan", "inf", "-inf", "-1", "0", "1e30", str(2**63))
-NUMERIC = [n for n in config_lib.FIELDS
+# Every numeric setting: Config's fields and the models' own (given with
+# --model of the first model that declares it).
+NUMERIC = [n for n in config_lib.flag_names()
            if config_lib.field_type(n) in (int, float, tuple)]
+
+
+def _model_flag(name):
+  """[] for a Config field; ["--model=M"] for model M's own setting."""
+  return ([] if name in config_lib.FIELDS
+          else [f"--model={config_lib.models_with(name)[0]}"])
 
 # Runs launch.py's parse and _run on each argv of argv[1] (a JSON list), with
 # --dry_run and a --workdir of its own under argv[2]; prints one JSON line of
@@ -78,7 +87,8 @@ def test_every_numeric_flag_fuzzed_in_one_child(tmp_path):
   folder.mkdir()
   p = subprocess.run(
       [sys.executable, "-c", _CHILD,
-       json.dumps([[f"--{n}={v}"] for n, v in cases]), str(folder)],
+       json.dumps([[*_model_flag(n), f"--{n}={v}"] for n, v in cases]),
+       str(folder)],
       cwd=lh.ROOT, capture_output=True, text=True, timeout=300,
       env=lh.child_env())
   assert p.returncode == 0, p.stderr[-3000:]
