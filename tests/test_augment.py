@@ -81,6 +81,8 @@ def test_elastic_field_is_smooth_and_scaled():
   assert np.abs(np.diff(d, axis=1)).mean() < 0.25 * d.std()
 
 
-def test_from_config_is_off_by_default_and_on_in_best_presets():
-  assert augment.from_config(models.get_config("cnn")) is None
+def test_from_config_is_off_by_default_and_on_where_presets_augment():
+  assert augment.from_config(models.get_config("cnn", "seed")) is None
+  assert augment.from_config(models.get_config("mlp")) is None
+  assert augment.from_config(models.get_config("cnn")) is not None  # tuned
   assert augment.from_config(models.get_config("cnn", "best")) is not None
