@@ -4,7 +4,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -146,24 +145,24 @@ def test_train_and_evaluate_defaults_to_the_configs_workdir(tiny_run, capsys):
 
 
 def test_train_and_evaluate_is_refused_a_folder_another_process_holds(
-    tiny_run, tmp_path):
+    tiny_run):
   """The API is a run folder's one writer as launch.py is: a folder another
-  process holds (here `flock`, the lock launch.py takes) is refused in one
-  line naming it, and nothing in it changes."""
-  if sys.platform != "linux":
-    pytest.skip("flock(1) and /proc/locks are Linux's")
+  process holds (with the flock launch.py takes) is refused in one line
+  naming it, and nothing in it changes."""
   before = {f: os.path.getmtime(os.path.join(tiny_run, f))
             for f in os.listdir(tiny_run)}
-  holder = subprocess.Popen(["flock", "--exclusive", tiny_run, "sleep", "60"])
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import fcntl, os, sys, time; "
+       "fd = os.open(sys.argv[1], os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX);"
+       " print('held', flush=True); time.sleep(60)", tiny_run],
+      stdout=subprocess.PIPE, text=True)
   try:
-    for _ in range(50):
-      if folder.in_use(tiny_run):
-        break
-      time.sleep(0.1)
+    assert holder.stdout.readline().strip() == "held"
     with pytest.raises(folder.InUse, match=re.escape(tiny_run)):
       mnist_jax.train_and_evaluate(folder.read_config(tiny_run))
   finally:
     holder.kill()
     holder.wait()
+  assert not folder.in_use(tiny_run)  # Released with the process.
   assert {f: os.path.getmtime(os.path.join(tiny_run, f))
           for f in os.listdir(tiny_run)} == before
