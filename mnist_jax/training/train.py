@@ -14,7 +14,7 @@ an `devices.Engine`, which places them on the run's devices.
 import contextlib
 import functools
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, NamedTuple, Optional
 
 from flax import struct
 import flax.linen as nn
@@ -359,32 +359,8 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
   saver.last_saved = engine.step(state) if meta is not None else None
 
   # Each epoch: train, evaluate, log, checkpoint.
-  target = control.Target(config.target_accuracy, "val" in engine.splits)
-  test_m = val_m = time_to_target = None  # The current state's, when known.
-  row = None  # The last epoch's metrics row, once an epoch has run.
-  epoch = start.epoch - 1
-  with control.StopRequest(kept=saver.on_disk) as stop:
-    for epoch in start.epochs(config.epochs):
-      state, train_m, epoch_time = _train_epoch(engine, state, epoch, start,
-                                                stop, saver, log, workdir)
-      val_m = engine.evaluate(state, "val") if "val" in engine.splits else None
-      row = _epoch_row(members, epoch, engine.step(state), train_m,
-                       val_m, epoch_time, steps * config.batch_size,
-                       clock())
-      if target.needs_test:
-        test_m = engine.evaluate(state, "test")  # Final, if this is the last.
-      reached = target.value(row, test_m)
-      if target.active:
-        row["target_metric"] = reached
-      log.epoch(row)
-      last = target.reached(reached) or epoch == config.epochs
-      if last or epoch % config.checkpoint_every == 0:
-        saver.save(engine.step(state), engine.host_copy(state), epoch=epoch,
-                   done=last)
-      if target.reached(reached):
-        time_to_target = clock()
-        log.message(target.message(reached, epoch, time_to_target))
-        break
+  run = _train_epochs(engine, state, start, saver, log, workdir, clock)
+  state, test_m, val_m = run.state, run.test_m, run.val_m
 
   # Final evaluation: choose the member (by validation), test every member,
   # and the ensemble of the chosen grid point's seeds; a run being completed
@@ -401,13 +377,14 @@ def _train_and_evaluate(config, workdir, stream, overwrite, on_exit):
   final = logged
   if final is None:
     final = _final_row(members, choice, test_m, ensemble,
-                       _member_rates(members, row, workdir), epochs_run=epoch,
+                       _member_rates(members, run.row, workdir),
+                       epochs_run=run.epoch,
                        steps=engine.step(state), compile_time_s=compile_time,
                        data_time_s=data_time, num_params=engine.num_params(state),
                        wall_time_s=clock())
-    if target.active:
-      final["time_to_target_s"] = time_to_target
-    final.update(control.learning_verdict(final, row, dataset.test.labels))
+    if config.target_accuracy > 0:
+      final["time_to_target_s"] = run.time_to_target
+    final.update(control.learning_verdict(final, run.row, dataset.test.labels))
   log.final(final, logged=logged is not None)
 
   # Report: the figures and tables of the chosen member; then, last, the
@@ -495,6 +472,51 @@ def _chosen_logits(engine, state, config, dataset, choice):
                           config.eval_batch_size, stacked=True)
   ensemble = report.ensemble_metrics(logits, dataset.test.labels)
   return logits[seeds.index(choice.member)], ensemble
+
+
+class _Epochs(NamedTuple):
+  """Where the epochs left a run: its state after the last epoch run, that
+  epoch, its metrics row (None: no epoch ran), the state's val and test
+  metrics where they were computed, and the seconds to the target accuracy."""
+  state: TrainState
+  epoch: int
+  row: Optional[Dict[str, Any]]
+  val_m: Optional[Metrics]
+  test_m: Optional[Metrics]
+  time_to_target: Optional[float]
+
+
+def _train_epochs(engine, state, start, saver, log, workdir, clock) -> _Epochs:
+  """Trains from `start` to the last epoch (or the target accuracy): each
+  epoch trains, evaluates, logs and checkpoints. `clock`: the run's seconds."""
+  config, members, steps = engine.config, engine.members, engine.steps
+  target = control.Target(config.target_accuracy, "val" in engine.splits)
+  test_m = val_m = time_to_target = None  # The current state's, when known.
+  row = None  # The last epoch's metrics row, once an epoch has run.
+  epoch = start.epoch - 1
+  with control.StopRequest(kept=saver.on_disk) as stop:
+    for epoch in start.epochs(config.epochs):
+      state, train_m, epoch_time = _train_epoch(engine, state, epoch, start,
+                                                stop, saver, log, workdir)
+      val_m = engine.evaluate(state, "val") if "val" in engine.splits else None
+      row = _epoch_row(members, epoch, engine.step(state), train_m,
+                       val_m, epoch_time, steps * config.batch_size,
+                       clock())
+      if target.needs_test:
+        test_m = engine.evaluate(state, "test")  # Final, if this is the last.
+      reached = target.value(row, test_m)
+      if target.active:
+        row["target_metric"] = reached
+      log.epoch(row)
+      last = target.reached(reached) or epoch == config.epochs
+      if last or epoch % config.checkpoint_every == 0:
+        saver.save(engine.step(state), engine.host_copy(state), epoch=epoch,
+                   done=last)
+      if target.reached(reached):
+        time_to_target = clock()
+        log.message(target.message(reached, epoch, time_to_target))
+        break
+  return _Epochs(state, epoch, row, val_m, test_m, time_to_target)
 
 
 def _train_epoch(engine, state, epoch, start, stop, saver, log, workdir):
