@@ -202,6 +202,37 @@ def test_no_panel_without_data():
   plt.close("all")
 
 
+def _titles(fig):
+  return [t.get_text() for t in fig.texts + [ax.title for ax in fig.axes]
+          if t.get_text()]  # fig.texts holds the suptitle.
+
+
+@pytest.mark.parametrize("figure", [plots.accuracy_figure,
+                                    plots.accuracy_time_figure,
+                                    plots.curves_figure])
+def test_titles_speak_of_seeds_only_where_a_group_has_several(figure):
+  single = " ".join(_titles(figure([_group("cnn", [0.99]),
+                                     _group("gru", [0.98], [30.0])])))
+  seeds = " ".join(_titles(figure([_group("cnn", [0.99, 0.991]),
+                                    _group("gru", [0.98], [30.0])])))
+  assert single and "seeds" not in single, single
+  assert "over seeds" in seeds
+  plt.close("all")
+
+
+@pytest.mark.parametrize("seeds", [1, 2])
+def test_sweep_title_speaks_of_seeds_only_with_several(seeds):
+  table = [{"member": seeds * i + s, "values": {"learning_rate": lr}, "seed": s,
+            "final_val_accuracy": 0.97 + 0.001 * s, "test_accuracy": 0.96,
+            "chosen": i == 0 and s == 0}
+           for i, lr in enumerate((1e-3, 3e-3)) for s in range(seeds)]
+  [title] = [t.get_text() for t in
+             plots.sweep_figure(table, ["learning_rate"], "mlp").texts]
+  assert title.startswith("mlp\nfinal validation and test accuracy"), title
+  assert ("over seeds" in title) == (seeds > 1)
+  plt.close("all")
+
+
 def test_titles_fit_and_legends_clear_the_axes():
   groups = [_group(f"mlp (learning_rate={lr}, dropout=0.25, grad_clip=1.0)",
                    [0.98, 0.981], [20.0 * (i + 1), 21.0 * (i + 1)])

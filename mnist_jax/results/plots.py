@@ -310,6 +310,11 @@ def _train_times(g: dict) -> np.ndarray:
   return np.asarray(g.get("train_time_s", g["wall_time_s"]), np.float64)
 
 
+def _several(groups: Sequence[dict]) -> bool:
+  """Whether some configuration has several runs (seeds) to summarise."""
+  return any(len(g["test_accuracy"]) > 1 for g in groups)
+
+
 def accuracy_figure(groups: Sequence[dict]):
   """Test accuracy per configuration: mean bar, std whisker, one dot per seed."""
   n = len(groups)
@@ -332,8 +337,9 @@ def accuracy_figure(groups: Sequence[dict]):
   ax.invert_yaxis()
   ax.set_xlabel(f"Test accuracy (%; axis from {low:g}, a point below the "
                 "lowest run)")
-  fit_title(fig, ax.set_title("Test accuracy per configuration (bar: mean over "
-                              "seeds, whisker: std, dots: each run)",
+  how = (" (bar: mean over seeds, whisker: std, dots: each run)"
+         if _several(groups) else "")
+  fit_title(fig, ax.set_title(f"Test accuracy per configuration{how}",
                               fontsize=10))
   ax.grid(axis="x", alpha=0.3)
   return fig
@@ -375,8 +381,8 @@ def accuracy_time_figure(groups: Sequence[dict]):
   ax.grid(alpha=0.3, which="both")
   ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1),
             borderaxespad=0)
-  fit_title(fig, ax.set_title("Test accuracy against run time (mean ± std over "
-                              "seeds)"))
+  how = " (mean ± std over seeds)" if _several(groups) else ""
+  fit_title(fig, ax.set_title(f"Test accuracy against run time{how}"))
   return fig
 
 
@@ -444,9 +450,9 @@ def curves_figure(groups: Sequence[dict]):
       legend.setdefault(text, handle)
   fig.legend(list(legend.values()), list(legend), loc="outside lower center",
              ncols=min(len(legend), 3), fontsize=8)
-  fit_title(fig, fig.suptitle("Learning curves (mean over seeds; band: min to "
-                              "max; accuracy axes from a point below the lowest "
-                              "value)"))
+  seeds = "mean over seeds; band: min to max; " if _several(groups) else ""
+  fit_title(fig, fig.suptitle(f"Learning curves ({seeds}accuracy axes from a "
+                              "point below the lowest value)"))
   return fig
 
 
@@ -485,6 +491,10 @@ def _value_axis(ax, values) -> None:
 
 def sweep(table: Sequence[dict], names: Sequence[str], path: str,
           title: str = "") -> str:
+  return _save(sweep_figure(table, names, title), path)
+
+
+def sweep_figure(table: Sequence[dict], names: Sequence[str], title: str = ""):
   """Validation and test accuracy against each swept value.
 
   table: report.sweep_table's records, one per member. One panel per swept
@@ -523,6 +533,8 @@ def sweep(table: Sequence[dict], names: Sequence[str], path: str,
     ax.set_ylabel("Accuracy (%)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
+  seeds = len(point) > 1  # Every grid point has as many seeds.
   fig.suptitle((title + "\n" if title else "") + "final validation and test "
-               "accuracy; mean over seeds, band ± std", fontsize=10)
-  return _save(fig, path)
+               "accuracy" + ("; mean over seeds, band ± std" if seeds else ""),
+               fontsize=10)
+  return fig
