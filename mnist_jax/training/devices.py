@@ -820,7 +820,6 @@ class Engine:
       return jax.tree.map(jnp.asarray, partial)
     return metrics_lib.zeros(num_classes=self.num_classes)
 
-
   def train_chunk(self, state, plan: EpochPlan, c: int, sums):
     """Runs chunk c of `plan`: (state, sums + the chunk's, bad, rate).
 
