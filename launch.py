@@ -48,15 +48,14 @@ from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.config import value_text
 from mnist_jax.errors import Diverged, UserError
-from mnist_jax.results import run
+from mnist_jax.results import run as results
+from mnist_jax.rundir import control
+from mnist_jax.rundir import dry_run
 from mnist_jax.rundir import folder as folder_lib
-from mnist_jax.training import control
+from mnist_jax.rundir import resources
+from mnist_jax.rundir import run
 from mnist_jax.training import devices
-from mnist_jax.training import dry_run
 from mnist_jax.training import members as members_lib
-from mnist_jax.training import optim
-from mnist_jax.training import resources
-from mnist_jax.training import train
 # pylint: enable=g-import-not-at-top,wrong-import-position,g-bad-import-order
 
 # launch.py's own flags, which are not run settings: name -> its --help group.
@@ -91,7 +90,7 @@ def flag_help(name: str) -> str:
              "data (so no validation curve, and --sweep refused): "
              f"{models.registry.without_validation()}")
   elif name == "sweep":
-    text += f"; NAME: {', '.join(optim.SWEEPABLE)}"
+    text += f"; NAME: {', '.join(members_lib.SWEEPABLE)}"
   return text
 
 
@@ -277,7 +276,7 @@ def main(argv):
         os.path.join(work, folder_lib.CONFIG_FILE))
     if note:
       print(note, flush=True)
-    final = train.train_and_evaluate(
+    final = run.train_and_evaluate(
         config.replace(workdir=work), work,
         overwrite=FLAGS.overwrite and bool(config.workdir))
   _warn_if_not_learned(final)
@@ -375,7 +374,7 @@ def _use_run():
   overrides = {k: FLAGS[k].value for k in ("data_dir", "mnist_dir", "impl")
                if FLAGS[k].value}
   if FLAGS.mode == "predict":  # Reads only: also a run being trained.
-    if run.print_predictions(FLAGS.workdir, FLAGS.image, FLAGS.json,
+    if results.print_predictions(FLAGS.workdir, FLAGS.image, FLAGS.json,
                              FLAGS.plot, ensemble=FLAGS.ensemble, **overrides):
       sys.exit(1)
     return

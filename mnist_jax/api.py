@@ -16,7 +16,7 @@ from mnist_jax.data import pipeline
 from mnist_jax.models import get_config
 from mnist_jax.results.run import Run, as_images, load_run
 from mnist_jax.rundir import folder
-from mnist_jax.training import train
+from mnist_jax.rundir import run
 
 __all__ = ["Config", "Run", "as_images", "get_config", "load_data",
            "load_image", "load_run", "read_metrics", "train_and_evaluate"]
@@ -43,8 +43,8 @@ def train_and_evaluate(config: Config, workdir: Optional[str] = None,
   workdir = workdir or config.workdir or folder.default_workdir(
       config.model)
   with folder.locking():
-    return train.train_and_evaluate(config.replace(workdir=workdir), workdir,
-                                    overwrite=overwrite)
+    return run.train_and_evaluate(config.replace(workdir=workdir), workdir,
+                                  overwrite=overwrite)
 
 
 def load_data(config: Config, **overrides) -> pipeline.Dataset:

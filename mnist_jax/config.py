@@ -20,12 +20,12 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from mnist_jax.data import datasets
 from mnist_jax.errors import UserError
+from mnist_jax.training import optim
 
-OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
-SCHEDULES = ("constant", "cosine", "warmup_cosine", "onecycle")
+OPTIMIZERS = tuple(optim.OPTIMIZERS)
+SCHEDULES = tuple(optim.SCHEDULES)
 DATASETS = tuple(datasets.DATASETS)
-SEQUENCES = ("rows", "pixels", "permuted")
-PARALLEL = ("auto", "none", "pmap", "sharded")
+PARALLEL = ("auto", "none", "sharded", "pmap")
 DTYPES = ("float32", "bfloat16")
 IMPLS = ("auto", "stock", "fast")
 
@@ -231,14 +231,14 @@ class Config:
       1000, "Evaluation batch size; the last batch is padded and masked",
       DEVICES, valid=_positive(INT32_MAX))
   optimizer: str = _field(
-      "adam", "The optimizer: adam, adamw, rmsprop or sgd", TRAINING,
+      "adam", f"The optimizer: {', '.join(OPTIMIZERS)}", TRAINING,
       preset=True)
   learning_rate: float = _field(
       1e-3, "Peak learning rate", TRAINING, preset=True,
       valid=_positive())
   schedule: str = _field(
-      "constant", "Learning-rate schedule: constant, cosine, warmup_cosine "
-      "or onecycle", TRAINING, preset=True)
+      "constant", f"Learning-rate schedule: {', '.join(SCHEDULES)}",
+      TRAINING, preset=True)
   warmup_epochs: float = _field(
       0.0, "Linear warmup in epochs, for --schedule=warmup_cosine", TRAINING,
       preset=True, valid=_nonnegative(float(MAX_EPOCHS)))
@@ -259,14 +259,6 @@ class Config:
   grad_clip: float = _field(
       0.0, "Global-norm gradient clipping threshold; 0 disables it",
       TRAINING, preset=True, valid=_nonnegative())
-  # Sequences (the models whose view is "rows").
-  sequence: str = _field(
-      "rows", "How sequence models read an image: rows (28 steps of 28 "
-      "pixels), pixels (784 steps of 1) or permuted (784, fixed random order)",
-      MODEL, preset=True)
-  permute_seed: int = _field(
-      0, "Seed of the pixel order of --sequence=permuted", MODEL,
-      valid=Range(0, 2**32, high_open=True, cap=False))
   # On-device augmentation of training images (mnist_jax/data/augment.py).
   augment: bool = _field(
       False, "Randomly shift, rotate and zoom each training image, on the "
@@ -305,8 +297,8 @@ class Config:
       200, "Train steps per compiled scan; progress prints and preemption "
       "checks run between chunks", DEVICES, valid=_positive(INT32_MAX))
   target_accuracy: float = _field(
-      0.0, "Stop once validation accuracy (test, without a validation split) "
-      "reaches this fraction; 0 turns it off", TRAINING,
+      0.0, "Stop once validation accuracy reaches this fraction (needs "
+      "--val_fraction > 0); 0 turns it off", TRAINING,
       valid=_fraction(high_open=False))
   checkpoint_every: int = _field(
       1, "Epochs between checkpoints; the last epoch is always saved",
@@ -319,16 +311,16 @@ class Config:
       "--notensorboard skips them", RUN_FOLDER)
   # Devices, hosts, precision and kernels.
   parallel: str = _field(
-      "auto", "Device layout: auto, none (one device), pmap or sharded (jit "
-      "over a mesh); auto picks per host, on a CPU-only one the layout "
-      "measured fastest for the run", DEVICES)
+      "auto", "Device layout: auto, none (one device), sharded (one jit over "
+      "a mesh: one device's numbers) or pmap (per-device dropout masks); auto "
+      "is sharded on GPU and TPU hosts, see the README", DEVICES)
   dtype: str = _field(
       "float32", "Compute dtype: float32 or bfloat16; parameters and "
       "optimizer state stay float32", DEVICES)
   impl: str = _field(
-      "auto", "Layer implementation: auto (fast kernels where measured "
-      "faster), stock (Flax layers only) or fast (kernels wherever they fit)",
-      DEVICES)
+      "auto", "Layer implementation: auto (a fast kernel where measured "
+      "faster), stock (Flax layers only) or fast (kernels on any backend); a "
+      "kernel runs only where it computes the stock module", DEVICES)
   coordinator_address: Optional[str] = _field(
       None, "host:port of process 0, for a multi-process run outside SLURM "
       "and TPU VMs", DEVICES)
@@ -499,14 +491,16 @@ def validate(config: Config) -> Config:
        f"--schedule must be one of {', '.join(SCHEDULES)}, got {c.schedule!r}"),
       (c.dataset in DATASETS,
        f"--dataset must be one of {', '.join(DATASETS)}, got {c.dataset!r}"),
-      (c.sequence in SEQUENCES,
-       f"--sequence must be one of {', '.join(SEQUENCES)}, got {c.sequence!r}"),
       (c.parallel in PARALLEL,
        f"--parallel must be one of {', '.join(PARALLEL)}, got {c.parallel!r}"),
       (c.dtype in DTYPES,
        f"--dtype must be one of {', '.join(DTYPES)}, got {c.dtype!r}"),
       (c.impl in IMPLS,
        f"--impl must be one of {', '.join(IMPLS)}, got {c.impl!r}"),
+      (not c.target_accuracy or c.val_fraction > 0,
+       "--target_accuracy stops on validation accuracy, and --val_fraction=0 "
+       "holds out none; pass e.g. --val_fraction=0.1 (test accuracy never "
+       "decides when a run stops)"),
       (c.seed + c.num_seeds <= 2**32,
        f"--seed={c.seed} --num_seeds={c.num_seeds} would use seeds up to "
        f"{c.seed + c.num_seeds - 1}, past 2**32 - 1; pass a smaller --seed"),

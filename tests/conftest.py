@@ -9,11 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from mnist_jax.data import batches
 from mnist_jax.data import datasets
 from mnist_jax.data import idx
-from mnist_jax.training import members
-from mnist_jax.training import train
 
 # One fresh persistent compilation cache per test session, never the user's:
 # the many tests that train the same tiny model, in this process or in child
@@ -25,8 +22,7 @@ if os.environ["JAX_COMPILATION_CACHE_DIR"]:
   jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-# Likewise the user's cache folder, where --parallel=auto keeps the device
-# layouts it measured (devices.choose_layout): a test measures afresh.
+# Likewise the user's cache folder.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="mnist_jax_tests_cache_")
 
 
@@ -61,31 +57,6 @@ def synthetic_classes(n: int, num_classes: int, seed: int = 0):
     r, c = divmod(k, 7)
     images[labels == k, 4 * r:4 * r + 4, 4 * c:4 * c + 4] = 230
   return images, labels
-
-
-def members_in_turn_and_vmapped(config, num_members, make_state, data_rng,
-                                 valid):
-  """One chunk of a members' program, run in turn (CPU) and vmapped (GPU/TPU).
-
-  make_state() -> a fresh train state with a leading members axis; data_rng:
-  the members' data keys; valid [C] bool: the chunk's steps (False: padding).
-  Returns {True: in turn, False: vmapped}, each (state, metric sums, bad), on
-  the same 200 random uint8 images.
-  """
-  rng = np.random.default_rng(0)
-  images = rng.integers(0, 256, (200, 28, 28), dtype=np.uint8)
-  labels = rng.integers(0, 10, 200).astype(np.int32)
-  order = jax.vmap(functools.partial(
-      batches.epoch_plan, n=200, batch_size=50, num_chunks=1,
-      chunk_len=len(valid)), in_axes=(0, None), out_axes=1)(data_rng, 1)[0]
-  out = {}
-  for in_turn in (True, False):
-    chunk = members.train_chunk(train.make_train_chunk(config, jit=False),
-                                num_members, sequential=in_turn)
-    options = members.compiler_options(num_members) if in_turn else None
-    out[in_turn] = jax.jit(chunk, donate_argnums=(0,), compiler_options=options)(
-        make_state(), images, labels, order, np.asarray(valid))
-  return out
 
 
 def write_idx_dir(folder, n_train=600, n_test=200, compress=True, seed=0,
@@ -127,11 +98,11 @@ def prepared(idx_dir, tmp_path_factory):
 def tiny_run(prepared, tmp_path_factory):
   """A finished one-epoch MLP run folder on the synthetic data (with its report)."""
   from mnist_jax import models  # pylint: disable=g-import-not-at-top
-  from mnist_jax.training import train  # pylint: disable=g-import-not-at-top
+  from mnist_jax.rundir import run  # pylint: disable=g-import-not-at-top
   mnist_dir, data_dir = prepared
   workdir = str(tmp_path_factory.mktemp("runs") / "mlp")
   config = models.get_config("mlp", "seed", epochs=1, mlp_hidden=(16,),
                              batch_size=32, mnist_dir=mnist_dir,
                              data_dir=data_dir, workdir=workdir)
-  train.train_and_evaluate(config, workdir, stream=io.StringIO())
+  run.train_and_evaluate(config, workdir, stream=io.StringIO())
   return workdir

@@ -1,15 +1,11 @@
 """Flax linen models and the registry that maps `--model` names to them.
 
-  registry.py                     --model names, input views, presets, and a
-                                  one-line description of each architecture
-  dense.py, cnn.py, recurrent.py  the stock Flax modules
-  precision.py                    bfloat16 compute, float32 parameters (--dtype)
-  kernels/                        fast drop-in lowerings of some layers, and
-                                  the rule that picks them (--impl)
+A model is a stock Flax module (dense.py, cnn.py, recurrent.py) taking
+images [B, H, W] (uint8, 255 = ink), registered in registry.py with its
+presets and own settings. kernels/ holds faster lowerings for XLA:CPU, which
+a run takes only after checking them against the stock module as it is.
 """
 
-from mnist_jax.models.registry import (MODELS, ModelSpec, build, get, get_config,
-                                       implementation, input_view)
+from mnist_jax.models.registry import MODELS, ModelSpec, build, get, get_config
 
-__all__ = ["MODELS", "ModelSpec", "build", "get", "get_config", "implementation",
-           "input_view"]
+__all__ = ["MODELS", "ModelSpec", "build", "get", "get_config"]

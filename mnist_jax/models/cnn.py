@@ -1,4 +1,4 @@
-"""Convolutional model on the [B, 28, 28, 1] image view."""
+"""Convolutional model on the 28x28 image."""
 
 from typing import Sequence
 
@@ -6,23 +6,30 @@ import flax.linen as nn
 
 
 class CNN(nn.Module):
-  """Conv-ReLU-MaxPool blocks, then Dense-ReLU and a Dense output layer.
+  """Conv-(BatchNorm)-ReLU-MaxPool blocks, then Dense-ReLU and a Dense output.
 
   Each block is a stride-1 k x k convolution ('VALID' or 'SAME') and a 2x2 max
-  pool at stride 2. x: [B, 28, 28, 1] -> logits [B, num_classes].
+  pool at stride 2. images [B, 28, 28] (uint8, 255 = ink) -> logits
+  [B, num_classes].
   """
   features: Sequence[int] = (32, 64)
   kernel_size: int = 3
   dense: int = 128
   dropout: float = 0.0
   padding: str = "VALID"
+  batch_norm: bool = False
   num_classes: int = 10
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, images, train: bool = False):
+    x = images[..., None] / 255.0
     k = self.kernel_size
     for i, width in enumerate(self.features):
-      x = nn.Conv(width, (k, k), padding=self.padding, name=f"conv_{i}")(x)
+      # No bias before BatchNorm: the normalization removes it.
+      x = nn.Conv(width, (k, k), padding=self.padding,
+                  use_bias=not self.batch_norm, name=f"conv_{i}")(x)
+      if self.batch_norm:
+        x = nn.BatchNorm(use_running_average=not train, name=f"bn_{i}")(x)
       x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
     x = x.reshape(x.shape[0], -1)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)

@@ -1,4 +1,4 @@
-"""Fully connected models on the flat 784-pixel view."""
+"""Fully connected models on the 784 pixels."""
 
 from typing import Sequence
 
@@ -8,27 +8,28 @@ import flax.linen as nn
 class Linear(nn.Module):
   """The seeds' no-hidden-layer baseline: logits = x W + b.
 
-  x: [B, 784] -> logits [B, num_classes].
+  images [B, 28, 28] (uint8, 255 = ink) -> logits [B, num_classes].
   """
   num_classes: int = 10
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
-    del train
+  def __call__(self, images, train: bool = False):
+    x = images.reshape(images.shape[0], -1) / 255.0
     return nn.Dense(self.num_classes, name="out")(x)
 
 
 class MLP(nn.Module):
   """Dense-ReLU-Dropout blocks, then a Dense output layer.
 
-  x: [B, 784] -> logits [B, num_classes].
+  images [B, 28, 28] (uint8, 255 = ink) -> logits [B, num_classes].
   """
   hidden: Sequence[int] = (512, 256)
   dropout: float = 0.0
   num_classes: int = 10
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, images, train: bool = False):
+    x = images.reshape(images.shape[0], -1) / 255.0
     for i, width in enumerate(self.hidden):
       x = nn.relu(nn.Dense(width, name=f"hidden_{i}")(x))
       if self.dropout > 0:

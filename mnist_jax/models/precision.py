@@ -28,6 +28,6 @@ def cast_apply(apply_fn: Callable, dtype: str) -> Callable:
   def apply(variables, x, *args, **kwargs):
     out = apply_fn(cast_floating(variables, compute), x.astype(compute),
                    *args, **kwargs)
-    return out.astype(jnp.float32)
+    return cast_floating(out, jnp.float32)  # Logits, and updated variables.
 
   return apply

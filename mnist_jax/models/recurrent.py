@@ -1,34 +1,58 @@
-"""Recurrent models (SimpleRNN, LSTM, GRU) scanned over an image sequence.
+"""Recurrent models (SimpleRNN, LSTM, GRU) scanned over an image as a sequence.
 
-x: [B, T, F] (28 rows of 28 pixels, or 784 pixels of 1: see data/views.py)
--> logits [B, num_classes]. The last hidden state of the top layer (of both
-directions when bidirectional) feeds a Dense output layer, as in the seed
-notebooks.
+The image is read as 28 rows of 28 pixels (the seeds' reading), or as 784
+pixels of 1, row-major (sequential MNIST) or in one fixed random order
+(permuted MNIST, `permutation`). The last state of the top layer (of both
+directions when bidirectional) feeds a Dense output layer.
 """
 
 import functools
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 CELLS = {"rnn": nn.SimpleCell, "lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}
+SEQUENCES = ("rows", "pixels", "permuted")
+
+
+def permutation(seed: int, size: int = 784) -> np.ndarray:
+  """The fixed pixel order of --sequence=permuted: [size] int32."""
+  return np.random.default_rng(seed).permutation(size).astype(np.int32)
+
+
+def as_sequence(images, sequence: str = "rows", permute_seed: int = 0):
+  """images [B, H, W] (uint8, 255 = ink) -> [B, T, F] in [0, 1]: rows
+  [B, H, W], or pixels [B, H * W, 1] in order or permuted."""
+  x = images / 255.0
+  if sequence == "rows":
+    return x
+  x = x.reshape(x.shape[0], -1)
+  if sequence == "permuted":
+    x = x[:, permutation(permute_seed, x.shape[1])]
+  return x[..., None]
 
 
 class Recurrent(nn.Module):
-  """Stacked, optionally bidirectional nn.RNN layers, then Dense."""
+  """Stacked, optionally bidirectional nn.RNN layers, then Dense.
+
+  images [B, 28, 28] (uint8, 255 = ink) -> logits [B, num_classes].
+  """
   cell: str = "lstm"
   hidden: int = 128
   num_layers: int = 1
   bidirectional: bool = False
   dropout: float = 0.0
+  sequence: str = "rows"
+  permute_seed: int = 0
   num_classes: int = 10
   remat: bool = False  # Recompute each step in backprop: O(T) less memory.
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, images, train: bool = False):
+    x = as_sequence(images, self.sequence, self.permute_seed)
     cell = nn.remat(CELLS[self.cell]) if self.remat else CELLS[self.cell]
-    # Flax makes the initial carry in param_dtype; under --dtype=bfloat16 the
-    # parameters arrive as bfloat16 (precision.py), and so must the carry.
+    # The carry in the compute dtype (bfloat16 under --dtype=bfloat16).
     cell = functools.partial(cell, param_dtype=x.dtype)
     for layer in range(self.num_layers):
       if layer > 0:

@@ -14,11 +14,9 @@ import dataclasses
 from typing import Any, Callable, Dict, List, Optional
 
 import flax.linen as nn
-import jax
 
 from mnist_jax import config as config_lib
 from mnist_jax.data import datasets
-from mnist_jax.data import views
 from mnist_jax.errors import UserError
 from mnist_jax.models import cnn
 from mnist_jax.models import dense
@@ -31,40 +29,25 @@ Setting = config_lib.Setting
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-  """A registered model. Its module has a `num_classes` attribute: the output
-  width, set from the config's dataset (`stock`)."""
+  """A registered model: its stock Flax module (taking images [B, H, W] and
+  with a `num_classes` attribute), presets, one-line description, own
+  settings (flag -> Setting; defaults from the module's attributes), other
+  fixed attributes, and constraints between its settings (a config -> why
+  no run can use it, or None)."""
   name: str
-  module: type  # Its stock Flax module class.
-  view: str  # "flat", "image" or "rows": see views.to_view.
+  module: type
   presets: Dict[str, dict]
-  # The architecture a config builds, in one line (the README's models table,
-  # --dry_run): e.g. "784-1024-1024-10, ReLU, dropout 0.3".
   describe: Callable[[config_lib.Config], str]
-  # Its own settings: flag name -> Setting(module attribute, help, ...); the
-  # default is the module attribute's (filled in by `register`).
   settings: Dict[str, Setting] = dataclasses.field(default_factory=dict)
-  fixed: Dict[str, Any] = dataclasses.field(default_factory=dict)  # Other
-  # module arguments, set by no flag (a recurrent model's cell).
-  # Constraints between its settings: a config -> why no run can use it, or
-  # None (config.validate has checked each setting's own range).
+  fixed: Dict[str, Any] = dataclasses.field(default_factory=dict)
   check: Optional[Callable[[config_lib.Config], Optional[str]]] = None
 
   def stock(self, config: config_lib.Config) -> nn.Module:
-    """Its stock Flax module, with `config`'s values of its settings, as wide
-    at its output as the dataset has classes."""
+    """Its stock module with `config`'s settings and the dataset's classes."""
     return self.module(
         **self.fixed, num_classes=datasets.num_classes(config.dataset),
         **{s.attribute: getattr(config, name)
            for name, s in self.settings.items()})
-
-  def build(self, config: config_lib.Config,
-            backend: Optional[str] = None) -> nn.Module:
-    """The stock module, or its kernel where `kernels.resolve` picks it on
-    `backend` (default: JAX's default backend)."""
-    module = self.stock(config)
-    if kernels.resolve(config, backend or jax.default_backend()) == "fast":
-      return kernels.drop_in(config.model, module)
-    return module
 
 
 MODELS: Dict[str, ModelSpec] = {}
@@ -88,19 +71,16 @@ def get(name: str) -> ModelSpec:
   return MODELS[name]
 
 
-def build(config: config_lib.Config, backend: Optional[str] = None) -> nn.Module:
-  """The module a run of `config` trains: see ModelSpec.build."""
-  return get(config.model).build(config, backend)
-
-
-def implementation(config: config_lib.Config,
-                   backend: Optional[str] = None) -> dict:
-  """What `--impl` chose, for the run folder's record: the setting, "stock" or
-  "fast", and the module class that runs."""
-  backend = backend or jax.default_backend()
-  module = type(build(config, backend))
-  return {"impl": config.impl, "resolved": kernels.resolve(config, backend),
-          "module": f"{module.__module__}.{module.__qualname__}"}
+def build(config: config_lib.Config, say: Callable[[str], None] = print):
+  """(the module a run of `config` trains, what config.json records of it):
+  the stock module, or its kernel where --impl asks for it and it passes
+  the check against the stock module (kernels.swap; `say` tells why not)."""
+  stock = get(config.model).stock(config)
+  module, note, record = kernels.swap(
+      stock, config.impl, datasets.get(config.dataset).image_shape)
+  if note:
+    say(note)
+  return module, record
 
 
 def preset_overrides(model: str, preset: str) -> dict:
@@ -124,11 +104,6 @@ def get_config(model: str, preset: str = "tuned", **overrides) -> config_lib.Con
   message = get(model).check and get(model).check(config)
   if message:
     raise UserError(message)
-  if config.sequence != "rows" and get(model).view != "rows":
-    sequence_models = [n for n, s in MODELS.items() if s.view == "rows"]
-    raise UserError(f"--sequence={config.sequence} applies to the models that "
-                    f"read an image as a sequence ({', '.join(sequence_models)})"
-                    f", not to {model}")
   return config
 
 
@@ -187,16 +162,6 @@ def without_validation() -> str:
   return ", ".join(out)
 
 
-def input_view(config: config_lib.Config):
-  """The view `views.to_view` applies for this config: the model's, or for a
-  model reading rows (a sequence) the one `--sequence` picks (a function for
-  pixel orders)."""
-  spec = get(config.model)
-  if spec.view == "rows":
-    return views.view(config.sequence, config.permute_seed)
-  return spec.view
-
-
 def _dropout(c: config_lib.Config) -> str:
   return f", dropout {c.dropout:g}" if c.dropout else ""
 
@@ -212,7 +177,8 @@ def _describe_mlp(c: config_lib.Config) -> str:
 
 def _describe_cnn(c: config_lib.Config) -> str:
   padding = " SAME" if c.cnn_padding == "SAME" else ""
-  convs = [f"Conv{w} {c.cnn_kernel}x{c.cnn_kernel}{padding}, max-pool"
+  norm = ", BatchNorm" if c.cnn_batch_norm else ""
+  convs = [f"Conv{w} {c.cnn_kernel}x{c.cnn_kernel}{padding}{norm}, max-pool"
            for w in c.cnn_features]
   return (f"{', '.join(convs)}, Dense{c.cnn_dense}, Dense{_classes(c)}"
           f"{_dropout(c)}")
@@ -262,6 +228,13 @@ _RECURRENT = {
     "dropout": _DROPOUT,
     "remat": Setting("remat", "Recompute each recurrent step in backprop: "
                      "less memory, slower", config_lib.DEVICES),
+    "sequence": Setting(
+        "sequence", "How the image is read: rows (28 steps of 28 pixels), "
+        "pixels (784 steps of 1) or permuted (784, fixed random order)",
+        choices=recurrent.SEQUENCES),
+    "permute_seed": Setting(
+        "permute_seed", "Seed of the pixel order of --sequence=permuted",
+        valid=config_lib.Range(0, 2**32, high_open=True, cap=False)),
 }
 
 # On-device augmentation of the best presets (see augment.py).
@@ -271,7 +244,7 @@ _AUGMENT = dict(augment=True, augment_shift=2.0, augment_rotate=10.0,
 # Seed presets reproduce the notebooks; tuned presets are the defaults and meet
 # the accuracy bars in the README within 3 minutes on a 2-core CPU.
 register(ModelSpec(
-    name="linear", view="flat",
+    name="linear",
     describe=lambda c: f"Dense({_classes(c)}) on the 784 pixels",
     module=dense.Linear,
     presets={
@@ -282,7 +255,7 @@ register(ModelSpec(
     }))
 
 register(ModelSpec(
-    name="mlp", view="flat", describe=_describe_mlp,
+    name="mlp", describe=_describe_mlp,
     module=dense.MLP, settings={
         "mlp_hidden": Setting("hidden", "MLP hidden layer sizes, "
                               "comma-separated", valid=_WIDTH),
@@ -295,7 +268,7 @@ register(ModelSpec(
     }))
 
 register(ModelSpec(
-    name="cnn", view="image", describe=_describe_cnn,
+    name="cnn", describe=_describe_cnn,
     module=cnn.CNN, check=_check_cnn, settings={
         "cnn_features": Setting(
             "features", "CNN conv widths, comma-separated; each conv is "
@@ -306,6 +279,8 @@ register(ModelSpec(
                              valid=_WIDTH),
         "cnn_padding": Setting("padding", "CNN convolution padding: VALID or "
                                "SAME", choices=("VALID", "SAME")),
+        "cnn_batch_norm": Setting("batch_norm", "BatchNorm after each CNN "
+                                  "convolution"),
         "dropout": _DROPOUT},
     presets={
         "seed": dict(cnn_features=(32, 64), cnn_dense=128, epochs=5,
@@ -338,7 +313,7 @@ _RNN_BEST = dict(base="tuned", num_layers=2, epochs=20, learning_rate=2e-3,
                  schedule="warmup_cosine", warmup_epochs=1.0, grad_clip=1.0,
                  label_smoothing=0.1, val_fraction=0.0, **_AUGMENT)
 register(ModelSpec(
-    name="rnn", view="rows", describe=_describe_recurrent("SimpleRNN"),
+    name="rnn", describe=_describe_recurrent("SimpleRNN"),
     module=recurrent.Recurrent, fixed={"cell": "rnn"}, settings=_RECURRENT,
     presets={
         "seed": dict(_RNN_SEED),
@@ -349,7 +324,7 @@ register(ModelSpec(
     }))
 
 register(ModelSpec(
-    name="lstm", view="rows", describe=_describe_recurrent("LSTM"),
+    name="lstm", describe=_describe_recurrent("LSTM"),
     module=recurrent.Recurrent, fixed={"cell": "lstm"}, settings=_RECURRENT,
     presets={
         "seed": dict(_RNN_SEED, optimizer="rmsprop", learning_rate=1e-3,
@@ -364,7 +339,7 @@ register(ModelSpec(
     }))
 
 register(ModelSpec(
-    name="gru", view="rows", describe=_describe_recurrent("GRU"),
+    name="gru", describe=_describe_recurrent("GRU"),
     module=recurrent.Recurrent, fixed={"cell": "gru"}, settings=_RECURRENT,
     presets={
         "seed": dict(_RNN_SEED),

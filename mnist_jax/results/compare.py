@@ -26,7 +26,7 @@ from mnist_jax.rundir import files
 from mnist_jax.rundir import folder as folder_lib
 from mnist_jax.training import devices
 from mnist_jax.training import members as members_lib
-from mnist_jax.training import train
+from mnist_jax.rundir import run as run_lib
 
 # Settings that do not change what is trained: runs differing only in these
 # (and the seed) are repeats of one configuration. A run of several members
@@ -355,6 +355,6 @@ def train_runs(model_names: Sequence[str], seeds: Sequence[int], runs_root: str,
           log(f"{folder}: finished before, reused")
         else:
           log(f"training {os.path.basename(folder)} in {folder}")
-          train.train_and_evaluate(config, folder, stream=stream)
+          run_lib.train_and_evaluate(config, folder, stream=stream)
         folders.append(folder)
   return folders

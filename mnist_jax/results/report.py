@@ -20,7 +20,7 @@ import numpy as np
 
 from mnist_jax.rundir import files
 from mnist_jax.rundir import folder
-from mnist_jax.training import control
+from mnist_jax.rundir import control
 from mnist_jax.training import members as members_lib
 from mnist_jax.training import metrics
 
@@ -58,14 +58,15 @@ def ensemble_probabilities(logits: np.ndarray) -> np.ndarray:
   return softmax(_finite_models(logits)).mean(axis=0)
 
 
-def ensemble_metrics(logits: np.ndarray,
-                     labels: np.ndarray) -> Optional[Dict[str, Any]]:
-  """The test metrics of the ensemble of S models' logits [S, N, K] (`score`),
-  and "members"; None unless at least two of them are finite."""
-  finite = _finite_models(logits)
+def ensemble_metrics(run, test) -> Optional[Dict[str, Any]]:
+  """The test metrics (`score`) of the ensemble of a run's chosen grid
+  point's seeds (results/run.py's Run), and "members"; None unless at
+  least two of them are finite."""
+  finite = _finite_models(run.seed_logits(np.asarray(test.images),
+                                          run.config.eval_batch_size))
   if len(finite) < 2:
     return None
-  return {**score(ensemble_probabilities(finite), labels),
+  return {**score(ensemble_probabilities(finite), test.labels),
           "members": len(finite)}
 
 
@@ -165,20 +166,18 @@ def _ensemble_text(ensemble: dict, final: dict) -> str:
   return text
 
 
-def write(workdir: str, config, test, logits: np.ndarray,
+def write(workdir: str, run, test,
           class_names: Optional[Sequence[str]] = None,
-          ensemble: Optional[Dict[str, Any]] = None,
           note: Optional[str] = None) -> Dict[str, Any]:
-  """Scores a model's test predictions and writes the report files.
+  """Evaluates a trained model on the test split and writes the report files.
 
   Args:
     workdir: the run folder (its metrics.jsonl gives the learning curves, and
       with several members which one was chosen).
-    config: the run's Config.
+    run: the trained model (results/run.py's Run): its chosen member, and
+      its grid point's seeds for the ensemble.
     test: pipeline.Split with images [N, H, W] uint8 and labels [N].
-    logits: the (chosen member's) logits [N, K] for those images, in order.
     class_names: K label names (default "0".."K-1").
-    ensemble: `ensemble_metrics` of the chosen grid point's seeds, if several.
     note: what the model stands for where it is not the finished run's (an
       older checkpoint, an unfinished run), shown at the top of report.md.
 
@@ -186,6 +185,9 @@ def write(workdir: str, config, test, logits: np.ndarray,
     the test metrics by name (`test_values`), "confusion" and "paths" (the
     written files).
   """
+  config = run.config
+  logits = run.logits(np.asarray(test.images), config.eval_batch_size)
+  ensemble = ensemble_metrics(run, test) if len(run.seeds) > 1 else None
   # matplotlib is needed only once a run ends: importing plots here keeps it
   # out of a run's start-up.
   from mnist_jax.results import plots  # pylint: disable=g-import-not-at-top

@@ -15,6 +15,7 @@ import functools
 import json
 import os
 import sys
+import types
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -26,12 +27,13 @@ from mnist_jax import models
 from mnist_jax.data import datasets
 from mnist_jax.data import images as images_lib
 from mnist_jax.data import pipeline
-from mnist_jax.data import views
 from mnist_jax.errors import UserError
+from mnist_jax.models import precision
 from mnist_jax.results import report
 from mnist_jax.rundir import checkpoints as checkpoints_lib
 from mnist_jax.rundir import folder as folder_lib
 from mnist_jax.training import members as members_lib
+from mnist_jax.training import optim
 from mnist_jax.training import train
 
 
@@ -77,54 +79,68 @@ def as_images(images) -> Tuple[np.ndarray, bool]:
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  """A trained model loaded from its run folder: its chosen member.
+  """A trained model: its chosen member, and its grid point's seeds.
 
-  With several members (members.py), `params` are the chosen member's and
-  `seed_params` those of its grid point's seeds, stacked [S, ...], for the
-  ensemble; for one member, S = 1. Its methods take images in any layout
-  `as_images` accepts; for one image they return the result for it alone
-  (logits [K], a class index), for a batch of N one row per image.
+  The same object in the training process (`from_state`) and in a later
+  --mode=report or predict (`load_run`), so a result that needs the model is
+  written once. `variables` are the chosen member's ({"params": ...,
+  **model_state}); `seed_variables` those of its grid point's S seeds,
+  stacked [S, ...]. Methods take images as `as_images` accepts them; for one
+  image they return its result alone, for N one row each.
   """
   config: Any
-  params: Any
-  apply_fn: Callable
-  view: Any  # The model's input layout (views.to_view).
+  model: nn.Module  # The module that ran (a kernel where it was checked).
+  variables: Any
   epoch: int
   member: int = 0
-  seeds: Tuple[int, ...] = (0,)  # The chosen grid point's members.
-  seed_params: Any = None
+  seeds: Tuple[int, ...] = (0,)
+  seed_variables: Any = None
+  _cache: dict = dataclasses.field(default_factory=dict, compare=False)
+
+  @classmethod
+  def from_state(cls, config, state, member: int = 0, epoch: int = 0):
+    """The chosen `member` of a (stacked) train state, and its point's seeds."""
+    members = members_lib.from_config(config)
+    seeds = next(p for p in members_lib.points(members) if member in p)
+    variables = {"params": state.params, **state.model_state}
+    if len(members) == 1:
+      stacked = jax.tree.map(lambda v: np.asarray(v)[None], variables)
+    else:
+      stacked = jax.tree.map(lambda v: np.asarray(v)[np.asarray(seeds)],
+                             variables)
+      variables = jax.tree.map(lambda v: np.asarray(v)[member], variables)
+    model, _ = models.build(config, say=lambda _: None)
+    return cls(config, model, variables, epoch, member, seeds, stacked)
 
   @property
-  def model(self) -> nn.Module:
-    """The Flax module: `model.apply({"params": params}, inputs(images))`
-    returns the logits (computed in float32 whatever the run's --dtype)."""
-    return models.build(self.config)
-
-  def inputs(self, images) -> jax.Array:
-    """Images as the model takes them: float32 in [0, 1], [N, 784] (linear,
-    MLP), [N, 28, 28, 1] (CNN) or the recurrent models' sequences."""
-    x, _ = as_images(images)
-    return views.to_view(jnp.asarray(x), self.view)
+  def params(self):
+    return self.variables["params"]
 
   def _logits(self, x: np.ndarray, stacked: bool, batch_size: int):
-    if not len(x):  # No program runs on an empty batch.
+    key = (id(x), x.shape, stacked)
+    if key in self._cache and self._cache[key][0] is x:
+      return self._cache[key][1]
+    if not len(x):
       k = datasets.num_classes(self.config.dataset)
       return np.zeros((len(self.seeds),) * stacked + (0, k), np.float32)
-    params = self.seed_params if stacked else self.params
-    return train.predict_logits(params, self.apply_fn, x, self.view,
-                                batch_size, stacked=stacked)
+    apply = precision.cast_apply(self.model.apply, self.config.dtype)
+    out = logits(apply, self.seed_variables if stacked else self.variables,
+                 x, batch_size, stacked)
+    self._cache.clear()
+    self._cache[key] = (x, out)
+    return out
 
   def logits(self, images, batch_size: int = 1000) -> np.ndarray:
     """The chosen member's logits [N, K] (float32)."""
     x, single = as_images(images)
-    logits = self._logits(x, False, batch_size)
-    return logits[0] if single else logits
+    out = self._logits(x, False, batch_size)
+    return out[0] if single else out
 
   def seed_logits(self, images, batch_size: int = 1000) -> np.ndarray:
     """Logits [S, N, K] of the chosen grid point's S seeds."""
     x, single = as_images(images)
-    logits = self._logits(x, True, batch_size)
-    return logits[:, 0] if single else logits
+    out = self._logits(x, True, batch_size)
+    return out[:, 0] if single else out
 
   def probabilities(self, images, ensemble: bool = False,
                     batch_size: int = 1000) -> np.ndarray:
@@ -145,9 +161,7 @@ class Run:
 
   def evaluate(self, images, labels, ensemble: bool = False,
                batch_size: int = 1000) -> Dict[str, Any]:
-    """The test metrics (metrics.py: "accuracy", "loss" (mean cross entropy),
-    "ece", ...), "count" and "confusion" [K, K] counts (rows true labels), of
-    a batch of images with labels [N]."""
+    """The test metrics (metrics.py), "count" and "confusion" [K, K]."""
     probs = self.probabilities(images, ensemble, batch_size)
     if probs.ndim == 1:
       probs, labels = probs[None], np.reshape(labels, (1,))
@@ -156,43 +170,58 @@ class Run:
         labels, probs.argmax(axis=-1), probs.shape[-1])}
 
 
+def logits(apply_fn: Callable, variables, images: np.ndarray,
+           batch_size: int = 1000, stacked: bool = False) -> np.ndarray:
+  """Logits [N, K] of images [N, H, W] in order (none dropped); with
+  `stacked` variables [S, ...], [S, N, K], one model after another."""
+  n = len(images)
+  batch = min(batch_size, n)
+  count = -(-n // batch)
+  idx = np.minimum(np.arange(count * batch), n - 1).reshape(count, batch)
+
+  def one(variables, images, idx):
+    return jax.lax.map(
+        lambda i: apply_fn(variables, images[i], train=False), idx)
+
+  run = one
+  if stacked:
+    run = lambda v, x, i: jax.lax.map(lambda w: one(w, x, i), v)
+  out = np.asarray(jax.jit(run)(variables, jnp.asarray(images), idx))
+  return out.reshape(*out.shape[:-3], -1, out.shape[-1])[..., :n, :]
+
+
 def load_run(workdir: str, **overrides) -> Run:
   """Restores the latest checkpoint of a run folder, without writing to it.
 
   The chosen member is the one the final row of metrics.jsonl names (member
-  0 of a run that has none, e.g. an unfinished one).
-
-  overrides: Config fields to change, e.g. data_dir when the data moved.
+  0 of a run that has none, e.g. an unfinished one). overrides: Config
+  fields to change, e.g. data_dir when the data moved.
   """
   config = folder_lib.read_config(workdir).replace(**overrides)
   folder_lib.check_model(workdir, config)
   members = members_lib.from_config(config)
-  create = functools.partial(train.create_train_state, config=config,
-                             model=models.build(config), steps_per_epoch=1)
-  # Shapes only: orbax restores into them, and nothing is initialised.
+  model, _ = models.build(config, say=lambda _: None)
+  shape = datasets.get(config.dataset).image_shape
+  tx = optim.make_optimizer(config, 1, members_lib.swept(config))
   template = jax.eval_shape(lambda: members_lib.init_state(
-      members, create, members_lib.keys(members)[0], 1))
-  if not folder_lib.complete_steps(os.path.join(
-      workdir, checkpoints_lib.CHECKPOINT_DIR)) and os.path.isdir(workdir):
+      members, functools.partial(train.create_train_state, model=model,
+                                 tx=tx, image_shape=shape)))
+  if not folder_lib.complete_steps(folder_lib.checkpoint_dir(workdir)) and (
+      os.path.isdir(workdir)):
     raise checkpoints_lib.CheckpointError(
         f"{workdir} has no checkpoint yet (its training stopped before the "
         f"first was saved); train it first: {folder_lib.run_command(workdir)}")
-  checkpoints = checkpoints_lib.Checkpointer(workdir, read_only=True)
+  reader = checkpoints_lib.Checkpointer(workdir, read_only=True)
   try:
-    state, meta = checkpoints.restore(template, model=config.model)
+    parts, meta = reader.restore(checkpoints_lib.tree(template),
+                                 model=config.model)
   finally:
-    checkpoints.close()
+    reader.close()
   chosen = (folder_lib.final_metrics(workdir) or {}).get("chosen")
-  member = chosen["index"] if chosen else 0
-  seeds = next(p for p in members_lib.points(members) if member in p)
-  params = state.params
-  if len(members) == 1:
-    seed_params = jax.tree.map(lambda p: p[None], params)
-  else:
-    seed_params = jax.tree.map(lambda p: p[np.asarray(seeds)], params)
-    params = jax.tree.map(lambda p: p[member], params)
-  return Run(config, params, state.apply_fn, models.input_view(config),
-             int(meta.get("epoch", 0)), member, seeds, seed_params)
+  state = types.SimpleNamespace(params=parts["params"],
+                                model_state=parts["model_state"])
+  return Run.from_state(config, state, chosen["index"] if chosen else 0,
+                        int(meta.get("epoch", 0)))
 
 
 def checkpoint_note(workdir: str, run: Run) -> Optional[str]:
@@ -218,55 +247,6 @@ def checkpoint_note(workdir: str, run: Run) -> Optional[str]:
             "checkpoint; to train it on, run: "
             f"{folder_lib.run_command(workdir)}")
   return None
-
-
-def _training_ended(workdir: str) -> bool:
-  """Whether the latest checkpoint is the one a run saves at its end."""
-  if not folder_lib.complete_steps(
-      os.path.join(workdir, checkpoints_lib.CHECKPOINT_DIR)):
-    return False
-  reader = checkpoints_lib.Checkpointer(workdir, read_only=True)
-  try:
-    return bool(reader.read_meta()[1].get("done"))
-  finally:
-    reader.close()
-
-
-def rewrite_report(workdir: str, **overrides) -> Dict[str, Any]:
-  """The `--mode=report` command: evaluates a run, rewrites its report.
-
-  A run trained to the end but not finished (killed while finishing) is
-  completed as its training command would (train.train_and_evaluate, which
-  trains nothing). Any other run's report is of its latest checkpoint, and
-  says what that is where it is not the finished run (`checkpoint_note`).
-
-  overrides: data_dir / mnist_dir, when the data is elsewhere than at
-  training; impl, to evaluate with other layer implementations.
-  """
-  path = os.path.join(workdir, report.FILES[0])
-  how = ("rewritten" if folder_lib.finished(workdir) and all(
-      os.path.exists(os.path.join(workdir, f)) for f in report.FILES)
-         else "incomplete: rebuilt" if os.path.exists(path)
-         else "missing: rebuilt")
-  config = folder_lib.read_config(workdir)
-  if not folder_lib.finished(workdir) and _training_ended(workdir):
-    final = train.train_and_evaluate(config.replace(**overrides), workdir)
-    print(f"{path} was {how}; the run is finished")
-    return final
-  run = load_run(workdir, **overrides)
-  note = checkpoint_note(workdir, run)
-  dataset = pipeline.load(run.config)
-  images = np.asarray(dataset.test.images)
-  logits = run.seed_logits(images, run.config.eval_batch_size)
-  ensemble = report.ensemble_metrics(logits, dataset.test.labels)
-  result = report.write(workdir, run.config, dataset.test,
-                        logits[run.seeds.index(run.member)],
-                        dataset.class_names, ensemble=ensemble, note=note)
-  print(f"test accuracy {100 * result['accuracy']:.2f}% (loss "
-        f"{result['loss']:.4f}, {len(dataset.test)} examples, checkpoint of "
-        f"epoch {run.epoch}); {path} was {how}"
-        f"{f'; note: {note}' if note else ''}")
-  return result
 
 
 # --mode=predict: image files.

@@ -61,6 +61,7 @@ REPORT_FILE = "report.md"
 # The checkpoints' folder (checkpoints.py writes it; this module only lists
 # it, and reads a checkpoint's meta file, without orbax).
 CHECKPOINT_DIR = "checkpoints"
+PERMUTATION_FILE = "permutation.npy"  # --sequence=permuted: the pixel order.
 
 
 class InUse(UserError):
@@ -169,10 +170,12 @@ def read_config(workdir: str) -> config_lib.Config:
 
 
 def config_differences(old: config_lib.Config, new: config_lib.Config) -> List[str]:
-  """`name: old -> new` for each setting that differs and matters for resuming."""
+  """`name: old -> new` for each setting that differs and matters for
+  resuming (a setting only one of the models has differs too)."""
   a, b = old.to_dict(), new.to_dict()
-  return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(a)
-          if k not in RESUMABLE_DIFFERENCES and a[k] != b[k]]
+  return [f"{k}: {a.get(k, 'unset')!r} -> {b.get(k, 'unset')!r}"
+          for k in sorted(set(a) | set(b))
+          if k not in RESUMABLE_DIFFERENCES and a.get(k) != b.get(k)]
 
 
 def check_writable(workdir: str) -> None:
@@ -266,9 +269,9 @@ def run_command(workdir: str, *extra: str) -> str:
   """The command that trains run folder `workdir` with its own settings:
   config.json's `repeat` with --workdir (and `extra`), with launch.py as this
   process was started with it (so it works from the same folder)."""
-  try:
-    argv = shlex.split(_record(workdir)["repeat"])
-  except (OSError, ValueError, KeyError, TypeError):
+  try:  # From the settings, as this version spells them.
+    argv = shlex.split(repeat_command(read_config(workdir)))
+  except UserError:
     argv = ["python", "launch.py"]
   if argv[1:2] == ["launch.py"] and sys.argv[0].endswith("launch.py"):
     argv[1] = sys.argv[0]
@@ -354,21 +357,6 @@ def record_resume(workdir: str, config: config_lib.Config, env: dict,
       "environment": env})
   record["finished"] = False
   files.write_json(os.path.join(workdir, CONFIG_FILE), record)
-
-
-def recorded_parallel(workdir: str) -> Optional[dict]:
-  """The device layout the run in `workdir` last trained with, as config.json
-  records it ({"mode", "devices"}), or None if it records none."""
-  try:
-    record = _record(workdir)
-  except (OSError, ValueError, TypeError):
-    return None
-  envs = [record.get("environment")] + [
-      r.get("environment") for r in record.get("resumes") or []
-      if isinstance(r, dict)]
-  layouts = [e.get("parallel") for e in envs if isinstance(e, dict)]
-  layouts = [p for p in layouts if isinstance(p, dict)]
-  return layouts[-1] if layouts else None
 
 
 def _record(workdir: str) -> dict:
@@ -891,3 +879,40 @@ def final_metrics(workdir: str) -> Optional[dict]:
   rows = [r for r in read_metrics(os.path.join(workdir, METRICS_FILE))
           if "test_accuracy" in r]
   return rows[-1] if rows else None
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+
+
+def on_disk(directory: str) -> str:
+  """Which complete checkpoint a run killed now goes back to, in words."""
+  steps = complete_steps(directory)
+  if not steps:
+    return "no checkpoint has been saved yet, so the run starts over"
+  return f"the last complete checkpoint, {directory}/{max(steps)}, is kept"
+
+
+def save_array(workdir: str, name: str, array) -> None:
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  with files.atomic(os.path.join(workdir, name), "wb") as f:
+    np.save(f, array)
+
+
+def resume_line(workdir, meta, logged, steps, resuming) -> Optional[str]:
+  """Where a run in an existing folder goes on from, in one line (None: a
+  new run, or one started over)."""
+  if meta is None:
+    if not resuming:
+      return None
+    epochs = [r["epoch"] for r in MetricsLog(workdir).read() if "train_loss" in r]
+    again = (f" (the {max(epochs)} epoch(s) logged are trained again)"
+             if epochs else "")
+    return (f"{workdir} has no complete checkpoint: training starts over from "
+            f"epoch 1{again}")
+  if meta.get("done"):
+    what = "its report" if logged else "its final evaluation and report"
+    return (f"completing {workdir}: its training ended at epoch "
+            f"{meta['epoch']} (step {meta['step']}); writing {what}")
+  return (f"resuming {workdir} at step {meta['step']} (epoch "
+          f"{meta['epoch'] + 1}, step {meta.get('epoch_step', 0)} of {steps})")

@@ -1,96 +1,65 @@
-"""The models one run trains together: who they are, how their axis runs on
-devices, and which one is chosen.
+"""The models one run trains together (--num_seeds, --sweep), and which is chosen.
 
-Who. `--sweep=learning_rate=3e-4,1e-3 --sweep=weight_decay=0,1e-4` (or one
-flag, `learning_rate=3e-4,1e-3;weight_decay=0,1e-4`) gives the grid of every
-combination of the values, the names in the order given; `--num_seeds=N`
-trains each grid point with the seeds seed .. seed+N-1. A member of the run is
-one (values, seed) pair, in grid point major, seed minor order (`from_config`);
-without a sweep the one point's seeds, by default a single member. Member i
-computes what the single run with its values and seed computes:
-`Member.config` is that run's validated Config, its parameter init, dropout
-keys and data order come from PRNGKey(its seed), and its optimizer state holds
-its swept values. Only the optimizer and loss hyperparameters in
-`optim.SWEEPABLE` can be swept: they are per-member arrays in the optimizer
-state (see optim.py), so the members share one compiled program. Anything else
-changes shapes or the program and is refused.
+Who. `--sweep=learning_rate=3e-4,1e-3;weight_decay=0,1e-4` gives the grid of
+every combination of the values, names in the order given; `--num_seeds=N`
+trains each grid point with the seeds seed .. seed+N-1. A member is one
+(values, seed) pair, grid point major, seed minor. Member i computes what the
+single run with its values and seed computes: its init, dropout,
+augmentation and data order come from its seed, its optimizer state holds
+its swept numbers (optim.py), and its label smoothing is its own. Only those
+numbers can be swept: anything else changes shapes or the program.
 
-On devices. With several members the train state, the per-epoch batch order
-and the metric sums gain a leading member axis [M, ...]; the dataset is
-shared. On a CPU each member runs the single-member chunk of steps in turn
-(`in_turn`), the members split over the host's CPU devices (`mesh`);
-elsewhere the step is vmapped, which fills an accelerator better. With one
-member those functions return their input unchanged.
+Choosing, by validation metrics, never test: the grid point with the highest
+mean validation accuracy over its seeds (ties: lower mean validation loss,
+then lower index), then that point's best seed (same ties); member 0
+without a validation split.
 
-Choosing (`choose`), by validation metrics and never by test: the grid point
-with the highest mean validation accuracy over its seeds (ties: the lower mean
-validation loss, then the lower index), then that point's seed with the
-highest validation accuracy (same ties). Without a validation split (never
-with a sweep), member 0.
-
-A metrics.jsonl row (`row`) keeps the single run's keys, holding one member's
-metrics: after each epoch the leading member's (the one chosen if the run
-stopped there, named in `leader`), at the end the chosen member's (named in
-`chosen`). When that member's grid point has several seeds, `<key>_mean` and
-`<key>_std` (sample standard deviation, ddof=1) over them follow, and
-`members` lists every member: its `index`, `seed`, swept `values`,
-`learning_rate` at an epoch row's step, and its metrics (a member that diverged,
-control.py, has `diverged` and None for its non-finite losses). With one
-member the row is the single run's.
+Rows. A metrics.jsonl row keeps a single run's keys, holding one member's
+metrics (the leading one after each epoch, named in `leader`; the chosen one
+at the end, `chosen`); with several seeds at its point `<key>_mean` and
+`<key>_std` (sample standard deviation) follow, and `members` lists each
+member's index, seed, values, learning rate and metrics (a member that
+diverged has `diverged` and None for its non-finite numbers).
 """
 
 import itertools
 import math
-from typing import (Any, Callable, Dict, List, NamedTuple, Optional, Sequence,
-                    Tuple, Union)
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import jax
-from jax import shard_map
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 from mnist_jax import config as config_lib
-from mnist_jax.config import Config
 from mnist_jax.errors import UserError
 from mnist_jax.training import metrics as metrics_lib
 from mnist_jax.training import optim
 
-# Who trains together.
-
-Grid = Dict[str, Tuple[Any, ...]]  # Swept name -> its values, in order.
+SWEEPABLE = (*optim.HYPERPARAMS, "label_smoothing")
+IDENTITY_KEYS = ("index", "seed", "values")  # What names a member in a row.
 
 
 class Member(NamedTuple):
-  """One member of a run: index in member order, seed, swept values, Config."""
   index: int
   seed: int
   values: Dict[str, Any]
-  config: Config
+  config: config_lib.Config
 
 
 def _example() -> str:
   return "e.g. --sweep=learning_rate=3e-4,1e-3,3e-3"
 
 
-def _parse_value(name: str, text: str) -> Any:
-  kind = config_lib.field_type(name)
-  try:
-    value = kind(text)
-  except ValueError:
-    raise UserError(f"--sweep={name}: {text!r} is not a number; "
-                    f"{_example()}") from None
-  message = config_lib.range_error(name, value)
-  if message:
-    raise UserError(f"--sweep: {message}")
-  return value
+def _short(value) -> str:
+  """0.003, 1e-05, 2: the shortest text that reads back as the value."""
+  text = f"{value:g}"
+  return text if float(text) == value else repr(value)
 
 
 def _check_name(name: str, texts: Sequence[str], model: str) -> None:
   """Refuses a name that is not sweepable, saying what trains it instead."""
-  if name in optim.SWEEPABLE:
+  if name in SWEEPABLE:
     return
-  sweepable = ", ".join(optim.SWEEPABLE)
   if name == "seed":
     raise UserError("--sweep=seed: seeds are not swept; --seed=S "
                     "--num_seeds=N trains the seeds S .. S+N-1 of every point")
@@ -98,26 +67,25 @@ def _check_name(name: str, texts: Sequence[str], model: str) -> None:
     command = (f"--train={','.join(texts)}" if name == "model" else
                f"--train={model} --vary={name}={'/'.join(texts)}")
     raise UserError(
-        f"--sweep cannot vary {name}: only the optimizer and loss settings "
-        f"({sweepable}) leave shapes and the compiled program alone; train a "
-        f"run per value and compare them with python experiments/compare.py "
-        f"{command}")
-  raise UserError(f"--sweep: unknown name {name!r}; sweepable: {sweepable}")
+        f"--sweep cannot vary {name}: only the optimizer and loss numbers "
+        f"({', '.join(SWEEPABLE)}) leave shapes and the compiled program "
+        "alone; train a run per value and compare them with python "
+        f"experiments/compare.py {command}")
+  raise UserError(f"--sweep: unknown name {name!r}; sweepable: "
+                  f"{', '.join(SWEEPABLE)}")
 
 
-def parse(specs: Union[str, Sequence[str]], model: str = "MODEL") -> Grid:
-  """The grid of `--sweep` specs: each `NAME=V1,V2,...`, several `;`-joined.
-
-  model: the run's --model, for the command a refused name is pointed to.
+def parse(specs: Union[str, Sequence[str]], model: str = "MODEL"
+          ) -> Dict[str, Tuple]:
+  """The grid of `--sweep` specs, each `NAME=V1,V2,...`, several `;`-joined.
 
   Raises:
-    UserError: a malformed spec, a bad or repeated value, an empty list, an
-      unknown, repeated or unsweepable name.
+    UserError: a malformed spec, a bad or repeated value or name, an
+      unsweepable name (`model` is named in the command it points to).
   """
-  if isinstance(specs, str):
-    specs = [specs]
   grid = {}
-  for part in (p.strip() for spec in specs for p in spec.split(";")):
+  for part in (p.strip() for spec in ([specs] if isinstance(specs, str)
+                                      else specs) for p in spec.split(";")):
     if not part:
       continue
     name, sep, listed = (s.strip() for s in part.partition("="))
@@ -130,54 +98,51 @@ def parse(specs: Union[str, Sequence[str]], model: str = "MODEL") -> Grid:
                       "values")
     if not texts:
       raise UserError(f"--sweep={name}= lists no values; {_example()}")
-    values = tuple(_parse_value(name, t) for t in texts)
-    repeated = sorted({v for v in values if values.count(v) > 1})
-    if repeated:
-      raise UserError(f"--sweep={name} lists {_short(repeated[0])} twice; give "
-                      "each value once")
-    grid[name] = values
+    values = []
+    for text in texts:
+      try:
+        value = float(text)
+      except ValueError:
+        raise UserError(f"--sweep={name}: {text!r} is not a number; "
+                        f"{_example()}") from None
+      message = config_lib.range_error(name, value)
+      if message:
+        raise UserError(f"--sweep: {message}")
+      if value in values:
+        raise UserError(f"--sweep={name} lists {_short(value)} twice; give "
+                        "each value once")
+      values.append(value)
+    grid[name] = tuple(values)
   return grid
 
 
-def canonical(specs: Union[str, Sequence[str]], model: str = "MODEL") -> str:
-  """The sweep as one string for `Config.sweep`: `a=1.0,2.0;b=0.1` ("": none).
-
-  Parsing it again gives the same grid.
-  """
+def canonical(specs, model: str = "MODEL") -> str:
+  """The sweep as `Config.sweep` holds it: `a=1.0,2.0;b=0.1` ("": none)."""
   return ";".join(f"{name}={','.join(repr(v) for v in values)}"
                   for name, values in parse(specs, model).items())
 
 
-def _check_applies(grid: Grid, config: Config) -> None:
-  """Refuses a swept name the config's optimizer or schedule never reads."""
-  for name in grid:
-    field, needed = optim.ONLY_WITH.get(name, (None, ()))
-    if field is not None and getattr(config, field) not in needed:
-      raise UserError(
-          f"--sweep={name} changes nothing with --{field}="
-          f"{getattr(config, field)}: only "
-          f"{' or '.join(f'--{field}={v}' for v in needed)} reads it")
+def swept(config) -> Tuple[str, ...]:
+  return tuple(parse(config.sweep, config.model))
 
 
-def from_config(config: Config,
-                spec: Optional[str] = None) -> Tuple[Member, ...]:
-  """Every member of the run: the grid of `spec` times the config's seeds.
-
-  Args:
-    config: the run's Config.
-    spec: the sweep, as `--sweep` flags give it or `canonical` writes it;
-      None reads `config.sweep`.
-
-  Returns:
-    the Members in grid point major, seed minor order; each config
-    validated.
+def from_config(config) -> Tuple[Member, ...]:
+  """Every member of the run, grid point major, seed minor, each validated.
 
   Raises:
-    UserError: a bad sweep, or a member whose values no run accepts.
+    UserError: a bad sweep, a swept name the optimizer never reads, no
+      validation split to choose by, too many members, a member's values.
   """
   config_lib.validate(config)
-  grid = parse(config.sweep if spec is None else spec, config.model)
-  _check_applies(grid, config)
+  grid = parse(config.sweep, config.model)
+  reads = optim.OPTIMIZERS[config.optimizer].reads
+  for name in grid:
+    owners = [o for o, spec in optim.OPTIMIZERS.items() if name in spec.reads]
+    if owners and name not in reads:
+      raise UserError(
+          f"--sweep={name} changes nothing with --optimizer="
+          f"{config.optimizer}: only {' or '.join(f'--optimizer={o}' for o in owners)}"
+          " reads it")
   if grid and config.val_fraction == 0:
     raise UserError("--sweep chooses its member by validation accuracy, and "
                     "--val_fraction=0 holds out none; pass e.g. "
@@ -187,62 +152,42 @@ def from_config(config: Config,
     raise UserError(
         f"--sweep and --num_seeds make {count} members; one program trains at "
         f"most {config_lib.MAX_MEMBERS}: list fewer values or seeds")
-  single = {"num_seeds": 1, "sweep": ""}  # A member is a single run.
   out = []
   for point in itertools.product(*grid.values()):
     values = dict(zip(grid, point))
-    for i in range(config.num_seeds):
-      seed = config.seed + i
+    for seed in range(config.seed, config.seed + config.num_seeds):
       try:
-        member = config_lib.validate(
-            config.replace(seed=seed, **single, **values))
+        member = config_lib.validate(config.replace(
+            seed=seed, num_seeds=1, sweep="", **values))
       except UserError as e:
         raise UserError(f"--sweep: {e}") from None
       out.append(Member(len(out), seed, values, member))
   return tuple(out)
 
 
-def hyperparams(sweep_members: Sequence[Member],
-                steps_per_epoch: int) -> Dict[str, np.ndarray]:
-  """The swept hyperparameters of every member, stacked [M] in member order.
+def init_state(members: Sequence[Member], create):
+  """Every member's fresh train state, stacked [M, ...] for M > 1.
 
-  Keys are `opt_state.hyperparams` keys (optim.SWEEPABLE); a row of the
-  arrays is what `train.create_train_state(..., hparams=row)` takes for that
-  member, e.g. under `jax.vmap`. {} when nothing is swept.
+  create: fn(key) -> one TrainState (train.create_train_state); it runs
+  jitted for each member in turn, which gives the bits a single run gets.
   """
-  swept = [optim.SWEEPABLE[name] for name in sweep_members[0].values]
-  rows = [optim.hyperparams(m.config, steps_per_epoch, swept)
-          for m in sweep_members]
-  return {key: np.stack([row[key] for row in rows]) for key in swept}
-
-
-def keys(members: Sequence[Member]):
-  """(init_rng, data_rng) as a single run splits them; stacked [M, 2] for M > 1."""
-  if len(members) == 1:
-    return tuple(jax.random.split(jax.random.PRNGKey(members[0].seed)))
-  pairs = jnp.stack([jax.random.split(jax.random.PRNGKey(m.seed))
-                     for m in members])
-  return pairs[:, 0], pairs[:, 1]
-
-
-def init_state(members: Sequence[Member], create: Callable, init_rng,
-               steps_per_epoch: int):
-  """Every member's fresh train state, stacked [M, ...] when M > 1.
-
-  create: fn(init_rng, hparams=...) -> one member's TrainState
-    (train.create_train_state), given each member's key and its row of the
-    swept hyperparameters (`hyperparams`).
-
-  The members run one jitted `create` in turn: it compiles in a fraction of
-  the time the vmapped initialisers take, and gives the same bits.
-  """
-  hparams = hyperparams(members, steps_per_epoch)
-  rows = [{k: v[i] for k, v in hparams.items()} for i in range(len(members))]
-  if len(members) == 1:
-    return create(init_rng, hparams=rows[0])
-  one = jax.jit(lambda rng, h: create(rng, hparams=h))
-  states = [one(init_rng[i], row) for i, row in enumerate(rows)]
+  one = jax.jit(create)
+  states = []
+  for m in members:
+    state = one(jax.random.key(m.seed))
+    states.append(state.replace(opt_state=optim.with_hyperparams(
+        state.opt_state, m.config)))
+  if len(states) == 1:
+    return states[0]
   return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+
+
+def per_member(members: Sequence[Member]) -> Dict[str, np.ndarray]:
+  """The loss settings a sweep gives each member, [M] each ({} if none)."""
+  if "label_smoothing" not in members[0].values:
+    return {}
+  return {"label_smoothing": np.asarray(
+      [m.config.label_smoothing for m in members], np.float32)}
 
 
 def points(members: Sequence[Member]) -> List[Tuple[int, ...]]:
@@ -256,278 +201,113 @@ def points(members: Sequence[Member]) -> List[Tuple[int, ...]]:
   return [tuple(p) for p in out]
 
 
-def label(member: Member) -> str:
-  """A member's name for logs and tables: `learning_rate=0.003, seed=1`."""
-  return values_text(member.values, member.seed)
-
-
 def values_text(values: Dict[str, Any], seed: Optional[int] = None) -> str:
-  """Swept values (and a seed) as text: `learning_rate=0.003, seed=1`."""
+  """`learning_rate=0.003, seed=1`."""
   return ", ".join([f"{k}={_short(v)}" for k, v in values.items()] +
                    ([f"seed={seed}"] if seed is not None else []))
 
 
-def _short(value) -> str:
-  """0.003, 1e-05, 2: the shortest text that reads back as the value."""
-  text = f"{value:g}"
-  return text if float(text) == value else repr(value)
-
-
-# How their axis runs on devices.
-
-AXIS = "replica"  # The mesh axis the members are split along.
-
-
-def vmap(num: int, fn: Callable, in_axes=0, out_axes=0) -> Callable:
-  """`fn` mapped over the members' axis, or `fn` itself for one member."""
-  if num == 1:
-    return fn
-  return jax.vmap(fn, in_axes=in_axes, out_axes=out_axes)
-
-
-def in_turn(num: int) -> bool:
-  """Whether the train chunk runs the members one after another (CPU).
-
-  On a CPU, M members as a `lax.scan` over the members' axis of the
-  single-member chunk (member 0's steps, then member 1's, ...) ran faster than
-  the vmapped step: XLA:CPU runs M small matmuls faster than one batched
-  matmul, and the vmapped step's per-member `lax.cond` (skip padding and
-  diverged steps) becomes a select that reads and writes the whole train state
-  every step. Accelerators keep the vmapped step.
-  """
-  return num > 1 and jax.default_backend() == "cpu"
-
-
-def compiler_options(num: int) -> Optional[Dict[str, str]]:
-  """XLA options for the train chunk: with members in turn, region analysis.
-
-  XLA:CPU's copy insertion otherwise copies loop-carried buffers every step
-  (a large kernel after the step's `lax.cond`, the threefry state in each
-  dropout mask's round loop); with region analysis those copies go and the
-  results keep the same bits. Other runs keep XLA's defaults.
-  """
-  if not in_turn(num):
-    return None
-  return {"xla_cpu_copy_insertion_use_region_analysis": "True"}
-
-
-def mesh(num: int) -> Optional[Mesh]:
-  """The CPU devices the members are split over, or None for one device.
-
-  With a host split into one device per core (devices.split_host), each
-  device trains M / D members, its own core running their steps, where one
-  device would spread every small matmul over both cores. The most devices
-  that divide M are used.
-  """
-  if not in_turn(num):
-    return None
-  devices = jax.local_devices()
-  count = max(d for d in range(1, len(devices) + 1) if num % d == 0)
-  if count == 1 or jax.process_count() > 1:
-    return None
-  return Mesh(np.array(devices[:count]), (AXIS,))
-
-
-def place_restored(state, member_mesh: Optional[Mesh]):
-  """A restored stacked state, split along the members' axis on `member_mesh`.
-
-  orbax restores it onto one device, which the split train chunk refuses
-  ("incompatible devices"). It goes through the host: moving device arrays
-  between the split host's CPU devices before the first chunk could hang.
-  """
-  if member_mesh is None:
-    return state
-  return jax.device_put(jax.device_get(state),
-                        NamedSharding(member_mesh, P(AXIS)))
-
-
-def split(fn: Callable, member_mesh: Optional[Mesh],
-          member_axis: Sequence[bool]) -> Callable:
-  """`fn` with its members' axis split across `member_mesh` (or `fn` itself).
-
-  member_axis: for each argument, whether it has the leading members' axis
-  (else every device gets all of it). Every output has the members' axis.
-  """
-  if member_mesh is None:
-    return fn
-  return shard_map(fn, mesh=member_mesh,
-                   in_specs=tuple(P(AXIS) if r else P() for r in member_axis),
-                   out_specs=P(AXIS), check_vma=False)
-
-
-def train_chunk(chunk: Callable, num: int, sequential: bool,
-                member_mesh: Optional[Mesh] = None) -> Callable:
-  """The single-member train chunk over the members' axis.
-
-  Args:
-    chunk: fn(state, images, labels, batch_idx [C, B], valid [C]) ->
-      (state, sums, bad, rate), one member's chunk of steps
-      (train.make_train_chunk).
-    num: M, the number of members.
-    sequential: run the members in turn (`in_turn`), else vmap the step.
-    member_mesh: the devices to split the members over (`mesh`), or None.
-
-  Returns:
-    fn(state [M, ...], images, labels, batch_idx [M, C, B], valid [C]) ->
-    (state [M, ...], sums [M], bad [M], rate [M]); `chunk` itself for one member. In
-    turn, member i runs exactly the single-member program, so it computes
-    what the single run with its seed computes.
-  """
-  if num == 1:
-    return chunk
-  if not sequential:
-    return jax.vmap(chunk, in_axes=(0, None, None, 0, None))
-
-  def run(state, images, labels, batch_idx, valid):
-    def body(_, member):
-      state, idx = member
-      return None, chunk(state, images, labels, idx, valid)
-    return jax.lax.scan(body, None, (state, batch_idx))[1]
-
-  return split(run, member_mesh, (True, False, False, True, False))
-
-
-def evaluate(fn: Callable, num: int,
-             member_mesh: Optional[Mesh] = None) -> Callable:
-  """The single-member evaluation (train.make_evaluate) over the members.
-
-  fn(params [M, ...], images, labels, batch_idx, mask) -> sums [M]; `fn`
-  itself for one member.
-  """
-  return split(vmap(num, fn, in_axes=(0, None, None, None, None)), member_mesh,
-               (True, False, False, False, False))
-
-
-# Their metrics, and which one is chosen.
-
-# Keys of a member's dict in a row that say which member it is.
-IDENTITY_KEYS = ("index", "seed", "values")
-
-
-class Choice(NamedTuple):
-  """A grid point (index into `points`) and one of its members (member index)."""
-  point: int
-  member: int
-
-
-def host_metrics(sums) -> Dict:
-  """Metric sums (metrics.batch_sums, on a device) as host values.
-
-  Returns:
-    `metrics.values` of a single member; for stacked [M] sums the mean over
-    members under the same keys, plus `per_member`, each member's values.
-  """
-  m = jax.device_get(sums)
-  if np.ndim(m["count"]) == 0:
-    return metrics_lib.values(m)
-  per = [metrics_lib.values(jax.tree.map(lambda a, i=i: a[i], m))
-         for i in range(len(m["count"]))]
-  out = {k: float(np.mean([p[k] for p in per])) for k in per[0]}
-  out["per_member"] = per
-  return out
-
-
-def per_member(fetched: Dict) -> List[Dict]:
-  """Each member's means from a `host_metrics` result, also for one member."""
-  return fetched.get("per_member", [fetched])
-
-
-def _best(scored) -> int:
-  """The index among (index, accuracy, loss) with the highest accuracy, then
-  the lowest loss, then the lowest index; a non-finite loss (a diverged
-  member) ranks last."""
-  return min(scored, key=lambda s: (not np.isfinite(s[2]), -s[1], s[2],
-                                    s[0]))[0]
-
-
-def choose(members: Sequence[Member], val: Optional[Dict]) -> Choice:
-  """The leading grid point and member by validation metrics (module doc).
-
-  val: `host_metrics` of the validation split; None without one (the first
-  point and member).
-  """
-  if val is None:
-    return Choice(0, 0)
-  per = per_member(val)
-  groups = points(members)
-  point = _best([(p, np.mean([per[i]["accuracy"] for i in seeds]),
-                  np.mean([per[i]["loss"] for i in seeds]))
-                 for p, seeds in enumerate(groups)])
-  member = _best([(i, per[i]["accuracy"], per[i]["loss"])
-                  for i in groups[point]])
-  return Choice(point, member)
-
-
-def _std(values: Sequence[float]) -> float:
-  return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
-
-def _json(value: float) -> Optional[float]:
-  """A metric for metrics.jsonl: None where it is not finite (a diverged
-  member's loss), which JSON cannot hold."""
-  return float(value) if np.isfinite(value) else None
+def label(member: Member) -> str:
+  return values_text(member.values, member.seed)
 
 
 def identity(member: Member) -> Dict:
-  """What names a member in a metrics row: index, seed, swept values."""
   return {"index": member.index, "seed": member.seed,
           "values": dict(member.values)}
 
 
-def row(members: Sequence[Member], choice: Choice,
-        splits: Dict[str, Optional[Dict]],
-        rates: Optional[Sequence[float]] = None) -> Tuple[Dict, Dict]:
-  """The members' part of a metrics row: (top-level metrics, extras).
+def host_metrics(sums) -> List[Dict[str, float]]:
+  """Metric sums (on a device; [] or stacked [M]) as each member's values."""
+  m = jax.device_get(sums)
+  if np.ndim(m["count"]) == 0:
+    return [metrics_lib.values(m)]
+  return [metrics_lib.values(jax.tree.map(lambda a, i=i: a[i], m))
+          for i in range(len(m["count"]))]
 
-  Args:
-    members: the run's members.
-    choice: the member whose metrics are the row's own, and its grid point.
-    splits: split name -> `host_metrics` result (None: not evaluated).
-    rates: each member's learning rate at the row's step.
 
-  Returns:
-    top: `<split>_<metric>` of the chosen member for each metric the split
-      reports (metrics.py; None for a split not evaluated). extras: {} for
-      one member; else `<split>_<metric>_mean` and `_std` over the grid
-      point's seeds when it has several, and `members`.
-  """
-  per = {split: per_member(f) for split, f in splits.items() if f}
-  names = {split: [m.name for m in metrics_lib.of(split)] for split in splits}
-  if len(members) == 1:  # The single run's row, as it always was.
-    return {f"{split}_{key}": per[split][0][key] if split in per else None
-            for split in splits for key in names[split]}, {}
-  top = {f"{split}_{key}": _json(per[split][choice.member][key])
-         if split in per else None for split in splits for key in names[split]}
-  seeds = points(members)[choice.point]
-  extras = {}
-  if len(seeds) > 1:
-    for split, values in per.items():
-      for key in names[split]:
-        of_seeds = [values[i][key] for i in seeds]
-        extras[f"{split}_{key}_mean"] = _json(np.mean(of_seeds))
-        extras[f"{split}_{key}_std"] = _json(_std(of_seeds))
-  rows = []
+def _best(scored) -> int:
+  """The index among (index, accuracy, loss): highest accuracy, then lowest
+  loss, then lowest index; a non-finite loss (diverged) ranks last."""
+  return min(scored, key=lambda s: (not np.isfinite(s[2]), -s[1], s[2],
+                                    s[0]))[0]
+
+
+def choose(members: Sequence[Member], val: Optional[List[Dict]]
+           ) -> Tuple[int, int]:
+  """(grid point, member) leading by validation metrics (see the module)."""
+  if val is None:
+    return 0, 0
+  groups = points(members)
+  point = _best([(p, np.mean([val[i]["accuracy"] for i in seeds]),
+                  np.mean([val[i]["loss"] for i in seeds]))
+                 for p, seeds in enumerate(groups)])
+  return point, _best([(i, val[i]["accuracy"], val[i]["loss"])
+                       for i in groups[point]])
+
+
+def _json(value) -> Optional[float]:
+  """A metric for JSON: None where it is not finite."""
+  return float(value) if np.isfinite(value) else None
+
+
+def row(members, choice, splits: Dict[str, Optional[List[Dict]]],
+        rates=None) -> Dict:
+  """The members' part of a row: `<split>_<metric>` of the chosen member,
+  and with several members `_mean`/`_std` over its point's seeds and
+  `members` (each with its learning rate from `rates`)."""
+  names = {s: [m.name for m in metrics_lib.of(s)] for s in splits}
+  point, member = choice
+  out = {f"{s}_{k}": _json(splits[s][member][k]) if splits[s] else None
+         for s in splits for k in names[s]}
+  if len(members) == 1:
+    return out
+  seeds = points(members)[point]
+  for s, per in splits.items():
+    for k in names[s] if per and len(seeds) > 1 else ():
+      of_seeds = [per[i][k] for i in seeds]
+      out[f"{s}_{k}_mean"] = _json(np.mean(of_seeds))
+      out[f"{s}_{k}_std"] = _json(np.std(of_seeds, ddof=1))
+  out["members"] = []
   for m in members:
     entry = identity(m)
     if rates is not None:
-      entry["learning_rate"] = rates[m.index]
-    for split, values in per.items():
-      for key in names[split]:
-        entry[f"{split}_{key}"] = _json(values[m.index][key])
-    if any(not np.isfinite(values[m.index]["loss"]) for values in per.values()):
+      entry["learning_rate"] = float(rates[m.index])
+    for s, per in splits.items():
+      entry.update({f"{s}_{k}": _json(per[m.index][k]) for k in names[s]}
+                   if per else {})
+    if any(per and not np.isfinite(per[m.index]["loss"])
+           for per in splits.values()):
       entry["diverged"] = True
-    rows.append(entry)
-  extras["members"] = rows
-  return top, extras
+    out["members"].append(entry)
+  return out
+
+
+def epoch_row(members, epoch: int, step: int, train, val, rates,
+              **fields) -> Dict:
+  """The metrics.jsonl row of an epoch: the leading member's metrics."""
+  rates = np.reshape(rates, -1)
+  choice = choose(members, val)
+  out = {"epoch": epoch, "step": step,
+         **row(members, choice, {"train": train, "val": val},
+               rates if len(members) > 1 else None),
+         "learning_rate": float(rates[choice[1]])}
+  if len(members) > 1:
+    out["leader"] = identity(members[choice[1]])
+  return {**out, **fields}
+
+
+def final_row(members, test, val, **fields) -> Dict:
+  """The final metrics.jsonl row: the chosen member's test metrics."""
+  choice = choose(members, val)
+  out = row(members, choice, {"test": test})
+  out["test_examples"] = int(test[0]["count"])
+  if len(members) > 1:
+    out["chosen"] = identity(members[choice[1]])
+  return {**out, **fields}
 
 
 def member_rows(rows: Sequence[Dict], index: int) -> List[Dict]:
-  """metrics.jsonl rows as member `index`'s own run would have written them.
-
-  Each row's top-level metrics become that member's; what describes the
-  members as a group (`_mean`, `_std`, `members`, `leader`, `chosen`, the
-  ensemble) goes. Rows without `members` (a single-member run) are kept.
-  """
+  """metrics.jsonl rows as member `index`'s own run would have written them."""
   out = []
   for r in rows:
     entries = r.get("members")

@@ -1,70 +1,110 @@
-"""Fast lowerings of the stock models, and the rule that picks one (`--impl`).
+"""Fast lowerings of stock modules, taken only where they compute what the
+stock module computes now (--impl).
 
-A kernel is a drop-in for one stock module of `mnist_jax/models/`: it takes
-the same attributes and creates the same parameter tree (names, shapes,
-initialisers), so a checkpoint written with one restores into the other, and
-tests/test_equivalence.py holds their outputs and gradients equal.
-`models.build` asks `resolve` which of the two a run gets.
+A kernel is a drop-in for one stock module class: it takes the same
+attributes and creates the same parameter tree, so either reads the other's
+checkpoints. `swap` gives a run the kernel only after a check on one batch
+that its outputs and gradients equal the stock module's as it is now, with
+the researcher's edits (float32 tolerance); otherwise the run keeps the
+stock module and says so in one line. tests/test_equivalence.py holds each
+kernel to its stock module on many shapes.
 """
 
 import dataclasses
-from typing import Callable, Tuple
+import time
+from typing import Optional, Tuple
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from mnist_jax.config import IMPLS, Config
-from mnist_jax.errors import UserError
+from mnist_jax.models import cnn
+from mnist_jax.models import recurrent
 from mnist_jax.models.kernels import conv_pool
 from mnist_jax.models.kernels import fused_rnn
 
 
 @dataclasses.dataclass(frozen=True)
 class Kernel:
-  """A fast drop-in for one stock module, and where it applies."""
   module: type  # The drop-in nn.Module class.
-  supports: Callable[[Config], bool]  # Whether it can run this config's shapes.
-  faster_on: Tuple[str, ...]  # Backends where it was measured faster than stock.
+  faster_on: Tuple[str, ...]  # Backends where it was measured faster.
 
 
-def _any(config: Config) -> bool:
-  del config
-  return True
+KERNELS = {cnn.CNN: Kernel(conv_pool.CNN, ("cpu",)),
+           recurrent.Recurrent: Kernel(fused_rnn.Recurrent, ("cpu",))}
+IMPLS = ("auto", "stock", "fast")
+RTOL, ATOL = 1e-4, 1e-5  # float32 agreement, relative to each array's scale.
+CHECK_BATCH = 4
 
 
-def _no_remat(config: Config) -> bool:
-  return not config.remat
+def _attributes(module: nn.Module) -> dict:
+  return {f.name: getattr(module, f.name) for f in dataclasses.fields(module)
+          if f.init and f.name not in ("parent", "name")}
 
 
-# --model name -> its kernel. A model without one always runs stock.
-# conv_pool covers every CNN models.cnn builds (k x k stride-1 convs, 2x2
-# pools): Winograd or pool-phase for 3x3, im2col for other sizes.
-KERNELS = {
-    "cnn": Kernel(conv_pool.CNN, _any, ("cpu",)),
-    "rnn": Kernel(fused_rnn.Recurrent, _no_remat, ("cpu",)),
-    "lstm": Kernel(fused_rnn.Recurrent, _no_remat, ("cpu",)),
-    "gru": Kernel(fused_rnn.Recurrent, _no_remat, ("cpu",)),
-}
+def _name(module_type: type) -> str:
+  return f"{module_type.__module__.replace('.', '/')}.py's {module_type.__name__}"
 
 
-def resolve(config: Config, backend: str) -> str:
-  """Which module `config.impl` asks for on `backend`: "fast" or "stock".
+def _difference(stock: nn.Module, fast: nn.Module, image_shape) -> Optional[str]:
+  """Why `fast` is not `stock` on a random batch (training mode, one dropout
+  key, a loss weighing every logit differently), or None."""
+  key = jax.random.key(0)
+  images = jax.random.randint(key, (CHECK_BATCH, *image_shape), 0, 256
+                              ).astype(jnp.uint8)
+  variables = stock.init(key, images)
+  if set(variables) != {"params"}:
+    return f"it keeps no {', '.join(sorted(set(variables) - {'params'}))}"
+  theirs = jax.eval_shape(fast.init, key, images)
+  if jax.tree.map(np.shape, theirs) != jax.tree.map(np.shape, variables):
+    return "its parameters are not the stock module's"
 
-  stock: always the stock module. fast: the kernel wherever it supports the
-  shapes. auto: the kernel only where it also was measured faster on this
-  backend. Shapes no kernel supports run stock, never an error.
+  def outputs(params):
+    def loss(module, params):
+      y = module.apply(params, images, train=True, rngs={"dropout": key})
+      w = jnp.linspace(-1.0, 2.0, y.size).reshape(y.shape)
+      return jnp.sum(jnp.sin(y) * w), y
+    return [jax.grad(loss, argnums=1, has_aux=True)(m, params)
+            for m in (stock, fast)]
+
+  (g_stock, y_stock), (g_fast, y_fast) = jax.jit(outputs)(variables)
+  worst = 0.0
+  for a, b in zip(jax.tree.leaves((y_stock, g_stock)),
+                  jax.tree.leaves((y_fast, g_fast))):
+    scale = float(jnp.max(jnp.abs(a))) + 1e-12
+    worst = max(worst, float(jnp.max(jnp.abs(a - b))) / max(scale, 1.0))
+  if not worst <= RTOL + ATOL:
+    return f"its outputs or gradients differ by up to {worst:.2g}"
+  return None
+
+
+def swap(stock: nn.Module, impl: str, image_shape,
+         backend: Optional[str] = None) -> Tuple[nn.Module, Optional[str], dict]:
+  """(the module a run trains, a line to say or None, what config.json records).
+
+  impl: stock, fast (the kernel wherever one exists) or auto (where it was
+  also measured faster on this backend). Either way the kernel must pass
+  the check against `stock`.
   """
-  if config.impl not in IMPLS:
-    raise UserError(f"--impl must be one of {', '.join(IMPLS)}, got {config.impl!r}")
-  kernel = KERNELS.get(config.model)
-  if config.impl == "stock" or kernel is None or not kernel.supports(config):
-    return "stock"
-  if config.impl == "fast" or backend in kernel.faster_on:
-    return "fast"
-  return "stock"
-
-
-def drop_in(model: str, stock: nn.Module) -> nn.Module:
-  """The kernel of `model` with the attributes of its stock module `stock`."""
-  fields = [f.name for f in dataclasses.fields(stock)
-            if f.init and f.name not in ("parent", "name")]
-  return KERNELS[model].module(**{name: getattr(stock, name) for name in fields})
+  kernel = KERNELS.get(type(stock))
+  backend = backend or jax.default_backend()
+  record = {"impl": impl, "module": _name(type(stock))}
+  if impl == "stock" or kernel is None or (
+      impl == "auto" and backend not in kernel.faster_on):
+    return stock, None, record
+  given = _attributes(stock)
+  defaults = {f.name: f.default for f in dataclasses.fields(type(stock))}
+  accepted = {f.name for f in dataclasses.fields(kernel.module)}
+  missing = [f"{k}={v}" for k, v in given.items()
+             if k not in accepted and v != defaults.get(k)]
+  why = f"it has no {', '.join(missing)}" if missing else None
+  start = time.perf_counter()
+  fast = kernel.module(**{k: v for k, v in given.items() if k in accepted})
+  why = why or _difference(stock, fast, image_shape)
+  record.update(check_s=round(time.perf_counter() - start, 3),
+                kernel=_name(kernel.module), passed=why is None)
+  if why is None:
+    return fast, None, {**record, "module": _name(kernel.module)}
+  return stock, (f"the fast kernel {_name(kernel.module)} does not compute "
+                 f"{_name(type(stock))} ({why}): training the stock module"), record

@@ -316,7 +316,8 @@ class CNN(nn.Module):
   num_classes: int = 10
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, images, train: bool = False):
+    x = images[..., None] / 255.0
     layers, k = len(self.features), self.kernel_size
     if self.padding == "VALID":
       x = x[:, :valid_extent(x.shape[1], layers, k),

@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mnist_jax.models import recurrent
+
 # Per kind: the input-side and hidden-side Dense parameter groups, in gate order,
 # each (name, has_bias), exactly as the flax cell creates them.
 _LAYOUT = {
@@ -232,22 +234,21 @@ def rnn_layer(kind: str, params, x: jax.Array, reverse: bool = False,
 class Recurrent(nn.Module):
   """Stacked, optionally bidirectional fused recurrent layers, then Dense.
 
-  x: [B, T, F] -> logits [B, num_classes]; attributes and parameter names
-  ({cell}_{layer}, {cell}_{layer}_backward, out) as models.recurrent.Recurrent.
+  images [B, 28, 28] -> logits [B, num_classes]; attributes (remat aside)
+  and parameter names as models.recurrent.Recurrent.
   """
   cell: str = "lstm"
   hidden: int = 128
   num_layers: int = 1
   bidirectional: bool = False
   dropout: float = 0.0
+  sequence: str = "rows"
+  permute_seed: int = 0
   num_classes: int = 10
-  remat: bool = False  # Not supported: the stock module recomputes steps.
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
-    if self.remat:
-      raise ValueError("the fused recurrence has no remat; use the stock "
-                       "models.recurrent.Recurrent")
+  def __call__(self, images, train: bool = False):
+    x = recurrent.as_sequence(images, self.sequence, self.permute_seed)
     x = jnp.swapaxes(x, 0, 1)  # Time-major [T, B, F] inside the stack.
     for layer in range(self.num_layers):
       if layer > 0:

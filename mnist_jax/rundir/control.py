@@ -1,33 +1,17 @@
-"""When the loop stops: a target reached, a non-finite step, a stop request.
+"""When a run stops besides finishing: a signal, or a run that did not learn.
 
---target_accuracy (`Target`): the run stops once a model is good enough, and
-says how long it took. The target is checked after each epoch on the
-validation split, or on the test split when there is none (--val_fraction=0);
-that test evaluation is then also the run's final one.
-
-Divergence: a run whose loss or parameters became non-finite stops at the
-first such step. The train chunk finds it on the device (train.make_train_chunk
-returns `bad`, the first non-finite step of each member, -1 if none); the loop
-reads it once per chunk, writes a metrics row that says where
-(`diverged_row`), keeps the last good checkpoint and raises `Diverged` with
-`diverged_message`. In a run of several members (a sweep's high learning
-rate, say) a member that diverges stops alone, its parameters left
-non-finite, and the others go on; the run stops once every member has.
+Stopping cleanly (`StopRequest`): SIGTERM or Ctrl-C ask for a checkpoint, then
+an exit. The run folder's hooks check `StopRequest.signum` between jitted
+chunks (the safe points) and at each epoch's end, save a checkpoint there and
+raise `Preempted`; launch.py prints how to resume and exits with 128 + the
+signal number. A second Ctrl-C exits at once, even while the main thread is
+blocked inside a long XLA call: a watcher thread reads the signal numbers the
+C-level handler writes to a wake-up pipe (`signal.set_wakeup_fd`).
 
 A run that stays finite may still not learn (a learning rate far too high
 makes Adam's loss climb to 1e15 without overflowing): `learning_verdict`
-tells, from the final row; the run ends as usual, and launch.py then warns
-and exits with NOT_LEARNED_EXIT_CODE.
-
-Stopping cleanly (`StopRequest`): SIGTERM or Ctrl-C ask for a checkpoint, then
-an exit. Training checks `StopRequest.signum` between jitted chunks (the safe
-points), saves a checkpoint there and raises `Preempted`; launch.py prints how
-to resume and exits with 128 + the signal number (143 for SIGTERM, 130 for
-SIGINT), the status a shell reports for a process stopped by that signal.
-A second Ctrl-C exits at once, even while the main thread is blocked inside a
-long XLA call: Python runs signal handlers only in the main thread between
-bytecodes, so a watcher thread reads the signal numbers the C-level handler
-writes to a wake-up pipe (`signal.set_wakeup_fd`) and acts immediately.
+tells, from the final row; launch.py then warns and exits with
+NOT_LEARNED_EXIT_CODE.
 """
 
 import math
@@ -35,50 +19,14 @@ import os
 import signal
 import sys
 import threading
-from typing import Callable, List, Optional
+from typing import Callable, Optional
 
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
 
-# --target_accuracy.
-
-class Target:
-  """Which split a target accuracy is checked on, and whether it was reached."""
-
-  def __init__(self, accuracy: float, has_val: bool):
-    self.accuracy = accuracy
-    self.split = "val" if has_val else "test"
-
-  @property
-  def active(self) -> bool:
-    return self.accuracy > 0
-
-  @property
-  def needs_test(self) -> bool:
-    """Whether each epoch must evaluate the test split for the check."""
-    return self.active and self.split == "test"
-
-  def value(self, row: dict, test: Optional[dict]) -> Optional[float]:
-    """The accuracy the target is compared with after an epoch, or None.
-
-    row: the epoch's metrics row; test: this epoch's test metrics (when
-    `needs_test`).
-    """
-    if not self.active:
-      return None
-    return row["val_accuracy"] if self.split == "val" else test["accuracy"]
-
-  def reached(self, value: Optional[float]) -> bool:
-    return value is not None and value >= self.accuracy
-
-  def message(self, value: float, epoch: int, seconds: float) -> str:
-    return (f"reached {self.split} accuracy {100 * value:.2f}% >= "
-            f"{100 * self.accuracy:.2f}% after epoch {epoch} in {seconds:.1f}s")
-
-
-# Divergence, and a run that did not learn.
+# A run that did not learn.
 
 NOT_LEARNED = "did_not_learn"  # The final row's key for learning_verdict's.
 NOT_LEARNED_EXIT_CODE = 4
@@ -88,48 +36,6 @@ LOSS_GROWTH = 100
 # Standard errors of the test accuracy of a constant answer, on a test set
 # this size, by which a run must beat always answering the commonest class.
 CHANCE_MARGIN_SE = 2
-
-
-def all_diverged(bad) -> Optional[int]:
-  """The step at which the last member diverged, once every member has: bad
-  int [] or [M]; None while one goes on."""
-  bad = np.asarray(bad).reshape(-1)
-  return int(bad.max()) if (bad >= 0).all() else None
-
-
-def diverged_after(bad, step: int) -> List[int]:
-  """The members whose first non-finite step came after global step `step`
-  (those that diverged in the chunk that started there)."""
-  return [i for i, b in enumerate(np.asarray(bad).reshape(-1)) if b > step]
-
-
-def member_diverged_message(label: str, step: int, epoch: int,
-                            steps_per_epoch: int) -> str:
-  """The line a run of several members prints when one of them diverges."""
-  return (f"member {label} diverged at step {step} (epoch {epoch}, step "
-          f"{step - (epoch - 1) * steps_per_epoch} of {steps_per_epoch}); it "
-          "stops, the others go on")
-
-
-def diverged_message(step: int, epoch: int, steps_per_epoch: int,
-                     kept: str) -> str:
-  """What a diverged run says, in one line.
-
-  Args:
-    step: the global step that was not finite.
-    epoch: the epoch it belongs to (1-based).
-    steps_per_epoch: the run's steps per epoch.
-    kept: which checkpoint is kept (checkpoints.Saver.kept).
-  """
-  return (f"training diverged: the loss or the parameters became non-finite at "
-          f"step {step} (epoch {epoch}, step "
-          f"{step - (epoch - 1) * steps_per_epoch} of {steps_per_epoch}); "
-          f"{kept}; lower --learning_rate or set --grad_clip and train again")
-
-
-def diverged_row(step: int, epoch: int, text: str) -> dict:
-  """The metrics.jsonl row of a divergence."""
-  return {"epoch": epoch, "step": step, "diverged": True, "message": text}
 
 
 def learning_verdict(final: dict, last_row: Optional[dict],

@@ -18,7 +18,7 @@ from mnist_jax.config import value_text
 from mnist_jax.data import datasets
 from mnist_jax.training import devices
 from mnist_jax.training import members as members_lib
-from mnist_jax.training import resources
+from mnist_jax.rundir import resources
 
 def sources(config: config_lib.Config, flags_given: Dict[str, object]
             ) -> Dict[str, str]:
@@ -67,44 +67,22 @@ def validation_line(config: config_lib.Config, num_members: int) -> str:
 
 
 def model_line(config: config_lib.Config) -> str:
-  impl = models.implementation(config)
-  layers = ("fast kernels" if impl["resolved"] == "fast"
-            else "stock Flax layers")
   return (f"{config.model} ({config.preset} preset): "
-          f"{models.registry.describe(config)}; {resources.parameter_count(config):,} "
-          f"parameters; {layers} (--impl={config.impl})")
-
-
-def _multi_process(config: config_lib.Config) -> bool:
-  """Whether the run would start jax.distributed (not done in a dry run)."""
-  return bool(config.coordinator_address or config.num_processes > 1 or
-              int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1)
+          f"{models.registry.describe(config)}; "
+          f"{resources.parameter_count(config):,} parameters; --impl="
+          f"{config.impl} (a fast kernel only after it is checked against the "
+          "stock module as the run starts)")
 
 
 def devices_line(config: config_lib.Config, members) -> str:
   """How the run would spread over this machine's devices."""
-  if _multi_process(config):
+  if (config.coordinator_address or config.num_processes > 1 or
+      int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1):
     return ("several processes: their devices are known once they connect, "
             "when the run starts")
-  engine = devices.Engine(config, members)
-  backend = jax.default_backend().upper()
-  count = engine.par.num_devices
-  if len(members) > 1:
-    spread = engine.environment().get("member_devices", 1)
-    where = (f"split over {spread} {backend} devices" if spread > 1
-             else f"on one {backend} device")
-    return f"{len(members)} members in one program, {where}"
-  layouts = devices.auto_layouts(config, len(members))
-  if len(layouts) > 1:
-    return (f"one {backend} device, or data parallel (pmap or sharded) over "
-            f"{layouts[-1][1]}: --parallel=auto times which runs the model's "
-            "step fastest as the run starts (once per setting, then cached)")
-  if count == 1:
-    mode = engine.par.mode
-    return f"one {backend} device" + (f" (--parallel={mode})" if mode != "none"
-                                       else "")
-  return (f"data parallel ({engine.par.mode}) over {count} {backend} "
-          f"devices, {config.batch_size // count} examples each per step")
+  lines = []
+  layout = devices.Layout(config, len(members), lines.append)
+  return lines[0] if lines else f"one {jax.default_backend().upper()} device"
 
 
 def settings_lines(config: config_lib.Config, flags_given: Dict[str, object],

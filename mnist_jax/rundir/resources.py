@@ -20,31 +20,35 @@ import jax.numpy as jnp
 from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.data import datasets
-from mnist_jax.data import views
 from mnist_jax.errors import OutOfResources, UserError
 from mnist_jax.rundir import files
+from mnist_jax.training import optim
 
-# Float32 copies of the parameters a training step holds at once: the
-# parameters, their gradients and the optimizer's slots (Adam's two moments).
-STATE_COPIES = {"adam": 4, "adamw": 4, "rmsprop": 3, "sgd": 3}
 FLOAT_BYTES = 4
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
-def parameter_count(config: config_lib.Config) -> int:
-  """Parameters of one member of `config`'s model, from shapes alone (no
-  allocation, no compile; kernels share the stock module's parameters)."""
+def _shapes(config: config_lib.Config):
+  """The parameters and optimizer state of one member, from shapes alone."""
   module = models.get(config.model).stock(config)
-  view = models.input_view(config)
+  image = datasets.get(config.dataset).image_shape
 
   def init(key):
-    x = views.to_view(jnp.zeros((1, *datasets.get(config.dataset).image_shape),
-                                jnp.uint8), view)
-    return module.init(key, x, train=False)["params"]
+    params = module.init(key, jnp.zeros((1, *image), jnp.uint8))["params"]
+    return params, optim.make_optimizer(config, 1).init(params)
 
-  shapes = jax.eval_shape(init, jax.ShapeDtypeStruct((2,), jnp.uint32))
-  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))
+  return jax.eval_shape(init, jax.random.key(0))
+
+
+def _size(tree) -> int:
+  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree)
+             if jnp.issubdtype(leaf.dtype, jnp.floating))
+
+
+def parameter_count(config: config_lib.Config) -> int:
+  """Parameters of one member of `config`'s model (kernels share them)."""
+  return _size(_shapes(config)[0])
 
 
 def size_flags(config: config_lib.Config) -> List[str]:
@@ -135,8 +139,9 @@ def check_memory(config: config_lib.Config, num_members: int,
     OutOfResources: the state alone needs more than the memory free.
   """
   num_devices = num_devices or jax.local_device_count()
-  params = parameter_count(config)
-  copies = STATE_COPIES.get(config.optimizer, 4)
+  shapes = _shapes(config)
+  params = _size(shapes[0])
+  copies = 2 + round(_size(shapes[1]) / max(params, 1))  # Params, gradients.
   one = params * copies * FLOAT_BYTES
   available = _device_memory() if jax.default_backend() != "cpu" else None
   if available is not None:

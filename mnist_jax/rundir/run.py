@@ -1,0 +1,333 @@
+"""A training run in its run folder: the loop (training/train.py) with the
+folder as its hooks.
+
+`train_and_evaluate(config, workdir)` checks the settings, the folder and
+the data before anything is written, then runs the loop with a `RunFolder`:
+it restores the latest checkpoint (the same command resumes a run, ending
+bit for bit where an uninterrupted one would), writes config.json,
+metrics.jsonl and TensorBoard events, saves checkpoints, stops on SIGTERM or
+Ctrl-C after saving, and at the end writes the report of the chosen member
+and records the run finished. Process 0 writes; the other processes of a
+multi-host run keep the same bookkeeping.
+"""
+
+import contextlib
+import functools
+import os
+import time
+from typing import Any, Dict, Optional
+
+import jax
+import numpy as np
+
+from mnist_jax import models
+from mnist_jax.data import pipeline
+from mnist_jax.errors import Diverged
+from mnist_jax.models import recurrent
+from mnist_jax.results import report
+from mnist_jax.results import run as run_lib
+from mnist_jax.rundir import checkpoints
+from mnist_jax.rundir import control
+from mnist_jax.rundir import folder
+from mnist_jax.rundir import log as log_lib
+from mnist_jax.rundir import resources
+from mnist_jax.training import devices
+from mnist_jax.training import members as members_lib
+from mnist_jax.training import train
+
+
+class RunFolder(train.Hooks):
+  """The loop's hooks that read and write `workdir` (see the module doc)."""
+
+  def __init__(self, workdir, config, log, stop, *, existing, overwrite,
+               data_time):
+    self.workdir, self.config, self.log, self.stop = workdir, config, log, stop
+    self.existing, self.overwrite, self.data_time = existing, overwrite, data_time
+    self.write = devices.is_main()
+    self.checkpointer = (checkpoints.Checkpointer(
+        workdir, keep=config.keep_checkpoints) if self.write else None)
+    self.meta, self.logged, self.saved = None, None, None
+    self.started = time.perf_counter()
+
+  def seconds(self) -> float:
+    """The run's training seconds: its earlier processes' (to the checkpoint
+    resumed) and this one's, less loading the data."""
+    return (self.meta or {}).get("time_s", 0.0) + (
+        time.perf_counter() - self.started)
+
+  def start(self, state, steps_per_epoch, record):
+    """Restores the latest checkpoint, if any, then writes config.json."""
+    self.steps, self.shapes = steps_per_epoch, checkpoints.param_shapes(
+        jax.tree.map(lambda p: p[0], state.params) if
+        self.config.num_seeds > 1 or self.config.sweep else state.params)
+    start = train.Start()
+    if self.existing and not self.overwrite and self.write:
+      state, start = self._restore(state)
+    state, start = devices.from_main((state, start))
+    if self.write:
+      folder.begin(self.workdir, self.config,
+                   {**folder.environment(), **record},
+                   existing=self.existing, overwrite=self.overwrite,
+                   meta=self.meta)
+      if getattr(self.config, "sequence", "") == "permuted":
+        folder.save_array(self.workdir, folder.PERMUTATION_FILE,
+                          recurrent.permutation(self.config.permute_seed))
+    members = [{"seed": m.seed, **m.values}
+               for m in members_lib.from_config(self.config)]
+    self.log.open(self.workdir if self.write else None,
+                  self.meta["epoch"] if self.meta else 0, config=self.config,
+                  members=members, steps_per_epoch=steps_per_epoch,
+                  keep_final=self.logged is not None)
+    self.saved = int(self.meta["step"]) if self.meta else None
+    return state, start
+
+  def _restore(self, state):
+    template = checkpoints.tree(state)
+    directory = folder.checkpoint_dir(self.workdir)
+    steps = folder.complete_steps(directory)
+    if not steps:
+      if folder.final_metrics(self.workdir) is not None:
+        raise checkpoints.CheckpointError(
+            f"{self.workdir} trained to the end, but its report cannot be "
+            f"written: its checkpoints are missing from {directory}; put them "
+            "back (the same command then writes the report), or pass another "
+            f"--workdir; --overwrite trains it again, deleting "
+            f"{folder.contents(self.workdir)}")
+      self.message(folder.resume_line(self.workdir, None, None,
+                                      self.steps, True))
+      return state, train.Start()
+    reader = checkpoints.Checkpointer(self.workdir, read_only=True)
+    try:
+      parts, self.meta = reader.restore(template, model=self.config.model)
+    finally:
+      reader.close()
+    if parts["opt_state"] is None:
+      raise checkpoints.CheckpointError(
+          f"{self.workdir} was trained by an older mnist_jax whose optimizer "
+          "state this one cannot continue; --mode=report and --mode=predict "
+          "use it as it is; to train on, pass --overwrite or another "
+          "--workdir")
+    checkpoints.check_fits(self.meta, int(np.max(parts["step"])), self.steps,
+                           self.config.epochs, directory)
+    if self.meta.get("done"):
+      self.logged = folder.final_metrics(self.workdir)
+    self.message(folder.resume_line(self.workdir, self.meta, self.logged,
+                                    self.steps, True))
+    if self.meta.get("format", 2) < checkpoints.FORMAT:
+      self.message("its checkpoint is of an older mnist_jax: its later steps "
+                   "draw this version's random streams")
+    sums = self.meta.get("sums")
+    return state.replace(**parts), train.Start(
+        self.meta["epoch"] + 1, self.meta.get("epoch_step", 0),
+        {k: np.asarray(v, np.float32) for k, v in sums.items()} if sums
+        else None, bool(self.meta.get("done")))
+
+  def message(self, text: str) -> None:
+    self.log.message(text)
+
+  def save(self, state, *, epoch, epoch_step=0, sums=None, done=False):
+    step = int(np.max(jax.device_get(state.step)))
+    if self.write and step != self.saved:
+      self.checkpointer.save(step, checkpoints.tree(state), checkpoints.record(
+          self.config, epoch=epoch, step=step, shapes=self.shapes,
+          epoch_step=epoch_step, sums=sums, done=done, time_s=self.seconds()))
+    self.saved = step
+
+  def _stop_if_asked(self, state, epoch, done, sums):
+    signum = control.agreed(self.stop.signum)
+    if signum is None:
+      return
+    if done == self.steps:  # Stopped at an epoch's end: saved there.
+      epoch, done = epoch + 1, 0
+    if done or self.saved is None or self.saved != int(np.max(
+        jax.device_get(state.step))):
+      self.save(state, epoch=epoch - 1, epoch_step=done,
+                sums=sums if done else None)
+    self.close()
+    step = int(np.max(jax.device_get(state.step)))
+    raise control.Preempted(signum, control.stopped_message(
+        signum, step, epoch, done, self.steps,
+        self.checkpointer.directory if self.write and self.saved else None),
+                            self.workdir)
+
+  def chunk(self, state, epoch, done, sums):
+    if getattr(self, "_epoch", None) != epoch:
+      self._epoch, self._epoch_start = epoch, time.perf_counter()
+    elif done:
+      self.log.chunk(epoch, done, self.steps,
+                     time.perf_counter() - self._epoch_start)
+    self._stop_if_asked(state, epoch, done, sums)
+
+  def epoch(self, state, row, last):
+    row = dict(row, elapsed_s=self.seconds())
+    self.log.epoch(row)
+    if last or row["epoch"] % self.config.checkpoint_every == 0:
+      self.save(state, epoch=row["epoch"], done=last)
+    self._stop_if_asked(state, row["epoch"], self.steps, None)
+
+  def diverged(self, row):
+    kept = self.kept()
+    message = (f"{row['message']}; {kept}; lower --learning_rate or set "
+               "--grad_clip and train again")
+    self.log.diverged({**row, "message": message})
+    raise Diverged(message)
+
+  def kept(self) -> str:
+    """Which checkpoint a stopped run goes back to, in words."""
+    self.close()
+    step = max(folder.complete_steps(folder.checkpoint_dir(self.workdir)),
+               default=None)
+    if step is None:
+      return "no checkpoint had been saved yet"
+    return (f"the last good checkpoint, "
+            f"{folder.checkpoint_dir(self.workdir)}/{step}, is kept")
+
+  def close(self) -> None:
+    if self.checkpointer is not None:
+      self.checkpointer.close()
+
+
+def train_and_evaluate(config, workdir: str, stream=None,
+                       overwrite: bool = False) -> Dict[str, Any]:
+  """Trains `config` in run folder `workdir` (resuming it), writes its report.
+
+  Returns the final metrics row. Raises UserError before anything is written
+  for bad settings, data, folder or checkpoint; Diverged (the last good
+  checkpoint kept); control.Preempted after saving a checkpoint.
+  """
+  members = members_lib.from_config(config)
+  resources.check_memory(config, len(members))
+  folder.check_writable(workdir)
+  if devices.is_main():
+    folder.claim(workdir)
+  existing = folder.check_run_folder(workdir, config, overwrite=overwrite)
+  prefix = (f"[process {jax.process_index()}/{jax.process_count()}] "
+            if jax.process_count() > 1 else "")
+  log = log_lib.RunLog(log_lib.Progress(config.epochs, stream=stream,
+                                        prefix=prefix))
+  if existing and not overwrite:
+    if folder.finished(workdir):
+      return _already_finished(workdir, log)
+    log_lib.check(workdir, config, [{"seed": m.seed, **m.values}
+                                    for m in members])
+  data_start = time.perf_counter()
+  data = devices.main_first(functools.partial(pipeline.load, config))
+  data_time = time.perf_counter() - data_start
+  resources.check_steps(config, train.steps_per_epoch(config, len(data.train)))
+  with contextlib.ExitStack() as stack:
+    stack.callback(log.close)
+    hooks = RunFolder(workdir, config, log, None, existing=existing,
+                      overwrite=overwrite, data_time=data_time)
+    stack.callback(hooks.close)
+    hooks.stop = stack.enter_context(control.StopRequest(kept=lambda: (
+        folder.on_disk(folder.checkpoint_dir(workdir)))))
+    state, final = train.train_and_evaluate(config, data, hooks)
+    hooks.close()
+    return _finish(config, workdir, data, state, final, hooks, log, members)
+
+
+def _finish(config, workdir, data, state, final, hooks, log, members):
+  """The final row, the report of the chosen member and the ensemble of its
+  grid point's seeds, then the record that the run is finished."""
+  chosen = (final.get("chosen") or {}).get("index", 0)
+  if hooks.logged is not None:  # A run being completed keeps its row.
+    final, chosen = hooks.logged, (hooks.logged.get("chosen") or {}).get(
+        "index", 0)
+  run = run_lib.Run.from_state(config, jax.device_get(state), chosen,
+                               epoch=final.get("epochs_run", 0))
+  if hooks.logged is None:
+    rows = folder.MetricsLog(workdir).read() if hooks.write else []
+    last = next((r for r in reversed(rows) if "train_loss" in r), None)
+    final = dict(final, wall_time_s=hooks.seconds() + hooks.data_time,
+                 data_time_s=hooks.data_time)
+    if "time_to_target_s" in final:
+      final["time_to_target_s"] = last["elapsed_s"] if last else None
+    if devices.is_main():
+      ensemble = report.ensemble_metrics(run, data.test)
+      final.update({f"ensemble_test_{k}": v for k, v in (ensemble or {}).items()
+                    if k != "members"})
+    final.update(control.learning_verdict(final, last, data.test.labels))
+  log.final(final, logged=hooks.logged is not None)
+  if devices.is_main():
+    report.write(workdir, run, data.test, data.class_names)
+    log.figures()
+    log.close()
+    folder.finish(workdir, final)
+  log.message(_summary(final, members, config, workdir))
+  return final
+
+
+def _already_finished(workdir: str, log) -> Optional[Dict[str, Any]]:
+  final = folder.final_metrics(workdir)
+  result = (f": test accuracy {100 * final['test_accuracy']:.2f}%"
+            if final else "")
+  log.message(f"{workdir} already finished{result}; its report is "
+              f"{workdir}/report.md (--mode=report rewrites it); to train "
+              "these settings again, pass another --workdir")
+  return final
+
+
+def _summary(final: dict, members, config, workdir: str) -> str:
+  """The line a run ends with: the chosen member's test accuracy, its grid
+  point's seeds and their ensemble, and where the results are."""
+  text = (f"test accuracy {100 * final['test_accuracy']:.2f}% (loss "
+          f"{final['test_loss']:.4f}, {final['test_examples']} examples)")
+  chosen = final.get("chosen")
+  if chosen:
+    how = ("chosen by validation accuracy" if config.val_fraction > 0
+           else "chosen as the first (no validation split to choose by)")
+    text = (f"{how}: {members_lib.values_text(chosen['values'], chosen['seed'])}"
+            f"; {text}")
+  if "test_accuracy_mean" in final:
+    seeds = len(members) // len(members_lib.points(members))
+    text += (f"; its {seeds} seeds {100 * final['test_accuracy_mean']:.2f} +- "
+             f"{100 * final['test_accuracy_std']:.2f}%")
+  if "ensemble_test_accuracy" in final:
+    text += f", their ensemble {100 * final['ensemble_test_accuracy']:.2f}%"
+  return (f"{text}; wall time {final['wall_time_s']:.1f}s; results in "
+          f"{workdir}")
+
+
+def _training_ended(workdir: str) -> bool:
+  """Whether the latest checkpoint is the one a run saves at its end."""
+  if not folder.complete_steps(
+      os.path.join(workdir, checkpoints.CHECKPOINT_DIR)):
+    return False
+  reader = checkpoints.Checkpointer(workdir, read_only=True)
+  try:
+    return bool(reader.read_meta()[1].get("done"))
+  finally:
+    reader.close()
+
+
+def rewrite_report(workdir: str, **overrides) -> Dict[str, Any]:
+  """The `--mode=report` command: evaluates a run, rewrites its report.
+
+  A run trained to the end but not finished (killed while finishing) is
+  completed as its training command would (train.train_and_evaluate, which
+  trains nothing). Any other run's report is of its latest checkpoint, and
+  says what that is where it is not the finished run (`checkpoint_note`).
+
+  overrides: data_dir / mnist_dir, when the data is elsewhere than at
+  training; impl, to evaluate with other layer implementations.
+  """
+  path = os.path.join(workdir, report.FILES[0])
+  how = ("rewritten" if folder.finished(workdir) and all(
+      os.path.exists(os.path.join(workdir, f)) for f in report.FILES)
+         else "incomplete: rebuilt" if os.path.exists(path)
+         else "missing: rebuilt")
+  config = folder.read_config(workdir)
+  if not folder.finished(workdir) and _training_ended(workdir):
+    final = train_and_evaluate(config.replace(**overrides), workdir)
+    print(f"{path} was {how}; the run is finished")
+    return final
+  run = run_lib.load_run(workdir, **overrides)
+  note = run_lib.checkpoint_note(workdir, run)
+  dataset = pipeline.load(run.config)
+  result = report.write(workdir, run, dataset.test, dataset.class_names,
+                        note=note)
+  print(f"test accuracy {100 * result['accuracy']:.2f}% (loss "
+        f"{result['loss']:.4f}, {len(dataset.test)} examples, checkpoint of "
+        f"epoch {run.epoch}); {path} was {how}"
+        f"{f'; note: {note}' if note else ''}")
+  return result
