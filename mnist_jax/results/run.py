@@ -210,7 +210,7 @@ def load_run(workdir: str, **overrides) -> Run:
       os.path.isdir(workdir)):
     raise checkpoints_lib.CheckpointError(
         f"{workdir} has no checkpoint yet (its training stopped before the "
-        f"first was saved); train it first: {folder_lib.run_command(workdir)}")
+        f"first was saved); train it first: {folder_lib.train_command(workdir)}")
   reader = checkpoints_lib.Checkpointer(workdir, read_only=True)
   try:
     parts, meta = reader.restore(checkpoints_lib.tree(template),
@@ -245,7 +245,7 @@ def checkpoint_note(workdir: str, run: Run) -> Optional[str]:
     return (f"{workdir} is unfinished (epoch {run.epoch} of "
             f"{run.config.epochs}): these results are of its latest "
             "checkpoint; to train it on, run: "
-            f"{folder_lib.run_command(workdir)}")
+            f"{folder_lib.train_command(workdir)}")
   return None
 
 

@@ -265,12 +265,32 @@ def check_model(workdir: str, recorded: config_lib.Config) -> None:
         f"back to {saved!r}; or pass another --workdir")
 
 
+def lower_rate(config: config_lib.Config) -> float:
+  """A learning rate to try after `config`'s diverged: its preset's when
+  this one is higher, else a tenth of it."""
+  known = models.registry.preset_overrides(config.model, config.preset).get(
+      "learning_rate", config_lib.default("learning_rate"))
+  return known if config.learning_rate > known else config.learning_rate / 10
+
+
+def train_command(workdir: str) -> str:
+  """The command that trains run folder `workdir` on; for a run that
+  diverged (its own command would again), one with a lower rate that
+  starts it over."""
+  if status(workdir)[0] != "diverged":
+    return run_command(workdir)
+  rate = lower_rate(read_config(workdir))
+  return run_command(workdir, f"--learning_rate={rate:g}", "--overwrite")
+
+
 def run_command(workdir: str, *extra: str) -> str:
   """The command that trains run folder `workdir` with its own settings:
   config.json's `repeat` with --workdir (and `extra`), with launch.py as this
   process was started with it (so it works from the same folder)."""
   try:  # From the settings, as this version spells them.
     argv = shlex.split(repeat_command(read_config(workdir)))
+    argv = [a for a in argv if a.split("=")[0] not in
+            {e.split("=")[0] for e in extra}]
   except UserError:
     argv = ["python", "launch.py"]
   if argv[1:2] == ["launch.py"] and sys.argv[0].endswith("launch.py"):

@@ -1,0 +1,288 @@
+"""What launch.py prints and runs, apart from its flags: help, the commands
+its messages print, and the training command's run folder.
+
+Every message that says how to go on prints a command that does it: the
+command line as typed, edited (`without`, `resume_command`, `retry_advice`).
+"""
+
+import dataclasses
+import os
+import shlex
+import shutil
+import signal
+from typing import Callable, Dict, List, Optional, Sequence
+
+from mnist_jax import config as config_lib
+from mnist_jax import models
+from mnist_jax.config import value_text
+from mnist_jax.errors import Diverged, UserError
+from mnist_jax.rundir import folder as folder_lib
+from mnist_jax.rundir import resources
+from mnist_jax.training import devices
+from mnist_jax.training import members as members_lib
+
+HELP_ARGS = ("-h", "-help", "--help", "-?", "--helpshort", "-helpshort",
+             "--helpfull", "-helpfull", "--helpxml", "-helpxml")
+
+
+def flag_help(name: str) -> str:
+  """A run setting's help, without its default: its declaration's, plus
+  what the registry and the sweep know."""
+  if name not in config_lib.FIELDS:
+    owners = "/".join(config_lib.models_with(name))
+    return f"{config_lib.setting(name).help}; {owners} only"
+  text = config_lib.FIELDS[name].metadata["help"]
+  if name == "model":
+    *names, last = models.MODELS
+    text += f": {', '.join(names)} or {last}"
+  elif name == "preset":
+    text += (f": {models.registry.presets_text()}; holding out no validation "
+             "data (so no validation curve, and --sweep refused): "
+             f"{models.registry.without_validation()}")
+  elif name == "sweep":
+    text += f"; NAME: {', '.join(members_lib.SWEEPABLE)}"
+  return text
+
+
+def default_text(name: str) -> str:
+  """A run setting's default as --help and docs/flags.md state it."""
+  if name in config_lib.FIELDS:
+    preset = config_lib.FIELDS[name].metadata["preset"]
+  else:
+    preset = name in models.registry.set_by_presets()
+  values = {value_text(config_lib.default(name, m))
+            for m in config_lib.models_with(name)} or {
+                value_text(config_lib.default(name))}
+  value = values.pop() if len(values) == 1 else "the model's"
+  return f"the preset's, else {value}" if preset else value
+
+
+def help_text(usage: str, lines: Dict[str, str], groups: Dict[str, str],
+              boolean: Sequence[str]) -> str:
+  """--help: the usage, then each flag's line (`lines`) under its group."""
+  import textwrap  # pylint: disable=g-import-not-at-top
+  out = [usage.strip(), ""]
+  for group in config_lib.GROUPS:
+    out.append(f"{group}:")
+    for name in (n for n in lines if groups[n] == group):
+      spelled = f"--[no]{name}" if name in boolean else f"--{name}"
+      out.append(textwrap.fill(f"{spelled}: {lines[name]}", width=80,
+                               initial_indent="  ", subsequent_indent="      "))
+    out.append("")
+  out.append(textwrap.fill(
+      "Exit status: 0 done (or already finished), 1 bad input, 2 a flag that "
+      "does not parse, 3 diverged, 4 finished but did not learn, 5 out of "
+      "memory or disk space, 130 or 143 stopped by Ctrl-C or SIGTERM. "
+      "--helpfull also lists the libraries' flags.", width=80))
+  return "\n".join(out)
+
+
+def overrides(given: Dict[str, object], model: str) -> dict:
+  """The settings given on the command line, parsed; --sweep canonical."""
+  values = {}
+  for name, value in given.items():
+    if value is None or name in ("model", "preset"):
+      continue
+    if name == "sweep":
+      value = members_lib.canonical(value, model)
+    elif config_lib.field_type(name) is tuple:
+      try:
+        value = tuple(int(v) for v in value)
+      except ValueError:
+        raise UserError(f"--{name} takes comma-separated integers, got "
+                        f"{','.join(value)}") from None
+    values[name] = value
+  for name in members_lib.parse(values.get("sweep", "")):
+    if name in values:
+      raise UserError(f"--{name} and --sweep={name}=... both set {name}; pass "
+                      "its values in --sweep only")
+  return values
+
+
+@dataclasses.dataclass
+class Command:
+  """This command line and its training run, for the messages that say how
+  to go on. `is_flag(name)`, `takes_value(name)`: absl's view of a flag."""
+  argv: List[str]
+  is_flag: Callable[[str], bool]
+  takes_value: Callable[[str], bool]
+  config: Optional[config_lib.Config] = None
+  work: Optional[str] = None  # The run folder it trains in.
+  claimed: bool = False  # This process holds `work`.
+  fresh: bool = False  # The run in `work` starts with this command.
+  existed: bool = False  # `work` existed before (an empty folder, say).
+  signum: int = signal.SIGINT
+
+  def _name(self, arg: str) -> Optional[str]:
+    if not arg.startswith("-") or arg == "--":
+      return None
+    name = arg.lstrip("-").split("=", 1)[0]
+    if not self.is_flag(name) and name.startswith("no") and self.is_flag(
+        name[2:]):
+      return name[2:]
+    return name
+
+  def without(self, names: Sequence[str]) -> List[str]:
+    """The arguments without those setting a flag in `names`, in any
+    spelling (`--name=v`, `--name v`, `--name`, `--noname`)."""
+    out, skip = [], False
+    args = self.argv[1:]
+    for i, arg in enumerate(args):
+      if skip:
+        skip = False
+        continue
+      if arg == "--":
+        return out + list(args[i:])
+      name = self._name(arg)
+      if name in names:
+        skip = "=" not in arg and self.is_flag(name) and self.takes_value(name)
+        continue
+      out.append(arg)
+    return out
+
+  def typed(self, name: str) -> bool:
+    args = self.argv[1:]
+    args = args[:args.index("--")] if "--" in args else args
+    return any(self._name(a) == name for a in args)
+
+  def line(self, args: Sequence[str]) -> str:
+    return shlex.join(["python", self.argv[0], *args])
+
+  def resume_command(self, work: Optional[str] = None) -> str:
+    """This command as typed, without --overwrite, that resumes `work`:
+    --workdir is added where the same command without it would pick
+    another folder."""
+    work = work or self.work
+    args = self.without(("overwrite", "dry_run"))
+    if not self.typed("workdir"):
+      try:
+        choice = folder_lib.choose(self.config, overwrite=False)
+        same = choice.resume and os.path.abspath(choice.path) == (
+            os.path.abspath(work))
+      except UserError:
+        same = False
+      if not same:
+        args.append(f"--workdir={work}")
+    return self.line(args)
+
+  def retry_advice(self) -> str:
+    """After a divergence: a command that trains these settings with a rate
+    that did not diverge (the preset's, when this one is higher; else a
+    tenth), or with clipping; and what it does with the run folder."""
+    config = self.config
+    swept = members_lib.parse(config.sweep) if config else {}
+    if config is None or ("learning_rate" in swept and "grad_clip" in swept):
+      return ""
+    if "learning_rate" in swept:
+      name, value = "grad_clip", "1"
+    else:
+      name, value = "learning_rate", f"{folder_lib.lower_rate(config):g}"
+    args = [*self.without(("overwrite", "dry_run", name)), f"--{name}={value}"]
+    if self.typed("workdir"):
+      args.append("--overwrite")
+      where = f"--overwrite starts {config.workdir} over"
+    else:
+      where = "a new run folder"
+    return f"; for example ({where}): {self.line(args)}"
+
+  def interrupted(self) -> str:
+    """What a Ctrl-C outside the training loop says."""
+    name = ("Ctrl-C" if self.signum == signal.SIGINT else
+            signal.Signals(self.signum).name)
+    if self.work and os.path.exists(os.path.join(self.work,
+                                                 folder_lib.CONFIG_FILE)):
+      return (f"interrupted ({name}); {self.work} keeps its last complete "
+              f"checkpoint, if any. To resume, run: {self.resume_command()}")
+    where = f"before {self.work} was written" if self.work else (
+        "before training started")
+    return (f"interrupted ({name}) {where}; to start again, run: "
+            f"{self.line(self.argv[1:])}")
+
+  def discard_unstarted(self) -> bool:
+    """Removes the run folder this command began when it failed before its
+    first checkpoint, so nothing half-written passes for a run."""
+    work = self.work
+    if not (work and self.fresh and self.claimed and os.path.isdir(work)):
+      return False
+    if folder_lib.complete_steps(folder_lib.checkpoint_dir(work)):
+      return False
+    shutil.rmtree(work, ignore_errors=True)
+    if self.existed:
+      os.makedirs(work, exist_ok=True)
+    return True
+
+  def failure(self, found: resources.Failure, mode: str, workdir: str) -> str:
+    """A failure of the machine's in one line, with what to do in `mode`."""
+    kept = bool(mode == "train" and self.work and os.path.isdir(self.work)
+                and not self.discard_unstarted())
+    again = (f"then resume with: {self.resume_command()}" if kept else
+             "then run the same command again")
+    if found.kind == "memory":
+      if mode != "train":
+        return (f"{found.text}; close what else uses that memory, or run it "
+                "on a machine with more")
+      return (f"{found.text}; {resources.lower_advice(self.config)} (a new "
+              "run), or run it on a machine with more memory")
+    if found.kind in ("disk", "io"):
+      what = "free some space there" if found.kind == "disk" else "check that disk"
+      return f"{found.text}; {what}, {again}"
+    if mode == "report":
+      return (f"{found.text}; --mode=report writes report.md and its figures "
+              "into the run folder: make it writable, or copy the folder and "
+              "pass the copy as --workdir")
+    if mode == "predict":
+      return (f"{found.text}; leave out --plot, or make "
+              f"{os.path.join(workdir, 'predict')} writable")
+    return f"{found.text}; make it writable, {again}"
+
+
+def run_folder(config: config_lib.Config, overwrite: bool):
+  """(the folder a training command trains in, a line saying which and why
+  or None), claimed by this process (process 0 of several)."""
+  devices.initialize(config)
+  main_process = devices.is_main()
+  if not config.workdir:
+    for attempt in range(3):
+      choice = folder_lib.choose(config, overwrite=overwrite)
+      try:
+        if main_process:
+          folder_lib.claim(choice.path)
+        return choice.path, choice.reason if choice.news else None
+      except folder_lib.InUse:  # Another command took it a moment ago.
+        if attempt == 2:
+          raise
+  if main_process:
+    folder_lib.claim(config.workdir)
+  if not overwrite:
+    folder_lib.check_not_diverged(config.workdir, config)
+  return config.workdir, None
+
+
+def dry_run_folder(config: config_lib.Config, overwrite: bool):
+  """(the run folder, what a training command would do with it)."""
+  work = config.workdir
+  if not work:
+    try:
+      choice = folder_lib.choose(config, overwrite=overwrite)
+      return choice.path, choice.reason
+    except Diverged as e:
+      return None, f"none: the run would stop at once: {e}"
+  folder_lib.check_not_in_use(work)
+  folder_lib.check_writable(work)
+  if not folder_lib.check_run_folder(work, config, overwrite):
+    return work, f"{work}, a new run folder"
+  if overwrite:
+    return work, f"{work}, deleted and started over (--overwrite)"
+  try:
+    folder_lib.check_not_diverged(work, config)
+  except Diverged as e:
+    return work, f"none: the run would stop at once: {e}"
+  state, last = folder_lib.status(work)
+  if state == "finished":
+    return work, (f"{work} already finished: the run would print its result "
+                  "and stop (--overwrite trains it again)")
+  if "test_accuracy" in (last or {}):
+    return work, (f"completing {work}: it trained to the end, but its report "
+                  "is not complete (the run would write it, training nothing)")
+  logged = (last or {}).get("epoch", 0)
+  return work, f"resuming {work} ({logged} of {config.epochs} epochs logged)"
