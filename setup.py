@@ -31,5 +31,8 @@ setup(
         # is what users run to view them).
         "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4", "hypothesis>=6.100,<7",
                  "tensorboard>=2.18,<3"],
+        # experiments/tour.ipynb: JupyterLab, Notebook and `jupyter execute`
+        # (nbclient) with the Python kernel (ipykernel).
+        "notebook": ["jupyter>=1.1.1,<2"],
     },
 )

@@ -9,15 +9,19 @@ Prints one JSON object per line per model: compile time of the scanned train
 chunk, the median epoch time over the epochs after the first, examples/s, the
 GFLOP/s achieved (the matmul and convolution FLOPs of one train step, counted
 from its jaxpr with scan bodies times their length, times the steps of an
-epoch, over the epoch time; XLA's own cost analysis is reported beside it but
-counts a loop body once) and that as a fraction of this machine's f32 matmul
-peak, measured in the same process with a big matmul.
+epoch and the members, over the epoch time; XLA's own cost analysis is
+reported beside it but counts a loop body once) and that as a fraction of
+this machine's f32 matmul peak, measured in the same process with a big
+matmul.
 
-The epoch loop runs train.py's own chunk (make_train_chunk, create_train_state)
-on batches.py's order, placed by devices.py as `launch.py` places it; it waits
-for the device once per epoch. The
-persistent compilation cache is off unless --compile_cache is given, so
-compile_time_s is a cold compile.
+What is timed is what a run runs: the loop itself, train.train_and_evaluate,
+with hooks that only record each epoch's row (no run folder, no checkpoints).
+So the chunk (train.train_chunk over train.epoch_order), its layout over the
+devices (devices.Layout, --parallel as launch.py resolves it), the compile
+time and each epoch's time are those of a launch.py run with these settings;
+an epoch's time ends when its last chunk has finished, and leaves out the
+validation pass after it. The persistent compilation cache is off unless
+--compile_cache is given, so compile_time_s is a cold compile.
 """
 
 import argparse
@@ -38,11 +42,11 @@ import numpy as np
 
 from mnist_jax import config as config_lib
 from mnist_jax import models
-from mnist_jax.data import batches as batches_lib
+from mnist_jax.data import augment as augment_lib
 from mnist_jax.data import pipeline
 from mnist_jax.errors import UserError
 from mnist_jax.training import devices
-from mnist_jax.training import members
+from mnist_jax.training import members as members_lib
 from mnist_jax.training import train
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -62,7 +66,8 @@ def parse_args(argv=None):
   p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                  help="override any Config field, e.g. --set=cnn_features=16,32")
   p.add_argument("--parallel", default="auto",
-                 help="auto (what launch.py does), none, pmap or sharded")
+                 help="auto (launch.py's default: a fixed rule, see "
+                      "training/devices.py), none, pmap or sharded")
   p.add_argument("--eval", action="store_true",
                  help="also time one evaluation pass over the test split")
   p.add_argument("--compile_cache", action="store_true",
@@ -77,8 +82,8 @@ def parse_args(argv=None):
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
   """This machine's f32 matmul throughput: the best of `repeats` [n,n]x[n,n]."""
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
   mm = jax.jit(jnp.matmul)
   mm(a, b).block_until_ready()
   best = float("inf")
@@ -124,13 +129,16 @@ def jaxpr_flops(jaxpr) -> float:
 
 
 def step_flops(config, state, images, labels):
-  """(jaxpr matmul+conv FLOPs, XLA cost-analysis FLOPs) of one train step."""
+  """(jaxpr matmul+conv FLOPs, XLA cost-analysis FLOPs) of one member's
+  train step (train.train_step as train_chunk scans it)."""
   step = functools.partial(
-      train.train_step, view=models.input_view(config),
-      label_smoothing=config.label_smoothing)
-  batch = (images[:config.batch_size], labels[:config.batch_size])
-  counted = jaxpr_flops(jax.make_jaxpr(step)(state, *batch))
-  cost = jax.jit(step).lower(state, *batch).compile().cost_analysis()
+      train.train_step, label_smoothing=config.label_smoothing,
+      augment=augment_lib.from_config(config))
+  batch = {"image": jnp.asarray(images[:config.batch_size]),
+           "label": jnp.asarray(labels[:config.batch_size]),
+           "valid": jnp.asarray(True)}
+  counted = jaxpr_flops(jax.make_jaxpr(step)(state, batch))
+  cost = jax.jit(step).lower(state, batch).compile().cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
   return counted, float((cost or {}).get("flops", float("nan")))
@@ -153,6 +161,51 @@ def _parse_sets(items) -> dict:
   return out
 
 
+class Recorder(train.Hooks):
+  """The loop's hooks for a benchmark: a fresh start, each epoch's row kept,
+  messages to stderr (stdout is the JSON lines); nothing written."""
+
+  def __init__(self):
+    self.rows, self.record = [], {}
+
+  def start(self, state, steps_per_epoch, record):
+    self.record = record
+    return state, train.Start()
+
+  def message(self, text):
+    print(text, file=sys.stderr, flush=True)
+
+  def epoch(self, state, row, last):
+    self.rows.append(row)
+
+
+def _one_member(state, num_members: int):
+  """Member 0's state of a (stacked, for several members) state."""
+  if num_members == 1:
+    return state
+  return jax.tree.map(lambda x: x[0] if getattr(x, "ndim", 0) else x, state)
+
+
+def _time_eval(config, data, state, num_members: int) -> dict:
+  """One evaluation pass over the test split, laid out as the loop lays it
+  out (train.evaluate mapped by devices.Layout): compile and run, then run."""
+  layout = devices.Layout(config, num_members, say=lambda _: None)
+  evaluate = layout.map(functools.partial(
+      train.evaluate, batch_size=layout.eval_batch_size(config.eval_batch_size),
+      axis_name=layout.axis_name, batch_sharding=layout.batch_sharding),
+                        donate=False)
+  state = layout.put_state(state)
+  test = layout.put(data.test)
+  t = time.perf_counter()
+  jax.block_until_ready(evaluate(state, *test))
+  first = time.perf_counter() - t
+  t = time.perf_counter()
+  metrics = members_lib.host_metrics(layout.host(evaluate(state, *test)))
+  return {"eval_compile_and_run_s": round(first, 3),
+          "eval_time_s": round(time.perf_counter() - t, 4),
+          "test_accuracy": round(metrics[0]["accuracy"], 4)}
+
+
 def bench_model(name: str, args, peak: float) -> dict:
   overrides = {k: getattr(args, k) for k in ("mnist_dir", "data_dir", "batch_size",
                                              "chunk_steps")
@@ -160,61 +213,28 @@ def bench_model(name: str, args, peak: float) -> dict:
   overrides.update(_parse_sets(args.set))
   config = models.get_config(name, args.preset, epochs=args.epochs,
                              parallel=args.parallel, **overrides)
-  par = devices.setup(config)
-  dataset = pipeline.load(config)
-  n = len(dataset.train)
-  host_images, host_labels = dataset.train.images, dataset.train.labels
-  steps = n // config.batch_size
-  if steps < 1:
-    raise SystemExit(f"error: --batch_size={config.batch_size} is larger than the "
-                     f"{n} training examples")
-
-  init_rng, data_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  model = models.build(config)
-  choice = None
-  if devices.auto_layouts(config):  # A split CPU host: as launch.py chooses.
-    engine = devices.Engine(config, members.from_config(config))
-    train.layout_for(engine, config, model, dataset, steps)
-    par, choice = engine.par, engine.environment().get("parallel_choice")
-  state = train.create_train_state(init_rng, config, model, steps)
-  num_params = int(sum(p.size for p in jax.tree.leaves(state.params)))
-  flops, xla_flops = step_flops(config, state, jnp.asarray(host_images[:512]),
-                                jnp.asarray(host_labels[:512]))
-  state = par.replicate(state)
-  images, labels = par.replicate(host_images), par.replicate(host_labels)
-
-  num_chunks, chunk_len = batches_lib.chunk_plan(steps, config.chunk_steps)
-  valid = par.replicate_chunks((np.arange(num_chunks * chunk_len) < steps)
-                               .reshape(num_chunks, chunk_len))
-
-  def plan(epoch):
-    return par.shard_chunks(batches_lib.epoch_plan(
-        data_rng, epoch, n=n, batch_size=config.batch_size,
-        num_chunks=num_chunks, chunk_len=chunk_len))
-
-  t = time.perf_counter()
-  chunk_fn = par.compile_train(
-      train.make_train_chunk(config, par.axis_name, jit=False), state, images,
-      labels, plan(1)[0], valid[0])
-  compile_time = time.perf_counter() - t
-
-  epoch_times = []
-  for epoch in range(1, args.epochs + 1):
-    batches = jax.block_until_ready(plan(epoch))
-    t = time.perf_counter()
-    for c in range(num_chunks):
-      state, sums, _, _ = chunk_fn(state, images, labels, batches[c], valid[c])
-    jax.block_until_ready((state, sums))
-    epoch_times.append(time.perf_counter() - t)
+  num_members = len(members_lib.from_config(config))
+  data = pipeline.load(config)
+  n = len(data.train)
+  steps = train.steps_per_epoch(config, n)
+  recorder = Recorder()
+  state, final = train.train_and_evaluate(config, data, recorder)
+  rows = recorder.rows
+  epoch_times = [r["epoch_time_s"] for r in rows]
   timed = epoch_times[1:] or epoch_times
   epoch_time = statistics.median(timed)
-  gflops = flops * steps / epoch_time / 1e9
-  final = members.host_metrics(sums)
+  one = _one_member(state, num_members)
+  flops, xla_flops = step_flops(config, one, data.train.images,
+                                data.train.labels)
+  gflops = flops * num_members * steps / epoch_time / 1e9
+  chunk = train.chunk_len(steps, config.chunk_steps)
+  layout = recorder.record.get("parallel", {})
   row = {
       "model": name, "preset": args.preset, "batch_size": config.batch_size,
-      "train_examples": n, "steps_per_epoch": steps,
-      "chunks_per_epoch": num_chunks, "num_params": num_params,
-      "compile_time_s": round(compile_time, 3),
+      "members": num_members, "train_examples": n, "steps_per_epoch": steps,
+      "chunks_per_epoch": -(-steps // chunk), "chunk_steps": chunk,
+      "num_params": final["num_params"],
+      "compile_time_s": round(final["compile_time_s"], 3),
       "epoch_time_s": round(epoch_time, 4),
       "epoch_times_s": [round(x, 4) for x in epoch_times],
       "examples_per_s": round(steps * config.batch_size / epoch_time, 1),
@@ -223,27 +243,14 @@ def bench_model(name: str, args, peak: float) -> dict:
       "gflops": round(gflops, 2),
       "peak_gflops": round(peak, 1),
       "fraction_of_peak": round(gflops / peak, 4),
-      "last_chunk_train_accuracy": round(final["accuracy"], 4),
+      "last_epoch_train_accuracy": round(rows[-1]["train_accuracy"], 4),
       "backend": jax.default_backend(),
-      "parallel": par.mode, "devices": par.num_devices,
-      "parallel_choice": choice,
+      "parallel": layout.get("mode"), "devices": layout.get("devices"),
+      "implementation": recorder.record.get("implementation"),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
   if args.eval:
-    evaluate = par.wrap_evaluate(
-        train.make_evaluate(config, state.apply_fn, jit=False))
-    test = dataset.test
-    batch_idx, mask = batches_lib.eval_batches(
-        len(test), config.eval_batch_size, par.num_devices)
-    eval_args = (par.replicate(test.images), par.replicate(test.labels),
-                 par.shard(batch_idx), par.shard(mask))
-    t = time.perf_counter()
-    jax.block_until_ready(evaluate(state.params, *eval_args))
-    row["eval_compile_and_run_s"] = round(time.perf_counter() - t, 3)
-    t = time.perf_counter()
-    metrics = members.host_metrics(evaluate(state.params, *eval_args))
-    row["eval_time_s"] = round(time.perf_counter() - t, 4)
-    row["test_accuracy"] = round(metrics["accuracy"], 4)
+    row.update(_time_eval(config, data, state, num_members))
   return row
 
 

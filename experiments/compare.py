@@ -10,13 +10,18 @@
       --vary=dropout=0/0.2 --out=comparison
 
 Writes OUT/comparison.md and OUT/comparison.csv (one row per configuration:
-mean and standard deviation over its seeds), OUT/runs.csv (one row per run
-and seed), and OUT/accuracy.png, OUT/accuracy_vs_time.png,
-OUT/learning_curves.png. Every member of a --num_seeds or --sweep run counts
-as the run of its own configuration and seed. Times are a run's wall time less
-loading its data (the first run on a machine also prepares the dataset), so
-the run that happened to come first is not charged for it. Configurations of
-one model are ordered by the values that tell them apart, numbers as numbers.
+mean and sample standard deviation (n-1, as report.md) over its seeds),
+OUT/runs.csv (one row per run and seed), and OUT/accuracy.png,
+OUT/accuracy_vs_time.png, OUT/learning_curves.png. Every member of a
+--num_seeds or --sweep run counts as the run of its own configuration and
+seed, charged its share of the run's time: the run's times divided by its
+members (they trained together, in one program). A model is counted once: a
+run folder and a member of another run with the same settings and seed are
+one run (the run folder is kept), and comparison.md says which was left out.
+Times are a run's wall time less loading its data (the first run on a
+machine also prepares the dataset), so the run that happened to come first
+is not charged for it. Configurations of one model are ordered by the values
+that tell them apart, numbers as numbers.
 """
 
 import argparse

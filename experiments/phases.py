@@ -4,8 +4,10 @@
       --mnist_dir=DIR --workdir=runs/phases --overwrite
 
 Runs launch.py's own main in this process with timers wrapped around its
-phases (imports, data, state init, compile, each train chunk, evaluation,
-checkpoints, report, learning curves) and prints one JSON line of seconds.
+phases (imports, data, state init, compile, each train chunk, each epoch's
+batch order, evaluation, checkpoints, report, learning curves) and prints one
+JSON line of seconds. The programs are the loop's own: the wrappers go around
+what devices.Layout.map makes of train.py's functions.
 Device work is waited for inside each timer, so phases do not overlap.
 `process_start_s` is the interpreter's start-up before this file runs
 (from /proc, Linux only). Every argument but --help goes to launch.py.
@@ -76,22 +78,49 @@ def main():
   from mnist_jax.results import report
   from mnist_jax.rundir import checkpoints
   from mnist_jax.training import devices
+  from mnist_jax.training import members
   from mnist_jax.training import train
   totals["imports"] = time.perf_counter() - t
 
   pipeline.load = timed("data_load", pipeline.load, block=False)
-  train.create_train_state = timed("init_state", train.create_train_state)
-  compile_train = devices.Parallel.compile_train
+  members.init_state = timed("init_state", members.init_state)
+  # The loop's programs, as devices.Layout.map makes them for
+  # train.train_and_evaluate: the train chunk (its compilation apart),
+  # each epoch's batch order and the evaluation passes.
+  layout_map = devices.Layout.map
 
-  def compile_and_time(self, *args, **kwargs):
-    start = time.perf_counter()
-    fn = compile_train(self, *args, **kwargs)
-    totals["compile_train"] += time.perf_counter() - start
-    return timed("train_chunks", fn)
-  devices.Parallel.compile_train = compile_and_time
-  wrap_evaluate = devices.Parallel.wrap_evaluate
-  devices.Parallel.wrap_evaluate = lambda self, ev: timed(
-      "evaluate", wrap_evaluate(self, ev))
+  def timed_map(self, fn, *args, **kwargs):
+    mapped = layout_map(self, fn, *args, **kwargs)
+    program = getattr(fn, "func", None)
+    if program is train.evaluate:
+      return timed("evaluate", mapped)
+    if program is train.epoch_order:
+      return timed("epoch_order", mapped)
+    if program is not train.train_chunk:
+      return mapped
+
+    class Compiled:
+      def __init__(self, lowered):
+        self.lowered = lowered
+
+      def compile(self):
+        start = time.perf_counter()
+        compiled = self.lowered.compile()
+        totals["compile_train"] += time.perf_counter() - start
+        counts["compile_train"] += 1
+        return timed("train_chunks", compiled)
+
+    class Chunk:
+      def lower(self, *args):
+        start = time.perf_counter()
+        lowered = mapped.lower(*args)
+        totals["compile_train"] += time.perf_counter() - start
+        return Compiled(lowered)
+
+      def __call__(self, *args):  # Not compiled ahead: timed whole.
+        return timed("train_chunks", mapped)(*args)
+    return Chunk()
+  devices.Layout.map = timed_map
   checkpoints.Checkpointer.save = timed(
       "checkpoint_save", checkpoints.Checkpointer.save, block=False)
   checkpoints.Checkpointer.close = timed(

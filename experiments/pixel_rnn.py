@@ -14,45 +14,45 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# pylint: disable-next=g-import-not-at-top,wrong-import-position
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import profile_chunk
 from mnist_jax import models
-from mnist_jax.data import batches as batches_lib
-from mnist_jax.training import train
+from mnist_jax.data import pipeline
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 
 def measure(model: str, steps: int, repeats: int, **overrides):
-  config = models.get_config(model, "pixels", **overrides)
+  """Compiles the run's own train chunk (profile_chunk.laid_out_chunk: as
+  train.train_and_evaluate lays it out) of `steps` steps on random images and
+  times it."""
+  config = models.get_config(model, "pixels", chunk_steps=steps, **overrides)
   n = steps * config.batch_size
   rng = np.random.default_rng(0)
-  images = jnp.asarray(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
-  labels = jnp.asarray(rng.integers(0, 10, n).astype(np.int32))
-  state = train.create_train_state(jax.random.PRNGKey(0), config,
-                                   models.build(config), steps)
-  batches = batches_lib.epoch_plan(
-      jax.random.PRNGKey(1), 1, n=n, batch_size=config.batch_size,
-      num_chunks=1, chunk_len=steps)[0]
-  valid = jnp.ones((steps,), bool)
-  start = time.perf_counter()
-  compiled = train.make_train_chunk(config).lower(
-      state, images, labels, batches, valid).compile()
-  compile_s = time.perf_counter() - start
-  memory = compiled.memory_analysis()
-  temp_mb = getattr(memory, "temp_size_in_bytes", 0) / 2**20 if memory else float("nan")
-  times = []
+  split = pipeline.Split(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+                         rng.integers(0, 10, n).astype(np.int32))
+  chunk = profile_chunk.laid_out_chunk(config, split, say=lambda _: None)
+  assert chunk.chunk_len == steps == chunk.steps_per_epoch
+  memory = chunk.compiled.memory_analysis()
+  temp_mb = (getattr(memory, "temp_size_in_bytes", 0) / 2**20 if memory
+             else float("nan"))
+  order = chunk.order_fn(chunk.state, 1)
+  state, times = chunk.state, []
   for _ in range(repeats):
     start = time.perf_counter()
-    state, sums, _, _ = compiled(state, images, labels, batches, valid)
+    state, sums, _, _ = chunk.compiled(state, order, chunk.images,
+                                       chunk.labels, 0)
     jax.block_until_ready(sums)
     times.append((time.perf_counter() - start) / steps)
   step_s = float(np.median(times))
   epoch_s = step_s * (54000 // config.batch_size)
   print(f"{model} {overrides}: temp memory {temp_mb:.0f} MiB, compile "
-        f"{compile_s:.1f}s, {1e3 * step_s:.0f} ms/step (median of {repeats} x "
-        f"{steps} steps), epoch of 54k ~ {epoch_s:.0f}s", flush=True)
+        f"{chunk.compile_time_s:.1f}s, {1e3 * step_s:.0f} ms/step (median of "
+        f"{repeats} x {steps} steps), epoch of 54k ~ {epoch_s:.0f}s",
+        flush=True)
 
 
 def main():

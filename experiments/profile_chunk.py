@@ -6,10 +6,16 @@
 Prints ms per train step for the chunk, then the XLA ops (fusions, dots)
 that took the most time per step, from a jax.profiler trace: where to look
 first when a model's step is slow.
+
+The chunk is the run's own: `laid_out_chunk` builds train.train_chunk over
+train.epoch_order, mapped by devices.Layout, with the state, optimizer and
+data placed as train.train_and_evaluate places them (tests/test_experiments.py
+holds it to the loop's numbers).
 """
 
 import argparse
 import collections
+import functools
 import glob
 import gzip
 import json
@@ -17,20 +23,65 @@ import os
 import sys
 import tempfile
 import time
+from typing import Any, Callable, NamedTuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
-import numpy as np
 
 from mnist_jax import models
-from mnist_jax.data import batches as batches_lib
+from mnist_jax.data import augment as augment_lib
 from mnist_jax.data import pipeline
+from mnist_jax.errors import UserError
 from mnist_jax.training import devices
-from mnist_jax.training import members
+from mnist_jax.training import members as members_lib
+from mnist_jax.training import optim
 from mnist_jax.training import train
 # pylint: enable=g-import-not-at-top,wrong-import-position
+
+
+class Chunk(NamedTuple):
+  """A run's compiled train chunk and what it is called with."""
+  layout: devices.Layout
+  state: Any  # Placed by the layout (members stacked, replicas for pmap).
+  order_fn: Callable  # fn(state, epoch) -> the epoch's batches.
+  images: Any  # The training split, placed.
+  labels: Any
+  compiled: Callable  # fn(state, order, images, labels, first step) -> (state, sums, bad, rate)
+  chunk_len: int
+  steps_per_epoch: int
+  compile_time_s: float
+
+
+def laid_out_chunk(config, train_split, say=print) -> Chunk:
+  """The train chunk of a run of `config` on `train_split` (pipeline.Split),
+  set up as train.train_and_evaluate sets it up, compiled."""
+  members = members_lib.from_config(config)
+  layout = devices.Layout(config, len(members), say)
+  model, _ = models.build(config, say)
+  steps = train.steps_per_epoch(config, len(train_split))
+  tx = optim.make_optimizer(config, steps, members_lib.swept(config))
+  state = members_lib.init_state(members, functools.partial(
+      train.create_train_state, model=model, tx=tx,
+      image_shape=train_split.images.shape[1:], dtype=config.dtype))
+  state = layout.put_state(state)
+  images, labels = layout.put(train_split)
+  length = train.chunk_len(steps, config.chunk_steps)
+  order_fn = layout.map(functools.partial(
+      train.epoch_order, n=len(train_split), batch_size=config.batch_size),
+                        donate=False)
+  chunk = layout.map(functools.partial(
+      train.train_chunk, chunk_len=length,
+      multiplier=optim.schedule(config, steps),
+      label_smoothing=config.label_smoothing,
+      augment=augment_lib.from_config(config), axis_name=layout.axis_name,
+      batch_sharding=layout.batch_sharding), members_lib.per_member(members),
+                     mapped=2)
+  start = time.perf_counter()
+  compiled = chunk.lower(state, order_fn(state, 1), images, labels, 0).compile()
+  return Chunk(layout, state, order_fn, images, labels, compiled, length,
+               steps, time.perf_counter() - start)
 
 
 def main(argv=None):
@@ -39,44 +90,31 @@ def main(argv=None):
   p.add_argument("--preset", default="seed")
   p.add_argument("--data_dir", default=None)
   p.add_argument("--mnist_dir", default=None)
-  p.add_argument("--parallel", default="none")
+  p.add_argument("--parallel", default="none",
+                 help="auto (launch.py's default), none, sharded or pmap")
   p.add_argument("--top", type=int, default=20)
   args = p.parse_args(argv)
   devices.split_host(args.parallel)
+  devices.setup_process()
 
   overrides = {k: getattr(args, k) for k in ("data_dir", "mnist_dir")
                if getattr(args, k) is not None}
-  config = models.get_config(args.model, args.preset, epochs=1,
-                             parallel=args.parallel, **overrides)
-  par = devices.setup(config)
-  dataset = pipeline.load(config)
-  n = len(dataset.train)
-  steps = n // config.batch_size
-  init_rng, data_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  model = models.build(config)
-  if devices.auto_layouts(config):  # A split CPU host: as launch.py chooses.
-    engine = devices.Engine(config, members.from_config(config))
-    train.layout_for(engine, config, model, dataset, steps)
-    par = engine.par
-  state = par.replicate(train.create_train_state(init_rng, config, model, steps))
-  images = par.replicate(dataset.train.images)
-  labels = par.replicate(dataset.train.labels)
-  num_chunks, chunk_len = batches_lib.chunk_plan(steps, config.chunk_steps)
-  valid = par.replicate_chunks((np.arange(num_chunks * chunk_len) < steps)
-                               .reshape(num_chunks, chunk_len))
-  batches = par.shard_chunks(batches_lib.epoch_plan(
-      data_rng, 1, n=n, batch_size=config.batch_size, num_chunks=num_chunks,
-      chunk_len=chunk_len))
-  chunk = par.compile_train(train.make_train_chunk(config, par.axis_name,
-                                                   jit=False),
-                            state, images, labels, batches[0], valid[0])
+  try:
+    config = models.get_config(args.model, args.preset, epochs=1,
+                               parallel=args.parallel, **overrides)
+    dataset = pipeline.load(config)
+    chunk = laid_out_chunk(config, dataset.train)
+  except UserError as e:
+    sys.exit(f"error: {e}")
+  order = chunk.order_fn(chunk.state, 1)
   run = lambda s: jax.block_until_ready(
-      chunk(s, images, labels, batches[0], valid[0]))[0]
-  state = run(state)
+      chunk.compiled(s, order, chunk.images, chunk.labels, 0))[0]
+  state = run(chunk.state)
   t = time.perf_counter()
   state = run(state)
-  print(f"{(time.perf_counter() - t) / chunk_len * 1e3:.2f} ms per step "
-        f"({chunk_len}-step chunk, {par.mode}, {par.num_devices} device(s))")
+  print(f"{(time.perf_counter() - t) / chunk.chunk_len * 1e3:.2f} ms per step "
+        f"({chunk.chunk_len}-step chunk, {chunk.layout.mode}, "
+        f"{chunk.layout.num_devices} device(s))")
   with tempfile.TemporaryDirectory() as d:
     with jax.profiler.trace(d):
       run(state)
@@ -90,8 +128,8 @@ def main(argv=None):
       total[e["name"]] += e["dur"]
       count[e["name"]] += 1
   for name, us in total.most_common(args.top):
-    print(f"{us / chunk_len / 1e3:8.3f} ms/step  x{count[name] / chunk_len:4.1f}"
-          f"  {name}")
+    print(f"{us / chunk.chunk_len / 1e3:8.3f} ms/step  "
+          f"x{count[name] / chunk.chunk_len:4.1f}  {name}")
 
 
 if __name__ == "__main__":

@@ -98,7 +98,9 @@ ROWS = (
     Row("lstm-tuned", "lstm", bar=98.8),
     Row("gru-tuned", "gru", bar=98.8),
     Row("cnn-tuned-5seeds", "cnn", flags=(("num_seeds", 5),)),
-    Row("cnn-fast", "cnn", "fast", (("target_accuracy", 0.99),), bar=99.0),
+    # The fast preset holds out no validation data, so no --target_accuracy
+    # (it stops on validation accuracy only): its 3 epochs are the run.
+    Row("cnn-fast", "cnn", "fast", bar=99.0),
     Row("linear-best", "linear", "best"),
     Row("mlp-best", "mlp", "best"),
     Row("cnn-best", "cnn", "best"),

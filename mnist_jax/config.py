@@ -312,15 +312,15 @@ class Config:
   # Devices, hosts, precision and kernels.
   parallel: str = _field(
       "auto", "Device layout: auto, none (one device), sharded (one jit over "
-      "a mesh: one device's numbers) or pmap (per-device dropout masks); auto "
-      "is sharded on GPU and TPU hosts, see the README", DEVICES)
+      "a mesh, one device's numbers) or pmap (per-device dropout masks)",
+      DEVICES)
   dtype: str = _field(
       "float32", "Compute dtype: float32 or bfloat16; parameters and "
       "optimizer state stay float32", DEVICES)
   impl: str = _field(
-      "auto", "Layer implementation: auto (a fast kernel where measured "
-      "faster), stock (Flax layers only) or fast (kernels on any backend); a "
-      "kernel runs only where it computes the stock module", DEVICES)
+      "auto", "Layers: auto (a fast kernel where measured faster), stock "
+      "(Flax layers only) or fast; a kernel runs only if it computes the "
+      "stock layers", DEVICES)
   coordinator_address: Optional[str] = _field(
       None, "host:port of process 0, for a multi-process run outside SLURM "
       "and TPU VMs", DEVICES)
@@ -449,6 +449,9 @@ def range_error(name: str, value, flag: Optional[str] = None) -> Optional[str]:
   if valid is None:
     return None
   if isinstance(value, tuple):
+    if not value:
+      return (f"{flag} lists no sizes; pass at least one, e.g. {flag}="
+              f"{value_text(default(name)) or 64}")
     bad = next((v for v in value if not valid.contains(v)), None)
     if bad is None:
       return None

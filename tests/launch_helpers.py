@@ -15,18 +15,25 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Runs launch.py after wrapping Progress.update (called between the chunks of
-# an epoch) to print a marker and pause, so a test can signal it mid-epoch.
+# an epoch) and Progress.epoch_done (after an epoch's last chunk, before its
+# checkpoint) to print a marker and pause, so a test can signal it mid-epoch
+# or as an epoch ends.
 _CHILD = r"""
 import os, runpy, sys, time
 script = sys.argv[1]  # launch.py as the user typed it.
 sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
 from mnist_jax.rundir import log
-_update = log.Progress.update
+_update, _epoch_done = log.Progress.update, log.Progress.epoch_done
 def update(self, epoch, done, total, elapsed):
   print(f"@chunk epoch={epoch} done={done}", flush=True)
   time.sleep(float(os.environ.get("CHUNK_PAUSE_S", "0")))
   return _update(self, epoch, done, total, elapsed)
+def epoch_done(self, epoch, row):
+  print(f"@epoch_end epoch={epoch}", flush=True)
+  time.sleep(float(os.environ.get("CHUNK_PAUSE_S", "0")))
+  return _epoch_done(self, epoch, row)
 log.Progress.update = update
+log.Progress.epoch_done = epoch_done
 sys.argv = [script] + sys.argv[2:]
 runpy.run_path(script, run_name="__main__")
 """
@@ -54,8 +61,10 @@ def run(args, timeout=120, cwd=ROOT, script=None, **env):
 
 
 def run_and_signal(args, signum, epoch, chunk=3, pause_s=0.2, timeout=120,
-                   cwd=ROOT, repeat=1, on_marker=None, script=None, env=None):
-  """Starts a run, sends `signum` after the `chunk`-th chunk of `epoch`.
+                   cwd=ROOT, repeat=1, on_marker=None, script=None, env=None,
+                   at_epoch_end=False):
+  """Starts a run, sends `signum` after the `chunk`-th chunk of `epoch`
+  (`at_epoch_end`: after its last chunk, before its checkpoint).
 
   The pause after each chunk lets the previous epoch's checkpoint finish.
   repeat: how many times the signal is sent, 0.3 s apart (2: a double Ctrl-C;
@@ -72,12 +81,15 @@ def run_and_signal(args, signum, epoch, chunk=3, pause_s=0.2, timeout=120,
                        text=True, env=child_env(CHUNK_PAUSE_S=str(pause_s),
                                                 **(env or {})))
   deadline = time.monotonic() + timeout
-  lines, marker, seen = [], None, 0
+  lines, marker, seen, out, err = [], None, 0, "", ""
   try:
     for line in p.stdout:
       lines.append(line)
-      seen += line.startswith(f"@chunk epoch={epoch} ")
-      if seen == chunk:
+      if at_epoch_end:
+        seen += line.strip() == f"@epoch_end epoch={epoch}"
+      else:
+        seen += line.startswith(f"@chunk epoch={epoch} ")
+      if seen == (1 if at_epoch_end else chunk):
         marker = line.strip()
         if on_marker is not None:
           on_marker()
@@ -92,7 +104,7 @@ def run_and_signal(args, signum, epoch, chunk=3, pause_s=0.2, timeout=120,
     if p.poll() is None:
       p.kill()
       p.wait()
-  assert marker is not None, "".join(lines) + p.stderr.read() if p.stderr else ""
+  assert marker is not None, "".join(lines) + out + err
   return p.returncode, "".join(lines) + out, err, marker
 
 
@@ -124,22 +136,43 @@ def deterministic(rows):
   return [{k: v for k, v in r.items() if k not in timing} for r in rows]
 
 
-def restore_latest(workdir):
-  """(state, meta) of a run folder's latest checkpoint, via a fresh template."""
+def template(config, steps_per_epoch=1):
+  """A run's train state of shapes only (every member stacked, as a run
+  holds them), without allocating or compiling."""
   # pylint: disable=g-import-not-at-top
+  import functools
   from mnist_jax import models
-  from mnist_jax.rundir import checkpoints
-  from mnist_jax.rundir import folder as folder_lib
+  from mnist_jax.data import datasets
+  from mnist_jax.training import members as members_lib
+  from mnist_jax.training import optim
   from mnist_jax.training import train
   # pylint: enable=g-import-not-at-top
+  members = members_lib.from_config(config)
+  model, _ = models.build(config, say=lambda _: None)
+  tx = optim.make_optimizer(config, steps_per_epoch, members_lib.swept(config))
+  return jax.eval_shape(lambda: members_lib.init_state(
+      members, functools.partial(
+          train.create_train_state, model=model, tx=tx,
+          image_shape=datasets.get(config.dataset).image_shape)))
+
+
+def restore_latest(workdir):
+  """(state, meta) of a run folder's latest checkpoint, via a fresh template:
+  state has the checkpoint's parts (step, params, model_state, opt_state) as
+  attributes, host arrays."""
+  # pylint: disable=g-import-not-at-top
+  import types
+  from mnist_jax.rundir import checkpoints
+  from mnist_jax.rundir import folder as folder_lib
+  # pylint: enable=g-import-not-at-top
   config = folder_lib.read_config(workdir)
-  template = train.create_train_state(jax.random.PRNGKey(0), config,
-                                      models.get(config.model).build(config), 1)
   reader = checkpoints.Checkpointer(workdir, read_only=True)
   try:
-    return reader.restore(template, model=config.model)
+    parts, meta = reader.restore(checkpoints.tree(template(config)),
+                                 model=config.model)
   finally:
     reader.close()
+  return types.SimpleNamespace(**parts), meta
 
 
 def assert_trees_equal(a, b):

@@ -1,102 +1,128 @@
-"""Trains and evaluates tiny models in every --parallel mode, in one process.
+"""Trains tiny models with train.train_and_evaluate under given --parallel
+layouts, in one process with the devices it was started with.
 
-Run by tests/test_parallel.py in a subprocess, because simulated devices
+Run by tests/test_parallel.py and tests/test_host_split.py in a child
+process, because simulated CPU devices
 (XLA_FLAGS=--xla_force_host_platform_device_count=N) must be set before JAX
-starts. Writes an npz of per-chunk losses, final parameters and eval sums.
+starts. Each RUN is MODEL:PARALLEL (MODEL a key of MODELS); the output npz
+holds, per run, the parameters and model state (flattened, float64), and a
+JSON record: the layout the run took, its epoch rows, its final row and its
+messages.
 
-  python tests/parallel_worker.py OUT.npz
+  python tests/parallel_worker.py OUT.npz [--epochs=E] RUN [RUN ...]
 """
 
+import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+import numpy as np
 
-from conftest import synthetic_digits  # pylint: disable=wrong-import-position
-from mnist_jax import models  # pylint: disable=wrong-import-position
-from mnist_jax.data import batches  # pylint: disable=wrong-import-position
-from mnist_jax.training import devices  # pylint: disable=wrong-import-position
-from mnist_jax.training import members  # pylint: disable=wrong-import-position
-from mnist_jax.training import train  # pylint: disable=wrong-import-position
+from conftest import synthetic_digits
+from mnist_jax import models
+from mnist_jax.data import pipeline
+from mnist_jax.training import train
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
-MODES = ("none", "pmap", "sharded")
-# Dropout is on only in "mlp_drop": pmap draws a different mask on each device,
-# while sharded draws the same global mask as one device, so it must match.
-CONFIGS = {
-    "mlp": dict(mlp_hidden=(32,), dropout=0.0),
-    "mlp_drop": dict(mlp_hidden=(32,), dropout=0.3),  # none and sharded only.
-    "cnn": dict(cnn_features=(4, 8), cnn_dense=16, dropout=0.0),
-    "gru": dict(hidden=16, dropout=0.0),
+# Tiny models, each with what makes one device's numbers hard to keep:
+# dropout masks, augmentation draws, batch statistics; "mlp0" has none of
+# them (pmap computes one device's numbers for it), "members" is a sweep
+# with 2 seeds: 8 members.
+MODELS = {
+    "mlp": ("mlp", dict(mlp_hidden=(16,), dropout=0.3)),
+    "mlp0": ("mlp", dict(mlp_hidden=(16,), dropout=0.0)),
+    "gru": ("gru", dict(hidden=16, augment=True, learning_rate=3e-2)),
+    "cnn": ("cnn", dict(cnn_features=(4, 8), cnn_dense=16,
+                        cnn_batch_norm=True)),
+    "members": ("mlp", dict(mlp_hidden=(16,), dropout=0.3, num_seeds=2,
+                            sweep="learning_rate=1e-3,3e-3;"
+                                  "label_smoothing=0,0.1")),
 }
-STEPS, CHUNK, BATCH = 8, 3, 32  # 3 chunks of 3 steps, the last step padded.
-# The MLP evaluates 10,000 examples in batches of 300 (304 on 8 devices), the
-# others 203: both leave a partial last batch.
-EVAL_SIZES = {"mlp": (10_000, 300)}
-EVAL_DEFAULT = (203, 50)
+# 540 training examples in 8 steps of 64 (a remainder dropped), 60
+# validation and 203 test examples in batches of 50 (the last one partial).
+COMMON = dict(batch_size=64, eval_batch_size=50, chunk_steps=3,
+              val_fraction=0.1, seed=3)
+N_TRAIN, N_TEST = 600, 203
 
 
-def run(name, mode, train_x, train_y, test_x, test_y):
-  """Trains STEPS steps on fixed global batches, then evaluates the test set."""
-  base = "mlp" if name.startswith("mlp") else name
-  config = models.get_config(base, "seed", batch_size=BATCH, epochs=1,
-                             optimizer="adam", learning_rate=3e-3,
-                             label_smoothing=0.1, grad_clip=1.0, parallel=mode,
-                             **CONFIGS[name])
-  par = devices.setup(config)
-  assert par.mode == mode, (par.mode, mode)
-  state = train.create_train_state(jax.random.PRNGKey(1), config,
-                                   models.build(config), STEPS)
-  state = par.replicate(state)
-  images, labels = par.replicate(train_x), par.replicate(train_y)
-  num_chunks, chunk_len = batches.chunk_plan(STEPS, CHUNK)
-  plan = batches.epoch_plan(jax.random.PRNGKey(2), 1, n=len(train_y),
-                            batch_size=BATCH, num_chunks=num_chunks,
-                            chunk_len=chunk_len)
-  chunks = par.shard_chunks(plan)
-  valid = par.replicate_chunks(
-      (np.arange(num_chunks * chunk_len) < STEPS).reshape(num_chunks, chunk_len))
-  chunk_fn = par.compile_train(
-      train.make_train_chunk(config, par.axis_name, jit=False), state, images,
-      labels, chunks[0], valid[0])
-  losses = []
-  for c in range(num_chunks):
-    state, sums, _, _ = chunk_fn(state, images, labels, chunks[c], valid[c])
-    m = members.host_metrics(sums)
-    losses += [m["loss"], m["accuracy"], m["count"]]
-  params = jax.device_get(par.unreplicate(state.params))
-  flat = np.concatenate([np.ravel(p) for p in jax.tree.leaves(params)])
-
-  n_test, eval_batch = EVAL_SIZES.get(name, EVAL_DEFAULT)
-  test_x, test_y = test_x[:n_test], test_y[:n_test]
-  idx, mask = batches.eval_batches(n_test, eval_batch, par.num_devices)
-  evaluate = par.wrap_evaluate(
-      train.make_evaluate(config, state.apply_fn, jit=False))
-  sums = jax.device_get(evaluate(state.params, par.replicate(test_x),
-                                 par.replicate(test_y), par.shard(idx),
-                                 par.shard(mask)))
-  return {"losses": np.array(losses), "params": flat,
-          "eval": np.array([sums["loss"], sums["correct"], sums["count"]]),
-          "eval_batch": np.array(idx.shape[1]),
-          "step": np.array(jax.device_get(par.unreplicate(state.step)))}
+def dataset(n_train=N_TRAIN, n_test=N_TEST, val_fraction=0.1):
+  """A pipeline.Dataset of synthetic digits (conftest.synthetic_digits)."""
+  images, labels = synthetic_digits(n_train, seed=3)
+  test_images, test_labels = synthetic_digits(n_test, seed=4)
+  return pipeline.split({"train_images": images,
+                         "train_labels": labels.astype(np.int32),
+                         "test_images": test_images,
+                         "test_labels": test_labels.astype(np.int32)},
+                        val_fraction)
 
 
-def main(out):
-  train_x, train_y = synthetic_digits(96, seed=3)
-  test_x, test_y = synthetic_digits(EVAL_SIZES["mlp"][0], seed=4)
-  train_y, test_y = train_y.astype(np.int32), test_y.astype(np.int32)
+def config(name, parallel, epochs=2):
+  model, values = MODELS[name]
+  return models.get_config(model, "seed", epochs=epochs, parallel=parallel,
+                           **{**COMMON, **values})
+
+
+class Recorder(train.Hooks):
+  """Keeps what the loop tells its hooks: the layout record, the epoch rows
+  (with `last`), the messages, the chunks' (epoch, done); starts at `start`
+  (a train.Start, or fn(state) -> (state, Start))."""
+
+  def __init__(self, start=None):
+    self.record, self.rows, self.messages, self.chunks = None, [], [], []
+    self.lasts, self._start = [], start
+
+  def start(self, state, steps_per_epoch, record):
+    self.record, self.steps = record, steps_per_epoch
+    if callable(self._start):
+      return self._start(state)
+    return state, self._start or train.Start()
+
+  def message(self, text):
+    self.messages.append(text)
+
+  def chunk(self, state, epoch, done, sums):
+    self.chunks.append((epoch, done))
+
+  def epoch(self, state, row, last):
+    self.rows.append(row)
+    self.lasts.append(last)
+
+
+def flat(tree) -> np.ndarray:
+  leaves = [np.ravel(np.asarray(x, np.float64))
+            for x in jax.tree.leaves(jax.device_get(tree))]
+  return np.concatenate(leaves) if leaves else np.zeros(0)
+
+
+def run(name, parallel, data, epochs=2):
+  hooks = Recorder()
+  state, final = train.train_and_evaluate(config(name, parallel, epochs),
+                                          data, hooks)
+  record = {"parallel": hooks.record["parallel"], "rows": hooks.rows,
+            "final": final, "messages": hooks.messages,
+            "step": np.asarray(jax.device_get(state.step)).tolist()}
+  return {"params": flat(state.params), "model_state": flat(state.model_state),
+          "record": np.array(json.dumps(record))}
+
+
+def main(argv):
+  out, *runs = argv
+  epochs = 2
+  if runs and runs[0].startswith("--epochs="):
+    epochs = int(runs.pop(0).split("=", 1)[1])
+  data = dataset()
   results = {"device_count": np.array(jax.device_count())}
-  for name in CONFIGS:
-    for mode in MODES:
-      if name == "mlp_drop" and mode == "pmap":
-        continue
-      for key, value in run(name, mode, train_x, train_y, test_x, test_y).items():
-        results[f"{name}/{mode}/{key}"] = value
+  for spec in runs:
+    name, parallel = spec.split(":")
+    for key, value in run(name, parallel, data, epochs).items():
+      results[f"{spec}/{key}"] = value
   np.savez(out, **results)
 
 
 if __name__ == "__main__":
-  main(sys.argv[1])
+  main(sys.argv[1:])

@@ -103,12 +103,18 @@ def test_other_images_are_refused_with_what_to_pass(run, images, message):
 
 
 def test_the_flax_module_computes_the_runs_logits(run, test_split):
+  """`run.model` takes the raw images ([N, 28, 28], uint8 or floats on the
+  0-255 scale) and `run.variables`, and gives the run's own logits."""
   images = test_split.images[:7]
-  assert run.inputs(images).shape == (7, 784)  # The MLP takes flat pixels.
-  logits = run.model.apply({"params": run.params}, run.inputs(images))
+  logits = run.model.apply(run.variables, images)
+  assert logits.shape == (7, 10)
   np.testing.assert_allclose(logits, run.logits(images), atol=1e-5)
+  np.testing.assert_allclose(
+      run.model.apply(run.variables, images.astype(np.float32)), logits,
+      atol=1e-5)
+  assert run.variables["params"] is run.params
   assert jax.tree.structure(run.params) == jax.tree.structure(
-      run.model.init(jax.random.key(0), run.inputs(images[:1]))["params"])
+      run.model.init(jax.random.key(0), images[:1])["params"])
 
 
 def test_evaluate_gives_the_training_runs_test_metrics(run, test_split,

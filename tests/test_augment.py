@@ -86,3 +86,40 @@ def test_from_config_is_off_by_default_and_on_where_presets_augment():
   assert augment.from_config(models.get_config("mlp")) is None
   assert augment.from_config(models.get_config("cnn")) is not None  # tuned
   assert augment.from_config(models.get_config("cnn", "best")) is not None
+
+
+def test_typed_keys_warp_as_raw_keys_do():
+  """The train state's streams are typed keys (jax.random.key)."""
+  x = _images(8)
+  kw = dict(shift=2, rotate=10, scale=0.1, elastic=8, elastic_sigma=4)
+  np.testing.assert_array_equal(
+      augment.augment(jax.random.key(5), x, **kw),
+      augment.augment(jax.random.PRNGKey(5), x, **kw))
+
+
+def test_the_train_step_warps_from_its_augment_stream():
+  """train_step warps the batch with the state's "augment" key folded with
+  the step: the same state steps alike, another augment key (or none)
+  otherwise, and the dropout and data streams do not decide the warp."""
+  from mnist_jax.training import optim  # pylint: disable=g-import-not-at-top
+  from mnist_jax.training import train  # pylint: disable=g-import-not-at-top
+  config = models.get_config("linear", "seed", augment=True, augment_shift=3.0)
+  model, _ = models.build(config)
+  state = train.create_train_state(jax.random.key(0), model,
+                                   optim.make_optimizer(config, 1), (28, 28))
+  batch = {"image": _images(8), "label": jnp.arange(8) % 10,
+           "valid": jnp.asarray(True)}
+  step = jax.jit(lambda s, warp: train.train_step(s, batch, augment=warp)[0],
+                 static_argnums=1)
+  warp = augment.from_config(config)
+  params = lambda s: np.concatenate([np.ravel(p) for p in
+                                     jax.tree.leaves(s.params)])
+  warped = params(step(state, warp))
+  np.testing.assert_array_equal(params(step(state, warp)), warped)
+  assert not np.allclose(params(step(state, None)), warped)
+  keys = dict(state.keys)
+  other = state.replace(keys={**keys, "augment": jax.random.key(9)})
+  assert not np.allclose(params(step(other, warp)), warped)
+  other = state.replace(keys={**keys, "data": jax.random.key(9),
+                              "dropout": jax.random.key(9)})
+  np.testing.assert_array_equal(params(step(other, warp)), warped)

@@ -43,8 +43,19 @@ def _latest_checkpoint(workdir):
   return os.path.join(folder, max(os.listdir(folder), key=int))
 
 
+def _unfinished(workdir):
+  """Marks a run folder not finished (its process killed while finishing),
+  so that its training command reads its checkpoint."""
+  with open(os.path.join(workdir, "config.json")) as f:
+    record = json.load(f)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump({**record, "finished": False}, f)
+
+
 def _truncated_checkpoint(runs, tmp_path):
+  """A run killed while finishing, whose checkpoint was truncated since."""
   workdir = _copy_run(runs, tmp_path)
+  _unfinished(workdir)
   state = os.path.join(_latest_checkpoint(workdir), "state")
   for dirpath, _, filenames in os.walk(state):
     for name in filenames:
@@ -66,10 +77,7 @@ def _missing_checkpoint(runs, tmp_path):
   """A run killed while finishing, whose checkpoints are gone since."""
   workdir = _copy_run(runs, tmp_path)
   shutil.rmtree(os.path.join(workdir, "checkpoints"))
-  with open(os.path.join(workdir, "config.json")) as f:
-    record = json.load(f)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump({**record, "finished": False}, f)
+  _unfinished(workdir)
   return workdir
 
 
@@ -138,6 +146,7 @@ CASES = [
     ("bad_int", ["--epochs=ten"], 2, "--epochs=ten"),
     ("bad_float", ["--learning_rate=fast"], 2, "--learning_rate"),
     ("bad_list", ["--mlp_hidden=a,b"], 1, "comma-separated integers"),
+    ("empty_list", ["--mlp_hidden="], 1, "--mlp_hidden lists no sizes"),
     ("unknown_flag", ["--epoch=3"], 2, "Unknown command line flag 'epoch'"),
     ("stray_argument", ["train"], 1, "unexpected arguments"),
     ("huge_seed", ["--seed=99999999999"], 1, "--seed must be in"),
@@ -199,7 +208,9 @@ SLOW_CASES = {
     "dropout_one", "bad_float", "huge_seed", "workdir_under_file",
     "swapped_idx", "bad_gzip_idx", "bad_label_idx", "damaged_prepared_info",
     "mnist_dir_not_folder", "missing_checkpoint", "zero_lr", "val_fraction_one",
-    "bad_list", "stray_argument", "missing_idx", "workdir_is_file"}
+    "bad_list", "stray_argument", "missing_idx", "workdir_is_file",
+    # test_failures.py checks this one in the fast suite, in process.
+    "empty_list"}
 
 
 @pytest.mark.parametrize("case", [
@@ -222,6 +233,26 @@ def test_bad_input_is_one_line_and_writes_nothing(case, prepared, runs, tmp_path
   assert len(lines) == 1, err
   assert lines[0].startswith("error: ") and message in lines[0], lines[0]
   assert lh.snapshot(str(tmp_path), data_dir, mnist_dir, *runs.values()) == before
+
+
+@pytest.mark.slow  # test_folder.py checks the same in process.
+def test_another_models_command_on_a_run_folder_is_one_line(prepared, runs,
+                                                            tmp_path):
+  """--model=linear with --workdir of an mlp run: refused in one line that
+  names the model, not a KeyError of a setting the linear model lacks."""
+  mnist_dir, data_dir = prepared
+  workdir = _copy_run(runs, tmp_path)
+  flags = [f for f in RUN if "mlp_hidden" not in f and "--model=" not in f]
+  before = lh.snapshot(workdir)
+  rc, out, err = lh.run(["--model=linear", *flags, f"--mnist_dir={mnist_dir}",
+                         f"--data_dir={data_dir}", f"--workdir={workdir}"],
+                        timeout=60)
+  assert rc == 1, (out, err)
+  assert "Traceback" not in err + out
+  [line] = err.strip().splitlines()
+  assert line.startswith(f"error: {workdir} holds a run with other settings")
+  assert "model: 'mlp' -> 'linear'" in line and "another --workdir" in line
+  assert lh.snapshot(workdir) == before
 
 
 def test_debug_shows_the_traceback(prepared, tmp_path):

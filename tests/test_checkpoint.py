@@ -6,25 +6,30 @@ import os
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import launch_helpers as lh
 from mnist_jax import models
 from mnist_jax.rundir import checkpoints
+from mnist_jax.training import optim
 from mnist_jax.training import train
 
 CONFIG = models.get_config("linear", "seed")
 
 
 def _state(config=CONFIG):
-  return train.create_train_state(jax.random.PRNGKey(2), config,
-                                  models.build(config), 5)
+  """What a checkpoint holds of a fresh linear model's train state (arrays,
+  as a run's state is once on its devices)."""
+  model, _ = models.build(config, say=lambda _: None)
+  return jax.tree.map(jnp.asarray, checkpoints.tree(train.create_train_state(
+      jax.random.key(2), model, optim.make_optimizer(config, 5), (28, 28))))
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-  """(workdir, state): two checkpoints of a linear model, steps 7 and 14."""
+  """(workdir, tree): two checkpoints of a linear model, steps 7 and 14."""
   workdir = str(tmp_path_factory.mktemp("saved"))
   state = _state()
   writer = checkpoints.Checkpointer(workdir)
@@ -32,7 +37,7 @@ def saved(tmp_path_factory):
     writer.save(step, state, {"epoch": step // 7, "epoch_step": 0,
                               "step": step, "model": "linear",
                               "param_shapes": checkpoints.param_shapes(
-                                  state.params)})
+                                  state["params"])})
   writer.close()
   return workdir, state
 
@@ -56,14 +61,36 @@ def _restore(workdir, template=None, model="linear"):
     reader.close()
 
 
-def test_restore_ignores_the_devices_a_checkpoint_was_written_on(saved,
-                                                                 tmp_path):
-  """A checkpoint written with its arrays over 2 devices (what orbax records
-  of the members of a split host) restores in a process with one device,
-  into a template of shapes only (run.load_run's), whole on this
-  process's device."""
+def test_a_checkpoint_records_no_devices_and_restores_to_the_host(saved,
+                                                                  tmp_path):
+  """Format 3 saves host arrays (no sharding of the devices that wrote them is
+  recorded) and restores into a template of shapes only (load_run's) as
+  host arrays, whatever devices the restoring process has."""
   workdir = _copy(saved, tmp_path)
-  path = os.path.join(_step_dir(workdir), "state", "_sharding")
+  assert not os.path.exists(os.path.join(_step_dir(workdir), "state",
+                                         "_sharding"))
+  state, meta = _restore(workdir, jax.eval_shape(_state))
+  assert meta["step"] == 14 and meta["format"] == checkpoints.FORMAT
+  assert sorted(state) == sorted(checkpoints.PARTS)
+  lh.assert_trees_equal(state, saved[1])
+  for leaf in jax.tree.leaves(state):
+    assert isinstance(leaf, np.ndarray)
+
+
+FORMAT2 = os.path.join(lh.ROOT, "tests", "data", "format2", "mlp")
+
+
+def test_an_old_checkpoint_written_over_two_devices_restores_on_one(tmp_path):
+  """A format-2 checkpoint whose arrays orbax recorded as split over 2
+  devices (the members of a split host) restores in a process with one."""
+  from mnist_jax.rundir import folder  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  shutil.copytree(FORMAT2, workdir)
+  [step] = os.listdir(os.path.join(workdir, "checkpoints"))
+  path = os.path.join(_step_dir(workdir, step), "state", "_sharding")
+  config = folder.read_config(workdir)
+  template = checkpoints.tree(lh.template(config))
+  whole = _restore(workdir, template, model="mlp")[0]
   with open(path) as f:
     names = json.load(f)
   two = json.dumps({
@@ -73,11 +100,9 @@ def test_restore_ignores_the_devices_a_checkpoint_was_written_on(saved,
   with open(path, "w") as f:
     json.dump({name: two for name in names}, f)
   assert jax.device_count() == 1
-  state, meta = _restore(workdir, jax.eval_shape(_state))
-  assert meta["step"] == 14
-  lh.assert_trees_equal(state, saved[1])
-  for leaf in jax.tree.leaves(state):
-    assert leaf.devices() == {jax.local_devices()[0]}
+  state, meta = _restore(workdir, template, model="mlp")
+  assert meta["step"] == int(step) and meta.get("format", 2) == 2
+  lh.assert_trees_equal(state, whole)
 
 
 def _flip_array_byte(workdir):
@@ -216,8 +241,8 @@ def test_an_intact_checkpoint_that_does_not_fit_is_not_damage(
   elif case == "another_model":
     model = "mlp"
   elif case == "other_shapes":
-    template = template.replace(params=jax.tree.map(
-        lambda p: np.zeros(p.shape[:-1] + (11,), p.dtype), template.params))
+    template = dict(template, params=jax.tree.map(
+        lambda p: np.zeros(p.shape[:-1] + (11,), p.dtype), template["params"]))
   else:
     how(workdir)
   reader = reader or checkpoints.Checkpointer(workdir, read_only=True)

@@ -11,7 +11,10 @@ import re
 import subprocess
 import sys
 
+import types
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -22,9 +25,9 @@ from mnist_jax.data import datasets
 from mnist_jax.data import idx
 from mnist_jax.data import pipeline
 from mnist_jax.data import tfds_builder
-from mnist_jax.data import views
 from mnist_jax.errors import UserError
 from mnist_jax.results import report
+from mnist_jax.training import optim
 from mnist_jax.training import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -163,24 +166,28 @@ def test_every_model_trains_a_step_and_evaluates(emnist, dataset, model):
   mnist_dir, data_dir = emnist[dataset]
   config = models.get_config(model, "seed", dataset=dataset, batch_size=16,
                              mnist_dir=mnist_dir, data_dir=data_dir,
-                             val_fraction=0.0, **TINY[model])
+                             val_fraction=0.0, impl="stock", **TINY[model])
   data = pipeline.load(config)
   k = datasets.num_classes(dataset)
-  state = train.create_train_state(jax.random.PRNGKey(0), config,
-                                   models.build(config), steps_per_epoch=1)
+  module, _ = models.build(config)
+  assert module.num_classes == k
+  state = train.create_train_state(jax.random.key(0), module,
+                                   optim.make_optimizer(config, 1),
+                                   data.train.images.shape[1:])
   assert state.params["out"]["kernel"].shape[-1] == k
-  view = models.input_view(config)
   test = data.test
-  mask = np.ones(len(test), np.float32)
+  train_batch = {"image": jnp.asarray(data.train.images[:16]),
+                 "label": jnp.asarray(data.train.labels[:16]),
+                 "valid": jnp.asarray(True)}
+  test_batch = {"image": jnp.asarray(test.images),
+                "label": jnp.asarray(test.labels),
+                "mask": jnp.ones(len(test), jnp.float32)}
 
   @jax.jit  # One program: a compile per model and class count.
   def step_and_evaluate(state):
-    state, train_sums = train.train_step(
-        state, data.train.images[:16], data.train.labels[:16], view=view)
-    test_sums = train.eval_step(state.params, state.apply_fn, test.images,
-                                test.labels, mask, view=view)
-    logits = state.apply_fn({"params": state.params},
-                            views.to_view(test.images, view))
+    state, train_sums = train.train_step(state, train_batch)
+    test_sums = train.eval_step(state, test_batch)
+    logits = state.apply_fn(state.variables, test_batch["image"])
     return train_sums, test_sums, logits
 
   train_sums, test_sums, logits = step_and_evaluate(state)
@@ -197,8 +204,11 @@ def test_report_at_47_classes_names_every_class(tmp_path):
   logits = np.eye(47, dtype=np.float32)[labels] * 5
   logits[0] = np.eye(47)[(labels[0] + 1) % 47] * 5  # One mistake.
   config = models.get_config("linear", dataset="emnist_balanced")
+  # A trained model whose test logits are these (report.write asks a Run).
+  run = types.SimpleNamespace(config=config, seeds=(0,),
+                              logits=lambda x, batch_size=None: logits)
   test = pipeline.Split(images, labels.astype(np.int32))
-  out = report.write(str(tmp_path), config, test, logits, info.class_names)
+  out = report.write(str(tmp_path), run, test, info.class_names)
   assert out["confusion"].shape == (47, 47) and out["accuracy"] == 93 / 94
   with open(tmp_path / "confusion_matrix.csv") as f:
     rows = list(csv.reader(f))
@@ -219,7 +229,7 @@ def test_old_run_config_without_new_fields_says_its_classes():
   config = models.get_config("mlp", dataset="emnist_letters")
   record = json.loads(config.to_json())
   assert not {"num_classes", "class_names", "image_shape"} & set(record)
-  assert models.build(config).num_classes == 26
+  assert models.build(config)[0].num_classes == 26
   assert models.registry.describe(config).startswith("784-1024-1024-26")
 
 

@@ -9,9 +9,11 @@ import subprocess
 import sys
 
 import matplotlib.pyplot as plt
+import numpy as np
 from PIL import Image
 import pytest
 
+from mnist_jax import models
 from mnist_jax.results import compare
 from mnist_jax.results import plots
 from mnist_jax.rundir import files
@@ -84,14 +86,13 @@ def test_command_line_errors(tmp_path):
 @pytest.mark.slow
 def test_num_seeds_run_gives_one_run_per_seed(prepared, tmp_path):
   """A --num_seeds=3 run is grouped as three seeds, with their spread."""
-  from mnist_jax import models  # pylint: disable=g-import-not-at-top
-  from mnist_jax.training import train  # pylint: disable=g-import-not-at-top
+  from mnist_jax.rundir import run  # pylint: disable=g-import-not-at-top
   mnist_dir, data_dir = prepared
   folder = str(tmp_path / "linear-3seeds")
   config = models.get_config("linear", "seed", num_seeds=3, seed=5, epochs=2,
                              val_fraction=0.1, mnist_dir=mnist_dir,
                              data_dir=data_dir)
-  train.train_and_evaluate(config, folder, stream=io.StringIO())
+  run.train_and_evaluate(config, folder, stream=io.StringIO())
   final = folder_lib.final_metrics(folder)
   groups = compare.compare([folder], str(tmp_path / "out"), log=lambda _: None)
   assert len(groups) == 1
@@ -114,6 +115,144 @@ def test_num_seeds_run_gives_one_run_per_seed(prepared, tmp_path):
       final["test_accuracy_std"], abs=1e-6)
   assert float(row["test_loss_mean"]) == pytest.approx(
       final["test_loss_mean"], abs=1e-6)
+  # Each seed is charged a third of the program's time.
+  assert g["train_time_s"] == pytest.approx(
+      [(final["wall_time_s"] - final["data_time_s"]) / 3] * 3)
+  assert g["program_members"] == [3, 3, 3]
+
+
+# Honest numbers (issue 29): a program's time shared by its members, each
+# model counted once, the sample standard deviation.
+
+
+def _write_run(folder, accuracies, *, seed=0, wall=40.0, data=4.0,
+               epoch_time=10.0, examples_per_s=5000.0, **overrides):
+  """A finished run folder as launch.py leaves it: one member per accuracy
+  (several: a --num_seeds run of seeds seed, seed+1, ...)."""
+  m = len(accuracies)
+  config = models.get_config("linear", "seed", epochs=2, seed=seed,
+                             num_seeds=m, val_fraction=0.1,
+                             workdir=str(folder), **overrides)
+  os.makedirs(folder)
+  files.write_json(os.path.join(folder, folder_lib.CONFIG_FILE),
+                   {"config": config.to_dict()})
+  entries = lambda **k: [{"index": i, "seed": seed + i, "values": {}, **k}
+                         for i in range(m)]
+  rows = []
+  for e in (1, 2):
+    row = {"epoch": e, "step": 10 * e, "train_loss": 1.0 / e,
+           "train_accuracy": 0.8, "val_loss": 1.1 / e, "val_accuracy": 0.8,
+           "learning_rate": 1e-3, "epoch_time_s": epoch_time,
+           "examples_per_s": examples_per_s}
+    if m > 1:
+      row["members"] = entries(train_loss=1.0 / e, train_accuracy=0.8,
+                               val_loss=1.1 / e, val_accuracy=0.8)
+    rows.append(row)
+  final = {"test_accuracy": accuracies[0], "test_loss": 0.3,
+           "test_examples": 200, "epochs_run": 2, "compile_time_s": 2.0,
+           "num_params": 7850, "wall_time_s": wall, "data_time_s": data}
+  if m > 1:
+    final["members"] = [dict(e, test_accuracy=a, test_loss=0.3)
+                        for e, a in zip(entries(), accuracies)]
+    final["chosen"] = {"index": 0, "seed": seed, "values": {}}
+    final["test_accuracy_mean"] = float(np.mean(accuracies))
+    final["test_accuracy_std"] = float(np.std(accuracies, ddof=1))
+  rows.append(final)
+  files.write_text(os.path.join(folder, folder_lib.METRICS_FILE),
+                   "".join(json.dumps(r) + "\n" for r in rows))
+  return str(folder)
+
+
+def _csv(path):
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def test_members_of_a_program_share_its_time(tmp_path):
+  """Four seeds trained in one program of 36 s (less data) are charged 9 s
+  each, not 36 s each; a standalone run of another seed its own time."""
+  program = _write_run(tmp_path / "four", [0.91, 0.92, 0.93, 0.94], seed=10,
+                       wall=40.0, data=4.0, epoch_time=8.0,
+                       examples_per_s=1000.0)
+  single = _write_run(tmp_path / "one", [0.95], seed=0, wall=12.0, data=2.0)
+  out = str(tmp_path / "out")
+  [g] = compare.compare([program, single], out, log=lambda _: None)
+  by_seed = dict(zip(g["seeds"], g["runs"]))
+  assert g["seeds"] == [0, 10, 11, 12, 13]
+  assert by_seed[0]["train_time_s"] == pytest.approx(10.0)
+  for seed in (10, 11, 12, 13):
+    member = by_seed[seed]
+    assert member["train_time_s"] == pytest.approx(36.0 / 4)
+    assert member["wall_time_s"] == pytest.approx(40.0 / 4)
+    assert member["compile_time_s"] == pytest.approx(2.0 / 4)
+    assert member["epoch_time_s"] == pytest.approx(8.0 / 4)
+    assert member["examples_per_s"] == pytest.approx(4 * 1000.0)
+  # The table's mean time is over the five models' shares: 46 s in all.
+  [row] = _csv(os.path.join(out, "comparison.csv"))
+  assert float(row["train_time_s_mean"]) == pytest.approx(46.0 / 5, abs=0.01)
+  runs = {r["seed"]: r for r in _csv(os.path.join(out, "runs.csv"))}
+  assert runs["11"]["program_members"] == "4" and runs["11"]["member"] == "1"
+  assert runs["11"]["run"] == program and runs["0"]["member"] == ""
+  assert float(runs["11"]["train_time_s"]) == pytest.approx(9.0)
+  text = open(os.path.join(out, "comparison.md")).read()
+  assert f"{program} (4 members)" in text and "divided by its members" in text
+
+
+def test_a_model_trained_twice_is_counted_once(tmp_path):
+  """A standalone run with the settings and seed of a program's member is
+  one model: the standalone run is kept (its times are its own), and both
+  the log and comparison.md say which was left out."""
+  program = _write_run(tmp_path / "three", [0.90, 0.91, 0.92], seed=0)
+  twin = _write_run(tmp_path / "seed1", [0.97], seed=1, wall=7.0, data=1.0)
+  other = _write_run(tmp_path / "seed5", [0.93], seed=5)
+  logs = []
+  out = str(tmp_path / "out")
+  # The program's folder also reached twice: given, and inside tmp_path.
+  [g] = compare.compare([program, twin, str(tmp_path)], out, log=logs.append)
+  assert g["seeds"] == [0, 1, 2, 5]
+  kept = g["runs"][g["seeds"].index(1)]
+  assert kept["run"] == twin and kept["member"] is None
+  assert g["test_accuracy"][1] == 0.97 and kept["train_time_s"] == 6.0
+  said = f"member 1 of {program} left out for {twin}"
+  assert (f"counting one run once: member 1 of {program} has the settings and "
+          f"seed of {twin}; left out for it") in logs, logs
+  assert said in open(os.path.join(out, "comparison.md")).read()
+  assert len(_csv(os.path.join(out, "runs.csv"))) == 4
+  assert logs[-1].startswith("compared 4 runs in 1 configurations (1 counted "
+                             "once)")
+  # Given first, the member still gives way to the standalone run.
+  summaries = (compare.split_members(compare.summarize(program)) +
+               [compare.summarize(twin), compare.summarize(other)])
+  kept_runs, dropped = compare.deduplicate(summaries[::-1])
+  assert len(kept_runs) == 4 and [(d["member"], k["run"]) for d, k in dropped
+                                  ] == [(1, twin)]
+  # Another setting (here the batch size) is another model.
+  third = _write_run(tmp_path / "b64", [0.9], seed=1, batch_size=64)
+  assert not compare.deduplicate([compare.summarize(twin),
+                                  compare.summarize(third)])[1]
+
+
+def test_spread_is_the_sample_standard_deviation_as_in_report_md(tmp_path):
+  accuracies = [0.90, 0.92, 0.97]
+  program = _write_run(tmp_path / "three", accuracies)
+  out = str(tmp_path / "out")
+  [g] = compare.compare([program], out, log=lambda _: None)
+  [row] = _csv(os.path.join(out, "comparison.csv"))
+  sample = float(np.std(accuracies, ddof=1))
+  assert float(row["test_accuracy_std"]) == pytest.approx(sample, abs=1e-6)
+  # What the run's own final row (report.md's numbers) holds.
+  final = folder_lib.final_metrics(program)
+  assert float(row["test_accuracy_std"]) == pytest.approx(
+      final["test_accuracy_std"], abs=1e-6)
+  text = open(os.path.join(out, "comparison.md")).read()
+  assert f"{100 * np.mean(accuracies):.2f} ± {100 * sample:.2f}" in text
+  # The figures' whiskers and labels too.
+  fig = plots.accuracy_figure(compare.group(
+      compare.split_members(compare.summarize(program))))
+  labels = [t.get_text() for t in fig.axes[0].texts]
+  assert f"± {100 * sample:.2f} (n=3)" in labels[0], labels
+  plt.close("all")
+  assert compare._mean_std([0.5]) == (0.5, 0.0)  # pylint: disable=protected-access
 
 
 # Times without the data, numeric order, honest axes, whole figures.
@@ -189,6 +328,21 @@ def test_accuracy_axes_start_a_point_below_the_lowest_run():
   low = plots.accuracy_floor([100 * (0.992 - 0.02)])
   assert panels["Validation accuracy (%)"].get_ylim() == (low, 100.0)
   assert panels["Validation loss"].get_ylim()[0] == 0.0
+  plt.close("all")
+
+
+def test_a_time_whisker_never_reaches_zero(tmp_path):
+  """Two runs of 1 s and 20 s: mean 10.5 s, sample std 13.4 s; on the log
+  time axis (another group at 200 s) the whisker stops at the fastest run
+  rather than at -inf (which drew a figure of 250 million pixels)."""
+  groups = [_group("cnn", [0.99, 0.991], [1.0, 20.0]),
+            _group("gru", [0.98], [200.0])]
+  fig = plots.accuracy_time_figure(groups)
+  ax = fig.axes[0]
+  assert ax.get_xscale() == "log" and ax.get_xlim()[0] > 0
+  path = plots.compare_accuracy_time(groups, str(tmp_path / "t.png"))
+  with Image.open(path) as image:
+    assert max(image.size) < 3000, image.size
   plt.close("all")
 
 

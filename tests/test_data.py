@@ -1,4 +1,5 @@
-"""The offline tfds prepare path, the cache, the split, the views, data errors."""
+"""The offline tfds prepare path, the cache, the split, the arrays a model
+is fed, data errors."""
 
 import gzip
 import os
@@ -12,8 +13,8 @@ import pytest
 
 from conftest import synthetic_digits, write_idx_dir
 from mnist_jax.data import idx
+from mnist_jax import models
 from mnist_jax.data import pipeline
-from mnist_jax.data import views
 from mnist_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,15 +91,24 @@ def test_split_holds_out_the_last_fraction(prepared, fraction, n_train, n_val):
   np.testing.assert_array_equal(ds.val.labels, arrays["train_labels"][n_train:])
 
 
-@pytest.mark.parametrize("view,shape", [("flat", (3, 784)), ("image", (3, 28, 28, 1)),
-                                        ("rows", (3, 28, 28))])
-def test_views_scale_to_unit_interval(view, shape):
-  images = np.array([np.zeros((28, 28)), np.full((28, 28), 255),
-                     np.full((28, 28), 51)], np.uint8)
-  x = np.asarray(views.to_view(images, view))
-  assert x.shape == shape and x.dtype == np.float32
-  assert x.min() == 0.0 and x.max() == 1.0
-  assert np.allclose(x[2], 0.2)
+def test_load_gives_the_raw_arrays_every_model_reads(prepared):
+  """No views any more: each split is images [N, 28, 28] uint8 (0-255,
+  as stored) and labels [N] int32, which each model scales itself."""
+  mnist_dir, data_dir = prepared
+  config = models.get_config("lstm", "pixels", mnist_dir=mnist_dir,
+                             data_dir=data_dir)
+  data = pipeline.load(config)
+  other = pipeline.load(models.get_config(  # Another model: the same arrays.
+      "cnn", mnist_dir=mnist_dir, data_dir=data_dir, val_fraction=0.1))
+  for a, b in zip((data.train, data.val, data.test),
+                  (other.train, other.val, other.test)):
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.labels, b.labels)
+  for split in (data.train, data.val, data.test):
+    assert split.images.dtype == np.uint8 and split.images.shape[1:] == (28, 28)
+    assert split.labels.dtype == np.int32 and len(split) == len(split.images)
+  assert data.train.images.max() == 230  # synthetic_digits' ink, unscaled.
+  assert data.class_names == tuple("0123456789")
 
 
 def _break(path, how):

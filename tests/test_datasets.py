@@ -9,7 +9,7 @@ from tests.conftest import write_idx_dir
 from mnist_jax import models
 from mnist_jax.data import datasets
 from mnist_jax.data import pipeline
-from mnist_jax.training import train
+from mnist_jax.rundir import run
 
 
 @pytest.mark.slow
@@ -30,7 +30,7 @@ def test_each_dataset_prepares_trains_and_plots(dataset, model, extra, tmp_path)
   # Prepared under the dataset's own name, beside any other dataset.
   assert os.path.isdir(os.path.join(data_dir, dataset, "3.0.1"))
   workdir = str(tmp_path / "run")
-  final = train.train_and_evaluate(config, workdir, stream=io.StringIO())
+  final = run.train_and_evaluate(config, workdir, stream=io.StringIO())
   assert final["test_examples"] == 100
   assert os.path.getsize(os.path.join(workdir, "learning_curves.png")) > 0
 

@@ -1,117 +1,171 @@
-"""The engine runs train.py's pure chunk and evaluation, placed on devices."""
+"""devices.Layout maps train.py's one-model functions over members and
+devices; the loop is those functions over each epoch's order.
+
+(Several devices: test_parallel.py; the --parallel rule: test_host_split.py.)
+"""
 
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import synthetic_digits
 from mnist_jax import models
-from mnist_jax.data import batches
-from mnist_jax.data import pipeline
-from mnist_jax.rundir import checkpoints
 from mnist_jax.training import devices
 from mnist_jax.training import members as members_lib
+from mnist_jax.training import optim
 from mnist_jax.training import train
+from parallel_worker import Recorder, dataset
+
+MLP_PARAMS = 784 * 16 + 16 + 16 * 10 + 10
 
 
-def _dataset():
-  images, labels = synthetic_digits(230, seed=5)
-  test_images, test_labels = synthetic_digits(70, seed=6)
-  return pipeline.split({"train_images": images,
-                         "train_labels": labels.astype(np.int32),
-                         "test_images": test_images,
-                         "test_labels": test_labels.astype(np.int32)}, 0.1)
+def _config(**overrides):
+  values = dict(mlp_hidden=(16,), dropout=0.2, batch_size=25, chunk_steps=3,
+                eval_batch_size=16, val_fraction=0.1, epochs=1)
+  return models.get_config("mlp", "seed", **{**values, **overrides})
 
 
-def _engine(num_seeds=1, **overrides):
-  config = models.get_config("mlp", "seed", mlp_hidden=(16,), dropout=0.2,
-                             batch_size=25, chunk_steps=3, eval_batch_size=16,
-                             parallel="none", num_seeds=num_seeds, **overrides)
-  dataset = _dataset()
-  steps = train.steps_per_epoch(config, len(dataset.train))
-  engine = devices.Engine(config, members_lib.from_config(config))
-  engine.place(dataset, steps)
-  state = engine.init_state(functools.partial(
-      train.create_train_state, config=config, model=models.build(config),
-      steps_per_epoch=steps))
-  state, _ = engine.start(state, checkpoints.Start())
-  engine.compile(state, train.make_train_chunk(config, jit=False),
-                 train.make_evaluate(config, state.apply_fn, jit=False))
-  return config, engine, state
+def _data():
+  """207 training examples (8 steps of 25), 23 validation, 70 test."""
+  return dataset(n_train=230, n_test=70)
 
 
-def _run(engine, state, epoch, steps_done=0, sums=None, stop_after=None):
-  plan = engine.epoch_plan(epoch, steps_done)
-  sums = engine.initial_sums(sums)
-  for c in plan.chunks[:stop_after]:
-    state, sums, bad, _ = engine.train_chunk(state, plan, c, sums)
-    assert (bad == -1).all()
-  return state, sums, plan
+def _create(config, steps):
+  model, _ = models.build(config, say=lambda _: None)
+  return functools.partial(
+      train.create_train_state, model=model,
+      tx=optim.make_optimizer(config, steps, members_lib.swept(config)),
+      image_shape=(28, 28))
+
+
+def test_one_device_layout():
+  said = []
+  layout = devices.Layout(_config(parallel="auto"), 1, said.append)
+  assert layout.mode == "none" and layout.num_devices == 1 and not said
+  assert layout.record() == {"mode": "none", "devices": 1}
+  assert layout.axis_name is None and layout.batch_sharding is None
+  assert layout.eval_batch_size(100) == 100
+  state = members_lib.init_state(members_lib.from_config(_config()),
+                                 _create(_config(), 8))
+  placed = layout.put_state(state)
+  assert layout.unreplicated(placed) is placed
+  assert layout.num_params(placed) == MLP_PARAMS
+  host = layout.host(placed.params)
+  assert isinstance(host["out"]["kernel"], np.ndarray)
+  images, labels = layout.put(_data().test)
+  assert images.shape == (70, 28, 28) and images.dtype == jnp.uint8
+  assert labels.dtype == jnp.int32
 
 
 def test_an_epoch_is_the_pure_chunk_over_the_epochs_order():
-  config, engine, state = _engine()
-  assert engine.splits == ["test", "val"] and engine.steps == 8
-  state, sums, plan = _run(engine, state, 1)
-  assert plan.chunks == [0, 1, 2] and plan.is_last(2) and not plan.is_last(1)
-  assert [plan.steps_after(c) for c in plan.chunks] == [3, 6, 8]
+  """The loop trains chunk by chunk over epoch_order: the same chunks run by
+  hand from the same fresh state end with the same arrays and sums."""
+  config, data = _config(), _data()
+  hooks = Recorder()
+  state, final = train.train_and_evaluate(config, data, hooks)
+  assert hooks.steps == 8 and hooks.chunks == [(1, 0), (1, 3), (1, 6)]
+  assert final["test_examples"] == 70 and final["steps"] == 8
+  assert hooks.rows[0]["step"] == 8
 
-  ref = train.create_train_state(members_lib.keys(engine.members)[0], config,
-                                 models.build(config), 8)
-  order = batches.epoch_plan(members_lib.keys(engine.members)[1], 1, n=207,
-                             batch_size=25, num_chunks=3, chunk_len=3)
-  chunk = train.make_train_chunk(config)
-  valid = np.arange(9).reshape(3, 3) < 8
+  members = members_lib.from_config(config)
+  ref = members_lib.init_state(members, _create(config, 8))
+  order = train.epoch_order(ref, 1, n=207, batch_size=25)
+  chunk = jax.jit(functools.partial(
+      train.train_chunk, chunk_len=train.chunk_len(8, 3),
+      multiplier=optim.schedule(config, 8)))
   total = 0.0
-  for c in range(3):
-    ref, ref_sums, _, _ = chunk(ref, engine.images, engine.labels, order[c],
-                             valid[c])
-    total += float(ref_sums["loss"])
+  for first in (0, 3, 6):
+    ref, sums, bad, _ = chunk(ref, order, *map(jnp.asarray, (
+        data.train.images, data.train.labels)), first)
+    assert int(bad) == -1
+    total += float(sums["loss"])
   for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref.params)):
     np.testing.assert_array_equal(a, b)
-  metrics = engine.metrics(sums)
-  assert metrics["count"] == 200 and engine.step(state) == 8
-  assert metrics["loss"] == pytest.approx(total / 200, rel=1e-6)
-  test = engine.evaluate(state, "test")
-  assert test["count"] == 70 and 0 <= test["accuracy"] <= 1
-  assert engine.evaluate(state, "val")["count"] == 23
+  assert int(state.step) == 8
+  assert hooks.rows[0]["train_loss"] == pytest.approx(total / 200, rel=1e-6)
+  val = jax.jit(functools.partial(train.evaluate, batch_size=16))(
+      ref, jnp.asarray(data.val.images), jnp.asarray(data.val.labels))
+  assert float(val["count"]) == 23
+  assert hooks.rows[0]["val_loss"] == pytest.approx(
+      float(val["loss"]) / 23, rel=1e-6)
 
 
-def test_an_epoch_resumed_between_chunks_ends_bit_identical():
-  _, engine, state = _engine()
-  whole, whole_sums, _ = _run(engine, state, 2)
-  _, engine, state = _engine()
-  half, sums, _ = _run(engine, state, 2, stop_after=1)
-  partial = {k: np.asarray(v) for k, v in jax.device_get(sums).items()}
-  plan = engine.epoch_plan(2, steps_done=3)
-  assert plan.chunks == [1, 2]
-  resumed, resumed_sums, _ = _run(engine, half, 2, steps_done=3, sums=partial)
-  for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(whole)):
-    np.testing.assert_array_equal(a, b)
-  assert engine.metrics(resumed_sums) == engine.metrics(whole_sums)
+def test_mapped_members_compute_what_each_single_run_does():
+  """Layout.map vmaps the chunk over 3 members, their label smoothing
+  mapped with them: member i's state and sums are the single run's with
+  its seed and value."""
+  config = _config(seed=7, num_seeds=1, sweep="label_smoothing=0,0.1,0.2")
+  members = members_lib.from_config(config)
+  assert [m.config.label_smoothing for m in members] == [0, 0.1, 0.2]
+  layout = devices.Layout(config, len(members))
+  assert layout.mode == "members" and layout.num_devices == 1
+  data = _data()
+  images, labels = layout.put(data.train)
+  create = _create(config, 8)
+  chunk = functools.partial(train.train_chunk, chunk_len=3,
+                            multiplier=optim.schedule(config, 8))
+  stacked = layout.put_state(members_lib.init_state(members, create))
+  order = layout.map(functools.partial(train.epoch_order, n=207,
+                                       batch_size=25), donate=False)(stacked, 1)
+  assert order.shape == (3, 8, 25)
+  out, sums, bad, rate = layout.map(chunk, members_lib.per_member(members),
+                                    mapped=2)(stacked, order, images, labels,
+                                              0)
+  assert np.asarray(bad).tolist() == [-1] * 3
+  assert np.asarray(out.step).tolist() == [3] * 3
+  assert np.asarray(sums["count"]).tolist() == [75] * 3
+  assert len(set(np.asarray(sums["loss"]).tolist())) == 3
+  # One compile for the single runs: their label smoothing as an argument.
+  one_chunk = jax.jit(lambda s, o, smoothing: chunk(
+      s, o, images, labels, 0, label_smoothing=smoothing))
+  for m in members:
+    single = members_lib.init_state([m], create)
+    one_order = train.epoch_order(single, 1, n=207, batch_size=25)
+    np.testing.assert_array_equal(one_order, order[m.index])
+    single, one_sums, _, _ = one_chunk(single, one_order,
+                                       np.float32(m.config.label_smoothing))
+    for a, b in zip(jax.tree.leaves(single.params),
+                    jax.tree.leaves(out.params)):
+      np.testing.assert_allclose(a, b[m.index], rtol=1e-5, atol=1e-6)
+    assert float(one_sums["loss"]) == pytest.approx(
+        float(sums["loss"][m.index]), rel=1e-5)
 
 
 def test_members_train_side_by_side_and_report_each():
-  config, engine, state = _engine(num_seeds=2, seed=4)
-  assert engine.environment()["parallel"] == {"mode": "none", "devices": 1}
-  state, sums, _ = _run(engine, state, 1)
-  metrics = engine.metrics(sums)
-  assert len(metrics["per_member"]) == 2
-  assert metrics["loss"] == pytest.approx(
-      np.mean([m["loss"] for m in metrics["per_member"]]))
-  assert engine.step(state) == 8
-  assert engine.num_params(state) == 784 * 16 + 16 + 16 * 10 + 10
-  first = engine.member_params(state, 0)
-  second = engine.member_params(state, 1)
-  assert first["out"]["kernel"].shape == (16, 10)
-  assert not np.allclose(first["out"]["kernel"], second["out"]["kernel"])
-  single = _engine(seed=5)[1:]
-  single_state, single_sums, _ = _run(*single, 1)
-  for a, b in zip(jax.tree.leaves(engine.member_params(state, 1)),
-                  jax.tree.leaves(single[0].member_params(single_state))):
+  config, data = _config(num_seeds=2, seed=4), _data()
+  hooks = Recorder()
+  state, final = train.train_and_evaluate(config, data, hooks)
+  assert hooks.record["parallel"] == {"mode": "members", "devices": 1}
+  row = hooks.rows[0]
+  assert [m["seed"] for m in row["members"]] == [4, 5]
+  assert row["train_loss_mean"] == pytest.approx(
+      np.mean([m["train_loss"] for m in row["members"]]))
+  assert np.asarray(state.step).tolist() == [8, 8]
+  assert final["num_params"] == MLP_PARAMS
+  assert state.params["out"]["kernel"].shape == (2, 16, 10)
+  assert not np.allclose(state.params["out"]["kernel"][0],
+                         state.params["out"]["kernel"][1])
+  single_hooks = Recorder()
+  single, single_final = train.train_and_evaluate(config.replace(
+      seed=5, num_seeds=1), data, single_hooks)
+  for a, b in zip(jax.tree.leaves(jax.tree.map(lambda x: x[1], state.params)),
+                  jax.tree.leaves(single.params)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-  assert metrics["per_member"][1]["loss"] == pytest.approx(
-      single[0].metrics(single_sums)["loss"], rel=1e-5)
-  assert config.num_seeds == 2
+  assert row["members"][1]["train_loss"] == pytest.approx(
+      single_hooks.rows[0]["train_loss"], rel=1e-5)
+  assert final["members"][1]["test_loss"] == pytest.approx(
+      single_final["test_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("mode,count,asked,expected", [
+    ("sharded", 8, 300, 304), ("pmap", 8, 300, 304), ("sharded", 3, 1000, 1002),
+    ("pmap", 2, 50, 50), ("none", 1, 300, 300), ("members", 4, 300, 300)])
+def test_eval_batches_split_over_the_data_parallel_devices(mode, count, asked,
+                                                           expected):
+  """The evaluation batch rounds up to a multiple of the devices a batch is
+  split over (the last batch is padded and masked: test_parallel.py)."""
+  layout = object.__new__(devices.Layout)  # The rule needs those devices.
+  layout.mode, layout.num_devices = mode, count
+  assert layout.eval_batch_size(asked) == expected

@@ -1,15 +1,23 @@
-"""A non-finite loss stops the run, names the step, and keeps the last good checkpoint."""
+"""A non-finite loss stops the run, names the step, and keeps the last good
+checkpoint; with several members only once every member has diverged."""
 
+import functools
 import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import launch_helpers as lh
 from mnist_jax import models
-from mnist_jax.training import control
+from mnist_jax.errors import Diverged
+from mnist_jax.rundir import checkpoints
+from mnist_jax.rundir import folder as folder_lib
+from mnist_jax.training import members as members_lib
+from mnist_jax.training import optim
 from mnist_jax.training import train
+from parallel_worker import Recorder, dataset
 
 # Adam with a learning rate warming up linearly towards 1e38: the linear
 # model's logits overflow float32 after a few epochs (about step 130 of
@@ -18,6 +26,21 @@ NAN_FLAGS = ("--model=linear", "--batch_size=16", "--chunk_steps=8",
              "--optimizer=adam", "--schedule=warmup_cosine",
              "--label_smoothing=0.1", "--learning_rate=1e38",
              "--warmup_epochs=100", "--epochs=200")
+
+
+def _restore_latest(workdir):
+  """(parts, meta) of a run folder's latest checkpoint."""
+  config = folder_lib.read_config(workdir)
+  model, _ = models.build(config, say=lambda _: None)
+  template = jax.jit(functools.partial(
+      train.create_train_state, model=model,
+      tx=optim.make_optimizer(config, 1), image_shape=(28, 28)))(
+          jax.random.key(0))
+  reader = checkpoints.Checkpointer(workdir, read_only=True)
+  try:
+    return reader.restore(checkpoints.tree(template), model=config.model)
+  finally:
+    reader.close()
 
 
 def test_divergence_stops_with_step_epoch_status_and_good_checkpoint(
@@ -42,71 +65,111 @@ def test_divergence_stops_with_step_epoch_status_and_good_checkpoint(
   assert not any(r.get("diverged") for r in rows[:-1])
   assert [r["epoch"] for r in rows[:-1]] == list(range(1, epoch))
 
-  state, meta = lh.restore_latest(workdir)
-  assert meta["epoch"] == epoch - 1 and int(state.step) < step
+  parts, meta = _restore_latest(workdir)
+  assert meta["epoch"] == epoch - 1 and int(parts["step"]) < step
   assert all(np.isfinite(np.asarray(p)).all()
-             for p in jax.tree.leaves(state.params))
+             for p in jax.tree.leaves(parts["params"]))
 
 
-def _chunk_setup(lr_scale=1.0):
-  config = models.get_config("linear", "seed", batch_size=4)
-  state = train.create_train_state(jax.random.PRNGKey(0), config,
-                                   models.get("linear").build(config), 10)
+def _chunk_setup(learning_rate=1e-3):
+  """A linear model's fresh state, 32 examples, 8 steps of 4 per epoch."""
+  config = models.get_config("linear", "seed", batch_size=4).replace(
+      learning_rate=learning_rate)  # inf: past Config's check.
+  model, _ = models.build(config, say=lambda _: None)
+  state = train.create_train_state(jax.random.key(0), model,
+                                   optim.make_optimizer(config, 8), (28, 28))
   images = jnp.asarray(np.random.default_rng(0).integers(0, 255, (32, 28, 28)),
                        jnp.uint8)
   labels = jnp.arange(32, dtype=jnp.int32) % 10
-  batch_idx = jnp.arange(32, dtype=jnp.int32).reshape(8, 4)
-  return config, state, images, labels, batch_idx
+  order = jnp.arange(32, dtype=jnp.int32).reshape(8, 4)
+
+  def chunk(state, first=0, chunk_len=8, steps=8):
+    return jax.jit(functools.partial(
+        train.train_chunk, chunk_len=chunk_len,
+        multiplier=optim.schedule(config, 8)))(state, order[:steps], images,
+                                               labels, first)
+  return state, chunk
 
 
-def test_chunk_reports_first_non_finite_step_and_skips_the_rest():
-  config, state, images, labels, batch_idx = _chunk_setup()
-  chunk = train.make_train_chunk(config)
-  valid = jnp.ones(8, bool)
-  state, sums, bad, _ = chunk(state, images, labels, batch_idx, valid)
+def test_chunk_reports_first_non_finite_step_and_nan_propagates():
+  state, chunk = _chunk_setup()
+  state, sums, bad, _ = chunk(state)
   assert int(bad) == -1 and int(state.step) == 8 and np.isfinite(sums["loss"])
 
-  # Diverge at the chunk's third step: the steps after it count, update nothing.
-  inf = config.replace(learning_rate=float("inf"))
-  state = train.create_train_state(jax.random.PRNGKey(0), inf,
-                                   models.get("linear").build(config), 10)
-  state, _, bad, _ = train.make_train_chunk(inf)(
-      state, images, labels, batch_idx, valid.at[:2].set(False))
-  assert int(bad) == 2 and int(state.step) == 6
-  frozen = jax.device_get(state.params)
+  # An infinite rate: the first update makes the parameters non-finite, so
+  # the chunk's second step (global step 2) is the first non-finite loss.
+  state, chunk = _chunk_setup(float("inf"))
+  state, sums, bad, _ = chunk(state)
+  assert int(bad) == 2 and int(state.step) == 8
+  assert not np.isfinite(float(sums["loss"]))
+  assert not all(np.isfinite(np.asarray(p)).all()
+                 for p in jax.tree.leaves(state.params))
 
-  # Parameters already not finite: no step trains, bad is the chunk's start.
-  state, sums, bad, _ = chunk(state, images, labels, batch_idx, valid)
-  assert int(bad) == 6 and int(state.step) == 14 and float(sums["count"]) == 0
-  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(frozen)):
-    np.testing.assert_array_equal(a, b)
+  # Parameters already not finite: bad is the chunk's start.
+  state, sums, bad, _ = chunk(state)
+  assert int(bad) == 8 and int(state.step) == 16
 
 
 def test_chunk_reports_non_finite_update_of_its_last_step():
-  config, state, images, labels, batch_idx = _chunk_setup()
-  chunk = train.make_train_chunk(config.replace(learning_rate=float("inf")))
-  state = train.create_train_state(
-      jax.random.PRNGKey(0), config.replace(learning_rate=float("inf")),
-      models.get("linear").build(config), 10)
-  valid = jnp.zeros(8, bool).at[0].set(True)  # One step: its loss is finite.
-  state, sums, bad, _ = chunk(state, images, labels, batch_idx, valid)
-  assert np.isfinite(sums["loss"]) and int(bad) == 1
+  state, chunk = _chunk_setup(float("inf"))
+  state, sums, bad, _ = chunk(state, chunk_len=1, steps=1)  # Its loss is finite.
+  assert np.isfinite(float(sums["loss"])) and int(bad) == 1
+  assert int(state.step) == 1
+
+
+def _members(count):
+  config = models.get_config("linear", "seed", num_seeds=count)
+  return members_lib.from_config(config)
 
 
 def test_the_run_stops_once_every_member_has():
-  assert control.all_diverged(np.int32(-1)) is None
-  assert control.all_diverged(np.array([-1, -1])) is None
-  assert control.all_diverged(np.int32(7)) == 7
-  assert control.all_diverged(np.array([-1, 12, 9, -1])) is None
-  assert control.all_diverged(np.array([20, 12, 9, 20])) == 20
-  # Members 0 and 3 stopped at the chunk from step 20 on; 1 and 2 before.
-  assert control.diverged_after(np.array([23, 12, -1, 21]), 20) == [0, 3]
+  check = train._check_divergence  # pylint: disable=protected-access
+  hooks = Recorder()
+  check(_members(1), np.array([-1]), 1, 0, 37, hooks)
+  check(_members(4), np.array([-1, 12, 9, -1]), 1, 16, 37, hooks)
+  assert not hooks.messages  # 12 and 9 diverged before this chunk (step 16).
+  check(_members(4), np.array([-1, 12, 9, -1]), 1, 8, 37, hooks)
+  assert hooks.messages == [
+      "member seed=1 diverged at step 12 (epoch 1, step 12 of 37); it stops, "
+      "the others go on",
+      "member seed=2 diverged at step 9 (epoch 1, step 9 of 37); it stops, "
+      "the others go on"]
+  with pytest.raises(Diverged, match="at step 20 "):
+    check(_members(4), np.array([20, 12, 9, 20]), 1, 16, 37, hooks)
+  with pytest.raises(Diverged, match="at step 7 "):
+    check(_members(1), np.array([7]), 1, 0, 37, hooks)
 
 
 def test_message_and_row_say_where():
-  text = control.diverged_message(75, 3, 37, "the last good checkpoint, C/74, is kept")
-  assert text.startswith("training diverged: ")
-  assert "at step 75 (epoch 3, step 1 of 37)" in text
-  assert "C/74, is kept" in text and "--learning_rate" in text and "\n" not in text
-  assert control.diverged_row(75, 3, text) == {"epoch": 3, "step": 75,
-                                               "diverged": True, "message": text}
+  class Hooks(Recorder):
+    def diverged(self, row):
+      self.row = row  # pylint: disable=attribute-defined-outside-init
+
+  hooks = Hooks()
+  with pytest.raises(Diverged) as e:
+    train._check_divergence(_members(1), np.array([75]), 3, 1, 37, hooks)  # pylint: disable=protected-access
+  text = str(e.value)
+  assert text == ("training diverged: the loss became non-finite at step 75 "
+                  "(epoch 3, step 1 of 37)")
+  assert hooks.row == {"epoch": 3, "step": 75, "diverged": True,
+                       "message": text}
+
+
+def test_a_diverged_member_stops_and_the_others_go_on():
+  """A sweep whose high rate diverges: the run goes on with the other
+  member, says which one stopped, and marks it in the rows; the chosen
+  member is the one that trained."""
+  config = models.get_config(
+      "linear", "seed", batch_size=64, epochs=2, chunk_steps=3,
+      val_fraction=0.1, sweep="learning_rate=1e-3,1e38")
+  hooks = Recorder()
+  _, final = train.train_and_evaluate(config, dataset(), hooks)
+  stopped = [m for m in hooks.messages if "diverged" in m]
+  assert len(stopped) == 1 and stopped[0].startswith(
+      "member learning_rate=1e+38, seed=0 diverged at step ")
+  for row in hooks.rows:
+    assert "diverged" not in row["members"][0]
+    assert row["members"][1]["diverged"] is True
+  assert final["chosen"]["index"] == 0
+  assert final["members"][1]["diverged"] is True
+  assert final["test_loss"] is not None and np.isfinite(final["test_loss"])

@@ -1,8 +1,12 @@
 """Every kernel computes the same function as the stock module it replaces.
 
 Same parameter tree and initial values, same outputs and same gradients (to
-float32 tolerance), including dropout draws in training mode.
+float32 tolerance), including dropout draws in training mode. Both take raw
+images [B, H, W] on the 0-255 scale. (kernels.swap checks this again at a
+run's start, on one batch of the run's own shapes: tests/test_kernels.py.)
 """
+
+import dataclasses
 
 import flax.linen as nn
 import jax
@@ -56,6 +60,11 @@ def _assert_drop_in(stock, kernel, x, train):
   _assert_trees_close(g_ref, g_fast)
 
 
+def _pixels(key, shape):
+  """Random images [B, H, W] on the 0-255 scale (float, unrounded)."""
+  return jax.random.uniform(key, shape) * 255.0
+
+
 def _dyadic(tree, scale):
   """Every leaf rounded to a multiple of 1 / scale."""
   return jax.tree.map(lambda a: jnp.round(a * scale) / scale, tree)
@@ -68,17 +77,28 @@ def _cfirst(f):
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-@pytest.mark.parametrize("num_layers,bidirectional,dropout,train", [
-    (1, False, 0.0, False),
-    pytest.param(2, True, 0.3, True, marks=pytest.mark.slow),
-    pytest.param(3, False, 0.2, True, marks=pytest.mark.slow),
+@pytest.mark.parametrize("num_layers,bidirectional,dropout,train,sequence", [
+    (1, False, 0.0, False, "rows"),
+    pytest.param(2, True, 0.3, True, "rows", marks=pytest.mark.slow),
+    pytest.param(3, False, 0.2, True, "rows", marks=pytest.mark.slow),
+    pytest.param(2, True, 0.0, True, "permuted", marks=pytest.mark.slow),
 ])
 def test_fused_recurrent_matches_stock(cell, num_layers, bidirectional, dropout,
-                                       train):
+                                       train, sequence):
   kw = dict(cell=cell, hidden=8, num_layers=num_layers,
-            bidirectional=bidirectional, dropout=dropout)
-  x = jax.random.uniform(jax.random.PRNGKey(1), (4, 6, 5))
+            bidirectional=bidirectional, dropout=dropout, sequence=sequence,
+            permute_seed=3)
+  x = _pixels(jax.random.PRNGKey(1), (4, 6, 5))
   _assert_drop_in(recurrent.Recurrent(**kw), fused_rnn.Recurrent(**kw), x, train)
+
+
+@pytest.mark.slow
+def test_fused_recurrent_reads_pixel_sequences_as_stock():
+  """784 steps of one pixel (sequential MNIST), in order."""
+  kw = dict(cell="gru", hidden=4, sequence="pixels")
+  x = _pixels(jax.random.PRNGKey(2), (2, 28, 28))
+  _assert_drop_in(recurrent.Recurrent(**kw), fused_rnn.Recurrent(**kw), x,
+                  False)
 
 
 @pytest.mark.slow
@@ -123,11 +143,12 @@ def test_fused_recurrence_second_order_is_not_silently_wrong():
             (wh,), (wh,))
 
 
-def test_fused_recurrent_refuses_remat():
-  x = jnp.zeros((2, 3, 4))
-  with pytest.raises(ValueError, match="remat"):
-    fused_rnn.Recurrent(cell="gru", hidden=4, remat=True).init(
-        jax.random.PRNGKey(0), x)
+def test_fused_recurrent_has_no_remat():
+  """Remat is the stock module's alone: the kernel takes no such attribute
+  (kernels.swap then keeps the stock module and says why)."""
+  assert "remat" in {f.name for f in dataclasses.fields(recurrent.Recurrent)}
+  with pytest.raises(TypeError, match="remat"):
+    fused_rnn.Recurrent(cell="gru", hidden=4, remat=True)
 
 
 @pytest.mark.parametrize("kernel_size,cin,size", [
@@ -274,7 +295,7 @@ def test_conv_pool_cnn_matches_stock(features, kernel_size, padding, dropout,
   where any pooling gradient rule must give the same parameter gradients."""
   kw = dict(features=features, kernel_size=kernel_size, dense=16,
             dropout=dropout, padding=padding)
-  x = jax.random.uniform(jax.random.PRNGKey(0), (3, 28, 28, 1))
+  x = _pixels(jax.random.PRNGKey(0), (3, 28, 28))
   x = x.at[:, :5].set(0.0).at[:, :, -6:].set(0.0)
   _assert_drop_in(cnn.CNN(**kw), conv_pool.CNN(**kw), x, train)
 
@@ -289,5 +310,5 @@ def test_conv_pool_cnn_valid_crop_matches_stock(features, kernel_size, shape):
   """The kernel crops the input to the rows and columns its VALID conv-pool
   stack reads; outputs and gradients stay those of the full input."""
   kw = dict(features=features, kernel_size=kernel_size, dense=16)
-  x = jax.random.normal(jax.random.PRNGKey(2), (2, *shape, 1))
+  x = _pixels(jax.random.PRNGKey(2), (2, *shape))
   _assert_drop_in(cnn.CNN(**kw), conv_pool.CNN(**kw), x, False)

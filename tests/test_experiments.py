@@ -1,14 +1,27 @@
-"""Every script in experiments/ answers --help and -h: usage, exit 0, no traceback.
+"""The scripts in experiments/: every one answers --help and -h (usage, exit 0,
+no traceback), the measuring ones time what a run runs, and each runs on tiny
+data (the slow tests).
 
-One child process runs every script as `__main__` in turn (the imports they
+One child process runs the scripts as `__main__` in turn (the imports they
 share load once), so the check stays cheap as scripts are added.
 """
 
 import glob
 import json
 import os
+import statistics
 import subprocess
 import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import synthetic_digits
+from experiments import profile_chunk
+from mnist_jax import models
+from mnist_jax.data import pipeline
+from mnist_jax.training import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = sorted(glob.glob(os.path.join(ROOT, "experiments", "*.py")))
@@ -32,10 +45,10 @@ for script, args in json.loads(sys.argv[1]):
 """
 
 
-def _run(calls):
+def _run(calls, timeout=300):
   result = subprocess.run(
       [sys.executable, "-c", _DRIVER, json.dumps(calls)], cwd=ROOT,
-      capture_output=True, text=True, check=False, timeout=300,
+      capture_output=True, text=True, check=False, timeout=timeout,
       env={**os.environ, "PYTHONPATH": ROOT})
   assert result.returncode == 0, result.stderr[-3000:]
   return [json.loads(line) for line in result.stdout.splitlines()]
@@ -81,3 +94,111 @@ def test_pixel_rnn_times_a_step_with_and_without_remat():
   lines = run["out"].splitlines()
   assert len(lines) == 2 and "'remat': True" in lines[1], run["out"]
   assert all("ms/step" in line and "temp memory" in line for line in lines)
+
+
+def _script(name):
+  return os.path.join(ROOT, "experiments", name)
+
+
+def test_no_script_speaks_of_the_layout_timing_that_is_gone():
+  """--parallel=auto is a rule now (devices.Layout): nothing measures or
+  caches layouts, so no script reads or writes parallel.json or reports a
+  measured choice."""
+  for path in SCRIPTS + [_script("tour.ipynb")]:
+    with open(path) as f:
+      text = f.read()
+    for gone in ("parallel_choice", "parallel.json", "auto_layouts",
+                 "layout_for", "data.batches", "make_train_chunk"):
+      assert gone not in text, (os.path.basename(path), gone)
+
+
+def test_profile_chunk_runs_the_loops_own_chunk():
+  """profile_chunk.laid_out_chunk (which pixel_rnn.py uses too) sets up the
+  train chunk as train.train_and_evaluate does: its chunks over one epoch
+  end on the loop's parameters, bit for bit."""
+  images, labels = synthetic_digits(300)
+  split = pipeline.Split(images, labels.astype(np.int32))
+  data = pipeline.Dataset(split, pipeline.Split(images[:0], labels[:0]),
+                          split, tuple("0123456789"))
+  config = models.get_config("linear", "seed", epochs=1, batch_size=50,
+                             chunk_steps=4, val_fraction=0.0)
+  loop_state, _ = train.train_and_evaluate(config, data, train.Hooks())
+  chunk = profile_chunk.laid_out_chunk(config, split, say=lambda _: None)
+  assert (chunk.steps_per_epoch, chunk.chunk_len) == (6, 3)  # 2 chunks.
+  state, order = chunk.state, chunk.order_fn(chunk.state, 1)
+  for first in range(0, chunk.steps_per_epoch, chunk.chunk_len):
+    state, _, bad, _ = chunk.compiled(state, order, chunk.images,
+                                      chunk.labels, first)
+    assert int(bad) == -1
+  assert int(state.step) == int(loop_state.step) == 6
+  for a, b in zip(jax.tree.leaves(state.params),
+                  jax.tree.leaves(loop_state.params)):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_benchmark_times_the_loop_and_reports_its_fields(prepared):
+  """benchmark.py runs train.train_and_evaluate itself: its epoch times are
+  the loop's, and the derived numbers follow from them."""
+  _, data_dir = prepared
+  [run] = _run([[_script("benchmark.py"), [
+      "--model=linear", "--preset=seed", "--epochs=3", f"--data_dir={data_dir}",
+      "--peak_size=64", "--eval", "--set=batch_size=50",
+      "--set=chunk_steps=5"]]])
+  assert run["status"] == 0, run["err"]
+  [line] = run["out"].splitlines()
+  row = json.loads(line)
+  steps = 600 // 50  # The linear seed preset holds out no validation data.
+  assert (row["model"], row["members"], row["steps_per_epoch"],
+          row["chunks_per_epoch"], row["chunk_steps"]) == ("linear", 1, steps,
+                                                           3, 4)
+  assert (row["parallel"], row["devices"]) == ("none", 1)
+  assert "parallel_choice" not in row and row["num_params"] == 7850
+  assert len(row["epoch_times_s"]) == 3 and row["compile_time_s"] > 0
+  assert row["epoch_time_s"] == pytest.approx(
+      statistics.median(row["epoch_times_s"][1:]), abs=2e-4)
+  epoch = row["epoch_time_s"]
+  assert row["examples_per_s"] == pytest.approx(steps * 50 / epoch, rel=0.02)
+  # One step's matmuls: the forward pass and the weights' gradient.
+  assert row["step_gflop"] == pytest.approx(2 * 2 * 50 * 784 * 10 / 1e9,
+                                            abs=1e-5)  # Printed to 1e-5.
+  assert row["gflops"] == pytest.approx(row["step_gflop"] * steps / epoch,
+                                        rel=0.02)
+  assert row["fraction_of_peak"] == pytest.approx(
+      row["gflops"] / row["peak_gflops"], rel=0.02)
+  assert 0 <= row["test_accuracy"] <= 1 and row["eval_time_s"] > 0
+
+
+@pytest.mark.slow
+def test_the_other_scripts_run_on_tiny_data(prepared, tmp_path):
+  """phases.py, profile_chunk.py, num_seeds.py and reference_torch.py (when
+  PyTorch is installed), each once on the synthetic data."""
+  mnist_dir, data_dir = prepared
+  tiny = ["--model=linear", "--preset=seed", "--epochs=1",
+          f"--data_dir={data_dir}"]
+  calls = [
+      [_script("phases.py"), ["--", *tiny, "--num_seeds=2",
+                              f"--workdir={tmp_path / 'phases'}"]],
+      [_script("profile_chunk.py"), ["--model=linear", "--preset=seed",
+                                     f"--data_dir={data_dir}", "--top=3"]],
+      [_script("num_seeds.py"), ["--seeds=2", "--repeats=1", "--", *tiny]],
+  ]
+  torch = subprocess.run([sys.executable, "-c", "import torch"],
+                         capture_output=True, check=False).returncode == 0
+  if torch:
+    calls.append([_script("reference_torch.py"), [
+        "--model=linear", "--epochs=2", f"--mnist_dir={mnist_dir}",
+        f"--data_dir={data_dir}", "--threads=1"]])
+  runs = _run(calls, timeout=600)
+  for run in runs:
+    assert run["status"] == 0, (run["script"], run["err"][-3000:])
+  phases = json.loads(runs[0]["out"].splitlines()[-1])
+  assert phases["calls"]["train_chunks"] >= 1
+  assert phases["calls"]["compile_train"] == 1
+  assert phases["calls"]["evaluate"] >= 1 and phases["report"] > 0
+  profile = runs[1]["out"].splitlines()
+  assert "ms per step" in profile[0] and len(profile) == 4, profile
+  assert "ratio" in runs[2]["out"].splitlines()[-1]
+  if torch:
+    result = json.loads(runs[3]["out"])
+    assert result["model"] == "linear" and len(result["epoch_times_s"]) == 2

@@ -16,10 +16,11 @@ import launch
 from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.errors import OutOfResources, UserError
+from mnist_jax.rundir import cli
 from mnist_jax.rundir import files
-from mnist_jax.training import control
+from mnist_jax.rundir import control
 from mnist_jax.training import members as members_lib
-from mnist_jax.training import resources
+from mnist_jax.rundir import resources
 
 NUMERIC = [n for n in config_lib.FIELDS
            if config_lib.field_type(n) in (int, float, tuple)]
@@ -86,6 +87,15 @@ def test_the_issue_values_are_refused_in_one_line(change, message):
   assert str(caught.value).startswith(message), str(caught.value)
 
 
+def test_an_empty_size_list_is_refused_in_one_line():
+  """--mlp_hidden= (absl's empty list) names the flag and a value to pass."""
+  with pytest.raises(UserError) as caught:
+    models.get_config("mlp", **cli.overrides({"mlp_hidden": []}, "mlp"))
+  message = str(caught.value)
+  assert message.startswith("--mlp_hidden ") and "\n" not in message, message
+  assert "--mlp_hidden=" in message
+
+
 def test_values_the_meaning_allows_are_accepted():
   config_lib.validate(config_lib.Config().replace(
       weight_decay=0.0, learning_rate=1e30, grad_clip=1e30, process_id=-1,
@@ -96,10 +106,12 @@ def test_sweep_values_take_the_same_ranges_and_a_bounded_grid():
   with pytest.raises(UserError, match=r"^--sweep: --weight_decay must be a "
                      "finite number, got inf$"):
     members_lib.parse("weight_decay=0,inf")
-  config = models.get_config("mlp", "tuned", num_seeds=2001)
+  config = models.get_config(
+      "mlp", "tuned", num_seeds=2001,
+      sweep=members_lib.canonical("learning_rate=1e-3,2e-3,3e-3,4e-3,5e-3"))
   with pytest.raises(UserError, match="make 10005 members; one program trains "
                      "at most 10000"):
-    members_lib.from_config(config, "learning_rate=1e-3,2e-3,3e-3,4e-3,5e-3")
+    members_lib.from_config(config)
 
 
 def test_memory_check_names_the_model_size_flags():

@@ -3,15 +3,21 @@
 import io
 import os
 import shutil
+import signal
 import stat
+import subprocess
+import sys
 
+from PIL import Image
+from PIL import ImageDraw
 import pytest
 
+import launch_helpers as lh
 from mnist_jax import models
 from mnist_jax.data import pipeline
 from mnist_jax.results import report
 from mnist_jax.rundir import files
-from mnist_jax.training import train
+from mnist_jax.rundir import run
 
 UMASK = 0o002  # Group-writable: unlike the usual 0o022, also tells 0o664 from 0o644.
 EXPECTED = 0o666 & ~UMASK
@@ -65,7 +71,7 @@ def test_run_files_get_the_users_permissions(prepared, tmp_path, umask):
   config = models.get_config("mlp", "seed", epochs=1, mlp_hidden=(8,),
                              batch_size=50, mnist_dir=mnist_dir,
                              data_dir=fresh, workdir=workdir)
-  train.train_and_evaluate(config, workdir, stream=io.StringIO())
+  run.train_and_evaluate(config, workdir, stream=io.StringIO())
   events = [f for f in os.listdir(workdir) if "tfevents" in f]
   written = ["config.json", "metrics.jsonl", *report.FILES, *events]
   assert events
@@ -78,3 +84,60 @@ def test_run_files_get_the_users_permissions(prepared, tmp_path, umask):
   for path in checkpoint_files:
     assert _mode(path) == EXPECTED, path
   assert pipeline.prepare("mnist", fresh)["train_images"].shape == (600, 28, 28)
+
+
+# Runs launch.py with files.atomic pausing once it has created the temporary
+# file of a plot under WORKDIR/predict, after printing a marker.
+_PAUSE_IN_PLOT = r"""
+import contextlib, os, runpy, sys, time
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[1])))
+from mnist_jax.rundir import files
+_atomic = files.atomic
+@contextlib.contextmanager
+def atomic(path, mode="w"):
+  with _atomic(path, mode) as f:
+    if os.path.basename(os.path.dirname(path)) == "predict":
+      print("@writing", flush=True)
+      time.sleep(120)
+    yield f
+files.atomic = atomic
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_a_temporary_file_a_killed_predict_left_is_removed(tiny_run,
+                                                           tmp_path):
+  """A kill during --mode=predict --plot leaves a temporary file in
+  WORKDIR/predict; the next predict --plot removes it."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(tiny_run, workdir)
+  image = str(tmp_path / "seven.png")
+  picture = Image.new("L", (56, 56), 255)  # A black 1 on white paper.
+  ImageDraw.Draw(picture).line([(28, 8), (28, 48)], fill=0, width=6)
+  picture.save(image)
+  args = ["--mode=predict", f"--workdir={workdir}", f"--image={image}",
+          "--plot"]
+  p = subprocess.Popen(
+      [sys.executable, "-c", _PAUSE_IN_PLOT,
+       os.path.join(lh.ROOT, "launch.py"), *args], cwd=lh.ROOT,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      env=lh.child_env())
+  try:
+    for line in p.stdout:
+      if line.strip() == "@writing":
+        break
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=60)
+  finally:
+    if p.poll() is None:
+      p.kill()
+      p.wait()
+  predict = os.path.join(workdir, "predict")
+  left = [n for n in os.listdir(predict) if n.endswith(".tmp")]
+  assert left and os.path.getsize(os.path.join(predict, left[0])) == 0, (
+      os.listdir(predict), p.stderr.read())
+  rc, out, err = lh.run(args)
+  assert rc == 0, err
+  assert sorted(os.listdir(predict)) == ["seven.png"], out + err

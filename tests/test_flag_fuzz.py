@@ -46,12 +46,13 @@ cases, folder = json.loads(sys.argv[1]), sys.argv[2]
 results = []
 for i, args in enumerate(cases):
   launch.FLAGS.unparse_flags()
-  launch._RUN = launch._Run()
+  argv = ["launch.py", *args, "--dry_run", f"--workdir={folder}/{i}"]
+  launch.COMMAND = launch.cli.Command(argv, lambda n: n in launch.FLAGS,
+                                      lambda n: not launch.FLAGS[n].boolean)
   err, code, crash = io.StringIO(), 0, None
   try:
     with contextlib.redirect_stdout(io.StringIO()), \
          contextlib.redirect_stderr(err):
-      argv = ["launch.py", *args, "--dry_run", f"--workdir={folder}/{i}"]
       launch._run(launch._parse(argv))
   except SystemExit as e:
     code = e.code

@@ -19,13 +19,18 @@ import launch
 from mnist_jax import config as config_lib
 from mnist_jax.errors import UserError
 from mnist_jax.models import registry
-from mnist_jax.training import optim
+from mnist_jax.training import members as members_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = launch.FLAGS
 # A flag-table row: | `--name` | default | what it does |
 ROW = re.compile(r"^\| `--(\w+)` \| (.*?) \| (.*) \|$")
 GROUP_ROW = re.compile(r"^\| \*\*(.+)\*\* \| \| \|$")
+
+
+def _help_line(name):
+  """A flag's --help text: its help, then its default."""
+  return f"{launch.flag_help(name)} (default: {launch.default_text(name)})"
 
 
 def _launch_flags():
@@ -93,7 +98,7 @@ def test_every_model_setting_has_one_line_help_naming_its_models(name):
   assert declared.group in config_lib.GROUPS, name
   owners = config_lib.models_with(name)
   assert launch.flag_help(name) == f"{declared.help}; {'/'.join(owners)} only"
-  assert FLAGS[name].help == launch.config_flag_help(name)
+  assert FLAGS[name].help == _help_line(name)
   for model in owners:
     module = registry.get(model).module
     attribute = config_lib.MODEL_SETTINGS[model][name].attribute
@@ -105,12 +110,15 @@ def test_flag_help_is_built_from_the_field_metadata():
   for name, field in config_lib.FIELDS.items():
     assert FLAGS[name].help.startswith(field.metadata["help"])
     assert launch.flag_help(name).startswith(field.metadata["help"])
-    assert launch.config_flag_help(name) == (
+    assert _help_line(name) == (
         f"{launch.flag_help(name)} (default: {launch.default_text(name)})")
     assert launch.value_text(field.default) in FLAGS[name].help
   assert set(_launch_flags()) == {"debug", "dry_run", "ensemble", "image",
                                   "json", "mode", "overwrite", "plot"}
-  assert set(_launch_flags()) == set(launch.LAUNCH_GROUPS)
+  assert set(_launch_flags()) == set(launch.OWN)
+  for name, (_, default, group, help_text, _) in launch.OWN.items():
+    assert launch.flag_help(name) == help_text and group in config_lib.GROUPS
+    assert FLAGS[name].default == default
 
 
 def _printed_help(capsys, arg="--help"):
@@ -126,7 +134,7 @@ def test_help_output_carries_every_line(capsys):
   printed = " ".join(_printed_help(capsys).split())
   for name in [*config_lib.flag_names(), *_launch_flags()]:
     spelled = f"--[no]{name}:" if FLAGS[name].boolean else f"--{name}:"
-    assert f" {spelled} {launch.config_flag_help(name)}" in printed, name
+    assert f" {spelled} {_help_line(name)}" in printed, name
   assert printed.count("(default: ") == len(FLAGS.get_key_flags_for_module(
       launch))
   assert "(default: '" not in printed and "(a number)" not in printed
@@ -146,7 +154,7 @@ def test_help_lists_flags_by_group_model_first(capsys):
 
 def test_sweep_and_preset_help_say_what_they_accept(capsys):
   printed = " ".join(_printed_help(capsys).split())
-  assert f"NAME: {', '.join(optim.SWEEPABLE)}" in printed
+  assert f"NAME: {', '.join(members_lib.SWEEPABLE)}" in printed
   assert ("holding out no validation data (so no validation curve, and "
           "--sweep refused): seed (linear, cnn), tuned (linear), best, fast"
           in printed)

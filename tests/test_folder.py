@@ -3,6 +3,7 @@
 import fcntl
 import json
 import os
+import shlex
 
 import pytest
 
@@ -350,3 +351,46 @@ def test_other_settings_say_how_to_resume_and_what_overwrite_deletes(
       f"that run, run its own command: {record['repeat']} --workdir={path}; "
       "to train these settings there instead, add --overwrite, which deletes "
       f"{path}'s 2 logged epochs and 1 checkpoint; or pass another --workdir")
+
+
+def test_the_command_that_trains_a_diverged_run_on_lowers_the_rate(
+    tmp_path, monkeypatch):
+  """What report and predict print to train a run on: its own command, but
+  for a run that diverged (which that command would repeat) one with a lower
+  --learning_rate that starts it over; after --learning_rate=1e4, the
+  preset's rate, not 1000."""
+  monkeypatch.setattr("sys.argv", ["launch.py", "--mode=report"])
+  root = str(tmp_path)
+  high = CONFIG.replace(learning_rate=1e4)
+  assert registry.preset_overrides("linear", "tuned")["learning_rate"] == 1e-3
+  assert folder.lower_rate(high) == 1e-3
+  assert folder.lower_rate(CONFIG.replace(learning_rate=1e-4)) == 1e-5
+  diverged = _run(root, "diverged", high, rows=[{"epoch": 1}, DIVERGED])
+  argv = shlex.split(folder.train_command(diverged))
+  assert argv[:2] == ["python", "launch.py"]
+  assert argv[-3:] == [f"--workdir={diverged}", "--learning_rate=0.001",
+                       "--overwrite"]
+  assert [a for a in argv if a.startswith("--learning_rate")] == [
+      "--learning_rate=0.001"]
+  unfinished = _run(root, "unfinished", high, rows=[{"epoch": 1}])
+  command = folder.train_command(unfinished)
+  assert command == folder.run_command(unfinished)
+  assert "--learning_rate=10000.0" in command and "--overwrite" not in command
+
+
+def test_another_models_command_on_a_run_folder_is_refused_in_one_line(
+    tmp_path, monkeypatch):
+  """A linear command given an mlp run's folder: one line naming the model
+  (it used to end in a KeyError on the mlp's 'dropout')."""
+  monkeypatch.setattr("sys.argv", ["launch.py", "--model=linear"])
+  mlp = registry.get_config("mlp", epochs=4, mlp_hidden=(8,))
+  path = _run(str(tmp_path), "run", mlp, rows=[{"epoch": 1}])
+  before = lh.snapshot(path)
+  with pytest.raises(folder.UserError) as e:
+    folder.check_run_folder(path, CONFIG)
+  message = str(e.value)
+  assert "\n" not in message
+  assert message.startswith(f"{path} holds a run with other settings (")
+  assert "model: 'mlp' -> 'linear'" in message
+  assert "--model=mlp" in message and "another --workdir" in message
+  assert lh.snapshot(path) == before

@@ -22,6 +22,7 @@ from mnist_jax import models
 from mnist_jax.data import idx
 from mnist_jax.errors import UserError
 from mnist_jax.rundir import checkpoints
+from mnist_jax.training import optim
 from mnist_jax.training import train
 
 SETTINGS = settings(max_examples=60, deadline=None,
@@ -91,18 +92,25 @@ def test_idx_read_pair_rejects_mismatched_counts(tmp_path):
     idx.read_pair(str(images), str(labels))
 
 
+def _tree(seed):
+  """What a checkpoint holds of a fresh linear model's train state."""
+  config = models.get_config("linear", "seed")
+  model, _ = models.build(config, say=lambda _: None)
+  return jax.tree.map(jax.numpy.asarray, checkpoints.tree(
+      train.create_train_state(jax.random.key(seed), model,
+                               optim.make_optimizer(config, 5), (28, 28))))
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-  """A checkpoint of a small linear model: (workdir, template, state)."""
-  config = models.get_config("linear", "seed")
-  model = models.get("linear").build(config)
-  state = train.create_train_state(jax.random.PRNGKey(1), config, model, 5)
-  template = train.create_train_state(jax.random.PRNGKey(2), config, model, 5)
+  """A checkpoint of a small linear model: (workdir, template, state), the
+  latter two what a checkpoint holds of a train state."""
+  state, template = (_tree(seed) for seed in (1, 2))
   workdir = str(tmp_path_factory.mktemp("ckpt"))
   writer = checkpoints.Checkpointer(workdir)
   writer.save(7, state, {"epoch": 1, "epoch_step": 0, "step": 7,
-                         "model": "linear",
-                         "param_shapes": checkpoints.param_shapes(state.params)})
+                         "model": "linear", "param_shapes":
+                             checkpoints.param_shapes(state["params"])})
   writer.close()
   return workdir, template, state
 
@@ -175,8 +183,8 @@ def test_checkpoint_damage_is_a_checkpoint_error(saved, data, mutation,
       assert "is damaged or truncated" in str(error), str(error)
   else:  # Damage orbax does not need (metadata it rebuilds) must be harmless.
     restored, _ = result["value"]
-    lh.assert_trees_equal(restored.params, state.params)
-    lh.assert_trees_equal(restored.opt_state, state.opt_state)
+    lh.assert_trees_equal(restored["params"], state["params"])
+    lh.assert_trees_equal(restored["opt_state"], state["opt_state"])
 
 
 _DAMAGE_EVERY_FILE = """
@@ -185,11 +193,14 @@ sys.path.insert(0, os.getcwd())
 import jax
 from mnist_jax import models
 from mnist_jax.rundir import checkpoints
+from mnist_jax.training import optim
 from mnist_jax.training import train
 source, scratch, files = sys.argv[1], sys.argv[2], sys.argv[3:]
 config = models.get_config("linear", "seed")
-template = train.create_train_state(jax.random.PRNGKey(2), config,
-                                    models.build(config), 5)
+model, _ = models.build(config, say=lambda _: None)
+template = jax.tree.map(jax.numpy.asarray, checkpoints.tree(
+    train.create_train_state(jax.random.key(2), model,
+                             optim.make_optimizer(config, 5), (28, 28))))
 for name in files:
   for cut in (False, True):
     shutil.rmtree(scratch, ignore_errors=True)
@@ -273,7 +284,8 @@ def test_checkpoint_restore_round_trip_and_missing(saved, tmp_path):
   restored, meta = checkpoints.Checkpointer(source, read_only=True).restore(
       template, model="linear")
   lh.assert_trees_equal(restored, state)
-  assert meta["epoch"] == 1 and meta["digest"] == checkpoints.state_digest(state)
+  assert meta["epoch"] == 1 and meta["format"] == checkpoints.FORMAT
+  assert meta["digest"] == checkpoints.digest([state[k] for k in sorted(state)])
   with pytest.raises(checkpoints.CheckpointError,
                      match="no complete checkpoint in"):
     checkpoints.Checkpointer(str(tmp_path), read_only=True).restore(template)

@@ -1,6 +1,8 @@
 """Hyperparameters declared once: a model's own settings with its registry
-entry, appearing in its runs only; optimizer ones in optim.HYPERPARAMS,
-sweepable from there; old config.json files (every model's keys) still load."""
+entry, appearing in its runs only; optimizer ones in optim.HYPERPARAMS, held
+in the optimizer state and sweepable from there, and which optimizer reads
+which in optim.OPTIMIZERS; old config.json files (every model's keys) still
+load."""
 
 import json
 import os
@@ -16,9 +18,10 @@ from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.errors import UserError
 from mnist_jax.results import run as run_lib
+from mnist_jax.rundir import dry_run
 from mnist_jax.rundir import folder
+from mnist_jax.rundir import run as rundir_run
 from mnist_jax.rundir import tensorboard
-from mnist_jax.training import dry_run
 from mnist_jax.training import members
 from mnist_jax.training import optim
 
@@ -92,12 +95,13 @@ def test_a_new_model_declares_its_settings_without_config_edits():
     num_classes: int = 10
 
     @nn.compact
-    def __call__(self, x, train=False):
+    def __call__(self, images, train=False):
       del train
+      x = images.reshape(images.shape[0], -1) / 255.0
       return nn.Dense(self.num_classes)(nn.Dense(self.width)(x))
 
   spec = models.registry.register(models.ModelSpec(
-      name="toy", module=Toy, view="flat", describe=lambda c: "toy",
+      name="toy", module=Toy, describe=lambda c: "toy",
       presets={"tuned": {}},
       settings={"toy_width": models.registry.Setting(
           "width", "Toy width", valid=config_lib.Range(1, 64))}))
@@ -105,6 +109,8 @@ def test_a_new_model_declares_its_settings_without_config_edits():
     config = models.get_config("toy", toy_width=9)
     assert config.to_dict()["toy_width"] == 9
     assert spec.stock(config).width == 9
+    module, record = models.build(config)
+    assert module.width == 9 and record["module"].endswith("'s Toy")
     assert models.get_config("toy").toy_width == 7
     assert config_lib.field_type("toy_width") is int
     with pytest.raises(UserError, match="toy_width must be at most 64"):
@@ -116,33 +122,56 @@ def test_a_new_model_declares_its_settings_without_config_edits():
 
 
 @pytest.mark.parametrize("key", list(optim.HYPERPARAMS))
-def test_every_declared_optimizer_hyperparameter_is_sweepable(key):
-  """One HYPERPARAMS entry makes a name --sweep takes, lists in --help and
-  holds per member in the optimizer state."""
-  field = optim.HYPERPARAMS[key].field
-  assert optim.SWEEPABLE[field] == key
-  assert field in launch.flag_help("sweep").split("NAME: ")[1].split(", ")
-  value = getattr(config_lib.Config(), field)
-  assert members.parse(f"{field}={value!r}") == {field: (value,)}
+def test_every_declared_optimizer_hyperparameter_is_held_and_sweepable(key):
+  """One HYPERPARAMS entry (and its Config field) makes a number the
+  optimizer state holds, float32, that --sweep takes and --help lists."""
+  assert key in config_lib.FIELDS and key in members.SWEEPABLE
+  assert key in launch.flag_help("sweep").split("NAME: ")[1].split(", ")
+  value = getattr(config_lib.Config(), key)
+  assert members.parse(f"{key}={value!r}") == {key: (value,)}
   config = config_lib.Config(model="mlp")
-  needs = optim.HYPERPARAMS[key].reads
-  if needs:
-    config = config.replace(**{needs[0]: needs[1]})
-  else:
-    with pytest.raises(KeyError):  # The read condition is the declared one.
-      optim.ONLY_WITH[field]  # pylint: disable=pointless-statement
-  held = optim.hyperparams(config, 10, swept=[key])
-  assert key in held and held[key].dtype == optim.HYPERPARAMS[key].dtype
+  held = optim.hyperparams(config)
+  assert held[key].dtype == np.float32 and held[key] == np.float32(value)
   state = optim.make_optimizer(config, 10, swept=[key]).init(
       {"w": np.zeros((2, 2), np.float32)})
   assert key in state.hyperparams
+
+
+@pytest.mark.parametrize("key", list(optim.HYPERPARAMS))
+def test_which_optimizers_read_a_number_comes_from_the_table(key):
+  """A number some OPTIMIZERS entries read (`reads`) is swept with those
+  and refused with the others, naming them; one none declares (the rate,
+  the decay, the clip) is read by every optimizer."""
+  readers = [o for o, spec in optim.OPTIMIZERS.items() if key in spec.reads]
+  for optimizer in optim.OPTIMIZERS:
+    config = models.get_config("mlp", optimizer=optimizer,
+                               sweep=f"{key}={getattr(config_lib.Config(), key)!r}")
+    if not readers or optimizer in readers:
+      assert len(members.from_config(config)) == 1
+      continue
+    with pytest.raises(UserError) as e:
+      members.from_config(config)
+    assert str(e.value) == (
+        f"--sweep={key} changes nothing with --optimizer={optimizer}: only "
+        f"{' or '.join(f'--optimizer={o}' for o in readers)} reads it")
+
+
+def test_label_smoothing_is_swept_as_a_loss_setting():
+  """Sweepable beside HYPERPARAMS, held per member by the loss, not the
+  optimizer."""
+  assert members.SWEEPABLE == (*optim.HYPERPARAMS, "label_smoothing")
+  config = models.get_config("mlp", sweep="label_smoothing=0.0,0.1")
+  listed = members.from_config(config)
+  assert list(members.per_member(listed)["label_smoothing"]) == [
+      0.0, np.float32(0.1)]
+  assert "label_smoothing" not in optim.hyperparams(config)
 
 
 def test_the_readme_lists_exactly_the_sweepable_names():
   with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
     text = " ".join(f.read().split())
   listed = text.split("Sweepable (", 1)[1].split("): ", 1)[1].split(". ")[0]
-  assert re.findall(r"`(\w+)`", listed) == list(optim.SWEEPABLE)
+  assert sorted(re.findall(r"`(\w+)`", listed)) == sorted(members.SWEEPABLE)
 
 
 def _old_format(config_json: dict) -> dict:
@@ -151,7 +180,7 @@ def _old_format(config_json: dict) -> dict:
   old = {"hidden": 128, "num_layers": 1, "bidirectional": False,
          "mlp_hidden": [512, 256], "dropout": 0.0, "cnn_features": [32, 64],
          "cnn_kernel": 3, "cnn_dense": 128, "cnn_padding": "VALID",
-         "remat": False}
+         "remat": False, "sequence": "rows", "permute_seed": 0}
   return {**config_json, "config": {**old, **config_json["config"]}}
 
 
@@ -170,11 +199,12 @@ def test_an_old_run_folder_loads_resumes_and_predicts_the_same(tiny_run,
   new = config.replace(workdir=None)
   assert new == folder.read_config(tiny_run).replace(workdir=None)
   assert "cnn_features" not in config.to_dict()
+  assert "sequence" not in config.to_dict()
   # The same command resumes it: its settings match a new run's.
   assert [r.path for r in folder.find_runs(new, str(root))] == [old]
   images = np.random.default_rng(0).integers(0, 256, (4, 28, 28), np.uint8)
   np.testing.assert_array_equal(run_lib.load_run(old).logits(images),
                                 run_lib.load_run(tiny_run).logits(images))
   os.remove(os.path.join(old, "report.md"))
-  run_lib.rewrite_report(old)
+  rundir_run.rewrite_report(old)
   assert os.path.exists(os.path.join(old, "report.md"))

@@ -1,12 +1,24 @@
-"""The package's import graph: no cycles, public JAX APIs only. Read from source."""
+"""The package's import graph, read from source: the research core
+(mnist_jax/training/) stands alone, no cycles, public JAX APIs only.
+
+The core trains a model and returns its state and metrics; the product shell
+around it (rundir/: the run folder, its checkpoints, logs and command line;
+results/: reports, loading runs back, comparing them; api.py and launch.py)
+imports the core, never the other way round.
+"""
 
 import ast
 import os
+import subprocess
+import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = "mnist_jax"
+CORE = "mnist_jax.training"
+# What the core must not import, at any depth: the shell and the commands.
+SHELL = ("mnist_jax.rundir", "mnist_jax.results", "mnist_jax.api", "launch")
 
 
 def _modules():
@@ -33,6 +45,11 @@ def _imports(path, modules):
   for node in ast.walk(ast.parse(open(path).read(), path)):
     if isinstance(node, ast.Import):
       out.update(a.name for a in node.names if a.name in modules)
+      # launch.py is no package module, but the core must not import it.
+      out.update(a.name for a in node.names if a.name == "launch")
+    elif isinstance(node, ast.ImportFrom) and node.level == 0 and (
+        node.module == "launch"):
+      out.add("launch")
     elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
       for alias in node.names:
         sub = f"{node.module}.{alias.name}"
@@ -41,6 +58,26 @@ def _imports(path, modules):
         elif node.module in modules:
           out.add(node.module)
   return out
+
+
+def _graph():
+  modules = _modules()
+  return {m: _imports(p, modules) for m, p in modules.items()}
+
+
+def _reachable(graph, start):
+  """Every module `start` imports, directly or through others."""
+  seen, todo = set(), [start]
+  while todo:
+    for nxt in graph.get(todo.pop(), ()):
+      if nxt not in seen:
+        seen.add(nxt)
+        todo.append(nxt)
+  return seen
+
+
+def _in(module, packages):
+  return any(module == p or module.startswith(p + ".") for p in packages)
 
 
 def _cycle(graph):
@@ -70,18 +107,65 @@ def _cycle(graph):
 
 
 def test_the_graph_is_read_from_every_module():
-  modules = _modules()
-  graph = {m: _imports(p, modules) for m, p in modules.items()}
+  graph = _graph()
   assert {"mnist_jax.training.train", "mnist_jax.results.report",
-          "mnist_jax.models"} <= set(graph)
-  assert "mnist_jax.results.report" in graph["mnist_jax.training.train"]
+          "mnist_jax.rundir.run", "mnist_jax.models"} <= set(graph)
+  # Edges the shell has, so an empty graph cannot pass the tests below.
+  assert "mnist_jax.training.train" in graph["mnist_jax.rundir.run"]
+  assert "mnist_jax.results.report" in graph["mnist_jax.rundir.run"]
+  assert "mnist_jax.training.devices" in graph["mnist_jax.training.train"]
   assert "mnist_jax.models.registry" in graph["mnist_jax.models"]
+  # A lazy import inside a function counts: the package's own API loader.
+  assert "mnist_jax.api" in graph["mnist_jax"]
+
+
+def test_the_finders_see_what_they_guard(tmp_path):
+  """The reader sees `import launch` and lazy imports; reachability follows
+  chains."""
+  path = tmp_path / "m.py"
+  path.write_text("import launch\n"
+                  "def f():\n"
+                  "  from mnist_jax.rundir import folder\n"
+                  "  from mnist_jax.results.report import write\n")
+  modules = {"mnist_jax.rundir.folder": "", "mnist_jax.results.report": ""}
+  assert _imports(str(path), modules) == {
+      "launch", "mnist_jax.rundir.folder", "mnist_jax.results.report"}
+  assert _reachable({"a": {"b"}, "b": {"c"}, "c": set(), "d": {"a"}},
+                    "a") == {"b", "c"}
+  assert _in("mnist_jax.rundir.run", SHELL) and _in("launch", SHELL)
+  assert not _in("mnist_jax.rundirs", SHELL)
+
+
+def test_the_research_core_imports_nothing_of_the_shell():
+  """mnist_jax/training/ (and whatever it imports: models, data, config)
+  reaches no module of rundir/, results/, api.py or launch.py, lazily or not."""
+  graph = _graph()
+  core = [m for m in graph if _in(m, (CORE,))]
+  assert {"mnist_jax.training.train", "mnist_jax.training.devices",
+          "mnist_jax.training.members", "mnist_jax.training.optim",
+          "mnist_jax.training.metrics"} <= set(core)
+  offenders = {m: sorted(x for x in _reachable(graph, m) if _in(x, SHELL))
+               for m in core}
+  assert not {m: x for m, x in offenders.items() if x}, offenders
+
+
+def test_importing_the_core_loads_nothing_of_the_shell():
+  """At run time too (package __init__ files included): a child Python that
+  imports every core module has loaded no shell module."""
+  modules = sorted(m for m in _modules() if _in(m, (CORE,)))
+  code = ("import sys\n" + "".join(f"import {m}\n" for m in modules) +
+          "print(sorted(m for m in sys.modules if m == 'launch' or "
+          "m.startswith(('mnist_jax.rundir', 'mnist_jax.results', "
+          "'mnist_jax.api'))))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, cwd=ROOT, check=False, timeout=120,
+                       env={**os.environ, "PYTHONPATH": ROOT})
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip() == "[]"
 
 
 def test_no_import_cycle_among_package_modules():
-  modules = _modules()
-  graph = {m: _imports(p, modules) for m, p in modules.items()}
-  cycle = _cycle(graph)
+  cycle = _cycle(_graph())
   assert cycle is None, " -> ".join(cycle)
 
 
@@ -93,18 +177,26 @@ def test_cycle_finder_finds_one():
 
 @pytest.mark.parametrize("module", ["mnist_jax.results.report",
                                     "mnist_jax.data.pipeline",
+                                    "mnist_jax.models.registry",
                                     "mnist_jax.training.members"])
-def test_outputs_and_data_do_not_import_the_loop(module):
-  """Data flows one way: data -> model -> train -> outputs."""
+def test_outputs_data_and_models_do_not_import_the_loop(module):
+  """Data flows one way: data -> model -> train -> outputs; the report reads
+  what training left, it does not train."""
   modules = _modules()
   assert "mnist_jax.training.train" not in _imports(modules[module], modules)
 
 
-def test_no_private_jax_api_in_the_package():
+def test_no_private_jax_api_in_the_package_or_the_scripts():
+  """Only JAX's public API (`jax._src` changes without notice), in the package,
+  launch.py and experiments/."""
+  paths = list(_modules().values()) + [os.path.join(ROOT, "launch.py")]
+  folder = os.path.join(ROOT, "experiments")
+  paths += [os.path.join(folder, n) for n in sorted(os.listdir(folder))
+            if n.endswith((".py", ".ipynb"))]
   offenders = []
-  for module, path in _modules().items():
+  for path in paths:
     with open(path) as f:
       for number, line in enumerate(f, 1):
-        if "jax._src" in line:
-          offenders.append(f"{module}:{number}")
+        if "jax._src" in line or "jax.lib.xla_bridge" in line:
+          offenders.append(f"{os.path.relpath(path, ROOT)}:{number}")
   assert not offenders, offenders

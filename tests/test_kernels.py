@@ -1,72 +1,137 @@
-"""--impl: which module a run gets on which backend, and that either one reads
-the other's checkpoints."""
+"""--impl: kernels.swap gives a run a kernel only after a start-up check that
+it computes the stock module as it is now (edits included), else the stock
+module and one line; either module reads the other's checkpoints."""
 
 import dataclasses
 import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import types
 
-import jax.numpy as jnp
+import numpy as np
 import pytest
 
+import launch_helpers as lh
+from conftest import synthetic_digits
 from mnist_jax import models
-from mnist_jax.data import batches
 from mnist_jax.data import pipeline
 from mnist_jax.errors import UserError
+from mnist_jax.models import cnn
 from mnist_jax.models import kernels
+from mnist_jax.models import recurrent
+from mnist_jax.models.kernels import conv_pool
+from mnist_jax.models.kernels import fused_rnn
 from mnist_jax.results import run as run_lib
-from mnist_jax.training import members
+from mnist_jax.rundir import run as rundir_run
 from mnist_jax.training import train
 
 FAST_MODELS = ("cnn", "rnn", "lstm", "gru")
+SHAPE = (28, 28)
+# Each model small, so that a check compiles in a second or two.
+SMALL = {"cnn": dict(cnn_features=(4, 8), cnn_dense=16), "rnn": dict(hidden=8),
+         "lstm": dict(hidden=8), "gru": dict(hidden=8)}
+NAMES = {cnn.CNN: "mnist_jax/models/cnn.py's CNN",
+         conv_pool.CNN: "mnist_jax/models/kernels/conv_pool.py's CNN",
+         recurrent.Recurrent: "mnist_jax/models/recurrent.py's Recurrent",
+         fused_rnn.Recurrent: "mnist_jax/models/kernels/fused_rnn.py's Recurrent"}
 
 
 def _config(name, **overrides):
-  return models.get_config(name, "seed", **overrides)
+  return models.get_config(name, "seed", **{**SMALL.get(name, {}), **overrides})
 
 
-def _module(name, backend, **overrides):
-  return type(models.build(_config(name, **overrides), backend))
+def _stock(name, **overrides):
+  return models.get(name).stock(_config(name, **overrides))
+
+
+_SWAPPED = {}
+
+
+def _swap(name, impl, backend, **overrides):
+  """kernels.swap of the model's stock module, once per test session."""
+  key = (name, impl, backend, tuple(sorted(overrides.items())))
+  if key not in _SWAPPED:
+    _SWAPPED[key] = kernels.swap(_stock(name, **overrides), impl, SHAPE,
+                                 backend)
+  return _SWAPPED[key]
 
 
 @pytest.mark.parametrize("name", FAST_MODELS)
-def test_auto_on_cpu_runs_the_kernel(name):
-  config = _config(name)
-  assert kernels.resolve(config, "cpu") == "fast"
-  assert _module(name, "cpu") is kernels.KERNELS[name].module
+def test_auto_on_cpu_runs_the_kernel_once_checked(name):
+  module, note, record = _swap(name, "auto", "cpu")
+  stock = type(_stock(name))
+  kernel = kernels.KERNELS[stock].module
+  assert type(module) is kernel and note is None
+  assert record == {"impl": "auto", "module": NAMES[kernel],
+                    "check_s": record["check_s"], "kernel": NAMES[kernel],
+                    "passed": True}
+  assert record["check_s"] > 0
+  # The kernel keeps the stock module's settings.
+  for field in dataclasses.fields(kernel):
+    if field.name not in ("parent", "name"):
+      assert getattr(module, field.name) == getattr(_stock(name), field.name)
 
 
 @pytest.mark.parametrize("backend", ["gpu", "tpu"])
 @pytest.mark.parametrize("name", sorted(models.MODELS))
-def test_auto_elsewhere_runs_stock(name, backend):
-  assert kernels.resolve(_config(name), backend) == "stock"
-  assert _module(name, backend) is type(models.get(name).stock(_config(name)))
+def test_auto_elsewhere_runs_stock_unchecked(name, backend):
+  stock = models.get(name).stock(_config(name))
+  module, note, record = kernels.swap(stock, "auto", SHAPE, backend)
+  assert module is stock and note is None
+  assert record == {"impl": "auto", "module": NAMES.get(
+      type(stock), record["module"])}
+  assert "check_s" not in record
 
 
-@pytest.mark.parametrize("name,overrides", [
-    ("lstm", dict(remat=True)), ("gru", dict(remat=True, bidirectional=True)),
-    ("mlp", {}), ("linear", {})])
-def test_shapes_no_kernel_supports_run_stock_silently(name, overrides):
-  for impl in ("auto", "fast"):
-    for backend in ("cpu", "gpu"):
-      config = _config(name, impl=impl, **overrides)
-      assert kernels.resolve(config, backend) == "stock"
-      assert type(models.build(config, backend)) is type(
-          models.get(name).stock(config))
+@pytest.mark.parametrize("name,overrides,missing", [
+    ("lstm", dict(remat=True), "remat=True"),
+    ("gru", dict(remat=True, bidirectional=True), "remat=True"),
+    ("cnn", dict(cnn_batch_norm=True), "batch_norm=True"),
+    ("mlp", {}, None), ("linear", {}, None)])
+def test_what_no_kernel_computes_runs_stock(name, overrides, missing):
+  """An attribute the kernel lacks, set: the stock module and one line that
+  names both files and why (without a check); no kernel at all: silent."""
+  for impl, backend in (("auto", "cpu"), ("fast", "cpu"), ("fast", "gpu")):
+    stock = models.get(name).stock(_config(name, impl=impl, **overrides))
+    module, note, record = kernels.swap(stock, impl, SHAPE, backend)
+    assert module is stock
+    if missing is None:
+      assert note is None and record == {
+          "impl": impl, "module": f"mnist_jax/models/dense.py's {type(stock).__name__}"}
+      continue
+    kernel = kernels.KERNELS[type(stock)].module
+    assert note == (f"the fast kernel {NAMES[kernel]} does not compute "
+                    f"{NAMES[type(stock)]} (it has no {missing}): training "
+                    "the stock module")
+    assert record["passed"] is False and record["module"] == NAMES[type(stock)]
+  # --impl=auto on a GPU does not ask for a kernel there: nothing to say.
+  stock = models.get(name).stock(_config(name, **overrides))
+  assert kernels.swap(stock, "auto", SHAPE, "gpu")[1] is None
 
 
-def test_any_cnn_kernel_size_runs_the_kernel_on_cpu():
+@pytest.mark.parametrize("k", [5, pytest.param(1, marks=pytest.mark.slow),
+                               pytest.param(2, marks=pytest.mark.slow),
+                               pytest.param(7, marks=pytest.mark.slow)])
+def test_any_cnn_kernel_size_runs_the_kernel_on_cpu(k):
   """The im2col lowering covers k x k convolutions Winograd does not."""
-  for k in (1, 2, 5, 7):
-    assert kernels.resolve(_config("cnn", cnn_kernel=k), "cpu") == "fast"
-    assert kernels.resolve(_config("cnn", cnn_kernel=k), "gpu") == "stock"
+  module, note, _ = _swap("cnn", "auto", "cpu", cnn_kernel=k)
+  assert type(module) is conv_pool.CNN and note is None
+  assert module.kernel_size == k
+  assert type(_swap("cnn", "auto", "gpu", cnn_kernel=k)[0]) is cnn.CNN
 
 
 @pytest.mark.parametrize("name", FAST_MODELS)
 def test_fast_runs_the_kernel_on_any_backend_and_stock_never(name):
   for backend in ("cpu", "gpu", "tpu"):
-    assert kernels.resolve(_config(name, impl="fast"), backend) == "fast"
-    assert kernels.resolve(_config(name, impl="stock"), backend) == "stock"
-    assert _module(name, backend, impl="stock") is type(
-        models.get(name).stock(_config(name)))
+    module, note, record = _swap(name, "fast", backend)
+    assert type(module) is kernels.KERNELS[type(_stock(name))].module
+    assert note is None and record["passed"] is True
+    module, note, record = kernels.swap(_stock(name), "stock", SHAPE, backend)
+    assert type(module) is type(_stock(name)) and note is None
+    assert record == {"impl": "stock", "module": NAMES[type(module)]}
 
 
 def test_unknown_impl_is_a_one_line_error():
@@ -74,71 +139,22 @@ def test_unknown_impl_is_a_one_line_error():
       as error:
     _config("cnn", impl="turbo")
   assert "\n" not in str(error.value)
-  unvalidated = dataclasses.replace(_config("cnn"), impl="turbo")
-  with pytest.raises(UserError, match="--impl"):
-    kernels.resolve(unvalidated, "cpu")
 
 
-@pytest.mark.parametrize("name", sorted(kernels.KERNELS))
-def test_kernels_take_their_stock_modules_attributes(name):
-  config = _config(name, impl="stock")
-  stock = models.get(name).stock(config)
-  names = lambda cls: [f.name for f in dataclasses.fields(cls)]
-  assert names(kernels.KERNELS[name].module) == names(type(stock))
-  fast = kernels.drop_in(name, stock)
-  for field in names(type(stock)):
-    if field not in ("parent", "name"):
-      assert getattr(fast, field) == getattr(stock, field)
-
-
-def test_implementation_records_the_choice():
-  config = _config("gru", impl="auto")
-  assert models.implementation(config, "cpu") == {
-      "impl": "auto", "resolved": "fast",
-      "module": "mnist_jax.models.kernels.fused_rnn.Recurrent"}
-  assert models.implementation(config, "gpu") == {
-      "impl": "auto", "resolved": "stock",
-      "module": "mnist_jax.models.recurrent.Recurrent"}
-
-
-def _test_metrics(config, params, apply_fn):
-  test = pipeline.load(config).test
-  idx, mask = batches.eval_batches(len(test), config.eval_batch_size)
-  evaluate = train.make_evaluate(config, apply_fn)
-  return members.host_metrics(evaluate(params, jnp.asarray(test.images),
-                              jnp.asarray(test.labels), idx, mask))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name,overrides", [
-    ("cnn", dict(cnn_features=(4, 8), cnn_dense=16, dropout=0.25)),
-    ("gru", dict(hidden=8, num_layers=2, bidirectional=True, dropout=0.2)),
-])
-def test_a_fast_run_restores_into_stock(prepared, tmp_path, name, overrides):
-  mnist_dir, data_dir = prepared
-  workdir = str(tmp_path / name)
-  config = _config(name, impl="fast", epochs=1, batch_size=50, val_fraction=0.0,
-                   mnist_dir=mnist_dir, data_dir=data_dir, **overrides)
-  assert models.implementation(config)["resolved"] == "fast"
-  final = train.train_and_evaluate(config, workdir, stream=io.StringIO())
-  run = run_lib.load_run(workdir, impl="stock")
-  assert models.implementation(run.config)["resolved"] == "stock"
-  metrics = _test_metrics(run.config, run.params, run.apply_fn)
-  assert metrics["accuracy"] == pytest.approx(final["test_accuracy"], abs=1e-5)
-  assert metrics["loss"] == pytest.approx(final["test_loss"], abs=1e-5)
-
-
-@pytest.mark.slow
-def test_cnn_kernel_5_trains(prepared, tmp_path):
-  mnist_dir, data_dir = prepared
-  workdir = str(tmp_path / "cnn5")
-  config = _config("cnn", cnn_kernel=5, cnn_features=(4, 8), cnn_dense=16,
-                   epochs=2, batch_size=50, learning_rate=3e-3,
-                   val_fraction=0.0, mnist_dir=mnist_dir, data_dir=data_dir)
-  final = train.train_and_evaluate(config, workdir, stream=io.StringIO())
-  run = run_lib.load_run(workdir)
-  assert run.params["conv_0"]["kernel"].shape == (5, 5, 1, 4)
-  assert final["test_accuracy"] > 0.5  # Ten classes: chance is 0.1.
+@pytest.mark.parametrize("stock", list(kernels.KERNELS))
+def test_kernels_take_their_stock_modules_attributes(stock):
+  """Every attribute of a kernel is its stock module's, with its default; the
+  stock attributes it lacks are the ones swap refuses when set (listed here,
+  so that a new one is a decision)."""
+  kernel = kernels.KERNELS[stock].module
+  fields = lambda cls: {f.name: f.default for f in dataclasses.fields(cls)
+                        if f.name not in ("parent", "name")}
+  assert set(fields(kernel)) <= set(fields(stock))
+  for name, default in fields(kernel).items():
+    assert default == fields(stock)[name], name
+  lacking = set(fields(stock)) - set(fields(kernel))
+  assert lacking == {cnn.CNN: {"batch_norm"},
+                     recurrent.Recurrent: {"remat"}}[stock]
 
 
 @pytest.mark.parametrize("overrides,hint", [
@@ -155,3 +171,208 @@ def test_a_cnn_that_leaves_no_pixels_is_a_one_line_error(overrides, hint):
 def test_cnn_kernel_must_be_positive():
   with pytest.raises(UserError, match="--cnn_kernel must be positive"):
     _config("cnn", cnn_kernel=0)
+
+
+# The module a researcher edits is the module that runs.
+
+EDIT = ("    last = x[:, -1]\n",
+        "    last = x.mean(axis=1)  # Edited: the mean of the rows' states.\n")
+
+
+def _edited_recurrent():
+  """models/recurrent.py with EDIT made, loaded as a module of the same
+  name: what `import mnist_jax.models.recurrent` gives once a researcher has
+  edited the file."""
+  with open(recurrent.__file__, encoding="utf-8") as f:
+    source = f.read()
+  assert source.count(EDIT[0]) == 1
+  module = types.ModuleType(recurrent.__name__)
+  module.__file__ = recurrent.__file__
+  exec(compile(source.replace(*EDIT), recurrent.__file__, "exec"),  # pylint: disable=exec-used
+       module.__dict__)
+  return module
+
+
+@pytest.fixture
+def edited(monkeypatch):
+  """The package as it runs with recurrent.py edited: its registry's rnn is
+  the edited class, and kernels.KERNELS keys that class (the stock class of
+  the edited package) to the fused kernel, as the package's import would."""
+  edited_class = _edited_recurrent().Recurrent
+  monkeypatch.setitem(models.MODELS, "rnn", dataclasses.replace(
+      models.MODELS["rnn"], module=edited_class))
+  monkeypatch.setitem(kernels.KERNELS, edited_class,
+                      kernels.KERNELS[recurrent.Recurrent])
+  return edited_class
+
+
+class _Quiet(train.Hooks):
+  """The loop's hooks, keeping its messages."""
+
+  def __init__(self):
+    self.said = []
+
+  def message(self, text):
+    self.said.append(text)
+
+
+def _tiny_data():
+  x, y = synthetic_digits(256, 0)
+  tx, ty = synthetic_digits(100, 1)
+  return pipeline.Dataset(
+      pipeline.Split(x, y.astype(np.int32)),
+      pipeline.Split(x[:0], y[:0].astype(np.int32)),
+      pipeline.Split(tx, ty.astype(np.int32)), tuple("0123456789"))
+
+
+def _train(config):
+  """(the run's final numbers without its timings, its messages)."""
+  hooks = _Quiet()
+  _, final = train.train_and_evaluate(config, _tiny_data(), hooks)
+  numbers = {k: v for k, v in final.items()
+             if not k.endswith("_s") and k != "examples_per_s"}
+  return numbers, hooks.said
+
+
+TRAIN = dict(hidden=8, epochs=1, batch_size=32, learning_rate=1e-2,
+             val_fraction=0.0)
+
+
+def test_an_edited_module_runs_as_edited_and_the_stock_one_gets_the_kernel(
+    edited, monkeypatch):
+  """A Recurrent that reads the mean of the rows' states, not the last: the
+  kernel fails its check, the run trains the edited module and says so in
+  one line, its numbers are an --impl=stock run's of the edited module and
+  not the unedited module's; the unedited module passes and gets the
+  kernel."""
+  config = _config("rnn", impl="auto", **TRAIN)
+  said = []
+  module, record = models.build(config, said.append)
+  assert type(module) is edited
+  assert len(said) == 1 and "\n" not in said[0]
+  assert said[0].startswith(
+      "the fast kernel mnist_jax/models/kernels/fused_rnn.py's Recurrent does "
+      "not compute mnist_jax/models/recurrent.py's Recurrent (its outputs or "
+      "gradients differ by up to ")
+  assert said[0].endswith("): training the stock module")
+  assert record["passed"] is False and record["module"] == NAMES[
+      recurrent.Recurrent]
+  auto, auto_said = _train(config)
+  assert auto_said == said
+  stock, stock_said = _train(config.replace(impl="stock"))
+  assert stock_said == [] and auto == stock
+
+  monkeypatch.undo()  # The package as shipped.
+  said.clear()
+  module, record = models.build(config, said.append)
+  assert type(module) is fused_rnn.Recurrent and not said
+  assert record["passed"] is True
+  unedited, unedited_said = _train(config)
+  assert unedited_said == []
+  assert unedited["test_loss"] != pytest.approx(auto["test_loss"], rel=1e-3)
+  # The check once compiled (JAX's caches): its time, reported, not asserted.
+  _, _, again = kernels.swap(models.get("rnn").stock(config), "auto", SHAPE,
+                             "cpu")
+  print(f"\nstart-up check of {again['kernel']} once compiled: "
+        f"{again['check_s']:.3f}s (first: {record['check_s']:.3f}s)")
+
+
+def _package_copy(root, edit: bool):
+  """launch.py and mnist_jax/ copied into `root`, recurrent.py edited."""
+  os.makedirs(root)
+  shutil.copy(os.path.join(lh.ROOT, "launch.py"), root)
+  shutil.copytree(os.path.join(lh.ROOT, "mnist_jax"),
+                  os.path.join(root, "mnist_jax"),
+                  ignore=shutil.ignore_patterns("__pycache__"))
+  path = os.path.join(root, "mnist_jax", "models", "recurrent.py")
+  with open(path, encoding="utf-8") as f:
+    source = f.read()
+  if edit:
+    with open(path, "w", encoding="utf-8") as f:
+      f.write(source.replace(*EDIT))
+  return os.path.join(root, "launch.py")
+
+
+@pytest.mark.slow
+def test_an_edited_package_copy_runs_its_edit_through_launch(prepared,
+                                                            tmp_path):
+  """A copy of the package with recurrent.py edited, run by its own
+  launch.py in a child process on CPU: --impl=auto trains the edited module
+  (one line says why), as --impl=stock does; the unedited copy gets the
+  kernel and other numbers."""
+  mnist_dir, data_dir = prepared
+
+  scripts = {edit: _package_copy(str(tmp_path / f"package-{edit}"), edit)
+             for edit in (True, False)}
+
+  def launch(edit, impl):
+    script = scripts[edit]
+    workdir = tmp_path / f"run-{edit}-{impl}"
+    env = dict(lh.child_env(), PYTHONPATH=os.path.dirname(script))
+    proc = subprocess.run(
+        [sys.executable, script, "--model=rnn", "--preset=seed", "--hidden=8",
+         "--epochs=1", "--batch_size=50", "--val_fraction=0",
+         "--notensorboard", f"--impl={impl}", f"--mnist_dir={mnist_dir}",
+         f"--data_dir={data_dir}", f"--workdir={workdir}"],
+        cwd=str(tmp_path), env=env, capture_output=True, text=True,
+        timeout=300, check=False)
+    assert proc.returncode in (0, 4), proc.stderr[-3000:]
+    with open(workdir / "config.json") as f:
+      implementation = json.load(f)["environment"]["implementation"]
+    return proc.stdout, lh.deterministic(lh.metrics(workdir)), implementation
+
+  out, auto, implementation = launch(True, "auto")
+  note = [l for l in out.splitlines() if "does not compute" in l]
+  assert len(note) == 1, out
+  assert "mnist_jax/models/recurrent.py's Recurrent (its outputs or gradients " \
+         "differ by up to " in note[0]
+  assert implementation["passed"] is False
+  assert implementation["module"] == NAMES[recurrent.Recurrent]
+  out, stock, implementation = launch(True, "stock")
+  assert "does not compute" not in out
+  assert implementation == {"impl": "stock", "module": NAMES[recurrent.Recurrent]}
+  assert auto == stock
+  out, unedited, implementation = launch(False, "auto")
+  assert "does not compute" not in out
+  assert implementation["passed"] is True
+  assert implementation["module"] == NAMES[fused_rnn.Recurrent]
+  assert unedited[-1]["test_loss"] != pytest.approx(auto[-1]["test_loss"],
+                                                   rel=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,overrides", [
+    ("cnn", dict(cnn_features=(4, 8), cnn_dense=16, dropout=0.25)),
+    ("gru", dict(hidden=8, num_layers=2, bidirectional=True, dropout=0.2)),
+])
+def test_a_fast_run_restores_into_stock(prepared, tmp_path, name, overrides):
+  mnist_dir, data_dir = prepared
+  workdir = str(tmp_path / name)
+  config = _config(name, impl="fast", epochs=1, batch_size=50,
+                   val_fraction=0.0, tensorboard=False, mnist_dir=mnist_dir,
+                   data_dir=data_dir, **overrides)
+  final = rundir_run.train_and_evaluate(config, workdir, stream=io.StringIO())
+  with open(os.path.join(workdir, "config.json")) as f:
+    implementation = json.load(f)["environment"]["implementation"]
+  assert implementation["passed"] is True
+  run = run_lib.load_run(workdir, impl="stock")
+  assert type(run.model) is type(models.get(name).stock(config))
+  test = pipeline.load(run.config).test
+  metrics = run.evaluate(test.images, test.labels)
+  assert metrics["accuracy"] == pytest.approx(final["test_accuracy"], abs=1e-5)
+  assert metrics["loss"] == pytest.approx(final["test_loss"], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_cnn_kernel_5_trains(prepared, tmp_path):
+  mnist_dir, data_dir = prepared
+  workdir = str(tmp_path / "cnn5")
+  config = _config("cnn", cnn_kernel=5, epochs=2, batch_size=50,
+                   learning_rate=3e-3, val_fraction=0.0, tensorboard=False,
+                   mnist_dir=mnist_dir, data_dir=data_dir)
+  final = rundir_run.train_and_evaluate(config, workdir, stream=io.StringIO())
+  run = run_lib.load_run(workdir)
+  assert type(run.model) is conv_pool.CNN
+  assert run.params["conv_0"]["kernel"].shape == (5, 5, 1, 4)
+  assert final["test_accuracy"] > 0.5  # Ten classes: chance is 0.1.
+

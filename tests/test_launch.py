@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 
@@ -12,15 +13,16 @@ import numpy as np
 import pytest
 
 import launch as launch_module
+from mnist_jax import config as config_lib
 from launch_helpers import snapshot as lh_snapshot
 from mnist_jax.data import datasets
 from mnist_jax.data import pipeline
-from mnist_jax.data import views
 from mnist_jax.models import registry
+from mnist_jax.rundir import cli
+from mnist_jax.rundir import dry_run
 from mnist_jax.rundir import files
 from mnist_jax.rundir import folder
-from mnist_jax.training import dry_run
-from mnist_jax.training import resources
+from mnist_jax.rundir import resources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,9 +37,10 @@ def launch(*args, cwd=ROOT, env=None):
 def test_launch_trains_and_writes_the_run_folder(prepared, tmp_path):
   mnist_dir, data_dir = prepared
   work = tmp_path / "run"
+  # At the tuned 2e-3 two epochs of so small a GRU learn next to nothing.
   result = launch("--model=gru", "--hidden=16", "--epochs=2", "--batch_size=32",
-                  f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}",
-                  f"--workdir={work}")
+                  "--learning_rate=1e-2", f"--mnist_dir={mnist_dir}",
+                  f"--data_dir={data_dir}", f"--workdir={work}")
   assert result.returncode == 0, result.stderr
   assert "test accuracy" in result.stdout
   for name in ("config.json", "metrics.jsonl", "learning_curves.png"):
@@ -47,10 +50,11 @@ def test_launch_trains_and_writes_the_run_folder(prepared, tmp_path):
   assert record["config"]["model"] == "gru" and record["config"]["hidden"] == 16
   assert record["environment"]["packages"]["jax"]
   assert record["environment"]["devices"]
-  # The CPU runs the GRU's fused kernel under --impl=auto, and says so.
-  assert record["environment"]["implementation"] == {
-      "impl": "auto", "resolved": "fast",
-      "module": "mnist_jax.models.kernels.fused_rnn.Recurrent"}
+  # The CPU runs the GRU's fused kernel under --impl=auto, once it passed
+  # its check against the stock module, and says so.
+  implementation = record["environment"]["implementation"]
+  assert implementation["impl"] == "auto" and implementation["passed"]
+  assert "kernels/fused_rnn.py" in implementation["module"]
   rows = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
   epoch_keys = {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
                 "epoch_time_s", "examples_per_s"}
@@ -95,16 +99,19 @@ def test_batch_larger_than_training_set(prepared, tmp_path):
 # The commands messages print, and --dry_run.
 
 
+def _command(*args, config=None, work=None):
+  """launch.py's Command for a command line typed as `launch.py *args`."""
+  flags_ = launch_module.FLAGS
+  return cli.Command(["launch.py", *args], lambda n: n in flags_,
+                     lambda n: not flags_[n].boolean, config=config, work=work)
+
+
 @pytest.fixture
 def typed(monkeypatch, tmp_path):
-  """Sets the command line as typed in an empty folder: typed(*args, config)."""
+  """In an empty folder (the cwd): typed(*args, config, work) -> the Command."""
   monkeypatch.chdir(tmp_path)
-
-  def set_command(*args, config=None, work=None):
-    monkeypatch.setattr(sys, "argv", ["launch.py", *args])
-    monkeypatch.setattr(launch_module, "_RUN", launch_module._Run(
-        config=config, work=work))
-  return set_command
+  monkeypatch.setattr(sys, "argv", ["launch.py"])
+  return _command
 
 
 LINEAR = registry.get_config("linear", epochs=4)
@@ -118,70 +125,95 @@ def _unfinished_run(path, config=LINEAR, started="2026-01-01T10:00:00+0000"):
 
 
 def test_without_drops_every_spelling_of_a_flag():
-  assert launch_module.without(
-      ["--overwrite", "--nooverwrite", "--overwrite=false", "-overwrite",
-       "--learning_rate", "0.1", "--learning_rate=3", "-learning_rate=2",
-       "--epochs=3", "--", "--overwrite"], ("overwrite", "learning_rate")) == [
-           "--epochs=3", "--", "--overwrite"]
+  command = _command(
+      "--overwrite", "--nooverwrite", "--overwrite=false", "-overwrite",
+      "--learning_rate", "0.1", "--learning_rate=3", "-learning_rate=2",
+      "--epochs=3", "--", "--overwrite")
+  assert command.without(("overwrite", "learning_rate")) == [
+      "--epochs=3", "--", "--overwrite"]
 
 
 def test_resume_command_is_the_command_as_typed(typed):
   work = os.path.join("runs", "linear-a")
   _unfinished_run(work)
   sweep = "--sweep=learning_rate=0.001,0.002;label_smoothing=0,0.1"
-  typed("--model=linear", "--epochs=4", "--overwrite", sweep, config=LINEAR,
-        work=work)
-  command = launch_module.resume_command()
-  assert command == f"python launch.py --model=linear --epochs=4 '{sweep}'"
-  assert shlex.split(command)[-1] == sweep
+  command = typed("--model=linear", "--epochs=4", "--overwrite", sweep,
+                  config=LINEAR, work=work)
+  line = command.resume_command()
+  assert line == f"python launch.py --model=linear --epochs=4 '{sweep}'"
+  assert shlex.split(line)[-1] == sweep
   # A newer unfinished run of the same settings: the same command would pick
   # that one, so --workdir is added.
   _unfinished_run(os.path.join("runs", "linear-b"),
                   started="2026-02-01T10:00:00+0000")
-  assert launch_module.resume_command() == (
+  assert command.resume_command() == (
       f"python launch.py --model=linear --epochs=4 '{sweep}' --workdir={work}")
   # A --workdir typed (in either spelling) stays as typed.
-  typed("--model=linear", "--workdir", work, "--epochs=4",
-        config=LINEAR.replace(workdir=work), work=work)
-  assert launch_module.resume_command() == (
+  command = typed("--model=linear", "--workdir", work, "--epochs=4",
+                  config=LINEAR.replace(workdir=work), work=work)
+  assert command.resume_command() == (
       f"python launch.py --model=linear --workdir {work} --epochs=4")
 
 
 def test_divergence_advice_is_a_command_with_a_lower_learning_rate(typed):
-  retry_advice = launch_module._retry_advice  # pylint: disable=protected-access
-  config = LINEAR.replace(learning_rate=0.5)
-  typed("--model=linear", "--learning_rate", "0.5", "--overwrite",
-        config=config)
-  assert retry_advice() == (
+  config = LINEAR.replace(learning_rate=0.5)  # Above the preset's 1e-3.
+  assert registry.preset_overrides("linear", "tuned")["learning_rate"] == 1e-3
+  command = typed("--model=linear", "--learning_rate", "0.5", "--overwrite",
+                  config=config)
+  assert command.retry_advice() == (
       "; for example (a new run folder): python launch.py --model=linear "
-      "--learning_rate=0.05")
-  typed("--model=linear", "--workdir=W", config=config.replace(workdir="W"))
-  assert retry_advice() == (
+      "--learning_rate=0.001")
+  command = typed("--model=linear", "--workdir=W",
+                  config=config.replace(workdir="W"))
+  assert command.retry_advice() == (
       "; for example (--overwrite starts W over): python launch.py "
-      "--model=linear --workdir=W --learning_rate=0.05 --overwrite")
+      "--model=linear --workdir=W --learning_rate=0.001 --overwrite")
+  # At or below the preset's rate already: a tenth of it.
+  command = typed("--model=linear", "--learning_rate=1e-3",
+                  config=LINEAR.replace(learning_rate=1e-3))
+  assert command.retry_advice().endswith(
+      "python launch.py --model=linear --learning_rate=0.0001")
   swept = config.replace(sweep="learning_rate=0.5,1.0")
-  typed("--model=linear", "--sweep=learning_rate=0.5,1", config=swept)
-  assert retry_advice().endswith(
+  command = typed("--model=linear", "--sweep=learning_rate=0.5,1",
+                  config=swept)
+  assert command.retry_advice().endswith(
       "python launch.py --model=linear --sweep=learning_rate=0.5,1 "
       "--grad_clip=1")
 
 
+@pytest.mark.parametrize("model,preset", [("mlp", "tuned"), ("mlp", "seed"),
+                                          ("cnn", "best"), ("gru", "tuned")])
+def test_divergence_advice_at_1e4_is_the_presets_rate_not_a_tenth(
+    typed, model, preset):
+  """The issue's --learning_rate=1e4: the advice is the preset's rate (which
+  trains), not 1000 (which diverges again)."""
+  config = registry.get_config(model, preset, learning_rate=1e4)
+  rate = registry.preset_overrides(model, preset).get(
+      "learning_rate", config_lib.default("learning_rate"))
+  assert folder.lower_rate(config) == rate
+  command = typed(f"--model={model}", f"--preset={preset}",
+                  "--learning_rate=1e4", config=config)
+  advice = command.retry_advice()
+  assert advice.endswith(f" --learning_rate={rate:g}"), advice
+  assert "--learning_rate=1000" not in advice and "1e4" not in advice
+
+
 def test_ctrl_c_outside_the_loop_says_what_to_run(typed):
-  typed("--model=linear")
-  interrupted = launch_module._interrupted  # pylint: disable=protected-access
-  assert interrupted() == ("interrupted (Ctrl-C) before training started; to "
-                           "start again, run: python launch.py --model=linear")
+  command = typed("--model=linear")
+  assert command.interrupted() == (
+      "interrupted (Ctrl-C) before training started; to start again, run: "
+      "python launch.py --model=linear")
   work = os.path.join("runs", "linear-a")
-  typed("--model=linear", "--overwrite", config=LINEAR, work=work)
-  assert interrupted() == (
+  command = typed("--model=linear", "--overwrite", config=LINEAR, work=work)
+  assert command.interrupted() == (
       f"interrupted (Ctrl-C) before {work} was written; to start again, run: "
       "python launch.py --model=linear --overwrite")
   _unfinished_run(work)
-  held = {os.path.realpath(work): None}
-  launch_module._RUN.held = held  # pylint: disable=protected-access
-  assert interrupted() == (
+  assert command.interrupted() == (
       f"interrupted (Ctrl-C); {work} keeps its last complete checkpoint, if "
       "any. To resume, run: python launch.py --model=linear")
+  command.signum = signal.SIGTERM
+  assert command.interrupted().startswith("interrupted (SIGTERM); ")
 
 
 def test_dry_run_marks_where_each_setting_comes_from():
@@ -209,9 +241,8 @@ def test_dry_run_marks_where_each_setting_comes_from():
 def test_dry_run_counts_the_parameters_init_makes(model, preset):
   config = registry.get_config(model, preset)
   module = registry.get(model).stock(config)
-  x = views.to_view(np.zeros((1, 28, 28), np.uint8),
-                    registry.input_view(config))
-  params = module.init(jax.random.PRNGKey(0), x)["params"]
+  params = jax.eval_shape(module.init, jax.random.PRNGKey(0),
+                          np.zeros((1, 28, 28), np.uint8))["params"]
   assert resources.parameter_count(config) == sum(
       p.size for p in jax.tree.leaves(params))
 

@@ -253,7 +253,8 @@ def test_a_run_that_does_not_learn_warns_exits_4_and_says_so_in_its_report(
   line = _one_line(err, "warning: the run did not learn: its training loss "
                    "ended at ")
   assert rc == 4, (out, err)
-  assert "--learning_rate=1000 --overwrite" in line
+  # The advice: the preset's own rate (the tuned MLP's 0.001), far below.
+  assert "--learning_rate=0.001 --overwrite" in line
   final = lh.metrics(workdir)[-1]
   assert final["did_not_learn"]["cause"] == "loss"
   report = open(os.path.join(workdir, "report.md")).read().splitlines()

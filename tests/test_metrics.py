@@ -77,11 +77,12 @@ def test_stacked_members_are_each_their_own_sums():
   stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), _sums(l0, y0),
                          _sums(l1, y1))
   fetched = members.host_metrics(stacked)
+  assert len(fetched) == 2
   for i, (l, y) in enumerate([(l0, y0), (l1, y1)]):
     own = metrics.values(jax.device_get(_sums(l, y)))
-    assert fetched["per_member"][i] == pytest.approx(own)
-  assert fetched["ece"] == pytest.approx(
-      np.mean([p["ece"] for p in fetched["per_member"]]))
+    assert fetched[i] == pytest.approx(own)
+  # One model's sums (no members' axis) are one member's values.
+  assert members.host_metrics(_sums(l0, y0)) == [pytest.approx(fetched[0])]
 
 
 def test_the_train_step_sums_only_the_train_metrics():
@@ -112,15 +113,23 @@ def test_of_logits_is_the_evaluation_in_batches():
 
 def test_rows_carry_every_metric_of_each_split():
   listed = members.from_config(models.get_config("linear", num_seeds=2))
-  per = lambda v: {"per_member": [{"loss": v, "accuracy": 0.5, "ece": 0.1,
-                                   "count": 4.0}] * 2}
-  top, extras = members.row(listed, members.Choice(0, 1),
-                            {"train": per(1.0), "val": per(2.0)}, [1e-3, 1e-3])
-  assert list(top) == ["train_loss", "train_accuracy", "val_loss",
-                       "val_accuracy", "val_ece"]
-  assert extras["val_ece_mean"] == pytest.approx(0.1)
-  assert extras["members"][0]["val_ece"] == 0.1
-  assert extras["members"][0]["learning_rate"] == 1e-3
+  per = lambda v: [{"loss": v, "accuracy": 0.5, "ece": 0.1, "count": 4.0},
+                   {"loss": v, "accuracy": 0.5, "ece": 0.3, "count": 4.0}]
+  row = members.row(listed, (0, 1), {"train": per(1.0), "val": per(2.0)},
+                    [1e-3, 2e-3])
+  top = [k for k in row if "_" in k and not k.endswith(("_mean", "_std"))]
+  assert top == ["train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                 "val_ece"]
+  assert row["val_ece"] == 0.3  # The chosen member's (index 1).
+  assert row["val_ece_mean"] == pytest.approx(0.2)
+  assert row["val_ece_std"] == pytest.approx(np.std([0.1, 0.3], ddof=1))
+  assert row["members"][0]["val_ece"] == 0.1
+  assert row["members"][1]["learning_rate"] == 2e-3
+  assert "ece" not in [m.name for m in metrics.of("train")]
+  # One member: its metrics only.
+  single = members.from_config(models.get_config("linear"))
+  assert set(members.row(single, (0, 0), {"test": per(1.0)[:1]})) == set(
+      metrics.keys("test"))
   text = metrics.BY_NAME["ece"].text(0.0123)
   assert text == "1.23%"
 
@@ -139,7 +148,7 @@ def test_a_metric_may_need_the_class_count(monkeypatch):
   extra = metrics.Metric("top5", sums, lambda s, n: float(s["top5"]) / n,
                          metrics.EVAL, tag="top5", label="top-5 accuracy")
   monkeypatch.setattr(metrics, "METRICS", metrics.METRICS + (extra,))
-  metrics._shapes.cache_clear()  # pylint: disable=protected-access
+  _clear_caches()
   try:
     zeros = metrics.zeros(metrics.EVAL, num_classes=26)
     assert zeros["class_correct"].shape == (26,) and zeros["top5"].shape == ()
@@ -150,4 +159,12 @@ def test_a_metric_may_need_the_class_count(monkeypatch):
         top5 == labels[:, None], -1)))
     assert got["accuracy"] == np.mean(logits.argmax(-1) == labels)
   finally:
-    metrics._shapes.cache_clear()  # pylint: disable=protected-access
+    monkeypatch.undo()
+    _clear_caches()
+
+
+def _clear_caches():
+  """Forgets what metrics.py cached of METRICS (its shapes and keys)."""
+  for value in vars(metrics).values():
+    if hasattr(value, "cache_clear"):
+      value.cache_clear()

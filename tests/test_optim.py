@@ -1,4 +1,8 @@
-"""The optimizer with its hyperparameters in the state, against plain optax."""
+"""The optimizer with its numbers in its state, against plain optax chains
+and optax's own schedules over whole runs; label smoothing as a loss
+setting; a new optimizer as one entry of optim.OPTIMIZERS."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +13,8 @@ import pytest
 from conftest import synthetic_digits
 from mnist_jax import config as config_lib
 from mnist_jax import models
+from mnist_jax.data import pipeline
+from mnist_jax.errors import UserError
 from mnist_jax.training import members as members_lib
 from mnist_jax.training import optim
 from mnist_jax.training import train
@@ -17,27 +23,31 @@ STEPS_PER_EPOCH, EPOCHS = 10, 5  # 50 steps in all; the tests run a few more.
 
 
 def _reference_schedule(config, steps_per_epoch):
-  """The learning rate as optax's own schedules give it."""
+  """The learning rate as optax's own schedules give it, with the peak in
+  the schedule (not a multiplier times a held peak)."""
   lr = config.learning_rate
   total = max(1, config.epochs * steps_per_epoch)
-  warmup = min(total - 1, int(config.warmup_epochs * steps_per_epoch))
+  warmup = max(1, min(total - 1, int(config.warmup_epochs * steps_per_epoch)))
   return {
       "constant": lambda: optax.constant_schedule(lr),
       "cosine": lambda: optax.cosine_decay_schedule(lr, total),
       "warmup_cosine": lambda: optax.warmup_cosine_decay_schedule(
-          0.0, lr, max(warmup, 1), total),
+          0.0, lr, warmup, total),
       "onecycle": lambda: optax.cosine_onecycle_schedule(total, lr),
   }[config.schedule]()
 
 
+def _mask(params):
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
 def _reference_optimizer(config, steps_per_epoch):
-  """The optax chain as it was built before hyperparameters moved to the state."""
+  """The run's optimizer as plain optax spells it."""
   lr = _reference_schedule(config, steps_per_epoch)
-  mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
   opt = {
       "adam": lambda: optax.adam(lr),
       "adamw": lambda: optax.adamw(lr, weight_decay=config.weight_decay,
-                                   mask=mask),
+                                   mask=_mask),
       "rmsprop": lambda: optax.rmsprop(lr, decay=config.rmsprop_decay,
                                        eps=config.eps, eps_in_sqrt=False),
       "sgd": lambda: optax.sgd(lr, momentum=config.momentum or None),
@@ -46,32 +56,31 @@ def _reference_optimizer(config, steps_per_epoch):
   if config.grad_clip > 0:
     chain.append(optax.clip_by_global_norm(config.grad_clip))
   if config.weight_decay > 0 and config.optimizer != "adamw":
-    chain.append(optax.add_decayed_weights(config.weight_decay, mask))
+    chain.append(optax.add_decayed_weights(config.weight_decay, _mask))
   return optax.chain(*chain, opt)
 
 
 def _params():
-  keys = jax.random.split(jax.random.PRNGKey(0), 2)
+  keys = jax.random.split(jax.random.key(0), 2)
   return {"dense": {"kernel": jax.random.normal(keys[0], (6, 4)),
                     "bias": jax.random.normal(keys[1], (4,))}}
 
 
-def _run(tx, params, steps=STEPS_PER_EPOCH * EPOCHS + 5, init=None):
-  """(params, opt state) after `steps` updates with fixed pseudo-random
-  gradients (global norm about 5, so a clip of 1 acts), and every update."""
+def _run(tx, params, steps=STEPS_PER_EPOCH * EPOCHS + 5, state=None):
+  """(params, opt state, every update) after `steps` updates with fixed
+  pseudo-random gradients (global norm about 5, so a clip of 1 acts), from
+  `state` (default: tx.init)."""
   grads = jax.tree.map(
-      lambda p: 1.0 * jax.random.normal(jax.random.PRNGKey(1),
-                                        (steps,) + p.shape), params)
+      lambda p: jax.random.normal(jax.random.key(1), (steps,) + p.shape),
+      params)
+  state = tx.init(params) if state is None else state
 
-  @jax.jit
-  def run(params):
-    def body(carry, g):
-      params, state = carry
-      updates, state = tx.update(g, state, params)
-      return (optax.apply_updates(params, updates), state), updates
-    return jax.lax.scan(body, (params, (init or tx.init)(params)), grads)
+  def body(carry, g):
+    params, state = carry
+    updates, state = tx.update(g, state, params)
+    return (optax.apply_updates(params, updates), state), updates
 
-  (params, state), updates = run(params)
+  (params, state), updates = jax.lax.scan(body, (params, state), grads)
   return params, state, updates
 
 
@@ -80,14 +89,16 @@ def _config(**values):
 
 
 def _chain_cases():
-  """Every optimizer x schedule x extras; a quarter of them, which still
-  cover every optimizer, schedule and extras, without the slow marker."""
+  """Every optimizer x schedule x extras; without the slow marker, four that
+  still cover every optimizer, schedule and extras."""
   extras = [{}, dict(grad_clip=1.0, weight_decay=1e-2, warmup_epochs=1.5)]
+  fast = {("adam", "constant", 0), ("adamw", "cosine", 1),
+          ("rmsprop", "warmup_cosine", 1), ("sgd", "onecycle", 1)}
   cases = []
-  for i, optimizer in enumerate(config_lib.OPTIMIZERS):
-    for j, schedule in enumerate(config_lib.SCHEDULES):
+  for optimizer in config_lib.OPTIMIZERS:
+    for schedule in config_lib.SCHEDULES:
       for k, extra in enumerate(extras):
-        slow = (i + j) % 4 != 2 * k
+        slow = (optimizer, schedule, k) not in fast
         cases.append(pytest.param(
             optimizer, schedule, extra, marks=[pytest.mark.slow] * slow,
             id=f"{optimizer}-{schedule}-{'extras' if extra else 'plain'}"))
@@ -95,17 +106,19 @@ def _chain_cases():
 
 
 @pytest.mark.parametrize("optimizer,schedule,extras", _chain_cases())
-def test_equals_the_plain_optax_chain(optimizer, schedule, extras):
+def test_equals_the_plain_optax_chain_over_a_whole_run(optimizer, schedule,
+                                                      extras):
   config = _config(optimizer=optimizer, schedule=schedule, learning_rate=3e-2,
                    **extras)
   params = _params()
-  new, new_state, new_updates = _run(
-      optim.make_optimizer(config, STEPS_PER_EPOCH), params)
-  ref, ref_state, ref_updates = _run(
-      _reference_optimizer(config, STEPS_PER_EPOCH), params)
-  # The same transforms in the same order: no clip unless asked for.
-  assert (jax.tree.structure(new_state.inner_state) ==
-          jax.tree.structure(ref_state))
+  new, new_state, new_updates = jax.jit(functools.partial(
+      _run, optim.make_optimizer(config, STEPS_PER_EPOCH)))(params)
+  ref, _, ref_updates = jax.jit(functools.partial(
+      _run, _reference_optimizer(config, STEPS_PER_EPOCH)))(params)
+  # The run's parts only: a clip and a decay where the config asks for them,
+  # then the direction and the learning rate.
+  assert len(new_state.inner_state) == 2 + (config.grad_clip > 0) + (
+      config.weight_decay > 0)
   for a, b in zip(jax.tree.leaves(new_updates), jax.tree.leaves(ref_updates)):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)
   for a, b, before in zip(jax.tree.leaves(new), jax.tree.leaves(ref),
@@ -116,187 +129,279 @@ def test_equals_the_plain_optax_chain(optimizer, schedule, extras):
 
 @pytest.mark.parametrize("schedule", config_lib.SCHEDULES)
 @pytest.mark.parametrize("steps_per_epoch,epochs,warmup", [
-    (10, 5, 1.5), (421, 20, 1.0), (3, 1, 0.0), (469, 3, 0.3)])
-def test_schedules_equal_optax_over_a_whole_run(schedule, steps_per_epoch,
-                                                 epochs, warmup):
+    (10, 5, 1.5), (421, 20, 1.0), (3, 1, 0.0), (469, 3, 0.3), (5, 2, 9.0)])
+def test_schedules_are_optax_s_own_times_the_peak(schedule, steps_per_epoch,
+                                                  epochs, warmup):
+  """Over a whole run and past its end; a warmup of 0 steps is 1, one of the
+  whole run or more stops a step short of its end."""
   config = _config(schedule=schedule, learning_rate=2e-3, epochs=epochs,
                    warmup_epochs=warmup)
   total = steps_per_epoch * epochs
   counts = jnp.arange(total + 3, dtype=jnp.int32)
-  held = optim.hyperparams(config, steps_per_epoch)
-  ours = jax.jit(jax.vmap(lambda c, peak, w: optim.schedule(
-      schedule, c, peak, w, total), in_axes=(0, None, None)))(
-          counts, held["learning_rate"], held.get("warmup_steps"))
+  multiplier = optim.schedule(config, steps_per_epoch)
+  peak = optim.hyperparams(config)["learning_rate"]
+  ours = jax.jit(jax.vmap(lambda c: peak * multiplier(c)))(counts)
   theirs = jax.vmap(_reference_schedule(config, steps_per_epoch))(counts)
   np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-10)
 
 
 @pytest.mark.parametrize("schedule", config_lib.SCHEDULES)
-def test_the_state_reads_its_rate_from_its_own_optimizer(schedule):
-  """TrainState.learning_rate: the schedule at the optimizer's update count,
-  with the state's own (a sweep member's) peak, as optax's schedule gives it."""
-  config = _config(schedule=schedule, learning_rate=2e-3, epochs=2,
-                   warmup_epochs=0.5)
-  state = train.create_train_state(jax.random.PRNGKey(0), config,
-                                   models.build(config), STEPS_PER_EPOCH,
-                                   hparams={"learning_rate": 5e-3})
-  theirs = _reference_schedule(config.replace(learning_rate=5e-3),
-                               STEPS_PER_EPOCH)
-  zero = jax.tree.map(jnp.zeros_like, state.params)
-  update = jax.jit(lambda s: s.apply_gradients(grads=zero))
+def test_the_reported_rate_is_the_one_the_next_update_applies(schedule):
+  """optim.learning_rate reads the rate from the optimizer's own state (a
+  member's peak, its update count): plain SGD moves a parameter by exactly
+  that rate times a unit gradient."""
+  config = _config(optimizer="sgd", momentum=0.0, schedule=schedule,
+                   learning_rate=2e-3, epochs=2, warmup_epochs=0.5)
+  multiplier = optim.schedule(config, STEPS_PER_EPOCH)
+  tx = optim.make_optimizer(config, STEPS_PER_EPOCH)
+  member = config.replace(learning_rate=5e-3)  # A sweep member's peak.
+  theirs = _reference_schedule(member, STEPS_PER_EPOCH)
+  params = {"w": jnp.zeros((2, 2))}
+  state = optim.with_hyperparams(tx.init(params), member)
+  ones = jax.tree.map(jnp.ones_like, params)
+
+  @jax.jit
+  def step(params, state):
+    rate = optim.learning_rate(state, multiplier)
+    updates, state = tx.update(ones, state, params)
+    return optax.apply_updates(params, updates), state, rate, updates["w"][0, 0]
+
   for count in range(2 * STEPS_PER_EPOCH + 2):
-    assert float(state.learning_rate()) == pytest.approx(
-        float(theirs(count)), rel=1e-5, abs=1e-12), count
-    state = update(state)
+    params, state, rate, moved = step(params, state)
+    assert float(rate) == pytest.approx(float(theirs(count)), rel=1e-5,
+                                        abs=1e-12), count
+    assert float(-moved) == pytest.approx(float(rate), rel=1e-6, abs=1e-12)
 
 
-def test_warmup_is_a_traced_per_member_array():
-  """One compiled schedule serves members with different warmups and peaks."""
-  peaks = jnp.array([1e-3, 3e-3], jnp.float32)
-  warmups = jnp.array([5, 20], jnp.int32)
-  counts = jnp.arange(60, dtype=jnp.int32)
-  ours = jax.jit(jax.vmap(jax.vmap(
-      lambda c, p, w: optim.schedule("warmup_cosine", c, p, w, 50),
-      in_axes=(0, None, None)), in_axes=(None, 0, 0)))(counts, peaks, warmups)
-  for i in range(2):
-    theirs = jax.vmap(optax.warmup_cosine_decay_schedule(
-        0.0, float(peaks[i]), int(warmups[i]), 50))(counts)
-    np.testing.assert_allclose(ours[i], theirs, rtol=1e-5, atol=1e-10)
+def test_the_state_holds_every_number_the_structure_only_what_is_on():
+  """opt_state.hyperparams holds all of HYPERPARAMS, float32, from the
+  config; the clip and the decay are parts of the chain only where the config
+  turns them on or a sweep names them (a swept clip of 0 is off)."""
+  params = _params()
+  plain = optim.make_optimizer(_config(), STEPS_PER_EPOCH).init(params)
+  assert list(plain.hyperparams) == list(optim.HYPERPARAMS)
+  for name, value in plain.hyperparams.items():
+    assert value.dtype == jnp.float32
+    assert float(value) == pytest.approx(getattr(_config(), name), rel=1e-6)
+  assert len(plain.inner_state) == 2
+  on = optim.make_optimizer(_config(grad_clip=1.0, weight_decay=1e-3),
+                            STEPS_PER_EPOCH).init(params)
+  assert len(on.inner_state) == 4
+  swept = optim.make_optimizer(_config(), STEPS_PER_EPOCH,
+                               swept=("grad_clip", "weight_decay"))
+  assert len(swept.init(params).inner_state) == 4
+  # Held 0: a member whose clip and decay are 0 computes the plain run.
+  a, _, _ = _run(swept, params, steps=7)
+  b, _, _ = _run(optim.make_optimizer(_config(), STEPS_PER_EPOCH), params,
+                 steps=7)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
 
 
-def test_held_hyperparameters_follow_the_config_and_the_swept_names():
-  plain = optim.hyperparams(_config(), STEPS_PER_EPOCH)
-  assert set(plain) == {"learning_rate"}
-  swept = optim.hyperparams(_config(), STEPS_PER_EPOCH,
-                            swept=["grad_clip", "weight_decay"])
-  assert set(swept) == {"learning_rate", "grad_clip", "weight_decay"}
-  assert float(swept["grad_clip"]) == 0.0
-  on = optim.hyperparams(_config(optimizer="sgd", schedule="warmup_cosine",
-                                 warmup_epochs=2.0, grad_clip=1.0,
-                                 label_smoothing=0.1), STEPS_PER_EPOCH)
-  assert set(on) == {"learning_rate", "momentum", "grad_clip", "warmup_steps",
-                     "label_smoothing"}
-  assert on["warmup_steps"].dtype == np.int32 and int(on["warmup_steps"]) == 20
-  state = optim.make_optimizer(_config(grad_clip=1.0), 10).init(_params())
-  assert set(state.hyperparams) == {"learning_rate", "grad_clip"}
+def test_with_hyperparams_sets_a_members_numbers_and_nothing_else():
+  tx = optim.make_optimizer(_config(optimizer="rmsprop"), STEPS_PER_EPOCH)
+  state = tx.init(_params())
+  member = _config(optimizer="rmsprop", learning_rate=3e-2, eps=1e-3,
+                   rmsprop_decay=0.5)
+  moved = optim.with_hyperparams(state, member)
+  for name in optim.HYPERPARAMS:
+    assert float(moved.hyperparams[name]) == pytest.approx(
+        getattr(member, name), rel=1e-6)
+    assert moved.hyperparams[name].dtype == state.hyperparams[name].dtype
+  assert jax.tree.structure(moved) == jax.tree.structure(state)
+  for a, b in zip(jax.tree.leaves(moved.inner_state),
+                  jax.tree.leaves(state.inner_state)):
+    np.testing.assert_array_equal(a, b)
 
 
-def _run_members(config, spec, steps=STEPS_PER_EPOCH * EPOCHS + 5):
-  """Members of `spec` as one vmapped optimizer: (members, their params and
-  opt states, stacked [M])."""
-  members = members_lib.from_config(config, spec)
-  rows = members_lib.hyperparams(members, STEPS_PER_EPOCH)
-  tx = optim.make_optimizer(config, STEPS_PER_EPOCH, swept=rows)
-  init = lambda params, row: optim.with_hyperparams(tx.init(params), row)
-  run = jax.vmap(lambda row: _run(tx, _params(), steps,
-                                  init=lambda p: init(p, row))[:2])
-  return members, *run(rows)
+def _stacked_states(tx, members, params):
+  """Each member's fresh optimizer state holding its numbers, stacked [M]."""
+  states = [optim.with_hyperparams(tx.init(params), m.config) for m in members]
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
 
 
 @pytest.mark.parametrize("optimizer,spec", [
-    ("adam", "learning_rate=1e-2,3e-2;grad_clip=0,1"),
-    ("sgd", "warmup_epochs=0.5,1.5;momentum=0,0.9"),
-    ("adamw", "weight_decay=0,1e-1;learning_rate=1e-2,3e-2"),
-    ("rmsprop", "rmsprop_decay=0.8,0.95;eps=1e-7,1e-3"),
+    ("sgd", "momentum=0,0.9;weight_decay=0,1e-2"),
+    pytest.param("adam", "learning_rate=1e-2,3e-2;grad_clip=0,1",
+                 marks=pytest.mark.slow),
+    pytest.param("adamw", "weight_decay=0,1e-1;learning_rate=1e-2,3e-2",
+                 marks=pytest.mark.slow),
+    pytest.param("rmsprop", "rmsprop_decay=0.8,0.95;eps=1e-7,1e-3",
+                 marks=pytest.mark.slow),
 ])
 def test_vmapped_members_equal_their_single_optimizers(optimizer, spec):
+  """One program (the run's optimizer with the swept parts on) vmapped over
+  the members' states: each member computes its own single run."""
   config = _config(optimizer=optimizer, schedule="warmup_cosine",
-                   learning_rate=3e-2, weight_decay=1e-2)
-  members, params, states = _run_members(config, spec)
-  finals = set()
+                   learning_rate=3e-2, weight_decay=1e-2, warmup_epochs=1.0)
+  config = config.replace(sweep=members_lib.canonical(spec))
+  members = members_lib.from_config(config)
+  tx = optim.make_optimizer(config, STEPS_PER_EPOCH, members_lib.swept(config))
+  params = _params()
+  stacked = _stacked_states(tx, members, params)
+  finals, _, _ = jax.jit(jax.vmap(lambda s: _run(tx, params, state=s)))(stacked)
+  seen = set()
   for m in members:
-    single, _, _ = _run(optim.make_optimizer(m.config, STEPS_PER_EPOCH),
-                        _params())
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(single)):
+    single, _, _ = jax.jit(functools.partial(
+        _run, optim.make_optimizer(m.config, STEPS_PER_EPOCH)))(params)
+    for a, b in zip(jax.tree.leaves(finals), jax.tree.leaves(single)):
       np.testing.assert_allclose(a[m.index], b, rtol=2e-5, atol=1e-6)
-    finals.add(b"".join(np.asarray(p).tobytes() for p in jax.tree.leaves(single)))
-  assert len(finals) == len(members)  # Every swept value took effect.
+    seen.add(b"".join(np.asarray(p).tobytes() for p in jax.tree.leaves(single)))
+  assert len(seen) == len(members)  # Every swept value took effect.
 
 
 def test_state_structure_does_not_depend_on_the_values():
-  config = _config(optimizer="sgd", schedule="warmup_cosine")
-  spec = "grad_clip=0,1;weight_decay=0,1e-3;momentum=0,0.5"
-  members, _, states = _run_members(config, spec, steps=1)
-  rows = members_lib.hyperparams(members, STEPS_PER_EPOCH)
-  structures = set()
-  for m in members:
-    tx = optim.make_optimizer(m.config, STEPS_PER_EPOCH, swept=rows)
-    structures.add(jax.tree.structure(tx.init(_params())))
-  assert structures == {jax.tree.structure(jax.tree.map(lambda x: x[0], states))}
-  np.testing.assert_array_equal(states.hyperparams["grad_clip"],
+  config = _config(optimizer="sgd").replace(
+      sweep="grad_clip=0.0,1.0;weight_decay=0.0,0.001;momentum=0.0,0.5")
+  members = members_lib.from_config(config)
+  swept = members_lib.swept(config)
+  structures = {jax.tree.structure(optim.make_optimizer(
+      m.config, STEPS_PER_EPOCH, swept).init(_params())) for m in members}
+  assert len(structures) == 1
+  tx = optim.make_optimizer(config, STEPS_PER_EPOCH, swept)
+  stacked = _stacked_states(tx, members, _params())
+  assert jax.tree.structure(jax.tree.map(lambda x: x[0], stacked)) in structures
+  np.testing.assert_array_equal(stacked.hyperparams["grad_clip"],
                                 [0, 0, 0, 0, 1, 1, 1, 1])
-  np.testing.assert_allclose(states.hyperparams["momentum"], [0, 0.5] * 4)
-  # Not swept and off: no clip, decay or momentum held.
-  plain = optim.make_optimizer(_config(optimizer="sgd", momentum=0.0),
-                               STEPS_PER_EPOCH).init(_params())
-  assert set(plain.hyperparams) == {"learning_rate"}
+  np.testing.assert_allclose(stacked.hyperparams["momentum"], [0, 0.5] * 4)
 
 
 TINY = dict(mlp_hidden=(16,), dropout=0.0, batch_size=16, epochs=2,
             schedule="warmup_cosine", warmup_epochs=0.5)
 
 
-@pytest.mark.slow
-def test_vmapped_train_states_equal_their_single_runs():
-  """Members made by create_train_state under vmap, stepped by train_step,
-  equal the single runs of their configs: the loss reads each member's label
-  smoothing (the optimizer's values are tested above, without a model)."""
-  config = models.get_config("mlp", "seed", learning_rate=1e-2, **TINY)
-  spec = "label_smoothing=0,0.2"
-  members = members_lib.from_config(config, spec)
-  model = models.build(config)
-  rngs = jnp.stack([jax.random.PRNGKey(m.seed) for m in members])
-  states = jax.jit(jax.vmap(lambda r, h: train.create_train_state(
-      r, config, model, 4, hparams=h)))(rngs, members_lib.hyperparams(members, 4))
-  images, labels = synthetic_digits(16 * 4)
-  images, labels = jnp.asarray(images), jnp.asarray(labels, jnp.int32)
-  batches = jnp.arange(16 * 4).reshape(4, 16)
+def _batches(n_steps, batch=16):
+  images, labels = synthetic_digits(batch * n_steps)
+  images = jnp.asarray(images).reshape(n_steps, batch, 28, 28)
+  labels = jnp.asarray(labels, jnp.int32).reshape(n_steps, batch)
+  return {"image": images, "label": labels,
+          "valid": jnp.ones((n_steps,), bool)}
 
-  def run(state):
-    def body(state, idx):
-      state, metrics = train.train_step(state, images[idx], labels[idx],
-                                        view="flat")
-      return state, metrics["loss"]
+
+def test_vmapped_train_states_equal_their_single_runs():
+  """Members made by members.init_state, stepped by train_step under vmap
+  with each member's label smoothing (members.per_member), equal the single
+  runs of their configs."""
+  config = models.get_config("mlp", "seed", learning_rate=1e-2, **TINY).replace(
+      num_seeds=2, sweep="label_smoothing=0.0,0.2;learning_rate=0.01,0.03")
+  members = members_lib.from_config(config)
+  model, _ = models.build(config)
+  tx = optim.make_optimizer(config, 4, members_lib.swept(config))
+  create = functools.partial(train.create_train_state, model=model, tx=tx,
+                             image_shape=(28, 28))
+  states = members_lib.init_state(members, create)
+  per = members_lib.per_member(members)
+  np.testing.assert_allclose(per["label_smoothing"], [0] * 4 + [0.2] * 4)
+  batches = _batches(4)
+
+  def run(state, label_smoothing):
+    def body(state, batch):
+      state, sums = train.train_step(state, batch,
+                                     label_smoothing=label_smoothing)
+      return state, sums["loss"]
     return jax.lax.scan(body, state, batches)
 
-  states, losses = jax.jit(jax.vmap(run))(states)
-  finals = set()
+  states, losses = jax.jit(jax.vmap(run))(states, per["label_smoothing"])
+  seen = set()
   for m in members:
-    single, single_losses = jax.jit(run)(train.create_train_state(
-        jax.random.PRNGKey(m.seed), m.config, model, 4))
+    single = train.create_train_state(
+        jax.random.key(m.seed), model,
+        optim.make_optimizer(m.config, 4), (28, 28))
+    single, single_losses = jax.jit(run)(single, m.config.label_smoothing)
     np.testing.assert_allclose(losses[m.index], single_losses, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(states.params),
                     jax.tree.leaves(single.params)):
       np.testing.assert_allclose(a[m.index], b, rtol=1e-5, atol=1e-6)
-    finals.add(b"".join(np.asarray(p).tobytes()
-                        for p in jax.tree.leaves(single.params)))
-  assert len(finals) == len(members)
+    seen.add(b"".join(np.asarray(p).tobytes()
+                      for p in jax.tree.leaves(single.params)))
+  assert len(seen) == len(members)
 
 
-def test_label_smoothing_is_read_from_the_state():
-  config = models.get_config("mlp", "seed", label_smoothing=0.3, optimizer="sgd",
-                             **{**TINY, "schedule": "constant"})
-  state = train.create_train_state(jax.random.PRNGKey(0), config,
-                                   models.build(config), 4)
-  assert float(optim.label_smoothing(state.opt_state)) == pytest.approx(0.3)
-  images, labels = synthetic_digits(16)
-  images, labels = jnp.asarray(images), jnp.asarray(labels, jnp.int32)
-  step = jax.jit(lambda s, ls: train.train_step(s, images, labels, view="flat",
-                                                label_smoothing=ls))
-  # The state's value wins over the argument (a stale config's)...
-  a, _ = step(state, 0.0)
-  b, _ = step(state, 0.3)
-  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
-    np.testing.assert_array_equal(x, y)
-  # ... and a value changed in the state changes the step.
-  other = state.replace(opt_state=optim.with_hyperparams(
-      state.opt_state, {"label_smoothing": 0.0}))
-  c, _ = step(other, 0.3)
+def test_label_smoothing_is_a_loss_setting_not_optimizer_state():
+  """The optimizer holds no label smoothing; the step's argument smooths the
+  loss it differentiates, while the loss it reports stays plain."""
+  config = models.get_config("mlp", "seed", label_smoothing=0.3,
+                             optimizer="sgd", **{**TINY, "schedule": "constant"})
+  model, _ = models.build(config)
+  state = train.create_train_state(jax.random.key(0), model,
+                                   optim.make_optimizer(config, 4), (28, 28))
+  assert "label_smoothing" not in state.opt_state.hyperparams
+  assert "label_smoothing" not in optim.HYPERPARAMS
+  assert "label_smoothing" in members_lib.SWEEPABLE
+  batch = jax.tree.map(lambda a: a[0], _batches(1))
+  step = jax.jit(lambda s, ls: train.train_step(s, batch, label_smoothing=ls))
+  plain, plain_sums = step(state, 0.0)
+  smooth, smooth_sums = step(state, 0.3)
   assert not all(np.array_equal(x, y) for x, y in
-                 zip(jax.tree.leaves(a.params), jax.tree.leaves(c.params)))
+                 zip(jax.tree.leaves(plain.params),
+                     jax.tree.leaves(smooth.params)))
+  np.testing.assert_allclose(plain_sums["loss"], smooth_sums["loss"], rtol=1e-6)
+  # cross_entropy: (plain, smoothed), the smoothed one against the uniform mix.
+  logits = jax.random.normal(jax.random.key(2), (5, 10))
+  labels = jnp.arange(5)
+  nll, smoothed = train.cross_entropy(logits, labels, 0.3)
+  target = 0.7 * jax.nn.one_hot(labels, 10) + 0.03
+  np.testing.assert_allclose(
+      smoothed, -(target * jax.nn.log_softmax(logits)).sum(-1), rtol=1e-5)
+  np.testing.assert_allclose(nll, train.cross_entropy(logits, labels)[0])
 
 
-def test_with_hyperparams_refuses_a_key_the_optimizer_does_not_hold():
-  state = optim.make_optimizer(_config(), 10).init(_params())
-  with pytest.raises(ValueError, match="grad_clip"):
-    optim.with_hyperparams(state, {"grad_clip": 1.0})
+# A new optimizer: one entry of optim.OPTIMIZERS. Lion reads `momentum` as
+# its b1, so that --sweep's rules for momentum come from the table too.
+LION = optim.Optimizer(lambda h: optax.scale_by_lion(b1=h["momentum"]),
+                       reads=("momentum",))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "config.OPTIMIZERS is tuple(optim.OPTIMIZERS) taken at import, so "
+    "Config validation (and --optimizer's help) does not see an entry added "
+    "to optim.OPTIMIZERS later (e.g. by a test or a plug-in): a design "
+    "question, reported"))
+def test_validation_sees_an_optimizer_added_to_the_table(monkeypatch):
+  monkeypatch.setitem(optim.OPTIMIZERS, "lion", LION)
+  assert models.get_config("mlp", optimizer="lion").optimizer == "lion"
+
+
+def _tiny_data(n_train=320, n_test=100):
+  x, y = synthetic_digits(n_train, 0)
+  tx, ty = synthetic_digits(n_test, 1)
+  return pipeline.Dataset(
+      pipeline.Split(x, y.astype(np.int32)),
+      pipeline.Split(x[:0], y[:0].astype(np.int32)),
+      pipeline.Split(tx, ty.astype(np.int32)), tuple("0123456789"))
+
+
+def test_a_new_optimizer_is_one_table_entry(monkeypatch):
+  """Lion added to optim.OPTIMIZERS (and, see the xfail above, to the tuple
+  config.py took of it) is a valid --optimizer, trains, and --sweep's
+  refusals of the numbers it does or does not read derive from the table."""
+  monkeypatch.setitem(optim.OPTIMIZERS, "lion", LION)
+  monkeypatch.setattr(config_lib, "OPTIMIZERS", tuple(optim.OPTIMIZERS))
+  config = models.get_config("mlp", "seed", optimizer="lion", momentum=0.9,
+                             learning_rate=3e-4, mlp_hidden=(32,), dropout=0.0,
+                             epochs=2, batch_size=32, val_fraction=0.0)
+  state = optim.make_optimizer(config, 10).init(_params())
+  assert any(isinstance(s, optax.ScaleByLionState) for s in state.inner_state)
+  # Its update is optax's Lion, scaled by the rate.
+  params = _params()
+  ours, _, _ = _run(optim.make_optimizer(config.replace(epochs=10), 1), params,
+                    steps=6)
+  theirs, _, _ = _run(optax.lion(3e-4, b1=0.9, weight_decay=0.0), params,
+                     steps=6)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  # It trains (the loop, no run folder): ten classes, chance is 0.1.
+  _, final = train.train_and_evaluate(config, _tiny_data())
+  assert final["test_accuracy"] > 0.5, final
+  # --sweep: momentum is read by sgd and lion, so adam refuses it naming both;
+  # lion sweeps it, and refuses what only rmsprop reads.
+  swept = config.replace(val_fraction=0.1)
+  assert len(members_lib.from_config(
+      swept.replace(sweep="momentum=0.8,0.9"))) == 2
+  with pytest.raises(UserError, match="only --optimizer=sgd or "
+                     "--optimizer=lion reads it"):
+    members_lib.from_config(swept.replace(optimizer="adam",
+                                          sweep="momentum=0.8,0.9"))
+  with pytest.raises(UserError, match="changes nothing with --optimizer=lion: "
+                     "only --optimizer=rmsprop reads it"):
+    members_lib.from_config(swept.replace(sweep="eps=1e-7,1e-3"))

@@ -1,4 +1,7 @@
-"""--dtype=bfloat16: bfloat16 compute, float32 parameters and optimizer state."""
+"""--dtype=bfloat16: bfloat16 compute, float32 parameters, model state and
+optimizer state."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -7,8 +10,8 @@ import pytest
 
 from conftest import synthetic_digits
 from mnist_jax import models
-from mnist_jax.data import views
 from mnist_jax.training import members
+from mnist_jax.training import optim
 from mnist_jax.training import train
 
 CONFIGS = {"mlp": dict(mlp_hidden=(32,)),
@@ -17,17 +20,30 @@ CONFIGS = {"mlp": dict(mlp_hidden=(32,)),
 STEPS, BATCH = 4, 16
 
 
-def _train(name, dtype):
-  config = models.get_config(name, "seed", dtype=dtype, batch_size=BATCH,
-                             dropout=0.0, **CONFIGS[name])
-  state = train.create_train_state(jax.random.PRNGKey(0), config,
-                                   models.build(config), STEPS)
+def _state(name, dtype, impl="auto", **overrides):
+  config = models.get_config(name, "seed", dtype=dtype, dropout=0.0, impl=impl,
+                             batch_size=BATCH, **{**CONFIGS[name], **overrides})
+  model, _ = models.build(config, say=lambda _: None)
+  create = functools.partial(train.create_train_state, model=model,
+                             tx=optim.make_optimizer(config, STEPS),
+                             image_shape=(28, 28), dtype=dtype)
+  return config, jax.jit(create)(jax.random.key(0))
+
+
+def _floats(tree):
+  return [leaf for leaf in jax.tree.leaves(tree)
+          if jnp.issubdtype(leaf.dtype, jnp.floating)]
+
+
+def _train(name, dtype, **overrides):
+  config, state = _state(name, dtype, **overrides)
   x, y = synthetic_digits(64)
-  idx = jnp.arange(STEPS * BATCH, dtype=jnp.int32).reshape(STEPS, BATCH) % 64
-  state, sums, _, _ = train.make_train_chunk(config)(
-      state, jnp.asarray(x), jnp.asarray(y.astype(np.int32)), idx,
-      jnp.ones(STEPS, bool))
-  return state, members.host_metrics(sums)
+  order = jnp.arange(STEPS * BATCH, dtype=jnp.int32).reshape(STEPS, BATCH) % 64
+  state, sums, _, _ = jax.jit(functools.partial(
+      train.train_chunk, chunk_len=STEPS,
+      multiplier=optim.schedule(config, STEPS)))(
+          state, order, jnp.asarray(x), jnp.asarray(y.astype(np.int32)), 0)
+  return state, members.host_metrics(sums)[0]
 
 
 def _dot_operand_dtypes(jaxpr):
@@ -45,40 +61,44 @@ def _dot_operand_dtypes(jaxpr):
   return found
 
 
-def _state(name, dtype, impl="auto"):
-  config = models.get_config(name, "seed", dtype=dtype, dropout=0.0, impl=impl,
-                             **CONFIGS[name])
-  return train.create_train_state(jax.random.PRNGKey(0), config,
-                                  models.build(config), STEPS)
-
-
 @pytest.mark.parametrize("impl", ["stock", "fast"])
 @pytest.mark.parametrize("name", [
     pytest.param(n, marks=pytest.mark.slow) if n in ("cnn", "lstm", "gru") else n
     for n in CONFIGS])
 def test_bfloat16_computes_in_bfloat16_with_float32_state(name, impl):
-  state = _state(name, "bfloat16", impl)
-  floats = [leaf for leaf in jax.tree.leaves((state.params, state.opt_state))
-            if jnp.issubdtype(leaf.dtype, jnp.floating)]
+  _, state = _state(name, "bfloat16", impl)
+  floats = _floats((state.params, state.opt_state))
   assert floats and all(leaf.dtype == jnp.float32 for leaf in floats)
-  x = views.to_view(jnp.zeros((2, 28, 28), jnp.uint8), models.get(name).view)
+  x = jnp.zeros((2, 28, 28), jnp.uint8)  # Raw images: the model scales them.
   apply = lambda p: state.apply_fn({"params": p}, x, train=False)
   assert apply(state.params).dtype == jnp.float32
   dots = _dot_operand_dtypes(jax.make_jaxpr(apply)(state.params).jaxpr)
   assert dots and all(d == ("bfloat16", "bfloat16") for d in dots), dots
-  f32 = _state(name, "float32", impl)
+  _, f32 = _state(name, "float32", impl)
   assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(f32.params))
   assert _dot_operand_dtypes(jax.make_jaxpr(
       lambda p: f32.apply_fn({"params": p}, x, train=False))(f32.params).jaxpr
   ) == [("float32", "float32")] * len(dots)
 
 
+def test_bfloat16_batch_norm_statistics_stay_float32():
+  """BatchNorm's running statistics (model_state) are cast in and out as
+  the parameters are: float32 after bfloat16 training steps, and moved."""
+  _, fresh = _state("cnn", "bfloat16", "stock", cnn_batch_norm=True)
+  state, metrics = _train("cnn", "bfloat16", impl="stock", cnn_batch_norm=True)
+  stats = state.model_state["batch_stats"]
+  assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(stats))
+  assert all(a.dtype == jnp.float32 for a in _floats(state.opt_state))
+  assert not np.allclose(stats["bn_0"]["mean"],
+                         fresh.model_state["batch_stats"]["bn_0"]["mean"])
+  assert np.isfinite(metrics["loss"])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["mlp", "gru"])
 def test_bfloat16_training_stays_float32_and_close(name):
   state, metrics = _train(name, "bfloat16")
-  floats = [leaf for leaf in jax.tree.leaves((state.params, state.opt_state))
-            if jnp.issubdtype(leaf.dtype, jnp.floating)]
+  floats = _floats((state.params, state.opt_state))
   assert floats and all(leaf.dtype == jnp.float32 for leaf in floats)
   _, reference = _train(name, "float32")
   assert np.isfinite(metrics["loss"])

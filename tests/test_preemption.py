@@ -7,7 +7,7 @@ import sys
 import time
 
 import launch_helpers as lh
-from mnist_jax.training import control
+from mnist_jax.rundir import control
 
 
 def test_signal_sets_the_request_and_handlers_are_restored():
@@ -24,7 +24,7 @@ def test_signal_sets_the_request_and_handlers_are_restored():
 
 _SPIN = r"""
 import jax, jax.numpy as jnp
-from mnist_jax.training import control
+from mnist_jax.rundir import control
 
 @jax.jit
 def spin(x):

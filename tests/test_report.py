@@ -15,7 +15,8 @@ import pytest
 from mnist_jax.results import report
 from mnist_jax.results import run
 from mnist_jax.rundir import folder
-from mnist_jax.training import control
+from mnist_jax.rundir import control
+from mnist_jax.rundir import run as run_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -76,7 +77,7 @@ def test_report_mode_rewrites_a_finished_run(tiny_run, tmp_path, capsys):
   subprocess.run(["cp", "-r", tiny_run, workdir], check=True)
   for name in ("report.md", "confusion_matrix.png", "mistakes.png"):
     os.remove(os.path.join(workdir, name))
-  result = run.rewrite_report(workdir)
+  result = run_folder.rewrite_report(workdir)
   for name in report.FILES:
     assert os.path.exists(os.path.join(workdir, name)), name
   assert result["accuracy"] == pytest.approx(
@@ -85,9 +86,9 @@ def test_report_mode_rewrites_a_finished_run(tiny_run, tmp_path, capsys):
   assert capsys.readouterr().out.rstrip().endswith(
       f"checkpoint of epoch 1); {report_md} was missing: rebuilt")
   os.remove(os.path.join(workdir, "mistakes.png"))
-  run.rewrite_report(workdir)
+  run_folder.rewrite_report(workdir)
   assert f"{report_md} was incomplete: rebuilt" in capsys.readouterr().out
-  run.rewrite_report(workdir)
+  run_folder.rewrite_report(workdir)
   assert f"{report_md} was rewritten" in capsys.readouterr().out
 
 
@@ -99,7 +100,7 @@ def test_a_report_of_an_older_checkpoint_says_so(tiny_run, tmp_path, capsys):
   with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
     for row in [rows[0], {**rows[0], "epoch": 2}, rows[-1]]:
       f.write(json.dumps(row) + "\n")
-  run.rewrite_report(workdir)
+  run_folder.rewrite_report(workdir)
   said = ("these results are of the checkpoint of epoch 1, older than the "
           "run's last epoch, 2: its later checkpoints are missing")
   assert f"; note: {said}" in capsys.readouterr().out
@@ -141,6 +142,6 @@ def test_a_run_that_did_not_learn_says_so_atop_its_report(tiny_run, tmp_path):
                                       "message": "the run did not learn: X"}
   with open(path, "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in rows)
-  run.rewrite_report(workdir)
+  run_folder.rewrite_report(workdir)
   lines = open(os.path.join(workdir, "report.md")).read().splitlines()
   assert lines[2] == "> **Warning:** The run did not learn: X."

@@ -1,13 +1,27 @@
 """Killed, preempted or interrupted runs resume to exactly the uninterrupted result."""
 
+import io
+import json
 import os
+import shlex
+import shutil
+import types
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 import pytest
 
 import launch_helpers as lh
 from mnist_jax import models
+from mnist_jax.results import run as results
 from mnist_jax.rundir import checkpoints
+from mnist_jax.rundir import folder
+from mnist_jax.rundir import log as log_lib
+from mnist_jax.rundir import run as run_lib
+from mnist_jax.training import optim
+from mnist_jax.training import train
 
 # 540 training examples / 16 = 33 steps per epoch, in 7 chunks of 5.
 FLAGS = ("--model=mlp", "--mlp_hidden=16", "--epochs=3", "--batch_size=16",
@@ -27,7 +41,7 @@ def _meta(**changes):
   """The record of a checkpoint taken 5 steps into epoch 2 of 33-step epochs."""
   sums = {"loss": np.float32(4.5), "correct": np.float32(30.0),
           "count": np.float32(80.0)}
-  return {**checkpoints.record(CONFIG, epoch=1, step=38, param_shapes={"w": [2]},
+  return {**checkpoints.record(CONFIG, epoch=1, step=38, shapes={"w": [2]},
                                epoch_step=5, sums=sums), **changes}
 
 
@@ -36,101 +50,159 @@ def test_record_holds_where_the_run_stands():
   assert meta == {"epoch": 1, "epoch_step": 5, "step": 38, "model": "mlp",
                   "seed": 3, "done": False, "param_shapes": {"w": [2]},
                   "sums": {"loss": 4.5, "correct": 30.0, "count": 80.0}}
-  end = checkpoints.record(CONFIG, epoch=3, step=99, param_shapes={}, done=True)
+  end = checkpoints.record(CONFIG, epoch=3, step=99, shapes={}, done=True,
+                           time_s=12.5)
   assert end["epoch_step"] == 0 and end["done"] and "sums" not in end
+  assert end["time_s"] == 12.5
 
 
-def test_start_after_a_mid_epoch_checkpoint():
-  start = checkpoints.Start.from_meta(_meta())
+LINEAR = models.get_config("linear", "seed", epochs=3, seed=3)
+
+
+def _linear_state():
+  """A fresh linear model's train state, on the device."""
+  model, _ = models.build(LINEAR, say=lambda _: None)
+  return jax.tree.map(jnp.asarray, train.create_train_state(
+      jax.random.key(3), model, optim.make_optimizer(LINEAR, 33), (28, 28)))
+
+
+def _hooks(workdir, existing, stream=None):
+  """The run folder's hooks of a linear run of 33-step epochs."""
+  log = log_lib.RunLog(log_lib.Progress(LINEAR.epochs,
+                                        stream=stream or io.StringIO()))
+  return run_lib.RunFolder(workdir, LINEAR, log, types.SimpleNamespace(
+      signum=None), existing=existing, overwrite=False, data_time=0.0)
+
+
+def _saved_at(workdir, step, **where):
+  """A fresh run folder whose one checkpoint is the state at `step`."""
+  hooks = _hooks(workdir, existing=False)
+  state, start = hooks.start(_linear_state(), 33, {})
+  assert start == train.Start()
+  state = state.replace(step=jnp.asarray(step, jnp.int32), params=jax.tree.map(
+      lambda p: p + 1, state.params))
+  hooks.save(state, **where)
+  hooks.close()
+  hooks.log.close()
+  return state
+
+
+def test_a_mid_epoch_checkpoint_resumes_at_its_step_with_its_sums(tmp_path):
+  workdir = str(tmp_path / "run")
+  sums = {"loss": np.float32(4.5), "correct": np.float32(30.0),
+          "count": np.float32(80.0)}
+  saved = _saved_at(workdir, 38, epoch=1, epoch_step=5, sums=sums)
+  console = io.StringIO()
+  hooks = _hooks(workdir, existing=True, stream=console)
+  state, start = hooks.start(_linear_state(), 33, {})
   assert (start.epoch, start.epoch_step, start.finished) == (2, 5, False)
-  assert list(start.epochs(3)) == [2, 3]
-  assert start.steps_done(2) == 5 and start.steps_done(3) == 0
-  assert start.sums["count"] == np.float32(80.0)
-  assert start.sums["loss"].dtype == np.float32
-  fresh = checkpoints.Start.from_meta(None)
-  assert list(fresh.epochs(3)) == [1, 2, 3] and fresh.steps_done(1) == 0
-  done = checkpoints.Start.from_meta(_meta(epoch=3, epoch_step=0, done=True))
-  assert list(done.epochs(3)) == []
+  assert {k: v for k, v in start.sums.items()} == sums
+  assert all(v.dtype == np.float32 for v in start.sums.values())
+  assert int(state.step) == 38
+  lh.assert_trees_equal(state.params, saved.params)
+  assert (f"resuming {workdir} at step 38 (epoch 2, step 5 of 33)"
+          in console.getvalue())
+  hooks.close()
+  hooks.log.close()
 
 
-def test_start_survives_the_trip_to_other_processes():
-  zeros = {k: np.zeros((2,), np.float32) for k in ("loss", "correct", "count")}
-  for start in (checkpoints.Start.from_meta(_meta()), checkpoints.Start()):
-    position, sums = start.as_arrays(zeros)
-    assert position.dtype == np.int32
-    back = checkpoints.Start.from_arrays(position, sums)
-    assert (back.epoch, back.epoch_step, back.finished) == (
-        start.epoch, start.epoch_step, start.finished)
-    if start.sums is None:
-      assert back.sums is None
-    else:
-      assert {k: float(v) for k, v in back.sums.items()} == {
-          k: float(v) for k, v in start.sums.items()}
+def test_a_checkpoint_of_the_end_trains_nothing(tmp_path):
+  workdir = str(tmp_path / "run")
+  _saved_at(workdir, 99, epoch=3, done=True)
+  hooks = _hooks(workdir, existing=True)
+  _, start = hooks.start(_linear_state(), 33, {})
+  assert start.finished and start.epoch == 4 and start.sums is None
+  hooks.close()
+  hooks.log.close()
 
 
-@pytest.mark.parametrize("changes,state_step", [
-    ({}, 38),
-    ({"epoch": 0, "epoch_step": 0, "step": 0, "sums": None}, 0),
-    ({"epoch": 3, "epoch_step": 0, "step": 99}, 99),
-])
-def test_a_fitting_checkpoint_is_accepted(changes, state_step):
-  checkpoints.check_fits(_meta(**changes), state_step, steps=33, epochs=3,
-                         where="ckpt")
+def _sent(workdir, monkeypatch, main):
+  """What the hooks of process 0 (`main`) or another hand devices.from_main
+  as they start on `workdir` (process 0's values go to every process)."""
+  sent = []
+  monkeypatch.setattr(run_lib.devices, "is_main", lambda: main)
+  monkeypatch.setattr(run_lib.devices, "from_main",
+                      lambda tree: sent.append(tree) or tree)
+  hooks = _hooks(workdir, existing=True)
+  hooks.start(_linear_state(), 33, {})
+  hooks.close()
+  hooks.log.close()
+  [tree] = sent
+  return tree
 
 
-@pytest.mark.parametrize("changes,state_step", [
-    ({}, 37),  # The state holds another step than its record.
-    ({"step": 40}, 40),  # step != epoch * steps + epoch_step: other data size.
-    ({"epoch_step": 33, "step": 66}, 66),  # A whole epoch is no partial one.
-    ({"epoch": 4, "epoch_step": 0, "step": 132}, 132),  # Past --epochs.
-    ({"sums": None}, 38),  # Mid-epoch without its partial sums.
-    ({"epoch_step": 1.5}, 38),
-])
-def test_a_checkpoint_that_does_not_fit_is_refused(changes, state_step):
-  with pytest.raises(checkpoints.CheckpointError) as e:
-    checkpoints.check_fits(_meta(**changes), state_step, steps=33, epochs=3,
-                           where="DIR/checkpoints")
-  message = str(e.value)
-  assert "\n" not in message and "DIR/checkpoints" in message
-  assert "33 steps per epoch" in message and "another --workdir" in message
-  assert "--overwrite" not in message  # The checkpoint is whole: keep it.
+def _numeric(leaf) -> bool:
+  try:
+    return np.asarray(leaf).dtype.kind in "biuf"
+  except TypeError:  # A typed PRNG key.
+    return False
 
 
-def test_saver_of_a_process_that_writes_no_files(tmp_path):
-  saver = checkpoints.Saver(str(tmp_path / "run"), CONFIG, {}, write=False)
-  assert saver.directory == str(tmp_path / "run" / "checkpoints")
-  assert saver.is_saved(0) and not saver.is_saved(5)
-  saver.save(5, {"w": np.zeros(2)}, epoch=0, epoch_step=5)
-  assert saver.is_saved(5) and saver.last_saved == 5
-  assert saver.kept() == "no checkpoint had been saved yet"
-  saver.close()
-  assert not os.path.exists(tmp_path / "run")
+def test_the_restored_start_can_go_to_every_process(tmp_path, monkeypatch):
+  """The state and start process 0 restores go to the other processes as one
+  broadcast pytree: numeric arrays only, of the same structure as what the
+  others hold (a fresh state and start). A run of several processes (say
+  --num_processes=2) resumes mid-epoch through this."""
+  workdir = str(tmp_path / "run")
+  sums = {k: np.float32(1.0) for k in ("loss", "correct", "count")}
+  _saved_at(workdir, 38, epoch=1, epoch_step=5, sums=sums)
+  main = _sent(workdir, monkeypatch, main=True)
+  other = _sent(workdir, monkeypatch, main=False)
+  assert main[1].epoch_step == 5 and other[1] == train.Start()
+  bad = [jax.tree_util.keystr(path) for path, leaf in
+         jax.tree_util.tree_flatten_with_path(main)[0] if not _numeric(leaf)]
+  assert not bad, f"not broadcastable: {bad}"
+  assert jax.tree.structure(main) == jax.tree.structure(other)
+
+
+def test_a_process_that_writes_no_files_writes_no_checkpoint(tmp_path,
+                                                             monkeypatch):
+  monkeypatch.setattr(run_lib.devices, "is_main", lambda: False)
+  workdir = str(tmp_path / "run")
+  hooks = _hooks(workdir, existing=False)
+  state, _ = hooks.start(_linear_state(), 33, {})
+  hooks.save(state.replace(step=jnp.int32(5)), epoch=0, epoch_step=5,
+             sums=_meta()["sums"])
+  assert hooks.saved == 5
+  assert hooks.kept() == "no checkpoint had been saved yet"
+  hooks.close()
+  hooks.log.close()
+  assert not os.path.exists(workdir)
 
 
 def test_a_second_ctrl_c_is_told_which_checkpoint_is_kept(tmp_path):
-  saver = checkpoints.Saver(str(tmp_path), CONFIG, {}, write=False)
-  assert saver.on_disk() == ("no checkpoint has been saved yet, so the run "
-                             "starts over")
+  directory = str(tmp_path / "checkpoints")
+  assert folder.on_disk(directory) == ("no checkpoint has been saved yet, so "
+                                       "the run starts over")
   for name in ("33", "66", "99.orbax-checkpoint-tmp-1"):  # 99: mid-save.
-    os.makedirs(os.path.join(tmp_path, "checkpoints", name))
-  assert saver.on_disk() == (f"the last complete checkpoint, {tmp_path}/"
-                             "checkpoints/66, is kept")
+    os.makedirs(os.path.join(directory, name))
+  assert folder.on_disk(directory) == (f"the last complete checkpoint, "
+                                       f"{directory}/66, is kept")
 
 
-def test_saver_records_and_keeps_checkpoints(tmp_path):
+def test_the_hooks_record_the_runs_seconds_and_keep_checkpoints(tmp_path):
   workdir = str(tmp_path / "run")
-  seconds = iter([7.0, 12.5])
-  saver = checkpoints.Saver(workdir, CONFIG, {"w": [2]},
-                            clock=lambda: next(seconds))
-  state = {"w": np.arange(2, dtype=np.float32)}
-  saver.save(33, state, epoch=1)
-  saver.save(38, state, epoch=1, epoch_step=5, sums=_meta()["sums"])
-  assert saver.kept() == f"the last good checkpoint, {saver.directory}/38, is kept"
-  saver.close()
-  _, meta = checkpoints.Checkpointer(workdir, read_only=True).read_meta()
+  hooks = _hooks(workdir, existing=False)
+  state, _ = hooks.start(_linear_state(), 33, {})
+  hooks.save(state.replace(step=jnp.int32(33)), epoch=1)
+  hooks.save(state.replace(step=jnp.int32(38)), epoch=1, epoch_step=5,
+             sums=_meta()["sums"])
+  assert hooks.kept() == (f"the last good checkpoint, "
+                          f"{folder.checkpoint_dir(workdir)}/38, is kept")
+  hooks.close()
+  hooks.log.close()
+  reader = checkpoints.Checkpointer(workdir, read_only=True)
+  _, meta = reader.read_meta()
+  reader.close()
   assert meta["step"] == 38 and meta["epoch_step"] == 5
   assert meta["sums"] == {"loss": 4.5, "correct": 30.0, "count": 80.0}
-  assert meta["time_s"] == 12.5  # The run's seconds so far, as of the save.
+  assert 0 < meta["time_s"] < 60  # The run's seconds so far, as of the save.
+  # A resumed process counts on from the checkpoint's seconds.
+  again = _hooks(workdir, existing=True)
+  again.start(_linear_state(), 33, {})
+  assert again.seconds() >= meta["time_s"]
+  again.close()
+  again.log.close()
 
 
 @pytest.fixture(scope="module")
@@ -188,12 +260,75 @@ def test_same_seed_and_flags_give_bit_identical_metrics(prepared, reference,
   assert rc == 0, err
   assert lh.deterministic(lh.metrics(workdir)) == ref_rows
   lh.assert_trees_equal(lh.restore_latest(workdir)[0].params, ref_state.params)
-  import json  # pylint: disable=g-import-not-at-top
   with open(os.path.join(workdir, "config.json")) as f:
     record = json.load(f)
   env = record["environment"]
   assert env["packages"]["jax"] and env["devices"] and env["command"]
   assert "--seed=3" in record["repeat"] and "--mlp_hidden=16" in record["repeat"]
+
+
+def test_a_finished_run_whose_log_was_cut_is_still_finished(reference,
+                                                             tmp_path, capsys):
+  """A finished run whose metrics.jsonl lost its end (a disk that filled, a
+  copy cut short): --mode=report repairs it and reports the finished run,
+  saying what was lost; it is never taken for an unfinished run of 1 epoch."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(reference[0], workdir)
+  path = os.path.join(workdir, "metrics.jsonl")
+  with open(path) as f:
+    lines = f.read().splitlines(keepends=True)
+  assert len(lines) == 4  # Epochs 1 to 3, then the final row.
+  with open(path, "w") as f:
+    f.write(lines[0] + lines[1][:len(lines[1]) // 2])
+  run_lib.rewrite_report(workdir)
+  out = capsys.readouterr().out
+  assert "lost" in out and "unfinished" not in out, out
+  assert folder.status(workdir)[0] == "finished"
+  with open(os.path.join(workdir, "report.md")) as f:
+    report = f.read()
+  assert "| Epochs run | 3 |" in report and "unfinished" not in report
+  rows = lh.metrics(workdir)
+  assert [r.get("epoch") for r in rows if "test_accuracy" not in r] == [1, 2, 3]
+  assert "test_accuracy" in rows[-1] and rows[-1]["epochs_run"] == 3
+  # Repaired for good: nothing more to repair.
+  assert folder.MetricsLog(workdir).resume(3, 33, keep_final=True) == []
+  assert lh.metrics(workdir) == rows
+
+
+def test_report_on_a_run_that_diverged_later_advises_a_lower_rate(
+    reference, tmp_path, capsys, monkeypatch):
+  """A run that diverged in epoch 3, its epoch-2 checkpoint kept: report and
+  predict give that checkpoint's results, and the command their note prints
+  to train it on is not the one that diverged but a lower --learning_rate,
+  starting it over."""
+  monkeypatch.setattr("sys.argv", ["launch.py", "--mode=report"])
+  workdir = str(tmp_path / "run")
+  shutil.copytree(reference[0], workdir)
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "99"))
+  rows = lh.metrics(workdir)[:2] + [{
+      "epoch": 3, "step": 70, "diverged": True, "message": "training diverged"}]
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    f.write("".join(json.dumps(r) + "\n" for r in rows))
+  with open(os.path.join(workdir, "config.json")) as f:
+    record = json.load(f)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump({**record, "finished": False}, f)
+  assert folder.status(workdir)[0] == "diverged"
+  run_lib.rewrite_report(workdir)
+  out = capsys.readouterr().out
+  command = lh.printed_command(out, "to train it on, run: ")
+  argv = shlex.split(command)
+  assert argv[-3:] == [f"--workdir={workdir}", "--learning_rate=0.0001",
+                       "--overwrite"], command
+  assert [a for a in argv if a.startswith("--learning_rate")] == [
+      "--learning_rate=0.0001"]
+  image = str(tmp_path / "seven.png")
+  picture = np.full((28, 28), 255, np.uint8)
+  picture[4:24, 12:16] = 0
+  Image.fromarray(picture).save(image)
+  err = io.StringIO()
+  results.print_predictions(workdir, [image], out=io.StringIO(), err=err)
+  assert lh.printed_command(err.getvalue(), "to train it on, run: ") == command
 
 
 @pytest.mark.slow
@@ -212,12 +347,13 @@ import jax
 from mnist_jax.rundir import checkpoints
 ck = checkpoints.Checkpointer(sys.argv[1])
 def big(seed):  # 128 MB of incompressible floats: a save takes a while.
-  return {"w": jax.random.uniform(jax.random.PRNGKey(seed), (32, 1024, 1024))}
+  return {"params": {"w": jax.random.uniform(jax.random.PRNGKey(seed),
+                                             (32, 1024, 1024))}}
 ck.save(1, big(1), {"epoch": 1})
-ck.wait()
+ck._manager.wait_until_finished()
 ck.save(2, big(2), {"epoch": 2})
 print("saving", flush=True)
-ck.wait()
+ck.close()
 print("saved", flush=True)
 """
 
@@ -225,31 +361,30 @@ print("saved", flush=True)
 @pytest.mark.slow
 def test_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path):
   import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
-  import jax  # pylint: disable=g-import-not-at-top
-  from mnist_jax.rundir import checkpoints  # pylint: disable=g-import-not-at-top
   p = subprocess.Popen([sys.executable, "-c", _SAVER, str(tmp_path)],
                        cwd=lh.ROOT, stdout=subprocess.PIPE, text=True,
                        env=lh.child_env())
   assert p.stdout.readline().strip() == "saving"
   p.kill()
   p.wait()
-  folder = tmp_path / "checkpoints"
-  names = os.listdir(folder)
+  folder_ = tmp_path / "checkpoints"
+  names = os.listdir(folder_)
   assert "1" in names and "2" not in names, names
   assert any(".orbax-checkpoint-tmp" in n for n in names), names  # Mid-save.
-  template = {"w": jax.numpy.zeros((32, 1024, 1024))}
+  big = lambda seed: {"params": {"w": jax.random.uniform(
+      jax.random.PRNGKey(seed), (32, 1024, 1024))}}
+  template = {"params": {"w": jnp.zeros((32, 1024, 1024))}}
   restored, meta = checkpoints.Checkpointer(str(tmp_path), read_only=True).restore(
       template)
   assert meta["epoch"] == 1
-  lh.assert_trees_equal(restored, {"w": jax.random.uniform(
-      jax.random.PRNGKey(1), (32, 1024, 1024))})
+  lh.assert_trees_equal(restored, big(1))
   # A resumed run saves the same step again over the unfinished attempt.
   writer = checkpoints.Checkpointer(str(tmp_path))
   assert writer.latest_step() == 1
-  again = {"w": jax.random.uniform(jax.random.PRNGKey(3), (32, 1024, 1024))}
+  again = big(3)
   writer.save(2, again, {"epoch": 2})
   writer.close()
-  assert sorted(os.listdir(folder)) == ["1", "2"]
+  assert sorted(os.listdir(folder_)) == ["1", "2"]
   restored, meta = checkpoints.Checkpointer(str(tmp_path), read_only=True).restore(
       template)
   assert meta["epoch"] == 2
@@ -258,14 +393,12 @@ def test_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_checkpoint_every_and_keep(prepared, tmp_path):
-  from mnist_jax import models  # pylint: disable=g-import-not-at-top
-  from mnist_jax.training import train  # pylint: disable=g-import-not-at-top
   mnist_dir, data_dir = prepared
   config = models.get_config(
       "linear", "seed", epochs=5, batch_size=100, checkpoint_every=2,
       keep_checkpoints=2, mnist_dir=mnist_dir, data_dir=data_dir)
   workdir = str(tmp_path / "run")
-  train.train_and_evaluate(config, workdir, stream=open(os.devnull, "w"))
+  run_lib.train_and_evaluate(config, workdir, stream=io.StringIO())
   # 6 steps per epoch; saves after epochs 2, 4 and 5 (the last); keeps two.
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints")), key=int) == [
       "24", "30"]
@@ -285,7 +418,6 @@ def test_replicas_stopped_mid_epoch_then_resumed_equal_uninterrupted(prepared,
   assert len(whole[-1]["members"]) == 2
   rc, _, err, _ = lh.run_and_signal(args("stopped"), lh.SIGTERM, epoch=2)
   assert rc == 128 + lh.SIGTERM, err
-  from mnist_jax.rundir import checkpoints  # pylint: disable=g-import-not-at-top
   _, meta = checkpoints.Checkpointer(str(tmp_path / "stopped"),
                                      read_only=True).read_meta()
   assert meta["epoch"] == 1 and 0 < meta["epoch_step"] < 33, meta

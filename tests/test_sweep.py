@@ -1,7 +1,9 @@
 """--sweep: parsing, the one-line errors, member order and per-member arrays."""
 
 import dataclasses
+import functools
 
+import jax
 import numpy as np
 import pytest
 
@@ -9,6 +11,7 @@ from mnist_jax import models
 from mnist_jax.errors import UserError
 from mnist_jax.training import members as members_lib
 from mnist_jax.training import optim
+from mnist_jax.training import train
 
 
 def _config(**overrides):
@@ -56,12 +59,30 @@ def test_bad_specs_are_one_line_errors(spec, words):
 
 
 @pytest.mark.parametrize("name", ["mlp_hidden", "model", "batch_size",
-                                  "dropout", "epochs", "hidden", "optimizer"])
+                                  "dropout", "epochs", "hidden", "optimizer",
+                                  "warmup_epochs", "schedule"])
 def test_names_that_change_the_program_point_to_compare(name):
   with pytest.raises(UserError, match=r"experiments/compare\.py --train=") as e:
-    members_lib.parse(f"{name}=1,2")
+    members_lib.parse(f"{name}=1,2", "mlp")
   assert f"cannot vary {name}" in str(e.value)
   assert "learning_rate" in str(e.value)  # It lists what can be swept.
+  assert "\n" not in str(e.value)
+
+
+def test_warmup_is_no_longer_swept_and_says_what_to_do_instead():
+  """optax's warmup schedule is static in the program: a run per warmup,
+  compared by experiments/compare.py, with the values the sweep named."""
+  with pytest.raises(UserError) as e:
+    members_lib.from_config(_config(schedule="warmup_cosine",
+                                    sweep="warmup_epochs=0.5,2"))
+  assert str(e.value).endswith(
+      "python experiments/compare.py --train=mlp --vary=warmup_epochs=0.5/2")
+  assert "warmup_epochs" not in members_lib.SWEEPABLE
+
+
+def _sweep(spec, **overrides):
+  return members_lib.from_config(_config(
+      sweep=members_lib.canonical(spec, "mlp"), **overrides))
 
 
 @pytest.mark.parametrize("spec,overrides,words", [
@@ -71,72 +92,93 @@ def test_names_that_change_the_program_point_to_compare(name):
     ("momentum=0,0.9", {}, ["changes nothing with --optimizer=adam",
                             "--optimizer=sgd"]),
     ("eps=1e-7,1e-3", {"optimizer": "sgd"}, ["--optimizer=rmsprop"]),
-    ("warmup_epochs=1,2", {"schedule": "cosine"},
-     ["--schedule=warmup_cosine"]),
+    ("rmsprop_decay=0.5,0.9", {"optimizer": "adamw"},
+     ["changes nothing with --optimizer=adamw", "--optimizer=rmsprop"]),
     ("learning_rate=1e-3", {"num_seeds": 0}, ["--num_seeds must be positive"]),
+    ("learning_rate=1e-3,3e-3", {"val_fraction": 0.0},
+     ["by validation accuracy", "--val_fraction=0.1"]),
+    ("learning_rate=1e-5,1e-4,1e-3,1e-2,1e-1", {"num_seeds": 2001},
+     ["10005 members", "at most 10000"]),
 ])
 def test_members_refuse_values_no_run_accepts(spec, overrides, words):
   with pytest.raises(UserError) as caught:
-    members_lib.from_config(_config(**overrides), spec)
+    _sweep(spec, **overrides)
   assert "\n" not in str(caught.value)
   for word in words:
     assert word in str(caught.value)
 
 
 def test_members_are_grid_point_major_seed_minor():
-  config = _config(seed=5, num_seeds=2, learning_rate=1.0)
-  members = members_lib.from_config(
-      config, "learning_rate=1e-3,3e-3;weight_decay=0,1e-4")
+  config = _config(seed=5, num_seeds=2, learning_rate=1.0,
+                   sweep="learning_rate=0.001,0.003;weight_decay=0.0,0.0001")
+  members = members_lib.from_config(config)
   assert [m.index for m in members] == list(range(8))
   assert [m.seed for m in members] == [5, 6] * 4
   assert [(m.values["learning_rate"], m.values["weight_decay"])
           for m in members[::2]] == [(1e-3, 0), (1e-3, 1e-4), (3e-3, 0),
                                      (3e-3, 1e-4)]
   for m in members:
-    assert m.config == config.replace(seed=m.seed, num_seeds=1, **m.values)
-  assert members_lib.label(members[3]) == "learning_rate=0.001, weight_decay=0.0001, seed=6"
+    assert m.config == config.replace(seed=m.seed, num_seeds=1, sweep="",
+                                      **m.values)
+  assert members_lib.label(members[3]) == (
+      "learning_rate=0.001, weight_decay=0.0001, seed=6")
+  assert members_lib.points(members) == [(0, 1), (2, 3), (4, 5), (6, 7)]
+  assert members_lib.swept(config) == ("learning_rate", "weight_decay")
 
 
 def test_no_sweep_is_one_grid_point_of_seeds():
   config = _config(seed=3, num_seeds=3)
-  members = members_lib.from_config(config, "")
+  members = members_lib.from_config(config)
   assert [(m.index, m.seed, m.values) for m in members] == [
       (0, 3, {}), (1, 4, {}), (2, 5, {})]
   assert members[1].config == config.replace(seed=4, num_seeds=1)
   assert members_lib.label(members[0]) == "seed=3"
-  assert members_lib.hyperparams(members, 10) == {}
-  single = members_lib.from_config(_config(), "")
+  assert members_lib.per_member(members) == {}
+  assert members_lib.swept(config) == ()
+  single = members_lib.from_config(_config())
   assert len(single) == 1 and single[0].config == _config()
 
 
-def test_hyperparams_stack_the_swept_values_in_member_order():
-  config = _config(num_seeds=2, schedule="warmup_cosine", epochs=4)
-  members = members_lib.from_config(config, "warmup_epochs=0.5,2;grad_clip=0,1")
-  stacked = members_lib.hyperparams(members, steps_per_epoch=10)
-  assert set(stacked) == {"warmup_steps", "grad_clip"}
-  assert stacked["warmup_steps"].dtype == np.int32
-  assert stacked["grad_clip"].dtype == np.float32
-  np.testing.assert_array_equal(stacked["warmup_steps"], [5] * 4 + [20] * 4)
-  np.testing.assert_array_equal(stacked["grad_clip"], [0, 0, 1, 1] * 2)
+def test_init_state_stacks_each_members_own_state_in_member_order():
+  """members.init_state: each member's init from its seed (the bits of its
+  single run), its optimizer holding its values; per_member gives the loss
+  settings a sweep varies."""
+  config = _config(seed=5, num_seeds=2, mlp_hidden=(8,),
+                   sweep="label_smoothing=0.0,0.1;grad_clip=0.0,1.0")
+  members = members_lib.from_config(config)
+  model, _ = models.build(config)
+  tx = optim.make_optimizer(config, 10, members_lib.swept(config))
+  create = functools.partial(train.create_train_state, model=model, tx=tx,
+                             image_shape=(28, 28))
+  state = members_lib.init_state(members, create)
+  held = state.opt_state.hyperparams
+  np.testing.assert_array_equal(held["grad_clip"], [0, 0, 1, 1] * 2)
+  assert held["grad_clip"].dtype == np.float32
+  np.testing.assert_allclose(members_lib.per_member(members)["label_smoothing"],
+                             [0] * 4 + [0.1] * 4, rtol=1e-6)
   for m in members:  # Each row is what the member's own run holds.
-    own = optim.hyperparams(m.config, 10, swept=stacked)
-    for key, values in stacked.items():
-      assert values[m.index] == own[key]
+    own = optim.hyperparams(m.config)
+    for key, values in held.items():
+      assert values[m.index] == own[key], (m, key)
+  assert [m.seed for m in members] == [5, 6] * 4
+  single = jax.jit(create)(jax.random.key(6))  # Member 1's seed.
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(single.params)):
+    np.testing.assert_array_equal(a[1], b)
+    assert b.ndim == 1 or not np.array_equal(a[0], b)  # Seed 5's kernels differ.
+  np.testing.assert_array_equal(state.step, np.zeros(8))
 
 
 def test_a_hyperparameter_read_by_several_optimizers(monkeypatch):
-  """`reads` may name several values: eps read by rmsprop and sgd is held by
-  both, and --sweep refuses it with adam, naming both."""
-  entry = dataclasses.replace(optim.HYPERPARAMS["eps"],
-                              reads=("optimizer", ("rmsprop", "sgd")))
-  monkeypatch.setitem(optim.HYPERPARAMS, "eps", entry)
-  monkeypatch.setitem(optim.ONLY_WITH, "eps",
-                      ("optimizer", ("rmsprop", "sgd")))
-  assert entry.held(_config(optimizer="sgd"))
-  assert entry.held(_config(optimizer="rmsprop"))
-  assert not entry.held(_config(optimizer="adam"))
-  assert len(members_lib.from_config(_config(optimizer="sgd"),
-                                     "eps=1e-7,1e-3")) == 2
+  """What a sweep refuses derives from the OPTIMIZERS table: eps read by
+  rmsprop and sgd is swept with either, and refused with adam, naming both."""
+  monkeypatch.setitem(optim.OPTIMIZERS, "sgd", dataclasses.replace(
+      optim.OPTIMIZERS["sgd"], reads=("momentum", "eps")))
+  assert len(_sweep("eps=1e-7,1e-3", optimizer="sgd")) == 2
+  assert len(_sweep("eps=1e-7,1e-3", optimizer="rmsprop")) == 2
   with pytest.raises(UserError, match="only --optimizer=rmsprop or "
                      "--optimizer=sgd reads it"):
-    members_lib.from_config(_config(optimizer="adam"), "eps=1e-7,1e-3")
+    _sweep("eps=1e-7,1e-3", optimizer="adam")
+  # Numbers every optimizer reads are swept with any.
+  for optimizer in optim.OPTIMIZERS:
+    assert len(_sweep("learning_rate=1e-3,3e-3;weight_decay=0,1e-4",
+                      optimizer=optimizer)) == 4

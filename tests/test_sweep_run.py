@@ -2,20 +2,21 @@
 ensemble, the run folder's files, report / predict, compare.py and resume."""
 
 import csv
-import functools
 import io
 import json
 import os
 import shutil
+import types
 
 import jax
 import numpy as np
 from PIL import Image
 import pytest
 
+from experiments import profile_chunk
 import launch
 import launch_helpers as lh
-from conftest import members_in_turn_and_vmapped
+from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.data import images as images_lib
 from mnist_jax.data import pipeline
@@ -24,10 +25,12 @@ from mnist_jax.results import compare
 from mnist_jax.results import report
 from mnist_jax.results import run as run_lib
 from mnist_jax.rundir import checkpoints
+from mnist_jax.rundir import cli
+from mnist_jax.rundir import files
 from mnist_jax.rundir import folder as folder_lib
+from mnist_jax.rundir import run as run_folder
 from mnist_jax.training import members
 from mnist_jax.training import optim
-from mnist_jax.training import train
 
 TINY = dict(mlp_hidden=(16,), dropout=0.2, epochs=2, batch_size=50,
             val_fraction=0.1)
@@ -43,8 +46,8 @@ def _config(prepared, **overrides):
 
 
 def _train(prepared, folder, **overrides):
-  train.train_and_evaluate(_config(prepared, **overrides), str(folder),
-                           stream=io.StringIO())
+  run_folder.train_and_evaluate(_config(prepared, **overrides), str(folder),
+                                stream=io.StringIO())
   return folder_lib.read_metrics(os.path.join(str(folder), "metrics.jsonl"))
 
 
@@ -63,7 +66,9 @@ def _overrides(*argv):
   launch.FLAGS.unparse_flags()
   launch.FLAGS(["launch.py", *argv])
   try:
-    return launch._overrides()  # pylint: disable=protected-access
+    return cli.overrides({n: launch.FLAGS[n].value
+                          for n in config_lib.flag_names()},
+                         launch.FLAGS.model or "mlp")
   finally:
     launch.FLAGS.unparse_flags()
 
@@ -108,7 +113,7 @@ def test_bad_sweeps_are_one_line_errors_before_anything_is_written(
   with pytest.raises(UserError) as e:
     config = models.get_config(model, mnist_dir=mnist_dir, data_dir=data_dir,
                                **{**TINY, **_overrides(*args)})
-    train.train_and_evaluate(config, str(folder), stream=io.StringIO())
+    run_folder.train_and_evaluate(config, str(folder), stream=io.StringIO())
   assert "\n" not in str(e.value)
   for word in words:
     assert word in str(e.value)
@@ -156,41 +161,52 @@ def test_member_i_is_the_single_run_with_its_values_and_seed(prepared, swept,
 
 
 def _rate(config, steps_per_epoch, step):
-  """The learning rate of `config`'s run after `step` updates."""
-  held = optim.hyperparams(config, steps_per_epoch)
-  return float(optim.Schedule.of(config, steps_per_epoch).rate(
-      step, held["learning_rate"], held.get("warmup_steps")))
+  """The learning rate of `config`'s run after `step` updates: its peak
+  times the schedule's multiplier."""
+  return config.learning_rate * float(optim.schedule(config,
+                                                     steps_per_epoch)(step))
 
 
 @pytest.mark.slow
-def test_in_turn_and_vmapped_sweep_members_agree():
-  """The CPU's members in turn and the accelerators' vmap train alike."""
+def test_vmapped_sweep_members_each_compute_their_single_runs_chunk():
+  """One chunk of the members' program (vmapped, laid out as the loop lays
+  it out) gives each member what the chunk of its own single run gives:
+  its parameters, metrics and learning rate, from its own optimizer state."""
   config = models.get_config("linear", **LINEAR, sweep=SWEEP)  # 4 members.
   listed = members.from_config(config)
-  create = functools.partial(train.create_train_state, config=config,
-                             model=models.build(config), steps_per_epoch=4)
-  init_rng, data_rng = members.keys(listed)
-  out = members_in_turn_and_vmapped(
-      config, 4, lambda: members.init_state(listed, create, init_rng, 4),
-      data_rng, np.ones(4, bool))
-  (s1, m1, _, r1), (s2, m2, _, r2) = out[True], out[False]
-  np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
-  # Each member's learning rate, from its own optimizer state.
-  expected = [_rate(m.config, 4, 4) for m in listed]
-  np.testing.assert_allclose(r1, expected, rtol=1e-6)
-  np.testing.assert_allclose(r2, expected, rtol=1e-6)
-  for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-  held = s1.opt_state.hyperparams
+  rng = np.random.default_rng(0)
+  split = pipeline.Split(rng.integers(0, 256, (200, 28, 28), dtype=np.uint8),
+                         rng.integers(0, 10, 200).astype(np.int32))
+
+  def chunk(cfg):
+    """(state's params and optimizer numbers, metric sums, first bad step,
+    next learning rate) of the first chunk, on the host."""
+    c = profile_chunk.laid_out_chunk(cfg, split, say=lambda _: None)
+    state, sums, bad, rate = c.compiled(c.state, c.order_fn(c.state, 1),
+                                        c.images, c.labels, 0)
+    return jax.device_get((state.params, state.opt_state.hyperparams, sums,
+                           bad, rate))
+
+  params, held, sums, bad, rates = chunk(config)
+  assert np.all(bad == -1)
   np.testing.assert_allclose(held["learning_rate"], [0.003] * 2 + [0.01] * 2)
   np.testing.assert_allclose(held["grad_clip"], [0, 1] * 2)
-  assert len(set(np.asarray(m1["loss"]).round(6).tolist())) == 4
+  steps = 200 // LINEAR["batch_size"]
+  np.testing.assert_allclose(rates, [_rate(m.config, steps, steps)
+                                     for m in listed], rtol=1e-6)
+  assert len(set(np.asarray(sums["loss"]).round(6).tolist())) == 4
+  for m in listed:
+    one, _, one_sums, _, one_rate = chunk(m.config)
+    assert float(one_rate) == pytest.approx(float(rates[m.index]), rel=1e-6)
+    np.testing.assert_allclose(one_sums["loss"], sums["loss"][m.index],
+                               rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(params)):
+      np.testing.assert_allclose(a, b[m.index], rtol=1e-5, atol=1e-6)
 
 
 def _val(*pairs):
   """host_metrics-like validation metrics from (accuracy, loss) per member."""
-  per = [{"accuracy": a, "loss": l, "count": 10.0} for a, l in pairs]
-  return {"per_member": per}
+  return [{"accuracy": a, "loss": l, "count": 10.0} for a, l in pairs]
 
 
 def test_choosing_takes_the_best_mean_point_then_its_best_seed():
@@ -201,15 +217,15 @@ def test_choosing_takes_the_best_mean_point_then_its_best_seed():
   # Point 0 holds the single best member, point 1 the best mean.
   choice = members.choose(listed, _val((1.0, .1), (.6, .9), (.9, .2), (.9, .3),
                                        (.5, 1.), (.5, 1.)))
-  assert choice == members.Choice(point=1, member=2)
+  assert choice == (1, 2)  # (grid point, member)
   # Equal mean accuracy: the lower mean loss; then the seed likewise.
   choice = members.choose(listed, _val((.75, .25), (.25, .25), (.5, .25),
                                        (.5, .125), (.25, 1.), (.25, 1.)))
-  assert choice == members.Choice(point=1, member=3)
+  assert choice == (1, 3)
   # Full ties: the lower index, for the point and for the seed.
   same = _val(*[(.9, .2)] * 6)
-  assert members.choose(listed, same) == members.Choice(0, 0)
-  assert members.choose(listed, None) == members.Choice(0, 0)
+  assert members.choose(listed, same) == (0, 0)
+  assert members.choose(listed, None) == (0, 0)
 
 
 def test_without_a_sweep_the_best_seed_or_without_validation_member_0():
@@ -223,7 +239,7 @@ def test_a_diverged_member_stops_alone(prepared, tmp_path):
   """SGD at 1e38 overflows at once; the other member trains on and is chosen."""
   folder = tmp_path / "run"
   stream = io.StringIO()
-  train.train_and_evaluate(
+  run_folder.train_and_evaluate(
       models.get_config("linear", mnist_dir=prepared[0], data_dir=prepared[1],
                         **{**LINEAR, "optimizer": "sgd", "momentum": 0.0,
                            "sweep": "learning_rate=0.01,1e38"}),
@@ -256,33 +272,34 @@ def test_rows_hold_the_leading_member_and_every_member(prepared, swept):
   epochs, final = rows[:-1], rows[-1]
   for row in epochs:
     per = row["members"]
-    val = {"per_member": [{"accuracy": p["val_accuracy"], "loss": p["val_loss"]}
-                          for p in per]}
-    leader = members.choose(listed, val)
-    point = members.points(listed)[leader.point]
-    assert row["leader"] == members.identity(listed[leader.member])
+    val = [{"accuracy": p["val_accuracy"], "loss": p["val_loss"]}
+           for p in per]
+    leader_point, leader = members.choose(listed, val)
+    point = members.points(listed)[leader_point]
+    assert row["leader"] == members.identity(listed[leader])
     for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
       values = [per[i][key] for i in point]
-      assert row[key] == per[leader.member][key]
+      assert row[key] == per[leader][key]
       assert row[key + "_mean"] == pytest.approx(np.mean(values))
       assert row[key + "_std"] == pytest.approx(np.std(values, ddof=1))
     for m, entry in zip(listed, per):
       assert entry["learning_rate"] == pytest.approx(
           _rate(m.config, steps, row["step"]), rel=1e-6)
-  last = {"per_member": [{"accuracy": p["val_accuracy"], "loss": p["val_loss"]}
-                         for p in epochs[-1]["members"]]}
-  choice = members.choose(listed, last)
-  chosen = listed[choice.member]
+  last = [{"accuracy": p["val_accuracy"], "loss": p["val_loss"]}
+          for p in epochs[-1]["members"]]
+  chosen_point, chosen_index = members.choose(listed, last)
+  chosen = listed[chosen_index]
   assert final["chosen"] == {"index": chosen.index, "seed": chosen.seed,
                              "values": chosen.values}
-  point = members.points(listed)[choice.point]
+  point = members.points(listed)[chosen_point]
   tests = [final["members"][i]["test_accuracy"] for i in point]
   assert final["test_accuracy"] == tests[point.index(chosen.index)]
   assert final["test_accuracy_mean"] == pytest.approx(np.mean(tests))
   assert final["test_accuracy_std"] == pytest.approx(np.std(tests, ddof=1))
   assert 0 <= final["ensemble_test_accuracy"] <= 1
   assert final["ensemble_test_loss"] > 0
-  assert all("test_loss" in e and "learning_rate" in e
+  # Each member's test metrics (its learning rates are the epoch rows').
+  assert all("test_loss" in e and "test_accuracy" in e
              for e in final["members"])
 
 
@@ -354,7 +371,14 @@ def test_ensemble_metrics_are_the_mean_of_probabilities():
   labels = rng.integers(0, 10, 50)
   probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
   mean = probs.mean(0)
-  got = report.ensemble_metrics(logits, labels)
+
+  def stub(seed_logits):  # A Run as ensemble_metrics uses one.
+    return types.SimpleNamespace(
+        config=types.SimpleNamespace(eval_batch_size=100),
+        seed_logits=lambda images, batch_size: seed_logits)
+
+  test = pipeline.Split(np.zeros((50, 28, 28), np.uint8), labels)
+  got = report.ensemble_metrics(stub(logits), test)
   assert got["members"] == 3
   assert got["accuracy"] == pytest.approx(np.mean(mean.argmax(-1) == labels))
   assert got["loss"] == pytest.approx(-np.mean(np.log(mean[np.arange(50),
@@ -362,13 +386,17 @@ def test_ensemble_metrics_are_the_mean_of_probabilities():
   # The mean of probabilities, not of logits: here only the first is right.
   sure, torn = np.log([.9, .1, 1e-9]), np.log([1e-9, .45, .55])
   pair = np.stack([sure, torn])[:, None]
-  assert report.ensemble_metrics(pair, np.array([0]))["accuracy"] == 1.0
+  one = pipeline.Split(np.zeros((1, 28, 28), np.uint8), np.array([0]))
+  assert report.ensemble_metrics(stub(pair), one)["accuracy"] == 1.0
   assert pair.mean(0).argmax() != 0
+  # A diverged member has no place in it; one finite member is no ensemble.
+  nan = np.concatenate([logits[:1], np.full_like(logits[:1], np.nan)])
+  assert report.ensemble_metrics(stub(nan), test) is None
 
 
 def test_ensemble_and_chosen_member_from_the_checkpoint(prepared, swept):
   """The final row's ensemble and member metrics, recomputed from probabilities
-  of each member's own parameters."""
+  of each member's own variables through its Flax module."""
   folder, rows = swept
   run = run_lib.load_run(folder)
   final = rows[-1]
@@ -380,9 +408,9 @@ def test_ensemble_and_chosen_member_from_the_checkpoint(prepared, swept):
   labels = np.asarray(dataset.test.labels)
   probs = []
   for position in range(len(run.seeds)):
-    params = jax.tree.map(lambda p, k=position: p[k], run.seed_params)
-    probs.append(report.softmax(train.predict_logits(
-        params, run.apply_fn, images, run.view)))
+    variables = jax.tree.map(lambda p, k=position: p[k], run.seed_variables)
+    probs.append(report.softmax(np.asarray(run.model.apply(variables,
+                                                           images))))
   mean = np.mean(probs, axis=0)
   assert final["ensemble_test_accuracy"] == pytest.approx(
       np.mean(mean.argmax(-1) == labels), abs=1e-9)
@@ -400,7 +428,7 @@ def test_report_mode_and_predict_use_the_chosen_member(swept, tmp_path):
   copy = str(tmp_path / "copy")
   shutil.copytree(folder, copy)
   os.remove(os.path.join(copy, "sweep.png"))
-  result = run_lib.rewrite_report(copy)
+  result = run_folder.rewrite_report(copy)
   chosen = rows[-1]["members"][rows[-1]["chosen"]["index"]]
   assert result["accuracy"] == pytest.approx(chosen["test_accuracy"], abs=1e-9)
   assert os.path.exists(os.path.join(copy, "sweep.png"))
@@ -518,14 +546,15 @@ def test_sweep_members_split_over_two_host_devices_train_as_on_one(prepared,
   for devices in (1, 2):
     folder = str(tmp_path / f"devices{devices}")
     rc, _, err = lh.run(["--model=mlp", "--mlp_hidden=16", "--epochs=2",
-                         "--batch_size=50", "--parallel=none", "--num_seeds=2",
+                         "--batch_size=50", "--parallel=auto", "--num_seeds=2",
                          "--sweep=learning_rate=3e-3,1e-2",
                          f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}",
                          f"--workdir={folder}"],
                         JAX_NUM_CPU_DEVICES=str(devices))
     assert rc == 0, err
     with open(os.path.join(folder, "config.json")) as f:
-      assert json.load(f)["environment"].get("member_devices", 1) == devices
+      assert json.load(f)["environment"]["parallel"] == {"mode": "members",
+                                                         "devices": devices}
     rows[devices] = lh.metrics(folder)
   assert len(rows[1]) == len(rows[2]) == 3
   for one, two in zip(rows[1], rows[2]):
@@ -552,8 +581,8 @@ def _set_format(workdir, value):
 
 
 @pytest.mark.parametrize("value,words", [
-    (None, "an older mnist_jax (checkpoint format 1"),
-    (1, "an older mnist_jax (checkpoint format 1"),
+    (None, "an older mnist_jax (checkpoint format 1;"),
+    (1, "an older mnist_jax (checkpoint format 1;"),
     (checkpoints.FORMAT + 1, "a newer mnist_jax"),
 ])
 def test_a_checkpoint_of_another_format_is_a_one_line_error(
@@ -563,17 +592,25 @@ def test_a_checkpoint_of_another_format_is_a_one_line_error(
   assert meta["format"] == checkpoints.FORMAT
   folder = str(tmp_path / "run")
   shutil.copytree(source, folder)
-  # Resume from epoch 1's checkpoint, as another mnist_jax wrote it.
+  # An unfinished run to resume from epoch 1's checkpoint, which another
+  # mnist_jax wrote.
   folders = os.path.join(folder, "checkpoints")
   shutil.rmtree(os.path.join(folders, max(os.listdir(folders), key=int)))
   _set_format(folder, value)
+  record = json.load(open(os.path.join(folder, "config.json")))
+  del record["finished"]
+  files.write_json(os.path.join(folder, "config.json"), record)
+  rows = lh.metrics(folder)
+  files.write_text(os.path.join(folder, "metrics.jsonl"),
+                   "".join(json.dumps(r) + "\n" for r in rows[:1]))
+  assert not folder_lib.finished(folder)
   before = lh.snapshot(folder)
   with pytest.raises(checkpoints.CheckpointError) as e:
-    train.train_and_evaluate(folder_lib.read_config(folder), folder,
-                             stream=io.StringIO())
+    run_folder.train_and_evaluate(folder_lib.read_config(folder), folder,
+                                  stream=io.StringIO())
   message = str(e.value)
   assert "\n" not in message and words in message
-  assert "pass another --workdir to train anew" in message
+  assert "or pass another --workdir" in message
   assert "--overwrite" not in message and "damaged" not in message
   assert "does not fit" not in message
   assert lh.snapshot(folder) == before

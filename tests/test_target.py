@@ -1,26 +1,77 @@
-"""--target_accuracy: the split it is checked on and when it counts as reached."""
+"""--target_accuracy: stops once validation accuracy reaches it; test accuracy
+never decides when a run stops, so without a validation split it is refused."""
 
-from mnist_jax.training import control
+import numpy as np
+import pytest
 
-
-def test_checked_on_validation_when_there_is_one():
-  t = control.Target(0.9, has_val=True)
-  assert t.active and t.split == "val" and not t.needs_test
-  assert t.value({"val_accuracy": 0.91}, None) == 0.91
-  assert t.reached(0.9) and t.reached(0.91) and not t.reached(0.89)
-  assert t.message(0.91, 3, 12.34) == (
-      "reached val accuracy 91.00% >= 90.00% after epoch 3 in 12.3s")
-
-
-def test_checked_on_test_without_validation():
-  t = control.Target(0.5, has_val=False)
-  assert t.split == "test" and t.needs_test
-  assert t.value({"val_accuracy": None}, {"accuracy": 0.4}) == 0.4
-  assert not t.reached(0.4)
+import launch_helpers as lh
+from mnist_jax import models
+from mnist_jax.data import pipeline
+from mnist_jax.errors import UserError
+from mnist_jax.training import train
+from parallel_worker import Recorder, dataset
 
 
-def test_no_target_is_never_reached():
-  t = control.Target(0.0, has_val=False)
-  assert not t.active and not t.needs_test
-  assert t.value({"val_accuracy": 1.0}, None) is None
-  assert not t.reached(None)
+def _config(**overrides):
+  values = dict(mlp_hidden=(16,), dropout=0.0, batch_size=64, chunk_steps=3,
+                learning_rate=3e-3, val_fraction=0.1, epochs=20,
+                target_accuracy=0.3)
+  return models.get_config("mlp", "seed", **{**values, **overrides})
+
+
+def test_refused_without_a_validation_split():
+  with pytest.raises(UserError) as e:
+    _config(val_fraction=0.0)
+  message = str(e.value)
+  assert "\n" not in message
+  assert message.startswith("--target_accuracy stops on validation accuracy")
+  assert "--val_fraction=0.1" in message
+  _config(val_fraction=0.0, target_accuracy=0.0)  # Off: no validation needed.
+
+
+def test_the_command_line_refuses_it_in_one_line(tmp_path):
+  work = tmp_path / "run"
+  rc, _, err = lh.run(["--model=mlp", "--preset=seed", "--val_fraction=0",
+                       "--target_accuracy=0.9", f"--workdir={work}"])
+  assert rc == 1
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(
+      "error: --target_accuracy stops on validation accuracy"), err
+  assert not work.exists()
+
+
+def test_stops_once_validation_accuracy_reaches_it():
+  hooks = Recorder()
+  _, final = train.train_and_evaluate(_config(), dataset(), hooks)
+  epochs = [r["epoch"] for r in hooks.rows]
+  assert final["epochs_run"] == epochs[-1] < 20
+  assert epochs == list(range(1, epochs[-1] + 1))
+  assert hooks.rows[-1]["val_accuracy"] >= 0.3
+  assert all(r["val_accuracy"] < 0.3 for r in hooks.rows[:-1])
+  assert hooks.lasts == [False] * (len(epochs) - 1) + [True]  # Saved there.
+  assert final["time_to_target_s"] == hooks.rows[-1]["elapsed_s"]
+  reached = [m for m in hooks.messages if m.startswith("reached")]
+  assert len(reached) == 1 and reached[0].startswith(
+      f"reached validation accuracy "
+      f"{100 * hooks.rows[-1]['val_accuracy']:.2f}% >= 30.00% after epoch "
+      f"{epochs[-1]} in ")
+  assert final["test_examples"] == 203
+
+
+def test_test_accuracy_never_stops_a_run():
+  """Validation labels shuffled (so validation accuracy stays near chance)
+  while the test split is learnable: the run trains every epoch, however
+  high its test accuracy."""
+  data = dataset()
+  labels = np.random.default_rng(0).permutation(np.asarray(data.val.labels))
+  labels = (labels + 1) % 10  # No validation example keeps its class.
+  data = pipeline.Dataset(data.train, pipeline.Split(data.val.images, labels),
+                          data.test, data.class_names)
+  hooks = Recorder()
+  _, final = train.train_and_evaluate(_config(epochs=3, target_accuracy=0.5),
+                                      data, hooks)
+  assert [r["epoch"] for r in hooks.rows] == [1, 2, 3]
+  assert final["epochs_run"] == 3 and final["test_accuracy"] > 0.5
+  assert all(r["val_accuracy"] < 0.5 for r in hooks.rows)
+  assert "time_to_target_s" not in final
+  assert not any(m.startswith("reached") for m in hooks.messages)

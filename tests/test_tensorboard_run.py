@@ -3,6 +3,7 @@ metrics.jsonl: every epoch, the test metrics, the report's figures, the
 Config as hparams, each member's series, and one series after a resume."""
 
 import io
+import json
 import os
 import shutil
 import sys
@@ -18,9 +19,10 @@ from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.errors import Diverged, UserError
 from mnist_jax.results import report
+from mnist_jax.rundir import files
 from mnist_jax.rundir import folder as folder_lib
 from mnist_jax.rundir import tensorboard
-from mnist_jax.training import train
+from mnist_jax.rundir import run as run_folder
 
 EPOCH_TAGS = {**tensorboard.EPOCH_TAGS, **tensorboard.SPEED_TAGS}
 TINY = dict(mlp_hidden=(16,), epochs=2, batch_size=32, val_fraction=0.1,
@@ -42,7 +44,7 @@ def _train(prepared, workdir, model="mlp", draw=False, **overrides):
   with pytest.MonkeyPatch.context() as patch:
     if not draw:
       patch.setattr(report, "write", lambda *args, **kwargs: None)
-    train.train_and_evaluate(config, str(workdir), stream=io.StringIO())
+    run_folder.train_and_evaluate(config, str(workdir), stream=io.StringIO())
   return folder_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
 
 
@@ -173,8 +175,17 @@ def test_notensorboard_writes_no_event_file(prepared, tmp_path):
 
 def test_a_member_folder_in_the_way_is_refused_before_anything_is_written(
     prepared, two_seeds, tmp_path):
+  """A run to resume (here: one that stopped before its end) whose member's
+  event folder is a file."""
   workdir = str(tmp_path / "seeds")
   shutil.copytree(two_seeds[0], workdir)
+  record = folder_lib._record(workdir)  # pylint: disable=protected-access
+  del record["finished"]
+  files.write_json(os.path.join(workdir, folder_lib.CONFIG_FILE), record)
+  rows = lh.metrics(workdir)
+  files.write_text(os.path.join(workdir, "metrics.jsonl"),
+                   "".join(json.dumps(r) + "\n" for r in rows[:-1]))
+  assert not folder_lib.finished(workdir)
   shutil.rmtree(os.path.join(workdir, "seed=6"))
   with open(os.path.join(workdir, "seed=6"), "w") as f:
     f.write("in the way")
@@ -205,7 +216,9 @@ def test_the_event_files_close_on_every_way_out(prepared, tmp_path,
   [events] = _event_files(workdir)
   assert os.path.realpath(events) not in _open_files()
   rows = folder_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
-  epochs = [r for r in rows if "train_loss" in r]
+  # The rows' finite losses (an overflowing epoch logs None, no event).
+  epochs = [r for r in rows if r.get("train_loss") is not None]
+  assert epochs
   got = tbh.scalars(tbh.multiplexer(workdir), ".")
   assert got["loss/train"] == [
       (r["epoch"], pytest.approx(r["train_loss"], rel=1e-6)) for r in epochs]

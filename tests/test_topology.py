@@ -1,10 +1,12 @@
 """A run folder works on any devices that can hold it (slow, child processes).
 
-Trained on one device, with pmap or sharded over a split CPU host
-(devices.split_host), with its members split over that host's devices, or
-over two processes (jax.distributed on localhost), a run reports, predicts
-and resumes on one device, and resumes on two devices. Report and predict
-give the training run's own test metrics (metrics.jsonl's final row) to 1e-5.
+Trained on one device, with pmap over two host devices, sharded over a split
+CPU host (devices.split_host, where --parallel=auto's rule shards the
+recurrent models), with its members split over that host's devices (the
+rule for several members), or sharded over two processes (jax.distributed
+on localhost), a run reports, predicts and resumes on one device, and
+resumes on two devices. Report and predict give the training run's own test
+metrics (metrics.jsonl's final row) to 1e-5.
 
 A resumed run is the trained run with its last checkpoint removed (as if it
 had been killed after epoch 1), continued on the other devices; it must end
@@ -36,7 +38,6 @@ from mnist_jax.results import run as run_lib
 pytestmark = pytest.mark.slow
 
 PROBE = os.path.join(lh.ROOT, "tests", "topology_probe.py")
-NEW_MODEL = os.path.join(lh.ROOT, "tests", "new_model_launch.py")
 TIMEOUT_S = 300
 TOLERANCE = 1e-5
 
@@ -65,29 +66,26 @@ class Topology:
 ONE = Topology(("--parallel=none",))
 SPLIT = Topology(("--parallel=auto",), split=True, devices=2)
 FORCED_PMAP = Topology(("--parallel=pmap",), host_devices=2, devices=2)
-PROCESSES = Topology(("--parallel=pmap",), devices=2)  # 2 processes x 1.
+PROCESSES = Topology(("--parallel=sharded",), devices=2)  # 2 processes x 1.
 TOPOLOGIES = {"one": ONE, "split": SPLIT, "forced_pmap": FORCED_PMAP,
               "two_processes": PROCESSES}
 
-# Trained on: (family, topology). The split host runs the CNN with pmap, the
-# RNN sharded and the members split over its devices (--parallel=auto).
+# Trained on: (family, topology). --parallel=auto's rule (devices.Layout) on
+# the split host shards the RNN and splits the members over its devices.
 TRAINED = {
     "one_device": ("linear", "one"),
-    "split_pmap": ("cnn", "split"),
+    "pmap": ("cnn", "forced_pmap"),
     "split_sharded": ("rnn", "split"),
     "members_split": ("members", "split"),
     "two_processes": ("linear", "two_processes"),
 }
-# --parallel=auto's step times (ms) of each layout on the split host, so that
-# the CNN runs with pmap and the RNN sharded (tests/new_model_launch.py).
-SPLIT_MS = {"cnn": "none=3,pmap=1,sharded=2", "rnn": "none=3,pmap=2,sharded=1"}
 # Where each family runs on two devices in one process.
-TWO_DEVICES = {"linear": "forced_pmap", "cnn": "split", "rnn": "split",
+TWO_DEVICES = {"linear": "forced_pmap", "cnn": "forced_pmap", "rnn": "split",
                "members": "split"}
-# What config.json records of each trained topology's devices.
-EXPECTED = {"one_device": ("none", 1), "split_pmap": ("pmap", 2),
-            "split_sharded": ("sharded", 2), "members_split": ("none", 1),
-            "two_processes": ("pmap", 2)}
+# What config.json records of each trained topology's layout.
+EXPECTED = {"one_device": ("none", 1), "pmap": ("pmap", 2),
+            "split_sharded": ("sharded", 2), "members_split": ("members", 2),
+            "two_processes": ("sharded", 2)}
 
 
 def _cores() -> int:
@@ -113,7 +111,7 @@ def _free_port() -> int:
 
 def _devices_used(environment: dict) -> int:
   """The devices a run trained on, from config.json's environment."""
-  return environment.get("member_devices") or environment["parallel"]["devices"]
+  return environment["parallel"]["devices"]
 
 
 class Lab:
@@ -129,17 +127,11 @@ class Lab:
     return [*FAMILIES[family], *COMMON, *self._data, *topology.flags,
             f"--workdir={workdir}"]
 
-  def launch(self, args, topology: Topology, script: str = "launch.py",
-             family: Optional[str] = None):
-    """Runs launch.py (or the probe) to the end: (status, stdout, stderr).
-
-    On the split host, the layout --parallel=auto measures for `family` is
-    SPLIT_MS's."""
+  def launch(self, args, topology: Topology, script: str = "launch.py"):
+    """Runs launch.py (or the probe) to the end: (status, stdout, stderr)."""
     if topology.split and _cores() < 2:
       pytest.skip("a split host needs two cores")
     env = _env(topology)
-    if topology.split and family in SPLIT_MS:
-      script, env["FAKE_MS_PER_STEP"] = NEW_MODEL, SPLIT_MS[family]
     p = subprocess.run([sys.executable, script, *args], cwd=lh.ROOT,
                        capture_output=True, text=True, timeout=TIMEOUT_S,
                        env=env, check=False)
@@ -154,8 +146,8 @@ class Lab:
       if topology is PROCESSES:
         self._two_processes(self.args(family, topology, workdir))
       else:
-        rc, _, err = self.launch(self.args(family, topology, workdir), topology,
-                                 family=family)
+        rc, _, err = self.launch(self.args(family, topology, workdir),
+                                 topology)
         assert rc == 0, err[-3000:]
       with open(os.path.join(workdir, "config.json")) as f:
         assert _devices_used(json.load(f)["environment"]) == topology.devices
@@ -227,8 +219,6 @@ def _trained(lab, name):
   mode, devices = EXPECTED[name]
   assert (env["parallel"]["mode"], env["parallel"]["devices"]) == (
       mode, devices), env["parallel"]
-  if name == "members_split":
-    assert env["member_devices"] == 2
   if name == "two_processes":
     assert env["process_count"] == 2
   return family, workdir
@@ -295,8 +285,7 @@ def test_resume_on_other_devices(lab, name, on, tmp_path):
   record["finished"] = False  # so not yet recorded complete.
   with open(config_path, "w") as f:
     json.dump(record, f)
-  rc, out, err = lab.launch(lab.args(family, topology, workdir), topology,
-                            family=family)
+  rc, out, err = lab.launch(lab.args(family, topology, workdir), topology)
   assert rc == 0, err[-3000:]
   assert "resuming" in out
   with open(os.path.join(workdir, "config.json")) as f:
@@ -307,8 +296,8 @@ def test_resume_on_other_devices(lab, name, on, tmp_path):
     trained_devices = _devices_used(json.load(f)["environment"])
   rows = lh.deterministic(lh.metrics(workdir))
   ref_rows = lh.deterministic(lh.metrics(reference))
-  params = run_lib.load_run(workdir).seed_params
-  ref_params = run_lib.load_run(reference).seed_params
+  params = run_lib.load_run(workdir).seed_variables
+  ref_params = run_lib.load_run(reference).seed_variables
   if trained_devices == topology.devices:  # Bit for bit.
     assert rows == ref_rows
     lh.assert_trees_equal(params, ref_params)

@@ -1,18 +1,26 @@
-"""Train and eval steps, the scanned epoch, determinism, a whole tiny run."""
+"""train.py: the state, the optimizer step, the scanned chunk, evaluation and
+the loop: determinism, padding, resuming bit for bit, BatchNorm, the
+jaxpr of the chunk, and how deep the project's own frames go."""
 
-import json
+import collections
+import functools
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import mnist_jax
 from conftest import synthetic_digits
 from mnist_jax import models
-from mnist_jax.data import batches
-from mnist_jax.training import members as members_lib
+from mnist_jax.data import augment as augment_lib
+from mnist_jax.models import dense
+from mnist_jax.rundir import checkpoints
+from mnist_jax.training import optim
 from mnist_jax.training import train
+from parallel_worker import Recorder, dataset
 
 TINY = {
     "linear": {},
@@ -22,6 +30,7 @@ TINY = {
     "lstm": dict(hidden=16),
     "gru": dict(hidden=16),
 }
+SHAPE = (28, 28)
 
 
 def tiny_config(name, **overrides):
@@ -29,177 +38,459 @@ def tiny_config(name, **overrides):
   return models.get_config(name, "seed", **values)
 
 
+def fresh_state(config, steps_per_epoch=10, seed=0):
+  model, _ = models.build(config, say=lambda _: None)
+  tx = optim.make_optimizer(config, steps_per_epoch)
+  return train.create_train_state(jax.random.key(seed), model, tx, SHAPE,
+                                  config.dtype)
+
+
+def digits(n, seed=0):
+  images, labels = synthetic_digits(n, seed)
+  return jnp.asarray(images), jnp.asarray(labels, jnp.int32)
+
+
+def batch_of(images, labels, valid=True):
+  return {"image": images, "label": labels, "valid": jnp.asarray(valid)}
+
+
+def assert_trees_equal(a, b):
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b):
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x, y = jax.random.key_data(x), jax.random.key_data(y)
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def without_times(row):
+  return {k: v for k, v in row.items()
+          if not k.endswith(("_time_s", "_per_s")) and k != "elapsed_s"}
+
+
+# The optimizer step.
+
 @pytest.mark.parametrize("name", sorted(models.MODELS))
 def test_train_step_lowers_loss_and_changes_every_parameter(name):
-  config = tiny_config(name, learning_rate=3e-3)
-  images, labels = synthetic_digits(32)
-  images, labels = jnp.asarray(images), jnp.asarray(labels, jnp.int32)
-  state0 = train.create_train_state(jax.random.PRNGKey(0), config,
-                                    models.build(config), steps_per_epoch=10)
-  step = jax.jit(lambda s: train.train_step(s, images, labels,
-                                            view=models.get(name).view))
+  # The stock modules (their kernels: test_equivalence.py).
+  config = tiny_config(name, learning_rate=3e-3, impl="stock")
+  images, labels = digits(32)
+  state0 = fresh_state(config)
+  step = jax.jit(lambda s: train.train_step(s, batch_of(images, labels)))
   state, first = step(state0)
   for _ in range(10):
     state, last = step(state)
   assert float(last["loss"]) < float(first["loss"])
-  assert float(first["count"]) == 32
+  assert float(first["count"]) == 32 and int(state.step) == 11
   changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state0.params,
                          state.params)
   assert all(jax.tree.leaves(changed)), changed
 
 
-def test_dropout_key_depends_on_the_step():
-  config = tiny_config("mlp", dropout=0.5)
-  images, labels = synthetic_digits(8)
-  state = train.create_train_state(jax.random.PRNGKey(0), config,
-                                   models.build(config), 10)
-  x = jnp.asarray(images.reshape(8, -1) / 255.0, jnp.float32)
-  keys = [jax.random.fold_in(state.rng, s) for s in (0, 1)]
-  outs = [state.apply_fn({"params": state.params}, x, train=True,
-                         rngs={"dropout": k}) for k in keys]
-  assert not np.allclose(outs[0], outs[1])
+def test_dropout_masks_depend_on_the_step():
+  """The step folds into the dropout key: the same state and batch at
+  another step draw other masks (and without dropout, the same loss)."""
+  images, labels = digits(16)
+  step = jax.jit(lambda s: train.train_step(s, batch_of(images, labels))[1])
+  for rate, differ in ((0.5, True), (0.0, False)):
+    state = fresh_state(tiny_config("mlp", dropout=rate))
+    losses = [float(step(state.replace(step=jnp.asarray(s)))["loss"])
+              for s in (0, 1)]
+    assert (losses[0] != losses[1]) == differ, (rate, losses)
 
 
-def test_eval_batches_cover_every_example_once():
-  for n, b in [(10000, 1000), (10000, 768), (7, 3), (5, 10)]:
-    idx, mask = batches.eval_batches(n, b)
-    assert idx.shape == mask.shape
-    assert mask.sum() == n
-    assert sorted(idx[mask > 0].tolist()) == list(range(n))
+def test_padded_steps_leave_the_state_unchanged_and_count_nothing():
+  """A step that is not valid (an epoch's padding) is a masked update: the
+  parameters, optimizer state, step, batch statistics and keys stay as they
+  were, and the step's metric sums are all 0."""
+  config = tiny_config("cnn", cnn_batch_norm=True, learning_rate=1e-2,
+                       grad_clip=1.0, weight_decay=1e-4)
+  state = fresh_state(config)
+  images, labels = digits(32)
+  step = jax.jit(train.train_step)
+  trained, sums = step(state, batch_of(images, labels, True))
+  assert float(sums["count"]) == 32 and int(trained.step) == 1
+  padded, sums = step(trained, batch_of(images, labels, False))
+  assert_trees_equal(padded, trained)
+  assert all(float(jnp.sum(jnp.abs(v))) == 0 for v in sums.values()), sums
 
 
 def test_evaluate_counts_a_partial_last_batch():
-  config = tiny_config("linear", eval_batch_size=64)
-  images, labels = synthetic_digits(150)
-  state = train.create_train_state(jax.random.PRNGKey(0), config,
-                                   models.build(config), 10)
-  evaluate = train.make_evaluate(config, state.apply_fn)
-  sums = evaluate(state.params, jnp.asarray(images), jnp.asarray(labels, jnp.int32),
-                  *map(jnp.asarray, batches.eval_batches(150, 64)))
-  logits = train.predict_logits(state.params, state.apply_fn, images, "flat", 64)
-  assert logits.shape == (150, 10)
+  config = tiny_config("linear")
+  images, labels = digits(150)
+  state = fresh_state(config)
+  sums = jax.jit(functools.partial(train.evaluate, batch_size=64))(
+      state, images, labels)
+  logits = state.apply_fn(state.variables, images, train=False)
   assert float(sums["count"]) == 150
-  assert float(sums["correct"]) == float(np.sum(logits.argmax(-1) == labels))
+  assert float(sums["correct"]) == float(np.sum(
+      np.argmax(logits, -1) == np.asarray(labels)))
+  nll, _ = train.cross_entropy(logits, labels)
+  assert float(sums["loss"]) == pytest.approx(float(nll.sum()), rel=1e-5)
+  assert float(np.sum(sums["ece_count"])) == 150
 
 
-def test_epoch_batches_are_a_fresh_permutation_each_epoch():
-  rng = jax.random.PRNGKey(3)
-  a = np.asarray(batches.epoch_batches(rng, 1, 100, 32))
-  b = np.asarray(batches.epoch_batches(rng, 2, 100, 32))
+def test_epoch_order_is_a_fresh_permutation_each_epoch():
+  state = fresh_state(tiny_config("linear"))
+  order = jax.jit(functools.partial(train.epoch_order, n=100, batch_size=32))
+  a, b = np.asarray(order(state, 1)), np.asarray(order(state, 2))
   assert a.shape == (3, 32) and len(set(a.ravel())) == 96
   assert not np.array_equal(a, b)
-  np.testing.assert_array_equal(a, batches.epoch_batches(rng, 1, 100, 32))
+  np.testing.assert_array_equal(a, order(state, 1))  # Replayed on resume.
+  other = fresh_state(tiny_config("linear"), seed=1)  # The seed's data key.
+  assert not np.array_equal(a, order(other, 1))
 
 
-@pytest.mark.parametrize("steps,max_chunk", [(421, 200), (10, 200), (200, 200),
-                                             (1875, 200)])
-def test_chunk_plan_covers_steps_with_little_padding(steps, max_chunk):
-  num, length = batches.chunk_plan(steps, max_chunk)
-  assert length <= max_chunk and num * length >= steps
+@pytest.mark.parametrize("steps,most", [(421, 200), (10, 200), (200, 200),
+                                        (1875, 200), (8, 3), (1, 1)])
+def test_chunk_len_covers_steps_with_little_padding(steps, most):
+  length = train.chunk_len(steps, most)
+  num = -(-steps // length)
+  assert 1 <= length <= most and num * length >= steps
   assert num * length - steps < num
+  assert num == -(-steps // most)  # As few chunks as `most` allows.
+
+
+# The scanned chunk.
+
+def _chunk(config, chunk_len, **kwargs):
+  return jax.jit(functools.partial(
+      train.train_chunk, chunk_len=chunk_len,
+      multiplier=optim.schedule(config, 3),
+      label_smoothing=config.label_smoothing, **kwargs))
 
 
 def test_scanned_chunk_equals_step_by_step():
-  """The scanned chunk (with a skipped padding step) matches plain steps."""
-  config = tiny_config("mlp", dropout=0.0)
-  images, labels = synthetic_digits(96)
-  images, labels = jnp.asarray(images), jnp.asarray(labels, jnp.int32)
-  init = lambda: train.create_train_state(jax.random.PRNGKey(0), config,
-                                          models.build(config), 3)
-  order = batches.epoch_batches(jax.random.PRNGKey(1), 1, 96, 32)
-  chunk = train.make_train_chunk(config)
-  padded = jnp.concatenate([order, order[:1]])
-  state, sums, _, _ = chunk(init(), images, labels, padded,
-                      jnp.array([True, True, True, False]))
-  ref = init()
-  step = jax.jit(lambda s, i: train.train_step(s, images[i], labels[i], view="flat"))
-  total = 0.0
+  """Chunks of 2 over an epoch of 3 steps (the last chunk's second step
+  padding) end where 3 plain steps end, with their summed metrics."""
+  config = tiny_config("mlp", dropout=0.2, label_smoothing=0.1)
+  images, labels = digits(96)
+  state = fresh_state(config, steps_per_epoch=3)
+  order = train.epoch_order(state, 1, n=96, batch_size=32)
+  chunk = _chunk(config, 2)
+  ref, total = state, 0.0
+  step = jax.jit(functools.partial(train.train_step, label_smoothing=0.1))
   for i in range(3):
-    ref, m = step(ref, order[i])
-    total += float(m["loss"])
-  assert int(state.step) == 3 and float(sums["count"]) == 96
-  np.testing.assert_allclose(float(sums["loss"]), total, rtol=1e-5)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+    ref, sums = step(ref, batch_of(images[order[i]], labels[order[i]]))
+    total += float(sums["loss"])
+  for first in (0, 2):
+    state, sums, bad, rate = chunk(state, order, images, labels, first)
+    assert int(bad) == -1
+  assert int(state.step) == 3 and float(sums["count"]) == 32
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                       atol=1e-6),
                state.params, ref.params)
+  assert float(rate) == pytest.approx(float(optim.learning_rate(
+      ref.opt_state, optim.schedule(config, 3))))
+
+
+def test_a_chunk_of_padding_changes_nothing():
+  config = tiny_config("mlp")
+  images, labels = digits(64)
+  state = fresh_state(config, steps_per_epoch=2)
+  order = train.epoch_order(state, 1, n=64, batch_size=32)
+  state, _, _, _ = _chunk(config, 2)(state, order, images, labels, 0)
+  after, sums, bad, _ = _chunk(config, 2)(state, order, images, labels, 2)
+  assert int(bad) == -1 and float(sums["count"]) == 0
+  assert_trees_equal(after, state)
 
 
 def test_chunk_returns_a_state_of_the_types_it_takes():
   """Shapes, dtypes and weak types of the state survive a chunk, so a fresh
-  state (a Python step count) and the chunk's output share one compile."""
+  state and the chunk's output share one compile."""
   config = tiny_config("mlp")
-  images, labels = synthetic_digits(64)
-  state = train.create_train_state(jax.random.PRNGKey(0), config,
-                                   models.build(config), 2)
-  order = batches.epoch_batches(jax.random.PRNGKey(1), 1, 64, 32)
-  out, _, _, _ = jax.eval_shape(train.make_train_chunk(config, jit=False), state,
-                             jnp.asarray(images), jnp.asarray(labels, jnp.int32),
-                             order, jnp.array([True, False]))
+  images, labels = digits(64)
+  state = fresh_state(config, steps_per_epoch=2)
+  order = train.epoch_order(state, 1, n=64, batch_size=32)
+  out, _, _, _ = jax.eval_shape(
+      functools.partial(train.train_chunk, chunk_len=2,
+                        multiplier=optim.schedule(config, 2)),
+      state, order, images, labels, 0)
   kind = lambda x: (x.shape, x.dtype, x.weak_type)
   assert (jax.tree.map(lambda x: kind(jax.typeof(x)), state) ==
           jax.tree.map(kind, out))
 
 
-def _run(prepared, tmp_path, name="mlp", **overrides):
-  mnist_dir, data_dir = prepared
-  values = dict(mnist_dir=mnist_dir, data_dir=data_dir, val_fraction=0.1,
-                epochs=2)
-  config = tiny_config(name, **{**values, **overrides})
-  work = str(tmp_path / name)
-  final = train.train_and_evaluate(config.replace(workdir=work), work)
-  return final, work
+def _sub_jaxprs(params):
+  """The jaxprs an equation's params hold (scan's body, jit's, cond's ...)."""
+  for value in params.values():
+    for item in value if isinstance(value, (tuple, list)) else [value]:
+      item = getattr(item, "jaxpr", item)  # A ClosedJaxpr's Jaxpr.
+      if hasattr(item, "eqns"):
+        yield item
 
 
-@pytest.mark.slow
-def test_same_seed_same_metrics(prepared, tmp_path):
-  a, wa = _run(prepared, tmp_path / "a")
-  b, wb = _run(prepared, tmp_path / "b")
-  c, _ = _run(prepared, tmp_path / "c", seed=1)
-  strip = lambda rows: [{k: v for k, v in r.items() if "time" not in k and
-                         not k.endswith("_per_s") and k != "elapsed_s"} for r in rows]
-  read = lambda w: [json.loads(l) for l in open(os.path.join(w, "metrics.jsonl"))]
-  assert strip(read(wa)) == strip(read(wb))
-  assert a["test_accuracy"] == b["test_accuracy"]
-  assert strip(read(wa)) != strip(read(os.path.join(tmp_path, "c", "mlp")))
-  del c
+def _primitives(jaxpr, found=None):
+  """primitive name -> count, nested jaxprs included."""
+  found = collections.Counter() if found is None else found
+  for eqn in jaxpr.eqns:
+    found[eqn.primitive.name] += 1
+    for sub in _sub_jaxprs(eqn.params):
+      _primitives(sub, found)
+  return found
 
 
-def test_tiny_run_learns_and_counts_every_test_example(prepared, tmp_path):
-  final, work = _run(prepared, tmp_path, name="cnn", epochs=3, learning_rate=3e-3)
-  assert final["test_examples"] == 200
-  assert final["test_accuracy"] > 0.5  # Synthetic classes are easy; chance is 0.1.
-  rows = [json.loads(l) for l in open(os.path.join(work, "metrics.jsonl"))]
-  assert [r["epoch"] for r in rows[:-1]] == [1, 2, 3]
-  assert all(r["val_accuracy"] is not None for r in rows[:-1])
+def _outer_scans(jaxpr):
+  """The scans of a jaxpr outside any scan (through jit and call wrappers)."""
+  out = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "scan":
+      out.append(eqn)
+    else:
+      for sub in _sub_jaxprs(eqn.params):
+        out += _outer_scans(sub)
+  return out
 
 
-@pytest.mark.slow
-def test_target_accuracy_stops_early(prepared, tmp_path):
-  final, work = _run(prepared, tmp_path, name="mlp", epochs=20,
-                     target_accuracy=0.3, learning_rate=3e-3)
-  assert final["epochs_run"] < 20
-  assert final["time_to_target_s"] is not None
+@pytest.mark.parametrize("name,overrides", [
+    ("mlp", dict(dropout=0.2, grad_clip=1.0, label_smoothing=0.1)),
+    ("cnn", dict(cnn_batch_norm=True, impl="stock", weight_decay=1e-4)),
+    ("gru", dict(hidden=8, augment=True, impl="stock", optimizer="rmsprop")),
+])
+def test_scan_body_has_no_data_dependent_control_flow(name, overrides):
+  """The chunk is one scan of the step; its body branches on nothing (no
+  cond, no while): padding and non-finite updates are masked. Only a
+  model's own fixed-length scan (nn.RNN) may nest in it."""
+  config = tiny_config(name, **overrides)
+  images, labels = digits(64)
+  state = fresh_state(config, steps_per_epoch=2)
+  order = train.epoch_order(state, 1, n=64, batch_size=32)
+  fn = functools.partial(
+      train.train_chunk, chunk_len=3, multiplier=optim.schedule(config, 2),
+      label_smoothing=config.label_smoothing,
+      augment=augment_lib.from_config(config))
+  jaxpr = jax.make_jaxpr(fn)(state, order, images, labels, 0).jaxpr
+  scans = _outer_scans(jaxpr)
+  assert len(scans) == 1 and scans[0].params["length"] == 3
+  everything = _primitives(jaxpr)
+  assert not {"cond", "while"} & set(everything), everything
+  body = scans[0].params["jaxpr"].jaxpr
+  # The GRU's scan over the 28 rows, forward and in the backward pass.
+  assert [s.params["length"] for s in _outer_scans(body)] == (
+      [28, 28] if name == "gru" else [])
+  assert _primitives(body)["select_n"] > 0  # The masked update.
 
 
-@pytest.mark.slow
-def test_target_on_the_test_split_ends_with_that_evaluation(prepared, tmp_path):
-  """With no validation split the target is checked on the test set, and the
-  final test metrics are those of the state that reached it."""
-  final, work = _run(prepared, tmp_path, name="mlp", epochs=20, val_fraction=0.0,
-                     target_accuracy=0.3, learning_rate=3e-3)
-  rows = [json.loads(l) for l in open(os.path.join(work, "metrics.jsonl"))]
-  assert final["epochs_run"] < 20
-  assert rows[-2]["target_metric"] >= 0.3
-  assert final["test_accuracy"] == rows[-2]["target_metric"]
+# The loop.
+
+def _train(config, data=None, hooks=None):
+  hooks = hooks or Recorder()
+  state, final = train.train_and_evaluate(config, data or dataset(),
+                                          hooks)
+  return state, final, hooks
 
 
-@pytest.mark.parametrize("val_fraction,how", [
-    (0.1, "chosen by validation accuracy: seed=0"),
-    (0.0, "chosen as the first (no validation split to choose by): seed=0")])
-def test_summary_says_how_the_member_was_chosen(val_fraction, how):
-  """As report.md does: without a validation split the first member is shown."""
-  members = members_lib.from_config(
-      tiny_config("linear", num_seeds=2, val_fraction=val_fraction))
-  final = {"test_accuracy": 0.9, "test_loss": 0.3, "test_examples": 200,
-           "wall_time_s": 1.0,
-           "chosen": members_lib.identity(members[0])}
-  assert train._summary(final, members, "W").startswith(how + "; test accuracy")  # pylint: disable=protected-access
+def test_same_seed_same_numbers_another_seed_others():
+  config = tiny_config("mlp", epochs=2, batch_size=64, chunk_steps=3,
+                       val_fraction=0.1)
+  a_state, a, a_hooks = _train(config)
+  b_state, b, b_hooks = _train(config)
+  assert ([without_times(r) for r in a_hooks.rows] ==
+          [without_times(r) for r in b_hooks.rows])
+  assert without_times(a) == without_times(b)
+  assert_trees_equal(a_state, b_state)
+  _, c, c_hooks = _train(config.replace(seed=1))
+  assert c["test_loss"] != a["test_loss"]
+  assert c_hooks.rows[0]["train_loss"] != a_hooks.rows[0]["train_loss"]
+
+
+# A CNN with BatchNorm, shared by the tests of the loop below (with the
+# constant schedule, the epochs do not change its compiled programs).
+LOOP_CNN = dict(batch_size=64, chunk_steps=3, val_fraction=0.1,
+                cnn_batch_norm=True, impl="stock")
+
+
+def test_tiny_run_learns_and_counts_every_test_example():
+  config = tiny_config("cnn", epochs=3, learning_rate=3e-3, **LOOP_CNN)
+  state, final, hooks = _train(config)
+  assert final["test_examples"] == 203 and final["epochs_run"] == 3
+  assert final["test_accuracy"] > 0.5  # Synthetic classes are easy; chance 0.1.
+  assert [r["epoch"] for r in hooks.rows] == [1, 2, 3]
+  assert hooks.lasts == [False, False, True]
+  assert all(r["val_accuracy"] is not None for r in hooks.rows)
+  assert final["steps"] == int(state.step) == 3 * 8  # 540 // 64 per epoch.
+  # Chunks of 3 steps from each epoch's start: 8 steps run as 3 + 3 + 2.
+  assert hooks.chunks == [(e, d) for e in (1, 2, 3) for d in (0, 3, 6)]
+
+
+class _Stop(Exception):
+  pass
+
+
+class _Saver(Recorder):
+  """Saves a format-3 checkpoint where `at` says ("epoch": after epoch 1;
+  "chunk": after the first chunk of epoch 2) and stops the run there."""
+
+  def __init__(self, workdir, config, at):
+    super().__init__()
+    self.workdir, self.config, self.at = workdir, config, at
+
+  def _save(self, state, epoch, epoch_step=0, sums=None):
+    saver = checkpoints.Checkpointer(self.workdir)
+    step = int(state.step)
+    saver.save(step, checkpoints.tree(state), checkpoints.record(
+        self.config, epoch=epoch, step=step, epoch_step=epoch_step,
+        sums=sums, shapes=checkpoints.param_shapes(state.params)))
+    saver.close()
+    raise _Stop()
+
+  def chunk(self, state, epoch, done, sums):
+    super().chunk(state, epoch, done, sums)
+    if self.at == "chunk" and (epoch, done) == (2, 3):
+      self._save(state, 1, done, sums)
+
+  def epoch(self, state, row, last):
+    super().epoch(state, row, last)
+    if self.at == "epoch" and row["epoch"] == 1:
+      self._save(state, 1)
+
+
+def _restore(workdir, config):
+  """A Recorder that starts from the checkpoint in `workdir`, as the run
+  folder (rundir/run.py) does."""
+  def start(state):
+    reader = checkpoints.Checkpointer(workdir, read_only=True)
+    try:
+      parts, meta = reader.restore(checkpoints.tree(state), model=config.model)
+    finally:
+      reader.close()
+    assert meta["format"] == checkpoints.FORMAT == 3
+    sums = meta.get("sums")
+    return state.replace(**parts), train.Start(
+        meta["epoch"] + 1, meta["epoch_step"],
+        {k: np.asarray(v, np.float32) for k, v in sums.items()} if sums
+        else None)
+  return Recorder(start)
+
+
+@pytest.mark.parametrize("at", ["epoch", "chunk"])
+def test_resume_from_a_checkpoint_is_bit_identical(tmp_path, at):
+  """2 epochs straight == 1 epoch (or 1 and a chunk), a format-3
+  checkpoint saved and restored, then the rest: every array of the state,
+  BatchNorm's statistics included, and every number of the rows."""
+  config = tiny_config("cnn", epochs=2, **LOOP_CNN)
+  assert config.schedule == "constant"
+  whole_state, whole, whole_hooks = _train(config)
+  with pytest.raises(_Stop):
+    _train(config, hooks=_Saver(str(tmp_path), config, at))
+  state, final, hooks = _train(config, hooks=_restore(str(tmp_path), config))
+  assert_trees_equal(state, whole_state)
+  assert without_times(final) == without_times(whole)
+  assert [without_times(r) for r in hooks.rows] == [
+      without_times(r) for r in whole_hooks.rows[1:]]
+  assert hooks.chunks == ([(2, 3), (2, 6)] if at == "chunk" else
+                          [(2, 0), (2, 3), (2, 6)])
+
+
+def test_batch_norm_statistics_train_and_are_used_not_updated_in_evaluation():
+  config = tiny_config("cnn", cnn_batch_norm=True, impl="stock",
+                       learning_rate=3e-3)
+  state = fresh_state(config)
+  stats = state.model_state["batch_stats"]
+  assert set(stats) == {"bn_0", "bn_1"}
+  assert set(stats["bn_0"]) == {"mean", "var"}
+  assert "bias" not in state.params["conv_0"]  # BatchNorm has the shift.
+  images, labels = digits(96)
+  order = train.epoch_order(state, 1, n=96, batch_size=32)
+  trained, _, _, _ = _chunk(config, 3)(state, order, images, labels, 0)
+  for layer in ("bn_0", "bn_1"):
+    for key in ("mean", "var"):
+      assert not np.allclose(trained.model_state["batch_stats"][layer][key],
+                             stats[layer][key]), (layer, key)
+
+  evaluate = jax.jit(functools.partial(train.evaluate, batch_size=32))
+  whole = evaluate(trained, images, labels)
+  # Used: other statistics give other numbers.
+  other = trained.replace(model_state=jax.tree.map(lambda x: 2 * x + 1,
+                                                   trained.model_state))
+  assert float(evaluate(other, images, labels)["loss"]) != pytest.approx(
+      float(whole["loss"]), rel=1e-3)
+  # Not batch statistics: an example's logits do not depend on its batch.
+  halves = [evaluate(trained, images[s], labels[s])
+            for s in (slice(0, 48), slice(48, 96))]
+  assert float(whole["correct"]) == sum(float(h["correct"]) for h in halves)
+  assert float(whole["loss"]) == pytest.approx(
+      sum(float(h["loss"]) for h in halves), rel=1e-5)
+  # Not updated: evaluation returns sums only; in training mode the same
+  # batch normalizes by its own statistics and gives another loss.
+  assert set(whole) >= {"count", "loss", "correct"}
+  _, train_sums = jax.jit(train.train_step)(trained, batch_of(images[:48],
+                                                              labels[:48]))
+  assert float(train_sums["loss"]) != pytest.approx(float(halves[0]["loss"]),
+                                                    rel=1e-3)
+
+
+# How deep the project's own frames go under the loop.
+
+PACKAGE = os.path.dirname(os.path.abspath(mnist_jax.__file__)) + os.sep
+BAR = 5  # Frames in mnist_jax/ from train_and_evaluate to the model's call.
+
+
+def _project_stacks(config):
+  """Every distinct chain of mnist_jax/ frames (file, function) on the stack
+  as a function of the package starts, while train_and_evaluate traces the
+  train chunk and the evaluation (the chains through train_chunk or
+  evaluate), outermost first."""
+  stacks = set()
+
+  def profile(frame, event, arg):
+    del arg
+    if event != "call" or not frame.f_code.co_filename.startswith(PACKAGE):
+      return
+    chain = []
+    while frame is not None:
+      if frame.f_code.co_filename.startswith(PACKAGE):
+        chain.append((os.path.relpath(frame.f_code.co_filename, PACKAGE),
+                      frame.f_code.co_name))
+      frame = frame.f_back
+    chain.reverse()
+    if {"train_chunk", "evaluate"} & {name for _, name in chain}:
+      stacks.add(tuple(chain))
+
+  sys.setprofile(profile)
+  try:
+    train.train_and_evaluate(config, dataset(), Recorder())
+  finally:
+    sys.setprofile(None)
+  return stacks
+
+
+def test_project_frames_from_the_loop_to_the_model_and_the_optimizer():
+  """From train_and_evaluate to the model's __call__, to the optimizer's
+  update and to the metrics, through train_step and eval_step: at most BAR
+  frames in mnist_jax/, in at most 4 files (train.py, optim.py, metrics.py
+  and the model's).
+
+  Measured (an MLP, float32, no augmentation): train_and_evaluate >
+  train_chunk > train_step (3) > loss_fn > dense.py __call__ (5);
+  train_and_evaluate > evaluate_split > evaluate > eval_step (4) > dense.py
+  __call__ (5); the optimizer: ... train_step > optim.py _chain's rate
+  lambda (5, inside optax's update); metrics.py is entered at 4 (training)
+  and 5 (evaluation), and its own helpers go 2 deeper (Metric.sums lambda,
+  _calibration, Batch.correct: 6 and 7). --dtype=bfloat16 adds
+  models/precision.py's apply above the model (6), --augment data/augment.py
+  under train_step.
+  """
+  config = tiny_config("mlp", dropout=0.2, epochs=1, batch_size=64,
+                       chunk_steps=3, val_fraction=0.1)
+  stacks = _project_stacks(config)
+  model_file = os.path.relpath(sys.modules[dense.MLP.__module__].__file__,
+                               PACKAGE)
+  ends = lambda f, n: [s for s in stacks if s[-1] == (f, n)]
+  to_model = ends(model_file, "__call__")
+  # The model is called in training (train_step's loss) and in evaluation.
+  assert {s[-2][1] for s in to_model} == {"loss_fn", "eval_step"}, to_model
+  assert [len(s) for s in sorted(to_model)] == [BAR, BAR]
+  assert max(len(s) for s in ends("training/train.py", "train_step")) == 3
+  assert max(len(s) for s in ends("training/train.py", "eval_step")) == 4
+  # The optimizer (its learning rate, read in the update) and the metrics
+  # are entered within the bar.
+  into = lambda f: [s for s in stacks if s[-1][0] == f and s[-2][0] != f]
+  for name in ("training/optim.py", "training/metrics.py"):
+    assert into(name) and max(len(s) for s in into(name)) <= BAR, name
+  optimizer = [s for s in stacks if s[-1][0] == "training/optim.py" and
+               "train_step" in {n for _, n in s}]
+  assert optimizer and max(len(s) for s in optimizer) <= BAR
+  files = {f for s in stacks for f, _ in s}
+  assert files == {"training/train.py", "training/optim.py",
+                   "training/metrics.py", model_file}, files

@@ -3,7 +3,8 @@
 Run by tests/test_topology.py in place of launch.py, with launch.py's flags.
 It runs launch.py unchanged, and prints one line `@metrics {json}`:
   --mode=report: the test accuracy and loss report.write got for the chosen
-    member, and the ensemble's (None for one member);
+    member (results/run.py's Run), and its seeds' ensemble's (None for one
+    member);
   --mode=predict: the test accuracy and loss of the run predict loaded
     (run.Run), chosen member and ensemble, on the run's test split.
 
@@ -35,9 +36,11 @@ def _print(chosen, ensemble):
 _write = report.write
 
 
-def write(*args, ensemble=None, **kwargs):
-  result = _write(*args, ensemble=ensemble, **kwargs)
-  _print(result, ensemble)
+def write(workdir, run, test, *args, **kwargs):
+  """report.write, and the ensemble of the run's seeds as it computes it."""
+  result = _write(workdir, run, test, *args, **kwargs)
+  _print(result, report.ensemble_metrics(run, test) if len(run.seeds) > 1
+         else None)
   return result
 
 

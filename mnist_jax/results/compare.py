@@ -3,8 +3,17 @@
 `compare(paths, out)` reads the finished runs under `paths` and writes the
 tables (comparison.md, comparison.csv, runs.csv) and the plots into `out`.
 Runs that differ only in their seed are one configuration, given as mean and
-standard deviation; every member of a --num_seeds or --sweep run counts as the
-run of its own configuration and seed, and times leave out loading the data.
+sample standard deviation (ddof=1, as report.md and metrics.jsonl give it);
+every member of a --num_seeds or --sweep run counts as the run of its own
+configuration and seed, and times leave out loading the data.
+
+Honest numbers. The M members of one program trained together in its time:
+each is charged its share, the program's times / M (examples/s times M), so
+an M-member program is neither counted M times over nor as free. A model is
+counted once: a standalone run and a member of another run with the same
+settings and seed are one run (the standalone one is kept: its times are its
+own), and the tables say which was left out.
+
 `train_runs` trains each model, `--vary` combination and seed first, reusing
 finished runs. experiments/compare.py is its command line, whose --help says
 what each file holds.
@@ -14,7 +23,7 @@ import csv
 import itertools
 import os
 import statistics
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -39,7 +48,9 @@ PLOTS = ("accuracy.png", "accuracy_vs_time.png", "learning_curves.png")
 
 
 def find_runs(paths: Sequence[str]) -> List[str]:
-  """Run folders among `paths`: each path is a run folder or holds run folders."""
+  """Run folders among `paths`: each path is a run folder or holds run
+  folders; a folder reached twice (given, and inside another given one)
+  comes once."""
   found = []
   for path in paths:
     if os.path.exists(os.path.join(path, folder_lib.CONFIG_FILE)):
@@ -54,7 +65,12 @@ def find_runs(paths: Sequence[str]) -> List[str]:
     else:
       raise UserError(f"{path} does not exist; pass run folders written by "
                       "launch.py")
-  return found
+  seen, unique = set(), []
+  for path in found:
+    if os.path.realpath(path) not in seen:
+      seen.add(os.path.realpath(path))
+      unique.append(path)
+  return unique
 
 
 def summarize(run_dir: str) -> Optional[dict]:
@@ -79,7 +95,25 @@ def summarize(run_dir: str) -> Optional[dict]:
       "epoch_time_s": statistics.median(r["epoch_time_s"] for r in epochs),
       "examples_per_s": statistics.median(r["examples_per_s"] for r in epochs),
       "curve": epochs,
+      # A standalone run; a member of a program: its index and their count.
+      "member": None, "program_members": 1,
   }
+
+
+TIMES = ("wall_time_s", "train_time_s", "compile_time_s", "epoch_time_s")
+
+
+def share(summary: dict, members: int) -> dict:
+  """`summary`'s times as one of `members` members' share of them: the
+  times / members, examples/s times members."""
+  out = dict(summary, program_members=members)
+  for key in TIMES:
+    if out.get(key) is not None:
+      out[key] = out[key] / members
+  if out.get("data_time_s") is not None:
+    out["data_time_s"] = out["data_time_s"] / members
+  out["examples_per_s"] = summary["examples_per_s"] * members
+  return out
 
 
 def split_members(summary: dict) -> List[dict]:
@@ -87,8 +121,10 @@ def split_members(summary: dict) -> List[dict]:
   its own configuration and seed.
 
   Each member takes its Config (the swept values applied), test metrics and
-  learning curve from metrics.jsonl; the wall, epoch and examples/s times are
-  the whole run's (its members trained together). One member: [summary].
+  learning curve from metrics.jsonl, and its share of the program's times
+  (`share`: the M members trained together, in one program's time). A
+  member that diverged has no result, as a diverged single run has none, but
+  it had its share of the time. One member: [summary].
   """
   final = folder_lib.final_metrics(summary["run"])
   entries = final and (final.get("members") or final.get("replicas"))
@@ -97,15 +133,48 @@ def split_members(summary: dict) -> List[dict]:
   configs = [m.config for m in members_lib.from_config(summary["config"])]
   out = []
   for i, entry in enumerate(entries):
-    if entry.get("diverged"):  # As a diverged single run, it has no result.
+    if entry.get("diverged"):
       continue
     curve = members_lib.member_rows(
         [{**r, "members": r.get("members") or r["replicas"]}
          for r in summary["curve"]], i)
-    out.append({**summary, "config": configs[i], "seed": entry["seed"],
+    out.append({**share(summary, len(entries)), "config": configs[i],
+                "seed": entry["seed"], "member": i,
                 "test_accuracy": entry["test_accuracy"],
                 "test_loss": entry["test_loss"], "curve": curve})
   return out
+
+
+def where(summary: dict) -> str:
+  """`RUN`, or `member I of RUN` for a member of a program."""
+  if summary.get("member") is None:
+    return summary["run"]
+  return f"member {summary['member']} of {summary['run']}"
+
+
+def deduplicate(summaries: Sequence[dict]) -> Tuple[List[dict], List[Tuple[dict, dict]]]:
+  """(the summaries with each model once, [(left out, the one kept)]).
+
+  One model is one configuration and seed (all settings equal but where it
+  was written and how many trained with it): a standalone run folder and a
+  member of another run with the same settings and seed, or two copies of
+  a run. The standalone run is kept before a member (its times are its own),
+  else the first given.
+  """
+  kept: Dict[tuple, dict] = {}
+  order: List[tuple] = []
+  dropped = []
+  for s in summaries:
+    key = (_key(s["config"]), s["seed"])
+    if key not in kept:
+      kept[key] = s
+      order.append(key)
+      continue
+    first = kept[key]
+    if first.get("member") is not None and s.get("member") is None:
+      kept[key], s = s, first  # The standalone run's own times win.
+    dropped.append((s, kept[key]))
+  return [kept[k] for k in order], dropped
 
 
 def sort_key(value) -> tuple:
@@ -155,6 +224,8 @@ def group(summaries: Sequence[dict]) -> List[dict]:
         "no_data_time": [s["run"] for s in runs if s["data_time_s"] is None],
         "epoch_time_s": [s["epoch_time_s"] for s in runs],
         "examples_per_s": [s["examples_per_s"] for s in runs],
+        # How many members shared the program of each run (1: standalone).
+        "program_members": [s.get("program_members", 1) for s in runs],
         "curves": [s["curve"] for s in runs]})
   _label(out)
   out.sort(key=lambda g: (_model_order(g["model"]), g["order"]))
@@ -185,8 +256,9 @@ def _label(groups: List[dict]) -> None:
 
 
 def _mean_std(values) -> tuple:
+  """(mean, sample standard deviation (ddof=1, as report.md; 0 for one))."""
   a = np.asarray(values, np.float64)
-  return float(a.mean()), float(a.std()) if len(a) > 1 else 0.0
+  return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
 def _pm(values, scale=1.0, digits=2) -> str:
@@ -200,7 +272,10 @@ def _span(values) -> str:
           else f"{min(values)}-{max(values)}")
 
 
-def write_tables(groups: Sequence[dict], out: str) -> None:
+def write_tables(groups: Sequence[dict], out: str,
+                 dropped: Sequence[Tuple[dict, dict]] = ()) -> None:
+  """comparison.csv, runs.csv and comparison.md; `dropped`: deduplicate's
+  runs left out, named in comparison.md."""
   header = ["model", "preset", "label", "runs", "seeds", "parameters",
             "test_accuracy_mean", "test_accuracy_std", "test_loss_mean",
             "epochs", "train_time_s_mean", "train_time_s_std",
@@ -217,13 +292,16 @@ def write_tables(groups: Sequence[dict], out: str) -> None:
                  f"{_mean_std(g['epoch_time_s'])[0]:.3f}",
                  f"{_mean_std(g['examples_per_s'])[0]:.0f}"])
   _write_csv(os.path.join(out, "comparison.csv"), rows)
-  run_rows = [["model", "preset", "label", "seed", "run", "parameters",
+  run_rows = [["model", "preset", "label", "seed", "run", "member",
+               "program_members", "parameters",
                "test_accuracy", "test_loss", "epochs", "train_time_s",
                "wall_time_s", "data_time_s", "compile_time_s", "epoch_time_s",
                "examples_per_s"]]
   for g in groups:
     for s in g["runs"]:
       run_rows.append([s["model"], s["preset"], g["label"], s["seed"], s["run"],
+                       "" if s.get("member") is None else s["member"],
+                       s.get("program_members", 1),
                        s["parameters"], f"{s['test_accuracy']:.6f}",
                        f"{s['test_loss']:.6f}", s["epochs"],
                        f"{s['train_time_s']:.2f}", f"{s['wall_time_s']:.2f}",
@@ -234,12 +312,23 @@ def write_tables(groups: Sequence[dict], out: str) -> None:
   _write_csv(os.path.join(out, "runs.csv"), run_rows)
 
   lines = ["# Model comparison", "",
-           "Mean ± standard deviation over seeds where a configuration has "
-           "several runs. Time is a run's wall time less loading its data "
-           "(and preparing it, the first time): compilation, evaluation and "
-           "the report are in it. Epoch time and examples/s are medians over "
-           "epochs. Accuracy axes start a whole point below the lowest run "
-           "and end at 100%.", ""]
+           "Mean ± sample standard deviation (n-1, as report.md) over seeds "
+           "where a configuration has several runs. Time is a run's wall "
+           "time less loading its data (and preparing it, the first time): "
+           "compilation, evaluation and the report are in it. Epoch time and "
+           "examples/s are medians over epochs. Accuracy axes start a whole "
+           "point below the lowest run and end at 100%.", ""]
+  shared = sorted({(s["run"], s["program_members"]) for g in groups
+                   for s in g["runs"] if s.get("program_members", 1) > 1})
+  if shared:
+    lines += ["The members of a --num_seeds or --sweep run trained together, "
+              "in one program: each is charged its share, the program's times "
+              "divided by its members (examples/s multiplied): " + ", ".join(
+                  f"{run} ({m} members)" for run, m in shared) + ".", ""]
+  if dropped:
+    lines += ["Counted once (the same settings and seed): " + "; ".join(
+        f"{where(gone)} left out for {where(kept)}" for gone, kept in dropped)
+              + ".", ""]
   older = [run for g in groups for run in g["no_data_time"]]
   if older:
     lines += [f"{len(older)} run(s) predate the record of data loading time; "
@@ -279,13 +368,18 @@ def compare(paths: Sequence[str], out: str, log=print) -> List[dict]:
   if not summaries:
     raise UserError("none of the runs has finished; train them first "
                     "(python launch.py --model=NAME --workdir=DIR)")
+  summaries, dropped = deduplicate(summaries)
+  for gone, kept in dropped:
+    log(f"counting one run once: {where(gone)} has the settings and seed of "
+        f"{where(kept)}; left out for it")
   groups = group(summaries)
   os.makedirs(out, exist_ok=True)
-  write_tables(groups, out)
+  write_tables(groups, out, dropped)
   plots.compare_accuracy(groups, os.path.join(out, "accuracy.png"))
   plots.compare_accuracy_time(groups, os.path.join(out, "accuracy_vs_time.png"))
   plots.compare_curves(groups, os.path.join(out, "learning_curves.png"))
-  log(f"compared {len(summaries)} runs in {len(groups)} configurations; "
+  log(f"compared {len(summaries)} runs in {len(groups)} configurations"
+      f"{f' ({len(dropped)} counted once)' if dropped else ''}; "
       f"table and plots in {out}/comparison.md")
   return groups
 

@@ -310,6 +310,17 @@ def _train_times(g: dict) -> np.ndarray:
   return np.asarray(g.get("train_time_s", g["wall_time_s"]), np.float64)
 
 
+def _std(values: np.ndarray) -> Optional[float]:
+  """The sample standard deviation (ddof=1, as report.md and compare.py's
+  tables give it), or None for one value."""
+  return float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
+def _shared(groups: Sequence[dict]) -> bool:
+  """Whether some run is a member charged its share of a program's time."""
+  return any(m > 1 for g in groups for m in g.get("program_members", ()))
+
+
 def _several(groups: Sequence[dict]) -> bool:
   """Whether some configuration has several runs (seeds) to summarise."""
   return any(len(g["test_accuracy"]) > 1 for g in groups)
@@ -323,11 +334,12 @@ def accuracy_figure(groups: Sequence[dict]):
   low = accuracy_floor([100 * a for g in groups for a in g["test_accuracy"]])
   for i, g in enumerate(groups):
     acc = 100 * np.asarray(g["test_accuracy"])
+    std = _std(acc)
     ax.barh(i, acc.mean() - low, left=low, color=colors[i], alpha=0.75,
-            xerr=acc.std() if len(acc) > 1 else None, capsize=4)
+            xerr=std, capsize=4)
     ax.plot(acc, [i] * len(acc), "k.", ms=6)
-    spread = f" ± {acc.std():.2f}" if len(acc) > 1 else ""
-    end = max(acc.max(), acc.mean() + acc.std())
+    spread = f" ± {std:.2f}" if std is not None else ""
+    end = max(acc.max(), acc.mean() + (std or 0.0))
     room = 100 - end > 0.3 * (100 - low)  # Beside the bar if it fits, else in it.
     ax.text((end if room else low) + 0.015 * (100 - low), i,
             f"{acc.mean():.2f}%{spread} (n={len(acc)})", va="center",
@@ -363,9 +375,10 @@ def accuracy_time_figure(groups: Sequence[dict]):
     marker = MARKERS[i % len(MARKERS)]
     if len(acc) > 1:
       ax.plot(t, acc, marker, color=color, alpha=0.35, ms=4, ls="none")
-    ax.errorbar(t.mean(), acc.mean(),
-                xerr=t.std() if len(t) > 1 else None,
-                yerr=acc.std() if len(acc) > 1 else None,
+    xerr = _std(t)
+    if xerr is not None and t.mean() - xerr <= 0:  # No time at or below 0
+      xerr = [[t.mean() - t.min()], [xerr]]  # (nor a log axis's -inf).
+    ax.errorbar(t.mean(), acc.mean(), xerr=xerr, yerr=_std(acc),
                 fmt=marker, color=color, ms=8, capsize=3, label=g["label"],
                 clip_on=False)
   log = max(every_time) > 10 * min(every_time)
@@ -376,7 +389,9 @@ def accuracy_time_figure(groups: Sequence[dict]):
     ax.xaxis.set_minor_formatter(NullFormatter())
   ax.set_ylim(accuracy_floor(every_acc), 100)
   ax.set_xlabel("Run time less data loading (s" + (", log scale" if log else "")
-                + "; compilation, evaluation and report included)")
+                + "; compilation, evaluation and report included)"
+                + ("\nA member of a --num_seeds or --sweep run: its share, "
+                   "the run's time / its members" if _shared(groups) else ""))
   ax.set_ylabel(f"Test accuracy (%; from {accuracy_floor(every_acc):g})")
   ax.grid(alpha=0.3, which="both")
   ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1),

@@ -31,6 +31,7 @@ from mnist_jax.errors import UserError
 from mnist_jax.models import precision
 from mnist_jax.results import report
 from mnist_jax.rundir import checkpoints as checkpoints_lib
+from mnist_jax.rundir import files
 from mnist_jax.rundir import folder as folder_lib
 from mnist_jax.training import members as members_lib
 from mnist_jax.training import optim
@@ -344,6 +345,7 @@ def print_predictions(workdir: str, paths: Sequence[str],
       from mnist_jax.results import plots  # pylint: disable=g-import-not-at-top
       folder = os.path.join(workdir, PLOT_DIR)
       os.makedirs(folder, exist_ok=True)
+      files.remove_temporary(folder, locked=False)  # A killed predict's.
       stem = os.path.splitext(os.path.basename(r.file))[0]
       saved = plots.prediction(r.image, np.asarray(r.probabilities),
                                os.path.join(folder, f"{stem}.png"), r.file, names)

@@ -133,8 +133,10 @@ def stopped_message(signum: int, step: int, epoch: int, epoch_step: int,
   name = signal_name(signum)
   if directory is None:
     return f"stopped by {name} before the first step; nothing to save"
-  return (f"stopped by {name} at step {step} (epoch {epoch}, step {epoch_step} "
-          f"of {steps_per_epoch}); the checkpoint is in {directory}")
+  where = (f"at the end of epoch {epoch - 1} (step {step})" if not epoch_step
+           else f"at step {step} (epoch {epoch}, step {epoch_step} of "
+           f"{steps_per_epoch})")
+  return f"stopped by {name} {where}; the checkpoint is in {directory}"
 
 
 class Preempted(Exception):

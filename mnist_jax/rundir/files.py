@@ -19,7 +19,7 @@ import tempfile
 from typing import IO, Any, Iterator, List, Optional, Sequence
 
 # The temporary names `atomic` writes to: .<name>.<8 hex digits>.tmp
-_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
+_TEMPORARY = re.compile(r"^\..+\.(?:(\d+)-)?[0-9a-f]{8}\.tmp$")
 
 # How libraries that wrap the OSError (orbax, tensorstore, tfds's
 # array_record) spell a full disk, or a file past the size limit, in their
@@ -45,7 +45,8 @@ def atomic(path: str, mode: str = "w") -> Iterator[IO]:
   if mode not in ("w", "wb"):
     raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
   folder, name = os.path.split(os.path.abspath(path))
-  tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
+  tmp = os.path.join(folder,
+                     f".{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
   try:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
   except OSError as e:
@@ -88,20 +89,29 @@ def write_csv(path: str, rows: Sequence[Sequence[Any]]) -> None:
     csv.writer(f, lineterminator="\n").writerows(rows)
 
 
-def remove_temporary(folder: str) -> List[str]:
-  """Removes what `atomic` left in `folder` when its process was killed.
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except OSError:
+    return True
+  return pid != 0
 
-  Call it only while no other process writes `folder` (under its lock).
-  Returns the names removed.
-  """
+
+def remove_temporary(folder: str, locked: bool = True) -> List[str]:
+  """Removes what `atomic` left in `folder` when its process was killed:
+  under the folder's lock (`locked`) every temporary file, else those whose
+  writer is no longer running. Returns the names removed."""
   removed = []
   try:
     names = os.listdir(folder)
   except OSError:
     return removed
   for name in names:
-    path = os.path.join(folder, name)
-    if _TEMPORARY.match(name) and os.path.isfile(path):
+    path, match = os.path.join(folder, name), _TEMPORARY.match(name)
+    if match and os.path.isfile(path) and (
+        locked or (match.group(1) and not _alive(int(match.group(1))))):
       try:
         os.remove(path)
         removed.append(name)

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from mnist_jax import models
+from mnist_jax.data import datasets
 from mnist_jax.data import pipeline
 from mnist_jax.errors import Diverged
 from mnist_jax.models import recurrent
@@ -32,6 +33,7 @@ from mnist_jax.rundir import folder
 from mnist_jax.rundir import log as log_lib
 from mnist_jax.rundir import resources
 from mnist_jax.training import devices
+from mnist_jax.training import metrics as metrics_lib
 from mnist_jax.training import members as members_lib
 from mnist_jax.training import train
 
@@ -57,13 +59,14 @@ class RunFolder(train.Hooks):
 
   def start(self, state, steps_per_epoch, record):
     """Restores the latest checkpoint, if any, then writes config.json."""
+    # The shapes as restore compares them: the members' stacked.
     self.steps, self.shapes = steps_per_epoch, checkpoints.param_shapes(
-        jax.tree.map(lambda p: p[0], state.params) if
-        self.config.num_seeds > 1 or self.config.sweep else state.params)
+        state.params)
     start = train.Start()
     if self.existing and not self.overwrite and self.write:
       state, start = self._restore(state)
-    state, start = devices.from_main((state, start))
+    if jax.process_count() > 1:  # Process 0's restore, on every process.
+      state, start = self._from_main(state, start)
     if self.write:
       folder.begin(self.workdir, self.config,
                    {**folder.environment(), **record},
@@ -80,6 +83,20 @@ class RunFolder(train.Hooks):
                   keep_final=self.logged is not None)
     self.saved = int(self.meta["step"]) if self.meta else None
     return state, start
+
+  def _from_main(self, state, start):
+    """Process 0's restored parts and start, as arrays, on every process."""
+    members = len(members_lib.from_config(self.config))
+    zeros = metrics_lib.zeros(lead=(members,) * (members > 1), host=True,
+                              num_classes=datasets.num_classes(
+                                  self.config.dataset))
+    parts, position, sums = devices.from_main((
+        checkpoints.tree(state), np.array([start.epoch, start.epoch_step,
+                                           start.finished], np.int32),
+        start.sums if start.sums is not None else zeros))
+    epoch, epoch_step, finished = (int(v) for v in position)
+    return state.replace(**parts), train.Start(
+        epoch, epoch_step, sums if epoch_step else None, bool(finished))
 
   def _restore(self, state):
     template = checkpoints.tree(state)
@@ -300,6 +317,30 @@ def _training_ended(workdir: str) -> bool:
     reader.close()
 
 
+def _repair(workdir: str, run, test) -> Optional[str]:
+  """Rebuilds what a finished run's metrics.jsonl lost (a truncated file):
+  epoch rows come back marked lost, the final row from the checkpoint.
+  Returns what it did, in one line, or None when nothing was lost."""
+  if not folder.finished(workdir):
+    return None
+  log = folder.MetricsLog(workdir)
+  kept = {r["epoch"] for r in log.read() if "train_loss" in r or r.get("lost")}
+  lost = [e for e in range(1, run.epoch + 1) if e not in kept]
+  if folder.final_metrics(workdir) is not None and not lost:
+    return None
+  log.resume(run.epoch, keep_final=True)
+  what = [f"{len(lost)} epoch row(s), written back marked lost"] if lost else []
+  if folder.final_metrics(workdir) is None:
+    values = run.evaluate(test.images, test.labels)
+    log.write({**{f"test_{m.name}": values[m.name]
+                  for m in metrics_lib.of("test")},
+               "test_examples": len(test), "epochs_run": run.epoch,
+               "repaired": True})
+    what.append("its final row, evaluated again from the last checkpoint")
+  return (f"{workdir}/{folder.METRICS_FILE} had lost {' and '.join(what)}; "
+          "the training itself is in the checkpoint")
+
+
 def rewrite_report(workdir: str, **overrides) -> Dict[str, Any]:
   """The `--mode=report` command: evaluates a run, rewrites its report.
 
@@ -322,8 +363,11 @@ def rewrite_report(workdir: str, **overrides) -> Dict[str, Any]:
     print(f"{path} was {how}; the run is finished")
     return final
   run = run_lib.load_run(workdir, **overrides)
-  note = run_lib.checkpoint_note(workdir, run)
   dataset = pipeline.load(run.config)
+  repaired = _repair(workdir, run, dataset.test)
+  if repaired:
+    print(repaired)
+  note = run_lib.checkpoint_note(workdir, run)
   result = report.write(workdir, run, dataset.test, dataset.class_names,
                         note=note)
   print(f"test accuracy {100 * result['accuracy']:.2f}% (loss "

@@ -27,12 +27,17 @@ recurrent matmuls leave a core idle on one device) and one device for the
 others (docs/performance.md has the measurements).
 """
 
+import contextlib
 import functools
+import glob
 import importlib.metadata
 import importlib.util
 import inspect
 import logging
 import os
+import re
+import sys
+import warnings
 from typing import Any, Callable, Optional
 
 from absl import logging as absl_logging
@@ -69,8 +74,34 @@ def setup_process(cache_dir: Optional[str] = None) -> None:
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    _repair_damaged_cache_entries(cache_dir)
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+def _repair_damaged_cache_entries(cache_dir: str) -> None:
+  """JAX warns of a damaged compilation cache entry at every start and never
+  replaces it (it writes no entry whose file exists): the entries of that
+  program go, so that this compile writes a whole one; one line says so."""
+  shown, said = warnings.showwarning, []
+  pattern = re.compile(r"Error reading persistent compilation cache entry "
+                       r"for '([^']+)'")
+
+  def show(message, category, *args, **kwargs):
+    found = pattern.search(str(message))
+    if not found:
+      return shown(message, category, *args, **kwargs)
+    for path in glob.glob(os.path.join(cache_dir, f"{found[1]}-*")):
+      with contextlib.suppress(OSError):
+        os.remove(path)
+    if not said:
+      said.append(found[1])
+      print(f"warning: the compilation cache {cache_dir} holds damaged "
+            "entries; each found is removed and written again",
+            file=sys.stderr)
+    return None
+
+  warnings.showwarning = show
 
 
 def _accelerator_possible() -> bool:

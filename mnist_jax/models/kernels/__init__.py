@@ -11,9 +11,14 @@ kernel to its stock module on many shapes.
 """
 
 import dataclasses
+import hashlib
+import inspect
+import json
+import os
 import time
 from typing import Optional, Tuple
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -79,6 +84,50 @@ def _difference(stock: nn.Module, fast: nn.Module, image_shape) -> Optional[str]
   return None
 
 
+# Verdicts of the check by `_key`: a module whose program was checked
+# before needs no check again.
+_CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(
+    os.path.expanduser("~"), ".cache"), "mnist_jax", "kernel_checks.json")
+
+
+def _key(stock: nn.Module, kernel: type, image_shape, backend: str) -> str:
+  """What the check's answer depends on: the program the stock module runs
+  now (its traced forward pass, constants included, so any edit shows),
+  its attributes, the kernel's source, the backend and the libraries."""
+  key = jax.random.key(0)
+  images = jnp.zeros((CHECK_BATCH, *image_shape), jnp.uint8)
+  variables = jax.eval_shape(stock.init, key, images)
+  program = jax.make_jaxpr(lambda v, x, k: stock.apply(
+      v, x, train=True, rngs={"dropout": k}))(variables, images, key)
+  h = hashlib.sha256(repr((str(program), _attributes(stock),
+                           backend, jax.__version__, flax.__version__)).encode())
+  for const in program.consts:
+    h.update(np.asarray(const).tobytes())
+  with open(inspect.getsourcefile(kernel), "rb") as f:
+    h.update(f.read())
+  return h.hexdigest()
+
+
+def _read(path: str) -> dict:
+  try:
+    with open(path) as f:
+      data = json.load(f)
+    return data if isinstance(data, dict) else {}
+  except (OSError, ValueError):
+    return {}
+
+
+def _write(path: str, data: dict) -> None:
+  try:  # An unwritable cache only means checking again next time.
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}"
+    with open(tmp, "w") as f:
+      json.dump(data, f)
+    os.replace(tmp, path)
+  except OSError:
+    pass
+
+
 def swap(stock: nn.Module, impl: str, image_shape,
          backend: Optional[str] = None) -> Tuple[nn.Module, Optional[str], dict]:
   """(the module a run trains, a line to say or None, what config.json records).
@@ -101,7 +150,14 @@ def swap(stock: nn.Module, impl: str, image_shape,
   why = f"it has no {', '.join(missing)}" if missing else None
   start = time.perf_counter()
   fast = kernel.module(**{k: v for k, v in given.items() if k in accepted})
-  why = why or _difference(stock, fast, image_shape)
+  key = _key(stock, kernel.module, image_shape, backend)
+  verdicts = _read(_CACHE)
+  if why is None and key in verdicts:  # Checked before, with these sources.
+    why = verdicts[key]
+    record["cached"] = True
+  elif why is None:
+    why = verdicts[key] = _difference(stock, fast, image_shape)
+    _write(_CACHE, verdicts)
   record.update(check_s=round(time.perf_counter() - start, 3),
                 kernel=_name(kernel.module), passed=why is None)
   if why is None:

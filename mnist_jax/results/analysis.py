@@ -1,0 +1,403 @@
+"""What a trained model learned (issue 30): how far it must read, what breaks
+it, where it looks, what its last hidden layer holds, how sure it is. A few
+compiled functions, each reused on fixed-shape batches, keep it to seconds.
+"""
+
+import functools
+import importlib.util
+import json
+import os
+import time
+from typing import Dict, List, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mnist_jax import models
+from mnist_jax.data import augment
+from mnist_jax.data import datasets
+from mnist_jax.models import recurrent
+from mnist_jax.results import report
+from mnist_jax.rundir import files
+from mnist_jax.training import metrics
+
+FOLDER = "analysis"  # In the run folder.
+SUMMARY, READING, ROBUSTNESS, ARRAYS = ("summary.json", "reading.csv",
+                                        "robustness.csv", "arrays.npz")
+STRIDE = 10  # Levels other than 0 are on test images 0, 10, 20, ...
+GRID, MISTAKES, BATCH = 12, 6, 1000
+IG_STEPS, IG_MAX_STEPS, IG_TOLERANCE, IG_CHUNK = 16, 1024, 0.01, 16
+
+
+def forward(module, variables, images, steps: bool = False):
+  """(features: the input of `out` [B, F], logits [B, K], and with `steps`
+  the model's own `out` layer on its top layer's state after each row
+  [B, 28, K]), all from one forward pass."""
+  seen = []
+
+  def grab(next_fn, args, kwargs, context):
+    if context.module.name == "out" and context.method_name == "__call__":
+      seen.append(args[0])
+    return next_fn(*args, **kwargs)
+
+  with nn.intercept_methods(grab):
+    logits, inter = module.apply(
+        variables, images, capture_intermediates=lambda m, _: steps and
+        isinstance(m, nn.RNN), mutable=["intermediates"])
+  if not steps:
+    return seen[0], logits, None
+  layers = inter["intermediates"]
+  hidden = layers[max(layers, key=lambda k: int(k.rsplit("_", 1)[1]))][
+      "__call__"][0]  # The top nn.RNN's outputs [B, T, H].
+  out = variables["params"]["out"]
+  every = hidden.shape[1] // 28
+  return seen[0], logits, nn.Dense(out["bias"].shape[-1]).apply(
+      {"params": out}, hidden[:, every - 1::every])
+
+
+def _batched(fn, images, batch: int = BATCH):
+  """fn over float32 batches of one shape (the last padded): one compile."""
+  parts = []
+  for start in range(0, len(images), batch):
+    x = np.asarray(images[start:start + batch], np.float32)
+    pad = np.zeros((batch - len(x),) + x.shape[1:], x.dtype)
+    parts.append(jax.tree.map(lambda a, n=len(x): np.asarray(a)[:n],
+                              fn(np.concatenate([x, pad]))))
+  return jax.tree.map(lambda *a: np.concatenate(a), *parts)
+
+
+def reading(step_logits, labels) -> Dict[str, np.ndarray]:
+  """Accuracy and mean true-class probability after each step (logits
+  [N, S, K]); rows_to_99: the first step reaching 99% of the last's accuracy."""
+  probs = np.asarray(jax.nn.softmax(jnp.asarray(step_logits, jnp.float32)))
+  y = np.asarray(labels, np.int64)
+  acc = (probs.argmax(-1) == y[:, None]).mean(0)
+  return {"accuracy": acc, "rows_to_99": int(np.argmax(acc >= 0.99 * acc[-1])) + 1,
+          "true_class_probability": probs[np.arange(len(y)), :, y].mean(0)}
+
+
+def _warp(x, angle, zoom, shift):
+  """augment.py's warp; image i shifted up, right, down or left for i % 4."""
+  n = x.shape[0]
+  offset = shift * jnp.asarray([[-1, 0], [0, 1], [1, 0], [0, -1]])[jnp.arange(n) % 4]
+  return augment.sample(x, *augment.affine_grid(
+      x.shape, jnp.full(n, angle), jnp.full(n, zoom), offset))
+
+
+def _thickness(x, level):
+  """Strokes grown (level > 0) or thinned (< 0) by |level| half pixels: grey
+  dilations by a 3x3 cross at twice the resolution (of -x to thin)."""
+  sign = jnp.where(level < 0, -1.0, 1.0)
+  window = lambda x, shape: jax.lax.reduce_window(
+      x, -jnp.inf, jax.lax.max, shape, (1, 1, 1), "SAME")
+  x = sign * jnp.repeat(jnp.repeat(x, 2, 1), 2, 2)
+  x = jax.lax.fori_loop(0, 3, lambda i, x: jnp.where(i < jnp.abs(level), jnp.maximum(
+      window(x, (1, 3, 1)), window(x, (1, 1, 3))), x), x)
+  return sign * x.reshape(-1, 28, 2, 28, 2).mean((2, 4))
+
+
+# (change, unit, levels (0: the image), function): the first WARPS give a
+# level's warp (angle, zoom, shift); the others change images [n, 28, 28] by
+# a level, given (noise [n, 28, 28], centres [n, 2])).
+CHANGES = (
+    ("rotation", "degrees clockwise", (0, 10, 20, 30, 40, 50, 60),
+     lambda l: (l * np.pi / 180, 1.0, 0.0)),
+    ("shift", "pixels", (0, 1, 2, 3, 4, 6, 8), lambda l: (0.0, 1.0, l)),
+    ("scaling", "% of size", (-40, -30, -20, -10, 0, 10, 20, 30),
+     lambda l: (0.0, 1 + l / 100, 0.0)),
+    ("noise", "std, fraction of full scale", (0, 0.05, 0.1, 0.2, 0.3, 0.5),
+     lambda x, l, c: jnp.clip(x + l * 255 * c[0], 0, 255)),
+    ("occlusion", "side of erased square, pixels", (0, 4, 6, 8, 10, 12, 14),
+     lambda x, l, c: jnp.where((jnp.abs(jnp.arange(28.0)[:, None] - c[1][:, :1, None]) < l / 2)
+                               & (jnp.abs(jnp.arange(28.0) - c[1][:, 1:, None]) < l / 2), 0.0, x)),
+    ("thickness", "half pixels grown (+) or thinned (-)", (-3, -2, -1, 0, 1, 2, 3),
+     lambda x, l, _: _thickness(x, l)))
+WARPS = 3
+
+
+def changed(images, seed: int = 0):
+  """Each non-zero level of each change of images [n, 28, 28], vmapped over
+  the levels in one jitted function: [L, n, 28, 28]. The levels share one
+  noise and one centre of the erased square (rows, columns 7..21) per image."""
+  levels = [[l for l in change[2] if l] for change in CHANGES]
+  warps = np.array([CHANGES[i][3](l) for i in range(WARPS) for l in levels[i]],
+                   np.float32)
+  rng = np.random.default_rng(seed)
+  extra = (rng.standard_normal(np.shape(images), np.float32),
+           rng.uniform(7, 21, (len(images), 2)).astype(np.float32))
+
+  def run(x, warps, extra):
+    return jnp.concatenate([jax.vmap(_warp, (None, 0, 0, 0))(x, *warps.T)] + [
+        jax.vmap(fn, (None, 0, None))(x, jnp.asarray(l, jnp.float32), extra)
+        for (*_, fn), l in zip(CHANGES[WARPS:], levels[WARPS:])])
+
+  return jax.jit(run)(jnp.asarray(images, jnp.float32), warps, extra)
+
+
+def robustness(pass_fn, images, labels, accuracy: float) -> List[tuple]:
+  """(change, level, accuracy, images): level 0 is `accuracy` (the run's, on
+  all test images); others on every STRIDE-th test image, through `pass_fn`."""
+  x, y = np.asarray(images)[::STRIDE], np.asarray(labels)[::STRIDE]
+  hits = iter([np.mean(_batched(pass_fn, c)[1].argmax(-1) == y)
+               for c in np.asarray(changed(x))])
+  return [(name, level, float(next(hits)) if level else accuracy,
+           len(x) if level else len(labels))
+          for name, _, levels, _ in CHANGES for level in levels]
+
+
+def attributions(module, variables, images, targets) -> Dict[str, np.ndarray]:
+  """Integrated gradients of the target logits against a black image (Gauss-
+  Legendre nodes, as Captum's default; doubled until each sums within 1% of
+  logit(x) - logit(black)) and gradient x input, of images [n, 28, 28]."""
+  x = jnp.asarray(images, jnp.float32)
+  n, size = len(x), IG_CHUNK * len(x)
+  c = jnp.tile(jnp.asarray(targets, jnp.int32), IG_CHUNK)
+  pick = lambda b: jnp.take_along_axis(module.apply(variables, b), c[:, None], 1)
+  grad = jax.jit(lambda b: (jax.grad(lambda b: pick(b).sum())(b), pick(b)[:, 0]))
+  ends, logit = grad(jnp.concatenate([x, 0 * x, jnp.zeros((size - 2 * n, 28, 28))]))
+  difference, steps = logit[:n] - logit[n:2 * n], IG_STEPS
+  while True:
+    total, (nodes, weights) = 0, np.polynomial.legendre.leggauss(steps)
+    for a, w in zip(*(np.float32(v / 2).reshape(-1, IG_CHUNK, 1, 1, 1)
+                      for v in (nodes + 1, weights))):  # On [0, 1].
+      total += (w * grad((a * x).reshape(size, 28, 28))[0].reshape(IG_CHUNK, n, 28, 28)).sum(0)
+    ig = np.asarray(x * total)
+    error = np.abs(ig.sum((1, 2)) - difference) / np.maximum(np.abs(difference), 1e-12)
+    if error.max() <= IG_TOLERANCE or steps >= IG_MAX_STEPS:
+      return {"ig": ig, "gxi": np.asarray(x * ends[:n]), "ig_error": error,
+              "ig_steps": steps, "logit_difference": np.asarray(difference)}
+    steps *= 2
+
+
+def first_layer(run, module, image) -> Dict[str, np.ndarray]:
+  """A CNN's first filters [F, k, k] and their outputs on `image`; a dense
+  first layer's weights as images (a MLP's first 16 units)."""
+  params = run.variables["params"]
+  if "conv_0" in params:
+    _, inter = jax.jit(lambda x: module.apply(
+        run.variables, x, capture_intermediates=lambda m, _: m.name == "conv_0",
+        mutable=["intermediates"]))(image[None].astype(np.float32))
+    return {"filters": np.moveaxis(np.asarray(params["conv_0"]["kernel"])[:, :, 0], -1, 0),
+            "maps": np.moveaxis(np.asarray(
+                inter["intermediates"]["conv_0"]["__call__"][0][0]), -1, 0)}
+  dense = [np.asarray(v["kernel"]).T[:16].reshape(-1, 28, 28) for v in params.values()
+           if "kernel" in v and v["kernel"].shape[0] == 28 * 28]
+  return {"weights": dense[0]} if dense else {}
+
+
+def pca(features, k: int = 2):
+  """(coordinates [N, k], share of the variance, axes [F, k]) of the top
+  principal components, each axis's largest entry positive."""
+  x = np.asarray(features, np.float64)
+  x = x - x.mean(0)
+  values, vectors = np.linalg.eigh(x.T @ x / len(x))
+  top = np.argsort(values)[::-1][:k]
+  axes = vectors[:, top] * np.sign(vectors[np.abs(vectors[:, top]).argmax(0), top])
+  return x @ axes, values[top] / max(values.sum(), 1e-30), axes
+
+
+@jax.jit
+def _sums(logits, labels):
+  return metrics.batch_sums(logits, labels, jnp.zeros(len(labels)), splits=("test",))
+
+
+def calibration(logits, labels) -> Dict[str, np.ndarray]:
+  """metrics.py's accuracy and ECE, and the ECE's bins' count, confidence
+  and fraction correct."""
+  sums = jax.device_get(_sums(jnp.asarray(logits, jnp.float32), jnp.asarray(labels, jnp.int32)))
+  count, values = np.maximum(sums["ece_count"], 1e-30), metrics.values(sums)
+  return {"count": sums["ece_count"], "confidence": sums["ece_confidence"] / count,
+          "correct": sums["ece_correct"] / count, "ece": values["ece"],
+          "accuracy": values["accuracy"]}
+
+
+def fit_temperature(logits, labels) -> float:
+  """The T minimising the NLL of softmax(logits / T) (golden section on log T)."""
+  z, y = np.asarray(logits, np.float64), np.asarray(labels, np.int64)
+  nll = lambda log_t: np.mean(np.logaddexp.reduce(z / np.exp(log_t), 1)
+                              - z[np.arange(len(y)), y] / np.exp(log_t))
+  low, high, ratio = -5.0, 5.0, (np.sqrt(5) - 1) / 2
+  for _ in range(60):
+    a, b = high - ratio * (high - low), low + ratio * (high - low)
+    low, high = (low, b) if nll(a) < nll(b) else (a, high)
+  return float(np.exp((low + high) / 2))
+
+
+def analyse(run, data) -> Dict[str, object]:
+  """Every lens on a Run (results/run.py) and a pipeline.Dataset (test, and
+  val for the temperature): numbers, arrays, each step's seconds."""
+  clock, seconds = [time.perf_counter()], {}
+
+  def lap(name):
+    seconds[name] = round(time.perf_counter() - clock[0], 3)
+    clock[0] = time.perf_counter()
+
+  config, module = run.config, models.get(run.config.model).stock(run.config)
+  images, labels = np.asarray(data.test.images), np.asarray(data.test.labels)
+  logits = run.logits(images, config.eval_batch_size)  # The run's, as report.py.
+  r = {"model": config.model, "preset": config.preset, "labels": labels,
+       "parameters": int(sum(np.size(v) for v in jax.tree.leaves(run.params))),
+       "predicted": logits.argmax(-1), "val_images": len(data.val), "seconds": seconds,
+       **{f"test_{k}": v for k, v in calibration(logits, labels).items()}}
+  lap("test_logits")
+  steps = isinstance(module, recurrent.Recurrent) and not module.bidirectional
+  pass_fn = jax.jit(functools.partial(forward, module, run.variables, steps=steps))
+  r["features"], _, step_logits = _batched(pass_fn, images)
+  if steps:
+    r.update({f"reading_{k}": v for k, v in reading(step_logits, labels).items()})
+    r["reading_steps"] = np.arange(1, 29) * (1 if config.sequence == "rows" else 28)
+  else:
+    r["reading_note"] = ("bidirectional: it reads both ends at once" if isinstance(
+        module, recurrent.Recurrent) else "not a sequence model")
+  lap("forward_pass_and_reading")
+  r["robustness"] = robustness(pass_fn, images, labels, r["test_accuracy"])
+  r["robustness_subset_accuracy"] = float(np.mean(
+      r["predicted"][::STRIDE] == labels[::STRIDE]))
+  lap("robustness")
+  wrong = np.flatnonzero(r["predicted"] != labels)
+  worst = wrong[np.argsort(-report.softmax(logits)[wrong].max(-1), kind="stable")]
+  r["shown"] = np.concatenate([np.arange(min(GRID, len(labels))), worst[:MISTAKES]])
+  r["images"] = images[r["shown"]]
+  r.update(attributions(module, run.variables, r["images"], r["predicted"][r["shown"]]))
+  r.update(first_layer(run, module, images[0]))
+  if isinstance(module, recurrent.Recurrent):
+    r["rows_ig"] = r["ig"].sum(axis=2)
+  lap("attributions")
+  r["pca"], r["explained"], _ = pca(r["features"])
+  lap("pca")
+  if len(data.val):
+    r["temperature"] = fit_temperature(
+        _batched(pass_fn, np.asarray(data.val.images))[1], data.val.labels)
+    r.update({f"scaled_{k}": v for k, v in calibration(
+        logits / r["temperature"], labels).items()})
+  lap("calibration")
+  return r
+
+
+def summary(r) -> Dict[str, object]:
+  """The summary numbers of `analyse`'s (or `load`'s) result."""
+  at = {(c, l): a for c, l, a, _ in r["robustness"]}
+  keys = ("model", "preset", "parameters", "test_accuracy", "test_ece",
+          "temperature", "scaled_ece", "val_images", "reading_rows_to_99",
+          "reading_note", "ig_steps", "robustness_subset_accuracy", "seconds",
+          "names", "robustness")
+  return {**{k: r.get(k) for k in keys}, "accuracy_rotation_20": at["rotation", 20],
+          "accuracy_noise_0.3": at["noise", 0.3],
+          "robustness_images": min(n for *_, n in r["robustness"]),
+          "ig_max_relative_error": float(np.max(r["ig_error"]))}
+
+
+def write(workdir: str, run, data, class_names: Optional[Sequence[str]] = None,
+          maps: bool = True) -> List[str]:
+  """Writes `analyse` into workdir/analysis/; returns report.md's section.
+  maps: a t-SNE map too, where scikit-learn is installed (tens of seconds)."""
+  from mnist_jax.results import analysis_plots  # pylint: disable=g-import-not-at-top
+  folder = os.path.join(workdir, FOLDER)
+  os.makedirs(folder, exist_ok=True)
+  for name in [n for n, _ in FIGURES if os.path.exists(os.path.join(folder, n))]:
+    os.remove(os.path.join(folder, name))  # An earlier analysis's.
+  r = analyse(run, data)
+  r["names"] = list(class_names or datasets.class_names(run.config.dataset))
+  start = time.perf_counter()
+  analysis_plots.single(r, folder)
+  r["seconds"]["figures"] = round(time.perf_counter() - start, 3)
+  r["seconds"]["total"] = round(sum(r["seconds"].values()), 3)
+  if maps and importlib.util.find_spec("sklearn"):  # setup.py's `analysis` extra.
+    from sklearn.manifold import TSNE  # pylint: disable=g-import-not-at-top
+    r["tsne_index"] = np.arange(0, len(r["labels"]), STRIDE)
+    r["tsne"] = TSNE(init="pca", random_state=0).fit_transform(r["features"][r["tsne_index"]])
+    analysis_plots.maps([r], os.path.join(folder, "features_tsne.png"), "tsne")
+  files.write_json(os.path.join(folder, SUMMARY), summary(r))
+  files.write_csv(os.path.join(folder, ROBUSTNESS),
+                  [("change", "level", "accuracy", "images")] + r["robustness"])
+  if "reading_accuracy" in r:
+    files.write_csv(os.path.join(folder, READING), [
+        ("step", "accuracy", "true_class_probability"), *zip(
+            r["reading_steps"], r["reading_accuracy"], r["reading_true_class_probability"])])
+  with files.atomic(os.path.join(folder, ARRAYS), "wb") as f:
+    np.savez_compressed(f, **{k: v for k, v in r.items() if k != "features"
+                              and isinstance(v, np.ndarray)})
+  return section(r, folder)
+
+
+def load(workdir: str) -> Dict[str, object]:
+  """A run folder's analysis, as `analyse` returned it (less the features)."""
+  with open(os.path.join(workdir, FOLDER, SUMMARY)) as f, np.load(
+      os.path.join(workdir, FOLDER, ARRAYS)) as arrays:
+    return {**json.load(f), **arrays}
+
+
+def _pct(value) -> str:
+  return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def _cells(s) -> List[tuple]:
+  """The summary's (heading, text) pairs: report.md's and compare's tables."""
+  return [("parameters", f"{s['parameters']:,}"),
+          ("test accuracy", _pct(s["test_accuracy"])), ("ECE", _pct(s["test_ece"])),
+          ("T", f"{s['temperature']:.3f}" if s["temperature"] else "n/a (no validation)"),
+          ("ECE after T", _pct(s["scaled_ece"])),
+          ("at 20 degrees", _pct(s["accuracy_rotation_20"])),
+          ("at noise 0.3", _pct(s["accuracy_noise_0.3"])),
+          ("rows to 99%", str(s["reading_rows_to_99"] or f"n/a ({s['reading_note']})"))]
+
+
+NOTES = ("Robustness: level 0 of each change is the run's test accuracy on all "
+         f"test images; other levels are on every {STRIDE}th test image. T: "
+         "the temperature fitted on the validation split (never test data); "
+         "ECE after T on the test set. Rows to 99%: rows a sequence model reads "
+         "before its own output layer reaches 99% of its final accuracy.")
+FIGURES = (("reading.png", "How far it must read"), ("robustness.png", "What breaks it"),
+           ("attributions.png", "Where it looks"),
+           ("first_layer.png", "What its first layer looks for"),
+           ("features_pca.png", "What it learned (PCA)"),
+           ("features_tsne.png", "What it learned (t-SNE)"),
+           ("reliability.png", "How sure it is"))
+
+
+def section(r, folder: str, prefix: str = FOLDER + "/") -> List[str]:
+  """report.md's lines on one run's analysis (the figures in `folder`)."""
+  s = summary(r)
+  lines = ["## What the model learned", "", "| | |", "|---|---:|",
+           *[f"| {k} | {v} |" for k, v in _cells(s)], "", NOTES + (
+               f" Integrated gradients: {s['ig_steps']} steps, each summing to "
+               f"within {100 * s['ig_max_relative_error']:.2f}% of logit(x) - "
+               "logit(black). Numbers: " + ", ".join(f"[{n}]({prefix}{n})" for n in (
+                   SUMMARY, ROBUSTNESS, READING) if os.path.exists(os.path.join(folder, n)))
+               + f"; computed in {s['seconds']['total']:.1f} s."), ""]
+  for name, title in FIGURES:
+    if os.path.exists(os.path.join(folder, name)):
+      lines += [f"### {title}", "", f"![{title}]({prefix}{name})", ""]
+  return lines
+
+
+def compare(folders: Sequence[str], out: str,
+            labels: Optional[Sequence[str]] = None) -> str:
+  """Writes out/analysis.md and its figures: the runs' analyses side by side
+  (a folder without analysis/ gets it written first). Returns its path."""
+  from mnist_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from mnist_jax.results import analysis_plots  # pylint: disable=g-import-not-at-top
+  from mnist_jax.results import run as run_lib  # pylint: disable=g-import-not-at-top
+  results = []
+  for folder in folders:
+    if not os.path.exists(os.path.join(folder, FOLDER, SUMMARY)):
+      run = run_lib.load_run(folder)
+      write(folder, run, pipeline.load(run.config), maps=False)
+    results.append(load(folder))
+  names = list(labels or [f"{r['model']} ({r['preset']})" for r in results])
+  for r, name, folder in zip(results, names, folders):
+    r["label"] = name + (f" [{os.path.basename(os.path.normpath(folder))}]"
+                         if names.count(name) > 1 else "")
+  os.makedirs(out, exist_ok=True)
+  lines = ["# What each model learned", "", "| model | " + " | ".join(
+      k for k, _ in _cells(summary(results[0]))) + " |", "|---|" + "---:|" * 8]
+  lines += ["| " + " | ".join([r["label"]] + [v for _, v in _cells(summary(r))]) + " |"
+            for r in results]
+  lines += ["", NOTES, ""]
+  for title, name in analysis_plots.compare(results, out):
+    lines += [f"## {title}", "", f"![{title}]({name})", ""]
+  path = os.path.join(out, "analysis.md")
+  files.write_text(path, "\n".join(lines))
+  return path

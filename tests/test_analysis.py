@@ -1,0 +1,205 @@
+"""What each model learned (results/analysis.py): each lens on a case whose
+answer is known, and the per-run files and the comparison page."""
+
+import csv
+import json
+import os
+import re
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import synthetic_digits
+from mnist_jax import models
+from mnist_jax.data import pipeline
+from mnist_jax.results import analysis
+from mnist_jax.results import run as run_lib
+
+K = 10
+DECIDING_ROW = 13  # 0-based: the 14th row read.
+
+
+def _run(model, variables=None, **settings):
+  config = models.get_config(model, "seed", **settings)
+  module = models.get(model).stock(config)
+  if variables is None:  # Fan-in scaled normal draws: XLA compiles no RNG.
+    rng = np.random.default_rng(0)
+    variables = jax.tree.map(
+        lambda s: (rng.normal(size=s.shape) / np.sqrt(np.prod(s.shape[:-1]))
+                   ).astype(np.float32),
+        jax.eval_shape(module.init, jax.random.key(0), np.zeros((1, 28, 28))))
+  stacked = jax.tree.map(lambda v: np.asarray(v)[None], variables)
+  return run_lib.Run(config, module, variables, 0, seed_variables=stacked)
+
+
+def _data(images, labels, val: int):
+  """A Dataset whose last `val` examples are its validation split."""
+  n = len(labels) - val
+  return pipeline.Dataset(
+      pipeline.Split(images[:0], labels[:0]),
+      pipeline.Split(images[n:], labels[n:]),
+      pipeline.Split(images[:n], labels[:n]), tuple(str(k) for k in range(K)))
+
+
+def _row_digits(n: int):
+  """Images blank but for row 13, where class c lights pixel c."""
+  labels = np.arange(n) % K
+  images = np.zeros((n, 28, 28), np.uint8)
+  images[np.arange(n), DECIDING_ROW, labels] = 255
+  return images, labels
+
+
+def _row_reader():
+  """A SimpleRNN that remembers which of pixels 0..9 a row lit, and nothing
+  else: hidden unit c = tanh(5 x_c + h_c), read out as logit 10 h_c."""
+  w_in = np.zeros((28, K), np.float32)
+  w_in[np.arange(K), np.arange(K)] = 5.0
+  params = {"rnn_0": {"i": {"kernel": w_in, "bias": np.zeros(K, np.float32)},
+                      "h": {"kernel": np.eye(K, dtype=np.float32)}},
+            "out": {"kernel": 10 * np.eye(K, dtype=np.float32),
+                    "bias": np.zeros(K, np.float32)}}
+  return _run("rnn", {"params": params}, hidden=K)
+
+
+def test_a_model_that_decides_at_row_14_reaches_its_accuracy_there():
+  run = _row_reader()
+  images, labels = _row_digits(200)
+  module = models.get(run.config.model).stock(run.config)
+  _, logits, steps = jax.jit(lambda x: analysis.forward(
+      module, run.variables, x, steps=True))(images.astype(np.float32))
+  np.testing.assert_allclose(steps[:, -1], logits, rtol=1e-6)  # Its own readout.
+  r = analysis.reading(steps, labels)
+  before, after = slice(0, DECIDING_ROW), slice(DECIDING_ROW, 28)
+  np.testing.assert_array_equal(r["accuracy"][before], 1 / K)  # Ties: class 0.
+  np.testing.assert_allclose(r["true_class_probability"][before], 1 / K, rtol=1e-5)
+  np.testing.assert_array_equal(r["accuracy"][after], 1.0)
+  assert (r["true_class_probability"][after] > 0.5).all()
+  assert r["rows_to_99"] == DECIDING_ROW + 1
+
+
+def test_shift_moves_each_image_its_way_and_noise_is_clipped():
+  images, _ = synthetic_digits(4, seed=5)
+  out = np.asarray(analysis.changed(images))
+  names = [(c, l) for c, _, levels, _ in analysis.CHANGES for l in levels if l]
+  shifted = out[names.index(("shift", 2))]
+  x = images.astype(np.float32)
+  np.testing.assert_array_equal(shifted[0, :-2], x[0, 2:])  # Up.
+  np.testing.assert_array_equal(shifted[1, :, 2:], x[1, :, :-2])  # Right.
+  np.testing.assert_array_equal(shifted[2, 2:], x[2, :-2])  # Down.
+  np.testing.assert_array_equal(shifted[3, :, :-2], x[3, :, 2:])  # Left.
+  np.testing.assert_array_equal(shifted[1, :, :2], 0)
+  noisy = out[names.index(("noise", 0.5))]
+  assert noisy.min() == 0 and noisy.max() == 255 and (noisy != x).mean() > 0.5
+  thick, thin = out[names.index(("thickness", 3))], out[names.index(("thickness", -3))]
+  assert (thick >= x - 1e-3).all() and (thin <= x + 1e-3).all()
+
+
+def test_integrated_gradients_sum_to_the_logit_difference():
+  """A CNN with biases, so that its ReLUs switch along the path from black
+  (a network without is linear along it): the steps must double to get there."""
+  images, _ = synthetic_digits(8, seed=2)
+  rng = np.random.default_rng(0)
+  run = _run("cnn", cnn_features=(4, 8), cnn_dense=16)
+  run = _run("cnn", jax.tree_util.tree_map_with_path(
+      lambda path, v: rng.normal(0, 0.5, v.shape).astype(np.float32)
+      if path[-1].key == "bias" else 3 * v, run.variables),
+             cnn_features=(4, 8), cnn_dense=16)
+  module = models.get(run.config.model).stock(run.config)
+  apply = jax.jit(lambda x: module.apply(run.variables, x))
+  logits, black = np.asarray(apply(images)), np.asarray(apply(0 * images))
+  target = np.abs(logits - black).argmax(-1)
+  r = analysis.attributions(module, run.variables, images, target)
+  want = (logits - black)[np.arange(8), target]
+  np.testing.assert_allclose(r["ig"].sum((1, 2)), want, rtol=0.01)
+  np.testing.assert_allclose(r["logit_difference"], want, rtol=1e-4)
+  assert r["ig_error"].max() <= 0.01 and r["ig_steps"] > analysis.IG_STEPS
+  gxi = np.asarray(jax.jit(jax.grad(lambda x: apply(x)[
+      np.arange(8), target].sum()))(images.astype(np.float32))) * images
+  np.testing.assert_allclose(r["gxi"], gxi, rtol=1e-4, atol=1e-5)
+
+
+def test_pca_finds_the_one_informative_axis():
+  rng = np.random.default_rng(0)
+  axis = rng.normal(size=16)
+  axis /= np.linalg.norm(axis)
+  labels = rng.integers(0, 2, 2000)
+  features = rng.normal(0, 0.3, (2000, 16)) + np.outer(6.0 * labels - 3, axis)
+  coords, explained, axes = analysis.pca(features)
+  assert abs(axes[:, 0] @ axis) > 0.999
+  assert explained[0] > 0.8  # 9 of 9 + 16 * 0.09.
+  assert ((coords[:, 0] > 0) == (labels == (axes[:, 0] @ axis > 0))).all()
+
+
+def test_temperature_scaling_calms_an_over_confident_model():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, K, 6000)
+  said = np.where(rng.random(6000) < 0.7, labels,
+                  (labels + rng.integers(1, K, 6000)) % K)
+  logits = 8.0 * np.eye(K)[said] + rng.normal(0, 0.5, (6000, K))
+  t = analysis.fit_temperature(logits[:3000], labels[:3000])
+  before = analysis.calibration(logits[3000:], labels[3000:])["ece"]
+  after = analysis.calibration(logits[3000:] / t, labels[3000:])["ece"]
+  assert t > 1 and before > 0.2 and after < before / 4
+
+
+def test_level_zero_of_every_change_is_the_run_test_accuracy(two_runs):
+  folder, _, run, data = two_runs[1]
+  expected = run.evaluate(data.test.images, data.test.labels)["accuracy"]
+  r = analysis.load(folder)
+  zeros = [(a, n) for _, level, a, n in r["robustness"] if level == 0]
+  assert zeros == [(expected, len(data.test))] * len(analysis.CHANGES)
+  assert r["test_accuracy"] == expected
+  others = {n for _, level, _, n in r["robustness"] if level != 0}
+  assert others == {len(range(0, len(data.test), analysis.STRIDE))}
+  assert r["robustness_subset_accuracy"] != expected  # So the test can tell.
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+  """Two analysed run folders: the row reader (with a validation split) and
+  a bidirectional LSTM (without)."""
+  root = tmp_path_factory.mktemp("analysis")
+  images, labels = _row_digits(240)
+  digits, digit_labels = synthetic_digits(200, seed=4)
+  out = []
+  for name, run, data in (
+      ("rnn", _row_reader(), _data(images, labels, 40)),
+      ("lstm", _run("lstm", hidden=4, bidirectional=True),
+       _data(digits, digit_labels, 0))):
+    folder = str(root / name)
+    out.append((folder, analysis.write(folder, run, data, maps=False), run, data))
+  return out
+
+
+def test_each_run_folder_gets_its_files_and_section(two_runs):
+  (rnn, *_), (lstm, lstm_lines, *_) = two_runs
+  for folder, lines, *_ in two_runs:
+    links = re.findall(r"\]\(([^)]+)\)", "\n".join(lines))
+    assert "analysis/robustness.csv" in links
+    for link in links:
+      assert os.path.getsize(os.path.join(folder, link)) > 0, link
+  with open(os.path.join(rnn, "analysis", "reading.csv")) as f:
+    rows = list(csv.DictReader(f))
+  assert [int(r["step"]) for r in rows] == list(range(1, 29))
+  assert float(rows[DECIDING_ROW]["accuracy"]) == 1.0
+  assert float(rows[DECIDING_ROW - 1]["accuracy"]) == pytest.approx(0.1)
+  with open(os.path.join(rnn, "analysis", "summary.json")) as f:
+    summary = json.load(f)
+  assert summary["reading_rows_to_99"] == 14 and summary["temperature"] > 0
+  assert summary["ig_max_relative_error"] <= 0.01
+  text = "\n".join(lstm_lines)
+  assert "| T | n/a (no validation) |" in text and "| ECE after T | n/a |" in text
+  assert "| rows to 99% | n/a (bidirectional" in text
+  assert not os.path.exists(os.path.join(lstm, "analysis", "reading.csv"))
+
+
+def test_the_comparison_page_sets_two_runs_side_by_side(two_runs, tmp_path):
+  page = analysis.compare([f for f, *_ in two_runs], str(tmp_path / "cmp"))
+  text = open(page).read()
+  assert "| rnn (seed) |" in text and "| lstm (seed) |" in text
+  figures = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
+  assert len(figures) == 5  # Reading (the rnn alone) and four for both.
+  for name in figures:
+    with open(os.path.join(tmp_path, "cmp", name), "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
