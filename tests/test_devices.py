@@ -100,7 +100,7 @@ def test_mapped_members_compute_what_each_single_run_does():
   members = members_lib.from_config(config)
   assert [m.config.label_smoothing for m in members] == [0, 0.1, 0.2]
   layout = devices.Layout(config, len(members))
-  assert layout.mode == "members" and layout.num_devices == 1
+  assert layout.mode == "none" and layout.num_devices == 1  # vmapped still
   data = _data()
   images, labels = layout.put(data.train)
   create = _create(config, 8)
@@ -137,7 +137,7 @@ def test_members_train_side_by_side_and_report_each():
   config, data = _config(num_seeds=2, seed=4), _data()
   hooks = Recorder()
   state, final = train.train_and_evaluate(config, data, hooks)
-  assert hooks.record["parallel"] == {"mode": "members", "devices": 1}
+  assert hooks.record["parallel"] == {"mode": "none", "devices": 1}
   row = hooks.rows[0]
   assert [m["seed"] for m in row["members"]] == [4, 5]
   assert row["train_loss_mean"] == pytest.approx(

@@ -88,7 +88,7 @@ def test_tensorboard_cost_replays_a_finished_run(tiny_run):
 def test_pixel_rnn_times_a_step_with_and_without_remat():
   """pixel_rnn.py compiles the run's own train chunk on 784-step sequences."""
   script = os.path.join(ROOT, "experiments", "pixel_rnn.py")
-  [run] = _run([[script, ["--model=gru", "--steps=1", "--repeats=1",
+  [run] = _run([[script, ["--model=rnn", "--steps=1", "--repeats=1",
                           "--batch_size=4"]]])
   assert run["status"] == 0, run["err"]
   lines = run["out"].splitlines()

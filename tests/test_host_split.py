@@ -72,9 +72,8 @@ def test_auto_on_an_accelerator_host_is_sharded_over_every_device(host,
   assert resolve("cnn", batch_size=64) == ("sharded", 4)
   host(1, backend)
   assert resolve("mlp", batch_size=128) == ("none", 1)
-  host(8, backend)
-  with pytest.raises(UserError, match="does not split over 8 devices"):
-    resolve("mlp", batch_size=100)
+  host(8, backend)  # The most devices a batch of 100 splits over.
+  assert resolve("mlp", batch_size=100) == ("sharded", 5)
 
 
 def test_several_members_are_split_over_the_devices(host):
@@ -93,7 +92,8 @@ def test_several_members_are_split_over_the_devices(host):
 def test_explicit_modes_and_their_refusals(host):
   host(8, local=4)
   assert resolve("mlp", parallel="sharded", batch_size=128) == ("sharded", 8)
-  assert resolve("mlp", parallel="pmap", batch_size=128) == ("pmap", 4)
+  # pmap maps each process's local devices; the batch splits over all 8.
+  assert resolve("mlp", parallel="pmap", batch_size=128) == ("pmap", 8)
   assert resolve("gru", parallel="none", batch_size=128) == ("none", 1)
   with pytest.raises(UserError) as e:
     resolve("mlp", parallel="sharded", batch_size=100)

@@ -121,6 +121,7 @@ def _sent(workdir, monkeypatch, main):
   as they start on `workdir` (process 0's values go to every process)."""
   sent = []
   monkeypatch.setattr(run_lib.devices, "is_main", lambda: main)
+  monkeypatch.setattr(run_lib.jax, "process_count", lambda: 2)
   monkeypatch.setattr(run_lib.devices, "from_main",
                       lambda tree: sent.append(tree) or tree)
   hooks = _hooks(workdir, existing=True)
@@ -148,7 +149,10 @@ def test_the_restored_start_can_go_to_every_process(tmp_path, monkeypatch):
   _saved_at(workdir, 38, epoch=1, epoch_step=5, sums=sums)
   main = _sent(workdir, monkeypatch, main=True)
   other = _sent(workdir, monkeypatch, main=False)
-  assert main[1].epoch_step == 5 and other[1] == train.Start()
+  parts, position, _ = main
+  assert np.asarray(position).tolist() == [2, 5, 0]  # epochs from 1
+  assert np.asarray(other[1]).tolist() == [1, 0, 0]  # a fresh start
+  assert set(parts) == {"step", "params", "model_state", "opt_state"}
   bad = [jax.tree_util.keystr(path) for path, leaf in
          jax.tree_util.tree_flatten_with_path(main)[0] if not _numeric(leaf)]
   assert not bad, f"not broadcastable: {bad}"

@@ -70,7 +70,9 @@ def without_times(row):
 
 # The optimizer step.
 
-@pytest.mark.parametrize("name", sorted(models.MODELS))
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.slow) if n in ("rnn", "lstm") else n
+    for n in sorted(models.MODELS)])  # The GRU stands for the recurrent cells.
 def test_train_step_lowers_loss_and_changes_every_parameter(name):
   # The stock modules (their kernels: test_equivalence.py).
   config = tiny_config(name, learning_rate=3e-3, impl="stock")
@@ -99,17 +101,22 @@ def test_dropout_masks_depend_on_the_step():
     assert (losses[0] != losses[1]) == differ, (rate, losses)
 
 
+# A CNN with BatchNorm, clipping and weight decay: every part of the state
+# (its compiled step shared by the tests that use it).
+BN_CNN = dict(cnn_batch_norm=True, impl="stock", grad_clip=1.0,
+              weight_decay=1e-4)
+
+
 def test_padded_steps_leave_the_state_unchanged_and_count_nothing():
   """A step that is not valid (an epoch's padding) is a masked update: the
   parameters, optimizer state, step, batch statistics and keys stay as they
   were, and the step's metric sums are all 0."""
-  config = tiny_config("cnn", cnn_batch_norm=True, learning_rate=1e-2,
-                       grad_clip=1.0, weight_decay=1e-4)
+  config = tiny_config("cnn", learning_rate=1e-2, **BN_CNN)
   state = fresh_state(config)
-  images, labels = digits(32)
+  images, labels = digits(48)
   step = jax.jit(train.train_step)
   trained, sums = step(state, batch_of(images, labels, True))
-  assert float(sums["count"]) == 32 and int(trained.step) == 1
+  assert float(sums["count"]) == 48 and int(trained.step) == 1
   padded, sums = step(trained, batch_of(images, labels, False))
   assert_trees_equal(padded, trained)
   assert all(float(jnp.sum(jnp.abs(v))) == 0 for v in sums.values()), sums
@@ -244,7 +251,7 @@ def _outer_scans(jaxpr):
 
 @pytest.mark.parametrize("name,overrides", [
     ("mlp", dict(dropout=0.2, grad_clip=1.0, label_smoothing=0.1)),
-    ("cnn", dict(cnn_batch_norm=True, impl="stock", weight_decay=1e-4)),
+    ("cnn", BN_CNN),
     ("gru", dict(hidden=8, augment=True, impl="stock", optimizer="rmsprop")),
 ])
 def test_scan_body_has_no_data_dependent_control_flow(name, overrides):
@@ -383,8 +390,7 @@ def test_resume_from_a_checkpoint_is_bit_identical(tmp_path, at):
 
 
 def test_batch_norm_statistics_train_and_are_used_not_updated_in_evaluation():
-  config = tiny_config("cnn", cnn_batch_norm=True, impl="stock",
-                       learning_rate=3e-3)
+  config = tiny_config("cnn", learning_rate=3e-3, **BN_CNN)
   state = fresh_state(config)
   stats = state.model_state["batch_stats"]
   assert set(stats) == {"bn_0", "bn_1"}

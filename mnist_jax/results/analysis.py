@@ -216,10 +216,11 @@ def calibration(logits, labels) -> Dict[str, np.ndarray]:
 def fit_temperature(logits, labels) -> float:
   """The T minimising the NLL of softmax(logits / T) (golden section on log T)."""
   z, y = np.asarray(logits, np.float64), np.asarray(labels, np.int64)
-  nll = lambda log_t: np.mean(np.logaddexp.reduce(z / np.exp(log_t), 1)
-                              - z[np.arange(len(y)), y] / np.exp(log_t))
+  top, true = z.max(1, keepdims=True), z[np.arange(len(y)), y]
+  nll = lambda log_t: np.mean(np.log(np.exp((z - top) / np.exp(log_t)).sum(1))
+                              + (top[:, 0] - true) / np.exp(log_t))
   low, high, ratio = -5.0, 5.0, (np.sqrt(5) - 1) / 2
-  for _ in range(60):
+  for _ in range(40):  # The bracket shrinks to 1e-7 of its width.
     a, b = high - ratio * (high - low), low + ratio * (high - low)
     low, high = (low, b) if nll(a) < nll(b) else (a, high)
   return float(np.exp((low + high) / 2))
@@ -240,6 +241,7 @@ def analyse(run, data) -> Dict[str, object]:
   r = {"model": config.model, "preset": config.preset, "labels": labels,
        "parameters": int(sum(np.size(v) for v in jax.tree.leaves(run.params))),
        "predicted": logits.argmax(-1), "val_images": len(data.val), "seconds": seconds,
+       "changes": [c[:3] for c in CHANGES], "stride": STRIDE, "grid": min(GRID, len(labels)),
        **{f"test_{k}": v for k, v in calibration(logits, labels).items()}}
   lap("test_logits")
   steps = isinstance(module, recurrent.Recurrent) and not module.bidirectional
@@ -249,12 +251,10 @@ def analyse(run, data) -> Dict[str, object]:
     r.update({f"reading_{k}": v for k, v in reading(step_logits, labels).items()})
     r["reading_steps"] = np.arange(1, 29) * (1 if config.sequence == "rows" else 28)
   else:
-    r["reading_note"] = ("bidirectional: it reads both ends at once" if isinstance(
-        module, recurrent.Recurrent) else "not a sequence model")
+    r["reading_note"] = ("bidirectional" if getattr(module, "bidirectional", 0) else
+                         "not a sequence model")
   lap("forward_pass_and_reading")
   r["robustness"] = robustness(pass_fn, images, labels, r["test_accuracy"])
-  r["robustness_subset_accuracy"] = float(np.mean(
-      r["predicted"][::STRIDE] == labels[::STRIDE]))
   lap("robustness")
   wrong = np.flatnonzero(r["predicted"] != labels)
   worst = wrong[np.argsort(-report.softmax(logits)[wrong].max(-1), kind="stable")]
@@ -281,9 +281,10 @@ def summary(r) -> Dict[str, object]:
   at = {(c, l): a for c, l, a, _ in r["robustness"]}
   keys = ("model", "preset", "parameters", "test_accuracy", "test_ece",
           "temperature", "scaled_ece", "val_images", "reading_rows_to_99",
-          "reading_note", "ig_steps", "robustness_subset_accuracy", "seconds",
-          "names", "robustness")
+          "reading_note", "ig_steps", "seconds", "names", "robustness", "changes",
+          "stride", "grid")
   return {**{k: r.get(k) for k in keys}, "accuracy_rotation_20": at["rotation", 20],
+          "robustness_subset_accuracy": np.mean(r["predicted"][::STRIDE] == r["labels"][::STRIDE]),
           "accuracy_noise_0.3": at["noise", 0.3],
           "robustness_images": min(n for *_, n in r["robustness"]),
           "ig_max_relative_error": float(np.max(r["ig_error"]))}
@@ -345,16 +346,15 @@ def _cells(s) -> List[tuple]:
 
 
 NOTES = ("Robustness: level 0 of each change is the run's test accuracy on all "
-         f"test images; other levels are on every {STRIDE}th test image. T: "
+         f"test images; other levels are on test images #0, #{STRIDE}, #{2 * STRIDE}, "
+         "... (each change drawn once, the same for every model). T: "
          "the temperature fitted on the validation split (never test data); "
          "ECE after T on the test set. Rows to 99%: rows a sequence model reads "
          "before its own output layer reaches 99% of its final accuracy.")
 FIGURES = (("reading.png", "How far it must read"), ("robustness.png", "What breaks it"),
-           ("attributions.png", "Where it looks"),
-           ("first_layer.png", "What its first layer looks for"),
-           ("features_pca.png", "What it learned (PCA)"),
-           ("features_tsne.png", "What it learned (t-SNE)"),
-           ("reliability.png", "How sure it is"))
+           ("attributions.png", "Where it looks"), ("first_layer.png", "Its first layer"),
+           ("features_pca.png", "What it learned (PCA)"), ("reliability.png", "How sure it is"),
+           ("features_tsne.png", "What it learned (t-SNE)"))
 
 
 def section(r, folder: str, prefix: str = FOLDER + "/") -> List[str]:

@@ -1,6 +1,7 @@
-"""The analysis figures (analysis.py). Each takes a list of runs' results, so
+"""The analysis figures of analysis.py's results (which carry its settings:
+this module imports nothing of it). Each takes a list of runs' results, so
 one run's figure and the comparison's are the same code; many small images
-are drawn as one mosaic (one axes), which keeps a figure well under a second."""
+are one mosaic (one axes), which keeps a figure well under a second."""
 
 import os
 import textwrap
@@ -8,7 +9,6 @@ from typing import List, Sequence
 
 import numpy as np
 
-from mnist_jax.results import analysis
 from mnist_jax.results import plots
 from mnist_jax.results.plots import plt
 
@@ -59,7 +59,7 @@ def robustness(results: Sequence[dict], path: str) -> str:
   """Test accuracy against each change's level: a panel per change, a line
   per run, one accuracy axis."""
   fig, axes = plt.subplots(2, 3, figsize=(13, 7.5), sharey=True, layout="constrained")
-  for ax, (change, unit, levels, _) in zip(axes.flat, analysis.CHANGES):
+  for ax, (change, unit, levels) in zip(axes.flat, results[0]["changes"]):
     for i, (r, color) in enumerate(zip(results, COLORS(len(results)))):
       ax.plot(*zip(*[(l, 100 * a) for c, l, a, _ in r["robustness"] if c == change]),
               "-", marker=plots.MARKERS[i], ms=4, color=color, label=r["label"])
@@ -69,7 +69,7 @@ def robustness(results: Sequence[dict], path: str) -> str:
   _legend(fig, axes)
   return _finish(fig, path, "What breaks it: test accuracy under each change "
                  "(level 0: all test images, the run's test accuracy; other "
-                 f"levels: every {analysis.STRIDE}th test image, "
+                 f"levels: every {results[0]['stride']}th test image, "
                  f"{min(n for *_, n in results[0]['robustness'])} images)")
 
 
@@ -124,7 +124,7 @@ def maps(results: Sequence[dict], path: str, key: str = "pca") -> str:
   _legend(fig, axes[:, :1])
   for handle in fig.legends[0].legend_handles:
     handle.set(sizes=[12], alpha=1)
-  what = "PCA" if key == "pca" else f"t-SNE (every {analysis.STRIDE}th test image)"
+  what = "PCA" if key == "pca" else f"t-SNE (every {results[0]['stride']}th test image)"
   return _finish(fig, path, f"What it learned: {what} of the last hidden "
                  "layer's features, coloured by true class")
 
@@ -177,7 +177,7 @@ def attributions(r: dict, path: str) -> str:
           kind_names[:k] * blocks, red)
   return _finish(fig, path, "Where it looks: attribution to the predicted "
                  "class (red for, blue against; each map to its own largest "
-                 f"|value|); the first {analysis.GRID} test images, then the "
+                 f"|value|); the first {r['grid']} test images, then the "
                  "most confident mistakes (captions in red: wrong)")
 
 
@@ -204,28 +204,27 @@ def first_layer(r: dict, path: str) -> str:
 
 def single(r: dict, folder: str) -> None:
   """One run's figures, written into `folder`."""
-  r, path = {**r, "label": f"{r['model']} ({r['preset']})"}, lambda name: os.path.join(folder, name)
-  robustness([r], path("robustness.png"))
-  reliability([r], path("reliability.png"))
-  maps([r], path("features_pca.png"))
-  attributions(r, path("attributions.png"))
-  if "reading_accuracy" in r:
-    reading([r], path("reading.png"))
+  r = {**r, "label": f"{r['model']} ({r['preset']})"}
+  for name, draw, wanted in (
+      ("robustness", robustness, True), ("reliability", reliability, True),
+      ("features_pca", maps, True), ("reading", reading, "reading_accuracy" in r)):
+    if wanted:
+      draw([r], os.path.join(folder, name + ".png"))
+  attributions(r, os.path.join(folder, "attributions.png"))
   if "filters" in r or "weights" in r:
-    first_layer(r, path("first_layer.png"))
+    first_layer(r, os.path.join(folder, "first_layer.png"))
 
 
 def compare_attributions(results: Sequence[dict], path: str) -> str:
   """The same test digits' integrated gradients, a row per run."""
-  n = min(analysis.GRID, *(len(r["shown"]) for r in results))
+  n = min(r["grid"] for r in results)
   tiles = [_rgb(results[0]["images"][:n], True)] + [_rgb(r["ig"][:n]) for r in results]
   said = lambda r, j: r["predicted"][r["shown"][j]]
   captions = [f"#{results[0]['shown'][j]}" for j in range(n)] + [
       f"pred {r['names'][said(r, j)]}" for r in results for j in range(n)]
   red = {(i + 1) * n + j for i, r in enumerate(results) for j in range(n)
          if said(r, j) != r["labels"][r["shown"][j]]}
-  fig, ax = plt.subplots(figsize=(1.1 * n + 1.5, 1.2 * len(tiles) + 0.8),
-                         layout="constrained")
+  fig, ax = plt.subplots(figsize=(1.1 * n + 1.5, 1.2 * len(tiles) + 0.8), layout="constrained")
   _mosaic(ax, np.stack(tiles), captions, ["test image"] + [r["label"] for r in results], red)
   return _finish(fig, path, "Where each looks: integrated gradients of the "
                  "same test images to each model's predicted class (red for, "

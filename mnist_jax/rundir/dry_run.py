@@ -59,8 +59,6 @@ def validation_line(config: config_lib.Config, num_members: int) -> str:
             f"{n - held:,}), for {' and '.join(uses)}")
   text = (f"none: it trains on all {n:,} training images, so no "
           "validation curve")
-  if config.target_accuracy:
-    text += "; --target_accuracy stops on test accuracy"
   if num_members > 1:
     text += "; of its members, the first is reported"
   return text + "; --sweep is refused"

@@ -214,7 +214,7 @@ class Layout:
     self.num_members = num_members
     self.mode, count = self._resolve(config, num_members)
     devices = (jax.local_devices() if self.mode == "pmap" else
-               jax.devices())[:count]
+               jax.devices()[:count])
     self.mesh = (Mesh(np.array(devices), (MEMBERS if self.mode == "members"
                                           else AXIS,))
                  if self.mode != "none" else None)
@@ -224,7 +224,8 @@ class Layout:
       say({"sharded": f"data parallel over {count} {backend} devices (one "
                       "jit over a mesh)",
            "pmap": f"data parallel over {count} {backend} devices (pmap: "
-                   "each device draws its own dropout masks)",
+                   "each device draws its own dropout masks and "
+                   "augmentation)",
            "members": f"{num_members} members split over {count} {backend} "
                       "devices"}[self.mode])
 
@@ -244,9 +245,10 @@ class Layout:
         raise UserError(f"the {num_members} members of --num_seeds and "
                         "--sweep are split over the devices, not pmapped; "
                         "leave out --parallel=pmap")
-      if requested == "none" or jax.process_count() > 1:
-        return "none", 1
-      return "members", _batch_devices(num_members, total)
+      count = _batch_devices(num_members, total)
+      if requested == "none" or jax.process_count() > 1 or count == 1:
+        return "none", 1  # (Each process of several trains every member.)
+      return "members", count
     if requested == "none" or total == 1:
       return "none", 1
     if requested == "auto":
@@ -256,8 +258,11 @@ class Layout:
           return "none", 1
         count = _batch_devices(config.batch_size, total, MIN_DEVICE_BATCH)
         return ("sharded", count) if count > 1 else ("none", 1)
+      if jax.process_count() == 1:  # The most devices the batch splits over.
+        count = _batch_devices(config.batch_size, total)
+        return ("sharded", count) if count > 1 else ("none", 1)
       requested = "sharded"
-    count = jax.local_device_count() if requested == "pmap" else total
+    count = total  # pmap: each process maps its local devices, of these.
     if config.batch_size % count:
       lower = config.batch_size // count * count
       options = [s for s in (lower, lower + count) if s > 0]
@@ -292,10 +297,20 @@ class Layout:
       return jax.device_put(tree)
     if self.mode == "pmap":  # A copy per local device: [L, ...].
       return jax.device_put(
-          jax.tree.map(lambda x: jnp.broadcast_to(x, (self.num_devices,
+          jax.tree.map(lambda x: jnp.broadcast_to(x, (self.mesh.size,
                                                       *x.shape)), tree),
           NamedSharding(self.mesh, P(AXIS)))
-    return jax.device_put(tree, NamedSharding(self.mesh, spec))
+    sharding = NamedSharding(self.mesh, spec)
+    if jax.process_count() == 1:
+      return jax.device_put(tree, sharding)
+
+    def put(x):  # Each process holds the whole value: global arrays.
+      data = jax.random.key_data(x) if jnp.issubdtype(
+          x.dtype, jax.dtypes.prng_key) else x
+      array = jax.make_array_from_callback(
+          np.shape(data), sharding, lambda i, d=np.asarray(data): d[i])
+      return jax.random.wrap_key_data(array) if data is not x else array
+    return jax.tree.map(put, tree)
 
   def put(self, split):
     """(images, labels) of a data split, whole on every device."""

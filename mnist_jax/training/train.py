@@ -81,8 +81,9 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *,
   step = state.step
   dropout, aug = (jax.random.fold_in(state.keys[s], step)
                   for s in ("dropout", "augment"))
-  if axis_name is not None:
-    dropout = jax.random.fold_in(dropout, jax.lax.axis_index(axis_name))
+  if axis_name is not None:  # pmap: each device draws its own.
+    dropout, aug = (jax.random.fold_in(k, jax.lax.axis_index(axis_name))
+                    for k in (dropout, aug))
   images = batch["image"]
   if augment is not None:
     images = augment(aug, images)
@@ -281,7 +282,10 @@ def train_and_evaluate(config, data, hooks: Optional[Hooks] = None):
       axis_name=layout.axis_name, batch_sharding=layout.batch_sharding),
                            donate=False)
   compile_start = time.perf_counter()
-  train = train.lower(state, order_fn(state, 1), *splits["train"], 0).compile()
+  if layout.mode != "pmap" or jax.process_count() == 1:  # (pmap of several
+    # processes compiles for local shapes, on its first call.)
+    train = train.lower(state, order_fn(state, 1), *splits["train"], 0
+                        ).compile()
   compile_time = time.perf_counter() - compile_start
 
   def evaluate_split(state, name):
