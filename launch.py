@@ -191,6 +191,8 @@ def _use_run():
   # The data may have moved; other layers may evaluate.
   overrides = {k: FLAGS[k].value for k in ("data_dir", "mnist_dir", "impl")
                if FLAGS[k].value}
+  if FLAGS["analyses"].present:  # --mode=report --noanalyses
+    overrides["analyses"] = FLAGS.analyses
   if FLAGS.mode == "predict":  # Reads only: also a run being trained.
     if results.print_predictions(FLAGS.workdir, FLAGS.image, FLAGS.json,
                                  FLAGS.plot, ensemble=FLAGS.ensemble,

@@ -34,5 +34,7 @@ setup(
         # experiments/tour.ipynb: JupyterLab, Notebook and `jupyter execute`
         # (nbclient) with the Python kernel (ipykernel).
         "notebook": ["jupyter>=1.1.1,<2"],
+        # The analyses' t-SNE map of the features (PCA needs nothing).
+        "analysis": ["scikit-learn>=1.3,<2"],
     },
 )

@@ -1,4 +1,4 @@
-"""Compares finished runs (or trains them first): one table and three plots.
+"""Compares finished runs (or trains them first): tables, plots, analyses.
 
   # Compare run folders (a folder of run folders works too):
   python experiments/compare.py runs/linear runs/cnn runs/gru --out=comparison
@@ -12,7 +12,13 @@
 Writes OUT/comparison.md and OUT/comparison.csv (one row per configuration:
 mean and sample standard deviation (n-1, as report.md) over its seeds),
 OUT/runs.csv (one row per run and seed), and OUT/accuracy.png,
-OUT/accuracy_vs_time.png, OUT/learning_curves.png. Every member of a
+OUT/accuracy_vs_time.png, OUT/learning_curves.png, and OUT/analysis.md with
+OUT/analysis_*.png: what each model learned, side by side (one run folder
+per configuration, its chosen member; a folder without analysis/ gets it
+written first), with a summary table (parameters, train time, test accuracy,
+calibration error before and after temperature scaling, accuracy at 20
+degrees and at noise 0.3, rows read to reach 99% of the final accuracy);
+--no-analyses skips it. Every member of a
 --num_seeds or --sweep run counts as the run of its own configuration and
 seed, charged its share of the run's time: the run's times divided by its
 members (they trained together, in one program). A model is counted once: a
@@ -51,7 +57,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     raise UserError("--vary needs --train=MODEL: it trains a run per value")
   if not paths:
     raise UserError("pass run folders to compare, or --train=MODEL[,MODEL...]")
-  compare_lib.compare(paths, args.out)
+  compare_lib.compare(paths, args.out, analyses=args.analyses)
 
 
 def _names(text: str) -> List[str]:
@@ -67,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
                       help="run folders, or folders of run folders")
   parser.add_argument("--out", default="comparison",
                       help="folder for the table and plots")
+  parser.add_argument("--analyses", action=argparse.BooleanOptionalAction,
+                      default=True, help="write OUT/analysis.md, the runs' "
+                      "analyses side by side (--no-analyses: not)")
   parser.add_argument("--train", type=_names, default=[],
                       help="models to train first (e.g. linear,cnn,gru)")
   parser.add_argument("--seeds", type=lambda t: [int(s) for s in _names(t)],

@@ -16,10 +16,13 @@ folder is a command's run when its config.json holds the command's settings
 command nothing is written: the error names the missing commands.
 
 Writes, each between the marker lines `<!-- results.py: NAME -->` and
-`<!-- results.py: end -->`: README.md's `table`; docs/performance.md's
-`fast`, `ensemble` and `sweep` paragraphs. And two figures:
-docs/img/accuracy_vs_time.png (the tuned runs, as compare.py draws them) and
-docs/img/sweep_mlp.png (the sweep run's own sweep.png).
+`<!-- results.py: end -->`: README.md's `table` and `analyses` (its headline
+figure); docs/performance.md's `fast`, `ensemble` and `sweep` paragraphs. And
+two figures: docs/img/accuracy_vs_time.png (the tuned runs, as compare.py
+draws them) and docs/img/sweep_mlp.png (the sweep run's own sweep.png). And
+docs/analyses.md with docs/img/analysis_*.png: what the six tuned models
+learned, side by side, from their run folders' analysis/ (a run's report
+writes it; `launch.py --mode=report --workdir=RUN` writes it again).
 
 Times are a run's wall time less loading its data (and preparing it, the first
 time; `data_time_s` in metrics.jsonl): compilation, evaluation and the report
@@ -41,6 +44,7 @@ sys.path.insert(0, ROOT)
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from mnist_jax import models
 from mnist_jax.errors import UserError
+from mnist_jax.results import analysis
 from mnist_jax.results import compare
 from mnist_jax.results import plots
 from mnist_jax.rundir import files
@@ -48,8 +52,8 @@ from mnist_jax.rundir import folder as folder_lib
 from mnist_jax.training import members as members_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-# Where the data was read from does not change a run.
-NOT_SETTINGS = ("workdir", "data_dir", "mnist_dir")
+# Where the data was read from (and whether it was analysed) does not change a run.
+NOT_SETTINGS = ("workdir", "data_dir", "mnist_dir", "analyses")
 END = "<!-- results.py: end -->"
 
 
@@ -118,6 +122,13 @@ SINGLE_MLP = next(r for r in TUNED if r.model == "mlp")
 README = "README.md"
 PERFORMANCE = os.path.join("docs", "performance.md")
 ACCURACY_VS_TIME = os.path.join("docs", "img", "accuracy_vs_time.png")
+ANALYSES = os.path.join("docs", "analyses.md")  # Its figures: docs/img/.
+HEADLINE = ("![Test accuracy of the six tuned models under rotation, shift, "
+            "scaling, noise, occlusion and stroke thickness]"
+            "(docs/img/analysis_robustness.png)\n\nWhat each tuned model "
+            "learned, side by side: how far it must read, what breaks it, "
+            "where it looks, how sure it is ([docs/analyses.md]"
+            "(docs/analyses.md)).")
 SWEEP_FIGURE = os.path.join("docs", "img", "sweep_mlp.png")
 
 
@@ -314,7 +325,8 @@ def texts(root: str, results: Dict[Row, dict]) -> Dict[str, str]:
   out = {}
   path = os.path.join(root, README)
   with open(path, encoding="utf-8") as f:
-    out[path] = replace_block(f.read(), "table", table(results), path)
+    text = replace_block(f.read(), "table", table(results), path)
+    out[path] = replace_block(text, "analyses", HEADLINE, path)
   path = os.path.join(root, PERFORMANCE)
   with open(path, encoding="utf-8") as f:
     text = f.read()
@@ -352,6 +364,28 @@ def write(root: str, results: Dict[Row, dict], log=print) -> None:
   with files.atomic(path, "wb") as f:
     f.write(image)
   log(f"wrote {path} (from {source})")
+  write_analyses(root, results, log)
+
+
+def unanalysed(results: Dict[Row, dict]) -> List[str]:
+  """The tuned runs without an analysis/ (a run written without it)."""
+  return [results[r]["run"] for r in TUNED if not os.path.exists(os.path.join(
+      results[r]["run"], analysis.FOLDER, analysis.SUMMARY))]
+
+
+def write_analyses(root: str, results: Dict[Row, dict], log=print) -> None:
+  """docs/analyses.md and docs/img/analysis_*.png from the tuned runs'
+  analyses; says which runs lack one instead (and writes nothing)."""
+  missing = unanalysed(results)
+  if missing:
+    log(f"{ANALYSES} not written: {', '.join(missing)} hold no analysis; "
+        "write each: python launch.py --mode=report --workdir=RUN")
+    return
+  path = analysis.compare(
+      [results[r]["run"] for r in TUNED], os.path.join(root, ANALYSES),
+      os.path.join(root, "docs", "img"), [r.model for r in TUNED],
+      [results[r]["time_s"] for r in TUNED])
+  log(f"wrote {path} and its figures docs/img/analysis_*.png")
 
 
 def check(root: str, runs: str, log=print) -> bool:
@@ -371,6 +405,9 @@ def check(root: str, runs: str, log=print) -> bool:
     with open(path, encoding="utf-8") as f:
       if f.read() != text:
         stale.append(path)
+  missing = unanalysed(results)
+  if missing:
+    log(f"without analysis (for {ANALYSES}): {', '.join(missing)}")
   log("out of date: " + ", ".join(stale) if stale else
       "README.md and docs/performance.md match the runs")
   return not stale

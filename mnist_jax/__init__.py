@@ -1,10 +1,7 @@
 """mnist_jax: classic MNIST architectures in JAX/Flax, trained with one command.
 
-The Python API (mnist_jax/api.py, README "Python API") is loaded on first use
-of one of its names, so `import mnist_jax` stays instant:
-
-  run = mnist_jax.load_run("runs/cnn-...")   # run.config, run.model, run.params
-  digits = run.predict(images)               # uint8 [N, 28, 28] -> [N]
+The Python API (mnist_jax/api.py) loads on first use of one of its names, so
+`import mnist_jax` stays instant: `mnist_jax.load_run("runs/cnn-...")`.
 """
 
 __version__ = "0.1.0"

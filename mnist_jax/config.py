@@ -1,16 +1,8 @@
 """The run configuration: one flat, frozen dataclass shared by every module.
 
-Every field is also a `launch.py` flag of the same name, whose --help line is
-the field's `help` metadata; an unset flag takes the preset's value, and the
-preset's value falls back to the field's default. Presets live in
-`mnist_jax/models/registry.py`. A numeric field declares the values it
-accepts with it (`valid=Range(...)`): `validate`, --sweep and their one-line
-messages all read that declaration.
-
-A model's own settings (its layer sizes, dropout, ...) are no fields here:
-each model declares them with its registry entry (a `Setting` per flag, see
-`declare`), and a Config holds those of its model only, read as attributes
-(`config.mlp_hidden`) and written to config.json as top-level keys.
+Each field is a `launch.py` flag; unset, it takes the preset's value, else the
+field's default. A model's own settings are declared by the model (`Setting`)
+and held by its Configs only, read as attributes (`config.mlp_hidden`).
 """
 
 import dataclasses
@@ -29,18 +21,14 @@ PARALLEL = ("auto", "none", "sharded", "pmap")
 DTYPES = ("float32", "bfloat16")
 IMPLS = ("auto", "stock", "fast")
 
-
 # The groups --help and docs/flags.md list the flags in, in order.
 MODEL, DATA, TRAINING, DEVICES, RUN_FOLDER, MODES = GROUPS = (
     "Model", "Data", "Training", "Devices and speed", "Run folder",
     "Modes and output")
 
-
-# Caps of counts and sizes with no natural upper bound, so that every value a
-# run accepts is one it can compute with: JAX counts steps and indexes arrays
-# in int32, and a million epochs of even one step each take days. A learning
-# rate, decay, clip or epsilon need only be finite: a huge one diverges (exit
-# status 3) or does not learn (4), which the run then says.
+# Caps of counts and sizes with no natural bound, so that every value a run
+# accepts is one it can compute with (JAX counts steps in int32). A learning
+# rate, decay, clip or epsilon need only be finite: a huge one diverges.
 INT32_MAX = 2**31 - 1
 MAX_EPOCHS = 10**6
 MAX_WIDTH = 2**24  # Units of one layer: a 784 x 2**24 kernel alone is 53 GB.
@@ -65,12 +53,8 @@ def _finite(value) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class Range:
-  """The values a numeric setting accepts: finite, from `low` to `high`.
-
-  `cap`: `high` is a sanity cap, not part of the setting's meaning; messages
-  then name the bound that was crossed ("positive", "at most H") rather than
-  the interval. A tuple setting (layer sizes) applies it to each size.
-  """
+  """The finite values from `low` to `high` a numeric setting accepts; `cap`:
+  `high` is a sanity cap, so messages name the bound crossed, not the range."""
   low: float
   high: float
   low_open: bool = False
@@ -101,15 +85,8 @@ class Range:
 
 def _field(default: Any, help_text: str, group: str, preset: bool = False,
            valid: Optional[Range] = None) -> Any:
-  """A Config field carrying its flag's one-line help and its help group.
-
-  `help_text` is the flag's --help line and its docs/flags.md table entry
-  (tests/test_flags.py holds both to it); launch.py appends the default.
-  `group` (one of GROUPS) is the heading it is listed under. `preset` marks
-  the fields some preset in models/registry.py sets, whose default then
-  depends on --model and --preset. `valid`, for a numeric setting, is the
-  range of values it accepts: `validate` and --sweep check it.
-  """
+  """A Config field with its flag's --help line, GROUPS heading, whether a
+  preset sets it, and the range it accepts."""
   return dataclasses.field(
       default=default, metadata={"help": help_text, "group": group,
                                  "preset": preset, "valid": valid})
@@ -122,25 +99,17 @@ def _positive(high=math.inf) -> Range:
 
 
 def _nonnegative(high=math.inf) -> Range:
-  """0 .. high for a count (int high), else any finite number >= 0."""
   return Range(0 if isinstance(high, int) else 0.0, high)
 
 
 def _fraction(high_open: bool = True) -> Range:
-  """[0, 1) (or [0, 1])."""
   return Range(0.0, 1.0, high_open=high_open, cap=False)
 
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-  """A model's own setting, declared with the model (models/registry.py).
-
-  The name it is declared under is a launch.py flag, a config.json key and a
-  Config attribute in runs of the models that declare it, and in no other
-  run. `attribute`: the Flax module attribute it sets; `default`: that
-  attribute's default (filled in by the registry). `help`, `group` and
-  `valid` are as `_field`'s; `choices`, for a text setting, its values.
-  """
+  """A model's own setting: the Flax module `attribute` it sets, with its
+  flag's `help`, `group`, `valid` range or text `choices`, and `default`."""
   attribute: str
   help: str
   group: str = MODEL
@@ -148,9 +117,11 @@ class Setting:
   choices: Tuple[str, ...] = ()
   default: Any = None
 
+  def flag(self) -> tuple:
+    return self.help, self.group, self.valid, self.choices
 
-# --model name -> its own settings (flag name -> Setting), in declaration
-# order; filled by `declare` as models/registry.py registers each model.
+
+# --model name -> its own settings (flag name -> Setting), filled by `declare`.
 MODEL_SETTINGS: Dict[str, Dict[str, Setting]] = {}
 
 
@@ -160,15 +131,10 @@ def declare(model: str, settings: Dict[str, Setting]) -> None:
   for name, declared in settings.items():
     if name in FIELDS:
       raise ValueError(f"{model}: {name} is a Config field, not a model's")
-    other = next((d[name] for d in MODEL_SETTINGS.values() if name in d), None)
-    if other is not None and _as_flag(other) != _as_flag(declared):
+    if models_with(name) and setting(name).flag() != declared.flag():
       raise ValueError(f"{model}: --{name} is declared differently by "
                        f"{', '.join(models_with(name))}")
   MODEL_SETTINGS[model] = dict(settings)
-
-
-def _as_flag(declared: Setting) -> tuple:
-  return declared.help, declared.group, declared.valid, declared.choices
 
 
 def models_with(name: str) -> List[str]:
@@ -182,36 +148,20 @@ def setting(name: str) -> Setting:
 
 
 def flag_names() -> List[str]:
-  """Every run setting's name: the Config fields, then each model setting
-  once, in declaration order."""
-  names = dict.fromkeys(FIELDS)
-  for declared in MODEL_SETTINGS.values():
-    names.update(dict.fromkeys(declared))
-  return list(names)
-
-
-def _foreign(name: str, model: str) -> str:
-  """The message for a setting `model` does not have."""
-  owners = models_with(name)
-  if not owners:
-    return f"unknown setting --{name}; see python launch.py --help"
-  return (f"--{name} is a setting of --model={'/'.join(owners)}, not of "
-          f"--model={model}; leave it out")
+  """The Config fields, then each model setting once, in declaration order."""
+  settings = [n for declared in MODEL_SETTINGS.values() for n in declared]
+  return list(dict.fromkeys([*FIELDS, *settings]))
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """All settings of one run. Defaults are the common base every preset edits."""
+  """All settings of one run; the defaults are the base every preset edits."""
 
-  # What to train (each field's group says where --help lists it).
-  model: str = _field(
-      "mlp", "Architecture to train", MODEL)  # launch.py lists the names.
+  model: str = _field("mlp", "Architecture to train", MODEL)  # See launch.py.
   preset: str = _field(
       "tuned", "Named settings for --model (seed: its notebook's; tuned: "
       "trained well; best: the most accurate found)", MODEL)
-  dataset: str = _field(
-      "mnist", f"Which dataset: {', '.join(DATASETS)}", DATA)
-  # Data.
+  dataset: str = _field("mnist", f"Which dataset: {', '.join(DATASETS)}", DATA)
   data_dir: Optional[str] = _field(
       None, "tfds data folder the dataset is prepared and cached in; "
       "unset means $TFDS_DATA_DIR or ~/tensorflow_datasets", DATA)
@@ -221,7 +171,6 @@ class Config:
   val_fraction: float = _field(
       0.1, "Fraction of the training split held out for validation (its "
       "last examples), in [0, 1)", DATA, preset=True, valid=_fraction())
-  # Optimisation.
   epochs: int = _field(10, "Training epochs", TRAINING, preset=True,
                        valid=_positive(MAX_EPOCHS))
   batch_size: int = _field(
@@ -230,15 +179,12 @@ class Config:
   eval_batch_size: int = _field(
       1000, "Evaluation batch size; the last batch is padded and masked",
       DEVICES, valid=_positive(INT32_MAX))
-  optimizer: str = _field(
-      "adam", f"The optimizer: {', '.join(OPTIMIZERS)}", TRAINING,
-      preset=True)
-  learning_rate: float = _field(
-      1e-3, "Peak learning rate", TRAINING, preset=True,
-      valid=_positive())
-  schedule: str = _field(
-      "constant", f"Learning-rate schedule: {', '.join(SCHEDULES)}",
-      TRAINING, preset=True)
+  optimizer: str = _field("adam", f"The optimizer: {', '.join(OPTIMIZERS)}",
+                          TRAINING, preset=True)
+  learning_rate: float = _field(1e-3, "Peak learning rate", TRAINING,
+                                preset=True, valid=_positive())
+  schedule: str = _field("constant", "Learning-rate schedule: "
+                         f"{', '.join(SCHEDULES)}", TRAINING, preset=True)
   warmup_epochs: float = _field(
       0.0, "Linear warmup in epochs, for --schedule=warmup_cosine", TRAINING,
       preset=True, valid=_nonnegative(float(MAX_EPOCHS)))
@@ -259,7 +205,6 @@ class Config:
   grad_clip: float = _field(
       0.0, "Global-norm gradient clipping threshold; 0 disables it",
       TRAINING, preset=True, valid=_nonnegative())
-  # On-device augmentation of training images (mnist_jax/data/augment.py).
   augment: bool = _field(
       False, "Randomly shift, rotate and zoom each training image, on the "
       "device", DATA, preset=True)
@@ -278,14 +223,12 @@ class Config:
   augment_elastic_sigma: float = _field(
       4.0, "Smoothness of the elastic distortion field, in pixels", DATA,
       valid=Range(0.0, IMAGE_SIDE, low_open=True, cap=False))
-  # Run control.
   seed: int = _field(
       0, "Seed of initialisation, dropout and data order, in [0, 2**32)",
       TRAINING, valid=Range(0, 2**32, high_open=True, cap=False))
   num_seeds: int = _field(
       1, "Train N members (seeds seed .. seed+N-1) in one compiled program; "
-      "with --sweep, N per grid point", TRAINING,
-      valid=_positive(MAX_MEMBERS))
+      "with --sweep, N per grid point", TRAINING, valid=_positive(MAX_MEMBERS))
   sweep: str = _field(
       "", "Hyperparameter grid trained in the same program: NAME=V1,V2,...; "
       "repeat the flag or join with ; for several names", TRAINING)
@@ -298,8 +241,7 @@ class Config:
       "checks run between chunks", DEVICES, valid=_positive(INT32_MAX))
   target_accuracy: float = _field(
       0.0, "Stop once validation accuracy reaches this fraction (needs "
-      "--val_fraction > 0); 0 turns it off", TRAINING,
-      valid=_fraction(high_open=False))
+      "--val_fraction > 0); 0 turns it off", TRAINING, valid=_fraction(False))
   checkpoint_every: int = _field(
       1, "Epochs between checkpoints; the last epoch is always saved",
       RUN_FOLDER, valid=_positive(MAX_EPOCHS))
@@ -309,18 +251,16 @@ class Config:
   tensorboard: bool = _field(
       True, "Write TensorBoard event files into the run folder; "
       "--notensorboard skips them", RUN_FOLDER)
-  # Devices, hosts, precision and kernels.
   parallel: str = _field(
-      "auto", "Device layout: auto, none (one device), sharded (one jit over "
-      "a mesh, one device's numbers) or pmap (per-device dropout masks)",
-      DEVICES)
+      "auto", "Device layout: auto, none (one device), sharded (one jit over a "
+      "mesh, one device's numbers) or pmap (per-device dropout masks)", DEVICES)
   dtype: str = _field(
       "float32", "Compute dtype: float32 or bfloat16; parameters and "
       "optimizer state stay float32", DEVICES)
   impl: str = _field(
-      "auto", "Layers: auto (a fast kernel where measured faster), stock "
-      "(Flax layers only) or fast; a kernel runs only if it computes the "
-      "stock layers", DEVICES)
+      "auto", "Layers: auto (a fast kernel where measured faster), stock (Flax "
+      "layers only) or fast; a kernel runs only if it computes the stock "
+      "layers", DEVICES)
   coordinator_address: Optional[str] = _field(
       None, "host:port of process 0, for a multi-process run outside SLURM "
       "and TPU VMs", DEVICES)
@@ -330,16 +270,22 @@ class Config:
   process_id: int = _field(
       -1, "This process's index, 0 to N-1; -1: from the cluster", DEVICES,
       valid=Range(-1, MAX_PROCESSES - 1))
-  # The model's own settings, MODEL_SETTINGS[model], as (name, value) pairs in
-  # declaration order; given ones replace the declared defaults. Not a flag.
+  analyses: bool = _field(
+      True, "Write the analyses of what the model learned (reading, "
+      "robustness, attributions, features, calibration) with the report", MODES)
+  # MODEL_SETTINGS[model] as (name, value) pairs, given or default. No flag.
   model_settings: Tuple[Tuple[str, Any], ...] = ()
 
   def __post_init__(self):
     declared = MODEL_SETTINGS.get(self.model, {})
     given = dict(self.model_settings)
     for name in given:
-      if name not in declared:
-        raise UserError(_foreign(name, self.model))
+      if name in declared:
+        continue
+      owners = "/".join(models_with(name))
+      raise UserError(f"--{name} is a setting of --model={owners}, not of "
+                      f"--model={self.model}; leave it out" if owners else
+                      f"unknown setting --{name}; see python launch.py --help")
     object.__setattr__(self, "model_settings", tuple(
         (name, given.get(name, s.default)) for name, s in declared.items()))
 
@@ -364,7 +310,7 @@ class Config:
                                model_settings=tuple(kept.items()))
 
   def to_dict(self) -> dict:
-    """The flat record of config.json: every field, then the model's settings."""
+    """config.json's flat record: every field, then the model's settings."""
     return {**{name: getattr(self, name) for name in FIELDS},
             **dict(self.model_settings)}
 
@@ -378,19 +324,25 @@ FIELDS = {f.name: f for f in dataclasses.fields(Config)
 
 def group(name: str) -> str:
   """The --help group (GROUPS) of a field or model setting."""
-  return FIELDS[name].metadata["group"] if name in FIELDS else setting(name).group
+  return (
+      FIELDS[name].metadata["group"] if name in FIELDS else setting(name).group
+  )
 
 
 def default(name: str, model: Optional[str] = None) -> Any:
-  """A field's default, or model setting `name`'s for `model` (default: the
-  first model that declares it)."""
+  """A field's default, or setting `name`'s for `model` (or its first)."""
   if name in FIELDS:
     return FIELDS[name].default
   return MODEL_SETTINGS[model][name].default if model else setting(name).default
 
 
+def ranged_fields() -> List[str]:
+  """The names of the fields with a declared range: the numeric settings."""
+  return [n for n, f in FIELDS.items() if f.metadata["valid"] is not None]
+
+
 def ranged_names(config: Config) -> List[str]:
-  """The settings of `config` with a declared range: fields, then its model's."""
+  """`config`'s settings with a declared range: fields, then its model's."""
   return [*ranged_fields(), *(n for n, s in MODEL_SETTINGS.get(
       config.model, {}).items() if s.valid is not None)]
 
@@ -409,23 +361,13 @@ def value_text(value) -> str:
 
 
 def field_type(name: str) -> Any:
-  """The Python type a flag for `name` parses to (int, float, bool, str, tuple)."""
-  value = default(name)
-  if isinstance(value, bool):
-    return bool
-  if isinstance(value, tuple):
-    return tuple
-  if value is None:
-    return str
-  return type(value)
+  """The type a flag for `name` parses to (int, float, bool, str, tuple)."""
+  return str if default(name) is None else type(default(name))
 
 
 def from_dict(values: dict) -> Config:
-  """Builds a Config from a (JSON) dict, turning lists back into tuples.
-
-  Keys of other models' settings are ignored: older config.json files carry
-  every model's.
-  """
+  """A Config from a (JSON) dict, lists back to tuples. Other models' settings
+  are ignored: older config.json files carry every model's."""
   unknown = sorted(set(values) - set(flag_names()))
   if unknown:
     raise UserError(f"unknown config keys {unknown}; the known ones are "
@@ -438,11 +380,8 @@ def from_dict(values: dict) -> Config:
 
 
 def range_error(name: str, value, flag: Optional[str] = None) -> Optional[str]:
-  """Why `value` is outside field `name`'s declared range, or None.
-
-  flag: how the value was given, for the message (default `--name`). A tuple
-  (layer sizes) is checked size by size.
-  """
+  """Why `value` is outside setting `name`'s declared range (a tuple: size by
+  size), or None. flag: how the value was given (default `--name`)."""
   valid = (FIELDS[name].metadata["valid"] if name in FIELDS
            else setting(name).valid)
   flag = flag or f"--{name}"
@@ -453,62 +392,34 @@ def range_error(name: str, value, flag: Optional[str] = None) -> Optional[str]:
       return (f"{flag} lists no sizes; pass at least one, e.g. {flag}="
               f"{value_text(default(name)) or 64}")
     bad = next((v for v in value if not valid.contains(v)), None)
-    if bad is None:
-      return None
-    return (f"{flag} sizes must be {valid.text(bad)}, got "
-            f"{value_text(value) or 'none'}")
-  if valid.contains(value):
-    return None
-  return f"{flag} must be {valid.text(value)}, got {value_text(value)}"
-
-
-def ranged_fields():
-  """The names of the fields with a declared range: the numeric settings."""
-  return [n for n, f in FIELDS.items() if f.metadata["valid"] is not None]
+    return None if bad is None else (f"{flag} sizes must be {valid.text(bad)}, "
+                                     f"got {value_text(value) or 'none'}")
+  return None if valid.contains(value) else (
+      f"{flag} must be {valid.text(value)}, got {value_text(value)}")
 
 
 def validate(config: Config) -> Config:
-  """Rejects settings no run can use, with a message that says what to pass.
-
-  Each numeric setting must lie in the range declared with its field or
-  model setting; then the choices and the settings that constrain each other
-  (a model's own constraints: ModelSpec.check).
-  """
+  """Rejects settings no run can use, with a message that says what to pass
+  (a model's own constraints: ModelSpec.check)."""
   c = config
-  for name in ranged_fields():
-    message = range_error(name, getattr(c, name))
-    if message:
-      raise UserError(message)
-  for name, declared in MODEL_SETTINGS.get(c.model, {}).items():
-    value = getattr(c, name)
-    if declared.choices and value not in declared.choices:
-      raise UserError(f"--{name} must be one of {', '.join(declared.choices)}, "
-                      f"got {value!r}")
+  choices = {n: s.choices for n, s in MODEL_SETTINGS.get(c.model, {}).items()}
+  choices.update(optimizer=OPTIMIZERS, schedule=SCHEDULES, dataset=DATASETS,
+                 parallel=PARALLEL, dtype=DTYPES, impl=IMPLS)
+  for name in [*ranged_fields(), *choices]:
+    value, allowed = getattr(c, name), choices.get(name)
+    if allowed and value not in allowed:
+      raise UserError(f"--{name} must be one of {', '.join(allowed)}, got "
+                      f"{value!r}")
     message = range_error(name, value)
     if message:
       raise UserError(message)
-  checks = [
-      (c.optimizer in OPTIMIZERS,
-       f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {c.optimizer!r}"),
-      (c.schedule in SCHEDULES,
-       f"--schedule must be one of {', '.join(SCHEDULES)}, got {c.schedule!r}"),
-      (c.dataset in DATASETS,
-       f"--dataset must be one of {', '.join(DATASETS)}, got {c.dataset!r}"),
-      (c.parallel in PARALLEL,
-       f"--parallel must be one of {', '.join(PARALLEL)}, got {c.parallel!r}"),
-      (c.dtype in DTYPES,
-       f"--dtype must be one of {', '.join(DTYPES)}, got {c.dtype!r}"),
-      (c.impl in IMPLS,
-       f"--impl must be one of {', '.join(IMPLS)}, got {c.impl!r}"),
-      (not c.target_accuracy or c.val_fraction > 0,
-       "--target_accuracy stops on validation accuracy, and --val_fraction=0 "
-       "holds out none; pass e.g. --val_fraction=0.1 (test accuracy never "
-       "decides when a run stops)"),
-      (c.seed + c.num_seeds <= 2**32,
-       f"--seed={c.seed} --num_seeds={c.num_seeds} would use seeds up to "
-       f"{c.seed + c.num_seeds - 1}, past 2**32 - 1; pass a smaller --seed"),
-  ]
-  for ok, message in checks:
-    if not ok:
-      raise UserError(message)
+  if c.target_accuracy and not c.val_fraction > 0:
+    raise UserError(
+        "--target_accuracy stops on validation accuracy, and --val_fraction=0 "
+        "holds out none; pass e.g. --val_fraction=0.1 (test accuracy never "
+        "decides when a run stops)")
+  if c.seed + c.num_seeds > 2**32:
+    raise UserError(
+        f"--seed={c.seed} --num_seeds={c.num_seeds} would use seeds up to "
+        f"{c.seed + c.num_seeds - 1}, past 2**32 - 1; pass a smaller --seed")
   return c

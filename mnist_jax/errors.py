@@ -2,19 +2,16 @@
 
 
 class UserError(Exception):
-  """A problem the user can fix; `launch.py` prints it as one line and exits 1.
-
-  The message must say what went wrong and what to do about it.
-  """
+  """A problem the user can fix; launch.py prints it (what went wrong and what
+  to do) as one line and exits 1."""
   exit_code = 1
 
 
 class Diverged(UserError):
-  """Training produced a non-finite loss; exit status 3 tells it from bad input."""
+  """Training produced a non-finite loss: exit 3, unlike bad input."""
   exit_code = 3
 
 
 class OutOfResources(UserError):
-  """The machine has (or would have) run out of memory or disk space: exit
-  status 5, as the same command may succeed once there is more."""
+  """Out of memory or disk space: exit 5, as more may make it succeed."""
   exit_code = 5

@@ -11,10 +11,14 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_digits
+from experiments import results
 from mnist_jax import models
 from mnist_jax.data import pipeline
 from mnist_jax.results import analysis
+from mnist_jax.results import compare
+from mnist_jax.results import report
 from mnist_jax.results import run as run_lib
+from mnist_jax.rundir import files
 
 K = 10
 DECIDING_ROW = 13  # 0-based: the 14th row read.
@@ -50,7 +54,7 @@ def _row_digits(n: int):
   return images, labels
 
 
-def _row_reader():
+def _row_reader(**settings):
   """A SimpleRNN that remembers which of pixels 0..9 a row lit, and nothing
   else: hidden unit c = tanh(5 x_c + h_c), read out as logit 10 h_c."""
   w_in = np.zeros((28, K), np.float32)
@@ -59,7 +63,7 @@ def _row_reader():
                       "h": {"kernel": np.eye(K, dtype=np.float32)}},
             "out": {"kernel": 10 * np.eye(K, dtype=np.float32),
                     "bias": np.zeros(K, np.float32)}}
-  return _run("rnn", {"params": params}, hidden=K)
+  return _run("rnn", {"params": params}, hidden=K, **settings)
 
 
 def test_a_model_that_decides_at_row_14_reaches_its_accuracy_there():
@@ -168,8 +172,24 @@ def two_runs(tmp_path_factory):
       ("lstm", _run("lstm", hidden=4, bidirectional=True),
        _data(digits, digit_labels, 0))):
     folder = str(root / name)
-    out.append((folder, analysis.write(folder, run, data, maps=False), run, data))
+    out.append((folder, analysis.write(folder, run, data.test, data.val, maps=False),
+                run, data))
+    _finished(folder, run.config, wall=30.25 if name == "rnn" else 10.25)
   return out
+
+
+def _finished(folder, config, wall):
+  """config.json and metrics.jsonl of a finished run (0.25 s loading data)."""
+  files.write_json(os.path.join(folder, "config.json"),
+                   {"config": config.replace(workdir=folder).to_dict()})
+  rows = [{"epoch": 1, "step": 10, "train_loss": 1.0, "train_accuracy": 0.5,
+           "val_loss": None, "val_accuracy": None, "epoch_time_s": 1.0,
+           "examples_per_s": 100.0},
+          {"test_loss": 0.5, "test_accuracy": 0.5, "test_examples": 10,
+           "epochs_run": 1, "compile_time_s": 1.0, "data_time_s": 0.25,
+           "wall_time_s": wall, "num_params": 7}]
+  with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
+    f.writelines(f"{json.dumps(r)}\n" for r in rows)
 
 
 def test_each_run_folder_gets_its_files_and_section(two_runs):
@@ -195,7 +215,7 @@ def test_each_run_folder_gets_its_files_and_section(two_runs):
 
 
 def test_the_comparison_page_sets_two_runs_side_by_side(two_runs, tmp_path):
-  page = analysis.compare([f for f, *_ in two_runs], str(tmp_path / "cmp"))
+  page = analysis.compare([f for f, *_ in two_runs], str(tmp_path / "cmp" / "a.md"))
   text = open(page).read()
   assert "| rnn (seed) |" in text and "| lstm (seed) |" in text
   figures = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
@@ -203,3 +223,64 @@ def test_the_comparison_page_sets_two_runs_side_by_side(two_runs, tmp_path):
   for name in figures:
     with open(os.path.join(tmp_path, "cmp", name), "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_the_report_writes_the_analyses_unless_told_not_to(tmp_path, on):
+  images, labels = _row_digits(60)
+  run = _row_reader(analyses=on)
+  data = _data(images, labels, 20)
+  report.write(str(tmp_path), run, data.test, val=data.val)
+  text = (tmp_path / "report.md").read_text()
+  assert ("## What the model learned" in text) == on
+  assert (tmp_path / "analysis").exists() == on
+  if on:
+    summary = json.loads((tmp_path / "analysis" / "summary.json").read_text())
+    assert summary["val_images"] == 20 and summary["temperature"] > 0
+    assert summary["reading_rows_to_99"] == 14
+    assert set(summary["seconds"]) >= {"robustness", "attributions", "total"}
+    assert "![What breaks it](analysis/robustness.png)" in text
+
+
+def test_the_comparison_summary_table_holds_each_runs_numbers(two_runs, tmp_path):
+  out = str(tmp_path / "out")
+  compare.compare([f for f, *_ in two_runs], out, log=lambda _: None,
+                  analyses=True)
+  lines = open(os.path.join(out, "analysis.md")).read().splitlines()
+  header = next(l for l in lines if l.startswith("| model |"))
+  names = [c.strip() for c in header.strip("|").split("|")]
+  assert names[:4] == ["model", "parameters", "train time", "test accuracy"]
+  for (folder, *_), model, seconds in zip(two_runs, ("rnn", "lstm"), (30, 10)):
+    row = next(l for l in lines if l.startswith(f"| {model} |"))
+    cells = dict(zip(names, (c.strip() for c in row.strip("|").split("|"))))
+    r = analysis.load(folder)
+    at = {(c, float(l)): a for c, l, a, _ in r["robustness"]}
+    assert cells["parameters"] == f"{int(r['parameters']):,}"
+    assert cells["train time"] == f"{seconds:.1f} s"
+    assert cells["test accuracy"] == f"{100 * r['test_accuracy']:.2f}%"
+    assert cells["ECE"] == f"{100 * r['test_ece']:.2f}%"
+    assert cells["at 20 degrees"] == f"{100 * at['rotation', 20]:.2f}%"
+    assert cells["at noise 0.3"] == f"{100 * at['noise', 0.3]:.2f}%"
+  rnn = dict(zip(names, next(l for l in lines if l.startswith("| rnn |")).strip(
+      "|").split("|")))
+  assert rnn["rows to 99%"].strip() == "14"
+
+
+def test_results_py_writes_the_docs_page_from_the_tuned_runs(two_runs, tmp_path):
+  folders = [f for f, *_ in two_runs]
+  found = {row: {"run": folders[i % 2], "time_s": 5.0 + i}
+           for i, row in enumerate(results.TUNED)}
+  logs = []
+  results.write_analyses(str(tmp_path), found, logs.append)
+  text = (tmp_path / results.ANALYSES).read_text()
+  for row in results.TUNED:
+    assert f"| {row.model} |" in text
+  for link in re.findall(r"!\[[^]]*\]\(([^)]+)\)", text):
+    assert link.startswith("img/analysis_"), link
+    assert (tmp_path / "docs" / link).stat().st_size > 0
+  assert "![" in results.HEADLINE and "docs/img/analysis_robustness.png" in (
+      results.HEADLINE)
+  found[results.TUNED[0]]["run"] = str(tmp_path / "elsewhere")
+  results.write_analyses(str(tmp_path / "other"), found, logs.append)
+  assert "hold no analysis" in logs[-1]
+  assert not (tmp_path / "other" / results.ANALYSES).exists()

@@ -203,7 +203,8 @@ def test_report_at_47_classes_names_every_class(tmp_path):
   images, labels = synthetic_classes(94, 47, seed=1)
   logits = np.eye(47, dtype=np.float32)[labels] * 5
   logits[0] = np.eye(47)[(labels[0] + 1) % 47] * 5  # One mistake.
-  config = models.get_config("linear", dataset="emnist_balanced")
+  config = models.get_config("linear", dataset="emnist_balanced",
+                             analyses=False)  # A fake Run: logits only.
   # A trained model whose test logits are these (report.write asks a Run).
   run = types.SimpleNamespace(config=config, seeds=(0,),
                               logits=lambda x, batch_size=None: logits)

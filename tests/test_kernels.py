@@ -385,3 +385,21 @@ def test_cnn_kernel_5_trains(prepared, tmp_path):
   assert run.params["conv_0"]["kernel"].shape == (5, 5, 1, 4)
   assert final["test_accuracy"] > 0.5  # Ten classes: chance is 0.1.
 
+
+
+def test_a_kernel_whose_numbers_are_nan_fails_the_check():
+  """NaN compares false with everything: the check must still fail it."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  class Stock(nn.Module):
+    nan: bool = False
+
+    @nn.compact
+    def __call__(self, images, train=False):
+      y = nn.Dense(3)(images.reshape(images.shape[0], -1) / 255.0)
+      return y * jnp.nan if self.nan else y
+
+  assert kernels._difference(Stock(), Stock(), SHAPE) is None
+  why = kernels._difference(Stock(), Stock(nan=True), SHAPE)
+  assert why and why.startswith("its outputs or gradients differ by up to nan")

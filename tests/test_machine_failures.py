@@ -25,7 +25,7 @@ import launch_helpers as lh
 
 pytestmark = pytest.mark.slow
 
-RUN = ("--model=mlp", "--mlp_hidden=64", "--epochs=3", "--batch_size=32",
+RUN = ("--noanalyses", "--model=mlp", "--mlp_hidden=64", "--epochs=3", "--batch_size=32",
        "--chunk_steps=50")
 
 

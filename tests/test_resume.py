@@ -24,7 +24,7 @@ from mnist_jax.training import optim
 from mnist_jax.training import train
 
 # 540 training examples / 16 = 33 steps per epoch, in 7 chunks of 5.
-FLAGS = ("--model=mlp", "--mlp_hidden=16", "--epochs=3", "--batch_size=16",
+FLAGS = ("--noanalyses", "--model=mlp", "--mlp_hidden=16", "--epochs=3", "--batch_size=16",
          "--chunk_steps=5", "--seed=3")
 
 

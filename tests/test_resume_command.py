@@ -17,7 +17,7 @@ import pytest
 import launch_helpers as lh
 
 # 540 training examples / 16 = 33 steps per epoch, in 7 chunks of 5.
-FLAGS = ("--model=mlp", "--mlp_hidden=16", "--epochs=3", "--batch_size=16",
+FLAGS = ("--noanalyses", "--model=mlp", "--mlp_hidden=16", "--epochs=3", "--batch_size=16",
          "--chunk_steps=5", "--seed=3")
 # Adam at 1e38 overflows the linear model's parameters at once.
 DIVERGING = ("--model=linear", "--optimizer=adam", "--schedule=constant",
@@ -239,7 +239,8 @@ def test_ctrl_c_in_the_last_chunk_of_the_last_epoch_stops_then_completes(
   assert marker == "@epoch_end epoch=3", marker
   assert rc == 130, (out, err)
   [stopped] = [l for l in err.splitlines() if l.startswith("stopped by")]
-  assert stopped.startswith("stopped by SIGINT at step 99 "), stopped
+  assert stopped.startswith(
+      "stopped by SIGINT at the end of epoch 3 (step 99);"), stopped
   assert "Traceback" not in err
   assert "SIGINT received: saving a checkpoint" in err
   command = lh.printed_command(err)

@@ -33,7 +33,7 @@ from mnist_jax.results import report
 pytestmark = pytest.mark.slow
 
 # 540 training examples / 16 = 33 steps per epoch, in 7 chunks of 5.
-FLAGS = ("--model=mlp", "--mlp_hidden=16", "--epochs=3", "--batch_size=16",
+FLAGS = ("--noanalyses", "--model=mlp", "--mlp_hidden=16", "--epochs=3", "--batch_size=16",
          "--chunk_steps=5", "--seed=3")
 TRIALS = int(os.environ.get("KILL_TRIALS", "6"))
 SEED = int(os.environ.get("KILL_SEED", "0"))

@@ -1,11 +1,6 @@
-"""Data augmentation on the device, inside the jitted train step.
-
-Each training image gets its own random affine warp (shift, rotation, zoom)
-and, optionally, an elastic distortion (Simard et al., 2003), applied as ONE
-resampling with bilinear interpolation and zeros outside the image. Everything
-is jnp ops on the batch, driven by the step's key, so augmentation adds no host
-work and a run stays reproducible from its seed.
-"""
+"""On-device augmentation in the train step: per image a random affine warp
+(shift, rotation, zoom) and optional elastic distortion (Simard et al., 2003),
+as ONE bilinear resampling with zeros outside the image."""
 
 import functools
 import math
@@ -16,16 +11,8 @@ import jax.numpy as jnp
 
 
 def sample(images: jax.Array, rows: jax.Array, cols: jax.Array) -> jax.Array:
-  """Bilinear samples of images at fractional source coordinates.
-
-  Args:
-    images: [B, H, W] (any real dtype).
-    rows, cols: [B, H, W] source coordinates of each output pixel; points
-      outside the image read 0.
-
-  Returns:
-    float32 [B, H, W].
-  """
+  """float32 [B, H, W]: images [B, H, W] sampled bilinearly at source
+  coordinates rows, cols [B, H, W]; points outside the image read 0."""
   b, h, w = images.shape
   flat = images.reshape(b, h * w).astype(jnp.float32)
   r0, c0 = jnp.floor(rows), jnp.floor(cols)
@@ -43,17 +30,9 @@ def sample(images: jax.Array, rows: jax.Array, cols: jax.Array) -> jax.Array:
 
 
 def affine_grid(shape, angle: jax.Array, scale: jax.Array, shift: jax.Array):
-  """Source coordinates of out = R(angle) * scale * (in - centre) + centre + shift.
-
-  Args:
-    shape: (B, H, W).
-    angle: [B] radians (positive turns the image clockwise as displayed);
-      scale: [B] (> 1 zooms in);
-      shift: [B, 2] pixels (down, right).
-
-  Returns:
-    rows, cols: [B, H, W] float32 source coordinates.
-  """
+  """Source rows, cols [B, H, W] of out = R(angle) scale (in - centre) + centre
+  + shift: angle [B] radians (> 0: clockwise), scale [B] (> 1 zooms in), shift
+  [B, 2] pixels (down, right); shape (B, H, W)."""
   _, h, w = shape
   cr, cc = (h - 1) / 2.0, (w - 1) / 2.0
   yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32),
@@ -62,13 +41,11 @@ def affine_grid(shape, angle: jax.Array, scale: jax.Array, shift: jax.Array):
   x = xx[None] - cc - shift[:, 1, None, None]
   cos = (jnp.cos(angle) / scale)[:, None, None]
   sin = (jnp.sin(angle) / scale)[:, None, None]
-  rows = cos * y - sin * x + cr
-  cols = sin * y + cos * x + cc
-  return rows, cols
+  return cos * y - sin * x + cr, sin * y + cos * x + cc
 
 
 def _gaussian_matrix(n: int, sigma: float) -> jax.Array:
-  """[n, n] matrix G with G @ v = v blurred by a normalised Gaussian (zero padded)."""
+  """[n, n] G: G @ v is v blurred by a normalised Gaussian (zero padded)."""
   radius = int(math.ceil(3 * sigma))
   taps = jnp.exp(-0.5 * (jnp.arange(-radius, radius + 1) / sigma) ** 2)
   taps = taps / taps.sum()
@@ -89,29 +66,22 @@ def elastic_field(key: jax.Array, shape, alpha: float, sigma: float):
 def augment(key: jax.Array, images: jax.Array, *, shift: float = 0.0,
             rotate: float = 0.0, scale: float = 0.0, elastic: float = 0.0,
             elastic_sigma: float = 4.0) -> jax.Array:
-  """Randomly warps each image of a batch.
-
-  Args:
-    key: PRNG key of this batch.
-    images: [B, H, W] uint8 (or float).
-    shift: max |shift| in pixels along each axis (uniform).
-    rotate: max |angle| in degrees (uniform).
-    scale: zoom factor drawn uniformly from [1 - scale, 1 + scale].
-    elastic: elastic displacement strength alpha in pixels (0: off).
-    elastic_sigma: smoothness (Gaussian sigma, pixels) of the elastic field.
-
-  Returns:
-    [B, H, W] of the input dtype; uint8 rounds and stays in [0, 255].
-  """
+  """Randomly warps each image [B, H, W] (uint8 rounds): uniform shifts up to
+  `shift` px, turns up to `rotate` degrees, zoom in [1 - scale, 1 + scale];
+  elastic displacement up to `elastic` px (0: off), blurred by elastic_sigma."""
   b = images.shape[0]
   k_angle, k_scale, k_shift, k_elastic = jax.random.split(key, 4)
   angle = jax.random.uniform(k_angle, (b,), minval=-1.0, maxval=1.0) * (
       rotate * math.pi / 180.0)
-  zoom = 1.0 + scale * jax.random.uniform(k_scale, (b,), minval=-1.0, maxval=1.0)
+  zoom = 1.0 + scale * jax.random.uniform(
+      k_scale, (b,), minval=-1.0, maxval=1.0
+  )
   offset = shift * jax.random.uniform(k_shift, (b, 2), minval=-1.0, maxval=1.0)
   rows, cols = affine_grid(images.shape, angle, zoom, offset)
   if elastic > 0:
-    d_rows, d_cols = elastic_field(k_elastic, images.shape, elastic, elastic_sigma)
+    d_rows, d_cols = elastic_field(
+        k_elastic, images.shape, elastic, elastic_sigma
+    )
     rows, cols = rows + d_rows, cols + d_cols
   out = sample(images, rows, cols)
   if jnp.issubdtype(images.dtype, jnp.integer):
@@ -121,7 +91,7 @@ def augment(key: jax.Array, images: jax.Array, *, shift: float = 0.0,
 
 
 def from_config(config) -> Optional[Callable]:
-  """fn(key, images) applying the config's augmentation, or None when it is off."""
+  """fn(key, images) applying the config's augmentation, or None if off."""
   if not config.augment:
     return None
   return functools.partial(

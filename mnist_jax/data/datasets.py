@@ -1,14 +1,7 @@
 """The supported datasets, each declared once: files, classes and image shape.
 
-A dataset's class names fix its number of classes, and from it the models'
-output width, the labels the IDX reader accepts, the tfds features and the
-report's tables; its image shape is checked by the reader, the tfds features
-and the cache. Adding a dataset is one `DatasetInfo` entry in DATASETS (and
-its download's line in checksums.tsv where one is published).
-
-Kept free of tensorflow_datasets so that a run whose decoded arrays are already
-cached starts without importing tfds (about 0.3-1 s); `tfds_builder.py` builds
-its builders from these records.
+Adding one is a `DatasetInfo` in DATASETS (and its download's checksums.tsv
+line). No tfds import here: a run with cached arrays starts without it.
 """
 
 import dataclasses
@@ -25,13 +18,9 @@ EMNIST_URL = "https://biometrics.nist.gov/cs_links/EMNIST/gzip.zip"
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-  """One dataset of four IDX files (images uint8 [N, H, W], labels [N]).
-
-  url: the folder the four `.gz` files download from, or (ending in .zip) an
-  archive holding them under `archive_folder`. first_label: the label the
-  files give class 0 (its class index is the file's label minus it).
-  transposed: the files store each image transposed; read back upright.
-  """
+  """Four IDX files (images uint8 [N, H, W], labels [N]). url: the folder of
+  the `.gz` files, or a .zip holding them under `archive_folder`.
+  first_label: the files' label of class 0. transposed: images stored so."""
   name: str
   version: str
   url: str
@@ -50,7 +39,7 @@ class DatasetInfo:
 
   @property
   def file_names(self) -> dict:
-    """{"train_images": "train-images-idx3-ubyte", ...}: FILE_KEYS -> name."""
+    """FILE_KEYS -> file name ("train_images": "train-images-idx3-ubyte")."""
     return dict(zip(FILE_KEYS, self.files))
 
 
@@ -96,7 +85,6 @@ def get(dataset: str) -> DatasetInfo:
 
 
 def class_names(dataset: str) -> list:
-  """Human-readable label names: digits for MNIST, words for the sisters."""
   return list(DATASETS[dataset].class_names)
 
 

@@ -1,9 +1,5 @@
-"""Reading and writing the IDX format the MNIST files come in.
-
-Every malformed input (bad gzip, wrong magic, truncated, wrong sizes, labels out
-of range) raises `IdxError` naming the file; nothing else escapes. The image
-shape and label range are the dataset's (datasets.py).
-"""
+"""Reading and writing the IDX format the MNIST files come in; every malformed
+input raises a one-line `IdxError` naming the file."""
 
 import gzip
 import struct
@@ -24,7 +20,10 @@ class IdxError(UserError):
   """An IDX file is missing, unreadable, truncated or not what it claims."""
 
 
-def _read_bytes(path: str) -> bytes:
+def read(path: str, expect_magic: int,
+         image_shape: Tuple[int, int] = (28, 28)) -> np.ndarray:
+  """One IDX file (gzip or not): uint8 images [N, H, W] of `image_shape`
+  (expect_magic IMAGES_MAGIC) or labels [N] (LABELS_MAGIC)."""
   try:
     with open(path, "rb") as f:
       raw = f.read()
@@ -32,32 +31,17 @@ def _read_bytes(path: str) -> bytes:
     raise IdxError(f"cannot read {path}: {e.strerror or e}") from None
   if raw[:2] == b"\x1f\x8b":
     try:
-      return gzip.decompress(raw)
+      raw = gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as e:
       raise IdxError(f"{path} is a corrupt or truncated gzip file ({e}); "
                      "replace it with a fresh copy") from None
-  return raw
-
-
-def read(path: str, expect_magic: int,
-         image_shape: Tuple[int, int] = (28, 28)) -> np.ndarray:
-  """Reads one IDX file (optionally gzip-compressed) into a uint8 array.
-
-  Args:
-    path: the file.
-    expect_magic: IMAGES_MAGIC or LABELS_MAGIC.
-    image_shape: the (H, W) images must have.
-
-  Returns:
-    [N, H, W] uint8 for images, [N] uint8 for labels.
-  """
-  raw = _read_bytes(path)
-  kind = "images" if expect_magic == IMAGES_MAGIC else "labels"
-  ndim = 3 if expect_magic == IMAGES_MAGIC else 1
+  kind, ndim = ("images", 3) if expect_magic == IMAGES_MAGIC else ("labels", 1)
   header = 4 + 4 * ndim
   if len(raw) < header:
-    raise IdxError(f"{path} is truncated: {len(raw)} bytes, shorter than an IDX "
-                   f"{kind} header; replace it with a fresh copy")
+    raise IdxError(
+        f"{path} is truncated: {len(raw)} bytes, shorter than an IDX "
+        f"{kind} header; replace it with a fresh copy"
+    )
   magic = struct.unpack(">I", raw[:4])[0]
   if magic != expect_magic:
     raise IdxError(f"{path} is not an IDX {kind} file (magic 0x{magic:08x}, "
@@ -79,15 +63,8 @@ def read(path: str, expect_magic: int,
 
 def read_pair(images_path: str, labels_path: str,
               dataset: datasets.DatasetInfo = datasets.DATASETS["mnist"]):
-  """Reads matching image and label files of `dataset` and checks they agree.
-
-  Images the dataset stores transposed come back upright, and labels as class
-  indices (the file's label minus `dataset.first_label`).
-
-  Returns:
-    images [N, H, W] uint8 and labels [N] int32 in 0..K-1, for the dataset's
-    image shape (H, W) and K classes.
-  """
+  """A dataset's matching image and label files, checked to agree: images
+  [N, H, W] uint8, upright, and labels [N] int32 as class indices 0..K-1."""
   images = read(images_path, IMAGES_MAGIC, dataset.image_shape)
   labels = read(labels_path, LABELS_MAGIC)
   if len(images) != len(labels):
@@ -108,7 +85,5 @@ def write(path: str, array: np.ndarray, compress: bool = False) -> None:
   array = np.asarray(array, np.uint8)
   magic = IMAGES_MAGIC if array.ndim == 3 else LABELS_MAGIC
   data = struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.tobytes()
-  if compress:
-    data = gzip.compress(data)
   with open(path, "wb") as f:
-    f.write(data)
+    f.write(gzip.compress(data) if compress else data)

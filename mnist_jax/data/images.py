@@ -1,12 +1,8 @@
 """A picture of one digit as an MNIST-style input: what `--mode=predict` sees.
 
-Any PNG or JPEG (any size, colour or background) is turned into an MNIST-style
-input the way the MNIST digits themselves were made: grayscale, light ink
-on a dark background (inverted when the background is light), cropped to the
-digit, scaled to fit a 20x20 box keeping its aspect ratio, and placed in a 28x28
-field so that its centre of mass is at pixel (14, 14), where the MNIST training
-digits have theirs on average. A photo's uneven lighting and paper colour are
-divided out first, and marks apart from the digit dropped.
+As the MNIST digits were made: light ink on dark, cropped, scaled into a 20x20
+box, centre of mass at (14, 14) of 28x28; a photo's lighting and paper colour
+are divided out first, and marks apart from the digit dropped.
 """
 
 import os
@@ -34,7 +30,9 @@ NEAR = 0.3  # Pieces this close (fraction of the digit's size) are kept,
 STRONG = 0.5  # if their ink is at least this fraction of the digit's darkest.
 STROKE = 2.0  # Minimum stroke width in the 20x20 box (MNIST pens are 2-3 px).
 MAX_SIDE = 1024  # Bigger images are shrunk first (a digit needs no more).
-WORK_SIDE = 4 * BOX  # Crops above this are max-pooled down: thin strokes survive.
+WORK_SIDE = (
+    4 * BOX
+)  # Crops above this are max-pooled down: thin strokes survive.
 
 
 class ImageError(UserError):
@@ -54,7 +52,9 @@ def open_image(path: str) -> Image.Image:
     image = Image.open(path)
     image.load()
   except UnidentifiedImageError:
-    raise ImageError(f"{path} is not an image (unknown format); {hint}") from None
+    raise ImageError(
+        f"{path} is not an image (unknown format); {hint}"
+    ) from None
   except Image.DecompressionBombError:
     raise ImageError(f"{path} is too large to be a digit image; pass a smaller "
                      "one") from None
@@ -87,22 +87,6 @@ def _gray(image: Image.Image) -> np.ndarray:
   return alpha * gray + (1.0 - alpha) * background
 
 
-def _dilate(a: np.ndarray, radius: int) -> np.ndarray:
-  """Grey-level dilation by a (2 radius + 1)^2 square, as repeated 3x3 maxima."""
-  for _ in range(radius):
-    p = np.pad(a, 1)
-    a = np.max([p[i:i + a.shape[0], j:j + a.shape[1]]
-                for i in range(3) for j in range(3)], axis=0)
-  return a
-
-
-def _max_pool(a: np.ndarray, k: int) -> np.ndarray:
-  """k x k block maxima (zero-padded at the far edges): shrinks, keeps thin lines."""
-  h, w = -(-a.shape[0] // k) * k, -(-a.shape[1] // k) * k
-  a = np.pad(a, ((0, h - a.shape[0]), (0, w - a.shape[1])))
-  return a.reshape(h // k, k, w // k, k).max(axis=(1, 3))
-
-
 def _stroke_width(ink: np.ndarray) -> float:
   """Mean stroke width in pixels: 2 area / boundary length of the ink mask."""
   mask = ink > 0.5
@@ -114,58 +98,29 @@ def _stroke_width(ink: np.ndarray) -> float:
   return 2.0 * area / max(area - inner.sum(), 1)
 
 
-def _resize(a: np.ndarray, height: int, width: int) -> np.ndarray:
-  image = Image.fromarray(a.astype(np.float32))
-  smaller = height <= a.shape[0] and width <= a.shape[1]
-  method = Image.Resampling.LANCZOS if smaller else Image.Resampling.BILINEAR
-  return np.clip(np.asarray(image.resize((width, height), method)), 0.0, 1.0)
-
-
-def _border(a: np.ndarray) -> np.ndarray:
-  """The pixels of a ring 2% of the image wide along its edges."""
-  ring = max(1, round(0.02 * min(a.shape)))
-  return np.concatenate([a[:ring].ravel(), a[-ring:].ravel(),
-                         a[:, :ring].ravel(), a[:, -ring:].ravel()])
-
-
-def _block_mean(a: np.ndarray, k: int) -> np.ndarray:
-  """k x k block means (edge blocks padded by repetition): a smaller image."""
+def _blocks(a: np.ndarray, k: int, mode: str = "edge") -> np.ndarray:
+  """a's k x k blocks [H/k, k, W/k, k], its far edges padded (np.pad mode)."""
   h, w = -(-a.shape[0] // k) * k, -(-a.shape[1] // k) * k
-  a = np.pad(a, ((0, h - a.shape[0]), (0, w - a.shape[1])), mode="edge")
-  return a.reshape(h // k, k, w // k, k).mean(axis=(1, 3))
+  a = np.pad(a, ((0, h - a.shape[0]), (0, w - a.shape[1])), mode=mode)
+  return a.reshape(h // k, k, w // k, k)
 
 
-def _shifts(a: np.ndarray, radius: int, extrapolate: bool = False) -> np.ndarray:
-  """[(2 radius + 1)^2, H, W]: a shifted by every offset up to radius, for
-  filters over a square window; padded by repeating the edges, or by
-  continuing them linearly (odd reflection)."""
-  if extrapolate:
-    p = np.pad(a, radius, mode="reflect", reflect_type="odd")
-  else:
-    p = np.pad(a, radius, mode="edge")
+def _shifts(
+    a: np.ndarray, radius: int, extrapolate: bool = False
+) -> np.ndarray:
+  """[(2 radius + 1)^2, H, W]: a shifted by every offset up to radius (a
+  square window), padded by repeating the edges or continuing them linearly."""
+  p = (np.pad(a, radius, mode="reflect", reflect_type="odd") if extrapolate
+       else np.pad(a, radius, mode="edge"))
   n = 2 * radius + 1
   return np.stack([p[i:i + a.shape[0], j:j + a.shape[1]]
                    for i in range(n) for j in range(n)])
 
 
-def _closing(a: np.ndarray, radius: int) -> np.ndarray:
-  """Grey closing (maxima, then minima, over a square window): removes dark
-  features narrower than the window and keeps ramps and straight edges.
-  The image is continued linearly past its edges, so that a shadow edge
-  leaving the frame stays straight there."""
-  closed = _shifts(a, radius, extrapolate=True).max(axis=0)
-  return _shifts(closed, radius, extrapolate=True).min(axis=0)
-
-
 def _light_background(grid: np.ndarray, radius: int) -> bool:
-  """Whether the background is lighter than the ink.
-
-  Where the window holds both ink and background, a pixel lies between the
-  window's darkest and lightest values; the background covers more of such
-  windows than the strokes do (also inside loops), so pixels sit mostly near
-  the background's end. Weighted by the window's contrast, so that lighting
-  alone (a ramp: halfway) barely counts; without clear evidence, light paper.
-  """
+  """Whether the background is lighter than the ink: in windows with both,
+  most pixels sit near the background's end of the window's range (weighted
+  by its contrast, so a lighting ramp barely counts). Unclear: light paper."""
   windows = _shifts(grid, radius)
   lo, hi = windows.min(axis=0), windows.max(axis=0)
   weight = (hi - lo) ** 2
@@ -174,29 +129,26 @@ def _light_background(grid: np.ndarray, radius: int) -> bool:
 
 
 def _paper(gray: np.ndarray) -> Tuple[np.ndarray, np.ndarray, bool]:
-  """The image with its background light, and the paper's brightness there.
-
-  A flat border means a flat background (a scan, a drawing): the border's
-  median, and the image is inverted if it is dark. Otherwise the lighting is
-  estimated on a coarse grid by a closing over windows a quarter of the image
-  wide: wider than a stroke, so strokes are removed, while gradients and
-  shadow edges are kept.
-
-  Returns:
-    light [H, W] and paper [H, W], both in [0, 1], and whether the
-    background is flat.
-  """
-  border = _border(gray)
+  """The image with its background light [H, W], the paper's brightness
+  [H, W], and whether the background is flat (a flat border: a scan or a
+  drawing). Else lighting is a closing over windows wider than a stroke."""
+  ring = max(1, round(0.02 * min(gray.shape)))  # 2% of the image wide.
+  border = np.concatenate([gray[:ring].ravel(), gray[-ring:].ravel(),
+                           gray[:, :ring].ravel(), gray[:, -ring:].ravel()])
   if np.percentile(border, 95) - np.percentile(border, 5) < FLAT:
     background = float(np.median(border))
     light = gray if background > 0.5 else 1.0 - gray
     return light, np.full(gray.shape, max(background, 1.0 - background)), True
   k = max(1, round(min(gray.shape) / GRID))
-  grid = _block_mean(gray, k)
+  grid = _blocks(gray, k).mean(axis=(1, 3))
   radius = max(1, round(WINDOW * min(grid.shape) / 2))
   if not _light_background(grid, radius):
     grid, gray = 1.0 - grid, 1.0 - gray
-  paper = _shifts(_closing(grid, radius), 1).mean(axis=0)
+  # A grey closing: removes dark strokes, keeps ramps and (past the frame
+  # too) shadow edges.
+  closed = _shifts(grid, radius, extrapolate=True).max(axis=0)
+  closed = _shifts(closed, radius, extrapolate=True).min(axis=0)
+  paper = _shifts(closed, 1).mean(axis=0)
   image = Image.fromarray(paper.astype(np.float32))
   size = (grid.shape[1] * k, grid.shape[0] * k)
   paper = np.asarray(image.resize(size, Image.Resampling.BILINEAR))
@@ -226,14 +178,10 @@ def _components(mask: np.ndarray) -> np.ndarray:
 
 
 def _digit_mask(ink: np.ndarray) -> np.ndarray:
-  """The digit's pixels [H, W] bool in a photo's ink [H, W] (0 = paper).
-
-  The heaviest connected ink and the dark pieces near it; stray marks, ruled
-  lines and what is left of shadows elsewhere are dropped. None if no ink is
-  as dark as a pen's (the picture is blank).
-  """
+  """The digit's pixels [H, W] bool in a photo's ink (0 = paper): the
+  heaviest connected ink and the dark pieces near it; none if it is blank."""
   k = max(1, round(max(ink.shape) / MASK_SIDE))
-  coarse = _block_mean(ink, k)
+  coarse = _blocks(ink, k).mean(axis=(1, 3))
   if coarse.max() < MIN_INK:
     return np.zeros(ink.shape, bool)
   labels = _components(coarse > NOISE * coarse.max())
@@ -242,7 +190,9 @@ def _digit_mask(ink: np.ndarray) -> np.ndarray:
   mass[ids < 0] = 0
   heaviest = int(np.argmax(mass))
   main = labels == ids[heaviest]
-  rows, cols = np.flatnonzero(main.any(axis=1)), np.flatnonzero(main.any(axis=0))
+  rows, cols = np.flatnonzero(main.any(axis=1)), np.flatnonzero(
+      main.any(axis=0)
+  )
   reach = max(1, round(NEAR * max(rows[-1] - rows[0], cols[-1] - cols[0], 1)))
   near = np.zeros(main.shape, bool)
   near[max(rows[0] - reach, 0):rows[-1] + reach + 1,
@@ -257,47 +207,38 @@ def _digit_mask(ink: np.ndarray) -> np.ndarray:
 
 
 def preprocess(image: Image.Image, name: str = "image") -> np.ndarray:
-  """An image of one digit as an MNIST-style input.
-
-  The paper's brightness is estimated and divided out first, so that uneven
-  light, shadows and tinted paper are not taken for ink. On a background that
-  is not flat (a photo), the digit is then the heaviest connected ink and the
-  dark pieces near it; other marks are dropped.
-
-  Args:
-    image: a PIL image of any size and mode.
-    name: how errors refer to it (the file name).
-
-  Returns:
-    [28, 28] uint8: white ink on black, the digit inside a 20x20 box, its
-    centre of mass at pixel (14, 14).
-
-  Raises:
-    ImageError: no digit stands out from the background.
-  """
+  """A PIL image of one digit as [28, 28] uint8 (white ink on black), or an
+  ImageError naming it `name` when no digit stands out."""
   light, paper, flat = _paper(_gray(image))
   ink = np.clip(1.0 - light / np.maximum(paper, 1e-3), 0.0, 1.0)
   if not flat:
     ink = ink * _digit_mask(ink)
   contrast = ink.max()
   if contrast < MIN_CONTRAST:
-    raise ImageError(f"{name} has no digit on it (no strokes stand out from the "
-                     "background); pass a picture of one digit")
+    raise ImageError(
+        f"{name} has no digit on it (no strokes stand out from the "
+        "background); pass a picture of one digit"
+    )
   ink = ink / contrast
   ink = np.clip((ink - NOISE) / (1.0 - NOISE), 0.0, 1.0)
   rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
   ink = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
   if max(ink.shape) > 2 * WORK_SIDE:
-    ink = _max_pool(ink, max(ink.shape) // WORK_SIDE)
+    ink = _blocks(ink, max(ink.shape) // WORK_SIDE, "constant").max(axis=(1, 3))
 
   scale = BOX / max(ink.shape)
   thin = STROKE / scale - _stroke_width(ink)
   if thin > 1:  # Thin pen on a big canvas: thicken it before shrinking.
-    ink = _dilate(ink, int(np.ceil(thin / 2)))
+    for _ in range(int(np.ceil(thin / 2))):  # Dilation (ink >= 0).
+      ink = _shifts(ink, 1).max(axis=0)
     scale = BOX / max(ink.shape)
   height = max(1, round(ink.shape[0] * scale))
   width = max(1, round(ink.shape[1] * scale))
-  digit = _resize(ink, height, width)
+  smaller = height <= ink.shape[0] and width <= ink.shape[1]
+  method = Image.Resampling.LANCZOS if smaller else Image.Resampling.BILINEAR
+  digit = np.asarray(Image.fromarray(ink.astype(np.float32)).resize(
+      (width, height), method))
+  digit = np.clip(digit, 0.0, 1.0)
   if digit.max() > 0:
     digit = digit / digit.max()
 

@@ -1,10 +1,5 @@
-"""MNIST input: prepare with tfds once, cache decoded arrays, split, put on device.
-
-The first run prepares the tfds dataset (download, or `--mnist_dir` offline),
-decodes it through `tfds.data_source` and caches the uint8 arrays beside it, so
-later runs skip tfds and load two arrays. Training reads batches
-by index from the device-resident arrays inside the jitted epoch (`train.py`).
-"""
+"""MNIST input: prepare with tfds once (download, or `--mnist_dir` offline),
+cache the decoded uint8 arrays beside it (later runs skip tfds), split."""
 
 import contextlib
 import dataclasses
@@ -20,8 +15,6 @@ from mnist_jax.data import datasets
 from mnist_jax.data import idx
 from mnist_jax.errors import UserError
 from mnist_jax.rundir import files
-
-NETWORK_TIMEOUT_S = 3.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,16 +35,7 @@ class Dataset:
   class_names: tuple
 
 
-def default_data_dir() -> str:
-  return os.environ.get("TFDS_DATA_DIR",
-                        os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
-
-
-def _cache_path(data_dir: str, name: str, version: str) -> str:
-  return os.path.join(data_dir, name, version, "mnist_jax_arrays.npz")
-
-
-def _network_reachable(url: str, timeout: float = NETWORK_TIMEOUT_S) -> bool:
+def _network_reachable(url: str, timeout: float = 3.0) -> bool:
   parsed = urllib.parse.urlparse(url)
   port = parsed.port or (443 if parsed.scheme == "https" else 80)
   try:
@@ -61,20 +45,13 @@ def _network_reachable(url: str, timeout: float = NETWORK_TIMEOUT_S) -> bool:
     return False
 
 
-def _write_cache(path: str, arrays: dict) -> None:
-  """Writes the npz atomically so an interrupted run never leaves half a file."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with files.atomic(path, "wb") as f:
-    np.savez(f, **arrays)
-
-
 def _read_cache(path: str, image_shape):
+  """The cached arrays, or None if the cache is damaged (then rebuilt)."""
   try:
     with np.load(path) as z:
-      arrays = {k: z[k] for k in ("train_images", "train_labels", "test_images",
-                                  "test_labels")}
+      arrays = {k: z[k] for k in datasets.FILE_KEYS}
   except Exception:  # pylint: disable=broad-except
-    return None  # A damaged cache is rebuilt from the prepared dataset.
+    return None
   if (arrays["train_images"].shape[1:] != tuple(image_shape) or
       len(arrays["train_images"]) != len(arrays["train_labels"]) or
       len(arrays["test_images"]) != len(arrays["test_labels"])):
@@ -82,41 +59,19 @@ def _read_cache(path: str, image_shape):
   return arrays
 
 
-@contextlib.contextmanager
-def _quiet_tfds(tfds):
-  """Keeps tfds's progress bars (terminal escape codes in a log) and absl
-  warnings out of the run's output; errors still raise."""
-  tfds.display_progress_bar(False)
-  absl_logger = logging.getLogger("absl")
-  level = absl_logger.level
-  absl_logger.setLevel(logging.ERROR)
-  try:
-    yield
-  finally:
-    absl_logger.setLevel(level)
-
-
 def prepare(dataset: str = "mnist", data_dir=None, mnist_dir=None) -> dict:
-  """Makes sure the tfds dataset is prepared and returns its decoded arrays.
-
-  Args:
-    dataset: a name in datasets.DATASETS.
-    data_dir: tfds data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).
-    mnist_dir: folder with the four IDX files, for preparing with no network.
-
-  Returns:
-    dict with train_images [N, H, W] uint8, train_labels [N] int32 (class
-    indices), test_images [M, H, W] uint8, test_labels [M] int32: for MNIST
-    N = 60000, M = 10000, H = W = 28 (fewer for small synthetic datasets).
-  """
-  data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
+  """The dataset's arrays {train,test}_{images,labels} (uint8 [N, H, W], int32
+  class indices [N]), prepared first in `data_dir` (default $TFDS_DATA_DIR or
+  ~/tensorflow_datasets) if needed, offline from `mnist_dir`'s IDX files."""
+  data_dir = os.path.abspath(os.path.expanduser(data_dir or os.environ.get(
+      "TFDS_DATA_DIR", os.path.join("~", "tensorflow_datasets"))))
   if os.path.isdir(data_dir) and not os.access(data_dir, os.R_OK | os.X_OK):
     # Else it would read as "not prepared" (files in it look missing).
     raise UserError(f"--data_dir={data_dir} cannot be read by this user "
                     "(permission denied); give read access to it, or pass "
                     "another --data_dir")
   info = datasets.get(dataset)
-  cache = _cache_path(data_dir, dataset, info.version)
+  cache = os.path.join(data_dir, dataset, info.version, "mnist_jax_arrays.npz")
   if os.path.exists(cache):
     arrays = _read_cache(cache, info.image_shape)
     if arrays is not None:
@@ -124,9 +79,18 @@ def prepare(dataset: str = "mnist", data_dir=None, mnist_dir=None) -> dict:
 
   # Imported only now: a cached run never needs tfds, whose import is slow.
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  with _quiet_tfds(tfds):
+  # Without tfds's progress bars (escape codes in a log) and absl warnings.
+  tfds.display_progress_bar(False)
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)
+  try:
     arrays = _from_tfds(tfds, dataset, data_dir, mnist_dir)
-  _write_cache(cache, arrays)
+  finally:
+    absl_logger.setLevel(level)
+  os.makedirs(os.path.dirname(cache), exist_ok=True)
+  with files.atomic(cache, "wb") as f:  # Never half a file.
+    np.savez(f, **arrays)
   return arrays
 
 
@@ -152,8 +116,10 @@ def _from_tfds(tfds, dataset: str, data_dir: str, mnist_dir) -> dict:
     if mnist_dir:
       mnist_dir = os.path.abspath(os.path.expanduser(mnist_dir))
       if not os.path.isdir(mnist_dir):
-        raise UserError(f"--mnist_dir={mnist_dir} is not a folder; pass the folder "
-                        "that holds the four IDX files")
+        raise UserError(
+            f"--mnist_dir={mnist_dir} is not a folder; pass the folder "
+            "that holds the four IDX files"
+        )
       paths = tfds_builder.find_idx_files(mnist_dir, dataset)
       for split in ("train", "test"):  # Validate before tfds writes anything.
         idx.read_pair(paths[f"{split}_images"], paths[f"{split}_labels"],
@@ -188,37 +154,38 @@ def _from_tfds(tfds, dataset: str, data_dir: str, mnist_dir) -> dict:
         raise UserError(f"preparing {dataset} in {data_dir} failed: {e}"
                         ) from None
       if "Checksum" in type(e).__name__ or "Connection" in type(e).__name__:
-        raise UserError(f"downloading {dataset} failed ({type(e).__name__}); pass "
-                        "--mnist_dir=DIR with the four IDX files") from None
+        raise UserError(
+            f"downloading {dataset} failed ({type(e).__name__}); pass "
+            "--mnist_dir=DIR with the four IDX files"
+        ) from None
       raise
   elif builder.info.file_format is not None and (
       builder.info.file_format.value != "array_record"):
     raise UserError(f"{dataset} in {data_dir} was prepared as "
                     f"{builder.info.file_format.value}, not array_record; pass "
                     "another --data_dir")
-
   try:
-    train_images, train_labels = tfds_builder.decode_split(builder, "train")
-    test_images, test_labels = tfds_builder.decode_split(builder, "test")
+    return {f"{part}_{kind}": array for part in ("train", "test")
+            for kind, array in zip(("images", "labels"),
+                                   tfds_builder.decode_split(builder, part))}
   except Exception as e:  # pylint: disable=broad-except
     raise damaged(e) from None
-  return dict(train_images=train_images, train_labels=train_labels,
-              test_images=test_images, test_labels=test_labels)
 
 
 def split(arrays: dict, val_fraction: float, class_names=None) -> Dataset:
-  """Holds out the last `val_fraction` of the training set, as Keras does.
-
-  Keras' `validation_split=0.1` takes the last 10% before any shuffling; this
-  is the same deterministic split, so results are comparable with the seeds.
-  """
+  """Holds out the last `val_fraction` of the training set before any
+  shuffling, as Keras' `validation_split` does, so results are comparable."""
   n = len(arrays["train_labels"])
   n_train = int(n * (1.0 - val_fraction))
   if val_fraction > 0 and n_train == n:
     n_train = n - 1
   return Dataset(
-      train=Split(arrays["train_images"][:n_train], arrays["train_labels"][:n_train]),
-      val=Split(arrays["train_images"][n_train:], arrays["train_labels"][n_train:]),
+      train=Split(
+          arrays["train_images"][:n_train], arrays["train_labels"][:n_train]
+      ),
+      val=Split(
+          arrays["train_images"][n_train:], arrays["train_labels"][n_train:]
+      ),
       test=Split(arrays["test_images"], arrays["test_labels"]),
       class_names=tuple(class_names or datasets.DIGITS),
   )
@@ -227,4 +194,6 @@ def split(arrays: dict, val_fraction: float, class_names=None) -> Dataset:
 def load(config) -> Dataset:
   """Prepares (if needed), loads and splits the dataset a config names."""
   arrays = prepare(config.dataset, config.data_dir, config.mnist_dir)
-  return split(arrays, config.val_fraction, datasets.class_names(config.dataset))
+  return split(
+      arrays, config.val_fraction, datasets.class_names(config.dataset)
+  )

@@ -1,13 +1,8 @@
 """tfds builders for MNIST and its IDX-format sisters, usable without TensorFlow.
 
-One builder per dataset in datasets.py. They write `array_record` files that
-`tfds.data_source` reads, element for element the same as the official tfds
-`mnist:3.0.1` (and `fashion_mnist`, `kmnist`); the EMNIST ones store the images
-upright and the labels from 0, unlike tfds's `emnist`. Online they download the
-four IDX files (or EMNIST's archive of them) through tfds's download manager,
-which checks them against `checksums.tsv` beside this file. Offline,
-`DownloadConfig(manual_dir=DIR)` points them at a folder holding the four
-files, `.gz` or not.
+Their `array_record` files are element for element tfds's own (EMNIST's:
+upright, labels from 0). Downloads are checked against `checksums.tsv`;
+offline, `DownloadConfig(manual_dir=DIR)` names a folder of the IDX files.
 """
 
 import os
@@ -20,17 +15,12 @@ import tensorflow_datasets as tfds
 from mnist_jax.data import datasets
 from mnist_jax.data import idx
 
-FILES = datasets.DATASETS["mnist"].file_names  # MNIST's four, for messages.
 CHECKSUMS = os.path.join(os.path.dirname(__file__), "checksums.tsv")
 
 
 def find_idx_files(folder: str, dataset: str = "mnist") -> dict:
   """Maps each of the dataset's four files to its path in `folder` (plain or
-  `.gz`), or raises.
-
-  Raises:
-    idx.IdxError: a file is missing, or the folder cannot be read.
-  """
+  `.gz`); an IdxError if one is missing or the folder cannot be read."""
   names = datasets.get(dataset).file_names
   found = {}
   for key, stem in names.items():
@@ -48,14 +38,15 @@ def find_idx_files(folder: str, dataset: str = "mnist") -> dict:
         found[key] = path
         break
     else:
-      raise idx.IdxError(f"{stem}[.gz] is missing from {folder}: it must hold the "
-                         f"four IDX files {', '.join(names.values())}")
+      raise idx.IdxError(
+          f"{stem}[.gz] is missing from {folder}: it must hold the "
+          f"four IDX files {', '.join(names.values())}"
+      )
   return found
 
 
 def download_urls(dataset: str) -> list:
-  """The URLs a download of `dataset` fetches: its four `.gz` files, or the
-  one archive that holds them."""
+  """The URLs a download fetches: four `.gz` files, or the archive of them."""
   info = datasets.get(dataset)
   if info.url.endswith(".zip"):
     return [info.url]
@@ -63,29 +54,28 @@ def download_urls(dataset: str) -> list:
 
 
 def unverified_urls(dataset: str) -> list:
-  """The download URLs of `dataset` with no size and SHA-256 in checksums.tsv:
-  a download of them could not be checked, so none is attempted."""
+  """The download URLs with no size and SHA-256 in checksums.tsv: none of
+  them is downloaded, as it could not be checked."""
   with open(CHECKSUMS) as f:
     known = {line.split("\t", 1)[0] for line in f if line.strip()}
   return [url for url in download_urls(dataset) if url not in known]
 
 
 def _downloaded_files(dl_manager, info: datasets.DatasetInfo) -> dict:
-  """Downloads the dataset's files (tfds checks them against checksums.tsv)
-  and maps FILE_KEYS to their paths."""
+  """Downloads the dataset's files (checked by tfds): FILE_KEYS -> path."""
+  names = info.file_names
   if info.url.endswith(".zip"):
     folder = os.path.join(os.fspath(dl_manager.download_and_extract(info.url)),
                           info.archive_folder)
     return {key: os.path.join(folder, stem + ".gz")
-            for key, stem in info.file_names.items()}
+            for key, stem in names.items()}
   paths = dl_manager.download(
-      {key: info.url + stem + ".gz" for key, stem in info.file_names.items()})
+      {key: info.url + stem + ".gz" for key, stem in names.items()})
   return {key: os.fspath(path) for key, path in paths.items()}
 
 
 class _IdxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Shared builder: uint8 images and class labels from four IDX files, as
-  its dataset's DatasetInfo (`INFO`) declares them."""
+  """uint8 images and class labels from four IDX files, as `INFO` declares."""
 
   VERSION = tfds.core.Version("3.0.1")
   URL = ""
@@ -98,14 +88,12 @@ class _IdxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     else:
       label = tfds.features.ClassLabel(names=list(names))
     return tfds.core.DatasetInfo(
-        builder=self,
-        description=self.INFO.description,
+        builder=self, description=self.INFO.description,
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Image(shape=(*self.INFO.image_shape, 1)),
             "label": label,
         }),
-        supervised_keys=("image", "label"),
-    )
+        supervised_keys=("image", "label"))
 
   def _split_generators(self, dl_manager):
     manual = dl_manager._manual_dir  # pylint: disable=protected-access
@@ -113,11 +101,9 @@ class _IdxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       paths = find_idx_files(os.fspath(manual), self.INFO.name)
     else:
       paths = _downloaded_files(dl_manager, self.INFO)
-    return {
-        split: self._generate_examples(paths[f"{split}_images"],
-                                       paths[f"{split}_labels"])
-        for split in ("train", "test")
-    }
+    return {split: self._generate_examples(paths[f"{split}_images"],
+                                           paths[f"{split}_labels"])
+            for split in ("train", "test")}
 
   def _generate_examples(self, images_path, labels_path):
     images, labels = idx.read_pair(images_path, labels_path, self.INFO)
@@ -130,28 +116,22 @@ class _IdxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 def _builder(info: datasets.DatasetInfo):
   return type(info.name.title().replace("_", ""), (_IdxBuilder,), dict(
       name=info.name, VERSION=tfds.core.Version(info.version), URL=info.url,
-      INFO=info, __module__=__name__),
-              skip_registration=True)
+      INFO=info, __module__=__name__), skip_registration=True)
 
 
 BUILDERS = {name: _builder(info) for name, info in datasets.DATASETS.items()}
 
 
 def decode_split(builder: tfds.core.DatasetBuilder, split: str):
-  """Reads a prepared split through `tfds.data_source` into uint8 arrays.
-
-  Returns:
-    images [N, H, W] uint8 and labels [N] int32, in the stored order.
-  """
+  """A prepared split, read through `tfds.data_source` in its stored order:
+  images [N, H, W] uint8 and labels [N] int32."""
   source = builder.as_data_source(split=split)
   n = len(source)
   images = np.empty((n, *builder.info.features["image"].shape[:2]), np.uint8)
   labels = np.empty((n,), np.int32)
-  step = 4096
-  for start in range(0, n, step):
-    items = source.__getitems__(list(range(start, min(start + step, n))))
+  for start in range(0, n, 4096):
+    items = source.__getitems__(list(range(start, min(start + 4096, n))))
     for offset, item in enumerate(items):
       images[start + offset] = item["image"][..., 0]
       labels[start + offset] = item["label"]
   return images, labels
-

@@ -8,9 +8,8 @@ import flax.linen as nn
 class CNN(nn.Module):
   """Conv-(BatchNorm)-ReLU-MaxPool blocks, then Dense-ReLU and a Dense output.
 
-  Each block is a stride-1 k x k convolution ('VALID' or 'SAME') and a 2x2 max
-  pool at stride 2. images [B, 28, 28] (uint8, 255 = ink) -> logits
-  [B, num_classes].
+  Each block: a stride-1 k x k convolution (VALID or SAME), a 2x2 max pool at
+  stride 2. images [B, 28, 28] (uint8, 255 = ink) -> logits [B, num_classes].
   """
   features: Sequence[int] = (32, 64)
   kernel_size: int = 3

@@ -1,4 +1,5 @@
-"""Fully connected models on the 784 pixels."""
+"""Fully connected models on the 784 pixels: images [B, 28, 28] (uint8, 255 =
+ink) -> logits [B, num_classes]."""
 
 from typing import Sequence
 
@@ -6,10 +7,7 @@ import flax.linen as nn
 
 
 class Linear(nn.Module):
-  """The seeds' no-hidden-layer baseline: logits = x W + b.
-
-  images [B, 28, 28] (uint8, 255 = ink) -> logits [B, num_classes].
-  """
+  """The seeds' no-hidden-layer baseline: logits = x W + b."""
   num_classes: int = 10
 
   @nn.compact
@@ -19,10 +17,7 @@ class Linear(nn.Module):
 
 
 class MLP(nn.Module):
-  """Dense-ReLU-Dropout blocks, then a Dense output layer.
-
-  images [B, 28, 28] (uint8, 255 = ink) -> logits [B, num_classes].
-  """
+  """Dense-ReLU-Dropout blocks, then a Dense output layer."""
   hidden: Sequence[int] = (512, 256)
   dropout: float = 0.0
   num_classes: int = 10

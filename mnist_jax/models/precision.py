@@ -1,9 +1,5 @@
-"""Compute dtype: run a model in bfloat16 while parameters stay float32.
-
-`cast_apply` wraps a Flax `apply` so the floating parameters and the input are
-cast to the compute dtype on the way in and the logits back to float32 on the
-way out. Gradients flow back through the casts, so they, the parameters and
-the optimizer state stay float32, and the loss is computed in float32.
+"""Compute dtype: a model run in bfloat16 while its parameters, gradients,
+optimizer state and loss stay float32 (gradients flow back through the casts).
 """
 
 from typing import Callable
@@ -20,7 +16,8 @@ def cast_floating(tree, dtype):
 
 
 def cast_apply(apply_fn: Callable, dtype: str) -> Callable:
-  """`apply_fn` computing in `dtype` (unchanged for float32); float32 logits."""
+  """`apply_fn` casting parameters and input to `dtype` (float32: unchanged)
+  and its outputs back to float32."""
   if dtype == "float32":
     return apply_fn
   compute = jnp.dtype(dtype)

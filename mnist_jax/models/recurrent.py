@@ -1,10 +1,6 @@
-"""Recurrent models (SimpleRNN, LSTM, GRU) scanned over an image as a sequence.
-
-The image is read as 28 rows of 28 pixels (the seeds' reading), or as 784
-pixels of 1, row-major (sequential MNIST) or in one fixed random order
-(permuted MNIST, `permutation`). The last state of the top layer (of both
-directions when bidirectional) feeds a Dense output layer.
-"""
+"""Recurrent models (SimpleRNN, LSTM, GRU) reading an image as a sequence: 28
+rows of 28 pixels, or 784 pixels in order (sequential MNIST) or in a fixed
+random order (permuted MNIST)."""
 
 import functools
 
@@ -34,10 +30,8 @@ def as_sequence(images, sequence: str = "rows", permute_seed: int = 0):
 
 
 class Recurrent(nn.Module):
-  """Stacked, optionally bidirectional nn.RNN layers, then Dense.
-
-  images [B, 28, 28] (uint8, 255 = ink) -> logits [B, num_classes].
-  """
+  """Stacked, optionally bidirectional nn.RNN layers; the top layer's last
+  state(s) to Dense: images [B, 28, 28] (255 = ink) -> logits [B, classes]."""
   cell: str = "lstm"
   hidden: int = 128
   num_layers: int = 1
@@ -69,6 +63,8 @@ class Recurrent(nn.Module):
     last = x[:, -1]
     if self.bidirectional:
       # The backward pass ends at t = 0, where keep_order puts its final state.
-      last = jnp.concatenate([x[:, -1, :self.hidden], x[:, 0, self.hidden:]], -1)
+      last = jnp.concatenate(
+          [x[:, -1, : self.hidden], x[:, 0, self.hidden :]], -1
+      )
     last = nn.Dropout(self.dropout, deterministic=not train)(last)
     return nn.Dense(self.num_classes, name="out")(last)

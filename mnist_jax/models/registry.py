@@ -1,16 +1,13 @@
-"""The model registry: `--model` name -> stock module, own settings, input
-view and presets.
+"""The model registry: `--model` name -> stock module, own settings, presets.
 
-A new architecture is one Flax module plus one `register(...)` call here, which
-declares the model's own settings (flag name -> module attribute, help, range):
-they become its flags, config.json keys and --help lines, in its runs only,
-with no edit elsewhere. Presets are small dicts of Config overrides; a preset
-may name a `base` preset it edits, so `tuned` states only how it differs from
-`seed`. `build` swaps in a fast kernel (mnist_jax/models/kernels/) where
-`--impl` picks one.
+A new architecture is one Flax module plus one `register(...)` call: its
+settings (flag -> module attribute) become its flags, config.json keys and
+--help lines, in its runs only. A preset is a dict of Config overrides that
+may name a `base` preset it edits.
 """
 
 import dataclasses
+import itertools
 from typing import Any, Callable, Dict, List, Optional
 
 import flax.linen as nn
@@ -29,11 +26,9 @@ Setting = config_lib.Setting
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-  """A registered model: its stock Flax module (taking images [B, H, W] and
-  with a `num_classes` attribute), presets, one-line description, own
-  settings (flag -> Setting; defaults from the module's attributes), other
-  fixed attributes, and constraints between its settings (a config -> why
-  no run can use it, or None)."""
+  """A model: its stock module (images [B, H, W] -> logits, `num_classes`
+  attribute), presets, one-line description, own settings (defaults from the
+  module), fixed attributes and `check` (config -> why no run can use it)."""
   name: str
   module: type
   presets: Dict[str, dict]
@@ -54,8 +49,7 @@ MODELS: Dict[str, ModelSpec] = {}
 
 
 def register(spec: ModelSpec) -> ModelSpec:
-  """Adds `spec` to MODELS and declares its settings (config_lib.declare),
-  each defaulting to its module attribute's default."""
+  """Adds `spec` to MODELS and declares its settings with their defaults."""
   defaults = {f.name: f.default for f in dataclasses.fields(spec.module)}
   spec = dataclasses.replace(spec, settings={
       name: dataclasses.replace(s, default=defaults[s.attribute])
@@ -67,14 +61,15 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 def get(name: str) -> ModelSpec:
   if name not in MODELS:
-    raise UserError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    raise UserError(
+        f"unknown model {name!r}; choose one of {', '.join(MODELS)}"
+    )
   return MODELS[name]
 
 
 def build(config: config_lib.Config, say: Callable[[str], None] = print):
-  """(the module a run of `config` trains, what config.json records of it):
-  the stock module, or its kernel where --impl asks for it and it passes
-  the check against the stock module (kernels.swap; `say` tells why not)."""
+  """(module to train, its config.json record): the stock module, or its
+  kernel where --impl asks and it passes its check (`say` tells why not)."""
   stock = get(config.model).stock(config)
   module, note, record = kernels.swap(
       stock, config.impl, datasets.get(config.dataset).image_shape)
@@ -91,31 +86,31 @@ def preset_overrides(model: str, preset: str) -> dict:
                     f"{', '.join(presets)}")
   values = dict(presets[preset])
   base = values.pop("base", None)
-  if base is None:
-    return values
-  return {**preset_overrides(model, base), **values}
+  return {**preset_overrides(model, base), **values} if base else values
 
 
-def get_config(model: str, preset: str = "tuned", **overrides) -> config_lib.Config:
+def get_config(
+    model: str, preset: str = "tuned", **overrides
+) -> config_lib.Config:
   """The full Config for a model and preset, with explicit overrides on top."""
   values = {**preset_overrides(model, preset), **overrides}
   config = config_lib.validate(  # Refuses another model's settings.
       config_lib.Config(model=model, preset=preset).replace(**values))
-  message = get(model).check and get(model).check(config)
+  check = get(model).check
+  message = check and check(config)
   if message:
     raise UserError(message)
   return config
 
 
 def set_by_presets() -> set:
-  """The names of the settings some preset of some model sets (--help says
-  "the preset's, else X" of them)."""
+  """The settings some preset of some model sets."""
   return {name for model, spec in MODELS.items() for preset in spec.presets
           for name in preset_overrides(model, preset)}
 
 
 def describe(config: config_lib.Config) -> str:
-  """The architecture `config` trains, in one line (ModelSpec.describe)."""
+  """The architecture `config` trains, in one line."""
   return get(config.model).describe(config)
 
 
@@ -135,24 +130,18 @@ def presets() -> Dict[str, List[str]]:
 
 
 def presets_text() -> str:
-  """Every preset for --help, with its models where not every model has it:
+  """Every preset for --help, naming its models where not all have it:
   "seed, tuned, best, fast (cnn), pixels, permuted (rnn, lstm, gru)"."""
-  groups = []  # [presets, their models]: neighbours with the same models.
-  for preset, models in presets().items():
-    if groups and groups[-1][1] == models:
-      groups[-1][0].append(preset)
-    else:
-      groups.append([[preset], models])
   return ", ".join(
-      ", ".join(names) + ("" if models == list(MODELS)
-                          else f" ({', '.join(models)})")
-      for names, models in groups)
+      ", ".join(preset for preset, _ in group)
+      + ("" if models == list(MODELS) else f" ({', '.join(models)})")
+      for models, group in itertools.groupby(presets().items(),
+                                             lambda item: item[1]))
 
 
 def without_validation() -> str:
-  """The presets that hold out no validation data (so they draw no validation
-  curve and refuse --sweep), for --help: "seed (linear, cnn), ..., best"; a
-  preset without models named holds out none for every model that has it."""
+  """The presets holding out no validation data, for --help, naming the
+  models where not all of a preset's models: "seed (linear, cnn), best"."""
   out = []
   for preset, models in presets().items():
     empty = [m for m in models if validation_fraction(m, preset) == 0]
@@ -199,8 +188,6 @@ def _describe_recurrent(cell: str):
 
 def _check_cnn(c: config_lib.Config) -> Optional[str]:
   """Whether some pixels are left after the conv-pool layers."""
-  if not c.cnn_features:
-    return "--cnn_features must list at least one size"
   size = 28  # The image side after each conv and 2x2 pool.
   for _ in c.cnn_features:
     size = (size - (c.cnn_kernel - 1) * (c.cnn_padding == "VALID")) // 2
@@ -243,66 +230,136 @@ _AUGMENT = dict(augment=True, augment_shift=2.0, augment_rotate=10.0,
 
 # Seed presets reproduce the notebooks; tuned presets are the defaults and meet
 # the accuracy bars in the README within 3 minutes on a 2-core CPU.
-register(ModelSpec(
-    name="linear",
-    describe=lambda c: f"Dense({_classes(c)}) on the 784 pixels",
-    module=dense.Linear,
-    presets={
-        "seed": dict(epochs=5, batch_size=32, learning_rate=1e-3, val_fraction=0.0),
-        "tuned": dict(base="seed", epochs=10, schedule="cosine"),
-        "best": dict(base="tuned", epochs=20, batch_size=128, learning_rate=2e-3,
-                     val_fraction=0.0),
-    }))
+register(
+    ModelSpec(
+        name="linear",
+        module=dense.Linear,
+        describe=lambda c: f"Dense({_classes(c)}) on the 784 pixels",
+        presets={
+            "seed": dict(
+                epochs=5, batch_size=32, learning_rate=1e-3, val_fraction=0.0
+            ),
+            "tuned": dict(base="seed", epochs=10, schedule="cosine"),
+            "best": dict(
+                base="tuned",
+                epochs=20,
+                batch_size=128,
+                learning_rate=2e-3,
+                val_fraction=0.0,
+            ),
+        },
+    )
+)
 
-register(ModelSpec(
-    name="mlp", describe=_describe_mlp,
-    module=dense.MLP, settings={
-        "mlp_hidden": Setting("hidden", "MLP hidden layer sizes, "
-                              "comma-separated", valid=_WIDTH),
-        "dropout": _DROPOUT},
-    presets={
-        "seed": dict(mlp_hidden=(512, 256), dropout=0.2, epochs=10, batch_size=128),
-        "tuned": dict(base="seed", mlp_hidden=(1024, 1024), dropout=0.3,
-                      epochs=20, schedule="cosine", label_smoothing=0.1),
-        "best": dict(base="tuned", epochs=40, val_fraction=0.0, **_AUGMENT),
-    }))
+register(
+    ModelSpec(
+        name="mlp",
+        describe=_describe_mlp,
+        module=dense.MLP,
+        settings={
+            "mlp_hidden": Setting(
+                "hidden",
+                "MLP hidden layer sizes, " "comma-separated",
+                valid=_WIDTH,
+            ),
+            "dropout": _DROPOUT,
+        },
+        presets={
+            "seed": dict(
+                mlp_hidden=(512, 256), dropout=0.2, epochs=10, batch_size=128
+            ),
+            "tuned": dict(
+                base="seed",
+                mlp_hidden=(1024, 1024),
+                dropout=0.3,
+                epochs=20,
+                schedule="cosine",
+                label_smoothing=0.1,
+            ),
+            "best": dict(base="tuned", epochs=40, val_fraction=0.0, **_AUGMENT),
+        },
+    )
+)
 
-register(ModelSpec(
-    name="cnn", describe=_describe_cnn,
-    module=cnn.CNN, check=_check_cnn, settings={
-        "cnn_features": Setting(
-            "features", "CNN conv widths, comma-separated; each conv is "
-            "followed by a 2x2 max-pool", valid=_WIDTH),
-        "cnn_kernel": Setting("kernel_size", "CNN square kernel size",
-                              valid=config_lib.Range(1, config_lib.IMAGE_SIDE)),
-        "cnn_dense": Setting("dense", "Width of the CNN's dense layer",
-                             valid=_WIDTH),
-        "cnn_padding": Setting("padding", "CNN convolution padding: VALID or "
-                               "SAME", choices=("VALID", "SAME")),
-        "cnn_batch_norm": Setting("batch_norm", "BatchNorm after each CNN "
-                                  "convolution"),
-        "dropout": _DROPOUT},
-    presets={
-        "seed": dict(cnn_features=(32, 64), cnn_dense=128, epochs=5,
-                     batch_size=128, val_fraction=0.0),
-        # Without augmentation its seeds scored 99.18 +- 0.03% (at the bar);
-        # with it, 99.41 +- 0.03% for a fifth more time.
-        "tuned": dict(base="seed", epochs=8, dropout=0.25, schedule="cosine",
-                      val_fraction=0.1, **_AUGMENT),
-        # 99% in the least time, fixed in advance: the seed network at half
-        # width (4x fewer conv FLOPs) on all 60,000 examples, one-cycle Adam.
-        "fast": dict(base="seed", cnn_features=(16, 32), epochs=3,
-                     learning_rate=5e-3, schedule="onecycle", val_fraction=0.0),
-        "best": dict(base="seed", cnn_features=(32, 64, 128), cnn_padding="SAME",
-                     cnn_dense=256, dropout=0.25, epochs=18, learning_rate=3e-3,
-                     schedule="onecycle", label_smoothing=0.1, val_fraction=0.0,
-                     **_AUGMENT),
-    }))
+register(
+    ModelSpec(
+        name="cnn",
+        describe=_describe_cnn,
+        module=cnn.CNN,
+        check=_check_cnn,
+        settings={
+            "cnn_features": Setting(
+                "features",
+                "CNN conv widths, comma-separated; each conv is "
+                "followed by a 2x2 max-pool",
+                valid=_WIDTH,
+            ),
+            "cnn_kernel": Setting(
+                "kernel_size",
+                "CNN square kernel size",
+                valid=config_lib.Range(1, config_lib.IMAGE_SIDE),
+            ),
+            "cnn_dense": Setting(
+                "dense", "Width of the CNN's dense layer", valid=_WIDTH
+            ),
+            "cnn_padding": Setting(
+                "padding",
+                "CNN convolution padding: VALID or " "SAME",
+                choices=("VALID", "SAME"),
+            ),
+            "cnn_batch_norm": Setting(
+                "batch_norm", "BatchNorm after each CNN " "convolution"
+            ),
+            "dropout": _DROPOUT,
+        },
+        presets={
+            "seed": dict(
+                cnn_features=(32, 64),
+                cnn_dense=128,
+                epochs=5,
+                batch_size=128,
+                val_fraction=0.0,
+            ),
+            # Without augmentation its seeds scored 99.18 +- 0.03% (at the bar);
+            # with it, 99.41 +- 0.03% for a fifth more time.
+            "tuned": dict(
+                base="seed",
+                epochs=8,
+                dropout=0.25,
+                schedule="cosine",
+                val_fraction=0.1,
+                **_AUGMENT,
+            ),
+            # 99% in the least time, fixed in advance: the seed network at half
+            # width (4x fewer conv FLOPs) on all 60,000 examples, one-cycle Adam.
+            "fast": dict(
+                base="seed",
+                cnn_features=(16, 32),
+                epochs=3,
+                learning_rate=5e-3,
+                schedule="onecycle",
+                val_fraction=0.0,
+            ),
+            "best": dict(
+                base="seed",
+                cnn_features=(32, 64, 128),
+                cnn_padding="SAME",
+                cnn_dense=256,
+                dropout=0.25,
+                epochs=18,
+                learning_rate=3e-3,
+                schedule="onecycle",
+                label_smoothing=0.1,
+                val_fraction=0.0,
+                **_AUGMENT,
+            ),
+        },
+    )
+)
 
 _RNN_SEED = dict(hidden=128, epochs=10, batch_size=128)
-# Sequential (784 x 1 pixel) MNIST: clipped Adam with warmup and cosine decay.
-# Sized for a GPU: one CPU epoch takes minutes. (--remat trades step time for
-# less backprop memory.)
+# Sequential (784 x 1 pixel) MNIST: clipped Adam with warmup and cosine decay,
+# sized for a GPU (one CPU epoch takes minutes).
 _PIXELS = dict(sequence="pixels", hidden=128, epochs=50, batch_size=128,
                optimizer="adam", learning_rate=1e-3, schedule="warmup_cosine",
                warmup_epochs=1.0, grad_clip=1.0, val_fraction=0.1)
@@ -311,40 +368,32 @@ _PERMUTED = dict(base="pixels", sequence="permuted")
 _RNN_BEST = dict(base="tuned", num_layers=2, epochs=20, learning_rate=2e-3,
                  schedule="warmup_cosine", warmup_epochs=1.0, grad_clip=1.0,
                  label_smoothing=0.1, val_fraction=0.0, **_AUGMENT)
-register(ModelSpec(
-    name="rnn", describe=_describe_recurrent("SimpleRNN"),
-    module=recurrent.Recurrent, fixed={"cell": "rnn"}, settings=_RECURRENT,
-    presets={
-        "seed": dict(_RNN_SEED),
-        "tuned": dict(base="seed", epochs=15, schedule="cosine", grad_clip=1.0),
-        "best": dict(_RNN_BEST, learning_rate=1e-3, epochs=30),
-        "pixels": dict(_PIXELS, learning_rate=1e-4),
-        "permuted": dict(_PERMUTED),
-    }))
 
-register(ModelSpec(
-    name="lstm", describe=_describe_recurrent("LSTM"),
-    module=recurrent.Recurrent, fixed={"cell": "lstm"}, settings=_RECURRENT,
-    presets={
-        "seed": dict(_RNN_SEED, optimizer="rmsprop", learning_rate=1e-3,
-                     rmsprop_decay=0.9, eps=1e-7),
-        # Row-reading recurrent nets overfit (99.8% train accuracy without
-        # augmentation, 98.4-98.8% test); on-device augmentation closes the gap.
-        "tuned": dict(base="seed", optimizer="adam", epochs=12, learning_rate=2e-3,
-                      schedule="cosine", grad_clip=1.0, **_AUGMENT),
-        "best": dict(_RNN_BEST),
-        "pixels": dict(_PIXELS),
-        "permuted": dict(_PERMUTED),
-    }))
 
-register(ModelSpec(
-    name="gru", describe=_describe_recurrent("GRU"),
-    module=recurrent.Recurrent, fixed={"cell": "gru"}, settings=_RECURRENT,
-    presets={
-        "seed": dict(_RNN_SEED),
-        "tuned": dict(base="seed", epochs=12, learning_rate=2e-3,
-                      schedule="cosine", grad_clip=1.0, **_AUGMENT),
-        "best": dict(_RNN_BEST),
-        "pixels": dict(_PIXELS),
-        "permuted": dict(_PERMUTED),
-    }))
+def _register_recurrent(name: str, cell: str, **presets) -> None:
+  """Recurrent model `name` (its cell; `cell` names it in --help), with the
+  shared best, pixels and permuted presets unless given."""
+  register(ModelSpec(
+      name=name, describe=_describe_recurrent(cell), module=recurrent.Recurrent,
+      fixed={"cell": name}, settings=_RECURRENT, presets=dict(
+          presets, best=presets.get("best", _RNN_BEST),
+          pixels=presets.get("pixels", _PIXELS), permuted=_PERMUTED)))
+
+
+_register_recurrent(
+    "rnn", "SimpleRNN", seed=_RNN_SEED,
+    tuned=dict(base="seed", epochs=15, schedule="cosine", grad_clip=1.0),
+    best=dict(_RNN_BEST, learning_rate=1e-3, epochs=30),
+    pixels=dict(_PIXELS, learning_rate=1e-4))
+_register_recurrent(
+    "lstm", "LSTM",
+    seed=dict(_RNN_SEED, optimizer="rmsprop", learning_rate=1e-3,
+              rmsprop_decay=0.9, eps=1e-7),
+    # Row-reading recurrent nets overfit (99.8% train accuracy without
+    # augmentation, 98.4-98.8% test); on-device augmentation closes the gap.
+    tuned=dict(base="seed", optimizer="adam", epochs=12, learning_rate=2e-3,
+               schedule="cosine", grad_clip=1.0, **_AUGMENT))
+_register_recurrent(
+    "gru", "GRU", seed=_RNN_SEED,
+    tuned=dict(base="seed", epochs=12, learning_rate=2e-3, schedule="cosine",
+               grad_clip=1.0, **_AUGMENT))

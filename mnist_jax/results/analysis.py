@@ -1,7 +1,6 @@
 """What a trained model learned (issue 30): how far it must read, what breaks
-it, where it looks, what its last hidden layer holds, how sure it is. A few
-compiled functions, each reused on fixed-shape batches, keep it to seconds.
-"""
+it, where it looks, what its last hidden layer holds, how sure it is; a few
+compiled functions on fixed-shape batches keep it to seconds."""
 
 import functools
 import importlib.util
@@ -14,12 +13,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.special
 
 from mnist_jax import models
 from mnist_jax.data import augment
 from mnist_jax.data import datasets
 from mnist_jax.models import recurrent
-from mnist_jax.results import report
 from mnist_jax.rundir import files
 from mnist_jax.training import metrics
 
@@ -32,9 +31,8 @@ IG_STEPS, IG_MAX_STEPS, IG_TOLERANCE, IG_CHUNK = 16, 1024, 0.01, 16
 
 
 def forward(module, variables, images, steps: bool = False):
-  """(features: the input of `out` [B, F], logits [B, K], and with `steps`
-  the model's own `out` layer on its top layer's state after each row
-  [B, 28, K]), all from one forward pass."""
+  """(features: the input of `out` [B, F], logits [B, K], with `steps` the
+  model's `out` layer on its top layer's state after each row [B, 28, K])."""
   seen = []
 
   def grab(next_fn, args, kwargs, context):
@@ -48,11 +46,11 @@ def forward(module, variables, images, steps: bool = False):
         isinstance(m, nn.RNN), mutable=["intermediates"])
   if not steps:
     return seen[0], logits, None
-  layers = inter["intermediates"]
+  layers = inter["intermediates"]  # The top nn.RNN's outputs [B, T, H]:
   hidden = layers[max(layers, key=lambda k: int(k.rsplit("_", 1)[1]))][
-      "__call__"][0]  # The top nn.RNN's outputs [B, T, H].
-  out = variables["params"]["out"]
-  every = hidden.shape[1] // 28
+      "__call__"
+  ][0]
+  out, every = variables["params"]["out"], hidden.shape[1] // 28
   return seen[0], logits, nn.Dense(out["bias"].shape[-1]).apply(
       {"params": out}, hidden[:, every - 1::every])
 
@@ -74,14 +72,19 @@ def reading(step_logits, labels) -> Dict[str, np.ndarray]:
   probs = np.asarray(jax.nn.softmax(jnp.asarray(step_logits, jnp.float32)))
   y = np.asarray(labels, np.int64)
   acc = (probs.argmax(-1) == y[:, None]).mean(0)
-  return {"accuracy": acc, "rows_to_99": int(np.argmax(acc >= 0.99 * acc[-1])) + 1,
-          "true_class_probability": probs[np.arange(len(y)), :, y].mean(0)}
+  return {
+      "accuracy": acc,
+      "rows_to_99": int(np.argmax(acc >= 0.99 * acc[-1])) + 1,
+      "true_class_probability": probs[np.arange(len(y)), :, y].mean(0),
+  }
 
 
 def _warp(x, angle, zoom, shift):
   """augment.py's warp; image i shifted up, right, down or left for i % 4."""
   n = x.shape[0]
-  offset = shift * jnp.asarray([[-1, 0], [0, 1], [1, 0], [0, -1]])[jnp.arange(n) % 4]
+  offset = (
+      shift * jnp.asarray([[-1, 0], [0, 1], [1, 0], [0, -1]])[jnp.arange(n) % 4]
+  )
   return augment.sample(x, *augment.affine_grid(
       x.shape, jnp.full(n, angle), jnp.full(n, zoom), offset))
 
@@ -93,8 +96,16 @@ def _thickness(x, level):
   window = lambda x, shape: jax.lax.reduce_window(
       x, -jnp.inf, jax.lax.max, shape, (1, 1, 1), "SAME")
   x = sign * jnp.repeat(jnp.repeat(x, 2, 1), 2, 2)
-  x = jax.lax.fori_loop(0, 3, lambda i, x: jnp.where(i < jnp.abs(level), jnp.maximum(
-      window(x, (1, 3, 1)), window(x, (1, 1, 3))), x), x)
+  x = jax.lax.fori_loop(
+      0,
+      3,
+      lambda i, x: jnp.where(
+          i < jnp.abs(level),
+          jnp.maximum(window(x, (1, 3, 1)), window(x, (1, 1, 3))),
+          x,
+      ),
+      x,
+  )
   return sign * x.reshape(-1, 28, 2, 28, 2).mean((2, 4))
 
 
@@ -102,25 +113,50 @@ def _thickness(x, level):
 # level's warp (angle, zoom, shift); the others change images [n, 28, 28] by
 # a level, given (noise [n, 28, 28], centres [n, 2])).
 CHANGES = (
-    ("rotation", "degrees clockwise", (0, 10, 20, 30, 40, 50, 60),
-     lambda l: (l * np.pi / 180, 1.0, 0.0)),
+    (
+        "rotation",
+        "degrees clockwise",
+        (0, 10, 20, 30, 40, 50, 60),
+        lambda l: (l * np.pi / 180, 1.0, 0.0),
+    ),
     ("shift", "pixels", (0, 1, 2, 3, 4, 6, 8), lambda l: (0.0, 1.0, l)),
-    ("scaling", "% of size", (-40, -30, -20, -10, 0, 10, 20, 30),
-     lambda l: (0.0, 1 + l / 100, 0.0)),
-    ("noise", "std, fraction of full scale", (0, 0.05, 0.1, 0.2, 0.3, 0.5),
-     lambda x, l, c: jnp.clip(x + l * 255 * c[0], 0, 255)),
-    ("occlusion", "side of erased square, pixels", (0, 4, 6, 8, 10, 12, 14),
-     lambda x, l, c: jnp.where((jnp.abs(jnp.arange(28.0)[:, None] - c[1][:, :1, None]) < l / 2)
-                               & (jnp.abs(jnp.arange(28.0) - c[1][:, 1:, None]) < l / 2), 0.0, x)),
-    ("thickness", "half pixels grown (+) or thinned (-)", (-3, -2, -1, 0, 1, 2, 3),
-     lambda x, l, _: _thickness(x, l)))
+    (
+        "scaling",
+        "% of size",
+        (-40, -30, -20, -10, 0, 10, 20, 30),
+        lambda l: (0.0, 1 + l / 100, 0.0),
+    ),
+    (
+        "noise",
+        "std, fraction of full scale",
+        (0, 0.05, 0.1, 0.2, 0.3, 0.5),
+        lambda x, l, c: jnp.clip(x + l * 255 * c[0], 0, 255),
+    ),
+    (
+        "occlusion",
+        "side of erased square, pixels",
+        (0, 4, 6, 8, 10, 12, 14),
+        lambda x, l, c: jnp.where(
+            (jnp.abs(jnp.arange(28.0)[:, None] - c[1][:, :1, None]) < l / 2)
+            & (jnp.abs(jnp.arange(28.0) - c[1][:, 1:, None]) < l / 2),
+            0.0,
+            x,
+        ),
+    ),
+    (
+        "thickness",
+        "half pixels grown (+) or thinned (-)",
+        (-3, -2, -1, 0, 1, 2, 3),
+        lambda x, l, _: _thickness(x, l),
+    ),
+)
 WARPS = 3
 
 
 def changed(images, seed: int = 0):
-  """Each non-zero level of each change of images [n, 28, 28], vmapped over
-  the levels in one jitted function: [L, n, 28, 28]. The levels share one
-  noise and one centre of the erased square (rows, columns 7..21) per image."""
+  """Each non-zero level of each change of images [n, 28, 28] [L, n, 28, 28],
+  in one jitted function; the levels share an image's noise and centre of the
+  erased square (rows, columns 7..21)."""
   levels = [[l for l in change[2] if l] for change in CHANGES]
   warps = np.array([CHANGES[i][3](l) for i in range(WARPS) for l in levels[i]],
                    np.float32)
@@ -154,17 +190,28 @@ def attributions(module, variables, images, targets) -> Dict[str, np.ndarray]:
   x = jnp.asarray(images, jnp.float32)
   n, size = len(x), IG_CHUNK * len(x)
   c = jnp.tile(jnp.asarray(targets, jnp.int32), IG_CHUNK)
-  pick = lambda b: jnp.take_along_axis(module.apply(variables, b), c[:, None], 1)
-  grad = jax.jit(lambda b: (jax.grad(lambda b: pick(b).sum())(b), pick(b)[:, 0]))
-  ends, logit = grad(jnp.concatenate([x, 0 * x, jnp.zeros((size - 2 * n, 28, 28))]))
+  pick = lambda b: jnp.take_along_axis(
+      module.apply(variables, b), c[:, None], 1
+  )
+  grad = jax.jit(
+      lambda b: (jax.grad(lambda b: pick(b).sum())(b), pick(b)[:, 0])
+  )
+  ends, logit = grad(
+      jnp.concatenate([x, 0 * x, jnp.zeros((size - 2 * n, 28, 28))])
+  )
   difference, steps = logit[:n] - logit[n:2 * n], IG_STEPS
   while True:
     total, (nodes, weights) = 0, np.polynomial.legendre.leggauss(steps)
     for a, w in zip(*(np.float32(v / 2).reshape(-1, IG_CHUNK, 1, 1, 1)
                       for v in (nodes + 1, weights))):  # On [0, 1].
-      total += (w * grad((a * x).reshape(size, 28, 28))[0].reshape(IG_CHUNK, n, 28, 28)).sum(0)
+      total += (
+          w
+          * grad((a * x).reshape(size, 28, 28))[0].reshape(IG_CHUNK, n, 28, 28)
+      ).sum(0)
     ig = np.asarray(x * total)
-    error = np.abs(ig.sum((1, 2)) - difference) / np.maximum(np.abs(difference), 1e-12)
+    error = np.abs(ig.sum((1, 2)) - difference) / np.maximum(
+        np.abs(difference), 1e-12
+    )
     if error.max() <= IG_TOLERANCE or steps >= IG_MAX_STEPS:
       return {"ig": ig, "gxi": np.asarray(x * ends[:n]), "ig_error": error,
               "ig_steps": steps, "logit_difference": np.asarray(difference)}
@@ -179,11 +226,21 @@ def first_layer(run, module, image) -> Dict[str, np.ndarray]:
     _, inter = jax.jit(lambda x: module.apply(
         run.variables, x, capture_intermediates=lambda m, _: m.name == "conv_0",
         mutable=["intermediates"]))(image[None].astype(np.float32))
-    return {"filters": np.moveaxis(np.asarray(params["conv_0"]["kernel"])[:, :, 0], -1, 0),
-            "maps": np.moveaxis(np.asarray(
-                inter["intermediates"]["conv_0"]["__call__"][0][0]), -1, 0)}
-  dense = [np.asarray(v["kernel"]).T[:16].reshape(-1, 28, 28) for v in params.values()
-           if "kernel" in v and v["kernel"].shape[0] == 28 * 28]
+    return {
+        "filters": np.moveaxis(
+            np.asarray(params["conv_0"]["kernel"])[:, :, 0], -1, 0
+        ),
+        "maps": np.moveaxis(
+            np.asarray(inter["intermediates"]["conv_0"]["__call__"][0][0]),
+            -1,
+            0,
+        ),
+    }
+  dense = [
+      np.asarray(v["kernel"]).T[:16].reshape(-1, 28, 28)
+      for v in params.values()
+      if "kernel" in v and v["kernel"].shape[0] == 28 * 28
+  ]
   return {"weights": dense[0]} if dense else {}
 
 
@@ -194,23 +251,33 @@ def pca(features, k: int = 2):
   x = x - x.mean(0)
   values, vectors = np.linalg.eigh(x.T @ x / len(x))
   top = np.argsort(values)[::-1][:k]
-  axes = vectors[:, top] * np.sign(vectors[np.abs(vectors[:, top]).argmax(0), top])
+  axes = vectors[:, top] * np.sign(
+      vectors[np.abs(vectors[:, top]).argmax(0), top]
+  )
   return x @ axes, values[top] / max(values.sum(), 1e-30), axes
 
 
 @jax.jit
 def _sums(logits, labels):
-  return metrics.batch_sums(logits, labels, jnp.zeros(len(labels)), splits=("test",))
+  return metrics.batch_sums(
+      logits, labels, jnp.zeros(len(labels)), splits=("test",)
+  )
 
 
 def calibration(logits, labels) -> Dict[str, np.ndarray]:
   """metrics.py's accuracy and ECE, and the ECE's bins' count, confidence
   and fraction correct."""
-  sums = jax.device_get(_sums(jnp.asarray(logits, jnp.float32), jnp.asarray(labels, jnp.int32)))
+  sums = jax.device_get(
+      _sums(jnp.asarray(logits, jnp.float32), jnp.asarray(labels, jnp.int32))
+  )
   count, values = np.maximum(sums["ece_count"], 1e-30), metrics.values(sums)
-  return {"count": sums["ece_count"], "confidence": sums["ece_confidence"] / count,
-          "correct": sums["ece_correct"] / count, "ece": values["ece"],
-          "accuracy": values["accuracy"]}
+  return {
+      "count": sums["ece_count"],
+      "confidence": sums["ece_confidence"] / count,
+      "correct": sums["ece_correct"] / count,
+      "ece": values["ece"],
+      "accuracy": values["accuracy"],
+  }
 
 
 def fit_temperature(logits, labels) -> float:
@@ -226,50 +293,81 @@ def fit_temperature(logits, labels) -> float:
   return float(np.exp((low + high) / 2))
 
 
-def analyse(run, data) -> Dict[str, object]:
-  """Every lens on a Run (results/run.py) and a pipeline.Dataset (test, and
-  val for the temperature): numbers, arrays, each step's seconds."""
-  clock, seconds = [time.perf_counter()], {}
+def analyse(run, test, val=None) -> Dict[str, object]:
+  """Every lens on a Run and test Split (val: the Split the temperature is
+  fitted on; None or empty: none): numbers, arrays, seconds."""
+  seconds, clock = {}, [time.perf_counter()]
 
   def lap(name):
     seconds[name] = round(time.perf_counter() - clock[0], 3)
     clock[0] = time.perf_counter()
 
   config, module = run.config, models.get(run.config.model).stock(run.config)
-  images, labels = np.asarray(data.test.images), np.asarray(data.test.labels)
-  logits = run.logits(images, config.eval_batch_size)  # The run's, as report.py.
-  r = {"model": config.model, "preset": config.preset, "labels": labels,
-       "parameters": int(sum(np.size(v) for v in jax.tree.leaves(run.params))),
-       "predicted": logits.argmax(-1), "val_images": len(data.val), "seconds": seconds,
-       "changes": [c[:3] for c in CHANGES], "stride": STRIDE, "grid": min(GRID, len(labels)),
-       **{f"test_{k}": v for k, v in calibration(logits, labels).items()}}
+  images, labels = np.asarray(test.images), np.asarray(test.labels)
+  logits = run.logits(
+      images, config.eval_batch_size
+  )  # The run's, as report.py.
+  val_images = len(val) if val is not None else 0
+  r = {
+      "model": config.model,
+      "preset": config.preset,
+      "labels": labels,
+      "parameters": int(sum(np.size(v) for v in jax.tree.leaves(run.params))),
+      "predicted": logits.argmax(-1),
+      "val_images": val_images,
+      "seconds": seconds,
+      "changes": [c[:3] for c in CHANGES],
+      "stride": STRIDE,
+      "grid": min(GRID, len(labels)),
+      **{f"test_{k}": v for k, v in calibration(logits, labels).items()},
+  }
   lap("test_logits")
   steps = isinstance(module, recurrent.Recurrent) and not module.bidirectional
-  pass_fn = jax.jit(functools.partial(forward, module, run.variables, steps=steps))
+  pass_fn = jax.jit(
+      functools.partial(forward, module, run.variables, steps=steps)
+  )
   r["features"], _, step_logits = _batched(pass_fn, images)
   if steps:
-    r.update({f"reading_{k}": v for k, v in reading(step_logits, labels).items()})
-    r["reading_steps"] = np.arange(1, 29) * (1 if config.sequence == "rows" else 28)
+    r.update(
+        {f"reading_{k}": v for k, v in reading(step_logits, labels).items()}
+    )
+    r["reading_steps"] = np.arange(1, 29) * (
+        1 if config.sequence == "rows" else 28
+    )
   else:
-    r["reading_note"] = ("bidirectional" if getattr(module, "bidirectional", 0) else
-                         "not a sequence model")
+    r["reading_note"] = (
+        "bidirectional"
+        if getattr(module, "bidirectional", 0)
+        else "not a sequence model"
+    )
   lap("forward_pass_and_reading")
   r["robustness"] = robustness(pass_fn, images, labels, r["test_accuracy"])
   lap("robustness")
   wrong = np.flatnonzero(r["predicted"] != labels)
-  worst = wrong[np.argsort(-report.softmax(logits)[wrong].max(-1), kind="stable")]
-  r["shown"] = np.concatenate([np.arange(min(GRID, len(labels))), worst[:MISTAKES]])
+  worst = wrong[
+      np.argsort(
+          -scipy.special.softmax(np.asarray(logits, np.float64), axis=-1)[
+              wrong
+          ].max(-1),
+          kind="stable",
+      )
+  ]
+  r["shown"] = np.concatenate([np.arange(r["grid"]), worst[:MISTAKES]])
   r["images"] = images[r["shown"]]
-  r.update(attributions(module, run.variables, r["images"], r["predicted"][r["shown"]]))
+  r.update(
+      attributions(
+          module, run.variables, r["images"], r["predicted"][r["shown"]]
+      )
+  )
   r.update(first_layer(run, module, images[0]))
   if isinstance(module, recurrent.Recurrent):
     r["rows_ig"] = r["ig"].sum(axis=2)
   lap("attributions")
   r["pca"], r["explained"], _ = pca(r["features"])
   lap("pca")
-  if len(data.val):
+  if val_images:
     r["temperature"] = fit_temperature(
-        _batched(pass_fn, np.asarray(data.val.images))[1], data.val.labels)
+        _batched(pass_fn, np.asarray(val.images))[1], val.labels)
     r.update({f"scaled_{k}": v for k, v in calibration(
         logits / r["temperature"], labels).items()})
   lap("calibration")
@@ -279,45 +377,78 @@ def analyse(run, data) -> Dict[str, object]:
 def summary(r) -> Dict[str, object]:
   """The summary numbers of `analyse`'s (or `load`'s) result."""
   at = {(c, l): a for c, l, a, _ in r["robustness"]}
-  keys = ("model", "preset", "parameters", "test_accuracy", "test_ece",
-          "temperature", "scaled_ece", "val_images", "reading_rows_to_99",
-          "reading_note", "ig_steps", "seconds", "names", "robustness", "changes",
-          "stride", "grid")
-  return {**{k: r.get(k) for k in keys}, "accuracy_rotation_20": at["rotation", 20],
-          "robustness_subset_accuracy": np.mean(r["predicted"][::STRIDE] == r["labels"][::STRIDE]),
-          "accuracy_noise_0.3": at["noise", 0.3],
-          "robustness_images": min(n for *_, n in r["robustness"]),
-          "ig_max_relative_error": float(np.max(r["ig_error"]))}
+  keys = (
+      "model",
+      "preset",
+      "parameters",
+      "test_accuracy",
+      "test_ece",
+      "temperature",
+      "scaled_ece",
+      "val_images",
+      "reading_rows_to_99",
+      "reading_note",
+      "ig_steps",
+      "seconds",
+      "names",
+      "robustness",
+      "changes",
+      "stride",
+      "grid",
+  )
+  return {
+      **{k: r.get(k) for k in keys},
+      "accuracy_rotation_20": at["rotation", 20],
+      "robustness_subset_accuracy": np.mean(
+          r["predicted"][::STRIDE] == r["labels"][::STRIDE]
+      ),
+      "accuracy_noise_0.3": at["noise", 0.3],
+      "robustness_images": min(n for *_, n in r["robustness"]),
+      "ig_max_relative_error": float(np.max(r["ig_error"])),
+  }
 
 
-def write(workdir: str, run, data, class_names: Optional[Sequence[str]] = None,
-          maps: bool = True) -> List[str]:
-  """Writes `analyse` into workdir/analysis/; returns report.md's section.
-  maps: a t-SNE map too, where scikit-learn is installed (tens of seconds)."""
+def write(
+    workdir: str,
+    run,
+    test,
+    val=None,
+    class_names: Optional[Sequence[str]] = None,
+    maps: bool = True,
+) -> List[str]:
+  """Writes `analyse` into workdir/analysis/ (timed in its summary.json);
+  returns report.md's section. maps: a t-SNE map too where scikit-learn is
+  installed (tens of seconds)."""
   from mnist_jax.results import analysis_plots  # pylint: disable=g-import-not-at-top
+
   folder = os.path.join(workdir, FOLDER)
+  path = lambda name: os.path.join(folder, name)
   os.makedirs(folder, exist_ok=True)
-  for name in [n for n, _ in FIGURES if os.path.exists(os.path.join(folder, n))]:
-    os.remove(os.path.join(folder, name))  # An earlier analysis's.
-  r = analyse(run, data)
+  for name in [n for n, _ in FIGURES if os.path.exists(path(n))]:
+    os.remove(path(name))  # An earlier analysis's.
+  r = analyse(run, test, val)
   r["names"] = list(class_names or datasets.class_names(run.config.dataset))
   start = time.perf_counter()
   analysis_plots.single(r, folder)
   r["seconds"]["figures"] = round(time.perf_counter() - start, 3)
   r["seconds"]["total"] = round(sum(r["seconds"].values()), 3)
-  if maps and importlib.util.find_spec("sklearn"):  # setup.py's `analysis` extra.
+  if maps and importlib.util.find_spec("sklearn"):
     from sklearn.manifold import TSNE  # pylint: disable=g-import-not-at-top
+    start = time.perf_counter()
     r["tsne_index"] = np.arange(0, len(r["labels"]), STRIDE)
-    r["tsne"] = TSNE(init="pca", random_state=0).fit_transform(r["features"][r["tsne_index"]])
-    analysis_plots.maps([r], os.path.join(folder, "features_tsne.png"), "tsne")
-  files.write_json(os.path.join(folder, SUMMARY), summary(r))
-  files.write_csv(os.path.join(folder, ROBUSTNESS),
+    r["tsne"] = TSNE(init="pca", random_state=0).fit_transform(
+        r["features"][r["tsne_index"]]
+    )
+    analysis_plots.maps([r], path("features_tsne.png"), "tsne")
+    r["seconds"]["tsne"] = round(time.perf_counter() - start, 3)
+  files.write_json(path(SUMMARY), summary(r))
+  files.write_csv(path(ROBUSTNESS),
                   [("change", "level", "accuracy", "images")] + r["robustness"])
   if "reading_accuracy" in r:
-    files.write_csv(os.path.join(folder, READING), [
-        ("step", "accuracy", "true_class_probability"), *zip(
-            r["reading_steps"], r["reading_accuracy"], r["reading_true_class_probability"])])
-  with files.atomic(os.path.join(folder, ARRAYS), "wb") as f:
+    files.write_csv(path(READING), [
+        ("step", "accuracy", "true_class_probability"), *zip(r["reading_steps"],
+        r["reading_accuracy"], r["reading_true_class_probability"])])
+  with files.atomic(path(ARRAYS), "wb") as f:
     np.savez_compressed(f, **{k: v for k, v in r.items() if k != "features"
                               and isinstance(v, np.ndarray)})
   return section(r, folder)
@@ -330,74 +461,127 @@ def load(workdir: str) -> Dict[str, object]:
     return {**json.load(f), **arrays}
 
 
-def _pct(value) -> str:
-  return "n/a" if value is None else f"{100 * value:.2f}%"
+def _cells(s, train_s: Optional[float] = None) -> List[tuple]:
+  """The summary's (heading, text) pairs: compare's table (report.md's
+  without the train time, train_s)."""
+  pct = lambda value: "n/a" if value is None else f"{100 * value:.2f}%"
+  return [
+      ("parameters", f"{s['parameters']:,}"),
+      ("train time", "n/a" if train_s is None else f"{train_s:.1f} s"),
+      ("test accuracy", pct(s["test_accuracy"])),
+      ("ECE", pct(s["test_ece"])),
+      (
+          "T",
+          f"{s['temperature']:.3f}"
+          if s["temperature"]
+          else "n/a (no validation)",
+      ),
+      ("ECE after T", pct(s["scaled_ece"])),
+      ("at 20 degrees", pct(s["accuracy_rotation_20"])),
+      ("at noise 0.3", pct(s["accuracy_noise_0.3"])),
+      (
+          "rows to 99%",
+          str(s["reading_rows_to_99"] or f"n/a ({s['reading_note']})"),
+      ),
+  ]
 
 
-def _cells(s) -> List[tuple]:
-  """The summary's (heading, text) pairs: report.md's and compare's tables."""
-  return [("parameters", f"{s['parameters']:,}"),
-          ("test accuracy", _pct(s["test_accuracy"])), ("ECE", _pct(s["test_ece"])),
-          ("T", f"{s['temperature']:.3f}" if s["temperature"] else "n/a (no validation)"),
-          ("ECE after T", _pct(s["scaled_ece"])),
-          ("at 20 degrees", _pct(s["accuracy_rotation_20"])),
-          ("at noise 0.3", _pct(s["accuracy_noise_0.3"])),
-          ("rows to 99%", str(s["reading_rows_to_99"] or f"n/a ({s['reading_note']})"))]
+NOTES = (
+    "Robustness: level 0 of each change is the run's test accuracy on all "
+    f"test images; other levels are on test images #0, #{STRIDE}, #{2 * STRIDE}, "
+    "... (each change drawn once, the same for every model). T: "
+    "the temperature fitted on the validation split (never test data); "
+    "ECE after T on the test set. Rows to 99%: rows a sequence model reads "
+    "before its own output layer reaches 99% of its final accuracy."
+)
+FIGURES = (
+    ("reading.png", "How far it must read"),
+    ("robustness.png", "What breaks it"),
+    ("attributions.png", "Where it looks"),
+    ("first_layer.png", "Its first layer"),
+    ("features_pca.png", "What it learned (PCA)"),
+    ("reliability.png", "How sure it is"),
+    ("features_tsne.png", "What it learned (t-SNE)"),
+)
 
 
-NOTES = ("Robustness: level 0 of each change is the run's test accuracy on all "
-         f"test images; other levels are on test images #0, #{STRIDE}, #{2 * STRIDE}, "
-         "... (each change drawn once, the same for every model). T: "
-         "the temperature fitted on the validation split (never test data); "
-         "ECE after T on the test set. Rows to 99%: rows a sequence model reads "
-         "before its own output layer reaches 99% of its final accuracy.")
-FIGURES = (("reading.png", "How far it must read"), ("robustness.png", "What breaks it"),
-           ("attributions.png", "Where it looks"), ("first_layer.png", "Its first layer"),
-           ("features_pca.png", "What it learned (PCA)"), ("reliability.png", "How sure it is"),
-           ("features_tsne.png", "What it learned (t-SNE)"))
+def _figures(shown, heading: str) -> List[str]:
+  """Markdown lines of figures [(title, link)], each under a heading."""
+  return [line for title, link in shown
+          for line in (f"{heading} {title}", "", f"![{title}]({link})", "")]
 
 
 def section(r, folder: str, prefix: str = FOLDER + "/") -> List[str]:
   """report.md's lines on one run's analysis (the figures in `folder`)."""
   s = summary(r)
-  lines = ["## What the model learned", "", "| | |", "|---|---:|",
-           *[f"| {k} | {v} |" for k, v in _cells(s)], "", NOTES + (
-               f" Integrated gradients: {s['ig_steps']} steps, each summing to "
-               f"within {100 * s['ig_max_relative_error']:.2f}% of logit(x) - "
-               "logit(black). Numbers: " + ", ".join(f"[{n}]({prefix}{n})" for n in (
-                   SUMMARY, ROBUSTNESS, READING) if os.path.exists(os.path.join(folder, n)))
-               + f"; computed in {s['seconds']['total']:.1f} s."), ""]
-  for name, title in FIGURES:
-    if os.path.exists(os.path.join(folder, name)):
-      lines += [f"### {title}", "", f"![{title}]({prefix}{name})", ""]
-  return lines
+  links = ", ".join(
+      f"[{n}]({prefix}{n})"
+      for n in (SUMMARY, ROBUSTNESS, READING)
+      if os.path.exists(os.path.join(folder, n))
+  )
+  return [
+      "## What the model learned",
+      "",
+      *files.table(
+          ["", ""], [c for c in _cells(s) if c[0] != "train time"], "lr"
+      ),
+      "",
+      f"{NOTES} Integrated gradients: {s['ig_steps']} steps, each summing to "
+      f"within {100 * s['ig_max_relative_error']:.2f}% of logit(x) - "
+      f"logit(black). Numbers: {links} (each analysis's seconds in "
+      f"{FOLDER}/{SUMMARY}).",
+      "",
+      *_figures(
+          [
+              (title, prefix + name)
+              for name, title in FIGURES
+              if os.path.exists(os.path.join(folder, name))
+          ],
+          "###",
+      ),
+  ]
 
 
-def compare(folders: Sequence[str], out: str,
-            labels: Optional[Sequence[str]] = None) -> str:
-  """Writes out/analysis.md and its figures: the runs' analyses side by side
-  (a folder without analysis/ gets it written first). Returns its path."""
-  from mnist_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+def compare(folders: Sequence[str], page: str, figures: Optional[str] = None,
+            labels: Optional[Sequence[str]] = None,
+            train_s: Optional[Sequence[Optional[float]]] = None) -> str:
+  """Writes `page` (markdown) and its figures into `figures` (default: its
+  folder): the runs' analyses (written) side by side. train_s: each run's
+  training time. Returns `page`."""
   from mnist_jax.results import analysis_plots  # pylint: disable=g-import-not-at-top
-  from mnist_jax.results import run as run_lib  # pylint: disable=g-import-not-at-top
-  results = []
-  for folder in folders:
-    if not os.path.exists(os.path.join(folder, FOLDER, SUMMARY)):
-      run = run_lib.load_run(folder)
-      write(folder, run, pipeline.load(run.config), maps=False)
-    results.append(load(folder))
+
+  results = [load(folder) for folder in folders]
   names = list(labels or [f"{r['model']} ({r['preset']})" for r in results])
   for r, name, folder in zip(results, names, folders):
     r["label"] = name + (f" [{os.path.basename(os.path.normpath(folder))}]"
                          if names.count(name) > 1 else "")
-  os.makedirs(out, exist_ok=True)
-  lines = ["# What each model learned", "", "| model | " + " | ".join(
-      k for k, _ in _cells(summary(results[0]))) + " |", "|---|" + "---:|" * 8]
-  lines += ["| " + " | ".join([r["label"]] + [v for _, v in _cells(summary(r))]) + " |"
-            for r in results]
-  lines += ["", NOTES, ""]
-  for title, name in analysis_plots.compare(results, out):
-    lines += [f"## {title}", "", f"![{title}]({name})", ""]
-  path = os.path.join(out, "analysis.md")
-  files.write_text(path, "\n".join(lines))
-  return path
+  figures = figures or os.path.dirname(page) or "."
+  os.makedirs(figures, exist_ok=True)
+  rows = [_cells(summary(r), t)
+          for r, t in zip(results, train_s or [None] * len(results))]
+  link = os.path.relpath(figures, os.path.dirname(page) or ".")
+  lines = [
+      "# What each model learned",
+      "",
+      *files.table(
+          ["model", *(k for k, _ in rows[0])],
+          [
+              [r["label"], *(v for _, v in cells)]
+              for r, cells in zip(results, rows)
+          ],
+          "l" + "r" * len(rows[0]),
+      ),
+      "",
+      NOTES + " Train time: the run's wall time less loading its data "
+      "(a member's share of its program's).",
+      "",
+      *_figures(
+          [
+              (title, name if link == "." else f"{link}/{name}")
+              for title, name in analysis_plots.compare(results, figures)
+          ],
+          "##",
+      ),
+  ]
+  files.write_text(page, "\n".join(lines))
+  return page

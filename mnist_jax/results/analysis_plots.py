@@ -1,7 +1,6 @@
-"""The analysis figures of analysis.py's results (which carry its settings:
-this module imports nothing of it). Each takes a list of runs' results, so
-one run's figure and the comparison's are the same code; many small images
-are one mosaic (one axes), which keeps a figure well under a second."""
+"""The figures of analysis.py's results (which carry its settings). Each takes
+a list of runs' results: one run's figure is the comparison's; small images
+are one mosaic (one axes), each figure well under a second."""
 
 import os
 import textwrap
@@ -16,23 +15,27 @@ CMAP = "RdBu_r"  # Attributions and weights: red positive, blue negative.
 COLORS = plots._colors  # pylint: disable=protected-access
 
 
-def _legend(fig, axes) -> None:
+def _legend(fig, axes):
   """One legend for every panel, below them (clear of the data)."""
   seen = {}
   for ax in np.ravel(axes):
     for handle, text in zip(*ax.get_legend_handles_labels()):
       seen.setdefault(text, handle)
-  fig.legend(list(seen.values()), list(seen), loc="outside lower center",
-             ncols=min(len(seen), 6), fontsize=8)
+  return fig.legend(list(seen.values()), list(seen), loc="outside lower center",
+                    ncols=min(len(seen), 6), fontsize=8)
 
 
-def _finish(fig, path: str, title: str) -> str:
-  """Saves `fig` with `title` wrapped to its width (no redraws, as fit_title)."""
+def _finish(fig, path: str, title: str, legend=None) -> str:
+  """Saves `fig` with `title` wrapped to its width (no redraws, as fit_title)
+  and a `_legend` of the panels `legend`."""
+  if legend is not None:
+    _legend(fig, legend)
   fig.suptitle(textwrap.fill(title, int(fig.get_figwidth() * 12)), fontsize=10)
   return plots._save_whole(fig, path)  # pylint: disable=protected-access
 
 
 def _panels(n: int, width: float, height: float, **kwargs):
+  """A row of n panels of a size each, laid out whole."""
   return plt.subplots(1, n, figsize=(width * n + 0.6, height), squeeze=False,
                       layout="constrained", **kwargs)
 
@@ -46,31 +49,51 @@ def reading(results: Sequence[dict], path: str) -> str:
               marker=plots.MARKERS[i], color=color, label=r["label"])
   for ax, what in zip(axes[0], ("Test accuracy (%)",
                                 "Mean probability of the true class (%)")):
-    ax.axhline(100 / len(results[0]["names"]), color="gray", ls=":", label="chance")
+    ax.axhline(
+        100 / len(results[0]["names"]), color="gray", ls=":", label="chance"
+    )
     ax.set(xlabel="Rows read (a row: 28 steps of a pixel sequence)",
            ylabel=what, ylim=(0, 100), xlim=(0.5, 28.5))
     ax.grid(alpha=0.3)
-  _legend(fig, axes)
-  return _finish(fig, path, "How far it must read: the model's own output "
-                 "layer on its top layer's state after each row (test set)")
+  return _finish(
+      fig,
+      path,
+      "How far it must read: the model's own output "
+      "layer on its top layer's state after each row (test set)",
+      axes,
+  )
 
 
 def robustness(results: Sequence[dict], path: str) -> str:
   """Test accuracy against each change's level: a panel per change, a line
   per run, one accuracy axis."""
-  fig, axes = plt.subplots(2, 3, figsize=(13, 7.5), sharey=True, layout="constrained")
+  fig, axes = plt.subplots(
+      2, 3, figsize=(13, 7.5), sharey=True, layout="constrained"
+  )
   for ax, (change, unit, levels) in zip(axes.flat, results[0]["changes"]):
     for i, (r, color) in enumerate(zip(results, COLORS(len(results)))):
-      ax.plot(*zip(*[(l, 100 * a) for c, l, a, _ in r["robustness"] if c == change]),
-              "-", marker=plots.MARKERS[i], ms=4, color=color, label=r["label"])
+      ax.plot(
+          *zip(
+              *[(l, 100 * a) for c, l, a, _ in r["robustness"] if c == change]
+          ),
+          "-",
+          marker=plots.MARKERS[i],
+          ms=4,
+          color=color,
+          label=r["label"],
+      )
     ax.set(title=change, xlabel=f"Level ({unit})", xticks=levels, ylim=(0, 101))
     ax.grid(alpha=0.3)
   plt.setp(axes[:, 0], ylabel="Test accuracy (%)")
-  _legend(fig, axes)
-  return _finish(fig, path, "What breaks it: test accuracy under each change "
-                 "(level 0: all test images, the run's test accuracy; other "
-                 f"levels: every {results[0]['stride']}th test image, "
-                 f"{min(n for *_, n in results[0]['robustness'])} images)")
+  return _finish(
+      fig,
+      path,
+      "What breaks it: test accuracy under each change "
+      "(level 0: all test images, the run's test accuracy; other "
+      f"levels: every {results[0]['stride']}th test image, "
+      f"{min(n for *_, n in results[0]['robustness'])} images)",
+      axes,
+  )
 
 
 def reliability(results: Sequence[dict], path: str) -> str:
@@ -94,16 +117,17 @@ def reliability(results: Sequence[dict], path: str) -> str:
     ax.title.set_fontsize(9)
     ax.grid(alpha=0.3)
   axes[0, 0].set_ylabel("Fraction correct in the bin")
-  _legend(fig, axes)
   return _finish(fig, path, f"How sure it is: reliability on the test set "
-                 f"({bins} equal-width bins of confidence)")
+                 f"({bins} equal-width bins of confidence)", axes)
 
 
 def maps(results: Sequence[dict], path: str, key: str = "pca") -> str:
   """The last hidden layer's test features in 2-D, a panel per run, coloured
   by true class, mistakes as black x. PCA coordinates are in units of each
   run's first component's standard deviation, on shared axes."""
-  fig, axes = _panels(len(results), 4.4, 4.9, sharex=key == "pca", sharey=key == "pca")
+  fig, axes = _panels(
+      len(results), 4.4, 4.9, sharex=key == "pca", sharey=key == "pca"
+  )
   cmap = plt.get_cmap("tab10")
   for ax, r in zip(axes[0], results):
     index = r.get(f"{key}_index", np.arange(len(r["labels"])))
@@ -121,10 +145,13 @@ def maps(results: Sequence[dict], path: str, key: str = "pca") -> str:
              ylabel=f"PC2 ({share[1]:.0f}%), in PC1's std")
     ax.set_title(f"{r['label']}\n{len(y)} test images, {wrong.sum()} wrong",
                  fontsize=9)
-  _legend(fig, axes[:, :1])
-  for handle in fig.legends[0].legend_handles:
+  for handle in _legend(fig, axes[:, :1]).legend_handles:
     handle.set(sizes=[12], alpha=1)
-  what = "PCA" if key == "pca" else f"t-SNE (every {results[0]['stride']}th test image)"
+  what = (
+      "PCA"
+      if key == "pca"
+      else f"t-SNE (every {results[0]['stride']}th test image)"
+  )
   return _finish(fig, path, f"What it learned: {what} of the last hidden "
                  "layer's features, coloured by true class")
 
@@ -147,32 +174,66 @@ def _mosaic(ax, tiles, captions=(), rows=(), red=()):
   canvas = np.ones((r * (h + top), c * (w + gap), 3))
   for i in range(r):
     for j in range(c):
-      canvas[i * (h + top) + top:(i + 1) * (h + top), j * (w + gap):j * (w + gap) + w] = tiles[i, j]
+      canvas[
+          i * (h + top) + top : (i + 1) * (h + top),
+          j * (w + gap) : j * (w + gap) + w,
+      ] = tiles[i, j]
   ax.imshow(canvas, interpolation="nearest")
   ax.axis("off")
   for k, text in enumerate(captions):
-    ax.text((k % c) * (w + gap) + w / 2, (k // c) * (h + top) + top - 1, text,
-            ha="center", va="bottom", fontsize=6, color="red" if k in red else "black")
+    ax.text(
+        (k % c) * (w + gap) + w / 2,
+        (k // c) * (h + top) + top - 1,
+        text,
+        ha="center",
+        va="bottom",
+        fontsize=6,
+        color="red" if k in red else "black",
+    )
   for i, text in enumerate(rows):
-    ax.text(-2, i * (h + top) + top + h / 2, text, ha="right", va="center", fontsize=7)
+    ax.text(
+        -2,
+        i * (h + top) + top + h / 2,
+        text,
+        ha="right",
+        va="center",
+        fontsize=7,
+    )
 
 
-def attributions(r: dict, path: str) -> str:
-  """Each shown digit over its integrated gradients, gradient x input and, for
-  a sequence model, integrated gradients summed per row (as stripes)."""
+def attributions(results: Sequence[dict], path: str) -> str:
+  """One run's shown digits over their integrated gradients, gradient x input
+  and, for a sequence model, integrated gradients summed per row (stripes)."""
+  r = results[0]
   n, cols, names = len(r["shown"]), 9, r["names"]
   kinds = [_rgb(r["images"], True), _rgb(r["ig"]), _rgb(r["gxi"])] + (
-      [_rgb(np.repeat(r["rows_ig"][:, :, None], 28, 2))] if "rows_ig" in r else [])
+      [_rgb(np.repeat(r["rows_ig"][:, :, None], 28, 2))]
+      if "rows_ig" in r
+      else []
+  )
   k, blocks = len(kinds), -(-n // cols)
-  tiles, captions = np.ones((blocks, k, cols, 28, 28, 3)), np.full((blocks, k, cols), "", object)
+  tiles, captions = np.ones((blocks, k, cols, 28, 28, 3)), np.full(
+      (blocks, k, cols), "", object
+  )
   red = set()
   for i, (index, image) in enumerate(zip(r["shown"], zip(*kinds))):
-    (b, j), true, said = divmod(i, cols), r["labels"][index], r["predicted"][index]
+    (b, j), true, said = (
+        divmod(i, cols),
+        r["labels"][index],
+        r["predicted"][index],
+    )
     tiles[b, :, j] = image
     captions[b, 0, j] = f"#{index} true {names[true]}\npred {names[said]}"
     red |= {k * b * cols + j} if true != said else set()
-  fig, ax = plt.subplots(figsize=(1.25 * cols + 1, 1.3 * k * blocks + 0.6), layout="constrained")
-  kind_names = ["image", "integrated\ngradients", "gradient\nx input", "per row\n(summed)"]
+  fig, ax = plt.subplots(
+      figsize=(1.25 * cols + 1, 1.3 * k * blocks + 0.6), layout="constrained"
+  )
+  kind_names = [
+      "image",
+      "integrated\ngradients",
+      "gradient\nx input",
+      "per row\n(summed)",
+  ]
   _mosaic(ax, tiles.reshape(k * blocks, cols, 28, 28, 3), captions.ravel(),
           kind_names[:k] * blocks, red)
   return _finish(fig, path, "Where it looks: attribution to the predicted "
@@ -181,22 +242,48 @@ def attributions(r: dict, path: str) -> str:
                  "most confident mistakes (captions in red: wrong)")
 
 
-def first_layer(r: dict, path: str) -> str:
-  """A CNN's first filters and their outputs on a digit; a dense first
-  layer's weights as 28x28 images."""
-  groups = ([("filters", "first convolution's filters"), ("maps", "their "
-             "outputs on test image #0, before the activation")] if "filters" in r
-            else [("weights", "first layer's weights, " + (
-                "per class" if len(r["weights"]) == len(r["names"]) else "its first units"))])
+def first_layer(results: Sequence[dict], path: str) -> str:
+  """One run's first CNN filters and their outputs on a digit, or its first
+  dense layer's weights as 28x28 images."""
+  r = results[0]
+  groups = (
+      [
+          ("filters", "first convolution's filters"),
+          ("maps", "their " "outputs on test image #0, before the activation"),
+      ]
+      if "filters" in r
+      else [
+          (
+              "weights",
+              "first layer's weights, "
+              + (
+                  "per class"
+                  if len(r["weights"]) == len(r["names"])
+                  else "its first units"
+              ),
+          )
+      ]
+  )
   cols = min(16, max(len(r[k]) for k, _ in groups))
   heights = [-(-len(r[k]) // cols) for k, _ in groups]
-  fig, axes = plt.subplots(len(groups), 1, figsize=(0.75 * cols + 0.5, 1.1 * sum(
-      heights) + 0.5 * len(groups) + 0.5), squeeze=False, layout="constrained",
-                           gridspec_kw={"height_ratios": heights})
+  fig, axes = plt.subplots(
+      len(groups),
+      1,
+      figsize=(0.75 * cols + 0.5, 1.1 * sum(heights) + 0.5 * len(groups) + 0.5),
+      squeeze=False,
+      layout="constrained",
+      gridspec_kw={"height_ratios": heights},
+  )
   for ax, (key, what), rows in zip(axes[:, 0], groups, heights):
     tiles = _rgb(r[key])
-    tiles = np.concatenate([tiles, np.ones((rows * cols - len(tiles), *tiles.shape[1:]))])
-    _mosaic(ax, tiles.reshape(rows, cols, *tiles.shape[1:]), [str(u) for u in range(len(r[key]))])
+    tiles = np.concatenate(
+        [tiles, np.ones((rows * cols - len(tiles), *tiles.shape[1:]))]
+    )
+    _mosaic(
+        ax,
+        tiles.reshape(rows, cols, *tiles.shape[1:]),
+        [str(u) for u in range(len(r[key]))],
+    )
     ax.set_title(what, fontsize=9)
   return _finish(fig, path, "What it looks for (red positive, blue negative; "
                  "each to its own largest |value|)")
@@ -206,26 +293,38 @@ def single(r: dict, folder: str) -> None:
   """One run's figures, written into `folder`."""
   r = {**r, "label": f"{r['model']} ({r['preset']})"}
   for name, draw, wanted in (
-      ("robustness", robustness, True), ("reliability", reliability, True),
-      ("features_pca", maps, True), ("reading", reading, "reading_accuracy" in r)):
+      ("robustness", robustness, True),
+      ("reliability", reliability, True),
+      ("features_pca", maps, True),
+      ("reading", reading, "reading_accuracy" in r),
+      ("attributions", attributions, True),
+      ("first_layer", first_layer, "filters" in r or "weights" in r),
+  ):
     if wanted:
       draw([r], os.path.join(folder, name + ".png"))
-  attributions(r, os.path.join(folder, "attributions.png"))
-  if "filters" in r or "weights" in r:
-    first_layer(r, os.path.join(folder, "first_layer.png"))
 
 
 def compare_attributions(results: Sequence[dict], path: str) -> str:
   """The same test digits' integrated gradients, a row per run."""
   n = min(r["grid"] for r in results)
-  tiles = [_rgb(results[0]["images"][:n], True)] + [_rgb(r["ig"][:n]) for r in results]
+  tiles = [_rgb(results[0]["images"][:n], True)] + [
+      _rgb(r["ig"][:n]) for r in results
+  ]
   said = lambda r, j: r["predicted"][r["shown"][j]]
   captions = [f"#{results[0]['shown'][j]}" for j in range(n)] + [
       f"pred {r['names'][said(r, j)]}" for r in results for j in range(n)]
   red = {(i + 1) * n + j for i, r in enumerate(results) for j in range(n)
          if said(r, j) != r["labels"][r["shown"][j]]}
-  fig, ax = plt.subplots(figsize=(1.1 * n + 1.5, 1.2 * len(tiles) + 0.8), layout="constrained")
-  _mosaic(ax, np.stack(tiles), captions, ["test image"] + [r["label"] for r in results], red)
+  fig, ax = plt.subplots(
+      figsize=(1.1 * n + 1.5, 1.2 * len(tiles) + 0.8), layout="constrained"
+  )
+  _mosaic(
+      ax,
+      np.stack(tiles),
+      captions,
+      ["test image"] + [r["label"] for r in results],
+      red,
+  )
   return _finish(fig, path, "Where each looks: integrated gradients of the "
                  "same test images to each model's predicted class (red for, "
                  "blue against; each map to its own largest |value|; red "
@@ -234,11 +333,22 @@ def compare_attributions(results: Sequence[dict], path: str) -> str:
 
 def compare(results: Sequence[dict], out: str) -> List[tuple]:
   """The comparison's figures, written into `out`: [(title, file name)]."""
-  shown = [("How far it must read", "analysis_reading.png", reading,
-            [r for r in results if "reading_accuracy" in r]),
-           ("What breaks it", "analysis_robustness.png", robustness, results),
-           ("How sure it is", "analysis_reliability.png", reliability, results),
-           ("What it learned (PCA)", "analysis_pca.png", maps, results),
-           ("Where it looks", "analysis_attributions.png", compare_attributions, results)]
+  shown = [
+      (
+          "How far it must read",
+          "analysis_reading.png",
+          reading,
+          [r for r in results if "reading_accuracy" in r],
+      ),
+      ("What breaks it", "analysis_robustness.png", robustness, results),
+      ("How sure it is", "analysis_reliability.png", reliability, results),
+      ("What it learned (PCA)", "analysis_pca.png", maps, results),
+      (
+          "Where it looks",
+          "analysis_attributions.png",
+          compare_attributions,
+          results,
+      ),
+  ]
   return [(title, name) for title, name, draw, which in shown
           if which and draw(which, os.path.join(out, name))]

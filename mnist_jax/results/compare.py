@@ -1,25 +1,11 @@
-"""Compares finished runs (or trains them first): one table and three plots.
+"""Compares finished runs (or trains them first): tables, plots, analyses.
 
-`compare(paths, out)` reads the finished runs under `paths` and writes the
-tables (comparison.md, comparison.csv, runs.csv) and the plots into `out`.
-Runs that differ only in their seed are one configuration, given as mean and
-sample standard deviation (ddof=1, as report.md and metrics.jsonl give it);
-every member of a --num_seeds or --sweep run counts as the run of its own
-configuration and seed, and times leave out loading the data.
-
-Honest numbers. The M members of one program trained together in its time:
-each is charged its share, the program's times / M (examples/s times M), so
-an M-member program is neither counted M times over nor as free. A model is
-counted once: a standalone run and a member of another run with the same
-settings and seed are one run (the standalone one is kept: its times are its
-own), and the tables say which was left out.
-
-`train_runs` trains each model, `--vary` combination and seed first, reusing
-finished runs. experiments/compare.py is its command line, whose --help says
-what each file holds.
+Runs differing only in their seed are one configuration (mean, sample std).
+Each member of a --num_seeds or --sweep program counts as the run of its
+configuration and seed, charged the program's times / M; a model is counted
+once (a standalone run before an equal member). Times leave out loading data.
 """
 
-import csv
 import itertools
 import os
 import statistics
@@ -30,7 +16,11 @@ import numpy as np
 from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.errors import UserError
+from mnist_jax.data import pipeline
+from mnist_jax.results import analysis
 from mnist_jax.results import plots
+from mnist_jax.results import report
+from mnist_jax.results import run as results_run
 from mnist_jax.rundir import files
 from mnist_jax.rundir import folder as folder_lib
 from mnist_jax.training import devices
@@ -38,111 +28,92 @@ from mnist_jax.training import members as members_lib
 from mnist_jax.rundir import run as run_lib
 
 # Settings that do not change what is trained: runs differing only in these
-# (and the seed) are repeats of one configuration. A run of several members
-# counts as one run per member, each with its own configuration (its swept
-# values) and seed, so members are grouped with single runs of the same
-# settings and their seeds give the error bars.
+# (and the seed) are repeats of one configuration.
 NOT_CONFIGURATION = ("seed", "workdir", "data_dir", "mnist_dir", "chunk_steps",
-                     "num_seeds", "sweep")
+                     "num_seeds", "sweep", "analyses")
 PLOTS = ("accuracy.png", "accuracy_vs_time.png", "learning_curves.png")
 
 
 def find_runs(paths: Sequence[str]) -> List[str]:
-  """Run folders among `paths`: each path is a run folder or holds run
-  folders; a folder reached twice (given, and inside another given one)
-  comes once."""
-  found = []
+  """Run folders among `paths` (each one, or a folder of them), each once."""
+  unique = {}  # Real path: the first path given to it.
+  is_run = lambda path: os.path.exists(
+      os.path.join(path, folder_lib.CONFIG_FILE)
+  )
   for path in paths:
-    if os.path.exists(os.path.join(path, folder_lib.CONFIG_FILE)):
-      found.append(path)
-    elif os.path.isdir(path):
-      subs = sorted(os.path.join(path, d) for d in os.listdir(path)
-                    if os.path.exists(os.path.join(path, d, folder_lib.CONFIG_FILE)))
-      if not subs:
-        raise UserError(f"{path} is neither a run folder nor a folder of run "
-                        "folders (no config.json); pass run folders")
-      found.extend(subs)
-    else:
+    if not os.path.isdir(path):
       raise UserError(f"{path} does not exist; pass run folders written by "
                       "launch.py")
-  seen, unique = set(), []
-  for path in found:
-    if os.path.realpath(path) not in seen:
-      seen.add(os.path.realpath(path))
-      unique.append(path)
-  return unique
+    subs = [path] if is_run(path) else sorted(filter(is_run, (
+        os.path.join(path, d) for d in os.listdir(path))))
+    if not subs:
+      raise UserError(f"{path} is neither a run folder nor a folder of run "
+                      "folders (no config.json); pass run folders")
+    for sub in subs:
+      unique.setdefault(os.path.realpath(sub), sub)
+  return list(unique.values())
 
 
 def summarize(run_dir: str) -> Optional[dict]:
   """Headline numbers and learning curve of a finished run (None if unfinished)."""
   config = folder_lib.read_config(run_dir)
-  rows = list(folder_lib.read_metrics(
-      os.path.join(run_dir, folder_lib.METRICS_FILE)))
+  rows = folder_lib.read_metrics(os.path.join(run_dir, folder_lib.METRICS_FILE))
   final = folder_lib.final_metrics(run_dir)
   if final is None:
     return None
   epochs = [r for r in rows if "epoch" in r and "train_loss" in r]
   data_time = final.get("data_time_s")  # None: written before it was recorded.
-  return {
-      "run": run_dir, "config": config, "model": config.model,
-      "preset": config.preset, "seed": config.seed,
+  median = lambda key: statistics.median(r[key] for r in epochs)
+  return {  # member, program_members: of a program's members, set later.
+      "run": run_dir,
+      "config": config,
+      "model": config.model,
+      "preset": config.preset,
+      "seed": config.seed,
       "parameters": final.get("num_params"),
-      "test_accuracy": final["test_accuracy"], "test_loss": final["test_loss"],
+      "test_accuracy": final["test_accuracy"],
+      "test_loss": final["test_loss"],
       "epochs": final.get("epochs_run", len(epochs)),
-      "wall_time_s": final["wall_time_s"], "data_time_s": data_time,
+      "wall_time_s": final["wall_time_s"],
+      "data_time_s": data_time,
       "train_time_s": final["wall_time_s"] - (data_time or 0.0),
       "compile_time_s": final.get("compile_time_s"),
-      "epoch_time_s": statistics.median(r["epoch_time_s"] for r in epochs),
-      "examples_per_s": statistics.median(r["examples_per_s"] for r in epochs),
       "curve": epochs,
-      # A standalone run; a member of a program: its index and their count.
-      "member": None, "program_members": 1,
+      "epoch_time_s": median("epoch_time_s"),
+      "examples_per_s": median("examples_per_s"),
+      "member": None,
+      "program_members": 1,
   }
 
 
-TIMES = ("wall_time_s", "train_time_s", "compile_time_s", "epoch_time_s")
-
-
 def share(summary: dict, members: int) -> dict:
-  """`summary`'s times as one of `members` members' share of them: the
-  times / members, examples/s times members."""
-  out = dict(summary, program_members=members)
-  for key in TIMES:
+  """`summary` as one of `members` members' share: times / members,
+  examples/s times members."""
+  out = dict(summary, program_members=members,
+             examples_per_s=summary["examples_per_s"] * members)
+  for key in ("wall_time_s", "train_time_s", "compile_time_s", "epoch_time_s",
+              "data_time_s"):
     if out.get(key) is not None:
       out[key] = out[key] / members
-  if out.get("data_time_s") is not None:
-    out["data_time_s"] = out["data_time_s"] / members
-  out["examples_per_s"] = summary["examples_per_s"] * members
   return out
 
 
 def split_members(summary: dict) -> List[dict]:
-  """A run's summary as one summary per member (members.py), each the run of
-  its own configuration and seed.
-
-  Each member takes its Config (the swept values applied), test metrics and
-  learning curve from metrics.jsonl, and its share of the program's times
-  (`share`: the M members trained together, in one program's time). A
-  member that diverged has no result, as a diverged single run has none, but
-  it had its share of the time. One member: [summary].
-  """
+  """A run's summary as one per member: its Config, test metrics and curve,
+  and its `share` of the program's times. A diverged member is left out
+  (having had its share). One member: [summary]."""
   final = folder_lib.final_metrics(summary["run"])
   entries = final and (final.get("members") or final.get("replicas"))
   if not entries:
     return [summary]
   configs = [m.config for m in members_lib.from_config(summary["config"])]
-  out = []
-  for i, entry in enumerate(entries):
-    if entry.get("diverged"):
-      continue
-    curve = members_lib.member_rows(
-        [{**r, "members": r.get("members") or r["replicas"]}
-         for r in summary["curve"]], i)
-    out.append({**share(summary, len(entries)), "config": configs[i],
-                "seed": entry["seed"], "member": i,
-                "test_accuracy": entry["test_accuracy"],
-                "test_loss": entry["test_loss"], "curve": curve})
-  return out
+  return [{**share(summary, len(entries)), "config": configs[i],
+           "seed": entry["seed"], "member": i,
+           "test_accuracy": entry["test_accuracy"],
+           "test_loss": entry["test_loss"], "curve": members_lib.member_rows(
+               [{**r, "members": r.get("members") or r["replicas"]}
+                for r in summary["curve"]], i)}
+          for i, entry in enumerate(entries) if not entry.get("diverged")]
 
 
 def where(summary: dict) -> str:
@@ -152,38 +123,30 @@ def where(summary: dict) -> str:
   return f"member {summary['member']} of {summary['run']}"
 
 
-def deduplicate(summaries: Sequence[dict]) -> Tuple[List[dict], List[Tuple[dict, dict]]]:
-  """(the summaries with each model once, [(left out, the one kept)]).
-
-  One model is one configuration and seed (all settings equal but where it
-  was written and how many trained with it): a standalone run folder and a
-  member of another run with the same settings and seed, or two copies of
-  a run. The standalone run is kept before a member (its times are its own),
-  else the first given.
-  """
+def deduplicate(
+    summaries: Sequence[dict],
+) -> Tuple[List[dict], List[Tuple[dict, dict]]]:
+  """(the summaries with each configuration and seed once, [(left out, kept)]):
+  a standalone run is kept before a member (its times are its own), else
+  the first given."""
   kept: Dict[tuple, dict] = {}
-  order: List[tuple] = []
   dropped = []
   for s in summaries:
     key = (_key(s["config"]), s["seed"])
-    if key not in kept:
-      kept[key] = s
-      order.append(key)
+    first = kept.setdefault(key, s)
+    if first is s:
       continue
-    first = kept[key]
     if first.get("member") is not None and s.get("member") is None:
       kept[key], s = s, first  # The standalone run's own times win.
     dropped.append((s, kept[key]))
-  return [kept[k] for k in order], dropped
+  return list(kept.values()), dropped
 
 
 def sort_key(value) -> tuple:
-  """Orders setting values of any type: numbers (and numeric text) by value,
-  then tuples element by element, then other text; None first."""
+  """Orders values of any type: None, numbers (and numeric text), tuples
+  element-wise, other text."""
   if value is None:
     return (0,)
-  if isinstance(value, (bool, int, float)):
-    return (1, float(value))
   if isinstance(value, (tuple, list)):
     return (2, tuple(sort_key(v) for v in value))
   try:
@@ -193,14 +156,8 @@ def sort_key(value) -> tuple:
 
 
 def _key(config) -> tuple:
-  d = config.to_dict()
-  return tuple(sorted((k, str(v)) for k, v in d.items()
+  return tuple(sorted((k, str(v)) for k, v in config.to_dict().items()
                       if k not in NOT_CONFIGURATION))
-
-
-def _model_order(name: str) -> int:
-  names = list(models.MODELS)
-  return names.index(name) if name in names else len(names)
 
 
 def group(summaries: Sequence[dict]) -> List[dict]:
@@ -212,30 +169,43 @@ def group(summaries: Sequence[dict]) -> List[dict]:
   for runs in groups.values():
     runs.sort(key=lambda s: s["seed"])
     first = runs[0]
-    out.append({
-        "model": first["model"], "preset": first["preset"], "runs": runs,
-        "config": first["config"], "seeds": [s["seed"] for s in runs],
-        "parameters": first["parameters"],
-        "test_accuracy": [s["test_accuracy"] for s in runs],
-        "test_loss": [s["test_loss"] for s in runs],
-        "epochs": [s["epochs"] for s in runs],
-        "wall_time_s": [s["wall_time_s"] for s in runs],
-        "train_time_s": [s["train_time_s"] for s in runs],
-        "no_data_time": [s["run"] for s in runs if s["data_time_s"] is None],
-        "epoch_time_s": [s["epoch_time_s"] for s in runs],
-        "examples_per_s": [s["examples_per_s"] for s in runs],
-        # How many members shared the program of each run (1: standalone).
-        "program_members": [s.get("program_members", 1) for s in runs],
-        "curves": [s["curve"] for s in runs]})
+    out.append(
+        {
+            "model": first["model"],
+            "preset": first["preset"],
+            "runs": runs,
+            "config": first["config"],
+            "seeds": [s["seed"] for s in runs],
+            "parameters": first["parameters"],
+            "curves": [s["curve"] for s in runs],
+            **{
+                k: [s[k] for s in runs]
+                for k in (
+                    "test_accuracy",
+                    "test_loss",
+                    "epochs",
+                    "wall_time_s",
+                    "train_time_s",
+                    "epoch_time_s",
+                    "examples_per_s",
+                )
+            },
+            "no_data_time": [
+                s["run"] for s in runs if s["data_time_s"] is None
+            ],
+            "program_members": [s.get("program_members", 1) for s in runs],
+        }
+    )
   _label(out)
-  out.sort(key=lambda g: (_model_order(g["model"]), g["order"]))
+  names = list(models.MODELS)
+  out.sort(key=lambda g: (names.index(g["model"]) if g["model"] in names
+                          else len(names), g["order"]))
   return out
 
 
 def _label(groups: List[dict]) -> None:
-  """Names each group by its model, plus whatever tells same-model groups
-  apart, and gives it its place among them (`order`: those values' sort_key,
-  presets in the registry's order)."""
+  """Names each group by its model and what tells same-model groups apart;
+  `order`: those values' sort_key (presets in the registry's order)."""
   by_model: Dict[str, List[dict]] = {}
   for g in groups:
     by_model.setdefault(g["model"], []).append(g)
@@ -272,45 +242,49 @@ def _span(values) -> str:
           else f"{min(values)}-{max(values)}")
 
 
+# runs.csv's columns: a run's value, formatted after a colon (None: "").
+RUN_COLUMNS = [c.partition(":")[::2] for c in (
+    "model preset label seed run member program_members parameters "
+    "test_accuracy:.6f test_loss:.6f epochs train_time_s:.2f wall_time_s:.2f "
+    "data_time_s:.2f compile_time_s:.2f epoch_time_s:.3f examples_per_s:.0f"
+).split()]
+
+
 def write_tables(groups: Sequence[dict], out: str,
                  dropped: Sequence[Tuple[dict, dict]] = ()) -> None:
   """comparison.csv, runs.csv and comparison.md; `dropped`: deduplicate's
   runs left out, named in comparison.md."""
-  header = ["model", "preset", "label", "runs", "seeds", "parameters",
-            "test_accuracy_mean", "test_accuracy_std", "test_loss_mean",
-            "epochs", "train_time_s_mean", "train_time_s_std",
-            "wall_time_s_mean", "epoch_time_s_mean", "examples_per_s_mean"]
-  rows = [header]
+  rows = [("model preset label runs seeds parameters test_accuracy_mean "
+           "test_accuracy_std test_loss_mean epochs train_time_s_mean "
+           "train_time_s_std wall_time_s_mean epoch_time_s_mean "
+           "examples_per_s_mean").split()]
+  run_rows = [[c for c, _ in RUN_COLUMNS]]
   for g in groups:
-    acc, acc_std = _mean_std(g["test_accuracy"])
-    time, time_std = _mean_std(g["train_time_s"])
-    rows.append([g["model"], g["preset"], g["label"], len(g["runs"]),
-                 " ".join(map(str, g["seeds"])), g["parameters"], f"{acc:.6f}",
-                 f"{acc_std:.6f}", f"{_mean_std(g['test_loss'])[0]:.6f}",
-                 _span(g["epochs"]), f"{time:.2f}", f"{time_std:.2f}",
-                 f"{_mean_std(g['wall_time_s'])[0]:.2f}",
-                 f"{_mean_std(g['epoch_time_s'])[0]:.3f}",
-                 f"{_mean_std(g['examples_per_s'])[0]:.0f}"])
-  _write_csv(os.path.join(out, "comparison.csv"), rows)
-  run_rows = [["model", "preset", "label", "seed", "run", "member",
-               "program_members", "parameters",
-               "test_accuracy", "test_loss", "epochs", "train_time_s",
-               "wall_time_s", "data_time_s", "compile_time_s", "epoch_time_s",
-               "examples_per_s"]]
-  for g in groups:
+    m = {k: _mean_std(g[k]) for k in ("test_accuracy", "test_loss",
+                                      "train_time_s", "wall_time_s",
+                                      "epoch_time_s", "examples_per_s")}
+    rows.append(
+        [
+            g["model"],
+            g["preset"],
+            g["label"],
+            len(g["runs"]),
+            " ".join(map(str, g["seeds"])),
+            g["parameters"],
+            *(f"{v:.6f}" for v in (*m["test_accuracy"], m["test_loss"][0])),
+            _span(g["epochs"]),
+            *(f"{v:.2f}" for v in (*m["train_time_s"], m["wall_time_s"][0])),
+            f"{m['epoch_time_s'][0]:.3f}",
+            f"{m['examples_per_s'][0]:.0f}",
+        ]
+    )
     for s in g["runs"]:
-      run_rows.append([s["model"], s["preset"], g["label"], s["seed"], s["run"],
-                       "" if s.get("member") is None else s["member"],
-                       s.get("program_members", 1),
-                       s["parameters"], f"{s['test_accuracy']:.6f}",
-                       f"{s['test_loss']:.6f}", s["epochs"],
-                       f"{s['train_time_s']:.2f}", f"{s['wall_time_s']:.2f}",
-                       "" if s["data_time_s"] is None
-                       else f"{s['data_time_s']:.2f}",
-                       f"{s['compile_time_s'] or 0:.2f}",
-                       f"{s['epoch_time_s']:.3f}", f"{s['examples_per_s']:.0f}"])
-  _write_csv(os.path.join(out, "runs.csv"), run_rows)
-
+      s = {**s, "label": g["label"], "program_members": s.get(
+          "program_members", 1), "compile_time_s": s["compile_time_s"] or 0}
+      run_rows.append(["" if s.get(c) is None else format(s[c], f)
+                       for c, f in RUN_COLUMNS])
+  files.write_csv(os.path.join(out, "comparison.csv"), rows)
+  files.write_csv(os.path.join(out, "runs.csv"), run_rows)
   lines = ["# Model comparison", "",
            "Mean ± sample standard deviation (n-1, as report.md) over seeds "
            "where a configuration has several runs. Time is a run's wall "
@@ -333,31 +307,32 @@ def write_tables(groups: Sequence[dict], out: str,
   if older:
     lines += [f"{len(older)} run(s) predate the record of data loading time; "
               "their time includes it: " + ", ".join(older), ""]
-  lines += ["| model | preset | runs | parameters | test accuracy % | epochs | "
-           "time s | epoch time s | examples/s |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-  for g in groups:
-    lines.append(
-        f"| {g['label']} | {g['preset']} | {len(g['runs'])} | "
-        f"{g['parameters']:,} | {_pm(g['test_accuracy'], 100)} | "
-        f"{_span(g['epochs'])} | {_pm(g['train_time_s'], digits=1)} | "
-        f"{_pm(g['epoch_time_s'], digits=2)} | "
-        f"{_mean_std(g['examples_per_s'])[0]:,.0f} |")
-  lines += ["", "![test accuracy per model](accuracy.png)", "",
-            "![accuracy against run time](accuracy_vs_time.png)", "",
-            "![learning curves](learning_curves.png)", "",
-            "Runs: [runs.csv](runs.csv); table: [comparison.csv](comparison.csv).",
-            ""]
+  lines += files.table(
+      ["model", "preset", "runs", "parameters", "test accuracy %", "epochs",
+       "time s", "epoch time s", "examples/s"],
+      [(g["label"], g["preset"], len(g["runs"]), f"{g['parameters']:,}",
+        _pm(g["test_accuracy"], 100), _span(g["epochs"]),
+        _pm(g["train_time_s"], digits=1), _pm(g["epoch_time_s"]),
+        f"{_mean_std(g['examples_per_s'])[0]:,.0f}") for g in groups],
+      "ll" + "r" * 7)
+  lines += [
+      "",
+      "![test accuracy per model](accuracy.png)",
+      "",
+      "![accuracy against run time](accuracy_vs_time.png)",
+      "",
+      "![learning curves](learning_curves.png)",
+      "",
+      "Runs: [runs.csv](runs.csv); table: [comparison.csv](comparison.csv).",
+      "",
+  ]
   files.write_text(os.path.join(out, "comparison.md"), "\n".join(lines))
 
 
-def _write_csv(path: str, rows) -> None:
-  with files.atomic(path) as f:
-    csv.writer(f, lineterminator="\n").writerows(rows)
-
-
-def compare(paths: Sequence[str], out: str, log=print) -> List[dict]:
-  """Reads finished runs under `paths`, writes the table and plots to `out`."""
+def compare(paths: Sequence[str], out: str, log=print,
+            analyses: bool = False) -> List[dict]:
+  """Reads finished runs under `paths`, writes the tables and plots to `out`
+  (with `analyses`, analysis.md too); returns the groups."""
   summaries = []
   for run in find_runs(paths):
     s = summarize(run)
@@ -375,9 +350,34 @@ def compare(paths: Sequence[str], out: str, log=print) -> List[dict]:
   groups = group(summaries)
   os.makedirs(out, exist_ok=True)
   write_tables(groups, out, dropped)
-  plots.compare_accuracy(groups, os.path.join(out, "accuracy.png"))
-  plots.compare_accuracy_time(groups, os.path.join(out, "accuracy_vs_time.png"))
-  plots.compare_curves(groups, os.path.join(out, "learning_curves.png"))
+  for name, draw in zip(
+      PLOTS,
+      (
+          plots.compare_accuracy,
+          plots.compare_accuracy_time,
+          plots.compare_curves,
+      ),
+  ):
+    draw(groups, os.path.join(out, name))
+  if analyses:  # Each group's first run whose folder's analysis is of it.
+    shown = {}
+    for g in groups:
+      for s in g["runs"]:
+        final = folder_lib.final_metrics(s["run"])
+        chosen = (final.get("chosen") or {}).get("index")
+        if s["run"] not in shown and s.get("member") in (None, chosen):
+          shown[s["run"]] = (g["label"], s["train_time_s"])
+          break
+    labels, train_s = zip(*shown.values())
+    for folder in shown:  # Trained before the analyses: written now.
+      if not os.path.exists(os.path.join(folder, analysis.FOLDER,
+                                         analysis.SUMMARY)):
+        run = results_run.load_run(folder)
+        data = pipeline.load(run.config)
+        analysis.write(folder, run, data.test, data.val, data.class_names,
+                       maps=False)
+    analysis.compare(list(shown), os.path.join(out, "analysis.md"),
+                     labels=labels, train_s=train_s)
   log(f"compared {len(summaries)} runs in {len(groups)} configurations"
       f"{f' ({len(dropped)} counted once)' if dropped else ''}; "
       f"table and plots in {out}/comparison.md")
@@ -385,16 +385,15 @@ def compare(paths: Sequence[str], out: str, log=print) -> List[dict]:
 
 
 def parse_vary(specs: Sequence[str]) -> Dict[str, list]:
-  """`--vary` specs, each NAME=V1/V2/..., as {Config field: [values]}.
-
-  Values are typed as the field's flag is: `mlp_hidden=256/512,256` gives
-  (256,) and (512, 256).
-  """
+  """`--vary` specs NAME=V1/V2/... as {Config field: [values]}, typed as
+  its flag (`mlp_hidden=256/512,256`: (256,) and (512, 256))."""
   grid = {}
   for spec in specs:
     name, _, listed = (t.strip() for t in spec.partition("="))
-    if name in ("model", "seed", "preset") or (
-        name not in config_lib.flag_names()):
+    if (
+        name in ("model", "seed", "preset")
+        or name not in config_lib.flag_names()
+    ):
       raise UserError(
           f"--vary={spec}: vary a Config field other than model, preset and "
           "seed (--train, --preset and --seeds choose those), e.g. "
@@ -417,14 +416,9 @@ def _typed(name: str, text: str):
       return text.lower() in ("true", "1")
     return kind(text)
   except ValueError:
-    raise UserError(f"--vary={name}: {text!r} is not a value of {name}"
-                    ) from None
-
-
-def _folder_name(model: str, values: Dict, seed: int) -> str:
-  parts = [model] + [f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
-                     for k, v in values.items()] + [f"seed{seed}"]
-  return "-".join(parts)
+    raise UserError(
+        f"--vary={name}: {text!r} is not a value of {name}"
+    ) from None
 
 
 def train_runs(model_names: Sequence[str], seeds: Sequence[int], runs_root: str,
@@ -437,18 +431,17 @@ def train_runs(model_names: Sequence[str], seeds: Sequence[int], runs_root: str,
   vary = vary or {}
   combos = [dict(zip(vary, c)) for c in itertools.product(*vary.values())]
   folders = []
-  for name in model_names:
-    for values in combos:
-      for seed in seeds:
-        folder = os.path.join(runs_root, _folder_name(name, values, seed))
-        config = models.get_config(name, preset, seed=seed, workdir=folder,
-                                   **{**overrides, **values})
-        done = os.path.isdir(folder) and folder_lib.finished(folder)
-        if done and not folder_lib.config_differences(
-            folder_lib.read_config(folder), config):
-          log(f"{folder}: finished before, reused")
-        else:
-          log(f"training {os.path.basename(folder)} in {folder}")
-          run_lib.train_and_evaluate(config, folder, stream=stream)
-        folders.append(folder)
+  for name, values, seed in itertools.product(model_names, combos, seeds):
+    folder = os.path.join(runs_root, "-".join([name] + [
+        f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
+        for k, v in values.items()] + [f"seed{seed}"]))
+    config = models.get_config(name, preset, seed=seed, workdir=folder,
+                               **{**overrides, **values})
+    if os.path.isdir(folder) and folder_lib.finished(folder) and not (
+        folder_lib.config_differences(folder_lib.read_config(folder), config)):
+      log(f"{folder}: finished before, reused")
+    else:
+      log(f"training {os.path.basename(folder)} in {folder}")
+      run_lib.train_and_evaluate(config, folder, stream=stream)
+    folders.append(folder)
   return folders

@@ -1,14 +1,14 @@
 """Figures, saved as PNG files with matplotlib's non-interactive Agg backend."""
 
+import functools
 import os
 import textwrap
 from typing import List, Optional, Sequence
 
 import matplotlib
 import numpy as np
-# Figures are drawn off-screen and saved. In a notebook (ipykernel sets
-# MPLBACKEND to its inline backend) the backend stays, or the notebook's own
-# figures would stop showing; each figure here is closed once saved.
+# Off-screen figures, each closed once saved; in a notebook (MPLBACKEND inline)
+# the backend stays, or the notebook's own figures would stop showing.
 if "inline" not in os.environ.get("MPLBACKEND", ""):
   matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -17,14 +17,31 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 from mnist_jax.rundir import files  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 DPI = 120
+DIGIT_CMAP = "gray_r"  # Every figure draws digits as dark ink on white.
+MARKERS = "osD^vP*Xhp<>"
+Names = Optional[Sequence[str]]
 
 
-def _save(fig, path: str) -> str:
-  fig.tight_layout()
+def _save(fig, path: str, whole: bool = False) -> str:
+  """Saves `fig`; `whole`: with all it draws, legends outside the axes too."""
+  if not whole:
+    fig.tight_layout()
+  box = {"bbox_inches": "tight", "pad_inches": 0.1} if whole else {}
   with files.atomic(path, "wb") as f:
-    fig.savefig(f, format="png", dpi=DPI)
+    fig.savefig(f, format="png", dpi=DPI, **box)
   plt.close(fig)
   return path
+
+
+_save_whole = functools.partial(_save, whole=True)
+
+
+def _plain_ticks(axis, subs=None) -> None:
+  """Plain-number major ticks (log: at `subs` of a decade), no minor labels."""
+  if subs:
+    axis.set_major_locator(LogLocator(subs=subs))
+  axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+  axis.set_minor_formatter(NullFormatter())
 
 
 def _epoch_axis(ax, epochs) -> None:
@@ -43,32 +60,29 @@ def learning_curves(rows: List[dict], path: str, title: str = "") -> str:
   """Train vs validation loss and accuracy per epoch, from metrics.jsonl rows."""
   epochs = [r for r in rows if "epoch" in r and "train_loss" in r]
   x = [r["epoch"] for r in epochs]
-  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
-  for ax, key, label in ((ax_loss, "loss", "Loss (cross entropy)"),
-                         (ax_acc, "accuracy", "Accuracy (%)")):
-    scale = 100.0 if key == "accuracy" else 1.0
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+  for ax, key, scale, name, label in (
+      (axes[0], "loss", 1.0, "Loss", "Loss (cross entropy)"),
+      (axes[1], "accuracy", 100.0, "Accuracy", "Accuracy (%)")):
     ax.plot(x, [scale * r[f"train_{key}"] for r in epochs], "o-", label="train")
     val = [(r["epoch"], scale * r[f"val_{key}"]) for r in epochs
            if r.get(f"val_{key}") is not None]
     if val:
       ax.plot(*zip(*val), "s-", label="validation")
-    final = [r for r in rows if f"test_{key}" in r]
-    if final:
-      ax.axhline(scale * final[-1][f"test_{key}"], color="gray", ls="--",
-                 label=f"test ({scale * final[-1][f'test_{key}']:.4g})")
-    ax.set_xlabel("Epoch")
+    test = [scale * r[f"test_{key}"] for r in rows if f"test_{key}" in r]
+    if test:
+      ax.axhline(test[-1], color="gray", ls="--",
+                 label=f"test ({test[-1]:.4g})")
+    ax.set(xlabel="Epoch", ylabel=label, title=name)
     _epoch_axis(ax, x)
-    ax.set_ylabel(label)
     ax.grid(alpha=0.3)
     ax.legend()
-  ax_loss.set_title("Loss")
-  ax_acc.set_title("Accuracy")
   if title:
     fig.suptitle(title)
   return _save(fig, path)
 
 
-def _labels(class_names: Optional[Sequence[str]], k: int) -> List[str]:
+def _labels(class_names: Names, k: int) -> List[str]:
   return list(class_names) if class_names else [str(i) for i in range(k)]
 
 
@@ -82,47 +96,42 @@ def _class_scale(k: int) -> float:
   return max(1.0, k / 16)
 
 
-def confusion_matrix(counts: np.ndarray, path: str,
-                     class_names: Optional[Sequence[str]] = None,
+def confusion_matrix(counts: np.ndarray, path: str, class_names: Names = None,
                      title: str = "") -> str:
   """Counts in each cell, colour = the fraction of the true class (row)."""
   k = counts.shape[0]
   names = _labels(class_names, k)
   rows = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-  scale = _class_scale(k)
-  fig, ax = plt.subplots(figsize=(7.5 * scale, 6.5 * scale))
+  fig, ax = plt.subplots(figsize=(7.5 * _class_scale(k), 6.5 * _class_scale(k)))
   image = ax.imshow(rows, cmap="Blues", vmin=0.0, vmax=1.0)
-  bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-  bar.set_label("Fraction of the true class")
-  for i in range(k):
-    for j in range(k):
-      if counts[i, j]:
-        ax.text(j, i, f"{counts[i, j]:d}", ha="center", va="center",
-                fontsize=8 if k <= 16 else 6,
-                color="white" if rows[i, j] > 0.5 else
-                ("firebrick" if i != j else "black"))
-  ax.set_xticks(range(k), names, rotation=45 if len(max(names, key=len)) > 2
-                else 0, ha="right" if len(max(names, key=len)) > 2 else "center")
+  fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04).set_label(
+      "Fraction of the true class")
+  for i, j in zip(*np.nonzero(counts)):
+    ax.text(j, i, f"{counts[i, j]:d}", ha="center", va="center",
+            fontsize=8 if k <= 16 else 6, color="white" if rows[i, j] > 0.5
+            else ("firebrick" if i != j else "black"))
+  slant = len(max(names, key=len)) > 2
+  ax.set_xticks(range(k), names, rotation=45 if slant else 0,
+                ha="right" if slant else "center")
   ax.set_yticks(range(k), names)
-  ax.set_xlabel("Predicted label")
-  ax.set_ylabel("True label")
-  total = int(counts.sum())
-  ax.set_title(title or f"Confusion matrix ({total} test images; counts, "
-               "colour = row fraction)", fontsize=11)
+  ax.set(xlabel="Predicted label", ylabel="True label")
+  ax.set_title(title or f"Confusion matrix ({int(counts.sum())} test images; "
+               "counts, colour = row fraction)", fontsize=11)
   return _save(fig, path)
 
 
 def per_class_accuracy(accuracy: np.ndarray, support: np.ndarray, path: str,
-                       class_names: Optional[Sequence[str]] = None,
+                       class_names: Names = None,
                        overall: Optional[float] = None, title: str = "") -> str:
   """Bar chart of each class's accuracy (recall), zoomed to where bars differ."""
   k = len(accuracy)
-  names = _labels(class_names, k)
   pct = 100.0 * np.asarray(accuracy, dtype=float)
   fig, ax = plt.subplots(figsize=(8 * _class_scale(k), 4.2))
-  colors = ["firebrick" if p == pct.min() else "steelblue" for p in pct]
-  ax.bar(range(k), pct, color=colors)
-  low = max(0.0, np.floor(min(pct.min(), overall * 100 if overall else 100) - 2))
+  ax.bar(range(k), pct, color=["firebrick" if p == pct.min() else "steelblue"
+                               for p in pct])
+  low = max(
+      0.0, np.floor(min(pct.min(), overall * 100 if overall else 100) - 2)
+  )
   ax.set_ylim(low, 100.5)
   for i, p in enumerate(pct):
     ax.text(i, p + 0.1, f"{p:.1f}", ha="center", va="bottom",
@@ -131,140 +140,133 @@ def per_class_accuracy(accuracy: np.ndarray, support: np.ndarray, path: str,
     ax.axhline(100 * overall, color="gray", ls="--",
                label=f"overall {100 * overall:.2f}%")
     ax.legend(loc="lower right")
-  ax.set_xticks(range(k), [f"{n}\n(n={s})" for n, s in zip(names, support)],
-                fontsize=8)
-  ax.set_xlabel("True class (number of test images)")
-  ax.set_ylabel("Accuracy (%)")
-  ax.set_title(title or "Test accuracy per class (lowest in red)")
+  ax.set_xticks(range(k), [f"{n}\n(n={s})" for n, s in
+                           zip(_labels(class_names, k), support)], fontsize=8)
+  ax.set(xlabel="True class (number of test images)", ylabel="Accuracy (%)",
+         title=title or "Test accuracy per class (lowest in red)")
   ax.grid(axis="y", alpha=0.3)
   return _save(fig, path)
 
 
-DIGIT_CMAP = "gray_r"  # Every figure draws digits as dark ink on white.
-
-
 def _digit(ax, image, frame_color=None):
-  """A [H, W] uint8 image (a digit, letter...), dark ink on white, in every
-  figure alike."""
+  """A [H, W] uint8 image, dark ink on white; framed in `frame_color`."""
   ax.imshow(image, cmap=DIGIT_CMAP, vmin=0, vmax=255)
-  ax.set_xticks([])
-  ax.set_yticks([])
-  for spine in ax.spines.values():
-    spine.set_visible(frame_color is not None)
-    if frame_color is not None:
-      spine.set_color(frame_color)
-      spine.set_linewidth(3)
+  ax.set(xticks=[], yticks=[])
+  ax.spines[:].set_visible(frame_color is not None)
+  if frame_color is not None:
+    ax.spines[:].set(color=frame_color, linewidth=3)
 
 
-def _grid(n: int, cols: int):
-  rows = max(1, int(np.ceil(n / cols)))
+def _grid(images, cols: int, titles, frames, colors):
+  """Images in rows of `cols`, each titled, framed where `frames` says."""
+  rows = max(1, int(np.ceil(len(images) / cols)))
   fig, axes = plt.subplots(rows, cols, figsize=(1.45 * cols, 1.75 * rows + 0.5),
                            squeeze=False)
-  for ax in axes.flat[n:]:
+  for ax in axes.flat[len(images):]:
     ax.axis("off")
+  for ax, image, text, frame, color in zip(axes.flat, images, titles, frames,
+                                           colors):
+    _digit(ax, image, frame)
+    ax.set_title(text, fontsize=8, color=color)
   return fig, axes.flat
 
 
-def prediction_grid(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray,
-                    path: str, class_names: Optional[Sequence[str]] = None,
+def prediction_grid(images: np.ndarray, labels: np.ndarray,
+                    predicted: np.ndarray, path: str, class_names: Names = None,
                     indices: Optional[Sequence[int]] = None, cols: int = 8,
                     title: str = "") -> str:
   """Test images with true and predicted labels; wrong ones framed in red."""
   names = _labels(class_names, _num_classes(labels, predicted))
-  indices = list(range(len(images))) if indices is None else list(indices)
-  fig, axes = _grid(len(images), cols)
-  wrong = 0
-  for ax, image, y, p, i in zip(axes, images, labels, predicted, indices):
-    bad = int(y) != int(p)
-    wrong += bad
-    _digit(ax, image, "red" if bad else None)
-    ax.set_title(f"#{i}\ntrue {names[y]}  pred {names[p]}" + (" ✗" if bad else ""),
-                 fontsize=8, color="red" if bad else "black")
-  fig.suptitle(title or f"Test predictions ({wrong} of {len(images)} wrong, "
+  indices = range(len(images)) if indices is None else indices
+  cells = [(y, p, i) for _, y, p, i in zip(images, labels, predicted, indices)]
+  bad = [int(y) != int(p) for y, p, _ in cells]
+  titles = [f"#{i}\ntrue {names[y]}  pred {names[p]}" + (" ✗" if b else "")
+            for (y, p, i), b in zip(cells, bad)]
+  fig, _ = _grid(images, cols, titles, ["red" if b else None for b in bad],
+                 ["red" if b else "black" for b in bad])
+  fig.suptitle(title or f"Test predictions ({sum(bad)} of {len(images)} wrong, "
                "framed in red)")
   return _save(fig, path)
 
 
 def mistakes(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray,
              p_predicted: np.ndarray, p_true: np.ndarray, path: str,
-             class_names: Optional[Sequence[str]] = None,
+             class_names: Names = None,
              indices: Optional[Sequence[int]] = None, cols: int = 6,
              title: str = "") -> str:
-  """The most confident wrong predictions: predicted and true label, both probabilities."""
+  """The most confident wrong predictions: both labels and probabilities."""
   names = _labels(class_names, _num_classes(labels, predicted))
-  fig, axes = _grid(max(len(images), 1), cols)
-  indices = list(range(len(images))) if indices is None else list(indices)
+  indices = range(len(images)) if indices is None else indices
+  titles = [f"#{i} pred {names[p]} ({100 * pp:.1f}%)\ntrue {names[y]} "
+            f"({100 * pt:.1f}%)" for y, p, pp, pt, i in
+            zip(labels, predicted, p_predicted, p_true, indices)]
+  fig, axes = _grid(images, cols, titles, ["red"] * len(images),
+                    ["black"] * len(images))
   if not len(images):
-    axes[0].axis("off")
     axes[0].text(0.5, 0.5, "no wrong predictions", ha="center", va="center")
-  for ax, image, y, p, pp, pt, i in zip(axes, images, labels, predicted,
-                                        p_predicted, p_true, indices):
-    _digit(ax, image, "red")
-    ax.set_title(f"#{i} pred {names[p]} ({100 * pp:.1f}%)\ntrue {names[y]} "
-                 f"({100 * pt:.1f}%)", fontsize=8)
   fig.suptitle(title or "Most confident mistakes (predicted label and its "
                "probability; true label and its probability)", fontsize=10)
   return _save(fig, path)
 
 
-def probability_bars(ax, probabilities: np.ndarray, class_names=None,
-                     true_label: Optional[int] = None) -> None:
-  """Bars of one example's class probabilities: best orange (red if wrong), true green."""
-  k = len(probabilities)
-  names = _labels(class_names, k)
-  pct = 100.0 * np.asarray(probabilities, dtype=float)
-  best = int(np.argmax(pct))
-  colors = ["steelblue"] * k
-  if true_label is not None and true_label != best:
-    colors[true_label] = "seagreen"
-  colors[best] = "darkorange" if true_label in (None, best) else "firebrick"
-  ax.bar(range(k), pct, color=colors)
-  for i, p in enumerate(pct):
-    if p >= 0.05:
-      ax.text(i, p + 1, f"{p:.1f}" if p < 99.95 else "100", ha="center",
-              va="bottom", fontsize=8 if k <= 16 else 5)
-  ax.set_xticks(range(k), names)
-  if k > 16:
-    ax.tick_params(axis="x", labelsize=6)
-  ax.set_ylim(0, 110)
-  ax.set_xlabel("Class")
-  ax.set_ylabel("Probability (%)")
-  ax.grid(axis="y", alpha=0.3)
-
-
 def sample_probabilities(samples: Sequence[dict], path: str,
-                         class_names: Optional[Sequence[str]] = None,
-                         title: str = "") -> str:
+                         class_names: Names = None, title: str = "") -> str:
   """Rows of (image, its K class-probability bars).
 
-  Each sample is a dict with image [H, W] uint8, probabilities [K], and
-  optional label (int) and caption (str).
+  Each sample: image [H, W] uint8, probabilities [K], optional label (int) and
+  caption (str). Bars: best orange (red if wrong), true class green.
   """
   k = len(samples[0]["probabilities"]) if samples else 0
   names = _labels(class_names, k)
-  fig, axes = plt.subplots(len(samples), 2,
-                           figsize=(9 * _class_scale(k), 3.1 * len(samples)),
-                           gridspec_kw={"width_ratios": [1, 2.6]}, squeeze=False)
-  for (ax_img, ax_bar), s in zip(axes, samples):
+  fig, axes = plt.subplots(
+      len(samples),
+      2,
+      figsize=(9 * _class_scale(k), 3.1 * len(samples)),
+      gridspec_kw={"width_ratios": [1, 2.6]},
+      squeeze=False,
+  )
+  for (ax_img, ax), s in zip(axes, samples):
     label = s.get("label")
+    pct = 100.0 * np.asarray(s["probabilities"], dtype=float)
     best = int(np.argmax(s["probabilities"]))
     _digit(ax_img, s["image"], None if label in (None, best) else "red")
     ax_img.set_title(s.get("caption", ""), fontsize=9)
-    probability_bars(ax_bar, s["probabilities"], names, label)
+    colors = ["steelblue"] * k
+    if label is not None and label != best:
+      colors[label] = "seagreen"
+    colors[best] = "darkorange" if label in (None, best) else "firebrick"
+    ax.bar(range(k), pct, color=colors)
+    for i, p in enumerate(pct):
+      if p >= 0.05:
+        ax.text(i, p + 1, f"{p:.1f}" if p < 99.95 else "100", ha="center",
+                va="bottom", fontsize=8 if k <= 16 else 5)
+    ax.set_xticks(range(k), names)
+    if k > 16:
+      ax.tick_params(axis="x", labelsize=6)
+    ax.set(ylim=(0, 110), xlabel="Class", ylabel="Probability (%)")
+    ax.grid(axis="y", alpha=0.3)
     head = f"predicted {names[best]} ({100 * s['probabilities'][best]:.1f}%)"
-    if label is not None:
-      head += f", true {names[label]}"
-    ax_bar.set_title(head, fontsize=10)
+    ax.set_title(head + (f", true {names[label]}" if label is not None else ""),
+                 fontsize=10)
   if title:
     fig.suptitle(title)
   return _save(fig, path)
 
 
-# Comparison across runs (experiments/compare.py). Each figure is laid out
-# whole: titles wrapped to its width, legends outside the axes, and saved with
-# a bounding box that holds every label.
+def prediction(image: np.ndarray, probabilities: np.ndarray, path: str,
+               source: str = "", class_names=None) -> str:
+  """An input as the model saw it (28x28, preprocessed), its probabilities."""
+  names = _labels(class_names, len(probabilities))
+  best = int(np.argmax(probabilities))
+  return sample_probabilities(
+      [{"image": image, "probabilities": probabilities,
+        "caption": "as the model saw it (28x28)"}],
+      path, names, title=f"{os.path.basename(source)}: {names[best]} "
+      f"({100 * probabilities[best]:.1f}%)")
 
-MARKERS = "osD^vP*Xhp<>"
+
+# Comparison across runs (experiments/compare.py). Each figure is laid out
+# whole: titles wrapped to its width, legends outside the axes.
 
 
 def _colors(n: int):
@@ -273,19 +275,13 @@ def _colors(n: int):
 
 
 def accuracy_floor(values) -> float:
-  """Where a comparison's accuracy axis starts, in %: one point below the
-  lowest value, rounded down to a whole percent, and not below 0.
-
-  The axis always ends at 100%, so it spans at least a point and a half:
-  0.03 points between two runs stay 0.03 points of that span, never the
-  whole height.
-  """
+  """Where an accuracy axis (to 100%) starts: a whole percent, a point below
+  the lowest value, so close runs never fill the whole height."""
   return max(0.0, float(np.floor(min(values))) - 1.0)
 
 
 def fit_title(fig, title) -> None:
-  """Wraps a title (a Text artist) into lines that lie within `fig`, where
-  the layout puts it."""
+  """Wraps a title (a Text artist) into lines that lie within `fig`."""
   text = title.get_text().replace("\n", " ")
   chars = len(text)
   while chars > 20:
@@ -297,28 +293,9 @@ def fit_title(fig, title) -> None:
     title.set_text("\n".join(textwrap.wrap(text, chars)))
 
 
-def _save_whole(fig, path: str) -> str:
-  """Saves `fig` with everything drawn in it, legends outside the axes too."""
-  with files.atomic(path, "wb") as f:
-    fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.1)
-  plt.close(fig)
-  return path
-
-
-def _train_times(g: dict) -> np.ndarray:
-  """A group's run times less data loading (older runs: their wall time)."""
-  return np.asarray(g.get("train_time_s", g["wall_time_s"]), np.float64)
-
-
 def _std(values: np.ndarray) -> Optional[float]:
-  """The sample standard deviation (ddof=1, as report.md and compare.py's
-  tables give it), or None for one value."""
+  """The sample std (ddof=1, as report.md's tables), None for one value."""
   return float(np.std(values, ddof=1)) if len(values) > 1 else None
-
-
-def _shared(groups: Sequence[dict]) -> bool:
-  """Whether some run is a member charged its share of a program's time."""
-  return any(m > 1 for g in groups for m in g.get("program_members", ()))
 
 
 def _several(groups: Sequence[dict]) -> bool:
@@ -330,17 +307,18 @@ def accuracy_figure(groups: Sequence[dict]):
   """Test accuracy per configuration: mean bar, std whisker, one dot per seed."""
   n = len(groups)
   fig, ax = plt.subplots(figsize=(8, 0.55 * n + 1.6), layout="constrained")
-  colors = _colors(n)
   low = accuracy_floor([100 * a for g in groups for a in g["test_accuracy"]])
-  for i, g in enumerate(groups):
+  for i, (g, color) in enumerate(zip(groups, _colors(n))):
     acc = 100 * np.asarray(g["test_accuracy"])
     std = _std(acc)
-    ax.barh(i, acc.mean() - low, left=low, color=colors[i], alpha=0.75,
-            xerr=std, capsize=4)
+    ax.barh(i, acc.mean() - low, left=low, color=color, alpha=0.75, xerr=std,
+            capsize=4)
     ax.plot(acc, [i] * len(acc), "k.", ms=6)
     spread = f" ± {std:.2f}" if std is not None else ""
     end = max(acc.max(), acc.mean() + (std or 0.0))
-    room = 100 - end > 0.3 * (100 - low)  # Beside the bar if it fits, else in it.
+    room = 100 - end > 0.3 * (
+        100 - low
+    )  # Beside the bar if it fits, else in it.
     ax.text((end if room else low) + 0.015 * (100 - low), i,
             f"{acc.mean():.2f}%{spread} (n={len(acc)})", va="center",
             ha="left", fontsize=9)
@@ -362,14 +340,15 @@ def compare_accuracy(groups: Sequence[dict], path: str) -> str:
 
 
 def accuracy_time_figure(groups: Sequence[dict]):
-  """Test accuracy against run time less data loading, a point per configuration."""
+  """Test accuracy against run time less data loading, a point per group."""
   longest = max(len(g["label"]) for g in groups)  # The legend goes beside.
   fig, ax = plt.subplots(figsize=(min(6.5 + 0.06 * longest, 12), 4.8),
                          layout="constrained")
   every_acc, every_time = [], []
   for i, (g, color) in enumerate(zip(groups, _colors(len(groups)))):
     acc = 100 * np.asarray(g["test_accuracy"])
-    t = _train_times(g)
+    # Older runs have no time less data loading: their wall time.
+    t = np.asarray(g.get("train_time_s", g["wall_time_s"]), np.float64)
     every_acc += list(acc)
     every_time += list(t)
     marker = MARKERS[i % len(MARKERS)]
@@ -384,14 +363,13 @@ def accuracy_time_figure(groups: Sequence[dict]):
   log = max(every_time) > 10 * min(every_time)
   if log:
     ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    _plain_ticks(ax.xaxis, (1.0, 2.0, 5.0))
   ax.set_ylim(accuracy_floor(every_acc), 100)
+  shared = any(m > 1 for g in groups for m in g.get("program_members", ()))
   ax.set_xlabel("Run time less data loading (s" + (", log scale" if log else "")
                 + "; compilation, evaluation and report included)"
                 + ("\nA member of a --num_seeds or --sweep run: its share, "
-                   "the run's time / its members" if _shared(groups) else ""))
+                   "the run's time / its members" if shared else ""))
   ax.set_ylabel(f"Test accuracy (%; from {accuracy_floor(every_acc):g})")
   ax.grid(alpha=0.3, which="both")
   ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1),
@@ -435,8 +413,7 @@ def curves_figure(groups: Sequence[dict]):
   fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.2 * rows),
                            squeeze=False, layout="constrained")
   colors = _colors(len(groups))
-  epochs = [e for g in groups for rows_ in g["curves"] for e in
-            (r["epoch"] for r in rows_)]
+  epochs = [r["epoch"] for g in groups for rows_ in g["curves"] for r in rows_]
   for ax, ((key, label, _), lines) in zip(axes.flat, panels):
     for i, x, y in lines:
       ax.plot(x, y.mean(axis=0), "-", marker=MARKERS[i % len(MARKERS)], ms=3,
@@ -444,16 +421,12 @@ def curves_figure(groups: Sequence[dict]):
       if len(y) > 1:
         ax.fill_between(x, y.min(axis=0), y.max(axis=0), color=colors[i],
                         alpha=0.2)
-    ax.set_xlabel("Epoch")
+    ax.set(xlabel="Epoch", ylabel=label, title=label)
     _epoch_axis(ax, epochs)
-    ax.set_ylabel(label)
-    ax.set_title(label)
     values = [v for _, _, y in lines for v in y.flat]
     if "loss" in key and max(values) > 10 * min(values) > 0:
       ax.set_yscale("log")
-      ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
-      ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-      ax.yaxis.set_minor_formatter(NullFormatter())
+      _plain_ticks(ax.yaxis, (1.0, 2.0, 3.0, 5.0))
     elif "loss" in key:
       ax.set_ylim(bottom=0)
     else:
@@ -475,23 +448,9 @@ def compare_curves(groups: Sequence[dict], path: str) -> str:
   return _save_whole(curves_figure(groups), path)
 
 
-def prediction(image: np.ndarray, probabilities: np.ndarray, path: str,
-               source: str = "", class_names=None) -> str:
-  """An input as the model saw it (28x28 after preprocessing) and its probabilities."""
-  names = _labels(class_names, len(probabilities))
-  best = int(np.argmax(probabilities))
-  return sample_probabilities(
-      [{"image": image, "probabilities": probabilities,
-        "caption": "as the model saw it (28x28)"}],
-      path, names,
-      title=f"{os.path.basename(source)}: {names[best]} "
-            f"({100 * probabilities[best]:.1f}%)")
-
-
 def _value_axis(ax, values) -> None:
-  """The x axis of swept values: log for positive values spanning over 10x
-  (learning rates, say), symlog when 0 joins them, else linear; ticks at the
-  values."""
+  """Swept values' x axis, ticks at the values: log for positive values over
+  10x apart (learning rates), symlog when 0 joins them, else linear."""
   values = np.asarray(sorted(set(values)), np.float64)
   positive = values[values > 0]
   spans = len(positive) > 1 and positive.max() > 10 * positive.min()
@@ -500,8 +459,7 @@ def _value_axis(ax, values) -> None:
   elif spans and (values >= 0).all():
     ax.set_xscale("symlog", linthresh=positive.min())
   ax.set_xticks(values)
-  ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-  ax.xaxis.set_minor_formatter(NullFormatter())
+  _plain_ticks(ax.xaxis)
 
 
 def sweep(table: Sequence[dict], names: Sequence[str], path: str,
@@ -512,9 +470,9 @@ def sweep(table: Sequence[dict], names: Sequence[str], path: str,
 def sweep_figure(table: Sequence[dict], names: Sequence[str], title: str = ""):
   """Validation and test accuracy against each swept value.
 
-  table: report.sweep_table's records, one per member. One panel per swept
-  name; a line per combination of the other names' values; mean over the
-  seeds, band +- std; the chosen grid point starred.
+  table: report.sweep_table's records. A panel per swept name; a line per
+  combination of the others' values: mean over seeds, band +- std; the chosen
+  grid point starred.
   """
   fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.3),
                            squeeze=False)
@@ -544,8 +502,7 @@ def sweep_figure(table: Sequence[dict], names: Sequence[str], title: str = ""):
             [np.mean([100 * r["final_val_accuracy"] for r in point])], "*",
             ms=15, color="gold", mec="black", label="chosen", zorder=5)
     _value_axis(ax, [r["values"][name] for r in table])
-    ax.set_xlabel(name)
-    ax.set_ylabel("Accuracy (%)")
+    ax.set(xlabel=name, ylabel="Accuracy (%)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
   seeds = len(point) > 1  # Every grid point has as many seeds.

@@ -1,15 +1,6 @@
-"""A finished run loaded back from its folder: --mode=report and --mode=predict.
+"""A trained run (`Run`, also the Python API's model) and --mode=predict."""
 
-`load_run` restores the latest checkpoint of a run folder without writing to
-it, every member of it, and keeps the chosen one (members.py) and its grid
-point's seeds; `rewrite_report` evaluates them on the test split again and
-rewrites the report files (report.py); `print_predictions` predicts image
-files (made MNIST-style by data/images.py) with the chosen member, or with
-`--ensemble` the mean of its seeds. A `Run` is also the Python API's trained
-model (api.py): it predicts on numpy images in the layouts `as_images`
-accepts.
-"""
-
+import contextlib
 import dataclasses
 import functools
 import json
@@ -26,7 +17,6 @@ import numpy as np
 from mnist_jax import models
 from mnist_jax.data import datasets
 from mnist_jax.data import images as images_lib
-from mnist_jax.data import pipeline
 from mnist_jax.errors import UserError
 from mnist_jax.models import precision
 from mnist_jax.results import report
@@ -39,20 +29,10 @@ from mnist_jax.training import train
 
 
 def as_images(images) -> Tuple[np.ndarray, bool]:
-  """Images in any layout a Run accepts, as the models' pixel batch.
-
-  Accepts one image ([28, 28] or [784]) or a batch ([N, 28, 28], [N, 784] as
-  MNIST's IDX and CSV copies store it, or [N, 28, 28, 1]), of uint8 (or other
-  integers in 0..255; 0 is background, 255 full ink, as in MNIST) or of floats
-  in [0, 1].
-
-  Returns:
-    ([N, 28, 28] pixels on the 0-255 scale: uint8 as given, floats as float32
-    unrounded), whether one image was given.
-
-  Raises:
-    ValueError: another shape, or values outside that range.
-  """
+  """One image ([28, 28], [784]) or a batch ([N, 28, 28], [N, 784],
+  [N, 28, 28, 1]) of uint8 (or integers in 0..255) or floats in [0, 1], as
+  ([N, 28, 28] on the 0-255 scale, uint8 or float32; whether one image);
+  ValueError for another shape or values outside that range."""
   x = np.asarray(images)
   single = x.shape in ((28, 28), (784,))
   if single:
@@ -80,14 +60,10 @@ def as_images(images) -> Tuple[np.ndarray, bool]:
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-  """A trained model: its chosen member, and its grid point's seeds.
+  """A trained model: its chosen member's `variables` ({"params": ...,
+  **model_state}) and its grid point's S seeds' `seed_variables` [S, ...].
 
-  The same object in the training process (`from_state`) and in a later
-  --mode=report or predict (`load_run`), so a result that needs the model is
-  written once. `variables` are the chosen member's ({"params": ...,
-  **model_state}); `seed_variables` those of its grid point's S seeds,
-  stacked [S, ...]. Methods take images as `as_images` accepts them; for one
-  image they return its result alone, for N one row each.
+  Methods take images as `as_images` does: for one image its result alone.
   """
   config: Any
   model: nn.Module  # The module that ran (a kernel where it was checked).
@@ -117,41 +93,38 @@ class Run:
   def params(self):
     return self.variables["params"]
 
-  def _logits(self, x: np.ndarray, stacked: bool, batch_size: int):
+  def _logits(self, images, stacked: bool, batch_size: int):
+    """(logits, whether one image); the last batch's are kept for reuse."""
+    x, single = as_images(images)
     key = (id(x), x.shape, stacked)
     if key in self._cache and self._cache[key][0] is x:
-      return self._cache[key][1]
+      return self._cache[key][1], single
     if not len(x):
       k = datasets.num_classes(self.config.dataset)
-      return np.zeros((len(self.seeds),) * stacked + (0, k), np.float32)
+      return np.zeros((len(self.seeds),) * stacked + (0, k), np.float32), single
     apply = precision.cast_apply(self.model.apply, self.config.dtype)
     out = logits(apply, self.seed_variables if stacked else self.variables,
                  x, batch_size, stacked)
     self._cache.clear()
     self._cache[key] = (x, out)
-    return out
+    return out, single
 
   def logits(self, images, batch_size: int = 1000) -> np.ndarray:
     """The chosen member's logits [N, K] (float32)."""
-    x, single = as_images(images)
-    out = self._logits(x, False, batch_size)
+    out, single = self._logits(images, False, batch_size)
     return out[0] if single else out
 
   def seed_logits(self, images, batch_size: int = 1000) -> np.ndarray:
     """Logits [S, N, K] of the chosen grid point's S seeds."""
-    x, single = as_images(images)
-    out = self._logits(x, True, batch_size)
+    out, single = self._logits(images, True, batch_size)
     return out[:, 0] if single else out
 
   def probabilities(self, images, ensemble: bool = False,
                     batch_size: int = 1000) -> np.ndarray:
     """Class probabilities [N, K] (float64): the chosen member's, or with
     `ensemble` the mean of its grid point's seeds'."""
-    x, single = as_images(images)
-    if ensemble:
-      probs = report.ensemble_probabilities(self._logits(x, True, batch_size))
-    else:
-      probs = report.softmax(self._logits(x, False, batch_size))
+    out, single = self._logits(images, ensemble, batch_size)
+    probs = (report.ensemble_probabilities if ensemble else report.softmax)(out)
     return probs[0] if single else probs
 
   def predict(self, images, ensemble: bool = False,
@@ -192,12 +165,8 @@ def logits(apply_fn: Callable, variables, images: np.ndarray,
 
 
 def load_run(workdir: str, **overrides) -> Run:
-  """Restores the latest checkpoint of a run folder, without writing to it.
-
-  The chosen member is the one the final row of metrics.jsonl names (member
-  0 of a run that has none, e.g. an unfinished one). overrides: Config
-  fields to change, e.g. data_dir when the data moved.
-  """
+  """Restores a run folder's latest checkpoint, without writing to it; the
+  member the final metrics row chose (else 0). overrides: Config fields."""
   config = folder_lib.read_config(workdir).replace(**overrides)
   folder_lib.check_model(workdir, config)
   members = members_lib.from_config(config)
@@ -211,13 +180,12 @@ def load_run(workdir: str, **overrides) -> Run:
       os.path.isdir(workdir)):
     raise checkpoints_lib.CheckpointError(
         f"{workdir} has no checkpoint yet (its training stopped before the "
-        f"first was saved); train it first: {folder_lib.train_command(workdir)}")
-  reader = checkpoints_lib.Checkpointer(workdir, read_only=True)
-  try:
+        f"first was saved); train it first: {folder_lib.train_command(workdir)}"
+    )
+  with contextlib.closing(checkpoints_lib.Checkpointer(
+      workdir, read_only=True)) as reader:
     parts, meta = reader.restore(checkpoints_lib.tree(template),
                                  model=config.model)
-  finally:
-    reader.close()
   chosen = (folder_lib.final_metrics(workdir) or {}).get("chosen")
   state = types.SimpleNamespace(params=parts["params"],
                                 model_state=parts["model_state"])
@@ -226,9 +194,8 @@ def load_run(workdir: str, **overrides) -> Run:
 
 
 def checkpoint_note(workdir: str, run: Run) -> Optional[str]:
-  """What results from `run` (its latest checkpoint) stand for, where that is
-  not the finished run: still training, an older checkpoint than the run's
-  last epoch, or an unfinished run. None for the run's last checkpoint."""
+  """What results of `run` stand for where not the finished run (still
+  training, an older checkpoint, unfinished); None for the last checkpoint."""
   epochs = [r["epoch"] for r in folder_lib.read_metrics(
       os.path.join(workdir, folder_lib.METRICS_FILE))
             if "train_loss" in r or r.get("lost")]
@@ -265,23 +232,16 @@ class Prediction:
   error: Optional[str] = None
 
   def to_json(self) -> str:
-    record = {"file": self.file, "digit": self.digit, "class": self.name,
-              "probabilities": self.probabilities}
-    if self.error is not None:
-      record["error"] = self.error
-    return json.dumps(record)
+    error = {} if self.error is None else {"error": self.error}
+    return json.dumps({"file": self.file, "digit": self.digit,
+                       "class": self.name, "probabilities": self.probabilities,
+                       **error})
 
 
 def predict_files(run: Run, paths: Sequence[str],
                   ensemble: bool = False) -> List[Prediction]:
-  """Predicts each file with a loaded run (`load_run`); failures kept in order.
-
-  ensemble: average the probabilities of the chosen grid point's seeds.
-
-  Raises:
-    UserError: ensemble with one seed at the chosen grid point (nothing to
-      average).
-  """
+  """Predicts each file (failures kept, in order); `ensemble`: the mean
+  probabilities of the chosen grid point's seeds (UserError with one seed)."""
   if ensemble and len(run.seeds) < 2:
     raise UserError(
         "--ensemble averages the seeds of the run's chosen grid point, and "
@@ -308,15 +268,8 @@ def predict_files(run: Run, paths: Sequence[str],
 def print_predictions(workdir: str, paths: Sequence[str],
                       as_json: bool = False, plot: bool = False, out=None,
                       err=None, ensemble: bool = False, **overrides) -> int:
-  """The `--mode=predict` command: prints one line per file.
-
-  ensemble: predict with the mean probabilities of the chosen grid point's
-    seeds (`--ensemble`), not the chosen member alone.
-  overrides: Config fields to change when loading the run (e.g. impl).
-
-  Returns:
-    the number of files that failed (launch.py exits 1 when it is not 0).
-  """
+  """The `--mode=predict` command: prints one line per file; returns how many
+  failed. overrides: Config fields to change when loading the run."""
   out = out or sys.stdout
   err = err or sys.stderr
   if not paths:
@@ -330,24 +283,30 @@ def print_predictions(workdir: str, paths: Sequence[str],
   for r in results:
     if r.error is not None:
       print(f"error: {r.error}", file=err)
-      if as_json:
-        print(r.to_json(), file=out)
-      continue
     if as_json:
       print(r.to_json(), file=out)
-    else:
-      probs = " ".join(f"{names[i]}:{p:.3f}" for i, p in enumerate(r.probabilities))
-      print(f"{r.file}: {names[r.digit]} ({100 * r.probabilities[r.digit]:.1f}%)"
-            f"  probabilities {probs}", file=out)
-    if plot:
-      # matplotlib only for --plot: launch.py imports this module for every
-      # command, and a training run starts without matplotlib.
+    elif r.error is None:
+      probs = " ".join(
+          f"{names[i]}:{p:.3f}" for i, p in enumerate(r.probabilities)
+      )
+      print(
+          f"{r.file}: {names[r.digit]} ({100 * r.probabilities[r.digit]:.1f}%)"
+          f"  probabilities {probs}",
+          file=out,
+      )
+    if plot and r.error is None:
+      # matplotlib only for --plot: a training run starts without it.
       from mnist_jax.results import plots  # pylint: disable=g-import-not-at-top
       folder = os.path.join(workdir, PLOT_DIR)
       os.makedirs(folder, exist_ok=True)
       files.remove_temporary(folder, locked=False)  # A killed predict's.
       stem = os.path.splitext(os.path.basename(r.file))[0]
-      saved = plots.prediction(r.image, np.asarray(r.probabilities),
-                               os.path.join(folder, f"{stem}.png"), r.file, names)
+      saved = plots.prediction(
+          r.image,
+          np.asarray(r.probabilities),
+          os.path.join(folder, f"{stem}.png"),
+          r.file,
+          names,
+      )
       print(f"plot: {saved}", file=err if as_json else out)
   return sum(r.error is not None for r in results)

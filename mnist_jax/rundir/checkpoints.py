@@ -1,18 +1,12 @@
 """Checkpoints: orbax files of the train state, checked on restore.
 
-A checkpoint, named by its global step, holds the state's named parts
-(`PARTS`: step, params, model_state, opt_state; the random streams are
-derived from the seeds) and a JSON record: epochs done, steps into the next
-epoch and their metric sums (a stop mid-epoch), the model, the parameter
-shapes, a SHA-256 of the arrays and the format. A part a checkpoint lacks
-(an older one's model_state) takes the fresh state's value, so a new part
-never breaks old run folders; format 2 (the TrainState itself) is read too.
-Orbax writes into a temporary folder and renames it when complete.
-
-A restore reads every array whole into host memory, whatever devices wrote
-it. It is called damaged only when verified (a checksum, a missing,
-truncated or unparsable file); any other failure says what does not match,
-and no message advises deleting a healthy checkpoint.
+A checkpoint, named by its global step, holds the state's `PARTS` (the random
+streams derive from the seeds) and a JSON record: epochs done, steps into the
+next epoch with their metric sums, the model, the parameter shapes, a SHA-256
+of the arrays, the format. A part it lacks takes the fresh state's value;
+format 2 (the TrainState itself) is read too. Restores read every array whole
+into host memory. Only verified damage is called damage: no message advises
+deleting a healthy checkpoint.
 """
 
 import contextlib
@@ -57,12 +51,12 @@ def tree(state) -> dict:
 
 @contextlib.contextmanager
 def _quiet():
-  """Keeps orbax's stray output off the terminal while it reads or writes.
+  """Sends orbax's stray output while it reads or writes to the debug log.
 
-  When a read of a damaged checkpoint fails, orbax closes its event loop
-  while tensorstore's other reads are in flight; their callbacks print
-  "Event loop is closed" tracebacks from other threads, and the abandoned
-  coroutines report errors when collected. That text goes to the debug log.
+  When a read of a damaged checkpoint fails, orbax closes its event loop with
+  tensorstore's reads in flight: their callbacks print "Event loop is closed"
+  tracebacks from other threads, and abandoned coroutines complain when
+  collected.
   """
   sink = io.StringIO()
   saved = sys.stderr, sys.unraisablehook, sys.excepthook
@@ -95,30 +89,26 @@ def _quiet():
       logging.debug("orbax's stray output:\n%s", sink.getvalue())
 
 
-class _WriterHush(logging.Filter):
-  """While a writer is open, orbax's echoes of a failed save (tracebacks
-  logged from its threads, tensorstore's "Event loop is closed") go to the
-  debug log: the failure itself is raised where the run saves or closes."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
+@contextlib.contextmanager
+def _writer_hush():
+  """While a writer is open, orbax's echoes of a failed save (tracebacks its
+  threads log, "Event loop is closed") stay off the terminal: the failure
+  itself is raised where the run saves or closes."""
+  def logged(record):
     return not (record.levelno >= logging.ERROR and
                 f"{os.sep}orbax{os.sep}" in record.pathname)
-
-  def _closed(self, value) -> bool:
-    return isinstance(value, RuntimeError) and str(value) == (
-        "Event loop is closed")
-
-  def __enter__(self):
-    logging.getLogger("absl").addFilter(self)
-    self._hooks = sys.excepthook, sys.unraisablehook
-    sys.excepthook = lambda k, v, tb: self._closed(v) or self._hooks[0](k, v, tb)
-    sys.unraisablehook = (lambda u: self._closed(u.exc_value) or
-                          self._hooks[1](u))
-    return self
-
-  def __exit__(self, *exc):
-    logging.getLogger("absl").removeFilter(self)
-    sys.excepthook, sys.unraisablehook = self._hooks
+  def closed(value):
+    return (isinstance(value, RuntimeError) and
+            str(value) == "Event loop is closed")
+  hooks = sys.excepthook, sys.unraisablehook
+  sys.excepthook = lambda k, v, tb: closed(v) or hooks[0](k, v, tb)
+  sys.unraisablehook = lambda u: closed(u.exc_value) or hooks[1](u)
+  logging.getLogger("absl").addFilter(logged)
+  try:
+    yield
+  finally:
+    logging.getLogger("absl").removeFilter(logged)
+    sys.excepthook, sys.unraisablehook = hooks
 
 
 def _meta_checksum(meta: dict) -> str:
@@ -132,8 +122,7 @@ def _host(tree_):
 
 
 def digest(tree_) -> str:
-  """SHA-256 over every array: restore checks it to catch damage that orbax
-  reads back without complaint (flipped bytes in the data files)."""
+  """SHA-256 over every array: catches damage orbax reads back silently."""
   h = hashlib.sha256()
   for leaf in jax.tree.leaves(tree_):
     leaf = np.asarray(leaf)
@@ -162,16 +151,14 @@ def _meta_damage(meta) -> Optional[str]:
 
 
 def _zeros(template):
-  """Host zeros shaped like `template` (arrays or ShapeDtypeStructs): orbax
-  reads each leaf whole into them, wherever it was written."""
+  """Host zeros shaped like `template`: orbax reads leaves whole into them."""
   return jax.tree.map(lambda x: np.zeros(np.shape(x), x.dtype), template)
 
 
 def _from_format2(raw: dict, template: dict) -> dict:
-  """A format-2 checkpoint (the TrainState: step, params, opt_state, rng) as
-  `template`'s parts: the optimizer's inner states by position (their chains
-  were nested, now flat) when their shapes match; else params only, with
-  the optimizer state None (report and predict need no more)."""
+  """A format-2 checkpoint (the TrainState) as `template`'s parts: the
+  optimizer's inner states by position (nested chains then, flat now) when
+  their shapes match; else opt_state None (report and predict need no more)."""
   out = dict(template, step=raw["step"], params=raw["params"])
   old, new = raw["opt_state"], template["opt_state"]
   def flat(x):
@@ -187,10 +174,8 @@ def _from_format2(raw: dict, template: dict) -> dict:
 
 
 class Checkpointer:
-  """Saves and restores (tree, meta) pairs under `workdir/checkpoints/<step>`.
-
-  `read_only` touches nothing on disk.
-  """
+  """(tree, meta) pairs under `workdir/checkpoints/<step>`; `read_only`
+  touches nothing on disk."""
 
   def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
     self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
@@ -199,7 +184,7 @@ class Checkpointer:
                             "checkpoint folder goes; move it away, or pass "
                             "another --workdir")
     self._read_only, self._keep, self._manager_ = read_only, keep, None
-    self._hush = None
+    self._hush = None  # _writer_hush(), entered on the first save.
     if read_only:
       self._manager  # pylint: disable=pointless-statement  # Fail now.
 
@@ -240,7 +225,7 @@ class Checkpointer:
 
   @contextlib.contextmanager
   def _saving(self):
-    """A full disk, which orbax reports as text, as the OSError it is."""
+    """A full disk, which orbax reports as text, raised as an OSError."""
     try:
       with _quiet():
         yield
@@ -257,7 +242,9 @@ class Checkpointer:
             "digest": digest([host[k] for k in sorted(host)])}
     meta["meta_checksum"] = _meta_checksum(meta)
     ocp, manager = _orbax(), self._manager
-    self._hush = self._hush or _WriterHush().__enter__()
+    if self._hush is None:
+      self._hush = contextlib.ExitStack()
+      self._hush.enter_context(_writer_hush())
     with self._saving():
       manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta)),
@@ -280,10 +267,21 @@ class Checkpointer:
     return CheckpointError(f"the checkpoint {self._where(step)} is damaged or "
                            f"truncated ({why}); {advice}")
 
+  def _arrays(self, step: int, template=None) -> dict:
+    """The state of checkpoint `step` as host arrays: the parts `template`
+    has (each saved part must be one of them), or all without one."""
+    ocp = _orbax()
+    with _quiet():
+      saved = ocp.StandardCheckpointHandler().metadata(
+          self._manager.directory / str(step) / "state").tree
+      target = _zeros(saved if template is None else
+                      {k: template[k] for k in saved})
+      return self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target)))["state"]
+
   def damage(self, step: int) -> Optional[str]:
-    """Why checkpoint `step` is damaged, or None when it reads back whole
-    (its meta record parses and matches its checksum, every array reads in
-    the structure and shapes orbax saved with it)."""
+    """Why checkpoint `step` is damaged, or None when its meta record and
+    every array read back whole."""
     try:
       with open(os.path.join(self._where(step), "meta", "metadata"), "rb") as f:
         meta = json.loads(f.read().decode())
@@ -296,13 +294,8 @@ class Checkpointer:
     why = _meta_damage(meta)
     if why:
       return why
-    ocp = _orbax()
     try:
-      with _quiet():
-        saved = ocp.StandardCheckpointHandler().metadata(
-            self._manager.directory / str(step) / "state")
-        self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_zeros(saved.tree))))
+      self._arrays(step)
     except (MemoryError, PermissionError):
       return None
     except Exception as e:  # pylint: disable=broad-except
@@ -334,8 +327,8 @@ class Checkpointer:
       raise CheckpointError(f"no complete checkpoint in {self.directory}; "
                             "train the run first (its training command, with "
                             "this --workdir)")
+    ocp = _orbax()
     try:
-      ocp = _orbax()
       with _quiet():
         meta = self._manager.restore(step, args=ocp.args.Composite(
             meta=ocp.args.JsonRestore()))["meta"]
@@ -351,11 +344,9 @@ class Checkpointer:
     """(the parts `template` has, as host arrays; the meta record).
 
     template: `tree` of a fresh state of the run's model (arrays or
-    ShapeDtypeStructs). Parts the checkpoint lacks keep the template's.
-
-    Raises:
-      CheckpointError: none, damaged (verified), or of another model,
-        format or structure, which the message tells apart.
+    ShapeDtypeStructs); parts the checkpoint lacks keep the template's.
+    Raises CheckpointError: none, damaged (verified), or of another model,
+    format or structure, which the message tells apart.
     """
     step, meta = self.read_meta(step)
     where, written = self._where(step), meta.get("format", 1)
@@ -380,15 +371,8 @@ class Checkpointer:
           f"({diff[0]}: {have.get(diff[0])} in the checkpoint, "
           f"{want.get(diff[0])} here; {len(diff)} differences); "
           f"{self._edited()}")
-    ocp = _orbax()
     try:
-      with _quiet():
-        saved = ocp.StandardCheckpointHandler().metadata(
-            self._manager.directory / str(step) / "state").tree
-        target = (_zeros(saved) if written == 2 else
-                  _zeros({k: template[k] for k in saved}))
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target)))["state"]
+      restored = self._arrays(step, None if written == 2 else template)
     except Exception as e:  # pylint: disable=broad-except
       raise self._failure(step, e) from None
     order = ("step", "params", "opt_state", "rng") if written == 2 else sorted(
@@ -410,15 +394,23 @@ class Checkpointer:
           self._manager_.close()
     finally:
       if self._hush is not None:
-        self._hush.__exit__()
+        self._hush.close()
         self._hush = None
 
 
-def record(config, *, epoch: int, step: int, shapes: dict, epoch_step: int = 0,
-           sums=None, done: bool = False, time_s: Optional[float] = None) -> dict:
-  """The meta record of a checkpoint: `epoch` epochs done, `epoch_step` steps
-  of the next with their metric `sums`, the run's seconds so far (`time_s`,
-  its processes summed, less data loading)."""
+def record(
+    config,
+    *,
+    epoch: int,
+    step: int,
+    shapes: dict,
+    epoch_step: int = 0,
+    sums=None,
+    done: bool = False,
+    time_s: Optional[float] = None,
+) -> dict:
+  """A checkpoint's meta record: `epoch` epochs done, `epoch_step` steps of
+  the next with their metric `sums`, the run's seconds so far (`time_s`)."""
   meta = {"epoch": epoch, "epoch_step": epoch_step, "step": step,
           "model": config.model, "seed": config.seed, "done": done,
           "param_shapes": shapes}

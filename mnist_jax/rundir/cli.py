@@ -1,8 +1,5 @@
 """What launch.py prints and runs, apart from its flags: help, the commands
-its messages print, and the training command's run folder.
-
-Every message that says how to go on prints a command that does it: the
-command line as typed, edited (`without`, `resume_command`, `retry_advice`).
+its messages print (the command line as typed, edited), the run folder.
 """
 
 import dataclasses
@@ -26,8 +23,7 @@ HELP_ARGS = ("-h", "-help", "--help", "-?", "--helpshort", "-helpshort",
 
 
 def flag_help(name: str) -> str:
-  """A run setting's help, without its default: its declaration's, plus
-  what the registry and the sweep know."""
+  """A run setting's help, without its default."""
   if name not in config_lib.FIELDS:
     owners = "/".join(config_lib.models_with(name))
     return f"{config_lib.setting(name).help}; {owners} only"
@@ -46,10 +42,9 @@ def flag_help(name: str) -> str:
 
 def default_text(name: str) -> str:
   """A run setting's default as --help and docs/flags.md state it."""
-  if name in config_lib.FIELDS:
-    preset = config_lib.FIELDS[name].metadata["preset"]
-  else:
-    preset = name in models.registry.set_by_presets()
+  preset = (config_lib.FIELDS[name].metadata["preset"]
+            if name in config_lib.FIELDS
+            else name in models.registry.set_by_presets())
   values = {value_text(config_lib.default(name, m))
             for m in config_lib.models_with(name)} or {
                 value_text(config_lib.default(name))}
@@ -102,7 +97,7 @@ def overrides(given: Dict[str, object], model: str) -> dict:
 @dataclasses.dataclass
 class Command:
   """This command line and its training run, for the messages that say how
-  to go on. `is_flag(name)`, `takes_value(name)`: absl's view of a flag."""
+  to go on. `is_flag`, `takes_value`: absl's view of a flag name."""
   argv: List[str]
   is_flag: Callable[[str], bool]
   takes_value: Callable[[str], bool]
@@ -125,19 +120,15 @@ class Command:
   def without(self, names: Sequence[str]) -> List[str]:
     """The arguments without those setting a flag in `names`, in any
     spelling (`--name=v`, `--name v`, `--name`, `--noname`)."""
-    out, skip = [], False
-    args = self.argv[1:]
-    for i, arg in enumerate(args):
-      if skip:
-        skip = False
-        continue
+    out, args = [], iter(self.argv[1:])
+    for arg in args:
       if arg == "--":
-        return out + list(args[i:])
+        return out + [arg, *args]
       name = self._name(arg)
-      if name in names:
-        skip = "=" not in arg and self.is_flag(name) and self.takes_value(name)
-        continue
-      out.append(arg)
+      if name not in names:
+        out.append(arg)
+      elif "=" not in arg and self.is_flag(name) and self.takes_value(name):
+        next(args, None)  # Its value.
     return out
 
   def typed(self, name: str) -> bool:
@@ -149,9 +140,8 @@ class Command:
     return shlex.join(["python", self.argv[0], *args])
 
   def resume_command(self, work: Optional[str] = None) -> str:
-    """This command as typed, without --overwrite, that resumes `work`:
-    --workdir is added where the same command without it would pick
-    another folder."""
+    """This command as typed, without --overwrite, resuming `work` (with
+    --workdir where the command without it would pick another folder)."""
     work = work or self.work
     args = self.without(("overwrite", "dry_run"))
     if not self.typed("workdir"):
@@ -166,9 +156,8 @@ class Command:
     return self.line(args)
 
   def retry_advice(self) -> str:
-    """After a divergence: a command that trains these settings with a rate
-    that did not diverge (the preset's, when this one is higher; else a
-    tenth), or with clipping; and what it does with the run folder."""
+    """After a divergence: a command that trains with a lower rate (or with
+    clipping, when the rate is swept), and what it does with the folder."""
     config = self.config
     swept = members_lib.parse(config.sweep) if config else {}
     if config is None or ("learning_rate" in swept and "grad_clip" in swept):
@@ -199,8 +188,8 @@ class Command:
             f"{self.line(self.argv[1:])}")
 
   def discard_unstarted(self) -> bool:
-    """Removes the run folder this command began when it failed before its
-    first checkpoint, so nothing half-written passes for a run."""
+    """Removes the run folder this command began, when it failed before its
+    first checkpoint: nothing half-written passes for a run."""
     work = self.work
     if not (work and self.fresh and self.claimed and os.path.isdir(work)):
       return False
@@ -224,7 +213,9 @@ class Command:
       return (f"{found.text}; {resources.lower_advice(self.config)} (a new "
               "run), or run it on a machine with more memory")
     if found.kind in ("disk", "io"):
-      what = "free some space there" if found.kind == "disk" else "check that disk"
+      what = (
+          "free some space there" if found.kind == "disk" else "check that disk"
+      )
       return f"{found.text}; {what}, {again}"
     if mode == "report":
       return (f"{found.text}; --mode=report writes report.md and its figures "
@@ -237,8 +228,8 @@ class Command:
 
 
 def run_folder(config: config_lib.Config, overwrite: bool):
-  """(the folder a training command trains in, a line saying which and why
-  or None), claimed by this process (process 0 of several)."""
+  """(the folder a training command trains in, claimed by process 0; a line
+  saying which and why, or None)."""
   devices.initialize(config)
   main_process = devices.is_main()
   if not config.workdir:

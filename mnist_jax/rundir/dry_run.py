@@ -1,10 +1,7 @@
 """--dry_run: what a training command would run, printed instead of running it.
 
-The settings after the preset and the flags (and where each value comes from),
-the validation split, the architecture and its parameter count, the device
-layout, and the run folder it would start or resume. Nothing is trained,
-prepared, downloaded or written: the parameters are counted from shapes alone
-(`jax.eval_shape`), and the devices are only listed.
+Nothing is trained, prepared, downloaded or written: parameters are counted
+from shapes alone, and the devices are only listed.
 """
 
 import os
@@ -20,26 +17,22 @@ from mnist_jax.training import devices
 from mnist_jax.training import members as members_lib
 from mnist_jax.rundir import resources
 
+
 def sources(config: config_lib.Config, flags_given: Dict[str, object]
             ) -> Dict[str, str]:
-  """Where each setting of `config` comes from, in words.
-
-  flags_given: the settings given on the command line (--model and
-  --preset included when given). "flag" when a flag set it, with the value
-  it replaced when that differs; "preset" when --preset set it; else
-  "default".
-  """
+  """Where each setting comes from: "flag" (with the value it replaced, where
+  that differs), "preset" or "default". flags_given: the settings given on
+  the command line."""
   preset = models.registry.preset_overrides(config.model, config.preset)
   out = {}
   for name in config.to_dict():
+    origin = "preset" if name in preset else "default"
+    out[name] = origin
     if name in flags_given:
       before = preset.get(name, config_lib.default(name, config.model))
-      origin = "preset" if name in preset else "default"
       same = before == getattr(config, name)
       out[name] = "flag" if same or name in ("model", "preset") else (
           f"flag; {origin}: {value_text(before)}")
-    else:
-      out[name] = "preset" if name in preset else "default"
   return out
 
 
@@ -79,22 +72,20 @@ def devices_line(config: config_lib.Config, members) -> str:
     return ("several processes: their devices are known once they connect, "
             "when the run starts")
   lines = []
-  layout = devices.Layout(config, len(members), lines.append)
+  devices.Layout(config, len(members), lines.append)
   return lines[0] if lines else f"one {jax.default_backend().upper()} device"
 
 
 def settings_lines(config: config_lib.Config, flags_given: Dict[str, object],
                    workdir_source: str) -> List[str]:
-  """Every setting of the run (its model's own included), grouped as --help
-  lists them, with where it comes from."""
+  """Every setting, grouped as --help lists them, with where it comes from."""
   origin = sources(config, flags_given)
   origin["workdir"] = workdir_source
   lines = []
   for group in config_lib.GROUPS:
     names = [n for n in origin if config_lib.group(n) == group]
-    if not names:
-      continue
-    lines.append(f"  {group}:")
+    if names:
+      lines.append(f"  {group}:")
     for name in names:
       setting = f"--{name}={value_text(getattr(config, name))}"
       lines.append(f"    {setting:<34} {origin[name]}")
@@ -104,15 +95,9 @@ def settings_lines(config: config_lib.Config, flags_given: Dict[str, object],
 def text(config: config_lib.Config, flags_given: Dict[str, object],
          folder: str, workdir_source: str,
          members: Optional[tuple] = None) -> str:
-  """What --dry_run prints.
-
-  Args:
-    config: the resolved settings (workdir: the folder it would use).
-    flags_given: the Config fields given on the command line.
-    folder: the run folder line: which folder, new or resumed, and why.
-    workdir_source: where --workdir comes from, for the settings list.
-    members: members_lib.from_config(config), if already made.
-  """
+  """What --dry_run prints. config: the resolved settings (workdir: the folder
+  it would use); folder: which run folder, new or resumed, and why;
+  workdir_source: where --workdir comes from; members: from_config(config)."""
   members = members or members_lib.from_config(config)
   return "\n".join([
       "dry run: nothing is trained, prepared or written",

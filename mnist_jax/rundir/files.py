@@ -1,11 +1,8 @@
 """Writing a file whole or not at all, with the user's normal permissions.
 
-Every file a run writes (config.json, the dataset cache, the report, plots)
-goes to a temporary name in the same folder and is renamed over the target
-when complete, so an interrupted run never leaves half a file. The temporary
-file is created with mode 0o666 and the process umask applies, as for any
-file `open(path, "w")` creates: `tempfile.mkstemp` would make it 0o600, and a
-colleague or a TensorBoard server under another account could not read it.
+A file goes to a temporary name beside it, renamed over it when complete. It
+is created with mode 0o666 less the umask, as `open(path, "w")` would
+(`tempfile.mkstemp`'s 0o600 would hide it from a colleague or TensorBoard).
 """
 
 import contextlib
@@ -18,12 +15,10 @@ import secrets
 import tempfile
 from typing import IO, Any, Iterator, List, Optional, Sequence
 
-# The temporary names `atomic` writes to: .<name>.<8 hex digits>.tmp
+# The temporary names `atomic` writes to: .<name>.<pid>-<8 hex digits>.tmp
 _TEMPORARY = re.compile(r"^\..+\.(?:(\d+)-)?[0-9a-f]{8}\.tmp$")
-
-# How libraries that wrap the OSError (orbax, tensorstore, tfds's
-# array_record) spell a full disk, or a file past the size limit, in their
-# own errors.
+# How libraries that wrap the OSError (orbax, tensorstore, array_record) spell
+# a full disk, or a file past the size limit, in their own errors.
 _NO_SPACE_TEXT = {
     errno.ENOSPC: ("No space left on device", "os_error_code='28'"),
     errno.EDQUOT: ("Disk quota exceeded", "os_error_code='122'"),
@@ -32,16 +27,8 @@ _NO_SPACE_TEXT = {
 
 @contextlib.contextmanager
 def atomic(path: str, mode: str = "w") -> Iterator[IO]:
-  """Opens a temporary file beside `path`; renames it to `path` on success.
-
-  Args:
-    path: the file to write.
-    mode: "w" (text) or "wb" (binary).
-
-  Yields:
-    the open temporary file. If the block raises, it is removed and `path`
-    is left as it was.
-  """
+  """Yields a temporary file beside `path` ("w" text or "wb" binary), renamed
+  to `path` on success; if the block raises, `path` is left as it was."""
   if mode not in ("w", "wb"):
     raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
   folder, name = os.path.split(os.path.abspath(path))
@@ -78,9 +65,7 @@ def write_text(path: str, text: str) -> None:
 
 def write_json(path: str, obj) -> None:
   """Indented JSON with sorted keys and a final newline."""
-  with atomic(path) as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write("\n")
+  write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def write_csv(path: str, rows: Sequence[Sequence[Any]]) -> None:
@@ -112,29 +97,41 @@ def remove_temporary(folder: str, locked: bool = True) -> List[str]:
     path, match = os.path.join(folder, name), _TEMPORARY.match(name)
     if match and os.path.isfile(path) and (
         locked or (match.group(1) and not _alive(int(match.group(1))))):
-      try:
+      with contextlib.suppress(OSError):
         os.remove(path)
         removed.append(name)
-      except OSError:
-        pass
   return removed
+
+
+def chain(exc: Optional[BaseException]) -> Iterator[BaseException]:
+  """`exc` and the exceptions it was raised from or while handling."""
+  seen = set()
+  while exc is not None and id(exc) not in seen:
+    seen.add(id(exc))
+    yield exc
+    exc = exc.__cause__ or exc.__context__
 
 
 def no_space(exc: BaseException) -> Optional[int]:
   """ENOSPC, EDQUOT or EFBIG when an exception, or one it was raised from,
   is a full disk (or a file past the size limit), else None."""
-  seen = set()
-  while exc is not None and id(exc) not in seen:
-    seen.add(id(exc))
-    if isinstance(exc, OSError) and exc.errno in _NO_SPACE_TEXT:
-      return exc.errno
+  for e in chain(exc):
+    if isinstance(e, OSError) and e.errno in _NO_SPACE_TEXT:
+      return e.errno
     for code, markers in _NO_SPACE_TEXT.items():
-      if any(marker in str(exc) for marker in markers):
+      if any(marker in str(e) for marker in markers):
         return code
-    exc = exc.__cause__ or exc.__context__
   return None
 
 
 def no_space_error(code: int, folder: str) -> OSError:
   """The OSError `no_space` found, naming the folder being written."""
   return OSError(code, os.strerror(code), folder)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]],
+          align: str) -> List[str]:
+  """A markdown table's lines; `align`: "l" or "r" for each column."""
+  return ["|" + "".join(f" {h} |" if h else " |" for h in header),
+          "|" + "".join("---:|" if a == "r" else "---|" for a in align),
+          *("| " + " | ".join(map(str, row)) + " |" for row in rows)]

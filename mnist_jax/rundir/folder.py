@@ -1,11 +1,8 @@
 """The run folder: config.json, metrics.jsonl and the environment they record.
 
-Also which folder a command trains in when it names none (`choose`): the
-newest unfinished run of the same settings under runs/, else a new one. A
-process that writes a run folder holds a lock on it (`claim`) until it ends,
-so a second command never writes a run that another one is writing. A run is
-finished once config.json records it (`finish`), after its report: a run
-killed before that is completed by the same command.
+Also which folder a command without --workdir trains in (`choose`), and the
+lock a process writing a run folder holds until it ends (`claim`). A run is
+finished once config.json records it (`finish`), after its report.
 """
 
 import contextlib
@@ -21,7 +18,7 @@ import subprocess
 import sys
 import time
 from importlib import metadata
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 try:
   import fcntl
@@ -31,9 +28,8 @@ except ImportError:  # Not on a POSIX system: runs are not locked.
 import jax
 
 from mnist_jax import config as config_lib
-# For its registrations: the models' own settings, which config.json records
-# beside the fields (config_lib.MODEL_SETTINGS).
-from mnist_jax import models  # pylint: disable=unused-import
+# Also registers the models' own settings, which config.json records.
+from mnist_jax import models
 from mnist_jax.errors import Diverged, UserError
 from mnist_jax.rundir import files
 
@@ -42,42 +38,27 @@ METRICS_FILE = "metrics.jsonl"
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
             "tensorflow-datasets", "numpy", "matplotlib", "absl-py",
             "tensorboardX")
-# Settings that may differ when resuming a run: where to find data, how to log
-# and checkpoint, how to spread over devices, stock modules or fast kernels.
-# (Another chunk_steps keeps the parameters exact but may change the last bits
-# of that epoch's train metrics; another impl has the same parameter tree and
-# function, to float32 rounding.)
+# Settings that may differ when resuming a run: where data and logs go, how
+# to spread over devices, stock modules or kernels (the same parameters).
 RESUMABLE_DIFFERENCES = ("data_dir", "mnist_dir", "workdir", "chunk_steps",
                          "impl", "checkpoint_every", "keep_checkpoints",
-                         "tensorboard", "parallel", "coordinator_address", "num_processes",
-                         "process_id")
-
-
+                         "tensorboard", "parallel", "coordinator_address",
+                         "num_processes", "process_id", "analyses")
 RUNS_DIR = "runs"  # Where runs go without --workdir, relative to the cwd.
-# Who holds a run folder's lock (pid, command): for the message of a process
-# refused, never for deciding; a killed holder may leave it behind.
+# Who holds a run folder's lock, for messages only (a kill may leave it).
 LOCK_FILE = ".lock"
 REPORT_FILE = "report.md"
-# The checkpoints' folder (checkpoints.py writes it; this module only lists
-# it, and reads a checkpoint's meta file, without orbax).
-CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_DIR = "checkpoints"  # checkpoints.py writes it.
 PERMUTATION_FILE = "permutation.npy"  # --sequence=permuted: the pixel order.
+_TIME = "%Y-%m-%dT%H:%M:%S%z"
+
+# Inside `locking()`: real path -> (the open folder holding its flock, or
+# None; the outermost folder `claim` created, removed if left empty, or None).
+_HELD: Optional[Dict[str, Tuple[Optional[int], Optional[str]]]] = None
 
 
 class InUse(UserError):
   """Another process holds the run folder (it is training or reporting)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class _Lock:
-  fd: Optional[int]  # The open folder (the lock goes with it, even on SIGKILL).
-  # The outermost folder `claim` created for it (runs/ too, for a first run),
-  # or None: those it created are removed again if nothing was written.
-  created: Optional[str]
-
-
-# Inside `locking()`: the run folders this process holds, real path -> _Lock.
-_HELD: Optional[Dict[str, _Lock]] = None
 
 
 def default_workdir(model: str, root: str = RUNS_DIR) -> str:
@@ -91,13 +72,25 @@ def default_workdir(model: str, root: str = RUNS_DIR) -> str:
 
 
 def environment() -> dict:
-  """Package versions, Python, platform and the JAX devices of this process."""
+  """Package versions, Python, platform, the JAX devices of this process and
+  the git commit of this checkout (and whether it had local changes)."""
   versions = {}
   for name in PACKAGES:
     try:
       versions[name] = metadata.version(name)
     except metadata.PackageNotFoundError:
       versions[name] = None
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+  def git(*args):
+    return subprocess.run(["git", "-C", root, *args], capture_output=True,
+                          text=True, timeout=5, check=True).stdout.strip()
+
+  try:
+    code = {"commit": git("rev-parse", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+  except (OSError, subprocess.SubprocessError):
+    code = {"commit": None, "dirty": None}
   return {
       "python": sys.version.split()[0],
       "platform": platform.platform(),
@@ -107,39 +100,21 @@ def environment() -> dict:
       "process_count": jax.process_count(),
       "command": sys.argv,
       "cwd": os.getcwd(),
-      "code": _code_version(),
-      "env": {k: v for k, v in os.environ.items()
-              if k.startswith(("XLA_", "JAX_", "TFDS_", "CUDA_VISIBLE", "TPU_"))},
+      "code": code,
+      "env": {k: v for k, v in os.environ.items() if k.startswith(
+          ("XLA_", "JAX_", "TFDS_", "CUDA_VISIBLE", "TPU_"))},
   }
 
 
-def _code_version() -> dict:
-  """The git commit of this checkout and whether it had local changes."""
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  try:
-    def git(*args):
-      return subprocess.run(["git", "-C", root, *args], capture_output=True,
-                            text=True, timeout=5, check=True).stdout.strip()
-    return {"commit": git("rev-parse", "HEAD"),
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
-  except (OSError, subprocess.SubprocessError):
-    return {"commit": None, "dirty": None}
-
-
 def read_config(workdir: str) -> config_lib.Config:
-  """The Config a run folder was trained with.
-
-  Raises:
-    UserError: config.json is missing, cannot be read or is not a run's
-      record; the message deletes nothing (the checkpoints may be intact).
-  """
+  """The Config a run folder was trained with; a UserError that deletes
+  nothing (the checkpoints may be intact) if config.json is no run's record."""
   path = os.path.join(workdir, CONFIG_FILE)
   keep = ("so the run's settings are unknown; nothing was changed (its "
           "checkpoints and logs are untouched): ")
+  restore = f"{keep}restore it from a copy, or pass another --workdir"
   try:
-    with open(path) as f:
-      record = json.load(f)
-    settings = record["config"]
+    settings = _record(workdir)["config"]
     if not isinstance(settings, dict):
       raise TypeError("config is no dict")
   except (FileNotFoundError, NotADirectoryError):
@@ -150,26 +125,23 @@ def read_config(workdir: str) -> config_lib.Config:
                     f"{keep}give read access to it (chmod u+r {path}), or "
                     "pass another --workdir") from None
   except OSError as e:
-    raise UserError(f"{path} cannot be read ({e.strerror or e}), {keep}"
-                    "restore it from a copy, or pass another --workdir"
+    raise UserError(f"{path} cannot be read ({e.strerror or e}), {restore}"
                     ) from None
   except ValueError as e:  # JSONDecodeError, UnicodeDecodeError.
     where = f" at line {e.lineno}" if hasattr(e, "lineno") else ""
-    raise UserError(f"{path} is not valid JSON{where}, {keep}restore it from "
-                    "a copy, or pass another --workdir") from None
+    raise UserError(f"{path} is not valid JSON{where}, {restore}") from None
   except (KeyError, TypeError):
     raise UserError(f"{path} holds no run settings (no \"config\" object), "
-                    f"{keep}restore it from a copy, or pass another --workdir"
-                    ) from None
+                    f"{restore}") from None
   try:
     return config_lib.from_dict(settings)
   except TypeError as e:  # A value of the wrong kind, a key misspelt.
     raise UserError(f"{path} holds settings this mnist_jax cannot use ({e}), "
-                    f"{keep}restore it from a copy, or pass another --workdir"
-                    ) from None
+                    f"{restore}") from None
 
 
-def config_differences(old: config_lib.Config, new: config_lib.Config) -> List[str]:
+def config_differences(old: config_lib.Config,
+                       new: config_lib.Config) -> List[str]:
   """`name: old -> new` for each setting that differs and matters for
   resuming (a setting only one of the models has differs too)."""
   a, b = old.to_dict(), new.to_dict()
@@ -179,14 +151,13 @@ def config_differences(old: config_lib.Config, new: config_lib.Config) -> List[s
 
 
 def check_writable(workdir: str) -> None:
-  """Fails early, before anything is written, when the folder cannot be used.
-
-  Probes by creating (and removing) a temporary file in the folder, or in its
-  nearest existing parent: permission bits alone miss read-only file systems.
-  """
+  """Fails before anything is written when the folder cannot be used, by
+  writing a file in it or its nearest existing parent (permission bits miss
+  read-only file systems)."""
   path = os.path.abspath(workdir)
   if os.path.exists(path) and not os.path.isdir(path):
-    raise UserError(f"--workdir={workdir} is a file, not a folder; pass a folder")
+    raise UserError(f"--workdir={workdir} is a file, not a folder; pass a "
+                    "folder")
   target = path
   while not os.path.exists(target):
     target = os.path.dirname(target)
@@ -197,24 +168,22 @@ def check_writable(workdir: str) -> None:
     files.probe_writable(target)
   except OSError as e:
     raise UserError(f"--workdir={workdir} is not writable ({target}: "
-                    f"{e.strerror or e}); pass a folder you can write to") from None
+                    f"{e.strerror or e}); pass a folder you can write to"
+                    ) from None
 
 
 def check_run_folder(workdir: str, config: config_lib.Config,
                      overwrite: bool = False) -> bool:
-  """Whether `workdir` holds a run; refuses one `config` cannot continue.
-
-  A run folder (with config.json) must agree with `config` on every setting
-  that matters, unless `overwrite`; any other non-empty folder is refused, so
-  --overwrite can never delete a folder launch.py did not write.
-  """
+  """Whether `workdir` holds a run; refuses one `config` cannot continue
+  (unless `overwrite`), and any other non-empty folder, so --overwrite never
+  deletes a folder launch.py did not write."""
   if not os.path.exists(workdir):
     return False
   if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
     if set(os.listdir(workdir)) - {LOCK_FILE}:
       raise UserError(f"--workdir={workdir} is not empty and holds no "
-                      f"{CONFIG_FILE}, so it is not a run folder; pass a new or "
-                      "empty folder")
+                      f"{CONFIG_FILE}, so it is not a run folder; pass a new "
+                      "or empty folder")
     return False
   if not overwrite:
     recorded = read_config(workdir)
@@ -230,33 +199,25 @@ def check_run_folder(workdir: str, config: config_lib.Config,
 
 
 def complete_steps(directory: str) -> list:
-  """The steps of the complete checkpoints in `directory`, from its listing
-  alone: orbax gives a checkpoint its step's name only once it is whole."""
+  """The steps of the complete checkpoints in `directory` (orbax names one
+  after its step only once it is whole)."""
   try:
     return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
   except OSError:
     return []
 
 
-def saved_model(directory: str) -> Optional[str]:
-  """The model name the newest complete checkpoint in `directory` records,
-  read from its meta file alone (None if there is none, or it is unreadable)."""
-  for step in reversed(complete_steps(directory)):
-    try:
-      with open(os.path.join(directory, str(step), "meta", "metadata")) as f:
-        model = json.load(f).get("model")
-      return model if isinstance(model, str) else None
-    except (OSError, ValueError, AttributeError):
-      return None
-  return None
-
-
 def check_model(workdir: str, recorded: config_lib.Config) -> None:
-  """Refuses a run folder whose config.json names another model than its
-  checkpoints: one of them was edited or replaced (nothing is verified
-  damaged, and the run is no run of other settings to start over)."""
-  saved = saved_model(os.path.join(workdir, CHECKPOINT_DIR))
-  if saved is not None and saved != recorded.model:
+  """Refuses a run folder whose config.json names another model than the
+  meta file of its newest checkpoint: one of them was edited or replaced."""
+  directory = os.path.join(workdir, CHECKPOINT_DIR)
+  try:
+    newest = str(complete_steps(directory)[-1])
+    with open(os.path.join(directory, newest, "meta", "metadata")) as f:
+      saved = json.load(f).get("model")
+  except (IndexError, OSError, ValueError, AttributeError):
+    return
+  if isinstance(saved, str) and saved != recorded.model:
     path = os.path.join(workdir, CONFIG_FILE)
     raise UserError(
         f"{path} says model {recorded.model!r}, but the run's checkpoints were "
@@ -274,9 +235,9 @@ def lower_rate(config: config_lib.Config) -> float:
 
 
 def train_command(workdir: str) -> str:
-  """The command that trains run folder `workdir` on; for a run that
-  diverged (its own command would again), one with a lower rate that
-  starts it over."""
+  """The command that trains run folder `workdir` on; for a diverged run
+  (its own command would diverge again), one with a lower rate that starts
+  it over."""
   if status(workdir)[0] != "diverged":
     return run_command(workdir)
   rate = lower_rate(read_config(workdir))
@@ -284,9 +245,8 @@ def train_command(workdir: str) -> str:
 
 
 def run_command(workdir: str, *extra: str) -> str:
-  """The command that trains run folder `workdir` with its own settings:
-  config.json's `repeat` with --workdir (and `extra`), with launch.py as this
-  process was started with it (so it works from the same folder)."""
+  """config.json's `repeat` with --workdir (and `extra`), naming launch.py
+  as this process was started with it (so it works from the same folder)."""
   try:  # From the settings, as this version spells them.
     argv = shlex.split(repeat_command(read_config(workdir)))
     argv = [a for a in argv if a.split("=")[0] not in
@@ -300,14 +260,10 @@ def run_command(workdir: str, *extra: str) -> str:
 
 def contents(workdir: str) -> str:
   """What deleting run folder `workdir` would lose, in words:
-  "W's 3 epochs, 2 checkpoints and report"."""
+  "W's 3 logged epochs, 2 checkpoints and report"."""
   epochs = max([r["epoch"] for r in read_metrics(os.path.join(
       workdir, METRICS_FILE)) if _epoch_of(r)] or [0])
-  try:
-    checkpoints = sum(name.isdigit() for name in os.listdir(
-        os.path.join(workdir, CHECKPOINT_DIR)))
-  except OSError:
-    checkpoints = 0
+  checkpoints = len(complete_steps(os.path.join(workdir, CHECKPOINT_DIR)))
   parts = [f"{epochs} logged epoch{'s' * (epochs != 1)}",
            f"{checkpoints} checkpoint{'s' * (checkpoints != 1)}"]
   if os.path.exists(os.path.join(workdir, REPORT_FILE)):
@@ -317,50 +273,30 @@ def contents(workdir: str) -> str:
 
 def begin(workdir: str, config: config_lib.Config, env: dict, *,
           existing: bool, overwrite: bool, meta: Optional[dict]) -> None:
-  """Writes config.json as a run starts: the first thing a run writes.
-
-  Args:
-    workdir: the run folder.
-    config: the run's settings.
-    env: the environment to record (`environment()` and the devices used).
-    existing: whether `workdir` holds a run already (check_run_folder).
-    overwrite: start that run over: its folder is deleted first.
-    meta: the record of the checkpoint a resumed run starts from, if any.
-  """
+  """Writes config.json as a run starts (the first thing it writes): records
+  a resumption from checkpoint `meta` in an `existing` run, or a new run
+  (emptying an `existing` one first: `overwrite`)."""
   claim(workdir)  # Refuses a run another command began meanwhile.
   if existing and not overwrite:
     record_resume(workdir, config, env, meta)
     return
-  if existing:
-    _empty(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  if existing:  # Keeps the folder, and so the lock this process holds.
+    for name in set(os.listdir(workdir)) - {LOCK_FILE}:
+      path = os.path.join(workdir, name)
+      if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+      else:
+        os.remove(path)
   start(workdir, config, env)
 
 
-def _empty(workdir: str) -> None:
-  """Deletes what a run folder holds (--overwrite), keeping the folder and
-  so the lock this process holds on it."""
-  for name in os.listdir(workdir):
-    path = os.path.join(workdir, name)
-    if name == LOCK_FILE:
-      continue
-    if os.path.isdir(path) and not os.path.islink(path):
-      shutil.rmtree(path)
-    else:
-      os.remove(path)
-
-
 def start(workdir: str, config: config_lib.Config, env: dict) -> None:
-  """Creates the folder and writes config.json with the environment.
-
-  Its "finished" is false until `finish` records the run complete.
-  """
+  """Creates the folder and writes config.json, "finished" false."""
   os.makedirs(workdir, exist_ok=True)
   files.write_json(os.path.join(workdir, CONFIG_FILE),
-                    {"config": config.to_dict(), "environment": env,
-                     "repeat": repeat_command(config),
-                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                     "finished": False})
+                   {"config": config.to_dict(), "environment": env,
+                    "repeat": repeat_command(config),
+                    "started": time.strftime(_TIME), "finished": False})
 
 
 def record_resume(workdir: str, config: config_lib.Config, env: dict,
@@ -370,7 +306,7 @@ def record_resume(workdir: str, config: config_lib.Config, env: dict,
   # Compared as JSON holds them: a tuple (cnn_features) is a list there.
   settings = json.loads(json.dumps(config.to_dict()))
   record.setdefault("resumes", []).append({
-      "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+      "time": time.strftime(_TIME),
       "from_step": meta["step"] if meta else 0,
       "changed": {k: v for k, v in settings.items()
                   if record["config"].get(k) != v},
@@ -392,17 +328,14 @@ def finish(workdir: str, final: dict) -> None:
   """Records in config.json that the run is complete: the last thing a run
   writes, after its final row, report and TensorBoard events."""
   record = _record(workdir)
-  record["finished"] = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+  record["finished"] = {"time": time.strftime(_TIME),
                         "test_accuracy": final.get("test_accuracy")}
   files.write_json(os.path.join(workdir, CONFIG_FILE), record)
 
 
 def finished(workdir: str) -> bool:
-  """Whether config.json records the run complete (`finish`).
-
-  A run folder from before that record counts as finished when it has its
-  final metrics row and report.md.
-  """
+  """Whether config.json records the run complete (`finish`); a folder from
+  before that record is when it has its final metrics row and report.md."""
   try:
     record = _record(workdir)
   except (OSError, ValueError, TypeError):
@@ -414,17 +347,10 @@ def finished(workdir: str) -> bool:
 
 
 @contextlib.contextmanager
-def locking() -> Iterator[Dict[str, _Lock]]:
-  """Within: the run folders this process `claim`s stay locked until it ends.
-
-  launch.py and the Python API train (and report) inside it, so `in_use`
-  tells a folder a process is writing now; other callers of
-  train.train_and_evaluate lock nothing.
-
-  Yields:
-    {real path: lock} of the folders claimed in the block (all released
-    after it; a folder `claim` created and nothing was written to goes).
-  """
+def locking() -> Iterator[Dict[str, tuple]]:
+  """Within: the run folders this process `claim`s stay locked (launch.py
+  and the Python API train and report inside it; other callers lock
+  nothing). Yields {real path: lock} of the folders claimed in the block."""
   global _HELD
   outer, _HELD = _HELD, {}
   held = _HELD
@@ -432,28 +358,15 @@ def locking() -> Iterator[Dict[str, _Lock]]:
     yield held
   finally:
     for key in list(held):
-      _release(key, held.pop(key))
+      _release(key, *held.pop(key))
     _HELD = outer
 
 
 def claim(workdir: str, mode: str = "train", create: bool = True) -> None:
-  """Makes this process the one writer of run folder `workdir` (in `locking()`).
-
-  Creates the folder if it does not exist (unless not `create`: then nothing
-  is locked), takes an exclusive lock on it that ends with the process (a
-  kill -9 leaves none behind), writes LOCK_FILE saying who holds it, and
-  removes what killed writers left (files.remove_temporary). Outside
-  `locking()`, and for a folder held already, a no-op.
-
-  Args:
-    workdir: the run folder.
-    mode: what this process does there ("train" or "report"), for messages.
-    create: create a folder that does not exist.
-
-  Raises:
-    UserError: another process holds it (naming it, where the system tells),
-      or the folder cannot be created or read.
-  """
+  """In `locking()`, makes this process the one writer of run folder
+  `workdir`: creates it (if `create`), takes an exclusive flock that ends
+  with the process, writes LOCK_FILE saying who holds it (`mode`: "train" or
+  "report") and removes what killed writers left. InUse if another holds it."""
   key = os.path.realpath(workdir)
   if _HELD is None or key in _HELD:
     return
@@ -471,13 +384,12 @@ def claim(workdir: str, mode: str = "train", create: bool = True) -> None:
       created = outermost
     except FileExistsError:
       pass  # Another process made it meanwhile: the lock decides.
-  _HELD[key] = _Lock(_lock(key, workdir, mode), created)
+  _HELD[key] = (_lock(key, workdir, mode), created)
   files.remove_temporary(key)
   try:
     files.write_json(os.path.join(key, LOCK_FILE), {
         "pid": os.getpid(), "host": socket.gethostname(), "mode": mode,
-        "command": ["python", *sys.argv],
-        "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        "command": ["python", *sys.argv], "since": time.strftime(_TIME)})
   except OSError:
     pass  # A read-only folder: the lock holds without the note.
 
@@ -503,35 +415,28 @@ def _lock(key: str, workdir: str, mode: str) -> Optional[int]:
     except OSError:
       os.close(fd)
       return None
-    try:
-      same = os.path.samestat(os.fstat(fd), os.stat(key))
-    except OSError:
-      same = False
-    if same:
-      return fd
+    with contextlib.suppress(OSError):
+      if os.path.samestat(os.fstat(fd), os.stat(key)):
+        return fd
     os.close(fd)  # Deleted and made again meanwhile: lock the new folder.
   raise _in_use_error(workdir, mode)
 
 
-def _release(key: str, lock: _Lock) -> None:
-  """Ends this process's hold on folder `key`; removes the folder if `claim`
-  created it and nothing was written to it."""
-  if lock.fd is None:
+def _release(key: str, fd: Optional[int], created: Optional[str]) -> None:
+  """Ends the hold on folder `key`; removes the folders `claim` created if
+  nothing was written to them."""
+  if fd is None:
     return
-  try:
+  with contextlib.suppress(OSError):
     os.remove(os.path.join(key, LOCK_FILE))
-  except OSError:
-    pass
   folder = key
-  while lock.created:
-    try:
+  with contextlib.suppress(OSError):  # The run wrote something: it stays.
+    while created:
       os.rmdir(folder)
-    except OSError:
-      break  # The run wrote something: it stays.
-    if folder == lock.created:
-      break
-    folder = os.path.dirname(folder)
-  os.close(lock.fd)
+      if folder == created:
+        break
+      folder = os.path.dirname(folder)
+  os.close(fd)
 
 
 def in_use(workdir: str) -> bool:
@@ -544,13 +449,13 @@ def in_use(workdir: str) -> bool:
     return False
   try:
     fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    return False
   except BlockingIOError:
     return True
   except OSError:
-    return False
+    pass
   finally:
     os.close(fd)
+  return False
 
 
 def check_not_in_use(workdir: str, mode: str = "train") -> None:
@@ -560,19 +465,28 @@ def check_not_in_use(workdir: str, mode: str = "train") -> None:
 
 
 def holder(workdir: str) -> dict:
-  """Who holds run folder `workdir`, as far as the system tells: {"pid",
-  "command" (argv), "mode", "host"}, any of them missing ({} if unknown).
-
-  LOCK_FILE says it; on Linux /proc/locks names the process that holds the
-  lock, which wins where they differ (the file a killed holder left).
-  """
+  """Who holds run folder `workdir`: {"pid", "command" (argv), "mode",
+  "host"}, any missing. From LOCK_FILE; on Linux the process /proc/locks
+  names wins where they differ (a killed holder leaves the file)."""
   try:
     with open(os.path.join(workdir, LOCK_FILE)) as f:
       info = json.load(f)
     info = info if isinstance(info, dict) else {}
   except (OSError, ValueError):
     info = {}
-  pids = _lock_pids(workdir)
+  try:
+    st = os.stat(workdir)
+    with open("/proc/locks") as f:
+      lines = f.read().splitlines()
+  except OSError:
+    return info
+  inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+  pids = []
+  for line in lines:  # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF"
+    parts = line.split()
+    if len(parts) > 5 and parts[1] == "FLOCK" and parts[5] == inode:
+      with contextlib.suppress(ValueError):
+        pids.append(int(parts[4]))
   if pids and info.get("pid") not in pids:
     try:
       with open(f"/proc/{pids[0]}/cmdline", "rb") as f:
@@ -583,49 +497,23 @@ def holder(workdir: str) -> dict:
   return info
 
 
-def _lock_pids(workdir: str) -> List[int]:
-  """The processes holding a flock on folder `workdir`, from /proc/locks."""
-  try:
-    st = os.stat(workdir)
-    with open("/proc/locks") as f:
-      lines = f.read().splitlines()
-  except OSError:
-    return []
-  inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-  pids = []
-  for line in lines:  # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF"
-    parts = line.split()
-    if len(parts) > 5 and parts[1] == "FLOCK" and parts[5] == inode:
-      try:
-        pids.append(int(parts[4]))
-      except ValueError:
-        pass
-  return pids
-
-
-def describe_holder(info: dict) -> str:
-  """"pid 123 (python launch.py --model=mlp ...)" from `holder`'s dict."""
-  if not info.get("pid"):
-    return "another process"
-  text = f"pid {info['pid']}"
-  if info.get("host") and info["host"] != socket.gethostname():
-    text += f" on {info['host']}"
-  command = info.get("command")
-  if isinstance(command, list) and command:
-    line = shlex.join(str(a) for a in command)
-    text += f" ({line[:157] + '...' if len(line) > 160 else line})"
-  return text
-
-
 def _in_use_error(workdir: str, mode: str) -> InUse:
   info = holder(workdir)
+  who = "another process"
+  if info.get("pid"):
+    who = f"pid {info['pid']}"
+    if info.get("host") and info["host"] != socket.gethostname():
+      who += f" on {info['host']}"
+    command = info.get("command")
+    if isinstance(command, list) and command:
+      line = shlex.join(str(a) for a in command)
+      who += f" ({line[:157] + '...' if len(line) > 160 else line})"
   doing = ("writing its report" if info.get("mode") == "report"
            else "training in it" if info.get("mode") == "train"
            else "writing it")
   advice = ("wait for it to end, or pass another --workdir" if mode == "train"
             else "wait for it to end, then run this again")
-  return InUse(f"{workdir} is in use: {describe_holder(info)} is {doing} "
-                   f"now; {advice}")
+  return InUse(f"{workdir} is in use: {who} is {doing} now; {advice}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -642,13 +530,9 @@ class Run:
 
 
 def status(workdir: str) -> Tuple[str, Optional[dict]]:
-  """(state, last metrics row) of a run folder, read from metrics.jsonl.
-
-  finished: config.json records it (`finished`): its report is complete.
-  diverged: its last row says so (resuming repeats the divergence at the same
-  step). Else unfinished, also a run trained to the end whose report is not
-  complete (the same command completes it).
-  """
+  """(state, last metrics row) of a run folder: "finished" once config.json
+  records it, "diverged" if its last row says so (resuming would repeat it),
+  else "unfinished" (also trained to the end with its report incomplete)."""
   rows = read_metrics(os.path.join(workdir, METRICS_FILE))
   last = rows[-1] if rows else None
   if finished(workdir):
@@ -658,20 +542,9 @@ def status(workdir: str) -> Tuple[str, Optional[dict]]:
   return "unfinished", last
 
 
-def _started(record: dict) -> Optional[datetime.datetime]:
-  try:
-    return datetime.datetime.strptime(record["started"], "%Y-%m-%dT%H:%M:%S%z")
-  except (KeyError, TypeError, ValueError):
-    return None
-
-
 def find_runs(config: config_lib.Config, root: str = RUNS_DIR) -> List[Run]:
-  """The run folders under `root` that `config` can resume, newest first.
-
-  Newest by the start time in config.json (then by name); anything else
-  under `root` (files, other folders, an unreadable config.json or
-  metrics.jsonl) is skipped.
-  """
+  """The run folders under `root` that `config` can resume, newest first by
+  config.json's start time (then by name); anything else is skipped."""
   try:
     names = sorted(os.listdir(root))
   except OSError:
@@ -688,8 +561,11 @@ def find_runs(config: config_lib.Config, root: str = RUNS_DIR) -> List[Run]:
     except (OSError, ValueError, KeyError, TypeError, AttributeError,
             RecursionError, UserError):
       continue  # Not a run folder this command can use.
-    runs.append(Run(path, _started(record),
-                    "running" if in_use(path) else state, last))
+    try:
+      started = datetime.datetime.strptime(record["started"], _TIME)
+    except (KeyError, TypeError, ValueError):
+      started = None
+    runs.append(Run(path, started, "running" if in_use(path) else state, last))
   oldest = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
   return sorted(runs, key=lambda r: (r.started or oldest, r.path), reverse=True)
 
@@ -705,16 +581,10 @@ class Choice:
 
 def choose(config: config_lib.Config, overwrite: bool = False,
            root: str = RUNS_DIR) -> Choice:
-  """The folder a command without --workdir trains in.
-
-  The newest unfinished run of the same settings under `root` is resumed (a
-  run another process is training in is left alone); otherwise a new folder
-  starts. `overwrite` always starts a new folder and deletes nothing.
-
-  Raises:
-    Diverged: the newest run of these settings diverged, and none is
-      unfinished: the same settings would diverge again at the same step.
-  """
+  """The folder a command without --workdir trains in: the newest unfinished
+  run of these settings under `root` that no other process is training in,
+  else a new one (always with `overwrite`, which deletes nothing). Diverged
+  if the newest one diverged and none is unfinished (it would again)."""
   new = default_workdir(config.model, root)
   if overwrite:
     return Choice(new, False, f"starting a new run folder, {new} "
@@ -768,10 +638,8 @@ def _where(row: Optional[dict]) -> str:
 
 
 def repeat_command(config: config_lib.Config) -> str:
-  """A launch.py command line that spells out every setting of `config`.
-
-  A swept setting is given by --sweep only (launch.py refuses both).
-  """
+  """A launch.py command line that spells out every setting of `config` (a
+  swept setting by --sweep only: launch.py refuses both)."""
   parts = ["python", "launch.py"]
   swept = {part.partition("=")[0] for part in config.sweep.split(";")}
   for name, value in config.to_dict().items():
@@ -794,19 +662,10 @@ class MetricsLog:
 
   def resume(self, epoch: int, steps_per_epoch: Optional[int] = None,
              keep_final: bool = False) -> List[str]:
-    """Keeps the rows of epochs 1..`epoch` (what the checkpoint covers).
-
-    Later rows go (the resumed run logs them again), and the final row unless
-    `keep_final` (a run whose training ended, being completed). Damage is
-    repaired from what survives and said, never dropped silently: a line that
-    is not a JSON row goes (silently only as the last line: a write a kill
-    cut short), an epoch logged twice keeps its later row, and an epoch of
-    1..`epoch` whose row is lost is written back as {"epoch": E, "step": S,
-    "lost": true} (its training is in the checkpoint; its metrics are not).
-
-    Returns:
-      one line per repair, for the console.
-    """
+    """Keeps the rows of epochs 1..`epoch` (the checkpoint's), and the final
+    row if `keep_final`. Repairs damage and returns a line on each: a line no
+    JSON row goes (silently if last: a write a kill cut short), an epoch
+    logged twice keeps its later row, a lost one is written back "lost"."""
     rows, bad, count = _parse(self.path)
     by_epoch, twice, final = {}, [], None
     for row in rows:
@@ -823,25 +682,21 @@ class MetricsLog:
     kept = [by_epoch[e] for e in sorted(by_epoch)]
     if keep_final and final is not None:
       kept.append(final)
-    with files.atomic(self.path) as f:
-      for r in kept:
-        f.write(json.dumps(r) + "\n")
-    notes, torn = [], [n for n in bad if n != count]
-    if torn:
-      notes.append(f"{self.path}: line{'s' * (len(torn) > 1)} "
-                   f"{_numbers(torn)} {'were' if len(torn) > 1 else 'was'} "
-                   "damaged (not a JSON row) and dropped; every other row is "
-                   "kept")
-    if twice:
-      notes.append(f"{self.path}: epoch{'s' * (len(twice) > 1)} "
-                   f"{_numbers(sorted(set(twice)))} logged twice; the later "
-                   "row of each is kept")
-    if lost:
-      notes.append(f"{self.path}: the row{'s' * (len(lost) > 1)} of epoch"
-                   f"{'s' * (len(lost) > 1)} {_numbers(lost)} "
-                   f"{'were' if len(lost) > 1 else 'was'} lost; written back "
-                   "marked {\"lost\": true} (the checkpoint holds the "
-                   "training itself; those epochs' metrics are unknown)")
+    files.write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+    notes = []
+    for numbers, text in [
+        ([n for n in bad if n != count], "line{s} {n} {was} damaged (not a "
+         "JSON row) and dropped; every other row is kept"),
+        (sorted(set(twice)), "epoch{s} {n} logged twice; the later row of "
+         "each is kept"),
+        (lost, "the row{s} of epoch{s} {n} {was} lost; written back marked "
+         "{{\"lost\": true}} (the checkpoint holds the training itself; "
+         "those epochs' metrics are unknown)")]:
+      if numbers:
+        many = len(numbers) > 1
+        notes.append(f"{self.path}: " + text.format(
+            s="s" * many, was="were" if many else "was",
+            n=", ".join(str(v) for v in numbers)))
     return notes
 
   def write(self, row: dict) -> None:
@@ -854,10 +709,6 @@ class MetricsLog:
     return read_metrics(self.path)
 
 
-def _numbers(values: Sequence[int]) -> str:
-  return ", ".join(str(v) for v in values)
-
-
 def _epoch_of(row: dict) -> bool:
   """Whether `row` is an epoch's row (it has a whole epoch number >= 1)."""
   epoch = row.get("epoch")
@@ -866,8 +717,7 @@ def _epoch_of(row: dict) -> bool:
 
 def _parse(path: str) -> Tuple[List[dict], List[int], int]:
   """(every JSON object row, the numbers of the other non-blank lines, the
-  number of the last non-blank line) of a metrics.jsonl; a missing file has
-  none."""
+  number of the last non-blank line) of a metrics.jsonl (none if missing)."""
   rows, bad, last = [], [], 0
   try:
     with open(path, "rb") as f:
@@ -890,7 +740,7 @@ def _parse(path: str) -> Tuple[List[dict], List[int], int]:
 
 
 def read_metrics(path: str) -> List[dict]:
-  """The rows of a metrics.jsonl, in order; damaged lines are skipped (a
+  """The rows of a metrics.jsonl, in order, skipping damaged lines (a
   resumed run repairs and reports them: MetricsLog.resume)."""
   return _parse(path)[0]
 
@@ -925,7 +775,8 @@ def resume_line(workdir, meta, logged, steps, resuming) -> Optional[str]:
   if meta is None:
     if not resuming:
       return None
-    epochs = [r["epoch"] for r in MetricsLog(workdir).read() if "train_loss" in r]
+    epochs = [r["epoch"] for r in MetricsLog(workdir).read()
+              if "train_loss" in r]
     again = (f" (the {max(epochs)} epoch(s) logged are trained again)"
              if epochs else "")
     return (f"{workdir} has no complete checkpoint: training starts over from "

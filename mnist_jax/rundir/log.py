@@ -1,14 +1,11 @@
-"""Where a run's rows go: every epoch row, a divergence row and the final row.
+"""Where a run's rows go: `RunLog` hands each row to its writers (metrics.jsonl
+and, unless --notensorboard, TensorBoard events; none on processes that write
+no files) and the epoch lines to the console (`Progress`).
 
-`RunLog` hands each row to its writers and the epoch lines to the console
-(`Progress`: one line per epoch, with interim lines for long epochs). A
-writer has the methods of `JsonlWriter`: `resume(epoch, keep_final)` forgets
-what was logged after `epoch` (a resumed run logs those epochs again) and
-returns what it repaired, in words, `epoch(row)`,
-`diverged(row)` and `final(row)` record a row, `figures()` takes the report's
-figures once they are drawn, `close()` ends (and may be called again). The
-writers of the process that writes the run folder are metrics.jsonl and,
-unless --notensorboard, TensorBoard event files.
+A writer has JsonlWriter's methods: `resume(epoch, keep_final)` forgets what
+was logged after `epoch` and returns notes of what it repaired; `epoch`,
+`diverged` and `final` take rows; `figures()` the report's figures once
+drawn; `close()` ends (maybe twice).
 """
 
 import os
@@ -20,9 +17,6 @@ from mnist_jax.results import report
 from mnist_jax.rundir import folder
 from mnist_jax.rundir import tensorboard
 from mnist_jax.training import metrics as metrics_lib
-
-
-# The console.
 
 REPORT_EVERY_S = 10.0
 
@@ -37,18 +31,14 @@ def _fmt_time(seconds: float) -> str:
 
 
 def _metrics_text(row: dict, split: str, prefix: str) -> str:
-  """` loss 0.1234 acc 97.50%`: the split's metrics that the console shows
-  (metrics.py), "n/a" for None (a diverged member's)."""
+  """` loss 0.1234 acc 97.50%`: the split's console metrics, "n/a" for None."""
   return "".join(f" {prefix}{m.console} {m.text(row.get(f'{split}_{m.name}'))}"
                  for m in metrics_lib.of(split) if m.console)
 
 
 class Progress:
-  """Prints progress within an epoch at most every REPORT_EVERY_S seconds.
-
-  On a terminal the line is redrawn in place; in a log (or a dumb terminal,
-  which shows escape codes as text) each report is a line of its own.
-  """
+  """The console: a line per epoch, and within an epoch one at most every
+  REPORT_EVERY_S seconds, redrawn in place on a terminal (not a dumb one)."""
 
   def __init__(self, epochs: int, stream=None, prefix: str = ""):
     self.epochs = epochs
@@ -65,6 +55,11 @@ class Progress:
                  if self.epoch_times else elapsed / max(fraction, 1e-9))
     return per_epoch * (1 - fraction) + per_epoch * (self.epochs - epoch)
 
+  def _write(self, text: str, drawn: bool) -> None:
+    self.stream.write(text)
+    self._drawn = drawn
+    self.stream.flush()
+
   def update(self, epoch: int, done: int, total: int, elapsed: float) -> None:
     now = time.monotonic()
     if not self.tty and now - self._last < REPORT_EVERY_S:
@@ -74,12 +69,7 @@ class Progress:
     text = (f"{self.prefix}epoch {epoch}/{self.epochs} {100 * fraction:3.0f}% "
             f"({done}/{total} steps, {_fmt_time(elapsed)}, "
             f"about {_fmt_time(self._eta(epoch, fraction, elapsed))} left)")
-    if self.tty:
-      self.stream.write("\r" + text + "\033[K")
-      self._drawn = True
-    else:
-      self.stream.write(text + "\n")
-    self.stream.flush()
+    self._write("\r" + text + "\033[K" if self.tty else text + "\n", self.tty)
 
   def epoch_done(self, epoch: int, row: dict) -> None:
     self.epoch_times.append(row["epoch_time_s"])
@@ -97,21 +87,14 @@ class Progress:
             f"{_metrics_text(row, 'train', '')}{val} "
             f"{row['epoch_time_s']:.1f}s ({row['examples_per_s']:,.0f} ex/s), "
             f"about {_fmt_time(left)} left")
-    self.stream.write(("\r" if self.tty else "") + text +
-                      ("\033[K" if self.tty else "") + "\n")
-    self._drawn = False
-    self.stream.flush()
+    self._write(("\r" if self.tty else "") + text +
+                ("\033[K" if self.tty else "") + "\n", False)
 
   def message(self, text: str) -> None:
     """A line of its own; on a terminal it replaces a line drawn in place."""
-    if self._drawn:
-      self.stream.write("\r\033[K")
-      self._drawn = False
-    self.stream.write(f"{self.prefix}{text}\n")
-    self.stream.flush()
+    self._write(("\r\033[K" if self._drawn else "") + f"{self.prefix}{text}\n",
+                False)
 
-
-# The files.
 
 class JsonlWriter:
   """metrics.jsonl: each row as one JSON line, flushed to disk at once."""
@@ -126,11 +109,7 @@ class JsonlWriter:
   def epoch(self, row: dict) -> None:
     self._log.write(row)
 
-  def diverged(self, row: dict) -> None:
-    self._log.write(row)
-
-  def final(self, row: dict) -> None:
-    self._log.write(row)
+  diverged = final = epoch
 
   def figures(self) -> None:
     pass
@@ -140,17 +119,13 @@ class JsonlWriter:
 
 
 class TensorBoardWriter:
-  """TensorBoard event files in the run folder (tensorboard.Writer).
-
-  The files open on `resume`, with the epoch rows metrics.jsonl keeps, so a
-  resumed run continues one series. Each member of a run with several gets
-  its own series, in a subfolder named for its settings.
-  """
+  """TensorBoard event files (tensorboard.Writer), opened on `resume` with
+  the epoch rows metrics.jsonl keeps; a member of several gets a subfolder.
+  A divergence writes nothing: the series end at the last good epoch."""
 
   def __init__(self, workdir: str, config, members: Sequence[Dict] = ()):
     """members: each member's label ({"seed": 3, ...}); one member is the run."""
-    self._workdir = workdir
-    self._config = config
+    self._workdir, self._config = workdir, config
     self._members = list(members)
     self._writer = None
 
@@ -165,7 +140,7 @@ class TensorBoardWriter:
     self._writer.epoch(row)
 
   def diverged(self, row: dict) -> None:
-    pass  # metrics.jsonl says where; the series end at the last good epoch.
+    pass
 
   def final(self, row: dict) -> None:
     self._writer.final(row)
@@ -180,14 +155,8 @@ class TensorBoardWriter:
 
 
 def check(workdir: str, config, members: Sequence[Dict]) -> None:
-  """Refuses, before anything is written, event folders a run cannot write.
-
-  The run folder itself is checked with the rest of it (folder.py); here the
-  folders of the members' TensorBoard series, which a resumed run reuses.
-
-  Raises:
-    UserError: a member's folder is a file, or cannot be written.
-  """
+  """Refuses, before anything is written, the members' TensorBoard folders a
+  resumed run cannot write (UserError; the run folder is folder.py's)."""
   if config.tensorboard:
     tensorboard.check_folders(workdir, members)
 
@@ -203,21 +172,13 @@ class RunLog:
            config=None, members: Sequence[Dict] = (),
            steps_per_epoch: Optional[int] = None,
            keep_final: bool = False) -> None:
-    """Starts the writers of `workdir` (None: this process writes no files).
+    """Starts the writers of `workdir` (None: this process writes no files)
+    after `resume_after` epochs, and says what metrics.jsonl had lost.
 
-    Says on the console what metrics.jsonl had lost and how it was repaired.
-
-    Args:
-      workdir: the run folder, or None.
-      resume_after: the epochs completed before this run started; rows of
-        later epochs are dropped, as the run logs them again.
-      keep_final: keep metrics.jsonl's final row (a run trained to the end,
-        being completed: `final(row, logged=True)` then skips it there).
-      config: the run's Config; with `config.tensorboard`, TensorBoard event
-        files are written too.
-      members: each member's label ({"seed": 3, ...}), in the order of a
-        row's `members`.
-      steps_per_epoch: the run's, to repair metrics.jsonl on resume.
+    keep_final: keep metrics.jsonl's final row (a run trained to the end,
+    being completed). config: with `config.tensorboard`, event files too.
+    members: each member's label, in the order of a row's `members`.
+    steps_per_epoch: to repair metrics.jsonl.
     """
     if workdir is not None:
       self.writers.append(JsonlWriter(workdir, steps_per_epoch))
@@ -251,7 +212,6 @@ class RunLog:
         writer.final(row)
 
   def figures(self) -> None:
-    """The report's figures are in the run folder: writers may take them."""
     for writer in self.writers:
       writer.figures()
 

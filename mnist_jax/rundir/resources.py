@@ -1,11 +1,9 @@
 """What the machine can hold, and the one line said when it runs out.
 
-Before anything is written, `check_memory` refuses a run whose parameters and
-optimizer state alone exceed the memory at hand, and `check_steps` one whose
-step count passes JAX's int32 step counter. What only shows while running (a
-full disk, an allocation XLA or numpy cannot make, a read-only folder) reaches
-launch.py as an exception from anywhere (orbax's save threads, matplotlib,
-numpy); `failure` names it in one line.
+Before anything is written, `check_memory` and `check_steps` refuse a run
+whose state cannot fit or whose steps pass JAX's int32 counter. What shows
+only while running (a full disk, a failed allocation, a read-only folder)
+reaches launch.py as an exception from anywhere; `failure` names it.
 """
 
 import dataclasses
@@ -29,8 +27,8 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
-def _shapes(config: config_lib.Config):
-  """The parameters and optimizer state of one member, from shapes alone."""
+def _sizes(config: config_lib.Config):
+  """(parameters, optimizer state floats) of one member, from shapes alone."""
   module = models.get(config.model).stock(config)
   image = datasets.get(config.dataset).image_shape
 
@@ -38,22 +36,19 @@ def _shapes(config: config_lib.Config):
     params = module.init(key, jnp.zeros((1, *image), jnp.uint8))["params"]
     return params, optim.make_optimizer(config, 1).init(params)
 
-  return jax.eval_shape(init, jax.random.key(0))
-
-
-def _size(tree) -> int:
-  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree)
-             if jnp.issubdtype(leaf.dtype, jnp.floating))
+  return [sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree)
+              if jnp.issubdtype(leaf.dtype, jnp.floating))
+          for tree in jax.eval_shape(init, jax.random.key(0))]
 
 
 def parameter_count(config: config_lib.Config) -> int:
   """Parameters of one member of `config`'s model (kernels share them)."""
-  return _size(_shapes(config)[0])
+  return _sizes(config)[0]
 
 
 def size_flags(config: config_lib.Config) -> List[str]:
-  """The flags that size `config`'s model: the Model settings whose growth
-  changes its parameter count (e.g. --mlp_hidden for the MLP)."""
+  """The Model settings whose growth changes the parameter count of
+  `config`'s model (e.g. --mlp_hidden for the MLP)."""
   base = parameter_count(config)
   found = []
   for name in config_lib.ranged_names(config):
@@ -90,11 +85,11 @@ def lower_advice(config: Optional[config_lib.Config],
 
 
 def bytes_text(n: float) -> str:
-  for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-    if n < 1000 or unit == "PB":
+  for unit in ("B", "KB", "MB", "GB", "TB"):
+    if n < 1000:
       return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
     n /= 1000
-  return ""
+  return f"{n:.1f} PB"
 
 
 def host_memory_available() -> Optional[int]:
@@ -113,7 +108,7 @@ def host_memory_available() -> Optional[int]:
 
 
 def _device_memory() -> Optional[int]:
-  """The smallest memory limit of this process's devices, where JAX says."""
+  """The smallest memory free of this process's devices, where JAX says."""
   limits = []
   for device in jax.local_devices():
     try:
@@ -128,20 +123,13 @@ def _device_memory() -> Optional[int]:
 
 def check_memory(config: config_lib.Config, num_members: int,
                  num_devices: Optional[int] = None) -> None:
-  """Refuses a run whose parameters and optimizer state cannot fit.
-
-  On a GPU or TPU each device holds its share of the members (all of one
-  member's state, replicated, for data parallelism); on a CPU they share the
-  host's memory. Activations and data are left out: this is a floor, and an
-  allocation that fails later is still named by `failure`.
-
-  Raises:
-    OutOfResources: the state alone needs more than the memory free.
-  """
+  """Refuses (OutOfResources) a run whose parameters and optimizer state
+  alone exceed the memory free: per device on a GPU or TPU (each holds its
+  share of the members), the host's on a CPU. A floor: activations and data
+  are left out, and an allocation that fails later is named by `failure`."""
   num_devices = num_devices or jax.local_device_count()
-  shapes = _shapes(config)
-  params = _size(shapes[0])
-  copies = 2 + round(_size(shapes[1]) / max(params, 1))  # Params, gradients.
+  params, state = _sizes(config)
+  copies = 2 + round(state / max(params, 1))  # Params, gradients.
   one = params * copies * FLOAT_BYTES
   available = _device_memory() if jax.default_backend() != "cpu" else None
   if available is not None:
@@ -172,12 +160,9 @@ def check_steps(config: config_lib.Config, steps_per_epoch: int) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Failure:
-  """An exception that is the machine's, not a bug: what happened, in words.
-
-  kind: "disk" (full, or a file size limit), "memory", "not_writable" or
-  "io" (another read or write error of the system).
-  path: the file or folder concerned, where known.
-  """
+  """An exception that is the machine's, not a bug, in words. kind: "disk"
+  (full, or a file size limit), "memory", "not_writable" or "io" (another
+  read or write error); path: the file or folder concerned, where known."""
   kind: str
   text: str
   path: Optional[str] = None
@@ -188,15 +173,6 @@ class Failure:
         UserError.exit_code)
 
 
-def _chain(exc: BaseException):
-  """`exc` and the exceptions it was raised from or while handling."""
-  seen = set()
-  while exc is not None and id(exc) not in seen:
-    seen.add(id(exc))
-    yield exc
-    exc = exc.__cause__ or exc.__context__
-
-
 def _first_line(exc: BaseException, limit: int = 160) -> str:
   text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
   return text if len(text) <= limit else text[:limit] + "..."
@@ -205,12 +181,9 @@ def _first_line(exc: BaseException, limit: int = 160) -> str:
 def failure(exc: BaseException,
             where: Optional[str] = None) -> Optional[Failure]:
   """What ran out or refused, for an exception from running out of disk or
-  memory or from a file system that refuses a write; None for any other
-  (a bug keeps its traceback).
-
-  where: the folder to name when the error names no file (the run folder).
-  """
-  chain = list(_chain(exc))
+  memory or a file system that refuses a write; None for any other (a bug
+  keeps its traceback). `where`: the folder to name if the error names none."""
+  chain = list(files.chain(exc))
   for e in chain:
     if isinstance(e, OSError) and e.errno is not None:
       path = e.filename or where

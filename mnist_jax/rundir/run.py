@@ -1,14 +1,8 @@
 """A training run in its run folder: the loop (training/train.py) with the
-folder as its hooks.
-
-`train_and_evaluate(config, workdir)` checks the settings, the folder and
-the data before anything is written, then runs the loop with a `RunFolder`:
-it restores the latest checkpoint (the same command resumes a run, ending
-bit for bit where an uninterrupted one would), writes config.json,
-metrics.jsonl and TensorBoard events, saves checkpoints, stops on SIGTERM or
-Ctrl-C after saving, and at the end writes the report of the chosen member
-and records the run finished. Process 0 writes; the other processes of a
-multi-host run keep the same bookkeeping.
+folder as its hooks (`RunFolder`): it resumes from the latest checkpoint (bit
+for bit), writes config.json, metrics.jsonl and TensorBoard events, saves
+checkpoints, stops on SIGTERM or Ctrl-C after saving, and writes the report.
+Process 0 writes; the others keep the same bookkeeping.
 """
 
 import contextlib
@@ -20,7 +14,6 @@ from typing import Any, Dict, Optional
 import jax
 import numpy as np
 
-from mnist_jax import models
 from mnist_jax.data import datasets
 from mnist_jax.data import pipeline
 from mnist_jax.errors import Diverged
@@ -44,16 +37,20 @@ class RunFolder(train.Hooks):
   def __init__(self, workdir, config, log, stop, *, existing, overwrite,
                data_time):
     self.workdir, self.config, self.log, self.stop = workdir, config, log, stop
-    self.existing, self.overwrite, self.data_time = existing, overwrite, data_time
+    self.existing, self.overwrite, self.data_time = (
+        existing,
+        overwrite,
+        data_time,
+    )
     self.write = devices.is_main()
     self.checkpointer = (checkpoints.Checkpointer(
         workdir, keep=config.keep_checkpoints) if self.write else None)
-    self.meta, self.logged, self.saved = None, None, None
+    self.meta, self.logged, self.saved, self._epoch = None, None, None, None
     self.started = time.perf_counter()
 
   def seconds(self) -> float:
-    """The run's training seconds: its earlier processes' (to the checkpoint
-    resumed) and this one's, less loading the data."""
+    """The run's training seconds, its earlier processes' included, less
+    loading the data."""
     return (self.meta or {}).get("time_s", 0.0) + (
         time.perf_counter() - self.started)
 
@@ -143,7 +140,7 @@ class RunFolder(train.Hooks):
     self.log.message(text)
 
   def save(self, state, *, epoch, epoch_step=0, sums=None, done=False):
-    step = int(np.max(jax.device_get(state.step)))
+    step = _step(state)
     if self.write and step != self.saved:
       self.checkpointer.save(step, checkpoints.tree(state), checkpoints.record(
           self.config, epoch=epoch, step=step, shapes=self.shapes,
@@ -156,19 +153,17 @@ class RunFolder(train.Hooks):
       return
     if done == self.steps:  # Stopped at an epoch's end: saved there.
       epoch, done = epoch + 1, 0
-    if done or self.saved is None or self.saved != int(np.max(
-        jax.device_get(state.step))):
+    if done or self.saved != _step(state):
       self.save(state, epoch=epoch - 1, epoch_step=done,
                 sums=sums if done else None)
     self.close()
-    step = int(np.max(jax.device_get(state.step)))
     raise control.Preempted(signum, control.stopped_message(
-        signum, step, epoch, done, self.steps,
+        signum, _step(state), epoch, done, self.steps,
         self.checkpointer.directory if self.write and self.saved else None),
                             self.workdir)
 
   def chunk(self, state, epoch, done, sums):
-    if getattr(self, "_epoch", None) != epoch:
+    if self._epoch != epoch:
       self._epoch, self._epoch_start = epoch, time.perf_counter()
     elif done:
       self.log.chunk(epoch, done, self.steps,
@@ -183,35 +178,34 @@ class RunFolder(train.Hooks):
     self._stop_if_asked(state, row["epoch"], self.steps, None)
 
   def diverged(self, row):
-    kept = self.kept()
-    message = (f"{row['message']}; {kept}; lower --learning_rate or set "
-               "--grad_clip and train again")
+    message = (f"{row['message']}; {self.kept()}; lower --learning_rate or "
+               "set --grad_clip and train again")
     self.log.diverged({**row, "message": message})
     raise Diverged(message)
 
   def kept(self) -> str:
     """Which checkpoint a stopped run goes back to, in words."""
     self.close()
-    step = max(folder.complete_steps(folder.checkpoint_dir(self.workdir)),
-               default=None)
+    directory = folder.checkpoint_dir(self.workdir)
+    step = max(folder.complete_steps(directory), default=None)
     if step is None:
       return "no checkpoint had been saved yet"
-    return (f"the last good checkpoint, "
-            f"{folder.checkpoint_dir(self.workdir)}/{step}, is kept")
+    return f"the last good checkpoint, {directory}/{step}, is kept"
 
   def close(self) -> None:
     if self.checkpointer is not None:
       self.checkpointer.close()
 
 
+def _step(state) -> int:
+  return int(np.max(jax.device_get(state.step)))
+
+
 def train_and_evaluate(config, workdir: str, stream=None,
                        overwrite: bool = False) -> Dict[str, Any]:
-  """Trains `config` in run folder `workdir` (resuming it), writes its report.
-
-  Returns the final metrics row. Raises UserError before anything is written
-  for bad settings, data, folder or checkpoint; Diverged (the last good
-  checkpoint kept); control.Preempted after saving a checkpoint.
-  """
+  """Trains `config` in run folder `workdir` (resuming it), writes its report;
+  returns the final row. Raises UserError before anything is written (bad
+  settings, data, folder or checkpoint), Diverged, or control.Preempted."""
   members = members_lib.from_config(config)
   resources.check_memory(config, len(members))
   folder.check_writable(workdir)
@@ -220,8 +214,7 @@ def train_and_evaluate(config, workdir: str, stream=None,
   existing = folder.check_run_folder(workdir, config, overwrite=overwrite)
   prefix = (f"[process {jax.process_index()}/{jax.process_count()}] "
             if jax.process_count() > 1 else "")
-  log = log_lib.RunLog(log_lib.Progress(config.epochs, stream=stream,
-                                        prefix=prefix))
+  log = log_lib.RunLog(log_lib.Progress(config.epochs, stream, prefix))
   if existing and not overwrite:
     if folder.finished(workdir):
       return _already_finished(workdir, log)
@@ -244,12 +237,11 @@ def train_and_evaluate(config, workdir: str, stream=None,
 
 
 def _finish(config, workdir, data, state, final, hooks, log, members):
-  """The final row, the report of the chosen member and the ensemble of its
-  grid point's seeds, then the record that the run is finished."""
-  chosen = (final.get("chosen") or {}).get("index", 0)
+  """The final row, the report of the chosen member (and its seeds'
+  ensemble), then the record that the run is finished."""
   if hooks.logged is not None:  # A run being completed keeps its row.
-    final, chosen = hooks.logged, (hooks.logged.get("chosen") or {}).get(
-        "index", 0)
+    final = hooks.logged
+  chosen = (final.get("chosen") or {}).get("index", 0)
   run = run_lib.Run.from_state(config, jax.device_get(state), chosen,
                                epoch=final.get("epochs_run", 0))
   if hooks.logged is None:
@@ -266,7 +258,7 @@ def _finish(config, workdir, data, state, final, hooks, log, members):
     final.update(control.learning_verdict(final, last, data.test.labels))
   log.final(final, logged=hooks.logged is not None)
   if devices.is_main():
-    report.write(workdir, run, data.test, data.class_names)
+    report.write(workdir, run, data.test, data.class_names, val=data.val)
     log.figures()
     log.close()
     folder.finish(workdir, final)
@@ -285,16 +277,18 @@ def _already_finished(workdir: str, log) -> Optional[Dict[str, Any]]:
 
 
 def _summary(final: dict, members, config, workdir: str) -> str:
-  """The line a run ends with: the chosen member's test accuracy, its grid
-  point's seeds and their ensemble, and where the results are."""
+  """The line a run ends with: the chosen member's test accuracy, its seeds'
+  and their ensemble's, and where the results are."""
   text = (f"test accuracy {100 * final['test_accuracy']:.2f}% (loss "
           f"{final['test_loss']:.4f}, {final['test_examples']} examples)")
   chosen = final.get("chosen")
   if chosen:
     how = ("chosen by validation accuracy" if config.val_fraction > 0
            else "chosen as the first (no validation split to choose by)")
-    text = (f"{how}: {members_lib.values_text(chosen['values'], chosen['seed'])}"
-            f"; {text}")
+    text = (
+        f"{how}: {members_lib.values_text(chosen['values'], chosen['seed'])}"
+        f"; {text}"
+    )
   if "test_accuracy_mean" in final:
     seeds = len(members) // len(members_lib.points(members))
     text += (f"; its {seeds} seeds {100 * final['test_accuracy_mean']:.2f} +- "
@@ -307,8 +301,7 @@ def _summary(final: dict, members, config, workdir: str) -> str:
 
 def _training_ended(workdir: str) -> bool:
   """Whether the latest checkpoint is the one a run saves at its end."""
-  if not folder.complete_steps(
-      os.path.join(workdir, checkpoints.CHECKPOINT_DIR)):
+  if not folder.complete_steps(folder.checkpoint_dir(workdir)):
     return False
   reader = checkpoints.Checkpointer(workdir, read_only=True)
   try:
@@ -318,9 +311,8 @@ def _training_ended(workdir: str) -> bool:
 
 
 def _repair(workdir: str, run, test) -> Optional[str]:
-  """Rebuilds what a finished run's metrics.jsonl lost (a truncated file):
-  epoch rows come back marked lost, the final row from the checkpoint.
-  Returns what it did, in one line, or None when nothing was lost."""
+  """Rebuilds what a finished run's metrics.jsonl lost: epoch rows marked
+  lost, the final row from the checkpoint. Returns a line saying so, or None."""
   if not folder.finished(workdir):
     return None
   log = folder.MetricsLog(workdir)
@@ -342,15 +334,9 @@ def _repair(workdir: str, run, test) -> Optional[str]:
 
 
 def rewrite_report(workdir: str, **overrides) -> Dict[str, Any]:
-  """The `--mode=report` command: evaluates a run, rewrites its report.
-
-  A run trained to the end but not finished (killed while finishing) is
-  completed as its training command would (train.train_and_evaluate, which
-  trains nothing). Any other run's report is of its latest checkpoint, and
-  says what that is where it is not the finished run (`checkpoint_note`).
-
-  overrides: data_dir / mnist_dir, when the data is elsewhere than at
-  training; impl, to evaluate with other layer implementations.
+  """`--mode=report`: evaluates a run (its latest checkpoint), rewrites its
+  report. A run trained to the end but not finished is completed as its
+  training command would. overrides: data_dir, mnist_dir, impl.
   """
   path = os.path.join(workdir, report.FILES[0])
   how = ("rewritten" if folder.finished(workdir) and all(
@@ -369,7 +355,7 @@ def rewrite_report(workdir: str, **overrides) -> Dict[str, Any]:
     print(repaired)
   note = run_lib.checkpoint_note(workdir, run)
   result = report.write(workdir, run, dataset.test, dataset.class_names,
-                        note=note)
+                        note=note, val=dataset.val)
   print(f"test accuracy {100 * result['accuracy']:.2f}% (loss "
         f"{result['loss']:.4f}, {len(dataset.test)} examples, checkpoint of "
         f"epoch {run.epoch}); {path} was {how}"

@@ -1,28 +1,13 @@
 """TensorBoard event files of a run, made with tensorboardX's protos (no TensorFlow).
 
-The run's own events go in its event folder (the run folder): the rows of
-metrics.jsonl, whose top-level metrics with several members are the leading
-member's. Each member
-(a seed, or a sweep's point) gets a subfolder named for its settings, e.g.
-`seed=3`, with the same tags, read from the row's `members` list, so
-`tensorboard --logdir runs` overlays the members of a run and the runs of a
-folder. The x-axis is the epoch: every metric is per epoch, and runs with
-other batch sizes line up.
-
-Each writer opens a new event file that starts with a session restart at
-epoch 1, then replays the epoch rows the run folder kept (`history`). A resumed
-run thus drops whatever its killed predecessor wrote and continues one series
-that matches metrics.jsonl, in TensorBoard's Python loader (which purges on the
-restart) and in its fast loader (which replaces a tag's later points when a
-step repeats).
-
-Events are written in the caller's thread and flushed as each call returns, so
-a live TensorBoard follows the run, a killed run loses no epoch it logged, and
-a failed write is seen where it happens: it prints one warning and stops the
-events, never the run.
+The run folder gets metrics.jsonl's rows at their epoch; each member gets a
+subfolder named for its settings (`seed=3`) with the same tags. Each writer
+opens a new event file starting with a session restart at epoch 1 (purging a
+killed predecessor's events), then replays the kept rows. Events are flushed
+as each call returns; a failed write warns once and stops them, not the run.
 """
 
-import contextlib
+import functools
 import os
 import socket
 import struct
@@ -32,31 +17,23 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from PIL import Image
 
-
-@contextlib.contextmanager
-def _torch_hidden():
-  """Within: `import torch` fails, unless this process has imported it."""
-  hide = "torch" not in sys.modules
-  if hide:
-    sys.modules["torch"] = None
-  try:
-    yield
-  finally:
-    if hide and sys.modules.get("torch", 0) is None:
-      del sys.modules["torch"]
-
-
-# tensorboardX's package imports PyTorch where it is installed (about 0.9 s at
-# every start of launch.py) only to accept torch tensors, which no run writes.
-with _torch_hidden():
+# tensorboardX imports PyTorch where installed (about 0.9 s at every start)
+# only to accept torch tensors, which no run writes: hide it meanwhile.
+_HIDE_TORCH = "torch" not in sys.modules
+if _HIDE_TORCH:
+  sys.modules["torch"] = None
+try:
   # pylint: disable=g-import-not-at-top
   from tensorboardX import summary as tbx_summary
   from tensorboardX.proto import event_pb2
   from tensorboardX.proto import summary_pb2
   from tensorboardX.record_writer import masked_crc32c
-  # pylint: enable=g-import-not-at-top
+finally:
+  if _HIDE_TORCH and sys.modules.get("torch", 0) is None:
+    del sys.modules["torch"]
 
-from mnist_jax import config as config_lib  # pylint: disable=g-import-not-at-top,g-bad-import-order
+# pylint: disable=g-import-not-at-top,g-bad-import-order
+from mnist_jax import config as config_lib
 from mnist_jax.errors import UserError
 from mnist_jax.rundir import files
 from mnist_jax.training import metrics
@@ -72,8 +49,7 @@ EPOCH_TAGS = {**_tags(("train", "val")), "learning_rate": "learning_rate"}
 SPEED_TAGS = {"epoch_time_s": "speed/epoch_time_s",
               "examples_per_s": "speed/examples_per_s"}
 FINAL_TAGS = _tags(("test",))
-# Config fields that say where files are or how processes meet, not what was
-# trained: left out of the hparams, where they would only tell runs apart.
+# Where files are or how processes meet, not what was trained: no hparams.
 NOT_HPARAMS = ("workdir", "data_dir", "mnist_dir", "coordinator_address",
                "num_processes", "process_id", "tensorboard")
 _COLORSPACES = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}
@@ -87,11 +63,7 @@ def members_of(config) -> List[Dict]:
 
 
 def members_from_labels(labels: Sequence[Dict]) -> List[Dict]:
-  """The members of a run from their labels: [] for a single member.
-
-  A label names a member in metrics.jsonl, e.g. {"seed": 3} or {"index": 0,
-  "learning_rate": 0.001, "seed": 3}; its keys that are no Config field go.
-  """
+  """Members from their metrics.jsonl labels, as Config fields; [] for one."""
   if len(labels) <= 1:
     return []
   return [{k: v for k, v in m.items() if k in config_lib.FIELDS}
@@ -126,18 +98,7 @@ def hparams(config, member: Optional[Dict] = None) -> Dict:
 
 
 def check_folders(logdir: str, members: Sequence[Dict]) -> None:
-  """Refuses member event folders that are in the way, before a run writes.
-
-  The run folder itself is checked with the rest of it (folder.py); this
-  checks the subfolders a resumed run's members write into.
-
-  Args:
-    logdir: the event folder (the run folder).
-    members: the members' labels (see members_from_labels).
-
-  Raises:
-    UserError: a member's folder is a file, or cannot be written.
-  """
+  """Refuses (UserError) member event folders a resumed run cannot write."""
   for member in members_from_labels(members):
     path = os.path.join(logdir, member_name(member))
     if os.path.lexists(path) and not os.path.isdir(path):
@@ -157,20 +118,15 @@ def _image(path: str) -> summary_pb2.Summary.Image:
     width, height = image.size
     colorspace = _COLORSPACES.get(image.mode, 3)
   with open(path, "rb") as f:
-    data = f.read()
-  return summary_pb2.Summary.Image(height=height, width=width,
-                                   colorspace=colorspace,
-                                   encoded_image_string=data)
+    return summary_pb2.Summary.Image(height=height, width=width,
+                                     colorspace=colorspace,
+                                     encoded_image_string=f.read())
 
 
 class EventFile:
-  """One TensorBoard event file: `Event` protos in TFRecord framing.
-
-  Written in the caller's thread. `flush` hands what was written to the OS,
-  so TensorBoard reads it as the run goes on and a killed run keeps it; only
-  `close` waits for the disk (fsync), which tensorboardX's own writers do on
-  every flush, at a cost of a sizeable part of the shortest epochs.
-  """
+  """One event file: `Event` protos in TFRecord framing, in the caller's
+  thread. Only `close` fsyncs (tensorboardX's writers do on every flush, a
+  sizeable cost in the shortest epochs)."""
 
   def __init__(self, folder: str):
     os.makedirs(folder, exist_ok=True)
@@ -202,49 +158,50 @@ class EventFile:
       self._file.close()
 
 
-class Writer:
-  """Writes a run's TensorBoard events: epoch rows, final metrics, figures, config.
+def _guarded(method):
+  """A Writer method that does nothing once the writer is off, flushes what
+  it wrote, and turns the writer off with one warning when it fails."""
+  @functools.wraps(method)
+  def wrapper(self, *args, **kwargs):
+    if not self._on:  # pylint: disable=protected-access
+      return
+    try:
+      method(self, *args, **kwargs)
+      self._flush()  # pylint: disable=protected-access
+    except Exception as e:  # pylint: disable=broad-except
+      self.close(e)
+  return wrapper
 
-  Call `epoch(row)` with each epoch row of metrics.jsonl, `final(row)` with
-  the final row, `figures(paths)` with the report's PNG files, and `close()`
-  at the end, also when the run stops early. A write that fails prints one warning and
-  turns the writer off: TensorBoard events never stop a run.
-  """
+
+class Writer:
+  """A run's events: `epoch(row)` for each epoch row of metrics.jsonl,
+  `final(row, figures)` at the end, `close()` on every way out."""
 
   def __init__(self, logdir: str, config: config_lib.Config, *,
                members: Optional[Sequence[Dict]] = None,
                history: Sequence[Dict] = (), enabled: bool = True,
                warn: Optional[Callable[[str], None]] = None):
-    """Opens the event files and replays `history`.
+    """Opens the event files and replays `history` (the kept epoch rows).
 
-    Args:
-      logdir: the event folder (the run folder); members get subfolders.
-      config: the run's Config, written as hparams.
-      members: each member's label, e.g. [{"seed": 3}, ...], in the order
-        of a row's `members` (see members_from_labels); None: from
-        config.num_seeds.
-      history: the epoch rows the run folder kept, when resuming.
-      enabled: False makes every method a no-op (--notensorboard).
-      warn: prints the warning line of a failed write (default: stderr).
+    members: each member's label, in the order of a row's `members`; None:
+    from config.num_seeds. enabled=False: every method a no-op. warn: prints
+    the warning of a failed write (default: to stderr).
     """
     self.logdir = logdir
     self._warn = warn or (lambda text: print(text, file=sys.stderr))
-    self._main = None
-    self._members = []
-    self._last_epoch = 0
-    if not enabled:
-      return
+    self._main, self._members, self._last_epoch = None, [], 0
+    self._on = enabled
+    self._start(config, members, history)
+
+  @_guarded
+  def _start(self, config, members, history) -> None:
     members = (members_of(config) if members is None
                else members_from_labels(members))
-    try:
-      self._main = self._open(logdir, hparams(config))
-      self._members = [self._open(os.path.join(logdir, member_name(m)),
-                                  hparams(config, m)) for m in members]
-      for row in history:
-        self._epoch(row)
-      self._flush()
-    except Exception as e:  # pylint: disable=broad-except
-      self._fail(e)
+    self._main = self._open(self.logdir, hparams(config))
+    self._members = [self._open(os.path.join(self.logdir, member_name(m)),
+                                hparams(config, m)) for m in members]
+    for row in history:
+      self._epoch(row)
 
   @staticmethod
   def _open(path: str, values: Dict) -> EventFile:
@@ -254,8 +211,7 @@ class Writer:
     events.write(event_pb2.Event(step=1, wall_time=time.time(),
                                  session_log=event_pb2.SessionLog(
                                      status=event_pb2.SessionLog.START)))
-    _, start, _ = tbx_summary.hparams(values, {})
-    events.summary(start)
+    events.summary(tbx_summary.hparams(values, {})[1])
     return events
 
   def _writers(self) -> List[EventFile]:
@@ -265,96 +221,62 @@ class Writer:
     for writer in self._writers():
       writer.flush()
 
-  def _close_all(self) -> Optional[Exception]:
-    """Closes every file; returns the first error instead of raising it."""
-    writers, self._main, self._members = self._writers(), None, []
-    error = None
-    for writer in writers:
-      try:
-        writer.close()
-      except Exception as e:  # pylint: disable=broad-except
-        error = error or e
-    return error
-
-  def _fail(self, error: Exception) -> None:
-    self._warn(f"warning: TensorBoard events in {self.logdir} stopped "
-               f"({type(error).__name__}: {error}); training goes on, "
-               "metrics.jsonl has every row")
-    self._close_all()
-
-  @staticmethod
-  def _scalars(writer, values: Dict, tags: Dict, step: int) -> None:
-    """One event with a scalar per tag whose key `values` holds.
-
-    NaN and inf are written as they are (a diverging loss is data), without
-    tensorboardX's add_scalar and its warning on each.
-    """
-    summary = summary_pb2.Summary(value=[
-        summary_pb2.Summary.Value(tag=tag, simple_value=float(values[key]))
-        for key, tag in tags.items() if values.get(key) is not None])
-    if summary.value:
-      writer.summary(summary, step)
+  def _scalars(self, row: Dict, tags: Dict, member_tags: Dict,
+               step: int) -> None:
+    """In the main file and each member's, a scalar per tag whose key the row
+    holds; NaN and inf as they are (a diverging loss is data)."""
+    for writer, values, tags_ in [(self._main, row, tags)] + [
+        (w, m, member_tags) for w, m in zip(self._members, member_rows(row))]:
+      summary = summary_pb2.Summary(value=[
+          summary_pb2.Summary.Value(tag=tag, simple_value=float(values[key]))
+          for key, tag in tags_.items() if values.get(key) is not None])
+      if summary.value:
+        writer.summary(summary, step)
 
   def _epoch(self, row: Dict) -> None:
     epoch = row.get("epoch")
     if epoch is None or row.get("train_loss") is None:
       return  # Not an epoch row (e.g. the divergence note).
-    self._scalars(self._main, row, {**EPOCH_TAGS, **SPEED_TAGS}, epoch)
-    for writer, member in zip(self._members, member_rows(row)):
-      self._scalars(writer, member, EPOCH_TAGS, epoch)
+    self._scalars(row, {**EPOCH_TAGS, **SPEED_TAGS}, EPOCH_TAGS, epoch)
     self._last_epoch = epoch
 
+  @_guarded
   def epoch(self, row: Dict) -> None:
     """Writes an epoch row of metrics.jsonl at its epoch."""
-    if self._main is None:
-      return
-    try:
-      self._epoch(row)
-      self._flush()
-    except Exception as e:  # pylint: disable=broad-except
-      self._fail(e)
+    self._epoch(row)
 
+  @_guarded
   def final(self, row: Dict, figures: Sequence[str] = ()) -> None:
-    """Writes the test metrics (and `figures`) at the last epoch.
-
-    Also closes each HParams session as finished.
-    """
-    if self._main is None:
-      return
-    try:
-      self._last_epoch = row.get("epochs_run") or self._last_epoch
-      self._scalars(self._main, row, FINAL_TAGS, self._last_epoch)
-      for writer, member in zip(self._members, member_rows(row)):
-        self._scalars(writer, member, FINAL_TAGS, self._last_epoch)
-      _, _, end = tbx_summary.hparams({}, {})
-      for writer in self._writers():
-        writer.summary(end, self._last_epoch)
-      self._flush()
-    except Exception as e:  # pylint: disable=broad-except
-      self._fail(e)
+    """Writes the test metrics and `figures` at the last epoch; closes each
+    HParams session as finished."""
+    self._last_epoch = row.get("epochs_run") or self._last_epoch
+    self._scalars(row, FINAL_TAGS, FINAL_TAGS, self._last_epoch)
+    end = tbx_summary.hparams({}, {})[2]
+    for writer in self._writers():
+      writer.summary(end, self._last_epoch)
     self.figures(figures)
 
+  @_guarded
   def figures(self, paths: Sequence[str]) -> None:
-    """Writes PNG files as images `figures/<name>` at the last epoch.
+    """Writes the PNG files that exist as images `figures/<name>`."""
+    for path in paths:
+      if os.path.exists(path):
+        name = os.path.splitext(os.path.basename(path))[0]
+        self._main.summary(summary_pb2.Summary(value=[
+            summary_pb2.Summary.Value(tag=f"figures/{name}",
+                                      image=_image(path))]), self._last_epoch)
 
-    Files that do not exist are skipped.
-    """
-    if self._main is None:
-      return
-    try:
-      for path in paths:
-        if os.path.exists(path):
-          name = os.path.splitext(os.path.basename(path))[0]
-          self._main.summary(summary_pb2.Summary(value=[
-              summary_pb2.Summary.Value(tag=f"figures/{name}",
-                                        image=_image(path))]),
-                             self._last_epoch)
-      self._flush()
-    except Exception as e:  # pylint: disable=broad-except
-      self._fail(e)
-
-  def close(self) -> None:
-    """Closes the files, on disk (idempotent)."""
-    error = self._close_all()
+  def close(self, error: Optional[Exception] = None) -> None:
+    """Closes the files, on disk (idempotent); warns once of `error` (a
+    failed write) or else of a failed close."""
+    writers, self._main, self._members = self._writers(), None, []
+    self._on = False
+    for writer in writers:
+      try:
+        writer.close()
+      except Exception as e:  # pylint: disable=broad-except
+        error = error or e
     if error is not None:
-      self._fail(error)
+      self._warn(f"warning: TensorBoard events in {self.logdir} stopped "
+                 f"({type(error).__name__}: {error}); training goes on, "
+                 "metrics.jsonl has every row")

@@ -1,30 +1,18 @@
 """Where a run computes: the process, its devices, and the run's layout there.
 
-The process: `setup_process` turns on JAX's persistent compilation cache;
-`split_host` makes a CPU-only host one XLA device per core; `initialize`
-starts `jax.distributed` for several processes (process 0 writes the files).
-
-The layout (`Layout`) maps train.py's one-model functions over a run's
-members and devices, one of:
-
+`Layout` maps train.py's one-model functions over a run's members and
+devices, one of:
   none     one device.
-  sharded  one `jax.jit` over a mesh of every device: the state and data
-           replicated, each batch split along the mesh (train.py's sharding
-           constraint); XLA adds the reductions. The numbers are one
-           device's: the same keys draw the same dropout masks and
-           augmentation for the whole batch, and only float sums may round
-           in another order.
-  pmap     `jax.pmap` over the local devices, gradients averaged with
-           `lax.pmean`; each device draws its own dropout masks, so with
-           dropout the numbers differ from one device's.
-  members  several members (seeds, sweeps) vmapped, their axis split over
-           the devices.
-
---parallel=auto takes a rule, never a timing: one device when there is one;
-`members` for several members; `sharded` on a GPU or TPU host; on a CPU host
-`sharded` over its cores for the models in CPU_DATA_PARALLEL (small
-recurrent matmuls leave a core idle on one device) and one device for the
-others (docs/performance.md has the measurements).
+  sharded  one `jax.jit` over a mesh, each batch split along it by train.py's
+           sharding constraint: one device's numbers (float sums may round
+           in another order).
+  pmap     `jax.pmap`, gradients averaged: each device draws its own dropout
+           masks and augmentation.
+  members  several members vmapped, their axis split over the devices.
+--parallel=auto is a rule, never a timing: one device if there is one;
+`members` for several members; `sharded` on a GPU or TPU; on a CPU host
+`sharded` over its cores (split_host) for the stock module classes in
+CPU_DATA_PARALLEL, else one device (docs/performance.md measures it).
 """
 
 import contextlib
@@ -54,22 +42,19 @@ AXIS = "data"  # The mesh (and pmap) axis a batch is split along.
 MEMBERS = "members"  # The mesh axis members are split along.
 MODES = ("auto", "none", "sharded", "pmap")
 MAX_HOST_DEVICES = 8  # split_host's most CPU devices.
-MIN_DEVICE_BATCH = 32  # auto on a CPU host: fewer examples per device, fewer devices.
+MIN_DEVICE_BATCH = (
+    32  # auto on a CPU host: fewer examples per device, fewer devices.
+)
 CPU_DATA_PARALLEL = ("Recurrent",)  # Stock module classes, see the module doc.
-
-
-def user_cache(*names: str) -> str:
-  """A path in mnist_jax's folder of the user's cache (XDG_CACHE_HOME)."""
-  root = (os.environ.get("XDG_CACHE_HOME") or
-          os.path.join(os.path.expanduser("~"), ".cache"))
-  return os.path.join(root, "mnist_jax", *names)
 
 
 def setup_process(cache_dir: Optional[str] = None) -> None:
   """Turns on JAX's persistent compilation cache (JAX_COMPILATION_CACHE_DIR,
   else the user's cache; "" turns it off)."""
-  cache_dir = os.environ.get("JAX_COMPILATION_CACHE_DIR",
-                             user_cache("jax") if cache_dir is None else cache_dir)
+  if cache_dir is None:
+    cache_dir = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".cache"), "mnist_jax", "jax")
+  cache_dir = os.environ.get("JAX_COMPILATION_CACHE_DIR", cache_dir)
   if cache_dir:
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
@@ -80,9 +65,8 @@ def setup_process(cache_dir: Optional[str] = None) -> None:
 
 
 def _repair_damaged_cache_entries(cache_dir: str) -> None:
-  """JAX warns of a damaged compilation cache entry at every start and never
-  replaces it (it writes no entry whose file exists): the entries of that
-  program go, so that this compile writes a whole one; one line says so."""
+  """JAX warns of a damaged cache entry at every start and never replaces it:
+  that program's entries go, so this compile writes them; one line says so."""
   shown, said = warnings.showwarning, []
   pattern = re.compile(r"Error reading persistent compilation cache entry "
                        r"for '([^']+)'")
@@ -122,9 +106,9 @@ def cores() -> int:
 
 
 def split_host(parallel: str = "auto", multi_process: bool = False) -> int:
-  """Makes a CPU-only host one XLA device per core (at most 8), before JAX
-  starts its backends, for --parallel=auto; not where the user set a device
-  count or several processes run. Returns the device count set, else 0."""
+  """Makes a CPU-only host one XLA device per core (at most 8) for
+  --parallel=auto, before JAX starts, unless the user set a device count or
+  several processes run. Returns the device count set, else 0."""
   if (parallel != "auto" or multi_process or _accelerator_possible() or
       int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 or
       "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
@@ -153,7 +137,7 @@ def _cloud_tpu_vm() -> bool:
 
 def initialize(config) -> None:
   """Starts `jax.distributed` when the flags or the cluster (SLURM, a Cloud
-  TPU VM) ask for it; before anything touches a device."""
+  TPU VM) ask for it, before anything touches a device."""
   if jax.distributed.is_initialized():
     return
   if config.coordinator_address or config.num_processes > 1:
@@ -251,17 +235,16 @@ class Layout:
       return "members", count
     if requested == "none" or total == 1:
       return "none", 1
-    if requested == "auto":
-      if jax.default_backend() == "cpu":
-        stock = type(models.get(config.model).stock(config)).__name__
-        if stock not in CPU_DATA_PARALLEL:
-          return "none", 1
-        count = _batch_devices(config.batch_size, total, MIN_DEVICE_BATCH)
-        return ("sharded", count) if count > 1 else ("none", 1)
-      if jax.process_count() == 1:  # The most devices the batch splits over.
-        count = _batch_devices(config.batch_size, total)
-        return ("sharded", count) if count > 1 else ("none", 1)
-      requested = "sharded"
+    cpu = jax.default_backend() == "cpu"
+    if requested == "auto" and (cpu or jax.process_count() == 1):
+      if cpu and (type(models.get(config.model).stock(config)).__name__
+                  not in CPU_DATA_PARALLEL):
+        return "none", 1
+      # The most devices the batch splits over.
+      count = _batch_devices(config.batch_size, total,
+                             MIN_DEVICE_BATCH if cpu else 1)
+      return ("sharded", count) if count > 1 else ("none", 1)
+    requested = "sharded" if requested == "auto" else requested
     count = total  # pmap: each process maps its local devices, of these.
     if config.batch_size % count:
       lower = config.batch_size // count * count
@@ -284,7 +267,11 @@ class Layout:
   @property
   def batch_sharding(self) -> Optional[NamedSharding]:
     """How train.py splits a chunk's batches [C, B, ...] over the mesh."""
-    return NamedSharding(self.mesh, P(None, AXIS)) if self.mode == "sharded" else None
+    return (
+        NamedSharding(self.mesh, P(None, AXIS))
+        if self.mode == "sharded"
+        else None
+    )
 
   def eval_batch_size(self, batch_size: int) -> int:
     """A batch that splits over the data-parallel devices."""
@@ -344,29 +331,20 @@ class Layout:
     return jax.jit(fn, donate_argnums=donated)
 
   def unreplicated(self, tree):
-    """This process's copy of replicated arrays (on one device; without
+    """This process's copy of replicated arrays (on one device, without
     pmap's device axis); the members' arrays as they are."""
     if self.mode not in ("pmap", "sharded"):
       return tree
-    def first(x):
-      shard = x.addressable_data(0)
-      return shard[0] if self.mode == "pmap" else shard
-    return jax.tree.map(first, tree)
+    pmap = self.mode == "pmap"
+    return jax.tree.map(lambda x: x.addressable_data(0)[0] if pmap else
+                        x.addressable_data(0), tree)
 
   def host(self, tree):
-    """Program outputs as host numpy: this process's copy, without pmap's
-    device axis."""
-    def get(x):
-      if self.mode == "pmap":
-        return np.asarray(x.addressable_data(0))[0]
-      if self.mode == "sharded":
-        return np.asarray(x.addressable_data(0))
-      return np.asarray(x)
-    return jax.tree.map(get, tree)
+    """Program outputs as host numpy: this process's copy."""
+    return jax.tree.map(np.asarray, self.unreplicated(tree))
 
   def num_params(self, state) -> int:
     """Parameters of one member."""
     shapes = jax.tree.leaves(jax.eval_shape(lambda s: s, state.params))
     lead = (self.num_members > 1) + (self.mode == "pmap")
     return int(sum(np.prod(s.shape[lead:]) for s in shapes))
-

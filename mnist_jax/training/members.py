@@ -1,25 +1,14 @@
 """The models one run trains together (--num_seeds, --sweep), and which is chosen.
 
-Who. `--sweep=learning_rate=3e-4,1e-3;weight_decay=0,1e-4` gives the grid of
-every combination of the values, names in the order given; `--num_seeds=N`
-trains each grid point with the seeds seed .. seed+N-1. A member is one
-(values, seed) pair, grid point major, seed minor. Member i computes what the
-single run with its values and seed computes: its init, dropout,
-augmentation and data order come from its seed, its optimizer state holds
-its swept numbers (optim.py), and its label smoothing is its own. Only those
-numbers can be swept: anything else changes shapes or the program.
-
-Choosing, by validation metrics, never test: the grid point with the highest
-mean validation accuracy over its seeds (ties: lower mean validation loss,
-then lower index), then that point's best seed (same ties); member 0
-without a validation split.
-
-Rows. A metrics.jsonl row keeps a single run's keys, holding one member's
-metrics (the leading one after each epoch, named in `leader`; the chosen one
-at the end, `chosen`); with several seeds at its point `<key>_mean` and
-`<key>_std` (sample standard deviation) follow, and `members` lists each
-member's index, seed, values, learning rate and metrics (a member that
-diverged has `diverged` and None for its non-finite numbers).
+`--sweep=learning_rate=3e-4,1e-3;weight_decay=0,1e-4` is the grid of every
+combination, `--num_seeds=N` trains each point with seeds seed .. seed+N-1;
+member i, (values, seed), point major, computes what the single run with its
+values and seed computes. Only optimizer and loss numbers can be swept.
+The chosen member, by validation (never test): the point of the highest mean
+accuracy over its seeds (ties: lower mean loss, lower index), then its best
+seed; member 0 without validation. A metrics.jsonl row holds one member's
+metrics (`leader`, `chosen`); `<key>_mean`/`_std` over its point's seeds and
+`members` (each one's metrics, `diverged` if so) follow.
 """
 
 import itertools
@@ -36,7 +25,7 @@ from mnist_jax.training import metrics as metrics_lib
 from mnist_jax.training import optim
 
 SWEEPABLE = (*optim.HYPERPARAMS, "label_smoothing")
-IDENTITY_KEYS = ("index", "seed", "values")  # What names a member in a row.
+_EXAMPLE = "e.g. --sweep=learning_rate=3e-4,1e-3,3e-3"
 
 
 class Member(NamedTuple):
@@ -46,20 +35,14 @@ class Member(NamedTuple):
   config: config_lib.Config
 
 
-def _example() -> str:
-  return "e.g. --sweep=learning_rate=3e-4,1e-3,3e-3"
-
-
 def _short(value) -> str:
   """0.003, 1e-05, 2: the shortest text that reads back as the value."""
   text = f"{value:g}"
   return text if float(text) == value else repr(value)
 
 
-def _check_name(name: str, texts: Sequence[str], model: str) -> None:
+def _refuse(name: str, texts: Sequence[str], model: str) -> None:
   """Refuses a name that is not sweepable, saying what trains it instead."""
-  if name in SWEEPABLE:
-    return
   if name == "seed":
     raise UserError("--sweep=seed: seeds are not swept; --seed=S "
                     "--num_seeds=N trains the seeds S .. S+N-1 of every point")
@@ -77,12 +60,8 @@ def _check_name(name: str, texts: Sequence[str], model: str) -> None:
 
 def parse(specs: Union[str, Sequence[str]], model: str = "MODEL"
           ) -> Dict[str, Tuple]:
-  """The grid of `--sweep` specs, each `NAME=V1,V2,...`, several `;`-joined.
-
-  Raises:
-    UserError: a malformed spec, a bad or repeated value or name, an
-      unsweepable name (`model` is named in the command it points to).
-  """
+  """The grid of `--sweep` specs, each `NAME=V1,V2,...`, several `;`-joined;
+  a UserError for a malformed or unsweepable one (`model`: for its advice)."""
   grid = {}
   for part in (p.strip() for spec in ([specs] if isinstance(specs, str)
                                       else specs) for p in spec.split(";")):
@@ -90,21 +69,22 @@ def parse(specs: Union[str, Sequence[str]], model: str = "MODEL"
       continue
     name, sep, listed = (s.strip() for s in part.partition("="))
     if not sep or not name:
-      raise UserError(f"--sweep={part}: expected NAME=V1,V2,...; {_example()}")
+      raise UserError(f"--sweep={part}: expected NAME=V1,V2,...; {_EXAMPLE}")
     texts = [t.strip() for t in listed.split(",") if t.strip()]
-    _check_name(name, texts, model)
+    if name not in SWEEPABLE:
+      _refuse(name, texts, model)
     if name in grid:
       raise UserError(f"--sweep names {name} twice; give it once with all its "
                       "values")
     if not texts:
-      raise UserError(f"--sweep={name}= lists no values; {_example()}")
+      raise UserError(f"--sweep={name}= lists no values; {_EXAMPLE}")
     values = []
     for text in texts:
       try:
         value = float(text)
       except ValueError:
         raise UserError(f"--sweep={name}: {text!r} is not a number; "
-                        f"{_example()}") from None
+                        f"{_EXAMPLE}") from None
       message = config_lib.range_error(name, value)
       if message:
         raise UserError(f"--sweep: {message}")
@@ -127,12 +107,8 @@ def swept(config) -> Tuple[str, ...]:
 
 
 def from_config(config) -> Tuple[Member, ...]:
-  """Every member of the run, grid point major, seed minor, each validated.
-
-  Raises:
-    UserError: a bad sweep, a swept name the optimizer never reads, no
-      validation split to choose by, too many members, a member's values.
-  """
+  """Every member of the run, grid point major, seed minor, each validated
+  (a UserError for a sweep the run cannot train)."""
   config_lib.validate(config)
   grid = parse(config.sweep, config.model)
   reads = optim.OPTIMIZERS[config.optimizer].reads
@@ -142,7 +118,8 @@ def from_config(config) -> Tuple[Member, ...]:
       raise UserError(
           f"--sweep={name} changes nothing with --optimizer="
           f"{config.optimizer}: only {' or '.join(f'--optimizer={o}' for o in owners)}"
-          " reads it")
+          " reads it"
+      )
   if grid and config.val_fraction == 0:
     raise UserError("--sweep chooses its member by validation accuracy, and "
                     "--val_fraction=0 holds out none; pass e.g. "
@@ -166,17 +143,12 @@ def from_config(config) -> Tuple[Member, ...]:
 
 
 def init_state(members: Sequence[Member], create):
-  """Every member's fresh train state, stacked [M, ...] for M > 1.
-
-  create: fn(key) -> one TrainState (train.create_train_state); it runs
-  jitted for each member in turn, which gives the bits a single run gets.
-  """
+  """Every member's fresh train state, stacked [M, ...] for M > 1. create:
+  fn(key) -> one TrainState, jitted per member: a single run's bits."""
   one = jax.jit(create)
-  states = []
-  for m in members:
-    state = one(jax.random.key(m.seed))
-    states.append(state.replace(opt_state=optim.with_hyperparams(
-        state.opt_state, m.config)))
+  states = [one(jax.random.key(m.seed)) for m in members]
+  states = [s.replace(opt_state=optim.with_hyperparams(s.opt_state, m.config))
+            for s, m in zip(states, members)]
   if len(states) == 1:
     return states[0]
   return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
@@ -192,13 +164,8 @@ def per_member(members: Sequence[Member]) -> Dict[str, np.ndarray]:
 
 def points(members: Sequence[Member]) -> List[Tuple[int, ...]]:
   """The member indices of each grid point (its seeds), in grid order."""
-  out = []
-  for m in members:
-    if out and members[out[-1][0]].values == m.values:
-      out[-1].append(m.index)
-    else:
-      out.append([m.index])
-  return [tuple(p) for p in out]
+  return [tuple(m.index for m in point) for _, point in
+          itertools.groupby(members, key=lambda m: m.values)]
 
 
 def values_text(values: Dict[str, Any], seed: Optional[int] = None) -> str:
@@ -319,6 +286,6 @@ def member_rows(rows: Sequence[Dict], index: int) -> List[Dict]:
              and not k.endswith(("_mean", "_std"))
              and not k.startswith("ensemble_")}
     plain.update({k: v for k, v in entries[index].items()
-                  if k not in IDENTITY_KEYS})
+                  if k not in ("index", "seed", "values")})
     out.append(plain)
   return out

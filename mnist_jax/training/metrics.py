@@ -1,10 +1,9 @@
 """The metrics of a run, each declared once in `METRICS`.
 
-A metric is a few sums over a batch, computed on the device (they add up
-across batches, devices and members), and a value from them on the host.
-Everything that names metrics derives from `METRICS`: the steps' sums, the
-metrics.jsonl keys `<split>_<name>`, TensorBoard tags, the console's epoch
-line and report.md. A new metric is one entry and its sums function.
+A metric is a few sums over a batch on the device (they add up over batches,
+devices and members) and a value from them on the host. The steps' sums, the
+metrics.jsonl keys `<split>_<name>`, TensorBoard tags, the console line and
+report.md derive from `METRICS`: a new metric is one entry and its sums.
 """
 
 import dataclasses
@@ -40,9 +39,8 @@ class Batch:
 class Metric:
   """name (row key `<split>_<name>`); sums: Batch -> {key: masked sum} (a
   key two metrics share is the same sum); value: (host sums, count) ->
-  float; the splits that report it; its TensorBoard tag `<tag>/<split>`;
-  its report label; its text `scale * value` with `digits` and `unit`; the
-  console's short name (None: not shown)."""
+  float; the splits that report it; TensorBoard tag `<tag>/<split>`; report
+  label; text `scale * value` with `digits` and `unit`; console short name."""
   name: str
   sums: Callable[[Batch], Dict[str, jax.Array]]
   value: Callable[[Dict[str, np.ndarray], float], float]
@@ -67,7 +65,9 @@ def _calibration(batch: Batch) -> Dict[str, jax.Array]:
   """Per-bin sums of equal-width bins of the top softmax probability."""
   confidence = jnp.max(jax.nn.softmax(batch.logits.astype(jnp.float32)), -1)
   bins = jnp.clip(jnp.floor(confidence * ECE_BINS), 0, ECE_BINS - 1)
-  weight = jax.nn.one_hot(bins.astype(jnp.int32), ECE_BINS) * batch.mask[:, None]
+  weight = (
+      jax.nn.one_hot(bins.astype(jnp.int32), ECE_BINS) * batch.mask[:, None]
+  )
   return {"ece_count": jnp.sum(weight, 0),
           "ece_confidence": jnp.sum(weight * confidence[:, None], 0),
           "ece_correct": jnp.sum(weight * batch.correct[:, None], 0)}
@@ -113,29 +113,23 @@ def batch_sums(logits, labels, nll, mask=None, splits=("train",)):
   return out
 
 
-@functools.lru_cache(maxsize=None)
-def _shapes(num_classes: int, splits: Tuple[str, ...]):
-  return jax.eval_shape(lambda: batch_sums(
-      jnp.zeros((1, num_classes)), jnp.zeros((1,), jnp.int32),
-      jnp.zeros((1,)), splits=splits))
-
-
 def zeros(splits=("train",), lead=(), host=False, *, num_classes: int):
   """Zero sums shaped like batch_sums', with `lead` axes (e.g. (M,))."""
+  shapes = jax.eval_shape(lambda: batch_sums(
+      jnp.zeros((1, num_classes)), jnp.zeros((1,), jnp.int32),
+      jnp.zeros((1,)), splits=tuple(splits)))
   xp = np if host else jnp
   return {k: xp.zeros(tuple(lead) + s.shape, np.float32)
-          for k, s in _shapes(num_classes, tuple(splits)).items()}
+          for k, s in shapes.items()}
 
 
 def values(sums) -> Dict[str, float]:
-  """Host values of one model's sums: every metric whose sums are there,
-  NaN over no example, and "count"."""
+  """Host values of one model's sums: every metric whose sums are there
+  (NaN over no example), and "count"."""
   count = float(sums["count"])
-  out = {}
-  for m in METRICS:
-    if set(_keys()[m.name]) <= set(sums):
-      out[m.name] = m.value(sums, count) if count else float("nan")
-  return {**out, "count": count}
+  return {**{m.name: m.value(sums, count) if count else float("nan")
+             for m in METRICS if set(_keys()[m.name]) <= set(sums)},
+          "count": count}
 
 
 @functools.lru_cache(maxsize=None)

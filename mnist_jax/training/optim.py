@@ -1,11 +1,10 @@
 """The optimizer: an optax chain whose numbers live in its state.
 
-`optax.inject_hyperparams` keeps every number of `HYPERPARAMS` in
-`opt_state.hyperparams`, so the members of a sweep share one compiled program
-and differ only in those arrays. The learning rate is the peak times one of
-optax's own schedules (`SCHEDULES`, peak 1). A new optimizer is one entry in
-`OPTIMIZERS`; a new sweepable number, one name in `HYPERPARAMS` and its
-Config field.
+`optax.inject_hyperparams` holds every number of `HYPERPARAMS` in
+`opt_state.hyperparams`, so a sweep's members share one compiled program and
+differ only in those arrays. The learning rate is the peak times one of
+optax's schedules (`SCHEDULES`, peak 1). A new optimizer is one `OPTIMIZERS`
+entry; a new sweepable number, one `HYPERPARAMS` name and its Config field.
 """
 
 import dataclasses
@@ -24,13 +23,10 @@ HYPERPARAMS = ("learning_rate", "weight_decay", "grad_clip", "momentum",
 
 @dataclasses.dataclass(frozen=True)
 class Optimizer:
-  """The direction of an update, before weight decay and the learning rate.
-
-  direction: fn(hyperparams) -> an optax transformation.
-  reads: the HYPERPARAMS it reads besides the learning rate and decay.
-  decoupled: weight decay is added to the direction (AdamW), else to the
-    gradient (L2).
-  """
+  """direction: fn(hyperparams) -> the optax transformation of the update's
+  direction; reads: the HYPERPARAMS it reads besides the rate and decay;
+  decoupled: weight decay added to the direction (AdamW), else to the
+  gradient (L2)."""
   direction: Callable[[Dict], optax.GradientTransformation]
   reads: Tuple[str, ...] = ()
   decoupled: bool = False
@@ -53,7 +49,8 @@ SCHEDULES = {
     "cosine": lambda total, warmup: optax.cosine_decay_schedule(1.0, total),
     "warmup_cosine": lambda total, warmup: optax.warmup_cosine_decay_schedule(
         0.0, 1.0, warmup, total),
-    "onecycle": lambda total, warmup: optax.cosine_onecycle_schedule(total, 1.0),
+    "onecycle": lambda total, warmup: optax.cosine_onecycle_schedule(
+        total, 1.0),
 }
 
 
@@ -78,23 +75,21 @@ def _decay_mask(params):
 def _chain(learning_rate, weight_decay, grad_clip, momentum, rmsprop_decay, eps,
            *, optimizer: str, multiplier: optax.Schedule, clip: bool,
            decay: bool) -> optax.GradientTransformation:
-  """The chain of one member: clip, decay, direction, learning rate. Its
-  numbers may be traced (a member's); `clip` and `decay` say which parts the
-  run has at all."""
-  h = dict(momentum=momentum, rmsprop_decay=rmsprop_decay, eps=eps)
+  """One member's chain: clip, decay, direction, learning rate. Its numbers
+  may be traced; `clip` and `decay` say which parts the run has at all."""
   spec = OPTIMIZERS[optimizer]
-  parts = []
-  if clip:  # A clip of 0 is off, also for a member of a swept clip.
-    parts.append(optax.clip_by_global_norm(
-        jnp.where(grad_clip > 0, grad_clip, jnp.inf)))
-  if decay and not spec.decoupled:
-    parts.append(optax.add_decayed_weights(weight_decay, _decay_mask))
-  parts.append(spec.direction(h))
-  if decay and spec.decoupled:
-    parts.append(optax.add_decayed_weights(weight_decay, _decay_mask))
-  parts.append(optax.scale_by_learning_rate(
-      lambda count: learning_rate * multiplier(count)))
-  return optax.chain(*parts)
+  direction = [spec.direction(dict(momentum=momentum, eps=eps,
+                                   rmsprop_decay=rmsprop_decay))]
+  decayed = ([optax.add_decayed_weights(weight_decay, _decay_mask)]
+             if decay else [])
+  # A clip of 0 is off, also for a member of a swept clip.
+  clipped = ([optax.clip_by_global_norm(
+      jnp.where(grad_clip > 0, grad_clip, jnp.inf))] if clip else [])
+  return optax.chain(
+      *clipped, *(direction + decayed if spec.decoupled else
+                  decayed + direction),
+      optax.scale_by_learning_rate(
+          lambda count: learning_rate * multiplier(count)))
 
 
 def make_optimizer(config, steps_per_epoch: int,

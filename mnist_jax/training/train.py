@@ -1,14 +1,9 @@
-"""Training: the train state, the steps, the scanned chunk, evaluation, the loop.
+"""Training: the state, the steps, the scanned chunk, evaluation, the loop.
 
-Read top to bottom: `create_train_state`, `train_step` (one optimizer step),
-`train_chunk` (a `lax.scan` of steps), `eval_step` and `evaluate`, then
-`train_and_evaluate`, the loop. The data stays on the device as uint8 arrays;
-each epoch's order is drawn inside the jitted chunk from the run's data key,
-so nothing per step runs on the host. A run of several members (seeds,
-sweeps: members.py) stacks their states on a leading axis, and
-`devices.Layout` maps these one-model functions over the members and the
-devices. The run folder (rundir/) is a `Hooks` object: it restores and saves
-checkpoints and logs rows; the loop imports none of it.
+The data stays on the device (uint8) and each epoch's order is drawn in the
+jitted chunk: nothing per step runs on the host. `devices.Layout` maps these
+one-model functions over the members (members.py) and devices. The run
+folder (rundir/) is a `Hooks` object; the loop imports none of it.
 """
 
 import dataclasses
@@ -34,9 +29,8 @@ STREAMS = ("dropout", "augment", "data")  # The random streams after init.
 
 
 class TrainState(train_state.TrainState):
-  """flax's TrainState (step, params, opt_state, apply_fn, tx), the model's
-  other variable collections (`model_state`, e.g. {"batch_stats": ...}) and
-  the run's random streams (`keys`: STREAMS -> typed key)."""
+  """flax's TrainState, the model's other variable collections (`model_state`,
+  e.g. {"batch_stats": ...}) and the random streams (`keys`: STREAMS -> key)."""
   model_state: Any
   keys: Any
 
@@ -51,7 +45,9 @@ def create_train_state(key: jax.Array, model, tx, image_shape,
   """A fresh state: `key` (the seed's) split once into init and STREAMS;
   the model computes in `dtype`, its variables stay float32."""
   init_key, *streams = jax.random.split(key, 1 + len(STREAMS))
-  variables = dict(model.init(init_key, jnp.zeros((1, *image_shape), jnp.uint8)))
+  variables = dict(
+      model.init(init_key, jnp.zeros((1, *image_shape), jnp.uint8))
+  )
   params = variables.pop("params")
   return TrainState.create(
       apply_fn=precision.cast_apply(model.apply, dtype), params=params, tx=tx,
@@ -70,23 +66,16 @@ def cross_entropy(logits, labels, label_smoothing=0.0):
 def train_step(state: TrainState, batch: Dict[str, jax.Array], *,
                label_smoothing=0.0, augment: Optional[Callable] = None,
                axis_name: Optional[str] = None):
-  """One optimizer step.
-
-  batch: "image" [B, H, W] uint8, "label" [B] int32, "valid" [] bool. A step
-  that is not valid (padding at an epoch's end) leaves the state as it was:
-  the update is masked, as optax.apply_if_finite masks one, with no branch.
-  Under pmap (`axis_name`) each device draws its own dropout masks and the
-  gradients are averaged. Returns (state, metric sums of the batch).
-  """
-  step = state.step
-  dropout, aug = (jax.random.fold_in(state.keys[s], step)
-                  for s in ("dropout", "augment"))
-  if axis_name is not None:  # pmap: each device draws its own.
-    dropout, aug = (jax.random.fold_in(k, jax.lax.axis_index(axis_name))
-                    for k in (dropout, aug))
-  images = batch["image"]
-  if augment is not None:
-    images = augment(aug, images)
+  """One optimizer step on batch {"image" [B, H, W] uint8, "label" [B],
+  "valid" [] bool}; returns (state, the batch's metric sums). An invalid step
+  (padding) is a masked update, no branch. Under pmap (`axis_name`) each
+  device draws its own dropout masks and the gradients are averaged."""
+  keys = [jax.random.fold_in(state.keys[s], state.step)
+          for s in ("dropout", "augment")]
+  if axis_name is not None:
+    keys = [jax.random.fold_in(k, jax.lax.axis_index(axis_name)) for k in keys]
+  dropout, aug = keys
+  images = batch["image"] if augment is None else augment(aug, batch["image"])
 
   def loss_fn(params):
     logits, model_state = state.apply_fn(
@@ -109,39 +98,41 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *,
 
 
 def epoch_order(state: TrainState, epoch, *, n: int, batch_size: int):
-  """The epoch's batches [n // batch_size, batch_size] of example indices:
-  a pure function of the data key and the epoch, so a resumed run replays
-  them."""
+  """The epoch's batches of example indices [n // batch_size, batch_size]: a
+  function of the data key and the epoch only, so a resumed run replays them."""
   steps = n // batch_size
   key = jax.random.fold_in(state.keys["data"], epoch)
   return jax.random.permutation(key, n)[:steps * batch_size].reshape(
       steps, batch_size)
 
 
+def _batches(images, labels, idx, axis_name, batch_sharding):
+  """(S batches of the examples idx [S, B] of a split, the indices): under
+  pmap this device's columns; images split over the mesh by batch_sharding."""
+  if axis_name is not None:
+    part = idx.shape[1] // jax.lax.psum(1, axis_name)
+    idx = jax.lax.dynamic_slice_in_dim(
+        idx, jax.lax.axis_index(axis_name) * part, part, axis=1)
+  taken = jnp.minimum(idx, len(labels) - 1)
+  batch = {"image": images[taken], "label": labels[taken]}
+  if batch_sharding is not None:
+    batch["image"] = jax.lax.with_sharding_constraint(batch["image"],
+                                                      batch_sharding)
+  return batch, idx
+
+
 def train_chunk(state: TrainState, order, images, labels, first, *,
                 chunk_len: int, multiplier, label_smoothing=0.0, augment=None,
                 axis_name=None, batch_sharding=None):
-  """Steps first .. first + chunk_len - 1 of the epoch `order` (epoch_order)
-  lays out, as one `lax.scan`.
-
-  images [N, H, W] uint8 and labels [N] int32: the training split, on the
-  device. Steps past the epoch's end are padding (masked). Returns (state,
-  metric sums, the global number of the first step whose loss was not
-  finite or -1, the next update's learning rate). A loss that is not finite
-  leaves the parameters so: the run stops once every member has.
-  """
-  steps, batch_size = order.shape
-  order = jnp.pad(order, ((0, chunk_len), (0, 0)))
-  idx = jax.lax.dynamic_slice_in_dim(order, first, chunk_len)
-  if axis_name is not None:  # pmap: this device's columns of each batch.
-    part = batch_size // jax.lax.psum(1, axis_name)
-    idx = jax.lax.dynamic_slice_in_dim(
-        idx, jax.lax.axis_index(axis_name) * part, part, axis=1)
-  batch = {"image": images[idx], "label": labels[idx],
-           "valid": first + jnp.arange(chunk_len) < steps}
-  if batch_sharding is not None:  # The batch split over the devices' mesh.
-    batch["image"] = jax.lax.with_sharding_constraint(batch["image"],
-                                                      batch_sharding)
+  """Steps first .. first + chunk_len - 1 of the epoch's `order` as one
+  `lax.scan` on the training split (images [N, H, W] uint8, labels [N]);
+  steps past the epoch's end are masked padding. Returns (state, metric sums,
+  the first step whose loss was not finite or -1, the next learning rate)."""
+  steps = order.shape[0]
+  idx = jax.lax.dynamic_slice_in_dim(
+      jnp.pad(order, ((0, chunk_len), (0, 0))), first, chunk_len)
+  batch, _ = _batches(images, labels, idx, axis_name, batch_sharding)
+  batch["valid"] = first + jnp.arange(chunk_len) < steps
   start, diverged = state.step, ~_finite(state.params)
   state, sums = jax.lax.scan(
       functools.partial(train_step, label_smoothing=label_smoothing,
@@ -174,19 +165,11 @@ def evaluate(state: TrainState, images, labels, *, batch_size: int,
              axis_name=None, batch_sharding=None):
   """Metric sums of `state` on every example of a split (images [N, H, W]
   uint8, labels [N]): the last batch is padded and masked, never dropped."""
-  n = len(labels)
-  count = -(-n // batch_size)
-  flat = jnp.arange(count * batch_size).reshape(count, batch_size)
-  if axis_name is not None:  # pmap: this device's columns of each batch.
-    part = batch_size // jax.lax.psum(1, axis_name)
-    flat = jax.lax.dynamic_slice_in_dim(
-        flat, jax.lax.axis_index(axis_name) * part, part, axis=1)
-  batch = {"image": images[jnp.minimum(flat, n - 1)],
-           "label": labels[jnp.minimum(flat, n - 1)],
-           "mask": (flat < n).astype(jnp.float32)}
-  if batch_sharding is not None:
-    batch["image"] = jax.lax.with_sharding_constraint(batch["image"],
-                                                      batch_sharding)
+  count = -(-len(labels) // batch_size)
+  batch, idx = _batches(
+      images, labels, jnp.arange(count * batch_size).reshape(count, batch_size),
+      axis_name, batch_sharding)
+  batch["mask"] = (idx < len(labels)).astype(jnp.float32)
   sums = jax.lax.map(functools.partial(eval_step, state), batch)
   sums = jax.tree.map(lambda s: s.sum(0), sums)
   return sums if axis_name is None else jax.lax.psum(sums, axis_name)
@@ -194,8 +177,8 @@ def evaluate(state: TrainState, images, labels, *, batch_size: int,
 
 @dataclasses.dataclass(frozen=True)
 class Start:
-  """Where training begins: the epoch, the steps of it already run and their
-  metric sums (a checkpoint taken mid-epoch), whether training had ended."""
+  """Where training begins: the epoch, its steps run and their metric sums
+  (a checkpoint taken mid-epoch), whether training had ended."""
   epoch: int = 1
   epoch_step: int = 0
   sums: Optional[Dict[str, np.ndarray]] = None
@@ -204,10 +187,7 @@ class Start:
 
 class Hooks:
   """What a run does besides training, called by the loop; these do nothing.
-
-  rundir/run.py's RunFolder restores and saves checkpoints, logs each row
-  and stops on a signal through them.
-  """
+  rundir/run.py's RunFolder restores, saves, logs and stops through them."""
 
   def start(self, state, steps_per_epoch: int, record: Dict[str, Any]):
     """(state, Start): a fresh run's, or a checkpoint's. record: how the run
@@ -242,15 +222,9 @@ def chunk_len(steps: int, most: int) -> int:
 
 
 def train_and_evaluate(config, data, hooks: Optional[Hooks] = None):
-  """Trains every member of `config` on `data`, evaluates it on test.
-
-  data: pipeline.Dataset (uint8 images, int32 labels). hooks: the run folder
-  (rundir/run.py), or None to train in memory only. Returns (state: the
-  members' states stacked [M, ...] when M > 1, the final metrics row).
-
-  Raises:
-    Diverged: every member's loss became non-finite.
-  """
+  """Trains every member of `config` on `data` (pipeline.Dataset), evaluates
+  on test; `hooks`: the run folder, or None. Returns (the state, stacked
+  [M, ...] if M > 1; the final row); raises Diverged once every member has."""
   hooks = hooks or Hooks()
   start_time = time.perf_counter()
   members = members_lib.from_config(config)
@@ -268,22 +242,22 @@ def train_and_evaluate(config, data, hooks: Optional[Hooks] = None):
             (("train", data.train), ("val", data.val), ("test", data.test))
             if len(split)}
   length = chunk_len(steps, config.chunk_steps)
+  placed = dict(axis_name=layout.axis_name,
+                batch_sharding=layout.batch_sharding)
   order_fn = layout.map(functools.partial(
       epoch_order, n=len(data.train), batch_size=config.batch_size),
-                         donate=False)
+                        donate=False)
   train = layout.map(functools.partial(
       train_chunk, chunk_len=length, multiplier=optim.schedule(config, steps),
       label_smoothing=config.label_smoothing,
-      augment=augment_lib.from_config(config), axis_name=layout.axis_name,
-      batch_sharding=layout.batch_sharding), members_lib.per_member(members),
-                     mapped=2)
+      augment=augment_lib.from_config(config), **placed),
+                     members_lib.per_member(members), mapped=2)
   evaluate_fn = layout.map(functools.partial(
       evaluate, batch_size=layout.eval_batch_size(config.eval_batch_size),
-      axis_name=layout.axis_name, batch_sharding=layout.batch_sharding),
-                           donate=False)
+      **placed), donate=False)
   compile_start = time.perf_counter()
-  if layout.mode != "pmap" or jax.process_count() == 1:  # (pmap of several
-    # processes compiles for local shapes, on its first call.)
+  # (pmap of several processes compiles for local shapes, on its first call.)
+  if layout.mode != "pmap" or jax.process_count() == 1:
     train = train.lower(state, order_fn(state, 1), *splits["train"], 0
                         ).compile()
   compile_time = time.perf_counter() - compile_start
@@ -292,7 +266,7 @@ def train_and_evaluate(config, data, hooks: Optional[Hooks] = None):
     return members_lib.host_metrics(
         layout.host(evaluate_fn(state, *splits[name])))
 
-  row = None
+  row, reached = None, False
   for epoch in range(start.epoch, 1 if start.finished else config.epochs + 1):
     done = start.epoch_step if epoch == start.epoch else 0
     sums = start.sums if done else None
@@ -320,9 +294,11 @@ def train_and_evaluate(config, data, hooks: Optional[Hooks] = None):
     hooks.epoch(layout.unreplicated(state), row,
                 last=reached or epoch == config.epochs)
     if reached:
-      hooks.message(f"reached validation accuracy {100 * row['val_accuracy']:.2f}"
-                    f"% >= {100 * config.target_accuracy:.2f}% after epoch "
-                    f"{epoch} in {row['elapsed_s']:.1f}s")
+      hooks.message(
+          f"reached validation accuracy {100 * row['val_accuracy']:.2f}"
+          f"% >= {100 * config.target_accuracy:.2f}% after epoch "
+          f"{epoch} in {row['elapsed_s']:.1f}s"
+      )
       break
 
   final = members_lib.final_row(
@@ -332,8 +308,7 @@ def train_and_evaluate(config, data, hooks: Optional[Hooks] = None):
       steps=int(np.max(layout.host(state.step))),
       compile_time_s=compile_time, num_params=layout.num_params(state),
       wall_time_s=time.perf_counter() - start_time)
-  if row and row.get("val_accuracy") and config.target_accuracy and (
-      row["val_accuracy"] >= config.target_accuracy):
+  if reached:
     final["time_to_target_s"] = row["elapsed_s"]
   return layout.unreplicated(state), final
 
@@ -341,7 +316,6 @@ def train_and_evaluate(config, data, hooks: Optional[Hooks] = None):
 def _check_divergence(members, bad, epoch, first, steps, hooks) -> None:
   """Says which members diverged in the chunk run from step `first` of
   `epoch`; raises Diverged once every member has."""
-  before = (epoch - 1) * steps + first
   where = lambda s: f"step {s} (epoch {epoch}, step {s - (epoch - 1) * steps}" \
                     f" of {steps})"
   if (bad >= 0).all():
@@ -350,6 +324,6 @@ def _check_divergence(members, bad, epoch, first, steps, hooks) -> None:
     hooks.diverged({"epoch": epoch, "step": int(bad.max()), "diverged": True,
                     "message": text})
     raise Diverged(text)
-  for i in np.flatnonzero(bad > before):
+  for i in np.flatnonzero(bad > (epoch - 1) * steps + first):
     hooks.message(f"member {members_lib.label(members[i])} diverged at "
                   f"{where(int(bad[i]))}; it stops, the others go on")

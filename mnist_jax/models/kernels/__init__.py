@@ -1,22 +1,20 @@
-"""Fast lowerings of stock modules, taken only where they compute what the
-stock module computes now (--impl).
+"""Fast lowerings of stock modules (--impl), each taken only once checked.
 
-A kernel is a drop-in for one stock module class: it takes the same
-attributes and creates the same parameter tree, so either reads the other's
-checkpoints. `swap` gives a run the kernel only after a check on one batch
-that its outputs and gradients equal the stock module's as it is now, with
-the researcher's edits (float32 tolerance); otherwise the run keeps the
-stock module and says so in one line. tests/test_equivalence.py holds each
-kernel to its stock module on many shapes.
+A kernel is a drop-in for one stock module class: same attributes and
+parameter tree, so either reads the other's checkpoints. `swap` gives a run
+the kernel only after a check on one batch that its outputs and gradients
+equal the stock module's as it is now, edits included (float32 tolerance);
+else the run keeps the stock module and says why in one line.
 """
 
+import collections
 import dataclasses
 import hashlib
 import inspect
 import json
 import os
 import time
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import flax
 import flax.linen as nn
@@ -29,18 +27,15 @@ from mnist_jax.models import recurrent
 from mnist_jax.models.kernels import conv_pool
 from mnist_jax.models.kernels import fused_rnn
 
-
-@dataclasses.dataclass(frozen=True)
-class Kernel:
-  module: type  # The drop-in nn.Module class.
-  faster_on: Tuple[str, ...]  # Backends where it was measured faster.
-
-
+# module: the drop-in nn.Module class; faster_on: backends measured faster.
+Kernel = collections.namedtuple("Kernel", "module faster_on")
 KERNELS = {cnn.CNN: Kernel(conv_pool.CNN, ("cpu",)),
            recurrent.Recurrent: Kernel(fused_rnn.Recurrent, ("cpu",))}
-IMPLS = ("auto", "stock", "fast")
 RTOL, ATOL = 1e-4, 1e-5  # float32 agreement, relative to each array's scale.
 CHECK_BATCH = 4
+# The check's verdicts by `_key`: a program checked before is not again.
+_CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(
+    os.path.expanduser("~"), ".cache"), "mnist_jax", "kernel_checks.json")
 
 
 def _attributes(module: nn.Module) -> dict:
@@ -49,10 +44,14 @@ def _attributes(module: nn.Module) -> dict:
 
 
 def _name(module_type: type) -> str:
-  return f"{module_type.__module__.replace('.', '/')}.py's {module_type.__name__}"
+  return (
+      f"{module_type.__module__.replace('.', '/')}.py's {module_type.__name__}"
+  )
 
 
-def _difference(stock: nn.Module, fast: nn.Module, image_shape) -> Optional[str]:
+def _difference(
+    stock: nn.Module, fast: nn.Module, image_shape
+) -> Optional[str]:
   """Why `fast` is not `stock` on a random batch (training mode, one dropout
   key, a loss weighing every logit differently), or None."""
   key = jax.random.key(0)
@@ -78,30 +77,35 @@ def _difference(stock: nn.Module, fast: nn.Module, image_shape) -> Optional[str]
   for a, b in zip(jax.tree.leaves((y_stock, g_stock)),
                   jax.tree.leaves((y_fast, g_fast))):
     scale = float(jnp.max(jnp.abs(a))) + 1e-12
-    worst = max(worst, float(jnp.max(jnp.abs(a - b))) / max(scale, 1.0))
+    # np.max keeps a NaN (the builtin max would drop it): NaN fails.
+    gap = float(jnp.max(jnp.abs(a - b))) / max(scale, 1.0)
+    worst = float(np.max([worst, gap]))
   if not worst <= RTOL + ATOL:
     return f"its outputs or gradients differ by up to {worst:.2g}"
   return None
 
 
-# Verdicts of the check by `_key`: a module whose program was checked
-# before needs no check again.
-_CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(
-    os.path.expanduser("~"), ".cache"), "mnist_jax", "kernel_checks.json")
-
-
 def _key(stock: nn.Module, kernel: type, image_shape, backend: str) -> str:
-  """What the check's answer depends on: the program the stock module runs
-  now (its traced forward pass, constants included, so any edit shows),
-  its attributes, the kernel's source, the backend and the libraries."""
+  """What the check's verdict depends on: the stock module's traced program
+  (constants included, so any edit shows), its attributes, the kernel's
+  source, the backend and the libraries."""
   key = jax.random.key(0)
   images = jnp.zeros((CHECK_BATCH, *image_shape), jnp.uint8)
   variables = jax.eval_shape(stock.init, key, images)
   program = jax.make_jaxpr(lambda v, x, k: stock.apply(
       v, x, train=True, rngs={"dropout": k}, mutable=True))(
           variables, images, key)
-  h = hashlib.sha256(repr((str(program), _attributes(stock),
-                           backend, jax.__version__, flax.__version__)).encode())
+  h = hashlib.sha256(
+      repr(
+          (
+              str(program),
+              _attributes(stock),
+              backend,
+              jax.__version__,
+              flax.__version__,
+          )
+      ).encode()
+  )
   for const in program.consts:
     h.update(np.asarray(const).tobytes())
   with open(inspect.getsourcefile(kernel), "rb") as f:
@@ -109,33 +113,37 @@ def _key(stock: nn.Module, kernel: type, image_shape, backend: str) -> str:
   return h.hexdigest()
 
 
-def _read(path: str) -> dict:
+def _verdict(key: str, check: Callable[[], Optional[str]]
+             ) -> Tuple[Optional[str], bool]:
+  """(the check's verdict, whether kept in _CACHE from before); an unreadable
+  or unwritable cache only means checking again."""
   try:
-    with open(path) as f:
-      data = json.load(f)
-    return data if isinstance(data, dict) else {}
+    with open(_CACHE) as f:
+      verdicts = json.load(f)
   except (OSError, ValueError):
-    return {}
-
-
-def _write(path: str, data: dict) -> None:
-  try:  # An unwritable cache only means checking again next time.
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}"
+    verdicts = {}
+  verdicts = verdicts if isinstance(verdicts, dict) else {}
+  if key in verdicts:
+    return verdicts[key], True
+  verdicts[key] = check()
+  try:
+    os.makedirs(os.path.dirname(_CACHE), exist_ok=True)
+    tmp = f"{_CACHE}.{os.getpid()}"
     with open(tmp, "w") as f:
-      json.dump(data, f)
-    os.replace(tmp, path)
+      json.dump(verdicts, f)
+    os.replace(tmp, _CACHE)
   except OSError:
     pass
+  return verdicts[key], False
 
 
-def swap(stock: nn.Module, impl: str, image_shape,
-         backend: Optional[str] = None) -> Tuple[nn.Module, Optional[str], dict]:
-  """(the module a run trains, a line to say or None, what config.json records).
+def swap(
+    stock: nn.Module, impl: str, image_shape, backend: Optional[str] = None
+) -> Tuple[nn.Module, Optional[str], dict]:
+  """(the module a run trains, a line to say or None, its config.json record).
 
-  impl: stock, fast (the kernel wherever one exists) or auto (where it was
-  also measured faster on this backend). Either way the kernel must pass
-  the check against `stock`.
+  impl: stock; fast (the kernel where one exists); auto (where it was also
+  measured faster on this backend). A kernel must pass the check.
   """
   kernel = KERNELS.get(type(stock))
   backend = backend or jax.default_backend()
@@ -152,17 +160,19 @@ def swap(stock: nn.Module, impl: str, image_shape,
   start = time.perf_counter()
   fast = kernel.module(**{k: v for k, v in given.items() if k in accepted})
   if why is None:
-    key = _key(stock, kernel.module, image_shape, backend)
-    verdicts = _read(_CACHE)
-    if key in verdicts:  # Checked before, with these sources.
-      why = verdicts[key]
+    why, kept = _verdict(_key(stock, kernel.module, image_shape, backend),
+                         lambda: _difference(stock, fast, image_shape))
+    if kept:
       record["cached"] = True
-    else:
-      why = verdicts[key] = _difference(stock, fast, image_shape)
-      _write(_CACHE, verdicts)
   record.update(check_s=round(time.perf_counter() - start, 3),
                 kernel=_name(kernel.module), passed=why is None)
   if why is None:
     return fast, None, {**record, "module": _name(kernel.module)}
-  return stock, (f"the fast kernel {_name(kernel.module)} does not compute "
-                 f"{_name(type(stock))} ({why}): training the stock module"), record
+  return (
+      stock,
+      (
+          f"the fast kernel {_name(kernel.module)} does not compute "
+          f"{_name(type(stock))} ({why}): training the stock module"
+      ),
+      record,
+  )

@@ -1,17 +1,9 @@
-"""A drop-in for `models.recurrent.Recurrent` (nn.RNN over flax's `SimpleCell`,
-`OptimizedLSTMCell` and `GRUCell`, stacked, bidirectional, with dropout).
-
-Same attributes (remat excepted), same parameter tree and the same function,
-outputs and gradients (tests/test_equivalence.py). On CPU a scanned cell
-spends its time in many small ops per time step. Here the G gate matmuls of a
-step are one [B, H] x [H, G*H] matmul (and one [B, F] x [F, G*H] for the
-input), and the backward pass is written by hand (`jax.custom_vjp`): per step
-it does one [B, G*H] x [G*H, H] matmul and one fused elementwise pass, and the
-kernel gradients are single contractions over all steps after the loop instead
-of T small ones inside it.
-
-Shapes: T time steps, B batch, F input features, H hidden units, G gates
-(1 for rnn, 4 for lstm in order i, f, g, o; 3 for gru in order r, z, n).
+"""A drop-in for `models.recurrent.Recurrent` (same attributes but remat,
+parameters, function and gradients), for CPU, where a scanned flax cell runs
+many small ops per step. Here a step's gates are one [B, H] x [H, G*H] matmul,
+and the hand-written backward pass does one matmul and one elementwise pass
+per step, the kernel gradients once over all steps. T steps, B batch, F
+inputs, H hidden, G gates (rnn 1; lstm 4: i, f, g, o; gru 3: r, z, n).
 """
 
 import functools
@@ -22,8 +14,8 @@ import jax.numpy as jnp
 
 from mnist_jax.models import recurrent
 
-# Per kind: the input-side and hidden-side Dense parameter groups, in gate order,
-# each (name, has_bias), exactly as the flax cell creates them.
+# Per cell: its input-side and hidden-side Dense parameters in gate order,
+# each (name, has_bias), as the flax cell creates them.
 _LAYOUT = {
     "rnn": ((("i", True),), (("h", False),)),
     "lstm": ((("ii", False), ("if", False), ("ig", False), ("io", False)),
@@ -34,7 +26,7 @@ _LAYOUT = {
 
 
 class _DenseParams(nn.Module):
-  """Creates `nn.Dense`'s parameters (kernel [in, out], optional bias [out])."""
+  """nn.Dense's parameters: kernel [in, out] and, with use_bias, bias [out]."""
   in_features: int
   features: int
   use_bias: bool
@@ -50,11 +42,8 @@ class _DenseParams(nn.Module):
 
 
 class CellParams(nn.Module):
-  """A flax cell's parameters, under its names and initialisers, fused.
-
-  Returns (wi [F, G*H], bi [G*H], wh [H, G*H], bh [G*H]); missing biases are
-  zeros (adding them is exact).
-  """
+  """A flax cell's parameters under its names and initialisers, fused: (wi
+  [F, G*H], bi [G*H], wh [H, G*H], bh [G*H]), missing biases as zeros."""
   kind: str
   in_features: int
   hidden: int
@@ -68,8 +57,12 @@ class CellParams(nn.Module):
       made = [_DenseParams(fan_in, h, bias, init, name=name)()
               for name, bias in specs]
       kernel = jnp.concatenate([k for k, _ in made], axis=-1)
-      bias = jnp.concatenate([b if b is not None else jnp.zeros((h,), kernel.dtype)
-                              for _, b in made])
+      bias = jnp.concatenate(
+          [
+              b if b is not None else jnp.zeros((h,), kernel.dtype)
+              for _, b in made
+          ]
+      )
       return kernel, bias
 
     wi, bi = group(inputs, self.in_features, nn.linear.default_kernel_init)
@@ -78,23 +71,17 @@ class CellParams(nn.Module):
 
 
 def _cell_step(kind, carry, xt, a):
-  """One step from x-projection xt and h-projection a (both [B, G*H]).
-
-  Returns (new carry, saved): what the backward pass reads of this step, as
-  one array of local derivative factors, so that each backward step is a few
-  multiplies of it (computed here, where the activations are at hand).
-    lstm: [B, 6H] = dc/d(pre-activation) of i, f, g; dh/d(pre-activation)
-          of o; dh/dc; dc/dc_prev (= f).
-    gru:  [B, 5H] = dh/d(pre-activation) of r, z and the h-side n; of the
-          x-side n; dh/dh_prev through z (= z).
-  """
+  """One step from the x- and h-projections xt, a [B, G*H] -> (new carry,
+  saved): the local derivative factors the backward step multiplies, as one
+  array: lstm [B, 6H], dc/d(pre-activation) of i, f, g, dh/d(pre-activation)
+  of o, dh/dc, dc/dc_prev (= f); gru [B, 5H], dh/d(pre-activation) of r, z
+  and the h-side n, of the x-side n, dh/dh_prev through z (= z)."""
   if kind == "rnn":
     h = jnp.tanh(xt + a)
     return (h,), ()
   if kind == "lstm":
     # One tanh over all 4H pre-activations (sigmoid(x) = (1 + tanh(x/2)) / 2):
-    # one expensive elementwise op per step that XLA:CPU keeps in one fusion;
-    # the rest are cheap multiplies it fuses into their consumers.
+    # one expensive elementwise op per step, in one XLA:CPU fusion.
     hidden = xt.shape[-1] // 4
     half = jnp.full((hidden,), 0.5, xt.dtype)
     scale = jnp.concatenate([half, half, jnp.ones_like(half), half])
@@ -122,9 +109,8 @@ def _cell_step(kind, carry, xt, a):
 
 
 def _forward(kind, x, wi, bi, wh, bh, carry0, save):
-  # The input projection stays in the loop: on XLA:CPU a fusion that reads its
-  # step of a hoisted [T, B, G*H] projection ran slower than one that reads a
-  # fresh [B, F] x [F, G*H] matmul result.
+  # The input projection stays in the loop: on XLA:CPU reading a step of a
+  # hoisted [T, B, G*H] projection ran slower than a fresh matmul result.
   def body(carry, xt):
     new, saved = _cell_step(kind, carry, xt @ wi + bi, carry[-1] @ wh + bh)
     return new, (new[-1], saved) if save else new[-1]
@@ -133,19 +119,9 @@ def _forward(kind, x, wi, bi, wh, bh, carry0, save):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 7))
 def recurrence(kind: str, x, wi, bi, wh, bh, carry0, sequences: bool):
-  """Runs a cell over time.
-
-  Args:
-    kind: "rnn", "lstm" or "gru".
-    x: [T, B, F] inputs, time-major.
-    wi: [F, G*H] fused input kernels; bi: [G*H] input biases.
-    wh: [H, G*H] fused hidden kernels; bh: [G*H] hidden biases.
-    carry0: the initial carry, (h,) or for lstm (c, h), each [B, H].
-    sequences: return every step's hidden state, or only the last one.
-
-  Returns:
-    hs: [T, B, H], the hidden state after each step; or [B, H], the last.
-  """
+  """Runs cell `kind` over time-major x [T, B, F] from carry0 ((h,), or (c, h)
+  for lstm, each [B, H]) with CellParams' (wi, bi, wh, bh): every step's hidden
+  state [T, B, H] if `sequences`, else the last one [B, H]."""
   carry, hs = _forward(kind, x, wi, bi, wh, bh, carry0, save=False)
   return hs if sequences else carry[-1]
 
@@ -155,18 +131,10 @@ def _recurrence_fwd(kind, x, wi, bi, wh, bh, carry0, sequences):
   return (hs if sequences else carry[-1]), (x, wi, wh, carry0, hs, saved)
 
 
-def _shift(first, seq):
-  """[first, seq[0], ..., seq[T-2]]: the value before each step."""
-  return jnp.concatenate([first[None], seq[:-1]], axis=0)
-
-
 def _recurrence_bwd(kind, sequences, res, dout):
-  """Backward through time: one [B, G*H] x [G*H, H] matmul and one
-  elementwise pass over the saved factors per step; the kernels' gradients
-  are one matmul each over all steps afterwards."""
   x, wi, wh, carry0, hs, saved = res
   hidden = wh.shape[0]
-  h_prev = _shift(carry0[-1], hs)
+  h_prev = jnp.concatenate([carry0[-1][None], hs[:-1]], axis=0)
   wht = wh.T
   inputs = saved if kind != "rnn" else (hs,)
   dcarry = [jnp.zeros_like(c) for c in carry0]
@@ -200,8 +168,8 @@ def _recurrence_bwd(kind, sequences, res, dout):
     dxp = jnp.concatenate([da[..., :2 * hidden], dan], axis=-1)
   else:
     da = dxp = out
-  # Contractions over (t, b), not [T*B, .] matrix products: those ran slower
-  # on two sharded CPU devices.
+  # Contractions over (t, b): [T*B, .] matrix products ran slower on two
+  # sharded CPU devices.
   dwh = jnp.einsum("tbh,tbg->hg", h_prev, da)
   dwi = jnp.einsum("tbf,tbg->fg", x, dxp)
   dx = jnp.einsum("tbg,fg->tbf", dxp, wi)  # Dropped by XLA when x is data.
@@ -213,13 +181,9 @@ recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 
 def rnn_layer(kind: str, params, x: jax.Array, reverse: bool = False,
               sequences: bool = True) -> jax.Array:
-  """Applies one recurrent layer to time-major x [T, B, F] -> [T, B, H].
-
-  params: CellParams' (wi, bi, wh, bh). With reverse=True the sequence is read
-  from the end and outputs come back in the original order (nn.RNN with
-  reverse=True, keep_order=True). With sequences=False only the final state
-  [B, H] is returned (for reverse: the state after reading x[0]).
-  """
+  """One layer with CellParams' `params` on time-major x [T, B, F] -> [T, B,
+  H] (reverse: as nn.RNN's reverse=True, keep_order=True), or with
+  sequences=False only the final state [B, H] (reverse: after reading x[0])."""
   wi, bi, wh, bh = params
   hidden = wh.shape[0]
   if reverse:
@@ -232,11 +196,7 @@ def rnn_layer(kind: str, params, x: jax.Array, reverse: bool = False,
 
 
 class Recurrent(nn.Module):
-  """Stacked, optionally bidirectional fused recurrent layers, then Dense.
-
-  images [B, 28, 28] -> logits [B, num_classes]; attributes (remat aside)
-  and parameter names as models.recurrent.Recurrent.
-  """
+  """models.recurrent.Recurrent with fused layers: images -> logits."""
   cell: str = "lstm"
   hidden: int = 128
   num_layers: int = 1
