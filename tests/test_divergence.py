@@ -123,7 +123,7 @@ def _members(count):
 
 
 def test_the_run_stops_once_every_member_has():
-  check = train._check_divergence  # pylint: disable=protected-access
+  check = members_lib.check_divergence  # pylint: disable=protected-access
   hooks = Recorder()
   check(_members(1), np.array([-1]), 1, 0, 37, hooks)
   check(_members(4), np.array([-1, 12, 9, -1]), 1, 16, 37, hooks)
@@ -147,7 +147,7 @@ def test_message_and_row_say_where():
 
   hooks = Hooks()
   with pytest.raises(Diverged) as e:
-    train._check_divergence(_members(1), np.array([75]), 3, 1, 37, hooks)  # pylint: disable=protected-access
+    members_lib.check_divergence(_members(1), np.array([75]), 3, 1, 37, hooks)  # pylint: disable=protected-access
   text = str(e.value)
   assert text == ("training diverged: the loss became non-finite at step 75 "
                   "(epoch 3, step 1 of 37)")

@@ -7,6 +7,7 @@ import pytest
 
 from mnist_jax import models
 from mnist_jax.training import members
+from mnist_jax.results import report
 from mnist_jax.training import metrics
 
 
@@ -105,7 +106,7 @@ def test_no_example_gives_nan():
 def test_of_logits_is_the_evaluation_in_batches():
   logits, labels = _batch(4, n=250)
   whole = metrics.values(jax.device_get(_sums(logits, labels)))
-  got = metrics.of_logits(logits, labels, batch_size=64)
+  got = report.of_logits(logits, labels, batch_size=64)
   assert got["count"] == 250 and got["accuracy"] == whole["accuracy"]
   assert got["loss"] == pytest.approx(whole["loss"], rel=1e-5)
   assert got["ece"] == pytest.approx(whole["ece"], abs=1e-6)
@@ -153,7 +154,7 @@ def test_a_metric_may_need_the_class_count(monkeypatch):
     zeros = metrics.zeros(metrics.EVAL, num_classes=26)
     assert zeros["class_correct"].shape == (26,) and zeros["top5"].shape == ()
     logits, labels = _batch(5, k=26)
-    got = metrics.of_logits(logits, labels, batch_size=64)
+    got = report.of_logits(logits, labels, batch_size=64)
     top5 = np.argsort(-logits, -1)[:, :5]
     assert got["top5"] == pytest.approx(np.mean(np.any(
         top5 == labels[:, None], -1)))

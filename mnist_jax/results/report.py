@@ -7,6 +7,8 @@ import os
 import statistics
 from typing import Any, Dict, List, Optional, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mnist_jax.rundir import control
@@ -25,6 +27,18 @@ FILES = ("report.md", "confusion_matrix.png", "confusion_matrix.csv",
 SWEEP_FILES = ("sweep.csv", "sweep.png")  # Written for a sweep only.
 
 
+def of_logits(logits, labels, splits=("test",), batch_size: int = 10000):
+  """`values` of logits [N, K] for labels [N], through the device sums."""
+  logits = jnp.asarray(logits, jnp.float32)
+  labels = jnp.asarray(np.asarray(labels), jnp.int32)
+  sums = metrics.zeros(splits, num_classes=logits.shape[-1])
+  for start in range(0, len(labels), batch_size):
+    x, y = logits[start:start + batch_size], labels[start:start + batch_size]
+    nll = -jnp.take_along_axis(jax.nn.log_softmax(x), y[:, None], -1)[:, 0]
+    sums = jax.tree.map(jnp.add, sums, metrics.batch_sums(x, y, nll, splits=splits))
+  return metrics.values(jax.device_get(sums))
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
   """Row-wise softmax in float64."""
   z = np.asarray(logits, np.float64)
@@ -34,7 +48,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def score(probs: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
   """The test metrics of probabilities [N, K] (their logs as logits)."""
-  return metrics.of_logits(np.log(np.maximum(probs, 1e-30)), labels)
+  return of_logits(np.log(np.maximum(probs, 1e-30)), labels)
 
 
 def _finite_models(logits: np.ndarray) -> np.ndarray:
@@ -160,7 +174,7 @@ def write(workdir: str, run, test, class_names: Optional[Sequence[str]] = None,
   test_metrics = (
       {k[len("test_") :]: final[k] for k in keys}
       if note is None and all(final.get(k) is not None for k in keys)
-      else metrics.of_logits(logits, labels)
+      else of_logits(logits, labels)
   )
   accuracy = test_metrics["accuracy"]
   records = sweep_table(rows)

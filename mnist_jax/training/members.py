@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mnist_jax import config as config_lib
-from mnist_jax.errors import UserError
+from mnist_jax.errors import Diverged, UserError
 from mnist_jax.training import metrics as metrics_lib
 from mnist_jax.training import optim
 
@@ -289,3 +289,19 @@ def member_rows(rows: Sequence[Dict], index: int) -> List[Dict]:
                   if k not in ("index", "seed", "values")})
     out.append(plain)
   return out
+
+
+def check_divergence(members, bad, epoch, first, steps, hooks) -> None:
+  """Says which members diverged in the chunk run from step `first` of
+  `epoch`; raises Diverged once every member has."""
+  where = lambda s: f"step {s} (epoch {epoch}, step {s - (epoch - 1) * steps}" \
+                    f" of {steps})"
+  if (bad >= 0).all():
+    text = (f"training diverged: the loss became non-finite at "
+            f"{where(int(bad.max()))}")
+    hooks.diverged({"epoch": epoch, "step": int(bad.max()), "diverged": True,
+                    "message": text})
+    raise Diverged(text)
+  for i in np.flatnonzero(bad > (epoch - 1) * steps + first):
+    hooks.message(f"member {label(members[i])} diverged at "
+                  f"{where(int(bad[i]))}; it stops, the others go on")

@@ -37,10 +37,8 @@ class Batch:
 
 @dataclasses.dataclass(frozen=True)
 class Metric:
-  """name (row key `<split>_<name>`); sums: Batch -> {key: masked sum} (a
-  key two metrics share is the same sum); value: (host sums, count) ->
-  float; the splits that report it; TensorBoard tag `<tag>/<split>`; report
-  label; text `scale * value` with `digits` and `unit`; console short name."""
+  """name (row key `<split>_<name>`); sums: Batch -> {key: masked sum};
+  value: (host sums, count) -> float; tag: TensorBoard's `<tag>/<split>`."""
   name: str
   sums: Callable[[Batch], Dict[str, jax.Array]]
   value: Callable[[Dict[str, np.ndarray], float], float]
@@ -65,9 +63,8 @@ def _calibration(batch: Batch) -> Dict[str, jax.Array]:
   """Per-bin sums of equal-width bins of the top softmax probability."""
   confidence = jnp.max(jax.nn.softmax(batch.logits.astype(jnp.float32)), -1)
   bins = jnp.clip(jnp.floor(confidence * ECE_BINS), 0, ECE_BINS - 1)
-  weight = (
-      jax.nn.one_hot(bins.astype(jnp.int32), ECE_BINS) * batch.mask[:, None]
-  )
+  hot = jax.nn.one_hot(bins.astype(jnp.int32), ECE_BINS)
+  weight = hot * batch.mask[:, None]
   return {"ece_count": jnp.sum(weight, 0),
           "ece_confidence": jnp.sum(weight * confidence[:, None], 0),
           "ece_correct": jnp.sum(weight * batch.correct[:, None], 0)}
@@ -141,14 +138,3 @@ def _keys() -> Dict[str, Tuple[str, ...]]:
   return {m.name: tuple(jax.eval_shape(lambda m=m: m.sums(batch())))
           for m in METRICS}
 
-
-def of_logits(logits, labels, splits=("test",), batch_size: int = 10000):
-  """`values` of logits [N, K] for labels [N], through the device sums."""
-  logits = jnp.asarray(logits, jnp.float32)
-  labels = jnp.asarray(np.asarray(labels), jnp.int32)
-  sums = zeros(splits, num_classes=logits.shape[-1])
-  for start in range(0, len(labels), batch_size):
-    x, y = logits[start:start + batch_size], labels[start:start + batch_size]
-    nll = -jnp.take_along_axis(jax.nn.log_softmax(x), y[:, None], -1)[:, 0]
-    sums = jax.tree.map(jnp.add, sums, batch_sums(x, y, nll, splits=splits))
-  return values(jax.device_get(sums))

@@ -1,11 +1,6 @@
-"""The optimizer: an optax chain whose numbers live in its state.
-
-`optax.inject_hyperparams` holds every number of `HYPERPARAMS` in
-`opt_state.hyperparams`, so a sweep's members share one compiled program and
-differ only in those arrays. The learning rate is the peak times one of
-optax's schedules (`SCHEDULES`, peak 1). A new optimizer is one `OPTIMIZERS`
-entry; a new sweepable number, one `HYPERPARAMS` name and its Config field.
-"""
+"""The optimizer: an optax chain whose numbers (`HYPERPARAMS`) live in its
+state (`optax.inject_hyperparams`), so a sweep's members share one program.
+The rate is the peak times one of optax's schedules (`SCHEDULES`, peak 1)."""
 
 import dataclasses
 import functools

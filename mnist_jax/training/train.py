@@ -1,10 +1,8 @@
 """Training: the state, the steps, the scanned chunk, evaluation, the loop.
 
-The data stays on the device (uint8) and each epoch's order is drawn in the
-jitted chunk: nothing per step runs on the host. `devices.Layout` maps these
-one-model functions over the members (members.py) and devices. The run
-folder (rundir/) is a `Hooks` object; the loop imports none of it.
-"""
+The data stays on the device (uint8): nothing per step runs on the host.
+devices.Layout maps these one-model functions over members and devices; the
+run folder (rundir/) is a `Hooks` object, and the loop imports none of it."""
 
 import dataclasses
 import functools
@@ -18,7 +16,7 @@ import numpy as np
 
 from mnist_jax import models
 from mnist_jax.data import augment as augment_lib
-from mnist_jax.errors import Diverged, UserError
+from mnist_jax.errors import UserError
 from mnist_jax.models import precision
 from mnist_jax.training import devices
 from mnist_jax.training import members as members_lib
@@ -45,9 +43,8 @@ def create_train_state(key: jax.Array, model, tx, image_shape,
   """A fresh state: `key` (the seed's) split once into init and STREAMS;
   the model computes in `dtype`, its variables stay float32."""
   init_key, *streams = jax.random.split(key, 1 + len(STREAMS))
-  variables = dict(
-      model.init(init_key, jnp.zeros((1, *image_shape), jnp.uint8))
-  )
+  variables = dict(model.init(init_key,
+                              jnp.zeros((1, *image_shape), jnp.uint8)))
   params = variables.pop("params")
   return TrainState.create(
       apply_fn=precision.cast_apply(model.apply, dtype), params=params, tx=tx,
@@ -279,7 +276,7 @@ def train_and_evaluate(config, data, hooks: Optional[Hooks] = None):
                                            first)
       sums = chunk_sums if sums is None else jax.tree.map(jnp.add, sums,
                                                           chunk_sums)
-      _check_divergence(members, layout.host(bad).reshape(-1), epoch, first,
+      members_lib.check_divergence(members, layout.host(bad).reshape(-1), epoch, first,
                         steps, hooks)
     seconds = time.perf_counter() - epoch_start
     val = evaluate_split(state, "val") if "val" in splits else None
@@ -294,11 +291,10 @@ def train_and_evaluate(config, data, hooks: Optional[Hooks] = None):
     hooks.epoch(layout.unreplicated(state), row,
                 last=reached or epoch == config.epochs)
     if reached:
-      hooks.message(
-          f"reached validation accuracy {100 * row['val_accuracy']:.2f}"
-          f"% >= {100 * config.target_accuracy:.2f}% after epoch "
-          f"{epoch} in {row['elapsed_s']:.1f}s"
-      )
+      accuracy, target = row["val_accuracy"], config.target_accuracy
+      hooks.message(f"reached validation accuracy {100 * accuracy:.2f}% >= "
+                    f"{100 * target:.2f}% after epoch {epoch} in "
+                    f"{row['elapsed_s']:.1f}s")
       break
 
   final = members_lib.final_row(
@@ -312,18 +308,3 @@ def train_and_evaluate(config, data, hooks: Optional[Hooks] = None):
     final["time_to_target_s"] = row["elapsed_s"]
   return layout.unreplicated(state), final
 
-
-def _check_divergence(members, bad, epoch, first, steps, hooks) -> None:
-  """Says which members diverged in the chunk run from step `first` of
-  `epoch`; raises Diverged once every member has."""
-  where = lambda s: f"step {s} (epoch {epoch}, step {s - (epoch - 1) * steps}" \
-                    f" of {steps})"
-  if (bad >= 0).all():
-    text = (f"training diverged: the loss became non-finite at "
-            f"{where(int(bad.max()))}")
-    hooks.diverged({"epoch": epoch, "step": int(bad.max()), "diverged": True,
-                    "message": text})
-    raise Diverged(text)
-  for i in np.flatnonzero(bad > (epoch - 1) * steps + first):
-    hooks.message(f"member {members_lib.label(members[i])} diverged at "
-                  f"{where(int(bad[i]))}; it stops, the others go on")
