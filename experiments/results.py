@@ -102,9 +102,8 @@ ROWS = (
     Row("lstm-tuned", "lstm", bar=98.8),
     Row("gru-tuned", "gru", bar=98.8),
     Row("cnn-tuned-5seeds", "cnn", flags=(("num_seeds", 5),)),
-    # The fast preset holds out no validation data, so no --target_accuracy
-    # (it stops on validation accuracy only): its 3 epochs are the run.
-    Row("cnn-fast", "cnn", "fast", bar=99.0),
+    # A fixed 3-epoch schedule chosen in advance; judged by its seeds' mean.
+    Row("cnn-fast-5seeds", "cnn", "fast", bar=99.0, flags=(("num_seeds", 5),)),
     Row("linear-best", "linear", "best"),
     Row("mlp-best", "mlp", "best"),
     Row("cnn-best", "cnn", "best"),
@@ -116,7 +115,8 @@ SWEEP = Row("mlp-sweep", "mlp", flags=(
     ("sweep", "learning_rate=3e-4,1e-3,3e-3,1e-2"), ("num_seeds", 2)))
 TUNED = tuple(r for r in ROWS if r.preset == "tuned" and not r.flags)
 FAST = next(r for r in ROWS if r.preset == "fast")
-ENSEMBLE = next(r for r in ROWS if dict(r.flags).get("num_seeds", 1) > 1)
+ENSEMBLE = next(r for r in ROWS if dict(r.flags).get("num_seeds", 1) > 1
+                and r.preset == "tuned")
 SINGLE_MLP = next(r for r in TUNED if r.model == "mlp")
 
 README = "README.md"
@@ -280,9 +280,11 @@ def table(results: Dict[Row, dict]) -> str:
 
 
 def fast_paragraph(final: dict) -> str:
-  return (f"{_pct(final['test_accuracy'])} test accuracy after "
-          f"{final['epochs_run']} epochs in {_time(final['time_s'])} (the "
-          "run's wall time less loading the data; compilation included).")
+  return (f"{100 * final['test_accuracy_mean']:.2f} ± "
+          f"{100 * final['test_accuracy_std']:.2f}% mean test accuracy over "
+          f"{len(final['members'])} seeds after {final['epochs_run']} epochs, "
+          f"trained as one program in {_time(final['time_s'])} (wall time "
+          "less loading the data; compilation included).")
 
 
 def ensemble_paragraph(final: dict) -> str:

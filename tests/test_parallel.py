@@ -284,14 +284,7 @@ def single_process_rows(prepared, tmp_path_factory):
   return _rows(single)
 
 
-# Several processes do not run in the new core (found porting this test):
-# devices.from_main cannot broadcast the state's typed PRNG keys nor
-# train.Start; past that, Layout.put device_puts host arrays onto a mesh of
-# other processes' devices (sharded), and the pmap chunk is compiled ahead
-# of time with global shapes but called with local ones.
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="multi-process runs fail as they start "
-                   "in the new core (devices.from_main, Layout.put, pmap AOT)")
 @pytest.mark.parametrize("mode", ["pmap", "sharded"])
 def test_two_processes_match_one(prepared, single_process_rows, tmp_path, mode):
   """2 processes x 2 CPU devices over jax.distributed on loopback."""

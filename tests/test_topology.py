@@ -298,7 +298,10 @@ def test_resume_on_other_devices(lab, name, on, tmp_path):
   ref_rows = lh.deterministic(lh.metrics(reference))
   params = run_lib.load_run(workdir).seed_variables
   ref_params = run_lib.load_run(reference).seed_variables
-  if trained_devices == topology.devices:  # Bit for bit.
+  # Bit for bit on the same devices of one process; the all-reduces between
+  # processes (gloo on a CPU) may sum in another order.
+  if trained_devices == topology.devices and PROCESSES not in (
+      topology, TOPOLOGIES[TRAINED[name][1]]):
     assert rows == ref_rows
     lh.assert_trees_equal(params, ref_params)
   else:  # Reductions over other device counts: float tolerance.
