@@ -179,6 +179,11 @@ class Recorder(train.Hooks):
     self.rows.append(row)
 
 
+def _figures(seconds: float) -> float:
+  """Four significant figures: a millisecond epoch keeps its precision."""
+  return float(f"{seconds:.4g}")
+
+
 def _one_member(state, num_members: int):
   """Member 0's state of a (stacked, for several members) state."""
   if num_members == 1:
@@ -235,8 +240,8 @@ def bench_model(name: str, args, peak: float) -> dict:
       "chunks_per_epoch": -(-steps // chunk), "chunk_steps": chunk,
       "num_params": final["num_params"],
       "compile_time_s": round(final["compile_time_s"], 3),
-      "epoch_time_s": round(epoch_time, 4),
-      "epoch_times_s": [round(x, 4) for x in epoch_times],
+      "epoch_time_s": _figures(epoch_time),
+      "epoch_times_s": [_figures(x) for x in epoch_times],
       "examples_per_s": round(steps * config.batch_size / epoch_time, 1),
       "step_gflop": round(flops / 1e9, 5),
       "xla_cost_analysis_step_gflop": round(xla_flops / 1e9, 5),

@@ -156,7 +156,7 @@ def test_benchmark_times_the_loop_and_reports_its_fields(prepared):
   assert "parallel_choice" not in row and row["num_params"] == 7850
   assert len(row["epoch_times_s"]) == 3 and row["compile_time_s"] > 0
   assert row["epoch_time_s"] == pytest.approx(
-      statistics.median(row["epoch_times_s"][1:]), abs=2e-4)
+      statistics.median(row["epoch_times_s"][1:]), rel=1e-3)  # 4 figures.
   epoch = row["epoch_time_s"]
   assert row["examples_per_s"] == pytest.approx(steps * 50 / epoch, rel=0.02)
   # One step's matmuls: the forward pass and the weights' gradient.
