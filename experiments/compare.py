@@ -31,16 +31,519 @@ that tell them apart, numbers as numbers.
 """
 
 import argparse
+import itertools
 import os
+import statistics
 import sys
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from mnist_jax import config as config_lib
+from mnist_jax import models
 from mnist_jax.errors import UserError
-from mnist_jax.results import compare as compare_lib
+from mnist_jax.data import pipeline
+from mnist_jax.results import analysis
+from mnist_jax.results import analysis_plots
+from mnist_jax.results import plots
+from mnist_jax.results import run as results_run
+from mnist_jax.rundir import files
+from mnist_jax.rundir import folder as folder_lib
+from mnist_jax.training import devices
+from mnist_jax.training import members as members_lib
+from mnist_jax.rundir import run as run_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
+
+# Settings that do not change what is trained: runs differing only in these
+# (and the seed) are repeats of one configuration.
+NOT_CONFIGURATION = ("seed", "workdir", "data_dir", "mnist_dir", "chunk_steps",
+                     "num_seeds", "sweep", "analyses")
+PLOTS = ("accuracy.png", "accuracy_vs_time.png", "learning_curves.png")
+
+
+def find_runs(paths: Sequence[str]) -> List[str]:
+  """Run folders among `paths` (each one, or a folder of them), each once."""
+  unique = {}  # Real path: the first path given to it.
+  is_run = lambda path: os.path.exists(
+      os.path.join(path, folder_lib.CONFIG_FILE)
+  )
+  for path in paths:
+    if not os.path.isdir(path):
+      raise UserError(f"{path} does not exist; pass run folders written by "
+                      "launch.py")
+    subs = [path] if is_run(path) else sorted(filter(is_run, (
+        os.path.join(path, d) for d in os.listdir(path))))
+    if not subs:
+      raise UserError(f"{path} is neither a run folder nor a folder of run "
+                      "folders (no config.json); pass run folders")
+    for sub in subs:
+      unique.setdefault(os.path.realpath(sub), sub)
+  return list(unique.values())
+
+
+def summarize(run_dir: str) -> Optional[dict]:
+  """Headline numbers and learning curve of a finished run (None if unfinished)."""
+  config = folder_lib.read_config(run_dir)
+  rows = folder_lib.read_metrics(os.path.join(run_dir, folder_lib.METRICS_FILE))
+  final = folder_lib.final_metrics(run_dir)
+  if final is None:
+    return None
+  epochs = [r for r in rows if "epoch" in r and "train_loss" in r]
+  data_time = final.get("data_time_s")  # None: written before it was recorded.
+  median = lambda key: statistics.median(r[key] for r in epochs)
+  return {  # member, program_members: of a program's members, set later.
+      "run": run_dir,
+      "config": config,
+      "model": config.model,
+      "preset": config.preset,
+      "seed": config.seed,
+      "parameters": final.get("num_params"),
+      "test_accuracy": final["test_accuracy"],
+      "test_loss": final["test_loss"],
+      "epochs": final.get("epochs_run", len(epochs)),
+      "wall_time_s": final["wall_time_s"],
+      "data_time_s": data_time,
+      "train_time_s": final["wall_time_s"] - (data_time or 0.0),
+      "compile_time_s": final.get("compile_time_s"),
+      "curve": epochs,
+      "epoch_time_s": median("epoch_time_s"),
+      "examples_per_s": median("examples_per_s"),
+      "member": None,
+      "program_members": 1,
+  }
+
+
+def share(summary: dict, members: int) -> dict:
+  """`summary` as one of `members` members' share: times / members,
+  examples/s times members."""
+  out = dict(summary, program_members=members,
+             examples_per_s=summary["examples_per_s"] * members)
+  for key in ("wall_time_s", "train_time_s", "compile_time_s", "epoch_time_s",
+              "data_time_s"):
+    if out.get(key) is not None:
+      out[key] = out[key] / members
+  return out
+
+
+def split_members(summary: dict) -> List[dict]:
+  """A run's summary as one per member: its Config, test metrics and curve,
+  and its `share` of the program's times. A diverged member is left out
+  (having had its share). One member: [summary]."""
+  final = folder_lib.final_metrics(summary["run"])
+  entries = final and (final.get("members") or final.get("replicas"))
+  if not entries:
+    return [summary]
+  configs = [m.config for m in members_lib.from_config(summary["config"])]
+  return [{**share(summary, len(entries)), "config": configs[i],
+           "seed": entry["seed"], "member": i,
+           "test_accuracy": entry["test_accuracy"],
+           "test_loss": entry["test_loss"], "curve": members_lib.member_rows(
+               [{**r, "members": r.get("members") or r["replicas"]}
+                for r in summary["curve"]], i)}
+          for i, entry in enumerate(entries) if not entry.get("diverged")]
+
+
+def where(summary: dict) -> str:
+  """`RUN`, or `member I of RUN` for a member of a program."""
+  if summary.get("member") is None:
+    return summary["run"]
+  return f"member {summary['member']} of {summary['run']}"
+
+
+def deduplicate(
+    summaries: Sequence[dict],
+) -> Tuple[List[dict], List[Tuple[dict, dict]]]:
+  """(the summaries with each configuration and seed once, [(left out, kept)]):
+  a standalone run is kept before a member (its times are its own), else
+  the first given."""
+  kept: Dict[tuple, dict] = {}
+  dropped = []
+  for s in summaries:
+    key = (_key(s["config"]), s["seed"])
+    first = kept.setdefault(key, s)
+    if first is s:
+      continue
+    if first.get("member") is not None and s.get("member") is None:
+      kept[key], s = s, first  # The standalone run's own times win.
+    dropped.append((s, kept[key]))
+  return list(kept.values()), dropped
+
+
+def sort_key(value) -> tuple:
+  """Orders values of any type: None, numbers (and numeric text), tuples
+  element-wise, other text."""
+  if value is None:
+    return (0,)
+  if isinstance(value, (tuple, list)):
+    return (2, tuple(sort_key(v) for v in value))
+  try:
+    return (1, float(value))
+  except (TypeError, ValueError):
+    return (3, str(value))
+
+
+def _key(config) -> tuple:
+  return tuple(sorted((k, str(v)) for k, v in config.to_dict().items()
+                      if k not in NOT_CONFIGURATION))
+
+
+def group(summaries: Sequence[dict]) -> List[dict]:
+  """Runs of one configuration (all but the seed equal) as one group each."""
+  groups: Dict[tuple, List[dict]] = {}
+  for s in summaries:
+    groups.setdefault(_key(s["config"]), []).append(s)
+  out = []
+  for runs in groups.values():
+    runs.sort(key=lambda s: s["seed"])
+    first = runs[0]
+    out.append(
+        {
+            "model": first["model"],
+            "preset": first["preset"],
+            "runs": runs,
+            "config": first["config"],
+            "seeds": [s["seed"] for s in runs],
+            "parameters": first["parameters"],
+            "curves": [s["curve"] for s in runs],
+            **{
+                k: [s[k] for s in runs]
+                for k in (
+                    "test_accuracy",
+                    "test_loss",
+                    "epochs",
+                    "wall_time_s",
+                    "train_time_s",
+                    "epoch_time_s",
+                    "examples_per_s",
+                )
+            },
+            "no_data_time": [
+                s["run"] for s in runs if s["data_time_s"] is None
+            ],
+            "program_members": [s.get("program_members", 1) for s in runs],
+        }
+    )
+  _label(out)
+  names = list(models.MODELS)
+  out.sort(key=lambda g: (names.index(g["model"]) if g["model"] in names
+                          else len(names), g["order"]))
+  return out
+
+
+def _label(groups: List[dict]) -> None:
+  """Names each group by its model and what tells same-model groups apart;
+  `order`: those values' sort_key (presets in the registry's order)."""
+  by_model: Dict[str, List[dict]] = {}
+  for g in groups:
+    by_model.setdefault(g["model"], []).append(g)
+  for same in by_model.values():
+    if len(same) == 1:
+      same[0]["label"], same[0]["order"] = same[0]["model"], ()
+      continue
+    presets = list(models.get(same[0]["model"]).presets)
+    dicts = [g["config"].to_dict() for g in same]
+    differ = [k for k in dicts[0] if k not in NOT_CONFIGURATION
+              and len({str(d[k]) for d in dicts}) > 1]
+    for g, d in zip(same, dicts):
+      parts = [f"{k}={d[k]}" if k != "preset" else d[k] for k in differ[:3]]
+      g["label"] = f"{g['model']} ({', '.join(parts)})"
+      g["order"] = tuple(
+          sort_key(presets.index(d[k]) if k == "preset" and d[k] in presets
+                   else d[k]) for k in differ)
+
+
+def _mean_std(values) -> tuple:
+  """(mean, sample standard deviation (ddof=1, as report.md; 0 for one))."""
+  a = np.asarray(values, np.float64)
+  return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def _pm(values, scale=1.0, digits=2) -> str:
+  mean, std = _mean_std(values)
+  text = f"{scale * mean:.{digits}f}"
+  return text + (f" ± {scale * std:.{digits}f}" if len(values) > 1 else "")
+
+
+def _span(values) -> str:
+  return (str(min(values)) if min(values) == max(values)
+          else f"{min(values)}-{max(values)}")
+
+
+# runs.csv's columns: a run's value, formatted after a colon (None: "").
+RUN_COLUMNS = [c.partition(":")[::2] for c in (
+    "model preset label seed run member program_members parameters "
+    "test_accuracy:.6f test_loss:.6f epochs train_time_s:.2f wall_time_s:.2f "
+    "data_time_s:.2f compile_time_s:.2f epoch_time_s:.3f examples_per_s:.0f"
+).split()]
+
+
+def write_tables(groups: Sequence[dict], out: str,
+                 dropped: Sequence[Tuple[dict, dict]] = ()) -> None:
+  """comparison.csv, runs.csv and comparison.md; `dropped`: deduplicate's
+  runs left out, named in comparison.md."""
+  rows = [("model preset label runs seeds parameters test_accuracy_mean "
+           "test_accuracy_std test_loss_mean epochs train_time_s_mean "
+           "train_time_s_std wall_time_s_mean epoch_time_s_mean "
+           "examples_per_s_mean").split()]
+  run_rows = [[c for c, _ in RUN_COLUMNS]]
+  for g in groups:
+    m = {k: _mean_std(g[k]) for k in ("test_accuracy", "test_loss",
+                                      "train_time_s", "wall_time_s",
+                                      "epoch_time_s", "examples_per_s")}
+    rows.append(
+        [
+            g["model"],
+            g["preset"],
+            g["label"],
+            len(g["runs"]),
+            " ".join(map(str, g["seeds"])),
+            g["parameters"],
+            *(f"{v:.6f}" for v in (*m["test_accuracy"], m["test_loss"][0])),
+            _span(g["epochs"]),
+            *(f"{v:.2f}" for v in (*m["train_time_s"], m["wall_time_s"][0])),
+            f"{m['epoch_time_s'][0]:.3f}",
+            f"{m['examples_per_s'][0]:.0f}",
+        ]
+    )
+    for s in g["runs"]:
+      s = {**s, "label": g["label"], "program_members": s.get(
+          "program_members", 1), "compile_time_s": s["compile_time_s"] or 0}
+      run_rows.append(["" if s.get(c) is None else format(s[c], f)
+                       for c, f in RUN_COLUMNS])
+  files.write_csv(os.path.join(out, "comparison.csv"), rows)
+  files.write_csv(os.path.join(out, "runs.csv"), run_rows)
+  lines = ["# Model comparison", "",
+           "Mean ± sample standard deviation (n-1, as report.md) over seeds "
+           "where a configuration has several runs. Time is a run's wall "
+           "time less loading its data (and preparing it, the first time): "
+           "compilation, evaluation and the report are in it. Epoch time and "
+           "examples/s are medians over epochs. Accuracy axes start a whole "
+           "point below the lowest run and end at 100%.", ""]
+  shared = sorted({(s["run"], s["program_members"]) for g in groups
+                   for s in g["runs"] if s.get("program_members", 1) > 1})
+  if shared:
+    lines += ["The members of a --num_seeds or --sweep run trained together, "
+              "in one program: each is charged its share, the program's times "
+              "divided by its members (examples/s multiplied): " + ", ".join(
+                  f"{run} ({m} members)" for run, m in shared) + ".", ""]
+  if dropped:
+    lines += ["Counted once (the same settings and seed): " + "; ".join(
+        f"{where(gone)} left out for {where(kept)}" for gone, kept in dropped)
+              + ".", ""]
+  older = [run for g in groups for run in g["no_data_time"]]
+  if older:
+    lines += [f"{len(older)} run(s) predate the record of data loading time; "
+              "their time includes it: " + ", ".join(older), ""]
+  lines += files.table(
+      ["model", "preset", "runs", "parameters", "test accuracy %", "epochs",
+       "time s", "epoch time s", "examples/s"],
+      [(g["label"], g["preset"], len(g["runs"]), f"{g['parameters']:,}",
+        _pm(g["test_accuracy"], 100), _span(g["epochs"]),
+        _pm(g["train_time_s"], digits=1), _pm(g["epoch_time_s"]),
+        f"{_mean_std(g['examples_per_s'])[0]:,.0f}") for g in groups],
+      "ll" + "r" * 7)
+  lines += [
+      "",
+      "![test accuracy per model](accuracy.png)",
+      "",
+      "![accuracy against run time](accuracy_vs_time.png)",
+      "",
+      "![learning curves](learning_curves.png)",
+      "",
+      "Runs: [runs.csv](runs.csv); table: [comparison.csv](comparison.csv).",
+      "",
+  ]
+  files.write_text(os.path.join(out, "comparison.md"), "\n".join(lines))
+
+
+def compare(paths: Sequence[str], out: str, log=print,
+            analyses: bool = False) -> List[dict]:
+  """Reads finished runs under `paths`, writes the tables and plots to `out`
+  (with `analyses`, analysis.md too); returns the groups."""
+  summaries = []
+  for run in find_runs(paths):
+    s = summarize(run)
+    if s is None:
+      log(f"skipping {run}: it has no final test metrics (unfinished run)")
+    else:
+      summaries.extend(split_members(s))
+  if not summaries:
+    raise UserError("none of the runs has finished; train them first "
+                    "(python launch.py --model=NAME --workdir=DIR)")
+  summaries, dropped = deduplicate(summaries)
+  for gone, kept in dropped:
+    log(f"counting one run once: {where(gone)} has the settings and seed of "
+        f"{where(kept)}; left out for it")
+  groups = group(summaries)
+  os.makedirs(out, exist_ok=True)
+  write_tables(groups, out, dropped)
+  for name, draw in zip(
+      PLOTS,
+      (
+          plots.compare_accuracy,
+          plots.compare_accuracy_time,
+          plots.compare_curves,
+      ),
+  ):
+    draw(groups, os.path.join(out, name))
+  if analyses:  # Each group's first run whose folder's analysis is of it.
+    shown = {}
+    for g in groups:
+      for s in g["runs"]:
+        final = folder_lib.final_metrics(s["run"])
+        chosen = (final.get("chosen") or {}).get("index")
+        if s["run"] not in shown and s.get("member") in (None, chosen):
+          shown[s["run"]] = (g["label"], s["train_time_s"])
+          break
+    labels, train_s = zip(*shown.values())
+    for folder in shown:  # Trained before the analyses: written now.
+      if not os.path.exists(os.path.join(folder, analysis.FOLDER,
+                                         analysis.SUMMARY)):
+        run = results_run.load_run(folder)
+        data = pipeline.load(run.config)
+        analysis.write(folder, run, data.test, data.val, data.class_names,
+                       maps=False)
+    analysis_page(list(shown), os.path.join(out, "analysis.md"),
+                     labels=labels, train_s=train_s)
+  log(f"compared {len(summaries)} runs in {len(groups)} configurations"
+      f"{f' ({len(dropped)} counted once)' if dropped else ''}; "
+      f"table and plots in {out}/comparison.md")
+  return groups
+
+
+def parse_vary(specs: Sequence[str]) -> Dict[str, list]:
+  """`--vary` specs NAME=V1/V2/... as {Config field: [values]}, typed as
+  its flag (`mlp_hidden=256/512,256`: (256,) and (512, 256))."""
+  grid = {}
+  for spec in specs:
+    name, _, listed = (t.strip() for t in spec.partition("="))
+    if (
+        name in ("model", "seed", "preset")
+        or name not in config_lib.flag_names()
+    ):
+      raise UserError(
+          f"--vary={spec}: vary a Config field other than model, preset and "
+          "seed (--train, --preset and --seeds choose those), e.g. "
+          "--vary=mlp_hidden=256/512")
+    texts = [t.strip() for t in listed.split("/") if t.strip()]
+    if not texts or name in grid:
+      raise UserError(f"--vary={spec}: give each name once, as NAME=V1/V2/...")
+    grid[name] = [_typed(name, t) for t in texts]
+  return grid
+
+
+def _typed(name: str, text: str):
+  kind = config_lib.field_type(name)
+  try:
+    if kind is tuple:
+      return tuple(int(v) for v in text.split(","))
+    if kind is bool:
+      if text.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(text)
+      return text.lower() in ("true", "1")
+    return kind(text)
+  except ValueError:
+    raise UserError(
+        f"--vary={name}: {text!r} is not a value of {name}"
+    ) from None
+
+
+def train_runs(model_names: Sequence[str], seeds: Sequence[int], runs_root: str,
+               preset: str = "tuned", log=print, stream=None,
+               vary: Optional[Dict[str, list]] = None,
+               **overrides) -> List[str]:
+  """Trains each model, `vary` combination and seed into runs_root; reuses
+  finished runs. Folders are named MODEL[-NAME=VALUE...]-seedN."""
+  devices.setup_process()
+  vary = vary or {}
+  combos = [dict(zip(vary, c)) for c in itertools.product(*vary.values())]
+  folders = []
+  for name, values, seed in itertools.product(model_names, combos, seeds):
+    folder = os.path.join(runs_root, "-".join([name] + [
+        f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
+        for k, v in values.items()] + [f"seed{seed}"]))
+    config = models.get_config(name, preset, seed=seed, workdir=folder,
+                               **{**overrides, **values})
+    if os.path.isdir(folder) and folder_lib.finished(folder) and not (
+        folder_lib.config_differences(folder_lib.read_config(folder), config)):
+      log(f"{folder}: finished before, reused")
+    else:
+      log(f"training {os.path.basename(folder)} in {folder}")
+      run_lib.train_and_evaluate(config, folder, stream=stream)
+    folders.append(folder)
+  return folders
+
+
+def analysis_figures(results: Sequence[dict], out: str) -> List[tuple]:
+  """The comparison's figures, written into `out`: [(title, file name)]."""
+  shown = [
+      (
+          "How far it must read",
+          "analysis_reading.png",
+          analysis_plots.reading,
+          [r for r in results if "reading_accuracy" in r],
+      ),
+      ("What breaks it", "analysis_robustness.png",
+       analysis_plots.robustness, results),
+      ("How sure it is", "analysis_reliability.png",
+       analysis_plots.reliability, results),
+      ("What it learned (PCA)", "analysis_pca.png", analysis_plots.maps, results),
+      (
+          "Where it looks",
+          "analysis_attributions.png",
+          analysis_plots.compare_attributions,
+          results,
+      ),
+  ]
+  return [(title, name) for title, name, draw, which in shown
+          if which and draw(which, os.path.join(out, name))]
+
+
+def analysis_page(folders: Sequence[str], page: str,
+                  figures: Optional[str] = None,
+                  labels: Optional[Sequence[str]] = None,
+                  train_s: Optional[Sequence[Optional[float]]] = None) -> str:
+  """Writes `page` (markdown) and its figures into `figures` (default: its
+  folder): the runs' analyses (written) side by side. train_s: each run's
+  training time. Returns `page`."""
+  results = [analysis.load(folder) for folder in folders]
+  names = list(labels or [f"{r['model']} ({r['preset']})" for r in results])
+  for r, name, folder in zip(results, names, folders):
+    r["label"] = name + (f" [{os.path.basename(os.path.normpath(folder))}]"
+                         if names.count(name) > 1 else "")
+  figures = figures or os.path.dirname(page) or "."
+  os.makedirs(figures, exist_ok=True)
+  rows = [analysis.cells(analysis.summary(r), t)
+          for r, t in zip(results, train_s or [None] * len(results))]
+  link = os.path.relpath(figures, os.path.dirname(page) or ".")
+  lines = [
+      "# What each model learned",
+      "",
+      *files.table(
+          ["model", *(k for k, _ in rows[0])],
+          [
+              [r["label"], *(v for _, v in cells)]
+              for r, cells in zip(results, rows)
+          ],
+          "l" + "r" * len(rows[0]),
+      ),
+      "",
+      analysis.NOTES + " Train time: the run's wall time less loading its data "
+      "(a member's share of its program's).",
+      "",
+      *analysis.figure_lines(
+          [
+              (title, name if link == "." else f"{link}/{name}")
+              for title, name in analysis_figures(results, figures)
+          ],
+          "##",
+      ),
+  ]
+  files.write_text(page, "\n".join(lines))
+  return page
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -49,15 +552,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   if args.train:
     overrides = {k: getattr(args, k) for k in ("epochs", "data_dir", "mnist_dir")
                  if getattr(args, k) is not None}
-    paths += compare_lib.train_runs(args.train, args.seeds, args.runs_root,
+    paths += train_runs(args.train, args.seeds, args.runs_root,
                                     args.preset,
-                                    vary=compare_lib.parse_vary(args.vary),
+                                    vary=parse_vary(args.vary),
                                     **overrides)
   elif args.vary:
     raise UserError("--vary needs --train=MODEL: it trains a run per value")
   if not paths:
     raise UserError("pass run folders to compare, or --train=MODEL[,MODEL...]")
-  compare_lib.compare(paths, args.out, analyses=args.analyses)
+  compare(paths, args.out, analyses=args.analyses)
 
 
 def _names(text: str) -> List[str]:

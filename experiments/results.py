@@ -45,11 +45,11 @@ sys.path.insert(0, ROOT)
 from mnist_jax import models
 from mnist_jax.errors import UserError
 from mnist_jax.results import analysis
-from mnist_jax.results import compare
 from mnist_jax.results import plots
 from mnist_jax.rundir import files
 from mnist_jax.rundir import folder as folder_lib
 from mnist_jax.training import members as members_lib
+from experiments import compare
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 # Where the data was read from (and whether it was analysed) does not change a run.
@@ -383,7 +383,7 @@ def write_analyses(root: str, results: Dict[Row, dict], log=print) -> None:
     log(f"{ANALYSES} not written: {', '.join(missing)} hold no analysis; "
         "write each: python launch.py --mode=report --workdir=RUN")
     return
-  path = analysis.compare(
+  path = compare.analysis_page(
       [results[r]["run"] for r in TUNED], os.path.join(root, ANALYSES),
       os.path.join(root, "docs", "img"), [r.model for r in TUNED],
       [results[r]["time_s"] for r in TUNED])

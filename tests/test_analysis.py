@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_digits
+from experiments import compare
 from experiments import results
 from mnist_jax import models
 from mnist_jax.data import pipeline
 from mnist_jax.results import analysis
-from mnist_jax.results import compare
 from mnist_jax.results import report
 from mnist_jax.results import run as run_lib
 from mnist_jax.rundir import files
@@ -215,7 +215,8 @@ def test_each_run_folder_gets_its_files_and_section(two_runs):
 
 
 def test_the_comparison_page_sets_two_runs_side_by_side(two_runs, tmp_path):
-  page = analysis.compare([f for f, *_ in two_runs], str(tmp_path / "cmp" / "a.md"))
+  page = compare.analysis_page([f for f, *_ in two_runs],
+                               str(tmp_path / "cmp" / "a.md"))
   text = open(page).read()
   assert "| rnn (seed) |" in text and "| lstm (seed) |" in text
   figures = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)

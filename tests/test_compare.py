@@ -13,8 +13,8 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from experiments import compare
 from mnist_jax import models
-from mnist_jax.results import compare
 from mnist_jax.results import plots
 from mnist_jax.rundir import files
 from mnist_jax.rundir import folder as folder_lib

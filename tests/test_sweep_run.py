@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from experiments import compare
 from experiments import profile_chunk
 import launch
 import launch_helpers as lh
@@ -21,7 +22,6 @@ from mnist_jax import models
 from mnist_jax.data import images as images_lib
 from mnist_jax.data import pipeline
 from mnist_jax.errors import UserError
-from mnist_jax.results import compare
 from mnist_jax.results import report
 from mnist_jax.results import run as run_lib
 from mnist_jax.rundir import checkpoints

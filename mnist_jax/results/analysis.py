@@ -461,7 +461,7 @@ def load(workdir: str) -> Dict[str, object]:
     return {**json.load(f), **arrays}
 
 
-def _cells(s, train_s: Optional[float] = None) -> List[tuple]:
+def cells(s, train_s: Optional[float] = None) -> List[tuple]:
   """The summary's (heading, text) pairs: compare's table (report.md's
   without the train time, train_s)."""
   pct = lambda value: "n/a" if value is None else f"{100 * value:.2f}%"
@@ -505,7 +505,7 @@ FIGURES = (
 )
 
 
-def _figures(shown, heading: str) -> List[str]:
+def figure_lines(shown, heading: str) -> List[str]:
   """Markdown lines of figures [(title, link)], each under a heading."""
   return [line for title, link in shown
           for line in (f"{heading} {title}", "", f"![{title}]({link})", "")]
@@ -523,7 +523,7 @@ def section(r, folder: str, prefix: str = FOLDER + "/") -> List[str]:
       "## What the model learned",
       "",
       *files.table(
-          ["", ""], [c for c in _cells(s) if c[0] != "train time"], "lr"
+          ["", ""], [c for c in cells(s) if c[0] != "train time"], "lr"
       ),
       "",
       f"{NOTES} Integrated gradients: {s['ig_steps']} steps, each summing to "
@@ -531,7 +531,7 @@ def section(r, folder: str, prefix: str = FOLDER + "/") -> List[str]:
       f"logit(black). Numbers: {links} (each analysis's seconds in "
       f"{FOLDER}/{SUMMARY}).",
       "",
-      *_figures(
+      *figure_lines(
           [
               (title, prefix + name)
               for name, title in FIGURES
@@ -540,48 +540,3 @@ def section(r, folder: str, prefix: str = FOLDER + "/") -> List[str]:
           "###",
       ),
   ]
-
-
-def compare(folders: Sequence[str], page: str, figures: Optional[str] = None,
-            labels: Optional[Sequence[str]] = None,
-            train_s: Optional[Sequence[Optional[float]]] = None) -> str:
-  """Writes `page` (markdown) and its figures into `figures` (default: its
-  folder): the runs' analyses (written) side by side. train_s: each run's
-  training time. Returns `page`."""
-  from mnist_jax.results import analysis_plots  # pylint: disable=g-import-not-at-top
-
-  results = [load(folder) for folder in folders]
-  names = list(labels or [f"{r['model']} ({r['preset']})" for r in results])
-  for r, name, folder in zip(results, names, folders):
-    r["label"] = name + (f" [{os.path.basename(os.path.normpath(folder))}]"
-                         if names.count(name) > 1 else "")
-  figures = figures or os.path.dirname(page) or "."
-  os.makedirs(figures, exist_ok=True)
-  rows = [_cells(summary(r), t)
-          for r, t in zip(results, train_s or [None] * len(results))]
-  link = os.path.relpath(figures, os.path.dirname(page) or ".")
-  lines = [
-      "# What each model learned",
-      "",
-      *files.table(
-          ["model", *(k for k, _ in rows[0])],
-          [
-              [r["label"], *(v for _, v in cells)]
-              for r, cells in zip(results, rows)
-          ],
-          "l" + "r" * len(rows[0]),
-      ),
-      "",
-      NOTES + " Train time: the run's wall time less loading its data "
-      "(a member's share of its program's).",
-      "",
-      *_figures(
-          [
-              (title, name if link == "." else f"{link}/{name}")
-              for title, name in analysis_plots.compare(results, figures)
-          ],
-          "##",
-      ),
-  ]
-  files.write_text(page, "\n".join(lines))
-  return page

@@ -4,7 +4,7 @@ are one mosaic (one axes), each figure well under a second."""
 
 import os
 import textwrap
-from typing import List, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -329,26 +329,3 @@ def compare_attributions(results: Sequence[dict], path: str) -> str:
                  "same test images to each model's predicted class (red for, "
                  "blue against; each map to its own largest |value|; red "
                  "caption: wrong)")
-
-
-def compare(results: Sequence[dict], out: str) -> List[tuple]:
-  """The comparison's figures, written into `out`: [(title, file name)]."""
-  shown = [
-      (
-          "How far it must read",
-          "analysis_reading.png",
-          reading,
-          [r for r in results if "reading_accuracy" in r],
-      ),
-      ("What breaks it", "analysis_robustness.png", robustness, results),
-      ("How sure it is", "analysis_reliability.png", reliability, results),
-      ("What it learned (PCA)", "analysis_pca.png", maps, results),
-      (
-          "Where it looks",
-          "analysis_attributions.png",
-          compare_attributions,
-          results,
-      ),
-  ]
-  return [(title, name) for title, name, draw, which in shown
-          if which and draw(which, os.path.join(out, name))]
