@@ -35,6 +35,7 @@ import itertools
 import os
 import statistics
 import sys
+import textwrap
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -383,9 +384,9 @@ def compare(paths: Sequence[str], out: str, log=print,
   for name, draw in zip(
       PLOTS,
       (
-          plots.compare_accuracy,
-          plots.compare_accuracy_time,
-          plots.compare_curves,
+          plot_accuracy,
+          plot_accuracy_time,
+          plot_curves,
       ),
   ):
     draw(groups, os.path.join(out, name))
@@ -475,6 +476,180 @@ def train_runs(model_names: Sequence[str], seeds: Sequence[int], runs_root: str,
       run_lib.train_and_evaluate(config, folder, stream=stream)
     folders.append(folder)
   return folders
+
+
+def accuracy_floor(values) -> float:
+  """Where an accuracy axis (to 100%) starts: a whole percent, a point below
+  the lowest value, so close runs never fill the whole height."""
+  return max(0.0, float(np.floor(min(values))) - 1.0)
+
+
+def fit_title(fig, title) -> None:
+  """Wraps a title (a Text artist) into lines that lie within `fig`."""
+  text = title.get_text().replace("\n", " ")
+  chars = len(text)
+  while chars > 20:
+    fig.draw_without_rendering()
+    box = title.get_window_extent()
+    if box.x0 >= fig.bbox.x0 and box.x1 <= fig.bbox.x1:
+      break
+    chars = int(chars * 0.9)
+    title.set_text("\n".join(textwrap.wrap(text, chars)))
+
+
+def _std(values: np.ndarray) -> Optional[float]:
+  """The sample std (ddof=1, as report.md's tables), None for one value."""
+  return float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
+def _several(groups: Sequence[dict]) -> bool:
+  """Whether some configuration has several runs (seeds) to summarise."""
+  return any(len(g["test_accuracy"]) > 1 for g in groups)
+
+
+def accuracy_figure(groups: Sequence[dict]):
+  """Test accuracy per configuration: mean bar, std whisker, one dot per seed."""
+  n = len(groups)
+  fig, ax = plots.plt.subplots(figsize=(8, 0.55 * n + 1.6), layout="constrained")
+  low = accuracy_floor([100 * a for g in groups for a in g["test_accuracy"]])
+  for i, (g, color) in enumerate(zip(groups, plots.palette(n))):
+    acc = 100 * np.asarray(g["test_accuracy"])
+    std = _std(acc)
+    ax.barh(i, acc.mean() - low, left=low, color=color, alpha=0.75, xerr=std,
+            capsize=4)
+    ax.plot(acc, [i] * len(acc), "k.", ms=6)
+    spread = f" ± {std:.2f}" if std is not None else ""
+    end = max(acc.max(), acc.mean() + (std or 0.0))
+    room = 100 - end > 0.3 * (
+        100 - low
+    )  # Beside the bar if it fits, else in it.
+    ax.text((end if room else low) + 0.015 * (100 - low), i,
+            f"{acc.mean():.2f}%{spread} (n={len(acc)})", va="center",
+            ha="left", fontsize=9)
+  ax.set_xlim(low, 100)
+  ax.set_yticks(range(n), [g["label"] for g in groups])
+  ax.invert_yaxis()
+  ax.set_xlabel(f"Test accuracy (%; axis from {low:g}, a point below the "
+                "lowest run)")
+  how = (" (bar: mean over seeds, whisker: std, dots: each run)"
+         if _several(groups) else "")
+  fit_title(fig, ax.set_title(f"Test accuracy per configuration{how}",
+                              fontsize=10))
+  ax.grid(axis="x", alpha=0.3)
+  return fig
+
+
+def plot_accuracy(groups: Sequence[dict], path: str) -> str:
+  return plots.save_whole(accuracy_figure(groups), path)
+
+
+def accuracy_time_figure(groups: Sequence[dict]):
+  """Test accuracy against run time less data loading, a point per group."""
+  longest = max(len(g["label"]) for g in groups)  # The legend goes beside.
+  fig, ax = plots.plt.subplots(figsize=(min(6.5 + 0.06 * longest, 12), 4.8),
+                         layout="constrained")
+  every_acc, every_time = [], []
+  for i, (g, color) in enumerate(zip(groups, plots.palette(len(groups)))):
+    acc = 100 * np.asarray(g["test_accuracy"])
+    # Older runs have no time less data loading: their wall time.
+    t = np.asarray(g.get("train_time_s", g["wall_time_s"]), np.float64)
+    every_acc += list(acc)
+    every_time += list(t)
+    marker = plots.MARKERS[i % len(plots.MARKERS)]
+    if len(acc) > 1:
+      ax.plot(t, acc, marker, color=color, alpha=0.35, ms=4, ls="none")
+    xerr = _std(t)
+    if xerr is not None and t.mean() - xerr <= 0:  # No time at or below 0
+      xerr = [[t.mean() - t.min()], [xerr]]  # (nor a log axis's -inf).
+    ax.errorbar(t.mean(), acc.mean(), xerr=xerr, yerr=_std(acc),
+                fmt=marker, color=color, ms=8, capsize=3, label=g["label"],
+                clip_on=False)
+  log = max(every_time) > 10 * min(every_time)
+  if log:
+    ax.set_xscale("log")
+    plots.plain_ticks(ax.xaxis, (1.0, 2.0, 5.0))
+  ax.set_ylim(accuracy_floor(every_acc), 100)
+  shared = any(m > 1 for g in groups for m in g.get("program_members", ()))
+  ax.set_xlabel("Run time less data loading (s" + (", log scale" if log else "")
+                + "; compilation, evaluation and report included)"
+                + ("\nA member of a --num_seeds or --sweep run: its share, "
+                   "the run's time / its members" if shared else ""))
+  ax.set_ylabel(f"Test accuracy (%; from {accuracy_floor(every_acc):g})")
+  ax.grid(alpha=0.3, which="both")
+  ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1),
+            borderaxespad=0)
+  how = " (mean ± std over seeds)" if _several(groups) else ""
+  fit_title(fig, ax.set_title(f"Test accuracy against run time{how}"))
+  return fig
+
+
+def plot_accuracy_time(groups: Sequence[dict], path: str) -> str:
+  return plots.save_whole(accuracy_time_figure(groups), path)
+
+
+CURVE_PANELS = (("train_loss", "Train loss (cross entropy)", 1.0),
+                ("val_loss", "Validation loss", 1.0),
+                ("train_accuracy", "Train accuracy (%)", 100.0),
+                ("val_accuracy", "Validation accuracy (%)", 100.0))
+
+
+def _mean_curves(groups: Sequence[dict], key: str, scale: float):
+  """[(group index, epochs, [seeds, epochs] values)] of the groups with `key`."""
+  out = []
+  for i, g in enumerate(groups):
+    curves = [[(r["epoch"], scale * r[key]) for r in rows
+               if r.get(key) is not None] for rows in g["curves"]]
+    curves = [c for c in curves if c]
+    if curves:
+      length = min(len(c) for c in curves)
+      out.append((i, [e for e, _ in curves[0][:length]],
+                  np.array([[v for _, v in c[:length]] for c in curves])))
+  return out
+
+
+def curves_figure(groups: Sequence[dict]):
+  """Learning curves overlaid: mean line, shaded min-max over seeds; a panel
+  per metric some run has (no validation panels when no run holds one out)."""
+  panels = [(p, _mean_curves(groups, p[0], p[2])) for p in CURVE_PANELS]
+  panels = [(p, lines) for p, lines in panels if lines]
+  cols = 2 if len(panels) == 4 else len(panels)
+  rows = (len(panels) + cols - 1) // cols
+  fig, axes = plots.plt.subplots(rows, cols, figsize=(5.5 * cols, 4.2 * rows),
+                           squeeze=False, layout="constrained")
+  colors = plots.palette(len(groups))
+  epochs = [r["epoch"] for g in groups for rows_ in g["curves"] for r in rows_]
+  for ax, ((key, label, _), lines) in zip(axes.flat, panels):
+    for i, x, y in lines:
+      ax.plot(x, y.mean(axis=0), "-", marker=plots.MARKERS[i % len(plots.MARKERS)], ms=3,
+              color=colors[i], label=groups[i]["label"], clip_on=False)
+      if len(y) > 1:
+        ax.fill_between(x, y.min(axis=0), y.max(axis=0), color=colors[i],
+                        alpha=0.2)
+    ax.set(xlabel="Epoch", ylabel=label, title=label)
+    plots.epoch_axis(ax, epochs)
+    values = [v for _, _, y in lines for v in y.flat]
+    if "loss" in key and max(values) > 10 * min(values) > 0:
+      ax.set_yscale("log")
+      plots.plain_ticks(ax.yaxis, (1.0, 2.0, 3.0, 5.0))
+    elif "loss" in key:
+      ax.set_ylim(bottom=0)
+    else:
+      ax.set_ylim(accuracy_floor(values), 100)
+    ax.grid(alpha=0.3, which="both")
+  legend = {}  # Each group once, in the groups' order.
+  for ax in axes.flat:
+    for handle, text in zip(*ax.get_legend_handles_labels()):
+      legend.setdefault(text, handle)
+  fig.legend(list(legend.values()), list(legend), loc="outside lower center",
+             ncols=min(len(legend), 3), fontsize=8)
+  seeds = "mean over seeds; band: min to max; " if _several(groups) else ""
+  fit_title(fig, fig.suptitle(f"Learning curves ({seeds}accuracy axes from a "
+                              "point below the lowest value)"))
+  return fig
+
+
+def plot_curves(groups: Sequence[dict], path: str) -> str:
+  return plots.save_whole(curves_figure(groups), path)
 
 
 def analysis_figures(results: Sequence[dict], out: str) -> List[tuple]:

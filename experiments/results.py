@@ -45,7 +45,6 @@ sys.path.insert(0, ROOT)
 from mnist_jax import models
 from mnist_jax.errors import UserError
 from mnist_jax.results import analysis
-from mnist_jax.results import plots
 from mnist_jax.rundir import files
 from mnist_jax.rundir import folder as folder_lib
 from mnist_jax.training import members as members_lib
@@ -360,7 +359,7 @@ def write(root: str, results: Dict[Row, dict], log=print) -> None:
     log(f"wrote {path}")
   summaries = [compare.summarize(results[r]["run"]) for r in TUNED]
   path = os.path.join(root, ACCURACY_VS_TIME)
-  plots.compare_accuracy_time(compare.group(summaries), path)
+  compare.plot_accuracy_time(compare.group(summaries), path)
   log(f"wrote {path}")
   path = os.path.join(root, SWEEP_FIGURE)
   with files.atomic(path, "wb") as f:

@@ -247,7 +247,7 @@ def test_spread_is_the_sample_standard_deviation_as_in_report_md(tmp_path):
   text = open(os.path.join(out, "comparison.md")).read()
   assert f"{100 * np.mean(accuracies):.2f} ± {100 * sample:.2f}" in text
   # The figures' whiskers and labels too.
-  fig = plots.accuracy_figure(compare.group(
+  fig = compare.accuracy_figure(compare.group(
       compare.split_members(compare.summarize(program))))
   labels = [t.get_text() for t in fig.axes[0].texts]
   assert f"± {100 * sample:.2f} (n=3)" in labels[0], labels
@@ -316,16 +316,16 @@ def _group(label, accuracies, times=None, val=True, epochs=3):
 
 
 def test_accuracy_axes_start_a_point_below_the_lowest_run():
-  assert plots.accuracy_floor([99.2, 99.23]) == 98.0
-  assert plots.accuracy_floor([92.65, 99.3]) == 91.0
-  assert plots.accuracy_floor([99.0]) == 98.0
-  assert plots.accuracy_floor([0.4, 50.0]) == 0.0
+  assert compare.accuracy_floor([99.2, 99.23]) == 98.0
+  assert compare.accuracy_floor([92.65, 99.3]) == 91.0
+  assert compare.accuracy_floor([99.0]) == 98.0
+  assert compare.accuracy_floor([0.4, 50.0]) == 0.0
   groups = [_group("cnn", [0.9920]), _group("gru", [0.9923], [30.0])]
-  fig = plots.accuracy_time_figure(groups)
+  fig = compare.accuracy_time_figure(groups)
   assert fig.axes[0].get_ylim() == (98.0, 100.0)  # 0.03 points of 2.
-  assert plots.accuracy_figure(groups).axes[0].get_xlim() == (98.0, 100.0)
-  panels = {ax.get_title(): ax for ax in plots.curves_figure(groups).axes}
-  low = plots.accuracy_floor([100 * (0.992 - 0.02)])
+  assert compare.accuracy_figure(groups).axes[0].get_xlim() == (98.0, 100.0)
+  panels = {ax.get_title(): ax for ax in compare.curves_figure(groups).axes}
+  low = compare.accuracy_floor([100 * (0.992 - 0.02)])
   assert panels["Validation accuracy (%)"].get_ylim() == (low, 100.0)
   assert panels["Validation loss"].get_ylim()[0] == 0.0
   plt.close("all")
@@ -337,20 +337,20 @@ def test_a_time_whisker_never_reaches_zero(tmp_path):
   rather than at -inf (which drew a figure of 250 million pixels)."""
   groups = [_group("cnn", [0.99, 0.991], [1.0, 20.0]),
             _group("gru", [0.98], [200.0])]
-  fig = plots.accuracy_time_figure(groups)
+  fig = compare.accuracy_time_figure(groups)
   ax = fig.axes[0]
   assert ax.get_xscale() == "log" and ax.get_xlim()[0] > 0
-  path = plots.compare_accuracy_time(groups, str(tmp_path / "t.png"))
+  path = compare.plot_accuracy_time(groups, str(tmp_path / "t.png"))
   with Image.open(path) as image:
     assert max(image.size) < 3000, image.size
   plt.close("all")
 
 
 def test_no_panel_without_data():
-  without = plots.curves_figure([_group("linear", [0.92], val=False)])
+  without = compare.curves_figure([_group("linear", [0.92], val=False)])
   assert [ax.get_title() for ax in without.axes] == [
       "Train loss (cross entropy)", "Train accuracy (%)"]
-  mixed = plots.curves_figure([_group("linear", [0.92], val=False),
+  mixed = compare.curves_figure([_group("linear", [0.92], val=False),
                                _group("mlp", [0.98])])
   assert len(mixed.axes) == 4 and all(ax.lines for ax in mixed.axes)
   plt.close("all")
@@ -361,9 +361,9 @@ def _titles(fig):
           if t.get_text()]  # fig.texts holds the suptitle.
 
 
-@pytest.mark.parametrize("figure", [plots.accuracy_figure,
-                                    plots.accuracy_time_figure,
-                                    plots.curves_figure])
+@pytest.mark.parametrize("figure", [compare.accuracy_figure,
+                                    compare.accuracy_time_figure,
+                                    compare.curves_figure])
 def test_titles_speak_of_seeds_only_where_a_group_has_several(figure):
   single = " ".join(_titles(figure([_group("cnn", [0.99]),
                                      _group("gru", [0.98], [30.0])])))
@@ -391,8 +391,8 @@ def test_titles_fit_and_legends_clear_the_axes():
   groups = [_group(f"mlp (learning_rate={lr}, dropout=0.25, grad_clip=1.0)",
                    [0.98, 0.981], [20.0 * (i + 1), 21.0 * (i + 1)])
             for i, lr in enumerate((1e-4, 3e-4, 1e-3, 3e-3, 1e-2))]
-  for figure in (plots.accuracy_figure, plots.accuracy_time_figure,
-                 plots.curves_figure):
+  for figure in (compare.accuracy_figure, compare.accuracy_time_figure,
+                 compare.curves_figure):
     fig = figure(groups)
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()

@@ -12,7 +12,7 @@ from mnist_jax.results import plots
 from mnist_jax.results.plots import plt
 
 CMAP = "RdBu_r"  # Attributions and weights: red positive, blue negative.
-COLORS = plots._colors  # pylint: disable=protected-access
+COLORS = plots.palette
 
 
 def _legend(fig, axes):
@@ -31,7 +31,7 @@ def _finish(fig, path: str, title: str, legend=None) -> str:
   if legend is not None:
     _legend(fig, legend)
   fig.suptitle(textwrap.fill(title, int(fig.get_figwidth() * 12)), fontsize=10)
-  return plots._save_whole(fig, path)  # pylint: disable=protected-access
+  return plots.save_whole(fig, path)
 
 
 def _panels(n: int, width: float, height: float, **kwargs):
