@@ -50,6 +50,7 @@ from mnist_jax.data import pipeline
 from mnist_jax.results import analysis
 from mnist_jax.results import analysis_plots
 from mnist_jax.results import plots
+from mnist_jax.results.plots import MARKERS, plt
 from mnist_jax.results import run as results_run
 from mnist_jax.rundir import files
 from mnist_jax.rundir import folder as folder_lib
@@ -510,7 +511,7 @@ def _several(groups: Sequence[dict]) -> bool:
 def accuracy_figure(groups: Sequence[dict]):
   """Test accuracy per configuration: mean bar, std whisker, one dot per seed."""
   n = len(groups)
-  fig, ax = plots.plt.subplots(figsize=(8, 0.55 * n + 1.6), layout="constrained")
+  fig, ax = plt.subplots(figsize=(8, 0.55 * n + 1.6), layout="constrained")
   low = accuracy_floor([100 * a for g in groups for a in g["test_accuracy"]])
   for i, (g, color) in enumerate(zip(groups, plots.palette(n))):
     acc = 100 * np.asarray(g["test_accuracy"])
@@ -546,7 +547,7 @@ def plot_accuracy(groups: Sequence[dict], path: str) -> str:
 def accuracy_time_figure(groups: Sequence[dict]):
   """Test accuracy against run time less data loading, a point per group."""
   longest = max(len(g["label"]) for g in groups)  # The legend goes beside.
-  fig, ax = plots.plt.subplots(figsize=(min(6.5 + 0.06 * longest, 12), 4.8),
+  fig, ax = plt.subplots(figsize=(min(6.5 + 0.06 * longest, 12), 4.8),
                          layout="constrained")
   every_acc, every_time = [], []
   for i, (g, color) in enumerate(zip(groups, plots.palette(len(groups)))):
@@ -555,7 +556,7 @@ def accuracy_time_figure(groups: Sequence[dict]):
     t = np.asarray(g.get("train_time_s", g["wall_time_s"]), np.float64)
     every_acc += list(acc)
     every_time += list(t)
-    marker = plots.MARKERS[i % len(plots.MARKERS)]
+    marker = MARKERS[i % len(MARKERS)]
     if len(acc) > 1:
       ax.plot(t, acc, marker, color=color, alpha=0.35, ms=4, ls="none")
     xerr = _std(t)
@@ -614,13 +615,13 @@ def curves_figure(groups: Sequence[dict]):
   panels = [(p, lines) for p, lines in panels if lines]
   cols = 2 if len(panels) == 4 else len(panels)
   rows = (len(panels) + cols - 1) // cols
-  fig, axes = plots.plt.subplots(rows, cols, figsize=(5.5 * cols, 4.2 * rows),
+  fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.2 * rows),
                            squeeze=False, layout="constrained")
   colors = plots.palette(len(groups))
   epochs = [r["epoch"] for g in groups for rows_ in g["curves"] for r in rows_]
   for ax, ((key, label, _), lines) in zip(axes.flat, panels):
     for i, x, y in lines:
-      ax.plot(x, y.mean(axis=0), "-", marker=plots.MARKERS[i % len(plots.MARKERS)], ms=3,
+      ax.plot(x, y.mean(axis=0), "-", marker=MARKERS[i % len(MARKERS)], ms=3,
               color=colors[i], label=groups[i]["label"], clip_on=False)
       if len(y) > 1:
         ax.fill_between(x, y.min(axis=0), y.max(axis=0), color=colors[i],
@@ -665,7 +666,8 @@ def analysis_figures(results: Sequence[dict], out: str) -> List[tuple]:
        analysis_plots.robustness, results),
       ("How sure it is", "analysis_reliability.png",
        analysis_plots.reliability, results),
-      ("What it learned (PCA)", "analysis_pca.png", analysis_plots.maps, results),
+      ("What it learned (PCA)", "analysis_pca.png", analysis_plots.maps,
+       results),
       (
           "Where it looks",
           "analysis_attributions.png",

@@ -58,6 +58,7 @@ def test_the_package_exports_the_api_names():
     mnist_jax.nope  # pylint: disable=pointless-statement
 
 
+@pytest.mark.slow
 def test_readme_example_runs(prepared, tmp_path, monkeypatch, capsys):
   """README's "Python API" code, verbatim: trains a run, loads it, predicts."""
   _, data_dir = prepared

@@ -198,6 +198,7 @@ def test_every_model_trains_a_step_and_evaluates(emnist, dataset, model):
       np.sum(np.argmax(logits, -1) == test.labels))
 
 
+@pytest.mark.slow
 def test_report_at_47_classes_names_every_class(tmp_path):
   info = datasets.get("emnist_balanced")
   images, labels = synthetic_classes(94, 47, seed=1)

@@ -85,6 +85,7 @@ def test_tensorboard_cost_replays_a_finished_run(tiny_run):
     assert result["members"] == int(members) and result["event_bytes"] > 0
 
 
+@pytest.mark.slow
 def test_pixel_rnn_times_a_step_with_and_without_remat():
   """pixel_rnn.py compiles the run's own train chunk on 784-step sequences."""
   script = os.path.join(ROOT, "experiments", "pixel_rnn.py")

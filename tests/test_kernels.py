@@ -112,7 +112,8 @@ def test_what_no_kernel_computes_runs_stock(name, overrides, missing):
   assert kernels.swap(stock, "auto", SHAPE, "gpu")[1] is None
 
 
-@pytest.mark.parametrize("k", [5, pytest.param(1, marks=pytest.mark.slow),
+@pytest.mark.parametrize("k", [pytest.param(5, marks=pytest.mark.slow),
+                               pytest.param(1, marks=pytest.mark.slow),
                                pytest.param(2, marks=pytest.mark.slow),
                                pytest.param(7, marks=pytest.mark.slow)])
 def test_any_cnn_kernel_size_runs_the_kernel_on_cpu(k):

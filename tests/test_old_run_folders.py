@@ -103,7 +103,8 @@ def test_the_folders_are_of_the_previous_format():
   assert checkpoints.FORMAT == 3
 
 
-@pytest.mark.parametrize("name", FINISHED)
+@pytest.mark.parametrize("name", [FINISHED[0], *(
+    pytest.param(n, marks=pytest.mark.slow) for n in FINISHED[1:])])
 def test_report_reproduces_the_recorded_test_metrics(old, data, name, capsys):
   """--mode=report (run.rewrite_report, as launch.py calls it) evaluates the
   old checkpoint to the test accuracy and loss its run recorded, and leaves

@@ -72,6 +72,7 @@ def test_confusion_and_pairs_on_known_labels():
   assert stats["precision"][8] == pytest.approx(1 / 3)
 
 
+@pytest.mark.slow
 def test_report_mode_rewrites_a_finished_run(tiny_run, tmp_path, capsys):
   workdir = str(tmp_path / "copy")
   subprocess.run(["cp", "-r", tiny_run, workdir], check=True)
@@ -92,6 +93,7 @@ def test_report_mode_rewrites_a_finished_run(tiny_run, tmp_path, capsys):
   assert f"{report_md} was rewritten" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_report_of_an_older_checkpoint_says_so(tiny_run, tmp_path, capsys):
   """The issue's case: the newest checkpoint gone, the log goes further."""
   workdir = str(tmp_path / "copy")
@@ -130,6 +132,7 @@ def test_report_mode_on_a_folder_without_a_run(tmp_path):
   assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_a_run_that_did_not_learn_says_so_atop_its_report(tiny_run, tmp_path):
   """The final row's verdict (control.learning_verdict) heads report.md,
   also when --mode=report rewrites it; the tiny run itself learned."""
