@@ -499,8 +499,8 @@ def fit_title(fig, title) -> None:
 
 
 def _std(values: np.ndarray) -> Optional[float]:
-  """The sample std (ddof=1, as report.md's tables), None for one value."""
-  return float(np.std(values, ddof=1)) if len(values) > 1 else None
+  """_mean_std's std, None for one value (no whisker)."""
+  return _mean_std(values)[1] if len(values) > 1 else None
 
 
 def _several(groups: Sequence[dict]) -> bool:
