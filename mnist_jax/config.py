@@ -77,8 +77,8 @@ class Range:
               f"{_number(self.high)}{')' if self.high_open else ']'}")
     if value > self.low or (value == self.low and not self.low_open):
       return f"{'below' if self.high_open else 'at most'} {_number(self.high)}"
-    if self.low == 0 and self.low_open or self.low == 1 and isinstance(
-        self.low, int):
+    if (self.low == 0 and self.low_open
+        or self.low == 1 and isinstance(self.low, int)):
       return "positive"
     return f"{'>' if self.low_open else '>='} {_number(self.low)}"
 
@@ -279,9 +279,7 @@ class Config:
   def __post_init__(self):
     declared = MODEL_SETTINGS.get(self.model, {})
     given = dict(self.model_settings)
-    for name in given:
-      if name in declared:
-        continue
+    for name in (n for n in given if n not in declared):
       owners = "/".join(models_with(name))
       raise UserError(f"--{name} is a setting of --model={owners}, not of "
                       f"--model={self.model}; leave it out" if owners else
@@ -324,9 +322,8 @@ FIELDS = {f.name: f for f in dataclasses.fields(Config)
 
 def group(name: str) -> str:
   """The --help group (GROUPS) of a field or model setting."""
-  return (
-      FIELDS[name].metadata["group"] if name in FIELDS else setting(name).group
-  )
+  return (FIELDS[name].metadata["group"] if name in FIELDS
+          else setting(name).group)
 
 
 def default(name: str, model: Optional[str] = None) -> Any:

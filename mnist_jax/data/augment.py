@@ -73,15 +73,13 @@ def augment(key: jax.Array, images: jax.Array, *, shift: float = 0.0,
   k_angle, k_scale, k_shift, k_elastic = jax.random.split(key, 4)
   angle = jax.random.uniform(k_angle, (b,), minval=-1.0, maxval=1.0) * (
       rotate * math.pi / 180.0)
-  zoom = 1.0 + scale * jax.random.uniform(
-      k_scale, (b,), minval=-1.0, maxval=1.0
-  )
+  zoom = 1.0 + scale * jax.random.uniform(k_scale, (b,), minval=-1.0,
+                                          maxval=1.0)
   offset = shift * jax.random.uniform(k_shift, (b, 2), minval=-1.0, maxval=1.0)
   rows, cols = affine_grid(images.shape, angle, zoom, offset)
   if elastic > 0:
-    d_rows, d_cols = elastic_field(
-        k_elastic, images.shape, elastic, elastic_sigma
-    )
+    d_rows, d_cols = elastic_field(k_elastic, images.shape, elastic,
+                                   elastic_sigma)
     rows, cols = rows + d_rows, cols + d_cols
   out = sample(images, rows, cols)
   if jnp.issubdtype(images.dtype, jnp.integer):

@@ -38,10 +38,8 @@ def read(path: str, expect_magic: int,
   kind, ndim = ("images", 3) if expect_magic == IMAGES_MAGIC else ("labels", 1)
   header = 4 + 4 * ndim
   if len(raw) < header:
-    raise IdxError(
-        f"{path} is truncated: {len(raw)} bytes, shorter than an IDX "
-        f"{kind} header; replace it with a fresh copy"
-    )
+    raise IdxError(f"{path} is truncated: {len(raw)} bytes, shorter than an "
+                   f"IDX {kind} header; replace it with a fresh copy")
   magic = struct.unpack(">I", raw[:4])[0]
   if magic != expect_magic:
     raise IdxError(f"{path} is not an IDX {kind} file (magic 0x{magic:08x}, "
@@ -52,8 +50,7 @@ def read(path: str, expect_magic: int,
                    f"{image_shape[0]}x{image_shape[1]} expected")
   if not 0 < dims[0] <= MAX_ITEMS:
     raise IdxError(f"{path} claims {dims[0]} {kind}; that is not a valid count")
-  size = int(np.prod(dims))
-  body = len(raw) - header
+  size, body = int(np.prod(dims)), len(raw) - header
   if body != size:
     state = "truncated" if body < size else "longer than its header says"
     raise IdxError(f"{path} is {state}: {body} data bytes for {size} expected; "

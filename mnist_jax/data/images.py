@@ -30,9 +30,8 @@ NEAR = 0.3  # Pieces this close (fraction of the digit's size) are kept,
 STRONG = 0.5  # if their ink is at least this fraction of the digit's darkest.
 STROKE = 2.0  # Minimum stroke width in the 20x20 box (MNIST pens are 2-3 px).
 MAX_SIDE = 1024  # Bigger images are shrunk first (a digit needs no more).
-WORK_SIDE = (
-    4 * BOX
-)  # Crops above this are max-pooled down: thin strokes survive.
+# Crops above this are max-pooled down: thin strokes survive.
+WORK_SIDE = 4 * BOX
 
 
 class ImageError(UserError):
@@ -40,7 +39,7 @@ class ImageError(UserError):
 
 
 def open_image(path: str) -> Image.Image:
-  """Opens an image file, with a one-line ImageError naming it when it cannot."""
+  """Opens an image file, or a one-line ImageError naming it if it cannot."""
   hint = "pass a PNG or JPEG file"
   if not os.path.exists(path):
     raise ImageError(f"{path} does not exist; check the path")
@@ -52,9 +51,8 @@ def open_image(path: str) -> Image.Image:
     image = Image.open(path)
     image.load()
   except UnidentifiedImageError:
-    raise ImageError(
-        f"{path} is not an image (unknown format); {hint}"
-    ) from None
+    raise ImageError(f"{path} is not an image (unknown format); "
+                     f"{hint}") from None
   except Image.DecompressionBombError:
     raise ImageError(f"{path} is too large to be a digit image; pass a smaller "
                      "one") from None
@@ -105,9 +103,8 @@ def _blocks(a: np.ndarray, k: int, mode: str = "edge") -> np.ndarray:
   return a.reshape(h // k, k, w // k, k)
 
 
-def _shifts(
-    a: np.ndarray, radius: int, extrapolate: bool = False
-) -> np.ndarray:
+def _shifts(a: np.ndarray, radius: int,
+            extrapolate: bool = False) -> np.ndarray:
   """[(2 radius + 1)^2, H, W]: a shifted by every offset up to radius (a
   square window), padded by repeating the edges or continuing them linearly."""
   p = (np.pad(a, radius, mode="reflect", reflect_type="odd") if extrapolate
@@ -159,10 +156,8 @@ def _components(mask: np.ndarray) -> np.ndarray:
   """Labels [H, W] of the 8-connected components of mask (-1 outside them)."""
   n = mask.size
   label = np.where(mask.ravel(), np.arange(n), n)
-  h, w = mask.shape
   while True:
-    grid = label.reshape(h, w)
-    smallest = _shifts(grid, 1).min(axis=0).ravel()
+    smallest = _shifts(label.reshape(mask.shape), 1).min(axis=0).ravel()
     new = np.where(mask.ravel(), smallest, n)
     inside = new < n
     while True:  # Pointer jumping: each label to its label's label.
@@ -174,7 +169,7 @@ def _components(mask: np.ndarray) -> np.ndarray:
     if np.array_equal(new, label):
       break
     label = new
-  return np.where(mask, label.reshape(h, w), -1)
+  return np.where(mask, label.reshape(mask.shape), -1)
 
 
 def _digit_mask(ink: np.ndarray) -> np.ndarray:
@@ -190,9 +185,8 @@ def _digit_mask(ink: np.ndarray) -> np.ndarray:
   mass[ids < 0] = 0
   heaviest = int(np.argmax(mass))
   main = labels == ids[heaviest]
-  rows, cols = np.flatnonzero(main.any(axis=1)), np.flatnonzero(
-      main.any(axis=0)
-  )
+  rows = np.flatnonzero(main.any(axis=1))
+  cols = np.flatnonzero(main.any(axis=0))
   reach = max(1, round(NEAR * max(rows[-1] - rows[0], cols[-1] - cols[0], 1)))
   near = np.zeros(main.shape, bool)
   near[max(rows[0] - reach, 0):rows[-1] + reach + 1,
@@ -215,10 +209,8 @@ def preprocess(image: Image.Image, name: str = "image") -> np.ndarray:
     ink = ink * _digit_mask(ink)
   contrast = ink.max()
   if contrast < MIN_CONTRAST:
-    raise ImageError(
-        f"{name} has no digit on it (no strokes stand out from the "
-        "background); pass a picture of one digit"
-    )
+    raise ImageError(f"{name} has no digit on it (no strokes stand out from "
+                     "the background); pass a picture of one digit")
   ink = ink / contrast
   ink = np.clip((ink - NOISE) / (1.0 - NOISE), 0.0, 1.0)
   rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))

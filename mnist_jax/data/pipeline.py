@@ -46,7 +46,7 @@ def _network_reachable(url: str, timeout: float = 3.0) -> bool:
 
 
 def _read_cache(path: str, image_shape):
-  """The cached arrays, or None if the cache is damaged (then rebuilt)."""
+  """The cached arrays, or None if missing or damaged (then rebuilt)."""
   try:
     with np.load(path) as z:
       arrays = {k: z[k] for k in datasets.FILE_KEYS}
@@ -72,10 +72,9 @@ def prepare(dataset: str = "mnist", data_dir=None, mnist_dir=None) -> dict:
                     "another --data_dir")
   info = datasets.get(dataset)
   cache = os.path.join(data_dir, dataset, info.version, "mnist_jax_arrays.npz")
-  if os.path.exists(cache):
-    arrays = _read_cache(cache, info.image_shape)
-    if arrays is not None:
-      return arrays
+  arrays = _read_cache(cache, info.image_shape)
+  if arrays is not None:
+    return arrays
 
   # Imported only now: a cached run never needs tfds, whose import is slow.
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -116,10 +115,8 @@ def _from_tfds(tfds, dataset: str, data_dir: str, mnist_dir) -> dict:
     if mnist_dir:
       mnist_dir = os.path.abspath(os.path.expanduser(mnist_dir))
       if not os.path.isdir(mnist_dir):
-        raise UserError(
-            f"--mnist_dir={mnist_dir} is not a folder; pass the folder "
-            "that holds the four IDX files"
-        )
+        raise UserError(f"--mnist_dir={mnist_dir} is not a folder; pass the "
+                        "folder that holds the four IDX files")
       paths = tfds_builder.find_idx_files(mnist_dir, dataset)
       for split in ("train", "test"):  # Validate before tfds writes anything.
         idx.read_pair(paths[f"{split}_images"], paths[f"{split}_labels"],
@@ -135,8 +132,8 @@ def _from_tfds(tfds, dataset: str, data_dir: str, mnist_dir) -> dict:
       if not _network_reachable(builder_cls.URL):
         raise UserError(
             f"{dataset} is not prepared in {data_dir} and the network is "
-            f"unreachable: pass --mnist_dir=DIR (a folder with the four IDX "
-            f"files) or --data_dir=DIR (where it is already prepared)")
+            "unreachable: pass --mnist_dir=DIR (a folder with the four IDX "
+            "files) or --data_dir=DIR (where it is already prepared)")
       config = tfds.download.DownloadConfig()
     source = f"the IDX files in {mnist_dir}" if mnist_dir else "a download"
     print(f"preparing {dataset} in {data_dir} from {source} (once; later runs "
@@ -151,13 +148,12 @@ def _from_tfds(tfds, dataset: str, data_dir: str, mnist_dir) -> dict:
       if code is not None:  # launch.py says it as a full disk anywhere.
         raise files.no_space_error(code, data_dir) from None
       if isinstance(e, OSError):
-        raise UserError(f"preparing {dataset} in {data_dir} failed: {e}"
-                        ) from None
-      if "Checksum" in type(e).__name__ or "Connection" in type(e).__name__:
         raise UserError(
-            f"downloading {dataset} failed ({type(e).__name__}); pass "
-            "--mnist_dir=DIR with the four IDX files"
-        ) from None
+            f"preparing {dataset} in {data_dir} failed: {e}") from None
+      name = type(e).__name__
+      if "Checksum" in name or "Connection" in name:
+        raise UserError(f"downloading {dataset} failed ({name}); pass "
+                        "--mnist_dir=DIR with the four IDX files") from None
       raise
   elif builder.info.file_format is not None and (
       builder.info.file_format.value != "array_record"):
@@ -175,25 +171,19 @@ def _from_tfds(tfds, dataset: str, data_dir: str, mnist_dir) -> dict:
 def split(arrays: dict, val_fraction: float, class_names=None) -> Dataset:
   """Holds out the last `val_fraction` of the training set before any
   shuffling, as Keras' `validation_split` does, so results are comparable."""
-  n = len(arrays["train_labels"])
+  images, labels = arrays["train_images"], arrays["train_labels"]
+  n = len(labels)
   n_train = int(n * (1.0 - val_fraction))
   if val_fraction > 0 and n_train == n:
     n_train = n - 1
-  return Dataset(
-      train=Split(
-          arrays["train_images"][:n_train], arrays["train_labels"][:n_train]
-      ),
-      val=Split(
-          arrays["train_images"][n_train:], arrays["train_labels"][n_train:]
-      ),
-      test=Split(arrays["test_images"], arrays["test_labels"]),
-      class_names=tuple(class_names or datasets.DIGITS),
-  )
+  return Dataset(train=Split(images[:n_train], labels[:n_train]),
+                 val=Split(images[n_train:], labels[n_train:]),
+                 test=Split(arrays["test_images"], arrays["test_labels"]),
+                 class_names=tuple(class_names or datasets.DIGITS))
 
 
 def load(config) -> Dataset:
   """Prepares (if needed), loads and splits the dataset a config names."""
   arrays = prepare(config.dataset, config.data_dir, config.mnist_dir)
-  return split(
-      arrays, config.val_fraction, datasets.class_names(config.dataset)
-  )
+  return split(arrays, config.val_fraction,
+               datasets.class_names(config.dataset))

@@ -1,4 +1,4 @@
-"""tfds builders for MNIST and its IDX-format sisters, usable without TensorFlow.
+"""tfds builders for MNIST and its IDX-format sisters, needing no TensorFlow.
 
 Their `array_record` files are element for element tfds's own (EMNIST's:
 upright, labels from 0). Downloads are checked against `checksums.tsv`;
@@ -27,21 +27,18 @@ def find_idx_files(folder: str, dataset: str = "mnist") -> dict:
     for name in (stem, stem + ".gz"):
       path = os.path.join(folder, name)
       try:  # os.path.isfile would call a file in an unreadable folder missing.
-        is_file = stat.S_ISREG(os.stat(path).st_mode)
+        if stat.S_ISREG(os.stat(path).st_mode):
+          found[key] = path
+          break
       except FileNotFoundError:
-        is_file = False
+        pass
       except PermissionError:
         raise idx.IdxError(f"{folder} cannot be read by this user (permission "
                            "denied); give read access to it, or pass another "
                            "--mnist_dir") from None
-      if is_file:
-        found[key] = path
-        break
     else:
-      raise idx.IdxError(
-          f"{stem}[.gz] is missing from {folder}: it must hold the "
-          f"four IDX files {', '.join(names.values())}"
-      )
+      raise idx.IdxError(f"{stem}[.gz] is missing from {folder}: it must hold "
+                         f"the four IDX files {', '.join(names.values())}")
   return found
 
 

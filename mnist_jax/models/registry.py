@@ -61,9 +61,8 @@ def register(spec: ModelSpec) -> ModelSpec:
 
 def get(name: str) -> ModelSpec:
   if name not in MODELS:
-    raise UserError(
-        f"unknown model {name!r}; choose one of {', '.join(MODELS)}"
-    )
+    raise UserError(f"unknown model {name!r}; choose one of "
+                    f"{', '.join(MODELS)}")
   return MODELS[name]
 
 
@@ -89,9 +88,8 @@ def preset_overrides(model: str, preset: str) -> dict:
   return {**preset_overrides(model, base), **values} if base else values
 
 
-def get_config(
-    model: str, preset: str = "tuned", **overrides
-) -> config_lib.Config:
+def get_config(model: str, preset: str = "tuned",
+               **overrides) -> config_lib.Config:
   """The full Config for a model and preset, with explicit overrides on top."""
   values = {**preset_overrides(model, preset), **overrides}
   config = config_lib.validate(  # Refuses another model's settings.
@@ -230,132 +228,65 @@ _AUGMENT = dict(augment=True, augment_shift=2.0, augment_rotate=10.0,
 
 # Seed presets reproduce the notebooks; tuned presets are the defaults and meet
 # the accuracy bars in the README within 3 minutes on a 2-core CPU.
-register(
-    ModelSpec(
-        name="linear",
-        module=dense.Linear,
-        describe=lambda c: f"Dense({_classes(c)}) on the 784 pixels",
-        presets={
-            "seed": dict(
-                epochs=5, batch_size=32, learning_rate=1e-3, val_fraction=0.0
-            ),
-            "tuned": dict(base="seed", epochs=10, schedule="cosine"),
-            "best": dict(
-                base="tuned",
-                epochs=20,
-                batch_size=128,
-                learning_rate=2e-3,
-                val_fraction=0.0,
-            ),
-        },
-    )
-)
+register(ModelSpec(
+    name="linear", module=dense.Linear,
+    describe=lambda c: f"Dense({_classes(c)}) on the 784 pixels",
+    presets={
+        "seed": dict(epochs=5, batch_size=32, learning_rate=1e-3,
+                     val_fraction=0.0),
+        "tuned": dict(base="seed", epochs=10, schedule="cosine"),
+        "best": dict(base="tuned", epochs=20, batch_size=128,
+                     learning_rate=2e-3, val_fraction=0.0),
+    }))
 
-register(
-    ModelSpec(
-        name="mlp",
-        describe=_describe_mlp,
-        module=dense.MLP,
-        settings={
-            "mlp_hidden": Setting(
-                "hidden",
-                "MLP hidden layer sizes, " "comma-separated",
-                valid=_WIDTH,
-            ),
-            "dropout": _DROPOUT,
-        },
-        presets={
-            "seed": dict(
-                mlp_hidden=(512, 256), dropout=0.2, epochs=10, batch_size=128
-            ),
-            "tuned": dict(
-                base="seed",
-                mlp_hidden=(1024, 1024),
-                dropout=0.3,
-                epochs=20,
-                schedule="cosine",
-                label_smoothing=0.1,
-            ),
-            "best": dict(base="tuned", epochs=40, val_fraction=0.0, **_AUGMENT),
-        },
-    )
-)
+register(ModelSpec(
+    name="mlp", describe=_describe_mlp, module=dense.MLP,
+    settings={
+        "mlp_hidden": Setting("hidden", "MLP hidden layer sizes, "
+                              "comma-separated", valid=_WIDTH),
+        "dropout": _DROPOUT,
+    },
+    presets={
+        "seed": dict(mlp_hidden=(512, 256), dropout=0.2, epochs=10,
+                     batch_size=128),
+        "tuned": dict(base="seed", mlp_hidden=(1024, 1024), dropout=0.3,
+                      epochs=20, schedule="cosine", label_smoothing=0.1),
+        "best": dict(base="tuned", epochs=40, val_fraction=0.0, **_AUGMENT),
+    }))
 
-register(
-    ModelSpec(
-        name="cnn",
-        describe=_describe_cnn,
-        module=cnn.CNN,
-        check=_check_cnn,
-        settings={
-            "cnn_features": Setting(
-                "features",
-                "CNN conv widths, comma-separated; each conv is "
-                "followed by a 2x2 max-pool",
-                valid=_WIDTH,
-            ),
-            "cnn_kernel": Setting(
-                "kernel_size",
-                "CNN square kernel size",
-                valid=config_lib.Range(1, config_lib.IMAGE_SIDE),
-            ),
-            "cnn_dense": Setting(
-                "dense", "Width of the CNN's dense layer", valid=_WIDTH
-            ),
-            "cnn_padding": Setting(
-                "padding",
-                "CNN convolution padding: VALID or " "SAME",
-                choices=("VALID", "SAME"),
-            ),
-            "cnn_batch_norm": Setting(
-                "batch_norm", "BatchNorm after each CNN " "convolution"
-            ),
-            "dropout": _DROPOUT,
-        },
-        presets={
-            "seed": dict(
-                cnn_features=(32, 64),
-                cnn_dense=128,
-                epochs=5,
-                batch_size=128,
-                val_fraction=0.0,
-            ),
-            # Without augmentation its seeds scored 99.18 +- 0.03% (at the bar);
-            # with it, 99.41 +- 0.03% for a fifth more time.
-            "tuned": dict(
-                base="seed",
-                epochs=8,
-                dropout=0.25,
-                schedule="cosine",
-                val_fraction=0.1,
-                **_AUGMENT,
-            ),
-            # 99% in the least time, fixed in advance: the seed network at half
-            # width (4x fewer conv FLOPs) on all 60,000 examples, one-cycle Adam.
-            "fast": dict(
-                base="seed",
-                cnn_features=(16, 32),
-                epochs=3,
-                learning_rate=5e-3,
-                schedule="onecycle",
-                val_fraction=0.0,
-            ),
-            "best": dict(
-                base="seed",
-                cnn_features=(32, 64, 128),
-                cnn_padding="SAME",
-                cnn_dense=256,
-                dropout=0.25,
-                epochs=18,
-                learning_rate=3e-3,
-                schedule="onecycle",
-                label_smoothing=0.1,
-                val_fraction=0.0,
-                **_AUGMENT,
-            ),
-        },
-    )
-)
+register(ModelSpec(
+    name="cnn", describe=_describe_cnn, module=cnn.CNN, check=_check_cnn,
+    settings={
+        "cnn_features": Setting(
+            "features", "CNN conv widths, comma-separated; each conv is "
+            "followed by a 2x2 max-pool", valid=_WIDTH),
+        "cnn_kernel": Setting("kernel_size", "CNN square kernel size",
+                              valid=config_lib.Range(1, config_lib.IMAGE_SIDE)),
+        "cnn_dense": Setting("dense", "Width of the CNN's dense layer",
+                             valid=_WIDTH),
+        "cnn_padding": Setting("padding", "CNN convolution padding: VALID or "
+                               "SAME", choices=("VALID", "SAME")),
+        "cnn_batch_norm": Setting("batch_norm",
+                                  "BatchNorm after each CNN convolution"),
+        "dropout": _DROPOUT,
+    },
+    presets={
+        "seed": dict(cnn_features=(32, 64), cnn_dense=128, epochs=5,
+                     batch_size=128, val_fraction=0.0),
+        # Without augmentation its seeds scored 99.18 +- 0.03% (at the bar);
+        # with it, 99.41 +- 0.03% for a fifth more time.
+        "tuned": dict(base="seed", epochs=8, dropout=0.25, schedule="cosine",
+                      val_fraction=0.1, **_AUGMENT),
+        # 99% in the least time, fixed in advance: the seed network at half
+        # width (4x fewer conv FLOPs) on all 60,000 examples, one-cycle Adam.
+        "fast": dict(base="seed", cnn_features=(16, 32), epochs=3,
+                     learning_rate=5e-3, schedule="onecycle",
+                     val_fraction=0.0),
+        "best": dict(base="seed", cnn_features=(32, 64, 128),
+                     cnn_padding="SAME", cnn_dense=256, dropout=0.25,
+                     epochs=18, learning_rate=3e-3, schedule="onecycle",
+                     label_smoothing=0.1, val_fraction=0.0, **_AUGMENT),
+    }))
 
 _RNN_SEED = dict(hidden=128, epochs=10, batch_size=128)
 # Sequential (784 x 1 pixel) MNIST: clipped Adam with warmup and cosine decay,

@@ -42,14 +42,13 @@ def forward(module, variables, images, steps: bool = False):
 
   with nn.intercept_methods(grab):
     logits, inter = module.apply(
-        variables, images, capture_intermediates=lambda m, _: steps and
-        isinstance(m, nn.RNN), mutable=["intermediates"])
+        variables, images, mutable=["intermediates"],
+        capture_intermediates=lambda m, _: steps and isinstance(m, nn.RNN))
   if not steps:
     return seen[0], logits, None
   layers = inter["intermediates"]  # The top nn.RNN's outputs [B, T, H]:
-  hidden = layers[max(layers, key=lambda k: int(k.rsplit("_", 1)[1]))][
-      "__call__"
-  ][0]
+  top = max(layers, key=lambda k: int(k.rsplit("_", 1)[1]))
+  hidden = layers[top]["__call__"][0]
   out, every = variables["params"]["out"], hidden.shape[1] // 28
   return seen[0], logits, nn.Dense(out["bias"].shape[-1]).apply(
       {"params": out}, hidden[:, every - 1::every])
@@ -82,11 +81,9 @@ def reading(step_logits, labels) -> Dict[str, np.ndarray]:
 def _warp(x, angle, zoom, shift):
   """augment.py's warp; image i shifted up, right, down or left for i % 4."""
   n = x.shape[0]
-  offset = (
-      shift * jnp.asarray([[-1, 0], [0, 1], [1, 0], [0, -1]])[jnp.arange(n) % 4]
-  )
+  offset = jnp.asarray([[-1, 0], [0, 1], [1, 0], [0, -1]])[jnp.arange(n) % 4]
   return augment.sample(x, *augment.affine_grid(
-      x.shape, jnp.full(n, angle), jnp.full(n, zoom), offset))
+      x.shape, jnp.full(n, angle), jnp.full(n, zoom), shift * offset))
 
 
 def _thickness(x, level):
@@ -96,16 +93,9 @@ def _thickness(x, level):
   window = lambda x, shape: jax.lax.reduce_window(
       x, -jnp.inf, jax.lax.max, shape, (1, 1, 1), "SAME")
   x = sign * jnp.repeat(jnp.repeat(x, 2, 1), 2, 2)
-  x = jax.lax.fori_loop(
-      0,
-      3,
-      lambda i, x: jnp.where(
-          i < jnp.abs(level),
-          jnp.maximum(window(x, (1, 3, 1)), window(x, (1, 1, 3))),
-          x,
-      ),
-      x,
-  )
+  x = jax.lax.fori_loop(0, 3, lambda i, x: jnp.where(
+      i < jnp.abs(level),
+      jnp.maximum(window(x, (1, 3, 1)), window(x, (1, 1, 3))), x), x)
   return sign * x.reshape(-1, 28, 2, 28, 2).mean((2, 4))
 
 
@@ -113,42 +103,19 @@ def _thickness(x, level):
 # level's warp (angle, zoom, shift); the others change images [n, 28, 28] by
 # a level, given (noise [n, 28, 28], centres [n, 2])).
 CHANGES = (
-    (
-        "rotation",
-        "degrees clockwise",
-        (0, 10, 20, 30, 40, 50, 60),
-        lambda l: (l * np.pi / 180, 1.0, 0.0),
-    ),
+    ("rotation", "degrees clockwise", (0, 10, 20, 30, 40, 50, 60),
+     lambda l: (l * np.pi / 180, 1.0, 0.0)),
     ("shift", "pixels", (0, 1, 2, 3, 4, 6, 8), lambda l: (0.0, 1.0, l)),
-    (
-        "scaling",
-        "% of size",
-        (-40, -30, -20, -10, 0, 10, 20, 30),
-        lambda l: (0.0, 1 + l / 100, 0.0),
-    ),
-    (
-        "noise",
-        "std, fraction of full scale",
-        (0, 0.05, 0.1, 0.2, 0.3, 0.5),
-        lambda x, l, c: jnp.clip(x + l * 255 * c[0], 0, 255),
-    ),
-    (
-        "occlusion",
-        "side of erased square, pixels",
-        (0, 4, 6, 8, 10, 12, 14),
-        lambda x, l, c: jnp.where(
-            (jnp.abs(jnp.arange(28.0)[:, None] - c[1][:, :1, None]) < l / 2)
-            & (jnp.abs(jnp.arange(28.0) - c[1][:, 1:, None]) < l / 2),
-            0.0,
-            x,
-        ),
-    ),
-    (
-        "thickness",
-        "half pixels grown (+) or thinned (-)",
-        (-3, -2, -1, 0, 1, 2, 3),
-        lambda x, l, _: _thickness(x, l),
-    ),
+    ("scaling", "% of size", (-40, -30, -20, -10, 0, 10, 20, 30),
+     lambda l: (0.0, 1 + l / 100, 0.0)),
+    ("noise", "std, fraction of full scale", (0, 0.05, 0.1, 0.2, 0.3, 0.5),
+     lambda x, l, c: jnp.clip(x + l * 255 * c[0], 0, 255)),
+    ("occlusion", "side of erased square, pixels", (0, 4, 6, 8, 10, 12, 14),
+     lambda x, l, c: jnp.where(
+         (jnp.abs(jnp.arange(28.0)[:, None] - c[1][:, :1, None]) < l / 2)
+         & (jnp.abs(jnp.arange(28.0) - c[1][:, 1:, None]) < l / 2), 0.0, x)),
+    ("thickness", "half pixels grown (+) or thinned (-)",
+     (-3, -2, -1, 0, 1, 2, 3), lambda x, l, _: _thickness(x, l)),
 )
 WARPS = 3
 
@@ -190,28 +157,22 @@ def attributions(module, variables, images, targets) -> Dict[str, np.ndarray]:
   x = jnp.asarray(images, jnp.float32)
   n, size = len(x), IG_CHUNK * len(x)
   c = jnp.tile(jnp.asarray(targets, jnp.int32), IG_CHUNK)
-  pick = lambda b: jnp.take_along_axis(
-      module.apply(variables, b), c[:, None], 1
-  )
-  grad = jax.jit(
-      lambda b: (jax.grad(lambda b: pick(b).sum())(b), pick(b)[:, 0])
-  )
-  ends, logit = grad(
-      jnp.concatenate([x, 0 * x, jnp.zeros((size - 2 * n, 28, 28))])
-  )
+  pick = lambda b: jnp.take_along_axis(module.apply(variables, b),
+                                       c[:, None], 1)
+  grad = jax.jit(lambda b: (jax.grad(lambda b: pick(b).sum())(b),
+                            pick(b)[:, 0]))
+  ends, logit = grad(jnp.concatenate([x, 0 * x,
+                                      jnp.zeros((size - 2 * n, 28, 28))]))
   difference, steps = logit[:n] - logit[n:2 * n], IG_STEPS
   while True:
     total, (nodes, weights) = 0, np.polynomial.legendre.leggauss(steps)
     for a, w in zip(*(np.float32(v / 2).reshape(-1, IG_CHUNK, 1, 1, 1)
                       for v in (nodes + 1, weights))):  # On [0, 1].
-      total += (
-          w
-          * grad((a * x).reshape(size, 28, 28))[0].reshape(IG_CHUNK, n, 28, 28)
-      ).sum(0)
+      total += (w * grad((a * x).reshape(size, 28, 28))[0].reshape(
+          IG_CHUNK, n, 28, 28)).sum(0)
     ig = np.asarray(x * total)
     error = np.abs(ig.sum((1, 2)) - difference) / np.maximum(
-        np.abs(difference), 1e-12
-    )
+        np.abs(difference), 1e-12)
     if error.max() <= IG_TOLERANCE or steps >= IG_MAX_STEPS:
       return {"ig": ig, "gxi": np.asarray(x * ends[:n]), "ig_error": error,
               "ig_steps": steps, "logit_difference": np.asarray(difference)}
@@ -226,21 +187,13 @@ def first_layer(run, module, image) -> Dict[str, np.ndarray]:
     _, inter = jax.jit(lambda x: module.apply(
         run.variables, x, capture_intermediates=lambda m, _: m.name == "conv_0",
         mutable=["intermediates"]))(image[None].astype(np.float32))
-    return {
-        "filters": np.moveaxis(
-            np.asarray(params["conv_0"]["kernel"])[:, :, 0], -1, 0
-        ),
-        "maps": np.moveaxis(
-            np.asarray(inter["intermediates"]["conv_0"]["__call__"][0][0]),
-            -1,
-            0,
-        ),
-    }
-  dense = [
-      np.asarray(v["kernel"]).T[:16].reshape(-1, 28, 28)
-      for v in params.values()
-      if "kernel" in v and v["kernel"].shape[0] == 28 * 28
-  ]
+    kernel = np.asarray(params["conv_0"]["kernel"])[:, :, 0]  # [k, k, F]
+    outputs = np.asarray(inter["intermediates"]["conv_0"]["__call__"][0][0])
+    return {"filters": np.moveaxis(kernel, -1, 0),
+            "maps": np.moveaxis(outputs, -1, 0)}
+  dense = [np.asarray(v["kernel"]).T[:16].reshape(-1, 28, 28)
+           for v in params.values()
+           if "kernel" in v and v["kernel"].shape[0] == 28 * 28]
   return {"weights": dense[0]} if dense else {}
 
 
@@ -252,36 +205,30 @@ def pca(features, k: int = 2):
   values, vectors = np.linalg.eigh(x.T @ x / len(x))
   top = np.argsort(values)[::-1][:k]
   axes = vectors[:, top] * np.sign(
-      vectors[np.abs(vectors[:, top]).argmax(0), top]
-  )
+      vectors[np.abs(vectors[:, top]).argmax(0), top])
   return x @ axes, values[top] / max(values.sum(), 1e-30), axes
 
 
 @jax.jit
 def _sums(logits, labels):
-  return metrics.batch_sums(
-      logits, labels, jnp.zeros(len(labels)), splits=("test",)
-  )
+  return metrics.batch_sums(logits, labels, jnp.zeros(len(labels)),
+                            splits=("test",))
 
 
 def calibration(logits, labels) -> Dict[str, np.ndarray]:
   """metrics.py's accuracy and ECE, and the ECE's bins' count, confidence
   and fraction correct."""
-  sums = jax.device_get(
-      _sums(jnp.asarray(logits, jnp.float32), jnp.asarray(labels, jnp.int32))
-  )
+  sums = jax.device_get(_sums(jnp.asarray(logits, jnp.float32),
+                              jnp.asarray(labels, jnp.int32)))
   count, values = np.maximum(sums["ece_count"], 1e-30), metrics.values(sums)
-  return {
-      "count": sums["ece_count"],
-      "confidence": sums["ece_confidence"] / count,
-      "correct": sums["ece_correct"] / count,
-      "ece": values["ece"],
-      "accuracy": values["accuracy"],
-  }
+  return {"count": sums["ece_count"],
+          "confidence": sums["ece_confidence"] / count,
+          "correct": sums["ece_correct"] / count,
+          "ece": values["ece"], "accuracy": values["accuracy"]}
 
 
 def fit_temperature(logits, labels) -> float:
-  """The T minimising the NLL of softmax(logits / T) (golden section on log T)."""
+  """The T minimising softmax(logits / T)'s NLL (golden section on log T)."""
   z, y = np.asarray(logits, np.float64), np.asarray(labels, np.int64)
   top, true = z.max(1, keepdims=True), z[np.arange(len(y)), y]
   nll = lambda log_t: np.mean(np.log(np.exp((z - top) / np.exp(log_t)).sum(1))
@@ -304,61 +251,37 @@ def analyse(run, test, val=None) -> Dict[str, object]:
 
   config, module = run.config, models.get(run.config.model).stock(run.config)
   images, labels = np.asarray(test.images), np.asarray(test.labels)
-  logits = run.logits(
-      images, config.eval_batch_size
-  )  # The run's, as report.py.
+  logits = run.logits(images, config.eval_batch_size)  # As in report.py.
   val_images = len(val) if val is not None else 0
-  r = {
-      "model": config.model,
-      "preset": config.preset,
-      "labels": labels,
-      "parameters": int(sum(np.size(v) for v in jax.tree.leaves(run.params))),
-      "predicted": logits.argmax(-1),
-      "val_images": val_images,
-      "seconds": seconds,
-      "changes": [c[:3] for c in CHANGES],
-      "stride": STRIDE,
-      "grid": min(GRID, len(labels)),
-      **{f"test_{k}": v for k, v in calibration(logits, labels).items()},
-  }
+  r = {"model": config.model, "preset": config.preset, "labels": labels,
+       "parameters": int(sum(map(np.size, jax.tree.leaves(run.params)))),
+       "predicted": logits.argmax(-1), "val_images": val_images,
+       "seconds": seconds, "changes": [c[:3] for c in CHANGES],
+       "stride": STRIDE, "grid": min(GRID, len(labels)),
+       **{f"test_{k}": v for k, v in calibration(logits, labels).items()}}
   lap("test_logits")
   steps = isinstance(module, recurrent.Recurrent) and not module.bidirectional
-  pass_fn = jax.jit(
-      functools.partial(forward, module, run.variables, steps=steps)
-  )
+  pass_fn = jax.jit(functools.partial(forward, module, run.variables,
+                                      steps=steps))
   r["features"], _, step_logits = _batched(pass_fn, images)
   if steps:
-    r.update(
-        {f"reading_{k}": v for k, v in reading(step_logits, labels).items()}
-    )
-    r["reading_steps"] = np.arange(1, 29) * (
-        1 if config.sequence == "rows" else 28
-    )
+    r.update({f"reading_{k}": v
+              for k, v in reading(step_logits, labels).items()})
+    every = 1 if config.sequence == "rows" else 28  # Steps a row.
+    r["reading_steps"] = np.arange(1, 29) * every
   else:
-    r["reading_note"] = (
-        "bidirectional"
-        if getattr(module, "bidirectional", 0)
-        else "not a sequence model"
-    )
+    r["reading_note"] = ("bidirectional" if getattr(module, "bidirectional", 0)
+                         else "not a sequence model")
   lap("forward_pass_and_reading")
   r["robustness"] = robustness(pass_fn, images, labels, r["test_accuracy"])
   lap("robustness")
   wrong = np.flatnonzero(r["predicted"] != labels)
-  worst = wrong[
-      np.argsort(
-          -scipy.special.softmax(np.asarray(logits, np.float64), axis=-1)[
-              wrong
-          ].max(-1),
-          kind="stable",
-      )
-  ]
+  probs = scipy.special.softmax(np.asarray(logits, np.float64), axis=-1)
+  worst = wrong[np.argsort(-probs[wrong].max(-1), kind="stable")]
   r["shown"] = np.concatenate([np.arange(r["grid"]), worst[:MISTAKES]])
   r["images"] = images[r["shown"]]
-  r.update(
-      attributions(
-          module, run.variables, r["images"], r["predicted"][r["shown"]]
-      )
-  )
+  r.update(attributions(module, run.variables, r["images"],
+                        r["predicted"][r["shown"]]))
   r.update(first_layer(run, module, images[0]))
   if isinstance(module, recurrent.Recurrent):
     r["rows_ig"] = r["ig"].sum(axis=2)
@@ -377,49 +300,27 @@ def analyse(run, test, val=None) -> Dict[str, object]:
 def summary(r) -> Dict[str, object]:
   """The summary numbers of `analyse`'s (or `load`'s) result."""
   at = {(c, l): a for c, l, a, _ in r["robustness"]}
-  keys = (
-      "model",
-      "preset",
-      "parameters",
-      "test_accuracy",
-      "test_ece",
-      "temperature",
-      "scaled_ece",
-      "val_images",
-      "reading_rows_to_99",
-      "reading_note",
-      "ig_steps",
-      "seconds",
-      "names",
-      "robustness",
-      "changes",
-      "stride",
-      "grid",
-  )
-  return {
-      **{k: r.get(k) for k in keys},
-      "accuracy_rotation_20": at["rotation", 20],
-      "robustness_subset_accuracy": np.mean(
-          r["predicted"][::STRIDE] == r["labels"][::STRIDE]
-      ),
-      "accuracy_noise_0.3": at["noise", 0.3],
-      "robustness_images": min(n for *_, n in r["robustness"]),
-      "ig_max_relative_error": float(np.max(r["ig_error"])),
-  }
+  keys = ("model", "preset", "parameters", "test_accuracy", "test_ece",
+          "temperature", "scaled_ece", "val_images", "reading_rows_to_99",
+          "reading_note", "ig_steps", "seconds", "names", "robustness",
+          "changes", "stride", "grid")
+  return {**{k: r.get(k) for k in keys},
+          "accuracy_rotation_20": at["rotation", 20],
+          "robustness_subset_accuracy": np.mean(
+              r["predicted"][::STRIDE] == r["labels"][::STRIDE]),
+          "accuracy_noise_0.3": at["noise", 0.3],
+          "robustness_images": min(n for *_, n in r["robustness"]),
+          "ig_max_relative_error": float(np.max(r["ig_error"]))}
 
 
-def write(
-    workdir: str,
-    run,
-    test,
-    val=None,
-    class_names: Optional[Sequence[str]] = None,
-    maps: bool = True,
-) -> List[str]:
+def write(workdir: str, run, test, val=None,
+          class_names: Optional[Sequence[str]] = None,
+          maps: bool = True) -> List[str]:
   """Writes `analyse` into workdir/analysis/ (timed in its summary.json);
   returns report.md's section. maps: a t-SNE map too where scikit-learn is
   installed (tens of seconds)."""
-  from mnist_jax.results import analysis_plots  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from mnist_jax.results import analysis_plots
 
   folder = os.path.join(workdir, FOLDER)
   path = lambda name: os.path.join(folder, name)
@@ -433,12 +334,11 @@ def write(
   r["seconds"]["figures"] = round(time.perf_counter() - start, 3)
   r["seconds"]["total"] = round(sum(r["seconds"].values()), 3)
   if maps and importlib.util.find_spec("sklearn"):
-    from sklearn.manifold import TSNE  # pylint: disable=g-import-not-at-top
+    from sklearn.manifold import TSNE
     start = time.perf_counter()
     r["tsne_index"] = np.arange(0, len(r["labels"]), STRIDE)
     r["tsne"] = TSNE(init="pca", random_state=0).fit_transform(
-        r["features"][r["tsne_index"]]
-    )
+        r["features"][r["tsne_index"]])
     analysis_plots.maps([r], path("features_tsne.png"), "tsne")
     r["seconds"]["tsne"] = round(time.perf_counter() - start, 3)
   files.write_json(path(SUMMARY), summary(r))
@@ -470,29 +370,24 @@ def cells(s, train_s: Optional[float] = None) -> List[tuple]:
       ("train time", "n/a" if train_s is None else f"{train_s:.1f} s"),
       ("test accuracy", pct(s["test_accuracy"])),
       ("ECE", pct(s["test_ece"])),
-      (
-          "T",
-          f"{s['temperature']:.3f}"
-          if s["temperature"]
-          else "n/a (no validation)",
-      ),
+      ("T", f"{s['temperature']:.3f}" if s["temperature"]
+       else "n/a (no validation)"),
       ("ECE after T", pct(s["scaled_ece"])),
       ("at 20 degrees", pct(s["accuracy_rotation_20"])),
       ("at noise 0.3", pct(s["accuracy_noise_0.3"])),
-      (
-          "rows to 99%",
-          str(s["reading_rows_to_99"] or f"n/a ({s['reading_note']})"),
-      ),
+      ("rows to 99%",
+       str(s["reading_rows_to_99"] or f"n/a ({s['reading_note']})")),
   ]
 
 
 NOTES = (
     "Robustness: level 0 of each change is the run's test accuracy on all "
-    f"test images; other levels are on test images #0, #{STRIDE}, #{2 * STRIDE}, "
-    "... (each change drawn once, the same for every model). T: "
-    "the temperature fitted on the validation split (never test data); "
-    "ECE after T on the test set. Rows to 99%: rows a sequence model reads "
-    "before its own output layer reaches 99% of its final accuracy."
+    "test images; other levels are on test images #0, "
+    f"#{STRIDE}, #{2 * STRIDE}, ... (each change drawn once, the same for "
+    "every model). T: the temperature fitted on the validation split (never "
+    "test data); ECE after T on the test set. Rows to 99%: rows a sequence "
+    "model reads before its own output layer reaches 99% of its final "
+    "accuracy."
 )
 FIGURES = (
     ("reading.png", "How far it must read"),
@@ -514,29 +409,20 @@ def figure_lines(shown, heading: str) -> List[str]:
 def section(r, folder: str, prefix: str = FOLDER + "/") -> List[str]:
   """report.md's lines on one run's analysis (the figures in `folder`)."""
   s = summary(r)
-  links = ", ".join(
-      f"[{n}]({prefix}{n})"
-      for n in (SUMMARY, ROBUSTNESS, READING)
-      if os.path.exists(os.path.join(folder, n))
-  )
+  links = ", ".join(f"[{n}]({prefix}{n})"
+                    for n in (SUMMARY, ROBUSTNESS, READING)
+                    if os.path.exists(os.path.join(folder, n)))
   return [
       "## What the model learned",
       "",
-      *files.table(
-          ["", ""], [c for c in cells(s) if c[0] != "train time"], "lr"
-      ),
+      *files.table(["", ""], [c for c in cells(s) if c[0] != "train time"],
+                   "lr"),
       "",
       f"{NOTES} Integrated gradients: {s['ig_steps']} steps, each summing to "
       f"within {100 * s['ig_max_relative_error']:.2f}% of logit(x) - "
       f"logit(black). Numbers: {links} (each analysis's seconds in "
       f"{FOLDER}/{SUMMARY}).",
       "",
-      *figure_lines(
-          [
-              (title, prefix + name)
-              for name, title in FIGURES
-              if os.path.exists(os.path.join(folder, name))
-          ],
-          "###",
-      ),
+      *figure_lines([(title, prefix + name) for name, title in FIGURES
+                     if os.path.exists(os.path.join(folder, name))], "###"),
   ]

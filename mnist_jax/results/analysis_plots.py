@@ -49,51 +49,34 @@ def reading(results: Sequence[dict], path: str) -> str:
               marker=plots.MARKERS[i], color=color, label=r["label"])
   for ax, what in zip(axes[0], ("Test accuracy (%)",
                                 "Mean probability of the true class (%)")):
-    ax.axhline(
-        100 / len(results[0]["names"]), color="gray", ls=":", label="chance"
-    )
+    ax.axhline(100 / len(results[0]["names"]), color="gray", ls=":",
+               label="chance")
     ax.set(xlabel="Rows read (a row: 28 steps of a pixel sequence)",
            ylabel=what, ylim=(0, 100), xlim=(0.5, 28.5))
     ax.grid(alpha=0.3)
-  return _finish(
-      fig,
-      path,
-      "How far it must read: the model's own output "
-      "layer on its top layer's state after each row (test set)",
-      axes,
-  )
+  return _finish(fig, path, "How far it must read: the model's own output "
+                 "layer on its top layer's state after each row (test set)",
+                 axes)
 
 
 def robustness(results: Sequence[dict], path: str) -> str:
   """Test accuracy against each change's level: a panel per change, a line
   per run, one accuracy axis."""
-  fig, axes = plt.subplots(
-      2, 3, figsize=(13, 7.5), sharey=True, layout="constrained"
-  )
+  fig, axes = plt.subplots(2, 3, figsize=(13, 7.5), sharey=True,
+                           layout="constrained")
   for ax, (change, unit, levels) in zip(axes.flat, results[0]["changes"]):
     for i, (r, color) in enumerate(zip(results, COLORS(len(results)))):
-      ax.plot(
-          *zip(
-              *[(l, 100 * a) for c, l, a, _ in r["robustness"] if c == change]
-          ),
-          "-",
-          marker=plots.MARKERS[i],
-          ms=4,
-          color=color,
-          label=r["label"],
-      )
+      at = [(l, 100 * a) for c, l, a, _ in r["robustness"] if c == change]
+      ax.plot(*zip(*at), "-", marker=plots.MARKERS[i], ms=4, color=color,
+              label=r["label"])
     ax.set(title=change, xlabel=f"Level ({unit})", xticks=levels, ylim=(0, 101))
     ax.grid(alpha=0.3)
   plt.setp(axes[:, 0], ylabel="Test accuracy (%)")
-  return _finish(
-      fig,
-      path,
-      "What breaks it: test accuracy under each change "
-      "(level 0: all test images, the run's test accuracy; other "
-      f"levels: every {results[0]['stride']}th test image, "
-      f"{min(n for *_, n in results[0]['robustness'])} images)",
-      axes,
-  )
+  return _finish(fig, path, "What breaks it: test accuracy under each change "
+                 "(level 0: all test images, the run's test accuracy; other "
+                 f"levels: every {results[0]['stride']}th test image, "
+                 f"{min(n for *_, n in results[0]['robustness'])} images)",
+                 axes)
 
 
 def reliability(results: Sequence[dict], path: str) -> str:
@@ -125,21 +108,20 @@ def maps(results: Sequence[dict], path: str, key: str = "pca") -> str:
   """The last hidden layer's test features in 2-D, a panel per run, coloured
   by true class, mistakes as black x. PCA coordinates are in units of each
   run's first component's standard deviation, on shared axes."""
-  fig, axes = _panels(
-      len(results), 4.4, 4.9, sharex=key == "pca", sharey=key == "pca"
-  )
+  pca = key == "pca"
+  fig, axes = _panels(len(results), 4.4, 4.9, sharex=pca, sharey=pca)
   cmap = plt.get_cmap("tab10")
   for ax, r in zip(axes[0], results):
     index = r.get(f"{key}_index", np.arange(len(r["labels"])))
     xy = np.asarray(r[key], np.float64)
-    xy = xy / max(xy[:, 0].std(), 1e-30) if key == "pca" else xy
+    xy = xy / max(xy[:, 0].std(), 1e-30) if pca else xy
     y, wrong = r["labels"][index], (r["predicted"] != r["labels"])[index]
     for k in np.unique(y):
       ax.scatter(*xy[y == k].T, s=1, color=cmap(k % 10), alpha=0.4,
                  rasterized=True, label=r["names"][k])
     ax.scatter(*xy[wrong].T, s=10, marker="x", color="black", lw=0.6,
                label="mistake", rasterized=True)
-    if key == "pca":
+    if pca:
       share = 100 * np.asarray(r["explained"])
       ax.set(xlabel=f"PC1 ({share[0]:.0f}% of variance), in its std",
              ylabel=f"PC2 ({share[1]:.0f}%), in PC1's std")
@@ -147,11 +129,7 @@ def maps(results: Sequence[dict], path: str, key: str = "pca") -> str:
                  fontsize=9)
   for handle in _legend(fig, axes[:, :1]).legend_handles:
     handle.set(sizes=[12], alpha=1)
-  what = (
-      "PCA"
-      if key == "pca"
-      else f"t-SNE (every {results[0]['stride']}th test image)"
-  )
+  what = "PCA" if pca else f"t-SNE (every {results[0]['stride']}th test image)"
   return _finish(fig, path, f"What it learned: {what} of the last hidden "
                  "layer's features, coloured by true class")
 
@@ -171,34 +149,18 @@ def _mosaic(ax, tiles, captions=(), rows=(), red=()):
   red where `red`), a label left of each row."""
   r, c, h, w, _ = tiles.shape
   gap, top = max(1, w // 8), h // 2 if len(captions) else max(1, h // 8)
-  canvas = np.ones((r * (h + top), c * (w + gap), 3))
-  for i in range(r):
-    for j in range(c):
-      canvas[
-          i * (h + top) + top : (i + 1) * (h + top),
-          j * (w + gap) : j * (w + gap) + w,
-      ] = tiles[i, j]
-  ax.imshow(canvas, interpolation="nearest")
+  canvas = np.ones((r, h + top, c, w + gap, 3))  # Cells: tile at bottom left.
+  canvas[:, top:, :, :w] = tiles.transpose(0, 2, 1, 3, 4)
+  ax.imshow(canvas.reshape(r * (h + top), c * (w + gap), 3),
+            interpolation="nearest")
   ax.axis("off")
   for k, text in enumerate(captions):
-    ax.text(
-        (k % c) * (w + gap) + w / 2,
-        (k // c) * (h + top) + top - 1,
-        text,
-        ha="center",
-        va="bottom",
-        fontsize=6,
-        color="red" if k in red else "black",
-    )
+    ax.text((k % c) * (w + gap) + w / 2, (k // c) * (h + top) + top - 1, text,
+            ha="center", va="bottom", fontsize=6,
+            color="red" if k in red else "black")
   for i, text in enumerate(rows):
-    ax.text(
-        -2,
-        i * (h + top) + top + h / 2,
-        text,
-        ha="right",
-        va="center",
-        fontsize=7,
-    )
+    ax.text(-2, i * (h + top) + top + h / 2, text, ha="right", va="center",
+            fontsize=7)
 
 
 def attributions(results: Sequence[dict], path: str) -> str:
@@ -206,34 +168,22 @@ def attributions(results: Sequence[dict], path: str) -> str:
   and, for a sequence model, integrated gradients summed per row (stripes)."""
   r = results[0]
   n, cols, names = len(r["shown"]), 9, r["names"]
-  kinds = [_rgb(r["images"], True), _rgb(r["ig"]), _rgb(r["gxi"])] + (
-      [_rgb(np.repeat(r["rows_ig"][:, :, None], 28, 2))]
-      if "rows_ig" in r
-      else []
-  )
+  kinds = [_rgb(r["images"], True), _rgb(r["ig"]), _rgb(r["gxi"])]
+  if "rows_ig" in r:
+    kinds.append(_rgb(np.repeat(r["rows_ig"][:, :, None], 28, 2)))
   k, blocks = len(kinds), -(-n // cols)
-  tiles, captions = np.ones((blocks, k, cols, 28, 28, 3)), np.full(
-      (blocks, k, cols), "", object
-  )
-  red = set()
+  tiles = np.ones((blocks, k, cols, 28, 28, 3))
+  captions, red = np.full((blocks, k, cols), "", object), set()
   for i, (index, image) in enumerate(zip(r["shown"], zip(*kinds))):
-    (b, j), true, said = (
-        divmod(i, cols),
-        r["labels"][index],
-        r["predicted"][index],
-    )
+    b, j = divmod(i, cols)
+    true, said = r["labels"][index], r["predicted"][index]
     tiles[b, :, j] = image
     captions[b, 0, j] = f"#{index} true {names[true]}\npred {names[said]}"
     red |= {k * b * cols + j} if true != said else set()
-  fig, ax = plt.subplots(
-      figsize=(1.25 * cols + 1, 1.3 * k * blocks + 0.6), layout="constrained"
-  )
-  kind_names = [
-      "image",
-      "integrated\ngradients",
-      "gradient\nx input",
-      "per row\n(summed)",
-  ]
+  fig, ax = plt.subplots(figsize=(1.25 * cols + 1, 1.3 * k * blocks + 0.6),
+                         layout="constrained")
+  kind_names = ["image", "integrated\ngradients", "gradient\nx input",
+                "per row\n(summed)"]
   _mosaic(ax, tiles.reshape(k * blocks, cols, 28, 28, 3), captions.ravel(),
           kind_names[:k] * blocks, red)
   return _finish(fig, path, "Where it looks: attribution to the predicted "
@@ -246,44 +196,25 @@ def first_layer(results: Sequence[dict], path: str) -> str:
   """One run's first CNN filters and their outputs on a digit, or its first
   dense layer's weights as 28x28 images."""
   r = results[0]
-  groups = (
-      [
-          ("filters", "first convolution's filters"),
-          ("maps", "their " "outputs on test image #0, before the activation"),
-      ]
-      if "filters" in r
-      else [
-          (
-              "weights",
-              "first layer's weights, "
-              + (
-                  "per class"
-                  if len(r["weights"]) == len(r["names"])
-                  else "its first units"
-              ),
-          )
-      ]
-  )
+  if "filters" in r:
+    groups = [("filters", "first convolution's filters"),
+              ("maps", "their outputs on test image #0, before the activation")]
+  else:
+    units = ("per class" if len(r["weights"]) == len(r["names"])
+             else "its first units")
+    groups = [("weights", "first layer's weights, " + units)]
   cols = min(16, max(len(r[k]) for k, _ in groups))
   heights = [-(-len(r[k]) // cols) for k, _ in groups]
   fig, axes = plt.subplots(
-      len(groups),
-      1,
+      len(groups), 1, squeeze=False, layout="constrained",
       figsize=(0.75 * cols + 0.5, 1.1 * sum(heights) + 0.5 * len(groups) + 0.5),
-      squeeze=False,
-      layout="constrained",
-      gridspec_kw={"height_ratios": heights},
-  )
+      gridspec_kw={"height_ratios": heights})
   for ax, (key, what), rows in zip(axes[:, 0], groups, heights):
     tiles = _rgb(r[key])
     tiles = np.concatenate(
-        [tiles, np.ones((rows * cols - len(tiles), *tiles.shape[1:]))]
-    )
-    _mosaic(
-        ax,
-        tiles.reshape(rows, cols, *tiles.shape[1:]),
-        [str(u) for u in range(len(r[key]))],
-    )
+        [tiles, np.ones((rows * cols - len(tiles), *tiles.shape[1:]))])
+    _mosaic(ax, tiles.reshape(rows, cols, *tiles.shape[1:]),
+            [str(u) for u in range(len(r[key]))])
     ax.set_title(what, fontsize=9)
   return _finish(fig, path, "What it looks for (red positive, blue negative; "
                  "each to its own largest |value|)")
@@ -307,24 +238,17 @@ def single(r: dict, folder: str) -> None:
 def compare_attributions(results: Sequence[dict], path: str) -> str:
   """The same test digits' integrated gradients, a row per run."""
   n = min(r["grid"] for r in results)
-  tiles = [_rgb(results[0]["images"][:n], True)] + [
-      _rgb(r["ig"][:n]) for r in results
-  ]
+  tiles = [_rgb(results[0]["images"][:n], True),
+           *(_rgb(r["ig"][:n]) for r in results)]
   said = lambda r, j: r["predicted"][r["shown"][j]]
   captions = [f"#{results[0]['shown'][j]}" for j in range(n)] + [
       f"pred {r['names'][said(r, j)]}" for r in results for j in range(n)]
   red = {(i + 1) * n + j for i, r in enumerate(results) for j in range(n)
          if said(r, j) != r["labels"][r["shown"][j]]}
-  fig, ax = plt.subplots(
-      figsize=(1.1 * n + 1.5, 1.2 * len(tiles) + 0.8), layout="constrained"
-  )
-  _mosaic(
-      ax,
-      np.stack(tiles),
-      captions,
-      ["test image"] + [r["label"] for r in results],
-      red,
-  )
+  fig, ax = plt.subplots(figsize=(1.1 * n + 1.5, 1.2 * len(tiles) + 0.8),
+                         layout="constrained")
+  _mosaic(ax, np.stack(tiles), captions,
+          ["test image"] + [r["label"] for r in results], red)
   return _finish(fig, path, "Where each looks: integrated gradients of the "
                  "same test images to each model's predicted class (red for, "
                  "blue against; each map to its own largest |value|; red "

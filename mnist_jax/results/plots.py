@@ -10,10 +10,12 @@ import numpy as np
 # the backend stays, or the notebook's own figures would stop showing.
 if "inline" not in os.environ.get("MPLBACKEND", ""):
   matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import matplotlib.pyplot as plt
+from matplotlib import ticker
 
-from mnist_jax.rundir import files  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mnist_jax.rundir import files
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 DPI = 120
 DIGIT_CMAP = "gray_r"  # Every figure draws digits as dark ink on white.
@@ -38,9 +40,9 @@ save_whole = functools.partial(_save, whole=True)
 def plain_ticks(axis, subs=None) -> None:
   """Plain-number major ticks (log: at `subs` of a decade), no minor labels."""
   if subs:
-    axis.set_major_locator(LogLocator(subs=subs))
-  axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-  axis.set_minor_formatter(NullFormatter())
+    axis.set_major_locator(ticker.LogLocator(subs=subs))
+  axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+  axis.set_minor_formatter(ticker.NullFormatter())
 
 
 def epoch_axis(ax, epochs) -> None:
@@ -51,12 +53,12 @@ def epoch_axis(ax, epochs) -> None:
   if len(epochs) <= 15:
     ax.set_xticks(epochs)
   else:
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
   ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
 
 
 def learning_curves(rows: List[dict], path: str, title: str = "") -> str:
-  """Train vs validation loss and accuracy per epoch, from metrics.jsonl rows."""
+  """Train vs validation loss and accuracy per epoch (metrics.jsonl rows)."""
   epochs = [r for r in rows if "epoch" in r and "train_loss" in r]
   x = [r["epoch"] for r in epochs]
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -122,16 +124,14 @@ def confusion_matrix(counts: np.ndarray, path: str, class_names: Names = None,
 def per_class_accuracy(accuracy: np.ndarray, support: np.ndarray, path: str,
                        class_names: Names = None,
                        overall: Optional[float] = None, title: str = "") -> str:
-  """Bar chart of each class's accuracy (recall), zoomed to where bars differ."""
+  """Bars of each class's accuracy (recall), zoomed to where they differ."""
   k = len(accuracy)
   pct = 100.0 * np.asarray(accuracy, dtype=float)
   fig, ax = plt.subplots(figsize=(8 * _class_scale(k), 4.2))
   ax.bar(range(k), pct, color=["firebrick" if p == pct.min() else "steelblue"
                                for p in pct])
-  low = max(
-      0.0, np.floor(min(pct.min(), overall * 100 if overall else 100) - 2)
-  )
-  ax.set_ylim(low, 100.5)
+  low = np.floor(min(pct.min(), overall * 100 if overall else 100) - 2)
+  ax.set_ylim(max(0.0, low), 100.5)
   for i, p in enumerate(pct):
     ax.text(i, p + 0.1, f"{p:.1f}", ha="center", va="bottom",
             fontsize=8 if k <= 16 else 5)
@@ -210,20 +210,14 @@ def mistakes(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray,
 
 def sample_probabilities(samples: Sequence[dict], path: str,
                          class_names: Names = None, title: str = "") -> str:
-  """Rows of (image, its K class-probability bars).
-
-  Each sample: image [H, W] uint8, probabilities [K], optional label (int) and
-  caption (str). Bars: best orange (red if wrong), true class green.
-  """
+  """Rows of (image, its K class-probability bars). Each sample: image [H, W]
+  uint8, probabilities [K], optional label (int) and caption (str). Bars: best
+  orange (red if wrong), true class green."""
   k = len(samples[0]["probabilities"]) if samples else 0
   names = _labels(class_names, k)
-  fig, axes = plt.subplots(
-      len(samples),
-      2,
-      figsize=(9 * _class_scale(k), 3.1 * len(samples)),
-      gridspec_kw={"width_ratios": [1, 2.6]},
-      squeeze=False,
-  )
+  fig, axes = plt.subplots(len(samples), 2, squeeze=False,
+                           figsize=(9 * _class_scale(k), 3.1 * len(samples)),
+                           gridspec_kw={"width_ratios": [1, 2.6]})
   for (ax_img, ax), s in zip(axes, samples):
     label = s.get("label")
     pct = 100.0 * np.asarray(s["probabilities"], dtype=float)
@@ -264,8 +258,7 @@ def prediction(image: np.ndarray, probabilities: np.ndarray, path: str,
       f"({100 * probabilities[best]:.1f}%)")
 
 
-# Comparison across runs (experiments/compare.py). Each figure is laid out
-# whole: titles wrapped to its width, legends outside the axes.
+# A sweep's figure; the colours of lines also experiments/compare.py draws.
 
 
 def palette(n: int):
@@ -293,12 +286,10 @@ def sweep(table: Sequence[dict], names: Sequence[str], path: str,
 
 
 def sweep_figure(table: Sequence[dict], names: Sequence[str], title: str = ""):
-  """Validation and test accuracy against each swept value.
-
-  table: report.sweep_table's records. A panel per swept name; a line per
-  combination of the others' values: mean over seeds, band +- std; the chosen
-  grid point starred.
-  """
+  """Validation and test accuracy against each swept value (table:
+  report.sweep_table's records): a panel per swept name, a line per
+  combination of the others' values (mean over seeds, band +- std), the
+  chosen grid point starred."""
   fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.3),
                            squeeze=False)
   chosen = next(r for r in table if r["chosen"])

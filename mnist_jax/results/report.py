@@ -35,7 +35,8 @@ def of_logits(logits, labels, splits=("test",), batch_size: int = 10000):
   for start in range(0, len(labels), batch_size):
     x, y = logits[start:start + batch_size], labels[start:start + batch_size]
     nll = -jnp.take_along_axis(jax.nn.log_softmax(x), y[:, None], -1)[:, 0]
-    sums = jax.tree.map(jnp.add, sums, metrics.batch_sums(x, y, nll, splits=splits))
+    sums = jax.tree.map(jnp.add, sums,
+                        metrics.batch_sums(x, y, nll, splits=splits))
   return metrics.values(jax.device_get(sums))
 
 
@@ -113,13 +114,13 @@ def _headline(rows: List[dict], test: Dict[str, float], n: int,
   accuracy = test["accuracy"]
   out = [("Test accuracy", f"**{100 * accuracy:.2f}%** ({n} images, "
           f"{int(round((1 - accuracy) * n))} wrong)")]
-  out += [(f"Test {m.label}", m.text(test.get(m.name)))
-          for m in metrics.of("test") if m.name != "accuracy"]
+  others = [m for m in metrics.of("test") if m.name != "accuracy"]
+  out += [(f"Test {m.label}", m.text(test.get(m.name))) for m in others]
   if ensemble is not None:  # The mean of its members' probabilities.
-    text = (f"**{100 * ensemble['accuracy']:.2f}%** (" + ", ".join(
-        f"{m.label} {m.text(ensemble.get(m.name))}" for m in metrics.of("test")
-        if m.name != "accuracy") + f"; the mean probabilities of "
-            f"{ensemble['members']} seeds)")
+    text = ", ".join(f"{m.label} {m.text(ensemble.get(m.name))}"
+                     for m in others)
+    text = (f"**{100 * ensemble['accuracy']:.2f}%** ({text}; the mean "
+            f"probabilities of {ensemble['members']} seeds)")
     if final.get("test_accuracy_mean") is not None:
       text += (f"; single members {100 * final['test_accuracy_mean']:.2f} ± "
                f"{100 * final['test_accuracy_std']:.2f}%")
@@ -153,9 +154,8 @@ def write(workdir: str, run, test, class_names: Optional[Sequence[str]] = None,
   report.md; val: the Split temperature scaling is fitted on (None: loaded).
   Returns the test metrics, "confusion" and "paths" (the files written)."""
   config = run.config
-  images, labels = np.asarray(test.images), np.asarray(test.labels).astype(
-      np.int64
-  )
+  images = np.asarray(test.images)
+  labels = np.asarray(test.labels).astype(np.int64)
   logits = run.logits(images, config.eval_batch_size)
   ensemble = ensemble_metrics(run, test) if len(run.seeds) > 1 else None
   # matplotlib only once a run ends: out of a run's start-up.
@@ -171,22 +171,17 @@ def write(workdir: str, run, test, class_names: Optional[Sequence[str]] = None,
   rows = folder.read_metrics(path(folder.METRICS_FILE))
   final = next((r for r in reversed(rows) if "test_accuracy" in r), {})
   keys = metrics.keys("test")  # The finished run's (no note) if all recorded.
-  test_metrics = (
-      {k[len("test_") :]: final[k] for k in keys}
-      if note is None and all(final.get(k) is not None for k in keys)
-      else of_logits(logits, labels)
-  )
+  test_metrics = ({k[len("test_"):]: final[k] for k in keys} if note is None
+                  and all(final.get(k) is not None for k in keys)
+                  else of_logits(logits, labels))
   accuracy = test_metrics["accuracy"]
   records = sweep_table(rows)
   if final.get("chosen"):  # The chosen member's own curves and numbers.
     rows = members_lib.member_rows(rows, final["chosen"]["index"])
     title += f", member {final['chosen']['index']}"
 
-  files.write_csv(
-      path("confusion_matrix.csv"),
-      [["true\\predicted", *names]]
-      + [[names[i], *map(int, counts[i])] for i in range(k)],
-  )
+  files.write_csv(path("confusion_matrix.csv"), [["true\\predicted", *names]] +
+                  [[names[i], *map(int, counts[i])] for i in range(k)])
   files.write_csv(path("per_class.csv"), [
       "class name support correct accuracy precision f1".split()] + [
           [i, names[i], int(stats["support"][i]), int(stats["correct"][i]),
@@ -208,8 +203,8 @@ def write(workdir: str, run, test, class_names: Optional[Sequence[str]] = None,
   plots.prediction_grid(images[shown], labels[shown], predicted[shown],
                         path("predictions.png"), names, shown)
   wrong = np.flatnonzero(predicted != labels)
-  worst = wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")][
-      :MISTAKES_SHOWN]
+  order = np.argsort(-probs[wrong, predicted[wrong]], kind="stable")
+  worst = wrong[order[:MISTAKES_SHOWN]]
   plots.mistakes(images[worst], labels[worst], predicted[worst],
                  probs[worst, predicted[worst]], probs[worst, labels[worst]],
                  path("mistakes.png"), names, worst,
@@ -217,18 +212,11 @@ def write(workdir: str, run, test, class_names: Optional[Sequence[str]] = None,
                  f"{len(wrong)} (predicted label and probability; true label "
                  "and its probability)")
   unsure = int(np.argmin(probs.max(axis=-1)))
-  samples = [
-      {
-          "image": images[i],
-          "probabilities": probs[i],
-          "label": int(labels[i]),
-          "caption": caption,
-      }
-      for i, caption in (
-          (0, "test image #0"),
-          (unsure, f"test image " f"#{unsure}\n(the least confident)"),
-      )[: min(n, 2)]
-  ]
+  captions = ((0, "test image #0"),
+              (unsure, f"test image #{unsure}\n(the least confident)"))
+  samples = [{"image": images[i], "probabilities": probs[i],
+              "label": int(labels[i]), "caption": caption}
+             for i, caption in captions[:min(n, 2)]]
   plots.sample_probabilities(samples, path("sample_probabilities.png"), names,
                              title=f"{title}: class probabilities of single "
                              "test images")
@@ -238,10 +226,10 @@ def write(workdir: str, run, test, class_names: Optional[Sequence[str]] = None,
     write_sweep(workdir, config, records)
   analysis = []
   if config.analyses:
-    from mnist_jax.results import analysis as analysis_lib  # pylint: disable=g-import-not-at-top
-
+    # pylint: disable=g-import-not-at-top
+    from mnist_jax.results import analysis as analysis_lib
     if val is None and config.val_fraction > 0:
-      from mnist_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+      from mnist_jax.data import pipeline
       val = pipeline.load(config).val
     analysis = analysis_lib.write(workdir, run, test, val, names)
 
@@ -251,11 +239,10 @@ def write(workdir: str, run, test, class_names: Optional[Sequence[str]] = None,
     lines += [f"> **Warning:** {warning[0].upper()}{warning[1:]}.", ""]
   if note:
     lines += [f"> **Note:** {note}.", ""]
-  lines += files.table(
-      ["", ""], _headline(rows, test_metrics, n, ensemble, final), "ll"
-  )
-  lines += ["", *members_section(config, final, records), *_body(
-      names, counts, stats, pairs, n), *analysis,
+  lines += files.table(["", ""],
+                       _headline(rows, test_metrics, n, ensemble, final), "ll")
+  lines += ["", *members_section(config, final, records),
+            *_body(names, counts, stats, pairs, n), *analysis,
             "## Settings", "", "```json", config.to_json(), "```", ""]
   files.write_text(path("report.md"), "\n".join(lines))
   return {**test_metrics, "confusion": counts,
@@ -265,22 +252,13 @@ def write(workdir: str, run, test, class_names: Optional[Sequence[str]] = None,
 
 def _body(names, counts, stats, pairs, n) -> List[str]:
   """report.md's sections on the test images, curves to single images."""
-  lines = [
-      "## Learning curves",
-      "",
-      "![learning curves](learning_curves.png)",
-      "",
-      "## Confusion matrix",
-      "",
-      "Rows are true labels, columns predictions; each cell shows a count, "
-      "its colour the fraction of the row. Counts: "
-      "[confusion_matrix.csv](confusion_matrix.csv).",
-      "",
-      "![confusion matrix](confusion_matrix.png)",
-      "",
-      "## Most confused pairs",
-      "",
-  ]
+  lines = ["## Learning curves", "", "![learning curves](learning_curves.png)",
+           "", "## Confusion matrix", "",
+           "Rows are true labels, columns predictions; each cell shows a "
+           "count, its colour the fraction of the row. Counts: "
+           "[confusion_matrix.csv](confusion_matrix.csv).", "",
+           "![confusion matrix](confusion_matrix.png)", "",
+           "## Most confused pairs", ""]
   if pairs:
     lines += files.table(["true", "predicted as", "count", "% of true class"], [
         (names[p["true"]], names[p["predicted"]], p["count"],
@@ -292,47 +270,20 @@ def _body(names, counts, stats, pairs, n) -> List[str]:
     lines += ["", "Confused in either direction most: " + ", ".join(top) + "."]
   else:
     lines += ["No test image was misclassified."]
-  lines += [
-      "",
-      "## Per class",
-      "",
-      "![per-class accuracy](per_class_accuracy.png)",
-      "",
-  ]
+  lines += ["", "## Per class", "",
+            "![per-class accuracy](per_class_accuracy.png)", ""]
   lines += files.table(
       ["class", "images", "correct", "accuracy %", "precision %", "F1 %"],
-      [
-          (
-              name,
-              stats["support"][i],
-              stats["correct"][i],
-              *(
-                  f"{100 * stats[key][i]:.2f}"
-                  for key in ("accuracy", "precision", "f1")
-              ),
-          )
-          for i, name in enumerate(names)
-      ],
-      "lrrrrr",
-  )
+      [(name, stats["support"][i], stats["correct"][i],
+        *(f"{100 * stats[k][i]:.2f}" for k in ("accuracy", "precision", "f1")))
+       for i, name in enumerate(names)], "lrrrrr")
   return lines + [
-      "",
-      "## Predictions",
-      "",
-      f"The first {min(GRID_SIZE, n)} test images; "
-      "wrong ones are framed in red.",
-      "",
-      "![predictions](predictions.png)",
-      "",
-      "## Most confident mistakes",
-      "",
-      "![mistakes](mistakes.png)",
-      "",
-      "## Class probabilities of single images",
-      "",
-      "![sample probabilities](sample_probabilities.png)",
-      "",
-  ]
+      "", "## Predictions", "",
+      f"The first {min(GRID_SIZE, n)} test images; wrong ones are framed "
+      "in red.", "", "![predictions](predictions.png)", "",
+      "## Most confident mistakes", "", "![mistakes](mistakes.png)", "",
+      "## Class probabilities of single images", "",
+      "![sample probabilities](sample_probabilities.png)", ""]
 
 
 # The members: the chosen one, the sweep's grid.
@@ -405,33 +356,18 @@ def members_section(config, final: dict, records: Sequence[dict]) -> List[str]:
   if not config.sweep or not records:
     return lines
   names, tests = list(members_lib.parse(config.sweep)), metrics.of("test")
-  points = [
-      list(p) for _, p in itertools.groupby(records, lambda r: r["values"])
-  ]
+  points = [list(p)
+            for _, p in itertools.groupby(records, lambda r: r["values"])]
   lines += files.table(
-      [
-          *names,
-          "validation accuracy %",
-          *(f"test {m.label}{' ' + m.unit if m.unit else ''}" for m in tests),
-          "chosen",
-      ],
-      [
-          [
-              *(f"{p[0]['values'][n]:g}" for n in names),
-              _mean_pm(
-                  metrics.BY_NAME["accuracy"],
-                  [r["final_val_accuracy"] for r in p],
-              ),
-              *(
-                  _mean_pm(m, [r.get(f"test_{m.name}") for r in p])
-                  for m in tests
-              ),
-              "yes" if any(r["chosen"] for r in p) else "",
-          ]
-          for p in points
-      ],
-      "l" * len(names) + "r" * (1 + len(tests)) + "l",
-  )
+      [*names, "validation accuracy %",
+       *(f"test {m.label}{' ' + m.unit if m.unit else ''}" for m in tests),
+       "chosen"],
+      [[*(f"{p[0]['values'][n]:g}" for n in names),
+        _mean_pm(metrics.BY_NAME["accuracy"],
+                 [r["final_val_accuracy"] for r in p]),
+        *(_mean_pm(m, [r.get(f"test_{m.name}") for r in p]) for m in tests),
+        "yes" if any(r["chosen"] for r in p) else ""] for p in points],
+      "l" * len(names) + "r" * (1 + len(tests)) + "l")
   return lines + [
       "", "Validation accuracy after the last epoch; mean ± std over the "
       "seeds. Every member: [sweep.csv](sweep.csv).", "", "![sweep](sweep.png)",

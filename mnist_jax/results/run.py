@@ -62,9 +62,7 @@ def as_images(images) -> Tuple[np.ndarray, bool]:
 class Run:
   """A trained model: its chosen member's `variables` ({"params": ...,
   **model_state}) and its grid point's S seeds' `seed_variables` [S, ...].
-
-  Methods take images as `as_images` does: for one image its result alone.
-  """
+  Methods take images as `as_images` does: for one image its result alone."""
   config: Any
   model: nn.Module  # The module that ran (a kernel where it was checked).
   variables: Any
@@ -153,9 +151,8 @@ def logits(apply_fn: Callable, variables, images: np.ndarray,
   count = -(-n // batch)
   idx = np.minimum(np.arange(count * batch), n - 1).reshape(count, batch)
 
-  def one(variables, images, idx):
-    return jax.lax.map(
-        lambda i: apply_fn(variables, images[i], train=False), idx)
+  def one(variables, x, idx):
+    return jax.lax.map(lambda i: apply_fn(variables, x[i], train=False), idx)
 
   run = one
   if stacked:
@@ -180,8 +177,8 @@ def load_run(workdir: str, **overrides) -> Run:
       os.path.isdir(workdir)):
     raise checkpoints_lib.CheckpointError(
         f"{workdir} has no checkpoint yet (its training stopped before the "
-        f"first was saved); train it first: {folder_lib.train_command(workdir)}"
-    )
+        "first was saved); train it first: "
+        f"{folder_lib.train_command(workdir)}")
   with contextlib.closing(checkpoints_lib.Checkpointer(
       workdir, read_only=True)) as reader:
     parts, meta = reader.restore(checkpoints_lib.tree(template),
@@ -196,10 +193,9 @@ def load_run(workdir: str, **overrides) -> Run:
 def checkpoint_note(workdir: str, run: Run) -> Optional[str]:
   """What results of `run` stand for where not the finished run (still
   training, an older checkpoint, unfinished); None for the last checkpoint."""
-  epochs = [r["epoch"] for r in folder_lib.read_metrics(
-      os.path.join(workdir, folder_lib.METRICS_FILE))
-            if "train_loss" in r or r.get("lost")]
-  last = max(epochs, default=0)
+  rows = folder_lib.read_metrics(os.path.join(workdir, folder_lib.METRICS_FILE))
+  last = max((r["epoch"] for r in rows if "train_loss" in r or r.get("lost")),
+             default=0)
   if folder_lib.in_use(workdir):
     pid = folder_lib.holder(workdir).get("pid")
     return (f"{workdir} is still training ({f'pid {pid}, ' if pid else ''}"
@@ -286,14 +282,11 @@ def print_predictions(workdir: str, paths: Sequence[str],
     if as_json:
       print(r.to_json(), file=out)
     elif r.error is None:
-      probs = " ".join(
-          f"{names[i]}:{p:.3f}" for i, p in enumerate(r.probabilities)
-      )
-      print(
-          f"{r.file}: {names[r.digit]} ({100 * r.probabilities[r.digit]:.1f}%)"
-          f"  probabilities {probs}",
-          file=out,
-      )
+      probs = " ".join(f"{names[i]}:{p:.3f}"
+                       for i, p in enumerate(r.probabilities))
+      print(f"{r.file}: {names[r.digit]} "
+            f"({100 * r.probabilities[r.digit]:.1f}%)  probabilities {probs}",
+            file=out)
     if plot and r.error is None:
       # matplotlib only for --plot: a training run starts without it.
       from mnist_jax.results import plots  # pylint: disable=g-import-not-at-top
@@ -301,12 +294,8 @@ def print_predictions(workdir: str, paths: Sequence[str],
       os.makedirs(folder, exist_ok=True)
       files.remove_temporary(folder, locked=False)  # A killed predict's.
       stem = os.path.splitext(os.path.basename(r.file))[0]
-      saved = plots.prediction(
-          r.image,
-          np.asarray(r.probabilities),
-          os.path.join(folder, f"{stem}.png"),
-          r.file,
-          names,
-      )
+      saved = plots.prediction(r.image, np.asarray(r.probabilities),
+                               os.path.join(folder, f"{stem}.png"), r.file,
+                               names)
       print(f"plot: {saved}", file=err if as_json else out)
   return sum(r.error is not None for r in results)

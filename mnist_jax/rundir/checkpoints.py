@@ -51,13 +51,10 @@ def tree(state) -> dict:
 
 @contextlib.contextmanager
 def _quiet():
-  """Sends orbax's stray output while it reads or writes to the debug log.
-
-  When a read of a damaged checkpoint fails, orbax closes its event loop with
-  tensorstore's reads in flight: their callbacks print "Event loop is closed"
-  tracebacks from other threads, and abandoned coroutines complain when
-  collected.
-  """
+  """Sends orbax's stray output while it reads or writes to the debug log: a
+  failed read of a damaged checkpoint closes orbax's event loop with reads in
+  flight, whose callbacks print "Event loop is closed" tracebacks from other
+  threads, and abandoned coroutines complain when collected."""
   sink = io.StringIO()
   saved = sys.stderr, sys.unraisablehook, sys.excepthook
   hush = lambda record: print(record.getMessage(), file=sink) and False
@@ -150,21 +147,13 @@ def _meta_damage(meta) -> Optional[str]:
   return None
 
 
-def _zeros(template):
-  """Host zeros shaped like `template`: orbax reads leaves whole into them."""
-  return jax.tree.map(lambda x: np.zeros(np.shape(x), x.dtype), template)
-
-
 def _from_format2(raw: dict, template: dict) -> dict:
   """A format-2 checkpoint (the TrainState) as `template`'s parts: the
   optimizer's inner states by position (nested chains then, flat now) when
   their shapes match; else opt_state None (report and predict need no more)."""
   out = dict(template, step=raw["step"], params=raw["params"])
   old, new = raw["opt_state"], template["opt_state"]
-  def flat(x):
-    return [y for item in x for y in flat(item)] if isinstance(
-        x, (list, tuple)) and not hasattr(x, "_fields") else [x]
-  leaves = jax.tree.leaves(flat(old["inner_state"]))
+  leaves = jax.tree.leaves(old["inner_state"])
   if [np.shape(x) for x in leaves] != [
       np.shape(x) for x in jax.tree.leaves(new.inner_state)]:
     return dict(out, opt_state=None)
@@ -178,7 +167,7 @@ class Checkpointer:
   touches nothing on disk."""
 
   def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
-    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    self.directory = folder_lib.checkpoint_dir(workdir)
     if os.path.exists(self.directory) and not os.path.isdir(self.directory):
       raise CheckpointError(f"{self.directory} is a file where the run's "
                             "checkpoint folder goes; move it away, or pass "
@@ -274,8 +263,10 @@ class Checkpointer:
     with _quiet():
       saved = ocp.StandardCheckpointHandler().metadata(
           self._manager.directory / str(step) / "state").tree
-      target = _zeros(saved if template is None else
-                      {k: template[k] for k in saved})
+      # Host zeros: orbax reads each leaf whole into them.
+      target = jax.tree.map(lambda x: np.zeros(np.shape(x), x.dtype),
+                            saved if template is None else
+                            {k: template[k] for k in saved})
       return self._manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target)))["state"]
 
@@ -398,17 +389,9 @@ class Checkpointer:
         self._hush = None
 
 
-def record(
-    config,
-    *,
-    epoch: int,
-    step: int,
-    shapes: dict,
-    epoch_step: int = 0,
-    sums=None,
-    done: bool = False,
-    time_s: Optional[float] = None,
-) -> dict:
+def record(config, *, epoch: int, step: int, shapes: dict, epoch_step: int = 0,
+           sums=None, done: bool = False,
+           time_s: Optional[float] = None) -> dict:
   """A checkpoint's meta record: `epoch` epochs done, `epoch_step` steps of
   the next with their metric `sums`, the run's seconds so far (`time_s`)."""
   meta = {"epoch": epoch, "epoch_step": epoch_step, "step": step,

@@ -213,9 +213,8 @@ class Command:
       return (f"{found.text}; {resources.lower_advice(self.config)} (a new "
               "run), or run it on a machine with more memory")
     if found.kind in ("disk", "io"):
-      what = (
-          "free some space there" if found.kind == "disk" else "check that disk"
-      )
+      what = ("free some space there" if found.kind == "disk"
+              else "check that disk")
       return f"{found.text}; {what}, {again}"
     if mode == "report":
       return (f"{found.text}; --mode=report writes report.md and its figures "
@@ -231,18 +230,17 @@ def run_folder(config: config_lib.Config, overwrite: bool):
   """(the folder a training command trains in, claimed by process 0; a line
   saying which and why, or None)."""
   devices.initialize(config)
-  main_process = devices.is_main()
   if not config.workdir:
     for attempt in range(3):
       choice = folder_lib.choose(config, overwrite=overwrite)
       try:
-        if main_process:
+        if devices.is_main():
           folder_lib.claim(choice.path)
         return choice.path, choice.reason if choice.news else None
       except folder_lib.InUse:  # Another command took it a moment ago.
         if attempt == 2:
           raise
-  if main_process:
+  if devices.is_main():
     folder_lib.claim(config.workdir)
   if not overwrite:
     folder_lib.check_not_diverged(config.workdir, config)

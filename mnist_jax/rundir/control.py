@@ -105,8 +105,7 @@ class Preempted(Exception):
 
   def __init__(self, signum: int, message: str, workdir: str):
     super().__init__(message)
-    self.signum = signum
-    self.workdir = workdir
+    self.signum, self.workdir = signum, workdir
 
   @property
   def exit_code(self) -> int:

@@ -26,6 +26,7 @@ except ImportError:  # Not on a POSIX system: runs are not locked.
   fcntl = None
 
 import jax
+import numpy as np
 
 from mnist_jax import config as config_lib
 # Also registers the models' own settings, which config.json records.
@@ -235,9 +236,8 @@ def lower_rate(config: config_lib.Config) -> float:
 
 
 def train_command(workdir: str) -> str:
-  """The command that trains run folder `workdir` on; for a diverged run
-  (its own command would diverge again), one with a lower rate that starts
-  it over."""
+  """The command that trains run folder `workdir` on; for a diverged run (its
+  own would diverge again), one that starts it over at a lower rate."""
   if status(workdir)[0] != "diverged":
     return run_command(workdir)
   rate = lower_rate(read_config(workdir))
@@ -261,8 +261,8 @@ def run_command(workdir: str, *extra: str) -> str:
 def contents(workdir: str) -> str:
   """What deleting run folder `workdir` would lose, in words:
   "W's 3 logged epochs, 2 checkpoints and report"."""
-  epochs = max([r["epoch"] for r in read_metrics(os.path.join(
-      workdir, METRICS_FILE)) if _epoch_of(r)] or [0])
+  epochs = max((r["epoch"] for r in read_metrics(os.path.join(
+      workdir, METRICS_FILE)) if _epoch_of(r)), default=0)
   checkpoints = len(complete_steps(os.path.join(workdir, CHECKPOINT_DIR)))
   parts = [f"{epochs} logged epoch{'s' * (epochs != 1)}",
            f"{checkpoints} checkpoint{'s' * (checkpoints != 1)}"]
@@ -553,8 +553,7 @@ def find_runs(config: config_lib.Config, root: str = RUNS_DIR) -> List[Run]:
   for name in names:
     path = os.path.join(root, name)
     try:
-      with open(os.path.join(path, CONFIG_FILE)) as f:
-        record = json.load(f)
+      record = _record(path)
       if config_differences(config_lib.from_dict(record["config"]), config):
         continue
       state, last = status(path)
@@ -651,7 +650,7 @@ def repeat_command(config: config_lib.Config) -> str:
       parts.append(f"--{name}={','.join(str(v) for v in value)}")
     else:
       parts.append(f"--{name}={value}")
-  return " ".join(shlex.quote(p) for p in parts)
+  return shlex.join(parts)
 
 
 class MetricsLog:
@@ -764,7 +763,6 @@ def on_disk(directory: str) -> str:
 
 
 def save_array(workdir: str, name: str, array) -> None:
-  import numpy as np  # pylint: disable=g-import-not-at-top
   with files.atomic(os.path.join(workdir, name), "wb") as f:
     np.save(f, array)
 

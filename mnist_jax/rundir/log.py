@@ -41,9 +41,8 @@ class Progress:
   REPORT_EVERY_S seconds, redrawn in place on a terminal (not a dumb one)."""
 
   def __init__(self, epochs: int, stream=None, prefix: str = ""):
-    self.epochs = epochs
+    self.epochs, self.prefix = epochs, prefix
     self.stream = stream or sys.stdout
-    self.prefix = prefix
     self.tty = (hasattr(self.stream, "isatty") and self.stream.isatty() and
                 os.environ.get("TERM") != "dumb")
     self._last = time.monotonic()
@@ -69,14 +68,13 @@ class Progress:
     text = (f"{self.prefix}epoch {epoch}/{self.epochs} {100 * fraction:3.0f}% "
             f"({done}/{total} steps, {_fmt_time(elapsed)}, "
             f"about {_fmt_time(self._eta(epoch, fraction, elapsed))} left)")
-    self._write("\r" + text + "\033[K" if self.tty else text + "\n", self.tty)
+    self._write(f"\r{text}\033[K" if self.tty else f"{text}\n", self.tty)
 
   def epoch_done(self, epoch: int, row: dict) -> None:
     self.epoch_times.append(row["epoch_time_s"])
     self._last = time.monotonic()
-    val = ""
-    if row.get("val_accuracy") is not None:
-      val = _metrics_text(row, "val", "val_")
+    val = (_metrics_text(row, "val", "val_")
+           if row.get("val_accuracy") is not None else "")
     if row.get("leader"):  # Several members: the one the numbers are of.
       leader = row["leader"]
       val += " (leading: " + ", ".join(
@@ -87,8 +85,7 @@ class Progress:
             f"{_metrics_text(row, 'train', '')}{val} "
             f"{row['epoch_time_s']:.1f}s ({row['examples_per_s']:,.0f} ex/s), "
             f"about {_fmt_time(left)} left")
-    self._write(("\r" if self.tty else "") + text +
-                ("\033[K" if self.tty else "") + "\n", False)
+    self._write(f"\r{text}\033[K\n" if self.tty else f"{text}\n", False)
 
   def message(self, text: str) -> None:
     """A line of its own; on a terminal it replaces a line drawn in place."""
@@ -111,11 +108,10 @@ class JsonlWriter:
 
   diverged = final = epoch
 
-  def figures(self) -> None:
-    pass
-
   def close(self) -> None:
     pass
+
+  figures = close
 
 
 class TensorBoardWriter:
@@ -124,10 +120,9 @@ class TensorBoardWriter:
   A divergence writes nothing: the series end at the last good epoch."""
 
   def __init__(self, workdir: str, config, members: Sequence[Dict] = ()):
-    """members: each member's label ({"seed": 3, ...}); one member is the run."""
+    """members: each member's label ({"seed": 3}); one member is the run."""
     self._workdir, self._config = workdir, config
-    self._members = list(members)
-    self._writer = None
+    self._members, self._writer = list(members), None
 
   def resume(self, epoch: int, keep_final: bool = False) -> None:
     del keep_final  # The final row is written again (`final`) if wanted.

@@ -136,8 +136,7 @@ def check_memory(config: config_lib.Config, num_members: int,
     need, where = one * math.ceil(num_members / num_devices), "per device"
   else:
     available = host_memory_available()
-    need = one * max(num_members, num_devices)
-    where = "on this host"
+    need, where = one * max(num_members, num_devices), "on this host"
   if available is None or need <= available:
     return
   members = f"{num_members} members x " if num_members > 1 else ""

@@ -37,11 +37,8 @@ class RunFolder(train.Hooks):
   def __init__(self, workdir, config, log, stop, *, existing, overwrite,
                data_time):
     self.workdir, self.config, self.log, self.stop = workdir, config, log, stop
-    self.existing, self.overwrite, self.data_time = (
-        existing,
-        overwrite,
-        data_time,
-    )
+    self.existing, self.overwrite = existing, overwrite
+    self.data_time = data_time
     self.write = devices.is_main()
     self.checkpointer = (checkpoints.Checkpointer(
         workdir, keep=config.keep_checkpoints) if self.write else None)
@@ -96,10 +93,8 @@ class RunFolder(train.Hooks):
         epoch, epoch_step, sums if epoch_step else None, bool(finished))
 
   def _restore(self, state):
-    template = checkpoints.tree(state)
     directory = folder.checkpoint_dir(self.workdir)
-    steps = folder.complete_steps(directory)
-    if not steps:
+    if not folder.complete_steps(directory):
       if folder.final_metrics(self.workdir) is not None:
         raise checkpoints.CheckpointError(
             f"{self.workdir} trained to the end, but its report cannot be "
@@ -110,11 +105,10 @@ class RunFolder(train.Hooks):
       self.message(folder.resume_line(self.workdir, None, None,
                                       self.steps, True))
       return state, train.Start()
-    reader = checkpoints.Checkpointer(self.workdir, read_only=True)
-    try:
-      parts, self.meta = reader.restore(template, model=self.config.model)
-    finally:
-      reader.close()
+    with contextlib.closing(checkpoints.Checkpointer(
+        self.workdir, read_only=True)) as reader:
+      parts, self.meta = reader.restore(checkpoints.tree(state),
+                                        model=self.config.model)
     if parts["opt_state"] is None:
       raise checkpoints.CheckpointError(
           f"{self.workdir} was trained by an older mnist_jax whose optimizer "
@@ -157,10 +151,10 @@ class RunFolder(train.Hooks):
       self.save(state, epoch=epoch - 1, epoch_step=done,
                 sums=sums if done else None)
     self.close()
+    directory = (self.checkpointer.directory if self.write and self.saved
+                 else None)
     raise control.Preempted(signum, control.stopped_message(
-        signum, _step(state), epoch, done, self.steps,
-        self.checkpointer.directory if self.write and self.saved else None),
-                            self.workdir)
+        signum, _step(state), epoch, done, self.steps, directory), self.workdir)
 
   def chunk(self, state, epoch, done, sums):
     if self._epoch != epoch:
@@ -285,10 +279,8 @@ def _summary(final: dict, members, config, workdir: str) -> str:
   if chosen:
     how = ("chosen by validation accuracy" if config.val_fraction > 0
            else "chosen as the first (no validation split to choose by)")
-    text = (
-        f"{how}: {members_lib.values_text(chosen['values'], chosen['seed'])}"
-        f"; {text}"
-    )
+    values = members_lib.values_text(chosen["values"], chosen["seed"])
+    text = f"{how}: {values}; {text}"
   if "test_accuracy_mean" in final:
     seeds = len(members) // len(members_lib.points(members))
     text += (f"; its {seeds} seeds {100 * final['test_accuracy_mean']:.2f} +- "
@@ -303,11 +295,9 @@ def _training_ended(workdir: str) -> bool:
   """Whether the latest checkpoint is the one a run saves at its end."""
   if not folder.complete_steps(folder.checkpoint_dir(workdir)):
     return False
-  reader = checkpoints.Checkpointer(workdir, read_only=True)
-  try:
+  with contextlib.closing(checkpoints.Checkpointer(
+      workdir, read_only=True)) as reader:
     return bool(reader.read_meta()[1].get("done"))
-  finally:
-    reader.close()
 
 
 def _repair(workdir: str, run, test) -> Optional[str]:
@@ -336,8 +326,7 @@ def _repair(workdir: str, run, test) -> Optional[str]:
 def rewrite_report(workdir: str, **overrides) -> Dict[str, Any]:
   """`--mode=report`: evaluates a run (its latest checkpoint), rewrites its
   report. A run trained to the end but not finished is completed as its
-  training command would. overrides: data_dir, mnist_dir, impl.
-  """
+  training command would. overrides: data_dir, mnist_dir, impl."""
   path = os.path.join(workdir, report.FILES[0])
   how = ("rewritten" if folder.finished(workdir) and all(
       os.path.exists(os.path.join(workdir, f)) for f in report.FILES)

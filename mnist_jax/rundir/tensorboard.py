@@ -1,4 +1,4 @@
-"""TensorBoard event files of a run, made with tensorboardX's protos (no TensorFlow).
+"""A run's TensorBoard event files, from tensorboardX's protos (no TensorFlow).
 
 The run folder gets metrics.jsonl's rows at their epoch; each member gets a
 subfolder named for its settings (`seed=3`) with the same tags. Each writer
@@ -114,13 +114,11 @@ def check_folders(logdir: str, members: Sequence[Dict]) -> None:
 
 def _image(path: str) -> summary_pb2.Summary.Image:
   """A PNG file as TensorBoard's image proto, its bytes as they are."""
-  with Image.open(path) as image:
-    width, height = image.size
-    colorspace = _COLORSPACES.get(image.mode, 3)
-  with open(path, "rb") as f:
-    return summary_pb2.Summary.Image(height=height, width=width,
-                                     colorspace=colorspace,
-                                     encoded_image_string=f.read())
+  with Image.open(path) as image, open(path, "rb") as f:
+    return summary_pb2.Summary.Image(
+        height=image.height, width=image.width,
+        colorspace=_COLORSPACES.get(image.mode, 3),
+        encoded_image_string=f.read())
 
 
 class EventFile:
@@ -167,7 +165,8 @@ def _guarded(method):
       return
     try:
       method(self, *args, **kwargs)
-      self._flush()  # pylint: disable=protected-access
+      for writer in self._writers():  # pylint: disable=protected-access
+        writer.flush()
     except Exception as e:  # pylint: disable=broad-except
       self.close(e)
   return wrapper
@@ -216,10 +215,6 @@ class Writer:
 
   def _writers(self) -> List[EventFile]:
     return [w for w in [self._main] + self._members if w is not None]
-
-  def _flush(self) -> None:
-    for writer in self._writers():
-      writer.flush()
 
   def _scalars(self, row: Dict, tags: Dict, member_tags: Dict,
                step: int) -> None:

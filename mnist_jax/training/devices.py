@@ -42,9 +42,8 @@ AXIS = "data"  # The mesh (and pmap) axis a batch is split along.
 MEMBERS = "members"  # The mesh axis members are split along.
 MODES = ("auto", "none", "sharded", "pmap")
 MAX_HOST_DEVICES = 8  # split_host's most CPU devices.
-MIN_DEVICE_BATCH = (
-    32  # auto on a CPU host: fewer examples per device, fewer devices.
-)
+# auto on a CPU host: fewer examples per device, fewer devices.
+MIN_DEVICE_BATCH = 32
 CPU_DATA_PARALLEL = ("Recurrent",)  # Stock module classes, see the module doc.
 
 
@@ -156,10 +155,8 @@ def initialize(config) -> None:
         int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1):
     jax.distributed.initialize()
   elif _cloud_tpu_vm():
-    try:
+    with contextlib.suppress(ValueError):  # No TPU cluster here: one process.
       jax.distributed.initialize()
-    except ValueError:  # No TPU cluster here: one process.
-      pass
 
 
 def is_main() -> bool:
@@ -168,9 +165,8 @@ def is_main() -> bool:
 
 def from_main(tree):
   """Process 0's values of a pytree, on every process."""
-  if jax.process_count() == 1:
-    return tree
-  return multihost_utils.broadcast_one_to_all(tree)
+  return (tree if jax.process_count() == 1
+          else multihost_utils.broadcast_one_to_all(tree))
 
 
 def main_first(fn: Callable[[], Any]) -> Any:
@@ -240,11 +236,9 @@ class Layout:
       if cpu and (type(models.get(config.model).stock(config)).__name__
                   not in CPU_DATA_PARALLEL):
         return "none", 1
-      # The most devices the batch splits over.
       count = _batch_devices(config.batch_size, total,
                              MIN_DEVICE_BATCH if cpu else 1)
       return ("sharded", count) if count > 1 else ("none", 1)
-    requested = "sharded" if requested == "auto" else requested
     count = total  # pmap: each process maps its local devices, of these.
     if config.batch_size % count:
       lower = config.batch_size // count * count
@@ -253,7 +247,7 @@ class Layout:
           f"--batch_size={config.batch_size} does not split over {count} "
           f"devices; pass a multiple of {count} (e.g. "
           f"{' or '.join(map(str, options))}), or --parallel=none")
-    return requested, count
+    return ("sharded" if requested == "auto" else requested), count
 
   def record(self) -> dict:
     """What config.json records of the layout."""
@@ -267,11 +261,8 @@ class Layout:
   @property
   def batch_sharding(self) -> Optional[NamedSharding]:
     """How train.py splits a chunk's batches [C, B, ...] over the mesh."""
-    return (
-        NamedSharding(self.mesh, P(None, AXIS))
-        if self.mode == "sharded"
-        else None
-    )
+    return (NamedSharding(self.mesh, P(None, AXIS))
+            if self.mode == "sharded" else None)
 
   def eval_batch_size(self, batch_size: int) -> int:
     """A batch that splits over the data-parallel devices."""

@@ -1,4 +1,4 @@
-"""The models one run trains together (--num_seeds, --sweep), and which is chosen.
+"""The models a run trains together (--num_seeds, --sweep), and which is chosen.
 
 `--sweep=learning_rate=3e-4,1e-3;weight_decay=0,1e-4` is the grid of every
 combination, `--num_seeds=N` trains each point with seeds seed .. seed+N-1;
@@ -63,8 +63,8 @@ def parse(specs: Union[str, Sequence[str]], model: str = "MODEL"
   """The grid of `--sweep` specs, each `NAME=V1,V2,...`, several `;`-joined;
   a UserError for a malformed or unsweepable one (`model`: for its advice)."""
   grid = {}
-  for part in (p.strip() for spec in ([specs] if isinstance(specs, str)
-                                      else specs) for p in spec.split(";")):
+  joined = specs if isinstance(specs, str) else ";".join(specs)
+  for part in (p.strip() for p in joined.split(";")):
     if not part:
       continue
     name, sep, listed = (s.strip() for s in part.partition("="))
@@ -115,11 +115,9 @@ def from_config(config) -> Tuple[Member, ...]:
   for name in grid:
     owners = [o for o, spec in optim.OPTIMIZERS.items() if name in spec.reads]
     if owners and name not in reads:
-      raise UserError(
-          f"--sweep={name} changes nothing with --optimizer="
-          f"{config.optimizer}: only {' or '.join(f'--optimizer={o}' for o in owners)}"
-          " reads it"
-      )
+      only = " or ".join(f"--optimizer={o}" for o in owners)
+      raise UserError(f"--sweep={name} changes nothing with --optimizer="
+                      f"{config.optimizer}: only {only} reads it")
   if grid and config.val_fraction == 0:
     raise UserError("--sweep chooses its member by validation accuracy, and "
                     "--val_fraction=0 holds out none; pass e.g. "
@@ -278,24 +276,24 @@ def member_rows(rows: Sequence[Dict], index: int) -> List[Dict]:
   out = []
   for r in rows:
     entries = r.get("members")
-    if not entries:
-      out.append(r)
-      continue
-    plain = {k: v for k, v in r.items()
-             if k not in ("members", "leader", "chosen")
-             and not k.endswith(("_mean", "_std"))
-             and not k.startswith("ensemble_")}
-    plain.update({k: v for k, v in entries[index].items()
-                  if k not in ("index", "seed", "values")})
-    out.append(plain)
+    if entries:  # Its own metrics in place of the chosen member's.
+      r = {k: v for k, v in r.items()
+           if k not in ("members", "leader", "chosen")
+           and not k.endswith(("_mean", "_std"))
+           and not k.startswith("ensemble_")}
+      r.update((k, v) for k, v in entries[index].items()
+               if k not in ("index", "seed", "values"))
+    out.append(r)
   return out
 
 
 def check_divergence(members, bad, epoch, first, steps, hooks) -> None:
   """Says which members diverged in the chunk run from step `first` of
   `epoch`; raises Diverged once every member has."""
-  where = lambda s: f"step {s} (epoch {epoch}, step {s - (epoch - 1) * steps}" \
-                    f" of {steps})"
+  def where(step):
+    return (f"step {step} (epoch {epoch}, step "
+            f"{step - (epoch - 1) * steps} of {steps})")
+
   if (bad >= 0).all():
     text = (f"training diverged: the loss became non-finite at "
             f"{where(int(bad.max()))}")

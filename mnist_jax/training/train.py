@@ -276,8 +276,8 @@ def train_and_evaluate(config, data, hooks: Optional[Hooks] = None):
                                            first)
       sums = chunk_sums if sums is None else jax.tree.map(jnp.add, sums,
                                                           chunk_sums)
-      members_lib.check_divergence(members, layout.host(bad).reshape(-1), epoch, first,
-                        steps, hooks)
+      members_lib.check_divergence(members, layout.host(bad).reshape(-1),
+                                   epoch, first, steps, hooks)
     seconds = time.perf_counter() - epoch_start
     val = evaluate_split(state, "val") if "val" in splits else None
     row = members_lib.epoch_row(

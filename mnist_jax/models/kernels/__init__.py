@@ -8,6 +8,7 @@ else the run keeps the stock module and says why in one line.
 """
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import inspect
@@ -44,14 +45,12 @@ def _attributes(module: nn.Module) -> dict:
 
 
 def _name(module_type: type) -> str:
-  return (
-      f"{module_type.__module__.replace('.', '/')}.py's {module_type.__name__}"
-  )
+  path = module_type.__module__.replace(".", "/")
+  return f"{path}.py's {module_type.__name__}"
 
 
-def _difference(
-    stock: nn.Module, fast: nn.Module, image_shape
-) -> Optional[str]:
+def _difference(stock: nn.Module, fast: nn.Module,
+                image_shape) -> Optional[str]:
   """Why `fast` is not `stock` on a random batch (training mode, one dropout
   key, a loss weighing every logit differently), or None."""
   key = jax.random.key(0)
@@ -95,17 +94,8 @@ def _key(stock: nn.Module, kernel: type, image_shape, backend: str) -> str:
   program = jax.make_jaxpr(lambda v, x, k: stock.apply(
       v, x, train=True, rngs={"dropout": k}, mutable=True))(
           variables, images, key)
-  h = hashlib.sha256(
-      repr(
-          (
-              str(program),
-              _attributes(stock),
-              backend,
-              jax.__version__,
-              flax.__version__,
-          )
-      ).encode()
-  )
+  h = hashlib.sha256(repr((str(program), _attributes(stock), backend,
+                           jax.__version__, flax.__version__)).encode())
   for const in program.consts:
     h.update(np.asarray(const).tobytes())
   with open(inspect.getsourcefile(kernel), "rb") as f:
@@ -117,29 +107,24 @@ def _verdict(key: str, check: Callable[[], Optional[str]]
              ) -> Tuple[Optional[str], bool]:
   """(the check's verdict, whether kept in _CACHE from before); an unreadable
   or unwritable cache only means checking again."""
-  try:
-    with open(_CACHE) as f:
-      verdicts = json.load(f)
-  except (OSError, ValueError):
-    verdicts = {}
+  verdicts = {}
+  with contextlib.suppress(OSError, ValueError), open(_CACHE) as f:
+    verdicts = json.load(f)
   verdicts = verdicts if isinstance(verdicts, dict) else {}
   if key in verdicts:
     return verdicts[key], True
   verdicts[key] = check()
-  try:
+  with contextlib.suppress(OSError):
     os.makedirs(os.path.dirname(_CACHE), exist_ok=True)
     tmp = f"{_CACHE}.{os.getpid()}"
     with open(tmp, "w") as f:
       json.dump(verdicts, f)
     os.replace(tmp, _CACHE)
-  except OSError:
-    pass
   return verdicts[key], False
 
 
-def swap(
-    stock: nn.Module, impl: str, image_shape, backend: Optional[str] = None
-) -> Tuple[nn.Module, Optional[str], dict]:
+def swap(stock: nn.Module, impl: str, image_shape, backend: Optional[str] = None
+         ) -> Tuple[nn.Module, Optional[str], dict]:
   """(the module a run trains, a line to say or None, its config.json record).
 
   impl: stock; fast (the kernel where one exists); auto (where it was also
@@ -168,11 +153,6 @@ def swap(
                 kernel=_name(kernel.module), passed=why is None)
   if why is None:
     return fast, None, {**record, "module": _name(kernel.module)}
-  return (
-      stock,
-      (
-          f"the fast kernel {_name(kernel.module)} does not compute "
-          f"{_name(type(stock))} ({why}): training the stock module"
-      ),
-      record,
-  )
+  line = (f"the fast kernel {_name(kernel.module)} does not compute "
+          f"{_name(type(stock))} ({why}): training the stock module")
+  return stock, line, record

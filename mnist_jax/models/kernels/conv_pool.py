@@ -50,19 +50,17 @@ def conv_cfirst(x, kernel):
 # 16 window taps [16 (a, b), 16 (r, s)] and on the 16 products [4, 16].
 _WINO_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]],
                     np.float32)
-_WINO_G = np.array(
-    [[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float32
-)
+_WINO_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]],
+                   np.float32)
 _WINO_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
 _WINO_IN = np.kron(_WINO_BT, _WINO_BT)
 _WINO_OUT = np.kron(_WINO_AT, _WINO_AT)
 
 
 def _batched_dot(a, b, contract_a, contract_b):
-  """[K, ...] x [K, ...] -> [K, free_a, free_b]: one matmul per leading index."""
-  return jax.lax.dot_general(
-      a, b, (((contract_a,), (contract_b,)), ((0,), (0,)))
-  )
+  """[K, ...] x [K, ...] -> [K, free_a, free_b]: a matmul per leading index."""
+  return jax.lax.dot_general(a, b, (((contract_a,), (contract_b,)),
+                                    ((0,), (0,))))
 
 
 def _winograd_fwd(x, kernel):
@@ -72,9 +70,8 @@ def _winograd_fwd(x, kernel):
   n = ho * wo * b
   taps = _window_taps(x, ho, wo).reshape(16, cin * n)
   v = jnp.dot(_WINO_IN, taps).reshape(16, cin, n)
-  u = jnp.einsum("ai,bj,ijco->aboc", _WINO_G, _WINO_G, kernel).reshape(
-      16, cout, cin
-  )
+  u = jnp.einsum("ai,bj,ijco->aboc", _WINO_G, _WINO_G,
+                 kernel).reshape(16, cout, cin)
   y = jnp.dot(_WINO_OUT, _batched_dot(u, v, 2, 1).reshape(16, cout * n))
   y = y.reshape(4, cout, n)
   m = jnp.maximum(jnp.maximum(y[0], y[1]), jnp.maximum(y[2], y[3]))
@@ -130,13 +127,8 @@ def _window_taps(x, ho, wo):
   c, _, _, b = x.shape
   x = x[:, :2 * ho + 2, :2 * wo + 2, :].reshape(c, ho + 1, 2, wo + 1, 2, b)
   return jnp.stack(
-      [
-          x[:, r // 2 : r // 2 + ho, r % 2, s // 2 : s // 2 + wo, s % 2, :]
-          for r in range(4)
-          for s in range(4)
-      ],
-      axis=0,
-  )
+      [x[:, r // 2:r // 2 + ho, r % 2, s // 2:s // 2 + wo, s % 2, :]
+       for r in range(4) for s in range(4)], axis=0)
 
 
 def _first_max_grads(candidates, m, g):
@@ -187,9 +179,8 @@ def _max_pool_2x2_bwd(res, g):
   y, m = res
   c, h, w, b = y.shape
   y = y.reshape(c, h // 2, 2, w // 2, 2, b)
-  grads = _first_max_grads(
-      [y[:, :, r, :, s, :] for r in range(2) for s in range(2)], m, g
-  )
+  grads = _first_max_grads([y[:, :, r, :, s, :] for r in range(2)
+                            for s in range(2)], m, g)
   rows = [jnp.stack(grads[2 * r:2 * r + 2], axis=3) for r in range(2)]
   return (jnp.stack(rows, axis=2).reshape(c, h, w, b),)
 
@@ -207,13 +198,9 @@ def _conv3x3_pool(x, kernel):
   if cin > PHASE_MAX_IN_FEATURES:
     return winograd_conv_pool(x[:, :2 * ho + 2, :2 * wo + 2, :], kernel)
   taps = _window_taps(x, ho, wo).reshape(16 * cin, ho * wo * b)
-  phases = jnp.stack(
-      [
-          jnp.pad(kernel, ((r, 1 - r), (s, 1 - s), (0, 0), (0, 0)))
-          for r in range(2)
-          for s in range(2)
-      ]
-  )  # [4, 4, 4, Cin, Cout]
+  # [4, 4, 4, Cin, Cout]: the kernel at each of the four pool positions.
+  phases = jnp.stack([jnp.pad(kernel, ((r, 1 - r), (s, 1 - s), (0, 0), (0, 0)))
+                      for r in range(2) for s in range(2)])
   phases = jnp.swapaxes(phases.reshape(4, 16 * cin, cout), 1, 2)
   y = jnp.dot(phases.reshape(4 * cout, 16 * cin), taps)
   return _max_of_four(y.reshape(4, cout, ho, wo, b))
@@ -233,9 +220,8 @@ def conv_relu_pool(x, kernel, bias, padding="VALID"):
     y = _conv3x3_pool(x, kernel)
   else:
     ho, wo = (x.shape[1] - kh + 1) // 2, (x.shape[2] - kw + 1) // 2
-    y = max_pool_2x2(
-        conv_cfirst(x[:, : 2 * ho + kh - 1, : 2 * wo + kw - 1], kernel)
-    )
+    y = max_pool_2x2(conv_cfirst(x[:, :2 * ho + kh - 1, :2 * wo + kw - 1],
+                                 kernel))
   return nn.relu(y + bias[:, None, None, None])
 
 
@@ -244,12 +230,10 @@ def dense_cfirst(x, kernel):
   [C, H, W, B]: the kernel's rows are permuted from (h, w, c) to (c, h, w)
   instead (a copy of the kernel, not a batch-strided read of activations)."""
   c, h, w, b = x.shape
-  kernel = (
-      kernel.reshape(h, w, c, -1).transpose(2, 0, 1, 3).reshape(c * h * w, -1)
-  )
-  return jax.lax.dot_general(
-      x.reshape(c * h * w, b), kernel, (((0,), (0,)), ((), ()))
-  )
+  kernel = kernel.reshape(h, w, c, -1).transpose(2, 0, 1, 3).reshape(
+      c * h * w, -1)
+  return jax.lax.dot_general(x.reshape(c * h * w, b), kernel,
+                             (((0,), (0,)), ((), ())))
 
 
 def valid_extent(size, num_layers, kernel_size=3):

@@ -57,12 +57,8 @@ class CellParams(nn.Module):
       made = [_DenseParams(fan_in, h, bias, init, name=name)()
               for name, bias in specs]
       kernel = jnp.concatenate([k for k, _ in made], axis=-1)
-      bias = jnp.concatenate(
-          [
-              b if b is not None else jnp.zeros((h,), kernel.dtype)
-              for _, b in made
-          ]
-      )
+      bias = jnp.concatenate([b if b is not None else
+                              jnp.zeros((h,), kernel.dtype) for _, b in made])
       return kernel, bias
 
     wi, bi = group(inputs, self.in_features, nn.linear.default_kernel_init)
@@ -77,8 +73,7 @@ def _cell_step(kind, carry, xt, a):
   of o, dh/dc, dc/dc_prev (= f); gru [B, 5H], dh/d(pre-activation) of r, z
   and the h-side n, of the x-side n, dh/dh_prev through z (= z)."""
   if kind == "rnn":
-    h = jnp.tanh(xt + a)
-    return (h,), ()
+    return (jnp.tanh(xt + a),), ()
   if kind == "lstm":
     # One tanh over all 4H pre-activations (sigmoid(x) = (1 + tanh(x/2)) / 2):
     # one expensive elementwise op per step, in one XLA:CPU fusion.
@@ -185,11 +180,9 @@ def rnn_layer(kind: str, params, x: jax.Array, reverse: bool = False,
   H] (reverse: as nn.RNN's reverse=True, keep_order=True), or with
   sequences=False only the final state [B, H] (reverse: after reading x[0])."""
   wi, bi, wh, bh = params
-  hidden = wh.shape[0]
   if reverse:
     x = jnp.flip(x, axis=0)
-  b = x.shape[1]
-  carry0 = tuple(jnp.zeros((b, hidden), x.dtype)
+  carry0 = tuple(jnp.zeros((x.shape[1], wh.shape[0]), x.dtype)
                  for _ in range(2 if kind == "lstm" else 1))
   hs = recurrence(kind, x, wi, bi, wh, bh, carry0, sequences)
   return jnp.flip(hs, axis=0) if reverse and sequences else hs
