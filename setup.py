@@ -12,7 +12,9 @@ setup(
     package_data={"mnist_jax.data": ["checksums.tsv"]},
     install_requires=[
         "jax>=0.6.1,<0.13",
-        "flax>=0.10,<0.13",
+        # 0.10.4: the first whose nn.scan gives jax 0.6 the debug info it asks
+        # for (older ones raise a DeprecationWarning there).
+        "flax>=0.10.4,<0.13",
         "optax>=0.2.7,<0.3",
         "orbax-checkpoint>=0.11.15,<0.13",
         "tensorflow-datasets>=4.9.10,<5",
