@@ -47,7 +47,8 @@ class Recurrent(nn.Module):
     x = as_sequence(images, self.sequence, self.permute_seed)
     cell = nn.remat(CELLS[self.cell]) if self.remat else CELLS[self.cell]
     # The carry in the compute dtype (bfloat16 under --dtype=bfloat16).
-    cell = functools.partial(cell, param_dtype=x.dtype)
+    carry_init = lambda key, shape, dtype: jnp.zeros(shape, x.dtype)
+    cell = functools.partial(cell, carry_init=carry_init)
     for layer in range(self.num_layers):
       if layer > 0:
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
