@@ -15,9 +15,10 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Runs launch.py after wrapping Progress.update (called between the chunks of
-# an epoch) and Progress.epoch_done (after an epoch's last chunk, before its
-# checkpoint) to print a marker and pause, so a test can signal it mid-epoch
-# or as an epoch ends.
+# an epoch), Progress.epoch_done (after an epoch's last chunk, before its
+# checkpoint), members.final_row and report.write to print a marker and
+# pause, so a test can signal it mid-epoch, as an epoch ends, after the final
+# evaluation or as the report begins.
 _CHILD = r"""
 import os, runpy, sys, time
 script = sys.argv[1]  # launch.py as the user typed it.
@@ -34,6 +35,17 @@ def epoch_done(self, epoch, row):
   return _epoch_done(self, epoch, row)
 log.Progress.update = update
 log.Progress.epoch_done = epoch_done
+from mnist_jax.results import report
+from mnist_jax.training import members
+def marked(module, name):
+  original = getattr(module, name)
+  def wrapper(*args, **kwargs):
+    print(f"@{name}", flush=True)
+    time.sleep(float(os.environ.get("CHUNK_PAUSE_S", "0")))
+    return original(*args, **kwargs)
+  setattr(module, name, wrapper)
+marked(members, "final_row")  # After the final evaluation, before its row.
+marked(report, "write")  # Before the report.
 sys.argv = [script] + sys.argv[2:]
 runpy.run_path(script, run_name="__main__")
 """
@@ -62,9 +74,10 @@ def run(args, timeout=120, cwd=ROOT, script=None, **env):
 
 def run_and_signal(args, signum, epoch, chunk=3, pause_s=0.2, timeout=120,
                    cwd=ROOT, repeat=1, on_marker=None, script=None, env=None,
-                   at_epoch_end=False):
+                   at_epoch_end=False, at=None):
   """Starts a run, sends `signum` after the `chunk`-th chunk of `epoch`
-  (`at_epoch_end`: after its last chunk, before its checkpoint).
+  (`at_epoch_end`: after its last chunk, before its checkpoint; `at`: at the
+  marker `@final_row` or `@write` instead).
 
   The pause after each chunk lets the previous epoch's checkpoint finish.
   repeat: how many times the signal is sent, 0.3 s apart (2: a double Ctrl-C;
@@ -85,11 +98,13 @@ def run_and_signal(args, signum, epoch, chunk=3, pause_s=0.2, timeout=120,
   try:
     for line in p.stdout:
       lines.append(line)
-      if at_epoch_end:
+      if at:
+        seen += line.strip() == at
+      elif at_epoch_end:
         seen += line.strip() == f"@epoch_end epoch={epoch}"
       else:
         seen += line.startswith(f"@chunk epoch={epoch} ")
-      if seen == (1 if at_epoch_end else chunk):
+      if seen == (1 if at or at_epoch_end else chunk):
         marker = line.strip()
         if on_marker is not None:
           on_marker()

@@ -257,6 +257,31 @@ def test_ctrl_c_in_the_last_chunk_of_the_last_epoch_stops_then_completes(
       reference[1])
 
 
+@pytest.mark.parametrize("at,says", [
+    ("@final_row", "stopped by SIGINT at the end of epoch 3 (step 99); the "
+     "checkpoint is in "),
+    ("@write", "interrupted (Ctrl-C); run keeps its last complete checkpoint, "
+     "if any. To resume, run: ")], ids=["final_evaluation", "report"])
+def test_ctrl_c_after_training_stops_then_the_command_completes_the_run(
+    prepared, reference, tmp_path, at, says):
+  """Ctrl-C once training has ended, during the final evaluation or the
+  report, is not acknowledged and then ignored: the run exits 130 unfinished
+  and the printed command completes it, without training, to the
+  uninterrupted result."""
+  cwd = str(tmp_path)
+  args = [*_args(prepared, *FLAGS), "--workdir=run"]
+  rc, _, err, _ = lh.run_and_signal(args, lh.SIGINT, epoch=3, cwd=cwd, at=at)
+  assert rc == 130, err
+  assert says in err and "Traceback" not in err, err
+  assert not _config(os.path.join(cwd, "run")).get("finished")
+  rc, out, err = lh.follow(lh.printed_command(err), cwd=cwd)
+  assert rc == 0, err
+  assert "completing run: its training ended at epoch 3" in out, out
+  assert _config(os.path.join(cwd, "run"))["finished"]
+  assert lh.deterministic(lh.metrics(os.path.join(cwd, "run"))) == (
+      reference[1])
+
+
 def test_a_run_training_now_is_not_resumed_by_a_second_command(prepared,
                                                                tmp_path):
   """The same command, while the first still trains, starts its own folder;

@@ -167,6 +167,10 @@ class StopRequest:
     return self
 
   def __exit__(self, *exc) -> None:
+    self.close()
+
+  def close(self) -> None:
+    """Restores the signals' handlers; `signum` keeps any request."""
     if self._pipe is None:
       return
     for signum, handler in self._old.items():

@@ -156,6 +156,14 @@ class RunFolder(train.Hooks):
     raise control.Preempted(signum, control.stopped_message(
         signum, _step(state), epoch, done, self.steps, directory), self.workdir)
 
+  def trained(self, state, final) -> None:
+    """As training ends: a stop asked for during the final evaluation stops
+    here (the last checkpoint is the one saved as training ended, so the same
+    command completes the run); from here a Ctrl-C interrupts at once."""
+    self.close()
+    self.stop.close()
+    self._stop_if_asked(state, final["epochs_run"], self.steps, None)
+
   def chunk(self, state, epoch, done, sums):
     if self._epoch != epoch:
       self._epoch, self._epoch_start = epoch, time.perf_counter()
@@ -226,7 +234,7 @@ def train_and_evaluate(config, workdir: str, stream=None,
     hooks.stop = stack.enter_context(control.StopRequest(kept=lambda: (
         folder.on_disk(folder.checkpoint_dir(workdir)))))
     state, final = train.train_and_evaluate(config, data, hooks)
-    hooks.close()
+    hooks.trained(state, final)
     return _finish(config, workdir, data, state, final, hooks, log, members)
 
 
