@@ -132,6 +132,19 @@ def test_report_mode_on_a_folder_without_a_run(tmp_path):
   assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_report_mode_on_the_folder_of_runs_names_the_newest_run(tmp_path):
+  for name, age in (("mlp-old", 100), ("cnn-new", 0)):
+    os.makedirs(tmp_path / name)
+    (tmp_path / name / "config.json").write_text("{}")
+    os.utime(tmp_path / name / "config.json", (1e9 - age, 1e9 - age))
+  result = _launch("--mode=report", f"--workdir={tmp_path}")
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines() == [
+      f"error: {tmp_path}/config.json does not exist: --workdir must be a run "
+      f"folder written by launch.py; {tmp_path} holds 2 run folder(s): pass "
+      f"one, e.g. --workdir={tmp_path}/cnn-new (the newest)"]
+
+
 @pytest.mark.slow
 def test_a_run_that_did_not_learn_says_so_atop_its_report(tiny_run, tmp_path):
   """The final row's verdict (control.learning_verdict) heads report.md,

@@ -120,7 +120,7 @@ def read_config(workdir: str) -> config_lib.Config:
       raise TypeError("config is no dict")
   except (FileNotFoundError, NotADirectoryError):
     raise UserError(f"{path} does not exist: --workdir must be a run folder "
-                    "written by launch.py") from None
+                    f"written by launch.py{_runs_within(workdir)}") from None
   except PermissionError:
     raise UserError(f"{path} cannot be read by this user (permission denied), "
                     f"{keep}give read access to it (chmod u+r {path}), or "
@@ -139,6 +139,19 @@ def read_config(workdir: str) -> config_lib.Config:
   except TypeError as e:  # A value of the wrong kind, a key misspelt.
     raise UserError(f"{path} holds settings this mnist_jax cannot use ({e}), "
                     f"{restore}") from None
+
+
+def _runs_within(workdir: str) -> str:
+  """For a --workdir that holds run folders (`runs`): which to pass."""
+  with contextlib.suppress(OSError):
+    runs = [e.path for e in os.scandir(workdir)
+            if os.path.isfile(os.path.join(e.path, CONFIG_FILE))]
+    newest = max(runs, key=lambda p: os.path.getmtime(
+        os.path.join(p, CONFIG_FILE)), default=None)
+    if newest:
+      return (f"; {workdir} holds {len(runs)} run folder(s): pass one, e.g. "
+              f"--workdir={newest} (the newest)")
+  return ""
 
 
 def config_differences(old: config_lib.Config,
