@@ -11,6 +11,8 @@ import subprocess
 import sys
 import types
 
+import flax.linen as nn
+import jax
 import numpy as np
 import pytest
 
@@ -22,6 +24,7 @@ from mnist_jax.errors import UserError
 from mnist_jax.models import cnn
 from mnist_jax.models import kernels
 from mnist_jax.models import recurrent
+from mnist_jax.models.kernels import conv_matmul
 from mnist_jax.models.kernels import conv_pool
 from mnist_jax.models.kernels import fused_rnn
 from mnist_jax.results import run as run_lib
@@ -97,7 +100,12 @@ def test_what_no_kernel_computes_runs_stock(name, overrides, missing):
   for impl, backend in (("auto", "cpu"), ("fast", "cpu"), ("fast", "gpu")):
     stock = models.get(name).stock(_config(name, impl=impl, **overrides))
     module, note, record = kernels.swap(stock, impl, SHAPE, backend)
-    assert module is stock
+    if name == "cnn":  # The stock CNN, its convolutions as matmuls.
+      assert type(module) is conv_matmul.Convs and module.stock is stock
+      assert record["convs"]["passed"] is True
+      note = note.removesuffix(", its convolutions as matmuls")
+    else:
+      assert module is stock
     if missing is None:
       assert note is None and record == {
           "impl": impl, "module": f"mnist_jax/models/dense.py's {type(stock).__name__}"}
@@ -404,3 +412,49 @@ def test_a_kernel_whose_numbers_are_nan_fails_the_check():
   assert kernels._difference(Stock(), Stock(), SHAPE) is None
   why = kernels._difference(Stock(), Stock(nan=True), SHAPE)
   assert why and why.startswith("its outputs or gradients differ by up to nan")
+
+
+class _Convs(nn.Module):
+  """Convolutions conv_matmul lowers (SAME, VALID, 1 to 5 wide, with and
+  without bias and BatchNorm) and one it leaves to XLA (stride 2)."""
+
+  @nn.compact
+  def __call__(self, images, train=False):
+    x = images[..., None] / 255.0
+    x = nn.Conv(3, (3, 3), padding="SAME")(x)
+    x = nn.BatchNorm(use_running_average=not train)(x)
+    x = nn.Conv(4, (5, 2), padding="VALID", use_bias=False)(nn.relu(x))
+    x = nn.Conv(2, (3, 3), strides=2)(x)
+    x = nn.Dropout(0.5, deterministic=not train)(x)
+    return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+
+def test_convs_as_matmuls_compute_the_module_and_keep_its_variables(
+    monkeypatch, tmp_path):
+  """A module no kernel computes, with convolutions: on a CPU it runs as
+  itself with its convolutions as matmuls, once checked equal (outputs,
+  gradients, batch statistics), silently; a lowering that is wrong fails
+  the check and the run keeps XLA's convolutions, saying so."""
+  stock = _Convs()
+  module, note, record = kernels.swap(stock, "auto", SHAPE, "cpu")
+  assert type(module) is conv_matmul.Convs and note is None
+  assert record["convs"]["passed"] is True
+  assert kernels._difference(stock, module, SHAPE) is None
+  images = synthetic_digits(6, seed=1)[0]
+  variables = stock.init(jax.random.key(0), images)
+  assert jax.tree.map(np.shape, module.init(jax.random.key(0), images)) == (
+      jax.tree.map(np.shape, variables))
+  lowered = str(jax.make_jaxpr(lambda v: module.apply(v, images))(variables))
+  assert lowered.count("conv_general_dilated") == 1  # Only the strided one.
+  assert kernels.swap(stock, "auto", SHAPE, "gpu")[0] is stock
+  assert kernels.swap(stock, "stock", SHAPE, "cpu")[0] is stock
+  # A lowering off by 1%: the check fails it.
+  monkeypatch.setattr(kernels, "_CACHE", str(tmp_path / "verdicts.json"))
+  conv = conv_matmul._conv
+  monkeypatch.setattr(conv_matmul, "_conv", lambda c, x: conv(c, x) * 1.01)
+  module, note, record = kernels.swap(stock, "auto", SHAPE, "cpu")
+  assert module is stock and record["convs"]["passed"] is False
+  assert note.startswith(
+      f"training {kernels._name(_Convs)} with XLA's convolutions: "
+      "mnist_jax/models/kernels/conv_matmul.py's Convs does not compute them "
+      "(its outputs or gradients differ by up to "), note

@@ -25,6 +25,7 @@ import numpy as np
 
 from mnist_jax.models import cnn
 from mnist_jax.models import recurrent
+from mnist_jax.models.kernels import conv_matmul
 from mnist_jax.models.kernels import conv_pool
 from mnist_jax.models.kernels import fused_rnn
 
@@ -32,6 +33,8 @@ from mnist_jax.models.kernels import fused_rnn
 Kernel = collections.namedtuple("Kernel", "module faster_on")
 KERNELS = {cnn.CNN: Kernel(conv_pool.CNN, ("cpu",)),
            recurrent.Recurrent: Kernel(fused_rnn.Recurrent, ("cpu",))}
+# Where no kernel computes a module, its convolutions as matmuls (any module).
+CONVS = Kernel(conv_matmul.Convs, ("cpu",))
 RTOL, ATOL = 1e-4, 1e-5  # float32 agreement, relative to each array's scale.
 CHECK_BATCH = 4
 # The check's verdicts by `_key`: a program checked before is not again.
@@ -57,21 +60,24 @@ def _difference(stock: nn.Module, fast: nn.Module,
   images = jax.random.randint(key, (CHECK_BATCH, *image_shape), 0, 256
                               ).astype(jnp.uint8)
   variables = stock.init(key, images)
-  if set(variables) != {"params"}:
-    return f"it keeps no {', '.join(sorted(set(variables) - {'params'}))}"
   theirs = jax.eval_shape(fast.init, key, images)
+  if set(variables) - set(theirs):
+    return f"it keeps no {', '.join(sorted(set(variables) - set(theirs)))}"
   if jax.tree.map(np.shape, theirs) != jax.tree.map(np.shape, variables):
     return "its parameters are not the stock module's"
+  mutable = sorted(set(variables) - {"params"})  # e.g. batch_stats.
 
   def outputs(params):
     def loss(module, params):
-      y = module.apply(params, images, train=True, rngs={"dropout": key})
+      y, state = module.apply({**variables, "params": params}, images,
+                              train=True, rngs={"dropout": key},
+                              mutable=mutable)
       w = jnp.linspace(-1.0, 2.0, y.size).reshape(y.shape)
-      return jnp.sum(jnp.sin(y) * w), y
+      return jnp.sum(jnp.sin(y) * w), (y, state)
     return [jax.grad(loss, argnums=1, has_aux=True)(m, params)
             for m in (stock, fast)]
 
-  (g_stock, y_stock), (g_fast, y_fast) = jax.jit(outputs)(variables)
+  (g_stock, y_stock), (g_fast, y_fast) = jax.jit(outputs)(variables["params"])
   worst = 0.0
   for a, b in zip(jax.tree.leaves((y_stock, g_stock)),
                   jax.tree.leaves((y_fast, g_fast))):
@@ -123,36 +129,61 @@ def _verdict(key: str, check: Callable[[], Optional[str]]
   return verdicts[key], False
 
 
+def _wanted(kernel: Optional[Kernel], impl: str, backend: str) -> bool:
+  return kernel is not None and (
+      impl == "fast" or (impl == "auto" and backend in kernel.faster_on))
+
+
+def _check(stock, fast, why, image_shape, backend) -> Tuple[Optional[str], dict]:
+  """(why `fast` is not `stock`, or None; the check's config.json record)."""
+  start = time.perf_counter()
+  kept = False
+  if why is None:
+    why, kept = _verdict(_key(stock, type(fast), image_shape, backend),
+                         lambda: _difference(stock, fast, image_shape))
+  return why, {**({"cached": True} if kept else {}),
+               "check_s": round(time.perf_counter() - start, 3),
+               "kernel": _name(type(fast)), "passed": why is None}
+
+
+def _has_convs(stock: nn.Module, image_shape) -> bool:
+  images = jnp.zeros((CHECK_BATCH, *image_shape), jnp.uint8)
+  variables = jax.eval_shape(stock.init, jax.random.key(0), images)
+  return "conv_general_dilated" in str(jax.make_jaxpr(
+      lambda v: stock.apply(v, images))(variables))
+
+
 def swap(stock: nn.Module, impl: str, image_shape, backend: Optional[str] = None
          ) -> Tuple[nn.Module, Optional[str], dict]:
   """(the module a run trains, a line to say or None, its config.json record).
 
   impl: stock; fast (the kernel where one exists); auto (where it was also
-  measured faster on this backend). A kernel must pass the check.
+  measured faster on this backend). A kernel must pass the check; without
+  one, a module with convolutions gets conv_matmul's, also checked.
   """
-  kernel = KERNELS.get(type(stock))
   backend = backend or jax.default_backend()
   record = {"impl": impl, "module": _name(type(stock))}
-  if impl == "stock" or kernel is None or (
-      impl == "auto" and backend not in kernel.faster_on):
-    return stock, None, record
-  given = _attributes(stock)
-  defaults = {f.name: f.default for f in dataclasses.fields(type(stock))}
-  accepted = {f.name for f in dataclasses.fields(kernel.module)}
-  missing = [f"{k}={v}" for k, v in given.items()
-             if k not in accepted and v != defaults.get(k)]
-  why = f"it has no {', '.join(missing)}" if missing else None
-  start = time.perf_counter()
-  fast = kernel.module(**{k: v for k, v in given.items() if k in accepted})
-  if why is None:
-    why, kept = _verdict(_key(stock, kernel.module, image_shape, backend),
-                         lambda: _difference(stock, fast, image_shape))
-    if kept:
-      record["cached"] = True
-  record.update(check_s=round(time.perf_counter() - start, 3),
-                kernel=_name(kernel.module), passed=why is None)
-  if why is None:
-    return fast, None, {**record, "module": _name(kernel.module)}
-  line = (f"the fast kernel {_name(kernel.module)} does not compute "
-          f"{_name(type(stock))} ({why}): training the stock module")
+  kernel, line = KERNELS.get(type(stock)), None
+  if _wanted(kernel, impl, backend):
+    given = _attributes(stock)
+    defaults = {f.name: f.default for f in dataclasses.fields(type(stock))}
+    accepted = {f.name for f in dataclasses.fields(kernel.module)}
+    missing = [f"{k}={v}" for k, v in given.items()
+               if k not in accepted and v != defaults.get(k)]
+    fast = kernel.module(**{k: v for k, v in given.items() if k in accepted})
+    why, checked = _check(stock, fast, missing and f"it has no "
+                          f"{', '.join(missing)}" or None, image_shape, backend)
+    record.update(checked)
+    if why is None:
+      return fast, None, {**record, "module": _name(kernel.module)}
+    line = (f"the fast kernel {_name(kernel.module)} does not compute "
+            f"{_name(type(stock))} ({why}): training the stock module")
+  if _wanted(CONVS, impl, backend) and _has_convs(stock, image_shape):
+    convs = CONVS.module(stock)
+    why, record["convs"] = _check(stock, convs, None, image_shape, backend)
+    if why is None:
+      return convs, line and f"{line}, its convolutions as matmuls", record
+    line = (f"{line or 'training ' + _name(type(stock))} with XLA's "
+            f"convolutions: {_name(CONVS.module)} does not compute them "
+            f"({why})")
   return stock, line, record
