@@ -1,4 +1,4 @@
-"""Times training of the registered models the same way every time.
+r"""Times training of the registered models the same way every time.
 
   python experiments/benchmark.py --model=all --preset=seed --epochs=3 \
       --mnist_dir=DIR

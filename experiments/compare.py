@@ -1,4 +1,4 @@
-"""Compares finished runs (or trains them first): tables, plots, analyses.
+r"""Compares finished runs (or trains them first): tables, plots, analyses.
 
   # Compare run folders (a folder of run folders works too):
   python experiments/compare.py runs/linear runs/cnn runs/gru --out=comparison

@@ -1,4 +1,4 @@
-"""Wall time of one launch.py run of many members against the same run of one.
+r"""Wall time of one launch.py run of many members against the same run of one.
 
 Runs `python launch.py ARGS` once as a single run and once with
 `--num_seeds=N` (and `--sweep=SPEC`, if given) as fresh processes, alternating

@@ -1,4 +1,4 @@
-"""Where the wall time of one launch.py training run goes, phase by phase.
+r"""Where the wall time of one launch.py training run goes, phase by phase.
 
   python experiments/phases.py -- --model=mlp --num_seeds=4 --epochs=2 \
       --mnist_dir=DIR --workdir=runs/phases --overwrite

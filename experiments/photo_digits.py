@@ -1,4 +1,4 @@
-"""Phone-photo-like pictures of MNIST test digits, and how predict copes with them.
+r"""Phone-photo-like pictures of MNIST test digits, and how predict copes with them.
 
 Each test digit is drawn as dark pen strokes (black, blue, dark red or green
 ink) scaled smoothly to a third to a half of the frame's shorter side and put

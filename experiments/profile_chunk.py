@@ -1,4 +1,4 @@
-"""Per-op profile of one scanned train chunk, exactly as train.py runs it.
+r"""Per-op profile of one scanned train chunk, exactly as train.py runs it.
 
   python experiments/profile_chunk.py --model=cnn --preset=seed \
       --mnist_dir=DIR --parallel=none --top=20

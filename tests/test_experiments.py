@@ -9,6 +9,7 @@ share load once), so the check stays cheap as scripts are added.
 import glob
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -55,6 +56,7 @@ def _run(calls, timeout=300):
 
 
 def test_every_script_answers_help(tmp_path):
+  """Also: a command the docstring continues with a backslash is printed as written."""
   assert len(SCRIPTS) >= 10
   calls = [[s, [flag]] for s in SCRIPTS for flag in ("--help", "-h")]
   # And a refused results.py run: one error line, exit 1.
@@ -67,6 +69,7 @@ def test_every_script_answers_help(tmp_path):
     assert run["status"] == 0, (name, run["err"])
     assert run["out"].startswith("usage: "), name
     assert "Traceback" not in run["err"], name
+    assert not re.search(r"python .*\S {6,}--", run["out"]), name
   refused = runs[-1]
   assert refused["status"] == 1
   assert refused["err"].startswith("error: 15 of 15 commands have no finished")
