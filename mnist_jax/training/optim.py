@@ -51,7 +51,7 @@ SCHEDULES = {
 
 def schedule(config, steps_per_epoch: int) -> optax.Schedule:
   """The run's learning-rate multiplier of the update after `count` updates."""
-  total = max(1, config.epochs * steps_per_epoch)
+  total = max(2, config.epochs * steps_per_epoch)  # Room for warmup and decay.
   warmup = max(1, min(total - 1, int(config.warmup_epochs * steps_per_epoch)))
   return SCHEDULES[config.schedule](total, warmup)
 
