@@ -54,6 +54,7 @@ def resolve(model="gru", members=1, **overrides):
     ("rnn", 100, 8, ("sharded", 2)),  # 2 x 50, not 4 x 25.
     ("gru", 63, 2, ("none", 1)),  # Odd: no even split.
     ("gru", 62, 2, ("none", 1)),  # 2 x 31 is below MIN_DEVICE_BATCH.
+    ("gru", 16, 2, ("none", 1)),  # Even one device's 16 is below it.
     ("gru", 128, 1, ("none", 1)),
     ("mlp", 128, 8, ("none", 1)),  # Not in CPU_DATA_PARALLEL: one device.
     ("cnn", 128, 8, ("none", 1)),

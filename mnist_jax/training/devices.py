@@ -181,9 +181,9 @@ def main_first(fn: Callable[[], Any]) -> Any:
 
 def _batch_devices(batch_size: int, available: int, least: int = 1) -> int:
   """The most devices, up to `available`, that split the batch evenly into
-  parts of at least `least` examples."""
-  return max(d for d in range(1, available + 1)
-             if batch_size % d == 0 and batch_size // d >= least)
+  parts of at least `least` examples (1 for a smaller batch)."""
+  return max((d for d in range(1, available + 1)
+              if batch_size % d == 0 and batch_size // d >= least), default=1)
 
 
 class Layout:
