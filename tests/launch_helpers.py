@@ -123,13 +123,13 @@ def run_and_signal(args, signum, epoch, chunk=3, pause_s=0.2, timeout=120,
   return p.returncode, "".join(lines) + out, err, marker
 
 
-def follow(command, cwd=ROOT, timeout=120):
+def follow(command, cwd=ROOT, timeout=120, **env):
   """Runs a command a message printed, as a user would type it: `python` is
   this interpreter. Returns (exit status, stdout, stderr)."""
   argv = shlex.split(command)
   assert argv[0] == "python", command
   p = subprocess.run([sys.executable, *argv[1:]], cwd=cwd, capture_output=True,
-                     text=True, timeout=timeout, env=child_env())
+                     text=True, timeout=timeout, env=child_env(**env))
   return p.returncode, p.stdout, p.stderr
 
 

@@ -7,7 +7,8 @@ process, because simulated CPU devices
 starts. Each RUN is MODEL:PARALLEL (MODEL a key of MODELS); the output npz
 holds, per run, the parameters and model state (flattened, float64), and a
 JSON record: the layout the run took, its epoch rows, its final row and its
-messages.
+messages. MODEL:PARALLEL:resume is the run stopped in its second epoch and
+resumed from its checkpoint.
 
   python tests/parallel_worker.py OUT.npz [--epochs=E] RUN [RUN ...]
 """
@@ -15,6 +16,7 @@ messages.
 import json
 import os
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -26,6 +28,7 @@ import numpy as np
 from conftest import synthetic_digits
 from mnist_jax import models
 from mnist_jax.data import pipeline
+from mnist_jax.rundir import checkpoints
 from mnist_jax.training import train
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -93,16 +96,76 @@ class Recorder(train.Hooks):
     self.lasts.append(last)
 
 
+class Stop(Exception):
+  """Raised by a Saver once its checkpoint is written."""
+
+
+class Saver(Recorder):
+  """Saves a format-3 checkpoint where `at` says ("epoch": after epoch 1;
+  "chunk": after the first chunk of epoch 2) and stops the run there."""
+
+  def __init__(self, workdir, config, at):
+    super().__init__()
+    self.workdir, self.config, self.at = workdir, config, at
+
+  def _save(self, state, epoch, epoch_step=0, sums=None):
+    saver = checkpoints.Checkpointer(self.workdir)
+    step = int(np.max(jax.device_get(state.step)))  # Members: [M].
+    saver.save(step, checkpoints.tree(state), checkpoints.record(
+        self.config, epoch=epoch, step=step, epoch_step=epoch_step,
+        sums=sums, shapes=checkpoints.param_shapes(state.params)))
+    saver.close()
+    raise Stop()
+
+  def chunk(self, state, epoch, done, sums):
+    super().chunk(state, epoch, done, sums)
+    if self.at == "chunk" and (epoch, done) == (2, 3):
+      self._save(state, 1, done, sums)
+
+  def epoch(self, state, row, last):
+    super().epoch(state, row, last)
+    if self.at == "epoch" and row["epoch"] == 1:
+      self._save(state, 1)
+
+
+def restore(workdir, config):
+  """A Recorder that starts from the checkpoint in `workdir`, as the run
+  folder (rundir/run.py) does."""
+  def start(state):
+    reader = checkpoints.Checkpointer(workdir, read_only=True)
+    try:
+      parts, meta = reader.restore(checkpoints.tree(state), model=config.model)
+    finally:
+      reader.close()
+    assert meta["format"] == checkpoints.FORMAT == 3
+    sums = meta.get("sums")
+    return state.replace(**parts), train.Start(
+        meta["epoch"] + 1, meta["epoch_step"],
+        {k: np.asarray(v, np.float32) for k, v in sums.items()} if sums
+        else None)
+  return Recorder(start)
+
+
 def flat(tree) -> np.ndarray:
   leaves = [np.ravel(np.asarray(x, np.float64))
             for x in jax.tree.leaves(jax.device_get(tree))]
   return np.concatenate(leaves) if leaves else np.zeros(0)
 
 
-def run(name, parallel, data, epochs=2):
-  hooks = Recorder()
-  state, final = train.train_and_evaluate(config(name, parallel, epochs),
-                                          data, hooks)
+def run(name, parallel, data, epochs=2, resume=False):
+  """One run; `resume`: stopped after the first chunk of epoch 2 with a
+  checkpoint (as a preempted run), then resumed from it."""
+  run_config = config(name, parallel, epochs)
+  with tempfile.TemporaryDirectory() as workdir:
+    hooks = Recorder()
+    if resume:
+      try:
+        train.train_and_evaluate(run_config, data,
+                                 Saver(workdir, run_config, "chunk"))
+        raise AssertionError("the run stopped at no checkpoint")
+      except Stop:
+        hooks = restore(workdir, run_config)
+    state, final = train.train_and_evaluate(run_config, data, hooks)
   record = {"parallel": hooks.record["parallel"], "rows": hooks.rows,
             "final": final, "messages": hooks.messages,
             "step": np.asarray(jax.device_get(state.step)).tolist()}
@@ -118,8 +181,8 @@ def main(argv):
   data = dataset()
   results = {"device_count": np.array(jax.device_count())}
   for spec in runs:
-    name, parallel = spec.split(":")
-    for key, value in run(name, parallel, data, epochs).items():
+    name, parallel, *resume = spec.split(":")
+    for key, value in run(name, parallel, data, epochs, bool(resume)).items():
       results[f"{spec}/{key}"] = value
   np.savez(out, **results)
 

@@ -19,6 +19,7 @@ import pytest
 
 from mnist_jax import models
 from mnist_jax.training import devices as devices_lib
+from test_train import without_times
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 600
@@ -322,3 +323,23 @@ def test_two_processes_match_one(prepared, single_process_rows, tmp_path, mode):
   assert environment["parallel"] == {"mode": mode, "devices": 4}
   assert (tmp_path / "process0" / "learning_curves.png").exists()
   assert (tmp_path / "process0" / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_a_run_stopped_mid_epoch_resumes_bit_identical_on_every_layout(
+    tmp_path):
+  """A preempted run (a checkpoint after the first chunk of epoch 2, the
+  epoch's metric sums in it) resumes to the uninterrupted run's numbers,
+  bit for bit, sharded, with members split over the devices, and under pmap."""
+  runs = [f"{run}{resume}" for run in ("gru:sharded", "members:auto",
+                                       "mlp:pmap") for resume in ("", ":resume")]
+  out = worker(tmp_path / "resume.npz", 2, runs)
+  for run in ("gru:sharded", "members:auto", "mlp:pmap"):
+    whole, resumed = out[run], out[f"{run}:resume"]
+    assert resumed["parallel"]["devices"] == 2, run
+    np.testing.assert_array_equal(resumed["params"], whole["params"], run)
+    np.testing.assert_array_equal(resumed["model_state"], whole["model_state"])
+    assert resumed["step"] == whole["step"]
+    assert ([without_times(r) for r in resumed["rows"]] ==
+            [without_times(r) for r in whole["rows"][1:]]), run
+    assert without_times(resumed["final"]) == without_times(whole["final"])

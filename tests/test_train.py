@@ -20,7 +20,7 @@ from mnist_jax.models import dense
 from mnist_jax.rundir import checkpoints
 from mnist_jax.training import optim
 from mnist_jax.training import train
-from parallel_worker import Recorder, dataset
+from parallel_worker import Recorder, Saver, Stop, dataset, restore
 
 TINY = {
     "linear": {},
@@ -320,56 +320,6 @@ def test_tiny_run_learns_and_counts_every_test_example():
   assert hooks.chunks == [(e, d) for e in (1, 2, 3) for d in (0, 3, 6)]
 
 
-class _Stop(Exception):
-  pass
-
-
-class _Saver(Recorder):
-  """Saves a format-3 checkpoint where `at` says ("epoch": after epoch 1;
-  "chunk": after the first chunk of epoch 2) and stops the run there."""
-
-  def __init__(self, workdir, config, at):
-    super().__init__()
-    self.workdir, self.config, self.at = workdir, config, at
-
-  def _save(self, state, epoch, epoch_step=0, sums=None):
-    saver = checkpoints.Checkpointer(self.workdir)
-    step = int(state.step)
-    saver.save(step, checkpoints.tree(state), checkpoints.record(
-        self.config, epoch=epoch, step=step, epoch_step=epoch_step,
-        sums=sums, shapes=checkpoints.param_shapes(state.params)))
-    saver.close()
-    raise _Stop()
-
-  def chunk(self, state, epoch, done, sums):
-    super().chunk(state, epoch, done, sums)
-    if self.at == "chunk" and (epoch, done) == (2, 3):
-      self._save(state, 1, done, sums)
-
-  def epoch(self, state, row, last):
-    super().epoch(state, row, last)
-    if self.at == "epoch" and row["epoch"] == 1:
-      self._save(state, 1)
-
-
-def _restore(workdir, config):
-  """A Recorder that starts from the checkpoint in `workdir`, as the run
-  folder (rundir/run.py) does."""
-  def start(state):
-    reader = checkpoints.Checkpointer(workdir, read_only=True)
-    try:
-      parts, meta = reader.restore(checkpoints.tree(state), model=config.model)
-    finally:
-      reader.close()
-    assert meta["format"] == checkpoints.FORMAT == 3
-    sums = meta.get("sums")
-    return state.replace(**parts), train.Start(
-        meta["epoch"] + 1, meta["epoch_step"],
-        {k: np.asarray(v, np.float32) for k, v in sums.items()} if sums
-        else None)
-  return Recorder(start)
-
-
 @pytest.mark.parametrize("at", ["epoch", "chunk"])
 def test_resume_from_a_checkpoint_is_bit_identical(tmp_path, at):
   """2 epochs straight == 1 epoch (or 1 and a chunk), a format-3
@@ -378,9 +328,9 @@ def test_resume_from_a_checkpoint_is_bit_identical(tmp_path, at):
   config = tiny_config("cnn", epochs=2, **LOOP_CNN)
   assert config.schedule == "constant"
   whole_state, whole, whole_hooks = _train(config)
-  with pytest.raises(_Stop):
-    _train(config, hooks=_Saver(str(tmp_path), config, at))
-  state, final, hooks = _train(config, hooks=_restore(str(tmp_path), config))
+  with pytest.raises(Stop):
+    _train(config, hooks=Saver(str(tmp_path), config, at))
+  state, final, hooks = _train(config, hooks=restore(str(tmp_path), config))
   assert_trees_equal(state, whole_state)
   assert without_times(final) == without_times(whole)
   assert [without_times(r) for r in hooks.rows] == [

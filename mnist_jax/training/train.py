@@ -266,7 +266,7 @@ def train_and_evaluate(config, data, hooks: Optional[Hooks] = None):
   row, reached = None, False
   for epoch in range(start.epoch, 1 if start.finished else config.epochs + 1):
     done = start.epoch_step if epoch == start.epoch else 0
-    sums = start.sums if done else None
+    sums = layout.put_state(start.sums) if done else None
     epoch_start = time.perf_counter()
     order = order_fn(state, epoch)
     for first in range(done, steps, length):
