@@ -134,13 +134,12 @@ def test_the_rule_reads_the_stock_module_class_not_the_model_name(
   assert devices_lib.CPU_DATA_PARALLEL == ("Recurrent",)
 
 
-def test_split_host_leaves_explicit_choices_alone(monkeypatch):
+def test_split_host_leaves_the_host_whole_for_one_device_or_a_set_count(
+    monkeypatch):
   monkeypatch.delenv("XLA_FLAGS", raising=False)
   monkeypatch.delenv("JAX_NUM_CPU_DEVICES", raising=False)
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   assert devices_lib.split_host("none") == 0
-  assert devices_lib.split_host("pmap") == 0
-  assert devices_lib.split_host("sharded") == 0
   assert devices_lib.split_host("auto", multi_process=True) == 0
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=3")
   assert devices_lib.split_host("auto") == 0
@@ -184,20 +183,30 @@ def _env(**extra) -> dict:
 @pytest.mark.skipif(CORES < 2, reason="needs at least 2 CPU cores")
 def test_dry_run_names_the_layout_auto_takes():
   """The rule needs no measurement, so --dry_run says what the run will
-  take: a recurrent model sharded over the split host, a CNN one device."""
-  lines = {}
-  for model in ("gru", "cnn"):
+  take: a recurrent model sharded over the split host, a CNN one device; a
+  CNN asked to be sharded or pmapped, the split host's devices."""
+  lines, split = {}, min(CORES, devices_lib.MAX_HOST_DEVICES)
+  asked = ("cnn --parallel=sharded", "cnn --parallel=pmap") * (64 % split == 0)
+  for args in ("gru", "cnn", *asked):
     proc = subprocess.run(
-        [sys.executable, "launch.py", f"--model={model}", "--preset=seed",
-         "--batch_size=64", "--dry_run"], cwd=ROOT, env=_env(),
-        capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+        [sys.executable, "launch.py", *f"--model={args}".split(),
+         "--preset=seed", "--batch_size=64", "--dry_run"], cwd=ROOT,
+        env=_env(), capture_output=True, text=True, timeout=TIMEOUT_S,
+        check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines[model] = next(l for l in proc.stdout.splitlines()
-                        if l.startswith("devices:"))
+    lines[args] = next(l for l in proc.stdout.splitlines()
+                       if l.startswith("devices:"))
   devices = min(CORES, devices_lib.MAX_HOST_DEVICES, 2)  # Batch 64: 2 x 32.
   assert lines["gru"] == (f"devices:    data parallel over {devices} CPU "
                           "devices (one jit over a mesh)")
   assert lines["cnn"] == "devices:    one CPU device"
+  if not asked:  # 64 does not split over this host's devices.
+    return
+  assert lines["cnn --parallel=sharded"] == (
+      f"devices:    data parallel over {split} CPU devices (one jit over a "
+      "mesh)")
+  assert lines["cnn --parallel=pmap"].startswith(
+      f"devices:    data parallel over {split} CPU devices (pmap")
 
 
 def _launch(prepared, workdir, model, *extra):

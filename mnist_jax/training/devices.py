@@ -11,7 +11,8 @@ devices, one of:
   members  several members vmapped, their axis split over the devices.
 --parallel=auto is a rule, never a timing: one device if there is one;
 `members` for several members; `sharded` on a GPU or TPU; on a CPU host
-`sharded` over its cores (split_host) for the stock module classes in
+(split into a device per core by split_host, as for sharded and pmap)
+`sharded` for the stock module classes in
 CPU_DATA_PARALLEL, else one device (docs/performance.md measures it).
 """
 
@@ -105,10 +106,10 @@ def cores() -> int:
 
 
 def split_host(parallel: str = "auto", multi_process: bool = False) -> int:
-  """Makes a CPU-only host one XLA device per core (at most 8) for
-  --parallel=auto, before JAX starts, unless the user set a device count or
-  several processes run. Returns the device count set, else 0."""
-  if (parallel != "auto" or multi_process or _accelerator_possible() or
+  """Makes a CPU-only host one XLA device per core (at most 8), before JAX
+  starts, for every --parallel but none (one device), unless the user set a
+  device count or several processes run. Returns the device count set, else 0."""
+  if (parallel == "none" or multi_process or _accelerator_possible() or
       int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 or
       "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
       or os.environ.get("JAX_NUM_CPU_DEVICES")):
