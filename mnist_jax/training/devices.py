@@ -10,10 +10,10 @@ devices, one of:
            masks and augmentation.
   members  several members vmapped, their axis split over the devices.
 --parallel=auto is a rule, never a timing: one device if there is one;
-`members` for several members; `sharded` on a GPU or TPU; on a CPU host
-(split into a device per core by split_host, as for sharded and pmap)
-`sharded` for the stock module classes in
-CPU_DATA_PARALLEL, else one device (docs/performance.md measures it).
+`members` for several members; `sharded` on a GPU or TPU; on a CPU host,
+split into a device per core by split_host (as for sharded and pmap),
+`sharded` for the stock module classes in CPU_DATA_PARALLEL, else one device
+(docs/performance.md measures it).
 """
 
 import contextlib
@@ -296,7 +296,8 @@ class Layout:
     return self._put((np.asarray(split.images), np.asarray(split.labels)), P())
 
   def put_state(self, state):
-    """A (stacked) train state placed for the programs (from host or device)."""
+    """A (stacked) train state, or a tree laid out as one (an epoch's metric
+    sums), placed for the programs (from host or device)."""
     return self._put(state, P(MEMBERS) if self.mode == "members" else P())
 
   def map(self, fn: Callable, per_member: Optional[dict] = None,
