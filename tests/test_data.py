@@ -193,3 +193,39 @@ def test_an_unreadable_mnist_dir_is_called_unreadable_not_missing(
   finally:
     monkeypatch.undo()
     os.chmod(folder, 0o755)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_another_datasets_files_are_refused_before_anything_is_written(
+    tmp_path, monkeypatch, compress):
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import hashlib  # pylint: disable=g-import-not-at-top
+  from mnist_jax.data import datasets  # pylint: disable=g-import-not-at-top
+  from mnist_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top
+  folder = write_idx_dir(tmp_path / "idx", n_train=50, n_test=20,
+                         compress=compress)
+  labels = os.path.join(folder, "train-labels-idx1-ubyte" +
+                        (".gz" if compress else ""))
+  raw = open(labels, "rb").read()
+  # These files stand for MNIST's: their uncompressed labels are its declared.
+  monkeypatch.setitem(datasets.DATASETS, "mnist", dataclasses.replace(
+      datasets.DATASETS["mnist"], labels_sha256=hashlib.sha256(
+          gzip.decompress(raw) if compress else raw).hexdigest()))
+  data_dir = tmp_path / "tfds"
+  with pytest.raises(idx.IdxError, match=(
+      f"^train-labels-idx1-ubyte(.gz)? in {folder} is mnist's, not "
+      "fashion_mnist's: pass --dataset=mnist, or a --mnist_dir holding "
+      "fashion_mnist's files$")):
+    pipeline.prepare("fashion_mnist", str(data_dir), folder)
+  assert not data_dir.exists() or not any(data_dir.rglob("*.*"))
+  assert len(pipeline.prepare("mnist", str(data_dir), folder)[
+      "train_labels"]) == 50
+  # And as Fashion-MNIST's published download: its checksums.tsv line.
+  monkeypatch.undo()
+  table = tmp_path / "checksums.tsv"
+  url = datasets.get("fashion_mnist").url + "train-labels-idx1-ubyte.gz"
+  table.write_text(f"{url}\t{len(raw)}\t{hashlib.sha256(raw).hexdigest()}\t"
+                   "train-labels-idx1-ubyte.gz\n")
+  monkeypatch.setattr(tfds_builder, "CHECKSUMS", str(table))
+  with pytest.raises(idx.IdxError, match="is fashion_mnist's, not kmnist's"):
+    pipeline.prepare("kmnist", str(tmp_path / "tfds2"), folder)

@@ -20,7 +20,9 @@ EMNIST_URL = "https://biometrics.nist.gov/cs_links/EMNIST/gzip.zip"
 class DatasetInfo:
   """Four IDX files (images uint8 [N, H, W], labels [N]). url: the folder of
   the `.gz` files, or a .zip holding them under `archive_folder`.
-  first_label: the files' label of class 0. transposed: images stored so."""
+  first_label: the files' label of class 0. transposed: images stored so.
+  labels_sha256: of the uncompressed train labels, where known (the `.gz`
+  files' are checksums.tsv's), so another dataset's files are told apart."""
   name: str
   version: str
   url: str
@@ -32,6 +34,7 @@ class DatasetInfo:
   archive_folder: str = ""
   first_label: int = 0
   transposed: bool = False
+  labels_sha256: str = ""
 
   @property
   def num_classes(self) -> int:
@@ -52,7 +55,9 @@ def _emnist_files(split: str) -> Tuple[str, ...]:
 DATASETS = {d.name: d for d in (
     DatasetInfo("mnist", "3.0.1",
                 "https://storage.googleapis.com/cvdf-datasets/mnist/",
-                "The MNIST database of handwritten digits."),
+                "The MNIST database of handwritten digits.",
+                labels_sha256="65a50cbbf4e906d70832878ad85ccda5"
+                "333a97f0f4c3dd2ef09a8a9eef7101c5"),
     DatasetInfo("fashion_mnist", "3.0.1",
                 "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
                 "Fashion-MNIST: Zalando article images, 10 classes.",

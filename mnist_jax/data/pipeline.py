@@ -121,6 +121,7 @@ def _from_tfds(tfds, dataset: str, data_dir: str, mnist_dir) -> dict:
       for split in ("train", "test"):  # Validate before tfds writes anything.
         idx.read_pair(paths[f"{split}_images"], paths[f"{split}_labels"],
                       datasets.get(dataset))
+      tfds_builder.check_not_another(paths, dataset)
       config = tfds.download.DownloadConfig(manual_dir=mnist_dir)
     else:
       unverified = tfds_builder.unverified_urls(dataset)

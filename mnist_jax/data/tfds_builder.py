@@ -5,6 +5,8 @@ upright, labels from 0). Downloads are checked against `checksums.tsv`;
 offline, `DownloadConfig(manual_dir=DIR)` names a folder of the IDX files.
 """
 
+import gzip
+import hashlib
 import os
 import stat
 
@@ -40,6 +42,33 @@ def find_idx_files(folder: str, dataset: str = "mnist") -> dict:
       raise idx.IdxError(f"{stem}[.gz] is missing from {folder}: it must hold "
                          f"the four IDX files {', '.join(names.values())}")
   return found
+
+
+def _labels_sha256(dataset: str) -> set:
+  """The known SHA-256s of the dataset's train labels file: its download's
+  (checksums.tsv) and its uncompressed content's, where declared."""
+  info = datasets.get(dataset)
+  with open(CHECKSUMS) as f:
+    published = dict(line.split("\t")[:3:2] for line in f if line.strip())
+  return {published.get(info.url + info.files[1] + ".gz"),
+          info.labels_sha256} - {None, ""}
+
+
+def check_not_another(paths: dict, dataset: str) -> None:
+  """An IdxError if readable, valid files (find_idx_files' `paths`) are
+  another dataset's by their train labels: Fashion-MNIST's files are named as
+  MNIST's, and would train as MNIST unnoticed (and the reverse)."""
+  with open(paths["train_labels"], "rb") as f:
+    raw = f.read()
+  digests = {hashlib.sha256(raw).hexdigest()}
+  if raw[:2] == b"\x1f\x8b":
+    digests.add(hashlib.sha256(gzip.decompress(raw)).hexdigest())
+  for other in datasets.DATASETS:
+    if other != dataset and digests & _labels_sha256(other):
+      folder, name = os.path.split(paths["train_labels"])
+      raise idx.IdxError(
+          f"{name} in {folder} is {other}'s, not {dataset}'s: pass "
+          f"--dataset={other}, or a --mnist_dir holding {dataset}'s files")
 
 
 def download_urls(dataset: str) -> list:
