@@ -326,6 +326,31 @@ def test_two_processes_match_one(prepared, single_process_rows, tmp_path, mode):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("process_id", [0, 1])
+def test_a_process_whose_peer_never_starts_ends_in_one_line(
+    prepared, tmp_path, process_id):
+  """Alone, process 0 (the coordinator) or 1 waits JOIN_TIMEOUT_S (5 s here),
+  then says what to do, instead of jax's abort and C++ stack trace."""
+  port = _free_port()
+  args = _launch_args(prepared, tmp_path / "run",
+                      f"--coordinator_address=127.0.0.1:{port}",
+                      "--num_processes=2", f"--process_id={process_id}")
+  code = ("import runpy, sys; from mnist_jax.training import devices; "
+          "devices.JOIN_TIMEOUT_S = 5; sys.argv = sys.argv[1:]; "
+          "runpy.run_path('launch.py', run_name='__main__')")
+  proc = subprocess.run([sys.executable, "-c", code, *args[1:]], cwd=ROOT,
+                        env=_env(1), capture_output=True, text=True,
+                        timeout=TIMEOUT_S, check=False)
+  assert proc.returncode == 1
+  assert proc.stderr.strip() == (
+      f"error: not all 2 processes joined at 127.0.0.1:{port} in 5 s: start "
+      "each with the same --coordinator_address (process 0's host, reachable "
+      "from every process) and --num_processes, and its own --process_id (0 "
+      "to 1)")
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
 def test_a_run_stopped_mid_epoch_resumes_bit_identical_on_every_layout(
     tmp_path):
   """A preempted run (a checkpoint after the first chunk of epoch 2, the

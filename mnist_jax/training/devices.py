@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import warnings
 from typing import Any, Callable, Optional
 
@@ -43,6 +44,7 @@ AXIS = "data"  # The mesh (and pmap) axis a batch is split along.
 MEMBERS = "members"  # The mesh axis members are split along.
 MODES = ("auto", "none", "sharded", "pmap")
 MAX_HOST_DEVICES = 8  # split_host's most CPU devices.
+JOIN_TIMEOUT_S = 300  # How long processes wait for each other (jax's default).
 # auto on a CPU host: fewer examples per device, fewer devices.
 MIN_DEVICE_BATCH = 32
 CPU_DATA_PARALLEL = ("Recurrent",)  # Stock module classes, see the module doc.
@@ -150,14 +152,33 @@ def initialize(config) -> None:
     if config.process_id >= config.num_processes:
       raise UserError(f"--process_id={config.process_id} must be below "
                       f"--num_processes={config.num_processes}")
-    jax.distributed.initialize(config.coordinator_address,
-                               config.num_processes, config.process_id)
+    _join(config.coordinator_address, config.num_processes, config.process_id)
   elif ("SLURM_JOB_ID" in os.environ and
         int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1):
     jax.distributed.initialize()
   elif _cloud_tpu_vm():
     with contextlib.suppress(ValueError):  # No TPU cluster here: one process.
       jax.distributed.initialize()
+
+
+def _join(address: str, num_processes: int, process_id: int) -> None:
+  """jax.distributed.initialize, ended by one line instead of jax's abort and
+  C++ stack trace when not every process joins within JOIN_TIMEOUT_S."""
+  def never_joined():
+    print(f"error: not all {num_processes} processes joined at {address} in "
+          f"{JOIN_TIMEOUT_S} s: start each with the same --coordinator_address "
+          "(process 0's host, reachable from every process) and "
+          "--num_processes, and its own --process_id (0 to "
+          f"{num_processes - 1})", file=sys.stderr, flush=True)
+    os._exit(1)  # pylint: disable=protected-access
+  watchdog = threading.Timer(JOIN_TIMEOUT_S, never_joined)
+  watchdog.daemon = True
+  watchdog.start()
+  try:  # jax's own deadline comes later: the watchdog says it first.
+    jax.distributed.initialize(address, num_processes, process_id,
+                               initialization_timeout=JOIN_TIMEOUT_S + 30)
+  finally:
+    watchdog.cancel()
 
 
 def is_main() -> bool:
