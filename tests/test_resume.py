@@ -5,6 +5,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import types
 
 import jax
@@ -17,6 +18,7 @@ import launch_helpers as lh
 from mnist_jax import models
 from mnist_jax.results import run as results
 from mnist_jax.rundir import checkpoints
+from mnist_jax.rundir import control
 from mnist_jax.rundir import folder
 from mnist_jax.rundir import log as log_lib
 from mnist_jax.rundir import run as run_lib
@@ -165,11 +167,17 @@ def test_a_process_that_writes_no_files_writes_no_checkpoint(tmp_path,
   workdir = str(tmp_path / "run")
   hooks = _hooks(workdir, existing=False)
   state, _ = hooks.start(_linear_state(), 33, {})
-  hooks.save(state.replace(step=jnp.int32(5)), epoch=0, epoch_step=5,
-             sums=_meta()["sums"])
-  assert hooks.saved == 5
   assert hooks.kept() == "no checkpoint had been saved yet"
-  hooks.close()
+  state = state.replace(step=jnp.int32(5))
+  hooks.save(state, epoch=0, epoch_step=5, sums=_meta()["sums"])
+  assert hooks.saved == 5
+  # Its Ctrl-C lines speak of process 0's checkpoint, not of none.
+  assert hooks.kept() == "process 0 keeps its last good checkpoint"
+  hooks.stop.signum = signal.SIGINT
+  with pytest.raises(control.Preempted, match=(
+      "^stopped by SIGINT at step 5 \\(epoch 1, step 5 of 33\\); the "
+      f"checkpoint is in {folder.checkpoint_dir(workdir)}$")):
+    hooks._stop_if_asked(state, 1, 5, _meta()["sums"])
   hooks.log.close()
   assert not os.path.exists(workdir)
 
@@ -349,6 +357,7 @@ _SAVER = r"""
 import sys
 import jax
 from mnist_jax.rundir import checkpoints
+from mnist_jax.rundir import control
 ck = checkpoints.Checkpointer(sys.argv[1])
 def big(seed):  # 128 MB of incompressible floats: a save takes a while.
   return {"params": {"w": jax.random.uniform(jax.random.PRNGKey(seed),

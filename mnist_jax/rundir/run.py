@@ -151,8 +151,8 @@ class RunFolder(train.Hooks):
       self.save(state, epoch=epoch - 1, epoch_step=done,
                 sums=sums if done else None)
     self.close()
-    directory = (self.checkpointer.directory if self.write and self.saved
-                 else None)
+    # Process 0 saved it for every process.
+    directory = folder.checkpoint_dir(self.workdir) if self.saved else None
     raise control.Preempted(signum, control.stopped_message(
         signum, _step(state), epoch, done, self.steps, directory), self.workdir)
 
@@ -188,6 +188,9 @@ class RunFolder(train.Hooks):
   def kept(self) -> str:
     """Which checkpoint a stopped run goes back to, in words."""
     self.close()
+    if not self.write:  # Process 0's folder may be on another host.
+      return ("process 0 keeps its last good checkpoint" if self.saved else
+              "no checkpoint had been saved yet")
     directory = folder.checkpoint_dir(self.workdir)
     step = max(folder.complete_steps(directory), default=None)
     if step is None:
