@@ -37,6 +37,7 @@ import threading
 
 from absl import app
 from absl import flags
+import jax
 
 from mnist_jax import config as config_lib
 from mnist_jax import models
@@ -230,6 +231,10 @@ def _fail(text: str, code: int):
   logging.disable(logging.CRITICAL)
   sys.stderr = open(os.devnull, "w")  # pylint: disable=consider-using-with
   sys.unraisablehook = lambda unraisable: None
+  # jax.distributed's shutdown waits on the other processes, and aborts with a
+  # C++ stack trace where one is gone.
+  if jax.distributed.is_initialized():
+    os._exit(code)  # pylint: disable=protected-access
   sys.exit(code)
 
 

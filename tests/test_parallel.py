@@ -351,6 +351,46 @@ def test_a_process_whose_peer_never_starts_ends_in_one_line(
 
 
 @pytest.mark.slow
+def test_a_process_killed_mid_run_stops_the_others_in_one_line(prepared,
+                                                               tmp_path):
+  """Process 1 killed (SIGKILL) in epoch 3 or later: process 0 stops at its
+  next collective with one line and the command that resumes it, not a
+  traceback and jax's abort; both commands again then finish the run."""
+  port = _free_port()
+  args = [_launch_args(prepared, tmp_path / "run", "--epochs=40",
+                       f"--coordinator_address=127.0.0.1:{port}",
+                       "--num_processes=2", f"--process_id={i}")
+          for i in range(2)]
+  procs = [subprocess.Popen(a, cwd=ROOT, env=_env(1), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for a in args]
+  try:
+    for line in procs[0].stdout:
+      if "epoch 3/40" in line:
+        break
+    procs[1].kill()
+    _, err = procs[0].communicate(timeout=TIMEOUT_S)
+  finally:
+    for p in procs:
+      p.kill()
+      p.wait()
+  assert procs[0].returncode == 1, err[-3000:]
+  assert "Traceback" not in err and "Fatal" not in err, err[-3000:]
+  last = err.strip().splitlines()[-1]
+  assert last.startswith("error: another process of this job stopped (it "
+                         "crashed or was killed: "), last
+  resume = last.split("this one with: ")[1]
+  assert resume.startswith("python launch.py ") and "--process_id=0" in resume
+  procs = [subprocess.Popen(a, cwd=ROOT, env=_env(1), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for a in args]
+  for p in procs:
+    _, err = p.communicate(timeout=TIMEOUT_S)
+    assert p.returncode == 0, err[-3000:]
+  rows = _rows(tmp_path / "run")
+  assert [r["epoch"] for r in rows[:-1]] == list(range(1, 41))
+  assert rows[-1]["test_examples"] == 200
+
+
+@pytest.mark.slow
 def test_a_run_stopped_mid_epoch_resumes_bit_identical_on_every_layout(
     tmp_path):
   """A preempted run (a checkpoint after the first chunk of epoch 2, the

@@ -212,6 +212,9 @@ class Command:
                 "on a machine with more")
       return (f"{found.text}; {resources.lower_advice(self.config)} (a new "
               "run), or run it on a machine with more memory")
+    if found.kind == "peer":
+      return (f"{found.text}; start every process again, this one with: "
+              f"{self.resume_command() if kept else self.line(self.argv[1:])}")
     if found.kind in ("disk", "io"):
       what = ("free some space there" if found.kind == "disk"
               else "check that disk")

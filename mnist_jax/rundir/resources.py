@@ -25,6 +25,9 @@ from mnist_jax.training import optim
 FLOAT_BYTES = 4
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+# A collective's error when another process of a jax.distributed job is gone
+# (Gloo on CPU; the GPU and TPU runtimes' texts are not known here).
+PEER_LOST = ("closed by peer", "reset by peer", "heartbeat timeout")
 
 
 def _sizes(config: config_lib.Config):
@@ -160,8 +163,9 @@ def check_steps(config: config_lib.Config, steps_per_epoch: int) -> None:
 @dataclasses.dataclass(frozen=True)
 class Failure:
   """An exception that is the machine's, not a bug, in words. kind: "disk"
-  (full, or a file size limit), "memory", "not_writable" or "io" (another
-  read or write error); path: the file or folder concerned, where known."""
+  (full, or a file size limit), "memory", "not_writable", "io" (another
+  read or write error) or "peer" (another process of the job is gone);
+  path: the file or folder concerned, where known."""
   kind: str
   text: str
   path: Optional[str] = None
@@ -208,4 +212,8 @@ def failure(exc: BaseException,
       detail = _first_line(e).replace("RESOURCE_EXHAUSTED: ", "")
       return Failure("memory", "out of memory on the "
                      f"{jax.default_backend().upper()} ({detail})")
+    if (jax.distributed.is_initialized() and
+        any(text in str(e) for text in PEER_LOST)):
+      return Failure("peer", "another process of this job stopped (it "
+                     f"crashed or was killed: {_first_line(e, 100)})")
   return None
