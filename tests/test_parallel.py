@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from mnist_jax import models
+from mnist_jax.errors import UserError
 from mnist_jax.training import devices as devices_lib
 from test_train import without_times
 
@@ -237,6 +238,29 @@ def test_a_tpu_hint_without_a_cluster_runs_one_process(monkeypatch):
   monkeypatch.setenv("SLURM_NTASKS", "2")
   with pytest.raises(ValueError):
     devices_lib.initialize(config)
+
+
+def test_process_0_on_a_port_in_use_is_one_line(monkeypatch):
+  """jax's coordinator segfaults on a port it cannot bind: refused before."""
+  joined = []
+  monkeypatch.setattr(devices_lib.jax.distributed, "is_initialized",
+                      lambda: False)
+  monkeypatch.setattr(devices_lib.jax.distributed, "initialize",
+                      lambda *args, **kwargs: joined.append(args))
+  with socket.socket() as taken:
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    config = models.get_config("mlp", coordinator_address=f"localhost:{port}",
+                               num_processes=2, process_id=0)
+    with pytest.raises(UserError, match=(
+        f"^process 0 cannot listen on port {port} of this host \\(Address "
+        "already in use; another job\\?\\): pass a free port in "
+        "--coordinator_address, the same on every process$")):
+      devices_lib.initialize(config)
+    devices_lib.initialize(config.replace(process_id=1))  # Process 1 joins.
+  devices_lib.initialize(config)  # Free again.
+  assert [args[2] for args in joined] == [1, 0]
 
 
 def test_cli_rejects_a_batch_that_does_not_split(tmp_path):

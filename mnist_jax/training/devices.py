@@ -17,6 +17,7 @@ split into a device per core by split_host (as for sharded and pmap),
 """
 
 import contextlib
+import errno
 import functools
 import glob
 import importlib.metadata
@@ -25,6 +26,7 @@ import inspect
 import logging
 import os
 import re
+import socket
 import sys
 import threading
 import warnings
@@ -163,7 +165,20 @@ def initialize(config) -> None:
 
 def _join(address: str, num_processes: int, process_id: int) -> None:
   """jax.distributed.initialize, ended by one line instead of jax's abort and
-  C++ stack trace when not every process joins within JOIN_TIMEOUT_S."""
+  C++ stack trace when not every process joins within JOIN_TIMEOUT_S, and
+  by a UserError where process 0 cannot listen on the port (jax segfaults)."""
+  port = address.rpartition(":")[2]
+  if process_id == 0 and port.isdigit():
+    try:  # As jax's coordinator will: [::] with SO_REUSEADDR (IPv4 too).
+      with socket.socket(socket.AF_INET6) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("::", int(port)))
+    except OSError as e:
+      if e.errno != errno.EAFNOSUPPORT:  # No IPv6 here: jax will say.
+        raise UserError(f"process 0 cannot listen on port {port} of this "
+                        f"host ({e.strerror}; another job?): pass a free "
+                        "port in --coordinator_address, the same on every "
+                        "process") from None
   def never_joined():
     print(f"error: not all {num_processes} processes joined at {address} in "
           f"{JOIN_TIMEOUT_S} s: start each with the same --coordinator_address "
