@@ -166,15 +166,15 @@ def initialize(config) -> None:
 def _join(address: str, num_processes: int, process_id: int) -> None:
   """jax.distributed.initialize, ended by one line instead of jax's abort and
   C++ stack trace when not every process joins within JOIN_TIMEOUT_S, and
-  by a UserError where process 0 cannot listen on the port (jax segfaults)."""
+  by a UserError where process 0's port is in use (jax segfaults)."""
   port = address.rpartition(":")[2]
   if process_id == 0 and port.isdigit():
     try:  # As jax's coordinator will: [::] with SO_REUSEADDR (IPv4 too).
       with socket.socket(socket.AF_INET6) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("::", int(port)))
-    except OSError as e:
-      if e.errno != errno.EAFNOSUPPORT:  # No IPv6 here: jax will say.
+    except OSError as e:  # Any other error: jax's to report.
+      if e.errno == errno.EADDRINUSE:
         raise UserError(f"process 0 cannot listen on port {port} of this "
                         f"host ({e.strerror}; another job?): pass a free "
                         "port in --coordinator_address, the same on every "
