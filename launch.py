@@ -71,8 +71,9 @@ OWN = {
                 "folder this command would train with; train and write "
                 "nothing", {}),
     "image": (flags.DEFINE_list, [], _MODES,
-              "With --mode=predict: image files, comma-separated (PNG, JPEG, "
-              "anything Pillow reads)", {}),
+              "With --mode=predict: image files, folders of them or patterns "
+              "(photos/*.jpg), comma-separated (PNG, JPEG, anything Pillow "
+              "reads)", {}),
     "json": (flags.DEFINE_bool, False, _MODES,
              "With --mode=predict: print one JSON object per image", {}),
     "plot": (flags.DEFINE_bool, False, _MODES,

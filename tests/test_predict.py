@@ -212,3 +212,49 @@ def test_predict_mode_exit_status(tiny_run, tmp_path):
   ok = _launch("--mode=predict", f"--workdir={tiny_run}", f"--image={good[0]}")
   assert ok.returncode == 0, ok.stderr
   assert ok.stdout.startswith(f"{good[0]}: ") and "probabilities 0:" in ok.stdout
+
+
+def test_image_lists_take_folders_patterns_and_commas_in_names(tiny_run, tmp_path):
+  """--image names files, folders of images (their image files, sorted) and
+  patterns (`*.png`, which the shell leaves alone after `--image=`); a comma
+  in a file's name survives the flag's comma split."""
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  for name in ("b.png", "a.JPG", "c,d.png"):
+    _seven().convert("RGB").save(photos / name)
+  (photos / "notes.txt").write_text("not an image\n")
+  (photos / "sub").mkdir()
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  split = [str(photos / "c"), "d.png"]  # How the flag splits "c,d.png".
+  listed = [str(photos), str(tmp_path / "*" / "*.png"), *split,
+            str(tmp_path / "*.gif"), str(empty)]
+  found = images.expand(listed)
+  assert found == [str(photos / n) for n in ("a.JPG", "b.png", "c,d.png")] + [
+      str(photos / n) for n in ("b.png", "c,d.png")] + [
+          str(photos / "c,d.png"), str(tmp_path / "*.gif"), str(empty)]
+  results = run_lib.predict_files(run_lib.load_run(tiny_run), found)
+  assert [r.error is None for r in results] == [True] * 6 + [False, False]
+  assert results[6].error == (f"{tmp_path / '*.gif'} matches no file; check "
+                              "the pattern")
+  assert results[7].error.startswith(f"{empty} is a folder with no image file")
+
+
+def test_plots_of_files_with_one_name_do_not_overwrite_each_other(tiny_run,
+                                                                  tmp_path):
+  paths = []
+  for folder, ink in (("a", 0), ("b", 255)):
+    os.makedirs(tmp_path / folder)
+    paths.append(str(tmp_path / folder / "seven.png"))
+    _seven(ink=ink, paper=255 - ink).save(paths[-1])
+  paths.append(str(tmp_path / "a" / "seven.jpg"))
+  _seven().save(paths[-1])
+  out, err = io.StringIO(), io.StringIO()
+  assert run_lib.print_predictions(tiny_run, paths, plot=True, out=out,
+                                   err=err) == 0
+  plotted = [line.split(": ", 1)[1] for line in out.getvalue().splitlines()
+             if line.startswith("plot: ")]
+  folder = os.path.join(tiny_run, run_lib.PLOT_DIR)
+  assert plotted == [os.path.join(folder, n)
+                     for n in ("seven.png", "seven-2.png", "seven-3.png")]
+  assert all(os.path.exists(p) for p in plotted)

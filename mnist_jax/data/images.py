@@ -5,8 +5,9 @@ box, centre of mass at (14, 14) of 28x28; a photo's lighting and paper colour
 are divided out first, and marks apart from the digit dropped.
 """
 
+import glob
 import os
-from typing import Tuple
+from typing import List, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -38,13 +39,46 @@ class ImageError(UserError):
   """One input file cannot be used; the others are still predicted."""
 
 
+def _image_files(folder: str) -> List[str]:
+  """The files in `folder` with an extension Pillow opens, sorted; hidden
+  ones (`.name`) left out."""
+  known = {e for e, f in Image.registered_extensions().items() if f in Image.OPEN}
+  paths = [os.path.join(folder, n) for n in sorted(os.listdir(folder))
+           if os.path.splitext(n)[1].lower() in known and n[0] != "."]
+  return [p for p in paths if os.path.isfile(p)]
+
+
+def expand(entries: Sequence[str]) -> List[str]:
+  """The files an --image list names, in order: a folder's image files and a
+  pattern's (`photos/*.jpg`, which a shell leaves alone after `--image=`)
+  sorted; parts of one file's name that a comma split are joined again.
+  What names no file is kept, to fail by its name."""
+  paths, i = [], 0
+  while i < len(entries):
+    j = next((j for j in range(i + 1, len(entries) + 1)
+              if os.path.exists(",".join(entries[i:j]))), i + 1)
+    path, i = ",".join(entries[i:j]), j
+    if os.path.isdir(path):
+      paths.extend(_image_files(path) or [path])
+    elif not os.path.exists(path) and glob.escape(path) != path:
+      paths.extend(sorted(p for p in glob.glob(path) if os.path.isfile(p))
+                   or [path])
+    else:
+      paths.append(path)
+  return paths
+
+
 def open_image(path: str) -> Image.Image:
   """Opens an image file, or a one-line ImageError naming it if it cannot."""
   hint = "pass a PNG or JPEG file"
   if not os.path.exists(path):
+    if glob.escape(path) != path:
+      raise ImageError(f"{path} matches no file; check the pattern")
     raise ImageError(f"{path} does not exist; check the path")
   if os.path.isdir(path):
-    raise ImageError(f"{path} is a folder, not an image; {hint}")
+    if _image_files(path):
+      raise ImageError(f"{path} is a folder, not an image; {hint}")
+    raise ImageError(f"{path} is a folder with no image file in it; {hint}s")
   if os.path.getsize(path) == 0:
     raise ImageError(f"{path} is empty (0 bytes); {hint}")
   try:

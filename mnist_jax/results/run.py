@@ -275,7 +275,8 @@ def print_predictions(workdir: str, paths: Sequence[str],
   if note:  # A run still training, unfinished, or an older checkpoint.
     print(f"note: {note}", file=err)
   names = datasets.class_names(run.config.dataset)
-  results = predict_files(run, paths, ensemble)
+  results = predict_files(run, images_lib.expand(paths), ensemble)
+  plotted = set()  # Plot names taken: a/seven.png, b/seven.png both plot.
   for r in results:
     if r.error is not None:
       print(f"error: {r.error}", file=err)
@@ -293,9 +294,14 @@ def print_predictions(workdir: str, paths: Sequence[str],
       folder = os.path.join(workdir, PLOT_DIR)
       os.makedirs(folder, exist_ok=True)
       files.remove_temporary(folder, locked=False)  # A killed predict's.
-      stem = os.path.splitext(os.path.basename(r.file))[0]
+      stem = name = os.path.splitext(os.path.basename(r.file))[0]
+      number = 1
+      while name in plotted:
+        number += 1
+        name = f"{stem}-{number}"
+      plotted.add(name)
       saved = plots.prediction(r.image, np.asarray(r.probabilities),
-                               os.path.join(folder, f"{stem}.png"), r.file,
+                               os.path.join(folder, f"{name}.png"), r.file,
                                names)
       print(f"plot: {saved}", file=err if as_json else out)
   return sum(r.error is not None for r in results)
