@@ -32,7 +32,7 @@ TINY = {"gru": dict(hidden=16), "lstm": dict(hidden=16), "rnn": dict(hidden=16),
 @pytest.fixture
 def host(monkeypatch):
   """fn(devices, backend="cpu", processes=1, local=None): makes JAX report
-  such a host to the rule (Layout._resolve reads only these)."""
+  such a host to the rule (devices.resolve reads only these)."""
   def make(count, backend="cpu", processes=1, local=None):
     monkeypatch.setattr(jax, "device_count", lambda: count)
     monkeypatch.setattr(jax, "local_device_count",
@@ -44,7 +44,7 @@ def host(monkeypatch):
 
 def resolve(model="gru", members=1, **overrides):
   config = models.get_config(model, "seed", **{**TINY[model], **overrides})
-  return devices_lib.Layout._resolve(config, members)  # pylint: disable=protected-access
+  return devices_lib.resolve(config, members)
 
 
 @pytest.mark.parametrize("model,batch,count,expected", [
@@ -111,7 +111,7 @@ def test_explicit_modes_and_their_refusals(host):
   config = models.get_config("mlp", "seed")
   object.__setattr__(config, "parallel", "dp")  # Past Config's own check.
   with pytest.raises(UserError, match="--parallel must be one of"):
-    devices_lib.Layout._resolve(config, 1)  # pylint: disable=protected-access
+    devices_lib.resolve(config, 1)
 
 
 def test_the_rule_reads_the_stock_module_class_not_the_model_name(

@@ -264,10 +264,11 @@ def test_process_0_on_a_port_in_use_is_one_line(monkeypatch):
 
 
 def test_cli_rejects_a_batch_that_does_not_split(tmp_path):
-  work = tmp_path / "run"
+  """Before the data is prepared (none is, here) or anything written."""
+  work, data = tmp_path / "run", tmp_path / "tfds"
   proc = subprocess.run(
       [sys.executable, "launch.py", "--model=mlp", "--batch_size=100",
-       "--parallel=pmap", f"--workdir={work}"],
+       "--parallel=pmap", f"--workdir={work}", f"--data_dir={data}"],
       cwd=ROOT, env=_env(8), capture_output=True, text=True, timeout=TIMEOUT_S,
       check=False)
   assert proc.returncode == 1
@@ -275,7 +276,7 @@ def test_cli_rejects_a_batch_that_does_not_split(tmp_path):
   assert lines == [lines[0]] and lines[0].startswith(
       "error: --batch_size=100 does not split over 8 devices"), proc.stderr
   assert "96 or 104" in lines[0]
-  assert not work.exists()
+  assert not work.exists() and not data.exists()
 
 
 def _free_port() -> int:

@@ -212,6 +212,7 @@ def train_and_evaluate(config, workdir: str, stream=None,
   returns the final row. Raises UserError before anything is written (bad
   settings, data, folder or checkpoint), Diverged, or control.Preempted."""
   members = members_lib.from_config(config)
+  devices.resolve(config, len(members))  # Before the data is prepared.
   resources.check_memory(config, len(members))
   folder.check_writable(workdir)
   if devices.is_main():

@@ -223,13 +223,54 @@ def _batch_devices(batch_size: int, available: int, least: int = 1) -> int:
               if batch_size % d == 0 and batch_size // d >= least), default=1)
 
 
+def resolve(config, num_members: int = 1):
+  """(mode, device count) of the run's layout, or a one-line refusal of what
+  these devices cannot run; joins the job's processes first."""
+  initialize(config)
+  requested, total = config.parallel, jax.device_count()
+  if requested not in MODES:
+    raise UserError(f"--parallel must be one of {', '.join(MODES)}, got "
+                    f"{requested!r}")
+  if requested == "none" and jax.process_count() > 1:
+    raise UserError(f"--parallel=none runs on one device, but "
+                    f"{jax.process_count()} processes were started; pass "
+                    "--parallel=sharded")
+  if num_members > 1:
+    if requested == "pmap":
+      raise UserError(f"the {num_members} members of --num_seeds and "
+                      "--sweep are split over the devices, not pmapped; "
+                      "leave out --parallel=pmap")
+    count = _batch_devices(num_members, total)
+    if requested == "none" or jax.process_count() > 1 or count == 1:
+      return "none", 1  # (Each process of several trains every member.)
+    return "members", count
+  if requested == "none" or total == 1:
+    return "none", 1
+  cpu = jax.default_backend() == "cpu"
+  if requested == "auto" and (cpu or jax.process_count() == 1):
+    if cpu and (type(models.get(config.model).stock(config)).__name__
+                not in CPU_DATA_PARALLEL):
+      return "none", 1
+    count = _batch_devices(config.batch_size, total,
+                           MIN_DEVICE_BATCH if cpu else 1)
+    return ("sharded", count) if count > 1 else ("none", 1)
+  count = total  # pmap: each process maps its local devices, of these.
+  if config.batch_size % count:
+    lower = config.batch_size // count * count
+    options = [s for s in (lower, lower + count) if s > 0]
+    raise UserError(
+        f"--batch_size={config.batch_size} does not split over {count} "
+        f"devices; pass a multiple of {count} (e.g. "
+        f"{' or '.join(map(str, options))}), or --parallel=none")
+  return ("sharded" if requested == "auto" else requested), count
+
+
 class Layout:
   """How one run's programs map over its members and devices (module doc)."""
 
   def __init__(self, config, num_members: int = 1, say=print):
-    initialize(config)
     self.num_members = num_members
-    self.mode, count = self._resolve(config, num_members)
+    self.mode, count = resolve(config, num_members)
     devices = (jax.local_devices() if self.mode == "pmap" else
                jax.devices()[:count])
     self.mesh = (Mesh(np.array(devices), (MEMBERS if self.mode == "members"
@@ -245,46 +286,6 @@ class Layout:
                    "augmentation)",
            "members": f"{num_members} members split over {count} {backend} "
                       "devices"}[self.mode])
-
-  @staticmethod
-  def _resolve(config, num_members: int):
-    """(mode, device count), or a one-line refusal of what cannot run."""
-    requested, total = config.parallel, jax.device_count()
-    if requested not in MODES:
-      raise UserError(f"--parallel must be one of {', '.join(MODES)}, got "
-                      f"{requested!r}")
-    if requested == "none" and jax.process_count() > 1:
-      raise UserError(f"--parallel=none runs on one device, but "
-                      f"{jax.process_count()} processes were started; pass "
-                      "--parallel=sharded")
-    if num_members > 1:
-      if requested == "pmap":
-        raise UserError(f"the {num_members} members of --num_seeds and "
-                        "--sweep are split over the devices, not pmapped; "
-                        "leave out --parallel=pmap")
-      count = _batch_devices(num_members, total)
-      if requested == "none" or jax.process_count() > 1 or count == 1:
-        return "none", 1  # (Each process of several trains every member.)
-      return "members", count
-    if requested == "none" or total == 1:
-      return "none", 1
-    cpu = jax.default_backend() == "cpu"
-    if requested == "auto" and (cpu or jax.process_count() == 1):
-      if cpu and (type(models.get(config.model).stock(config)).__name__
-                  not in CPU_DATA_PARALLEL):
-        return "none", 1
-      count = _batch_devices(config.batch_size, total,
-                             MIN_DEVICE_BATCH if cpu else 1)
-      return ("sharded", count) if count > 1 else ("none", 1)
-    count = total  # pmap: each process maps its local devices, of these.
-    if config.batch_size % count:
-      lower = config.batch_size // count * count
-      options = [s for s in (lower, lower + count) if s > 0]
-      raise UserError(
-          f"--batch_size={config.batch_size} does not split over {count} "
-          f"devices; pass a multiple of {count} (e.g. "
-          f"{' or '.join(map(str, options))}), or --parallel=none")
-    return ("sharded" if requested == "auto" else requested), count
 
   def record(self) -> dict:
     """What config.json records of the layout."""
