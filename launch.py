@@ -70,7 +70,8 @@ OWN = {
                 "Print the settings, validation split, model, devices and run "
                 "folder this command would train with; train and write "
                 "nothing", {}),
-    "image": (flags.DEFINE_list, [], _MODES,
+    # Split by images.expand, not absl's list parser (which strips spaces).
+    "image": (flags.DEFINE_string, None, _MODES,
               "With --mode=predict: image files, folders of them or patterns "
               "(photos/*.jpg), comma-separated (PNG, JPEG, anything Pillow "
               "reads)", {}),
@@ -196,7 +197,8 @@ def _use_run():
   if FLAGS["analyses"].present:  # --mode=report --noanalyses
     overrides["analyses"] = FLAGS.analyses
   if FLAGS.mode == "predict":  # Reads only: also a run being trained.
-    if results.print_predictions(FLAGS.workdir, FLAGS.image, FLAGS.json,
+    images = FLAGS.image.split(",") if FLAGS.image else []
+    if results.print_predictions(FLAGS.workdir, images, FLAGS.json,
                                  FLAGS.plot, ensemble=FLAGS.ensemble,
                                  **overrides):
       sys.exit(1)

@@ -220,24 +220,35 @@ def test_image_lists_take_folders_patterns_and_commas_in_names(tiny_run, tmp_pat
   in a file's name survives the flag's comma split."""
   photos = tmp_path / "photos"
   photos.mkdir()
-  for name in ("b.png", "a.JPG", "c,d.png"):
+  for name in ("b.png", "a.JPG", "c,d.png", "e, f.png"):
     _seven().convert("RGB").save(photos / name)
   (photos / "notes.txt").write_text("not an image\n")
   (photos / "sub").mkdir()
   empty = tmp_path / "empty"
   empty.mkdir()
-  split = [str(photos / "c"), "d.png"]  # How the flag splits "c,d.png".
+  # How launch.py splits "c,d.png,e, f.png, b.png" (a space after a comma).
+  split = [str(photos / "c"), "d.png", str(photos / "e"), " f.png",
+           f" {photos / 'b.png'}"]
   listed = [str(photos), str(tmp_path / "*" / "*.png"), *split,
             str(tmp_path / "*.gif"), str(empty)]
   found = images.expand(listed)
-  assert found == [str(photos / n) for n in ("a.JPG", "b.png", "c,d.png")] + [
-      str(photos / n) for n in ("b.png", "c,d.png")] + [
-          str(photos / "c,d.png"), str(tmp_path / "*.gif"), str(empty)]
+  named = ["c,d.png", "e, f.png", "b.png"]
+  assert found == [str(photos / n) for n in ("a.JPG", "b.png", "c,d.png",
+                                             "e, f.png")] + [
+      str(photos / n) for n in ("b.png", "c,d.png", "e, f.png")] + [
+          str(photos / n) for n in named] + [str(tmp_path / "*.gif"),
+                                             str(empty)]
   results = run_lib.predict_files(run_lib.load_run(tiny_run), found)
-  assert [r.error is None for r in results] == [True] * 6 + [False, False]
-  assert results[6].error == (f"{tmp_path / '*.gif'} matches no file; check "
-                              "the pattern")
-  assert results[7].error.startswith(f"{empty} is a folder with no image file")
+  assert [r.error is None for r in results] == [True] * 10 + [False, False]
+  assert results[10].error == (f"{tmp_path / '*.gif'} matches no file; check "
+                               "the pattern")
+  assert results[11].error.startswith(f"{empty} is a folder with no image file")
+  # Through the flag: its value is split by expand alone, spaces kept.
+  proc = _launch("--mode=predict", f"--workdir={tiny_run}",
+                 f"--image={','.join(split)}")
+  assert proc.returncode == 0, proc.stderr
+  assert [line.split(": ")[0] for line in proc.stdout.splitlines()] == [
+      str(photos / n) for n in named]
 
 
 def test_plots_of_files_with_one_name_do_not_overwrite_each_other(tiny_run,
