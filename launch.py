@@ -220,10 +220,14 @@ def _parse(argv):
         print(help_text(full=arg.endswith("helpfull")))
       sys.exit(0)
   try:
-    return FLAGS(argv)
+    argv = FLAGS(argv)
   except flags.Error as e:
     print(f"error: {e}; see python launch.py --help", file=sys.stderr)
     sys.exit(2)
+  for name in ("workdir", "data_dir", "mnist_dir"):  # No shell expands them.
+    if FLAGS[name].value:
+      FLAGS[name].value = os.path.expanduser(FLAGS[name].value)
+  return argv
 
 
 def _fail(text: str, code: int):

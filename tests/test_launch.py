@@ -275,6 +275,20 @@ def test_dry_run_writes_nothing_and_names_the_run_it_would_resume(tmp_path):
   assert lh_snapshot(tmp_path) == before
 
 
+def test_a_home_folder_in_a_path_flag_is_expanded(tmp_path):
+  """A shell leaves `~` alone after `--workdir=`: launch.py expands it, as
+  it does in --data_dir and --mnist_dir, instead of making a folder `~`."""
+  home, cwd = tmp_path / "home", tmp_path / "cwd"
+  cwd.mkdir()
+  result = launch("--model=linear", "--workdir=~/runs/lin", "--data_dir=~/tfds",
+                  "--dry_run", cwd=cwd, env={**os.environ, "HOME": str(home)})
+  assert result.returncode == 0, result.stderr
+  assert f"run folder: {home / 'runs' / 'lin'}, a new run folder" in (
+      result.stdout)
+  assert f"--data_dir={home / 'tfds'}" in result.stdout
+  assert os.listdir(cwd) == []
+
+
 def test_dry_run_refuses_bad_flags_as_a_run_does(tmp_path):
   result = launch("--model=cnn", "--preset=best", "--sweep=learning_rate=1,2",
                   "--dry_run", cwd=tmp_path)

@@ -214,7 +214,8 @@ def test_predict_mode_exit_status(tiny_run, tmp_path):
   assert ok.stdout.startswith(f"{good[0]}: ") and "probabilities 0:" in ok.stdout
 
 
-def test_image_lists_take_folders_patterns_and_commas_in_names(tiny_run, tmp_path):
+def test_image_lists_take_folders_patterns_and_commas_in_names(tiny_run, tmp_path,
+                                                               monkeypatch):
   """--image names files, folders of images (their image files, sorted) and
   patterns (`*.png`, which the shell leaves alone after `--image=`); a comma
   in a file's name survives the flag's comma split."""
@@ -232,6 +233,9 @@ def test_image_lists_take_folders_patterns_and_commas_in_names(tiny_run, tmp_pat
   listed = [str(photos), str(tmp_path / "*" / "*.png"), *split,
             str(tmp_path / "*.gif"), str(empty)]
   found = images.expand(listed)
+  monkeypatch.setenv("HOME", str(photos))
+  assert images.expand(["~/b.png", " ~/c", "d.png"]) == [
+      str(photos / "b.png"), str(photos / "c,d.png")]
   named = ["c,d.png", "e, f.png", "b.png"]
   assert found == [str(photos / n) for n in ("a.JPG", "b.png", "c,d.png",
                                              "e, f.png")] + [

@@ -53,13 +53,18 @@ def expand(entries: Sequence[str]) -> List[str]:
   pattern's (`photos/*.jpg`, which a shell leaves alone after `--image=`)
   sorted; parts of one file's name that a comma split are joined again, and
   an entry naming nothing as it is loses its surrounding spaces (`a.png,
-  b.png`). What names no file is kept, to fail by its name."""
+  b.png`); `~` is the home folder. What names no file is kept, to fail by
+  its name."""
+  def existing(text):
+    return next((p for p in map(os.path.expanduser, (text, text.strip()))
+                 if os.path.exists(p)), None)
+
   paths, i = [], 0
   while i < len(entries):
     j = next((j for j in range(i + 1, len(entries) + 1)
-              if os.path.exists(",".join(entries[i:j]))), i + 1)
-    path, i = ",".join(entries[i:j]), j
-    path = path if os.path.exists(path) else path.strip()
+              if existing(",".join(entries[i:j]))), i + 1)
+    text, i = ",".join(entries[i:j]), j
+    path = existing(text) or os.path.expanduser(text.strip())
     if os.path.isdir(path):
       paths.extend(_image_files(path) or [path])
     elif not os.path.exists(path) and glob.escape(path) != path:
