@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -88,6 +89,19 @@ def test_thin_pen_on_a_big_canvas_is_thickened():
   thin = images.preprocess(_seven(size=(1200, 1200), width=3))
   thick = images.preprocess(_seven(size=(1200, 1200), width=90))
   assert (thin > 127).sum() >= 0.5 * (thick > 127).sum()
+
+
+def test_a_picture_past_pillows_warning_size_is_read_quietly(monkeypatch,
+                                                            tmp_path):
+  """A big scan (Pillow warns past 89 million pixels, here 1,000) is shrunk
+  and read without Pillow's two-line warning; past twice that it is refused
+  in one line (test_error_paths_name_the_file)."""
+  path = tmp_path / "scan.png"
+  _seven(size=(40, 40), width=3).save(path)
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    assert images.load(str(path)).shape == (28, 28)
 
 
 def test_error_paths_name_the_file(tmp_path):

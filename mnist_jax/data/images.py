@@ -7,6 +7,7 @@ are divided out first, and marks apart from the digit dropped.
 
 import glob
 import os
+import warnings
 from typing import List, Sequence, Tuple
 
 import numpy as np
@@ -89,8 +90,10 @@ def open_image(path: str) -> Image.Image:
   if os.path.getsize(path) == 0:
     raise ImageError(f"{path} is empty (0 bytes); {hint}")
   try:
-    image = Image.open(path)
-    image.load()
+    with warnings.catch_warnings():  # A big scan is shrunk (MAX_SIDE).
+      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+      image = Image.open(path)
+      image.load()
   except UnidentifiedImageError:
     raise ImageError(f"{path} is not an image (unknown format); "
                      f"{hint}") from None
