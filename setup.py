@@ -25,6 +25,8 @@ setup(
         "matplotlib>=3.8,<4",
         "absl-py>=2.1,<3",
         "Pillow>=10",
+        # scipy.ndimage: the pieces of ink in a photo (jax needs scipy too).
+        "scipy>=1.11.1",
         # TensorBoard event files without TensorFlow.
         "tensorboardX>=2.6.2.2,<3",
     ],

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 from PIL import ImageOps
 from PIL import UnidentifiedImageError
+from scipy import ndimage
 
 from mnist_jax.errors import UserError
 
@@ -196,26 +197,6 @@ def _paper(gray: np.ndarray) -> Tuple[np.ndarray, np.ndarray, bool]:
   return gray, paper[:gray.shape[0], :gray.shape[1]], False
 
 
-def _components(mask: np.ndarray) -> np.ndarray:
-  """Labels [H, W] of the 8-connected components of mask (-1 outside them)."""
-  n = mask.size
-  label = np.where(mask.ravel(), np.arange(n), n)
-  while True:
-    smallest = _shifts(label.reshape(mask.shape), 1).min(axis=0).ravel()
-    new = np.where(mask.ravel(), smallest, n)
-    inside = new < n
-    while True:  # Pointer jumping: each label to its label's label.
-      jumped = new.copy()
-      jumped[inside] = new[new[inside]]
-      if np.array_equal(jumped, new):
-        break
-      new = jumped
-    if np.array_equal(new, label):
-      break
-    label = new
-  return np.where(mask, label.reshape(mask.shape), -1)
-
-
 def _digit_mask(ink: np.ndarray) -> np.ndarray:
   """The digit's pixels [H, W] bool in a photo's ink (0 = paper): the
   heaviest connected ink and the dark pieces near it; none if it is blank."""
@@ -223,21 +204,22 @@ def _digit_mask(ink: np.ndarray) -> np.ndarray:
   coarse = _blocks(ink, k).mean(axis=(1, 3))
   if coarse.max() < MIN_INK:
     return np.zeros(ink.shape, bool)
-  labels = _components(coarse > NOISE * coarse.max())
-  ids, inverse = np.unique(labels.ravel(), return_inverse=True)
-  mass = np.bincount(inverse, weights=coarse.ravel())
-  mass[ids < 0] = 0
+  # 8-connected pieces of ink, numbered from 1 (0: paper).
+  labels, _ = ndimage.label(coarse > NOISE * coarse.max(), np.ones((3, 3)))
+  mass = np.bincount(labels.ravel(), weights=coarse.ravel())
+  mass[0] = 0
   heaviest = int(np.argmax(mass))
-  main = labels == ids[heaviest]
+  main = labels == heaviest
   rows = np.flatnonzero(main.any(axis=1))
   cols = np.flatnonzero(main.any(axis=0))
   reach = max(1, round(NEAR * max(rows[-1] - rows[0], cols[-1] - cols[0], 1)))
   near = np.zeros(main.shape, bool)
   near[max(rows[0] - reach, 0):rows[-1] + reach + 1,
        max(cols[0] - reach, 0):cols[-1] + reach + 1] = True
-  peak = np.zeros(len(ids))
-  np.maximum.at(peak, inverse, coarse.ravel())
-  pieces = ids[(peak >= STRONG * peak[heaviest]) & (ids >= 0)]
+  peak = np.zeros(len(mass))
+  np.maximum.at(peak, labels.ravel(), coarse.ravel())
+  peak[0] = 0  # Paper is no piece.
+  pieces = np.flatnonzero(peak >= STRONG * peak[heaviest])
   keep = np.isin(labels, np.intersect1d(pieces, labels[near]))
   keep = _shifts(keep, 1).max(axis=0)
   keep = np.repeat(np.repeat(keep, k, axis=0), k, axis=1)
