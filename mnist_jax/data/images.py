@@ -148,23 +148,19 @@ def _blocks(a: np.ndarray, k: int, mode: str = "edge") -> np.ndarray:
   return a.reshape(h // k, k, w // k, k)
 
 
-def _shifts(a: np.ndarray, radius: int,
-            extrapolate: bool = False) -> np.ndarray:
-  """[(2 radius + 1)^2, H, W]: a shifted by every offset up to radius (a
-  square window), padded by repeating the edges or continuing them linearly."""
-  p = (np.pad(a, radius, mode="reflect", reflect_type="odd") if extrapolate
-       else np.pad(a, radius, mode="edge"))
-  n = 2 * radius + 1
-  return np.stack([p[i:i + a.shape[0], j:j + a.shape[1]]
-                   for i in range(n) for j in range(n)])
+def _window(filter_, a: np.ndarray, radius: int) -> np.ndarray:
+  """An ndimage max or min `filter_` over square windows of `radius`, past
+  the edges continuing them linearly (a ramp of light stays a ramp)."""
+  p = np.pad(a, radius, mode="reflect", reflect_type="odd")
+  return filter_(p, 2 * radius + 1)[radius:-radius, radius:-radius]
 
 
 def _light_background(grid: np.ndarray, radius: int) -> bool:
   """Whether the background is lighter than the ink: in windows with both,
   most pixels sit near the background's end of the window's range (weighted
   by its contrast, so a lighting ramp barely counts). Unclear: light paper."""
-  windows = _shifts(grid, radius)
-  lo, hi = windows.min(axis=0), windows.max(axis=0)
+  lo = ndimage.minimum_filter(grid, 2 * radius + 1, mode="nearest")
+  hi = ndimage.maximum_filter(grid, 2 * radius + 1, mode="nearest")
   weight = (hi - lo) ** 2
   position = (grid - lo) / np.maximum(hi - lo, 1e-6)
   return float((weight * position).sum()) >= LIGHT * float(weight.sum())
@@ -188,9 +184,9 @@ def _paper(gray: np.ndarray) -> Tuple[np.ndarray, np.ndarray, bool]:
     grid, gray = 1.0 - grid, 1.0 - gray
   # A grey closing: removes dark strokes, keeps ramps and (past the frame
   # too) shadow edges.
-  closed = _shifts(grid, radius, extrapolate=True).max(axis=0)
-  closed = _shifts(closed, radius, extrapolate=True).min(axis=0)
-  paper = _shifts(closed, 1).mean(axis=0)
+  closed = _window(ndimage.minimum_filter,
+                   _window(ndimage.maximum_filter, grid, radius), radius)
+  paper = ndimage.uniform_filter(closed, 3, mode="nearest")
   image = Image.fromarray(paper.astype(np.float32))
   size = (grid.shape[1] * k, grid.shape[0] * k)
   paper = np.asarray(image.resize(size, Image.Resampling.BILINEAR))
@@ -221,7 +217,7 @@ def _digit_mask(ink: np.ndarray) -> np.ndarray:
   peak[0] = 0  # Paper is no piece.
   pieces = np.flatnonzero(peak >= STRONG * peak[heaviest])
   keep = np.isin(labels, np.intersect1d(pieces, labels[near]))
-  keep = _shifts(keep, 1).max(axis=0)
+  keep = ndimage.binary_dilation(keep, np.ones((3, 3)))
   keep = np.repeat(np.repeat(keep, k, axis=0), k, axis=1)
   return keep[:ink.shape[0], :ink.shape[1]]
 
@@ -248,7 +244,7 @@ def preprocess(image: Image.Image, name: str = "image") -> np.ndarray:
   thin = STROKE / scale - _stroke_width(ink)
   if thin > 1:  # Thin pen on a big canvas: thicken it before shrinking.
     for _ in range(int(np.ceil(thin / 2))):  # Dilation (ink >= 0).
-      ink = _shifts(ink, 1).max(axis=0)
+      ink = ndimage.maximum_filter(ink, 3, mode="nearest")
     scale = BOX / max(ink.shape)
   height = max(1, round(ink.shape[0] * scale))
   width = max(1, round(ink.shape[1] * scale))
