@@ -59,7 +59,8 @@ def layout_map(self, fn, *args, **kwargs):
     mark("first_step")
     marks["first_step_unix"] = time.time()
     marks["heavy_modules_loaded"] = sorted(
-        m for m in ("tensorflow_datasets", "orbax.checkpoint", "matplotlib")
+        m for m in ("tensorflow_datasets", "orbax.checkpoint", "matplotlib",
+                    "scipy.ndimage")
         if m in sys.modules)
     raise _Started()
   class Compiled:

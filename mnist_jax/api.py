@@ -9,7 +9,6 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from mnist_jax.config import Config
-from mnist_jax.data import images
 from mnist_jax.data import pipeline
 from mnist_jax.models import get_config
 from mnist_jax.results.run import Run, as_images, load_run
@@ -43,6 +42,7 @@ def load_data(config: Config, **overrides) -> pipeline.Dataset:
 def load_image(image) -> np.ndarray:
   """A picture of one digit (a file path or PIL image) as the models' input,
   [28, 28] uint8, made as `--mode=predict` makes it."""
+  from mnist_jax.data import images  # pylint: disable=g-import-not-at-top
   if isinstance(image, (str, os.PathLike)):
     return images.load(os.fspath(image))
   return images.preprocess(image)

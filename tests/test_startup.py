@@ -13,8 +13,9 @@ import startup  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def test_first_step_needs_neither_tfds_nor_orbax_nor_matplotlib(prepared, tmp_path):
-  """tfds (data cached), orbax (nothing to restore yet) and matplotlib (plots
-  come at the end) cost over a second of start-up between them."""
+  """tfds (data cached), orbax (nothing to restore yet), matplotlib (plots
+  come at the end) and scipy.ndimage (predict's) cost over a second of
+  start-up between them."""
   _, data_dir = prepared
   cmd = [sys.executable, "-c", startup._PROBE.format(root=ROOT),  # pylint: disable=protected-access
          "--model=mlp", "--preset=seed", "--mlp_hidden=8", "--epochs=1",

@@ -16,7 +16,6 @@ import numpy as np
 
 from mnist_jax import models
 from mnist_jax.data import datasets
-from mnist_jax.data import images as images_lib
 from mnist_jax.errors import UserError
 from mnist_jax.models import precision
 from mnist_jax.results import report
@@ -243,6 +242,8 @@ def predict_files(run: Run, paths: Sequence[str],
         "--ensemble averages the seeds of the run's chosen grid point, and "
         "this run has one seed there; predict without --ensemble, or train "
         "with --num_seeds=N")
+  # Imported here: scipy.ndimage would lengthen every training run's start.
+  from mnist_jax.data import images as images_lib  # pylint: disable=g-import-not-at-top
   results = []
   for path in paths:
     try:
@@ -275,6 +276,7 @@ def print_predictions(workdir: str, paths: Sequence[str],
   if note:  # A run still training, unfinished, or an older checkpoint.
     print(f"note: {note}", file=err)
   names = datasets.class_names(run.config.dataset)
+  from mnist_jax.data import images as images_lib  # pylint: disable=g-import-not-at-top
   results = predict_files(run, images_lib.expand(paths), ensemble)
   plotted = set()  # Plot names taken: a/seven.png, b/seven.png both plot.
   for r in results:
