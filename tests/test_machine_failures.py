@@ -39,15 +39,23 @@ def _one_line(err, prefix="error: "):
   return lines[0]
 
 
+# Sets the limits given as argv[1] ("KIND=BYTES,..."), then becomes launch.py
+# (argv[2:]); in a fresh interpreter, since a preexec_fn forks the
+# multithreaded test process (JAX warns of a deadlock).
+_LIMITED = ("import os, resource, sys\n"
+            "for item in filter(None, sys.argv[1].split(',')):\n"
+            "  kind, value = item.split('=')\n"
+            "  resource.setrlimit(int(kind), (int(value), int(value)))\n"
+            "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])")
+
+
 def _launch(args, timeout=180, limits=(), **env):
   """Runs launch.py with resource limits [(RLIMIT_X, bytes)]: (rc, out, err)."""
-  def preexec():
-    for kind, value in limits:
-      resource.setrlimit(kind, (value, value))
-  p = subprocess.run([sys.executable, os.path.join(lh.ROOT, "launch.py"),
-                      *args], cwd=lh.ROOT, capture_output=True, text=True,
-                     timeout=timeout, env=lh.child_env(**env),
-                     preexec_fn=preexec if limits else None)
+  spec = ",".join(f"{kind}={value}" for kind, value in limits)
+  p = subprocess.run([sys.executable, "-c", _LIMITED, spec,
+                      os.path.join(lh.ROOT, "launch.py"), *args], cwd=lh.ROOT,
+                     capture_output=True, text=True, timeout=timeout,
+                     env=lh.child_env(**env))
   return p.returncode, p.stdout, p.stderr
 
 
