@@ -93,6 +93,42 @@ def test_report_mode_rewrites_a_finished_run(tiny_run, tmp_path, capsys):
   assert f"{report_md} was rewritten" in capsys.readouterr().out
 
 
+def _record_elsewhere(workdir, cwd, **settings):
+  """Rewrites the run's config.json as if trained in `cwd` with `settings`."""
+  path = os.path.join(workdir, folder.CONFIG_FILE)
+  with open(path) as f:
+    record = json.load(f)
+  record["config"].update(settings)
+  record["environment"]["cwd"] = str(cwd)
+  with open(path, "w") as f:
+    json.dump(record, f)
+
+
+def test_a_run_folder_from_another_machine_reads_this_machines_data(
+    tiny_run, prepared, tmp_path, monkeypatch, capsys):
+  """Its config.json names data folders this machine lacks (an absolute
+  --data_dir, a --mnist_dir relative to the folder it was trained in):
+  --mode=report reads this machine's default data folder, and makes none of
+  the other's. A relative folder that is here, seen from there, is used."""
+  workdir = str(tmp_path / "moved")
+  shutil.copytree(tiny_run, workdir)
+  gone = tmp_path / "other_machine"
+  _record_elsewhere(workdir, gone / "repo", data_dir=str(gone / "tfds"),
+                    mnist_dir="../mnist")
+  monkeypatch.setenv("TFDS_DATA_DIR", prepared[1])
+  assert run.load_run(workdir).config.data_dir is None
+  result = run_folder.rewrite_report(workdir)
+  assert result["accuracy"] == pytest.approx(
+      folder.final_metrics(workdir)["test_accuracy"])
+  assert "was rewritten" in capsys.readouterr().out
+  assert not gone.exists()
+  mnist_dir = prepared[0]
+  _record_elsewhere(workdir, os.path.dirname(mnist_dir),
+                    mnist_dir=os.path.basename(mnist_dir))
+  assert folder.used_config(workdir).mnist_dir == mnist_dir
+  assert folder.used_config(workdir, mnist_dir="x").mnist_dir == "x"
+
+
 @pytest.mark.slow
 def test_a_report_of_an_older_checkpoint_says_so(tiny_run, tmp_path, capsys):
   """The issue's case: the newest checkpoint gone, the log goes further."""

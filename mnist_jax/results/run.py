@@ -163,7 +163,7 @@ def logits(apply_fn: Callable, variables, images: np.ndarray,
 def load_run(workdir: str, **overrides) -> Run:
   """Restores a run folder's latest checkpoint, without writing to it; the
   member the final metrics row chose (else 0). overrides: Config fields."""
-  config = folder_lib.read_config(workdir).replace(**overrides)
+  config = folder_lib.used_config(workdir, **overrides)
   folder_lib.check_model(workdir, config)
   members = members_lib.from_config(config)
   model, _ = models.build(config, say=lambda _: None)

@@ -141,6 +141,24 @@ def read_config(workdir: str) -> config_lib.Config:
                     f"{restore}") from None
 
 
+def used_config(workdir: str, **overrides) -> config_lib.Config:
+  """The Config that evaluates or predicts with a run: its own, with each data
+  folder it names (data_dir, mnist_dir; a relative one from the folder it was
+  trained in) unset where this machine has no such folder, then `overrides`.
+  A run folder moved from another machine reads this machine's data instead
+  of making, or asking for, the other machine's folders."""
+  config = read_config(workdir)
+  env = _record(workdir).get("environment")
+  cwd = env.get("cwd") if isinstance(env, dict) else None
+  here = {}
+  for name in ("data_dir", "mnist_dir"):
+    if getattr(config, name):
+      path = os.path.join(cwd if isinstance(cwd, str) else os.getcwd(),
+                          os.path.expanduser(getattr(config, name)))
+      here[name] = path if os.path.isdir(path) else None
+  return config.replace(**{**here, **overrides})
+
+
 def _runs_within(workdir: str) -> str:
   """For a --workdir that holds run folders (`runs`): which to pass."""
   with contextlib.suppress(OSError):

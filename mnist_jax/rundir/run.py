@@ -344,9 +344,9 @@ def rewrite_report(workdir: str, **overrides) -> Dict[str, Any]:
       os.path.exists(os.path.join(workdir, f)) for f in report.FILES)
          else "incomplete: rebuilt" if os.path.exists(path)
          else "missing: rebuilt")
-  config = folder.read_config(workdir)
   if not folder.finished(workdir) and _training_ended(workdir):
-    final = train_and_evaluate(config.replace(**overrides), workdir)
+    final = train_and_evaluate(folder.used_config(workdir, **overrides),
+                               workdir)
     print(f"{path} was {how}; the run is finished")
     return final
   run = run_lib.load_run(workdir, **overrides)
