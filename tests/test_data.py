@@ -2,6 +2,7 @@
 is fed, data errors."""
 
 import gzip
+import hashlib
 import os
 import socket
 import subprocess
@@ -229,3 +230,42 @@ def test_another_datasets_files_are_refused_before_anything_is_written(
   monkeypatch.setattr(tfds_builder, "CHECKSUMS", str(table))
   with pytest.raises(idx.IdxError, match="is fashion_mnist's, not kmnist's"):
     pipeline.prepare("kmnist", str(tmp_path / "tfds2"), folder)
+
+
+@pytest.mark.slow
+def test_first_runs_at_once_prepare_the_data_dir_once(tmp_path):
+  """Several first runs on one empty --data_dir: one prepares it, the others
+  wait for it and reuse it (before, all but one failed: 'Cannot rename ...
+  incomplete.XXXX_3.0.1. Destination ... already exists')."""
+  mnist_dir = write_idx_dir(tmp_path / "idx", n_train=50, n_test=20)
+  data_dir, go = str(tmp_path / "tfds"), tmp_path / "go"
+  code = ("import hashlib, os, sys, time\n"
+          "from mnist_jax.data import pipeline\n"
+          "import tensorflow_datasets\n"  # Imported before the start.
+          "open(sys.argv[1], 'w').close()\n"
+          f"while not os.path.exists({str(go)!r}): time.sleep(0.002)\n"
+          f"a = pipeline.prepare('mnist', {data_dir!r}, {mnist_dir!r})\n"
+          "print(hashlib.sha256(b''.join(a[k].tobytes() for k in sorted(a)))"
+          ".hexdigest())\n")
+  ready = [tmp_path / f"ready{i}" for i in range(4)]
+  children = [subprocess.Popen(
+      [sys.executable, "-c", code, str(r)], cwd=ROOT, text=True,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in ready]
+  deadline = time.monotonic() + 120
+  while not all(r.exists() for r in ready) and time.monotonic() < deadline:
+    time.sleep(0.01)
+  go.touch()  # All at once.
+  outs = [c.communicate(timeout=180) for c in children]
+  for child, (_, err) in zip(children, outs):
+    assert child.returncode == 0, err[-2000:]
+  arrays = pipeline.prepare("mnist", data_dir)
+  digest = hashlib.sha256(b"".join(arrays[k].tobytes() for k in sorted(arrays)))
+  lines = [line for out, _ in outs for line in out.splitlines()]
+  assert set(lines) - {digest.hexdigest()} <= {
+      f"preparing mnist in {data_dir} from the IDX files in {mnist_dir} (once; "
+      "later runs read it from there)",
+      f"waiting for another process preparing mnist in {data_dir}"}
+  assert lines.count(digest.hexdigest()) == 4
+  assert sum(line.startswith("preparing") for line in lines) == 1
+  assert _as_set(arrays["train_images"], arrays["train_labels"]) == _as_set(
+      *synthetic_digits(50, 0))

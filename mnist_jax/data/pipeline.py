@@ -9,6 +9,11 @@ import os
 import socket
 import urllib.parse
 
+try:
+  import fcntl
+except ImportError:  # Not on a POSIX system: preparing is not locked.
+  fcntl = None
+
 import numpy as np
 
 from mnist_jax.data import datasets
@@ -137,11 +142,8 @@ def _from_tfds(tfds, dataset: str, data_dir: str, mnist_dir) -> dict:
             "files) or --data_dir=DIR (where it is already prepared)")
       config = tfds.download.DownloadConfig()
     source = f"the IDX files in {mnist_dir}" if mnist_dir else "a download"
-    print(f"preparing {dataset} in {data_dir} from {source} (once; later runs "
-          "read it from there)", flush=True)
-    try:  # Without tfds's two bold "Unknown size" lines.
-      with contextlib.redirect_stdout(io.StringIO()):
-        builder.download_and_prepare(download_config=config)
+    try:
+      builder = _prepare_once(builder, config, dataset, data_dir, source)
     except UserError:
       raise
     except Exception as e:  # pylint: disable=broad-except
@@ -167,6 +169,42 @@ def _from_tfds(tfds, dataset: str, data_dir: str, mnist_dir) -> dict:
                                    tfds_builder.decode_split(builder, part))}
   except Exception as e:  # pylint: disable=broad-except
     raise damaged(e) from None
+
+
+@contextlib.contextmanager
+def _locked(dataset: str, data_dir: str):
+  """Holds `<data_dir>/<dataset>.prepare.lock` (an fcntl lock, so one process
+  at a time prepares it there); says in one line when it waits for it."""
+  if fcntl is None:
+    yield
+    return
+  os.makedirs(data_dir, exist_ok=True)
+  fd = os.open(os.path.join(data_dir, f"{dataset}.prepare.lock"),
+               os.O_RDWR | os.O_CREAT, 0o666)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      print(f"waiting for another process preparing {dataset} in {data_dir}",
+            flush=True)
+      fcntl.flock(fd, fcntl.LOCK_EX)
+    yield
+  finally:
+    os.close(fd)  # Releases the lock.
+
+
+def _prepare_once(builder, config, dataset: str, data_dir: str, source: str):
+  """The builder to read, prepared by this process unless another one did
+  while this one waited for the lock (then its dataset is reused)."""
+  with _locked(dataset, data_dir):
+    again = type(builder)(data_dir=data_dir, file_format="array_record")
+    if again.is_prepared():
+      return again
+    print(f"preparing {dataset} in {data_dir} from {source} (once; later runs "
+          "read it from there)", flush=True)
+    with contextlib.redirect_stdout(io.StringIO()):  # tfds's "Unknown size".
+      builder.download_and_prepare(download_config=config)
+  return builder
 
 
 def split(arrays: dict, val_fraction: float, class_names=None) -> Dataset:
