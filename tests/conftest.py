@@ -26,6 +26,17 @@ if os.environ["JAX_COMPILATION_CACHE_DIR"]:
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="mnist_jax_tests_cache_")
 
 
+def extra(module: str):
+  """`module`, from one of setup.py's extras; the test is skipped where it is
+  not installed, unless MNIST_JAX_EXTRAS lists it (comma-separated, as .ci/run
+  sets it after installing the extras): then a missing module fails the test."""
+  required = os.environ.get("MNIST_JAX_EXTRAS", "").split(",")
+  if module in required:
+    return __import__(module)
+  return pytest.importorskip(module, reason=f"{module} is an extra's "
+                             "(pip install '.[analysis,notebook]')")
+
+
 def synthetic_digits(n: int, seed: int = 0):
   """Learnable fake digits: class k lights a k-dependent block of pixels.
 

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import extra
 from conftest import synthetic_digits
 from experiments import compare
 from experiments import results
@@ -285,3 +286,18 @@ def test_results_py_writes_the_docs_page_from_the_tuned_runs(two_runs, tmp_path)
   results.write_analyses(str(tmp_path / "other"), found, logs.append)
   assert "hold no analysis" in logs[-1]
   assert not (tmp_path / "other" / results.ANALYSES).exists()
+
+
+def test_the_analysis_extra_draws_the_tsne_map(tmp_path):
+  """With scikit-learn (the `analysis` extra) the report adds the t-SNE map,
+  even of a test split too small for t-SNE's default perplexity."""
+  extra("sklearn")
+  images, labels = _row_digits(60)
+  run = _row_reader()
+  data = _data(images, labels, 20)
+  lines = analysis.write(str(tmp_path), run, data.test, data.val)
+  with open(tmp_path / "analysis" / "features_tsne.png", "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert "![What it learned (t-SNE)](analysis/features_tsne.png)" in lines
+  arrays = analysis.load(str(tmp_path))
+  assert arrays["tsne"].shape == (len(range(0, 40, analysis.STRIDE)), 2)

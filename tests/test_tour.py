@@ -16,6 +16,8 @@ import sys
 
 import pytest
 
+from conftest import extra
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "experiments", "tour.ipynb")
 
@@ -104,9 +106,8 @@ def test_the_notebook_runs_in_jupyter(prepared, tmp_path):
   """With the `notebook` extra installed: the notebook as Jupyter runs it
   (nbclient, the Python kernel, its inline figures), the same overrides in
   a cell after the parameters, as papermill would put them."""
-  nbformat = pytest.importorskip("nbformat")
-  nbclient = pytest.importorskip("nbclient")
-  pytest.importorskip("ipykernel")
+  nbformat, nbclient = extra("nbformat"), extra("nbclient")
+  extra("ipykernel")
   mnist_dir, data_dir = prepared
   notebook = nbformat.read(NOTEBOOK, as_version=4)
   at = next(i for i, c in enumerate(notebook.cells)

@@ -329,6 +329,7 @@ def write(workdir: str, run, test, val=None,
     os.remove(path(name))  # An earlier analysis's.
   r = analyse(run, test, val)
   r["names"] = list(class_names or datasets.class_names(run.config.dataset))
+  r["label"] = f"{r['model']} ({r['preset']})"
   start = time.perf_counter()
   analysis_plots.single(r, folder)
   r["seconds"]["figures"] = round(time.perf_counter() - start, 3)
@@ -337,8 +338,13 @@ def write(workdir: str, run, test, val=None,
     from sklearn.manifold import TSNE
     start = time.perf_counter()
     r["tsne_index"] = np.arange(0, len(r["labels"]), STRIDE)
-    r["tsne"] = TSNE(init="pca", random_state=0).fit_transform(
-        r["features"][r["tsne_index"]])
+    points = r["features"][r["tsne_index"]]
+    # Exact: Barnes-Hut's tree crashes the process on coincident points (and
+    # is slower on 1,000); the perplexity must stay under the point count.
+    r["tsne"] = TSNE(
+        method="exact", random_state=0, perplexity=min(30, (len(points) - 1) / 3),
+        init="pca" if np.ptp(points, axis=0).max() > 0 else "random",
+    ).fit_transform(points)
     analysis_plots.maps([r], path("features_tsne.png"), "tsne")
     r["seconds"]["tsne"] = round(time.perf_counter() - start, 3)
   files.write_json(path(SUMMARY), summary(r))
