@@ -458,3 +458,82 @@ def test_convs_as_matmuls_compute_the_module_and_keep_its_variables(
       f"training {kernels._name(_Convs)} with XLA's convolutions: "
       "mnist_jax/models/kernels/conv_matmul.py's Convs does not compute them "
       "(its outputs or gradients differ by up to "), note
+
+
+class _Dense(nn.Module):
+  """A stock module that checks in a second."""
+
+  @nn.compact
+  def __call__(self, images, train=False):
+    return nn.Dense(3)(images.reshape(images.shape[0], -1) / 255.0)
+
+
+class _OffDense(_Dense):
+  """A kernel for it off by 1%: it fails the check."""
+
+  def __call__(self, images, train=False):
+    return super().__call__(images, train) * 1.01
+
+
+class _RaisingDense(_Dense):
+  """A kernel for it that raises while checked."""
+
+  def __call__(self, images, train=False):
+    raise ValueError("the kernel broke\nat its second line")
+
+
+def _swap_dense(monkeypatch, kernel):
+  monkeypatch.setitem(kernels.KERNELS, _Dense, kernels.Kernel(kernel, ("cpu",)))
+  return kernels.swap(_Dense(), "auto", SHAPE, "cpu")
+
+
+def test_a_kept_verdict_stands_only_with_its_digest(monkeypatch, tmp_path):
+  """A verdict edited in the cache (to null: 'passed'), or not a verdict, is
+  no verdict: the kernel is checked again and fails, and the entry is
+  written anew; the entry as written stands."""
+  cache = tmp_path / "verdicts.json"
+  monkeypatch.setattr(kernels, "_CACHE", str(cache))
+  module, _, record = _swap_dense(monkeypatch, _OffDense)
+  assert type(module) is _Dense and record["passed"] is False
+  written = json.loads(cache.read_text())
+  [(key, entry)] = written.items()
+
+  def forge(entry):
+    cache.write_text(json.dumps({key: entry}))
+    module, note, record = _swap_dense(monkeypatch, _OffDense)
+    assert type(module) is _Dense and note, entry
+    assert record["passed"] is False and "cached" not in record, entry
+    assert json.loads(cache.read_text()) == written
+
+  forge(None)  # As the tracker's: the verdict edited to null.
+  digest = lambda verdict: kernels._digest(key, verdict)
+  for forged in ({"verdict": None}, {**entry, "verdict": None},
+                 {"verdict": None, "digest": digest(None) + "0"},
+                 {"verdict": 0, "digest": digest(0)},
+                 {"verdict": "", "digest": digest("")}, [None]):
+    forge(forged)
+  module, _, record = _swap_dense(monkeypatch, _OffDense)
+  assert type(module) is _Dense and record["cached"] is True
+
+
+def test_a_check_that_raises_keeps_the_stock_module_in_one_line(
+    monkeypatch, tmp_path):
+  """Not a traceback: the kernel is not taken, the run says why in one line,
+  and no verdict is kept (the next run checks again)."""
+  monkeypatch.setattr(kernels, "_CACHE", str(tmp_path / "verdicts.json"))
+  module, note, record = _swap_dense(monkeypatch, _RaisingDense)
+  assert type(module) is _Dense and record["passed"] is False
+  assert note == (f"the fast kernel {kernels._name(_RaisingDense)} does not "
+                  f"compute {kernels._name(_Dense)} (its check raised "
+                  "ValueError: the kernel broke): training the stock module")
+  assert not os.path.exists(kernels._CACHE)
+
+  def broken(conv, x):
+    raise RuntimeError("no lowering")
+  monkeypatch.setattr(conv_matmul, "_conv", broken)
+  module, note, record = kernels.swap(_Convs(), "auto", SHAPE, "cpu")
+  assert type(module) is _Convs and record["convs"]["passed"] is False
+  assert note == (
+      f"training {kernels._name(_Convs)} with XLA's convolutions: "
+      "mnist_jax/models/kernels/conv_matmul.py's Convs does not compute them "
+      "(its check raised RuntimeError: no lowering)")

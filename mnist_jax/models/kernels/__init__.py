@@ -109,24 +109,42 @@ def _key(stock: nn.Module, kernel: type, image_shape, backend: str) -> str:
   return h.hexdigest()
 
 
+def _digest(key: str, verdict) -> str:
+  return hashlib.sha256(json.dumps([key, verdict]).encode()).hexdigest()
+
+
+def _kept(verdicts: dict, key: str):
+  """The entry's verdict, as (verdict,), or None where it is absent, not
+  well-formed (None or a reason) or its digest does not match."""
+  entry = verdicts.get(key)
+  if not isinstance(entry, dict):
+    return None
+  verdict = entry.get("verdict")
+  if not (verdict is None or isinstance(verdict, str) and verdict):
+    return None
+  return (verdict,) if entry.get("digest") == _digest(key, verdict) else None
+
+
 def _verdict(key: str, check: Callable[[], Optional[str]]
              ) -> Tuple[Optional[str], bool]:
   """(the check's verdict, whether kept in _CACHE from before); an unreadable
-  or unwritable cache only means checking again."""
+  or unwritable cache, or an entry failing its digest, means checking again."""
   verdicts = {}
   with contextlib.suppress(OSError, ValueError), open(_CACHE) as f:
     verdicts = json.load(f)
   verdicts = verdicts if isinstance(verdicts, dict) else {}
-  if key in verdicts:
-    return verdicts[key], True
-  verdicts[key] = check()
+  kept = _kept(verdicts, key)
+  if kept is not None:
+    return kept[0], True
+  verdict = check()
+  verdicts[key] = {"verdict": verdict, "digest": _digest(key, verdict)}
   with contextlib.suppress(OSError):
     os.makedirs(os.path.dirname(_CACHE), exist_ok=True)
     tmp = f"{_CACHE}.{os.getpid()}"
     with open(tmp, "w") as f:
       json.dump(verdicts, f)
     os.replace(tmp, _CACHE)
-  return verdicts[key], False
+  return verdict, False
 
 
 def _wanted(kernel: Optional[Kernel], impl: str, backend: str) -> bool:
@@ -134,13 +152,23 @@ def _wanted(kernel: Optional[Kernel], impl: str, backend: str) -> bool:
       impl == "fast" or (impl == "auto" and backend in kernel.faster_on))
 
 
+def _raised(e: Exception) -> str:
+  """Why a check that raised `e` fails, in one line."""
+  reason = (str(e).strip().splitlines() or [""])[0][:160]
+  return f"its check raised {type(e).__name__}" + (f": {reason}" if reason
+                                                    else "")
+
+
 def _check(stock, fast, why, image_shape, backend) -> Tuple[Optional[str], dict]:
   """(why `fast` is not `stock`, or None; the check's config.json record)."""
   start = time.perf_counter()
   kept = False
   if why is None:
-    why, kept = _verdict(_key(stock, type(fast), image_shape, backend),
-                         lambda: _difference(stock, fast, image_shape))
+    try:  # A check that raises fails (its verdict is not kept).
+      why, kept = _verdict(_key(stock, type(fast), image_shape, backend),
+                           lambda: _difference(stock, fast, image_shape))
+    except Exception as e:  # pylint: disable=broad-except
+      why = _raised(e)
   return why, {**({"cached": True} if kept else {}),
                "check_s": round(time.perf_counter() - start, 3),
                "kernel": _name(type(fast)), "passed": why is None}
