@@ -27,11 +27,10 @@ def test_split(run):
   return mnist_jax.load_data(run.config).test
 
 
-def _readme_example() -> str:
+def _readme_blocks() -> list:
+  """The README's Python code blocks, in order."""
   with open(os.path.join(ROOT, "README.md")) as f:
-    text = f.read()
-  section = text[text.index("## Python API"):]
-  return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    return re.findall(r"```python\n(.*?)```", f.read(), re.S)
 
 
 def _seven(path):
@@ -64,13 +63,44 @@ def test_readme_example_runs(prepared, tmp_path, monkeypatch, capsys):
   _, data_dir = prepared
   monkeypatch.chdir(tmp_path)
   monkeypatch.setenv("TFDS_DATA_DIR", data_dir)
-  _seven(tmp_path / "seven.png")
-  exec(compile(_readme_example(), "README.md", "exec"), {})  # pylint: disable=exec-used
+  (tmp_path / "docs").symlink_to(os.path.join(ROOT, "docs"))  # Its photo.
+  exec(compile(_readme_blocks()[0], "README.md", "exec"), {})  # pylint: disable=exec-used
   accuracy, final_accuracy, digit = capsys.readouterr().out.split()[-3:]
   # The loaded run's test accuracy is the one the training run reported.
   assert float(accuracy) == pytest.approx(float(final_accuracy), abs=1e-6)
   assert digit in list("0123456789")
   assert os.path.exists(tmp_path / "runs" / "mlp-api" / "report.md")
+
+
+def test_the_readme_has_its_two_python_blocks():
+  """The slow tests below run each, as written."""
+  first, core = _readme_blocks()
+  assert "mnist_jax.load_run(" in first and "train.train_and_evaluate(" in core
+
+
+@pytest.mark.slow
+def test_readme_core_example_runs(prepared, tmp_path, monkeypatch, capsys):
+  """README's research-core code, verbatim: no run folder, and it says what
+  it is doing while it works."""
+  _, data_dir = prepared
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv("TFDS_DATA_DIR", data_dir)
+  exec(compile(_readme_blocks()[1], "README.md", "exec"), {})  # pylint: disable=exec-used
+  last = capsys.readouterr().out.splitlines()[-1]
+  assert 0 <= float(last.split()[0]) <= 1  # The test accuracy.
+  assert "batch_stats" in last  # BatchNorm's statistics: the model state.
+  assert os.listdir(tmp_path) == []
+
+
+def test_the_shipped_photo_is_a_seven_as_predict_sees_it():
+  """docs/img/seven.png, the README's example photo, preprocessed."""
+  image = mnist_jax.load_image(os.path.join(ROOT, "docs", "img", "seven.png"))
+  assert image.shape == (28, 28) and image.dtype == np.uint8
+  ink = image > 128  # White ink on black, the digit's box centred by mass.
+  assert 0.05 < ink.mean() < 0.4
+  rows, cols = np.nonzero(ink)
+  assert abs(rows.mean() - 13.5) < 3 and abs(cols.mean() - 13.5) < 3
+  assert ink[rows.min()].sum() > ink[rows.max()].sum()  # A 7's bar on top.
 
 
 def test_every_layout_and_dtype_gives_the_same_answer(run, test_split):

@@ -20,8 +20,9 @@ from mnist_jax.training import train
 from parallel_worker import Recorder, dataset
 
 # Adam with a learning rate warming up linearly towards 1e38: the linear
-# model's logits overflow float32 after a few epochs (about step 130 of
-# 37-step epochs here), so some checkpoints are written before it diverges.
+# model's epoch mean loss overflows float32 in epoch 2 here (37-step epochs;
+# each step's loss still finite), so a checkpoint is written before it
+# diverges.
 NAN_FLAGS = ("--model=linear", "--batch_size=16", "--chunk_steps=8",
              "--optimizer=adam", "--schedule=warmup_cosine",
              "--label_smoothing=0.1", "--learning_rate=1e38",
@@ -69,6 +70,15 @@ def test_divergence_stops_with_step_epoch_status_and_good_checkpoint(
   assert meta["epoch"] == epoch - 1 and int(parts["step"]) < step
   assert all(np.isfinite(np.asarray(p)).all()
              for p in jax.tree.leaves(parts["params"]))
+
+  # Predict on it says it diverged, and that the command it gives deletes it.
+  rc, out, err = lh.run(["--mode=predict", f"--workdir={workdir}",
+                         f"--image={lh.ROOT}/docs/img/seven.png"])
+  assert rc == 0 and out.startswith(f"{lh.ROOT}/docs/img/seven.png: "), err
+  note = err.strip()
+  assert note.startswith(f"note: {workdir} diverged (training diverged: "), note
+  assert f"last good checkpoint, of epoch {epoch - 1}" in note
+  assert "(--overwrite deletes this one)" in note and "train it on" not in note
 
 
 def _chunk_setup(learning_rate=1e-3):
@@ -173,3 +183,33 @@ def test_a_diverged_member_stops_and_the_others_go_on():
   assert final["chosen"]["index"] == 0
   assert final["members"][1]["diverged"] is True
   assert final["test_loss"] is not None and np.isfinite(final["test_loss"])
+
+
+def test_an_epoch_mean_that_overflows_is_divergence():
+  """Each step's loss finite, their epoch mean not: the run stops as
+  diverged (of any split), unless a member is left whose metrics are finite;
+  a split with no examples (NaN by definition) is not divergence."""
+  class Hooks(Recorder):
+    def diverged(self, row):
+      self.row = row  # pylint: disable=attribute-defined-outside-init
+
+  fine = {"loss": 0.5, "accuracy": 0.9, "ece": 0.01, "count": 60.0}
+  inf = {**fine, "loss": float("inf")}
+  nan = {**fine, "accuracy": float("nan")}
+  empty = {**fine, "loss": float("nan"), "count": 0.0}
+  check, hooks = members_lib.check_finite, Hooks()
+  check(_members(1), {"train": [fine], "val": None}, 2, 74, 37, hooks)
+  check(_members(1), {"train": [fine], "val": [empty]}, 2, 74, 37, hooks)
+  check(_members(2), {"train": [inf, fine], "val": [fine, fine]}, 2, 74, 37,
+        hooks)
+  assert not hasattr(hooks, "row")
+  with pytest.raises(Diverged) as e:
+    check(_members(1), {"train": [inf], "val": None}, 2, 74, 37, hooks)
+  assert str(e.value) == ("training diverged: the mean train loss of epoch 2 "
+                          "is inf at step 74 (epoch 2, step 37 of 37)")
+  assert hooks.row == {"epoch": 2, "step": 74, "diverged": True, "message": str(e.value)}
+  with pytest.raises(Diverged, match="the mean val accuracy of epoch 3 is nan"):
+    check(_members(2), {"train": [fine, inf], "val": [nan, fine]}, 3, 111, 37,
+          hooks)
+  with pytest.raises(Diverged, match="the mean test loss of epoch 3 is inf"):
+    check(_members(1), {"test": [inf]}, 3, 111, 37, hooks)

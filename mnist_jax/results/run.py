@@ -204,6 +204,13 @@ def checkpoint_note(workdir: str, run: Run) -> Optional[str]:
     return (f"these results are of the checkpoint of epoch {run.epoch}, older "
             f"than the run's last epoch, {last}: its later checkpoints are "
             "missing")
+  state, last_row = folder_lib.status(workdir)
+  if state == "diverged":
+    return (f"{workdir} diverged ({last_row.get('message', 'training')}): "
+            f"these results are of its last good checkpoint, of epoch "
+            f"{run.epoch}; its settings would diverge again, so to train a "
+            "new run in its place (--overwrite deletes this one), run: "
+            f"{folder_lib.train_command(workdir)}")
   if folder_lib.final_metrics(workdir) is None:
     return (f"{workdir} is unfinished (epoch {run.epoch} of "
             f"{run.config.epochs}): these results are of its latest "

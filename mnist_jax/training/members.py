@@ -181,6 +181,24 @@ def identity(member: Member) -> Dict:
           "values": dict(member.values)}
 
 
+def check_finite(members, splits: Dict[str, Optional[List[Dict]]], epoch: int,
+                 step: int, steps: int, hooks) -> None:
+  """Raises Diverged where every member has a non-finite metric in `splits`
+  ({split: each member's metrics}): each step's loss can stay finite while
+  their mean overflows. A member that has alone ranks last (`row`)."""
+  def bad(i):
+    return [(s, k, v) for s, per in splits.items() if per and per[i]["count"]
+            for k, v in per[i].items() if not np.isfinite(v)]
+
+  if members and all(bad(i) for i in range(len(members))):
+    split, name, value = bad(0)[0]
+    text = (f"training diverged: the mean {split} {name} of epoch {epoch} is "
+            f"{value} at {_where(step, epoch, steps)}")
+    hooks.diverged({"epoch": epoch, "step": step, "diverged": True,
+                    "message": text})
+    raise Diverged(text)
+
+
 def host_metrics(sums) -> List[Dict[str, float]]:
   """Metric sums (on a device; [] or stacked [M]) as each member's values."""
   m = jax.device_get(sums)
@@ -287,19 +305,20 @@ def member_rows(rows: Sequence[Dict], index: int) -> List[Dict]:
   return out
 
 
+def _where(step: int, epoch: int, steps: int) -> str:
+  return (f"step {step} (epoch {epoch}, step {step - (epoch - 1) * steps} "
+          f"of {steps})")
+
+
 def check_divergence(members, bad, epoch, first, steps, hooks) -> None:
   """Says which members diverged in the chunk run from step `first` of
   `epoch`; raises Diverged once every member has."""
-  def where(step):
-    return (f"step {step} (epoch {epoch}, step "
-            f"{step - (epoch - 1) * steps} of {steps})")
-
   if (bad >= 0).all():
     text = (f"training diverged: the loss became non-finite at "
-            f"{where(int(bad.max()))}")
+            f"{_where(int(bad.max()), epoch, steps)}")
     hooks.diverged({"epoch": epoch, "step": int(bad.max()), "diverged": True,
                     "message": text})
     raise Diverged(text)
   for i in np.flatnonzero(bad > (epoch - 1) * steps + first):
     hooks.message(f"member {label(members[i])} diverged at "
-                  f"{where(int(bad[i]))}; it stops, the others go on")
+                  f"{_where(int(bad[i]), epoch, steps)}; it stops, the others go on")

@@ -280,9 +280,11 @@ def train_and_evaluate(config, data, hooks: Optional[Hooks] = None):
                                    epoch, first, steps, hooks)
     seconds = time.perf_counter() - epoch_start
     val = evaluate_split(state, "val") if "val" in splits else None
+    train_metrics = members_lib.host_metrics(layout.host(sums))
+    members_lib.check_finite(members, {"train": train_metrics, "val": val},
+                             epoch, epoch * steps, steps, hooks)
     row = members_lib.epoch_row(
-        members, epoch, epoch * steps,
-        members_lib.host_metrics(layout.host(sums)), val, layout.host(rate),
+        members, epoch, epoch * steps, train_metrics, val, layout.host(rate),
         epoch_time_s=seconds,
         examples_per_s=(steps - done) * config.batch_size / seconds,
         elapsed_s=time.perf_counter() - start_time)
@@ -297,9 +299,12 @@ def train_and_evaluate(config, data, hooks: Optional[Hooks] = None):
                     f"{row['elapsed_s']:.1f}s")
       break
 
+  test = evaluate_split(state, "test")
+  members_lib.check_finite(members, {"test": test},
+                           row["epoch"] if row else start.epoch - 1,
+                           int(np.max(layout.host(state.step))), steps, hooks)
   final = members_lib.final_row(
-      members, evaluate_split(state, "test"),
-      evaluate_split(state, "val") if "val" in splits else None,
+      members, test, evaluate_split(state, "val") if "val" in splits else None,
       epochs_run=row["epoch"] if row else start.epoch - 1,
       steps=int(np.max(layout.host(state.step))),
       compile_time_s=compile_time, num_params=layout.num_params(state),
