@@ -32,7 +32,7 @@ def spin(x):
                                          lambda i, w: w * 0.999 + 1.0, v)
   return jax.lax.fori_loop(0, 1000, inner, x)  # Minutes, in one XLA call.
 
-with control.StopRequest(kept=lambda: "no checkpoint was saved") as stop:
+with control.StopRequest(kept=lambda: ("no checkpoint was saved", "To start it again")) as stop:
   print("ready", flush=True)
   spin(jnp.float32(1.0)).block_until_ready()
   print("finished", stop.signum, flush=True)

@@ -428,7 +428,7 @@ def test_a_second_ctrl_c_before_any_checkpoint_says_none_is_kept(
                                     pause_s=2, repeat=2)
   assert rc == 130, err
   assert ("second Ctrl-C: quitting now without saving; no checkpoint has "
-          "been saved yet, so the run starts over. To resume, run: ") in err
-  rc, _, err = lh.follow(lh.printed_command(err))
+          "been saved yet, so the run starts over. To start it again, run: ") in err
+  rc, _, err = lh.follow(lh.printed_command(err, "To start it again, run: "))
   assert rc == 0, err
   _assert_as_uninterrupted(workdir, reference)

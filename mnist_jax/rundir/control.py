@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 import jax
 from jax.experimental import multihost_utils
@@ -116,9 +116,11 @@ class StopRequest:
   """While active (a context manager, in the main thread only), SIGTERM and
   SIGINT set `signum` instead of ending the process."""
 
-  def __init__(self, stream=None, kept: Optional[Callable[[], str]] = None):
-    """kept: fn() -> which checkpoint a run quit now goes back to, in words,
-    for the line a second Ctrl-C prints."""
+  def __init__(self, stream=None,
+               kept: Optional[Callable[[], Tuple[str, str]]] = None):
+    """kept: fn() -> (which checkpoint a run quit now goes back to, and what
+    its command then does: "To resume"), in words, for the line a second
+    Ctrl-C prints."""
     self.signum: Optional[int] = None
     self._stream = stream or sys.stderr
     self._kept = kept
@@ -143,11 +145,11 @@ class StopRequest:
                          "checkpoint at the next safe point, then stopping"
                          f"{hint}")
           elif signum == signal.SIGINT:
-            kept = _call(self._kept,
-                         "the last complete checkpoint, if any, is kept")
-            resume = _call(_resume_command, "", ". To resume, run: ")
+            kept, verb = _call(self._kept, (
+                "the last complete checkpoint, if any, is kept", "To resume"))
+            resume = _call(_resume_command, "")
             self._notice("second Ctrl-C: quitting now without saving; "
-                         f"{kept}{resume}")
+                         f"{kept}{f'. {verb}, run: {resume}' if resume else ''}")
             with contextlib.suppress(OSError, ValueError):
               sys.stdout.flush()
             os._exit(FORCED_EXIT_CODE)  # pylint: disable=protected-access
@@ -183,11 +185,10 @@ class StopRequest:
     self._pipe = None
 
 
-def _call(fn: Optional[Callable[[], str]], otherwise: str,
-          prefix: str = "") -> str:
-  """prefix + fn() for the line a second Ctrl-C prints; `otherwise` without
-  fn or if it fails (quitting now matters more than the hint)."""
+def _call(fn: Optional[Callable[[], Any]], otherwise: Any) -> Any:
+  """fn() for the line a second Ctrl-C prints; `otherwise` without fn or if
+  it fails (quitting now matters more than the hint)."""
   try:
-    return prefix + fn() if fn else otherwise
+    return fn() if fn else otherwise
   except Exception:  # pylint: disable=broad-except
     return otherwise

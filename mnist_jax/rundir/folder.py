@@ -785,12 +785,15 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
 
 
-def on_disk(directory: str) -> str:
-  """Which complete checkpoint a run killed now goes back to, in words."""
+def on_disk(directory: str) -> Tuple[str, str]:
+  """(Which complete checkpoint a run killed now goes back to, what its
+  command then does), in words."""
   steps = complete_steps(directory)
   if not steps:
-    return "no checkpoint has been saved yet, so the run starts over"
-  return f"the last complete checkpoint, {directory}/{max(steps)}, is kept"
+    return ("no checkpoint has been saved yet, so the run starts over",
+            "To start it again")
+  return (f"the last complete checkpoint, {directory}/{max(steps)}, is kept",
+          "To resume")
 
 
 def save_array(workdir: str, name: str, array) -> None:
