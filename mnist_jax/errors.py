@@ -7,6 +7,11 @@ class UserError(Exception):
   exit_code = 1
 
 
+class BadFlag(UserError):
+  """A flag whose value does not parse: exit 2, as absl's own refusals."""
+  exit_code = 2
+
+
 class Diverged(UserError):
   """Training produced a non-finite loss: exit 3, unlike bad input."""
   exit_code = 3

@@ -145,7 +145,8 @@ CASES = [
     ("bad_optimizer", ["--optimizer=lion"], 1, "--optimizer must be one of"),
     ("bad_int", ["--epochs=ten"], 2, "--epochs=ten"),
     ("bad_float", ["--learning_rate=fast"], 2, "--learning_rate"),
-    ("bad_list", ["--mlp_hidden=a,b"], 1, "comma-separated integers"),
+    ("bad_list", ["--mlp_hidden=a,b"], 2, "flag --mlp_hidden=a,b: it takes "
+     "comma-separated integers"),
     ("empty_list", ["--mlp_hidden="], 1, "--mlp_hidden lists no sizes"),
     ("unknown_flag", ["--epoch=3"], 2, "Unknown command line flag 'epoch'"),
     ("stray_argument", ["train"], 1, "unexpected arguments"),

@@ -12,7 +12,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.config import value_text
-from mnist_jax.errors import Diverged, UserError
+from mnist_jax.errors import BadFlag, Diverged, UserError
 from mnist_jax.rundir import folder as folder_lib
 from mnist_jax.rundir import resources
 from mnist_jax.training import devices
@@ -84,8 +84,9 @@ def overrides(given: Dict[str, object], model: str) -> dict:
       try:
         value = tuple(int(v) for v in value)
       except ValueError:
-        raise UserError(f"--{name} takes comma-separated integers, got "
-                        f"{','.join(value)}") from None
+        raise BadFlag(f"flag --{name}={','.join(value)}: it takes "
+                      "comma-separated integers; see python launch.py --help"
+                      ) from None
     values[name] = value
   for name in members_lib.parse(values.get("sweep", "")):
     if name in values:
