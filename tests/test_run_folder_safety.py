@@ -405,17 +405,29 @@ def test_a_torn_log_is_repaired_and_the_resume_says_how(prepared, reference,
   assert _config(workdir)["finished"]
 
 
-def test_a_report_of_an_older_checkpoint_says_so_everywhere(
+def test_a_finished_run_missing_its_final_checkpoint_says_so_everywhere(
     prepared, reference, tmp_path):
+  """Its report stands for the finished run: --mode=report keeps it rather
+  than rewrite it from an older checkpoint; predict and the training command
+  say what they stand for."""
   workdir = _copy(reference, tmp_path)
   shutil.rmtree(os.path.join(workdir, "checkpoints", "99"))  # The newest.
-  said = ("these results are of the checkpoint of epoch 2, older than the "
-          "run's last epoch, 3: its later checkpoints are missing")
+  with open(os.path.join(workdir, "report.md")) as f:
+    before = f.read()
+  missing = (f"the final checkpoint, {workdir}/checkpoints/99, is missing "
+             "(the latest is step 66)")
   modes = _report_and_predict(workdir, tmp_path)
   rc, out, err = lh.run(modes["report"])
-  assert rc == 0 and out.strip().endswith(f"; note: {said}"), err
+  assert rc == 1 and err == (f"error: {missing}: its report.md stands for the "
+                             "finished run and is kept; put that checkpoint "
+                             "back to rewrite it, or train the run again with "
+                             "--overwrite\n"), err
   with open(os.path.join(workdir, "report.md")) as f:
-    assert f"> **Note:** {said}." in f.read().splitlines()[:4]
+    assert f.read() == before
+  rc, out, err = lh.run(_args(prepared, workdir))
+  assert rc == 0 and out.strip().endswith(f"; note: {missing}"), err
+  said = ("these results are of the checkpoint of epoch 2, older than the "
+          "run's last epoch, 3: its later checkpoints are missing")
   rc, out, err = lh.run(modes["predict"])
   assert f"note: {said}" in err.splitlines()
 

@@ -781,6 +781,18 @@ def final_metrics(workdir: str) -> Optional[dict]:
   return rows[-1] if rows else None
 
 
+def missing_final_checkpoint(workdir: str) -> Optional[str]:
+  """What is wrong where a finished run's final checkpoint is gone (so its
+  report cannot be made again), in words; None where it is there."""
+  final = final_metrics(workdir) if finished(workdir) else None
+  steps = complete_steps(checkpoint_dir(workdir))
+  if not final or "steps" not in final or max(steps, default=-1) >= final["steps"]:
+    return None
+  latest = f"the latest is step {max(steps)}" if steps else "none is left"
+  return (f"the final checkpoint, {checkpoint_dir(workdir)}/{final['steps']}, "
+          f"is missing ({latest})")
+
+
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from mnist_jax.data import datasets
 from mnist_jax.data import pipeline
-from mnist_jax.errors import Diverged
+from mnist_jax.errors import Diverged, UserError
 from mnist_jax.models import recurrent
 from mnist_jax.results import report
 from mnist_jax.results import run as run_lib
@@ -276,9 +276,11 @@ def _already_finished(workdir: str, log) -> Optional[Dict[str, Any]]:
   final = folder.final_metrics(workdir)
   result = (f": test accuracy {100 * final['test_accuracy']:.2f}%"
             if final else "")
+  missing = folder.missing_final_checkpoint(workdir)
   log.message(f"{workdir} already finished{result}; its report is "
               f"{workdir}/report.md (--mode=report rewrites it); to train "
-              "these settings again, pass another --workdir")
+              "these settings again, pass another --workdir"
+              f"{f'; note: {missing}' if missing else ''}")
   return final
 
 
@@ -349,6 +351,11 @@ def rewrite_report(workdir: str, **overrides) -> Dict[str, Any]:
                                workdir)
     print(f"{path} was {how}; the run is finished")
     return final
+  missing = folder.missing_final_checkpoint(workdir)
+  if missing:
+    raise UserError(f"{missing}: its report.md stands for the finished run "
+                    "and is kept; put that checkpoint back to rewrite it, or "
+                    "train the run again with --overwrite")
   run = run_lib.load_run(workdir, **overrides)
   dataset = pipeline.load(run.config)
   repaired = _repair(workdir, run, dataset.test)
