@@ -495,7 +495,8 @@ def fit_title(fig, title) -> None:
     if box.x0 >= fig.bbox.x0 and box.x1 <= fig.bbox.x1:
       break
     chars = int(chars * 0.9)
-    title.set_text("\n".join(textwrap.wrap(text, chars)))
+    title.set_text("\n".join(textwrap.wrap(
+        text, chars, break_on_hyphens=False, break_long_words=False)))
 
 
 def _std(values: np.ndarray) -> Optional[float]:
@@ -528,7 +529,7 @@ def accuracy_figure(groups: Sequence[dict]):
             f"{acc.mean():.2f}%{spread} (n={len(acc)})", va="center",
             ha="left", fontsize=9)
   ax.set_xlim(low, 100)
-  ax.set_yticks(range(n), [g["label"] for g in groups])
+  ax.set_yticks(range(n), plots.group_labels(groups))
   ax.invert_yaxis()
   ax.set_xlabel(f"Test accuracy (%; axis from {low:g}, a point below the "
                 "lowest run)")
@@ -546,11 +547,13 @@ def plot_accuracy(groups: Sequence[dict], path: str) -> str:
 
 def accuracy_time_figure(groups: Sequence[dict]):
   """Test accuracy against run time less data loading, a point per group."""
-  longest = max(len(g["label"]) for g in groups)  # The legend goes beside.
+  labels = plots.group_labels(groups)
+  longest = max(map(len, labels))  # The legend goes beside.
   fig, ax = plt.subplots(figsize=(min(6.5 + 0.06 * longest, 12), 4.8),
                          layout="constrained")
   every_acc, every_time = [], []
-  for i, (g, color) in enumerate(zip(groups, plots.palette(len(groups)))):
+  for i, (g, color, label) in enumerate(zip(groups, plots.palette(len(groups)),
+                                            labels)):
     acc = 100 * np.asarray(g["test_accuracy"])
     # Older runs have no time less data loading: their wall time.
     t = np.asarray(g.get("train_time_s", g["wall_time_s"]), np.float64)
@@ -563,7 +566,7 @@ def accuracy_time_figure(groups: Sequence[dict]):
     if xerr is not None and t.mean() - xerr <= 0:  # No time at or below 0
       xerr = [[t.mean() - t.min()], [xerr]]  # (nor a log axis's -inf).
     ax.errorbar(t.mean(), acc.mean(), xerr=xerr, yerr=_std(acc),
-                fmt=marker, color=color, ms=8, capsize=3, label=g["label"],
+                fmt=marker, color=color, ms=8, capsize=3, label=label,
                 clip_on=False)
   log = max(every_time) > 10 * min(every_time)
   if log:
@@ -617,12 +620,12 @@ def curves_figure(groups: Sequence[dict]):
   rows = (len(panels) + cols - 1) // cols
   fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.2 * rows),
                            squeeze=False, layout="constrained")
-  colors = plots.palette(len(groups))
+  colors, labels = plots.palette(len(groups)), plots.group_labels(groups)
   epochs = [r["epoch"] for g in groups for rows_ in g["curves"] for r in rows_]
   for ax, ((key, label, _), lines) in zip(axes.flat, panels):
     for i, x, y in lines:
       ax.plot(x, y.mean(axis=0), "-", marker=MARKERS[i % len(MARKERS)], ms=3,
-              color=colors[i], label=groups[i]["label"], clip_on=False)
+              color=colors[i], label=labels[i], clip_on=False)
       if len(y) > 1:
         ax.fill_between(x, y.min(axis=0), y.max(axis=0), color=colors[i],
                         alpha=0.2)
@@ -654,7 +657,10 @@ def plot_curves(groups: Sequence[dict], path: str) -> str:
 
 
 def analysis_figures(results: Sequence[dict], out: str) -> List[tuple]:
-  """The comparison's figures, written into `out`: [(title, file name)]."""
+  """The comparison's figures, written into `out`: [(title, file name)];
+  each run's label names its preset."""
+  results = [{**r, "label": plots.run_label(r["label"], r["model"],
+                                            r["preset"])} for r in results]
   shown = [
       (
           "How far it must read",

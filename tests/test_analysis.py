@@ -7,6 +7,7 @@ import os
 import re
 
 import jax
+from matplotlib.patches import StepPatch
 import numpy as np
 import pytest
 
@@ -17,6 +18,8 @@ from experiments import results
 from mnist_jax import models
 from mnist_jax.data import pipeline
 from mnist_jax.results import analysis
+from mnist_jax.results import analysis_plots
+from mnist_jax.results import plots
 from mnist_jax.results import report
 from mnist_jax.results import run as run_lib
 from mnist_jax.rundir import files
@@ -301,3 +304,107 @@ def test_the_analysis_extra_draws_the_tsne_map(tmp_path):
   assert "![What it learned (t-SNE)](analysis/features_tsne.png)" in lines
   arrays = analysis.load(str(tmp_path))
   assert arrays["tsne"].shape == (len(range(0, 40, analysis.STRIDE)), 2)
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+  """The figures the plots save (and would close), each drawn."""
+  figures, close = [], plots.plt.close
+  monkeypatch.setattr(plots.plt, "close", figures.append)
+  yield figures
+  for fig in figures:
+    close(fig)
+
+
+def _result(model, steps=1, scaled=True):
+  """A run's analysis as analysis_plots reads it, of made-up numbers."""
+  count = np.array([0, 0, 1, 2, 3, 5, 4, 6, 8, 10, 12, 20, 40, 80, 9800.])
+  correct = np.linspace(0.1, 0.99, 15)
+  r = {"model": model, "preset": "seed", "label": f"{model} (seed)",
+       "names": [str(k) for k in range(K)], "stride": analysis.STRIDE,
+       "changes": [c[:3] for c in analysis.CHANGES],
+       "robustness": [(c, l, 0.99 - 0.001 * abs(l), 100)
+                      for c, _, levels, _ in analysis.CHANGES for l in levels],
+       "test_count": count, "test_correct": correct, "test_ece": 0.01,
+       "reading_accuracy": np.linspace(0.1, 1, 28),
+       "reading_true_class_probability": np.linspace(0.1, 0.9, 28),
+       "reading_steps": np.arange(1, 29) * steps}
+  if scaled:
+    r.update(temperature=1.5, scaled_ece=0.005, scaled_count=count[::-1],
+             scaled_correct=correct)
+  return r
+
+
+def test_figure_titles_wrap_between_words(drawn, tmp_path):
+  """The issue's 'equal-/width': no title breaks inside a word."""
+  # pylint: disable=protected-access
+  fig, _ = analysis_plots._panels(1, 2.0, 2.0)
+  analysis_plots._finish(fig, str(tmp_path / "t.png"),
+                         "well-calibrated equal-width bins, run-to-run")
+  analysis_plots.reliability([_result("lstm")], str(tmp_path / "r.png"))
+  for fig in drawn:
+    title = fig.get_suptitle()
+    assert "-\n" not in title, title
+    assert "\n" in title  # Wrapped: the test can tell.
+
+
+def test_reliability_shows_each_bins_images_and_tells_its_lines_apart(
+    drawn, tmp_path):
+  r = _result("lstm")
+  analysis_plots.reliability([r], str(tmp_path / "r.png"))
+  [fig] = drawn
+  top, under = fig.axes
+  counts = sorted(int(c) for key in ("test", "scaled")
+                  for c in r[f"{key}_count"] if c)
+  assert sorted(p.get_height() for p in under.patches) == counts
+  assert sorted(int(t.get_text()) for t in under.texts) == counts
+  steps = [p for p in top.patches if isinstance(p, StepPatch)]
+  assert len(steps) == 2 and not any(p.get_fill() for p in steps)
+  assert steps[0].get_linestyle() != steps[1].get_linestyle()
+  assert not [p for p in top.patches if p not in steps]  # No filled bars.
+  legend = fig.legends[0]
+  markers = {t.get_text(): h.get_marker()
+             for h, t in zip(legend.legend_handles, legend.texts)}
+  assert markers["as trained"] != markers["temperature scaled"]
+
+
+@pytest.mark.parametrize("steps, says", [
+    ([1], "one row per step"),
+    ([28], "28 steps of the 784-pixel sequence"),
+    ([1, 28], "a step of a row sequence; 28 steps of a pixel sequence")])
+def test_the_reading_axis_says_what_a_row_is_for_the_run(drawn, tmp_path,
+                                                         steps, says):
+  runs = [_result(m, s) for m, s in zip(("lstm", "rnn"), steps)]
+  analysis_plots.reading(runs, str(tmp_path / "r.png"))
+  [fig] = drawn
+  for ax in fig.axes:
+    assert says in ax.get_xlabel(), ax.get_xlabel()
+    assert ("pixel" in ax.get_xlabel()) == (28 in steps)
+
+
+def test_equal_robustness_lines_stay_apart(drawn, tmp_path):
+  """The issue's lstm and gru: two runs of equal accuracies."""
+  analysis_plots.robustness([_result("lstm"), _result("gru")],
+                            str(tmp_path / "b.png"))
+  [fig] = drawn
+  for ax in fig.axes:
+    assert ax.get_ylim()[1] <= 100
+    lstm, gru = ax.lines
+    assert lstm.get_linestyle() != gru.get_linestyle()
+    assert lstm.get_marker() != gru.get_marker()
+    assert lstm.get_markerfacecolor() == gru.get_markerfacecolor() == "none"
+    at = [line.get_transform().transform(line.get_xydata()) for line in
+          ax.lines]
+    assert (np.abs(at[0][:, 0] - at[1][:, 0]) >= 2).all()  # Points apart.
+
+
+def test_the_comparison_figures_name_each_runs_preset(two_runs, drawn,
+                                                     tmp_path):
+  """compare.py passes its group labels ("rnn", "lstm"): the figures name
+  the preset too."""
+  compare.analysis_page([f for f, *_ in two_runs], str(tmp_path / "a.md"),
+                        labels=["rnn", "lstm"])
+  labels = {t.get_text() for fig in drawn for legend in fig.legends
+            for t in legend.texts}
+  assert {"rnn (seed)", "lstm (seed)"} <= labels
+  assert not {"rnn", "lstm"} & labels

@@ -409,3 +409,41 @@ def test_titles_fit_and_legends_clear_the_axes():
       assert not any(box.overlaps(ax.get_window_extent(renderer))
                      for ax in fig.axes), figure.__name__
   plt.close("all")
+
+
+def test_every_figure_label_names_the_model_and_preset(tiny_run, tmp_path):
+  """The tables' labels name a model's only configuration by its model
+  ("cnn") and same-preset ones by what differs; the figures' name each
+  preset too, and two groups alike also their folders."""
+  groups = compare.group([
+      compare.summarize(tiny_run),
+      _copy_with(tiny_run, str(tmp_path / "a"), learning_rate=0.01),
+      _copy_with(tiny_run, str(tmp_path / "b"), model="cnn", preset="tuned")])
+  assert sorted(g["label"] for g in groups) == [
+      "cnn", "mlp (learning_rate=0.001)", "mlp (learning_rate=0.01)"]
+  accuracy = compare.accuracy_figure(groups).axes[0].get_yticklabels()
+  time = compare.accuracy_time_figure(groups).axes[0].get_legend().texts
+  curves = compare.curves_figure(groups).legends[0].texts
+  for texts in (accuracy, time, curves):
+    labels = [t.get_text() for t in texts]
+    assert sorted(labels) == ["cnn (tuned)", "mlp (seed, learning_rate=0.001)",
+                              "mlp (seed, learning_rate=0.01)"]
+  mlp = next(g for g in groups if g["label"] == "mlp (learning_rate=0.001)")
+  twins = [{**mlp, "runs": [{"run": str(tmp_path / name)}]} for name in "xy"]
+  assert plots.group_labels(twins) == [
+      f"mlp (seed, learning_rate=0.001) [{name}]" for name in "xy"]
+  assert plots.run_label("cnn (fast, lr=0.1) [run2]", "cnn", "fast") == (
+      "cnn (fast, lr=0.1) [run2]")
+  assert plots.run_label("cnn (lr=0.1) [run2]", "cnn", "fast") == (
+      "cnn (fast, lr=0.1) [run2]")
+  plt.close("all")
+
+
+@pytest.mark.parametrize("width", [2, 2.5, 3.5])
+def test_wrapped_titles_break_between_words(width):
+  """textwrap broke "equal-width" after its hyphen (at each width here)."""
+  fig, ax = plt.subplots(figsize=(width, 2))
+  compare.fit_title(fig, ax.set_title(
+      "well-calibrated equal-width bins, run-to-run and step-by-step"))
+  assert "\n" in ax.get_title() and "-\n" not in ax.get_title()
+  plt.close(fig)

@@ -192,7 +192,27 @@ def test_report_and_predict_figures_draw_digits_alike(monkeypatch, tmp_path):
   assert len(figures) == 4
   for fig in figures:
     drawn = [im for ax in fig.axes for im in ax.images]
-    assert drawn and {im.get_cmap().name for im in drawn} == {"gray_r"}
+    assert drawn and {im.get_cmap().name for im in drawn} == {"gray"}
+    plots.plt.close(fig)
+
+
+def test_predict_plot_draws_the_input_as_the_model_sees_it(monkeypatch,
+                                                           tmp_path):
+  """README: the model sees white ink (255) on black (0); --plot draws the
+  28x28 input so, unchanged, and the report's digit figures alike."""
+  figures = []
+  monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+  image = images.preprocess(_seven())
+  assert image.max() == 255 and image[0, 0] == 0  # The model's polarity.
+  plots.prediction(image, np.full(10, 0.1), str(tmp_path / "p.png"), "7.png")
+  plots.prediction_grid(image[None], np.array([7]), np.array([7]),
+                        str(tmp_path / "g.png"))
+  for fig in figures:
+    [drawn] = [im for ax in fig.axes for im in ax.images]
+    np.testing.assert_array_equal(drawn.get_array(), image)
+    ink, paper = drawn.to_rgba(np.array([[255.0, 0.0]]), norm=True)[0, :, :3]
+    np.testing.assert_allclose(ink, 1.0)  # White.
+    np.testing.assert_allclose(paper, 0.0)  # Black.
     plots.plt.close(fig)
 
 

@@ -8,10 +8,12 @@ import shutil
 import subprocess
 import sys
 
+from matplotlib.patches import Rectangle
 import numpy as np
 from PIL import Image
 import pytest
 
+from mnist_jax.results import plots
 from mnist_jax.results import report
 from mnist_jax.results import run
 from mnist_jax.rundir import folder
@@ -197,3 +199,75 @@ def test_a_run_that_did_not_learn_says_so_atop_its_report(tiny_run, tmp_path):
   run_folder.rewrite_report(workdir)
   lines = open(os.path.join(workdir, "report.md")).read().splitlines()
   assert lines[2] == "> **Warning:** The run did not learn: X."
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+  """The figures plots.py saves (and would close), each drawn."""
+  figures, close = [], plots.plt.close
+  monkeypatch.setattr(plots.plt, "close", figures.append)
+  yield figures
+  for fig in figures:
+    close(fig)
+
+
+def _bars(ax):
+  return [p for p in ax.patches if isinstance(p, Rectangle)]
+
+
+def test_per_class_accuracy_stops_at_100_and_its_legend_clears_the_bars(
+    drawn, tmp_path):
+  accuracy = np.array([1.0, 0.99, 0.985, 0.97, 0.98, 0.975, 1.0, 0.98, 0.96,
+                       0.962])
+  plots.per_class_accuracy(accuracy, np.full(10, 200),
+                           str(tmp_path / "p.png"), overall=0.98)
+  [fig] = drawn
+  [ax] = fig.axes
+  assert ax.get_ylim()[1] <= 100
+  renderer = fig.canvas.get_renderer()
+  legend = ax.get_legend().get_window_extent(renderer)
+  frame = ax.get_window_extent(renderer)
+  assert not legend.overlaps(frame)
+  assert not any(legend.overlaps(b.get_window_extent(renderer))
+                 for b in _bars(ax))
+  values = [t for t in ax.texts if t.get_text()]
+  assert len(values) == 10
+  for text in values:  # Each bar's value within the axes, also at 100%.
+    box = text.get_window_extent(renderer)
+    assert frame.y0 <= box.y0 and box.y1 <= frame.y1, text.get_text()
+
+
+def test_sample_probabilities_name_their_colours_and_stop_at_100(drawn,
+                                                                 tmp_path):
+  probs = np.array([0.02, 0.6, 0.3] + [0.1 / 7] * 7)
+  image = np.zeros((28, 28), np.uint8)
+  plots.sample_probabilities(
+      [{"image": image, "probabilities": probs, "label": 2},
+       {"image": image, "probabilities": np.eye(10)[4], "label": 4},
+       {"image": image, "probabilities": probs}], str(tmp_path / "s.png"))
+  [fig] = drawn
+  bars = fig.axes[1::2]
+  said = []
+  renderer = fig.canvas.get_renderer()
+  for ax in bars:
+    assert ax.get_ylim()[1] <= 100
+    legend = ax.get_legend()
+    named = {tuple(h.get_facecolor()): t.get_text()
+             for h, t in zip(legend.legend_handles, legend.texts)}
+    assert {tuple(b.get_facecolor()) for b in _bars(ax)} <= set(named)
+    assert not legend.get_window_extent(renderer).overlaps(
+        ax.get_window_extent(renderer))
+    said.append(sorted(named.values()))
+  assert said == [["other classes", "predicted (wrong)", "true class"],
+                  ["other classes", "predicted = true class"],
+                  ["other classes", "predicted"]]
+
+
+def test_learning_curves_accuracy_axis_stops_at_100(drawn, tmp_path):
+  rows = [{"epoch": e, "train_loss": 1 / e, "train_accuracy": min(1, e / 3),
+           "val_loss": 1 / e, "val_accuracy": min(1, e / 3)}
+          for e in (1, 2, 3, 4)]
+  plots.learning_curves(rows, str(tmp_path / "c.png"))
+  [fig] = drawn
+  assert fig.axes[1].get_ylabel() == "Accuracy (%)"
+  assert fig.axes[1].get_ylim()[1] == 100

@@ -8,11 +8,14 @@ from typing import Sequence
 
 import numpy as np
 
+from matplotlib import transforms
+
 from mnist_jax.results import plots
 from mnist_jax.results.plots import plt
 
 CMAP = "RdBu_r"  # Attributions and weights: red positive, blue negative.
 COLORS = plots.palette
+LINES = ("-", "--", ":", "-.")  # With plots.MARKERS: runs' lines told apart.
 
 
 def _legend(fig, axes):
@@ -30,8 +33,17 @@ def _finish(fig, path: str, title: str, legend=None) -> str:
   and a `_legend` of the panels `legend`."""
   if legend is not None:
     _legend(fig, legend)
-  fig.suptitle(textwrap.fill(title, int(fig.get_figwidth() * 12)), fontsize=10)
+  fig.suptitle(textwrap.fill(title, int(fig.get_figwidth() * 12),
+                             break_on_hyphens=False, break_long_words=False),
+               fontsize=10)
   return plots.save_whole(fig, path)
+
+
+def _nudge(ax, i: int, n: int):
+  """Run i of n's transform: its x moved a few points from the others', so
+  equal lines stay apart (set the x limits: autoscale would include it)."""
+  return transforms.offset_copy(ax.transData, ax.figure, units="points",
+                                x=3 * (i - (n - 1) / 2))
 
 
 def _panels(n: int, width: float, height: float, **kwargs):
@@ -40,19 +52,40 @@ def _panels(n: int, width: float, height: float, **kwargs):
                       layout="constrained", **kwargs)
 
 
+def _reading_steps(r: dict) -> int:
+  """Steps the run reads a row in: 1 (rows), 28 (a pixel sequence), 0 if
+  its analysis predates reading_steps."""
+  return int(r["reading_steps"][0]) if "reading_steps" in r else 0
+
+
+def _rows_read(results: Sequence[dict]) -> str:
+  """The reading plot's x label, true of each run's sequence."""
+  every = {_reading_steps(r) for r in results}
+  if every == {1}:
+    return "Rows read (one row per step of the sequence)"
+  if every == {28}:
+    return ("Rows' worth of pixels read (28 steps of the 784-pixel sequence "
+            "each)")
+  return "Rows read (a step of a row sequence; 28 steps of a pixel sequence)"
+
+
 def reading(results: Sequence[dict], path: str) -> str:
   """Accuracy and true-class probability after each row, a line per run."""
   fig, axes = _panels(2, 5, 4.4)
+  mixed = len({_reading_steps(r) for r in results}) > 1
   for i, (r, color) in enumerate(zip(results, COLORS(len(results)))):
+    label = r["label"] + (" (pixel sequence)" if mixed and
+                          _reading_steps(r) == 28 else "")
     for ax, key in zip(axes[0], ("accuracy", "true_class_probability")):
-      ax.plot(np.arange(1, 29), 100 * r[f"reading_{key}"], "-", ms=3,
-              marker=plots.MARKERS[i], color=color, label=r["label"])
+      ax.plot(np.arange(1, 29), 100 * r[f"reading_{key}"], LINES[i % 4], ms=4,
+              marker=plots.MARKERS[i], mfc="none", color=color, label=label,
+              transform=_nudge(ax, i, len(results)), clip_on=False)
   for ax, what in zip(axes[0], ("Test accuracy (%)",
                                 "Mean probability of the true class (%)")):
     ax.axhline(100 / len(results[0]["names"]), color="gray", ls=":",
                label="chance")
-    ax.set(xlabel="Rows read (a row: 28 steps of a pixel sequence)",
-           ylabel=what, ylim=(0, 100), xlim=(0.5, 28.5))
+    ax.set(xlabel=_rows_read(results), ylabel=what, ylim=(0, 100),
+           xlim=(0.5, 28.5))
     ax.grid(alpha=0.3)
   return _finish(fig, path, "How far it must read: the model's own output "
                  "layer on its top layer's state after each row (test set)",
@@ -61,15 +94,19 @@ def reading(results: Sequence[dict], path: str) -> str:
 
 def robustness(results: Sequence[dict], path: str) -> str:
   """Test accuracy against each change's level: a panel per change, a line
-  per run, one accuracy axis."""
+  per run (its own open marker and line style, nudged a few points
+  sideways so equal lines stay apart), one accuracy axis."""
   fig, axes = plt.subplots(2, 3, figsize=(13, 7.5), sharey=True,
                            layout="constrained")
   for ax, (change, unit, levels) in zip(axes.flat, results[0]["changes"]):
     for i, (r, color) in enumerate(zip(results, COLORS(len(results)))):
       at = [(l, 100 * a) for c, l, a, _ in r["robustness"] if c == change]
-      ax.plot(*zip(*at), "-", marker=plots.MARKERS[i], ms=4, color=color,
-              label=r["label"])
-    ax.set(title=change, xlabel=f"Level ({unit})", xticks=levels, ylim=(0, 101))
+      ax.plot(*zip(*at), LINES[i % len(LINES)], marker=plots.MARKERS[i],
+              ms=6, mfc="none", mew=1.2, lw=1.2, color=color, clip_on=False,
+              transform=_nudge(ax, i, len(results)), label=r["label"])
+    pad = 0.04 * (max(levels) - min(levels))  # _nudge: no autoscale.
+    ax.set(title=change, xlabel=f"Level ({unit})", xticks=levels, ylim=(0, 100),
+           xlim=(min(levels) - pad, max(levels) + pad))
     ax.grid(alpha=0.3)
   plt.setp(axes[:, 0], ylabel="Test accuracy (%)")
   return _finish(fig, path, "What breaks it: test accuracy under each change "
@@ -79,29 +116,57 @@ def robustness(results: Sequence[dict], path: str) -> str:
                  axes)
 
 
+CALIBRATED = (("test", "steelblue", "o", "-", "as trained"),
+              ("scaled", "darkorange", "s", "--", "temperature scaled"))
+
+
+def _counts(ax, edges, count, j: int, kinds: int, color) -> None:
+  """A bin's images as a bar (side by side for `kinds` series), numbered."""
+  width, used = (edges[1] - edges[0]) / kinds, count > 0
+  left = edges[:-1][used] + j * width
+  ax.bar(left, count[used], width=width, align="edge", color=color)
+  for x, c in zip(left + width / 2, count[used]):
+    ax.text(x, c * 1.15, f"{int(c)}", ha="center", va="bottom", fontsize=6,
+            rotation=90 if kinds > 1 else 0)
+
+
 def reliability(results: Sequence[dict], path: str) -> str:
   """Reliability diagrams, a panel per run (shared axes): fraction correct
-  against confidence per bin, as trained and temperature scaled."""
-  fig, axes = _panels(len(results), 4.2, 4.6, sharex=True, sharey=True)
-  for ax, r in zip(axes[0], results):
+  against confidence per bin, as trained and temperature scaled, as step
+  outlines; under each, the images in each bin (log scale, numbered)."""
+  fig, axes = plt.subplots(
+      2, len(results), figsize=(4.2 * len(results) + 0.6, 6.4), squeeze=False,
+      sharex=True, sharey="row", layout="constrained",
+      gridspec_kw={"height_ratios": [3, 1.3]})
+  for ax, under, r in zip(axes[0], axes[1], results):
     bins = len(r["test_count"])
-    centres = (np.arange(bins) + 0.5) / bins
-    for key, color, what in (("test", "steelblue", "as trained"),
-                             ("scaled", "darkorange", "temperature scaled")):
-      if f"{key}_count" in r:
-        used = r[f"{key}_count"] > 0
-        ax.bar(centres[used], r[f"{key}_correct"][used], width=1 / bins,
-               alpha=0.5, color=color, edgecolor=color, label=what)
-    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    edges, kinds = np.linspace(0, 1, bins + 1), [
+        k for k in CALIBRATED if f"{k[0]}_count" in r]
+    for j, (key, color, marker, line, what) in enumerate(kinds):
+      count = np.asarray(r[f"{key}_count"])
+      correct = np.where(count > 0, r[f"{key}_correct"], np.nan)
+      ax.stairs(correct, edges, baseline=None, color=color, ls=line, lw=1.6)
+      ax.plot((edges[:-1] + edges[1:]) / 2, correct, marker, color=color,
+              lw=0, mfc="none" if j else color, ms=5, clip_on=False)
+      ax.plot([], [], ls=line, marker=marker, color=color, label=what,
+              mfc="none" if j else color)
+      _counts(under, edges, count, j, len(kinds), color)
+    ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfect calibration")
     after = (f" -> {100 * r['scaled_ece']:.2f}% at T = {r['temperature']:.2f}"
              if r.get("temperature") else " (no validation split: not scaled)")
     ax.set(title=f"{r['label']}\nECE {100 * r['test_ece']:.2f}%{after}",
-           xlabel="Confidence (top probability)", xlim=(0, 1), ylim=(0, 1))
+           xlim=(0, 1), ylim=(0, 1))
     ax.title.set_fontsize(9)
-    ax.grid(alpha=0.3)
+    under.set(yscale="log", xlabel="Confidence (top probability)")
+    plots.plain_ticks(under.yaxis)
+    under.set_ylim(0.7, 40 * max(max(r[f"{k[0]}_count"]) for k in kinds))
+    for a in (ax, under):
+      a.grid(alpha=0.3)
   axes[0, 0].set_ylabel("Fraction correct in the bin")
+  axes[1, 0].set_ylabel("Images in the bin")
   return _finish(fig, path, f"How sure it is: reliability on the test set "
-                 f"({bins} equal-width bins of confidence)", axes)
+                 f"({bins} equal-width bins of confidence; bins of few images "
+                 "vary by chance)", axes)
 
 
 def maps(results: Sequence[dict], path: str, key: str = "pca") -> str:
@@ -135,7 +200,7 @@ def maps(results: Sequence[dict], path: str, key: str = "pca") -> str:
 
 
 def _rgb(values, digit: bool = False) -> np.ndarray:
-  """[n, h, w] -> RGB [n, h, w, 3]: digits dark on white; else RdBu, each
+  """[n, h, w] -> RGB [n, h, w, 3]: digits white ink on black; else RdBu, each
   image to its own largest |value|."""
   v = np.asarray(values, np.float64)
   if digit:
@@ -222,7 +287,7 @@ def first_layer(results: Sequence[dict], path: str) -> str:
 
 def single(r: dict, folder: str) -> None:
   """One run's figures, written into `folder`."""
-  r = {**r, "label": f"{r['model']} ({r['preset']})"}
+  r = {"label": f"{r['model']} ({r['preset']})", **r}
   for name, draw, wanted in (
       ("robustness", robustness, True),
       ("reliability", reliability, True),

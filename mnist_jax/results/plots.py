@@ -2,6 +2,7 @@
 
 import functools
 import os
+import re
 from typing import List, Optional, Sequence
 
 import matplotlib
@@ -12,13 +13,15 @@ if "inline" not in os.environ.get("MPLBACKEND", ""):
   matplotlib.use("Agg")
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import matplotlib.pyplot as plt
+from matplotlib import patches
 from matplotlib import ticker
 
 from mnist_jax.rundir import files
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 DPI = 120
-DIGIT_CMAP = "gray_r"  # Every figure draws digits as dark ink on white.
+DIGIT_CMAP = "gray"  # Every figure draws digits as the model sees them:
+# white ink (255) on black (0), as README.md says of predict's inputs.
 MARKERS = "osD^vP*Xhp<>"
 Names = Optional[Sequence[str]]
 
@@ -45,6 +48,25 @@ def plain_ticks(axis, subs=None) -> None:
   axis.set_minor_formatter(ticker.NullFormatter())
 
 
+def percent_axis(ax) -> None:
+  """A percent axis stops at 100 (matplotlib's margin ran it past)."""
+  if ax.get_ylim()[1] > 100:
+    ax.set_ylim(top=100)
+
+
+def bar_values(ax, values, fmt, fontsize) -> None:
+  """Each bar's value (None: none) over it, or in white inside its top where
+  the text would pass the axis's end (set the limits first)."""
+  low, high = ax.get_ylim()
+  for i, v in enumerate(values):
+    if v is None:
+      continue
+    inside = v > high - 0.08 * (high - low)
+    ax.text(i, v - 0.01 * (high - low) if inside else v + 0.01 * (high - low),
+            fmt(v), ha="center", va="top" if inside else "bottom",
+            color="white" if inside else "black", fontsize=fontsize)
+
+
 def epoch_axis(ax, epochs) -> None:
   """Whole-number epoch ticks, also for a run of one epoch."""
   epochs = sorted(set(epochs))
@@ -65,17 +87,21 @@ def learning_curves(rows: List[dict], path: str, title: str = "") -> str:
   for ax, key, scale, name, label in (
       (axes[0], "loss", 1.0, "Loss", "Loss (cross entropy)"),
       (axes[1], "accuracy", 100.0, "Accuracy", "Accuracy (%)")):
-    ax.plot(x, [scale * r[f"train_{key}"] for r in epochs], "o-", label="train")
+    ax.plot(x, [scale * r[f"train_{key}"] for r in epochs], "o-", label="train",
+            clip_on=False)
     val = [(r["epoch"], scale * r[f"val_{key}"]) for r in epochs
            if r.get(f"val_{key}") is not None]
     if val:
-      ax.plot(*zip(*val), "s-", label="validation")
+      ax.plot(*zip(*val), "s-", label="validation", clip_on=False)
     test = [scale * r[f"test_{key}"] for r in rows if f"test_{key}" in r]
     if test:
       ax.axhline(test[-1], color="gray", ls="--",
                  label=f"test ({test[-1]:.4g})")
-    ax.set(xlabel="Epoch", ylabel=label, title=name)
+    ax.set(xlabel="Epoch", ylabel=label)
+    ax.set_title(name, pad=10)  # Clear of markers at 100%.
     epoch_axis(ax, x)
+    if key == "accuracy":
+      percent_axis(ax)
     ax.grid(alpha=0.3)
     ax.legend()
   if title:
@@ -124,31 +150,32 @@ def confusion_matrix(counts: np.ndarray, path: str, class_names: Names = None,
 def per_class_accuracy(accuracy: np.ndarray, support: np.ndarray, path: str,
                        class_names: Names = None,
                        overall: Optional[float] = None, title: str = "") -> str:
-  """Bars of each class's accuracy (recall), zoomed to where they differ."""
+  """Bars of each class's accuracy (recall), zoomed to where they differ, to
+  100%; the overall accuracy's line named in a legend beside the axes."""
   k = len(accuracy)
   pct = 100.0 * np.asarray(accuracy, dtype=float)
-  fig, ax = plt.subplots(figsize=(8 * _class_scale(k), 4.2))
+  fig, ax = plt.subplots(figsize=(8 * _class_scale(k) + 1.5, 4.2),
+                         layout="constrained")
   ax.bar(range(k), pct, color=["firebrick" if p == pct.min() else "steelblue"
                                for p in pct])
   low = np.floor(min(pct.min(), overall * 100 if overall else 100) - 2)
-  ax.set_ylim(max(0.0, low), 100.5)
-  for i, p in enumerate(pct):
-    ax.text(i, p + 0.1, f"{p:.1f}", ha="center", va="bottom",
-            fontsize=8 if k <= 16 else 5)
+  ax.set(xlim=(-0.6, k - 0.4), ylim=(max(0.0, low), 100))
+  bar_values(ax, pct, lambda p: f"{p:.1f}", 8 if k <= 16 else 5)
   if overall is not None:
     ax.axhline(100 * overall, color="gray", ls="--",
-               label=f"overall {100 * overall:.2f}%")
-    ax.legend(loc="lower right")
+               label=f"overall\n{100 * overall:.2f}%")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0,
+              fontsize=9)
   ax.set_xticks(range(k), [f"{n}\n(n={s})" for n, s in
                            zip(_labels(class_names, k), support)], fontsize=8)
   ax.set(xlabel="True class (number of test images)", ylabel="Accuracy (%)",
          title=title or "Test accuracy per class (lowest in red)")
   ax.grid(axis="y", alpha=0.3)
-  return _save(fig, path)
+  return save_whole(fig, path)
 
 
 def _digit(ax, image, frame_color=None):
-  """A [H, W] uint8 image, dark ink on white; framed in `frame_color`."""
+  """A [H, W] uint8 image, white ink on black; framed in `frame_color`."""
   ax.imshow(image, cmap=DIGIT_CMAP, vmin=0, vmax=255)
   ax.set(xticks=[], yticks=[])
   ax.spines[:].set_visible(frame_color is not None)
@@ -208,15 +235,31 @@ def mistakes(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray,
   return _save(fig, path)
 
 
+def _probability_colors(k: int, best: int, label) -> tuple:
+  """Bar colours (the best orange, red if wrong; the true class green) and
+  the legend's (colour, what) of those drawn."""
+  right = label in (None, best)
+  best_as = (("darkorange", "predicted" if label is None else
+              "predicted = true class") if right
+             else ("firebrick", "predicted (wrong)"))
+  colors = ["steelblue"] * k
+  colors[best] = best_as[0]
+  shown = [best_as] + ([] if right else [("seagreen", "true class")])
+  if not right:
+    colors[label] = "seagreen"
+  return colors, shown + [("steelblue", "other classes")] * (k > len(shown))
+
+
 def sample_probabilities(samples: Sequence[dict], path: str,
                          class_names: Names = None, title: str = "") -> str:
   """Rows of (image, its K class-probability bars). Each sample: image [H, W]
-  uint8, probabilities [K], optional label (int) and caption (str). Bars: best
-  orange (red if wrong), true class green."""
+  uint8, probabilities [K], optional label (int) and caption (str). A legend
+  beside each row's bars names their colours."""
   k = len(samples[0]["probabilities"]) if samples else 0
   names = _labels(class_names, k)
   fig, axes = plt.subplots(len(samples), 2, squeeze=False,
-                           figsize=(9 * _class_scale(k), 3.1 * len(samples)),
+                           figsize=(9 * _class_scale(k) + 1.8,
+                                    3.1 * len(samples)),
                            gridspec_kw={"width_ratios": [1, 2.6]})
   for (ax_img, ax), s in zip(axes, samples):
     label = s.get("label")
@@ -224,19 +267,19 @@ def sample_probabilities(samples: Sequence[dict], path: str,
     best = int(np.argmax(s["probabilities"]))
     _digit(ax_img, s["image"], None if label in (None, best) else "red")
     ax_img.set_title(s.get("caption", ""), fontsize=9)
-    colors = ["steelblue"] * k
-    if label is not None and label != best:
-      colors[label] = "seagreen"
-    colors[best] = "darkorange" if label in (None, best) else "firebrick"
+    colors, shown = _probability_colors(k, best, label)
     ax.bar(range(k), pct, color=colors)
-    for i, p in enumerate(pct):
-      if p >= 0.05:
-        ax.text(i, p + 1, f"{p:.1f}" if p < 99.95 else "100", ha="center",
-                va="bottom", fontsize=8 if k <= 16 else 5)
+    ax.legend([patches.Patch(color=c) for c, _ in shown], [w for _, w in shown],
+              loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0,
+              fontsize=8)
+    ax.set(xlim=(-0.6, k - 0.4), ylim=(0, 100), xlabel="Class",
+           ylabel="Probability (%)")
+    bar_values(ax, [p if p >= 0.05 else None for p in pct],
+               lambda p: f"{p:.1f}" if p < 99.95 else "100",
+               8 if k <= 16 else 5)
     ax.set_xticks(range(k), names)
     if k > 16:
       ax.tick_params(axis="x", labelsize=6)
-    ax.set(ylim=(0, 110), xlabel="Class", ylabel="Probability (%)")
     ax.grid(axis="y", alpha=0.3)
     head = f"predicted {names[best]} ({100 * s['probabilities'][best]:.1f}%)"
     ax.set_title(head + (f", true {names[label]}" if label is not None else ""),
@@ -264,6 +307,28 @@ def prediction(image: np.ndarray, probabilities: np.ndarray, path: str,
 def palette(n: int):
   cmap = plt.get_cmap("tab10")
   return [cmap(i % 10) for i in range(n)]
+
+
+def run_label(label: str, model: str, preset: str) -> str:
+  """`label` ("model", "model (what differs)", maybe then " [folder]") with
+  the preset named first where it is not."""
+  match = re.fullmatch(rf"{re.escape(model)}(?: \((.*)\))?( \[[^]]*\])?",
+                       label)
+  if not match:
+    return label
+  parts = match[1].split(", ") if match[1] else []
+  parts = parts if preset in parts else [preset, *parts]
+  return f"{model} ({', '.join(parts)}){match[2] or ''}"
+
+
+def group_labels(groups: Sequence[dict]) -> List[str]:
+  """compare.py's groups' names in figures: model and preset, what else tells
+  them apart, and the first run's folder where that leaves two alike."""
+  names = [run_label(g["label"], g["model"], g["preset"])
+           if "model" in g else g["label"] for g in groups]
+  folder = lambda g: os.path.basename(os.path.normpath(g["runs"][0]["run"]))
+  return [name + (f" [{folder(g)}]" if names.count(name) > 1 and g.get("runs")
+                  else "") for name, g in zip(names, groups)]
 
 
 def _value_axis(ax, values) -> None:
@@ -319,6 +384,7 @@ def sweep_figure(table: Sequence[dict], names: Sequence[str], title: str = ""):
             ms=15, color="gold", mec="black", label="chosen", zorder=5)
     _value_axis(ax, [r["values"][name] for r in table])
     ax.set(xlabel=name, ylabel="Accuracy (%)")
+    percent_axis(ax)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
   seeds = len(point) > 1  # Every grid point has as many seeds.
