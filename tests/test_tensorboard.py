@@ -258,8 +258,10 @@ def _load_both(logdir):
   return plain, tbh.scalars(tbh.multiplexer(logdir), ".")
 
 
-def test_resume_continues_one_series_that_matches_the_kept_rows(tmp_path):
-  """Killed in epoch 4 with epoch 4 written past the checkpoint, resumed at 3."""
+def test_resume_continues_one_series_that_matches_the_kept_rows(tmp_path,
+                                                                caplog):
+  """Killed in epoch 4 with epoch 4 written past the checkpoint, resumed at 3:
+  one event file, read back without TensorBoard's purge warning."""
   config = _config(epochs=5)
   first = [dict(_row(e), learning_rate=1e-3 / e) for e in (1, 2, 3, 4)]
   writer = tensorboard.Writer(str(tmp_path), config)
@@ -276,11 +278,14 @@ def test_resume_continues_one_series_that_matches_the_kept_rows(tmp_path):
   writer.final(_final(5))
   writer.close()
 
-  assert len([f for f in os.listdir(tmp_path) if "tfevents" in f]) == 2
+  assert len([f for f in os.listdir(tmp_path) if "tfevents" in f]) == 1
   expected = _expect(kept + again, {**tensorboard.EPOCH_TAGS,
                                     **tensorboard.SPEED_TAGS})
   expected.update({"loss/test": [(5, 0.25)], "accuracy/test": [(5, 0.93)]})
-  for scalars in _load_both(tmp_path):
+  with caplog.at_level("INFO", logger="tensorboard"):
+    both = _load_both(tmp_path)
+  assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
+  for scalars in both:
     _assert_series(scalars, expected)
     assert all([s for s, _ in scalars[t]] == [1, 2, 3, 4, 5]
                for t in expected if "test" not in t)

@@ -2,9 +2,11 @@
 
 The run folder gets metrics.jsonl's rows at their epoch; each member gets a
 subfolder named for its settings (`seed=3`) with the same tags. Each writer
-opens a new event file starting with a session restart at epoch 1 (purging a
-killed predecessor's events), then replays the kept rows. Events are flushed
-as each call returns; a failed write warns once and stops them, not the run.
+opens a new event file, replays the kept rows into it and then deletes the
+folder's older event files (a killed predecessor's): each epoch once, from
+metrics.jsonl, with no restart for TensorBoard to purge (which it warns of).
+Events are flushed as each call returns; a failed write warns once and stops
+them, not the run.
 """
 
 import functools
@@ -131,6 +133,7 @@ class EventFile:
     now = time.time_ns()  # Names sort by time; no two files share one.
     path = os.path.join(folder, f"events.out.tfevents.{now // 10**9}."
                         f"{socket.gethostname()}.{now}")
+    self.path = path
     self._file = open(path, "wb")  # pylint: disable=consider-using-with
     self.write(event_pb2.Event(wall_time=now / 1e9,
                                file_version="brain.Event:2"))
@@ -147,6 +150,15 @@ class EventFile:
 
   def flush(self) -> None:
     self._file.flush()
+
+  def replaces_older(self) -> None:
+    """Once this file is on disk, deletes its folder's older event files."""
+    self._file.flush()
+    os.fsync(self._file.fileno())
+    folder, own = os.path.split(self.path)
+    for name in os.listdir(folder):
+      if name.startswith("events.out.tfevents.") and name != own:
+        os.remove(os.path.join(folder, name))
 
   def close(self) -> None:
     try:
@@ -201,15 +213,13 @@ class Writer:
                                 hparams(config, m)) for m in members]
     for row in history:
       self._epoch(row)
+    for writer in self._writers():
+      writer.replaces_older()
 
   @staticmethod
   def _open(path: str, values: Dict) -> EventFile:
-    """A new event file: the restart at epoch 1 that purges a killed
-    predecessor's events, then the HParams session of `values`."""
+    """A new event file, opening the HParams session of `values`."""
     events = EventFile(path)
-    events.write(event_pb2.Event(step=1, wall_time=time.time(),
-                                 session_log=event_pb2.SessionLog(
-                                     status=event_pb2.SessionLog.START)))
     events.summary(tbx_summary.hparams(values, {})[1])
     return events
 
