@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+import launch_helpers as lh
 from mnist_jax.results import plots
 from mnist_jax.results import report
 from mnist_jax.results import run
@@ -271,3 +272,30 @@ def test_learning_curves_accuracy_axis_stops_at_100(drawn, tmp_path):
   [fig] = drawn
   assert fig.axes[1].get_ylabel() == "Accuracy (%)"
   assert fig.axes[1].get_ylim()[1] == 100
+
+
+def test_learning_curves_draw_a_null_metric_as_a_gap(drawn, tmp_path):
+  """An older run folder logged a non-finite epoch mean as null (a run now
+  stops there as diverged): its report still draws, with a gap."""
+  rows = [{"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.8},
+          {"epoch": 2, "train_loss": None, "train_accuracy": 0.85},
+          {"test_loss": None, "test_accuracy": 0.86}]
+  plots.learning_curves(rows, str(tmp_path / "c.png"))
+  [fig] = drawn
+  loss = fig.axes[0].lines[0].get_ydata()
+  assert loss[0] == 0.5 and np.isnan(loss[1])
+  assert [l.get_label() for l in fig.axes[0].get_lines()] == ["train"]
+  assert "test (86)" in [l.get_label() for l in fig.axes[1].get_lines()]
+
+
+def test_a_read_only_home_gets_no_warnings(tiny_run, prepared, tmp_path):
+  """Where HOME cannot be written, matplotlib's config and JAX's compilation
+  cache go without a word: the report's line is all that is printed."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(tiny_run, workdir)
+  rc, out, err = lh.run(["--mode=report", f"--workdir={workdir}",
+                         f"--data_dir={prepared[1]}"], HOME="/proc/self",
+                        XDG_CONFIG_HOME="", XDG_CACHE_HOME="", MPLCONFIGDIR="",
+                        JAX_COMPILATION_CACHE_DIR="/proc/self/jax")
+  assert rc == 0 and out.startswith("test accuracy "), err
+  assert err == ""

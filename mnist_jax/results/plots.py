@@ -3,15 +3,34 @@
 import functools
 import os
 import re
+import tempfile
 from typing import List, Optional, Sequence
 
+
+def _writable(folder: str) -> bool:
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError:
+    return False
+  return os.access(folder, os.W_OK)
+
+
+# Where the user's config or cache folder is not writable (a read-only HOME),
+# matplotlib makes a temporary one and warns in three lines: make it quietly.
+if not os.environ.get("MPLCONFIGDIR") and not all(
+    _writable(os.path.join(os.environ.get(variable) or os.path.join(
+        os.path.expanduser("~"), default), "matplotlib"))
+    for variable, default in (("XDG_CONFIG_HOME", ".config"),
+                              ("XDG_CACHE_HOME", ".cache"))):
+  os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="matplotlib-")
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import matplotlib
 import numpy as np
 # Off-screen figures, each closed once saved; in a notebook (MPLBACKEND inline)
 # the backend stays, or the notebook's own figures would stop showing.
 if "inline" not in os.environ.get("MPLBACKEND", ""):
   matplotlib.use("Agg")
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import matplotlib.pyplot as plt
 from matplotlib import patches
 from matplotlib import ticker
@@ -87,13 +106,15 @@ def learning_curves(rows: List[dict], path: str, title: str = "") -> str:
   for ax, key, scale, name, label in (
       (axes[0], "loss", 1.0, "Loss", "Loss (cross entropy)"),
       (axes[1], "accuracy", 100.0, "Accuracy", "Accuracy (%)")):
-    ax.plot(x, [scale * r[f"train_{key}"] for r in epochs], "o-", label="train",
-            clip_on=False)
+    # A metric logged as null (not finite, in an older run folder) is a gap.
+    ax.plot(x, [np.nan if r[f"train_{key}"] is None else scale * r[f"train_{key}"]
+                for r in epochs], "o-", label="train", clip_on=False)
     val = [(r["epoch"], scale * r[f"val_{key}"]) for r in epochs
            if r.get(f"val_{key}") is not None]
     if val:
       ax.plot(*zip(*val), "s-", label="validation", clip_on=False)
-    test = [scale * r[f"test_{key}"] for r in rows if f"test_{key}" in r]
+    test = [scale * r[f"test_{key}"] for r in rows
+            if r.get(f"test_{key}") is not None]
     if test:
       ax.axhline(test[-1], color="gray", ls="--",
                  label=f"test ({test[-1]:.4g})")

@@ -59,7 +59,13 @@ def setup_process(cache_dir: Optional[str] = None) -> None:
     cache_dir = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(
         os.path.expanduser("~"), ".cache"), "mnist_jax", "jax")
   cache_dir = os.environ.get("JAX_COMPILATION_CACHE_DIR", cache_dir)
-  if cache_dir:
+  with contextlib.suppress(OSError):
+    os.makedirs(cache_dir, exist_ok=True)
+  # No cache where it cannot be written (a read-only HOME): JAX would warn at
+  # each compile (jax takes JAX_COMPILATION_CACHE_DIR itself, so unset it).
+  if not (cache_dir and os.access(cache_dir, os.W_OK)):
+    jax.config.update("jax_compilation_cache_dir", None)
+  else:
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
