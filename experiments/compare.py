@@ -18,12 +18,18 @@ per configuration, its chosen member; a folder without analysis/ gets it
 written first), with a summary table (parameters, train time, test accuracy,
 calibration error before and after temperature scaling, accuracy at 20
 degrees and at noise 0.3, rows read to reach 99% of the final accuracy);
---no-analyses skips it. Every member of a
---num_seeds or --sweep run counts as the run of its own configuration and
-seed, charged its share of the run's time: the run's times divided by its
-members (they trained together, in one program). A model is counted once: a
-run folder and a member of another run with the same settings and seed are
-one run (the run folder is kept), and comparison.md says which was left out.
+--no-analyses skips it. Every member of a --num_seeds or --sweep run counts
+as the run of its own configuration and seed; they trained together, in one
+program, whose time comparison.md's table shows once with its members (no ±),
+while runs.csv, the means and the time figure charge each its share (the
+run's times divided by its members). A model is counted once: a run folder
+and a member of another run with the same settings and seed are one run (the
+run folder is kept), and comparison.md says which was left out. A diverged
+run or member (a metrics row that says so, or a test or last training loss
+that is not finite) is named in comparison.md and runs.csv and left out of
+the table, means and plots. A folder that cannot be read (no config.json, or
+one that is not valid JSON) is skipped with a line on stderr; the others are
+compared, and with none left the command exits 1.
 Times are a run's wall time less loading its data (the first run on a
 machine also prepares the dataset), so the run that happened to come first
 is not charged for it. Configurations of one model are ordered by the values
@@ -32,6 +38,8 @@ that tell them apart, numbers as numbers.
 
 import argparse
 import itertools
+import json
+import math
 import os
 import statistics
 import sys
@@ -63,27 +71,85 @@ from mnist_jax.rundir import run as run_lib
 # (and the seed) are repeats of one configuration.
 NOT_CONFIGURATION = ("seed", "workdir", "data_dir", "mnist_dir", "chunk_steps",
                      "num_seeds", "sweep", "analyses")
+# What a comparison writes into --out (the analyses unless --no-analyses;
+# analysis_reading.png where a run reads row by row, a recurrent model).
+TABLES = ("comparison.md", "comparison.csv", "runs.csv")
 PLOTS = ("accuracy.png", "accuracy_vs_time.png", "learning_curves.png")
+ANALYSIS_PAGE = "analysis.md"
+# analysis.md's figures: (title, file, draw, a key the runs it shows hold).
+ANALYSIS_FIGURES = (
+    ("How far it must read", "analysis_reading.png", analysis_plots.reading,
+     "reading_accuracy"),
+    ("What breaks it", "analysis_robustness.png", analysis_plots.robustness,
+     None),
+    ("How sure it is", "analysis_reliability.png", analysis_plots.reliability,
+     None),
+    ("What it learned (PCA)", "analysis_pca.png", analysis_plots.maps, None),
+    ("Where it looks", "analysis_attributions.png",
+     analysis_plots.compare_attributions, None),
+)
 
 
-def find_runs(paths: Sequence[str]) -> List[str]:
-  """Run folders among `paths` (each one, or a folder of them), each once."""
+def find_runs(paths: Sequence[str], skipped: list) -> List[str]:
+  """Run folders among `paths` (each one, or a folder of them), each once;
+  a path that holds none goes into `skipped` as (path, what, what to do)."""
   unique = {}  # Real path: the first path given to it.
-  is_run = lambda path: os.path.exists(
-      os.path.join(path, folder_lib.CONFIG_FILE)
-  )
   for path in paths:
-    if not os.path.isdir(path):
-      raise UserError(f"{path} does not exist; pass run folders written by "
-                      "launch.py")
-    subs = [path] if is_run(path) else sorted(filter(is_run, (
-        os.path.join(path, d) for d in os.listdir(path))))
-    if not subs:
-      raise UserError(f"{path} is neither a run folder nor a folder of run "
-                      "folders (no config.json); pass run folders")
+    subs, problem = _runs_in(path)
+    if problem:
+      skipped.append((path, *problem))
     for sub in subs:
       unique.setdefault(os.path.realpath(sub), sub)
   return list(unique.values())
+
+
+def _is_run(path: str) -> bool:
+  """A run folder: its config.json, or its metrics.jsonl (config.json lost)."""
+  return any(os.path.isfile(os.path.join(path, name))
+             for name in (folder_lib.CONFIG_FILE, folder_lib.METRICS_FILE))
+
+
+def _runs_in(path: str) -> Tuple[List[str], Optional[Tuple[str, str]]]:
+  """([path] if a run folder, else the run folders in it; (what is wrong,
+  what to do) where there are none)."""
+  if not os.path.isdir(path):
+    return [], ("does not exist", "pass run folders written by launch.py")
+  if _is_run(path):
+    return [path], None
+  try:
+    subs = sorted(filter(_is_run, (os.path.join(path, d)
+                                   for d in os.listdir(path))))
+  except OSError as e:
+    return [], (f"cannot be read ({e.strerror or e})",
+                "give read access to it, or compare other folders")
+  return subs, None if subs else (
+      "is neither a run folder nor a folder of run folders (no config.json)",
+      "pass run folders")
+
+
+def config_problem(run_dir: str) -> Optional[Tuple[str, str]]:
+  """(what keeps `run_dir`'s settings from being read, what to do), in
+  compare.py's terms; None where they read."""
+  try:
+    folder_lib.read_config(run_dir)
+    return None
+  except UserError:
+    pass
+  name = folder_lib.CONFIG_FILE
+  path = os.path.join(run_dir, name)
+  fix = "restore it from a copy, or compare other run folders"
+  if not os.path.exists(path):
+    return f"has no {name}, so its settings are unknown", fix
+  try:
+    with open(path, encoding="utf-8") as f:
+      json.load(f)
+  except OSError as e:
+    return f"has a {name} that cannot be read ({e.strerror or e})", (
+        "give read access to it, or compare other run folders")
+  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError.
+    at = f" at line {e.lineno}" if hasattr(e, "lineno") else ""
+    return f"has a {name} that is not valid JSON{at}", fix
+  return f"has a {name} with no settings this mnist_jax can use", fix
 
 
 def summarize(run_dir: str) -> Optional[dict]:
@@ -115,7 +181,30 @@ def summarize(run_dir: str) -> Optional[dict]:
       "examples_per_s": median("examples_per_s"),
       "member": None,
       "program_members": 1,
+      "last_row": rows[-1],
+      "diverged": diverged(rows[-1], final, epochs),
   }
+
+
+def _finite(value) -> bool:
+  """A number that is neither NaN nor infinite (JSON's null is not)."""
+  return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def diverged(last: dict, final: dict, curve: Sequence[dict]) -> Optional[str]:
+  """Why a run or member counts as diverged, in a few words (None: it does
+  not): `last`, the run's last metrics row, or `final`, its final row or a
+  member's entry in it, says so, or its test loss or last training loss is
+  not finite (null)."""
+  if last.get("diverged"):
+    return f"diverged at epoch {last.get('epoch', '?')}"
+  if final.get("diverged"):
+    return "diverged"
+  if not _finite(final.get("test_loss")):
+    return "test loss not finite"
+  if curve and not _finite(curve[-1].get("train_loss")):
+    return f"training loss not finite at epoch {curve[-1].get('epoch', '?')}"
+  return None
 
 
 def share(summary: dict, members: int) -> dict:
@@ -131,21 +220,25 @@ def share(summary: dict, members: int) -> dict:
 
 
 def split_members(summary: dict) -> List[dict]:
-  """A run's summary as one per member: its Config, test metrics and curve,
-  and its `share` of the program's times. A diverged member is left out
-  (having had its share). One member: [summary]."""
+  """A run's summary as one per member: its Config, test metrics, curve,
+  whether it diverged, and its `share` of the program's times. One member:
+  [summary]."""
   final = folder_lib.final_metrics(summary["run"])
   entries = final and (final.get("members") or final.get("replicas"))
   if not entries:
     return [summary]
   configs = [m.config for m in members_lib.from_config(summary["config"])]
-  return [{**share(summary, len(entries)), "config": configs[i],
-           "seed": entry["seed"], "member": i,
-           "test_accuracy": entry["test_accuracy"],
-           "test_loss": entry["test_loss"], "curve": members_lib.member_rows(
-               [{**r, "members": r.get("members") or r["replicas"]}
-                for r in summary["curve"]], i)}
-          for i, entry in enumerate(entries) if not entry.get("diverged")]
+  out = []
+  for i, entry in enumerate(entries):
+    curve = members_lib.member_rows(
+        [{**r, "members": r.get("members") or r["replicas"]}
+         for r in summary["curve"]], i)
+    out.append({**share(summary, len(entries)), "config": configs[i],
+                "seed": entry["seed"], "member": i,
+                "test_accuracy": entry["test_accuracy"],
+                "test_loss": entry["test_loss"], "curve": curve,
+                "diverged": diverged(summary["last_row"], entry, curve)})
+  return out
 
 
 def where(summary: dict) -> str:
@@ -274,77 +367,114 @@ def _span(values) -> str:
           else f"{min(values)}-{max(values)}")
 
 
+def _time_cell(runs: Sequence[dict], key: str, digits: int) -> str:
+  """A group's `key` time in the table: its own runs' mean ± std, then once
+  each program whose members it holds, the program's whole time with its
+  members (no ±: the members' shares are one measurement)."""
+  members = lambda s: s.get("program_members", 1)
+  own = [s[key] for s in runs if members(s) == 1]
+  programs = {s["run"]: (s[key] * members(s), members(s))
+              for s in runs if members(s) > 1}
+  return "; ".join(([_pm(own, digits=digits)] if own else []) + [
+      f"{t:.{digits}f} ({m} members, one program)"
+      for t, m in programs.values()])
+
+
+# comparison.csv's columns, a configuration a row.
+CONFIG_COLUMNS = ("model preset label runs seeds parameters test_accuracy_mean "
+                  "test_accuracy_std test_loss_mean epochs train_time_s_mean "
+                  "train_time_s_std wall_time_s_mean epoch_time_s_mean "
+                  "examples_per_s_mean").split()
+
 # runs.csv's columns: a run's value, formatted after a colon (None: "").
 RUN_COLUMNS = [c.partition(":")[::2] for c in (
     "model preset label seed run member program_members parameters "
     "test_accuracy:.6f test_loss:.6f epochs train_time_s:.2f wall_time_s:.2f "
-    "data_time_s:.2f compile_time_s:.2f epoch_time_s:.3f examples_per_s:.0f"
+    "data_time_s:.2f compile_time_s:.2f epoch_time_s:.3f examples_per_s:.0f "
+    "diverged"
 ).split()]
 
 
+def _config_row(g: dict) -> list:
+  """comparison.csv's row of a group; no train_time_s_std where members of a
+  program share its time."""
+  m = {k: _mean_std(g[k]) for k in ("test_accuracy", "test_loss",
+                                    "train_time_s", "wall_time_s",
+                                    "epoch_time_s", "examples_per_s")}
+  shared = any(n > 1 for n in g.get("program_members", ()))
+  return [g["model"], g["preset"], g["label"], len(g["runs"]),
+          " ".join(map(str, g["seeds"])), g["parameters"],
+          *(f"{v:.6f}" for v in (*m["test_accuracy"], m["test_loss"][0])),
+          _span(g["epochs"]), f"{m['train_time_s'][0]:.2f}",
+          "" if shared else f"{m['train_time_s'][1]:.2f}",
+          f"{m['wall_time_s'][0]:.2f}", f"{m['epoch_time_s'][0]:.3f}",
+          f"{m['examples_per_s'][0]:.0f}"]
+
+
+def _run_row(s: dict, label: str) -> list:
+  """runs.csv's row of a run (or member)."""
+  s = {**s, "label": label, "program_members": s.get("program_members", 1),
+       "compile_time_s": s["compile_time_s"] or 0}
+  return ["" if s.get(c) is None else format(s[c], f) for c, f in RUN_COLUMNS]
+
+
+def _notes(groups: Sequence[dict], dropped: Sequence[Tuple[dict, dict]],
+           gone: Sequence[dict]) -> List[str]:
+  """comparison.md's paragraphs on shared programs, diverged runs, runs
+  counted once and runs without a data loading time."""
+  lines = []
+  shared = sorted({(s["run"], s["program_members"]) for g in groups
+                   for s in g["runs"] if s.get("program_members", 1) > 1})
+  if shared:
+    lines += ["The members of a --num_seeds or --sweep run trained together, "
+              "in one program: the table gives that program's time once, "
+              "\"T (N members, one program)\", with no ± (one measurement); "
+              "runs.csv, comparison.csv's means (its train_time_s_std left "
+              "empty) and the time figure charge each member its share, the "
+              "program's times divided by its members (examples/s "
+              "multiplied): " + ", ".join(
+                  f"{run} ({m} members)" for run, m in shared) + ".", ""]
+  if gone:
+    lines += ["Diverged, left out of the table, means and plots (runs.csv "
+              "lists them, its diverged column says why): " + "; ".join(
+                  f"{where(s)} ({s['diverged']})" for s in gone) + ".", ""]
+  if dropped:
+    lines += ["Counted once (the same settings and seed): " + "; ".join(
+        f"{where(left)} left out for {where(kept)}"
+        for left, kept in dropped) + ".", ""]
+  older = [run for g in groups for run in g["no_data_time"]]
+  if older:
+    lines += [f"{len(older)} run(s) predate the record of data loading time; "
+              "their time includes it: " + ", ".join(older), ""]
+  return lines
+
+
 def write_tables(groups: Sequence[dict], out: str,
-                 dropped: Sequence[Tuple[dict, dict]] = ()) -> None:
+                 dropped: Sequence[Tuple[dict, dict]] = (),
+                 gone: Sequence[dict] = ()) -> None:
   """comparison.csv, runs.csv and comparison.md; `dropped`: deduplicate's
-  runs left out, named in comparison.md."""
-  rows = [("model preset label runs seeds parameters test_accuracy_mean "
-           "test_accuracy_std test_loss_mean epochs train_time_s_mean "
-           "train_time_s_std wall_time_s_mean epoch_time_s_mean "
-           "examples_per_s_mean").split()]
-  run_rows = [[c for c, _ in RUN_COLUMNS]]
-  for g in groups:
-    m = {k: _mean_std(g[k]) for k in ("test_accuracy", "test_loss",
-                                      "train_time_s", "wall_time_s",
-                                      "epoch_time_s", "examples_per_s")}
-    rows.append(
-        [
-            g["model"],
-            g["preset"],
-            g["label"],
-            len(g["runs"]),
-            " ".join(map(str, g["seeds"])),
-            g["parameters"],
-            *(f"{v:.6f}" for v in (*m["test_accuracy"], m["test_loss"][0])),
-            _span(g["epochs"]),
-            *(f"{v:.2f}" for v in (*m["train_time_s"], m["wall_time_s"][0])),
-            f"{m['epoch_time_s'][0]:.3f}",
-            f"{m['examples_per_s'][0]:.0f}",
-        ]
-    )
-    for s in g["runs"]:
-      s = {**s, "label": g["label"], "program_members": s.get(
-          "program_members", 1), "compile_time_s": s["compile_time_s"] or 0}
-      run_rows.append(["" if s.get(c) is None else format(s[c], f)
-                       for c, f in RUN_COLUMNS])
-  files.write_csv(os.path.join(out, "comparison.csv"), rows)
-  files.write_csv(os.path.join(out, "runs.csv"), run_rows)
+  runs left out, `gone`: the diverged runs, named in comparison.md (and
+  listed in runs.csv)."""
+  files.write_csv(os.path.join(out, "comparison.csv"),
+                  [CONFIG_COLUMNS] + [_config_row(g) for g in groups])
+  files.write_csv(os.path.join(out, "runs.csv"), [[c for c, _ in RUN_COLUMNS]]
+                  + [_run_row(s, g["label"]) for g in groups for s in g["runs"]]
+                  + [_run_row(s, s["model"]) for s in gone])
   lines = ["# Model comparison", "",
            "Mean ± sample standard deviation (n-1, as report.md) over seeds "
            "where a configuration has several runs. Time is a run's wall "
            "time less loading its data (and preparing it, the first time): "
            "compilation, evaluation and the report are in it. Epoch time and "
            "examples/s are medians over epochs. Accuracy axes start a whole "
-           "point below the lowest run and end at 100%.", ""]
-  shared = sorted({(s["run"], s["program_members"]) for g in groups
-                   for s in g["runs"] if s.get("program_members", 1) > 1})
-  if shared:
-    lines += ["The members of a --num_seeds or --sweep run trained together, "
-              "in one program: each is charged its share, the program's times "
-              "divided by its members (examples/s multiplied): " + ", ".join(
-                  f"{run} ({m} members)" for run, m in shared) + ".", ""]
-  if dropped:
-    lines += ["Counted once (the same settings and seed): " + "; ".join(
-        f"{where(gone)} left out for {where(kept)}" for gone, kept in dropped)
-              + ".", ""]
-  older = [run for g in groups for run in g["no_data_time"]]
-  if older:
-    lines += [f"{len(older)} run(s) predate the record of data loading time; "
-              "their time includes it: " + ", ".join(older), ""]
+           "point below the lowest run and end at 100%.", "",
+           *_notes(groups, dropped, gone)]
   lines += files.table(
       ["model", "preset", "runs", "parameters", "test accuracy %", "epochs",
        "time s", "epoch time s", "examples/s"],
       [(g["label"], g["preset"], len(g["runs"]), f"{g['parameters']:,}",
         _pm(g["test_accuracy"], 100), _span(g["epochs"]),
-        _pm(g["train_time_s"], digits=1), _pm(g["epoch_time_s"]),
+        _time_cell(g["runs"], "train_time_s", 1),
+        _time_cell(g["runs"], "epoch_time_s", 2),
         f"{_mean_std(g['examples_per_s'])[0]:,.0f}") for g in groups],
       "ll" + "r" * 7)
   lines += [
@@ -362,58 +492,100 @@ def write_tables(groups: Sequence[dict], out: str,
 
 
 def compare(paths: Sequence[str], out: str, log=print,
-            analyses: bool = False) -> List[dict]:
+            analyses: bool = False, warn=None) -> List[dict]:
   """Reads finished runs under `paths`, writes the tables and plots to `out`
-  (with `analyses`, analysis.md too); returns the groups."""
-  summaries = []
-  for run in find_runs(paths):
-    s = summarize(run)
-    if s is None:
-      log(f"skipping {run}: it has no final test metrics (unfinished run)")
-    else:
-      summaries.extend(split_members(s))
+  (with `analyses`, analysis.md too); returns the groups. A folder that
+  cannot be read is skipped with a line to `warn` (default: stderr); a
+  diverged run is named, out of the means and plots."""
+  warn = warn or (lambda line: print(line, file=sys.stderr))
+  summaries, skipped = read_runs(paths, log)
+  gone = [s for s in summaries if s["diverged"]]
+  summaries = [s for s in summaries if not s["diverged"]]
   if not summaries:
-    raise UserError("none of the runs has finished; train them first "
-                    "(python launch.py --model=NAME --workdir=DIR)")
+    raise UserError(nothing_to_compare(skipped, gone))
+  for folder, what, fix in skipped:
+    warn(f"skipping {folder}: it {what}; {fix}")
   summaries, dropped = deduplicate(summaries)
-  for gone, kept in dropped:
-    log(f"counting one run once: {where(gone)} has the settings and seed of "
-        f"{where(kept)}; left out for it")
+  _log_left_out(gone, dropped, log)
   groups = group(summaries)
   os.makedirs(out, exist_ok=True)
-  write_tables(groups, out, dropped)
-  for name, draw in zip(
-      PLOTS,
-      (
-          plot_accuracy,
-          plot_accuracy_time,
-          plot_curves,
-      ),
-  ):
+  write_tables(groups, out, dropped, gone)
+  for name, draw in zip(PLOTS, (plot_accuracy, plot_accuracy_time,
+                                plot_curves)):
     draw(groups, os.path.join(out, name))
-  if analyses:  # Each group's first run whose folder's analysis is of it.
-    shown = {}
-    for g in groups:
-      for s in g["runs"]:
-        final = folder_lib.final_metrics(s["run"])
-        chosen = (final.get("chosen") or {}).get("index")
-        if s["run"] not in shown and s.get("member") in (None, chosen):
-          shown[s["run"]] = (g["label"], s["train_time_s"])
-          break
-    labels, train_s = zip(*shown.values())
-    for folder in shown:  # Trained before the analyses: written now.
-      if not os.path.exists(os.path.join(folder, analysis.FOLDER,
-                                         analysis.SUMMARY)):
-        run = results_run.load_run(folder)
-        data = pipeline.load(run.config)
-        analysis.write(folder, run, data.test, data.val, data.class_names,
-                       maps=False)
-    analysis_page(list(shown), os.path.join(out, "analysis.md"),
-                     labels=labels, train_s=train_s)
+  if analyses:
+    write_analyses(groups, out)
   log(f"compared {len(summaries)} runs in {len(groups)} configurations"
       f"{f' ({len(dropped)} counted once)' if dropped else ''}; "
       f"table and plots in {out}/comparison.md")
   return groups
+
+
+def read_runs(paths: Sequence[str], log=print) -> Tuple[List[dict], list]:
+  """(the finished runs' summaries, a member each; [(folder, what keeps it
+  out, what to do)]); unfinished runs are logged and left out."""
+  skipped, summaries = [], []
+  for run in find_runs(paths, skipped):
+    problem = config_problem(run)
+    s = None if problem else summarize(run)
+    if problem:
+      skipped.append((run, *problem))
+    elif s is None:
+      state = folder_lib.status(run)[0]
+      log(f"skipping {run}: it has no final test metrics ("
+          f"{'it diverged' if state == 'diverged' else 'unfinished run'})")
+    else:
+      summaries.extend(split_members(s))
+  return summaries, skipped
+
+
+def nothing_to_compare(skipped: Sequence[Tuple[str, str, str]],
+                       gone: Sequence[dict] = ()) -> str:
+  """The one line that says no run is left to compare: why each folder
+  given was skipped (`skipped`, read_runs') or each run diverged."""
+  if not skipped and not gone:
+    return ("none of the runs has finished; train them first "
+            "(python launch.py --model=NAME --workdir=DIR)")
+  if len(skipped) == 1 and not gone:
+    folder, what, fix = skipped[0]
+    return f"{folder} {what}; {fix}"
+  return "no run to compare: " + "; ".join(
+      [f"{folder} {what} ({fix})" for folder, what, fix in skipped] +
+      [f"{where(s)} {s['diverged']}" for s in gone])
+
+
+def _log_left_out(gone: Sequence[dict], dropped: Sequence[Tuple[dict, dict]],
+                  log) -> None:
+  """Says which runs diverged and which were counted once."""
+  for s in gone:
+    log(f"{where(s)} {s['diverged']}: named in comparison.md, left out of "
+        "the means and plots")
+  for left, kept in dropped:
+    log(f"counting one run once: {where(left)} has the settings and seed of "
+        f"{where(kept)}; left out for it")
+
+
+def write_analyses(groups: Sequence[dict], out: str) -> None:
+  """OUT/analysis.md: each group's first run whose folder's analysis is of
+  it (a folder trained before the analyses gets them written now)."""
+  shown = {}
+  for g in groups:
+    for s in g["runs"]:
+      final = folder_lib.final_metrics(s["run"])
+      chosen = (final.get("chosen") or {}).get("index")
+      if s["run"] not in shown and s.get("member") in (None, chosen):
+        shown[s["run"]] = (g["label"], s["train_time_s"])
+        break
+  labels, train_s = zip(*shown.values())
+  for folder in shown:
+    if not os.path.exists(os.path.join(folder, analysis.FOLDER,
+                                       analysis.SUMMARY)):
+      run = results_run.load_run(folder)
+      data = pipeline.load(run.config)
+      analysis.write(folder, run, data.test, data.val, data.class_names,
+                     maps=False)
+  analysis_page(list(shown), os.path.join(out, ANALYSIS_PAGE), labels=labels,
+                train_s=train_s)
 
 
 def parse_vary(specs: Sequence[str]) -> Dict[str, list]:
@@ -661,26 +833,8 @@ def analysis_figures(results: Sequence[dict], out: str) -> List[tuple]:
   each run's label names its preset."""
   results = [{**r, "label": plots.run_label(r["label"], r["model"],
                                             r["preset"])} for r in results]
-  shown = [
-      (
-          "How far it must read",
-          "analysis_reading.png",
-          analysis_plots.reading,
-          [r for r in results if "reading_accuracy" in r],
-      ),
-      ("What breaks it", "analysis_robustness.png",
-       analysis_plots.robustness, results),
-      ("How sure it is", "analysis_reliability.png",
-       analysis_plots.reliability, results),
-      ("What it learned (PCA)", "analysis_pca.png", analysis_plots.maps,
-       results),
-      (
-          "Where it looks",
-          "analysis_attributions.png",
-          analysis_plots.compare_attributions,
-          results,
-      ),
-  ]
+  shown = [(title, name, draw, [r for r in results if key is None or key in r])
+           for title, name, draw, key in ANALYSIS_FIGURES]
   return [(title, name) for title, name, draw, which in shown
           if which and draw(which, os.path.join(out, name))]
 

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 
 from experiments import compare
 from mnist_jax import models
+from mnist_jax.errors import UserError
 from mnist_jax.results import plots
 from mnist_jax.rundir import files
 from mnist_jax.rundir import folder as folder_lib
@@ -126,11 +128,12 @@ def test_num_seeds_run_gives_one_run_per_seed(prepared, tmp_path):
 
 
 def _write_run(folder, accuracies, *, seed=0, wall=40.0, data=4.0,
-               epoch_time=10.0, examples_per_s=5000.0, **overrides):
+               epoch_time=10.0, examples_per_s=5000.0, model="linear",
+               **overrides):
   """A finished run folder as launch.py leaves it: one member per accuracy
   (several: a --num_seeds run of seeds seed, seed+1, ...)."""
   m = len(accuracies)
-  config = models.get_config("linear", "seed", epochs=2, seed=seed,
+  config = models.get_config(model, "seed", epochs=2, seed=seed,
                              num_seeds=m, val_fraction=0.1,
                              workdir=str(folder), **overrides)
   os.makedirs(folder)
@@ -447,3 +450,278 @@ def test_wrapped_titles_break_between_words(width):
       "well-calibrated equal-width bins, run-to-run and step-by-step"))
   assert "\n" in ax.get_title() and "-\n" not in ax.get_title()
   plt.close(fig)
+
+
+# One bad folder, diverged runs, a program's time, what the README names, the
+# default output folder (issue tracker).
+
+
+def _edit_metrics(folder, edit):
+  """Rewrites a run folder's metrics.jsonl rows through `edit(rows)`."""
+  path = os.path.join(folder, folder_lib.METRICS_FILE)
+  rows = edit(folder_lib.read_metrics(path))
+  files.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _bad_folders(tmp_path):
+  """(a run folder whose config.json is not JSON, one without config.json)."""
+  broken = _write_run(tmp_path / "broken", [0.9], seed=1)
+  files.write_text(os.path.join(broken, folder_lib.CONFIG_FILE), '{"config": ')
+  lost = _write_run(tmp_path / "lost", [0.9], seed=2)
+  os.remove(os.path.join(lost, folder_lib.CONFIG_FILE))
+  return broken, lost
+
+
+@pytest.mark.parametrize("given", ["each", "their folder"])
+def test_a_folder_that_cannot_be_read_is_skipped_with_one_line(tmp_path, given,
+                                                               capsys):
+  """A run folder with invalid JSON in config.json, or none, stopped the
+  whole comparison (advising --workdir, which compare.py has not): it is
+  skipped with one line on stderr naming it and why, and the others are
+  compared."""
+  good = _write_run(tmp_path / "good", [0.95], seed=0)
+  broken, lost = _bad_folders(tmp_path)
+  paths = [good, broken, lost] if given == "each" else [str(tmp_path)]
+  logs = []
+  [g] = compare.compare(paths, str(tmp_path / "out"), log=logs.append)
+  assert g["seeds"] == [0] and g["runs"][0]["run"] == good
+  warnings = capsys.readouterr().err.splitlines()
+  assert warnings == [
+      f"skipping {broken}: it has a config.json that is not valid JSON at "
+      "line 1; restore it from a copy, or compare other run folders",
+      f"skipping {lost}: it has no config.json, so its settings are unknown; "
+      "restore it from a copy, or compare other run folders"], warnings
+  assert not any("--workdir" in w for w in warnings)
+  assert logs[-1].startswith("compared 1 runs in 1 configurations")
+
+
+def test_with_no_usable_run_left_it_says_so_in_one_line(tmp_path, capsys):
+  broken, lost = _bad_folders(tmp_path)
+  with pytest.raises(UserError) as e:
+    compare.main([broken, lost, "--out", str(tmp_path / "out")])
+  said = str(e.value)
+  assert "\n" not in said and "--workdir" not in said
+  assert said == (
+      f"no run to compare: {broken} has a config.json that is not valid JSON "
+      "at line 1 (restore it from a copy, or compare other run folders); "
+      f"{lost} has no config.json, so its settings are unknown (restore it "
+      "from a copy, or compare other run folders)")
+  assert capsys.readouterr().err == ""  # The one line is the error's.
+  with pytest.raises(UserError, match=r"^\S+broken has a config.json that is "
+                     r"not valid JSON at line 1; restore it from a copy"):
+    compare.main([broken, "--out", str(tmp_path / "out")])
+  assert not os.path.exists(tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_command_line_skips_a_bad_folder_and_stops_with_none_left(tmp_path):
+  script = os.path.join(ROOT, "experiments", "compare.py")
+  good = _write_run(tmp_path / "good", [0.95], seed=0)
+  broken, lost = _bad_folders(tmp_path)
+  run = lambda *paths: subprocess.run(
+      [sys.executable, script, *paths, f"--out={tmp_path / 'out'}",
+       "--no-analyses"], capture_output=True, text=True, check=False)
+  result = run(good, broken)
+  assert result.returncode == 0, result.stderr
+  assert result.stderr.splitlines() == [
+      f"skipping {broken}: it has a config.json that is not valid JSON at "
+      "line 1; restore it from a copy, or compare other run folders"]
+  result = run(broken, lost)
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  [line] = result.stderr.splitlines()
+  assert line.startswith("error: no run to compare: ") and broken in line
+
+
+def _diverged_runs(tmp_path):
+  """(healthy runs, [(diverged run or program, why)]): a run whose last row
+  says it diverged (after an earlier final row), one whose test loss is
+  null, one whose last training loss is NaN, and a program of three of
+  which member 1 diverged."""
+  healthy = [_write_run(tmp_path / "good", [0.90], seed=0)]
+  stale = _write_run(tmp_path / "stale", [0.99], seed=1)
+  _edit_metrics(stale, lambda rows: rows + [
+      {"epoch": 3, "step": 30, "diverged": True,
+       "message": "training diverged: the loss became non-finite"}])
+  null = _write_run(tmp_path / "null", [0.98], seed=2)
+  _edit_metrics(null, lambda rows: rows[:-1] + [{**rows[-1],
+                                                 "test_loss": None}])
+  nan = _write_run(tmp_path / "nan", [0.97], seed=3)
+  _edit_metrics(nan, lambda rows: [rows[0], {**rows[1], "train_loss": np.nan},
+                                   rows[2]])
+  program = _write_run(tmp_path / "program", [0.91, 0.99, 0.93], seed=10)
+
+  def member_1_diverged(rows):
+    for r in rows:
+      r["members"][1].update(diverged=True, train_loss=None, test_loss=None)
+    return rows
+  _edit_metrics(program, lambda rows: member_1_diverged(rows[:2]) + [
+      {**rows[2], "members": [rows[2]["members"][0],
+                              {**rows[2]["members"][1], "diverged": True,
+                               "test_loss": None},
+                              rows[2]["members"][2]]}])
+  healthy.append(program)
+  return healthy, [(stale, "diverged at epoch 3"),
+                   (null, "test loss not finite"),
+                   (nan, "training loss not finite at epoch 2"),
+                   (f"member 1 of {program}", "diverged")]
+
+
+def test_a_diverged_run_is_named_and_left_out_of_the_means(tmp_path):
+  """A diverged run (its last row says so, or a loss is not finite) was
+  listed and averaged as if healthy: it is named in comparison.md, marked in
+  runs.csv, and out of the table's means and the plots."""
+  healthy, gone = _diverged_runs(tmp_path)
+  out, logs = str(tmp_path / "out"), []
+  [g] = compare.compare([str(tmp_path)], out, log=logs.append)
+  assert g["seeds"] == [0, 10, 12]
+  assert g["test_accuracy"] == [0.90, 0.91, 0.93]
+  [row] = _csv(os.path.join(out, "comparison.csv"))
+  assert float(row["test_accuracy_mean"]) == pytest.approx(np.mean(
+      [0.90, 0.91, 0.93]), abs=1e-6)
+  assert row["runs"] == "3"
+  text = open(os.path.join(out, "comparison.md")).read()
+  assert "Diverged, left out of the table, means and plots" in text
+  for name, why in gone:
+    assert f"{name} ({why})" in text, (name, text)
+    assert f"{name} {why}: named in comparison.md, left out of the means " \
+        "and plots" in logs
+  runs = _csv(os.path.join(out, "runs.csv"))
+  marked = {(r["run"], r["member"]): r["diverged"] for r in runs}
+  assert marked[(healthy[0], "")] == "" and marked[(healthy[1], "0")] == ""
+  assert marked[(healthy[1], "1")] == "diverged"
+  assert {marked[(run, "")] for run, _ in gone[:3]} == {
+      why for _, why in gone[:3]}
+  assert logs[-1].startswith("compared 3 runs in 1 configurations")
+  # The figures show only the healthy runs' accuracy.
+  [label] = [t.get_text() for t in compare.accuracy_figure([g]).axes[0].texts]
+  assert label.startswith("91.33%") and label.endswith("(n=3)"), label
+  plt.close("all")
+
+
+def test_with_every_run_diverged_nothing_is_compared(tmp_path):
+  _, gone = _diverged_runs(tmp_path)
+  with pytest.raises(UserError) as e:
+    compare.compare([run for run, _ in gone[:3]], str(tmp_path / "out"),
+                    log=lambda _: None)
+  assert str(e.value) == "no run to compare: " + "; ".join(
+      f"{run} {why}" for run, why in gone[:3])
+
+
+def _table_row(text, label):
+  """comparison.md's table row of `label`, as {column: cell}."""
+  lines = text.splitlines()
+  header = next(l for l in lines if l.startswith("| model |"))
+  cells = lambda l: [c.strip() for c in l.strip("|").split("|")]
+  row = next(l for l in lines if l.startswith(f"| {label} |"))
+  return dict(zip(cells(header), cells(row)))
+
+
+def test_members_of_one_program_show_its_time_once_without_spread(tmp_path):
+  """Two members of one --num_seeds=2 program of 66 s (less data) read
+  "33.0 ± 0.0": each its share, a spread of one measurement. The table
+  gives the program's time once, with its members, and no ±."""
+  program = _write_run(tmp_path / "two", [0.91, 0.92], seed=0, wall=70.0,
+                       data=4.0, epoch_time=8.0)
+  out = str(tmp_path / "out")
+  compare.compare([program], out, log=lambda _: None)
+  text = open(os.path.join(out, "comparison.md")).read()
+  row = _table_row(text, "linear")
+  assert row["time s"] == "66.0 (2 members, one program)", row
+  assert row["epoch time s"] == "8.00 (2 members, one program)", row
+  assert row["test accuracy %"] == "91.50 ± 0.71"  # Two seeds: a spread.
+  assert "the table gives that program's time once" in text
+  [csv_row] = _csv(os.path.join(out, "comparison.csv"))
+  assert csv_row["train_time_s_std"] == ""  # No spread of one measurement.
+  assert float(csv_row["train_time_s_mean"]) == pytest.approx(33.0)
+
+
+def test_a_program_and_standalone_runs_each_show_their_own_time(tmp_path):
+  """Standalone runs are separate measurements (mean ± std); a program
+  among them is shown once, at its whole time."""
+  program = _write_run(tmp_path / "four", [0.91, 0.92, 0.93, 0.94], seed=10,
+                       wall=40.0, data=4.0)
+  one = _write_run(tmp_path / "one", [0.95], seed=0, wall=12.0, data=2.0)
+  two = _write_run(tmp_path / "two", [0.95], seed=1, wall=16.0, data=2.0)
+  out = str(tmp_path / "out")
+  compare.compare([program, one, two], out, log=lambda _: None)
+  row = _table_row(open(os.path.join(out, "comparison.md")).read(), "linear")
+  assert row["time s"] == "12.0 ± 2.8; 36.0 (4 members, one program)", row
+  [csv_row] = _csv(os.path.join(out, "comparison.csv"))
+  assert csv_row["train_time_s_std"] == ""
+  compare.compare([one, two], out, log=lambda _: None)
+  [csv_row] = _csv(os.path.join(out, "comparison.csv"))
+  assert float(csv_row["train_time_s_std"]) == pytest.approx(2.83, abs=0.01)
+  assert _table_row(open(os.path.join(out, "comparison.md")).read(),
+                    "linear")["time s"] == "12.0 ± 2.8"
+
+
+def _readme_outputs():
+  """The file names README's paragraph on compare.py gives in backquotes."""
+  with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    text = f.read()
+  start = text.index("To compare models")
+  paragraph = text[start:text.find("\n## ", start)]
+  return set(re.findall(r"`([\w-]+\.(?:md|csv|png))`", paragraph))
+
+
+ANALYSIS_FILES = {"analysis.md", "analysis_reading.png",
+                  "analysis_robustness.png", "analysis_reliability.png",
+                  "analysis_pca.png", "analysis_attributions.png"}
+
+
+def test_the_readme_names_the_files_a_comparison_writes(tmp_path):
+  """README said "comparison.md and .csv ... and three plots"; a comparison
+  writes runs.csv, eight figures and analysis.md too."""
+  out = tmp_path / "out"
+  compare.compare([_write_run(tmp_path / "run", [0.9])], str(out),
+                  log=lambda _: None)
+  written = set(os.listdir(out))
+  named = _readme_outputs()
+  assert written == named - ANALYSIS_FILES, (written, named)
+  assert ANALYSIS_FILES <= named, named
+  # What the analyses write is analysis_page's figures and page.
+  assert {compare.ANALYSIS_PAGE} | {
+      name for _, name, *_ in compare.ANALYSIS_FIGURES} == ANALYSIS_FILES
+
+
+def _analysed_run(folder, model, **settings):
+  """A finished run folder of an untrained `model` with its analysis/."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from conftest import synthetic_digits  # pylint: disable=g-import-not-at-top
+  from mnist_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from mnist_jax.results import analysis  # pylint: disable=g-import-not-at-top
+  from mnist_jax.results import run as run_lib  # pylint: disable=g-import-not-at-top
+  _write_run(folder, [0.5], model=model, **settings)
+  config = models.get_config(model, "seed", **settings)
+  module = models.get(model).stock(config)
+  rng = np.random.default_rng(0)
+  variables = jax.tree.map(
+      lambda s: rng.normal(0, 0.3, s.shape).astype(np.float32),
+      jax.eval_shape(module.init, jax.random.key(0), np.zeros((1, 28, 28))))
+  run = run_lib.Run(config, module, variables, 0, seed_variables=jax.tree.map(
+      lambda v: np.asarray(v)[None], variables))
+  images, labels = synthetic_digits(60, seed=1)
+  analysis.write(str(folder), run, pipeline.Split(images[20:], labels[20:]),
+                 pipeline.Split(images[:20], labels[:20]), maps=False)
+  return str(folder)
+
+
+@pytest.mark.slow
+def test_a_comparison_with_analyses_writes_what_the_readme_names(tmp_path):
+  runs = [_analysed_run(tmp_path / "rnn", "rnn", hidden=4),
+          _analysed_run(tmp_path / "linear", "linear")]
+  out = tmp_path / "out"
+  compare.compare(runs, str(out), log=lambda _: None, analyses=True)
+  assert set(os.listdir(out)) == _readme_outputs()
+  plt.close("all")
+
+
+def test_the_default_output_folder_is_git_ignored():
+  default = compare._parser().get_default("out")  # pylint: disable=protected-access
+  if shutil.which("git") is None or not os.path.exists(
+      os.path.join(ROOT, ".git")):
+    pytest.skip("not a git checkout")
+  result = subprocess.run(
+      ["git", "check-ignore", "--no-index", "-q",
+       os.path.join(default, "comparison.md")], cwd=ROOT, check=False)
+  assert result.returncode == 0, f"{default}/ is not in .gitignore"
