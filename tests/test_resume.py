@@ -185,11 +185,11 @@ def test_a_process_that_writes_no_files_writes_no_checkpoint(tmp_path,
 def test_a_second_ctrl_c_is_told_which_checkpoint_is_kept(tmp_path):
   directory = str(tmp_path / "checkpoints")
   assert folder.on_disk(directory) == ("no checkpoint has been saved yet, so "
-                                       "the run starts over")
+                                       "the run starts over", "To start it again")
   for name in ("33", "66", "99.orbax-checkpoint-tmp-1"):  # 99: mid-save.
     os.makedirs(os.path.join(directory, name))
   assert folder.on_disk(directory) == (f"the last complete checkpoint, "
-                                       f"{directory}/66, is kept")
+                                       f"{directory}/66, is kept", "To resume")
 
 
 def test_the_hooks_record_the_runs_seconds_and_keep_checkpoints(tmp_path):
@@ -312,7 +312,7 @@ def test_report_on_a_run_that_diverged_later_advises_a_lower_rate(
   """A run that diverged in epoch 3, its epoch-2 checkpoint kept: report and
   predict give that checkpoint's results, and the command their note prints
   to train it on is not the one that diverged but a lower --learning_rate,
-  starting it over."""
+  starting it over (which deletes this one, as it says)."""
   monkeypatch.setattr("sys.argv", ["launch.py", "--mode=report"])
   workdir = str(tmp_path / "run")
   shutil.copytree(reference[0], workdir)
@@ -328,7 +328,11 @@ def test_report_on_a_run_that_diverged_later_advises_a_lower_rate(
   assert folder.status(workdir)[0] == "diverged"
   run_lib.rewrite_report(workdir)
   out = capsys.readouterr().out
-  command = lh.printed_command(out, "to train it on, run: ")
+  assert (f"note: {workdir} diverged (training diverged): these results are "
+          "of its last good checkpoint, of epoch 2; its settings would diverge "
+          "again, so to train a new run in its place (--overwrite deletes this "
+          "one), run: ") in out
+  command = lh.printed_command(out, "(--overwrite deletes this one), run: ")
   argv = shlex.split(command)
   assert argv[-3:] == [f"--workdir={workdir}", "--learning_rate=0.0001",
                        "--overwrite"], command
@@ -340,7 +344,8 @@ def test_report_on_a_run_that_diverged_later_advises_a_lower_rate(
   Image.fromarray(picture).save(image)
   err = io.StringIO()
   results.print_predictions(workdir, [image], out=io.StringIO(), err=err)
-  assert lh.printed_command(err.getvalue(), "to train it on, run: ") == command
+  assert lh.printed_command(err.getvalue(),
+                            "(--overwrite deletes this one), run: ") == command
 
 
 @pytest.mark.slow

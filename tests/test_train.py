@@ -450,3 +450,18 @@ def test_project_frames_from_the_loop_to_the_model_and_the_optimizer():
   files = {f for s in stacks for f, _ in s}
   assert files == {"training/train.py", "training/optim.py",
                    "training/metrics.py", model_file}, files
+
+
+def test_the_core_alone_says_what_it_is_doing(capsys, monkeypatch):
+  """train_and_evaluate without a run folder prints that it compiles, each
+  epoch's line, and progress inside an epoch every PROGRESS_S seconds."""
+  monkeypatch.setattr(train.Hooks, "PROGRESS_S", 0.0)
+  config = models.get_config("linear", "seed", epochs=2, batch_size=64,
+                             chunk_steps=3)
+  train.train_and_evaluate(config, dataset())
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0].startswith("compiling the train step (3-step chunks")
+  epochs = [l for l in lines if l.startswith("epoch ") and "train loss" in l]
+  assert [l.split(":")[0] for l in epochs] == ["epoch 1", "epoch 2"]
+  steps = len(dataset().train) // 64
+  assert f"epoch 1: 3/{steps} steps" in lines

@@ -66,12 +66,15 @@ def get(name: str) -> ModelSpec:
   return MODELS[name]
 
 
-def build(config: config_lib.Config, say: Callable[[str], None] = print):
+def build(config: config_lib.Config, say: Callable[[str], None] = print,
+          status: Callable[[str], None] = lambda text: None):
   """(module to train, its config.json record): the stock module, or its
-  kernel where --impl asks and it passes its check (`say` tells why not)."""
+  kernel where --impl asks and it passes its check (`say` tells why not;
+  `status`, while a check runs)."""
   stock = get(config.model).stock(config)
   module, note, record = kernels.swap(
-      stock, config.impl, datasets.get(config.dataset).image_shape)
+      stock, config.impl, datasets.get(config.dataset).image_shape,
+      status=status)
   if note:
     say(note)
   return module, record

@@ -87,6 +87,12 @@ class Progress:
             f"about {_fmt_time(left)} left")
     self._write(f"\r{text}\033[K\n" if self.tty else f"{text}\n", False)
 
+  def status(self, text: str) -> None:
+    """What the run does now: on a terminal drawn in place (the next line
+    replaces it), else a line of its own."""
+    self._write(f"\r{self.prefix}{text}\033[K" if self.tty
+                else f"{self.prefix}{text}\n", self.tty)
+
   def message(self, text: str) -> None:
     """A line of its own; on a terminal it replaces a line drawn in place."""
     self._write(("\r\033[K" if self._drawn else "") + f"{self.prefix}{text}\n",

@@ -133,6 +133,9 @@ class RunFolder(train.Hooks):
   def message(self, text: str) -> None:
     self.log.message(text)
 
+  def status(self, text: str) -> None:
+    self.log.progress.status(text)
+
   def save(self, state, *, epoch, epoch_step=0, sums=None, done=False):
     step = _step(state)
     if self.write and step != self.saved:
@@ -264,12 +267,17 @@ def _finish(config, workdir, data, state, final, hooks, log, members):
     final.update(control.learning_verdict(final, last, data.test.labels))
   log.final(final, logged=hooks.logged is not None)
   if devices.is_main():
+    log.progress.status(_REPORTING.format(report.FILES[0]))
     report.write(workdir, run, data.test, data.class_names, val=data.val)
     log.figures()
     log.close()
     folder.finish(workdir, final)
   log.message(_summary(final, members, config, workdir))
   return final
+
+
+_REPORTING = ("writing {} with its figures and the analyses of what the "
+              "model learned (--noanalyses skips them)")
 
 
 def _already_finished(workdir: str, log) -> Optional[Dict[str, Any]]:
@@ -362,6 +370,7 @@ def rewrite_report(workdir: str, **overrides) -> Dict[str, Any]:
   if repaired:
     print(repaired)
   note = run_lib.checkpoint_note(workdir, run)
+  print(_REPORTING.format(path), flush=True)
   result = report.write(workdir, run, dataset.test, dataset.class_names,
                         note=note, val=dataset.val)
   print(f"test accuracy {100 * result['accuracy']:.2f}% (loss "

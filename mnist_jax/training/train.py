@@ -183,23 +183,40 @@ class Start:
 
 
 class Hooks:
-  """What a run does besides training, called by the loop; these do nothing.
+  """What a run does besides training, called by the loop; these print what
+  it is doing (`status`: compiling, a line per epoch, progress every
+  PROGRESS_S seconds) and what it has to say (`message`).
   rundir/run.py's RunFolder restores, saves, logs and stops through them."""
+  PROGRESS_S = 10.0
 
   def start(self, state, steps_per_epoch: int, record: Dict[str, Any]):
     """(state, Start): a fresh run's, or a checkpoint's. record: how the run
     is laid out (layer implementation, devices), for config.json."""
-    del steps_per_epoch, record
+    del record
+    self._steps, self._said = steps_per_epoch, time.monotonic()
     return state, Start()
 
   def message(self, text: str) -> None:
     print(text, flush=True)
 
+  def status(self, text: str) -> None:
+    """What the run is doing now, until the next line replaces it."""
+    print(text, flush=True)
+
   def chunk(self, state, epoch: int, done: int, sums) -> None:
     """Before each chunk (`done` steps of `epoch` run): may save and stop."""
+    if done and time.monotonic() - self._said >= self.PROGRESS_S:
+      self._said = time.monotonic()
+      self.status(f"epoch {epoch}: {done}/{self._steps} steps")
 
   def epoch(self, state, row: Dict[str, Any], last: bool) -> None:
     """After each epoch, with its metrics.jsonl row."""
+    self._said = time.monotonic()
+    val = ("" if row.get("val_accuracy") is None else
+           f", validation {100 * row['val_accuracy']:.2f}%")
+    self.status(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, "
+                 f"accuracy {100 * row['train_accuracy']:.2f}%{val} "
+                 f"({row['epoch_time_s']:.1f}s)")
 
   def diverged(self, row: Dict[str, Any]) -> None:
     """Before a divergence is raised."""
@@ -226,7 +243,7 @@ def train_and_evaluate(config, data, hooks: Optional[Hooks] = None):
   start_time = time.perf_counter()
   members = members_lib.from_config(config)
   layout = devices.Layout(config, len(members), hooks.message)
-  model, implementation = models.build(config, hooks.message)
+  model, implementation = models.build(config, hooks.message, hooks.status)
   steps = steps_per_epoch(config, len(data.train))
   tx = optim.make_optimizer(config, steps, members_lib.swept(config))
   state = members_lib.init_state(members, functools.partial(
@@ -255,6 +272,8 @@ def train_and_evaluate(config, data, hooks: Optional[Hooks] = None):
   compile_start = time.perf_counter()
   # (pmap of several processes compiles for local shapes, on its first call.)
   if layout.mode != "pmap" or jax.process_count() == 1:
+    hooks.status(f"compiling the train step ({length}-step chunks; the "
+                 "compilation cache keeps it for the next run)")
     train = train.lower(state, order_fn(state, 1), *splits["train"], 0
                         ).compile()
   compile_time = time.perf_counter() - compile_start

@@ -159,14 +159,22 @@ def _raised(e: Exception) -> str:
                                                     else "")
 
 
-def _check(stock, fast, why, image_shape, backend) -> Tuple[Optional[str], dict]:
-  """(why `fast` is not `stock`, or None; the check's config.json record)."""
+def _check(stock, fast, why, image_shape, backend,
+           status: Callable[[str], None]) -> Tuple[Optional[str], dict]:
+  """(why `fast` is not `stock`, or None; the check's config.json record).
+  status: told when a check runs (seconds; a kept verdict is instant)."""
   start = time.perf_counter()
   kept = False
+
+  def difference():
+    status(f"checking {_name(type(fast))} against {_name(type(stock))} on "
+           "one batch (once per edit of the module)")
+    return _difference(stock, fast, image_shape)
+
   if why is None:
     try:  # A check that raises fails (its verdict is not kept).
       why, kept = _verdict(_key(stock, type(fast), image_shape, backend),
-                           lambda: _difference(stock, fast, image_shape))
+                           difference)
     except Exception as e:  # pylint: disable=broad-except
       why = _raised(e)
   return why, {**({"cached": True} if kept else {}),
@@ -181,13 +189,15 @@ def _has_convs(stock: nn.Module, image_shape) -> bool:
       lambda v: stock.apply(v, images))(variables))
 
 
-def swap(stock: nn.Module, impl: str, image_shape, backend: Optional[str] = None
+def swap(stock: nn.Module, impl: str, image_shape, backend: Optional[str] = None,
+         status: Callable[[str], None] = lambda text: None
          ) -> Tuple[nn.Module, Optional[str], dict]:
   """(the module a run trains, a line to say or None, its config.json record).
 
   impl: stock; fast (the kernel where one exists); auto (where it was also
   measured faster on this backend). A kernel must pass the check; without
-  one, a module with convolutions gets conv_matmul's, also checked.
+  one, a module with convolutions gets conv_matmul's, also checked. status:
+  told what is being checked while a check runs.
   """
   backend = backend or jax.default_backend()
   record = {"impl": impl, "module": _name(type(stock))}
@@ -200,7 +210,8 @@ def swap(stock: nn.Module, impl: str, image_shape, backend: Optional[str] = None
                if k not in accepted and v != defaults.get(k)]
     fast = kernel.module(**{k: v for k, v in given.items() if k in accepted})
     why, checked = _check(stock, fast, missing and f"it has no "
-                          f"{', '.join(missing)}" or None, image_shape, backend)
+                          f"{', '.join(missing)}" or None, image_shape, backend,
+                          status)
     record.update(checked)
     if why is None:
       return fast, None, {**record, "module": _name(kernel.module)}
@@ -208,7 +219,8 @@ def swap(stock: nn.Module, impl: str, image_shape, backend: Optional[str] = None
             f"{_name(type(stock))} ({why}): training the stock module")
   if _wanted(CONVS, impl, backend) and _has_convs(stock, image_shape):
     convs = CONVS.module(stock)
-    why, record["convs"] = _check(stock, convs, None, image_shape, backend)
+    why, record["convs"] = _check(stock, convs, None, image_shape, backend,
+                                  status)
     if why is None:
       return convs, line and f"{line}, its convolutions as matmuls", record
     line = (f"{line or 'training ' + _name(type(stock))} with XLA's "
