@@ -4,11 +4,12 @@ layouts, in one process with the devices it was started with.
 Run by tests/test_parallel.py and tests/test_host_split.py in a child
 process, because simulated CPU devices
 (XLA_FLAGS=--xla_force_host_platform_device_count=N) must be set before JAX
-starts. Each RUN is MODEL:PARALLEL (MODEL a key of MODELS); the output npz
-holds, per run, the parameters and model state (flattened, float64), and a
-JSON record: the layout the run took, its epoch rows, its final row and its
-messages. MODEL:PARALLEL:resume is the run stopped in its second epoch and
-resumed from its checkpoint.
+starts. Each RUN is MODEL:PARALLEL (MODEL a key of MODELS, or of
+table_models(); MODEL+2: the same with --num_seeds=2); the output npz holds,
+per run, the parameters and model state (flattened, float64; `params0`,
+`model_state0`: member 0's), and a JSON record: the layout the run took, its
+epoch rows, its final row and its messages. MODEL:PARALLEL:resume is the run
+stopped in its second epoch and resumed from its checkpoint.
 
   python tests/parallel_worker.py OUT.npz [--epochs=E] RUN [RUN ...]
 """
@@ -28,6 +29,7 @@ import numpy as np
 from conftest import synthetic_digits
 from mnist_jax import models
 from mnist_jax.data import pipeline
+from mnist_jax.models import registry
 from mnist_jax.rundir import checkpoints
 from mnist_jax.training import train
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -46,6 +48,29 @@ MODELS = {
                             sweep="learning_rate=1e-3,3e-3;"
                                   "label_smoothing=0,0.1")),
 }
+# Small settings of the registered models (a model not named here trains its
+# seed preset's shapes).
+TINY = {"mlp": dict(mlp_hidden=(16,)), "cnn": dict(cnn_features=(4, 8),
+                                                   cnn_dense=16),
+        "rnn": dict(hidden=16), "lstm": dict(hidden=16),
+        "gru": dict(hidden=16, learning_rate=3e-2)}
+
+
+def table_models():
+  """Every registered model as "table.NAME", with dropout where it has it
+  and augmentation (every random stream a step draws from), and
+  "table.cnn_bn", the CNN with BatchNorm: {name: (model, settings)}."""
+  out = {}
+  for name, spec in registry.MODELS.items():
+    values = {**TINY.get(name, {}), "augment": True}
+    if "dropout" in spec.settings:
+      values["dropout"] = 0.2
+    out[f"table.{name}"] = (name, values)
+  out["table.cnn_bn"] = ("cnn", {**out["table.cnn"][1], "dropout": 0.0,
+                                 "cnn_batch_norm": True})
+  return out
+
+
 # 540 training examples in 8 steps of 64 (a remainder dropped), 60
 # validation and 203 test examples in batches of 50 (the last one partial).
 COMMON = dict(batch_size=64, eval_batch_size=50, chunk_steps=3,
@@ -65,9 +90,11 @@ def dataset(n_train=N_TRAIN, n_test=N_TEST, val_fraction=0.1):
 
 
 def config(name, parallel, epochs=2):
-  model, values = MODELS[name]
+  name, plus, seeds = name.partition("+")
+  model, values = {**MODELS, **table_models()}[name]
   return models.get_config(model, "seed", epochs=epochs, parallel=parallel,
-                           **{**COMMON, **values})
+                           **{**COMMON, **values,
+                              **({"num_seeds": int(seeds)} if plus else {})})
 
 
 class Recorder(train.Hooks):
@@ -169,7 +196,14 @@ def run(name, parallel, data, epochs=2, resume=False):
   record = {"parallel": hooks.record["parallel"], "rows": hooks.rows,
             "final": final, "messages": hooks.messages,
             "step": np.asarray(jax.device_get(state.step)).tolist()}
+  several = run_config.num_seeds > 1 or bool(run_config.sweep)
+
+  def first(tree):  # Member 0's.
+    return jax.tree.map(lambda x: x[0], tree) if several else tree
+
   return {"params": flat(state.params), "model_state": flat(state.model_state),
+          "params0": flat(first(state.params)),
+          "model_state0": flat(first(state.model_state)),
           "record": np.array(json.dumps(record))}
 
 

@@ -1,7 +1,17 @@
 """Layouts give one device's numbers: --parallel=none, auto and sharded on 1,
-2 and 4 devices train the same model to the same metrics and parameters;
-members split over devices train as on one; pmap matches one device without
-dropout and differs with it (documented); 2 processes match 1.
+2 and 4 devices draw the same masks and augmentation and train the same
+model to the same metrics and parameters, to float rounding; members split
+over devices train as on one; pmap matches one device without dropout and
+differs with it (documented); 2 processes match 1.
+
+What is bit for bit: one device's program on a host of no more XLA devices
+than cores (as devices.split_host makes it) computes what it computes on the
+whole host. jaxlib's CPU client gives its intra-op thread pool max(cores,
+devices) threads, and XLA:CPU splits some matmuls' sums over that pool, so
+more devices than cores (4 simulated on 2 cores) can sum them in another
+order (a convolution's weight gradient, as a matmul). Everything else agrees
+to float rounding: sharded sums each device's part of the batch first,
+members run batched (vmapped) matmuls, pmap averages gradients over devices.
 
 Simulated devices need XLA_FLAGS before JAX starts, so those runs happen in
 child processes (tests/parallel_worker.py, launch.py).
@@ -20,12 +30,17 @@ import pytest
 from mnist_jax import models
 from mnist_jax.errors import UserError
 from mnist_jax.training import devices as devices_lib
+from parallel_worker import table_models
 from test_train import without_times
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 600
 LOSS_RTOL = 1e-5  # Test loss: float sums in another order only.
 PARAM_ATOL = 2e-5  # Parameters after 16 Adam steps (measured: up to 5e-6).
+# The same for every model with dropout and augmentation, one epoch (measured:
+# up to 5e-5, the CNN with dropout sharded).
+TABLE_PARAM_ATOL = 2e-4
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 
 
 def _env(devices: int) -> dict:
@@ -49,12 +64,14 @@ def worker(path, devices: int, runs, epochs: int = 2) -> dict:
     assert int(z["device_count"]) == devices
     return {run: {"params": z[f"{run}/params"],
                   "model_state": z[f"{run}/model_state"],
+                  "params0": z[f"{run}/params0"],
+                  "model_state0": z[f"{run}/model_state0"],
                   **json.loads(str(z[f"{run}/record"]))} for run in runs}
 
 
-def assert_same_numbers(got, ref):
+def assert_same_numbers(got, ref, atol=PARAM_ATOL):
   """Accuracy exactly, losses to LOSS_RTOL, parameters (and batch
-  statistics) to PARAM_ATOL: one device's numbers, summed in another order."""
+  statistics) to `atol`: one device's numbers, summed in another order."""
   assert got["step"] == ref["step"]
   assert got["final"]["test_examples"] == ref["final"]["test_examples"]
   assert got["final"]["test_accuracy"] == ref["final"]["test_accuracy"]
@@ -65,10 +82,37 @@ def assert_same_numbers(got, ref):
     assert a["val_accuracy"] == b["val_accuracy"]
     for key in ("train_loss", "val_loss"):
       assert a[key] == pytest.approx(b[key], rel=LOSS_RTOL), key
-  np.testing.assert_allclose(got["params"], ref["params"], rtol=0,
-                             atol=PARAM_ATOL)
+  np.testing.assert_allclose(got["params"], ref["params"], rtol=0, atol=atol)
   np.testing.assert_allclose(got["model_state"], ref["model_state"], rtol=0,
-                             atol=PARAM_ATOL)
+                             atol=atol)
+
+
+def assert_bit_equal(got, ref):
+  """The same numbers bit for bit: parameters, state, every row (times
+  aside)."""
+  np.testing.assert_array_equal(got["params"], ref["params"])
+  np.testing.assert_array_equal(got["model_state"], ref["model_state"])
+  assert got["step"] == ref["step"]
+  assert ([without_times(r) for r in got["rows"]] ==
+          [without_times(r) for r in ref["rows"]])
+  assert without_times(got["final"]) == without_times(ref["final"])
+
+
+def assert_member_0_is_the_single_run(got, single, atol=PARAM_ATOL):
+  """Member 0 of a --num_seeds=2 run against the single run of its seed:
+  the same test accuracy, the loss and parameters to float rounding."""
+  member = got["final"]["members"][0]
+  assert member["seed"] == COMMON_SEED
+  assert member["test_accuracy"] == single["final"]["test_accuracy"]
+  assert member["test_loss"] == pytest.approx(single["final"]["test_loss"],
+                                              rel=LOSS_RTOL)
+  for a, b in zip(got["rows"], single["rows"]):
+    assert a["members"][0]["train_loss"] == pytest.approx(b["train_loss"],
+                                                          rel=LOSS_RTOL)
+  np.testing.assert_allclose(got["params0"], single["params"], rtol=0,
+                             atol=atol)
+  np.testing.assert_allclose(got["model_state0"], single["model_state"],
+                             rtol=0, atol=atol)
 
 
 def test_sharded_over_two_devices_is_one_devices_run(tmp_path):
@@ -93,6 +137,14 @@ RUNS = {n: [f"{m}:{p}" for m in MODELS for p in ("none", "auto", "sharded")]
            + (["mlp:pmap", "mlp0:none", "mlp0:pmap", "cnn:pmap"] if n == 4
               else [])
         for n in (1, 2, 4)}
+# And every registered model (TABLE), one epoch: with none, alone and as
+# member 0 of --num_seeds=2 (on 4 devices alone), and on several devices
+# sharded and the 2 members split over the devices; on 4 pmap too.
+TABLE = sorted(table_models())
+COMMON_SEED = 3  # parallel_worker.COMMON's seed.
+TABLE_RUNS = {n: [f"{m}{r}" for m in TABLE for r in (
+    (":none",) + ("+2:none",) * (n < 4) + (":sharded", "+2:sharded") * (n > 1)
+    + (":pmap",) * (n == 4))] for n in (1, 2, 4)}
 # What auto resolves to on a CPU host of n devices (batch 64): the recurrent
 # model sharded over as many devices as keep 32 examples each; the others
 # one device; 8 members split over every device.
@@ -105,17 +157,26 @@ AUTO = {
 }
 
 
-@pytest.fixture(scope="module")
-def on_devices(tmp_path_factory):
-  """fn(n) -> the worker's results of RUNS[n] on n devices (run once)."""
+def _runs_on_devices(tmp_path_factory, runs, epochs=2):
+  """fn(n) -> the worker's results of runs[n] on n devices (run once)."""
   cache = {}
 
   def get(n):
     if n not in cache:
       cache[n] = worker(tmp_path_factory.mktemp(f"devices{n}") / "out.npz", n,
-                        RUNS[n])
+                        runs[n], epochs)
     return cache[n]
   return get
+
+
+@pytest.fixture(scope="module")
+def on_devices(tmp_path_factory):
+  return _runs_on_devices(tmp_path_factory, RUNS)
+
+
+@pytest.fixture(scope="module")
+def table_on_devices(tmp_path_factory):
+  return _runs_on_devices(tmp_path_factory, TABLE_RUNS, epochs=1)
 
 
 @pytest.mark.slow
@@ -130,6 +191,10 @@ def test_layouts_give_one_devices_numbers(on_devices, n, name, parallel):
               ("none", 1), "auto": AUTO[n][name]}[parallel]
   assert got["parallel"] == {"mode": expected[0], "devices": expected[1]}
   assert_same_numbers(got, ref)
+  if expected == ("none", 1) and n <= CORES:
+    # One device of a host split into no more devices than cores: the
+    # unsplit host's thread pool, its numbers bit for bit.
+    assert_bit_equal(got, ref)
   # Training moved the parameters: the match is not two untouched inits.
   assert got["rows"][0]["train_loss"] != pytest.approx(
       got["rows"][1]["train_loss"], abs=1e-4)
@@ -163,6 +228,49 @@ def test_members_split_over_devices_train_as_on_one(on_devices, n):
       m["test_accuracy"] for m in ref["final"]["members"]]
   # The members differ from each other: their values and seeds are used.
   assert len({m["test_loss"] for m in got["final"]["members"]}) == 8
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", TABLE)
+def test_every_model_on_every_layout_and_device_count(table_on_devices,
+                                                      name):
+  """Every registered model, with dropout where it has it and augmentation,
+  against its single run on one device (the table docs/performance.md
+  measures on MNIST): bit for bit on one device of a host of no more devices
+  than cores, alone or as --num_seeds members; to float rounding sharded,
+  with members split over the devices, on more devices than cores, and as a
+  member against its single run; pmap draws other masks and augmentation."""
+  ref, members_ref = (table_on_devices(1)[f"{name}:none"],
+                      table_on_devices(1)[f"{name}+2:none"])
+  assert ref["parallel"] == members_ref["parallel"] == {"mode": "none",
+                                                        "devices": 1}
+  assert_member_0_is_the_single_run(members_ref, ref, TABLE_PARAM_ATOL)
+  for n in (1, 2, 4):
+    runs = table_on_devices(n)
+    for run, reference in ((f"{name}:none", ref),
+                           (f"{name}+2:none", members_ref)):
+      if run not in runs:
+        continue
+      got = runs[run]
+      assert got["parallel"] == {"mode": "none", "devices": 1}, (n, run)
+      if n <= CORES:
+        assert_bit_equal(got, reference)
+      elif "+2" in run:
+        assert_member_0_is_the_single_run(got, ref, TABLE_PARAM_ATOL)
+      else:
+        assert_same_numbers(got, reference, TABLE_PARAM_ATOL)
+    if n == 1:
+      continue
+    sharded = runs[f"{name}:sharded"]
+    assert sharded["parallel"] == {"mode": "sharded", "devices": n}
+    assert_same_numbers(sharded, ref, TABLE_PARAM_ATOL)
+    split = runs[f"{name}+2:sharded"]
+    assert split["parallel"] == {"mode": "members", "devices": 2}
+    assert_member_0_is_the_single_run(split, ref, TABLE_PARAM_ATOL)
+    if n == 4:
+      pmap = runs[f"{name}:pmap"]
+      assert pmap["parallel"] == {"mode": "pmap", "devices": n}
+      assert np.abs(pmap["params"] - ref["params"]).max() > 100 * PARAM_ATOL
 
 
 @pytest.mark.slow
