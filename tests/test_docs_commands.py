@@ -1,0 +1,118 @@
+"""Every command in README.md's and docs/'s shell blocks, as written.
+
+A training command runs with --dry_run (every flag parsed and checked, the
+run folder named; DIR: a folder of synthetic IDX files); --mode=report and
+predict run for real on a finished run (RUN); an experiments/ script is asked
+for --help, which must name every flag the command passes. What cannot run
+here is listed in SKIPPED with the reason (installs, other machines' tools).
+The Python blocks run in test_api.py.
+"""
+
+import glob
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import launch_helpers as lh
+
+ROOT = lh.ROOT
+DOCS = ["README.md", *sorted(os.path.relpath(p, ROOT) for p in glob.glob(
+    os.path.join(ROOT, "docs", "*.md")))]
+# Commands whose first word is one of these are not ours to run here.
+SKIPPED = {
+    "pip": "installs packages (CI installs what the README says)",
+    "tensorboard": "a server (test_tensorboard reads the same files)",
+    "gcloud": "a TPU pod slice", "srun": "a SLURM cluster",
+    "jupyter": "a notebook server (test_tour runs the notebook)",
+}
+
+
+def _commands():
+  """(doc, command) for each command of each shell block: continuation lines
+  joined, comments dropped, `&&` chains split, environment assignments kept."""
+  out = []
+  for doc in DOCS:
+    with open(os.path.join(ROOT, doc), encoding="utf-8") as f:
+      blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", f.read(), re.S)
+    for block in blocks:
+      for line in block.replace("\\\n", " ").splitlines():
+        if "$(" in line:  # A shell variable for the lines below: a revision.
+          continue
+        words = shlex.split(line.replace("$REV", "HEAD"), comments=True)
+        words = words[1:] if words[:1] == ["time"] else words
+        while words:
+          cut = words.index("&&") if "&&" in words else len(words)
+          out.append((doc, words[:cut]))
+          words = words[cut + 1:]
+  return out
+
+
+def _split_env(words):
+  env = {}
+  while words and re.match(r"^[A-Z_]+=", words[0]):
+    name, value = words.pop(0).split("=", 1)
+    env[name] = value
+  return env, words
+
+
+COMMANDS = _commands()
+
+
+def test_the_docs_have_commands_of_each_kind():
+  """So the checks below cannot pass by finding nothing."""
+  kinds = {tuple(_split_env(list(w))[1][:2]) for _, w in COMMANDS}
+  assert ("python", "launch.py") in kinds
+  assert {("python", "experiments/compare.py"),
+          ("python", "experiments/benchmark.py")} <= kinds
+
+
+def _ours(words):
+  return words[:1] == ["python"] and (
+      words[1:2] == ["launch.py"] or words[1].startswith("experiments/"))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_run, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("docs") / "run")
+  shutil.copytree(tiny_run, workdir)
+  return workdir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("doc,words", COMMANDS,
+                         ids=[f"{d}:{' '.join(w)[:60]}" for d, w in COMMANDS])
+def test_each_command_runs_as_written(doc, words, prepared, finished_run,
+                                      tmp_path):
+  env, words = _split_env(list(words))
+  if not _ours(words):
+    assert words[0] in SKIPPED or words[:3] == ["python", "-m", "pytest"], (
+        f"{doc}: a command no test runs: {' '.join(words)}")
+    return
+  mnist_dir, data_dir = prepared
+  fill = {"DIR": mnist_dir, "RUN": finished_run, "RUN=": finished_run}
+  args = [re.sub(r"\b(DIR|RUN)\b", lambda m: fill[m[1]], w) for w in words[2:]]
+  env.pop("CUDA_VISIBLE_DEVICES", None)  # A CPU here: the flags still parse.
+  if words[1] != "launch.py":  # An experiments script: its flags exist.
+    out = subprocess.run([sys.executable, words[1], "--help"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120,
+                         env=lh.child_env())
+    assert out.returncode == 0, out.stderr[-2000:]
+    own = args[:args.index("--")] if "--" in args else args  # Then launch.py's.
+    for flag in {a.split("=")[0] for a in own if a.startswith("--")}:
+      assert flag.lstrip("-") in out.stdout + out.stderr, (doc, flag)
+    return
+  if any(a.startswith("--coordinator_address") for a in args):
+    args = [a for a in args if not a.startswith(("--coordinator_address",
+                                                 "--num_processes",
+                                                 "--process_id"))]
+  if not any(a.startswith("--mode=") for a in args):
+    args += ["--dry_run", f"--data_dir={data_dir}",
+             f"--workdir={tmp_path / 'run'}"]
+  rc, out, err = lh.run(args, timeout=600, cwd=ROOT, **env)
+  assert rc == 0, f"{doc}: {' '.join(words)}\n{err[-2000:]}"
+  assert "Traceback" not in err
