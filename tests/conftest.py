@@ -117,3 +117,14 @@ def tiny_run(prepared, tmp_path_factory):
                              data_dir=data_dir, workdir=workdir)
   run.train_and_evaluate(config, workdir, stream=io.StringIO())
   return workdir
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+  """The figures plots.py saves (and would close), each kept to be read."""
+  from mnist_jax.results import plots  # pylint: disable=g-import-not-at-top
+  figures, close = [], plots.plt.close
+  monkeypatch.setattr(plots.plt, "close", figures.append)
+  yield figures
+  for fig in figures:
+    close(fig)

@@ -306,15 +306,6 @@ def test_the_analysis_extra_draws_the_tsne_map(tmp_path):
   assert arrays["tsne"].shape == (len(range(0, 40, analysis.STRIDE)), 2)
 
 
-@pytest.fixture
-def drawn(monkeypatch):
-  """The figures the plots save (and would close), each drawn."""
-  figures, close = [], plots.plt.close
-  monkeypatch.setattr(plots.plt, "close", figures.append)
-  yield figures
-  for fig in figures:
-    close(fig)
-
 
 def _result(model, steps=1, scaled=True):
   """A run's analysis as analysis_plots reads it, of made-up numbers."""

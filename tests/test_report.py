@@ -202,15 +202,6 @@ def test_a_run_that_did_not_learn_says_so_atop_its_report(tiny_run, tmp_path):
   assert lines[2] == "> **Warning:** The run did not learn: X."
 
 
-@pytest.fixture
-def drawn(monkeypatch):
-  """The figures plots.py saves (and would close), each drawn."""
-  figures, close = [], plots.plt.close
-  monkeypatch.setattr(plots.plt, "close", figures.append)
-  yield figures
-  for fig in figures:
-    close(fig)
-
 
 def _bars(ax):
   return [p for p in ax.patches if isinstance(p, Rectangle)]
