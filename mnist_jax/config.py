@@ -253,7 +253,8 @@ class Config:
       "--notensorboard skips them", RUN_FOLDER)
   parallel: str = _field(
       "auto", "Device layout: auto, none (one device), sharded (one jit over a "
-      "mesh, one device's numbers) or pmap (per-device dropout masks)", DEVICES)
+      "mesh, one device's run to float rounding) or pmap (per-device dropout "
+      "masks)", DEVICES)
   dtype: str = _field(
       "float32", "Compute dtype: float32 or bfloat16; parameters and "
       "optimizer state stay float32", DEVICES)

@@ -4,8 +4,8 @@
 devices, one of:
   none     one device.
   sharded  one `jax.jit` over a mesh, each batch split along it by train.py's
-           sharding constraint: one device's numbers (float sums may round
-           in another order).
+           sharding constraint: one device's run, its numbers to float
+           rounding (each device sums its part of the batch first).
   pmap     `jax.pmap`, gradients averaged: each device draws its own dropout
            masks and augmentation.
   members  several members vmapped, their axis split over the devices.

@@ -2,8 +2,10 @@
 
 `--sweep=learning_rate=3e-4,1e-3;weight_decay=0,1e-4` is the grid of every
 combination, `--num_seeds=N` trains each point with seeds seed .. seed+N-1;
-member i, (values, seed), point major, computes what the single run with its
-values and seed computes. Only optimizer and loss numbers can be swept.
+member i, (values, seed), point major, starts from and draws what the single
+run with its values and seed does (parameters, data order, dropout masks,
+augmentation: bit for bit) and computes its numbers to float rounding (its
+matmuls are batched). Only optimizer and loss numbers can be swept.
 The chosen member, by validation (never test): the point of the highest mean
 accuracy over its seeds (ties: lower mean loss, lower index), then its best
 seed; member 0 without validation. A metrics.jsonl row holds one member's
