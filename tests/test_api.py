@@ -86,11 +86,12 @@ def test_readme_core_example_runs(prepared, tmp_path, monkeypatch, capsys):
   monkeypatch.chdir(tmp_path)
   monkeypatch.setenv("TFDS_DATA_DIR", data_dir)
   exec(compile(_readme_blocks()[1], "README.md", "exec"), {})  # pylint: disable=exec-used
-  lines = capsys.readouterr().out.splitlines()
+  out, err = capsys.readouterr()
+  lines = err.splitlines()  # What it is doing, as progress, on stderr.
   assert any(l.startswith("compiling the train step") for l in lines)
   assert [l.split(":")[0] for l in lines if "train loss" in l] == [
       "epoch 1", "epoch 2"]
-  last = lines[-1]
+  last = out.splitlines()[-1]
   assert 0 <= float(last.split()[0]) <= 1  # The test accuracy.
   assert "batch_stats" in last  # BatchNorm's statistics: the model state.
   assert os.listdir(tmp_path) == []

@@ -75,10 +75,11 @@ def _parsed(name, text):
 
 
 def _expected_status(name, text):
-  """0 inside the declared range; 2 for text the flag cannot parse; else 1."""
+  """0 inside the declared range; 2 for text the flag cannot parse (a list of
+  integers too); else 1."""
   value = _parsed(name, text)
   if value is None:
-    return 1 if config_lib.field_type(name) is tuple else 2
+    return 2
   return 0 if config_lib.range_error(name, value) is None else 1
 
 

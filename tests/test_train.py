@@ -459,7 +459,7 @@ def test_the_core_alone_says_what_it_is_doing(capsys, monkeypatch):
   config = models.get_config("linear", "seed", epochs=2, batch_size=64,
                              chunk_steps=3)
   train.train_and_evaluate(config, dataset())
-  lines = capsys.readouterr().out.splitlines()
+  lines = capsys.readouterr().err.splitlines()  # Progress: stdout stays free.
   assert lines[0].startswith("compiling the train step (3-step chunks")
   epochs = [l for l in lines if l.startswith("epoch ") and "train loss" in l]
   assert [l.split(":")[0] for l in epochs] == ["epoch 1", "epoch 2"]

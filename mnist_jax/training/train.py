@@ -6,6 +6,7 @@ run folder (rundir/) is a `Hooks` object, and the loop imports none of it."""
 
 import dataclasses
 import functools
+import sys
 import time
 from typing import Any, Callable, Dict, Optional
 
@@ -188,26 +189,32 @@ class Hooks:
   PROGRESS_S seconds) and what it has to say (`message`).
   rundir/run.py's RunFolder restores, saves, logs and stops through them."""
   PROGRESS_S = 10.0
+  _steps: Optional[int] = None  # Steps per epoch, from `start`.
+  _said: Optional[float] = None  # When progress was last printed.
 
   def start(self, state, steps_per_epoch: int, record: Dict[str, Any]):
     """(state, Start): a fresh run's, or a checkpoint's. record: how the run
     is laid out (layer implementation, devices), for config.json."""
     del record
-    self._steps, self._said = steps_per_epoch, time.monotonic()
+    self._steps = steps_per_epoch
     return state, Start()
 
   def message(self, text: str) -> None:
     print(text, flush=True)
 
   def status(self, text: str) -> None:
-    """What the run is doing now, until the next line replaces it."""
-    print(text, flush=True)
+    """What the run is doing now (on stderr, as progress goes: stdout stays
+    the caller's)."""
+    print(text, file=sys.stderr, flush=True)
 
   def chunk(self, state, epoch: int, done: int, sums) -> None:
     """Before each chunk (`done` steps of `epoch` run): may save and stop."""
-    if done and time.monotonic() - self._said >= self.PROGRESS_S:
-      self._said = time.monotonic()
-      self.status(f"epoch {epoch}: {done}/{self._steps} steps")
+    now = time.monotonic()
+    if self._said is None:
+      self._said = now
+    elif done and now - self._said >= self.PROGRESS_S:
+      self._said = now
+      self.status(f"epoch {epoch}: {done}/{self._steps or '?'} steps")
 
   def epoch(self, state, row: Dict[str, Any], last: bool) -> None:
     """After each epoch, with its metrics.jsonl row."""
