@@ -267,7 +267,7 @@ def _finish(config, workdir, data, state, final, hooks, log, members):
     final.update(control.learning_verdict(final, last, data.test.labels))
   log.final(final, logged=hooks.logged is not None)
   if devices.is_main():
-    log.progress.status(_REPORTING.format(report.FILES[0]))
+    log.progress.status(_reporting(report.FILES[0], config.analyses))
     report.write(workdir, run, data.test, data.class_names, val=data.val)
     log.figures()
     log.close()
@@ -276,8 +276,11 @@ def _finish(config, workdir, data, state, final, hooks, log, members):
   return final
 
 
-_REPORTING = ("writing {} with its figures and the analyses of what the "
-              "model learned (--noanalyses skips them)")
+def _reporting(path: str, analyses: bool) -> str:
+  """The line saying the report is being written."""
+  return (f"writing {path} with its figures" + (
+      " and the analyses of what the model learned (--noanalyses skips them)"
+      if analyses else ""))
 
 
 def _already_finished(workdir: str, log) -> Optional[Dict[str, Any]]:
@@ -370,7 +373,7 @@ def rewrite_report(workdir: str, **overrides) -> Dict[str, Any]:
   if repaired:
     print(repaired)
   note = run_lib.checkpoint_note(workdir, run)
-  print(_REPORTING.format(path), flush=True)
+  print(_reporting(path, run.config.analyses), flush=True)
   result = report.write(workdir, run, dataset.test, dataset.class_names,
                         note=note, val=dataset.val)
   print(f"test accuracy {100 * result['accuracy']:.2f}% (loss "
