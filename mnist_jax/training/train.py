@@ -222,8 +222,8 @@ class Hooks:
     val = ("" if row.get("val_accuracy") is None else
            f", validation {100 * row['val_accuracy']:.2f}%")
     self.status(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, "
-                 f"accuracy {100 * row['train_accuracy']:.2f}%{val} "
-                 f"({row['epoch_time_s']:.1f}s)")
+                f"accuracy {100 * row['train_accuracy']:.2f}%{val} "
+                f"({row['epoch_time_s']:.1f}s)")
 
   def diverged(self, row: Dict[str, Any]) -> None:
     """Before a divergence is raised."""
@@ -326,13 +326,14 @@ def train_and_evaluate(config, data, hooks: Optional[Hooks] = None):
       break
 
   test = evaluate_split(state, "test")
+  last_step = int(np.max(layout.host(state.step)))
   members_lib.check_finite(members, {"test": test},
                            row["epoch"] if row else start.epoch - 1,
-                           int(np.max(layout.host(state.step))), steps, hooks)
+                           last_step, steps, hooks)
   final = members_lib.final_row(
       members, test, evaluate_split(state, "val") if "val" in splits else None,
       epochs_run=row["epoch"] if row else start.epoch - 1,
-      steps=int(np.max(layout.host(state.step))),
+      steps=last_step,
       compile_time_s=compile_time, num_params=layout.num_params(state),
       wall_time_s=time.perf_counter() - start_time)
   if reached:
