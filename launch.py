@@ -47,10 +47,11 @@ from mnist_jax.results import run as results
 from mnist_jax.rundir import cli
 from mnist_jax.rundir import control
 from mnist_jax.rundir import dry_run
-from mnist_jax.rundir import folder as folder_lib
+from mnist_jax.rundir import lock
+from mnist_jax.rundir import process
+from mnist_jax.rundir import record
 from mnist_jax.rundir import resources
-from mnist_jax.rundir import run
-from mnist_jax.training import devices
+from mnist_jax import modes
 from mnist_jax.training import members as members_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -98,12 +99,12 @@ def default_text(name: str) -> str:
 
 
 def group_of(name: str) -> str:
-  return OWN[name][2] if name in OWN else config_lib.group(name)
+  return OWN[name][2] if name in OWN else models.setting(name).group
 
 
 def flags_in_order():
   """Every flag as --help lists it: by group, run settings first."""
-  return sorted([*config_lib.flag_names(), *OWN],
+  return sorted([*models.flag_names(), *OWN],
                 key=lambda n: config_lib.GROUPS.index(group_of(n)))
 
 
@@ -112,12 +113,12 @@ def flags_in_order():
 _DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer,
            float: flags.DEFINE_float, tuple: flags.DEFINE_list,
            str: flags.DEFINE_string}
-for _name in config_lib.flag_names():
+for _name in models.flag_names():
   _help = f"{flag_help(_name)} (default: {default_text(_name)})"
   if _name == "sweep":  # Repeatable: one NAME=V1,V2,... each.
     flags.DEFINE_multi_string(_name, None, _help)
   else:
-    _DEFINE[config_lib.field_type(_name)](_name, None, _help)
+    _DEFINE[models.flag_type(_name)](_name, None, _help)
 for _name, (_define, _default, _, _text, _extra) in OWN.items():
   _define(_name, _default, help=f"{_text} (default: {value_text(_default)})",
           **_extra)
@@ -150,16 +151,15 @@ def main(argv):
                       f"with --mode={FLAGS.mode}")
     return _use_run()
   model = FLAGS.model or config_lib.Config.model
-  given = cli.overrides({n: FLAGS[n].value for n in config_lib.flag_names()},
+  given = cli.overrides({n: FLAGS[n].value for n in models.flag_names()},
                         model)
   config = models.get_config(model, FLAGS.preset or "tuned", **given)
   COMMAND.config = config
-  devices.split_host(config.parallel, multi_process=bool(
+  process.split_host(config.parallel, multi_process=bool(
       config.coordinator_address or config.num_processes > 1))
-  devices.setup_process()
+  process.setup_process()
   members = members_lib.from_config(config)  # A bad --sweep says so first.
   if FLAGS.dry_run:
-    resources.check_memory(config, len(members))
     work, line = cli.dry_run_folder(config, FLAGS.overwrite)
     given.update({n: FLAGS[n].value for n in ("model", "preset")
                   if FLAGS[n].value is not None})
@@ -169,14 +169,14 @@ def main(argv):
     return
   control.set_resume_command(COMMAND.resume_command)
   COMMAND.existed = bool(config.workdir) and os.path.exists(config.workdir)
-  with folder_lib.locking() as held:
+  with lock.locking() as held:
     work, note = cli.run_folder(config, FLAGS.overwrite)
     COMMAND.work, COMMAND.claimed = work, os.path.realpath(work) in held
     COMMAND.fresh = FLAGS.overwrite or not os.path.exists(
-        os.path.join(work, folder_lib.CONFIG_FILE))
+        os.path.join(work, record.CONFIG_FILE))
     if note:
       print(note, flush=True)
-    final = run.train_and_evaluate(
+    final = modes.train_and_evaluate(
         config.replace(workdir=work), work,
         overwrite=FLAGS.overwrite and bool(config.workdir))
   verdict = (final or {}).get(control.NOT_LEARNED)
@@ -190,7 +190,7 @@ def _use_run():
   """--mode=report or predict, on the run in --workdir."""
   if not FLAGS.workdir:
     raise UserError(f"--mode={FLAGS.mode} needs --workdir=DIR, a run folder")
-  devices.setup_process()
+  process.setup_process()
   # The data may have moved; other layers may evaluate.
   overrides = {k: FLAGS[k].value for k in ("data_dir", "mnist_dir", "impl")
                if FLAGS[k].value}
@@ -203,9 +203,9 @@ def _use_run():
                                  **overrides):
       sys.exit(1)
     return
-  with folder_lib.locking():  # One process at a time writes the report.
-    folder_lib.claim(FLAGS.workdir, mode="report", create=False)
-    run.rewrite_report(FLAGS.workdir, **overrides)
+  with lock.locking():  # One process at a time writes the report.
+    lock.claim(FLAGS.workdir, mode="report", create=False)
+    modes.rewrite_report(FLAGS.workdir, **overrides)
 
 
 def _parse(argv):

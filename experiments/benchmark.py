@@ -45,6 +45,7 @@ from mnist_jax import models
 from mnist_jax.data import augment as augment_lib
 from mnist_jax.data import pipeline
 from mnist_jax.errors import UserError
+from mnist_jax.rundir import process
 from mnist_jax.training import devices
 from mnist_jax.training import members as members_lib
 from mnist_jax.training import train
@@ -149,9 +150,9 @@ def _parse_sets(items) -> dict:
   out = {}
   for item in items:
     key, _, value = item.partition("=")
-    if key not in config_lib.flag_names():
+    if key not in models.flag_names():
       raise UserError(f"--set: unknown Config field {key!r}")
-    kind = config_lib.field_type(key)
+    kind = models.flag_type(key)
     if kind is tuple:
       out[key] = tuple(int(v) for v in value.split(","))
     elif kind is bool:
@@ -263,8 +264,8 @@ def main(argv=None):
   args = parse_args(argv)
   if not args.compile_cache:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = ""
-  devices.split_host(args.parallel)
-  devices.setup_process()
+  process.split_host(args.parallel)
+  process.setup_process()
   names = list(models.MODELS) if args.model == "all" else args.model.split(",")
   try:
     for name in names:

@@ -60,11 +60,13 @@ from mnist_jax.results import analysis_plots
 from mnist_jax.results import plots
 from mnist_jax.results.plots import MARKERS, plt
 from mnist_jax.results import run as results_run
-from mnist_jax.rundir import files
-from mnist_jax.rundir import folder as folder_lib
-from mnist_jax.training import devices
+from mnist_jax import files
+from mnist_jax.rundir import metrics_log
+from mnist_jax.rundir import process
+from mnist_jax.rundir import record
+from mnist_jax.rundir import resume
 from mnist_jax.training import members as members_lib
-from mnist_jax.rundir import run as run_lib
+from mnist_jax import modes as run_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 # Settings that do not change what is trained: runs differing only in these
@@ -106,7 +108,7 @@ def find_runs(paths: Sequence[str], skipped: list) -> List[str]:
 def _is_run(path: str) -> bool:
   """A run folder: its config.json, or its metrics.jsonl (config.json lost)."""
   return any(os.path.isfile(os.path.join(path, name))
-             for name in (folder_lib.CONFIG_FILE, folder_lib.METRICS_FILE))
+             for name in (record.CONFIG_FILE, metrics_log.METRICS_FILE))
 
 
 def _runs_in(path: str) -> Tuple[List[str], Optional[Tuple[str, str]]]:
@@ -131,11 +133,11 @@ def config_problem(run_dir: str) -> Optional[Tuple[str, str]]:
   """(what keeps `run_dir`'s settings from being read, what to do), in
   compare.py's terms; None where they read."""
   try:
-    folder_lib.read_config(run_dir)
+    record.read_config(run_dir)
     return None
   except UserError:
     pass
-  name = folder_lib.CONFIG_FILE
+  name = record.CONFIG_FILE
   path = os.path.join(run_dir, name)
   fix = "restore it from a copy, or compare other run folders"
   if not os.path.exists(path):
@@ -154,9 +156,9 @@ def config_problem(run_dir: str) -> Optional[Tuple[str, str]]:
 
 def summarize(run_dir: str) -> Optional[dict]:
   """Headline numbers and learning curve of a finished run (None if unfinished)."""
-  config = folder_lib.read_config(run_dir)
-  rows = folder_lib.read_metrics(os.path.join(run_dir, folder_lib.METRICS_FILE))
-  final = folder_lib.final_metrics(run_dir)
+  config = record.read_config(run_dir)
+  rows = metrics_log.MetricsLog(run_dir).read()
+  final = metrics_log.final_metrics(run_dir)
   if final is None:
     return None
   epochs = [r for r in rows if "epoch" in r and "train_loss" in r]
@@ -223,7 +225,7 @@ def split_members(summary: dict) -> List[dict]:
   """A run's summary as one per member: its Config, test metrics, curve,
   whether it diverged, and its `share` of the program's times. One member:
   [summary]."""
-  final = folder_lib.final_metrics(summary["run"])
+  final = metrics_log.final_metrics(summary["run"])
   entries = final and (final.get("members") or final.get("replicas"))
   if not entries:
     return [summary]
@@ -531,7 +533,7 @@ def read_runs(paths: Sequence[str], log=print) -> Tuple[List[dict], list]:
     if problem:
       skipped.append((run, *problem))
     elif s is None:
-      state = folder_lib.status(run)[0]
+      state = record.status(run)[0]
       log(f"skipping {run}: it has no final test metrics ("
           f"{'it diverged' if state == 'diverged' else 'unfinished run'})")
     else:
@@ -571,7 +573,7 @@ def write_analyses(groups: Sequence[dict], out: str) -> None:
   shown = {}
   for g in groups:
     for s in g["runs"]:
-      final = folder_lib.final_metrics(s["run"])
+      final = metrics_log.final_metrics(s["run"])
       chosen = (final.get("chosen") or {}).get("index")
       if s["run"] not in shown and s.get("member") in (None, chosen):
         shown[s["run"]] = (g["label"], s["train_time_s"])
@@ -596,7 +598,7 @@ def parse_vary(specs: Sequence[str]) -> Dict[str, list]:
     name, _, listed = (t.strip() for t in spec.partition("="))
     if (
         name in ("model", "seed", "preset")
-        or name not in config_lib.flag_names()
+        or name not in models.flag_names()
     ):
       raise UserError(
           f"--vary={spec}: vary a Config field other than model, preset and "
@@ -610,7 +612,7 @@ def parse_vary(specs: Sequence[str]) -> Dict[str, list]:
 
 
 def _typed(name: str, text: str):
-  kind = config_lib.field_type(name)
+  kind = models.flag_type(name)
   try:
     if kind is tuple:
       return tuple(int(v) for v in text.split(","))
@@ -631,7 +633,7 @@ def train_runs(model_names: Sequence[str], seeds: Sequence[int], runs_root: str,
                **overrides) -> List[str]:
   """Trains each model, `vary` combination and seed into runs_root; reuses
   finished runs. Folders are named MODEL[-NAME=VALUE...]-seedN."""
-  devices.setup_process()
+  process.setup_process()
   vary = vary or {}
   combos = [dict(zip(vary, c)) for c in itertools.product(*vary.values())]
   folders = []
@@ -641,8 +643,8 @@ def train_runs(model_names: Sequence[str], seeds: Sequence[int], runs_root: str,
         for k, v in values.items()] + [f"seed{seed}"]))
     config = models.get_config(name, preset, seed=seed, workdir=folder,
                                **{**overrides, **values})
-    if os.path.isdir(folder) and folder_lib.finished(folder) and not (
-        folder_lib.config_differences(folder_lib.read_config(folder), config)):
+    if os.path.isdir(folder) and record.finished(folder) and not (
+        resume.config_differences(record.read_config(folder), config)):
       log(f"{folder}: finished before, reused")
     else:
       log(f"training {os.path.basename(folder)} in {folder}")

@@ -34,9 +34,10 @@ from mnist_jax import models
 from mnist_jax.data import augment as augment_lib
 from mnist_jax.data import pipeline
 from mnist_jax.errors import UserError
+from mnist_jax.rundir import process
 from mnist_jax.training import devices
 from mnist_jax.training import members as members_lib
-from mnist_jax.training import optim
+from mnist_jax import optim
 from mnist_jax.training import train
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -94,8 +95,8 @@ def main(argv=None):
                  help="auto (launch.py's default), none, sharded or pmap")
   p.add_argument("--top", type=int, default=20)
   args = p.parse_args(argv)
-  devices.split_host(args.parallel)
-  devices.setup_process()
+  process.split_host(args.parallel)
+  process.setup_process()
 
   overrides = {k: getattr(args, k) for k in ("data_dir", "mnist_dir")
                if getattr(args, k) is not None}

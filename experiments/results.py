@@ -45,8 +45,9 @@ sys.path.insert(0, ROOT)
 from mnist_jax import models
 from mnist_jax.errors import UserError
 from mnist_jax.results import analysis
-from mnist_jax.rundir import files
-from mnist_jax.rundir import folder as folder_lib
+from mnist_jax import files
+from mnist_jax.rundir import metrics_log
+from mnist_jax.rundir import record
 from mnist_jax.training import members as members_lib
 from experiments import compare
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -143,11 +144,11 @@ def find(rows: Sequence[Row], runs: str) -> Tuple[Dict[Row, str], Dict[Row, str]
   finished, unfinished = {}, {}
   wanted = {row: row.settings() for row in rows}
   for folder in run_folders(runs):
-    have = comparable(folder_lib.read_config(folder))
+    have = comparable(record.read_config(folder))
     for row, want in wanted.items():
       if have != want:
         continue
-      if folder_lib.final_metrics(folder) is None:
+      if metrics_log.final_metrics(folder) is None:
         unfinished.setdefault(row, folder)
       elif row not in finished or _finished_at(folder) > _finished_at(
           finished[row]):
@@ -157,16 +158,16 @@ def find(rows: Sequence[Row], runs: str) -> Tuple[Dict[Row, str], Dict[Row, str]
 
 def run_folders(runs: str) -> List[str]:
   """`runs` if it is a run folder, else the run folders in it (maybe none)."""
-  if os.path.exists(os.path.join(runs, folder_lib.CONFIG_FILE)):
+  if os.path.exists(os.path.join(runs, record.CONFIG_FILE)):
     return [runs]
   if not os.path.isdir(runs):
     return []
   return sorted(os.path.join(runs, d) for d in os.listdir(runs) if os.path.exists(
-      os.path.join(runs, d, folder_lib.CONFIG_FILE)))
+      os.path.join(runs, d, record.CONFIG_FILE)))
 
 
 def _finished_at(folder: str) -> float:
-  return os.path.getmtime(os.path.join(folder, folder_lib.METRICS_FILE))
+  return os.path.getmtime(os.path.join(folder, metrics_log.METRICS_FILE))
 
 
 def require(rows: Sequence[Row], runs: str) -> Dict[Row, dict]:
@@ -190,7 +191,7 @@ def require(rows: Sequence[Row], runs: str) -> Dict[Row, dict]:
 
 
 def _result(folder: str) -> dict:
-  final = dict(folder_lib.final_metrics(folder))
+  final = dict(metrics_log.final_metrics(folder))
   final["run"] = folder
   final["time_s"] = final["wall_time_s"] - (final.get("data_time_s") or 0.0)
   return final

@@ -6,8 +6,10 @@
 Each measurement is a fresh `python` process that goes through launch.py's own
 path (flags, imports, data load, state init, compile or cache load) and stops
 at the first call of the compiled train chunk. Run twice: the first run fills
-the persistent compilation cache, the second shows a warm start. Prints one
-JSON line per run with the time of each phase since the process started.
+a persistent compilation cache (a fresh one, unless JAX_COMPILATION_CACHE_DIR
+names one; launch.py enables none by itself), the second shows a warm start.
+Prints one JSON line per run with the time of each phase since the process
+started.
 """
 
 import argparse
@@ -97,6 +99,8 @@ def main(argv=None):
   args = p.parse_args(argv)
   names = list(models.MODELS) if args.model == "all" else args.model.split(",")
   probe = _PROBE.format(root=ROOT)
+  env = dict(os.environ)
+  env.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jit_"))
   for name in names:
     for run in range(1, args.repeats + 1):
       with tempfile.TemporaryDirectory() as work:
@@ -106,7 +110,7 @@ def main(argv=None):
                 if (v := getattr(args, k))]
         launched = time.time()
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
-                             check=False)
+                             env=env, check=False)
       lines = [l for l in out.stdout.splitlines() if l.startswith("STARTUP ")]
       if out.returncode or not lines:
         print(f"error: {name} run {run} failed:\n{out.stderr[-2000:]}",

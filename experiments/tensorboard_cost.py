@@ -4,9 +4,10 @@
   python experiments/tensorboard_cost.py --run=runs/linear-seed --members=4
 
 Replays a finished run folder's metrics.jsonl through tensorboard.Writer
-into a temporary folder: opening the writer, each `epoch(row)` (median of
---repeats calls, at epochs past the run's own), `final(row)` and
-`figures(paths)` with the folder's PNG figures, then `close()`. With
+into a temporary folder: opening it (`resume(0)`), each `epoch(row)` (median
+of --repeats calls, at epochs past the run's own), `final(row)` and
+`figures()` with the folder's PNG figures (copied first), then `close()`,
+which waits for tensorboardX's thread to write what the calls queued. With
 --members=N each row gets N per-member dicts, as a --num_seeds=N row has.
 Compare the epoch median with the run's own `epoch_time_s`. Prints one JSON
 line.
@@ -15,6 +16,7 @@ line.
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -23,7 +25,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=wrong-import-position
 from mnist_jax.results import report
-from mnist_jax.rundir import folder
+from mnist_jax.rundir import metrics_log
+from mnist_jax.rundir import record
 from mnist_jax.rundir import tensorboard
 
 
@@ -49,8 +52,8 @@ def main():
   parser.add_argument("--repeats", type=int, default=200)
   args = parser.parse_args()
 
-  rows = folder.read_metrics(os.path.join(args.run, folder.METRICS_FILE))
-  config = folder.read_config(args.run)
+  rows = metrics_log.MetricsLog(args.run).read()
+  config = record.read_config(args.run)
   config = config.replace(num_seeds=args.members)
   epochs = [_with_members(r, config, args.members) for r in rows if "train_loss" in r]
   final = _with_members(rows[-1], config, args.members)
@@ -59,7 +62,8 @@ def main():
   with tempfile.TemporaryDirectory() as logdir:
     start = time.perf_counter()
     writer = tensorboard.Writer(logdir, config,
-                                members=_labels(config, args.members))
+                                _labels(config, args.members) or ())
+    writer.resume(0)
     opened = time.perf_counter() - start
     times = []
     for i in range(args.repeats):
@@ -67,15 +71,19 @@ def main():
       start = time.perf_counter()
       writer.epoch(row)
       times.append(time.perf_counter() - start)
+    for path in figures:
+      if os.path.exists(path):
+        shutil.copy(path, logdir)
     start = time.perf_counter()
     writer.final(final)
-    writer.figures(figures)
+    writer.figures()
     finished = time.perf_counter() - start
     start = time.perf_counter()
     writer.close()
     closed = time.perf_counter() - start
     size = sum(os.path.getsize(os.path.join(d, f))
-               for d, _, files in os.walk(logdir) for f in files)
+               for d, _, files in os.walk(logdir) for f in files
+               if f.startswith("events.out.tfevents."))
   print(json.dumps({
       "members": args.members, "open_ms": round(1e3 * opened, 2),
       "epoch_median_ms": round(1e3 * statistics.median(times), 3),

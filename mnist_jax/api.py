@@ -12,8 +12,10 @@ from mnist_jax.config import Config
 from mnist_jax.data import pipeline
 from mnist_jax.models import get_config
 from mnist_jax.results.run import Run, as_images, load_run
-from mnist_jax.rundir import folder
-from mnist_jax.rundir import run
+from mnist_jax.rundir import choose
+from mnist_jax.rundir import lock
+from mnist_jax.rundir import metrics_log
+from mnist_jax import modes
 
 __all__ = ["Config", "Run", "as_images", "get_config", "load_data",
            "load_image", "load_run", "read_metrics", "train_and_evaluate"]
@@ -27,9 +29,9 @@ def train_and_evaluate(config: Config, workdir: Optional[str] = None,
   if it holds an unfinished run of these settings, unless `overwrite`; the
   folder has one writer at a time. Errors raise UserError with the CLI's text.
   """
-  workdir = workdir or config.workdir or folder.default_workdir(config.model)
-  with folder.locking():
-    return run.train_and_evaluate(config.replace(workdir=workdir), workdir,
+  workdir = workdir or config.workdir or choose.default_workdir(config.model)
+  with lock.locking():
+    return modes.train_and_evaluate(config.replace(workdir=workdir), workdir,
                                   overwrite=overwrite)
 
 
@@ -50,4 +52,4 @@ def load_image(image) -> np.ndarray:
 
 def read_metrics(workdir: str) -> List[dict]:
   """A run folder's metrics.jsonl rows: one per epoch, then the final one."""
-  return list(folder.read_metrics(os.path.join(workdir, folder.METRICS_FILE)))
+  return metrics_log.MetricsLog(workdir).read()

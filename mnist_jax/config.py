@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from mnist_jax.data import datasets
 from mnist_jax.errors import UserError
-from mnist_jax.training import optim
+from mnist_jax import optim
 
 OPTIMIZERS = tuple(optim.OPTIMIZERS)
 SCHEDULES = tuple(optim.SCHEDULES)
@@ -84,12 +84,13 @@ class Range:
 
 
 def _field(default: Any, help_text: str, group: str, preset: bool = False,
-           valid: Optional[Range] = None) -> Any:
+           valid: Optional[Range] = None, choices: Tuple[str, ...] = ()) -> Any:
   """A Config field with its flag's --help line, GROUPS heading, whether a
-  preset sets it, and the range it accepts."""
+  preset sets it, and the range or text choices it accepts."""
   return dataclasses.field(
       default=default, metadata={"help": help_text, "group": group,
-                                 "preset": preset, "valid": valid})
+                                 "preset": preset, "valid": valid,
+                                 "choices": choices})
 
 
 def _positive(high=math.inf) -> Range:
@@ -121,38 +122,6 @@ class Setting:
     return self.help, self.group, self.valid, self.choices
 
 
-# --model name -> its own settings (flag name -> Setting), filled by `declare`.
-MODEL_SETTINGS: Dict[str, Dict[str, Setting]] = {}
-
-
-def declare(model: str, settings: Dict[str, Setting]) -> None:
-  """Records `model`'s own settings. A name several models declare is one
-  flag: its help, group, range and choices must agree (defaults may not)."""
-  for name, declared in settings.items():
-    if name in FIELDS:
-      raise ValueError(f"{model}: {name} is a Config field, not a model's")
-    if models_with(name) and setting(name).flag() != declared.flag():
-      raise ValueError(f"{model}: --{name} is declared differently by "
-                       f"{', '.join(models_with(name))}")
-  MODEL_SETTINGS[model] = dict(settings)
-
-
-def models_with(name: str) -> List[str]:
-  """The models that declare setting `name`, in registration order."""
-  return [m for m, declared in MODEL_SETTINGS.items() if name in declared]
-
-
-def setting(name: str) -> Setting:
-  """The declaration of model setting `name` (the first model's)."""
-  return MODEL_SETTINGS[models_with(name)[0]][name]
-
-
-def flag_names() -> List[str]:
-  """The Config fields, then each model setting once, in declaration order."""
-  settings = [n for declared in MODEL_SETTINGS.values() for n in declared]
-  return list(dict.fromkeys([*FIELDS, *settings]))
-
-
 @dataclasses.dataclass(frozen=True)
 class Config:
   """All settings of one run; the defaults are the base every preset edits."""
@@ -161,7 +130,8 @@ class Config:
   preset: str = _field(
       "tuned", "Named settings for --model (seed: its notebook's; tuned: "
       "trained well; best: the most accurate found)", MODEL)
-  dataset: str = _field("mnist", f"Which dataset: {', '.join(DATASETS)}", DATA)
+  dataset: str = _field("mnist", f"Which dataset: {', '.join(DATASETS)}", DATA,
+                        choices=datasets.DATASETS)
   data_dir: Optional[str] = _field(
       None, "tfds data folder the dataset is prepared and cached in; "
       "unset means $TFDS_DATA_DIR or ~/tensorflow_datasets", DATA)
@@ -180,11 +150,12 @@ class Config:
       1000, "Evaluation batch size; the last batch is padded and masked",
       DEVICES, valid=_positive(INT32_MAX))
   optimizer: str = _field("adam", f"The optimizer: {', '.join(OPTIMIZERS)}",
-                          TRAINING, preset=True)
+                          TRAINING, preset=True, choices=optim.OPTIMIZERS)
   learning_rate: float = _field(1e-3, "Peak learning rate", TRAINING,
                                 preset=True, valid=_positive())
   schedule: str = _field("constant", "Learning-rate schedule: "
-                         f"{', '.join(SCHEDULES)}", TRAINING, preset=True)
+                         f"{', '.join(SCHEDULES)}", TRAINING, preset=True,
+                         choices=optim.SCHEDULES)
   warmup_epochs: float = _field(
       0.0, "Linear warmup in epochs, for --schedule=warmup_cosine", TRAINING,
       preset=True, valid=_nonnegative(float(MAX_EPOCHS)))
@@ -254,14 +225,14 @@ class Config:
   parallel: str = _field(
       "auto", "Device layout: auto, none (one device), sharded (one jit over a "
       "mesh, one device's run to float rounding) or pmap (per-device dropout "
-      "masks)", DEVICES)
+      "masks)", DEVICES, choices=PARALLEL)
   dtype: str = _field(
       "float32", "Compute dtype: float32 or bfloat16; parameters and "
-      "optimizer state stay float32", DEVICES)
+      "optimizer state stay float32", DEVICES, choices=DTYPES)
   impl: str = _field(
       "auto", "Layers: auto (a fast kernel where measured faster), stock (Flax "
       "layers only) or fast; a kernel runs only if it computes the stock "
-      "layers", DEVICES)
+      "layers", DEVICES, choices=IMPLS)
   coordinator_address: Optional[str] = _field(
       None, "host:port of process 0, for a multi-process run outside SLURM "
       "and TPU VMs", DEVICES)
@@ -274,19 +245,9 @@ class Config:
   analyses: bool = _field(
       True, "Write the analyses of what the model learned (reading, "
       "robustness, attributions, features, calibration) with the report", MODES)
-  # MODEL_SETTINGS[model] as (name, value) pairs, given or default. No flag.
+  # The model's own settings (models/registry.py declares them) as (name,
+  # value) pairs, every one of them: models.get_config fills. No flag.
   model_settings: Tuple[Tuple[str, Any], ...] = ()
-
-  def __post_init__(self):
-    declared = MODEL_SETTINGS.get(self.model, {})
-    given = dict(self.model_settings)
-    for name in (n for n in given if n not in declared):
-      owners = "/".join(models_with(name))
-      raise UserError(f"--{name} is a setting of --model={owners}, not of "
-                      f"--model={self.model}; leave it out" if owners else
-                      f"unknown setting --{name}; see python launch.py --help")
-    object.__setattr__(self, "model_settings", tuple(
-        (name, given.get(name, s.default)) for name, s in declared.items()))
 
   def __getattr__(self, name: str) -> Any:
     """A setting of the model (`config.mlp_hidden`); fields are found first."""
@@ -299,12 +260,17 @@ class Config:
                          f"setting {name!r}")
 
   def replace(self, **changes) -> "Config":
-    """This config with `changes` (fields or the model's settings); a new
-    --model starts from its own settings' defaults."""
+    """This config with `changes` (fields or the model's own settings); a new
+    --model keeps none of the old model's settings (models.get_config fills)."""
     fields = {k: v for k, v in changes.items() if k in FIELDS}
     kept = (dict(self.model_settings)
             if fields.get("model", self.model) == self.model else {})
-    kept.update((k, v) for k, v in changes.items() if k not in FIELDS)
+    for name in (k for k in changes if k not in FIELDS):
+      if name not in kept:
+        raise UserError(f"--{name} is no setting of --model={self.model}; "
+                        "leave it out (python launch.py --help lists each "
+                        "model's)")
+      kept[name] = changes[name]
     return dataclasses.replace(self, **fields,
                                model_settings=tuple(kept.items()))
 
@@ -321,28 +287,16 @@ FIELDS = {f.name: f for f in dataclasses.fields(Config)
           if f.name != "model_settings"}
 
 
-def group(name: str) -> str:
-  """The --help group (GROUPS) of a field or model setting."""
-  return (FIELDS[name].metadata["group"] if name in FIELDS
-          else setting(name).group)
-
-
-def default(name: str, model: Optional[str] = None) -> Any:
-  """A field's default, or setting `name`'s for `model` (or its first)."""
-  if name in FIELDS:
-    return FIELDS[name].default
-  return MODEL_SETTINGS[model][name].default if model else setting(name).default
+def field(name: str) -> Setting:
+  """Field `name`'s declaration, as a model's own setting is declared."""
+  meta = FIELDS[name].metadata
+  return Setting(name, meta["help"], meta["group"], meta["valid"],
+                 meta["choices"], FIELDS[name].default)
 
 
 def ranged_fields() -> List[str]:
   """The names of the fields with a declared range: the numeric settings."""
   return [n for n, f in FIELDS.items() if f.metadata["valid"] is not None]
-
-
-def ranged_names(config: Config) -> List[str]:
-  """`config`'s settings with a declared range: fields, then its model's."""
-  return [*ranged_fields(), *(n for n, s in MODEL_SETTINGS.get(
-      config.model, {}).items() if s.valid is not None)]
 
 
 def value_text(value) -> str:
@@ -358,37 +312,20 @@ def value_text(value) -> str:
   return str(value)
 
 
-def field_type(name: str) -> Any:
-  """The type a flag for `name` parses to (int, float, bool, str, tuple)."""
-  return str if default(name) is None else type(default(name))
-
-
-def from_dict(values: dict) -> Config:
-  """A Config from a (JSON) dict, lists back to tuples. Other models' settings
-  are ignored: older config.json files carry every model's."""
-  unknown = sorted(set(values) - set(flag_names()))
-  if unknown:
-    raise UserError(f"unknown config keys {unknown}; the known ones are "
-                    "python launch.py --help's flags")
-  fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-  declared = MODEL_SETTINGS.get(fixed.get("model", Config.model), {})
-  return Config(**{k: v for k, v in fixed.items() if k in FIELDS},
-                model_settings=tuple((k, v) for k, v in fixed.items()
-                                     if k in declared))
-
-
-def range_error(name: str, value, flag: Optional[str] = None) -> Optional[str]:
-  """Why `value` is outside setting `name`'s declared range (a tuple: size by
-  size), or None. flag: how the value was given (default `--name`)."""
-  valid = (FIELDS[name].metadata["valid"] if name in FIELDS
-           else setting(name).valid)
-  flag = flag or f"--{name}"
+def value_error(name: str, declared: Setting, value,
+                flag: Optional[str] = None) -> Optional[str]:
+  """Why `value` is not one setting `name` (`declared`) accepts, or None.
+  A tuple is checked size by size. flag: how it was given (`--name`)."""
+  flag, valid = flag or f"--{name}", declared.valid
+  if declared.choices and value not in declared.choices:
+    return (f"{flag} must be one of {', '.join(declared.choices)}, got "
+            f"{value!r}")
   if valid is None:
     return None
   if isinstance(value, tuple):
     if not value:
       return (f"{flag} lists no sizes; pass at least one, e.g. {flag}="
-              f"{value_text(default(name)) or 64}")
+              f"{value_text(declared.default) or 64}")
     bad = next((v for v in value if not valid.contains(v)), None)
     return None if bad is None else (f"{flag} sizes must be {valid.text(bad)}, "
                                      f"got {value_text(value) or 'none'}")
@@ -397,18 +334,11 @@ def range_error(name: str, value, flag: Optional[str] = None) -> Optional[str]:
 
 
 def validate(config: Config) -> Config:
-  """Rejects settings no run can use, with a message that says what to pass
-  (a model's own constraints: ModelSpec.check)."""
+  """Rejects fields no run can use, with a message that says what to pass
+  (the model's own settings: models.validate)."""
   c = config
-  choices = {n: s.choices for n, s in MODEL_SETTINGS.get(c.model, {}).items()}
-  choices.update(optimizer=OPTIMIZERS, schedule=SCHEDULES, dataset=DATASETS,
-                 parallel=PARALLEL, dtype=DTYPES, impl=IMPLS)
-  for name in [*ranged_fields(), *choices]:
-    value, allowed = getattr(c, name), choices.get(name)
-    if allowed and value not in allowed:
-      raise UserError(f"--{name} must be one of {', '.join(allowed)}, got "
-                      f"{value!r}")
-    message = range_error(name, value)
+  for name in FIELDS:
+    message = value_error(name, field(name), getattr(c, name))
     if message:
       raise UserError(message)
   if c.target_accuracy and not c.val_fraction > 0:

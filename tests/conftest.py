@@ -109,13 +109,13 @@ def prepared(idx_dir, tmp_path_factory):
 def tiny_run(prepared, tmp_path_factory):
   """A finished one-epoch MLP run folder on the synthetic data (with its report)."""
   from mnist_jax import models  # pylint: disable=g-import-not-at-top
-  from mnist_jax.rundir import run  # pylint: disable=g-import-not-at-top
+  from mnist_jax import modes  # pylint: disable=g-import-not-at-top
   mnist_dir, data_dir = prepared
   workdir = str(tmp_path_factory.mktemp("runs") / "mlp")
   config = models.get_config("mlp", "seed", epochs=1, mlp_hidden=(16,),
                              batch_size=32, mnist_dir=mnist_dir,
                              data_dir=data_dir, workdir=workdir)
-  run.train_and_evaluate(config, workdir, stream=io.StringIO())
+  modes.train_and_evaluate(config, workdir, stream=io.StringIO())
   return workdir
 
 

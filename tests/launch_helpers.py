@@ -159,7 +159,7 @@ def template(config, steps_per_epoch=1):
   from mnist_jax import models
   from mnist_jax.data import datasets
   from mnist_jax.training import members as members_lib
-  from mnist_jax.training import optim
+  from mnist_jax import optim
   from mnist_jax.training import train
   # pylint: enable=g-import-not-at-top
   members = members_lib.from_config(config)
@@ -172,22 +172,15 @@ def template(config, steps_per_epoch=1):
 
 
 def restore_latest(workdir):
-  """(state, meta) of a run folder's latest checkpoint, via a fresh template:
-  state has the checkpoint's parts (step, params, model_state, opt_state) as
-  attributes, host arrays."""
+  """(state, meta) of a run folder's latest checkpoint, restored as report and
+  predict restore it (checkpoints.restore into a fresh template): the train
+  state, its checkpointed parts host arrays."""
   # pylint: disable=g-import-not-at-top
-  import types
   from mnist_jax.rundir import checkpoints
-  from mnist_jax.rundir import folder as folder_lib
+  from mnist_jax.rundir import record
   # pylint: enable=g-import-not-at-top
-  config = folder_lib.read_config(workdir)
-  reader = checkpoints.Checkpointer(workdir, read_only=True)
-  try:
-    parts, meta = reader.restore(checkpoints.tree(template(config)),
-                                 model=config.model)
-  finally:
-    reader.close()
-  return types.SimpleNamespace(**parts), meta
+  config = record.read_config(workdir)
+  return checkpoints.restore(workdir, template(config), config.model)
 
 
 def assert_trees_equal(a, b):

@@ -157,16 +157,12 @@ class Saver(Recorder):
 
 def restore(workdir, config):
   """A Recorder that starts from the checkpoint in `workdir`, as the run
-  folder (rundir/run.py) does."""
+  folder (modes.py) does."""
   def start(state):
-    reader = checkpoints.Checkpointer(workdir, read_only=True)
-    try:
-      parts, meta = reader.restore(checkpoints.tree(state), model=config.model)
-    finally:
-      reader.close()
+    state, meta = checkpoints.restore(workdir, state, config.model)
     assert meta["format"] == checkpoints.FORMAT == 3
     sums = meta.get("sums")
-    return state.replace(**parts), train.Start(
+    return state, train.Start(
         meta["epoch"] + 1, meta["epoch_step"],
         {k: np.asarray(v, np.float32) for k, v in sums.items()} if sums
         else None)

@@ -6,6 +6,7 @@ import json
 import os
 import re
 
+import flax.linen as nn
 import jax
 from matplotlib.patches import StepPatch
 import numpy as np
@@ -22,7 +23,7 @@ from mnist_jax.results import analysis_plots
 from mnist_jax.results import plots
 from mnist_jax.results import report
 from mnist_jax.results import run as run_lib
-from mnist_jax.rundir import files
+from mnist_jax import files
 
 K = 10
 DECIDING_ROW = 13  # 0-based: the 14th row read.
@@ -84,6 +85,32 @@ def test_a_model_that_decides_at_row_14_reaches_its_accuracy_there():
   np.testing.assert_array_equal(r["accuracy"][after], 1.0)
   assert (r["true_class_probability"][after] > 0.5).all()
   assert r["rows_to_99"] == DECIDING_ROW + 1
+
+
+class _Attending(nn.Module):
+  """Rows attend to rows; Flax's attention names its own projection `out`."""
+  OUTPUT = "out"
+  num_classes: int = K
+
+  @nn.compact
+  def __call__(self, images, train: bool = False):
+    x = nn.MultiHeadDotProductAttention(2, qkv_features=8)(images / 255.0)
+    x = nn.relu(nn.Dense(6)(x.mean(1)))
+    return nn.Dense(self.num_classes, name=self.OUTPUT)(x)
+
+
+def test_the_features_are_the_input_of_the_declared_output_layer():
+  """Each model declares its output layer (OUTPUT): the features are that
+  layer's input, not the first submodule named `out`'s (attention's)."""
+  assert all(spec.module.OUTPUT for spec in models.MODELS.values())
+  images, _ = synthetic_digits(4, 0)
+  module = _Attending()
+  variables = module.init(jax.random.key(0), images)
+  features, logits, _ = analysis.forward(module, variables, images)
+  head = variables["params"]["out"]
+  assert features.shape == (4, 6)
+  np.testing.assert_allclose(features @ head["kernel"] + head["bias"], logits,
+                             rtol=1e-5, atol=1e-6)
 
 
 def test_shift_moves_each_image_its_way_and_noise_is_clipped():

@@ -12,7 +12,9 @@ import pytest
 
 import mnist_jax
 from mnist_jax import api
-from mnist_jax.rundir import folder
+from mnist_jax.rundir import lock
+from mnist_jax.rundir import metrics_log
+from mnist_jax.rundir import record
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -156,7 +158,7 @@ def test_the_flax_module_computes_the_runs_logits(run, test_split):
 def test_evaluate_gives_the_training_runs_test_metrics(run, test_split,
                                                        tiny_run):
   result = run.evaluate(test_split.images, test_split.labels)
-  final = folder.final_metrics(tiny_run)
+  final = metrics_log.final_metrics(tiny_run)
   assert result["accuracy"] == pytest.approx(final["test_accuracy"], abs=1e-6)
   assert result["loss"] == pytest.approx(final["test_loss"], rel=1e-4)
   assert result["confusion"].sum() == len(test_split)
@@ -181,8 +183,8 @@ def test_load_image_takes_a_path_or_a_pil_image(tmp_path):
 
 def test_train_and_evaluate_defaults_to_the_configs_workdir(tiny_run, capsys):
   """A finished run folder is returned as it is, not trained again."""
-  final = mnist_jax.train_and_evaluate(folder.read_config(tiny_run))
-  assert final == folder.final_metrics(tiny_run)
+  final = mnist_jax.train_and_evaluate(record.read_config(tiny_run))
+  assert final == metrics_log.final_metrics(tiny_run)
   assert f"{tiny_run} already finished" in capsys.readouterr().out
 
 
@@ -200,11 +202,11 @@ def test_train_and_evaluate_is_refused_a_folder_another_process_holds(
       stdout=subprocess.PIPE, text=True)
   try:
     assert holder.stdout.readline().strip() == "held"
-    with pytest.raises(folder.InUse, match=re.escape(tiny_run)):
-      mnist_jax.train_and_evaluate(folder.read_config(tiny_run))
+    with pytest.raises(lock.InUse, match=re.escape(tiny_run)):
+      mnist_jax.train_and_evaluate(record.read_config(tiny_run))
   finally:
     holder.kill()
     holder.wait()
-  assert not folder.in_use(tiny_run)  # Released with the process.
+  assert not lock.in_use(tiny_run)  # Released with the process.
   assert {f: os.path.getmtime(os.path.join(tiny_run, f))
           for f in os.listdir(tiny_run)} == before

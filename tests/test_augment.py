@@ -101,7 +101,7 @@ def test_the_train_step_warps_from_its_augment_stream():
   """train_step warps the batch with the state's "augment" key folded with
   the step: the same state steps alike, another augment key (or none)
   otherwise, and the dropout and data streams do not decide the warp."""
-  from mnist_jax.training import optim  # pylint: disable=g-import-not-at-top
+  from mnist_jax import optim  # pylint: disable=g-import-not-at-top
   from mnist_jax.training import train  # pylint: disable=g-import-not-at-top
   config = models.get_config("linear", "seed", augment=True, augment_shift=3.0)
   model, _ = models.build(config)

@@ -1,5 +1,6 @@
-"""Restoring a checkpoint whatever devices wrote it, and telling damage apart
-from a checkpoint that is intact but does not fit."""
+"""Checkpoints: what they hold of the train state, retention, restoring
+whatever devices wrote them, and telling damage apart from a checkpoint that
+is intact but does not fit, in one line wherever a run folder is restored."""
 
 import json
 import os
@@ -12,8 +13,10 @@ import pytest
 
 import launch_helpers as lh
 from mnist_jax import models
+from mnist_jax.results import run as results
 from mnist_jax.rundir import checkpoints
-from mnist_jax.training import optim
+from mnist_jax import modes as run_folder
+from mnist_jax import optim
 from mnist_jax.training import train
 
 CONFIG = models.get_config("linear", "seed")
@@ -77,37 +80,62 @@ def test_a_checkpoint_records_no_devices_and_restores_to_the_host(saved,
     assert isinstance(leaf, np.ndarray)
 
 
-FORMAT2 = os.path.join(lh.ROOT, "tests", "data", "format2", "mlp")
+def _as_data(state):
+  """`state`'s leaves as numpy arrays (typed PRNG keys as their data)."""
+  return [np.asarray(jax.random.key_data(x) if jnp.issubdtype(
+      jnp.result_type(x), jax.dtypes.prng_key) else x)
+          for x in jax.tree.leaves(state)]
 
 
-def test_an_old_checkpoint_written_over_two_devices_restores_on_one(tmp_path):
-  """A format-2 checkpoint whose arrays orbax recorded as split over 2
-  devices (the members of a split host) restores in a process with one."""
-  from mnist_jax.rundir import folder  # pylint: disable=g-import-not-at-top
+def _same(a, b) -> bool:
+  a, b = _as_data(a), _as_data(b)
+  return len(a) == len(b) and all(map(np.array_equal, a, b))
+
+
+def test_restore_gives_back_the_whole_trained_state(tmp_path):
+  """Every field training changes is saved (PARTS follow the TrainState), and
+  the random streams, derived from the seed, are the fresh state's: the state
+  checkpoints.restore (resume's, report's and predict's one path) gives back
+  equals the one saved, field for field."""
+  model, _ = models.build(CONFIG, say=lambda _: None)
+  fresh = lambda: train.create_train_state(  # pylint: disable=g-long-lambda
+      jax.random.key(2), model, optim.make_optimizer(CONFIG, 5), (28, 28))
+  rng = np.random.default_rng(0)
+  state = fresh()
+  for _ in range(3):
+    state, _ = jax.jit(train.train_step)(state, {
+        "image": rng.integers(0, 256, (8, 28, 28), np.uint8),
+        "label": rng.integers(0, 10, 8), "valid": np.bool_(True)})
+  assert {"step", "params", "opt_state"} <= {
+      part for part in checkpoints.PARTS
+      if not _same(getattr(state, part), getattr(fresh(), part))}
   workdir = str(tmp_path / "run")
-  shutil.copytree(FORMAT2, workdir)
-  [step] = os.listdir(os.path.join(workdir, "checkpoints"))
-  path = os.path.join(_step_dir(workdir, step), "state", "_sharding")
-  config = folder.read_config(workdir)
-  template = checkpoints.tree(lh.template(config))
-  whole = _restore(workdir, template, model="mlp")[0]
-  with open(path) as f:
-    names = json.load(f)
-  two = json.dumps({
-      "sharding_type": "NamedSharding", "shape": [2], "axis_names": ["replica"],
-      "axis_types": ["AxisType.Auto"], "partition_spec": [],
-      "device_mesh": {"mesh": [{"id": 0}, {"id": 1}]}})
-  with open(path, "w") as f:
-    json.dump({name: two for name in names}, f)
-  assert jax.device_count() == 1
-  state, meta = _restore(workdir, template, model="mlp")
-  assert meta["step"] == int(step) and meta.get("format", 2) == 2
-  lh.assert_trees_equal(state, whole)
+  writer = checkpoints.Checkpointer(workdir)
+  writer.save(3, checkpoints.tree(state), checkpoints.record(
+      CONFIG, epoch=1, step=3, shapes=checkpoints.param_shapes(state.params)))
+  writer.close()
+  restored, meta = checkpoints.restore(workdir, jax.eval_shape(fresh),
+                                       "linear")
+  assert meta["step"] == 3 and type(restored) is type(state)
+  restored = restored.replace(keys=fresh().keys)  # A shape-only template's.
+  assert _same(restored, state)
 
 
-def _flip_array_byte(workdir):
+def test_the_newest_checkpoints_are_kept(tmp_path):
+  workdir, state = str(tmp_path / "run"), _state()
+  writer = checkpoints.Checkpointer(workdir, keep=2)
+  for step in range(1, 6):
+    writer.save(step, state, {"epoch": step})
+  writer.close()
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "5"]
+  reader = checkpoints.Checkpointer(workdir, read_only=True)
+  assert reader.latest_step() == 5 and reader.read_meta()[1]["epoch"] == 5
+
+
+def _flip_array_byte(workdir, step=14):
   """Flips a byte in the middle of the largest array data file."""
-  folder = os.path.join(_step_dir(workdir), "state", "ocdbt.process_0", "d")
+  folder = os.path.join(_step_dir(workdir, step), "state", "ocdbt.process_0",
+                        "d")
   path = max((os.path.join(folder, f) for f in os.listdir(folder)),
              key=os.path.getsize)
   with open(path, "r+b") as f:
@@ -150,8 +178,8 @@ DAMAGE = {
                            "its arrays do not match the checksum saved"),
     "truncated_arrays": (_truncate_arrays, "its arrays do not read back"),
     "missing_meta": (lambda w: os.remove(_meta_path(w)),
-                     "its meta record is missing"),
-    "unparsable_meta": (_cut_meta, "its meta record is unreadable"),
+                     "its meta record does not read back: File"),
+    "unparsable_meta": (_cut_meta, "its meta record does not read back"),
     "edited_meta": (lambda w: _edit_meta(w, lambda m: m.update(epoch=5),
                                          checksum=False),
                     "its meta record does not match the checksum"),
@@ -256,3 +284,46 @@ def test_an_intact_checkpoint_that_does_not_fit_is_not_damage(
   assert reader.damage(14) is None
   if not case.endswith("_format"):
     lh.assert_trees_equal(_restore(workdir)[0], saved[1])  # Still whole.
+
+
+def _damaged_run(tiny_run, tmp_path):
+  """A copy of a finished run whose one checkpoint has a flipped byte: its
+  folder and that checkpoint's."""
+  workdir = str(tmp_path / "damaged")
+  shutil.copytree(tiny_run, workdir)
+  [step] = os.listdir(os.path.join(workdir, checkpoints.CHECKPOINT_DIR))
+  _flip_array_byte(workdir, step)
+  return workdir, _step_dir(workdir, step)
+
+
+def test_report_and_predict_call_a_damaged_run_damaged(tiny_run, tmp_path):
+  workdir, step = _damaged_run(tiny_run, tmp_path)
+  before = lh.snapshot(workdir)
+  for attempt in (lambda: results.load_run(workdir),
+                  lambda: run_folder.rewrite_report(workdir)):
+    with pytest.raises(checkpoints.CheckpointError) as e:
+      attempt()
+    assert str(e.value) == (
+        f"the checkpoint {step} is damaged or truncated (its arrays do not "
+        "match the checksum saved with them); the run has no earlier "
+        "checkpoint to go back to: pass another --workdir to train anew")
+  assert lh.snapshot(workdir) == before
+
+
+@pytest.mark.slow
+def test_launch_refuses_a_damaged_run_in_one_line(tiny_run, tmp_path):
+  """launch.py's report and predict: exit 1, one line, nothing written."""
+  workdir, step = _damaged_run(tiny_run, tmp_path)
+  image = str(tmp_path / "one.png")
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  Image.fromarray(np.zeros((28, 28), np.uint8)).save(image)
+  before = lh.snapshot(workdir)
+  for mode in ("report", "predict"):
+    rc, out, err = lh.run([f"--mode={mode}", f"--workdir={workdir}",
+                           f"--image={image}"])
+    assert rc == 1, (out, err)
+    assert err.strip().splitlines() == [
+        f"error: the checkpoint {step} is damaged or truncated (its arrays do "
+        "not match the checksum saved with them); the run has no earlier "
+        "checkpoint to go back to: pass another --workdir to train anew"], err
+    assert lh.snapshot(workdir) == before

@@ -18,8 +18,9 @@ from experiments import compare
 from mnist_jax import models
 from mnist_jax.errors import UserError
 from mnist_jax.results import plots
-from mnist_jax.rundir import files
-from mnist_jax.rundir import folder as folder_lib
+from mnist_jax import files
+from mnist_jax.rundir import metrics_log
+from mnist_jax.rundir import record as record_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,7 +45,7 @@ def test_trains_and_compares_with_mean_over_seeds(tiny_run, prepared, tmp_path):
   with open(os.path.join(out, "comparison.csv")) as f:
     rows = list(csv.DictReader(f))
   linear = rows[0]
-  accuracies = [folder_lib.final_metrics(d)["test_accuracy"] for d in folders]
+  accuracies = [metrics_log.final_metrics(d)["test_accuracy"] for d in folders]
   assert linear["runs"] == "2" and linear["seeds"] == "0 1"
   assert float(linear["test_accuracy_mean"]) == pytest.approx(
       sum(accuracies) / 2, abs=1e-6)
@@ -61,8 +62,8 @@ def test_trains_and_compares_with_mean_over_seeds(tiny_run, prepared, tmp_path):
 def test_same_model_groups_are_told_apart(tiny_run, tmp_path):
   other = str(tmp_path / "mlp-lr")
   subprocess.run(["cp", "-r", tiny_run, other], check=True)
-  path = os.path.join(other, folder_lib.CONFIG_FILE)
-  record = folder_lib.read_config(other).replace(learning_rate=0.01)
+  path = os.path.join(other, record_lib.CONFIG_FILE)
+  record = record_lib.read_config(other).replace(learning_rate=0.01)
   with open(path) as f:
     data = json.load(f)
   data["config"] = record.to_dict()
@@ -88,14 +89,14 @@ def test_command_line_errors(tmp_path):
 @pytest.mark.slow
 def test_num_seeds_run_gives_one_run_per_seed(prepared, tmp_path):
   """A --num_seeds=3 run is grouped as three seeds, with their spread."""
-  from mnist_jax.rundir import run  # pylint: disable=g-import-not-at-top
+  from mnist_jax import modes  # pylint: disable=g-import-not-at-top
   mnist_dir, data_dir = prepared
   folder = str(tmp_path / "linear-3seeds")
   config = models.get_config("linear", "seed", num_seeds=3, seed=5, epochs=2,
                              val_fraction=0.1, mnist_dir=mnist_dir,
                              data_dir=data_dir)
-  run.train_and_evaluate(config, folder, stream=io.StringIO())
-  final = folder_lib.final_metrics(folder)
+  modes.train_and_evaluate(config, folder, stream=io.StringIO())
+  final = metrics_log.final_metrics(folder)
   groups = compare.compare([folder], str(tmp_path / "out"), log=lambda _: None)
   assert len(groups) == 1
   g = groups[0]
@@ -104,8 +105,8 @@ def test_num_seeds_run_gives_one_run_per_seed(prepared, tmp_path):
   assert len(set(g["test_loss"])) == 3
   for curve, replica in zip(g["curves"], range(3)):
     assert [r["epoch"] for r in curve] == [1, 2]
-    rows = list(folder_lib.read_metrics(
-        os.path.join(folder, folder_lib.METRICS_FILE)))
+    rows = list(metrics_log.read_metrics(
+        os.path.join(folder, metrics_log.METRICS_FILE)))
     assert curve[1]["val_loss"] == rows[1]["members"][replica]["val_loss"]
     assert "members" not in curve[1] and "val_loss_std" not in curve[1]
   with open(os.path.join(str(tmp_path / "out"), "comparison.csv")) as f:
@@ -137,7 +138,7 @@ def _write_run(folder, accuracies, *, seed=0, wall=40.0, data=4.0,
                              num_seeds=m, val_fraction=0.1,
                              workdir=str(folder), **overrides)
   os.makedirs(folder)
-  files.write_json(os.path.join(folder, folder_lib.CONFIG_FILE),
+  files.write_json(os.path.join(folder, record_lib.CONFIG_FILE),
                    {"config": config.to_dict()})
   entries = lambda **k: [{"index": i, "seed": seed + i, "values": {}, **k}
                          for i in range(m)]
@@ -161,7 +162,7 @@ def _write_run(folder, accuracies, *, seed=0, wall=40.0, data=4.0,
     final["test_accuracy_mean"] = float(np.mean(accuracies))
     final["test_accuracy_std"] = float(np.std(accuracies, ddof=1))
   rows.append(final)
-  files.write_text(os.path.join(folder, folder_lib.METRICS_FILE),
+  files.write_text(os.path.join(folder, metrics_log.METRICS_FILE),
                    "".join(json.dumps(r) + "\n" for r in rows))
   return str(folder)
 
@@ -244,7 +245,7 @@ def test_spread_is_the_sample_standard_deviation_as_in_report_md(tmp_path):
   sample = float(np.std(accuracies, ddof=1))
   assert float(row["test_accuracy_std"]) == pytest.approx(sample, abs=1e-6)
   # What the run's own final row (report.md's numbers) holds.
-  final = folder_lib.final_metrics(program)
+  final = metrics_log.final_metrics(program)
   assert float(row["test_accuracy_std"]) == pytest.approx(
       final["test_accuracy_std"], abs=1e-6)
   text = open(os.path.join(out, "comparison.md")).read()
@@ -262,7 +263,7 @@ def test_spread_is_the_sample_standard_deviation_as_in_report_md(tmp_path):
 
 
 def test_final_row_records_data_time_and_compare_leaves_it_out(tiny_run):
-  final = folder_lib.final_metrics(tiny_run)
+  final = metrics_log.final_metrics(tiny_run)
   assert 0 < final["data_time_s"] < final["wall_time_s"]
   summary = compare.summarize(tiny_run)
   assert summary["train_time_s"] == pytest.approx(
@@ -272,8 +273,8 @@ def test_final_row_records_data_time_and_compare_leaves_it_out(tiny_run):
 def test_a_run_without_data_time_still_loads_and_is_named(tiny_run, tmp_path):
   old = str(tmp_path / "old")
   shutil.copytree(tiny_run, old)
-  path = os.path.join(old, folder_lib.METRICS_FILE)
-  rows = list(folder_lib.read_metrics(path))
+  path = os.path.join(old, metrics_log.METRICS_FILE)
+  rows = list(metrics_log.read_metrics(path))
   del rows[-1]["data_time_s"]
   files.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
   summary = compare.summarize(old)
@@ -293,10 +294,10 @@ def test_sort_key_orders_numbers_as_numbers_across_types():
 
 def _copy_with(run, folder, **changes):
   subprocess.run(["cp", "-r", run, folder], check=True)
-  path = os.path.join(folder, folder_lib.CONFIG_FILE)
+  path = os.path.join(folder, record_lib.CONFIG_FILE)
   with open(path) as f:
     data = json.load(f)
-  data["config"] = folder_lib.read_config(folder).replace(**changes).to_dict()
+  data["config"] = record_lib.read_config(folder).replace(**changes).to_dict()
   files.write_json(path, data)
   return compare.summarize(folder)
 
@@ -458,17 +459,17 @@ def test_wrapped_titles_break_between_words(width):
 
 def _edit_metrics(folder, edit):
   """Rewrites a run folder's metrics.jsonl rows through `edit(rows)`."""
-  path = os.path.join(folder, folder_lib.METRICS_FILE)
-  rows = edit(folder_lib.read_metrics(path))
+  path = os.path.join(folder, metrics_log.METRICS_FILE)
+  rows = edit(metrics_log.read_metrics(path))
   files.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _bad_folders(tmp_path):
   """(a run folder whose config.json is not JSON, one without config.json)."""
   broken = _write_run(tmp_path / "broken", [0.9], seed=1)
-  files.write_text(os.path.join(broken, folder_lib.CONFIG_FILE), '{"config": ')
+  files.write_text(os.path.join(broken, record_lib.CONFIG_FILE), '{"config": ')
   lost = _write_run(tmp_path / "lost", [0.9], seed=2)
-  os.remove(os.path.join(lost, folder_lib.CONFIG_FILE))
+  os.remove(os.path.join(lost, record_lib.CONFIG_FILE))
   return broken, lost
 
 

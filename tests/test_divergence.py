@@ -13,9 +13,9 @@ import launch_helpers as lh
 from mnist_jax import models
 from mnist_jax.errors import Diverged
 from mnist_jax.rundir import checkpoints
-from mnist_jax.rundir import folder as folder_lib
+from mnist_jax.rundir import record
 from mnist_jax.training import members as members_lib
-from mnist_jax.training import optim
+from mnist_jax import optim
 from mnist_jax.training import train
 from parallel_worker import Recorder, dataset
 
@@ -31,7 +31,7 @@ NAN_FLAGS = ("--model=linear", "--batch_size=16", "--chunk_steps=8",
 
 def _restore_latest(workdir):
   """(parts, meta) of a run folder's latest checkpoint."""
-  config = folder_lib.read_config(workdir)
+  config = record.read_config(workdir)
   model, _ = models.build(config, say=lambda _: None)
   template = jax.jit(functools.partial(
       train.create_train_state, model=model,

@@ -16,8 +16,8 @@ import launch_helpers as lh
 from mnist_jax import models
 from mnist_jax.data import pipeline
 from mnist_jax.results import report
-from mnist_jax.rundir import files
-from mnist_jax.rundir import run
+from mnist_jax import files
+from mnist_jax import modes
 
 UMASK = 0o002  # Group-writable: unlike the usual 0o022, also tells 0o664 from 0o644.
 EXPECTED = 0o666 & ~UMASK
@@ -71,7 +71,7 @@ def test_run_files_get_the_users_permissions(prepared, tmp_path, umask):
   config = models.get_config("mlp", "seed", epochs=1, mlp_hidden=(8,),
                              batch_size=50, mnist_dir=mnist_dir,
                              data_dir=fresh, workdir=workdir)
-  run.train_and_evaluate(config, workdir, stream=io.StringIO())
+  modes.train_and_evaluate(config, workdir, stream=io.StringIO())
   events = [f for f in os.listdir(workdir) if "tfevents" in f]
   written = ["config.json", "metrics.jsonl", *report.FILES, *events]
   assert events
@@ -91,7 +91,7 @@ def test_run_files_get_the_users_permissions(prepared, tmp_path, umask):
 _PAUSE_IN_PLOT = r"""
 import contextlib, os, runpy, sys, time
 sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[1])))
-from mnist_jax.rundir import files
+from mnist_jax import files
 _atomic = files.atomic
 @contextlib.contextmanager
 def atomic(path, mode="w"):

@@ -20,20 +20,21 @@ import pytest
 
 import launch_helpers as lh
 from mnist_jax import config as config_lib
+from mnist_jax import models
 
 pytestmark = pytest.mark.slow
 
 VALUES = ("nan", "inf", "-inf", "-1", "0", "1e30", str(2**63))
 # Every numeric setting: Config's fields and the models' own (given with
 # --model of the first model that declares it).
-NUMERIC = [n for n in config_lib.flag_names()
-           if config_lib.field_type(n) in (int, float, tuple)]
+NUMERIC = [n for n in models.flag_names()
+           if models.flag_type(n) in (int, float, tuple)]
 
 
 def _model_flag(name):
   """[] for a Config field; ["--model=M"] for model M's own setting."""
   return ([] if name in config_lib.FIELDS
-          else [f"--model={config_lib.models_with(name)[0]}"])
+          else [f"--model={models.models_with(name)[0]}"])
 
 # Runs launch.py's parse and _run on each argv of argv[1] (a JSON list), with
 # --dry_run and a --workdir of its own under argv[2]; prints one JSON line of
@@ -65,7 +66,7 @@ print("@results " + json.dumps(results))
 
 def _parsed(name, text):
   """The value a flag's text parses to, or None where absl refuses it."""
-  kind = config_lib.field_type(name)
+  kind = models.flag_type(name)
   try:
     if kind is tuple:
       return tuple(int(v) for v in text.split(","))
@@ -80,7 +81,7 @@ def _expected_status(name, text):
   value = _parsed(name, text)
   if value is None:
     return 2
-  return 0 if config_lib.range_error(name, value) is None else 1
+  return 0 if models.value_error(name, value) is None else 1
 
 
 def test_every_numeric_flag_fuzzed_in_one_child(tmp_path):

@@ -17,6 +17,7 @@ import pytest
 
 import launch
 from mnist_jax import config as config_lib
+from mnist_jax import models
 from mnist_jax.errors import UserError
 from mnist_jax.models import registry
 from mnist_jax.training import members as members_lib
@@ -36,7 +37,7 @@ def _help_line(name):
 def _launch_flags():
   """launch.py's own flags: those it defines that are not Config fields."""
   defined = {f.name for f in FLAGS.get_key_flags_for_module(launch)}
-  return sorted(defined - set(config_lib.flag_names()))
+  return sorted(defined - set(models.flag_names()))
 
 
 def _readme_flag_rows():
@@ -88,21 +89,21 @@ def test_preset_marks_match_the_registry():
 
 
 @pytest.mark.parametrize("name", sorted(
-    set(config_lib.flag_names()) - set(config_lib.FIELDS)))
+    set(models.flag_names()) - set(config_lib.FIELDS)))
 def test_every_model_setting_has_one_line_help_naming_its_models(name):
   """A model's own setting is a flag whose help is its declaration's, says
   which models have it, and defaults to the module attribute's default."""
-  declared = config_lib.setting(name)
+  declared = models.setting(name)
   assert declared.help and "\n" not in declared.help, name
   assert "`" not in declared.help and "|" not in declared.help, name
   assert declared.group in config_lib.GROUPS, name
-  owners = config_lib.models_with(name)
+  owners = models.models_with(name)
   assert launch.flag_help(name) == f"{declared.help}; {'/'.join(owners)} only"
   assert FLAGS[name].help == _help_line(name)
   for model in owners:
     module = registry.get(model).module
-    attribute = config_lib.MODEL_SETTINGS[model][name].attribute
-    assert config_lib.default(name, model) == {
+    attribute = models.setting(name, model).attribute
+    assert models.setting(name, model).default == {
         f.name: f.default for f in dataclasses.fields(module)}[attribute]
 
 
@@ -132,7 +133,7 @@ def test_help_output_carries_every_line(capsys):
   """What `python launch.py --help` prints holds every flag's help and
   default, in one style."""
   printed = " ".join(_printed_help(capsys).split())
-  for name in [*config_lib.flag_names(), *_launch_flags()]:
+  for name in [*models.flag_names(), *_launch_flags()]:
     spelled = f"--[no]{name}:" if FLAGS[name].boolean else f"--{name}:"
     assert f" {spelled} {_help_line(name)}" in printed, name
   assert printed.count("(default: ") == len(FLAGS.get_key_flags_for_module(
@@ -200,5 +201,5 @@ def test_value_text_spells_defaults_as_typed():
 ])
 def test_new_fields_are_validated(change, message):
   with pytest.raises(UserError, match=re.escape(message)):
-    config_lib.validate(config_lib.Config(model="cnn").replace(**change))
+    models.validate(models.new_config("cnn").replace(**change))
   assert config_lib.validate(config_lib.Config()).impl == "auto"

@@ -1,4 +1,5 @@
-"""The run folder: the one a command without --workdir picks; locks; resumes."""
+"""The run folder: its record, the one a command without --workdir picks, its
+lock, resuming it, metrics.jsonl."""
 
 import fcntl
 import json
@@ -8,10 +9,14 @@ import shlex
 import pytest
 
 import launch_helpers as lh
-from mnist_jax.errors import Diverged
+from mnist_jax.errors import Diverged, UserError
 from mnist_jax.models import registry
-from mnist_jax.rundir import files
-from mnist_jax.rundir import folder
+from mnist_jax.rundir import choose
+from mnist_jax import files
+from mnist_jax.rundir import lock
+from mnist_jax.rundir import metrics_log
+from mnist_jax.rundir import record
+from mnist_jax.rundir import resume
 
 CONFIG = registry.get_config("linear", epochs=4)
 
@@ -26,10 +31,10 @@ def _run(root, name, config=CONFIG, started="2026-01-01T10:00:00+0000",
   os.makedirs(path)
   if finished is None:
     finished = any("test_accuracy" in r for r in rows)
-  files.write_json(os.path.join(path, folder.CONFIG_FILE),
+  files.write_json(os.path.join(path, record.CONFIG_FILE),
                    {"config": config.to_dict(), "started": started,
                     "finished": finished})
-  log = folder.MetricsLog(path)
+  log = metrics_log.MetricsLog(path)
   for row in rows:
     log.write(row)
   return path
@@ -44,12 +49,12 @@ def test_resume_records_only_the_settings_that_changed(tmp_path):
   is not 'changed' by a resume that keeps it."""
   config = registry.get_config("cnn", "best")
   path = str(tmp_path / "run")
-  folder.start(path, config, {})
-  folder.record_resume(path, config.replace(chunk_steps=7), {}, {"step": 9})
-  with open(os.path.join(path, folder.CONFIG_FILE)) as f:
-    resume = json.load(f)["resumes"][0]
-  assert resume["from_step"] == 9
-  assert resume["changed"] == {"chunk_steps": 7}
+  record.start(path, config, {})
+  record.record_resume(path, config.replace(chunk_steps=7), {}, {"step": 9})
+  with open(os.path.join(path, record.CONFIG_FILE)) as f:
+    entry = json.load(f)["resumes"][0]
+  assert entry["from_step"] == 9
+  assert entry["changed"] == {"chunk_steps": 7}
 
 
 def test_junk_under_runs_is_skipped(tmp_path):
@@ -61,19 +66,19 @@ def test_junk_under_runs_is_skipped(tmp_path):
                      ("unknown_key", '{"config": {"colour": "red"}}'),
                      ("bad_bytes", b"\xff\xfe\x00".decode("latin-1"))]:
     (tmp_path / name).mkdir()
-    (tmp_path / name / folder.CONFIG_FILE).write_text(text, "latin-1")
+    (tmp_path / name / record.CONFIG_FILE).write_text(text, "latin-1")
   unreadable = _run(root, "unreadable")
-  os.chmod(os.path.join(unreadable, folder.CONFIG_FILE), 0)
+  os.chmod(os.path.join(unreadable, record.CONFIG_FILE), 0)
   junk_metrics = _run(root, "junk_metrics", started="2026-01-02T10:00:00+0000")
-  with open(os.path.join(junk_metrics, folder.METRICS_FILE), "w") as f:
+  with open(os.path.join(junk_metrics, metrics_log.METRICS_FILE), "w") as f:
     f.write('3\n"text"\n{"epoch": 1}\n{torn')
-  found = folder.find_runs(CONFIG, root)
-  readable = os.access(os.path.join(unreadable, folder.CONFIG_FILE), os.R_OK)
+  found = choose.find_runs(CONFIG, root)
+  readable = os.access(os.path.join(unreadable, record.CONFIG_FILE), os.R_OK)
   assert [r.path for r in found] == [junk_metrics] + [unreadable] * readable
   assert found[0].status == "unfinished" and found[0].epochs_logged == 1
-  assert folder.choose(CONFIG, root=root).path == junk_metrics
-  assert folder.find_runs(CONFIG, str(tmp_path / "missing")) == []
-  first = folder.choose(CONFIG, root=str(tmp_path / "missing"))
+  assert choose.choose(CONFIG, root=root).path == junk_metrics
+  assert choose.find_runs(CONFIG, str(tmp_path / "missing")) == []
+  first = choose.choose(CONFIG, root=str(tmp_path / "missing"))
   assert not first.resume and not first.news  # A first run says nothing.
 
 
@@ -85,9 +90,9 @@ def test_newest_by_recorded_start_time_not_name_or_mtime(tmp_path):
   _run(root, "other", CONFIG.replace(epochs=5),
        started="2026-04-01T10:00:00+0000")  # Other settings: not a candidate.
   os.utime(older)  # The newest mtime: it must not matter.
-  assert [r.path for r in folder.find_runs(CONFIG, root)] == [
+  assert [r.path for r in choose.find_runs(CONFIG, root)] == [
       newer, older, undated]
-  choice = folder.choose(CONFIG, root=root)
+  choice = choose.choose(CONFIG, root=root)
   assert choice.resume and choice.path == newer
   assert choice.reason.startswith(f"resuming {newer}, the newest unfinished")
 
@@ -95,20 +100,20 @@ def test_newest_by_recorded_start_time_not_name_or_mtime(tmp_path):
 def test_settings_that_may_differ_on_resume_still_match(tmp_path):
   path = _run(str(tmp_path), "run", CONFIG.replace(
       workdir="elsewhere", chunk_steps=7, data_dir="/data", parallel="none"))
-  assert folder.choose(CONFIG, root=str(tmp_path)).path == path
+  assert choose.choose(CONFIG, root=str(tmp_path)).path == path
 
 
 def test_finished_runs_start_a_new_folder_and_unfinished_are_resumed(tmp_path):
   root = str(tmp_path)
   finished = _run(root, "finished", started="2026-03-01T10:00:00+0000",
                   rows=[{"epoch": 4}, FINAL])
-  choice = folder.choose(CONFIG, root=root)
+  choice = choose.choose(CONFIG, root=root)
   assert not choice.resume and choice.path.startswith(
       os.path.join(root, "linear-"))
   assert f"{finished} trained these settings to the end" in choice.reason
   unfinished = _run(root, "unfinished", started="2026-02-01T10:00:00+0000",
                     rows=[{"epoch": 1}])
-  choice = folder.choose(CONFIG, root=root)
+  choice = choose.choose(CONFIG, root=root)
   assert choice.resume and choice.path == unfinished
   assert "(1 of 4 epochs logged)" in choice.reason
 
@@ -121,23 +126,23 @@ def test_a_diverged_run_is_not_repeated(tmp_path):
                   rows=[{"epoch": 1}, DIVERGED])
   with pytest.raises(Diverged, match=f"^{diverged} trained these settings and "
                      "diverged \\(at step 70, epoch 2\\)"):
-    folder.choose(CONFIG, root=root)
-  choice = folder.choose(CONFIG, overwrite=True, root=root)
+    choose.choose(CONFIG, root=root)
+  choice = choose.choose(CONFIG, overwrite=True, root=root)
   assert not choice.resume and "deletes no folder" in choice.reason
   # Another setting is another run: it starts.
   other = CONFIG.replace(learning_rate=1e-4)
-  assert not folder.choose(other, root=root).resume
+  assert not choose.choose(other, root=root).resume
   # Given by --workdir, the same settings are refused, other ones are not.
   with pytest.raises(Diverged, match="resuming would diverge again"):
-    folder.check_not_diverged(diverged, CONFIG)
-  folder.check_not_diverged(diverged, CONFIG.replace(learning_rate=1e-4))
-  folder.check_not_diverged(str(tmp_path / "new"), CONFIG)
+    resume.check_not_diverged(diverged, CONFIG)
+  resume.check_not_diverged(diverged, CONFIG.replace(learning_rate=1e-4))
+  resume.check_not_diverged(str(tmp_path / "new"), CONFIG)
 
 
 def test_overwrite_without_workdir_deletes_nothing(tmp_path):
   root = str(tmp_path)
   unfinished = _run(root, "unfinished", rows=[{"epoch": 1}])
-  choice = folder.choose(CONFIG, overwrite=True, root=root)
+  choice = choose.choose(CONFIG, overwrite=True, root=root)
   assert not choice.resume and choice.path != unfinished
   assert os.listdir(root) == ["unfinished"]
 
@@ -149,37 +154,37 @@ def test_a_run_training_in_another_process_is_left_alone(tmp_path):
   fd = os.open(busy, os.O_RDONLY)  # Another open file: another holder.
   try:
     fcntl.flock(fd, fcntl.LOCK_EX)
-    assert folder.in_use(busy) and not folder.in_use(idle)
-    assert [r.status for r in folder.find_runs(CONFIG, root)] == [
+    assert lock.in_use(busy) and not lock.in_use(idle)
+    assert [r.status for r in choose.find_runs(CONFIG, root)] == [
         "running", "unfinished"]
-    assert folder.choose(CONFIG, root=root).path == idle
-    with pytest.raises(folder.UserError, match="is in use"):
-      folder.check_not_in_use(busy)
+    assert choose.choose(CONFIG, root=root).path == idle
+    with pytest.raises(UserError, match="is in use"):
+      lock.check_not_in_use(busy)
   finally:
     os.close(fd)
-  assert not folder.in_use(busy)
+  assert not lock.in_use(busy)
 
 
 def test_a_run_holds_its_folder_while_it_writes_it(tmp_path):
   path = str(tmp_path / "run")
-  with folder.locking() as held:
-    folder.begin(path, CONFIG, {}, existing=False, overwrite=False, meta=None)
+  with lock.locking() as held:
+    record.begin(path, CONFIG, {}, existing=False, overwrite=False, meta=None)
     assert os.path.realpath(path) in held
-    assert not folder.in_use(path)  # Not to this process itself.
+    assert not lock.in_use(path)  # Not to this process itself.
     fd = os.open(path, os.O_RDONLY)
     with pytest.raises(BlockingIOError):
       fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     os.close(fd)
-  assert not folder.in_use(path)
+  assert not lock.in_use(path)
   # Outside locking() (the Python API), nothing is locked.
-  folder.begin(path, CONFIG, {}, existing=True, overwrite=False, meta=None)
-  assert not folder.in_use(path)
+  record.begin(path, CONFIG, {}, existing=True, overwrite=False, meta=None)
+  assert not lock.in_use(path)
 
 
 def test_default_workdir_never_names_an_existing_folder(tmp_path):
-  first = folder.default_workdir("mlp", str(tmp_path))
+  first = choose.default_workdir("mlp", str(tmp_path))
   os.makedirs(first)
-  second = folder.default_workdir("mlp", str(tmp_path))
+  second = choose.default_workdir("mlp", str(tmp_path))
   assert second == first + "-2"
 
 
@@ -189,36 +194,37 @@ def test_a_run_begun_by_another_process_meanwhile_is_refused(tmp_path):
   fd = os.open(path, os.O_RDONLY)
   try:
     fcntl.flock(fd, fcntl.LOCK_EX)
-    with folder.locking():
-      with pytest.raises(folder.UserError, match="is in use"):
-        folder.begin(path, CONFIG, {}, existing=True, overwrite=False,
+    with lock.locking():
+      with pytest.raises(UserError, match="is in use"):
+        record.begin(path, CONFIG, {}, existing=True, overwrite=False,
                      meta=None)
   finally:
     os.close(fd)
   assert lh.snapshot(path) == before
 
 
-def test_a_held_folder_is_refused_naming_its_holder(tmp_path):
-  """The refusal names the process /proc/locks shows holding the lock; the
-  .lock file a killed holder left is not believed."""
+def test_a_held_folder_is_refused_in_one_line_naming_its_lock_file(tmp_path):
+  """The refusal points to the lock file (which names the holder) and says
+  what to do; a .lock file a killed holder left refuses nothing."""
   path = _run(str(tmp_path), "run", rows=[{"epoch": 1}])
-  with open(os.path.join(path, folder.LOCK_FILE), "w") as f:
-    json.dump({"pid": 999999999, "mode": "train",
-               "command": ["python", "launch.py", "--model=old"]}, f)
+  with open(os.path.join(path, lock.LOCK_FILE), "w") as f:
+    json.dump({"pid": 999999999, "mode": "train"}, f)  # A killed holder's.
+  with lock.locking():
+    lock.claim(path)
   fd = os.open(path, os.O_RDONLY)  # Another open file: another holder.
   try:
     fcntl.flock(fd, fcntl.LOCK_EX)
-    with folder.locking():
-      with pytest.raises(folder.InUse) as e:
-        folder.claim(path)
-    message = str(e.value)
-    assert message.startswith(f"{path} is in use: pid ")
-    if folder.holder(path).get("pid") == os.getpid():  # /proc/locks exists.
-      assert f"pid {os.getpid()} (" in message and "999999999" not in message
-    assert message.endswith("wait for it to end, or pass another --workdir")
-    with folder.locking():
-      with pytest.raises(folder.InUse, match="then run this again$"):
-        folder.claim(path, mode="report")
+    with lock.locking():
+      with pytest.raises(lock.InUse) as e:
+        lock.claim(path)
+    lock_file = os.path.join(path, lock.LOCK_FILE)
+    assert str(e.value) == (
+        f"{path} is in use: another process holds its lock ({lock_file} "
+        "names it); wait for it to end, or pass another --workdir")
+    with lock.locking():
+      with pytest.raises(lock.InUse, match=(
+          f"^{path} is in use: .*; wait for it to end, then run this again$")):
+        lock.claim(path, mode="report")
   finally:
     os.close(fd)
 
@@ -228,29 +234,30 @@ def test_a_claim_writes_who_holds_it_and_cleans_what_kills_left(tmp_path):
   stale = os.path.join(path, ".report.md.0123abcd.tmp")
   with open(stale, "w") as f:
     f.write("half a report")
-  with folder.locking() as held:
-    folder.claim(path, mode="report")
+  with lock.locking() as held:
+    lock.claim(path, mode="report")
     assert os.path.realpath(path) in held
     assert not os.path.exists(stale)
-    info = folder.holder(path)
-    assert info["pid"] == os.getpid() and info["mode"] == "report"
-    assert not folder.in_use(path)  # Not to this process itself.
-  assert not os.path.exists(os.path.join(path, folder.LOCK_FILE))
+    with open(os.path.join(path, lock.LOCK_FILE)) as f:
+      note = json.load(f)
+    assert note["pid"] == os.getpid() and note["mode"] == "report"
+    assert not lock.in_use(path)  # Not to this process itself.
+  assert not os.path.exists(os.path.join(path, lock.LOCK_FILE))
   assert sorted(os.listdir(path)) == ["config.json", "metrics.jsonl"]
 
 
 def test_a_folder_a_claim_created_goes_if_nothing_was_written(tmp_path):
   empty, used = str(tmp_path / "a" / "empty"), str(tmp_path / "used")
-  with folder.locking():
-    folder.claim(empty)
-    folder.claim(used)
-    assert sorted(os.listdir(empty)) == [folder.LOCK_FILE]
-    folder.check_run_folder(empty, CONFIG)  # The lock file is no content.
-    folder.start(used, CONFIG, {})
+  with lock.locking():
+    lock.claim(empty)
+    lock.claim(used)
+    assert sorted(os.listdir(empty)) == [lock.LOCK_FILE]
+    resume.check_run_folder(empty, CONFIG)  # The lock file is no content.
+    record.start(used, CONFIG, {})
   assert not os.path.exists(tmp_path / "a")  # Its parent, made for it, too.
-  assert os.listdir(used) == [folder.CONFIG_FILE]
-  with folder.locking():
-    folder.claim(str(tmp_path / "missing"), mode="report", create=False)
+  assert os.listdir(used) == [record.CONFIG_FILE]
+  with lock.locking():
+    lock.claim(str(tmp_path / "missing"), mode="report", create=False)
   assert not os.path.exists(tmp_path / "missing")
 
 
@@ -259,32 +266,32 @@ def test_finished_is_recorded_after_the_report_not_read_from_the_last_row(
   root = str(tmp_path)
   path = _run(root, "killed_in_report", rows=[{"epoch": 4}, FINAL],
               finished=False)
-  assert folder.status(path)[0] == "unfinished"
-  choice = folder.choose(CONFIG, root=root)
+  assert record.status(path)[0] == "unfinished"
+  choice = choose.choose(CONFIG, root=root)
   assert choice.resume and choice.path == path
   assert choice.reason.startswith(f"completing {path}, the newest unfinished")
-  folder.finish(path, FINAL)
-  assert folder.status(path)[0] == "finished"
-  assert not folder.choose(CONFIG, root=root).resume
+  record.finish(path, FINAL)
+  assert record.status(path)[0] == "finished"
+  assert not choose.choose(CONFIG, root=root).resume
   # A folder from before the record: finished with its final row and report.
   legacy = _run(root, "legacy", rows=[{"epoch": 4}, FINAL])
-  with open(os.path.join(legacy, folder.CONFIG_FILE)) as f:
-    record = json.load(f)
-  del record["finished"]
-  files.write_json(os.path.join(legacy, folder.CONFIG_FILE), record)
-  assert not folder.finished(legacy)
+  with open(os.path.join(legacy, record.CONFIG_FILE)) as f:
+    saved = json.load(f)
+  del saved["finished"]
+  files.write_json(os.path.join(legacy, record.CONFIG_FILE), saved)
+  assert not record.finished(legacy)
   (tmp_path / "legacy" / "report.md").write_text("# report")
-  assert folder.finished(legacy)
+  assert record.finished(legacy)
 
 
 def test_a_torn_log_is_repaired_and_said_never_silently_cut(tmp_path):
   path = _run(str(tmp_path), "run")
   rows = [{"epoch": e, "train_loss": 1.0 / e} for e in (1, 2, 4, 5)]
-  with open(os.path.join(path, folder.METRICS_FILE), "w") as f:
+  with open(os.path.join(path, metrics_log.METRICS_FILE), "w") as f:
     f.write(json.dumps(rows[0]) + "\n{garbage\n")  # Line 2.
     f.write("\n".join(json.dumps(r) for r in rows[1:]) + "\n")
     f.write(json.dumps(rows[1]) + "\n" + '{"epoch": 6, "tr')  # A torn end.
-  log = folder.MetricsLog(path)
+  log = metrics_log.MetricsLog(path)
   assert [r["epoch"] for r in log.read()] == [1, 2, 4, 5, 2]
   notes = log.resume(4, steps_per_epoch=10)
   assert [r["epoch"] for r in log.read()] == [1, 2, 3, 4]
@@ -299,7 +306,7 @@ def test_a_torn_log_is_repaired_and_said_never_silently_cut(tmp_path):
 def test_a_final_row_is_kept_for_a_run_being_completed(tmp_path):
   path = _run(str(tmp_path), "run", rows=[{"epoch": 1}, {"epoch": 2}, FINAL],
               finished=False)
-  log = folder.MetricsLog(path)
+  log = metrics_log.MetricsLog(path)
   assert log.resume(2, keep_final=True) == []
   assert log.read() == [{"epoch": 1}, {"epoch": 2}, FINAL]
   log.resume(2)
@@ -313,7 +320,7 @@ def test_a_final_row_is_kept_for_a_run_being_completed(tmp_path):
     ("no_permission", "cannot be read by this user (permission denied)")])
 def test_a_damaged_config_json_advises_deleting_nothing(tmp_path, damage, said):
   path = _run(str(tmp_path), "run", rows=[{"epoch": 1}])
-  config = os.path.join(path, folder.CONFIG_FILE)
+  config = os.path.join(path, record.CONFIG_FILE)
   if damage == "not_json":
     with open(config, "w") as f:
       f.write('{"config": {"model": ')
@@ -327,8 +334,8 @@ def test_a_damaged_config_json_advises_deleting_nothing(tmp_path, damage, said):
     os.chmod(config, 0)
     if os.access(config, os.R_OK):
       pytest.skip("this user (root) reads files whatever their permissions")
-  with pytest.raises(folder.UserError) as e:
-    folder.check_run_folder(path, CONFIG)
+  with pytest.raises(UserError) as e:
+    resume.check_run_folder(path, CONFIG)
   message = str(e.value)
   assert message.startswith(f"{config} {said}"), message
   assert "nothing was changed" in message and "another --workdir" in message
@@ -339,16 +346,16 @@ def test_other_settings_say_how_to_resume_and_what_overwrite_deletes(
     tmp_path, monkeypatch):
   path = _run(str(tmp_path), "run", rows=[{"epoch": 1}, {"epoch": 2}])
   os.makedirs(os.path.join(path, "checkpoints", "70"))
-  with open(os.path.join(path, folder.CONFIG_FILE)) as f:
-    record = json.load(f)
-  record["repeat"] = folder.repeat_command(CONFIG)
-  files.write_json(os.path.join(path, folder.CONFIG_FILE), record)
+  with open(os.path.join(path, record.CONFIG_FILE)) as f:
+    saved = json.load(f)
+  saved["repeat"] = record.repeat_command(CONFIG)
+  files.write_json(os.path.join(path, record.CONFIG_FILE), saved)
   monkeypatch.setattr("sys.argv", ["launch.py", "--epochs=9"])
-  with pytest.raises(folder.UserError) as e:
-    folder.check_run_folder(path, CONFIG.replace(epochs=9))
+  with pytest.raises(UserError) as e:
+    resume.check_run_folder(path, CONFIG.replace(epochs=9))
   assert str(e.value) == (
       f"{path} holds a run with other settings (epochs: 4 -> 9); to resume "
-      f"that run, run its own command: {record['repeat']} --workdir={path}; "
+      f"that run, run its own command: {saved['repeat']} --workdir={path}; "
       "to train these settings there instead, add --overwrite, which deletes "
       f"{path}'s 2 logged epochs and 1 checkpoint; or pass another --workdir")
 
@@ -363,18 +370,18 @@ def test_the_command_that_trains_a_diverged_run_on_lowers_the_rate(
   root = str(tmp_path)
   high = CONFIG.replace(learning_rate=1e4)
   assert registry.preset_overrides("linear", "tuned")["learning_rate"] == 1e-3
-  assert folder.lower_rate(high) == 1e-3
-  assert folder.lower_rate(CONFIG.replace(learning_rate=1e-4)) == 1e-5
+  assert resume.lower_rate(high) == 1e-3
+  assert resume.lower_rate(CONFIG.replace(learning_rate=1e-4)) == 1e-5
   diverged = _run(root, "diverged", high, rows=[{"epoch": 1}, DIVERGED])
-  argv = shlex.split(folder.train_command(diverged))
+  argv = shlex.split(resume.train_command(diverged))
   assert argv[:2] == ["python", "launch.py"]
   assert argv[-3:] == [f"--workdir={diverged}", "--learning_rate=0.001",
                        "--overwrite"]
   assert [a for a in argv if a.startswith("--learning_rate")] == [
       "--learning_rate=0.001"]
   unfinished = _run(root, "unfinished", high, rows=[{"epoch": 1}])
-  command = folder.train_command(unfinished)
-  assert command == folder.run_command(unfinished)
+  command = resume.train_command(unfinished)
+  assert command == resume.run_command(unfinished)
   assert "--learning_rate=10000.0" in command and "--overwrite" not in command
 
 
@@ -386,8 +393,8 @@ def test_another_models_command_on_a_run_folder_is_refused_in_one_line(
   mlp = registry.get_config("mlp", epochs=4, mlp_hidden=(8,))
   path = _run(str(tmp_path), "run", mlp, rows=[{"epoch": 1}])
   before = lh.snapshot(path)
-  with pytest.raises(folder.UserError) as e:
-    folder.check_run_folder(path, CONFIG)
+  with pytest.raises(UserError) as e:
+    resume.check_run_folder(path, CONFIG)
   message = str(e.value)
   assert "\n" not in message
   assert message.startswith(f"{path} holds a run with other settings (")

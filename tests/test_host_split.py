@@ -1,7 +1,7 @@
 """--parallel=auto is a rule, never a timing; split_host makes a CPU-only host
 one XLA device per core for it.
 
-devices.split_host must act before JAX starts its backends, so the runs that
+process.split_host must act before JAX starts its backends, so the runs that
 use it are launch.py child processes (JAX_PLATFORMS=cpu, no XLA_FLAGS).
 """
 
@@ -19,6 +19,7 @@ from mnist_jax.errors import UserError
 from mnist_jax.models import dense
 from mnist_jax.models import recurrent
 from mnist_jax.models import registry
+from mnist_jax.rundir import process
 from mnist_jax.training import devices as devices_lib
 from test_train import without_times
 
@@ -109,10 +110,6 @@ def test_explicit_modes_and_their_refusals(host):
   host(4, processes=2)
   with pytest.raises(UserError, match="pass --parallel=sharded"):
     resolve("mlp", parallel="none")
-  config = models.get_config("mlp", "seed")
-  object.__setattr__(config, "parallel", "dp")  # Past Config's own check.
-  with pytest.raises(UserError, match="--parallel must be one of"):
-    devices_lib.resolve(config, 1)
 
 
 def test_the_rule_reads_the_stock_module_class_not_the_model_name(
@@ -129,9 +126,10 @@ def test_the_rule_reads_the_stock_module_class_not_the_model_name(
   monkeypatch.setitem(registry.MODELS, "mlp",
                       dataclasses.replace(spec, module=NewNet))
   assert resolve("mlp", batch_size=128) == ("none", 1)
+  config = models.get_config("mlp", "seed", batch_size=128)
   monkeypatch.setitem(registry.MODELS, "mlp", dataclasses.replace(
       spec, module=recurrent.Recurrent, settings={}, fixed={"hidden": 8}))
-  assert resolve("mlp", batch_size=128) == ("sharded", 4)
+  assert devices_lib.resolve(config, 1) == ("sharded", 4)
   assert devices_lib.CPU_DATA_PARALLEL == ("Recurrent",)
 
 
@@ -140,19 +138,19 @@ def test_split_host_leaves_the_host_whole_for_one_device_or_a_set_count(
   monkeypatch.delenv("XLA_FLAGS", raising=False)
   monkeypatch.delenv("JAX_NUM_CPU_DEVICES", raising=False)
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  assert devices_lib.split_host("none") == 0
-  assert devices_lib.split_host("auto", multi_process=True) == 0
+  assert process.split_host("none") == 0
+  assert process.split_host("auto", multi_process=True) == 0
   monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=3")
-  assert devices_lib.split_host("auto") == 0
+  assert process.split_host("auto") == 0
   monkeypatch.delenv("XLA_FLAGS")
   monkeypatch.setenv("JAX_NUM_CPU_DEVICES", "2")
-  assert devices_lib.split_host("auto") == 0
+  assert process.split_host("auto") == 0
   monkeypatch.delenv("JAX_NUM_CPU_DEVICES")
   monkeypatch.setenv("SLURM_NTASKS", "2")
-  assert devices_lib.split_host("auto") == 0
+  assert process.split_host("auto") == 0
   monkeypatch.delenv("SLURM_NTASKS")
   monkeypatch.setenv("JAX_PLATFORMS", "cuda")
-  assert devices_lib.split_host("auto") == 0
+  assert process.split_host("auto") == 0
 
 
 def test_split_host_after_jax_started_leaves_the_devices(monkeypatch):
@@ -163,15 +161,15 @@ def test_split_host_after_jax_started_leaves_the_devices(monkeypatch):
     monkeypatch.delenv(name, raising=False)
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1}, raising=False)
-  assert devices_lib.split_host("auto") == 0
+  assert process.split_host("auto") == 0
   assert jax.devices() == devices
 
 
 def test_accelerator_detection(monkeypatch):
   monkeypatch.setenv("JAX_PLATFORMS", "tpu")
-  assert devices_lib._accelerator_possible()  # pylint: disable=protected-access
+  assert process._accelerator_possible()  # pylint: disable=protected-access
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  assert not devices_lib._accelerator_possible()  # pylint: disable=protected-access
+  assert not process._accelerator_possible()  # pylint: disable=protected-access
 
 
 def _env(**extra) -> dict:
@@ -186,7 +184,7 @@ def test_dry_run_names_the_layout_auto_takes():
   """The rule needs no measurement, so --dry_run says what the run will
   take: a recurrent model sharded over the split host, a CNN one device; a
   CNN asked to be sharded or pmapped, the split host's devices."""
-  lines, split = {}, min(CORES, devices_lib.MAX_HOST_DEVICES)
+  lines, split = {}, min(CORES, process.MAX_HOST_DEVICES)
   asked = ("cnn --parallel=sharded", "cnn --parallel=pmap") * (64 % split == 0)
   for args in ("gru", "cnn", *asked):
     proc = subprocess.run(
@@ -197,7 +195,7 @@ def test_dry_run_names_the_layout_auto_takes():
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines[args] = next(l for l in proc.stdout.splitlines()
                        if l.startswith("devices:"))
-  devices = min(CORES, devices_lib.MAX_HOST_DEVICES, 2)  # Batch 64: 2 x 32.
+  devices = min(CORES, process.MAX_HOST_DEVICES, 2)  # Batch 64: 2 x 32.
   assert lines["gru"] == (f"devices:    data parallel over {devices} CPU "
                           "devices (one jit over a mesh)")
   assert lines["cnn"] == "devices:    one CPU device"
@@ -241,10 +239,10 @@ def test_auto_splits_the_host_and_trains_the_same(prepared, tmp_path, model,
   devices than cores leave XLA:CPU's thread pool as it was), the GRU to
   float rounding (each device sums its half of the batch first)."""
   out, rows, env = _launch(prepared, tmp_path / "auto", model)
-  devices = min(CORES, devices_lib.MAX_HOST_DEVICES, 2)  # Batch 64: 2 x 32.
+  devices = min(CORES, process.MAX_HOST_DEVICES, 2)  # Batch 64: 2 x 32.
   expected = {"mode": mode, "devices": devices if mode == "sharded" else 1}
   assert env["parallel"] == expected
-  assert len(env["devices"]) == min(CORES, devices_lib.MAX_HOST_DEVICES)
+  assert len(env["devices"]) == min(CORES, process.MAX_HOST_DEVICES)
   assert (f"data parallel over {devices} CPU devices (one jit over a mesh)"
           in out) == (mode == "sharded")
 

@@ -18,16 +18,17 @@ from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.errors import UserError
 from mnist_jax.results import run as run_lib
+from mnist_jax.rundir import choose
 from mnist_jax.rundir import dry_run
-from mnist_jax.rundir import folder
-from mnist_jax.rundir import run as rundir_run
+from mnist_jax.rundir import record as record_lib
+from mnist_jax import modes as rundir_run
 from mnist_jax.rundir import tensorboard
 from mnist_jax.training import members
-from mnist_jax.training import optim
+from mnist_jax import optim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every model's own setting: a flag, but no Config field.
-MODEL_SETTINGS = sorted(set(config_lib.flag_names()) - set(config_lib.FIELDS))
+MODEL_SETTINGS = sorted(set(models.flag_names()) - set(config_lib.FIELDS))
 
 
 @pytest.mark.parametrize("model", list(models.MODELS))
@@ -35,12 +36,12 @@ def test_a_models_settings_appear_in_its_runs_only(model):
   """config.json, the repeat command, the dry run and TensorBoard's hparams
   of a run carry its model's settings and no other model's."""
   config = models.get_config(model)
-  own = set(config_lib.MODEL_SETTINGS[model])
+  own = set(models.get(model).settings)
   assert set(config.to_dict()) & set(MODEL_SETTINGS) == own
   assert set(json.loads(config.to_json())) & set(MODEL_SETTINGS) == own
   assert set(tensorboard.hparams(config)) & set(MODEL_SETTINGS) == own
   flags = lambda text: set(re.findall(r"--(?:no)?(\w+)", text))
-  assert flags(folder.repeat_command(config)) & set(MODEL_SETTINGS) == own
+  assert flags(record_lib.repeat_command(config)) & set(MODEL_SETTINGS) == own
   shown = "\n".join(dry_run.settings_lines(config, {}, "default"))
   assert flags(shown) & set(MODEL_SETTINGS) == own
   for name in own:
@@ -55,7 +56,7 @@ def test_a_setting_defaults_to_its_module_attribute_and_builds_the_module():
   module = models.get("cnn").stock(config)
   assert (module.kernel_size, module.padding) == (5, "SAME")
   assert module.features == config.cnn_features
-  assert config_lib.default("cnn_kernel", "cnn") == 3  # CNN.kernel_size's.
+  assert models.setting("cnn_kernel", "cnn").default == 3  # CNN.kernel_size's.
 
 
 def test_another_models_setting_is_refused_in_one_line(tmp_path):
@@ -112,13 +113,13 @@ def test_a_new_model_declares_its_settings_without_config_edits():
     module, record = models.build(config)
     assert module.width == 9 and record["module"].endswith("'s Toy")
     assert models.get_config("toy").toy_width == 7
-    assert config_lib.field_type("toy_width") is int
+    assert models.flag_type("toy_width") is int
     with pytest.raises(UserError, match="toy_width must be at most 64"):
       models.get_config("toy", toy_width=65)
     with pytest.raises(UserError, match="setting of --model=toy, not of"):
       models.get_config("mlp", toy_width=9)
   finally:
-    del models.MODELS["toy"], config_lib.MODEL_SETTINGS["toy"]
+    del models.MODELS["toy"]
 
 
 @pytest.mark.parametrize("key", list(optim.HYPERPARAMS))
@@ -189,19 +190,19 @@ def test_an_old_run_folder_loads_resumes_and_predicts_the_same(tiny_run,
   root = tmp_path / "runs"
   old = str(root / "old")
   shutil.copytree(tiny_run, old)
-  path = os.path.join(old, folder.CONFIG_FILE)
+  path = os.path.join(old, record_lib.CONFIG_FILE)
   with open(path) as f:
     record = _old_format(json.load(f))
   assert "cnn_features" in record["config"]
   with open(path, "w") as f:
     json.dump(record, f)
-  config = folder.read_config(old)
+  config = record_lib.read_config(old)
   new = config.replace(workdir=None)
-  assert new == folder.read_config(tiny_run).replace(workdir=None)
+  assert new == record_lib.read_config(tiny_run).replace(workdir=None)
   assert "cnn_features" not in config.to_dict()
   assert "sequence" not in config.to_dict()
   # The same command resumes it: its settings match a new run's.
-  assert [r.path for r in folder.find_runs(new, str(root))] == [old]
+  assert [r.path for r in choose.find_runs(new, str(root))] == [old]
   images = np.random.default_rng(0).integers(0, 256, (4, 28, 28), np.uint8)
   np.testing.assert_array_equal(run_lib.load_run(old).logits(images),
                                 run_lib.load_run(tiny_run).logits(images))

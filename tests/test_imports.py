@@ -1,5 +1,6 @@
 """The package's import graph, read from source: the research core
-(mnist_jax/training/) stands alone, no cycles, public JAX APIs only.
+(mnist_jax/data/, models/, training/) stands alone, no cycles among modules
+nor among the package's parts, public JAX APIs only.
 
 The core trains a model and returns its state and metrics; the product shell
 around it (rundir/: the run folder, its checkpoints, logs and command line;
@@ -16,9 +17,10 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = "mnist_jax"
-CORE = "mnist_jax.training"
+CORE = ("mnist_jax.data", "mnist_jax.models", "mnist_jax.training")
 # What the core must not import, at any depth: the shell and the commands.
-SHELL = ("mnist_jax.rundir", "mnist_jax.results", "mnist_jax.api", "launch")
+SHELL = ("mnist_jax.rundir", "mnist_jax.results", "mnist_jax.modes",
+         "mnist_jax.api", "launch")
 
 
 def _modules():
@@ -109,10 +111,10 @@ def _cycle(graph):
 def test_the_graph_is_read_from_every_module():
   graph = _graph()
   assert {"mnist_jax.training.train", "mnist_jax.results.report",
-          "mnist_jax.rundir.run", "mnist_jax.models"} <= set(graph)
+          "mnist_jax.modes", "mnist_jax.models"} <= set(graph)
   # Edges the shell has, so an empty graph cannot pass the tests below.
-  assert "mnist_jax.training.train" in graph["mnist_jax.rundir.run"]
-  assert "mnist_jax.results.report" in graph["mnist_jax.rundir.run"]
+  assert "mnist_jax.training.train" in graph["mnist_jax.modes"]
+  assert "mnist_jax.results.report" in graph["mnist_jax.modes"]
   assert "mnist_jax.training.devices" in graph["mnist_jax.training.train"]
   assert "mnist_jax.models.registry" in graph["mnist_jax.models"]
   # A lazy import inside a function counts: the package's own API loader.
@@ -125,24 +127,24 @@ def test_the_finders_see_what_they_guard(tmp_path):
   path = tmp_path / "m.py"
   path.write_text("import launch\n"
                   "def f():\n"
-                  "  from mnist_jax.rundir import folder\n"
+                  "  from mnist_jax.rundir import lock\n"
                   "  from mnist_jax.results.report import write\n")
-  modules = {"mnist_jax.rundir.folder": "", "mnist_jax.results.report": ""}
+  modules = {"mnist_jax.rundir.lock": "", "mnist_jax.results.report": ""}
   assert _imports(str(path), modules) == {
-      "launch", "mnist_jax.rundir.folder", "mnist_jax.results.report"}
+      "launch", "mnist_jax.rundir.lock", "mnist_jax.results.report"}
   assert _reachable({"a": {"b"}, "b": {"c"}, "c": set(), "d": {"a"}},
                     "a") == {"b", "c"}
-  assert _in("mnist_jax.rundir.run", SHELL) and _in("launch", SHELL)
+  assert _in("mnist_jax.modes", SHELL) and _in("launch", SHELL)
   assert not _in("mnist_jax.rundirs", SHELL)
 
 
 def test_the_research_core_imports_nothing_of_the_shell():
-  """mnist_jax/training/ (and whatever it imports: models, data, config)
-  reaches no module of rundir/, results/, api.py or launch.py, lazily or not."""
+  """mnist_jax/data/, models/ and training/ (and whatever they import)
+  reach no module of rundir/, results/, api.py or launch.py, lazily or not."""
   graph = _graph()
-  core = [m for m in graph if _in(m, (CORE,))]
+  core = [m for m in graph if _in(m, CORE)]
   assert {"mnist_jax.training.train", "mnist_jax.training.devices",
-          "mnist_jax.training.members", "mnist_jax.training.optim",
+          "mnist_jax.training.members", "mnist_jax.data.pipeline",
           "mnist_jax.training.metrics"} <= set(core)
   offenders = {m: sorted(x for x in _reachable(graph, m) if _in(x, SHELL))
                for m in core}
@@ -152,11 +154,9 @@ def test_the_research_core_imports_nothing_of_the_shell():
 def test_importing_the_core_loads_nothing_of_the_shell():
   """At run time too (package __init__ files included): a child Python that
   imports every core module has loaded no shell module."""
-  modules = sorted(m for m in _modules() if _in(m, (CORE,)))
+  modules = sorted(m for m in _modules() if _in(m, CORE))
   code = ("import sys\n" + "".join(f"import {m}\n" for m in modules) +
-          "print(sorted(m for m in sys.modules if m == 'launch' or "
-          "m.startswith(('mnist_jax.rundir', 'mnist_jax.results', "
-          "'mnist_jax.api'))))")
+          f"print(sorted(m for m in sys.modules if m.startswith({SHELL})))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True,
                        text=True, cwd=ROOT, check=False, timeout=120,
                        env={**os.environ, "PYTHONPATH": ROOT})
@@ -166,6 +166,30 @@ def test_importing_the_core_loads_nothing_of_the_shell():
 
 def test_no_import_cycle_among_package_modules():
   cycle = _cycle(_graph())
+  assert cycle is None, " -> ".join(cycle)
+
+
+def _part(module):
+  """The part of the package a module belongs to: its subpackage (data,
+  models, training, rundir, results) or its top-level module (config, ...)."""
+  return ".".join(module.split(".")[:2])
+
+
+def test_no_import_cycle_among_the_package_parts():
+  """Parts import each other one way only (data -> models -> training ->
+  rundir -> results, config and the shared modules below them): a cycle of
+  parts, e.g. config importing training while training imports config, is
+  refused as a cycle of modules would be. The package's own __init__ (the
+  public API it loads lazily) is no part."""
+  parts = {}
+  for module, imported in _graph().items():
+    if module != PACKAGE:
+      parts.setdefault(_part(module), set()).update(
+          _part(m) for m in imported if m != PACKAGE and _part(m) != _part(
+              module))
+  assert {"mnist_jax.data", "mnist_jax.training", "mnist_jax.rundir",
+          "mnist_jax.results", "mnist_jax.config"} <= set(parts)
+  cycle = _cycle(parts)
   assert cycle is None, " -> ".join(cycle)
 
 

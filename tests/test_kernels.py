@@ -28,10 +28,11 @@ from mnist_jax.models.kernels import conv_matmul
 from mnist_jax.models.kernels import conv_pool
 from mnist_jax.models.kernels import fused_rnn
 from mnist_jax.results import run as run_lib
-from mnist_jax.rundir import run as rundir_run
+from mnist_jax import modes as rundir_run
 from mnist_jax.training import train
 
-FAST_MODELS = ("cnn", "rnn", "lstm", "gru")
+FAST_MODELS = tuple(name for name, spec in models.MODELS.items()
+                    if spec.module in kernels.KERNELS)
 SHAPE = (28, 28)
 # Each model small, so that a check compiles in a second or two.
 SMALL = {"cnn": dict(cnn_features=(4, 8), cnn_dense=16), "rnn": dict(hidden=8),
@@ -60,6 +61,23 @@ def _swap(name, impl, backend, **overrides):
     _SWAPPED[key] = kernels.swap(_stock(name, **overrides), impl, SHAPE,
                                  backend)
   return _SWAPPED[key]
+
+
+def test_a_cell_the_kernel_does_not_know_keeps_the_stock_module(monkeypatch):
+  """A new cell: the fused kernel declares the cells it computes, so the run
+  keeps the stock module in one line; without that declaration its check
+  raises, and that too keeps the stock module in one line."""
+  monkeypatch.setitem(recurrent.CELLS, "mgu", nn.MGUCell)
+  stock = recurrent.Recurrent(cell="mgu", hidden=4)
+  line = (f"the fast kernel {NAMES[fused_rnn.Recurrent]} does not compute "
+          f"{NAMES[recurrent.Recurrent]} (it{{}}): training the stock module")
+  module, note, record = kernels.swap(stock, "fast", SHAPE, "cpu")
+  assert module is stock and record["passed"] is False
+  assert note == line.format(" has no cell=mgu")
+  monkeypatch.setattr(fused_rnn.Recurrent, "ACCEPTS", {})
+  module, note, record = kernels.swap(stock, "fast", SHAPE, "cpu")
+  assert module is stock and record["passed"] is False
+  assert note == line.format("s check raised KeyError: 'mgu'")
 
 
 @pytest.mark.parametrize("name", FAST_MODELS)

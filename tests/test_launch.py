@@ -20,9 +20,10 @@ from mnist_jax.data import pipeline
 from mnist_jax.models import registry
 from mnist_jax.rundir import cli
 from mnist_jax.rundir import dry_run
-from mnist_jax.rundir import files
-from mnist_jax.rundir import folder
+from mnist_jax import files
+from mnist_jax.rundir import metrics_log
 from mnist_jax.rundir import resources
+from mnist_jax.rundir import resume
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -121,7 +122,7 @@ def _unfinished_run(path, config=LINEAR, started="2026-01-01T10:00:00+0000"):
   os.makedirs(path)
   files.write_json(os.path.join(path, "config.json"),
                    {"config": config.to_dict(), "started": started})
-  folder.MetricsLog(path).write({"epoch": 1})
+  metrics_log.MetricsLog(path).write({"epoch": 1})
 
 
 def test_without_drops_every_spelling_of_a_flag():
@@ -189,8 +190,8 @@ def test_divergence_advice_at_1e4_is_the_presets_rate_not_a_tenth(
   trains), not 1000 (which diverges again)."""
   config = registry.get_config(model, preset, learning_rate=1e4)
   rate = registry.preset_overrides(model, preset).get(
-      "learning_rate", config_lib.default("learning_rate"))
-  assert folder.lower_rate(config) == rate
+      "learning_rate", config_lib.Config.learning_rate)
+  assert resume.lower_rate(config) == rate
   command = typed(f"--model={model}", f"--preset={preset}",
                   "--learning_rate=1e4", config=config)
   advice = command.retry_advice()

@@ -8,8 +8,9 @@ from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
 
 from mnist_jax import models
-from mnist_jax.rundir import folder
 from mnist_jax.rundir import log as log_lib
+from mnist_jax.rundir import metrics_log
+from mnist_jax.rundir import tensorboard
 
 
 def _row(epoch):
@@ -54,7 +55,7 @@ def test_rows_go_to_every_writer_and_epochs_to_the_console(tmp_path):
   assert recorder.calls == [("resume", 0), ("epoch", 1), ("diverged", 15),
                             ("final", 0.9), ("figures",), ("close",)]
   assert "epoch 1/2 loss 1.0000" in console.getvalue()
-  rows = folder.read_metrics(os.path.join(tmp_path, "metrics.jsonl"))
+  rows = metrics_log.read_metrics(os.path.join(tmp_path, "metrics.jsonl"))
   assert [r.get("epoch") for r in rows] == [1, 2, None]
 
 
@@ -65,7 +66,7 @@ def test_a_resumed_run_drops_later_epochs_and_the_final_row(tmp_path):
       f.write(json.dumps(row) + "\n")
   log = log_lib.RunLog(log_lib.Progress(3, stream=io.StringIO()))
   log.open(str(tmp_path), resume_after=2)
-  assert [r["epoch"] for r in folder.read_metrics(path)] == [1, 2]
+  assert [r["epoch"] for r in metrics_log.read_metrics(path)] == [1, 2]
 
 
 def test_a_process_that_writes_no_files_has_no_writer(tmp_path):
@@ -95,7 +96,7 @@ def test_tensorboard_continues_the_kept_rows_and_takes_the_figures(tmp_path):
   log = log_lib.RunLog(log_lib.Progress(3, stream=io.StringIO()))
   log.open(str(tmp_path), resume_after=2, config=config, steps_per_epoch=10)
   assert [type(w) for w in log.writers] == [log_lib.JsonlWriter,
-                                            log_lib.TensorBoardWriter]
+                                            tensorboard.Writer]
   again = dict(_row(3), train_loss=0.25)
   log.epoch(again)
   log.final({"test_accuracy": 0.75, "test_loss": 0.5, "epochs_run": 3})

@@ -87,9 +87,14 @@ def test_stacked_members_are_each_their_own_sums():
 
 
 def test_the_train_step_sums_only_the_train_metrics():
-  assert [m.name for m in metrics.of("train")] == ["loss", "accuracy"]
-  assert [m.name for m in metrics.of("test")] == ["loss", "accuracy", "ece"]
-  assert sorted(metrics.zeros(num_classes=10)) == ["correct", "count", "loss"]
+  batch = metrics.Batch(jnp.zeros((1, 10)), jnp.zeros(1, jnp.int32),
+                        jnp.zeros(1), jnp.ones(1))
+  for split in metrics.SPLITS:
+    declared = [m for m in metrics.METRICS if split in m.splits]
+    assert metrics.of(split) == tuple(declared)
+    summed = {"count", *(k for m in declared for k in m.sums(batch))}
+    assert set(metrics.zeros((split,), num_classes=10)) == summed
+  assert metrics.of("train") != metrics.of("test")  # The test's point.
   host = metrics.zeros(lead=(3,), host=True, num_classes=10)
   assert isinstance(host["loss"], np.ndarray) and host["loss"].shape == (3,)
   assert metrics.zeros(metrics.EVAL, num_classes=10)["ece_count"].shape == (
@@ -114,19 +119,18 @@ def test_of_logits_is_the_evaluation_in_batches():
 
 def test_rows_carry_every_metric_of_each_split():
   listed = members.from_config(models.get_config("linear", num_seeds=2))
-  per = lambda v: [{"loss": v, "accuracy": 0.5, "ece": 0.1, "count": 4.0},
-                   {"loss": v, "accuracy": 0.5, "ece": 0.3, "count": 4.0}]
+  name = metrics.of("val")[-1].name  # Differs between the two members.
+  per = lambda v: [{**{m.name: v for m in metrics.METRICS}, name: x,
+                    "count": 4.0} for x in (0.1, 0.3)]
   row = members.row(listed, (0, 1), {"train": per(1.0), "val": per(2.0)},
                     [1e-3, 2e-3])
   top = [k for k in row if "_" in k and not k.endswith(("_mean", "_std"))]
-  assert top == ["train_loss", "train_accuracy", "val_loss", "val_accuracy",
-                 "val_ece"]
-  assert row["val_ece"] == 0.3  # The chosen member's (index 1).
-  assert row["val_ece_mean"] == pytest.approx(0.2)
-  assert row["val_ece_std"] == pytest.approx(np.std([0.1, 0.3], ddof=1))
-  assert row["members"][0]["val_ece"] == 0.1
+  assert top == [*metrics.keys("train"), *metrics.keys("val")]
+  assert row[f"val_{name}"] == 0.3  # The chosen member's (index 1).
+  assert row[f"val_{name}_mean"] == pytest.approx(0.2)
+  assert row[f"val_{name}_std"] == pytest.approx(np.std([0.1, 0.3], ddof=1))
+  assert row["members"][0][f"val_{name}"] == 0.1
   assert row["members"][1]["learning_rate"] == 2e-3
-  assert "ece" not in [m.name for m in metrics.of("train")]
   # One member: its metrics only.
   single = members.from_config(models.get_config("linear"))
   assert set(members.row(single, (0, 0), {"test": per(1.0)[:1]})) == set(

@@ -5,7 +5,7 @@ over devices train as on one; pmap matches one device without dropout and
 differs with it (documented); 2 processes match 1.
 
 What is bit for bit: one device's program on a host of no more XLA devices
-than cores (as devices.split_host makes it) computes what it computes on the
+than cores (as process.split_host makes it) computes what it computes on the
 whole host. jaxlib's CPU client gives its intra-op thread pool max(cores,
 devices) threads, and XLA:CPU splits some matmuls' sums over that pool, so
 more devices than cores (4 simulated on 2 cores) can sum them in another
@@ -17,19 +17,19 @@ Simulated devices need XLA_FLAGS before JAX starts, so those runs happen in
 child processes (tests/parallel_worker.py, launch.py).
 """
 
-import importlib.util
 import json
 import os
 import socket
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
 from mnist_jax import models
 from mnist_jax.errors import UserError
-from mnist_jax.training import devices as devices_lib
+from mnist_jax.rundir import process
 from parallel_worker import table_models
 from test_train import without_times
 
@@ -309,56 +309,50 @@ def test_evaluation_counts_every_example_once(on_devices, n):
     assert got["final"]["epochs_run"] == 2, run
 
 
-def test_cloud_tpu_vm_is_libtpu_on_google_compute_engine(monkeypatch, tmp_path):
-  product = tmp_path / "product_name"
-  real_open = open
-  monkeypatch.setattr(devices_lib, "open", lambda path, *a, **k: real_open(
-      product if path == "/sys/class/dmi/id/product_name" else path, *a, **k),
-                      raising=False)
-  find_spec = importlib.util.find_spec
-  libtpu = {"libtpu": True}
-  monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (
-      object() if libtpu.get(name) else find_spec(name, *a)))
-  product.write_text("Google Compute Engine\n")
-  assert devices_lib._cloud_tpu_vm()  # pylint: disable=protected-access
-  product.write_text("Standard PC (Q35 + ICH9, 2009)\n")
-  assert not devices_lib._cloud_tpu_vm()  # pylint: disable=protected-access
-  product.unlink()
-  assert not devices_lib._cloud_tpu_vm()  # pylint: disable=protected-access
-  product.write_text("Google Compute Engine\n")
-  libtpu["libtpu"] = False
-  assert not devices_lib._cloud_tpu_vm()  # pylint: disable=protected-access
+@pytest.fixture
+def joins(monkeypatch):
+  """process.initialize's calls of jax.distributed.initialize, which raises
+  what `raises` holds (as jax does where it detects no cluster: ValueError)."""
+  calls, raises = [], []
 
-
-def test_a_tpu_hint_without_a_cluster_runs_one_process(monkeypatch):
-  """jax.distributed.initialize() decides; finding no cluster is no error,
-  but a SLURM job's failure to start is."""
-  calls = []
-
-  def no_cluster(*args):
+  def initialize(*args, **kwargs):
     calls.append(args)
-    raise ValueError("coordinator_address should be defined.")
+    if raises:
+      raise raises[0]
 
-  monkeypatch.setattr(devices_lib.jax.distributed, "is_initialized", lambda: False)
-  monkeypatch.setattr(devices_lib.jax.distributed, "initialize", no_cluster)
-  monkeypatch.setattr(devices_lib, "_cloud_tpu_vm", lambda: True)
-  monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+  monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+  monkeypatch.setattr(jax.distributed, "initialize", initialize)
+  return calls, raises
+
+
+def test_no_cluster_is_one_process_but_named_processes_must_join(joins):
+  """jax.distributed.initialize() detects the cluster (SLURM, TPU VMs...);
+  finding none is one process, unless the flags name processes: then any
+  error of jax's is one line saying what to do."""
+  calls, raises = joins
   config = models.get_config("mlp")
-  devices_lib.initialize(config)
-  assert calls == [()]
-  monkeypatch.setenv("SLURM_JOB_ID", "7")
-  monkeypatch.setenv("SLURM_NTASKS", "2")
-  with pytest.raises(ValueError):
-    devices_lib.initialize(config)
+  raises.append(ValueError("coordinator_address should be defined."))
+  process.initialize(config)
+  process.initialize(config, detect=False)  # Not asked to detect: no call.
+  assert calls == [(None, None, None)]
+  with pytest.raises(UserError, match=(
+      r"^cannot join this job's processes \(coordinator_address should be "
+      r"defined.\); give every process the same --coordinator_address=")):
+    process.initialize(config.replace(num_processes=2, process_id=1),
+                       detect=False)
+  raises[0] = RuntimeError("Open MPI 5 or newer requires mpi4py\nmore")
+  with pytest.raises(UserError, match=r"\(Open MPI 5 or newer requires "
+                     r"mpi4py\); give every"):
+    process.initialize(config)  # A cluster detected, failing: said.
+  raises.clear()
+  process.initialize(config.replace(coordinator_address="h:1", num_processes=2,
+                                    process_id=1))
+  assert calls[-1] == ("h:1", 2, 1)
 
 
-def test_process_0_on_a_port_in_use_is_one_line(monkeypatch):
+def test_process_0_on_a_port_in_use_is_one_line(joins):
   """jax's coordinator segfaults on a port it cannot bind: refused before."""
-  joined = []
-  monkeypatch.setattr(devices_lib.jax.distributed, "is_initialized",
-                      lambda: False)
-  monkeypatch.setattr(devices_lib.jax.distributed, "initialize",
-                      lambda *args, **kwargs: joined.append(args))
+  calls, _ = joins
   with socket.socket() as taken:
     taken.bind(("127.0.0.1", 0))
     taken.listen()
@@ -367,12 +361,12 @@ def test_process_0_on_a_port_in_use_is_one_line(monkeypatch):
                                num_processes=2, process_id=0)
     with pytest.raises(UserError, match=(
         f"^process 0 cannot listen on port {port} of this host \\(Address "
-        "already in use; another job\\?\\): pass a free port in "
-        "--coordinator_address, the same on every process$")):
-      devices_lib.initialize(config)
-    devices_lib.initialize(config.replace(process_id=1))  # Process 1 joins.
-  devices_lib.initialize(config)  # Free again.
-  assert [args[2] for args in joined] == [1, 0]
+        "already in use; another job\\?\\): give every process the same "
+        "--coordinator_address")):
+      process.initialize(config)
+    process.initialize(config.replace(process_id=1))  # Process 1 joins.
+  process.initialize(config)  # Free again.
+  assert [args[2] for args in calls] == [1, 0]
 
 
 def test_cli_rejects_a_batch_that_does_not_split(tmp_path):
@@ -472,18 +466,18 @@ def test_a_process_whose_peer_never_starts_ends_in_one_line(
   args = _launch_args(prepared, tmp_path / "run",
                       f"--coordinator_address=127.0.0.1:{port}",
                       "--num_processes=2", f"--process_id={process_id}")
-  code = ("import runpy, sys; from mnist_jax.training import devices; "
-          "devices.JOIN_TIMEOUT_S = 5; sys.argv = sys.argv[1:]; "
+  code = ("import runpy, sys; from mnist_jax.rundir import process; "
+          "process.JOIN_TIMEOUT_S = 5; sys.argv = sys.argv[1:]; "
           "runpy.run_path('launch.py', run_name='__main__')")
   proc = subprocess.run([sys.executable, "-c", code, *args[1:]], cwd=ROOT,
                         env=_env(1), capture_output=True, text=True,
                         timeout=TIMEOUT_S, check=False)
   assert proc.returncode == 1
   assert proc.stderr.strip() == (
-      f"error: not all 2 processes joined at 127.0.0.1:{port} in 5 s: start "
-      "each with the same --coordinator_address (process 0's host, reachable "
-      "from every process) and --num_processes, and its own --process_id (0 "
-      "to 1)")
+      "error: not all processes joined in 5 s: give every process the same "
+      "--coordinator_address=HOST:PORT (process 0's, reachable from every "
+      "process, on a free port) and --num_processes=N, and its own "
+      "--process_id (0 to N-1)")
   assert not (tmp_path / "run").exists()
 
 

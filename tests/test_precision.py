@@ -11,7 +11,7 @@ import pytest
 from conftest import synthetic_digits
 from mnist_jax import models
 from mnist_jax.training import members
-from mnist_jax.training import optim
+from mnist_jax import optim
 from mnist_jax.training import train
 
 CONFIGS = {"mlp": dict(mlp_hidden=(32,)),

@@ -6,6 +6,7 @@ and validation split come from the presets themselves. These tests fail when
 a preset changes and the README does not.
 """
 
+import itertools
 import os
 import re
 
@@ -80,17 +81,32 @@ def test_presets_table_says_which_hold_out_no_validation_data():
   assert sorted(listed) == sorted(every)
 
 
+def _named(text: str) -> dict:
+  """"seed (linear, cnn), best" -> {"seed": ["linear", "cnn"], "best": None}:
+  each preset and the models named for it."""
+  return {p: models.split(", ") if models else None
+          for p, models in re.findall(r"(\w+)(?: \(([^)]*)\))?", text)}
+
+
 def test_the_tuned_mlp_is_the_one_the_results_report():
   """The issue's example: the tuned MLP is 1024-1024 with dropout 0.3."""
   assert registry.describe(registry.get_config("mlp", "tuned")) == (
       "784-1024-1024-10, ReLU, dropout 0.3")
-  assert registry.without_validation() == (
-      "seed (linear, cnn), tuned (linear), best, fast")
+
+
+def test_help_names_the_presets_holding_out_no_validation_data():
+  named = _named(registry.without_validation())
+  for preset, having in registry.presets().items():
+    empty = [m for m in having if registry.validation_fraction(m, preset) == 0]
+    assert named.get(preset, []) == (None if empty == having else empty)
 
 
 def test_preset_help_names_each_preset_and_its_models():
   """--preset's help lists every preset, naming the models of those not
   every model has, from the registry (a new model's presets join it)."""
-  assert registry.presets_text() == (
-      "seed, tuned, best, fast (cnn), pixels, permuted (rnn, lstm, gru)")
+  groups = itertools.groupby(registry.presets().items(), lambda p: p[1])
+  assert registry.presets_text() == ", ".join(
+      ", ".join(p for p, _ in group) + (
+          "" if having == list(registry.MODELS) else f" ({', '.join(having)})")
+      for having, group in groups)
   assert registry.presets_text() in launch.flag_help("preset")

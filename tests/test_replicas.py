@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from mnist_jax import models
-from mnist_jax.rundir import folder as folder_lib
-from mnist_jax.rundir import run as run_lib
+from mnist_jax.rundir import metrics_log
+from mnist_jax import modes as run_lib
 from mnist_jax.training import members
-from mnist_jax.training import optim
+from mnist_jax import optim
 from mnist_jax.training import train
 
 TINY = dict(mlp_hidden=(16,), dropout=0.2, epochs=2, batch_size=50,
@@ -28,7 +28,7 @@ def _run(prepared, folder, **overrides):
   config = models.get_config("mlp", mnist_dir=mnist_dir, data_dir=data_dir,
                              **{**TINY, **overrides})
   run_lib.train_and_evaluate(config, str(folder), stream=io.StringIO())
-  return folder_lib.read_metrics(os.path.join(str(folder), "metrics.jsonl"))
+  return metrics_log.read_metrics(os.path.join(str(folder), "metrics.jsonl"))
 
 
 def test_member_states_are_those_of_single_runs():

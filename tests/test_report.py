@@ -17,9 +17,10 @@ import launch_helpers as lh
 from mnist_jax.results import plots
 from mnist_jax.results import report
 from mnist_jax.results import run
-from mnist_jax.rundir import folder
+from mnist_jax.rundir import metrics_log
+from mnist_jax.rundir import record as record_lib
 from mnist_jax.rundir import control
-from mnist_jax.rundir import run as run_folder
+from mnist_jax import modes as run_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,7 +48,7 @@ def test_confusion_matrix_counts_sum_to_test_size(tiny_run):
   rows = _read_csv(os.path.join(tiny_run, "confusion_matrix.csv"))
   assert rows[0][1:] == [str(i) for i in range(10)]
   counts = np.array([[int(c) for c in r[1:]] for r in rows[1:]])
-  final = folder.final_metrics(tiny_run)
+  final = metrics_log.final_metrics(tiny_run)
   assert counts.shape == (10, 10)
   assert counts.sum() == final["test_examples"] == 200
   assert counts.sum(axis=1).tolist() == [20] * 10  # The fixture's class sizes.
@@ -85,7 +86,7 @@ def test_report_mode_rewrites_a_finished_run(tiny_run, tmp_path, capsys):
   for name in report.FILES:
     assert os.path.exists(os.path.join(workdir, name)), name
   assert result["accuracy"] == pytest.approx(
-      folder.final_metrics(workdir)["test_accuracy"])
+      metrics_log.final_metrics(workdir)["test_accuracy"])
   report_md = os.path.join(workdir, "report.md")
   assert capsys.readouterr().out.rstrip().endswith(
       f"checkpoint of epoch 1); {report_md} was missing: rebuilt")
@@ -98,7 +99,7 @@ def test_report_mode_rewrites_a_finished_run(tiny_run, tmp_path, capsys):
 
 def _record_elsewhere(workdir, cwd, **settings):
   """Rewrites the run's config.json as if trained in `cwd` with `settings`."""
-  path = os.path.join(workdir, folder.CONFIG_FILE)
+  path = os.path.join(workdir, record_lib.CONFIG_FILE)
   with open(path) as f:
     record = json.load(f)
   record["config"].update(settings)
@@ -122,14 +123,14 @@ def test_a_run_folder_from_another_machine_reads_this_machines_data(
   assert run.load_run(workdir).config.data_dir is None
   result = run_folder.rewrite_report(workdir)
   assert result["accuracy"] == pytest.approx(
-      folder.final_metrics(workdir)["test_accuracy"])
+      metrics_log.final_metrics(workdir)["test_accuracy"])
   assert "was rewritten" in capsys.readouterr().out
   assert not gone.exists()
   mnist_dir = prepared[0]
   _record_elsewhere(workdir, os.path.dirname(mnist_dir),
                     mnist_dir=os.path.basename(mnist_dir))
-  assert folder.used_config(workdir).mnist_dir == mnist_dir
-  assert folder.used_config(workdir, mnist_dir="x").mnist_dir == "x"
+  assert record_lib.used_config(workdir).mnist_dir == mnist_dir
+  assert record_lib.used_config(workdir, mnist_dir="x").mnist_dir == "x"
 
 
 @pytest.mark.slow
@@ -137,7 +138,7 @@ def test_a_report_of_an_older_checkpoint_says_so(tiny_run, tmp_path, capsys):
   """The issue's case: the newest checkpoint gone, the log goes further."""
   workdir = str(tmp_path / "copy")
   subprocess.run(["cp", "-r", tiny_run, workdir], check=True)
-  rows = folder.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  rows = metrics_log.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
     for row in [rows[0], {**rows[0], "epoch": 2}, rows[-1]]:
       f.write(json.dumps(row) + "\n")
@@ -188,7 +189,7 @@ def test_report_mode_on_the_folder_of_runs_names_the_newest_run(tmp_path):
 def test_a_run_that_did_not_learn_says_so_atop_its_report(tiny_run, tmp_path):
   """The final row's verdict (control.learning_verdict) heads report.md,
   also when --mode=report rewrites it; the tiny run itself learned."""
-  assert control.NOT_LEARNED not in folder.final_metrics(tiny_run)
+  assert control.NOT_LEARNED not in metrics_log.final_metrics(tiny_run)
   workdir = str(tmp_path / "copy")
   shutil.copytree(tiny_run, workdir)
   path = os.path.join(workdir, "metrics.jsonl")
@@ -280,13 +281,14 @@ def test_learning_curves_draw_a_null_metric_as_a_gap(drawn, tmp_path):
 
 
 def test_a_read_only_home_gets_no_warnings(tiny_run, prepared, tmp_path):
-  """Where HOME cannot be written, matplotlib's config and JAX's compilation
-  cache go without a word: the report's line is all that is printed."""
+  """Where HOME cannot be written, matplotlib's config goes without a word
+  (and JAX keeps no compilation cache unless asked): the report's line is
+  all that is printed."""
   workdir = str(tmp_path / "run")
   shutil.copytree(tiny_run, workdir)
   rc, out, err = lh.run(["--mode=report", f"--workdir={workdir}",
                          f"--data_dir={prepared[1]}"], HOME="/proc/self",
                         XDG_CONFIG_HOME="", XDG_CACHE_HOME="", MPLCONFIGDIR="",
-                        JAX_COMPILATION_CACHE_DIR="/proc/self/jax")
+                        JAX_COMPILATION_CACHE_DIR="")  # As by default.
   assert rc == 0 and out.splitlines()[-1].startswith("test accuracy "), err
   assert len(out.splitlines()) == 2 and err == ""  # What it does, then that.

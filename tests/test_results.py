@@ -15,7 +15,7 @@ import pytest
 
 from experiments import results
 from mnist_jax.errors import UserError
-from mnist_jax.rundir import files
+from mnist_jax import files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BY_COMMAND = {r.command(): r for r in results.ROWS}

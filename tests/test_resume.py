@@ -19,10 +19,12 @@ from mnist_jax import models
 from mnist_jax.results import run as results
 from mnist_jax.rundir import checkpoints
 from mnist_jax.rundir import control
-from mnist_jax.rundir import folder
 from mnist_jax.rundir import log as log_lib
-from mnist_jax.rundir import run as run_lib
-from mnist_jax.training import optim
+from mnist_jax.rundir import metrics_log
+from mnist_jax.rundir import record as record_lib
+from mnist_jax.rundir import resume
+from mnist_jax import modes as run_lib
+from mnist_jax import optim
 from mnist_jax.training import train
 
 # 540 training examples / 16 = 33 steps per epoch, in 7 chunks of 5.
@@ -154,7 +156,7 @@ def test_the_restored_start_can_go_to_every_process(tmp_path, monkeypatch):
   parts, position, _ = main
   assert np.asarray(position).tolist() == [2, 5, 0]  # epochs from 1
   assert np.asarray(other[1]).tolist() == [1, 0, 0]  # a fresh start
-  assert set(parts) == {"step", "params", "model_state", "opt_state"}
+  assert set(parts) == set(checkpoints.PARTS)
   bad = [jax.tree_util.keystr(path) for path, leaf in
          jax.tree_util.tree_flatten_with_path(main)[0] if not _numeric(leaf)]
   assert not bad, f"not broadcastable: {bad}"
@@ -176,7 +178,7 @@ def test_a_process_that_writes_no_files_writes_no_checkpoint(tmp_path,
   hooks.stop.signum = signal.SIGINT
   with pytest.raises(control.Preempted, match=(
       "^stopped by SIGINT at step 5 \\(epoch 1, step 5 of 33\\); the "
-      f"checkpoint is in {folder.checkpoint_dir(workdir)}$")):
+      f"checkpoint is in {resume.checkpoint_dir(workdir)}$")):
     hooks._stop_if_asked(state, 1, 5, _meta()["sums"])
   hooks.log.close()
   assert not os.path.exists(workdir)
@@ -184,11 +186,11 @@ def test_a_process_that_writes_no_files_writes_no_checkpoint(tmp_path,
 
 def test_a_second_ctrl_c_is_told_which_checkpoint_is_kept(tmp_path):
   directory = str(tmp_path / "checkpoints")
-  assert folder.on_disk(directory) == ("no checkpoint has been saved yet, so "
+  assert resume.on_disk(directory) == ("no checkpoint has been saved yet, so "
                                        "the run starts over", "To start it again")
   for name in ("33", "66", "99.orbax-checkpoint-tmp-1"):  # 99: mid-save.
     os.makedirs(os.path.join(directory, name))
-  assert folder.on_disk(directory) == (f"the last complete checkpoint, "
+  assert resume.on_disk(directory) == (f"the last complete checkpoint, "
                                        f"{directory}/66, is kept", "To resume")
 
 
@@ -200,7 +202,7 @@ def test_the_hooks_record_the_runs_seconds_and_keep_checkpoints(tmp_path):
   hooks.save(state.replace(step=jnp.int32(38)), epoch=1, epoch_step=5,
              sums=_meta()["sums"])
   assert hooks.kept() == (f"the last good checkpoint, "
-                          f"{folder.checkpoint_dir(workdir)}/38, is kept")
+                          f"{resume.checkpoint_dir(workdir)}/38, is kept")
   hooks.close()
   hooks.log.close()
   reader = checkpoints.Checkpointer(workdir, read_only=True)
@@ -295,7 +297,7 @@ def test_a_finished_run_whose_log_was_cut_is_still_finished(reference,
   run_lib.rewrite_report(workdir)
   out = capsys.readouterr().out
   assert "lost" in out and "unfinished" not in out, out
-  assert folder.status(workdir)[0] == "finished"
+  assert record_lib.status(workdir)[0] == "finished"
   with open(os.path.join(workdir, "report.md")) as f:
     report = f.read()
   assert "| Epochs run | 3 |" in report and "unfinished" not in report
@@ -303,7 +305,7 @@ def test_a_finished_run_whose_log_was_cut_is_still_finished(reference,
   assert [r.get("epoch") for r in rows if "test_accuracy" not in r] == [1, 2, 3]
   assert "test_accuracy" in rows[-1] and rows[-1]["epochs_run"] == 3
   # Repaired for good: nothing more to repair.
-  assert folder.MetricsLog(workdir).resume(3, 33, keep_final=True) == []
+  assert metrics_log.MetricsLog(workdir).resume(3, 33, keep_final=True) == []
   assert lh.metrics(workdir) == rows
 
 
@@ -325,7 +327,7 @@ def test_report_on_a_run_that_diverged_later_advises_a_lower_rate(
     record = json.load(f)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     json.dump({**record, "finished": False}, f)
-  assert folder.status(workdir)[0] == "diverged"
+  assert record_lib.status(workdir)[0] == "diverged"
   run_lib.rewrite_report(workdir)
   out = capsys.readouterr().out
   assert (f"note: {workdir} diverged (training diverged): these results are "
@@ -346,6 +348,63 @@ def test_report_on_a_run_that_diverged_later_advises_a_lower_rate(
   results.print_predictions(workdir, [image], out=io.StringIO(), err=err)
   assert lh.printed_command(err.getvalue(),
                             "(--overwrite deletes this one), run: ") == command
+
+
+def test_report_restores_the_weights_of_the_final_row(reference, tmp_path,
+                                                      capsys):
+  """--mode=report evaluates the restored checkpoint to the test metrics the
+  run logged, and leaves the checkpoints as they were."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(reference[0], workdir)
+  final = metrics_log.final_metrics(workdir)
+  before = lh.snapshot(os.path.join(workdir, "checkpoints"))
+  result = run_lib.rewrite_report(workdir)
+  assert "note:" not in capsys.readouterr().out
+  assert result["accuracy"] == final["test_accuracy"]
+  assert abs(result["loss"] - final["test_loss"]) <= 1e-6
+  assert lh.snapshot(os.path.join(workdir, "checkpoints")) == before
+
+
+def _unfinished(reference, tmp_path):
+  """A copy of the reference run as stopped after its epoch 2 (step 66)."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(reference[0], workdir)
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "99"))
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    f.write("".join(json.dumps(r) + "\n" for r in lh.metrics(workdir)[:2]))
+  with open(os.path.join(workdir, "config.json")) as f:
+    record = json.load(f)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump({**record, "finished": False}, f)
+  return workdir
+
+
+def test_report_on_an_unfinished_run_says_how_to_train_it_on(reference,
+                                                            tmp_path, capsys):
+  workdir = _unfinished(reference, tmp_path)
+  run_lib.rewrite_report(workdir)
+  out = capsys.readouterr().out
+  assert f"note: {workdir} is unfinished (epoch 2 of 3)" in out
+  command = lh.printed_command(out, "to train it on, run: ")
+  assert command.endswith(f"--workdir={workdir}") and "--overwrite" not in command
+
+
+@pytest.mark.slow
+def test_the_command_an_unfinished_runs_report_prints_completes_it(
+    reference, tmp_path, capsys):
+  """That command resumes the checkpoint to the uninterrupted result."""
+  _, ref_rows, ref_state = reference
+  workdir = _unfinished(reference, tmp_path)
+  run_lib.rewrite_report(workdir)
+  command = lh.printed_command(capsys.readouterr().out, "to train it on, run: ")
+  rc, out, err = lh.follow(command)
+  assert rc == 0, err
+  assert f"resuming {workdir} at step 66 (epoch 3, step 0 of 33)" in out, out
+  assert lh.deterministic(lh.metrics(workdir)) == ref_rows
+  state, meta = lh.restore_latest(workdir)
+  assert meta["done"] and meta["format"] == checkpoints.FORMAT
+  lh.assert_trees_equal(state.params, ref_state.params)
+  lh.assert_trees_equal(state.opt_state, ref_state.opt_state)
 
 
 @pytest.mark.slow

@@ -48,7 +48,7 @@ _CHILD = r"""
 import contextlib, os, runpy, sys, time
 script = sys.argv[1]
 sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
-from mnist_jax.rundir import checkpoints, files, folder, log
+from mnist_jax.rundir import checkpoints, files, log, metrics_log
 PAUSE = float(os.environ.get("HOOK_PAUSE_S", "0"))
 
 def mark(text):
@@ -75,12 +75,12 @@ def atomic(path, mode="w"):
     yield f
 files.atomic = atomic
 
-_write = folder.MetricsLog.write
+_write = metrics_log.MetricsLog.write
 def write(self, row):
   _write(self, row)
   if "test_accuracy" in row:
     mark("final")
-folder.MetricsLog.write = write
+metrics_log.MetricsLog.write = write
 
 sys.argv = [script] + sys.argv[2:]
 runpy.run_path(script, run_name="__main__")
@@ -254,9 +254,9 @@ def test_two_processes_on_one_folder_one_trains_the_other_exits(
   rc, out, err = results[loser]
   assert rc == 1 and not _markers(out)  # It trained nothing.
   line = _one_line_error(err)
-  assert line.startswith(f"error: {workdir} is in use: pid {winner} (python ")
-  assert line.endswith("is training in it now; wait for it to end, or pass "
-                       "another --workdir")
+  assert line == (f"error: {workdir} is in use: another process holds its "
+                  f"lock ({workdir}/.lock names it); wait for it to end, or "
+                  "pass another --workdir")
   _assert_as_uninterrupted(workdir, reference)
   assert len([n for n in os.listdir(workdir) if n.startswith("events")]) == 1
 
@@ -279,13 +279,13 @@ def test_a_run_being_trained_refuses_a_report_and_predicts_partially(
     p.kill()
     p.wait()
   rc, _, err = seen["report"]
-  assert rc == 1 and _one_line_error(err).startswith(
-      f"error: {workdir} is in use: pid {p.pid} (python ")
-  assert err.strip().endswith("wait for it to end, then run this again")
+  assert rc == 1 and _one_line_error(err) == (
+      f"error: {workdir} is in use: another process holds its lock "
+      f"({workdir}/.lock names it); wait for it to end, then run this again")
   rc, out, err = seen["predict"]
   assert rc == 0 and out.startswith(f"{image}: ")
   assert err.strip() == (
-      f"note: {workdir} is still training (pid {p.pid}, epoch 1 of 3 logged): "
+      f"note: {workdir} is still training (epoch 1 of 3 logged): "
       "these results are of its latest checkpoint, of epoch 1")
 
 

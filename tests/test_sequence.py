@@ -15,8 +15,8 @@ from mnist_jax.data import pipeline
 from mnist_jax.errors import UserError
 from mnist_jax.models import recurrent
 from mnist_jax.results import run as run_lib
-from mnist_jax.rundir import folder
-from mnist_jax.rundir import run as rundir_run
+from mnist_jax.rundir import record as record_lib
+from mnist_jax import modes as rundir_run
 
 
 def _images(n=3, seed=0):
@@ -138,8 +138,7 @@ def test_a_run_folder_keeps_its_sequence_settings_with_the_model():
   record = config.to_dict()
   assert record["sequence"] == "permuted" and record["permute_seed"] == 4
   assert "sequence" not in models.get_config("mlp").to_dict()
-  from mnist_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  assert config_lib.from_dict(json.loads(config.to_json())) == config
+  assert models.from_dict(json.loads(config.to_json())) == config
 
 
 @pytest.mark.slow
@@ -156,7 +155,7 @@ def test_permuted_run_records_its_order_and_tests_with_it(prepared, tmp_path):
   with open(os.path.join(workdir, "config.json")) as f:
     recorded = json.load(f)["config"]
   assert recorded["sequence"] == "permuted" and recorded["permute_seed"] == 5
-  order = np.load(os.path.join(workdir, folder.PERMUTATION_FILE))
+  order = np.load(os.path.join(workdir, record_lib.PERMUTATION_FILE))
   np.testing.assert_array_equal(order, recurrent.permutation(5))
 
   run = run_lib.load_run(workdir)

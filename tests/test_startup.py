@@ -44,7 +44,7 @@ def test_a_cached_dataset_loads_without_tfds(prepared):
 def test_builders_take_their_version_and_names_from_datasets(name, tmp_path):
   from mnist_jax.data import datasets  # pylint: disable=g-import-not-at-top
   from mnist_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top
-  builder = tfds_builder.BUILDERS[name](data_dir=str(tmp_path),
+  builder = tfds_builder.builder(name)(data_dir=str(tmp_path),
                                         file_format="array_record")
   assert str(builder.version) == datasets.DATASETS[name].version
   assert builder.name == name

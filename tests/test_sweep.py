@@ -10,7 +10,7 @@ import pytest
 from mnist_jax import models
 from mnist_jax.errors import UserError
 from mnist_jax.training import members as members_lib
-from mnist_jax.training import optim
+from mnist_jax import optim
 from mnist_jax.training import train
 
 

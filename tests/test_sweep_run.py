@@ -26,11 +26,12 @@ from mnist_jax.results import report
 from mnist_jax.results import run as run_lib
 from mnist_jax.rundir import checkpoints
 from mnist_jax.rundir import cli
-from mnist_jax.rundir import files
-from mnist_jax.rundir import folder as folder_lib
-from mnist_jax.rundir import run as run_folder
+from mnist_jax import files
+from mnist_jax.rundir import metrics_log
+from mnist_jax.rundir import record as record_lib
+from mnist_jax import modes as run_folder
 from mnist_jax.training import members
-from mnist_jax.training import optim
+from mnist_jax import optim
 
 TINY = dict(mlp_hidden=(16,), dropout=0.2, epochs=2, batch_size=50,
             val_fraction=0.1)
@@ -48,7 +49,7 @@ def _config(prepared, **overrides):
 def _train(prepared, folder, **overrides):
   run_folder.train_and_evaluate(_config(prepared, **overrides), str(folder),
                                 stream=io.StringIO())
-  return folder_lib.read_metrics(os.path.join(str(folder), "metrics.jsonl"))
+  return metrics_log.read_metrics(os.path.join(str(folder), "metrics.jsonl"))
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +68,7 @@ def _overrides(*argv):
   launch.FLAGS(["launch.py", *argv])
   try:
     return cli.overrides({n: launch.FLAGS[n].value
-                          for n in config_lib.flag_names()},
+                          for n in models.flag_names()},
                          launch.FLAGS.model or "mlp")
   finally:
     launch.FLAGS.unparse_flags()
@@ -81,7 +82,7 @@ def test_repeated_and_joined_sweep_flags_give_one_canonical_spec():
       "sweep": "learning_rate=0.0003,0.001;weight_decay=0.0,0.0001"}
   assert _overrides() == {}
   config = models.get_config("mlp", **repeated)
-  command = folder_lib.repeat_command(config)
+  command = record_lib.repeat_command(config)
   assert "--sweep=" in command and "--learning_rate" not in command
   assert "--weight_decay" not in command and "--epochs=20" in command
 
@@ -246,7 +247,7 @@ def test_a_diverged_member_stops_alone(prepared, tmp_path):
       str(folder), stream=stream)
   assert "member learning_rate=1e+38, seed=0 diverged at step" in (
       stream.getvalue())
-  rows = folder_lib.read_metrics(str(folder / "metrics.jsonl"))
+  rows = metrics_log.read_metrics(str(folder / "metrics.jsonl"))
   final = rows[-1]
   assert final["chosen"]["index"] == 0 and "diverged" not in final
   assert final["test_accuracy"] == final["members"][0]["test_accuracy"]
@@ -267,7 +268,7 @@ def test_a_diverged_member_stops_alone(prepared, tmp_path):
 
 def test_rows_hold_the_leading_member_and_every_member(prepared, swept):
   folder, rows = swept
-  listed = members.from_config(folder_lib.read_config(folder))
+  listed = members.from_config(record_lib.read_config(folder))
   steps = 540 // 50
   epochs, final = rows[:-1], rows[-1]
   for row in epochs:
@@ -436,7 +437,7 @@ def test_report_mode_and_predict_use_the_chosen_member(swept, tmp_path):
           open(os.path.join(folder, "report.md")).read())
 
   image = Image.fromarray(np.asarray(pipeline.load(
-      folder_lib.read_config(folder)).test.images[0]))
+      record_lib.read_config(folder)).test.images[0]))
   path = str(tmp_path / "digit.png")
   image.save(path)
   run = run_lib.load_run(folder)
@@ -485,7 +486,7 @@ def test_compare_vary_trains_a_run_per_value(prepared, tmp_path):
                                mnist_dir=mnist_dir, data_dir=data_dir)
   assert [os.path.basename(f) for f in folders] == [
       "linear-batch_size=50-seed0", "linear-batch_size=100-seed0"]
-  assert [folder_lib.read_config(f).batch_size for f in folders] == [50, 100]
+  assert [record_lib.read_config(f).batch_size for f in folders] == [50, 100]
   groups = compare.compare(folders, str(tmp_path / "out"), log=lambda _: None)
   assert sorted(g["label"] for g in groups) == [
       "linear (batch_size=100)", "linear (batch_size=50)"]
@@ -604,10 +605,10 @@ def test_a_checkpoint_of_another_format_is_a_one_line_error(
   rows = lh.metrics(folder)
   files.write_text(os.path.join(folder, "metrics.jsonl"),
                    "".join(json.dumps(r) + "\n" for r in rows[:1]))
-  assert not folder_lib.finished(folder)
+  assert not record_lib.finished(folder)
   before = lh.snapshot(folder)
   with pytest.raises(checkpoints.CheckpointError) as e:
-    run_folder.train_and_evaluate(folder_lib.read_config(folder), folder,
+    run_folder.train_and_evaluate(record_lib.read_config(folder), folder,
                                   stream=io.StringIO())
   message = str(e.value)
   assert "\n" not in message and words in message

@@ -19,10 +19,11 @@ from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.errors import Diverged, UserError
 from mnist_jax.results import report
-from mnist_jax.rundir import files
-from mnist_jax.rundir import folder as folder_lib
+from mnist_jax import files
+from mnist_jax.rundir import metrics_log
+from mnist_jax.rundir import record as record_lib
 from mnist_jax.rundir import tensorboard
-from mnist_jax.rundir import run as run_folder
+from mnist_jax import modes as run_folder
 
 EPOCH_TAGS = {**tensorboard.EPOCH_TAGS, **tensorboard.SPEED_TAGS}
 TINY = dict(mlp_hidden=(16,), epochs=2, batch_size=32, val_fraction=0.1,
@@ -37,7 +38,7 @@ def _train(prepared, workdir, model="mlp", draw=False, **overrides):
   """
   mnist_dir, data_dir = prepared
   tiny = {k: v for k, v in TINY.items()  # The linear model has no mlp_hidden.
-          if k in config_lib.FIELDS or k in config_lib.MODEL_SETTINGS[model]}
+          if k in config_lib.FIELDS or k in models.get(model).settings}
   config = models.get_config(model, "seed", mnist_dir=mnist_dir,
                              data_dir=data_dir, workdir=str(workdir),
                              **{**tiny, **overrides})
@@ -45,7 +46,7 @@ def _train(prepared, workdir, model="mlp", draw=False, **overrides):
     if not draw:
       patch.setattr(report, "write", lambda *args, **kwargs: None)
     run_folder.train_and_evaluate(config, str(workdir), stream=io.StringIO())
-  return folder_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  return metrics_log.read_metrics(os.path.join(workdir, "metrics.jsonl"))
 
 
 def _plain_scalars(logdir):
@@ -105,9 +106,9 @@ def _open_files():
 def test_a_run_writes_its_rows_figures_and_config(tiny_run):
   """The conftest's one-epoch run, with its report."""
   workdir = tiny_run
-  rows = folder_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  rows = metrics_log.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   epochs, final = rows[:-1], rows[-1]
-  config = folder_lib.read_config(workdir)
+  config = record_lib.read_config(workdir)
   assert [r["epoch"] for r in epochs] == [1]
   expected = _expected(epochs, final)
   assert {"loss/val", "accuracy/val", "learning_rate"} <= set(expected)
@@ -125,8 +126,7 @@ def test_a_run_writes_its_rows_figures_and_config(tiny_run):
   for name in figures:
     [image] = acc.Images(f"figures/{name[:-4]}")
     assert image.step == 1
-    with open(os.path.join(workdir, name), "rb") as f:
-      assert image.encoded_image_string == f.read()
+    tbh.assert_image_is_file(image, os.path.join(workdir, name))
 
   values, end = _session(mux, ".")
   assert values["model"] == "mlp" and values["preset"] == "seed"
@@ -146,7 +146,7 @@ def two_seeds(prepared, tmp_path_factory):
 def test_each_seed_is_a_series_of_its_own(two_seeds):
   workdir, rows = two_seeds
   epochs, final = rows[:-1], rows[-1]
-  peak = folder_lib.read_config(workdir).learning_rate
+  peak = record_lib.read_config(workdir).learning_rate
   # Cosine over 2 epochs: half the peak after the first, 0 after the second.
   assert [r["learning_rate"] for r in epochs] == [
       pytest.approx(peak / 2, rel=1e-6), pytest.approx(0, abs=1e-9)]
@@ -179,13 +179,13 @@ def test_a_member_folder_in_the_way_is_refused_before_anything_is_written(
   event folder is a file."""
   workdir = str(tmp_path / "seeds")
   shutil.copytree(two_seeds[0], workdir)
-  record = folder_lib._record(workdir)  # pylint: disable=protected-access
+  record = record_lib.read_record(workdir)
   del record["finished"]
-  files.write_json(os.path.join(workdir, folder_lib.CONFIG_FILE), record)
+  files.write_json(os.path.join(workdir, record_lib.CONFIG_FILE), record)
   rows = lh.metrics(workdir)
   files.write_text(os.path.join(workdir, "metrics.jsonl"),
                    "".join(json.dumps(r) + "\n" for r in rows[:-1]))
-  assert not folder_lib.finished(workdir)
+  assert not record_lib.finished(workdir)
   shutil.rmtree(os.path.join(workdir, "seed=6"))
   with open(os.path.join(workdir, "seed=6"), "w") as f:
     f.write("in the way")
@@ -215,7 +215,7 @@ def test_the_event_files_close_on_every_way_out(prepared, tmp_path,
              warmup_epochs=400, epochs=800, label_smoothing=0.1)
   [events] = _event_files(workdir)
   assert os.path.realpath(events) not in _open_files()
-  rows = folder_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  rows = metrics_log.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   # The epochs before the divergence (whose row is the note, no event).
   epochs = [r for r in rows if r.get("train_loss") is not None]
   assert epochs
@@ -241,7 +241,8 @@ def test_a_stopped_and_resumed_run_is_one_series(prepared, tmp_path, signum,
           f"--workdir={workdir}"]
   _, _, err, marker = lh.run_and_signal(args, signum, epoch=2)
   assert marker.startswith("@chunk epoch=2 ")
-  # Epoch 1 reached the events as it ended: the resumed run logs it again.
+  # Epoch 1 reached the events within FLUSH_S (the kill came 3 pauses of 0.2 s
+  # later): the resumed run logs it again.
   [stopped] = _event_files(workdir)
   assert [s for s, _ in _plain_scalars(stopped)["loss/train"]] == [1], err
 

@@ -1,7 +1,7 @@
 """A run folder works on any devices that can hold it (slow, child processes).
 
 Trained on one device, with pmap over two host devices, sharded over a split
-CPU host (devices.split_host, where --parallel=auto's rule shards the
+CPU host (process.split_host, where --parallel=auto's rule shards the
 recurrent models), with its members split over that host's devices (the
 rule for several members), or sharded over two processes (jax.distributed
 on localhost), a run reports, predicts and resumes on one device, and
@@ -59,7 +59,7 @@ class Topology:
   """How a child process runs: its flags and host devices, what it must use."""
   flags: Tuple[str, ...]
   host_devices: Optional[int] = None  # XLA's forced CPU device count.
-  split: bool = False  # Relies on devices.split_host (two or more cores).
+  split: bool = False  # Relies on process.split_host (two or more cores).
   devices: int = 1  # Devices the run must use (config.json records them).
 
 

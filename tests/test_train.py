@@ -18,7 +18,7 @@ from mnist_jax import models
 from mnist_jax.data import augment as augment_lib
 from mnist_jax.models import dense
 from mnist_jax.rundir import checkpoints
-from mnist_jax.training import optim
+from mnist_jax import optim
 from mnist_jax.training import train
 from parallel_worker import Recorder, Saver, Stop, dataset, restore
 
@@ -442,13 +442,13 @@ def test_project_frames_from_the_loop_to_the_model_and_the_optimizer():
   # The optimizer (its learning rate, read in the update) and the metrics
   # are entered within the bar.
   into = lambda f: [s for s in stacks if s[-1][0] == f and s[-2][0] != f]
-  for name in ("training/optim.py", "training/metrics.py"):
+  for name in ("optim.py", "training/metrics.py"):
     assert into(name) and max(len(s) for s in into(name)) <= BAR, name
-  optimizer = [s for s in stacks if s[-1][0] == "training/optim.py" and
+  optimizer = [s for s in stacks if s[-1][0] == "optim.py" and
                "train_step" in {n for _, n in s}]
   assert optimizer and max(len(s) for s in optimizer) <= BAR
   files = {f for s in stacks for f, _ in s}
-  assert files == {"training/train.py", "training/optim.py",
+  assert files == {"training/train.py", "optim.py",
                    "training/metrics.py", model_file}, files
 
 

@@ -1,7 +1,8 @@
 """The supported datasets, each declared once: files, classes and image shape.
 
 Adding one is a `DatasetInfo` in DATASETS (and its download's checksums.tsv
-line). No tfds import here: a run with cached arrays starts without it.
+line); the models, analyses, report and predict follow its image shape. No
+tfds import here: a run with cached arrays starts without it.
 """
 
 import dataclasses
@@ -35,6 +36,11 @@ class DatasetInfo:
   first_label: int = 0
   transposed: bool = False
   labels_sha256: str = ""
+
+  def __post_init__(self):
+    if len(self.files) != len(FILE_KEYS) or len(self.image_shape) != 2:
+      raise ValueError(f"dataset {self.name!r}: declare four IDX files "
+                       "(FILE_KEYS' order) of grey images, image_shape (H, W)")
 
   @property
   def num_classes(self) -> int:

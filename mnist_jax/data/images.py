@@ -266,7 +266,10 @@ def preprocess(image: Image.Image, name: str = "image") -> np.ndarray:
   return np.round(255.0 * out).astype(np.uint8)
 
 
-def load(path: str) -> np.ndarray:
-  """Opens and preprocesses one file: [28, 28] uint8, or ImageError."""
+def load(path: str, shape=(SIZE, SIZE)) -> np.ndarray:
+  """Opens and preprocesses one file: [28, 28] uint8 resized to `shape` (a
+  dataset's (H, W)), or ImageError."""
   with open_image(path) as image:
-    return preprocess(image, path)
+    x = preprocess(image, path)
+  return x if x.shape == tuple(shape) else np.asarray(Image.fromarray(
+      x).resize(shape[::-1], Image.Resampling.LANCZOS))

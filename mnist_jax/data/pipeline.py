@@ -19,7 +19,7 @@ import numpy as np
 from mnist_jax.data import datasets
 from mnist_jax.data import idx
 from mnist_jax.errors import UserError
-from mnist_jax.rundir import files
+from mnist_jax import files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +101,7 @@ def prepare(dataset: str = "mnist", data_dir=None, mnist_dir=None) -> dict:
 def _from_tfds(tfds, dataset: str, data_dir: str, mnist_dir) -> dict:
   """prepare's arrays from the tfds dataset, prepared first if it is not."""
   from mnist_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top
-  builder_cls = tfds_builder.BUILDERS[dataset]
+  builder_cls = tfds_builder.builder(dataset)
 
   def damaged(e: Exception) -> UserError:
     folder = os.path.join(data_dir, dataset, str(builder_cls.VERSION))

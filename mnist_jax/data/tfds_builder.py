@@ -145,7 +145,9 @@ def _builder(info: datasets.DatasetInfo):
       INFO=info, __module__=__name__), skip_registration=True)
 
 
-BUILDERS = {name: _builder(info) for name, info in datasets.DATASETS.items()}
+def builder(dataset: str):
+  """The dataset's builder class, from its declaration in DATASETS now."""
+  return _builder(datasets.DATASETS[dataset])
 
 
 def decode_split(builder: tfds.core.DatasetBuilder, split: str):

@@ -1,6 +1,10 @@
 """Flax models: the stock modules (dense.py, cnn.py, recurrent.py; images
 [B, H, W], 255 = ink), the `--model` registry and faster kernels for them."""
 
-from mnist_jax.models.registry import MODELS, ModelSpec, build, get, get_config
+from mnist_jax.models.registry import (
+    MODELS, ModelSpec, build, flag_names, flag_type, from_dict, get,
+    get_config, models_with, new_config, setting, validate, value_error)
 
-__all__ = ["MODELS", "ModelSpec", "build", "get", "get_config"]
+__all__ = ["MODELS", "ModelSpec", "build", "flag_names", "flag_type",
+           "from_dict", "get", "get_config", "models_with", "new_config",
+           "setting", "validate", "value_error"]

@@ -1,4 +1,4 @@
-"""Convolutional model on the 28x28 image."""
+"""Convolutional model on the image."""
 
 from typing import Sequence
 
@@ -9,8 +9,9 @@ class CNN(nn.Module):
   """Conv-(BatchNorm)-ReLU-MaxPool blocks, then Dense-ReLU and a Dense output.
 
   Each block: a stride-1 k x k convolution (VALID or SAME), a 2x2 max pool at
-  stride 2. images [B, 28, 28] (uint8, 255 = ink) -> logits [B, num_classes].
+  stride 2. images [B, H, W] (uint8, 255 = ink) -> logits [B, num_classes].
   """
+  OUTPUT = "out"  # Its output layer; that layer's input: its features.
   features: Sequence[int] = (32, 64)
   kernel_size: int = 3
   dense: int = 128

@@ -1,5 +1,5 @@
-"""Fully connected models on the 784 pixels: images [B, 28, 28] (uint8, 255 =
-ink) -> logits [B, num_classes]."""
+"""Fully connected models on the pixels: images [B, H, W] (uint8, 255 = ink)
+-> logits [B, num_classes]."""
 
 from typing import Sequence
 
@@ -8,6 +8,7 @@ import flax.linen as nn
 
 class Linear(nn.Module):
   """The seeds' no-hidden-layer baseline: logits = x W + b."""
+  OUTPUT = "out"  # Its output layer; that layer's input: its features.
   num_classes: int = 10
 
   @nn.compact
@@ -18,6 +19,7 @@ class Linear(nn.Module):
 
 class MLP(nn.Module):
   """Dense-ReLU-Dropout blocks, then a Dense output layer."""
+  OUTPUT = "out"  # Its output layer; that layer's input: its features.
   hidden: Sequence[int] = (512, 256)
   dropout: float = 0.0
   num_classes: int = 10

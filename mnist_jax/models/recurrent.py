@@ -1,6 +1,6 @@
-"""Recurrent models (SimpleRNN, LSTM, GRU) reading an image as a sequence: 28
-rows of 28 pixels, or 784 pixels in order (sequential MNIST) or in a fixed
-random order (permuted MNIST)."""
+"""Recurrent models (SimpleRNN, LSTM, GRU) reading an image as a sequence: its
+rows (MNIST: 28 of 28 pixels), or its pixels in order (sequential MNIST) or in
+a fixed random order (permuted MNIST)."""
 
 import functools
 
@@ -31,7 +31,8 @@ def as_sequence(images, sequence: str = "rows", permute_seed: int = 0):
 
 class Recurrent(nn.Module):
   """Stacked, optionally bidirectional nn.RNN layers; the top layer's last
-  state(s) to Dense: images [B, 28, 28] (255 = ink) -> logits [B, classes]."""
+  state(s) to Dense: images [B, H, W] (255 = ink) -> logits [B, classes]."""
+  OUTPUT = "out"  # Its output layer; that layer's input: its features.
   cell: str = "lstm"
   hidden: int = 128
   num_layers: int = 1

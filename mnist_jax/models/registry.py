@@ -49,14 +49,99 @@ MODELS: Dict[str, ModelSpec] = {}
 
 
 def register(spec: ModelSpec) -> ModelSpec:
-  """Adds `spec` to MODELS and declares its settings with their defaults."""
+  """Adds `spec` to MODELS, its settings' defaults read from its module. A
+  name several models declare is one flag: its help, group, range and choices
+  must agree (defaults may not)."""
   defaults = {f.name: f.default for f in dataclasses.fields(spec.module)}
   spec = dataclasses.replace(spec, settings={
       name: dataclasses.replace(s, default=defaults[s.attribute])
       for name, s in spec.settings.items()})
-  config_lib.declare(spec.name, spec.settings)
+  for name, declared in spec.settings.items():
+    if name in config_lib.FIELDS:
+      raise ValueError(f"{spec.name}: {name} is a Config field, not a model's")
+    if models_with(name) and setting(name).flag() != declared.flag():
+      raise ValueError(f"{spec.name}: --{name} is declared differently by "
+                       f"{', '.join(models_with(name))}")
   MODELS[spec.name] = spec
   return spec
+
+
+def models_with(name: str) -> List[str]:
+  """The models that have setting `name`, in registration order."""
+  return [m for m, spec in MODELS.items() if name in spec.settings]
+
+
+def setting(name: str, model: Optional[str] = None) -> Setting:
+  """The declaration of a Config field or of a model's own setting (`model`'s,
+  else the first model's that has it)."""
+  if name in config_lib.FIELDS:
+    return config_lib.field(name)
+  owners = [model] if model else models_with(name)
+  spec = MODELS.get(owners[0]) if owners else None
+  if spec is None or name not in spec.settings:
+    raise UserError(f"unknown setting --{name}; see python launch.py --help")
+  return spec.settings[name]
+
+
+def flag_names() -> List[str]:
+  """The Config fields, then each model setting once, in declaration order."""
+  return list(dict.fromkeys([*config_lib.FIELDS, *(
+      n for spec in MODELS.values() for n in spec.settings)]))
+
+
+def flag_type(name: str) -> Any:
+  """The type a flag for `name` parses to (int, float, bool, str, tuple)."""
+  value = setting(name).default
+  return str if value is None else type(value)
+
+
+def value_error(name: str, value, flag: Optional[str] = None) -> Optional[str]:
+  """Why `value` is not one setting `name` accepts, or None."""
+  return config_lib.value_error(name, setting(name), value, flag)
+
+
+def validate(config: config_lib.Config) -> config_lib.Config:
+  """Rejects settings no run can use (fields, then the model's own), with a
+  message that says what to pass; the model's `check` last."""
+  config_lib.validate(config)
+  for name, value in config.model_settings:
+    message = config_lib.value_error(name, setting(name, config.model), value)
+    if message:
+      raise UserError(message)
+  check = get(config.model).check
+  message = check and check(config)
+  if message:
+    raise UserError(message)
+  return config
+
+
+def new_config(model: str, **values) -> config_lib.Config:
+  """A Config of `model` with its own settings' defaults, then `values` (fields
+  or its settings; another model's setting is refused in one line)."""
+  own = get(model).settings
+  for name in (n for n in values if n not in config_lib.FIELDS
+               and n not in own):
+    owners = "/".join(models_with(name))
+    raise UserError(f"--{name} is a setting of --model={owners}, not of "
+                    f"--model={model}; leave it out" if owners else
+                    f"unknown setting --{name}; see python launch.py --help")
+  return config_lib.Config(
+      model=model, model_settings=tuple((n, s.default) for n, s in own.items())
+  ).replace(**values)
+
+
+def from_dict(values: dict) -> config_lib.Config:
+  """A Config from a (JSON) config.json record, lists back to tuples. Other
+  models' settings are ignored: older config.json files carry every model's."""
+  unknown = sorted(set(values) - set(flag_names()))
+  if unknown:
+    raise UserError(f"unknown config keys {unknown}; the known ones are "
+                    "python launch.py --help's flags")
+  fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+  model = fixed.pop("model", config_lib.Config.model)
+  own = get(model).settings
+  return new_config(model, **{k: v for k, v in fixed.items()
+                              if k in config_lib.FIELDS or k in own})
 
 
 def get(name: str) -> ModelSpec:
@@ -95,13 +180,7 @@ def get_config(model: str, preset: str = "tuned",
                **overrides) -> config_lib.Config:
   """The full Config for a model and preset, with explicit overrides on top."""
   values = {**preset_overrides(model, preset), **overrides}
-  config = config_lib.validate(  # Refuses another model's settings.
-      config_lib.Config(model=model, preset=preset).replace(**values))
-  check = get(model).check
-  message = check and check(config)
-  if message:
-    raise UserError(message)
-  return config
+  return validate(new_config(model, preset=preset, **values))
 
 
 def set_by_presets() -> set:
@@ -174,29 +253,33 @@ def _describe_cnn(c: config_lib.Config) -> str:
           f"{_dropout(c)}")
 
 
-_READS = {"rows": "the 28 rows", "pixels": "the 784 pixels",
-          "permuted": "the 784 pixels in a fixed random order"}
+_READS = {"rows": "the {h} rows", "pixels": "the {n} pixels",
+          "permuted": "the {n} pixels in a fixed random order"}
 
 
 def _describe_recurrent(cell: str):
   def describe_fn(c: config_lib.Config) -> str:
     layers = f"{c.num_layers} x " if c.num_layers > 1 else ""
     both = "bidirectional " if c.bidirectional else ""
-    return (f"{layers}{both}{cell}({c.hidden}) over {_READS[c.sequence]}, "
+    h, w = datasets.get(c.dataset).image_shape
+    return (f"{layers}{both}{cell}({c.hidden}) over "
+            f"{_READS[c.sequence].format(h=h, n=h * w)}, "
             f"last state to Dense({_classes(c)}){_dropout(c)}")
   return describe_fn
 
 
 def _check_cnn(c: config_lib.Config) -> Optional[str]:
   """Whether some pixels are left after the conv-pool layers."""
-  size = 28  # The image side after each conv and 2x2 pool.
+  shape = datasets.get(c.dataset).image_shape
+  size = min(shape)  # The image's shorter side after each conv and 2x2 pool.
   for _ in c.cnn_features:
     size = (size - (c.cnn_kernel - 1) * (c.cnn_padding == "VALID")) // 2
   if size >= 1:
     return None
   return (
       f"{len(c.cnn_features)} conv-pool layers of --cnn_kernel={c.cnn_kernel} "
-      f"--cnn_padding={c.cnn_padding} leave no pixels of a 28x28 image; pass "
+      f"--cnn_padding={c.cnn_padding} leave no pixels of a {shape[0]}x"
+      f"{shape[1]} {c.dataset} image; pass "
       + ("a smaller --cnn_kernel, fewer --cnn_features or --cnn_padding=SAME"
          if c.cnn_padding == "VALID" else "fewer --cnn_features"))
 

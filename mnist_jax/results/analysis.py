@@ -19,7 +19,7 @@ from mnist_jax import models
 from mnist_jax.data import augment
 from mnist_jax.data import datasets
 from mnist_jax.models import recurrent
-from mnist_jax.rundir import files
+from mnist_jax import files
 from mnist_jax.training import metrics
 
 FOLDER = "analysis"  # In the run folder.
@@ -31,12 +31,14 @@ IG_STEPS, IG_MAX_STEPS, IG_TOLERANCE, IG_CHUNK = 16, 1024, 0.01, 16
 
 
 def forward(module, variables, images, steps: bool = False):
-  """(features: the input of `out` [B, F], logits [B, K], with `steps` the
-  model's `out` layer on its top layer's state after each row [B, 28, K])."""
+  """(features: the input of the model's declared OUTPUT layer [B, F], logits
+  [B, K], with `steps` that layer on its top layer's state after each row
+  [B, H, K])."""
   seen = []
 
   def grab(next_fn, args, kwargs, context):
-    if context.module.name == "out" and context.method_name == "__call__":
+    if (context.method_name == "__call__" and
+        context.module.scope.path == (module.OUTPUT,)):  # Not a submodule's.
       seen.append(args[0])
     return next_fn(*args, **kwargs)
 
@@ -49,7 +51,8 @@ def forward(module, variables, images, steps: bool = False):
   layers = inter["intermediates"]  # The top nn.RNN's outputs [B, T, H]:
   top = max(layers, key=lambda k: int(k.rsplit("_", 1)[1]))
   hidden = layers[top]["__call__"][0]
-  out, every = variables["params"]["out"], hidden.shape[1] // 28
+  out = variables["params"][module.OUTPUT]
+  every = hidden.shape[1] // images.shape[1]
   return seen[0], logits, nn.Dense(out["bias"].shape[-1]).apply(
       {"params": out}, hidden[:, every - 1::every])
 
@@ -89,19 +92,19 @@ def _warp(x, angle, zoom, shift):
 def _thickness(x, level):
   """Strokes grown (level > 0) or thinned (< 0) by |level| half pixels: grey
   dilations by a 3x3 cross at twice the resolution (of -x to thin)."""
-  sign = jnp.where(level < 0, -1.0, 1.0)
+  sign, (_, h, w) = jnp.where(level < 0, -1.0, 1.0), x.shape
   window = lambda x, shape: jax.lax.reduce_window(
       x, -jnp.inf, jax.lax.max, shape, (1, 1, 1), "SAME")
   x = sign * jnp.repeat(jnp.repeat(x, 2, 1), 2, 2)
   x = jax.lax.fori_loop(0, 3, lambda i, x: jnp.where(
       i < jnp.abs(level),
       jnp.maximum(window(x, (1, 3, 1)), window(x, (1, 1, 3))), x), x)
-  return sign * x.reshape(-1, 28, 2, 28, 2).mean((2, 4))
+  return sign * x.reshape(-1, h, 2, w, 2).mean((2, 4))
 
 
 # (change, unit, levels (0: the image), function): the first WARPS give a
-# level's warp (angle, zoom, shift); the others change images [n, 28, 28] by
-# a level, given (noise [n, 28, 28], centres [n, 2])).
+# level's warp (angle, zoom, shift); the others change images [n, H, W] by a
+# level, given (noise [n, H, W], centres [n, 2])).
 CHANGES = (
     ("rotation", "degrees clockwise", (0, 10, 20, 30, 40, 50, 60),
      lambda l: (l * np.pi / 180, 1.0, 0.0)),
@@ -112,8 +115,9 @@ CHANGES = (
      lambda x, l, c: jnp.clip(x + l * 255 * c[0], 0, 255)),
     ("occlusion", "side of erased square, pixels", (0, 4, 6, 8, 10, 12, 14),
      lambda x, l, c: jnp.where(
-         (jnp.abs(jnp.arange(28.0)[:, None] - c[1][:, :1, None]) < l / 2)
-         & (jnp.abs(jnp.arange(28.0) - c[1][:, 1:, None]) < l / 2), 0.0, x)),
+         (jnp.abs(jnp.arange(x.shape[1])[:, None] - c[1][:, :1, None]) < l / 2)
+         & (jnp.abs(jnp.arange(x.shape[2]) - c[1][:, 1:, None]) < l / 2),
+         0.0, x)),
     ("thickness", "half pixels grown (+) or thinned (-)",
      (-3, -2, -1, 0, 1, 2, 3), lambda x, l, _: _thickness(x, l)),
 )
@@ -121,15 +125,16 @@ WARPS = 3
 
 
 def changed(images, seed: int = 0):
-  """Each non-zero level of each change of images [n, 28, 28] [L, n, 28, 28],
-  in one jitted function; the levels share an image's noise and centre of the
-  erased square (rows, columns 7..21)."""
+  """Each non-zero level of each change of images [n, H, W] [L, n, H, W], in
+  one jitted function; the levels share an image's noise and centre of the
+  erased square (rows, columns in the middle half)."""
   levels = [[l for l in change[2] if l] for change in CHANGES]
   warps = np.array([CHANGES[i][3](l) for i in range(WARPS) for l in levels[i]],
                    np.float32)
-  rng = np.random.default_rng(seed)
+  rng, side = np.random.default_rng(seed), np.array(np.shape(images)[1:3])
   extra = (rng.standard_normal(np.shape(images), np.float32),
-           rng.uniform(7, 21, (len(images), 2)).astype(np.float32))
+           rng.uniform(side / 4, 3 * side / 4, (len(images), 2)
+                       ).astype(np.float32))
 
   def run(x, warps, extra):
     return jnp.concatenate([jax.vmap(_warp, (None, 0, 0, 0))(x, *warps.T)] + [
@@ -153,7 +158,7 @@ def robustness(pass_fn, images, labels, accuracy: float) -> List[tuple]:
 def attributions(module, variables, images, targets) -> Dict[str, np.ndarray]:
   """Integrated gradients of the target logits against a black image (Gauss-
   Legendre nodes, as Captum's default; doubled until each sums within 1% of
-  logit(x) - logit(black)) and gradient x input, of images [n, 28, 28]."""
+  logit(x) - logit(black)) and gradient x input, of images [n, H, W]."""
   x = jnp.asarray(images, jnp.float32)
   n, size = len(x), IG_CHUNK * len(x)
   c = jnp.tile(jnp.asarray(targets, jnp.int32), IG_CHUNK)
@@ -162,14 +167,14 @@ def attributions(module, variables, images, targets) -> Dict[str, np.ndarray]:
   grad = jax.jit(lambda b: (jax.grad(lambda b: pick(b).sum())(b),
                             pick(b)[:, 0]))
   ends, logit = grad(jnp.concatenate([x, 0 * x,
-                                      jnp.zeros((size - 2 * n, 28, 28))]))
+                                      jnp.zeros((size - 2 * n, *x.shape[1:]))]))
   difference, steps = logit[:n] - logit[n:2 * n], IG_STEPS
   while True:
     total, (nodes, weights) = 0, np.polynomial.legendre.leggauss(steps)
     for a, w in zip(*(np.float32(v / 2).reshape(-1, IG_CHUNK, 1, 1, 1)
                       for v in (nodes + 1, weights))):  # On [0, 1].
-      total += (w * grad((a * x).reshape(size, 28, 28))[0].reshape(
-          IG_CHUNK, n, 28, 28)).sum(0)
+      total += (w * grad((a * x).reshape(size, *x.shape[1:]))[0].reshape(
+          IG_CHUNK, *x.shape)).sum(0)
     ig = np.asarray(x * total)
     error = np.abs(ig.sum((1, 2)) - difference) / np.maximum(
         np.abs(difference), 1e-12)
@@ -191,9 +196,9 @@ def first_layer(run, module, image) -> Dict[str, np.ndarray]:
     outputs = np.asarray(inter["intermediates"]["conv_0"]["__call__"][0][0])
     return {"filters": np.moveaxis(kernel, -1, 0),
             "maps": np.moveaxis(outputs, -1, 0)}
-  dense = [np.asarray(v["kernel"]).T[:16].reshape(-1, 28, 28)
+  dense = [np.asarray(v["kernel"]).T[:16].reshape(-1, *image.shape)
            for v in params.values()
-           if "kernel" in v and v["kernel"].shape[0] == 28 * 28]
+           if "kernel" in v and v["kernel"].shape[0] == image.size]
   return {"weights": dense[0]} if dense else {}
 
 
@@ -267,8 +272,9 @@ def analyse(run, test, val=None) -> Dict[str, object]:
   if steps:
     r.update({f"reading_{k}": v
               for k, v in reading(step_logits, labels).items()})
-    every = 1 if config.sequence == "rows" else 28  # Steps a row.
-    r["reading_steps"] = np.arange(1, 29) * every
+    h, w = images.shape[1:]
+    every = 1 if config.sequence == "rows" else w  # Steps a row.
+    r["reading_steps"] = np.arange(1, h + 1) * every
   else:
     r["reading_note"] = ("bidirectional" if getattr(module, "bidirectional", 0)
                          else "not a sequence model")

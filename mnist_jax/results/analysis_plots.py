@@ -53,20 +53,21 @@ def _panels(n: int, width: float, height: float, **kwargs):
 
 
 def _reading_steps(r: dict) -> int:
-  """Steps the run reads a row in: 1 (rows), 28 (a pixel sequence), 0 if
-  its analysis predates reading_steps."""
+  """Steps the run reads a row in: 1 (rows), the image's width (a pixel
+  sequence), 0 if its analysis predates reading_steps."""
   return int(r["reading_steps"][0]) if "reading_steps" in r else 0
 
 
 def _rows_read(results: Sequence[dict]) -> str:
   """The reading plot's x label, true of each run's sequence."""
   every = {_reading_steps(r) for r in results}
+  w, h = max(every), max(len(r["reading_accuracy"]) for r in results)
   if every == {1}:
     return "Rows read (one row per step of the sequence)"
-  if every == {28}:
-    return ("Rows' worth of pixels read (28 steps of the 784-pixel sequence "
-            "each)")
-  return "Rows read (a step of a row sequence; 28 steps of a pixel sequence)"
+  if every == {w}:
+    return (f"Rows' worth of pixels read ({w} steps of the {h * w}-pixel "
+            "sequence each)")
+  return f"Rows read (a step of a row sequence; {w} steps of a pixel sequence)"
 
 
 def reading(results: Sequence[dict], path: str) -> str:
@@ -75,9 +76,10 @@ def reading(results: Sequence[dict], path: str) -> str:
   mixed = len({_reading_steps(r) for r in results}) > 1
   for i, (r, color) in enumerate(zip(results, COLORS(len(results)))):
     label = r["label"] + (" (pixel sequence)" if mixed and
-                          _reading_steps(r) == 28 else "")
+                          _reading_steps(r) > 1 else "")
     for ax, key in zip(axes[0], ("accuracy", "true_class_probability")):
-      ax.plot(np.arange(1, 29), 100 * r[f"reading_{key}"], LINES[i % 4], ms=4,
+      rows = np.arange(1, len(r[f"reading_{key}"]) + 1)
+      ax.plot(rows, 100 * r[f"reading_{key}"], LINES[i % 4], ms=4,
               marker=plots.MARKERS[i], mfc="none", color=color, label=label,
               transform=_nudge(ax, i, len(results)), clip_on=False)
   for ax, what in zip(axes[0], ("Test accuracy (%)",
@@ -85,7 +87,7 @@ def reading(results: Sequence[dict], path: str) -> str:
     ax.axhline(100 / len(results[0]["names"]), color="gray", ls=":",
                label="chance")
     ax.set(xlabel=_rows_read(results), ylabel=what, ylim=(0, 100),
-           xlim=(0.5, 28.5))
+           xlim=(0.5, max(len(r["reading_accuracy"]) for r in results) + .5))
     ax.grid(alpha=0.3)
   return _finish(fig, path, "How far it must read: the model's own output "
                  "layer on its top layer's state after each row (test set)",
@@ -232,12 +234,12 @@ def attributions(results: Sequence[dict], path: str) -> str:
   """One run's shown digits over their integrated gradients, gradient x input
   and, for a sequence model, integrated gradients summed per row (stripes)."""
   r = results[0]
-  n, cols, names = len(r["shown"]), 9, r["names"]
+  (n, h, w), cols, names = r["images"].shape, 9, r["names"]
   kinds = [_rgb(r["images"], True), _rgb(r["ig"]), _rgb(r["gxi"])]
   if "rows_ig" in r:
-    kinds.append(_rgb(np.repeat(r["rows_ig"][:, :, None], 28, 2)))
+    kinds.append(_rgb(np.repeat(r["rows_ig"][:, :, None], w, 2)))
   k, blocks = len(kinds), -(-n // cols)
-  tiles = np.ones((blocks, k, cols, 28, 28, 3))
+  tiles = np.ones((blocks, k, cols, h, w, 3))
   captions, red = np.full((blocks, k, cols), "", object), set()
   for i, (index, image) in enumerate(zip(r["shown"], zip(*kinds))):
     b, j = divmod(i, cols)
@@ -249,7 +251,7 @@ def attributions(results: Sequence[dict], path: str) -> str:
                          layout="constrained")
   kind_names = ["image", "integrated\ngradients", "gradient\nx input",
                 "per row\n(summed)"]
-  _mosaic(ax, tiles.reshape(k * blocks, cols, 28, 28, 3), captions.ravel(),
+  _mosaic(ax, tiles.reshape(k * blocks, cols, h, w, 3), captions.ravel(),
           kind_names[:k] * blocks, red)
   return _finish(fig, path, "Where it looks: attribution to the predicted "
                  "class (red for, blue against; each map to its own largest "
@@ -259,7 +261,7 @@ def attributions(results: Sequence[dict], path: str) -> str:
 
 def first_layer(results: Sequence[dict], path: str) -> str:
   """One run's first CNN filters and their outputs on a digit, or its first
-  dense layer's weights as 28x28 images."""
+  dense layer's weights as images."""
   r = results[0]
   if "filters" in r:
     groups = [("filters", "first convolution's filters"),

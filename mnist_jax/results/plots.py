@@ -35,7 +35,7 @@ import matplotlib.pyplot as plt
 from matplotlib import patches
 from matplotlib import ticker
 
-from mnist_jax.rundir import files
+from mnist_jax import files
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 DPI = 120

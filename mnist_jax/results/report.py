@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mnist_jax.rundir import control
-from mnist_jax.rundir import files
-from mnist_jax.rundir import folder
+from mnist_jax import files
+from mnist_jax.rundir import metrics_log
 from mnist_jax.training import members as members_lib
 from mnist_jax.training import metrics
 
@@ -168,7 +168,7 @@ def write(workdir: str, run, test, class_names: Optional[Sequence[str]] = None,
   stats, pairs = per_class(counts), confused_pairs(counts)
   title = f"{config.model} ({config.preset})"
   path = lambda name: os.path.join(workdir, name)
-  rows = folder.read_metrics(path(folder.METRICS_FILE))
+  rows = metrics_log.read_metrics(path(metrics_log.METRICS_FILE))
   final = next((r for r in reversed(rows) if "test_accuracy" in r), {})
   keys = metrics.keys("test")  # The finished run's (no note) if all recorded.
   test_metrics = ({k[len("test_"):]: final[k] for k in keys} if note is None

@@ -1,12 +1,10 @@
 """A trained run (`Run`, also the Python API's model) and --mode=predict."""
 
-import contextlib
 import dataclasses
 import functools
 import json
 import os
 import sys
-import types
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import flax.linen as nn
@@ -20,30 +18,33 @@ from mnist_jax.errors import UserError
 from mnist_jax.models import precision
 from mnist_jax.results import report
 from mnist_jax.rundir import checkpoints as checkpoints_lib
-from mnist_jax.rundir import files
-from mnist_jax.rundir import folder as folder_lib
+from mnist_jax import files
+from mnist_jax.rundir import lock
+from mnist_jax.rundir import metrics_log
+from mnist_jax.rundir import record
+from mnist_jax.rundir import resume
 from mnist_jax.training import members as members_lib
-from mnist_jax.training import optim
+from mnist_jax import optim
 from mnist_jax.training import train
 
 
-def as_images(images) -> Tuple[np.ndarray, bool]:
-  """One image ([28, 28], [784]) or a batch ([N, 28, 28], [N, 784],
-  [N, 28, 28, 1]) of uint8 (or integers in 0..255) or floats in [0, 1], as
-  ([N, 28, 28] on the 0-255 scale, uint8 or float32; whether one image);
-  ValueError for another shape or values outside that range."""
-  x = np.asarray(images)
-  single = x.shape in ((28, 28), (784,))
+def as_images(images, shape=(28, 28)) -> Tuple[np.ndarray, bool]:
+  """One image ([H, W], [H * W]) or a batch ([N, H, W], [N, H * W],
+  [N, H, W, 1]) of `shape` (H, W), uint8 (or integers in 0..255) or floats in
+  [0, 1], as ([N, H, W] on the 0-255 scale, uint8 or float32; whether one
+  image); ValueError for another shape or values outside that range."""
+  x, (h, w) = np.asarray(images), shape
+  single = x.shape in ((h, w), (h * w,))
   if single:
     x = x[None]
   if x.ndim == 4 and x.shape[-1] == 1:
     x = x[..., 0]
-  if x.ndim == 2 and x.shape[1] == 784:
-    x = x.reshape(-1, 28, 28)
-  if x.ndim != 3 or x.shape[1:] != (28, 28):
+  if x.ndim == 2 and x.shape[1] == h * w:
+    x = x.reshape(-1, h, w)
+  if x.ndim != 3 or x.shape[1:] != (h, w):
     raise ValueError(f"images of shape {list(np.shape(images))}: pass one "
-                     "image [28, 28] or [784], or a batch [N, 28, 28], "
-                     "[N, 784] or [N, 28, 28, 1]")
+                     f"image [{h}, {w}] or [{h * w}], or a batch [N, {h}, {w}],"
+                     f" [N, {h * w}] or [N, {h}, {w}, 1]")
   if x.dtype == np.uint8:
     return x, single
   if np.issubdtype(x.dtype, np.integer) and (not x.size or (
@@ -76,7 +77,7 @@ class Run:
     """The chosen `member` of a (stacked) train state, and its point's seeds."""
     members = members_lib.from_config(config)
     seeds = next(p for p in members_lib.points(members) if member in p)
-    variables = {"params": state.params, **state.model_state}
+    variables = state.variables
     if len(members) == 1:
       stacked = jax.tree.map(lambda v: np.asarray(v)[None], variables)
     else:
@@ -92,7 +93,8 @@ class Run:
 
   def _logits(self, images, stacked: bool, batch_size: int):
     """(logits, whether one image); the last batch's are kept for reuse."""
-    x, single = as_images(images)
+    x, single = as_images(images,
+                          datasets.get(self.config.dataset).image_shape)
     key = (id(x), x.shape, stacked)
     if key in self._cache and self._cache[key][0] is x:
       return self._cache[key][1], single
@@ -163,8 +165,8 @@ def logits(apply_fn: Callable, variables, images: np.ndarray,
 def load_run(workdir: str, **overrides) -> Run:
   """Restores a run folder's latest checkpoint, without writing to it; the
   member the final metrics row chose (else 0). overrides: Config fields."""
-  config = folder_lib.used_config(workdir, **overrides)
-  folder_lib.check_model(workdir, config)
+  config = record.used_config(workdir, **overrides)
+  resume.check_model(workdir, config)
   members = members_lib.from_config(config)
   model, _ = models.build(config, say=lambda _: None)
   shape = datasets.get(config.dataset).image_shape
@@ -172,19 +174,8 @@ def load_run(workdir: str, **overrides) -> Run:
   template = jax.eval_shape(lambda: members_lib.init_state(
       members, functools.partial(train.create_train_state, model=model,
                                  tx=tx, image_shape=shape)))
-  if not folder_lib.complete_steps(folder_lib.checkpoint_dir(workdir)) and (
-      os.path.isdir(workdir)):
-    raise checkpoints_lib.CheckpointError(
-        f"{workdir} has no checkpoint yet (its training stopped before the "
-        "first was saved); train it first: "
-        f"{folder_lib.train_command(workdir)}")
-  with contextlib.closing(checkpoints_lib.Checkpointer(
-      workdir, read_only=True)) as reader:
-    parts, meta = reader.restore(checkpoints_lib.tree(template),
-                                 model=config.model)
-  chosen = (folder_lib.final_metrics(workdir) or {}).get("chosen")
-  state = types.SimpleNamespace(params=parts["params"],
-                                model_state=parts["model_state"])
+  state, meta = checkpoints_lib.restore(workdir, template, config.model)
+  chosen = (metrics_log.final_metrics(workdir) or {}).get("chosen")
   return Run.from_state(config, state, chosen["index"] if chosen else 0,
                         int(meta.get("epoch", 0)))
 
@@ -192,30 +183,29 @@ def load_run(workdir: str, **overrides) -> Run:
 def checkpoint_note(workdir: str, run: Run) -> Optional[str]:
   """What results of `run` stand for where not the finished run (still
   training, an older checkpoint, unfinished); None for the last checkpoint."""
-  rows = folder_lib.read_metrics(os.path.join(workdir, folder_lib.METRICS_FILE))
+  rows = metrics_log.MetricsLog(workdir).read()
   last = max((r["epoch"] for r in rows if "train_loss" in r or r.get("lost")),
              default=0)
-  if folder_lib.in_use(workdir):
-    pid = folder_lib.holder(workdir).get("pid")
-    return (f"{workdir} is still training ({f'pid {pid}, ' if pid else ''}"
-            f"epoch {last} of {run.config.epochs} logged): these results are "
+  if lock.in_use(workdir):
+    return (f"{workdir} is still training (epoch {last} of "
+            f"{run.config.epochs} logged): these results are "
             f"of its latest checkpoint, of epoch {run.epoch}")
   if run.epoch < last:
     return (f"these results are of the checkpoint of epoch {run.epoch}, older "
             f"than the run's last epoch, {last}: its later checkpoints are "
             "missing")
-  state, last_row = folder_lib.status(workdir)
+  state, last_row = record.status(workdir)
   if state == "diverged":
     return (f"{workdir} diverged ({last_row.get('message', 'training')}): "
             f"these results are of its last good checkpoint, of epoch "
             f"{run.epoch}; its settings would diverge again, so to train a "
             "new run in its place (--overwrite deletes this one), run: "
-            f"{folder_lib.train_command(workdir)}")
-  if folder_lib.final_metrics(workdir) is None:
+            f"{resume.train_command(workdir)}")
+  if metrics_log.final_metrics(workdir) is None:
     return (f"{workdir} is unfinished (epoch {run.epoch} of "
             f"{run.config.epochs}): these results are of its latest "
             "checkpoint; to train it on, run: "
-            f"{folder_lib.train_command(workdir)}")
+            f"{resume.train_command(workdir)}")
   return None
 
 
@@ -254,7 +244,8 @@ def predict_files(run: Run, paths: Sequence[str],
   results = []
   for path in paths:
     try:
-      results.append(Prediction(path, image=images_lib.load(path)))
+      results.append(Prediction(path, image=images_lib.load(
+          path, datasets.get(run.config.dataset).image_shape)))
     except images_lib.ImageError as e:
       results.append(Prediction(path, error=str(e)))
   good = [r for r in results if r.error is None]

@@ -1,16 +1,19 @@
-"""Checkpoints: orbax files of the train state, checked on restore.
+"""Checkpoints: the train state under orbax's CheckpointManager, checked on
+restore.
 
-A checkpoint, named by its global step, holds the state's `PARTS` (the random
-streams derive from the seeds) and a JSON record: epochs done, steps into the
-next epoch with their metric sums, the model, the parameter shapes, a SHA-256
-of the arrays, the format. A part it lacks takes the fresh state's value;
-format 2 (the TrainState itself) is read too. Restores read every array whole
-into host memory. Only verified damage is called damage: no message advises
-deleting a healthy checkpoint.
+A checkpoint, named by its global step, holds the state's `PARTS` (its array
+fields less the random streams, which derive from the seeds) as host arrays,
+and a JSON record (`record`): epochs done, steps into the next epoch with
+their metric sums, the model, the parameter shapes, and SHA-256 digests of the
+arrays and of the record. orbax saves atomically in the background, keeps the
+newest and finds the latest; `restore` is the one way a run folder's state is
+read back, to train on or to report on. Only verified damage is called damage:
+no message advises deleting a healthy checkpoint.
 """
 
 import contextlib
 import dataclasses
+import functools
 import gc
 import hashlib
 import inspect
@@ -26,12 +29,14 @@ import jax
 import numpy as np
 
 from mnist_jax.errors import UserError
-from mnist_jax.rundir import files
-from mnist_jax.rundir import folder as folder_lib
+from mnist_jax import files
+from mnist_jax.rundir import resume
+from mnist_jax.training import train
 
-CHECKPOINT_DIR = folder_lib.CHECKPOINT_DIR
+CHECKPOINT_DIR = resume.CHECKPOINT_DIR
 FORMAT = 3
-PARTS = ("step", "params", "model_state", "opt_state")
+PARTS = tuple(f.name for f in dataclasses.fields(train.TrainState)
+              if f.metadata.get("pytree_node", True) and f.name != "keys")
 
 
 class CheckpointError(UserError):
@@ -50,71 +55,43 @@ def tree(state) -> dict:
 
 
 @contextlib.contextmanager
-def _quiet():
-  """Sends orbax's stray output while it reads or writes to the debug log: a
-  failed read of a damaged checkpoint closes orbax's event loop with reads in
-  flight, whose callbacks print "Event loop is closed" tracebacks from other
-  threads, and abandoned coroutines complain when collected."""
-  sink = io.StringIO()
-  saved = sys.stderr, sys.unraisablehook, sys.excepthook
-  hush = lambda record: print(record.getMessage(), file=sink) and False
-  sys.stderr = sink
-  sys.unraisablehook = lambda u: print(repr(u.exc_value), file=sink)
-  sys.excepthook = lambda *e: print(repr(e[1]), file=sink)
-  for name in ("asyncio", "absl"):
-    logging.getLogger(name).addFilter(hush)
-  failed = False
+def _hush(read: bool):
+  """Keeps orbax's echoes of a failure off the terminal (the failure itself
+  is raised): tensorstore callbacks that print "Event loop is closed" from
+  other threads, absl's errors, and (`read`: everything on stderr, to the
+  debug log) the suspended coroutines of a failed read, closed here lest they
+  complain at exit."""
+  sink, hooks = io.StringIO(), (sys.excepthook, sys.unraisablehook)
+  stray = lambda e: read or (  # pylint: disable=g-long-lambda
+      isinstance(e, RuntimeError) and str(e) == "Event loop is closed")
+  sys.excepthook = lambda *e: stray(e[1]) or hooks[0](*e)
+  sys.unraisablehook = lambda u: stray(u.exc_value) or hooks[1](u)
+  drop = lambda r: not (read or r.levelno >= logging.ERROR and  # pylint: disable=g-long-lambda
+                        f"{os.sep}orbax{os.sep}" in r.pathname)
+  for name in ("absl", "asyncio"):
+    logging.getLogger(name).addFilter(drop)
   try:
-    yield
-  except BaseException:
-    failed = True
-    raise
+    with contextlib.redirect_stderr(sink) if read else contextlib.nullcontext():
+      try:
+        yield
+      except BaseException:
+        if read:
+          time.sleep(0.5)  # Stray callbacks land shortly after a failure.
+          for obj in gc.get_objects():
+            if (inspect.iscoroutine(obj) and inspect.getcoroutinestate(obj) ==
+                inspect.CORO_SUSPENDED and "orbax" in obj.cr_code.co_filename):
+              with contextlib.suppress(BaseException):
+                obj.close()
+        raise
   finally:
-    if failed or sink.tell():
-      time.sleep(0.5)  # Stray callbacks land shortly after a failure.
-      gc.collect()
-      for obj in gc.get_objects():  # Suspended reads would print at exit.
-        if (inspect.iscoroutine(obj) and f"{os.sep}orbax{os.sep}" in
-            obj.cr_code.co_filename and inspect.getcoroutinestate(obj) ==
-            inspect.CORO_SUSPENDED):
-          with contextlib.suppress(BaseException):
-            obj.close()
-    for name in ("asyncio", "absl"):
-      logging.getLogger(name).removeFilter(hush)
-    sys.stderr, sys.unraisablehook, sys.excepthook = saved
+    for name in ("absl", "asyncio"):
+      logging.getLogger(name).removeFilter(drop)
+    sys.excepthook, sys.unraisablehook = hooks
     if sink.getvalue():
       logging.debug("orbax's stray output:\n%s", sink.getvalue())
 
 
-@contextlib.contextmanager
-def _writer_hush():
-  """While a writer is open, orbax's echoes of a failed save (tracebacks its
-  threads log, "Event loop is closed") stay off the terminal: the failure
-  itself is raised where the run saves or closes."""
-  def logged(record):
-    return not (record.levelno >= logging.ERROR and
-                f"{os.sep}orbax{os.sep}" in record.pathname)
-  def closed(value):
-    return (isinstance(value, RuntimeError) and
-            str(value) == "Event loop is closed")
-  hooks = sys.excepthook, sys.unraisablehook
-  sys.excepthook = lambda k, v, tb: closed(v) or hooks[0](k, v, tb)
-  sys.unraisablehook = lambda u: closed(u.exc_value) or hooks[1](u)
-  logging.getLogger("absl").addFilter(logged)
-  try:
-    yield
-  finally:
-    logging.getLogger("absl").removeFilter(logged)
-    sys.excepthook, sys.unraisablehook = hooks
-
-
-def _meta_checksum(meta: dict) -> str:
-  body = {k: v for k, v in meta.items() if k != "meta_checksum"}
-  return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
 def _host(tree_):
-  """Host numpy copies of a tree's arrays."""
   return jax.tree.map(np.asarray, jax.device_get(tree_))
 
 
@@ -128,6 +105,11 @@ def digest(tree_) -> str:
   return h.hexdigest()
 
 
+def _meta_checksum(meta: dict) -> str:
+  body = {k: v for k, v in meta.items() if k != "meta_checksum"}
+  return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def param_shapes(params) -> dict:
   """{"hidden_0/kernel": [784, 512], ...}: a model's fingerprint."""
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
@@ -139,50 +121,24 @@ def _reason(e: Exception) -> str:
   return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
-def _meta_damage(meta) -> Optional[str]:
-  if not isinstance(meta, dict) or not isinstance(meta.get("epoch"), int):
-    return "its meta record has no epoch"
-  if "meta_checksum" in meta and meta["meta_checksum"] != _meta_checksum(meta):
-    return "its meta record does not match the checksum saved with it"
-  return None
-
-
-def _from_format2(raw: dict, template: dict) -> dict:
-  """A format-2 checkpoint (the TrainState) as `template`'s parts: the
-  optimizer's inner states by position (nested chains then, flat now) when
-  their shapes match; else opt_state None (report and predict need no more)."""
-  out = dict(template, step=raw["step"], params=raw["params"])
-  old, new = raw["opt_state"], template["opt_state"]
-  leaves = jax.tree.leaves(old["inner_state"])
-  if [np.shape(x) for x in leaves] != [
-      np.shape(x) for x in jax.tree.leaves(new.inner_state)]:
-    return dict(out, opt_state=None)
-  inner = jax.tree.unflatten(jax.tree.structure(new.inner_state), leaves)
-  out["opt_state"] = new._replace(count=old["count"], inner_state=inner)
-  return out
-
-
 class Checkpointer:
-  """(tree, meta) pairs under `workdir/checkpoints/<step>`; `read_only`
-  touches nothing on disk."""
+  """(tree, meta) pairs under `workdir/checkpoints/<step>`, the newest `keep`
+  kept; `read_only` touches nothing on disk."""
 
   def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
-    self.directory = folder_lib.checkpoint_dir(workdir)
+    self.directory = resume.checkpoint_dir(workdir)
     if os.path.exists(self.directory) and not os.path.isdir(self.directory):
       raise CheckpointError(f"{self.directory} is a file where the run's "
                             "checkpoint folder goes; move it away, or pass "
                             "another --workdir")
-    self._read_only, self._keep, self._manager_ = read_only, keep, None
-    self._hush = None  # _writer_hush(), entered on the first save.
+    self._read_only, self._keep, self._hushed = read_only, keep, None
     if read_only:
       self._manager  # pylint: disable=pointless-statement  # Fail now.
 
-  @property
+  @functools.cached_property
   def _manager(self):
-    if self._manager_ is not None:
-      return self._manager_
     ocp, ro = _orbax(), self._read_only
-    logging.getLogger("absl").setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's chatter.
     options = ocp.CheckpointManagerOptions(
         max_to_keep=None if ro else self._keep, create=not ro, read_only=ro,
         enable_async_checkpointing=not ro, cleanup_tmp_directories=not ro)
@@ -195,13 +151,14 @@ class Checkpointer:
           multiprocessing_options=ocp.options.MultiprocessingOptions(
               primary_host=process, active_processes={process}))
     try:
-      self._manager_ = ocp.CheckpointManager(self.directory, options=options)
+      return ocp.CheckpointManager(self.directory, options=options, item_handlers={
+          "state": ocp.StandardCheckpointHandler(),
+          "meta": ocp.JsonCheckpointHandler()})
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(
           f"cannot open the checkpoints in {self.directory} ({_reason(e)}); "
           "check that this user can read and write that folder, or pass "
           "another --workdir") from None
-    return self._manager_
 
   def _where(self, step: int) -> str:
     return os.path.join(self.directory, str(step))
@@ -216,8 +173,7 @@ class Checkpointer:
   def _saving(self):
     """A full disk, which orbax reports as text, raised as an OSError."""
     try:
-      with _quiet():
-        yield
+      yield
     except Exception as e:  # pylint: disable=broad-except
       code = files.no_space(e)
       if code is not None and not isinstance(e, OSError):
@@ -226,18 +182,17 @@ class Checkpointer:
 
   def save(self, step: int, state_tree: dict, meta: dict) -> None:
     """Starts an atomic save in the background; `close` finishes it."""
-    host = _host(state_tree)
+    ocp, host = _orbax(), _host(state_tree)
     meta = {**meta, "format": FORMAT,
             "digest": digest([host[k] for k in sorted(host)])}
     meta["meta_checksum"] = _meta_checksum(meta)
-    ocp, manager = _orbax(), self._manager
-    if self._hush is None:
-      self._hush = contextlib.ExitStack()
-      self._hush.enter_context(_writer_hush())
+    if self._hushed is None:  # Until `close`: saves fail in orbax's threads.
+      self._hushed = contextlib.ExitStack()
+      self._hushed.enter_context(_hush(read=False))
     with self._saving():
-      manager.save(step, args=ocp.args.Composite(
+      self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta)),
-                   force=True)
+                         force=True)
 
   def latest_step(self) -> Optional[int]:
     try:
@@ -248,7 +203,7 @@ class Checkpointer:
                             "that folder, or pass another --workdir") from None
 
   def _damaged(self, step: int, why: str) -> CheckpointError:
-    earlier = [s for s in folder_lib.complete_steps(self.directory) if s < step]
+    earlier = [s for s in self._manager.all_steps() if s < step]
     advice = (f"delete that folder to go back to the checkpoint before it, "
               f"{self._where(max(earlier))}" if earlier else
               "the run has no earlier checkpoint to go back to: pass another "
@@ -256,60 +211,56 @@ class Checkpointer:
     return CheckpointError(f"the checkpoint {self._where(step)} is damaged or "
                            f"truncated ({why}); {advice}")
 
-  def _arrays(self, step: int, template=None) -> dict:
-    """The state of checkpoint `step` as host arrays: the parts `template`
-    has (each saved part must be one of them), or all without one."""
+  def _read(self, step: int, item: str, template=None):
+    """orbax's restore of checkpoint `step`'s "meta" or "state" (as saved, or
+    the parts of `template` it has, as host arrays); CheckpointError for a
+    file this user cannot read, else orbax's error."""
     ocp = _orbax()
-    with _quiet():
-      saved = ocp.StandardCheckpointHandler().metadata(
-          self._manager.directory / str(step) / "state").tree
-      # Host zeros: orbax reads each leaf whole into them.
-      target = jax.tree.map(lambda x: np.zeros(np.shape(x), x.dtype),
-                            saved if template is None else
-                            {k: template[k] for k in saved})
-      return self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target)))["state"]
+    try:
+      with _hush(read=True):
+        args = ocp.args.JsonRestore() if item == "meta" else (
+            ocp.args.StandardRestore(template and jax.tree.map(
+                lambda x: np.zeros(np.shape(x), x.dtype),  # Read whole.
+                {k: template[k] for k in
+                 self._manager.item_metadata(step)["state"].tree})))
+        return self._manager.restore(
+            step, args=ocp.args.Composite(**{item: args}))[item]
+    except Exception:  # pylint: disable=broad-except
+      for root, _, names in os.walk(self._where(step)):
+        for path in (root, *(os.path.join(root, n) for n in names)):
+          if not os.access(path, os.R_OK):
+            raise CheckpointError(
+                f"{path} cannot be read by this user (permission denied); "
+                f"give read access to {self.directory}, or pass another "
+                "--workdir") from None
+      raise
+
+  def _meta(self, step: int) -> Tuple[Optional[dict], Optional[str]]:
+    """(checkpoint `step`'s record, None), or (None, why it is damaged)."""
+    try:
+      meta = self._read(step, "meta")
+    except CheckpointError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      return None, f"its meta record does not read back: {_reason(e)}"
+    if not isinstance(meta, dict) or not isinstance(meta.get("epoch"), int):
+      return None, "its meta record has no epoch"
+    if meta.get("meta_checksum") != _meta_checksum(meta):
+      return None, "its meta record does not match the checksum saved with it"
+    return meta, None
 
   def damage(self, step: int) -> Optional[str]:
-    """Why checkpoint `step` is damaged, or None when its meta record and
-    every array read back whole."""
-    try:
-      with open(os.path.join(self._where(step), "meta", "metadata"), "rb") as f:
-        meta = json.loads(f.read().decode())
-    except FileNotFoundError:
-      return "its meta record is missing"
-    except PermissionError:
-      return None
-    except (OSError, ValueError) as e:
-      return f"its meta record is unreadable: {_reason(e)}"
-    why = _meta_damage(meta)
-    if why:
-      return why
-    try:
-      self._arrays(step)
-    except (MemoryError, PermissionError):
-      return None
-    except Exception as e:  # pylint: disable=broad-except
-      if any(c in str(e) for c in ("RESOURCE_EXHAUSTED", "PERMISSION_DENIED")):
-        return None
-      return f"its arrays do not read back: {_reason(e)}"
-    return None
-
-  def _failure(self, step: int, e: Exception) -> CheckpointError:
-    """Damaged only when `damage` finds it so; else what does not fit."""
-    for root, _, names in os.walk(self._where(step)):
-      for name in [".", *names]:
-        path = os.path.normpath(os.path.join(root, name))
-        if not os.access(path, os.R_OK):
-          return CheckpointError(
-              f"{path} cannot be read by this user (permission denied); give "
-              f"read access to {self.directory}, or pass another --workdir")
-    why = self.damage(step)
-    if why is not None:
-      return self._damaged(step, why)
-    return CheckpointError(
-        f"the checkpoint {self._where(step)} is intact but does not fit this "
-        f"run's train state ({_reason(e)}); {self._edited()}")
+    """Why checkpoint `step` is damaged, or None when its record and every
+    array read back whole (the arrays' digest needs the run's template)."""
+    why = self._meta(step)[1]
+    if why is None:
+      try:
+        self._read(step, "state")
+      except (CheckpointError, MemoryError):
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        why = f"its arrays do not read back: {_reason(e)}"
+    return why
 
   def read_meta(self, step: Optional[int] = None) -> Tuple[int, dict]:
     """(step, meta record) of a checkpoint (default: the latest)."""
@@ -318,14 +269,7 @@ class Checkpointer:
       raise CheckpointError(f"no complete checkpoint in {self.directory}; "
                             "train the run first (its training command, with "
                             "this --workdir)")
-    ocp = _orbax()
-    try:
-      with _quiet():
-        meta = self._manager.restore(step, args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore()))["meta"]
-    except Exception as e:  # pylint: disable=broad-except
-      raise self._failure(step, e) from None
-    why = _meta_damage(meta)
+    meta, why = self._meta(step)
     if why:
       raise self._damaged(step, why)
     return step, {k: v for k, v in meta.items() if k != "meta_checksum"}
@@ -341,12 +285,12 @@ class Checkpointer:
     """
     step, meta = self.read_meta(step)
     where, written = self._where(step), meta.get("format", 1)
-    if written not in (2, FORMAT):
+    if written != FORMAT:
       newer = isinstance(written, int) and written > FORMAT
       raise CheckpointError(
           f"the checkpoint {where} was written by "
           f"{'a newer' if newer else 'an older'} mnist_jax (checkpoint format "
-          f"{written}; this one reads 2 and {FORMAT}); use "
+          f"{written}; this one reads {FORMAT}); use "
           f"{'a newer mnist_jax' if newer else 'the mnist_jax that wrote it'}"
           " to resume or report on it, or pass another --workdir")
     if model is not None and meta.get("model", model) != model:
@@ -363,30 +307,43 @@ class Checkpointer:
           f"{want.get(diff[0])} here; {len(diff)} differences); "
           f"{self._edited()}")
     try:
-      restored = self._arrays(step, None if written == 2 else template)
+      restored = self._read(step, "state", template)
+    except CheckpointError:
+      raise
     except Exception as e:  # pylint: disable=broad-except
-      raise self._failure(step, e) from None
-    order = ("step", "params", "opt_state", "rng") if written == 2 else sorted(
-        restored)  # Format 2 hashed the TrainState's fields in their order.
-    if "digest" in meta and digest([restored[k] for k in order]) != (
-        meta["digest"]):
+      why = self.damage(step)
+      raise (self._damaged(step, why) if why else CheckpointError(
+          f"the checkpoint {where} is intact but does not fit this run's "
+          f"train state ({_reason(e)}); {self._edited()}")) from None
+    if digest([restored[k] for k in sorted(restored)]) != meta.get("digest"):
       raise self._damaged(step, "its arrays do not match the checksum saved "
                           "with them")
-    if written == 2:
-      return _from_format2(restored, _host(template)), meta
     return {**_host(template), **restored}, meta
 
   def close(self) -> None:
     """Waits for the last save to finish."""
     try:
-      if self._manager_ is not None:
+      if "_manager" in self.__dict__:
         with self._saving():
-          self._manager_.wait_until_finished()
-          self._manager_.close()
+          self._manager.wait_until_finished()
+          self._manager.close()
     finally:
-      if self._hush is not None:
-        self._hush.close()
-        self._hush = None
+      if self._hushed is not None:
+        self._hushed.close()
+        self._hushed = None
+
+
+def restore(workdir: str, state, model: Optional[str] = None):
+  """(`state` with the parts its run folder's latest checkpoint holds, as host
+  arrays; that checkpoint's record): the one way a run folder is read back,
+  to train on (modes.py) or to report on (results/run.py)."""
+  with contextlib.closing(Checkpointer(workdir, read_only=True)) as reader:
+    if reader.latest_step() is None:
+      raise CheckpointError(
+          f"{workdir} has no checkpoint yet (its training stopped before the "
+          f"first was saved); train it first: {resume.train_command(workdir)}")
+    parts, meta = reader.restore(tree(state), model=model)
+  return state.replace(**parts), meta
 
 
 def record(config, *, epoch: int, step: int, shapes: dict, epoch_step: int = 0,

@@ -13,8 +13,12 @@ from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.config import value_text
 from mnist_jax.errors import BadFlag, Diverged, UserError
-from mnist_jax.rundir import folder as folder_lib
+from mnist_jax.rundir import choose
+from mnist_jax.rundir import lock
+from mnist_jax.rundir import process
+from mnist_jax.rundir import record
 from mnist_jax.rundir import resources
+from mnist_jax.rundir import resume
 from mnist_jax.training import devices
 from mnist_jax.training import members as members_lib
 
@@ -25,8 +29,8 @@ HELP_ARGS = ("-h", "-help", "--help", "-?", "--helpshort", "-helpshort",
 def flag_help(name: str) -> str:
   """A run setting's help, without its default."""
   if name not in config_lib.FIELDS:
-    owners = "/".join(config_lib.models_with(name))
-    return f"{config_lib.setting(name).help}; {owners} only"
+    owners = "/".join(models.models_with(name))
+    return f"{models.setting(name).help}; {owners} only"
   text = config_lib.FIELDS[name].metadata["help"]
   if name == "model":
     *names, last = models.MODELS
@@ -45,9 +49,9 @@ def default_text(name: str) -> str:
   preset = (config_lib.FIELDS[name].metadata["preset"]
             if name in config_lib.FIELDS
             else name in models.registry.set_by_presets())
-  values = {value_text(config_lib.default(name, m))
-            for m in config_lib.models_with(name)} or {
-                value_text(config_lib.default(name))}
+  values = {value_text(models.setting(name, m).default)
+            for m in models.models_with(name)} or {
+                value_text(models.setting(name).default)}
   value = values.pop() if len(values) == 1 else "the model's"
   return f"the preset's, else {value}" if preset else value
 
@@ -80,7 +84,7 @@ def overrides(given: Dict[str, object], model: str) -> dict:
       continue
     if name == "sweep":
       value = members_lib.canonical(value, model)
-    elif config_lib.field_type(name) is tuple:
+    elif models.flag_type(name) is tuple:
       try:
         value = tuple(int(v) for v in value)
       except ValueError:
@@ -147,7 +151,7 @@ class Command:
     args = self.without(("overwrite", "dry_run"))
     if not self.typed("workdir"):
       try:
-        choice = folder_lib.choose(self.config, overwrite=False)
+        choice = choose.choose(self.config, overwrite=False)
         same = choice.resume and os.path.abspath(choice.path) == (
             os.path.abspath(work))
       except UserError:
@@ -166,7 +170,7 @@ class Command:
     if "learning_rate" in swept:
       name, value = "grad_clip", "1"
     else:
-      name, value = "learning_rate", f"{folder_lib.lower_rate(config):g}"
+      name, value = "learning_rate", f"{resume.lower_rate(config):g}"
     args = [*self.without(("overwrite", "dry_run", name)), f"--{name}={value}"]
     if self.typed("workdir"):
       args.append("--overwrite")
@@ -180,7 +184,7 @@ class Command:
     name = ("Ctrl-C" if self.signum == signal.SIGINT else
             signal.Signals(self.signum).name)
     if self.work and os.path.exists(os.path.join(self.work,
-                                                 folder_lib.CONFIG_FILE)):
+                                                 record.CONFIG_FILE)):
       return (f"interrupted ({name}); {self.work} keeps its last complete "
               f"checkpoint, if any. To resume, run: {self.resume_command()}")
     where = f"before {self.work} was written" if self.work else (
@@ -194,7 +198,7 @@ class Command:
     work = self.work
     if not (work and self.fresh and self.claimed and os.path.isdir(work)):
       return False
-    if folder_lib.complete_steps(folder_lib.checkpoint_dir(work)):
+    if resume.complete_steps(resume.checkpoint_dir(work)):
       return False
     shutil.rmtree(work, ignore_errors=True)
     if self.existed:
@@ -233,21 +237,21 @@ class Command:
 def run_folder(config: config_lib.Config, overwrite: bool):
   """(the folder a training command trains in, claimed by process 0; a line
   saying which and why, or None)."""
-  devices.initialize(config)
+  process.initialize(config)
   if not config.workdir:
     for attempt in range(3):
-      choice = folder_lib.choose(config, overwrite=overwrite)
+      choice = choose.choose(config, overwrite=overwrite)
       try:
         if devices.is_main():
-          folder_lib.claim(choice.path)
+          lock.claim(choice.path)
         return choice.path, choice.reason if choice.news else None
-      except folder_lib.InUse:  # Another command took it a moment ago.
+      except lock.InUse:  # Another command took it a moment ago.
         if attempt == 2:
           raise
   if devices.is_main():
-    folder_lib.claim(config.workdir)
+    lock.claim(config.workdir)
   if not overwrite:
-    folder_lib.check_not_diverged(config.workdir, config)
+    resume.check_not_diverged(config.workdir, config)
   return config.workdir, None
 
 
@@ -256,21 +260,21 @@ def dry_run_folder(config: config_lib.Config, overwrite: bool):
   work = config.workdir
   if not work:
     try:
-      choice = folder_lib.choose(config, overwrite=overwrite)
+      choice = choose.choose(config, overwrite=overwrite)
       return choice.path, choice.reason
     except Diverged as e:
       return None, f"none: the run would stop at once: {e}"
-  folder_lib.check_not_in_use(work)
-  folder_lib.check_writable(work)
-  if not folder_lib.check_run_folder(work, config, overwrite):
+  lock.check_not_in_use(work)
+  lock.check_writable(work)
+  if not resume.check_run_folder(work, config, overwrite):
     return work, f"{work}, a new run folder"
   if overwrite:
     return work, f"{work}, deleted and started over (--overwrite)"
   try:
-    folder_lib.check_not_diverged(work, config)
+    resume.check_not_diverged(work, config)
   except Diverged as e:
     return work, f"none: the run would stop at once: {e}"
-  state, last = folder_lib.status(work)
+  state, last = record.status(work)
   if state == "finished":
     return work, (f"{work} already finished: the run would print its result "
                   "and stop (--overwrite trains it again)")

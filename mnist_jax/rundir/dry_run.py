@@ -29,7 +29,7 @@ def sources(config: config_lib.Config, flags_given: Dict[str, object]
     origin = "preset" if name in preset else "default"
     out[name] = origin
     if name in flags_given:
-      before = preset.get(name, config_lib.default(name, config.model))
+      before = preset.get(name, models.setting(name, config.model).default)
       same = before == getattr(config, name)
       out[name] = "flag" if same or name in ("model", "preset") else (
           f"flag; {origin}: {value_text(before)}")
@@ -83,7 +83,7 @@ def settings_lines(config: config_lib.Config, flags_given: Dict[str, object],
   origin["workdir"] = workdir_source
   lines = []
   for group in config_lib.GROUPS:
-    names = [n for n in origin if config_lib.group(n) == group]
+    names = [n for n in origin if models.setting(n).group == group]
     if names:
       lines.append(f"  {group}:")
     for name in names:

@@ -13,8 +13,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-from mnist_jax.results import report
-from mnist_jax.rundir import folder
+from mnist_jax.rundir import metrics_log
 from mnist_jax.rundir import tensorboard
 from mnist_jax.training import metrics as metrics_lib
 
@@ -103,7 +102,7 @@ class JsonlWriter:
   """metrics.jsonl: each row as one JSON line, flushed to disk at once."""
 
   def __init__(self, workdir: str, steps_per_epoch: Optional[int] = None):
-    self._log = folder.MetricsLog(workdir)
+    self._log = metrics_log.MetricsLog(workdir)
     self._steps_per_epoch = steps_per_epoch
 
   def resume(self, epoch: int, keep_final: bool = False) -> List[str]:
@@ -120,44 +119,9 @@ class JsonlWriter:
   figures = close
 
 
-class TensorBoardWriter:
-  """TensorBoard event files (tensorboard.Writer), opened on `resume` with
-  the epoch rows metrics.jsonl keeps; a member of several gets a subfolder.
-  A divergence writes nothing: the series end at the last good epoch."""
-
-  def __init__(self, workdir: str, config, members: Sequence[Dict] = ()):
-    """members: each member's label ({"seed": 3}); one member is the run."""
-    self._workdir, self._config = workdir, config
-    self._members, self._writer = list(members), None
-
-  def resume(self, epoch: int, keep_final: bool = False) -> None:
-    del keep_final  # The final row is written again (`final`) if wanted.
-    kept = [r for r in folder.MetricsLog(self._workdir).read()
-            if r.get("epoch", epoch + 1) <= epoch and "train_loss" in r]
-    self._writer = tensorboard.Writer(
-        self._workdir, self._config, members=self._members, history=kept)
-
-  def epoch(self, row: dict) -> None:
-    self._writer.epoch(row)
-
-  def diverged(self, row: dict) -> None:
-    pass
-
-  def final(self, row: dict) -> None:
-    self._writer.final(row)
-
-  def figures(self) -> None:
-    self._writer.figures([os.path.join(self._workdir, name)
-                          for name in report.FILES if name.endswith(".png")])
-
-  def close(self) -> None:
-    if self._writer is not None:
-      self._writer.close()
-
-
 def check(workdir: str, config, members: Sequence[Dict]) -> None:
   """Refuses, before anything is written, the members' TensorBoard folders a
-  resumed run cannot write (UserError; the run folder is folder.py's)."""
+  resumed run cannot write (UserError; resume.py checks the run folder itself)."""
   if config.tensorboard:
     tensorboard.check_folders(workdir, members)
 
@@ -184,7 +148,7 @@ class RunLog:
     if workdir is not None:
       self.writers.append(JsonlWriter(workdir, steps_per_epoch))
       if config is not None and config.tensorboard:
-        self.writers.append(TensorBoardWriter(workdir, config, members))
+        self.writers.append(tensorboard.Writer(workdir, config, members))
     for writer in self.writers:
       for note in writer.resume(resume_after, keep_final) or ():
         self.message(note)

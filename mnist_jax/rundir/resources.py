@@ -1,15 +1,15 @@
 """What the machine can hold, and the one line said when it runs out.
 
-Before anything is written, `check_memory` and `check_steps` refuse a run
-whose state cannot fit or whose steps pass JAX's int32 counter. What shows
-only while running (a full disk, a failed allocation, a read-only folder)
-reaches launch.py as an exception from anywhere; `failure` names it.
+Before anything is written, `check_steps` refuses a run whose steps pass
+JAX's int32 counter. What shows only while running (a full disk, memory that
+runs out, a read-only folder) reaches launch.py as an exception from
+anywhere; `failure` names it, and `lower_advice` says what makes a run fit.
 """
 
 import dataclasses
 import errno
 import math
-import os
+import re
 from typing import List, Optional
 
 import jax
@@ -19,34 +19,24 @@ from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.data import datasets
 from mnist_jax.errors import OutOfResources, UserError
-from mnist_jax.rundir import files
-from mnist_jax.training import optim
+from mnist_jax import files
 
-FLOAT_BYTES = 4
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "Out of memory allocating")
 # A collective's error when another process of a jax.distributed job is gone
 # (Gloo on CPU; the GPU and TPU runtimes' texts are not known here).
 PEER_LOST = ("closed by peer", "reset by peer", "heartbeat timeout")
 
 
-def _sizes(config: config_lib.Config):
-  """(parameters, optimizer state floats) of one member, from shapes alone."""
-  module = models.get(config.model).stock(config)
-  image = datasets.get(config.dataset).image_shape
-
-  def init(key):
-    params = module.init(key, jnp.zeros((1, *image), jnp.uint8))["params"]
-    return params, optim.make_optimizer(config, 1).init(params)
-
-  return [sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree)
-              if jnp.issubdtype(leaf.dtype, jnp.floating))
-          for tree in jax.eval_shape(init, jax.random.key(0))]
-
-
 def parameter_count(config: config_lib.Config) -> int:
-  """Parameters of one member of `config`'s model (kernels share them)."""
-  return _sizes(config)[0]
+  """Parameters of one member of `config`'s model (kernels share them), from
+  shapes alone."""
+  image = datasets.get(config.dataset).image_shape
+  params = jax.eval_shape(models.get(config.model).stock(config).init,
+                          jax.random.key(0), jnp.zeros((1, *image), jnp.uint8))
+  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params["params"])
+             if jnp.issubdtype(leaf.dtype, jnp.floating))
 
 
 def size_flags(config: config_lib.Config) -> List[str]:
@@ -54,9 +44,10 @@ def size_flags(config: config_lib.Config) -> List[str]:
   `config`'s model (e.g. --mlp_hidden for the MLP)."""
   base = parameter_count(config)
   found = []
-  for name in config_lib.ranged_names(config):
-    if config_lib.group(name) != config_lib.MODEL or (
-        config_lib.field_type(name) not in (int, tuple)):
+  for name in config.to_dict():
+    declared = models.setting(name, config.model)
+    if declared.valid is None or declared.group != config_lib.MODEL or (
+        models.flag_type(name) not in (int, tuple)):
       continue
     value = getattr(config, name)
     grown = (tuple(v + 1 for v in value) if isinstance(value, tuple)
@@ -69,12 +60,9 @@ def size_flags(config: config_lib.Config) -> List[str]:
   return found
 
 
-def lower_advice(config: Optional[config_lib.Config],
-                 batch: bool = True) -> str:
-  """"lower --batch_size, ...": the settings that make a run smaller (with
-  `batch`, its batches, whose activations take memory too)."""
-  names = (["--batch_size", "--eval_batch_size"] if batch or config is None
-           else [])
+def lower_advice(config: Optional[config_lib.Config]) -> str:
+  """"lower --batch_size, ...": the settings that make a run smaller."""
+  names = ["--batch_size", "--eval_batch_size"]
   if config is not None:
     if config.num_seeds > 1 or config.sweep:
       names.append("--num_seeds" if not config.sweep else
@@ -83,71 +71,7 @@ def lower_advice(config: Optional[config_lib.Config],
       names += size_flags(config)
     except Exception:  # pylint: disable=broad-except
       pass  # The advice matters less than the line.
-  return ("lower " + ", ".join(names)) if names else (
-      "run it on a machine with more memory")
-
-
-def bytes_text(n: float) -> str:
-  for unit in ("B", "KB", "MB", "GB", "TB"):
-    if n < 1000:
-      return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-    n /= 1000
-  return f"{n:.1f} PB"
-
-
-def host_memory_available() -> Optional[int]:
-  """Bytes of memory free for a new process on this host (Linux), or None."""
-  try:
-    with open("/proc/meminfo") as f:
-      for line in f:
-        if line.startswith("MemAvailable:"):
-          return int(line.split()[1]) * 1024
-  except (OSError, ValueError, IndexError):
-    pass
-  try:
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-  except (ValueError, OSError, AttributeError):
-    return None
-
-
-def _device_memory() -> Optional[int]:
-  """The smallest memory free of this process's devices, where JAX says."""
-  limits = []
-  for device in jax.local_devices():
-    try:
-      stats = device.memory_stats()
-    except Exception:  # pylint: disable=broad-except
-      return None
-    if not stats or "bytes_limit" not in stats:
-      return None
-    limits.append(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
-  return min(limits) if limits else None
-
-
-def check_memory(config: config_lib.Config, num_members: int,
-                 num_devices: Optional[int] = None) -> None:
-  """Refuses (OutOfResources) a run whose parameters and optimizer state
-  alone exceed the memory free: per device on a GPU or TPU (each holds its
-  share of the members), the host's on a CPU. A floor: activations and data
-  are left out, and an allocation that fails later is named by `failure`."""
-  num_devices = num_devices or jax.local_device_count()
-  params, state = _sizes(config)
-  copies = 2 + round(state / max(params, 1))  # Params, gradients.
-  one = params * copies * FLOAT_BYTES
-  available = _device_memory() if jax.default_backend() != "cpu" else None
-  if available is not None:
-    need, where = one * math.ceil(num_members / num_devices), "per device"
-  else:
-    available = host_memory_available()
-    need, where = one * max(num_members, num_devices), "on this host"
-  if available is None or need <= available:
-    return
-  members = f"{num_members} members x " if num_members > 1 else ""
-  raise OutOfResources(
-      f"{config.model} with these settings needs {bytes_text(need)} for its "
-      f"parameters and optimizer state alone ({members}{params:,} parameters "
-      f"x {copies} float32 copies), more than the {bytes_text(available)} of "
-      f"memory free {where}; {lower_advice(config, batch=False)}")
+  return "lower " + ", ".join(names)
 
 
 def check_steps(config: config_lib.Config, steps_per_epoch: int) -> None:
@@ -208,8 +132,8 @@ def failure(exc: BaseException,
   for e in chain:
     if isinstance(e, MemoryError):
       return Failure("memory", f"out of host memory ({_first_line(e)})")
-    if "RESOURCE_EXHAUSTED" in str(e):
-      detail = _first_line(e).replace("RESOURCE_EXHAUSTED: ", "")
+    if any(text in str(e) for text in OUT_OF_MEMORY):  # XLA's, any device.
+      detail = re.sub(r"^[A-Z_]+: ", "", _first_line(e))
       return Failure("memory", "out of memory on the "
                      f"{jax.default_backend().upper()} ({detail})")
     if (jax.distributed.is_initialized() and

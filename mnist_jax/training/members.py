@@ -22,9 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from mnist_jax import config as config_lib
+from mnist_jax import models
 from mnist_jax.errors import Diverged, UserError
 from mnist_jax.training import metrics as metrics_lib
-from mnist_jax.training import optim
+from mnist_jax import optim
 
 SWEEPABLE = (*optim.HYPERPARAMS, "label_smoothing")
 _EXAMPLE = "e.g. --sweep=learning_rate=3e-4,1e-3,3e-3"
@@ -48,7 +49,7 @@ def _refuse(name: str, texts: Sequence[str], model: str) -> None:
   if name == "seed":
     raise UserError("--sweep=seed: seeds are not swept; --seed=S "
                     "--num_seeds=N trains the seeds S .. S+N-1 of every point")
-  if name in config_lib.flag_names():
+  if name in models.flag_names():
     command = (f"--train={','.join(texts)}" if name == "model" else
                f"--train={model} --vary={name}={'/'.join(texts)}")
     raise UserError(
@@ -87,7 +88,7 @@ def parse(specs: Union[str, Sequence[str]], model: str = "MODEL"
       except ValueError:
         raise UserError(f"--sweep={name}: {text!r} is not a number; "
                         f"{_EXAMPLE}") from None
-      message = config_lib.range_error(name, value)
+      message = models.value_error(name, value)
       if message:
         raise UserError(f"--sweep: {message}")
       if value in values:
@@ -111,7 +112,7 @@ def swept(config) -> Tuple[str, ...]:
 def from_config(config) -> Tuple[Member, ...]:
   """Every member of the run, grid point major, seed minor, each validated
   (a UserError for a sweep the run cannot train)."""
-  config_lib.validate(config)
+  models.validate(config)
   grid = parse(config.sweep, config.model)
   reads = optim.OPTIMIZERS[config.optimizer].reads
   for name in grid:
@@ -134,7 +135,7 @@ def from_config(config) -> Tuple[Member, ...]:
     values = dict(zip(grid, point))
     for seed in range(config.seed, config.seed + config.num_seeds):
       try:
-        member = config_lib.validate(config.replace(
+        member = models.validate(config.replace(
             seed=seed, num_seeds=1, sweep="", **values))
       except UserError as e:
         raise UserError(f"--sweep: {e}") from None

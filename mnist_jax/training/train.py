@@ -22,7 +22,7 @@ from mnist_jax.models import precision
 from mnist_jax.training import devices
 from mnist_jax.training import members as members_lib
 from mnist_jax.training import metrics as metrics_lib
-from mnist_jax.training import optim
+from mnist_jax import optim
 
 STREAMS = ("dropout", "augment", "data")  # The random streams after init.
 
@@ -187,7 +187,7 @@ class Hooks:
   """What a run does besides training, called by the loop; these print what
   it is doing (`status`: compiling, a line per epoch, progress every
   PROGRESS_S seconds) and what it has to say (`message`).
-  rundir/run.py's RunFolder restores, saves, logs and stops through them."""
+  modes.py's RunFolder restores, saves, logs and stops through them."""
   PROGRESS_S = 10.0
   _steps: Optional[int] = None  # Steps per epoch, from `start`.
   _said: Optional[float] = None  # When progress was last printed.
@@ -279,8 +279,10 @@ def train_and_evaluate(config, data, hooks: Optional[Hooks] = None):
   compile_start = time.perf_counter()
   # (pmap of several processes compiles for local shapes, on its first call.)
   if layout.mode != "pmap" or jax.process_count() == 1:
-    hooks.status(f"compiling the train step ({length}-step chunks; the "
-                 "compilation cache keeps it for the next run)")
+    cached = jax.config.jax_compilation_cache_dir  # JAX_COMPILATION_CACHE_DIR
+    hooks.status(f"compiling the train step ({length}-step chunks"
+                 + ("; the compilation cache keeps it for the next run)"
+                    if cached else ")"))
     train = train.lower(state, order_fn(state, 1), *splits["train"], 0
                         ).compile()
   compile_time = time.perf_counter() - compile_start

@@ -1,10 +1,12 @@
 """Fast lowerings of stock modules (--impl), each taken only once checked.
 
 A kernel is a drop-in for one stock module class: same attributes and
-parameter tree, so either reads the other's checkpoints. `swap` gives a run
-the kernel only after a check on one batch that its outputs and gradients
-equal the stock module's as it is now, edits included (float32 tolerance);
-else the run keeps the stock module and says why in one line.
+parameter tree, so either reads the other's checkpoints; its ACCEPTS, where
+declared, maps an attribute to the values it computes. `swap` gives a run the
+kernel only where it takes the module's attributes, after a check on one
+batch that its outputs and gradients equal the stock module's as it is now,
+edits included (float32 tolerance); else (an exception in the check too) the
+run keeps the stock module and says why in one line.
 """
 
 import collections
@@ -159,27 +161,30 @@ def _raised(e: Exception) -> str:
                                                     else "")
 
 
-def _check(stock, fast, why, image_shape, backend,
-           status: Callable[[str], None]) -> Tuple[Optional[str], dict]:
-  """(why `fast` is not `stock`, or None; the check's config.json record).
-  status: told when a check runs (seconds; a kept verdict is instant)."""
-  start = time.perf_counter()
-  kept = False
+def _check(stock, kernel: type, make: Callable[[], nn.Module], why,
+           image_shape, backend, status: Callable[[str], None]
+           ) -> Tuple[Optional[nn.Module], Optional[str], dict]:
+  """(`make()` where it computes `stock`, else None; why not (`why` where
+  known before), or None; the check's config.json record). Any exception in
+  it fails the check (its verdict not kept). status: told when a check runs
+  (seconds; a kept verdict is instant)."""
+  start, kept, fast = time.perf_counter(), False, None
 
   def difference():
-    status(f"checking {_name(type(fast))} against {_name(type(stock))} on "
-           "one batch (once per edit of the module)")
+    status(f"checking {_name(kernel)} against {_name(type(stock))} on one "
+           "batch (once per edit of the module)")
     return _difference(stock, fast, image_shape)
 
-  if why is None:
-    try:  # A check that raises fails (its verdict is not kept).
-      why, kept = _verdict(_key(stock, type(fast), image_shape, backend),
+  try:
+    if why is None:
+      fast = make()
+      why, kept = _verdict(_key(stock, kernel, image_shape, backend),
                            difference)
-    except Exception as e:  # pylint: disable=broad-except
-      why = _raised(e)
-  return why, {**({"cached": True} if kept else {}),
-               "check_s": round(time.perf_counter() - start, 3),
-               "kernel": _name(type(fast)), "passed": why is None}
+  except Exception as e:  # pylint: disable=broad-except
+    why = _raised(e)
+  return fast if why is None else None, why, {
+      **({"cached": True} if kept else {}), "kernel": _name(kernel),
+      "check_s": round(time.perf_counter() - start, 3), "passed": why is None}
 
 
 def _has_convs(stock: nn.Module, image_shape) -> bool:
@@ -206,21 +211,24 @@ def swap(stock: nn.Module, impl: str, image_shape, backend: Optional[str] = None
     given = _attributes(stock)
     defaults = {f.name: f.default for f in dataclasses.fields(type(stock))}
     accepted = {f.name for f in dataclasses.fields(kernel.module)}
+    accepts = getattr(kernel.module, "ACCEPTS", {})  # Attribute -> values.
     missing = [f"{k}={v}" for k, v in given.items()
-               if k not in accepted and v != defaults.get(k)]
-    fast = kernel.module(**{k: v for k, v in given.items() if k in accepted})
-    why, checked = _check(stock, fast, missing and f"it has no "
-                          f"{', '.join(missing)}" or None, image_shape, backend,
-                          status)
+               if k not in accepted and v != defaults.get(k)
+               or v not in accepts.get(k, (v,))]
+    fast, why, checked = _check(
+        stock, kernel.module, lambda: kernel.module(
+            **{k: v for k, v in given.items() if k in accepted}),
+        missing and f"it has no {', '.join(missing)}" or None, image_shape,
+        backend, status)
     record.update(checked)
     if why is None:
       return fast, None, {**record, "module": _name(kernel.module)}
     line = (f"the fast kernel {_name(kernel.module)} does not compute "
             f"{_name(type(stock))} ({why}): training the stock module")
   if _wanted(CONVS, impl, backend) and _has_convs(stock, image_shape):
-    convs = CONVS.module(stock)
-    why, record["convs"] = _check(stock, convs, None, image_shape, backend,
-                                  status)
+    convs, why, record["convs"] = _check(
+        stock, CONVS.module, lambda: CONVS.module(stock), None, image_shape,
+        backend, status)
     if why is None:
       return convs, line and f"{line}, its convolutions as matmuls", record
     line = (f"{line or 'training ' + _name(type(stock))} with XLA's "

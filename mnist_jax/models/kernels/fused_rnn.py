@@ -190,6 +190,7 @@ def rnn_layer(kind: str, params, x: jax.Array, reverse: bool = False,
 
 class Recurrent(nn.Module):
   """models.recurrent.Recurrent with fused layers: images -> logits."""
+  ACCEPTS = {"cell": tuple(_LAYOUT)}  # The cells it computes (kernels.swap).
   cell: str = "lstm"
   hidden: int = 128
   num_layers: int = 1

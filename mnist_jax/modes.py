@@ -1,0 +1,378 @@
+"""A training run in its run folder: the loop (training/train.py) with the
+folder as its hooks (`RunFolder`): it resumes from the latest checkpoint (bit
+for bit), writes config.json, metrics.jsonl and TensorBoard events, saves
+checkpoints, stops on SIGTERM or Ctrl-C after saving, and writes the report.
+Process 0 writes; the others keep the same bookkeeping.
+"""
+
+import contextlib
+import functools
+import os
+import time
+from typing import Any, Dict, Optional
+
+import jax
+import numpy as np
+
+from mnist_jax.data import datasets
+from mnist_jax.data import pipeline
+from mnist_jax.errors import Diverged, UserError
+from mnist_jax.models import recurrent
+from mnist_jax.results import report
+from mnist_jax.results import run as run_lib
+from mnist_jax.rundir import checkpoints
+from mnist_jax.rundir import control
+from mnist_jax import files
+from mnist_jax.rundir import lock
+from mnist_jax.rundir import log as log_lib
+from mnist_jax.rundir import metrics_log
+from mnist_jax.rundir import process
+from mnist_jax.rundir import record as record_lib
+from mnist_jax.rundir import resources
+from mnist_jax.rundir import resume
+from mnist_jax.training import devices
+from mnist_jax.training import metrics as metrics_lib
+from mnist_jax.training import members as members_lib
+from mnist_jax.training import train
+
+
+class RunFolder(train.Hooks):
+  """The loop's hooks that read and write `workdir` (see the module doc)."""
+
+  def __init__(self, workdir, config, log, stop, *, existing, overwrite,
+               data_time):
+    self.workdir, self.config, self.log, self.stop = workdir, config, log, stop
+    self.existing, self.overwrite = existing, overwrite
+    self.data_time = data_time
+    self.write = devices.is_main()
+    self.checkpointer = (checkpoints.Checkpointer(
+        workdir, keep=config.keep_checkpoints) if self.write else None)
+    self.meta, self.logged, self.saved, self._epoch = None, None, None, None
+    self.started = time.perf_counter()
+
+  def seconds(self) -> float:
+    """The run's training seconds, its earlier processes' included, less
+    loading the data."""
+    return (self.meta or {}).get("time_s", 0.0) + (
+        time.perf_counter() - self.started)
+
+  def start(self, state, steps_per_epoch, record):
+    """Restores the latest checkpoint, if any, then writes config.json."""
+    # The shapes as restore compares them: the members' stacked.
+    self.steps, self.shapes = steps_per_epoch, checkpoints.param_shapes(
+        state.params)
+    start = train.Start()
+    if self.existing and not self.overwrite and self.write:
+      state, start = self._restore(state)
+    if jax.process_count() > 1:  # Process 0's restore, on every process.
+      state, start = self._from_main(state, start)
+    if self.write:
+      record_lib.begin(self.workdir, self.config,
+                   {**record_lib.environment(), **record},
+                   existing=self.existing, overwrite=self.overwrite,
+                   meta=self.meta)
+      if getattr(self.config, "sequence", "") == "permuted":
+        path = os.path.join(self.workdir, record_lib.PERMUTATION_FILE)
+        with files.atomic(path, "wb") as f:
+          np.save(f, recurrent.permutation(self.config.permute_seed))
+    members = [{"seed": m.seed, **m.values}
+               for m in members_lib.from_config(self.config)]
+    self.log.open(self.workdir if self.write else None,
+                  self.meta["epoch"] if self.meta else 0, config=self.config,
+                  members=members, steps_per_epoch=steps_per_epoch,
+                  keep_final=self.logged is not None)
+    self.saved = int(self.meta["step"]) if self.meta else None
+    return state, start
+
+  def _from_main(self, state, start):
+    """Process 0's restored parts and start, as arrays, on every process."""
+    members = len(members_lib.from_config(self.config))
+    zeros = metrics_lib.zeros(lead=(members,) * (members > 1), host=True,
+                              num_classes=datasets.num_classes(
+                                  self.config.dataset))
+    parts, position, sums = devices.from_main((
+        checkpoints.tree(state), np.array([start.epoch, start.epoch_step,
+                                           start.finished], np.int32),
+        start.sums if start.sums is not None else zeros))
+    epoch, epoch_step, finished = (int(v) for v in position)
+    return state.replace(**parts), train.Start(
+        epoch, epoch_step, sums if epoch_step else None, bool(finished))
+
+  def _restore(self, state):
+    directory = resume.checkpoint_dir(self.workdir)
+    if not resume.complete_steps(directory):
+      if metrics_log.final_metrics(self.workdir) is not None:
+        raise checkpoints.CheckpointError(
+            f"{self.workdir} trained to the end, but its report cannot be "
+            f"written: its checkpoints are missing from {directory}; put them "
+            "back (the same command then writes the report), or pass another "
+            f"--workdir; --overwrite trains it again, deleting "
+            f"{resume.contents(self.workdir)}")
+      self.message(resume.resume_line(self.workdir, None, None, self.steps))
+      return state, train.Start()
+    state, self.meta = checkpoints.restore(self.workdir, state,
+                                           self.config.model)
+    checkpoints.check_fits(self.meta, int(np.max(state.step)), self.steps,
+                           self.config.epochs, directory)
+    if self.meta.get("done"):
+      self.logged = metrics_log.final_metrics(self.workdir)
+    self.message(resume.resume_line(self.workdir, self.meta, self.logged,
+                                    self.steps))
+    sums = self.meta.get("sums")
+    return state, train.Start(
+        self.meta["epoch"] + 1, self.meta.get("epoch_step", 0),
+        {k: np.asarray(v, np.float32) for k, v in sums.items()} if sums
+        else None, bool(self.meta.get("done")))
+
+  def message(self, text: str) -> None:
+    self.log.message(text)
+
+  def status(self, text: str) -> None:
+    self.log.progress.status(text)
+
+  def save(self, state, *, epoch, epoch_step=0, sums=None, done=False):
+    step = _step(state)
+    if self.write and step != self.saved:
+      self.checkpointer.save(step, checkpoints.tree(state), checkpoints.record(
+          self.config, epoch=epoch, step=step, shapes=self.shapes,
+          epoch_step=epoch_step, sums=sums, done=done, time_s=self.seconds()))
+    self.saved = step
+
+  def _stop_if_asked(self, state, epoch, done, sums):
+    signum = control.agreed(self.stop.signum)
+    if signum is None:
+      return
+    if done == self.steps:  # Stopped at an epoch's end: saved there.
+      epoch, done = epoch + 1, 0
+    if done or self.saved != _step(state):
+      self.save(state, epoch=epoch - 1, epoch_step=done,
+                sums=sums if done else None)
+    self.close()
+    # Process 0 saved it for every process.
+    directory = resume.checkpoint_dir(self.workdir) if self.saved else None
+    raise control.Preempted(signum, control.stopped_message(
+        signum, _step(state), epoch, done, self.steps, directory), self.workdir)
+
+  def trained(self, state, final) -> None:
+    """As training ends: a stop asked for during the final evaluation stops
+    here (the last checkpoint is the one saved as training ended, so the same
+    command completes the run); from here a Ctrl-C interrupts at once."""
+    self.close()
+    self.stop.close()
+    self._stop_if_asked(state, final["epochs_run"], self.steps, None)
+
+  def chunk(self, state, epoch, done, sums):
+    if self._epoch != epoch:
+      self._epoch, self._epoch_start = epoch, time.perf_counter()
+    elif done:
+      self.log.chunk(epoch, done, self.steps,
+                     time.perf_counter() - self._epoch_start)
+    self._stop_if_asked(state, epoch, done, sums)
+
+  def epoch(self, state, row, last):
+    row = dict(row, elapsed_s=self.seconds())
+    self.log.epoch(row)
+    if last or row["epoch"] % self.config.checkpoint_every == 0:
+      self.save(state, epoch=row["epoch"], done=last)
+    self._stop_if_asked(state, row["epoch"], self.steps, None)
+
+  def diverged(self, row):
+    message = (f"{row['message']}; {self.kept()}; lower --learning_rate or "
+               "set --grad_clip and train again")
+    self.log.diverged({**row, "message": message})
+    raise Diverged(message)
+
+  def kept(self) -> str:
+    """Which checkpoint a stopped run goes back to, in words."""
+    self.close()
+    if not self.write:  # Process 0's folder may be on another host.
+      return ("process 0 keeps its last good checkpoint" if self.saved else
+              "no checkpoint had been saved yet")
+    directory = resume.checkpoint_dir(self.workdir)
+    step = max(resume.complete_steps(directory), default=None)
+    if step is None:
+      return "no checkpoint had been saved yet"
+    return f"the last good checkpoint, {directory}/{step}, is kept"
+
+  def close(self) -> None:
+    if self.checkpointer is not None:
+      self.checkpointer.close()
+
+
+def _step(state) -> int:
+  return int(np.max(jax.device_get(state.step)))
+
+
+def train_and_evaluate(config, workdir: str, stream=None,
+                       overwrite: bool = False) -> Dict[str, Any]:
+  """Trains `config` in run folder `workdir` (resuming it), writes its report;
+  returns the final row. Raises UserError before anything is written (bad
+  settings, data, folder or checkpoint), Diverged, or control.Preempted."""
+  members = members_lib.from_config(config)
+  process.initialize(config, detect=False)  # Those the flags name.
+  devices.resolve(config, len(members))  # Before the data is prepared.
+  lock.check_writable(workdir)
+  if devices.is_main():
+    lock.claim(workdir)
+  existing = resume.check_run_folder(workdir, config, overwrite=overwrite)
+  prefix = (f"[process {jax.process_index()}/{jax.process_count()}] "
+            if jax.process_count() > 1 else "")
+  log = log_lib.RunLog(log_lib.Progress(config.epochs, stream, prefix))
+  if existing and not overwrite:
+    if record_lib.finished(workdir):
+      return _already_finished(workdir, log)
+    log_lib.check(workdir, config, [{"seed": m.seed, **m.values}
+                                    for m in members])
+  data_start = time.perf_counter()
+  data = devices.main_first(functools.partial(pipeline.load, config))
+  data_time = time.perf_counter() - data_start
+  resources.check_steps(config, train.steps_per_epoch(config, len(data.train)))
+  with contextlib.ExitStack() as stack:
+    stack.callback(log.close)
+    hooks = RunFolder(workdir, config, log, None, existing=existing,
+                      overwrite=overwrite, data_time=data_time)
+    stack.callback(hooks.close)
+    hooks.stop = stack.enter_context(control.StopRequest(kept=lambda: (
+        resume.on_disk(resume.checkpoint_dir(workdir)))))
+    state, final = train.train_and_evaluate(config, data, hooks)
+    hooks.trained(state, final)
+    return _finish(config, workdir, data, state, final, hooks, log, members)
+
+
+def _finish(config, workdir, data, state, final, hooks, log, members):
+  """The final row, the report of the chosen member (and its seeds'
+  ensemble), then the record that the run is finished."""
+  if hooks.logged is not None:  # A run being completed keeps its row.
+    final = hooks.logged
+  chosen = (final.get("chosen") or {}).get("index", 0)
+  run = run_lib.Run.from_state(config, jax.device_get(state), chosen,
+                               epoch=final.get("epochs_run", 0))
+  if hooks.logged is None:
+    rows = metrics_log.MetricsLog(workdir).read() if hooks.write else []
+    last = next((r for r in reversed(rows) if "train_loss" in r), None)
+    final = dict(final, wall_time_s=hooks.seconds() + hooks.data_time,
+                 data_time_s=hooks.data_time)
+    if "time_to_target_s" in final:
+      final["time_to_target_s"] = last["elapsed_s"] if last else None
+    if devices.is_main():
+      ensemble = report.ensemble_metrics(run, data.test)
+      final.update({f"ensemble_test_{k}": v for k, v in (ensemble or {}).items()
+                    if k != "members"})
+    final.update(control.learning_verdict(final, last, data.test.labels))
+  log.final(final, logged=hooks.logged is not None)
+  if devices.is_main():
+    log.progress.status(_reporting(report.FILES[0], config.analyses))
+    report.write(workdir, run, data.test, data.class_names, val=data.val)
+    log.figures()
+    log.close()
+    record_lib.finish(workdir, final)
+  log.message(_summary(final, members, config, workdir))
+  return final
+
+
+def _reporting(path: str, analyses: bool) -> str:
+  """The line saying the report is being written."""
+  return (f"writing {path} with its figures" + (
+      " and the analyses of what the model learned (--noanalyses skips them)"
+      if analyses else ""))
+
+
+def _already_finished(workdir: str, log) -> Optional[Dict[str, Any]]:
+  final = metrics_log.final_metrics(workdir)
+  result = (f": test accuracy {100 * final['test_accuracy']:.2f}%"
+            if final else "")
+  missing = resume.missing_final_checkpoint(workdir)
+  log.message(f"{workdir} already finished{result}; its report is "
+              f"{workdir}/report.md (--mode=report rewrites it); to train "
+              "these settings again, pass another --workdir"
+              f"{f'; note: {missing}' if missing else ''}")
+  return final
+
+
+def _summary(final: dict, members, config, workdir: str) -> str:
+  """The line a run ends with: the chosen member's test accuracy, its seeds'
+  and their ensemble's, and where the results are."""
+  text = (f"test accuracy {100 * final['test_accuracy']:.2f}% (loss "
+          f"{final['test_loss']:.4f}, {final['test_examples']} examples)")
+  chosen = final.get("chosen")
+  if chosen:
+    how = ("chosen by validation accuracy" if config.val_fraction > 0
+           else "chosen as the first (no validation split to choose by)")
+    values = members_lib.values_text(chosen["values"], chosen["seed"])
+    text = f"{how}: {values}; {text}"
+  if "test_accuracy_mean" in final:
+    seeds = len(members) // len(members_lib.points(members))
+    text += (f"; its {seeds} seeds {100 * final['test_accuracy_mean']:.2f} +- "
+             f"{100 * final['test_accuracy_std']:.2f}%")
+  if "ensemble_test_accuracy" in final:
+    text += f", their ensemble {100 * final['ensemble_test_accuracy']:.2f}%"
+  return (f"{text}; wall time {final['wall_time_s']:.1f}s; results in "
+          f"{workdir}")
+
+
+def _training_ended(workdir: str) -> bool:
+  """Whether the latest checkpoint is the one a run saves at its end."""
+  if not resume.complete_steps(resume.checkpoint_dir(workdir)):
+    return False
+  with contextlib.closing(checkpoints.Checkpointer(
+      workdir, read_only=True)) as reader:
+    return bool(reader.read_meta()[1].get("done"))
+
+
+def _repair(workdir: str, run, test) -> Optional[str]:
+  """Rebuilds what a finished run's metrics.jsonl lost: epoch rows marked
+  lost, the final row from the checkpoint. Returns a line saying so, or None."""
+  if not record_lib.finished(workdir):
+    return None
+  log = metrics_log.MetricsLog(workdir)
+  kept = {r["epoch"] for r in log.read() if "train_loss" in r or r.get("lost")}
+  lost = [e for e in range(1, run.epoch + 1) if e not in kept]
+  if metrics_log.final_metrics(workdir) is not None and not lost:
+    return None
+  log.resume(run.epoch, keep_final=True)
+  what = [f"{len(lost)} epoch row(s), written back marked lost"] if lost else []
+  if metrics_log.final_metrics(workdir) is None:
+    values = run.evaluate(test.images, test.labels)
+    log.write({**{f"test_{m.name}": values[m.name]
+                  for m in metrics_lib.of("test")},
+               "test_examples": len(test), "epochs_run": run.epoch,
+               "repaired": True})
+    what.append("its final row, evaluated again from the last checkpoint")
+  return (f"{workdir}/{metrics_log.METRICS_FILE} had lost "
+          f"{' and '.join(what)}; "
+          "the training itself is in the checkpoint")
+
+
+def rewrite_report(workdir: str, **overrides) -> Dict[str, Any]:
+  """`--mode=report`: evaluates a run (its latest checkpoint), rewrites its
+  report. A run trained to the end but not finished is completed as its
+  training command would. overrides: data_dir, mnist_dir, impl."""
+  path = os.path.join(workdir, report.FILES[0])
+  how = ("rewritten" if record_lib.finished(workdir) and all(
+      os.path.exists(os.path.join(workdir, f)) for f in report.FILES)
+         else "incomplete: rebuilt" if os.path.exists(path)
+         else "missing: rebuilt")
+  if not record_lib.finished(workdir) and _training_ended(workdir):
+    final = train_and_evaluate(record_lib.used_config(workdir, **overrides),
+                               workdir)
+    print(f"{path} was {how}; the run is finished")
+    return final
+  missing = resume.missing_final_checkpoint(workdir)
+  if missing:
+    raise UserError(f"{missing}: its report.md stands for the finished run "
+                    "and is kept; put that checkpoint back to rewrite it, or "
+                    "train the run again with --overwrite")
+  run = run_lib.load_run(workdir, **overrides)
+  dataset = pipeline.load(run.config)
+  repaired = _repair(workdir, run, dataset.test)
+  if repaired:
+    print(repaired)
+  note = run_lib.checkpoint_note(workdir, run)
+  print(_reporting(path, run.config.analyses), flush=True)
+  result = report.write(workdir, run, dataset.test, dataset.class_names,
+                        note=note, val=dataset.val)
+  print(f"test accuracy {100 * result['accuracy']:.2f}% (loss "
+        f"{result['loss']:.4f}, {len(dataset.test)} examples, checkpoint of "
+        f"epoch {run.epoch}); {path} was {how}"
+        f"{f'; note: {note}' if note else ''}")
+  return result

@@ -1,0 +1,120 @@
+"""Which run folder a command without --workdir trains in: the newest
+unfinished run of its settings under runs/ that no other process holds, else
+a new runs/<model>-<timestamp>.
+"""
+
+import dataclasses
+import datetime
+import os
+import time
+from typing import List, Optional
+
+from mnist_jax import config as config_lib
+from mnist_jax import models
+from mnist_jax.errors import Diverged, UserError
+from mnist_jax.rundir import lock
+from mnist_jax.rundir import record
+from mnist_jax.rundir import resume
+
+RUNS_DIR = "runs"  # Where runs go without --workdir, relative to the cwd.
+
+
+def default_workdir(model: str, root: str = RUNS_DIR) -> str:
+  """runs/<model>-<timestamp>, with -2, -3, ... if that folder exists."""
+  base = os.path.join(root, f"{model}-{time.strftime('%Y%m%d-%H%M%S')}")
+  path, n = base, 1
+  while os.path.exists(path):
+    n += 1
+    path = f"{base}-{n}"
+  return path
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A run folder under runs/ whose settings a command can resume."""
+  path: str
+  started: Optional[datetime.datetime]  # config.json's "started".
+  status: str  # "unfinished", "finished", "diverged" or "running".
+  last: Optional[dict]  # Its last metrics.jsonl row, if any.
+
+  @property
+  def epochs_logged(self) -> int:
+    return int((self.last or {}).get("epoch", 0))
+
+
+def find_runs(config: config_lib.Config, root: str = RUNS_DIR) -> List[Run]:
+  """The run folders under `root` that `config` can resume, newest first by
+  config.json's start time (then by name); anything else is skipped."""
+  try:
+    names = sorted(os.listdir(root))
+  except OSError:
+    return []
+  runs = []
+  for name in names:
+    path = os.path.join(root, name)
+    try:
+      recorded = record.read_record(path)
+      if resume.config_differences(
+          models.from_dict(recorded["config"]), config):
+        continue
+      state, last = record.status(path)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError,
+            RecursionError, UserError):
+      continue  # Not a run folder this command can use.
+    try:
+      started = datetime.datetime.strptime(recorded["started"],
+                                           record.TIME_FORMAT)
+    except (KeyError, TypeError, ValueError):
+      started = None
+    runs.append(Run(path, started, "running" if lock.in_use(path) else state,
+                    last))
+  oldest = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
+  return sorted(runs, key=lambda r: (r.started or oldest, r.path), reverse=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+  """Where a command without --workdir trains, and why, in one line."""
+  path: str
+  resume: bool
+  reason: str
+  news: bool = True  # Whether to say `reason`: not for a first run.
+
+
+def choose(config: config_lib.Config, overwrite: bool = False,
+           root: str = RUNS_DIR) -> Choice:
+  """The folder a command without --workdir trains in: the newest unfinished
+  run of these settings under `root` that no other process is training in,
+  else a new one (always with `overwrite`, which deletes nothing). Diverged
+  if the newest one diverged and none is unfinished (it would again)."""
+  new = default_workdir(config.model, root)
+  if overwrite:
+    return Choice(new, False, f"starting a new run folder, {new} "
+                  "(--overwrite without --workdir deletes no folder)")
+  runs = find_runs(config, root)
+  for run in runs:
+    if run.status == "unfinished" and "test_accuracy" in (run.last or {}):
+      return Choice(run.path, True, (
+          f"completing {run.path}, the newest unfinished run of these settings "
+          f"under {root}/: it trained to the end but its report is not "
+          "complete; --overwrite starts a new folder instead"))
+    if run.status == "unfinished":
+      return Choice(run.path, True, (
+          f"resuming {run.path}, the newest unfinished run of these settings "
+          f"under {root}/ ({run.epochs_logged} of {config.epochs} epochs "
+          "logged); --overwrite starts a new folder instead"))
+  settled = [r for r in runs if r.status != "running"]
+  if settled and settled[0].status == "diverged":
+    raise Diverged(f"{settled[0].path} trained these settings and diverged "
+                   f"({resume.diverged_at(settled[0].last)}); they would "
+                   "diverge again at the same step, so nothing was started: "
+                   "lower --learning_rate or set --grad_clip (a new run "
+                   "folder starts), or pass --overwrite to train them again "
+                   "anyway")
+  if settled:
+    return Choice(new, False, f"{settled[0].path} trained these settings to "
+                  f"the end; starting a new run folder, {new}")
+  if runs:
+    return Choice(new, False, f"{runs[0].path} (these settings) is training "
+                  f"in another process; starting a new run folder, {new}")
+  return Choice(new, False, f"starting a new run folder, {new}", news=False)

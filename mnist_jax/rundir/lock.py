@@ -1,0 +1,177 @@
+"""One writer per run folder: the exclusive flock a process training in a run
+folder, or writing its report, holds on it until the process ends (even
+under kill -9). LOCK_FILE names the holder for people; a refusal points there.
+"""
+
+import contextlib
+import os
+import socket
+import sys
+import time
+from typing import Dict, Iterator, Optional, Tuple
+
+try:
+  import fcntl
+except ImportError:  # Not on a POSIX system: runs are not locked.
+  fcntl = None
+
+from mnist_jax.errors import UserError
+from mnist_jax import files
+
+LOCK_FILE = ".lock"
+
+# Inside `locking()`: real path -> (the open folder holding its flock, or
+# None; the outermost folder `claim` created, removed if left empty, or None).
+_HELD: Optional[Dict[str, Tuple[Optional[int], Optional[str]]]] = None
+
+
+class InUse(UserError):
+  """Another process holds the run folder (it is training or reporting)."""
+
+
+def check_writable(workdir: str) -> None:
+  """Fails before anything is written when the folder cannot be used, by
+  writing a file in it or its nearest existing parent (permission bits miss
+  read-only file systems)."""
+  path = os.path.abspath(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise UserError(f"--workdir={workdir} is a file, not a folder; pass a "
+                    "folder")
+  target = path
+  while not os.path.exists(target):
+    target = os.path.dirname(target)
+  if not os.path.isdir(target):
+    raise UserError(f"--workdir={workdir} cannot be created: {target} is a "
+                    "file; pass a folder path")
+  try:
+    files.probe_writable(target)
+  except OSError as e:
+    raise UserError(f"--workdir={workdir} is not writable ({target}: "
+                    f"{e.strerror or e}); pass a folder you can write to"
+                    ) from None
+
+
+@contextlib.contextmanager
+def locking() -> Iterator[Dict[str, tuple]]:
+  """Within: the run folders this process `claim`s stay locked (launch.py
+  and the Python API train and report inside it; other callers lock
+  nothing). Yields {real path: lock} of the folders claimed in the block."""
+  global _HELD
+  outer, _HELD = _HELD, {}
+  held = _HELD
+  try:
+    yield held
+  finally:
+    for key in list(held):
+      _release(key, *held.pop(key))
+    _HELD = outer
+
+
+def claim(workdir: str, mode: str = "train", create: bool = True) -> None:
+  """In `locking()`, makes this process the one writer of run folder
+  `workdir`: creates it (if `create`), takes an exclusive flock that ends
+  with the process, writes LOCK_FILE naming this process (`mode`: "train" or
+  "report") and removes what killed writers left. InUse if another holds it."""
+  key = os.path.realpath(workdir)
+  if _HELD is None or key in _HELD:
+    return
+  created = None
+  if not os.path.isdir(key):
+    if not create:
+      return
+    check_writable(workdir)
+    outermost = key
+    while not os.path.exists(os.path.dirname(outermost)):
+      outermost = os.path.dirname(outermost)
+    os.makedirs(os.path.dirname(key), exist_ok=True)
+    try:
+      os.mkdir(key)
+      created = outermost
+    except FileExistsError:
+      pass  # Another process made it meanwhile: the lock decides.
+  _HELD[key] = (_lock(key, workdir, mode), created)
+  files.remove_temporary(key)
+  try:
+    files.write_json(os.path.join(key, LOCK_FILE), {
+        "pid": os.getpid(), "host": socket.gethostname(), "mode": mode,
+        "command": ["python", *sys.argv], "since": time.strftime(
+            "%Y-%m-%dT%H:%M:%S%z")})
+  except OSError:
+    pass  # A read-only folder: the lock holds without the note.
+
+
+def _lock(key: str, workdir: str, mode: str) -> Optional[int]:
+  """An open descriptor of folder `key` holding its exclusive flock; None
+  where the file system has no locks (the run goes on unlocked)."""
+  if fcntl is None:
+    return None
+  for attempt in range(5):  # `in_use` probes hold the lock for an instant.
+    try:
+      fd = os.open(key, os.O_RDONLY)
+    except OSError as e:
+      raise UserError(f"{workdir} cannot be read by this user ({e.strerror}); "
+                      "give read access to it, or pass another --workdir"
+                      ) from None
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      os.close(fd)
+      time.sleep(0.1 * (attempt + 1))
+      continue
+    except OSError:
+      os.close(fd)
+      return None
+    with contextlib.suppress(OSError):
+      if os.path.samestat(os.fstat(fd), os.stat(key)):
+        return fd
+    os.close(fd)  # Deleted and made again meanwhile: lock the new folder.
+  raise _in_use_error(workdir, mode)
+
+
+def _release(key: str, fd: Optional[int], created: Optional[str]) -> None:
+  """Ends the hold on folder `key`; removes the folders `claim` created if
+  nothing was written to them."""
+  if fd is None:
+    return
+  with contextlib.suppress(OSError):
+    os.remove(os.path.join(key, LOCK_FILE))
+  folder = key
+  with contextlib.suppress(OSError):  # The run wrote something: it stays.
+    while created:
+      os.rmdir(folder)
+      if folder == created:
+        break
+      folder = os.path.dirname(folder)
+  os.close(fd)
+
+
+def in_use(workdir: str) -> bool:
+  """Whether another process holds run folder `workdir` now."""
+  if fcntl is None or os.path.realpath(workdir) in (_HELD or {}):
+    return False
+  try:
+    fd = os.open(workdir, os.O_RDONLY)
+  except OSError:
+    return False
+  try:
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+  except BlockingIOError:
+    return True
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
+  return False
+
+
+def check_not_in_use(workdir: str, mode: str = "train") -> None:
+  """Refuses a run folder another process is writing now."""
+  if in_use(workdir):
+    raise _in_use_error(workdir, mode)
+
+
+def _in_use_error(workdir: str, mode: str) -> InUse:
+  advice = ("wait for it to end, or pass another --workdir" if mode == "train"
+            else "wait for it to end, then run this again")
+  return InUse(f"{workdir} is in use: another process holds its lock "
+               f"({os.path.join(workdir, LOCK_FILE)} names it); {advice}")

@@ -1,0 +1,238 @@
+"""config.json: a run's record. Its settings, the environment that trained it
+(packages, devices, code), the command that repeats it, each resumption, and
+whether it finished (written last, after the report): the run's `status`.
+"""
+
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from importlib import metadata
+from typing import Optional, Tuple
+
+import jax
+
+from mnist_jax import config as config_lib
+from mnist_jax import models
+from mnist_jax.errors import UserError
+from mnist_jax import files
+from mnist_jax.rundir import lock
+from mnist_jax.rundir import metrics_log
+
+CONFIG_FILE = "config.json"
+REPORT_FILE = "report.md"
+PERMUTATION_FILE = "permutation.npy"  # --sequence=permuted: the pixel order.
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
+            "tensorflow-datasets", "numpy", "matplotlib", "absl-py",
+            "tensorboardX")
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
+
+
+def environment() -> dict:
+  """Package versions, Python, platform, the JAX devices of this process and
+  the git commit of this checkout (and whether it had local changes)."""
+  versions = {}
+  for name in PACKAGES:
+    try:
+      versions[name] = metadata.version(name)
+    except metadata.PackageNotFoundError:
+      versions[name] = None
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+  def git(*args):
+    return subprocess.run(["git", "-C", root, *args], capture_output=True,
+                          text=True, timeout=5, check=True).stdout.strip()
+
+  try:
+    code = {"commit": git("rev-parse", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+  except (OSError, subprocess.SubprocessError):
+    code = {"commit": None, "dirty": None}
+  return {
+      "python": sys.version.split()[0],
+      "platform": platform.platform(),
+      "packages": versions,
+      "backend": jax.default_backend(),
+      "devices": [str(d) for d in jax.devices()],
+      "process_count": jax.process_count(),
+      "command": sys.argv,
+      "cwd": os.getcwd(),
+      "code": code,
+      "env": {k: v for k, v in os.environ.items() if k.startswith(
+          ("XLA_", "JAX_", "TFDS_", "CUDA_VISIBLE", "TPU_"))},
+  }
+
+
+def read_record(workdir: str) -> dict:
+  """config.json as a dict (OSError, ValueError or TypeError if it is not)."""
+  with open(os.path.join(workdir, CONFIG_FILE)) as f:
+    record = json.load(f)
+  if not isinstance(record, dict):
+    raise TypeError(f"{CONFIG_FILE} holds a {type(record).__name__}")
+  return record
+
+
+def read_config(workdir: str) -> config_lib.Config:
+  """The Config a run folder was trained with; a UserError that deletes
+  nothing (the checkpoints may be intact) if config.json is no run's record."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  keep = ("so the run's settings are unknown; nothing was changed (its "
+          "checkpoints and logs are untouched): ")
+  restore = f"{keep}restore it from a copy, or pass another --workdir"
+  try:
+    settings = read_record(workdir)["config"]
+    if not isinstance(settings, dict):
+      raise TypeError("config is no dict")
+  except (FileNotFoundError, NotADirectoryError):
+    raise UserError(f"{path} does not exist: --workdir must be a run folder "
+                    f"written by launch.py{_runs_within(workdir)}") from None
+  except PermissionError:
+    raise UserError(f"{path} cannot be read by this user (permission denied), "
+                    f"{keep}give read access to it (chmod u+r {path}), or "
+                    "pass another --workdir") from None
+  except OSError as e:
+    raise UserError(f"{path} cannot be read ({e.strerror or e}), {restore}"
+                    ) from None
+  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError.
+    where = f" at line {e.lineno}" if hasattr(e, "lineno") else ""
+    raise UserError(f"{path} is not valid JSON{where}, {restore}") from None
+  except (KeyError, TypeError):
+    raise UserError(f"{path} holds no run settings (no \"config\" object), "
+                    f"{restore}") from None
+  try:
+    return models.from_dict(settings)
+  except TypeError as e:  # A value of the wrong kind, a key misspelt.
+    raise UserError(f"{path} holds settings this mnist_jax cannot use ({e}), "
+                    f"{restore}") from None
+
+
+def _runs_within(workdir: str) -> str:
+  """For a --workdir that holds run folders (`runs`): which to pass."""
+  try:
+    runs = [e.path for e in os.scandir(workdir)
+            if os.path.isfile(os.path.join(e.path, CONFIG_FILE))]
+    newest = max(runs, key=lambda p: os.path.getmtime(
+        os.path.join(p, CONFIG_FILE)), default=None)
+  except OSError:
+    return ""
+  return (f"; {workdir} holds {len(runs)} run folder(s): pass one, e.g. "
+          f"--workdir={newest} (the newest)") if newest else ""
+
+
+def used_config(workdir: str, **overrides) -> config_lib.Config:
+  """The Config that evaluates or predicts with a run: its own, with each data
+  folder it names (data_dir, mnist_dir; a relative one from the folder it was
+  trained in) unset where this machine has no such folder, then `overrides`.
+  A run folder moved from another machine reads this machine's data instead
+  of making, or asking for, the other machine's folders."""
+  config = read_config(workdir)
+  env = read_record(workdir).get("environment")
+  cwd = env.get("cwd") if isinstance(env, dict) else None
+  here = {}
+  for name in ("data_dir", "mnist_dir"):
+    if getattr(config, name):
+      path = os.path.join(cwd if isinstance(cwd, str) else os.getcwd(),
+                          os.path.expanduser(getattr(config, name)))
+      here[name] = path if os.path.isdir(path) else None
+  return config.replace(**{**here, **overrides})
+
+
+def repeat_command(config: config_lib.Config) -> str:
+  """A launch.py command line that spells out every setting of `config` (a
+  swept setting by --sweep only: launch.py refuses both)."""
+  parts = ["python", "launch.py"]
+  swept = {part.partition("=")[0] for part in config.sweep.split(";")}
+  for name, value in config.to_dict().items():
+    if value is None or value == "" or name == "workdir" or name in swept:
+      continue
+    if isinstance(value, bool):
+      parts.append(f"--{name}" if value else f"--no{name}")
+    elif isinstance(value, (list, tuple)):
+      parts.append(f"--{name}={','.join(str(v) for v in value)}")
+    else:
+      parts.append(f"--{name}={value}")
+  return shlex.join(parts)
+
+
+def begin(workdir: str, config: config_lib.Config, env: dict, *,
+          existing: bool, overwrite: bool, meta: Optional[dict]) -> None:
+  """Writes config.json as a run starts (the first thing it writes): records
+  a resumption from checkpoint `meta` in an `existing` run, or a new run
+  (emptying an `existing` one first: `overwrite`)."""
+  lock.claim(workdir)  # Refuses a run another command began meanwhile.
+  if existing and not overwrite:
+    record_resume(workdir, config, env, meta)
+    return
+  if existing:  # Keeps the folder, and so the lock this process holds.
+    for name in set(os.listdir(workdir)) - {lock.LOCK_FILE}:
+      path = os.path.join(workdir, name)
+      if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+      else:
+        os.remove(path)
+  start(workdir, config, env)
+
+
+def start(workdir: str, config: config_lib.Config, env: dict) -> None:
+  """Creates the folder and writes config.json, "finished" false."""
+  os.makedirs(workdir, exist_ok=True)
+  files.write_json(os.path.join(workdir, CONFIG_FILE),
+                   {"config": config.to_dict(), "environment": env,
+                    "repeat": repeat_command(config),
+                    "started": time.strftime(TIME_FORMAT), "finished": False})
+
+
+def record_resume(workdir: str, config: config_lib.Config, env: dict,
+                  meta: Optional[dict]) -> None:
+  """Appends this resumption (when, from which step, how) to config.json."""
+  record = read_record(workdir)
+  # Compared as JSON holds them: a tuple (cnn_features) is a list there.
+  settings = json.loads(json.dumps(config.to_dict()))
+  record.setdefault("resumes", []).append({
+      "time": time.strftime(TIME_FORMAT),
+      "from_step": meta["step"] if meta else 0,
+      "changed": {k: v for k, v in settings.items()
+                  if record["config"].get(k) != v},
+      "environment": env})
+  record["finished"] = False
+  files.write_json(os.path.join(workdir, CONFIG_FILE), record)
+
+
+def finish(workdir: str, final: dict) -> None:
+  """Records in config.json that the run is complete: the last thing a run
+  writes, after its final row, report and TensorBoard events."""
+  record = read_record(workdir)
+  record["finished"] = {"time": time.strftime(TIME_FORMAT),
+                        "test_accuracy": final.get("test_accuracy")}
+  files.write_json(os.path.join(workdir, CONFIG_FILE), record)
+
+
+def finished(workdir: str) -> bool:
+  """Whether config.json records the run complete (`finish`); a folder from
+  before that record is when it has its final metrics row and report.md."""
+  try:
+    record = read_record(workdir)
+  except (OSError, ValueError, TypeError):
+    return False
+  if "finished" in record:
+    return bool(record["finished"])
+  return (metrics_log.final_metrics(workdir) is not None and
+          os.path.exists(os.path.join(workdir, REPORT_FILE)))
+
+
+def status(workdir: str) -> Tuple[str, Optional[dict]]:
+  """(state, last metrics row) of a run folder: "finished" once config.json
+  records it, "diverged" if its last row says so (resuming would repeat it),
+  else "unfinished" (also trained to the end with its report incomplete)."""
+  rows = metrics_log.read_metrics(
+      os.path.join(workdir, metrics_log.METRICS_FILE))
+  last = rows[-1] if rows else None
+  if finished(workdir):
+    return "finished", last
+  if last is not None and last.get("diverged"):
+    return "diverged", last
+  return "unfinished", last
