@@ -48,7 +48,8 @@ _CHILD = r"""
 import contextlib, os, runpy, sys, time
 script = sys.argv[1]
 sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
-from mnist_jax.rundir import checkpoints, files, log, metrics_log
+from mnist_jax import files
+from mnist_jax.rundir import checkpoints, log, metrics_log
 PAUSE = float(os.environ.get("HOOK_PAUSE_S", "0"))
 
 def mark(text):
