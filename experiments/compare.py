@@ -51,7 +51,6 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.errors import UserError
 from mnist_jax.data import pipeline

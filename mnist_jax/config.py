@@ -8,7 +8,7 @@ and held by its Configs only, read as attributes (`config.mlp_hidden`).
 import dataclasses
 import json
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from mnist_jax.data import datasets
 from mnist_jax.errors import UserError

@@ -17,7 +17,6 @@ from experiments import compare
 from experiments import profile_chunk
 import launch
 import launch_helpers as lh
-from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.data import images as images_lib
 from mnist_jax.data import pipeline
