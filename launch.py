@@ -6,12 +6,12 @@
   python launch.py --model=mlp --mnist_dir=DIR    # offline: the four IDX files
   python launch.py --mode=report --workdir=RUN    # rewrite RUN's report.md + plots
   python launch.py --mode=predict --workdir=RUN --image=seven.png[,...] [--json]
+  python launch.py --mode=serve --workdir=RUN[,RUN...]   # draw digits for runs
   python launch.py --model=mlp --sweep=learning_rate=3e-4,1e-3,3e-3 --num_seeds=2
 
 Every Config field (mnist_jax/config.py) and every model's own setting
 (mnist_jax/models/registry.py) is a flag; unset flags take the preset. The
-same command again resumes its run; without --workdir, that is the newest
-unfinished run of the same settings under runs/.
+same command again resumes its run (without --workdir, the newest of its kind).
 """
 
 import os
@@ -64,9 +64,9 @@ OWN = {
                   "without --workdir, start a new run folder instead of "
                   "resuming one", {}),
     "mode": (flags.DEFINE_enum, "train", _MODES,
-             "What to do: train, report (rewrite a finished run's report and "
-             "plots) or predict (the digits in --image files)",
-             {"enum_values": ["train", "report", "predict"]}),
+             "What to do: train, report (rewrite a run's report and plots), "
+             "predict (the digits in --image files) or serve (a drawing page)",
+             {"enum_values": ["train", "report", "predict", "serve"]}),
     "dry_run": (flags.DEFINE_bool, False, _MODES,
                 "Print the settings, validation split, model, devices and run "
                 "folder this command would train with; train and write "
@@ -84,6 +84,10 @@ OWN = {
                  "With --mode=predict: average the probabilities of the seeds "
                  "of the run's chosen grid point instead of its chosen member",
                  {}),
+    "host": (flags.DEFINE_string, "127.0.0.1", _MODES,
+             "With --mode=serve: the address to listen on", {}),
+    "port": (flags.DEFINE_integer, 0, _MODES,
+             "With --mode=serve: the port (0: a free one)", {}),
     "debug": (flags.DEFINE_bool, False, _MODES,
               "Show Python tracebacks instead of one-line errors", {}),
 }
@@ -187,15 +191,18 @@ def main(argv):
 
 
 def _use_run():
-  """--mode=report or predict, on the run in --workdir."""
+  """--mode=report, predict or serve, on the run(s) in --workdir."""
   if not FLAGS.workdir:
     raise UserError(f"--mode={FLAGS.mode} needs --workdir=DIR, a run folder")
   process.setup_process()
-  # The data may have moved; other layers may evaluate.
   overrides = {k: FLAGS[k].value for k in ("data_dir", "mnist_dir", "impl")
-               if FLAGS[k].value}
+               if FLAGS[k].value}  # The data may have moved; other layers.
   if FLAGS["analyses"].present:  # --mode=report --noanalyses
     overrides["analyses"] = FLAGS.analyses
+  if FLAGS.mode == "serve":  # Reads only, as predict.
+    from mnist_jax.results import serve  # pylint: disable=g-import-not-at-top
+    return serve.main(FLAGS.workdir.split(","), FLAGS.host, FLAGS.port,
+                      **overrides)
   if FLAGS.mode == "predict":  # Reads only: also a run being trained.
     images = FLAGS.image.split(",") if FLAGS.image else []
     if results.print_predictions(FLAGS.workdir, images, FLAGS.json,

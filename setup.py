@@ -9,7 +9,9 @@ setup(
                 "models on MNIST with JAX, Flax and optax.",
     python_requires=">=3.11",
     packages=find_packages(include=["mnist_jax", "mnist_jax.*"]),
-    package_data={"mnist_jax.data": ["checksums.tsv"]},
+    package_data={"mnist_jax.data": ["checksums.tsv"],
+                  # --mode=serve's page: its HTML, script and styles.
+                  "mnist_jax.results": ["page/*"]},
     install_requires=[
         "jax>=0.6.1,<0.13",
         # 0.10.4: the first whose nn.scan gives jax 0.6 the debug info it asks
@@ -40,5 +42,8 @@ setup(
         "notebook": ["jupyter>=1.1.1,<2"],
         # The analyses' t-SNE map of the features (PCA needs nothing).
         "analysis": ["scikit-learn>=1.3,<2"],
+        # tests/test_serve_browser.py drives Chromium (Debian's chromium and
+        # chromium-driver) through it.
+        "browser": ["selenium>=4.11,<5"],
     },
 )

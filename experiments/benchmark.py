@@ -40,7 +40,6 @@ from jax.extend import core
 import jax.numpy as jnp
 import numpy as np
 
-from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.data import augment as augment_lib
 from mnist_jax.data import pipeline

@@ -528,7 +528,11 @@ def read_runs(paths: Sequence[str], log=print) -> Tuple[List[dict], list]:
   skipped, summaries = [], []
   for run in find_runs(paths, skipped):
     problem = config_problem(run)
-    s = None if problem else summarize(run)
+    try:
+      s = None if problem else summarize(run)
+    except KeyError as e:  # A final row another program wrote, or edited.
+      problem = (f"has a final metrics row without {e.args[0]}",
+                 "compare run folders launch.py wrote")
     if problem:
       skipped.append((run, *problem))
     elif s is None:

@@ -23,12 +23,9 @@ __all__ = ["Config", "Run", "as_images", "get_config", "load_data",
 
 def train_and_evaluate(config: Config, workdir: Optional[str] = None,
                        overwrite: bool = False) -> Dict[str, Any]:
-  """Trains as `python launch.py` does; returns the final metrics row.
-
-  Resumes `workdir` (default config.workdir, else runs/<model>-<timestamp>)
-  if it holds an unfinished run of these settings, unless `overwrite`; the
-  folder has one writer at a time. Errors raise UserError with the CLI's text.
-  """
+  """Trains as `python launch.py` does (resuming `workdir`, default
+  config.workdir or runs/<model>-<timestamp>, unless `overwrite`; one writer
+  at a time); returns the final metrics row. Errors: UserError."""
   workdir = workdir or config.workdir or choose.default_workdir(config.model)
   with lock.locking():
     return modes.train_and_evaluate(config.replace(workdir=workdir), workdir,
@@ -42,8 +39,8 @@ def load_data(config: Config, **overrides) -> pipeline.Dataset:
 
 
 def load_image(image) -> np.ndarray:
-  """A picture of one digit (a file path or PIL image) as the models' input,
-  [28, 28] uint8, made as `--mode=predict` makes it."""
+  """A picture of one digit (a file path or PIL image) as `--mode=predict`
+  makes it the models' input: [28, 28] uint8."""
   from mnist_jax.data import images  # pylint: disable=g-import-not-at-top
   if isinstance(image, (str, os.PathLike)):
     return images.load(os.fspath(image))

@@ -1,8 +1,6 @@
-"""Writing a file whole or not at all, with the user's normal permissions.
-
-A file goes to a temporary name beside it, renamed over it when complete. It
-is created with mode 0o666 less the umask, as `open(path, "w")` would
-(`tempfile.mkstemp`'s 0o600 would hide it from a colleague or TensorBoard).
+"""Writing a file whole or not at all (a temporary name beside it, renamed
+when complete), with mode 0o666 less the umask as `open(path, "w")` (not
+mkstemp's 0o600); and telling a full disk in libraries' errors.
 """
 
 import contextlib
@@ -17,8 +15,7 @@ from typing import IO, Any, Iterator, List, Optional, Sequence
 
 # The temporary names `atomic` writes to: .<name>.<pid>-<8 hex digits>.tmp
 _TEMPORARY = re.compile(r"^\..+\.(?:(\d+)-)?[0-9a-f]{8}\.tmp$")
-# How libraries that wrap the OSError (orbax, tensorstore, array_record) spell
-# a full disk, or a file past the size limit, in their own errors.
+# A full disk or a file past the size limit, in libraries' own errors.
 _NO_SPACE_TEXT = {
     errno.ENOSPC: ("No space left on device", "os_error_code='28'"),
     errno.EDQUOT: ("Disk quota exceeded", "os_error_code='122'"),
@@ -85,9 +82,9 @@ def _alive(pid: int) -> bool:
 
 
 def remove_temporary(folder: str, locked: bool = True) -> List[str]:
-  """Removes what `atomic` left in `folder` when its process was killed:
-  under the folder's lock (`locked`) every temporary file, else those whose
-  writer is no longer running. Returns the names removed."""
+  """Removes what `atomic` left in `folder` when killed: every temporary file
+  under the folder's lock (`locked`), else those of dead writers. Returns
+  the names removed."""
   removed = []
   try:
     names = os.listdir(folder)
@@ -113,8 +110,8 @@ def chain(exc: Optional[BaseException]) -> Iterator[BaseException]:
 
 
 def no_space(exc: BaseException) -> Optional[int]:
-  """ENOSPC, EDQUOT or EFBIG when an exception, or one it was raised from,
-  is a full disk (or a file past the size limit), else None."""
+  """ENOSPC, EDQUOT or EFBIG when an exception or its cause is a full disk
+  (or a file past the size limit), else None."""
   for e in chain(exc):
     if isinstance(e, OSError) and e.errno in _NO_SPACE_TEXT:
       return e.errno

@@ -1,8 +1,6 @@
 """A training run in its run folder: the loop (training/train.py) with the
-folder as its hooks (`RunFolder`): it resumes from the latest checkpoint (bit
-for bit), writes config.json, metrics.jsonl and TensorBoard events, saves
-checkpoints, stops on SIGTERM or Ctrl-C after saving, and writes the report.
-Process 0 writes; the others keep the same bookkeeping.
+folder as its hooks (`RunFolder`: resume bit for bit, records, checkpoints,
+a stop after saving), then the report; and --mode=report. Process 0 writes.
 """
 
 import contextlib
@@ -30,6 +28,7 @@ from mnist_jax.rundir import process
 from mnist_jax.rundir import record as record_lib
 from mnist_jax.rundir import resources
 from mnist_jax.rundir import resume
+from mnist_jax.rundir import tensorboard
 from mnist_jax.training import devices
 from mnist_jax.training import metrics as metrics_lib
 from mnist_jax.training import members as members_lib
@@ -51,14 +50,12 @@ class RunFolder(train.Hooks):
     self.started = time.perf_counter()
 
   def seconds(self) -> float:
-    """The run's training seconds, its earlier processes' included, less
-    loading the data."""
+    """The run's training seconds so far, its earlier processes' included."""
     return (self.meta or {}).get("time_s", 0.0) + (
         time.perf_counter() - self.started)
 
   def start(self, state, steps_per_epoch, record):
     """Restores the latest checkpoint, if any, then writes config.json."""
-    # The shapes as restore compares them: the members' stacked.
     self.steps, self.shapes = steps_per_epoch, checkpoints.param_shapes(
         state.params)
     start = train.Start()
@@ -154,9 +151,8 @@ class RunFolder(train.Hooks):
         signum, _step(state), epoch, done, self.steps, directory), self.workdir)
 
   def trained(self, state, final) -> None:
-    """As training ends: a stop asked for during the final evaluation stops
-    here (the last checkpoint is the one saved as training ended, so the same
-    command completes the run); from here a Ctrl-C interrupts at once."""
+    """A stop asked for in the final evaluation stops here (the same command
+    completes the run); from here a Ctrl-C interrupts at once."""
     self.close()
     self.stop.close()
     self._stop_if_asked(state, final["epochs_run"], self.steps, None)
@@ -185,14 +181,12 @@ class RunFolder(train.Hooks):
   def kept(self) -> str:
     """Which checkpoint a stopped run goes back to, in words."""
     self.close()
-    if not self.write:  # Process 0's folder may be on another host.
-      return ("process 0 keeps its last good checkpoint" if self.saved else
-              "no checkpoint had been saved yet")
     directory = resume.checkpoint_dir(self.workdir)
     step = max(resume.complete_steps(directory), default=None)
-    if step is None:
-      return "no checkpoint had been saved yet"
-    return f"the last good checkpoint, {directory}/{step}, is kept"
+    if not self.write and self.saved:  # Its folder may be on another host.
+      return "process 0 keeps its last good checkpoint"
+    return ("no checkpoint had been saved yet" if step is None or not self.write
+            else f"the last good checkpoint, {directory}/{step}, is kept")
 
   def close(self) -> None:
     if self.checkpointer is not None:
@@ -206,8 +200,8 @@ def _step(state) -> int:
 def train_and_evaluate(config, workdir: str, stream=None,
                        overwrite: bool = False) -> Dict[str, Any]:
   """Trains `config` in run folder `workdir` (resuming it), writes its report;
-  returns the final row. Raises UserError before anything is written (bad
-  settings, data, folder or checkpoint), Diverged, or control.Preempted."""
+  returns the final row. UserError before anything is written, Diverged, or
+  control.Preempted."""
   members = members_lib.from_config(config)
   process.initialize(config, detect=False)  # Those the flags name.
   devices.resolve(config, len(members))  # Before the data is prepared.
@@ -221,8 +215,9 @@ def train_and_evaluate(config, workdir: str, stream=None,
   if existing and not overwrite:
     if record_lib.finished(workdir):
       return _already_finished(workdir, log)
-    log_lib.check(workdir, config, [{"seed": m.seed, **m.values}
-                                    for m in members])
+    if config.tensorboard:  # Before anything is written.
+      tensorboard.check_folders(workdir, [{"seed": m.seed, **m.values}
+                                          for m in members])
   data_start = time.perf_counter()
   data = devices.main_first(functools.partial(pipeline.load, config))
   data_time = time.perf_counter() - data_start
@@ -240,8 +235,8 @@ def train_and_evaluate(config, workdir: str, stream=None,
 
 
 def _finish(config, workdir, data, state, final, hooks, log, members):
-  """The final row, the report of the chosen member (and its seeds'
-  ensemble), then the record that the run is finished."""
+  """The final row, the chosen member's report, then config.json's record
+  that the run is finished."""
   if hooks.logged is not None:  # A run being completed keeps its row.
     final = hooks.logged
   chosen = (final.get("chosen") or {}).get("index", 0)
@@ -271,7 +266,6 @@ def _finish(config, workdir, data, state, final, hooks, log, members):
 
 
 def _reporting(path: str, analyses: bool) -> str:
-  """The line saying the report is being written."""
   return (f"writing {path} with its figures" + (
       " and the analyses of what the model learned (--noanalyses skips them)"
       if analyses else ""))
@@ -290,8 +284,7 @@ def _already_finished(workdir: str, log) -> Optional[Dict[str, Any]]:
 
 
 def _summary(final: dict, members, config, workdir: str) -> str:
-  """The line a run ends with: the chosen member's test accuracy, its seeds'
-  and their ensemble's, and where the results are."""
+  """The line a run ends with: test accuracies and where the results are."""
   text = (f"test accuracy {100 * final['test_accuracy']:.2f}% (loss "
           f"{final['test_loss']:.4f}, {final['test_examples']} examples)")
   chosen = final.get("chosen")
@@ -320,8 +313,8 @@ def _training_ended(workdir: str) -> bool:
 
 
 def _repair(workdir: str, run, test) -> Optional[str]:
-  """Rebuilds what a finished run's metrics.jsonl lost: epoch rows marked
-  lost, the final row from the checkpoint. Returns a line saying so, or None."""
+  """Rebuilds what a finished run's metrics.jsonl lost (epoch rows marked
+  lost, the final row evaluated again); a line saying so, or None."""
   if not record_lib.finished(workdir):
     return None
   log = metrics_log.MetricsLog(workdir)
@@ -344,9 +337,8 @@ def _repair(workdir: str, run, test) -> Optional[str]:
 
 
 def rewrite_report(workdir: str, **overrides) -> Dict[str, Any]:
-  """`--mode=report`: evaluates a run (its latest checkpoint), rewrites its
-  report. A run trained to the end but not finished is completed as its
-  training command would. overrides: data_dir, mnist_dir, impl."""
+  """`--mode=report`: evaluates a run's latest checkpoint, rewrites its report
+  (completes a run trained to the end). overrides: data_dir, mnist_dir, impl."""
   path = os.path.join(workdir, report.FILES[0])
   how = ("rewritten" if record_lib.finished(workdir) and all(
       os.path.exists(os.path.join(workdir, f)) for f in report.FILES)

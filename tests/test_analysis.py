@@ -20,7 +20,6 @@ from mnist_jax import models
 from mnist_jax.data import pipeline
 from mnist_jax.results import analysis
 from mnist_jax.results import analysis_plots
-from mnist_jax.results import plots
 from mnist_jax.results import report
 from mnist_jax.results import run as run_lib
 from mnist_jax import files

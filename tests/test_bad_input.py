@@ -128,29 +128,15 @@ def _data(tmp_path, damage):
 #  expected exit status, a piece of the expected message).
 CASES = [
     ("unknown_model", ["--model=vgg"], 1, "unknown model 'vgg'"),
-    ("unknown_preset", ["--preset=fastest"], 1, "has no preset 'fastest'"),
-    ("unknown_mode", ["--mode=serve"], 2, "--mode"),
+    ("unknown_mode", ["--mode=play"], 2, "--mode"),
     ("zero_batch", ["--batch_size=0"], 1, "--batch_size must be positive"),
-    ("negative_batch", ["--batch_size=-4"], 1, "--batch_size must be positive"),
-    ("zero_epochs", ["--epochs=0"], 1, "--epochs must be positive"),
-    ("zero_lr", ["--learning_rate=0"], 1, "--learning_rate must be positive"),
-    ("negative_lr", ["--learning_rate=-0.1"], 1, "--learning_rate must be"),
-    ("nan_lr", ["--learning_rate=nan"], 1, "--learning_rate must be"),
-    ("val_fraction_one", ["--val_fraction=1"], 1, "--val_fraction must be in [0, 1)"),
-    ("val_fraction_negative", ["--val_fraction=-0.1"], 1, "--val_fraction"),
     ("batch_over_train_set", ["--batch_size=100000"], 1, "is larger than the"),
-    ("checkpoint_every_zero", ["--checkpoint_every=0"], 1, "--checkpoint_every"),
-    ("keep_zero", ["--keep_checkpoints=0"], 1, "--keep_checkpoints"),
-    ("dropout_one", ["--dropout=1"], 1, "--dropout must be in [0, 1)"),
     ("bad_optimizer", ["--optimizer=lion"], 1, "--optimizer must be one of"),
     ("bad_int", ["--epochs=ten"], 2, "--epochs=ten"),
-    ("bad_float", ["--learning_rate=fast"], 2, "--learning_rate"),
     ("bad_list", ["--mlp_hidden=a,b"], 2, "flag --mlp_hidden=a,b: it takes "
      "comma-separated integers"),
-    ("empty_list", ["--mlp_hidden="], 1, "--mlp_hidden lists no sizes"),
     ("unknown_flag", ["--epoch=3"], 2, "Unknown command line flag 'epoch'"),
     ("stray_argument", ["train"], 1, "unexpected arguments"),
-    ("huge_seed", ["--seed=99999999999"], 1, "--seed must be in"),
     ("unwritable_workdir", ["--workdir=/sys/mnist_jax_run"], 1, "is not writable"),
     ("workdir_under_file", lambda r, t: [f"--workdir={_file(t)}/run"], 1,
      "is a file"),
@@ -202,16 +188,14 @@ def _file(tmp_path):
   return str(path)
 
 
-# Cases that repeat another's check with other values: CI runs them (-m slow).
+# Cases that repeat another's check on other data: CI runs them (-m slow).
+# Every flag's range is refused in process (test_failures.py) and at the
+# command line for every numeric flag (test_flag_fuzz.py, slow), so one
+# range case here proves the one-line path.
 SLOW_CASES = {
-    "unknown_preset", "negative_batch", "zero_epochs", "negative_lr", "nan_lr",
-    "val_fraction_negative", "checkpoint_every_zero", "keep_zero",
-    "dropout_one", "bad_float", "huge_seed", "workdir_under_file",
-    "swapped_idx", "bad_gzip_idx", "bad_label_idx", "damaged_prepared_info",
-    "mnist_dir_not_folder", "missing_checkpoint", "zero_lr", "val_fraction_one",
-    "bad_list", "stray_argument", "missing_idx", "workdir_is_file",
-    # test_failures.py checks this one in the fast suite, in process.
-    "empty_list"}
+    "workdir_under_file", "swapped_idx", "bad_gzip_idx", "bad_label_idx",
+    "damaged_prepared_info", "mnist_dir_not_folder", "missing_checkpoint",
+    "bad_list", "stray_argument", "missing_idx", "workdir_is_file"}
 
 
 @pytest.mark.parametrize("case", [

@@ -496,6 +496,22 @@ def test_a_folder_that_cannot_be_read_is_skipped_with_one_line(tmp_path, given,
   assert logs[-1].startswith("compared 1 runs in 1 configurations")
 
 
+def test_a_final_row_missing_a_number_is_skipped_with_one_line(tmp_path,
+                                                              capsys):
+  """A final row without wall_time_s (another program's, or edited) ended
+  the comparison in a KeyError."""
+  good = _write_run(tmp_path / "good", [0.95], seed=0)
+  edited = _write_run(tmp_path / "edited", [0.9], seed=1)
+  _edit_metrics(edited, lambda rows: rows[:-1] + [
+      {k: v for k, v in rows[-1].items() if k != "wall_time_s"}])
+  [g] = compare.compare([good, edited], str(tmp_path / "out"),
+                        log=lambda _: None)
+  assert [r["run"] for r in g["runs"]] == [good]
+  assert capsys.readouterr().err.splitlines() == [
+      f"skipping {edited}: it has a final metrics row without wall_time_s; "
+      "compare run folders launch.py wrote"]
+
+
 def test_with_no_usable_run_left_it_says_so_in_one_line(tmp_path, capsys):
   broken, lost = _bad_folders(tmp_path)
   with pytest.raises(UserError) as e:

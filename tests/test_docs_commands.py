@@ -8,11 +8,13 @@ here is listed in SKIPPED with the reason (installs, other machines' tools).
 The Python blocks run in test_api.py.
 """
 
+import functools
 import glob
 import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -47,7 +49,8 @@ def _commands():
         words = words[1:] if words[:1] == ["time"] else words
         while words:
           cut = words.index("&&") if "&&" in words else len(words)
-          out.append((doc, words[:cut]))
+          if words[:cut] not in [w for _, w in out]:  # Once, where first.
+            out.append((doc, words[:cut]))
           words = words[cut + 1:]
   return out
 
@@ -83,6 +86,16 @@ def finished_run(tiny_run, tmp_path_factory):
   return workdir
 
 
+@functools.lru_cache(maxsize=None)
+def _help(script):
+  """(exit status, stdout and stderr) of `python SCRIPT --help`, once a script
+  (the docs name some scripts many times)."""
+  out = subprocess.run([sys.executable, script, "--help"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120,
+                       env=lh.child_env())
+  return out.returncode, out.stdout + out.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("doc,words", COMMANDS,
                          ids=[f"{d}:{' '.join(w)[:60]}" for d, w in COMMANDS])
@@ -98,13 +111,11 @@ def test_each_command_runs_as_written(doc, words, prepared, finished_run,
   args = [re.sub(r"\b(DIR|RUN)\b", lambda m: fill[m[1]], w) for w in words[2:]]
   env.pop("CUDA_VISIBLE_DEVICES", None)  # A CPU here: the flags still parse.
   if words[1] != "launch.py":  # An experiments script: its flags exist.
-    out = subprocess.run([sys.executable, words[1], "--help"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120,
-                         env=lh.child_env())
-    assert out.returncode == 0, out.stderr[-2000:]
+    rc, text = _help(words[1])
+    assert rc == 0, text[-2000:]
     own = args[:args.index("--")] if "--" in args else args  # Then launch.py's.
     for flag in {a.split("=")[0] for a in own if a.startswith("--")}:
-      assert flag.lstrip("-") in out.stdout + out.stderr, (doc, flag)
+      assert flag.lstrip("-") in text, (doc, flag)
     return
   if any(a.startswith("--coordinator_address") for a in args):
     args = [a for a in args if not a.startswith(("--coordinator_address",
@@ -113,6 +124,15 @@ def test_each_command_runs_as_written(doc, words, prepared, finished_run,
   if not any(a.startswith("--mode=") for a in args):
     args += ["--dry_run", f"--data_dir={data_dir}",
              f"--workdir={tmp_path / 'run'}"]
+  if "--mode=serve" in args:  # It serves until Ctrl-C: started, stopped.
+    p = subprocess.Popen([sys.executable, "launch.py", *args], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=lh.child_env(**env))
+    line = p.stdout.readline()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert "serving" in line and p.returncode == 0, f"{doc}: {line}{err}"
+    return
   rc, out, err = lh.run(args, timeout=600, cwd=ROOT, **env)
   assert rc == 0, f"{doc}: {' '.join(words)}\n{err[-2000:]}"
   assert "Traceback" not in err

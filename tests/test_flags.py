@@ -114,8 +114,9 @@ def test_flag_help_is_built_from_the_field_metadata():
     assert _help_line(name) == (
         f"{launch.flag_help(name)} (default: {launch.default_text(name)})")
     assert launch.value_text(field.default) in FLAGS[name].help
-  assert set(_launch_flags()) == {"debug", "dry_run", "ensemble", "image",
-                                  "json", "mode", "overwrite", "plot"}
+  assert set(_launch_flags()) == {"debug", "dry_run", "ensemble", "host",
+                                  "image", "json", "mode", "overwrite", "plot",
+                                  "port"}
   assert set(_launch_flags()) == set(launch.OWN)
   for name, (_, default, group, help_text, _) in launch.OWN.items():
     assert launch.flag_help(name) == help_text and group in config_lib.GROUPS

@@ -273,15 +273,6 @@ def test_finished_is_recorded_after_the_report_not_read_from_the_last_row(
   record.finish(path, FINAL)
   assert record.status(path)[0] == "finished"
   assert not choose.choose(CONFIG, root=root).resume
-  # A folder from before the record: finished with its final row and report.
-  legacy = _run(root, "legacy", rows=[{"epoch": 4}, FINAL])
-  with open(os.path.join(legacy, record.CONFIG_FILE)) as f:
-    saved = json.load(f)
-  del saved["finished"]
-  files.write_json(os.path.join(legacy, record.CONFIG_FILE), saved)
-  assert not record.finished(legacy)
-  (tmp_path / "legacy" / "report.md").write_text("# report")
-  assert record.finished(legacy)
 
 
 def test_a_torn_log_is_repaired_and_said_never_silently_cut(tmp_path):

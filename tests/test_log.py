@@ -95,7 +95,7 @@ def test_tensorboard_continues_the_kept_rows_and_takes_the_figures(tmp_path):
   Image.new("L", (8, 6)).save(tmp_path / "mistakes.png")
   log = log_lib.RunLog(log_lib.Progress(3, stream=io.StringIO()))
   log.open(str(tmp_path), resume_after=2, config=config, steps_per_epoch=10)
-  assert [type(w) for w in log.writers] == [log_lib.JsonlWriter,
+  assert [type(w) for w in log.writers] == [metrics_log.MetricsLog,
                                             tensorboard.Writer]
   again = dict(_row(3), train_loss=0.25)
   log.epoch(again)
@@ -117,5 +117,5 @@ def test_notensorboard_opens_metrics_jsonl_only(tmp_path):
   log.open(str(tmp_path), config=config)
   log.epoch(_row(1))
   log.close()
-  assert [type(w) for w in log.writers] == [log_lib.JsonlWriter]
+  assert [type(w) for w in log.writers] == [metrics_log.MetricsLog]
   assert os.listdir(tmp_path) == ["metrics.jsonl"]

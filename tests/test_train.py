@@ -17,7 +17,6 @@ from conftest import synthetic_digits
 from mnist_jax import models
 from mnist_jax.data import augment as augment_lib
 from mnist_jax.models import dense
-from mnist_jax.rundir import checkpoints
 from mnist_jax import optim
 from mnist_jax.training import train
 from parallel_worker import Recorder, Saver, Stop, dataset, restore

@@ -42,8 +42,7 @@ class ImageError(UserError):
 
 
 def _image_files(folder: str) -> List[str]:
-  """The files in `folder` with an extension Pillow opens, sorted; hidden
-  ones (`.name`) left out."""
+  """`folder`'s files that Pillow opens by extension, sorted, not hidden."""
   known = {e for e, f in Image.registered_extensions().items() if f in Image.OPEN}
   paths = [os.path.join(folder, n) for n in sorted(os.listdir(folder))
            if os.path.splitext(n)[1].lower() in known and n[0] != "."]
@@ -52,11 +51,9 @@ def _image_files(folder: str) -> List[str]:
 
 def expand(entries: Sequence[str]) -> List[str]:
   """The files an --image list names, in order: a folder's image files and a
-  pattern's (`photos/*.jpg`, which a shell leaves alone after `--image=`)
-  sorted; parts of one file's name that a comma split are joined again, and
-  an entry naming nothing as it is loses its surrounding spaces (`a.png,
-  b.png`); `~` is the home folder. What names no file is kept, to fail by
-  its name."""
+  pattern's (`photos/*.jpg`) sorted; a file name a comma split joined again,
+  `a.png, b.png`'s spaces dropped, `~` expanded; what names no file kept, to
+  fail by its name."""
   def existing(text):
     return next((p for p in map(os.path.expanduser, (text, text.strip()))
                  if os.path.exists(p)), None)
@@ -136,8 +133,7 @@ def _stroke_width(ink: np.ndarray) -> float:
   area = mask.sum()
   if area == 0:
     return 0.0
-  p = np.pad(mask, 1)
-  inner = mask & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+  inner = ndimage.binary_erosion(mask)  # Ink with ink on all four sides.
   return 2.0 * area / max(area - inner.sum(), 1)
 
 
@@ -157,8 +153,7 @@ def _window(filter_, a: np.ndarray, radius: int) -> np.ndarray:
 
 def _light_background(grid: np.ndarray, radius: int) -> bool:
   """Whether the background is lighter than the ink: in windows with both,
-  most pixels sit near the background's end of the window's range (weighted
-  by its contrast, so a lighting ramp barely counts). Unclear: light paper."""
+  most pixels sit near its end of the range, weighted by contrast."""
   lo = ndimage.minimum_filter(grid, 2 * radius + 1, mode="nearest")
   hi = ndimage.maximum_filter(grid, 2 * radius + 1, mode="nearest")
   weight = (hi - lo) ** 2
@@ -167,9 +162,8 @@ def _light_background(grid: np.ndarray, radius: int) -> bool:
 
 
 def _paper(gray: np.ndarray) -> Tuple[np.ndarray, np.ndarray, bool]:
-  """The image with its background light [H, W], the paper's brightness
-  [H, W], and whether the background is flat (a flat border: a scan or a
-  drawing). Else lighting is a closing over windows wider than a stroke."""
+  """(The image with its background light [H, W], the paper's brightness
+  [H, W] (a closing wider than a stroke), whether the border is flat)."""
   ring = max(1, round(0.02 * min(gray.shape)))  # 2% of the image wide.
   border = np.concatenate([gray[:ring].ravel(), gray[-ring:].ravel(),
                            gray[:, :ring].ravel(), gray[:, -ring:].ravel()])
@@ -201,22 +195,18 @@ def _digit_mask(ink: np.ndarray) -> np.ndarray:
   if coarse.max() < MIN_INK:
     return np.zeros(ink.shape, bool)
   # 8-connected pieces of ink, numbered from 1 (0: paper).
-  labels, _ = ndimage.label(coarse > NOISE * coarse.max(), np.ones((3, 3)))
-  mass = np.bincount(labels.ravel(), weights=coarse.ravel())
-  mass[0] = 0
-  heaviest = int(np.argmax(mass))
-  main = labels == heaviest
-  rows = np.flatnonzero(main.any(axis=1))
-  cols = np.flatnonzero(main.any(axis=0))
-  reach = max(1, round(NEAR * max(rows[-1] - rows[0], cols[-1] - cols[0], 1)))
-  near = np.zeros(main.shape, bool)
-  near[max(rows[0] - reach, 0):rows[-1] + reach + 1,
-       max(cols[0] - reach, 0):cols[-1] + reach + 1] = True
-  peak = np.zeros(len(mass))
-  np.maximum.at(peak, labels.ravel(), coarse.ravel())
-  peak[0] = 0  # Paper is no piece.
-  pieces = np.flatnonzero(peak >= STRONG * peak[heaviest])
-  keep = np.isin(labels, np.intersect1d(pieces, labels[near]))
+  labels, count = ndimage.label(coarse > NOISE * coarse.max(), np.ones((3, 3)))
+  pieces = np.arange(1, count + 1)
+  peak = ndimage.maximum(coarse, labels, pieces)
+  heaviest = np.argmax(ndimage.sum_labels(coarse, labels, pieces))
+  rows, cols = ndimage.find_objects(labels)[heaviest]
+  reach = max(1, round(NEAR * max(rows.stop - rows.start - 1,
+                                  cols.stop - cols.start - 1, 1)))
+  near = np.zeros(labels.shape, bool)
+  near[max(rows.start - reach, 0):rows.stop + reach,
+       max(cols.start - reach, 0):cols.stop + reach] = True
+  strong = pieces[peak >= STRONG * peak[heaviest]]
+  keep = np.isin(labels, np.intersect1d(strong, labels[near]))
   keep = ndimage.binary_dilation(keep, np.ones((3, 3)))
   keep = np.repeat(np.repeat(keep, k, axis=0), k, axis=1)
   return keep[:ink.shape[0], :ink.shape[1]]
@@ -235,8 +225,7 @@ def preprocess(image: Image.Image, name: str = "image") -> np.ndarray:
                      "the background); pass a picture of one digit")
   ink = ink / contrast
   ink = np.clip((ink - NOISE) / (1.0 - NOISE), 0.0, 1.0)
-  rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
-  ink = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+  ink = ink[ndimage.find_objects((ink > 0).astype(int))[0]]  # Its box.
   if max(ink.shape) > 2 * WORK_SIDE:
     ink = _blocks(ink, max(ink.shape) // WORK_SIDE, "constant").max(axis=(1, 3))
 

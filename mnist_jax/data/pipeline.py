@@ -171,32 +171,21 @@ def _from_tfds(tfds, dataset: str, data_dir: str, mnist_dir) -> dict:
     raise damaged(e) from None
 
 
-@contextlib.contextmanager
-def _locked(dataset: str, data_dir: str):
-  """Holds `<data_dir>/<dataset>.prepare.lock` (an fcntl lock, so one process
-  at a time prepares it there); says in one line when it waits for it."""
-  if fcntl is None:
-    yield
-    return
+def _prepare_once(builder, config, dataset: str, data_dir: str, source: str):
+  """The builder to read, prepared by this process under an fcntl lock on
+  `<data_dir>/<dataset>.prepare.lock` (one process at a time prepares it
+  there), unless another one did while this one waited (then reused)."""
   os.makedirs(data_dir, exist_ok=True)
   fd = os.open(os.path.join(data_dir, f"{dataset}.prepare.lock"),
                os.O_RDWR | os.O_CREAT, 0o666)
-  try:
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      print(f"waiting for another process preparing {dataset} in {data_dir}",
-            flush=True)
-      fcntl.flock(fd, fcntl.LOCK_EX)
-    yield
-  finally:
-    os.close(fd)  # Releases the lock.
-
-
-def _prepare_once(builder, config, dataset: str, data_dir: str, source: str):
-  """The builder to read, prepared by this process unless another one did
-  while this one waited for the lock (then its dataset is reused)."""
-  with _locked(dataset, data_dir):
+  try:  # Closing fd releases the lock.
+    if fcntl is not None:
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        print(f"waiting for another process preparing {dataset} in "
+              f"{data_dir}", flush=True)
+        fcntl.flock(fd, fcntl.LOCK_EX)
     again = type(builder)(data_dir=data_dir, file_format="array_record")
     if again.is_prepared():
       return again
@@ -204,7 +193,9 @@ def _prepare_once(builder, config, dataset: str, data_dir: str, source: str):
           "read it from there)", flush=True)
     with contextlib.redirect_stdout(io.StringIO()):  # tfds's "Unknown size".
       builder.download_and_prepare(download_config=config)
-  return builder
+    return builder
+  finally:
+    os.close(fd)
 
 
 def split(arrays: dict, val_fraction: float, class_names=None) -> Dataset:

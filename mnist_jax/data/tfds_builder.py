@@ -139,15 +139,12 @@ class _IdxBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                     "label": int(labels[index])}
 
 
-def _builder(info: datasets.DatasetInfo):
+def builder(dataset: str):
+  """The dataset's builder class, from its declaration in DATASETS now."""
+  info = datasets.get(dataset)
   return type(info.name.title().replace("_", ""), (_IdxBuilder,), dict(
       name=info.name, VERSION=tfds.core.Version(info.version), URL=info.url,
       INFO=info, __module__=__name__), skip_registration=True)
-
-
-def builder(dataset: str):
-  """The dataset's builder class, from its declaration in DATASETS now."""
-  return _builder(datasets.DATASETS[dataset])
 
 
 def decode_split(builder: tfds.core.DatasetBuilder, split: str):

@@ -1,10 +1,6 @@
 """Flax models: the stock modules (dense.py, cnn.py, recurrent.py; images
 [B, H, W], 255 = ink), the `--model` registry and faster kernels for them."""
 
-from mnist_jax.models.registry import (
+from mnist_jax.models.registry import (  # pylint: disable=unused-import
     MODELS, ModelSpec, build, flag_names, flag_type, from_dict, get,
     get_config, models_with, new_config, setting, validate, value_error)
-
-__all__ = ["MODELS", "ModelSpec", "build", "flag_names", "flag_type",
-           "from_dict", "get", "get_config", "models_with", "new_config",
-           "setting", "validate", "value_error"]

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.optimize
 import scipy.special
 
 from mnist_jax import models
@@ -155,6 +156,19 @@ def robustness(pass_fn, images, labels, accuracy: float) -> List[tuple]:
           for name, _, levels, _ in CHANGES for level in levels]
 
 
+def target_gradients(module, variables, images, targets):
+  """(The gradient of each image's `targets` logit, those logits): traceable,
+  the integrand of integrated gradients (also the page's, serve.py)."""
+  pick = lambda b: jnp.take_along_axis(module.apply(variables, b),
+                                       targets[:, None], 1)
+  return jax.grad(lambda b: pick(b).sum())(images), pick(images)[:, 0]
+
+
+def reads_in_steps(module) -> bool:
+  """Whether a model reads its input in steps (a one-way recurrent one)."""
+  return isinstance(module, recurrent.Recurrent) and not module.bidirectional
+
+
 def attributions(module, variables, images, targets) -> Dict[str, np.ndarray]:
   """Integrated gradients of the target logits against a black image (Gauss-
   Legendre nodes, as Captum's default; doubled until each sums within 1% of
@@ -162,10 +176,7 @@ def attributions(module, variables, images, targets) -> Dict[str, np.ndarray]:
   x = jnp.asarray(images, jnp.float32)
   n, size = len(x), IG_CHUNK * len(x)
   c = jnp.tile(jnp.asarray(targets, jnp.int32), IG_CHUNK)
-  pick = lambda b: jnp.take_along_axis(module.apply(variables, b),
-                                       c[:, None], 1)
-  grad = jax.jit(lambda b: (jax.grad(lambda b: pick(b).sum())(b),
-                            pick(b)[:, 0]))
+  grad = jax.jit(lambda b: target_gradients(module, variables, b, c))
   ends, logit = grad(jnp.concatenate([x, 0 * x,
                                       jnp.zeros((size - 2 * n, *x.shape[1:]))]))
   difference, steps = logit[:n] - logit[n:2 * n], IG_STEPS
@@ -233,16 +244,13 @@ def calibration(logits, labels) -> Dict[str, np.ndarray]:
 
 
 def fit_temperature(logits, labels) -> float:
-  """The T minimising softmax(logits / T)'s NLL (golden section on log T)."""
+  """The T minimising softmax(logits / T)'s NLL (Brent's method on log T)."""
   z, y = np.asarray(logits, np.float64), np.asarray(labels, np.int64)
-  top, true = z.max(1, keepdims=True), z[np.arange(len(y)), y]
-  nll = lambda log_t: np.mean(np.log(np.exp((z - top) / np.exp(log_t)).sum(1))
-                              + (top[:, 0] - true) / np.exp(log_t))
-  low, high, ratio = -5.0, 5.0, (np.sqrt(5) - 1) / 2
-  for _ in range(40):  # The bracket shrinks to 1e-7 of its width.
-    a, b = high - ratio * (high - low), low + ratio * (high - low)
-    low, high = (low, b) if nll(a) < nll(b) else (a, high)
-  return float(np.exp((low + high) / 2))
+  true = z[np.arange(len(y)), y]
+  nll = lambda log_t: np.mean(scipy.special.logsumexp(z / np.exp(log_t), 1)
+                              - true / np.exp(log_t))
+  return float(np.exp(scipy.optimize.minimize_scalar(
+      nll, bounds=(-5, 5), method="bounded", options={"xatol": 1e-7}).x))
 
 
 def analyse(run, test, val=None) -> Dict[str, object]:
@@ -265,7 +273,7 @@ def analyse(run, test, val=None) -> Dict[str, object]:
        "stride": STRIDE, "grid": min(GRID, len(labels)),
        **{f"test_{k}": v for k, v in calibration(logits, labels).items()}}
   lap("test_logits")
-  steps = isinstance(module, recurrent.Recurrent) and not module.bidirectional
+  steps = reads_in_steps(module)
   pass_fn = jax.jit(functools.partial(forward, module, run.variables,
                                       steps=steps))
   r["features"], _, step_logits = _batched(pass_fn, images)

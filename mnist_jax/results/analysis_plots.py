@@ -52,15 +52,10 @@ def _panels(n: int, width: float, height: float, **kwargs):
                       layout="constrained", **kwargs)
 
 
-def _reading_steps(r: dict) -> int:
-  """Steps the run reads a row in: 1 (rows), the image's width (a pixel
-  sequence), 0 if its analysis predates reading_steps."""
-  return int(r["reading_steps"][0]) if "reading_steps" in r else 0
-
-
 def _rows_read(results: Sequence[dict]) -> str:
-  """The reading plot's x label, true of each run's sequence."""
-  every = {_reading_steps(r) for r in results}
+  """The reading plot's x label, true of each run's sequence (steps a row:
+  1 for rows, the image's width for pixels)."""
+  every = {int(r["reading_steps"][0]) for r in results}
   w, h = max(every), max(len(r["reading_accuracy"]) for r in results)
   if every == {1}:
     return "Rows read (one row per step of the sequence)"
@@ -73,17 +68,16 @@ def _rows_read(results: Sequence[dict]) -> str:
 def reading(results: Sequence[dict], path: str) -> str:
   """Accuracy and true-class probability after each row, a line per run."""
   fig, axes = _panels(2, 5, 4.4)
-  mixed = len({_reading_steps(r) for r in results}) > 1
-  for i, (r, color) in enumerate(zip(results, COLORS(len(results)))):
-    label = r["label"] + (" (pixel sequence)" if mixed and
-                          _reading_steps(r) > 1 else "")
-    for ax, key in zip(axes[0], ("accuracy", "true_class_probability")):
-      rows = np.arange(1, len(r[f"reading_{key}"]) + 1)
-      ax.plot(rows, 100 * r[f"reading_{key}"], LINES[i % 4], ms=4,
-              marker=plots.MARKERS[i], mfc="none", color=color, label=label,
-              transform=_nudge(ax, i, len(results)), clip_on=False)
-  for ax, what in zip(axes[0], ("Test accuracy (%)",
-                                "Mean probability of the true class (%)")):
+  every = [int(r["reading_steps"][0]) for r in results]
+  for ax, key, what in zip(axes[0], ("accuracy", "true_class_probability"), (
+      "Test accuracy (%)", "Mean probability of the true class (%)")):
+    for i, (r, color) in enumerate(zip(results, COLORS(len(results)))):
+      y = 100 * r[f"reading_{key}"]
+      ax.plot(np.arange(1, len(y) + 1), y, LINES[i % 4], ms=4,
+              marker=plots.MARKERS[i], mfc="none", color=color, clip_on=False,
+              transform=_nudge(ax, i, len(results)), label=r["label"] + (
+                  " (pixel sequence)" if len(set(every)) > 1 and every[i] > 1
+                  else ""))
     ax.axhline(100 / len(results[0]["names"]), color="gray", ls=":",
                label="chance")
     ax.set(xlabel=_rows_read(results), ylabel=what, ylim=(0, 100),
@@ -122,16 +116,6 @@ CALIBRATED = (("test", "steelblue", "o", "-", "as trained"),
               ("scaled", "darkorange", "s", "--", "temperature scaled"))
 
 
-def _counts(ax, edges, count, j: int, kinds: int, color) -> None:
-  """A bin's images as a bar (side by side for `kinds` series), numbered."""
-  width, used = (edges[1] - edges[0]) / kinds, count > 0
-  left = edges[:-1][used] + j * width
-  ax.bar(left, count[used], width=width, align="edge", color=color)
-  for x, c in zip(left + width / 2, count[used]):
-    ax.text(x, c * 1.15, f"{int(c)}", ha="center", va="bottom", fontsize=6,
-            rotation=90 if kinds > 1 else 0)
-
-
 def reliability(results: Sequence[dict], path: str) -> str:
   """Reliability diagrams, a panel per run (shared axes): fraction correct
   against confidence per bin, as trained and temperature scaled, as step
@@ -152,7 +136,11 @@ def reliability(results: Sequence[dict], path: str) -> str:
               lw=0, mfc="none" if j else color, ms=5, clip_on=False)
       ax.plot([], [], ls=line, marker=marker, color=color, label=what,
               mfc="none" if j else color)
-      _counts(under, edges, count, j, len(kinds), color)
+      width, used = (edges[1] - edges[0]) / len(kinds), count > 0
+      bars = under.bar(edges[:-1][used] + j * width, count[used], width=width,
+                       align="edge", color=color)  # The kinds side by side.
+      under.bar_label(bars, fmt="%d", fontsize=6,
+                      rotation=90 if len(kinds) > 1 else 0)
     ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfect calibration")
     after = (f" -> {100 * r['scaled_ece']:.2f}% at T = {r['temperature']:.2f}"
              if r.get("temperature") else " (no validation split: not scaled)")
@@ -288,8 +276,7 @@ def first_layer(results: Sequence[dict], path: str) -> str:
 
 
 def single(r: dict, folder: str) -> None:
-  """One run's figures, written into `folder`."""
-  r = {"label": f"{r['model']} ({r['preset']})", **r}
+  """One run's figures (r["label"] names it), written into `folder`."""
   for name, draw, wanted in (
       ("robustness", robustness, True),
       ("reliability", reliability, True),

@@ -1,29 +1,15 @@
 """Figures, saved as PNG files with matplotlib's non-interactive Agg backend."""
 
 import functools
+import logging
 import os
 import re
-import tempfile
 from typing import List, Optional, Sequence
 
-
-def _writable(folder: str) -> bool:
-  try:
-    os.makedirs(folder, exist_ok=True)
-  except OSError:
-    return False
-  return os.access(folder, os.W_OK)
-
-
-# Where the user's config or cache folder is not writable (a read-only HOME),
-# matplotlib makes a temporary one and warns in three lines: make it quietly.
-if not os.environ.get("MPLCONFIGDIR") and not all(
-    _writable(os.path.join(os.environ.get(variable) or os.path.join(
-        os.path.expanduser("~"), default), "matplotlib"))
-    for variable, default in (("XDG_CONFIG_HOME", ".config"),
-                              ("XDG_CACHE_HOME", ".cache"))):
-  os.environ["MPLCONFIGDIR"] = tempfile.mkdtemp(prefix="matplotlib-")
-
+# Where HOME cannot be written, matplotlib makes a temporary config folder and
+# warns in three lines: it does so quietly (its logger back after the import).
+_level = logging.getLogger("matplotlib").level
+logging.getLogger("matplotlib").setLevel(logging.ERROR)
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import matplotlib
 import numpy as np
@@ -37,6 +23,7 @@ from matplotlib import ticker
 
 from mnist_jax import files
 # pylint: enable=g-import-not-at-top,wrong-import-position
+logging.getLogger("matplotlib").setLevel(_level)
 
 DPI = 120
 DIGIT_CMAP = "gray"  # Every figure draws digits as the model sees them:
@@ -65,12 +52,6 @@ def plain_ticks(axis, subs=None) -> None:
     axis.set_major_locator(ticker.LogLocator(subs=subs))
   axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
   axis.set_minor_formatter(ticker.NullFormatter())
-
-
-def percent_axis(ax) -> None:
-  """A percent axis stops at 100 (matplotlib's margin ran it past)."""
-  if ax.get_ylim()[1] > 100:
-    ax.set_ylim(top=100)
 
 
 def bar_values(ax, values, fmt, fontsize) -> None:
@@ -121,8 +102,8 @@ def learning_curves(rows: List[dict], path: str, title: str = "") -> str:
     ax.set(xlabel="Epoch", ylabel=label)
     ax.set_title(name, pad=10)  # Clear of markers at 100%.
     epoch_axis(ax, x)
-    if key == "accuracy":
-      percent_axis(ax)
+    if key == "accuracy":  # Not past 100 (matplotlib's margin).
+      ax.set_ylim(top=min(ax.get_ylim()[1], 100))
     ax.grid(alpha=0.3)
     ax.legend()
   if title:
@@ -130,13 +111,10 @@ def learning_curves(rows: List[dict], path: str, title: str = "") -> str:
   return _save(fig, path)
 
 
-def _labels(class_names: Names, k: int) -> List[str]:
+def _labels(class_names: Names, k: int, *labels) -> List[str]:
+  """The names of K classes (of labels: one past the largest), else K's."""
+  k = max([k] + [int(np.max(l, initial=-1)) + 1 for l in labels])
   return list(class_names) if class_names else [str(i) for i in range(k)]
-
-
-def _num_classes(*labels) -> int:
-  """K where no class names are given: one past the largest label seen."""
-  return 1 + max((int(np.max(l)) for l in labels if np.size(l)), default=0)
 
 
 def _class_scale(k: int) -> float:
@@ -204,18 +182,23 @@ def _digit(ax, image, frame_color=None):
     ax.spines[:].set(color=frame_color, linewidth=3)
 
 
-def _grid(images, cols: int, titles, frames, colors):
-  """Images in rows of `cols`, each titled, framed where `frames` says."""
+def _grid(images, titles, framed, path: str, cols: int, red_titles: bool,
+          **suptitle) -> str:
+  """Images in rows of `cols`, each titled, `framed` ones framed in red
+  (and titled in red with `red_titles`)."""
   rows = max(1, int(np.ceil(len(images) / cols)))
   fig, axes = plt.subplots(rows, cols, figsize=(1.45 * cols, 1.75 * rows + 0.5),
                            squeeze=False)
   for ax in axes.flat[len(images):]:
     ax.axis("off")
-  for ax, image, text, frame, color in zip(axes.flat, images, titles, frames,
-                                           colors):
-    _digit(ax, image, frame)
-    ax.set_title(text, fontsize=8, color=color)
-  return fig, axes.flat
+  for ax, image, text, frame in zip(axes.flat, images, titles, framed):
+    _digit(ax, image, "red" if frame else None)
+    ax.set_title(text, fontsize=8, color="red" if red_titles and frame
+                 else "black")
+  if not len(images):
+    axes[0, 0].text(0.5, 0.5, "no wrong predictions", ha="center", va="center")
+  fig.suptitle(**suptitle)
+  return _save(fig, path)
 
 
 def prediction_grid(images: np.ndarray, labels: np.ndarray,
@@ -223,17 +206,14 @@ def prediction_grid(images: np.ndarray, labels: np.ndarray,
                     indices: Optional[Sequence[int]] = None, cols: int = 8,
                     title: str = "") -> str:
   """Test images with true and predicted labels; wrong ones framed in red."""
-  names = _labels(class_names, _num_classes(labels, predicted))
+  names = _labels(class_names, 0, labels, predicted)
   indices = range(len(images)) if indices is None else indices
-  cells = [(y, p, i) for _, y, p, i in zip(images, labels, predicted, indices)]
-  bad = [int(y) != int(p) for y, p, _ in cells]
+  bad = [int(y) != int(p) for y, p in zip(labels, predicted)]
   titles = [f"#{i}\ntrue {names[y]}  pred {names[p]}" + (" ✗" if b else "")
-            for (y, p, i), b in zip(cells, bad)]
-  fig, _ = _grid(images, cols, titles, ["red" if b else None for b in bad],
-                 ["red" if b else "black" for b in bad])
-  fig.suptitle(title or f"Test predictions ({sum(bad)} of {len(images)} wrong, "
+            for y, p, i, b in zip(labels, predicted, indices, bad)]
+  return _grid(images, titles, bad, path, cols, True, t=title or
+               f"Test predictions ({sum(bad)} of {len(images)} wrong, "
                "framed in red)")
-  return _save(fig, path)
 
 
 def mistakes(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray,
@@ -242,33 +222,14 @@ def mistakes(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray,
              indices: Optional[Sequence[int]] = None, cols: int = 6,
              title: str = "") -> str:
   """The most confident wrong predictions: both labels and probabilities."""
-  names = _labels(class_names, _num_classes(labels, predicted))
+  names = _labels(class_names, 0, labels, predicted)
   indices = range(len(images)) if indices is None else indices
   titles = [f"#{i} pred {names[p]} ({100 * pp:.1f}%)\ntrue {names[y]} "
             f"({100 * pt:.1f}%)" for y, p, pp, pt, i in
             zip(labels, predicted, p_predicted, p_true, indices)]
-  fig, axes = _grid(images, cols, titles, ["red"] * len(images),
-                    ["black"] * len(images))
-  if not len(images):
-    axes[0].text(0.5, 0.5, "no wrong predictions", ha="center", va="center")
-  fig.suptitle(title or "Most confident mistakes (predicted label and its "
+  return _grid(images, titles, [True] * len(images), path, cols, False,
+               t=title or "Most confident mistakes (predicted label and its "
                "probability; true label and its probability)", fontsize=10)
-  return _save(fig, path)
-
-
-def _probability_colors(k: int, best: int, label) -> tuple:
-  """Bar colours (the best orange, red if wrong; the true class green) and
-  the legend's (colour, what) of those drawn."""
-  right = label in (None, best)
-  best_as = (("darkorange", "predicted" if label is None else
-              "predicted = true class") if right
-             else ("firebrick", "predicted (wrong)"))
-  colors = ["steelblue"] * k
-  colors[best] = best_as[0]
-  shown = [best_as] + ([] if right else [("seagreen", "true class")])
-  if not right:
-    colors[label] = "seagreen"
-  return colors, shown + [("steelblue", "other classes")] * (k > len(shown))
 
 
 def sample_probabilities(samples: Sequence[dict], path: str,
@@ -288,8 +249,14 @@ def sample_probabilities(samples: Sequence[dict], path: str,
     best = int(np.argmax(s["probabilities"]))
     _digit(ax_img, s["image"], None if label in (None, best) else "red")
     ax_img.set_title(s.get("caption", ""), fontsize=9)
-    colors, shown = _probability_colors(k, best, label)
-    ax.bar(range(k), pct, color=colors)
+    kinds = {best: ("darkorange", "predicted" if label is None else
+                    "predicted = true class")}
+    if label not in (None, best):
+      kinds = {best: ("firebrick", "predicted (wrong)"),
+               label: ("seagreen", "true class")}
+    shown = [*kinds.values()] + [("steelblue", "other classes")] * (
+        k > len(kinds))
+    ax.bar(range(k), pct, color=[kinds.get(i, shown[-1])[0] for i in range(k)])
     ax.legend([patches.Patch(color=c) for c, _ in shown], [w for _, w in shown],
               loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0,
               fontsize=8)
@@ -405,7 +372,7 @@ def sweep_figure(table: Sequence[dict], names: Sequence[str], title: str = ""):
             ms=15, color="gold", mec="black", label="chosen", zorder=5)
     _value_axis(ax, [r["values"][name] for r in table])
     ax.set(xlabel=name, ylabel="Accuracy (%)")
-    percent_axis(ax)
+    ax.set_ylim(top=min(ax.get_ylim()[1], 100))
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
   seeds = len(point) > 1  # Every grid point has as many seeds.

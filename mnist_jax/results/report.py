@@ -152,7 +152,7 @@ def write(workdir: str, run, test, class_names: Optional[Sequence[str]] = None,
   """Evaluates a Run (its chosen member, its seeds' ensemble) on the test Split
   into the report files. note: why the model is not the finished run's, atop
   report.md; val: the Split temperature scaling is fitted on (None: loaded).
-  Returns the test metrics, "confusion" and "paths" (the files written)."""
+  Returns the test metrics and "confusion"."""
   config = run.config
   images = np.asarray(test.images)
   labels = np.asarray(test.labels).astype(np.int64)
@@ -203,8 +203,8 @@ def write(workdir: str, run, test, class_names: Optional[Sequence[str]] = None,
   plots.prediction_grid(images[shown], labels[shown], predicted[shown],
                         path("predictions.png"), names, shown)
   wrong = np.flatnonzero(predicted != labels)
-  order = np.argsort(-probs[wrong, predicted[wrong]], kind="stable")
-  worst = wrong[order[:MISTAKES_SHOWN]]
+  worst = wrong[np.argsort(-probs[wrong, predicted[wrong]],
+                           kind="stable")[:MISTAKES_SHOWN]]
   plots.mistakes(images[worst], labels[worst], predicted[worst],
                  probs[worst, predicted[worst]], probs[worst, labels[worst]],
                  path("mistakes.png"), names, worst,
@@ -212,14 +212,13 @@ def write(workdir: str, run, test, class_names: Optional[Sequence[str]] = None,
                  f"{len(wrong)} (predicted label and probability; true label "
                  "and its probability)")
   unsure = int(np.argmin(probs.max(axis=-1)))
-  captions = ((0, "test image #0"),
-              (unsure, f"test image #{unsure}\n(the least confident)"))
-  samples = [{"image": images[i], "probabilities": probs[i],
-              "label": int(labels[i]), "caption": caption}
-             for i, caption in captions[:min(n, 2)]]
-  plots.sample_probabilities(samples, path("sample_probabilities.png"), names,
-                             title=f"{title}: class probabilities of single "
-                             "test images")
+  plots.sample_probabilities(
+      [{"image": images[i], "probabilities": probs[i], "label": int(labels[i]),
+        "caption": caption} for i, caption in (
+            (0, "test image #0"),
+            (unsure, f"test image #{unsure}\n(the least confident)"))[:n]],
+      path("sample_probabilities.png"), names,
+      title=f"{title}: class probabilities of single test images")
   if rows:
     plots.learning_curves(rows, path("learning_curves.png"), title=title)
   if config.sweep and records:
@@ -245,9 +244,7 @@ def write(workdir: str, run, test, class_names: Optional[Sequence[str]] = None,
             *_body(names, counts, stats, pairs, n), *analysis,
             "## Settings", "", "```json", config.to_json(), "```", ""]
   files.write_text(path("report.md"), "\n".join(lines))
-  return {**test_metrics, "confusion": counts,
-          "paths": [path(f) for f in FILES + SWEEP_FILES
-                    if os.path.exists(path(f))]}
+  return {**test_metrics, "confusion": counts}
 
 
 def _body(names, counts, stats, pairs, n) -> List[str]:
@@ -263,9 +260,9 @@ def _body(names, counts, stats, pairs, n) -> List[str]:
     lines += files.table(["true", "predicted as", "count", "% of true class"], [
         (names[p["true"]], names[p["predicted"]], p["count"],
          f"{100 * p['fraction_of_true']:.2f}") for p in pairs], "llrr")
-    k = counts.shape[0]
+    k = counts.shape[0]  # Sorted stably: ties in (i, j) order.
     both = sorted(((counts[i, j] + counts[j, i], i, j) for i in range(k)
-                   for j in range(i + 1, k)), key=lambda t: (-t[0], t[1], t[2]))
+                   for j in range(i + 1, k)), key=lambda t: -t[0])
     top = [f"{names[i]} and {names[j]} ({c})" for c, i, j in both[:3] if c]
     lines += ["", "Confused in either direction most: " + ", ".join(top) + "."]
   else:

@@ -35,21 +35,15 @@ def as_images(images, shape=(28, 28)) -> Tuple[np.ndarray, bool]:
   image); ValueError for another shape or values outside that range."""
   x, (h, w) = np.asarray(images), shape
   single = x.shape in ((h, w), (h * w,))
-  if single:
-    x = x[None]
-  if x.ndim == 4 and x.shape[-1] == 1:
-    x = x[..., 0]
-  if x.ndim == 2 and x.shape[1] == h * w:
-    x = x.reshape(-1, h, w)
-  if x.ndim != 3 or x.shape[1:] != (h, w):
+  if not single and x.shape[1:] not in ((h, w), (h * w,), (h, w, 1)):
     raise ValueError(f"images of shape {list(np.shape(images))}: pass one "
                      f"image [{h}, {w}] or [{h * w}], or a batch [N, {h}, {w}],"
                      f" [N, {h * w}] or [N, {h}, {w}, 1]")
-  if x.dtype == np.uint8:
-    return x, single
+  if x.shape[1:] != (h, w):  # Else x itself: Run keeps its logits by id.
+    x = x.reshape(-1, h, w)
   if np.issubdtype(x.dtype, np.integer) and (not x.size or (
       x.min() >= 0 and x.max() <= 255)):
-    return x.astype(np.uint8), single
+    return x.astype(np.uint8, copy=False), single
   if np.issubdtype(x.dtype, np.floating) and (not x.size or (
       np.isfinite(x).all() and x.min() >= 0 and x.max() <= 1)):
     return x.astype(np.float32) * np.float32(255), single
@@ -78,12 +72,11 @@ class Run:
     members = members_lib.from_config(config)
     seeds = next(p for p in members_lib.points(members) if member in p)
     variables = state.variables
+    pick = lambda i: jax.tree.map(lambda v: np.asarray(v)[i], variables)
     if len(members) == 1:
-      stacked = jax.tree.map(lambda v: np.asarray(v)[None], variables)
+      stacked = pick(None)
     else:
-      stacked = jax.tree.map(lambda v: np.asarray(v)[np.asarray(seeds)],
-                             variables)
-      variables = jax.tree.map(lambda v: np.asarray(v)[member], variables)
+      stacked, variables = pick(np.asarray(seeds)), pick(member)
     model, _ = models.build(config, say=lambda _: None)
     return cls(config, model, variables, epoch, member, seeds, stacked)
 
@@ -220,14 +213,8 @@ class Prediction:
   digit: Optional[int] = None  # The class index (a digit on MNIST).
   name: Optional[str] = None  # The class's name in its dataset.
   probabilities: Optional[List[float]] = None
-  image: Optional[np.ndarray] = None  # [28, 28] uint8, as the model saw it.
+  image: Optional[np.ndarray] = None  # [H, W] uint8, as the model saw it.
   error: Optional[str] = None
-
-  def to_json(self) -> str:
-    error = {} if self.error is None else {"error": self.error}
-    return json.dumps({"file": self.file, "digit": self.digit,
-                       "class": self.name, "probabilities": self.probabilities,
-                       **error})
 
 
 def predict_files(run: Run, paths: Sequence[str],
@@ -250,8 +237,8 @@ def predict_files(run: Run, paths: Sequence[str],
       results.append(Prediction(path, error=str(e)))
   good = [r for r in results if r.error is None]
   if good:
-    images = np.stack([r.image for r in good])
-    probs = run.probabilities(images, ensemble, batch_size=len(good))
+    probs = run.probabilities(np.stack([r.image for r in good]), ensemble,
+                              batch_size=len(good))
     names = datasets.class_names(run.config.dataset)
     for r, p in zip(good, probs):
       r.digit = int(np.argmax(p))
@@ -265,8 +252,7 @@ def print_predictions(workdir: str, paths: Sequence[str],
                       err=None, ensemble: bool = False, **overrides) -> int:
   """The `--mode=predict` command: prints one line per file; returns how many
   failed. overrides: Config fields to change when loading the run."""
-  out = out or sys.stdout
-  err = err or sys.stderr
+  out, err = out or sys.stdout, err or sys.stderr
   if not paths:
     raise UserError("--mode=predict needs --image=FILE[,FILE...]")
   run = load_run(workdir, **overrides)
@@ -281,13 +267,15 @@ def print_predictions(workdir: str, paths: Sequence[str],
     if r.error is not None:
       print(f"error: {r.error}", file=err)
     if as_json:
-      print(r.to_json(), file=out)
+      print(json.dumps({"file": r.file, "digit": r.digit, "class": r.name,
+                        "probabilities": r.probabilities,
+                        **({} if r.error is None else {"error": r.error})}),
+            file=out)
     elif r.error is None:
       probs = " ".join(f"{names[i]}:{p:.3f}"
                        for i, p in enumerate(r.probabilities))
-      print(f"{r.file}: {names[r.digit]} "
-            f"({100 * r.probabilities[r.digit]:.1f}%)  probabilities {probs}",
-            file=out)
+      print(f"{r.file}: {r.name} ({100 * r.probabilities[r.digit]:.1f}%)  "
+            f"probabilities {probs}", file=out)
     if plot and r.error is None:
       # matplotlib only for --plot: a training run starts without it.
       from mnist_jax.results import plots  # pylint: disable=g-import-not-at-top

@@ -1,16 +1,13 @@
 """The run folder: what a run writes, and reads back when it resumes.
 
-  record.py        config.json: settings, environment, resumptions, finished
-  metrics_log.py   metrics.jsonl: a row per epoch, then the final one
-  lock.py          one writer per run folder (an flock; .lock names it)
-  resume.py        whether and where a run folder resumes; its commands
-  choose.py        which folder a command without --workdir trains in
-  files.py         writing a file whole or not at all
-  checkpoints.py   orbax checkpoints, and the one restore of a run folder
-  log.py           where a run's rows go: console, metrics.jsonl, TensorBoard
-  tensorboard.py   TensorBoard event files (tensorboardX, no TensorFlow)
+  record.py, metrics_log.py  config.json; metrics.jsonl
+  checkpoints.py, resume.py  orbax checkpoints; whether and where to resume
+  lock.py, choose.py         one writer per folder; the folder without --workdir
+  log.py, tensorboard.py     where rows go: console, metrics.jsonl, TensorBoard
+  control.py, resources.py   stops (signals, no learning); machine failures
+  cli.py, dry_run.py         launch.py's help, messages and --dry_run
+  process.py                 the process's devices and jax.distributed
 
-Import the modules themselves (`from mnist_jax.rundir import record`); this
-package imports none of them, so orbax loads only when a checkpoint is read
-or written.
+Import the modules themselves; this package imports none of them, so orbax
+loads only when a checkpoint is read or written.
 """

@@ -1,14 +1,8 @@
-"""Checkpoints: the train state under orbax's CheckpointManager, checked on
-restore.
-
-A checkpoint, named by its global step, holds the state's `PARTS` (its array
-fields less the random streams, which derive from the seeds) as host arrays,
-and a JSON record (`record`): epochs done, steps into the next epoch with
-their metric sums, the model, the parameter shapes, and SHA-256 digests of the
-arrays and of the record. orbax saves atomically in the background, keeps the
-newest and finds the latest; `restore` is the one way a run folder's state is
-read back, to train on or to report on. Only verified damage is called damage:
-no message advises deleting a healthy checkpoint.
+"""Checkpoints: the train state's `PARTS` (its arrays less the random streams,
+which derive from the seeds) under orbax's CheckpointManager, with a JSON
+record (`record`: where the run stands, the model, SHA-256 digests of arrays
+and record). `restore` is the one way a run folder's state is read back; only
+verified damage is called damage.
 """
 
 import contextlib
@@ -29,7 +23,6 @@ import jax
 import numpy as np
 
 from mnist_jax.errors import UserError
-from mnist_jax import files
 from mnist_jax.rundir import resume
 from mnist_jax.training import train
 
@@ -43,8 +36,7 @@ class CheckpointError(UserError):
   """A checkpoint is missing, unreadable, or does not fit this model."""
 
 
-def _orbax():
-  """orbax.checkpoint on first use: its import is slow."""
+def _orbax():  # On first use: its import is slow.
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   return ocp
 
@@ -56,11 +48,9 @@ def tree(state) -> dict:
 
 @contextlib.contextmanager
 def _hush(read: bool):
-  """Keeps orbax's echoes of a failure off the terminal (the failure itself
-  is raised): tensorstore callbacks that print "Event loop is closed" from
-  other threads, absl's errors, and (`read`: everything on stderr, to the
-  debug log) the suspended coroutines of a failed read, closed here lest they
-  complain at exit."""
+  """Keeps orbax's echoes of a failure (raised itself) off the terminal:
+  "Event loop is closed" from its threads, absl's errors, and (`read`:
+  stderr, to the debug log) a failed read's coroutines, closed here."""
   sink, hooks = io.StringIO(), (sys.excepthook, sys.unraisablehook)
   stray = lambda e: read or (  # pylint: disable=g-long-lambda
       isinstance(e, RuntimeError) and str(e) == "Event loop is closed")
@@ -96,7 +86,7 @@ def _host(tree_):
 
 
 def digest(tree_) -> str:
-  """SHA-256 over every array: catches damage orbax reads back silently."""
+  """SHA-256 over every array: damage orbax reads back silently."""
   h = hashlib.sha256()
   for leaf in jax.tree.leaves(tree_):
     leaf = np.asarray(leaf)
@@ -169,19 +159,9 @@ class Checkpointer:
             "with (was it edited?); nothing was changed: put back its "
             "settings, or pass another --workdir")
 
-  @contextlib.contextmanager
-  def _saving(self):
-    """A full disk, which orbax reports as text, raised as an OSError."""
-    try:
-      yield
-    except Exception as e:  # pylint: disable=broad-except
-      code = files.no_space(e)
-      if code is not None and not isinstance(e, OSError):
-        raise files.no_space_error(code, self.directory) from e
-      raise
-
   def save(self, step: int, state_tree: dict, meta: dict) -> None:
-    """Starts an atomic save in the background; `close` finishes it."""
+    """Starts an atomic save in the background; `close` finishes it (a full
+    disk, which orbax reports as text, reaches resources.failure)."""
     ocp, host = _orbax(), _host(state_tree)
     meta = {**meta, "format": FORMAT,
             "digest": digest([host[k] for k in sorted(host)])}
@@ -189,10 +169,9 @@ class Checkpointer:
     if self._hushed is None:  # Until `close`: saves fail in orbax's threads.
       self._hushed = contextlib.ExitStack()
       self._hushed.enter_context(_hush(read=False))
-    with self._saving():
-      self._manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta)),
-                         force=True)
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta)),
+                       force=True)
 
   def latest_step(self) -> Optional[int]:
     try:
@@ -212,9 +191,8 @@ class Checkpointer:
                            f"truncated ({why}); {advice}")
 
   def _read(self, step: int, item: str, template=None):
-    """orbax's restore of checkpoint `step`'s "meta" or "state" (as saved, or
-    the parts of `template` it has, as host arrays); CheckpointError for a
-    file this user cannot read, else orbax's error."""
+    """Checkpoint `step`'s "meta" or "state" (the parts of `template` it has,
+    as host arrays); CheckpointError for a file this user cannot read."""
     ocp = _orbax()
     try:
       with _hush(read=True):
@@ -250,8 +228,8 @@ class Checkpointer:
     return meta, None
 
   def damage(self, step: int) -> Optional[str]:
-    """Why checkpoint `step` is damaged, or None when its record and every
-    array read back whole (the arrays' digest needs the run's template)."""
+    """Why checkpoint `step` is damaged, or None when its record and arrays
+    read back (their digest needs the run's template)."""
     why = self._meta(step)[1]
     if why is None:
       try:
@@ -276,13 +254,9 @@ class Checkpointer:
 
   def restore(self, template: dict, step: Optional[int] = None,
               model: Optional[str] = None) -> Tuple[dict, dict]:
-    """(the parts `template` has, as host arrays; the meta record).
-
-    template: `tree` of a fresh state of the run's model (arrays or
-    ShapeDtypeStructs); parts the checkpoint lacks keep the template's.
-    Raises CheckpointError: none, damaged (verified), or of another model,
-    format or structure, which the message tells apart.
-    """
+    """(the parts `template` (`tree` of a fresh state) has, as host arrays;
+    the meta record). CheckpointError: none, damaged (verified), or of another
+    model, format or structure, which the message tells apart."""
     step, meta = self.read_meta(step)
     where, written = self._where(step), meta.get("format", 1)
     if written != FORMAT:
@@ -324,9 +298,8 @@ class Checkpointer:
     """Waits for the last save to finish."""
     try:
       if "_manager" in self.__dict__:
-        with self._saving():
-          self._manager.wait_until_finished()
-          self._manager.close()
+        self._manager.wait_until_finished()
+        self._manager.close()
     finally:
       if self._hushed is not None:
         self._hushed.close()
@@ -334,9 +307,8 @@ class Checkpointer:
 
 
 def restore(workdir: str, state, model: Optional[str] = None):
-  """(`state` with the parts its run folder's latest checkpoint holds, as host
-  arrays; that checkpoint's record): the one way a run folder is read back,
-  to train on (modes.py) or to report on (results/run.py)."""
+  """(`state` with the parts of the latest checkpoint, as host arrays; its
+  record): the one restore, to train on or to report on."""
   with contextlib.closing(Checkpointer(workdir, read_only=True)) as reader:
     if reader.latest_step() is None:
       raise CheckpointError(

@@ -43,8 +43,7 @@ class Run:
 
 
 def find_runs(config: config_lib.Config, root: str = RUNS_DIR) -> List[Run]:
-  """The run folders under `root` that `config` can resume, newest first by
-  config.json's start time (then by name); anything else is skipped."""
+  """The run folders under `root` that `config` can resume, newest first."""
   try:
     names = sorted(os.listdir(root))
   except OSError:
@@ -83,10 +82,9 @@ class Choice:
 
 def choose(config: config_lib.Config, overwrite: bool = False,
            root: str = RUNS_DIR) -> Choice:
-  """The folder a command without --workdir trains in: the newest unfinished
-  run of these settings under `root` that no other process is training in,
-  else a new one (always with `overwrite`, which deletes nothing). Diverged
-  if the newest one diverged and none is unfinished (it would again)."""
+  """The folder a command without --workdir trains in (see the module doc;
+  `overwrite`: always a new one). Diverged if the newest one diverged and
+  none is unfinished (it would again)."""
   new = default_workdir(config.model, root)
   if overwrite:
     return Choice(new, False, f"starting a new run folder, {new} "

@@ -1,5 +1,5 @@
-"""What launch.py prints and runs, apart from its flags: help, the commands
-its messages print (the command line as typed, edited), the run folder.
+"""launch.py's help, the commands its messages print (the command line as
+typed, edited) and the run folder it trains in.
 """
 
 import dataclasses
@@ -45,7 +45,7 @@ def flag_help(name: str) -> str:
 
 
 def default_text(name: str) -> str:
-  """A run setting's default as --help and docs/flags.md state it."""
+  """A run setting's default as --help states it."""
   preset = (config_lib.FIELDS[name].metadata["preset"]
             if name in config_lib.FIELDS
             else name in models.registry.set_by_presets())
@@ -58,7 +58,7 @@ def default_text(name: str) -> str:
 
 def help_text(usage: str, lines: Dict[str, str], groups: Dict[str, str],
               boolean: Sequence[str]) -> str:
-  """--help: the usage, then each flag's line (`lines`) under its group."""
+  """--help: the usage, then each flag's line under its group."""
   import textwrap  # pylint: disable=g-import-not-at-top
   out = [usage.strip(), ""]
   for group in config_lib.GROUPS:
@@ -101,8 +101,8 @@ def overrides(given: Dict[str, object], model: str) -> dict:
 
 @dataclasses.dataclass
 class Command:
-  """This command line and its training run, for the messages that say how
-  to go on. `is_flag`, `takes_value`: absl's view of a flag name."""
+  """This command line and its run, for the messages that say how to go on.
+  `is_flag`, `takes_value`: absl's view of a flag name."""
   argv: List[str]
   is_flag: Callable[[str], bool]
   takes_value: Callable[[str], bool]
@@ -123,8 +123,8 @@ class Command:
     return name
 
   def without(self, names: Sequence[str]) -> List[str]:
-    """The arguments without those setting a flag in `names`, in any
-    spelling (`--name=v`, `--name v`, `--name`, `--noname`)."""
+    """The arguments less those setting a flag in `names`, in any spelling
+    (`--name=v`, `--name v`, `--name`, `--noname`)."""
     out, args = [], iter(self.argv[1:])
     for arg in args:
       if arg == "--":
@@ -146,7 +146,7 @@ class Command:
 
   def resume_command(self, work: Optional[str] = None) -> str:
     """This command as typed, without --overwrite, resuming `work` (with
-    --workdir where the command without it would pick another folder)."""
+    --workdir where it would pick another folder without)."""
     work = work or self.work
     args = self.without(("overwrite", "dry_run"))
     if not self.typed("workdir"):
@@ -161,8 +161,8 @@ class Command:
     return self.line(args)
 
   def retry_advice(self) -> str:
-    """After a divergence: a command that trains with a lower rate (or with
-    clipping, when the rate is swept), and what it does with the folder."""
+    """After a divergence: a command with a lower rate (or clipping, when the
+    rate is swept), and what it does with the folder."""
     config = self.config
     swept = members_lib.parse(config.sweep) if config else {}
     if config is None or ("learning_rate" in swept and "grad_clip" in swept):
@@ -193,7 +193,7 @@ class Command:
             f"{self.line(self.argv[1:])}")
 
   def discard_unstarted(self) -> bool:
-    """Removes the run folder this command began, when it failed before its
+    """Removes the run folder this command began if it failed before its
     first checkpoint: nothing half-written passes for a run."""
     work = self.work
     if not (work and self.fresh and self.claimed and os.path.isdir(work)):
@@ -236,7 +236,7 @@ class Command:
 
 def run_folder(config: config_lib.Config, overwrite: bool):
   """(the folder a training command trains in, claimed by process 0; a line
-  saying which and why, or None)."""
+  saying why, or None)."""
   process.initialize(config)
   if not config.workdir:
     for attempt in range(3):

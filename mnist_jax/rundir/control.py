@@ -1,12 +1,10 @@
 """When a run stops besides finishing: a signal, or a run that did not learn.
 
-SIGTERM or Ctrl-C ask for a stop (`StopRequest`): the run folder's hooks save
-a checkpoint at the next safe point (between jitted chunks, at an epoch's end)
-and raise `Preempted`; launch.py exits with 128 + the signal number. A second
-Ctrl-C quits at once, even inside a long XLA call: a watcher thread reads the
-signals the C-level handler writes to a wake-up pipe (`signal.set_wakeup_fd`).
-A run that stays finite may still not learn (`learning_verdict`); launch.py
-then warns and exits with NOT_LEARNED_EXIT_CODE.
+SIGTERM or Ctrl-C ask for a stop (`StopRequest`): the hooks save at the next
+safe point and raise `Preempted` (exit 128 + the signal). A second Ctrl-C
+quits at once, even inside a long XLA call: a thread reads the signals from
+a wake-up pipe (`signal.set_wakeup_fd`). A finite run may still not learn
+(`learning_verdict`: exit NOT_LEARNED_EXIT_CODE).
 """
 
 import contextlib
@@ -23,16 +21,11 @@ import numpy as np
 
 NOT_LEARNED = "did_not_learn"  # The final row's key for learning_verdict's.
 NOT_LEARNED_EXIT_CODE = 4
-# A final training loss this many times a uniform guess's, log(classes), is
-# one that grew by orders of magnitude: no model that learned ends there.
-LOSS_GROWTH = 100
-# Standard errors of the test accuracy of a constant answer, on a test set
-# this size, by which a run must beat always answering the commonest class.
-CHANCE_MARGIN_SE = 2
+LOSS_GROWTH = 100  # A final loss this many times a uniform guess's: diverged.
+CHANCE_MARGIN_SE = 2  # Standard errors by which to beat the commonest class.
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 FORCED_EXIT_CODE = 128 + signal.SIGINT
-# fn() -> the command that resumes this process's run (launch.py sets it), for
-# the line a second Ctrl-C prints as it quits.
+# fn() -> the command that resumes this run, for a second Ctrl-C's line.
 _resume_command: Optional[Callable[[], str]] = None
 
 
@@ -40,11 +33,9 @@ def learning_verdict(final: dict, last_row: Optional[dict],
                      test_labels) -> dict:
   """{NOT_LEARNED: {"cause", "message"}} for a run that did not learn, else {}.
 
-  From the final row's test_accuracy, the last epoch's row (None if none ran)
-  and the test labels [N]. cause "loss": the last training loss is LOSS_GROWTH
-  times a uniform guess's or more; "chance": test accuracy no better than
-  always answering the commonest test class, by CHANCE_MARGIN_SE standard
-  errors (on MNIST's 10,000 test images, 11.35% + 0.63%).
+  test_labels: [N]. cause "loss": the last training loss is LOSS_GROWTH times
+  a uniform guess's or more; "chance": test accuracy within CHANCE_MARGIN_SE
+  standard errors of always answering the commonest test class.
   """
   labels = np.asarray(test_labels).astype(np.int64).reshape(-1)
   if not len(labels) or final.get("test_accuracy") is None:
@@ -78,8 +69,7 @@ def set_resume_command(fn: Optional[Callable[[], str]]) -> None:
 
 
 def agreed(signum: Optional[int]) -> Optional[int]:
-  """The stop request of any process (all must stop at the same chunk): one
-  small all-gather with several processes."""
+  """The stop request of any process (all stop at the same chunk)."""
   if jax.process_count() == 1:
     return signum
   votes = multihost_utils.process_allgather(np.int32(signum or 0))
@@ -88,9 +78,8 @@ def agreed(signum: Optional[int]) -> Optional[int]:
 
 def stopped_message(signum: int, step: int, epoch: int, epoch_step: int,
                     steps_per_epoch: int, directory: Optional[str]) -> str:
-  """What a run stopped by `signum` at global `step`, in (1-based) `epoch`
-  after `epoch_step` of its steps, says; `directory`: the checkpoint folder,
-  None when nothing was saved (before the first step)."""
+  """What a run stopped by `signum` at `step` (1-based `epoch`, `epoch_step`
+  into it) says; `directory`: the checkpoint folder, None if none."""
   name = signal.Signals(signum).name
   if directory is None:
     return f"stopped by {name} before the first step; nothing to save"
@@ -113,14 +102,12 @@ class Preempted(Exception):
 
 
 class StopRequest:
-  """While active (a context manager, in the main thread only), SIGTERM and
-  SIGINT set `signum` instead of ending the process."""
+  """While active (in the main thread), SIGTERM and SIGINT set `signum`
+  instead of ending the process. kept: fn() -> resume.on_disk's words, for
+  a second Ctrl-C's line."""
 
   def __init__(self, stream=None,
                kept: Optional[Callable[[], Tuple[str, str]]] = None):
-    """kept: fn() -> (which checkpoint a run quit now goes back to, and what
-    its command then does: "To resume"), in words, for the line a second
-    Ctrl-C prints."""
     self.signum: Optional[int] = None
     self._stream = stream or sys.stderr
     self._kept = kept
@@ -161,7 +148,6 @@ class StopRequest:
     os.set_blocking(write_fd, False)
     self._pipe = (read_fd, write_fd)
     self._old_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-    # The watcher thread does the work; the handlers only stop the default.
     self._old = {s: signal.signal(s, lambda *_: None) for s in SIGNALS}
     self._thread = threading.Thread(target=self._watch, args=(read_fd,),
                                     name="stop-request", daemon=True)
@@ -186,8 +172,8 @@ class StopRequest:
 
 
 def _call(fn: Optional[Callable[[], Any]], otherwise: Any) -> Any:
-  """fn() for the line a second Ctrl-C prints; `otherwise` without fn or if
-  it fails (quitting now matters more than the hint)."""
+  """fn(), or `otherwise` without fn or if it fails (quitting matters
+  more)."""
   try:
     return fn() if fn else otherwise
   except Exception:  # pylint: disable=broad-except

@@ -1,7 +1,5 @@
-"""--dry_run: what a training command would run, printed instead of running it.
-
-Nothing is trained, prepared, downloaded or written: parameters are counted
-from shapes alone, and the devices are only listed.
+"""--dry_run: what a training command would run, printed instead; nothing is
+trained, prepared or written (parameters are counted from shapes alone).
 """
 
 import os
@@ -20,9 +18,8 @@ from mnist_jax.rundir import resources
 
 def sources(config: config_lib.Config, flags_given: Dict[str, object]
             ) -> Dict[str, str]:
-  """Where each setting comes from: "flag" (with the value it replaced, where
-  that differs), "preset" or "default". flags_given: the settings given on
-  the command line."""
+  """Where each setting comes from: "flag" (with the value it replaced, if
+  other), "preset" or "default"."""
   preset = models.registry.preset_overrides(config.model, config.preset)
   out = {}
   for name in config.to_dict():
@@ -95,9 +92,9 @@ def settings_lines(config: config_lib.Config, flags_given: Dict[str, object],
 def text(config: config_lib.Config, flags_given: Dict[str, object],
          folder: str, workdir_source: str,
          members: Optional[tuple] = None) -> str:
-  """What --dry_run prints. config: the resolved settings (workdir: the folder
-  it would use); folder: which run folder, new or resumed, and why;
-  workdir_source: where --workdir comes from; members: from_config(config)."""
+  """What --dry_run prints. config: with the folder it would use as workdir;
+  folder: which run folder and why; workdir_source: where --workdir came
+  from."""
   members = members or members_lib.from_config(config)
   return "\n".join([
       "dry run: nothing is trained, prepared or written",

@@ -1,6 +1,6 @@
-"""One writer per run folder: the exclusive flock a process training in a run
-folder, or writing its report, holds on it until the process ends (even
-under kill -9). LOCK_FILE names the holder for people; a refusal points there.
+"""One writer per run folder: an exclusive flock on the folder, held by the
+process training or reporting in it until it ends (even by kill -9).
+LOCK_FILE names the holder for people; a refusal points there.
 """
 
 import contextlib
@@ -20,8 +20,8 @@ from mnist_jax import files
 
 LOCK_FILE = ".lock"
 
-# Inside `locking()`: real path -> (the open folder holding its flock, or
-# None; the outermost folder `claim` created, removed if left empty, or None).
+# In `locking()`: real path -> (the fd holding its flock, or None; the
+# outermost folder `claim` created, removed if left empty, or None).
 _HELD: Optional[Dict[str, Tuple[Optional[int], Optional[str]]]] = None
 
 
@@ -30,9 +30,9 @@ class InUse(UserError):
 
 
 def check_writable(workdir: str) -> None:
-  """Fails before anything is written when the folder cannot be used, by
-  writing a file in it or its nearest existing parent (permission bits miss
-  read-only file systems)."""
+  """Refuses, before anything is written, a folder that cannot be written
+  (probing it or its nearest existing parent: permission bits miss read-only
+  file systems)."""
   path = os.path.abspath(workdir)
   if os.path.exists(path) and not os.path.isdir(path):
     raise UserError(f"--workdir={workdir} is a file, not a folder; pass a "
@@ -53,9 +53,8 @@ def check_writable(workdir: str) -> None:
 
 @contextlib.contextmanager
 def locking() -> Iterator[Dict[str, tuple]]:
-  """Within: the run folders this process `claim`s stay locked (launch.py
-  and the Python API train and report inside it; other callers lock
-  nothing). Yields {real path: lock} of the folders claimed in the block."""
+  """Within, the run folders this process `claim`s stay locked (elsewhere
+  nothing is locked). Yields {real path: lock} of those claimed."""
   global _HELD
   outer, _HELD = _HELD, {}
   held = _HELD
@@ -68,9 +67,8 @@ def locking() -> Iterator[Dict[str, tuple]]:
 
 
 def claim(workdir: str, mode: str = "train", create: bool = True) -> None:
-  """In `locking()`, makes this process the one writer of run folder
-  `workdir`: creates it (if `create`), takes an exclusive flock that ends
-  with the process, writes LOCK_FILE naming this process (`mode`: "train" or
+  """In `locking()`, makes this process the one writer of `workdir`: creates
+  it (if `create`), takes the flock, writes LOCK_FILE (`mode`: "train" or
   "report") and removes what killed writers left. InUse if another holds it."""
   key = os.path.realpath(workdir)
   if _HELD is None or key in _HELD:
@@ -101,8 +99,8 @@ def claim(workdir: str, mode: str = "train", create: bool = True) -> None:
 
 
 def _lock(key: str, workdir: str, mode: str) -> Optional[int]:
-  """An open descriptor of folder `key` holding its exclusive flock; None
-  where the file system has no locks (the run goes on unlocked)."""
+  """An fd of folder `key` holding its flock; None where the file system has
+  no locks (the run goes on unlocked)."""
   if fcntl is None:
     return None
   for attempt in range(5):  # `in_use` probes hold the lock for an instant.
@@ -129,8 +127,8 @@ def _lock(key: str, workdir: str, mode: str) -> Optional[int]:
 
 
 def _release(key: str, fd: Optional[int], created: Optional[str]) -> None:
-  """Ends the hold on folder `key`; removes the folders `claim` created if
-  nothing was written to them."""
+  """Ends the hold on `key`; removes the folders `claim` created if still
+  empty."""
   if fd is None:
     return
   with contextlib.suppress(OSError):

@@ -1,17 +1,14 @@
 """Where a run's rows go: `RunLog` hands each row to its writers (metrics.jsonl
 and, unless --notensorboard, TensorBoard events; none on processes that write
-no files) and the epoch lines to the console (`Progress`).
-
-A writer has JsonlWriter's methods: `resume(epoch, keep_final)` forgets what
-was logged after `epoch` and returns notes of what it repaired; `epoch`,
-`diverged` and `final` take rows; `figures()` the report's figures once
-drawn; `close()` ends (maybe twice).
+no files) and the epoch lines to the console (`Progress`). A writer has
+`resume(epoch, keep_final)` (returns notes), `epoch`, `diverged`, `final`,
+`figures()` and `close()` (maybe twice).
 """
 
 import os
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from mnist_jax.rundir import metrics_log
 from mnist_jax.rundir import tensorboard
@@ -98,34 +95,6 @@ class Progress:
                 False)
 
 
-class JsonlWriter:
-  """metrics.jsonl: each row as one JSON line, flushed to disk at once."""
-
-  def __init__(self, workdir: str, steps_per_epoch: Optional[int] = None):
-    self._log = metrics_log.MetricsLog(workdir)
-    self._steps_per_epoch = steps_per_epoch
-
-  def resume(self, epoch: int, keep_final: bool = False) -> List[str]:
-    return self._log.resume(epoch, self._steps_per_epoch, keep_final)
-
-  def epoch(self, row: dict) -> None:
-    self._log.write(row)
-
-  diverged = final = epoch
-
-  def close(self) -> None:
-    pass
-
-  figures = close
-
-
-def check(workdir: str, config, members: Sequence[Dict]) -> None:
-  """Refuses, before anything is written, the members' TensorBoard folders a
-  resumed run cannot write (UserError; resume.py checks the run folder itself)."""
-  if config.tensorboard:
-    tensorboard.check_folders(workdir, members)
-
-
 class RunLog:
   """Receives a run's rows and console messages, and passes them on."""
 
@@ -137,20 +106,15 @@ class RunLog:
            config=None, members: Sequence[Dict] = (),
            steps_per_epoch: Optional[int] = None,
            keep_final: bool = False) -> None:
-    """Starts the writers of `workdir` (None: this process writes no files)
-    after `resume_after` epochs, and says what metrics.jsonl had lost.
-
-    keep_final: keep metrics.jsonl's final row (a run trained to the end,
-    being completed). config: with `config.tensorboard`, event files too.
-    members: each member's label, in the order of a row's `members`.
-    steps_per_epoch: to repair metrics.jsonl.
-    """
+    """Starts the writers of `workdir` (None: none) after `resume_after`
+    epochs, and says what metrics.jsonl had lost. keep_final: keep its final
+    row (a run being completed); members: the labels, as in a row."""
     if workdir is not None:
-      self.writers.append(JsonlWriter(workdir, steps_per_epoch))
+      self.writers.append(metrics_log.MetricsLog(workdir, steps_per_epoch))
       if config is not None and config.tensorboard:
         self.writers.append(tensorboard.Writer(workdir, config, members))
     for writer in self.writers:
-      for note in writer.resume(resume_after, keep_final) or ():
+      for note in writer.resume(resume_after, keep_final=keep_final) or ():
         self.message(note)
 
   def message(self, text: str) -> None:
@@ -173,7 +137,7 @@ class RunLog:
     """The final row; `logged`: metrics.jsonl holds it already (kept by
     `open(keep_final=True)`), so only the other writers take it."""
     for writer in self.writers:
-      if not (logged and isinstance(writer, JsonlWriter)):
+      if not (logged and isinstance(writer, metrics_log.MetricsLog)):
         writer.final(row)
 
   def figures(self) -> None:

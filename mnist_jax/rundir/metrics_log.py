@@ -13,10 +13,12 @@ METRICS_FILE = "metrics.jsonl"
 
 
 class MetricsLog:
-  """Appends one JSON object per line to metrics.jsonl, flushed each time."""
+  """Appends one JSON object per line to metrics.jsonl, flushed each time;
+  a writer of log.RunLog (steps_per_epoch: to write lost rows back)."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, steps_per_epoch: Optional[int] = None):
     self.path = os.path.join(workdir, METRICS_FILE)
+    self.steps_per_epoch = steps_per_epoch
 
   def resume(self, epoch: int, steps_per_epoch: Optional[int] = None,
              keep_final: bool = False) -> List[str]:
@@ -24,6 +26,7 @@ class MetricsLog:
     row if `keep_final`. Repairs damage and returns a line on each: a line no
     JSON row goes (silently if last: a write a kill cut short), an epoch
     logged twice keeps its later row, a lost one is written back "lost"."""
+    steps_per_epoch = steps_per_epoch or self.steps_per_epoch
     rows, bad, count = _parse(self.path)
     by_epoch, twice, final = {}, [], None
     for row in rows:
@@ -62,6 +65,16 @@ class MetricsLog:
       f.write(json.dumps(row) + "\n")
       f.flush()
       os.fsync(f.fileno())
+
+  def epoch(self, row: dict) -> None:
+    self.write(row)
+
+  diverged = final = epoch
+
+  def close(self) -> None:
+    pass
+
+  figures = close
 
   def read(self) -> List[dict]:
     return read_metrics(self.path)

@@ -1,11 +1,7 @@
-"""Setting up the process before JAX starts: its CPU devices, logging, and
-joining the job's other processes.
-
-launch.py calls split_host and setup_process before anything touches a
-device, then initialize before the run folder is chosen (process 0 writes it).
-JAX's persistent compilation cache stays off unless JAX_COMPILATION_CACHE_DIR
-names a folder (JAX reads it): JAX keeps an entry a killed process left
-half-written and warns of it at every later start.
+"""Setting up the process before JAX starts (its CPU devices, logging), and
+joining the job's other processes. JAX's compilation cache stays off unless
+JAX_COMPILATION_CACHE_DIR names a folder (a killed process's half-written
+entry warns at every later start).
 """
 
 import errno
@@ -29,7 +25,7 @@ JOIN_TIMEOUT_S = 300  # How long processes wait for each other (jax's default).
 
 def setup_process() -> None:
   """Quiets absl's logs; with a compilation cache, caches compiles of 0.2 s
-  or more (JAX's default, 1 s, leaves a run's smaller programs out)."""
+  or more (not JAX's 1 s)."""
   if jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
   absl_logging.set_verbosity(absl_logging.WARNING)
@@ -54,9 +50,9 @@ def cores() -> int:
 
 
 def split_host(parallel: str = "auto", multi_process: bool = False) -> int:
-  """Makes a CPU-only host one XLA device per core (at most 8), before JAX
-  starts, for every --parallel but none (one device), unless the user set a
-  device count or several processes run. Returns the device count set, else 0."""
+  """Makes a CPU-only host one XLA device per core (at most 8) before JAX
+  starts, unless --parallel=none, a device count is set or several processes
+  run. Returns the device count set, else 0."""
   if (parallel == "none" or multi_process or _accelerator_possible() or
       int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 or
       "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
@@ -74,8 +70,7 @@ def split_host(parallel: str = "auto", multi_process: bool = False) -> int:
 
 def initialize(config, detect: bool = True) -> None:
   """Joins the job's processes (jax.distributed): those the flags name, else,
-  with `detect` (before JAX starts), those of a cluster JAX detects (SLURM,
-  Cloud TPU, Open MPI, Kubernetes); none detected: one process."""
+  with `detect`, those of a cluster JAX detects; none: one process."""
   named = bool(config.coordinator_address or config.num_processes > 1)
   if jax.distributed.is_initialized() or not (named or detect):
     return

@@ -1,6 +1,5 @@
-"""config.json: a run's record. Its settings, the environment that trained it
-(packages, devices, code), the command that repeats it, each resumption, and
-whether it finished (written last, after the report): the run's `status`.
+"""config.json: a run's record: settings, environment, the command that
+repeats it, each resumption, and whether it finished (written last).
 """
 
 import json
@@ -33,8 +32,8 @@ TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
 
 
 def environment() -> dict:
-  """Package versions, Python, platform, the JAX devices of this process and
-  the git commit of this checkout (and whether it had local changes)."""
+  """Package versions, Python, platform, JAX devices, and the git commit
+  (and whether it had local changes)."""
   versions = {}
   for name in PACKAGES:
     try:
@@ -78,7 +77,7 @@ def read_record(workdir: str) -> dict:
 
 def read_config(workdir: str) -> config_lib.Config:
   """The Config a run folder was trained with; a UserError that deletes
-  nothing (the checkpoints may be intact) if config.json is no run's record."""
+  nothing if config.json is no run's record."""
   path = os.path.join(workdir, CONFIG_FILE)
   keep = ("so the run's settings are unknown; nothing was changed (its "
           "checkpoints and logs are untouched): ")
@@ -124,11 +123,9 @@ def _runs_within(workdir: str) -> str:
 
 
 def used_config(workdir: str, **overrides) -> config_lib.Config:
-  """The Config that evaluates or predicts with a run: its own, with each data
-  folder it names (data_dir, mnist_dir; a relative one from the folder it was
-  trained in) unset where this machine has no such folder, then `overrides`.
-  A run folder moved from another machine reads this machine's data instead
-  of making, or asking for, the other machine's folders."""
+  """The Config that evaluates or predicts with a run: its own, less the data
+  folders this machine lacks (a moved run reads this machine's data), then
+  `overrides`."""
   config = read_config(workdir)
   env = read_record(workdir).get("environment")
   cwd = env.get("cwd") if isinstance(env, dict) else None
@@ -142,8 +139,8 @@ def used_config(workdir: str, **overrides) -> config_lib.Config:
 
 
 def repeat_command(config: config_lib.Config) -> str:
-  """A launch.py command line that spells out every setting of `config` (a
-  swept setting by --sweep only: launch.py refuses both)."""
+  """A launch.py command line of every setting (a swept one by --sweep
+  only)."""
   parts = ["python", "launch.py"]
   swept = {part.partition("=")[0] for part in config.sweep.split(";")}
   for name, value in config.to_dict().items():
@@ -160,9 +157,8 @@ def repeat_command(config: config_lib.Config) -> str:
 
 def begin(workdir: str, config: config_lib.Config, env: dict, *,
           existing: bool, overwrite: bool, meta: Optional[dict]) -> None:
-  """Writes config.json as a run starts (the first thing it writes): records
-  a resumption from checkpoint `meta` in an `existing` run, or a new run
-  (emptying an `existing` one first: `overwrite`)."""
+  """Writes config.json as a run starts: a resumption from checkpoint `meta`,
+  or a new run (`overwrite`: emptying the folder first)."""
   lock.claim(workdir)  # Refuses a run another command began meanwhile.
   if existing and not overwrite:
     record_resume(workdir, config, env, meta)
@@ -203,8 +199,7 @@ def record_resume(workdir: str, config: config_lib.Config, env: dict,
 
 
 def finish(workdir: str, final: dict) -> None:
-  """Records in config.json that the run is complete: the last thing a run
-  writes, after its final row, report and TensorBoard events."""
+  """Records that the run is complete: the last thing a run writes."""
   record = read_record(workdir)
   record["finished"] = {"time": time.strftime(TIME_FORMAT),
                         "test_accuracy": final.get("test_accuracy")}
@@ -212,22 +207,16 @@ def finish(workdir: str, final: dict) -> None:
 
 
 def finished(workdir: str) -> bool:
-  """Whether config.json records the run complete (`finish`); a folder from
-  before that record is when it has its final metrics row and report.md."""
+  """Whether config.json records the run complete (`finish`)."""
   try:
-    record = read_record(workdir)
+    return bool(read_record(workdir).get("finished"))
   except (OSError, ValueError, TypeError):
     return False
-  if "finished" in record:
-    return bool(record["finished"])
-  return (metrics_log.final_metrics(workdir) is not None and
-          os.path.exists(os.path.join(workdir, REPORT_FILE)))
 
 
 def status(workdir: str) -> Tuple[str, Optional[dict]]:
-  """(state, last metrics row) of a run folder: "finished" once config.json
-  records it, "diverged" if its last row says so (resuming would repeat it),
-  else "unfinished" (also trained to the end with its report incomplete)."""
+  """(state, last metrics row): "finished", "diverged" (its last row says
+  so) or "unfinished" (also trained to the end, its report incomplete)."""
   rows = metrics_log.read_metrics(
       os.path.join(workdir, metrics_log.METRICS_FILE))
   last = rows[-1] if rows else None

@@ -1,9 +1,6 @@
-"""What the machine can hold, and the one line said when it runs out.
-
-Before anything is written, `check_steps` refuses a run whose steps pass
-JAX's int32 counter. What shows only while running (a full disk, memory that
-runs out, a read-only folder) reaches launch.py as an exception from
-anywhere; `failure` names it, and `lower_advice` says what makes a run fit.
+"""What the machine can hold, and the one line said when it runs out: a full
+disk, memory or a read-only folder reaches launch.py as an exception from
+anywhere; `failure` names it, `lower_advice` says what makes a run fit.
 """
 
 import dataclasses
@@ -24,14 +21,12 @@ from mnist_jax import files
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "Out of memory allocating")
-# A collective's error when another process of a jax.distributed job is gone
-# (Gloo on CPU; the GPU and TPU runtimes' texts are not known here).
+# A collective's error when another process of the job is gone (Gloo, CPU).
 PEER_LOST = ("closed by peer", "reset by peer", "heartbeat timeout")
 
 
 def parameter_count(config: config_lib.Config) -> int:
-  """Parameters of one member of `config`'s model (kernels share them), from
-  shapes alone."""
+  """Parameters of one member of `config`'s model, from shapes alone."""
   image = datasets.get(config.dataset).image_shape
   params = jax.eval_shape(models.get(config.model).stock(config).init,
                           jax.random.key(0), jnp.zeros((1, *image), jnp.uint8))
@@ -40,8 +35,7 @@ def parameter_count(config: config_lib.Config) -> int:
 
 
 def size_flags(config: config_lib.Config) -> List[str]:
-  """The Model settings whose growth changes the parameter count of
-  `config`'s model (e.g. --mlp_hidden for the MLP)."""
+  """The Model settings whose growth changes the parameter count."""
   base = parameter_count(config)
   found = []
   for name in config.to_dict():
@@ -86,10 +80,8 @@ def check_steps(config: config_lib.Config, steps_per_epoch: int) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Failure:
-  """An exception that is the machine's, not a bug, in words. kind: "disk"
-  (full, or a file size limit), "memory", "not_writable", "io" (another
-  read or write error) or "peer" (another process of the job is gone);
-  path: the file or folder concerned, where known."""
+  """An exception that is the machine's, not a bug, in words. kind: "disk",
+  "memory", "not_writable", "io" or "peer" (another process is gone)."""
   kind: str
   text: str
   path: Optional[str] = None
@@ -107,9 +99,9 @@ def _first_line(exc: BaseException, limit: int = 160) -> str:
 
 def failure(exc: BaseException,
             where: Optional[str] = None) -> Optional[Failure]:
-  """What ran out or refused, for an exception from running out of disk or
-  memory or a file system that refuses a write; None for any other (a bug
-  keeps its traceback). `where`: the folder to name if the error names none."""
+  """What ran out or refused, for an exception of a full disk, memory or a
+  refused write; None for any other (a bug keeps its traceback). `where`:
+  the folder to name if the error names none."""
   chain = list(files.chain(exc))
   for e in chain:
     if isinstance(e, OSError) and e.errno is not None:

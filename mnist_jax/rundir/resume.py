@@ -1,6 +1,5 @@
-"""Resuming a run folder: whether these settings may (config.json's, the
-checkpoints' model, a divergence), from which complete checkpoint, and the
-command that trains it on, as messages print it.
+"""Resuming a run folder: whether these settings may, from which complete
+checkpoint, and the command that trains it on.
 """
 
 import json
@@ -17,8 +16,7 @@ from mnist_jax.rundir import metrics_log
 from mnist_jax.rundir import record
 
 CHECKPOINT_DIR = "checkpoints"  # checkpoints.py writes it.
-# Settings that may differ when resuming a run: where data and logs go, how
-# to spread over devices, stock modules or kernels (the same parameters).
+# Settings a resumed run may change: where files go, devices, kernels.
 RESUMABLE_DIFFERENCES = ("data_dir", "mnist_dir", "workdir", "chunk_steps",
                          "impl", "checkpoint_every", "keep_checkpoints",
                          "tensorboard", "parallel", "coordinator_address",
@@ -30,8 +28,8 @@ def checkpoint_dir(workdir: str) -> str:
 
 
 def complete_steps(directory: str) -> List[int]:
-  """The steps of the complete checkpoints in `directory` (orbax names one
-  after its step only once it is whole)."""
+  """The steps of the complete checkpoints in `directory` (orbax gives one
+  its step's name once it is whole)."""
   try:
     return sorted(int(n) for n in os.listdir(directory) if n.isdigit())
   except OSError:
@@ -41,7 +39,7 @@ def complete_steps(directory: str) -> List[int]:
 def config_differences(old: config_lib.Config,
                        new: config_lib.Config) -> List[str]:
   """`name: old -> new` for each setting that differs and matters for
-  resuming (a setting only one of the models has differs too)."""
+  resuming."""
   a, b = old.to_dict(), new.to_dict()
   return [f"{k}: {a.get(k, 'unset')!r} -> {b.get(k, 'unset')!r}"
           for k in sorted(set(a) | set(b))
@@ -51,8 +49,7 @@ def config_differences(old: config_lib.Config,
 def check_run_folder(workdir: str, config: config_lib.Config,
                      overwrite: bool = False) -> bool:
   """Whether `workdir` holds a run; refuses one `config` cannot continue
-  (unless `overwrite`), and any other non-empty folder, so --overwrite never
-  deletes a folder launch.py did not write."""
+  (unless `overwrite`), and any other non-empty folder (never deleted)."""
   if not os.path.exists(workdir):
     return False
   if not os.path.exists(os.path.join(workdir, record.CONFIG_FILE)):
@@ -75,8 +72,8 @@ def check_run_folder(workdir: str, config: config_lib.Config,
 
 
 def check_model(workdir: str, recorded: config_lib.Config) -> None:
-  """Refuses a run folder whose config.json names another model than the
-  meta file of its newest checkpoint: one of them was edited or replaced."""
+  """Refuses a run folder whose config.json names another model than its
+  newest checkpoint's record (one of them was edited or replaced)."""
   directory = checkpoint_dir(workdir)
   try:
     newest = str(complete_steps(directory)[-1])
@@ -95,7 +92,7 @@ def check_model(workdir: str, recorded: config_lib.Config) -> None:
 
 def check_not_diverged(workdir: str, config: config_lib.Config) -> None:
   """Refuses to resume a run of the same settings that diverged: it would
-  diverge again at the same step (another setting is refused elsewhere)."""
+  diverge again at the same step."""
   try:
     same = not config_differences(record.read_config(workdir), config)
   except UserError:
@@ -109,14 +106,13 @@ def check_not_diverged(workdir: str, config: config_lib.Config) -> None:
 
 
 def diverged_at(row: Optional[dict]) -> str:
-  """Where a diverged row says training diverged, in words."""
   row = row or {}
   return f"at step {row.get('step')}, epoch {row.get('epoch')}"
 
 
 def contents(workdir: str) -> str:
-  """What deleting run folder `workdir` would lose, in words:
-  "W's 3 logged epochs, 2 checkpoints and report"."""
+  """"W's 3 logged epochs, 2 checkpoints and report": what --overwrite
+  deletes."""
   epochs = max((r["epoch"] for r in metrics_log.MetricsLog(workdir).read()
                 if metrics_log.is_epoch_row(r)), default=0)
   checkpoints = len(complete_steps(checkpoint_dir(workdir)))
@@ -128,8 +124,8 @@ def contents(workdir: str) -> str:
 
 
 def missing_final_checkpoint(workdir: str) -> Optional[str]:
-  """What is wrong where a finished run's final checkpoint is gone (so its
-  report cannot be made again), in words; None where it is there."""
+  """Where a finished run's final checkpoint is gone, that, in words; else
+  None."""
   final = metrics_log.final_metrics(workdir) if record.finished(
       workdir) else None
   steps = complete_steps(checkpoint_dir(workdir))
@@ -141,8 +137,8 @@ def missing_final_checkpoint(workdir: str) -> Optional[str]:
 
 
 def on_disk(directory: str) -> Tuple[str, str]:
-  """(Which complete checkpoint a run killed now goes back to, what its
-  command then does), in words."""
+  """(Which checkpoint a run killed now goes back to, what its command then
+  does), in words."""
   steps = complete_steps(directory)
   if not steps:
     return ("no checkpoint has been saved yet, so the run starts over",
@@ -152,8 +148,7 @@ def on_disk(directory: str) -> Tuple[str, str]:
 
 
 def resume_line(workdir, meta, logged, steps) -> str:
-  """Where a run in an existing folder goes on from (checkpoint `meta`, or
-  the start where it has none), in one line."""
+  """Where a run goes on from (checkpoint `meta`, or None), in one line."""
   if meta is None:
     epochs = [r["epoch"] for r in metrics_log.MetricsLog(workdir).read()
               if "train_loss" in r]
@@ -170,16 +165,16 @@ def resume_line(workdir, meta, logged, steps) -> str:
 
 
 def lower_rate(config: config_lib.Config) -> float:
-  """A learning rate to try after `config`'s diverged: its preset's when
-  this one is higher, else a tenth of it."""
+  """A learning rate to try after `config`'s diverged: its preset's if
+  lower, else a tenth."""
   known = models.registry.preset_overrides(config.model, config.preset).get(
       "learning_rate", config_lib.Config.learning_rate)
   return known if config.learning_rate > known else config.learning_rate / 10
 
 
 def train_command(workdir: str) -> str:
-  """The command that trains run folder `workdir` on; for a diverged run (its
-  own would diverge again), one that starts it over at a lower rate."""
+  """The command that trains `workdir` on; for a diverged run, one that
+  starts it over at a lower rate."""
   if record.status(workdir)[0] != "diverged":
     return run_command(workdir)
   rate = lower_rate(record.read_config(workdir))
@@ -187,9 +182,9 @@ def train_command(workdir: str) -> str:
 
 
 def run_command(workdir: str, *extra: str) -> str:
-  """config.json's `repeat` with --workdir (and `extra`), naming launch.py
-  as this process was started with it (so it works from the same folder)."""
-  try:  # From the settings, as this version spells them.
+  """config.json's settings as a command, with --workdir and `extra`,
+  naming launch.py as this process was started."""
+  try:
     argv = shlex.split(record.repeat_command(record.read_config(workdir)))
     argv = [a for a in argv if a.split("=")[0] not in
             {e.split("=")[0] for e in extra}]

@@ -1,14 +1,11 @@
 """A run's TensorBoard event files, written by tensorboardX (no TensorFlow).
 
 The run folder gets metrics.jsonl's rows at their epoch, each member of a
---num_seeds or --sweep run a subfolder named for it (`seed=3`) with the same
-tags, each folder the Config as an HParams session. On `resume` a writer
-opens a new event file, replays the epoch rows metrics.jsonl keeps and deletes
-the folder's older event files (a stopped run's), so TensorBoard reads each
-epoch once with nothing to purge: a purge (`purge_step`) of epochs logged past
-the checkpoint a run resumed from warns "Detected out of order event.step",
-and could not restore epochs whose events a kill lost. A failed write warns
-once and stops the events, not the run.
+--num_seeds or --sweep run a subfolder (`seed=3`), each folder the Config as
+HParams. On `resume` a writer opens a new event file, replays the rows
+metrics.jsonl keeps and deletes older event files: each epoch once, with no
+"out of order event.step" warning that `purge_step` gives, and epochs whose
+events a kill lost restored. A failed write warns once and stops the events.
 """
 
 import functools
@@ -21,8 +18,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-# tensorboardX's writer imports PyTorch where installed (a second or more at
-# every start) only to accept torch tensors, which no run passes: hide it.
+# tensorboardX imports PyTorch where installed (a second or more) only to
+# take torch tensors: hide it.
 _HIDE_TORCH = "torch" not in sys.modules
 sys.modules.setdefault("torch", None)
 try:
@@ -57,7 +54,7 @@ NOT_HPARAMS = ("workdir", "data_dir", "mnist_dir", "coordinator_address",
 
 
 def members_from_labels(labels: Sequence[Dict]) -> List[Dict]:
-  """Members from their metrics.jsonl labels, as Config fields; [] for one."""
+  """Members' labels as Config fields; [] for one."""
   return [{k: v for k, v in m.items() if k in config_lib.FIELDS}
           for m in labels] if len(labels) > 1 else []
 
@@ -74,7 +71,7 @@ def member_name(values: Dict) -> str:
 
 
 def hparams(config, member: Optional[Dict] = None) -> Dict:
-  """The Config as HParams values (tuples as text); a member is a single run."""
+  """The Config as HParams values; a member is a single run."""
   values = {**config.to_dict(), **({**member, "num_seeds": 1} if member else {})}
   return {k: _text(v) if isinstance(v, (list, tuple)) else v
           for k, v in values.items() if k not in NOT_HPARAMS and v is not None}
@@ -99,33 +96,28 @@ def _guarded(method):
   """A Writer method that does nothing once the writer is off, and turns it
   off with one warning when it fails."""
   @functools.wraps(method)
-  def wrapper(self, *args):
+  def wrapper(self, *args, **kwargs):
     if self._on:  # pylint: disable=protected-access
       try:
-        method(self, *args)
+        method(self, *args, **kwargs)
       except Exception as e:  # pylint: disable=broad-except
         self.close(e)
   return wrapper
 
 
 class Writer:
-  """One of log.py's writers: `resume` opens the files, then `epoch(row)` for
-  each epoch row of metrics.jsonl, `final(row)`, `figures()`, and `close()`
-  on every way out. A divergence writes nothing: the series end at the last
-  good epoch."""
+  """One of log.py's writers (`resume` opens the files); a divergence writes
+  nothing. members: each member's label ({"seed": 3}), as in a row."""
 
   def __init__(self, logdir: str, config: config_lib.Config,
                members: Sequence[Dict] = ()):
-    """members: each member's label ({"seed": 3}) in the order of a row's
-    `members`; one member is the run."""
     self.logdir, self._config, self._writers = logdir, config, []
     self._members, self._last_epoch = members_from_labels(members), 0
     self._on = True
 
   @_guarded
   def resume(self, epoch: int, keep_final: bool = False) -> None:
-    """Opens the event files with the epoch rows metrics.jsonl keeps up to
-    `epoch`; `final` writes the final row again, if wanted."""
+    """Opens the event files with metrics.jsonl's rows up to `epoch`."""
     del keep_final
     for path, values in [(self.logdir, hparams(self._config))] + [
         (os.path.join(self.logdir, member_name(m)), hparams(self._config, m))
@@ -144,8 +136,8 @@ class Writer:
         self.epoch(row)
 
   def _scalars(self, row: Dict, tags: Dict, member_tags: Dict, step) -> None:
-    """A scalar per tag whose key the row holds, in the run's folder and each
-    member's; NaN and inf as they are (a diverging loss is data)."""
+    """A scalar per tag the row holds, in the run's and members' folders;
+    NaN and inf as they are."""
     members = row.get("members") or row.get("replicas") or []  # Older rows.
     for writer, values, tags_ in zip(self._writers, [row] + members,
                                      [tags] + [member_tags] * len(members)):
@@ -155,7 +147,7 @@ class Writer:
 
   @_guarded
   def epoch(self, row: Dict) -> None:
-    """Writes an epoch row of metrics.jsonl at its epoch (not a note)."""
+    """An epoch row at its epoch (not a note)."""
     if row.get("epoch") is not None and row.get("train_loss") is not None:
       self._scalars(row, {**EPOCH_TAGS, **SPEED_TAGS}, EPOCH_TAGS, row["epoch"])
       self._last_epoch = row["epoch"]
@@ -174,8 +166,7 @@ class Writer:
 
   @_guarded
   def figures(self) -> None:
-    """The report's figures (the run folder's PNG files), as images
-    `figures/<name>`."""
+    """The run folder's PNG files, as images `figures/<name>`."""
     for name in sorted(os.listdir(self.logdir)):
       path = os.path.join(self.logdir, name)
       if name.endswith(".png") and os.path.isfile(path):
@@ -185,8 +176,8 @@ class Writer:
                                    self._last_epoch, dataformats="HWC")
 
   def close(self, error: Optional[Exception] = None) -> None:
-    """Closes the files, on disk (idempotent); warns once on stderr of
-    `error` (a failed write) or else of a failed close."""
+    """Closes the files (idempotent); warns once of `error` (a failed write)
+    or of a failed close."""
     writers, self._writers, self._on = self._writers, [], False
     for writer in writers:
       try:

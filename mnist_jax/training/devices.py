@@ -18,6 +18,7 @@ split into a device per core (rundir/process.py, as for sharded and pmap),
 
 import functools
 import inspect
+import math
 from typing import Any, Callable, Optional
 
 import jax
@@ -211,6 +212,5 @@ class Layout:
 
   def num_params(self, state) -> int:
     """Parameters of one member."""
-    shapes = jax.tree.leaves(jax.eval_shape(lambda s: s, state.params))
     lead = (self.num_members > 1) + (self.mode == "pmap")
-    return int(sum(np.prod(s.shape[lead:]) for s in shapes))
+    return sum(math.prod(p.shape[lead:]) for p in jax.tree.leaves(state.params))

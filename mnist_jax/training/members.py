@@ -195,11 +195,8 @@ def check_finite(members, splits: Dict[str, Optional[List[Dict]]], epoch: int,
 
   if members and all(bad(i) for i in range(len(members))):
     split, name, value = bad(0)[0]
-    text = (f"training diverged: the mean {split} {name} of epoch {epoch} is "
-            f"{value} at {_where(step, epoch, steps)}")
-    hooks.diverged({"epoch": epoch, "step": step, "diverged": True,
-                    "message": text})
-    raise Diverged(text)
+    _diverge(f"training diverged: the mean {split} {name} of epoch {epoch} "
+             f"is {value} at {_where(step, epoch, steps)}", epoch, step, hooks)
 
 
 def host_metrics(sums) -> List[Dict[str, float]]:
@@ -313,15 +310,19 @@ def _where(step: int, epoch: int, steps: int) -> str:
           f"of {steps})")
 
 
+def _diverge(text: str, epoch: int, step: int, hooks) -> None:
+  hooks.diverged({"epoch": epoch, "step": step, "diverged": True,
+                  "message": text})
+  raise Diverged(text)
+
+
 def check_divergence(members, bad, epoch, first, steps, hooks) -> None:
   """Says which members diverged in the chunk run from step `first` of
   `epoch`; raises Diverged once every member has."""
   if (bad >= 0).all():
-    text = (f"training diverged: the loss became non-finite at "
-            f"{_where(int(bad.max()), epoch, steps)}")
-    hooks.diverged({"epoch": epoch, "step": int(bad.max()), "diverged": True,
-                    "message": text})
-    raise Diverged(text)
+    step = int(bad.max())
+    _diverge("training diverged: the loss became non-finite at "
+             f"{_where(step, epoch, steps)}", epoch, step, hooks)
   for i in np.flatnonzero(bad > (epoch - 1) * steps + first):
     hooks.message(f"member {label(members[i])} diverged at "
                   f"{_where(int(bad[i]), epoch, steps)}; it stops, the others go on")

@@ -329,14 +329,13 @@ def train_and_evaluate(config, data, hooks: Optional[Hooks] = None):
 
   test = evaluate_split(state, "test")
   last_step = int(np.max(layout.host(state.step)))
-  members_lib.check_finite(members, {"test": test},
-                           row["epoch"] if row else start.epoch - 1,
-                           last_step, steps, hooks)
+  epochs_run = row["epoch"] if row else start.epoch - 1
+  members_lib.check_finite(members, {"test": test}, epochs_run, last_step,
+                           steps, hooks)
   final = members_lib.final_row(
       members, test, evaluate_split(state, "val") if "val" in splits else None,
-      epochs_run=row["epoch"] if row else start.epoch - 1,
-      steps=last_step,
-      compile_time_s=compile_time, num_params=layout.num_params(state),
+      epochs_run=epochs_run, steps=last_step, compile_time_s=compile_time,
+      num_params=layout.num_params(state),
       wall_time_s=time.perf_counter() - start_time)
   if reached:
     final["time_to_target_s"] = row["elapsed_s"]

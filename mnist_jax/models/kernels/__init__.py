@@ -1,8 +1,8 @@
 """Fast lowerings of stock modules (--impl), each taken only once checked.
 
-A kernel is a drop-in for one stock module class: same attributes and
-parameter tree, so either reads the other's checkpoints; its ACCEPTS, where
-declared, maps an attribute to the values it computes. `swap` gives a run the
+A kernel is a subclass of one stock module class that computes it faster:
+same attributes and parameter tree, so either reads the other's checkpoints;
+its ACCEPTS maps an attribute to the values it computes. `swap` gives a run the
 kernel only where it takes the module's attributes, after a check on one
 batch that its outputs and gradients equal the stock module's as it is now,
 edits included (float32 tolerance); else (an exception in the check too) the
@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mnist_jax import files
 from mnist_jax.models import cnn
 from mnist_jax.models import recurrent
 from mnist_jax.models.kernels import conv_matmul
@@ -115,50 +116,31 @@ def _digest(key: str, verdict) -> str:
   return hashlib.sha256(json.dumps([key, verdict]).encode()).hexdigest()
 
 
-def _kept(verdicts: dict, key: str):
-  """The entry's verdict, as (verdict,), or None where it is absent, not
-  well-formed (None or a reason) or its digest does not match."""
-  entry = verdicts.get(key)
-  if not isinstance(entry, dict):
-    return None
-  verdict = entry.get("verdict")
-  if not (verdict is None or isinstance(verdict, str) and verdict):
-    return None
-  return (verdict,) if entry.get("digest") == _digest(key, verdict) else None
-
-
 def _verdict(key: str, check: Callable[[], Optional[str]]
              ) -> Tuple[Optional[str], bool]:
-  """(the check's verdict, whether kept in _CACHE from before); an unreadable
-  or unwritable cache, or an entry failing its digest, means checking again."""
+  """(the check's verdict: None or a reason; whether kept in _CACHE from
+  before). An unreadable cache, or an entry that is not a verdict under its
+  digest, means checking again; an unwritable one, not keeping it."""
   verdicts = {}
   with contextlib.suppress(OSError, ValueError), open(_CACHE) as f:
     verdicts = json.load(f)
   verdicts = verdicts if isinstance(verdicts, dict) else {}
-  kept = _kept(verdicts, key)
-  if kept is not None:
-    return kept[0], True
+  entry = verdicts.get(key)
+  verdict = entry.get("verdict") if isinstance(entry, dict) else 0
+  if (verdict is None or isinstance(verdict, str) and verdict) and (
+      entry.get("digest") == _digest(key, verdict)):
+    return verdict, True
   verdict = check()
   verdicts[key] = {"verdict": verdict, "digest": _digest(key, verdict)}
   with contextlib.suppress(OSError):
     os.makedirs(os.path.dirname(_CACHE), exist_ok=True)
-    tmp = f"{_CACHE}.{os.getpid()}"
-    with open(tmp, "w") as f:
-      json.dump(verdicts, f)
-    os.replace(tmp, _CACHE)
+    files.write_json(_CACHE, verdicts)
   return verdict, False
 
 
 def _wanted(kernel: Optional[Kernel], impl: str, backend: str) -> bool:
   return kernel is not None and (
       impl == "fast" or (impl == "auto" and backend in kernel.faster_on))
-
-
-def _raised(e: Exception) -> str:
-  """Why a check that raised `e` fails, in one line."""
-  reason = (str(e).strip().splitlines() or [""])[0][:160]
-  return f"its check raised {type(e).__name__}" + (f": {reason}" if reason
-                                                    else "")
 
 
 def _check(stock, kernel: type, make: Callable[[], nn.Module], why,
@@ -181,7 +163,9 @@ def _check(stock, kernel: type, make: Callable[[], nn.Module], why,
       why, kept = _verdict(_key(stock, kernel, image_shape, backend),
                            difference)
   except Exception as e:  # pylint: disable=broad-except
-    why = _raised(e)
+    reason = (str(e).strip().splitlines() or [""])[0][:160]
+    why = f"its check raised {type(e).__name__}" + (
+        f": {reason}" if reason else "")
   return fast if why is None else None, why, {
       **({"cached": True} if kept else {}), "kernel": _name(kernel),
       "check_s": round(time.perf_counter() - start, 3), "passed": why is None}
@@ -209,15 +193,11 @@ def swap(stock: nn.Module, impl: str, image_shape, backend: Optional[str] = None
   kernel, line = KERNELS.get(type(stock)), None
   if _wanted(kernel, impl, backend):
     given = _attributes(stock)
-    defaults = {f.name: f.default for f in dataclasses.fields(type(stock))}
-    accepted = {f.name for f in dataclasses.fields(kernel.module)}
     accepts = getattr(kernel.module, "ACCEPTS", {})  # Attribute -> values.
     missing = [f"{k}={v}" for k, v in given.items()
-               if k not in accepted and v != defaults.get(k)
-               or v not in accepts.get(k, (v,))]
+               if v not in accepts.get(k, (v,))]
     fast, why, checked = _check(
-        stock, kernel.module, lambda: kernel.module(
-            **{k: v for k, v in given.items() if k in accepted}),
+        stock, kernel.module, lambda: kernel.module(**given),
         missing and f"it has no {', '.join(missing)}" or None, image_shape,
         backend, status)
     record.update(checked)

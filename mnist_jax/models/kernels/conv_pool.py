@@ -7,12 +7,14 @@ conv outputs the pool reads: 3x3 by pool-phase (few input channels) or by
 Winograd, other sizes by im2col. A VALID stack reads only the crop it keeps.
 """
 
-from typing import Sequence, Tuple
+from typing import Callable, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from mnist_jax.models import cnn
 
 # Up to this many input channels a 3x3 conv + pool uses the pool-phase lowering
 # (memory-bound); above it, Winograd F(2x2, 3x3) (compute-bound).
@@ -20,13 +22,17 @@ PHASE_MAX_IN_FEATURES = 4
 
 
 class Params(nn.Module):
-  """nn.Conv's or nn.Dense's parameters: kernel `shape`, bias [shape[-1]]."""
+  """nn.Conv's or nn.Dense's parameters: (kernel `shape`, bias [shape[-1]] or
+  without `use_bias` None), float32."""
   shape: Tuple[int, ...]
+  use_bias: bool = True
+  kernel_init: Callable = nn.linear.default_kernel_init
 
   @nn.compact
   def __call__(self):
-    kernel = self.param("kernel", nn.linear.default_kernel_init, self.shape)
-    bias = self.param("bias", nn.initializers.zeros_init(), self.shape[-1:])
+    kernel = self.param("kernel", self.kernel_init, self.shape, jnp.float32)
+    bias = (self.param("bias", nn.initializers.zeros_init(), self.shape[-1:],
+                       jnp.float32) if self.use_bias else None)
     return kernel, bias
 
 
@@ -247,14 +253,9 @@ def valid_extent(size, num_layers, kernel_size=3):
   return pooled
 
 
-class CNN(nn.Module):
-  """models.cnn.CNN without BatchNorm: images [B, H, W] -> logits."""
-  features: Sequence[int] = (32, 64)
-  kernel_size: int = 3
-  dense: int = 128
-  dropout: float = 0.0
-  padding: str = "VALID"
-  num_classes: int = 10
+class CNN(cnn.CNN):
+  """cnn.CNN without BatchNorm: images [B, H, W] -> logits [B, classes]."""
+  ACCEPTS = {"batch_norm": (False,)}  # Attribute -> the values it computes.
 
   @nn.compact
   def __call__(self, images, train: bool = False):

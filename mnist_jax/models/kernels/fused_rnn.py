@@ -1,6 +1,6 @@
-"""A drop-in for `models.recurrent.Recurrent` (same attributes but remat,
-parameters, function and gradients), for CPU, where a scanned flax cell runs
-many small ops per step. Here a step's gates are one [B, H] x [H, G*H] matmul,
+"""A drop-in for `models.recurrent.Recurrent` (same parameters, function and
+gradients; no remat), for CPU, where a scanned flax cell runs many small ops
+per step. Here a step's gates are one [B, H] x [H, G*H] matmul,
 and the hand-written backward pass does one matmul and one elementwise pass
 per step, the kernel gradients once over all steps. T steps, B batch, F
 inputs, H hidden, G gates (rnn 1; lstm 4: i, f, g, o; gru 3: r, z, n).
@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from mnist_jax.models import recurrent
+from mnist_jax.models.kernels import conv_pool
 
 # Per cell: its input-side and hidden-side Dense parameters in gate order,
 # each (name, has_bias), as the flax cell creates them.
@@ -23,22 +24,6 @@ _LAYOUT = {
     "gru": ((("ir", True), ("iz", True), ("in", True)),
             (("hr", False), ("hz", False), ("hn", True))),
 }
-
-
-class _DenseParams(nn.Module):
-  """nn.Dense's parameters: kernel [in, out] and, with use_bias, bias [out]."""
-  in_features: int
-  features: int
-  use_bias: bool
-  kernel_init: object
-
-  @nn.compact
-  def __call__(self):
-    kernel = self.param("kernel", self.kernel_init,
-                        (self.in_features, self.features), jnp.float32)
-    bias = (self.param("bias", nn.initializers.zeros_init(), (self.features,),
-                       jnp.float32) if self.use_bias else None)
-    return kernel, bias
 
 
 class CellParams(nn.Module):
@@ -54,7 +39,7 @@ class CellParams(nn.Module):
     h = self.hidden
 
     def group(specs, fan_in, init):
-      made = [_DenseParams(fan_in, h, bias, init, name=name)()
+      made = [conv_pool.Params((fan_in, h), bias, init, name=name)()
               for name, bias in specs]
       kernel = jnp.concatenate([k for k, _ in made], axis=-1)
       bias = jnp.concatenate([b if b is not None else
@@ -188,17 +173,9 @@ def rnn_layer(kind: str, params, x: jax.Array, reverse: bool = False,
   return jnp.flip(hs, axis=0) if reverse and sequences else hs
 
 
-class Recurrent(nn.Module):
-  """models.recurrent.Recurrent with fused layers: images -> logits."""
-  ACCEPTS = {"cell": tuple(_LAYOUT)}  # The cells it computes (kernels.swap).
-  cell: str = "lstm"
-  hidden: int = 128
-  num_layers: int = 1
-  bidirectional: bool = False
-  dropout: float = 0.0
-  sequence: str = "rows"
-  permute_seed: int = 0
-  num_classes: int = 10
+class Recurrent(recurrent.Recurrent):
+  """recurrent.Recurrent with fused layers: images [B, H, W] -> logits."""
+  ACCEPTS = {"cell": tuple(_LAYOUT), "remat": (False,)}  # See kernels.swap.
 
   @nn.compact
   def __call__(self, images, train: bool = False):

@@ -1,0 +1,295 @@
+// The page of --mode=serve (mnist_jax/results/serve.py): a drawing pad whose
+// picture (or a dropped photo) is POSTed to /predict after each stroke, and
+// one card per run showing its answer.
+"use strict";
+
+const pad = document.getElementById("draw");
+const ctx = pad.getContext("2d");
+const LINE = 20;  // Pen width on the 280-pixel pad: MNIST's 2-3 of 28.
+let strokes = [];  // Each a list of [x, y] points on the pad.
+let base = null;   // A test digit or photo drawn under the strokes.
+let about = {runs: [], digits: [], max_body: 0};
+let asked = 0;     // Requests sent; only the latest one's answer is shown.
+let pending = 0;   // Requests not answered yet (the body's data-waiting).
+
+function busy(change) {
+  pending += change;
+  document.body.dataset.waiting = String(pending);
+}
+
+function redraw() {
+  ctx.fillStyle = "#000";
+  ctx.fillRect(0, 0, pad.width, pad.height);
+  if (base) {
+    const s = Math.min(pad.width / base.width, pad.height / base.height);
+    const w = base.width * s, h = base.height * s;
+    ctx.drawImage(base, (pad.width - w) / 2, (pad.height - h) / 2, w, h);
+  }
+  ctx.strokeStyle = "#fff";
+  ctx.fillStyle = "#fff";
+  ctx.lineWidth = LINE;
+  ctx.lineCap = ctx.lineJoin = "round";
+  for (const points of strokes) line(points);
+}
+
+function line(points) {
+  if (points.length === 1) {  // A dot.
+    ctx.beginPath();
+    ctx.arc(points[0][0], points[0][1], LINE / 2, 0, 2 * Math.PI);
+    ctx.fill();
+    return;
+  }
+  ctx.beginPath();
+  ctx.moveTo(points[0][0], points[0][1]);
+  for (const [x, y] of points.slice(1)) ctx.lineTo(x, y);
+  ctx.stroke();
+}
+
+function point(event) {
+  const box = pad.getBoundingClientRect();
+  return [(event.clientX - box.left) * pad.width / box.width,
+          (event.clientY - box.top) * pad.height / box.height];
+}
+
+let drawing = null;
+pad.addEventListener("pointerdown", (event) => {
+  event.preventDefault();
+  pad.setPointerCapture(event.pointerId);
+  drawing = [point(event)];
+  strokes.push(drawing);
+  redraw();
+});
+pad.addEventListener("pointermove", (event) => {
+  if (!drawing) return;
+  const events = event.getCoalescedEvents ? event.getCoalescedEvents() : [];
+  for (const e of events.length ? events : [event]) drawing.push(point(e));
+  redraw();
+});
+function endStroke() {
+  if (!drawing) return;
+  drawing = null;
+  send();
+}
+pad.addEventListener("pointerup", endStroke);
+pad.addEventListener("pointercancel", endStroke);
+
+function show(text) {
+  const box = document.getElementById("message");
+  box.textContent = text || "";
+  box.hidden = !text;
+}
+
+function blank() {
+  return !base && strokes.length === 0;
+}
+
+function send() {
+  if (blank()) {
+    show("");
+    document.getElementById("models").replaceChildren();
+    document.getElementById("seen").hidden = true;
+    return;
+  }
+  busy(1);
+  pad.toBlob((blob) => post(blob), "image/png");
+}
+
+async function post(body) {  // After busy(1).
+  const mine = ++asked;
+  let answer;
+  try {
+    const response = await fetch("predict", {method: "POST", body});
+    answer = await response.json();
+  } catch (error) {
+    answer = {error: `no answer from the server (${error.message}); is it still running?`};
+  }
+  if (mine === asked) {  // Else a later stroke's answer is coming.
+    show(answer.error);
+    if (!answer.error) render(answer);
+  }
+  busy(-1);
+}
+
+function gray(canvas, pixels) {  // pixels: rows of 0-255, white ink on black.
+  const h = pixels.length, w = pixels[0].length;
+  canvas.width = w;
+  canvas.height = h;
+  const c = canvas.getContext("2d"), data = c.createImageData(w, h);
+  pixels.flat().forEach((v, i) => {
+    data.data.set([v, v, v, 255], 4 * i);
+  });
+  c.putImageData(data, 0, 0);
+  return canvas;
+}
+
+function attribution(canvas, pixels, values) {
+  // Red: towards the model's answer; blue: away; over the input, dimmed.
+  const h = values.length, w = values[0].length;
+  const flat = values.flat(), most = Math.max(1e-9, ...flat.map(Math.abs));
+  canvas.width = w;
+  canvas.height = h;
+  const c = canvas.getContext("2d"), data = c.createImageData(w, h);
+  const ink = pixels.flat();
+  flat.forEach((v, i) => {
+    const a = Math.sqrt(Math.abs(v) / most), g = 0.3 * ink[i];
+    const rgb = v > 0 ? [255, 60, 40] : [40, 110, 255];
+    data.data.set([g + a * (rgb[0] - g), g + a * (rgb[1] - g), g + a * (rgb[2] - g), 255], 4 * i);
+  });
+  c.putImageData(data, 0, 0);
+  return canvas;
+}
+
+function reading(canvas, rows, classes, top) {
+  // The probability of each class (a line) after each row (a column).
+  const k = classes.length, n = rows.length, left = 16;
+  const cell = Math.max(2, Math.floor((276 - left) / n)), height = Math.max(8, Math.floor(110 / k));
+  canvas.width = left + n * cell;
+  canvas.height = k * height;
+  const c = canvas.getContext("2d");
+  c.fillStyle = "#fff";
+  c.fillRect(0, 0, canvas.width, canvas.height);
+  c.font = `${Math.min(10, height)}px sans-serif`;
+  c.textBaseline = "middle";
+  classes.forEach((name, j) => {
+    c.fillStyle = j === top ? "#d9480f" : "#5f6b76";
+    c.fillText(name, 1, (j + 0.5) * height);
+    rows.forEach((p, r) => {
+      c.fillStyle = j === top ? `rgba(217, 72, 15, ${p[j]})` : `rgba(40, 70, 110, ${p[j]})`;
+      c.fillRect(left + r * cell, j * height, cell, height);
+    });
+  });
+  return canvas;
+}
+
+function element(tag, className, text) {
+  const e = document.createElement(tag);
+  if (className) e.className = className;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function card(info, result, pixels) {
+  const box = element("article", "card");
+  box.dataset.name = info.name;
+  box.append(element("h3", "", info.name));
+  const accuracy = info.accuracy == null ? "" : `; test accuracy ${(100 * info.accuracy).toFixed(2)}%`;
+  box.append(element("div", "about", `${info.model} (${info.preset}): ${info.describe}${accuracy}`));
+  const answer = element("div", "answer");
+  answer.append(element("span", "top", result.class));
+  answer.append(`${(100 * result.probabilities[result.top]).toFixed(1)}%`);
+  box.append(answer);
+  const maps = element("div", "maps");
+  const where = element("figure");
+  where.append(attribution(element("canvas", "pixels big"), pixels, result.attribution));
+  where.append(element("figcaption", "", "where it looks"));
+  const bars = element("div", "bars");
+  result.probabilities.forEach((p, j) => {
+    const bar = element("div", j === result.top ? "bar best" : "bar");
+    const track = element("div", "track"), fill = element("div", "fill");
+    fill.style.width = `${(100 * p).toFixed(1)}%`;
+    track.append(fill);
+    bar.append(element("span", "name", info.classes[j]), track,
+               element("span", "value", `${(100 * p).toFixed(1)}%`));
+    bars.append(bar);
+  });
+  maps.append(where, bars);
+  box.append(maps);
+  if (result.reading) {
+    const rows = result.reading;
+    let from = rows.length;  // The first row from which on it answers `top`.
+    while (from > 0 && argmax(rows[from - 1]) === result.top) from--;
+    const part = element("div", "reading");
+    part.append(element("div", "", `As it reads: ${from < rows.length ?
+        `${result.class} from row ${from + 1} of ${rows.length} on` : "its last row decides"}`));
+    part.append(reading(element("canvas"), rows, info.classes, result.top));
+    const axis = element("div", "axis");
+    axis.append(element("span", "", "row 1"), element("span", "", "probability after each row"),
+                element("span", "", `row ${rows.length}`));
+    part.append(axis);
+    box.append(part);
+  }
+  return box;
+}
+
+function argmax(values) {
+  return values.indexOf(Math.max(...values));
+}
+
+function render(answer) {
+  gray(document.getElementById("input"), answer.input);
+  document.getElementById("seen").hidden = false;
+  document.getElementById("latency").textContent =
+      `${answer.runs.length} model(s) answered in ${answer.ms} ms`;
+  const byName = Object.fromEntries(about.runs.map((r) => [r.name, r]));
+  document.getElementById("models").replaceChildren(
+      ...answer.runs.map((r, i) => card(about.runs[i] || byName[r.name], r, answer.input)));
+}
+
+function useFile(file) {
+  if (!file) return;
+  strokes = [];
+  base = null;
+  createImageBitmap(file).then((bitmap) => {
+    base = bitmap;
+    redraw();
+  }, () => redraw());  // Not an image: the server's answer says so.
+  busy(1);
+  post(file);
+}
+
+document.getElementById("undo").addEventListener("click", () => {
+  if (strokes.length) strokes.pop(); else base = null;
+  redraw();
+  send();
+});
+document.getElementById("clear").addEventListener("click", () => {
+  strokes = [];
+  base = null;
+  redraw();
+  send();
+});
+document.getElementById("photo").addEventListener("change", (event) => {
+  useFile(event.target.files[0]);
+  event.target.value = "";
+});
+document.addEventListener("dragover", (event) => {
+  event.preventDefault();
+  pad.classList.add("dropping");
+});
+document.addEventListener("dragleave", () => pad.classList.remove("dropping"));
+document.addEventListener("drop", (event) => {
+  event.preventDefault();
+  pad.classList.remove("dropping");
+  useFile(event.dataTransfer.files[0]);
+});
+
+async function start() {
+  busy(0);
+  redraw();
+  try {
+    about = await (await fetch("runs")).json();
+  } catch (error) {
+    show(`cannot reach the server (${error.message})`);
+    return;
+  }
+  const list = document.getElementById("digit-list");
+  for (const digit of about.digits) {
+    const rows = [];
+    for (let r = 0; r < digit.shape[0]; r++) {
+      rows.push(digit.pixels.slice(r * digit.shape[1], (r + 1) * digit.shape[1]));
+    }
+    const thumb = gray(element("canvas", "pixels"), rows);
+    thumb.title = `test digit: ${digit.label}`;
+    thumb.dataset.label = digit.label;
+    thumb.addEventListener("click", () => {
+      strokes = [];
+      base = thumb;
+      redraw();
+      send();
+    });
+    list.append(thumb);
+  }
+  document.getElementById("digits").hidden = about.digits.length === 0;
+}
+
+start();

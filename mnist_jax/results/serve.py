@@ -1,0 +1,249 @@
+"""`--mode=serve`: a local page to draw a digit on, or drop a photo of one, and
+watch every loaded run read it side by side: its class probabilities (on
+--mode=predict's preprocessing, images.py), where it looks (the analyses'
+integrated gradients) and, for a model that reads in steps, its answer after
+each row (the analyses' reading lens). Each run's forward pass, attribution
+and reading are one function, compiled once as the server starts.
+
+The standard library's ThreadingHTTPServer serves it: one user on 127.0.0.1
+needs no framework, and the package gains no dependency. Only the files of
+page/ are served (looked up by name, never joined to a path), bodies over
+MAX_BODY and images that are not images get a JSON error the page shows.
+"""
+
+import functools
+import http.server
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Dict, List, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mnist_jax import models
+from mnist_jax.data import datasets
+from mnist_jax.data import images as images_lib
+from mnist_jax.errors import UserError
+from mnist_jax.results import analysis
+from mnist_jax.results import run as run_lib
+from mnist_jax.rundir import metrics_log
+from mnist_jax.rundir import record
+
+PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page")
+TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
+# The page's files, by the path a browser asks for: nothing else is served.
+FILES = {f"/{n}": n for n in os.listdir(PAGE)
+         if os.path.splitext(n)[1] in TYPES}
+FILES["/"] = "index.html"
+MAX_BODY = 10 * 2 ** 20  # Bytes: a phone's photo fits.
+DIGITS = 12  # Test digits offered to start from.
+
+
+def run_folders(paths: Sequence[str]) -> List[str]:
+  """The run folders `paths` name: each one, or the run folders in it."""
+  found = []
+  for path in paths:
+    inside = [] if not os.path.isdir(path) or os.path.isfile(
+        os.path.join(path, record.CONFIG_FILE)) else sorted(
+            e.path for e in os.scandir(path)
+            if os.path.isfile(os.path.join(e.path, record.CONFIG_FILE)))
+    found += inside or [path]
+  return found
+
+
+def _answer(module, steps: bool, variables, x):
+  """x [H, W] (0-255) -> (probabilities [K], integrated gradients of the top
+  class against black [H, W], with `steps` the probabilities after each row
+  [H, K]): the analyses' lenses on one image, at IG_STEPS fixed nodes."""
+  _, logits, step_logits = analysis.forward(module, variables, x[None], steps)
+  nodes, weights = np.polynomial.legendre.leggauss(analysis.IG_STEPS)
+  grads, _ = analysis.target_gradients(
+      module, variables, np.float32((nodes + 1) / 2)[:, None, None] * x,
+      jnp.full(len(nodes), jnp.argmax(logits[0])))
+  ig = x * jnp.tensordot(np.float32(weights / 2), grads, 1)
+  return (jax.nn.softmax(logits[0]), ig,
+          jax.nn.softmax(step_logits[0]) if steps else None)
+
+
+class Model:
+  """One run as the page shows it; `start` then `result` answer an image."""
+
+  def __init__(self, path: str, run, accuracy=None):
+    config, self.path, self.run = run.config, path, run
+    self.name = name = os.path.basename(os.path.normpath(path))
+    self.module = models.get(config.model).stock(config)
+    self.steps = analysis.reads_in_steps(self.module)
+    self.shape = tuple(datasets.get(config.dataset).image_shape)
+    self.classes = [str(c) for c in datasets.class_names(config.dataset)]
+    self.variables = jax.device_put(run.variables)
+    self.fn = jax.jit(functools.partial(_answer, self.module, self.steps))
+    self.info = {"name": name, "model": config.model, "preset": config.preset,
+                 "describe": models.get(config.model).describe(config),
+                 "steps": self.steps,
+                 "classes": self.classes, "accuracy": accuracy}
+
+  def start(self, image):
+    """Starts the compiled answer for `image` [H, W] (jax runs it async)."""
+    return self.fn(self.variables, jnp.asarray(image, jnp.float32))
+
+  def result(self, started) -> Dict[str, object]:
+    probs, ig, reading = jax.device_get(started)
+    top = int(np.argmax(probs))
+    return {"name": self.name, "top": top, "class": self.classes[top],
+            "probabilities": np.round(probs, 4).tolist(),
+            "attribution": np.round(ig, 3).tolist(),
+            "reading": None if reading is None else np.round(reading, 3
+                                                             ).tolist()}
+
+
+def load(paths: Sequence[str], **overrides) -> List[Model]:
+  """The runs in `paths` (run folders or folders of them), each compiled and
+  run once on a blank image (the warm-up). overrides: Config fields."""
+  loaded = []
+  for path in run_folders(paths):
+    final = metrics_log.final_metrics(path) or {}
+    loaded.append(Model(path, run_lib.load_run(path, **overrides),
+                        final.get("test_accuracy")))
+    loaded[-1].result(loaded[-1].start(np.zeros(loaded[-1].shape)))
+  return loaded
+
+
+def sample_digits(loaded: Sequence[Model]) -> List[dict]:
+  """The first DIGITS test digits of the first run whose analyses kept them
+  (analysis/arrays.npz, in the run folder): [{label, pixels}]."""
+  for m in loaded:
+    path = os.path.join(m.path, analysis.FOLDER, analysis.ARRAYS)
+    if os.path.isfile(path):
+      with np.load(path) as a:
+        shown = a["shown"][:DIGITS]
+        return [{"label": m.classes[int(y)], "pixels": x.ravel().tolist(),
+                 "shape": list(x.shape)} for x, y in zip(
+                     np.asarray(a["images"][:DIGITS], np.uint8),
+                     a["labels"][shown])]
+  return []
+
+
+class Server(http.server.ThreadingHTTPServer):
+  """The page and its answers, for `loaded` runs."""
+  daemon_threads = True  # Ctrl-C does not wait for a slow client.
+  request_queue_size = 128  # Connections waiting: a burst of 50 all get in.
+
+  def __init__(self, address, loaded: Sequence[Model]):
+    self.loaded = list(loaded)
+    self.about = json.dumps({"runs": [m.info for m in loaded],
+                             "digits": sample_digits(loaded),
+                             "max_body": MAX_BODY}).encode()
+    super().__init__(address, Handler)
+
+  def answer(self, body: bytes) -> Dict[str, object]:
+    """Every run's answer for one uploaded image (its file's bytes), or
+    ImageError; `input`: the image as the models see it."""
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="mnist_jax_serve_") as folder:
+      path = os.path.join(folder, "image")
+      with open(path, "wb") as f:
+        f.write(body)
+      try:
+        inputs = {s: images_lib.load(path, s)
+                  for s in {m.shape for m in self.loaded}}
+      except images_lib.ImageError as e:
+        raise images_lib.ImageError(str(e).replace(path, "the upload")
+                                    ) from None
+    started = [m.start(inputs[m.shape]) for m in self.loaded]
+    runs = [m.result(s) for m, s in zip(self.loaded, started)]
+    return {"input": inputs[self.loaded[0].shape].tolist(), "runs": runs,
+            "ms": round(1000 * (time.perf_counter() - start), 1)}
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+  """GET: the page's files and /runs (what is loaded); POST /predict: an
+  image's answers. Every error is JSON {"error": ...}."""
+  protocol_version = "HTTP/1.1"
+  timeout = 60  # Seconds a silent client holds its thread.
+
+  def _send(self, status: int, body: bytes, kind="application/json"):
+    self.send_response(status)
+    self.send_header("Content-Type", f"{kind}; charset=utf-8")
+    self.send_header("Content-Length", str(len(body)))
+    self.send_header("Cache-Control", "no-store")
+    self.send_header("X-Content-Type-Options", "nosniff")
+    self.end_headers()
+    self.wfile.write(body)
+
+  def _error(self, status: int, text: str):
+    self._send(status, json.dumps({"error": text}).encode())
+
+  def do_GET(self):  # pylint: disable=invalid-name
+    path = self.path.split("?", 1)[0]
+    if path == "/runs":
+      return self._send(200, self.server.about)
+    name = FILES.get(path)
+    if name is None:
+      return self._error(404, f"{path} is not part of this page")
+    with open(os.path.join(PAGE, name), "rb") as f:
+      self._send(200, f.read(), TYPES[os.path.splitext(name)[1]])
+
+  def do_POST(self):  # pylint: disable=invalid-name
+    if self.path.split("?", 1)[0] != "/predict":
+      self.close_connection = True
+      return self._error(404, f"{self.path} takes no uploads; POST /predict")
+    try:
+      length = int(self.headers.get("Content-Length", ""))
+    except ValueError:
+      length = -1
+    if not 0 <= length <= MAX_BODY:
+      self.close_connection = True
+      self._error(413 if length > 0 else 411, (
+          f"the image is {length / 2 ** 20:.1f} MB, over the "
+          f"{MAX_BODY // 2 ** 20} MB this page takes; send a smaller one")
+                  if length > 0 else "send the image with its length "
+                  "(Content-Length)")
+      self.connection.settimeout(5)  # Then the body, read and dropped, so
+      try:  # the browser sees the answer, not a reset connection.
+        while length > 0 and (part := self.rfile.read(min(length, 2 ** 16))):
+          length -= len(part)
+      except OSError:
+        pass
+      return None
+    body = self.rfile.read(length)
+    try:
+      if not body:
+        raise images_lib.ImageError("the upload is empty; draw a digit or "
+                                    "drop a photo of one")
+      self._send(200, json.dumps(self.server.answer(body)).encode())
+    except images_lib.ImageError as e:
+      self._error(400, str(e))
+    except Exception as e:  # pylint: disable=broad-except
+      self._error(500, f"the upload could not be read ({type(e).__name__}: "
+                  f"{e}); try another image")
+
+  def log_message(self, format, *args):  # pylint: disable=redefined-builtin
+    """Quiet: the page shows each answer, errors included."""
+
+
+def main(paths: Sequence[str], host: str = "127.0.0.1", port: int = 0,
+         out=None, **overrides) -> None:
+  """`--mode=serve`: loads and warms up the runs, prints the page's address,
+  serves until Ctrl-C (one line). overrides: Config fields."""
+  out = out or sys.stdout
+  try:
+    start = time.perf_counter()
+    loaded = load(paths, **overrides)
+    try:
+      server = Server((host, port), loaded)
+    except OSError as e:
+      raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); "
+                      "pass another --port (0: a free one) or --host") from None
+    with server:
+      address = f"http://{host}:{server.server_address[1]}/"
+      names = ", ".join(m.name for m in loaded)
+      print(f"serving {len(loaded)} run(s) ({names}; compiled in "
+            f"{time.perf_counter() - start:.1f} s) at {address} "
+            "- open it in a browser; Ctrl-C stops", file=out, flush=True)
+      server.serve_forever()
+  except KeyboardInterrupt:
+    print("stopped serving", file=sys.stderr, flush=True)

@@ -1,0 +1,208 @@
+"""--mode=serve (results/serve.py): the page's answers on tiny synthetic runs,
+as predict and the analyses compute them; what it refuses; a burst of
+requests; launch.py's command, and its Ctrl-C."""
+
+import concurrent.futures
+import http.client
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import jax
+import numpy as np
+from PIL import Image
+from PIL import ImageDraw
+import pytest
+
+from launch_helpers import ROOT, child_env
+from mnist_jax import models
+from mnist_jax.data import images
+from mnist_jax.errors import UserError
+from mnist_jax.results import analysis
+from mnist_jax.results import run as run_lib
+from mnist_jax.results import serve
+
+
+def _seven(size=280):
+  """A 7 drawn on the page's pad: white ink on black, as a PNG's bytes."""
+  pad = Image.new("L", (size, size), 0)
+  s = size / 280
+  ImageDraw.Draw(pad).line([(60 * s, 60 * s), (220 * s, 60 * s),
+                            (120 * s, 240 * s)], fill=255, width=round(20 * s))
+  out = io.BytesIO()
+  pad.save(out, "PNG")
+  return out.getvalue()
+
+
+def _rnn():
+  """A one-layer SimpleRNN of 8 units with drawn weights: a synthetic model
+  that reads row by row (as serve.Model wraps a run)."""
+  config = models.get_config("rnn", "seed", hidden=8)
+  module = models.get("rnn").stock(config)
+  variables = jax.device_get(module.init(jax.random.key(0),
+                                         np.zeros((1, 28, 28), np.float32)))
+  stacked = jax.tree.map(lambda v: np.asarray(v)[None], variables)
+  return serve.Model("rnn", run_lib.Run(config, module, variables, 0,
+                                        seed_variables=stacked))
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run):
+  """The page's server on a free port for the MLP run folder and a synthetic
+  RNN: (server, port)."""
+  rnn = _rnn()
+  rnn.result(rnn.start(np.zeros(rnn.shape)))  # As serve.load warms up.
+  srv = serve.Server(("127.0.0.1", 0), serve.load([tiny_run]) + [rnn])
+  thread = threading.Thread(target=srv.serve_forever, daemon=True)
+  thread.start()
+  yield srv, srv.server_address[1]
+  srv.shutdown()
+  srv.server_close()
+
+
+def _ask(port, method, path, body=None, headers=None):
+  """(status, JSON or bytes) of one request on a fresh connection."""
+  connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+  try:
+    connection.request(method, path, body, headers or {})
+    response = connection.getresponse()
+    data = response.read()
+    kind = response.getheader("Content-Type", "")
+    return response.status, json.loads(data) if "json" in kind else data
+  finally:
+    connection.close()
+
+
+def test_each_run_answers_as_predict_and_the_analyses_would(server, tmp_path):
+  srv, port = server
+  path = tmp_path / "seven.png"
+  path.write_bytes(_seven())
+  status, answer = _ask(port, "POST", "/predict", _seven())
+  assert status == 200, answer
+  seen = images.load(str(path))  # --mode=predict's preprocessing.
+  np.testing.assert_array_equal(answer["input"], seen)
+  assert [r["name"] for r in answer["runs"]] == ["mlp", "rnn"]
+  for model, r in zip(srv.loaded, answer["runs"]):
+    [predicted] = run_lib.predict_files(model.run, [str(path)])
+    np.testing.assert_allclose(r["probabilities"], predicted.probabilities,
+                               atol=2e-4)
+    assert r["top"] == predicted.digit and r["class"] == predicted.name
+    module = models.get(model.run.config.model).stock(model.run.config)
+    ig = analysis.attributions(module, model.run.variables, seen[None],
+                               [r["top"]])
+    if ig["ig_steps"] == analysis.IG_STEPS:  # The analyses' first try.
+      np.testing.assert_allclose(r["attribution"], ig["ig"][0], atol=2e-3)
+    # Integrated gradients add up to logit(x) - logit(black).
+    assert abs(np.sum(r["attribution"]) - ig["logit_difference"][0]) <= (
+        0.05 * abs(ig["logit_difference"][0]) + 1e-2)
+    if analysis.reads_in_steps(module):  # Declared, not named: the RNN.
+      _, _, steps = analysis.forward(module, model.run.variables,
+                                     seen[None].astype(np.float32), True)
+      reading = np.asarray(r["reading"])
+      assert reading.shape == (28, 10)
+      np.testing.assert_allclose(reading, jax.nn.softmax(steps[0]), atol=2e-3)
+      # After the last row it answers what the model answers.
+      np.testing.assert_allclose(reading[-1], r["probabilities"], atol=2e-3)
+    else:
+      assert r["reading"] is None
+  assert {r["name"] for r in answer["runs"] if r["reading"]} == {"rnn"}
+
+
+def test_runs_lists_the_runs_and_the_test_digits_their_analyses_kept(
+    server, tiny_run):
+  srv, port = server
+  status, about = _ask(port, "GET", "/runs")
+  assert status == 200
+  assert [(r["name"], r["steps"]) for r in about["runs"]] == [
+      (m.name, analysis.reads_in_steps(m.module)) for m in srv.loaded]
+  with np.load(os.path.join(tiny_run, analysis.FOLDER, analysis.ARRAYS)) as a:
+    kept, labels = a["images"], a["labels"][a["shown"]]
+  assert len(about["digits"]) == min(serve.DIGITS, len(kept))
+  for d, image, label in zip(about["digits"], kept, labels):
+    assert d["pixels"] == image.ravel().tolist() and d["label"] == str(label)
+
+
+def test_a_folder_of_runs_is_each_of_them(tiny_run, tmp_path):
+  assert serve.run_folders([os.path.dirname(tiny_run), tiny_run]) == [
+      tiny_run, tiny_run]
+  assert serve.run_folders([str(tmp_path)]) == [str(tmp_path)]
+  with pytest.raises(UserError, match="config.json does not exist"):
+    serve.load([str(tmp_path)])  # launch.py: one line, exit status 1.
+
+
+def test_the_page_files_and_nothing_else_are_served(server):
+  _, port = server
+  page = os.path.join(os.path.dirname(serve.__file__), "page")
+  for name in os.listdir(page):
+    status, body = _ask(port, "GET", f"/{name}")
+    assert status == 200 and body == open(os.path.join(page, name), "rb").read()
+  assert _ask(port, "GET", "/")[1] == _ask(port, "GET", "/index.html")[1]
+  for path in ("/../serve.py", "/page/../serve.py", "/%2e%2e/serve.py",
+               "/..%2fserve.py", "//etc/passwd", "/etc/passwd",
+               "/index.html/../../run.py", "/../../../../etc/passwd",
+               "/page.js/", "/.", "/serve.py", "/page/index.html"):
+    status, body = _ask(port, "GET", path)
+    assert status == 404 and "not part of this page" in body["error"], path
+
+
+def test_bad_uploads_get_a_message_and_the_server_keeps_serving(
+    server, monkeypatch):
+  _, port = server
+  white = io.BytesIO()
+  Image.new("L", (64, 64), 255).save(white, "PNG")
+  for body, status, words in (
+      (b"not an image", 400, "not an image"),
+      (b"", 400, "empty"),
+      (white.getvalue(), 400, "no digit"),
+      (_seven()[:100], 400, "cannot be read")):
+    got, answer = _ask(port, "POST", "/predict", body)
+    assert (got, words in answer["error"]) == (status, True), answer
+  # A body over the limit is refused by its length, before it is read.
+  got, answer = _ask(port, "POST", "/predict", None,
+                     {"Content-Length": str(serve.MAX_BODY + 1)})
+  assert got == 413 and "MB" in answer["error"]
+  monkeypatch.setattr(serve, "MAX_BODY", 1000)
+  got, answer = _ask(port, "POST", "/predict", _seven() + bytes(1000))
+  assert got == 413 and "over the" in answer["error"]
+  monkeypatch.undo()
+  assert _ask(port, "POST", "/predict?x=1", _seven())[0] == 200
+  assert _ask(port, "POST", "/runs", b"x")[0] == 404
+
+
+def test_fifty_requests_at_once_are_each_answered(server):
+  _, port = server
+  first = _ask(port, "POST", "/predict", _seven())[1]
+  pictures = [_seven(), _seven(140)]
+  with concurrent.futures.ThreadPoolExecutor(50) as pool:
+    got = list(pool.map(lambda i: _ask(port, "POST", "/predict",
+                                       pictures[i % 2]), range(50)))
+  assert [s for s, _ in got] == [200] * 50
+  assert [a["runs"][0]["top"] for _, a in got[::2]] == [
+      first["runs"][0]["top"]] * 25
+  assert all(a["input"] == first["input"] for _, a in got[::2])
+
+
+@pytest.mark.slow
+def test_launch_serves_prints_the_address_and_stops_on_ctrl_c_in_one_line(
+    tiny_run):
+  p = subprocess.Popen([sys.executable, "launch.py", "--mode=serve",
+                        f"--workdir={tiny_run}"], cwd=ROOT,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True, env=child_env())
+  try:
+    line = p.stdout.readline()
+    assert "serving 1 run(s)" in line and "http://127.0.0.1:" in line, (
+        line + p.stderr.read())
+    port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
+    assert _ask(port, "GET", "/")[0] == 200
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+  finally:
+    if p.poll() is None:
+      p.kill()
+  assert err.strip().splitlines() == ["stopped serving"], err
+  assert p.returncode == 0

@@ -1,0 +1,213 @@
+"""--mode=serve's page in a real browser: headless Chromium (Debian's chromium
+and chromium-driver, through selenium: the "browser" extra) draws a 7 with
+pointer events and reads "7" as a trained model's answer, then uploads a photo
+of one and a file that is no image.
+
+A hand-drawn 7 needs a model trained on real digits: the test trains a small
+MLP for one epoch on the real MNIST in ../shared/mnist and is skipped where
+there is none (the tests' synthetic digits are blocks of light, which the
+preprocessing centres: no model of them can read a drawing). Without
+chromium, chromedriver or selenium it is skipped, unless MNIST_JAX_BROWSER is
+set (.ci/run sets it after installing them): then it fails.
+
+The README's screenshot is this test's drawing, on three runs:
+  python tests/test_serve_browser.py --workdir=RUN1,RUN2,RUN3 \
+      --out=docs/img/serve.png
+"""
+
+import argparse
+import io
+import os
+import shutil
+import sys
+import threading
+
+import numpy as np
+from PIL import Image
+from PIL import ImageDraw
+from PIL import ImageFilter
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from mnist_jax.results import serve  # pylint: disable=wrong-import-position
+
+SHARED_MNIST = os.path.join(ROOT, "..", "shared", "mnist")
+# The 7, as pointer moves from the pad's centre (pixels): the bar, then the leg.
+SEVEN = ([(-70, -80), (80, -80)], [(80, -80), (40, -10), (0, 60), (-20, 100)])
+
+
+def selenium_webdriver():
+  """selenium.webdriver where chromium and chromedriver are on PATH too, else
+  a skip (a failure where MNIST_JAX_BROWSER is set) saying what is missing."""
+  missing = [n for n in ("chromium", "chromedriver") if not shutil.which(n)]
+  try:
+    from selenium import webdriver  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    missing.append("selenium (pip install '.[browser]')")
+  if missing:
+    why = (f"the browser test needs {', '.join(missing)}: apt-get install "
+           "chromium chromium-driver; pip install '.[browser]'")
+    if os.environ.get("MNIST_JAX_BROWSER"):
+      pytest.fail(why)
+    pytest.skip(why)
+  return webdriver
+
+
+def chromium():
+  """A headless Chromium driven by selenium (see selenium_webdriver)."""
+  webdriver = selenium_webdriver()
+  options = webdriver.ChromeOptions()
+  options.binary_location = shutil.which("chromium")
+  for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+              "--disable-gpu", "--window-size=1320,760"):
+    options.add_argument(arg)
+  # pylint: disable-next=g-import-not-at-top
+  from selenium.webdriver.chrome.service import Service
+  return webdriver.Chrome(options=options, service=Service(
+      executable_path=shutil.which("chromedriver")))
+
+
+def start(paths):
+  """The page's server for the runs in `paths`, on a free port, in a thread:
+  (server, its address)."""
+  server = serve.Server(("127.0.0.1", 0), serve.load(paths))
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  return server, f"http://127.0.0.1:{server.server_address[1]}/"
+
+
+def answers(driver, count, timeout=60):
+  """{run name: its top answer} once `count` cards show, after the latest
+  request is answered."""
+  # pylint: disable-next=g-import-not-at-top
+  from selenium.webdriver.support.ui import WebDriverWait
+  WebDriverWait(driver, timeout).until(lambda d: d.execute_script(
+      "return document.body.dataset.waiting === '0'") and len(
+          d.find_elements("css selector", ".card")) == count)
+  return {card.get_attribute("data-name"): card.find_element(
+      "css selector", ".top").text
+          for card in driver.find_elements("css selector", ".card")}
+
+
+def draw_seven(driver):
+  """Draws the 7 on the pad, a stroke at a time, with pointer events."""
+  # pylint: disable=g-import-not-at-top
+  from selenium.webdriver.common.actions import interaction
+  from selenium.webdriver.common.actions.action_builder import ActionBuilder
+  from selenium.webdriver.common.actions.pointer_input import PointerInput
+  pad = driver.find_element("id", "draw")
+  for stroke in SEVEN:
+    actions = ActionBuilder(driver, mouse=PointerInput(
+        interaction.POINTER_MOUSE, "mouse"))
+    actions.pointer_action.move_to(pad, *stroke[0]).pointer_down()
+    for (x0, y0), (x1, y1) in zip(stroke, stroke[1:]):
+      for t in np.linspace(0.1, 1, 10):
+        actions.pointer_action.move_to(pad, round(x0 + t * (x1 - x0)),
+                                       round(y0 + t * (y1 - y0)))
+    actions.pointer_action.pointer_up()
+    actions.perform()
+
+
+def screenshot(paths, out):
+  """Opens the page for the runs in `paths`, draws the 7 and saves the page
+  as a PNG at `out`; returns {run name: its answer}."""
+  server, address = start(paths)
+  driver = chromium()
+  try:
+    driver.get(address)
+    draw_seven(driver)
+    got = answers(driver, len(server.loaded))
+    height = driver.execute_script(
+        "return document.documentElement.scrollHeight")
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": 1320, "height": height, "deviceScaleFactor": 1,
+        "mobile": False})  # The whole page.
+    driver.save_screenshot(out)
+    return got
+  finally:
+    driver.quit()
+    server.shutdown()
+    server.server_close()
+
+
+def photo_of_a_seven(path):
+  """A photo-like JPEG: a dark 7 on paper lit unevenly, slightly blurred."""
+  w, h = 480, 360
+  light = np.linspace(150, 235, w)[None, :] + np.linspace(0, 15, h)[:, None]
+  image = Image.fromarray(light.astype(np.uint8)).convert("RGB")
+  ImageDraw.Draw(image).line([(190, 90), (300, 90), (230, 280)],
+                             fill=(40, 40, 55), width=16)
+  image.filter(ImageFilter.GaussianBlur(1.5)).save(path, quality=85)
+
+
+@pytest.fixture(scope="module")
+def mnist_run(tmp_path_factory):
+  """A one-epoch MLP (with its analyses' test digits) on the real MNIST."""
+  selenium_webdriver()  # No browser: skipped (or failed) before training.
+  if not os.path.isdir(SHARED_MNIST):
+    pytest.skip(f"the browser test trains on the real MNIST, in {SHARED_MNIST}"
+                ", which is not on this machine")
+  # pylint: disable=g-import-not-at-top
+  from mnist_jax import models
+  from mnist_jax import modes
+  root = tmp_path_factory.mktemp("browser")
+  workdir = str(root / "mlp")
+  config = models.get_config("mlp", "tuned", epochs=1, mlp_hidden=(256,),
+                             mnist_dir=SHARED_MNIST,
+                             data_dir=str(root / "tfds"), workdir=workdir)
+  modes.train_and_evaluate(config, workdir, stream=io.StringIO())
+  return workdir
+
+
+@pytest.mark.slow
+def test_a_drawn_seven_is_read_as_seven(mnist_run, tmp_path):
+  out = str(tmp_path / "serve.png")
+  assert screenshot([mnist_run], out) == {"mlp": "7"}
+  with Image.open(out) as shot:
+    assert shot.size[0] >= 1000
+
+
+@pytest.mark.slow
+def test_a_photo_is_read_and_a_file_that_is_no_image_gets_a_message(
+    mnist_run, tmp_path):
+  photo, text = str(tmp_path / "seven.jpg"), str(tmp_path / "notes.png")
+  photo_of_a_seven(photo)
+  with open(text, "w") as f:
+    f.write("not a picture")
+  server, address = start([mnist_run])
+  driver = chromium()
+  try:
+    driver.get(address)
+    # Dropped on the pad: a drop event carrying the file.
+    driver.execute_script(
+        "const input = document.createElement('input');"
+        "input.type = 'file'; input.id = 'dropped';"
+        "document.body.append(input);")
+    driver.find_element("id", "dropped").send_keys(photo)
+    driver.execute_script(
+        "const data = new DataTransfer();"
+        "data.items.add(document.getElementById('dropped').files[0]);"
+        "document.getElementById('draw').dispatchEvent(new DragEvent('drop', "
+        "{dataTransfer: data, bubbles: true, cancelable: true}));")
+    assert answers(driver, 1) == {"mlp": "7"}
+    driver.find_element("id", "photo").send_keys(text)  # The file input.
+    message = driver.find_element("id", "message")
+    # pylint: disable-next=g-import-not-at-top
+    from selenium.webdriver.support.ui import WebDriverWait
+    WebDriverWait(driver, 30).until(lambda _: message.is_displayed())
+    assert "not an image" in message.text
+    assert answers(driver, 1) == {"mlp": "7"}  # The last answer stays.
+  finally:
+    driver.quit()
+    server.shutdown()
+    server.server_close()
+
+
+if __name__ == "__main__":
+  parser = argparse.ArgumentParser(description="Takes the README's screenshot "
+                                   "of --mode=serve's page: a 7 drawn")
+  parser.add_argument("--workdir", required=True, help="RUN[,RUN...]")
+  parser.add_argument("--out", default=os.path.join(ROOT, "docs", "img",
+                                                    "serve.png"))
+  args = parser.parse_args()
+  print(screenshot(args.workdir.split(","), args.out), "->", args.out)
