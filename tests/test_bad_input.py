@@ -198,14 +198,23 @@ SLOW_CASES = {
     "bad_list", "stray_argument", "missing_idx", "workdir_is_file"}
 
 
+# Cases on finished runs (the `runs` fixture trains two): slow, as the fast
+# suite checks the same in process (test_folder.py, test_checkpoint.py).
+RUNS_CASES = {"other_settings", "corrupt_config", "truncated_checkpoint",
+              "other_models_checkpoint", "missing_checkpoint",
+              "damaged_prepared_records", "damaged_prepared_info"}
+
+
 @pytest.mark.parametrize("case", [
-    pytest.param(c, id=c[0], marks=[pytest.mark.slow] * (c[0] in SLOW_CASES))
-    for c in CASES])
-def test_bad_input_is_one_line_and_writes_nothing(case, prepared, runs, tmp_path):
+    pytest.param(c, id=c[0], marks=[pytest.mark.slow] * (
+        c[0] in SLOW_CASES | RUNS_CASES)) for c in CASES])
+def test_bad_input_is_one_line_and_writes_nothing(case, prepared, request,
+                                                  tmp_path):
   _, extra, status, message = case
   mnist_dir, data_dir = prepared
   base = [*RUN, f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}",
           f"--workdir={tmp_path / 'new'}"]
+  runs = request.getfixturevalue("runs") if case[0] in RUNS_CASES else {}
   if callable(extra):
     extra = extra(runs, tmp_path)
     if isinstance(extra, str):

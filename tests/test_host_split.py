@@ -179,6 +179,7 @@ def _env(**extra) -> dict:
   return env
 
 
+@pytest.mark.slow  # Four launch.py processes; the rule itself: above.
 @pytest.mark.skipif(CORES < 2, reason="needs at least 2 CPU cores")
 def test_dry_run_names_the_layout_auto_takes():
   """The rule needs no measurement, so --dry_run says what the run will
