@@ -1,6 +1,12 @@
 """The exception types that reach users as a one-line message."""
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+  """An exception's first line, to quote in a one-line message."""
+  text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+  return text if len(text) <= limit else text[:limit] + "..."
+
+
 class UserError(Exception):
   """A problem the user can fix; launch.py prints it (what went wrong and what
   to do) as one line and exits 1."""

@@ -25,6 +25,25 @@ if os.environ["JAX_COMPILATION_CACHE_DIR"]:
 # Likewise the user's cache folder.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="mnist_jax_tests_cache_")
 
+# Tests compile with XLA:CPU's backend (LLVM) optimizations off: the same
+# programs in about half the compile time, which is most of the suite's time.
+# Their numbers agree with a default compile's to float rounding, and every
+# bit-for-bit check compares programs compiled alike. Child processes get the
+# same flags (xla_flags); MNIST_JAX_TEST_XLA_FLAGS="" compiles as a run does.
+TEST_XLA_FLAGS = os.environ.setdefault("MNIST_JAX_TEST_XLA_FLAGS",
+                                       "--xla_backend_optimization_level=0")
+
+
+def xla_flags(devices: int = 0) -> str:
+  """XLA_FLAGS for a test's child process: the tests' flags and, if
+  `devices`, that many simulated CPU devices."""
+  count = devices and f"--xla_force_host_platform_device_count={devices}"
+  return " ".join(f for f in (TEST_XLA_FLAGS, count) if f)
+
+
+if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):  # Before JAX starts.
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}"
+
 
 def extra(module: str):
   """`module`, from one of setup.py's extras; the test is skipped where it is
@@ -107,13 +126,14 @@ def prepared(idx_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_run(prepared, tmp_path_factory):
-  """A finished one-epoch MLP run folder on the synthetic data (with its report)."""
+  """A finished one-epoch MLP run folder on the synthetic data (with its report,
+  the analyses aside: test_analysis.py makes its own)."""
   from mnist_jax import models  # pylint: disable=g-import-not-at-top
   from mnist_jax import modes  # pylint: disable=g-import-not-at-top
   mnist_dir, data_dir = prepared
   workdir = str(tmp_path_factory.mktemp("runs") / "mlp")
   config = models.get_config("mlp", "seed", epochs=1, mlp_hidden=(16,),
-                             batch_size=32, mnist_dir=mnist_dir,
+                             batch_size=32, analyses=False, mnist_dir=mnist_dir,
                              data_dir=data_dir, workdir=workdir)
   modes.train_and_evaluate(config, workdir, stream=io.StringIO())
   return workdir

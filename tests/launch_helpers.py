@@ -12,6 +12,8 @@ import time
 import jax
 import numpy as np
 
+from conftest import xla_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Runs launch.py after wrapping Progress.update (called between the chunks of
@@ -59,7 +61,7 @@ def launch_path(cwd):
 def child_env(**extra):
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              PYTHONPATH=ROOT, **extra)
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = xla_flags()
   return env
 
 
@@ -151,36 +153,20 @@ def deterministic(rows):
   return [{k: v for k, v in r.items() if k not in timing} for r in rows]
 
 
-def template(config, steps_per_epoch=1):
-  """A run's train state of shapes only (every member stacked, as a run
-  holds them), without allocating or compiling."""
-  # pylint: disable=g-import-not-at-top
-  import functools
-  from mnist_jax import models
-  from mnist_jax.data import datasets
-  from mnist_jax.training import members as members_lib
-  from mnist_jax import optim
-  from mnist_jax.training import train
-  # pylint: enable=g-import-not-at-top
-  members = members_lib.from_config(config)
-  model, _ = models.build(config, say=lambda _: None)
-  tx = optim.make_optimizer(config, steps_per_epoch, members_lib.swept(config))
-  return jax.eval_shape(lambda: members_lib.init_state(
-      members, functools.partial(
-          train.create_train_state, model=model, tx=tx,
-          image_shape=datasets.get(config.dataset).image_shape)))
-
-
 def restore_latest(workdir):
   """(state, meta) of a run folder's latest checkpoint, restored as report and
-  predict restore it (checkpoints.restore into a fresh template): the train
-  state, its checkpointed parts host arrays."""
+  predict restore it (checkpoints.restore into train.initial_state's shapes):
+  the train state, its checkpointed parts host arrays."""
   # pylint: disable=g-import-not-at-top
+  from mnist_jax import models
   from mnist_jax.rundir import checkpoints
   from mnist_jax.rundir import record
+  from mnist_jax.training import train
   # pylint: enable=g-import-not-at-top
   config = record.read_config(workdir)
-  return checkpoints.restore(workdir, template(config), config.model)
+  model, _ = models.build(config, say=lambda _: None)
+  return checkpoints.restore(workdir, jax.eval_shape(
+      lambda: train.initial_state(config, model)), config.model)
 
 
 def assert_trees_equal(a, b):

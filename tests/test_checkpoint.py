@@ -16,7 +16,6 @@ from mnist_jax import models
 from mnist_jax.results import run as results
 from mnist_jax.rundir import checkpoints
 from mnist_jax import modes as run_folder
-from mnist_jax import optim
 from mnist_jax.training import train
 
 CONFIG = models.get_config("linear", "seed")
@@ -26,8 +25,7 @@ def _state(config=CONFIG):
   """What a checkpoint holds of a fresh linear model's train state (arrays,
   as a run's state is once on its devices)."""
   model, _ = models.build(config, say=lambda _: None)
-  return jax.tree.map(jnp.asarray, checkpoints.tree(train.create_train_state(
-      jax.random.key(2), model, optim.make_optimizer(config, 5), (28, 28))))
+  return checkpoints.tree(train.initial_state(config, model, 5))
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +96,7 @@ def test_restore_gives_back_the_whole_trained_state(tmp_path):
   checkpoints.restore (resume's, report's and predict's one path) gives back
   equals the one saved, field for field."""
   model, _ = models.build(CONFIG, say=lambda _: None)
-  fresh = lambda: train.create_train_state(  # pylint: disable=g-long-lambda
-      jax.random.key(2), model, optim.make_optimizer(CONFIG, 5), (28, 28))
+  fresh = lambda: train.initial_state(CONFIG, model, 5)
   rng = np.random.default_rng(0)
   state = fresh()
   for _ in range(3):

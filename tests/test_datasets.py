@@ -70,6 +70,16 @@ def _bars(n, seed):
   return images, labels
 
 
+def test_the_dense_models_count_the_declared_images_pixels(monkeypatch):
+  """Their one-line description: the dataset's pixels, not MNIST's 784."""
+  monkeypatch.setitem(datasets.DATASETS, SHAPED.name, SHAPED)
+  describe = lambda model, **values: models.registry.describe(
+      models.get_config(model, "seed", dataset=SHAPED.name, **values))
+  pixels = int(np.prod(SHAPED.image_shape))
+  assert describe("linear") == f"Dense(3) on the {pixels} pixels"
+  assert describe("mlp", mlp_hidden=(8,)).startswith(f"{pixels}-8-3, ReLU")
+
+
 @pytest.mark.parametrize("model,extra", [
     pytest.param(m, dict(sequence="pixels") if m == "lstm" else {},
                  marks=() if m == "cnn" else pytest.mark.slow)

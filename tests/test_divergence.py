@@ -12,8 +12,6 @@ import pytest
 import launch_helpers as lh
 from mnist_jax import models
 from mnist_jax.errors import Diverged
-from mnist_jax.rundir import checkpoints
-from mnist_jax.rundir import record
 from mnist_jax.training import members as members_lib
 from mnist_jax import optim
 from mnist_jax.training import train
@@ -27,21 +25,6 @@ NAN_FLAGS = ("--model=linear", "--batch_size=16", "--chunk_steps=8",
              "--optimizer=adam", "--schedule=warmup_cosine",
              "--label_smoothing=0.1", "--learning_rate=1e38",
              "--warmup_epochs=100", "--epochs=200")
-
-
-def _restore_latest(workdir):
-  """(parts, meta) of a run folder's latest checkpoint."""
-  config = record.read_config(workdir)
-  model, _ = models.build(config, say=lambda _: None)
-  template = jax.jit(functools.partial(
-      train.create_train_state, model=model,
-      tx=optim.make_optimizer(config, 1), image_shape=(28, 28)))(
-          jax.random.key(0))
-  reader = checkpoints.Checkpointer(workdir, read_only=True)
-  try:
-    return reader.restore(checkpoints.tree(template), model=config.model)
-  finally:
-    reader.close()
 
 
 def test_divergence_stops_with_step_epoch_status_and_good_checkpoint(
@@ -66,10 +49,10 @@ def test_divergence_stops_with_step_epoch_status_and_good_checkpoint(
   assert not any(r.get("diverged") for r in rows[:-1])
   assert [r["epoch"] for r in rows[:-1]] == list(range(1, epoch))
 
-  parts, meta = _restore_latest(workdir)
-  assert meta["epoch"] == epoch - 1 and int(parts["step"]) < step
+  state, meta = lh.restore_latest(workdir)
+  assert meta["epoch"] == epoch - 1 and int(state.step) < step
   assert all(np.isfinite(np.asarray(p)).all()
-             for p in jax.tree.leaves(parts["params"]))
+             for p in jax.tree.leaves(state.params))
 
   # Predict on it says it diverged, and that the command it gives deletes it.
   rc, out, err = lh.run(["--mode=predict", f"--workdir={workdir}",

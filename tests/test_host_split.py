@@ -14,6 +14,7 @@ import sys
 import jax
 import pytest
 
+from conftest import xla_flags
 from mnist_jax import models
 from mnist_jax.errors import UserError
 from mnist_jax.models import dense
@@ -174,7 +175,7 @@ def test_accelerator_detection(monkeypatch):
 
 def _env(**extra) -> dict:
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, **extra)
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = xla_flags()
   env.pop("JAX_NUM_CPU_DEVICES", None)
   return env
 

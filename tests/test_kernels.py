@@ -31,8 +31,6 @@ from mnist_jax.results import run as run_lib
 from mnist_jax import modes as rundir_run
 from mnist_jax.training import train
 
-FAST_MODELS = tuple(name for name, spec in models.MODELS.items()
-                    if spec.module in kernels.KERNELS)
 SHAPE = (28, 28)
 # Each model small, so that a check compiles in a second or two.
 SMALL = {"cnn": dict(cnn_features=(4, 8), cnn_dense=16), "rnn": dict(hidden=8),
@@ -49,6 +47,10 @@ def _config(name, **overrides):
 
 def _stock(name, **overrides):
   return models.get(name).stock(_config(name, **overrides))
+
+
+FAST_MODELS = tuple(name for name in models.MODELS
+                    if kernels.kernel_for(_stock(name)) is not None)
 
 
 _SWAPPED = {}
@@ -69,12 +71,14 @@ def test_a_cell_the_kernel_does_not_know_keeps_the_stock_module(monkeypatch):
   raises, and that too keeps the stock module in one line."""
   monkeypatch.setitem(recurrent.CELLS, "mgu", nn.MGUCell)
   stock = recurrent.Recurrent(cell="mgu", hidden=4)
+  assert kernels.kernel_for(stock) is None
   line = (f"the fast kernel {NAMES[fused_rnn.Recurrent]} does not compute "
           f"{NAMES[recurrent.Recurrent]} (it{{}}): training the stock module")
   module, note, record = kernels.swap(stock, "fast", SHAPE, "cpu")
   assert module is stock and record["passed"] is False
   assert note == line.format(" has no cell=mgu")
   monkeypatch.setattr(fused_rnn.Recurrent, "ACCEPTS", {})
+  assert kernels.kernel_for(stock) is fused_rnn.Recurrent  # As it claims.
   module, note, record = kernels.swap(stock, "fast", SHAPE, "cpu")
   assert module is stock and record["passed"] is False
   assert note == line.format("s check raised KeyError: 'mgu'")
@@ -83,8 +87,7 @@ def test_a_cell_the_kernel_does_not_know_keeps_the_stock_module(monkeypatch):
 @pytest.mark.parametrize("name", FAST_MODELS)
 def test_auto_on_cpu_runs_the_kernel_once_checked(name):
   module, note, record = _swap(name, "auto", "cpu")
-  stock = type(_stock(name))
-  kernel = kernels.KERNELS[stock].module
+  kernel = kernels.kernel_for(_stock(name))
   assert type(module) is kernel and note is None
   assert {k: v for k, v in record.items() if k not in ("check_s", "cached")
          } == {"impl": "auto", "module": NAMES[kernel],
@@ -128,7 +131,8 @@ def test_what_no_kernel_computes_runs_stock(name, overrides, missing):
       assert note is None and record == {
           "impl": impl, "module": f"mnist_jax/models/dense.py's {type(stock).__name__}"}
       continue
-    kernel = kernels.KERNELS[type(stock)].module
+    assert kernels.kernel_for(stock) is None
+    kernel = kernels.kernel_for(_stock(name))  # Its settings' defaults'.
     assert note == (f"the fast kernel {NAMES[kernel]} does not compute "
                     f"{NAMES[type(stock)]} (it has no {missing}): training "
                     "the stock module")
@@ -154,7 +158,7 @@ def test_any_cnn_kernel_size_runs_the_kernel_on_cpu(k):
 def test_fast_runs_the_kernel_on_any_backend_and_stock_never(name):
   for backend in ("cpu", "gpu", "tpu"):
     module, note, record = _swap(name, "fast", backend)
-    assert type(module) is kernels.KERNELS[type(_stock(name))].module
+    assert type(module) is kernels.kernel_for(_stock(name))
     assert note is None and record["passed"] is True
     module, note, record = kernels.swap(_stock(name), "stock", SHAPE, backend)
     assert type(module) is type(_stock(name)) and note is None
@@ -168,12 +172,12 @@ def test_unknown_impl_is_a_one_line_error():
   assert "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("stock", list(kernels.KERNELS))
-def test_kernels_take_their_stock_modules_attributes(stock):
+@pytest.mark.parametrize("name", FAST_MODELS)
+def test_kernels_take_their_stock_modules_attributes(name):
   """A kernel subclasses its stock module (its attributes and defaults); the
   attributes whose values it limits are the ones swap refuses when set
   otherwise (listed here, so that a new one is a decision)."""
-  kernel = kernels.KERNELS[stock].module
+  stock, kernel = type(_stock(name)), kernels.kernel_for(_stock(name))
   assert issubclass(kernel, stock)
   assert set(kernel.ACCEPTS) == {cnn.CNN: {"batch_norm"},
                                  recurrent.Recurrent: {"cell", "remat"}}[stock]

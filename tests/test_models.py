@@ -43,10 +43,10 @@ def _module(config, impl="stock"):
   """The model's stock module, or with impl="fast" the module a run gets:
   its kernel where one passes the start-up check (asserted)."""
   stock = models.get(config.model).stock(config)
-  if impl == "stock" or type(stock) not in kernels.KERNELS:
+  if impl == "stock" or kernels.kernel_for(stock) is None:
     return stock
   module, note, _ = kernels.swap(stock, "fast", (28, 28), "cpu")
-  assert type(module) is kernels.KERNELS[type(stock)].module, note
+  assert type(module) is kernels.kernel_for(stock), note
   return module
 
 

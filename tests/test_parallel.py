@@ -27,6 +27,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import xla_flags
 from mnist_jax import models
 from mnist_jax.errors import UserError
 from mnist_jax.rundir import process
@@ -45,7 +46,7 @@ CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 
 def _env(devices: int) -> dict:
   env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["XLA_FLAGS"] = xla_flags(devices)
   env["JAX_PLATFORMS"] = "cpu"
   env.pop("JAX_NUM_CPU_DEVICES", None)
   return env

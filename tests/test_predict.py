@@ -216,6 +216,18 @@ def test_predict_plot_draws_the_input_as_the_model_sees_it(monkeypatch,
     plots.plt.close(fig)
 
 
+def test_predict_plot_captions_the_images_own_size(monkeypatch, tmp_path):
+  figures = []
+  monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+  for shape in ((28, 28), (16, 12)):
+    plots.prediction(np.zeros(shape, np.uint8), np.full(3, 1 / 3),
+                     str(tmp_path / "p.png"), "x.png")
+  assert [ax.get_title() for fig in figures for ax in fig.axes if ax.images
+          ] == ["as the model saw it (28x28)", "as the model saw it (16x12)"]
+  for fig in figures:
+    plots.plt.close(fig)
+
+
 def _launch(*args):
   return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args],
                         capture_output=True, text=True, cwd=ROOT, check=False)

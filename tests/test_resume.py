@@ -24,7 +24,6 @@ from mnist_jax.rundir import metrics_log
 from mnist_jax.rundir import record as record_lib
 from mnist_jax.rundir import resume
 from mnist_jax import modes as run_lib
-from mnist_jax import optim
 from mnist_jax.training import train
 
 # 540 training examples / 16 = 33 steps per epoch, in 7 chunks of 5.
@@ -64,10 +63,9 @@ LINEAR = models.get_config("linear", "seed", epochs=3, seed=3)
 
 
 def _linear_state():
-  """A fresh linear model's train state, on the device."""
+  """A fresh linear model's train state, on the device: as a run starts."""
   model, _ = models.build(LINEAR, say=lambda _: None)
-  return jax.tree.map(jnp.asarray, train.create_train_state(
-      jax.random.key(3), model, optim.make_optimizer(LINEAR, 33), (28, 28)))
+  return train.initial_state(LINEAR, model, 33)
 
 
 def _hooks(workdir, existing, stream=None):

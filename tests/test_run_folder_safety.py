@@ -7,7 +7,7 @@ end bit-identical to an uninterrupted run with a complete report and no
 temporary files. The moments are chosen among markers the child prints where
 the code it wraps does the work (a renamed function fails here, loudly), from
 a seeded random generator: KILL_SEED (default 0) makes them reproducible and
-KILL_TRIALS (default 6) raises their number for a soak.
+KILL_TRIALS (default 5: each phase, and the report again by --mode=report) raises their number for a soak.
 
 Then two processes on one folder, and each damaged folder of the issue:
 messages advise deleting nothing that is not verified damaged, and every
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.slow
 # 540 training examples / 16 = 33 steps per epoch, in 7 chunks of 5.
 FLAGS = ("--noanalyses", "--model=mlp", "--mlp_hidden=16", "--epochs=3", "--batch_size=16",
          "--chunk_steps=5", "--seed=3")
-TRIALS = int(os.environ.get("KILL_TRIALS", "6"))
+TRIALS = int(os.environ.get("KILL_TRIALS", "5"))
 SEED = int(os.environ.get("KILL_SEED", "0"))
 PAUSE_S = 0.3  # How long the child waits at each marker.
 

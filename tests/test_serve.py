@@ -3,10 +3,12 @@ as predict and the analyses compute them; what it refuses; a burst of
 requests; launch.py's command, and its Ctrl-C."""
 
 import concurrent.futures
+import contextlib
 import http.client
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +22,7 @@ import pytest
 
 from launch_helpers import ROOT, child_env
 from mnist_jax import models
+from mnist_jax import modes
 from mnist_jax.data import images
 from mnist_jax.errors import UserError
 from mnist_jax.results import analysis
@@ -51,12 +54,23 @@ def _rnn():
 
 
 @pytest.fixture(scope="module")
-def server(tiny_run):
+def analysed_run(tiny_run, prepared, tmp_path_factory):
+  """tiny_run with its analyses, whose kept test digits the page offers."""
+  folder = str(tmp_path_factory.mktemp("analysed") / "mlp")
+  shutil.copytree(tiny_run, folder)
+  with contextlib.redirect_stdout(io.StringIO()):
+    modes.rewrite_report(folder, analyses=True, mnist_dir=prepared[0],
+                         data_dir=prepared[1])
+  return folder
+
+
+@pytest.fixture(scope="module")
+def server(analysed_run):
   """The page's server on a free port for the MLP run folder and a synthetic
   RNN: (server, port)."""
   rnn = _rnn()
   rnn.result(rnn.start(np.zeros(rnn.shape)))  # As serve.load warms up.
-  srv = serve.Server(("127.0.0.1", 0), serve.load([tiny_run]) + [rnn])
+  srv = serve.Server(("127.0.0.1", 0), serve.load([analysed_run]) + [rnn])
   thread = threading.Thread(target=srv.serve_forever, daemon=True)
   thread.start()
   yield srv, srv.server_address[1]
@@ -113,13 +127,13 @@ def test_each_run_answers_as_predict_and_the_analyses_would(server, tmp_path):
 
 
 def test_runs_lists_the_runs_and_the_test_digits_their_analyses_kept(
-    server, tiny_run):
+    server, analysed_run):
   srv, port = server
   status, about = _ask(port, "GET", "/runs")
   assert status == 200
   assert [(r["name"], r["steps"]) for r in about["runs"]] == [
       (m.name, analysis.reads_in_steps(m.module)) for m in srv.loaded]
-  with np.load(os.path.join(tiny_run, analysis.FOLDER, analysis.ARRAYS)) as a:
+  with np.load(os.path.join(analysed_run, analysis.FOLDER, analysis.ARRAYS)) as a:
     kept, labels = a["images"], a["labels"][a["shown"]]
   assert len(about["digits"]) == min(serve.DIGITS, len(kept))
   for d, image, label in zip(about["digits"], kept, labels):

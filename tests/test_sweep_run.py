@@ -32,8 +32,9 @@ from mnist_jax import modes as run_folder
 from mnist_jax.training import members
 from mnist_jax import optim
 
+# The analyses aside: tests/test_analysis.py holds them.
 TINY = dict(mlp_hidden=(16,), dropout=0.2, epochs=2, batch_size=50,
-            val_fraction=0.1)
+            val_fraction=0.1, analyses=False)
 # The linear model's share of TINY: it has no settings of its own.
 LINEAR = {k: v for k, v in TINY.items() if k not in ("mlp_hidden", "dropout")}
 SWEEP = "learning_rate=0.003,0.01;grad_clip=0,1"  # 4 points x 2 seeds.

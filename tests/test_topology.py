@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from conftest import xla_flags
 import launch_helpers as lh
 from mnist_jax.results import run as run_lib
 
@@ -100,9 +101,7 @@ def _cores() -> int:
 
 def _env(topology: Topology) -> dict:
   env = lh.child_env()
-  if topology.host_devices:
-    env["XLA_FLAGS"] = (
-        f"--xla_force_host_platform_device_count={topology.host_devices}")
+  env["XLA_FLAGS"] = xla_flags(topology.host_devices)
   return env
 
 

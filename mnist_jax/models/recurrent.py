@@ -30,8 +30,8 @@ def as_sequence(images, sequence: str = "rows", permute_seed: int = 0):
 
 
 class Recurrent(nn.Module):
-  """Stacked, optionally bidirectional nn.RNN layers; the top layer's last
-  state(s) to Dense: images [B, H, W] (255 = ink) -> logits [B, classes]."""
+  """Stacked, optionally bidirectional nn.RNN layers, dropout between them and
+  on the top one's last state(s), to Dense: images [B, H, W] -> logits."""
   OUTPUT = "out"  # Its output layer; that layer's input: its features.
   cell: str = "lstm"
   hidden: int = 128

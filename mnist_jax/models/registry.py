@@ -8,6 +8,7 @@ may name a `base` preset it edits.
 
 import dataclasses
 import itertools
+import math
 from typing import Any, Callable, Dict, List, Optional
 
 import flax.linen as nn
@@ -202,11 +203,8 @@ def validation_fraction(model: str, preset: str) -> float:
 
 def presets() -> Dict[str, List[str]]:
   """Each preset's name -> the models that have it, in registration order."""
-  out = {}
-  for name, spec in MODELS.items():
-    for preset in spec.presets:
-      out.setdefault(preset, []).append(name)
-  return out
+  names = dict.fromkeys(p for spec in MODELS.values() for p in spec.presets)
+  return {p: [m for m, s in MODELS.items() if p in s.presets] for p in names}
 
 
 def presets_text() -> str:
@@ -239,8 +237,12 @@ def _classes(c: config_lib.Config) -> int:
   return datasets.num_classes(c.dataset)
 
 
+def _pixels(c: config_lib.Config) -> int:
+  return math.prod(datasets.get(c.dataset).image_shape)
+
+
 def _describe_mlp(c: config_lib.Config) -> str:
-  widths = "-".join(str(w) for w in (784, *c.mlp_hidden, _classes(c)))
+  widths = "-".join(str(w) for w in (_pixels(c), *c.mlp_hidden, _classes(c)))
   return f"{widths}, ReLU{_dropout(c)}"
 
 
@@ -285,10 +287,8 @@ def _check_cnn(c: config_lib.Config) -> Optional[str]:
 
 
 _WIDTH = config_lib.Range(1, config_lib.MAX_WIDTH)  # Units of a layer.
-_DROPOUT = Setting(
-    "dropout", "Dropout rate: after each MLP hidden layer, around the CNN's "
-    "dense layer, between recurrent layers and on the last state",
-    valid=config_lib.Range(0.0, 1.0, high_open=True, cap=False))
+_DROPOUT = Setting("dropout", "Dropout rate, in [0, 1)",
+                   valid=config_lib.Range(0.0, 1.0, high_open=True, cap=False))
 _RECURRENT = {
     "hidden": Setting("hidden", "State size of the recurrent layers",
                       valid=_WIDTH),
@@ -316,7 +316,7 @@ _AUGMENT = dict(augment=True, augment_shift=2.0, augment_rotate=10.0,
 # the accuracy bars in the README within 3 minutes on a 2-core CPU.
 register(ModelSpec(
     name="linear", module=dense.Linear,
-    describe=lambda c: f"Dense({_classes(c)}) on the 784 pixels",
+    describe=lambda c: f"Dense({_classes(c)}) on the {_pixels(c)} pixels",
     presets={
         "seed": dict(epochs=5, batch_size=32, learning_rate=1e-3,
                      val_fraction=0.0),

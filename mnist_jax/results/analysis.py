@@ -196,21 +196,20 @@ def attributions(module, variables, images, targets) -> Dict[str, np.ndarray]:
 
 
 def first_layer(run, module, image) -> Dict[str, np.ndarray]:
-  """A CNN's first filters [F, k, k] and their outputs on `image`; a dense
-  first layer's weights as images (a MLP's first 16 units)."""
-  params = run.variables["params"]
-  if "conv_0" in params:
-    _, inter = jax.jit(lambda x: module.apply(
-        run.variables, x, capture_intermediates=lambda m, _: m.name == "conv_0",
-        mutable=["intermediates"]))(image[None].astype(np.float32))
-    kernel = np.asarray(params["conv_0"]["kernel"])[:, :, 0]  # [k, k, F]
-    outputs = np.asarray(inter["intermediates"]["conv_0"]["__call__"][0][0])
-    return {"filters": np.moveaxis(kernel, -1, 0),
-            "maps": np.moveaxis(outputs, -1, 0)}
-  dense = [np.asarray(v["kernel"]).T[:16].reshape(-1, *image.shape)
-           for v in params.values()
-           if "kernel" in v and v["kernel"].shape[0] == image.size]
-  return {"weights": dense[0]} if dense else {}
+  """The model's declared FIRST layer (none: {}): a convolution's filters
+  [F, k, k] and outputs on `image`, or a dense layer's first 16 units."""
+  first = getattr(module, "FIRST", None)
+  if first not in run.variables["params"]:
+    return {}
+  kernel = np.asarray(run.variables["params"][first]["kernel"])
+  if kernel.ndim == 2:  # Dense, on the pixels: [H * W, units].
+    return {"weights": kernel.T[:16].reshape(-1, *image.shape)}
+  _, inter = module.apply(  # Once, on one image: not worth a compile.
+      run.variables, image[None].astype(np.float32), mutable=["intermediates"],
+      capture_intermediates=lambda m, _: m.scope.path == (first,))
+  outputs = np.asarray(inter["intermediates"][first]["__call__"][0][0])
+  return {"filters": np.moveaxis(kernel[:, :, 0], -1, 0),  # From [k, k, F].
+          "maps": np.moveaxis(outputs, -1, 0)}
 
 
 def pca(features, k: int = 2):

@@ -279,12 +279,12 @@ def sample_probabilities(samples: Sequence[dict], path: str,
 
 def prediction(image: np.ndarray, probabilities: np.ndarray, path: str,
                source: str = "", class_names=None) -> str:
-  """An input as the model saw it (28x28, preprocessed), its probabilities."""
+  """An input as the model saw it (preprocessed, its HxW), its probabilities."""
   names = _labels(class_names, len(probabilities))
-  best = int(np.argmax(probabilities))
+  best, size = int(np.argmax(probabilities)), "x".join(map(str, image.shape))
   return sample_probabilities(
       [{"image": image, "probabilities": probabilities,
-        "caption": "as the model saw it (28x28)"}],
+        "caption": f"as the model saw it ({size})"}],
       path, names, title=f"{os.path.basename(source)}: {names[best]} "
       f"({100 * probabilities[best]:.1f}%)")
 

@@ -1,7 +1,6 @@
 """A trained run (`Run`, also the Python API's model) and --mode=predict."""
 
 import dataclasses
-import functools
 import json
 import os
 import sys
@@ -24,7 +23,6 @@ from mnist_jax.rundir import metrics_log
 from mnist_jax.rundir import record
 from mnist_jax.rundir import resume
 from mnist_jax.training import members as members_lib
-from mnist_jax import optim
 from mnist_jax.training import train
 
 
@@ -160,14 +158,9 @@ def load_run(workdir: str, **overrides) -> Run:
   member the final metrics row chose (else 0). overrides: Config fields."""
   config = record.used_config(workdir, **overrides)
   resume.check_model(workdir, config)
-  members = members_lib.from_config(config)
   model, _ = models.build(config, say=lambda _: None)
-  shape = datasets.get(config.dataset).image_shape
-  tx = optim.make_optimizer(config, 1, members_lib.swept(config))
-  template = jax.eval_shape(lambda: members_lib.init_state(
-      members, functools.partial(train.create_train_state, model=model,
-                                 tx=tx, image_shape=shape)))
-  state, meta = checkpoints_lib.restore(workdir, template, config.model)
+  state, meta = checkpoints_lib.restore(workdir, jax.eval_shape(
+      lambda: train.initial_state(config, model)), config.model)
   chosen = (metrics_log.final_metrics(workdir) or {}).get("chosen")
   return Run.from_state(config, state, chosen["index"] if chosen else 0,
                         int(meta.get("epoch", 0)))

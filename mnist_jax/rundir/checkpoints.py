@@ -8,9 +8,7 @@ verified damage is called damage.
 import contextlib
 import dataclasses
 import functools
-import gc
 import hashlib
-import inspect
 import io
 import json
 import logging
@@ -22,7 +20,7 @@ from typing import Optional, Tuple
 import jax
 import numpy as np
 
-from mnist_jax.errors import UserError
+from mnist_jax.errors import UserError, first_line
 from mnist_jax.rundir import resume
 from mnist_jax.training import train
 
@@ -36,49 +34,38 @@ class CheckpointError(UserError):
   """A checkpoint is missing, unreadable, or does not fit this model."""
 
 
-def _orbax():  # On first use: its import is slow.
+@functools.cache
+def _orbax():
+  """orbax.checkpoint, imported on first use (it is slow). What it echoes of
+  failures it raises itself stays off the terminal, however late it comes:
+  its absl lines, and after a failed read, its asyncio tasks' errors and
+  "Event loop is closed" from the callbacks of reads still in flight."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  logging.getLogger("absl").addFilter(
+      lambda r: f"{os.sep}orbax{os.sep}" not in r.pathname)
+  logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # Only orbax's.
+  hook = sys.unraisablehook
+  sys.unraisablehook = lambda u: None if (
+      isinstance(u.exc_value, RuntimeError) and
+      str(u.exc_value) == "Event loop is closed") else hook(u)
   return ocp
+
+
+@contextlib.contextmanager
+def _quiet_read():
+  """Some of those callbacks print to stderr from their threads: within, and
+  for 0.5 s after a failure, stderr goes nowhere."""
+  with contextlib.redirect_stderr(io.StringIO()):
+    try:
+      yield
+    except BaseException:
+      time.sleep(0.5)
+      raise
 
 
 def tree(state) -> dict:
   """What a checkpoint holds of a train state (host or device arrays)."""
   return {part: getattr(state, part) for part in PARTS}
-
-
-@contextlib.contextmanager
-def _hush(read: bool):
-  """Keeps orbax's echoes of a failure (raised itself) off the terminal:
-  "Event loop is closed" from its threads, absl's errors, and (`read`:
-  stderr, to the debug log) a failed read's coroutines, closed here."""
-  sink, hooks = io.StringIO(), (sys.excepthook, sys.unraisablehook)
-  stray = lambda e: read or (  # pylint: disable=g-long-lambda
-      isinstance(e, RuntimeError) and str(e) == "Event loop is closed")
-  sys.excepthook = lambda *e: stray(e[1]) or hooks[0](*e)
-  sys.unraisablehook = lambda u: stray(u.exc_value) or hooks[1](u)
-  drop = lambda r: not (read or r.levelno >= logging.ERROR and  # pylint: disable=g-long-lambda
-                        f"{os.sep}orbax{os.sep}" in r.pathname)
-  for name in ("absl", "asyncio"):
-    logging.getLogger(name).addFilter(drop)
-  try:
-    with contextlib.redirect_stderr(sink) if read else contextlib.nullcontext():
-      try:
-        yield
-      except BaseException:
-        if read:
-          time.sleep(0.5)  # Stray callbacks land shortly after a failure.
-          for obj in gc.get_objects():
-            if (inspect.iscoroutine(obj) and inspect.getcoroutinestate(obj) ==
-                inspect.CORO_SUSPENDED and "orbax" in obj.cr_code.co_filename):
-              with contextlib.suppress(BaseException):
-                obj.close()
-        raise
-  finally:
-    for name in ("absl", "asyncio"):
-      logging.getLogger(name).removeFilter(drop)
-    sys.excepthook, sys.unraisablehook = hooks
-    if sink.getvalue():
-      logging.debug("orbax's stray output:\n%s", sink.getvalue())
 
 
 def _host(tree_):
@@ -107,10 +94,6 @@ def param_shapes(params) -> dict:
           for path, v in flat}
 
 
-def _reason(e: Exception) -> str:
-  return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-
-
 class Checkpointer:
   """(tree, meta) pairs under `workdir/checkpoints/<step>`, the newest `keep`
   kept; `read_only` touches nothing on disk."""
@@ -121,14 +104,13 @@ class Checkpointer:
       raise CheckpointError(f"{self.directory} is a file where the run's "
                             "checkpoint folder goes; move it away, or pass "
                             "another --workdir")
-    self._read_only, self._keep, self._hushed = read_only, keep, None
+    self._read_only, self._keep = read_only, keep
     if read_only:
       self._manager  # pylint: disable=pointless-statement  # Fail now.
 
   @functools.cached_property
   def _manager(self):
     ocp, ro = _orbax(), self._read_only
-    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's chatter.
     options = ocp.CheckpointManagerOptions(
         max_to_keep=None if ro else self._keep, create=not ro, read_only=ro,
         enable_async_checkpointing=not ro, cleanup_tmp_directories=not ro)
@@ -146,7 +128,7 @@ class Checkpointer:
           "meta": ocp.JsonCheckpointHandler()})
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(
-          f"cannot open the checkpoints in {self.directory} ({_reason(e)}); "
+          f"cannot open the checkpoints in {self.directory} ({first_line(e)}); "
           "check that this user can read and write that folder, or pass "
           "another --workdir") from None
 
@@ -166,9 +148,6 @@ class Checkpointer:
     meta = {**meta, "format": FORMAT,
             "digest": digest([host[k] for k in sorted(host)])}
     meta["meta_checksum"] = _meta_checksum(meta)
-    if self._hushed is None:  # Until `close`: saves fail in orbax's threads.
-      self._hushed = contextlib.ExitStack()
-      self._hushed.enter_context(_hush(read=False))
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta)),
                        force=True)
@@ -178,7 +157,7 @@ class Checkpointer:
       return self._manager.latest_step()
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(f"cannot list the checkpoints in {self.directory} "
-                            f"({_reason(e)}); check that this user can read "
+                            f"({first_line(e)}); check that this user can read "
                             "that folder, or pass another --workdir") from None
 
   def _damaged(self, step: int, why: str) -> CheckpointError:
@@ -195,7 +174,7 @@ class Checkpointer:
     as host arrays); CheckpointError for a file this user cannot read."""
     ocp = _orbax()
     try:
-      with _hush(read=True):
+      with _quiet_read():
         args = ocp.args.JsonRestore() if item == "meta" else (
             ocp.args.StandardRestore(template and jax.tree.map(
                 lambda x: np.zeros(np.shape(x), x.dtype),  # Read whole.
@@ -220,7 +199,7 @@ class Checkpointer:
     except CheckpointError:
       raise
     except Exception as e:  # pylint: disable=broad-except
-      return None, f"its meta record does not read back: {_reason(e)}"
+      return None, f"its meta record does not read back: {first_line(e)}"
     if not isinstance(meta, dict) or not isinstance(meta.get("epoch"), int):
       return None, "its meta record has no epoch"
     if meta.get("meta_checksum") != _meta_checksum(meta):
@@ -237,7 +216,7 @@ class Checkpointer:
       except (CheckpointError, MemoryError):
         raise
       except Exception as e:  # pylint: disable=broad-except
-        why = f"its arrays do not read back: {_reason(e)}"
+        why = f"its arrays do not read back: {first_line(e)}"
     return why
 
   def read_meta(self, step: Optional[int] = None) -> Tuple[int, dict]:
@@ -288,7 +267,7 @@ class Checkpointer:
       why = self.damage(step)
       raise (self._damaged(step, why) if why else CheckpointError(
           f"the checkpoint {where} is intact but does not fit this run's "
-          f"train state ({_reason(e)}); {self._edited()}")) from None
+          f"train state ({first_line(e)}); {self._edited()}")) from None
     if digest([restored[k] for k in sorted(restored)]) != meta.get("digest"):
       raise self._damaged(step, "its arrays do not match the checksum saved "
                           "with them")
@@ -296,14 +275,9 @@ class Checkpointer:
 
   def close(self) -> None:
     """Waits for the last save to finish."""
-    try:
-      if "_manager" in self.__dict__:
-        self._manager.wait_until_finished()
-        self._manager.close()
-    finally:
-      if self._hushed is not None:
-        self._hushed.close()
-        self._hushed = None
+    if "_manager" in self.__dict__:
+      self._manager.wait_until_finished()
+      self._manager.close()
 
 
 def restore(workdir: str, state, model: Optional[str] = None):

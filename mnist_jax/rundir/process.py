@@ -17,7 +17,7 @@ import warnings
 from absl import logging as absl_logging
 import jax
 
-from mnist_jax.errors import UserError
+from mnist_jax.errors import UserError, first_line
 
 MAX_HOST_DEVICES = 8  # split_host's most CPU devices.
 JOIN_TIMEOUT_S = 300  # How long processes wait for each other (jax's default).
@@ -106,8 +106,7 @@ def initialize(config, detect: bool = True) -> None:
   except (ValueError, TypeError, RuntimeError) as e:
     if not named and isinstance(e, ValueError):
       return  # No cluster detected: one process.
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    raise UserError(f"cannot join this job's processes ({first}); "
+    raise UserError(f"cannot join this job's processes ({first_line(e)}); "
                     f"{advice}") from None
   finally:
     watchdog.cancel()

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.data import datasets
-from mnist_jax.errors import OutOfResources, UserError
+from mnist_jax.errors import OutOfResources, UserError, first_line
 from mnist_jax import files
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -92,11 +92,6 @@ class Failure:
         UserError.exit_code)
 
 
-def _first_line(exc: BaseException, limit: int = 160) -> str:
-  text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-  return text if len(text) <= limit else text[:limit] + "..."
-
-
 def failure(exc: BaseException,
             where: Optional[str] = None) -> Optional[Failure]:
   """What ran out or refused, for an exception of a full disk, memory or a
@@ -123,13 +118,13 @@ def failure(exc: BaseException,
     return failure(files.no_space_error(code, where), where)
   for e in chain:
     if isinstance(e, MemoryError):
-      return Failure("memory", f"out of host memory ({_first_line(e)})")
+      return Failure("memory", f"out of host memory ({first_line(e, 160)})")
     if any(text in str(e) for text in OUT_OF_MEMORY):  # XLA's, any device.
-      detail = re.sub(r"^[A-Z_]+: ", "", _first_line(e))
+      detail = re.sub(r"^[A-Z_]+: ", "", first_line(e, 160))
       return Failure("memory", "out of memory on the "
                      f"{jax.default_backend().upper()} ({detail})")
     if (jax.distributed.is_initialized() and
         any(text in str(e) for text in PEER_LOST)):
       return Failure("peer", "another process of this job stopped (it "
-                     f"crashed or was killed: {_first_line(e, 100)})")
+                     f"crashed or was killed: {first_line(e, 100)})")
   return None

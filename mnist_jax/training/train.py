@@ -17,6 +17,7 @@ import numpy as np
 
 from mnist_jax import models
 from mnist_jax.data import augment as augment_lib
+from mnist_jax.data import datasets
 from mnist_jax.errors import UserError
 from mnist_jax.models import precision
 from mnist_jax.training import devices
@@ -50,6 +51,18 @@ def create_train_state(key: jax.Array, model, tx, image_shape,
   return TrainState.create(
       apply_fn=precision.cast_apply(model.apply, dtype), params=params, tx=tx,
       model_state=variables, keys=dict(zip(STREAMS, streams)))
+
+
+def initial_state(config, model, steps_per_epoch: int = 1,
+                  image_shape=None) -> TrainState:
+  """Every member's fresh state, stacked [M, ...] for M > 1: training's start,
+  and (under jax.eval_shape) the template report and predict restore into.
+  image_shape: [H, W(, C)], by default the config's dataset's."""
+  tx = optim.make_optimizer(config, steps_per_epoch, members_lib.swept(config))
+  return members_lib.init_state(
+      members_lib.from_config(config), functools.partial(
+          create_train_state, model=model, tx=tx, dtype=config.dtype,
+          image_shape=image_shape or datasets.get(config.dataset).image_shape))
 
 
 def cross_entropy(logits, labels, label_smoothing=0.0):
@@ -252,10 +265,7 @@ def train_and_evaluate(config, data, hooks: Optional[Hooks] = None):
   layout = devices.Layout(config, len(members), hooks.message)
   model, implementation = models.build(config, hooks.message, hooks.status)
   steps = steps_per_epoch(config, len(data.train))
-  tx = optim.make_optimizer(config, steps, members_lib.swept(config))
-  state = members_lib.init_state(members, functools.partial(
-      create_train_state, model=model, tx=tx,
-      image_shape=data.train.images.shape[1:], dtype=config.dtype))
+  state = initial_state(config, model, steps, data.train.images.shape[1:])
   state, start = hooks.start(state, steps, {
       "implementation": implementation, "parallel": layout.record()})
   state = layout.put_state(state)

@@ -3,10 +3,10 @@
 A kernel is a subclass of one stock module class that computes it faster:
 same attributes and parameter tree, so either reads the other's checkpoints;
 its ACCEPTS maps an attribute to the values it computes. `swap` gives a run the
-kernel only where it takes the module's attributes, after a check on one
-batch that its outputs and gradients equal the stock module's as it is now,
-edits included (float32 tolerance); else (an exception in the check too) the
-run keeps the stock module and says why in one line.
+kernel only where it takes the module's attributes (kernel_for), after a check
+on one batch that its outputs and gradients equal the stock module's as it is
+now, edits included (float32 tolerance); else (an exception in the check too)
+the run keeps the stock module and says why in one line.
 """
 
 import collections
@@ -138,6 +138,20 @@ def _verdict(key: str, check: Callable[[], Optional[str]]
   return verdict, False
 
 
+def _missing(stock: nn.Module, kernel: Kernel) -> str:
+  """stock's attribute values that `kernel`'s ACCEPTS does not take, or ""."""
+  accepts = getattr(kernel.module, "ACCEPTS", {})  # Attribute -> values.
+  return ", ".join(f"{k}={v}" for k, v in _attributes(stock).items()
+                   if v not in accepts.get(k, (v,)))
+
+
+def kernel_for(stock: nn.Module) -> Optional[type]:
+  """The kernel class covering `stock` (its class's, if ACCEPTS takes its
+  attribute values), else None."""
+  kernel = KERNELS.get(type(stock))
+  return kernel.module if kernel and not _missing(stock, kernel) else None
+
+
 def _wanted(kernel: Optional[Kernel], impl: str, backend: str) -> bool:
   return kernel is not None and (
       impl == "fast" or (impl == "auto" and backend in kernel.faster_on))
@@ -192,14 +206,10 @@ def swap(stock: nn.Module, impl: str, image_shape, backend: Optional[str] = None
   record = {"impl": impl, "module": _name(type(stock))}
   kernel, line = KERNELS.get(type(stock)), None
   if _wanted(kernel, impl, backend):
-    given = _attributes(stock)
-    accepts = getattr(kernel.module, "ACCEPTS", {})  # Attribute -> values.
-    missing = [f"{k}={v}" for k, v in given.items()
-               if v not in accepts.get(k, (v,))]
     fast, why, checked = _check(
-        stock, kernel.module, lambda: kernel.module(**given),
-        missing and f"it has no {', '.join(missing)}" or None, image_shape,
-        backend, status)
+        stock, kernel.module, lambda: kernel.module(**_attributes(stock)),
+        kernel_for(stock) is None and f"it has no {_missing(stock, kernel)}"
+        or None, image_shape, backend, status)
     record.update(checked)
     if why is None:
       return fast, None, {**record, "module": _name(kernel.module)}
