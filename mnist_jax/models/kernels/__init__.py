@@ -206,10 +206,11 @@ def swap(stock: nn.Module, impl: str, image_shape, backend: Optional[str] = None
   record = {"impl": impl, "module": _name(type(stock))}
   kernel, line = KERNELS.get(type(stock)), None
   if _wanted(kernel, impl, backend):
+    missing = _missing(stock, kernel)  # What kernel_for refuses it for.
     fast, why, checked = _check(
         stock, kernel.module, lambda: kernel.module(**_attributes(stock)),
-        kernel_for(stock) is None and f"it has no {_missing(stock, kernel)}"
-        or None, image_shape, backend, status)
+        missing and f"it has no {missing}" or None, image_shape, backend,
+        status)
     record.update(checked)
     if why is None:
       return fast, None, {**record, "module": _name(kernel.module)}
