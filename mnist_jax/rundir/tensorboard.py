@@ -30,7 +30,6 @@ finally:
 
 # pylint: disable=g-import-not-at-top,g-bad-import-order
 from mnist_jax import config as config_lib
-from mnist_jax.config import value_text
 from mnist_jax.errors import UserError
 from mnist_jax import files
 from mnist_jax.rundir import metrics_log
@@ -62,13 +61,13 @@ def members_from_labels(labels: Sequence[Dict]) -> List[Dict]:
 
 def member_name(values: Dict) -> str:
   """The subfolder of a member: `seed=3`, `seed=3,learning_rate=0.001`."""
-  return ",".join(f"{k}={value_text(v)}" for k, v in values.items())
+  return ",".join(f"{k}={config_lib.value_text(v)}" for k, v in values.items())
 
 
 def hparams(config, member: Optional[Dict] = None) -> Dict:
   """The Config as HParams values; a member is a single run."""
   values = {**config.to_dict(), **({**member, "num_seeds": 1} if member else {})}
-  return {k: value_text(v) if isinstance(v, (list, tuple)) else v
+  return {k: config_lib.value_text(v) if isinstance(v, (list, tuple)) else v
           for k, v in values.items() if k not in NOT_HPARAMS and v is not None}
 
 
