@@ -26,7 +26,7 @@ if os.environ["JAX_COMPILATION_CACHE_DIR"]:
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="mnist_jax_tests_cache_")
 
 # Tests compile with XLA:CPU's backend (LLVM) optimizations off: the same
-# programs in about half the compile time, which is most of the suite's time.
+# programs for about a third less CPU time (compiling is most of the suites').
 # Their numbers agree with a default compile's to float rounding, and every
 # bit-for-bit check compares programs compiled alike. Child processes get the
 # same flags (xla_flags); MNIST_JAX_TEST_XLA_FLAGS="" compiles as a run does.
@@ -127,7 +127,7 @@ def prepared(idx_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_run(prepared, tmp_path_factory):
   """A finished one-epoch MLP run folder on the synthetic data (with its report,
-  the analyses aside: test_analysis.py makes its own)."""
+  the analyses aside: the tests that read analyses make their own)."""
   from mnist_jax import models  # pylint: disable=g-import-not-at-top
   from mnist_jax import modes  # pylint: disable=g-import-not-at-top
   mnist_dir, data_dir = prepared
