@@ -34,6 +34,7 @@ if __name__ == "__main__":  # Before the imports, which take seconds.
 import logging
 import sys
 import threading
+import traceback
 
 from absl import app
 from absl import flags
@@ -290,6 +291,10 @@ def _run(argv):
     _fail(COMMAND.interrupted(), 128 + COMMAND.signum)
   except Exception as e:  # pylint: disable=broad-except
     found = resources.failure(e, COMMAND.work or FLAGS.workdir)
+    if (found is None or FLAGS.debug) and jax.distributed.is_initialized():
+      traceback.print_exc()  # Not raised: jax's shutdown would wait on a
+      _fail("error: this process stopped on the error above; start every "
+            "process again", 1)  # lost peer, then abort in C++.
     if found is None or FLAGS.debug:
       raise
     _fail(f"error: {COMMAND.failure(found, FLAGS.mode, FLAGS.workdir)}",

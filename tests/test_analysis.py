@@ -221,6 +221,7 @@ def test_temperature_scaling_calms_an_over_confident_model():
   assert t > 1 and before > 0.2 and after < before / 4
 
 
+@pytest.mark.slow
 def test_level_zero_of_every_change_is_the_run_test_accuracy(two_runs):
   folder, _, run, data = two_runs[1]
   expected = run.evaluate(data.test.images, data.test.labels)["accuracy"]
@@ -266,6 +267,7 @@ def _finished(folder, config, wall):
     f.writelines(f"{json.dumps(r)}\n" for r in rows)
 
 
+@pytest.mark.slow
 def test_each_run_folder_gets_its_files_and_section(two_runs):
   (rnn, *_), (lstm, lstm_lines, *_) = two_runs
   for folder, lines, *_ in two_runs:
@@ -288,6 +290,7 @@ def test_each_run_folder_gets_its_files_and_section(two_runs):
   assert not os.path.exists(os.path.join(lstm, "analysis", "reading.csv"))
 
 
+@pytest.mark.slow
 def test_the_comparison_page_sets_two_runs_side_by_side(two_runs, tmp_path):
   page = compare.analysis_page([f for f, *_ in two_runs],
                                str(tmp_path / "cmp" / "a.md"))
@@ -300,7 +303,8 @@ def test_the_comparison_page_sets_two_runs_side_by_side(two_runs, tmp_path):
       assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
 
 
-@pytest.mark.parametrize("on", [True, False])
+@pytest.mark.parametrize("on", [pytest.param(True, marks=pytest.mark.slow),
+                                False])
 def test_the_report_writes_the_analyses_unless_told_not_to(tmp_path, on):
   images, labels = _row_digits(60)
   run = _row_reader(analyses=on)
@@ -317,6 +321,7 @@ def test_the_report_writes_the_analyses_unless_told_not_to(tmp_path, on):
     assert "![What breaks it](analysis/robustness.png)" in text
 
 
+@pytest.mark.slow
 def test_the_comparison_summary_table_holds_each_runs_numbers(two_runs, tmp_path):
   out = str(tmp_path / "out")
   compare.compare([f for f, *_ in two_runs], out, log=lambda _: None,
@@ -341,6 +346,7 @@ def test_the_comparison_summary_table_holds_each_runs_numbers(two_runs, tmp_path
   assert rnn["rows to 99%"].strip() == "14"
 
 
+@pytest.mark.slow
 def test_results_py_writes_the_docs_page_from_the_tuned_runs(two_runs, tmp_path):
   folders = [f for f, *_ in two_runs]
   found = {row: {"run": folders[i % 2], "time_s": 5.0 + i}
@@ -459,6 +465,7 @@ def test_equal_robustness_lines_stay_apart(drawn, tmp_path):
     assert (np.abs(at[0][:, 0] - at[1][:, 0]) >= 2).all()  # Points apart.
 
 
+@pytest.mark.slow
 def test_the_comparison_figures_name_each_runs_preset(two_runs, drawn,
                                                      tmp_path):
   """compare.py passes its group labels ("rnn", "lstm"): the figures name

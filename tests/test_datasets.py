@@ -82,8 +82,7 @@ def test_the_dense_models_count_the_declared_images_pixels(monkeypatch):
 
 @pytest.mark.parametrize("model,extra", [
     pytest.param(m, dict(sequence="pixels") if m == "lstm" else {},
-                 marks=() if m == "cnn" else pytest.mark.slow)
-    for m in models.MODELS])
+                 marks=pytest.mark.slow) for m in models.MODELS])
 def test_a_dataset_of_another_shape_trains_reports_and_predicts(
     model, extra, tmp_path, monkeypatch):
   """The declaration alone: the model, its check, the report with every

@@ -27,6 +27,7 @@ NAN_FLAGS = ("--model=linear", "--batch_size=16", "--chunk_steps=8",
              "--warmup_epochs=100", "--epochs=200")
 
 
+@pytest.mark.slow
 def test_divergence_stops_with_step_epoch_status_and_good_checkpoint(
     prepared, tmp_path):
   mnist_dir, data_dir = prepared

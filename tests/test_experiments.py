@@ -55,6 +55,7 @@ def _run(calls, timeout=300):
   return [json.loads(line) for line in result.stdout.splitlines()]
 
 
+@pytest.mark.slow
 def test_every_script_answers_help(tmp_path):
   """Also: a command the docstring continues with a backslash is printed as written."""
   assert len(SCRIPTS) >= 10
@@ -76,6 +77,7 @@ def test_every_script_answers_help(tmp_path):
   assert refused["err"].count("\n") == 1 and "Traceback" not in refused["err"]
 
 
+@pytest.mark.slow
 def test_tensorboard_cost_replays_a_finished_run(tiny_run):
   """tensorboard_cost.py drives the run's own TensorBoard writer, so an
   interface change of the writer fails here rather than in a user's hands."""

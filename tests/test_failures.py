@@ -8,7 +8,10 @@ starting, the flag fuzz) are slow: tests/test_machine_failures.py.
 import errno
 import math
 import os
+import subprocess
+import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -21,6 +24,7 @@ from mnist_jax import files
 from mnist_jax.rundir import control
 from mnist_jax.training import members as members_lib
 from mnist_jax.rundir import resources
+from launch_helpers import ROOT
 
 NUMERIC = [n for n in config_lib.FIELDS
            if models.flag_type(n) in (int, float, tuple)]
@@ -165,6 +169,39 @@ def test_failures_of_the_machine_are_named(exc, kind, text):
     found = resources.failure(raised, "/run")
     assert found.kind == kind and found.text == text
   assert found.exit_code == (5 if kind in ("disk", "memory") else 1)
+
+
+@pytest.mark.parametrize("text", [
+    "UNKNOWN: Gloo AllGather failed: [gloo/transport/tcp/pair.cc:547] Read "
+    "error [127.0.0.1]:4000: Connection reset by peer",
+    "UNKNOWN: Gloo AllReduce failed: [gloo/transport/tcp/pair.cc:598] "
+    "Connection refused",
+    "UNAVAILABLE: Task 1 heartbeat timeout. This indicates that the remote "
+    "task has failed"])
+def test_a_lost_peer_is_named_only_in_a_job_of_processes(monkeypatch, text):
+  """In one process the same text is a bug's, with its traceback."""
+  assert resources.failure(RuntimeError(text), "/run") is None
+  monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)
+  found = resources.failure(RuntimeError(text), "/run")
+  assert found.kind == "peer" and found.exit_code == 1
+  assert found.text.startswith("another process of this job stopped")
+
+
+def test_a_bug_in_a_job_of_processes_exits_without_jax_shutdown():
+  """Its traceback, then one line and exit 1 at once: jax's shutdown at exit
+  would wait for a lost peer's heartbeat timeout, then abort in C++."""
+  code = ("import jax, launch; launch._parse(['launch.py']); "
+          "jax.distributed.is_initialized = lambda: True\n"
+          "def main(argv): raise RuntimeError('a bug')\n"
+          "launch.main = main; launch._run(['launch.py'])")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120,
+                        check=False)
+  assert proc.returncode == 1, proc.stderr
+  assert "Traceback" in proc.stderr and "RuntimeError: a bug" in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1] == (
+      "error: this process stopped on the error above; start every process "
+      "again")
 
 
 @pytest.mark.parametrize("exc", [ValueError("bad"), KeyError("x"),

@@ -166,6 +166,19 @@ def test_split_host_after_jax_started_leaves_the_devices(monkeypatch):
   assert jax.devices() == devices
 
 
+@pytest.mark.parametrize("given, expected", [
+    ("", "--xla_gpu_deterministic_ops=true"),
+    ("--xla_dump_to=/tmp/d", "--xla_dump_to=/tmp/d "
+     "--xla_gpu_deterministic_ops=true"),
+    ("--xla_gpu_deterministic_ops=false", "--xla_gpu_deterministic_ops=false"),
+])
+def test_setup_asks_for_deterministic_gpu_kernels_unless_told(monkeypatch,
+                                                              given, expected):
+  monkeypatch.setenv("XLA_FLAGS", given)
+  process.setup_process()
+  assert os.environ["XLA_FLAGS"] == expected
+
+
 def test_accelerator_detection(monkeypatch):
   monkeypatch.setenv("JAX_PLATFORMS", "tpu")
   assert process._accelerator_possible()  # pylint: disable=protected-access

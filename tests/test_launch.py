@@ -35,6 +35,7 @@ def launch(*args, cwd=ROOT, env=None):
                         env=env)
 
 
+@pytest.mark.slow
 def test_launch_trains_and_writes_the_run_folder(prepared, tmp_path):
   mnist_dir, data_dir = prepared
   work = tmp_path / "run"
@@ -53,6 +54,9 @@ def test_launch_trains_and_writes_the_run_folder(prepared, tmp_path):
   assert record["config"]["model"] == "gru" and record["config"]["hidden"] == 16
   assert record["environment"]["packages"]["jax"]
   assert record["environment"]["devices"]
+  # Asked of XLA for GPUs (a CPU ignores it), and recorded.
+  assert "--xla_gpu_deterministic_ops=true" in (
+      record["environment"]["env"]["XLA_FLAGS"].split())
   # The CPU runs the GRU's fused kernel under --impl=auto, once it passed
   # its check against the stock module, and says so.
   implementation = record["environment"]["implementation"]

@@ -59,6 +59,7 @@ def three_seeds(prepared, tmp_path_factory):
   return _run(prepared, tmp_path_factory.mktemp("seeds"), seed=3, num_seeds=3)
 
 
+@pytest.mark.slow
 def test_rows_hold_the_leading_member_every_member_and_their_mean_and_std(
     three_seeds):
   epochs, final = three_seeds[:-1], three_seeds[-1]

@@ -108,6 +108,7 @@ def _record_elsewhere(workdir, cwd, **settings):
     json.dump(record, f)
 
 
+@pytest.mark.slow
 def test_a_run_folder_from_another_machine_reads_this_machines_data(
     tiny_run, prepared, tmp_path, monkeypatch, capsys):
   """Its config.json names data folders this machine lacks (an absolute
@@ -280,6 +281,7 @@ def test_learning_curves_draw_a_null_metric_as_a_gap(drawn, tmp_path):
   assert "test (86)" in [l.get_label() for l in fig.axes[1].get_lines()]
 
 
+@pytest.mark.slow
 def test_a_read_only_home_gets_no_warnings(tiny_run, prepared, tmp_path):
   """Where HOME cannot be written, matplotlib's config goes without a word
   (and JAX keeps no compilation cache unless asked): the report's line is

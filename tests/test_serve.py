@@ -91,6 +91,7 @@ def _ask(port, method, path, body=None, headers=None):
     connection.close()
 
 
+@pytest.mark.slow
 def test_each_run_answers_as_predict_and_the_analyses_would(server, tmp_path):
   srv, port = server
   path = tmp_path / "seven.png"
@@ -126,6 +127,7 @@ def test_each_run_answers_as_predict_and_the_analyses_would(server, tmp_path):
   assert {r["name"] for r in answer["runs"] if r["reading"]} == {"rnn"}
 
 
+@pytest.mark.slow
 def test_runs_lists_the_runs_and_the_test_digits_their_analyses_kept(
     server, analysed_run):
   srv, port = server
@@ -148,6 +150,7 @@ def test_a_folder_of_runs_is_each_of_them(tiny_run, tmp_path):
     serve.load([str(tmp_path)])  # launch.py: one line, exit status 1.
 
 
+@pytest.mark.slow
 def test_the_page_files_and_nothing_else_are_served(server):
   _, port = server
   page = os.path.join(os.path.dirname(serve.__file__), "page")
@@ -163,6 +166,7 @@ def test_the_page_files_and_nothing_else_are_served(server):
     assert status == 404 and "not part of this page" in body["error"], path
 
 
+@pytest.mark.slow
 def test_bad_uploads_get_a_message_and_the_server_keeps_serving(
     server, monkeypatch):
   _, port = server
@@ -187,6 +191,7 @@ def test_bad_uploads_get_a_message_and_the_server_keeps_serving(
   assert _ask(port, "POST", "/runs", b"x")[0] == 404
 
 
+@pytest.mark.slow
 def test_fifty_requests_at_once_are_each_answered(server):
   _, port = server
   first = _ask(port, "POST", "/predict", _seven())[1]

@@ -141,6 +141,7 @@ def test_bad_sweeps_through_launch_are_one_line_and_write_nothing(
 # Members are single runs; choosing.
 
 
+@pytest.mark.slow
 def test_member_i_is_the_single_run_with_its_values_and_seed(prepared, swept,
                                                              tmp_path):
   _, rows = swept
@@ -266,6 +267,7 @@ def test_a_diverged_member_stops_alone(prepared, tmp_path):
 # metrics.jsonl and the run folder.
 
 
+@pytest.mark.slow
 def test_rows_hold_the_leading_member_and_every_member(prepared, swept):
   folder, rows = swept
   listed = members.from_config(record_lib.read_config(folder))
@@ -304,6 +306,7 @@ def test_rows_hold_the_leading_member_and_every_member(prepared, swept):
              for e in final["members"])
 
 
+@pytest.mark.slow
 def test_sweep_csv_and_png(swept):
   folder, rows = swept
   with open(os.path.join(folder, "sweep.csv")) as f:
@@ -351,6 +354,7 @@ def test_a_run_without_sweep_writes_no_sweep_files(tiny_run):
   assert "## Members" not in open(os.path.join(tiny_run, "report.md")).read()
 
 
+@pytest.mark.slow
 def test_report_names_the_chosen_member_and_the_ensemble(swept):
   folder, rows = swept
   text = open(os.path.join(folder, "report.md")).read()
@@ -395,6 +399,7 @@ def test_ensemble_metrics_are_the_mean_of_probabilities():
   assert report.ensemble_metrics(stub(nan), test) is None
 
 
+@pytest.mark.slow
 def test_ensemble_and_chosen_member_from_the_checkpoint(prepared, swept):
   """The final row's ensemble and member metrics, recomputed from probabilities
   of each member's own variables through its Flax module."""
@@ -424,6 +429,7 @@ def test_ensemble_and_chosen_member_from_the_checkpoint(prepared, swept):
                              mean[:7], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_report_mode_and_predict_use_the_chosen_member(swept, tmp_path):
   folder, rows = swept
   copy = str(tmp_path / "copy")
@@ -452,6 +458,7 @@ def test_report_mode_and_predict_use_the_chosen_member(swept, tmp_path):
 # compare.py
 
 
+@pytest.mark.slow
 def test_compare_reads_every_member_as_its_own_configuration(swept, tmp_path):
   folder, rows = swept
   groups = compare.compare([folder], str(tmp_path / "out"), log=lambda _: None)

@@ -24,8 +24,13 @@ JOIN_TIMEOUT_S = 300  # How long processes wait for each other (jax's default).
 
 
 def setup_process() -> None:
-  """Quiets absl's logs; with a compilation cache, caches compiles of 0.2 s
-  or more (not JAX's 1 s)."""
+  """Before JAX starts: GPU kernels in a fixed order (XLA's default picks
+  atomics whose order varies, so the same command gave other numbers), unless
+  XLA_FLAGS says otherwise; quiets absl's logs; with a compilation cache,
+  caches compiles of 0.2 s or more (not JAX's 1 s)."""
+  xla = os.environ.get("XLA_FLAGS", "")
+  if "xla_gpu_deterministic_ops" not in xla:
+    os.environ["XLA_FLAGS"] = f"{xla} --xla_gpu_deterministic_ops=true".strip()
   if jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
   absl_logging.set_verbosity(absl_logging.WARNING)

@@ -21,8 +21,10 @@ from mnist_jax import files
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "Out of memory allocating")
-# A collective's error when another process of the job is gone (Gloo, CPU).
-PEER_LOST = ("closed by peer", "reset by peer", "heartbeat timeout")
+# In a job of several processes: a collective's error (Gloo, on CPUs) or the
+# coordination service's, when another process of the job is gone.
+PEER_LOST = ("closed by peer", "reset by peer", "heartbeat timeout", "Gloo ",
+             "UNAVAILABLE: ")
 
 
 def parameter_count(config: config_lib.Config) -> int:
