@@ -31,10 +31,8 @@ if __name__ == "__main__":  # Before the imports, which take seconds.
     signal.signal(_signum, _stopped_while_loading)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
-import logging
 import sys
 import threading
-import traceback
 
 from absl import app
 from absl import flags
@@ -238,21 +236,6 @@ def _parse(argv):
   return argv
 
 
-def _fail(text: str, code: int):
-  """One line, then nothing else reaches the terminal (library threads
-  winding down would bury it)."""
-  print(text, file=sys.stderr)
-  sys.stderr.flush()
-  logging.disable(logging.CRITICAL)
-  sys.stderr = open(os.devnull, "w")  # pylint: disable=consider-using-with
-  sys.unraisablehook = lambda unraisable: None
-  # jax.distributed's shutdown waits on the other processes, and aborts with a
-  # C++ stack trace where one is gone.
-  if jax.distributed.is_initialized():
-    os._exit(code)  # pylint: disable=protected-access
-  sys.exit(code)
-
-
 def _interrupt(signum, frame):  # pylint: disable=unused-argument
   """Ctrl-C or SIGTERM outside the training loop (which saves first)."""
   COMMAND.signum = signum
@@ -276,11 +259,15 @@ def _run(argv):
   sys.unraisablehook = _unraisable
   try:
     main(argv)
+    sys.stdout.flush()  # A closed pipe (| head) says so here, not at exit.
+  except BrokenPipeError:  # Its reader stopped reading: so does this.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(128 + signal.SIGPIPE)
   except UserError as e:
     if FLAGS.debug:
       raise
     advice = COMMAND.retry_advice() if e.exit_code == 3 else ""
-    _fail(f"error: {e}{advice}", e.exit_code)
+    process.stop(f"error: {e}{advice}", e.exit_code)
   except control.Preempted as e:
     print(f"{e}. To resume, run: {COMMAND.resume_command(e.workdir)}",
           file=sys.stderr)
@@ -288,17 +275,16 @@ def _run(argv):
   except KeyboardInterrupt:
     if FLAGS.debug:
       raise
-    _fail(COMMAND.interrupted(), 128 + COMMAND.signum)
+    process.stop(COMMAND.interrupted(), 128 + COMMAND.signum)
   except Exception as e:  # pylint: disable=broad-except
     found = resources.failure(e, COMMAND.work or FLAGS.workdir)
     if (found is None or FLAGS.debug) and jax.distributed.is_initialized():
-      traceback.print_exc()  # Not raised: jax's shutdown would wait on a
-      _fail("error: this process stopped on the error above; start every "
-            "process again", 1)  # lost peer, then abort in C++.
+      process.stop("error: this process stopped on the error above; start "
+                   "every process again", 1, e)  # Not raised: see stop.
     if found is None or FLAGS.debug:
       raise
-    _fail(f"error: {COMMAND.failure(found, FLAGS.mode, FLAGS.workdir)}",
-          found.exit_code)
+    process.stop(f"error: {COMMAND.failure(found, FLAGS.mode, FLAGS.workdir)}",
+                 found.exit_code)
 
 
 if __name__ == "__main__":

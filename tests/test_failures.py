@@ -276,3 +276,4 @@ def test_help_documents_the_new_exit_codes():
   text = launch.help_text()
   assert "4 finished but did not learn" in text.replace("\n", " ")
   assert "5 out of memory or disk space" in text.replace("\n", " ")
+  assert "141 the reader of its output stopped" in text.replace("\n", " ")

@@ -259,6 +259,21 @@ def test_dry_run_writes_nothing_and_names_the_run_it_would_resume(tmp_path):
   assert lh_snapshot(tmp_path) == before
 
 
+def test_output_into_a_closed_pipe_stops_without_a_traceback(tmp_path):
+  """`python launch.py ... | head -1`: the reader is gone before the
+  output is flushed; the command stops as a pipe's writer does (SIGPIPE's
+  status), with nothing on stderr."""
+  read, write = os.pipe()
+  os.close(read)  # As head, having read its line.
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "launch.py"), "--dry_run",
+       f"--workdir={tmp_path / 'run'}"], cwd=tmp_path, stdout=write,
+      stderr=subprocess.PIPE, text=True, timeout=300, check=False)
+  os.close(write)
+  assert proc.returncode == 128 + signal.SIGPIPE, proc.stderr
+  assert proc.stderr == ""
+
+
 def test_a_home_folder_in_a_path_flag_is_expanded(tmp_path):
   """A shell leaves `~` alone after `--workdir=`: launch.py expands it, as
   it does in --data_dir and --mnist_dir, instead of making a folder `~`."""

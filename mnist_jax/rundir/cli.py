@@ -71,7 +71,8 @@ def help_text(usage: str, lines: Dict[str, str], groups: Dict[str, str],
   out.append(textwrap.fill(
       "Exit status: 0 done (or already finished), 1 bad input, 2 a flag that "
       "does not parse, 3 diverged, 4 finished but did not learn, 5 out of "
-      "memory or disk space, 130 or 143 stopped by Ctrl-C or SIGTERM. "
+      "memory or disk space, 130 or 143 stopped by Ctrl-C or SIGTERM, 141 "
+      "the reader of its output stopped (| head). "
       "--helpfull also lists the libraries' flags.", width=80))
   return "\n".join(out)
 

@@ -1,7 +1,7 @@
-"""Setting up the process before JAX starts (its CPU devices, logging), and
-joining the job's other processes. JAX's compilation cache stays off unless
-JAX_COMPILATION_CACHE_DIR names a folder (a killed process's half-written
-entry warns at every later start).
+"""Setting up the process before JAX starts (its CPU devices, logging),
+joining the job's other processes, and stopping it with one line. JAX's
+compilation cache stays off unless JAX_COMPILATION_CACHE_DIR names a folder
+(a killed process's half-written entry warns at every later start).
 """
 
 import errno
@@ -12,7 +12,9 @@ import os
 import socket
 import sys
 import threading
+import traceback
 import warnings
+from typing import Optional
 
 from absl import logging as absl_logging
 import jax
@@ -115,3 +117,20 @@ def initialize(config, detect: bool = True) -> None:
                     f"{advice}") from None
   finally:
     watchdog.cancel()
+
+
+def stop(text: str, code: int, exc: Optional[BaseException] = None):
+  """Exits with `text` as the last line (after `exc`'s traceback, if given):
+  nothing else then reaches the terminal (library threads winding down would
+  bury it). In a job of processes, at once: jax.distributed's shutdown at
+  exit waits for every process, and where one is gone, aborts in C++."""
+  if exc is not None:
+    traceback.print_exception(exc)
+  print(text, file=sys.stderr)
+  sys.stderr.flush()
+  logging.disable(logging.CRITICAL)
+  sys.stderr = open(os.devnull, "w")  # pylint: disable=consider-using-with
+  sys.unraisablehook = lambda unraisable: None
+  if jax.distributed.is_initialized():
+    os._exit(code)  # pylint: disable=protected-access
+  sys.exit(code)
