@@ -279,8 +279,9 @@ def _run(argv):
   except Exception as e:  # pylint: disable=broad-except
     found = resources.failure(e, COMMAND.work or FLAGS.workdir)
     if (found is None or FLAGS.debug) and jax.distributed.is_initialized():
-      process.stop("error: this process stopped on the error above; start "
-                   "every process again", 1, e)  # Not raised: see stop.
+      process.stop("error: this process stopped on the error above; mend "
+                   "its cause, then run every process's command again (they "
+                   "resume)", 1, e)  # Not raised: see process.stop.
     if found is None or FLAGS.debug:
       raise
     process.stop(f"error: {COMMAND.failure(found, FLAGS.mode, FLAGS.workdir)}",

@@ -200,8 +200,8 @@ def test_a_bug_in_a_job_of_processes_exits_without_jax_shutdown():
   assert proc.returncode == 1, proc.stderr
   assert "Traceback" in proc.stderr and "RuntimeError: a bug" in proc.stderr
   assert proc.stderr.strip().splitlines()[-1] == (
-      "error: this process stopped on the error above; start every process "
-      "again")
+      "error: this process stopped on the error above; mend its cause, then "
+      "run every process's command again (they resume)")
 
 
 @pytest.mark.parametrize("exc", [ValueError("bad"), KeyError("x"),
