@@ -22,18 +22,36 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # pause, so a test can signal it mid-epoch, as an epoch ends, after the final
 # evaluation or as the report begins.
 _CHILD = r"""
-import os, runpy, sys, time
+import os, runpy, signal, sys, time
 script = sys.argv[1]  # launch.py as the user typed it.
 sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
+# Each signal the run's own handlers take is counted: a pause ends 1 s after
+# one (time for a second Ctrl-C), not at its full length.
+_caught, _signal = [0], signal.signal
+def _counted(signum, handler):
+  if not callable(handler):
+    return _signal(signum, handler)
+  def counting(*args):
+    _caught[0] += 1
+    return handler(*args)
+  return _signal(signum, counting)
+signal.signal = _counted
+def pause():
+  end, seen = time.monotonic() + float(os.environ.get("CHUNK_PAUSE_S", "0")), _caught[0]
+  while time.monotonic() < end:
+    time.sleep(0.05)
+    if _caught[0] != seen:
+      end = min(end, time.monotonic() + 1.0)
+      seen = _caught[0]
 from mnist_jax.rundir import log
 _update, _epoch_done = log.Progress.update, log.Progress.epoch_done
 def update(self, epoch, done, total, elapsed):
   print(f"@chunk epoch={epoch} done={done}", flush=True)
-  time.sleep(float(os.environ.get("CHUNK_PAUSE_S", "0")))
+  pause()
   return _update(self, epoch, done, total, elapsed)
 def epoch_done(self, epoch, row):
   print(f"@epoch_end epoch={epoch}", flush=True)
-  time.sleep(float(os.environ.get("CHUNK_PAUSE_S", "0")))
+  pause()
   return _epoch_done(self, epoch, row)
 log.Progress.update = update
 log.Progress.epoch_done = epoch_done
@@ -43,7 +61,7 @@ def marked(module, name):
   original = getattr(module, name)
   def wrapper(*args, **kwargs):
     print(f"@{name}", flush=True)
-    time.sleep(float(os.environ.get("CHUNK_PAUSE_S", "0")))
+    pause()
     return original(*args, **kwargs)
   setattr(module, name, wrapper)
 marked(members, "final_row")  # After the final evaluation, before its row.

@@ -116,7 +116,9 @@ def test_full_disk_is_one_line_and_the_run_resumes_bit_identical(
   expected = lh.deterministic(lh.metrics(reference))
   need = _blocks(reference)
   where = set()
-  for fraction in (0.0, 0.15, 0.45, 0.75, 0.9):
+  # Measured: 0 fails the first write (config.json), 0.15 the first
+  # checkpoint, 0.45 a later one (resumed from the one kept), 0.9 the report.
+  for fraction in (0.0, 0.15, 0.45, 0.9):
     workdir = str(tmpfs / f"run{fraction}")
     filler = _leave_free(tmpfs, int(need * fraction))
     rc, _, err = _launch([*RUN, *data, f"--workdir={workdir}"])

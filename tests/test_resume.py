@@ -229,35 +229,31 @@ def reference(prepared, tmp_path_factory):
 
 @pytest.mark.slow
 # SIGINT takes SIGTERM's path (control.py); Ctrl-C's own messages:
-# test_resume_command.py.
-@pytest.mark.parametrize("signum", [lh.SIGKILL, lh.SIGTERM],
-                         ids=["SIGKILL", "SIGTERM"])
+# test_resume_command.py. SIGKILL, at every phase of a run (mid-epoch, in a
+# save, in the report): test_run_folder_safety.py's kill -9 test.
 def test_stopped_mid_epoch_then_resumed_equals_uninterrupted(
-    prepared, reference, tmp_path, signum):
+    prepared, reference, tmp_path):
   ref_dir, ref_rows, ref_state = reference
   workdir = str(tmp_path / "run")
   args = _args(prepared, workdir)
-  rc, _, err, marker = lh.run_and_signal(args, signum, epoch=2)
+  rc, _, err, marker = lh.run_and_signal(args, lh.SIGTERM, epoch=2)
   assert marker.startswith("@chunk epoch=2 done=")
   rows = lh.metrics(workdir)
   assert [r["epoch"] for r in rows] == [1]  # Stopped inside epoch 2.
-  if signum == lh.SIGKILL:
-    assert rc == -9
-  else:
-    assert rc == 128 + signum, err
-    assert "Traceback" not in err
-    assert "checkpoint at the next safe point" in err
-    assert f"To resume, run: python launch.py {' '.join(args)}" in err
-    _, meta = lh.restore_latest(workdir)
-    assert meta["epoch"] == 1 and 0 < meta["epoch_step"] < 33, meta
-    assert meta["step"] == 33 + meta["epoch_step"]
-    assert meta["time_s"] > 0
+  assert rc == 128 + lh.SIGTERM, err
+  assert "Traceback" not in err
+  assert "checkpoint at the next safe point" in err
+  assert f"To resume, run: python launch.py {' '.join(args)}" in err
+  _, meta = lh.restore_latest(workdir)
+  assert meta["epoch"] == 1 and 0 < meta["epoch_step"] < 33, meta
+  assert meta["step"] == 33 + meta["epoch_step"]
+  assert meta["time_s"] > 0
 
   rc, out, err = lh.run(args)
   assert rc == 0, err
   assert "resuming" in out
-  if signum != lh.SIGKILL:  # The run's time is both processes' time.
-    assert lh.metrics(workdir)[-1]["wall_time_s"] > meta["time_s"]
+  # The run's time is both processes' time.
+  assert lh.metrics(workdir)[-1]["wall_time_s"] > meta["time_s"]
   assert lh.deterministic(lh.metrics(workdir)) == ref_rows
   state, meta = lh.restore_latest(workdir)
   assert meta["done"] and meta["epoch"] == 3
