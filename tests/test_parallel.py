@@ -484,6 +484,7 @@ def test_a_process_killed_mid_run_stops_the_others_in_one_line(prepared,
 
 
 @pytest.mark.slow
+@pytest.mark.floors
 def test_a_run_stopped_mid_epoch_resumes_bit_identical_on_every_layout(
     tmp_path):
   """A preempted run (a checkpoint after the first chunk of epoch 2, the

@@ -37,6 +37,7 @@ import pytest
 from conftest import xla_flags
 import launch_helpers as lh
 from mnist_jax.results import run as run_lib
+from mnist_jax.rundir import process
 
 pytestmark = pytest.mark.slow
 
@@ -223,6 +224,8 @@ def _trained(lab, name):
       mode, devices), env["parallel"]
   if name == "two_processes":
     assert env["process_count"] == 2
+  if TOPOLOGIES[TRAINED[name][1]].split:  # A device per core, up to the cap.
+    assert len(env["devices"]) == min(_cores(), process.MAX_HOST_DEVICES)
   return family, workdir
 
 

@@ -10,12 +10,12 @@ events a kill lost restored. A failed write warns once and stops the events.
 
 import functools
 import glob
+import io
 import os
 import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-import numpy as np
 from PIL import Image
 
 # tensorboardX imports PyTorch where installed (a second or more) only to
@@ -29,6 +29,7 @@ finally:
     del sys.modules["torch"]
 
 # pylint: disable=g-import-not-at-top,g-bad-import-order
+from tensorboardX.proto.summary_pb2 import Summary
 from mnist_jax import config as config_lib
 from mnist_jax.errors import UserError
 from mnist_jax import files
@@ -160,14 +161,19 @@ class Writer:
 
   @_guarded
   def figures(self) -> None:
-    """The run folder's PNG files, as images `figures/<name>`."""
+    """The run folder's PNG files, as images `figures/<name>`: each file's
+    bytes as they are (add_image would decode and encode them again)."""
     for name in sorted(os.listdir(self.logdir)):
       path = os.path.join(self.logdir, name)
       if name.endswith(".png") and os.path.isfile(path):
-        with Image.open(path) as image:
-          pixels = np.asarray(image.convert("RGBA"))
-        self._writers[0].add_image(f"figures/{name[:-4]}", pixels,
-                                   self._last_epoch, dataformats="HWC")
+        with open(path, "rb") as f:
+          png = f.read()
+        with Image.open(io.BytesIO(png)) as image:  # Its header only.
+          (width, height), bands = image.size, len(image.getbands())
+        image = Summary.Image(height=height, width=width, colorspace=bands,
+                              encoded_image_string=png)
+        self._writers[0].file_writer.add_summary(Summary(value=[Summary.Value(
+            tag=f"figures/{name[:-4]}", image=image)]), self._last_epoch)
 
   def close(self, error: Optional[Exception] = None) -> None:
     """Closes the files (idempotent); warns once of `error` (a failed write)
