@@ -113,9 +113,9 @@ def test_sharded_over_two_devices_is_one_devices_run(tmp_path):
 
 
 # The runs of each device count: on one device, --parallel=none of the
-# models auto splits and of the MLP (pmap's reference); on more, auto where
-# it is not one device (that is none: the table's); the members with none
-# and auto; on 2 devices pmap too.
+# models auto splits and of the MLP (pmap's reference) and the members'
+# (their reference); on more, auto where it is not one device (that is
+# none: the table's); the members with auto; on 2 devices pmap too.
 MODELS = ("mlp", "gru", "cnn")
 # What auto resolves to on a CPU host of n devices (batch 64): the recurrent
 # model sharded over as many devices as keep 32 examples each; the others
@@ -130,7 +130,7 @@ SPLIT = [m for m in MODELS if AUTO[2][m] != ("none", 1)]
 # count: TABLE_RUNS, below), members, and pmap.
 RUNS = {n: [f"{m}:auto" for m in SPLIT if n > 1]
            + [f"{m}:none" for m in sorted({*SPLIT, "mlp"}) if n == 1]
-           + ["members:none", "members:auto"]
+           + ["members:none"] * (n == 1) + ["members:auto"]
            + (["mlp:pmap", "mlp0:none", "mlp0:pmap", "cnn:pmap", "cnn:none"]
               if n == 2 else [])
         for n in (1, 2)}
