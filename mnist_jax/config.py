@@ -242,6 +242,9 @@ class Config:
   process_id: int = _field(
       -1, "This process's index, 0 to N-1; -1: from the cluster", DEVICES,
       valid=Range(-1, MAX_PROCESSES - 1))
+  report: bool = _field(
+      True, "Write report.md and its figures as the run ends; --noreport "
+      "leaves them to --mode=report (quicker scripted runs)", MODES)
   analyses: bool = _field(
       True, "Write the analyses of what the model learned (reading, "
       "robustness, attributions, features, calibration) with the report", MODES)

@@ -256,9 +256,10 @@ def _finish(config, workdir, data, state, final, hooks, log, members):
     final.update(control.learning_verdict(final, last, data.test.labels))
   log.final(final, logged=hooks.logged is not None)
   if devices.is_main():
-    log.progress.status(_reporting(report.FILES[0], config.analyses))
-    report.write(workdir, run, data.test, data.class_names, val=data.val)
-    log.figures()
+    if config.report:
+      log.progress.status(_reporting(report.FILES[0], config.analyses))
+      report.write(workdir, run, data.test, data.class_names, val=data.val)
+      log.figures()
     log.close()
     record_lib.finish(workdir, final)
   log.message(_summary(final, members, config, workdir))
@@ -276,9 +277,11 @@ def _already_finished(workdir: str, log) -> Optional[Dict[str, Any]]:
   result = (f": test accuracy {100 * final['test_accuracy']:.2f}%"
             if final else "")
   missing = resume.missing_final_checkpoint(workdir)
-  log.message(f"{workdir} already finished{result}; its report is "
-              f"{workdir}/report.md (--mode=report rewrites it); to train "
-              "these settings again, pass another --workdir"
+  path = os.path.join(workdir, report.FILES[0])
+  log.message(f"{workdir} already finished{result}; " + (
+      f"its report is {path} (--mode=report rewrites it)"
+      if os.path.exists(path) else "--mode=report writes its report") +
+              "; to train these settings again, pass another --workdir"
               f"{f'; note: {missing}' if missing else ''}")
   return final
 
@@ -300,7 +303,8 @@ def _summary(final: dict, members, config, workdir: str) -> str:
   if "ensemble_test_accuracy" in final:
     text += f", their ensemble {100 * final['ensemble_test_accuracy']:.2f}%"
   return (f"{text}; wall time {final['wall_time_s']:.1f}s; results in "
-          f"{workdir}")
+          f"{workdir}" + ("" if config.report else
+                          " (--noreport: --mode=report writes its report)"))
 
 
 def _training_ended(workdir: str) -> bool:
@@ -345,8 +349,8 @@ def rewrite_report(workdir: str, **overrides) -> Dict[str, Any]:
          else "incomplete: rebuilt" if os.path.exists(path)
          else "missing: rebuilt")
   if not record_lib.finished(workdir) and _training_ended(workdir):
-    final = train_and_evaluate(record_lib.used_config(workdir, **overrides),
-                               workdir)
+    final = train_and_evaluate(record_lib.used_config(
+        workdir, **overrides, report=True), workdir)
     print(f"{path} was {how}; the run is finished")
     return final
   missing = resume.missing_final_checkpoint(workdir)

@@ -10,7 +10,7 @@ import pytest
 import launch_helpers as lh
 from conftest import write_idx_dir
 
-RUN = ("--noanalyses", "--model=mlp", "--mlp_hidden=8", "--epochs=1", "--batch_size=32",
+RUN = ("--noreport", "--model=mlp", "--mlp_hidden=8", "--epochs=1", "--batch_size=32",
        "--chunk_steps=50")
 
 

@@ -183,11 +183,12 @@ def test_the_other_scripts_run_on_tiny_data(prepared, tmp_path):
   tiny = ["--model=linear", "--preset=seed", "--epochs=1",
           f"--data_dir={data_dir}"]
   calls = [
-      [_script("phases.py"), ["--", *tiny, "--num_seeds=2",
+      [_script("phases.py"), ["--", *tiny, "--num_seeds=2", "--noanalyses",
                               f"--workdir={tmp_path / 'phases'}"]],
       [_script("profile_chunk.py"), ["--model=linear", "--preset=seed",
                                      f"--data_dir={data_dir}", "--top=3"]],
-      [_script("num_seeds.py"), ["--seeds=2", "--repeats=1", "--", *tiny]],
+      [_script("num_seeds.py"), ["--seeds=2", "--repeats=1", "--", *tiny,
+                                 "--noreport"]],
   ]
   torch = subprocess.run([sys.executable, "-c", "import torch"],
                          capture_output=True, check=False).returncode == 0

@@ -228,7 +228,7 @@ def _launch(prepared, workdir, *extra):
   mnist_dir, data_dir = prepared
   proc = subprocess.run(
       [sys.executable, "launch.py", "--model=gru", "--preset=seed",
-       "--hidden=16", "--learning_rate=3e-2", "--noanalyses",
+       "--hidden=16", "--learning_rate=3e-2", "--noreport",
        "--epochs=2", "--batch_size=64", "--eval_batch_size=100",
        "--val_fraction=0.1", "--dropout=0", f"--mnist_dir={mnist_dir}",
        f"--data_dir={data_dir}", f"--workdir={workdir}", *extra],

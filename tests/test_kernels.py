@@ -347,7 +347,7 @@ def test_an_edited_package_copy_runs_its_edit_through_launch(prepared,
     proc = subprocess.run(
         [sys.executable, script, "--model=rnn", "--preset=seed", "--hidden=8",
          "--epochs=1", "--batch_size=50", "--val_fraction=0",
-         "--notensorboard", "--noanalyses", f"--impl={impl}",
+         "--notensorboard", "--noreport", f"--impl={impl}",
          f"--mnist_dir={mnist_dir}",
          f"--data_dir={data_dir}", f"--workdir={workdir}"],
         cwd=str(tmp_path), env=env, capture_output=True, text=True,
@@ -385,8 +385,8 @@ def test_a_fast_run_restores_into_stock(prepared, tmp_path, name, overrides):
   mnist_dir, data_dir = prepared
   workdir = str(tmp_path / name)
   config = _config(name, impl="fast", epochs=1, batch_size=50,
-                   val_fraction=0.0, tensorboard=False, mnist_dir=mnist_dir,
-                   data_dir=data_dir, **overrides)
+                   val_fraction=0.0, tensorboard=False, report=False,
+                   mnist_dir=mnist_dir, data_dir=data_dir, **overrides)
   final = rundir_run.train_and_evaluate(config, workdir, stream=io.StringIO())
   with open(os.path.join(workdir, "config.json")) as f:
     implementation = json.load(f)["environment"]["implementation"]

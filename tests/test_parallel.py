@@ -353,11 +353,12 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch_args(prepared, workdir, *extra):
+def _launch_args(prepared, workdir, *extra, report="--noreport"):
+  """launch.py's command; `report`: --noanalyses for one without analyses."""
   mnist_dir, data_dir = prepared
   return [sys.executable, "launch.py", "--model=mlp", "--preset=seed",
           "--mlp_hidden=32", "--dropout=0", "--epochs=2", "--batch_size=32",
-          "--eval_batch_size=50", "--val_fraction=0.1",
+          "--eval_batch_size=50", "--val_fraction=0.1", report,
           f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}",
           f"--workdir={workdir}", *extra]
 
@@ -386,7 +387,8 @@ def test_two_processes_match_one(prepared, single_process_rows, tmp_path, mode):
   procs = [subprocess.Popen(
       _launch_args(prepared, tmp_path / f"process{i}", f"--parallel={mode}",
                    f"--coordinator_address=127.0.0.1:{port}",
-                   "--num_processes=2", f"--process_id={i}"),
+                   "--num_processes=2", f"--process_id={i}",
+                   report="--noanalyses"),  # Process 0 writes the report.
       cwd=ROOT, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
       text=True) for i in range(2)]
   outputs = []

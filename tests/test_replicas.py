@@ -19,9 +19,9 @@ from mnist_jax.training import members
 from mnist_jax import optim
 from mnist_jax.training import train
 
-# The analyses aside: tests/test_analysis.py holds them.
+# The report aside: test_sweep_run.py and tests/test_analysis.py hold it.
 TINY = dict(mlp_hidden=(16,), dropout=0.2, epochs=2, batch_size=50,
-            val_fraction=0.1, analyses=False)
+            val_fraction=0.1, report=False)
 
 
 def _run(prepared, folder, **overrides):

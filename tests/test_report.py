@@ -76,6 +76,31 @@ def test_confusion_and_pairs_on_known_labels():
   assert stats["precision"][8] == pytest.approx(1 / 3)
 
 
+def test_noreport_leaves_the_report_to_report_mode(prepared, tmp_path):
+  """--noreport: the run ends with its metrics and checkpoints, no report
+  files, and says which mode writes them; --mode=report then does."""
+  from mnist_jax import models  # pylint: disable=g-import-not-at-top
+  mnist_dir, data_dir = prepared
+  workdir = str(tmp_path / "run")
+  config = models.get_config("mlp", "seed", epochs=1, mlp_hidden=(16,),
+                             batch_size=32, report=False, mnist_dir=mnist_dir,
+                             data_dir=data_dir, workdir=workdir)
+  out = io.StringIO()
+  run_folder.train_and_evaluate(config, workdir, stream=out)
+  assert out.getvalue().rstrip().endswith(
+      f"results in {workdir} (--noreport: --mode=report writes its report)")
+  assert not any(os.path.exists(os.path.join(workdir, name))
+                 for name in report.FILES)
+  assert record_lib.finished(workdir) and metrics_log.final_metrics(workdir)
+  out = io.StringIO()
+  run_folder.train_and_evaluate(config, workdir, stream=out)
+  assert "already finished: test accuracy" in out.getvalue()
+  assert "; --mode=report writes its report;" in out.getvalue()
+  run_folder.rewrite_report(workdir)
+  for name in report.FILES:
+    assert os.path.exists(os.path.join(workdir, name)), name
+
+
 @pytest.mark.slow
 def test_report_mode_rewrites_a_finished_run(tiny_run, tmp_path, capsys):
   workdir = str(tmp_path / "copy")

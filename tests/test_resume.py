@@ -470,7 +470,7 @@ def test_checkpoint_every_and_keep(prepared, tmp_path):
   mnist_dir, data_dir = prepared
   config = models.get_config(
       "linear", "seed", epochs=5, batch_size=100, checkpoint_every=2,
-      keep_checkpoints=2, analyses=False, mnist_dir=mnist_dir,
+      keep_checkpoints=2, report=False, mnist_dir=mnist_dir,
       data_dir=data_dir)
   workdir = str(tmp_path / "run")
   run_lib.train_and_evaluate(config, workdir, stream=io.StringIO())

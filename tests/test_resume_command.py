@@ -16,12 +16,15 @@ import pytest
 
 import launch_helpers as lh
 
-# 540 training examples / 16 = 33 steps per epoch, in 7 chunks of 5.
-FLAGS = ("--noanalyses", "--model=mlp", "--mlp_hidden=16", "--epochs=3", "--batch_size=16",
+# 540 training examples / 16 = 33 steps per epoch, in 7 chunks of 5. No
+# report: these tests read the metrics, checkpoints and messages (a stop as
+# the report is written: REPORTED).
+FLAGS = ("--noreport", "--model=mlp", "--mlp_hidden=16", "--epochs=3", "--batch_size=16",
          "--chunk_steps=5", "--seed=3")
+REPORTED = ("--noanalyses", *FLAGS[1:])
 # Adam at 1e38 overflows the linear model's parameters at once. (The runs the
-# advice starts draw no analyses: their flags keep --noanalyses.)
-DIVERGING = ("--noanalyses", "--model=linear", "--optimizer=adam",
+# advice starts write no report: their flags keep --noreport.)
+DIVERGING = ("--noreport", "--model=linear", "--optimizer=adam",
              "--schedule=constant", "--learning_rate=1e38", "--epochs=2",
              "--batch_size=100")
 
@@ -182,7 +185,7 @@ def test_advice_after_a_rate_of_1e4_is_the_presets_rate(prepared, tmp_path):
   (or diverges); the command it advises trains at the preset's rate, 1e-3,
   not at 1000, and it learns."""
   cwd = str(tmp_path)
-  args = [*_args(prepared, "--noanalyses", "--model=mlp", "--mlp_hidden=16",
+  args = [*_args(prepared, "--noreport", "--model=mlp", "--mlp_hidden=16",
                  "--epochs=2", "--batch_size=100", "--learning_rate=1e4"),
           "--workdir=run"]
   rc, _, err = lh.run(args, cwd=cwd)
@@ -272,7 +275,8 @@ def test_ctrl_c_after_training_stops_then_the_command_completes_the_run(
   and the printed command completes it, without training, to the
   uninterrupted result."""
   cwd = str(tmp_path)
-  args = [*_args(prepared, *FLAGS), "--workdir=run"]
+  args = [*_args(prepared, *(REPORTED if at == "@write" else FLAGS)),
+          "--workdir=run"]
   rc, _, err, _ = lh.run_and_signal(args, lh.SIGINT, epoch=3, cwd=cwd, at=at)
   assert rc == 130, err
   assert says in err and "Traceback" not in err, err

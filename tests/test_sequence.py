@@ -148,7 +148,8 @@ def test_permuted_run_records_its_order_and_tests_with_it(prepared, tmp_path):
   mnist_dir, data_dir = prepared
   workdir = str(tmp_path / "run")
   config = models.get_config("gru", sequence="permuted", permute_seed=5,
-                             hidden=8, epochs=1, batch_size=100, analyses=False,
+                             hidden=8, epochs=1, batch_size=100, report=False,
+                             analyses=False,
                              val_fraction=0.0, tensorboard=False,
                              mnist_dir=mnist_dir, data_dir=data_dir)
   final = rundir_run.train_and_evaluate(config, workdir, stream=io.StringIO())

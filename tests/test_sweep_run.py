@@ -528,7 +528,7 @@ def test_a_sweep_resumes_from_its_checkpoint_exactly(prepared, swept, tmp_path):
 @pytest.mark.slow
 def test_a_sweep_stopped_mid_epoch_resumes_exactly(prepared, tmp_path):
   mnist_dir, data_dir = prepared
-  args = lambda name: ["--noanalyses", "--model=mlp", "--mlp_hidden=16",
+  args = lambda name: ["--noreport", "--model=mlp", "--mlp_hidden=16",
                        "--epochs=2",
                        "--batch_size=16", "--chunk_steps=5",
                        "--sweep=learning_rate=1e-3,3e-3", "--num_seeds=2",

@@ -226,7 +226,7 @@ def test_the_event_files_close_on_every_way_out(prepared, tmp_path,
 
 
 # 540 training examples / 16 = 33 steps per epoch, in 7 chunks of 5.
-FLAGS = ("--noanalyses", "--model=mlp", "--mlp_hidden=16", "--epochs=3", "--batch_size=16",
+FLAGS = ("--noreport", "--model=mlp", "--mlp_hidden=16", "--epochs=3", "--batch_size=16",
          "--chunk_steps=5", "--seed=3")
 
 

@@ -56,7 +56,7 @@ FAMILIES = {
                 "--val_fraction=0.1"),
 }
 COMMON = ("--preset=seed", "--epochs=2", "--seed=1", "--notensorboard",
-          "--noanalyses")
+          "--noreport")  # --mode=report writes it: test_report_on_one_device.
 
 
 @dataclasses.dataclass(frozen=True)

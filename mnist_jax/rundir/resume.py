@@ -20,7 +20,8 @@ CHECKPOINT_DIR = "checkpoints"  # checkpoints.py writes it.
 RESUMABLE_DIFFERENCES = ("data_dir", "mnist_dir", "workdir", "chunk_steps",
                          "impl", "checkpoint_every", "keep_checkpoints",
                          "tensorboard", "parallel", "coordinator_address",
-                         "num_processes", "process_id", "analyses")
+                         "num_processes", "process_id", "report",
+                         "analyses")
 
 
 def checkpoint_dir(workdir: str) -> str:
