@@ -354,7 +354,8 @@ def _free_port() -> int:
 
 
 def _launch_args(prepared, workdir, *extra, report="--noreport"):
-  """launch.py's command; `report`: --noanalyses for one without analyses."""
+  """launch.py's command, without a report; report="--noanalyses": with the
+  report, its analyses aside."""
   mnist_dir, data_dir = prepared
   return [sys.executable, "launch.py", "--model=mlp", "--preset=seed",
           "--mlp_hidden=32", "--dropout=0", "--epochs=2", "--batch_size=32",
