@@ -18,9 +18,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Runs launch.py after wrapping Progress.update (called between the chunks of
 # an epoch), Progress.epoch_done (after an epoch's last chunk, before its
-# checkpoint), members.final_row and report.write to print a marker and
-# pause, so a test can signal it mid-epoch, as an epoch ends, after the final
-# evaluation or as the report begins.
+# checkpoint), members.final_row and report.write to print a marker, so a
+# test can signal it mid-epoch, as an epoch ends, after the final evaluation
+# or as the report begins. It pauses at the marker the test waits for alone
+# (PAUSE_AT, the PAUSE_NTH-th time; see _marks), not at every chunk before.
 _CHILD = r"""
 import os, runpy, signal, sys, time
 script = sys.argv[1]  # launch.py as the user typed it.
@@ -36,7 +37,13 @@ def _counted(signum, handler):
     return handler(*args)
   return _signal(signum, counting)
 signal.signal = _counted
-def pause():
+_at, _nth, _count = os.environ.get("PAUSE_AT", ""), int(os.environ.get("PAUSE_NTH", "0")), [0]
+def pause(line):
+  if not (line + " ").startswith(_at + " "):
+    return
+  _count[0] += 1
+  if _count[0] != _nth:
+    return
   end, seen = time.monotonic() + float(os.environ.get("CHUNK_PAUSE_S", "0")), _caught[0]
   while time.monotonic() < end:
     time.sleep(0.05)
@@ -47,11 +54,11 @@ from mnist_jax.rundir import log
 _update, _epoch_done = log.Progress.update, log.Progress.epoch_done
 def update(self, epoch, done, total, elapsed):
   print(f"@chunk epoch={epoch} done={done}", flush=True)
-  pause()
+  pause(f"@chunk epoch={epoch} done={done}")
   return _update(self, epoch, done, total, elapsed)
 def epoch_done(self, epoch, row):
   print(f"@epoch_end epoch={epoch}", flush=True)
-  pause()
+  pause(f"@epoch_end epoch={epoch}")
   return _epoch_done(self, epoch, row)
 log.Progress.update = update
 log.Progress.epoch_done = epoch_done
@@ -61,7 +68,7 @@ def marked(module, name):
   original = getattr(module, name)
   def wrapper(*args, **kwargs):
     print(f"@{name}", flush=True)
-    pause()
+    pause(f"@{name}")
     return original(*args, **kwargs)
   setattr(module, name, wrapper)
 marked(members, "final_row")  # After the final evaluation, before its row.
@@ -99,7 +106,7 @@ def run_and_signal(args, signum, epoch, chunk=3, pause_s=0.2, timeout=120,
   (`at_epoch_end`: after its last chunk, before its checkpoint; `at`: at the
   marker `@final_row` or `@write` instead).
 
-  The pause after each chunk lets the previous epoch's checkpoint finish.
+  The run pauses `pause_s` there (ending 1 s after a signal it catches).
   repeat: how many times the signal is sent, 0.3 s apart (2: a double Ctrl-C;
     give a pause_s above that).
   on_marker: called first, while the run pauses there.
@@ -108,23 +115,22 @@ def run_and_signal(args, signum, epoch, chunk=3, pause_s=0.2, timeout=120,
   Returns:
     (exit status, stdout, stderr, the marker line it was stopped at).
   """
+  target = at or (f"@epoch_end epoch={epoch}" if at_epoch_end else
+                  f"@chunk epoch={epoch}")
+  nth = 1 if at or at_epoch_end else chunk
   p = subprocess.Popen([sys.executable, "-c", _CHILD,
                         script or launch_path(cwd), *args],
                        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       text=True, env=child_env(CHUNK_PAUSE_S=str(pause_s),
-                                                **(env or {})))
+                       text=True, env=child_env(
+                           CHUNK_PAUSE_S=str(pause_s), PAUSE_AT=target,
+                           PAUSE_NTH=str(nth), **(env or {})))
   deadline = time.monotonic() + timeout
   lines, marker, seen, out, err = [], None, 0, "", ""
   try:
     for line in p.stdout:
       lines.append(line)
-      if at:
-        seen += line.strip() == at
-      elif at_epoch_end:
-        seen += line.strip() == f"@epoch_end epoch={epoch}"
-      else:
-        seen += line.startswith(f"@chunk epoch={epoch} ")
-      if seen == (1 if at or at_epoch_end else chunk):
+      seen += (line.strip() + " ").startswith(target + " ")  # As the child.
+      if seen == nth:
         marker = line.strip()
         if on_marker is not None:
           on_marker()

@@ -42,8 +42,9 @@ PAUSE_S = 0.3  # How long the child waits at each marker.
 # Runs launch.py with markers: "@chunk ..." between the chunks of an epoch,
 # "@save step=S" once a checkpoint save is under way (orbax writes on in the
 # background), "@write NAME" while NAME's temporary file is open, "@final"
-# once the final row is on disk. The child pauses HOOK_PAUSE_S at each, and
-# two minutes at the marker HOOK_HOLD names.
+# once the final row is on disk. The child pauses HOOK_PAUSE_S at each (with
+# HOOK_PAUSE_AT, at the HOOK_PAUSE_NTH-th of that marker alone), and two
+# minutes at the marker HOOK_HOLD names.
 _CHILD = r"""
 import contextlib, os, runpy, sys, time
 script = sys.argv[1]
@@ -51,10 +52,15 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
 from mnist_jax import files
 from mnist_jax.rundir import checkpoints, log, metrics_log
 PAUSE = float(os.environ.get("HOOK_PAUSE_S", "0"))
+AT, NTH, seen = os.environ.get("HOOK_PAUSE_AT"), int(os.environ.get("HOOK_PAUSE_NTH", "1")), [0]
 
 def mark(text):
   print(f"@{text}", flush=True)
-  time.sleep(120 if text == os.environ.get("HOOK_HOLD") else PAUSE)
+  seen[0] += f"@{text}" == AT
+  if text == os.environ.get("HOOK_HOLD"):
+    time.sleep(120)
+  elif AT is None or f"@{text}" == AT and seen[0] == NTH:
+    time.sleep(PAUSE)
 
 _update = log.Progress.update
 def update(self, epoch, done, total, elapsed):
@@ -94,11 +100,13 @@ def _args(prepared, workdir, *flags):
           f"--data_dir={data_dir}", f"--workdir={workdir}"]
 
 
-def _start(args, pause_s=PAUSE_S, hold=""):
+def _start(args, pause_s=PAUSE_S, hold="", at=None):
+  """The child; `at`: (marker, n), pausing at its n-th time alone."""
+  where = dict(HOOK_PAUSE_AT=at[0], HOOK_PAUSE_NTH=str(at[1])) if at else {}
   return subprocess.Popen(
       [sys.executable, "-c", _CHILD, "launch.py", *args], cwd=lh.ROOT,
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      env=lh.child_env(HOOK_PAUSE_S=str(pause_s), HOOK_HOLD=hold))
+      env=lh.child_env(HOOK_PAUSE_S=str(pause_s), HOOK_HOLD=hold, **where))
 
 
 def _digit_image(tmp_path):
@@ -214,7 +222,7 @@ def test_kill_9_anywhere_then_the_same_command_ends_as_uninterrupted(
     delay = rng.uniform(0, 0.03 if phase == "save" else 2 * PAUSE_S)
     workdir = str(tmp_path / f"trial{trial}")
     args = _args(prepared, workdir)
-    assert _kill_at(_start(args), marker, nth, delay)
+    assert _kill_at(_start(args, at=(marker, nth)), marker, nth, delay)
     by_report = phase == "report" and trial // len(PHASES) % 2 == 1
     command = (["--mode=report", f"--workdir={workdir}"] if by_report
                else args)

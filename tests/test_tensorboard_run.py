@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -239,10 +240,11 @@ def test_a_stopped_and_resumed_run_is_one_series(prepared, tmp_path, signum,
   workdir = str(tmp_path / "run")
   args = [*FLAGS, f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}",
           f"--workdir={workdir}"]
-  _, _, err, marker = lh.run_and_signal(args, signum, epoch=2)
+  _, _, err, marker = lh.run_and_signal(args, signum, epoch=2, pause_s=1,
+                                        on_marker=lambda: time.sleep(0.6))
   assert marker.startswith("@chunk epoch=2 ")
-  # Epoch 1 reached the events within FLUSH_S (the kill came 3 pauses of 0.2 s
-  # later): the resumed run logs it again.
+  # Epoch 1 reached the events within FLUSH_S (the signal came 0.6 s into a
+  # pause at the third chunk after it): the resumed run logs it again.
   [stopped] = _event_files(workdir)
   assert [s for s, _ in _plain_scalars(stopped)["loss/train"]] == [1], err
 
