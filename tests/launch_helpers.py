@@ -21,7 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # checkpoint), members.final_row and report.write to print a marker, so a
 # test can signal it mid-epoch, as an epoch ends, after the final evaluation
 # or as the report begins. It pauses at the marker the test waits for alone
-# (PAUSE_AT, the PAUSE_NTH-th time; see _marks), not at every chunk before.
+# (PAUSE_AT, the PAUSE_NTH-th time, matched as run_and_signal matches it),
+# not at every chunk before it.
 _CHILD = r"""
 import os, runpy, signal, sys, time
 script = sys.argv[1]  # launch.py as the user typed it.

@@ -37,7 +37,7 @@ FLAGS = ("--noanalyses", "--model=mlp", "--mlp_hidden=16", "--epochs=3", "--batc
          "--chunk_steps=5", "--seed=3")
 TRIALS = int(os.environ.get("KILL_TRIALS", "5"))
 SEED = int(os.environ.get("KILL_SEED", "0"))
-PAUSE_S = 0.3  # How long the child waits at each marker.
+PAUSE_S = 0.3  # How long the child waits at a marker (see _CHILD).
 
 # Runs launch.py with markers: "@chunk ..." between the chunks of an epoch,
 # "@save step=S" once a checkpoint save is under way (orbax writes on in the
