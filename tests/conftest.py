@@ -61,6 +61,16 @@ def extra(module: str):
                              "(pip install '.[analysis,notebook]')")
 
 
+def one_per_module_class() -> list:
+  """The first registered model of each module class: the models whose
+  modules differ (the recurrent cells share one), in registry order."""
+  from mnist_jax.models import registry  # pylint: disable=g-import-not-at-top
+  first = {}
+  for name, spec in registry.MODELS.items():
+    first.setdefault(spec.module, name)
+  return list(first.values())
+
+
 def synthetic_digits(n: int, seed: int = 0):
   """Learnable fake digits: class k lights a k-dependent block of pixels.
 

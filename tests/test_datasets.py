@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from tests.conftest import one_per_module_class
 from tests.conftest import write_idx_dir
 from mnist_jax import models
 from mnist_jax.data import datasets
@@ -81,18 +82,12 @@ def test_the_dense_models_count_the_declared_images_pixels(monkeypatch):
   assert describe("mlp", mlp_hidden=(8,)).startswith(f"{pixels}-8-3, ReLU")
 
 
-def _one_per_module_class():
-  """A model of each module class (a dataset's shape reaches the module, not
-  its cell), and the LSTM, which reads the image's pixels as its sequence."""
-  first = {}
-  for name, spec in models.registry.MODELS.items():
-    first.setdefault(spec.module, name)
-  return [*first.values(), "lstm"]
-
-
+# A model of each module class (a dataset's shape reaches the module, not
+# its cell), and the LSTM, which reads the image's pixels as its sequence.
 @pytest.mark.parametrize("model,extra", [
     pytest.param(m, dict(sequence="pixels") if m == "lstm" else {},
-                 marks=pytest.mark.slow) for m in _one_per_module_class()])
+                 marks=pytest.mark.slow)
+    for m in [*one_per_module_class(), "lstm"]])
 def test_a_dataset_of_another_shape_trains_reports_and_predicts(
     model, extra, tmp_path, monkeypatch):
   """The declaration alone: the model, its check, the report with every

@@ -27,10 +27,10 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import one_per_module_class
 from conftest import xla_flags
 from mnist_jax import models
 from mnist_jax.errors import UserError
-from mnist_jax.models import registry
 from mnist_jax.rundir import process
 from parallel_worker import table_models
 from test_train import without_times
@@ -126,16 +126,8 @@ RUNS = {1: ["mlp:none", "members:none", "members:auto"],
 # and pmap: RUNS; a member against its single run, every model:
 # test_equalities.py.)
 TABLE = sorted(table_models())
-
-
-def _one_per_module_class():
-  first = {}
-  for name in TABLE:
-    first.setdefault(registry.MODELS[table_models()[name][0]].module, name)
-  return sorted(first.values())
-
-
-NONE_ON_TWO = _one_per_module_class() + ["table.cnn_bn"]
+NONE_ON_TWO = sorted(f"table.{m}" for m in one_per_module_class()) + [
+    "table.cnn_bn"]
 TABLE_RUNS = {1: [f"{m}:none" for m in TABLE],
               2: [f"{m}:none" for m in NONE_ON_TWO] +
                  [f"{m}:sharded" for m in TABLE]}
