@@ -3,6 +3,7 @@ whatever devices wrote them, and telling damage apart from a checkpoint that
 is intact but does not fit, in one line wherever a run folder is restored."""
 
 import json
+import logging
 import os
 import shutil
 
@@ -333,3 +334,26 @@ def test_launch_refuses_a_damaged_run_in_one_line(tiny_run, tmp_path):
     assert line.startswith("error: "), err
     _assert_damaged_arrays(line[len("error: "):], step)
     assert lh.snapshot(workdir) == before
+
+
+def test_orbax_silences_only_its_own_leftovers_in_asyncios_log():
+  """Importing orbax hides what its abandoned reads leave asyncio to log, and
+  nothing else of asyncio's: a notebook's or a server's own errors still
+  show."""
+  checkpoints._orbax()  # pylint: disable=protected-access
+  log = logging.getLogger("asyncio")
+  assert log.isEnabledFor(logging.ERROR)
+
+  def shown(message, exc=None):
+    record = log.makeRecord("asyncio", logging.ERROR, __file__, 0, message, (),
+                            exc and (type(exc), exc, None))
+    return bool(log.filter(record))
+
+  leftover = ValueError('DATA_LOSS: Error opening "zarr" driver [tensorstore_'
+                        'spec=\'{"driver": "zarr"}\']')
+  assert not shown("Future exception was never retrieved\nfuture: <Future "
+                   f"finished exception={leftover!r}>")
+  assert not shown("Task exception was never retrieved", leftover)
+  assert shown("Task exception was never retrieved\nfuture: <Task finished "
+               "exception=KeyError('mine')>", KeyError("mine"))
+  assert shown("Unclosed client session")

@@ -34,6 +34,14 @@ class CheckpointError(UserError):
   """A checkpoint is missing, unreadable, or does not fit this model."""
 
 
+def _not_orbax_leftover(record: logging.LogRecord) -> bool:
+  """False for the errors asyncio logs of orbax's abandoned reads (its
+  futures' tensorstore errors, "never retrieved"); others pass."""
+  text = f"{record.getMessage()} {record.exc_info and record.exc_info[1]!r}"
+  return not any(s in text for s in ("tensorstore", f"{os.sep}orbax{os.sep}",
+                                     "Event loop is closed"))
+
+
 @functools.cache
 def _orbax():
   """orbax.checkpoint, imported on first use (it is slow). What it echoes of
@@ -43,7 +51,7 @@ def _orbax():
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   logging.getLogger("absl").addFilter(
       lambda r: f"{os.sep}orbax{os.sep}" not in r.pathname)
-  logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # Only orbax's.
+  logging.getLogger("asyncio").addFilter(_not_orbax_leftover)
   hook = sys.unraisablehook
   sys.unraisablehook = lambda u: None if (
       isinstance(u.exc_value, RuntimeError) and
