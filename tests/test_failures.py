@@ -189,15 +189,18 @@ def test_a_lost_peer_is_named_only_in_a_job_of_processes(monkeypatch, text):
 
 def test_a_bug_in_a_job_of_processes_exits_without_jax_shutdown():
   """Its traceback, then one line and exit 1 at once: jax's shutdown at exit
-  would wait for a lost peer's heartbeat timeout, then abort in C++."""
+  would wait for a lost peer's heartbeat timeout, then abort in C++. What
+  it printed before, still in a pipe's buffer, reaches the pipe."""
   code = ("import jax, launch; launch._parse(['launch.py']); "
           "jax.distributed.is_initialized = lambda: True\n"
-          "def main(argv): raise RuntimeError('a bug')\n"
+          "def main(argv): print('epoch 1 of 2'); raise RuntimeError('a bug')\n"
           "launch.main = main; launch._run(['launch.py'])")
-  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=120,
                         check=False)
   assert proc.returncode == 1, proc.stderr
+  assert proc.stdout == "epoch 1 of 2\n"
   assert "Traceback" in proc.stderr and "RuntimeError: a bug" in proc.stderr
   assert proc.stderr.strip().splitlines()[-1] == (
       "error: this process stopped on the error above; mend its cause, then "

@@ -132,5 +132,9 @@ def stop(text: str, code: int, exc: Optional[BaseException] = None):
   sys.stderr = open(os.devnull, "w")  # pylint: disable=consider-using-with
   sys.unraisablehook = lambda unraisable: None
   if jax.distributed.is_initialized():
+    try:
+      sys.stdout.flush()  # os._exit drops what a pipe's buffer holds.
+    except (OSError, ValueError):
+      pass  # A closed pipe or stdout: nothing to keep.
     os._exit(code)  # pylint: disable=protected-access
   sys.exit(code)
