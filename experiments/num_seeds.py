@@ -2,9 +2,10 @@ r"""Wall time of one launch.py run of many members against the same run of one.
 
 Runs `python launch.py ARGS` once as a single run and once with
 `--num_seeds=N` (and `--sweep=SPEC`, if given) as fresh processes, alternating
-so that load drifts hit both, and prints each wall time, the medians and their
-ratio next to the member count, the cost of as many separate runs. Run it on
-an otherwise idle machine:
+so that load drifts hit both (after one untimed run that prepares the data),
+and prints each wall time, the medians and their ratio next to the member
+count, the cost of as many separate runs. Run it on an otherwise idle
+machine:
 
   python experiments/num_seeds.py --seeds=4 --repeats=3 \
       -- --model=mlp --epochs=2 --mnist_dir=DIR
@@ -51,6 +52,9 @@ def main():
   runs = {"one": ["--num_seeds=1"], "many": many}
   times = {name: [] for name in runs}
   with tempfile.TemporaryDirectory() as tmp:
+    # Untimed: a first run prepares the data (with --mnist_dir), once.
+    t = wall_time(args.launch_args, runs["one"], os.path.join(tmp, "warm"))
+    print(f"warm-up, untimed (prepares the data once): {t:.1f}s", flush=True)
     for _ in range(args.repeats):
       for name, extra in runs.items():
         t = wall_time(args.launch_args, extra, os.path.join(tmp, name))

@@ -205,7 +205,9 @@ def test_the_other_scripts_run_on_tiny_data(prepared, tmp_path):
   assert phases["calls"]["evaluate"] >= 1 and phases["report"] > 0
   profile = runs[1]["out"].splitlines()
   assert "ms per step" in profile[0] and len(profile) == 4, profile
-  assert "ratio" in runs[2]["out"].splitlines()[-1]
+  lines = runs[2]["out"].splitlines()
+  assert lines[0].startswith("warm-up, untimed") and len(lines) == 4, lines
+  assert "ratio" in lines[-1]
   if torch:
     result = json.loads(runs[3]["out"])
     assert result["model"] == "linear" and len(result["epoch_times_s"]) == 2
