@@ -35,8 +35,8 @@ class CheckpointError(UserError):
 
 
 def _not_orbax_leftover(record: logging.LogRecord) -> bool:
-  """False for the errors asyncio logs of orbax's abandoned reads (its
-  futures' tensorstore errors, "never retrieved"); others pass."""
+  """False for what asyncio logs of orbax's abandoned reads (a future's
+  tensorstore error never retrieved, a callback on a closed loop)."""
   text = f"{record.getMessage()} {record.exc_info and record.exc_info[1]!r}"
   return not any(s in text for s in ("tensorstore", f"{os.sep}orbax{os.sep}",
                                      "Event loop is closed"))
