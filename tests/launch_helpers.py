@@ -1,5 +1,6 @@
 """Running launch.py in a child process, with a hook to stop it mid-epoch."""
 
+import glob
 import hashlib
 import json
 import os
@@ -15,6 +16,9 @@ import numpy as np
 from conftest import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The user's documents: README.md and docs/*.md, relative to ROOT.
+DOCS = ["README.md", *sorted(os.path.relpath(p, ROOT) for p in glob.glob(
+    os.path.join(ROOT, "docs", "*.md")))]
 
 # Runs launch.py after wrapping Progress.update (called between the chunks of
 # an epoch), Progress.epoch_done (after an epoch's last chunk, before its

@@ -9,7 +9,6 @@ The Python blocks run in test_api.py.
 """
 
 import functools
-import glob
 import os
 import re
 import shlex
@@ -23,8 +22,7 @@ import pytest
 import launch_helpers as lh
 
 ROOT = lh.ROOT
-DOCS = ["README.md", *sorted(os.path.relpath(p, ROOT) for p in glob.glob(
-    os.path.join(ROOT, "docs", "*.md")))]
+DOCS = lh.DOCS
 # Commands whose first word is one of these are not ours to run here.
 SKIPPED = {
     "pip": "installs packages (CI installs what the README says)",

@@ -1,6 +1,6 @@
 """The docs name the code as it is: docs/design.md's map lists every package
-module where it lives, and each `module.name` or file path the docs quote in
-backticks exists. Read from the source text alone (no imports).
+module where it lives, and each `module.name`, file path or `--flag` the docs
+quote in backticks exists (modules read from their source, not imported).
 """
 
 import ast
@@ -11,12 +11,12 @@ import re
 
 import pytest
 
+import launch
 import launch_helpers as lh
 
 ROOT = lh.ROOT
 PACKAGE = os.path.join(ROOT, "mnist_jax")
-DOCS = ["README.md", *sorted(os.path.relpath(p, ROOT) for p in glob.glob(
-    os.path.join(ROOT, "docs", "*.md")))]
+DOCS = lh.DOCS
 # `report.md`, `config.json`: files of a run folder, not module attributes.
 SUFFIXES = {"md", "py", "json", "jsonl", "png", "csv", "tsv", "txt", "npz",
             "npy", "ipynb", "html", "js", "css", "whl", "lock"}
@@ -127,3 +127,26 @@ def test_quoted_paths_exist(doc):
                              r"\.ci)/[\w/.-]*\w)", span)
       if "*" not in path and not os.path.exists(os.path.join(ROOT, path))]
   assert missing == []
+
+
+def _script_flags() -> set:
+  """The flags experiments/'s scripts declare (argparse, read from source)."""
+  names = set()
+  for path in glob.glob(os.path.join(ROOT, "experiments", "*.py")):
+    with open(path, encoding="utf-8") as f:
+      names.update(re.findall(r"add_argument\(\s*\"--([\w-]+)\"", f.read()))
+  return {n.replace("-", "_") for n in names}
+
+
+def test_quoted_flags_exist():
+  """Every `--flag` quoted is launch.py's (or its `--no` form, or absl's), an
+  experiments/ script's, or XLA's: a renamed flag leaves no prose behind."""
+  known = set(launch.FLAGS) | {"help", "helpfull", "helpshort"} | (
+      _script_flags())
+  quoted = {name.replace("-", "_"): doc for doc in DOCS for span in _quoted(doc)
+            for name in re.findall(r"(?<![\w-])--([a-z][\w-]*\w)", span)}
+  # "--no" and "--name=value" are the docs' words for the forms themselves.
+  is_known = lambda n: n in known or n in ("no", "name") or (
+      n.startswith("no") and n[2:].lstrip("_") in known) or n.startswith("xla_")
+  unknown = {name: doc for name, doc in quoted.items() if not is_known(name)}
+  assert len(quoted) > 50 and unknown == {}

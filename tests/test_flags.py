@@ -8,7 +8,6 @@ drifts from the others.
 """
 
 import dataclasses
-import glob
 import os
 import re
 import subprocess
@@ -205,30 +204,3 @@ def test_new_fields_are_validated(change, message):
   with pytest.raises(UserError, match=re.escape(message)):
     models.validate(models.new_config("cnn").replace(**change))
   assert config_lib.validate(config_lib.Config()).impl == "auto"
-
-
-def _script_flags() -> set:
-  """The flags experiments/'s scripts declare (argparse, read from source)."""
-  names = set()
-  for path in glob.glob(os.path.join(ROOT, "experiments", "*.py")):
-    with open(path, encoding="utf-8") as f:
-      names.update(re.findall(r"add_argument\(\s*\"--([\w-]+)\"", f.read()))
-  return {n.replace("-", "_") for n in names}
-
-
-def test_the_docs_quote_only_flags_that_exist():
-  """Every `--flag` quoted in README.md and docs/ is launch.py's (or its
-  `--no` form, or absl's), an experiments/ script's, or XLA's: a renamed
-  flag leaves no prose behind."""
-  known = set(FLAGS) | {"help", "helpfull", "helpshort"} | _script_flags()
-  quoted = {}
-  for doc in ["README.md", *glob.glob(os.path.join(ROOT, "docs", "*.md"))]:
-    with open(os.path.join(ROOT, doc), encoding="utf-8") as f:
-      for span in re.findall(r"`([^`\n]+)`", f.read()):
-        for name in re.findall(r"(?<![\w-])--([a-z][\w-]*\w)", span):
-          quoted.setdefault(name.replace("-", "_"), os.path.relpath(doc, ROOT))
-  # "--no" and "--name=value" are the docs' words for the forms themselves.
-  is_known = lambda n: n in known or n in ("no", "name") or (
-      n.startswith("no") and n[2:].lstrip("_") in known) or n.startswith("xla_")
-  unknown = {name: doc for name, doc in quoted.items() if not is_known(name)}
-  assert len(quoted) > 50 and unknown == {}
