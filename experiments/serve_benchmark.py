@@ -2,6 +2,7 @@
 
   python experiments/serve_benchmark.py                 # the six models
   python experiments/serve_benchmark.py --workdir=RUNS  # run folders instead
+  python experiments/serve_benchmark.py --browser       # and in Chromium
 
 Starts the page's server (mnist_jax/results/serve.py) in this process, then
 POSTs N strokes' pictures, as the page sends them (a 280x280 PNG, white ink on
@@ -9,7 +10,11 @@ black, the digit growing by one stroke a time), one after another, and prints
 the median time from sending to the whole answer (HTTP, preprocessing, every
 model's forward pass, attribution and reading, JSON) for the first model alone
 and for all of them, and the CPU time the process spent on it (on a host that
-other work keeps busy the wall time grows, the CPU time much less). Without
+other work keeps busy the wall time grows, the CPU time much less). With
+--browser it then draws N strokes on the page in headless Chromium (as the
+browser test does: the browser extra, chromium and chromium-driver) and prints
+the median time the page itself measures from a stroke's end to its answers
+drawn: the picture encoded, the request, every card drawn. Without
 --workdir the models are every registered one at its tuned preset's size
 with fresh weights: the time does not depend on what the weights learned.
 """
@@ -28,7 +33,8 @@ import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 # pylint: disable=wrong-import-position
 from mnist_jax import models
 from mnist_jax.results import run as run_lib
@@ -87,12 +93,42 @@ def latencies(loaded, pictures, warmup: int = 3):
   return np.array(times).T
 
 
+def browser_latencies(loaded, n: int, warmup: int = 3, seed: int = 0):
+  """Milliseconds from each of n strokes' end to its answers drawn, as the
+  page measures them (its body's data-ms), in headless Chromium."""
+  sys.path.insert(0, os.path.join(ROOT, "tests"))
+  import test_serve_browser as browser  # pylint: disable=g-import-not-at-top
+  rng, times = np.random.default_rng(seed), []
+  server, address = browser.start_server(loaded)
+  try:
+    driver = browser.chromium()
+  except browser.pytest.skip.Exception as e:  # What is missing, and how to get it.
+    sys.exit(f"--browser: {e}")
+  try:
+    driver.get(address)
+    for i in range(warmup + n):
+      if i % 4 == 0:  # As strokes(): every 4th starts over.
+        driver.find_element("id", "clear").click()
+      browser.draw(driver, [rng.uniform(-90, 90, (3, 2)).round().tolist()])
+      browser.answers(driver, len(loaded), done=i + 1)
+      if i >= warmup:
+        times.append(float(driver.execute_script(
+            "return document.body.dataset.ms")))
+  finally:
+    driver.quit()
+    server.shutdown()
+    server.server_close()
+  return np.array(times)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", default="",
                       help="RUN[,RUN...]: run folders or folders of them "
                       "(default: the registered models, fresh weights)")
   parser.add_argument("--strokes", type=int, default=50)
+  parser.add_argument("--browser", action="store_true",
+                      help="also time the strokes on the page in Chromium")
   args = parser.parse_args()
   start = time.perf_counter()
   loaded = (serve.load(args.workdir.split(",")) if args.workdir
@@ -108,6 +144,11 @@ def main():
           f"(p90 {np.percentile(wall, 90):.1f} ms, {len(wall)} strokes); "
           f"CPU time {np.median(cpu):.1f} ms (all threads: on a busy host, "
           "what the stroke itself costs)")
+    if args.browser:
+      page = browser_latencies(loaded[:count], args.strokes)
+      print(f"{count} model(s) on the page: median {np.median(page):.1f} ms "
+            f"from a stroke's end to its answers drawn (p90 "
+            f"{np.percentile(page, 90):.1f} ms, {len(page)} strokes)")
 
 
 if __name__ == "__main__":

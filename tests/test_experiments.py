@@ -7,9 +7,11 @@ share load once), so the check stays cheap as scripts are added.
 """
 
 import glob
+import importlib.util
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -177,11 +179,14 @@ def test_benchmark_times_the_loop_and_reports_its_fields(prepared):
 
 @pytest.mark.slow
 def test_the_other_scripts_run_on_tiny_data(prepared, tmp_path):
-  """phases.py, profile_chunk.py, num_seeds.py and reference_torch.py (when
-  PyTorch is installed), each once on the synthetic data."""
+  """phases.py, profile_chunk.py, num_seeds.py, serve_benchmark.py (on the
+  page in Chromium too where the browser test can run) and reference_torch.py
+  (when PyTorch is installed), each once on the synthetic data."""
   mnist_dir, data_dir = prepared
   tiny = ["--model=linear", "--preset=seed", "--epochs=1",
           f"--data_dir={data_dir}"]
+  browser = os.environ.get("MNIST_JAX_BROWSER") or (
+      shutil.which("chromedriver") and importlib.util.find_spec("selenium"))
   calls = [
       [_script("phases.py"), ["--", *tiny, "--num_seeds=2", "--noanalyses",
                               f"--workdir={tmp_path / 'phases'}"]],
@@ -189,6 +194,8 @@ def test_the_other_scripts_run_on_tiny_data(prepared, tmp_path):
                                      f"--data_dir={data_dir}", "--top=3"]],
       [_script("num_seeds.py"), ["--seeds=2", "--repeats=1", "--", *tiny,
                                  "--noreport"]],
+      [_script("serve_benchmark.py"), ["--strokes=2"] + (
+          ["--browser"] if browser else [])],
   ]
   torch = subprocess.run([sys.executable, "-c", "import torch"],
                          capture_output=True, check=False).returncode == 0
@@ -208,6 +215,11 @@ def test_the_other_scripts_run_on_tiny_data(prepared, tmp_path):
   lines = runs[2]["out"].splitlines()
   assert lines[0].startswith("warm-up, untimed") and len(lines) == 4, lines
   assert "ratio" in lines[-1]
+  served = runs[3]["out"].splitlines()
+  assert served[0].startswith(f"{len(models.MODELS)} models loaded"), served
+  for count in (1, len(models.MODELS)):  # Each timed over HTTP and the page.
+    assert sum(line.startswith(f"{count} model(s)") and "median" in line
+               for line in served) == (2 if browser else 1), served
   if torch:
-    result = json.loads(runs[3]["out"])
+    result = json.loads(runs[4]["out"])
     assert result["model"] == "linear" and len(result["epoch_times_s"]) == 2

@@ -35,6 +35,7 @@ from mnist_jax.results import serve  # pylint: disable=wrong-import-position
 SHARED_MNIST = os.path.join(ROOT, "..", "shared", "mnist")
 # The 7, as pointer moves from the pad's centre (pixels): the bar, then the leg.
 SEVEN = ([(-70, -80), (80, -80)], [(80, -80), (40, -10), (0, 60), (-20, 100)])
+MOVE_MS = 20  # Each pointer move's time: a stroke of 10-30 moves, as a hand's.
 
 
 def selenium_webdriver():
@@ -68,36 +69,38 @@ def chromium():
       executable_path=shutil.which("chromedriver")))
 
 
-def start(paths):
-  """The page's server for the runs in `paths`, on a free port, in a thread:
-  (server, its address)."""
-  server = serve.Server(("127.0.0.1", 0), serve.load(paths))
+def start_server(loaded):
+  """The page's server for `loaded` (serve.load's models), on a free port, in
+  a thread: (server, its address)."""
+  server = serve.Server(("127.0.0.1", 0), loaded)
   threading.Thread(target=server.serve_forever, daemon=True).start()
   return server, f"http://127.0.0.1:{server.server_address[1]}/"
 
 
-def answers(driver, count, timeout=60):
+def answers(driver, count, timeout=60, done=0):
   """{run name: its top answer} once `count` cards show, after the latest
-  request is answered."""
+  request is answered (and at least `done` answers were drawn)."""
   # pylint: disable-next=g-import-not-at-top
   from selenium.webdriver.support.ui import WebDriverWait
   WebDriverWait(driver, timeout).until(lambda d: d.execute_script(
-      "return document.body.dataset.waiting === '0'") and len(
-          d.find_elements("css selector", ".card")) == count)
+      "return document.body.dataset.waiting === '0' && "
+      "Number(document.body.dataset.answers || 0) >= arguments[0]", done
+  ) and len(d.find_elements("css selector", ".card")) == count)
   return {card.get_attribute("data-name"): card.find_element(
       "css selector", ".top").text
           for card in driver.find_elements("css selector", ".card")}
 
 
-def draw_seven(driver):
-  """Draws the 7 on the pad, a stroke at a time, with pointer events."""
+def draw(driver, strokes=SEVEN):
+  """Draws `strokes` (each a list of points from the pad's centre) on the
+  pad, a stroke at a time, with pointer events: the 7 by default."""
   # pylint: disable=g-import-not-at-top
   from selenium.webdriver.common.actions import interaction
   from selenium.webdriver.common.actions.action_builder import ActionBuilder
   from selenium.webdriver.common.actions.pointer_input import PointerInput
   pad = driver.find_element("id", "draw")
-  for stroke in SEVEN:
-    actions = ActionBuilder(driver, mouse=PointerInput(
+  for stroke in strokes:
+    actions = ActionBuilder(driver, duration=MOVE_MS, mouse=PointerInput(
         interaction.POINTER_MOUSE, "mouse"))
     actions.pointer_action.move_to(pad, *stroke[0]).pointer_down()
     for (x0, y0), (x1, y1) in zip(stroke, stroke[1:]):
@@ -110,20 +113,22 @@ def draw_seven(driver):
 
 def screenshot(paths, out):
   """Opens the page for the runs in `paths`, draws the 7 and saves the page
-  as a PNG at `out`; returns {run name: its answer}."""
-  server, address = start(paths)
+  as a PNG at `out`; returns ({run name: its answer}, the milliseconds the
+  page says passed from the stroke's end to its answers drawn)."""
+  server, address = start_server(serve.load(paths))
   driver = chromium()
   try:
     driver.get(address)
-    draw_seven(driver)
+    draw(driver)
     got = answers(driver, len(server.loaded))
+    ms = float(driver.execute_script("return document.body.dataset.ms"))
     height = driver.execute_script(
         "return document.documentElement.scrollHeight")
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
         "width": 1320, "height": height, "deviceScaleFactor": 1,
         "mobile": False})  # The whole page.
     driver.save_screenshot(out)
-    return got
+    return got, ms
   finally:
     driver.quit()
     server.shutdown()
@@ -162,7 +167,9 @@ def mnist_run(tmp_path_factory):
 @pytest.mark.slow
 def test_a_drawn_seven_is_read_as_seven(mnist_run, tmp_path):
   out = str(tmp_path / "serve.png")
-  assert screenshot([mnist_run], out) == {"mlp": "7"}
+  got, ms = screenshot([mnist_run], out)
+  assert got == {"mlp": "7"}
+  assert 0 < ms < 60_000  # The page timed its answer.
   with Image.open(out) as shot:
     assert shot.size[0] >= 1000
 
@@ -174,7 +181,7 @@ def test_a_photo_is_read_and_a_file_that_is_no_image_gets_a_message(
   photo_of_a_seven(photo)
   with open(text, "w") as f:
     f.write("not a picture")
-  server, address = start([mnist_run])
+  server, address = start_server(serve.load([mnist_run]))
   driver = chromium()
   try:
     driver.get(address)
@@ -210,4 +217,5 @@ if __name__ == "__main__":
   parser.add_argument("--out", default=os.path.join(ROOT, "docs", "img",
                                                     "serve.png"))
   args = parser.parse_args()
-  print(screenshot(args.workdir.split(","), args.out), "->", args.out)
+  got, ms = screenshot(args.workdir.split(","), args.out)
+  print(f"{got}, on the page {ms:.0f} ms after the stroke -> {args.out}")

@@ -11,6 +11,7 @@ let base = null;   // A test digit or photo drawn under the strokes.
 let about = {runs: [], digits: [], max_body: 0};
 let asked = 0;     // Requests sent; only the latest one's answer is shown.
 let pending = 0;   // Requests not answered yet (the body's data-waiting).
+let shown = 0;     // Answers drawn (the body's data-answers).
 
 function busy(change) {
   pending += change;
@@ -91,10 +92,15 @@ function send() {
     return;
   }
   busy(1);
-  pad.toBlob((blob) => post(blob), "image/png");
+  const since = performance.now();
+  // toDataURL encodes now; Chromium's toBlob waits for an idle moment, which
+  // after pointer events can be its one-second timeout.
+  const png = atob(pad.toDataURL("image/png").split(",")[1]);
+  post(new Blob([Uint8Array.from(png, (c) => c.charCodeAt(0))],
+                {type: "image/png"}), since);
 }
 
-async function post(body) {  // After busy(1).
+async function post(body, since) {  // After busy(1); since: the stroke's end.
   const mine = ++asked;
   let answer;
   try {
@@ -105,7 +111,7 @@ async function post(body) {  // After busy(1).
   }
   if (mine === asked) {  // Else a later stroke's answer is coming.
     show(answer.error);
-    if (!answer.error) render(answer);
+    if (!answer.error) render(answer, since);
   }
   busy(-1);
 }
@@ -215,14 +221,18 @@ function argmax(values) {
   return values.indexOf(Math.max(...values));
 }
 
-function render(answer) {
+function render(answer, since) {
   gray(document.getElementById("input"), answer.input);
   document.getElementById("seen").hidden = false;
-  document.getElementById("latency").textContent =
-      `${answer.runs.length} model(s) answered in ${answer.ms} ms`;
   const byName = Object.fromEntries(about.runs.map((r) => [r.name, r]));
   document.getElementById("models").replaceChildren(
       ...answer.runs.map((r, i) => card(about.runs[i] || byName[r.name], r, answer.input)));
+  // From the stroke's end (or the photo's choice) to its answers on the page.
+  const ms = performance.now() - since;
+  document.body.dataset.ms = ms.toFixed(1);
+  document.body.dataset.answers = String(++shown);
+  document.getElementById("latency").textContent = `${answer.runs.length} model(s) ` +
+      `answered in ${Math.round(ms)} ms (server: ${Math.round(answer.ms)} ms)`;
 }
 
 function useFile(file) {
@@ -234,7 +244,7 @@ function useFile(file) {
     redraw();
   }, () => redraw());  // Not an image: the server's answer says so.
   busy(1);
-  post(file);
+  post(file, performance.now());
 }
 
 document.getElementById("undo").addEventListener("click", () => {
