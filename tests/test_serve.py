@@ -8,6 +8,7 @@ import http.client
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -164,6 +165,18 @@ def test_the_page_files_and_nothing_else_are_served(server):
                "/page.js/", "/.", "/serve.py", "/page/index.html"):
     status, body = _ask(port, "GET", path)
     assert status == 404 and "not part of this page" in body["error"], path
+
+
+def test_the_page_loads_nothing_from_elsewhere():
+  """Offline: each file the page names is one the server serves, and no
+  script or style reaches for another host."""
+  page = os.path.join(os.path.dirname(serve.__file__), "page")
+  html = open(os.path.join(page, "index.html")).read()
+  named = re.findall(r'(?:src|href)="([^"]*)"', html)
+  assert named and all(f"/{n}" in serve.FILES for n in named), named
+  for name in os.listdir(page):
+    text = open(os.path.join(page, name)).read()
+    assert not re.search(r"https?:|//[a-z]|@import|url\(", text), name
 
 
 @pytest.mark.slow
