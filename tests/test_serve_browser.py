@@ -1,7 +1,7 @@
 """--mode=serve's page in a real browser: headless Chromium (Debian's chromium
 and chromium-driver, through selenium: the "browser" extra) draws a 7 with
-pointer events and reads "7" as a trained model's answer, then uploads a photo
-of one and a file that is no image.
+pointer events and reads "7" as a trained model's answer, then drops a photo
+of one, and uploads a file that is no image and a photo over the size limit.
 
 A hand-drawn 7 needs a model trained on real digits: the test trains a small
 MLP for one epoch on the real MNIST in ../shared/mnist and is skipped where
@@ -176,7 +176,9 @@ def test_a_drawn_seven_is_read_as_seven(mnist_run, tmp_path):
 
 @pytest.mark.slow
 def test_a_photo_is_read_and_a_file_that_is_no_image_gets_a_message(
-    mnist_run, tmp_path):
+    mnist_run, tmp_path, monkeypatch):
+  """So does a photo over the size limit; either leaves the pad and the
+  answers as they were."""
   photo, text = str(tmp_path / "seven.jpg"), str(tmp_path / "notes.png")
   photo_of_a_seven(photo)
   with open(text, "w") as f:
@@ -197,13 +199,20 @@ def test_a_photo_is_read_and_a_file_that_is_no_image_gets_a_message(
         "document.getElementById('draw').dispatchEvent(new DragEvent('drop', "
         "{dataTransfer: data, bubbles: true, cancelable: true}));")
     assert answers(driver, 1) == {"mlp": "7"}
-    driver.find_element("id", "photo").send_keys(text)  # The file input.
+    pad = "return document.getElementById('draw').toDataURL()"
+    shown = driver.execute_script(pad)  # The photo, on the pad.
     message = driver.find_element("id", "message")
     # pylint: disable-next=g-import-not-at-top
     from selenium.webdriver.support.ui import WebDriverWait
-    WebDriverWait(driver, 30).until(lambda _: message.is_displayed())
-    assert "not an image" in message.text
-    assert answers(driver, 1) == {"mlp": "7"}  # The last answer stays.
+    monkeypatch.setattr(serve, "MAX_BODY", os.path.getsize(photo) - 1)
+    for upload, words in ((text, "not an image"), (photo, "over the")):
+      driver.find_element("id", "photo").send_keys(upload)  # The file input.
+      WebDriverWait(driver, 30).until(lambda _, w=words: w in message.text)
+      assert answers(driver, 1) == {"mlp": "7"}  # The last answer stays,
+      assert driver.execute_script(pad) == shown  # and the pad with it.
+    driver.set_window_size(400, 800)  # A phone: the cards go under the pad.
+    assert driver.execute_script("const e = document.documentElement; "
+                                 "return e.scrollWidth <= e.clientWidth")
   finally:
     driver.quit()
     server.shutdown()

@@ -101,6 +101,7 @@ function send() {
 }
 
 async function post(body, since) {  // After busy(1); since: the stroke's end.
+  // Resolves to whether the server answered (else its message is shown).
   const mine = ++asked;
   let answer;
   try {
@@ -114,6 +115,7 @@ async function post(body, since) {  // After busy(1); since: the stroke's end.
     if (!answer.error) render(answer, since);
   }
   busy(-1);
+  return !answer.error;
 }
 
 function gray(canvas, pixels) {  // pixels: rows of 0-255, white ink on black.
@@ -235,16 +237,15 @@ function render(answer, since) {
       `answered in ${Math.round(ms)} ms (server: ${Math.round(answer.ms)} ms)`;
 }
 
-function useFile(file) {
+async function useFile(file) {
+  // The pad shows a photo once the models answered it: one refused (too big,
+  // not an image) leaves the pad and the answers as they were.
   if (!file) return;
-  strokes = [];
-  base = null;
-  createImageBitmap(file).then((bitmap) => {
-    base = bitmap;
-    redraw();
-  }, () => redraw());  // Not an image: the server's answer says so.
   busy(1);
-  post(file, performance.now());
+  if (!await post(file, performance.now())) return;
+  base = await createImageBitmap(file).catch(() => null);
+  strokes = [];
+  redraw();
 }
 
 document.getElementById("undo").addEventListener("click", () => {
