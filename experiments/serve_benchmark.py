@@ -93,17 +93,27 @@ def latencies(loaded, pictures, warmup: int = 3):
   return np.array(times).T
 
 
-def browser_latencies(loaded, n: int, warmup: int = 3, seed: int = 0):
+def browser_test():
+  """tests/test_serve_browser.py, whose helpers drive the page, with the
+  Chromium it drives; else exits in one line saying what to install."""
+  sys.path.insert(0, os.path.join(ROOT, "tests"))
+  try:
+    import test_serve_browser  # pylint: disable=g-import-not-at-top
+    test_serve_browser.chromium().quit()
+  except ImportError as e:
+    sys.exit(f"--browser: {e.name} is missing; pip install '.[test,browser]'")
+  except (test_serve_browser.pytest.skip.Exception,
+          test_serve_browser.pytest.fail.Exception) as e:  # What is missing.
+    sys.exit(f"--browser: {e}")
+  return test_serve_browser
+
+
+def browser_latencies(browser, loaded, n: int, warmup: int = 3, seed: int = 0):
   """Milliseconds from each of n strokes' end to its answers drawn, as the
   page measures them (its body's data-ms), in headless Chromium."""
-  sys.path.insert(0, os.path.join(ROOT, "tests"))
-  import test_serve_browser as browser  # pylint: disable=g-import-not-at-top
   rng, times = np.random.default_rng(seed), []
   server, address = browser.start_server(loaded)
-  try:
-    driver = browser.chromium()
-  except browser.pytest.skip.Exception as e:  # What is missing, and how to get it.
-    sys.exit(f"--browser: {e}")
+  driver = browser.chromium()
   try:
     driver.get(address)
     for i in range(warmup + n):
@@ -130,6 +140,7 @@ def main():
   parser.add_argument("--browser", action="store_true",
                       help="also time the strokes on the page in Chromium")
   args = parser.parse_args()
+  browser = browser_test() if args.browser else None
   start = time.perf_counter()
   loaded = (serve.load(args.workdir.split(",")) if args.workdir
             else fresh_models())
@@ -144,8 +155,8 @@ def main():
           f"(p90 {np.percentile(wall, 90):.1f} ms, {len(wall)} strokes); "
           f"CPU time {np.median(cpu):.1f} ms (all threads: on a busy host, "
           "what the stroke itself costs)")
-    if args.browser:
-      page = browser_latencies(loaded[:count], args.strokes)
+    if browser:
+      page = browser_latencies(browser, loaded[:count], args.strokes)
       print(f"{count} model(s) on the page: median {np.median(page):.1f} ms "
             f"from a stroke's end to its answers drawn (p90 "
             f"{np.percentile(page, 90):.1f} ms, {len(page)} strokes)")
