@@ -101,7 +101,8 @@ function send() {
 }
 
 async function post(body, since) {  // After busy(1); since: the stroke's end.
-  // Resolves to whether the server answered (else its message is shown).
+  // Resolves to whether its answer is the one shown (else a message is, or a
+  // later stroke's answer).
   const mine = ++asked;
   let answer;
   try {
@@ -115,7 +116,7 @@ async function post(body, since) {  // After busy(1); since: the stroke's end.
     if (!answer.error) render(answer, since);
   }
   busy(-1);
-  return !answer.error;
+  return mine === asked && !answer.error;
 }
 
 function gray(canvas, pixels) {  // pixels: rows of 0-255, white ink on black.
