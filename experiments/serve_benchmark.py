@@ -94,12 +94,13 @@ def latencies(loaded, pictures, warmup: int = 3):
 
 
 def browser_test():
-  """tests/test_serve_browser.py, whose helpers drive the page, with the
-  Chromium it drives; else exits in one line saying what to install."""
+  """tests/test_serve_browser.py, whose helpers drive the page, once it
+  finds chromium, chromedriver and selenium; else exits in one line saying
+  what to install."""
   sys.path.insert(0, os.path.join(ROOT, "tests"))
   try:
     import test_serve_browser  # pylint: disable=g-import-not-at-top
-    test_serve_browser.chromium().quit()
+    test_serve_browser.selenium_webdriver()
   except ImportError as e:
     sys.exit(f"--browser: {e.name} is missing; pip install '.[test,browser]'")
   except (test_serve_browser.pytest.skip.Exception,
