@@ -14,7 +14,7 @@ reported beside it but counts a loop body once) and that as a fraction of
 this machine's f32 matmul peak, measured in the same process with a big
 matmul.
 
-What is timed is what a run runs: the loop itself, train.train_and_evaluate,
+What is timed is what a run runs: the loop itself, loop.train_and_evaluate,
 with hooks that only record each epoch's row (no run folder, no checkpoints).
 So the chunk (train.train_chunk over train.epoch_order), its layout over the
 devices (devices.Layout, --parallel as launch.py resolves it), the compile
@@ -47,6 +47,7 @@ from mnist_jax.errors import UserError
 from mnist_jax.rundir import process
 from mnist_jax.training import devices
 from mnist_jax.training import members as members_lib
+from mnist_jax.training import loop
 from mnist_jax.training import train
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -161,7 +162,7 @@ def _parse_sets(items) -> dict:
   return out
 
 
-class Recorder(train.Hooks):
+class Recorder(loop.Hooks):
   """The loop's hooks for a benchmark: a fresh start, each epoch's row kept,
   messages to stderr (stdout is the JSON lines); nothing written."""
 
@@ -170,7 +171,7 @@ class Recorder(train.Hooks):
 
   def start(self, state, steps_per_epoch, record):
     self.record = record
-    return state, train.Start()
+    return state, loop.Start()
 
   def message(self, text):
     print(text, file=sys.stderr, flush=True)
@@ -191,13 +192,14 @@ def _one_member(state, num_members: int):
   return jax.tree.map(lambda x: x[0] if getattr(x, "ndim", 0) else x, state)
 
 
-def _time_eval(config, data, state, num_members: int) -> dict:
+def _time_eval(config, data, model, state, num_members: int) -> dict:
   """One evaluation pass over the test split, laid out as the loop lays it
   out (train.evaluate mapped by devices.Layout): compile and run, then run."""
-  layout = devices.Layout(config, num_members, say=lambda _: None)
+  layout = devices.Layout(config, model, num_members, say=lambda _: None)
   evaluate = layout.map(functools.partial(
       train.evaluate, batch_size=layout.eval_batch_size(config.eval_batch_size),
       axis_name=layout.axis_name, batch_sharding=layout.batch_sharding),
+                        (devices.MEMBER, devices.SHARED, devices.SHARED),
                         donate=False)
   state = layout.put_state(state)
   test = layout.put(data.test)
@@ -221,9 +223,11 @@ def bench_model(name: str, args, peak: float) -> dict:
   num_members = len(members_lib.from_config(config))
   data = pipeline.load(config)
   n = len(data.train)
-  steps = train.steps_per_epoch(config, n)
+  steps = loop.steps_per_epoch(config, n)
   recorder = Recorder()
-  state, final = train.train_and_evaluate(config, data, recorder)
+  model, implementation = models.build(config, recorder.message,
+                                       recorder.message)
+  state, final = loop.train_and_evaluate(config, data, model, recorder)
   rows = recorder.rows
   epoch_times = [r["epoch_time_s"] for r in rows]
   timed = epoch_times[1:] or epoch_times
@@ -232,7 +236,7 @@ def bench_model(name: str, args, peak: float) -> dict:
   flops, xla_flops = step_flops(config, one, data.train.images,
                                 data.train.labels)
   gflops = flops * num_members * steps / epoch_time / 1e9
-  chunk = train.chunk_len(steps, config.chunk_steps)
+  chunk = loop.chunk_len(steps, config.chunk_steps)
   layout = recorder.record.get("parallel", {})
   row = {
       "model": name, "preset": args.preset, "batch_size": config.batch_size,
@@ -251,11 +255,11 @@ def bench_model(name: str, args, peak: float) -> dict:
       "last_epoch_train_accuracy": round(rows[-1]["train_accuracy"], 4),
       "backend": jax.default_backend(),
       "parallel": layout.get("mode"), "devices": layout.get("devices"),
-      "implementation": recorder.record.get("implementation"),
+      "implementation": implementation,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
   if args.eval:
-    row.update(_time_eval(config, data, state, num_members))
+    row.update(_time_eval(config, data, model, state, num_members))
   return row
 
 

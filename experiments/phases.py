@@ -85,7 +85,7 @@ def main():
   pipeline.load = timed("data_load", pipeline.load, block=False)
   members.init_state = timed("init_state", members.init_state)
   # The loop's programs, as devices.Layout.map makes them for
-  # train.train_and_evaluate: the train chunk (its compilation apart),
+  # loop.train_and_evaluate: the train chunk (its compilation apart),
   # each epoch's batch order and the evaluation passes.
   layout_map = devices.Layout.map
 

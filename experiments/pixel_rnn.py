@@ -27,7 +27,7 @@ from mnist_jax.data import pipeline
 
 def measure(model: str, steps: int, repeats: int, **overrides):
   """Compiles the run's own train chunk (profile_chunk.laid_out_chunk: as
-  train.train_and_evaluate lays it out) of `steps` steps on random images and
+  loop.train_and_evaluate lays it out) of `steps` steps on random images and
   times it."""
   config = models.get_config(model, "pixels", chunk_steps=steps, **overrides)
   n = steps * config.batch_size

@@ -9,7 +9,7 @@ first when a model's step is slow.
 
 The chunk is the run's own: `laid_out_chunk` builds train.train_chunk over
 train.epoch_order, mapped by devices.Layout, with the state, optimizer and
-data placed as train.train_and_evaluate places them (tests/test_experiments.py
+data placed as loop.train_and_evaluate places them (tests/test_experiments.py
 holds it to the loop's numbers).
 """
 
@@ -38,7 +38,9 @@ from mnist_jax.rundir import process
 from mnist_jax.training import devices
 from mnist_jax.training import members as members_lib
 from mnist_jax import optim
+from mnist_jax.training import loop
 from mnist_jax.training import train
+from mnist_jax.training.devices import MEMBER, NUMBER, SHARED
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
@@ -57,28 +59,26 @@ class Chunk(NamedTuple):
 
 def laid_out_chunk(config, train_split, say=print) -> Chunk:
   """The train chunk of a run of `config` on `train_split` (pipeline.Split),
-  set up as train.train_and_evaluate sets it up, compiled."""
+  set up as loop.train_and_evaluate sets it up, compiled."""
   members = members_lib.from_config(config)
-  layout = devices.Layout(config, len(members), say)
   model, _ = models.build(config, say)
-  steps = train.steps_per_epoch(config, len(train_split))
-  tx = optim.make_optimizer(config, steps, members_lib.swept(config))
-  state = members_lib.init_state(members, functools.partial(
-      train.create_train_state, model=model, tx=tx,
-      image_shape=train_split.images.shape[1:], dtype=config.dtype))
-  state = layout.put_state(state)
+  layout = devices.Layout(config, model, len(members), say)
+  steps = loop.steps_per_epoch(config, len(train_split))
+  state = layout.put_state(loop.initial_state(
+      config, model, steps, train_split.images.shape[1:]))
   images, labels = layout.put(train_split)
-  length = train.chunk_len(steps, config.chunk_steps)
+  length = loop.chunk_len(steps, config.chunk_steps)
   order_fn = layout.map(functools.partial(
-      train.epoch_order, n=len(train_split), batch_size=config.batch_size),
-                        donate=False)
+      train.epoch_order, n=len(train_split), steps=steps,
+      batch_size=config.batch_size), (MEMBER, NUMBER), donate=False)
   chunk = layout.map(functools.partial(
       train.train_chunk, chunk_len=length,
       multiplier=optim.schedule(config, steps),
       label_smoothing=config.label_smoothing,
       augment=augment_lib.from_config(config), axis_name=layout.axis_name,
-      batch_sharding=layout.batch_sharding), members_lib.per_member(members),
-                     mapped=2)
+      batch_sharding=layout.batch_sharding),
+                     (MEMBER, MEMBER, SHARED, SHARED, NUMBER),
+                     members_lib.per_member(members))
   start = time.perf_counter()
   compiled = chunk.lower(state, order_fn(state, 1), images, labels, 0).compile()
   return Chunk(layout, state, order_fn, images, labels, compiled, length,

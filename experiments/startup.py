@@ -50,7 +50,7 @@ def load(config):
   return out
 pipeline.load = load
 
-# train.train_and_evaluate maps train.train_chunk over the layout, lowers and
+# loop.train_and_evaluate maps train.train_chunk over the layout, lowers and
 # compiles it, then calls it: the first call is the first train step.
 _map = devices.Layout.map
 def layout_map(self, fn, *args, **kwargs):

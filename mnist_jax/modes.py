@@ -14,6 +14,7 @@ import numpy as np
 
 from mnist_jax.data import datasets
 from mnist_jax.data import pipeline
+from mnist_jax import models
 from mnist_jax.errors import Diverged, UserError
 from mnist_jax.models import recurrent
 from mnist_jax.results import report
@@ -32,15 +33,16 @@ from mnist_jax.rundir import tensorboard
 from mnist_jax.training import devices
 from mnist_jax.training import metrics as metrics_lib
 from mnist_jax.training import members as members_lib
-from mnist_jax.training import train
+from mnist_jax.training import loop
 
 
-class RunFolder(train.Hooks):
+class RunFolder(loop.Hooks):
   """The loop's hooks that read and write `workdir` (see the module doc)."""
 
   def __init__(self, workdir, config, log, stop, *, existing, overwrite,
-               data_time):
+               data_time, implementation=None):
     self.workdir, self.config, self.log, self.stop = workdir, config, log, stop
+    self.implementation = implementation or {}
     self.existing, self.overwrite = existing, overwrite
     self.data_time = data_time
     self.write = devices.is_main()
@@ -58,14 +60,15 @@ class RunFolder(train.Hooks):
     """Restores the latest checkpoint, if any, then writes config.json."""
     self.steps, self.shapes = steps_per_epoch, checkpoints.param_shapes(
         state.params)
-    start = train.Start()
+    start = loop.Start()
     if self.existing and not self.overwrite and self.write:
       state, start = self._restore(state)
     if jax.process_count() > 1:  # Process 0's restore, on every process.
       state, start = self._from_main(state, start)
     if self.write:
       record_lib.begin(self.workdir, self.config,
-                   {**record_lib.environment(), **record},
+                   {**record_lib.environment(), **record,
+                    "implementation": self.implementation},
                    existing=self.existing, overwrite=self.overwrite,
                    meta=self.meta)
       if getattr(self.config, "sequence", "") == "permuted":
@@ -92,7 +95,7 @@ class RunFolder(train.Hooks):
                                            start.finished], np.int32),
         start.sums if start.sums is not None else zeros))
     epoch, epoch_step, finished = (int(v) for v in position)
-    return state.replace(**parts), train.Start(
+    return state.replace(**parts), loop.Start(
         epoch, epoch_step, sums if epoch_step else None, bool(finished))
 
   def _restore(self, state):
@@ -106,7 +109,7 @@ class RunFolder(train.Hooks):
             f"--workdir; --overwrite trains it again, deleting "
             f"{resume.contents(self.workdir)}")
       self.message(resume.resume_line(self.workdir, None, None, self.steps))
-      return state, train.Start()
+      return state, loop.Start()
     state, self.meta = checkpoints.restore(self.workdir, state,
                                            self.config.model)
     checkpoints.check_fits(self.meta, int(np.max(state.step)), self.steps,
@@ -116,7 +119,7 @@ class RunFolder(train.Hooks):
     self.message(resume.resume_line(self.workdir, self.meta, self.logged,
                                     self.steps))
     sums = self.meta.get("sums")
-    return state, train.Start(
+    return state, loop.Start(
         self.meta["epoch"] + 1, self.meta.get("epoch_step", 0),
         {k: np.asarray(v, np.float32) for k, v in sums.items()} if sums
         else None, bool(self.meta.get("done")))
@@ -204,7 +207,8 @@ def train_and_evaluate(config, workdir: str, stream=None,
   control.Preempted."""
   members = members_lib.from_config(config)
   process.initialize(config, detect=False)  # Those the flags name.
-  devices.resolve(config, len(members))  # Before the data is prepared.
+  stock = models.get(config.model).stock(config)
+  devices.resolve(config, len(members), stock)  # Before the data is prepared.
   lock.check_writable(workdir)
   if devices.is_main():
     lock.claim(workdir)
@@ -221,15 +225,18 @@ def train_and_evaluate(config, workdir: str, stream=None,
   data_start = time.perf_counter()
   data = devices.main_first(functools.partial(pipeline.load, config))
   data_time = time.perf_counter() - data_start
-  resources.check_steps(config, train.steps_per_epoch(config, len(data.train)))
+  resources.check_steps(config, loop.steps_per_epoch(config, len(data.train)))
   with contextlib.ExitStack() as stack:
     stack.callback(log.close)
+    model, implementation = models.build(config, log.message,
+                                         log.progress.status)
     hooks = RunFolder(workdir, config, log, None, existing=existing,
-                      overwrite=overwrite, data_time=data_time)
+                      overwrite=overwrite, data_time=data_time,
+                      implementation=implementation)
     stack.callback(hooks.close)
     hooks.stop = stack.enter_context(control.StopRequest(kept=lambda: (
         resume.on_disk(resume.checkpoint_dir(workdir)))))
-    state, final = train.train_and_evaluate(config, data, hooks)
+    state, final = loop.train_and_evaluate(config, data, model, hooks)
     hooks.trained(state, final)
     return _finish(config, workdir, data, state, final, hooks, log, members)
 

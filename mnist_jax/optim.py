@@ -100,13 +100,23 @@ def make_optimizer(config, steps_per_epoch: int,
       **hyperparams(config))
 
 
+def held(opt_state) -> Dict[str, jax.Array]:
+  """The numbers `opt_state` holds (HYPERPARAMS -> array), the one way to
+  them, wherever a wrapper (e.g. optax.MultiSteps) keeps the inner state."""
+  return optax.tree_utils.tree_get(opt_state, "hyperparams")
+
+
 def with_hyperparams(opt_state, config):
   """`opt_state` holding `config`'s numbers (a sweep member's)."""
-  return opt_state._replace(hyperparams={
-      k: jnp.asarray(v, opt_state.hyperparams[k].dtype)
-      for k, v in hyperparams(config).items()})
+  dtypes = {k: v.dtype for k, v in held(opt_state).items()}
+  return optax.tree_utils.tree_set(opt_state, hyperparams={
+      k: jnp.asarray(v, dtypes[k]) for k, v in hyperparams(config).items()})
 
 
 def learning_rate(opt_state, multiplier: optax.Schedule) -> jax.Array:
-  """The rate of the next update, from the optimizer's own state."""
-  return opt_state.hyperparams["learning_rate"] * multiplier(opt_state.count)
+  """The rate of the next update, from the optimizer's own state: its held
+  rate and its count of updates, which the schedule reads."""
+  count = optax.tree_utils.tree_get(opt_state, "count", filtering=lambda path,
+                                    _: "Inject" in getattr(path[-1],
+                                                           "tuple_name", ""))
+  return held(opt_state)["learning_rate"] * multiplier(count)

@@ -163,3 +163,12 @@ def drawn(monkeypatch):
   yield figures
   for fig in figures:
     close(fig)
+
+
+def train_core(config, data, hooks=None):
+  """The core's loop (loop.train_and_evaluate) on the module a run of
+  `config` trains (models.build's choice, its notes unsaid)."""
+  from mnist_jax import models  # pylint: disable=g-import-not-at-top
+  from mnist_jax.training import loop  # pylint: disable=g-import-not-at-top
+  model, _ = models.build(config, say=lambda _: None)
+  return loop.train_and_evaluate(config, data, model, hooks)

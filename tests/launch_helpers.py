@@ -184,18 +184,18 @@ def deterministic(rows):
 
 def restore_latest(workdir):
   """(state, meta) of a run folder's latest checkpoint, restored as report and
-  predict restore it (checkpoints.restore into train.initial_state's shapes):
+  predict restore it (checkpoints.restore into loop.initial_state's shapes):
   the train state, its checkpointed parts host arrays."""
   # pylint: disable=g-import-not-at-top
   from mnist_jax import models
   from mnist_jax.rundir import checkpoints
   from mnist_jax.rundir import record
-  from mnist_jax.training import train
+  from mnist_jax.training import loop
   # pylint: enable=g-import-not-at-top
   config = record.read_config(workdir)
   model, _ = models.build(config, say=lambda _: None)
   return checkpoints.restore(workdir, jax.eval_shape(
-      lambda: train.initial_state(config, model)), config.model)
+      lambda: loop.initial_state(config, model)), config.model)
 
 
 def assert_trees_equal(a, b):

@@ -1,4 +1,4 @@
-"""Trains tiny models with train.train_and_evaluate under given --parallel
+"""Trains tiny models with loop.train_and_evaluate under given --parallel
 layouts, in one process with the devices it was started with.
 
 Run by tests/test_parallel.py and tests/test_host_split.py in a child
@@ -26,12 +26,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax
 import numpy as np
 
-from conftest import synthetic_digits
+from conftest import synthetic_digits, train_core
 from mnist_jax import models
 from mnist_jax.data import pipeline
 from mnist_jax.models import registry
 from mnist_jax.rundir import checkpoints
-from mnist_jax.training import train
+from mnist_jax.training import loop
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 # Tiny models, each with what makes one device's numbers hard to keep:
@@ -97,10 +97,10 @@ def config(name, parallel, epochs=2):
                               **({"num_seeds": int(seeds)} if plus else {})})
 
 
-class Recorder(train.Hooks):
+class Recorder(loop.Hooks):
   """Keeps what the loop tells its hooks: the layout record, the epoch rows
   (with `last`), the messages, the chunks' (epoch, done); starts at `start`
-  (a train.Start, or fn(state) -> (state, Start))."""
+  (a loop.Start, or fn(state) -> (state, Start))."""
 
   def __init__(self, start=None):
     self.record, self.rows, self.messages, self.chunks = None, [], [], []
@@ -110,7 +110,7 @@ class Recorder(train.Hooks):
     self.record, self.steps = record, steps_per_epoch
     if callable(self._start):
       return self._start(state)
-    return state, self._start or train.Start()
+    return state, self._start or loop.Start()
 
   def message(self, text):
     self.messages.append(text)
@@ -162,7 +162,7 @@ def restore(workdir, config):
     state, meta = checkpoints.restore(workdir, state, config.model)
     assert meta["format"] == checkpoints.FORMAT == 3
     sums = meta.get("sums")
-    return state, train.Start(
+    return state, loop.Start(
         meta["epoch"] + 1, meta["epoch_step"],
         {k: np.asarray(v, np.float32) for k, v in sums.items()} if sums
         else None)
@@ -183,12 +183,12 @@ def run(name, parallel, data, epochs=2, resume=False):
     hooks = Recorder()
     if resume:
       try:
-        train.train_and_evaluate(run_config, data,
+        train_core(run_config, data,
                                  Saver(workdir, run_config, "chunk"))
         raise AssertionError("the run stopped at no checkpoint")
       except Stop:
         hooks = restore(workdir, run_config)
-    state, final = train.train_and_evaluate(run_config, data, hooks)
+    state, final = train_core(run_config, data, hooks)
   record = {"parallel": hooks.record["parallel"], "rows": hooks.rows,
             "final": final, "messages": hooks.messages,
             "step": np.asarray(jax.device_get(state.step)).tolist()}

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 import pytest
 
+
 import mnist_jax
 from mnist_jax import api
 from mnist_jax.rundir import lock
@@ -77,7 +78,7 @@ def test_readme_example_runs(prepared, tmp_path, monkeypatch, capsys):
 def test_the_readme_has_its_two_python_blocks():
   """The slow tests below run each, as written."""
   first, core = _readme_blocks()
-  assert "mnist_jax.load_run(" in first and "train.train_and_evaluate(" in core
+  assert "mnist_jax.load_run(" in first and "loop.train_and_evaluate(" in core
 
 
 @pytest.mark.slow

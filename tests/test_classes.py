@@ -175,15 +175,14 @@ def test_every_model_trains_a_step_and_evaluates(emnist, dataset, model):
   train_batch = {"image": jnp.asarray(data.train.images[:16]),
                  "label": jnp.asarray(data.train.labels[:16]),
                  "valid": jnp.asarray(True)}
-  test_batch = {"image": jnp.asarray(test.images),
-                "label": jnp.asarray(test.labels),
-                "mask": jnp.ones(len(test), jnp.float32)}
+  test_images, test_labels = jnp.asarray(test.images), jnp.asarray(test.labels)
 
   @jax.jit  # One program: a compile per model and class count.
   def step_and_evaluate(state):
     state, train_sums = train.train_step(state, train_batch)
-    test_sums = train.eval_step(state, test_batch)
-    logits = state.apply_fn(state.variables, test_batch["image"])
+    test_sums = train.evaluate(state, test_images, test_labels,
+                               batch_size=len(test))
+    logits = state.apply_fn(state.variables, test_images)
     return train_sums, test_sums, logits
 
   train_sums, test_sums, logits = step_and_evaluate(state)

@@ -11,10 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import train_core
+
 from mnist_jax import models
 from mnist_jax.training import devices
 from mnist_jax.training import members as members_lib
 from mnist_jax import optim
+from mnist_jax.training import loop
 from mnist_jax.training import train
 from parallel_worker import Recorder, dataset
 
@@ -32,6 +35,10 @@ def _data():
   return dataset(n_train=230, n_test=70)
 
 
+def _stock(config):
+  return models.get(config.model).stock(config)
+
+
 def _create(config, steps):
   model, _ = models.build(config, say=lambda _: None)
   return functools.partial(
@@ -42,7 +49,8 @@ def _create(config, steps):
 
 def test_one_device_layout():
   said = []
-  layout = devices.Layout(_config(parallel="auto"), 1, said.append)
+  config = _config(parallel="auto")
+  layout = devices.Layout(config, _stock(config), 1, said.append)
   assert layout.mode == "none" and layout.num_devices == 1 and not said
   assert layout.record() == {"mode": "none", "devices": 1}
   assert layout.axis_name is None and layout.batch_sharding is None
@@ -64,16 +72,16 @@ def test_an_epoch_is_the_pure_chunk_over_the_epochs_order():
   hand from the same fresh state end with the same arrays and sums."""
   config, data = _config(), _data()
   hooks = Recorder()
-  state, final = train.train_and_evaluate(config, data, hooks)
+  state, final = train_core(config, data, hooks)
   assert hooks.steps == 8 and hooks.chunks == [(1, 0), (1, 3), (1, 6)]
   assert final["test_examples"] == 70 and final["steps"] == 8
   assert hooks.rows[0]["step"] == 8
 
   members = members_lib.from_config(config)
   ref = members_lib.init_state(members, _create(config, 8))
-  order = train.epoch_order(ref, 1, n=207, batch_size=25)
+  order = train.epoch_order(ref, 1, n=207, steps=8, batch_size=25)
   chunk = jax.jit(functools.partial(
-      train.train_chunk, chunk_len=train.chunk_len(8, 3),
+      train.train_chunk, chunk_len=loop.chunk_len(8, 3),
       multiplier=optim.schedule(config, 8)))
   total = 0.0
   for first in (0, 3, 6):
@@ -99,7 +107,7 @@ def test_mapped_members_compute_what_each_single_run_does():
   config = _config(seed=7, num_seeds=1, sweep="label_smoothing=0,0.1,0.2")
   members = members_lib.from_config(config)
   assert [m.config.label_smoothing for m in members] == [0, 0.1, 0.2]
-  layout = devices.Layout(config, len(members))
+  layout = devices.Layout(config, _stock(config), len(members))
   assert layout.mode == "none" and layout.num_devices == 1  # vmapped still
   data = _data()
   images, labels = layout.put(data.train)
@@ -107,12 +115,14 @@ def test_mapped_members_compute_what_each_single_run_does():
   chunk = functools.partial(train.train_chunk, chunk_len=3,
                             multiplier=optim.schedule(config, 8))
   stacked = layout.put_state(members_lib.init_state(members, create))
-  order = layout.map(functools.partial(train.epoch_order, n=207,
-                                       batch_size=25), donate=False)(stacked, 1)
+  order = layout.map(functools.partial(train.epoch_order, n=207, steps=8,
+                                       batch_size=25),
+                     (devices.MEMBER, devices.NUMBER), donate=False)(stacked, 1)
   assert order.shape == (3, 8, 25)
-  out, sums, bad, rate = layout.map(chunk, members_lib.per_member(members),
-                                    mapped=2)(stacked, order, images, labels,
-                                              0)
+  out, sums, bad, rate = layout.map(
+      chunk, (devices.MEMBER, devices.MEMBER, devices.SHARED, devices.SHARED,
+              devices.NUMBER), members_lib.per_member(members))(
+                  stacked, order, images, labels, 0)
   assert np.asarray(bad).tolist() == [-1] * 3
   assert np.asarray(out.step).tolist() == [3] * 3
   assert np.asarray(sums["count"]).tolist() == [75] * 3
@@ -122,7 +132,7 @@ def test_mapped_members_compute_what_each_single_run_does():
       s, o, images, labels, 0, label_smoothing=smoothing))
   for m in members:
     single = members_lib.init_state([m], create)
-    one_order = train.epoch_order(single, 1, n=207, batch_size=25)
+    one_order = train.epoch_order(single, 1, n=207, steps=8, batch_size=25)
     np.testing.assert_array_equal(one_order, order[m.index])
     single, one_sums, _, _ = one_chunk(single, one_order,
                                        np.float32(m.config.label_smoothing))
@@ -136,7 +146,7 @@ def test_mapped_members_compute_what_each_single_run_does():
 def test_members_train_side_by_side_and_report_each():
   config, data = _config(num_seeds=2, seed=4), _data()
   hooks = Recorder()
-  state, final = train.train_and_evaluate(config, data, hooks)
+  state, final = train_core(config, data, hooks)
   assert hooks.record["parallel"] == {"mode": "none", "devices": 1}
   row = hooks.rows[0]
   assert [m["seed"] for m in row["members"]] == [4, 5]
@@ -148,7 +158,7 @@ def test_members_train_side_by_side_and_report_each():
   assert not np.allclose(state.params["out"]["kernel"][0],
                          state.params["out"]["kernel"][1])
   single_hooks = Recorder()
-  single, single_final = train.train_and_evaluate(config.replace(
+  single, single_final = train_core(config.replace(
       seed=5, num_seeds=1), data, single_hooks)
   for a, b in zip(jax.tree.leaves(jax.tree.map(lambda x: x[1], state.params)),
                   jax.tree.leaves(single.params)):

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import train_core
+
 import launch_helpers as lh
 from mnist_jax import models
 from mnist_jax.errors import Diverged
@@ -157,7 +159,7 @@ def test_a_diverged_member_stops_and_the_others_go_on():
       "linear", "seed", batch_size=64, epochs=2, chunk_steps=3,
       val_fraction=0.1, sweep="learning_rate=1e-3,1e38")
   hooks = Recorder()
-  _, final = train.train_and_evaluate(config, dataset(), hooks)
+  _, final = train_core(config, dataset(), hooks)
   stopped = [m for m in hooks.messages if "diverged" in m]
   assert len(stopped) == 1 and stopped[0].startswith(
       "member learning_rate=1e+38, seed=0 diverged at step ")

@@ -99,7 +99,7 @@ def _module(name: str):
 
 @pytest.mark.parametrize("doc", DOCS)
 def test_quoted_module_names_exist(doc):
-  """`train.initial_state`, `checkpoints.PARTS`, `rundir/lock.py`: the module
+  """`loop.initial_state`, `checkpoints.PARTS`, `rundir/lock.py`: the module
   exists and defines the name."""
   missing = []
   for span in _quoted(doc):

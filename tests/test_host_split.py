@@ -46,7 +46,11 @@ def host(monkeypatch):
 
 def resolve(model="gru", members=1, **overrides):
   config = models.get_config(model, "seed", **{**TINY[model], **overrides})
-  return devices_lib.resolve(config, members)
+  return devices_lib.resolve(config, members, _stock(config))
+
+
+def _stock(config):
+  return models.get(config.model).stock(config)
 
 
 @pytest.mark.parametrize("model,batch,count,expected", [
@@ -58,7 +62,7 @@ def resolve(model="gru", members=1, **overrides):
     ("gru", 62, 2, ("none", 1)),  # 2 x 31 is below MIN_DEVICE_BATCH.
     ("gru", 16, 2, ("none", 1)),  # Even one device's 16 is below it.
     ("gru", 128, 1, ("none", 1)),
-    ("mlp", 128, 8, ("none", 1)),  # Not in CPU_DATA_PARALLEL: one device.
+    ("mlp", 128, 8, ("none", 1)),  # Not DATA_PARALLEL_ON_CPU: one device.
     ("cnn", 128, 8, ("none", 1)),
     ("linear", 128, 8, ("none", 1)),
 ])
@@ -114,9 +118,10 @@ def test_explicit_modes_and_their_refusals(host):
 
 def test_the_rule_reads_the_stock_module_class_not_the_model_name(
     host, monkeypatch):
-  """A model registered outside devices.py gets the rule of its stock
-  module's class: none on a CPU host for a new class, sharded for the
-  recurrent one, with nothing measured and devices.py untouched."""
+  """A model registered outside devices.py gets the rule its stock module's
+  class declares: none on a CPU host for a new class, sharded for the
+  recurrent one (DATA_PARALLEL_ON_CPU) or a class that declares it, with
+  nothing measured and devices.py untouched."""
 
   class NewNet(dense.MLP):
     pass
@@ -129,8 +134,11 @@ def test_the_rule_reads_the_stock_module_class_not_the_model_name(
   config = models.get_config("mlp", "seed", batch_size=128)
   monkeypatch.setitem(registry.MODELS, "mlp", dataclasses.replace(
       spec, module=recurrent.Recurrent, settings={}, fixed={"hidden": 8}))
-  assert devices_lib.resolve(config, 1) == ("sharded", 4)
-  assert devices_lib.CPU_DATA_PARALLEL == ("Recurrent",)
+  assert devices_lib.resolve(config, 1, _stock(config)) == ("sharded", 4)
+  NewNet.DATA_PARALLEL_ON_CPU = True
+  monkeypatch.setitem(registry.MODELS, "mlp",
+                      dataclasses.replace(spec, module=NewNet))
+  assert resolve("mlp", batch_size=128) == ("sharded", 4)
 
 
 def test_split_host_leaves_the_host_whole_for_one_device_or_a_set_count(

@@ -113,9 +113,9 @@ def test_the_graph_is_read_from_every_module():
   assert {"mnist_jax.training.train", "mnist_jax.results.report",
           "mnist_jax.modes", "mnist_jax.models"} <= set(graph)
   # Edges the shell has, so an empty graph cannot pass the tests below.
-  assert "mnist_jax.training.train" in graph["mnist_jax.modes"]
+  assert "mnist_jax.training.loop" in graph["mnist_jax.modes"]
   assert "mnist_jax.results.report" in graph["mnist_jax.modes"]
-  assert "mnist_jax.training.devices" in graph["mnist_jax.training.train"]
+  assert "mnist_jax.training.devices" in graph["mnist_jax.training.loop"]
   assert "mnist_jax.models.registry" in graph["mnist_jax.models"]
   # A lazy import inside a function counts: the package's own API loader.
   assert "mnist_jax.api" in graph["mnist_jax"]
@@ -207,7 +207,40 @@ def test_outputs_data_and_models_do_not_import_the_loop(module):
   """Data flows one way: data -> model -> train -> outputs; the report reads
   what training left, it does not train."""
   modules = _modules()
-  assert "mnist_jax.training.train" not in _imports(modules[module], modules)
+  assert "mnist_jax.training.loop" not in _imports(modules[module], modules)
+
+
+# What importing the train step may load besides itself: its metrics,
+# optimizer and precision, never the registry, kernels, layout or shell.
+STEP_MODULES, STEP_LINES = 6, 1000
+SMALL_INIT = 40  # Package __init__ files under this many lines do not count.
+
+
+def test_the_train_step_stands_alone():
+  """`import mnist_jax.training.train` loads at most STEP_MODULES other
+  project modules, STEP_LINES lines in all, and none of the model registry,
+  the kernels, the device layout, files.py or the shell."""
+  code = ("import sys\nimport mnist_jax.training.train\n"
+          "print('\\n'.join(f'{m} {sys.modules[m].__file__}' for m in "
+          "sorted(sys.modules) if m.startswith('mnist_jax')))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, cwd=ROOT, check=False, timeout=120,
+                       env={**os.environ, "PYTHONPATH": ROOT})
+  assert out.returncode == 0, out.stderr[-2000:]
+  loaded = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+  assert "mnist_jax.training.train" in loaded
+  counted = {}
+  for name, path in loaded.items():
+    lines = sum(1 for _ in open(path))
+    if name != "mnist_jax.training.train" and not (
+        path.endswith("__init__.py") and lines < SMALL_INIT):
+      counted[name] = lines
+  assert len(counted) <= STEP_MODULES, counted
+  assert sum(counted.values()) <= STEP_LINES, counted
+  banned = ("mnist_jax.models.registry", "mnist_jax.models.kernels",
+            "mnist_jax.training.devices", "mnist_jax.training.loop",
+            "mnist_jax.files", *SHELL)
+  assert not [m for m in loaded if _in(m, banned)], sorted(loaded)
 
 
 def test_no_private_jax_api_in_the_package_or_the_scripts():

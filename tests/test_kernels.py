@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import launch_helpers as lh
-from conftest import synthetic_digits
+from conftest import synthetic_digits, train_core
 from mnist_jax import models
 from mnist_jax.data import pipeline
 from mnist_jax.errors import UserError
@@ -29,7 +29,7 @@ from mnist_jax.models.kernels import conv_pool
 from mnist_jax.models.kernels import fused_rnn
 from mnist_jax.results import run as run_lib
 from mnist_jax import modes as rundir_run
-from mnist_jax.training import train
+from mnist_jax.training import loop
 
 SHAPE = (28, 28)
 # Each model small, so that a check compiles in a second or two.
@@ -231,7 +231,7 @@ def _edit(monkeypatch):
   return edited
 
 
-class _Quiet(train.Hooks):
+class _Quiet(loop.Hooks):
   """The loop's hooks, keeping its messages."""
 
   def __init__(self):
@@ -253,7 +253,7 @@ def _tiny_data():
 def _train(config):
   """(the run's final numbers without its timings, its messages)."""
   hooks = _Quiet()
-  _, final = train.train_and_evaluate(config, _tiny_data(), hooks)
+  _, final = train_core(config, _tiny_data(), hooks)
   numbers = {k: v for k, v in final.items()
              if not k.endswith("_s") and k != "examples_per_s"}
   return numbers, hooks.said

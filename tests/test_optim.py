@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import synthetic_digits
+from conftest import synthetic_digits, train_core
 from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.data import pipeline
@@ -388,7 +388,7 @@ def test_a_new_optimizer_is_one_table_entry(monkeypatch):
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
   # It trains (the loop, no run folder): ten classes, chance is 0.1.
-  _, final = train.train_and_evaluate(config, _tiny_data())
+  _, final = train_core(config, _tiny_data())
   assert final["test_accuracy"] > 0.5, final
   # --sweep: momentum is read by sgd and lion, so adam refuses it naming both;
   # lion sweeps it, and refuses what only rmsprop reads.

@@ -24,7 +24,7 @@ from mnist_jax.rundir import metrics_log
 from mnist_jax.rundir import record as record_lib
 from mnist_jax.rundir import resume
 from mnist_jax import modes as run_lib
-from mnist_jax.training import train
+from mnist_jax.training import loop
 
 # 540 training examples / 16 = 33 steps per epoch, in 7 chunks of 5. No
 # report: --mode=report writes it where a test reads it.
@@ -66,7 +66,7 @@ LINEAR = models.get_config("linear", "seed", epochs=3, seed=3)
 def _linear_state():
   """A fresh linear model's train state, on the device: as a run starts."""
   model, _ = models.build(LINEAR, say=lambda _: None)
-  return train.initial_state(LINEAR, model, 33)
+  return loop.initial_state(LINEAR, model, 33)
 
 
 def _hooks(workdir, existing, stream=None):
@@ -81,7 +81,7 @@ def _saved_at(workdir, step, **where):
   """A fresh run folder whose one checkpoint is the state at `step`."""
   hooks = _hooks(workdir, existing=False)
   state, start = hooks.start(_linear_state(), 33, {})
-  assert start == train.Start()
+  assert start == loop.Start()
   state = state.replace(step=jnp.asarray(step, jnp.int32), params=jax.tree.map(
       lambda p: p + 1, state.params))
   hooks.save(state, **where)

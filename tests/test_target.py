@@ -4,11 +4,12 @@ never decides when a run stops, so without a validation split it is refused."""
 import numpy as np
 import pytest
 
+from conftest import train_core
+
 import launch_helpers as lh
 from mnist_jax import models
 from mnist_jax.data import pipeline
 from mnist_jax.errors import UserError
-from mnist_jax.training import train
 from parallel_worker import Recorder, dataset
 
 
@@ -42,7 +43,7 @@ def test_the_command_line_refuses_it_in_one_line(tmp_path):
 
 def test_stops_once_validation_accuracy_reaches_it():
   hooks = Recorder()
-  _, final = train.train_and_evaluate(_config(), dataset(), hooks)
+  _, final = train_core(_config(), dataset(), hooks)
   epochs = [r["epoch"] for r in hooks.rows]
   assert final["epochs_run"] == epochs[-1] < 20
   assert epochs == list(range(1, epochs[-1] + 1))
@@ -68,7 +69,7 @@ def test_test_accuracy_never_stops_a_run():
   data = pipeline.Dataset(data.train, pipeline.Split(data.val.images, labels),
                           data.test, data.class_names)
   hooks = Recorder()
-  _, final = train.train_and_evaluate(_config(epochs=3, target_accuracy=0.5),
+  _, final = train_core(_config(epochs=3, target_accuracy=0.5),
                                       data, hooks)
   assert [r["epoch"] for r in hooks.rows] == [1, 2, 3]
   assert final["epochs_run"] == 3 and final["test_accuracy"] > 0.5

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 import mnist_jax
-from conftest import synthetic_digits
+from conftest import synthetic_digits, train_core
 from mnist_jax import models
 from mnist_jax.data import augment as augment_lib
 from mnist_jax.models import dense
 from mnist_jax import optim
+from mnist_jax.training import loop
 from mnist_jax.training import train
 from parallel_worker import Recorder, Saver, Stop, dataset, restore
 
@@ -138,7 +139,7 @@ def test_evaluate_counts_a_partial_last_batch():
 
 def test_epoch_order_is_a_fresh_permutation_each_epoch():
   state = fresh_state(tiny_config("linear"))
-  order = jax.jit(functools.partial(train.epoch_order, n=100, batch_size=32))
+  order = jax.jit(functools.partial(train.epoch_order, n=100, steps=3, batch_size=32))
   a, b = np.asarray(order(state, 1)), np.asarray(order(state, 2))
   assert a.shape == (3, 32) and len(set(a.ravel())) == 96
   assert not np.array_equal(a, b)
@@ -150,7 +151,7 @@ def test_epoch_order_is_a_fresh_permutation_each_epoch():
 @pytest.mark.parametrize("steps,most", [(421, 200), (10, 200), (200, 200),
                                         (1875, 200), (8, 3), (1, 1)])
 def test_chunk_len_covers_steps_with_little_padding(steps, most):
-  length = train.chunk_len(steps, most)
+  length = loop.chunk_len(steps, most)
   num = -(-steps // length)
   assert 1 <= length <= most and num * length >= steps
   assert num * length - steps < num
@@ -172,7 +173,7 @@ def test_scanned_chunk_equals_step_by_step():
   config = tiny_config("mlp", dropout=0.2, label_smoothing=0.1)
   images, labels = digits(96)
   state = fresh_state(config, steps_per_epoch=3)
-  order = train.epoch_order(state, 1, n=96, batch_size=32)
+  order = train.epoch_order(state, 1, n=96, steps=3, batch_size=32)
   chunk = _chunk(config, 2)
   ref, total = state, 0.0
   step = jax.jit(functools.partial(train.train_step, label_smoothing=0.1))
@@ -194,7 +195,7 @@ def test_a_chunk_of_padding_changes_nothing():
   config = tiny_config("mlp")
   images, labels = digits(64)
   state = fresh_state(config, steps_per_epoch=2)
-  order = train.epoch_order(state, 1, n=64, batch_size=32)
+  order = train.epoch_order(state, 1, n=64, steps=2, batch_size=32)
   state, _, _, _ = _chunk(config, 2)(state, order, images, labels, 0)
   after, sums, bad, _ = _chunk(config, 2)(state, order, images, labels, 2)
   assert int(bad) == -1 and float(sums["count"]) == 0
@@ -207,7 +208,7 @@ def test_chunk_returns_a_state_of_the_types_it_takes():
   config = tiny_config("mlp")
   images, labels = digits(64)
   state = fresh_state(config, steps_per_epoch=2)
-  order = train.epoch_order(state, 1, n=64, batch_size=32)
+  order = train.epoch_order(state, 1, n=64, steps=2, batch_size=32)
   out, _, _, _ = jax.eval_shape(
       functools.partial(train.train_chunk, chunk_len=2,
                         multiplier=optim.schedule(config, 2)),
@@ -260,7 +261,7 @@ def test_scan_body_has_no_data_dependent_control_flow(name, overrides):
   config = tiny_config(name, **overrides)
   images, labels = digits(64)
   state = fresh_state(config, steps_per_epoch=2)
-  order = train.epoch_order(state, 1, n=64, batch_size=32)
+  order = train.epoch_order(state, 1, n=64, steps=2, batch_size=32)
   fn = functools.partial(
       train.train_chunk, chunk_len=3, multiplier=optim.schedule(config, 2),
       label_smoothing=config.label_smoothing,
@@ -281,7 +282,7 @@ def test_scan_body_has_no_data_dependent_control_flow(name, overrides):
 
 def _train(config, data=None, hooks=None):
   hooks = hooks or Recorder()
-  state, final = train.train_and_evaluate(config, data or dataset(),
+  state, final = train_core(config, data or dataset(),
                                           hooks)
   return state, final, hooks
 
@@ -346,7 +347,7 @@ def test_batch_norm_statistics_train_and_are_used_not_updated_in_evaluation():
   assert set(stats["bn_0"]) == {"mean", "var"}
   assert "bias" not in state.params["conv_0"]  # BatchNorm has the shift.
   images, labels = digits(96)
-  order = train.epoch_order(state, 1, n=96, batch_size=32)
+  order = train.epoch_order(state, 1, n=96, steps=3, batch_size=32)
   trained, _, _, _ = _chunk(config, 3)(state, order, images, labels, 0)
   for layer in ("bn_0", "bn_1"):
     for key in ("mean", "var"):
@@ -404,7 +405,7 @@ def _project_stacks(config):
 
   sys.setprofile(profile)
   try:
-    train.train_and_evaluate(config, dataset(), Recorder())
+    train_core(config, dataset(), Recorder())
   finally:
     sys.setprofile(None)
   return stacks
@@ -412,19 +413,19 @@ def _project_stacks(config):
 
 def test_project_frames_from_the_loop_to_the_model_and_the_optimizer():
   """From train_and_evaluate to the model's __call__, to the optimizer's
-  update and to the metrics, through train_step and eval_step: at most BAR
-  frames in mnist_jax/, in at most 4 files (train.py, optim.py, metrics.py
-  and the model's).
+  update and to the metrics, through train_step and logits_of: at most BAR
+  frames in mnist_jax/, in at most 5 files (loop.py, train.py, optim.py,
+  metrics.py and the model's).
 
   Measured (an MLP, float32, no augmentation): train_and_evaluate >
   train_chunk > train_step (3) > loss_fn > dense.py __call__ (5);
-  train_and_evaluate > evaluate_split > evaluate > eval_step (4) > dense.py
+  train_and_evaluate > evaluate_split > evaluate > logits_of (4) > dense.py
   __call__ (5); the optimizer: ... train_step > optim.py _chain's rate
-  lambda (5, inside optax's update); metrics.py is entered at 4 (training)
-  and 5 (evaluation), and its own helpers go 2 deeper (Metric.sums lambda,
+  lambda (5, inside optax's update); metrics.py is entered at 4 (training
+  and evaluation), and its own helpers go 2 deeper (Metric.sums lambda,
   _calibration, Batch.correct: 6 and 7). --dtype=bfloat16 adds
-  models/precision.py's apply above the model (6), --augment data/augment.py
-  under train_step.
+  training/precision.py's apply above the model (6), --augment
+  data/augment.py under train_step.
   """
   config = tiny_config("mlp", dropout=0.2, epochs=1, batch_size=64,
                        chunk_steps=3, val_fraction=0.1)
@@ -434,10 +435,10 @@ def test_project_frames_from_the_loop_to_the_model_and_the_optimizer():
   ends = lambda f, n: [s for s in stacks if s[-1] == (f, n)]
   to_model = ends(model_file, "__call__")
   # The model is called in training (train_step's loss) and in evaluation.
-  assert {s[-2][1] for s in to_model} == {"loss_fn", "eval_step"}, to_model
+  assert {s[-2][1] for s in to_model} == {"loss_fn", "logits_of"}, to_model
   assert [len(s) for s in sorted(to_model)] == [BAR, BAR]
   assert max(len(s) for s in ends("training/train.py", "train_step")) == 3
-  assert max(len(s) for s in ends("training/train.py", "eval_step")) == 4
+  assert max(len(s) for s in ends("training/train.py", "logits_of")) == 4
   # The optimizer (its learning rate, read in the update) and the metrics
   # are entered within the bar.
   into = lambda f: [s for s in stacks if s[-1][0] == f and s[-2][0] != f]
@@ -447,17 +448,17 @@ def test_project_frames_from_the_loop_to_the_model_and_the_optimizer():
                "train_step" in {n for _, n in s}]
   assert optimizer and max(len(s) for s in optimizer) <= BAR
   files = {f for s in stacks for f, _ in s}
-  assert files == {"training/train.py", "optim.py",
+  assert files == {"training/loop.py", "training/train.py", "optim.py",
                    "training/metrics.py", model_file}, files
 
 
 def test_the_core_alone_says_what_it_is_doing(capsys, monkeypatch):
   """train_and_evaluate without a run folder prints that it compiles, each
   epoch's line, and progress inside an epoch every PROGRESS_S seconds."""
-  monkeypatch.setattr(train.Hooks, "PROGRESS_S", 0.0)
+  monkeypatch.setattr(loop.Hooks, "PROGRESS_S", 0.0)
   config = models.get_config("linear", "seed", epochs=2, batch_size=64,
                              chunk_steps=3)
-  train.train_and_evaluate(config, dataset())
+  train_core(config, dataset())
   lines = capsys.readouterr().err.splitlines()  # Progress: stdout stays free.
   assert lines[0].startswith("compiling the train step (3-step chunks")
   epochs = [l for l in lines if l.startswith("epoch ") and "train loss" in l]

@@ -33,6 +33,9 @@ class Recurrent(nn.Module):
   """Stacked, optionally bidirectional nn.RNN layers, dropout between them and
   on the top one's last state(s), to Dense: images [B, H, W] -> logits."""
   OUTPUT = "out"  # Its output layer; that layer's input: its features.
+  # Its small matmuls leave a core idle: --parallel=auto splits the batch
+  # over a CPU host's devices (training/devices.py).
+  DATA_PARALLEL_ON_CPU = True
   cell: str = "lstm"
   hidden: int = 128
   num_layers: int = 1

@@ -1,6 +1,7 @@
 """A trained run (`Run`, also the Python API's model) and --mode=predict."""
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -14,7 +15,7 @@ import numpy as np
 from mnist_jax import models
 from mnist_jax.data import datasets
 from mnist_jax.errors import UserError
-from mnist_jax.models import precision
+from mnist_jax.training import precision
 from mnist_jax.results import report
 from mnist_jax.rundir import checkpoints as checkpoints_lib
 from mnist_jax import files
@@ -23,6 +24,7 @@ from mnist_jax.rundir import metrics_log
 from mnist_jax.rundir import record
 from mnist_jax.rundir import resume
 from mnist_jax.training import members as members_lib
+from mnist_jax.training import loop
 from mnist_jax.training import train
 
 
@@ -136,20 +138,17 @@ class Run:
 
 def logits(apply_fn: Callable, variables, images: np.ndarray,
            batch_size: int = 1000, stacked: bool = False) -> np.ndarray:
-  """Logits [N, K] of images [N, H, W] in order (none dropped); with
-  `stacked` variables [S, ...], [S, N, K], one model after another."""
+  """Logits [N, K] of images [N, H, W, C] in order (none dropped) through
+  train.logits_of; with `stacked` variables [S, ...], [S, N, K], one model
+  after another."""
   n = len(images)
   batch = min(batch_size, n)
   count = -(-n // batch)
   idx = np.minimum(np.arange(count * batch), n - 1).reshape(count, batch)
-
-  def one(variables, x, idx):
-    return jax.lax.map(lambda i: apply_fn(variables, x[i], train=False), idx)
-
-  run = one
+  run = functools.partial(train.logits_of, apply_fn)
   if stacked:
-    run = lambda v, x, i: jax.lax.map(lambda w: one(w, x, i), v)
-  out = np.asarray(jax.jit(run)(variables, jnp.asarray(images), idx))
+    run = lambda v, x, one=run: jax.lax.map(lambda w: one(w, x), v)
+  out = np.asarray(jax.jit(run)(variables, np.asarray(images)[idx]))
   return out.reshape(*out.shape[:-3], -1, out.shape[-1])[..., :n, :]
 
 
@@ -160,7 +159,7 @@ def load_run(workdir: str, **overrides) -> Run:
   resume.check_model(workdir, config)
   model, _ = models.build(config, say=lambda _: None)
   state, meta = checkpoints_lib.restore(workdir, jax.eval_shape(
-      lambda: train.initial_state(config, model)), config.model)
+      lambda: loop.initial_state(config, model)), config.model)
   chosen = (metrics_log.final_metrics(workdir) or {}).get("chosen")
   return Run.from_state(config, state, chosen["index"] if chosen else 0,
                         int(meta.get("epoch", 0)))

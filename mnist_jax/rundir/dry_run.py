@@ -69,7 +69,8 @@ def devices_line(config: config_lib.Config, members) -> str:
     return ("several processes: their devices are known once they connect, "
             "when the run starts")
   lines = []
-  devices.Layout(config, len(members), lines.append)
+  devices.Layout(config, models.get(config.model).stock(config), len(members),
+                 lines.append)
   return lines[0] if lines else f"one {jax.default_backend().upper()} device"
 
 

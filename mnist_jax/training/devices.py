@@ -1,6 +1,6 @@
 """Where a run computes: its layout over the devices of the job's processes.
 
-`Layout` maps train.py's one-model functions over a run's members and
+`Layout` wraps train.py's one-model functions for a run's members and
 devices, one of:
   none     one device.
   sharded  one `jax.jit` over a mesh, each batch split along it by train.py's
@@ -12,14 +12,12 @@ devices, one of:
 --parallel=auto is a rule, never a timing: one device if there is one;
 `members` for several members; `sharded` on a GPU or TPU; on a CPU host,
 split into a device per core (rundir/process.py, as for sharded and pmap),
-`sharded` for the stock module classes in CPU_DATA_PARALLEL, else one device
-(docs/performance.md measures it).
+`sharded` for a module whose class declares DATA_PARALLEL_ON_CPU (the
+recurrent ones), else one device (docs/performance.md measures it).
 """
 
-import functools
-import inspect
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -27,14 +25,15 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
-from mnist_jax import models
 from mnist_jax.errors import UserError
 
 AXIS = "data"  # The mesh (and pmap) axis a batch is split along.
 MEMBERS = "members"  # The mesh axis members are split along.
 # auto on a CPU host: fewer examples per device, fewer devices.
 MIN_DEVICE_BATCH = 32
-CPU_DATA_PARALLEL = ("Recurrent",)  # Stock module classes, see the module doc.
+# What Layout.map is told of each argument: mapped over the members (and laid
+# out as the state is), the same for every member (data), or a host number.
+MEMBER, SHARED, NUMBER = "member", "shared", "number"
 
 
 def is_main() -> bool:
@@ -64,9 +63,10 @@ def _batch_devices(batch_size: int, available: int, least: int = 1) -> int:
               if batch_size % d == 0 and batch_size // d >= least), default=1)
 
 
-def resolve(config, num_members: int = 1):
-  """(mode, device count) of the run's layout, or a one-line refusal of what
-  these devices cannot run (the job's processes joined first)."""
+def resolve(config, num_members: int, module) -> tuple:
+  """(mode, device count) of the run's layout for `module` (the stock Flax
+  module, or what computes it), or a one-line refusal of what these devices
+  cannot run (the job's processes joined first)."""
   requested, total = config.parallel, jax.device_count()
   if requested == "none" and jax.process_count() > 1:
     raise UserError(f"--parallel=none runs on one device, but "
@@ -85,8 +85,7 @@ def resolve(config, num_members: int = 1):
     return "none", 1
   cpu = jax.default_backend() == "cpu"
   if requested == "auto" and (cpu or jax.process_count() == 1):
-    if cpu and (type(models.get(config.model).stock(config)).__name__
-                not in CPU_DATA_PARALLEL):
+    if cpu and not getattr(module, "DATA_PARALLEL_ON_CPU", False):
       return "none", 1
     count = _batch_devices(config.batch_size, total,
                            MIN_DEVICE_BATCH if cpu else 1)
@@ -103,16 +102,16 @@ def resolve(config, num_members: int = 1):
 
 
 class Layout:
-  """How one run's programs map over its members and devices (module doc)."""
+  """How one run's programs map over its members and devices (module doc):
+  a 1-D mesh of its devices (one device is a mesh of one)."""
 
-  def __init__(self, config, num_members: int = 1, say=print):
+  def __init__(self, config, module, num_members: int = 1, say=print):
     self.num_members = num_members
-    self.mode, count = resolve(config, num_members)
+    self.mode, count = resolve(config, num_members, module)
     devices = (jax.local_devices() if self.mode == "pmap" else
                jax.devices()[:count])
-    self.mesh = (Mesh(np.array(devices), (MEMBERS if self.mode == "members"
-                                          else AXIS,))
-                 if self.mode != "none" else None)
+    self.mesh = Mesh(np.array(devices), (MEMBERS if self.mode == "members"
+                                         else AXIS,))
     self.num_devices = count
     backend = jax.default_backend().upper()
     if count > 1:
@@ -146,23 +145,20 @@ class Layout:
     return batch_size
 
   def _put(self, tree, spec: P):
-    if self.mode == "none":
-      return jax.device_put(tree)
     if self.mode == "pmap":  # A copy per local device: [L, ...].
-      return jax.device_put(
-          jax.tree.map(lambda x: jnp.broadcast_to(x, (self.mesh.size,
-                                                      *x.shape)), tree),
-          NamedSharding(self.mesh, P(AXIS)))
+      tree = jax.tree.map(
+          lambda x: jnp.broadcast_to(x, (self.mesh.size, *np.shape(x))), tree)
+      spec = P(AXIS)
     sharding = NamedSharding(self.mesh, spec)
     if jax.process_count() == 1:
       return jax.device_put(tree, sharding)
 
     def put(x):  # Each process holds the whole value: global arrays.
-      data = jax.random.key_data(x) if jnp.issubdtype(
-          x.dtype, jax.dtypes.prng_key) else x
-      array = jax.make_array_from_callback(
-          np.shape(data), sharding, lambda i, d=np.asarray(data): d[i])
-      return jax.random.wrap_key_data(array) if data is not x else array
+      keys = jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+      data = np.asarray(jax.random.key_data(x) if keys else x)
+      array = jax.make_array_from_process_local_data(sharding, data,
+                                                     data.shape)
+      return jax.random.wrap_key_data(array) if keys else array
     return jax.tree.map(put, tree)
 
   def put(self, split):
@@ -174,28 +170,25 @@ class Layout:
     sums), placed for the programs (from host or device)."""
     return self._put(state, P(MEMBERS) if self.mode == "members" else P())
 
-  def map(self, fn: Callable, per_member: Optional[dict] = None,
-          donate: bool = True, mapped: int = 1) -> Callable:
-    """`fn` of one model, jitted over the members and devices: its first
-    `mapped` arguments (the state, ...) and the keyword arguments
-    `per_member` ([M] arrays) mapped over the members, the others shared;
-    the state donated unless not `donate`."""
-    given = sum(p.kind == p.POSITIONAL_OR_KEYWORD and p.default is p.empty
-                for p in inspect.signature(fn).parameters.values())
+  def map(self, fn: Callable, args: Sequence[str], per_member=None,
+          donate: bool = True) -> Callable:
+    """`fn` of one model jitted over the members and devices. args: for each
+    positional argument, MEMBER (the state, and what is mapped with it),
+    SHARED (the data) or NUMBER (a host number); per_member: keyword
+    arguments of [M] arrays mapped with the members. The first argument (the
+    state) is donated unless not `donate`."""
     if self.num_members > 1:
-      fn = functools.partial(
-          jax.vmap(fn, in_axes=(0,) * mapped + (None,) * (given - mapped)),
-          **(per_member or {}))
+      fn = jax.vmap(fn, in_axes=tuple(0 if a == MEMBER else None
+                                      for a in args))
+    if per_member:
+      fn = lambda *a, _f=fn: _f(*a, **per_member)
     donated = (0,) if donate else ()
     if self.mode == "pmap":  # Arrays are laid out [L, ...]; numbers shared.
-      arrays = mapped + (2 if given - mapped >= 2 else 0)
       return jax.pmap(fn, axis_name=AXIS, donate_argnums=donated,
-                      in_axes=(0,) * arrays + (None,) * (given - arrays))
-    if self.mode in ("sharded", "members"):
-      state = NamedSharding(self.mesh, P(MEMBERS) if self.mode == "members"
-                            else P())
-      return jax.jit(fn, donate_argnums=donated, out_shardings=state)
-    return jax.jit(fn, donate_argnums=donated)
+                      in_axes=tuple(None if a == NUMBER else 0 for a in args))
+    state = NamedSharding(self.mesh, P(MEMBERS) if self.mode == "members"
+                          else P())
+    return jax.jit(fn, donate_argnums=donated, out_shardings=state)
 
   def unreplicated(self, tree):
     """This process's copy of replicated arrays (on one device, without
