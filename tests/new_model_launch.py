@@ -7,7 +7,7 @@ command line it was given, so every launch.py command (training, --dry_run,
 --mode=report and predict) knows the model, and the commands its messages
 print name this script. --parallel=auto is a rule, not
 a measurement (training/devices.py): the model gets the layout any stock
-module class outside devices.CPU_DATA_PARALLEL gets.
+module class that does not declare DATA_PARALLEL_ON_CPU gets.
 """
 
 import os

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import launch_helpers as lh
-from conftest import synthetic_digits, train_core
+from conftest import synthetic_digits
 from mnist_jax import models
 from mnist_jax.data import pipeline
 from mnist_jax.errors import UserError
@@ -253,7 +253,8 @@ def _tiny_data():
 def _train(config):
   """(the run's final numbers without its timings, its messages)."""
   hooks = _Quiet()
-  _, final = train_core(config, _tiny_data(), hooks)
+  model, _ = models.build(config, hooks.message)
+  _, final = loop.train_and_evaluate(config, _tiny_data(), model, hooks)
   numbers = {k: v for k, v in final.items()
              if not k.endswith("_s") and k != "examples_per_s"}
   return numbers, hooks.said
