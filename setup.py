@@ -22,7 +22,6 @@ setup(
         "tensorflow-datasets>=4.9.10,<5",
         # tfds 4.9.x on Python 3.11 imports it without declaring it.
         "importlib_resources>=6",
-        "array_record>=0.7.1",
         "numpy>=1.26,<3",
         "matplotlib>=3.8,<4",
         "absl-py>=2.1,<3",

@@ -132,7 +132,7 @@ def idx_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def prepared(idx_dir, tmp_path_factory):
-  """(mnist_dir, data_dir) with the synthetic dataset prepared through tfds."""
+  """(mnist_dir, data_dir) with the synthetic dataset prepared in data_dir."""
   from mnist_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   data_dir = str(tmp_path_factory.mktemp("tfds"))
   pipeline.prepare("mnist", data_dir, idx_dir)

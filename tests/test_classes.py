@@ -1,7 +1,7 @@
 """Datasets of other than 10 classes: EMNIST letters (26) and balanced (47).
 
 The class count, image shape and class names come from datasets.py: the IDX
-reader, the tfds builder, every model's output layer and the report follow.
+reader, the download, every model's output layer and the report follow.
 """
 
 import csv
@@ -24,7 +24,6 @@ from mnist_jax import models
 from mnist_jax.data import datasets
 from mnist_jax.data import idx
 from mnist_jax.data import pipeline
-from mnist_jax.data import tfds_builder
 from mnist_jax.errors import UserError
 from mnist_jax.results import report
 from mnist_jax import optim
@@ -40,7 +39,7 @@ TINY = {"linear": {}, "mlp": dict(mlp_hidden=(8,)),
 
 @pytest.fixture(scope="module")
 def emnist(tmp_path_factory):
-  """{dataset: (mnist_dir, data_dir)}: synthetic EMNIST sets prepared in tfds."""
+  """{dataset: (mnist_dir, data_dir)}: synthetic EMNIST sets, prepared."""
   out = {}
   for name in EMNIST:
     folder = tmp_path_factory.mktemp(name)
@@ -97,7 +96,7 @@ def test_emnist_file_names_are_named_when_missing(tmp_path):
   write_idx_dir(tmp_path, n_train=8, n_test=8)  # MNIST's names, not EMNIST's.
   with pytest.raises(idx.IdxError, match=re.escape(
       "emnist-balanced-train-images-idx3-ubyte[.gz] is missing")):
-    tfds_builder.find_idx_files(str(tmp_path), "emnist_balanced")
+    pipeline.find_idx_files(str(tmp_path), "emnist_balanced")
 
 
 def test_emnist_downloads_its_archive_and_reads_the_files_in_it(tmp_path):
@@ -110,13 +109,18 @@ def test_emnist_downloads_its_archive_and_reads_the_files_in_it(tmp_path):
       assert url == datasets.EMNIST_URL
       return extracted
 
-  paths = tfds_builder._downloaded_files(  # pylint: disable=protected-access
+  paths = pipeline._downloaded_files(  # pylint: disable=protected-access
       Manager(), datasets.get("emnist_letters"))
   images, labels = idx.read_pair(paths["train_images"], paths["train_labels"],
                                  datasets.get("emnist_letters"))
   assert images.shape == (8, 28, 28) and labels.max() <= 25
-  assert tfds_builder.download_urls("emnist_letters") == [datasets.EMNIST_URL]
-  assert tfds_builder.unverified_urls("emnist_balanced") == []
+  assert pipeline.download_urls("emnist_letters") == [datasets.EMNIST_URL]
+
+
+def test_every_declared_download_has_a_recorded_checksum():
+  published = pipeline._published()  # pylint: disable=protected-access
+  for name in datasets.DATASETS:
+    assert set(pipeline.download_urls(name)) <= set(published), name
 
 
 def test_a_download_without_a_recorded_checksum_is_refused(tmp_path,
@@ -141,16 +145,10 @@ def test_prepared_emnist_keeps_its_classes(emnist, dataset):
   assert len(data.train) == 72 and len(data.val) == 24 and len(data.test) == 48
   assert set(np.unique(data.test.labels)) <= set(range(k))
   # Upright and labelled from 0 as synthetic_classes made them: the cell of
-  # the 7x7 grid each image lights up is its label's (tfds stores them in
-  # its own order).
+  # the 7x7 grid each image lights up is its label's (in tfds's order).
   cells = data.test.images.reshape(-1, 7, 4, 7, 4).mean(axis=(2, 4))
   np.testing.assert_array_equal(cells.reshape(-1, 49).argmax(-1),
                                 data.test.labels)
-  builder = tfds_builder.builder(dataset)(data_dir=data_dir,
-                                           file_format="array_record")
-  assert builder.info.features["label"].num_classes == k
-  assert builder.info.features["label"].names == list(
-      datasets.get(dataset).class_names)
 
 
 # Each model at one class count, alternating (26, 47, 26...); every model at

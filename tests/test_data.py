@@ -1,18 +1,24 @@
-"""The offline tfds prepare path, the cache, the split, the arrays a model
-is fed, data errors."""
+"""Preparing from IDX files or a download, the cache, the split, the arrays a
+model is fed, data errors."""
 
+import dataclasses
+import functools
 import gzip
 import hashlib
+import http.server
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
 import pytest
 
 from conftest import synthetic_digits, write_idx_dir
+from mnist_jax.data import datasets
 from mnist_jax.data import idx
 from mnist_jax import models
 from mnist_jax.data import pipeline
@@ -49,14 +55,36 @@ def test_second_load_uses_cache_and_same_order(prepared):
     np.testing.assert_array_equal(first[k], second[k])
 
 
-def test_damaged_cache_is_rebuilt_from_tfds(prepared, tmp_path):
+def test_examples_are_in_tfds_order(prepared):
+  """The order tfds's writer stores them in (and the caches it prepared
+  hold), so that --val_fraction holds out the same examples as before."""
+  from tensorflow_datasets.core import hashing  # pylint: disable=g-import-not-at-top
+  arrays = pipeline.prepare("mnist", prepared[1])
+  for part, seed in (("train", 0), ("test", 1)):
+    images, labels = synthetic_digits(len(arrays[f"{part}_labels"]), seed)
+    order = sorted(range(len(labels)), key=hashing.Hasher(part).hash_key)
+    np.testing.assert_array_equal(arrays[f"{part}_images"], images[order])
+    np.testing.assert_array_equal(arrays[f"{part}_labels"], labels[order])
+
+
+def test_a_damaged_cache_is_refused_until_deleted(prepared, tmp_path):
   mnist_dir, data_dir = prepared
-  cache = os.path.join(data_dir, "mnist", "3.0.1", "mnist_jax_arrays.npz")
   good = pipeline.prepare("mnist", data_dir)
-  with open(cache, "wb") as f:
-    f.write(b"not an npz")
-  again = pipeline.prepare("mnist", data_dir)
-  np.testing.assert_array_equal(good["train_labels"], again["train_labels"])
+  copy = str(tmp_path / "tfds")
+  shutil.copytree(data_dir, copy)
+  folder = os.path.join(copy, "mnist", "3.0.1")
+  cache = os.path.join(folder, "mnist_jax_arrays.npz")
+  with open(cache, "r+b") as f:
+    f.truncate(os.path.getsize(cache) // 2)
+  with pytest.raises(UserError, match=(
+      f"^the prepared mnist in {folder} is damaged \\(BadZipFile: .*\\); "
+      "delete that folder to prepare it again \\(offline: with "
+      "--mnist_dir=DIR\\)$")):
+    pipeline.prepare("mnist", copy, mnist_dir)
+  shutil.rmtree(folder)
+  again = pipeline.prepare("mnist", copy, mnist_dir)
+  for k in good:
+    np.testing.assert_array_equal(good[k], again[k])
 
 
 def test_uncompressed_files_prepare_too(tmp_path):
@@ -147,6 +175,14 @@ def test_missing_file_is_named(tmp_path):
     pipeline.prepare("mnist", str(tmp_path / "tfds"), mnist_dir)
 
 
+def test_a_data_dir_that_cannot_be_made_is_one_line(tmp_path):
+  mnist_dir = write_idx_dir(tmp_path / "idx", n_train=50, n_test=20)
+  (tmp_path / "a_file").write_text("not a folder")
+  with pytest.raises(UserError, match=(
+      f"^preparing mnist in {tmp_path / 'a_file'} failed: .*File exists")):
+    pipeline.prepare("mnist", str(tmp_path / "a_file"), mnist_dir)
+
+
 def test_offline_without_data_fails_fast(tmp_path, monkeypatch):
   monkeypatch.setattr(pipeline, "_network_reachable", lambda url: False)
   start = time.perf_counter()
@@ -154,6 +190,58 @@ def test_offline_without_data_fails_fast(tmp_path, monkeypatch):
     pipeline.prepare("mnist", str(tmp_path / "empty"))
   assert time.perf_counter() - start < 5.0
   assert "--data_dir" in str(e.value)
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+  def log_message(self, *args):  # Not on the test's stderr.
+    pass
+
+
+def _checksums(url, folder, wrong=()):
+  """checksums.tsv's lines for the files in `folder` served at `url` (those
+  named in `wrong` with another SHA-256)."""
+  lines = []
+  for name in sorted(os.listdir(folder)):
+    raw = open(os.path.join(folder, name), "rb").read()
+    digest = "0" * 64 if name in wrong else hashlib.sha256(raw).hexdigest()
+    lines.append(f"{url}{name}\t{len(raw)}\t{digest}\t{name}\n")
+  return "".join(lines)
+
+
+def test_a_download_is_checked_by_tfds_then_prepared(tmp_path, monkeypatch,
+                                                      capfd):
+  """Online, tfds's download manager fetches the four files and checks them
+  against checksums.tsv; a file that does not match is refused in one line."""
+  served = write_idx_dir(tmp_path / "served", n_train=50, n_test=20)
+  server = http.server.ThreadingHTTPServer(
+      ("127.0.0.1", 0), functools.partial(_Quiet, directory=served))
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  url = f"http://127.0.0.1:{server.server_address[1]}/"
+  monkeypatch.setitem(datasets.DATASETS, "mnist", dataclasses.replace(
+      datasets.get("mnist"), url=url))
+  table = tmp_path / "checksums.tsv"
+  monkeypatch.setattr(pipeline, "CHECKSUMS", str(table))
+  try:
+    table.write_text(_checksums(url, served, {"train-labels-idx1-ubyte.gz"}))
+    with pytest.raises(UserError, match=(
+        "^downloading mnist failed \\(NonMatchingChecksumError\\); pass "
+        "--mnist_dir=DIR with the four IDX files$")):
+      pipeline.prepare("mnist", str(tmp_path / "bad"))
+    assert not (tmp_path / "bad" / "mnist").exists()
+    table.write_text(_checksums(url, served))
+    capfd.readouterr()
+    arrays = pipeline.prepare("mnist", str(tmp_path / "tfds"))
+  finally:
+    server.shutdown()
+    server.server_close()
+  out, err = capfd.readouterr()
+  assert out.splitlines() == [
+      f"preparing mnist in {tmp_path / 'tfds'} from a download (once; later "
+      "runs read it from there)"]
+  assert "\x1b" not in out + err and "\r" not in out + err
+  assert "WARNING" not in err
+  assert _as_set(arrays["train_images"], arrays["train_labels"]) == _as_set(
+      *synthetic_digits(50, 0))
 
 
 def test_network_probe_reports_a_closed_port():
@@ -175,22 +263,17 @@ def test_idx_rejects_inconsistent_pair(tmp_path):
 
 def test_an_unreadable_mnist_dir_is_called_unreadable_not_missing(
     tmp_path, monkeypatch):
-  from mnist_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top
   folder = write_idx_dir(tmp_path / "idx", n_train=20, n_test=10)
   os.chmod(folder, 0)
   try:
-    if os.access(folder, os.X_OK):  # Root searches any folder: simulate it.
-      real_stat = os.stat
-
-      def stat(path, *args, **kwargs):
-        if str(path).startswith(folder + os.sep):
-          raise PermissionError(13, "Permission denied", path)
-        return real_stat(path, *args, **kwargs)
-      monkeypatch.setattr(os, "stat", stat)
+    if os.access(folder, os.X_OK):  # Root reads any folder: simulate it.
+      real_access = os.access
+      monkeypatch.setattr(os, "access", lambda path, mode: (
+          path != folder and real_access(path, mode)))
     with pytest.raises(idx.IdxError, match=(
         f"^{folder} cannot be read by this user \\(permission denied\\); "
         "give read access to it, or pass another --mnist_dir$")):
-      tfds_builder.find_idx_files(folder)
+      pipeline.find_idx_files(folder)
   finally:
     monkeypatch.undo()
     os.chmod(folder, 0o755)
@@ -199,10 +282,6 @@ def test_an_unreadable_mnist_dir_is_called_unreadable_not_missing(
 @pytest.mark.parametrize("compress", [False, True])
 def test_another_datasets_files_are_refused_before_anything_is_written(
     tmp_path, monkeypatch, compress):
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  import hashlib  # pylint: disable=g-import-not-at-top
-  from mnist_jax.data import datasets  # pylint: disable=g-import-not-at-top
-  from mnist_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top
   folder = write_idx_dir(tmp_path / "idx", n_train=50, n_test=20,
                          compress=compress)
   labels = os.path.join(folder, "train-labels-idx1-ubyte" +
@@ -227,7 +306,7 @@ def test_another_datasets_files_are_refused_before_anything_is_written(
   url = datasets.get("fashion_mnist").url + "train-labels-idx1-ubyte.gz"
   table.write_text(f"{url}\t{len(raw)}\t{hashlib.sha256(raw).hexdigest()}\t"
                    "train-labels-idx1-ubyte.gz\n")
-  monkeypatch.setattr(tfds_builder, "CHECKSUMS", str(table))
+  monkeypatch.setattr(pipeline, "CHECKSUMS", str(table))
   with pytest.raises(idx.IdxError, match="is fashion_mnist's, not kmnist's"):
     pipeline.prepare("kmnist", str(tmp_path / "tfds2"), folder)
 
@@ -241,7 +320,6 @@ def test_first_runs_at_once_prepare_the_data_dir_once(tmp_path):
   data_dir, go = str(tmp_path / "tfds"), tmp_path / "go"
   code = ("import hashlib, os, sys, time\n"
           "from mnist_jax.data import pipeline\n"
-          "import tensorflow_datasets\n"  # Imported before the start.
           "open(sys.argv[1], 'w').close()\n"
           f"while not os.path.exists({str(go)!r}): time.sleep(0.002)\n"
           f"a = pipeline.prepare('mnist', {data_dir!r}, {mnist_dir!r})\n"

@@ -5,8 +5,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 import startup  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -40,15 +38,15 @@ def test_a_cached_dataset_loads_without_tfds(prepared):
   assert out.stdout.split() == ["600", "False"]
 
 
-@pytest.mark.parametrize("name", ["mnist", "fashion_mnist", "kmnist"])
-def test_builders_take_their_version_and_names_from_datasets(name, tmp_path):
-  from mnist_jax.data import datasets  # pylint: disable=g-import-not-at-top
-  from mnist_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top
-  builder = tfds_builder.builder(name)(data_dir=str(tmp_path),
-                                        file_format="array_record")
-  assert str(builder.version) == datasets.DATASETS[name].version
-  assert builder.name == name
-  assert builder.info.features["label"].names == datasets.class_names(name)
+def test_preparing_from_idx_files_needs_no_tfds(idx_dir, tmp_path):
+  """tfds is for downloads: the IDX files of --mnist_dir are read as they
+  are (and not through PNG-encoded records, a minute for MNIST)."""
+  code = ("import sys; from mnist_jax.data import pipeline; "
+          f"a = pipeline.prepare('mnist', {str(tmp_path)!r}, {idx_dir!r}); "
+          "print(len(a['train_labels']), 'tensorflow_datasets' in sys.modules)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, cwd=ROOT, check=True, timeout=120)
+  assert out.stdout.split()[-2:] == ["600", "False"]
 
 
 def test_launch_does_not_import_an_installed_pytorch(tmp_path):

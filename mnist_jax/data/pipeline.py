@@ -1,10 +1,11 @@
-"""MNIST input: prepare with tfds once (download, or `--mnist_dir` offline),
-cache the decoded uint8 arrays beside it (later runs skip tfds), split."""
+"""The dataset's arrays: read once from its four IDX files (`--mnist_dir`, or a
+download that tfds's download manager checks), cached in `--data_dir` as uint8
+arrays in tfds's order, then loaded from there (without tfds) and split."""
 
 import contextlib
 import dataclasses
-import io
-import logging
+import gzip
+import hashlib
 import os
 import socket
 import urllib.parse
@@ -20,6 +21,12 @@ from mnist_jax.data import datasets
 from mnist_jax.data import idx
 from mnist_jax.errors import UserError
 from mnist_jax import files
+
+# Each download's URL, size and SHA-256, in tfds's checksums format.
+CHECKSUMS = os.path.join(os.path.dirname(__file__), "checksums.tsv")
+# The prepared arrays in <data_dir>/<dataset>/<version>/ (there since tfds
+# prepared them: the same file, the same order).
+CACHE = "mnist_jax_arrays.npz"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,30 +47,6 @@ class Dataset:
   class_names: tuple
 
 
-def _network_reachable(url: str, timeout: float = 3.0) -> bool:
-  parsed = urllib.parse.urlparse(url)
-  port = parsed.port or (443 if parsed.scheme == "https" else 80)
-  try:
-    with socket.create_connection((parsed.hostname, port), timeout=timeout):
-      return True
-  except OSError:
-    return False
-
-
-def _read_cache(path: str, image_shape):
-  """The cached arrays, or None if missing or damaged (then rebuilt)."""
-  try:
-    with np.load(path) as z:
-      arrays = {k: z[k] for k in datasets.FILE_KEYS}
-  except Exception:  # pylint: disable=broad-except
-    return None
-  if (arrays["train_images"].shape[1:] != tuple(image_shape) or
-      len(arrays["train_images"]) != len(arrays["train_labels"]) or
-      len(arrays["test_images"]) != len(arrays["test_labels"])):
-    return None
-  return arrays
-
-
 def prepare(dataset: str = "mnist", data_dir=None, mnist_dir=None) -> dict:
   """The dataset's arrays {train,test}_{images,labels} (uint8 [N, H, W], int32
   class indices [N]), prepared first in `data_dir` (default $TFDS_DATA_DIR or
@@ -76,105 +59,193 @@ def prepare(dataset: str = "mnist", data_dir=None, mnist_dir=None) -> dict:
                     "(permission denied); give read access to it, or pass "
                     "another --data_dir")
   info = datasets.get(dataset)
-  cache = os.path.join(data_dir, dataset, info.version, "mnist_jax_arrays.npz")
-  arrays = _read_cache(cache, info.image_shape)
+  cache = os.path.join(data_dir, dataset, info.version, CACHE)
+  arrays = _read_cache(cache, info)
   if arrays is not None:
     return arrays
-
-  # Imported only now: a cached run never needs tfds, whose import is slow.
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  # Without tfds's progress bars (escape codes in a log) and absl warnings.
-  tfds.display_progress_bar(False)
-  absl_logger = logging.getLogger("absl")
-  level = absl_logger.level
-  absl_logger.setLevel(logging.ERROR)
+  if mnist_dir:  # Read and checked before anything is written.
+    mnist_dir = os.path.abspath(os.path.expanduser(mnist_dir))
+    if not os.path.isdir(mnist_dir):
+      raise UserError(f"--mnist_dir={mnist_dir} is not a folder; pass the "
+                      "folder that holds the four IDX files")
+    arrays = _from_idx(find_idx_files(mnist_dir, dataset), info)
+    source = f"the IDX files in {mnist_dir}"
+  else:
+    _check_downloadable(info, data_dir)
+    source = "a download"
   try:
-    arrays = _from_tfds(tfds, dataset, data_dir, mnist_dir)
-  finally:
-    absl_logger.setLevel(level)
-  os.makedirs(os.path.dirname(cache), exist_ok=True)
-  with files.atomic(cache, "wb") as f:  # Never half a file.
-    np.savez(f, **arrays)
+    with _locked(data_dir, dataset):
+      done = _read_cache(cache, info)  # By another process, while this waited.
+      if done is not None:
+        return done
+      print(f"preparing {dataset} in {data_dir} from {source} (once; later "
+            "runs read it from there)", flush=True)
+      if arrays is None:
+        arrays = _from_idx(_download(info, data_dir), info)
+      os.makedirs(os.path.dirname(cache), exist_ok=True)
+      with files.atomic(cache, "wb") as f:  # Never half a file.
+        np.savez(f, **arrays)
+  except OSError as e:
+    if files.no_space(e) is not None:
+      raise  # The shell says which disk is full.
+    raise UserError(f"preparing {dataset} in {data_dir} failed: {e}") from None
   return arrays
 
 
-def _from_tfds(tfds, dataset: str, data_dir: str, mnist_dir) -> dict:
-  """prepare's arrays from the tfds dataset, prepared first if it is not."""
-  from mnist_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top
-  builder_cls = tfds_builder.builder(dataset)
-
-  def damaged(e: Exception) -> UserError:
-    folder = os.path.join(data_dir, dataset, str(builder_cls.VERSION))
-    reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-    return UserError(f"the prepared {dataset} in {folder} is damaged "
-                     f"({type(e).__name__}: {reason}); delete that folder to "
-                     "prepare it again (offline: with --mnist_dir=DIR)")
-
+def _read_cache(path: str, info: datasets.DatasetInfo):
+  """The prepared arrays, None if there are none, or a one-line refusal if
+  they are damaged (never replaced unasked: deleting them is the user's)."""
+  if not os.path.exists(path):
+    return None
   try:
-    builder = builder_cls(data_dir=data_dir, file_format="array_record")
-  except OSError as e:
-    raise UserError(f"cannot use --data_dir={data_dir}: {e}") from None
+    with np.load(path) as z:
+      return {k: z[k] for k in datasets.FILE_KEYS}
   except Exception as e:  # pylint: disable=broad-except
-    raise damaged(e) from None
-  if not builder.is_prepared():
-    if mnist_dir:
-      mnist_dir = os.path.abspath(os.path.expanduser(mnist_dir))
-      if not os.path.isdir(mnist_dir):
-        raise UserError(f"--mnist_dir={mnist_dir} is not a folder; pass the "
-                        "folder that holds the four IDX files")
-      paths = tfds_builder.find_idx_files(mnist_dir, dataset)
-      for split in ("train", "test"):  # Validate before tfds writes anything.
-        idx.read_pair(paths[f"{split}_images"], paths[f"{split}_labels"],
-                      datasets.get(dataset))
-      tfds_builder.check_not_another(paths, dataset)
-      config = tfds.download.DownloadConfig(manual_dir=mnist_dir)
-    else:
-      unverified = tfds_builder.unverified_urls(dataset)
-      if unverified:
-        raise UserError(
-            f"{dataset} is not prepared in {data_dir}, and no checksum of "
-            f"{unverified[0]} is recorded, so it is not downloaded unchecked: "
-            "pass --mnist_dir=DIR (a folder with the four IDX files)")
-      if not _network_reachable(builder_cls.URL):
-        raise UserError(
-            f"{dataset} is not prepared in {data_dir} and the network is "
-            "unreachable: pass --mnist_dir=DIR (a folder with the four IDX "
-            "files) or --data_dir=DIR (where it is already prepared)")
-      config = tfds.download.DownloadConfig()
-    source = f"the IDX files in {mnist_dir}" if mnist_dir else "a download"
-    try:
-      builder = _prepare_once(builder, config, dataset, data_dir, source)
-    except UserError:
-      raise
-    except Exception as e:  # pylint: disable=broad-except
-      code = files.no_space(e)
-      if code is not None:  # launch.py says it as a full disk anywhere.
-        raise files.no_space_error(code, data_dir) from None
-      if isinstance(e, OSError):
-        raise UserError(
-            f"preparing {dataset} in {data_dir} failed: {e}") from None
-      name = type(e).__name__
-      if "Checksum" in name or "Connection" in name:
-        raise UserError(f"downloading {dataset} failed ({name}); pass "
-                        "--mnist_dir=DIR with the four IDX files") from None
-      raise
-  elif builder.info.file_format is not None and (
-      builder.info.file_format.value != "array_record"):
-    raise UserError(f"{dataset} in {data_dir} was prepared as "
-                    f"{builder.info.file_format.value}, not array_record; pass "
-                    "another --data_dir")
+    reason = (str(e).strip().splitlines() or [""])[0][:160]
+    raise UserError(
+        f"the prepared {info.name} in {os.path.dirname(path)} is damaged "
+        f"({type(e).__name__}: {reason}); delete that folder to prepare it "
+        "again (offline: with --mnist_dir=DIR)") from None
+
+
+def _from_idx(paths: dict, info: datasets.DatasetInfo) -> dict:
+  """The arrays of the four IDX files (find_idx_files' `paths`), each split in
+  tfds's order; an IdxError if a file is malformed or another dataset's."""
+  arrays = {}
+  for part in ("train", "test"):
+    images, labels = idx.read_pair(paths[f"{part}_images"],
+                                   paths[f"{part}_labels"], info)
+    order = _tfds_order(part, len(labels))
+    arrays[f"{part}_images"], arrays[f"{part}_labels"] = (images[order],
+                                                          labels[order])
+  check_not_another(paths, info.name)
+  return arrays
+
+
+def _tfds_order(split: str, n: int) -> np.ndarray:
+  """The order tfds stores examples 0..n-1 of a split in: sorted by the MD5 of
+  the split's name followed by the example's index. The caches tfds prepared
+  hold it, and `--val_fraction` holds out its last examples (tfds's
+  `train[90%:]`), so results stay comparable."""
+  digests = [hashlib.md5(f"{split}{i}".encode()).digest() for i in range(n)]
+  return np.array(sorted(range(n), key=digests.__getitem__), dtype=np.int64)
+
+
+def find_idx_files(folder: str, dataset: str = "mnist") -> dict:
+  """Maps each of the dataset's four files to its path in `folder` (plain or
+  `.gz`); an IdxError if one is missing or the folder cannot be read."""
+  if not os.access(folder, os.R_OK | os.X_OK):  # Else its files look missing.
+    raise idx.IdxError(f"{folder} cannot be read by this user (permission "
+                       "denied); give read access to it, or pass another "
+                       "--mnist_dir")
+  names, found = datasets.get(dataset).file_names, {}
+  for key, stem in names.items():
+    paths = [os.path.join(folder, name) for name in (stem, stem + ".gz")]
+    found[key] = next((path for path in paths if os.path.isfile(path)), None)
+    if found[key] is None:
+      raise idx.IdxError(f"{stem}[.gz] is missing from {folder}: it must hold "
+                         f"the four IDX files {', '.join(names.values())}")
+  return found
+
+
+def _published() -> dict:
+  """checksums.tsv: URL -> SHA-256."""
+  with open(CHECKSUMS) as f:
+    return dict(line.split("\t")[:3:2] for line in f if line.strip())
+
+
+def check_not_another(paths: dict, dataset: str) -> None:
+  """An IdxError if the files (find_idx_files' `paths`) are another dataset's
+  by their train labels' SHA-256: Fashion-MNIST's files are named as MNIST's,
+  and would train as MNIST unnoticed (and the reverse)."""
+  with open(paths["train_labels"], "rb") as f:
+    raw = f.read()
+  digests = {hashlib.sha256(raw).hexdigest()}
+  if raw[:2] == b"\x1f\x8b":
+    digests.add(hashlib.sha256(gzip.decompress(raw)).hexdigest())
+  published = _published()
+  for other, info in datasets.DATASETS.items():
+    known = {published.get(info.url + info.files[1] + ".gz"),
+             info.labels_sha256}  # The download's; the uncompressed file's.
+    if other != dataset and digests & known:
+      folder, name = os.path.split(paths["train_labels"])
+      raise idx.IdxError(
+          f"{name} in {folder} is {other}'s, not {dataset}'s: pass "
+          f"--dataset={other}, or a --mnist_dir holding {dataset}'s files")
+
+
+def download_urls(dataset: str) -> list:
+  """The URLs a download fetches: four `.gz` files, or the archive of them."""
+  info = datasets.get(dataset)
+  if info.url.endswith(".zip"):
+    return [info.url]
+  return [info.url + stem + ".gz" for stem in info.files]
+
+
+def _check_downloadable(info: datasets.DatasetInfo, data_dir: str) -> None:
+  """A one-line refusal, before any wait, of a download that could not be
+  checked (no checksum recorded) or could not start (no network)."""
+  unverified = [u for u in download_urls(info.name) if u not in _published()]
+  if unverified:
+    raise UserError(
+        f"{info.name} is not prepared in {data_dir}, and no checksum of "
+        f"{unverified[0]} is recorded, so it is not downloaded unchecked: "
+        "pass --mnist_dir=DIR (a folder with the four IDX files)")
+  if not _network_reachable(info.url):  # Not tfds's minutes of retries.
+    raise UserError(
+        f"{info.name} is not prepared in {data_dir} and the network is "
+        "unreachable: pass --mnist_dir=DIR (a folder with the four IDX "
+        "files) or --data_dir=DIR (where it is already prepared)")
+
+
+def _network_reachable(url: str, timeout: float = 3.0) -> bool:
+  parsed = urllib.parse.urlparse(url)
+  port = parsed.port or (443 if parsed.scheme == "https" else 80)
   try:
-    return {f"{part}_{kind}": array for part in ("train", "test")
-            for kind, array in zip(("images", "labels"),
-                                   tfds_builder.decode_split(builder, part))}
+    with socket.create_connection((parsed.hostname, port), timeout=timeout):
+      return True
+  except OSError:
+    return False
+
+
+def _download(info: datasets.DatasetInfo, data_dir: str) -> dict:
+  """The dataset's files, downloaded by tfds's download manager into
+  <data_dir>/downloads (or found there) and checked by it against
+  checksums.tsv: FILE_KEYS -> path. tfds is imported only here."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds.display_progress_bar(False)  # No escape codes in a log.
+  manager = tfds.download.DownloadManager(
+      download_dir=os.path.join(data_dir, "downloads"),
+      url_infos=tfds.download.checksums.load_url_infos(CHECKSUMS))
+  try:
+    return _downloaded_files(manager, info)
   except Exception as e:  # pylint: disable=broad-except
-    raise damaged(e) from None
+    name = type(e).__name__
+    if not any(word in name for word in ("Checksum", "Connection", "Download",
+                                         "HTTP", "Timeout")):
+      raise
+    raise UserError(f"downloading {info.name} failed ({name}); pass "
+                    "--mnist_dir=DIR with the four IDX files") from None
 
 
-def _prepare_once(builder, config, dataset: str, data_dir: str, source: str):
-  """The builder to read, prepared by this process under an fcntl lock on
-  `<data_dir>/<dataset>.prepare.lock` (one process at a time prepares it
-  there), unless another one did while this one waited (then reused)."""
+def _downloaded_files(manager, info: datasets.DatasetInfo) -> dict:
+  """FILE_KEYS -> path of the `.gz` files `manager` downloads (the archive's,
+  extracted, where the dataset comes as one)."""
+  if info.url.endswith(".zip"):
+    folder = os.path.join(os.fspath(manager.download_and_extract(info.url)),
+                          info.archive_folder)
+    return {key: os.path.join(folder, stem + ".gz")
+            for key, stem in info.file_names.items()}
+  paths = manager.download(dict(zip(datasets.FILE_KEYS,
+                                    download_urls(info.name))))
+  return {key: os.fspath(path) for key, path in paths.items()}
+
+
+@contextlib.contextmanager
+def _locked(data_dir: str, dataset: str):
+  """Held by one process at a time: an fcntl lock on
+  <data_dir>/<dataset>.prepare.lock, so that first runs started together
+  prepare a folder once (the others wait, then read it)."""
   os.makedirs(data_dir, exist_ok=True)
   fd = os.open(os.path.join(data_dir, f"{dataset}.prepare.lock"),
                os.O_RDWR | os.O_CREAT, 0o666)
@@ -186,14 +257,7 @@ def _prepare_once(builder, config, dataset: str, data_dir: str, source: str):
         print(f"waiting for another process preparing {dataset} in "
               f"{data_dir}", flush=True)
         fcntl.flock(fd, fcntl.LOCK_EX)
-    again = type(builder)(data_dir=data_dir, file_format="array_record")
-    if again.is_prepared():
-      return again
-    print(f"preparing {dataset} in {data_dir} from {source} (once; later runs "
-          "read it from there)", flush=True)
-    with contextlib.redirect_stdout(io.StringIO()):  # tfds's "Unknown size".
-      builder.download_and_prepare(download_config=config)
-    return builder
+    yield
   finally:
     os.close(fd)
 
