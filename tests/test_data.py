@@ -197,51 +197,74 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
     pass
 
 
-def _checksums(url, folder, wrong=()):
-  """checksums.tsv's lines for the files in `folder` served at `url` (those
-  named in `wrong` with another SHA-256)."""
-  lines = []
-  for name in sorted(os.listdir(folder)):
-    raw = open(os.path.join(folder, name), "rb").read()
-    digest = "0" * 64 if name in wrong else hashlib.sha256(raw).hexdigest()
-    lines.append(f"{url}{name}\t{len(raw)}\t{digest}\t{name}\n")
-  return "".join(lines)
+@pytest.fixture
+def served(tmp_path, monkeypatch):
+  """serve(dataset): serves a synthetic `dataset`'s download from this
+  machine (as four .gz files, or EMNIST's archive of them) and declares it
+  there; returns `table(wrong=())`, which writes its checksums.tsv (with a
+  wrong SHA-256 for the files named in `wrong`)."""
+  folder, servers = tmp_path / "served", []
 
+  def serve(dataset):
+    info = datasets.get(dataset)
+    files = write_idx_dir(folder / info.archive_folder, n_train=94, n_test=47,
+                          dataset=dataset)
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_Quiet, directory=folder))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    servers.append(server)
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    if info.url.endswith(".zip"):
+      shutil.make_archive(str(folder / "gzip"), "zip", folder, info.archive_folder)
+      url, files = url + "gzip.zip", [folder / "gzip.zip"]
+    else:
+      files = [os.path.join(files, name) for name in sorted(os.listdir(files))]
+    monkeypatch.setitem(datasets.DATASETS, dataset,
+                        dataclasses.replace(info, url=url))
+    monkeypatch.setattr(pipeline, "CHECKSUMS", str(tmp_path / "checksums.tsv"))
 
-def test_a_download_is_checked_by_tfds_then_prepared(tmp_path, monkeypatch,
-                                                      capfd):
-  """Online, tfds's download manager fetches the four files and checks them
-  against checksums.tsv; a file that does not match is refused in one line."""
-  served = write_idx_dir(tmp_path / "served", n_train=50, n_test=20)
-  server = http.server.ThreadingHTTPServer(
-      ("127.0.0.1", 0), functools.partial(_Quiet, directory=served))
-  threading.Thread(target=server.serve_forever, daemon=True).start()
-  url = f"http://127.0.0.1:{server.server_address[1]}/"
-  monkeypatch.setitem(datasets.DATASETS, "mnist", dataclasses.replace(
-      datasets.get("mnist"), url=url))
-  table = tmp_path / "checksums.tsv"
-  monkeypatch.setattr(pipeline, "CHECKSUMS", str(table))
-  try:
-    table.write_text(_checksums(url, served, {"train-labels-idx1-ubyte.gz"}))
-    with pytest.raises(UserError, match=(
-        "^downloading mnist failed \\(NonMatchingChecksumError\\); pass "
-        "--mnist_dir=DIR with the four IDX files$")):
-      pipeline.prepare("mnist", str(tmp_path / "bad"))
-    assert not (tmp_path / "bad" / "mnist").exists()
-    table.write_text(_checksums(url, served))
-    capfd.readouterr()
-    arrays = pipeline.prepare("mnist", str(tmp_path / "tfds"))
-  finally:
+    def table(wrong=()):
+      with open(pipeline.CHECKSUMS, "w") as f:
+        for path in files:
+          raw, name = open(path, "rb").read(), os.path.basename(path)
+          digest = "0" * 64 if name in wrong else hashlib.sha256(raw).hexdigest()
+          where = url if url.endswith(".zip") else url + name
+          f.write(f"{where}\t{len(raw)}\t{digest}\t{name}\n")
+    return table
+  yield serve
+  for server in servers:
     server.shutdown()
     server.server_close()
+
+
+@pytest.mark.parametrize("dataset,wrong", [
+    ("mnist", "train-labels-idx1-ubyte.gz"), ("emnist_letters", "gzip.zip")])
+def test_a_download_is_checked_by_tfds_then_prepared(served, tmp_path, capfd,
+                                                      dataset, wrong):
+  """Online, tfds's download manager fetches the files (EMNIST's archive, then
+  read without TensorFlow) and checks them against checksums.tsv; a file that
+  does not match is refused in one line, and nothing is prepared."""
+  table = served(dataset)
+  table(wrong={wrong})
+  with pytest.raises(UserError, match=(
+      f"^downloading {dataset} failed \\(NonMatchingChecksumError\\); pass "
+      "--mnist_dir=DIR with the four IDX files$")):
+    pipeline.prepare(dataset, str(tmp_path / "bad"))
+  assert not (tmp_path / "bad" / dataset).exists()
+  table()
+  capfd.readouterr()
+  arrays = pipeline.prepare(dataset, str(tmp_path / "tfds"))
   out, err = capfd.readouterr()
   assert out.splitlines() == [
-      f"preparing mnist in {tmp_path / 'tfds'} from a download (once; later "
-      "runs read it from there)"]
+      f"preparing {dataset} in {tmp_path / 'tfds'} from a download (once; "
+      "later runs read it from there)"]
   assert "\x1b" not in out + err and "\r" not in out + err
   assert "WARNING" not in err
-  assert _as_set(arrays["train_images"], arrays["train_labels"]) == _as_set(
-      *synthetic_digits(50, 0))
+  expected = pipeline.prepare(dataset, str(tmp_path / "offline"),
+                              str(tmp_path / "served" /
+                                  datasets.get(dataset).archive_folder))
+  for k in expected:
+    np.testing.assert_array_equal(arrays[k], expected[k])
 
 
 def test_network_probe_reports_a_closed_port():

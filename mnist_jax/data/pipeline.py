@@ -9,6 +9,7 @@ import hashlib
 import os
 import socket
 import urllib.parse
+import zipfile
 
 try:
   import fcntl
@@ -214,11 +215,12 @@ def _download(info: datasets.DatasetInfo, data_dir: str) -> dict:
   checksums.tsv: FILE_KEYS -> path. tfds is imported only here."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tfds.display_progress_bar(False)  # No escape codes in a log.
+  folder = os.path.join(data_dir, "downloads")
   manager = tfds.download.DownloadManager(
-      download_dir=os.path.join(data_dir, "downloads"),
+      download_dir=folder,
       url_infos=tfds.download.checksums.load_url_infos(CHECKSUMS))
   try:
-    return _downloaded_files(manager, info)
+    return _downloaded_files(manager, info, os.path.join(folder, "extracted"))
   except Exception as e:  # pylint: disable=broad-except
     name = type(e).__name__
     if not any(word in name for word in ("Checksum", "Connection", "Download",
@@ -228,14 +230,15 @@ def _download(info: datasets.DatasetInfo, data_dir: str) -> dict:
                     "--mnist_dir=DIR with the four IDX files") from None
 
 
-def _downloaded_files(manager, info: datasets.DatasetInfo) -> dict:
-  """FILE_KEYS -> path of the `.gz` files `manager` downloads (the archive's,
-  extracted, where the dataset comes as one)."""
+def _downloaded_files(manager, info: datasets.DatasetInfo, extract_to) -> dict:
+  """FILE_KEYS -> path of the `.gz` files `manager` downloads. An archive's
+  are extracted into `extract_to` by zipfile (tfds's extractor would need
+  TensorFlow)."""
   if info.url.endswith(".zip"):
-    folder = os.path.join(os.fspath(manager.download_and_extract(info.url)),
-                          info.archive_folder)
-    return {key: os.path.join(folder, stem + ".gz")
-            for key, stem in info.file_names.items()}
+    with zipfile.ZipFile(os.fspath(manager.download(info.url))) as archive:
+      return {key: archive.extract(f"{info.archive_folder}/{stem}.gz",
+                                   os.path.join(extract_to, info.name))
+              for key, stem in info.file_names.items()}
   paths = manager.download(dict(zip(datasets.FILE_KEYS,
                                     download_urls(info.name))))
   return {key: os.fspath(path) for key, path in paths.items()}
