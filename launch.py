@@ -40,7 +40,6 @@ import jax
 
 from mnist_jax import config as config_lib
 from mnist_jax import models
-from mnist_jax.config import value_text
 from mnist_jax.errors import UserError
 from mnist_jax.results import run as results
 from mnist_jax.rundir import cli
@@ -55,93 +54,40 @@ from mnist_jax.training import members as members_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _RUN, _MODES = config_lib.RUN_FOLDER, config_lib.MODES
-# launch.py's own flags, which are not run settings:
-# name -> (define, default, --help group, help, extra arguments).
-OWN = {
-    "overwrite": (flags.DEFINE_bool, False, _RUN,
-                  "Start --workdir over (deleting it) instead of resuming it; "
-                  "without --workdir, start a new run folder instead of "
-                  "resuming one", {}),
-    "mode": (flags.DEFINE_enum, "train", _MODES,
-             "What to do: train, report (rewrite a run's report and plots), "
-             "predict (the digits in --image files) or serve (a drawing page)",
-             {"enum_values": ["train", "report", "predict", "serve"]}),
-    "dry_run": (flags.DEFINE_bool, False, _MODES,
-                "Print the settings, validation split, model, devices and run "
-                "folder this command would train with; train and write "
-                "nothing", {}),
-    # Split by images.expand, not absl's list parser (which strips spaces).
-    "image": (flags.DEFINE_string, None, _MODES,
-              "With --mode=predict: image files, folders of them or patterns "
-              "(photos/*.jpg), comma-separated (PNG, JPEG, anything Pillow "
-              "reads)", {}),
-    "json": (flags.DEFINE_bool, False, _MODES,
-             "With --mode=predict: print one JSON object per image", {}),
-    "plot": (flags.DEFINE_bool, False, _MODES,
-             "With --mode=predict: also save WORKDIR/predict/<name>.png", {}),
-    "ensemble": (flags.DEFINE_bool, False, _MODES,
-                 "With --mode=predict: average the probabilities of the seeds "
-                 "of the run's chosen grid point instead of its chosen member",
-                 {}),
-    "host": (flags.DEFINE_string, "127.0.0.1", _MODES,
-             "With --mode=serve: the address to listen on", {}),
-    "port": (flags.DEFINE_integer, 0, _MODES,
-             "With --mode=serve: the port (0: a free one)", {}),
-    "debug": (flags.DEFINE_bool, False, _MODES,
-              "Show Python tracebacks instead of one-line errors", {}),
-}
-
-
-def flag_help(name: str) -> str:
-  """A flag's help, without its default."""
-  return OWN[name][3] if name in OWN else cli.flag_help(name)
-
-
-def default_text(name: str) -> str:
-  return value_text(OWN[name][1]) if name in OWN else cli.default_text(name)
-
-
-def group_of(name: str) -> str:
-  return OWN[name][2] if name in OWN else models.setting(name).group
-
-
-def flags_in_order():
-  """Every flag as --help lists it: by group, run settings first."""
-  return sorted([*models.flag_names(), *OWN],
-                key=lambda n: config_lib.GROUPS.index(group_of(n)))
-
-
-# Every run setting is a flag whose absl default is None: "not given", so
-# that main() takes the preset's value, else the setting's default.
-_DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer,
-           float: flags.DEFINE_float, tuple: flags.DEFINE_list,
-           str: flags.DEFINE_string}
-for _name in models.flag_names():
-  _help = f"{flag_help(_name)} (default: {default_text(_name)})"
-  if _name == "sweep":  # Repeatable: one NAME=V1,V2,... each.
-    flags.DEFINE_multi_string(_name, None, _help)
-  else:
-    _DEFINE[models.flag_type(_name)](_name, None, _help)
-for _name, (_define, _default, _, _text, _extra) in OWN.items():
-  _define(_name, _default, help=f"{_text} (default: {value_text(_default)})",
-          **_extra)
+cli.define_settings()  # Every Config field and model setting, unset: main()
+# takes the preset's value, else the setting's default. Then launch.py's own:
+_own = cli.define_own
+_own(flags.DEFINE_bool, "overwrite", False, _RUN,
+     "Start --workdir over (deleting it) instead of resuming it; without "
+     "--workdir, start a new run folder instead of resuming one")
+_own(flags.DEFINE_enum, "mode", "train", _MODES,
+     "What to do: train, report (rewrite a run's report and plots), predict "
+     "(the digits in --image files) or serve (a drawing page)",
+     enum_values=["train", "report", "predict", "serve"])
+_own(flags.DEFINE_bool, "dry_run", False, _MODES,
+     "Print the settings, validation split, model, devices and run folder "
+     "this command would train with; train and write nothing")
+# Split by images.expand, not absl's list parser (which strips spaces).
+_own(flags.DEFINE_string, "image", None, _MODES,
+     "With --mode=predict: image files, folders of them or patterns "
+     "(photos/*.jpg), comma-separated (PNG, JPEG, anything Pillow reads)")
+_own(flags.DEFINE_bool, "json", False, _MODES,
+     "With --mode=predict: print one JSON object per image")
+_own(flags.DEFINE_bool, "plot", False, _MODES,
+     "With --mode=predict: also save WORKDIR/predict/<name>.png")
+_own(flags.DEFINE_bool, "ensemble", False, _MODES,
+     "With --mode=predict: average the probabilities of the seeds of the "
+     "run's chosen grid point instead of its chosen member")
+_own(flags.DEFINE_string, "host", "127.0.0.1", _MODES,
+     "With --mode=serve: the address to listen on")
+_own(flags.DEFINE_integer, "port", 0, _MODES,
+     "With --mode=serve: the port (0: a free one)", lower_bound=0,
+     upper_bound=65535)
+_own(flags.DEFINE_bool, "debug", False, _MODES,
+     "Show Python tracebacks instead of one-line errors")
 FLAGS = flags.FLAGS
 COMMAND = cli.Command(sys.argv, lambda n: n in FLAGS,
                       lambda n: not FLAGS[n].boolean)
-
-
-def help_text(full: bool = False) -> str:
-  """What --help prints; `full` (--helpfull) adds the libraries' flags."""
-  names = flags_in_order()
-  text = cli.help_text(
-      __doc__, {n: f"{flag_help(n)} (default: {default_text(n)})"
-                for n in names}, {n: group_of(n) for n in names},
-      [n for n in names if FLAGS[n].boolean])
-  if full:
-    ours = FLAGS.find_module_defining_flag("model")
-    text += "\n\n" + "\n".join(FLAGS.module_help(m) for m in
-                               FLAGS.flags_by_module_dict() if m != ours)
-  return text
 
 
 def main(argv):
@@ -224,7 +170,7 @@ def _parse(argv):
       if arg.endswith("helpxml"):
         FLAGS.write_help_in_xml_format(sys.stdout)
       else:
-        print(help_text(full=arg.endswith("helpfull")))
+        print(cli.help_text(__doc__, full=arg.endswith("helpfull")))
       sys.exit(0)
   try:
     argv = FLAGS(argv)

@@ -40,6 +40,7 @@ from jax.extend import core
 import jax.numpy as jnp
 import numpy as np
 
+from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.data import augment as augment_lib
 from mnist_jax.data import pipeline
@@ -152,13 +153,7 @@ def _parse_sets(items) -> dict:
     key, _, value = item.partition("=")
     if key not in models.flag_names():
       raise UserError(f"--set: unknown Config field {key!r}")
-    kind = models.flag_type(key)
-    if kind is tuple:
-      out[key] = tuple(int(v) for v in value.split(","))
-    elif kind is bool:
-      out[key] = value.lower() in ("1", "true", "yes")
-    else:
-      out[key] = kind(value)
+    out[key] = config_lib.parse(key, value)  # As its flag reads it.
   return out
 
 

@@ -51,6 +51,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.errors import UserError
 from mnist_jax.data import pipeline
@@ -615,19 +616,11 @@ def parse_vary(specs: Sequence[str]) -> Dict[str, list]:
 
 
 def _typed(name: str, text: str):
-  kind = models.flag_type(name)
   try:
-    if kind is tuple:
-      return tuple(int(v) for v in text.split(","))
-    if kind is bool:
-      if text.lower() not in ("true", "false", "1", "0"):
-        raise ValueError(text)
-      return text.lower() in ("true", "1")
-    return kind(text)
-  except ValueError:
+    return config_lib.parse(name, text)  # As its flag reads it.
+  except UserError as e:
     raise UserError(
-        f"--vary={name}: {text!r} is not a value of {name}"
-    ) from None
+        f"--vary={name}: {text!r} is not a value of {name} ({e})") from None
 
 
 def train_runs(model_names: Sequence[str], seeds: Sequence[int], runs_root: str,

@@ -1,17 +1,22 @@
 """The run configuration: one flat, frozen dataclass shared by every module.
 
-Each field is a `launch.py` flag; unset, it takes the preset's value, else the
-field's default. A model's own settings are declared by the model (`Setting`)
-and held by its Configs only, read as attributes (`config.mlp_hidden`).
+Each field is a `launch.py` flag, declared once here (`_field`): its help,
+--help group, default and the absl parser that reads and bounds it. Unset, a
+flag takes the preset's value, else the field's default. A model's own
+settings are declared by the model (`Setting`) and held by its Configs only,
+read as attributes (`config.mlp_hidden`). Every setting is also defined into
+`CHECK`, so that values given in Python pass the flags' own parsers.
 """
 
 import dataclasses
 import json
 import math
-from typing import Any, List, Optional, Tuple
+from typing import Any, Optional, Tuple
+
+from absl import flags
 
 from mnist_jax.data import datasets
-from mnist_jax.errors import UserError
+from mnist_jax.errors import BadFlag, UserError
 from mnist_jax import optim
 
 OPTIMIZERS = tuple(optim.OPTIMIZERS)
@@ -21,7 +26,8 @@ PARALLEL = ("auto", "none", "sharded", "pmap")
 DTYPES = ("float32", "bfloat16")
 IMPLS = ("auto", "stock", "fast")
 
-# The groups --help and docs/flags.md list the flags in, in order.
+# The groups --help and docs/flags.md list the flags in, in order: each is
+# the absl module_name its flags are defined with.
 MODEL, DATA, TRAINING, DEVICES, RUN_FOLDER, MODES = GROUPS = (
     "Model", "Data", "Training", "Devices and speed", "Run folder",
     "Modes and output")
@@ -37,89 +43,94 @@ MAX_MEMBERS = 10**4  # Members (seeds x sweep points) of one program.
 MAX_PROCESSES = 2**16
 IMAGE_SIDE = 28  # Pixels; shifts, kernels and distortions beyond it are void.
 
-
-def _number(value) -> str:
-  """A bound as typed: 2**32 and 2**31 - 1 for the large powers of two."""
-  if isinstance(value, int) and value >= 2**16:
-    for offset, text in ((0, ""), (1, " - 1")):
-      if (value + offset) & (value + offset - 1) == 0:
-        return f"2**{(value + offset).bit_length() - 1}{text}"
-  return value_text(value)
+# Every setting (Config fields, models' own) defined as a flag, unset: what
+# `parse` reads a value given in Python with.
+CHECK = flags.FlagValues()
 
 
-def _finite(value) -> bool:
-  return isinstance(value, int) or math.isfinite(value)  # Ints of any size.
+def value_text(value) -> str:
+  """A setting as it is typed on the command line (unset for None)."""
+  if value is None or value == [] or value == "":
+    return "unset"
+  if isinstance(value, bool):
+    return str(value).lower()
+  if isinstance(value, (tuple, list)):
+    return ",".join(str(v) for v in value)
+  if isinstance(value, float):
+    return f"{value:g}"
+  return str(value)
 
 
-@dataclasses.dataclass(frozen=True)
-class Range:
-  """The finite values from `low` to `high` a numeric setting accepts; `cap`:
-  `high` is a sanity cap, so messages name the bound crossed, not the range."""
-  low: float
-  high: float
-  low_open: bool = False
-  high_open: bool = False
-  cap: bool = True
+class Number(flags.FloatParser):
+  """absl's float parser for the finite numbers from `low` to `high`, an open
+  end excluded, so that its refusal names the interval ("in (0, inf)")."""
 
-  def contains(self, value) -> bool:
-    if not _finite(value):
-      return False
-    above_low = value > self.low if self.low_open else value >= self.low
-    below_high = value < self.high if self.high_open else value <= self.high
-    return above_low and below_high
+  def __init__(self, low: float = 0.0, high: float = math.inf,
+               open_low: bool = False, open_high: bool = False):
+    super().__init__(low, high)
+    self.open_ends = (open_low, open_high)
+    self.syntactic_help = (
+        f"a finite number in {'[('[open_low]}{value_text(low)}, "
+        f"{value_text(high)}{'])'[open_high or high == math.inf]}")
 
-  def text(self, value) -> str:
-    """What the value must be, for a message about `value` (outside)."""
-    if not _finite(value):
-      return "a finite number"
-    if not self.cap:
-      return (f"in {'(' if self.low_open else '['}{_number(self.low)}, "
-              f"{_number(self.high)}{')' if self.high_open else ']'}")
-    if value > self.low or (value == self.low and not self.low_open):
-      return f"{'below' if self.high_open else 'at most'} {_number(self.high)}"
-    if (self.low == 0 and self.low_open
-        or self.low == 1 and isinstance(self.low, int)):
-      return "positive"
-    return f"{'>' if self.low_open else '>='} {_number(self.low)}"
+  def is_outside_bounds(self, val: float) -> bool:
+    return (not math.isfinite(val) or super().is_outside_bounds(val)
+            or (self.open_ends[0] and val == self.lower_bound)
+            or (self.open_ends[1] and val == self.upper_bound))
 
 
-def _field(default: Any, help_text: str, group: str, preset: bool = False,
-           valid: Optional[Range] = None, choices: Tuple[str, ...] = ()) -> Any:
-  """A Config field with its flag's --help line, GROUPS heading, whether a
-  preset sets it, and the range or text choices it accepts."""
-  return dataclasses.field(
-      default=default, metadata={"help": help_text, "group": group,
-                                 "preset": preset, "valid": valid,
-                                 "choices": choices})
+class Sizes(flags.ListParser):
+  """Layer sizes: absl's list parser, then its integer parser for each, from 1
+  to MAX_WIDTH; at least one."""
+
+  def parse(self, argument) -> Tuple[int, ...]:
+    try:
+      sizes = tuple(map(WIDTH.parse, super().parse(argument)))
+    except ValueError:
+      sizes = ()
+    if not sizes:
+      raise ValueError("it takes comma-separated integers in the range "
+                       f"[1, {MAX_WIDTH}], e.g. 512,256")
+    return sizes
 
 
-def _positive(high=math.inf) -> Range:
-  """1 .. high for a count (int high), else any finite number > 0."""
-  return Range(1, high) if isinstance(high, int) else (
-      Range(0.0, high, low_open=True))
-
-
-def _nonnegative(high=math.inf) -> Range:
-  return Range(0 if isinstance(high, int) else 0.0, high)
-
-
-def _fraction(high_open: bool = True) -> Range:
-  return Range(0.0, 1.0, high_open=high_open, cap=False)
+COUNT = flags.IntegerParser(1, INT32_MAX)  # Batch sizes, steps.
+WIDTH = flags.IntegerParser(1, MAX_WIDTH)  # Units of a layer.
+SEED = flags.IntegerParser(0, 2**32 - 1)
+POSITIVE = Number(0, open_low=True)  # A rate or an epsilon.
+FRACTION = Number(0, 1, open_high=True)
 
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-  """A model's own setting: the Flax module `attribute` it sets, with its
-  flag's `help`, `group`, `valid` range or text `choices`, and `default`."""
+  """A setting's declaration: the Flax module `attribute` a model's own
+  setting sets, its flag's `help` and --help `group`, the absl `parser` that
+  reads and bounds it (None: by its `default`, a boolean or a string)."""
   attribute: str
   help: str
   group: str = MODEL
-  valid: Optional[Range] = None
-  choices: Tuple[str, ...] = ()
+  parser: Optional[flags.ArgumentParser] = None
   default: Any = None
 
-  def flag(self) -> tuple:
-    return self.help, self.group, self.valid, self.choices
+
+def define(name: str, declared: Setting, flag_values=CHECK,
+           help_text: Optional[str] = None) -> None:
+  """Defines setting `name` as a flag of `flag_values`, under its --help
+  group, unset (None) by default: a flag given takes precedence over presets."""
+  args = dict(flag_values=flag_values, module_name=declared.group)
+  if isinstance(declared.default, bool):
+    flags.DEFINE_bool(name, None, help_text or declared.help, **args)
+  else:
+    flags.DEFINE(declared.parser or flags.ArgumentParser(), name, None,
+                 help_text or declared.help,
+                 serializer=flags.ArgumentSerializer(), **args)
+
+
+def _field(default: Any, help_text: str, group: str,
+           parser: Optional[flags.ArgumentParser] = None) -> Any:
+  """A Config field, declared as a Setting (its flag's help, group, parser)."""
+  return dataclasses.field(default=default, metadata={
+      "setting": Setting("", help_text, group, parser, default)})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +142,7 @@ class Config:
       "tuned", "Named settings for --model (seed: its notebook's; tuned: "
       "trained well; best: the most accurate found)", MODEL)
   dataset: str = _field("mnist", f"Which dataset: {', '.join(DATASETS)}", DATA,
-                        choices=datasets.DATASETS)
+                        flags.EnumParser(DATASETS))
   data_dir: Optional[str] = _field(
       None, "tfds data folder the dataset is prepared and cached in; "
       "unset means $TFDS_DATA_DIR or ~/tensorflow_datasets", DATA)
@@ -140,66 +151,64 @@ class Config:
       "dataset from, without network", DATA)
   val_fraction: float = _field(
       0.1, "Fraction of the training split held out for validation (its "
-      "last examples), in [0, 1)", DATA, preset=True, valid=_fraction())
-  epochs: int = _field(10, "Training epochs", TRAINING, preset=True,
-                       valid=_positive(MAX_EPOCHS))
+      "last examples), in [0, 1)", DATA, FRACTION)
+  epochs: int = _field(10, "Training epochs", TRAINING,
+                       flags.IntegerParser(1, MAX_EPOCHS))
   batch_size: int = _field(
-      128, "Global batch size, split over the devices", TRAINING, preset=True,
-      valid=_positive(INT32_MAX))
+      128, "Global batch size, split over the devices", TRAINING, COUNT)
   eval_batch_size: int = _field(
       1000, "Evaluation batch size; the last batch is padded and masked",
-      DEVICES, valid=_positive(INT32_MAX))
+      DEVICES, COUNT)
   optimizer: str = _field("adam", f"The optimizer: {', '.join(OPTIMIZERS)}",
-                          TRAINING, preset=True, choices=optim.OPTIMIZERS)
-  learning_rate: float = _field(1e-3, "Peak learning rate", TRAINING,
-                                preset=True, valid=_positive())
+                          TRAINING, flags.EnumParser(OPTIMIZERS))
+  learning_rate: float = _field(1e-3, "Peak learning rate", TRAINING, POSITIVE)
   schedule: str = _field("constant", "Learning-rate schedule: "
-                         f"{', '.join(SCHEDULES)}", TRAINING, preset=True,
-                         choices=optim.SCHEDULES)
+                         f"{', '.join(SCHEDULES)}", TRAINING,
+                         flags.EnumParser(SCHEDULES))
   warmup_epochs: float = _field(
       0.0, "Linear warmup in epochs, for --schedule=warmup_cosine", TRAINING,
-      preset=True, valid=_nonnegative(float(MAX_EPOCHS)))
+      Number(0, MAX_EPOCHS))
   momentum: float = _field(0.9, "SGD momentum; 0 for plain SGD", TRAINING,
-                           valid=_fraction())
+                           FRACTION)
   rmsprop_decay: float = _field(
       0.9, "RMSprop decay of the squared-gradient average", TRAINING,
-      preset=True, valid=_fraction())
+      FRACTION)
   eps: float = _field(
       1e-7, "RMSprop epsilon, added outside the square root as in Keras",
-      TRAINING, preset=True, valid=_positive())
+      TRAINING, POSITIVE)
   weight_decay: float = _field(
       0.0, "Weight decay of kernels, not biases: decoupled for adamw, added "
-      "to the gradient otherwise", TRAINING, valid=_nonnegative())
+      "to the gradient otherwise", TRAINING, Number())
   label_smoothing: float = _field(
       0.0, "Label smoothing of the training loss; reported losses are plain "
-      "cross entropy", TRAINING, preset=True, valid=_fraction())
+      "cross entropy", TRAINING, FRACTION)
   grad_clip: float = _field(
       0.0, "Global-norm gradient clipping threshold; 0 disables it",
-      TRAINING, preset=True, valid=_nonnegative())
+      TRAINING, Number())
   augment: bool = _field(
       False, "Randomly shift, rotate and zoom each training image, on the "
-      "device", DATA, preset=True)
+      "device", DATA)
   augment_shift: float = _field(
       2.0, "Largest --augment shift, in pixels along each axis", DATA,
-      preset=True, valid=Range(0.0, IMAGE_SIDE, cap=False))
+      Number(0, IMAGE_SIDE))
   augment_rotate: float = _field(
-      10.0, "Largest --augment rotation, in degrees", DATA, preset=True,
-      valid=Range(0.0, 180, cap=False))
+      10.0, "Largest --augment rotation, in degrees", DATA, Number(0, 180))
   augment_scale: float = _field(
       0.1, "Largest --augment zoom in or out, relative, in [0, 1)", DATA,
-      preset=True, valid=_fraction())
+      FRACTION)
   augment_elastic: float = _field(
       0.0, "With --augment, elastic distortion strength in pixels; 0 turns it "
-      "off", DATA, valid=Range(0.0, IMAGE_SIDE, cap=False))
+      "off", DATA, Number(0, IMAGE_SIDE))
   augment_elastic_sigma: float = _field(
       4.0, "Smoothness of the elastic distortion field, in pixels", DATA,
-      valid=Range(0.0, IMAGE_SIDE, low_open=True, cap=False))
+      Number(0, IMAGE_SIDE, open_low=True))
   seed: int = _field(
       0, "Seed of initialisation, dropout and data order, in [0, 2**32)",
-      TRAINING, valid=Range(0, 2**32, high_open=True, cap=False))
+      TRAINING, SEED)
   num_seeds: int = _field(
       1, "Train N members (seeds seed .. seed+N-1) in one compiled program; "
-      "with --sweep, N per grid point", TRAINING, valid=_positive(MAX_MEMBERS))
+      "with --sweep, N per grid point", TRAINING,
+      flags.IntegerParser(1, MAX_MEMBERS))
   sweep: str = _field(
       "", "Hyperparameter grid trained in the same program: NAME=V1,V2,...; "
       "repeat the flag or join with ; for several names", TRAINING)
@@ -209,39 +218,38 @@ class Config:
       "runs/<model>-<timestamp>", RUN_FOLDER)
   chunk_steps: int = _field(
       200, "Train steps per compiled scan; progress prints and preemption "
-      "checks run between chunks", DEVICES, valid=_positive(INT32_MAX))
+      "checks run between chunks", DEVICES, COUNT)
   target_accuracy: float = _field(
       0.0, "Stop once validation accuracy reaches this fraction (needs "
-      "--val_fraction > 0); 0 turns it off", TRAINING, valid=_fraction(False))
+      "--val_fraction > 0); 0 turns it off", TRAINING, Number(0, 1))
   checkpoint_every: int = _field(
       1, "Epochs between checkpoints; the last epoch is always saved",
-      RUN_FOLDER, valid=_positive(MAX_EPOCHS))
+      RUN_FOLDER, flags.IntegerParser(1, MAX_EPOCHS))
   keep_checkpoints: int = _field(
-      3, "How many recent checkpoints stay on disk", RUN_FOLDER,
-      valid=_positive(INT32_MAX))
+      3, "How many recent checkpoints stay on disk", RUN_FOLDER, COUNT)
   tensorboard: bool = _field(
       True, "Write TensorBoard event files into the run folder; "
       "--notensorboard skips them", RUN_FOLDER)
   parallel: str = _field(
       "auto", "Device layout: auto, none (one device), sharded (one jit over a "
       "mesh, one device's run to float rounding) or pmap (per-device dropout "
-      "masks)", DEVICES, choices=PARALLEL)
+      "masks)", DEVICES, flags.EnumParser(PARALLEL))
   dtype: str = _field(
       "float32", "Compute dtype: float32 or bfloat16; parameters and "
-      "optimizer state stay float32", DEVICES, choices=DTYPES)
+      "optimizer state stay float32", DEVICES, flags.EnumParser(DTYPES))
   impl: str = _field(
       "auto", "Layers: auto (a fast kernel where measured faster), stock (Flax "
       "layers only) or fast; a kernel runs only if it computes the stock "
-      "layers", DEVICES, choices=IMPLS)
+      "layers", DEVICES, flags.EnumParser(IMPLS))
   coordinator_address: Optional[str] = _field(
       None, "host:port of process 0, for a multi-process run outside SLURM "
       "and TPU VMs", DEVICES)
   num_processes: int = _field(
       0, "Processes of a multi-process run; 0: one, or the cluster's count",
-      DEVICES, valid=_nonnegative(MAX_PROCESSES))
+      DEVICES, flags.IntegerParser(0, MAX_PROCESSES))
   process_id: int = _field(
       -1, "This process's index, 0 to N-1; -1: from the cluster", DEVICES,
-      valid=Range(-1, MAX_PROCESSES - 1))
+      flags.IntegerParser(-1, MAX_PROCESSES - 1))
   report: bool = _field(
       True, "Write report.md and its figures as the run ends; --noreport "
       "leaves them to --mode=report (quicker scripted runs)", MODES)
@@ -263,19 +271,21 @@ class Config:
                          f"setting {name!r}")
 
   def replace(self, **changes) -> "Config":
-    """This config with `changes` (fields or the model's own settings); a new
-    --model keeps none of the old model's settings (models.get_config fills)."""
-    fields = {k: v for k, v in changes.items() if k in FIELDS}
+    """This config with `changes` (fields or the model's own settings), each
+    read as its flag reads it (BadFlag: its one line); a new --model keeps
+    none of the old model's settings (models.get_config fills)."""
     kept = (dict(self.model_settings)
-            if fields.get("model", self.model) == self.model else {})
-    for name in (k for k in changes if k not in FIELDS):
-      if name not in kept:
+            if changes.get("model", self.model) == self.model else {})
+    for name, value in changes.items():
+      if name not in FIELDS and name not in kept:
         raise UserError(f"--{name} is no setting of --model={self.model}; "
                         "leave it out (python launch.py --help lists each "
                         "model's)")
-      kept[name] = changes[name]
-    return dataclasses.replace(self, **fields,
-                               model_settings=tuple(kept.items()))
+      changes[name] = parse(name, value)
+    kept.update((k, v) for k, v in changes.items() if k not in FIELDS)
+    return dataclasses.replace(
+        self, **{k: v for k, v in changes.items() if k in FIELDS},
+        model_settings=tuple(kept.items()))
 
   def to_dict(self) -> dict:
     """config.json's flat record: every field, then the model's settings."""
@@ -286,71 +296,41 @@ class Config:
     return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(Config)
-          if f.name != "model_settings"}
+FIELDS = {f.name: f.metadata["setting"] for f in dataclasses.fields(Config)
+          if "setting" in f.metadata}
+for _name, _declared in FIELDS.items():
+  define(_name, _declared)
 
 
-def field(name: str) -> Setting:
-  """Field `name`'s declaration, as a model's own setting is declared."""
-  meta = FIELDS[name].metadata
-  return Setting(name, meta["help"], meta["group"], meta["valid"],
-                 meta["choices"], FIELDS[name].default)
-
-
-def ranged_fields() -> List[str]:
-  """The names of the fields with a declared range: the numeric settings."""
-  return [n for n, f in FIELDS.items() if f.metadata["valid"] is not None]
-
-
-def value_text(value) -> str:
-  """A setting as it is typed on the command line (unset for None)."""
-  if value is None or value == [] or value == "":
-    return "unset"
-  if isinstance(value, bool):
-    return str(value).lower()
-  if isinstance(value, (tuple, list)):
-    return ",".join(str(v) for v in value)
-  if isinstance(value, float):
-    return f"{value:g}"
-  return str(value)
-
-
-def value_error(name: str, declared: Setting, value,
-                flag: Optional[str] = None) -> Optional[str]:
-  """Why `value` is not one setting `name` (`declared`) accepts, or None.
-  A tuple is checked size by size. flag: how it was given (`--name`)."""
-  flag, valid = flag or f"--{name}", declared.valid
-  if declared.choices and value not in declared.choices:
-    return (f"{flag} must be one of {', '.join(declared.choices)}, got "
-            f"{value!r}")
-  if valid is None:
+def parse(name: str, value: Any) -> Any:
+  """`value` of setting `name` read as its flag reads it typed on the command
+  line, so that Python is checked as the flags are: a BadFlag with absl's one
+  line where the flag refuses it. A string setting may stay unset (None)."""
+  parser = CHECK[name].parser
+  if value is None and parser.flag_type() == "string":
     return None
-  if isinstance(value, tuple):
-    if not value:
-      return (f"{flag} lists no sizes; pass at least one, e.g. {flag}="
-              f"{value_text(declared.default) or 64}")
-    bad = next((v for v in value if not valid.contains(v)), None)
-    return None if bad is None else (f"{flag} sizes must be {valid.text(bad)}, "
-                                     f"got {value_text(value) or 'none'}")
-  return None if valid.contains(value) else (
-      f"{flag} must be {valid.text(value)}, got {value_text(value)}")
+  text = (",".join(map(str, value)) if isinstance(value, (tuple, list)) else
+          str(value).lower() if isinstance(value, bool) else str(value))
+  try:
+    return parser.parse(text)
+  except (TypeError, ValueError) as e:  # Worded as absl's Flag words it.
+    raise BadFlag(f"flag --{name}={text}: {e}") from None
 
 
 def validate(config: Config) -> Config:
-  """Rejects fields no run can use, with a message that says what to pass
-  (the model's own settings: models.validate)."""
-  c = config
-  for name in FIELDS:
-    message = value_error(name, field(name), getattr(c, name))
-    if message:
-      raise UserError(message)
-  if c.target_accuracy and not c.val_fraction > 0:
+  """Checks every setting of `config` as its flag does, then the rules that
+  span flags, each refused in one line that says what to pass (the model's
+  own rule: models.validate)."""
+  for name, value in config.to_dict().items():
+    parse(name, value)
+  if config.target_accuracy and not config.val_fraction > 0:
     raise UserError(
         "--target_accuracy stops on validation accuracy, and --val_fraction=0 "
         "holds out none; pass e.g. --val_fraction=0.1 (test accuracy never "
         "decides when a run stops)")
-  if c.seed + c.num_seeds > 2**32:
+  if config.seed + config.num_seeds > 2**32:
     raise UserError(
-        f"--seed={c.seed} --num_seeds={c.num_seeds} would use seeds up to "
-        f"{c.seed + c.num_seeds - 1}, past 2**32 - 1; pass a smaller --seed")
-  return c
+        f"--seed={config.seed} --num_seeds={config.num_seeds} would use seeds "
+        f"up to {config.seed + config.num_seeds - 1}, past 2**32 - 1; pass a "
+        "smaller --seed")
+  return config

@@ -131,12 +131,14 @@ def _data(tmp_path, damage):
 CASES = [
     ("unknown_model", ["--model=vgg"], 1, "unknown model 'vgg'"),
     ("unknown_mode", ["--mode=play"], 2, "--mode"),
-    ("zero_batch", ["--batch_size=0"], 1, "--batch_size must be positive"),
+    ("zero_batch", ["--batch_size=0"], 2, "flag --batch_size=0: 0 is not an "
+     "integer in the range [1, 2147483647]"),
     ("batch_over_train_set", ["--batch_size=100000"], 1, "is larger than the"),
-    ("bad_optimizer", ["--optimizer=lion"], 1, "--optimizer must be one of"),
+    ("bad_optimizer", ["--optimizer=lion"], 2, "flag --optimizer=lion: value "
+     "should be one of <adam|adamw|rmsprop|sgd>"),
     ("bad_int", ["--epochs=ten"], 2, "--epochs=ten"),
     ("bad_list", ["--mlp_hidden=a,b"], 2, "flag --mlp_hidden=a,b: it takes "
-     "comma-separated integers"),
+     "comma-separated integers in the range [1, 16777216], e.g. 512,256"),
     ("unknown_flag", ["--epoch=3"], 2, "Unknown command line flag 'epoch'"),
     ("stray_argument", ["train"], 1, "unexpected arguments"),
     ("unwritable_workdir", ["--workdir=/sys/mnist_jax_run"], 1, "is not writable"),

@@ -1,10 +1,10 @@
-"""Flag help has one source: Config field metadata and the models' settings
-declarations, launch.py, --help, docs/flags.md.
+"""Flags have one source: each setting's declaration (a Config field, or a
+model's own setting), defined as absl flags into launch.py and config.CHECK.
 
-Each Config field's `help` metadata (each model setting's declared help) is its
-flag's one-line --help text and its row in docs/flags.md's table; launch.py's
-own flags carry theirs in launch.py. These tests fail when one of the three
-drifts from the others.
+Its declared help is its flag's one-line --help text and its row in
+docs/flags.md's table; launch.py's own flags carry theirs in launch.py; a
+value given in Python is read by the flag's own parser. These tests fail when
+one of them drifts from the others.
 """
 
 import dataclasses
@@ -18,8 +18,9 @@ import pytest
 import launch
 from mnist_jax import config as config_lib
 from mnist_jax import models
-from mnist_jax.errors import UserError
+from mnist_jax.errors import BadFlag, UserError
 from mnist_jax.models import registry
+from mnist_jax.rundir import cli
 from mnist_jax.training import members as members_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,15 +30,15 @@ ROW = re.compile(r"^\| `--(\w+)` \| (.*?) \| (.*) \|$")
 GROUP_ROW = re.compile(r"^\| \*\*(.+)\*\* \| \| \|$")
 
 
-def _help_line(name):
-  """A flag's --help text: its help, then its default."""
-  return f"{launch.flag_help(name)} (default: {launch.default_text(name)})"
-
-
 def _launch_flags():
-  """launch.py's own flags: those it defines that are not Config fields."""
-  defined = {f.name for f in FLAGS.get_key_flags_for_module(launch)}
-  return sorted(defined - set(models.flag_names()))
+  """launch.py's own flags: those of its help groups that are no setting."""
+  return sorted(set(_grouped()) - set(models.flag_names()))
+
+
+def _grouped():
+  """Every flag of launch.py's --help groups, in --help's order."""
+  return [f.name for group in config_lib.GROUPS
+          for f in FLAGS.get_flags_for_module(group)]
 
 
 def _readme_flag_rows():
@@ -60,32 +61,38 @@ def _readme_flag_rows():
 
 
 def _expected_rows():
-  """[(flag name, group, default text, help text)] from Config and launch.py,
-  in --help's order."""
-  return [(name, launch.group_of(name), launch.default_text(name),
-           launch.flag_help(name)) for name in launch.flags_in_order()]
+  """[(flag name, group, default text, help text)] of launch.py's flags, in
+  --help's order: each flag's help is "<help> (default: <default>)"."""
+  rows = []
+  for group in config_lib.GROUPS:
+    for flag in FLAGS.get_flags_for_module(group):
+      help_text, default = flag.help[:-1].rsplit(" (default: ", 1)
+      rows.append((flag.name, group, default, help_text))
+  return rows
 
 
-@pytest.mark.parametrize("name", sorted(config_lib.FIELDS))
-def test_every_config_field_has_one_line_help(name):
-  metadata = config_lib.FIELDS[name].metadata
-  help_text = metadata.get("help", "")
-  assert help_text and "\n" not in help_text and len(help_text) < 160, name
-  assert "`" not in help_text and "|" not in help_text, name
-  assert isinstance(metadata.get("preset"), bool), name
-  assert metadata.get("group") in config_lib.GROUPS, name
+@pytest.mark.parametrize("name", sorted(models.flag_names()))
+def test_every_setting_has_one_line_help_in_a_group(name):
+  declared = models.setting(name)
+  assert declared.help and "\n" not in declared.help, name
+  assert len(declared.help) < 160, name
+  assert "`" not in declared.help and "|" not in declared.help, name
+  assert declared.group in config_lib.GROUPS, name
+  assert FLAGS[name].help.startswith(declared.help), name
+  assert FLAGS.find_module_defining_flag(name) == declared.group
 
 
-def test_preset_marks_match_the_registry():
-  """A field is marked `preset` exactly when some preset of some model sets it,
-  so --help's "the preset's, else X" is said of those fields and no others."""
+def test_the_default_names_the_preset_where_a_preset_sets_it():
+  """--help's "the preset's, else X" is said of the settings some preset of
+  some model sets, and of no others."""
   set_by_presets = set()
   for model, spec in registry.MODELS.items():
     for preset in spec.presets:
       set_by_presets |= set(registry.preset_overrides(model, preset))
-  marked = {n for n, f in config_lib.FIELDS.items() if f.metadata["preset"]}
-  assert marked == set_by_presets & set(config_lib.FIELDS)
   assert registry.set_by_presets() == set_by_presets
+  for name in models.flag_names():
+    said = "(default: the preset's, else " in FLAGS[name].help
+    assert said == (name in set_by_presets), name
 
 
 @pytest.mark.parametrize("name", sorted(
@@ -94,12 +101,9 @@ def test_every_model_setting_has_one_line_help_naming_its_models(name):
   """A model's own setting is a flag whose help is its declaration's, says
   which models have it, and defaults to the module attribute's default."""
   declared = models.setting(name)
-  assert declared.help and "\n" not in declared.help, name
-  assert "`" not in declared.help and "|" not in declared.help, name
-  assert declared.group in config_lib.GROUPS, name
   owners = models.models_with(name)
-  assert launch.flag_help(name) == f"{declared.help}; {'/'.join(owners)} only"
-  assert FLAGS[name].help == _help_line(name)
+  assert FLAGS[name].help.startswith(
+      f"{declared.help}; {'/'.join(owners)} only (default: ")
   for model in owners:
     module = registry.get(model).module
     attribute = models.setting(name, model).attribute
@@ -107,20 +111,44 @@ def test_every_model_setting_has_one_line_help_naming_its_models(name):
         f.name: f.default for f in dataclasses.fields(module)}[attribute]
 
 
-def test_flag_help_is_built_from_the_field_metadata():
-  for name, field in config_lib.FIELDS.items():
-    assert FLAGS[name].help.startswith(field.metadata["help"])
-    assert launch.flag_help(name).startswith(field.metadata["help"])
-    assert _help_line(name) == (
-        f"{launch.flag_help(name)} (default: {launch.default_text(name)})")
-    assert launch.value_text(field.default) in FLAGS[name].help
-  assert set(_launch_flags()) == {"debug", "dry_run", "ensemble", "host",
-                                  "image", "json", "mode", "overwrite", "plot",
-                                  "port"}
-  assert set(_launch_flags()) == set(launch.OWN)
-  for name, (_, default, group, help_text, _) in launch.OWN.items():
-    assert launch.flag_help(name) == help_text and group in config_lib.GROUPS
-    assert FLAGS[name].default == default
+def test_flag_help_is_built_from_the_declarations():
+  for name, declared in config_lib.FIELDS.items():
+    assert FLAGS[name].help.startswith(declared.help)
+    assert FLAGS[name].help.endswith(
+        f"{config_lib.value_text(declared.default)})")
+    assert FLAGS[name].default is None  # Unset: the preset's, else default.
+  assert _launch_flags() == sorted([
+      "debug", "dry_run", "ensemble", "host", "image", "json", "mode",
+      "overwrite", "plot", "port"])
+  for name in _launch_flags():
+    assert FLAGS[name].help.endswith(
+        f" (default: {config_lib.value_text(FLAGS[name].default)})")
+
+
+@pytest.mark.parametrize("name", sorted(models.flag_names()))
+def test_python_and_the_flags_read_a_value_with_one_parser(name):
+  """A value given to get_config or Config.replace is read by the parser of
+  the flag launch.py defines, so that each refuses it in the same line."""
+  assert type(FLAGS[name].parser) is type(config_lib.CHECK[name].parser)
+  assert (FLAGS[name].parser.syntactic_help ==
+          config_lib.CHECK[name].parser.syntactic_help)
+
+
+@pytest.mark.parametrize("name, text", [
+    ("epochs", "0"), ("epochs", "1e3"), ("learning_rate", "nan"),
+    ("val_fraction", "1"), ("seed", str(2**32)), ("impl", "bogus"),
+    ("mlp_hidden", "512,0"), ("mlp_hidden", ""), ("dropout", "-0.1")])
+def test_a_bad_value_is_refused_alike_in_python_and_as_a_flag(capsys, name,
+                                                              text):
+  with pytest.raises(SystemExit) as e:
+    launch._parse(["launch.py", f"--{name}={text}"])  # pylint: disable=protected-access
+  FLAGS.unparse_flags()
+  assert e.value.code == 2
+  printed = capsys.readouterr().err.strip()
+  with pytest.raises(BadFlag) as caught:
+    models.get_config("mlp", **{name: text})
+  assert printed == f"error: {caught.value}; see python launch.py --help"
+  assert str(caught.value).startswith(f"flag --{name}={text}: ")
 
 
 def _printed_help(capsys, arg="--help"):
@@ -134,11 +162,11 @@ def test_help_output_carries_every_line(capsys):
   """What `python launch.py --help` prints holds every flag's help and
   default, in one style."""
   printed = " ".join(_printed_help(capsys).split())
-  for name in [*models.flag_names(), *_launch_flags()]:
+  for name in _grouped():
     spelled = f"--[no]{name}:" if FLAGS[name].boolean else f"--{name}:"
-    assert f" {spelled} {_help_line(name)}" in printed, name
-  assert printed.count("(default: ") == len(FLAGS.get_key_flags_for_module(
-      launch))
+    assert f" {spelled} {' '.join(FLAGS[name].help.split())}" in printed, name
+  assert printed.count("(default: ") == len(_grouped())
+  assert set(_grouped()) == {*models.flag_names(), *_launch_flags()}
   assert "(default: '" not in printed and "(a number)" not in printed
 
 
@@ -150,8 +178,8 @@ def test_help_lists_flags_by_group_model_first(capsys):
   flag_lines = [line.split(":")[0].strip() for line in printed.splitlines()
                 if line.startswith("  --")]
   assert flag_lines[0] == "--model"
-  assert [f.replace("[no]", "")[2:] for f in flag_lines] == (
-      launch.flags_in_order())
+  assert [f.replace("[no]", "")[2:] for f in flag_lines] == _grouped()
+  assert _grouped()[:2] == ["model", "preset"]
 
 
 def test_sweep_and_preset_help_say_what_they_accept(capsys):
@@ -168,7 +196,8 @@ def test_every_help_flag_prints_help_and_exits_0(capsys, arg):
   printed = _printed_help(capsys, arg)
   assert "--model" in printed
   if arg == "--helpfull":  # And the libraries' flags.
-    assert "--verbosity" in printed and printed.startswith(launch.help_text())
+    assert "--verbosity" in printed and printed.startswith(
+        cli.help_text(launch.__doc__))
 
 
 def test_help_exits_0_from_the_shell():
@@ -188,17 +217,19 @@ def test_readme_flag_table_matches_the_help():
 
 
 def test_value_text_spells_defaults_as_typed():
-  assert launch.value_text(None) == "unset"
-  assert launch.value_text([]) == "unset"
-  assert launch.value_text(False) == "false"
-  assert launch.value_text((512, 256)) == "512,256"
-  assert launch.value_text(1e-3) == "0.001"
-  assert launch.value_text("VALID") == "VALID"
+  assert config_lib.value_text(None) == "unset"
+  assert config_lib.value_text([]) == "unset"
+  assert config_lib.value_text(False) == "false"
+  assert config_lib.value_text((512, 256)) == "512,256"
+  assert config_lib.value_text(1e-3) == "0.001"
+  assert config_lib.value_text("VALID") == "VALID"
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"impl": "bogus"}, "--impl must be one of auto, stock, fast, got 'bogus'"),
-    ({"cnn_kernel": 0}, "--cnn_kernel must be positive, got 0"),
+    ({"impl": "bogus"}, "flag --impl=bogus: value should be one of "
+     "<auto|stock|fast>"),
+    ({"cnn_kernel": 0}, "flag --cnn_kernel=0: 0 is not an integer in the "
+     "range [1, 28]"),
 ])
 def test_new_fields_are_validated(change, message):
   with pytest.raises(UserError, match=re.escape(message)):

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 
+from absl import flags
 import numpy as np
 import pytest
 
@@ -79,10 +80,10 @@ def test_a_shared_setting_names_all_its_models():
 
 def test_a_models_settings_are_validated_from_their_declaration():
   with pytest.raises(UserError, match=re.escape(
-      "--num_layers must be at most 100, got 101")):
+      "flag --num_layers=101: 101 is not an integer in the range [1, 100]")):
     models.get_config("gru", num_layers=101)
   with pytest.raises(UserError, match=re.escape(
-      "--cnn_padding must be one of VALID, SAME, got 'FULL'")):
+      "flag --cnn_padding=FULL: value should be one of <VALID|SAME>")):
     models.get_config("cnn", cnn_padding="FULL")
 
 
@@ -105,7 +106,7 @@ def test_a_new_model_declares_its_settings_without_config_edits():
       name="toy", module=Toy, describe=lambda c: "toy",
       presets={"tuned": {}},
       settings={"toy_width": models.registry.Setting(
-          "width", "Toy width", valid=config_lib.Range(1, 64))}))
+          "width", "Toy width", parser=flags.IntegerParser(1, 64))}))
   try:
     config = models.get_config("toy", toy_width=9)
     assert config.to_dict()["toy_width"] == 9
@@ -113,13 +114,14 @@ def test_a_new_model_declares_its_settings_without_config_edits():
     module, record = models.build(config)
     assert module.width == 9 and record["module"].endswith("'s Toy")
     assert models.get_config("toy").toy_width == 7
-    assert models.flag_type("toy_width") is int
-    with pytest.raises(UserError, match="toy_width must be at most 64"):
+    assert models.get_config("toy", toy_width="9").toy_width == 9
+    with pytest.raises(UserError, match="toy_width=65: 65 is not an integer"):
       models.get_config("toy", toy_width=65)
     with pytest.raises(UserError, match="setting of --model=toy, not of"):
       models.get_config("mlp", toy_width=9)
   finally:
     del models.MODELS["toy"]
+    delattr(config_lib.CHECK, "toy_width")
 
 
 @pytest.mark.parametrize("key", list(optim.HYPERPARAMS))
@@ -127,7 +129,8 @@ def test_every_declared_optimizer_hyperparameter_is_held_and_sweepable(key):
   """One HYPERPARAMS entry (and its Config field) makes a number the
   optimizer state holds, float32, that --sweep takes and --help lists."""
   assert key in config_lib.FIELDS and key in members.SWEEPABLE
-  assert key in launch.flag_help("sweep").split("NAME: ")[1].split(", ")
+  listed = launch.FLAGS["sweep"].help.split("NAME: ")[1].split(" (default")[0]
+  assert key in listed.split(", ")
   value = getattr(config_lib.Config(), key)
   assert members.parse(f"{key}={value!r}") == {key: (value,)}
   config = config_lib.Config(model="mlp")

@@ -279,11 +279,11 @@ def test_a_run_that_does_not_learn_warns_exits_4_and_says_so_in_its_report(
 def test_huge_epochs_refused_before_anything_is_written(prepared, tmp_path):
   """The issue's --epochs=99999999999 and 1e30 created a run folder first."""
   mnist_dir, data_dir = prepared
-  for value, status in (("99999999999", 1), ("1e30", 2)):
-    workdir = tmp_path / f"run{status}"
+  for value, status in (("99999999999", 2), ("1e30", 2)):
+    workdir = tmp_path / f"run{value}"
     rc, _, err = _launch(["--model=mlp", f"--epochs={value}",
                           f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}",
                           f"--workdir={workdir}"])
     line = _one_line(err)
     assert rc == status and not workdir.exists(), line
-    assert f"--epochs={value}" in line or "--epochs must be at most" in line
+    assert f"--epochs={value}" in line

@@ -6,7 +6,6 @@ and validation split come from the presets themselves. These tests fail when
 a preset changes and the README does not.
 """
 
-import itertools
 import os
 import re
 
@@ -58,7 +57,7 @@ def _models_cell(preset):
 def _validation_cell(preset):
   """"last 10%", "none", or "last 10%; none for linear, cnn"."""
   having = [m for m, s in registry.MODELS.items() if preset in s.presets]
-  fractions = {m: registry.validation_fraction(m, preset) for m in having}
+  fractions = {m: registry.get_config(m, preset).val_fraction for m in having}
   held = sorted({f for f in fractions.values() if f > 0})
   assert len(held) <= 1, f"{preset}: several validation fractions {held}"
   none = [m for m, f in fractions.items() if f == 0]
@@ -81,6 +80,12 @@ def test_presets_table_says_which_hold_out_no_validation_data():
   assert sorted(listed) == sorted(every)
 
 
+def test_the_tuned_mlp_is_the_one_the_results_report():
+  """The issue's example: the tuned MLP is 1024-1024 with dropout 0.3."""
+  assert registry.describe(registry.get_config("mlp", "tuned")) == (
+      "784-1024-1024-10, ReLU, dropout 0.3")
+
+
 def _named(text: str) -> dict:
   """"seed (linear, cnn), best" -> {"seed": ["linear", "cnn"], "best": None}:
   each preset and the models named for it."""
@@ -88,25 +93,30 @@ def _named(text: str) -> dict:
           for p, models in re.findall(r"(\w+)(?: \(([^)]*)\))?", text)}
 
 
-def test_the_tuned_mlp_is_the_one_the_results_report():
-  """The issue's example: the tuned MLP is 1024-1024 with dropout 0.3."""
-  assert registry.describe(registry.get_config("mlp", "tuned")) == (
-      "784-1024-1024-10, ReLU, dropout 0.3")
+def _preset_help():
+  """--preset's help: (the presets listed, those holding out no validation
+  data), each as _named reads it."""
+  text = launch.FLAGS["preset"].help.split("found): ", 1)[1]
+  listed, empty = text.split(" (default: ")[0].split("; holding out no "
+                                                      "validation data ")
+  return _named(listed), _named(empty.split("): ", 1)[1])
 
 
 def test_help_names_the_presets_holding_out_no_validation_data():
-  named = _named(registry.without_validation())
-  for preset, having in registry.presets().items():
-    empty = [m for m in having if registry.validation_fraction(m, preset) == 0]
+  named = _preset_help()[1]
+  for preset in {p for s in registry.MODELS.values() for p in s.presets}:
+    having = [m for m, s in registry.MODELS.items() if preset in s.presets]
+    empty = [m for m in having
+             if registry.get_config(m, preset).val_fraction == 0]
     assert named.get(preset, []) == (None if empty == having else empty)
 
 
 def test_preset_help_names_each_preset_and_its_models():
   """--preset's help lists every preset, naming the models of those not
   every model has, from the registry (a new model's presets join it)."""
-  groups = itertools.groupby(registry.presets().items(), lambda p: p[1])
-  assert registry.presets_text() == ", ".join(
-      ", ".join(p for p, _ in group) + (
-          "" if having == list(registry.MODELS) else f" ({', '.join(having)})")
-      for having, group in groups)
-  assert registry.presets_text() in launch.flag_help("preset")
+  listed = _preset_help()[0]
+  every = {p for s in registry.MODELS.values() for p in s.presets}
+  assert set(listed) == every
+  for preset, named in listed.items():
+    having = [m for m, s in registry.MODELS.items() if preset in s.presets]
+    assert named == (None if having == list(registry.MODELS) else having)

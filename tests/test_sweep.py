@@ -42,7 +42,8 @@ def test_canonical_reads_back_as_the_same_grid():
     ("learning_rate=,", ["lists no values"]),
     ("learning_rate", ["expected NAME=V1,V2"]),
     ("=1,2", ["expected NAME=V1,V2"]),
-    ("learning_rate=nan", ["--learning_rate must be a finite number"]),
+    ("learning_rate=nan", ["flag --learning_rate=nan: nan is not a finite "
+                           "number"]),
     ("lr=1e-3", ["unknown name 'lr'", "learning_rate, weight_decay"]),
     ("learning_rate=1e-3;learning_rate=3e-3", ["learning_rate twice"]),
     (["learning_rate=1e-3", "learning_rate=3e-3"], ["learning_rate twice"]),
@@ -86,15 +87,19 @@ def _sweep(spec, **overrides):
 
 
 @pytest.mark.parametrize("spec,overrides,words", [
-    ("learning_rate=1e-3,-1e-3", {}, ["--learning_rate must be positive"]),
-    ("label_smoothing=0,1.5", {}, ["--label_smoothing must be in [0, 1)"]),
-    ("grad_clip=-1", {}, ["--grad_clip must be >= 0"]),
+    ("learning_rate=1e-3,-1e-3", {}, ["--learning_rate=-0.001: -0.001 is not "
+                                      "a finite number in (0, inf)"]),
+    ("label_smoothing=0,1.5", {}, ["--label_smoothing=1.5: 1.5 is not a finite "
+                                   "number in [0, 1)"]),
+    ("grad_clip=-1", {}, ["--grad_clip=-1.0: -1.0 is not a finite number in "
+                          "[0, inf)"]),
     ("momentum=0,0.9", {}, ["changes nothing with --optimizer=adam",
                             "--optimizer=sgd"]),
     ("eps=1e-7,1e-3", {"optimizer": "sgd"}, ["--optimizer=rmsprop"]),
     ("rmsprop_decay=0.5,0.9", {"optimizer": "adamw"},
      ["changes nothing with --optimizer=adamw", "--optimizer=rmsprop"]),
-    ("learning_rate=1e-3", {"num_seeds": 0}, ["--num_seeds must be positive"]),
+    ("learning_rate=1e-3", {"num_seeds": 0}, ["--num_seeds=0: 0 is not an "
+                                              "integer in the range [1, 10000]"]),
     ("learning_rate=1e-3,3e-3", {"val_fraction": 0.0},
      ["by validation accuracy", "--val_fraction=0.1"]),
     ("learning_rate=1e-5,1e-4,1e-3,1e-2,1e-1", {"num_seeds": 2001},

@@ -89,7 +89,9 @@ def test_repeated_and_joined_sweep_flags_give_one_canonical_spec():
 
 BAD_SWEEPS = [
     (["--sweep=learning_rate=abc"], ["'abc' is not a number"]),
-    (["--sweep=learning_rate=1e-3,-1e-3"], ["--learning_rate must be positive"]),
+    (["--sweep=learning_rate=1e-3,-1e-3"],
+     ["--sweep: flag --learning_rate=-0.001: -0.001 is not a finite number "
+      "in (0, inf)"]),
     (["--sweep=learning_rate="], ["lists no values"]),
     (["--sweep=lr=1e-3"], ["unknown name 'lr'"]),
     (["--learning_rate=1e-3", "--sweep=learning_rate=1e-3,3e-3"],

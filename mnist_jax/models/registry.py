@@ -7,10 +7,10 @@ may name a `base` preset it edits.
 """
 
 import dataclasses
-import itertools
 import math
 from typing import Any, Callable, Dict, List, Optional
 
+from absl import flags
 import flax.linen as nn
 
 from mnist_jax import config as config_lib
@@ -50,9 +50,9 @@ MODELS: Dict[str, ModelSpec] = {}
 
 
 def register(spec: ModelSpec) -> ModelSpec:
-  """Adds `spec` to MODELS, its settings' defaults read from its module. A
-  name several models declare is one flag: its help, group, range and choices
-  must agree (defaults may not)."""
+  """Adds `spec` to MODELS, its settings' defaults read from its module, and
+  defines them into config.CHECK. A name several models declare is one
+  flag: its help, group and parser must agree (defaults may not)."""
   defaults = {f.name: f.default for f in dataclasses.fields(spec.module)}
   spec = dataclasses.replace(spec, settings={
       name: dataclasses.replace(s, default=defaults[s.attribute])
@@ -60,9 +60,12 @@ def register(spec: ModelSpec) -> ModelSpec:
   for name, declared in spec.settings.items():
     if name in config_lib.FIELDS:
       raise ValueError(f"{spec.name}: {name} is a Config field, not a model's")
-    if models_with(name) and setting(name).flag() != declared.flag():
+    flag = lambda s: (s.help, s.group, s.parser)
+    if models_with(name) and flag(setting(name)) != flag(declared):
       raise ValueError(f"{spec.name}: --{name} is declared differently by "
                        f"{', '.join(models_with(name))}")
+    if name not in config_lib.CHECK:
+      config_lib.define(name, declared)
   MODELS[spec.name] = spec
   return spec
 
@@ -76,12 +79,8 @@ def setting(name: str, model: Optional[str] = None) -> Setting:
   """The declaration of a Config field or of a model's own setting (`model`'s,
   else the first model's that has it)."""
   if name in config_lib.FIELDS:
-    return config_lib.field(name)
-  owners = [model] if model else models_with(name)
-  spec = MODELS.get(owners[0]) if owners else None
-  if spec is None or name not in spec.settings:
-    raise UserError(f"unknown setting --{name}; see python launch.py --help")
-  return spec.settings[name]
+    return config_lib.FIELDS[name]
+  return MODELS[model or models_with(name)[0]].settings[name]
 
 
 def flag_names() -> List[str]:
@@ -90,25 +89,10 @@ def flag_names() -> List[str]:
       n for spec in MODELS.values() for n in spec.settings)]))
 
 
-def flag_type(name: str) -> Any:
-  """The type a flag for `name` parses to (int, float, bool, str, tuple)."""
-  value = setting(name).default
-  return str if value is None else type(value)
-
-
-def value_error(name: str, value, flag: Optional[str] = None) -> Optional[str]:
-  """Why `value` is not one setting `name` accepts, or None."""
-  return config_lib.value_error(name, setting(name), value, flag)
-
-
 def validate(config: config_lib.Config) -> config_lib.Config:
-  """Rejects settings no run can use (fields, then the model's own), with a
-  message that says what to pass; the model's `check` last."""
+  """Rejects settings no run can use (config.validate), with a message that
+  says what to pass; the model's `check` last."""
   config_lib.validate(config)
-  for name, value in config.model_settings:
-    message = config_lib.value_error(name, setting(name, config.model), value)
-    if message:
-      raise UserError(message)
   check = get(config.model).check
   message = check and check(config)
   if message:
@@ -132,17 +116,18 @@ def new_config(model: str, **values) -> config_lib.Config:
 
 
 def from_dict(values: dict) -> config_lib.Config:
-  """A Config from a (JSON) config.json record, lists back to tuples. Other
-  models' settings are ignored: older config.json files carry every model's."""
+  """A Config from a (JSON) config.json record, each value read and checked
+  as its flag's. Other models' settings are ignored: older config.json files
+  carry every model's."""
   unknown = sorted(set(values) - set(flag_names()))
   if unknown:
     raise UserError(f"unknown config keys {unknown}; the known ones are "
                     "python launch.py --help's flags")
-  fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-  model = fixed.pop("model", config_lib.Config.model)
+  model = values.get("model", config_lib.Config.model)
   own = get(model).settings
-  return new_config(model, **{k: v for k, v in fixed.items()
-                              if k in config_lib.FIELDS or k in own})
+  return validate(new_config(model, **{
+      k: v for k, v in values.items()
+      if k != "model" and (k in config_lib.FIELDS or k in own)}))
 
 
 def get(name: str) -> ModelSpec:
@@ -193,40 +178,6 @@ def set_by_presets() -> set:
 def describe(config: config_lib.Config) -> str:
   """The architecture `config` trains, in one line."""
   return get(config.model).describe(config)
-
-
-def validation_fraction(model: str, preset: str) -> float:
-  """The fraction of the training split a preset holds out for validation."""
-  return preset_overrides(model, preset).get("val_fraction",
-                                             config_lib.Config.val_fraction)
-
-
-def presets() -> Dict[str, List[str]]:
-  """Each preset's name -> the models that have it, in registration order."""
-  names = dict.fromkeys(p for spec in MODELS.values() for p in spec.presets)
-  return {p: [m for m, s in MODELS.items() if p in s.presets] for p in names}
-
-
-def presets_text() -> str:
-  """Every preset for --help, naming its models where not all have it:
-  "seed, tuned, best, fast (cnn), pixels, permuted (rnn, lstm, gru)"."""
-  return ", ".join(
-      ", ".join(preset for preset, _ in group)
-      + ("" if models == list(MODELS) else f" ({', '.join(models)})")
-      for models, group in itertools.groupby(presets().items(),
-                                             lambda item: item[1]))
-
-
-def without_validation() -> str:
-  """The presets holding out no validation data, for --help, naming the
-  models where not all of a preset's models: "seed (linear, cnn), best"."""
-  out = []
-  for preset, models in presets().items():
-    empty = [m for m in models if validation_fraction(m, preset) == 0]
-    if empty:
-      out.append(preset if empty == models
-                 else f"{preset} ({', '.join(empty)})")
-  return ", ".join(out)
 
 
 def _dropout(c: config_lib.Config) -> str:
@@ -286,14 +237,13 @@ def _check_cnn(c: config_lib.Config) -> Optional[str]:
          if c.cnn_padding == "VALID" else "fewer --cnn_features"))
 
 
-_WIDTH = config_lib.Range(1, config_lib.MAX_WIDTH)  # Units of a layer.
 _DROPOUT = Setting("dropout", "Dropout rate, in [0, 1)",
-                   valid=config_lib.Range(0.0, 1.0, high_open=True, cap=False))
+                   parser=config_lib.FRACTION)
 _RECURRENT = {
     "hidden": Setting("hidden", "State size of the recurrent layers",
-                      valid=_WIDTH),
+                      parser=config_lib.WIDTH),
     "num_layers": Setting("num_layers", "Stacked recurrent layers",
-                          valid=config_lib.Range(1, config_lib.MAX_LAYERS)),
+                          parser=flags.IntegerParser(1, config_lib.MAX_LAYERS)),
     "bidirectional": Setting(
         "bidirectional", "Recurrent layers also read the sequence backwards"),
     "dropout": _DROPOUT,
@@ -302,10 +252,10 @@ _RECURRENT = {
     "sequence": Setting(
         "sequence", "How the image is read: rows (28 steps of 28 pixels), "
         "pixels (784 steps of 1) or permuted (784, fixed random order)",
-        choices=recurrent.SEQUENCES),
+        parser=flags.EnumParser(recurrent.SEQUENCES)),
     "permute_seed": Setting(
         "permute_seed", "Seed of the pixel order of --sequence=permuted",
-        valid=config_lib.Range(0, 2**32, high_open=True, cap=False)),
+        parser=config_lib.SEED),
 }
 
 # On-device augmentation of the best presets (see augment.py).
@@ -329,7 +279,7 @@ register(ModelSpec(
     name="mlp", describe=_describe_mlp, module=dense.MLP,
     settings={
         "mlp_hidden": Setting("hidden", "MLP hidden layer sizes, "
-                              "comma-separated", valid=_WIDTH),
+                              "comma-separated", parser=config_lib.Sizes()),
         "dropout": _DROPOUT,
     },
     presets={
@@ -345,13 +295,15 @@ register(ModelSpec(
     settings={
         "cnn_features": Setting(
             "features", "CNN conv widths, comma-separated; each conv is "
-            "followed by a 2x2 max-pool", valid=_WIDTH),
-        "cnn_kernel": Setting("kernel_size", "CNN square kernel size",
-                              valid=config_lib.Range(1, config_lib.IMAGE_SIDE)),
+            "followed by a 2x2 max-pool", parser=config_lib.Sizes()),
+        "cnn_kernel": Setting(
+            "kernel_size", "CNN square kernel size",
+            parser=flags.IntegerParser(1, config_lib.IMAGE_SIDE)),
         "cnn_dense": Setting("dense", "Width of the CNN's dense layer",
-                             valid=_WIDTH),
-        "cnn_padding": Setting("padding", "CNN convolution padding: VALID or "
-                               "SAME", choices=("VALID", "SAME")),
+                             parser=config_lib.WIDTH),
+        "cnn_padding": Setting(
+            "padding", "CNN convolution padding: VALID or SAME",
+            parser=flags.EnumParser(("VALID", "SAME"))),
         "cnn_batch_norm": Setting("batch_norm",
                                   "BatchNorm after each CNN convolution"),
         "dropout": _DROPOUT,

@@ -9,10 +9,12 @@ import shutil
 import signal
 from typing import Callable, Dict, List, Optional, Sequence
 
+from absl import flags
+
 from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.config import value_text
-from mnist_jax.errors import BadFlag, Diverged, UserError
+from mnist_jax.errors import Diverged, UserError
 from mnist_jax.rundir import choose
 from mnist_jax.rundir import lock
 from mnist_jax.rundir import process
@@ -26,73 +28,94 @@ HELP_ARGS = ("-h", "-help", "--help", "-?", "--helpshort", "-helpshort",
              "--helpfull", "-helpfull", "--helpxml", "-helpxml")
 
 
+def _preset_help() -> str:
+  """Every preset, naming its models where not all have it, then those
+  holding out no validation data: "seed (linear, cnn), best"."""
+  having, empty = {}, {}
+  for model, spec in models.MODELS.items():
+    for preset in spec.presets:
+      having.setdefault(preset, []).append(model)
+      if models.get_config(model, preset).val_fraction == 0:
+        empty.setdefault(preset, []).append(model)
+  named = lambda found, every: ", ".join(
+      p if ms == every(p) else f"{p} ({', '.join(ms)})"
+      for p, ms in found.items())
+  return (f": {named(having, lambda p: list(models.MODELS))}; holding out no "
+          "validation data (so no validation curve, and --sweep refused): "
+          f"{named(empty, having.get)}")
+
+
 def flag_help(name: str) -> str:
-  """A run setting's help, without its default."""
+  """A run setting's --help line: its declared help, what --model, --preset
+  and --sweep accept or which models have it, then its default."""
+  text = models.setting(name).help
   if name not in config_lib.FIELDS:
-    owners = "/".join(models.models_with(name))
-    return f"{models.setting(name).help}; {owners} only"
-  text = config_lib.FIELDS[name].metadata["help"]
-  if name == "model":
+    text += f"; {'/'.join(models.models_with(name))} only"
+  elif name == "model":
     *names, last = models.MODELS
     text += f": {', '.join(names)} or {last}"
   elif name == "preset":
-    text += (f": {models.registry.presets_text()}; holding out no validation "
-             "data (so no validation curve, and --sweep refused): "
-             f"{models.registry.without_validation()}")
+    text += _preset_help()
   elif name == "sweep":
     text += f"; NAME: {', '.join(members_lib.SWEEPABLE)}"
-  return text
-
-
-def default_text(name: str) -> str:
-  """A run setting's default as --help states it."""
-  preset = (config_lib.FIELDS[name].metadata["preset"]
-            if name in config_lib.FIELDS
-            else name in models.registry.set_by_presets())
   values = {value_text(models.setting(name, m).default)
             for m in models.models_with(name)} or {
                 value_text(models.setting(name).default)}
   value = values.pop() if len(values) == 1 else "the model's"
-  return f"the preset's, else {value}" if preset else value
+  if name in models.registry.set_by_presets():
+    value = f"the preset's, else {value}"
+  return f"{text} (default: {value})"
 
 
-def help_text(usage: str, lines: Dict[str, str], groups: Dict[str, str],
-              boolean: Sequence[str]) -> str:
-  """--help: the usage, then each flag's line under its group."""
+def define_settings() -> None:
+  """Every run setting as a flag of launch.py (see config.define); --sweep
+  is repeatable."""
+  for name in models.flag_names():
+    if name == "sweep":
+      flags.DEFINE_multi_string(name, None, "", module_name=config_lib.TRAINING)
+      flags.FLAGS[name].help = flag_help(name)  # Says "repeat" itself.
+    else:
+      config_lib.define(name, models.setting(name), flags.FLAGS,
+                        flag_help(name))
+
+
+def define_own(define, name: str, default, group: str, help_text: str,
+               **args) -> None:
+  """One of launch.py's own flags (not a run setting), its default in its
+  help."""
+  define(name, default, help=f"{help_text} (default: {value_text(default)})",
+         module_name=group, **args)
+
+
+def help_text(usage: str, full: bool = False) -> str:
+  """--help: the usage, then each flag's line under its group; `full`
+  (--helpfull) adds the libraries' flags."""
   import textwrap  # pylint: disable=g-import-not-at-top
-  out = [usage.strip(), ""]
+  out = [usage.strip()]
   for group in config_lib.GROUPS:
-    out.append(f"{group}:")
-    for name in (n for n in lines if groups[n] == group):
-      spelled = f"--[no]{name}" if name in boolean else f"--{name}"
-      out.append(textwrap.fill(f"{spelled}: {lines[name]}", width=80,
-                               initial_indent="  ", subsequent_indent="      "))
-    out.append("")
-  out.append(textwrap.fill(
+    out += ["", f"{group}:"]
+    out += [textwrap.fill(f"--{'[no]' * f.boolean}{f.name}: {f.help}", width=80,
+                          initial_indent="  ", subsequent_indent="      ")
+            for f in flags.FLAGS.get_flags_for_module(group)]
+  out += ["", textwrap.fill(
       "Exit status: 0 done (or already finished), 1 bad input, 2 a flag that "
       "does not parse, 3 diverged, 4 finished but did not learn, 5 out of "
       "memory or disk space, 130 or 143 stopped by Ctrl-C or SIGTERM, 141 "
       "the reader of its output stopped (| head). "
-      "--helpfull also lists the libraries' flags.", width=80))
+      "--helpfull also lists the libraries' flags.", width=80)]
+  if full:
+    out += [flags.FLAGS.module_help(m) for m in
+            flags.FLAGS.flags_by_module_dict() if m not in config_lib.GROUPS]
   return "\n".join(out)
 
 
 def overrides(given: Dict[str, object], model: str) -> dict:
-  """The settings given on the command line, parsed; --sweep canonical."""
-  values = {}
-  for name, value in given.items():
-    if value is None or name in ("model", "preset"):
-      continue
-    if name == "sweep":
-      value = members_lib.canonical(value, model)
-    elif models.flag_type(name) is tuple:
-      try:
-        value = tuple(int(v) for v in value)
-      except ValueError:
-        raise BadFlag(f"flag --{name}={','.join(value)}: it takes "
-                      "comma-separated integers; see python launch.py --help"
-                      ) from None
-    values[name] = value
+  """The run settings given on the command line, --model and --preset apart
+  (absl parsed them); --sweep canonical."""
+  values = {n: v for n, v in given.items()
+            if v is not None and n not in ("model", "preset")}
+  if "sweep" in values:
+    values["sweep"] = members_lib.canonical(values["sweep"], model)
   for name in members_lib.parse(values.get("sweep", "")):
     if name in values:
       raise UserError(f"--{name} and --sweep={name}=... both set {name}; pass "

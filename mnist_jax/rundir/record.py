@@ -17,7 +17,7 @@ import jax
 
 from mnist_jax import config as config_lib
 from mnist_jax import models
-from mnist_jax.errors import UserError
+from mnist_jax.errors import BadFlag, UserError
 from mnist_jax import files
 from mnist_jax.rundir import lock
 from mnist_jax.rundir import metrics_log
@@ -104,7 +104,7 @@ def read_config(workdir: str) -> config_lib.Config:
                     f"{restore}") from None
   try:
     return models.from_dict(settings)
-  except TypeError as e:  # A value of the wrong kind, a key misspelt.
+  except (TypeError, BadFlag) as e:  # A value its flag refuses.
     raise UserError(f"{path} holds settings this mnist_jax cannot use ({e}), "
                     f"{restore}") from None
 

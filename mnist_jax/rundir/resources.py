@@ -42,8 +42,8 @@ def size_flags(config: config_lib.Config) -> List[str]:
   found = []
   for name in config.to_dict():
     declared = models.setting(name, config.model)
-    if declared.valid is None or declared.group != config_lib.MODEL or (
-        models.flag_type(name) not in (int, tuple)):
+    if (declared.group != config_lib.MODEL
+        or type(declared.default) not in (int, tuple)):
       continue
     value = getattr(config, name)
     grown = (tuple(v + 1 for v in value) if isinstance(value, tuple)

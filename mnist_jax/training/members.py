@@ -23,7 +23,7 @@ import numpy as np
 
 from mnist_jax import config as config_lib
 from mnist_jax import models
-from mnist_jax.errors import Diverged, UserError
+from mnist_jax.errors import BadFlag, Diverged, UserError
 from mnist_jax.training import metrics as metrics_lib
 from mnist_jax import optim
 
@@ -88,9 +88,10 @@ def parse(specs: Union[str, Sequence[str]], model: str = "MODEL"
       except ValueError:
         raise UserError(f"--sweep={name}: {text!r} is not a number; "
                         f"{_EXAMPLE}") from None
-      message = models.value_error(name, value)
-      if message:
-        raise UserError(f"--sweep: {message}")
+      try:
+        config_lib.parse(name, value)
+      except BadFlag as e:
+        raise BadFlag(f"--sweep: {e}") from None
       if value in values:
         raise UserError(f"--sweep={name} lists {_short(value)} twice; give "
                         "each value once")
