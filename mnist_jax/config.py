@@ -94,6 +94,19 @@ class Sizes(flags.ListParser):
     return sizes
 
 
+class Choice(flags.EnumParser):
+  """absl's enum parser over the keys of a table as they are when it parses,
+  so that an entry added to the table (a new optimizer) is a choice."""
+
+  def __init__(self, table: dict):
+    super().__init__(list(table))
+    self.table = table
+
+  def parse(self, argument: str) -> str:
+    self.enum_values = list(self.table)
+    return super().parse(argument)
+
+
 COUNT = flags.IntegerParser(1, INT32_MAX)  # Batch sizes, steps.
 WIDTH = flags.IntegerParser(1, MAX_WIDTH)  # Units of a layer.
 SEED = flags.IntegerParser(0, 2**32 - 1)
@@ -142,7 +155,7 @@ class Config:
       "tuned", "Named settings for --model (seed: its notebook's; tuned: "
       "trained well; best: the most accurate found)", MODEL)
   dataset: str = _field("mnist", f"Which dataset: {', '.join(DATASETS)}", DATA,
-                        flags.EnumParser(DATASETS))
+                        Choice(datasets.DATASETS))
   data_dir: Optional[str] = _field(
       None, "tfds data folder the dataset is prepared and cached in; "
       "unset means $TFDS_DATA_DIR or ~/tensorflow_datasets", DATA)
@@ -160,11 +173,11 @@ class Config:
       1000, "Evaluation batch size; the last batch is padded and masked",
       DEVICES, COUNT)
   optimizer: str = _field("adam", f"The optimizer: {', '.join(OPTIMIZERS)}",
-                          TRAINING, flags.EnumParser(OPTIMIZERS))
+                          TRAINING, Choice(optim.OPTIMIZERS))
   learning_rate: float = _field(1e-3, "Peak learning rate", TRAINING, POSITIVE)
   schedule: str = _field("constant", "Learning-rate schedule: "
                          f"{', '.join(SCHEDULES)}", TRAINING,
-                         flags.EnumParser(SCHEDULES))
+                         Choice(optim.SCHEDULES))
   warmup_epochs: float = _field(
       0.0, "Linear warmup in epochs, for --schedule=warmup_cosine", TRAINING,
       Number(0, MAX_EPOCHS))

@@ -1,6 +1,7 @@
 """A non-finite loss stops the run, names the step, and keeps the last good
 checkpoint; with several members only once every member has diverged."""
 
+import dataclasses
 import functools
 import re
 
@@ -69,8 +70,9 @@ def test_divergence_stops_with_step_epoch_status_and_good_checkpoint(
 
 def _chunk_setup(learning_rate=1e-3):
   """A linear model's fresh state, 32 examples, 8 steps of 4 per epoch."""
-  config = models.get_config("linear", "seed", batch_size=4).replace(
-      learning_rate=learning_rate)  # inf: past Config's check.
+  config = dataclasses.replace(  # inf: past the flags' parser.
+      models.get_config("linear", "seed", batch_size=4),
+      learning_rate=learning_rate)
   model, _ = models.build(config, say=lambda _: None)
   state = train.create_train_state(jax.random.key(0), model,
                                    optim.make_optimizer(config, 8), (28, 28))
