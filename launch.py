@@ -54,8 +54,9 @@ from mnist_jax.training import members as members_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _RUN, _MODES = config_lib.RUN_FOLDER, config_lib.MODES
-cli.define_settings()  # Every Config field and model setting, unset: main()
-# takes the preset's value, else the setting's default. Then launch.py's own:
+# Every Config field and model's setting is a flag, unset by default: main()
+# takes the preset's value, else the setting's default. Then launch.py's own.
+cli.define_settings()
 _own = cli.define_own
 _own(flags.DEFINE_bool, "overwrite", False, _RUN,
      "Start --workdir over (deleting it) instead of resuming it; without "

@@ -57,10 +57,10 @@ def register(spec: ModelSpec) -> ModelSpec:
   spec = dataclasses.replace(spec, settings={
       name: dataclasses.replace(s, default=defaults[s.attribute])
       for name, s in spec.settings.items()})
+  flag = lambda s: (s.help, s.group, s.parser)
   for name, declared in spec.settings.items():
     if name in config_lib.FIELDS:
       raise ValueError(f"{spec.name}: {name} is a Config field, not a model's")
-    flag = lambda s: (s.help, s.group, s.parser)
     if models_with(name) and flag(setting(name)) != flag(declared):
       raise ValueError(f"{spec.name}: --{name} is declared differently by "
                        f"{', '.join(models_with(name))}")

@@ -1,5 +1,5 @@
-"""launch.py's help, the commands its messages print (the command line as
-typed, edited) and the run folder it trains in.
+"""launch.py's flags and help, the commands its messages print (the command
+line as typed, edited) and the run folder it trains in.
 """
 
 import dataclasses
