@@ -333,7 +333,8 @@ def parse(name: str, value: Any) -> Any:
 def validate(config: Config) -> Config:
   """Checks every setting of `config` as its flag does, then the rules that
   span flags, each refused in one line that says what to pass (the model's
-  own rule: models.validate)."""
+  own rule: models.validate). The rules read the values presets resolve,
+  which absl's validators on launch.py's flags (unset: None) never see."""
   for name, value in config.to_dict().items():
     parse(name, value)
   if config.target_accuracy and not config.val_fraction > 0:
