@@ -74,12 +74,13 @@ def one_per_module_class() -> list:
 def synthetic_digits(n: int, seed: int = 0):
   """Learnable fake digits: class k lights a k-dependent block of pixels.
 
-  Returns images [n, 28, 28] uint8 and labels [n] uint8 covering all 10 classes.
+  Returns images [n, 28, 28, 1] uint8 and labels [n] uint8 covering all 10
+  classes.
   """
   rng = np.random.default_rng(seed)
   labels = (np.arange(n) % 10).astype(np.uint8)
   rng.shuffle(labels)
-  images = rng.integers(0, 40, size=(n, 28, 28)).astype(np.uint8)
+  images = rng.integers(0, 40, size=(n, 28, 28, 1)).astype(np.uint8)
   for k in range(10):
     r, c = divmod(k, 4)
     images[labels == k, 2 + 6 * r:7 + 6 * r, 2 + 6 * c:7 + 6 * c] = 230
@@ -90,14 +91,15 @@ def synthetic_classes(n: int, num_classes: int, seed: int = 0):
   """Learnable fake images of K classes: class k lights cell k of a 7x7 grid
   of 4x4 cells (K <= 49).
 
-  Returns images [n, 28, 28] uint8 (upright) and labels [n] uint8 in 0..K-1.
+  Returns images [n, 28, 28, 1] uint8 (upright) and labels [n] uint8 in
+  0..K-1.
   """
   if not 1 <= num_classes <= 49:
     raise ValueError(f"synthetic_classes draws 1 to 49 classes, not {num_classes}")
   rng = np.random.default_rng(seed)
   labels = (np.arange(n) % num_classes).astype(np.uint8)
   rng.shuffle(labels)
-  images = rng.integers(0, 40, size=(n, 28, 28)).astype(np.uint8)
+  images = rng.integers(0, 40, size=(n, 28, 28, 1)).astype(np.uint8)
   for k in range(num_classes):
     r, c = divmod(k, 7)
     images[labels == k, 4 * r:4 * r + 4, 4 * c:4 * c + 4] = 230
@@ -116,6 +118,7 @@ def write_idx_dir(folder, n_train=600, n_test=200, compress=True, seed=0,
   arrays = {}
   for part, n, part_seed in (("train", n_train, seed), ("test", n_test, seed + 1)):
     images, labels = make(n, seed=part_seed)
+    images = images[..., 0]  # Grey [n, H, W], as the real files hold them.
     arrays[f"{part}_images"] = (images.transpose(0, 2, 1) if info.transposed
                                 else images)
     arrays[f"{part}_labels"] = labels + info.first_label

@@ -37,7 +37,7 @@ def _run(model, variables=None, **settings):
     variables = jax.tree.map(
         lambda s: (rng.normal(size=s.shape) / np.sqrt(np.prod(s.shape[:-1]))
                    ).astype(np.float32),
-        jax.eval_shape(module.init, jax.random.key(0), np.zeros((1, 28, 28))))
+        jax.eval_shape(module.init, jax.random.key(0), np.zeros((1, 28, 28, 1))))
   stacked = jax.tree.map(lambda v: np.asarray(v)[None], variables)
   return run_lib.Run(config, module, variables, 0, seed_variables=stacked)
 
@@ -54,7 +54,7 @@ def _data(images, labels, val: int):
 def _row_digits(n: int):
   """Images blank but for row 13, where class c lights pixel c."""
   labels = np.arange(n) % K
-  images = np.zeros((n, 28, 28), np.uint8)
+  images = np.zeros((n, 28, 28, 1), np.uint8)
   images[np.arange(n), DECIDING_ROW, labels] = 255
   return images, labels
 
@@ -94,7 +94,8 @@ class _Attending(nn.Module):
 
   @nn.compact
   def __call__(self, images, train: bool = False):
-    x = nn.MultiHeadDotProductAttention(2, qkv_features=8)(images / 255.0)
+    x = nn.MultiHeadDotProductAttention(2, qkv_features=8)(
+        images[..., 0] / 255.0)
     x = nn.relu(nn.Dense(6)(x.mean(1)))
     return nn.Dense(self.num_classes, name=self.OUTPUT)(x)
 
@@ -120,7 +121,7 @@ class _Stem(nn.Module):
 
   @nn.compact
   def __call__(self, images, train: bool = False):
-    x = nn.relu(nn.Conv(3, (5, 5), name="stem")(images[..., None] / 255.0))
+    x = nn.relu(nn.Conv(3, (5, 5), name="stem")(images / 255.0))
     x = nn.Conv(2, (3, 3), name="conv_0")(x).reshape(len(images), -1)
     return nn.Dense(self.num_classes, name=self.OUTPUT)(x)
 
@@ -141,8 +142,7 @@ def test_the_first_layer_is_the_declared_one():
   stem = variables["params"]["stem"]
   np.testing.assert_array_equal(
       r["filters"], np.moveaxis(stem["kernel"][:, :, 0], -1, 0))
-  maps = nn.Conv(3, (5, 5)).apply({"params": stem},
-                                  images[:1, ..., None] / 255.0)
+  maps = nn.Conv(3, (5, 5)).apply({"params": stem}, images[:1] / 255.0)
   np.testing.assert_allclose(r["maps"], np.moveaxis(maps[0], -1, 0),
                              rtol=1e-5, atol=1e-6)
   assert analysis.first_layer(run, _NoFirst(), images[0]) == {}
@@ -189,7 +189,7 @@ def test_integrated_gradients_sum_to_the_logit_difference():
   target = np.abs(logits - black).argmax(-1)
   r = analysis.attributions(module, run.variables, images, target)
   want = (logits - black)[np.arange(8), target]
-  np.testing.assert_allclose(r["ig"].sum((1, 2)), want, rtol=0.01)
+  np.testing.assert_allclose(r["ig"].sum((1, 2, 3)), want, rtol=0.01)
   np.testing.assert_allclose(r["logit_difference"], want, rtol=1e-4)
   assert r["ig_error"].max() <= 0.01 and r["ig_steps"] > analysis.IG_STEPS
   gxi = np.asarray(jax.jit(jax.grad(lambda x: apply(x)[

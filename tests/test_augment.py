@@ -10,7 +10,7 @@ from mnist_jax.data import augment
 
 
 def _images(n=4, seed=0):
-  return jnp.asarray(np.random.default_rng(seed).integers(0, 256, (n, 28, 28))
+  return jnp.asarray(np.random.default_rng(seed).integers(0, 256, (n, 28, 28, 1))
                      .astype(np.uint8))
 
 
@@ -65,7 +65,7 @@ def test_output_stays_in_range_and_dtype(dtype):
 
 
 def test_each_example_gets_its_own_warp_and_the_key_decides_it():
-  x = jnp.tile(_images(1), (8, 1, 1))
+  x = jnp.tile(_images(1), (8, 1, 1, 1))
   warp = lambda k: np.asarray(augment.augment(k, x, shift=2, rotate=10, scale=0.1))
   out = warp(jax.random.PRNGKey(2))
   assert len({o.tobytes() for o in out}) == 8
@@ -106,7 +106,7 @@ def test_the_train_step_warps_from_its_augment_stream():
   config = models.get_config("linear", "seed", augment=True, augment_shift=3.0)
   model, _ = models.build(config)
   state = train.create_train_state(jax.random.key(0), model,
-                                   optim.make_optimizer(config, 1), (28, 28))
+                                   optim.make_optimizer(config, 1), (28, 28, 1))
   batch = {"image": _images(8), "label": jnp.arange(8) % 10,
            "valid": jnp.asarray(True)}
   step = jax.jit(lambda s, warp: train.train_step(s, batch, augment=warp)[0],

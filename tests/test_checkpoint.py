@@ -103,7 +103,7 @@ def test_restore_gives_back_the_whole_trained_state(tmp_path):
   state = fresh()
   for _ in range(3):
     state, _ = jax.jit(train.train_step)(state, {
-        "image": rng.integers(0, 256, (8, 28, 28), np.uint8),
+        "image": rng.integers(0, 256, (8, 28, 28, 1), np.uint8),
         "label": rng.integers(0, 10, 8), "valid": np.bool_(True)})
   assert {"step", "params", "opt_state"} <= {
       part for part in checkpoints.PARTS

@@ -56,7 +56,7 @@ def test_emnist_declares_its_classes():
   assert balanced.num_classes == 47
   assert balanced.class_names[:11] == tuple("0123456789A")
   assert "".join(balanced.class_names[36:]) == "abdefghnqrt"
-  assert letters.image_shape == balanced.image_shape == (28, 28)
+  assert letters.image_shape == balanced.image_shape == (28, 28, 1)
 
 
 def test_letters_labels_start_at_zero_and_images_read_upright(tmp_path):
@@ -67,15 +67,15 @@ def test_letters_labels_start_at_zero_and_images_read_upright(tmp_path):
   read, labels = idx.read_pair(str(tmp_path / "x"), str(tmp_path / "y"),
                                datasets.get("emnist_letters"))
   assert labels.tolist() == [0, 1, 25] and labels.dtype == np.int32
-  assert read[:, 5, 0].tolist() == [255] * 3 and read.sum() == 3 * 255
+  assert read[:, 5, 0, 0].tolist() == [255] * 3 and read.sum() == 3 * 255
   # Balanced is transposed too, but its labels start at 0.
   read, labels = idx.read_pair(str(tmp_path / "x"), str(tmp_path / "y"),
                                datasets.get("emnist_balanced"))
-  assert labels.tolist() == [1, 2, 26] and read[:, 5, 0].sum() == 3 * 255
+  assert labels.tolist() == [1, 2, 26] and read[:, 5, 0, 0].sum() == 3 * 255
   # MNIST's files are read as stored.
   idx.write(str(tmp_path / "digits"), np.array([1, 2, 9], np.uint8))
   read, labels = idx.read_pair(str(tmp_path / "x"), str(tmp_path / "digits"))
-  assert read[:, 0, 5].tolist() == [255] * 3 and labels.tolist() == [1, 2, 9]
+  assert read[:, 0, 5, 0].tolist() == [255] * 3 and labels.tolist() == [1, 2, 9]
 
 
 @pytest.mark.parametrize("dataset,label,says", [

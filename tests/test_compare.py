@@ -714,7 +714,7 @@ def _analysed_run(folder, model, **settings):
   rng = np.random.default_rng(0)
   variables = jax.tree.map(
       lambda s: rng.normal(0, 0.3, s.shape).astype(np.float32),
-      jax.eval_shape(module.init, jax.random.key(0), np.zeros((1, 28, 28))))
+      jax.eval_shape(module.init, jax.random.key(0), np.zeros((1, 28, 28, 1))))
   run = run_lib.Run(config, module, variables, 0, seed_variables=jax.tree.map(
       lambda v: np.asarray(v)[None], variables))
   images, labels = synthetic_digits(60, seed=1)

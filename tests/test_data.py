@@ -37,7 +37,7 @@ def test_prepare_offline_keeps_every_example(prepared):
   tr_x, tr_y = synthetic_digits(600, 0)
   te_x, te_y = synthetic_digits(200, 1)
   assert arrays["train_images"].dtype == np.uint8
-  assert arrays["train_images"].shape == (600, 28, 28)
+  assert arrays["train_images"].shape == (600, 28, 28, 1)
   # tfds stores examples in its own (fixed) order; the content is identical.
   assert _as_set(arrays["train_images"], arrays["train_labels"]) == _as_set(tr_x, tr_y)
   assert _as_set(arrays["test_images"], arrays["test_labels"]) == _as_set(te_x, te_y)
@@ -134,7 +134,7 @@ def test_load_gives_the_raw_arrays_every_model_reads(prepared):
     np.testing.assert_array_equal(a.images, b.images)
     np.testing.assert_array_equal(a.labels, b.labels)
   for split in (data.train, data.val, data.test):
-    assert split.images.dtype == np.uint8 and split.images.shape[1:] == (28, 28)
+    assert split.images.dtype == np.uint8 and split.images.shape[1:] == (28, 28, 1)
     assert split.labels.dtype == np.int32 and len(split) == len(split.images)
   assert data.train.images.max() == 230  # synthetic_digits' ink, unscaled.
   assert data.class_names == tuple("0123456789")

@@ -59,7 +59,7 @@ def test_every_model_has_a_valid_best_preset():
 # across rows 2-5, 6-9 or 10-13). It replaces kmnist's declaration, as
 # --dataset's choices are read when config.py is imported.
 SHAPED = datasets.DatasetInfo("kmnist", "1.0.0", "", "Bars, 16x12, 3 classes.",
-                              ("top", "middle", "bottom"), (16, 12))
+                              ("top", "middle", "bottom"), (16, 12, 1))
 SMALL = dict(mlp_hidden=(8,), cnn_features=(4,), cnn_dense=8, hidden=4)
 
 

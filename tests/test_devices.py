@@ -44,7 +44,7 @@ def _create(config, steps):
   return functools.partial(
       train.create_train_state, model=model,
       tx=optim.make_optimizer(config, steps, members_lib.swept(config)),
-      image_shape=(28, 28))
+      image_shape=(28, 28, 1))
 
 
 def test_one_device_layout():
@@ -63,7 +63,7 @@ def test_one_device_layout():
   host = layout.host(placed.params)
   assert isinstance(host["out"]["kernel"], np.ndarray)
   images, labels = layout.put(_data().test)
-  assert images.shape == (70, 28, 28) and images.dtype == jnp.uint8
+  assert images.shape == (70, 28, 28, 1) and images.dtype == jnp.uint8
   assert labels.dtype == jnp.int32
 
 

@@ -75,8 +75,8 @@ def _chunk_setup(learning_rate=1e-3):
       learning_rate=learning_rate)
   model, _ = models.build(config, say=lambda _: None)
   state = train.create_train_state(jax.random.key(0), model,
-                                   optim.make_optimizer(config, 8), (28, 28))
-  images = jnp.asarray(np.random.default_rng(0).integers(0, 255, (32, 28, 28)),
+                                   optim.make_optimizer(config, 8), (28, 28, 1))
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 255, (32, 28, 28, 1)),
                        jnp.uint8)
   labels = jnp.arange(32, dtype=jnp.int32) % 10
   order = jnp.arange(32, dtype=jnp.int32).reshape(8, 4)

@@ -87,7 +87,7 @@ def test_fused_recurrent_matches_stock(cell, num_layers, bidirectional, dropout,
   kw = dict(cell=cell, hidden=8, num_layers=num_layers,
             bidirectional=bidirectional, dropout=dropout, sequence=sequence,
             permute_seed=3)
-  x = _pixels(jax.random.PRNGKey(1), (4, 6, 5))
+  x = _pixels(jax.random.PRNGKey(1), (4, 6, 5, 1))
   _assert_drop_in(recurrent.Recurrent(**kw), fused_rnn.Recurrent(**kw), x, train)
 
 
@@ -95,7 +95,7 @@ def test_fused_recurrent_matches_stock(cell, num_layers, bidirectional, dropout,
 def test_fused_recurrent_reads_pixel_sequences_as_stock():
   """784 steps of one pixel (sequential MNIST), in order."""
   kw = dict(cell="gru", hidden=4, sequence="pixels")
-  x = _pixels(jax.random.PRNGKey(2), (2, 28, 28))
+  x = _pixels(jax.random.PRNGKey(2), (2, 28, 28, 1))
   _assert_drop_in(recurrent.Recurrent(**kw), fused_rnn.Recurrent(**kw), x,
                   False)
 
@@ -289,7 +289,7 @@ def test_conv_pool_cnn_matches_stock(features, kernel_size, padding, dropout,
   where any pooling gradient rule must give the same parameter gradients."""
   kw = dict(features=features, kernel_size=kernel_size, dense=16,
             dropout=dropout, padding=padding)
-  x = _pixels(jax.random.PRNGKey(0), (3, 28, 28))
+  x = _pixels(jax.random.PRNGKey(0), (3, 28, 28, 1))
   x = x.at[:, :5].set(0.0).at[:, :, -6:].set(0.0)
   _assert_drop_in(cnn.CNN(**kw), conv_pool.CNN(**kw), x, train)
 

@@ -83,7 +83,7 @@ def test_run_files_get_the_users_permissions(prepared, tmp_path, umask):
   assert checkpoint_files
   for path in checkpoint_files:
     assert _mode(path) == EXPECTED, path
-  assert pipeline.prepare("mnist", fresh)["train_images"].shape == (600, 28, 28)
+  assert pipeline.prepare("mnist", fresh)["train_images"].shape == (600, 28, 28, 1)
 
 
 # Runs launch.py with files.atomic pausing once it has created the temporary

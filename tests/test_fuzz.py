@@ -51,7 +51,7 @@ def _read(raw: bytes, kind: str):
       assert path in str(e) and "\n" not in str(e)
       return None
   assert array.dtype == np.uint8
-  assert array.shape[1:] == ((28, 28) if kind == "images" else ())
+  assert array.shape[1:] == ((28, 28, 1) if kind == "images" else ())
   return array
 
 
@@ -98,7 +98,7 @@ def _tree(seed):
   model, _ = models.build(config, say=lambda _: None)
   return jax.tree.map(jax.numpy.asarray, checkpoints.tree(
       train.create_train_state(jax.random.key(seed), model,
-                               optim.make_optimizer(config, 5), (28, 28))))
+                               optim.make_optimizer(config, 5), (28, 28, 1))))
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +200,7 @@ config = models.get_config("linear", "seed")
 model, _ = models.build(config, say=lambda _: None)
 template = jax.tree.map(jax.numpy.asarray, checkpoints.tree(
     train.create_train_state(jax.random.key(2), model,
-                             optim.make_optimizer(config, 5), (28, 28))))
+                             optim.make_optimizer(config, 5), (28, 28, 1))))
 for name in files:
   for cut in (False, True):
     shutil.rmtree(scratch, ignore_errors=True)

@@ -206,7 +206,7 @@ def test_an_old_run_folder_loads_resumes_and_predicts_the_same(tiny_run,
   assert "sequence" not in config.to_dict()
   # The same command resumes it: its settings match a new run's.
   assert [r.path for r in choose.find_runs(new, str(root))] == [old]
-  images = np.random.default_rng(0).integers(0, 256, (4, 28, 28), np.uint8)
+  images = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1), np.uint8)
   np.testing.assert_array_equal(run_lib.load_run(old).logits(images),
                                 run_lib.load_run(tiny_run).logits(images))
   os.remove(os.path.join(old, "report.md"))

@@ -32,7 +32,7 @@ from mnist_jax.results import run as run_lib
 from mnist_jax import modes as rundir_run
 from mnist_jax.training import loop
 
-SHAPE = (28, 28)
+SHAPE = (28, 28, 1)
 # Each model small, so that a check compiles in a second or two.
 SMALL = {"cnn": dict(cnn_features=(4, 8), cnn_dense=16), "rnn": dict(hidden=8),
          "lstm": dict(hidden=8), "gru": dict(hidden=8)}
@@ -426,7 +426,7 @@ class _Convs(nn.Module):
 
   @nn.compact
   def __call__(self, images, train=False):
-    x = images[..., None] / 255.0
+    x = images / 255.0
     x = nn.Conv(3, (3, 3), padding="SAME")(x)
     x = nn.BatchNorm(use_running_average=not train)(x)
     x = nn.Conv(4, (5, 2), padding="VALID", use_bias=False)(nn.relu(x))

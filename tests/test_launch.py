@@ -226,7 +226,7 @@ def test_dry_run_counts_the_parameters_init_makes(model, preset):
   config = registry.get_config(model, preset)
   module = registry.get(model).stock(config)
   params = jax.eval_shape(module.init, jax.random.PRNGKey(0),
-                          np.zeros((1, 28, 28), np.uint8))["params"]
+                          np.zeros((1, 28, 28, 1), np.uint8))["params"]
   assert resources.parameter_count(config) == sum(
       p.size for p in jax.tree.leaves(params))
 

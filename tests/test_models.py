@@ -45,18 +45,18 @@ def _module(config, impl="stock"):
   stock = models.get(config.model).stock(config)
   if impl == "stock" or kernels.kernel_for(stock) is None:
     return stock
-  module, note, _ = kernels.swap(stock, "fast", (28, 28), "cpu")
+  module, note, _ = kernels.swap(stock, "fast", (28, 28, 1), "cpu")
   assert type(module) is kernels.kernel_for(stock), note
   return module
 
 
 def _images(n=3, seed=0):
   return jnp.asarray(np.random.default_rng(seed).integers(
-      0, 256, (n, 28, 28)).astype(np.uint8))
+      0, 256, (n, 28, 28, 1)).astype(np.uint8))
 
 
 def _init(config, impl="stock", batch=3):
-  """(module, its variables, images [batch, 28, 28] uint8)."""
+  """(module, its variables, images [batch, 28, 28, 1] uint8)."""
   model = _module(config, impl)
   x = _images(batch)
   variables = model.init(jax.random.key(0), x)
@@ -123,7 +123,7 @@ def test_bidirectional_backward_sees_the_whole_sequence():
   """The backward direction's final state depends on the first row too."""
   config = models.get_config("gru", "seed", hidden=8, bidirectional=True)
   model, variables, _ = _init(config)
-  x = jax.random.uniform(jax.random.key(1), (2, 28, 28)) * 255
+  x = jax.random.uniform(jax.random.key(1), (2, 28, 28, 1)) * 255
   x2 = x.at[:, 0].add(50.0)
   f = lambda v: model.apply(variables, v)
   assert not np.allclose(f(x), f(x2))
@@ -167,7 +167,7 @@ def test_batch_norm_is_described_and_shaped():
       config.replace(cnn_batch_norm=False))
   model = models.get("cnn").stock(config)
   state = train.create_train_state(jax.random.key(0), model,
-                                   optim.make_optimizer(config, 1), (28, 28))
+                                   optim.make_optimizer(config, 1), (28, 28, 1))
   # The convs lose their bias (the normalization removes it); the running
   # statistics are the state's model_state.
   assert set(state.params["conv_0"]) == {"kernel"}
@@ -195,7 +195,7 @@ def test_batch_norm_is_described_and_shaped():
 def test_batch_norm_refuses_the_kernel_in_one_line(impl, backend):
   config = models.get_config("cnn", "seed", impl=impl, **BN)
   stock = models.get("cnn").stock(config)
-  module, note, record = kernels.swap(stock, impl, (28, 28), backend)
+  module, note, record = kernels.swap(stock, impl, (28, 28, 1), backend)
   # The stock module runs, every line of it; on a CPU or asked for, its
   # convolutions are matmuls (checked equal, batch statistics included).
   assert type(module) is conv_matmul.Convs and module.stock is stock

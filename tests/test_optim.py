@@ -274,7 +274,7 @@ TINY = dict(mlp_hidden=(16,), dropout=0.0, batch_size=16, epochs=2,
 
 def _batches(n_steps, batch=16):
   images, labels = synthetic_digits(batch * n_steps)
-  images = jnp.asarray(images).reshape(n_steps, batch, 28, 28)
+  images = jnp.asarray(images).reshape(n_steps, batch, 28, 28, 1)
   labels = jnp.asarray(labels, jnp.int32).reshape(n_steps, batch)
   return {"image": images, "label": labels,
           "valid": jnp.ones((n_steps,), bool)}
@@ -290,7 +290,7 @@ def test_vmapped_train_states_equal_their_single_runs():
   model, _ = models.build(config)
   tx = optim.make_optimizer(config, 4, members_lib.swept(config))
   create = functools.partial(train.create_train_state, model=model, tx=tx,
-                             image_shape=(28, 28))
+                             image_shape=(28, 28, 1))
   states = members_lib.init_state(members, create)
   per = members_lib.per_member(members)
   np.testing.assert_allclose(per["label_smoothing"], [0] * 4 + [0.2] * 4)
@@ -308,7 +308,7 @@ def test_vmapped_train_states_equal_their_single_runs():
   for m in members:
     single = train.create_train_state(
         jax.random.key(m.seed), model,
-        optim.make_optimizer(m.config, 4), (28, 28))
+        optim.make_optimizer(m.config, 4), (28, 28, 1))
     single, single_losses = jax.jit(run)(single, m.config.label_smoothing)
     np.testing.assert_allclose(losses[m.index], single_losses, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(states.params),
@@ -326,7 +326,7 @@ def test_label_smoothing_is_a_loss_setting_not_optimizer_state():
                              optimizer="sgd", **{**TINY, "schedule": "constant"})
   model, _ = models.build(config)
   state = train.create_train_state(jax.random.key(0), model,
-                                   optim.make_optimizer(config, 4), (28, 28))
+                                   optim.make_optimizer(config, 4), (28, 28, 1))
   assert "label_smoothing" not in state.opt_state.hyperparams
   assert "label_smoothing" not in optim.HYPERPARAMS
   assert "label_smoothing" in members_lib.SWEEPABLE

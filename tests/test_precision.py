@@ -26,7 +26,7 @@ def _state(name, dtype, impl="auto", **overrides):
   model, _ = models.build(config, say=lambda _: None)
   create = functools.partial(train.create_train_state, model=model,
                              tx=optim.make_optimizer(config, STEPS),
-                             image_shape=(28, 28), dtype=dtype)
+                             image_shape=(28, 28, 1), dtype=dtype)
   return config, jax.jit(create)(jax.random.key(0))
 
 
@@ -69,7 +69,7 @@ def test_bfloat16_computes_in_bfloat16_with_float32_state(name, impl):
   _, state = _state(name, "bfloat16", impl)
   floats = _floats((state.params, state.opt_state))
   assert floats and all(leaf.dtype == jnp.float32 for leaf in floats)
-  x = jnp.zeros((2, 28, 28), jnp.uint8)  # Raw images: the model scales them.
+  x = jnp.zeros((2, 28, 28, 1), jnp.uint8)  # Raw images: the model scales them.
   apply = lambda p: state.apply_fn({"params": p}, x, train=False)
   assert apply(state.params).dtype == jnp.float32
   dots = _dot_operand_dtypes(jax.make_jaxpr(apply)(state.params).jaxpr)

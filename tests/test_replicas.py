@@ -38,7 +38,7 @@ def test_member_states_are_those_of_single_runs():
   config = models.get_config("mlp", seed=4, num_seeds=3, mlp_hidden=(16,))
   model, _ = models.build(config, say=lambda _: None)
   create = lambda key: train.create_train_state(
-      key, model, optim.make_optimizer(config, 10), (28, 28))
+      key, model, optim.make_optimizer(config, 10), (28, 28, 1))
   stacked = members.init_state(members.from_config(config), create)
   assert stacked.params["out"]["kernel"].shape == (3, 16, 10)
   for i in range(3):

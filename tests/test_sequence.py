@@ -21,7 +21,7 @@ from mnist_jax import modes as rundir_run
 
 
 def _images(n=3, seed=0):
-  return np.random.default_rng(seed).integers(0, 256, (n, 28, 28)).astype(np.uint8)
+  return np.random.default_rng(seed).integers(0, 256, (n, 28, 28, 1)).astype(np.uint8)
 
 
 @pytest.mark.parametrize("seq,shape", [("rows", (3, 28, 28)),
@@ -88,7 +88,7 @@ def test_the_permutation_is_the_models_own():
   pixels = models.get("gru").stock(config.replace(sequence="pixels"))
   images = _images(2)
   variables = permuted.init(jax.random.key(0), jnp.asarray(images))
-  by_hand = images.reshape(2, -1)[:, recurrent.permutation(5)].reshape(2, 28, 28)
+  by_hand = images.reshape(2, -1)[:, recurrent.permutation(5)].reshape(2, 28, 28, 1)
   apply = jax.jit(lambda m, x: m.apply(variables, x), static_argnums=0)
   np.testing.assert_allclose(apply(permuted, images), apply(pixels, by_hand),
                              rtol=1e-5, atol=1e-6)
@@ -168,7 +168,7 @@ def test_permuted_run_records_its_order_and_tests_with_it(prepared, tmp_path):
   test = pipeline.load(config).test
   # Permute the raw pixels by hand, then read them as plain pixel sequences.
   images = np.asarray(test.images)
-  permuted = images.reshape(-1, 784)[:, order].reshape(-1, 28, 28)
+  permuted = images.reshape(-1, 784)[:, order].reshape(-1, 28, 28, 1)
   pixels = models.get("gru").stock(config.replace(sequence="pixels"))
   logits = run_lib.logits(pixels.apply, run.variables, permuted)
   accuracy = float(np.mean(np.argmax(logits, -1) == np.asarray(test.labels)))

@@ -48,7 +48,7 @@ def _rnn():
   config = models.get_config("rnn", "seed", hidden=8)
   module = models.get("rnn").stock(config)
   variables = jax.device_get(module.init(jax.random.key(0),
-                                         np.zeros((1, 28, 28), np.float32)))
+                                         np.zeros((1, 28, 28, 1), np.float32)))
   stacked = jax.tree.map(lambda v: np.asarray(v)[None], variables)
   return serve.Model("rnn", run_lib.Run(config, module, variables, 0,
                                         seed_variables=stacked))

@@ -154,7 +154,7 @@ def test_init_state_stacks_each_members_own_state_in_member_order():
   model, _ = models.build(config)
   tx = optim.make_optimizer(config, 10, members_lib.swept(config))
   create = functools.partial(train.create_train_state, model=model, tx=tx,
-                             image_shape=(28, 28))
+                             image_shape=(28, 28, 1))
   state = members_lib.init_state(members, create)
   held = state.opt_state.hyperparams
   np.testing.assert_array_equal(held["grad_clip"], [0, 0, 1, 1] * 2)

@@ -179,7 +179,7 @@ def test_vmapped_sweep_members_each_compute_their_single_runs_chunk():
   config = models.get_config("linear", **LINEAR, sweep=SWEEP)  # 4 members.
   listed = members.from_config(config)
   rng = np.random.default_rng(0)
-  split = pipeline.Split(rng.integers(0, 256, (200, 28, 28), dtype=np.uint8),
+  split = pipeline.Split(rng.integers(0, 256, (200, 28, 28, 1), dtype=np.uint8),
                          rng.integers(0, 10, 200).astype(np.int32))
 
   def chunk(cfg):
@@ -384,7 +384,7 @@ def test_ensemble_metrics_are_the_mean_of_probabilities():
         config=types.SimpleNamespace(eval_batch_size=100),
         seed_logits=lambda images, batch_size: seed_logits)
 
-  test = pipeline.Split(np.zeros((50, 28, 28), np.uint8), labels)
+  test = pipeline.Split(np.zeros((50, 28, 28, 1), np.uint8), labels)
   got = report.ensemble_metrics(stub(logits), test)
   assert got["members"] == 3
   assert got["accuracy"] == pytest.approx(np.mean(mean.argmax(-1) == labels))
@@ -393,7 +393,7 @@ def test_ensemble_metrics_are_the_mean_of_probabilities():
   # The mean of probabilities, not of logits: here only the first is right.
   sure, torn = np.log([.9, .1, 1e-9]), np.log([1e-9, .45, .55])
   pair = np.stack([sure, torn])[:, None]
-  one = pipeline.Split(np.zeros((1, 28, 28), np.uint8), np.array([0]))
+  one = pipeline.Split(np.zeros((1, 28, 28, 1), np.uint8), np.array([0]))
   assert report.ensemble_metrics(stub(pair), one)["accuracy"] == 1.0
   assert pair.mean(0).argmax() != 0
   # A diverged member has no place in it; one finite member is no ensemble.

@@ -30,7 +30,7 @@ TINY = {
     "lstm": dict(hidden=16),
     "gru": dict(hidden=16),
 }
-SHAPE = (28, 28)
+SHAPE = (28, 28, 1)
 
 
 def tiny_config(name, **overrides):

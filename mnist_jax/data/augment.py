@@ -11,20 +11,21 @@ import jax.numpy as jnp
 
 
 def sample(images: jax.Array, rows: jax.Array, cols: jax.Array) -> jax.Array:
-  """float32 [B, H, W]: images [B, H, W] sampled bilinearly at source
+  """float32 [B, H, W, C]: images [B, H, W, C] sampled bilinearly at source
   coordinates rows, cols [B, H, W]; points outside the image read 0."""
-  b, h, w = images.shape
-  flat = images.reshape(b, h * w).astype(jnp.float32)
+  b, h, w, c = images.shape
+  flat = images.reshape(b, h * w, c).astype(jnp.float32)
   r0, c0 = jnp.floor(rows), jnp.floor(cols)
-  fr, fc = rows - r0, cols - c0
-  out = jnp.zeros((b, h, w), jnp.float32)
+  fr, fc = (rows - r0)[..., None], (cols - c0)[..., None]
+  out = jnp.zeros((b, h, w, c), jnp.float32)
   for dr, wr in ((0, 1.0 - fr), (1, fr)):
     for dc, wc in ((0, 1.0 - fc), (1, fc)):
       r = (r0 + dr).astype(jnp.int32)
-      c = (c0 + dc).astype(jnp.int32)
-      inside = (r >= 0) & (r < h) & (c >= 0) & (c < w)
-      index = (jnp.clip(r, 0, h - 1) * w + jnp.clip(c, 0, w - 1)).reshape(b, -1)
-      values = jnp.take_along_axis(flat, index, axis=1).reshape(b, h, w)
+      col = (c0 + dc).astype(jnp.int32)
+      inside = ((r >= 0) & (r < h) & (col >= 0) & (col < w))[..., None]
+      index = (jnp.clip(r, 0, h - 1) * w + jnp.clip(col, 0, w - 1)).reshape(
+          b, -1, 1)
+      values = jnp.take_along_axis(flat, index, axis=1).reshape(b, h, w, c)
       out = out + jnp.where(inside, values, 0.0) * wr * wc
   return out
 
@@ -32,8 +33,8 @@ def sample(images: jax.Array, rows: jax.Array, cols: jax.Array) -> jax.Array:
 def affine_grid(shape, angle: jax.Array, scale: jax.Array, shift: jax.Array):
   """Source rows, cols [B, H, W] of out = R(angle) scale (in - centre) + centre
   + shift: angle [B] radians (> 0: clockwise), scale [B] (> 1 zooms in), shift
-  [B, 2] pixels (down, right); shape (B, H, W)."""
-  _, h, w = shape
+  [B, 2] pixels (down, right); shape (B, H, W) or (B, H, W, C)."""
+  _, h, w = shape[:3]
   cr, cc = (h - 1) / 2.0, (w - 1) / 2.0
   yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32),
                         jnp.arange(w, dtype=jnp.float32), indexing="ij")
@@ -56,7 +57,7 @@ def _gaussian_matrix(n: int, sigma: float) -> jax.Array:
 
 def elastic_field(key: jax.Array, shape, alpha: float, sigma: float):
   """Smooth random displacements alpha * blur(uniform(-1, 1)): 2 x [B, H, W]."""
-  b, h, w = shape
+  b, h, w = shape[:3]
   noise = jax.random.uniform(key, (2, b, h, w), minval=-1.0, maxval=1.0)
   gh, gw = _gaussian_matrix(h, sigma), _gaussian_matrix(w, sigma)
   smooth = jnp.einsum("ij,cbjk,lk->cbil", gh, noise, gw)
@@ -66,7 +67,7 @@ def elastic_field(key: jax.Array, shape, alpha: float, sigma: float):
 def augment(key: jax.Array, images: jax.Array, *, shift: float = 0.0,
             rotate: float = 0.0, scale: float = 0.0, elastic: float = 0.0,
             elastic_sigma: float = 4.0) -> jax.Array:
-  """Randomly warps each image [B, H, W] (uint8 rounds): uniform shifts up to
+  """Randomly warps each image [B, H, W, C] (uint8 rounds): uniform shifts up to
   `shift` px, turns up to `rotate` degrees, zoom in [1 - scale, 1 + scale];
   elastic displacement up to `elastic` px (0: off), blurred by elastic_sigma."""
   b = images.shape[0]

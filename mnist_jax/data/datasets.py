@@ -19,7 +19,9 @@ EMNIST_URL = "https://biometrics.nist.gov/cs_links/EMNIST/gzip.zip"
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-  """Four IDX files (images uint8 [N, H, W], labels [N]). url: the folder of
+  """Four IDX files (images uint8 [N, H, W] or [N, H, W, C], labels [N]) of
+  images `image_shape` (H, W, C): its channels are declared here once, and
+  models take [B, H, W, C]. url: the folder of
   the `.gz` files, or a .zip holding them under `archive_folder`.
   first_label: the files' label of class 0. transposed: images stored so.
   labels_sha256: of the uncompressed train labels, where known (the `.gz`
@@ -29,7 +31,7 @@ class DatasetInfo:
   url: str
   description: str
   class_names: Tuple[str, ...] = DIGITS
-  image_shape: Tuple[int, int] = (28, 28)
+  image_shape: Tuple[int, int, int] = (28, 28, 1)
   train_size: int = 60_000
   files: Tuple[str, ...] = MNIST_FILES  # In FILE_KEYS order.
   archive_folder: str = ""
@@ -38,9 +40,9 @@ class DatasetInfo:
   labels_sha256: str = ""
 
   def __post_init__(self):
-    if len(self.files) != len(FILE_KEYS) or len(self.image_shape) != 2:
+    if len(self.files) != len(FILE_KEYS) or len(self.image_shape) != 3:
       raise ValueError(f"dataset {self.name!r}: declare four IDX files "
-                       "(FILE_KEYS' order) of grey images, image_shape (H, W)")
+                       "(FILE_KEYS' order) and image_shape (H, W, C)")
 
   @property
   def num_classes(self) -> int:

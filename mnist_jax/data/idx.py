@@ -11,7 +11,8 @@ import numpy as np
 from mnist_jax.data import datasets
 from mnist_jax.errors import UserError
 
-IMAGES_MAGIC = 0x00000803  # uint8 data, 3 dimensions.
+IMAGES_MAGIC = 0x00000803  # uint8 data, 3 dimensions: [N, H, W] (grey).
+COLOUR_MAGIC = 0x00000804  # uint8 data, 4 dimensions: [N, H, W, C].
 LABELS_MAGIC = 0x00000801  # uint8 data, 1 dimension.
 MAX_ITEMS = 10_000_000  # Refuse absurd headers before allocating for them.
 
@@ -21,9 +22,10 @@ class IdxError(UserError):
 
 
 def read(path: str, expect_magic: int,
-         image_shape: Tuple[int, int] = (28, 28)) -> np.ndarray:
-  """One IDX file (gzip or not): uint8 images [N, H, W] of `image_shape`
-  (expect_magic IMAGES_MAGIC) or labels [N] (LABELS_MAGIC)."""
+         image_shape: Tuple[int, ...] = (28, 28, 1)) -> np.ndarray:
+  """One IDX file (gzip or not): uint8 images [N, H, W, C] of `image_shape`
+  (expect_magic IMAGES_MAGIC; a grey [N, H, W] file where C is 1) or labels
+  [N] (LABELS_MAGIC)."""
   try:
     with open(path, "rb") as f:
       raw = f.read()
@@ -35,19 +37,26 @@ def read(path: str, expect_magic: int,
     except (OSError, EOFError, zlib.error) as e:
       raise IdxError(f"{path} is a corrupt or truncated gzip file ({e}); "
                      "replace it with a fresh copy") from None
-  kind, ndim = ("images", 3) if expect_magic == IMAGES_MAGIC else ("labels", 1)
+  images = expect_magic == IMAGES_MAGIC
+  kind = "images" if images else "labels"
+  magic = struct.unpack(">I", raw[:4])[0] if len(raw) >= 4 else None
+  allowed = (IMAGES_MAGIC, COLOUR_MAGIC) if images else (LABELS_MAGIC,)
+  ndim = magic & 0xFF if magic in allowed else expect_magic & 0xFF
   header = 4 + 4 * ndim
   if len(raw) < header:
     raise IdxError(f"{path} is truncated: {len(raw)} bytes, shorter than an "
                    f"IDX {kind} header; replace it with a fresh copy")
-  magic = struct.unpack(">I", raw[:4])[0]
-  if magic != expect_magic:
+  if magic not in allowed:
     raise IdxError(f"{path} is not an IDX {kind} file (magic 0x{magic:08x}, "
                    f"expected 0x{expect_magic:08x})")
   dims = struct.unpack(f">{ndim}I", raw[4:header])
-  if ndim == 3 and dims[1:] != tuple(image_shape):
-    raise IdxError(f"{path} holds {dims[1]}x{dims[2]} images; "
-                   f"{image_shape[0]}x{image_shape[1]} expected")
+  shape = tuple(image_shape)
+  grey = shape[2] == 1  # Its files may leave out the channel axis.
+  if images and tuple(dims[1:]) not in (shape, shape[:2] if grey else None):
+    text = lambda d: "x".join(map(str, d[:2] if grey and len(d) > 2 and d[2]
+                                   == 1 else d))
+    raise IdxError(f"{path} holds {text(dims[1:])} images; "
+                   f"{text(shape)} expected")
   if not 0 < dims[0] <= MAX_ITEMS:
     raise IdxError(f"{path} claims {dims[0]} {kind}; that is not a valid count")
   size, body = int(np.prod(dims)), len(raw) - header
@@ -55,13 +64,14 @@ def read(path: str, expect_magic: int,
     state = "truncated" if body < size else "longer than its header says"
     raise IdxError(f"{path} is {state}: {body} data bytes for {size} expected; "
                    "replace it with a fresh copy")
-  return np.frombuffer(raw, np.uint8, count=size, offset=header).reshape(dims)
+  out = np.frombuffer(raw, np.uint8, count=size, offset=header)
+  return out.reshape(dims[0], *shape) if images else out
 
 
 def read_pair(images_path: str, labels_path: str,
               dataset: datasets.DatasetInfo = datasets.DATASETS["mnist"]):
   """A dataset's matching image and label files, checked to agree: images
-  [N, H, W] uint8, upright, and labels [N] int32 as class indices 0..K-1."""
+  [N, H, W, C] uint8, upright, and labels [N] int32 as class indices 0..K-1."""
   images = read(images_path, IMAGES_MAGIC, dataset.image_shape)
   labels = read(labels_path, LABELS_MAGIC)
   if len(images) != len(labels):
@@ -73,14 +83,15 @@ def read_pair(images_path: str, labels_path: str,
     raise IdxError(f"{labels_path} has a label {bad}; labels must be "
                    f"{low}-{high} ({dataset.name})")
   if dataset.transposed:
-    images = np.ascontiguousarray(images.transpose(0, 2, 1))
+    images = np.ascontiguousarray(images.transpose(0, 2, 1, 3))
   return images, labels.astype(np.int32) - low
 
 
 def write(path: str, array: np.ndarray, compress: bool = False) -> None:
-  """Writes uint8 images [N, H, W] or labels [N] as an IDX file (for tests)."""
+  """Writes uint8 images [N, H, W] (grey) or [N, H, W, C], or labels [N], as
+  an IDX file (for tests)."""
   array = np.asarray(array, np.uint8)
-  magic = IMAGES_MAGIC if array.ndim == 3 else LABELS_MAGIC
+  magic = {1: LABELS_MAGIC, 3: IMAGES_MAGIC, 4: COLOUR_MAGIC}[array.ndim]
   data = struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.tobytes()
   with open(path, "wb") as f:
     f.write(gzip.compress(data) if compress else data)

@@ -256,9 +256,10 @@ def preprocess(image: Image.Image, name: str = "image") -> np.ndarray:
 
 
 def load(path: str, shape=(SIZE, SIZE)) -> np.ndarray:
-  """Opens and preprocesses one file: [28, 28] uint8 resized to `shape` (a
-  dataset's (H, W)), or ImageError."""
+  """Opens and preprocesses one file: a grey [H, W] uint8 image of `shape`
+  (a dataset's (H, W) or (H, W, C); resized from 28 x 28), or ImageError."""
   with open_image(path) as image:
     x = preprocess(image, path)
-  return x if x.shape == tuple(shape) else np.asarray(Image.fromarray(
-      x).resize(shape[::-1], Image.Resampling.LANCZOS))
+  size = tuple(shape[:2])
+  return x if x.shape == size else np.asarray(Image.fromarray(x).resize(
+      size[::-1], Image.Resampling.LANCZOS))

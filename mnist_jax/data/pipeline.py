@@ -32,7 +32,8 @@ CACHE = "mnist_jax_arrays.npz"
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """One split: images [N, H, W] uint8 and labels [N] int32 (numpy or jax)."""
+  """One split: images [N, H, W, C] uint8 and labels [N] int32 (numpy or
+  jax)."""
   images: object
   labels: object
 
@@ -49,7 +50,7 @@ class Dataset:
 
 
 def prepare(dataset: str = "mnist", data_dir=None, mnist_dir=None) -> dict:
-  """The dataset's arrays {train,test}_{images,labels} (uint8 [N, H, W], int32
+  """The dataset's arrays {train,test}_{images,labels} (uint8 [N, H, W(, C)], int32
   class indices [N]), prepared first in `data_dir` (default $TFDS_DATA_DIR or
   ~/tensorflow_datasets) if needed, offline from `mnist_dir`'s IDX files."""
   data_dir = os.path.abspath(os.path.expanduser(data_dir or os.environ.get(
@@ -280,7 +281,11 @@ def split(arrays: dict, val_fraction: float, class_names=None) -> Dataset:
 
 
 def load(config) -> Dataset:
-  """Prepares (if needed), loads and splits the dataset a config names."""
+  """Prepares (if needed), loads and splits the dataset a config names: its
+  images [N, H, W, C] as the dataset declares them."""
   arrays = prepare(config.dataset, config.data_dir, config.mnist_dir)
+  shape = datasets.get(config.dataset).image_shape
+  arrays = {k: v.reshape(len(v), *shape) if k.endswith("images") else v
+            for k, v in arrays.items()}
   return split(arrays, config.val_fraction,
                datasets.class_names(config.dataset))

@@ -8,8 +8,8 @@ import flax.linen as nn
 class CNN(nn.Module):
   """Conv-(BatchNorm)-ReLU-MaxPool blocks, then Dense-ReLU (dropout before and
   after) and a Dense output. Each block: a stride-1 k x k convolution (VALID
-  or SAME), a 2x2 max pool at stride 2. images [B, H, W] (uint8, 255 = ink) ->
-  logits [B, num_classes]."""
+  or SAME), a 2x2 max pool at stride 2. images [B, H, W, C] (uint8, 255 =
+  ink) -> logits [B, num_classes]."""
   OUTPUT = "out"  # Its output layer; that layer's input: its features.
   FIRST = "conv_0"  # Its first layer, on the image (the analyses plot it).
   features: Sequence[int] = (32, 64)
@@ -22,7 +22,7 @@ class CNN(nn.Module):
 
   @nn.compact
   def __call__(self, images, train: bool = False):
-    x = images[..., None] / 255.0
+    x = images / 255.0
     k = self.kernel_size
     for i, width in enumerate(self.features):
       # No bias before BatchNorm: the normalization removes it.

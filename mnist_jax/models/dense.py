@@ -1,5 +1,5 @@
-"""Fully connected models on the pixels: images [B, H, W] (uint8, 255 = ink)
--> logits [B, num_classes]."""
+"""Fully connected models on the pixels: images [B, H, W, C] (uint8, 255 =
+ink) -> logits [B, num_classes]."""
 
 from typing import Sequence
 

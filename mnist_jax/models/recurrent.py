@@ -18,20 +18,19 @@ def permutation(seed: int, size: int = 784) -> np.ndarray:
 
 
 def as_sequence(images, sequence: str = "rows", permute_seed: int = 0):
-  """images [B, H, W] (uint8, 255 = ink) -> [B, T, F] in [0, 1]: rows
-  [B, H, W], or pixels [B, H * W, 1] in order or permuted."""
+  """images [B, H, W, C] (uint8, 255 = ink) -> [B, T, F] in [0, 1]: rows
+  [B, H, W * C], or pixels [B, H * W, C] in order or permuted."""
+  b, h, w, c = images.shape
   x = images / 255.0
   if sequence == "rows":
-    return x
-  x = x.reshape(x.shape[0], -1)
-  if sequence == "permuted":
-    x = x[:, permutation(permute_seed, x.shape[1])]
-  return x[..., None]
+    return x.reshape(b, h, w * c)
+  x = x.reshape(b, h * w, c)
+  return x[:, permutation(permute_seed, h * w)] if sequence == "permuted" else x
 
 
 class Recurrent(nn.Module):
   """Stacked, optionally bidirectional nn.RNN layers, dropout between them and
-  on the top one's last state(s), to Dense: images [B, H, W] -> logits."""
+  on the top one's last state(s), to Dense: images [B, H, W, C] -> logits."""
   OUTPUT = "out"  # Its output layer; that layer's input: its features.
   # Its small matmuls leave a core idle: --parallel=auto splits the batch
   # over a CPU host's devices (training/devices.py).

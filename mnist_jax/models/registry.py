@@ -214,7 +214,7 @@ def _describe_recurrent(cell: str):
   def describe_fn(c: config_lib.Config) -> str:
     layers = f"{c.num_layers} x " if c.num_layers > 1 else ""
     both = "bidirectional " if c.bidirectional else ""
-    h, w = datasets.get(c.dataset).image_shape
+    h, w, _ = datasets.get(c.dataset).image_shape
     return (f"{layers}{both}{cell}({c.hidden}) over "
             f"{_READS[c.sequence].format(h=h, n=h * w)}, "
             f"last state to Dense({_classes(c)}){_dropout(c)}")
@@ -224,7 +224,7 @@ def _describe_recurrent(cell: str):
 def _check_cnn(c: config_lib.Config) -> Optional[str]:
   """Whether some pixels are left after the conv-pool layers."""
   shape = datasets.get(c.dataset).image_shape
-  size = min(shape)  # The image's shorter side after each conv and 2x2 pool.
+  size = min(shape[:2])  # The shorter side after each conv and 2x2 pool.
   for _ in c.cnn_features:
     size = (size - (c.cnn_kernel - 1) * (c.cnn_padding == "VALID")) // 2
   if size >= 1:

@@ -32,7 +32,7 @@ IG_STEPS, IG_MAX_STEPS, IG_TOLERANCE, IG_CHUNK = 16, 1024, 0.01, 16
 
 
 def forward(module, variables, images, steps: bool = False):
-  """(features: the input of the model's declared OUTPUT layer [B, F], logits
+  """Of images [B, H, W, C]: (features: the input of the model's declared OUTPUT layer [B, F], logits
   [B, K], with `steps` that layer on its top layer's state after each row
   [B, H, K])."""
   seen = []
@@ -93,19 +93,19 @@ def _warp(x, angle, zoom, shift):
 def _thickness(x, level):
   """Strokes grown (level > 0) or thinned (< 0) by |level| half pixels: grey
   dilations by a 3x3 cross at twice the resolution (of -x to thin)."""
-  sign, (_, h, w) = jnp.where(level < 0, -1.0, 1.0), x.shape
+  sign, (_, h, w, c) = jnp.where(level < 0, -1.0, 1.0), x.shape
   window = lambda x, shape: jax.lax.reduce_window(
-      x, -jnp.inf, jax.lax.max, shape, (1, 1, 1), "SAME")
+      x, -jnp.inf, jax.lax.max, shape, (1, 1, 1, 1), "SAME")
   x = sign * jnp.repeat(jnp.repeat(x, 2, 1), 2, 2)
   x = jax.lax.fori_loop(0, 3, lambda i, x: jnp.where(
       i < jnp.abs(level),
-      jnp.maximum(window(x, (1, 3, 1)), window(x, (1, 1, 3))), x), x)
-  return sign * x.reshape(-1, h, 2, w, 2).mean((2, 4))
+      jnp.maximum(window(x, (1, 3, 1, 1)), window(x, (1, 1, 3, 1))), x), x)
+  return sign * x.reshape(-1, h, 2, w, 2, c).mean((2, 4))
 
 
 # (change, unit, levels (0: the image), function): the first WARPS give a
-# level's warp (angle, zoom, shift); the others change images [n, H, W] by a
-# level, given (noise [n, H, W], centres [n, 2])).
+# level's warp (angle, zoom, shift); the others change images [n, H, W, C]
+# by a level, given (noise [n, H, W, C], centres [n, 2])).
 CHANGES = (
     ("rotation", "degrees clockwise", (0, 10, 20, 30, 40, 50, 60),
      lambda l: (l * np.pi / 180, 1.0, 0.0)),
@@ -116,9 +116,9 @@ CHANGES = (
      lambda x, l, c: jnp.clip(x + l * 255 * c[0], 0, 255)),
     ("occlusion", "side of erased square, pixels", (0, 4, 6, 8, 10, 12, 14),
      lambda x, l, c: jnp.where(
-         (jnp.abs(jnp.arange(x.shape[1])[:, None] - c[1][:, :1, None]) < l / 2)
-         & (jnp.abs(jnp.arange(x.shape[2]) - c[1][:, 1:, None]) < l / 2),
-         0.0, x)),
+         ((jnp.abs(jnp.arange(x.shape[1])[:, None] - c[1][:, :1, None]) < l / 2)
+          & (jnp.abs(jnp.arange(x.shape[2]) - c[1][:, 1:, None]) < l / 2)
+          )[..., None], 0.0, x)),
     ("thickness", "half pixels grown (+) or thinned (-)",
      (-3, -2, -1, 0, 1, 2, 3), lambda x, l, _: _thickness(x, l)),
 )
@@ -126,7 +126,7 @@ WARPS = 3
 
 
 def changed(images, seed: int = 0):
-  """Each non-zero level of each change of images [n, H, W] [L, n, H, W], in
+  """Each non-zero level of each change of images [n, H, W, C]: [L, n, ...], in
   one jitted function; the levels share an image's noise and centre of the
   erased square (rows, columns in the middle half)."""
   levels = [[l for l in change[2] if l] for change in CHANGES]
@@ -172,7 +172,7 @@ def reads_in_steps(module) -> bool:
 def attributions(module, variables, images, targets) -> Dict[str, np.ndarray]:
   """Integrated gradients of the target logits against a black image (Gauss-
   Legendre nodes, as Captum's default; doubled until each sums within 1% of
-  logit(x) - logit(black)) and gradient x input, of images [n, H, W]."""
+  logit(x) - logit(black)) and gradient x input, of images [n, H, W, C]."""
   x = jnp.asarray(images, jnp.float32)
   n, size = len(x), IG_CHUNK * len(x)
   c = jnp.tile(jnp.asarray(targets, jnp.int32), IG_CHUNK)
@@ -182,12 +182,12 @@ def attributions(module, variables, images, targets) -> Dict[str, np.ndarray]:
   difference, steps = logit[:n] - logit[n:2 * n], IG_STEPS
   while True:
     total, (nodes, weights) = 0, np.polynomial.legendre.leggauss(steps)
-    for a, w in zip(*(np.float32(v / 2).reshape(-1, IG_CHUNK, 1, 1, 1)
+    for a, w in zip(*(np.float32(v / 2).reshape(-1, IG_CHUNK, *[1] * x.ndim)
                       for v in (nodes + 1, weights))):  # On [0, 1].
       total += (w * grad((a * x).reshape(size, *x.shape[1:]))[0].reshape(
           IG_CHUNK, *x.shape)).sum(0)
     ig = np.asarray(x * total)
-    error = np.abs(ig.sum((1, 2)) - difference) / np.maximum(
+    error = np.abs(ig.sum((1, 2, 3)) - difference) / np.maximum(
         np.abs(difference), 1e-12)
     if error.max() <= IG_TOLERANCE or steps >= IG_MAX_STEPS:
       return {"ig": ig, "gxi": np.asarray(x * ends[:n]), "ig_error": error,
@@ -202,8 +202,8 @@ def first_layer(run, module, image) -> Dict[str, np.ndarray]:
   if first not in run.variables["params"]:
     return {}
   kernel = np.asarray(run.variables["params"][first]["kernel"])
-  if kernel.ndim == 2:  # Dense, on the pixels: [H * W, units].
-    return {"weights": kernel.T[:16].reshape(-1, *image.shape)}
+  if kernel.ndim == 2:  # Dense, on the pixels: [H * W * C, units].
+    return {"weights": kernel.T[:16].reshape(-1, *image.shape).sum(-1)}
   _, inter = module.apply(  # Once, on one image: not worth a compile.
       run.variables, image[None].astype(np.float32), mutable=["intermediates"],
       capture_intermediates=lambda m, _: m.scope.path == (first,))
@@ -279,7 +279,7 @@ def analyse(run, test, val=None) -> Dict[str, object]:
   if steps:
     r.update({f"reading_{k}": v
               for k, v in reading(step_logits, labels).items()})
-    h, w = images.shape[1:]
+    h, w = images.shape[1:3]
     every = 1 if config.sequence == "rows" else w  # Steps a row.
     r["reading_steps"] = np.arange(1, h + 1) * every
   else:
@@ -296,6 +296,9 @@ def analyse(run, test, val=None) -> Dict[str, object]:
   r.update(attributions(module, run.variables, r["images"],
                         r["predicted"][r["shown"]]))
   r.update(first_layer(run, module, images[0]))
+  # As the figures show them: each image and its attributions one plane.
+  r.update(images=r["images"].mean(-1), ig=r["ig"].sum(-1),
+           gxi=r["gxi"].sum(-1))
   if isinstance(module, recurrent.Recurrent):
     r["rows_ig"] = r["ig"].sum(axis=2)
   lap("attributions")

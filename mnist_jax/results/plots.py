@@ -174,8 +174,10 @@ def per_class_accuracy(accuracy: np.ndarray, support: np.ndarray, path: str,
 
 
 def _digit(ax, image, frame_color=None):
-  """A [H, W] uint8 image, white ink on black; framed in `frame_color`."""
-  ax.imshow(image, cmap=DIGIT_CMAP, vmin=0, vmax=255)
+  """A [H, W(, C)] uint8 image, white ink on black; framed in `frame_color`."""
+  image = np.asarray(image)
+  ax.imshow(image[..., 0] if image.ndim == 3 and image.shape[-1] == 1
+            else image, cmap=DIGIT_CMAP, vmin=0, vmax=255)
   ax.set(xticks=[], yticks=[])
   ax.spines[:].set_visible(frame_color is not None)
   if frame_color is not None:

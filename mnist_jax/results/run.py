@@ -28,19 +28,22 @@ from mnist_jax.training import loop
 from mnist_jax.training import train
 
 
-def as_images(images, shape=(28, 28)) -> Tuple[np.ndarray, bool]:
-  """One image ([H, W], [H * W]) or a batch ([N, H, W], [N, H * W],
-  [N, H, W, 1]) of `shape` (H, W), uint8 (or integers in 0..255) or floats in
-  [0, 1], as ([N, H, W] on the 0-255 scale, uint8 or float32; whether one
-  image); ValueError for another shape or values outside that range."""
-  x, (h, w) = np.asarray(images), shape
-  single = x.shape in ((h, w), (h * w,))
-  if not single and x.shape[1:] not in ((h, w), (h * w,), (h, w, 1)):
+def as_images(images, shape=(28, 28, 1)) -> Tuple[np.ndarray, bool]:
+  """One image or a batch of `shape` (H, W, C): [H, W, C] or [N, H, W, C]
+  (grey ones also [H, W], [H * W], [N, H, W], [N, H * W]), uint8 (or
+  integers in 0..255) or floats in [0, 1], as ([N, H, W, C] on the 0-255
+  scale, uint8 or float32; whether one image); ValueError for another shape
+  or values outside that range."""
+  x, (h, w, c) = np.asarray(images), shape
+  singles = {(h, w, c)} | ({(h, w), (h * w,)} if c == 1 else set())
+  single = x.shape in singles
+  if not single and x.shape[1:] not in singles:
+    grey = f" (grey: also [{h}, {w}] or [{h * w}], with N)" if c == 1 else ""
     raise ValueError(f"images of shape {list(np.shape(images))}: pass one "
-                     f"image [{h}, {w}] or [{h * w}], or a batch [N, {h}, {w}],"
-                     f" [N, {h * w}] or [N, {h}, {w}, 1]")
-  if x.shape[1:] != (h, w):  # Else x itself: Run keeps its logits by id.
-    x = x.reshape(-1, h, w)
+                     f"image [{h}, {w}, {c}] or a batch [N, {h}, {w}, {c}]"
+                     f"{grey}")
+  if x.shape[1:] != (h, w, c):  # Else x itself: Run keeps its logits by id.
+    x = x.reshape(-1, h, w, c)
   if np.issubdtype(x.dtype, np.integer) and (not x.size or (
       x.min() >= 0 and x.max() <= 255)):
     return x.astype(np.uint8, copy=False), single

@@ -56,16 +56,17 @@ def run_folders(paths: Sequence[str]) -> List[str]:
 
 
 def _answer(module, steps: bool, variables, x):
-  """x [H, W] (0-255) -> (probabilities [K], integrated gradients of the top
-  class against black [H, W], with `steps` the probabilities after each row
-  [H, K]): the analyses' lenses on one image, at IG_STEPS fixed nodes."""
+  """x [H, W, C] (0-255) -> (probabilities [K], integrated gradients of the
+  top class against black [H, W] (summed over channels), with `steps` the
+  probabilities after each row [H, K]): the analyses' lenses on one image,
+  at IG_STEPS fixed nodes."""
   _, logits, step_logits = analysis.forward(module, variables, x[None], steps)
   nodes, weights = np.polynomial.legendre.leggauss(analysis.IG_STEPS)
   grads, _ = analysis.target_gradients(
-      module, variables, np.float32((nodes + 1) / 2)[:, None, None] * x,
+      module, variables, np.float32((nodes + 1) / 2)[:, None, None, None] * x,
       jnp.full(len(nodes), jnp.argmax(logits[0])))
   ig = x * jnp.tensordot(np.float32(weights / 2), grads, 1)
-  return (jax.nn.softmax(logits[0]), ig,
+  return (jax.nn.softmax(logits[0]), ig.sum(-1),
           jax.nn.softmax(step_logits[0]) if steps else None)
 
 
@@ -87,8 +88,10 @@ class Model:
                  "classes": self.classes, "accuracy": accuracy}
 
   def start(self, image):
-    """Starts the compiled answer for `image` [H, W] (jax runs it async)."""
-    return self.fn(self.variables, jnp.asarray(image, jnp.float32))
+    """Starts the compiled answer for `image` [H, W(, C)] (jax runs it
+    async)."""
+    return self.fn(self.variables,
+                   jnp.asarray(image, jnp.float32).reshape(self.shape))
 
   def result(self, started) -> Dict[str, object]:
     probs, ig, reading = jax.device_get(started)

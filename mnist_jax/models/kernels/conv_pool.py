@@ -254,12 +254,12 @@ def valid_extent(size, num_layers, kernel_size=3):
 
 
 class CNN(cnn.CNN):
-  """cnn.CNN without BatchNorm: images [B, H, W] -> logits [B, classes]."""
+  """cnn.CNN without BatchNorm: images [B, H, W, C] -> logits [B, classes]."""
   ACCEPTS = {"batch_norm": (False,)}  # Attribute -> the values it computes.
 
   @nn.compact
   def __call__(self, images, train: bool = False):
-    x = images[..., None] / 255.0
+    x = images / 255.0
     layers, k = len(self.features), self.kernel_size
     if self.padding == "VALID":
       x = x[:, :valid_extent(x.shape[1], layers, k),

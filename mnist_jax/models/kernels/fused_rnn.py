@@ -174,7 +174,7 @@ def rnn_layer(kind: str, params, x: jax.Array, reverse: bool = False,
 
 
 class Recurrent(recurrent.Recurrent):
-  """recurrent.Recurrent with fused layers: images [B, H, W] -> logits."""
+  """recurrent.Recurrent with fused layers: images [B, H, W, C] -> logits."""
   ACCEPTS = {"cell": tuple(_LAYOUT), "remat": (False,)}  # See kernels.swap.
 
   @nn.compact
