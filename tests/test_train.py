@@ -2,9 +2,11 @@
 the loop: determinism, padding, resuming bit for bit, BatchNorm, the
 jaxpr of the chunk, and how deep the project's own frames go."""
 
+import ast
 import collections
 import functools
 import os
+import re
 import sys
 
 import jax
@@ -465,3 +467,78 @@ def test_the_core_alone_says_what_it_is_doing(capsys, monkeypatch):
   assert [l.split(":")[0] for l in epochs] == ["epoch 1", "epoch 2"]
   steps = len(dataset().train) // 64
   assert f"epoch 1: 3/{steps} steps" in lines
+
+
+# What a reader follows from the scanned chunk to the parameter update and
+# the metric sums: docs/design.md's table, held to the code both ways.
+STEP_FILES, STEP_TOTAL = 3, 300
+
+
+def _definitions(path):
+  """[(first line, last line, name)] of a module's top-level definitions
+  (functions, classes and assigned names)."""
+  out = []
+  for node in ast.parse(open(path).read()).body:
+    if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+      out.append((node.lineno, node.end_lineno, node.name))
+    elif isinstance(node, ast.Assign) and isinstance(node.targets[0],
+                                                     ast.Name):
+      out.append((node.lineno, node.end_lineno, node.targets[0].id))
+  return out
+
+
+def _traced_definitions():
+  """{(file under mnist_jax/, top-level name): lines} of every definition of
+  the project, the model's file apart, whose code runs while the train chunk
+  of an MLP (dropout, clipping, weight decay) is traced."""
+  config = tiny_config("mlp", dropout=0.2, grad_clip=1.0, weight_decay=1e-4,
+                       label_smoothing=0.1)
+  images, labels = digits(64)
+  state = fresh_state(config, steps_per_epoch=2)
+  order = train.epoch_order(state, 1, n=64, steps=2, batch_size=32)
+  fn = functools.partial(train.train_chunk, chunk_len=2,
+                         multiplier=optim.schedule(config, 2),
+                         label_smoothing=config.label_smoothing)
+  model_file = sys.modules[dense.MLP.__module__].__file__
+  entered = set()
+
+  def profile(frame, event, arg):
+    del arg
+    path = frame.f_code.co_filename
+    if event == "call" and path.startswith(PACKAGE) and path != model_file:
+      entered.add((path, frame.f_code.co_firstlineno))
+
+  sys.setprofile(profile)
+  try:
+    jax.make_jaxpr(fn)(state, order, images, labels, 0)
+  finally:
+    sys.setprofile(None)
+  found = {}
+  for path, line in entered:
+    for first, last, name in _definitions(path):
+      if first <= line <= last:
+        found[(os.path.relpath(path, PACKAGE), name)] = last - first + 1
+  return found
+
+
+def _design_table():
+  """docs/design.md's table of the step: {(file, name): lines}."""
+  root = os.path.dirname(PACKAGE.rstrip(os.sep))
+  text = open(os.path.join(root, "docs", "design.md")).read()
+  rows = re.findall(r"^\| `mnist_jax/([\w/]+\.py)` \| `(\w+)` \| (\d+) \|$",
+                    text, re.M)
+  return {(f, n): int(lines) for f, n, lines in rows}
+
+
+def test_the_design_lists_what_a_reader_follows_through_one_step():
+  """From train_chunk to the parameter update and the metric sums: each
+  top-level definition that runs (the model's own file apart) is in
+  docs/design.md's table with its line count, and nothing else; at most
+  STEP_TOTAL lines in at most STEP_FILES files."""
+  traced = _traced_definitions()
+  assert ("training/train.py", "train_chunk") in traced
+  assert ("optim.py", "_chain") in traced
+  assert ("training/metrics.py", "batch_sums") in traced
+  assert _design_table() == traced
+  assert sum(traced.values()) <= STEP_TOTAL, traced
+  assert len({f for f, _ in traced}) <= STEP_FILES, traced
