@@ -99,30 +99,36 @@ class RunFolder(loop.Hooks):
         epoch, epoch_step, sums if epoch_step else None, bool(finished))
 
   def _restore(self, state):
-    directory = resume.checkpoint_dir(self.workdir)
-    if not resume.complete_steps(directory):
+    """The latest checkpoint's state and start, saying where the run goes
+    on from; a fresh start where none was saved."""
+    if not checkpoints.steps(self.workdir):
       if metrics_log.final_metrics(self.workdir) is not None:
         raise checkpoints.CheckpointError(
             f"{self.workdir} trained to the end, but its report cannot be "
-            f"written: its checkpoints are missing from {directory}; put them "
-            "back (the same command then writes the report), or pass another "
-            f"--workdir; --overwrite trains it again, deleting "
-            f"{resume.contents(self.workdir)}")
-      self.message(resume.resume_line(self.workdir, None, None, self.steps))
+            "written: its checkpoints are missing from "
+            f"{checkpoints.directory(self.workdir)}; put them back (the same "
+            "command then writes the report), or pass another --workdir; "
+            "--overwrite trains it again, deleting its logs")
+      self.message(f"{self.workdir} has no complete checkpoint: training "
+                   "starts over from epoch 1")
       return state, loop.Start()
-    state, self.meta = checkpoints.restore(self.workdir, state,
-                                           self.config.model)
-    checkpoints.check_fits(self.meta, int(np.max(state.step)), self.steps,
-                           self.config.epochs, directory)
-    if self.meta.get("done"):
+    state, meta = checkpoints.restore(self.workdir, state, self.config.model)
+    checkpoints.check_fits(meta, int(np.max(state.step)), self.steps,
+                           self.config.epochs, checkpoints.directory(
+                               self.workdir))
+    self.meta, sums = meta, meta.get("sums")
+    if meta.get("done"):
       self.logged = metrics_log.final_metrics(self.workdir)
-    self.message(resume.resume_line(self.workdir, self.meta, self.logged,
-                                    self.steps))
-    sums = self.meta.get("sums")
+      self.message(f"completing {self.workdir}: its training ended at epoch "
+                   f"{meta['epoch']} (step {meta['step']}); writing its report")
+    else:
+      self.message(f"resuming {self.workdir} at step {meta['step']} (epoch "
+                   f"{meta['epoch'] + 1}, step {meta.get('epoch_step', 0)} of "
+                   f"{self.steps})")
     return state, loop.Start(
-        self.meta["epoch"] + 1, self.meta.get("epoch_step", 0),
+        meta["epoch"] + 1, meta.get("epoch_step", 0),
         {k: np.asarray(v, np.float32) for k, v in sums.items()} if sums
-        else None, bool(self.meta.get("done")))
+        else None, bool(meta.get("done")))
 
   def message(self, text: str) -> None:
     self.log.message(text)
@@ -149,7 +155,7 @@ class RunFolder(loop.Hooks):
                 sums=sums if done else None)
     self.close()
     # Process 0 saved it for every process.
-    directory = resume.checkpoint_dir(self.workdir) if self.saved else None
+    directory = checkpoints.directory(self.workdir) if self.saved else None
     raise control.Preempted(signum, control.stopped_message(
         signum, _step(state), epoch, done, self.steps, directory), self.workdir)
 
@@ -183,13 +189,13 @@ class RunFolder(loop.Hooks):
 
   def kept(self) -> str:
     """Which checkpoint a stopped run goes back to, in words."""
-    self.close()
-    directory = resume.checkpoint_dir(self.workdir)
-    step = max(resume.complete_steps(directory), default=None)
-    if not self.write and self.saved:  # Its folder may be on another host.
+    self.close()  # A save under way is complete once this returns.
+    if self.saved is None:
+      return "no checkpoint had been saved yet"
+    if not self.write:  # Its folder may be on another host.
       return "process 0 keeps its last good checkpoint"
-    return ("no checkpoint had been saved yet" if step is None or not self.write
-            else f"the last good checkpoint, {directory}/{step}, is kept")
+    return (f"the last good checkpoint, {checkpoints.directory(self.workdir)}"
+            f"/{self.saved}, is kept")
 
   def close(self) -> None:
     if self.checkpointer is not None:
@@ -234,8 +240,7 @@ def train_and_evaluate(config, workdir: str, stream=None,
                       overwrite=overwrite, data_time=data_time,
                       implementation=implementation)
     stack.callback(hooks.close)
-    hooks.stop = stack.enter_context(control.StopRequest(kept=lambda: (
-        resume.on_disk(resume.checkpoint_dir(workdir)))))
+    hooks.stop = stack.enter_context(control.StopRequest())
     state, final = loop.train_and_evaluate(config, data, model, hooks)
     hooks.trained(state, final)
     return _finish(config, workdir, data, state, final, hooks, log, members)
@@ -316,11 +321,11 @@ def _summary(final: dict, members, config, workdir: str) -> str:
 
 def _training_ended(workdir: str) -> bool:
   """Whether the latest checkpoint is the one a run saves at its end."""
-  if not resume.complete_steps(resume.checkpoint_dir(workdir)):
-    return False
-  with contextlib.closing(checkpoints.Checkpointer(
-      workdir, read_only=True)) as reader:
-    return bool(reader.read_meta()[1].get("done"))
+  reader = checkpoints.Checkpointer(workdir, read_only=True)
+  try:
+    return bool(reader.steps() and reader.read_meta()[1].get("done"))
+  finally:
+    reader.close()
 
 
 def _repair(workdir: str, run, test) -> Optional[str]:

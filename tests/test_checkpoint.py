@@ -3,9 +3,10 @@ whatever devices wrote them, and telling damage apart from a checkpoint that
 is intact but does not fit, in one line wherever a run folder is restored."""
 
 import json
-import logging
 import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -128,7 +129,8 @@ def test_the_newest_checkpoints_are_kept(tmp_path):
   writer.close()
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "5"]
   reader = checkpoints.Checkpointer(workdir, read_only=True)
-  assert reader.latest_step() == 5 and reader.read_meta()[1]["epoch"] == 5
+  assert reader.manager.latest_step() == 5
+  assert reader.read_meta()[1]["epoch"] == 5
 
 
 def _flip_array_byte(workdir, step=14):
@@ -144,11 +146,20 @@ def _flip_array_byte(workdir, step=14):
     f.write(bytes([byte ^ 0x5A]))
 
 
-def _truncate_arrays(workdir):
-  folder = os.path.join(_step_dir(workdir), "state", "ocdbt.process_0", "d")
+def _truncate_arrays(workdir, step=14):
+  folder = os.path.join(_step_dir(workdir, step), "state", "ocdbt.process_0",
+                        "d")
   for name in os.listdir(folder):
     with open(os.path.join(folder, name), "r+b") as f:
       f.truncate(10)
+
+
+def _unreadable_arrays(workdir, step):
+  """Takes away read access to every file of the arrays."""
+  for folder, _, names in os.walk(os.path.join(_step_dir(workdir, step),
+                                               "state")):
+    for name in names:
+      os.chmod(os.path.join(folder, name), 0)
 
 
 def _meta_path(workdir):
@@ -200,9 +211,7 @@ def test_damage_is_called_damage_and_names_the_checkpoint_before(
   assert message.endswith(f"delete that folder to go back to the checkpoint "
                           f"before it, {_step_dir(workdir, 7)}")
   reader = checkpoints.Checkpointer(workdir, read_only=True)
-  assert reader.damage(7) is None
-  if damage != "flipped_array_byte":  # Only the run's structure finds that.
-    assert reason in reader.damage(14)
+  lh.assert_trees_equal(reader.restore(_state(), step=7)[0], saved[1])
 
 
 def test_damage_of_the_only_checkpoint_advises_no_deletion(saved, tmp_path):
@@ -221,7 +230,7 @@ def _unknown_orbax_error(workdir, monkeypatch):
   """Makes the first read of the state fail as orbax might for a reason
   mnist_jax cannot name (here its old topology error); later reads work."""
   reader = checkpoints.Checkpointer(workdir, read_only=True)
-  manager = reader._manager  # pylint: disable=protected-access
+  manager = reader.manager
   real, failed = manager.restore, []
 
   def restore(step, args=None):
@@ -244,8 +253,9 @@ MISMATCH = {
     "unknown_orbax_error": (None, "is intact but does not fit this run's "
                             "train state (Topology mismatch detected"),
     "another_optimizer": ("sgd", "is intact but does not fit this run's "
-                          "train state (User-provided restore item"),
-    "another_model": ("mlp", "was written by model 'linear', not 'mlp'"),
+                          "train state (Structure mismatch"),
+    "another_model": ("mlp", "config.json says model 'mlp', but the run's "
+                      "checkpoints were written by model 'linear'"),
     "other_shapes": ("bias", "holds another model's parameters"),
     "newer_format": (_format(checkpoints.FORMAT + 1),
                      "written by a newer mnist_jax"),
@@ -280,18 +290,17 @@ def test_an_intact_checkpoint_that_does_not_fit_is_not_damage(
   assert "damaged" not in message and "delete" not in message
   assert "--overwrite" not in message
   assert "another --workdir" in message
-  assert reader.damage(14) is None
   if not case.endswith("_format"):
     lh.assert_trees_equal(_restore(workdir)[0], saved[1])  # Still whole.
 
 
-def _damaged_run(tiny_run, tmp_path):
-  """A copy of a finished run whose one checkpoint has a flipped byte: its
-  folder and that checkpoint's."""
+def _damaged_run(tiny_run, tmp_path, spoil=_flip_array_byte):
+  """A copy of a finished run whose one checkpoint `spoil` spoiled (by
+  default, a flipped byte): its folder and that checkpoint's."""
   workdir = str(tmp_path / "damaged")
   shutil.copytree(tiny_run, workdir)
   [step] = os.listdir(os.path.join(workdir, checkpoints.CHECKPOINT_DIR))
-  _flip_array_byte(workdir, step)
+  spoil(workdir, step)
   return workdir, _step_dir(workdir, step)
 
 
@@ -319,42 +328,75 @@ def _assert_damaged_arrays(message, step):
   assert "\n" not in message
 
 
+def test_a_checkpoint_this_user_may_not_read_is_not_called_damaged(
+    saved, tmp_path, monkeypatch):
+  """Whatever orbax says of a file it may not open (Python's PermissionError,
+  tensorstore's PERMISSION_DENIED): one line asking for read access."""
+  workdir = _copy(saved, tmp_path)
+  for error in (PermissionError(13, "Permission denied", "meta/metadata"),
+                ValueError('PERMISSION_DENIED: Error opening "zarr" driver')):
+    reader = checkpoints.Checkpointer(workdir, read_only=True)
+
+    def restore(step, args=None, error=error):
+      raise error
+
+    monkeypatch.setattr(reader.manager, "restore", restore)
+    with pytest.raises(checkpoints.CheckpointError) as e:
+      reader.restore(_state())
+    assert str(e.value).startswith(
+        f"the checkpoint {_step_dir(workdir)} cannot be read by this user (")
+    assert str(e.value).endswith(
+        f"give read access to {os.path.dirname(_step_dir(workdir))}, or pass "
+        "another --workdir")
+    assert "damaged" not in str(e.value) and "delete" not in str(e.value)
+
+
+def _snapshot(workdir):
+  """lh.snapshot, of the files this user may not read too."""
+  denied = {}
+  for folder, _, names in os.walk(workdir):
+    for path in (os.path.join(folder, n) for n in names):
+      if not os.access(path, os.R_OK):
+        denied[path] = os.stat(path).st_mode
+        os.chmod(path, 0o400)
+  try:
+    return lh.snapshot(workdir)
+  finally:
+    for path, mode in denied.items():
+      os.chmod(path, mode)
+
+
+# A command prefix that runs a child as a user who cannot read every file:
+# none for a user other than root; root without its capabilities to.
+_NOT_ROOT = [] if os.geteuid() else [
+    "setpriv", "--inh-caps=-dac_override,-dac_read_search",
+    "--bounding-set=-dac_override,-dac_read_search"]
+
+
 @pytest.mark.slow
-def test_launch_refuses_a_damaged_run_in_one_line(tiny_run, tmp_path):
-  """launch.py's report and predict: exit 1, one line, nothing written."""
-  workdir, step = _damaged_run(tiny_run, tmp_path)
+@pytest.mark.parametrize("spoil", [_flip_array_byte, _truncate_arrays,
+                                   _unreadable_arrays])
+def test_launch_refuses_a_damaged_run_in_one_line(tiny_run, tmp_path, spoil):
+  """launch.py's report and predict: exit 1, one line and nothing else (none
+  of what orbax's abandoned reads leave behind), nothing written."""
+  if _NOT_ROOT and not shutil.which(_NOT_ROOT[0]):
+    pytest.skip("root reads any file, and setpriv is missing")
+  workdir, step = _damaged_run(tiny_run, tmp_path, spoil)
   image = str(tmp_path / "one.png")
   from PIL import Image  # pylint: disable=g-import-not-at-top
   Image.fromarray(np.zeros((28, 28), np.uint8)).save(image)
-  before = lh.snapshot(workdir)
+  before = _snapshot(workdir)
   for mode in ("report", "predict"):
-    rc, out, err = lh.run([f"--mode={mode}", f"--workdir={workdir}",
-                           f"--image={image}"])
-    assert rc == 1, (out, err)
-    [line] = err.strip().splitlines()
-    assert line.startswith("error: "), err
-    _assert_damaged_arrays(line[len("error: "):], step)
-    assert lh.snapshot(workdir) == before
-
-
-def test_orbax_silences_only_its_own_leftovers_in_asyncios_log():
-  """Importing orbax hides what its abandoned reads leave asyncio to log, and
-  nothing else of asyncio's: a notebook's or a server's own errors still
-  show."""
-  checkpoints._orbax()  # pylint: disable=protected-access
-  log = logging.getLogger("asyncio")
-  assert log.isEnabledFor(logging.ERROR)
-
-  def shown(message, exc=None):
-    record = log.makeRecord("asyncio", logging.ERROR, __file__, 0, message, (),
-                            exc and (type(exc), exc, None))
-    return bool(log.filter(record))
-
-  leftover = ValueError('DATA_LOSS: Error opening "zarr" driver [tensorstore_'
-                        'spec=\'{"driver": "zarr"}\']')
-  assert not shown("Future exception was never retrieved\nfuture: <Future "
-                   f"finished exception={leftover!r}>")
-  assert not shown("Task exception was never retrieved", leftover)
-  assert shown("Task exception was never retrieved\nfuture: <Task finished "
-               "exception=KeyError('mine')>", KeyError("mine"))
-  assert shown("Unclosed client session")
+    p = subprocess.run(
+        [*_NOT_ROOT, sys.executable, "launch.py", f"--mode={mode}",
+         f"--workdir={workdir}", f"--image={image}"], cwd=lh.ROOT,
+        capture_output=True, text=True, timeout=120, env=lh.child_env())
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    [line] = p.stderr.strip().splitlines()
+    assert line.startswith("error: "), p.stderr
+    if spoil is _unreadable_arrays:
+      assert line.startswith(f"error: the checkpoint {step} cannot be read by "
+                             "this user ("), line
+    else:
+      _assert_damaged_arrays(line[len("error: "):], step)
+    assert _snapshot(workdir) == before

@@ -3,7 +3,6 @@
 import io
 import json
 import os
-import shlex
 import shutil
 import signal
 import types
@@ -22,7 +21,6 @@ from mnist_jax.rundir import control
 from mnist_jax.rundir import log as log_lib
 from mnist_jax.rundir import metrics_log
 from mnist_jax.rundir import record as record_lib
-from mnist_jax.rundir import resume
 from mnist_jax import modes as run_lib
 from mnist_jax.training import loop
 
@@ -177,20 +175,10 @@ def test_a_process_that_writes_no_files_writes_no_checkpoint(tmp_path,
   hooks.stop.signum = signal.SIGINT
   with pytest.raises(control.Preempted, match=(
       "^stopped by SIGINT at step 5 \\(epoch 1, step 5 of 33\\); the "
-      f"checkpoint is in {resume.checkpoint_dir(workdir)}$")):
+      f"checkpoint is in {checkpoints.directory(workdir)}$")):
     hooks._stop_if_asked(state, 1, 5, _meta()["sums"])
   hooks.log.close()
   assert not os.path.exists(workdir)
-
-
-def test_a_second_ctrl_c_is_told_which_checkpoint_is_kept(tmp_path):
-  directory = str(tmp_path / "checkpoints")
-  assert resume.on_disk(directory) == ("no checkpoint has been saved yet, so "
-                                       "the run starts over", "To start it again")
-  for name in ("33", "66", "99.orbax-checkpoint-tmp-1"):  # 99: mid-save.
-    os.makedirs(os.path.join(directory, name))
-  assert resume.on_disk(directory) == (f"the last complete checkpoint, "
-                                       f"{directory}/66, is kept", "To resume")
 
 
 def test_the_hooks_record_the_runs_seconds_and_keep_checkpoints(tmp_path):
@@ -201,7 +189,7 @@ def test_the_hooks_record_the_runs_seconds_and_keep_checkpoints(tmp_path):
   hooks.save(state.replace(step=jnp.int32(38)), epoch=1, epoch_step=5,
              sums=_meta()["sums"])
   assert hooks.kept() == (f"the last good checkpoint, "
-                          f"{resume.checkpoint_dir(workdir)}/38, is kept")
+                          f"{checkpoints.directory(workdir)}/38, is kept")
   hooks.close()
   hooks.log.close()
   reader = checkpoints.Checkpointer(workdir, read_only=True)
@@ -306,13 +294,11 @@ def test_a_finished_run_whose_log_was_cut_is_still_finished(reference,
   assert lh.metrics(workdir) == rows
 
 
-def test_report_on_a_run_that_diverged_later_advises_a_lower_rate(
-    reference, tmp_path, capsys, monkeypatch):
+def test_report_on_a_run_that_diverged_later_says_what_to_change(
+    reference, tmp_path, capsys):
   """A run that diverged in epoch 3, its epoch-2 checkpoint kept: report and
-  predict give that checkpoint's results, and the command their note prints
-  to train it on is not the one that diverged but a lower --learning_rate,
-  starting it over (which deletes this one, as it says)."""
-  monkeypatch.setattr("sys.argv", ["launch.py", "--mode=report"])
+  predict give that checkpoint's results, and their note says that its own
+  settings would diverge again and what to change."""
   workdir = str(tmp_path / "run")
   shutil.copytree(reference[0], workdir)
   shutil.rmtree(os.path.join(workdir, "checkpoints", "99"))
@@ -326,25 +312,18 @@ def test_report_on_a_run_that_diverged_later_advises_a_lower_rate(
     json.dump({**record, "finished": False}, f)
   assert record_lib.status(workdir)[0] == "diverged"
   run_lib.rewrite_report(workdir)
-  out = capsys.readouterr().out
-  assert (f"note: {workdir} diverged (training diverged): these results are "
+  note = (f"note: {workdir} diverged (training diverged): these results are "
           "of its last good checkpoint, of epoch 2; its settings would diverge "
-          "again, so to train a new run in its place (--overwrite deletes this "
-          "one), run: ") in out
-  command = lh.printed_command(out, "(--overwrite deletes this one), run: ")
-  argv = shlex.split(command)
-  assert argv[-3:] == [f"--workdir={workdir}", "--learning_rate=0.0001",
-                       "--overwrite"], command
-  assert [a for a in argv if a.startswith("--learning_rate")] == [
-      "--learning_rate=0.0001"]
+          "again: lower --learning_rate or set --grad_clip, and add "
+          "--overwrite to train it over (which deletes this one)")
+  assert note in capsys.readouterr().out.splitlines()[-1]
   image = str(tmp_path / "seven.png")
   picture = np.full((28, 28), 255, np.uint8)
   picture[4:24, 12:16] = 0
   Image.fromarray(picture).save(image)
   err = io.StringIO()
   results.print_predictions(workdir, [image], out=io.StringIO(), err=err)
-  assert lh.printed_command(err.getvalue(),
-                            "(--overwrite deletes this one), run: ") == command
+  assert err.getvalue().splitlines() == [note]
 
 
 def test_report_restores_the_weights_of_the_final_row(reference, tmp_path,
@@ -382,20 +361,21 @@ def test_report_on_an_unfinished_run_says_how_to_train_it_on(reference,
   workdir = _unfinished(reference, tmp_path)
   run_lib.rewrite_report(workdir)
   out = capsys.readouterr().out
-  assert f"note: {workdir} is unfinished (epoch 2 of 3)" in out
-  command = lh.printed_command(out, "to train it on, run: ")
-  assert command.endswith(f"--workdir={workdir}") and "--overwrite" not in command
+  assert (f"note: {workdir} is unfinished (epoch 2 of 3): these results are of "
+          "its latest checkpoint; to train it on, run its training command "
+          "again") in out
 
 
 @pytest.mark.slow
-def test_the_command_an_unfinished_runs_report_prints_completes_it(
-    reference, tmp_path, capsys):
-  """That command resumes the checkpoint to the uninterrupted result."""
+def test_an_unfinished_runs_own_command_completes_it(reference, tmp_path):
+  """Its training command (config.json's "repeat", with its --workdir), as
+  the report's note says, resumes the checkpoint to the uninterrupted
+  result."""
   _, ref_rows, ref_state = reference
   workdir = _unfinished(reference, tmp_path)
-  run_lib.rewrite_report(workdir)
-  command = lh.printed_command(capsys.readouterr().out, "to train it on, run: ")
-  rc, out, err = lh.follow(command)
+  with open(os.path.join(workdir, "config.json")) as f:
+    command = json.load(f)["repeat"]
+  rc, out, err = lh.follow(f"{command} --workdir={workdir}")
   assert rc == 0, err
   assert f"resuming {workdir} at step 66 (epoch 3, step 0 of 33)" in out, out
   assert lh.deterministic(lh.metrics(workdir)) == ref_rows
@@ -425,7 +405,7 @@ def big(seed):  # 128 MB of incompressible floats: a save takes a while.
   return {"params": {"w": jax.random.uniform(jax.random.PRNGKey(seed),
                                              (32, 1024, 1024))}}
 ck.save(1, big(1), {"epoch": 1})
-ck._manager.wait_until_finished()
+ck.manager.wait_until_finished()
 ck.save(2, big(2), {"epoch": 2})
 print("saving", flush=True)
 ck.close()
@@ -455,7 +435,7 @@ def test_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path):
   lh.assert_trees_equal(restored, big(1))
   # A resumed run saves the same step again over the unfinished attempt.
   writer = checkpoints.Checkpointer(str(tmp_path))
-  assert writer.latest_step() == 1
+  assert writer.manager.latest_step() == 1
   again = big(3)
   writer.save(2, again, {"epoch": 2})
   writer.close()

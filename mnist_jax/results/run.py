@@ -22,7 +22,6 @@ from mnist_jax import files
 from mnist_jax.rundir import lock
 from mnist_jax.rundir import metrics_log
 from mnist_jax.rundir import record
-from mnist_jax.rundir import resume
 from mnist_jax.training import members as members_lib
 from mnist_jax.training import loop
 from mnist_jax.training import train
@@ -159,7 +158,6 @@ def load_run(workdir: str, **overrides) -> Run:
   """Restores a run folder's latest checkpoint, without writing to it; the
   member the final metrics row chose (else 0). overrides: Config fields."""
   config = record.used_config(workdir, **overrides)
-  resume.check_model(workdir, config)
   model, _ = models.build(config, say=lambda _: None)
   state, meta = checkpoints_lib.restore(workdir, jax.eval_shape(
       lambda: loop.initial_state(config, model)), config.model)
@@ -186,14 +184,13 @@ def checkpoint_note(workdir: str, run: Run) -> Optional[str]:
   if state == "diverged":
     return (f"{workdir} diverged ({last_row.get('message', 'training')}): "
             f"these results are of its last good checkpoint, of epoch "
-            f"{run.epoch}; its settings would diverge again, so to train a "
-            "new run in its place (--overwrite deletes this one), run: "
-            f"{resume.train_command(workdir)}")
+            f"{run.epoch}; its settings would diverge again: lower "
+            "--learning_rate or set --grad_clip, and add --overwrite to train "
+            "it over (which deletes this one)")
   if metrics_log.final_metrics(workdir) is None:
     return (f"{workdir} is unfinished (epoch {run.epoch} of "
             f"{run.config.epochs}): these results are of its latest "
-            "checkpoint; to train it on, run: "
-            f"{resume.train_command(workdir)}")
+            "checkpoint; to train it on, run its training command again")
   return None
 
 

@@ -15,6 +15,7 @@ from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.config import value_text
 from mnist_jax.errors import Diverged, UserError
+from mnist_jax.rundir import checkpoints
 from mnist_jax.rundir import choose
 from mnist_jax.rundir import lock
 from mnist_jax.rundir import process
@@ -222,7 +223,7 @@ class Command:
     work = self.work
     if not (work and self.fresh and self.claimed and os.path.isdir(work)):
       return False
-    if resume.complete_steps(resume.checkpoint_dir(work)):
+    if checkpoints.steps(work):
       return False
     shutil.rmtree(work, ignore_errors=True)
     if self.existed:
