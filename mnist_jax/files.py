@@ -26,8 +26,6 @@ _NO_SPACE_TEXT = {
 def atomic(path: str, mode: str = "w") -> Iterator[IO]:
   """Yields a temporary file beside `path` ("w" text or "wb" binary), renamed
   to `path` on success; if the block raises, `path` is left as it was."""
-  if mode not in ("w", "wb"):
-    raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
   folder, name = os.path.split(os.path.abspath(path))
   tmp = os.path.join(folder,
                      f".{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
@@ -50,9 +48,7 @@ def atomic(path: str, mode: str = "w") -> Iterator[IO]:
 
 def probe_writable(folder: str) -> None:
   """Creates and removes a file in `folder`: OSError if it cannot be written."""
-  fd, probe = tempfile.mkstemp(dir=folder, prefix=".mnist_jax_probe")
-  os.close(fd)
-  os.remove(probe)
+  tempfile.TemporaryFile(dir=folder).close()
 
 
 def write_text(path: str, text: str) -> None:

@@ -321,11 +321,10 @@ def _summary(final: dict, members, config, workdir: str) -> str:
 
 def _training_ended(workdir: str) -> bool:
   """Whether the latest checkpoint is the one a run saves at its end."""
-  reader = checkpoints.Checkpointer(workdir, read_only=True)
-  try:
-    return bool(reader.steps() and reader.read_meta()[1].get("done"))
-  finally:
-    reader.close()
+  with contextlib.closing(checkpoints.Checkpointer(
+      workdir, read_only=True)) as reader:
+    return bool(reader.manager.latest_step() is not None and
+                reader.read_meta()[1].get("done"))
 
 
 def _repair(workdir: str, run, test) -> Optional[str]:

@@ -150,7 +150,7 @@ CASES = [
     ("other_settings", lambda r, t: [f"--workdir={_copy_run(r, t)}",
                                      "--epochs=2"], 1,
      "holds a run with other settings (epochs: 1 -> 2)"),
-    ("corrupt_config", _corrupt_config, 1, "config.json is not valid JSON"),
+    ("corrupt_config", _corrupt_config, 1, "config.json holds settings this mnist_jax cannot use (JSONDecodeError"),
     ("truncated_checkpoint", _truncated_checkpoint, 1, "damaged or truncated"),
     ("other_models_checkpoint", _other_models_checkpoint, 1,
      "the run's checkpoints were written by model 'linear'"),

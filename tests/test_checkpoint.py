@@ -121,6 +121,19 @@ def test_restore_gives_back_the_whole_trained_state(tmp_path):
   assert _same(restored, state)
 
 
+def test_a_part_the_checkpoint_lacks_comes_from_the_fresh_state(tmp_path):
+  """A field added to the TrainState since a checkpoint was written: that
+  checkpoint still restores, the new part as the fresh state has it."""
+  workdir, state = str(tmp_path / "run"), _state()
+  writer = checkpoints.Checkpointer(workdir)
+  writer.save(3, {k: v for k, v in state.items() if k != "opt_state"},
+              {"epoch": 1})
+  writer.close()
+  restored, meta = _restore(workdir)
+  assert meta["epoch"] == 1
+  lh.assert_trees_equal(restored, state)
+
+
 def test_the_newest_checkpoints_are_kept(tmp_path):
   workdir, state = str(tmp_path / "run"), _state()
   writer = checkpoints.Checkpointer(workdir, keep=2)

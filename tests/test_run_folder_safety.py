@@ -325,9 +325,10 @@ def test_other_settings_print_commands_that_work(prepared, reference,
   rc, _, err = lh.run([*args, "--epochs=4"])
   line = _one_line_error(err)
   assert rc == 1 and "(epochs: 3 -> 4)" in line
-  assert f"--overwrite, which deletes {workdir}'s 3 logged epochs, 3 " \
-         "checkpoints and report" in line
-  own = re.search("run its own command: (.*?); to train", line).group(1)
+  assert ("run the command in its config.json (\"repeat\") with "
+          f"--workdir={workdir};") in line
+  assert "--overwrite, which deletes its checkpoints, logs and report" in line
+  own = f"{_config(workdir)['repeat']} --workdir={workdir}"
   rc, out, err = lh.follow(own)
   assert rc == 0 and f"{workdir} already finished" in out, err
   rc, out, err = lh.follow(shlex.join(["python", "launch.py", *args,
@@ -441,15 +442,15 @@ def test_a_finished_run_missing_its_final_checkpoint_says_so_everywhere(
   assert f"note: {said}" in err.splitlines()
 
 
-def test_a_second_ctrl_c_before_any_checkpoint_says_none_is_kept(
+def test_a_second_ctrl_c_before_any_checkpoint_then_the_command_starts_over(
     prepared, reference, tmp_path):
   workdir = str(tmp_path / "run")
   args = _args(prepared, workdir)
   rc, _, err, _ = lh.run_and_signal(args, lh.SIGINT, epoch=1, chunk=2,
                                     pause_s=2, repeat=2)
   assert rc == 130, err
-  assert ("second Ctrl-C: quitting now without saving; no checkpoint has "
-          "been saved yet, so the run starts over. To start it again, run: ") in err
-  rc, _, err = lh.follow(lh.printed_command(err, "To start it again, run: "))
+  assert ("second Ctrl-C: quitting now without saving; the last complete "
+          "checkpoint, if any, is kept. To resume, run: ") in err
+  rc, _, err = lh.follow(lh.printed_command(err))
   assert rc == 0, err
   _assert_as_uninterrupted(workdir, reference)

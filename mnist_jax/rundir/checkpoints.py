@@ -6,6 +6,7 @@ one way a run folder's state is read back; only verified damage is called
 damage.
 """
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -117,10 +118,6 @@ class Checkpointer:
           "check that this user can read and write that folder, or pass "
           "another --workdir") from None
 
-  def steps(self) -> List[int]:
-    """The steps of the complete checkpoints, oldest first."""
-    return list(self.manager.all_steps())
-
   def save(self, step: int, state_tree: dict, meta: dict) -> None:
     """Starts an atomic save in the background; `close` finishes it (a full
     disk, which orbax reports as text, reaches resources.failure)."""
@@ -146,7 +143,7 @@ class Checkpointer:
       raise
 
   def _damaged(self, step: int, why: str) -> CheckpointError:
-    earlier = [s for s in self.steps() if s < step]
+    earlier = [s for s in self.manager.all_steps() if s < step]
     advice = (f"delete that folder to go back to the checkpoint before it, "
               f"{self.directory}/{max(earlier)}" if earlier else
               "the run has no earlier checkpoint to go back to: pass another "
@@ -217,7 +214,7 @@ class Checkpointer:
       saved = self.manager.item_metadata(step)["state"].tree
       restored = self._read(step, state=ocp.args.StandardRestore({
           k: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                          template[k]) for k in template if k in saved}))["state"]
+                          template[k]) for k in saved}))["state"]
     except (CheckpointError, MemoryError):
       raise
     except Exception as e:  # pylint: disable=broad-except
@@ -246,21 +243,15 @@ class Checkpointer:
 
 def steps(workdir: str) -> List[int]:
   """The steps of a run folder's complete checkpoints, oldest first."""
-  reader = Checkpointer(workdir, read_only=True)
-  try:
-    return reader.steps()
-  finally:
-    reader.close()
+  with contextlib.closing(Checkpointer(workdir, read_only=True)) as reader:
+    return list(reader.manager.all_steps())
 
 
 def restore(workdir: str, state, model: Optional[str] = None):
   """(`state` with the parts of the latest checkpoint, as host arrays; its
   record): the one restore, to train on or to report on."""
-  reader = Checkpointer(workdir, read_only=True)
-  try:
+  with contextlib.closing(Checkpointer(workdir, read_only=True)) as reader:
     parts, meta = reader.restore(tree(state), model=model)
-  finally:
-    reader.close()
   return state.replace(**parts), meta
 
 
@@ -268,13 +259,11 @@ def check_model(workdir: str, model: str) -> None:
   """Refuses a run folder whose config.json names another model than its
   newest checkpoint's record, before its settings are compared; a
   checkpoint that cannot tell is left to `restore`."""
-  reader = Checkpointer(workdir, read_only=True)
-  try:
-    saved = reader.read_meta()[1].get("model")
-  except CheckpointError:
-    return
-  finally:
-    reader.close()
+  with contextlib.closing(Checkpointer(workdir, read_only=True)) as reader:
+    try:
+      saved = reader.read_meta()[1].get("model")
+    except CheckpointError:
+      return
   if isinstance(saved, str) and saved != model:
     raise model_error(workdir, model, saved)
 

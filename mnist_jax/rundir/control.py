@@ -103,8 +103,8 @@ class Preempted(Exception):
 
 class StopRequest:
   """While active (in the main thread), SIGTERM and SIGINT set `signum`
-  instead of ending the process. kept: fn() -> resume.on_disk's words, for
-  a second Ctrl-C's line."""
+  instead of ending the process. kept: fn() -> (which checkpoint is kept,
+  what to do), in words, for a second Ctrl-C's line."""
 
   def __init__(self, stream=None,
                kept: Optional[Callable[[], Tuple[str, str]]] = None):

@@ -33,16 +33,12 @@ def check_writable(workdir: str) -> None:
   """Refuses, before anything is written, a folder that cannot be written
   (probing it or its nearest existing parent: permission bits miss read-only
   file systems)."""
-  path = os.path.abspath(workdir)
-  if os.path.exists(path) and not os.path.isdir(path):
-    raise UserError(f"--workdir={workdir} is a file, not a folder; pass a "
-                    "folder")
-  target = path
+  target = os.path.abspath(workdir)
   while not os.path.exists(target):
     target = os.path.dirname(target)
   if not os.path.isdir(target):
-    raise UserError(f"--workdir={workdir} cannot be created: {target} is a "
-                    "file; pass a folder path")
+    raise UserError(f"--workdir={workdir} cannot be a run folder: {target} is "
+                    "a file, not a folder; pass a folder path")
   try:
     files.probe_writable(target)
   except OSError as e:
@@ -73,20 +69,19 @@ def claim(workdir: str, mode: str = "train", create: bool = True) -> None:
   key = os.path.realpath(workdir)
   if _HELD is None or key in _HELD:
     return
-  created = None
+  created = None  # The outermost folder this claim makes, if any.
   if not os.path.isdir(key):
     if not create:
       return
     check_writable(workdir)
-    outermost = key
-    while not os.path.exists(os.path.dirname(outermost)):
-      outermost = os.path.dirname(outermost)
+    created = key
+    while not os.path.exists(os.path.dirname(created)):
+      created = os.path.dirname(created)
     os.makedirs(os.path.dirname(key), exist_ok=True)
     try:
       os.mkdir(key)
-      created = outermost
-    except FileExistsError:
-      pass  # Another process made it meanwhile: the lock decides.
+    except FileExistsError:  # Another process made it meanwhile: the lock
+      created = None  # decides, and the folder is not this one's to remove.
   _HELD[key] = (_lock(key, workdir, mode), created)
   files.remove_temporary(key)
   try:

@@ -17,7 +17,7 @@ import jax
 
 from mnist_jax import config as config_lib
 from mnist_jax import models
-from mnist_jax.errors import BadFlag, UserError
+from mnist_jax.errors import BadFlag, UserError, first_line
 from mnist_jax import files
 from mnist_jax.rundir import lock
 from mnist_jax.rundir import metrics_log
@@ -81,32 +81,24 @@ def read_config(workdir: str) -> config_lib.Config:
   path = os.path.join(workdir, CONFIG_FILE)
   keep = ("so the run's settings are unknown; nothing was changed (its "
           "checkpoints and logs are untouched): ")
-  restore = f"{keep}restore it from a copy, or pass another --workdir"
   try:
     settings = read_record(workdir)["config"]
     if not isinstance(settings, dict):
-      raise TypeError("config is no dict")
+      raise TypeError(f"its \"config\" is a {type(settings).__name__}")
+    return models.from_dict(settings)
   except (FileNotFoundError, NotADirectoryError):
     raise UserError(f"{path} does not exist: --workdir must be a run folder "
                     f"written by launch.py{_runs_within(workdir)}") from None
-  except PermissionError:
-    raise UserError(f"{path} cannot be read by this user (permission denied), "
-                    f"{keep}give read access to it (chmod u+r {path}), or "
-                    "pass another --workdir") from None
   except OSError as e:
-    raise UserError(f"{path} cannot be read ({e.strerror or e}), {restore}"
+    raise UserError(f"{path} cannot be read ({e.strerror or e}), {keep}give "
+                    "this user read access to it, or pass another --workdir"
                     ) from None
-  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError.
-    where = f" at line {e.lineno}" if hasattr(e, "lineno") else ""
-    raise UserError(f"{path} is not valid JSON{where}, {restore}") from None
-  except (KeyError, TypeError):
-    raise UserError(f"{path} holds no run settings (no \"config\" object), "
-                    f"{restore}") from None
-  try:
-    return models.from_dict(settings)
-  except (TypeError, BadFlag) as e:  # A value its flag refuses.
-    raise UserError(f"{path} holds settings this mnist_jax cannot use ({e}), "
-                    f"{restore}") from None
+  except (ValueError, KeyError, TypeError, BadFlag) as e:
+    why = e if isinstance(e, BadFlag) else (
+        f"{type(e).__name__}: {first_line(e)}")
+    raise UserError(f"{path} holds settings this mnist_jax cannot use ({why}), "
+                    f"{keep}restore it from a copy, or pass another --workdir"
+                    ) from None
 
 
 def _runs_within(workdir: str) -> str:
