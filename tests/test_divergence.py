@@ -65,7 +65,9 @@ def test_divergence_stops_with_step_epoch_status_and_good_checkpoint(
   note = err.strip()
   assert note.startswith(f"note: {workdir} diverged (training diverged: "), note
   assert f"last good checkpoint, of epoch {epoch - 1}" in note
-  assert "(--overwrite deletes this one)" in note and "train it on" not in note
+  assert note.endswith("its settings would diverge again: lower "
+                       "--learning_rate or set --grad_clip, and add --overwrite "
+                       "to train it over (which deletes this one)"), note
 
 
 def _chunk_setup(learning_rate=1e-3):

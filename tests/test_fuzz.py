@@ -275,7 +275,9 @@ def test_checkpoint_restore_round_trip_and_missing(saved, tmp_path):
   assert meta["epoch"] == 1 and meta["format"] == checkpoints.FORMAT
   assert meta["digest"] == checkpoints.digest([state[k] for k in sorted(state)])
   with pytest.raises(checkpoints.CheckpointError,
-                     match="no complete checkpoint in"):
+                     match="has no complete checkpoint yet"):
     checkpoints.Checkpointer(str(tmp_path), read_only=True).restore(template)
-  with pytest.raises(checkpoints.CheckpointError, match="not 'mlp'"):
+  with pytest.raises(checkpoints.CheckpointError,
+                     match="says model 'mlp', but the run's checkpoints were "
+                     "written by model 'linear'"):
     checkpoints.Checkpointer(source, read_only=True).restore(template, model="mlp")

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 import os
 import sys
 from typing import List, Optional, Tuple
@@ -30,9 +31,13 @@ PARTS = tuple(f.name for f in dataclasses.fields(train.TrainState)
 @functools.cache
 def _ocp():
   """orbax.checkpoint, imported once a checkpoint is used (a new run's first
-  step does not wait for it). After a failed read, the callbacks of reads
-  still in flight find orbax's event loop closed: that goes unsaid."""
+  step does not wait for it). What orbax raises reaches the user in one
+  line: its own absl log of the error goes unsaid, and so do the callbacks
+  of reads still in flight after a failed one, which find its event loop
+  closed."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  logging.getLogger("absl").addFilter(
+      lambda r: f"{os.sep}orbax{os.sep}" not in r.pathname)
   hook = sys.unraisablehook
   sys.unraisablehook = lambda u: None if (
       isinstance(u.exc_value, RuntimeError) and
