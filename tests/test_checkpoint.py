@@ -266,7 +266,7 @@ MISMATCH = {
     "unknown_orbax_error": (None, "is intact but does not fit this run's "
                             "train state (Topology mismatch detected"),
     "another_optimizer": ("sgd", "is intact but does not fit this run's "
-                          "train state (Structure mismatch"),
+                          "train state (User-provided restore item"),
     "another_model": ("mlp", "config.json says model 'mlp', but the run's "
                       "checkpoints were written by model 'linear'"),
     "other_shapes": ("bias", "holds another model's parameters"),
