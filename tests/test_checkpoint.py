@@ -134,6 +134,20 @@ def test_a_part_the_checkpoint_lacks_comes_from_the_fresh_state(tmp_path):
   lh.assert_trees_equal(restored, state)
 
 
+def test_a_file_where_the_checkpoints_go_is_refused_in_one_line(tmp_path):
+  """Before a run trains on (its listing finds it), and by report."""
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / checkpoints.CHECKPOINT_DIR).write_text("not a folder")
+  for attempt in (lambda: checkpoints.steps(str(workdir)),
+                  lambda: _restore(str(workdir))):
+    with pytest.raises(checkpoints.CheckpointError) as e:
+      attempt()
+    assert str(e.value) == (
+        f"{workdir / checkpoints.CHECKPOINT_DIR} is a file where the run's "
+        "checkpoints go; move it away, or pass another --workdir")
+
+
 def test_the_newest_checkpoints_are_kept(tmp_path):
   workdir, state = str(tmp_path / "run"), _state()
   writer = checkpoints.Checkpointer(workdir, keep=2)

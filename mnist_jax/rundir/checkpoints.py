@@ -97,6 +97,10 @@ class Checkpointer:
   def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
     self.workdir, self.directory = workdir, directory(workdir)
     self._keep = None if read_only else keep
+    if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+      raise CheckpointError(f"{self.directory} is a file where the run's "
+                            "checkpoints go; move it away, or pass another "
+                            "--workdir")
 
   @functools.cached_property
   def manager(self):
