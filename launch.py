@@ -17,22 +17,13 @@ same command again resumes its run (without --workdir, the newest of its kind).
 import os
 import signal
 
-
-def _stopped_while_loading(signum, frame):  # pylint: disable=unused-argument
-  """Ctrl-C or SIGTERM while the imports below load: nothing is written yet."""
-  name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-  os.write(2, f"interrupted ({name}) while starting, before anything was "
-           "written; run the same command again to start\n".encode())
-  os._exit(128 + signum)  # pylint: disable=protected-access
-
-
-if __name__ == "__main__":  # Before the imports, which take seconds.
-  for _signum in (signal.SIGINT, signal.SIGTERM):
-    signal.signal(_signum, _stopped_while_loading)
+if __name__ == "__main__":  # Ctrl-C while the imports load: a quiet end.
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import sys
 import threading
+import traceback
 
 from absl import app
 from absl import flags
@@ -87,8 +78,7 @@ _own(flags.DEFINE_integer, "port", 0, _MODES,
 _own(flags.DEFINE_bool, "debug", False, _MODES,
      "Show Python tracebacks instead of one-line errors")
 FLAGS = flags.FLAGS
-COMMAND = cli.Command(sys.argv, lambda n: n in FLAGS,
-                      lambda n: not FLAGS[n].boolean)
+COMMAND = cli.Command()
 
 
 def main(argv):
@@ -117,13 +107,12 @@ def main(argv):
                        "flag" if config.workdir else "chosen (see run folder)",
                        members))
     return
-  control.set_resume_command(COMMAND.resume_command)
   COMMAND.existed = bool(config.workdir) and os.path.exists(config.workdir)
   with lock.locking() as held:
     work, note = cli.run_folder(config, FLAGS.overwrite)
-    COMMAND.work, COMMAND.claimed = work, os.path.realpath(work) in held
-    COMMAND.fresh = FLAGS.overwrite or not os.path.exists(
-        os.path.join(work, record.CONFIG_FILE))
+    COMMAND.work, COMMAND.fresh = work, os.path.realpath(work) in held and (
+        FLAGS.overwrite or not os.path.exists(
+            os.path.join(work, record.CONFIG_FILE)))
     if note:
       print(note, flush=True)
     final = modes.train_and_evaluate(
@@ -131,8 +120,7 @@ def main(argv):
         overwrite=FLAGS.overwrite and bool(config.workdir))
   verdict = (final or {}).get(control.NOT_LEARNED)
   if verdict:  # The run finished, but did not learn.
-    advice = COMMAND.retry_advice() if verdict["cause"] == "loss" else ""
-    print(f"warning: {verdict['message']}{advice}", file=sys.stderr)
+    print(f"warning: {verdict['message']}", file=sys.stderr)
     sys.exit(control.NOT_LEARNED_EXIT_CODE)
 
 
@@ -199,9 +187,27 @@ def _unraisable(unraisable) -> None:
     sys.__unraisablehook__(unraisable)
 
 
+def _again() -> str:
+  """How the line a run ends with says to go on."""
+  return "run the same command again" + (" without --overwrite" if
+                                         FLAGS.overwrite else "")
+
+
+def _exit(text: str, code: int) -> None:
+  """Exits with `text` as the last line; in a job of processes at once:
+  jax.distributed's shutdown at exit waits for every process, and where one
+  is gone, aborts in C++."""
+  print(text, file=sys.stderr, flush=True)
+  if jax.distributed.is_initialized():
+    sys.stdout.flush()  # os._exit drops what a pipe's buffer holds.
+    os._exit(code)  # pylint: disable=protected-access
+  sys.exit(code)
+
+
 def _run(argv):
-  """Runs main; exit status 1 bad input, 2 bad flag, 3 diverged, 4 did not
-  learn, 5 out of memory or disk space, 128+N signal N."""
+  """Runs main; ends in one line and exit status 1 bad input, 2 bad flag, 3
+  diverged, 4 did not learn, 5 out of memory or disk space, 128+N signal N
+  (--debug: a traceback)."""
   for signum in (signal.SIGINT, signal.SIGTERM):
     signal.signal(signum, _interrupt)
   sys.unraisablehook = _unraisable
@@ -211,29 +217,24 @@ def _run(argv):
   except BrokenPipeError:  # Its reader stopped reading: so does this.
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     sys.exit(128 + signal.SIGPIPE)
-  except UserError as e:
-    if FLAGS.debug:
-      raise
-    advice = COMMAND.retry_advice() if e.exit_code == 3 else ""
-    process.stop(f"error: {e}{advice}", e.exit_code)
   except control.Preempted as e:
-    print(f"{e}. To resume, run: {COMMAND.resume_command(e.workdir)}",
-          file=sys.stderr)
-    sys.exit(e.exit_code)
+    _exit(f"{e}; {_again()} to resume", e.exit_code)
   except KeyboardInterrupt:
     if FLAGS.debug:
       raise
-    process.stop(COMMAND.interrupted(), 128 + COMMAND.signum)
+    _exit(COMMAND.interrupted(_again()), 128 + COMMAND.signum)
   except Exception as e:  # pylint: disable=broad-except
-    found = resources.failure(e, COMMAND.work or FLAGS.workdir)
-    if (found is None or FLAGS.debug) and jax.distributed.is_initialized():
-      process.stop("error: this process stopped on the error above; mend "
-                   "its cause, then run every process's command again (they "
-                   "resume)", 1, e)  # Not raised: see process.stop.
-    if found is None or FLAGS.debug:
+    error = e if isinstance(e, UserError) else resources.machine_error(
+        e, COMMAND.work or FLAGS.workdir, COMMAND.config)
+    if (error is None or FLAGS.debug) and jax.distributed.is_initialized():
+      traceback.print_exception(e)
+      _exit("error: this process stopped on the error above; mend its cause, "
+            "then run every process's command again (they resume)", 1)
+    if error is None or FLAGS.debug:
       raise
-    process.stop(f"error: {COMMAND.failure(found, FLAGS.mode, FLAGS.workdir)}",
-                 found.exit_code)
+    if error is not e:  # The machine's: a run it began is not one.
+      COMMAND.discard_unstarted()
+    _exit(f"error: {error}", error.exit_code)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@
   python experiments/tensorboard_cost.py --run=runs/linear-seed --members=4
 
 Replays a finished run folder's metrics.jsonl through tensorboard.Writer
-into a temporary folder: opening it (`resume(0)`), each `epoch(row)` (median
-of --repeats calls, at epochs past the run's own), `final(row)` and
+into a temporary folder: opening it (`resume()`), each epoch's `write(row)`
+(median of --repeats calls, at epochs past the run's own), the final row's and
 `figures()` with the folder's PNG figures (copied first), then `close()`,
 which waits for tensorboardX's thread to write what the calls queued. With
 --members=N each row gets N per-member dicts, as a --num_seeds=N row has.
@@ -63,19 +63,19 @@ def main():
     start = time.perf_counter()
     writer = tensorboard.Writer(logdir, config,
                                 _labels(config, args.members) or ())
-    writer.resume(0)
+    writer.resume()
     opened = time.perf_counter() - start
     times = []
     for i in range(args.repeats):
       row = dict(epochs[i % len(epochs)], epoch=len(epochs) + i + 1)
       start = time.perf_counter()
-      writer.epoch(row)
+      writer.write(row)
       times.append(time.perf_counter() - start)
     for path in figures:
       if os.path.exists(path):
         shutil.copy(path, logdir)
     start = time.perf_counter()
-    writer.final(final)
+    writer.write(final)
     writer.figures()
     finished = time.perf_counter() - start
     start = time.perf_counter()

@@ -6,8 +6,10 @@ a stop after saving), then the report; and --mode=report. Process 0 writes.
 import contextlib
 import functools
 import os
+import signal
+import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import jax
 import numpy as np
@@ -23,7 +25,6 @@ from mnist_jax.rundir import checkpoints
 from mnist_jax.rundir import control
 from mnist_jax import files
 from mnist_jax.rundir import lock
-from mnist_jax.rundir import log as log_lib
 from mnist_jax.rundir import metrics_log
 from mnist_jax.rundir import process
 from mnist_jax.rundir import record as record_lib
@@ -39,16 +40,19 @@ from mnist_jax.training import loop
 class RunFolder(loop.Hooks):
   """The loop's hooks that read and write `workdir` (see the module doc)."""
 
-  def __init__(self, workdir, config, log, stop, *, existing, overwrite,
-               data_time, implementation=None):
-    self.workdir, self.config, self.log, self.stop = workdir, config, log, stop
+  def __init__(self, workdir, config, stream=None, stop=None, *, existing,
+               overwrite, data_time, implementation=None):
+    self.workdir, self.config, self.stop = workdir, config, stop
+    self.stream, self.epochs = stream or sys.stdout, config.epochs
+    self.prefix = (f"[process {jax.process_index()}/{jax.process_count()}] "
+                   if jax.process_count() > 1 else "")
     self.implementation = implementation or {}
     self.existing, self.overwrite = existing, overwrite
     self.data_time = data_time
     self.write = devices.is_main()
     self.checkpointer = (checkpoints.Checkpointer(
         workdir, keep=config.keep_checkpoints) if self.write else None)
-    self.meta, self.logged, self.saved, self._epoch = None, None, None, None
+    self.meta, self.logged, self.saved, self.rows = None, None, None, None
     self.started = time.perf_counter()
 
   def seconds(self) -> float:
@@ -75,14 +79,20 @@ class RunFolder(loop.Hooks):
         path = os.path.join(self.workdir, record_lib.PERMUTATION_FILE)
         with files.atomic(path, "wb") as f:
           np.save(f, recurrent.permutation(self.config.permute_seed))
-    members = [{"seed": m.seed, **m.values}
-               for m in members_lib.from_config(self.config)]
-    self.log.open(self.workdir if self.write else None,
-                  self.meta["epoch"] if self.meta else 0, config=self.config,
-                  members=members, steps_per_epoch=steps_per_epoch,
-                  keep_final=self.logged is not None)
+      self._open_rows()
     self.saved = int(self.meta["step"]) if self.meta else None
     return state, start
+
+  def _open_rows(self) -> None:
+    """The rows' writer: metrics.jsonl and TensorBoard's events, kept up to
+    the checkpoint's epoch (and the final row of a run being completed)."""
+    members = [{"seed": m.seed, **m.values}
+               for m in members_lib.from_config(self.config)]
+    events = (tensorboard.Writer(self.workdir, self.config, members)
+              if self.config.tensorboard else None)
+    self.rows = metrics_log.MetricsLog(self.workdir, events)
+    self.rows.resume(self.meta["epoch"] if self.meta else 0,
+                     keep_final=self.logged is not None)
 
   def _from_main(self, state, start):
     """Process 0's restored parts and start, as arrays, on every process."""
@@ -130,12 +140,6 @@ class RunFolder(loop.Hooks):
         {k: np.asarray(v, np.float32) for k, v in sums.items()} if sums
         else None, bool(meta.get("done")))
 
-  def message(self, text: str) -> None:
-    self.log.message(text)
-
-  def status(self, text: str) -> None:
-    self.log.progress.status(text)
-
   def save(self, state, *, epoch, epoch_step=0, sums=None, done=False):
     step = _step(state)
     if self.write and step != self.saved:
@@ -154,29 +158,33 @@ class RunFolder(loop.Hooks):
       self.save(state, epoch=epoch - 1, epoch_step=done,
                 sums=sums if done else None)
     self.close()
-    # Process 0 saved it for every process.
-    directory = checkpoints.directory(self.workdir) if self.saved else None
-    raise control.Preempted(signum, control.stopped_message(
-        signum, _step(state), epoch, done, self.steps, directory), self.workdir)
+    step, name = _step(state), signal.Signals(signum).name
+    if not self.saved:
+      raise control.Preempted(signum, f"stopped by {name} before the first "
+                              "step; nothing to save")
+    where = (f"at the end of epoch {epoch - 1} (step {step})" if not done else
+             f"at step {step} (epoch {epoch}, step {done} of {self.steps})")
+    raise control.Preempted(signum, f"stopped by {name} {where}; the "  # Saved
+                            "checkpoint is in "  # by process 0, for every one.
+                            f"{checkpoints.directory(self.workdir)}")
 
   def trained(self, state, final) -> None:
     """A stop asked for in the final evaluation stops here (the same command
     completes the run); from here a Ctrl-C interrupts at once."""
-    self.close()
+    if self.checkpointer is not None:
+      self.checkpointer.close()
     self.stop.close()
     self._stop_if_asked(state, final["epochs_run"], self.steps, None)
 
   def chunk(self, state, epoch, done, sums):
-    if self._epoch != epoch:
-      self._epoch, self._epoch_start = epoch, time.perf_counter()
-    elif done:
-      self.log.chunk(epoch, done, self.steps,
-                     time.perf_counter() - self._epoch_start)
+    super().chunk(state, epoch, done, sums)
     self._stop_if_asked(state, epoch, done, sums)
 
   def epoch(self, state, row, last):
     row = dict(row, elapsed_s=self.seconds())
-    self.log.epoch(row)
+    if self.rows is not None:
+      self.rows.write(row)
+    super().epoch(state, row, last)
     if last or row["epoch"] % self.config.checkpoint_every == 0:
       self.save(state, epoch=row["epoch"], done=last)
     self._stop_if_asked(state, row["epoch"], self.steps, None)
@@ -184,7 +192,8 @@ class RunFolder(loop.Hooks):
   def diverged(self, row):
     message = (f"{row['message']}; {self.kept()}; lower --learning_rate or "
                "set --grad_clip and train again")
-    self.log.diverged({**row, "message": message})
+    if self.rows is not None:
+      self.rows.write({**row, "message": message})
     raise Diverged(message)
 
   def kept(self) -> str:
@@ -198,8 +207,13 @@ class RunFolder(loop.Hooks):
             f"/{self.saved}, is kept")
 
   def close(self) -> None:
+    """Ends what is open, on every way out (maybe twice): the checkpoints'
+    writes, the events, a progress line drawn in place."""
     if self.checkpointer is not None:
       self.checkpointer.close()
+    if self.rows is not None and self.rows.events is not None:
+      self.rows.events.close()
+    self.end_line()
 
 
 def _step(state) -> int:
@@ -219,12 +233,19 @@ def train_and_evaluate(config, workdir: str, stream=None,
   if devices.is_main():
     lock.claim(workdir)
   existing = resume.check_run_folder(workdir, config, overwrite=overwrite)
-  prefix = (f"[process {jax.process_index()}/{jax.process_count()}] "
-            if jax.process_count() > 1 else "")
-  log = log_lib.RunLog(log_lib.Progress(config.epochs, stream, prefix))
   if existing and not overwrite:
-    if record_lib.finished(workdir):
-      return _already_finished(workdir, log)
+    if record_lib.finished(workdir):  # Says so, and writes nothing.
+      final = metrics_log.final_metrics(workdir)
+      path = os.path.join(workdir, report.FILES[0])
+      missing = resume.missing_final_checkpoint(workdir)
+      said = [f"{workdir} already finished" + (
+          f": test accuracy {100 * final['test_accuracy']:.2f}%" if final
+          else ""), f"its report is {path}" if os.path.exists(path) else
+              "--mode=report writes its report",
+              "to train these settings again, pass another --workdir",
+              *([f"note: {missing}"] if missing else [])]
+      print("; ".join(said), file=stream or sys.stdout, flush=True)
+      return final
     if config.tensorboard:  # Before anything is written.
       tensorboard.check_folders(workdir, [{"seed": m.seed, **m.values}
                                           for m in members])
@@ -232,30 +253,28 @@ def train_and_evaluate(config, workdir: str, stream=None,
   data = devices.main_first(functools.partial(pipeline.load, config))
   data_time = time.perf_counter() - data_start
   resources.check_steps(config, loop.steps_per_epoch(config, len(data.train)))
+  hooks = RunFolder(workdir, config, stream, existing=existing,
+                    overwrite=overwrite, data_time=data_time)
   with contextlib.ExitStack() as stack:
-    stack.callback(log.close)
-    model, implementation = models.build(config, log.message,
-                                         log.progress.status)
-    hooks = RunFolder(workdir, config, log, None, existing=existing,
-                      overwrite=overwrite, data_time=data_time,
-                      implementation=implementation)
     stack.callback(hooks.close)
+    model, hooks.implementation = models.build(config, hooks.message,
+                                               hooks.status)
     hooks.stop = stack.enter_context(control.StopRequest())
     state, final = loop.train_and_evaluate(config, data, model, hooks)
     hooks.trained(state, final)
-    return _finish(config, workdir, data, state, final, hooks, log, members)
+    return _finish(config, workdir, data, state, final, hooks, members)
 
 
-def _finish(config, workdir, data, state, final, hooks, log, members):
+def _finish(config, workdir, data, state, final, hooks, members):
   """The final row, the chosen member's report, then config.json's record
-  that the run is finished."""
+  that the run is finished; the line the run ends with."""
   if hooks.logged is not None:  # A run being completed keeps its row.
     final = hooks.logged
   chosen = (final.get("chosen") or {}).get("index", 0)
   run = run_lib.Run.from_state(config, jax.device_get(state), chosen,
                                epoch=final.get("epochs_run", 0))
   if hooks.logged is None:
-    rows = metrics_log.MetricsLog(workdir).read() if hooks.write else []
+    rows = hooks.rows.read() if hooks.rows is not None else []
     last = next((r for r in reversed(rows) if "train_loss" in r), None)
     final = dict(final, wall_time_s=hooks.seconds() + hooks.data_time,
                  data_time_s=hooks.data_time)
@@ -266,15 +285,33 @@ def _finish(config, workdir, data, state, final, hooks, log, members):
       final.update({f"ensemble_test_{k}": v for k, v in (ensemble or {}).items()
                     if k != "members"})
     final.update(control.learning_verdict(final, last, data.test.labels))
-  log.final(final, logged=hooks.logged is not None)
+    if hooks.rows is not None:
+      hooks.rows.write(final)
   if devices.is_main():
     if config.report:
-      log.progress.status(_reporting(report.FILES[0], config.analyses))
+      hooks.status(_reporting(report.FILES[0], config.analyses))
       report.write(workdir, run, data.test, data.class_names, val=data.val)
-      log.figures()
-    log.close()
+      if hooks.rows.events is not None:
+        hooks.rows.events.figures()
+    hooks.close()
     record_lib.finish(workdir, final)
-  log.message(_summary(final, members, config, workdir))
+  text = (f"test accuracy {100 * final['test_accuracy']:.2f}% (loss "
+          f"{final['test_loss']:.4f}, {final['test_examples']} examples)")
+  if final.get("chosen"):
+    how = ("chosen by validation accuracy" if config.val_fraction > 0
+           else "chosen as the first (no validation split to choose by)")
+    chosen = members_lib.values_text(final["chosen"]["values"],
+                                     final["chosen"]["seed"])
+    text = f"{how}: {chosen}; {text}"
+  if "test_accuracy_mean" in final:
+    seeds = len(members) // len(members_lib.points(members))
+    text += (f"; its {seeds} seeds {100 * final['test_accuracy_mean']:.2f} +- "
+             f"{100 * final['test_accuracy_std']:.2f}%")
+  if "ensemble_test_accuracy" in final:
+    text += f", their ensemble {100 * final['ensemble_test_accuracy']:.2f}%"
+  hooks.message(f"{text}; wall time {final['wall_time_s']:.1f}s; results in "
+                f"{workdir}" + ("" if config.report else " (--noreport: "
+                                "--mode=report writes its report)"))
   return final
 
 
@@ -284,71 +321,12 @@ def _reporting(path: str, analyses: bool) -> str:
       if analyses else ""))
 
 
-def _already_finished(workdir: str, log) -> Optional[Dict[str, Any]]:
-  final = metrics_log.final_metrics(workdir)
-  result = (f": test accuracy {100 * final['test_accuracy']:.2f}%"
-            if final else "")
-  missing = resume.missing_final_checkpoint(workdir)
-  path = os.path.join(workdir, report.FILES[0])
-  log.message(f"{workdir} already finished{result}; " + (
-      f"its report is {path} (--mode=report rewrites it)"
-      if os.path.exists(path) else "--mode=report writes its report") +
-              "; to train these settings again, pass another --workdir"
-              f"{f'; note: {missing}' if missing else ''}")
-  return final
-
-
-def _summary(final: dict, members, config, workdir: str) -> str:
-  """The line a run ends with: test accuracies and where the results are."""
-  text = (f"test accuracy {100 * final['test_accuracy']:.2f}% (loss "
-          f"{final['test_loss']:.4f}, {final['test_examples']} examples)")
-  chosen = final.get("chosen")
-  if chosen:
-    how = ("chosen by validation accuracy" if config.val_fraction > 0
-           else "chosen as the first (no validation split to choose by)")
-    values = members_lib.values_text(chosen["values"], chosen["seed"])
-    text = f"{how}: {values}; {text}"
-  if "test_accuracy_mean" in final:
-    seeds = len(members) // len(members_lib.points(members))
-    text += (f"; its {seeds} seeds {100 * final['test_accuracy_mean']:.2f} +- "
-             f"{100 * final['test_accuracy_std']:.2f}%")
-  if "ensemble_test_accuracy" in final:
-    text += f", their ensemble {100 * final['ensemble_test_accuracy']:.2f}%"
-  return (f"{text}; wall time {final['wall_time_s']:.1f}s; results in "
-          f"{workdir}" + ("" if config.report else
-                          " (--noreport: --mode=report writes its report)"))
-
-
 def _training_ended(workdir: str) -> bool:
   """Whether the latest checkpoint is the one a run saves at its end."""
   with contextlib.closing(checkpoints.Checkpointer(
       workdir, read_only=True)) as reader:
     return bool(reader.manager.latest_step() is not None and
                 reader.read_meta()[1].get("done"))
-
-
-def _repair(workdir: str, run, test) -> Optional[str]:
-  """Rebuilds what a finished run's metrics.jsonl lost (epoch rows marked
-  lost, the final row evaluated again); a line saying so, or None."""
-  if not record_lib.finished(workdir):
-    return None
-  log = metrics_log.MetricsLog(workdir)
-  kept = {r["epoch"] for r in log.read() if "train_loss" in r or r.get("lost")}
-  lost = [e for e in range(1, run.epoch + 1) if e not in kept]
-  if metrics_log.final_metrics(workdir) is not None and not lost:
-    return None
-  log.resume(run.epoch, keep_final=True)
-  what = [f"{len(lost)} epoch row(s), written back marked lost"] if lost else []
-  if metrics_log.final_metrics(workdir) is None:
-    values = run.evaluate(test.images, test.labels)
-    log.write({**{f"test_{m.name}": values[m.name]
-                  for m in metrics_lib.of("test")},
-               "test_examples": len(test), "epochs_run": run.epoch,
-               "repaired": True})
-    what.append("its final row, evaluated again from the last checkpoint")
-  return (f"{workdir}/{metrics_log.METRICS_FILE} had lost "
-          f"{' and '.join(what)}; "
-          "the training itself is in the checkpoint")
 
 
 def rewrite_report(workdir: str, **overrides) -> Dict[str, Any]:
@@ -371,9 +349,6 @@ def rewrite_report(workdir: str, **overrides) -> Dict[str, Any]:
                     "train the run again with --overwrite")
   run = run_lib.load_run(workdir, **overrides)
   dataset = pipeline.load(run.config)
-  repaired = _repair(workdir, run, dataset.test)
-  if repaired:
-    print(repaired)
   note = run_lib.checkpoint_note(workdir, run)
   print(_reporting(path, run.config.analyses), flush=True)
   result = report.write(workdir, run, dataset.test, dataset.class_names,

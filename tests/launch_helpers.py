@@ -20,11 +20,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ["README.md", *sorted(os.path.relpath(p, ROOT) for p in glob.glob(
     os.path.join(ROOT, "docs", "*.md")))]
 
-# Runs launch.py after wrapping Progress.update (called between the chunks of
-# an epoch), Progress.epoch_done (after an epoch's last chunk, before its
-# checkpoint), members.final_row and report.write to print a marker, so a
-# test can signal it mid-epoch, as an epoch ends, after the final evaluation
-# or as the report begins. It pauses at the marker the test waits for alone
+# Runs launch.py after wrapping the run folder's hooks `chunk` (called before
+# each chunk of an epoch but its first) and `epoch` (after an epoch's last
+# chunk, before its checkpoint), members.final_row and report.write to print
+# a marker, so a test can signal it mid-epoch, as an epoch ends, after the
+# final evaluation or as the report begins. It pauses at the marker the test waits for alone
 # (PAUSE_AT, the PAUSE_NTH-th time, matched as run_and_signal matches it),
 # not at every chunk before it.
 _CHILD = r"""
@@ -32,7 +32,7 @@ import os, runpy, signal, sys, time
 script = sys.argv[1]  # launch.py as the user typed it.
 sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
 # Each signal the run's own handlers take is counted: a pause ends 1 s after
-# one (time for a second Ctrl-C), not at its full length.
+# one, not at its full length.
 _caught, _signal = [0], signal.signal
 def _counted(signum, handler):
   if not callable(handler):
@@ -55,18 +55,19 @@ def pause(line):
     if _caught[0] != seen:
       end = min(end, time.monotonic() + 1.0)
       seen = _caught[0]
-from mnist_jax.rundir import log
-_update, _epoch_done = log.Progress.update, log.Progress.epoch_done
-def update(self, epoch, done, total, elapsed):
-  print(f"@chunk epoch={epoch} done={done}", flush=True)
-  pause(f"@chunk epoch={epoch} done={done}")
-  return _update(self, epoch, done, total, elapsed)
-def epoch_done(self, epoch, row):
-  print(f"@epoch_end epoch={epoch}", flush=True)
-  pause(f"@epoch_end epoch={epoch}")
-  return _epoch_done(self, epoch, row)
-log.Progress.update = update
-log.Progress.epoch_done = epoch_done
+from mnist_jax import modes
+_chunk, _epoch = modes.RunFolder.chunk, modes.RunFolder.epoch
+def chunk(self, state, epoch, done, sums):
+  if done:
+    print(f"@chunk epoch={epoch} done={done}", flush=True)
+    pause(f"@chunk epoch={epoch} done={done}")
+  return _chunk(self, state, epoch, done, sums)
+def epoch(self, state, row, last):
+  print(f"@epoch_end epoch={row['epoch']}", flush=True)
+  pause(f"@epoch_end epoch={row['epoch']}")
+  return _epoch(self, state, row, last)
+modes.RunFolder.chunk = chunk
+modes.RunFolder.epoch = epoch
 from mnist_jax.results import report
 from mnist_jax.training import members
 def marked(module, name):
@@ -164,7 +165,7 @@ def follow(command, cwd=ROOT, timeout=120, **env):
   return p.returncode, p.stdout, p.stderr
 
 
-def printed_command(text, after="To resume, run: "):
+def printed_command(text, after):
   """The command a message prints after `after`, up to the line's end."""
   line = next(l for l in text.splitlines() if after in l)
   return line.split(after, 1)[1].strip()

@@ -45,7 +45,8 @@ def test_divergence_stops_with_step_epoch_status_and_good_checkpoint(
   step, epoch, epoch_step, per_epoch = map(int, found.groups())
   assert per_epoch == 600 // 16 and step == (epoch - 1) * per_epoch + epoch_step
   assert epoch >= 2, "diverged before the first checkpoint: raise warmup_epochs"
-  assert "--learning_rate" in err and "last good checkpoint" in err
+  assert "last good checkpoint" in err and lines[0].endswith(
+      "; lower --learning_rate or set --grad_clip and train again"), err
 
   rows = lh.metrics(workdir)
   assert rows[-1]["diverged"] is True and rows[-1]["step"] == step

@@ -154,40 +154,59 @@ def test_steps_past_int32_are_refused_before_training():
     resources.check_steps(config, 60000)
 
 
-@pytest.mark.parametrize("exc, kind, text", [
-    (OSError(errno.ENOSPC, "No space left on device", "/r/config.json"), "disk",
-     "no space left on the disk of /r/config.json"),
-    (OSError(errno.ENOSPC, "No space left on device"), "disk",
-     "no space left on the disk of /run"),
-    (OSError(errno.EFBIG, "File too large", "/r/m.jsonl"), "disk",
-     "/r/m.jsonl reached this process's file size limit (ulimit -f)"),
-    (OSError(errno.EROFS, "Read-only file system", "/r/report.md"),
-     "not_writable", "cannot write /r/report.md (Read-only file system)"),
-    (OSError(errno.EIO, "Input/output error", "/r/x"), "io",
-     "reading or writing /r/x failed (Input/output error)"),
+AGAIN = ", then run the same command again"
+
+
+@pytest.mark.parametrize("exc, code, text", [
+    (OSError(errno.ENOSPC, "No space left on device", "/r/config.json"), 5,
+     "no space left on the disk of /r/config.json; free some space there" +
+     AGAIN),
+    (OSError(errno.ENOSPC, "No space left on device"), 5,
+     "no space left on the disk of /run; free some space there" + AGAIN),
+    (OSError(errno.EFBIG, "File too large", "/r/m.jsonl"), 5,
+     "/r/m.jsonl reached this process's file size limit (ulimit -f); free "
+     "some space there" + AGAIN),
+    (OSError(errno.EROFS, "Read-only file system", "/r/report.md"), 1,
+     "cannot write /r/report.md (Read-only file system); make it writable" +
+     AGAIN),
+    (OSError(errno.EIO, "Input/output error", "/r/x"), 1,
+     "reading or writing /r/x failed (Input/output error); check that disk" +
+     AGAIN),
     # How tensorstore reports a full disk inside orbax's save.
     (ValueError("RESOURCE_EXHAUSTED: Error writing local file \"/r/c/x\": "
-                "No space left on device [os_error_code='28']"), "disk",
-     "no space left on the disk of /run"),
+                "No space left on device [os_error_code='28']"), 5,
+     "no space left on the disk of /run; free some space there" + AGAIN),
     (ValueError("OUT_OF_RANGE: Failed to write 260161 bytes to file 16: File "
-                "too large [os_error_code='27']"), "disk",
-     "/run reached this process's file size limit (ulimit -f)"),
-    (MemoryError("Unable to allocate 3 TiB"), "memory",
-     "out of host memory (Unable to allocate 3 TiB)"),
-    (RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 4 bytes."),
-     "memory", "out of memory on the CPU (Out of memory allocating 4 bytes.)"),
+                "too large [os_error_code='27']"), 5,
+     "/run reached this process's file size limit (ulimit -f); free some "
+     "space there" + AGAIN),
+    (MemoryError("Unable to allocate 3 TiB"), 5,
+     "out of host memory (Unable to allocate 3 TiB); close what else uses "
+     "that memory, or run it on a machine with more"),
+    (RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 4 bytes."), 5,
+     "out of memory on the CPU (Out of memory allocating 4 bytes.); close "
+     "what else uses that memory, or run it on a machine with more"),
     # Where the allocation fails as a result is copied to the host (jax 0.12).
     (RuntimeError("INTERNAL: Error dispatching computation: Out of memory "
-                  "allocating 8 bytes."), "memory", "out of memory on the CPU "
-     "(Error dispatching computation: Out of memory allocating 8 bytes.)"),
+                  "allocating 8 bytes."), 5, "out of memory on the CPU "
+     "(Error dispatching computation: Out of memory allocating 8 bytes.); "
+     "close what else uses that memory, or run it on a machine with more"),
 ])
-def test_failures_of_the_machine_are_named(exc, kind, text):
+def test_failures_of_the_machine_are_one_line(exc, code, text):
   wrapped = RuntimeError("while saving")
   wrapped.__cause__ = exc  # Found down the chain, as a library raises it.
   for raised in (exc, wrapped):
-    found = resources.failure(raised, "/run")
-    assert found.kind == kind and found.text == text
-  assert found.exit_code == (5 if kind in ("disk", "memory") else 1)
+    error = resources.machine_error(raised, "/run")
+    assert str(error) == text and error.exit_code == code
+
+
+def test_out_of_memory_in_training_says_what_to_lower():
+  error = resources.machine_error(MemoryError("Unable to allocate 3 TiB"),
+                                  "/run", models.get_config("mlp", "seed"))
+  assert str(error) == (
+      "out of host memory (Unable to allocate 3 TiB); lower --batch_size, "
+      "--eval_batch_size, --mlp_hidden (a new run), or run it on a machine "
+      "with more memory")
 
 
 @pytest.mark.parametrize("text", [
@@ -199,11 +218,13 @@ def test_failures_of_the_machine_are_named(exc, kind, text):
     "task has failed"])
 def test_a_lost_peer_is_named_only_in_a_job_of_processes(monkeypatch, text):
   """In one process the same text is a bug's, with its traceback."""
-  assert resources.failure(RuntimeError(text), "/run") is None
+  assert resources.machine_error(RuntimeError(text), "/run") is None
   monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)
-  found = resources.failure(RuntimeError(text), "/run")
-  assert found.kind == "peer" and found.exit_code == 1
-  assert found.text.startswith("another process of this job stopped")
+  error = resources.machine_error(RuntimeError(text), "/run")
+  assert error.exit_code == 1 and str(error).startswith(
+      "another process of this job stopped")
+  assert str(error).endswith("; start every process again with its same "
+                             "command (they resume)")
 
 
 def test_a_bug_in_a_job_of_processes_exits_without_jax_shutdown():
@@ -229,7 +250,7 @@ def test_a_bug_in_a_job_of_processes_exits_without_jax_shutdown():
 @pytest.mark.parametrize("exc", [ValueError("bad"), KeyError("x"),
                                  FileNotFoundError(errno.ENOENT, "gone", "/x")])
 def test_bugs_keep_their_traceback(exc):
-  assert resources.failure(exc, "/run") is None
+  assert resources.machine_error(exc, "/run") is None
 
 
 def test_atomic_write_failure_names_the_file_and_leaves_nothing(tmp_path,

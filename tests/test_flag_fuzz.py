@@ -48,8 +48,7 @@ results = []
 for i, args in enumerate(cases):
   launch.FLAGS.unparse_flags()
   argv = ["launch.py", *args, "--dry_run", f"--workdir={folder}/{i}"]
-  launch.COMMAND = launch.cli.Command(argv, lambda n: n in launch.FLAGS,
-                                      lambda n: not launch.FLAGS[n].boolean)
+  launch.COMMAND = launch.cli.Command()
   err, code, crash = io.StringIO(), 0, None
   try:
     with contextlib.redirect_stdout(io.StringIO()), \

@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -12,7 +11,6 @@ import jax
 import numpy as np
 import pytest
 
-import launch as launch_module
 from mnist_jax import config as config_lib
 from launch_helpers import snapshot as lh_snapshot
 from mnist_jax.data import datasets
@@ -80,22 +78,7 @@ def test_batch_larger_than_training_set(prepared, tmp_path):
   assert not (tmp_path / "run").exists()
 
 
-# The commands messages print, and --dry_run.
-
-
-def _command(*args, config=None, work=None):
-  """launch.py's Command for a command line typed as `launch.py *args`."""
-  flags_ = launch_module.FLAGS
-  return cli.Command(["launch.py", *args], lambda n: n in flags_,
-                     lambda n: not flags_[n].boolean, config=config, work=work)
-
-
-@pytest.fixture
-def typed(monkeypatch, tmp_path):
-  """In an empty folder (the cwd): typed(*args, config, work) -> the Command."""
-  monkeypatch.chdir(tmp_path)
-  monkeypatch.setattr(sys, "argv", ["launch.py"])
-  return _command
+# The line a command ends with, and --dry_run.
 
 
 LINEAR = registry.get_config("linear", epochs=4)
@@ -108,96 +91,41 @@ def _unfinished_run(path, config=LINEAR, started="2026-01-01T10:00:00+0000"):
   metrics_log.MetricsLog(path).write({"epoch": 1})
 
 
-def test_without_drops_every_spelling_of_a_flag():
-  command = _command(
-      "--overwrite", "--nooverwrite", "--overwrite=false", "-overwrite",
-      "--learning_rate", "0.1", "--learning_rate=3", "-learning_rate=2",
-      "--epochs=3", "--", "--overwrite")
-  assert command.without(("overwrite", "learning_rate")) == [
-      "--epochs=3", "--", "--overwrite"]
-
-
-def test_resume_command_is_the_command_as_typed(typed):
-  work = os.path.join("runs", "linear-a")
-  _unfinished_run(work)
-  sweep = "--sweep=learning_rate=0.001,0.002;label_smoothing=0,0.1"
-  command = typed("--model=linear", "--epochs=4", "--overwrite", sweep,
-                  config=LINEAR, work=work)
-  line = command.resume_command()
-  assert line == f"python launch.py --model=linear --epochs=4 '{sweep}'"
-  assert shlex.split(line)[-1] == sweep
-  # A newer unfinished run of the same settings: the same command would pick
-  # that one, so --workdir is added.
-  _unfinished_run(os.path.join("runs", "linear-b"),
-                  started="2026-02-01T10:00:00+0000")
-  assert command.resume_command() == (
-      f"python launch.py --model=linear --epochs=4 '{sweep}' --workdir={work}")
-  # A --workdir typed (in either spelling) stays as typed.
-  command = typed("--model=linear", "--workdir", work, "--epochs=4",
-                  config=LINEAR.replace(workdir=work), work=work)
-  assert command.resume_command() == (
-      f"python launch.py --model=linear --workdir {work} --epochs=4")
-
-
-def test_divergence_advice_is_a_command_with_a_lower_learning_rate(typed):
-  config = LINEAR.replace(learning_rate=0.5)  # Above the preset's 1e-3.
-  assert registry.preset_overrides("linear", "tuned")["learning_rate"] == 1e-3
-  command = typed("--model=linear", "--learning_rate", "0.5", "--overwrite",
-                  config=config)
-  assert command.retry_advice() == (
-      "; for example (a new run folder): python launch.py --model=linear "
-      "--learning_rate=0.001")
-  command = typed("--model=linear", "--workdir=W",
-                  config=config.replace(workdir="W"))
-  assert command.retry_advice() == (
-      "; for example (--overwrite starts W over): python launch.py "
-      "--model=linear --workdir=W --learning_rate=0.001 --overwrite")
-  # At or below the preset's rate already: a tenth of it.
-  command = typed("--model=linear", "--learning_rate=1e-3",
-                  config=LINEAR.replace(learning_rate=1e-3))
-  assert command.retry_advice().endswith(
-      "python launch.py --model=linear --learning_rate=0.0001")
-  swept = config.replace(sweep="learning_rate=0.5,1.0")
-  command = typed("--model=linear", "--sweep=learning_rate=0.5,1",
-                  config=swept)
-  assert command.retry_advice().endswith(
-      "python launch.py --model=linear --sweep=learning_rate=0.5,1 "
-      "--grad_clip=1")
-
-
 @pytest.mark.parametrize("model,preset", [("mlp", "tuned"), ("mlp", "seed"),
                                           ("cnn", "best"), ("gru", "tuned")])
-def test_divergence_advice_at_1e4_is_the_presets_rate_not_a_tenth(
-    typed, model, preset):
-  """The issue's --learning_rate=1e4: the advice is the preset's rate (which
-  trains), not 1000 (which diverges again)."""
+def test_a_rate_to_try_after_1e4_is_the_presets_not_a_tenth(model, preset):
+  """The issue's --learning_rate=1e4: the rate advised after it diverged is
+  the preset's (which trains), not 1000 (which diverges again)."""
   config = registry.get_config(model, preset, learning_rate=1e4)
   rate = registry.preset_overrides(model, preset).get(
       "learning_rate", config_lib.Config.learning_rate)
   assert resume.lower_rate(config) == rate
-  command = typed(f"--model={model}", f"--preset={preset}",
-                  "--learning_rate=1e4", config=config)
-  advice = command.retry_advice()
-  assert advice.endswith(f" --learning_rate={rate:g}"), advice
-  assert "--learning_rate=1000" not in advice and "1e4" not in advice
 
 
-def test_ctrl_c_outside_the_loop_says_what_to_run(typed):
-  command = typed("--model=linear")
-  assert command.interrupted() == (
-      "interrupted (Ctrl-C) before training started; to start again, run: "
-      "python launch.py --model=linear")
-  work = os.path.join("runs", "linear-a")
-  command = typed("--model=linear", "--overwrite", config=LINEAR, work=work)
-  assert command.interrupted() == (
-      f"interrupted (Ctrl-C) before {work} was written; to start again, run: "
-      "python launch.py --model=linear --overwrite")
+def test_ctrl_c_outside_the_loop_says_to_run_the_same_command(tmp_path):
+  again = "run the same command again"
+  assert cli.Command().interrupted(again) == (
+      "interrupted (Ctrl-C); run the same command again to start")
+  work = str(tmp_path / "linear-a")
+  command = cli.Command(LINEAR, work)
+  assert command.interrupted(again).endswith(" to start")
   _unfinished_run(work)
-  assert command.interrupted() == (
-      f"interrupted (Ctrl-C); {work} keeps its last complete checkpoint, if "
-      "any. To resume, run: python launch.py --model=linear")
+  assert command.interrupted(again).endswith(" to resume")
   command.signum = signal.SIGTERM
-  assert command.interrupted().startswith("interrupted (SIGTERM); ")
+  assert command.interrupted(again).startswith("interrupted (SIGTERM); ")
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_run_the_machine_stopped_before_its_first_checkpoint_is_removed(
+    tmp_path, existed):
+  """Nothing half-written passes for a run: a folder that was there before
+  stays (empty); a run this command did not begin is kept."""
+  work = str(tmp_path / "run")
+  _unfinished_run(work)
+  cli.Command(LINEAR, work, fresh=False).discard_unstarted()
+  assert os.listdir(work)
+  cli.Command(LINEAR, work, fresh=True, existed=existed).discard_unstarted()
+  assert (os.listdir(work) == [] if existed else not os.path.exists(work))
 
 
 def test_dry_run_marks_where_each_setting_comes_from():

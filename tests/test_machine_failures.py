@@ -128,16 +128,14 @@ def test_full_disk_is_one_line_and_the_run_resumes_bit_identical(
       continue
     line = _one_line(err)
     assert rc == 5 and "no space left on the disk of " in line, (fraction, line)
+    assert line.endswith("; free some space there, then run the same "
+                         "command again"), line
     where.add(line.split(" of ", 1)[1].split(";")[0])
     if not _has_checkpoint(workdir):  # Failed before it: nothing left.
       assert not os.path.exists(workdir), os.listdir(workdir)
-      assert line.endswith("then run the same command again"), line
-      command = shlex.join(["python", "launch.py", *RUN, *data,
-                            f"--workdir={workdir}"])
-    else:
-      command = lh.printed_command(line, "then resume with: ")
     filler.unlink()
-    rc, out, err = lh.follow(command)
+    rc, out, err = lh.follow(shlex.join(["python", "launch.py", *RUN, *data,
+                                         f"--workdir={workdir}"]))
     assert rc == 0, (fraction, out, err)
     assert lh.deterministic(lh.metrics(workdir)) == expected, fraction
     shutil.rmtree(workdir)
@@ -189,14 +187,16 @@ def test_read_only_run_folder_in_report_and_predict(prepared, tmp_path):
     rc, _, err = _launch(["--mode=report", f"--workdir={workdir}",
                           f"--data_dir={data_dir}"])
     line = _one_line(err)
-    assert rc == 1 and "(Read-only file system); --mode=report writes" in line
+    assert rc == 1 and line.startswith(f"error: cannot write {workdir}/"), line
+    assert line.endswith("(Read-only file system); make it writable, then "
+                         "run the same command again"), line
     stroke = Image.new("L", (28, 28), 0)
     stroke.paste(255, (12, 4, 16, 24))  # A "1".
     stroke.save(tmp_path / "stroke.png")
     rc, _, err = _launch(["--mode=predict", f"--workdir={workdir}",
                           f"--image={tmp_path / 'stroke.png'}", "--plot"])
     line = _one_line(err)
-    assert rc == 1 and "leave out --plot" in line, line
+    assert rc == 1 and f"cannot write {workdir}/predict" in line, line
     rc, _, err = _launch([*RUN, "--epochs=2", f"--data_dir={data_dir}",
                           f"--workdir={workdir}"])
     assert rc == 1 and "is not writable" in _one_line(err)
@@ -221,33 +221,33 @@ def test_out_of_memory_is_one_line_and_leaves_no_folder(prepared, tmp_path):
   assert "--mlp_hidden" in line and not os.path.exists(workdir)
 
 
-def _catches(pid, signum):
-  """Whether process `pid` has a handler for `signum` (Linux /proc)."""
-  with open(f"/proc/{pid}/status") as f:
-    mask = next(l for l in f if l.startswith("SigCgt:")).split()[1]
-  return bool(int(mask, 16) >> (signum - 1) & 1)
+def _loaded(pid, name):
+  """Whether process `pid` has a file of `name` mapped (Linux /proc)."""
+  with open(f"/proc/{pid}/maps") as f:
+    return name in f.read()
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/status"),
-                    reason="needs /proc to see when launch.py's handler is in")
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"),
+                    reason="needs /proc to see when the imports are loading")
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_signal_while_starting_is_one_line(signum, tmp_path):
-  """Sent as soon as launch.py handles SIGTERM, while Python imports JAX."""
+def test_signal_while_starting_ends_quietly(signum, tmp_path):
+  """Sent while Python imports JAX (numpy is loaded): the signal ends it
+  (130 or 143 in a shell), or once launch.py handles it, one line; nothing
+  is written."""
   workdir = tmp_path / "run"
   p = subprocess.Popen([sys.executable, os.path.join(lh.ROOT, "launch.py"),
                         "--model=mlp", f"--workdir={workdir}"], cwd=lh.ROOT,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                        text=True, env=lh.child_env())
   deadline = time.monotonic() + 30
-  while not _catches(p.pid, signal.SIGTERM):
+  while not _loaded(p.pid, "numpy"):
     assert p.poll() is None and time.monotonic() < deadline
     time.sleep(0.001)
   p.send_signal(signum)
   _, err = p.communicate(timeout=60)
-  name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-  line = _one_line(err, f"interrupted ({name}) ")
-  assert p.returncode == 128 + signum, err
-  assert "before" in line and not workdir.exists()
+  assert p.returncode in (-signum, 128 + signum), err
+  assert err == "" or _one_line(err, "interrupted (")
+  assert not workdir.exists()
 
 
 def test_a_run_that_does_not_learn_warns_exits_4_and_says_so_in_its_report(
@@ -263,8 +263,7 @@ def test_a_run_that_does_not_learn_warns_exits_4_and_says_so_in_its_report(
   line = _one_line(err, "warning: the run did not learn: its training loss "
                    "ended at ")
   assert rc == 4, (out, err)
-  # The advice: the preset's own rate (the tuned MLP's 0.001), far below.
-  assert "--learning_rate=0.001 --overwrite" in line
+  assert line.endswith("; lower --learning_rate or set --grad_clip"), line
   final = lh.metrics(workdir)[-1]
   assert final["did_not_learn"]["cause"] == "loss"
   report = open(os.path.join(workdir, "report.md")).read().splitlines()

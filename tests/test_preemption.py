@@ -1,13 +1,25 @@
-"""SIGTERM/SIGINT request a stop; a second Ctrl-C quits at once, even inside XLA."""
+"""SIGTERM/SIGINT request a stop: the run saves at the next safe point and
+says where it stopped."""
 
+import io
 import os
 import signal
-import subprocess
-import sys
 import time
 
-import launch_helpers as lh
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mnist_jax import models
+from mnist_jax import modes
 from mnist_jax.rundir import control
+from mnist_jax.training import loop
+
+
+def _wait_for(stop):
+  deadline = time.monotonic() + 5
+  while stop.signum is None and time.monotonic() < deadline:
+    time.sleep(0.01)
 
 
 def test_signal_sets_the_request_and_handlers_are_restored():
@@ -15,59 +27,43 @@ def test_signal_sets_the_request_and_handlers_are_restored():
   with control.StopRequest() as stop:
     assert stop.signum is None
     os.kill(os.getpid(), signal.SIGTERM)
-    deadline = time.monotonic() + 5
-    while stop.signum is None and time.monotonic() < deadline:
-      time.sleep(0.01)
+    _wait_for(stop)
+    assert stop.signum == signal.SIGTERM
+    os.kill(os.getpid(), signal.SIGINT)  # Again: the same request.
+    time.sleep(0.1)
     assert stop.signum == signal.SIGTERM
   assert signal.getsignal(signal.SIGTERM) == before
 
 
-_SPIN = r"""
-import jax, jax.numpy as jnp
-from mnist_jax.rundir import control
-
-@jax.jit
-def spin(x):
-  inner = lambda _, v: jax.lax.fori_loop(0, 1_000_000_000,
-                                         lambda i, w: w * 0.999 + 1.0, v)
-  return jax.lax.fori_loop(0, 1000, inner, x)  # Minutes, in one XLA call.
-
-with control.StopRequest(kept=lambda: ("no checkpoint was saved", "To start it again")) as stop:
-  print("ready", flush=True)
-  spin(jnp.float32(1.0)).block_until_ready()
-  print("finished", stop.signum, flush=True)
-"""
+LINEAR = models.get_config("linear", "seed", epochs=3, seed=3)
+SUMS = {k: np.float32(1.0) for k in ("loss", "correct", "count")}
 
 
-def test_second_ctrl_c_quits_during_a_long_xla_call():
-  p = subprocess.Popen([sys.executable, "-c", _SPIN], cwd=lh.ROOT,
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                       env=lh.child_env())
-  try:
-    assert p.stdout.readline().strip() == "ready"
-    time.sleep(0.5)
-    p.send_signal(signal.SIGINT)
-    time.sleep(1.0)
-    assert p.poll() is None  # The first Ctrl-C only asks for a stop.
-    p.send_signal(signal.SIGINT)
-    start = time.monotonic()
-    rc = p.wait(timeout=10)
-    assert time.monotonic() - start < 5
-    err = p.stderr.read()
-  finally:
-    if p.poll() is None:
-      p.kill()
-      p.wait()
-  assert rc == 130
-  assert "SIGINT received: saving a checkpoint" in err
-  assert ("second Ctrl-C: quitting now without saving; no checkpoint was "
-          "saved") in err  # What the run says it keeps, not a promise.
-  assert "Traceback" not in err
+def _stopped(workdir, signum, step, epoch, done):
+  """The stop `signum` asks for before `done` steps of `epoch` at `step`."""
+  hooks = modes.RunFolder(workdir, LINEAR, io.StringIO(), control.StopRequest(),
+                          existing=False, overwrite=False, data_time=0.0)
+  model, _ = models.build(LINEAR, say=lambda _: None)
+  state, _ = hooks.start(loop.initial_state(LINEAR, model, 33), 33, {})
+  hooks.stop.signum = signum
+  with pytest.raises(control.Preempted) as caught:
+    hooks.chunk(state.replace(step=jnp.int32(step)), epoch, done,
+                SUMS if done % 33 else None)
+  return caught.value
 
 
-def test_message_says_where_the_run_stopped_and_what_was_saved():
-  text = control.stopped_message(signal.SIGTERM, 38, 2, 5, 33, "RUN/checkpoints")
-  assert text == ("stopped by SIGTERM at step 38 (epoch 2, step 5 of 33); the "
-                  "checkpoint is in RUN/checkpoints")
-  assert control.stopped_message(signal.SIGINT, 0, 1, 0, 33, None) == (
-      "stopped by SIGINT before the first step; nothing to save")
+def test_message_says_where_the_run_stopped_and_what_was_saved(tmp_path):
+  """33-step epochs: before the first step, 5 steps into epoch 2, and at the
+  end of epoch 2 (the first chunk of epoch 3)."""
+  stop = _stopped(str(tmp_path / "a"), signal.SIGINT, 0, 1, 0)
+  assert str(stop) == "stopped by SIGINT before the first step; nothing to save"
+  assert stop.exit_code == 130
+  where = str(tmp_path / "b" / "checkpoints")
+  stop = _stopped(str(tmp_path / "b"), signal.SIGTERM, 38, 2, 5)
+  assert str(stop) == ("stopped by SIGTERM at step 38 (epoch 2, step 5 of 33); "
+                       f"the checkpoint is in {where}")
+  assert stop.exit_code == 143 and os.listdir(where) == ["38"]
+  where = str(tmp_path / "c" / "checkpoints")
+  assert str(_stopped(str(tmp_path / "c"), signal.SIGTERM, 66, 3, 0)) == (
+      "stopped by SIGTERM at the end of epoch 2 (step 66); the checkpoint is "
+      f"in {where}")

@@ -66,13 +66,13 @@ def _labels(seeds):
 
 
 def _writer(logdir, config, rows=(), resume_after=0, **kwargs):
-  """A Writer as log.py opens it: metrics.jsonl holds `rows`, the run resumes
+  """A Writer as a run opens it: metrics.jsonl holds `rows`, the run resumes
   after `resume_after` epochs."""
   os.makedirs(logdir, exist_ok=True)
   for row in rows:
     metrics_log.MetricsLog(str(logdir)).write(row)
   writer = tensorboard.Writer(str(logdir), config, **kwargs)
-  writer.resume(resume_after)
+  metrics_log.MetricsLog(str(logdir), writer).resume(resume_after)
   return writer
 
 
@@ -121,9 +121,9 @@ def test_epoch_rows_final_metrics_and_figures_read_back(tmp_path):
              _png(tmp_path / "mistakes.png", (20, 50), 128, "L")]
   writer = _writer(tmp_path, config)
   for row in rows:
-    writer.epoch(row)
+    writer.write(row)
   final = _final(3)
-  writer.final(final)
+  writer.write(final)
   writer.figures()  # Those of the report's PNG files that exist.
   writer.close()
 
@@ -146,9 +146,9 @@ def test_the_rate_is_the_rows_own_and_older_rows_without_one_read(tmp_path):
   """The learning rate is the one the run recorded; nothing recomputes it."""
   config = _config(schedule="warmup_cosine", warmup_epochs=1.0, epochs=4)
   writer = _writer(tmp_path, config)
-  writer.epoch(_row(1))  # An older row, without a rate.
+  writer.write(_row(1))  # An older row, without a rate.
   for e in (2, 3):
-    writer.epoch(dict(_row(e), learning_rate=1e-3 * e))
+    writer.write(dict(_row(e), learning_rate=1e-3 * e))
   writer.close()
   got = tbh.scalars(tbh.multiplexer(tmp_path), ".")
   assert got["learning_rate"] == [(2, pytest.approx(2e-3)),
@@ -172,11 +172,11 @@ def test_every_metric_of_the_schema_has_its_tag_in_its_splits_only():
 def test_config_is_an_hparams_session_closed_by_final(tmp_path):
   config = _config(learning_rate=3e-3, workdir=str(tmp_path))
   unfinished = _writer(tmp_path / "stopped", config)
-  unfinished.epoch(_row(1))
+  unfinished.write(_row(1))
   unfinished.close()  # Preempted or diverged: the session stays open.
   writer = _writer(tmp_path / "done", config)
-  writer.epoch(_row(1))
-  writer.final(_final(1))
+  writer.write(_row(1))
+  writer.write(_final(1))
   writer.close()
   mux = tbh.multiplexer(tmp_path)
   content = mux.PluginRunToTagToContent("hparams")
@@ -198,7 +198,7 @@ def test_events_reach_the_file_while_the_run_goes_on(tmp_path):
   writer = _writer(tmp_path, _config())
   tag = tensorboard.EPOCH_TAGS[metrics.keys("train")[0]]
   for e in (1, 2):
-    writer.epoch(_row(e))
+    writer.write(_row(e))
     deadline = time.monotonic() + 10  # FLUSH_S, on a loaded machine.
     while True:
       seen = tbh.scalars(tbh.multiplexer(tmp_path), ".").get(tag, [])
@@ -216,9 +216,9 @@ def test_each_member_is_a_run_with_the_same_tags(tmp_path):
   rows = [_row(e, seeds) for e in (1, 2)]
   writer = _writer(tmp_path, config, members=_labels(seeds))
   for row in rows:
-    writer.epoch(row)
+    writer.write(row)
   final = _final(2, seeds)
-  writer.final(final)
+  writer.write(final)
   writer.close()
 
   mux = tbh.multiplexer(tmp_path)
@@ -256,7 +256,7 @@ def test_sweep_members_take_their_own_learning_rate_and_older_rows_read(tmp_path
   rows[1]["replicas"] = rows[1].pop("members")
   writer = _writer(tmp_path, config, members=labels)
   for row in rows:
-    writer.epoch(row)
+    writer.write(row)
   writer.close()
   mux = tbh.multiplexer(tmp_path)
   assert sorted(mux.Runs()) == [".", "learning_rate=0.001,seed=1",
@@ -300,7 +300,7 @@ def test_resume_continues_one_series_that_matches_the_kept_rows(tmp_path,
   writer = _writer(tmp_path, config)
   for row in first:
     metrics_log.MetricsLog(str(tmp_path)).write(row)
-    writer.epoch(row)
+    writer.write(row)
   writer.close()  # A kill leaves the same, but for the last FLUSH_S.
 
   kept = first[:3]  # metrics.jsonl after its resume(3).
@@ -309,9 +309,9 @@ def test_resume_continues_one_series_that_matches_the_kept_rows(tmp_path,
            for e in (4, 5)]
   writer = _writer(tmp_path, config, resume_after=3)
   for row in again:
-    writer.epoch(row)
+    writer.write(row)
   final = _final(5)
-  writer.final(final)
+  writer.write(final)
   writer.close()
 
   assert len(_event_files(tmp_path)) == 1
@@ -332,11 +332,11 @@ def test_resume_restores_rows_the_events_lost_from_metrics_jsonl(tmp_path):
   rows = [_row(e, (1, 2)) for e in (1, 2, 3, 4)]
   writer = _writer(tmp_path, config, members=_labels((1, 2)))
   for row in rows[:2]:
-    writer.epoch(row)
+    writer.write(row)
   writer.close()
   writer = _writer(tmp_path, config, rows[:3], resume_after=3,
                    members=_labels((1, 2)))
-  writer.epoch(rows[3])
+  writer.write(rows[3])
   writer.close()
   mux = tbh.multiplexer(tmp_path)
   for run in (".", "seed=1", "seed=2"):
@@ -359,20 +359,20 @@ def test_a_failed_write_warns_once_and_the_run_goes_on(tmp_path, monkeypatch,
   writer = _writer(tmp_path, _config(num_seeds=2, seed=0),
                    members=_labels((0, 1)))
   for e in (1, 2):
-    writer.epoch(_row(e, (0, 1)))
-  writer.final(_final(2, (0, 1)))
+    writer.write(_row(e, (0, 1)))
+  writer.write(_final(2, (0, 1)))
   writer.close()
   [warning] = _warnings(capsys)
   assert "seed=1" in warning and "training goes on" in warning
 
   writer = _writer(tmp_path / "ok", _config())
-  writer.epoch(_row(1))
+  writer.write(_row(1))
   def broken(*args, **kwargs):
     raise OSError(28, "No space left on device")
   monkeypatch.setattr(tensorboardX.SummaryWriter, "add_scalar", broken)
   for e in (2, 3):
-    writer.epoch(_row(e))
-  writer.final(_final(3))
+    writer.write(_row(e))
+  writer.write(_final(3))
   writer.close()
   [warning] = _warnings(capsys)
   assert "No space left on device" in warning

@@ -1,29 +1,23 @@
 """Figures, saved as PNG files with matplotlib's non-interactive Agg backend."""
 
 import functools
-import logging
 import os
 import re
 from typing import List, Optional, Sequence
 
-# Where HOME cannot be written, matplotlib makes a temporary config folder and
-# warns in three lines: it does so quietly (its logger back after the import).
-_level = logging.getLogger("matplotlib").level
-logging.getLogger("matplotlib").setLevel(logging.ERROR)
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import matplotlib
 import numpy as np
 # Off-screen figures, each closed once saved; in a notebook (MPLBACKEND inline)
 # the backend stays, or the notebook's own figures would stop showing.
 if "inline" not in os.environ.get("MPLBACKEND", ""):
   matplotlib.use("Agg")
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import matplotlib.pyplot as plt
 from matplotlib import patches
 from matplotlib import ticker
 
 from mnist_jax import files
 # pylint: enable=g-import-not-at-top,wrong-import-position
-logging.getLogger("matplotlib").setLevel(_level)
 
 DPI = 120
 DIGIT_CMAP = "gray"  # Every figure draws digits as the model sees them:

@@ -170,8 +170,7 @@ def checkpoint_note(workdir: str, run: Run) -> Optional[str]:
   """What results of `run` stand for where not the finished run (still
   training, an older checkpoint, unfinished); None for the last checkpoint."""
   rows = metrics_log.MetricsLog(workdir).read()
-  last = max((r["epoch"] for r in rows if "train_loss" in r or r.get("lost")),
-             default=0)
+  last = max((r["epoch"] for r in rows if "train_loss" in r), default=0)
   if lock.in_use(workdir):
     return (f"{workdir} is still training (epoch {last} of "
             f"{run.config.epochs} logged): these results are "
@@ -187,7 +186,7 @@ def checkpoint_note(workdir: str, run: Run) -> Optional[str]:
             f"{run.epoch}; its settings would diverge again: lower "
             "--learning_rate or set --grad_clip, and add --overwrite to train "
             "it over (which deletes this one)")
-  if metrics_log.final_metrics(workdir) is None:
+  if state == "unfinished" and metrics_log.final_metrics(workdir) is None:
     return (f"{workdir} is unfinished (epoch {run.epoch} of "
             f"{run.config.epochs}): these results are of its latest "
             "checkpoint; to train it on, run its training command again")

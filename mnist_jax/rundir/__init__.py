@@ -1,9 +1,9 @@
 """The run folder: what a run writes, and reads back when it resumes.
 
-  record.py, metrics_log.py  config.json; metrics.jsonl
+  record.py, metrics_log.py  config.json; metrics.jsonl (the rows' writer)
   checkpoints.py, resume.py  orbax checkpoints; whether and where to resume
   lock.py, choose.py         one writer per folder; the folder without --workdir
-  log.py, tensorboard.py     where rows go: console, metrics.jsonl, TensorBoard
+  tensorboard.py             the rows as TensorBoard events
   control.py, resources.py   stops (signals, no learning); machine failures
   cli.py, dry_run.py         launch.py's help, messages and --dry_run
   process.py                 the process's devices and jax.distributed

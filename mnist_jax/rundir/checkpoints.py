@@ -129,7 +129,7 @@ class Checkpointer:
 
   def save(self, step: int, state_tree: dict, meta: dict) -> None:
     """Starts an atomic save in the background; `close` finishes it (a full
-    disk, which orbax reports as text, reaches resources.failure)."""
+    disk, which orbax reports as text, reaches resources.machine_error)."""
     ocp, host = _ocp(), jax.tree.map(np.asarray, jax.device_get(state_tree))
     meta = {**meta, "format": FORMAT,
             "digest": digest([host[k] for k in sorted(host)])}

@@ -1,13 +1,12 @@
-"""launch.py's flags and help, the commands its messages print (the command
-line as typed, edited) and the run folder it trains in.
+"""launch.py's flags and help, the run folder it trains in, and what the line
+it ends with says of the command (`Command`).
 """
 
 import dataclasses
 import os
-import shlex
 import shutil
 import signal
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, Optional
 
 from absl import flags
 
@@ -20,7 +19,6 @@ from mnist_jax.rundir import choose
 from mnist_jax.rundir import lock
 from mnist_jax.rundir import process
 from mnist_jax.rundir import record
-from mnist_jax.rundir import resources
 from mnist_jax.rundir import resume
 from mnist_jax.training import devices
 from mnist_jax.training import members as members_lib
@@ -126,137 +124,32 @@ def overrides(given: Dict[str, object], model: str) -> dict:
 
 @dataclasses.dataclass
 class Command:
-  """This command line and its run, for the messages that say how to go on.
-  `is_flag`, `takes_value`: absl's view of a flag name."""
-  argv: List[str]
-  is_flag: Callable[[str], bool]
-  takes_value: Callable[[str], bool]
+  """What this command is doing, for the line it ends with: its settings, the
+  run folder it trains in (`fresh`: this command begins the run there, and
+  this process holds it; `existed`: the folder was there before, empty), the
+  signal that stopped it."""
   config: Optional[config_lib.Config] = None
-  work: Optional[str] = None  # The run folder it trains in.
-  claimed: bool = False  # This process holds `work`.
-  fresh: bool = False  # The run in `work` starts with this command.
-  existed: bool = False  # `work` existed before (an empty folder, say).
+  work: Optional[str] = None
+  fresh: bool = False
+  existed: bool = False
   signum: int = signal.SIGINT
 
-  def _name(self, arg: str) -> Optional[str]:
-    if not arg.startswith("-") or arg == "--":
-      return None
-    name = arg.lstrip("-").split("=", 1)[0]
-    if not self.is_flag(name) and name.startswith("no") and self.is_flag(
-        name[2:]):
-      return name[2:]
-    return name
-
-  def without(self, names: Sequence[str]) -> List[str]:
-    """The arguments less those setting a flag in `names`, in any spelling
-    (`--name=v`, `--name v`, `--name`, `--noname`)."""
-    out, args = [], iter(self.argv[1:])
-    for arg in args:
-      if arg == "--":
-        return out + [arg, *args]
-      name = self._name(arg)
-      if name not in names:
-        out.append(arg)
-      elif "=" not in arg and self.is_flag(name) and self.takes_value(name):
-        next(args, None)  # Its value.
-    return out
-
-  def typed(self, name: str) -> bool:
-    args = self.argv[1:]
-    args = args[:args.index("--")] if "--" in args else args
-    return any(self._name(a) == name for a in args)
-
-  def line(self, args: Sequence[str]) -> str:
-    return shlex.join(["python", self.argv[0], *args])
-
-  def resume_command(self, work: Optional[str] = None) -> str:
-    """This command as typed, without --overwrite, resuming `work` (with
-    --workdir where it would pick another folder without)."""
-    work = work or self.work
-    args = self.without(("overwrite", "dry_run"))
-    if not self.typed("workdir"):
-      try:
-        choice = choose.choose(self.config, overwrite=False)
-        same = choice.resume and os.path.abspath(choice.path) == (
-            os.path.abspath(work))
-      except UserError:
-        same = False
-      if not same:
-        args.append(f"--workdir={work}")
-    return self.line(args)
-
-  def retry_advice(self) -> str:
-    """After a divergence: a command with a lower rate (or clipping, when the
-    rate is swept), and what it does with the folder."""
-    config = self.config
-    swept = members_lib.parse(config.sweep) if config else {}
-    if config is None or ("learning_rate" in swept and "grad_clip" in swept):
-      return ""
-    if "learning_rate" in swept:
-      name, value = "grad_clip", "1"
-    else:
-      name, value = "learning_rate", f"{resume.lower_rate(config):g}"
-    args = [*self.without(("overwrite", "dry_run", name)), f"--{name}={value}"]
-    if self.typed("workdir"):
-      args.append("--overwrite")
-      where = f"--overwrite starts {config.workdir} over"
-    else:
-      where = "a new run folder"
-    return f"; for example ({where}): {self.line(args)}"
-
-  def interrupted(self) -> str:
-    """What a Ctrl-C outside the training loop says."""
+  def interrupted(self, again: str) -> str:
+    """What a Ctrl-C outside the training loop says; again: how to go on."""
     name = ("Ctrl-C" if self.signum == signal.SIGINT else
             signal.Signals(self.signum).name)
-    if self.work and os.path.exists(os.path.join(self.work,
-                                                 record.CONFIG_FILE)):
-      return (f"interrupted ({name}); {self.work} keeps its last complete "
-              f"checkpoint, if any. To resume, run: {self.resume_command()}")
-    where = f"before {self.work} was written" if self.work else (
-        "before training started")
-    return (f"interrupted ({name}) {where}; to start again, run: "
-            f"{self.line(self.argv[1:])}")
+    begun = self.work and os.path.exists(os.path.join(self.work,
+                                                      record.CONFIG_FILE))
+    return f"interrupted ({name}); {again} to {'resume' if begun else 'start'}"
 
-  def discard_unstarted(self) -> bool:
+  def discard_unstarted(self) -> None:
     """Removes the run folder this command began if it failed before its
     first checkpoint: nothing half-written passes for a run."""
     work = self.work
-    if not (work and self.fresh and self.claimed and os.path.isdir(work)):
-      return False
-    if checkpoints.steps(work):
-      return False
-    shutil.rmtree(work, ignore_errors=True)
-    if self.existed:
-      os.makedirs(work, exist_ok=True)
-    return True
-
-  def failure(self, found: resources.Failure, mode: str, workdir: str) -> str:
-    """A failure of the machine's in one line, with what to do in `mode`."""
-    kept = bool(mode == "train" and self.work and os.path.isdir(self.work)
-                and not self.discard_unstarted())
-    again = (f"then resume with: {self.resume_command()}" if kept else
-             "then run the same command again")
-    if found.kind == "memory":
-      if mode != "train":
-        return (f"{found.text}; close what else uses that memory, or run it "
-                "on a machine with more")
-      return (f"{found.text}; {resources.lower_advice(self.config)} (a new "
-              "run), or run it on a machine with more memory")
-    if found.kind == "peer":
-      return (f"{found.text}; start every process again, this one with: "
-              f"{self.resume_command() if kept else self.line(self.argv[1:])}")
-    if found.kind in ("disk", "io"):
-      what = ("free some space there" if found.kind == "disk"
-              else "check that disk")
-      return f"{found.text}; {what}, {again}"
-    if mode == "report":
-      return (f"{found.text}; --mode=report writes report.md and its figures "
-              "into the run folder: make it writable, or copy the folder and "
-              "pass the copy as --workdir")
-    if mode == "predict":
-      return (f"{found.text}; leave out --plot, or make "
-              f"{os.path.join(workdir, 'predict')} writable")
-    return f"{found.text}; make it writable, {again}"
+    if self.fresh and os.path.isdir(work) and not checkpoints.steps(work):
+      shutil.rmtree(work, ignore_errors=True)
+      if self.existed:
+        os.makedirs(work, exist_ok=True)
 
 
 def run_folder(config: config_lib.Config, overwrite: bool):

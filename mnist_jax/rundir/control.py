@@ -1,19 +1,15 @@
 """When a run stops besides finishing: a signal, or a run that did not learn.
 
 SIGTERM or Ctrl-C ask for a stop (`StopRequest`): the hooks save at the next
-safe point and raise `Preempted` (exit 128 + the signal). A second Ctrl-C
-quits at once, even inside a long XLA call: a thread reads the signals from
-a wake-up pipe (`signal.set_wakeup_fd`). A finite run may still not learn
+safe point, once the running chunk of steps is done, and raise `Preempted`
+(exit 128 + the signal). A finite run may still not learn
 (`learning_verdict`: exit NOT_LEARNED_EXIT_CODE).
 """
 
-import contextlib
 import math
-import os
 import signal
-import sys
 import threading
-from typing import Any, Callable, Optional, Tuple
+from typing import Optional
 
 import jax
 from jax.experimental import multihost_utils
@@ -24,9 +20,6 @@ NOT_LEARNED_EXIT_CODE = 4
 LOSS_GROWTH = 100  # A final loss this many times a uniform guess's: diverged.
 CHANCE_MARGIN_SE = 2  # Standard errors by which to beat the commonest class.
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
-FORCED_EXIT_CODE = 128 + signal.SIGINT
-# fn() -> the command that resumes this run, for a second Ctrl-C's line.
-_resume_command: Optional[Callable[[], str]] = None
 
 
 def learning_verdict(final: dict, last_row: Optional[dict],
@@ -63,11 +56,6 @@ def learning_verdict(final: dict, last_row: Optional[dict],
   return {}
 
 
-def set_resume_command(fn: Optional[Callable[[], str]]) -> None:
-  global _resume_command
-  _resume_command = fn
-
-
 def agreed(signum: Optional[int]) -> Optional[int]:
   """The stop request of any process (all stop at the same chunk)."""
   if jax.process_count() == 1:
@@ -76,105 +64,34 @@ def agreed(signum: Optional[int]) -> Optional[int]:
   return int(np.max(votes)) or None
 
 
-def stopped_message(signum: int, step: int, epoch: int, epoch_step: int,
-                    steps_per_epoch: int, directory: Optional[str]) -> str:
-  """What a run stopped by `signum` at `step` (1-based `epoch`, `epoch_step`
-  into it) says; `directory`: the checkpoint folder, None if none."""
-  name = signal.Signals(signum).name
-  if directory is None:
-    return f"stopped by {name} before the first step; nothing to save"
-  where = (f"at the end of epoch {epoch - 1} (step {step})" if not epoch_step
-           else f"at step {step} (epoch {epoch}, step {epoch_step} of "
-           f"{steps_per_epoch})")
-  return f"stopped by {name} {where}; the checkpoint is in {directory}"
-
-
 class Preempted(Exception):
-  """A requested stop after its checkpoint is safely on disk."""
+  """A requested stop after its checkpoint is safely on disk; the message
+  says where it stopped."""
 
-  def __init__(self, signum: int, message: str, workdir: str):
+  def __init__(self, signum: int, message: str):
     super().__init__(message)
-    self.signum, self.workdir = signum, workdir
-
-  @property
-  def exit_code(self) -> int:
-    return 128 + self.signum
+    self.exit_code = 128 + signum
 
 
 class StopRequest:
   """While active (in the main thread), SIGTERM and SIGINT set `signum`
-  instead of ending the process. kept: fn() -> (which checkpoint is kept,
-  what to do), in words, for a second Ctrl-C's line."""
-
-  def __init__(self, stream=None,
-               kept: Optional[Callable[[], Tuple[str, str]]] = None):
-    self.signum: Optional[int] = None
-    self._stream = stream or sys.stderr
-    self._kept = kept
-    self._pipe = None  # While active: the wake-up pipe (read fd, write fd).
-
-  def _notice(self, text: str) -> None:
-    with contextlib.suppress(OSError, ValueError):
-      self._stream.write(text + "\n")
-      self._stream.flush()
-
-  def _watch(self, fd: int) -> None:
-    with contextlib.suppress(OSError):  # The pipe is closed: the end.
-      while data := os.read(fd, 64):
-        for signum in data:
-          if signum not in SIGNALS:
-            continue
-          if self.signum is None:
-            self.signum = signum
-            hint = " (Ctrl-C again to quit at once, without saving)" if (
-                signum == signal.SIGINT) else ""
-            self._notice(f"{signal.Signals(signum).name} received: saving a "
-                         "checkpoint at the next safe point, then stopping"
-                         f"{hint}")
-          elif signum == signal.SIGINT:
-            kept, verb = _call(self._kept, (
-                "the last complete checkpoint, if any, is kept", "To resume"))
-            resume = _call(_resume_command, "")
-            self._notice("second Ctrl-C: quitting now without saving; "
-                         f"{kept}{f'. {verb}, run: {resume}' if resume else ''}")
-            with contextlib.suppress(OSError, ValueError):
-              sys.stdout.flush()
-            os._exit(FORCED_EXIT_CODE)  # pylint: disable=protected-access
+  instead of interrupting; again, they change nothing."""
+  signum: Optional[int] = None
+  _old = None  # While active: the signals' handlers before.
 
   def __enter__(self) -> "StopRequest":
-    if threading.current_thread() is not threading.main_thread():
-      return self
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(write_fd, False)
-    self._pipe = (read_fd, write_fd)
-    self._old_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-    self._old = {s: signal.signal(s, lambda *_: None) for s in SIGNALS}
-    self._thread = threading.Thread(target=self._watch, args=(read_fd,),
-                                    name="stop-request", daemon=True)
-    self._thread.start()
+    if threading.current_thread() is threading.main_thread():
+      self._old = {s: signal.signal(s, self._ask) for s in SIGNALS}
     return self
+
+  def _ask(self, signum, frame) -> None:  # pylint: disable=unused-argument
+    self.signum = self.signum or signum
 
   def __exit__(self, *exc) -> None:
     self.close()
 
   def close(self) -> None:
     """Restores the signals' handlers; `signum` keeps any request."""
-    if self._pipe is None:
-      return
-    for signum, handler in self._old.items():
+    for signum, handler in (self._old or {}).items():
       signal.signal(signum, handler)
-    signal.set_wakeup_fd(self._old_fd)
-    read_fd, write_fd = self._pipe
-    os.close(write_fd)
-    self._thread.join(timeout=5)
-    os.close(read_fd)
-    self._pipe = None
-
-
-def _call(fn: Optional[Callable[[], Any]], otherwise: Any) -> Any:
-  """fn(), or `otherwise` without fn or if it fails (quitting matters
-  more)."""
-  try:
-    return fn() if fn else otherwise
-  except Exception:  # pylint: disable=broad-except
-    return otherwise
+    self._old = None

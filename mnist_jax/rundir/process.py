@@ -1,5 +1,5 @@
-"""Setting up the process before JAX starts (its CPU devices, logging),
-joining the job's other processes, and stopping it with one line. JAX's
+"""Setting up the process before JAX starts (its CPU devices, logging) and
+joining the job's other processes. JAX's
 compilation cache stays off unless JAX_COMPILATION_CACHE_DIR names a folder
 (a killed process's half-written entry warns at every later start).
 """
@@ -7,14 +7,11 @@ compilation cache stays off unless JAX_COMPILATION_CACHE_DIR names a folder
 import errno
 import importlib.metadata
 import importlib.util
-import logging
 import os
 import socket
 import sys
 import threading
-import traceback
 import warnings
-from typing import Optional
 
 from absl import logging as absl_logging
 import jax
@@ -28,15 +25,14 @@ JOIN_TIMEOUT_S = 300  # How long processes wait for each other (jax's default).
 def setup_process() -> None:
   """Before JAX starts: GPU kernels in a fixed order (XLA's default picks
   atomics whose order varies, so the same command gave other numbers), unless
-  XLA_FLAGS says otherwise; quiets absl's logs; with a compilation cache,
-  caches compiles of 0.2 s or more (not JAX's 1 s)."""
+  XLA_FLAGS says otherwise; absl logs errors only; with a compilation
+  cache, caches compiles of 0.2 s or more (not JAX's 1 s)."""
   xla = os.environ.get("XLA_FLAGS", "")
   if "xla_gpu_deterministic_ops" not in xla:
     os.environ["XLA_FLAGS"] = f"{xla} --xla_gpu_deterministic_ops=true".strip()
   if jax.config.jax_compilation_cache_dir:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger("absl").setLevel(logging.ERROR)
+  absl_logging.set_verbosity(absl_logging.ERROR)
 
 
 def _accelerator_possible() -> bool:
@@ -118,23 +114,3 @@ def initialize(config, detect: bool = True) -> None:
   finally:
     watchdog.cancel()
 
-
-def stop(text: str, code: int, exc: Optional[BaseException] = None):
-  """Exits with `text` as the last line (after `exc`'s traceback, if given):
-  nothing else then reaches the terminal (library threads winding down would
-  bury it). In a job of processes, at once: jax.distributed's shutdown at
-  exit waits for every process, and where one is gone, aborts in C++."""
-  if exc is not None:
-    traceback.print_exception(exc)
-  print(text, file=sys.stderr)
-  sys.stderr.flush()
-  logging.disable(logging.CRITICAL)
-  sys.stderr = open(os.devnull, "w")  # pylint: disable=consider-using-with
-  sys.unraisablehook = lambda unraisable: None
-  if jax.distributed.is_initialized():
-    try:
-      sys.stdout.flush()  # os._exit drops what a pipe's buffer holds.
-    except (OSError, ValueError):
-      pass  # A closed pipe or stdout: nothing to keep.
-    os._exit(code)  # pylint: disable=protected-access
-  sys.exit(code)

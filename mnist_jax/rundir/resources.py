@@ -1,11 +1,11 @@
 """What the machine can hold, and the one line said when it runs out: a full
 disk, memory or a read-only folder reaches launch.py as an exception from
-anywhere; `failure` names it, `lower_advice` says what makes a run fit.
+anywhere; `machine_error` says it, `lower_advice` says what makes a run fit.
 """
 
-import dataclasses
 import errno
 import math
+import os
 import re
 from typing import List, Optional
 
@@ -18,8 +18,15 @@ from mnist_jax.data import datasets
 from mnist_jax.errors import OutOfResources, UserError, first_line
 from mnist_jax import files
 
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+_FULL = "no space left on the disk of {path}; free some space there"
+# What each refusal of the system says: exit 5 for the first three.
+OS_ERRORS = {
+    errno.ENOSPC: _FULL, errno.EDQUOT: _FULL,
+    errno.EFBIG: "{path} reached this process's file size limit (ulimit -f); "
+                 "free some space there",
+    **dict.fromkeys((errno.EROFS, errno.EACCES, errno.EPERM),
+                    "cannot write {path} ({reason}); make it writable"),
+    errno.EIO: "reading or writing {path} failed ({reason}); check that disk"}
 OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "Out of memory allocating")
 # In a job of several processes: a collective's error (Gloo, on CPUs) or the
 # coordination service's, when another process of the job is gone.
@@ -80,53 +87,42 @@ def check_steps(config: config_lib.Config, steps_per_epoch: int) -> None:
         f"{config_lib.INT32_MAX // steps_per_epoch} or a larger --batch_size")
 
 
-@dataclasses.dataclass(frozen=True)
-class Failure:
-  """An exception that is the machine's, not a bug, in words. kind: "disk",
-  "memory", "not_writable", "io" or "peer" (another process is gone)."""
-  kind: str
-  text: str
-  path: Optional[str] = None
-
-  @property
-  def exit_code(self) -> int:
-    return OutOfResources.exit_code if self.kind in ("disk", "memory") else (
-        UserError.exit_code)
-
-
-def failure(exc: BaseException,
-            where: Optional[str] = None) -> Optional[Failure]:
-  """What ran out or refused, for an exception of a full disk, memory or a
-  refused write; None for any other (a bug keeps its traceback). `where`:
-  the folder to name if the error names none."""
+def machine_error(exc: BaseException, where: Optional[str],
+                  config: Optional[config_lib.Config] = None
+                  ) -> Optional[UserError]:
+  """The one-line error of a full disk, memory, a refused write or a lost
+  peer found in `exc` or the exceptions it came from (OutOfResources: exit
+  5); None for any other (a bug keeps its traceback). where: the folder to
+  name if the error names none; config: a training run's, whose settings
+  make it smaller."""
   chain = list(files.chain(exc))
-  for e in chain:
-    if isinstance(e, OSError) and e.errno is not None:
-      path = e.filename or where
-      if e.errno == errno.EFBIG:
-        return Failure("disk", f"{path or 'a file'} reached this process's "
-                       "file size limit (ulimit -f)", path)
-      if e.errno in DISK_FULL:
-        return Failure("disk", "no space left on the disk of "
-                       f"{path or 'the run folder'}", path)
-      if e.errno in NOT_WRITABLE:
-        return Failure("not_writable", f"cannot write {path or 'a file'} "
-                       f"({e.strerror})", path)
-      if e.errno == errno.EIO:
-        return Failure("io", f"reading or writing {path or 'a file'} failed "
-                       f"({e.strerror})", path)
+  found = next(((e.errno, e.filename or where, e.strerror) for e in chain
+                if isinstance(e, OSError) and e.errno in OS_ERRORS), None)
   code = files.no_space(exc)  # Said only in a library's own error's text.
-  if code is not None:
-    return failure(files.no_space_error(code, where), where)
+  if found is None and code is not None:
+    found = code, where, os.strerror(code)
+  if found is not None:
+    code, path, reason = found
+    kind = OutOfResources if code in (errno.ENOSPC, errno.EDQUOT,
+                                      errno.EFBIG) else UserError
+    return kind(OS_ERRORS[code].format(path=path or "the run folder",
+                                       reason=reason) +
+                ", then run the same command again")
   for e in chain:
     if isinstance(e, MemoryError):
-      return Failure("memory", f"out of host memory ({first_line(e, 160)})")
-    if any(text in str(e) for text in OUT_OF_MEMORY):  # XLA's, any device.
+      memory = f"host memory ({first_line(e, 160)})"
+    elif any(text in str(e) for text in OUT_OF_MEMORY):  # XLA's, any device.
       detail = re.sub(r"^[A-Z_]+: ", "", first_line(e, 160))
-      return Failure("memory", "out of memory on the "
-                     f"{jax.default_backend().upper()} ({detail})")
-    if (jax.distributed.is_initialized() and
-        any(text in str(e) for text in PEER_LOST)):
-      return Failure("peer", "another process of this job stopped (it "
-                     f"crashed or was killed: {first_line(e, 100)})")
+      memory = f"memory on the {jax.default_backend().upper()} ({detail})"
+    elif (jax.distributed.is_initialized() and
+          any(text in str(e) for text in PEER_LOST)):
+      return UserError("another process of this job stopped (it crashed or "
+                       f"was killed: {first_line(e, 100)}); start every "
+                       "process again with its same command (they resume)")
+    else:
+      continue
+    return OutOfResources(f"out of {memory}; " + (
+        f"{lower_advice(config)} (a new run), or run it on a machine with "
+        "more memory" if config else "close what else uses that memory, or "
+        "run it on a machine with more"))
   return None

@@ -2,10 +2,11 @@
 
 The run folder gets metrics.jsonl's rows at their epoch, each member of a
 --num_seeds or --sweep run a subfolder (`seed=3`), each folder the Config as
-HParams. On `resume` a writer opens a new event file, replays the rows
+HParams. On `resume` a writer opens a new event file, writes the rows
 metrics.jsonl keeps and deletes older event files: each epoch once, with no
 "out of order event.step" warning that `purge_step` gives, and epochs whose
-events a kill lost restored. A failed write warns once and stops the events.
+events a kill lost written again. A failed write warns once and stops the
+events.
 """
 
 import functools
@@ -33,7 +34,6 @@ from tensorboardX.proto.summary_pb2 import Summary
 from mnist_jax import config as config_lib
 from mnist_jax.errors import UserError
 from mnist_jax import files
-from mnist_jax.rundir import metrics_log
 from mnist_jax.training import metrics
 
 FLUSH_S = 0.25  # tensorboardX's thread has events on disk this soon.
@@ -101,8 +101,8 @@ def _guarded(method):
 
 
 class Writer:
-  """One of log.py's writers (`resume` opens the files); a divergence writes
-  nothing. members: each member's label ({"seed": 3}), as in a row."""
+  """The events of metrics_log.MetricsLog's rows (`resume` opens the files).
+  members: each member's label ({"seed": 3}), as in a row."""
 
   def __init__(self, logdir: str, config: config_lib.Config,
                members: Sequence[Dict] = ()):
@@ -111,9 +111,9 @@ class Writer:
     self._on = True
 
   @_guarded
-  def resume(self, epoch: int, keep_final: bool = False) -> None:
-    """Opens the event files with metrics.jsonl's rows up to `epoch`."""
-    del keep_final
+  def resume(self, rows: Sequence[Dict] = ()) -> None:
+    """Opens the event files, in place of older ones, with `rows` (those
+    metrics.jsonl keeps)."""
     for path, values in [(self.logdir, hparams(self._config))] + [
         (os.path.join(self.logdir, member_name(m)), hparams(self._config, m))
         for m in self._members]:
@@ -126,9 +126,8 @@ class Writer:
       writer.file_writer.add_summary(tensorboardX.summary.hparams(values, {})[1])
       for name in older:
         os.remove(name)
-    for row in metrics_log.MetricsLog(self.logdir).read():
-      if row.get("epoch", epoch + 1) <= epoch:
-        self.epoch(row)
+    for row in rows:
+      self.write(row)
 
   def _scalars(self, row: Dict, tags: Dict, member_tags: Dict, step) -> None:
     """A scalar per tag the row holds, in the run's and members' folders;
@@ -141,23 +140,18 @@ class Writer:
           writer.add_scalar(tag, float(values[key]), step)
 
   @_guarded
-  def epoch(self, row: Dict) -> None:
-    """An epoch row at its epoch (not a note)."""
-    if row.get("epoch") is not None and row.get("train_loss") is not None:
+  def write(self, row: Dict) -> None:
+    """An epoch's row at its epoch; the final row's test metrics at the last
+    epoch, ending each HParams session; nothing of a divergence's row."""
+    if "test_accuracy" in row:
+      self._last_epoch = row.get("epochs_run") or self._last_epoch
+      self._scalars(row, FINAL_TAGS, FINAL_TAGS, self._last_epoch)
+      for writer in self._writers:
+        writer.file_writer.add_summary(
+            tensorboardX.summary.hparams({}, {})[2], self._last_epoch)
+    elif row.get("epoch") is not None and row.get("train_loss") is not None:
       self._scalars(row, {**EPOCH_TAGS, **SPEED_TAGS}, EPOCH_TAGS, row["epoch"])
       self._last_epoch = row["epoch"]
-
-  def diverged(self, row: Dict) -> None:
-    pass
-
-  @_guarded
-  def final(self, row: Dict) -> None:
-    """The test metrics at the last epoch; ends each HParams session."""
-    self._last_epoch = row.get("epochs_run") or self._last_epoch
-    self._scalars(row, FINAL_TAGS, FINAL_TAGS, self._last_epoch)
-    for writer in self._writers:
-      writer.file_writer.add_summary(tensorboardX.summary.hparams({}, {})[2],
-                                     self._last_epoch)
 
   @_guarded
   def figures(self) -> None:

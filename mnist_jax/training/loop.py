@@ -8,6 +8,7 @@ object (modes.py), and the loop imports none of it.
 
 import dataclasses
 import functools
+import os
 import sys
 import time
 from typing import Any, Dict, Optional
@@ -22,6 +23,7 @@ from mnist_jax.data import datasets
 from mnist_jax.errors import UserError
 from mnist_jax.training import devices
 from mnist_jax.training import members as members_lib
+from mnist_jax.training import metrics
 from mnist_jax.training import train
 from mnist_jax.training.devices import MEMBER, NUMBER, SHARED
 
@@ -37,49 +39,95 @@ class Start:
 
 
 class Hooks:
-  """What a run does besides training, called by the loop; these print what
-  it is doing (`status`: compiling, a line per epoch, progress every
-  PROGRESS_S seconds) and what it has to say (`message`).
+  """What a run does besides training, called by the loop. These print on
+  `stream` (stderr: stdout stays the caller's) what it is doing (`status`:
+  compiling, progress every PROGRESS_S seconds, drawn in place on a
+  terminal), a line per epoch, and what it has to say (`message`).
   modes.py's RunFolder restores, saves, logs and stops through them."""
   PROGRESS_S = 10.0
-  _steps: Optional[int] = None  # Steps per epoch, from `start`.
-  _said: Optional[float] = None  # When progress was last printed.
+  stream = None  # None: sys.stderr.
+  prefix = ""  # "[process 1/2] " in a job of several processes.
+  epochs: Optional[int] = None  # Where known: "epoch 2/5", the time left.
+  steps: Optional[int] = None  # Steps per epoch, from `start`.
+  _began = None  # (epoch, its steps run, time) as this process began it.
+  _said = 0.0  # When progress was last printed (or the epoch began).
+  _drawn = False  # A line drawn in place, which the next one replaces.
 
   def start(self, state, steps_per_epoch: int, record: Dict[str, Any]):
     """(state, Start): a fresh run's, or a checkpoint's. record: how the run
     is laid out over the devices, for config.json."""
     del record
-    self._steps = steps_per_epoch
+    self.steps = steps_per_epoch
     return state, Start()
 
+  def _terminal(self) -> bool:
+    stream = self.stream or sys.stderr
+    return stream.isatty() and os.environ.get("TERM") != "dumb"
+
+  def say(self, text: str, in_place: bool = False) -> None:
+    """Prints a line; `in_place`: on a terminal, where the next replaces it."""
+    stream, drawn = self.stream or sys.stderr, in_place and self._terminal()
+    stream.write(("\r\033[K" if self._drawn else "") + self.prefix + text +
+                 ("" if drawn else "\n"))
+    stream.flush()
+    self._drawn = drawn
+
+  def end_line(self) -> None:
+    """Ends a line drawn in place: what follows (a stop, an error) starts a
+    line of its own."""
+    if self._drawn:
+      (self.stream or sys.stderr).write("\n")
+      self._drawn = False
+
   def message(self, text: str) -> None:
-    print(text, flush=True)
+    self.say(text)
 
   def status(self, text: str) -> None:
-    """What the run is doing now (on stderr, as progress goes: stdout stays
-    the caller's)."""
-    print(text, file=sys.stderr, flush=True)
+    """What the run is doing now."""
+    self.say(text, in_place=True)
 
   def chunk(self, state, epoch: int, done: int, sums) -> None:
     """Before each chunk (`done` steps of `epoch` run): may save and stop."""
     now = time.monotonic()
-    if self._said is None:
-      self._said = now
-    elif done and now - self._said >= self.PROGRESS_S:
-      self._said = now
-      self.status(f"epoch {epoch}: {done}/{self._steps or '?'} steps")
+    if self._began is None or self._began[0] != epoch:
+      self._began, self._said = (epoch, done, now), now
+    elif now - self._said >= (0 if self._terminal() else self.PROGRESS_S):
+      self._said, (_, first, began) = now, self._began
+      left = (now - began) / (done - first) * (
+          self.steps * ((self.epochs or epoch) - epoch + 1) - done)
+      self.status(f"epoch {epoch}{self._of()}: {done}/{self.steps} steps, "
+                  f"{_duration(now - began)}, about {_duration(left)} left")
 
   def epoch(self, state, row: Dict[str, Any], last: bool) -> None:
     """After each epoch, with its metrics.jsonl row."""
-    self._said = time.monotonic()
-    val = ("" if row.get("val_accuracy") is None else
-           f", validation {100 * row['val_accuracy']:.2f}%")
-    self.status(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, "
-                f"accuracy {100 * row['train_accuracy']:.2f}%{val} "
-                f"({row['epoch_time_s']:.1f}s)")
+    leader = row.get("leader")
+    text = f"epoch {row['epoch']}{self._of()}: train {_scores(row, 'train')}"
+    if row.get("val_accuracy") is not None:
+      text += f", val {_scores(row, 'val')}"
+    if leader:  # Several members: whose numbers these are.
+      text += (" (leading: "
+               f"{members_lib.values_text(leader['values'], leader['seed'])})")
+    self.say(f"{text}; {row['epoch_time_s']:.1f}s, "
+             f"{row['examples_per_s']:,.0f} examples/s")
+
+  def _of(self) -> str:
+    return f"/{self.epochs}" if self.epochs else ""
 
   def diverged(self, row: Dict[str, Any]) -> None:
     """Before a divergence is raised."""
+
+
+def _scores(row: Dict[str, Any], split: str) -> str:
+  """`loss 0.1234 acc 97.50%`: the split's console metrics (metrics.py)."""
+  return " ".join(f"{m.console} {m.text(row.get(f'{split}_{m.name}'))}"
+                  for m in metrics.of(split) if m.console)
+
+
+def _duration(seconds: float) -> str:
+  """12s, 3m05s, 1h02m."""
+  s = max(0, round(seconds))
+  return (f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else
+          f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
 
 
 def steps_per_epoch(config, num_train: int) -> int:
