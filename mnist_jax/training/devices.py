@@ -108,8 +108,10 @@ class Layout:
   def __init__(self, config, module, num_members: int = 1, say=print):
     self.num_members = num_members
     self.mode, count = resolve(config, num_members, module)
-    devices = (jax.local_devices() if self.mode == "pmap" else
-               jax.devices()[:count])
+    # none: this process's own device (each process of several trains the
+    # whole run); pmap: the local ones; else a mesh over the job's.
+    devices = {"none": jax.local_devices()[:1], "pmap": jax.local_devices()
+               }.get(self.mode, jax.devices()[:count])
     self.mesh = Mesh(np.array(devices), (MEMBERS if self.mode == "members"
                                          else AXIS,))
     self.num_devices = count
@@ -150,7 +152,7 @@ class Layout:
           lambda x: jnp.broadcast_to(x, (self.mesh.size, *np.shape(x))), tree)
       spec = P(AXIS)
     sharding = NamedSharding(self.mesh, spec)
-    if jax.process_count() == 1:
+    if sharding.is_fully_addressable:
       return jax.device_put(tree, sharding)
 
     def put(x):  # Each process holds the whole value: global arrays.
