@@ -18,7 +18,6 @@ from experiments import compare
 from experiments import results
 from mnist_jax import models
 from mnist_jax.data import pipeline
-from mnist_jax.models import kernels
 from mnist_jax.results import analysis
 from mnist_jax.results import analysis_plots
 from mnist_jax.results import report
@@ -112,48 +111,6 @@ def test_the_features_are_the_input_of_the_declared_output_layer():
   assert features.shape == (4, 6)
   np.testing.assert_allclose(features @ head["kernel"] + head["bias"], logits,
                              rtol=1e-5, atol=1e-6)
-
-
-class _Stem(nn.Module):
-  """Its first convolution is `stem`; a later one is named conv_0."""
-  OUTPUT, FIRST = "out", "stem"
-  num_classes: int = K
-
-  @nn.compact
-  def __call__(self, images, train: bool = False):
-    x = nn.relu(nn.Conv(3, (5, 5), name="stem")(images / 255.0))
-    x = nn.Conv(2, (3, 3), name="conv_0")(x).reshape(len(images), -1)
-    return nn.Dense(self.num_classes, name=self.OUTPUT)(x)
-
-
-class _NoFirst(_Stem):
-  FIRST = None
-
-
-def test_the_first_layer_is_the_declared_one():
-  """first_layer plots the layer the model declares FIRST, whatever its name
-  (its filters and their outputs), and nothing where none is declared. Each
-  model's FIRST is a layer of its stock module, and the kernel that covers it
-  declares the same (its parameter tree is the stock's: test_kernels)."""
-  images, _ = synthetic_digits(2, 0)
-  variables = _Stem().init(jax.random.key(0), images)
-  run = run_lib.Run(None, _Stem(), variables, 0, seed_variables=None)
-  r = analysis.first_layer(run, _Stem(), images[0])
-  stem = variables["params"]["stem"]
-  np.testing.assert_array_equal(
-      r["filters"], np.moveaxis(stem["kernel"][:, :, 0], -1, 0))
-  maps = nn.Conv(3, (5, 5)).apply({"params": stem}, images[:1] / 255.0)
-  np.testing.assert_allclose(r["maps"], np.moveaxis(maps[0], -1, 0),
-                             rtol=1e-5, atol=1e-6)
-  assert analysis.first_layer(run, _NoFirst(), images[0]) == {}
-  declared = [name for name, spec in models.MODELS.items()
-              if getattr(spec.module, "FIRST", None)]
-  assert declared  # The analyses plot some model's first layer.
-  for name in declared:
-    stock = models.get(name).stock(models.get_config(name, "seed"))
-    params = jax.eval_shape(stock.init, jax.random.key(0), images)["params"]
-    assert stock.FIRST in params, name
-    assert getattr(kernels.kernel_for(stock), "FIRST", stock.FIRST) == stock.FIRST
 
 
 def test_shift_moves_each_image_its_way_and_noise_is_clipped():

@@ -11,7 +11,6 @@ class CNN(nn.Module):
   or SAME), a 2x2 max pool at stride 2. images [B, H, W, C] (uint8, 255 =
   ink) -> logits [B, num_classes]."""
   OUTPUT = "out"  # Its output layer; that layer's input: its features.
-  FIRST = "conv_0"  # Its first layer, on the image (the analyses plot it).
   features: Sequence[int] = (32, 64)
   kernel_size: int = 3
   dense: int = 128

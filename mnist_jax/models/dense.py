@@ -8,7 +8,7 @@ import flax.linen as nn
 
 class Linear(nn.Module):
   """The seeds' no-hidden-layer baseline: logits = x W + b."""
-  OUTPUT = FIRST = "out"  # Its output and first layer (see cnn.CNN).
+  OUTPUT = "out"  # Its output layer (see cnn.CNN).
   num_classes: int = 10
 
   @nn.compact
@@ -19,7 +19,7 @@ class Linear(nn.Module):
 
 class MLP(nn.Module):
   """Dense-ReLU-Dropout blocks, then a Dense output layer."""
-  OUTPUT, FIRST = "out", "hidden_0"  # Its output and first layer (see cnn.CNN).
+  OUTPUT = "out"  # Its output layer (see cnn.CNN).
   hidden: Sequence[int] = (512, 256)
   dropout: float = 0.0
   num_classes: int = 10

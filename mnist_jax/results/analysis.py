@@ -195,23 +195,6 @@ def attributions(module, variables, images, targets) -> Dict[str, np.ndarray]:
     steps *= 2
 
 
-def first_layer(run, module, image) -> Dict[str, np.ndarray]:
-  """The model's declared FIRST layer (none: {}): a convolution's filters
-  [F, k, k] and outputs on `image`, or a dense layer's first 16 units."""
-  first = getattr(module, "FIRST", None)
-  if first not in run.variables["params"]:
-    return {}
-  kernel = np.asarray(run.variables["params"][first]["kernel"])
-  if kernel.ndim == 2:  # Dense, on the pixels: [H * W * C, units].
-    return {"weights": kernel.T[:16].reshape(-1, *image.shape).sum(-1)}
-  _, inter = module.apply(  # Once, on one image: not worth a compile.
-      run.variables, image[None].astype(np.float32), mutable=["intermediates"],
-      capture_intermediates=lambda m, _: m.scope.path == (first,))
-  outputs = np.asarray(inter["intermediates"][first]["__call__"][0][0])
-  return {"filters": np.moveaxis(kernel[:, :, 0], -1, 0),  # From [k, k, F].
-          "maps": np.moveaxis(outputs, -1, 0)}
-
-
 def pca(features, k: int = 2):
   """(coordinates [N, k], share of the variance, axes [F, k]) of the top
   principal components, each axis's largest entry positive."""
@@ -295,7 +278,6 @@ def analyse(run, test, val=None) -> Dict[str, object]:
   r["images"] = images[r["shown"]]
   r.update(attributions(module, run.variables, r["images"],
                         r["predicted"][r["shown"]]))
-  r.update(first_layer(run, module, images[0]))
   # As the figures show them: each image and its attributions one plane.
   r.update(images=r["images"].mean(-1), ig=r["ig"].sum(-1),
            gxi=r["gxi"].sum(-1))
@@ -415,7 +397,6 @@ FIGURES = (
     ("reading.png", "How far it must read"),
     ("robustness.png", "What breaks it"),
     ("attributions.png", "Where it looks"),
-    ("first_layer.png", "Its first layer"),
     ("features_pca.png", "What it learned (PCA)"),
     ("reliability.png", "How sure it is"),
     ("features_tsne.png", "What it learned (t-SNE)"),

@@ -247,34 +247,6 @@ def attributions(results: Sequence[dict], path: str) -> str:
                  "most confident mistakes (captions in red: wrong)")
 
 
-def first_layer(results: Sequence[dict], path: str) -> str:
-  """One run's first CNN filters and their outputs on a digit, or its first
-  dense layer's weights as images."""
-  r = results[0]
-  if "filters" in r:
-    groups = [("filters", "first convolution's filters"),
-              ("maps", "their outputs on test image #0, before the activation")]
-  else:
-    units = ("per class" if len(r["weights"]) == len(r["names"])
-             else "its first units")
-    groups = [("weights", "first layer's weights, " + units)]
-  cols = min(16, max(len(r[k]) for k, _ in groups))
-  heights = [-(-len(r[k]) // cols) for k, _ in groups]
-  fig, axes = plt.subplots(
-      len(groups), 1, squeeze=False, layout="constrained",
-      figsize=(0.75 * cols + 0.5, 1.1 * sum(heights) + 0.5 * len(groups) + 0.5),
-      gridspec_kw={"height_ratios": heights})
-  for ax, (key, what), rows in zip(axes[:, 0], groups, heights):
-    tiles = _rgb(r[key])
-    tiles = np.concatenate(
-        [tiles, np.ones((rows * cols - len(tiles), *tiles.shape[1:]))])
-    _mosaic(ax, tiles.reshape(rows, cols, *tiles.shape[1:]),
-            [str(u) for u in range(len(r[key]))])
-    ax.set_title(what, fontsize=9)
-  return _finish(fig, path, "What it looks for (red positive, blue negative; "
-                 "each to its own largest |value|)")
-
-
 def single(r: dict, folder: str) -> None:
   """One run's figures (r["label"] names it), written into `folder`."""
   for name, draw, wanted in (
@@ -283,7 +255,6 @@ def single(r: dict, folder: str) -> None:
       ("features_pca", maps, True),
       ("reading", reading, "reading_accuracy" in r),
       ("attributions", attributions, True),
-      ("first_layer", first_layer, "filters" in r or "weights" in r),
   ):
     if wanted:
       draw([r], os.path.join(folder, name + ".png"))
