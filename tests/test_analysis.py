@@ -2,6 +2,7 @@
 answer is known, and the per-run files and the comparison page."""
 
 import csv
+import functools
 import json
 import os
 import re
@@ -111,6 +112,22 @@ def test_the_features_are_the_input_of_the_declared_output_layer():
   assert features.shape == (4, 6)
   np.testing.assert_allclose(features @ head["kernel"] + head["bias"], logits,
                              rtol=1e-5, atol=1e-6)
+
+
+def test_the_features_are_evaluated_as_the_logits_are():
+  """analyse's features and reading go through run_lib.logits, the run's
+  logits' path: in padded batches, each image's own, none dropped."""
+  run = _row_reader()
+  images, _ = _row_digits(23)
+  module = models.get(run.config.model).stock(run.config)
+  batched = run_lib.logits(functools.partial(
+      analysis.forward, module, steps=True), run.variables, images, 5)
+  whole = analysis.forward(module, run.variables, images.astype(np.float32),
+                           steps=True)
+  for got, want in zip(batched, whole):
+    assert got.shape[0] == 23
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(batched[1], run.logits(images), rtol=1e-6)
 
 
 def test_shift_moves_each_image_its_way_and_noise_is_clipped():

@@ -1,5 +1,7 @@
 """The metric schema: each metric's sums, their addition, and its value."""
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,8 +9,9 @@ import pytest
 
 from mnist_jax import models
 from mnist_jax.training import members
-from mnist_jax.results import report
+from mnist_jax.results import run as run_lib
 from mnist_jax.training import metrics
+from mnist_jax.training import train
 
 
 def _batch(seed, n=300, k=10, scale=3.0):
@@ -108,13 +111,20 @@ def test_no_example_gives_nan():
   assert all(np.isnan(got[m.name]) for m in metrics.METRICS)
 
 
-def test_of_logits_is_the_evaluation_in_batches():
+def test_the_results_score_logits_as_the_loop_evaluates_them():
+  """run.scores (the report's, predict's and the ensemble's metrics) of a
+  model's logits are train.evaluate's of that model, in padded batches."""
   logits, labels = _batch(4, n=250)
-  whole = metrics.values(jax.device_get(_sums(logits, labels)))
-  got = report.of_logits(logits, labels, batch_size=64)
-  assert got["count"] == 250 and got["accuracy"] == whole["accuracy"]
-  assert got["loss"] == pytest.approx(whole["loss"], rel=1e-5)
-  assert got["ece"] == pytest.approx(whole["ece"], abs=1e-6)
+  state = types.SimpleNamespace(  # Image i's one pixel holds i: its logits.
+      apply_fn=lambda v, x, train: v[x[:, 0, 0, 0].astype(jnp.int32)],
+      variables=jnp.asarray(logits))
+  images = np.arange(250, dtype=np.uint8).reshape(250, 1, 1, 1)
+  loop = metrics.values(jax.device_get(train.evaluate(
+      state, images, jnp.asarray(labels), batch_size=64)))
+  got = run_lib.scores(logits, labels)
+  assert got["count"] == 250 and got["accuracy"] == loop["accuracy"]
+  assert got["loss"] == pytest.approx(loop["loss"], rel=1e-5)
+  assert got["ece"] == pytest.approx(loop["ece"], abs=1e-6)
 
 
 def test_rows_carry_every_metric_of_each_split():
@@ -142,7 +152,7 @@ def test_rows_carry_every_metric_of_each_split():
 def test_a_metric_may_need_the_class_count(monkeypatch):
   """A metric whose sums are shaped by the classes (per-class hits) or need
   more than two of them (top-5) is declared like any other: zeros, the sums
-  of a batch, values and of_logits all follow the dataset's class count."""
+  of a batch, values and run.scores all follow the dataset's class count."""
   def sums(batch):
     top5 = jax.lax.top_k(batch.logits, 5)[1]
     hit = jnp.any(top5 == batch.labels[:, None], -1).astype(jnp.float32)
@@ -158,7 +168,7 @@ def test_a_metric_may_need_the_class_count(monkeypatch):
     zeros = metrics.zeros(metrics.EVAL, num_classes=26)
     assert zeros["class_correct"].shape == (26,) and zeros["top5"].shape == ()
     logits, labels = _batch(5, k=26)
-    got = report.of_logits(logits, labels, batch_size=64)
+    got = run_lib.scores(logits, labels)
     top5 = np.argsort(-logits, -1)[:, :5]
     assert got["top5"] == pytest.approx(np.mean(np.any(
         top5 == labels[:, None], -1)))

@@ -65,7 +65,7 @@ def test_confusion_matrix_counts_sum_to_test_size(tiny_run):
 def test_confusion_and_pairs_on_known_labels():
   labels = np.array([3, 3, 3, 8, 8, 4, 9, 9, 9, 0])
   predicted = np.array([8, 8, 3, 3, 8, 9, 4, 9, 4, 0])
-  counts = report.confusion(labels, predicted, 10)
+  counts = run.confusion(labels, predicted, 10)
   assert counts[3, 8] == 2 and counts[8, 3] == 1 and counts[9, 4] == 2
   assert counts.sum() == len(labels)
   pairs = report.confused_pairs(counts)

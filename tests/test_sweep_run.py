@@ -417,7 +417,7 @@ def test_ensemble_and_chosen_member_from_the_checkpoint(prepared, swept):
   probs = []
   for position in range(len(run.seeds)):
     variables = jax.tree.map(lambda p, k=position: p[k], run.seed_variables)
-    probs.append(report.softmax(np.asarray(run.model.apply(variables,
+    probs.append(run_lib.softmax(np.asarray(run.model.apply(variables,
                                                            images))))
   mean = np.mean(probs, axis=0)
   assert final["ensemble_test_accuracy"] == pytest.approx(

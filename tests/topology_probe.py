@@ -50,10 +50,10 @@ _predict_files = run_lib.predict_files
 def predict_files(run, paths, ensemble=False):
   test = pipeline.load(run.config).test
   images = np.asarray(test.images)
-  chosen = report.score(run.probabilities(images), test.labels)
+  chosen = run.evaluate(images, test.labels)
   seeds = None
   if len(run.seeds) > 1:
-    seeds = report.score(run.probabilities(images, ensemble=True), test.labels)
+    seeds = run.evaluate(images, test.labels, ensemble=True)
   _print(chosen, seeds)
   return _predict_files(run, paths, ensemble)
 

@@ -1,6 +1,6 @@
 """What a trained model learned (issue 30): how far it must read, what breaks
-it, where it looks, what its last hidden layer holds, how sure it is; a few
-compiled functions on fixed-shape batches keep it to seconds."""
+it, where it looks, what its last hidden layer holds, how sure it is. Each
+lens evaluates the model as the loop and the report do (run_lib.logits)."""
 
 import functools
 import importlib.util
@@ -20,6 +20,7 @@ from mnist_jax import models
 from mnist_jax.data import augment
 from mnist_jax.data import datasets
 from mnist_jax.models import recurrent
+from mnist_jax.results import run as run_lib
 from mnist_jax import files
 from mnist_jax.training import metrics
 
@@ -27,14 +28,15 @@ FOLDER = "analysis"  # In the run folder.
 SUMMARY, READING, ROBUSTNESS, ARRAYS = ("summary.json", "reading.csv",
                                         "robustness.csv", "arrays.npz")
 STRIDE = 10  # Levels other than 0 are on test images 0, 10, 20, ...
-GRID, MISTAKES, BATCH = 12, 6, 1000
+GRID, MISTAKES = 12, 6
 IG_STEPS, IG_MAX_STEPS, IG_TOLERANCE, IG_CHUNK = 16, 1024, 0.01, 16
 
 
-def forward(module, variables, images, steps: bool = False):
-  """Of images [B, H, W, C]: (features: the input of the model's declared OUTPUT layer [B, F], logits
-  [B, K], with `steps` that layer on its top layer's state after each row
-  [B, H, K])."""
+def forward(module, variables, images, steps: bool = False,
+            train: bool = False):
+  """Of images [B, H, W, C]: (features: the input of the stock module's
+  declared OUTPUT layer [B, F], logits [B, K], with `steps` that layer on its
+  top layer's state after each row [B, H, K]). An apply_fn for run.logits."""
   seen = []
 
   def grab(next_fn, args, kwargs, context):
@@ -45,7 +47,7 @@ def forward(module, variables, images, steps: bool = False):
 
   with nn.intercept_methods(grab):
     logits, inter = module.apply(
-        variables, images, mutable=["intermediates"],
+        variables, images, train=train, mutable=["intermediates"],
         capture_intermediates=lambda m, _: steps and isinstance(m, nn.RNN))
   if not steps:
     return seen[0], logits, None
@@ -58,21 +60,10 @@ def forward(module, variables, images, steps: bool = False):
       {"params": out}, hidden[:, every - 1::every])
 
 
-def _batched(fn, images, batch: int = BATCH):
-  """fn over float32 batches of one shape (the last padded): one compile."""
-  parts = []
-  for start in range(0, len(images), batch):
-    x = np.asarray(images[start:start + batch], np.float32)
-    pad = np.zeros((batch - len(x),) + x.shape[1:], x.dtype)
-    parts.append(jax.tree.map(lambda a, n=len(x): np.asarray(a)[:n],
-                              fn(np.concatenate([x, pad]))))
-  return jax.tree.map(lambda *a: np.concatenate(a), *parts)
-
-
 def reading(step_logits, labels) -> Dict[str, np.ndarray]:
   """Accuracy and mean true-class probability after each step (logits
   [N, S, K]); rows_to_99: the first step reaching 99% of the last's accuracy."""
-  probs = np.asarray(jax.nn.softmax(jnp.asarray(step_logits, jnp.float32)))
+  probs = run_lib.softmax(step_logits)
   y = np.asarray(labels, np.int64)
   acc = (probs.argmax(-1) == y[:, None]).mean(0)
   return {
@@ -145,12 +136,15 @@ def changed(images, seed: int = 0):
   return jax.jit(run)(jnp.asarray(images, jnp.float32), warps, extra)
 
 
-def robustness(pass_fn, images, labels, accuracy: float) -> List[tuple]:
+def robustness(run, images, labels, accuracy: float) -> List[tuple]:
   """(change, level, accuracy, images): level 0 is `accuracy` (the run's, on
-  all test images); others on every STRIDE-th test image, through `pass_fn`."""
+  all test images); others on every STRIDE-th test image, evaluated as the
+  run's test images are (run_lib.logits)."""
   x, y = np.asarray(images)[::STRIDE], np.asarray(labels)[::STRIDE]
-  hits = iter([np.mean(_batched(pass_fn, c)[1].argmax(-1) == y)
-               for c in np.asarray(changed(x))])
+  shown = changed(x)  # [L, n, H, W, C], on the device.
+  said = run_lib.logits(run.apply, run.variables, shown.reshape(
+      -1, *shown.shape[2:]), run.config.eval_batch_size).argmax(-1)
+  hits = iter((said.reshape(len(shown), -1) == y).mean(1))
   return [(name, level, float(next(hits)) if level else accuracy,
            len(x) if level else len(labels))
           for name, _, levels, _ in CHANGES for level in levels]
@@ -207,17 +201,10 @@ def pca(features, k: int = 2):
   return x @ axes, values[top] / max(values.sum(), 1e-30), axes
 
 
-@jax.jit
-def _sums(logits, labels):
-  return metrics.batch_sums(logits, labels, jnp.zeros(len(labels)),
-                            splits=("test",))
-
-
 def calibration(logits, labels) -> Dict[str, np.ndarray]:
   """metrics.py's accuracy and ECE, and the ECE's bins' count, confidence
   and fraction correct."""
-  sums = jax.device_get(_sums(jnp.asarray(logits, jnp.float32),
-                              jnp.asarray(labels, jnp.int32)))
+  sums = run_lib.metric_sums(logits, labels)
   count, values = np.maximum(sums["ece_count"], 1e-30), metrics.values(sums)
   return {"count": sums["ece_count"],
           "confidence": sums["ece_confidence"] / count,
@@ -256,9 +243,11 @@ def analyse(run, test, val=None) -> Dict[str, object]:
        **{f"test_{k}": v for k, v in calibration(logits, labels).items()}}
   lap("test_logits")
   steps = reads_in_steps(module)
-  pass_fn = jax.jit(functools.partial(forward, module, run.variables,
-                                      steps=steps))
-  r["features"], _, step_logits = _batched(pass_fn, images)
+  # The stock module's own OUTPUT layer and recurrent layers, caught as they
+  # run (a kernel may compute them its own way), evaluated as the logits are.
+  r["features"], _, step_logits = run_lib.logits(
+      functools.partial(forward, module, steps=steps), run.variables, images,
+      config.eval_batch_size)
   if steps:
     r.update({f"reading_{k}": v
               for k, v in reading(step_logits, labels).items()})
@@ -269,10 +258,10 @@ def analyse(run, test, val=None) -> Dict[str, object]:
     r["reading_note"] = ("bidirectional" if getattr(module, "bidirectional", 0)
                          else "not a sequence model")
   lap("forward_pass_and_reading")
-  r["robustness"] = robustness(pass_fn, images, labels, r["test_accuracy"])
+  r["robustness"] = robustness(run, images, labels, r["test_accuracy"])
   lap("robustness")
   wrong = np.flatnonzero(r["predicted"] != labels)
-  probs = scipy.special.softmax(np.asarray(logits, np.float64), axis=-1)
+  probs = run_lib.softmax(logits)
   worst = wrong[np.argsort(-probs[wrong].max(-1), kind="stable")]
   r["shown"] = np.concatenate([np.arange(r["grid"]), worst[:MISTAKES]])
   r["images"] = images[r["shown"]]
@@ -288,7 +277,7 @@ def analyse(run, test, val=None) -> Dict[str, object]:
   lap("pca")
   if val_images:
     r["temperature"] = fit_temperature(
-        _batched(pass_fn, np.asarray(val.images))[1], val.labels)
+        run.logits(np.asarray(val.images), config.eval_batch_size), val.labels)
     r.update({f"scaled_{k}": v for k, v in calibration(
         logits / r["temperature"], labels).items()})
   lap("calibration")

@@ -7,12 +7,11 @@ import os
 import statistics
 from typing import Any, Dict, List, Optional, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mnist_jax.rundir import control
 from mnist_jax import files
+from mnist_jax.results import run as run_lib
 from mnist_jax.rundir import metrics_log
 from mnist_jax.training import members as members_lib
 from mnist_jax.training import metrics
@@ -27,56 +26,16 @@ FILES = ("report.md", "confusion_matrix.png", "confusion_matrix.csv",
 SWEEP_FILES = ("sweep.csv", "sweep.png")  # Written for a sweep only.
 
 
-def of_logits(logits, labels, splits=("test",), batch_size: int = 10000):
-  """`values` of logits [N, K] for labels [N], through the device sums."""
-  logits = jnp.asarray(logits, jnp.float32)
-  labels = jnp.asarray(np.asarray(labels), jnp.int32)
-  sums = metrics.zeros(splits, num_classes=logits.shape[-1])
-  for start in range(0, len(labels), batch_size):
-    x, y = logits[start:start + batch_size], labels[start:start + batch_size]
-    nll = -jnp.take_along_axis(jax.nn.log_softmax(x), y[:, None], -1)[:, 0]
-    sums = jax.tree.map(jnp.add, sums,
-                        metrics.batch_sums(x, y, nll, splits=splits))
-  return metrics.values(jax.device_get(sums))
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-  """Row-wise softmax in float64."""
-  z = np.asarray(logits, np.float64)
-  z = np.exp(z - z.max(axis=-1, keepdims=True))
-  return z / z.sum(axis=-1, keepdims=True)
-
-
-def score(probs: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
-  """The test metrics of probabilities [N, K] (their logs as logits)."""
-  return of_logits(np.log(np.maximum(probs, 1e-30)), labels)
-
-
-def _finite_models(logits: np.ndarray) -> np.ndarray:
-  """The models of logits [S, N, K] that did not diverge (all finite)."""
-  return logits[np.isfinite(logits).all(axis=(1, 2))]
-
-
-def ensemble_probabilities(logits: np.ndarray) -> np.ndarray:
-  """The mean probabilities [N, K] of the finite ones of S models."""
-  return softmax(_finite_models(logits)).mean(axis=0)
-
-
 def ensemble_metrics(run, test) -> Optional[Dict[str, Any]]:
-  """`score` of the ensemble of the run's chosen grid point's seeds, and
-  "members"; None unless at least two are finite."""
-  finite = _finite_models(run.seed_logits(np.asarray(test.images),
-                                          run.config.eval_batch_size))
+  """The test metrics of the mean probabilities of the run's chosen grid
+  point's seeds, and "members"; None unless at least two are finite."""
+  finite = run_lib.finite_models(run.seed_logits(np.asarray(test.images),
+                                                 run.config.eval_batch_size))
   if len(finite) < 2:
     return None
-  return {**score(ensemble_probabilities(finite), test.labels),
+  probs = run_lib.ensemble_probabilities(finite)
+  return {**run_lib.scores(np.log(np.maximum(probs, 1e-30)), test.labels),
           "members": len(finite)}
-
-
-def confusion(labels: np.ndarray, predicted: np.ndarray, k: int) -> np.ndarray:
-  """[K, K] counts: rows true labels, columns predictions."""
-  flat = np.asarray(labels, np.int64) * k + np.asarray(predicted, np.int64)
-  return np.bincount(flat, minlength=k * k).reshape(k, k)
 
 
 def per_class(counts: np.ndarray) -> Dict[str, np.ndarray]:
@@ -162,9 +121,9 @@ def write(workdir: str, run, test, class_names: Optional[Sequence[str]] = None,
   from mnist_jax.results import plots  # pylint: disable=g-import-not-at-top
   n, k = len(labels), logits.shape[-1]
   names = list(class_names) if class_names else [str(i) for i in range(k)]
-  probs = softmax(logits)
+  probs = run_lib.softmax(logits)
   predicted = probs.argmax(axis=-1)
-  counts = confusion(labels, predicted, k)
+  counts = run_lib.confusion(labels, predicted, k)
   stats, pairs = per_class(counts), confused_pairs(counts)
   title = f"{config.model} ({config.preset})"
   path = lambda name: os.path.join(workdir, name)
@@ -173,7 +132,7 @@ def write(workdir: str, run, test, class_names: Optional[Sequence[str]] = None,
   keys = metrics.keys("test")  # The finished run's (no note) if all recorded.
   test_metrics = ({k[len("test_"):]: final[k] for k in keys} if note is None
                   and all(final.get(k) is not None for k in keys)
-                  else of_logits(logits, labels))
+                  else run_lib.scores(logits, labels))
   accuracy = test_metrics["accuracy"]
   records = sweep_table(rows)
   if final.get("chosen"):  # The chosen member's own curves and numbers.

@@ -1,4 +1,6 @@
-"""A trained run (`Run`, also the Python API's model) and --mode=predict."""
+"""A trained run (`Run`, also the Python API's model); the one way results
+evaluate a model (`logits`, through train.logits_of, as the loop does) and
+score its logits (`scores`, the loop's metric sums); --mode=predict."""
 
 import dataclasses
 import functools
@@ -16,7 +18,6 @@ from mnist_jax import models
 from mnist_jax.data import datasets
 from mnist_jax.errors import UserError
 from mnist_jax.training import precision
-from mnist_jax.results import report
 from mnist_jax.rundir import checkpoints as checkpoints_lib
 from mnist_jax import files
 from mnist_jax.rundir import lock
@@ -24,6 +25,7 @@ from mnist_jax.rundir import metrics_log
 from mnist_jax.rundir import record
 from mnist_jax.training import members as members_lib
 from mnist_jax.training import loop
+from mnist_jax.training import metrics
 from mnist_jax.training import train
 
 
@@ -86,21 +88,23 @@ class Run:
   def params(self):
     return self.variables["params"]
 
+  @property
+  def apply(self) -> Callable:
+    """The module's apply in the run's --dtype, as it trained."""
+    return precision.cast_apply(self.model.apply, self.config.dtype)
+
   def _logits(self, images, stacked: bool, batch_size: int):
-    """(logits, whether one image); the last batch's are kept for reuse."""
+    """(logits, whether one image); the last array's are kept for reuse."""
     x, single = as_images(images,
                           datasets.get(self.config.dataset).image_shape)
-    key = (id(x), x.shape, stacked)
-    if key in self._cache and self._cache[key][0] is x:
-      return self._cache[key][1], single
+    if stacked in self._cache and self._cache[stacked][0] is x:
+      return self._cache[stacked][1], single
     if not len(x):
       k = datasets.num_classes(self.config.dataset)
       return np.zeros((len(self.seeds),) * stacked + (0, k), np.float32), single
-    apply = precision.cast_apply(self.model.apply, self.config.dtype)
-    out = logits(apply, self.seed_variables if stacked else self.variables,
+    out = logits(self.apply, self.seed_variables if stacked else self.variables,
                  x, batch_size, stacked)
-    self._cache.clear()
-    self._cache[key] = (x, out)
+    self._cache[stacked] = (x, out)
     return out, single
 
   def logits(self, images, batch_size: int = 1000) -> np.ndarray:
@@ -118,7 +122,7 @@ class Run:
     """Class probabilities [N, K] (float64): the chosen member's, or with
     `ensemble` the mean of its grid point's seeds'."""
     out, single = self._logits(images, ensemble, batch_size)
-    probs = (report.ensemble_probabilities if ensemble else report.softmax)(out)
+    probs = (ensemble_probabilities if ensemble else softmax)(out)
     return probs[0] if single else probs
 
   def predict(self, images, ensemble: bool = False,
@@ -129,20 +133,21 @@ class Run:
 
   def evaluate(self, images, labels, ensemble: bool = False,
                batch_size: int = 1000) -> Dict[str, Any]:
-    """The test metrics (metrics.py), "count" and "confusion" [K, K]."""
-    probs = self.probabilities(images, ensemble, batch_size)
-    if probs.ndim == 1:
-      probs, labels = probs[None], np.reshape(labels, (1,))
-    labels = np.asarray(labels).astype(np.int64)
-    return {**report.score(probs, labels), "confusion": report.confusion(
-        labels, probs.argmax(axis=-1), probs.shape[-1])}
+    """The test metrics (`scores`), "count" and "confusion" [K, K]."""
+    out, _ = self._logits(images, ensemble, batch_size)
+    if ensemble:  # The mean probabilities' logs, as logits.
+      out = np.log(np.maximum(ensemble_probabilities(out), 1e-30))
+    labels = np.reshape(labels, -1).astype(np.int64)
+    return {**scores(out, labels), "confusion": confusion(
+        labels, out.argmax(-1), out.shape[-1])}
 
 
-def logits(apply_fn: Callable, variables, images: np.ndarray,
-           batch_size: int = 1000, stacked: bool = False) -> np.ndarray:
-  """Logits [N, K] of images [N, H, W, C] in order (none dropped) through
-  train.logits_of; with `stacked` variables [S, ...], [S, N, K], one model
-  after another."""
+def logits(apply_fn: Callable, variables, images, batch_size: int = 1000,
+           stacked: bool = False):
+  """apply_fn's outputs in evaluation mode (logits [N, K], or any tree of
+  [N, ...]) of images [N, H, W, C], in order and none dropped, in batches
+  through train.logits_of, as the loop evaluates; with `stacked` variables
+  [S, ...], [S, N, ...], one model after another."""
   n = len(images)
   batch = min(batch_size, n)
   count = -(-n // batch)
@@ -150,8 +155,49 @@ def logits(apply_fn: Callable, variables, images: np.ndarray,
   run = functools.partial(train.logits_of, apply_fn)
   if stacked:
     run = lambda v, x, one=run: jax.lax.map(lambda w: one(w, x), v)
-  out = np.asarray(jax.jit(run)(variables, np.asarray(images)[idx]))
-  return out.reshape(*out.shape[:-3], -1, out.shape[-1])[..., :n, :]
+  out = jax.device_get(jax.jit(lambda v, x, i: run(v, x[i]))(
+      variables, images, idx))
+  return jax.tree.map(lambda a: a.reshape(  # [(S,) count, batch, ...]
+      *a.shape[:stacked], -1, *a.shape[stacked + 2:])[
+          (slice(None),) * stacked + (slice(n),)], out)
+
+
+def scores(logits, labels) -> Dict[str, float]:
+  """The test metrics (metrics.py) of logits [N, K] for labels [N], as the
+  loop's evaluation sums them, and "count"."""
+  return metrics.values(metric_sums(logits, labels))
+
+
+def metric_sums(logits, labels) -> Dict[str, np.ndarray]:
+  """The test metrics' sums of logits [N, K] for labels [N], on the host."""
+  logits = jnp.asarray(logits, jnp.float32)
+  labels = jnp.asarray(np.asarray(labels), jnp.int32)
+  nll, _ = train.cross_entropy(logits, labels)
+  return jax.device_get(metrics.batch_sums(logits, labels, nll,
+                                           splits=("test",)))
+
+
+def softmax(logits) -> np.ndarray:
+  """Row-wise softmax in float64."""
+  z = np.asarray(logits, np.float64)
+  z = np.exp(z - z.max(axis=-1, keepdims=True))
+  return z / z.sum(axis=-1, keepdims=True)
+
+
+def finite_models(logits: np.ndarray) -> np.ndarray:
+  """The models of logits [S, N, K] that did not diverge (all finite)."""
+  return logits[np.isfinite(logits).all(axis=(1, 2))]
+
+
+def ensemble_probabilities(logits: np.ndarray) -> np.ndarray:
+  """The mean probabilities [N, K] of the finite ones of S models."""
+  return softmax(finite_models(logits)).mean(axis=0)
+
+
+def confusion(labels, predicted, k: int) -> np.ndarray:
+  """[K, K] counts: rows true labels, columns predictions."""
+  flat = np.asarray(labels, np.int64) * k + np.asarray(predicted, np.int64)
+  return np.bincount(flat, minlength=k * k).reshape(k, k)
 
 
 def load_run(workdir: str, **overrides) -> Run:

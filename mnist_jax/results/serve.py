@@ -1,9 +1,10 @@
 """`--mode=serve`: a local page to draw a digit on, or drop a photo of one, and
 watch every loaded run read it side by side: its class probabilities (on
---mode=predict's preprocessing, images.py), where it looks (the analyses'
-integrated gradients) and, for a model that reads in steps, its answer after
-each row (the analyses' reading lens). Each run's forward pass, attribution
-and reading are one function, compiled once as the server starts.
+--mode=predict's preprocessing, images.py, and its evaluation, train.logits_of),
+where it looks (the analyses' integrated gradients) and, for a model that
+reads in steps, its answer after each row (the analyses' reading lens). Each
+run's forward pass, attribution and reading are one function, compiled once
+as the server starts.
 
 The standard library's ThreadingHTTPServer serves it: one user on 127.0.0.1
 needs no framework, and the package gains no dependency. Only the files of
@@ -32,6 +33,7 @@ from mnist_jax.results import analysis
 from mnist_jax.results import run as run_lib
 from mnist_jax.rundir import metrics_log
 from mnist_jax.rundir import record
+from mnist_jax.training import train
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page")
 TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
@@ -55,19 +57,19 @@ def run_folders(paths: Sequence[str]) -> List[str]:
   return found
 
 
-def _answer(module, steps: bool, variables, x):
-  """x [H, W, C] (0-255) -> (probabilities [K], integrated gradients of the
-  top class against black [H, W] (summed over channels), with `steps` the
-  probabilities after each row [H, K]): the analyses' lenses on one image,
-  at IG_STEPS fixed nodes."""
-  _, logits, step_logits = analysis.forward(module, variables, x[None], steps)
+def _answer(module, steps: bool, apply_fn, variables, x):
+  """x [H, W, C] (0-255) -> (logits [K], as run_lib.logits gives them,
+  integrated gradients of the top class against black [H, W] (summed over
+  channels), with `steps` the probabilities after each row [H, K]): the
+  analyses' lenses on one image, at IG_STEPS fixed nodes."""
+  logits = train.logits_of(apply_fn, variables, x[None, None])[0, 0]
   nodes, weights = np.polynomial.legendre.leggauss(analysis.IG_STEPS)
   grads, _ = analysis.target_gradients(
       module, variables, np.float32((nodes + 1) / 2)[:, None, None, None] * x,
-      jnp.full(len(nodes), jnp.argmax(logits[0])))
+      jnp.full(len(nodes), jnp.argmax(logits)))
   ig = x * jnp.tensordot(np.float32(weights / 2), grads, 1)
-  return (jax.nn.softmax(logits[0]), ig.sum(-1),
-          jax.nn.softmax(step_logits[0]) if steps else None)
+  return (logits, ig.sum(-1), jax.nn.softmax(analysis.forward(
+      module, variables, x[None], steps)[2][0]) if steps else None)
 
 
 class Model:
@@ -81,7 +83,8 @@ class Model:
     self.shape = tuple(datasets.get(config.dataset).image_shape)
     self.classes = [str(c) for c in datasets.class_names(config.dataset)]
     self.variables = jax.device_put(run.variables)
-    self.fn = jax.jit(functools.partial(_answer, self.module, self.steps))
+    self.fn = jax.jit(functools.partial(_answer, self.module, self.steps,
+                                        run.apply))
     self.info = {"name": name, "model": config.model, "preset": config.preset,
                  "describe": models.get(config.model).describe(config),
                  "steps": self.steps,
@@ -94,7 +97,8 @@ class Model:
                    jnp.asarray(image, jnp.float32).reshape(self.shape))
 
   def result(self, started) -> Dict[str, object]:
-    probs, ig, reading = jax.device_get(started)
+    logits, ig, reading = jax.device_get(started)
+    probs = run_lib.softmax(logits)
     top = int(np.argmax(probs))
     return {"name": self.name, "top": top, "class": self.classes[top],
             "probabilities": np.round(probs, 4).tolist(),
