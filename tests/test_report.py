@@ -8,15 +8,21 @@ import shutil
 import subprocess
 import sys
 
+import jax
 from matplotlib.patches import Rectangle
 import numpy as np
 from PIL import Image
 import pytest
 
 import launch_helpers as lh
+from mnist_jax import models
+from mnist_jax.data import datasets
+from mnist_jax.data import pipeline
+from mnist_jax.errors import UserError
 from mnist_jax.results import plots
 from mnist_jax.results import report
 from mnist_jax.results import run
+from mnist_jax.results import serve
 from mnist_jax.rundir import metrics_log
 from mnist_jax.rundir import record as record_lib
 from mnist_jax.rundir import control
@@ -228,6 +234,47 @@ def test_a_run_that_did_not_learn_says_so_atop_its_report(tiny_run, tmp_path):
   lines = open(os.path.join(workdir, "report.md")).read().splitlines()
   assert lines[2] == "> **Warning:** The run did not learn: X."
 
+
+
+# A dataset of colour images, declared here (in kmnist's place: --dataset's
+# choices are read when config.py is imported): 12x10, class c lit in
+# channel c.
+COLOUR = datasets.DatasetInfo("kmnist", "1.0.0", "", "Colour bars, 3 classes.",
+                              ("red", "green", "blue"), (12, 10, 3))
+
+
+def test_a_colour_datasets_run_is_drawn_in_colour_and_predict_refuses_it(
+    tmp_path, monkeypatch):
+  """The report's figures and the analyses draw its images in their colours;
+  the Python API takes them; predict's and the page's pictures are grey, so
+  each refuses the run in one line."""
+  monkeypatch.setitem(datasets.DATASETS, COLOUR.name, COLOUR)
+  config = models.get_config("cnn", "seed", dataset=COLOUR.name,
+                             cnn_features=(4,), cnn_dense=8)
+  module = models.get("cnn").stock(config)
+  variables = module.init(jax.random.key(0), np.zeros((1, 12, 10, 3)))
+  colour = run.Run(config, module, variables, 0, seed_variables=jax.tree.map(
+      lambda v: np.asarray(v)[None], variables))
+  labels = np.arange(60) % 3
+  images = np.zeros((60, 12, 10, 3), np.uint8)
+  images[np.arange(60), 2:10, 2:8, labels] = 255
+  report.write(str(tmp_path), colour, pipeline.Split(images[:40], labels[:40]),
+               val=pipeline.Split(images[40:], labels[40:]))
+  for name in ("predictions.png", "analysis/attributions.png"):
+    pixels = np.asarray(Image.open(tmp_path / name).convert("RGB"), int)
+    green = (pixels[..., 1] > 200) & (pixels[..., [0, 2]] < 60).all(-1)
+    assert green.sum() > 20, name  # Class 1's digits.
+  assert colour.predict(images[:5]).shape == (5,)
+  Image.fromarray(images[0]).save(tmp_path / "bar.png")
+  said = ("--mode=predict and --mode=serve read pictures as grey images, and "
+          "kmnist's have 3 channels; pass arrays [N, 12, 10, 3] to the Python "
+          "API's Run.predict instead")
+  with pytest.raises(UserError) as refused:
+    run.predict_files(colour, [str(tmp_path / "bar.png")])
+  assert str(refused.value) == said
+  with pytest.raises(UserError) as refused:
+    serve.Model(str(tmp_path), colour)
+  assert str(refused.value) == said
 
 
 def _bars(ax):

@@ -267,9 +267,8 @@ def analyse(run, test, val=None) -> Dict[str, object]:
   r["images"] = images[r["shown"]]
   r.update(attributions(module, run.variables, r["images"],
                         r["predicted"][r["shown"]]))
-  # As the figures show them: each image and its attributions one plane.
-  r.update(images=r["images"].mean(-1), ig=r["ig"].sum(-1),
-           gxi=r["gxi"].sum(-1))
+  # An attribution per pixel: its channels' sum.
+  r.update(ig=r["ig"].sum(-1), gxi=r["gxi"].sum(-1))
   if isinstance(module, recurrent.Recurrent):
     r["rows_ig"] = r["ig"].sum(axis=2)
   lap("attributions")

@@ -190,11 +190,13 @@ def maps(results: Sequence[dict], path: str, key: str = "pca") -> str:
 
 
 def _rgb(values, digit: bool = False) -> np.ndarray:
-  """[n, h, w] -> RGB [n, h, w, 3]: digits white ink on black; else RdBu, each
-  image to its own largest |value|."""
+  """[n, h, w] -> RGB [n, h, w, 3]: digits [n, h, w(, C)] as plots.shown
+  draws them; else RdBu, each image to its own largest |value|."""
   v = np.asarray(values, np.float64)
   if digit:
-    return plt.get_cmap(plots.DIGIT_CMAP)(v / 255)[..., :3]
+    v = np.stack([plots.shown(x) for x in v]) if v.ndim == 4 else v
+    return v / 255 if v.ndim == 4 else plt.get_cmap(plots.DIGIT_CMAP)(
+        v / 255)[..., :3]
   v = v / np.maximum(np.abs(v).max(axis=(1, 2), keepdims=True), 1e-30)
   return plt.get_cmap(CMAP)((v + 1) / 2)[..., :3]
 
@@ -222,7 +224,7 @@ def attributions(results: Sequence[dict], path: str) -> str:
   """One run's shown digits over their integrated gradients, gradient x input
   and, for a sequence model, integrated gradients summed per row (stripes)."""
   r = results[0]
-  (n, h, w), cols, names = r["images"].shape, 9, r["names"]
+  (n, h, w), cols, names = r["ig"].shape, 9, r["names"]
   kinds = [_rgb(r["images"], True), _rgb(r["ig"]), _rgb(r["gxi"])]
   if "rows_ig" in r:
     kinds.append(_rgb(np.repeat(r["rows_ig"][:, :, None], w, 2)))

@@ -167,11 +167,18 @@ def per_class_accuracy(accuracy: np.ndarray, support: np.ndarray, path: str,
   return save_whole(fig, path)
 
 
+def shown(image) -> np.ndarray:
+  """An image [H, W(, C)] (0-255) as drawn: [H, W, 3] in its colours where it
+  has three channels, else grey [H, W] (the channels' mean), white ink."""
+  x = np.asarray(image)
+  if x.ndim == 3 and x.shape[-1] == 3:  # imshow reads uint8 RGB as 0-255.
+    return np.clip(x, 0, 255).astype(np.uint8)
+  return x if x.ndim == 2 else x.mean(-1)
+
+
 def _digit(ax, image, frame_color=None):
-  """A [H, W(, C)] uint8 image, white ink on black; framed in `frame_color`."""
-  image = np.asarray(image)
-  ax.imshow(image[..., 0] if image.ndim == 3 and image.shape[-1] == 1
-            else image, cmap=DIGIT_CMAP, vmin=0, vmax=255)
+  """A [H, W(, C)] uint8 image as `shown`; framed in `frame_color`."""
+  ax.imshow(shown(image), cmap=DIGIT_CMAP, vmin=0, vmax=255)
   ax.set(xticks=[], yticks=[])
   ax.spines[:].set_visible(frame_color is not None)
   if frame_color is not None:
@@ -193,7 +200,7 @@ def _grid(images, titles, framed, path: str, cols: int, red_titles: bool,
   for i, (image, text, frame) in enumerate(zip(images, titles, framed)):
     x = (i % cols) * cell_w + (cell_w - w) / 2
     y = (i // cols) * cell_h + cell_h - (side + h) / 2
-    ax.imshow(image, cmap=DIGIT_CMAP, vmin=0, vmax=255,
+    ax.imshow(shown(image), cmap=DIGIT_CMAP, vmin=0, vmax=255,
               extent=(x, x + w, y + h, y), interpolation="nearest")
     if frame:
       ax.add_patch(patches.Rectangle((x, y), w, h, fill=False, color="red",

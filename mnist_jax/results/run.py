@@ -254,6 +254,19 @@ class Prediction:
   error: Optional[str] = None
 
 
+def grey_shape(config) -> Tuple[int, int, int]:
+  """The run's image shape (H, W, 1), that of the grey pictures images.py
+  makes of a file (predict, the page); a one-line UserError for colour."""
+  shape = datasets.get(config.dataset).image_shape
+  if shape[-1] != 1:
+    raise UserError(
+        "--mode=predict and --mode=serve read pictures as grey images, and "
+        f"{config.dataset}'s have {shape[-1]} channels; pass arrays "
+        f"[N, {shape[0]}, {shape[1]}, {shape[2]}] to the Python API's "
+        "Run.predict instead")
+  return shape
+
+
 def predict_files(run: Run, paths: Sequence[str],
                   ensemble: bool = False) -> List[Prediction]:
   """Predicts each file (failures kept, in order); `ensemble`: the mean
@@ -263,13 +276,13 @@ def predict_files(run: Run, paths: Sequence[str],
         "--ensemble averages the seeds of the run's chosen grid point, and "
         "this run has one seed there; predict without --ensemble, or train "
         "with --num_seeds=N")
+  shape = grey_shape(run.config)
   # Imported here: scipy.ndimage would lengthen every training run's start.
   from mnist_jax.data import images as images_lib  # pylint: disable=g-import-not-at-top
   results = []
   for path in paths:
     try:
-      results.append(Prediction(path, image=images_lib.load(
-          path, datasets.get(run.config.dataset).image_shape)))
+      results.append(Prediction(path, image=images_lib.load(path, shape)))
     except images_lib.ImageError as e:
       results.append(Prediction(path, error=str(e)))
   good = [r for r in results if r.error is None]
@@ -293,12 +306,12 @@ def print_predictions(workdir: str, paths: Sequence[str],
   if not paths:
     raise UserError("--mode=predict needs --image=FILE[,FILE...]")
   run = load_run(workdir, **overrides)
-  note = checkpoint_note(workdir, run)
-  if note:  # A run still training, unfinished, or an older checkpoint.
-    print(f"note: {note}", file=err)
   names = datasets.class_names(run.config.dataset)
   from mnist_jax.data import images as images_lib  # pylint: disable=g-import-not-at-top
   results = predict_files(run, images_lib.expand(paths), ensemble)
+  note = checkpoint_note(workdir, run)
+  if note:  # A run still training, unfinished, or an older checkpoint.
+    print(f"note: {note}", file=err)
   plotted = set()  # Plot names taken: a/seven.png, b/seven.png both plot.
   for r in results:
     if r.error is not None:

@@ -4,7 +4,8 @@ watch every loaded run read it side by side: its class probabilities (on
 where it looks (the analyses' integrated gradients) and, for a model that
 reads in steps, its answer after each row (the analyses' reading lens). Each
 run's forward pass, attribution and reading are one function, compiled once
-as the server starts.
+as the server starts. The pictures are grey: a run of colour images is
+refused in one line (run_lib.grey_shape).
 
 The standard library's ThreadingHTTPServer serves it: one user on 127.0.0.1
 needs no framework, and the package gains no dependency. Only the files of
@@ -58,10 +59,10 @@ def run_folders(paths: Sequence[str]) -> List[str]:
 
 
 def _answer(module, steps: bool, apply_fn, variables, x):
-  """x [H, W, C] (0-255) -> (logits [K], as run_lib.logits gives them,
-  integrated gradients of the top class against black [H, W] (summed over
-  channels), with `steps` the probabilities after each row [H, K]): the
-  analyses' lenses on one image, at IG_STEPS fixed nodes."""
+  """x [H, W, 1] (0-255) -> (logits [K], as run_lib.logits gives them,
+  integrated gradients of the top class against black [H, W], with `steps`
+  the probabilities after each row [H, K]): the analyses' lenses on one
+  image, at IG_STEPS fixed nodes."""
   logits = train.logits_of(apply_fn, variables, x[None, None])[0, 0]
   nodes, weights = np.polynomial.legendre.leggauss(analysis.IG_STEPS)
   grads, _ = analysis.target_gradients(
@@ -80,7 +81,7 @@ class Model:
     self.name = name = os.path.basename(os.path.normpath(path))
     self.module = models.get(config.model).stock(config)
     self.steps = analysis.reads_in_steps(self.module)
-    self.shape = tuple(datasets.get(config.dataset).image_shape)
+    self.shape = run_lib.grey_shape(config)
     self.classes = [str(c) for c in datasets.class_names(config.dataset)]
     self.variables = jax.device_put(run.variables)
     self.fn = jax.jit(functools.partial(_answer, self.module, self.steps,
@@ -91,8 +92,7 @@ class Model:
                  "classes": self.classes, "accuracy": accuracy}
 
   def start(self, image):
-    """Starts the compiled answer for `image` [H, W(, C)] (jax runs it
-    async)."""
+    """Starts the compiled answer for `image` [H, W] (jax runs it async)."""
     return self.fn(self.variables,
                    jnp.asarray(image, jnp.float32).reshape(self.shape))
 
@@ -128,7 +128,7 @@ def sample_digits(loaded: Sequence[Model]) -> List[dict]:
       with np.load(path) as a:
         shown = a["shown"][:DIGITS]
         return [{"label": m.classes[int(y)], "pixels": x.ravel().tolist(),
-                 "shape": list(x.shape)} for x, y in zip(
+                 "shape": list(x.shape[:2])} for x, y in zip(
                      np.asarray(a["images"][:DIGITS], np.uint8),
                      a["labels"][shown])]
   return []
