@@ -88,9 +88,10 @@ class Run:
   def params(self):
     return self.variables["params"]
 
-  @property
+  @functools.cached_property
   def apply(self) -> Callable:
-    """The module's apply in the run's --dtype, as it trained."""
+    """The module's apply in the run's --dtype, as it trained (one object:
+    `logits` compiles once for it)."""
     return precision.cast_apply(self.model.apply, self.config.dtype)
 
   def _logits(self, images, stacked: bool, batch_size: int):
@@ -152,14 +153,19 @@ def logits(apply_fn: Callable, variables, images, batch_size: int = 1000,
   batch = min(batch_size, n)
   count = -(-n // batch)
   idx = np.minimum(np.arange(count * batch), n - 1).reshape(count, batch)
-  run = functools.partial(train.logits_of, apply_fn)
-  if stacked:
-    run = lambda v, x, one=run: jax.lax.map(lambda w: one(w, x), v)
-  out = jax.device_get(jax.jit(lambda v, x, i: run(v, x[i]))(
-      variables, images, idx))
+  out = jax.device_get(_compiled(apply_fn, stacked)(variables, images, idx))
   return jax.tree.map(lambda a: a.reshape(  # [(S,) count, batch, ...]
       *a.shape[:stacked], -1, *a.shape[stacked + 2:])[
           (slice(None),) * stacked + (slice(n),)], out)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(apply_fn: Callable, stacked: bool) -> Callable:
+  """`logits`' jitted function of (variables, images, the batches' indices
+  [count, batch]), one for each apply_fn: a compile for each shape."""
+  one = functools.partial(train.logits_of, apply_fn)
+  return jax.jit(lambda v, x, i: jax.lax.map(lambda w: one(w, x[i]), v)
+                 if stacked else one(v, x[i]))
 
 
 def scores(logits, labels) -> Dict[str, float]:
