@@ -445,7 +445,7 @@ def test_report_mode_and_predict_use_the_chosen_member(swept, tmp_path):
           open(os.path.join(folder, "report.md")).read())
 
   image = Image.fromarray(np.asarray(pipeline.load(
-      record_lib.read_config(folder)).test.images[0]))
+      record_lib.read_config(folder)).test.images[0, ..., 0]))
   path = str(tmp_path / "digit.png")
   image.save(path)
   run = run_lib.load_run(folder)
