@@ -86,7 +86,7 @@ def parse(specs: Union[str, Sequence[str]], model: str = "MODEL"
       try:
         value = float(text)
       except ValueError:
-        raise UserError(f"--sweep={name}: {text!r} is not a number; "
+        raise BadFlag(f"--sweep={name}: {text!r} is not a number; "
                         f"{_EXAMPLE}") from None
       try:
         config_lib.parse(name, value)
