@@ -100,6 +100,9 @@ def test_auto_on_cpu_runs_the_module_as_written_its_layers_lowered(name):
   module, note, record = kernels.swap(stock, "auto", SHAPE, "cpu")
   assert type(module) is lowered.Lowered and module.stock is stock
   assert note is None
+  # What the stock module declares (here, how --parallel=auto lays it out).
+  assert module.DATA_PARALLEL_ON_CPU is stock.DATA_PARALLEL_ON_CPU is True
+  assert module.OUTPUT == stock.OUTPUT
   cells = [f"{name}_{i}{side}" for i in range(2) for side in ("", "_backward")]
   assert record == {"impl": "auto", "module": NAMES[recurrent.Recurrent],
                     "layers": {"lowered": dict.fromkeys(cells, FUSED_RNN),
@@ -420,8 +423,6 @@ class _Uncovered(nn.Module):
       x = nn.Conv(4, (3, 3), **conv, name="odd")(x)
     elif self.kind == "1-D":
       x = nn.Conv(4, (3,), name="odd")(x[..., 0, :])
-    elif self.kind == "transposed":
-      x = nn.ConvTranspose(4, (3, 3), name="odd")(x)
     else:  # nn.RNN with a setting the fused recurrence does not take.
       cell = nn.GRUCell(4, name="odd", **(
           dict(activation_fn=nn.relu) if self.kind == "functions" else {}))
@@ -435,7 +436,7 @@ class _Uncovered(nn.Module):
 @pytest.mark.parametrize("kind,why", [
     ("grouped", "grouped convolutions"), ("dilated", "dilated convolutions"),
     ("padded", "convolutions padded other than SAME or VALID"),
-    ("1-D", "1-D convolutions"), ("transposed", "ConvTranspose layers"),
+    ("1-D", "1-D convolutions"),
     ("time_major", "nn.RNN with time_major"), ("unroll", "nn.RNN with unroll"),
     ("return_carry", "nn.RNN with return_carry"),
     ("functions", "nn.RNN over GRUCell with other functions")])

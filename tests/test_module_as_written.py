@@ -56,16 +56,12 @@ for root, impl in runs:
   sys.path.insert(0, root)
   from mnist_jax import models
   from mnist_jax.data import pipeline
-  from mnist_jax.training import train
+  from mnist_jax.training import loop
   sys.path.pop(0)
   assert models.__file__.startswith(root), models.__file__
 
-  class Hooks(train.Hooks):
-    said, record = [], None
-
-    def start(self, state, steps, record):
-      self.record = record["implementation"]
-      return super().start(state, steps, record)
+  class Hooks(loop.Hooks):
+    said = []
 
     def message(self, text):
       self.said.append(text)
@@ -82,10 +78,11 @@ for root, impl in runs:
       split(data["tx"], data["ty"]), tuple("0123456789"))
   config = models.get_config(model, "seed", impl=impl, **settings)
   hooks = Hooks()
-  _, final = train.train_and_evaluate(config, dataset, hooks)
+  module, record = models.build(config, hooks.message, hooks.status)
+  _, final = loop.train_and_evaluate(config, dataset, module, hooks)
   results.append({"numbers": {"train_loss": hooks.train_loss, **{
       k: final[k] for k in ("test_loss", "test_accuracy")}},
-                  "said": hooks.said, "record": hooks.record})
+                  "said": hooks.said, "record": record})
 print(json.dumps(results))
 """
 

@@ -151,8 +151,8 @@ def _lowered(stock, line, image_shape, backend, status):
   if lowered:
     files = ", ".join(sorted(set(lowered.values())))
     fast, why, record["layers"] = _check(
-        stock, lambda: lowered_lib.Lowered(stock), files, None, image_shape,
-        status)
+        stock, lambda: lowered_lib.Lowered(stock), f"the lowerings of {files}",
+        None, image_shape, status)
     record["layers"]["lowered"] = lowered
     if fast is not None:
       module, line = fast, line and f"{line}, its layers lowered by {files}"

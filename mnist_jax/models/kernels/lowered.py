@@ -15,21 +15,18 @@ from mnist_jax.models.kernels import fused_rnn
 # Layer class -> its lowering: uncovered(layer, args, kwargs) says why it does
 # not compute a call (else None), lower(layer, *args, **kwargs) computes it.
 LOWERINGS = {nn.Conv: conv_matmul, nn.RNN: fused_rnn}
-# Layers no lowering computes, slow on XLA:CPU like the ones above.
-SLOW = (nn.ConvTranspose, nn.ConvLocal)
 
 
 def _lowering(module: nn.Module, args, kwargs
               ) -> Tuple[Optional[object], Optional[str]]:
   """(the lowering that computes this call of `module`, None), (None, why not:
-  a kind of layer) or, for a layer of no kind above, (None, None)."""
+  a kind of layer) or, for a layer of no class above, (None, None)."""
   for layer, lowering in LOWERINGS.items():
     if isinstance(module, layer):
       why = (lowering.uncovered(module, args, kwargs) if type(module) is layer
-             else f"{type(module).__name__} layers")
+             else f"{type(module).__name__} layers")  # A subclass.
       return (None, why) if why else (lowering, None)
-  return None, (f"{type(module).__name__} layers"
-                if isinstance(module, SLOW) else None)
+  return None, None
 
 
 def _intercept(next_fun, args, kwargs, context):
@@ -51,6 +48,12 @@ class Lowered(nn.Module):
   def __call__(self, *args, **kwargs):
     with nn.intercept_methods(_intercept):
       return self.stock(*args, **kwargs)
+
+  def __getattr__(self, name: str):
+    """The stock module's declarations (OUTPUT, DATA_PARALLEL_ON_CPU, ...)."""
+    if name.isupper():
+      return getattr(self.stock, name)
+    return super().__getattr__(name)
 
 
 def _path(module: nn.Module) -> str:
