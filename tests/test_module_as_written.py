@@ -105,7 +105,14 @@ def _copy(root, edit=None):
   return root
 
 
-@pytest.fixture(scope="module", params=sorted(FILES))
+# About 25 s of CPU for the CNN's five runs (each compiles its convolutions
+# anew): the slow suite's.
+SLOW = {"cnn.py"}
+
+
+@pytest.fixture(scope="module", params=[
+    pytest.param(name, marks=[pytest.mark.slow] if name in SLOW else [])
+    for name in sorted(FILES)])
 def runs(request, tmp_path_factory):
   """{(edit or None, impl): that run's numbers, lines and record} for the
   model of file request.param."""
