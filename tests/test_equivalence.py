@@ -1,12 +1,12 @@
-"""Every kernel computes the same function as the stock module it replaces.
+"""Every kernel computes the same function as the stock module it replaces,
+and every lowering the flax layer it computes (kernels.Lowered runs the
+module as written, its layers lowered).
 
 Same parameter tree and initial values, same outputs and same gradients (to
 float32 tolerance), including dropout draws in training mode. Both take raw
-images [B, H, W] on the 0-255 scale. (kernels.swap checks this again at a
+images [B, H, W, C] on the 0-255 scale. (kernels.swap checks this again at a
 run's start, on one batch of the run's own shapes: tests/test_kernels.py.)
 """
-
-import dataclasses
 
 import flax.linen as nn
 import jax
@@ -18,6 +18,7 @@ from mnist_jax.models import cnn
 from mnist_jax.models import recurrent
 from mnist_jax.models.kernels import conv_pool
 from mnist_jax.models.kernels import fused_rnn
+from mnist_jax.models.kernels import lowered
 
 RTOL = 2e-5
 ATOL = 2e-6
@@ -61,7 +62,7 @@ def _assert_drop_in(stock, kernel, x, train):
 
 
 def _pixels(key, shape):
-  """Random images [B, H, W] on the 0-255 scale (float, unrounded)."""
+  """Random images [B, H, W, C] on the 0-255 scale (float, unrounded)."""
   return jax.random.uniform(key, shape) * 255.0
 
 
@@ -88,47 +89,58 @@ def test_fused_recurrent_matches_stock(cell, num_layers, bidirectional, dropout,
             bidirectional=bidirectional, dropout=dropout, sequence=sequence,
             permute_seed=3)
   x = _pixels(jax.random.PRNGKey(1), (4, 6, 5, 1))
-  _assert_drop_in(recurrent.Recurrent(**kw), fused_rnn.Recurrent(**kw), x, train)
+  stock = recurrent.Recurrent(**kw)
+  _assert_drop_in(stock, lowered.Lowered(stock), x, train)
 
 
 @pytest.mark.slow
 def test_fused_recurrent_reads_pixel_sequences_as_stock():
   """784 steps of one pixel (sequential MNIST), in order."""
-  kw = dict(cell="gru", hidden=4, sequence="pixels")
+  stock = recurrent.Recurrent(cell="gru", hidden=4, sequence="pixels")
   x = _pixels(jax.random.PRNGKey(2), (2, 28, 28, 1))
-  _assert_drop_in(recurrent.Recurrent(**kw), fused_rnn.Recurrent(**kw), x,
-                  False)
+  _assert_drop_in(stock, lowered.Lowered(stock), x, False)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-@pytest.mark.parametrize("steps,features", [(1, 3), (13, 1)])
+class _Carried(nn.Module):
+  """nn.RNN given its initial carry, a learned one (its gradient included)."""
+  cell: type
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    cell = self.cell(6)
+    learned = self.param("carry", nn.initializers.normal(1.0), (6,))
+    carry = jax.tree.map(lambda c: c + learned, cell.initialize_carry(
+        jax.random.key(0), x[:, 0].shape))
+    return nn.RNN(cell)(x, initial_carry=carry)
+
+
+@pytest.mark.parametrize("cell", [
+    "rnn", pytest.param("lstm", marks=pytest.mark.slow),
+    pytest.param("gru", marks=pytest.mark.slow), "LSTMCell"])
+@pytest.mark.parametrize("steps,features", [
+    (1, 3), pytest.param(13, 1, marks=pytest.mark.slow)])
 def test_fused_layer_matches_flax_rnn_any_length(cell, steps, features):
-  """One layer, both directions, against nn.RNN: every output step and the
-  gradients with respect to the inputs as well as the parameters."""
-  hidden = 6
+  """One nn.RNN layer, each direction and order, its initial carry given or
+  its cell's: every output step and the gradients with respect to the
+  inputs, the parameters and a learned initial carry."""
+  cell = recurrent.CELLS.get(cell) or getattr(nn, cell)
   x = jax.random.normal(jax.random.PRNGKey(2), (3, steps, features))
-  for reverse in (False, True):
-    ref = nn.RNN(recurrent.CELLS[cell](hidden), reverse=reverse, keep_order=True)
-    cell_params = ref.init(jax.random.PRNGKey(3), x)["params"]["cell"]
-
-    def fast_apply(p, x, reverse=reverse):
-      fused = fused_rnn.CellParams(cell, features, hidden).apply({"params": p})
-      return jnp.swapaxes(fused_rnn.rnn_layer(
-          cell, fused, jnp.swapaxes(x, 0, 1), reverse=reverse), 0, 1)
-
-    def ref_apply(p, x):
-      return ref.apply({"params": {"cell": p}}, x)
-
-    np.testing.assert_allclose(np.asarray(fast_apply(cell_params, x)),
-                               np.asarray(ref_apply(cell_params, x)),
+  w = jax.random.normal(jax.random.PRNGKey(4), (3, steps, 6))
+  for ref in [nn.RNN(cell(6), reverse=reverse, keep_order=keep)
+              for reverse, keep in ((False, False), (True, True), (True, False))
+              ] + [_Carried(cell)]:
+    fast = lowered.Lowered(ref)
+    params = ref.init(jax.random.PRNGKey(3), x)
+    assert jax.tree.map(np.shape, fast.init(jax.random.PRNGKey(3), x)) == (
+        jax.tree.map(np.shape, params))
+    np.testing.assert_allclose(np.asarray(fast.apply(params, x)),
+                               np.asarray(ref.apply(params, x)),
                                rtol=RTOL, atol=ATOL)
-    w = jax.random.normal(jax.random.PRNGKey(4), (3, steps, hidden))
-    g_ref = jax.grad(lambda p, x: jnp.sum(ref_apply(p, x) * w),
-                     argnums=(0, 1))(cell_params, x)
-    g_fast = jax.grad(lambda p, x: jnp.sum(fast_apply(p, x) * w),
-                      argnums=(0, 1))(cell_params, x)
-    _assert_trees_close(g_ref, g_fast)
+    grads = [jax.grad(lambda p, x, m=m: jnp.sum(m.apply(p, x) * w),
+                      argnums=(0, 1))(params, x) for m in (ref, fast)]
+    _assert_trees_close(*grads)
+    lowered_calls = str(jax.make_jaxpr(fast.apply)(params, x))
+    assert "custom_vjp" in lowered_calls, ref
 
 
 def test_fused_recurrence_second_order_is_not_silently_wrong():
@@ -137,46 +149,19 @@ def test_fused_recurrence_second_order_is_not_silently_wrong():
   wi, wh = jnp.ones((3, 4)), jnp.ones((4, 4))
   with pytest.raises(TypeError):
     jax.jvp(lambda w: fused_rnn.recurrence("rnn", x, wi, jnp.zeros(4), w,
-                                           jnp.zeros(4), (jnp.zeros((1, 4)),),
-                                           True),
+                                           jnp.zeros(4), (jnp.zeros((1, 4)),)),
             (wh,), (wh,))
-
-
-def test_fused_recurrent_has_no_remat():
-  """Remat is the stock module's alone: the kernel accepts remat=False only
-  (kernels.swap then keeps the stock module and says why)."""
-  assert "remat" in {f.name for f in dataclasses.fields(recurrent.Recurrent)}
-  assert fused_rnn.Recurrent.ACCEPTS["remat"] == (False,)
-
-
-@pytest.mark.parametrize("kernel_size,cin,size", [
-    pytest.param(3, 5, 13, marks=pytest.mark.slow),
-    pytest.param(5, 1, 28, marks=pytest.mark.slow),
-    pytest.param(2, 3, 9, marks=pytest.mark.slow)])
-def test_conv_cfirst_matches_nn_conv(kernel_size, cin, size):
-  x = jax.random.uniform(jax.random.PRNGKey(0), (3, size, size, cin))
-  ref = nn.Conv(7, (kernel_size, kernel_size), padding="VALID", use_bias=False)
-  params = ref.init(jax.random.PRNGKey(1), x)
-  fast = lambda p, x: _cfirst(conv_pool.conv_cfirst)(x, p["params"]["kernel"])
-  y_ref = ref.apply(params, x)
-  np.testing.assert_allclose(np.asarray(fast(params, x)), np.asarray(y_ref),
-                             rtol=RTOL, atol=ATOL)
-  w = jax.random.normal(jax.random.PRNGKey(2), y_ref.shape)
-  grads = [jax.grad(lambda p, x, f=f: jnp.sum(f(p, x) * w), argnums=(0, 1))(
-      params, x) for f in (ref.apply, fast)]
-  _assert_trees_close(*grads)
 
 
 _SLOW = pytest.mark.slow
 
 
 @pytest.mark.parametrize("padding", ["SAME", pytest.param("VALID", marks=_SLOW)])
-@pytest.mark.parametrize("kernel_size,cin,height,width", [
-    pytest.param(3, 1, 28, 28, marks=_SLOW),  # pool-phase (few channels)
-    pytest.param(3, 32, 13, 13, marks=_SLOW),  # Winograd
-    (5, 1, 28, 28), pytest.param(5, 6, 11, 10, marks=_SLOW),  # im2col
-    pytest.param(4, 2, 9, 9, marks=_SLOW)])  # even kernel, odd sizes
-def test_conv_relu_pool_matches_flax(padding, kernel_size, cin, height, width):
+@pytest.mark.parametrize("cin,height,width", [
+    (1, 28, 28),  # pool-phase (few channels)
+    pytest.param(32, 13, 13, marks=_SLOW),  # Winograd
+    pytest.param(2, 9, 10, marks=_SLOW)])  # odd sizes
+def test_conv_relu_pool_matches_flax(padding, cin, height, width):
   """Against nn.max_pool(relu(nn.Conv(x))): outputs and the gradients with
   respect to kernel, bias and input, on odd and even sizes (odd conv outputs
   leave a row and column the pool drops, which the kernel never computes).
@@ -187,7 +172,7 @@ def test_conv_relu_pool_matches_flax(padding, kernel_size, cin, height, width):
   gradient.
   """
   x = _dyadic(jax.random.normal(jax.random.PRNGKey(0), (3, height, width, cin)), 4)
-  conv = nn.Conv(7, (kernel_size, kernel_size), padding=padding)
+  conv = nn.Conv(7, (3, 3), padding=padding)
   params = conv.init(jax.random.PRNGKey(1), x)["params"]
   params = _dyadic(dict(params, bias=jax.random.normal(jax.random.PRNGKey(3), (7,))),
                    64)
@@ -259,28 +244,11 @@ def test_conv_relu_pool_rejects_unknown_padding():
                              jnp.zeros(4), padding="FULL")
 
 
-@pytest.mark.parametrize("shape", [
-    pytest.param((2, 26, 26, 4), marks=pytest.mark.slow), (3, 10, 12, 2)])
-def test_max_pool_matches_nn_max_pool_with_ties(shape):
-  """Exactly: values, and the gradient going to the first maximum of a tie."""
-  x = jax.random.normal(jax.random.PRNGKey(0), shape)
-  x = x.at[:, :4].set(0.0)
-  ref = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
-  fast = _cfirst(conv_pool.max_pool_2x2)
-  np.testing.assert_array_equal(np.asarray(fast(x)), np.asarray(ref(x)))
-  w = jax.random.normal(jax.random.PRNGKey(1), ref(x).shape)
-  np.testing.assert_array_equal(
-      np.asarray(jax.grad(lambda x: jnp.sum(fast(x) * w))(x)),
-      np.asarray(jax.grad(lambda x: jnp.sum(ref(x) * w))(x)))
-
-
 @pytest.mark.parametrize("features,kernel_size,padding,dropout,train", [
     pytest.param((4, 8), 3, "VALID", 0.25, True, marks=pytest.mark.slow),
     pytest.param((4, 8, 16), 3, "SAME", 0.25, True,  # the `best` preset's shape
                  marks=pytest.mark.slow),
     pytest.param((8, 8), 3, "VALID", 0.0, False,  # conv2 by Winograd, as in seed
-                 marks=pytest.mark.slow),
-    pytest.param((4, 6, 8), 5, "SAME", 0.0, False,  # im2col
                  marks=pytest.mark.slow),
 ])
 def test_conv_pool_cnn_matches_stock(features, kernel_size, padding, dropout,
@@ -298,11 +266,11 @@ def test_conv_pool_cnn_matches_stock(features, kernel_size, padding, dropout,
 @pytest.mark.parametrize("features,kernel_size,shape", [
     ((4, 8, 8), 3, (31, 29)),  # Three VALID layers: the input is cropped to 30x22.
     ((4,), 3, (9, 8)),  # One layer: the odd row is the pool's, nothing to crop.
-    ((4, 8), 5, (30, 27)),
+    ((4, 8), 3, (30, 27)),
 ])
 def test_conv_pool_cnn_valid_crop_matches_stock(features, kernel_size, shape):
   """The kernel crops the input to the rows and columns its VALID conv-pool
   stack reads; outputs and gradients stay those of the full input."""
   kw = dict(features=features, kernel_size=kernel_size, dense=16)
-  x = _pixels(jax.random.PRNGKey(2), (2, *shape))
+  x = _pixels(jax.random.PRNGKey(2), (2, *shape, 1))
   _assert_drop_in(cnn.CNN(**kw), conv_pool.CNN(**kw), x, False)

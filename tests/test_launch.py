@@ -55,11 +55,14 @@ def test_launch_trains_and_writes_the_run_folder(prepared, tmp_path):
   # Asked of XLA for GPUs (a CPU ignores it), and recorded.
   assert "--xla_gpu_deterministic_ops=true" in (
       record["environment"]["env"]["XLA_FLAGS"].split())
-  # The CPU runs the GRU's fused kernel under --impl=auto, once it passed
-  # its check against the stock module, and says so.
+  # The CPU runs the GRU as written, its nn.RNN by the fused recurrence,
+  # under --impl=auto, once checked against the stock layers, and says so.
   implementation = record["environment"]["implementation"]
-  assert implementation["impl"] == "auto" and implementation["passed"]
-  assert "kernels/fused_rnn.py" in implementation["module"]
+  assert implementation["impl"] == "auto"
+  assert implementation["module"] == "mnist_jax/models/recurrent.py's Recurrent"
+  assert implementation["layers"]["passed"]
+  assert implementation["layers"]["lowered"] == {
+      "gru_0": "mnist_jax/models/kernels/fused_rnn.py"}
   rows = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
   epoch_keys = {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
                 "epoch_time_s", "examples_per_s"}

@@ -17,7 +17,7 @@ from mnist_jax.errors import UserError
 from mnist_jax.models import cnn
 from mnist_jax.models import kernels
 from mnist_jax.models import recurrent
-from mnist_jax.models.kernels import conv_matmul
+from mnist_jax.models.kernels import lowered
 from mnist_jax.results import run as run_lib
 from mnist_jax.rundir import dry_run
 from mnist_jax import modes as rundir_run
@@ -198,12 +198,12 @@ def test_batch_norm_refuses_the_kernel_in_one_line(impl, backend):
   module, note, record = kernels.swap(stock, impl, (28, 28, 1), backend)
   # The stock module runs, every line of it; on a CPU or asked for, its
   # convolutions are matmuls (checked equal, batch statistics included).
-  assert type(module) is conv_matmul.Convs and module.stock is stock
+  assert type(module) is lowered.Lowered and module.stock is stock
   assert note == ("the fast kernel mnist_jax/models/kernels/conv_pool.py's CNN "
                   "does not compute mnist_jax/models/cnn.py's CNN (it has no "
-                  "batch_norm=True): training the stock module, its "
-                  "convolutions as matmuls")
-  assert record["passed"] is False and record["convs"]["passed"] is True
+                  "batch_norm=True): training the stock module, its layers "
+                  "lowered by mnist_jax/models/kernels/conv_matmul.py")
+  assert record["passed"] is False and record["layers"]["passed"] is True
   assert record["module"].endswith("cnn.py's CNN")
   said = []
   if backend == "cpu":  # As a run says it.

@@ -1,48 +1,35 @@
 """Fast lowerings of stock modules (--impl), each taken only once checked.
 
-A kernel is a subclass of one stock module class that computes it faster:
-same attributes and parameter tree, so either reads the other's checkpoints;
-its ACCEPTS maps an attribute to the values it computes. `swap` gives a run the
-kernel only where it takes the module's attributes (kernel_for), after a check
-on one batch that its outputs and gradients equal the stock module's as it is
-now, edits included (float32 tolerance); else (an exception in the check too)
-the run keeps the stock module and says why in one line.
+A kernel (KERNELS) is a subclass of one stock module class that computes the
+whole module faster: same attributes and parameter tree, so either reads the
+other's checkpoints; its ACCEPTS maps an attribute to the values it computes.
+Where no kernel computes the module as it is now, `lowered.Lowered` runs the
+module as written with its library layers (nn.Conv, nn.RNN) lowered. Either
+runs only after one jitted check on a random batch that it computes the stock
+module, edits included, in training and evaluation (float32 tolerance); else
+(an exception in the check too) the run keeps the stock module and says why in
+one line, as it names the layers no lowering takes.
 """
 
-import collections
-import contextlib
 import dataclasses
-import hashlib
-import inspect
-import json
-import os
+import functools
 import time
 from typing import Callable, Optional, Tuple
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mnist_jax import files
 from mnist_jax.models import cnn
-from mnist_jax.models import recurrent
-from mnist_jax.models.kernels import conv_matmul
 from mnist_jax.models.kernels import conv_pool
-from mnist_jax.models.kernels import fused_rnn
+from mnist_jax.models.kernels import lowered as lowered_lib
 
-# module: the drop-in nn.Module class; faster_on: backends measured faster.
-Kernel = collections.namedtuple("Kernel", "module faster_on")
-KERNELS = {cnn.CNN: Kernel(conv_pool.CNN, ("cpu",)),
-           recurrent.Recurrent: Kernel(fused_rnn.Recurrent, ("cpu",))}
-# Where no kernel computes a module, its convolutions as matmuls (any module).
-CONVS = Kernel(conv_matmul.Convs, ("cpu",))
+# The backends the kernels and lowerings were measured faster on (auto).
+FASTER_ON = ("cpu",)
+KERNELS = {cnn.CNN: conv_pool.CNN}  # Stock module class -> its kernel.
 RTOL, ATOL = 1e-4, 1e-5  # float32 agreement, relative to each array's scale.
 CHECK_BATCH = 4
-# The check's verdicts by `_key`: a program checked before is not again.
-_CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(
-    os.path.expanduser("~"), ".cache"), "mnist_jax", "kernel_checks.json")
 
 
 def _attributes(module: nn.Module) -> dict:
@@ -55,92 +42,76 @@ def _name(module_type: type) -> str:
   return f"{path}.py's {module_type.__name__}"
 
 
-def _difference(stock: nn.Module, fast: nn.Module,
-                image_shape) -> Optional[str]:
-  """Why `fast` is not `stock` on a random batch (training mode, one dropout
-  key, a loss weighing every logit differently), or None."""
+def _worst_gap(stock: nn.Module, fast: nn.Module, images, variables
+               ) -> jax.Array:
+  """The largest gap between the modules, relative to each array's scale (at
+  least 1), NaN if any: in training (one dropout key, a loss weighing every
+  logit differently) their outputs, gradients and updated state (such as
+  batch_stats); in evaluation their outputs. Traced whole, for one jit."""
   key = jax.random.key(0)
-  images = jax.random.randint(key, (CHECK_BATCH, *image_shape), 0, 256
-                              ).astype(jnp.uint8)
-  variables = stock.init(key, images)
-  theirs = jax.eval_shape(fast.init, key, images)
-  if set(variables) - set(theirs):
-    return f"it keeps no {', '.join(sorted(set(variables) - set(theirs)))}"
-  if jax.tree.map(np.shape, theirs) != jax.tree.map(np.shape, variables):
-    return "its parameters are not the stock module's"
-  mutable = sorted(set(variables) - {"params"})  # e.g. batch_stats.
+  mutable = sorted(set(variables) - {"params"})
 
-  def outputs(params):
-    def loss(module, params):
+  def run(module):
+    def loss(params):
       y, state = module.apply({**variables, "params": params}, images,
                               train=True, rngs={"dropout": key},
                               mutable=mutable)
       w = jnp.linspace(-1.0, 2.0, y.size).reshape(y.shape)
       return jnp.sum(jnp.sin(y) * w), (y, state)
-    return [jax.grad(loss, argnums=1, has_aux=True)(m, params)
-            for m in (stock, fast)]
+    grads, trained = jax.grad(loss, has_aux=True)(variables["params"])
+    return grads, trained, module.apply(variables, images, train=False,
+                                        rngs={"dropout": key})
 
-  (g_stock, y_stock), (g_fast, y_fast) = jax.jit(outputs)(variables["params"])
-  worst = 0.0
-  for a, b in zip(jax.tree.leaves((y_stock, g_stock)),
-                  jax.tree.leaves((y_fast, g_fast))):
-    scale = float(jnp.max(jnp.abs(a))) + 1e-12
-    # np.max keeps a NaN (the builtin max would drop it): NaN fails.
-    gap = float(jnp.max(jnp.abs(a - b))) / max(scale, 1.0)
-    worst = float(np.max([worst, gap]))
+  return jnp.max(jnp.stack([
+      jnp.max(jnp.abs(a - b)) / jnp.maximum(jnp.max(jnp.abs(a)), 1.0)
+      for a, b in zip(jax.tree.leaves(run(stock)), jax.tree.leaves(run(fast)))
+  ]))
+
+
+def _images(image_shape) -> np.ndarray:
+  return np.random.default_rng(0).integers(
+      0, 256, (CHECK_BATCH, *image_shape), dtype=np.uint8)
+
+
+def _draw(rng: np.random.Generator, path, leaf) -> np.ndarray:
+  """A random value for variable `leaf` (a shape and dtype): a parameter
+  normal at 1 / sqrt(fan-in), other state (a variance, say) in [0.5, 1.5]."""
+  if not np.issubdtype(leaf.dtype, np.floating):
+    return np.zeros(leaf.shape, leaf.dtype)
+  if path[0].key != "params":
+    return rng.uniform(0.5, 1.5, leaf.shape).astype(leaf.dtype)
+  fan_in = max(1, int(np.prod(leaf.shape[:-1])))
+  return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(leaf.dtype)
+
+
+def _difference(stock: nn.Module, fast: nn.Module,
+                image_shape) -> Optional[str]:
+  """Why `fast` does not compute `stock` on a random batch (_worst_gap), or
+  None. Its variables are drawn on the host (no initializer to compile), and
+  the one jit compiles without LLVM's optimizations (about half the time;
+  the same numbers to float rounding)."""
+  images = _images(image_shape)
+  ours, theirs = (jax.eval_shape(lambda x, m=m: m.init(jax.random.key(0), x),
+                                 images) for m in (stock, fast))
+  if set(ours) - set(theirs):
+    return f"it keeps no {', '.join(sorted(set(ours) - set(theirs)))}"
+  if jax.tree.map(np.shape, theirs) != jax.tree.map(np.shape, ours):
+    return "its parameters are not the stock module's"
+  rng = np.random.default_rng(0)
+  variables = jax.tree_util.tree_map_with_path(
+      lambda path, leaf: _draw(rng, path, leaf), ours)
+  gap = jax.jit(functools.partial(_worst_gap, stock, fast)).lower(
+      images, variables).compile({"xla_backend_optimization_level": 0})
+  # A NaN fails: it compares false with everything.
+  worst = float(gap(images, variables))
   if not worst <= RTOL + ATOL:
     return f"its outputs or gradients differ by up to {worst:.2g}"
   return None
 
 
-def _key(stock: nn.Module, kernel: type, image_shape, backend: str) -> str:
-  """What the check's verdict depends on: the stock module's traced program
-  (constants included, so any edit shows), its attributes, the kernel's
-  source, the backend and the libraries."""
-  key = jax.random.key(0)
-  images = jnp.zeros((CHECK_BATCH, *image_shape), jnp.uint8)
-  variables = jax.eval_shape(stock.init, key, images)
-  program = jax.make_jaxpr(lambda v, x, k: stock.apply(
-      v, x, train=True, rngs={"dropout": k}, mutable=True))(
-          variables, images, key)
-  h = hashlib.sha256(repr((str(program), _attributes(stock), backend,
-                           jax.__version__, flax.__version__)).encode())
-  for const in program.consts:
-    h.update(np.asarray(const).tobytes())
-  with open(inspect.getsourcefile(kernel), "rb") as f:
-    h.update(f.read())
-  return h.hexdigest()
-
-
-def _digest(key: str, verdict) -> str:
-  return hashlib.sha256(json.dumps([key, verdict]).encode()).hexdigest()
-
-
-def _verdict(key: str, check: Callable[[], Optional[str]]
-             ) -> Tuple[Optional[str], bool]:
-  """(the check's verdict: None or a reason; whether kept in _CACHE from
-  before). An unreadable cache, or an entry that is not a verdict under its
-  digest, means checking again; an unwritable one, not keeping it."""
-  verdicts = {}
-  with contextlib.suppress(OSError, ValueError), open(_CACHE) as f:
-    verdicts = json.load(f)
-  verdicts = verdicts if isinstance(verdicts, dict) else {}
-  entry = verdicts.get(key)
-  verdict = entry.get("verdict") if isinstance(entry, dict) else 0
-  if (verdict is None or isinstance(verdict, str) and verdict) and (
-      entry.get("digest") == _digest(key, verdict)):
-    return verdict, True
-  verdict = check()
-  verdicts[key] = {"verdict": verdict, "digest": _digest(key, verdict)}
-  with contextlib.suppress(OSError):
-    os.makedirs(os.path.dirname(_CACHE), exist_ok=True)
-    files.write_json(_CACHE, verdicts)
-  return verdict, False
-
-
-def _missing(stock: nn.Module, kernel: Kernel) -> str:
+def _missing(stock: nn.Module, kernel: type) -> str:
   """stock's attribute values that `kernel`'s ACCEPTS does not take, or ""."""
-  accepts = getattr(kernel.module, "ACCEPTS", {})  # Attribute -> values.
+  accepts = getattr(kernel, "ACCEPTS", {})  # Attribute -> values.
   return ", ".join(f"{k}={v}" for k, v in _attributes(stock).items()
                    if v not in accepts.get(k, (v,)))
 
@@ -149,47 +120,53 @@ def kernel_for(stock: nn.Module) -> Optional[type]:
   """The kernel class covering `stock` (its class's, if ACCEPTS takes its
   attribute values), else None."""
   kernel = KERNELS.get(type(stock))
-  return kernel.module if kernel and not _missing(stock, kernel) else None
+  return kernel if kernel and not _missing(stock, kernel) else None
 
 
-def _wanted(kernel: Optional[Kernel], impl: str, backend: str) -> bool:
-  return kernel is not None and (
-      impl == "fast" or (impl == "auto" and backend in kernel.faster_on))
-
-
-def _check(stock, kernel: type, make: Callable[[], nn.Module], why,
-           image_shape, backend, status: Callable[[str], None]
+def _check(stock, make: Callable[[], nn.Module], what: str, why, image_shape,
+           status: Callable[[str], None]
            ) -> Tuple[Optional[nn.Module], Optional[str], dict]:
   """(`make()` where it computes `stock`, else None; why not (`why` where
   known before), or None; the check's config.json record). Any exception in
-  it fails the check (its verdict not kept). status: told when a check runs
-  (seconds; a kept verdict is instant)."""
-  start, kept, fast = time.perf_counter(), False, None
-
-  def difference():
-    status(f"checking {_name(kernel)} against {_name(type(stock))} on one "
-           "batch (once per edit of the module)")
-    return _difference(stock, fast, image_shape)
-
+  it fails the check. status: told when a check runs (what: its name)."""
+  start, fast = time.perf_counter(), None
   try:
     if why is None:
       fast = make()
-      why, kept = _verdict(_key(stock, kernel, image_shape, backend),
-                           difference)
+      status(f"checking {what} against {_name(type(stock))} on one batch")
+      why = _difference(stock, fast, image_shape)
   except Exception as e:  # pylint: disable=broad-except
     reason = (str(e).strip().splitlines() or [""])[0][:160]
     why = f"its check raised {type(e).__name__}" + (
         f": {reason}" if reason else "")
   return fast if why is None else None, why, {
-      **({"cached": True} if kept else {}), "kernel": _name(kernel),
       "check_s": round(time.perf_counter() - start, 3), "passed": why is None}
 
 
-def _has_convs(stock: nn.Module, image_shape) -> bool:
-  images = jnp.zeros((CHECK_BATCH, *image_shape), jnp.uint8)
-  variables = jax.eval_shape(stock.init, jax.random.key(0), images)
-  return "conv_general_dilated" in str(jax.make_jaxpr(
-      lambda v: stock.apply(v, images))(variables))
+def _lowered(stock, line, image_shape, backend, status):
+  """(`stock` with its layers lowered where any are and it passes the check,
+  else `stock`; a line to say or None; the record's additions)."""
+  lowered, uncovered = lowered_lib.survey(stock, _images(image_shape))
+  module, record = stock, {}
+  if lowered:
+    files = ", ".join(sorted(set(lowered.values())))
+    fast, why, record["layers"] = _check(
+        stock, lambda: lowered_lib.Lowered(stock), f"the lowerings of {files}",
+        None, image_shape, status)
+    record["layers"]["lowered"] = lowered
+    if fast is not None:
+      module, line = fast, line and f"{line}, its layers lowered by {files}"
+    else:
+      line = (f"{line or 'training ' + _name(type(stock))} with flax's own "
+              f"layers: the lowerings of {files} do not compute them ({why})")
+  lines = [line] if line else []
+  if uncovered:
+    record["uncovered"] = uncovered
+    if backend in FASTER_ON:
+      lines.append("; ".join(f"{kind} ({', '.join(names)})" for kind, names
+                             in uncovered.items())
+                   + f": XLA's, slow on {backend.upper()}")
+  return module, "; ".join(lines) or None, record
 
 
 def swap(stock: nn.Module, impl: str, image_shape, backend: Optional[str] = None,
@@ -197,32 +174,24 @@ def swap(stock: nn.Module, impl: str, image_shape, backend: Optional[str] = None
          ) -> Tuple[nn.Module, Optional[str], dict]:
   """(the module a run trains, a line to say or None, its config.json record).
 
-  impl: stock; fast (the kernel where one exists); auto (where it was also
-  measured faster on this backend). A kernel must pass the check; without
-  one, a module with convolutions gets conv_matmul's, also checked. status:
-  told what is being checked while a check runs.
+  impl: stock; fast (the kernel, else the lowered layers, where any exists);
+  auto (where they were also measured faster on this backend). Each must
+  pass the check. status: told what is being checked while a check runs.
   """
   backend = backend or jax.default_backend()
   record = {"impl": impl, "module": _name(type(stock))}
+  if impl == "stock" or (impl == "auto" and backend not in FASTER_ON):
+    return stock, None, record
   kernel, line = KERNELS.get(type(stock)), None
-  if _wanted(kernel, impl, backend):
+  if kernel:
     missing = _missing(stock, kernel)  # What kernel_for refuses it for.
     fast, why, checked = _check(
-        stock, kernel.module, lambda: kernel.module(**_attributes(stock)),
-        missing and f"it has no {missing}" or None, image_shape, backend,
-        status)
-    record.update(checked)
-    if why is None:
-      return fast, None, {**record, "module": _name(kernel.module)}
-    line = (f"the fast kernel {_name(kernel.module)} does not compute "
+        stock, lambda: kernel(**_attributes(stock)), _name(kernel),
+        missing and f"it has no {missing}" or None, image_shape, status)
+    record.update(kernel=_name(kernel), **checked)
+    if fast is not None:
+      return fast, None, {**record, "module": _name(kernel)}
+    line = (f"the fast kernel {_name(kernel)} does not compute "
             f"{_name(type(stock))} ({why}): training the stock module")
-  if _wanted(CONVS, impl, backend) and _has_convs(stock, image_shape):
-    convs, why, record["convs"] = _check(
-        stock, CONVS.module, lambda: CONVS.module(stock), None, image_shape,
-        backend, status)
-    if why is None:
-      return convs, line and f"{line}, its convolutions as matmuls", record
-    line = (f"{line or 'training ' + _name(type(stock))} with XLA's "
-            f"convolutions: {_name(CONVS.module)} does not compute them "
-            f"({why})")
-  return stock, line, record
+  module, note, more = _lowered(stock, line, image_shape, backend, status)
+  return module, note, {**record, **more}

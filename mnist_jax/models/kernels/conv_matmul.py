@@ -1,17 +1,39 @@
-"""Any stock module with its nn.Conv layers computed as matmuls (XLA:CPU).
+"""flax's nn.Conv computed as one matmul (XLA:CPU), where kernels.Lowered
+intercepts it in the module as written.
 
 XLA:CPU's convolution gradients are slow inside a scan (a stock CNN step about
-6x slower than this; vmapped members worse). Where no hand-written kernel
-computes a module, say a CNN with BatchNorm or an edited one, `Convs` runs the
-module itself, every line of it, and only lowers each stride-1 2-D nn.Conv to
-shifted slices and one matmul. Its parameter tree is the module's own.
+6x slower than this; vmapped members worse). This lowers each stride-1 2-D
+nn.Conv to shifted slices and one matmul, with the layer's own parameters.
 """
+
+from typing import Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 
-def _conv(conv: nn.Conv, x):
+def uncovered(conv: nn.Conv, args, kwargs) -> Optional[str]:
+  """Why `lower` does not compute this call of `conv` (a kind of layer:
+  "grouped convolutions"), or None."""
+  del kwargs  # nn.Conv's __call__ takes the inputs only.
+  ones = lambda v: v is None or bool(np.all(np.asarray(v) == 1))
+  size = np.size(conv.kernel_size)
+  reasons = ((size != 2, f"{size}-D convolutions"),
+             (conv.feature_group_count != 1, "grouped convolutions"),
+             (not ones(conv.strides), "strided convolutions"),
+             (not (ones(conv.kernel_dilation) and ones(conv.input_dilation)),
+              "dilated convolutions"),
+             (not isinstance(conv.padding, str)
+              or conv.padding not in ("SAME", "VALID"),
+              "convolutions padded other than SAME or VALID"),
+             (conv.mask is not None, "masked convolutions"),
+             (len(args) != 1 or np.ndim(args[0]) != 4,
+              "convolutions of inputs other than [B, H, W, C]"))
+  return next((why for failed, why in reasons if failed), None)
+
+
+def lower(conv: nn.Conv, x):
   """nn.Conv `conv` on x [B, H, W, C] as one matmul over its k x k windows."""
   params = conv.variables["params"]
   x, kernel, bias = nn.dtypes.promote_dtype(
@@ -26,31 +48,3 @@ def _conv(conv: nn.Conv, x):
   y = jnp.matmul(windows, kernel.reshape(-1, features),
                  precision=conv.precision)
   return y if bias is None else y + bias
-
-
-def _lowers(module: nn.Module) -> bool:
-  """Whether `module` is an nn.Conv this file computes (else XLA's conv)."""
-  ones = (None, 1, (1, 1))
-  return (type(module) is nn.Conv and module.has_variable("params", "kernel")
-          and len(module.variables["params"]["kernel"].shape) == 4
-          and module.padding in ("SAME", "VALID") and module.strides in ones
-          and module.kernel_dilation in ones and module.input_dilation in ones
-          and module.feature_group_count == 1 and module.mask is None)
-
-
-def _intercept(next_fun, args, kwargs, context):
-  if context.method_name == "__call__" and _lowers(context.module):
-    return _conv(context.module, *args, **kwargs)
-  return next_fun(*args, **kwargs)
-
-
-class Convs(nn.Module):
-  """`stock`, its scope shared (the same variables), its convs as matmuls."""
-  stock: nn.Module
-
-  def setup(self):
-    nn.share_scope(self, self.stock)
-
-  def __call__(self, *args, **kwargs):
-    with nn.intercept_methods(_intercept):
-      return self.stock(*args, **kwargs)

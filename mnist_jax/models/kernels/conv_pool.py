@@ -2,9 +2,9 @@
 gradients) lowered for XLA:CPU, whose convolution is slow in a scanned epoch.
 
 Channels-first, batch last ([C, H, W, B]): slices copy long contiguous runs and
-each conv is one wide matmul. Each conv + ReLU + 2x2 pool computes only the
-conv outputs the pool reads: 3x3 by pool-phase (few input channels) or by
-Winograd, other sizes by im2col. A VALID stack reads only the crop it keeps.
+each conv is one wide matmul. Each 3x3 conv + ReLU + 2x2 pool computes only
+the conv outputs the pool reads: by pool-phase (few input channels) or by
+Winograd. A VALID stack reads only the crop it keeps.
 """
 
 from typing import Callable, Tuple
@@ -34,21 +34,6 @@ class Params(nn.Module):
     bias = (self.param("bias", nn.initializers.zeros_init(), self.shape[-1:],
                        jnp.float32) if self.use_bias else None)
     return kernel, bias
-
-
-def conv_cfirst(x, kernel):
-  """A stride-1 'VALID' convolution (no bias) as im2col: x [Cin, H, W, B],
-  kernel [kh, kw, Cin, Cout] -> [Cout, H', W', B]. The patches are stacked on
-  their major axis, so their gradient splits into views, not strided copies."""
-  kh, kw, cin, cout = kernel.shape
-  _, hin, win, b = x.shape
-  h, w = hin - kh + 1, win - kw + 1
-  patches = jnp.concatenate(
-      [x[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)], axis=0)
-  # Row (i, j, cin) of the patches matches kernel.reshape(kh * kw * cin, cout).
-  y = jnp.dot(kernel.reshape(kh * kw * cin, cout).T,
-              patches.reshape(kh * kw * cin, h * w * b))
-  return y.reshape(cout, h, w, b)
 
 
 # Winograd F(2x2, 3x3) (Lavin & Gray 2016): out = A^T [(G k G^T) * (B^T d B)] A
@@ -168,32 +153,6 @@ def _max_of_four_bwd(res, g):
 _max_of_four.defvjp(_max_of_four_fwd, _max_of_four_bwd)
 
 
-@jax.custom_vjp
-def max_pool_2x2(y):
-  """[C, 2h, 2w, B] -> [C, h, w, B]: 2x2 max pooling at stride 2, the first
-  maximum of each window (row-major) taking the gradient, as nn.max_pool."""
-  c, h, w, b = y.shape
-  return y.reshape(c, h // 2, 2, w // 2, 2, b).max(axis=(2, 4))
-
-
-def _max_pool_2x2_fwd(y):
-  m = max_pool_2x2(y)
-  return m, (y, m)
-
-
-def _max_pool_2x2_bwd(res, g):
-  y, m = res
-  c, h, w, b = y.shape
-  y = y.reshape(c, h // 2, 2, w // 2, 2, b)
-  grads = _first_max_grads([y[:, :, r, :, s, :] for r in range(2)
-                            for s in range(2)], m, g)
-  rows = [jnp.stack(grads[2 * r:2 * r + 2], axis=3) for r in range(2)]
-  return (jnp.stack(rows, axis=2).reshape(c, h, w, b),)
-
-
-max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
-
-
 def _conv3x3_pool(x, kernel):
   """max_pool_2x2(conv3x3(x)), no bias. Pool-phase: a patch column per 4x4
   stride-2 window times the kernel at the four pool positions [4 Cout, 16 Cin]
@@ -213,22 +172,14 @@ def _conv3x3_pool(x, kernel):
 
 
 def conv_relu_pool(x, kernel, bias, padding="VALID"):
-  """max_pool_2x2(relu(conv(x) + bias)), stride 1, in [C, H, W, B] layout;
+  """max_pool_2x2(relu(conv3x3(x) + bias)), stride 1, in [C, H, W, B] layout;
   kernel and bias as nn.Conv's. Max commutes with + bias and ReLU (monotone,
   ties stay ties), so the pool comes first."""
-  kh, kw = kernel.shape[:2]
   if padding == "SAME":
-    x = jnp.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2),
-                    (0, 0)))
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
   elif padding != "VALID":
     raise ValueError(f"padding must be VALID or SAME, got {padding!r}")
-  if (kh, kw) == (3, 3):
-    y = _conv3x3_pool(x, kernel)
-  else:
-    ho, wo = (x.shape[1] - kh + 1) // 2, (x.shape[2] - kw + 1) // 2
-    y = max_pool_2x2(conv_cfirst(x[:, :2 * ho + kh - 1, :2 * wo + kw - 1],
-                                 kernel))
-  return nn.relu(y + bias[:, None, None, None])
+  return nn.relu(_conv3x3_pool(x, kernel) + bias[:, None, None, None])
 
 
 def dense_cfirst(x, kernel):
@@ -242,31 +193,33 @@ def dense_cfirst(x, kernel):
                              (((0,), (0,)), ((), ())))
 
 
-def valid_extent(size, num_layers, kernel_size=3):
-  """The input rows (or columns) a stack of VALID conv + 2x2 pool layers reads:
-  a pool drops an odd last row, so e.g. the seed CNN reads only 26x26."""
+def valid_extent(size, num_layers):
+  """The input rows (or columns) a stack of VALID 3x3 conv + 2x2 pool layers
+  reads: a pool drops an odd last row, so e.g. the seed CNN reads only 26x26."""
   pooled = size
   for _ in range(num_layers):
-    pooled = (pooled - kernel_size + 1) // 2
+    pooled = (pooled - 2) // 2
   for _ in range(num_layers):
-    pooled = 2 * pooled + kernel_size - 1
+    pooled = 2 * pooled + 2
   return pooled
 
 
 class CNN(cnn.CNN):
-  """cnn.CNN without BatchNorm: images [B, H, W, C] -> logits [B, classes]."""
-  ACCEPTS = {"batch_norm": (False,)}  # Attribute -> the values it computes.
+  """cnn.CNN with 3x3 convolutions and without BatchNorm: images [B, H, W, C]
+  -> logits [B, classes]."""
+  # Attribute -> the values it computes.
+  ACCEPTS = {"batch_norm": (False,), "kernel_size": (3,)}
 
   @nn.compact
   def __call__(self, images, train: bool = False):
     x = images / 255.0
-    layers, k = len(self.features), self.kernel_size
     if self.padding == "VALID":
-      x = x[:, :valid_extent(x.shape[1], layers, k),
-            :valid_extent(x.shape[2], layers, k)]
+      layers = len(self.features)
+      x = x[:, :valid_extent(x.shape[1], layers),
+            :valid_extent(x.shape[2], layers)]
     x = jnp.transpose(x, (3, 1, 2, 0))  # [B, H, W, C] -> [C, H, W, B]
     for i, width in enumerate(self.features):
-      conv = Params((k, k, x.shape[0], width), name=f"conv_{i}")
+      conv = Params((3, 3, x.shape[0], width), name=f"conv_{i}")
       x = conv_relu_pool(x, *conv(), padding=self.padding)
     if self.dropout == 0:
       c, h, w, _ = x.shape

@@ -1,54 +1,32 @@
-"""A drop-in for `models.recurrent.Recurrent` (same parameters, function and
-gradients; no remat), for CPU, where a scanned flax cell runs many small ops
-per step. Here a step's gates are one [B, H] x [H, G*H] matmul,
-and the hand-written backward pass does one matmul and one elementwise pass
-per step, the kernel gradients once over all steps. T steps, B batch, F
-inputs, H hidden, G gates (rnn 1; lstm 4: i, f, g, o; gru 3: r, z, n).
+"""flax's nn.RNN over a SimpleCell, LSTM cell or GRUCell, computed from the
+cell's own parameters by a fused recurrence (kernels.Lowered intercepts it in
+the module as written), for CPU, where a scanned flax cell runs many small ops
+per step. Here a step's gates are one [B, H] x [H, G*H] matmul, and the
+hand-written backward pass does one matmul and one elementwise pass per step,
+the kernel gradients once over all steps. T steps, B batch, F inputs, H hidden,
+G gates (rnn 1; lstm 4: i, f, g, o; gru 3: r, z, n).
 """
 
 import functools
+from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mnist_jax.models import recurrent
-from mnist_jax.models.kernels import conv_pool
-
-# Per cell: its input-side and hidden-side Dense parameters in gate order,
-# each (name, has_bias), as the flax cell creates them.
-_LAYOUT = {
-    "rnn": ((("i", True),), (("h", False),)),
-    "lstm": ((("ii", False), ("if", False), ("ig", False), ("io", False)),
-             (("hi", True), ("hf", True), ("hg", True), ("ho", True))),
-    "gru": ((("ir", True), ("iz", True), ("in", True)),
-            (("hr", False), ("hz", False), ("hn", True))),
+# Per flax cell: its kind (see _cell_step), then its input-side and hidden-side
+# Dense layers in gate order, as the cell names them.
+_CELLS = {
+    nn.SimpleCell: ("rnn", ("i",), ("h",)),
+    nn.OptimizedLSTMCell: ("lstm", ("ii", "if", "ig", "io"),
+                           ("hi", "hf", "hg", "ho")),
+    nn.LSTMCell: ("lstm", ("ii", "if", "ig", "io"), ("hi", "hf", "hg", "ho")),
+    nn.GRUCell: ("gru", ("ir", "iz", "in"), ("hr", "hz", "hn")),
 }
-
-
-class CellParams(nn.Module):
-  """A flax cell's parameters under its names and initialisers, fused: (wi
-  [F, G*H], bi [G*H], wh [H, G*H], bh [G*H]), missing biases as zeros."""
-  kind: str
-  in_features: int
-  hidden: int
-
-  @nn.compact
-  def __call__(self):
-    inputs, hiddens = _LAYOUT[self.kind]
-    h = self.hidden
-
-    def group(specs, fan_in, init):
-      made = [conv_pool.Params((fan_in, h), bias, init, name=name)()
-              for name, bias in specs]
-      kernel = jnp.concatenate([k for k, _ in made], axis=-1)
-      bias = jnp.concatenate([b if b is not None else
-                              jnp.zeros((h,), kernel.dtype) for _, b in made])
-      return kernel, bias
-
-    wi, bi = group(inputs, self.in_features, nn.linear.default_kernel_init)
-    wh, bh = group(hiddens, h, nn.initializers.orthogonal())
-    return wi, bi, wh, bh
+# nn.RNN's settings the recurrence computes (its reverse and keep_order: any).
+_SETTINGS = {"time_major": False, "return_carry": False, "unroll": 1,
+             "variable_axes": {}, "variable_broadcast": "params",
+             "variable_carry": False, "split_rngs": {"params": False}}
 
 
 def _cell_step(kind, carry, xt, a):
@@ -94,46 +72,34 @@ def _forward(kind, x, wi, bi, wh, bh, carry0, save):
   def body(carry, xt):
     new, saved = _cell_step(kind, carry, xt @ wi + bi, carry[-1] @ wh + bh)
     return new, (new[-1], saved) if save else new[-1]
-  return jax.lax.scan(body, carry0, x)
+  return jax.lax.scan(body, carry0, x)[1]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 7))
-def recurrence(kind: str, x, wi, bi, wh, bh, carry0, sequences: bool):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def recurrence(kind: str, x, wi, bi, wh, bh, carry0):
   """Runs cell `kind` over time-major x [T, B, F] from carry0 ((h,), or (c, h)
-  for lstm, each [B, H]) with CellParams' (wi, bi, wh, bh): every step's hidden
-  state [T, B, H] if `sequences`, else the last one [B, H]."""
-  carry, hs = _forward(kind, x, wi, bi, wh, bh, carry0, save=False)
-  return hs if sequences else carry[-1]
+  for lstm, each [B, H]) with fused parameters (wi [F, G*H], bi [G*H], wh
+  [H, G*H], bh [G*H]): every step's hidden state [T, B, H]."""
+  return _forward(kind, x, wi, bi, wh, bh, carry0, save=False)
 
 
-def _recurrence_fwd(kind, x, wi, bi, wh, bh, carry0, sequences):
-  carry, (hs, saved) = _forward(kind, x, wi, bi, wh, bh, carry0, save=True)
-  return (hs if sequences else carry[-1]), (x, wi, wh, carry0, hs, saved)
+def _recurrence_fwd(kind, x, wi, bi, wh, bh, carry0):
+  hs, saved = _forward(kind, x, wi, bi, wh, bh, carry0, save=True)
+  return hs, (x, wi, wh, carry0, hs, saved)
 
 
-def _recurrence_bwd(kind, sequences, res, dout):
+def _recurrence_bwd(kind, res, dhs):
   x, wi, wh, carry0, hs, saved = res
   hidden = wh.shape[0]
   h_prev = jnp.concatenate([carry0[-1][None], hs[:-1]], axis=0)
   wht = wh.T
-  inputs = saved if kind != "rnn" else (hs,)
-  dcarry = [jnp.zeros_like(c) for c in carry0]
-  if sequences:
-    inputs = (dout,) + tuple(inputs)
-  else:
-    dcarry[-1] = dout
 
   def body(carry, inp):
-    if sequences:
-      dh_out, *inp = inp
-      dh = carry[-1] + dh_out
-    else:
-      dh = carry[-1]
-    if kind == "rnn":
-      (h,) = inp
-      da = dh * (1.0 - h * h)
+    dh_out, s = inp
+    dh = carry[-1] + dh_out
+    if kind == "rnn":  # s: the step's hidden state.
+      da = dh * (1.0 - s * s)
       return (da @ wht,), da
-    (s,) = inp
     if kind == "lstm":
       dc = carry[0] + dh * s[:, 4 * hidden:5 * hidden]
       da = jnp.concatenate([dc, dc, dc, dh], -1) * s[:, :4 * hidden]
@@ -142,7 +108,9 @@ def _recurrence_bwd(kind, sequences, res, dout):
     dan = dh * s[:, 3 * hidden:4 * hidden]
     return (dh * s[:, 4 * hidden:] + da @ wht,), (da, dan)
 
-  dcarry0, out = jax.lax.scan(body, tuple(dcarry), inputs, reverse=True)
+  dcarry0, out = jax.lax.scan(
+      body, tuple(jnp.zeros_like(c) for c in carry0),
+      (dhs, hs if kind == "rnn" else saved[0]), reverse=True)
   if kind == "gru":
     da, dan = out
     dxp = jnp.concatenate([da[..., :2 * hidden], dan], axis=-1)
@@ -159,43 +127,57 @@ def _recurrence_bwd(kind, sequences, res, dout):
 recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 
 
-def rnn_layer(kind: str, params, x: jax.Array, reverse: bool = False,
-              sequences: bool = True) -> jax.Array:
-  """One layer with CellParams' `params` on time-major x [T, B, F] -> [T, B,
-  H] (reverse: as nn.RNN's reverse=True, keep_order=True), or with
-  sequences=False only the final state [B, H] (reverse: after reading x[0])."""
-  wi, bi, wh, bh = params
-  if reverse:
-    x = jnp.flip(x, axis=0)
-  carry0 = tuple(jnp.zeros((x.shape[1], wh.shape[0]), x.dtype)
-                 for _ in range(2 if kind == "lstm" else 1))
-  hs = recurrence(kind, x, wi, bi, wh, bh, carry0, sequences)
-  return jnp.flip(hs, axis=0) if reverse and sequences else hs
+def uncovered(layer: nn.RNN, args, kwargs) -> Optional[str]:
+  """Why `lower` does not compute this call of `layer` (a kind of layer:
+  "nn.RNN over a remat cell"), or None. It takes the cells above with their
+  default gate and activation functions, inputs [B, T, F], and nn.RNN's
+  default settings but reverse and keep_order."""
+  cell = layer.cell
+  if type(cell) not in _CELLS:  # nn.remat's cells are subclasses.
+    return f"nn.RNN over {type(cell).__name__}"
+  if (cell.activation_fn is not nn.tanh or getattr(cell, "residual", False)
+      or getattr(cell, "gate_fn", nn.sigmoid) is not nn.sigmoid):
+    return f"nn.RNN over {type(cell).__name__} with other functions"
+  calls = {k: v for k, v in kwargs.items() if v is not None and k not in (
+      "initial_carry", "init_key", "reverse", "keep_order")}
+  other = sorted(k for k, v in {**{k: getattr(layer, k) for k in _SETTINGS},
+                                **calls}.items()
+                 if k not in _SETTINGS or _SETTINGS[k] != v)
+  if other:
+    return f"nn.RNN with {', '.join(other)}"
+  if len(args) != 1 or jnp.ndim(args[0]) != 3:
+    return "nn.RNN over inputs other than [B, T, F]"
+  return None
 
 
-class Recurrent(recurrent.Recurrent):
-  """recurrent.Recurrent with fused layers: images [B, H, W, C] -> logits."""
-  ACCEPTS = {"cell": tuple(_LAYOUT), "remat": (False,)}  # See kernels.swap.
+def _fused(params, names):
+  """The cell's Dense layers `names` as one kernel [in, G*H] and one bias
+  [G*H] (zeros for a layer without one)."""
+  kernels = [params[name]["kernel"] for name in names]
+  return jnp.concatenate(kernels, axis=-1), jnp.concatenate([
+      params[name].get("bias", jnp.zeros(k.shape[-1:], k.dtype))
+      for name, k in zip(names, kernels)])
 
-  @nn.compact
-  def __call__(self, images, train: bool = False):
-    x = recurrent.as_sequence(images, self.sequence, self.permute_seed)
-    x = jnp.swapaxes(x, 0, 1)  # Time-major [T, B, F] inside the stack.
-    for layer in range(self.num_layers):
-      if layer > 0:
-        # Batch-major for the mask, so that it is the stock module's draw.
-        x = jnp.swapaxes(nn.Dropout(self.dropout, deterministic=not train)(
-            jnp.swapaxes(x, 0, 1)), 0, 1)
-      # The top layer returns only its final state(s): [B, H] per direction.
-      top = layer == self.num_layers - 1
-      name = f"{self.cell}_{layer}"
-      params = CellParams(self.cell, x.shape[-1], self.hidden, name=name)()
-      y = rnn_layer(self.cell, params, x, sequences=not top)
-      if self.bidirectional:
-        params = CellParams(self.cell, x.shape[-1], self.hidden,
-                            name=name + "_backward")()
-        back = rnn_layer(self.cell, params, x, reverse=True, sequences=not top)
-        y = jnp.concatenate([y, back], axis=-1)
-      x = y
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return nn.Dense(self.num_classes, name="out")(x)
+
+def lower(layer: nn.RNN, inputs, *, initial_carry=None, init_key=None,
+          reverse=None, keep_order=None, **_):
+  """nn.RNN `layer` on inputs [B, T, F] -> [B, T, H] as flax computes it (a
+  call `uncovered` passes), from its cell's parameters and initial carry."""
+  cell = layer.cell
+  kind, ins, hiddens = _CELLS[type(cell)]
+  if initial_carry is None:
+    initial_carry = cell.initialize_carry(
+        jax.random.key(0) if init_key is None else init_key,
+        inputs.shape[:1] + inputs.shape[2:])
+  params = cell.variables["params"]
+  x, wi, bi, wh, bh = nn.dtypes.promote_dtype(
+      inputs, *_fused(params, ins), *_fused(params, hiddens), dtype=cell.dtype)
+  carry0 = tuple(c.astype(x.dtype) for c in (
+      initial_carry if kind == "lstm" else (initial_carry,)))
+  reverse = layer.reverse if reverse is None else reverse
+  x = jnp.swapaxes(x, 0, 1)  # Time-major [T, B, F] inside.
+  hs = recurrence(kind, jnp.flip(x, 0) if reverse else x, wi, bi, wh, bh,
+                  carry0)
+  if reverse and (layer.keep_order if keep_order is None else keep_order):
+    hs = jnp.flip(hs, 0)
+  return jnp.swapaxes(hs, 0, 1)
