@@ -32,7 +32,7 @@ def measure(model: str, steps: int, repeats: int, **overrides):
   config = models.get_config(model, "pixels", chunk_steps=steps, **overrides)
   n = steps * config.batch_size
   rng = np.random.default_rng(0)
-  split = pipeline.Split(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+  split = pipeline.Split(rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
                          rng.integers(0, 10, n).astype(np.int32))
   chunk = profile_chunk.laid_out_chunk(config, split, say=lambda _: None)
   assert chunk.chunk_len == steps == chunk.steps_per_epoch

@@ -48,7 +48,7 @@ def fresh_models():
     config = models.get_config(name, "tuned")
     module = models.get(name).stock(config)
     variables = jax.device_get(module.init(jax.random.key(0),
-                                           np.zeros((1, 28, 28), np.float32)))
+                                           np.zeros((1, 28, 28, 1), np.float32)))
     stacked = jax.tree.map(lambda v: np.asarray(v)[None], variables)
     run = run_lib.Run(config, module, variables, 0, seed_variables=stacked)
     out.append(serve.Model(name, run))

@@ -22,13 +22,6 @@ if os.environ["JAX_COMPILATION_CACHE_DIR"]:
   jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-# Likewise the user's cache folder (the kernels' kept verdicts), shared by
-# the session's workers and their children; MNIST_JAX_TEST_CACHE_HOME names
-# one to share between sessions (.ci/run does, as with the compilation cache).
-if not os.environ.get("MNIST_JAX_TEST_CACHE_HOME"):
-  os.environ["MNIST_JAX_TEST_CACHE_HOME"] = tempfile.mkdtemp(
-      prefix="mnist_jax_tests_cache_")
-os.environ["XDG_CACHE_HOME"] = os.environ["MNIST_JAX_TEST_CACHE_HOME"]
 
 # Tests compile with XLA:CPU's backend (LLVM) optimizations off: the same
 # programs for about a third less CPU time (compiling is most of the suites').

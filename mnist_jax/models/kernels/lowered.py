@@ -50,9 +50,11 @@ class Lowered(nn.Module):
       return self.stock(*args, **kwargs)
 
   def __getattr__(self, name: str):
-    """The stock module's declarations (OUTPUT, DATA_PARALLEL_ON_CPU, ...)."""
-    if name.isupper():
-      return getattr(self.stock, name)
+    """The stock module's declarations (OUTPUT, DATA_PARALLEL_ON_CPU, ...)
+    and fields (sequence, hidden, ...)."""
+    stock = self.__dict__.get("stock")
+    if name.isupper() or name in getattr(stock, "__dataclass_fields__", ()):
+      return getattr(stock, name)
     return super().__getattr__(name)
 
 
