@@ -246,9 +246,6 @@ def train_and_evaluate(config, workdir: str, stream=None,
               *([f"note: {missing}"] if missing else [])]
       print("; ".join(said), file=stream or sys.stdout, flush=True)
       return final
-    if config.tensorboard:  # Before anything is written.
-      tensorboard.check_folders(workdir, [{"seed": m.seed, **m.values}
-                                          for m in members])
   data_start = time.perf_counter()
   data = devices.main_first(functools.partial(pipeline.load, config))
   data_time = time.perf_counter() - data_start

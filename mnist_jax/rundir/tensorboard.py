@@ -32,8 +32,6 @@ finally:
 # pylint: disable=g-import-not-at-top,g-bad-import-order
 from tensorboardX.proto.summary_pb2 import Summary
 from mnist_jax import config as config_lib
-from mnist_jax.errors import UserError
-from mnist_jax import files
 from mnist_jax.training import metrics
 
 FLUSH_S = 0.25  # tensorboardX's thread has events on disk this soon.
@@ -72,21 +70,6 @@ def hparams(config, member: Optional[Dict] = None) -> Dict:
           for k, v in values.items() if k not in NOT_HPARAMS and v is not None}
 
 
-def check_folders(logdir: str, members: Sequence[Dict]) -> None:
-  """Refuses (UserError) member event folders a resumed run cannot write."""
-  for member in members_from_labels(members):
-    path = os.path.join(logdir, member_name(member))
-    if os.path.lexists(path) and not os.path.isdir(path):
-      raise UserError(f"{path} is a file where TensorBoard events of a member "
-                      "go; move it away, or pass --notensorboard")
-    try:
-      if os.path.isdir(path):
-        files.probe_writable(path)
-    except OSError as e:
-      raise UserError(f"{path} is not writable ({e.strerror or e}); pass "
-                      "--notensorboard, or make it writable") from None
-
-
 def _guarded(method):
   """A Writer method that does nothing once the writer is off, and turns it
   off with one warning when it fails."""
@@ -112,20 +95,21 @@ class Writer:
 
   @_guarded
   def resume(self, rows: Sequence[Dict] = ()) -> None:
-    """Opens the event files, in place of older ones, with `rows` (those
-    metrics.jsonl keeps)."""
+    """Opens the event files with `rows` (those metrics.jsonl keeps), then
+    deletes the older ones (kept where a folder cannot be written)."""
+    older = []
     for path, values in [(self.logdir, hparams(self._config))] + [
         (os.path.join(self.logdir, member_name(m)), hparams(self._config, m))
         for m in self._members]:
-      older = glob.glob(os.path.join(glob.escape(path), "events.out.tfevents.*"))
+      older += glob.glob(os.path.join(glob.escape(path), "events.out.tfevents.*"))
       # max_queue=0: unbounded, so a failed writer thread cannot block a run.
       writer = tensorboardX.SummaryWriter(
           path, max_queue=0, flush_secs=FLUSH_S,
           filename_suffix=f".{time.time_ns()}")  # Sorts after the older.
       self._writers.append(writer)
       writer.file_writer.add_summary(tensorboardX.summary.hparams(values, {})[1])
-      for name in older:
-        os.remove(name)
+    for name in older:
+      os.remove(name)
     for row in rows:
       self.write(row)
 
