@@ -1,25 +1,19 @@
 """Writing a file whole or not at all (a temporary name beside it, renamed
 when complete), with mode 0o666 less the umask as `open(path, "w")` (not
-mkstemp's 0o600); and telling a full disk in libraries' errors.
+mkstemp's 0o600).
 """
 
 import contextlib
 import csv
-import errno
 import json
 import os
 import re
 import secrets
 import tempfile
-from typing import IO, Any, Iterator, List, Optional, Sequence
+from typing import IO, Any, Iterator, List, Sequence
 
 # The temporary names `atomic` writes to: .<name>.<pid>-<8 hex digits>.tmp
 _TEMPORARY = re.compile(r"^\..+\.(?:(\d+)-)?[0-9a-f]{8}\.tmp$")
-# A full disk or a file past the size limit, in libraries' own errors.
-_NO_SPACE_TEXT = {
-    errno.ENOSPC: ("No space left on device", "os_error_code='28'"),
-    errno.EDQUOT: ("Disk quota exceeded", "os_error_code='122'"),
-    errno.EFBIG: ("File too large", "os_error_code='27'")}
 
 
 @contextlib.contextmanager
@@ -94,32 +88,6 @@ def remove_temporary(folder: str, locked: bool = True) -> List[str]:
         os.remove(path)
         removed.append(name)
   return removed
-
-
-def chain(exc: Optional[BaseException]) -> Iterator[BaseException]:
-  """`exc` and the exceptions it was raised from or while handling."""
-  seen = set()
-  while exc is not None and id(exc) not in seen:
-    seen.add(id(exc))
-    yield exc
-    exc = exc.__cause__ or exc.__context__
-
-
-def no_space(exc: BaseException) -> Optional[int]:
-  """ENOSPC, EDQUOT or EFBIG when an exception or its cause is a full disk
-  (or a file past the size limit), else None."""
-  for e in chain(exc):
-    if isinstance(e, OSError) and e.errno in _NO_SPACE_TEXT:
-      return e.errno
-    for code, markers in _NO_SPACE_TEXT.items():
-      if any(marker in str(e) for marker in markers):
-        return code
-  return None
-
-
-def no_space_error(code: int, folder: str) -> OSError:
-  """The OSError `no_space` found, naming the folder being written."""
-  return OSError(code, os.strerror(code), folder)
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]],

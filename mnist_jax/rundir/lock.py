@@ -77,12 +77,8 @@ def claim(workdir: str, mode: str = "train", create: bool = True) -> None:
     created = key
     while not os.path.exists(os.path.dirname(created)):
       created = os.path.dirname(created)
-    os.makedirs(os.path.dirname(key), exist_ok=True)
-    try:
-      os.mkdir(key)
-    except FileExistsError:  # Another process made it meanwhile: the lock
-      created = None  # decides, and the folder is not this one's to remove.
-  _HELD[key] = (_lock(key, workdir, mode), created)
+    os.makedirs(key, exist_ok=True)  # Made by another meanwhile: the lock
+  _HELD[key] = (_lock(key, workdir, mode), created)  # decides who removes it.
   files.remove_temporary(key)
   try:
     files.write_json(os.path.join(key, LOCK_FILE), {
@@ -99,25 +95,15 @@ def _lock(key: str, workdir: str, mode: str) -> Optional[int]:
   if fcntl is None:
     return None
   for attempt in range(5):  # `in_use` probes hold the lock for an instant.
-    try:
-      fd = os.open(key, os.O_RDONLY)
-    except OSError as e:
-      raise UserError(f"{workdir} cannot be read by this user ({e.strerror}); "
-                      "give read access to it, or pass another --workdir"
-                      ) from None
+    fd = os.open(key, os.O_RDONLY)
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+      return fd
+    except OSError as e:
       os.close(fd)
-      time.sleep(0.1 * (attempt + 1))
-      continue
-    except OSError:
-      os.close(fd)
-      return None
-    with contextlib.suppress(OSError):
-      if os.path.samestat(os.fstat(fd), os.stat(key)):
-        return fd
-    os.close(fd)  # Deleted and made again meanwhile: lock the new folder.
+      if not isinstance(e, BlockingIOError):
+        return None
+    time.sleep(0.1 * (attempt + 1))
   raise _in_use_error(workdir, mode)
 
 
