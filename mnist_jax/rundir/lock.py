@@ -7,6 +7,7 @@ import contextlib
 import os
 import socket
 import sys
+import tempfile
 import time
 from typing import Dict, Iterator, Optional, Tuple
 
@@ -40,7 +41,7 @@ def check_writable(workdir: str) -> None:
     raise UserError(f"--workdir={workdir} cannot be a run folder: {target} is "
                     "a file, not a folder; pass a folder path")
   try:
-    files.probe_writable(target)
+    tempfile.TemporaryFile(dir=target).close()  # Creates and removes a file.
   except OSError as e:
     raise UserError(f"--workdir={workdir} is not writable ({target}: "
                     f"{e.strerror or e}); pass a folder you can write to"
@@ -64,8 +65,8 @@ def locking() -> Iterator[Dict[str, tuple]]:
 
 def claim(workdir: str, mode: str = "train", create: bool = True) -> None:
   """In `locking()`, makes this process the one writer of `workdir`: creates
-  it (if `create`), takes the flock, writes LOCK_FILE (`mode`: "train" or
-  "report") and removes what killed writers left. InUse if another holds it."""
+  it (if `create`), takes the flock and writes LOCK_FILE (`mode`: "train" or
+  "report"). InUse if another holds it."""
   key = os.path.realpath(workdir)
   if _HELD is None or key in _HELD:
     return
@@ -79,7 +80,6 @@ def claim(workdir: str, mode: str = "train", create: bool = True) -> None:
       created = os.path.dirname(created)
     os.makedirs(key, exist_ok=True)  # Made by another meanwhile: the lock
   _HELD[key] = (_lock(key, workdir, mode), created)  # decides who removes it.
-  files.remove_temporary(key)
   try:
     files.write_json(os.path.join(key, LOCK_FILE), {
         "pid": os.getpid(), "host": socket.gethostname(), "mode": mode,
