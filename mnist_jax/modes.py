@@ -123,9 +123,8 @@ class RunFolder(loop.Hooks):
                    "starts over from epoch 1")
       return state, loop.Start()
     state, meta = checkpoints.restore(self.workdir, state, self.config.model)
-    checkpoints.check_fits(meta, int(np.max(state.step)), self.steps,
-                           self.config.epochs, checkpoints.directory(
-                               self.workdir))
+    checkpoints.check_fits(meta, self.steps,
+                           checkpoints.directory(self.workdir))
     self.meta, sums = meta, meta.get("sums")
     if meta.get("done"):
       self.logged = metrics_log.final_metrics(self.workdir)

@@ -176,9 +176,8 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except
       raise self._damaged(step, "its meta record does not read back: "
                           f"{first_line(e)}") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("epoch"), int):
-      raise self._damaged(step, "its meta record has no epoch")
-    if meta.pop("meta_checksum", None) != _meta_checksum(meta):
+    if (not isinstance(meta, dict) or
+        meta.pop("meta_checksum", None) != _meta_checksum(meta)):
       raise self._damaged(step, "its meta record does not match the checksum "
                           "saved with it")
     return step, meta
@@ -295,17 +294,14 @@ def record(config, *, epoch: int, step: int, shapes: dict, epoch_step: int = 0,
   return meta
 
 
-def check_fits(meta: dict, state_step: int, steps_per_epoch: int, epochs: int,
-               where: str) -> None:
-  """Refuses a record that does not fit this run's epochs and data."""
-  epoch, epoch_step = meta.get("epoch"), meta.get("epoch_step", 0)
-  if (not isinstance(epoch_step, int) or not 0 <= epoch_step < steps_per_epoch
-      or not 0 <= epoch <= epochs or
-      meta.get("step") != epoch * steps_per_epoch + epoch_step or
-      state_step != meta.get("step") or
-      (epoch_step and not isinstance(meta.get("sums"), dict))):
+def check_fits(meta: dict, steps_per_epoch: int, where: str) -> None:
+  """Refuses a record of another number of steps per epoch (its checksum
+  vouches for the rest)."""
+  epoch_step = meta.get("epoch_step", 0)
+  if (epoch_step >= steps_per_epoch or
+      meta["step"] != meta["epoch"] * steps_per_epoch + epoch_step):
     raise CheckpointError(
-        f"the latest checkpoint in {where} (step {meta.get('step')}, epoch "
-        f"{epoch}) does not fit this run's {steps_per_epoch} steps per epoch "
-        "(were the data or the batch size changed?); resume with the data and "
-        "--batch_size it was trained with, or pass another --workdir")
+        f"the latest checkpoint in {where} (step {meta['step']}, epoch "
+        f"{meta['epoch']}) does not fit this run's {steps_per_epoch} steps per "
+        "epoch (were the data or the batch size changed?); resume with the "
+        "data and --batch_size it was trained with, or pass another --workdir")
