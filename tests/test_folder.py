@@ -322,13 +322,6 @@ def test_other_settings_say_how_to_resume_and_what_overwrite_deletes(
       "another --workdir")
 
 
-def test_a_lower_rate_after_a_divergence_is_the_presets_or_a_tenth():
-  """After --learning_rate=1e4, the preset's rate, not 1000."""
-  assert registry.preset_overrides("linear", "tuned")["learning_rate"] == 1e-3
-  assert resume.lower_rate(CONFIG.replace(learning_rate=1e4)) == 1e-3
-  assert resume.lower_rate(CONFIG.replace(learning_rate=1e-4)) == 1e-5
-
-
 def test_another_models_command_on_a_run_folder_is_refused_in_one_line(
     tmp_path):
   """A linear command given an mlp run's folder: one line naming the model

@@ -23,7 +23,6 @@ from mnist_jax.rundir import lock
 from mnist_jax.rundir import metrics_log
 
 CONFIG_FILE = "config.json"
-REPORT_FILE = "report.md"
 PERMUTATION_FILE = "permutation.npy"  # --sequence=permuted: the pixel order.
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
             "tensorflow-datasets", "numpy", "matplotlib", "absl-py",

@@ -15,7 +15,7 @@ import io
 import os
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from PIL import Image
 
@@ -52,12 +52,6 @@ NOT_HPARAMS = ("workdir", "data_dir", "mnist_dir", "coordinator_address",
                "num_processes", "process_id", "tensorboard")
 
 
-def members_from_labels(labels: Sequence[Dict]) -> List[Dict]:
-  """Members' labels as Config fields; [] for one."""
-  return [{k: v for k, v in m.items() if k in config_lib.FIELDS}
-          for m in labels] if len(labels) > 1 else []
-
-
 def member_name(values: Dict) -> str:
   """The subfolder of a member: `seed=3`, `seed=3,learning_rate=0.001`."""
   return ",".join(f"{k}={config_lib.value_text(v)}" for k, v in values.items())
@@ -90,7 +84,9 @@ class Writer:
   def __init__(self, logdir: str, config: config_lib.Config,
                members: Sequence[Dict] = ()):
     self.logdir, self._config, self._writers = logdir, config, []
-    self._members, self._last_epoch = members_from_labels(members), 0
+    self._members = [{k: v for k, v in m.items() if k in config_lib.FIELDS}
+                     for m in members] if len(members) > 1 else []
+    self._last_epoch = 0
     self._on = True
 
   @_guarded
