@@ -48,8 +48,9 @@ def test_resume_records_only_the_settings_that_changed(tmp_path):
   is not 'changed' by a resume that keeps it."""
   config = registry.get_config("cnn", "best")
   path = str(tmp_path / "run")
-  record.start(path, config, {})
-  record.record_resume(path, config.replace(chunk_steps=7), {}, {"step": 9})
+  record.begin(path, config, {})
+  record.begin(path, config.replace(chunk_steps=7), {}, existing=True,
+               meta={"step": 9})
   with open(os.path.join(path, record.CONFIG_FILE)) as f:
     entry = json.load(f)["resumes"][0]
   assert entry["from_step"] == 9
@@ -248,7 +249,7 @@ def test_a_folder_a_claim_created_goes_if_nothing_was_written(tmp_path):
     lock.claim(used)
     assert sorted(os.listdir(empty)) == [lock.LOCK_FILE]
     resume.check_run_folder(empty, CONFIG)  # The lock file is no content.
-    record.start(used, CONFIG, {})
+    record.begin(used, CONFIG, {})
   assert not os.path.exists(tmp_path / "a")  # Its parent, made for it, too.
   assert os.listdir(used) == [record.CONFIG_FILE]
   with lock.locking():

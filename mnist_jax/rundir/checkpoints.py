@@ -138,9 +138,10 @@ class Checkpointer:
         state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta)),
                       force=True)
 
-  def _read(self, step: int, **item):
-    """Checkpoint `step`'s item, read by orbax; CheckpointError where this
-    user may not read it (never called damage)."""
+  def _read(self, step: int, what: Optional[str] = None, **item):
+    """Checkpoint `step`'s item, read by orbax. CheckpointError where this
+    user may not read it (never called damage); where it fails otherwise,
+    damage (`what`: "its arrays do not read back"), else orbax's error."""
     try:
       return self.manager.restore(step, args=_ocp().args.Composite(**item))
     except Exception as e:  # pylint: disable=broad-except
@@ -149,7 +150,9 @@ class Checkpointer:
             f"the checkpoint {self.directory}/{step} cannot be read by this "
             f"user ({first_line(e)}); give read access to {self.directory}, "
             "or pass another --workdir") from None
-      raise
+      if what is None or isinstance(e, MemoryError):
+        raise
+      raise self._damaged(step, f"{what}: {first_line(e)}") from None
 
   def _damaged(self, step: int, why: str) -> CheckpointError:
     earlier = [s for s in self.manager.all_steps() if s < step]
@@ -169,13 +172,8 @@ class Checkpointer:
           f"{self.workdir} has no complete checkpoint yet (its training "
           "stopped before the first was saved); train it first: its training "
           f"command, with --workdir={self.workdir}")
-    try:
-      meta = self._read(step, meta=_ocp().args.JsonRestore())["meta"]
-    except CheckpointError:
-      raise
-    except Exception as e:  # pylint: disable=broad-except
-      raise self._damaged(step, "its meta record does not read back: "
-                          f"{first_line(e)}") from None
+    meta = self._read(step, "its meta record does not read back",
+                      meta=_ocp().args.JsonRestore())["meta"]
     if (not isinstance(meta, dict) or
         meta.pop("meta_checksum", None) != _meta_checksum(meta)):
       raise self._damaged(step, "its meta record does not match the checksum "
@@ -228,13 +226,9 @@ class Checkpointer:
     except (CheckpointError, MemoryError):
       raise
     except Exception as e:  # pylint: disable=broad-except
-      try:  # Read as saved: does it read back at all?
-        self._read(step, state=ocp.args.StandardRestore())
-      except CheckpointError:
-        raise
-      except Exception as damage:  # pylint: disable=broad-except
-        raise self._damaged(step, "its arrays do not read back: "
-                            f"{first_line(damage)}") from None
+      # Read as saved: damage if it does not read back at all.
+      self._read(step, "its arrays do not read back",
+                 state=ocp.args.StandardRestore())
       raise CheckpointError(
           f"the checkpoint {self.directory}/{step} is intact but does not fit "
           f"this run's train state ({first_line(e)}); {self._edited()}"
