@@ -259,15 +259,21 @@ def restore(workdir: str, state, model: Optional[str] = None):
   return state.replace(**parts), meta
 
 
+def latest_meta(workdir: str) -> dict:
+  """The latest checkpoint's record; {} where there is none or it does not
+  read back (`restore` says why)."""
+  with contextlib.closing(Checkpointer(workdir, read_only=True)) as reader:
+    try:
+      return reader.read_meta()[1]
+    except CheckpointError:
+      return {}
+
+
 def check_model(workdir: str, model: str) -> None:
   """Refuses a run folder whose config.json names another model than its
   newest checkpoint's record, before its settings are compared; a
   checkpoint that cannot tell is left to `restore`."""
-  with contextlib.closing(Checkpointer(workdir, read_only=True)) as reader:
-    try:
-      saved = reader.read_meta()[1].get("model")
-    except CheckpointError:
-      return
+  saved = latest_meta(workdir).get("model")
   if isinstance(saved, str) and saved != model:
     raise model_error(workdir, model, saved)
 
