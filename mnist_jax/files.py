@@ -1,54 +1,32 @@
 """Writing a file whole or not at all (a temporary name beside it, renamed
-when complete), with mode 0o666 less the umask as `open(path, "w")` (not
-mkstemp's 0o600); and telling a full disk in libraries' errors.
+when complete), with the mode `open(path, "w")` gives (not mkstemp's 0o600).
 """
 
 import contextlib
 import csv
-import errno
 import json
 import os
-import re
-import secrets
-import tempfile
-from typing import IO, Any, Iterator, List, Optional, Sequence
-
-# The temporary names `atomic` writes to: .<name>.<pid>-<8 hex digits>.tmp
-_TEMPORARY = re.compile(r"^\..+\.(?:(\d+)-)?[0-9a-f]{8}\.tmp$")
-# A full disk or a file past the size limit, in libraries' own errors.
-_NO_SPACE_TEXT = {
-    errno.ENOSPC: ("No space left on device", "os_error_code='28'"),
-    errno.EDQUOT: ("Disk quota exceeded", "os_error_code='122'"),
-    errno.EFBIG: ("File too large", "os_error_code='27'")}
+from typing import IO, Any, Iterator, List, Sequence
 
 
 @contextlib.contextmanager
 def atomic(path: str, mode: str = "w") -> Iterator[IO]:
-  """Yields a temporary file beside `path` ("w" text or "wb" binary), renamed
-  to `path` on success; if the block raises, `path` is left as it was."""
+  """Yields a temporary file beside `path`, `.<name>.tmp` ("w" text or "wb"
+  binary), renamed to `path` on success; if the block raises, `path` is left
+  as it was. Files have one writer at a time (a run folder's lock, the data
+  cache's), so the temporary file a killed writer left is the next one's."""
   folder, name = os.path.split(os.path.abspath(path))
-  tmp = os.path.join(folder,
-                     f".{name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+  tmp = os.path.join(folder, f".{name}.tmp")
   try:
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-  except OSError as e:
-    e.filename = path  # Not the temporary name: the file meant.
-    raise
-  try:
-    with os.fdopen(fd, mode, **({} if "b" in mode else {"newline": ""})) as f:
+    with open(tmp, mode, **({} if "b" in mode else {"newline": ""})) as f:
       yield f
     os.replace(tmp, path)
   except BaseException as e:
-    if os.path.exists(tmp):
+    with contextlib.suppress(OSError):
       os.remove(tmp)
-    if isinstance(e, OSError) and e.filename is None:
-      e.filename = path  # A failed write names no file: say which.
+    if isinstance(e, OSError) and e.filename in (None, tmp):
+      e.filename = path  # The file meant, not its temporary name.
     raise
-
-
-def probe_writable(folder: str) -> None:
-  """Creates and removes a file in `folder`: OSError if it cannot be written."""
-  tempfile.TemporaryFile(dir=folder).close()
 
 
 def write_text(path: str, text: str) -> None:
@@ -65,61 +43,6 @@ def write_csv(path: str, rows: Sequence[Sequence[Any]]) -> None:
   """Rows of cells as CSV with "\\n" line ends; the first row is the header."""
   with atomic(path) as f:
     csv.writer(f, lineterminator="\n").writerows(rows)
-
-
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except OSError:
-    return True
-  return pid != 0
-
-
-def remove_temporary(folder: str, locked: bool = True) -> List[str]:
-  """Removes what `atomic` left in `folder` when killed: every temporary file
-  under the folder's lock (`locked`), else those of dead writers. Returns
-  the names removed."""
-  removed = []
-  try:
-    names = os.listdir(folder)
-  except OSError:
-    return removed
-  for name in names:
-    path, match = os.path.join(folder, name), _TEMPORARY.match(name)
-    if match and os.path.isfile(path) and (
-        locked or (match.group(1) and not _alive(int(match.group(1))))):
-      with contextlib.suppress(OSError):
-        os.remove(path)
-        removed.append(name)
-  return removed
-
-
-def chain(exc: Optional[BaseException]) -> Iterator[BaseException]:
-  """`exc` and the exceptions it was raised from or while handling."""
-  seen = set()
-  while exc is not None and id(exc) not in seen:
-    seen.add(id(exc))
-    yield exc
-    exc = exc.__cause__ or exc.__context__
-
-
-def no_space(exc: BaseException) -> Optional[int]:
-  """ENOSPC, EDQUOT or EFBIG when an exception or its cause is a full disk
-  (or a file past the size limit), else None."""
-  for e in chain(exc):
-    if isinstance(e, OSError) and e.errno in _NO_SPACE_TEXT:
-      return e.errno
-    for code, markers in _NO_SPACE_TEXT.items():
-      if any(marker in str(e) for marker in markers):
-        return code
-  return None
-
-
-def no_space_error(code: int, folder: str) -> OSError:
-  """The OSError `no_space` found, naming the folder being written."""
-  return OSError(code, os.strerror(code), folder)
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]],

@@ -123,9 +123,8 @@ class RunFolder(loop.Hooks):
                    "starts over from epoch 1")
       return state, loop.Start()
     state, meta = checkpoints.restore(self.workdir, state, self.config.model)
-    checkpoints.check_fits(meta, int(np.max(state.step)), self.steps,
-                           self.config.epochs, checkpoints.directory(
-                               self.workdir))
+    checkpoints.check_fits(meta, self.steps,
+                           checkpoints.directory(self.workdir))
     self.meta, sums = meta, meta.get("sums")
     if meta.get("done"):
       self.logged = metrics_log.final_metrics(self.workdir)
@@ -246,9 +245,6 @@ def train_and_evaluate(config, workdir: str, stream=None,
               *([f"note: {missing}"] if missing else [])]
       print("; ".join(said), file=stream or sys.stdout, flush=True)
       return final
-    if config.tensorboard:  # Before anything is written.
-      tensorboard.check_folders(workdir, [{"seed": m.seed, **m.values}
-                                          for m in members])
   data_start = time.perf_counter()
   data = devices.main_first(functools.partial(pipeline.load, config))
   data_time = time.perf_counter() - data_start
@@ -321,14 +317,6 @@ def _reporting(path: str, analyses: bool) -> str:
       if analyses else ""))
 
 
-def _training_ended(workdir: str) -> bool:
-  """Whether the latest checkpoint is the one a run saves at its end."""
-  with contextlib.closing(checkpoints.Checkpointer(
-      workdir, read_only=True)) as reader:
-    return bool(reader.manager.latest_step() is not None and
-                reader.read_meta()[1].get("done"))
-
-
 def rewrite_report(workdir: str, **overrides) -> Dict[str, Any]:
   """`--mode=report`: evaluates a run's latest checkpoint, rewrites its report
   (completes a run trained to the end). overrides: data_dir, mnist_dir, impl."""
@@ -337,7 +325,8 @@ def rewrite_report(workdir: str, **overrides) -> Dict[str, Any]:
       os.path.exists(os.path.join(workdir, f)) for f in report.FILES)
          else "incomplete: rebuilt" if os.path.exists(path)
          else "missing: rebuilt")
-  if not record_lib.finished(workdir) and _training_ended(workdir):
+  if (not record_lib.finished(workdir) and  # Trained to the end: complete it.
+      checkpoints.latest_meta(workdir).get("done")):
     final = train_and_evaluate(record_lib.used_config(
         workdir, **overrides, report=True), workdir)
     print(f"{path} was {how}; the run is finished")

@@ -148,6 +148,17 @@ def test_a_file_where_the_checkpoints_go_is_refused_in_one_line(tmp_path):
         "checkpoints go; move it away, or pass another --workdir")
 
 
+def test_a_record_of_other_steps_per_epoch_is_refused_in_one_line():
+  """The data changed size since (a resumable --mnist_dir elsewhere)."""
+  meta = {"epoch": 2, "epoch_step": 3, "step": 23}  # 10 steps per epoch.
+  checkpoints.check_fits(meta, 10, "D")
+  for steps in (9, 3):
+    with pytest.raises(checkpoints.CheckpointError, match=(
+        r"^the latest checkpoint in D \(step 23, epoch 2\) does not fit this "
+        f"run's {steps} steps per epoch .*or pass another --workdir$")):
+      checkpoints.check_fits(meta, steps, "D")
+
+
 def test_the_newest_checkpoints_are_kept(tmp_path):
   workdir, state = str(tmp_path / "run"), _state()
   writer = checkpoints.Checkpointer(workdir, keep=2)

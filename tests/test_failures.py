@@ -258,8 +258,9 @@ def test_atomic_write_failure_names_the_file_and_leaves_nothing(tmp_path,
   target = tmp_path / "report.md"
 
   class Full:
-    def __init__(self, fd, *args, **kwargs):
-      os.close(fd)
+    def __init__(self, path, *args, **kwargs):
+      with open(path, "w"):  # The temporary file, left to remove.
+        pass
 
     def __enter__(self):
       return self
@@ -270,12 +271,13 @@ def test_atomic_write_failure_names_the_file_and_leaves_nothing(tmp_path,
     def write(self, text):
       raise OSError(errno.ENOSPC, "No space left on device")
 
-  monkeypatch.setattr(os, "fdopen", Full)
+  monkeypatch.setattr(files, "open", Full, raising=False)
   with pytest.raises(OSError) as caught:
     files.write_text(str(target), "x")
   assert caught.value.filename == str(target)
   assert os.listdir(tmp_path) == []
-  assert files.no_space(caught.value) == errno.ENOSPC
+  assert str(resources.machine_error(caught.value, "/run")) == (
+      f"no space left on the disk of {target}; free some space there" + AGAIN)
 
 
 def _labels(counts):

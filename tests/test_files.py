@@ -58,6 +58,14 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
   assert os.listdir(tmp_path) == ["keep.txt"]
 
 
+def test_the_temporary_file_a_killed_write_left_is_the_next_writes(tmp_path):
+  stale = tmp_path / ".report.md.tmp"
+  stale.write_text("half a report, its writer killed")
+  files.write_text(str(tmp_path / "report.md"), "the report")
+  assert os.listdir(tmp_path) == ["report.md"]
+  assert (tmp_path / "report.md").read_text() == "the report"
+
+
 @pytest.mark.slow
 def test_run_files_get_the_users_permissions(prepared, tmp_path, umask):
   """config.json, metrics.jsonl, the report, the checkpoint and the dataset

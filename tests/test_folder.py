@@ -48,8 +48,9 @@ def test_resume_records_only_the_settings_that_changed(tmp_path):
   is not 'changed' by a resume that keeps it."""
   config = registry.get_config("cnn", "best")
   path = str(tmp_path / "run")
-  record.start(path, config, {})
-  record.record_resume(path, config.replace(chunk_steps=7), {}, {"step": 9})
+  record.begin(path, config, {})
+  record.begin(path, config.replace(chunk_steps=7), {}, existing=True,
+               meta={"step": 9})
   with open(os.path.join(path, record.CONFIG_FILE)) as f:
     entry = json.load(f)["resumes"][0]
   assert entry["from_step"] == 9
@@ -228,15 +229,11 @@ def test_a_held_folder_is_refused_in_one_line_naming_its_lock_file(tmp_path):
     os.close(fd)
 
 
-def test_a_claim_writes_who_holds_it_and_cleans_what_kills_left(tmp_path):
+def test_a_claim_writes_who_holds_it(tmp_path):
   path = _run(str(tmp_path), "run", rows=[{"epoch": 1}])
-  stale = os.path.join(path, ".report.md.0123abcd.tmp")
-  with open(stale, "w") as f:
-    f.write("half a report")
   with lock.locking() as held:
     lock.claim(path, mode="report")
     assert os.path.realpath(path) in held
-    assert not os.path.exists(stale)
     with open(os.path.join(path, lock.LOCK_FILE)) as f:
       note = json.load(f)
     assert note["pid"] == os.getpid() and note["mode"] == "report"
@@ -252,7 +249,7 @@ def test_a_folder_a_claim_created_goes_if_nothing_was_written(tmp_path):
     lock.claim(used)
     assert sorted(os.listdir(empty)) == [lock.LOCK_FILE]
     resume.check_run_folder(empty, CONFIG)  # The lock file is no content.
-    record.start(used, CONFIG, {})
+    record.begin(used, CONFIG, {})
   assert not os.path.exists(tmp_path / "a")  # Its parent, made for it, too.
   assert os.listdir(used) == [record.CONFIG_FILE]
   with lock.locking():
@@ -324,13 +321,6 @@ def test_other_settings_say_how_to_resume_and_what_overwrite_deletes(
       f"--workdir={path}; to train these settings there instead, add "
       "--overwrite, which deletes its checkpoints, logs and report; or pass "
       "another --workdir")
-
-
-def test_a_lower_rate_after_a_divergence_is_the_presets_or_a_tenth():
-  """After --learning_rate=1e4, the preset's rate, not 1000."""
-  assert registry.preset_overrides("linear", "tuned")["learning_rate"] == 1e-3
-  assert resume.lower_rate(CONFIG.replace(learning_rate=1e4)) == 1e-3
-  assert resume.lower_rate(CONFIG.replace(learning_rate=1e-4)) == 1e-5
 
 
 def test_another_models_command_on_a_run_folder_is_refused_in_one_line(

@@ -11,7 +11,6 @@ import jax
 import numpy as np
 import pytest
 
-from mnist_jax import config as config_lib
 from launch_helpers import snapshot as lh_snapshot
 from mnist_jax.data import datasets
 from mnist_jax.data import pipeline
@@ -21,7 +20,6 @@ from mnist_jax.rundir import dry_run
 from mnist_jax import files
 from mnist_jax.rundir import metrics_log
 from mnist_jax.rundir import resources
-from mnist_jax.rundir import resume
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -92,17 +90,6 @@ def _unfinished_run(path, config=LINEAR, started="2026-01-01T10:00:00+0000"):
   files.write_json(os.path.join(path, "config.json"),
                    {"config": config.to_dict(), "started": started})
   metrics_log.MetricsLog(path).write({"epoch": 1})
-
-
-@pytest.mark.parametrize("model,preset", [("mlp", "tuned"), ("mlp", "seed"),
-                                          ("cnn", "best"), ("gru", "tuned")])
-def test_a_rate_to_try_after_1e4_is_the_presets_not_a_tenth(model, preset):
-  """The issue's --learning_rate=1e4: the rate advised after it diverged is
-  the preset's (which trains), not 1000 (which diverges again)."""
-  config = registry.get_config(model, preset, learning_rate=1e4)
-  rate = registry.preset_overrides(model, preset).get(
-      "learning_rate", config_lib.Config.learning_rate)
-  assert resume.lower_rate(config) == rate
 
 
 def test_ctrl_c_outside_the_loop_says_to_run_the_same_command(tmp_path):

@@ -130,7 +130,7 @@ def _temporary(workdir):
   found = []
   for folder, dirs, names in os.walk(workdir):
     found += [os.path.join(folder, n) for n in names + dirs
-              if re.fullmatch(r"\..+\.[0-9a-f]{8}\.tmp", n) or
+              if re.fullmatch(r"\..+\.tmp", n) or
               "orbax-checkpoint-tmp" in n]
   return found
 

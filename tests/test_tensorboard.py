@@ -16,7 +16,6 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 import tensorboard_helpers as tbh
 from mnist_jax import models
-from mnist_jax.errors import UserError
 from mnist_jax.rundir import metrics_log
 from mnist_jax.rundir import tensorboard
 from mnist_jax.training import metrics
@@ -266,19 +265,6 @@ def test_sweep_members_take_their_own_learning_rate_and_older_rows_read(tmp_path
   assert all([s for s, _ in got[t]] == [1, 2] for t in tensorboard.EPOCH_TAGS.values())
   values = _session_hparams(mux, "learning_rate=0.003,seed=1")
   assert values["learning_rate"] == pytest.approx(3e-3) and "index" not in values
-
-
-def test_a_member_folder_in_the_way_is_refused_before_writing(tmp_path):
-  members = [{"seed": 0}, {"seed": 1}]
-  tensorboard.check_folders(str(tmp_path), members)  # Nothing there.
-  (tmp_path / "seed=0").mkdir()
-  tensorboard.check_folders(str(tmp_path), members)  # A folder: fine.
-  (tmp_path / "seed=1").write_text("not a folder")
-  with pytest.raises(UserError, match=r"seed=1 is a file where TensorBoard "
-                     r"events of a member go; .* --notensorboard"):
-    tensorboard.check_folders(str(tmp_path), members)
-  assert sorted(os.listdir(tmp_path)) == ["seed=0", "seed=1"]
-  assert os.listdir(tmp_path / "seed=0") == []
 
 
 def _load_both(logdir):

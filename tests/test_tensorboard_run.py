@@ -18,7 +18,7 @@ import launch_helpers as lh
 import tensorboard_helpers as tbh
 from mnist_jax import config as config_lib
 from mnist_jax import models
-from mnist_jax.errors import Diverged, UserError
+from mnist_jax.errors import Diverged
 from mnist_jax.results import report
 from mnist_jax import files
 from mnist_jax.rundir import metrics_log
@@ -174,10 +174,11 @@ def test_notensorboard_writes_no_event_file(prepared, tmp_path):
   assert _event_files(workdir) == []
 
 
-def test_a_member_folder_in_the_way_is_refused_before_anything_is_written(
-    prepared, two_seeds, tmp_path):
+def test_a_member_folder_in_the_way_stops_the_events_not_the_run(
+    prepared, two_seeds, tmp_path, capsys):
   """A run to resume (here: one that stopped before its end) whose member's
-  event folder is a file."""
+  event folder is a file: one warning, the run goes on to its end, its older
+  event files are kept."""
   workdir = str(tmp_path / "seeds")
   shutil.copytree(two_seeds[0], workdir)
   record = record_lib.read_record(workdir)
@@ -190,10 +191,12 @@ def test_a_member_folder_in_the_way_is_refused_before_anything_is_written(
   shutil.rmtree(os.path.join(workdir, "seed=6"))
   with open(os.path.join(workdir, "seed=6"), "w") as f:
     f.write("in the way")
-  before = lh.snapshot(workdir)
-  with pytest.raises(UserError, match=r"seed=6 is a file where TensorBoard"):
-    _train(prepared, workdir, seed=5, num_seeds=2)
-  assert lh.snapshot(workdir) == before
+  older = _event_files(workdir)
+  assert "test_accuracy" in _train(prepared, workdir, seed=5, num_seeds=2)[-1]
+  [warning] = [line for line in capsys.readouterr().err.splitlines()
+               if "TensorBoard events" in line]
+  assert "seed=6" in warning and "training goes on" in warning, warning
+  assert set(older) <= set(_event_files(workdir))
 
 
 def _fail_report(*args, **kwargs):

@@ -4,6 +4,7 @@ arrays in tfds's order, then loaded from there (without tfds) and split."""
 
 import contextlib
 import dataclasses
+import errno
 import gzip
 import hashlib
 import os
@@ -88,7 +89,7 @@ def prepare(dataset: str = "mnist", data_dir=None, mnist_dir=None) -> dict:
       with files.atomic(cache, "wb") as f:  # Never half a file.
         np.savez(f, **arrays)
   except OSError as e:
-    if files.no_space(e) is not None:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
       raise  # The shell says which disk is full.
     raise UserError(f"preparing {dataset} in {data_dir} failed: {e}") from None
   return arrays

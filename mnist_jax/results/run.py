@@ -337,7 +337,6 @@ def print_predictions(workdir: str, paths: Sequence[str],
       from mnist_jax.results import plots  # pylint: disable=g-import-not-at-top
       folder = os.path.join(workdir, PLOT_DIR)
       os.makedirs(folder, exist_ok=True)
-      files.remove_temporary(folder, locked=False)  # A killed predict's.
       stem = name = os.path.splitext(os.path.basename(r.file))[0]
       number = 1
       while name in plotted:

@@ -138,9 +138,10 @@ class Checkpointer:
         state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta)),
                       force=True)
 
-  def _read(self, step: int, **item):
-    """Checkpoint `step`'s item, read by orbax; CheckpointError where this
-    user may not read it (never called damage)."""
+  def _read(self, step: int, what: Optional[str] = None, **item):
+    """Checkpoint `step`'s item, read by orbax. CheckpointError where this
+    user may not read it (never called damage); where it fails otherwise,
+    damage (`what`: "its arrays do not read back"), else orbax's error."""
     try:
       return self.manager.restore(step, args=_ocp().args.Composite(**item))
     except Exception as e:  # pylint: disable=broad-except
@@ -149,7 +150,9 @@ class Checkpointer:
             f"the checkpoint {self.directory}/{step} cannot be read by this "
             f"user ({first_line(e)}); give read access to {self.directory}, "
             "or pass another --workdir") from None
-      raise
+      if what is None or isinstance(e, MemoryError):
+        raise
+      raise self._damaged(step, f"{what}: {first_line(e)}") from None
 
   def _damaged(self, step: int, why: str) -> CheckpointError:
     earlier = [s for s in self.manager.all_steps() if s < step]
@@ -169,16 +172,10 @@ class Checkpointer:
           f"{self.workdir} has no complete checkpoint yet (its training "
           "stopped before the first was saved); train it first: its training "
           f"command, with --workdir={self.workdir}")
-    try:
-      meta = self._read(step, meta=_ocp().args.JsonRestore())["meta"]
-    except CheckpointError:
-      raise
-    except Exception as e:  # pylint: disable=broad-except
-      raise self._damaged(step, "its meta record does not read back: "
-                          f"{first_line(e)}") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("epoch"), int):
-      raise self._damaged(step, "its meta record has no epoch")
-    if meta.pop("meta_checksum", None) != _meta_checksum(meta):
+    meta = self._read(step, "its meta record does not read back",
+                      meta=_ocp().args.JsonRestore())["meta"]
+    if (not isinstance(meta, dict) or
+        meta.pop("meta_checksum", None) != _meta_checksum(meta)):
       raise self._damaged(step, "its meta record does not match the checksum "
                           "saved with it")
     return step, meta
@@ -229,13 +226,9 @@ class Checkpointer:
     except (CheckpointError, MemoryError):
       raise
     except Exception as e:  # pylint: disable=broad-except
-      try:  # Read as saved: does it read back at all?
-        self._read(step, state=ocp.args.StandardRestore())
-      except CheckpointError:
-        raise
-      except Exception as damage:  # pylint: disable=broad-except
-        raise self._damaged(step, "its arrays do not read back: "
-                            f"{first_line(damage)}") from None
+      # Read as saved: damage if it does not read back at all.
+      self._read(step, "its arrays do not read back",
+                 state=ocp.args.StandardRestore())
       raise CheckpointError(
           f"the checkpoint {self.directory}/{step} is intact but does not fit "
           f"this run's train state ({first_line(e)}); {self._edited()}"
@@ -266,15 +259,21 @@ def restore(workdir: str, state, model: Optional[str] = None):
   return state.replace(**parts), meta
 
 
+def latest_meta(workdir: str) -> dict:
+  """The latest checkpoint's record; {} where there is none or it does not
+  read back (`restore` says why)."""
+  with contextlib.closing(Checkpointer(workdir, read_only=True)) as reader:
+    try:
+      return reader.read_meta()[1]
+    except CheckpointError:
+      return {}
+
+
 def check_model(workdir: str, model: str) -> None:
   """Refuses a run folder whose config.json names another model than its
   newest checkpoint's record, before its settings are compared; a
   checkpoint that cannot tell is left to `restore`."""
-  with contextlib.closing(Checkpointer(workdir, read_only=True)) as reader:
-    try:
-      saved = reader.read_meta()[1].get("model")
-    except CheckpointError:
-      return
+  saved = latest_meta(workdir).get("model")
   if isinstance(saved, str) and saved != model:
     raise model_error(workdir, model, saved)
 
@@ -295,17 +294,14 @@ def record(config, *, epoch: int, step: int, shapes: dict, epoch_step: int = 0,
   return meta
 
 
-def check_fits(meta: dict, state_step: int, steps_per_epoch: int, epochs: int,
-               where: str) -> None:
-  """Refuses a record that does not fit this run's epochs and data."""
-  epoch, epoch_step = meta.get("epoch"), meta.get("epoch_step", 0)
-  if (not isinstance(epoch_step, int) or not 0 <= epoch_step < steps_per_epoch
-      or not 0 <= epoch <= epochs or
-      meta.get("step") != epoch * steps_per_epoch + epoch_step or
-      state_step != meta.get("step") or
-      (epoch_step and not isinstance(meta.get("sums"), dict))):
+def check_fits(meta: dict, steps_per_epoch: int, where: str) -> None:
+  """Refuses a record of another number of steps per epoch (its checksum
+  vouches for the rest)."""
+  epoch_step = meta.get("epoch_step", 0)
+  if (epoch_step >= steps_per_epoch or
+      meta["step"] != meta["epoch"] * steps_per_epoch + epoch_step):
     raise CheckpointError(
-        f"the latest checkpoint in {where} (step {meta.get('step')}, epoch "
-        f"{epoch}) does not fit this run's {steps_per_epoch} steps per epoch "
-        "(were the data or the batch size changed?); resume with the data and "
-        "--batch_size it was trained with, or pass another --workdir")
+        f"the latest checkpoint in {where} (step {meta['step']}, epoch "
+        f"{meta['epoch']}) does not fit this run's {steps_per_epoch} steps per "
+        "epoch (were the data or the batch size changed?); resume with the "
+        "data and --batch_size it was trained with, or pass another --workdir")

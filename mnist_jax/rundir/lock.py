@@ -4,29 +4,33 @@ LOCK_FILE names the holder for people; a refusal points there.
 """
 
 import contextlib
+import fcntl
 import os
 import socket
 import sys
+import tempfile
 import time
 from typing import Dict, Iterator, Optional, Tuple
-
-try:
-  import fcntl
-except ImportError:  # Not on a POSIX system: runs are not locked.
-  fcntl = None
 
 from mnist_jax.errors import UserError
 from mnist_jax import files
 
 LOCK_FILE = ".lock"
 
-# In `locking()`: real path -> (the fd holding its flock, or None; the
-# outermost folder `claim` created, removed if left empty, or None).
+# In `locking()`: real path -> (the fd holding its flock, or None where the
+# file system has no locks; the outermost folder `claim` created, or None).
 _HELD: Optional[Dict[str, Tuple[Optional[int], Optional[str]]]] = None
 
 
 class InUse(UserError):
   """Another process holds the run folder (it is training or reporting)."""
+
+  def __init__(self, workdir: str, mode: str = "train"):
+    super().__init__(
+        f"{workdir} is in use: another process holds its lock "
+        f"({os.path.join(workdir, LOCK_FILE)} names it); wait for it to end, "
+        + ("or pass another --workdir" if mode == "train" else
+           "then run this again"))
 
 
 def check_writable(workdir: str) -> None:
@@ -40,7 +44,7 @@ def check_writable(workdir: str) -> None:
     raise UserError(f"--workdir={workdir} cannot be a run folder: {target} is "
                     "a file, not a folder; pass a folder path")
   try:
-    files.probe_writable(target)
+    tempfile.TemporaryFile(dir=target).close()  # Creates and removes a file.
   except OSError as e:
     raise UserError(f"--workdir={workdir} is not writable ({target}: "
                     f"{e.strerror or e}); pass a folder you can write to"
@@ -50,97 +54,67 @@ def check_writable(workdir: str) -> None:
 @contextlib.contextmanager
 def locking() -> Iterator[Dict[str, tuple]]:
   """Within, the run folders this process `claim`s stay locked (elsewhere
-  nothing is locked). Yields {real path: lock} of those claimed."""
+  nothing is locked); on leaving, each lock ends and a folder its claim
+  created goes if still empty. Yields {real path: lock} of those claimed."""
   global _HELD
   outer, _HELD = _HELD, {}
   held = _HELD
   try:
     yield held
   finally:
-    for key in list(held):
-      _release(key, *held.pop(key))
     _HELD = outer
+    for folder in list(held):
+      fd, created = held.pop(folder)
+      with contextlib.suppress(OSError):
+        os.remove(os.path.join(folder, LOCK_FILE))
+      with contextlib.suppress(OSError):  # The run wrote something: it stays.
+        while created:
+          os.rmdir(folder)
+          created = folder != created and created
+          folder = os.path.dirname(folder)
+      if fd is not None:
+        os.close(fd)
 
 
 def claim(workdir: str, mode: str = "train", create: bool = True) -> None:
   """In `locking()`, makes this process the one writer of `workdir`: creates
-  it (if `create`), takes the flock, writes LOCK_FILE (`mode`: "train" or
-  "report") and removes what killed writers left. InUse if another holds it."""
+  it (if `create`), takes the flock and writes LOCK_FILE (`mode`: "train" or
+  "report"). InUse if another holds it."""
   key = os.path.realpath(workdir)
-  if _HELD is None or key in _HELD:
+  if _HELD is None or key in _HELD or not (create or os.path.isdir(key)):
     return
   created = None  # The outermost folder this claim makes, if any.
   if not os.path.isdir(key):
-    if not create:
-      return
     check_writable(workdir)
     created = key
     while not os.path.exists(os.path.dirname(created)):
       created = os.path.dirname(created)
-    os.makedirs(os.path.dirname(key), exist_ok=True)
+    os.makedirs(key, exist_ok=True)  # Made by another meanwhile: the lock
+  fd = os.open(key, os.O_RDONLY)     # decides who removes it.
+  for attempt in range(5):  # `in_use` probes hold the lock for an instant.
     try:
-      os.mkdir(key)
-    except FileExistsError:  # Another process made it meanwhile: the lock
-      created = None  # decides, and the folder is not this one's to remove.
-  _HELD[key] = (_lock(key, workdir, mode), created)
-  files.remove_temporary(key)
-  try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      break
+    except BlockingIOError:
+      time.sleep(0.1 * (attempt + 1))
+    except OSError:  # No locks on this file system: the run goes unlocked.
+      os.close(fd)
+      fd = None
+      break
+  else:
+    os.close(fd)
+    raise InUse(workdir, mode)
+  _HELD[key] = (fd, created)
+  with contextlib.suppress(OSError):  # A read-only folder: no note.
     files.write_json(os.path.join(key, LOCK_FILE), {
         "pid": os.getpid(), "host": socket.gethostname(), "mode": mode,
         "command": ["python", *sys.argv], "since": time.strftime(
             "%Y-%m-%dT%H:%M:%S%z")})
-  except OSError:
-    pass  # A read-only folder: the lock holds without the note.
-
-
-def _lock(key: str, workdir: str, mode: str) -> Optional[int]:
-  """An fd of folder `key` holding its flock; None where the file system has
-  no locks (the run goes on unlocked)."""
-  if fcntl is None:
-    return None
-  for attempt in range(5):  # `in_use` probes hold the lock for an instant.
-    try:
-      fd = os.open(key, os.O_RDONLY)
-    except OSError as e:
-      raise UserError(f"{workdir} cannot be read by this user ({e.strerror}); "
-                      "give read access to it, or pass another --workdir"
-                      ) from None
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      os.close(fd)
-      time.sleep(0.1 * (attempt + 1))
-      continue
-    except OSError:
-      os.close(fd)
-      return None
-    with contextlib.suppress(OSError):
-      if os.path.samestat(os.fstat(fd), os.stat(key)):
-        return fd
-    os.close(fd)  # Deleted and made again meanwhile: lock the new folder.
-  raise _in_use_error(workdir, mode)
-
-
-def _release(key: str, fd: Optional[int], created: Optional[str]) -> None:
-  """Ends the hold on `key`; removes the folders `claim` created if still
-  empty."""
-  if fd is None:
-    return
-  with contextlib.suppress(OSError):
-    os.remove(os.path.join(key, LOCK_FILE))
-  folder = key
-  with contextlib.suppress(OSError):  # The run wrote something: it stays.
-    while created:
-      os.rmdir(folder)
-      if folder == created:
-        break
-      folder = os.path.dirname(folder)
-  os.close(fd)
 
 
 def in_use(workdir: str) -> bool:
   """Whether another process holds run folder `workdir` now."""
-  if fcntl is None or os.path.realpath(workdir) in (_HELD or {}):
+  if os.path.realpath(workdir) in (_HELD or {}):
     return False
   try:
     fd = os.open(workdir, os.O_RDONLY)
@@ -160,11 +134,4 @@ def in_use(workdir: str) -> bool:
 def check_not_in_use(workdir: str, mode: str = "train") -> None:
   """Refuses a run folder another process is writing now."""
   if in_use(workdir):
-    raise _in_use_error(workdir, mode)
-
-
-def _in_use_error(workdir: str, mode: str) -> InUse:
-  advice = ("wait for it to end, or pass another --workdir" if mode == "train"
-            else "wait for it to end, then run this again")
-  return InUse(f"{workdir} is in use: another process holds its lock "
-               f"({os.path.join(workdir, LOCK_FILE)} names it); {advice}")
+    raise InUse(workdir, mode)

@@ -24,7 +24,8 @@ class MetricsLog:
     """Keeps the rows of epochs 1..`epoch` (the checkpoint's: later ones are
     trained again), and the final row if `keep_final` (a run being
     completed); the events start over from the same rows."""
-    kept = [r for r in self.read() if is_epoch_row(r) and r["epoch"] <= epoch
+    kept = [r for r in self.read()
+            if isinstance(r.get("epoch"), int) and 1 <= r["epoch"] <= epoch
             or keep_final and "test_accuracy" in r]
     files.write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
     if self.events is not None:
@@ -40,12 +41,6 @@ class MetricsLog:
 
   def read(self) -> List[dict]:
     return read_metrics(self.path)
-
-
-def is_epoch_row(row: dict) -> bool:
-  """Whether `row` is an epoch's row (it has a whole epoch number >= 1)."""
-  epoch = row.get("epoch")
-  return isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 1
 
 
 def read_metrics(path: str) -> List[dict]:

@@ -23,7 +23,6 @@ from mnist_jax.rundir import lock
 from mnist_jax.rundir import metrics_log
 
 CONFIG_FILE = "config.json"
-REPORT_FILE = "report.md"
 PERMUTATION_FILE = "permutation.npy"  # --sequence=permuted: the pixel order.
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
             "tensorflow-datasets", "numpy", "matplotlib", "absl-py",
@@ -148,46 +147,36 @@ def repeat_command(config: config_lib.Config) -> str:
 
 
 def begin(workdir: str, config: config_lib.Config, env: dict, *,
-          existing: bool, overwrite: bool, meta: Optional[dict]) -> None:
-  """Writes config.json as a run starts: a resumption from checkpoint `meta`,
-  or a new run (`overwrite`: emptying the folder first)."""
+          existing: bool = False, overwrite: bool = False,
+          meta: Optional[dict] = None) -> None:
+  """Writes config.json as a run starts: a resumption from checkpoint `meta`
+  appended to its record (when, from which step, what changed, how), or a new
+  run's record (`overwrite`: emptying the folder first), "finished" false."""
   lock.claim(workdir)  # Refuses a run another command began meanwhile.
   if existing and not overwrite:
-    record_resume(workdir, config, env, meta)
-    return
-  if existing:  # Keeps the folder, and so the lock this process holds.
-    for name in set(os.listdir(workdir)) - {lock.LOCK_FILE}:
-      path = os.path.join(workdir, name)
-      if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-      else:
-        os.remove(path)
-  start(workdir, config, env)
-
-
-def start(workdir: str, config: config_lib.Config, env: dict) -> None:
-  """Creates the folder and writes config.json, "finished" false."""
-  os.makedirs(workdir, exist_ok=True)
+    record = read_record(workdir)
+    # Compared as JSON holds them: a tuple (cnn_features) is a list there.
+    settings = json.loads(json.dumps(config.to_dict()))
+    record.setdefault("resumes", []).append({
+        "time": time.strftime(TIME_FORMAT),
+        "from_step": meta["step"] if meta else 0,
+        "changed": {k: v for k, v in settings.items()
+                    if record["config"].get(k) != v},
+        "environment": env})
+  else:
+    if existing:  # Keeps the folder, and so the lock this process holds.
+      for name in set(os.listdir(workdir)) - {lock.LOCK_FILE}:
+        path = os.path.join(workdir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+          shutil.rmtree(path)
+        else:
+          os.remove(path)
+    os.makedirs(workdir, exist_ok=True)
+    record = {"config": config.to_dict(), "environment": env,
+              "repeat": repeat_command(config),
+              "started": time.strftime(TIME_FORMAT)}
   files.write_json(os.path.join(workdir, CONFIG_FILE),
-                   {"config": config.to_dict(), "environment": env,
-                    "repeat": repeat_command(config),
-                    "started": time.strftime(TIME_FORMAT), "finished": False})
-
-
-def record_resume(workdir: str, config: config_lib.Config, env: dict,
-                  meta: Optional[dict]) -> None:
-  """Appends this resumption (when, from which step, how) to config.json."""
-  record = read_record(workdir)
-  # Compared as JSON holds them: a tuple (cnn_features) is a list there.
-  settings = json.loads(json.dumps(config.to_dict()))
-  record.setdefault("resumes", []).append({
-      "time": time.strftime(TIME_FORMAT),
-      "from_step": meta["step"] if meta else 0,
-      "changed": {k: v for k, v in settings.items()
-                  if record["config"].get(k) != v},
-      "environment": env})
-  record["finished"] = False
-  files.write_json(os.path.join(workdir, CONFIG_FILE), record)
+                   {**record, "finished": False})
 
 
 def finish(workdir: str, final: dict) -> None:

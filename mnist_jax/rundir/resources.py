@@ -16,7 +16,6 @@ from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.data import datasets
 from mnist_jax.errors import OutOfResources, UserError, first_line
-from mnist_jax import files
 
 _FULL = "no space left on the disk of {path}; free some space there"
 # What each refusal of the system says: exit 5 for the first three.
@@ -24,9 +23,15 @@ OS_ERRORS = {
     errno.ENOSPC: _FULL, errno.EDQUOT: _FULL,
     errno.EFBIG: "{path} reached this process's file size limit (ulimit -f); "
                  "free some space there",
-    **dict.fromkeys((errno.EROFS, errno.EACCES, errno.EPERM),
-                    "cannot write {path} ({reason}); make it writable"),
+    errno.EROFS: "cannot write {path} ({reason}); make it writable",
+    **dict.fromkeys((errno.EACCES, errno.EPERM), "cannot read or write {path} "
+                    "({reason}); give this user access to it"),
     errno.EIO: "reading or writing {path} failed ({reason}); check that disk"}
+# A full disk or a file past the size limit (exit 5), as libraries' errors say.
+NO_SPACE_TEXT = {
+    errno.ENOSPC: ("No space left on device", "os_error_code='28'"),
+    errno.EDQUOT: ("Disk quota exceeded", "os_error_code='122'"),
+    errno.EFBIG: ("File too large", "os_error_code='27'")}
 OUT_OF_MEMORY = ("RESOURCE_EXHAUSTED", "Out of memory allocating")
 # In a job of several processes: a collective's error (Gloo, on CPUs) or the
 # coordination service's, when another process of the job is gone.
@@ -44,23 +49,11 @@ def parameter_count(config: config_lib.Config) -> int:
 
 
 def size_flags(config: config_lib.Config) -> List[str]:
-  """The Model settings whose growth changes the parameter count."""
-  base = parameter_count(config)
-  found = []
-  for name in config.to_dict():
-    declared = models.setting(name, config.model)
-    if (declared.group != config_lib.MODEL
-        or type(declared.default) not in (int, tuple)):
-      continue
-    value = getattr(config, name)
-    grown = (tuple(v + 1 for v in value) if isinstance(value, tuple)
-             else value + 1)
-    try:
-      if parameter_count(config.replace(**{name: grown})) != base:
-        found.append(f"--{name}")
-    except Exception:  # pylint: disable=broad-except
-      continue  # A size the model cannot take (no pixels left): not this one.
-  return found
+  """The settings that size the model: its own whole numbers, seeds apart."""
+  return [f"--{name}" for name in config.to_dict()
+          if models.setting(name, config.model).group == config_lib.MODEL
+          and type(models.setting(name, config.model).default) in (int, tuple)
+          and not name.endswith("seed")]
 
 
 def lower_advice(config: Optional[config_lib.Config]) -> str:
@@ -70,10 +63,7 @@ def lower_advice(config: Optional[config_lib.Config]) -> str:
     if config.num_seeds > 1 or config.sweep:
       names.append("--num_seeds" if not config.sweep else
                    "--num_seeds or the --sweep values")
-    try:
-      names += size_flags(config)
-    except Exception:  # pylint: disable=broad-except
-      pass  # The advice matters less than the line.
+    names += size_flags(config)
   return "lower " + ", ".join(names)
 
 
@@ -87,6 +77,15 @@ def check_steps(config: config_lib.Config, steps_per_epoch: int) -> None:
         f"{config_lib.INT32_MAX // steps_per_epoch} or a larger --batch_size")
 
 
+def _os_error(exc: BaseException) -> Optional[int]:
+  """The errno of OS_ERRORS that `exc` carries, or names in its text (as
+  tensorstore does of a full disk in orbax's errors); None for another."""
+  if isinstance(exc, OSError) and exc.errno in OS_ERRORS:
+    return exc.errno
+  return next((code for code, texts in NO_SPACE_TEXT.items()
+               if any(text in str(exc) for text in texts)), None)
+
+
 def machine_error(exc: BaseException, where: Optional[str],
                   config: Optional[config_lib.Config] = None
                   ) -> Optional[UserError]:
@@ -95,31 +94,27 @@ def machine_error(exc: BaseException, where: Optional[str],
   5); None for any other (a bug keeps its traceback). where: the folder to
   name if the error names none; config: a training run's, whose settings
   make it smaller."""
-  chain = list(files.chain(exc))
-  found = next(((e.errno, e.filename or where, e.strerror) for e in chain
-                if isinstance(e, OSError) and e.errno in OS_ERRORS), None)
-  code = files.no_space(exc)  # Said only in a library's own error's text.
-  if found is None and code is not None:
-    found = code, where, os.strerror(code)
-  if found is not None:
-    code, path, reason = found
-    kind = OutOfResources if code in (errno.ENOSPC, errno.EDQUOT,
-                                      errno.EFBIG) else UserError
-    return kind(OS_ERRORS[code].format(path=path or "the run folder",
-                                       reason=reason) +
-                ", then run the same command again")
-  for e in chain:
-    if isinstance(e, MemoryError):
-      memory = f"host memory ({first_line(e, 160)})"
-    elif any(text in str(e) for text in OUT_OF_MEMORY):  # XLA's, any device.
-      detail = re.sub(r"^[A-Z_]+: ", "", first_line(e, 160))
+  seen = []
+  while exc is not None and exc not in seen:
+    seen.append(exc)
+    code = _os_error(exc)
+    if code is not None:
+      path = getattr(exc, "filename", None) or where or "the run folder"
+      kind = OutOfResources if code in NO_SPACE_TEXT else UserError
+      return kind(OS_ERRORS[code].format(path=path, reason=os.strerror(code))
+                  + ", then run the same command again")
+    if isinstance(exc, MemoryError):
+      memory = f"host memory ({first_line(exc, 160)})"
+    elif any(text in str(exc) for text in OUT_OF_MEMORY):  # XLA's, any device.
+      detail = re.sub(r"^[A-Z_]+: ", "", first_line(exc, 160))
       memory = f"memory on the {jax.default_backend().upper()} ({detail})"
     elif (jax.distributed.is_initialized() and
-          any(text in str(e) for text in PEER_LOST)):
+          any(text in str(exc) for text in PEER_LOST)):
       return UserError("another process of this job stopped (it crashed or "
-                       f"was killed: {first_line(e, 100)}); start every "
+                       f"was killed: {first_line(exc, 100)}); start every "
                        "process again with its same command (they resume)")
     else:
+      exc = exc.__cause__ or exc.__context__
       continue
     return OutOfResources(f"out of {memory}; " + (
         f"{lower_advice(config)} (a new run), or run it on a machine with "

@@ -6,7 +6,6 @@ import os
 from typing import List, Optional
 
 from mnist_jax import config as config_lib
-from mnist_jax import models
 from mnist_jax.errors import Diverged, UserError
 from mnist_jax.rundir import checkpoints
 from mnist_jax.rundir import lock
@@ -88,11 +87,3 @@ def missing_final_checkpoint(workdir: str) -> Optional[str]:
   latest = f"the latest is step {max(steps)}" if steps else "none is left"
   return (f"the final checkpoint, {checkpoints.directory(workdir)}/"
           f"{final['steps']}, is missing ({latest})")
-
-
-def lower_rate(config: config_lib.Config) -> float:
-  """A learning rate to try after `config`'s diverged: its preset's if
-  lower, else a tenth."""
-  known = models.registry.preset_overrides(config.model, config.preset).get(
-      "learning_rate", config_lib.Config.learning_rate)
-  return known if config.learning_rate > known else config.learning_rate / 10

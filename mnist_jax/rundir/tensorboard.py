@@ -15,7 +15,7 @@ import io
 import os
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from PIL import Image
 
@@ -32,8 +32,6 @@ finally:
 # pylint: disable=g-import-not-at-top,g-bad-import-order
 from tensorboardX.proto.summary_pb2 import Summary
 from mnist_jax import config as config_lib
-from mnist_jax.errors import UserError
-from mnist_jax import files
 from mnist_jax.training import metrics
 
 FLUSH_S = 0.25  # tensorboardX's thread has events on disk this soon.
@@ -54,12 +52,6 @@ NOT_HPARAMS = ("workdir", "data_dir", "mnist_dir", "coordinator_address",
                "num_processes", "process_id", "tensorboard")
 
 
-def members_from_labels(labels: Sequence[Dict]) -> List[Dict]:
-  """Members' labels as Config fields; [] for one."""
-  return [{k: v for k, v in m.items() if k in config_lib.FIELDS}
-          for m in labels] if len(labels) > 1 else []
-
-
 def member_name(values: Dict) -> str:
   """The subfolder of a member: `seed=3`, `seed=3,learning_rate=0.001`."""
   return ",".join(f"{k}={config_lib.value_text(v)}" for k, v in values.items())
@@ -70,21 +62,6 @@ def hparams(config, member: Optional[Dict] = None) -> Dict:
   values = {**config.to_dict(), **({**member, "num_seeds": 1} if member else {})}
   return {k: config_lib.value_text(v) if isinstance(v, (list, tuple)) else v
           for k, v in values.items() if k not in NOT_HPARAMS and v is not None}
-
-
-def check_folders(logdir: str, members: Sequence[Dict]) -> None:
-  """Refuses (UserError) member event folders a resumed run cannot write."""
-  for member in members_from_labels(members):
-    path = os.path.join(logdir, member_name(member))
-    if os.path.lexists(path) and not os.path.isdir(path):
-      raise UserError(f"{path} is a file where TensorBoard events of a member "
-                      "go; move it away, or pass --notensorboard")
-    try:
-      if os.path.isdir(path):
-        files.probe_writable(path)
-    except OSError as e:
-      raise UserError(f"{path} is not writable ({e.strerror or e}); pass "
-                      "--notensorboard, or make it writable") from None
 
 
 def _guarded(method):
@@ -107,25 +84,28 @@ class Writer:
   def __init__(self, logdir: str, config: config_lib.Config,
                members: Sequence[Dict] = ()):
     self.logdir, self._config, self._writers = logdir, config, []
-    self._members, self._last_epoch = members_from_labels(members), 0
+    self._members = [{k: v for k, v in m.items() if k in config_lib.FIELDS}
+                     for m in members] if len(members) > 1 else []
+    self._last_epoch = 0
     self._on = True
 
   @_guarded
   def resume(self, rows: Sequence[Dict] = ()) -> None:
-    """Opens the event files, in place of older ones, with `rows` (those
-    metrics.jsonl keeps)."""
+    """Opens the event files with `rows` (those metrics.jsonl keeps), then
+    deletes the older ones (kept where a folder cannot be written)."""
+    older = []
     for path, values in [(self.logdir, hparams(self._config))] + [
         (os.path.join(self.logdir, member_name(m)), hparams(self._config, m))
         for m in self._members]:
-      older = glob.glob(os.path.join(glob.escape(path), "events.out.tfevents.*"))
+      older += glob.glob(os.path.join(glob.escape(path), "events.out.tfevents.*"))
       # max_queue=0: unbounded, so a failed writer thread cannot block a run.
       writer = tensorboardX.SummaryWriter(
           path, max_queue=0, flush_secs=FLUSH_S,
           filename_suffix=f".{time.time_ns()}")  # Sorts after the older.
       self._writers.append(writer)
       writer.file_writer.add_summary(tensorboardX.summary.hparams(values, {})[1])
-      for name in older:
-        os.remove(name)
+    for name in older:
+      os.remove(name)
     for row in rows:
       self.write(row)
 
