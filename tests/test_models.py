@@ -74,7 +74,7 @@ def test_registry_has_the_six_seed_models():
 @pytest.mark.parametrize("impl", ["stock", "fast"])
 @pytest.mark.parametrize("name", sorted(models.MODELS))
 def test_raw_pixels_in_logits_out_and_seed_parameter_count(name, impl):
-  """Images [B, 28, 28] on the 0-255 scale, uint8 as stored or float (an
+  """Images [B, 28, 28, 1] on the 0-255 scale, uint8 as stored or float (an
   augmented or bfloat16 batch), read alike: the model scales them itself."""
   config = models.get_config(name, "seed")
   model, variables, x = _init(config, impl)
