@@ -9,10 +9,9 @@ from PIL import Image
 import pytest
 
 from tests.conftest import one_per_module_class
-from tests.conftest import write_idx_dir
+from tests.conftest import write_idx, write_idx_dir
 from mnist_jax import models
 from mnist_jax.data import datasets
-from mnist_jax.data import idx
 from mnist_jax.data import pipeline
 from mnist_jax.models import recurrent
 from mnist_jax.results import run as run_lib
@@ -98,8 +97,8 @@ def test_a_dataset_of_another_shape_trains_reports_and_predicts(
   folder.mkdir()
   for part, n, seed in (("train", 120, 0), ("test", 60, 1)):
     images, labels = _bars(n, seed)
-    idx.write(str(folder / SHAPED.file_names[f"{part}_images"]), images)
-    idx.write(str(folder / SHAPED.file_names[f"{part}_labels"]), labels)
+    write_idx(str(folder / SHAPED.file_names[f"{part}_images"]), images)
+    write_idx(str(folder / SHAPED.file_names[f"{part}_labels"]), labels)
   workdir = str(tmp_path / "run")
   config = models.get_config(
       model, "seed", dataset=SHAPED.name, mnist_dir=str(folder),
