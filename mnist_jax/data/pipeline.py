@@ -212,9 +212,10 @@ def _network_reachable(url: str, timeout: float = 3.0) -> bool:
 
 
 def _download(info: datasets.DatasetInfo, data_dir: str) -> dict:
-  """The dataset's files, downloaded by tfds's download manager into
+  """The dataset's `.gz` files, downloaded by tfds's download manager into
   <data_dir>/downloads (or found there) and checked by it against
-  checksums.tsv: FILE_KEYS -> path. tfds is imported only here."""
+  checksums.tsv: FILE_KEYS -> path. An archive's are extracted by zipfile
+  (tfds's extractor would need TensorFlow). tfds is imported only here."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tfds.display_progress_bar(False)  # No escape codes in a log.
   folder = os.path.join(data_dir, "downloads")
@@ -222,7 +223,15 @@ def _download(info: datasets.DatasetInfo, data_dir: str) -> dict:
       download_dir=folder,
       url_infos=tfds.download.checksums.load_url_infos(CHECKSUMS))
   try:
-    return _downloaded_files(manager, info, os.path.join(folder, "extracted"))
+    if info.url.endswith(".zip"):
+      with zipfile.ZipFile(os.fspath(manager.download(info.url))) as archive:
+        return {key: archive.extract(f"{info.archive_folder}/{stem}.gz",
+                                     os.path.join(folder, "extracted",
+                                                  info.name))
+                for key, stem in info.file_names.items()}
+    paths = manager.download(dict(zip(datasets.FILE_KEYS,
+                                      download_urls(info.name))))
+    return {key: os.fspath(path) for key, path in paths.items()}
   except Exception as e:  # pylint: disable=broad-except
     name = type(e).__name__
     if not any(word in name for word in ("Checksum", "Connection", "Download",
@@ -230,20 +239,6 @@ def _download(info: datasets.DatasetInfo, data_dir: str) -> dict:
       raise
     raise UserError(f"downloading {info.name} failed ({name}); pass "
                     "--mnist_dir=DIR with the four IDX files") from None
-
-
-def _downloaded_files(manager, info: datasets.DatasetInfo, extract_to) -> dict:
-  """FILE_KEYS -> path of the `.gz` files `manager` downloads. An archive's
-  are extracted into `extract_to` by zipfile (tfds's extractor would need
-  TensorFlow)."""
-  if info.url.endswith(".zip"):
-    with zipfile.ZipFile(os.fspath(manager.download(info.url))) as archive:
-      return {key: archive.extract(f"{info.archive_folder}/{stem}.gz",
-                                   os.path.join(extract_to, info.name))
-              for key, stem in info.file_names.items()}
-  paths = manager.download(dict(zip(datasets.FILE_KEYS,
-                                    download_urls(info.name))))
-  return {key: os.fspath(path) for key, path in paths.items()}
 
 
 @contextlib.contextmanager
