@@ -109,8 +109,8 @@ def test_every_declared_download_has_a_recorded_checksum():
 
 def test_a_download_without_a_recorded_checksum_is_refused(tmp_path,
                                                            monkeypatch):
-  info = datasets.DatasetInfo("unchecked", "1.0.0", "https://example.invalid/x/",
-                              "A dataset whose checksums are unknown.")
+  info = datasets.DatasetInfo("unchecked", "1.0.0",
+                              "https://example.invalid/x/")
   monkeypatch.setitem(datasets.DATASETS, "unchecked", info)
   with pytest.raises(UserError, match="no checksum of https://example.invalid/x/"
                      "train-images-idx3-ubyte.gz is recorded"):

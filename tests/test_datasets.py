@@ -57,8 +57,8 @@ def test_every_model_has_a_valid_best_preset():
 # A dataset of another shape, declared here: 16x12 images, 3 classes (a bar
 # across rows 2-5, 6-9 or 10-13). It replaces kmnist's declaration, as
 # --dataset's choices are read when config.py is imported.
-SHAPED = datasets.DatasetInfo("kmnist", "1.0.0", "", "Bars, 16x12, 3 classes.",
-                              ("top", "middle", "bottom"), (16, 12, 1))
+SHAPED = datasets.DatasetInfo(  # Bars, 16x12, 3 classes.
+    "kmnist", "1.0.0", "", ("top", "middle", "bottom"), (16, 12, 1))
 SMALL = dict(mlp_hidden=(8,), cnn_features=(4,), cnn_dense=8, hidden=4)
 
 

@@ -28,8 +28,8 @@ from mnist_jax.training import metrics
 # The dataset: its files are IDX images [N, 16, 12, 3]; class k lights
 # channel k of a band of rows.
 STRIPES = datasets.DatasetInfo(
-    "stripes", "1.0.0", "", "Coloured stripes: 16x12 RGB, 3 classes.",
-    ("red", "green", "blue"), (16, 12, 3), train_size=240)
+    "stripes", "1.0.0", "", ("red", "green", "blue"), (16, 12, 3),
+    train_size=240)
 
 
 class SeparableCNN(nn.Module):
