@@ -21,7 +21,7 @@ import numpy as np
 
 from mnist_jax.data import datasets
 from mnist_jax.data import idx
-from mnist_jax.errors import UserError
+from mnist_jax.errors import UserError, first_line
 from mnist_jax import files
 
 # Each download's URL, size and SHA-256, in tfds's checksums format.
@@ -104,10 +104,9 @@ def _read_cache(path: str, info: datasets.DatasetInfo):
     with np.load(path) as z:
       return {k: z[k] for k in datasets.FILE_KEYS}
   except Exception as e:  # pylint: disable=broad-except
-    reason = (str(e).strip().splitlines() or [""])[0][:160]
     raise UserError(
         f"the prepared {info.name} in {os.path.dirname(path)} is damaged "
-        f"({type(e).__name__}: {reason}); delete that folder to prepare it "
+        f"({type(e).__name__}: {first_line(e, 160)}); delete that folder to prepare it "
         "again (offline: with --mnist_dir=DIR)") from None
 
 

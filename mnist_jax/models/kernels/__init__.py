@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mnist_jax.errors import first_line
 from mnist_jax.models import cnn
 from mnist_jax.models.kernels import conv_pool
 from mnist_jax.models.kernels import lowered as lowered_lib
@@ -107,9 +108,7 @@ def _check(stock: nn.Module, fast: nn.Module, what: str, images,
   try:
     why = _difference(stock, fast, images)
   except Exception as e:  # pylint: disable=broad-except
-    reason = (str(e).strip().splitlines() or [""])[0][:160]
-    why = f"its check raised {type(e).__name__}" + (
-        f": {reason}" if reason else "")
+    why = f"its check raised {type(e).__name__}: {first_line(e, 160)}"
   return why, {"check_s": round(time.perf_counter() - start, 3),
                "passed": why is None}
 
