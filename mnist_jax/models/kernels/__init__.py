@@ -2,13 +2,13 @@
 
 A kernel (KERNELS) is a subclass of one stock module class that computes the
 whole module faster: same attributes and parameter tree, so either reads the
-other's checkpoints.
-Where no kernel computes the module as it is now, `lowered.Lowered` runs the
-module as written with its library layers (nn.Conv, nn.RNN) lowered. Either
-runs only after one jitted check on a random batch that it computes the stock
-module, edits included, in training and evaluation (float32 tolerance); else
-(an exception in the check too) the run keeps the stock module and says why in
-one line, as it names the layers no lowering takes.
+other's checkpoints. Where no kernel computes the module as it is now,
+`lowered.Lowered` runs the module as written with its library layers (nn.Conv,
+nn.RNN) lowered. Either runs only after one jitted check on a random batch
+that it computes the stock module, edits and attribute values included, in
+training and evaluation (float32 tolerance); else (an exception in the check
+too) the run keeps the stock module and says why in one line, as it names the
+layers no lowering takes.
 """
 
 import dataclasses
