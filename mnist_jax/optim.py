@@ -108,9 +108,8 @@ def held(opt_state) -> Dict[str, jax.Array]:
 
 def with_hyperparams(opt_state, config):
   """`opt_state` holding `config`'s numbers (a sweep member's)."""
-  dtypes = {k: v.dtype for k, v in held(opt_state).items()}
-  return optax.tree_utils.tree_set(opt_state, hyperparams={
-      k: jnp.asarray(v, dtypes[k]) for k, v in hyperparams(config).items()})
+  return optax.tree_utils.tree_set(
+      opt_state, hyperparams=jax.tree.map(jnp.asarray, hyperparams(config)))
 
 
 def learning_rate(opt_state, multiplier: optax.Schedule) -> jax.Array:

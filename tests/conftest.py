@@ -1,8 +1,10 @@
 """Shared fixtures: small synthetic IDX datasets, never the real MNIST."""
 
 import functools
+import gzip
 import io
 import os
+import struct
 import tempfile
 
 import jax
@@ -10,7 +12,6 @@ import numpy as np
 import pytest
 
 from mnist_jax.data import datasets
-from mnist_jax.data import idx
 
 # One fresh persistent compilation cache per test session, never the user's:
 # the many tests that train the same tiny model, in this process or in child
@@ -99,6 +100,17 @@ def synthetic_classes(n: int, num_classes: int, seed: int = 0):
   return images, labels
 
 
+def write_idx(path, array, compress=False):
+  """Writes uint8 images [N, H, W] (grey) or [N, H, W, C], or labels [N], as
+  an IDX file: a big-endian magic (0x08, then the number of axes), the axes'
+  sizes, the bytes."""
+  array = np.asarray(array, np.uint8)
+  data = struct.pack(f">I{array.ndim}I", 0x0800 + array.ndim,
+                     *array.shape) + array.tobytes()
+  with open(path, "wb") as f:
+    f.write(gzip.compress(data) if compress else data)
+
+
 def write_idx_dir(folder, n_train=600, n_test=200, compress=True, seed=0,
                   dataset="mnist"):
   """Writes the four IDX files of a synthetic `dataset` into folder, named and
@@ -116,7 +128,7 @@ def write_idx_dir(folder, n_train=600, n_test=200, compress=True, seed=0,
                                 else images)
     arrays[f"{part}_labels"] = labels + info.first_label
   for key, name in info.file_names.items():
-    idx.write(os.path.join(folder, name + suffix), arrays[key], compress)
+    write_idx(os.path.join(folder, name + suffix), arrays[key], compress)
   return str(folder)
 
 

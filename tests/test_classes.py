@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import synthetic_classes
-from tests.conftest import write_idx_dir
+from tests.conftest import write_idx, write_idx_dir
 from mnist_jax import models
 from mnist_jax.data import datasets
 from mnist_jax.data import idx
@@ -62,8 +62,8 @@ def test_emnist_declares_its_classes():
 def test_letters_labels_start_at_zero_and_images_read_upright(tmp_path):
   images = np.zeros((3, 28, 28), np.uint8)
   images[:, 0, 5] = 255  # Stored transposed: upright, this is row 5, column 0.
-  idx.write(str(tmp_path / "x"), images)
-  idx.write(str(tmp_path / "y"), np.array([1, 2, 26], np.uint8))
+  write_idx(str(tmp_path / "x"), images)
+  write_idx(str(tmp_path / "y"), np.array([1, 2, 26], np.uint8))
   read, labels = idx.read_pair(str(tmp_path / "x"), str(tmp_path / "y"),
                                datasets.get("emnist_letters"))
   assert labels.tolist() == [0, 1, 25] and labels.dtype == np.int32
@@ -73,7 +73,7 @@ def test_letters_labels_start_at_zero_and_images_read_upright(tmp_path):
                                datasets.get("emnist_balanced"))
   assert labels.tolist() == [1, 2, 26] and read[:, 5, 0, 0].sum() == 3 * 255
   # MNIST's files are read as stored.
-  idx.write(str(tmp_path / "digits"), np.array([1, 2, 9], np.uint8))
+  write_idx(str(tmp_path / "digits"), np.array([1, 2, 9], np.uint8))
   read, labels = idx.read_pair(str(tmp_path / "x"), str(tmp_path / "digits"))
   assert read[:, 0, 5, 0].tolist() == [255] * 3 and labels.tolist() == [1, 2, 9]
 
@@ -85,8 +85,8 @@ def test_letters_labels_start_at_zero_and_images_read_upright(tmp_path):
     ("mnist", 10, "labels must be 0-9"),
 ])
 def test_labels_outside_the_dataset_are_refused(tmp_path, dataset, label, says):
-  idx.write(str(tmp_path / "x"), np.zeros((2, 28, 28), np.uint8))
-  idx.write(str(tmp_path / "y"), np.array([1, label], np.uint8))
+  write_idx(str(tmp_path / "x"), np.zeros((2, 28, 28), np.uint8))
+  write_idx(str(tmp_path / "y"), np.array([1, label], np.uint8))
   with pytest.raises(idx.IdxError, match=says):
     idx.read_pair(str(tmp_path / "x"), str(tmp_path / "y"),
                   datasets.get(dataset))
@@ -109,8 +109,8 @@ def test_every_declared_download_has_a_recorded_checksum():
 
 def test_a_download_without_a_recorded_checksum_is_refused(tmp_path,
                                                            monkeypatch):
-  info = datasets.DatasetInfo("unchecked", "1.0.0", "https://example.invalid/x/",
-                              "A dataset whose checksums are unknown.")
+  info = datasets.DatasetInfo("unchecked", "1.0.0",
+                              "https://example.invalid/x/")
   monkeypatch.setitem(datasets.DATASETS, "unchecked", info)
   with pytest.raises(UserError, match="no checksum of https://example.invalid/x/"
                      "train-images-idx3-ubyte.gz is recorded"):

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import synthetic_digits, write_idx_dir
+from conftest import synthetic_digits, write_idx, write_idx_dir
 from mnist_jax.data import datasets
 from mnist_jax.data import idx
 from mnist_jax import models
@@ -278,8 +278,8 @@ def test_network_probe_reports_a_closed_port():
 
 def test_idx_rejects_inconsistent_pair(tmp_path):
   x, y = synthetic_digits(10)
-  idx.write(str(tmp_path / "x"), x)
-  idx.write(str(tmp_path / "y"), y[:9])
+  write_idx(str(tmp_path / "x"), x)
+  write_idx(str(tmp_path / "y"), y[:9])
   with pytest.raises(idx.IdxError, match="10 images but"):
     idx.read_pair(str(tmp_path / "x"), str(tmp_path / "y"))
 

@@ -9,10 +9,9 @@ from PIL import Image
 import pytest
 
 from tests.conftest import one_per_module_class
-from tests.conftest import write_idx_dir
+from tests.conftest import write_idx, write_idx_dir
 from mnist_jax import models
 from mnist_jax.data import datasets
-from mnist_jax.data import idx
 from mnist_jax.data import pipeline
 from mnist_jax.models import recurrent
 from mnist_jax.results import run as run_lib
@@ -58,8 +57,8 @@ def test_every_model_has_a_valid_best_preset():
 # A dataset of another shape, declared here: 16x12 images, 3 classes (a bar
 # across rows 2-5, 6-9 or 10-13). It replaces kmnist's declaration, as
 # --dataset's choices are read when config.py is imported.
-SHAPED = datasets.DatasetInfo("kmnist", "1.0.0", "", "Bars, 16x12, 3 classes.",
-                              ("top", "middle", "bottom"), (16, 12, 1))
+SHAPED = datasets.DatasetInfo(  # Bars, 16x12, 3 classes.
+    "kmnist", "1.0.0", "", ("top", "middle", "bottom"), (16, 12, 1))
 SMALL = dict(mlp_hidden=(8,), cnn_features=(4,), cnn_dense=8, hidden=4)
 
 
@@ -98,8 +97,8 @@ def test_a_dataset_of_another_shape_trains_reports_and_predicts(
   folder.mkdir()
   for part, n, seed in (("train", 120, 0), ("test", 60, 1)):
     images, labels = _bars(n, seed)
-    idx.write(str(folder / SHAPED.file_names[f"{part}_images"]), images)
-    idx.write(str(folder / SHAPED.file_names[f"{part}_labels"]), labels)
+    write_idx(str(folder / SHAPED.file_names[f"{part}_images"]), images)
+    write_idx(str(folder / SHAPED.file_names[f"{part}_labels"]), labels)
   workdir = str(tmp_path / "run")
   config = models.get_config(
       model, "seed", dataset=SHAPED.name, mnist_dir=str(folder),

@@ -238,12 +238,6 @@ def test_dense_cfirst_matches_flatten_then_dense():
   _assert_trees_close(*grads)
 
 
-def test_conv_relu_pool_rejects_unknown_padding():
-  with pytest.raises(ValueError, match="VALID or SAME"):
-    conv_pool.conv_relu_pool(jnp.zeros((1, 8, 8, 2)), jnp.zeros((3, 3, 1, 4)),
-                             jnp.zeros(4), padding="FULL")
-
-
 @pytest.mark.parametrize("features,kernel_size,padding,dropout,train", [
     pytest.param((4, 8), 3, "VALID", 0.25, True, marks=pytest.mark.slow),
     pytest.param((4, 8, 16), 3, "SAME", 0.25, True,  # the `best` preset's shape

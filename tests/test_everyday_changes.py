@@ -16,20 +16,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from conftest import write_idx
 from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax import modes
 from mnist_jax import optim
 from mnist_jax.data import datasets
-from mnist_jax.data import idx
 from mnist_jax.models import registry
 from mnist_jax.training import metrics
 
 # The dataset: its files are IDX images [N, 16, 12, 3]; class k lights
 # channel k of a band of rows.
 STRIPES = datasets.DatasetInfo(
-    "stripes", "1.0.0", "", "Coloured stripes: 16x12 RGB, 3 classes.",
-    ("red", "green", "blue"), (16, 12, 3), train_size=240)
+    "stripes", "1.0.0", "", ("red", "green", "blue"), (16, 12, 3),
+    train_size=240)
 
 
 class SeparableCNN(nn.Module):
@@ -80,8 +80,8 @@ def _stripes(folder, seed):
     images = rng.integers(0, 40, (n, 16, 12, 3)).astype(np.uint8)
     for i, k in enumerate(labels):
       images[i, 4:12, :, k] = 230
-    idx.write(str(folder / STRIPES.file_names[f"{part}_images"]), images)
-    idx.write(str(folder / STRIPES.file_names[f"{part}_labels"]), labels)
+    write_idx(str(folder / STRIPES.file_names[f"{part}_images"]), images)
+    write_idx(str(folder / STRIPES.file_names[f"{part}_labels"]), labels)
 
 
 def test_a_dataset_a_model_a_metric_and_an_optimizer_each_one_entry(

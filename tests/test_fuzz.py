@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import launch_helpers as lh
+from conftest import write_idx
 from mnist_jax import models
 from mnist_jax.data import idx
 from mnist_jax.errors import UserError
@@ -86,8 +87,8 @@ def test_idx_corrupted_header(kind, data):
 
 def test_idx_read_pair_rejects_mismatched_counts(tmp_path):
   images, labels = tmp_path / "i", tmp_path / "l"
-  idx.write(str(images), np.zeros((3, 28, 28), np.uint8))
-  idx.write(str(labels), np.zeros((2,), np.uint8))
+  write_idx(str(images), np.zeros((3, 28, 28), np.uint8))
+  write_idx(str(labels), np.zeros((2,), np.uint8))
   with pytest.raises(idx.IdxError, match="3 images but"):
     idx.read_pair(str(images), str(labels))
 

@@ -53,8 +53,12 @@ def _images():
   return np.zeros((2, *SHAPE), np.uint8)
 
 
+def _random_images():
+  return np.random.default_rng(0).integers(0, 256, (4, *SHAPE), np.uint8)
+
+
 FAST_MODELS = tuple(name for name in models.MODELS
-                    if kernels.kernel_for(_stock(name)) is not None)
+                    if type(_stock(name)) in kernels.KERNELS)
 # The models no kernel computes whose layers some lowering takes.
 LOWERED_MODELS = tuple(
     name for name in models.MODELS if name not in FAST_MODELS
@@ -81,7 +85,7 @@ def test_the_registry_has_kernels_and_lowered_models():
 @pytest.mark.parametrize("name", FAST_MODELS)
 def test_auto_on_cpu_runs_the_kernel_once_checked(name):
   module, note, record = _swap(name, "auto", "cpu")
-  kernel = kernels.kernel_for(_stock(name))
+  kernel = kernels.KERNELS.get(type(_stock(name)))
   assert type(module) is kernel and note is None
   assert {k: v for k, v in record.items() if k != "check_s"} == {
       "impl": "auto", "module": NAMES[kernel], "kernel": NAMES[kernel],
@@ -121,28 +125,28 @@ def test_auto_elsewhere_runs_stock_unchecked(name, backend):
       type(stock), record["module"])}
 
 
-@pytest.mark.parametrize("name,overrides,missing", [
-    ("cnn", dict(cnn_batch_norm=True), "batch_norm=True"),
-    ("cnn", dict(cnn_kernel=5), "kernel_size=5"),
-    pytest.param("cnn", dict(cnn_kernel=2, cnn_padding="SAME"), "kernel_size=2",
+@pytest.mark.parametrize("name,overrides,why", [
+    ("cnn", dict(cnn_batch_norm=True), "it keeps no batch_stats"),
+    ("cnn", dict(cnn_kernel=5), "its parameters are not the stock module's"),
+    pytest.param("cnn", dict(cnn_kernel=2, cnn_padding="SAME"),
+                 "its parameters are not the stock module's",
                  marks=pytest.mark.slow)])
-def test_a_cnn_the_kernel_does_not_take_runs_as_written_its_convs_lowered(
-    name, overrides, missing):
-  """An attribute value the kernel lacks: the stock module itself with its
-  convolutions as matmuls (checked), and one line naming both files, why,
-  and the lowering; under --impl=fast on a GPU too."""
+def test_a_cnn_the_kernel_does_not_compute_runs_as_written_its_convs_lowered(
+    name, overrides, why):
+  """Attributes the kernel does not compute fail its check: the stock module
+  itself with its convolutions as matmuls (checked), and one line naming
+  both files, why, and the lowering; under --impl=fast on a GPU too."""
   for impl, backend in (("auto", "cpu"), ("fast", "cpu"), ("fast", "gpu")):
     stock = _stock(name, impl=impl, **overrides)
     module, note, record = kernels.swap(stock, impl, SHAPE, backend)
     assert type(module) is lowered.Lowered and module.stock is stock
     assert note == (f"the fast kernel {NAMES[conv_pool.CNN]} does not compute "
-                    f"{NAMES[cnn.CNN]} (it has no {missing}): training the "
-                    f"stock module, its layers lowered by {CONV_MATMUL}")
+                    f"{NAMES[cnn.CNN]} ({why}): training the stock module, "
+                    f"its layers lowered by {CONV_MATMUL}")
     assert record["passed"] is False and record["module"] == NAMES[cnn.CNN]
     assert record["layers"]["passed"] is True
     assert record["layers"]["lowered"] == {"conv_0": CONV_MATMUL,
                                            "conv_1": CONV_MATMUL}
-  assert kernels.kernel_for(stock) is None
   # --impl=auto on a GPU does not ask for a kernel there: nothing to say.
   assert kernels.swap(stock, "auto", SHAPE, "gpu")[1] is None
 
@@ -188,7 +192,7 @@ def test_fast_runs_the_kernel_on_any_backend_and_stock_never(name):
   for backend in ("cpu", "gpu", "tpu"):
     module, note, record = _swap(name, "fast", backend)
     if name in FAST_MODELS:
-      assert type(module) is kernels.kernel_for(_stock(name))
+      assert type(module) is kernels.KERNELS.get(type(_stock(name)))
       assert record["passed"] is True
     else:
       assert type(module) is lowered.Lowered
@@ -208,13 +212,8 @@ def test_unknown_impl_is_a_one_line_error():
 
 @pytest.mark.parametrize("name", FAST_MODELS)
 def test_kernels_take_their_stock_modules_attributes(name):
-  """A kernel subclasses its stock module (its attributes and defaults); the
-  attributes whose values it limits are the ones swap refuses when set
-  otherwise (listed here, so that a new one is a decision)."""
-  stock, kernel = type(_stock(name)), kernels.kernel_for(_stock(name))
-  assert issubclass(kernel, stock)
-  assert kernel.ACCEPTS == {cnn.CNN: {"batch_norm": (False,),
-                                      "kernel_size": (3,)}}[stock]
+  """A kernel subclasses its stock module (its attributes and defaults)."""
+  assert issubclass(kernels.KERNELS[type(_stock(name))], type(_stock(name)))
 
 
 @pytest.mark.parametrize("overrides,hint", [
@@ -330,7 +329,7 @@ def test_the_check_compares_training_evaluation_and_state(monkeypatch, kernel,
   state training updates fails the check, NaN included (it compares false
   with everything); the stock module then runs, as one line says; the stock
   module itself passes."""
-  assert kernels._difference(_Dense(), _Dense(), SHAPE) is None
+  assert kernels._difference(_Dense(), _Dense(), _random_images()) is None
   module, note, record = _swap_dense(monkeypatch, kernel)
   assert type(module) is _Dense and record["passed"] is False
   assert note.startswith(
@@ -390,7 +389,7 @@ def test_convs_as_matmuls_compute_the_module_and_keep_its_variables(
   assert record["layers"]["lowered"] == {"Conv_0": CONV_MATMUL,
                                          "Conv_1": CONV_MATMUL}
   assert record["uncovered"] == {"strided convolutions": ["Conv_2"]}
-  assert kernels._difference(stock, module, SHAPE) is None
+  assert kernels._difference(stock, module, _random_images()) is None
   images = synthetic_digits(6, seed=1)[0]
   variables = stock.init(jax.random.key(0), images)
   assert jax.tree.map(np.shape, module.init(jax.random.key(0), images)) == (

@@ -43,10 +43,10 @@ def _module(config, impl="stock"):
   """The model's stock module, or with impl="fast" the module a run gets:
   its kernel where one passes the start-up check (asserted)."""
   stock = models.get(config.model).stock(config)
-  if impl == "stock" or kernels.kernel_for(stock) is None:
+  if impl == "stock" or type(stock) not in kernels.KERNELS:
     return stock
   module, note, _ = kernels.swap(stock, "fast", (28, 28, 1), "cpu")
-  assert type(module) is kernels.kernel_for(stock), note
+  assert type(module) is kernels.KERNELS[type(stock)], note
   return module
 
 
@@ -200,8 +200,8 @@ def test_batch_norm_refuses_the_kernel_in_one_line(impl, backend):
   # convolutions are matmuls (checked equal, batch statistics included).
   assert type(module) is lowered.Lowered and module.stock is stock
   assert note == ("the fast kernel mnist_jax/models/kernels/conv_pool.py's CNN "
-                  "does not compute mnist_jax/models/cnn.py's CNN (it has no "
-                  "batch_norm=True): training the stock module, its layers "
+                  "does not compute mnist_jax/models/cnn.py's CNN (it keeps no "
+                  "batch_stats): training the stock module, its layers "
                   "lowered by mnist_jax/models/kernels/conv_matmul.py")
   assert record["passed"] is False and record["layers"]["passed"] is True
   assert record["module"].endswith("cnn.py's CNN")
@@ -221,8 +221,8 @@ def test_a_batch_norm_run_trains_reports_and_predicts(prepared, tmp_path):
       data_dir=data_dir, workdir=workdir, **BN)
   stream = io.StringIO()
   final = rundir_run.train_and_evaluate(config, workdir, stream=stream)
-  assert "does not compute mnist_jax/models/cnn.py's CNN (it has no " \
-         "batch_norm=True)" in stream.getvalue()
+  assert "does not compute mnist_jax/models/cnn.py's CNN (it keeps no " \
+         "batch_stats)" in stream.getvalue()
   assert final["test_accuracy"] > 0.5, final  # Ten classes: chance is 0.1.
   with open(os.path.join(workdir, "config.json")) as f:
     recorded = json.load(f)

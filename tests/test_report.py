@@ -239,8 +239,8 @@ def test_a_run_that_did_not_learn_says_so_atop_its_report(tiny_run, tmp_path):
 # A dataset of colour images, declared here (in kmnist's place: --dataset's
 # choices are read when config.py is imported): 12x10, class c lit in
 # channel c.
-COLOUR = datasets.DatasetInfo("kmnist", "1.0.0", "", "Colour bars, 3 classes.",
-                              ("red", "green", "blue"), (12, 10, 3))
+COLOUR = datasets.DatasetInfo("kmnist", "1.0.0", "", ("red", "green", "blue"),
+                              (12, 10, 3))  # Colour bars, 3 classes.
 
 
 def test_a_colour_datasets_run_is_drawn_in_colour_and_predict_refuses_it(

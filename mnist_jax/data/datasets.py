@@ -29,7 +29,6 @@ class DatasetInfo:
   name: str
   version: str
   url: str
-  description: str
   class_names: Tuple[str, ...] = DIGITS
   image_shape: Tuple[int, int, int] = (28, 28, 1)
   train_size: int = 60_000
@@ -63,30 +62,23 @@ def _emnist_files(split: str) -> Tuple[str, ...]:
 DATASETS = {d.name: d for d in (
     DatasetInfo("mnist", "3.0.1",
                 "https://storage.googleapis.com/cvdf-datasets/mnist/",
-                "The MNIST database of handwritten digits.",
                 labels_sha256="65a50cbbf4e906d70832878ad85ccda5"
                 "333a97f0f4c3dd2ef09a8a9eef7101c5"),
     DatasetInfo("fashion_mnist", "3.0.1",
                 "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-                "Fashion-MNIST: Zalando article images, 10 classes.",
                 ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")),
     DatasetInfo("kmnist", "3.0.1",
                 "http://codh.rois.ac.jp/kmnist/dataset/kmnist/",
-                "Kuzushiji-MNIST: cursive Japanese characters, 10 classes.",
                 ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")),
     # EMNIST's own classes: balanced merges the 15 lower-case letters whose
     # shape is their capital's (c, i, j, k, l, m, o, p, s, u, v, w, x, y, z).
     DatasetInfo("emnist_balanced", "1.0.0", EMNIST_URL,
-                "EMNIST Balanced: handwritten digits and letters, 47 classes, "
-                "upright.",
                 DIGITS + tuple(string.ascii_uppercase) + tuple("abdefghnqrt"),
                 train_size=112_800, files=_emnist_files("balanced"),
                 archive_folder="gzip", transposed=True),
     # Letters: upper and lower case together; the files label them 1..26.
     DatasetInfo("emnist_letters", "1.0.0", EMNIST_URL,
-                "EMNIST Letters: handwritten letters A-Z (either case), 26 "
-                "classes, upright.",
                 tuple(string.ascii_uppercase), train_size=88_800,
                 files=_emnist_files("letters"), archive_folder="gzip",
                 first_label=1, transposed=True),

@@ -1,4 +1,4 @@
-"""Reading and writing the IDX format the MNIST files come in; every malformed
+"""Reading the IDX format the MNIST files come in; every malformed
 input raises a one-line `IdxError` naming the file."""
 
 import gzip
@@ -86,12 +86,3 @@ def read_pair(images_path: str, labels_path: str,
     images = np.ascontiguousarray(images.transpose(0, 2, 1, 3))
   return images, labels.astype(np.int32) - low
 
-
-def write(path: str, array: np.ndarray, compress: bool = False) -> None:
-  """Writes uint8 images [N, H, W] (grey) or [N, H, W, C], or labels [N], as
-  an IDX file (for tests)."""
-  array = np.asarray(array, np.uint8)
-  magic = {1: LABELS_MAGIC, 3: IMAGES_MAGIC, 4: COLOUR_MAGIC}[array.ndim]
-  data = struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.tobytes()
-  with open(path, "wb") as f:
-    f.write(gzip.compress(data) if compress else data)

@@ -21,7 +21,7 @@ import numpy as np
 
 from mnist_jax.data import datasets
 from mnist_jax.data import idx
-from mnist_jax.errors import UserError
+from mnist_jax.errors import UserError, first_line
 from mnist_jax import files
 
 # Each download's URL, size and SHA-256, in tfds's checksums format.
@@ -104,10 +104,9 @@ def _read_cache(path: str, info: datasets.DatasetInfo):
     with np.load(path) as z:
       return {k: z[k] for k in datasets.FILE_KEYS}
   except Exception as e:  # pylint: disable=broad-except
-    reason = (str(e).strip().splitlines() or [""])[0][:160]
     raise UserError(
         f"the prepared {info.name} in {os.path.dirname(path)} is damaged "
-        f"({type(e).__name__}: {reason}); delete that folder to prepare it "
+        f"({type(e).__name__}: {first_line(e, 160)}); delete that folder to prepare it "
         "again (offline: with --mnist_dir=DIR)") from None
 
 
@@ -212,9 +211,10 @@ def _network_reachable(url: str, timeout: float = 3.0) -> bool:
 
 
 def _download(info: datasets.DatasetInfo, data_dir: str) -> dict:
-  """The dataset's files, downloaded by tfds's download manager into
+  """The dataset's `.gz` files, downloaded by tfds's download manager into
   <data_dir>/downloads (or found there) and checked by it against
-  checksums.tsv: FILE_KEYS -> path. tfds is imported only here."""
+  checksums.tsv: FILE_KEYS -> path. An archive's are extracted by zipfile
+  (tfds's extractor would need TensorFlow). tfds is imported only here."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tfds.display_progress_bar(False)  # No escape codes in a log.
   folder = os.path.join(data_dir, "downloads")
@@ -222,7 +222,15 @@ def _download(info: datasets.DatasetInfo, data_dir: str) -> dict:
       download_dir=folder,
       url_infos=tfds.download.checksums.load_url_infos(CHECKSUMS))
   try:
-    return _downloaded_files(manager, info, os.path.join(folder, "extracted"))
+    if info.url.endswith(".zip"):
+      with zipfile.ZipFile(os.fspath(manager.download(info.url))) as archive:
+        return {key: archive.extract(f"{info.archive_folder}/{stem}.gz",
+                                     os.path.join(folder, "extracted",
+                                                  info.name))
+                for key, stem in info.file_names.items()}
+    paths = manager.download(dict(zip(datasets.FILE_KEYS,
+                                      download_urls(info.name))))
+    return {key: os.fspath(path) for key, path in paths.items()}
   except Exception as e:  # pylint: disable=broad-except
     name = type(e).__name__
     if not any(word in name for word in ("Checksum", "Connection", "Download",
@@ -230,20 +238,6 @@ def _download(info: datasets.DatasetInfo, data_dir: str) -> dict:
       raise
     raise UserError(f"downloading {info.name} failed ({name}); pass "
                     "--mnist_dir=DIR with the four IDX files") from None
-
-
-def _downloaded_files(manager, info: datasets.DatasetInfo, extract_to) -> dict:
-  """FILE_KEYS -> path of the `.gz` files `manager` downloads. An archive's
-  are extracted into `extract_to` by zipfile (tfds's extractor would need
-  TensorFlow)."""
-  if info.url.endswith(".zip"):
-    with zipfile.ZipFile(os.fspath(manager.download(info.url))) as archive:
-      return {key: archive.extract(f"{info.archive_folder}/{stem}.gz",
-                                   os.path.join(extract_to, info.name))
-              for key, stem in info.file_names.items()}
-  paths = manager.download(dict(zip(datasets.FILE_KEYS,
-                                    download_urls(info.name))))
-  return {key: os.fspath(path) for key, path in paths.items()}
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ recurrent ones), else one device (docs/performance.md measures it).
 """
 
 import math
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -115,6 +115,11 @@ class Layout:
     self.mesh = Mesh(np.array(devices), (MEMBERS if self.mode == "members"
                                          else AXIS,))
     self.num_devices = count
+    # What train.py is told: the pmap axis it averages over; how it splits a
+    # chunk's batches [C, B, ...] over the mesh (sharded).
+    self.axis_name = AXIS if self.mode == "pmap" else None
+    self.batch_sharding = (NamedSharding(self.mesh, P(None, AXIS))
+                           if self.mode == "sharded" else None)
     backend = jax.default_backend().upper()
     if count > 1:
       say({"sharded": f"data parallel over {count} {backend} devices (one "
@@ -128,17 +133,6 @@ class Layout:
   def record(self) -> dict:
     """What config.json records of the layout."""
     return {"mode": self.mode, "devices": self.num_devices}
-
-  @property
-  def axis_name(self) -> Optional[str]:
-    """The pmap axis train.py averages over, or None."""
-    return AXIS if self.mode == "pmap" else None
-
-  @property
-  def batch_sharding(self) -> Optional[NamedSharding]:
-    """How train.py splits a chunk's batches [C, B, ...] over the mesh."""
-    return (NamedSharding(self.mesh, P(None, AXIS))
-            if self.mode == "sharded" else None)
 
   def eval_batch_size(self, batch_size: int) -> int:
     """A batch that splits over the data-parallel devices."""

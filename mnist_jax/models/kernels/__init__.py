@@ -2,13 +2,13 @@
 
 A kernel (KERNELS) is a subclass of one stock module class that computes the
 whole module faster: same attributes and parameter tree, so either reads the
-other's checkpoints; its ACCEPTS maps an attribute to the values it computes.
-Where no kernel computes the module as it is now, `lowered.Lowered` runs the
-module as written with its library layers (nn.Conv, nn.RNN) lowered. Either
-runs only after one jitted check on a random batch that it computes the stock
-module, edits included, in training and evaluation (float32 tolerance); else
-(an exception in the check too) the run keeps the stock module and says why in
-one line, as it names the layers no lowering takes.
+other's checkpoints. Where no kernel computes the module as it is now,
+`lowered.Lowered` runs the module as written with its library layers (nn.Conv,
+nn.RNN) lowered. Either runs only after one jitted check on a random batch
+that it computes the stock module, edits and attribute values included, in
+training and evaluation (float32 tolerance); else (an exception in the check
+too) the run keeps the stock module and says why in one line, as it names the
+layers no lowering takes.
 """
 
 import dataclasses
@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mnist_jax.errors import first_line
 from mnist_jax.models import cnn
 from mnist_jax.models.kernels import conv_pool
 from mnist_jax.models.kernels import lowered as lowered_lib
@@ -30,11 +31,6 @@ FASTER_ON = ("cpu",)
 KERNELS = {cnn.CNN: conv_pool.CNN}  # Stock module class -> its kernel.
 RTOL, ATOL = 1e-4, 1e-5  # float32 agreement, relative to each array's scale.
 CHECK_BATCH = 4
-
-
-def _attributes(module: nn.Module) -> dict:
-  return {f.name: getattr(module, f.name) for f in dataclasses.fields(module)
-          if f.init and f.name not in ("parent", "name")}
 
 
 def _name(module_type: type) -> str:
@@ -68,11 +64,6 @@ def _worst_gap(stock: nn.Module, fast: nn.Module, images, variables
   ]))
 
 
-def _images(image_shape) -> np.ndarray:
-  return np.random.default_rng(0).integers(
-      0, 256, (CHECK_BATCH, *image_shape), dtype=np.uint8)
-
-
 def _draw(rng: np.random.Generator, path, leaf) -> np.ndarray:
   """A random value for variable `leaf` (a shape and dtype): a parameter
   normal at 1 / sqrt(fan-in), other state (a variance, say) in [0.5, 1.5]."""
@@ -84,13 +75,11 @@ def _draw(rng: np.random.Generator, path, leaf) -> np.ndarray:
   return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(leaf.dtype)
 
 
-def _difference(stock: nn.Module, fast: nn.Module,
-                image_shape) -> Optional[str]:
-  """Why `fast` does not compute `stock` on a random batch (_worst_gap), or
-  None. Its variables are drawn on the host (no initializer to compile), and
-  the one jit compiles without LLVM's optimizations (about half the time;
-  the same numbers to float rounding)."""
-  images = _images(image_shape)
+def _difference(stock: nn.Module, fast: nn.Module, images) -> Optional[str]:
+  """Why `fast` does not compute `stock` on `images` (_worst_gap), or None.
+  Its variables are drawn on the host (no initializer to compile), and the
+  one jit compiles without LLVM's optimizations (about half the time; the
+  same numbers to float rounding)."""
   ours, theirs = (jax.eval_shape(lambda x, m=m: m.init(jax.random.key(0), x),
                                  images) for m in (stock, fast))
   if set(ours) - set(theirs):
@@ -109,64 +98,19 @@ def _difference(stock: nn.Module, fast: nn.Module,
   return None
 
 
-def _missing(stock: nn.Module, kernel: type) -> str:
-  """stock's attribute values that `kernel`'s ACCEPTS does not take, or ""."""
-  accepts = getattr(kernel, "ACCEPTS", {})  # Attribute -> values.
-  return ", ".join(f"{k}={v}" for k, v in _attributes(stock).items()
-                   if v not in accepts.get(k, (v,)))
-
-
-def kernel_for(stock: nn.Module) -> Optional[type]:
-  """The kernel class covering `stock` (its class's, if ACCEPTS takes its
-  attribute values), else None."""
-  kernel = KERNELS.get(type(stock))
-  return kernel if kernel and not _missing(stock, kernel) else None
-
-
-def _check(stock, make: Callable[[], nn.Module], what: str, why, image_shape,
-           status: Callable[[str], None]
-           ) -> Tuple[Optional[nn.Module], Optional[str], dict]:
-  """(`make()` where it computes `stock`, else None; why not (`why` where
-  known before), or None; the check's config.json record). Any exception in
-  it fails the check. status: told when a check runs (what: its name)."""
-  start, fast = time.perf_counter(), None
+def _check(stock: nn.Module, fast: nn.Module, what: str, images,
+           status: Callable[[str], None]) -> Tuple[Optional[str], dict]:
+  """(why `fast` does not compute `stock`, or None; the check's config.json
+  record). Any exception in it fails the check. status: told that a check
+  of `what` runs."""
+  start = time.perf_counter()
+  status(f"checking {what} against {_name(type(stock))} on one batch")
   try:
-    if why is None:
-      fast = make()
-      status(f"checking {what} against {_name(type(stock))} on one batch")
-      why = _difference(stock, fast, image_shape)
+    why = _difference(stock, fast, images)
   except Exception as e:  # pylint: disable=broad-except
-    reason = (str(e).strip().splitlines() or [""])[0][:160]
-    why = f"its check raised {type(e).__name__}" + (
-        f": {reason}" if reason else "")
-  return fast if why is None else None, why, {
-      "check_s": round(time.perf_counter() - start, 3), "passed": why is None}
-
-
-def _lowered(stock, line, image_shape, backend, status):
-  """(`stock` with its layers lowered where any are and it passes the check,
-  else `stock`; a line to say or None; the record's additions)."""
-  lowered, uncovered = lowered_lib.survey(stock, _images(image_shape))
-  module, record = stock, {}
-  if lowered:
-    files = ", ".join(sorted(set(lowered.values())))
-    fast, why, record["layers"] = _check(
-        stock, lambda: lowered_lib.Lowered(stock), f"the lowerings of {files}",
-        None, image_shape, status)
-    record["layers"]["lowered"] = lowered
-    if fast is not None:
-      module, line = fast, line and f"{line}, its layers lowered by {files}"
-    else:
-      line = (f"{line or 'training ' + _name(type(stock))} with flax's own "
-              f"layers: the lowerings of {files} do not compute them ({why})")
-  lines = [line] if line else []
-  if uncovered:
-    record["uncovered"] = uncovered
-    if backend in FASTER_ON:
-      lines.append("; ".join(f"{kind} ({', '.join(names)})" for kind, names
-                             in uncovered.items())
-                   + f": XLA's, slow on {backend.upper()}")
-  return module, "; ".join(lines) or None, record
+    why = f"its check raised {type(e).__name__}: {first_line(e, 160)}"
+  return why, {"check_s": round(time.perf_counter() - start, 3),
+               "passed": why is None}
 
 
 def swap(stock: nn.Module, impl: str, image_shape, backend: Optional[str] = None,
@@ -179,19 +123,40 @@ def swap(stock: nn.Module, impl: str, image_shape, backend: Optional[str] = None
   pass the check. status: told what is being checked while a check runs.
   """
   backend = backend or jax.default_backend()
+  module, line = stock, None
   record = {"impl": impl, "module": _name(type(stock))}
   if impl == "stock" or (impl == "auto" and backend not in FASTER_ON):
     return stock, None, record
-  kernel, line = KERNELS.get(type(stock)), None
+  images = np.random.default_rng(0).integers(
+      0, 256, (CHECK_BATCH, *image_shape), dtype=np.uint8)
+  kernel = KERNELS.get(type(stock))
   if kernel:
-    missing = _missing(stock, kernel)  # What kernel_for refuses it for.
-    fast, why, checked = _check(
-        stock, lambda: kernel(**_attributes(stock)), _name(kernel),
-        missing and f"it has no {missing}" or None, image_shape, status)
+    fast = kernel(**{f.name: getattr(stock, f.name)
+                     for f in dataclasses.fields(stock)
+                     if f.init and f.name not in ("parent", "name")})
+    why, checked = _check(stock, fast, _name(kernel), images, status)
     record.update(kernel=_name(kernel), **checked)
-    if fast is not None:
+    if why is None:
       return fast, None, {**record, "module": _name(kernel)}
     line = (f"the fast kernel {_name(kernel)} does not compute "
             f"{_name(type(stock))} ({why}): training the stock module")
-  module, note, more = _lowered(stock, line, image_shape, backend, status)
-  return module, note, {**record, **more}
+  lowered, uncovered = lowered_lib.survey(stock, images)
+  if lowered:
+    files = ", ".join(sorted(set(lowered.values())))
+    fast = lowered_lib.Lowered(stock)
+    why, record["layers"] = _check(stock, fast, f"the lowerings of {files}",
+                                   images, status)
+    record["layers"]["lowered"] = lowered
+    if why is None:
+      module, line = fast, line and f"{line}, its layers lowered by {files}"
+    else:
+      line = (f"{line or 'training ' + _name(type(stock))} with flax's own "
+              f"layers: the lowerings of {files} do not compute them ({why})")
+  lines = [line] if line else []
+  if uncovered:
+    record["uncovered"] = uncovered
+    if backend in FASTER_ON:
+      lines.append("; ".join(f"{kind} ({', '.join(names)})" for kind, names
+                             in uncovered.items())
+                   + f": XLA's, slow on {backend.upper()}")
+  return module, "; ".join(lines) or None, record

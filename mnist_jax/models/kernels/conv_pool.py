@@ -177,8 +177,6 @@ def conv_relu_pool(x, kernel, bias, padding="VALID"):
   ties stay ties), so the pool comes first."""
   if padding == "SAME":
     x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  elif padding != "VALID":
-    raise ValueError(f"padding must be VALID or SAME, got {padding!r}")
   return nn.relu(_conv3x3_pool(x, kernel) + bias[:, None, None, None])
 
 
@@ -206,9 +204,7 @@ def valid_extent(size, num_layers):
 
 class CNN(cnn.CNN):
   """cnn.CNN with 3x3 convolutions and without BatchNorm: images [B, H, W, C]
-  -> logits [B, classes]."""
-  # Attribute -> the values it computes.
-  ACCEPTS = {"batch_norm": (False,), "kernel_size": (3,)}
+  -> logits [B, classes]; other attributes fail kernels' check."""
 
   @nn.compact
   def __call__(self, images, train: bool = False):
