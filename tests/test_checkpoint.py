@@ -54,9 +54,9 @@ def _step_dir(workdir, step=14):
   return os.path.join(workdir, checkpoints.CHECKPOINT_DIR, str(step))
 
 
-def _restore(workdir, template=None, model="linear", step=None):
+def _restore(workdir, template=None, model="linear"):
   return checkpoints.read(workdir, _state() if template is None else template,
-                          model, step)
+                          model)
 
 
 def test_a_checkpoint_records_no_devices_and_restores_to_the_host(saved,
@@ -241,7 +241,10 @@ def test_damage_is_called_damage_and_names_the_checkpoint_before(
   assert reason in message
   assert message.endswith(f"delete that folder to go back to the checkpoint "
                           f"before it, {_step_dir(workdir, 7)}")
-  lh.assert_trees_equal(_restore(workdir, step=7)[0], saved[1])
+  shutil.rmtree(_step_dir(workdir))  # As the message advises.
+  restored, meta = _restore(workdir)
+  assert meta["step"] == 7
+  lh.assert_trees_equal(restored, saved[1])
 
 
 def test_damage_of_the_only_checkpoint_advises_no_deletion(saved, tmp_path):

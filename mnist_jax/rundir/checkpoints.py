@@ -160,11 +160,10 @@ def _damaged(checkpoints, step: int, why: str) -> CheckpointError:
                          f"truncated ({why}); {advice}")
 
 
-def read_meta(workdir: str, checkpoints,
-              step: Optional[int] = None) -> Tuple[int, dict]:
-  """(step, record) of a checkpoint (default: the latest), checked against
-  its checksum."""
-  step = checkpoints.latest_step() if step is None else step
+def read_meta(workdir: str, checkpoints) -> Tuple[int, dict]:
+  """(step, record) of the latest checkpoint, checked against its
+  checksum."""
+  step = checkpoints.latest_step()
   if step is None:
     raise CheckpointError(
         f"{workdir} has no complete checkpoint yet (its training stopped "
@@ -200,15 +199,15 @@ def _edited(workdir: str) -> str:
           "changed: put back its settings, or pass another --workdir")
 
 
-def read(workdir: str, template: dict, model: Optional[str] = None,
-         step: Optional[int] = None) -> Tuple[dict, dict]:
-  """(`template` (`tree` of a fresh state, or its shapes) with the parts
-  checkpoint `step` (default: the latest) holds, as host arrays; its record).
+def read(workdir: str, template: dict,
+         model: Optional[str] = None) -> Tuple[dict, dict]:
+  """(`template` (`tree` of a fresh state, or its shapes) with the parts the
+  latest checkpoint holds, as host arrays; its record).
   CheckpointError: none, damaged (verified), or of another model, format or
   structure, which the message tells apart."""
   ocp = _ocp()
   with contextlib.closing(manager(workdir)) as checkpoints:
-    step, meta = read_meta(workdir, checkpoints, step)
+    step, meta = read_meta(workdir, checkpoints)
     where = f"{checkpoints.directory}/{step}"
     _check(workdir, where, meta, model)
     try:
