@@ -121,10 +121,9 @@ def main():
         return timed("train_chunks", mapped)(*args)
     return Chunk()
   devices.Layout.map = timed_map
-  checkpoints.Checkpointer.save = timed(
-      "checkpoint_save", checkpoints.Checkpointer.save, block=False)
-  checkpoints.Checkpointer.close = timed(
-      "checkpoint_close", checkpoints.Checkpointer.close, block=False)
+  checkpoints.save = timed("checkpoint_save", checkpoints.save, block=False)
+  manager = checkpoints._ocp().CheckpointManager  # pylint: disable=protected-access
+  manager.close = timed("checkpoint_close", manager.close, block=False)
   report.write = timed("report", report.write, block=False)
   plots.learning_curves = timed("learning_curves", plots.learning_curves,
                                 block=False)

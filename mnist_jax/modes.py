@@ -50,8 +50,7 @@ class RunFolder(loop.Hooks):
     self.existing, self.overwrite = existing, overwrite
     self.data_time = data_time
     self.write = devices.is_main()
-    self.checkpointer = (checkpoints.Checkpointer(
-        workdir, keep=config.keep_checkpoints) if self.write else None)
+    self.checkpoints = None  # orbax's CheckpointManager, from the first save.
     self.meta, self.logged, self.saved, self.rows = None, None, None, None
     self.started = time.perf_counter()
 
@@ -62,8 +61,7 @@ class RunFolder(loop.Hooks):
 
   def start(self, state, steps_per_epoch, record):
     """Restores the latest checkpoint, if any, then writes config.json."""
-    self.steps, self.shapes = steps_per_epoch, checkpoints.param_shapes(
-        state.params)
+    self.steps = steps_per_epoch
     start = loop.Start()
     if self.existing and not self.overwrite and self.write:
       state, start = self._restore(state)
@@ -142,9 +140,14 @@ class RunFolder(loop.Hooks):
   def save(self, state, *, epoch, epoch_step=0, sums=None, done=False):
     step = _step(state)
     if self.write and step != self.saved:
-      self.checkpointer.save(step, checkpoints.tree(state), checkpoints.record(
-          self.config, epoch=epoch, step=step, shapes=self.shapes,
-          epoch_step=epoch_step, sums=sums, done=done, time_s=self.seconds()))
+      if self.checkpoints is None:
+        self.checkpoints = checkpoints.manager(self.workdir,
+                                               self.config.keep_checkpoints)
+      checkpoints.save(self.checkpoints, step, checkpoints.tree(state),
+                       checkpoints.record(
+                           self.config, epoch=epoch, step=step,
+                           epoch_step=epoch_step, sums=sums, done=done,
+                           time_s=self.seconds()))
     self.saved = step
 
   def _stop_if_asked(self, state, epoch, done, sums):
@@ -170,8 +173,8 @@ class RunFolder(loop.Hooks):
   def trained(self, state, final) -> None:
     """A stop asked for in the final evaluation stops here (the same command
     completes the run); from here a Ctrl-C interrupts at once."""
-    if self.checkpointer is not None:
-      self.checkpointer.close()
+    if self.checkpoints is not None:
+      self.checkpoints.close()
     self.stop.close()
     self._stop_if_asked(state, final["epochs_run"], self.steps, None)
 
@@ -208,8 +211,8 @@ class RunFolder(loop.Hooks):
   def close(self) -> None:
     """Ends what is open, on every way out (maybe twice): the checkpoints'
     writes, the events, a progress line drawn in place."""
-    if self.checkpointer is not None:
-      self.checkpointer.close()
+    if self.checkpoints is not None:
+      self.checkpoints.close()
     if self.rows is not None and self.rows.events is not None:
       self.rows.events.close()
     self.end_line()

@@ -136,11 +136,11 @@ class Saver(Recorder):
     self.workdir, self.config, self.at = workdir, config, at
 
   def _save(self, state, epoch, epoch_step=0, sums=None):
-    saver = checkpoints.Checkpointer(self.workdir)
+    saver = checkpoints.manager(self.workdir, keep=3)
     step = int(np.max(jax.device_get(state.step)))  # Members: [M].
-    saver.save(step, checkpoints.tree(state), checkpoints.record(
+    checkpoints.save(saver, step, checkpoints.tree(state), checkpoints.record(
         self.config, epoch=epoch, step=step, epoch_step=epoch_step,
-        sums=sums, shapes=checkpoints.param_shapes(state.params)))
+        sums=sums))
     saver.close()
     raise Stop()
 

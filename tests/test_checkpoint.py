@@ -36,12 +36,10 @@ def saved(tmp_path_factory):
   """(workdir, tree): two checkpoints of a linear model, steps 7 and 14."""
   workdir = str(tmp_path_factory.mktemp("saved"))
   state = _state()
-  writer = checkpoints.Checkpointer(workdir)
+  writer = checkpoints.manager(workdir, keep=3)
   for step in (7, 14):
-    writer.save(step, state, {"epoch": step // 7, "epoch_step": 0,
-                              "step": step, "model": "linear",
-                              "param_shapes": checkpoints.param_shapes(
-                                  state["params"])})
+    checkpoints.save(writer, step, state, {"epoch": step // 7, "epoch_step": 0,
+                                           "step": step, "model": "linear"})
   writer.close()
   return workdir, state
 
@@ -57,12 +55,8 @@ def _step_dir(workdir, step=14):
 
 
 def _restore(workdir, template=None, model="linear"):
-  reader = checkpoints.Checkpointer(workdir, read_only=True)
-  try:
-    return reader.restore(_state() if template is None else template,
-                          model=model)
-  finally:
-    reader.close()
+  return checkpoints.read(workdir, _state() if template is None else template,
+                          model)
 
 
 def test_a_checkpoint_records_no_devices_and_restores_to_the_host(saved,
@@ -110,9 +104,9 @@ def test_restore_gives_back_the_whole_trained_state(tmp_path):
       part for part in checkpoints.PARTS
       if not _same(getattr(state, part), getattr(fresh(), part))}
   workdir = str(tmp_path / "run")
-  writer = checkpoints.Checkpointer(workdir)
-  writer.save(3, checkpoints.tree(state), checkpoints.record(
-      CONFIG, epoch=1, step=3, shapes=checkpoints.param_shapes(state.params)))
+  writer = checkpoints.manager(workdir, keep=3)
+  checkpoints.save(writer, 3, checkpoints.tree(state), checkpoints.record(
+      CONFIG, epoch=1, step=3))
   writer.close()
   restored, meta = checkpoints.restore(workdir, jax.eval_shape(fresh),
                                        "linear")
@@ -125,9 +119,9 @@ def test_a_part_the_checkpoint_lacks_comes_from_the_fresh_state(tmp_path):
   """A field added to the TrainState since a checkpoint was written: that
   checkpoint still restores, the new part as the fresh state has it."""
   workdir, state = str(tmp_path / "run"), _state()
-  writer = checkpoints.Checkpointer(workdir)
-  writer.save(3, {k: v for k, v in state.items() if k != "opt_state"},
-              {"epoch": 1})
+  writer = checkpoints.manager(workdir, keep=3)
+  checkpoints.save(writer, 3, {k: v for k, v in state.items()
+                               if k != "opt_state"}, {"epoch": 1})
   writer.close()
   restored, meta = _restore(workdir)
   assert meta["epoch"] == 1
@@ -161,14 +155,13 @@ def test_a_record_of_other_steps_per_epoch_is_refused_in_one_line():
 
 def test_the_newest_checkpoints_are_kept(tmp_path):
   workdir, state = str(tmp_path / "run"), _state()
-  writer = checkpoints.Checkpointer(workdir, keep=2)
+  writer = checkpoints.manager(workdir, keep=2)
   for step in range(1, 6):
-    writer.save(step, state, {"epoch": step})
+    checkpoints.save(writer, step, state, {"epoch": step})
   writer.close()
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "5"]
-  reader = checkpoints.Checkpointer(workdir, read_only=True)
-  assert reader.manager.latest_step() == 5
-  assert reader.read_meta()[1]["epoch"] == 5
+  assert checkpoints.steps(workdir) == [4, 5]
+  assert checkpoints.latest_meta(workdir)["epoch"] == 5
 
 
 def _flip_array_byte(workdir, step=14):
@@ -248,8 +241,10 @@ def test_damage_is_called_damage_and_names_the_checkpoint_before(
   assert reason in message
   assert message.endswith(f"delete that folder to go back to the checkpoint "
                           f"before it, {_step_dir(workdir, 7)}")
-  reader = checkpoints.Checkpointer(workdir, read_only=True)
-  lh.assert_trees_equal(reader.restore(_state(), step=7)[0], saved[1])
+  shutil.rmtree(_step_dir(workdir))  # As the message advises.
+  restored, meta = _restore(workdir)
+  assert meta["step"] == 7
+  lh.assert_trees_equal(restored, saved[1])
 
 
 def test_damage_of_the_only_checkpoint_advises_no_deletion(saved, tmp_path):
@@ -264,22 +259,20 @@ def test_damage_of_the_only_checkpoint_advises_no_deletion(saved, tmp_path):
   assert "--overwrite" not in message
 
 
-def _unknown_orbax_error(workdir, monkeypatch):
+def _unknown_orbax_error(monkeypatch):
   """Makes the first read of the state fail as orbax might for a reason
   mnist_jax cannot name (here its old topology error); later reads work."""
-  reader = checkpoints.Checkpointer(workdir, read_only=True)
-  manager = reader.manager
+  manager = checkpoints._ocp().CheckpointManager  # pylint: disable=protected-access
   real, failed = manager.restore, []
 
-  def restore(step, args=None):
+  def restore(self, step, args=None):
     if "state" in args and not failed:
       failed.append(step)
       raise ValueError("Topology mismatch detected. The checkpoint was saved "
                        "with a different topology than the current one.")
-    return real(step, args=args)
+    return real(self, step, args=args)
 
   monkeypatch.setattr(manager, "restore", restore)
-  return reader
 
 
 def _format(value):
@@ -308,9 +301,9 @@ def test_an_intact_checkpoint_that_does_not_fit_is_not_damage(
   deleting the checkpoint or starting over."""
   workdir = _copy(saved, tmp_path)
   how, words = MISMATCH[case]
-  template, model, reader = _state(), "linear", None
+  template, model = _state(), "linear"
   if case == "unknown_orbax_error":
-    reader = _unknown_orbax_error(workdir, monkeypatch)
+    _unknown_orbax_error(monkeypatch)
   elif case == "another_optimizer":
     template = _state(models.get_config("linear", "seed", optimizer="sgd"))
   elif case == "another_model":
@@ -320,9 +313,8 @@ def test_an_intact_checkpoint_that_does_not_fit_is_not_damage(
         lambda p: np.zeros(p.shape[:-1] + (11,), p.dtype), template["params"]))
   else:
     how(workdir)
-  reader = reader or checkpoints.Checkpointer(workdir, read_only=True)
   with pytest.raises(checkpoints.CheckpointError) as e:
-    reader.restore(template, model=model)
+    _restore(workdir, template, model)
   message = str(e.value)
   assert "\n" not in message and words in message, message
   assert "damaged" not in message and "delete" not in message
@@ -373,14 +365,14 @@ def test_a_checkpoint_this_user_may_not_read_is_not_called_damaged(
   workdir = _copy(saved, tmp_path)
   for error in (PermissionError(13, "Permission denied", "meta/metadata"),
                 ValueError('PERMISSION_DENIED: Error opening "zarr" driver')):
-    reader = checkpoints.Checkpointer(workdir, read_only=True)
 
-    def restore(step, args=None, error=error):
+    def restore(self, step, args=None, error=error):
       raise error
 
-    monkeypatch.setattr(reader.manager, "restore", restore)
+    monkeypatch.setattr(checkpoints._ocp().CheckpointManager, "restore",  # pylint: disable=protected-access
+                        restore)
     with pytest.raises(checkpoints.CheckpointError) as e:
-      reader.restore(_state())
+      _restore(workdir)
     assert str(e.value).startswith(
         f"the checkpoint {_step_dir(workdir)} cannot be read by this user (")
     assert str(e.value).endswith(

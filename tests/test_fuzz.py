@@ -108,10 +108,9 @@ def saved(tmp_path_factory):
   latter two what a checkpoint holds of a train state."""
   state, template = (_tree(seed) for seed in (1, 2))
   workdir = str(tmp_path_factory.mktemp("ckpt"))
-  writer = checkpoints.Checkpointer(workdir)
-  writer.save(7, state, {"epoch": 1, "epoch_step": 0, "step": 7,
-                         "model": "linear", "param_shapes":
-                             checkpoints.param_shapes(state["params"])})
+  writer = checkpoints.manager(workdir, keep=3)
+  checkpoints.save(writer, 7, state, {"epoch": 1, "epoch_step": 0, "step": 7,
+                                      "model": "linear"})
   writer.close()
   return workdir, template, state
 
@@ -127,8 +126,7 @@ def _restore_within(workdir, template, seconds=60):
 
   def target():
     try:
-      result["value"] = checkpoints.Checkpointer(
-          workdir, read_only=True).restore(template, model="linear")
+      result["value"] = checkpoints.read(workdir, template, "linear")
     except BaseException as e:  # pylint: disable=broad-except
       result["error"] = e
 
@@ -217,8 +215,7 @@ for name in files:
         f.seek(size // 2)
         f.write(bytes([byte ^ 0x5A]))
     try:
-      checkpoints.Checkpointer(scratch, read_only=True).restore(template,
-                                                                model="linear")
+      checkpoints.read(scratch, template, "linear")
       print("restored", name, cut)
     except checkpoints.CheckpointError as e:
       print("refused", name, cut, e)
@@ -261,24 +258,22 @@ def test_checkpoint_meta_edited_is_damaged_not_another_model(saved, tmp_path):
   source, template, _ = saved
   workdir = str(tmp_path / "run")
   shutil.copytree(source, workdir)
-  _edit_meta(workdir, lambda m: m["param_shapes"].update({"out/kernel": [784, 11]}))
+  _edit_meta(workdir, lambda m: m.update(model="mlp"))
   with pytest.raises(checkpoints.CheckpointError,
                      match="damaged.*does not match the checksum saved with it"):
-    checkpoints.Checkpointer(workdir, read_only=True).restore(template,
-                                                              model="linear")
+    checkpoints.read(workdir, template, "linear")
 
 
 def test_checkpoint_restore_round_trip_and_missing(saved, tmp_path):
   source, template, state = saved
-  restored, meta = checkpoints.Checkpointer(source, read_only=True).restore(
-      template, model="linear")
+  restored, meta = checkpoints.read(source, template, "linear")
   lh.assert_trees_equal(restored, state)
   assert meta["epoch"] == 1 and meta["format"] == checkpoints.FORMAT
   assert meta["digest"] == checkpoints.digest([state[k] for k in sorted(state)])
   with pytest.raises(checkpoints.CheckpointError,
                      match="has no complete checkpoint yet"):
-    checkpoints.Checkpointer(str(tmp_path), read_only=True).restore(template)
+    checkpoints.read(str(tmp_path), template)
   with pytest.raises(checkpoints.CheckpointError,
                      match="says model 'mlp', but the run's checkpoints were "
                      "written by model 'linear'"):
-    checkpoints.Checkpointer(source, read_only=True).restore(template, model="mlp")
+    checkpoints.read(source, template, "mlp")

@@ -42,17 +42,16 @@ def _meta(**changes):
   """The record of a checkpoint taken 5 steps into epoch 2 of 33-step epochs."""
   sums = {"loss": np.float32(4.5), "correct": np.float32(30.0),
           "count": np.float32(80.0)}
-  return {**checkpoints.record(CONFIG, epoch=1, step=38, shapes={"w": [2]},
-                               epoch_step=5, sums=sums), **changes}
+  return {**checkpoints.record(CONFIG, epoch=1, step=38, epoch_step=5,
+                               sums=sums), **changes}
 
 
 def test_record_holds_where_the_run_stands():
   meta = _meta()
   assert meta == {"epoch": 1, "epoch_step": 5, "step": 38, "model": "mlp",
-                  "seed": 3, "done": False, "param_shapes": {"w": [2]},
+                  "seed": 3, "done": False,
                   "sums": {"loss": 4.5, "correct": 30.0, "count": 80.0}}
-  end = checkpoints.record(CONFIG, epoch=3, step=99, shapes={}, done=True,
-                           time_s=12.5)
+  end = checkpoints.record(CONFIG, epoch=3, step=99, done=True, time_s=12.5)
   assert end["epoch_step"] == 0 and end["done"] and "sums" not in end
   assert end["time_s"] == 12.5
 
@@ -185,9 +184,7 @@ def test_the_hooks_record_the_runs_seconds_and_keep_checkpoints(tmp_path):
   assert hooks.kept() == (f"the last good checkpoint, "
                           f"{checkpoints.directory(workdir)}/38, is kept")
   hooks.close()
-  reader = checkpoints.Checkpointer(workdir, read_only=True)
-  _, meta = reader.read_meta()
-  reader.close()
+  meta = checkpoints.latest_meta(workdir)
   assert meta["step"] == 38 and meta["epoch_step"] == 5
   assert meta["sums"] == {"loss": 4.5, "correct": 30.0, "count": 80.0}
   assert 0 < meta["time_s"] < 60  # The run's seconds so far, as of the save.
@@ -385,13 +382,13 @@ import sys
 import jax
 from mnist_jax.rundir import checkpoints
 from mnist_jax.rundir import control
-ck = checkpoints.Checkpointer(sys.argv[1])
+ck = checkpoints.manager(sys.argv[1], keep=3)
 def big(seed):  # 128 MB of incompressible floats: a save takes a while.
   return {"params": {"w": jax.random.uniform(jax.random.PRNGKey(seed),
                                              (32, 1024, 1024))}}
-ck.save(1, big(1), {"epoch": 1})
-ck.manager.wait_until_finished()
-ck.save(2, big(2), {"epoch": 2})
+checkpoints.save(ck, 1, big(1), {"epoch": 1})
+ck.wait_until_finished()
+checkpoints.save(ck, 2, big(2), {"epoch": 2})
 print("saving", flush=True)
 ck.close()
 print("saved", flush=True)
@@ -414,19 +411,17 @@ def test_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path):
   big = lambda seed: {"params": {"w": jax.random.uniform(
       jax.random.PRNGKey(seed), (32, 1024, 1024))}}
   template = {"params": {"w": jnp.zeros((32, 1024, 1024))}}
-  restored, meta = checkpoints.Checkpointer(str(tmp_path), read_only=True).restore(
-      template)
+  restored, meta = checkpoints.read(str(tmp_path), template)
   assert meta["epoch"] == 1
   lh.assert_trees_equal(restored, big(1))
   # A resumed run saves the same step again over the unfinished attempt.
-  writer = checkpoints.Checkpointer(str(tmp_path))
-  assert writer.manager.latest_step() == 1
+  writer = checkpoints.manager(str(tmp_path), keep=3)
+  assert writer.latest_step() == 1
   again = big(3)
-  writer.save(2, again, {"epoch": 2})
+  checkpoints.save(writer, 2, again, {"epoch": 2})
   writer.close()
   assert sorted(os.listdir(folder_)) == ["1", "2"]
-  restored, meta = checkpoints.Checkpointer(str(tmp_path), read_only=True).restore(
-      template)
+  restored, meta = checkpoints.read(str(tmp_path), template)
   assert meta["epoch"] == 2
   lh.assert_trees_equal(restored, again)
 

@@ -70,11 +70,11 @@ def chunk(self, state, epoch, done, sums):
   return _chunk(self, state, epoch, done, sums)
 modes.RunFolder.chunk = chunk
 
-_save = checkpoints.Checkpointer.save
-def save(self, step, state, meta):
-  _save(self, step, state, meta)
+_save = checkpoints.save
+def save(manager, step, state, meta):
+  _save(manager, step, state, meta)
   mark(f"save step={step}")
-checkpoints.Checkpointer.save = save
+checkpoints.save = save
 
 _atomic = files.atomic
 @contextlib.contextmanager

@@ -541,8 +541,7 @@ def test_a_sweep_stopped_mid_epoch_resumes_exactly(prepared, tmp_path):
   whole = lh.deterministic(lh.metrics(str(tmp_path / "whole")))
   rc, _, err, _ = lh.run_and_signal(args("stopped"), lh.SIGTERM, epoch=2)
   assert rc == 128 + lh.SIGTERM, err
-  _, meta = checkpoints.Checkpointer(str(tmp_path / "stopped"),
-                                     read_only=True).read_meta()
+  meta = checkpoints.latest_meta(str(tmp_path / "stopped"))
   assert meta["epoch"] == 1 and meta["epoch_step"] > 0
   rc, out, err = lh.run(args("stopped"))
   assert rc == 0 and "resuming" in out, err
@@ -572,7 +571,7 @@ def _set_format(workdir, value):
 def test_a_checkpoint_of_another_format_is_a_one_line_error(
     swept, tmp_path, value, words):
   source, _ = swept
-  _, meta = checkpoints.Checkpointer(source, read_only=True).read_meta()
+  meta = checkpoints.latest_meta(source)
   assert meta["format"] == checkpoints.FORMAT
   folder = str(tmp_path / "run")
   shutil.copytree(source, folder)

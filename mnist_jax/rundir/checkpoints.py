@@ -89,203 +89,190 @@ def model_error(workdir: str, recorded: str, saved: str) -> CheckpointError:
       f"set its \"model\" back to {saved!r}; or pass another --workdir")
 
 
-class Checkpointer:
-  """(tree, meta) pairs under `workdir/checkpoints/<step>` through orbax's
-  CheckpointManager, opened on first use: saving (the newest `keep` kept) or,
-  `read_only`, reading only."""
+def manager(workdir: str, keep: Optional[int] = None):
+  """orbax's CheckpointManager of `workdir`'s checkpoints: saving (the newest
+  `keep` kept; its `close` finishes a save under way) or, with no `keep`,
+  reading only."""
+  ocp, folder, write = _ocp(), directory(workdir), keep is not None
+  if os.path.exists(folder) and not os.path.isdir(folder):
+    raise CheckpointError(f"{folder} is a file where the run's checkpoints "
+                          "go; move it away, or pass another --workdir")
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=write, cleanup_tmp_directories=write,
+      enable_async_checkpointing=write)
+  if jax.process_count() > 1:  # Only process 0 writes: nobody waits.
+    if write:
+      os.makedirs(folder, exist_ok=True)
+    process = jax.process_index()
+    options = dataclasses.replace(
+        options, create=False,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+            primary_host=process, active_processes={process}))
+  try:
+    return ocp.CheckpointManager(folder, options=options, item_handlers={
+        "state": ocp.StandardCheckpointHandler(),
+        "meta": ocp.JsonCheckpointHandler()})
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(
+        f"cannot open the checkpoints in {folder} ({first_line(e)}); check "
+        "that this user can read and write that folder, or pass another "
+        "--workdir") from None
 
-  def __init__(self, workdir: str, keep: int = 3, read_only: bool = False):
-    self.workdir, self.directory = workdir, directory(workdir)
-    self._keep = None if read_only else keep
-    if os.path.exists(self.directory) and not os.path.isdir(self.directory):
-      raise CheckpointError(f"{self.directory} is a file where the run's "
-                            "checkpoints go; move it away, or pass another "
-                            "--workdir")
 
-  @functools.cached_property
-  def manager(self):
-    """orbax's CheckpointManager of the folder."""
-    ocp, write = _ocp(), self._keep is not None
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=self._keep, create=write, cleanup_tmp_directories=write,
-        enable_async_checkpointing=write)
-    if jax.process_count() > 1:  # Only process 0 writes: nobody waits.
-      if write:
-        os.makedirs(self.directory, exist_ok=True)
-      process = jax.process_index()
-      options = dataclasses.replace(
-          options, create=False,
-          multiprocessing_options=ocp.options.MultiprocessingOptions(
-              primary_host=process, active_processes={process}))
+def save(checkpoints, step: int, parts: dict, meta: dict) -> None:
+  """Starts an atomic save of `parts` (`tree` of a state) and its record
+  `meta` in the background (a full disk, which orbax reports as text, reaches
+  resources.machine_error)."""
+  ocp, host = _ocp(), jax.tree.map(np.asarray, jax.device_get(parts))
+  meta = {**meta, "format": FORMAT,
+          "digest": digest([host[k] for k in sorted(host)])}
+  meta["meta_checksum"] = _meta_checksum(meta)
+  checkpoints.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta)),
+                   force=True)
+
+
+def _read(checkpoints, step: int, what: Optional[str] = None, **item):
+  """Checkpoint `step`'s item, read by orbax. CheckpointError where this user
+  may not read it (never called damage); where it fails otherwise, damage
+  (`what`: "its arrays do not read back"), else orbax's error."""
+  try:
+    return checkpoints.restore(step, args=_ocp().args.Composite(**item))
+  except Exception as e:  # pylint: disable=broad-except
+    if isinstance(e, PermissionError) or "PERMISSION_DENIED" in str(e):
+      raise CheckpointError(
+          f"the checkpoint {checkpoints.directory}/{step} cannot be read by "
+          f"this user ({first_line(e)}); give read access to "
+          f"{checkpoints.directory}, or pass another --workdir") from None
+    if what is None or isinstance(e, MemoryError):
+      raise
+    raise _damaged(checkpoints, step, f"{what}: {first_line(e)}") from None
+
+
+def _damaged(checkpoints, step: int, why: str) -> CheckpointError:
+  folder = checkpoints.directory
+  earlier = [s for s in checkpoints.all_steps() if s < step]
+  advice = (f"delete that folder to go back to the checkpoint before it, "
+            f"{folder}/{max(earlier)}" if earlier else
+            "the run has no earlier checkpoint to go back to: pass another "
+            "--workdir to train anew")
+  return CheckpointError(f"the checkpoint {folder}/{step} is damaged or "
+                         f"truncated ({why}); {advice}")
+
+
+def read_meta(workdir: str, checkpoints) -> Tuple[int, dict]:
+  """(step, record) of the latest checkpoint, checked against its
+  checksum."""
+  step = checkpoints.latest_step()
+  if step is None:
+    raise CheckpointError(
+        f"{workdir} has no complete checkpoint yet (its training stopped "
+        "before the first was saved); train it first: its training command, "
+        f"with --workdir={workdir}")
+  meta = _read(checkpoints, step, "its meta record does not read back",
+               meta=_ocp().args.JsonRestore())["meta"]
+  if (not isinstance(meta, dict) or
+      meta.pop("meta_checksum", None) != _meta_checksum(meta)):
+    raise _damaged(checkpoints, step, "its meta record does not match the "
+                   "checksum saved with it")
+  return step, meta
+
+
+def _check(workdir: str, where: str, meta: dict, model) -> None:
+  """Refuses an intact checkpoint of another format or model."""
+  written = meta.get("format", 1)
+  if written != FORMAT:
+    newer = isinstance(written, int) and written > FORMAT
+    raise CheckpointError(
+        f"the checkpoint {where} was written by "
+        f"{'a newer' if newer else 'an older'} mnist_jax (checkpoint format "
+        f"{written}; this one reads {FORMAT}); use "
+        f"{'a newer mnist_jax' if newer else 'the mnist_jax that wrote it'}"
+        " to resume or report on it, or pass another --workdir")
+  if model is not None and meta.get("model", model) != model:
+    raise model_error(workdir, model, meta["model"])
+
+
+def _edited(workdir: str) -> str:
+  return (f"{os.path.join(workdir, 'config.json')} no longer holds the "
+          "settings the run was trained with (was it edited?); nothing was "
+          "changed: put back its settings, or pass another --workdir")
+
+
+def read(workdir: str, template: dict,
+         model: Optional[str] = None) -> Tuple[dict, dict]:
+  """(`template` (`tree` of a fresh state, or its shapes) with the parts the
+  latest checkpoint holds, as host arrays; its record).
+  CheckpointError: none, damaged (verified), or of another model, format or
+  structure, which the message tells apart."""
+  ocp = _ocp()
+  with contextlib.closing(manager(workdir)) as checkpoints:
+    step, meta = read_meta(workdir, checkpoints)
+    where = f"{checkpoints.directory}/{step}"
+    _check(workdir, where, meta, model)
     try:
-      return ocp.CheckpointManager(self.directory, options=options, item_handlers={
-          "state": ocp.StandardCheckpointHandler(),
-          "meta": ocp.JsonCheckpointHandler()})
-    except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(
-          f"cannot open the checkpoints in {self.directory} ({first_line(e)}); "
-          "check that this user can read and write that folder, or pass "
-          "another --workdir") from None
-
-  def save(self, step: int, state_tree: dict, meta: dict) -> None:
-    """Starts an atomic save in the background; `close` finishes it (a full
-    disk, which orbax reports as text, reaches resources.machine_error)."""
-    ocp, host = _ocp(), jax.tree.map(np.asarray, jax.device_get(state_tree))
-    meta = {**meta, "format": FORMAT,
-            "digest": digest([host[k] for k in sorted(host)])}
-    meta["meta_checksum"] = _meta_checksum(meta)
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(host), meta=ocp.args.JsonSave(meta)),
-                      force=True)
-
-  def _read(self, step: int, what: Optional[str] = None, **item):
-    """Checkpoint `step`'s item, read by orbax. CheckpointError where this
-    user may not read it (never called damage); where it fails otherwise,
-    damage (`what`: "its arrays do not read back"), else orbax's error."""
-    try:
-      return self.manager.restore(step, args=_ocp().args.Composite(**item))
-    except Exception as e:  # pylint: disable=broad-except
-      if isinstance(e, PermissionError) or "PERMISSION_DENIED" in str(e):
-        raise CheckpointError(
-            f"the checkpoint {self.directory}/{step} cannot be read by this "
-            f"user ({first_line(e)}); give read access to {self.directory}, "
-            "or pass another --workdir") from None
-      if what is None or isinstance(e, MemoryError):
-        raise
-      raise self._damaged(step, f"{what}: {first_line(e)}") from None
-
-  def _damaged(self, step: int, why: str) -> CheckpointError:
-    earlier = [s for s in self.manager.all_steps() if s < step]
-    advice = (f"delete that folder to go back to the checkpoint before it, "
-              f"{self.directory}/{max(earlier)}" if earlier else
-              "the run has no earlier checkpoint to go back to: pass another "
-              "--workdir to train anew")
-    return CheckpointError(f"the checkpoint {self.directory}/{step} is "
-                           f"damaged or truncated ({why}); {advice}")
-
-  def read_meta(self, step: Optional[int] = None) -> Tuple[int, dict]:
-    """(step, record) of a checkpoint (default: the latest), checked against
-    its checksum."""
-    step = self.manager.latest_step() if step is None else step
-    if step is None:
-      raise CheckpointError(
-          f"{self.workdir} has no complete checkpoint yet (its training "
-          "stopped before the first was saved); train it first: its training "
-          f"command, with --workdir={self.workdir}")
-    meta = self._read(step, "its meta record does not read back",
-                      meta=_ocp().args.JsonRestore())["meta"]
-    if (not isinstance(meta, dict) or
-        meta.pop("meta_checksum", None) != _meta_checksum(meta)):
-      raise self._damaged(step, "its meta record does not match the checksum "
-                          "saved with it")
-    return step, meta
-
-  def _check(self, step: int, meta: dict, template: dict, model) -> None:
-    """Refuses an intact checkpoint of another format or model."""
-    where, written = f"{self.directory}/{step}", meta.get("format", 1)
-    if written != FORMAT:
-      newer = isinstance(written, int) and written > FORMAT
-      raise CheckpointError(
-          f"the checkpoint {where} was written by "
-          f"{'a newer' if newer else 'an older'} mnist_jax (checkpoint format "
-          f"{written}; this one reads {FORMAT}); use "
-          f"{'a newer mnist_jax' if newer else 'the mnist_jax that wrote it'}"
-          " to resume or report on it, or pass another --workdir")
-    if model is not None and meta.get("model", model) != model:
-      raise model_error(self.workdir, model, meta["model"])
-    want, have = param_shapes(template["params"]), meta.get("param_shapes")
-    if have is not None and have != want:
-      diff = [k for k in sorted(set(have) | set(want))
-              if have.get(k) != want.get(k)]
-      raise CheckpointError(
-          f"the checkpoint {where} holds another model's parameters "
-          f"({diff[0]}: {have.get(diff[0])} in the checkpoint, "
-          f"{want.get(diff[0])} here; {len(diff)} differences); "
-          f"{self._edited()}")
-
-  def _edited(self) -> str:
-    return (f"{os.path.join(self.workdir, 'config.json')} no longer holds "
-            "the settings the run was trained with (was it edited?); nothing "
-            "was changed: put back its settings, or pass another --workdir")
-
-  def restore(self, template: dict, step: Optional[int] = None,
-              model: Optional[str] = None) -> Tuple[dict, dict]:
-    """(`template` (`tree` of a fresh state, or its shapes) with the parts
-    the checkpoint holds, as host arrays; its record). CheckpointError: none,
-    damaged (verified), or of another model, format or structure, which the
-    message tells apart."""
-    ocp, (step, meta) = _ocp(), self.read_meta(step)
-    self._check(step, meta, template, model)
-    try:
-      saved = self.manager.item_metadata(step)["state"].tree
+      saved = checkpoints.item_metadata(step)["state"].tree
       # Host arrays of the template's shapes: read whole, to the host (and
       # faster in orbax than ShapeDtypeStructs).
-      restored = self._read(step, state=ocp.args.StandardRestore({
+      restored = _read(checkpoints, step, state=ocp.args.StandardRestore({
           k: jax.tree.map(lambda x: np.zeros(x.shape, x.dtype),
                           template[k]) for k in saved}))["state"]
     except (CheckpointError, MemoryError):
       raise
     except Exception as e:  # pylint: disable=broad-except
       # Read as saved: damage if it does not read back at all.
-      self._read(step, "its arrays do not read back",
-                 state=ocp.args.StandardRestore())
+      _read(checkpoints, step, "its arrays do not read back",
+            state=ocp.args.StandardRestore())
       raise CheckpointError(
-          f"the checkpoint {self.directory}/{step} is intact but does not fit "
-          f"this run's train state ({first_line(e)}); {self._edited()}"
-          ) from None
+          f"the checkpoint {where} is intact but does not fit this run's "
+          f"train state ({first_line(e)}); {_edited(workdir)}") from None
     if digest([restored[k] for k in sorted(restored)]) != meta.get("digest"):
-      raise self._damaged(step, "its arrays do not match the checksum saved "
-                          "with them")
-    return {**template, **restored}, meta
+      raise _damaged(checkpoints, step, "its arrays do not match the checksum "
+                     "saved with them")
+  # orbax reads arrays back in their saved shapes, whatever the template's.
+  want, have = param_shapes(template["params"]), param_shapes(
+      restored["params"])
+  if have != want:
+    diff = [k for k in sorted(set(have) | set(want))
+            if have.get(k) != want.get(k)]
+    raise CheckpointError(
+        f"the checkpoint {where} holds another model's parameters "
+        f"({diff[0]}: {have.get(diff[0])} in the checkpoint, "
+        f"{want.get(diff[0])} here; {len(diff)} differences); "
+        f"{_edited(workdir)}")
+  return {**template, **restored}, meta
 
-  def close(self) -> None:
-    """Waits for the last save to finish."""
-    if "manager" in self.__dict__:
-      self.manager.wait_until_finished()
-      self.manager.close()
+
+def restore(workdir: str, state, model: Optional[str] = None):
+  """(`state` (a fresh TrainState, or its jax.eval_shape) with the parts of
+  the latest checkpoint, as host arrays; its record): the one restore, to
+  train on or to report on."""
+  parts, meta = read(workdir, tree(state), model)
+  return state.replace(**parts), meta
 
 
 def steps(workdir: str) -> List[int]:
   """The steps of a run folder's complete checkpoints, oldest first."""
-  with contextlib.closing(Checkpointer(workdir, read_only=True)) as reader:
-    return list(reader.manager.all_steps())
-
-
-def restore(workdir: str, state, model: Optional[str] = None):
-  """(`state` with the parts of the latest checkpoint, as host arrays; its
-  record): the one restore, to train on or to report on."""
-  with contextlib.closing(Checkpointer(workdir, read_only=True)) as reader:
-    parts, meta = reader.restore(tree(state), model=model)
-  return state.replace(**parts), meta
+  with contextlib.closing(manager(workdir)) as checkpoints:
+    return list(checkpoints.all_steps())
 
 
 def latest_meta(workdir: str) -> dict:
   """The latest checkpoint's record; {} where there is none or it does not
   read back (`restore` says why)."""
-  with contextlib.closing(Checkpointer(workdir, read_only=True)) as reader:
+  with contextlib.closing(manager(workdir)) as checkpoints:
     try:
-      return reader.read_meta()[1]
+      return read_meta(workdir, checkpoints)[1]
     except CheckpointError:
       return {}
 
 
-def check_model(workdir: str, model: str) -> None:
-  """Refuses a run folder whose config.json names another model than its
-  newest checkpoint's record, before its settings are compared; a
-  checkpoint that cannot tell is left to `restore`."""
-  saved = latest_meta(workdir).get("model")
-  if isinstance(saved, str) and saved != model:
-    raise model_error(workdir, model, saved)
-
-
-def record(config, *, epoch: int, step: int, shapes: dict, epoch_step: int = 0,
-           sums=None, done: bool = False,
-           time_s: Optional[float] = None) -> dict:
+def record(config, *, epoch: int, step: int, epoch_step: int = 0, sums=None,
+           done: bool = False, time_s: Optional[float] = None) -> dict:
   """A checkpoint's meta record: `epoch` epochs done, `epoch_step` steps of
   the next with their metric `sums`, the run's seconds so far (`time_s`)."""
   meta = {"epoch": epoch, "epoch_step": epoch_step, "step": step,
-          "model": config.model, "seed": config.seed, "done": done,
-          "param_shapes": shapes}
+          "model": config.model, "seed": config.seed, "done": done}
   if time_s is not None:
     meta["time_s"] = time_s
   if sums is not None:

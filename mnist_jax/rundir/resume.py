@@ -42,7 +42,11 @@ def check_run_folder(workdir: str, config: config_lib.Config,
     return False
   if not overwrite:
     recorded = record.read_config(workdir)
-    checkpoints.check_model(workdir, recorded.model)
+    # Another model than the newest checkpoint's (config.json edited) is said
+    # before the settings are compared; a record that cannot tell, by restore.
+    saved = checkpoints.latest_meta(workdir).get("model")
+    if isinstance(saved, str) and saved != recorded.model:
+      raise checkpoints.model_error(workdir, recorded.model, saved)
     diffs = config_differences(recorded, config)
     if diffs:
       raise UserError(
