@@ -4,14 +4,14 @@ Each field is a `launch.py` flag, declared once here (`_field`): its help,
 --help group, default and the absl parser that reads and bounds it. Unset, a
 flag takes the preset's value, else the field's default. A model's own
 settings are declared by the model (`Setting`) and held by its Configs only,
-read as attributes (`config.mlp_hidden`). Every setting is also defined into
-`CHECK`, so that values given in Python pass the flags' own parsers.
+read as attributes (`config.mlp_hidden`). Values given in Python are read by
+the flags' own parsers (`parse`).
 """
 
 import dataclasses
 import json
 import math
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from absl import flags
 
@@ -42,10 +42,6 @@ MAX_LAYERS = 100  # Stacked recurrent layers.
 MAX_MEMBERS = 10**4  # Members (seeds x sweep points) of one program.
 MAX_PROCESSES = 2**16
 IMAGE_SIDE = 28  # Pixels; shifts, kernels and distortions beyond it are void.
-
-# Every setting (Config fields, models' own) defined as a flag, unset: what
-# `parse` reads a value given in Python with.
-CHECK = flags.FlagValues()
 
 
 def value_text(value) -> str:
@@ -125,18 +121,10 @@ class Setting:
   parser: Optional[flags.ArgumentParser] = None
   default: Any = None
 
-
-def define(name: str, declared: Setting, flag_values=CHECK,
-           help_text: Optional[str] = None) -> None:
-  """Defines setting `name` as a flag of `flag_values`, under its --help
-  group, unset (None) by default: a flag given takes precedence over presets."""
-  args = dict(flag_values=flag_values, module_name=declared.group)
-  if isinstance(declared.default, bool):
-    flags.DEFINE_bool(name, None, help_text or declared.help, **args)
-  else:
-    flags.DEFINE(declared.parser or flags.ArgumentParser(), name, None,
-                 help_text or declared.help,
-                 serializer=flags.ArgumentSerializer(), **args)
+  def reader(self) -> flags.ArgumentParser:
+    """The absl parser its flag reads a value with."""
+    return self.parser or (flags.BooleanParser() if isinstance(
+        self.default, bool) else flags.ArgumentParser())
 
 
 def _field(default: Any, help_text: str, group: str,
@@ -311,15 +299,16 @@ class Config:
 
 FIELDS = {f.name: f.metadata["setting"] for f in dataclasses.fields(Config)
           if "setting" in f.metadata}
-for _name, _declared in FIELDS.items():
-  define(_name, _declared)
+# Every setting by its flag's name: the Config fields, then each model's own
+# (registry.register adds them, as the first model declaring one has it).
+SETTINGS: Dict[str, Setting] = dict(FIELDS)
 
 
 def parse(name: str, value: Any) -> Any:
   """`value` of setting `name` read as its flag reads it typed on the command
   line, so that Python is checked as the flags are: a BadFlag with absl's one
   line where the flag refuses it. A string setting may stay unset (None)."""
-  parser = CHECK[name].parser
+  parser = SETTINGS[name].reader()
   if value is None and parser.flag_type() == "string":
     return None
   text = (",".join(map(str, value)) if isinstance(value, (tuple, list)) else
