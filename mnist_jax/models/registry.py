@@ -132,14 +132,14 @@ def preset_overrides(model: str, preset: str) -> dict:
   return {**preset_overrides(model, base), **values} if base else values
 
 
-def get_config(model: str, preset: Optional[str] = "tuned",
+def get_config(model: str, preset: Optional[str] = "tuned", /,
                **overrides) -> config_lib.Config:
   """The full Config for a model and preset (None: the defaults alone, its
   own settings' from its module), with `overrides` on top (fields or its
   settings; another model's setting is refused in one line)."""
   values = dict(overrides)
   if preset:
-    values = {**preset_overrides(model, preset), "preset": preset, **overrides}
+    values = {**preset_overrides(model, preset), "preset": preset, **values}
   own = get(model).settings
   for name in (n for n in values if n not in config_lib.FIELDS
                and n not in own):
