@@ -50,8 +50,8 @@ from mnist_jax.training import members as members_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _RUN, _MODES = config_lib.RUN_FOLDER, config_lib.MODES
-# Every Config field and model's setting is a flag, unset by default: main()
-# takes the preset's value, else the setting's default. Then launch.py's own.
+# Every Config field and model's setting is a flag: main() takes those given
+# over the preset's values. Then launch.py's own.
 cli.define_settings()
 flags.DEFINE_bool(
     "overwrite", False, "Start --workdir over (deleting it) instead of "
@@ -97,10 +97,8 @@ def main(argv):
       raise UserError(f"--dry_run shows what training would do; leave it out "
                       f"with --mode={FLAGS.mode}")
     return _use_run()
-  model = FLAGS.model or config_lib.Config.model
-  given = cli.overrides({n: FLAGS[n].value for n in config_lib.SETTINGS},
-                        model)
-  config = models.get_config(model, FLAGS.preset or "tuned", **given)
+  given = cli.overrides(FLAGS)
+  config = models.get_config(FLAGS.model, FLAGS.preset, **given)
   COMMAND.config = config
   process.split_host(config.parallel, multi_process=bool(
       config.coordinator_address or config.num_processes > 1))
@@ -131,10 +129,9 @@ def _use_run():
   if not FLAGS.workdir:
     raise UserError(f"--mode={FLAGS.mode} needs --workdir=DIR, a run folder")
   process.setup_process()
-  overrides = {k: FLAGS[k].value for k in ("data_dir", "mnist_dir", "impl")
-               if FLAGS[k].value}  # The data may have moved; other layers.
-  if FLAGS["analyses"].present:  # --mode=report --noanalyses
-    overrides["analyses"] = FLAGS.analyses
+  # The data may have moved; other layers; --mode=report --noanalyses.
+  overrides = {k: FLAGS[k].value for k in ("data_dir", "mnist_dir", "impl",
+                                           "analyses") if FLAGS[k].present}
   if FLAGS.mode == "serve":  # Reads only, as predict.
     from mnist_jax.results import serve  # pylint: disable=g-import-not-at-top
     serve.main(FLAGS.workdir.split(","), FLAGS.host, FLAGS.port, **overrides)

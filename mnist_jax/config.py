@@ -81,7 +81,8 @@ class Sizes(flags.ListParser):
 
   def parse(self, argument) -> Tuple[int, ...]:
     try:
-      sizes = tuple(map(WIDTH.parse, super().parse(argument)))
+      sizes = tuple(map(WIDTH.parse, super().parse(
+          list(argument) if isinstance(argument, tuple) else argument)))
     except ValueError:
       sizes = ()
     if not sizes:

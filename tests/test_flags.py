@@ -60,18 +60,27 @@ def _readme_flag_rows():
   return rows
 
 
+def _set_by_presets():
+  """The settings some preset of some model sets."""
+  return {name for model, spec in registry.MODELS.items()
+          for preset in spec.presets
+          for name in registry.preset_overrides(model, preset)}
+
+
 def _expected_rows():
   """[(flag name, group, default text, help text)] of launch.py's flags, in
-  the order they are defined: a setting's help is "<help> (default:
-  <default>)"; launch.py's own flags have absl's default."""
+  the order they are defined: the flag's help and default ("the preset's,
+  else <default>" where a preset sets it; "the model's" where its models'
+  defaults differ)."""
   rows = []
   for group in config_lib.GROUPS:
     for flag in FLAGS.get_flags_for_module(group):
-      if flag.name in config_lib.SETTINGS:
-        help_text, default = flag.help[:-1].rsplit(" (default: ", 1)
-      else:
-        help_text, default = flag.help, config_lib.value_text(flag.default)
-      rows.append((flag.name, group, default, help_text))
+      default = ("the model's" if flag.default is None and
+                 models.models_with(flag.name) else
+                 config_lib.value_text(flag.default))
+      if flag.name in _set_by_presets():
+        default = f"the preset's, else {default}"
+      rows.append((flag.name, group, default, flag.help))
   return rows
 
 
@@ -86,17 +95,13 @@ def test_every_setting_has_one_line_help_in_a_group(name):
   assert FLAGS.find_module_defining_flag(name) == declared.group
 
 
-def test_the_default_names_the_preset_where_a_preset_sets_it():
-  """--help's "the preset's, else X" is said of the settings some preset of
-  some model sets, and of no others."""
-  set_by_presets = set()
-  for model, spec in registry.MODELS.items():
-    for preset in spec.presets:
-      set_by_presets |= set(registry.preset_overrides(model, preset))
-  assert set_by_presets
-  for name in config_lib.SETTINGS:
-    said = "(default: the preset's, else " in FLAGS[name].help
-    assert said == (name in set_by_presets), name
+def test_help_says_that_unset_flags_take_the_preset(capsys):
+  """Presets set some settings of every group but the run folder's; --help
+  says that a flag left out takes the preset's value."""
+  assert {config_lib.SETTINGS[n].group for n in _set_by_presets()} >= {
+      config_lib.MODEL, config_lib.DATA, config_lib.TRAINING}
+  assert "unset flags take the preset" in " ".join(
+      _printed_help(capsys).split())
 
 
 @pytest.mark.parametrize("name", sorted(
@@ -106,25 +111,27 @@ def test_every_model_setting_has_one_line_help_naming_its_models(name):
   which models have it, and defaults to the module attribute's default."""
   declared = config_lib.SETTINGS[name]
   owners = models.models_with(name)
-  assert FLAGS[name].help.startswith(
-      f"{declared.help}; {'/'.join(owners)} only (default: ")
+  assert FLAGS[name].help == f"{declared.help}; {'/'.join(owners)} only"
+  defaults = set()
   for model in owners:
     module = registry.get(model).module
     own = registry.get(model).settings[name]
     assert own.default == {
         f.name: f.default for f in dataclasses.fields(module)}[own.attribute]
+    defaults.add(repr(own.default))
+  assert FLAGS[name].default == (declared.default if len(defaults) == 1
+                                 else None)
 
 
 def test_flag_help_is_built_from_the_declarations():
   for name, declared in config_lib.FIELDS.items():
     assert FLAGS[name].help.startswith(declared.help)
-    assert FLAGS[name].help.endswith(
-        f"{config_lib.value_text(declared.default)})")
-    assert FLAGS[name].default is None  # Unset: the preset's, else default.
+    if name != "sweep":  # Repeated: a list, empty unless given.
+      assert FLAGS[name].default == declared.default, name
   assert _launch_flags() == sorted([
       "debug", "dry_run", "ensemble", "host", "image", "json", "mode",
       "overwrite", "plot", "port"])
-  for name in _launch_flags():  # Their defaults: absl's, in --help.
+  for name in _grouped():  # Their defaults: absl's, in --help.
     assert "(default: " not in FLAGS[name].help
 
 
@@ -168,12 +175,13 @@ def test_help_output_carries_every_line(capsys):
   for name in _grouped():
     spelled = f"--[no]{name}:" if FLAGS[name].boolean else f"--{name}:"
     line = f" {spelled} {' '.join(FLAGS[name].help.split())}"
-    if FLAGS[name].default_as_str:  # launch.py's own: absl's default.
+    if FLAGS[name].default_as_str:  # absl's default.
       line += f" (default: {FLAGS[name].default_as_str})"
     if FLAGS[name].parser.syntactic_help:
       line += f" ({FLAGS[name].parser.syntactic_help})"
     assert line in printed, name
-  assert printed.count("(default: ") == len(_grouped()) - 1  # --image: none.
+  assert printed.count("(default: ") == len(
+      [n for n in _grouped() if FLAGS[n].default is not None])
   assert set(_grouped()) == {*config_lib.SETTINGS, *_launch_flags()}
   assert "(a number)" not in printed
   assert "an integer in the range [1, 1000000]" in printed  # --epochs.

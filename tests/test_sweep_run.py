@@ -17,7 +17,6 @@ from experiments import compare
 from experiments import profile_chunk
 import launch
 import launch_helpers as lh
-from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.data import images as images_lib
 from mnist_jax.data import pipeline
@@ -68,9 +67,7 @@ def _overrides(*argv):
   launch.FLAGS.unparse_flags()
   launch.FLAGS(["launch.py", *argv])
   try:
-    return cli.overrides({n: launch.FLAGS[n].value
-                          for n in config_lib.SETTINGS},
-                         launch.FLAGS.model or "mlp")
+    return cli.overrides(launch.FLAGS)
   finally:
     launch.FLAGS.unparse_flags()
 

@@ -6,13 +6,12 @@ import dataclasses
 import os
 import shutil
 import signal
-from typing import Dict, Optional
+from typing import Optional
 
 from absl import flags
 
 from mnist_jax import config as config_lib
 from mnist_jax import models
-from mnist_jax.config import value_text
 from mnist_jax.errors import UserError
 from mnist_jax.rundir import checkpoints
 from mnist_jax.rundir import choose
@@ -41,54 +40,38 @@ def _preset_help() -> str:
           f"{named(empty, having.get)}")
 
 
-def flag_help(name: str, by_presets: set) -> str:
-  """A run setting's --help line: its declared help, what --model, --preset
-  and --sweep accept or which models have it, then its default (`by_presets`:
-  the settings some preset sets)."""
-  owners = models.models_with(name)
-  text = config_lib.SETTINGS[name].help
-  if owners:
-    text += f"; {'/'.join(owners)} only"
-  elif name == "model":
-    *names, last = models.MODELS
-    text += f": {', '.join(names)} or {last}"
-  elif name == "preset":
-    text += _preset_help()
-  elif name == "sweep":
-    text += f"; NAME: {', '.join(members_lib.SWEEPABLE)}"
-  values = {value_text(models.get(m).settings[name].default)
-            for m in owners} or {value_text(config_lib.SETTINGS[name].default)}
-  value = values.pop() if len(values) == 1 else "the model's"
-  if name in by_presets:
-    value = f"the preset's, else {value}"
-  return f"{text} (default: {value})"
-
-
 def define_settings() -> None:
   """Every run setting as a flag of launch.py under its --help group (absl's
-  module_name), unset (None): main takes the preset's value, else the
-  default. --sweep is repeatable."""
-  by_presets = {n for m, spec in models.MODELS.items() for p in spec.presets
-                for n in models.registry.preset_overrides(m, p)}
+  module_name) with its default (a model's own: where its models agree);
+  --model, --preset and --sweep list what they take; --sweep is repeatable.
+  A flag given is `present`: main takes it over the preset's value."""
   for name, declared in config_lib.SETTINGS.items():
-    args = dict(help=flag_help(name, by_presets), module_name=declared.group)
+    owners = models.models_with(name)
+    defaults = {repr(models.get(m).settings[name].default) for m in owners}
+    help_text = declared.help + (f"; {'/'.join(owners)} only" if owners else {
+        "model": f": {', '.join(models.MODELS)}", "preset": _preset_help(),
+        "sweep": f"; NAME: {', '.join(members_lib.SWEEPABLE)}"}.get(name, ""))
+    args = dict(default=None if len(defaults) > 1 or name == "sweep" else
+                declared.default,
+                help=help_text, module_name=declared.group)
     if name == "sweep":
-      flags.DEFINE_multi_string(name, None, **args)
-      flags.FLAGS[name].help = args["help"]  # Says "repeat" itself.
+      flags.DEFINE_multi_string(name, **args)
+      flags.FLAGS[name].help = help_text  # Says "repeat" itself.
     elif isinstance(declared.default, bool):
-      flags.DEFINE_bool(name, None, **args)
+      flags.DEFINE_bool(name, **args)
     else:
-      flags.DEFINE(declared.reader(), name, None,
-                   serializer=flags.ArgumentSerializer(), **args)
+      flags.DEFINE(declared.reader(), name, serializer=flags.ListSerializer(
+          ",") if isinstance(declared.default, tuple) else None, **args)
 
 
-def overrides(given: Dict[str, object], model: str) -> dict:
+def overrides(flag_values: flags.FlagValues) -> dict:
   """The run settings given on the command line, --model and --preset apart
   (absl parsed them); --sweep canonical."""
-  values = {n: v for n, v in given.items()
-            if v is not None and n not in ("model", "preset")}
+  values = {n: flag_values[n].value for n in config_lib.SETTINGS
+            if flag_values[n].present and n not in ("model", "preset")}
   if "sweep" in values:
-    values["sweep"] = members_lib.canonical(values["sweep"], model)
+    values["sweep"] = members_lib.canonical(values["sweep"],
+                                            flag_values.model)
   for name in members_lib.parse(values.get("sweep", "")):
     if name in values:
       raise UserError(f"--{name} and --sweep={name}=... both set {name}; pass "
