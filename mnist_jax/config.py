@@ -19,13 +19,6 @@ from mnist_jax.data import datasets
 from mnist_jax.errors import BadFlag, UserError
 from mnist_jax import optim
 
-OPTIMIZERS = tuple(optim.OPTIMIZERS)
-SCHEDULES = tuple(optim.SCHEDULES)
-DATASETS = tuple(datasets.DATASETS)
-PARALLEL = ("auto", "none", "sharded", "pmap")
-DTYPES = ("float32", "bfloat16")
-IMPLS = ("auto", "stock", "fast")
-
 # The groups --help and docs/flags.md list the flags in, in order: each is
 # the absl module_name its flags are defined with.
 MODEL, DATA, TRAINING, DEVICES, RUN_FOLDER, MODES = GROUPS = (
@@ -79,6 +72,11 @@ class Sizes(flags.ListParser):
   """Layer sizes: absl's list parser, then its integer parser for each, from 1
   to MAX_WIDTH; at least one."""
 
+  def __init__(self):
+    super().__init__()
+    self.syntactic_help = ("comma-separated integers in the range "
+                           f"[1, {MAX_WIDTH}]")
+
   def parse(self, argument) -> Tuple[int, ...]:
     try:
       sizes = tuple(map(WIDTH.parse, super().parse(
@@ -86,8 +84,7 @@ class Sizes(flags.ListParser):
     except ValueError:
       sizes = ()
     if not sizes:
-      raise ValueError("it takes comma-separated integers in the range "
-                       f"[1, {MAX_WIDTH}], e.g. 512,256")
+      raise ValueError(f"it takes {self.syntactic_help}, e.g. 512,256")
     return sizes
 
 
@@ -143,7 +140,8 @@ class Config:
   preset: str = _field(
       "tuned", "Named settings for --model (seed: its notebook's; tuned: "
       "trained well; best: the most accurate found)", MODEL)
-  dataset: str = _field("mnist", f"Which dataset: {', '.join(DATASETS)}", DATA,
+  dataset: str = _field("mnist", "Which dataset: "
+                        f"{', '.join(datasets.DATASETS)}", DATA,
                         Choice(datasets.DATASETS))
   data_dir: Optional[str] = _field(
       None, "tfds data folder the dataset is prepared and cached in; "
@@ -161,11 +159,12 @@ class Config:
   eval_batch_size: int = _field(
       1000, "Evaluation batch size; the last batch is padded and masked",
       DEVICES, COUNT)
-  optimizer: str = _field("adam", f"The optimizer: {', '.join(OPTIMIZERS)}",
+  optimizer: str = _field("adam", "The optimizer: "
+                          f"{', '.join(optim.OPTIMIZERS)}",
                           TRAINING, Choice(optim.OPTIMIZERS))
   learning_rate: float = _field(1e-3, "Peak learning rate", TRAINING, POSITIVE)
   schedule: str = _field("constant", "Learning-rate schedule: "
-                         f"{', '.join(SCHEDULES)}", TRAINING,
+                         f"{', '.join(optim.SCHEDULES)}", TRAINING,
                          Choice(optim.SCHEDULES))
   warmup_epochs: float = _field(
       0.0, "Linear warmup in epochs, for --schedule=warmup_cosine", TRAINING,
@@ -235,14 +234,15 @@ class Config:
   parallel: str = _field(
       "auto", "Device layout: auto, none (one device), sharded (one jit over a "
       "mesh, one device's run to float rounding) or pmap (per-device dropout "
-      "masks)", DEVICES, flags.EnumParser(PARALLEL))
+      "masks)", DEVICES, flags.EnumParser(["auto", "none", "sharded", "pmap"]))
   dtype: str = _field(
       "float32", "Compute dtype: float32 or bfloat16; parameters and "
-      "optimizer state stay float32", DEVICES, flags.EnumParser(DTYPES))
+      "optimizer state stay float32", DEVICES,
+      flags.EnumParser(["float32", "bfloat16"]))
   impl: str = _field(
       "auto", "Layers: auto (a fast kernel where measured faster), stock (Flax "
       "layers only) or fast; a kernel runs only if it computes the stock "
-      "layers", DEVICES, flags.EnumParser(IMPLS))
+      "layers", DEVICES, flags.EnumParser(["auto", "stock", "fast"]))
   coordinator_address: Optional[str] = _field(
       None, "host:port of process 0, for a multi-process run outside SLURM "
       "and TPU VMs", DEVICES)
