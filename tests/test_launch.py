@@ -126,6 +126,8 @@ def test_dry_run_marks_where_each_setting_comes_from():
       rf"^    --{name}=\S* +(.*)$", "\n".join(
           dry_run.settings_lines(config, given)), re.M).group(1)
   assert origin(config, given, "epochs") == "flag; preset: 18"
+  assert origin(config, given, "model") == origin(config, given,
+                                                  "preset") == "flag"
   # The preset's value, given again:
   assert origin(config, given, "learning_rate") == "flag"
   assert origin(config, given, "cnn_dense") == "preset"

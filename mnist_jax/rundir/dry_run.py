@@ -69,8 +69,8 @@ def settings_lines(config: config_lib.Config,
       if name == "workdir":
         origin = "flag" if name in given else "chosen (see run folder)"
       elif name in given:
-        origin = "flag" if before[name] == values[name] else (
-            f"flag; {origin}: {value_text(before[name])}")
+        origin = "flag" if before[name] == values[name] or name == "preset" \
+            else f"flag; {origin}: {value_text(before[name])}"
       lines.append(f"    {f'--{name}={value_text(values[name])}':<34} "
                    f"{origin}")
   return lines
