@@ -112,12 +112,14 @@ FRACTION = Number(0, 1, open_high=True)
 class Setting:
   """A setting's declaration: the Flax module `attribute` a model's own
   setting sets, its flag's `help` and --help `group`, the absl `parser` that
-  reads and bounds it (None: by its `default`, a boolean or a string)."""
+  reads and bounds it (None: by its `default`, a boolean or a string), and
+  the `models` that declare it (registry.register adds them)."""
   attribute: str
   help: str
   group: str = MODEL
   parser: Optional[flags.ArgumentParser] = None
   default: Any = None
+  models: Tuple[str, ...] = ()
 
   def reader(self) -> flags.ArgumentParser:
     """The absl parser its flag reads a value with."""
@@ -276,13 +278,15 @@ class Config:
     """This config with `changes` (fields or the model's own settings), each
     read as its flag reads it (BadFlag: its one line); a new --model keeps
     none of the old model's settings (models.get_config fills)."""
-    kept = (dict(self.model_settings)
-            if changes.get("model", self.model) == self.model else {})
+    model = changes.get("model", self.model)
+    kept = dict(self.model_settings) if model == self.model else {}
     for name, value in changes.items():
       if name not in FIELDS and name not in kept:
-        raise UserError(f"--{name} is no setting of --model={self.model}; "
-                        "leave it out (python launch.py --help lists each "
-                        "model's)")
+        owners = "/".join(SETTINGS[name].models) if name in SETTINGS else ""
+        raise UserError(
+            f"--{name} is a setting of --model={owners}, not of --model="
+            f"{model}; leave it out" if owners else
+            f"unknown setting --{name}; see python launch.py --help")
       changes[name] = parse(name, value)
     kept.update((k, v) for k, v in changes.items() if k not in FIELDS)
     return dataclasses.replace(

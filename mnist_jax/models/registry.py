@@ -64,7 +64,9 @@ def register(spec: ModelSpec) -> ModelSpec:
     known = config_lib.SETTINGS.setdefault(name, declared)
     if flag(known) != flag(declared):
       raise ValueError(f"{spec.name}: --{name} is declared differently by "
-                       f"{', '.join(models_with(name))}")
+                       f"{', '.join(known.models)}")
+    config_lib.SETTINGS[name] = dataclasses.replace(known, models=(
+        *(m for m in known.models if m != spec.name), spec.name))
   MODELS[spec.name] = spec
   return spec
 
@@ -136,17 +138,11 @@ def get_config(model: str, preset: Optional[str] = "tuned", /,
                **overrides) -> config_lib.Config:
   """The full Config for a model and preset (None: the defaults alone, its
   own settings' from its module), with `overrides` on top (fields or its
-  settings; another model's setting is refused in one line)."""
+  settings; another model's setting is refused in one line: Config.replace)."""
   values = dict(overrides)
   if preset:
     values = {**preset_overrides(model, preset), "preset": preset, **values}
   own = get(model).settings
-  for name in (n for n in values if n not in config_lib.FIELDS
-               and n not in own):
-    owners = "/".join(models_with(name))
-    raise UserError(f"--{name} is a setting of --model={owners}, not of "
-                    f"--model={model}; leave it out" if owners else
-                    f"unknown setting --{name}; see python launch.py --help")
   return validate(config_lib.Config(
       model=model, model_settings=tuple((n, s.default) for n, s in own.items())
   ).replace(**values))
