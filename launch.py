@@ -12,6 +12,11 @@
 Every Config field (mnist_jax/config.py) and every model's own setting
 (mnist_jax/models/registry.py) is a flag; unset flags take the preset. The
 same command again resumes its run (without --workdir, the newest of its kind).
+
+Exit status: 0 done (or already finished), 1 bad input, 2 a flag that does not
+parse, 3 diverged, 4 finished but did not learn, 5 out of memory or disk space,
+130 or 143 stopped by Ctrl-C or SIGTERM, 141 the reader of its output stopped
+(| head). --helpfull also lists the libraries' flags.
 """
 
 import os
@@ -45,38 +50,40 @@ from mnist_jax.training import members as members_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _RUN, _MODES = config_lib.RUN_FOLDER, config_lib.MODES
-# Every Config field and model's setting is a flag, unset by default: main()
-# takes the preset's value, else the setting's default. Then launch.py's own.
+# Every Config field and model's setting is a flag: main() takes those given
+# over the preset's values. Then launch.py's own.
 cli.define_settings()
-_own = cli.define_own
-_own(flags.DEFINE_bool, "overwrite", False, _RUN,
-     "Start --workdir over (deleting it) instead of resuming it; without "
-     "--workdir, start a new run folder instead of resuming one")
-_own(flags.DEFINE_enum, "mode", "train", _MODES,
-     "What to do: train, report (rewrite a run's report and plots), predict "
-     "(the digits in --image files) or serve (a drawing page)",
-     enum_values=["train", "report", "predict", "serve"])
-_own(flags.DEFINE_bool, "dry_run", False, _MODES,
-     "Print the settings, validation split, model, devices and run folder "
-     "this command would train with; train and write nothing")
+flags.DEFINE_bool(
+    "overwrite", False, "Start --workdir over (deleting it) instead of "
+    "resuming it; without --workdir, start a new run folder instead of "
+    "resuming one", module_name=_RUN)
+flags.DEFINE_enum(
+    "mode", "train", ["train", "report", "predict", "serve"], "What to do: "
+    "train, report (rewrite a run's report and plots), predict (the digits in "
+    "--image files) or serve (a drawing page)", module_name=_MODES)
+flags.DEFINE_bool(
+    "dry_run", False, "Print the settings, validation split, model, devices "
+    "and run folder this command would train with; train and write nothing",
+    module_name=_MODES)
 # Split by images.expand, not absl's list parser (which strips spaces).
-_own(flags.DEFINE_string, "image", None, _MODES,
-     "With --mode=predict: image files, folders of them or patterns "
-     "(photos/*.jpg), comma-separated (PNG, JPEG, anything Pillow reads)")
-_own(flags.DEFINE_bool, "json", False, _MODES,
-     "With --mode=predict: print one JSON object per image")
-_own(flags.DEFINE_bool, "plot", False, _MODES,
-     "With --mode=predict: also save WORKDIR/predict/<name>.png")
-_own(flags.DEFINE_bool, "ensemble", False, _MODES,
-     "With --mode=predict: average the probabilities of the seeds of the "
-     "run's chosen grid point instead of its chosen member")
-_own(flags.DEFINE_string, "host", "127.0.0.1", _MODES,
-     "With --mode=serve: the address to listen on")
-_own(flags.DEFINE_integer, "port", 0, _MODES,
-     "With --mode=serve: the port (0: a free one)", lower_bound=0,
-     upper_bound=65535)
-_own(flags.DEFINE_bool, "debug", False, _MODES,
-     "Show Python tracebacks instead of one-line errors")
+flags.DEFINE_string(
+    "image", None, "With --mode=predict: image files, folders of them or "
+    "patterns (photos/*.jpg), comma-separated (PNG, JPEG, anything Pillow "
+    "reads)", module_name=_MODES)
+flags.DEFINE_bool("json", False, "With --mode=predict: print one JSON object "
+                  "per image", module_name=_MODES)
+flags.DEFINE_bool("plot", False, "With --mode=predict: also save "
+                  "WORKDIR/predict/<name>.png", module_name=_MODES)
+flags.DEFINE_bool(
+    "ensemble", False, "With --mode=predict: average the probabilities of the "
+    "seeds of the run's chosen grid point instead of its chosen member",
+    module_name=_MODES)
+flags.DEFINE_string("host", "127.0.0.1", "With --mode=serve: the address to "
+                    "listen on", module_name=_MODES)
+flags.DEFINE_integer("port", 0, "With --mode=serve: the port (0: a free one)",
+                     lower_bound=0, upper_bound=65535, module_name=_MODES)
+flags.DEFINE_bool("debug", False, "Show Python tracebacks instead of one-line "
+                  "errors", module_name=_MODES)
 FLAGS = flags.FLAGS
 COMMAND = cli.Command()
 
@@ -90,23 +97,16 @@ def main(argv):
       raise UserError(f"--dry_run shows what training would do; leave it out "
                       f"with --mode={FLAGS.mode}")
     return _use_run()
-  model = FLAGS.model or config_lib.Config.model
-  given = cli.overrides({n: FLAGS[n].value for n in models.flag_names()},
-                        model)
-  config = models.get_config(model, FLAGS.preset or "tuned", **given)
+  given = cli.overrides(FLAGS)
+  config = models.get_config(FLAGS.model, FLAGS.preset, **given)
   COMMAND.config = config
   process.split_host(config.parallel, multi_process=bool(
       config.coordinator_address or config.num_processes > 1))
   process.setup_process()
   members = members_lib.from_config(config)  # A bad --sweep says so first.
   if FLAGS.dry_run:
-    work, line = cli.dry_run_folder(config, FLAGS.overwrite)
-    given.update({n: FLAGS[n].value for n in ("model", "preset")
-                  if FLAGS[n].value is not None})
-    print(dry_run.text(config.replace(workdir=work), given, line,
-                       "flag" if config.workdir else "chosen (see run folder)",
-                       members))
-    return
+    return dry_run.show(config, [n for n in config_lib.SETTINGS
+                                 if FLAGS[n].present], FLAGS.overwrite, members)
   COMMAND.existed = bool(config.workdir) and os.path.exists(config.workdir)
   with lock.locking() as held:
     work, note = cli.run_folder(config, FLAGS.overwrite)
@@ -129,10 +129,9 @@ def _use_run():
   if not FLAGS.workdir:
     raise UserError(f"--mode={FLAGS.mode} needs --workdir=DIR, a run folder")
   process.setup_process()
-  overrides = {k: FLAGS[k].value for k in ("data_dir", "mnist_dir", "impl")
-               if FLAGS[k].value}  # The data may have moved; other layers.
-  if FLAGS["analyses"].present:  # --mode=report --noanalyses
-    overrides["analyses"] = FLAGS.analyses
+  # The data may have moved; other layers; --mode=report --noanalyses.
+  overrides = {k: FLAGS[k].value for k in ("data_dir", "mnist_dir", "impl",
+                                           "analyses") if FLAGS[k].present}
   if FLAGS.mode == "serve":  # Reads only, as predict.
     from mnist_jax.results import serve  # pylint: disable=g-import-not-at-top
     serve.main(FLAGS.workdir.split(","), FLAGS.host, FLAGS.port, **overrides)
@@ -151,16 +150,21 @@ def _use_run():
 
 
 def _parse(argv):
-  """Parses the flags; asking for help prints it and exits 0."""
-  for arg in argv[1:]:
-    if arg == "--":
-      break
-    if arg in cli.HELP_ARGS:
-      if arg.endswith("helpxml"):
-        FLAGS.write_help_in_xml_format(sys.stdout)
-      else:
-        print(cli.help_text(__doc__, full=arg.endswith("helpfull")))
-      sys.exit(0)
+  """Parses the flags. Asked for help, prints this module's doc, then each
+  --help group's flags as absl renders them (--helpfull: and the libraries';
+  --helpxml: absl's XML), and exits 0."""
+  for arg in argv[1:argv.index("--") if "--" in argv else None]:
+    asked = arg.lstrip("-") if arg.startswith("-") else None
+    if asked == "helpxml":
+      FLAGS.write_help_in_xml_format(sys.stdout)
+    elif asked in ("h", "?", "help", "helpshort", "helpfull"):
+      groups = [*config_lib.GROUPS, *(
+          m for m in FLAGS.flags_by_module_dict()
+          if asked == "helpfull" and m not in config_lib.GROUPS)]
+      print(__doc__.strip(), *map(FLAGS.module_help, groups), sep="\n")
+    else:
+      continue
+    sys.exit(0)
   try:
     argv = FLAGS(argv)
   except flags.Error as e:
@@ -205,8 +209,7 @@ def _exit(text: str, code: int) -> None:
 
 
 def _run(argv):
-  """Runs main; ends in one line and exit status 1 bad input, 2 bad flag, 3
-  diverged, 4 did not learn, 5 out of memory or disk space, 128+N signal N
+  """Runs main; ends in one line and the exit status the module doc lists
   (--debug: a traceback)."""
   for signum in (signal.SIGINT, signal.SIGTERM):
     signal.signal(signum, _interrupt)

@@ -151,7 +151,7 @@ def _parse_sets(items) -> dict:
   out = {}
   for item in items:
     key, _, value = item.partition("=")
-    if key not in models.flag_names():
+    if key not in config_lib.SETTINGS:
       raise UserError(f"--set: unknown Config field {key!r}")
     out[key] = config_lib.parse(key, value)  # As its flag reads it.
   return out

@@ -602,7 +602,7 @@ def parse_vary(specs: Sequence[str]) -> Dict[str, list]:
     name, _, listed = (t.strip() for t in spec.partition("="))
     if (
         name in ("model", "seed", "preset")
-        or name not in models.flag_names()
+        or name not in config_lib.SETTINGS
     ):
       raise UserError(
           f"--vary={spec}: vary a Config field other than model, preset and "

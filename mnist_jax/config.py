@@ -4,27 +4,20 @@ Each field is a `launch.py` flag, declared once here (`_field`): its help,
 --help group, default and the absl parser that reads and bounds it. Unset, a
 flag takes the preset's value, else the field's default. A model's own
 settings are declared by the model (`Setting`) and held by its Configs only,
-read as attributes (`config.mlp_hidden`). Every setting is also defined into
-`CHECK`, so that values given in Python pass the flags' own parsers.
+read as attributes (`config.mlp_hidden`). Values given in Python are read by
+the flags' own parsers (`parse`).
 """
 
 import dataclasses
 import json
 import math
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from absl import flags
 
 from mnist_jax.data import datasets
 from mnist_jax.errors import BadFlag, UserError
 from mnist_jax import optim
-
-OPTIMIZERS = tuple(optim.OPTIMIZERS)
-SCHEDULES = tuple(optim.SCHEDULES)
-DATASETS = tuple(datasets.DATASETS)
-PARALLEL = ("auto", "none", "sharded", "pmap")
-DTYPES = ("float32", "bfloat16")
-IMPLS = ("auto", "stock", "fast")
 
 # The groups --help and docs/flags.md list the flags in, in order: each is
 # the absl module_name its flags are defined with.
@@ -42,10 +35,6 @@ MAX_LAYERS = 100  # Stacked recurrent layers.
 MAX_MEMBERS = 10**4  # Members (seeds x sweep points) of one program.
 MAX_PROCESSES = 2**16
 IMAGE_SIDE = 28  # Pixels; shifts, kernels and distortions beyond it are void.
-
-# Every setting (Config fields, models' own) defined as a flag, unset: what
-# `parse` reads a value given in Python with.
-CHECK = flags.FlagValues()
 
 
 def value_text(value) -> str:
@@ -83,14 +72,19 @@ class Sizes(flags.ListParser):
   """Layer sizes: absl's list parser, then its integer parser for each, from 1
   to MAX_WIDTH; at least one."""
 
+  def __init__(self):
+    super().__init__()
+    self.syntactic_help = ("comma-separated integers in the range "
+                           f"[1, {MAX_WIDTH}]")
+
   def parse(self, argument) -> Tuple[int, ...]:
     try:
-      sizes = tuple(map(WIDTH.parse, super().parse(argument)))
+      sizes = tuple(map(WIDTH.parse, super().parse(
+          list(argument) if isinstance(argument, tuple) else argument)))
     except ValueError:
       sizes = ()
     if not sizes:
-      raise ValueError("it takes comma-separated integers in the range "
-                       f"[1, {MAX_WIDTH}], e.g. 512,256")
+      raise ValueError(f"it takes {self.syntactic_help}, e.g. 512,256")
     return sizes
 
 
@@ -118,25 +112,19 @@ FRACTION = Number(0, 1, open_high=True)
 class Setting:
   """A setting's declaration: the Flax module `attribute` a model's own
   setting sets, its flag's `help` and --help `group`, the absl `parser` that
-  reads and bounds it (None: by its `default`, a boolean or a string)."""
+  reads and bounds it (None: by its `default`, a boolean or a string), and
+  the `models` that declare it (registry.register adds them)."""
   attribute: str
   help: str
   group: str = MODEL
   parser: Optional[flags.ArgumentParser] = None
   default: Any = None
+  models: Tuple[str, ...] = ()
 
-
-def define(name: str, declared: Setting, flag_values=CHECK,
-           help_text: Optional[str] = None) -> None:
-  """Defines setting `name` as a flag of `flag_values`, under its --help
-  group, unset (None) by default: a flag given takes precedence over presets."""
-  args = dict(flag_values=flag_values, module_name=declared.group)
-  if isinstance(declared.default, bool):
-    flags.DEFINE_bool(name, None, help_text or declared.help, **args)
-  else:
-    flags.DEFINE(declared.parser or flags.ArgumentParser(), name, None,
-                 help_text or declared.help,
-                 serializer=flags.ArgumentSerializer(), **args)
+  def reader(self) -> flags.ArgumentParser:
+    """The absl parser its flag reads a value with."""
+    return self.parser or (flags.BooleanParser() if isinstance(
+        self.default, bool) else flags.ArgumentParser())
 
 
 def _field(default: Any, help_text: str, group: str,
@@ -154,7 +142,8 @@ class Config:
   preset: str = _field(
       "tuned", "Named settings for --model (seed: its notebook's; tuned: "
       "trained well; best: the most accurate found)", MODEL)
-  dataset: str = _field("mnist", f"Which dataset: {', '.join(DATASETS)}", DATA,
+  dataset: str = _field("mnist", "Which dataset: "
+                        f"{', '.join(datasets.DATASETS)}", DATA,
                         Choice(datasets.DATASETS))
   data_dir: Optional[str] = _field(
       None, "tfds data folder the dataset is prepared and cached in; "
@@ -172,11 +161,12 @@ class Config:
   eval_batch_size: int = _field(
       1000, "Evaluation batch size; the last batch is padded and masked",
       DEVICES, COUNT)
-  optimizer: str = _field("adam", f"The optimizer: {', '.join(OPTIMIZERS)}",
+  optimizer: str = _field("adam", "The optimizer: "
+                          f"{', '.join(optim.OPTIMIZERS)}",
                           TRAINING, Choice(optim.OPTIMIZERS))
   learning_rate: float = _field(1e-3, "Peak learning rate", TRAINING, POSITIVE)
   schedule: str = _field("constant", "Learning-rate schedule: "
-                         f"{', '.join(SCHEDULES)}", TRAINING,
+                         f"{', '.join(optim.SCHEDULES)}", TRAINING,
                          Choice(optim.SCHEDULES))
   warmup_epochs: float = _field(
       0.0, "Linear warmup in epochs, for --schedule=warmup_cosine", TRAINING,
@@ -246,14 +236,15 @@ class Config:
   parallel: str = _field(
       "auto", "Device layout: auto, none (one device), sharded (one jit over a "
       "mesh, one device's run to float rounding) or pmap (per-device dropout "
-      "masks)", DEVICES, flags.EnumParser(PARALLEL))
+      "masks)", DEVICES, flags.EnumParser(["auto", "none", "sharded", "pmap"]))
   dtype: str = _field(
       "float32", "Compute dtype: float32 or bfloat16; parameters and "
-      "optimizer state stay float32", DEVICES, flags.EnumParser(DTYPES))
+      "optimizer state stay float32", DEVICES,
+      flags.EnumParser(["float32", "bfloat16"]))
   impl: str = _field(
       "auto", "Layers: auto (a fast kernel where measured faster), stock (Flax "
       "layers only) or fast; a kernel runs only if it computes the stock "
-      "layers", DEVICES, flags.EnumParser(IMPLS))
+      "layers", DEVICES, flags.EnumParser(["auto", "stock", "fast"]))
   coordinator_address: Optional[str] = _field(
       None, "host:port of process 0, for a multi-process run outside SLURM "
       "and TPU VMs", DEVICES)
@@ -287,13 +278,15 @@ class Config:
     """This config with `changes` (fields or the model's own settings), each
     read as its flag reads it (BadFlag: its one line); a new --model keeps
     none of the old model's settings (models.get_config fills)."""
-    kept = (dict(self.model_settings)
-            if changes.get("model", self.model) == self.model else {})
+    model = changes.get("model", self.model)
+    kept = dict(self.model_settings) if model == self.model else {}
     for name, value in changes.items():
       if name not in FIELDS and name not in kept:
-        raise UserError(f"--{name} is no setting of --model={self.model}; "
-                        "leave it out (python launch.py --help lists each "
-                        "model's)")
+        owners = "/".join(SETTINGS[name].models) if name in SETTINGS else ""
+        raise UserError(
+            f"--{name} is a setting of --model={owners}, not of --model="
+            f"{model}; leave it out" if owners else
+            f"unknown setting --{name}; see python launch.py --help")
       changes[name] = parse(name, value)
     kept.update((k, v) for k, v in changes.items() if k not in FIELDS)
     return dataclasses.replace(
@@ -311,15 +304,16 @@ class Config:
 
 FIELDS = {f.name: f.metadata["setting"] for f in dataclasses.fields(Config)
           if "setting" in f.metadata}
-for _name, _declared in FIELDS.items():
-  define(_name, _declared)
+# Every setting by its flag's name: the Config fields, then each model's own
+# (registry.register adds them, as the first model declaring one has it).
+SETTINGS: Dict[str, Setting] = dict(FIELDS)
 
 
 def parse(name: str, value: Any) -> Any:
   """`value` of setting `name` read as its flag reads it typed on the command
   line, so that Python is checked as the flags are: a BadFlag with absl's one
   line where the flag refuses it. A string setting may stay unset (None)."""
-  parser = CHECK[name].parser
+  parser = SETTINGS[name].reader()
   if value is None and parser.flag_type() == "string":
     return None
   text = (",".join(map(str, value)) if isinstance(value, (tuple, list)) else

@@ -209,7 +209,7 @@ def test_old_run_config_without_new_fields_says_its_classes():
   record = json.loads(config.to_json())
   assert not {"num_classes", "class_names", "image_shape"} & set(record)
   assert models.build(config)[0].num_classes == 26
-  assert models.registry.describe(config).startswith("784-1024-1024-26")
+  assert models.get(config.model).describe(config).startswith("784-1024-1024-26")
 
 
 @pytest.mark.slow

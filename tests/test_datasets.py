@@ -74,7 +74,7 @@ def _bars(n, seed):
 def test_the_dense_models_count_the_declared_images_pixels(monkeypatch):
   """Their one-line description: the dataset's pixels, not MNIST's 784."""
   monkeypatch.setitem(datasets.DATASETS, SHAPED.name, SHAPED)
-  describe = lambda model, **values: models.registry.describe(
+  describe = lambda model, **values: models.get(model).describe(
       models.get_config(model, "seed", dataset=SHAPED.name, **values))
   pixels = int(np.prod(SHAPED.image_shape))
   assert describe("linear") == f"Dense(3) on the {pixels} pixels"

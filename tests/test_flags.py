@@ -1,5 +1,6 @@
 """Flags have one source: each setting's declaration (a Config field, or a
-model's own setting), defined as absl flags into launch.py and config.CHECK.
+model's own setting, both in config.SETTINGS), defined as absl flags into
+launch.py.
 
 Its declared help is its flag's one-line --help text and its row in
 docs/flags.md's table; launch.py's own flags carry theirs in launch.py; a
@@ -20,7 +21,6 @@ from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.errors import BadFlag, UserError
 from mnist_jax.models import registry
-from mnist_jax.rundir import cli
 from mnist_jax.training import members as members_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,7 +32,7 @@ GROUP_ROW = re.compile(r"^\| \*\*(.+)\*\* \| \| \|$")
 
 def _launch_flags():
   """launch.py's own flags: those of its help groups that are no setting."""
-  return sorted(set(_grouped()) - set(models.flag_names()))
+  return sorted(set(_grouped()) - set(config_lib.SETTINGS))
 
 
 def _grouped():
@@ -60,20 +60,33 @@ def _readme_flag_rows():
   return rows
 
 
+def _set_by_presets():
+  """The settings some preset of some model sets."""
+  return {name for model, spec in registry.MODELS.items()
+          for preset in spec.presets
+          for name in registry.preset_overrides(model, preset)}
+
+
 def _expected_rows():
   """[(flag name, group, default text, help text)] of launch.py's flags, in
-  --help's order: each flag's help is "<help> (default: <default>)"."""
+  the order they are defined: the flag's help and default ("the preset's,
+  else <default>" where a preset sets it; "the model's" where its models'
+  defaults differ)."""
   rows = []
   for group in config_lib.GROUPS:
     for flag in FLAGS.get_flags_for_module(group):
-      help_text, default = flag.help[:-1].rsplit(" (default: ", 1)
-      rows.append((flag.name, group, default, help_text))
+      default = ("the model's" if flag.default is None and
+                 models.models_with(flag.name) else
+                 config_lib.value_text(flag.default))
+      if flag.name in _set_by_presets():
+        default = f"the preset's, else {default}"
+      rows.append((flag.name, group, default, flag.help))
   return rows
 
 
-@pytest.mark.parametrize("name", sorted(models.flag_names()))
+@pytest.mark.parametrize("name", sorted(config_lib.SETTINGS))
 def test_every_setting_has_one_line_help_in_a_group(name):
-  declared = models.setting(name)
+  declared = config_lib.SETTINGS[name]
   assert declared.help and "\n" not in declared.help, name
   assert len(declared.help) < 160, name
   assert "`" not in declared.help and "|" not in declared.help, name
@@ -82,56 +95,53 @@ def test_every_setting_has_one_line_help_in_a_group(name):
   assert FLAGS.find_module_defining_flag(name) == declared.group
 
 
-def test_the_default_names_the_preset_where_a_preset_sets_it():
-  """--help's "the preset's, else X" is said of the settings some preset of
-  some model sets, and of no others."""
-  set_by_presets = set()
-  for model, spec in registry.MODELS.items():
-    for preset in spec.presets:
-      set_by_presets |= set(registry.preset_overrides(model, preset))
-  assert registry.set_by_presets() == set_by_presets
-  for name in models.flag_names():
-    said = "(default: the preset's, else " in FLAGS[name].help
-    assert said == (name in set_by_presets), name
+def test_help_says_that_unset_flags_take_the_preset(capsys):
+  """Presets set some settings of every group but the run folder's; --help
+  says that a flag left out takes the preset's value."""
+  assert {config_lib.SETTINGS[n].group for n in _set_by_presets()} >= {
+      config_lib.MODEL, config_lib.DATA, config_lib.TRAINING}
+  assert "unset flags take the preset" in " ".join(
+      _printed_help(capsys).split())
 
 
 @pytest.mark.parametrize("name", sorted(
-    set(models.flag_names()) - set(config_lib.FIELDS)))
+    set(config_lib.SETTINGS) - set(config_lib.FIELDS)))
 def test_every_model_setting_has_one_line_help_naming_its_models(name):
   """A model's own setting is a flag whose help is its declaration's, says
   which models have it, and defaults to the module attribute's default."""
-  declared = models.setting(name)
+  declared = config_lib.SETTINGS[name]
   owners = models.models_with(name)
-  assert FLAGS[name].help.startswith(
-      f"{declared.help}; {'/'.join(owners)} only (default: ")
+  assert FLAGS[name].help == f"{declared.help}; {'/'.join(owners)} only"
+  defaults = set()
   for model in owners:
     module = registry.get(model).module
-    attribute = models.setting(name, model).attribute
-    assert models.setting(name, model).default == {
-        f.name: f.default for f in dataclasses.fields(module)}[attribute]
+    own = registry.get(model).settings[name]
+    assert own.default == {
+        f.name: f.default for f in dataclasses.fields(module)}[own.attribute]
+    defaults.add(repr(own.default))
+  assert FLAGS[name].default == (declared.default if len(defaults) == 1
+                                 else None)
 
 
 def test_flag_help_is_built_from_the_declarations():
   for name, declared in config_lib.FIELDS.items():
     assert FLAGS[name].help.startswith(declared.help)
-    assert FLAGS[name].help.endswith(
-        f"{config_lib.value_text(declared.default)})")
-    assert FLAGS[name].default is None  # Unset: the preset's, else default.
+    if name != "sweep":  # Repeated: a list, empty unless given.
+      assert FLAGS[name].default == declared.default, name
   assert _launch_flags() == sorted([
       "debug", "dry_run", "ensemble", "host", "image", "json", "mode",
       "overwrite", "plot", "port"])
-  for name in _launch_flags():
-    assert FLAGS[name].help.endswith(
-        f" (default: {config_lib.value_text(FLAGS[name].default)})")
+  for name in _grouped():  # Their defaults: absl's, in --help.
+    assert "(default: " not in FLAGS[name].help
 
 
-@pytest.mark.parametrize("name", sorted(models.flag_names()))
+@pytest.mark.parametrize("name", sorted(config_lib.SETTINGS))
 def test_python_and_the_flags_read_a_value_with_one_parser(name):
   """A value given to get_config or Config.replace is read by the parser of
   the flag launch.py defines, so that each refuses it in the same line."""
-  assert type(FLAGS[name].parser) is type(config_lib.CHECK[name].parser)
-  assert (FLAGS[name].parser.syntactic_help ==
-          config_lib.CHECK[name].parser.syntactic_help)
+  reader = config_lib.SETTINGS[name].reader()
+  assert type(FLAGS[name].parser) is type(reader)
+  assert FLAGS[name].parser.syntactic_help == reader.syntactic_help
 
 
 @pytest.mark.parametrize("name, text", [
@@ -160,25 +170,35 @@ def _printed_help(capsys, arg="--help"):
 
 def test_help_output_carries_every_line(capsys):
   """What `python launch.py --help` prints holds every flag's help and
-  default, in one style."""
+  default, and the bounds its parser reads."""
   printed = " ".join(_printed_help(capsys).split())
   for name in _grouped():
     spelled = f"--[no]{name}:" if FLAGS[name].boolean else f"--{name}:"
-    assert f" {spelled} {' '.join(FLAGS[name].help.split())}" in printed, name
-  assert printed.count("(default: ") == len(_grouped())
-  assert set(_grouped()) == {*models.flag_names(), *_launch_flags()}
-  assert "(default: '" not in printed and "(a number)" not in printed
+    line = f" {spelled} {' '.join(FLAGS[name].help.split())}"
+    if FLAGS[name].default_as_str:  # absl's default.
+      line += f" (default: {FLAGS[name].default_as_str})"
+    if FLAGS[name].parser.syntactic_help:
+      line += f" ({FLAGS[name].parser.syntactic_help})"
+    assert line in printed, name
+  assert printed.count("(default: ") == len(
+      [n for n in _grouped() if FLAGS[n].default is not None])
+  assert set(_grouped()) == {*config_lib.SETTINGS, *_launch_flags()}
+  assert "(a number)" not in printed
+  assert "an integer in the range [1, 1000000]" in printed  # --epochs.
 
 
-def test_help_lists_flags_by_group_model_first(capsys):
+def test_help_lists_flags_by_group(capsys):
+  """--help lists the groups in config.GROUPS' order, each group's flags as
+  absl orders them (by name)."""
   printed = _printed_help(capsys)
   headings = [line[:-1] for line in printed.splitlines()
               if line.endswith(":") and not line.startswith(" ")]
   assert headings == list(config_lib.GROUPS)
   flag_lines = [line.split(":")[0].strip() for line in printed.splitlines()
                 if line.startswith("  --")]
-  assert flag_lines[0] == "--model"
-  assert [f.replace("[no]", "")[2:] for f in flag_lines] == _grouped()
+  assert [f.replace("[no]", "")[2:] for f in flag_lines] == [
+      f.name for group in config_lib.GROUPS
+      for f in sorted(FLAGS.get_flags_for_module(group), key=lambda f: f.name)]
   assert _grouped()[:2] == ["model", "preset"]
 
 
@@ -197,7 +217,7 @@ def test_every_help_flag_prints_help_and_exits_0(capsys, arg):
   assert "--model" in printed
   if arg == "--helpfull":  # And the libraries' flags.
     assert "--verbosity" in printed and printed.startswith(
-        cli.help_text(launch.__doc__))
+        _printed_help(capsys).rstrip())
 
 
 def test_help_exits_0_from_the_shell():
@@ -233,5 +253,5 @@ def test_value_text_spells_defaults_as_typed():
 ])
 def test_new_fields_are_validated(change, message):
   with pytest.raises(UserError, match=re.escape(message)):
-    models.validate(models.new_config("cnn").replace(**change))
+    models.get_config("cnn", None).replace(**change)
   assert config_lib.validate(config_lib.Config()).impl == "auto"

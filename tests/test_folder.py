@@ -75,11 +75,11 @@ def test_junk_under_runs_is_skipped(tmp_path):
   found = choose.find_runs(CONFIG, root)
   readable = os.access(os.path.join(unreadable, record.CONFIG_FILE), os.R_OK)
   assert [r.path for r in found] == [junk_metrics] + [unreadable] * readable
-  assert found[0].status == "unfinished" and found[0].epochs_logged == 1
+  assert found[0].status == "unfinished" and found[0].last["epoch"] == 1
   assert choose.choose(CONFIG, root=root).path == junk_metrics
   assert choose.find_runs(CONFIG, str(tmp_path / "missing")) == []
   first = choose.choose(CONFIG, root=str(tmp_path / "missing"))
-  assert not first.resume and not first.news  # A first run says nothing.
+  assert not first.news  # A first run says nothing.
 
 
 def test_newest_by_recorded_start_time_not_name_or_mtime(tmp_path):
@@ -93,7 +93,7 @@ def test_newest_by_recorded_start_time_not_name_or_mtime(tmp_path):
   assert [r.path for r in choose.find_runs(CONFIG, root)] == [
       newer, older, undated]
   choice = choose.choose(CONFIG, root=root)
-  assert choice.resume and choice.path == newer
+  assert choice.path == newer
   assert choice.reason.startswith(f"resuming {newer}, the newest unfinished")
 
 
@@ -108,13 +108,13 @@ def test_finished_runs_start_a_new_folder_and_unfinished_are_resumed(tmp_path):
   finished = _run(root, "finished", started="2026-03-01T10:00:00+0000",
                   rows=[{"epoch": 4}, FINAL])
   choice = choose.choose(CONFIG, root=root)
-  assert not choice.resume and choice.path.startswith(
+  assert choice.path.startswith(
       os.path.join(root, "linear-"))
   assert f"{finished} trained these settings to the end" in choice.reason
   unfinished = _run(root, "unfinished", started="2026-02-01T10:00:00+0000",
                     rows=[{"epoch": 1}])
   choice = choose.choose(CONFIG, root=root)
-  assert choice.resume and choice.path == unfinished
+  assert choice.path == unfinished
   assert "(1 of 4 epochs logged)" in choice.reason
 
 
@@ -128,10 +128,11 @@ def test_a_diverged_run_is_not_repeated(tmp_path):
                      "diverged \\(at step 70, epoch 2\\)"):
     choose.choose(CONFIG, root=root)
   choice = choose.choose(CONFIG, overwrite=True, root=root)
-  assert not choice.resume and "deletes no folder" in choice.reason
+  assert not os.path.exists(choice.path)
+  assert "deletes no folder" in choice.reason
   # Another setting is another run: it starts.
   other = CONFIG.replace(learning_rate=1e-4)
-  assert not choose.choose(other, root=root).resume
+  assert not os.path.exists(choose.choose(other, root=root).path)
   # Given by --workdir, the same settings are refused, other ones are not.
   with pytest.raises(Diverged, match="resuming would diverge again"):
     resume.check_not_diverged(diverged, CONFIG)
@@ -143,7 +144,7 @@ def test_overwrite_without_workdir_deletes_nothing(tmp_path):
   root = str(tmp_path)
   unfinished = _run(root, "unfinished", rows=[{"epoch": 1}])
   choice = choose.choose(CONFIG, overwrite=True, root=root)
-  assert not choice.resume and choice.path != unfinished
+  assert not os.path.exists(choice.path)
   assert os.listdir(root) == ["unfinished"]
 
 
@@ -264,11 +265,11 @@ def test_finished_is_recorded_after_the_report_not_read_from_the_last_row(
               finished=False)
   assert record.status(path)[0] == "unfinished"
   choice = choose.choose(CONFIG, root=root)
-  assert choice.resume and choice.path == path
+  assert choice.path == path
   assert choice.reason.startswith(f"completing {path}, the newest unfinished")
   record.finish(path, FINAL)
   assert record.status(path)[0] == "finished"
-  assert not choose.choose(CONFIG, root=root).resume
+  assert not os.path.exists(choose.choose(CONFIG, root=root).path)
 
 
 def test_a_final_row_is_kept_for_a_run_being_completed(tmp_path):

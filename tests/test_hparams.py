@@ -29,7 +29,7 @@ from mnist_jax import optim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every model's own setting: a flag, but no Config field.
-MODEL_SETTINGS = sorted(set(models.flag_names()) - set(config_lib.FIELDS))
+MODEL_SETTINGS = sorted(set(config_lib.SETTINGS) - set(config_lib.FIELDS))
 
 
 @pytest.mark.parametrize("model", list(models.MODELS))
@@ -43,7 +43,7 @@ def test_a_models_settings_appear_in_its_runs_only(model):
   assert set(tensorboard.hparams(config)) & set(MODEL_SETTINGS) == own
   flags = lambda text: set(re.findall(r"--(?:no)?(\w+)", text))
   assert flags(record_lib.repeat_command(config)) & set(MODEL_SETTINGS) == own
-  shown = "\n".join(dry_run.settings_lines(config, {}, "default"))
+  shown = "\n".join(dry_run.settings_lines(config, ()))
   assert flags(shown) & set(MODEL_SETTINGS) == own
   for name in own:
     assert getattr(config, name) is not None
@@ -57,7 +57,7 @@ def test_a_setting_defaults_to_its_module_attribute_and_builds_the_module():
   module = models.get("cnn").stock(config)
   assert (module.kernel_size, module.padding) == (5, "SAME")
   assert module.features == config.cnn_features
-  assert models.setting("cnn_kernel", "cnn").default == 3  # CNN.kernel_size's.
+  assert models.get("cnn").settings["cnn_kernel"].default == 3  # CNN.kernel_size's.
 
 
 def test_another_models_setting_is_refused_in_one_line(tmp_path):
@@ -121,7 +121,7 @@ def test_a_new_model_declares_its_settings_without_config_edits():
       models.get_config("mlp", toy_width=9)
   finally:
     del models.MODELS["toy"]
-    delattr(config_lib.CHECK, "toy_width")
+    del config_lib.SETTINGS["toy_width"]
 
 
 @pytest.mark.parametrize("key", list(optim.HYPERPARAMS))

@@ -122,14 +122,21 @@ def test_dry_run_marks_where_each_setting_comes_from():
   config = registry.get_config("cnn", "best", epochs=3, learning_rate=3e-3)
   given = {"model": "cnn", "preset": "best", "epochs": 3,
            "learning_rate": 3e-3}
-  origin = dry_run.sources(config, given)
-  assert origin["epochs"] == "flag; preset: 18"
-  assert origin["learning_rate"] == "flag"  # The preset's value, given again.
-  assert origin["cnn_dense"] == "preset" and origin["momentum"] == "default"
-  assert dry_run.sources(config.replace(momentum=0.5),
-                         {"momentum": 0.5})["momentum"] == "flag; default: 0.9"
-  text = dry_run.text(config.replace(workdir="W"), given, "W, a new run folder",
-                      "flag")
+  origin = lambda config, given, name: re.search(
+      rf"^    --{name}=\S* +(.*)$", "\n".join(
+          dry_run.settings_lines(config, given)), re.M).group(1)
+  assert origin(config, given, "epochs") == "flag; preset: 18"
+  assert origin(config, given, "model") == origin(config, given,
+                                                  "preset") == "flag"
+  # The preset's value, given again:
+  assert origin(config, given, "learning_rate") == "flag"
+  assert origin(config, given, "cnn_dense") == "preset"
+  assert origin(config, given, "momentum") == "default"
+  assert origin(config, given, "workdir") == "chosen (see run folder)"
+  assert origin(config.replace(momentum=0.5), {"momentum"},
+                "momentum") == "flag; default: 0.9"
+  text = dry_run.text(config.replace(workdir="W"), {*given, "workdir"},
+                      "W, a new run folder", (None,))
   assert "validation: none: it trains on all 60,000 training images" in text
   assert "--sweep is refused" in text
   assert ("model:      cnn (best preset): Conv32 3x3 SAME, max-pool, Conv64 "

@@ -159,11 +159,11 @@ def test_batch_norm_is_a_cnn_setting_only():
 
 def test_batch_norm_is_described_and_shaped():
   config = models.get_config("cnn", "seed", **BN)
-  line = models.registry.describe(config)
+  line = models.get("cnn").describe(config)
   assert line == ("Conv4 3x3, BatchNorm, max-pool, Conv8 3x3, BatchNorm, "
                   "max-pool, Dense16, Dense10")
-  assert "BatchNorm" in dry_run.model_line(config)
-  assert "BatchNorm" not in models.registry.describe(
+  assert "BatchNorm" in dry_run.text(config, (), "W", (None,))
+  assert "BatchNorm" not in models.get("cnn").describe(
       config.replace(cnn_batch_norm=False))
   model = models.get("cnn").stock(config)
   state = train.create_train_state(jax.random.key(0), model,

@@ -95,8 +95,8 @@ def _chain_cases():
   fast = {("adam", "constant", 0), ("adamw", "cosine", 1),
           ("rmsprop", "warmup_cosine", 1), ("sgd", "onecycle", 1)}
   cases = []
-  for optimizer in config_lib.OPTIMIZERS:
-    for schedule in config_lib.SCHEDULES:
+  for optimizer in optim.OPTIMIZERS:
+    for schedule in optim.SCHEDULES:
       for k, extra in enumerate(extras):
         slow = (optimizer, schedule, k) not in fast
         cases.append(pytest.param(
@@ -127,7 +127,7 @@ def test_equals_the_plain_optax_chain_over_a_whole_run(optimizer, schedule,
     assert not np.allclose(a, before)
 
 
-@pytest.mark.parametrize("schedule", config_lib.SCHEDULES)
+@pytest.mark.parametrize("schedule", list(optim.SCHEDULES))
 @pytest.mark.parametrize("steps_per_epoch,epochs,warmup", [
     (10, 5, 1.5), (421, 20, 1.0), (3, 1, 0.0), (469, 3, 0.3), (5, 2, 9.0),
     (1, 1, 1.0)])
@@ -147,7 +147,7 @@ def test_schedules_are_optax_s_own_times_the_peak(schedule, steps_per_epoch,
   np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-10)
 
 
-@pytest.mark.parametrize("schedule", config_lib.SCHEDULES)
+@pytest.mark.parametrize("schedule", list(optim.SCHEDULES))
 def test_the_reported_rate_is_the_one_the_next_update_applies(schedule):
   """optim.learning_rate reads the rate from the optimizer's own state (a
   member's peak, its update count): plain SGD moves a parameter by exactly

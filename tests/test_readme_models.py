@@ -35,7 +35,7 @@ def _table(first_header: str):
 def _architecture_cells(model):
   cells, before = [], None
   for preset in ARCHITECTURE_PRESETS:
-    text = registry.describe(registry.get_config(model, preset))
+    text = registry.get(model).describe(registry.get_config(model, preset))
     cells.append(f"as {before[0]}" if before and before[1] == text else text)
     before = (preset, text)
   return cells
@@ -82,7 +82,7 @@ def test_presets_table_says_which_hold_out_no_validation_data():
 
 def test_the_tuned_mlp_is_the_one_the_results_report():
   """The issue's example: the tuned MLP is 1024-1024 with dropout 0.3."""
-  assert registry.describe(registry.get_config("mlp", "tuned")) == (
+  assert registry.get("mlp").describe(registry.get_config("mlp", "tuned")) == (
       "784-1024-1024-10, ReLU, dropout 0.3")
 
 

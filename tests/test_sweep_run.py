@@ -67,9 +67,7 @@ def _overrides(*argv):
   launch.FLAGS.unparse_flags()
   launch.FLAGS(["launch.py", *argv])
   try:
-    return cli.overrides({n: launch.FLAGS[n].value
-                          for n in models.flag_names()},
-                         launch.FLAGS.model or "mlp")
+    return cli.overrides(launch.FLAGS)
   finally:
     launch.FLAGS.unparse_flags()
 

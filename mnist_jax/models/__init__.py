@@ -2,5 +2,5 @@
 [B, H, W], 255 = ink), the `--model` registry and faster kernels for them."""
 
 from mnist_jax.models.registry import (  # pylint: disable=unused-import
-    MODELS, ModelSpec, build, flag_names, from_dict, get, get_config,
-    models_with, new_config, setting, validate)
+    MODELS, ModelSpec, build, from_dict, get, get_config, models_with,
+    validate)

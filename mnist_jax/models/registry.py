@@ -51,8 +51,8 @@ MODELS: Dict[str, ModelSpec] = {}
 
 def register(spec: ModelSpec) -> ModelSpec:
   """Adds `spec` to MODELS, its settings' defaults read from its module, and
-  defines them into config.CHECK. A name several models declare is one
-  flag: its help, group and parser must agree (defaults may not)."""
+  to config.SETTINGS. A name several models declare is one flag: its help,
+  group and parser must agree (defaults may not)."""
   defaults = {f.name: f.default for f in dataclasses.fields(spec.module)}
   spec = dataclasses.replace(spec, settings={
       name: dataclasses.replace(s, default=defaults[s.attribute])
@@ -61,11 +61,12 @@ def register(spec: ModelSpec) -> ModelSpec:
   for name, declared in spec.settings.items():
     if name in config_lib.FIELDS:
       raise ValueError(f"{spec.name}: {name} is a Config field, not a model's")
-    if models_with(name) and flag(setting(name)) != flag(declared):
+    known = config_lib.SETTINGS.setdefault(name, declared)
+    if flag(known) != flag(declared):
       raise ValueError(f"{spec.name}: --{name} is declared differently by "
-                       f"{', '.join(models_with(name))}")
-    if name not in config_lib.CHECK:
-      config_lib.define(name, declared)
+                       f"{', '.join(known.models)}")
+    config_lib.SETTINGS[name] = dataclasses.replace(known, models=(
+        *(m for m in known.models if m != spec.name), spec.name))
   MODELS[spec.name] = spec
   return spec
 
@@ -73,20 +74,6 @@ def register(spec: ModelSpec) -> ModelSpec:
 def models_with(name: str) -> List[str]:
   """The models that have setting `name`, in registration order."""
   return [m for m, spec in MODELS.items() if name in spec.settings]
-
-
-def setting(name: str, model: Optional[str] = None) -> Setting:
-  """The declaration of a Config field or of a model's own setting (`model`'s,
-  else the first model's that has it)."""
-  if name in config_lib.FIELDS:
-    return config_lib.FIELDS[name]
-  return MODELS[model or models_with(name)[0]].settings[name]
-
-
-def flag_names() -> List[str]:
-  """The Config fields, then each model setting once, in declaration order."""
-  return list(dict.fromkeys([*config_lib.FIELDS, *(
-      n for spec in MODELS.values() for n in spec.settings)]))
 
 
 def validate(config: config_lib.Config) -> config_lib.Config:
@@ -100,34 +87,19 @@ def validate(config: config_lib.Config) -> config_lib.Config:
   return config
 
 
-def new_config(model: str, **values) -> config_lib.Config:
-  """A Config of `model` with its own settings' defaults, then `values` (fields
-  or its settings; another model's setting is refused in one line)."""
-  own = get(model).settings
-  for name in (n for n in values if n not in config_lib.FIELDS
-               and n not in own):
-    owners = "/".join(models_with(name))
-    raise UserError(f"--{name} is a setting of --model={owners}, not of "
-                    f"--model={model}; leave it out" if owners else
-                    f"unknown setting --{name}; see python launch.py --help")
-  return config_lib.Config(
-      model=model, model_settings=tuple((n, s.default) for n, s in own.items())
-  ).replace(**values)
-
-
 def from_dict(values: dict) -> config_lib.Config:
   """A Config from a (JSON) config.json record, each value read and checked
   as its flag's. Other models' settings are ignored: older config.json files
   carry every model's."""
-  unknown = sorted(set(values) - set(flag_names()))
+  unknown = sorted(set(values) - set(config_lib.SETTINGS))
   if unknown:
     raise UserError(f"unknown config keys {unknown}; the known ones are "
                     "python launch.py --help's flags")
   model = values.get("model", config_lib.Config.model)
   own = get(model).settings
-  return validate(new_config(model, **{
+  return get_config(model, None, **{
       k: v for k, v in values.items()
-      if k != "model" and (k in config_lib.FIELDS or k in own)}))
+      if k != "model" and (k in config_lib.FIELDS or k in own)})
 
 
 def get(name: str) -> ModelSpec:
@@ -162,22 +134,18 @@ def preset_overrides(model: str, preset: str) -> dict:
   return {**preset_overrides(model, base), **values} if base else values
 
 
-def get_config(model: str, preset: str = "tuned",
+def get_config(model: str, preset: Optional[str] = "tuned", /,
                **overrides) -> config_lib.Config:
-  """The full Config for a model and preset, with explicit overrides on top."""
-  values = {**preset_overrides(model, preset), **overrides}
-  return validate(new_config(model, preset=preset, **values))
-
-
-def set_by_presets() -> set:
-  """The settings some preset of some model sets."""
-  return {name for model, spec in MODELS.items() for preset in spec.presets
-          for name in preset_overrides(model, preset)}
-
-
-def describe(config: config_lib.Config) -> str:
-  """The architecture `config` trains, in one line."""
-  return get(config.model).describe(config)
+  """The full Config for a model and preset (None: the defaults alone, its
+  own settings' from its module), with `overrides` on top (fields or its
+  settings; another model's setting is refused in one line: Config.replace)."""
+  values = dict(overrides)
+  if preset:
+    values = {**preset_overrides(model, preset), "preset": preset, **values}
+  own = get(model).settings
+  return validate(config_lib.Config(
+      model=model, model_settings=tuple((n, s.default) for n, s in own.items())
+  ).replace(**values))
 
 
 def _dropout(c: config_lib.Config) -> str:

@@ -33,19 +33,22 @@ def default_workdir(model: str, root: str = RUNS_DIR) -> str:
 class Run:
   """A run folder under runs/ whose settings a command can resume."""
   path: str
-  started: Optional[datetime.datetime]  # config.json's "started".
-  status: str  # "unfinished", "finished", "diverged" or "running".
+  started: datetime.datetime  # config.json's "started"; the oldest if none.
+  status: str  # record.status's, or "running": another process holds it.
   last: Optional[dict]  # Its last metrics.jsonl row, if any.
 
-  @property
-  def epochs_logged(self) -> int:
-    return int((self.last or {}).get("epoch", 0))
+
+def _started(recorded: dict) -> datetime.datetime:
+  try:
+    return datetime.datetime.strptime(recorded["started"], record.TIME_FORMAT)
+  except (KeyError, TypeError, ValueError):
+    return datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
 
 
 def find_runs(config: config_lib.Config, root: str = RUNS_DIR) -> List[Run]:
   """The run folders under `root` that `config` can resume, newest first."""
   try:
-    names = sorted(os.listdir(root))
+    names = os.listdir(root)
   except OSError:
     return []
   runs = []
@@ -60,22 +63,26 @@ def find_runs(config: config_lib.Config, root: str = RUNS_DIR) -> List[Run]:
     except (OSError, ValueError, KeyError, TypeError, AttributeError,
             RecursionError, UserError):
       continue  # Not a run folder this command can use.
-    try:
-      started = datetime.datetime.strptime(recorded["started"],
-                                           record.TIME_FORMAT)
-    except (KeyError, TypeError, ValueError):
-      started = None
-    runs.append(Run(path, started, "running" if lock.in_use(path) else state,
-                    last))
-  oldest = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
-  return sorted(runs, key=lambda r: (r.started or oldest, r.path), reverse=True)
+    runs.append(Run(path, _started(recorded),
+                    "running" if lock.in_use(path) else state, last))
+  return sorted(runs, key=lambda r: (r.started, r.path), reverse=True)
+
+
+def going_on(path: str, last: Optional[dict], config: config_lib.Config,
+             which: str = "") -> str:
+  """What a command does with the unfinished run at `path` (`which` one it
+  is), whose last metrics row is `last`: completes its report or resumes."""
+  if "test_accuracy" in (last or {}):
+    return (f"completing {path}{which}: it trained to the end, but its report "
+            "is not complete (the run writes it, training nothing)")
+  return (f"resuming {path}{which} ({(last or {}).get('epoch', 0)} of "
+          f"{config.epochs} epochs logged)")
 
 
 @dataclasses.dataclass(frozen=True)
 class Choice:
   """Where a command without --workdir trains, and why, in one line."""
   path: str
-  resume: bool
   reason: str
   news: bool = True  # Whether to say `reason`: not for a first run.
 
@@ -87,20 +94,15 @@ def choose(config: config_lib.Config, overwrite: bool = False,
   none is unfinished (it would again)."""
   new = default_workdir(config.model, root)
   if overwrite:
-    return Choice(new, False, f"starting a new run folder, {new} "
-                  "(--overwrite without --workdir deletes no folder)")
+    return Choice(new, f"starting a new run folder, {new} (--overwrite "
+                  "without --workdir deletes no folder)")
   runs = find_runs(config, root)
   for run in runs:
-    if run.status == "unfinished" and "test_accuracy" in (run.last or {}):
-      return Choice(run.path, True, (
-          f"completing {run.path}, the newest unfinished run of these settings "
-          f"under {root}/: it trained to the end but its report is not "
-          "complete; --overwrite starts a new folder instead"))
     if run.status == "unfinished":
-      return Choice(run.path, True, (
-          f"resuming {run.path}, the newest unfinished run of these settings "
-          f"under {root}/ ({run.epochs_logged} of {config.epochs} epochs "
-          "logged); --overwrite starts a new folder instead"))
+      return Choice(run.path, going_on(
+          run.path, run.last, config, ", the newest unfinished run of these "
+          f"settings under {root}/") + "; --overwrite starts a new folder "
+                    "instead")
   settled = [r for r in runs if r.status != "running"]
   if settled and settled[0].status == "diverged":
     raise Diverged(f"{settled[0].path} trained these settings and diverged "
@@ -110,9 +112,9 @@ def choose(config: config_lib.Config, overwrite: bool = False,
                    "folder starts), or pass --overwrite to train them again "
                    "anyway")
   if settled:
-    return Choice(new, False, f"{settled[0].path} trained these settings to "
-                  f"the end; starting a new run folder, {new}")
+    return Choice(new, f"{settled[0].path} trained these settings to the end; "
+                  f"starting a new run folder, {new}")
   if runs:
-    return Choice(new, False, f"{runs[0].path} (these settings) is training "
-                  f"in another process; starting a new run folder, {new}")
-  return Choice(new, False, f"starting a new run folder, {new}", news=False)
+    return Choice(new, f"{runs[0].path} (these settings) is training in "
+                  f"another process; starting a new run folder, {new}")
+  return Choice(new, f"starting a new run folder, {new}", news=False)

@@ -1,19 +1,18 @@
-"""launch.py's flags and help, the run folder it trains in, and what the line
-it ends with says of the command (`Command`).
+"""launch.py's run settings as flags, the run folder it trains in, and what
+the line it ends with says of the command (`Command`).
 """
 
 import dataclasses
 import os
 import shutil
 import signal
-from typing import Dict, Optional
+from typing import Optional
 
 from absl import flags
 
 from mnist_jax import config as config_lib
 from mnist_jax import models
-from mnist_jax.config import value_text
-from mnist_jax.errors import Diverged, UserError
+from mnist_jax.errors import UserError
 from mnist_jax.rundir import checkpoints
 from mnist_jax.rundir import choose
 from mnist_jax.rundir import lock
@@ -22,9 +21,6 @@ from mnist_jax.rundir import record
 from mnist_jax.rundir import resume
 from mnist_jax.training import devices
 from mnist_jax.training import members as members_lib
-
-HELP_ARGS = ("-h", "-help", "--help", "-?", "--helpshort", "-helpshort",
-             "--helpfull", "-helpfull", "--helpxml", "-helpxml")
 
 
 def _preset_help() -> str:
@@ -44,77 +40,38 @@ def _preset_help() -> str:
           f"{named(empty, having.get)}")
 
 
-def flag_help(name: str) -> str:
-  """A run setting's --help line: its declared help, what --model, --preset
-  and --sweep accept or which models have it, then its default."""
-  text = models.setting(name).help
-  if name not in config_lib.FIELDS:
-    text += f"; {'/'.join(models.models_with(name))} only"
-  elif name == "model":
-    *names, last = models.MODELS
-    text += f": {', '.join(names)} or {last}"
-  elif name == "preset":
-    text += _preset_help()
-  elif name == "sweep":
-    text += f"; NAME: {', '.join(members_lib.SWEEPABLE)}"
-  values = {value_text(models.setting(name, m).default)
-            for m in models.models_with(name)} or {
-                value_text(models.setting(name).default)}
-  value = values.pop() if len(values) == 1 else "the model's"
-  if name in models.registry.set_by_presets():
-    value = f"the preset's, else {value}"
-  return f"{text} (default: {value})"
-
-
 def define_settings() -> None:
-  """Every run setting as a flag of launch.py (see config.define); --sweep
-  is repeatable."""
-  for name in models.flag_names():
+  """Every run setting as a flag of launch.py under its --help group (absl's
+  module_name) with its default (a model's own: where its models agree);
+  --model, --preset and --sweep list what they take; --sweep is repeatable.
+  A flag given is `present`: main takes it over the preset's value."""
+  for name, declared in config_lib.SETTINGS.items():
+    owners = models.models_with(name)
+    defaults = {repr(models.get(m).settings[name].default) for m in owners}
+    help_text = declared.help + (f"; {'/'.join(owners)} only" if owners else {
+        "model": f": {', '.join(models.MODELS)}", "preset": _preset_help(),
+        "sweep": f"; NAME: {', '.join(members_lib.SWEEPABLE)}"}.get(name, ""))
+    args = dict(default=None if len(defaults) > 1 or name == "sweep" else
+                declared.default,
+                help=help_text, module_name=declared.group)
     if name == "sweep":
-      flags.DEFINE_multi_string(name, None, "", module_name=config_lib.TRAINING)
-      flags.FLAGS[name].help = flag_help(name)  # Says "repeat" itself.
+      flags.DEFINE_multi_string(name, **args)
+      flags.FLAGS[name].help = help_text  # Says "repeat" itself.
+    elif isinstance(declared.default, bool):
+      flags.DEFINE_bool(name, **args)
     else:
-      config_lib.define(name, models.setting(name), flags.FLAGS,
-                        flag_help(name))
+      flags.DEFINE(declared.reader(), name, serializer=flags.ListSerializer(
+          ",") if isinstance(declared.default, tuple) else None, **args)
 
 
-def define_own(define, name: str, default, group: str, help_text: str,
-               **args) -> None:
-  """One of launch.py's own flags (not a run setting), its default in its
-  help."""
-  define(name, default, help=f"{help_text} (default: {value_text(default)})",
-         module_name=group, **args)
-
-
-def help_text(usage: str, full: bool = False) -> str:
-  """--help: the usage, then each flag's line under its group; `full`
-  (--helpfull) adds the libraries' flags."""
-  import textwrap  # pylint: disable=g-import-not-at-top
-  out = [usage.strip()]
-  for group in config_lib.GROUPS:
-    out += ["", f"{group}:"]
-    out += [textwrap.fill(f"--{'[no]' * f.boolean}{f.name}: {f.help}", width=80,
-                          initial_indent="  ", subsequent_indent="      ")
-            for f in flags.FLAGS.get_flags_for_module(group)]
-  out += ["", textwrap.fill(
-      "Exit status: 0 done (or already finished), 1 bad input, 2 a flag that "
-      "does not parse, 3 diverged, 4 finished but did not learn, 5 out of "
-      "memory or disk space, 130 or 143 stopped by Ctrl-C or SIGTERM, 141 "
-      "the reader of its output stopped (| head). "
-      "--helpfull also lists the libraries' flags.", width=80)]
-  if full:
-    out += [flags.FLAGS.module_help(m) for m in
-            flags.FLAGS.flags_by_module_dict() if m not in config_lib.GROUPS]
-  return "\n".join(out)
-
-
-def overrides(given: Dict[str, object], model: str) -> dict:
+def overrides(flag_values: flags.FlagValues) -> dict:
   """The run settings given on the command line, --model and --preset apart
   (absl parsed them); --sweep canonical."""
-  values = {n: v for n, v in given.items()
-            if v is not None and n not in ("model", "preset")}
+  values = {n: flag_values[n].value for n in config_lib.SETTINGS
+            if flag_values[n].present and n not in ("model", "preset")}
   if "sweep" in values:
-    values["sweep"] = members_lib.canonical(values["sweep"], model)
+    values["sweep"] = members_lib.canonical(values["sweep"],
+                                            flag_values.model)
   for name in members_lib.parse(values.get("sweep", "")):
     if name in values:
       raise UserError(f"--{name} and --sweep={name}=... both set {name}; pass "
@@ -171,33 +128,3 @@ def run_folder(config: config_lib.Config, overwrite: bool):
   if not overwrite:
     resume.check_not_diverged(config.workdir, config)
   return config.workdir, None
-
-
-def dry_run_folder(config: config_lib.Config, overwrite: bool):
-  """(the run folder, what a training command would do with it)."""
-  work = config.workdir
-  if not work:
-    try:
-      choice = choose.choose(config, overwrite=overwrite)
-      return choice.path, choice.reason
-    except Diverged as e:
-      return None, f"none: the run would stop at once: {e}"
-  lock.check_not_in_use(work)
-  lock.check_writable(work)
-  if not resume.check_run_folder(work, config, overwrite):
-    return work, f"{work}, a new run folder"
-  if overwrite:
-    return work, f"{work}, deleted and started over (--overwrite)"
-  try:
-    resume.check_not_diverged(work, config)
-  except Diverged as e:
-    return work, f"none: the run would stop at once: {e}"
-  state, last = record.status(work)
-  if state == "finished":
-    return work, (f"{work} already finished: the run would print its result "
-                  "and stop (--overwrite trains it again)")
-  if "test_accuracy" in (last or {}):
-    return work, (f"completing {work}: it trained to the end, but its report "
-                  "is not complete (the run would write it, training nothing)")
-  logged = (last or {}).get("epoch", 0)
-  return work, f"resuming {work} ({logged} of {config.epochs} epochs logged)"

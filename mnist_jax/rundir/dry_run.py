@@ -3,7 +3,7 @@ trained, prepared or written (parameters are counted from shapes alone).
 """
 
 import os
-from typing import Dict, List, Optional
+from typing import Collection, List, Optional, Tuple
 
 import jax
 
@@ -11,26 +11,13 @@ from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.config import value_text
 from mnist_jax.data import datasets
-from mnist_jax.training import devices
-from mnist_jax.training import members as members_lib
+from mnist_jax.errors import Diverged
+from mnist_jax.rundir import choose
+from mnist_jax.rundir import lock
+from mnist_jax.rundir import record
 from mnist_jax.rundir import resources
-
-
-def sources(config: config_lib.Config, flags_given: Dict[str, object]
-            ) -> Dict[str, str]:
-  """Where each setting comes from: "flag" (with the value it replaced, if
-  other), "preset" or "default"."""
-  preset = models.registry.preset_overrides(config.model, config.preset)
-  out = {}
-  for name in config.to_dict():
-    origin = "preset" if name in preset else "default"
-    out[name] = origin
-    if name in flags_given:
-      before = preset.get(name, models.setting(name, config.model).default)
-      same = before == getattr(config, name)
-      out[name] = "flag" if same or name in ("model", "preset") else (
-          f"flag; {origin}: {value_text(before)}")
-  return out
+from mnist_jax.rundir import resume
+from mnist_jax.training import devices
 
 
 def validation_line(config: config_lib.Config, num_members: int) -> str:
@@ -54,14 +41,6 @@ def validation_line(config: config_lib.Config, num_members: int) -> str:
   return text + "; --sweep is refused"
 
 
-def model_line(config: config_lib.Config) -> str:
-  return (f"{config.model} ({config.preset} preset): "
-          f"{models.registry.describe(config)}; "
-          f"{resources.parameter_count(config):,} parameters; --impl="
-          f"{config.impl} (a fast kernel only after it is checked against the "
-          "stock module as the run starts)")
-
-
 def devices_line(config: config_lib.Config, members) -> str:
   """How the run would spread over this machine's devices."""
   if (config.coordinator_address or config.num_processes > 1 or
@@ -74,35 +53,75 @@ def devices_line(config: config_lib.Config, members) -> str:
   return lines[0] if lines else f"one {jax.default_backend().upper()} device"
 
 
-def settings_lines(config: config_lib.Config, flags_given: Dict[str, object],
-                   workdir_source: str) -> List[str]:
-  """Every setting, grouped as --help lists them, with where it comes from."""
-  origin = sources(config, flags_given)
-  origin["workdir"] = workdir_source
+def settings_lines(config: config_lib.Config,
+                   given: Collection[str]) -> List[str]:
+  """Every setting, grouped as --help lists them, with where it comes from:
+  a flag `given` (and the value it replaced, if other), the preset or the
+  default."""
+  preset = models.registry.preset_overrides(config.model, config.preset)
+  values = config.to_dict()
+  before = {**models.get_config(config.model, None).to_dict(), **preset}
   lines = []
   for group in config_lib.GROUPS:
-    names = [n for n in origin if models.setting(n).group == group]
-    if names:
-      lines.append(f"  {group}:")
-    for name in names:
-      setting = f"--{name}={value_text(getattr(config, name))}"
-      lines.append(f"    {setting:<34} {origin[name]}")
+    lines.append(f"  {group}:")
+    for name in (n for n in values if config_lib.SETTINGS[n].group == group):
+      origin = "preset" if name in preset else "default"
+      if name == "workdir":
+        origin = "flag" if name in given else "chosen (see run folder)"
+      elif name in given:
+        origin = "flag" if before[name] == values[name] or name == "preset" \
+            else f"flag; {origin}: {value_text(before[name])}"
+      lines.append(f"    {f'--{name}={value_text(values[name])}':<34} "
+                   f"{origin}")
   return lines
 
 
-def text(config: config_lib.Config, flags_given: Dict[str, object],
-         folder: str, workdir_source: str,
-         members: Optional[tuple] = None) -> str:
+def text(config: config_lib.Config, given: Collection[str], folder: str,
+         members: tuple) -> str:
   """What --dry_run prints. config: with the folder it would use as workdir;
-  folder: which run folder and why; workdir_source: where --workdir came
-  from."""
-  members = members or members_lib.from_config(config)
+  given: the settings given as flags; folder: which run folder and why."""
   return "\n".join([
       "dry run: nothing is trained, prepared or written",
-      f"model:      {model_line(config)}",
+      f"model:      {config.model} ({config.preset} preset): "
+      f"{models.get(config.model).describe(config)}; "
+      f"{resources.parameter_count(config):,} parameters; --impl="
+      f"{config.impl} (a fast kernel only after it is checked against the "
+      "stock module as the run starts)",
       f"validation: {validation_line(config, len(members))}",
       f"devices:    {devices_line(config, members)}",
       f"run folder: {folder}",
       "settings (flag: given on the command line; preset: set by "
       f"--preset={config.preset}; default: the Config default):",
-      *settings_lines(config, flags_given, workdir_source)])
+      *settings_lines(config, given)])
+
+
+def folder(config: config_lib.Config,
+           overwrite: bool) -> Tuple[Optional[str], str]:
+  """(the run folder, what a training command would do with it), after the
+  checks a run makes before it writes."""
+  work = config.workdir
+  try:
+    if not work:
+      choice = choose.choose(config, overwrite=overwrite)
+      return choice.path, choice.reason
+    lock.check_not_in_use(work)
+    lock.check_writable(work)
+    if not resume.check_run_folder(work, config, overwrite):
+      return work, f"{work}, a new run folder"
+    if overwrite:
+      return work, f"{work}, deleted and started over (--overwrite)"
+    resume.check_not_diverged(work, config)
+  except Diverged as e:
+    return work, f"none: the run would stop at once: {e}"
+  state, last = record.status(work)
+  if state == "finished":
+    return work, (f"{work} already finished: the run would print its result "
+                  "and stop (--overwrite trains it again)")
+  return work, choose.going_on(work, last, config)
+
+
+def show(config: config_lib.Config, given: Collection[str], overwrite: bool,
+         members: tuple) -> None:
+  """Prints what the training command would do."""
+  work, line = folder(config, overwrite)
+  print(text(config.replace(workdir=work), given, line, members))

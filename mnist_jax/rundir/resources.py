@@ -50,10 +50,9 @@ def parameter_count(config: config_lib.Config) -> int:
 
 def size_flags(config: config_lib.Config) -> List[str]:
   """The settings that size the model: its own whole numbers, seeds apart."""
-  return [f"--{name}" for name in config.to_dict()
-          if models.setting(name, config.model).group == config_lib.MODEL
-          and type(models.setting(name, config.model).default) in (int, tuple)
-          and not name.endswith("seed")]
+  return [f"--{name}" for name, value in config.to_dict().items()
+          if config_lib.SETTINGS[name].group == config_lib.MODEL
+          and type(value) in (int, tuple) and not name.endswith("seed")]
 
 
 def lower_advice(config: Optional[config_lib.Config]) -> str:

@@ -49,7 +49,7 @@ def _refuse(name: str, texts: Sequence[str], model: str) -> None:
   if name == "seed":
     raise UserError("--sweep=seed: seeds are not swept; --seed=S "
                     "--num_seeds=N trains the seeds S .. S+N-1 of every point")
-  if name in models.flag_names():
+  if name in config_lib.SETTINGS:
     command = (f"--train={','.join(texts)}" if name == "model" else
                f"--train={model} --vary={name}={'/'.join(texts)}")
     raise UserError(
