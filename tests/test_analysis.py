@@ -21,6 +21,7 @@ from mnist_jax import models
 from mnist_jax.data import pipeline
 from mnist_jax.results import analysis
 from mnist_jax.results import analysis_plots
+from mnist_jax.results import plots
 from mnist_jax.results import report
 from mnist_jax.results import run as run_lib
 from mnist_jax import files
@@ -380,8 +381,8 @@ def test_figure_titles_wrap_between_words(drawn, tmp_path):
   """The issue's 'equal-/width': no title breaks inside a word."""
   # pylint: disable=protected-access
   fig, _ = analysis_plots._panels(1, 2.0, 2.0)
-  analysis_plots._finish(fig, str(tmp_path / "t.png"),
-                         "well-calibrated equal-width bins, run-to-run")
+  plots.save(fig, str(tmp_path / "t.png"),
+             "well-calibrated equal-width bins, run-to-run")
   analysis_plots.reliability([_result("lstm")], str(tmp_path / "r.png"))
   for fig in drawn:
     title = fig.get_suptitle()

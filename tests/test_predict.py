@@ -179,7 +179,7 @@ def test_ensemble_of_one_seed_is_refused_before_anything(tiny_run, tmp_path):
 
 def test_report_and_predict_figures_draw_digits_alike(monkeypatch, tmp_path):
   figures = []
-  monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+  monkeypatch.setattr(plots, "save", lambda fig, *_: figures.append(fig))
   image = images.preprocess(_seven())
   probs = np.full(10, 0.1)
   plots.prediction(image, probs, str(tmp_path / "p.png"), "seven.png")
@@ -201,7 +201,7 @@ def test_predict_plot_draws_the_input_as_the_model_sees_it(monkeypatch,
   """README: the model sees white ink (255) on black (0); --plot draws the
   28x28 input so, unchanged, and the report's digit figures alike."""
   figures = []
-  monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+  monkeypatch.setattr(plots, "save", lambda fig, *_: figures.append(fig))
   image = images.preprocess(_seven())
   assert image.max() == 255 and image[0, 0] == 0  # The model's polarity.
   plots.prediction(image, np.full(10, 0.1), str(tmp_path / "p.png"), "7.png")
@@ -218,7 +218,7 @@ def test_predict_plot_draws_the_input_as_the_model_sees_it(monkeypatch,
 
 def test_predict_plot_captions_the_images_own_size(monkeypatch, tmp_path):
   figures = []
-  monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+  monkeypatch.setattr(plots, "save", lambda fig, *_: figures.append(fig))
   for shape in ((28, 28), (16, 12)):
     plots.prediction(np.zeros(shape, np.uint8), np.full(3, 1 / 3),
                      str(tmp_path / "p.png"), "x.png")

@@ -245,9 +245,7 @@ def preprocess(image: Image.Image, name: str = "image") -> np.ndarray:
   if digit.max() > 0:
     digit = digit / digit.max()
 
-  total = digit.sum()
-  cy = (digit.sum(axis=1) * np.arange(height)).sum() / total
-  cx = (digit.sum(axis=0) * np.arange(width)).sum() / total
+  cy, cx = ndimage.center_of_mass(digit)
   top = int(np.clip(round(CENTRE - cy), 0, SIZE - height))
   left = int(np.clip(round(CENTRE - cx), 0, SIZE - width))
   out = np.zeros((SIZE, SIZE))

@@ -33,8 +33,7 @@ def ensemble_metrics(run, test) -> Optional[Dict[str, Any]]:
                                                  run.config.eval_batch_size))
   if len(finite) < 2:
     return None
-  probs = run_lib.ensemble_probabilities(finite)
-  return {**run_lib.scores(np.log(np.maximum(probs, 1e-30)), test.labels),
+  return {**run_lib.scores(run_lib.ensemble_logits(finite), test.labels),
           "members": len(finite)}
 
 
@@ -281,9 +280,10 @@ def write_sweep(workdir: str, config, records: Sequence[dict]) -> None:
                   [[r["member"], *[repr(r["values"][n]) for n in names],
                     r["seed"], *[text(r[key]) for key in keys],
                     int(r["diverged"]), int(r["chosen"])] for r in records])
-  plots.sweep(records, names, os.path.join(workdir, "sweep.png"),
-              title=f"{config.model} ({config.preset}): {len(records)} "
-              f"members, {_seeds(config)} per grid point")
+  plots.save(plots.sweep_figure(
+      records, names, f"{config.model} ({config.preset}): {len(records)} "
+      f"members, {_seeds(config)} per grid point"),
+             os.path.join(workdir, "sweep.png"))
 
 
 def _seeds(config) -> str:
