@@ -183,10 +183,8 @@ def test_report_and_predict_figures_draw_digits_alike(monkeypatch, tmp_path):
   image = images.preprocess(_seven())
   probs = np.full(10, 0.1)
   plots.prediction(image, probs, str(tmp_path / "p.png"), "seven.png")
-  plots.prediction_grid(image[None], np.array([7]), np.array([7]),
-                        str(tmp_path / "g.png"))
-  plots.mistakes(image[None], np.array([7]), np.array([1]), np.array([0.6]),
-                 np.array([0.3]), str(tmp_path / "m.png"))
+  plots.image_grid(image[None], ["#0"], [], str(tmp_path / "g.png"), 8)
+  plots.image_grid(image[None], ["#0"], [0], str(tmp_path / "m.png"), 6)
   plots.sample_probabilities([{"image": image, "probabilities": probs}],
                              str(tmp_path / "s.png"))
   assert len(figures) == 4
@@ -205,8 +203,7 @@ def test_predict_plot_draws_the_input_as_the_model_sees_it(monkeypatch,
   image = images.preprocess(_seven())
   assert image.max() == 255 and image[0, 0] == 0  # The model's polarity.
   plots.prediction(image, np.full(10, 0.1), str(tmp_path / "p.png"), "7.png")
-  plots.prediction_grid(image[None], np.array([7]), np.array([7]),
-                        str(tmp_path / "g.png"))
+  plots.image_grid(image[None], ["#0"], [], str(tmp_path / "g.png"), 8)
   for fig in figures:
     [drawn] = [im for ax in fig.axes for im in ax.images]
     np.testing.assert_array_equal(drawn.get_array(), image)

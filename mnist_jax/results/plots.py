@@ -221,36 +221,6 @@ def image_grid(images, titles, red, path: str, cols: int, rows=(),
   return save(fig, path, title)
 
 
-def prediction_grid(images: np.ndarray, labels: np.ndarray,
-                    predicted: np.ndarray, path: str, class_names: Names = None,
-                    indices: Optional[Sequence[int]] = None, cols: int = 8,
-                    title: str = "") -> str:
-  """Test images with true and predicted labels; wrong ones framed in red."""
-  name = (lambda i: class_names[i]) if class_names else str
-  indices = range(len(images)) if indices is None else indices
-  bad = [j for j, (y, p) in enumerate(zip(labels, predicted)) if y != p]
-  titles = [f"#{i}\ntrue {name(y)}  pred {name(p)}" + (" ✗" if y != p else "")
-            for y, p, i in zip(labels, predicted, indices)]
-  return image_grid(images, titles, bad, path, cols, title=title or
-                    f"Test predictions ({len(bad)} of {len(images)} wrong, "
-                    "framed in red)")
-
-
-def mistakes(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray,
-             p_predicted: np.ndarray, p_true: np.ndarray, path: str,
-             class_names: Names = None,
-             indices: Optional[Sequence[int]] = None, cols: int = 6,
-             title: str = "") -> str:
-  """The most confident wrong predictions: both labels and probabilities."""
-  name = (lambda i: class_names[i]) if class_names else str
-  indices = range(len(images)) if indices is None else indices
-  titles = [f"#{i} pred {name(p)} ({100 * pp:.1f}%)\ntrue {name(y)} "
-            f"({100 * pt:.1f}%)" for y, p, pp, pt, i in
-            zip(labels, predicted, p_predicted, p_true, indices)]
-  return image_grid(images, titles, range(len(images)), path, cols,
-                    title=title)
-
-
 def sample_probabilities(samples: Sequence[dict], path: str,
                          class_names: Names = None, title: str = "") -> str:
   """Rows of (image, its K class-probability bars). Each sample: image [H, W]

@@ -157,26 +157,7 @@ def write(workdir: str, run, test, class_names: Optional[Sequence[str]] = None,
                            path("per_class_accuracy.png"), names, accuracy,
                            title=f"{title}: test accuracy per class "
                            "(lowest in red)")
-  shown = np.arange(min(GRID_SIZE, n))
-  plots.prediction_grid(images[shown], labels[shown], predicted[shown],
-                        path("predictions.png"), names, shown)
-  wrong = np.flatnonzero(predicted != labels)
-  worst = wrong[np.argsort(-probs[wrong, predicted[wrong]],
-                           kind="stable")[:MISTAKES_SHOWN]]
-  plots.mistakes(images[worst], labels[worst], predicted[worst],
-                 probs[worst, predicted[worst]], probs[worst, labels[worst]],
-                 path("mistakes.png"), names, worst,
-                 title=f"{title}: the {len(worst)} most confident mistakes of "
-                 f"{len(wrong)} (predicted label and probability; true label "
-                 "and its probability)")
-  unsure = int(np.argmin(probs.max(axis=-1)))
-  plots.sample_probabilities(
-      [{"image": images[i], "probabilities": probs[i], "label": int(labels[i]),
-        "caption": caption} for i, caption in (
-            (0, "test image #0"),
-            (unsure, f"test image #{unsure}\n(the least confident)"))[:n]],
-      path("sample_probabilities.png"), names,
-      title=f"{title}: class probabilities of single test images")
+  _digit_figures(path, title, images, labels, probs, names)
   if rows:
     plots.learning_curves(rows, path("learning_curves.png"), title=title)
   if config.sweep and records:
@@ -203,6 +184,41 @@ def write(workdir: str, run, test, class_names: Optional[Sequence[str]] = None,
             "## Settings", "", "```json", config.to_json(), "```", ""]
   files.write_text(path("report.md"), "\n".join(lines))
   return {**test_metrics, "confusion": counts}
+
+
+def _digit_figures(path, title, images, labels, probs, names) -> None:
+  """predictions.png (the first GRID_SIZE test images), mistakes.png (the
+  most confident mistakes) and sample_probabilities.png."""
+  from mnist_jax.results import plots  # pylint: disable=g-import-not-at-top
+  predicted = probs.argmax(-1)
+  shown, bad = np.arange(min(GRID_SIZE, len(labels))), predicted != labels
+  plots.image_grid(
+      images[shown], [f"#{i}\ntrue {names[labels[i]]}  pred "
+                      f"{names[predicted[i]]}{' ✗' if bad[i] else ''}"
+                      for i in shown],
+      set(np.flatnonzero(bad[shown])), path("predictions.png"), 8,
+      title=f"Test predictions ({bad[shown].sum()} of {len(shown)} wrong, "
+      "framed in red)")
+  wrong = np.flatnonzero(bad)
+  worst = wrong[np.argsort(-probs[wrong, predicted[wrong]],
+                           kind="stable")[:MISTAKES_SHOWN]]
+  plots.image_grid(
+      images[worst], [f"#{i} pred {names[predicted[i]]} "
+                      f"({100 * probs[i, predicted[i]]:.1f}%)\ntrue "
+                      f"{names[labels[i]]} ({100 * probs[i, labels[i]]:.1f}%)"
+                      for i in worst], range(len(worst)), path("mistakes.png"),
+      6, title=f"{title}: the {len(worst)} most confident mistakes of "
+      f"{len(wrong)} (predicted label and probability; true label and its "
+      "probability)")
+  unsure = int(np.argmin(probs.max(axis=-1)))
+  plots.sample_probabilities(
+      [{"image": images[i], "probabilities": probs[i], "label": int(labels[i]),
+        "caption": caption} for i, caption in (
+            (0, "test image #0"),
+            (unsure, f"test image #{unsure}\n(the least confident)"))[
+                :len(labels)]],
+      path("sample_probabilities.png"), names,
+      title=f"{title}: class probabilities of single test images")
 
 
 def _body(names, counts, stats, pairs, n) -> List[str]:
