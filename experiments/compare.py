@@ -60,6 +60,7 @@ from mnist_jax.results import analysis
 from mnist_jax.results import analysis_plots
 from mnist_jax.results import plots
 from mnist_jax.results.plots import MARKERS, plt
+from matplotlib import ticker
 from mnist_jax.results import run as results_run
 from mnist_jax import files
 from mnist_jax.rundir import metrics_log
@@ -742,7 +743,8 @@ def accuracy_time_figure(groups: Sequence[dict]):
   log = max(every_time) > 10 * min(every_time)
   if log:
     ax.set_xscale("log")
-    plots.plain_ticks(ax.xaxis, (1.0, 2.0, 5.0))
+    ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    plots.plain_ticks(ax.xaxis)
   ax.set_ylim(accuracy_floor(every_acc), 100)
   shared = any(m > 1 for g in groups for m in g.get("program_members", ()))
   ax.set_xlabel("Run time less data loading (s" + (", log scale" if log else "")
@@ -805,7 +807,8 @@ def curves_figure(groups: Sequence[dict]):
     values = [v for _, _, y in lines for v in y.flat]
     if "loss" in key and max(values) > 10 * min(values) > 0:
       ax.set_yscale("log")
-      plots.plain_ticks(ax.yaxis, (1.0, 2.0, 3.0, 5.0))
+      ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+      plots.plain_ticks(ax.yaxis)
     elif "loss" in key:
       ax.set_ylim(bottom=0)
     else:

@@ -18,6 +18,7 @@ from mnist_jax.results import plots
 from mnist_jax.results import run as run_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIGITS = [str(k) for k in range(10)]  # MNIST's class names.
 
 
 def _centre_of_mass(a):
@@ -182,11 +183,11 @@ def test_report_and_predict_figures_draw_digits_alike(monkeypatch, tmp_path):
   monkeypatch.setattr(plots, "save", lambda fig, *_: figures.append(fig))
   image = images.preprocess(_seven())
   probs = np.full(10, 0.1)
-  plots.prediction(image, probs, str(tmp_path / "p.png"), "seven.png")
+  plots.prediction(image, probs, str(tmp_path / "p.png"), "seven.png", DIGITS)
   plots.image_grid(image[None], ["#0"], [], str(tmp_path / "g.png"), 8)
   plots.image_grid(image[None], ["#0"], [0], str(tmp_path / "m.png"), 6)
   plots.sample_probabilities([{"image": image, "probabilities": probs}],
-                             str(tmp_path / "s.png"))
+                             str(tmp_path / "s.png"), DIGITS)
   assert len(figures) == 4
   for fig in figures:
     drawn = [im for ax in fig.axes for im in ax.images]
@@ -202,7 +203,8 @@ def test_predict_plot_draws_the_input_as_the_model_sees_it(monkeypatch,
   monkeypatch.setattr(plots, "save", lambda fig, *_: figures.append(fig))
   image = images.preprocess(_seven())
   assert image.max() == 255 and image[0, 0] == 0  # The model's polarity.
-  plots.prediction(image, np.full(10, 0.1), str(tmp_path / "p.png"), "7.png")
+  plots.prediction(image, np.full(10, 0.1), str(tmp_path / "p.png"), "7.png",
+                   DIGITS)
   plots.image_grid(image[None], ["#0"], [], str(tmp_path / "g.png"), 8)
   for fig in figures:
     [drawn] = [im for ax in fig.axes for im in ax.images]
@@ -218,7 +220,7 @@ def test_predict_plot_captions_the_images_own_size(monkeypatch, tmp_path):
   monkeypatch.setattr(plots, "save", lambda fig, *_: figures.append(fig))
   for shape in ((28, 28), (16, 12)):
     plots.prediction(np.zeros(shape, np.uint8), np.full(3, 1 / 3),
-                     str(tmp_path / "p.png"), "x.png")
+                     str(tmp_path / "p.png"), "x.png", ["a", "b", "c"])
   assert [ax.get_title() for fig in figures for ax in fig.axes if ax.images
           ] == ["as the model saw it (28x28)", "as the model saw it (16x12)"]
   for fig in figures:

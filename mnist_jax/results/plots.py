@@ -22,7 +22,6 @@ DPI = 120
 DIGIT_CMAP = "gray"  # Every figure draws digits as the model sees them:
 # white ink (255) on black (0), as README.md says of predict's inputs.
 MARKERS = "osD^vP*Xhp<>"
-Names = Optional[Sequence[str]]
 
 
 def legend(fig, axes):
@@ -51,10 +50,8 @@ def save(fig, path: str, title: str = "", legend_of=None) -> str:
   return path
 
 
-def plain_ticks(axis, subs=None) -> None:
-  """Plain-number major ticks (log: at `subs` of a decade), no minor labels."""
-  if subs:
-    axis.set_major_locator(ticker.LogLocator(subs=subs))
+def plain_ticks(axis) -> None:
+  """Plain-number major ticks (also on a log axis), no minor labels."""
   axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
   axis.set_minor_formatter(ticker.NullFormatter())
 
@@ -114,21 +111,15 @@ def learning_curves(rows: List[dict], path: str, title: str = "") -> str:
   return save(fig, path, title)
 
 
-def _names(class_names: Names, k: int) -> List[str]:
-  """The names of K classes: the dataset's, else their numbers."""
-  return list(class_names) if class_names else [str(i) for i in range(k)]
-
-
 def _class_scale(k: int) -> float:
   """How much wider a per-class figure is than for 10 classes (>= 1)."""
   return max(1.0, k / 16)
 
 
-def confusion_matrix(counts: np.ndarray, path: str, class_names: Names,
+def confusion_matrix(counts: np.ndarray, path: str, names: Sequence[str],
                      title: str) -> str:
   """Counts in each cell, colour = the fraction of the true class (row)."""
   k = counts.shape[0]
-  names = _names(class_names, k)
   rows = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
   fig, ax = plt.subplots(figsize=(7.5 * _class_scale(k), 6.5 * _class_scale(k)),
                          layout="constrained")
@@ -149,8 +140,8 @@ def confusion_matrix(counts: np.ndarray, path: str, class_names: Names,
 
 
 def per_class_accuracy(accuracy: np.ndarray, support: np.ndarray, path: str,
-                       class_names: Names = None,
-                       overall: Optional[float] = None, title: str = "") -> str:
+                       names: Sequence[str], overall: Optional[float] = None,
+                       title: str = "") -> str:
   """Bars of each class's accuracy (recall), zoomed to where they differ, to
   100%; the overall accuracy's line named in a legend beside the axes."""
   k = len(accuracy)
@@ -168,7 +159,7 @@ def per_class_accuracy(accuracy: np.ndarray, support: np.ndarray, path: str,
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0,
               fontsize=9)
   ax.set_xticks(range(k), [f"{n}\n(n={s})" for n, s in
-                           zip(_names(class_names, k), support)], fontsize=8)
+                           zip(names, support)], fontsize=8)
   ax.set(xlabel="True class (number of test images)", ylabel="Accuracy (%)",
          title=title)
   ax.grid(axis="y", alpha=0.3)
@@ -222,12 +213,11 @@ def image_grid(images, titles, red, path: str, cols: int, rows=(),
 
 
 def sample_probabilities(samples: Sequence[dict], path: str,
-                         class_names: Names = None, title: str = "") -> str:
+                         names: Sequence[str], title: str = "") -> str:
   """Rows of (image, its K class-probability bars). Each sample: image [H, W]
   uint8, probabilities [K], optional label (int) and caption (str). A legend
   beside each row's bars names their colours."""
-  k = len(samples[0]["probabilities"]) if samples else 0
-  names = _names(class_names, k)
+  k = len(names)
   fig, axes = plt.subplots(len(samples), 2, squeeze=False,
                            figsize=(9 * _class_scale(k) + 1.8,
                                     3.1 * len(samples)), layout="constrained",
@@ -268,9 +258,8 @@ def sample_probabilities(samples: Sequence[dict], path: str,
 
 
 def prediction(image: np.ndarray, probabilities: np.ndarray, path: str,
-               source: str = "", class_names=None) -> str:
+               source: str, names: Sequence[str]) -> str:
   """An input as the model saw it (preprocessed, its HxW), its probabilities."""
-  names = _names(class_names, len(probabilities))
   best, size = int(np.argmax(probabilities)), "x".join(map(str, image.shape))
   return sample_probabilities(
       [{"image": image, "probabilities": probabilities,
