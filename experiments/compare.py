@@ -881,6 +881,14 @@ def analysis_figures(results: Sequence[dict], out: str) -> List[tuple]:
           if which and draw(which, os.path.join(out, name))]
 
 
+def load_analysis(workdir: str) -> Dict[str, object]:
+  """A run folder's analysis, as analysis.analyse returned it (less the
+  features)."""
+  with open(os.path.join(workdir, analysis.FOLDER, analysis.SUMMARY)) as f, \
+      np.load(os.path.join(workdir, analysis.FOLDER, analysis.ARRAYS)) as a:
+    return {**json.load(f), **a}
+
+
 def analysis_page(folders: Sequence[str], page: str,
                   figures: Optional[str] = None,
                   labels: Optional[Sequence[str]] = None,
@@ -888,7 +896,7 @@ def analysis_page(folders: Sequence[str], page: str,
   """Writes `page` (markdown) and its figures into `figures` (default: its
   folder): the runs' analyses (written) side by side. train_s: each run's
   training time. Returns `page`."""
-  results = [analysis.load(folder) for folder in folders]
+  results = [load_analysis(folder) for folder in folders]
   names = list(labels or [f"{r['model']} ({r['preset']})" for r in results])
   for r, name, folder in zip(results, names, folders):
     r["label"] = name + (f" [{os.path.basename(os.path.normpath(folder))}]"

@@ -4,7 +4,6 @@ lens evaluates the model as the loop and the report do (run_lib.logits)."""
 
 import functools
 import importlib.util
-import json
 import os
 import time
 from typing import Dict, List, Optional, Sequence
@@ -277,7 +276,8 @@ def analyse(run, test, val=None) -> Dict[str, object]:
 
 
 def summary(r) -> Dict[str, object]:
-  """The summary numbers of `analyse`'s (or `load`'s) result."""
+  """The summary numbers of `analyse`'s result (or compare.py's
+  load_analysis')."""
   at = {(c, l): a for c, l, a, _ in r["robustness"]}
   keys = ("model", "preset", "parameters", "test_accuracy", "test_ece",
           "temperature", "scaled_ece", "val_images", "reading_rows_to_99",
@@ -337,13 +337,6 @@ def write(workdir: str, run, test, val=None,
     np.savez_compressed(f, **{k: v for k, v in r.items() if k != "features"
                               and isinstance(v, np.ndarray)})
   return section(r, folder)
-
-
-def load(workdir: str) -> Dict[str, object]:
-  """A run folder's analysis, as `analyse` returned it (less the features)."""
-  with open(os.path.join(workdir, FOLDER, SUMMARY)) as f, np.load(
-      os.path.join(workdir, FOLDER, ARRAYS)) as arrays:
-    return {**json.load(f), **arrays}
 
 
 def cells(s) -> List[tuple]:

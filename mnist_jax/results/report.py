@@ -23,7 +23,6 @@ FILES = ("report.md", "confusion_matrix.png", "confusion_matrix.csv",
          "per_class.csv", "per_class_accuracy.png", "confused_pairs.csv",
          "predictions.png", "mistakes.png", "sample_probabilities.png",
          "learning_curves.png")
-SWEEP_FILES = ("sweep.csv", "sweep.png")  # Written for a sweep only.
 
 
 def ensemble_metrics(run, test) -> Optional[Dict[str, Any]]:
