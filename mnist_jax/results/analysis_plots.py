@@ -14,15 +14,18 @@ from mnist_jax.results import plots
 from mnist_jax.results.plots import plt
 
 CMAP = "RdBu_r"  # Attributions and weights: red positive, blue negative.
-COLORS = plots.palette
 LINES = ("-", "--", ":", "-.")  # With plots.MARKERS: runs' lines told apart.
 
 
-def _nudge(ax, i: int, n: int):
-  """Run i of n's transform: its x moved a few points from the others', so
-  equal lines stay apart (set the x limits: autoscale would include it)."""
-  return transforms.offset_copy(ax.transData, ax.figure, units="points",
-                                x=3 * (i - (n - 1) / 2))
+def _line(ax, i: int, n: int, x, y, label: str, **style):
+  """Run i of n's line: its colour, open marker and line style, moved a few
+  points sideways from the others' so equal lines stay apart (set the x
+  limits: autoscale would include the move)."""
+  ax.plot(x, y, LINES[i % len(LINES)], marker=plots.MARKERS[i], mfc="none",
+          color=plots.palette(n)[i], clip_on=False, label=label,
+          transform=transforms.offset_copy(ax.transData, ax.figure,
+                                           units="points",
+                                           x=3 * (i - (n - 1) / 2)), **style)
 
 
 def _panels(n: int, width: float, height: float, **kwargs):
@@ -50,13 +53,11 @@ def reading(results: Sequence[dict], path: str) -> str:
   every = [int(r["reading_steps"][0]) for r in results]
   for ax, key, what in zip(axes[0], ("accuracy", "true_class_probability"), (
       "Test accuracy (%)", "Mean probability of the true class (%)")):
-    for i, (r, color) in enumerate(zip(results, COLORS(len(results)))):
+    for i, r in enumerate(results):
       y = 100 * r[f"reading_{key}"]
-      ax.plot(np.arange(1, len(y) + 1), y, LINES[i % 4], ms=4,
-              marker=plots.MARKERS[i], mfc="none", color=color, clip_on=False,
-              transform=_nudge(ax, i, len(results)), label=r["label"] + (
-                  " (pixel sequence)" if len(set(every)) > 1 and every[i] > 1
-                  else ""))
+      _line(ax, i, len(results), np.arange(1, len(y) + 1), y, r["label"] + (
+          " (pixel sequence)" if len(set(every)) > 1 and every[i] > 1
+          else ""), ms=4)
     ax.axhline(100 / len(results[0]["names"]), color="gray", ls=":",
                label="chance")
     ax.set(xlabel=_rows_read(results), ylabel=what, ylim=(0, 100),
@@ -74,12 +75,10 @@ def robustness(results: Sequence[dict], path: str) -> str:
   fig, axes = plt.subplots(2, 3, figsize=(13, 7.5), sharey=True,
                            layout="constrained")
   for ax, (change, unit, levels) in zip(axes.flat, results[0]["changes"]):
-    for i, (r, color) in enumerate(zip(results, COLORS(len(results)))):
+    for i, r in enumerate(results):
       at = [(l, 100 * a) for c, l, a, _ in r["robustness"] if c == change]
-      ax.plot(*zip(*at), LINES[i % len(LINES)], marker=plots.MARKERS[i],
-              ms=6, mfc="none", mew=1.2, lw=1.2, color=color, clip_on=False,
-              transform=_nudge(ax, i, len(results)), label=r["label"])
-    pad = 0.04 * (max(levels) - min(levels))  # _nudge: no autoscale.
+      _line(ax, i, len(results), *zip(*at), r["label"], ms=6, mew=1.2, lw=1.2)
+    pad = 0.04 * (max(levels) - min(levels))  # _line: no autoscale.
     ax.set(title=change, xlabel=f"Level ({unit})", xticks=levels, ylim=(0, 100),
            xlim=(min(levels) - pad, max(levels) + pad))
     ax.grid(alpha=0.3)
