@@ -304,13 +304,15 @@ def write(workdir: str, run, test, val=None,
   folder = os.path.join(workdir, FOLDER)
   path = lambda name: os.path.join(folder, name)
   os.makedirs(folder, exist_ok=True)
-  for name in [n for n, _ in FIGURES if os.path.exists(path(n))]:
+  for name in [n for n, *_ in FIGURES if os.path.exists(path(n))]:
     os.remove(path(name))  # An earlier analysis's.
   r = analyse(run, test, val)
   r["names"] = list(class_names or datasets.class_names(run.config.dataset))
   r["label"] = f"{r['model']} ({r['preset']})"
   start = time.perf_counter()
-  analysis_plots.single(r, folder)
+  for name, _, draw, key in FIGURES:
+    if draw and (key is None or key in r):
+      getattr(analysis_plots, draw)([r], path(name))
   r["seconds"]["figures"] = round(time.perf_counter() - start, 3)
   r["seconds"]["total"] = round(sum(r["seconds"].values()), 3)
   if maps and importlib.util.find_spec("sklearn"):
@@ -366,13 +368,13 @@ NOTES = (
     "model reads before its own output layer reaches 99% of its final "
     "accuracy."
 )
-FIGURES = (
-    ("reading.png", "How far it must read"),
-    ("robustness.png", "What breaks it"),
-    ("attributions.png", "Where it looks"),
-    ("features_pca.png", "What it learned (PCA)"),
-    ("reliability.png", "How sure it is"),
-    ("features_tsne.png", "What it learned (t-SNE)"),
+FIGURES = (  # (file, title, analysis_plots' function, a key it needs)
+    ("reading.png", "How far it must read", "reading", "reading_accuracy"),
+    ("robustness.png", "What breaks it", "robustness", None),
+    ("attributions.png", "Where it looks", "attributions", None),
+    ("features_pca.png", "What it learned (PCA)", "maps", None),
+    ("reliability.png", "How sure it is", "reliability", None),
+    ("features_tsne.png", "What it learned (t-SNE)", None, None),  # write's.
 )
 
 
@@ -398,6 +400,6 @@ def section(r, folder: str) -> List[str]:
       f"logit(black). Numbers: {links} (each analysis's seconds in "
       f"{FOLDER}/{SUMMARY}).",
       "",
-      *figure_lines([(title, prefix + name) for name, title in FIGURES
+      *figure_lines([(title, prefix + name) for name, title, *_ in FIGURES
                      if os.path.exists(os.path.join(folder, name))], "###"),
   ]

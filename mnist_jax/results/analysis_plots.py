@@ -3,7 +3,6 @@ a list of runs' results: one run's figure is the comparison's
 (experiments/compare.py); small images share one axes (plots.image_grid),
 each figure well under a second."""
 
-import os
 from typing import Sequence
 
 import numpy as np
@@ -203,16 +202,3 @@ def attributions(results: Sequence[dict], path: str) -> str:
       "against; each map to its own largest |value|); the first "
       f"{r['grid']} test images, then the most confident mistakes (wrong: "
       "framed in red)", fontsize=6)
-
-
-def single(r: dict, folder: str) -> None:
-  """One run's figures (r["label"] names it), written into `folder`."""
-  for name, draw, wanted in (
-      ("robustness", robustness, True),
-      ("reliability", reliability, True),
-      ("features_pca", maps, True),
-      ("reading", reading, "reading_accuracy" in r),
-      ("attributions", attributions, True),
-  ):
-    if wanted:
-      draw([r], os.path.join(folder, name + ".png"))
