@@ -41,6 +41,7 @@ import itertools
 import json
 import math
 import os
+import re
 import statistics
 import sys
 import textwrap
@@ -59,6 +60,7 @@ from mnist_jax.results import analysis
 from mnist_jax.results import analysis_plots
 from mnist_jax.results import plots
 from mnist_jax.results.plots import MARKERS, plt
+from matplotlib import ticker
 from mnist_jax.results import run as results_run
 from mnist_jax import files
 from mnist_jax.rundir import metrics_log
@@ -88,7 +90,7 @@ ANALYSIS_FIGURES = (
      None),
     ("What it learned (PCA)", "analysis_pca.png", analysis_plots.maps, None),
     ("Where it looks", "analysis_attributions.png",
-     analysis_plots.compare_attributions, None),
+     lambda results, path: compare_attributions(results, path), None),
 )
 
 
@@ -699,7 +701,7 @@ def accuracy_figure(groups: Sequence[dict]):
             f"{acc.mean():.2f}%{spread} (n={len(acc)})", va="center",
             ha="left", fontsize=9)
   ax.set_xlim(low, 100)
-  ax.set_yticks(range(n), plots.group_labels(groups))
+  ax.set_yticks(range(n), group_labels(groups))
   ax.invert_yaxis()
   ax.set_xlabel(f"Test accuracy (%; axis from {low:g}, a point below the "
                 "lowest run)")
@@ -712,12 +714,12 @@ def accuracy_figure(groups: Sequence[dict]):
 
 
 def plot_accuracy(groups: Sequence[dict], path: str) -> str:
-  return plots.save_whole(accuracy_figure(groups), path)
+  return plots.save(accuracy_figure(groups), path)
 
 
 def accuracy_time_figure(groups: Sequence[dict]):
   """Test accuracy against run time less data loading, a point per group."""
-  labels = plots.group_labels(groups)
+  labels = group_labels(groups)
   longest = max(map(len, labels))  # The legend goes beside.
   fig, ax = plt.subplots(figsize=(min(6.5 + 0.06 * longest, 12), 4.8),
                          layout="constrained")
@@ -741,7 +743,8 @@ def accuracy_time_figure(groups: Sequence[dict]):
   log = max(every_time) > 10 * min(every_time)
   if log:
     ax.set_xscale("log")
-    plots.plain_ticks(ax.xaxis, (1.0, 2.0, 5.0))
+    ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    plots.plain_ticks(ax.xaxis)
   ax.set_ylim(accuracy_floor(every_acc), 100)
   shared = any(m > 1 for g in groups for m in g.get("program_members", ()))
   ax.set_xlabel("Run time less data loading (s" + (", log scale" if log else "")
@@ -758,7 +761,7 @@ def accuracy_time_figure(groups: Sequence[dict]):
 
 
 def plot_accuracy_time(groups: Sequence[dict], path: str) -> str:
-  return plots.save_whole(accuracy_time_figure(groups), path)
+  return plots.save(accuracy_time_figure(groups), path)
 
 
 CURVE_PANELS = (("train_loss", "Train loss (cross entropy)", 1.0),
@@ -790,7 +793,7 @@ def curves_figure(groups: Sequence[dict]):
   rows = (len(panels) + cols - 1) // cols
   fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.2 * rows),
                            squeeze=False, layout="constrained")
-  colors, labels = plots.palette(len(groups)), plots.group_labels(groups)
+  colors, labels = plots.palette(len(groups)), group_labels(groups)
   epochs = [r["epoch"] for g in groups for rows_ in g["curves"] for r in rows_]
   for ax, ((key, label, _), lines) in zip(axes.flat, panels):
     for i, x, y in lines:
@@ -804,7 +807,8 @@ def curves_figure(groups: Sequence[dict]):
     values = [v for _, _, y in lines for v in y.flat]
     if "loss" in key and max(values) > 10 * min(values) > 0:
       ax.set_yscale("log")
-      plots.plain_ticks(ax.yaxis, (1.0, 2.0, 3.0, 5.0))
+      ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+      plots.plain_ticks(ax.yaxis)
     elif "loss" in key:
       ax.set_ylim(bottom=0)
     else:
@@ -823,18 +827,66 @@ def curves_figure(groups: Sequence[dict]):
 
 
 def plot_curves(groups: Sequence[dict], path: str) -> str:
-  return plots.save_whole(curves_figure(groups), path)
+  return plots.save(curves_figure(groups), path)
+
+
+def run_label(label: str, model: str, preset: str) -> str:
+  """`label` ("model", "model (what differs)", maybe then " [folder]") with
+  the preset named first where it is not."""
+  match = re.fullmatch(rf"{re.escape(model)}(?: \((.*)\))?( \[[^]]*\])?",
+                       label)
+  if not match:
+    return label
+  parts = match[1].split(", ") if match[1] else []
+  parts = parts if preset in parts else [preset, *parts]
+  return f"{model} ({', '.join(parts)}){match[2] or ''}"
+
+
+def group_labels(groups: Sequence[dict]) -> List[str]:
+  """The groups' names in figures: model and preset, what else tells them
+  apart, and the first run's folder where that leaves two alike."""
+  names = [run_label(g["label"], g["model"], g["preset"])
+           if "model" in g else g["label"] for g in groups]
+  folder = lambda g: os.path.basename(os.path.normpath(g["runs"][0]["run"]))
+  return [name + (f" [{folder(g)}]" if names.count(name) > 1 and g.get("runs")
+                  else "") for name, g in zip(names, groups)]
+
+
+def compare_attributions(results: Sequence[dict], path: str) -> str:
+  """The same test digits' integrated gradients, a row per run."""
+  n = min(r["grid"] for r in results)
+  said = lambda r, j: r["predicted"][r["shown"][j]]
+  images = [*results[0]["images"][:n],
+            *(m for r in results for m in analysis_plots.diverging(r["ig"][:n]))]
+  titles = [f"#{results[0]['shown'][j]}" for j in range(n)] + [
+      f"pred {r['names'][said(r, j)]}" for r in results for j in range(n)]
+  red = {(i + 1) * n + j for i, r in enumerate(results) for j in range(n)
+         if said(r, j) != r["labels"][r["shown"][j]]}
+  return plots.image_grid(
+      images, titles, red, path, n, ["test image"] + [r["label"] for r in
+                                                      results],
+      "Where each looks: integrated gradients of the same test images to "
+      "each model's predicted class (red for, blue against; each map to its "
+      "own largest |value|; wrong: framed in red)", fontsize=6)
 
 
 def analysis_figures(results: Sequence[dict], out: str) -> List[tuple]:
   """The comparison's figures, written into `out`: [(title, file name)];
   each run's label names its preset."""
-  results = [{**r, "label": plots.run_label(r["label"], r["model"],
+  results = [{**r, "label": run_label(r["label"], r["model"],
                                             r["preset"])} for r in results]
   shown = [(title, name, draw, [r for r in results if key is None or key in r])
            for title, name, draw, key in ANALYSIS_FIGURES]
   return [(title, name) for title, name, draw, which in shown
           if which and draw(which, os.path.join(out, name))]
+
+
+def load_analysis(workdir: str) -> Dict[str, object]:
+  """A run folder's analysis, as analysis.analyse returned it (less the
+  features)."""
+  with open(os.path.join(workdir, analysis.FOLDER, analysis.SUMMARY)) as f, \
+      np.load(os.path.join(workdir, analysis.FOLDER, analysis.ARRAYS)) as a:
+    return {**json.load(f), **a}
 
 
 def analysis_page(folders: Sequence[str], page: str,
@@ -844,15 +896,18 @@ def analysis_page(folders: Sequence[str], page: str,
   """Writes `page` (markdown) and its figures into `figures` (default: its
   folder): the runs' analyses (written) side by side. train_s: each run's
   training time. Returns `page`."""
-  results = [analysis.load(folder) for folder in folders]
+  results = [load_analysis(folder) for folder in folders]
   names = list(labels or [f"{r['model']} ({r['preset']})" for r in results])
   for r, name, folder in zip(results, names, folders):
     r["label"] = name + (f" [{os.path.basename(os.path.normpath(folder))}]"
                          if names.count(name) > 1 else "")
   figures = figures or os.path.dirname(page) or "."
   os.makedirs(figures, exist_ok=True)
-  rows = [analysis.cells(analysis.summary(r), t)
-          for r, t in zip(results, train_s or [None] * len(results))]
+  rows = []  # analysis.md's table: report.md's, with the train time.
+  for r, t in zip(results, train_s or [None] * len(results)):
+    first, *rest = analysis.cells(analysis.summary(r))
+    rows.append([first, ("train time", "n/a" if t is None else f"{t:.1f} s"),
+                 *rest])
   link = os.path.relpath(figures, os.path.dirname(page) or ".")
   lines = [
       "# What each model learned",

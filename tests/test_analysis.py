@@ -21,6 +21,7 @@ from mnist_jax import models
 from mnist_jax.data import pipeline
 from mnist_jax.results import analysis
 from mnist_jax.results import analysis_plots
+from mnist_jax.results import plots
 from mnist_jax.results import report
 from mnist_jax.results import run as run_lib
 from mnist_jax import files
@@ -199,7 +200,7 @@ def test_temperature_scaling_calms_an_over_confident_model():
 def test_level_zero_of_every_change_is_the_run_test_accuracy(two_runs):
   folder, _, run, data = two_runs[1]
   expected = run.evaluate(data.test.images, data.test.labels)["accuracy"]
-  r = analysis.load(folder)
+  r = compare.load_analysis(folder)
   zeros = [(a, n) for _, level, a, n in r["robustness"] if level == 0]
   assert zeros == [(expected, len(data.test))] * len(analysis.CHANGES)
   assert r["test_accuracy"] == expected
@@ -307,7 +308,7 @@ def test_the_comparison_summary_table_holds_each_runs_numbers(two_runs, tmp_path
   for (folder, *_), model, seconds in zip(two_runs, ("rnn", "lstm"), (30, 10)):
     row = next(l for l in lines if l.startswith(f"| {model} |"))
     cells = dict(zip(names, (c.strip() for c in row.strip("|").split("|"))))
-    r = analysis.load(folder)
+    r = compare.load_analysis(folder)
     at = {(c, float(l)): a for c, l, a, _ in r["robustness"]}
     assert cells["parameters"] == f"{int(r['parameters']):,}"
     assert cells["train time"] == f"{seconds:.1f} s"
@@ -352,7 +353,7 @@ def test_the_analysis_extra_draws_the_tsne_map(tmp_path):
   with open(tmp_path / "analysis" / "features_tsne.png", "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   assert "![What it learned (t-SNE)](analysis/features_tsne.png)" in lines
-  arrays = analysis.load(str(tmp_path))
+  arrays = compare.load_analysis(str(tmp_path))
   assert arrays["tsne"].shape == (len(range(0, 40, analysis.STRIDE)), 2)
 
 
@@ -380,8 +381,8 @@ def test_figure_titles_wrap_between_words(drawn, tmp_path):
   """The issue's 'equal-/width': no title breaks inside a word."""
   # pylint: disable=protected-access
   fig, _ = analysis_plots._panels(1, 2.0, 2.0)
-  analysis_plots._finish(fig, str(tmp_path / "t.png"),
-                         "well-calibrated equal-width bins, run-to-run")
+  plots.save(fig, str(tmp_path / "t.png"),
+             "well-calibrated equal-width bins, run-to-run")
   analysis_plots.reliability([_result("lstm")], str(tmp_path / "r.png"))
   for fig in drawn:
     title = fig.get_suptitle()

@@ -434,11 +434,11 @@ def test_every_figure_label_names_the_model_and_preset(tiny_run, tmp_path):
                               "mlp (seed, learning_rate=0.01)"]
   mlp = next(g for g in groups if g["label"] == "mlp (learning_rate=0.001)")
   twins = [{**mlp, "runs": [{"run": str(tmp_path / name)}]} for name in "xy"]
-  assert plots.group_labels(twins) == [
+  assert compare.group_labels(twins) == [
       f"mlp (seed, learning_rate=0.001) [{name}]" for name in "xy"]
-  assert plots.run_label("cnn (fast, lr=0.1) [run2]", "cnn", "fast") == (
+  assert compare.run_label("cnn (fast, lr=0.1) [run2]", "cnn", "fast") == (
       "cnn (fast, lr=0.1) [run2]")
-  assert plots.run_label("cnn (lr=0.1) [run2]", "cnn", "fast") == (
+  assert compare.run_label("cnn (lr=0.1) [run2]", "cnn", "fast") == (
       "cnn (fast, lr=0.1) [run2]")
   plt.close("all")
 

@@ -18,6 +18,7 @@ from mnist_jax.results import plots
 from mnist_jax.results import run as run_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIGITS = [str(k) for k in range(10)]  # MNIST's class names.
 
 
 def _centre_of_mass(a):
@@ -179,16 +180,14 @@ def test_ensemble_of_one_seed_is_refused_before_anything(tiny_run, tmp_path):
 
 def test_report_and_predict_figures_draw_digits_alike(monkeypatch, tmp_path):
   figures = []
-  monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+  monkeypatch.setattr(plots, "save", lambda fig, *_: figures.append(fig))
   image = images.preprocess(_seven())
   probs = np.full(10, 0.1)
-  plots.prediction(image, probs, str(tmp_path / "p.png"), "seven.png")
-  plots.prediction_grid(image[None], np.array([7]), np.array([7]),
-                        str(tmp_path / "g.png"))
-  plots.mistakes(image[None], np.array([7]), np.array([1]), np.array([0.6]),
-                 np.array([0.3]), str(tmp_path / "m.png"))
+  plots.prediction(image, probs, str(tmp_path / "p.png"), "seven.png", DIGITS)
+  plots.image_grid(image[None], ["#0"], [], str(tmp_path / "g.png"), 8)
+  plots.image_grid(image[None], ["#0"], [0], str(tmp_path / "m.png"), 6)
   plots.sample_probabilities([{"image": image, "probabilities": probs}],
-                             str(tmp_path / "s.png"))
+                             str(tmp_path / "s.png"), DIGITS)
   assert len(figures) == 4
   for fig in figures:
     drawn = [im for ax in fig.axes for im in ax.images]
@@ -201,12 +200,12 @@ def test_predict_plot_draws_the_input_as_the_model_sees_it(monkeypatch,
   """README: the model sees white ink (255) on black (0); --plot draws the
   28x28 input so, unchanged, and the report's digit figures alike."""
   figures = []
-  monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+  monkeypatch.setattr(plots, "save", lambda fig, *_: figures.append(fig))
   image = images.preprocess(_seven())
   assert image.max() == 255 and image[0, 0] == 0  # The model's polarity.
-  plots.prediction(image, np.full(10, 0.1), str(tmp_path / "p.png"), "7.png")
-  plots.prediction_grid(image[None], np.array([7]), np.array([7]),
-                        str(tmp_path / "g.png"))
+  plots.prediction(image, np.full(10, 0.1), str(tmp_path / "p.png"), "7.png",
+                   DIGITS)
+  plots.image_grid(image[None], ["#0"], [], str(tmp_path / "g.png"), 8)
   for fig in figures:
     [drawn] = [im for ax in fig.axes for im in ax.images]
     np.testing.assert_array_equal(drawn.get_array(), image)
@@ -218,10 +217,10 @@ def test_predict_plot_draws_the_input_as_the_model_sees_it(monkeypatch,
 
 def test_predict_plot_captions_the_images_own_size(monkeypatch, tmp_path):
   figures = []
-  monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+  monkeypatch.setattr(plots, "save", lambda fig, *_: figures.append(fig))
   for shape in ((28, 28), (16, 12)):
     plots.prediction(np.zeros(shape, np.uint8), np.full(3, 1 / 3),
-                     str(tmp_path / "p.png"), "x.png")
+                     str(tmp_path / "p.png"), "x.png", ["a", "b", "c"])
   assert [ax.get_title() for fig in figures for ax in fig.axes if ax.images
           ] == ["as the model saw it (28x28)", "as the model saw it (16x12)"]
   for fig in figures:

@@ -285,8 +285,8 @@ def test_per_class_accuracy_stops_at_100_and_its_legend_clears_the_bars(
     drawn, tmp_path):
   accuracy = np.array([1.0, 0.99, 0.985, 0.97, 0.98, 0.975, 1.0, 0.98, 0.96,
                        0.962])
-  plots.per_class_accuracy(accuracy, np.full(10, 200),
-                           str(tmp_path / "p.png"), overall=0.98)
+  plots.per_class_accuracy(accuracy, np.full(10, 200), str(tmp_path / "p.png"),
+                           [str(k) for k in range(10)], overall=0.98)
   [fig] = drawn
   [ax] = fig.axes
   assert ax.get_ylim()[1] <= 100
@@ -310,7 +310,8 @@ def test_sample_probabilities_name_their_colours_and_stop_at_100(drawn,
   plots.sample_probabilities(
       [{"image": image, "probabilities": probs, "label": 2},
        {"image": image, "probabilities": np.eye(10)[4], "label": 4},
-       {"image": image, "probabilities": probs}], str(tmp_path / "s.png"))
+       {"image": image, "probabilities": probs}], str(tmp_path / "s.png"),
+      [str(k) for k in range(10)])
   [fig] = drawn
   bars = fig.axes[1::2]
   said = []

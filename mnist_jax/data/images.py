@@ -74,18 +74,19 @@ def expand(entries: Sequence[str]) -> List[str]:
   return paths
 
 
-def open_image(path: str) -> Image.Image:
-  """Opens an image file, or a one-line ImageError naming it if it cannot."""
-  hint = "pass a PNG or JPEG file"
-  if not os.path.exists(path):
+def open_image(path, name=None) -> Image.Image:
+  """Opens an image file (a path, or a file object called `name`), or a
+  one-line ImageError naming it if it cannot."""
+  hint, name = "pass a PNG or JPEG file", name or path
+  if name is path and os.path.isdir(path):
+    raise ImageError(f"{path} is a folder, not an image; {hint}"
+                     if _image_files(path) else
+                     f"{path} is a folder with no image file in it; {hint}s")
+  if name is path and not os.path.exists(path):
     if glob.escape(path) != path:
       raise ImageError(f"{path} matches no file; check the pattern")
     raise ImageError(f"{path} does not exist; check the path")
-  if os.path.isdir(path):
-    if _image_files(path):
-      raise ImageError(f"{path} is a folder, not an image; {hint}")
-    raise ImageError(f"{path} is a folder with no image file in it; {hint}s")
-  if os.path.getsize(path) == 0:
+  if name is path and os.path.getsize(path) == 0:
     raise ImageError(f"{path} is empty (0 bytes); {hint}")
   try:
     with warnings.catch_warnings():  # A big scan is shrunk (MAX_SIDE).
@@ -93,14 +94,14 @@ def open_image(path: str) -> Image.Image:
       image = Image.open(path)
       image.load()
   except UnidentifiedImageError:
-    raise ImageError(f"{path} is not an image (unknown format); "
+    raise ImageError(f"{name} is not an image (unknown format); "
                      f"{hint}") from None
   except Image.DecompressionBombError:
-    raise ImageError(f"{path} is too large to be a digit image; pass a smaller "
+    raise ImageError(f"{name} is too large to be a digit image; pass a smaller "
                      "one") from None
   except (OSError, SyntaxError, ValueError) as e:
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-    raise ImageError(f"{path} cannot be read ({reason}); {hint}") from None
+    raise ImageError(f"{name} cannot be read ({reason}); {hint}") from None
   return image
 
 
@@ -245,9 +246,7 @@ def preprocess(image: Image.Image, name: str = "image") -> np.ndarray:
   if digit.max() > 0:
     digit = digit / digit.max()
 
-  total = digit.sum()
-  cy = (digit.sum(axis=1) * np.arange(height)).sum() / total
-  cx = (digit.sum(axis=0) * np.arange(width)).sum() / total
+  cy, cx = ndimage.center_of_mass(digit)
   top = int(np.clip(round(CENTRE - cy), 0, SIZE - height))
   left = int(np.clip(round(CENTRE - cx), 0, SIZE - width))
   out = np.zeros((SIZE, SIZE))
@@ -255,11 +254,12 @@ def preprocess(image: Image.Image, name: str = "image") -> np.ndarray:
   return np.round(255.0 * out).astype(np.uint8)
 
 
-def load(path: str, shape=(SIZE, SIZE)) -> np.ndarray:
-  """Opens and preprocesses one file: a grey [H, W] uint8 image of `shape`
-  (a dataset's (H, W) or (H, W, C); resized from 28 x 28), or ImageError."""
-  with open_image(path) as image:
-    x = preprocess(image, path)
+def load(path, shape=(SIZE, SIZE), name=None) -> np.ndarray:
+  """Opens and preprocesses one file (as open_image): a grey [H, W] uint8
+  image of `shape` (a dataset's (H, W) or (H, W, C); resized from 28 x 28),
+  or ImageError."""
+  with open_image(path, name) as image:
+    x = preprocess(image, name or path)
   size = tuple(shape[:2])
   return x if x.shape == size else np.asarray(Image.fromarray(x).resize(
       size[::-1], Image.Resampling.LANCZOS))

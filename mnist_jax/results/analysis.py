@@ -4,7 +4,6 @@ lens evaluates the model as the loop and the report do (run_lib.logits)."""
 
 import functools
 import importlib.util
-import json
 import os
 import time
 from typing import Dict, List, Optional, Sequence
@@ -94,15 +93,15 @@ def _thickness(x, level):
   return sign * x.reshape(-1, h, 2, w, 2, c).mean((2, 4))
 
 
-# (change, unit, levels (0: the image), function): the first WARPS give a
-# level's warp (angle, zoom, shift); the others change images [n, H, W, C]
-# by a level, given (noise [n, H, W, C], centres [n, 2])).
+# (change, unit, levels (0: the image), function): each changes images
+# [n, H, W, C] by a level, given (noise [n, H, W, C], centres [n, 2]).
 CHANGES = (
     ("rotation", "degrees clockwise", (0, 10, 20, 30, 40, 50, 60),
-     lambda l: (l * np.pi / 180, 1.0, 0.0)),
-    ("shift", "pixels", (0, 1, 2, 3, 4, 6, 8), lambda l: (0.0, 1.0, l)),
+     lambda x, l, _: _warp(x, l * np.pi / 180, 1.0, 0.0)),
+    ("shift", "pixels", (0, 1, 2, 3, 4, 6, 8),
+     lambda x, l, _: _warp(x, 0.0, 1.0, l)),
     ("scaling", "% of size", (-40, -30, -20, -10, 0, 10, 20, 30),
-     lambda l: (0.0, 1 + l / 100, 0.0)),
+     lambda x, l, _: _warp(x, 0.0, 1 + l / 100, 0.0)),
     ("noise", "std, fraction of full scale", (0, 0.05, 0.1, 0.2, 0.3, 0.5),
      lambda x, l, c: jnp.clip(x + l * 255 * c[0], 0, 255)),
     ("occlusion", "side of erased square, pixels", (0, 4, 6, 8, 10, 12, 14),
@@ -113,27 +112,20 @@ CHANGES = (
     ("thickness", "half pixels grown (+) or thinned (-)",
      (-3, -2, -1, 0, 1, 2, 3), lambda x, l, _: _thickness(x, l)),
 )
-WARPS = 3
 
 
 def changed(images, seed: int = 0):
   """Each non-zero level of each change of images [n, H, W, C]: [L, n, ...], in
   one jitted function; the levels share an image's noise and centre of the
   erased square (rows, columns in the middle half)."""
-  levels = [[l for l in change[2] if l] for change in CHANGES]
-  warps = np.array([CHANGES[i][3](l) for i in range(WARPS) for l in levels[i]],
-                   np.float32)
   rng, side = np.random.default_rng(seed), np.array(np.shape(images)[1:3])
   extra = (rng.standard_normal(np.shape(images), np.float32),
            rng.uniform(side / 4, 3 * side / 4, (len(images), 2)
                        ).astype(np.float32))
-
-  def run(x, warps, extra):
-    return jnp.concatenate([jax.vmap(_warp, (None, 0, 0, 0))(x, *warps.T)] + [
-        jax.vmap(fn, (None, 0, None))(x, jnp.asarray(l, jnp.float32), extra)
-        for (*_, fn), l in zip(CHANGES[WARPS:], levels[WARPS:])])
-
-  return jax.jit(run)(jnp.asarray(images, jnp.float32), warps, extra)
+  return jax.jit(lambda x, extra: jnp.concatenate([jax.vmap(
+      fn, (None, 0, None))(x, jnp.asarray([l for l in levels if l],
+                                          jnp.float32), extra)
+      for *_, levels, fn in CHANGES]))(jnp.asarray(images, jnp.float32), extra)
 
 
 def robustness(run, images, labels, accuracy: float) -> List[tuple]:
@@ -284,7 +276,8 @@ def analyse(run, test, val=None) -> Dict[str, object]:
 
 
 def summary(r) -> Dict[str, object]:
-  """The summary numbers of `analyse`'s (or `load`'s) result."""
+  """The summary numbers of `analyse`'s result (or compare.py's
+  load_analysis')."""
   at = {(c, l): a for c, l, a, _ in r["robustness"]}
   keys = ("model", "preset", "parameters", "test_accuracy", "test_ece",
           "temperature", "scaled_ece", "val_images", "reading_rows_to_99",
@@ -311,13 +304,15 @@ def write(workdir: str, run, test, val=None,
   folder = os.path.join(workdir, FOLDER)
   path = lambda name: os.path.join(folder, name)
   os.makedirs(folder, exist_ok=True)
-  for name in [n for n, _ in FIGURES if os.path.exists(path(n))]:
+  for name in [n for n, *_ in FIGURES if os.path.exists(path(n))]:
     os.remove(path(name))  # An earlier analysis's.
   r = analyse(run, test, val)
   r["names"] = list(class_names or datasets.class_names(run.config.dataset))
   r["label"] = f"{r['model']} ({r['preset']})"
   start = time.perf_counter()
-  analysis_plots.single(r, folder)
+  for name, _, draw, key in FIGURES:
+    if draw and (key is None or key in r):
+      getattr(analysis_plots, draw)([r], path(name))
   r["seconds"]["figures"] = round(time.perf_counter() - start, 3)
   r["seconds"]["total"] = round(sum(r["seconds"].values()), 3)
   if maps and importlib.util.find_spec("sklearn"):
@@ -346,20 +341,12 @@ def write(workdir: str, run, test, val=None,
   return section(r, folder)
 
 
-def load(workdir: str) -> Dict[str, object]:
-  """A run folder's analysis, as `analyse` returned it (less the features)."""
-  with open(os.path.join(workdir, FOLDER, SUMMARY)) as f, np.load(
-      os.path.join(workdir, FOLDER, ARRAYS)) as arrays:
-    return {**json.load(f), **arrays}
-
-
-def cells(s, train_s: Optional[float] = None) -> List[tuple]:
-  """The summary's (heading, text) pairs: compare's table (report.md's
-  without the train time, train_s)."""
+def cells(s) -> List[tuple]:
+  """The summary's (heading, text) pairs: report.md's table (compare.py's
+  with the train time)."""
   pct = lambda value: "n/a" if value is None else f"{100 * value:.2f}%"
   return [
       ("parameters", f"{s['parameters']:,}"),
-      ("train time", "n/a" if train_s is None else f"{train_s:.1f} s"),
       ("test accuracy", pct(s["test_accuracy"])),
       ("ECE", pct(s["test_ece"])),
       ("T", f"{s['temperature']:.3f}" if s["temperature"]
@@ -381,13 +368,13 @@ NOTES = (
     "model reads before its own output layer reaches 99% of its final "
     "accuracy."
 )
-FIGURES = (
-    ("reading.png", "How far it must read"),
-    ("robustness.png", "What breaks it"),
-    ("attributions.png", "Where it looks"),
-    ("features_pca.png", "What it learned (PCA)"),
-    ("reliability.png", "How sure it is"),
-    ("features_tsne.png", "What it learned (t-SNE)"),
+FIGURES = (  # (file, title, analysis_plots' function, a key it needs)
+    ("reading.png", "How far it must read", "reading", "reading_accuracy"),
+    ("robustness.png", "What breaks it", "robustness", None),
+    ("attributions.png", "Where it looks", "attributions", None),
+    ("features_pca.png", "What it learned (PCA)", "maps", None),
+    ("reliability.png", "How sure it is", "reliability", None),
+    ("features_tsne.png", "What it learned (t-SNE)", None, None),  # write's.
 )
 
 
@@ -397,23 +384,22 @@ def figure_lines(shown, heading: str) -> List[str]:
           for line in (f"{heading} {title}", "", f"![{title}]({link})", "")]
 
 
-def section(r, folder: str, prefix: str = FOLDER + "/") -> List[str]:
+def section(r, folder: str) -> List[str]:
   """report.md's lines on one run's analysis (the figures in `folder`)."""
-  s = summary(r)
+  s, prefix = summary(r), FOLDER + "/"
   links = ", ".join(f"[{n}]({prefix}{n})"
                     for n in (SUMMARY, ROBUSTNESS, READING)
                     if os.path.exists(os.path.join(folder, n)))
   return [
       "## What the model learned",
       "",
-      *files.table(["", ""], [c for c in cells(s) if c[0] != "train time"],
-                   "lr"),
+      *files.table(["", ""], cells(s), "lr"),
       "",
       f"{NOTES} Integrated gradients: {s['ig_steps']} steps, each summing to "
       f"within {100 * s['ig_max_relative_error']:.2f}% of logit(x) - "
       f"logit(black). Numbers: {links} (each analysis's seconds in "
       f"{FOLDER}/{SUMMARY}).",
       "",
-      *figure_lines([(title, prefix + name) for name, title in FIGURES
+      *figure_lines([(title, prefix + name) for name, title, *_ in FIGURES
                      if os.path.exists(os.path.join(folder, name))], "###"),
   ]

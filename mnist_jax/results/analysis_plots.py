@@ -1,9 +1,8 @@
 """The figures of analysis.py's results (which carry its settings). Each takes
-a list of runs' results: one run's figure is the comparison's; small images
-are one mosaic (one axes), each figure well under a second."""
+a list of runs' results: one run's figure is the comparison's
+(experiments/compare.py); small images share one axes (plots.image_grid),
+each figure well under a second."""
 
-import os
-import textwrap
 from typing import Sequence
 
 import numpy as np
@@ -14,36 +13,18 @@ from mnist_jax.results import plots
 from mnist_jax.results.plots import plt
 
 CMAP = "RdBu_r"  # Attributions and weights: red positive, blue negative.
-COLORS = plots.palette
 LINES = ("-", "--", ":", "-.")  # With plots.MARKERS: runs' lines told apart.
 
 
-def _legend(fig, axes):
-  """One legend for every panel, below them (clear of the data)."""
-  seen = {}
-  for ax in np.ravel(axes):
-    for handle, text in zip(*ax.get_legend_handles_labels()):
-      seen.setdefault(text, handle)
-  return fig.legend(list(seen.values()), list(seen), loc="outside lower center",
-                    ncols=min(len(seen), 6), fontsize=8)
-
-
-def _finish(fig, path: str, title: str, legend=None) -> str:
-  """Saves `fig` with `title` wrapped to its width (no redraws, as fit_title)
-  and a `_legend` of the panels `legend`."""
-  if legend is not None:
-    _legend(fig, legend)
-  fig.suptitle(textwrap.fill(title, int(fig.get_figwidth() * 12),
-                             break_on_hyphens=False, break_long_words=False),
-               fontsize=10)
-  return plots.save_whole(fig, path)
-
-
-def _nudge(ax, i: int, n: int):
-  """Run i of n's transform: its x moved a few points from the others', so
-  equal lines stay apart (set the x limits: autoscale would include it)."""
-  return transforms.offset_copy(ax.transData, ax.figure, units="points",
-                                x=3 * (i - (n - 1) / 2))
+def _line(ax, i: int, n: int, x, y, label: str, **style):
+  """Run i of n's line: its colour, open marker and line style, moved a few
+  points sideways from the others' so equal lines stay apart (set the x
+  limits: autoscale would include the move)."""
+  ax.plot(x, y, LINES[i % len(LINES)], marker=plots.MARKERS[i], mfc="none",
+          color=plots.palette(n)[i], clip_on=False, label=label,
+          transform=transforms.offset_copy(ax.transData, ax.figure,
+                                           units="points",
+                                           x=3 * (i - (n - 1) / 2)), **style)
 
 
 def _panels(n: int, width: float, height: float, **kwargs):
@@ -71,21 +52,19 @@ def reading(results: Sequence[dict], path: str) -> str:
   every = [int(r["reading_steps"][0]) for r in results]
   for ax, key, what in zip(axes[0], ("accuracy", "true_class_probability"), (
       "Test accuracy (%)", "Mean probability of the true class (%)")):
-    for i, (r, color) in enumerate(zip(results, COLORS(len(results)))):
+    for i, r in enumerate(results):
       y = 100 * r[f"reading_{key}"]
-      ax.plot(np.arange(1, len(y) + 1), y, LINES[i % 4], ms=4,
-              marker=plots.MARKERS[i], mfc="none", color=color, clip_on=False,
-              transform=_nudge(ax, i, len(results)), label=r["label"] + (
-                  " (pixel sequence)" if len(set(every)) > 1 and every[i] > 1
-                  else ""))
+      _line(ax, i, len(results), np.arange(1, len(y) + 1), y, r["label"] + (
+          " (pixel sequence)" if len(set(every)) > 1 and every[i] > 1
+          else ""), ms=4)
     ax.axhline(100 / len(results[0]["names"]), color="gray", ls=":",
                label="chance")
     ax.set(xlabel=_rows_read(results), ylabel=what, ylim=(0, 100),
            xlim=(0.5, max(len(r["reading_accuracy"]) for r in results) + .5))
     ax.grid(alpha=0.3)
-  return _finish(fig, path, "How far it must read: the model's own output "
-                 "layer on its top layer's state after each row (test set)",
-                 axes)
+  return plots.save(fig, path, "How far it must read: the model's own "
+                    "output layer on its top layer's state after each row "
+                    "(test set)", axes)
 
 
 def robustness(results: Sequence[dict], path: str) -> str:
@@ -95,21 +74,20 @@ def robustness(results: Sequence[dict], path: str) -> str:
   fig, axes = plt.subplots(2, 3, figsize=(13, 7.5), sharey=True,
                            layout="constrained")
   for ax, (change, unit, levels) in zip(axes.flat, results[0]["changes"]):
-    for i, (r, color) in enumerate(zip(results, COLORS(len(results)))):
+    for i, r in enumerate(results):
       at = [(l, 100 * a) for c, l, a, _ in r["robustness"] if c == change]
-      ax.plot(*zip(*at), LINES[i % len(LINES)], marker=plots.MARKERS[i],
-              ms=6, mfc="none", mew=1.2, lw=1.2, color=color, clip_on=False,
-              transform=_nudge(ax, i, len(results)), label=r["label"])
-    pad = 0.04 * (max(levels) - min(levels))  # _nudge: no autoscale.
+      _line(ax, i, len(results), *zip(*at), r["label"], ms=6, mew=1.2, lw=1.2)
+    pad = 0.04 * (max(levels) - min(levels))  # _line: no autoscale.
     ax.set(title=change, xlabel=f"Level ({unit})", xticks=levels, ylim=(0, 100),
            xlim=(min(levels) - pad, max(levels) + pad))
     ax.grid(alpha=0.3)
   plt.setp(axes[:, 0], ylabel="Test accuracy (%)")
-  return _finish(fig, path, "What breaks it: test accuracy under each change "
-                 "(level 0: all test images, the run's test accuracy; other "
-                 f"levels: every {results[0]['stride']}th test image, "
-                 f"{min(n for *_, n in results[0]['robustness'])} images)",
-                 axes)
+  return plots.save(fig, path, "What breaks it: test accuracy under each "
+                    "change (level 0: all test images, the run's test "
+                    f"accuracy; other levels: every {results[0]['stride']}th "
+                    "test image, "
+                    f"{min(n for *_, n in results[0]['robustness'])} images)",
+                    axes)
 
 
 CALIBRATED = (("test", "steelblue", "o", "-", "as trained"),
@@ -154,9 +132,9 @@ def reliability(results: Sequence[dict], path: str) -> str:
       a.grid(alpha=0.3)
   axes[0, 0].set_ylabel("Fraction correct in the bin")
   axes[1, 0].set_ylabel("Images in the bin")
-  return _finish(fig, path, f"How sure it is: reliability on the test set "
-                 f"({bins} equal-width bins of confidence; bins of few images "
-                 "vary by chance)", axes)
+  return plots.save(fig, path, "How sure it is: reliability on the test "
+                    f"set ({bins} equal-width bins of confidence; bins of few "
+                    "images vary by chance)", axes)
 
 
 def maps(results: Sequence[dict], path: str, key: str = "pca") -> str:
@@ -182,101 +160,45 @@ def maps(results: Sequence[dict], path: str, key: str = "pca") -> str:
              ylabel=f"PC2 ({share[1]:.0f}%), in PC1's std")
     ax.set_title(f"{r['label']}\n{len(y)} test images, {wrong.sum()} wrong",
                  fontsize=9)
-  for handle in _legend(fig, axes[:, :1]).legend_handles:
+  for handle in plots.legend(fig, axes[:, :1]).legend_handles:
     handle.set(sizes=[12], alpha=1)
   what = "PCA" if pca else f"t-SNE (every {results[0]['stride']}th test image)"
-  return _finish(fig, path, f"What it learned: {what} of the last hidden "
-                 "layer's features, coloured by true class")
+  return plots.save(fig, path, f"What it learned: {what} of the last "
+                    "hidden layer's features, coloured by true class")
 
 
-def _rgb(values, digit: bool = False) -> np.ndarray:
-  """[n, h, w] -> RGB [n, h, w, 3]: digits [n, h, w(, C)] as plots.shown
-  draws them; else RdBu, each image to its own largest |value|."""
-  v = np.asarray(values, np.float64)
-  if digit:
-    v = np.stack([plots.shown(x) for x in v]) if v.ndim == 4 else v
-    return v / 255 if v.ndim == 4 else plt.get_cmap(plots.DIGIT_CMAP)(
-        v / 255)[..., :3]
+def diverging(maps) -> np.ndarray:
+  """Maps [n, h, w] as RGB [n, h, w, 3] uint8 in RdBu, each to its own
+  largest |value|."""
+  v = np.asarray(maps, np.float64)
   v = v / np.maximum(np.abs(v).max(axis=(1, 2), keepdims=True), 1e-30)
-  return plt.get_cmap(CMAP)((v + 1) / 2)[..., :3]
-
-
-def _mosaic(ax, tiles, captions=(), rows=(), red=()):
-  """Tiles [R, C, h, w, 3] as one image, a caption over each (flat order,
-  red where `red`), a label left of each row."""
-  r, c, h, w, _ = tiles.shape
-  gap, top = max(1, w // 8), h // 2 if len(captions) else max(1, h // 8)
-  canvas = np.ones((r, h + top, c, w + gap, 3))  # Cells: tile at bottom left.
-  canvas[:, top:, :, :w] = tiles.transpose(0, 2, 1, 3, 4)
-  ax.imshow(canvas.reshape(r * (h + top), c * (w + gap), 3),
-            interpolation="nearest")
-  ax.axis("off")
-  for k, text in enumerate(captions):
-    ax.text((k % c) * (w + gap) + w / 2, (k // c) * (h + top) + top - 1, text,
-            ha="center", va="bottom", fontsize=6,
-            color="red" if k in red else "black")
-  for i, text in enumerate(rows):
-    ax.text(-2, i * (h + top) + top + h / 2, text, ha="right", va="center",
-            fontsize=7)
+  return (255 * plt.get_cmap(CMAP)((v + 1) / 2)[..., :3]).astype(np.uint8)
 
 
 def attributions(results: Sequence[dict], path: str) -> str:
   """One run's shown digits over their integrated gradients, gradient x input
   and, for a sequence model, integrated gradients summed per row (stripes)."""
   r = results[0]
-  (n, h, w), cols, names = r["ig"].shape, 9, r["names"]
-  kinds = [_rgb(r["images"], True), _rgb(r["ig"]), _rgb(r["gxi"])]
+  (n, _, w), cols, names = r["ig"].shape, 9, r["names"]
+  kinds = [r["images"], diverging(r["ig"]), diverging(r["gxi"])]
   if "rows_ig" in r:
-    kinds.append(_rgb(np.repeat(r["rows_ig"][:, :, None], w, 2)))
-  k, blocks = len(kinds), -(-n // cols)
-  tiles = np.ones((blocks, k, cols, h, w, 3))
-  captions, red = np.full((blocks, k, cols), "", object), set()
-  for i, (index, image) in enumerate(zip(r["shown"], zip(*kinds))):
-    b, j = divmod(i, cols)
-    true, said = r["labels"][index], r["predicted"][index]
-    tiles[b, :, j] = image
-    captions[b, 0, j] = f"#{index} true {names[true]}\npred {names[said]}"
-    red |= {k * b * cols + j} if true != said else set()
-  fig, ax = plt.subplots(figsize=(1.25 * cols + 1, 1.3 * k * blocks + 0.6),
-                         layout="constrained")
+    kinds.append(diverging(np.repeat(r["rows_ig"][:, :, None], w, 2)))
+  blocks, shape = -(-n // cols), (-(-n // cols), len(kinds), cols)
+  at = np.broadcast_to(np.arange(blocks * cols).reshape(blocks, 1, cols),
+                       shape).ravel()  # Rows of a block: a kind each.
+  kind = np.broadcast_to(np.arange(len(kinds))[:, None], shape).ravel()
+  index = r["shown"][np.minimum(at, n - 1)]
+  true, said = r["labels"][index], r["predicted"][index]
+  first = (kind == 0) & (at < n)
+  titles = [f"#{j} true {names[t]}\npred {names[p]}" if f else ""
+            for j, t, p, f in zip(index, true, said, first)]
+  images = [kinds[k][i] if i < n else None for k, i in zip(kind, at)]
   kind_names = ["image", "integrated\ngradients", "gradient\nx input",
-                "per row\n(summed)"]
-  _mosaic(ax, tiles.reshape(k * blocks, cols, h, w, 3), captions.ravel(),
-          kind_names[:k] * blocks, red)
-  return _finish(fig, path, "Where it looks: attribution to the predicted "
-                 "class (red for, blue against; each map to its own largest "
-                 f"|value|); the first {r['grid']} test images, then the "
-                 "most confident mistakes (captions in red: wrong)")
-
-
-def single(r: dict, folder: str) -> None:
-  """One run's figures (r["label"] names it), written into `folder`."""
-  for name, draw, wanted in (
-      ("robustness", robustness, True),
-      ("reliability", reliability, True),
-      ("features_pca", maps, True),
-      ("reading", reading, "reading_accuracy" in r),
-      ("attributions", attributions, True),
-  ):
-    if wanted:
-      draw([r], os.path.join(folder, name + ".png"))
-
-
-def compare_attributions(results: Sequence[dict], path: str) -> str:
-  """The same test digits' integrated gradients, a row per run."""
-  n = min(r["grid"] for r in results)
-  tiles = [_rgb(results[0]["images"][:n], True),
-           *(_rgb(r["ig"][:n]) for r in results)]
-  said = lambda r, j: r["predicted"][r["shown"][j]]
-  captions = [f"#{results[0]['shown'][j]}" for j in range(n)] + [
-      f"pred {r['names'][said(r, j)]}" for r in results for j in range(n)]
-  red = {(i + 1) * n + j for i, r in enumerate(results) for j in range(n)
-         if said(r, j) != r["labels"][r["shown"][j]]}
-  fig, ax = plt.subplots(figsize=(1.1 * n + 1.5, 1.2 * len(tiles) + 0.8),
-                         layout="constrained")
-  _mosaic(ax, np.stack(tiles), captions,
-          ["test image"] + [r["label"] for r in results], red)
-  return _finish(fig, path, "Where each looks: integrated gradients of the "
-                 "same test images to each model's predicted class (red for, "
-                 "blue against; each map to its own largest |value|; red "
-                 "caption: wrong)")
+                "per row\n(summed)"][:len(kinds)]
+  return plots.image_grid(
+      images, titles, set(np.flatnonzero(first & (true != said))), path, cols,
+      kind_names * blocks,
+      "Where it looks: attribution to the predicted class (red for, blue "
+      "against; each map to its own largest |value|); the first "
+      f"{r['grid']} test images, then the most confident mistakes (wrong: "
+      "framed in red)", fontsize=6)

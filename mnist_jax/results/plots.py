@@ -1,8 +1,7 @@
 """Figures, saved as PNG files with matplotlib's non-interactive Agg backend."""
 
-import functools
 import os
-import re
+import textwrap
 from typing import List, Optional, Sequence
 
 import matplotlib
@@ -23,27 +22,36 @@ DPI = 120
 DIGIT_CMAP = "gray"  # Every figure draws digits as the model sees them:
 # white ink (255) on black (0), as README.md says of predict's inputs.
 MARKERS = "osD^vP*Xhp<>"
-Names = Optional[Sequence[str]]
 
 
-def _save(fig, path: str, whole: bool = False) -> str:
-  """Saves `fig`; `whole`: with all it draws, legends outside the axes too."""
-  if not whole:
-    fig.tight_layout()
-  box = {"bbox_inches": "tight", "pad_inches": 0.1} if whole else {}
+def legend(fig, axes):
+  """One legend for every panel of `axes` (each label once), below them."""
+  seen = {}
+  for ax in np.ravel(axes):
+    for handle, text in zip(*ax.get_legend_handles_labels()):
+      seen.setdefault(text, handle)
+  return fig.legend(list(seen.values()), list(seen), loc="outside lower center",
+                    ncols=min(len(seen), 6), fontsize=8)
+
+
+def save(fig, path: str, title: str = "", legend_of=None) -> str:
+  """Saves `fig` whole (legends outside the axes too) and closes it: with
+  `title` over it, wrapped between words to its width, and a `legend` of the
+  panels `legend_of`."""
+  if legend_of is not None:
+    legend(fig, legend_of)
+  if title:
+    fig.suptitle(textwrap.fill(title, int(fig.get_figwidth() * 12),
+                               break_on_hyphens=False, break_long_words=False),
+                 fontsize=10)
   with files.atomic(path, "wb") as f:
-    fig.savefig(f, format="png", dpi=DPI, **box)
+    fig.savefig(f, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.1)
   plt.close(fig)
   return path
 
 
-save_whole = functools.partial(_save, whole=True)
-
-
-def plain_ticks(axis, subs=None) -> None:
-  """Plain-number major ticks (log: at `subs` of a decade), no minor labels."""
-  if subs:
-    axis.set_major_locator(ticker.LogLocator(subs=subs))
+def plain_ticks(axis) -> None:
+  """Plain-number major ticks (also on a log axis), no minor labels."""
   axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
   axis.set_minor_formatter(ticker.NullFormatter())
 
@@ -77,7 +85,7 @@ def learning_curves(rows: List[dict], path: str, title: str = "") -> str:
   """Train vs validation loss and accuracy per epoch (metrics.jsonl rows)."""
   epochs = [r for r in rows if "epoch" in r and "train_loss" in r]
   x = [r["epoch"] for r in epochs]
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
   for ax, key, scale, name, label in (
       (axes[0], "loss", 1.0, "Loss", "Loss (cross entropy)"),
       (axes[1], "accuracy", 100.0, "Accuracy", "Accuracy (%)")):
@@ -100,15 +108,7 @@ def learning_curves(rows: List[dict], path: str, title: str = "") -> str:
       ax.set_ylim(top=min(ax.get_ylim()[1], 100))
     ax.grid(alpha=0.3)
     ax.legend()
-  if title:
-    fig.suptitle(title)
-  return _save(fig, path)
-
-
-def _labels(class_names: Names, k: int, *labels) -> List[str]:
-  """The names of K classes (of labels: one past the largest), else K's."""
-  k = max([k] + [int(np.max(l, initial=-1)) + 1 for l in labels])
-  return list(class_names) if class_names else [str(i) for i in range(k)]
+  return save(fig, path, title)
 
 
 def _class_scale(k: int) -> float:
@@ -116,13 +116,13 @@ def _class_scale(k: int) -> float:
   return max(1.0, k / 16)
 
 
-def confusion_matrix(counts: np.ndarray, path: str, class_names: Names = None,
-                     title: str = "") -> str:
+def confusion_matrix(counts: np.ndarray, path: str, names: Sequence[str],
+                     title: str) -> str:
   """Counts in each cell, colour = the fraction of the true class (row)."""
   k = counts.shape[0]
-  names = _labels(class_names, k)
   rows = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-  fig, ax = plt.subplots(figsize=(7.5 * _class_scale(k), 6.5 * _class_scale(k)))
+  fig, ax = plt.subplots(figsize=(7.5 * _class_scale(k), 6.5 * _class_scale(k)),
+                         layout="constrained")
   image = ax.imshow(rows, cmap="Blues", vmin=0.0, vmax=1.0)
   fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04).set_label(
       "Fraction of the true class")
@@ -135,14 +135,13 @@ def confusion_matrix(counts: np.ndarray, path: str, class_names: Names = None,
                 ha="right" if slant else "center")
   ax.set_yticks(range(k), names)
   ax.set(xlabel="Predicted label", ylabel="True label")
-  ax.set_title(title or f"Confusion matrix ({int(counts.sum())} test images; "
-               "counts, colour = row fraction)", fontsize=11)
-  return _save(fig, path)
+  ax.set_title(title, fontsize=11)
+  return save(fig, path)
 
 
 def per_class_accuracy(accuracy: np.ndarray, support: np.ndarray, path: str,
-                       class_names: Names = None,
-                       overall: Optional[float] = None, title: str = "") -> str:
+                       names: Sequence[str], overall: Optional[float] = None,
+                       title: str = "") -> str:
   """Bars of each class's accuracy (recall), zoomed to where they differ, to
   100%; the overall accuracy's line named in a legend beside the axes."""
   k = len(accuracy)
@@ -160,11 +159,11 @@ def per_class_accuracy(accuracy: np.ndarray, support: np.ndarray, path: str,
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0,
               fontsize=9)
   ax.set_xticks(range(k), [f"{n}\n(n={s})" for n, s in
-                           zip(_labels(class_names, k), support)], fontsize=8)
+                           zip(names, support)], fontsize=8)
   ax.set(xlabel="True class (number of test images)", ylabel="Accuracy (%)",
-         title=title or "Test accuracy per class (lowest in red)")
+         title=title)
   ax.grid(axis="y", alpha=0.3)
-  return save_whole(fig, path)
+  return save(fig, path)
 
 
 def shown(image) -> np.ndarray:
@@ -176,105 +175,73 @@ def shown(image) -> np.ndarray:
   return x if x.ndim == 2 else x.mean(-1)
 
 
-def _digit(ax, image, frame_color=None):
-  """A [H, W(, C)] uint8 image as `shown`; framed in `frame_color`."""
-  ax.imshow(shown(image), cmap=DIGIT_CMAP, vmin=0, vmax=255)
-  ax.set(xticks=[], yticks=[])
-  ax.spines[:].set_visible(frame_color is not None)
-  if frame_color is not None:
-    ax.spines[:].set(color=frame_color, linewidth=3)
-
-
-def _grid(images, titles, framed, path: str, cols: int, red_titles: bool,
-          **suptitle) -> str:
-  """Images in rows of `cols`, each titled, `framed` ones framed in red
-  (and titled in red with `red_titles`). One axes holds them all, each image
-  placed by its extent: a third of the time of an axes per image."""
-  rows = max(1, int(np.ceil(len(images) / cols)))
-  fig, ax = plt.subplots(figsize=(1.45 * cols, 1.75 * rows + 0.5))
-  h, w = np.shape(images)[1:3] if len(images) else (28, 28)
+def image_grid(images, titles, red, path: str, cols: int, rows=(),
+               title: str = "", fontsize: int = 8) -> str:
+  """Images [H, W(, C)] (0-255, drawn as `shown`) in rows of `cols`, each
+  titled (None: an empty cell); the `red` ones (indices) framed and titled
+  in red; `rows` named left of each row. One axes holds them all, each
+  image placed by its extent: a third of the time of an axes per image."""
+  lines = max(1, -(-len(images) // cols))
+  fig, ax = plt.subplots(figsize=(1.45 * cols, 1.75 * lines + 0.5),
+                         layout="constrained")
+  h, w = np.shape(images[0])[:2] if len(images) else (28, 28)
   # A cell is 1.45 x 1.75 inches; the image's longer side fills 1.2 inches,
   # at the bottom of its cell (top-down), the title above it.
   side = max(h, w)
   cell_w, cell_h = side * 1.45 / 1.2, side * 1.75 / 1.2
-  for i, (image, text, frame) in enumerate(zip(images, titles, framed)):
+  for i, (image, text) in enumerate(zip(images, titles)):
+    if image is None:  # An empty cell.
+      continue
     x = (i % cols) * cell_w + (cell_w - w) / 2
     y = (i // cols) * cell_h + cell_h - (side + h) / 2
     ax.imshow(shown(image), cmap=DIGIT_CMAP, vmin=0, vmax=255,
               extent=(x, x + w, y + h, y), interpolation="nearest")
-    if frame:
+    if i in red:
       ax.add_patch(patches.Rectangle((x, y), w, h, fill=False, color="red",
                                      linewidth=3))
     ax.text(x + w / 2, y - 0.04 * side, text, ha="center", va="bottom",
-            fontsize=8, color="red" if red_titles and frame else "black")
+            fontsize=fontsize, color="red" if i in red else "black")
+  for i, text in enumerate(rows):
+    ax.text(0, (i + 1) * cell_h - side / 2, text, ha="right", va="center",
+            fontsize=7)
   if not len(images):
     ax.text(0.5, 0.5, "no wrong predictions", ha="center", va="center",
             transform=ax.transAxes)
-  ax.set(xlim=(0, cols * cell_w), ylim=(rows * cell_h, 0), aspect="equal")
+  ax.set(xlim=(0, cols * cell_w), ylim=(lines * cell_h, 0), aspect="equal")
   ax.axis("off")
-  fig.suptitle(**suptitle)
-  return _save(fig, path)
-
-
-def prediction_grid(images: np.ndarray, labels: np.ndarray,
-                    predicted: np.ndarray, path: str, class_names: Names = None,
-                    indices: Optional[Sequence[int]] = None, cols: int = 8,
-                    title: str = "") -> str:
-  """Test images with true and predicted labels; wrong ones framed in red."""
-  names = _labels(class_names, 0, labels, predicted)
-  indices = range(len(images)) if indices is None else indices
-  bad = [int(y) != int(p) for y, p in zip(labels, predicted)]
-  titles = [f"#{i}\ntrue {names[y]}  pred {names[p]}" + (" ✗" if b else "")
-            for y, p, i, b in zip(labels, predicted, indices, bad)]
-  return _grid(images, titles, bad, path, cols, True, t=title or
-               f"Test predictions ({sum(bad)} of {len(images)} wrong, "
-               "framed in red)")
-
-
-def mistakes(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray,
-             p_predicted: np.ndarray, p_true: np.ndarray, path: str,
-             class_names: Names = None,
-             indices: Optional[Sequence[int]] = None, cols: int = 6,
-             title: str = "") -> str:
-  """The most confident wrong predictions: both labels and probabilities."""
-  names = _labels(class_names, 0, labels, predicted)
-  indices = range(len(images)) if indices is None else indices
-  titles = [f"#{i} pred {names[p]} ({100 * pp:.1f}%)\ntrue {names[y]} "
-            f"({100 * pt:.1f}%)" for y, p, pp, pt, i in
-            zip(labels, predicted, p_predicted, p_true, indices)]
-  return _grid(images, titles, [True] * len(images), path, cols, False,
-               t=title or "Most confident mistakes (predicted label and its "
-               "probability; true label and its probability)", fontsize=10)
+  return save(fig, path, title)
 
 
 def sample_probabilities(samples: Sequence[dict], path: str,
-                         class_names: Names = None, title: str = "") -> str:
+                         names: Sequence[str], title: str = "") -> str:
   """Rows of (image, its K class-probability bars). Each sample: image [H, W]
   uint8, probabilities [K], optional label (int) and caption (str). A legend
   beside each row's bars names their colours."""
-  k = len(samples[0]["probabilities"]) if samples else 0
-  names = _labels(class_names, k)
+  k = len(names)
   fig, axes = plt.subplots(len(samples), 2, squeeze=False,
                            figsize=(9 * _class_scale(k) + 1.8,
-                                    3.1 * len(samples)),
+                                    3.1 * len(samples)), layout="constrained",
                            gridspec_kw={"width_ratios": [1, 2.6]})
   for (ax_img, ax), s in zip(axes, samples):
     label = s.get("label")
     pct = 100.0 * np.asarray(s["probabilities"], dtype=float)
     best = int(np.argmax(s["probabilities"]))
-    _digit(ax_img, s["image"], None if label in (None, best) else "red")
+    ax_img.imshow(shown(s["image"]), cmap=DIGIT_CMAP, vmin=0, vmax=255)
+    ax_img.set(xticks=[], yticks=[])  # Framed in red where it is wrong:
+    ax_img.spines[:].set(visible=label not in (None, best), color="red",
+                         linewidth=3)
     ax_img.set_title(s.get("caption", ""), fontsize=9)
     kinds = {best: ("darkorange", "predicted" if label is None else
                     "predicted = true class")}
     if label not in (None, best):
       kinds = {best: ("firebrick", "predicted (wrong)"),
                label: ("seagreen", "true class")}
-    shown = [*kinds.values()] + [("steelblue", "other classes")] * (
+    legend = [*kinds.values()] + [("steelblue", "other classes")] * (
         k > len(kinds))
-    ax.bar(range(k), pct, color=[kinds.get(i, shown[-1])[0] for i in range(k)])
-    ax.legend([patches.Patch(color=c) for c, _ in shown], [w for _, w in shown],
-              loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0,
-              fontsize=8)
+    ax.bar(range(k), pct, color=[kinds.get(i, legend[-1])[0] for i in range(k)])
+    ax.legend([patches.Patch(color=c) for c, _ in legend],
+              [w for _, w in legend], loc="upper left",
+              bbox_to_anchor=(1.01, 1), borderaxespad=0, fontsize=8)
     ax.set(xlim=(-0.6, k - 0.4), ylim=(0, 100), xlabel="Class",
            ylabel="Probability (%)")
     bar_values(ax, [p if p >= 0.05 else None for p in pct],
@@ -287,15 +254,12 @@ def sample_probabilities(samples: Sequence[dict], path: str,
     head = f"predicted {names[best]} ({100 * s['probabilities'][best]:.1f}%)"
     ax.set_title(head + (f", true {names[label]}" if label is not None else ""),
                  fontsize=10)
-  if title:
-    fig.suptitle(title)
-  return _save(fig, path)
+  return save(fig, path, title)
 
 
 def prediction(image: np.ndarray, probabilities: np.ndarray, path: str,
-               source: str = "", class_names=None) -> str:
+               source: str, names: Sequence[str]) -> str:
   """An input as the model saw it (preprocessed, its HxW), its probabilities."""
-  names = _labels(class_names, len(probabilities))
   best, size = int(np.argmax(probabilities)), "x".join(map(str, image.shape))
   return sample_probabilities(
       [{"image": image, "probabilities": probabilities,
@@ -304,34 +268,12 @@ def prediction(image: np.ndarray, probabilities: np.ndarray, path: str,
       f"({100 * probabilities[best]:.1f}%)")
 
 
-# A sweep's figure; the colours of lines also experiments/compare.py draws.
-
-
 def palette(n: int):
-  cmap = plt.get_cmap("tab10")
-  return [cmap(i % 10) for i in range(n)]
+  """n colours of tab10 (repeating): runs' and lines' colours."""
+  return plt.get_cmap("tab10")(np.arange(n) % 10)
 
 
-def run_label(label: str, model: str, preset: str) -> str:
-  """`label` ("model", "model (what differs)", maybe then " [folder]") with
-  the preset named first where it is not."""
-  match = re.fullmatch(rf"{re.escape(model)}(?: \((.*)\))?( \[[^]]*\])?",
-                       label)
-  if not match:
-    return label
-  parts = match[1].split(", ") if match[1] else []
-  parts = parts if preset in parts else [preset, *parts]
-  return f"{model} ({', '.join(parts)}){match[2] or ''}"
-
-
-def group_labels(groups: Sequence[dict]) -> List[str]:
-  """compare.py's groups' names in figures: model and preset, what else tells
-  them apart, and the first run's folder where that leaves two alike."""
-  names = [run_label(g["label"], g["model"], g["preset"])
-           if "model" in g else g["label"] for g in groups]
-  folder = lambda g: os.path.basename(os.path.normpath(g["runs"][0]["run"]))
-  return [name + (f" [{folder(g)}]" if names.count(name) > 1 and g.get("runs")
-                  else "") for name, g in zip(names, groups)]
+# A sweep's figure.
 
 
 def _value_axis(ax, values) -> None:
@@ -348,18 +290,13 @@ def _value_axis(ax, values) -> None:
   plain_ticks(ax.xaxis)
 
 
-def sweep(table: Sequence[dict], names: Sequence[str], path: str,
-          title: str = "") -> str:
-  return _save(sweep_figure(table, names, title), path)
-
-
 def sweep_figure(table: Sequence[dict], names: Sequence[str], title: str = ""):
   """Validation and test accuracy against each swept value (table:
   report.sweep_table's records): a panel per swept name, a line per
   combination of the others' values (mean over seeds, band +- std), the
   chosen grid point starred."""
   fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.3),
-                           squeeze=False)
+                           squeeze=False, layout="constrained")
   chosen = next(r for r in table if r["chosen"])
   point = [r for r in table if r["values"] == chosen["values"]]
   for ax, name in zip(axes[0], names):

@@ -23,7 +23,6 @@ FILES = ("report.md", "confusion_matrix.png", "confusion_matrix.csv",
          "per_class.csv", "per_class_accuracy.png", "confused_pairs.csv",
          "predictions.png", "mistakes.png", "sample_probabilities.png",
          "learning_curves.png")
-SWEEP_FILES = ("sweep.csv", "sweep.png")  # Written for a sweep only.
 
 
 def ensemble_metrics(run, test) -> Optional[Dict[str, Any]]:
@@ -33,8 +32,7 @@ def ensemble_metrics(run, test) -> Optional[Dict[str, Any]]:
                                                  run.config.eval_batch_size))
   if len(finite) < 2:
     return None
-  probs = run_lib.ensemble_probabilities(finite)
-  return {**run_lib.scores(np.log(np.maximum(probs, 1e-30)), test.labels),
+  return {**run_lib.scores(run_lib.ensemble_logits(finite), test.labels),
           "members": len(finite)}
 
 
@@ -158,26 +156,7 @@ def write(workdir: str, run, test, class_names: Optional[Sequence[str]] = None,
                            path("per_class_accuracy.png"), names, accuracy,
                            title=f"{title}: test accuracy per class "
                            "(lowest in red)")
-  shown = np.arange(min(GRID_SIZE, n))
-  plots.prediction_grid(images[shown], labels[shown], predicted[shown],
-                        path("predictions.png"), names, shown)
-  wrong = np.flatnonzero(predicted != labels)
-  worst = wrong[np.argsort(-probs[wrong, predicted[wrong]],
-                           kind="stable")[:MISTAKES_SHOWN]]
-  plots.mistakes(images[worst], labels[worst], predicted[worst],
-                 probs[worst, predicted[worst]], probs[worst, labels[worst]],
-                 path("mistakes.png"), names, worst,
-                 title=f"{title}: the {len(worst)} most confident mistakes of "
-                 f"{len(wrong)} (predicted label and probability; true label "
-                 "and its probability)")
-  unsure = int(np.argmin(probs.max(axis=-1)))
-  plots.sample_probabilities(
-      [{"image": images[i], "probabilities": probs[i], "label": int(labels[i]),
-        "caption": caption} for i, caption in (
-            (0, "test image #0"),
-            (unsure, f"test image #{unsure}\n(the least confident)"))[:n]],
-      path("sample_probabilities.png"), names,
-      title=f"{title}: class probabilities of single test images")
+  _digit_figures(path, title, images, labels, probs, names)
   if rows:
     plots.learning_curves(rows, path("learning_curves.png"), title=title)
   if config.sweep and records:
@@ -204,6 +183,41 @@ def write(workdir: str, run, test, class_names: Optional[Sequence[str]] = None,
             "## Settings", "", "```json", config.to_json(), "```", ""]
   files.write_text(path("report.md"), "\n".join(lines))
   return {**test_metrics, "confusion": counts}
+
+
+def _digit_figures(path, title, images, labels, probs, names) -> None:
+  """predictions.png (the first GRID_SIZE test images), mistakes.png (the
+  most confident mistakes) and sample_probabilities.png."""
+  from mnist_jax.results import plots  # pylint: disable=g-import-not-at-top
+  predicted = probs.argmax(-1)
+  shown, bad = np.arange(min(GRID_SIZE, len(labels))), predicted != labels
+  plots.image_grid(
+      images[shown], [f"#{i}\ntrue {names[labels[i]]}  pred "
+                      f"{names[predicted[i]]}{' ✗' if bad[i] else ''}"
+                      for i in shown],
+      set(np.flatnonzero(bad[shown])), path("predictions.png"), 8,
+      title=f"Test predictions ({bad[shown].sum()} of {len(shown)} wrong, "
+      "framed in red)")
+  wrong = np.flatnonzero(bad)
+  worst = wrong[np.argsort(-probs[wrong, predicted[wrong]],
+                           kind="stable")[:MISTAKES_SHOWN]]
+  plots.image_grid(
+      images[worst], [f"#{i} pred {names[predicted[i]]} "
+                      f"({100 * probs[i, predicted[i]]:.1f}%)\ntrue "
+                      f"{names[labels[i]]} ({100 * probs[i, labels[i]]:.1f}%)"
+                      for i in worst], range(len(worst)), path("mistakes.png"),
+      6, title=f"{title}: the {len(worst)} most confident mistakes of "
+      f"{len(wrong)} (predicted label and probability; true label and its "
+      "probability)")
+  unsure = int(np.argmin(probs.max(axis=-1)))
+  plots.sample_probabilities(
+      [{"image": images[i], "probabilities": probs[i], "label": int(labels[i]),
+        "caption": caption} for i, caption in (
+            (0, "test image #0"),
+            (unsure, f"test image #{unsure}\n(the least confident)"))[
+                :len(labels)]],
+      path("sample_probabilities.png"), names,
+      title=f"{title}: class probabilities of single test images")
 
 
 def _body(names, counts, stats, pairs, n) -> List[str]:
@@ -281,9 +295,10 @@ def write_sweep(workdir: str, config, records: Sequence[dict]) -> None:
                   [[r["member"], *[repr(r["values"][n]) for n in names],
                     r["seed"], *[text(r[key]) for key in keys],
                     int(r["diverged"]), int(r["chosen"])] for r in records])
-  plots.sweep(records, names, os.path.join(workdir, "sweep.png"),
-              title=f"{config.model} ({config.preset}): {len(records)} "
-              f"members, {_seeds(config)} per grid point")
+  plots.save(plots.sweep_figure(
+      records, names, f"{config.model} ({config.preset}): {len(records)} "
+      f"members, {_seeds(config)} per grid point"),
+             os.path.join(workdir, "sweep.png"))
 
 
 def _seeds(config) -> str:

@@ -100,11 +100,12 @@ class Run:
                           datasets.get(self.config.dataset).image_shape)
     if stacked in self._cache and self._cache[stacked][0] is x:
       return self._cache[stacked][1], single
-    if not len(x):
-      k = datasets.num_classes(self.config.dataset)
-      return np.zeros((len(self.seeds),) * stacked + (0, k), np.float32), single
-    out = logits(self.apply, self.seed_variables if stacked else self.variables,
-                 x, batch_size, stacked)
+    if stacked:  # The seeds one after another.
+      out = np.stack([logits(self.apply, jax.tree.map(lambda v, i=i: v[i],
+                                                      self.seed_variables),
+                             x, batch_size) for i in range(len(self.seeds))])
+    else:
+      out = logits(self.apply, self.variables, x, batch_size)
     self._cache[stacked] = (x, out)
     return out, single
 
@@ -123,7 +124,7 @@ class Run:
     """Class probabilities [N, K] (float64): the chosen member's, or with
     `ensemble` the mean of its grid point's seeds'."""
     out, single = self._logits(images, ensemble, batch_size)
-    probs = (ensemble_probabilities if ensemble else softmax)(out)
+    probs = softmax(ensemble_logits(out) if ensemble else out)
     return probs[0] if single else probs
 
   def predict(self, images, ensemble: bool = False,
@@ -136,36 +137,29 @@ class Run:
                batch_size: int = 1000) -> Dict[str, Any]:
     """The test metrics (`scores`), "count" and "confusion" [K, K]."""
     out, _ = self._logits(images, ensemble, batch_size)
-    if ensemble:  # The mean probabilities' logs, as logits.
-      out = np.log(np.maximum(ensemble_probabilities(out), 1e-30))
+    out = ensemble_logits(out) if ensemble else out
     labels = np.reshape(labels, -1).astype(np.int64)
     return {**scores(out, labels), "confusion": confusion(
         labels, out.argmax(-1), out.shape[-1])}
 
 
-def logits(apply_fn: Callable, variables, images, batch_size: int = 1000,
-           stacked: bool = False):
+def logits(apply_fn: Callable, variables, images, batch_size: int = 1000):
   """apply_fn's outputs in evaluation mode (logits [N, K], or any tree of
   [N, ...]) of images [N, H, W, C], in order and none dropped, in batches
-  through train.logits_of, as the loop evaluates; with `stacked` variables
-  [S, ...], [S, N, ...], one model after another."""
+  through train.logits_of, as the loop evaluates."""
   n = len(images)
-  batch = min(batch_size, n)
+  batch = max(1, min(batch_size, n))
   count = -(-n // batch)
   idx = np.minimum(np.arange(count * batch), n - 1).reshape(count, batch)
-  out = jax.device_get(_compiled(apply_fn, stacked)(variables, images, idx))
-  return jax.tree.map(lambda a: a.reshape(  # [(S,) count, batch, ...]
-      *a.shape[:stacked], -1, *a.shape[stacked + 2:])[
-          (slice(None),) * stacked + (slice(n),)], out)
+  out = jax.device_get(_compiled(apply_fn)(variables, images, idx))
+  return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:])[:n], out)
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled(apply_fn: Callable, stacked: bool) -> Callable:
+def _compiled(apply_fn: Callable) -> Callable:
   """`logits`' jitted function of (variables, images, the batches' indices
   [count, batch]), one for each apply_fn: a compile for each shape."""
-  one = functools.partial(train.logits_of, apply_fn)
-  return jax.jit(lambda v, x, i: jax.lax.map(lambda w: one(w, x[i]), v)
-                 if stacked else one(v, x[i]))
+  return jax.jit(lambda v, x, i: train.logits_of(apply_fn, v, x[i]))
 
 
 def scores(logits, labels) -> Dict[str, float]:
@@ -195,9 +189,10 @@ def finite_models(logits: np.ndarray) -> np.ndarray:
   return logits[np.isfinite(logits).all(axis=(1, 2))]
 
 
-def ensemble_probabilities(logits: np.ndarray) -> np.ndarray:
-  """The mean probabilities [N, K] of the finite ones of S models."""
-  return softmax(finite_models(logits)).mean(axis=0)
+def ensemble_logits(logits: np.ndarray) -> np.ndarray:
+  """An ensemble's logits [N, K]: the logs of the mean probabilities of the
+  finite ones of S models' logits [S, N, K]."""
+  return np.log(np.maximum(softmax(finite_models(logits)).mean(0), 1e-30))
 
 
 def confusion(labels, predicted, k: int) -> np.ndarray:

@@ -15,10 +15,10 @@ MAX_BODY and images that are not images get a JSON error the page shows.
 
 import functools
 import http.server
+import io
 import json
 import os
 import sys
-import tempfile
 import time
 from typing import Dict, List, Sequence
 
@@ -150,16 +150,8 @@ class Server(http.server.ThreadingHTTPServer):
     """Every run's answer for one uploaded image (its file's bytes), or
     ImageError; `input`: the image as the models see it."""
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="mnist_jax_serve_") as folder:
-      path = os.path.join(folder, "image")
-      with open(path, "wb") as f:
-        f.write(body)
-      try:
-        inputs = {s: images_lib.load(path, s)
-                  for s in {m.shape for m in self.loaded}}
-      except images_lib.ImageError as e:
-        raise images_lib.ImageError(str(e).replace(path, "the upload")
-                                    ) from None
+    inputs = {s: images_lib.load(io.BytesIO(body), s, "the upload")
+              for s in {m.shape for m in self.loaded}}
     started = [m.start(inputs[m.shape]) for m in self.loaded]
     runs = [m.result(s) for m, s in zip(self.loaded, started)]
     return {"input": inputs[self.loaded[0].shape].tolist(), "runs": runs,
