@@ -28,16 +28,25 @@ PARTS = tuple(f.name for f in dataclasses.fields(train.TrainState)
               if f.metadata.get("pytree_node", True) and f.name != "keys")
 
 
+def _not_orbax_leftover(record: logging.LogRecord) -> bool:
+  """False for what asyncio logs, whenever garbage collection comes to it, of
+  orbax's abandoned reads (a future's tensorstore error never retrieved)."""
+  text = f"{record.getMessage()} {record.exc_info and record.exc_info[1]!r}"
+  return not any(s in text for s in ("tensorstore", f"{os.sep}orbax{os.sep}",
+                                     "Event loop is closed"))
+
+
 @functools.cache
 def _ocp():
   """orbax.checkpoint, imported once a checkpoint is used (a new run's first
   step does not wait for it). What orbax raises reaches the user in one
-  line: its own absl log of the error goes unsaid, and so do the callbacks
-  of reads still in flight after a failed one, which find its event loop
-  closed."""
+  line: its own absl log of the error goes unsaid, and so do the futures and
+  callbacks of reads still in flight after a failed one (asyncio's log, and
+  the event loop found closed)."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   logging.getLogger("absl").addFilter(
       lambda r: f"{os.sep}orbax{os.sep}" not in r.pathname)
+  logging.getLogger("asyncio").addFilter(_not_orbax_leftover)
   hook = sys.unraisablehook
   sys.unraisablehook = lambda u: None if (
       isinstance(u.exc_value, RuntimeError) and
