@@ -22,6 +22,7 @@ from PIL import Image
 from PIL import ImageDraw
 import pytest
 
+from experiments import serve_benchmark
 from experiments.serve_benchmark import png
 from mnist_jax import models
 from mnist_jax.data import images
@@ -279,3 +280,14 @@ def test_fuzz_fifty_hostile_requests_at_once(port, capfd):
   assert status == 200 and json.loads(body)["runs"]
   _handled()
   assert capfd.readouterr().err == ""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"),
+                    reason="reads Linux's /proc for the peak memory")
+def test_the_memory_benchmark_sends_a_bomb_and_the_largest_image(capsys):
+  serve_benchmark.memory([_linear()], 2)
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == 2 and "peak" in lines[0], lines
+  assert lines[0].endswith("(answers: 2 x 400)") and "13000x13000" in lines[0]
+  assert lines[1].endswith("(answers: 2 x 200)"), lines  # Decoded: a 7.

@@ -13,10 +13,11 @@ page/ are served (looked up by name, never joined to a path). Every error,
 the standard library's refusals of a malformed request included, is one line
 of JSON {"error": ...} that the page shows: bodies over MAX_BODY, images that
 are not images or hold over MAX_PIXELS (refused before they are decoded;
-DECODES at a time, so memory is bounded however many arrive at once). A
-client that leaves early is no error.
+one at a time, so memory is bounded however many arrive at once). A client
+that leaves early is no error.
 """
 
+import concurrent.futures
 import functools
 import http.server
 import io
@@ -24,7 +25,6 @@ import ipaddress
 import json
 import os
 import sys
-import threading
 import time
 from typing import Dict, List, Sequence
 
@@ -52,7 +52,6 @@ MAX_BODY = 10 * 2 ** 20  # Bytes: a phone's photo fits.
 # Pixels decoded at most: a phone's screenshot fits, a photo (JPEG) decodes
 # at a reduced scale, a bigger image is refused before it is decoded.
 MAX_PIXELS = 4096 ** 2
-DECODES = 2  # Uploads decoded at once (each up to 2 x MAX_PIXELS x 4 bytes).
 # A client gone (a stroke's request dropped for the next one): no error.
 GONE = (ConnectionError, TimeoutError)
 DIGITS = 12  # Test digits offered to start from.
@@ -165,7 +164,10 @@ class Server(http.server.ThreadingHTTPServer):
 
   def __init__(self, address, loaded: Sequence[Model]):
     self.loaded = list(loaded)
-    self.decoding = threading.BoundedSemaphore(DECODES)
+    # Uploads are decoded one at a time, on one thread: the memory a decode
+    # takes (a few times MAX_PIXELS x 4 bytes) is taken once, and kept by
+    # one thread's malloc arena, not by each of the request threads'.
+    self.decoder = concurrent.futures.ThreadPoolExecutor(1, "decode")
     self.about = json.dumps({"runs": [m.info for m in loaded],
                              "digits": sample_digits(loaded),
                              "max_body": MAX_BODY}).encode()
@@ -175,14 +177,17 @@ class Server(http.server.ThreadingHTTPServer):
     """Every run's answer for one uploaded image (its file's bytes), or
     ImageError; `input`: the image as the models see it."""
     start = time.perf_counter()
-    with self.decoding:
-      inputs = {s: images_lib.load(io.BytesIO(body), s, "the upload",
-                                   MAX_PIXELS)
-                for s in {m.shape for m in self.loaded}}
+    inputs = self.decoder.submit(lambda: {
+        s: images_lib.load(io.BytesIO(body), s, "the upload", MAX_PIXELS)
+        for s in {m.shape for m in self.loaded}}).result()
     started = [m.start(inputs[m.shape]) for m in self.loaded]
     runs = [m.result(s) for m, s in zip(self.loaded, started)]
     return {"input": inputs[self.loaded[0].shape].tolist(), "runs": runs,
             "ms": round(1000 * (time.perf_counter() - start), 1)}
+
+  def server_close(self):
+    super().server_close()
+    self.decoder.shutdown(wait=False)
 
   def handle_error(self, request, client_address):
     """A request that failed past its handler's own answers: one line (a
