@@ -155,6 +155,10 @@ def test_a_big_jpeg_is_decoded_at_a_reduced_scale():
   with images.open_image(io.BytesIO(photo), "a photo",
                          serve.MAX_PIXELS) as image:
     assert image.size == (2500, 2500)  # JPEG's DCT, halved as it decodes.
+  wide = io.BytesIO()
+  Image.new("L", (16000, 1200)).save(wide, "JPEG")  # A panorama.
+  with images.open_image(wide, "a panorama", serve.MAX_PIXELS) as image:
+    assert image.size == (4000, 300)
   small = images.load(io.BytesIO(_seven()), name="a drawing")
   drafted = images.load(io.BytesIO(photo), name="a photo",
                         max_pixels=serve.MAX_PIXELS)

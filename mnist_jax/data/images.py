@@ -78,8 +78,10 @@ def _within(image: Image.Image, name, max_pixels: int) -> None:
   """Before `image` is decoded: a JPEG over `max_pixels` set to decode at a
   reduced scale (as thumbnail would draft it), any image still over them
   refused in one line (ImageError) with its size."""
-  if image.width * image.height > max_pixels:
-    image.draft(None, (2 * MAX_SIDE, 2 * MAX_SIDE))
+  if image.width * image.height > max_pixels:  # Its longer side to 2 x
+    k = 2 * MAX_SIDE / max(image.size)  # MAX_SIDE or more, in its aspect.
+    image.draft(None, (max(1, int(image.width * k)),
+                       max(1, int(image.height * k))))
   if image.width * image.height > max_pixels:
     raise ImageError(
         f"{name} is {image.width}x{image.height} pixels, over the "
