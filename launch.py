@@ -135,8 +135,9 @@ def _use_run():
   if FLAGS.mode == "serve":  # Reads only, as predict.
     from mnist_jax.results import serve  # pylint: disable=g-import-not-at-top
     serve.main(FLAGS.workdir.split(","), FLAGS.host, FLAGS.port, **overrides)
-    sys.stdout.flush()  # Stopped by Ctrl-C; read-only, so it ends at once:
-    os._exit(0)  # teardown beside the libraries' C++ threads once aborted.
+    # Stopped by Ctrl-C or SIGTERM (130, 143); read-only, so it ends at once:
+    sys.stdout.flush()  # teardown beside the libraries' C++ threads once
+    os._exit(128 + COMMAND.signum)  # aborted.
   if FLAGS.mode == "predict":  # Reads only: also a run being trained.
     images = FLAGS.image.split(",") if FLAGS.image else []
     if results.print_predictions(FLAGS.workdir, images, FLAGS.json,

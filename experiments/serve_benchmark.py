@@ -3,6 +3,7 @@
   python experiments/serve_benchmark.py                 # the six models
   python experiments/serve_benchmark.py --workdir=RUNS  # run folders instead
   python experiments/serve_benchmark.py --browser       # and in Chromium
+  python experiments/serve_benchmark.py --memory        # large uploads at once
 
 Starts the page's server (mnist_jax/results/serve.py) in this process, then
 POSTs N strokes' pictures, as the page sends them (a 280x280 PNG, white ink on
@@ -17,16 +18,25 @@ the median time the page itself measures from a stroke's end to its answers
 drawn: the picture encoded, the request, every card drawn. Without
 --workdir the models are every registered one at its tuned preset's size
 with fresh weights: the time does not depend on what the weights learned.
+
+With --memory it instead sends --uploads large PNGs at once, twice: a
+13000x13000 one of under a MB (a decompression bomb) and one of the most
+pixels the page decodes (serve.MAX_PIXELS), and prints the peak resident
+memory of this process above its idle level while they are answered (Linux's
+/proc: its high-water mark, reset first).
 """
 
 import argparse
+import concurrent.futures
 import http.client
 import io
 import json
 import os
+import struct
 import sys
 import threading
 import time
+import zlib
 
 import jax
 import numpy as np
@@ -93,6 +103,78 @@ def latencies(loaded, pictures, warmup: int = 3):
   return np.array(times).T
 
 
+def png(width: int, height: int, ink=()) -> bytes:
+  """An RGBA PNG's bytes, transparent but for opaque white `ink` boxes (top,
+  bottom, left, right), deflated a row at a time: however large its declared
+  size, making it costs a row's memory."""
+  def chunk(kind, data):
+    return (struct.pack(">I", len(data)) + kind + data +
+            struct.pack(">I", zlib.crc32(kind + data)))
+  deflate, parts = zlib.compressobj(9), []
+  for y in range(height):
+    row = bytearray(4 * width + 1)  # Filter byte 0, then the pixels.
+    for top, bottom, left, right in ink:
+      if top <= y < bottom:
+        row[1 + 4 * left:1 + 4 * right] = b"\xff" * (4 * (right - left))
+    parts.append(deflate.compress(row))
+  header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
+  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) +
+          chunk(b"IDAT", b"".join(parts) + deflate.flush()) +
+          chunk(b"IEND", b""))
+
+
+def _memory(field: str) -> int:
+  """This process's /proc/self/status `field` (VmRSS, VmHWM) in bytes."""
+  with open("/proc/self/status") as f:
+    line = next(l for l in f if l.startswith(field + ":"))
+  return int(line.split()[1]) * 1024
+
+
+def peak_memory(loaded, body: bytes, uploads: int):
+  """(MB of resident memory above idle at the peak while `uploads` POSTs of
+  `body` are answered at once, their statuses)."""
+  server = serve.Server(("127.0.0.1", 0), loaded)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+
+  def post(_):
+    connection = http.client.HTTPConnection("127.0.0.1",
+                                            server.server_address[1])
+    try:
+      connection.request("POST", "/predict", body)
+      response = connection.getresponse()
+      response.read()
+      return response.status
+    finally:
+      connection.close()
+  try:
+    idle = _memory("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+      f.write("5")  # The high-water mark starts again from here.
+    with concurrent.futures.ThreadPoolExecutor(uploads) as pool:
+      statuses = list(pool.map(post, range(uploads)))
+    return (_memory("VmHWM") - idle) / 2 ** 20, statuses
+  finally:
+    server.shutdown()
+    server.server_close()
+
+
+def memory(loaded, uploads: int):
+  """Prints the peak memory above idle while `uploads` large PNGs are
+  answered at once: a bomb, then the largest the page decodes."""
+  side = int(getattr(serve, "MAX_PIXELS", 4096 ** 2) ** 0.5)
+  for width, body in (
+      (13000, png(13000, 13000)),
+      (side, png(side, side, [(side // 5, side // 3, side // 4, side // 2),
+                              (side // 5, side * 4 // 5, side // 2,
+                               side * 3 // 5)]))):
+    mb, statuses = peak_memory(loaded, body, uploads)
+    counts = ", ".join(f"{statuses.count(s)} x {s}"
+                       for s in sorted(set(statuses)))
+    print(f"{uploads} uploads at once of a {width}x{width} RGBA PNG "
+          f"({len(body) / 2 ** 20:.2f} MB): peak {mb:.0f} MB above idle "
+          f"(answers: {counts})", flush=True)
+
+
 def browser_test():
   """tests/test_serve_browser.py, whose helpers drive the page, once it
   finds chromium, chromedriver and selenium; else exits in one line saying
@@ -140,6 +222,10 @@ def main():
   parser.add_argument("--strokes", type=int, default=50)
   parser.add_argument("--browser", action="store_true",
                       help="also time the strokes on the page in Chromium")
+  parser.add_argument("--memory", action="store_true",
+                      help="instead: the peak memory with large uploads")
+  parser.add_argument("--uploads", type=int, default=10,
+                      help="with --memory: how many at once")
   args = parser.parse_args()
   browser = browser_test() if args.browser else None
   start = time.perf_counter()
@@ -149,6 +235,8 @@ def main():
         f"{time.perf_counter() - start:.1f} s: "
         f"{', '.join(m.name for m in loaded)}; {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.1f}")
+  if args.memory:
+    return memory(loaded, args.uploads)
   pictures = strokes(args.strokes)
   for count in sorted({1, len(loaded)}):
     wall, cpu = 1000 * latencies(loaded[:count], pictures)

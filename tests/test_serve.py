@@ -221,22 +221,29 @@ def test_fifty_requests_at_once_are_each_answered(server):
 
 
 @pytest.mark.slow
-def test_launch_serves_prints_the_address_and_stops_on_ctrl_c_in_one_line(
-    tiny_run):
+@pytest.mark.parametrize("host,signum", [("127.0.0.1", signal.SIGINT),
+                                         ("0.0.0.0", signal.SIGTERM)])
+def test_launch_serves_prints_the_address_and_stops_on_a_signal_in_one_line(
+    tiny_run, host, signum):
+  """Ctrl-C exits 130 and SIGTERM 143, as the README's table says; an address
+  other than loopback says first that the page is reachable."""
   p = subprocess.Popen([sys.executable, "launch.py", "--mode=serve",
-                        f"--workdir={tiny_run}"], cwd=ROOT,
+                        f"--workdir={tiny_run}", f"--host={host}"], cwd=ROOT,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                        text=True, env=child_env())
   try:
     line = p.stdout.readline()
-    assert "serving 1 run(s)" in line and "http://127.0.0.1:" in line, (
+    assert "serving 1 run(s)" in line and f"http://{host}:" in line, (
         line + p.stderr.read())
-    port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
+    port = int(line.split(f"http://{host}:")[1].split("/")[0])
     assert _ask(port, "GET", "/")[0] == 200
-    p.send_signal(signal.SIGINT)
+    p.send_signal(signum)
     out, err = p.communicate(timeout=30)
   finally:
     if p.poll() is None:
       p.kill()
-  assert err.strip().splitlines() == ["stopped serving"], err
-  assert p.returncode == 0
+  lines = err.strip().splitlines()
+  assert lines[-1] == "stopped serving", err
+  assert len(lines) == 1 + (host != "127.0.0.1"), err
+  assert host == "127.0.0.1" or "reachable from the network" in lines[0]
+  assert p.returncode == 128 + signum

@@ -74,9 +74,26 @@ def expand(entries: Sequence[str]) -> List[str]:
   return paths
 
 
-def open_image(path, name=None) -> Image.Image:
+def _within(image: Image.Image, name, max_pixels: int) -> None:
+  """Before `image` is decoded: a JPEG over `max_pixels` set to decode at a
+  reduced scale (as thumbnail would draft it), any image still over them
+  refused in one line (ImageError) with its size."""
+  if image.width * image.height > max_pixels:  # Its longer side to 2 x
+    k = 2 * MAX_SIDE / max(image.size)  # MAX_SIDE or more, in its aspect.
+    image.draft(None, (max(1, int(image.width * k)),
+                       max(1, int(image.height * k))))
+  if image.width * image.height > max_pixels:
+    raise ImageError(
+        f"{name} is {image.width}x{image.height} pixels, over the "
+        f"{max_pixels / 1e6:.0f} million read here; scale it down (a digit "
+        f"needs no more than {MAX_SIDE} across)")
+
+
+def open_image(path, name=None, max_pixels=None) -> Image.Image:
   """Opens an image file (a path, or a file object called `name`), or a
-  one-line ImageError naming it if it cannot."""
+  one-line ImageError naming it if it cannot. With `max_pixels`, a bigger
+  image is refused, or a JPEG decoded at a reduced scale, before a full-size
+  decode (memory is bounded by the decoded size)."""
   hint, name = "pass a PNG or JPEG file", name or path
   if name is path and os.path.isdir(path):
     raise ImageError(f"{path} is a folder, not an image; {hint}"
@@ -92,6 +109,8 @@ def open_image(path, name=None) -> Image.Image:
     with warnings.catch_warnings():  # A big scan is shrunk (MAX_SIDE).
       warnings.simplefilter("ignore", Image.DecompressionBombWarning)
       image = Image.open(path)
+      if max_pixels:
+        _within(image, name, max_pixels)
       image.load()
   except UnidentifiedImageError:
     raise ImageError(f"{name} is not an image (unknown format); "
@@ -107,9 +126,8 @@ def open_image(path, name=None) -> Image.Image:
 
 def _gray(image: Image.Image) -> np.ndarray:
   """Luminance in [0, 1] (1 = white), transparent areas filled as background."""
-  image = ImageOps.exif_transpose(image)
+  image = ImageOps.exif_transpose(image)  # A copy: shrunk in place.
   if max(image.size) > MAX_SIDE:
-    image = image.copy()
     image.thumbnail((MAX_SIDE, MAX_SIDE))
   if image.mode in ("I", "F") or image.mode.startswith("I;"):
     a = np.asarray(image, np.float64)
@@ -254,11 +272,11 @@ def preprocess(image: Image.Image, name: str = "image") -> np.ndarray:
   return np.round(255.0 * out).astype(np.uint8)
 
 
-def load(path, shape=(SIZE, SIZE), name=None) -> np.ndarray:
+def load(path, shape=(SIZE, SIZE), name=None, max_pixels=None) -> np.ndarray:
   """Opens and preprocesses one file (as open_image): a grey [H, W] uint8
   image of `shape` (a dataset's (H, W) or (H, W, C); resized from 28 x 28),
   or ImageError."""
-  with open_image(path, name) as image:
+  with open_image(path, name, max_pixels) as image:
     x = preprocess(image, name or path)
   size = tuple(shape[:2])
   return x if x.shape == size else np.asarray(Image.fromarray(x).resize(

@@ -9,13 +9,19 @@ refused in one line (run_lib.grey_shape).
 
 The standard library's ThreadingHTTPServer serves it: one user on 127.0.0.1
 needs no framework, and the package gains no dependency. Only the files of
-page/ are served (looked up by name, never joined to a path), bodies over
-MAX_BODY and images that are not images get a JSON error the page shows.
+page/ are served (looked up by name, never joined to a path). Every error,
+the standard library's refusals of a malformed request included, is one line
+of JSON {"error": ...} that the page shows: bodies over MAX_BODY, images that
+are not images or hold over MAX_PIXELS (refused before they are decoded;
+one at a time, so memory is bounded however many arrive at once). A client
+that leaves early is no error.
 """
 
+import concurrent.futures
 import functools
 import http.server
 import io
+import ipaddress
 import json
 import os
 import sys
@@ -43,6 +49,11 @@ FILES = {f"/{n}": n for n in os.listdir(PAGE)
          if os.path.splitext(n)[1] in TYPES}
 FILES["/"] = "index.html"
 MAX_BODY = 10 * 2 ** 20  # Bytes: a phone's photo fits.
+# Pixels decoded at most: a phone's screenshot fits, a photo (JPEG) decodes
+# at a reduced scale, a bigger image is refused before it is decoded.
+MAX_PIXELS = 4096 ** 2
+# A client gone (a stroke's request dropped for the next one): no error.
+GONE = (ConnectionError, TimeoutError)
 DIGITS = 12  # Test digits offered to start from.
 
 
@@ -109,13 +120,25 @@ class Model:
 
 def load(paths: Sequence[str], **overrides) -> List[Model]:
   """The runs in `paths` (run folders or folders of them), each compiled and
-  run once on a blank image (the warm-up). overrides: Config fields."""
-  loaded = []
+  run once on a blank image (the warm-up). A run that cannot be loaded is
+  skipped in one line while another is served; if none can, the first's
+  UserError. overrides: Config fields."""
+  loaded, refused = [], []
   for path in run_folders(paths):
-    final = metrics_log.final_metrics(path) or {}
-    loaded.append(Model(path, run_lib.load_run(path, **overrides),
-                        final.get("test_accuracy")))
-    loaded[-1].result(loaded[-1].start(np.zeros(loaded[-1].shape)))
+    try:
+      final = metrics_log.final_metrics(path) or {}
+      model = Model(path, run_lib.load_run(path, **overrides),
+                    final.get("test_accuracy"))
+    except UserError as e:
+      refused.append((path, e))
+      continue
+    model.result(model.start(np.zeros(model.shape)))
+    loaded.append(model)
+  if refused and not loaded:
+    raise refused[0][1]
+  for path, e in refused:
+    print(f"warning: skipped {path}, serving the others: {e}",
+          file=sys.stderr, flush=True)
   return loaded
 
 
@@ -141,6 +164,10 @@ class Server(http.server.ThreadingHTTPServer):
 
   def __init__(self, address, loaded: Sequence[Model]):
     self.loaded = list(loaded)
+    # Uploads are decoded one at a time, on one thread: the memory a decode
+    # takes (a few times MAX_PIXELS x 4 bytes) is taken once, and kept by
+    # one thread's malloc arena, not by each of the request threads'.
+    self.decoder = concurrent.futures.ThreadPoolExecutor(1, "decode")
     self.about = json.dumps({"runs": [m.info for m in loaded],
                              "digits": sample_digits(loaded),
                              "max_body": MAX_BODY}).encode()
@@ -150,18 +177,33 @@ class Server(http.server.ThreadingHTTPServer):
     """Every run's answer for one uploaded image (its file's bytes), or
     ImageError; `input`: the image as the models see it."""
     start = time.perf_counter()
-    inputs = {s: images_lib.load(io.BytesIO(body), s, "the upload")
-              for s in {m.shape for m in self.loaded}}
+    inputs = self.decoder.submit(lambda: {
+        s: images_lib.load(io.BytesIO(body), s, "the upload", MAX_PIXELS)
+        for s in {m.shape for m in self.loaded}}).result()
     started = [m.start(inputs[m.shape]) for m in self.loaded]
     runs = [m.result(s) for m, s in zip(self.loaded, started)]
     return {"input": inputs[self.loaded[0].shape].tolist(), "runs": runs,
             "ms": round(1000 * (time.perf_counter() - start), 1)}
+
+  def server_close(self):
+    super().server_close()
+    self.decoder.shutdown(wait=False)
+
+  def handle_error(self, request, client_address):
+    """A request that failed past its handler's own answers: one line (a
+    client gone: none), never the standard library's traceback."""
+    error = sys.exc_info()[1]
+    if not isinstance(error, GONE):
+      print(f"warning: a request from {client_address[0]} failed "
+            f"({type(error).__name__}: {error})", file=sys.stderr, flush=True)
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
   """GET: the page's files and /runs (what is loaded); POST /predict: an
   image's answers. Every error is JSON {"error": ...}."""
   protocol_version = "HTTP/1.1"
+  # A malformed request line's answer has a status line and headers too.
+  default_request_version = "HTTP/1.0"
   timeout = 60  # Seconds a silent client holds its thread.
   # Headers and body go out as two writes: with Nagle's algorithm the body
   # waits for the client's delayed ACK of the headers (40 ms on Linux).
@@ -173,11 +215,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
     self.send_header("Content-Length", str(len(body)))
     self.send_header("Cache-Control", "no-store")
     self.send_header("X-Content-Type-Options", "nosniff")
+    if self.close_connection:
+      self.send_header("Connection", "close")
     self.end_headers()
     self.wfile.write(body)
 
   def _error(self, status: int, text: str):
     self._send(status, json.dumps({"error": text}).encode())
+
+  def send_error(self, code, message=None, explain=None):
+    """The standard library's refusals (400, 414, 431, 501, 505) as the
+    page's own JSON."""
+    self.close_connection = True
+    self._error(code, f"{message or self.responses[code][0]} (HTTP {code}); "
+                "this page answers GET of its files and POST /predict")
 
   def do_GET(self):  # pylint: disable=invalid-name
     path = self.path.split("?", 1)[0]
@@ -212,16 +263,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
       return None
     body = self.rfile.read(length)
+    if len(body) < length:  # The client stopped sending: it may be gone.
+      self.close_connection = True
+      return self._error(400, f"the upload ended after {len(body)} of its "
+                         f"{length} bytes (Content-Length); send it again")
     try:
       if not body:
         raise images_lib.ImageError("the upload is empty; draw a digit or "
                                     "drop a photo of one")
-      self._send(200, json.dumps(self.server.answer(body)).encode())
+      answer = json.dumps(self.server.answer(body)).encode()
     except images_lib.ImageError as e:
-      self._error(400, str(e))
+      return self._error(400, str(e))
     except Exception as e:  # pylint: disable=broad-except
-      self._error(500, f"the upload could not be read ({type(e).__name__}: "
-                  f"{e}); try another image")
+      return self._error(500, f"the upload could not be read "
+                         f"({type(e).__name__}: {e}); try another image")
+    return self._send(200, answer)
 
   def log_message(self, format, *args):  # pylint: disable=redefined-builtin
     """Quiet: the page shows each answer, errors included."""
@@ -229,8 +285,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 def main(paths: Sequence[str], host: str = "127.0.0.1", port: int = 0,
          out=None, **overrides) -> None:
-  """`--mode=serve`: loads and warms up the runs, prints the page's address,
-  serves until Ctrl-C (one line). overrides: Config fields."""
+  """`--mode=serve`: loads and warms up the runs, prints the page's address
+  (and a warning where --host is not loopback), serves until Ctrl-C or
+  SIGTERM (one line). overrides: Config fields."""
   out = out or sys.stdout
   try:
     start = time.perf_counter()
@@ -242,10 +299,15 @@ def main(paths: Sequence[str], host: str = "127.0.0.1", port: int = 0,
                       "pass another --port (0: a free one) or --host") from None
     with server:
       address = f"http://{host}:{server.server_address[1]}/"
+      if not ipaddress.ip_address(server.server_address[0]).is_loopback:
+        print(f"warning: --host={host}: the page is reachable from the "
+              f"network, by anyone who can reach port "
+              f"{server.server_address[1]} of this machine; --host=127.0.0.1 "
+              "keeps it to this machine", file=sys.stderr, flush=True)
       names = ", ".join(m.name for m in loaded)
       print(f"serving {len(loaded)} run(s) ({names}; compiled in "
             f"{time.perf_counter() - start:.1f} s) at {address} "
             "- open it in a browser; Ctrl-C stops", file=out, flush=True)
       server.serve_forever()
-  except KeyboardInterrupt:
+  except KeyboardInterrupt:  # launch.py exits 130 (Ctrl-C) or 143 (SIGTERM).
     print("stopped serving", file=sys.stderr, flush=True)
