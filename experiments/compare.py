@@ -27,12 +27,13 @@ and a member of another run with the same settings and seed are one run (the
 run folder is kept), and comparison.md says which was left out. A diverged
 run or member (a metrics row that says so, or a test or last training loss
 that is not finite) is named in comparison.md and runs.csv and left out of
-the table, means and plots. A folder that cannot be read (no config.json, or
-one that is not valid JSON) is skipped with a line on stderr; the others are
-compared, and with none left the command exits 1.
-Times are a run's wall time less loading its data (the first run on a
-machine also prepares the dataset), so the run that happened to come first
-is not charged for it. Configurations of one model are ordered by the values
+the table, means and plots. A folder not compared (no config.json, one that
+is not valid JSON, no final test metrics: unfinished, or diverged) is named
+with why in comparison.md and runs.csv (its `skipped` column) and a line on
+stderr; the others are compared, and with none left the command exits 1.
+Times are a run's wall time (`wall_time_s`, as the README defines it: the
+data's preparation apart); epoch times and examples/s are medians over the
+epochs timed whole. Configurations of one model are ordered by the values
 that tell them apart, numbers as numbers.
 """
 
@@ -42,7 +43,6 @@ import json
 import math
 import os
 import re
-import statistics
 import sys
 import textwrap
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -164,8 +164,6 @@ def summarize(run_dir: str) -> Optional[dict]:
   if final is None:
     return None
   epochs = [r for r in rows if "epoch" in r and "train_loss" in r]
-  data_time = final.get("data_time_s")  # None: written before it was recorded.
-  median = lambda key: statistics.median(r[key] for r in epochs)
   return {  # member, program_members: of a program's members, set later.
       "run": run_dir,
       "config": config,
@@ -176,13 +174,13 @@ def summarize(run_dir: str) -> Optional[dict]:
       "test_accuracy": final["test_accuracy"],
       "test_loss": final["test_loss"],
       "epochs": final.get("epochs_run", len(epochs)),
-      "wall_time_s": final["wall_time_s"],
-      "data_time_s": data_time,
-      "train_time_s": final["wall_time_s"] - (data_time or 0.0),
+      "wall_time_s": metrics_log.wall_time(final),
+      # None: written before it was recorded (the wall time holds it).
+      "data_time_s": final.get("data_ready_s", final.get("data_time_s")),
       "compile_time_s": final.get("compile_time_s"),
       "curve": epochs,
-      "epoch_time_s": median("epoch_time_s"),
-      "examples_per_s": median("examples_per_s"),
+      "epoch_time_s": metrics_log.median_speed(epochs, "epoch_time_s"),
+      "examples_per_s": metrics_log.median_speed(epochs, "examples_per_s"),
       "member": None,
       "program_members": 1,
       "last_row": rows[-1],
@@ -215,9 +213,9 @@ def share(summary: dict, members: int) -> dict:
   """`summary` as one of `members` members' share: times / members,
   examples/s times members."""
   out = dict(summary, program_members=members,
-             examples_per_s=summary["examples_per_s"] * members)
-  for key in ("wall_time_s", "train_time_s", "compile_time_s", "epoch_time_s",
-              "data_time_s"):
+             examples_per_s=summary["examples_per_s"] and
+             summary["examples_per_s"] * members)
+  for key in ("wall_time_s", "compile_time_s", "epoch_time_s", "data_time_s"):
     if out.get(key) is not None:
       out[key] = out[key] / members
   return out
@@ -314,7 +312,6 @@ def group(summaries: Sequence[dict]) -> List[dict]:
                     "test_loss",
                     "epochs",
                     "wall_time_s",
-                    "train_time_s",
                     "epoch_time_s",
                     "examples_per_s",
                 )
@@ -356,7 +353,9 @@ def _label(groups: List[dict]) -> None:
 
 def _mean_std(values) -> tuple:
   """(mean, sample standard deviation (ddof=1, as report.md; 0 for one))."""
-  a = np.asarray(values, np.float64)
+  a = np.asarray([v for v in values if v is not None], np.float64)
+  if not len(a):  # No epoch timed whole (each resumed mid-way).
+    return float("nan"), 0.0
   return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
@@ -386,39 +385,39 @@ def _time_cell(runs: Sequence[dict], key: str, digits: int) -> str:
 
 # comparison.csv's columns, a configuration a row.
 CONFIG_COLUMNS = ("model preset label runs seeds parameters test_accuracy_mean "
-                  "test_accuracy_std test_loss_mean epochs train_time_s_mean "
-                  "train_time_s_std wall_time_s_mean epoch_time_s_mean "
+                  "test_accuracy_std test_loss_mean epochs wall_time_s_mean "
+                  "wall_time_s_std epoch_time_s_mean "
                   "examples_per_s_mean").split()
 
 # runs.csv's columns: a run's value, formatted after a colon (None: "").
 RUN_COLUMNS = [c.partition(":")[::2] for c in (
     "model preset label seed run member program_members parameters "
-    "test_accuracy:.6f test_loss:.6f epochs train_time_s:.2f wall_time_s:.2f "
+    "test_accuracy:.6f test_loss:.6f epochs wall_time_s:.2f "
     "data_time_s:.2f compile_time_s:.2f epoch_time_s:.3f examples_per_s:.0f "
-    "diverged"
+    "diverged skipped"
 ).split()]
 
 
 def _config_row(g: dict) -> list:
-  """comparison.csv's row of a group; no train_time_s_std where members of a
+  """comparison.csv's row of a group; no wall_time_s_std where members of a
   program share its time."""
   m = {k: _mean_std(g[k]) for k in ("test_accuracy", "test_loss",
-                                    "train_time_s", "wall_time_s",
+                                    "wall_time_s",
                                     "epoch_time_s", "examples_per_s")}
   shared = any(n > 1 for n in g.get("program_members", ()))
   return [g["model"], g["preset"], g["label"], len(g["runs"]),
           " ".join(map(str, g["seeds"])), g["parameters"],
           *(f"{v:.6f}" for v in (*m["test_accuracy"], m["test_loss"][0])),
-          _span(g["epochs"]), f"{m['train_time_s'][0]:.2f}",
-          "" if shared else f"{m['train_time_s'][1]:.2f}",
-          f"{m['wall_time_s'][0]:.2f}", f"{m['epoch_time_s'][0]:.3f}",
+          _span(g["epochs"]), f"{m['wall_time_s'][0]:.2f}",
+          "" if shared else f"{m['wall_time_s'][1]:.2f}",
+          f"{m['epoch_time_s'][0]:.3f}",
           f"{m['examples_per_s'][0]:.0f}"]
 
 
 def _run_row(s: dict, label: str) -> list:
   """runs.csv's row of a run (or member)."""
   s = {**s, "label": label, "program_members": s.get("program_members", 1),
-       "compile_time_s": s["compile_time_s"] or 0}
+       "compile_time_s": s.get("compile_time_s") or 0}
   return ["" if s.get(c) is None else format(s[c], f) for c, f in RUN_COLUMNS]
 
 
@@ -433,7 +432,7 @@ def _notes(groups: Sequence[dict], dropped: Sequence[Tuple[dict, dict]],
     lines += ["The members of a --num_seeds or --sweep run trained together, "
               "in one program: the table gives that program's time once, "
               "\"T (N members, one program)\", with no ± (one measurement); "
-              "runs.csv, comparison.csv's means (its train_time_s_std left "
+              "runs.csv, comparison.csv's means (its wall_time_s_std left "
               "empty) and the time figure charge each member its share, the "
               "program's times divided by its members (examples/s "
               "multiplied): " + ", ".join(
@@ -455,29 +454,36 @@ def _notes(groups: Sequence[dict], dropped: Sequence[Tuple[dict, dict]],
 
 def write_tables(groups: Sequence[dict], out: str,
                  dropped: Sequence[Tuple[dict, dict]] = (),
-                 gone: Sequence[dict] = ()) -> None:
+                 gone: Sequence[dict] = (), skipped: Sequence[tuple] = ()
+                 ) -> None:
   """comparison.csv, runs.csv and comparison.md; `dropped`: deduplicate's
-  runs left out, `gone`: the diverged runs, named in comparison.md (and
-  listed in runs.csv)."""
+  runs left out, `gone`: the diverged runs, `skipped`: read_runs' folders
+  not compared, each named in comparison.md and runs.csv."""
   files.write_csv(os.path.join(out, "comparison.csv"),
                   [CONFIG_COLUMNS] + [_config_row(g) for g in groups])
   files.write_csv(os.path.join(out, "runs.csv"), [[c for c, _ in RUN_COLUMNS]]
                   + [_run_row(s, g["label"]) for g in groups for s in g["runs"]]
-                  + [_run_row(s, s["model"]) for s in gone])
+                  + [_run_row(s, s["model"]) for s in gone]
+                  + [_run_row({"run": folder, "skipped": what}, "")
+                     for folder, what, _ in skipped])
   lines = ["# Model comparison", "",
            "Mean ± sample standard deviation (n-1, as report.md) over seeds "
            "where a configuration has several runs. Time is a run's wall "
-           "time less loading its data (and preparing it, the first time): "
-           "compilation, evaluation and the report are in it. Epoch time and "
-           "examples/s are medians over epochs. Accuracy axes start a whole "
+           "time (`wall_time_s`, as the README defines it: compilation and "
+           "evaluation in it, the data's preparation and the report not). "
+           "Epoch time and examples/s are medians over the epochs timed "
+           "whole (not one resumed mid-way). Accuracy axes start a whole "
            "point below the lowest run and end at 100%.", "",
            *_notes(groups, dropped, gone)]
+  if skipped:
+    lines += ["Not compared: " + "; ".join(
+        f"{folder} ({what})" for folder, what, _ in skipped) + ".", ""]
   lines += files.table(
       ["model", "preset", "runs", "parameters", "test accuracy %", "epochs",
        "time s", "epoch time s", "examples/s"],
       [(g["label"], g["preset"], len(g["runs"]), f"{g['parameters']:,}",
         _pm(g["test_accuracy"], 100), _span(g["epochs"]),
-        _time_cell(g["runs"], "train_time_s", 1),
+        _time_cell(g["runs"], "wall_time_s", 1),
         _time_cell(g["runs"], "epoch_time_s", 2),
         f"{_mean_std(g['examples_per_s'])[0]:,.0f}") for g in groups],
       "ll" + "r" * 7)
@@ -498,11 +504,11 @@ def write_tables(groups: Sequence[dict], out: str,
 def compare(paths: Sequence[str], out: str, log=print,
             analyses: bool = False, warn=None) -> List[dict]:
   """Reads finished runs under `paths`, writes the tables and plots to `out`
-  (with `analyses`, analysis.md too); returns the groups. A folder that
-  cannot be read is skipped with a line to `warn` (default: stderr); a
-  diverged run is named, out of the means and plots."""
+  (with `analyses`, analysis.md too); returns the groups. A folder not
+  compared is named with why in the tables and a line to `warn` (default:
+  stderr); a diverged run is named, out of the means and plots."""
   warn = warn or (lambda line: print(line, file=sys.stderr))
-  summaries, skipped = read_runs(paths, log)
+  summaries, skipped = read_runs(paths)
   gone = [s for s in summaries if s["diverged"]]
   summaries = [s for s in summaries if not s["diverged"]]
   if not summaries:
@@ -513,7 +519,7 @@ def compare(paths: Sequence[str], out: str, log=print,
   _log_left_out(gone, dropped, log)
   groups = group(summaries)
   os.makedirs(out, exist_ok=True)
-  write_tables(groups, out, dropped, gone)
+  write_tables(groups, out, dropped, gone, skipped)
   for name, draw in zip(PLOTS, (plot_accuracy, plot_accuracy_time,
                                 plot_curves)):
     draw(groups, os.path.join(out, name))
@@ -525,23 +531,26 @@ def compare(paths: Sequence[str], out: str, log=print,
   return groups
 
 
-def read_runs(paths: Sequence[str], log=print) -> Tuple[List[dict], list]:
+def read_runs(paths: Sequence[str]) -> Tuple[List[dict], list]:
   """(the finished runs' summaries, a member each; [(folder, what keeps it
-  out, what to do)]); unfinished runs are logged and left out."""
+  out, what to do)]: unreadable, unfinished or diverged before its end)."""
   skipped, summaries = [], []
   for run in find_runs(paths, skipped):
-    problem = config_problem(run)
+    problem, s = config_problem(run), None
     try:
       s = None if problem else summarize(run)
     except KeyError as e:  # A final row another program wrote, or edited.
       problem = (f"has a final metrics row without {e.args[0]}",
                  "compare run folders launch.py wrote")
+    if s is None and not problem:
+      state, last = record.status(run)
+      problem = (("diverged " + resume.diverged_at(last), "lower its "
+                  "--learning_rate or set --grad_clip and train it again")
+                 if state == "diverged" else
+                 ("is unfinished", "its launch.py command resumes it"))
+      problem = (f"has no final test metrics: it {problem[0]}", problem[1])
     if problem:
       skipped.append((run, *problem))
-    elif s is None:
-      state = record.status(run)[0]
-      log(f"skipping {run}: it has no final test metrics ("
-          f"{'it diverged' if state == 'diverged' else 'unfinished run'})")
     else:
       summaries.extend(split_members(s))
   return summaries, skipped
@@ -582,7 +591,7 @@ def write_analyses(groups: Sequence[dict], out: str) -> None:
       final = metrics_log.final_metrics(s["run"])
       chosen = (final.get("chosen") or {}).get("index")
       if s["run"] not in shown and s.get("member") in (None, chosen):
-        shown[s["run"]] = (g["label"], s["train_time_s"])
+        shown[s["run"]] = (g["label"], s["wall_time_s"])
         break
   labels, train_s = zip(*shown.values())
   for folder in shown:
@@ -728,7 +737,7 @@ def accuracy_time_figure(groups: Sequence[dict]):
                                             labels)):
     acc = 100 * np.asarray(g["test_accuracy"])
     # Older runs have no time less data loading: their wall time.
-    t = np.asarray(g.get("train_time_s", g["wall_time_s"]), np.float64)
+    t = np.asarray(g["wall_time_s"], np.float64)
     every_acc += list(acc)
     every_time += list(t)
     marker = MARKERS[i % len(MARKERS)]

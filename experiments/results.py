@@ -24,9 +24,8 @@ docs/analyses.md with docs/img/analysis_*.png: what the six tuned models
 learned, side by side, from their run folders' analysis/ (a run's report
 writes it; `launch.py --mode=report --workdir=RUN` writes it again).
 
-Times are a run's wall time less loading its data (and preparing it, the first
-time; `data_time_s` in metrics.jsonl): compilation, evaluation and the report
-are in them. A run written before `data_time_s` was recorded counts whole.
+Times are a run's wall time, `wall_time_s` as the README defines it (the
+data's preparation apart).
 """
 
 import argparse
@@ -193,7 +192,7 @@ def require(rows: Sequence[Row], runs: str) -> Dict[Row, dict]:
 def _result(folder: str) -> dict:
   final = dict(metrics_log.final_metrics(folder))
   final["run"] = folder
-  final["time_s"] = final["wall_time_s"] - (final.get("data_time_s") or 0.0)
+  final["time_s"] = metrics_log.wall_time(final)
   return final
 
 

@@ -254,6 +254,7 @@ def train_and_evaluate(config, workdir: str, stream=None,
   resources.check_steps(config, loop.steps_per_epoch(config, len(data.train)))
   hooks = RunFolder(workdir, config, stream, existing=existing,
                     overwrite=overwrite, data_time=data_time)
+  hooks.message(f"data ready in {data_time:.1f}s")
   with contextlib.ExitStack() as stack:
     stack.callback(hooks.close)
     model, hooks.implementation = models.build(config, hooks.message,
@@ -275,8 +276,8 @@ def _finish(config, workdir, data, state, final, hooks, members):
   if hooks.logged is None:
     rows = hooks.rows.read() if hooks.rows is not None else []
     last = next((r for r in reversed(rows) if "train_loss" in r), None)
-    final = dict(final, wall_time_s=hooks.seconds() + hooks.data_time,
-                 data_time_s=hooks.data_time)
+    final = dict(final, wall_time_s=hooks.seconds(),
+                 data_ready_s=hooks.data_time)
     if "time_to_target_s" in final:
       final["time_to_target_s"] = last["elapsed_s"] if last else None
     if devices.is_main():
@@ -308,8 +309,8 @@ def _finish(config, workdir, data, state, final, hooks, members):
              f"{100 * final['test_accuracy_std']:.2f}%")
   if "ensemble_test_accuracy" in final:
     text += f", their ensemble {100 * final['ensemble_test_accuracy']:.2f}%"
-  hooks.message(f"{text}; wall time {final['wall_time_s']:.1f}s; results in "
-                f"{workdir}" + ("" if config.report else " (--noreport: "
+  hooks.message(f"{text}; wall time {metrics_log.wall_time(final):.1f}s; "
+                f"results in {workdir}" + ("" if config.report else " (--noreport: "
                                 "--mode=report writes its report)"))
   return final
 

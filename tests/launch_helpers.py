@@ -177,9 +177,10 @@ def metrics(workdir):
 
 
 def deterministic(rows):
-  """Metrics rows without the wall-clock fields."""
+  """Metrics rows without the wall-clock fields (and the mark of an epoch
+  resumed mid-way, which an uninterrupted run lacks)."""
   timing = ("epoch_time_s", "examples_per_s", "elapsed_s", "compile_time_s",
-            "data_time_s", "wall_time_s", "time_to_target_s")
+            "data_ready_s", "wall_time_s", "time_to_target_s", "partial_steps")
   return [{k: v for k, v in r.items() if k not in timing} for r in rows]
 
 

@@ -119,8 +119,7 @@ def test_num_seeds_run_gives_one_run_per_seed(prepared, tmp_path):
   assert float(row["test_loss_mean"]) == pytest.approx(
       final["test_loss_mean"], abs=1e-6)
   # Each seed is charged a third of the program's time.
-  assert g["train_time_s"] == pytest.approx(
-      [(final["wall_time_s"] - final["data_time_s"]) / 3] * 3)
+  assert g["wall_time_s"] == pytest.approx([final["wall_time_s"] / 3] * 3)
   assert g["program_members"] == [3, 3, 3]
 
 
@@ -183,21 +182,20 @@ def test_members_of_a_program_share_its_time(tmp_path):
   [g] = compare.compare([program, single], out, log=lambda _: None)
   by_seed = dict(zip(g["seeds"], g["runs"]))
   assert g["seeds"] == [0, 10, 11, 12, 13]
-  assert by_seed[0]["train_time_s"] == pytest.approx(10.0)
+  assert by_seed[0]["wall_time_s"] == pytest.approx(10.0)
   for seed in (10, 11, 12, 13):
     member = by_seed[seed]
-    assert member["train_time_s"] == pytest.approx(36.0 / 4)
-    assert member["wall_time_s"] == pytest.approx(40.0 / 4)
+    assert member["wall_time_s"] == pytest.approx(36.0 / 4)
     assert member["compile_time_s"] == pytest.approx(2.0 / 4)
     assert member["epoch_time_s"] == pytest.approx(8.0 / 4)
     assert member["examples_per_s"] == pytest.approx(4 * 1000.0)
   # The table's mean time is over the five models' shares: 46 s in all.
   [row] = _csv(os.path.join(out, "comparison.csv"))
-  assert float(row["train_time_s_mean"]) == pytest.approx(46.0 / 5, abs=0.01)
+  assert float(row["wall_time_s_mean"]) == pytest.approx(46.0 / 5, abs=0.01)
   runs = {r["seed"]: r for r in _csv(os.path.join(out, "runs.csv"))}
   assert runs["11"]["program_members"] == "4" and runs["11"]["member"] == "1"
   assert runs["11"]["run"] == program and runs["0"]["member"] == ""
-  assert float(runs["11"]["train_time_s"]) == pytest.approx(9.0)
+  assert float(runs["11"]["wall_time_s"]) == pytest.approx(9.0)
   text = open(os.path.join(out, "comparison.md")).read()
   assert f"{program} (4 members)" in text and "divided by its members" in text
 
@@ -216,7 +214,7 @@ def test_a_model_trained_twice_is_counted_once(tmp_path):
   assert g["seeds"] == [0, 1, 2, 5]
   kept = g["runs"][g["seeds"].index(1)]
   assert kept["run"] == twin and kept["member"] is None
-  assert g["test_accuracy"][1] == 0.97 and kept["train_time_s"] == 6.0
+  assert g["test_accuracy"][1] == 0.97 and kept["wall_time_s"] == 6.0
   said = f"member 1 of {program} left out for {twin}"
   assert (f"counting one run once: member 1 of {program} has the settings and "
           f"seed of {twin}; left out for it") in logs, logs
@@ -262,12 +260,17 @@ def test_spread_is_the_sample_standard_deviation_as_in_report_md(tmp_path):
 # Times without the data, numeric order, honest axes, whole figures.
 
 
-def test_final_row_records_data_time_and_compare_leaves_it_out(tiny_run):
+def test_compare_reads_the_one_wall_time_of_the_final_row(tiny_run):
+  """The final row's wall_time_s is the wall time (the data's preparation
+  apart, in data_ready_s); compare.py read a third figure. A row of an
+  earlier version held the data's time in wall_time_s, as data_time_s."""
   final = metrics_log.final_metrics(tiny_run)
-  assert 0 < final["data_time_s"] < final["wall_time_s"]
+  assert final["data_ready_s"] > 0 and "data_time_s" not in final
   summary = compare.summarize(tiny_run)
-  assert summary["train_time_s"] == pytest.approx(
-      final["wall_time_s"] - final["data_time_s"])
+  assert summary["wall_time_s"] == final["wall_time_s"]
+  assert summary["data_time_s"] == final["data_ready_s"]
+  older = {**final, "wall_time_s": 10.0, "data_time_s": 4.0}
+  assert metrics_log.wall_time(older) == 6.0
 
 
 def test_a_run_without_data_time_still_loads_and_is_named(tiny_run, tmp_path):
@@ -275,11 +278,11 @@ def test_a_run_without_data_time_still_loads_and_is_named(tiny_run, tmp_path):
   shutil.copytree(tiny_run, old)
   path = os.path.join(old, metrics_log.METRICS_FILE)
   rows = list(metrics_log.read_metrics(path))
-  del rows[-1]["data_time_s"]
+  del rows[-1]["data_ready_s"]
   files.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
   summary = compare.summarize(old)
   assert summary["data_time_s"] is None
-  assert summary["train_time_s"] == rows[-1]["wall_time_s"]
+  assert summary["wall_time_s"] == rows[-1]["wall_time_s"]
   compare.write_tables(compare.group([summary]), str(tmp_path))
   with open(tmp_path / "comparison.md") as f:
     assert f"1 run(s) predate the record of data loading time; their time " \
@@ -315,8 +318,8 @@ def _group(label, accuracies, times=None, val=True, epochs=3):
               "val_loss": 1.2 / e if val else None,
               "val_accuracy": a - 0.02 / e if val else None}
              for e in range(1, epochs + 1)] for a in accuracies]
-  return {"label": label, "test_accuracy": accuracies, "train_time_s": times,
-          "wall_time_s": [t + 5 for t in times], "curves": curves}
+  return {"label": label, "test_accuracy": accuracies, "wall_time_s": times,
+          "curves": curves}
 
 
 def test_accuracy_axes_start_a_point_below_the_lowest_run():
@@ -615,6 +618,41 @@ def test_a_diverged_run_is_named_and_left_out_of_the_means(tmp_path):
   plt.close("all")
 
 
+def test_every_folder_not_compared_is_named_with_why_in_the_tables(tmp_path):
+  """A run that diverged before its final row, an unfinished one and an
+  unreadable folder were only a console line: comparison.md and runs.csv
+  name each, and why."""
+  good = _write_run(tmp_path / "good", [0.95], seed=0)
+  broken, _ = _bad_folders(tmp_path)
+  early = _write_run(tmp_path / "early", [0.9], seed=3)
+  _edit_metrics(early, lambda rows: rows[:1] + [
+      {"epoch": 2, "step": 20, "diverged": True, "message": "diverged"}])
+  cut = _write_run(tmp_path / "cut", [0.9], seed=4)
+  _edit_metrics(cut, lambda rows: rows[:1])
+  out = str(tmp_path / "out")
+  compare.compare([good, broken, early, cut], out, log=lambda _: None,
+                  warn=lambda _: None)
+  why = {broken: "has a config.json that is not valid JSON at line 1",
+         early: "has no final test metrics: it diverged at step 20, epoch 2",
+         cut: "has no final test metrics: it is unfinished"}
+  text = open(os.path.join(out, "comparison.md")).read()
+  for folder, what in why.items():
+    assert f"{folder} ({what})" in text, text
+  runs = {r["run"]: r["skipped"] for r in _csv(os.path.join(out, "runs.csv"))}
+  assert runs == {good: "", **why}
+
+
+def test_an_epoch_resumed_mid_way_is_left_out_of_the_medians(tmp_path):
+  """The first epoch after a resume mid-epoch timed only its rest (2 s of
+  10): compare.py's medians held it."""
+  run = _write_run(tmp_path / "run", [0.9], epoch_time=10.0)
+  _edit_metrics(run, lambda rows: [rows[0], {
+      **rows[1], "epoch_time_s": 2.0, "examples_per_s": 99.0,
+      "partial_steps": 2}, rows[2]])
+  summary = compare.summarize(run)
+  assert summary["epoch_time_s"] == 10.0 and summary["examples_per_s"] == 5000.0
+
+
 def test_with_every_run_diverged_nothing_is_compared(tmp_path):
   _, gone = _diverged_runs(tmp_path)
   with pytest.raises(UserError) as e:
@@ -648,8 +686,8 @@ def test_members_of_one_program_show_its_time_once_without_spread(tmp_path):
   assert row["test accuracy %"] == "91.50 ± 0.71"  # Two seeds: a spread.
   assert "the table gives that program's time once" in text
   [csv_row] = _csv(os.path.join(out, "comparison.csv"))
-  assert csv_row["train_time_s_std"] == ""  # No spread of one measurement.
-  assert float(csv_row["train_time_s_mean"]) == pytest.approx(33.0)
+  assert csv_row["wall_time_s_std"] == ""  # No spread of one measurement.
+  assert float(csv_row["wall_time_s_mean"]) == pytest.approx(33.0)
 
 
 def test_a_program_and_standalone_runs_each_show_their_own_time(tmp_path):
@@ -664,10 +702,10 @@ def test_a_program_and_standalone_runs_each_show_their_own_time(tmp_path):
   row = _table_row(open(os.path.join(out, "comparison.md")).read(), "linear")
   assert row["time s"] == "12.0 ± 2.8; 36.0 (4 members, one program)", row
   [csv_row] = _csv(os.path.join(out, "comparison.csv"))
-  assert csv_row["train_time_s_std"] == ""
+  assert csv_row["wall_time_s_std"] == ""
   compare.compare([one, two], out, log=lambda _: None)
   [csv_row] = _csv(os.path.join(out, "comparison.csv"))
-  assert float(csv_row["train_time_s_std"]) == pytest.approx(2.83, abs=0.01)
+  assert float(csv_row["wall_time_s_std"]) == pytest.approx(2.83, abs=0.01)
   assert _table_row(open(os.path.join(out, "comparison.md")).read(),
                     "linear")["time s"] == "12.0 ± 2.8"
 

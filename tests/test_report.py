@@ -50,6 +50,26 @@ def test_training_leaves_every_report_file(tiny_run):
   assert not [f for f in os.listdir(tiny_run) if ".tmp" in f]
 
 
+def test_report_times_whole_epochs_and_gives_the_rows_one_wall_time():
+  """A resumed run's first epoch timed only its remaining steps (2 s of
+  10 s): the median epoch read 10.0 s of epochs 10, 2, 12. The wall time
+  is the final row's (an older row's less its data_time_s)."""
+  epoch = lambda e, t, **k: {"epoch": e, "train_loss": 1.0, "train_accuracy":
+                             0.9, "epoch_time_s": t, "examples_per_s": 100 / t,
+                             **k}
+  rows = [epoch(1, 10.0), epoch(2, 2.0, partial_steps=3), epoch(3, 12.0)]
+  final = {"test_accuracy": 0.9, "epochs_run": 3, "wall_time_s": 40.0,
+           "compile_time_s": 1.0}
+  headline = lambda final: dict(report._headline(  # pylint: disable=protected-access
+      rows + [final], {"accuracy": 0.9}, 10, None, final))
+  said = headline(final)
+  assert said["Epoch time (median)"] == "11.0 s"
+  assert said["Examples/s (median)"] == f"{(10 + 100 / 12) / 2:,.0f}"
+  assert said["Wall time"] == "40.0 s (compile 1.0 s)"
+  assert headline({**final, "data_time_s": 4.0})["Wall time"].startswith(
+      "36.0 s")
+
+
 def test_confusion_matrix_counts_sum_to_test_size(tiny_run):
   rows = _read_csv(os.path.join(tiny_run, "confusion_matrix.csv"))
   assert rows[0][1:] == [str(i) for i in range(10)]

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import time
 import types
 
 import jax
@@ -100,6 +101,39 @@ def test_a_mid_epoch_checkpoint_resumes_at_its_step_with_its_sums(tmp_path):
   assert (f"resuming {workdir} at step 38 (epoch 2, step 5 of 33)"
           in console.getvalue())
   hooks.close()
+
+
+def test_an_epoch_resumed_mid_way_is_marked_partial(prepared, tmp_path,
+                                                  monkeypatch):
+  """The first epoch after a resume 5 steps in times only its other 32
+  (of 37) steps: its row and line say so. The wall time printed is the final row's,
+  the data's preparation (1 s here) apart and printed on its own."""
+  mnist_dir, data_dir = prepared
+  workdir = str(tmp_path / "run")
+  config = LINEAR.replace(batch_size=16, chunk_steps=5, report=False,
+                          mnist_dir=mnist_dir, data_dir=data_dir,
+                          workdir=workdir)
+  hooks = run_lib.RunFolder(workdir, config, io.StringIO(),
+                            types.SimpleNamespace(signum=None),
+                            existing=False, overwrite=False, data_time=0.0)
+  state, _ = hooks.start(_linear_state(), 37, {})
+  hooks.save(state.replace(step=jnp.asarray(42, jnp.int32)), epoch=1,
+             epoch_step=5, sums=_meta()["sums"])
+  hooks.close()
+  load = run_lib.pipeline.load
+  monkeypatch.setattr(run_lib.pipeline, "load",
+                      lambda c: time.sleep(1.0) or load(c))
+  console = io.StringIO()
+  final = run_lib.train_and_evaluate(config, workdir, stream=console)
+  rows = lh.metrics(workdir)
+  assert [r.get("partial_steps") for r in rows[:-1]] == [32, None]
+  said = console.getvalue()
+  assert "(partial epoch: 32 of 37 steps)" in said
+  assert said.count("partial epoch") == 1
+  assert 1.0 <= final["data_ready_s"] and "data_time_s" not in final
+  assert f"data ready in {final['data_ready_s']:.1f}s" in said
+  assert final["wall_time_s"] < rows[-2]["elapsed_s"] + 1.0
+  assert f"wall time {final['wall_time_s']:.1f}s;" in said
 
 
 def test_a_checkpoint_of_the_end_trains_nothing(tmp_path):

@@ -141,6 +141,23 @@ def test_epoch_rows_final_metrics_and_figures_read_back(tmp_path):
   assert "tensorflow" not in sys.modules and "torch" not in sys.modules
 
 
+def test_a_partial_epochs_speed_is_not_written_and_the_wall_time_is(tmp_path):
+  """The first epoch after a resume mid-epoch timed only its rest: its
+  speed/epoch_time_s read as a whole epoch's. The final row's wall time
+  (the README's) is speed/wall_time_s."""
+  rows = [_row(1), dict(_row(2), partial_steps=3), _row(3)]
+  writer = _writer(tmp_path, _config(epochs=3))
+  for row in rows + [dict(_final(3), wall_time_s=12.5)]:
+    writer.write(row)
+  writer.close()
+  got = tbh.scalars(tbh.multiplexer(tmp_path), ".")
+  for tag in tensorboard.SPEED_TAGS.values():
+    assert [s for s, _ in got[tag]] == [1, 3], tag
+  assert got[tensorboard.RUN_FINAL_TAGS["wall_time_s"]] == [(3, 12.5)]
+  train = tensorboard.EPOCH_TAGS[metrics.keys("train")[0]]
+  assert [s for s, _ in got[train]] == [1, 2, 3]
+
+
 def test_the_rate_is_the_rows_own_and_older_rows_without_one_read(tmp_path):
   """The learning rate is the one the run recorded; nothing recomputes it."""
   config = _config(schedule="warmup_cosine", warmup_epochs=1.0, epochs=4)

@@ -4,7 +4,6 @@ seeds' ensemble and a sweep's every member. Files are written atomically."""
 
 import itertools
 import os
-import statistics
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -91,13 +90,14 @@ def _headline(rows: List[dict], test: Dict[str, float], n: int,
   if "num_params" in final_row:
     out.append(("Parameters", f"{final_row['num_params']:,}"))
   if epochs:
-    median = lambda key: statistics.median(r[key] for r in epochs)
+    speed = metrics_log.median_speed(epochs, "examples_per_s")
     out += [("Epochs run", str(final_row.get("epochs_run", last["epoch"]))),
-            ("Epoch time (median)", _fmt_s(median("epoch_time_s"))),
-            ("Examples/s (median)", f"{median('examples_per_s'):,.0f}")]
+            ("Epoch time (median)", _fmt_s(metrics_log.median_speed(
+                epochs, "epoch_time_s"))),
+            ("Examples/s (median)", "n/a" if speed is None else f"{speed:,.0f}")]
   if "wall_time_s" in final_row:
-    out.append(("Wall time", f"{_fmt_s(final_row['wall_time_s'])} (compile "
-                f"{_fmt_s(final_row.get('compile_time_s'))})"))
+    out.append(("Wall time", f"{_fmt_s(metrics_log.wall_time(final_row))} "
+                f"(compile {_fmt_s(final_row.get('compile_time_s'))})"))
   if final_row.get("time_to_target_s") is not None:
     out.append(("Time to target accuracy",
                 _fmt_s(final_row["time_to_target_s"])))

@@ -5,6 +5,7 @@ run's TensorBoard events; read back skipping damaged lines.
 
 import json
 import os
+import statistics
 from typing import List, Optional
 
 from mnist_jax import files
@@ -58,6 +59,21 @@ def read_metrics(path: str) -> List[dict]:
     except ValueError:
       continue
   return [r for r in rows if isinstance(r, dict)]
+
+
+def median_speed(rows: List[dict], key: str) -> Optional[float]:
+  """The median `key` (epoch_time_s, examples_per_s) over the epochs timed
+  whole: an epoch resumed mid-way (`partial_steps`) timed only its rest."""
+  values = [r[key] for r in rows if "train_loss" in r and "epoch" in r
+            and not r.get("partial_steps")]
+  return statistics.median(values) if values else None
+
+
+def wall_time(final: dict) -> float:
+  """A final row's wall time (the README's): from the data ready to the
+  test metrics, over every process of a resumed run. Rows of earlier
+  versions held the data's preparation in it too, as `data_time_s`."""
+  return final["wall_time_s"] - (final.get("data_time_s") or 0.0)
 
 
 def final_metrics(workdir: str) -> Optional[dict]:

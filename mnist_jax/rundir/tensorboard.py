@@ -44,9 +44,12 @@ def _tags(splits: Sequence[str]) -> Dict[str, str]:
 
 
 EPOCH_TAGS = {**_tags(("train", "val")), "learning_rate": "learning_rate"}
+# An epoch resumed mid-way (`partial_steps`) has none: it timed only its rest.
 SPEED_TAGS = {"epoch_time_s": "speed/epoch_time_s",
               "examples_per_s": "speed/examples_per_s"}
 FINAL_TAGS = _tags(("test",))
+# The run's own folder's: the wall time is its program's, not a member's.
+RUN_FINAL_TAGS = {**FINAL_TAGS, "wall_time_s": "speed/wall_time_s"}
 # Where files are or how processes meet, not what was trained: no hparams.
 NOT_HPARAMS = ("workdir", "data_dir", "mnist_dir", "coordinator_address",
                "num_processes", "process_id", "tensorboard")
@@ -125,12 +128,14 @@ class Writer:
     epoch, ending each HParams session; nothing of a divergence's row."""
     if "test_accuracy" in row:
       self._last_epoch = row.get("epochs_run") or self._last_epoch
-      self._scalars(row, FINAL_TAGS, FINAL_TAGS, self._last_epoch)
+      self._scalars(row, RUN_FINAL_TAGS, FINAL_TAGS, self._last_epoch)
       for writer in self._writers:
         writer.file_writer.add_summary(
             tensorboardX.summary.hparams({}, {})[2], self._last_epoch)
     elif row.get("epoch") is not None and row.get("train_loss") is not None:
-      self._scalars(row, {**EPOCH_TAGS, **SPEED_TAGS}, EPOCH_TAGS, row["epoch"])
+      self._scalars(row, {**EPOCH_TAGS, **({} if row.get("partial_steps")
+                                           else SPEED_TAGS)},
+                    EPOCH_TAGS, row["epoch"])
       self._last_epoch = row["epoch"]
 
   @_guarded

@@ -107,7 +107,9 @@ class Hooks:
     if leader:  # Several members: whose numbers these are.
       text += (" (leading: "
                f"{members_lib.values_text(leader['values'], leader['seed'])})")
-    self.say(f"{text}; {row['epoch_time_s']:.1f}s, "
+    partial = (f" (partial epoch: {row['partial_steps']} of {self.steps} "
+               "steps)" if row.get("partial_steps") else "")
+    self.say(f"{text}; {row['epoch_time_s']:.1f}s{partial}, "
              f"{row['examples_per_s']:,.0f} examples/s")
 
   def _of(self) -> str:
@@ -228,7 +230,8 @@ def train_and_evaluate(config, data, model, hooks: Optional[Hooks] = None):
         members, epoch, epoch * steps, train_metrics, val, layout.host(rate),
         epoch_time_s=seconds,
         examples_per_s=(steps - done) * config.batch_size / seconds,
-        elapsed_s=time.perf_counter() - start_time)
+        elapsed_s=time.perf_counter() - start_time,
+        **({"partial_steps": steps - done} if done else {}))
     reached = bool(config.target_accuracy and
                    row["val_accuracy"] >= config.target_accuracy)
     hooks.epoch(layout.unreplicated(state), row,
