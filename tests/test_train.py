@@ -66,8 +66,11 @@ def assert_trees_equal(a, b):
 
 
 def without_times(row):
+  """A row's numbers, less its timing (and `partial_steps`: how many steps
+  the epoch timed, marked where a resume trained only its rest)."""
   return {k: v for k, v in row.items()
-          if not k.endswith(("_time_s", "_per_s")) and k != "elapsed_s"}
+          if not k.endswith(("_time_s", "_per_s"))
+          and k not in ("elapsed_s", "partial_steps")}
 
 
 # The optimizer step.
