@@ -36,7 +36,7 @@ import jax
 
 from mnist_jax import config as config_lib
 from mnist_jax import models
-from mnist_jax.errors import Diverged, UserError
+from mnist_jax.errors import UserError
 from mnist_jax.results import run as results
 from mnist_jax.rundir import cli
 from mnist_jax.rundir import control
@@ -236,8 +236,8 @@ def _run(argv):
             "then run every process's command again (they resume)", 1)
     if error is None or FLAGS.debug:
       raise
-    if error is not e or isinstance(e, Diverged):  # The machine's, or a
-      COMMAND.discard_unstarted()  # divergence: a run it began is not one.
+    if error is not e:  # The machine's: a run it began is not one.
+      COMMAND.discard_unstarted()
     _exit(f"error: {error}", error.exit_code)
 
 

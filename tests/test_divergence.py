@@ -3,7 +3,6 @@ checkpoint; with several members only once every member has diverged."""
 
 import dataclasses
 import functools
-import os
 import re
 
 import jax
@@ -29,24 +28,6 @@ NAN_FLAGS = ("--model=linear", "--batch_size=16", "--chunk_steps=8",
              "--optimizer=adam", "--schedule=warmup_cosine",
              "--label_smoothing=0.1", "--learning_rate=1e38",
              "--warmup_epochs=100", "--epochs=200")
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("existed", [False, True])
-def test_a_divergence_before_the_first_checkpoint_leaves_no_run_folder(
-    prepared, tmp_path, existed):
-  """It left a folder of a config.json and one row, nothing to resume or
-  report: the folder it began goes (one there before stays, empty)."""
-  mnist_dir, data_dir = prepared
-  workdir = tmp_path / "early"
-  if existed:
-    workdir.mkdir()
-  rc, _, err = lh.run(["--model=linear", "--optimizer=adam",
-                       "--learning_rate=1e38", "--batch_size=16", "--epochs=2",
-                       f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}",
-                       f"--workdir={workdir}"])
-  assert rc == 3 and "no checkpoint had been saved yet" in err, err
-  assert (os.listdir(workdir) == [] if existed else not workdir.exists())
 
 
 @pytest.mark.slow
