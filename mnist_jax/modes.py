@@ -287,14 +287,6 @@ def _finish(config, workdir, data, state, final, hooks, members):
     final.update(control.learning_verdict(final, last, data.test.labels))
     if hooks.rows is not None:
       hooks.rows.write(final)
-  if devices.is_main():
-    if config.report:
-      hooks.status(_reporting(report.FILES[0], config.analyses))
-      report.write(workdir, run, data.test, data.class_names, val=data.val)
-      if hooks.rows.events is not None:
-        hooks.rows.events.figures()
-    hooks.close()
-    record_lib.finish(workdir, final)
   text = (f"test accuracy {100 * final['test_accuracy']:.2f}% (loss "
           f"{final['test_loss']:.4f}, {final['test_examples']} examples)")
   if final.get("chosen"):
@@ -312,6 +304,18 @@ def _finish(config, workdir, data, state, final, hooks, members):
   hooks.message(f"{text}; wall time {metrics_log.wall_time(final):.1f}s; "
                 f"results in {workdir}" + ("" if config.report else " (--noreport: "
                                 "--mode=report writes its report)"))
+  # The report comes after the result (a stop in it: the same command
+  # writes it), then the record that the run is finished.
+  if devices.is_main():
+    if config.report:
+      start, path = time.perf_counter(), os.path.join(workdir, report.FILES[0])
+      hooks.status(_reporting(path, config.analyses))
+      report.write(workdir, run, data.test, data.class_names, val=data.val)
+      if hooks.rows.events is not None:
+        hooks.rows.events.figures()
+      hooks.message(f"wrote {path} in {time.perf_counter() - start:.1f}s")
+    hooks.close()
+    record_lib.finish(workdir, final)
   return final
 
 

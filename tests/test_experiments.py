@@ -223,3 +223,34 @@ def test_the_other_scripts_run_on_tiny_data(prepared, tmp_path):
   if torch:
     result = json.loads(runs[4]["out"])
     assert result["model"] == "linear" and len(result["epoch_times_s"]) == 2
+
+
+@pytest.mark.slow
+def test_speedrun_keeps_each_runs_timing_and_writes_the_table_from_them(
+    prepared, tmp_path):
+  """speedrun.py --train on the synthetic data: a row per command and seed
+  offset in a copy of docs/performance.md, the published anchor marked as
+  such; --check then finds the table matching the run folders."""
+  from experiments import speedrun  # pylint: disable=g-import-not-at-top
+  doc = tmp_path / "performance.md"
+  shutil.copy(os.path.join(ROOT, "docs", "performance.md"), doc)
+  base = [sys.executable, _script("speedrun.py"), f"--runs={tmp_path / 'r'}",
+          f"--doc={doc}", "--offsets=3"]
+  train = subprocess.run(
+      base + ["--train", f"--data_dir={prepared[1]}", "--", "--epochs=1",
+              "--noanalyses"], capture_output=True, text=True, check=False)
+  assert train.returncode == 0, train.stderr[-3000:]
+  table = doc.read_text().split(speedrun.MARKER.format("table"))[1].split(
+      speedrun.MARKER.format("end"))[0]
+  for _, flags in speedrun.ROWS:
+    assert (f"`python launch.py {' '.join(flags)} --seed=3 --epochs=1 "
+            "--noanalyses`") in table, table
+  assert "| published, not measured here" in table
+  for name, _ in speedrun.ROWS:
+    with open(tmp_path / "r" / f"{name.replace(' ', '_')}-3" /
+              "speedrun.json") as f:
+      timed = json.load(f)
+    assert 0 < timed["to_result_s"] <= timed["to_exit_s"]
+  check = subprocess.run(base + ["--check"], capture_output=True, text=True,
+                         check=False)
+  assert check.returncode == 0 and "matches" in check.stdout, check.stdout
