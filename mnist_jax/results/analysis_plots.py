@@ -167,38 +167,51 @@ def maps(results: Sequence[dict], path: str, key: str = "pca") -> str:
                     "hidden layer's features, coloured by true class")
 
 
-def diverging(maps) -> np.ndarray:
+def diverging(maps, scale=None) -> np.ndarray:
   """Maps [n, h, w] as RGB [n, h, w, 3] uint8 in RdBu, each to its own
-  largest |value|."""
+  largest |value| (or all to `scale`)."""
   v = np.asarray(maps, np.float64)
-  v = v / np.maximum(np.abs(v).max(axis=(1, 2), keepdims=True), 1e-30)
+  v = v / np.maximum(np.abs(v).max(axis=(1, 2), keepdims=True)
+                     if scale is None else scale, 1e-30)
   return (255 * plt.get_cmap(CMAP)((v + 1) / 2)[..., :3]).astype(np.uint8)
 
 
 def attributions(results: Sequence[dict], path: str) -> str:
   """One run's shown digits over their integrated gradients, gradient x input
-  and, for a sequence model, integrated gradients summed per row (stripes)."""
-  r = results[0]
-  (n, _, w), cols, names = r["ig"].shape, 9, r["names"]
-  kinds = [r["images"], diverging(r["ig"]), diverging(r["gxi"])]
+  and, for a sequence model, integrated gradients summed per row (stripes,
+  on one scale in logits, with a colour bar): the first test digits, then
+  the mistakes, each group in blocks of its own under a heading."""
+  r, cols, kinds, scale = results[0], 6, ["image", "integrated\ngradients",
+                                          "gradient\nx input"], None
+  (n, _, w), names, grid = r["ig"].shape, r["names"], r["grid"]
+  maps = [r["images"], diverging(r["ig"]), diverging(r["gxi"])]
   if "rows_ig" in r:
-    kinds.append(diverging(np.repeat(r["rows_ig"][:, :, None], w, 2)))
-  blocks, shape = -(-n // cols), (-(-n // cols), len(kinds), cols)
-  at = np.broadcast_to(np.arange(blocks * cols).reshape(blocks, 1, cols),
-                       shape).ravel()  # Rows of a block: a kind each.
-  kind = np.broadcast_to(np.arange(len(kinds))[:, None], shape).ravel()
-  index = r["shown"][np.minimum(at, n - 1)]
-  true, said = r["labels"][index], r["predicted"][index]
-  first = (kind == 0) & (at < n)
-  titles = [f"#{j} true {names[t]}\npred {names[p]}" if f else ""
-            for j, t, p, f in zip(index, true, said, first)]
-  images = [kinds[k][i] if i < n else None for k, i in zip(kind, at)]
-  kind_names = ["image", "integrated\ngradients", "gradient\nx input",
-                "per row\n(summed)"][:len(kinds)]
+    top = float(np.abs(r["rows_ig"]).max())
+    maps.append(diverging(np.repeat(r["rows_ig"][:, :, None], w, 2), top))
+    kinds.append("integrated\ngradients\nsummed per row")
+    scale = (plt.cm.ScalarMappable(plt.Normalize(-top, top), CMAP),
+             "Integrated gradients summed per row (logits of the predicted "
+             "class; one scale for all rows)")
+  cells = [*range(grid), *[None] * (-grid % cols), *range(grid, n)]
+  cells += [None] * (-len(cells) % cols)
+  images, titles, red = [], [], set()
+  for start in range(0, len(cells), cols):
+    for k, kind in enumerate(maps):
+      for i in cells[start:start + cols]:
+        j = None if i is None else r["shown"][i]
+        true, said = (None, None) if j is None else (
+            r["labels"][j], r["predicted"][j])
+        if k == 0 and true != said:
+          red.add(len(images))
+        images.append(None if i is None else kind[i])
+        titles.append(f"#{j} true {names[true]}\npred {names[said]}"
+                      if k == 0 and j is not None else "")
+  headings = {0: f"The first {grid} test images"}
+  if n > grid:
+    headings[cells.index(grid) // cols * len(maps)] = (
+        f"The {n - grid} most confident mistakes")
   return plots.image_grid(
-      images, titles, set(np.flatnonzero(first & (true != said))), path, cols,
-      kind_names * blocks,
+      images, titles, red, path, cols, kinds * (len(cells) // cols),
       "Where it looks: attribution to the predicted class (red for, blue "
-      "against; each map to its own largest |value|); the first "
-      f"{r['grid']} test images, then the most confident mistakes (wrong: "
-      "framed in red)", fontsize=6)
+      "against; each map to its own largest |value|; wrong: "
+      "framed in red)", fontsize=9, headings=headings, scale=scale)
