@@ -143,7 +143,8 @@ def per_class_accuracy(accuracy: np.ndarray, support: np.ndarray, path: str,
                        names: Sequence[str], overall: Optional[float] = None,
                        title: str = "") -> str:
   """Bars of each class's accuracy (recall), zoomed to where they differ, to
-  100%; the overall accuracy's line named in a legend beside the axes."""
+  100%, each value under its bar (clear of the overall accuracy's line, which
+  a legend beside the axes names)."""
   k = len(accuracy)
   pct = 100.0 * np.asarray(accuracy, dtype=float)
   fig, ax = plt.subplots(figsize=(8 * _class_scale(k) + 1.5, 4.2),
@@ -152,16 +153,16 @@ def per_class_accuracy(accuracy: np.ndarray, support: np.ndarray, path: str,
                                for p in pct])
   low = np.floor(min(pct.min(), overall * 100 if overall else 100) - 2)
   ax.set(xlim=(-0.6, k - 0.4), ylim=(max(0.0, low), 100))
-  bar_values(ax, pct, lambda p: f"{p:.1f}", 8 if k <= 16 else 5)
   if overall is not None:
     ax.axhline(100 * overall, color="gray", ls="--",
                label=f"overall\n{100 * overall:.2f}%")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0,
               fontsize=9)
-  ax.set_xticks(range(k), [f"{n}\n(n={s})" for n, s in
-                           zip(names, support)], fontsize=8)
-  ax.set(xlabel="True class (number of test images)", ylabel="Accuracy (%)",
-         title=title)
+  ax.set_xticks(range(k), [f"{n}\n{p:.1f}%\n(n={s})" for n, p, s in
+                           zip(names, pct, support)],
+                fontsize=9 if k <= 16 else 6)
+  ax.set(xlabel="True class, its accuracy (number of test images)",
+         ylabel="Accuracy (%)", title=title)
   ax.grid(axis="y", alpha=0.3)
   return save(fig, path)
 
