@@ -7,6 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
+from matplotlib import patheffects
 from matplotlib import transforms
 
 from mnist_jax.results import plots
@@ -137,34 +138,46 @@ def reliability(results: Sequence[dict], path: str) -> str:
                     "images vary by chance)", axes)
 
 
+# Classes' colours, 0-9: Paul Tol's colour-blind-safe "muted" and a dark grey.
+CLASSES = ("#332288", "#88CCEE", "#117733", "#CC6677", "#DDCC77", "#44AA99",
+           "#882255", "#999933", "#AA4499", "#555555")
+
+
 def maps(results: Sequence[dict], path: str, key: str = "pca") -> str:
   """The last hidden layer's test features in 2-D, a panel per run, coloured
-  by true class, mistakes as black x. PCA coordinates are in units of each
-  run's first component's standard deviation, on shared axes."""
+  and named (at its median) by true class, mistakes as black x. PCA
+  coordinates are in units of each run's first component's standard
+  deviation, on shared axes; t-SNE's have no units (no ticks)."""
   pca = key == "pca"
   fig, axes = _panels(len(results), 4.4, 4.9, sharex=pca, sharey=pca)
-  cmap = plt.get_cmap("tab10")
   for ax, r in zip(axes[0], results):
     index = r.get(f"{key}_index", np.arange(len(r["labels"])))
     xy = np.asarray(r[key], np.float64)
     xy = xy / max(xy[:, 0].std(), 1e-30) if pca else xy
     y, wrong = r["labels"][index], (r["predicted"] != r["labels"])[index]
     for k in np.unique(y):
-      ax.scatter(*xy[y == k].T, s=1, color=cmap(k % 10), alpha=0.4,
+      ax.scatter(*xy[y == k].T, s=2, color=CLASSES[k % 10], alpha=0.5,
                  rasterized=True, label=r["names"][k])
+      ax.text(*np.median(xy[y == k], 0), r["names"][k], fontsize=12,
+              weight="bold", ha="center", va="center", path_effects=[
+                  patheffects.withStroke(linewidth=3, foreground="white")])
     ax.scatter(*xy[wrong].T, s=10, marker="x", color="black", lw=0.6,
                label="mistake", rasterized=True)
     if pca:
       share = 100 * np.asarray(r["explained"])
-      ax.set(xlabel=f"PC1 ({share[0]:.0f}% of variance), in its std",
-             ylabel=f"PC2 ({share[1]:.0f}%), in PC1's std")
+      ax.set(xlabel=f"PC1 ({share[0]:.0f}% of variance)",
+             ylabel=f"PC2 ({share[1]:.0f}% of variance)")
+    else:
+      ax.set(xlabel="t-SNE 1", ylabel="t-SNE 2", xticks=[], yticks=[])
     ax.set_title(f"{r['label']}\n{len(y)} test images, {wrong.sum()} wrong",
                  fontsize=9)
   for handle in plots.legend(fig, axes[:, :1]).legend_handles:
     handle.set(sizes=[12], alpha=1)
   what = "PCA" if pca else f"t-SNE (every {results[0]['stride']}th test image)"
   return plots.save(fig, path, f"What it learned: {what} of the last "
-                    "hidden layer's features, coloured by true class")
+                    "hidden layer's features, coloured by true class" + (
+                        " (axes in PC1 standard deviations)"
+                        if pca else ""))
 
 
 def diverging(maps, scale=None) -> np.ndarray:
