@@ -211,14 +211,14 @@ def attributions(results: Sequence[dict], path: str) -> str:
   for start in range(0, len(cells), cols):
     for k, kind in enumerate(maps):
       for i in cells[start:start + cols]:
-        j = None if i is None else r["shown"][i]
-        true, said = (None, None) if j is None else (
-            r["labels"][j], r["predicted"][j])
-        if k == 0 and true != said:
+        j = None if i is None or k else r["shown"][i]  # A digit's caption.
+        true, said = (0, 0) if j is None else (r["labels"][j],
+                                               r["predicted"][j])
+        if true != said:
           red.add(len(images))
         images.append(None if i is None else kind[i])
-        titles.append(f"#{j} true {names[true]}\npred {names[said]}"
-                      if k == 0 and j is not None else "")
+        titles.append("" if j is None else
+                      f"#{j} true {names[true]}\npred {names[said]}")
   headings = {0: f"The first {grid} test images"}
   if n > grid:
     headings[cells.index(grid) // cols * len(maps)] = (
