@@ -876,7 +876,7 @@ def compare_attributions(results: Sequence[dict], path: str) -> str:
                                                       results],
       "Where each looks: integrated gradients of the same test images to "
       "each model's predicted class (red for, blue against; each map to its "
-      "own largest |value|; wrong: framed in red)", fontsize=6)
+      "own largest |value|; wrong: framed in red)", fontsize=9)
 
 
 def analysis_figures(results: Sequence[dict], out: str) -> List[tuple]:

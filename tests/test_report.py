@@ -301,9 +301,9 @@ def _bars(ax):
   return [p for p in ax.patches if isinstance(p, Rectangle)]
 
 
-def test_per_class_accuracy_stops_at_100_and_its_legend_clears_the_bars(
+def test_per_class_accuracy_stops_at_100_and_its_legend_and_line_clear_the_text(
     drawn, tmp_path):
-  accuracy = np.array([1.0, 0.99, 0.985, 0.97, 0.98, 0.975, 1.0, 0.98, 0.96,
+  accuracy = np.array([1.0, 0.99, 0.985, 0.97, 0.98, 0.978, 1.0, 0.98, 0.96,
                        0.962])
   plots.per_class_accuracy(accuracy, np.full(10, 200), str(tmp_path / "p.png"),
                            [str(k) for k in range(10)], overall=0.98)
@@ -316,11 +316,13 @@ def test_per_class_accuracy_stops_at_100_and_its_legend_clears_the_bars(
   assert not legend.overlaps(frame)
   assert not any(legend.overlaps(b.get_window_extent(renderer))
                  for b in _bars(ax))
-  values = [t for t in ax.texts if t.get_text()]
-  assert len(values) == 10
-  for text in values:  # Each bar's value within the axes, also at 100%.
-    box = text.get_window_extent(renderer)
-    assert frame.y0 <= box.y0 and box.y1 <= frame.y1, text.get_text()
+  ticks = [t.get_text() for t in ax.get_xticklabels()]
+  assert [t.split("\n")[1] for t in ticks] == [  # Each bar's value.
+      f"{100 * a:.1f}%" for a in accuracy]
+  [line] = ax.get_lines()
+  texts = [t for t in ax.texts + ax.get_xticklabels() if t.get_text()]
+  assert not any(line.get_window_extent(renderer).overlaps(
+      t.get_window_extent(renderer)) for t in texts)  # The line clears them.
 
 
 def test_sample_probabilities_name_their_colours_and_stop_at_100(drawn,

@@ -7,6 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
+from matplotlib import patheffects
 from matplotlib import transforms
 
 from mnist_jax.results import plots
@@ -137,68 +138,93 @@ def reliability(results: Sequence[dict], path: str) -> str:
                     "images vary by chance)", axes)
 
 
+# Classes' colours, 0-9: Paul Tol's colour-blind-safe "muted" and a dark grey.
+CLASSES = ("#332288", "#88CCEE", "#117733", "#CC6677", "#DDCC77", "#44AA99",
+           "#882255", "#999933", "#AA4499", "#555555")
+
+
 def maps(results: Sequence[dict], path: str, key: str = "pca") -> str:
   """The last hidden layer's test features in 2-D, a panel per run, coloured
-  by true class, mistakes as black x. PCA coordinates are in units of each
-  run's first component's standard deviation, on shared axes."""
+  and named (at its median) by true class, mistakes as black x. PCA
+  coordinates are in units of each run's first component's standard
+  deviation, on shared axes; t-SNE's have no units (no ticks)."""
   pca = key == "pca"
   fig, axes = _panels(len(results), 4.4, 4.9, sharex=pca, sharey=pca)
-  cmap = plt.get_cmap("tab10")
   for ax, r in zip(axes[0], results):
     index = r.get(f"{key}_index", np.arange(len(r["labels"])))
     xy = np.asarray(r[key], np.float64)
     xy = xy / max(xy[:, 0].std(), 1e-30) if pca else xy
     y, wrong = r["labels"][index], (r["predicted"] != r["labels"])[index]
     for k in np.unique(y):
-      ax.scatter(*xy[y == k].T, s=1, color=cmap(k % 10), alpha=0.4,
+      ax.scatter(*xy[y == k].T, s=2, color=CLASSES[k % 10], alpha=0.5,
                  rasterized=True, label=r["names"][k])
+      ax.text(*np.median(xy[y == k], 0), r["names"][k], fontsize=12,
+              weight="bold", ha="center", va="center", path_effects=[
+                  patheffects.withStroke(linewidth=3, foreground="white")])
     ax.scatter(*xy[wrong].T, s=10, marker="x", color="black", lw=0.6,
                label="mistake", rasterized=True)
     if pca:
       share = 100 * np.asarray(r["explained"])
-      ax.set(xlabel=f"PC1 ({share[0]:.0f}% of variance), in its std",
-             ylabel=f"PC2 ({share[1]:.0f}%), in PC1's std")
+      ax.set(xlabel=f"PC1 ({share[0]:.0f}% of variance)",
+             ylabel=f"PC2 ({share[1]:.0f}% of variance)")
+    else:
+      ax.set(xlabel="t-SNE 1", ylabel="t-SNE 2", xticks=[], yticks=[])
     ax.set_title(f"{r['label']}\n{len(y)} test images, {wrong.sum()} wrong",
                  fontsize=9)
   for handle in plots.legend(fig, axes[:, :1]).legend_handles:
     handle.set(sizes=[12], alpha=1)
   what = "PCA" if pca else f"t-SNE (every {results[0]['stride']}th test image)"
   return plots.save(fig, path, f"What it learned: {what} of the last "
-                    "hidden layer's features, coloured by true class")
+                    "hidden layer's features, coloured by true class" + (
+                        " (axes in PC1 standard deviations)"
+                        if pca else ""))
 
 
-def diverging(maps) -> np.ndarray:
+def diverging(maps, scale=None) -> np.ndarray:
   """Maps [n, h, w] as RGB [n, h, w, 3] uint8 in RdBu, each to its own
-  largest |value|."""
+  largest |value| (or all to `scale`)."""
   v = np.asarray(maps, np.float64)
-  v = v / np.maximum(np.abs(v).max(axis=(1, 2), keepdims=True), 1e-30)
+  v = v / np.maximum(np.abs(v).max(axis=(1, 2), keepdims=True)
+                     if scale is None else scale, 1e-30)
   return (255 * plt.get_cmap(CMAP)((v + 1) / 2)[..., :3]).astype(np.uint8)
 
 
 def attributions(results: Sequence[dict], path: str) -> str:
   """One run's shown digits over their integrated gradients, gradient x input
-  and, for a sequence model, integrated gradients summed per row (stripes)."""
-  r = results[0]
-  (n, _, w), cols, names = r["ig"].shape, 9, r["names"]
-  kinds = [r["images"], diverging(r["ig"]), diverging(r["gxi"])]
+  and, for a sequence model, integrated gradients summed per row (stripes,
+  on one scale in logits, with a colour bar): the first test digits, then
+  the mistakes, each group in blocks of its own under a heading."""
+  r, cols, kinds, scale = results[0], 6, ["image", "integrated\ngradients",
+                                          "gradient\nx input"], None
+  (n, _, w), names, grid = r["ig"].shape, r["names"], r["grid"]
+  maps = [r["images"], diverging(r["ig"]), diverging(r["gxi"])]
   if "rows_ig" in r:
-    kinds.append(diverging(np.repeat(r["rows_ig"][:, :, None], w, 2)))
-  blocks, shape = -(-n // cols), (-(-n // cols), len(kinds), cols)
-  at = np.broadcast_to(np.arange(blocks * cols).reshape(blocks, 1, cols),
-                       shape).ravel()  # Rows of a block: a kind each.
-  kind = np.broadcast_to(np.arange(len(kinds))[:, None], shape).ravel()
-  index = r["shown"][np.minimum(at, n - 1)]
-  true, said = r["labels"][index], r["predicted"][index]
-  first = (kind == 0) & (at < n)
-  titles = [f"#{j} true {names[t]}\npred {names[p]}" if f else ""
-            for j, t, p, f in zip(index, true, said, first)]
-  images = [kinds[k][i] if i < n else None for k, i in zip(kind, at)]
-  kind_names = ["image", "integrated\ngradients", "gradient\nx input",
-                "per row\n(summed)"][:len(kinds)]
+    top = float(np.abs(r["rows_ig"]).max())
+    maps.append(diverging(np.repeat(r["rows_ig"][:, :, None], w, 2), top))
+    kinds.append("integrated\ngradients\nsummed per row")
+    scale = (plt.cm.ScalarMappable(plt.Normalize(-top, top), CMAP),
+             "Integrated gradients summed per row (logits of the predicted "
+             "class; one scale for all rows)")
+  cells = [*range(grid), *[None] * (-grid % cols), *range(grid, n)]
+  cells += [None] * (-len(cells) % cols)
+  images, titles, red = [], [], set()
+  for start in range(0, len(cells), cols):
+    for k, kind in enumerate(maps):
+      for i in cells[start:start + cols]:
+        j = None if i is None or k else r["shown"][i]  # A digit's caption.
+        true, said = (0, 0) if j is None else (r["labels"][j],
+                                               r["predicted"][j])
+        if true != said:
+          red.add(len(images))
+        images.append(None if i is None else kind[i])
+        titles.append("" if j is None else
+                      f"#{j} true {names[true]}\npred {names[said]}")
+  headings = {0: f"The first {grid} test images"}
+  if n > grid:
+    headings[cells.index(grid) // cols * len(maps)] = (
+        f"The {n - grid} most confident mistakes")
   return plots.image_grid(
-      images, titles, set(np.flatnonzero(first & (true != said))), path, cols,
-      kind_names * blocks,
+      images, titles, red, path, cols, kinds * (len(cells) // cols),
       "Where it looks: attribution to the predicted class (red for, blue "
-      "against; each map to its own largest |value|); the first "
-      f"{r['grid']} test images, then the most confident mistakes (wrong: "
-      "framed in red)", fontsize=6)
+      "against; each map to its own largest |value|; wrong: "
+      "framed in red)", fontsize=9, headings=headings, scale=scale)

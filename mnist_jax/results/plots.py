@@ -143,7 +143,8 @@ def per_class_accuracy(accuracy: np.ndarray, support: np.ndarray, path: str,
                        names: Sequence[str], overall: Optional[float] = None,
                        title: str = "") -> str:
   """Bars of each class's accuracy (recall), zoomed to where they differ, to
-  100%; the overall accuracy's line named in a legend beside the axes."""
+  100%, each value under its bar (clear of the overall accuracy's line, which
+  a legend beside the axes names)."""
   k = len(accuracy)
   pct = 100.0 * np.asarray(accuracy, dtype=float)
   fig, ax = plt.subplots(figsize=(8 * _class_scale(k) + 1.5, 4.2),
@@ -152,16 +153,16 @@ def per_class_accuracy(accuracy: np.ndarray, support: np.ndarray, path: str,
                                for p in pct])
   low = np.floor(min(pct.min(), overall * 100 if overall else 100) - 2)
   ax.set(xlim=(-0.6, k - 0.4), ylim=(max(0.0, low), 100))
-  bar_values(ax, pct, lambda p: f"{p:.1f}", 8 if k <= 16 else 5)
   if overall is not None:
     ax.axhline(100 * overall, color="gray", ls="--",
                label=f"overall\n{100 * overall:.2f}%")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0,
               fontsize=9)
-  ax.set_xticks(range(k), [f"{n}\n(n={s})" for n, s in
-                           zip(names, support)], fontsize=8)
-  ax.set(xlabel="True class (number of test images)", ylabel="Accuracy (%)",
-         title=title)
+  ax.set_xticks(range(k), [f"{n}\n{p:.1f}%\n(n={s})" for n, p, s in
+                           zip(names, pct, support)],
+                fontsize=9 if k <= 16 else 6)
+  ax.set(xlabel="True class, its accuracy (number of test images)",
+         ylabel="Accuracy (%)", title=title)
   ax.grid(axis="y", alpha=0.3)
   return save(fig, path)
 
@@ -176,24 +177,32 @@ def shown(image) -> np.ndarray:
 
 
 def image_grid(images, titles, red, path: str, cols: int, rows=(),
-               title: str = "", fontsize: int = 8) -> str:
+               title: str = "", fontsize: int = 8, headings=None,
+               scale=None) -> str:
   """Images [H, W(, C)] (0-255, drawn as `shown`) in rows of `cols`, each
   titled (None: an empty cell); the `red` ones (indices) framed and titled
-  in red; `rows` named left of each row. One axes holds them all, each
-  image placed by its extent: a third of the time of an axes per image."""
-  lines = max(1, -(-len(images) // cols))
-  fig, ax = plt.subplots(figsize=(1.45 * cols, 1.75 * lines + 0.5),
-                         layout="constrained")
+  in red; `rows` named left of each row; `headings` {row: text} over the rows
+  that start a group; `scale` (a ScalarMappable, its label): a colour bar
+  under them. One axes holds them all, each image placed by its extent: a
+  third of the time of an axes per image."""
+  lines, headings = max(1, -(-len(images) // cols)), headings or {}
+  fig, ax = plt.subplots(
+      figsize=(1.45 * cols + 1.2 * bool(len(rows)),  # Rows' names, a bar:
+               1.75 * lines + 0.5 + 0.4 * len(headings) + 0.7 * bool(scale)),
+      layout="constrained")
   h, w = np.shape(images[0])[:2] if len(images) else (28, 28)
   # A cell is 1.45 x 1.75 inches; the image's longer side fills 1.2 inches,
-  # at the bottom of its cell (top-down), the title above it.
+  # at the bottom of its cell (top-down), the title above it; a heading
+  # takes 0.4 inches above its row.
   side = max(h, w)
-  cell_w, cell_h = side * 1.45 / 1.2, side * 1.75 / 1.2
+  cell_w, cell_h, gap = side * 1.45 / 1.2, side * 1.75 / 1.2, side / 3
+  top = [l * cell_h + gap * sum(k <= l for k in headings)
+         for l in range(lines)]
   for i, (image, text) in enumerate(zip(images, titles)):
     if image is None:  # An empty cell.
       continue
     x = (i % cols) * cell_w + (cell_w - w) / 2
-    y = (i // cols) * cell_h + cell_h - (side + h) / 2
+    y = top[i // cols] + cell_h - (side + h) / 2
     ax.imshow(shown(image), cmap=DIGIT_CMAP, vmin=0, vmax=255,
               extent=(x, x + w, y + h, y), interpolation="nearest")
     if i in red:
@@ -202,12 +211,19 @@ def image_grid(images, titles, red, path: str, cols: int, rows=(),
     ax.text(x + w / 2, y - 0.04 * side, text, ha="center", va="bottom",
             fontsize=fontsize, color="red" if i in red else "black")
   for i, text in enumerate(rows):
-    ax.text(0, (i + 1) * cell_h - side / 2, text, ha="right", va="center",
-            fontsize=7)
+    ax.text(0, top[i] + cell_h - side / 2, text, ha="right", va="center",
+            fontsize=max(fontsize, 7))
+  for line, text in headings.items():
+    ax.text(0, top[line] - gap / 2, text, va="center", fontsize=11,
+            weight="bold")
+    ax.axhline(top[line] - gap, color="gray", lw=1)
+  if scale:
+    fig.colorbar(scale[0], ax=ax, location="bottom", shrink=0.6, aspect=40,
+                 pad=0.01).set_label(scale[1], fontsize=fontsize)
   if not len(images):
     ax.text(0.5, 0.5, "no wrong predictions", ha="center", va="center",
             transform=ax.transAxes)
-  ax.set(xlim=(0, cols * cell_w), ylim=(lines * cell_h, 0), aspect="equal")
+  ax.set(xlim=(0, cols * cell_w), ylim=(top[-1] + cell_h, 0), aspect="equal")
   ax.axis("off")
   return save(fig, path, title)
 
