@@ -138,6 +138,10 @@ def test_runs_lists_the_runs_and_the_test_digits_their_analyses_kept(
   assert status == 200
   assert [(r["name"], r["steps"]) for r in about["runs"]] == [
       (m.name, analysis.reads_in_steps(m.module)) for m in srv.loaded]
+  # Each card's title names the settings the run changed from its preset.
+  assert [r["title"] for r in about["runs"]][1] == "rnn (seed, --hidden=8)"
+  assert "--mlp_hidden=16" in about["runs"][0]["title"]
+  assert "dir=" not in about["runs"][0]["title"]  # Not where files went.
   with np.load(os.path.join(analysed_run, analysis.FOLDER, analysis.ARRAYS)) as a:
     kept, labels = a["images"], a["labels"][a["shown"]]
   assert len(about["digits"]) == min(serve.DIGITS, len(kept))

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mnist_jax import models
+from mnist_jax.config import value_text
 from mnist_jax.data import datasets
 from mnist_jax.errors import UserError
 from mnist_jax.training import precision
@@ -23,6 +24,7 @@ from mnist_jax import files
 from mnist_jax.rundir import lock
 from mnist_jax.rundir import metrics_log
 from mnist_jax.rundir import record
+from mnist_jax.rundir import resume
 from mnist_jax.training import members as members_lib
 from mnist_jax.training import loop
 from mnist_jax.training import metrics
@@ -211,6 +213,17 @@ def load_run(workdir: str, **overrides) -> Run:
   chosen = (metrics_log.final_metrics(workdir) or {}).get("chosen")
   return Run.from_state(config, state, chosen["index"] if chosen else 0,
                         int(meta.get("epoch", 0)))
+
+
+def title(config) -> str:
+  """"cnn (tuned, --epochs=2)": the model, its preset and the settings that
+  differ from the preset's (where files went and how it ran aside), so that a
+  short run does not read as the preset's result."""
+  preset = models.get_config(config.model, config.preset).to_dict()
+  changed = [f"--{k}={value_text(v)}" for k, v in config.to_dict().items()
+             if k not in resume.RESUMABLE_DIFFERENCES
+             and value_text(v) != value_text(preset.get(k))]
+  return f"{config.model} ({', '.join([config.preset, *changed])})"
 
 
 def checkpoint_note(workdir: str, run: Run) -> Optional[str]:

@@ -97,7 +97,7 @@ class Model:
     self.variables = jax.device_put(run.variables)
     self.fn = jax.jit(functools.partial(_answer, self.module, self.steps,
                                         run.apply))
-    self.info = {"name": name, "model": config.model, "preset": config.preset,
+    self.info = {"name": name, "title": run_lib.title(config),
                  "describe": models.get(config.model).describe(config),
                  "steps": self.steps,
                  "classes": self.classes, "accuracy": accuracy}

@@ -182,7 +182,7 @@ function card(info, result, pixels) {
   box.dataset.name = info.name;
   box.append(element("h3", "", info.name));
   const accuracy = info.accuracy == null ? "" : `; test accuracy ${(100 * info.accuracy).toFixed(2)}%`;
-  box.append(element("div", "about", `${info.model} (${info.preset}): ${info.describe}${accuracy}`));
+  box.append(element("div", "about", `${info.title}: ${info.describe}${accuracy}`));
   const answer = element("div", "answer");
   answer.append(element("span", "top", result.class));
   answer.append(`${(100 * result.probabilities[result.top]).toFixed(1)}%`);
