@@ -29,6 +29,7 @@ import pytest
 import launch_helpers as lh
 import tensorboard_helpers as tbh
 from mnist_jax.results import report
+from mnist_jax.results import serve
 
 pytestmark = pytest.mark.slow
 
@@ -435,6 +436,8 @@ def test_a_finished_run_missing_its_final_checkpoint_says_so_everywhere(
           "run's last epoch, 3: its later checkpoints are missing")
   rc, out, err = lh.run(modes["predict"])
   assert f"note: {said}" in err.splitlines()
+  [served] = serve.load([workdir])  # The page's card says it too.
+  assert served.info["note"] == said
 
 
 def test_a_second_ctrl_c_before_any_checkpoint_stops_the_run_once(

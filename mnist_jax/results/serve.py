@@ -87,7 +87,7 @@ def _answer(module, steps: bool, apply_fn, variables, x):
 class Model:
   """One run as the page shows it; `start` then `result` answer an image."""
 
-  def __init__(self, path: str, run, accuracy=None):
+  def __init__(self, path: str, run, accuracy=None, note=None):
     config, self.path, self.run = run.config, path, run
     self.name = name = os.path.basename(os.path.normpath(path))
     self.module = models.get(config.model).stock(config)
@@ -100,7 +100,8 @@ class Model:
     self.info = {"name": name, "title": run_lib.title(config),
                  "describe": models.get(config.model).describe(config),
                  "steps": self.steps,
-                 "classes": self.classes, "accuracy": accuracy}
+                 "classes": self.classes, "accuracy": accuracy,
+                 "note": note}  # run_lib.checkpoint_note, as predict says.
 
   def start(self, image):
     """Starts the compiled answer for `image` [H, W] (jax runs it async)."""
@@ -127,8 +128,9 @@ def load(paths: Sequence[str], **overrides) -> List[Model]:
   for path in run_folders(paths):
     try:
       final = metrics_log.final_metrics(path) or {}
-      model = Model(path, run_lib.load_run(path, **overrides),
-                    final.get("test_accuracy"))
+      run = run_lib.load_run(path, **overrides)
+      model = Model(path, run, final.get("test_accuracy"),
+                    run_lib.checkpoint_note(path, run))
     except UserError as e:
       refused.append((path, e))
       continue

@@ -181,8 +181,10 @@ function card(info, result, pixels) {
   const box = element("article", "card");
   box.dataset.name = info.name;
   box.append(element("h3", "", info.name));
-  const accuracy = info.accuracy == null ? "" : `; test accuracy ${(100 * info.accuracy).toFixed(2)}%`;
+  const accuracy = info.accuracy == null ? "" : `; ${info.note ? "its last epoch's " : ""}test ` +
+      `accuracy ${(100 * info.accuracy).toFixed(2)}%`;
   box.append(element("div", "about", `${info.title}: ${info.describe}${accuracy}`));
+  if (info.note) box.append(element("div", "note", `note: ${info.note}`));
   const answer = element("div", "answer");
   answer.append(element("span", "top", result.class));
   answer.append(`${(100 * result.probabilities[result.top]).toFixed(1)}%`);
