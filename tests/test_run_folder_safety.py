@@ -29,6 +29,7 @@ import pytest
 import launch_helpers as lh
 import tensorboard_helpers as tbh
 from mnist_jax.results import report
+from mnist_jax.errors import UserError
 from mnist_jax.results import serve
 
 pytestmark = pytest.mark.slow
@@ -438,6 +439,29 @@ def test_a_finished_run_missing_its_final_checkpoint_says_so_everywhere(
   assert f"note: {said}" in err.splitlines()
   [served] = serve.load([workdir])  # The page's card says it too.
   assert served.info["note"] == said
+
+
+def test_a_finished_run_whose_checkpoints_are_gone_says_how_to_restore_them(
+    prepared, reference, tmp_path):
+  """Predict and the page say so (not "train it first", which answers
+  "already finished"), and the advice, followed, restores the run."""
+  workdir = _copy(reference, tmp_path)
+  shutil.rmtree(os.path.join(workdir, "checkpoints"))
+  said = (f"{workdir} finished, but its checkpoints are gone from "
+          f"{workdir}/checkpoints: put them back, or train it again with its "
+          "training command (config.json's \"repeat\"), "
+          f"--workdir={workdir} and --overwrite, which deletes its logs and "
+          "report")
+  predict = _report_and_predict(workdir, tmp_path)["predict"]
+  rc, _, err = lh.run(predict)
+  assert rc == 1 and err == f"error: {said}\n", err
+  with pytest.raises(UserError, match=re.escape(said)):
+    serve.load([workdir])
+  rc, _, err = lh.follow(
+      f"{_config(workdir)['repeat']} --workdir={workdir} --overwrite")
+  assert rc == 0, err
+  rc, _, err = lh.run(predict)
+  assert rc == 0 and "note" not in err, err
 
 
 def test_a_second_ctrl_c_before_any_checkpoint_stops_the_run_once(

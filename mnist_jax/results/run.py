@@ -207,6 +207,14 @@ def load_run(workdir: str, **overrides) -> Run:
   """Restores a run folder's latest checkpoint, without writing to it; the
   member the final metrics row chose (else 0). overrides: Config fields."""
   config = record.used_config(workdir, **overrides)
+  if (metrics_log.final_metrics(workdir) is not None and
+      not checkpoints_lib.steps(workdir)):
+    raise UserError(
+        f"{workdir} finished, but its checkpoints are gone from "
+        f"{checkpoints_lib.directory(workdir)}: put them back, or train it "
+        "again with its training command (config.json's \"repeat\"), "
+        f"--workdir={workdir} and --overwrite, which deletes its logs and "
+        "report")
   model, _ = models.build(config, say=lambda _: None)
   state, meta = checkpoints_lib.restore(workdir, jax.eval_shape(
       lambda: loop.initial_state(config, model)), config.model)
