@@ -162,6 +162,21 @@ def test_predict_files_keeps_going_after_a_bad_file(tiny_run, tmp_path):
   assert os.path.exists(os.path.join(tiny_run, run_lib.PLOT_DIR, "good0.png"))
 
 
+def test_a_dot_is_predicted_with_a_note_that_it_is_no_digit(tiny_run, tmp_path):
+  dot = str(tmp_path / "dot.png")
+  image = Image.new("L", (280, 280))  # A dot on the page's pad.
+  ImageDraw.Draw(image).ellipse((130, 130, 150, 150), fill=255)
+  image.save(dot)
+  images.preprocess(_seven(), notes=(notes := []))
+  assert notes == []
+  out, err = io.StringIO(), io.StringIO()
+  assert run_lib.print_predictions(tiny_run, [dot], as_json=True, out=out,
+                                   err=err) == 0
+  [line] = [json.loads(line) for line in out.getvalue().splitlines()]
+  assert line["note"] == images.NO_DIGIT and line["digit"] is not None
+  assert f"note: {dot}: {images.NO_DIGIT}" in err.getvalue().splitlines()
+
+
 def test_ensemble_of_one_seed_is_refused_before_anything(tiny_run, tmp_path):
   good, _ = _write_digits(str(tmp_path))
   run = run_lib.load_run(tiny_run)

@@ -128,6 +128,12 @@ def test_each_run_answers_as_predict_and_the_analyses_would(server, tmp_path):
     else:
       assert r["reading"] is None
   assert {r["name"] for r in answer["runs"] if r["reading"]} == {"rnn"}
+  assert answer["note"] is None
+  dot = Image.new("L", (280, 280))
+  ImageDraw.Draw(dot).ellipse((130, 130, 150, 150), fill=255)
+  dot.save(path)
+  status, answer = _ask(port, "POST", "/predict", path.read_bytes())
+  assert status == 200 and answer["note"] == images.NO_DIGIT, answer
 
 
 @pytest.mark.slow

@@ -35,6 +35,11 @@ STROKE = 2.0  # Minimum stroke width in the 20x20 box (MNIST pens are 2-3 px).
 MAX_SIDE = 1024  # Bigger images are shrunk first (a digit needs no more).
 # Crops above this are max-pooled down: thin strokes survive.
 WORK_SIDE = 4 * BOX
+# A mark at most this many stroke widths long is no digit: a dot or a blob
+# (a filled disc is 1.7; MNIST's test digits are 2.5 and over).
+MIN_LENGTH = 2.0
+NO_DIGIT = ("no digit here: the mark is about as long as it is wide (a dot "
+            "or a blob), and is read blown up to a digit's size")
 
 
 class ImageError(UserError):
@@ -231,9 +236,11 @@ def _digit_mask(ink: np.ndarray) -> np.ndarray:
   return keep[:ink.shape[0], :ink.shape[1]]
 
 
-def preprocess(image: Image.Image, name: str = "image") -> np.ndarray:
+def preprocess(image: Image.Image, name: str = "image",
+               notes=None) -> np.ndarray:
   """A PIL image of one digit as [28, 28] uint8 (white ink on black), or an
-  ImageError naming it `name` when no digit stands out."""
+  ImageError naming it `name` when no digit stands out; NO_DIGIT is added to
+  the list `notes` for a mark too short to be one."""
   light, paper, flat = _paper(_gray(image))
   ink = np.clip(1.0 - light / np.maximum(paper, 1e-3), 0.0, 1.0)
   if not flat:
@@ -248,8 +255,10 @@ def preprocess(image: Image.Image, name: str = "image") -> np.ndarray:
   if max(ink.shape) > 2 * WORK_SIDE:
     ink = _blocks(ink, max(ink.shape) // WORK_SIDE, "constant").max(axis=(1, 3))
 
-  scale = BOX / max(ink.shape)
-  thin = STROKE / scale - _stroke_width(ink)
+  scale, width = BOX / max(ink.shape), _stroke_width(ink)
+  if notes is not None and max(ink.shape) <= MIN_LENGTH * width:
+    notes.append(NO_DIGIT)
+  thin = STROKE / scale - width
   if thin > 1:  # Thin pen on a big canvas: thicken it before shrinking.
     for _ in range(int(np.ceil(thin / 2))):  # Dilation (ink >= 0).
       ink = ndimage.maximum_filter(ink, 3, mode="nearest")
@@ -272,12 +281,13 @@ def preprocess(image: Image.Image, name: str = "image") -> np.ndarray:
   return np.round(255.0 * out).astype(np.uint8)
 
 
-def load(path, shape=(SIZE, SIZE), name=None, max_pixels=None) -> np.ndarray:
+def load(path, shape=(SIZE, SIZE), name=None, max_pixels=None,
+         notes=None) -> np.ndarray:
   """Opens and preprocesses one file (as open_image): a grey [H, W] uint8
   image of `shape` (a dataset's (H, W) or (H, W, C); resized from 28 x 28),
-  or ImageError."""
+  or ImageError; `notes` as preprocess's."""
   with open_image(path, name, max_pixels) as image:
-    x = preprocess(image, name or path)
+    x = preprocess(image, name or path, notes)
   size = tuple(shape[:2])
   return x if x.shape == size else np.asarray(Image.fromarray(x).resize(
       size[::-1], Image.Resampling.LANCZOS))

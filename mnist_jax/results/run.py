@@ -274,6 +274,7 @@ class Prediction:
   probabilities: Optional[List[float]] = None
   image: Optional[np.ndarray] = None  # [H, W] uint8, as the model saw it.
   error: Optional[str] = None
+  note: Optional[str] = None  # images.NO_DIGIT: a dot, not a digit.
 
 
 def grey_shape(config) -> Tuple[int, int, int]:
@@ -304,7 +305,9 @@ def predict_files(run: Run, paths: Sequence[str],
   results = []
   for path in paths:
     try:
-      results.append(Prediction(path, image=images_lib.load(path, shape)))
+      notes = []
+      image = images_lib.load(path, shape, notes=notes)
+      results.append(Prediction(path, image=image, note=(notes or [None])[0]))
     except images_lib.ImageError as e:
       results.append(Prediction(path, error=str(e)))
   good = [r for r in results if r.error is None]
@@ -336,12 +339,14 @@ def print_predictions(workdir: str, paths: Sequence[str],
     print(f"note: {note}", file=err)
   plotted = set()  # Plot names taken: a/seven.png, b/seven.png both plot.
   for r in results:
-    if r.error is not None:
-      print(f"error: {r.error}", file=err)
+    if r.error is not None or r.note is not None:
+      print(f"error: {r.error}" if r.note is None else
+            f"note: {r.file}: {r.note}", file=err)
     if as_json:
       print(json.dumps({"file": r.file, "digit": r.digit, "class": r.name,
                         "probabilities": r.probabilities,
-                        **({} if r.error is None else {"error": r.error})}),
+                        **({} if r.error is None else {"error": r.error}),
+                        **({} if r.note is None else {"note": r.note})}),
             file=out)
     elif r.error is None:
       probs = " ".join(f"{names[i]}:{p:.3f}"

@@ -178,13 +178,14 @@ class Server(http.server.ThreadingHTTPServer):
   def answer(self, body: bytes) -> Dict[str, object]:
     """Every run's answer for one uploaded image (its file's bytes), or
     ImageError; `input`: the image as the models see it."""
-    start = time.perf_counter()
-    inputs = self.decoder.submit(lambda: {
-        s: images_lib.load(io.BytesIO(body), s, "the upload", MAX_PIXELS)
+    start, notes = time.perf_counter(), []
+    inputs = self.decoder.submit(lambda: {s: images_lib.load(
+        io.BytesIO(body), s, "the upload", MAX_PIXELS, notes)
         for s in {m.shape for m in self.loaded}}).result()
     started = [m.start(inputs[m.shape]) for m in self.loaded]
     runs = [m.result(s) for m, s in zip(self.loaded, started)]
     return {"input": inputs[self.loaded[0].shape].tolist(), "runs": runs,
+            "note": (notes or [None])[0],  # images.NO_DIGIT, as predict's.
             "ms": round(1000 * (time.perf_counter() - start), 1)}
 
   def server_close(self):

@@ -112,7 +112,7 @@ async function post(body, since) {  // After busy(1); since: the stroke's end.
     answer = {error: `no answer from the server (${error.message}); is it still running?`};
   }
   if (mine === asked) {  // Else a later stroke's answer is coming.
-    show(answer.error);
+    show(answer.error || answer.note);  // A note (no digit here) first.
     if (!answer.error) render(answer, since);
   }
   busy(-1);
