@@ -18,6 +18,7 @@ The README's screenshot is this test's drawing, on three runs:
 import argparse
 import io
 import os
+import re
 import shutil
 import sys
 import threading
@@ -30,6 +31,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# pylint: disable-next=wrong-import-position
+from mnist_jax.data import images
 from mnist_jax.results import serve  # pylint: disable=wrong-import-position
 
 SHARED_MNIST = os.path.join(ROOT, "..", "shared", "mnist")
@@ -77,7 +80,7 @@ def start_server(loaded):
   return server, f"http://127.0.0.1:{server.server_address[1]}/"
 
 
-def answers(driver, count, timeout=60, done=0):
+def answers(driver, count, timeout=60, done=1):
   """{run name: its top answer} once `count` cards show, after the latest
   request is answered (and at least `done` answers were drawn)."""
   # pylint: disable-next=g-import-not-at-top
@@ -213,6 +216,53 @@ def test_a_photo_is_read_and_a_file_that_is_no_image_gets_a_message(
     driver.set_window_size(400, 800)  # A phone: the cards go under the pad.
     assert driver.execute_script("const e = document.documentElement; "
                                  "return e.scrollWidth <= e.clientWidth")
+  finally:
+    driver.quit()
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.slow
+def test_the_page_lists_its_runs_notes_a_dot_and_reads_from_the_first_ink(
+    mnist_run):
+  """Before a stroke each run's card names its settings (and a checkpoint
+  note, here set by hand); a dot is noted as no digit; a model that reads in
+  steps (a synthetic RNN) is read from no row above the first with ink."""
+  import test_serve  # pylint: disable=g-import-not-at-top
+  rnn = test_serve._rnn()  # pylint: disable=protected-access
+  loaded = serve.load([mnist_run]) + [rnn]
+  loaded[0].info["note"] = "of an older checkpoint"
+  server, address = start_server(loaded)
+  driver = chromium()
+  card = "return document.querySelector('.card[data-name=\"%s\"]').innerText"
+  try:
+    driver.get(address)
+    # pylint: disable-next=g-import-not-at-top
+    from selenium.webdriver.support.ui import WebDriverWait
+    WebDriverWait(driver, 30).until(  # The cards, with no answer yet.
+        lambda d: len(d.find_elements("css selector", ".card")) == 2)
+    mlp = driver.execute_script(card % "mlp")
+    assert "mlp (tuned, --epochs=1, --mlp_hidden=256)" in mlp, mlp
+    assert "note: of an older checkpoint" in mlp and "Draw a digit" in mlp
+    draw(driver, [[(0, 0)]])  # A dot.
+    answers(driver, 2)
+    message = driver.find_element("id", "message")
+    assert message.text == images.NO_DIGIT
+    driver.find_element("id", "clear").click()
+    draw(driver)
+    answers(driver, 2, done=2)
+    assert not message.is_displayed()
+    ink = driver.execute_script(  # The first row with ink of the input.
+        "const c = document.getElementById('input').getContext('2d');"
+        "const d = c.getImageData(0, 0, 28, 28).data;"
+        "for (let i = 0; i < d.length; i += 4) if (d[i]) return i / 112 | 0;")
+    said = driver.execute_script(card % "rnn")
+    row = re.search(r"from row (\d+) of 28 on|its last row decides", said)
+    assert row and int(row.group(1) or 28) > ink, said
+    assert ": its answer" in said and ": runner-up" in said
+    assert driver.execute_script(  # The reading's key is readable.
+        "return parseFloat(getComputedStyle(document.querySelector("
+        "'.reading .key')).fontSize)") >= 11
   finally:
     driver.quit()
     server.shutdown()

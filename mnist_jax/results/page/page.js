@@ -87,7 +87,7 @@ function blank() {
 function send() {
   if (blank()) {
     show("");
-    document.getElementById("models").replaceChildren();
+    idle();
     document.getElementById("seen").hidden = true;
     return;
   }
@@ -148,25 +148,43 @@ function attribution(canvas, pixels, values) {
   return canvas;
 }
 
-function reading(canvas, rows, classes, top) {
-  // The probability of each class (a line) after each row (a column).
-  const k = classes.length, n = rows.length, left = 16;
-  const cell = Math.max(2, Math.floor((276 - left) / n)), height = Math.max(8, Math.floor(110 / k));
-  canvas.width = left + n * cell;
-  canvas.height = k * height;
-  const c = canvas.getContext("2d");
+function reading(canvas, rows, lines, ink) {
+  // The probability of each of `lines` ([class, colour, dash]) after each
+  // row, rows 1 to n left to right; the rows before the first ink shaded.
+  const n = rows.length, left = 36, bottom = 18, w = 276, h = 120;
+  canvas.width = w;
+  canvas.height = h;
+  const c = canvas.getContext("2d"), plot = h - bottom - 6;
+  const x = (r) => left + (w - left - 8) * r / Math.max(1, n - 1);
+  const y = (p) => 6 + plot * (1 - p);
   c.fillStyle = "#fff";
-  c.fillRect(0, 0, canvas.width, canvas.height);
-  c.font = `${Math.min(10, height)}px sans-serif`;
+  c.fillRect(0, 0, w, h);
+  c.fillStyle = "#eef1f4";  // No ink read yet.
+  if (ink > 0) c.fillRect(x(0), y(1), x(ink) - x(0), plot);
+  c.font = "12px sans-serif";
+  c.fillStyle = c.strokeStyle = "#5f6b76";
+  c.lineWidth = 1;
+  c.textAlign = "right";
   c.textBaseline = "middle";
-  classes.forEach((name, j) => {
-    c.fillStyle = j === top ? "#d9480f" : "#5f6b76";
-    c.fillText(name, 1, (j + 0.5) * height);
-    rows.forEach((p, r) => {
-      c.fillStyle = j === top ? `rgba(217, 72, 15, ${p[j]})` : `rgba(40, 70, 110, ${p[j]})`;
-      c.fillRect(left + r * cell, j * height, cell, height);
-    });
-  });
+  for (const p of [0, 0.5, 1]) {
+    c.fillText(`${100 * p}%`, left - 4, y(p));
+    c.beginPath();
+    c.moveTo(left, y(p));
+    c.lineTo(w - 8, y(p));
+    c.stroke();
+  }
+  c.textAlign = "center";
+  c.textBaseline = "top";
+  c.fillText("rows read", x((n - 1) / 2), y(0) + 4);
+  for (const r of [0, n - 1]) c.fillText(`row ${r + 1}`, Math.min(x(r), w - 24), y(0) + 4);
+  c.lineWidth = 2.5;
+  for (const [j, colour, dash] of lines) {
+    c.strokeStyle = colour;
+    c.setLineDash(dash);
+    c.beginPath();
+    rows.forEach((p, r) => (r ? c.lineTo : c.moveTo).call(c, x(r), y(p[j])));
+    c.stroke();
+  }
   return canvas;
 }
 
@@ -185,6 +203,10 @@ function card(info, result, pixels) {
       `accuracy ${(100 * info.accuracy).toFixed(2)}%`;
   box.append(element("div", "about", `${info.title}: ${info.describe}${accuracy}`));
   if (info.note) box.append(element("div", "note", `note: ${info.note}`));
+  if (!result) {  // Before the first stroke: which runs are loaded.
+    box.append(element("div", "answer", "Draw a digit: its answer shows here."));
+    return box;
+  }
   const answer = element("div", "answer");
   answer.append(element("span", "top", result.class));
   answer.append(`${(100 * result.probabilities[result.top]).toFixed(1)}%`);
@@ -206,20 +228,26 @@ function card(info, result, pixels) {
   maps.append(where, bars);
   box.append(maps);
   if (result.reading) {
-    const rows = result.reading;
-    let from = rows.length;  // The first row from which on it answers `top`.
-    while (from > 0 && argmax(rows[from - 1]) === result.top) from--;
+    const rows = result.reading, ink = pixels.findIndex((row) => row.some((v) => v > 0));
+    let from = rows.length;  // The first row with ink from which on it answers `top`.
+    while (from > Math.max(0, ink) && argmax(rows[from - 1]) === result.top) from--;
+    const second = argmax(result.probabilities.map((p, j) => (j === result.top ? -1 : p)));
+    const lines = [[result.top, "#d9480f", []], [second, "#1864ab", [5, 3]]];
     const part = element("div", "reading");
     part.append(element("div", "", `As it reads: ${from < rows.length ?
         `${result.class} from row ${from + 1} of ${rows.length} on` : "its last row decides"}`));
-    part.append(reading(element("canvas"), rows, info.classes, result.top));
-    const axis = element("div", "axis");
-    axis.append(element("span", "", "row 1"), element("span", "", "probability after each row"),
-                element("span", "", `row ${rows.length}`));
-    part.append(axis);
+    part.append(reading(element("canvas"), rows, lines, ink));
+    const key = element("div", "key");
+    key.append(element("span", "top-line", `${info.classes[result.top]}: its answer`),
+               element("span", "second-line", `${info.classes[second]}: runner-up`));
+    part.append(key);
     box.append(part);
   }
   return box;
+}
+
+function idle() {  // A card for each run, with no answer yet.
+  document.getElementById("models").replaceChildren(...about.runs.map((info) => card(info)));
 }
 
 function argmax(values) {
@@ -286,6 +314,7 @@ async function start() {
     show(`cannot reach the server (${error.message})`);
     return;
   }
+  idle();
   const list = document.getElementById("digit-list");
   for (const digit of about.digits) {
     const rows = [];
