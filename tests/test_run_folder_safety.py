@@ -415,8 +415,8 @@ def test_a_torn_log_resumes_without_its_damaged_line(prepared, reference,
 def test_a_finished_run_missing_its_final_checkpoint_says_so_everywhere(
     prepared, reference, tmp_path):
   """Its report stands for the finished run: --mode=report keeps it rather
-  than rewrite it from an older checkpoint; predict and the training command
-  say what they stand for."""
+  than rewrite it from an older checkpoint; predict, the training command and
+  the page's card say what they stand for."""
   workdir = _copy(reference, tmp_path)
   shutil.rmtree(os.path.join(workdir, "checkpoints", "99"))  # The newest.
   with open(os.path.join(workdir, "report.md")) as f:

@@ -2,7 +2,8 @@
 watch every loaded run read it side by side: its class probabilities (on
 --mode=predict's preprocessing, images.py, and its evaluation, train.logits_of),
 where it looks (the analyses' integrated gradients) and, for a model that
-reads in steps, its answer after each row (the analyses' reading lens). Each
+reads in steps, its answer after each row (the analyses' reading lens); each
+card with its run's title and checkpoint note, as predict says them. Each
 run's forward pass, attribution and reading are one function, compiled once
 as the server starts. The pictures are grey: a run of colour images is
 refused in one line (run_lib.grey_shape).
