@@ -260,6 +260,7 @@ def test_the_page_lists_its_runs_notes_a_dot_and_reads_from_the_first_ink(
     row = re.search(r"from row (\d+) of 28 on|its last row decides", said)
     assert row and int(row.group(1) or 28) > ink, said
     assert ": its answer" in said and ": runner-up" in said
+    assert "where it looks: red towards, blue away" in said
     assert driver.execute_script(  # The reading's key is readable.
         "return parseFloat(getComputedStyle(document.querySelector("
         "'.reading .key')).fontSize)") >= 11

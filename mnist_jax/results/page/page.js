@@ -214,7 +214,9 @@ function card(info, result, pixels) {
   const maps = element("div", "maps");
   const where = element("figure");
   where.append(attribution(element("canvas", "pixels big"), pixels, result.attribution));
-  where.append(element("figcaption", "", "where it looks"));
+  const key = element("figcaption", "", "where it looks: ");  // As the header's key.
+  key.append(element("span", "pos", "red"), " towards, ", element("span", "neg", "blue"), " away");
+  where.append(key);
   const bars = element("div", "bars");
   result.probabilities.forEach((p, j) => {
     const bar = element("div", j === result.top ? "bar best" : "bar");
@@ -239,7 +241,8 @@ function card(info, result, pixels) {
     part.append(reading(element("canvas"), rows, lines, ink));
     const key = element("div", "key");
     key.append(element("span", "top-line", `${info.classes[result.top]}: its answer`),
-               element("span", "second-line", `${info.classes[second]}: runner-up`));
+               element("span", "second-line", `${info.classes[second]}: runner-up`),
+               element("span", "", ink > 0 ? "grey: no ink yet" : ""));
     part.append(key);
     box.append(part);
   }
