@@ -262,17 +262,18 @@ def train_and_evaluate(config, workdir: str, stream=None,
     hooks.stop = stack.enter_context(control.StopRequest())
     state, final = loop.train_and_evaluate(config, data, model, hooks)
     hooks.trained(state, final)
-    return _finish(config, workdir, data, state, final, hooks, members)
+    return _finish(config, workdir, data, state, final, hooks, members,
+                   model)
 
 
-def _finish(config, workdir, data, state, final, hooks, members):
+def _finish(config, workdir, data, state, final, hooks, members, model):
   """The final row, the chosen member's report, then config.json's record
   that the run is finished; the line the run ends with."""
   if hooks.logged is not None:  # A run being completed keeps its row.
     final = hooks.logged
   chosen = (final.get("chosen") or {}).get("index", 0)
   run = run_lib.Run.from_state(config, jax.device_get(state), chosen,
-                               epoch=final.get("epochs_run", 0))
+                               epoch=final.get("epochs_run", 0), model=model)
   if hooks.logged is None:
     rows = hooks.rows.read() if hooks.rows is not None else []
     last = next((r for r in reversed(rows) if "train_loss" in r), None)

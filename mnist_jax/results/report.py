@@ -27,6 +27,8 @@ FILES = ("report.md", "confusion_matrix.png", "confusion_matrix.csv",
 def ensemble_metrics(run, test) -> Optional[Dict[str, Any]]:
   """The test metrics of the mean probabilities of the run's chosen grid
   point's seeds, and "members"; None unless at least two are finite."""
+  if len(run.seeds) < 2:
+    return None
   finite = run_lib.finite_models(run.seed_logits(np.asarray(test.images),
                                                  run.config.eval_batch_size))
   if len(finite) < 2:

@@ -73,8 +73,10 @@ class Run:
   _cache: dict = dataclasses.field(default_factory=dict, compare=False)
 
   @classmethod
-  def from_state(cls, config, state, member: int = 0, epoch: int = 0):
-    """The chosen `member` of a (stacked) train state, and its point's seeds."""
+  def from_state(cls, config, state, member: int = 0, epoch: int = 0,
+                 model: Optional[nn.Module] = None):
+    """The chosen `member` of a (stacked) train state, and its point's seeds.
+    model: the module that trained it (else models.build's choice)."""
     members = members_lib.from_config(config)
     seeds = next(p for p in members_lib.points(members) if member in p)
     variables = state.variables
@@ -83,7 +85,8 @@ class Run:
       stacked = pick(None)
     else:
       stacked, variables = pick(np.asarray(seeds)), pick(member)
-    model, _ = models.build(config, say=lambda _: None)
+    if model is None:
+      model, _ = models.build(config, say=lambda _: None)
     return cls(config, model, variables, epoch, member, seeds, stacked)
 
   @property

@@ -45,12 +45,13 @@ def define_settings() -> None:
   module_name) with its default (a model's own: where its models agree);
   --model, --preset and --sweep list what they take; --sweep is repeatable.
   A flag given is `present`: main takes it over the preset's value."""
+  lists = {"model": f": {', '.join(models.MODELS)}", "preset": _preset_help(),
+           "sweep": f"; NAME: {', '.join(members_lib.SWEEPABLE)}"}
   for name, declared in config_lib.SETTINGS.items():
     owners = models.models_with(name)
     defaults = {repr(models.get(m).settings[name].default) for m in owners}
-    help_text = declared.help + (f"; {'/'.join(owners)} only" if owners else {
-        "model": f": {', '.join(models.MODELS)}", "preset": _preset_help(),
-        "sweep": f"; NAME: {', '.join(members_lib.SWEEPABLE)}"}.get(name, ""))
+    help_text = declared.help + (f"; {'/'.join(owners)} only" if owners else
+                                 lists.get(name, ""))
     args = dict(default=None if len(defaults) > 1 or name == "sweep" else
                 declared.default,
                 help=help_text, module_name=declared.group)
