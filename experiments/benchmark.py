@@ -146,7 +146,7 @@ def step_flops(config, state, images, labels):
   return counted, float((cost or {}).get("flops", float("nan")))
 
 
-def _parse_sets(items) -> dict:
+def parse_sets(items) -> dict:
   """--set FIELD=VALUE strings -> typed Config overrides."""
   out = {}
   for item in items:
@@ -165,8 +165,8 @@ class Recorder(loop.Hooks):
     self.rows, self.record = [], {}
 
   def start(self, state, steps_per_epoch, record):
-    self.record = record
-    return state, loop.Start()
+    self.record = record  # And the steps its progress lines count.
+    return super().start(state, steps_per_epoch, record)
 
   def message(self, text):
     print(text, file=sys.stderr, flush=True)
@@ -212,7 +212,7 @@ def bench_model(name: str, args, peak: float) -> dict:
   overrides = {k: getattr(args, k) for k in ("mnist_dir", "data_dir", "batch_size",
                                              "chunk_steps")
                if getattr(args, k) is not None}
-  overrides.update(_parse_sets(args.set))
+  overrides.update(parse_sets(args.set))
   config = models.get_config(name, args.preset, epochs=args.epochs,
                              parallel=args.parallel, **overrides)
   num_members = len(members_lib.from_config(config))

@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 
+from experiments import benchmark
 from mnist_jax import models
 from mnist_jax.data import augment as augment_lib
 from mnist_jax.data import pipeline
@@ -94,6 +95,8 @@ def main(argv=None):
   p.add_argument("--parallel", default="none",
                  help="auto (launch.py's default), none, sharded or pmap")
   p.add_argument("--top", type=int, default=20)
+  p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                 help="override any Config field, as benchmark.py's --set")
   args = p.parse_args(argv)
   process.split_host(args.parallel)
   process.setup_process()
@@ -101,6 +104,7 @@ def main(argv=None):
   overrides = {k: getattr(args, k) for k in ("data_dir", "mnist_dir")
                if getattr(args, k) is not None}
   try:
+    overrides.update(benchmark.parse_sets(args.set))
     config = models.get_config(args.model, args.preset, epochs=1,
                                parallel=args.parallel, **overrides)
     dataset = pipeline.load(config)
