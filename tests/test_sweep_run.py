@@ -380,6 +380,7 @@ def test_ensemble_metrics_are_the_mean_of_probabilities():
   def stub(seed_logits):  # A Run as ensemble_metrics uses one.
     return types.SimpleNamespace(
         config=types.SimpleNamespace(eval_batch_size=100),
+        seeds=tuple(range(len(seed_logits))),
         seed_logits=lambda images, batch_size: seed_logits)
 
   test = pipeline.Split(np.zeros((50, 28, 28, 1), np.uint8), labels)
