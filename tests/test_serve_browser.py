@@ -248,6 +248,13 @@ def test_the_page_lists_its_runs_notes_a_dot_and_reads_from_the_first_ink(
     answers(driver, 2)
     message = driver.find_element("id", "message")
     assert message.text == images.NO_DIGIT
+    # On each card too, before its answer.
+    note, answer = driver.execute_script(
+        "const c = [...document.querySelector('.card[data-name=\"mlp\"]')"
+        ".children]; return [c.findIndex((e) => e.textContent === "
+        "arguments[0]), c.findIndex((e) => e.classList.contains('answer'))];",
+        images.NO_DIGIT)
+    assert 0 <= note < answer, (note, answer)
     driver.find_element("id", "clear").click()
     draw(driver)
     answers(driver, 2, done=2)

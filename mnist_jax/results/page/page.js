@@ -195,7 +195,7 @@ function element(tag, className, text) {
   return e;
 }
 
-function card(info, result, pixels) {
+function card(info, result, pixels, said) {  // said: the input's note, shown first.
   const box = element("article", "card");
   box.dataset.name = info.name;
   box.append(element("h3", "", info.name));
@@ -207,6 +207,7 @@ function card(info, result, pixels) {
     box.append(element("div", "answer", "Draw a digit: its answer shows here."));
     return box;
   }
+  if (said) box.append(element("div", "note", said));
   const answer = element("div", "answer");
   answer.append(element("span", "top", result.class));
   answer.append(`${(100 * result.probabilities[result.top]).toFixed(1)}%`);
@@ -262,7 +263,8 @@ function render(answer, since) {
   document.getElementById("seen").hidden = false;
   const byName = Object.fromEntries(about.runs.map((r) => [r.name, r]));
   document.getElementById("models").replaceChildren(
-      ...answer.runs.map((r, i) => card(about.runs[i] || byName[r.name], r, answer.input)));
+      ...answer.runs.map((r, i) => card(about.runs[i] || byName[r.name], r, answer.input,
+                                        answer.note)));
   // From the stroke's end (or the photo's choice) to its answers on the page.
   const ms = performance.now() - since;
   document.body.dataset.ms = ms.toFixed(1);
