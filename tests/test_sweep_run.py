@@ -527,10 +527,12 @@ def test_a_sweep_resumes_from_its_checkpoint_exactly(prepared, swept, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_sweep_stopped_mid_epoch_resumes_exactly(prepared, tmp_path):
+@pytest.mark.parametrize("parallel", ["auto", "none"])  # none: in turn.
+def test_a_sweep_stopped_mid_epoch_resumes_exactly(prepared, tmp_path,
+                                                   parallel):
   mnist_dir, data_dir = prepared
   args = lambda name: ["--noreport", "--model=mlp", "--mlp_hidden=16",
-                       "--epochs=2",
+                       "--epochs=2", f"--parallel={parallel}",
                        "--batch_size=16", "--chunk_steps=5",
                        "--sweep=learning_rate=1e-3,3e-3", "--num_seeds=2",
                        f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}",
