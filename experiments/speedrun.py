@@ -136,11 +136,11 @@ def table(runs: str, offsets) -> str:
   return "\n".join(lines + body)
 
 
-def replace(text: str, body: str) -> str:
-  """text with the part between the speedrun markers set to body."""
-  start, end = MARKER.format("table"), MARKER.format("end")
+def replace(text: str, body: str, marker: str = MARKER) -> str:
+  """text with the part between the `marker` lines set to body."""
+  start, end = marker.format("table"), marker.format("end")
   if start not in text or end not in text:
-    raise SystemExit(f"error: {DOC} lacks the lines {start} and {end}")
+    raise SystemExit(f"error: the doc lacks the lines {start} and {end}")
   head, rest = text.split(start, 1)
   return f"{head}{start}\n{body}\n{end}{rest.split(end, 1)[1]}"
 

@@ -254,3 +254,29 @@ def test_speedrun_keeps_each_runs_timing_and_writes_the_table_from_them(
   check = subprocess.run(base + ["--check"], capture_output=True, text=True,
                          check=False)
   assert check.returncode == 0 and "matches" in check.stdout, check.stdout
+
+
+@pytest.mark.slow
+def test_epoch_table_times_each_layout_and_writes_the_table_from_them(
+    prepared, tmp_path):
+  """epoch_table.py --train for one model on the synthetic data: its row in
+  a copy of docs/performance.md names the layout auto picked and the host;
+  --check then finds the table matching the runs."""
+  from experiments import epoch_table  # pylint: disable=g-import-not-at-top
+  doc = tmp_path / "performance.md"
+  shutil.copy(os.path.join(ROOT, "docs", "performance.md"), doc)
+  base = [sys.executable, _script("epoch_table.py"),
+          f"--runs={tmp_path / 'r'}", f"--doc={doc}"]
+  timed = subprocess.run(
+      base + ["--train", "--models=linear", "--repeats=1",
+              f"--data_dir={prepared[1]}"],
+      capture_output=True, text=True, check=False)
+  assert timed.returncode == 0, timed.stderr[-3000:]
+  table = doc.read_text().split(epoch_table.MARKER.format("table"))[1].split(
+      epoch_table.MARKER.format("end"))[0]
+  rows = [l for l in table.splitlines() if l.startswith("| linear")]
+  assert len(rows) == 1 and "| one device |" in rows[0], table
+  assert "median" in table and "jax " in table
+  check = subprocess.run(base + ["--check"], capture_output=True, text=True,
+                         check=False)
+  assert check.returncode == 0 and "matches" in check.stdout, check.stdout
