@@ -99,10 +99,10 @@ def table(runs: str) -> str:
     theirs = median(torch[name]) if name in torch else None
     batch = models.get_config(name, "seed").batch_size
     lines.append(
-        f"| {name} (batch {batch}) | {ours:.3g} | "
-        f"{median(none[name]):.3g} | {layout} | "
+        f"| {name} (batch {batch}) | {ours:#.3g} | "
+        f"{median(none[name]):#.3g} | {layout} | "
         f"{median(auto[name], 'gflops'):.0f} | "
-        f"{'-' if theirs is None else f'{theirs:.3g}'} | "
+        f"{'-' if theirs is None else f'{theirs:#.3g}'} | "
         f"{'-' if theirs is None else f'{ours / theirs:.2f}'} |")
   repeats = len(next(iter(auto.values())))
   releases = ", ".join(f"{k} {host[k]}" for k in ("jax", "torch") if k in host)
