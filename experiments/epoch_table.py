@@ -129,16 +129,7 @@ def main(argv=None):
     train(args.runs, names, args.repeats,
           [f"--{k}={v}" for k in ("mnist_dir", "data_dir")
            if (v := getattr(args, k))])
-  with open(args.doc) as f:
-    text = f.read()
-  new = speedrun.replace(text, table(args.runs), MARKER)
-  if args.check:
-    print("the epoch table matches the runs" if new == text else
-          f"{args.doc}'s epoch table differs from the runs")
-    sys.exit(0 if new == text else 1)
-  with files.atomic(args.doc) as f:
-    f.write(new)
-  print(f"wrote the epoch table in {args.doc}")
+  speedrun.write_table(args.doc, table(args.runs), MARKER, "epoch", args.check)
 
 
 if __name__ == "__main__":

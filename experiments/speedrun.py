@@ -145,6 +145,22 @@ def replace(text: str, body: str, marker: str = MARKER) -> str:
   return f"{head}{start}\n{body}\n{end}{rest.split(end, 1)[1]}"
 
 
+def write_table(doc: str, body: str, marker: str, name: str,
+                check: bool) -> None:
+  """Sets doc's `name` table (between its `marker` lines) to body; with
+  `check`, says whether it already is and exits 1 if not, writing nothing."""
+  with open(doc) as f:
+    text = f.read()
+  new = replace(text, body, marker)
+  if check:
+    print(f"the {name} table matches the runs" if new == text else
+          f"{doc}'s {name} table differs from the runs")
+    sys.exit(0 if new == text else 1)
+  with files.atomic(doc) as f:
+    f.write(new)
+  print(f"wrote the {name} table in {doc}")
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(
       description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
@@ -170,16 +186,8 @@ def main(argv=None):
         workdir = os.path.join(args.runs, f"{name.replace(' ', '_')}-{offset}")
         train([*flags, f"--seed={offset}", *args.launch_flags], workdir,
               data_flags)
-  with open(args.doc) as f:
-    text = f.read()
-  new = replace(text, table(args.runs, offsets))
-  if args.check:
-    print("the speedrun table matches the runs" if new == text else
-          f"{args.doc}'s speedrun table differs from the runs")
-    sys.exit(0 if new == text else 1)
-  with files.atomic(args.doc) as f:
-    f.write(new)
-  print(f"wrote the speedrun table in {args.doc}")
+  write_table(args.doc, table(args.runs, offsets), MARKER, "speedrun",
+              args.check)
 
 
 if __name__ == "__main__":
