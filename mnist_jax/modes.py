@@ -267,8 +267,8 @@ def train_and_evaluate(config, workdir: str, stream=None,
 
 
 def _finish(config, workdir, data, state, final, hooks, members, model):
-  """The final row, the chosen member's report, then config.json's record
-  that the run is finished; the line the run ends with."""
+  """The final row and the line that gives the result, then the chosen
+  member's report and config.json's record that the run is finished."""
   if hooks.logged is not None:  # A run being completed keeps its row.
     final = hooks.logged
   chosen = (final.get("chosen") or {}).get("index", 0)

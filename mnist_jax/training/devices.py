@@ -2,7 +2,7 @@
 
 `Layout` wraps train.py's one-model functions for a run's members and
 devices, one of:
-  none     one device.
+  none     one device (several members: vmapped, on a CPU in turn).
   sharded  one `jax.jit` over a mesh, each batch split along it by train.py's
            sharding constraint: one device's run, its numbers to float
            rounding (each device sums its part of the batch first).
@@ -106,12 +106,11 @@ def _in_turn(fn: Callable, args: Sequence[str], per_member) -> Callable:
   member's own program, as its single run: on a CPU, where XLA computes a
   vmapped convolution as a grouped one (slow), the CNN trains faster so."""
   def run(*a):
-    mapped = ([x for x, k in zip(a, args) if k == MEMBER], per_member)
-    def one(m):
-      it = iter(m[0])
-      return fn(*[next(it) if k == MEMBER else x for x, k in zip(a, args)],
-                **m[1])
-    return jax.lax.map(one, mapped)
+    def one(member):  # (its arguments by position, its keyword arguments)
+      picked, kwargs = member
+      return fn(*[picked.get(i, x) for i, x in enumerate(a)], **kwargs)
+    return jax.lax.map(one, ({i: x for i, (x, k) in enumerate(zip(a, args))
+                              if k == MEMBER}, per_member))
   return run
 
 
