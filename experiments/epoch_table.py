@@ -1,19 +1,24 @@
-"""docs/performance.md's seed-epoch table, from benchmark.py's and reference_torch.py's runs.
+r"""docs/performance.md's epoch tables, from benchmark.py's and reference_torch.py's runs.
 
   # Time every seed preset, alternating the layouts and PyTorch --repeats
   # times on one idle host, then rewrite the table from what they printed:
   python experiments/epoch_table.py --train --runs=runs/epochs --mnist_dir=DIR
-  # Rewrite it from runs timed before; --check says whether it matches them:
-  python experiments/epoch_table.py --runs=runs/epochs [--check]
+  # The tuned CNN with and without BatchNorm, alternated, and its table:
+  python experiments/epoch_table.py --table=batchnorm --train \
+      --runs=runs/batchnorm --mnist_dir=DIR
+  # Rewrite a table from runs timed before; --check says whether it matches:
+  python experiments/epoch_table.py [--table=batchnorm] --runs=DIR [--check]
 
---train runs, --repeats times in turn: `benchmark.py --model=M --preset=seed
---epochs=3` (the default layout, --parallel=auto), the same with
---parallel=none, and `reference_torch.py --model=M --epochs=3` where PyTorch
-is installed (its column is left empty where not). Each keeps its JSON lines
-in the runs folder (auto.N.jsonl, none.N.jsonl, torch.N.jsonl) beside
-host.json (this host and the releases). Each figure is the median over the
-repeats of each run's epoch time (itself the median of the epochs after the
-first).
+--train runs each command of the table (TABLES) --repeats times in turn. The
+seed table's: `benchmark.py --model=M --preset=seed --epochs=3` (the default
+layout, --parallel=auto), the same with --parallel=none, and
+`reference_torch.py --model=M --epochs=3` where PyTorch is installed (its
+column is left empty where not). The batchnorm table's: `benchmark.py
+--model=cnn --preset=tuned --epochs=3`, without and with
+--set=cnn_batch_norm=true. Each keeps its JSON lines in the runs folder
+(KIND.N.jsonl) beside host.json (this host and the releases). Each figure is
+the median over the repeats of each run's epoch time (itself the median of
+the epochs after the first).
 """
 
 import argparse
@@ -38,17 +43,24 @@ KINDS = {  # File prefix -> the command it times (`{m}`: the models).
              "--parallel=none"],
     "torch": ["reference_torch.py", "--model={m}", "--epochs=3"],
 }
+TUNED_CNN = ["benchmark.py", "--model=cnn", "--preset=tuned", "--epochs=3"]
+BATCHNORM_KINDS = {  # The launch.py flags each adds to `--model=cnn`.
+    "plain": (TUNED_CNN, ""),
+    "batchnorm": (TUNED_CNN + ["--set=cnn_batch_norm=true"],
+                  " --cnn_batch_norm"),
+}
 MARKER = "<!-- epoch_table.py: {} -->"
+BATCHNORM_MARKER = "<!-- epoch_table.py, batchnorm: {} -->"
 
 
-def train(runs: str, names, repeats: int, data_flags) -> None:
+def train(runs: str, kinds, names, repeats: int, data_flags) -> None:
   """Runs each kind `repeats` times, alternated; writes their JSON lines."""
   os.makedirs(runs, exist_ok=True)
   torch = importlib.util.find_spec("torch") is not None
   import jax
   host = {"host": speedrun.host(), "jax": jax.__version__}
   for repeat in range(repeats):
-    for kind, command in KINDS.items():
+    for kind, command in kinds.items():
       if kind == "torch" and not torch:
         continue
       argv = [sys.executable, os.path.join(ROOT, "experiments", command[0]),
@@ -78,16 +90,23 @@ def _runs(runs: str, kind: str):
   return found
 
 
-def table(runs: str) -> str:
-  """The table (and the line naming its host) from the runs folder."""
+def _host(runs: str) -> dict:
   path = os.path.join(runs, "host.json")
   if not os.path.exists(path):
     raise SystemExit(f"error: {runs} holds no timed runs; run with --train")
   with open(path) as f:
-    host = json.load(f)
+    return json.load(f)
+
+
+def _median(rows, key="epoch_time_s"):
+  return statistics.median(r[key] for r in rows)
+
+
+def table(runs: str) -> str:
+  """The seed table (and the line naming its host) from the runs folder."""
+  host = _host(runs)
   auto, none, torch = (_runs(runs, k) for k in KINDS)
-  median = lambda rows, key="epoch_time_s": statistics.median(r[key]
-                                                              for r in rows)
+  median = _median
   lines = ["| model | default | one device | `--parallel=auto` picks | GFLOP/s "
            "(default) | PyTorch | default / PyTorch |",
            "| --- | ---: | ---: | --- | ---: | ---: | ---: |"]
@@ -110,26 +129,53 @@ def table(runs: str) -> str:
                     f"of {repeats} alternated runs each.", ""] + lines)
 
 
+def batchnorm_table(runs: str) -> str:
+  """The tuned CNN's epoch with and without BatchNorm, from the runs folder."""
+  host = _host(runs)
+  timed = {k: _runs(runs, k).get("cnn") for k in BATCHNORM_KINDS}
+  if not all(timed.values()):
+    raise SystemExit(f"error: {runs} lacks a kind of run; run with --train")
+  plain = _median(timed["plain"])
+  lines = [f"Seconds an epoch of the tuned CNN (batch "
+           f"{timed['plain'][0]['batch_size']}) on {host['host']}, jax "
+           f"{host['jax']}; medians of {len(timed['plain'])} alternated runs "
+           "each.", "",
+           "| command | seconds an epoch | GFLOP/s | / plain CNN |",
+           "| --- | ---: | ---: | ---: |"]
+  for kind, (_, flags) in BATCHNORM_KINDS.items():
+    epoch = _median(timed[kind])
+    lines.append(f"| `python launch.py --model=cnn{flags}` | {epoch:#.3g} | "
+                 f"{_median(timed[kind], 'gflops'):.0f} | "
+                 f"{epoch / plain:.2f} |")
+  return "\n".join(lines)
+
+
+# Table name -> (its commands, its maker, its marker lines).
+TABLES = {
+    "seed": (KINDS, table, MARKER),
+    "batchnorm": ({k: c for k, (c, _) in BATCHNORM_KINDS.items()},
+                  batchnorm_table, BATCHNORM_MARKER),
+}
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(
       description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
       formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--runs", required=True, help="the folder of the timed runs")
-  p.add_argument("--train", action="store_true", help="time them first")
-  p.add_argument("--check", action="store_true",
-                 help="say whether the doc matches the runs; write nothing")
-  p.add_argument("--models", default="all", help="comma-separated, or all")
+  p.add_argument("--table", default="seed", choices=sorted(TABLES))
+  speedrun.add_table_flags(p)
+  p.add_argument("--models", default="all",
+                 help="the seed table's: comma-separated, or all")
   p.add_argument("--repeats", type=int, default=2)
-  p.add_argument("--doc", default=speedrun.DOC, help="the file of the table")
-  p.add_argument("--mnist_dir", default=None)
-  p.add_argument("--data_dir", default=None)
   args = p.parse_args(argv)
   names = list(models.MODELS) if args.models == "all" else args.models.split(",")
+  kinds, make, marker = TABLES[args.table]
   if args.train:
-    train(args.runs, names, args.repeats,
+    train(args.runs, kinds, names, args.repeats,
           [f"--{k}={v}" for k in ("mnist_dir", "data_dir")
            if (v := getattr(args, k))])
-  speedrun.write_table(args.doc, table(args.runs), MARKER, "epoch", args.check)
+  speedrun.write_table(args.doc, make(args.runs), marker,
+                       f"{args.table} epoch", args.check)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,13 @@ machine:
   python experiments/num_seeds.py --seeds=1 \
       --sweep=learning_rate=3e-4,1e-3,3e-3,1e-2 --repeats=3 \
       -- --model=mlp --epochs=2 --mnist_dir=DIR
+
+docs/performance.md's members table: every row of ROWS, its single run,
+--num_seeds=4 and the 4-point learning-rate sweep alternated --repeats times
+(runs.jsonl in --runs, with host.json), then the table from them (--check:
+does the doc match them; without --train: from runs timed before):
+
+  python experiments/num_seeds.py --train --runs=runs/members --mnist_dir=DIR
 """
 
 import argparse
@@ -26,7 +33,24 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from mnist_jax.training import members as members_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import speedrun
+from mnist_jax import models
+from mnist_jax.training import members as members_lib
+
+# The members table's rows: (label, model, preset); each is run --epochs=2.
+ROWS = (("linear (tuned)", "linear", "tuned"),
+        ("mlp 512-256 (seed)", "mlp", "seed"),
+        ("mlp 1024-1024 (tuned)", "mlp", "tuned"),
+        ("cnn (tuned)", "cnn", "tuned"),
+        ("rnn (tuned)", "rnn", "tuned"),
+        ("lstm (tuned)", "lstm", "tuned"),
+        ("gru (tuned)", "gru", "tuned"))
+SEEDS = 4
+SWEEP = "learning_rate=3e-4,1e-3,3e-3,1e-2"
+KINDS = {"one": [], "seeds": [f"--num_seeds={SEEDS}"],
+         "sweep": [f"--sweep={SWEEP}"]}
+MARKER = "<!-- num_seeds.py: {} -->"
 
 
 def wall_time(args, extra, workdir: str) -> float:
@@ -37,14 +61,81 @@ def wall_time(args, extra, workdir: str) -> float:
   return time.perf_counter() - start
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def row_flags(model: str, preset: str):
+  """A row's launch.py flags; a sweep chooses on validation data, so a
+  preset holding out none holds out 10% in all of its row's runs."""
+  flags = [f"--model={model}", f"--preset={preset}", "--epochs=2"]
+  if not models.get_config(model, preset).val_fraction:
+    flags.append("--val_fraction=0.1")
+  return flags
+
+
+def train_table(runs: str, names, repeats: int, data_flags) -> None:
+  """Times every row's kinds, alternated; writes runs.jsonl and host.json."""
+  timed = []
+  with tempfile.TemporaryDirectory() as tmp:
+    t = wall_time(row_flags("linear", "tuned") + data_flags, [],
+                  os.path.join(tmp, "warm"))
+    print(f"warm-up, untimed (prepares the data once): {t:.1f}s", flush=True)
+    for label, model, preset in [r for r in ROWS if r[1] in names]:
+      for repeat in range(repeats):
+        for kind, extra in KINDS.items():
+          t = wall_time(row_flags(model, preset) + data_flags, extra,
+                        os.path.join(tmp, kind))
+          timed.append({"row": label, "kind": kind, "repeat": repeat,
+                        "wall_time_s": round(t, 2)})
+          print(f"{label} {' '.join(extra)}: {t:.1f}s", flush=True)
+  speedrun.save_timed(runs, "runs.jsonl", timed)
+
+
+def table(runs: str) -> str:
+  """The members table (and the line naming its host) from the runs folder."""
+  timed, host = speedrun.load_timed(runs, "runs.jsonl")
+  points = len(members_lib.parse(SWEEP)["learning_rate"])
+  lines = [f"Seconds of a whole `launch.py --epochs=2` run on {host['host']}, "
+           f"jax {host['jax']}; medians of "
+           f"{max(r['repeat'] for r in timed) + 1} alternated runs each.", "",
+           f"| model (preset) | one run | {SEEDS} seeds | / one run | "
+           f"{points} learning rates | / one run |",
+           "| --- | ---: | ---: | ---: | ---: | ---: |"]
+  for label, model, preset in [r for r in ROWS
+                               if any(t["row"] == r[0] for t in timed)]:
+    median = {k: statistics.median(r["wall_time_s"] for r in timed
+                                   if r["row"] == label and r["kind"] == k)
+              for k in KINDS}
+    held = " ¹" if "--val_fraction=0.1" in row_flags(model, preset) else ""
+    lines.append(f"| {label}{held} | {median['one']:.1f} | "
+                 f"{median['seeds']:.1f} | {median['seeds'] / median['one']:.2f}x"
+                 f" | {median['sweep']:.1f} | "
+                 f"{median['sweep'] / median['one']:.2f}x |")
+  lines += ["", "¹ Its preset holds out no validation data, which a sweep "
+            "chooses on: all three of its runs add `--val_fraction=0.1`."]
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(
+      description=__doc__.splitlines()[0], epilog=__doc__.split("\n\n", 1)[1],
+      formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--seeds", type=int, default=4)
   parser.add_argument("--sweep", default="",
                       help="a --sweep spec for the many-member run")
   parser.add_argument("--repeats", type=int, default=2)
+  speedrun.add_table_flags(parser, runs_required=False)  # None: launch_args.
+  parser.add_argument("--models", default="all",
+                      help="with --train: the rows of these models only")
   parser.add_argument("launch_args", nargs="*")
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
+  if args.runs:
+    if args.train:
+      names = (list(models.MODELS) if args.models == "all"
+               else args.models.split(","))
+      train_table(args.runs, names, args.repeats,
+                  [f"--{k}={v}" for k in ("mnist_dir", "data_dir")
+                   if (v := getattr(args, k))])
+    speedrun.write_table(args.doc, table(args.runs), MARKER, "members",
+                         args.check)
+    return
   points = math.prod(len(v) for v in members_lib.parse(args.sweep).values())
   members = args.seeds * points
   many = [f"--num_seeds={args.seeds}"] + (

@@ -172,8 +172,14 @@ def mnist_style(digit: np.ndarray) -> Image.Image:
 
 
 def test_digits(mnist_dir=None, data_dir=None):
-  """MNIST's test images [10000, 28, 28] uint8 and labels, from IDX files in
+  """MNIST's test images [10000, 28, 28] uint8 (the data's [.., 1] channel
+  axis dropped: the photos are of grey digits) and labels, from IDX files in
   mnist_dir or from a prepared tfds data_dir."""
+  images, labels = _test_arrays(mnist_dir, data_dir)
+  return images.reshape(images.shape[:3]), labels
+
+
+def _test_arrays(mnist_dir, data_dir):
   if mnist_dir:
     paths = []
     for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):

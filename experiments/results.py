@@ -265,9 +265,22 @@ TABLE_HEADER = ("| model | preset | test accuracy | bar | epochs | wall time | "
                 "command |\n| --- | --- | --- | --- | --- | --- | --- |")
 
 
+def hosts(results: Dict[Row, dict]) -> str:
+  """Where the runs ran, from their config.json: CPU, cores and releases."""
+  seen = []
+  for final in results.values():
+    env = record.read_record(final["run"]).get("environment", {})
+    where = (f"{env.get('cpu', 'a CPU not recorded')}, jax "
+             f"{env.get('packages', {}).get('jax')}, Python {env.get('python')}")
+    if where not in seen:
+      seen.append(where)
+  return "; ".join(seen)
+
+
 def table(results: Dict[Row, dict]) -> str:
-  """The README's results table, a line per row of ROWS."""
-  lines = [TABLE_HEADER]
+  """The README's results table, a line per row of ROWS, after a line
+  naming the host and releases of its runs."""
+  lines = [f"Run on {hosts(results)}.", "", TABLE_HEADER]
   for row in ROWS:
     final = results[row]
     cells = [row.model, _preset(row), _accuracy(final),

@@ -22,7 +22,6 @@ never measured here.
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -34,6 +33,7 @@ sys.path.insert(0, ROOT)
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from mnist_jax import files
 from mnist_jax.rundir import metrics_log
+from mnist_jax.rundir import record as run_record
 
 # (row name, launch.py flags); each is run at every seed offset.
 ROWS = (
@@ -49,16 +49,7 @@ MARKER = "<!-- speedrun.py: {} -->"
 DOC = os.path.join(ROOT, "docs", "performance.md")
 
 
-def host() -> str:
-  """This machine in words: its CPU model and the cores this process has."""
-  model = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      model = next(l.split(":", 1)[1].strip() for l in f
-                   if l.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  return f"{model}, {len(os.sched_getaffinity(0))} cores"
+host = run_record.cpu  # This machine in words, as a run's config.json has it.
 
 
 def train(flags, workdir: str, data_flags) -> dict:
@@ -145,6 +136,41 @@ def replace(text: str, body: str, marker: str = MARKER) -> str:
   return f"{head}{start}\n{body}\n{end}{rest.split(end, 1)[1]}"
 
 
+def add_table_flags(p, runs_required: bool = True) -> None:
+  """The flags every doc-table script shares: where its runs are kept,
+  whether to time them first, --check, the doc, and the data."""
+  p.add_argument("--runs", required=runs_required,
+                 help="the folder of the timed runs")
+  p.add_argument("--train", action="store_true", help="time them first")
+  p.add_argument("--check", action="store_true",
+                 help="say whether the doc matches the runs; write nothing")
+  p.add_argument("--doc", default=DOC, help="the file holding the table")
+  p.add_argument("--mnist_dir", default=None)
+  p.add_argument("--data_dir", default=None)
+
+
+def save_timed(runs: str, name: str, rows) -> None:
+  """Keeps a script's timed rows in runs/name (JSON lines), beside host.json
+  (this host and jax's release)."""
+  import jax
+  os.makedirs(runs, exist_ok=True)
+  with files.atomic(os.path.join(runs, name)) as f:
+    f.write("".join(json.dumps(r) + "\n" for r in rows))
+  files.write_json(os.path.join(runs, "host.json"),
+                   {"host": host(), "jax": jax.__version__})
+
+
+def load_timed(runs: str, name: str):
+  """(the rows save_timed kept in runs/name, host.json's dict)."""
+  path = os.path.join(runs, name)
+  if not os.path.exists(path):
+    raise SystemExit(f"error: {runs} holds no timed runs; run with --train")
+  with open(path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  with open(os.path.join(runs, "host.json")) as f:
+    return rows, json.load(f)
+
+
 def write_table(doc: str, body: str, marker: str, name: str,
                 check: bool) -> None:
   """Sets doc's `name` table (between its `marker` lines) to body; with
@@ -165,15 +191,9 @@ def main(argv=None):
   p = argparse.ArgumentParser(
       description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
       formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--runs", required=True, help="folder of the run folders")
-  p.add_argument("--train", action="store_true", help="train every row")
-  p.add_argument("--check", action="store_true",
-                 help="say whether the doc matches the runs; write nothing")
-  p.add_argument("--doc", default=DOC, help="the file holding the table")
+  add_table_flags(p)
   p.add_argument("--offsets", default=OFFSETS,
                  help="the first seed of each run, comma-separated")
-  p.add_argument("--mnist_dir", default=None)
-  p.add_argument("--data_dir", default=None)
   p.add_argument("launch_flags", nargs="*",
                  help="after --: more launch.py flags for every row (tests)")
   args = p.parse_args(argv)

@@ -1,20 +1,27 @@
-"""How long a run takes to start training: process start to the first train step.
+r"""How long a run takes to start training: process start to the first train step.
 
   python experiments/startup.py --model=gru --mnist_dir=DIR
-  python experiments/startup.py --model=all --repeats=2 --mnist_dir=DIR
+  # Every seed preset, 3 rounds of a first and a warm second run; then
+  # docs/performance.md's start-up table from them (--check: does it match):
+  python experiments/startup.py --train --rounds=3 --runs=runs/startup \
+      --mnist_dir=DIR
+  python experiments/startup.py --runs=runs/startup [--check]
 
 Each measurement is a fresh `python` process that goes through launch.py's own
-path (flags, imports, data load, state init, compile or cache load) and stops
-at the first call of the compiled train chunk. Run twice: the first run fills
-a persistent compilation cache (a fresh one, unless JAX_COMPILATION_CACHE_DIR
-names one; launch.py enables none by itself), the second shows a warm start.
-Prints one JSON line per run with the time of each phase since the process
-started.
+path (flags, imports, data load, state init with its kernel check, compile or
+cache load) and stops at the first call of the compiled train chunk. A round
+runs each model --repeats times with a new, empty persistent compilation
+cache (launch.py enables none by itself): the first run is a new user's
+first, which compiles and fills it; later ones show a warm start. Prints one
+JSON line per run with the time of each phase since the process started, and
+the kernel check's seconds (`check_s`); with --runs, keeps them there
+(startup.jsonl, host.json) and writes the table from them.
 """
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,7 +30,11 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from mnist_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import speedrun
+from mnist_jax import models
+
+MARKER = "<!-- startup.py: {} -->"
 
 # Runs in the child: time phases of launch.py's main up to the first step.
 _PROBE = r"""
@@ -37,8 +48,17 @@ def mark(name):
 import launch
 mark("imported_launch")
 from mnist_jax.data import pipeline
+from mnist_jax.models import kernels
 from mnist_jax.training import devices, train
 mark("imported_train")
+marks["check_s"] = 0.0
+
+_check = kernels._check
+def check(*args, **kwargs):
+  why, record = _check(*args, **kwargs)
+  marks["check_s"] = round(marks["check_s"] + record["check_s"], 3)
+  return why, record
+kernels._check = check
 
 class _Started(Exception):
   pass
@@ -88,40 +108,95 @@ print("STARTUP " + json.dumps(marks))
 """
 
 
+def measure(names, preset: str, rounds: int, repeats: int, data_flags):
+  """Yields one record per run: `rounds` x each model x `repeats` runs."""
+  probe = _PROBE.format(root=ROOT)
+  for rnd in range(1, rounds + 1):
+    with tempfile.TemporaryDirectory(prefix="jit_") as cache:
+      env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache)
+      for name in names:
+        for run in range(1, repeats + 1):
+          yield {"model": name, "preset": preset, "round": rnd, "run": run,
+                 **_probe(probe, name, preset, run, data_flags, env)}
+
+
+def _probe(probe: str, name: str, preset: str, run: int, data_flags, env):
+  """One fresh process's marks, and its seconds from launch to first step."""
+  with tempfile.TemporaryDirectory() as work:
+    cmd = [sys.executable, "-c", probe, f"--model={name}",
+           f"--preset={preset}", f"--workdir={work}/run", *data_flags]
+    launched = time.time()
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                         env=env, check=False)
+  lines = [l for l in out.stdout.splitlines() if l.startswith("STARTUP ")]
+  if out.returncode or not lines:
+    sys.exit(f"error: {name} run {run} failed:\n{out.stderr[-2000:]}")
+  marks = json.loads(lines[-1][len("STARTUP "):])
+  # From the parent's launch of `python`, interpreter start included.
+  return {"start_training_s": round(marks.pop("first_step_unix") - launched, 3),
+          **marks}
+
+
+def table(runs: str) -> str:
+  """The start-up table (and the line naming its host) from the runs folder."""
+  rows, host = speedrun.load_timed(runs, "startup.jsonl")
+  names = [m for m in models.MODELS if any(r["model"] == m for r in rows)]
+  median = lambda key, run, name: statistics.median(
+      r[key] for r in rows if r["model"] == name and r["run"] == run)
+  rounds = max(r["round"] for r in rows)
+  lines = [f"Seconds on {host['host']}, jax {host['jax']}, `--preset="
+           f"{rows[0]['preset']}`; medians of {rounds} rounds, each with a "
+           "new, empty compilation cache.", "",
+           "| | " + " | ".join(names) + " |",
+           "| --- |" + " ---: |" * len(names)]
+  said = {1: "launch to first step, first run (compiles)",
+          2: "launch to first step, second run (warm cache)"}
+  for run in sorted({r["run"] for r in rows}):
+    lines.append(f"| {said.get(run, f'run {run}')} | " + " | ".join(
+        f"{median('start_training_s', run, n):.2f}" for n in names) + " |")
+  # The first run's phases: (row, its mark, the mark it starts at).
+  phases = (("first run: imports", "imported_train", None),
+            ("first run: loading the data", "data_loaded", "imported_train"),
+            ("first run: the train state", "state_ready", "data_loaded"),
+            ("of it, the kernel check", "check_s", None),
+            ("first run: compiling the train chunk", "compiled",
+             "state_ready"))
+  for said_phase, end, start in phases:
+    cells = []
+    for n in names:
+      took = median(end, 1, n) - (median(start, 1, n) if start else 0)
+      cells.append(f"{took:.2f}" if took else "-")
+    lines.append(f"| {said_phase} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p = argparse.ArgumentParser(
+      description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+      formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--model", default="all")
   p.add_argument("--preset", default="seed")
   p.add_argument("--repeats", type=int, default=2,
-                 help="runs per model; the first may compile, later ones are warm")
-  p.add_argument("--data_dir", default=None)
-  p.add_argument("--mnist_dir", default=None)
+                 help="runs per model and round: the first compiles, later "
+                 "ones are warm")
+  p.add_argument("--rounds", type=int, default=1,
+                 help="each with a new, empty compilation cache")
+  speedrun.add_table_flags(p, runs_required=False)  # None: print only.
   args = p.parse_args(argv)
   names = list(models.MODELS) if args.model == "all" else args.model.split(",")
-  probe = _PROBE.format(root=ROOT)
-  env = dict(os.environ)
-  env.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jit_"))
-  for name in names:
-    for run in range(1, args.repeats + 1):
-      with tempfile.TemporaryDirectory() as work:
-        cmd = [sys.executable, "-c", probe, f"--model={name}",
-               f"--preset={args.preset}", f"--workdir={work}/run"]
-        cmd += [f"--{k}={v}" for k in ("data_dir", "mnist_dir")
+  data_flags = [f"--{k}={v}" for k in ("data_dir", "mnist_dir")
                 if (v := getattr(args, k))]
-        launched = time.time()
-        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
-                             env=env, check=False)
-      lines = [l for l in out.stdout.splitlines() if l.startswith("STARTUP ")]
-      if out.returncode or not lines:
-        print(f"error: {name} run {run} failed:\n{out.stderr[-2000:]}",
-              file=sys.stderr)
-        sys.exit(1)
-      marks = json.loads(lines[-1][len("STARTUP "):])
-      # From the parent's launch of `python`, interpreter start included.
-      since_launch = round(marks.pop("first_step_unix") - launched, 3)
-      print(json.dumps({"model": name, "preset": args.preset, "run": run,
-                        "start_training_s": since_launch, **marks}),
-            flush=True)
+  if args.runs is None or args.train:
+    timed = []
+    for record in measure(names, args.preset, args.rounds, args.repeats,
+                          data_flags):
+      print(json.dumps(record), flush=True)
+      timed.append(record)
+    if args.runs is None:
+      return
+    speedrun.save_timed(args.runs, "startup.jsonl", timed)
+  speedrun.write_table(args.doc, table(args.runs), MARKER, "start-up",
+                       args.check)
 
 
 if __name__ == "__main__":

@@ -280,3 +280,80 @@ def test_epoch_table_times_each_layout_and_writes_the_table_from_them(
   check = subprocess.run(base + ["--check"], capture_output=True, text=True,
                          check=False)
   assert check.returncode == 0 and "matches" in check.stdout, check.stdout
+
+
+def _timed_table(script, marker, train_args, prepared, tmp_path):
+  """Runs `script --train` on the synthetic data into a copy of
+  docs/performance.md; (its table between `marker`'s lines, the --check
+  command)."""
+  doc = tmp_path / "performance.md"
+  shutil.copy(os.path.join(ROOT, "docs", "performance.md"), doc)
+  base = [sys.executable, _script(script), f"--runs={tmp_path / 'r'}",
+          f"--doc={doc}"] + [a for a in train_args if a.startswith("--table")]
+  timed = subprocess.run(
+      base + ["--train", f"--data_dir={prepared[1]}"] +
+      [a for a in train_args if not a.startswith("--table")],
+      capture_output=True, text=True, check=False)
+  assert timed.returncode == 0, timed.stderr[-3000:]
+  table = doc.read_text().split(marker.format("table"))[1].split(
+      marker.format("end"))[0]
+  return table, base + ["--check"]
+
+
+def _matches(check):
+  out = subprocess.run(check, capture_output=True, text=True, check=False)
+  return out.returncode == 0 and "matches" in out.stdout
+
+
+@pytest.mark.slow
+def test_epoch_table_times_the_batchnorm_cnn_beside_the_plain_one(
+    prepared, tmp_path):
+  """--table=batchnorm: a row per kind of run, the plain one the unit of the
+  ratio column; --check then finds the table matching the runs."""
+  from experiments import epoch_table  # pylint: disable=g-import-not-at-top
+  table, check = _timed_table(
+      "epoch_table.py", epoch_table.BATCHNORM_MARKER,
+      ["--table=batchnorm", "--repeats=1"], prepared, tmp_path)
+  rows = [l for l in table.splitlines() if l.startswith("| `python")]
+  assert [r.split("`")[1] for r in rows] == [
+      f"python launch.py --model=cnn{flags}"
+      for _, flags in epoch_table.BATCHNORM_KINDS.values()], table
+  assert rows[0].endswith("| 1.00 |") and "jax " in table
+  assert _matches(check)
+
+
+@pytest.mark.slow
+def test_startup_times_a_first_and_a_warm_run_and_writes_the_table(
+    prepared, tmp_path):
+  """startup.py --train --runs: a first run and a warm one of the linear
+  model; the table's columns are the models timed, its rows the runs and the
+  first run's phases; --check then finds it matching the runs."""
+  from experiments import startup  # pylint: disable=g-import-not-at-top
+  table, check = _timed_table("startup.py", startup.MARKER,
+                              ["--model=linear", "--repeats=2"], prepared,
+                              tmp_path)
+  rows = [l.strip("|").split("|") for l in table.splitlines()
+          if l.startswith("| ") and "---" not in l]
+  assert [c.strip() for c in rows[0]] == ["", "linear"], table
+  first, warm = (float(r[1]) for r in rows[1:3])
+  assert 0 < warm and 0 < first, table
+  assert any("kernel check" in r[0] and r[1].strip() == "-" for r in rows)
+  assert _matches(check)
+
+
+@pytest.mark.slow
+def test_num_seeds_times_a_row_and_writes_the_members_table(prepared,
+                                                           tmp_path):
+  """num_seeds.py --train --runs for the linear model's row: its one run,
+  seeds and sweep timed; the row's ratios are theirs; --check then finds the
+  table matching the runs."""
+  from experiments import num_seeds  # pylint: disable=g-import-not-at-top
+  table, check = _timed_table("num_seeds.py", num_seeds.MARKER,
+                              ["--models=linear", "--repeats=1"], prepared,
+                              tmp_path)
+  rows = [[c.strip() for c in l.strip().strip("|").split("|")]
+          for l in table.splitlines() if l.startswith("| linear")]
+  assert len(rows) == 1, table
+  one, seeds, ratio = float(rows[0][1]), float(rows[0][2]), rows[0][3]
+  assert abs(float(ratio.rstrip("x")) - seeds / one) < 0.02, rows
+  assert _matches(check)

@@ -85,3 +85,12 @@ def test_no_digit_is_one_line(tmp_path, picture):
   message = str(info.value)
   assert message.startswith(f"{path} has no digit on it") and "\n" not in message
   assert "pass a picture" in message
+
+
+def test_the_test_digits_are_grey_28x28_arrays_the_renderers_take(idx_dir):
+  """photo_digits.py reads MNIST's test set (as the data's [N, 28, 28, 1])
+  and renders each digit [28, 28], as its montage command does."""
+  digits, labels = photo_digits.test_digits(mnist_dir=idx_dir)
+  assert digits.shape[1:] == (28, 28) and len(labels) == len(digits)
+  photo = photo_digits.photo_jpeg(digits[0], np.random.default_rng([0, 0]))
+  assert photo

@@ -31,10 +31,19 @@ def _seconds(cell: str) -> float:
   return float(value) * (60 if unit == "min" else 1)
 
 
+def _readme_host():
+  """The environment the README's table names: {cpu, packages, python}."""
+  with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    first = _block(f.read(), "table").splitlines()[0]
+  where = re.fullmatch(r"Run on (.+), jax (\S+), Python (\S+)\.", first)
+  assert where, first
+  return {"cpu": where[1], "packages": {"jax": where[2]}, "python": where[3]}
+
+
 def _readme_results():
   """{row: final metrics} read back from the README's results table."""
   with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
-    lines = _block(f.read(), "table").splitlines()
+    lines = _block(f.read(), "table").splitlines()[2:]  # The host line apart.
   assert "\n".join(lines[:2]) == results.TABLE_HEADER
   out = {}
   for line in lines[2:]:
@@ -63,7 +72,7 @@ def write_run(folder, row, *, test_accuracy, time, epochs_run=2, final=True,
   os.makedirs(folder)
   config = row.config().replace(workdir=str(folder), data_dir="/data")
   files.write_json(os.path.join(folder, "config.json"),
-                   {"config": config.to_dict()})
+                   {"config": config.to_dict(), "environment": _readme_host()})
   rows = [{"epoch": e, "step": 100 * e, "train_loss": 1.0 / e,
            "train_accuracy": 0.9, "val_loss": None, "val_accuracy": None,
            "epoch_time_s": 1.0, "examples_per_s": 1000.0}
@@ -234,3 +243,20 @@ def test_trains_missing_runs_through_launch_py_and_reuses_them(prepared,
   assert final["data_ready_s"] > 0 and final["time_s"] == final["wall_time_s"]
   results.train_missing([row], runs, flags, log=logs.append)
   assert len(logs) == 1  # Finished: reused, not trained again.
+
+
+def test_the_table_names_every_host_and_release_its_runs_ran_on(checkout,
+                                                                runs):
+  """A run from another machine or jax release is named beside the rest;
+  one whose config.json records no CPU says so."""
+  gru = os.path.join(runs, "gru-tuned", "config.json")
+  with open(gru) as f:
+    record = json.load(f)
+  record["environment"] = {"packages": {"jax": "0.0.1"}, "python": "3.0"}
+  files.write_json(gru, record)
+  results.main(["--runs", runs, "--root", checkout])
+  first = _block(_read(checkout, "README.md"), "table").splitlines()[0]
+  host = _readme_host()
+  assert first == (f"Run on {host['cpu']}, jax {host['packages']['jax']}, "
+                   f"Python {host['python']}; a CPU not recorded, jax 0.0.1, "
+                   "Python 3.0."), first

@@ -53,6 +53,7 @@ def environment() -> dict:
   return {
       "python": sys.version.split()[0],
       "platform": platform.platform(),
+      "cpu": cpu(),
       "packages": versions,
       "backend": jax.default_backend(),
       "devices": [str(d) for d in jax.devices()],
@@ -63,6 +64,21 @@ def environment() -> dict:
       "env": {k: v for k, v in os.environ.items() if k.startswith(
           ("XLA_", "JAX_", "TFDS_", "CUDA_VISIBLE", "TPU_"))},
   }
+
+
+def cpu() -> str:
+  """This machine's CPU in words: its model name and the cores this process
+  may use."""
+  model = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      model = next(l.split(":", 1)[1].strip() for l in f
+                   if l.startswith("model name"))
+  except (OSError, StopIteration):
+    pass
+  cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+           else os.cpu_count())
+  return f"{model}, {cores} cores"
 
 
 def read_record(workdir: str) -> dict:
