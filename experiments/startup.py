@@ -167,6 +167,9 @@ def table(runs: str) -> str:
       took = median(end, 1, n) - (median(start, 1, n) if start else 0)
       cells.append(f"{took:.2f}" if took else "-")
     lines.append(f"| {said_phase} | " + " | ".join(cells) + " |")
+  lines.append("| second run: the kernel check | " + " | ".join(
+      f"{median('check_s', 2, n):.2f}" if median("check_s", 2, n) else "-"
+      for n in names) + " |")
   return "\n".join(lines)
 
 
