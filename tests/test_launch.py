@@ -50,6 +50,8 @@ def test_launch_trains_and_writes_the_run_folder(prepared, tmp_path):
   assert record["config"]["model"] == "gru" and record["config"]["hidden"] == 16
   assert record["environment"]["packages"]["jax"]
   assert record["environment"]["devices"]
+  assert record["environment"]["cpu"].endswith(  # The results table names it.
+      f", {len(os.sched_getaffinity(0))} cores")
   # Asked of XLA for GPUs (a CPU ignores it), and recorded.
   assert "--xla_gpu_deterministic_ops=true" in (
       record["environment"]["env"]["XLA_FLAGS"].split())
