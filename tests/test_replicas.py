@@ -42,7 +42,8 @@ def test_member_states_are_those_of_single_runs():
   stacked = members.init_state(members.from_config(config), create)
   assert stacked.params["out"]["kernel"].shape == (3, 16, 10)
   for i in range(3):
-    single = create(jax.random.key(4 + i))
+    single = members.init_state(members.from_config(
+        config.replace(seed=4 + i, num_seeds=1)), create)
     for a, b in zip(jax.tree.leaves(single.params),
                     jax.tree.leaves(stacked.params)):
       np.testing.assert_array_equal(a, b[i])

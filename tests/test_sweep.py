@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mnist_jax import models
+from mnist_jax.data import datasets
 from mnist_jax.errors import UserError
 from mnist_jax.training import members as members_lib
 from mnist_jax import optim
@@ -166,7 +167,9 @@ def test_init_state_stacks_each_members_own_state_in_member_order():
     for key, values in held.items():
       assert values[m.index] == own[key], (m, key)
   assert [m.seed for m in members] == [5, 6] * 4
-  single = jax.jit(create)(jax.random.key(6))  # Member 1's seed.
+  single = members_lib.init_state(  # Member 1's own run.
+      members_lib.from_config(config.replace(seed=6, num_seeds=1, sweep="")),
+      create)
   for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(single.params)):
     np.testing.assert_array_equal(a[1], b)
     assert b.ndim == 1 or not np.array_equal(a[0], b)  # Seed 5's kernels differ.
@@ -187,3 +190,31 @@ def test_a_hyperparameter_read_by_several_optimizers(monkeypatch):
   for optimizer in optim.OPTIMIZERS:
     assert len(_sweep("learning_rate=1e-3,3e-3;weight_decay=0,1e-4",
                       optimizer=optimizer)) == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_the_initializer_compiled_for_speed_draws_the_default_compiles_bits(
+    name):
+  """members.INIT_OPTIONS (LLVM at -O1 on CPU: about half the compile) gives
+  every preset of every registered model the initial state XLA's default
+  level (3; the tests' own compiles use 0) gives, bit for bit: no README
+  number moves."""
+  options = members_lib.INIT_OPTIONS.get(jax.default_backend())
+  if not options:
+    pytest.skip(f"no initializer options on {jax.default_backend()}")
+  for preset in models.get(name).presets:
+    config = models.get_config(name, preset)
+    model, _ = models.build(config, say=lambda _: None)
+    create = functools.partial(
+        train.create_train_state, model=model,
+        tx=optim.make_optimizer(config, 10),
+        image_shape=datasets.get(config.dataset).image_shape)
+    key = jax.random.key(config.seed)
+    fast = jax.jit(create, compiler_options=options)(key)
+    default = jax.jit(create, compiler_options={
+        "xla_backend_optimization_level": 3})(key)
+    for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(default)):
+      if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+        a, b = jax.random.key_data(a), jax.random.key_data(b)
+      np.testing.assert_array_equal(a, b, err_msg=f"{name} --preset={preset}")
