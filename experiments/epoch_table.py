@@ -3,31 +3,36 @@ r"""docs/performance.md's epoch tables, from benchmark.py's and reference_torch.
   # Time every seed preset, alternating the layouts and PyTorch --repeats
   # times on one idle host, then rewrite the table from what they printed:
   python experiments/epoch_table.py --train --runs=runs/epochs --mnist_dir=DIR
-  # The tuned CNN with and without BatchNorm, alternated, and its table:
+  # A table of a few CNN commands side by side (COMPARED: batchnorm, layouts,
+  # impls), alternated, then written:
   python experiments/epoch_table.py --table=batchnorm --train \
       --runs=runs/batchnorm --mnist_dir=DIR
   # Rewrite a table from runs timed before; --check says whether it matches:
-  python experiments/epoch_table.py [--table=batchnorm] --runs=DIR [--check]
+  python experiments/epoch_table.py [--table=NAME] --runs=DIR [--check]
 
 --train runs each command of the table (TABLES) --repeats times in turn. The
 seed table's: `benchmark.py --model=M --preset=seed --epochs=3` (the default
 layout, --parallel=auto), the same with --parallel=none, and
 `reference_torch.py --model=M --epochs=3` where PyTorch is installed (its
-column is left empty where not). The batchnorm table's: `benchmark.py
---model=cnn --preset=tuned --epochs=3`, without and with
---set=cnn_batch_norm=true. Each keeps its JSON lines in the runs folder
-(KIND.N.jsonl) beside host.json (this host and the releases). Each figure is
-the median over the repeats of each run's epoch time (itself the median of
-the epochs after the first).
+column is left empty where not). A compared table's: its benchmark.py
+commands (batchnorm: the tuned CNN without and with BatchNorm; layouts: the
+seed CNN on one device, pmap and sharded; impls: the CNN's kernel and the
+BatchNorm CNN's convolutions as matmuls beside XLA's own layers, in ms a
+step). Each keeps its JSON lines in the runs folder (KIND.N.jsonl) beside
+host.json (this host and the releases). Each figure is the median over the
+repeats of each run's epoch time (itself the median of the epochs after the
+first).
 """
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
 import statistics
 import subprocess
 import sys
+from typing import Callable, Dict, List, NamedTuple, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -44,17 +49,65 @@ KINDS = {  # File prefix -> the command it times (`{m}`: the models).
     "torch": ["reference_torch.py", "--model={m}", "--epochs=3"],
 }
 TUNED_CNN = ["benchmark.py", "--model=cnn", "--preset=tuned", "--epochs=3"]
-BATCHNORM_KINDS = {  # The launch.py flags each adds to `--model=cnn`.
-    "plain": (TUNED_CNN, ""),
-    "batchnorm": (TUNED_CNN + ["--set=cnn_batch_norm=true"],
-                  " --cnn_batch_norm"),
+SEED_CNN = ["benchmark.py", "--model=cnn", "--preset=seed", "--epochs=3"]
+# A few hundred steps an epoch of the stock layers would take an hour: these
+# time 2 epochs of 5% of the training set, and give milliseconds a step.
+FEW_STEPS = ["--epochs=2", "--set=val_fraction=0.95"]
+SECONDS = ("seconds an epoch", "Seconds an epoch",
+           lambda row: row["epoch_time_s"])
+MS = ("ms a step", "Milliseconds a step",
+      lambda row: 1e3 * row["epoch_time_s"] / row["steps_per_epoch"])
+
+
+class Compared(NamedTuple):
+  """A table of a few commands side by side: what its first line times, its
+  unit (column name, first line's words, the figure from a benchmark.py
+  row), and its kinds of run (file prefix -> (benchmark.py's arguments, the
+  launch.py flags timed)); the first kind is the unit of the ratio column
+  (`ratio`)."""
+  subject: str
+  unit: Tuple[str, str, Callable[[dict], float]]
+  kinds: Dict[str, Tuple[List[str], str]]
+  ratio: str
+
+
+COMPARED = {
+    "batchnorm": Compared("the tuned CNN", SECONDS, {
+        "plain": (TUNED_CNN, "--model=cnn"),
+        "batchnorm": (TUNED_CNN + ["--set=cnn_batch_norm=true"],
+                      "--model=cnn --cnn_batch_norm"),
+    }, "/ plain CNN"),
+    "layouts": Compared("the seed CNN in each layout", SECONDS, {
+        "none": (SEED_CNN + ["--parallel=none"],
+                 "--model=cnn --preset=seed --parallel=none"),
+        "pmap": (SEED_CNN + ["--parallel=pmap"],
+                 "--model=cnn --preset=seed --parallel=pmap"),
+        "sharded": (SEED_CNN + ["--parallel=sharded"],
+                    "--model=cnn --preset=seed --parallel=sharded"),
+    }, "/ one device"),
+    "impls": Compared("the CNN's kernel and XLA's own layers", MS, {
+        "kernel": (SEED_CNN[:-1] + FEW_STEPS, "--model=cnn --preset=seed"),
+        "stock": (SEED_CNN[:-1] + FEW_STEPS + ["--set=impl=stock"],
+                  "--model=cnn --preset=seed --impl=stock"),
+        "matmuls": (TUNED_CNN[:-1] + FEW_STEPS + ["--set=cnn_batch_norm=true"],
+                    "--model=cnn --cnn_batch_norm"),
+        "bn_stock": (TUNED_CNN[:-1] + FEW_STEPS +
+                     ["--set=cnn_batch_norm=true", "--set=impl=stock"],
+                     "--model=cnn --cnn_batch_norm --impl=stock"),
+    }, "/ first row"),
 }
 MARKER = "<!-- epoch_table.py: {} -->"
-BATCHNORM_MARKER = "<!-- epoch_table.py, batchnorm: {} -->"
 
 
-def train(runs: str, kinds, names, repeats: int, data_flags) -> None:
-  """Runs each kind `repeats` times, alternated; writes their JSON lines."""
+def marker(name: str) -> str:
+  """A compared table's marker lines in the doc."""
+  return f"<!-- epoch_table.py, {name}: {{}} -->"
+
+
+def train(runs: str, kinds, names, repeats: int, data_flags,
+          more=()) -> None:
+  """Runs each kind `repeats` times, alternated (`more`: flags for each
+  benchmark.py run); writes their JSON lines."""
   os.makedirs(runs, exist_ok=True)
   torch = importlib.util.find_spec("torch") is not None
   import jax
@@ -64,7 +117,8 @@ def train(runs: str, kinds, names, repeats: int, data_flags) -> None:
       if kind == "torch" and not torch:
         continue
       argv = [sys.executable, os.path.join(ROOT, "experiments", command[0]),
-              *(a.format(m=",".join(names)) for a in command[1:]), *data_flags]
+              *(a.format(m=",".join(names)) for a in command[1:]), *data_flags,
+              *(more if command[0] == "benchmark.py" else ())]
       print(f"[{repeat + 1}/{repeats}] {' '.join(argv[1:])}", flush=True)
       out = subprocess.run(argv, capture_output=True, text=True, check=False)
       if out.returncode:
@@ -129,32 +183,35 @@ def table(runs: str) -> str:
                     f"of {repeats} alternated runs each.", ""] + lines)
 
 
-def batchnorm_table(runs: str) -> str:
-  """The tuned CNN's epoch with and without BatchNorm, from the runs folder."""
-  host = _host(runs)
-  timed = {k: _runs(runs, k).get("cnn") for k in BATCHNORM_KINDS}
+def compared_table(name: str, runs: str) -> str:
+  """COMPARED[name]'s table from the runs folder: a row per kind of run."""
+  compared, host = COMPARED[name], _host(runs)
+  timed = {k: _runs(runs, k).get("cnn") for k in compared.kinds}
   if not all(timed.values()):
     raise SystemExit(f"error: {runs} lacks a kind of run; run with --train")
-  plain = _median(timed["plain"])
-  lines = [f"Seconds an epoch of the tuned CNN (batch "
-           f"{timed['plain'][0]['batch_size']}) on {host['host']}, jax "
-           f"{host['jax']}; medians of {len(timed['plain'])} alternated runs "
-           "each.", "",
-           "| command | seconds an epoch | GFLOP/s | / plain CNN |",
+  first = next(iter(timed.values()))
+  unit, title, figure = compared.unit
+  values = {k: statistics.median(figure(r) for r in rows)
+            for k, rows in timed.items()}
+  lines = [f"{title} of {compared.subject} (batch "
+           f"{first[0]['batch_size']}) on {host['host']}, jax {host['jax']}; "
+           f"medians of {len(first)} alternated runs each.", "",
+           f"| command | {unit} | GFLOP/s | {compared.ratio} |",
            "| --- | ---: | ---: | ---: |"]
-  for kind, (_, flags) in BATCHNORM_KINDS.items():
-    epoch = _median(timed[kind])
-    lines.append(f"| `python launch.py --model=cnn{flags}` | {epoch:#.3g} | "
+  for kind, (_, flags) in compared.kinds.items():
+    lines.append(f"| `python launch.py {flags}` | "
+                 f"{f'{values[kind]:#.3g}'.rstrip('.')} | "
                  f"{_median(timed[kind], 'gflops'):.0f} | "
-                 f"{epoch / plain:.2f} |")
+                 f"{values[kind] / next(iter(values.values())):.2f} |")
   return "\n".join(lines)
 
 
 # Table name -> (its commands, its maker, its marker lines).
 TABLES = {
     "seed": (KINDS, table, MARKER),
-    "batchnorm": ({k: c for k, (c, _) in BATCHNORM_KINDS.items()},
-                  batchnorm_table, BATCHNORM_MARKER),
+    **{name: ({k: c for k, (c, _) in compared.kinds.items()},
+              functools.partial(compared_table, name), marker(name))
+       for name, compared in COMPARED.items()},
 }
 
 
@@ -167,14 +224,16 @@ def main(argv=None):
   p.add_argument("--models", default="all",
                  help="the seed table's: comma-separated, or all")
   p.add_argument("--repeats", type=int, default=2)
+  p.add_argument("benchmark_flags", nargs="*",
+                 help="after --: more benchmark.py flags for every run (tests)")
   args = p.parse_args(argv)
   names = list(models.MODELS) if args.models == "all" else args.models.split(",")
-  kinds, make, marker = TABLES[args.table]
+  kinds, make, lines = TABLES[args.table]
   if args.train:
     train(args.runs, kinds, names, args.repeats,
           [f"--{k}={v}" for k in ("mnist_dir", "data_dir")
-           if (v := getattr(args, k))])
-  speedrun.write_table(args.doc, make(args.runs), marker,
+           if (v := getattr(args, k))], args.benchmark_flags)
+  speedrun.write_table(args.doc, make(args.runs), lines,
                        f"{args.table} epoch", args.check)
 
 

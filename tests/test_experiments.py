@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_digits, train_core
+from experiments import epoch_table
 from experiments import profile_chunk
 from mnist_jax import models
 from mnist_jax.data import pipeline
@@ -80,28 +81,55 @@ def test_every_script_answers_help(tmp_path):
 
 
 @pytest.mark.slow
-def test_tensorboard_cost_replays_a_finished_run(tiny_run):
+def test_tensorboard_cost_replays_a_finished_run(tiny_run, tmp_path):
   """tensorboard_cost.py drives the run's own TensorBoard writer, so an
-  interface change of the writer fails here rather than in a user's hands."""
+  interface change of the writer fails here rather than in a user's hands;
+  with --runs it writes the doc's table, a row per run and member count, and
+  --check then finds it matching."""
+  from experiments import tensorboard_cost  # pylint: disable=g-import-not-at-top
+  doc = tmp_path / "performance.md"
+  shutil.copy(os.path.join(ROOT, "docs", "performance.md"), doc)
   script = os.path.join(ROOT, "experiments", "tensorboard_cost.py")
-  for members in ("1", "3"):
-    [run] = _run([[script, [f"--run={tiny_run}", f"--members={members}",
-                            "--repeats=3"]]])
-    assert run["status"] == 0, run["err"]
-    result = json.loads(run["out"])
-    assert result["members"] == int(members) and result["event_bytes"] > 0
+  keep = [f"--runs={tmp_path / 'r'}", f"--doc={doc}"]
+  [run, check] = _run([
+      [script, [f"--run={tiny_run}", "--members=1,3", "--repeats=3", "--train",
+                *keep]], [script, keep + ["--check"]]])
+  assert run["status"] == 0, run["err"]
+  results = [json.loads(l) for l in run["out"].splitlines() if l.startswith("{")]
+  assert [r["members"] for r in results] == [1, 3]
+  assert all(r["event_bytes"] > 0 for r in results)
+  marker = tensorboard_cost.MARKER
+  table = doc.read_text().split(marker.format("table"))[1].split(
+      marker.format("end"))[0]
+  assert [l.split(" | ")[:2] for l in table.splitlines()
+          if l.startswith("| mlp")] == [["| mlp (seed)", "1"],
+                                        ["| mlp (seed)", "3"]], table
+  assert check["status"] == 0 and "matches" in check["out"], check
 
 
 @pytest.mark.slow
-def test_pixel_rnn_times_a_step_with_and_without_remat():
-  """pixel_rnn.py compiles the run's own train chunk on 784-step sequences."""
+def test_pixel_rnn_times_a_step_with_and_without_remat(tmp_path):
+  """pixel_rnn.py compiles the run's own train chunk on 784-step sequences;
+  with --runs it writes the doc's table (a row per setting), which --check
+  then finds matching."""
+  from experiments import pixel_rnn  # pylint: disable=g-import-not-at-top
+  doc = tmp_path / "performance.md"
+  shutil.copy(os.path.join(ROOT, "docs", "performance.md"), doc)
   script = os.path.join(ROOT, "experiments", "pixel_rnn.py")
-  [run] = _run([[script, ["--model=rnn", "--steps=1", "--repeats=1",
-                          "--batch_size=4"]]])
+  keep = [f"--runs={tmp_path / 'r'}", f"--doc={doc}"]
+  [run, check] = _run([
+      [script, ["--model=rnn", "--steps=1", "--repeats=1", "--batch_size=4",
+                "--train", *keep]], [script, keep + ["--check"]]])
   assert run["status"] == 0, run["err"]
-  lines = run["out"].splitlines()
-  assert len(lines) == 2 and "'remat': True" in lines[1], run["out"]
+  lines = run["out"].splitlines()[:2]
+  assert "'remat': True" in lines[1], run["out"]
   assert all("ms/step" in line and "temp memory" in line for line in lines)
+  table = doc.read_text().split(pixel_rnn.MARKER.format("table"))[1].split(
+      pixel_rnn.MARKER.format("end"))[0]
+  assert [l.split("`")[1] for l in table.splitlines() if l.startswith("| `")
+          ] == ["python launch.py --model=rnn --preset=pixels",
+                "python launch.py --model=rnn --preset=pixels --remat"], table
+  assert check["status"] == 0 and "matches" in check["out"], check
 
 
 def _script(name):
@@ -306,19 +334,22 @@ def _matches(check):
 
 
 @pytest.mark.slow
-def test_epoch_table_times_the_batchnorm_cnn_beside_the_plain_one(
-    prepared, tmp_path):
-  """--table=batchnorm: a row per kind of run, the plain one the unit of the
-  ratio column; --check then finds the table matching the runs."""
-  from experiments import epoch_table  # pylint: disable=g-import-not-at-top
+@pytest.mark.parametrize("name", sorted(epoch_table.COMPARED))
+def test_epoch_table_times_the_compared_commands_side_by_side(
+    name, prepared, tmp_path):
+  """--table=NAME: a row per kind of run, the first the unit of the ratio
+  column; --check then finds the table matching the runs."""
+  compared = epoch_table.COMPARED[name]
   table, check = _timed_table(
-      "epoch_table.py", epoch_table.BATCHNORM_MARKER,
-      ["--table=batchnorm", "--repeats=1"], prepared, tmp_path)
+      "epoch_table.py", epoch_table.marker(name),
+      [f"--table={name}", "--repeats=1", "--", "--batch_size=8"], prepared,
+      tmp_path)
   rows = [l for l in table.splitlines() if l.startswith("| `python")]
   assert [r.split("`")[1] for r in rows] == [
-      f"python launch.py --model=cnn{flags}"
-      for _, flags in epoch_table.BATCHNORM_KINDS.values()], table
+      f"python launch.py {flags}" for _, flags in compared.kinds.values()
+  ], table
   assert rows[0].endswith("| 1.00 |") and "jax " in table
+  assert f"| {compared.unit[0]} |" in table and compared.subject in table
   assert _matches(check)
 
 
