@@ -17,6 +17,12 @@ with `git show`), so before and after come from one command:
       --seed=0 --baseline_rev=HEAD~3
   python experiments/photo_digits.py --run=RUN --mnist_dir=DIR --num=12 \
       --montage=docs/img/photo_digits.png --samples=photos/
+  # docs/performance.md's photo table: photos of 1,000 digits at seeds 0 and
+  # 1 and all 10,000 clean ones, now and before photos were handled
+  # (BEFORE_PHOTOS), kept in a runs folder; without --train, the table from
+  # them (--check: whether the doc matches them):
+  python experiments/photo_digits.py --table --train --runs=runs/photos \
+      --run=RUN --mnist_dir=DIR
 
 Importing this module has no side effects: tests use `render_photo`,
 `clean_scan` and `mnist_style` on synthetic digits.
@@ -48,7 +54,17 @@ from mnist_jax.data import pipeline
 from mnist_jax.errors import UserError
 from mnist_jax.results import plots
 from mnist_jax.results import run as run_lib
+from mnist_jax.rundir import metrics_log
+from experiments import speedrun
 # pylint: enable=g-import-not-at-top,wrong-import-position
+
+TABLE_MARKER = "<!-- photo_digits.py: {} -->"
+# The table's cells: (kind, seed, digits), photos at two seeds, clean cases.
+TABLE_CASES = (("photo", 0, 1000), ("photo", 1, 1000), ("scan", 0, 10000),
+               ("mnist", 0, 10000))
+# The preprocess before photos were handled: the revision before the one that
+# added `def _paper` (its paper estimate).
+BEFORE_PHOTOS = "git log --format=%h -S 'def _paper' | tail -1"
 
 PAPERS = {  # RGB of the paper in full light.
     "white": (238, 238, 232),
@@ -298,7 +314,19 @@ def _parse_args():
   parser.add_argument("--montage", help="save the first --montage_count photos "
                       "with the run's answers as this PNG")
   parser.add_argument("--montage_count", type=int, default=12)
+  parser.add_argument("--table", action="store_true",
+                      help="docs/performance.md's photo table (module doc)")
+  parser.add_argument("--runs", help="--table: the folder of its timings")
+  parser.add_argument("--train", action="store_true",
+                      help="--table: measure first (needs --run)")
+  parser.add_argument("--check", action="store_true",
+                      help="--table: say whether the doc matches the runs")
+  parser.add_argument("--doc", default=speedrun.DOC)
   args = parser.parse_args()
+  if args.table:
+    if not args.runs or (args.train and not args.run):
+      parser.error("--table needs --runs=DIR, and --run=RUN with --train")
+    return args
   args.kinds = args.kinds.split(",")
   if not set(args.kinds) <= {"photo", "scan", "mnist"}:
     parser.error("--kinds: each must be photo, scan or mnist")
@@ -342,19 +370,87 @@ def measure(run, kinds, methods, labels):
   return results
 
 
+def _chosen(images, labels, seed: int, num: int):
+  """The `num` test digits [num, 28, 28] and labels seed picks."""
+  chosen = np.random.default_rng(seed).choice(
+      len(images), min(num, len(images)), replace=False)
+  return images[chosen], labels[chosen]
+
+
+def _photos(digits, seed: int):
+  start = time.perf_counter()
+  photos = [photo_jpeg(d, np.random.default_rng([seed, i]))
+            for i, d in enumerate(digits)]
+  print(f"{len(photos)} photos of test digits, seed {seed} "
+        f"({time.perf_counter() - start:.0f}s to render)", flush=True)
+  return photos
+
+
+def _table_runs(args):
+  """Measures TABLE_CASES now and before photos were handled; their rows."""
+  rev = subprocess.run(BEFORE_PHOTOS, shell=True, cwd=ROOT, text=True,
+                       capture_output=True, check=False).stdout.strip()
+  if not rev:
+    sys.exit("error: this clone's history lacks the commit that added photo "
+             "handling; measure in a full clone of the repository")
+  methods = {"now": images_lib.preprocess,
+             "before": baseline_preprocess(f"{rev}~1")}
+  run = run_lib.load_run(args.run)
+  images, labels = test_digits(args.mnist_dir, args.data_dir)
+  rows = []
+  for kind, seed, num in TABLE_CASES:
+    digits, truth = _chosen(images, labels, seed, num)
+    pictures = {"photo": lambda: _photos(digits, seed),
+                "scan": lambda: [clean_scan(d) for d in digits],
+                "mnist": lambda: [mnist_style(d) for d in digits]}[kind]()
+    results = measure(run, {kind: pictures}, methods, truth)
+    rows += [{"kind": kind, "seed": seed, "digits": len(digits),
+              "method": method, "accuracy": float(np.mean(
+                  results[method, kind][1] == truth))} for method in methods]
+  final = metrics_log.final_metrics(args.run) or {}
+  for row in rows:
+    row["run"] = os.path.basename(os.path.normpath(args.run))
+    row["run_test_accuracy"] = final.get("test_accuracy")
+  return rows
+
+
+def table(rows, host) -> str:
+  """The photo table from _table_runs' rows."""
+  cell = {(r["method"], r["kind"], r["seed"]): r["accuracy"] for r in rows}
+  head = {"photo": "photos, seed {}", "scan": "clean scans",
+          "mnist": "MNIST images"}
+  first = rows[0]
+  own = first["run_test_accuracy"]
+  lines = [f"Accuracy of the run {first['run']}"
+           + (f" ({100 * own:.2f}% on MNIST's test set)" if own else "")
+           + f" on {host['host']}, jax {host['jax']}: photos of "
+           f"{first['digits']:,} test digits a seed; clean cases: all "
+           f"{rows[-1]['digits']:,}.", "",
+           "| preprocess | " + " | ".join(
+               head[k].format(seed) for k, seed, _ in TABLE_CASES) + " |",
+           "|---|" + "---:|" * len(TABLE_CASES)]
+  for method, name in (("before", "before (crop and centre only)"),
+                       ("now", "now")):
+    lines.append(f"| {name} | " + " | ".join(
+        f"{100 * cell[method, k, seed]:.2f}%" for k, seed, _ in TABLE_CASES)
+                 + " |")
+  return "\n".join(lines)
+
+
 def main():
   args = _parse_args()
+  if args.table:
+    if args.train:
+      speedrun.save_timed(args.runs, "photos.jsonl", _table_runs(args))
+    rows, host = speedrun.load_timed(args.runs, "photos.jsonl")
+    speedrun.write_table(args.doc, table(rows, host), TABLE_MARKER, "photo",
+                         args.check)
+    return
   images, labels = test_digits(args.mnist_dir, args.data_dir)
-  chosen = np.random.default_rng(args.seed).choice(
-      len(images), min(args.num, len(images)), replace=False)
-  digits, labels = images[chosen], labels[chosen]
+  digits, labels = _chosen(images, labels, args.seed, args.num)
   photos = []
   if "photo" in args.kinds or args.samples:
-    start = time.perf_counter()
-    photos = [photo_jpeg(d, np.random.default_rng([args.seed, i]))
-              for i, d in enumerate(digits)]
-    print(f"{len(photos)} photos of test digits, seed {args.seed} "
-          f"({time.perf_counter() - start:.0f}s to render)", flush=True)
+    photos = _photos(digits, args.seed)
   if args.samples:
     _write_samples(args.samples, photos, digits, labels, args.sample_count)
   if not args.run:

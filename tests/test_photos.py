@@ -1,6 +1,11 @@
 """images.preprocess on phone-photo-like pictures (experiments/photo_digits.py's
 renderings of synthetic digits) and on pictures with no digit."""
 
+import os
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
@@ -9,6 +14,8 @@ import pytest
 
 from experiments import photo_digits
 from mnist_jax.data import images
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Polylines on a 28x28 grid, drawn 4x larger and shrunk (anti-aliased strokes
 # about 3 px wide, as MNIST's).
@@ -94,3 +101,28 @@ def test_the_test_digits_are_grey_28x28_arrays_the_renderers_take(idx_dir):
   assert digits.shape[1:] == (28, 28) and len(labels) == len(digits)
   photo = photo_digits.photo_jpeg(digits[0], np.random.default_rng([0, 0]))
   assert photo
+
+
+@pytest.mark.slow
+def test_the_photo_table_measures_a_run_now_and_before_photos(
+    idx_dir, tiny_run, tmp_path):
+  """photo_digits.py --table --train: each case (TABLE_CASES) now and with
+  the preprocess before photos were handled, into a copy of
+  docs/performance.md; --check then finds the table matching the runs."""
+  doc = tmp_path / "performance.md"
+  shutil.copy(os.path.join(ROOT, "docs", "performance.md"), doc)
+  base = [sys.executable, photo_digits.__file__, "--table",
+          f"--runs={tmp_path / 'r'}", f"--doc={doc}"]
+  made = subprocess.run(base + ["--train", f"--run={tiny_run}",
+                                f"--mnist_dir={idx_dir}"],
+                        capture_output=True, text=True, check=False)
+  assert made.returncode == 0, made.stderr[-3000:]
+  marker = photo_digits.TABLE_MARKER
+  table = doc.read_text().split(marker.format("table"))[1].split(
+      marker.format("end"))[0]
+  rows = [l for l in table.splitlines() if l.startswith(("| before", "| now"))]
+  assert len(rows) == 2 and all(
+      r.count("%") == len(photo_digits.TABLE_CASES) for r in rows), table
+  check = subprocess.run(base + ["--check"], capture_output=True, text=True,
+                         check=False)
+  assert check.returncode == 0 and "matches" in check.stdout, check.stdout

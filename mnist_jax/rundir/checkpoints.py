@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from mnist_jax.errors import UserError, first_line
+from mnist_jax.rundir import record
 from mnist_jax.training import train
 
 CHECKPOINT_DIR = "checkpoints"
@@ -174,6 +175,13 @@ def read_meta(workdir: str, checkpoints) -> Tuple[int, dict]:
   checksum."""
   step = checkpoints.latest_step()
   if step is None:
+    state, last = record.status(workdir)
+    if state == "diverged":  # Its same command would stop at once.
+      raise CheckpointError(
+          f"{workdir} has no checkpoint: its training diverged at step "
+          f"{last.get('step')}, epoch {last.get('epoch')}, before the first "
+          "was saved; lower --learning_rate or set --grad_clip in its "
+          f"training command and run it with --workdir={workdir} --overwrite")
     raise CheckpointError(
         f"{workdir} has no complete checkpoint yet (its training stopped "
         "before the first was saved); train it first: its training command, "

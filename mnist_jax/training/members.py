@@ -145,9 +145,9 @@ def from_config(config) -> Tuple[Member, ...]:
   return tuple(out)
 
 
-# The initializer (random bits, truncated normals: elementwise, no sums)
-# compiles in about half the time with LLVM at -O1 on CPU, to the same bits
-# (tests/test_sweep.py holds it for every model's presets).
+# The initializer compiles in about half the time with LLVM at -O1 on CPU, to
+# the bits of XLA's default level (tests/test_sweep.py holds it for every
+# preset of every model).
 INIT_OPTIONS = {"cpu": {"xla_backend_optimization_level": 1}}
 
 
