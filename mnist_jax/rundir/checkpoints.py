@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from mnist_jax.errors import UserError, first_line
-from mnist_jax.rundir import record
+from mnist_jax.rundir import record as run_record
 from mnist_jax.training import train
 
 CHECKPOINT_DIR = "checkpoints"
@@ -175,7 +175,7 @@ def read_meta(workdir: str, checkpoints) -> Tuple[int, dict]:
   checksum."""
   step = checkpoints.latest_step()
   if step is None:
-    state, last = record.status(workdir)
+    state, last = run_record.status(workdir)
     if state == "diverged":  # Its same command would stop at once.
       raise CheckpointError(
           f"{workdir} has no checkpoint: its training diverged at step "
