@@ -440,9 +440,8 @@ def table(rows, host) -> str:
 def main():
   args = _parse_args()
   if args.table:
-    if args.train:
-      speedrun.save_timed(args.runs, "photos.jsonl", _table_runs(args))
-    rows, host = speedrun.load_timed(args.runs, "photos.jsonl")
+    rows, host = speedrun.timed(args, "photos.jsonl",
+                                lambda: _table_runs(args))
     speedrun.write_table(args.doc, table(rows, host), TABLE_MARKER, "photo",
                          args.check)
     return

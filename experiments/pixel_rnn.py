@@ -97,25 +97,17 @@ def main(argv=None):
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--batch_size", type=int, default=128)
-  parser.add_argument("--runs", default=None,
-                      help="keep the timings here and write the doc's table")
-  parser.add_argument("--train", action="store_true",
-                      help="with --runs: time first (without: table only)")
-  parser.add_argument("--check", action="store_true",
-                      help="say whether the doc matches the runs; write nothing")
-  parser.add_argument("--doc", default=speedrun.DOC)
+  speedrun.add_table_flags(parser, runs_required=False, data=False)
   args = parser.parse_args(argv)
   process.split_host()  # The devices launch.py would make (--parallel=auto).
   process.setup_process()
-  if args.runs and not args.train:
-    rows, host = speedrun.load_timed(args.runs, "pixels.jsonl")
-  else:
-    rows = [measure(args.model, args.steps, args.repeats, remat=remat,
-                    batch_size=args.batch_size) for remat in (False, True)]
-    if not args.runs:
-      return
-    speedrun.save_timed(args.runs, "pixels.jsonl", rows)
-    rows, host = speedrun.load_timed(args.runs, "pixels.jsonl")
+  measure_all = lambda: [
+      measure(args.model, args.steps, args.repeats, remat=remat,
+              batch_size=args.batch_size) for remat in (False, True)]
+  if not args.runs:
+    measure_all()
+    return
+  rows, host = speedrun.timed(args, "pixels.jsonl", measure_all)
   speedrun.write_table(args.doc, table(rows, host), MARKER, "pixels",
                        args.check)
 

@@ -26,6 +26,7 @@ import re
 import subprocess
 import sys
 import time
+from typing import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -136,17 +137,18 @@ def replace(text: str, body: str, marker: str = MARKER) -> str:
   return f"{head}{start}\n{body}\n{end}{rest.split(end, 1)[1]}"
 
 
-def add_table_flags(p, runs_required: bool = True) -> None:
+def add_table_flags(p, runs_required: bool = True, data: bool = True) -> None:
   """The flags every doc-table script shares: where its runs are kept,
-  whether to time them first, --check, the doc, and the data."""
+  whether to time them first, --check, the doc, and (`data`) the data."""
   p.add_argument("--runs", required=runs_required,
                  help="the folder of the timed runs")
   p.add_argument("--train", action="store_true", help="time them first")
   p.add_argument("--check", action="store_true",
                  help="say whether the doc matches the runs; write nothing")
   p.add_argument("--doc", default=DOC, help="the file holding the table")
-  p.add_argument("--mnist_dir", default=None)
-  p.add_argument("--data_dir", default=None)
+  if data:
+    p.add_argument("--mnist_dir", default=None)
+    p.add_argument("--data_dir", default=None)
 
 
 def save_timed(runs: str, name: str, rows) -> None:
@@ -158,6 +160,14 @@ def save_timed(runs: str, name: str, rows) -> None:
     f.write("".join(json.dumps(r) + "\n" for r in rows))
   files.write_json(os.path.join(runs, "host.json"),
                    {"host": host(), "jax": jax.__version__})
+
+
+def timed(args, name: str, measure: Callable[[], list]):
+  """(rows, host.json's dict) of a doc table: with args.train measured
+  (measure()) and kept in args.runs/name first, else as kept before."""
+  if args.train:
+    save_timed(args.runs, name, measure())
+  return load_timed(args.runs, name)
 
 
 def load_timed(runs: str, name: str):

@@ -124,28 +124,23 @@ def main(argv=None):
   parser.add_argument("--members", default="1",
                       help="member counts, comma-separated")
   parser.add_argument("--repeats", type=int, default=200)
-  parser.add_argument("--runs", default=None,
-                      help="keep the timings here and write the doc's table")
-  parser.add_argument("--train", action="store_true",
-                      help="with --runs: time first (without: table only)")
-  parser.add_argument("--check", action="store_true",
-                      help="say whether the doc matches the runs; write nothing")
-  parser.add_argument("--doc", default=speedrun.DOC)
+  speedrun.add_table_flags(parser, runs_required=False, data=False)
   args = parser.parse_args(argv)
-  if args.runs and not args.train:
-    rows, host = speedrun.load_timed(args.runs, "tensorboard.jsonl")
-  else:
-    if not args.run:
-      parser.error("--run names no run folder")
+  if not (args.run or args.runs and not args.train):
+    parser.error("--run names no run folder")
+
+  def measure_all():
     rows = []
     for run in args.run.split(","):
       for members in args.members.split(","):
         rows.append(measure(run, int(members), args.repeats))
         print(json.dumps(rows[-1]), flush=True)
-    if not args.runs:
-      return
-    speedrun.save_timed(args.runs, "tensorboard.jsonl", rows)
-    rows, host = speedrun.load_timed(args.runs, "tensorboard.jsonl")
+    return rows
+
+  if not args.runs:
+    measure_all()
+    return
+  rows, host = speedrun.timed(args, "tensorboard.jsonl", measure_all)
   speedrun.write_table(args.doc, table(rows, host), MARKER, "TensorBoard",
                        args.check)
 
