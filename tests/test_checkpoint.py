@@ -422,8 +422,9 @@ def test_launch_refuses_a_damaged_run_in_one_line(tiny_run, tmp_path, spoil):
          f"--workdir={workdir}", f"--image={image}"], cwd=lh.ROOT,
         capture_output=True, text=True, timeout=120, env=lh.child_env())
     assert p.returncode == 1, (p.stdout, p.stderr)
-    [line] = p.stderr.strip().splitlines()
-    assert line.startswith("error: "), p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), p.stderr
+    line = lines[0]
     if spoil is _unreadable_arrays:
       assert line.startswith(f"error: the checkpoint {step} cannot be read by "
                              "this user ("), line

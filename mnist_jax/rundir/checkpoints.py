@@ -31,10 +31,11 @@ PARTS = tuple(f.name for f in dataclasses.fields(train.TrainState)
 
 def _not_orbax_leftover(record: logging.LogRecord) -> bool:
   """False for what asyncio logs, whenever garbage collection comes to it, of
-  orbax's abandoned reads (a future's tensorstore error never retrieved)."""
+  orbax's abandoned reads (a future's tensorstore error never retrieved: under
+  load its text names only the OCDBT database read)."""
   text = f"{record.getMessage()} {record.exc_info and record.exc_info[1]!r}"
   return not any(s in text for s in ("tensorstore", f"{os.sep}orbax{os.sep}",
-                                     "Event loop is closed"))
+                                     "OCDBT database", "Event loop is closed"))
 
 
 @functools.cache
