@@ -64,7 +64,7 @@ TABLE_CASES = (("photo", 0, 1000), ("photo", 1, 1000), ("scan", 0, 10000),
                ("mnist", 0, 10000))
 # The preprocess before photos were handled: the revision before the one that
 # added `def _paper` (its paper estimate).
-BEFORE_PHOTOS = "git log --format=%h -S 'def _paper' | tail -1"
+BEFORE_PHOTOS = ["git", "log", "--format=%h", "-S", "def _paper"]
 
 PAPERS = {  # RGB of the paper in full light.
     "white": (238, 238, 232),
@@ -388,8 +388,9 @@ def _photos(digits, seed: int):
 
 def _table_runs(args):
   """Measures TABLE_CASES now and before photos were handled; their rows."""
-  rev = subprocess.run(BEFORE_PHOTOS, shell=True, cwd=ROOT, text=True,
-                       capture_output=True, check=False).stdout.strip()
+  added = subprocess.run(BEFORE_PHOTOS, cwd=ROOT, text=True,
+                         capture_output=True, check=False).stdout.split()
+  rev = added[-1] if added else None  # The oldest: where it was added.
   if not rev:
     sys.exit("error: this clone's history lacks the commit that added photo "
              "handling; measure in a full clone of the repository")
