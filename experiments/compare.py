@@ -544,7 +544,7 @@ def read_runs(paths: Sequence[str]) -> Tuple[List[dict], list]:
                  "compare run folders launch.py wrote")
     if s is None and not problem:
       state, last = record.status(run)
-      problem = (("diverged " + resume.diverged_at(last), "lower its "
+      problem = (("diverged " + record.diverged_at(last), "lower its "
                   "--learning_rate or set --grad_clip and train it again")
                  if state == "diverged" else
                  ("is unfinished", "its launch.py command resumes it"))

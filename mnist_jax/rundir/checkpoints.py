@@ -179,9 +179,8 @@ def read_meta(workdir: str, checkpoints) -> Tuple[int, dict]:
     state, last = run_record.status(workdir)
     if state == "diverged":  # Its same command would stop at once.
       raise CheckpointError(
-          f"{workdir} has no checkpoint: its training diverged at step "
-          f"{last.get('step')}, epoch {last.get('epoch')}, before the first "
-          "was saved; lower --learning_rate or set --grad_clip in its "
+          f"{workdir} has no checkpoint: its training diverged "
+          f"{run_record.diverged_at(last)}, before the first was saved; lower --learning_rate or set --grad_clip in its "
           f"training command and run it with --workdir={workdir} --overwrite")
     raise CheckpointError(
         f"{workdir} has no complete checkpoint yet (its training stopped "

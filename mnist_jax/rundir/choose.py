@@ -106,7 +106,7 @@ def choose(config: config_lib.Config, overwrite: bool = False,
   settled = [r for r in runs if r.status != "running"]
   if settled and settled[0].status == "diverged":
     raise Diverged(f"{settled[0].path} trained these settings and diverged "
-                   f"({resume.diverged_at(settled[0].last)}); they would "
+                   f"({record.diverged_at(settled[0].last)}); they would "
                    "diverge again at the same step, so nothing was started: "
                    "lower --learning_rate or set --grad_clip (a new run "
                    "folder starts), or pass --overwrite to train them again "

@@ -211,6 +211,12 @@ def finished(workdir: str) -> bool:
     return False
 
 
+def diverged_at(row: Optional[dict]) -> str:
+  """Where a diverged run's last row says it diverged, in words."""
+  row = row or {}
+  return f"at step {row.get('step')}, epoch {row.get('epoch')}"
+
+
 def status(workdir: str) -> Tuple[str, Optional[dict]]:
   """(state, last metrics row): "finished", "diverged" (its last row says
   so) or "unfinished" (also trained to the end, its report incomplete)."""
