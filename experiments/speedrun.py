@@ -1,4 +1,5 @@
-"""The speedrun: seconds from launching a command to a 5-seed mean test accuracy.
+"""The speedrun: seconds from launching a command to a 5-seed mean test accuracy
+of 99% (and of 99.5%).
 
   # Train the rows below at two seed offsets, timed from a new user's cold
   # start, then rewrite docs/performance.md's speedrun table from the runs:
@@ -40,6 +41,10 @@ from mnist_jax.rundir import record as run_record
 ROWS = (
     ("5 seeds", ["--model=cnn", "--preset=speedrun", "--num_seeds=5"]),
     ("1 seed", ["--model=cnn", "--preset=speedrun", "--num_seeds=1"]),
+    # The best preset at the fewest epochs (of 18, 12, 8, 6) whose 5-seed mean
+    # validation accuracy reached 99.55% (--val_fraction=0.1, seeds 300-304).
+    ("to 99.5%", ["--model=cnn", "--preset=best", "--epochs=8",
+                  "--num_seeds=5"]),
 )
 OFFSETS = "5000,7000"  # Seeds no choice of the preset was made on.
 ANCHOR = ("published, not measured here: \"Training a NN to 99% accuracy on "
@@ -110,7 +115,8 @@ def rows(runs: str, offsets):
     n = len(t["test_accuracies"])
     mean = sum(t["test_accuracies"]) / n
     std = (sum((a - mean) ** 2 for a in t["test_accuracies"]) / n) ** 0.5
-    out.append([f"PyTorch, the same recipe (`{t['command']}`)", str(n),
+    out.append([f"PyTorch, the `speedrun` preset's recipe "
+                f"(`{t['command']}`)", str(n),
                 f"{100 * mean:.2f} ± {100 * std:.2f}%", "-",
                 f"{t['to_result_s']:.1f} s", f"{t['to_result_s'] / n:.1f} s",
                 "-", f"{t['host']}, torch {t['torch']}"])
@@ -204,15 +210,22 @@ def main(argv=None):
   add_table_flags(p)
   p.add_argument("--offsets", default=OFFSETS,
                  help="the first seed of each run, comma-separated")
+  p.add_argument("--rows", default=",".join(name for name, _ in ROWS),
+                 help="with --train, the rows to time (the others are read "
+                 "from the runs), comma-separated")
   p.add_argument("launch_flags", nargs="*",
                  help="after --: more launch.py flags for every row (tests)")
   args = p.parse_args(argv)
   data_flags = [f"--{k}={v}" for k in ("mnist_dir", "data_dir")
                 if (v := getattr(args, k))]
   offsets = [int(o) for o in args.offsets.split(",")]
+  chosen = args.rows.split(",")
+  if unknown := set(chosen) - {name for name, _ in ROWS}:
+    p.error(f"--rows: no row {sorted(unknown)[0]!r}; the rows are "
+            f"{', '.join(name for name, _ in ROWS)}")
   if args.train:
     for name, flags in ROWS:
-      for offset in offsets:
+      for offset in offsets if name in chosen else ():
         workdir = os.path.join(args.runs, f"{name.replace(' ', '_')}-{offset}")
         train([*flags, f"--seed={offset}", *args.launch_flags], workdir,
               data_flags)
