@@ -126,7 +126,7 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=200)
   speedrun.add_table_flags(parser, runs_required=False, data=False)
   args = parser.parse_args(argv)
-  if not (args.run or args.runs and not args.train):
+  if not (args.run or (args.runs and not args.train)):  # Only reads a table.
     parser.error("--run names no run folder")
 
   def measure_all():

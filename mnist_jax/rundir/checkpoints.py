@@ -180,8 +180,9 @@ def read_meta(workdir: str, checkpoints) -> Tuple[int, dict]:
     if state == "diverged":  # Its same command would stop at once.
       raise CheckpointError(
           f"{workdir} has no checkpoint: its training diverged "
-          f"{run_record.diverged_at(last)}, before the first was saved; lower --learning_rate or set --grad_clip in its "
-          f"training command and run it with --workdir={workdir} --overwrite")
+          f"{run_record.diverged_at(last)}, before the first was saved; "
+          "lower --learning_rate or set --grad_clip in its training command "
+          f"and run it with --workdir={workdir} --overwrite")
     raise CheckpointError(
         f"{workdir} has no complete checkpoint yet (its training stopped "
         "before the first was saved); train it first: its training command, "

@@ -68,9 +68,9 @@ def check_not_diverged(workdir: str, config: config_lib.Config) -> None:
   state, last = record.status(workdir)
   if same and state == "diverged":
     raise Diverged(f"{workdir} diverged with these settings "
-                   f"({record.diverged_at(last)}); resuming would diverge again at "
-                   "the same step: lower --learning_rate or set --grad_clip "
-                   "and add --overwrite to start it over")
+                   f"({record.diverged_at(last)}); resuming would diverge "
+                   "again at the same step: lower --learning_rate or set "
+                   "--grad_clip and add --overwrite to start it over")
 
 
 def missing_final_checkpoint(workdir: str) -> Optional[str]:
