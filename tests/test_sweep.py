@@ -171,8 +171,15 @@ def test_init_state_stacks_each_members_own_state_in_member_order():
       members_lib.from_config(config.replace(seed=6, num_seeds=1, sweep="")),
       create)
   for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(single.params)):
-    np.testing.assert_array_equal(a[1], b)
     assert b.ndim == 1 or not np.array_equal(a[0], b)  # Seed 5's kernels differ.
+  data = lambda x: (jax.random.key_data(x) if jax.dtypes.issubdtype(
+      x.dtype, jax.dtypes.prng_key) else x)
+  leaves = jax.tree.leaves(jax.tree.map(data, state))
+  own = jax.tree.leaves(jax.tree.map(data, single))
+  assert len(leaves) == len(own)
+  for a, b in zip(leaves, own):  # All of it: parameters, optimizer, keys.
+    assert a.shape == (8, *b.shape)
+    np.testing.assert_array_equal(a[1], b)
   np.testing.assert_array_equal(state.step, np.zeros(8))
 
 

@@ -288,11 +288,12 @@ register(ModelSpec(
         "fast": dict(base="seed", cnn_features=(16, 32), epochs=3,
                      learning_rate=5e-3, schedule="onecycle",
                      val_fraction=0.0),
-        # experiments/speedrun.py's: fast's network in 2 epochs, fixed on a
-        # validation split (2 epochs at 1e-2: 99.15% over 6 seeds; 1-epoch
-        # variants 98.8-99.0%).
-        "speedrun": dict(base="fast", epochs=2, learning_rate=1e-2,
-                         label_smoothing=0.1),
+        # experiments/speedrun.py's, fixed on a validation split: the fewest
+        # seconds whose 5-seed mean held 99.1% at two seed offsets (fast's
+        # network 99.17%; 12 first-layer filters, a fifth faster, 99.12-
+        # 99.15%; narrower, or one epoch, 98.8-99.1%).
+        "speedrun": dict(base="fast", cnn_features=(12, 32), epochs=2,
+                         learning_rate=1e-2, label_smoothing=0.1),
         "best": dict(base="seed", cnn_features=(32, 64, 128),
                      cnn_padding="SAME", cnn_dense=256, dropout=0.25,
                      epochs=18, learning_rate=3e-3, schedule="onecycle",
