@@ -168,8 +168,8 @@ def init_state(members: Sequence[Member], create):
   stack = lambda *s: jax.tree.map(lambda *leaves: jnp.stack(leaves), *s)
   if traced:
     return stack(*states)
-  # One program (eager jnp.stack compiles once for each leaf's shape), a
-  # copy: the same bits at LLVM's -O0, which compiles it in a third the time.
+  # One program (eager jnp.stack compiles once for each leaf's shape); a
+  # copy, so the same bits at LLVM's -O0, which compiles small states sooner.
   return jax.jit(stack, compiler_options=COPY_OPTIONS.get(
       jax.default_backend()))(*states)
 
