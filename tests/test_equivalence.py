@@ -217,6 +217,16 @@ def test_winograd_conv_pool_matches_flax(cin, height, width):
   _assert_trees_close(*grads, atol=1e-5)
 
 
+def test_window_taps_are_the_stride_2_windows_in_tap_order():
+  # Tap 4r + s of window (t, u) is x[:, 2t + r, 2u + s]: the order the
+  # kernels' weights and Winograd matrices assume.
+  x = np.random.default_rng(0).standard_normal((3, 11, 13, 2), np.float32)
+  taps = np.asarray(conv_pool._window_taps(jnp.asarray(x), 4, 5))
+  expected = np.stack([x[:, r:r + 8:2, s:s + 10:2]
+                       for r in range(4) for s in range(4)])
+  np.testing.assert_array_equal(taps, expected)
+
+
 @pytest.mark.slow
 def test_window_taps_transpose_is_the_transpose():
   x = jax.random.normal(jax.random.PRNGKey(0), (3, 10, 12, 2))
