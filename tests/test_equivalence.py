@@ -16,6 +16,7 @@ import pytest
 
 from mnist_jax.models import cnn
 from mnist_jax.models import recurrent
+from mnist_jax.models.kernels import conv_matmul
 from mnist_jax.models.kernels import conv_pool
 from mnist_jax.models.kernels import fused_rnn
 from mnist_jax.models.kernels import lowered
@@ -215,6 +216,31 @@ def test_winograd_conv_pool_matches_flax(cin, height, width):
   grads = [jax.grad(lambda x, k, f=f: jnp.sum(f(x, k) * w), argnums=(0, 1))(
       x, kernel) for f in (ref, fast)]
   _assert_trees_close(*grads, atol=1e-5)
+
+
+@pytest.mark.parametrize("size,padding,cin,use_bias", [
+    ((3, 3), "SAME", 1, True), ((5, 2), "VALID", 3, False),
+    pytest.param((1, 4), "SAME", 2, True, marks=_SLOW)])
+def test_conv_matmul_matches_flax_conv_and_its_gradients(size, padding, cin,
+                                                         use_bias):
+  """conv_matmul.lower (a matmul over the windows, with its own backward)
+  against nn.Conv: outputs and the gradients with respect to kernel, bias
+  and input, for square and oblong kernels, even and odd."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 9, 8, cin))
+  conv = nn.Conv(4, size, padding=padding, use_bias=use_bias)
+  params = conv.init(jax.random.PRNGKey(1), x)["params"]
+  if use_bias:
+    params = dict(params, bias=jax.random.normal(jax.random.PRNGKey(3), (4,)))
+  ref = lambda p, x: conv.apply({"params": p}, x)
+  fast = lambda p, x: conv.apply({"params": p}, x,
+                                 method=lambda c, x: conv_matmul.lower(c, x))
+  y_ref = ref(params, x)
+  np.testing.assert_allclose(np.asarray(fast(params, x)), np.asarray(y_ref),
+                             rtol=RTOL, atol=ATOL)
+  w = jax.random.normal(jax.random.PRNGKey(2), y_ref.shape)
+  grads = [jax.grad(lambda p, x, f=f: jnp.sum(f(p, x) * w), argnums=(0, 1))(
+      params, x) for f in (ref, fast)]
+  _assert_trees_close(*grads)
 
 
 def test_window_taps_are_the_stride_2_windows_in_tap_order():
