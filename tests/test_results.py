@@ -66,6 +66,22 @@ def _readme_results():
   return out
 
 
+def test_the_pages_screenshot_shows_runs_of_the_table():
+  """docs/img/serve.png names the runs it shows (test_serve_browser.py --out
+  writes their titles and test accuracies into it): each is a README row's
+  run folder, of that row's preset, with the table's accuracy to the digit."""
+  with Image.open(os.path.join(ROOT, "docs", "img", "serve.png")) as image:
+    shown = json.loads(image.text["runs"])
+  table = _readme_results()
+  by_name = {row.name: row for row in table}
+  assert shown and set(shown) <= set(by_name), shown
+  for name, card in shown.items():
+    row = by_name[name]
+    assert card["title"] == f"{row.model} ({row.preset})", card
+    assert (f"{100 * card['test_accuracy']:.2f}" ==
+            f"{100 * table[row]['test_accuracy']:.2f}"), (name, card)
+
+
 def write_run(folder, row, *, test_accuracy, time, epochs_run=2, final=True,
               **extra):
   """A run folder of `row`'s command, as launch.py leaves it."""

@@ -17,6 +17,7 @@ The README's screenshot is this test's drawing, on three runs:
 
 import argparse
 import io
+import json
 import os
 import re
 import shutil
@@ -27,6 +28,7 @@ import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFilter
+from PIL import PngImagePlugin
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -114,6 +116,19 @@ def draw(driver, strokes=SEVEN):
     actions.perform()
 
 
+def _record_runs(path, loaded):
+  """Writes into the PNG at `path` which runs it shows: a text chunk "runs",
+  {card name: {title, test accuracy}}, that tests/test_results.py holds to
+  the README's table."""
+  info = PngImagePlugin.PngInfo()
+  info.add_text("runs", json.dumps({m.name: {
+      "title": m.info["title"], "test_accuracy": m.info["accuracy"]}
+                                    for m in loaded}))
+  with Image.open(path) as image:
+    image.load()
+    image.save(path, pnginfo=info)
+
+
 def screenshot(paths, out):
   """Opens the page for the runs in `paths`, draws the 7 and saves the page
   as a PNG at `out`; returns ({run name: its answer}, the milliseconds the
@@ -131,6 +146,7 @@ def screenshot(paths, out):
         "width": 1320, "height": height, "deviceScaleFactor": 1,
         "mobile": False})  # The whole page.
     driver.save_screenshot(out)
+    _record_runs(out, server.loaded)
     return got, ms
   finally:
     driver.quit()
