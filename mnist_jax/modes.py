@@ -52,6 +52,7 @@ class RunFolder(loop.Hooks):
     self.write = devices.is_main()
     self.checkpoints = None  # orbax's CheckpointManager, from the first save.
     self.meta, self.logged, self.saved, self.rows = None, None, None, None
+    self.test_logits = None  # Each member's, from the loop's evaluation.
     self.started = time.perf_counter()
 
   def seconds(self) -> float:
@@ -198,6 +199,9 @@ class RunFolder(loop.Hooks):
       self.rows.write({**row, "message": message})
     raise Diverged(message)
 
+  def tested(self, logits):
+    self.test_logits = logits
+
   def kept(self) -> str:
     """Which checkpoint a stopped run goes back to, in words."""
     self.close()  # A save under way is complete once this returns.
@@ -274,6 +278,8 @@ def _finish(config, workdir, data, state, final, hooks, members, model):
   chosen = (final.get("chosen") or {}).get("index", 0)
   run = run_lib.Run.from_state(config, jax.device_get(state), chosen,
                                epoch=final.get("epochs_run", 0), model=model)
+  if hooks.test_logits is not None:  # The ensemble and report reuse them.
+    run.keep_logits(data.test.images, hooks.test_logits)
   if hooks.logged is None:
     rows = hooks.rows.read() if hooks.rows is not None else []
     last = next((r for r in reversed(rows) if "train_loss" in r), None)

@@ -122,6 +122,9 @@ class Recorder(loop.Hooks):
     self.rows.append(row)
     self.lasts.append(last)
 
+  def tested(self, logits):
+    self.test_logits = logits
+
 
 class Stop(Exception):
   """Raised by a Saver once its checkpoint is written."""
@@ -191,7 +194,12 @@ def run(name, parallel, data, epochs=2, resume=False):
     state, final = train_core(run_config, data, hooks)
   record = {"parallel": hooks.record["parallel"], "rows": hooks.rows,
             "final": final, "messages": hooks.messages,
-            "step": np.asarray(jax.device_get(state.step)).tolist()}
+            "step": np.asarray(jax.device_get(state.step)).tolist(),
+            # The test logits the loop handed out: shape, each member's
+            # accuracy.
+            "test_logits": [list(hooks.test_logits.shape), (
+                hooks.test_logits.argmax(-1) == data.test.labels).mean(
+                    -1).tolist()]}
   several = run_config.num_seeds > 1 or bool(run_config.sweep)
 
   def first(tree):  # Member 0's.

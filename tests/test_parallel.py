@@ -232,12 +232,21 @@ def test_pmap_matches_one_device_without_dropout_only(on_devices):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("n", [1, 2])
-def test_evaluation_counts_every_example_once(on_devices, n):
+def test_evaluation_counts_every_example_once(on_devices, table_on_devices,
+                                              n):
   """203 test and 60 validation examples in batches of 50: the last batch
-  partial, padded and masked, never dropped."""
+  partial, padded and masked, never dropped. The test logits the loop hands
+  out (for the ensemble and the report) are each member's, in order: their
+  accuracies are the final row's."""
   for run, got in on_devices(n).items():
     assert got["final"]["test_examples"] == 203, run
     assert got["final"]["epochs_run"] == 2, run
+  for run, got in {**on_devices(n), **table_on_devices(n)}.items():
+    members = got["final"].get("members") or [got["final"]]
+    shape, accuracies = got["test_logits"]
+    assert shape == [len(members), 203, 10], run
+    assert accuracies == pytest.approx(
+        [m["test_accuracy"] for m in members], abs=1e-9), run
 
 
 @pytest.fixture

@@ -114,6 +114,14 @@ class Run:
     self._cache[stacked] = (x, out)
     return out, single
 
+  def keep_logits(self, images, member_logits: np.ndarray) -> None:
+    """Takes each member's logits [M, N, K] of `images`, as the loop's
+    evaluation gave them, for its chosen member's and its seeds' logits:
+    the headline, the ensemble and the report come from one evaluation."""
+    x, _ = as_images(images, datasets.get(self.config.dataset).image_shape)
+    self._cache[False] = (x, member_logits[self.member])
+    self._cache[True] = (x, member_logits[np.asarray(self.seeds)])
+
   def logits(self, images, batch_size: int = 1000) -> np.ndarray:
     """The chosen member's logits [N, K] (float32)."""
     out, single = self._logits(images, False, batch_size)

@@ -118,6 +118,9 @@ class Hooks:
   def diverged(self, row: Dict[str, Any]) -> None:
     """Before a divergence is raised."""
 
+  def tested(self, logits: np.ndarray) -> None:
+    """After the test split's evaluation: each member's logits [M, N, K]."""
+
 
 def _scores(row: Dict[str, Any], split: str) -> str:
   """`loss 0.1234 acc 97.50%`: the split's console metrics (metrics.py)."""
@@ -188,9 +191,10 @@ def train_and_evaluate(config, data, model, hooks: Optional[Hooks] = None):
       augment=augment_lib.from_config(config), **placed),
                         (MEMBER, MEMBER, SHARED, SHARED, NUMBER),
                         members_lib.per_member(members))
-  evaluate_fn = layout.map(functools.partial(
+  evaluate_fn, test_fn = (layout.map(functools.partial(
       train.evaluate, batch_size=layout.eval_batch_size(config.eval_batch_size),
-      **placed), (MEMBER, SHARED, SHARED), donate=False)
+      with_logits=logits, **placed), (MEMBER, SHARED, SHARED), donate=False)
+                          for logits in (False, True))
   compile_start = time.perf_counter()
   # (pmap of several processes compiles for local shapes, on its first call.)
   if layout.mode != "pmap" or jax.process_count() == 1:
@@ -243,7 +247,10 @@ def train_and_evaluate(config, data, model, hooks: Optional[Hooks] = None):
                     f"{row['elapsed_s']:.1f}s")
       break
 
-  test = evaluate_split(state, "test")
+  test, logits = layout.host(test_fn(state, *splits["test"]))
+  test = members_lib.host_metrics(test)
+  hooks.tested(logits.reshape(len(members), -1, logits.shape[-1])[
+      :, :len(data.test)])
   last_step = int(np.max(layout.host(state.step)))
   epochs_run = row["epoch"] if row else start.epoch - 1
   members_lib.check_finite(members, {"test": test}, epochs_run, last_step,

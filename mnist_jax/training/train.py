@@ -152,17 +152,24 @@ def logits_of(apply_fn: Callable, variables, batches) -> jax.Array:
 
 
 def evaluate(state: TrainState, images, labels, *, batch_size: int,
-             axis_name=None, batch_sharding=None):
+             axis_name=None, batch_sharding=None, with_logits=False):
   """Metric sums of `state` on every example of a split (images [N, H, W, C]
-  uint8, labels [N]): the last batch is padded and masked, never dropped."""
+  uint8, labels [N]): the last batch is padded and masked, never dropped.
+  with_logits: (sums, the logits [S * B, K] of all S batches, padding last),
+  so that nothing evaluates the split again."""
   n, count = len(labels), -(-len(labels) // batch_size)
   batch, idx = _batches(
       images, labels, jnp.arange(count * batch_size).reshape(count, batch_size),
       axis_name, batch_sharding)
   logits = logits_of(state.apply_fn, state.variables, batch["image"])
-  logits = logits.reshape(-1, logits.shape[-1])
+  k = logits.shape[-1]
+  logits = logits.reshape(-1, k)
   labels = batch["label"].reshape(-1)
   nll, _ = cross_entropy(logits, labels)
   mask = (idx < n).reshape(-1).astype(jnp.float32)
   sums = metrics_lib.batch_sums(logits, labels, nll, mask, metrics_lib.EVAL)
-  return sums if axis_name is None else jax.lax.psum(sums, axis_name)
+  if axis_name is not None:  # pmap: this device's columns of each batch.
+    sums = jax.lax.psum(sums, axis_name)
+    logits = jax.lax.all_gather(logits.reshape(count, -1, k), axis_name,
+                                axis=1, tiled=True).reshape(-1, k)
+  return (sums, logits) if with_logits else sums
