@@ -40,6 +40,18 @@ def _assert_trees_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def _assert_same_function(ref, fast, params, x):
+  """fast(params, x) against ref's: outputs, and the gradients of a random
+  weighting of them with respect to params and x."""
+  y_ref = ref(params, x)
+  np.testing.assert_allclose(np.asarray(fast(params, x)), np.asarray(y_ref),
+                             rtol=RTOL, atol=ATOL)
+  w = jax.random.normal(jax.random.PRNGKey(2), y_ref.shape)
+  grads = [jax.grad(lambda p, x, f=f: jnp.sum(f(p, x) * w), argnums=(0, 1))(
+      params, x) for f in (ref, fast)]
+  _assert_trees_close(*grads)
+
+
 def _loss_and_grads(module, params, x, train):
   """A loss that weighs every output differently, so no gradient cancels."""
   def loss(p):
@@ -186,13 +198,7 @@ def test_conv_relu_pool_matches_flax(padding, cin, height, width):
     return _cfirst(conv_pool.conv_relu_pool)(x, p["kernel"], p["bias"],
                                              padding=padding)
 
-  y_ref = ref(params, x)
-  np.testing.assert_allclose(np.asarray(fast(params, x)), np.asarray(y_ref),
-                             rtol=RTOL, atol=ATOL)
-  w = jax.random.normal(jax.random.PRNGKey(2), y_ref.shape)
-  grads = [jax.grad(lambda p, x, f=f: jnp.sum(f(p, x) * w), argnums=(0, 1))(
-      params, x) for f in (ref, fast)]
-  _assert_trees_close(*grads)
+  _assert_same_function(ref, fast, params, x)
 
 
 @pytest.mark.parametrize("cin,height,width", [
@@ -234,13 +240,7 @@ def test_conv_matmul_matches_flax_conv_and_its_gradients(size, padding, cin,
   ref = lambda p, x: conv.apply({"params": p}, x)
   fast = lambda p, x: conv.apply({"params": p}, x,
                                  method=lambda c, x: conv_matmul.lower(c, x))
-  y_ref = ref(params, x)
-  np.testing.assert_allclose(np.asarray(fast(params, x)), np.asarray(y_ref),
-                             rtol=RTOL, atol=ATOL)
-  w = jax.random.normal(jax.random.PRNGKey(2), y_ref.shape)
-  grads = [jax.grad(lambda p, x, f=f: jnp.sum(f(p, x) * w), argnums=(0, 1))(
-      params, x) for f in (ref, fast)]
-  _assert_trees_close(*grads)
+  _assert_same_function(ref, fast, params, x)
 
 
 def test_window_taps_are_the_stride_2_windows_in_tap_order():
