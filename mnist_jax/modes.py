@@ -52,7 +52,6 @@ class RunFolder(loop.Hooks):
     self.write = devices.is_main()
     self.checkpoints = None  # orbax's CheckpointManager, from the first save.
     self.meta, self.logged, self.saved, self.rows = None, None, None, None
-    self.test_logits = None  # Each member's, from the loop's evaluation.
     self.started = time.perf_counter()
 
   def seconds(self) -> float:
@@ -198,9 +197,6 @@ class RunFolder(loop.Hooks):
     if self.rows is not None:
       self.rows.write({**row, "message": message})
     raise Diverged(message)
-
-  def tested(self, logits):
-    self.test_logits = logits
 
   def kept(self) -> str:
     """Which checkpoint a stopped run goes back to, in words."""

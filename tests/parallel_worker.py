@@ -122,9 +122,6 @@ class Recorder(loop.Hooks):
     self.rows.append(row)
     self.lasts.append(last)
 
-  def tested(self, logits):
-    self.test_logits = logits
-
 
 class Stop(Exception):
   """Raised by a Saver once its checkpoint is written."""

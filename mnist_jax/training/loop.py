@@ -52,6 +52,7 @@ class Hooks:
   _began = None  # (epoch, its steps run, time) as this process began it.
   _said = 0.0  # When progress was last printed (or the epoch began).
   _drawn = False  # A line drawn in place, which the next one replaces.
+  test_logits: Optional[np.ndarray] = None  # From `tested`.
 
   def start(self, state, steps_per_epoch: int, record: Dict[str, Any]):
     """(state, Start): a fresh run's, or a checkpoint's. record: how the run
@@ -119,7 +120,9 @@ class Hooks:
     """Before a divergence is raised."""
 
   def tested(self, logits: np.ndarray) -> None:
-    """After the test split's evaluation: each member's logits [M, N, K]."""
+    """After the test split's evaluation: keeps each member's logits [M, N,
+    K] as `test_logits` (the run folder's ensemble and report reuse them)."""
+    self.test_logits = logits
 
 
 def _scores(row: Dict[str, Any], split: str) -> str:
