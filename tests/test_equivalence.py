@@ -243,6 +243,25 @@ def test_conv_matmul_matches_flax_conv_and_its_gradients(size, padding, cin,
   _assert_same_function(ref, fast, params, x)
 
 
+@pytest.mark.parametrize("height,width", [(26, 26), (11, 11), (9, 14)])
+def test_the_cnns_max_pool_is_flaxs_with_ties_sharing_the_gradient(height,
+                                                                  width):
+  """cnn.max_pool_2x2 against nn.max_pool (VALID, odd sizes dropping a row
+  and column): the same maxima and, without ties, the same gradient, both
+  exactly. A tie shares its window's gradient (nn.max_pool gives it all to
+  the first maximum): the same sum per window."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, height, width, 3))
+  ref = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
+  w = jax.random.normal(jax.random.PRNGKey(1), ref(x).shape)
+  grad = lambda f, x: jax.grad(lambda x: jnp.sum(f(x) * w))(x)
+  np.testing.assert_array_equal(cnn.max_pool_2x2(x), ref(x))
+  np.testing.assert_array_equal(grad(cnn.max_pool_2x2, x), grad(ref, x))
+  tied = jnp.zeros_like(x).at[:, :, 1::2].set(jnp.maximum(x[:, :, 1::2], 0))
+  window_sums = lambda g: nn.avg_pool(g, (2, 2), strides=(2, 2))
+  np.testing.assert_allclose(window_sums(grad(cnn.max_pool_2x2, tied)),
+                             window_sums(grad(ref, tied)), rtol=1e-6)
+
+
 def test_window_taps_are_the_stride_2_windows_in_tap_order():
   # Tap 4r + s of window (t, u) is x[:, 2t + r, 2u + s]: the order the
   # kernels' weights and Winograd matrices assume.

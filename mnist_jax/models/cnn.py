@@ -3,6 +3,17 @@
 from typing import Sequence
 
 import flax.linen as nn
+import jax.numpy as jnp
+
+
+def max_pool_2x2(x):
+  """nn.max_pool(x, (2, 2), strides=(2, 2)), [B, H, W, C] -> [B, H // 2,
+  W // 2, C], as the maximum of four strided slices: its gradient is
+  elementwise selects (a tie shares it), where nn.max_pool's is XLA's
+  select-and-scatter, on CPU about 40% of a BatchNorm CNN's train step."""
+  h, w = x.shape[1] // 2 * 2, x.shape[2] // 2 * 2
+  a, b, c, d = (x[:, i:h:2, j:w:2] for i in (0, 1) for j in (0, 1))
+  return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
 
 
 class CNN(nn.Module):
@@ -29,7 +40,7 @@ class CNN(nn.Module):
                   use_bias=not self.batch_norm, name=f"conv_{i}")(x)
       if self.batch_norm:
         x = nn.BatchNorm(use_running_average=not train, name=f"bn_{i}")(x)
-      x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+      x = max_pool_2x2(nn.relu(x))
     x = x.reshape(x.shape[0], -1)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     x = nn.relu(nn.Dense(self.dense, name="dense")(x))
