@@ -5,7 +5,10 @@ r"""Per-op profile of one scanned train chunk, exactly as train.py runs it.
 
 Prints ms per train step for the chunk, then the XLA ops (fusions, dots)
 that took the most time per step, from a jax.profiler trace: where to look
-first when a model's step is slow.
+first when a model's step is slow. Tracing can itself slow some ops (on
+XLA:CPU, the recurrent models' forward matmuls most), so the traced chunk's
+ms per step comes second: where it is well above the first, the op times
+are the traced run's, not a run's.
 
 The chunk is the run's own: `laid_out_chunk` builds train.train_chunk over
 train.epoch_order, mapped by devices.Layout, with the state, optimizer and
@@ -122,10 +125,13 @@ def main(argv=None):
         f"{chunk.layout.num_devices} device(s))")
   with tempfile.TemporaryDirectory() as d:
     with jax.profiler.trace(d):
+      t = time.perf_counter()
       run(state)
+      traced = (time.perf_counter() - t) / chunk.chunk_len * 1e3
     path = glob.glob(os.path.join(d, "**", "*.trace.json.gz"), recursive=True)[0]
     with gzip.open(path) as f:
       events = json.load(f)["traceEvents"]
+  print(f"{traced:.2f} ms per step while traced (the ops below)")
   total, count = collections.Counter(), collections.Counter()
   for e in events:
     if e.get("ph") == "X" and "dur" in e and not e["name"].startswith(

@@ -239,7 +239,8 @@ def test_the_other_scripts_run_on_tiny_data(prepared, tmp_path):
   assert phases["calls"]["compile_train"] == 1
   assert phases["calls"]["evaluate"] >= 1 and phases["report"] > 0
   profile = runs[1]["out"].splitlines()
-  assert "ms per step" in profile[0] and len(profile) == 4, profile
+  assert "ms per step" in profile[0] and len(profile) == 5, profile
+  assert "ms per step while traced" in profile[1], profile
   lines = runs[2]["out"].splitlines()
   assert lines[0].startswith("warm-up, untimed") and len(lines) == 4, lines
   assert "ratio" in lines[-1]
