@@ -6,7 +6,7 @@ r"""Per-op profile of one scanned train chunk, exactly as train.py runs it.
 Prints ms per train step for the chunk, then the XLA ops (fusions, dots)
 that took the most time per step, from a jax.profiler trace: where to look
 first when a model's step is slow. Tracing can itself slow some ops (on
-XLA:CPU, the recurrent models' forward matmuls most), so the traced chunk's
+XLA:CPU, the LSTM's and GRU's forward matmuls most), so the traced chunk's
 ms per step comes second: where it is well above the first, the op times
 are the traced run's, not a run's.
 
