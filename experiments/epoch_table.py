@@ -13,15 +13,15 @@ r"""docs/performance.md's epoch tables, from benchmark.py's and reference_torch.
 --train runs each command of the table (TABLES) --repeats times in turn. The
 seed table's: `benchmark.py --model=M --preset=seed --epochs=3` (the default
 layout, --parallel=auto), the same with --parallel=none, and
-`reference_torch.py --model=M --epochs=3` where PyTorch is installed (its
-column is left empty where not). A compared table's: its benchmark.py
-commands (batchnorm: the tuned CNN without and with BatchNorm; layouts: the
-seed CNN on one device, pmap and sharded; impls: the CNN's kernel and the
-BatchNorm CNN's convolutions as matmuls beside XLA's own layers, in ms a
-step). Each keeps its JSON lines in the runs folder (KIND.N.jsonl) beside
-host.json (this host and the releases). Each figure is the median over the
-repeats of each run's epoch time (itself the median of the epochs after the
-first).
+`reference_torch.py --model=M --epochs=3` where PyTorch is installed, or by
+the Python --torch_python names (its column is left empty where neither). A
+compared table's: its benchmark.py commands (batchnorm: the tuned CNN
+without and with BatchNorm; layouts: the seed CNN on one device, pmap and
+sharded; impls: the CNN's kernel and the BatchNorm CNN's convolutions as
+matmuls beside XLA's own layers, in ms a step). Each keeps its JSON lines in
+the runs folder (KIND.N.jsonl) beside host.json (this host and the
+releases). Each figure is the median over the repeats of each run's epoch
+time (itself the median of the epochs after the first).
 """
 
 import argparse
@@ -105,18 +105,21 @@ def marker(name: str) -> str:
 
 
 def train(runs: str, kinds, names, repeats: int, data_flags,
-          more=()) -> None:
+          more=(), torch_python=None) -> None:
   """Runs each kind `repeats` times, alternated (`more`: flags for each
-  benchmark.py run); writes their JSON lines."""
+  benchmark.py run; `torch_python`: the Python that runs PyTorch's, this one
+  if None); writes their JSON lines."""
   os.makedirs(runs, exist_ok=True)
-  torch = importlib.util.find_spec("torch") is not None
+  torch = bool(torch_python) or importlib.util.find_spec("torch") is not None
   import jax
   host = {"host": speedrun.host(), "jax": jax.__version__}
   for repeat in range(repeats):
     for kind, command in kinds.items():
       if kind == "torch" and not torch:
         continue
-      argv = [sys.executable, os.path.join(ROOT, "experiments", command[0]),
+      python = torch_python if kind == "torch" and torch_python else (
+          sys.executable)
+      argv = [python, os.path.join(ROOT, "experiments", command[0]),
               *(a.format(m=",".join(names)) for a in command[1:]), *data_flags,
               *(more if command[0] == "benchmark.py" else ())]
       print(f"[{repeat + 1}/{repeats}] {' '.join(argv[1:])}", flush=True)
@@ -224,6 +227,10 @@ def main(argv=None):
   p.add_argument("--models", default="all",
                  help="the seed table's: comma-separated, or all")
   p.add_argument("--repeats", type=int, default=2)
+  p.add_argument("--torch_python", default=None,
+                 help="--train: the Python that runs reference_torch.py "
+                 "(PyTorch's own virtualenv's); by default this one, where "
+                 "PyTorch is installed")
   p.add_argument("benchmark_flags", nargs="*",
                  help="after --: more benchmark.py flags for every run (tests)")
   args = p.parse_args(argv)
@@ -232,7 +239,8 @@ def main(argv=None):
   if args.train:
     train(args.runs, kinds, names, args.repeats,
           [f"--{k}={v}" for k in ("mnist_dir", "data_dir")
-           if (v := getattr(args, k))], args.benchmark_flags)
+           if (v := getattr(args, k))], args.benchmark_flags,
+          args.torch_python)
   speedrun.write_table(args.doc, make(args.runs), lines,
                        f"{args.table} epoch", args.check)
 

@@ -116,10 +116,12 @@ def _recurrence_bwd(kind, res, dhs):
     dxp = jnp.concatenate([da[..., :2 * hidden], dan], axis=-1)
   else:
     da = dxp = out
-  # Contractions over (t, b): [T*B, .] matrix products ran slower on two
-  # sharded CPU devices.
-  dwh = jnp.einsum("tbh,tbg->hg", h_prev, da)
-  dwi = jnp.einsum("tbf,tbg->fg", x, dxp)
+  # Kernel gradients contract time-major (t, b), as the arrays lie: einsum
+  # contracts (b, t), which made XLA:CPU copy [T, B, G*H] to [B, T, G*H]; a
+  # [T*B, .] matrix product ran slower on two sharded CPU devices.
+  over_steps = (((0, 1), (0, 1)), ((), ()))
+  dwh = jax.lax.dot_general(h_prev, da, over_steps)
+  dwi = jax.lax.dot_general(x, dxp, over_steps)
   dx = jnp.einsum("tbg,fg->tbf", dxp, wi)  # Dropped by XLA when x is data.
   return (dx, dwi, dxp.sum(axis=(0, 1)), dwh, da.sum(axis=(0, 1)), dcarry0)
 
