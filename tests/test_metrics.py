@@ -7,11 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import train_core
 from mnist_jax import models
 from mnist_jax.training import members
 from mnist_jax.results import run as run_lib
 from mnist_jax.training import metrics
 from mnist_jax.training import train
+from parallel_worker import dataset
 
 
 def _batch(seed, n=300, k=10, scale=3.0):
@@ -183,3 +185,26 @@ def _clear_caches():
   for value in vars(metrics).values():
     if hasattr(value, "cache_clear"):
       value.cache_clear()
+
+
+@pytest.mark.parametrize("num_seeds", [1, 2])
+def test_each_split_is_evaluated_once(monkeypatch, num_seeds):
+  """The loop evaluates the validation split once an epoch (the final row
+  chooses its member by the last epoch's) and the test split once."""
+  ran = []
+  real = train.evaluate
+
+  def counted(state, images, labels, **kwargs):
+    jax.debug.callback(lambda n: ran.append(int(n)), len(labels))
+    return real(state, images, labels, **kwargs)
+
+  monkeypatch.setattr(train, "evaluate", counted)
+  data = dataset()
+  config = models.get_config("mlp", "seed", mlp_hidden=(8,), batch_size=64,
+                             epochs=2, num_seeds=num_seeds, val_fraction=0.1)
+  _, final = train_core(config, data)
+  jax.effects_barrier()
+  # One call a member per split evaluated (members may be mapped in turn).
+  assert sorted(set(ran)) == sorted({len(data.val), len(data.test)})
+  assert ran.count(len(data.val)) == 2 * ran.count(len(data.test)) > 0
+  assert final["epochs_run"] == 2

@@ -213,7 +213,7 @@ def train_and_evaluate(config, data, model, hooks: Optional[Hooks] = None):
     return members_lib.host_metrics(
         layout.host(evaluate_fn(state, *splits[name])))
 
-  row, reached = None, False
+  row, reached, val = None, False, None
   for epoch in range(start.epoch, 1 if start.finished else config.epochs + 1):
     done = start.epoch_step if epoch == start.epoch else 0
     sums = layout.put_state(start.sums) if done else None
@@ -250,6 +250,8 @@ def train_and_evaluate(config, data, model, hooks: Optional[Hooks] = None):
                     f"{row['elapsed_s']:.1f}s")
       break
 
+  if row is None and "val" in splits:  # No epoch ran: a finished run's.
+    val = evaluate_split(state, "val")
   test, logits = layout.host(test_fn(state, *splits["test"]))
   test = members_lib.host_metrics(test)
   hooks.tested(logits.reshape(len(members), -1, logits.shape[-1])[
@@ -259,9 +261,8 @@ def train_and_evaluate(config, data, model, hooks: Optional[Hooks] = None):
   members_lib.check_finite(members, {"test": test}, epochs_run, last_step,
                            steps, hooks)
   final = members_lib.final_row(
-      members, test, evaluate_split(state, "val") if "val" in splits else None,
-      epochs_run=epochs_run, steps=last_step, compile_time_s=compile_time,
-      num_params=layout.num_params(state),
+      members, test, val, epochs_run=epochs_run, steps=last_step,
+      compile_time_s=compile_time, num_params=layout.num_params(state),
       wall_time_s=time.perf_counter() - start_time)
   if reached:
     final["time_to_target_s"] = row["elapsed_s"]
