@@ -289,23 +289,32 @@ def test_speedrun_keeps_each_runs_timing_and_writes_the_table_from_them(
 def test_epoch_table_times_each_layout_and_writes_the_table_from_them(
     prepared, tmp_path):
   """epoch_table.py --train for one model on the synthetic data: its row in
-  a copy of docs/performance.md names the layout auto picked and the host;
-  --check then finds the table matching the runs."""
+  a copy of docs/performance.md names the layout auto picked and the host,
+  and PyTorch's figure from the Python --torch_python names (here a stand-in
+  printing reference_torch.py's line); --check then finds the table matching
+  the runs."""
   from experiments import epoch_table  # pylint: disable=g-import-not-at-top
   doc = tmp_path / "performance.md"
   shutil.copy(os.path.join(ROOT, "docs", "performance.md"), doc)
+  torch_python = tmp_path / "torch_python"
+  torch_python.write_text(
+      "#!/bin/sh\necho '" + json.dumps(
+          {"model": "linear", "framework": "pytorch", "torch": "9.9.9+test",
+           "epoch_times_s": [9.0, 4.0, 4.0], "epoch_time_s": 4.0}) + "'\n")
+  torch_python.chmod(0o755)
   base = [sys.executable, _script("epoch_table.py"),
           f"--runs={tmp_path / 'r'}", f"--doc={doc}"]
   timed = subprocess.run(
       base + ["--train", "--models=linear", "--repeats=1",
-              f"--data_dir={prepared[1]}"],
+              f"--data_dir={prepared[1]}", f"--torch_python={torch_python}"],
       capture_output=True, text=True, check=False)
   assert timed.returncode == 0, timed.stderr[-3000:]
   table = doc.read_text().split(epoch_table.MARKER.format("table"))[1].split(
       epoch_table.MARKER.format("end"))[0]
   rows = [l for l in table.splitlines() if l.startswith("| linear")]
   assert len(rows) == 1 and "| one device |" in rows[0], table
-  assert "median" in table and "jax " in table
+  assert rows[0].split("|")[6].strip() == "4.00", rows[0]  # PyTorch's.
+  assert "median" in table and "jax " in table and "torch 9.9.9+test" in table
   check = subprocess.run(base + ["--check"], capture_output=True, text=True,
                          check=False)
   assert check.returncode == 0 and "matches" in check.stdout, check.stdout
