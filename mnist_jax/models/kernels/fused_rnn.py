@@ -116,9 +116,9 @@ def _recurrence_bwd(kind, res, dhs):
     dxp = jnp.concatenate([da[..., :2 * hidden], dan], axis=-1)
   else:
     da = dxp = out
-  # Kernel gradients contract time-major (t, b), as the arrays lie: einsum
-  # contracts (b, t), which made XLA:CPU copy [T, B, G*H] to [B, T, G*H]; a
-  # [T*B, .] matrix product ran slower on two sharded CPU devices.
+  # Kernel gradients contract (t, b) in the order the arrays lie: contracting
+  # (b, t), as einsum does, made XLA:CPU copy da and x batch-major first, and
+  # reshaping them to [T*B, .] ran slower on two sharded CPU devices.
   over_steps = (((0, 1), (0, 1)), ((), ()))
   dwh = jax.lax.dot_general(h_prev, da, over_steps)
   dwi = jax.lax.dot_general(x, dxp, over_steps)
