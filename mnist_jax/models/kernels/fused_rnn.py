@@ -31,10 +31,11 @@ _SETTINGS = {"time_major": False, "return_carry": False, "unroll": 1,
 
 def _cell_step(kind, carry, xt, a):
   """One step from the x- and h-projections xt, a [B, G*H] -> (new carry,
-  saved): the local derivative factors the backward step multiplies, as one
-  array: lstm [B, 6H], dc/d(pre-activation) of i, f, g, dh/d(pre-activation)
-  of o, dh/dc, dc/dc_prev (= f); gru [B, 5H], dh/d(pre-activation) of r, z
-  and the h-side n, of the x-side n, dh/dh_prev through z (= z)."""
+  saved): the local derivative factors the backward step multiplies, each
+  [B, H] (a concatenation would be copied once more every step): lstm
+  dc/d(pre-activation) of i, f, g, dh/d(pre-activation) of o, dh/dc,
+  dc/dc_prev (= f); gru dh/d(pre-activation) of r, z and the h-side n, of the
+  x-side n, dh/dh_prev through z (= z)."""
   if kind == "rnn":
     return (jnp.tanh(xt + a),), ()
   if kind == "lstm":
@@ -49,10 +50,9 @@ def _cell_step(kind, carry, xt, a):
     c_prev = carry[0]
     c = f * c_prev + i * g
     tc = jnp.tanh(c)
-    saved = jnp.concatenate([g * i * (1.0 - i), c_prev * f * (1.0 - f),
-                             i * (1.0 - g * g), tc * o * (1.0 - o),
-                             o * (1.0 - tc * tc), f], -1)
-    return (c, o * tc), (saved,)
+    return (c, o * tc), (g * i * (1.0 - i), c_prev * f * (1.0 - f),
+                         i * (1.0 - g * g), tc * o * (1.0 - o),
+                         o * (1.0 - tc * tc), f)
   h = carry[0]
   hidden = h.shape[-1]
   # r and z from one tanh over their 2H pre-activations, as for the lstm.
@@ -61,9 +61,8 @@ def _cell_step(kind, carry, xt, a):
   hn = a[:, 2 * hidden:]
   n = jnp.tanh(xt[:, 2 * hidden:] + r * hn)
   dn = (1.0 - z) * (1.0 - n * n)
-  saved = jnp.concatenate([dn * hn * r * (1.0 - r), (h - n) * z * (1.0 - z),
-                           dn * r, dn, z], -1)
-  return ((1.0 - z) * n + z * h,), (saved,)
+  return ((1.0 - z) * n + z * h,), (dn * hn * r * (1.0 - r),
+                                    (h - n) * z * (1.0 - z), dn * r, dn, z)
 
 
 def _forward(kind, x, wi, bi, wh, bh, carry0, save):
@@ -101,16 +100,15 @@ def _recurrence_bwd(kind, res, dhs):
       da = dh * (1.0 - s * s)
       return (da @ wht,), da
     if kind == "lstm":
-      dc = carry[0] + dh * s[:, 4 * hidden:5 * hidden]
-      da = jnp.concatenate([dc, dc, dc, dh], -1) * s[:, :4 * hidden]
-      return (dc * s[:, 5 * hidden:], da @ wht), da
-    da = jnp.concatenate([dh, dh, dh], -1) * s[:, :3 * hidden]
-    dan = dh * s[:, 3 * hidden:4 * hidden]
-    return (dh * s[:, 4 * hidden:] + da @ wht,), (da, dan)
+      dc = carry[0] + dh * s[4]
+      da = jnp.concatenate([dc * s[0], dc * s[1], dc * s[2], dh * s[3]], -1)
+      return (dc * s[5], da @ wht), da
+    da = jnp.concatenate([dh * s[0], dh * s[1], dh * s[2]], -1)
+    return (dh * s[4] + da @ wht,), (da, dh * s[3])
 
   dcarry0, out = jax.lax.scan(
       body, tuple(jnp.zeros_like(c) for c in carry0),
-      (dhs, hs if kind == "rnn" else saved[0]), reverse=True)
+      (dhs, hs if kind == "rnn" else saved), reverse=True)
   if kind == "gru":
     da, dan = out
     dxp = jnp.concatenate([da[..., :2 * hidden], dan], axis=-1)
