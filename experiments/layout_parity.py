@@ -27,18 +27,19 @@ from experiments import speedrun  # pylint: disable=g-import-not-at-top
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARKER = "<!-- layout_parity.py: {} -->"
-SMALL_CNN = ["--model=cnn", "--cnn_features=8,16", "--cnn_dense=32"]
-# (the row's name in the table, its launch.py flags, all columns or only the
-# single run's).
+SEED = ["--preset=seed", "--seed=0"]
+SMALL_CNN = ["--model=cnn", *SEED, "--cnn_features=8,16", "--cnn_dense=32"]
+# (the row's name in the table, its launch.py flags (each run adds
+# --epochs=1), all columns or only the single run's layouts).
 ROWS = [
-    ("linear", ["--model=linear"], True),
-    ("mlp 512-256, dropout 0.2", ["--model=mlp"], True),
+    ("linear", ["--model=linear", *SEED], True),
+    ("mlp 512-256, dropout 0.2", ["--model=mlp", *SEED], True),
     ("cnn 8-16, dense 32", SMALL_CNN, True),
     ("cnn 8-16, dense 32, `--cnn_batch_norm`",
      SMALL_CNN + ["--cnn_batch_norm"], True),
-    ("rnn 32", ["--model=rnn", "--hidden=32"], True),
-    ("lstm 32", ["--model=lstm", "--hidden=32"], True),
-    ("gru 32", ["--model=gru", "--hidden=32"], True),
+    ("rnn 32", ["--model=rnn", *SEED, "--hidden=32"], True),
+    ("lstm 32", ["--model=lstm", *SEED, "--hidden=32"], True),
+    ("gru 32", ["--model=gru", *SEED, "--hidden=32"], True),
     ("mlp (tuned), `--seed=3`", ["--model=mlp", "--preset=tuned", "--seed=3"],
      False),
 ]
@@ -103,17 +104,15 @@ def measure(args) -> list:
   for index, (_, flags, full) in enumerate(ROWS):
     if wanted and str(index) not in wanted:
       continue
-    flags = flags + ([] if "--preset" in " ".join(flags) else
-                     ["--preset=seed"]) + ["--epochs=1"] + (
-                         [] if "--seed" in " ".join(flags) else ["--seed=0"])
     runs = [("none", 1, 1)] + [c for _, cells in (COLUMNS if full else
                                                   COLUMNS[:3])
                                for c in cells if c[1] in counts + [1]]
     for parallel, devices, members in runs:
       workdir = os.path.join(args.runs, f"row{index}",
                              f"{parallel}-{devices}-{members}")
-      out.append({"row": index, **launch(flags, parallel, devices, members,
-                                         workdir, data_flags)})
+      out.append({"row": index, **launch(flags + ["--epochs=1"], parallel,
+                                         devices, members, workdir,
+                                         data_flags)})
       print(json.dumps(out[-1]), flush=True)
   if not wanted or "fast" in wanted:
     for parallel, devices in (("none", 1), ("sharded", 2)):
