@@ -24,6 +24,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments import speedrun  # pylint: disable=g-import-not-at-top
+from mnist_jax.rundir import metrics_log  # pylint: disable=g-import-not-at-top
+from mnist_jax.rundir import record  # pylint: disable=g-import-not-at-top
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MARKER = "<!-- layout_parity.py: {} -->"
@@ -74,13 +76,11 @@ def launch(flags, parallel, devices, members, workdir, data_flags) -> dict:
                         check=False)
   if done.returncode:
     raise SystemExit(f"error: {' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [json.loads(line) for line in f if line.strip()]
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = json.load(f)
-  config = config["config"]
+  rows = metrics_log.read_metrics(
+      os.path.join(workdir, metrics_log.METRICS_FILE))
   final = rows[-1]["members"][0] if members > 1 else rows[-1]
   train = rows[-2]["members"][0] if members > 1 else rows[-2]
+  config = record.read_config(workdir).to_dict()
   drawn = config.get("augment") or any(
       (k.endswith("dropout") and v) or (k.endswith("batch_norm") and v)
       for k, v in config.items())
@@ -96,9 +96,8 @@ def measure(args) -> list:
                 if (v := getattr(args, k))]
   wanted = args.rows.split(",") if args.rows else None
   counts = [int(n) for n in args.devices.split(",")]
-  kept = os.path.join(args.runs, "parity.jsonl")
   out = []
-  if wanted and os.path.exists(kept):
+  if wanted and os.path.exists(os.path.join(args.runs, "parity.jsonl")):
     out = [r for r in speedrun.load_timed(args.runs, "parity.jsonl")[0]
            if str(r["row"]) not in wanted]
   for index, (_, flags, full) in enumerate(ROWS):
