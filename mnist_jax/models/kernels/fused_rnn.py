@@ -78,13 +78,14 @@ def _forward(kind, x, wi, bi, wh, bh, carry0, save):
 def recurrence(kind: str, x, wi, bi, wh, bh, carry0):
   """Runs cell `kind` over time-major x [T, B, F] from carry0 ((h,), or (c, h)
   for lstm, each [B, H]) with fused parameters (wi [F, G*H], bi [G*H], wh
-  [H, G*H], bh [G*H]): every step's hidden state [T, B, H]."""
-  return _forward(kind, x, wi, bi, wh, bh, carry0, save=False)
+  [H, G*H], bh [G*H]): every step's hidden state, batch-major [B, T, H]."""
+  return jnp.swapaxes(_forward(kind, x, wi, bi, wh, bh, carry0, save=False),
+                      0, 1)
 
 
 def _recurrence_fwd(kind, x, wi, bi, wh, bh, carry0):
   hs, saved = _forward(kind, x, wi, bi, wh, bh, carry0, save=True)
-  return hs, (x, wi, wh, carry0, hs, saved)
+  return jnp.swapaxes(hs, 0, 1), (x, wi, wh, carry0, hs, saved)
 
 
 def _recurrence_bwd(kind, res, dhs):
@@ -94,8 +95,11 @@ def _recurrence_bwd(kind, res, dhs):
   wht = wh.T
 
   def body(carry, inp):
-    dh_out, s = inp
-    dh = carry[-1] + dh_out
+    # Each step reads its column of the batch-major dhs [B, T, H]: made
+    # time-major first, a cotangent that is zero but at one step (a model
+    # reading the last state) cost a padded transpose and a copy.
+    t, s = inp
+    dh = carry[-1] + jax.lax.dynamic_index_in_dim(dhs, t, 1, keepdims=False)
     if kind == "rnn":  # s: the step's hidden state.
       da = dh * (1.0 - s * s)
       return (da @ wht,), da
@@ -108,20 +112,31 @@ def _recurrence_bwd(kind, res, dhs):
 
   dcarry0, out = jax.lax.scan(
       body, tuple(jnp.zeros_like(c) for c in carry0),
-      (dhs, hs if kind == "rnn" else saved), reverse=True)
+      (jnp.arange(len(x)), hs if kind == "rnn" else saved), reverse=True)
+  # Each side's kernel and bias gradients from one matmul over its inputs
+  # and a column of ones (rnn and lstm: both sides in one): on a mesh XLA
+  # sums each gradient array over the devices, and XLA:CPU's all-reduce
+  # synchronises them once per array (tens of microseconds each).
+  ones = jnp.ones(x.shape[:2] + (1,), x.dtype)
   if kind == "gru":
     da, dan = out
     dxp = jnp.concatenate([da[..., :2 * hidden], dan], axis=-1)
+    gi = _over_steps(jnp.concatenate([x, ones], -1), dxp)
+    gh = _over_steps(jnp.concatenate([h_prev, ones], -1), da)
   else:
     da = dxp = out
-  # Kernel gradients contract (t, b) in the order the arrays lie: contracting
-  # (b, t), as einsum does, made XLA:CPU copy da and x batch-major first, and
-  # reshaping them to [T*B, .] ran slower on two sharded CPU devices.
-  over_steps = (((0, 1), (0, 1)), ((), ()))
-  dwh = jax.lax.dot_general(h_prev, da, over_steps)
-  dwi = jax.lax.dot_general(x, dxp, over_steps)
+    g = _over_steps(jnp.concatenate([x, h_prev, ones], -1), da)
+    gi, gh = jnp.concatenate([g[:x.shape[-1]], g[-1:]]), g[x.shape[-1]:]
   dx = jnp.einsum("tbg,fg->tbf", dxp, wi)  # Dropped by XLA when x is data.
-  return (dx, dwi, dxp.sum(axis=(0, 1)), dwh, da.sum(axis=(0, 1)), dcarry0)
+  return (dx, gi[:-1], gi[-1], gh[:-1], gh[-1], dcarry0)
+
+
+def _over_steps(inputs, cotangent):
+  """[T, B, K] x [T, B, N] -> [K, N], summed over (t, b) in the order the
+  arrays lie: contracting (b, t), as einsum does, made XLA:CPU copy them
+  batch-major first; reshaped to [T*B, .] it ran slower on two sharded CPU
+  devices."""
+  return jax.lax.dot_general(inputs, cotangent, (((0, 1), (0, 1)), ((), ())))
 
 
 recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
@@ -179,5 +194,5 @@ def lower(layer: nn.RNN, inputs, *, initial_carry=None, init_key=None,
   hs = recurrence(kind, jnp.flip(x, 0) if reverse else x, wi, bi, wh, bh,
                   carry0)
   if reverse and (layer.keep_order if keep_order is None else keep_order):
-    hs = jnp.flip(hs, 0)
-  return jnp.swapaxes(hs, 0, 1)
+    hs = jnp.flip(hs, 1)
+  return hs
