@@ -71,8 +71,12 @@ def row_flags(model: str, preset: str):
 
 
 def train_table(runs: str, names, repeats: int, data_flags) -> None:
-  """Times every row's kinds, alternated; writes runs.jsonl and host.json."""
-  timed = []
+  """Times the kinds of the rows of models `names`, alternated; writes
+  runs.jsonl (the other rows as kept before) and host.json."""
+  labels = [r[0] for r in ROWS if r[1] in names]
+  timed = [r for r in (speedrun.load_timed(runs, "runs.jsonl")[0] if
+                       os.path.exists(os.path.join(runs, "runs.jsonl"))
+                       else []) if r["row"] not in labels]
   with tempfile.TemporaryDirectory() as tmp:
     t = wall_time(row_flags("linear", "tuned") + data_flags, [],
                   os.path.join(tmp, "warm"))
@@ -123,7 +127,8 @@ def main(argv=None):
   parser.add_argument("--repeats", type=int, default=2)
   speedrun.add_table_flags(parser, runs_required=False)  # None: launch_args.
   parser.add_argument("--models", default="all",
-                      help="with --train: the rows of these models only")
+                      help="with --train: the rows of these models only (the "
+                      "others as kept)")
   parser.add_argument("launch_args", nargs="*")
   args = parser.parse_args(argv)
   if args.runs:

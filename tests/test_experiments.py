@@ -384,10 +384,11 @@ def test_startup_times_a_first_and_a_warm_run_and_writes_the_table(
 
 @pytest.mark.slow
 def test_num_seeds_times_a_row_and_writes_the_members_table(prepared,
-                                                           tmp_path):
+                                                           tmp_path,
+                                                           monkeypatch):
   """num_seeds.py --train --runs for the linear model's row: its one run,
   seeds and sweep timed; the row's ratios are theirs; --check then finds the
-  table matching the runs."""
+  table matching the runs; retiming another model keeps the row."""
   from experiments import num_seeds  # pylint: disable=g-import-not-at-top
   table, check = _timed_table("num_seeds.py", num_seeds.MARKER,
                               ["--models=linear", "--repeats=1"], prepared,
@@ -398,6 +399,12 @@ def test_num_seeds_times_a_row_and_writes_the_members_table(prepared,
   one, seeds, ratio = float(rows[0][1]), float(rows[0][2]), rows[0][3]
   assert abs(float(ratio.rstrip("x")) - seeds / one) < 0.02, rows
   assert _matches(check)
+  # Retiming another model's rows keeps this one's.
+  kept = (tmp_path / "r" / "runs.jsonl").read_text()
+  monkeypatch.setattr(num_seeds, "wall_time", lambda *_: 1.0)
+  num_seeds.train_table(str(tmp_path / "r"), ["mlp"], 1, [])
+  after = (tmp_path / "r" / "runs.jsonl").read_text()
+  assert after.startswith(kept) and "mlp 512-256 (seed)" in after, after
 
 
 @pytest.mark.slow
