@@ -123,12 +123,14 @@ def _recurrence_bwd(kind, res, dhs):
     dxp = jnp.concatenate([da[..., :2 * hidden], dan], axis=-1)
     gi = _over_steps(jnp.concatenate([x, ones], -1), dxp)
     gh = _over_steps(jnp.concatenate([h_prev, ones], -1), da)
+    dwi, dbi, dwh, dbh = gi[:-1], gi[-1], gh[:-1], gh[-1]
   else:
     da = dxp = out
     g = _over_steps(jnp.concatenate([x, h_prev, ones], -1), da)
-    gi, gh = jnp.concatenate([g[:x.shape[-1]], g[-1:]]), g[x.shape[-1]:]
+    dwi, dwh, dbi = g[:x.shape[-1]], g[x.shape[-1]:-1], g[-1]
+    dbh = dbi
   dx = jnp.einsum("tbg,fg->tbf", dxp, wi)  # Dropped by XLA when x is data.
-  return (dx, gi[:-1], gi[-1], gh[:-1], gh[-1], dcarry0)
+  return (dx, dwi, dbi, dwh, dbh, dcarry0)
 
 
 def _over_steps(inputs, cotangent):
