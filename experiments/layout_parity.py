@@ -96,10 +96,7 @@ def measure(args) -> list:
                 if (v := getattr(args, k))]
   wanted = args.rows.split(",") if args.rows else None
   counts = [int(n) for n in args.devices.split(",")]
-  out = []
-  if wanted and os.path.exists(os.path.join(args.runs, "parity.jsonl")):
-    out = [r for r in speedrun.load_timed(args.runs, "parity.jsonl")[0]
-           if str(r["row"]) not in wanted]
+  out = speedrun.kept_timed(args.runs, "parity.jsonl", wanted) if wanted else []
   for index, (_, flags, full) in enumerate(ROWS):
     if wanted and str(index) not in wanted:
       continue

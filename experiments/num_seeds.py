@@ -73,10 +73,8 @@ def row_flags(model: str, preset: str):
 def train_table(runs: str, names, repeats: int, data_flags) -> None:
   """Times the kinds of the rows of models `names`, alternated; writes
   runs.jsonl (the other rows as kept before) and host.json."""
-  labels = [r[0] for r in ROWS if r[1] in names]
-  timed = [r for r in (speedrun.load_timed(runs, "runs.jsonl")[0] if
-                       os.path.exists(os.path.join(runs, "runs.jsonl"))
-                       else []) if r["row"] not in labels]
+  timed = speedrun.kept_timed(runs, "runs.jsonl",
+                              [r[0] for r in ROWS if r[1] in names])
   with tempfile.TemporaryDirectory() as tmp:
     t = wall_time(row_flags("linear", "tuned") + data_flags, [],
                   os.path.join(tmp, "warm"))

@@ -176,6 +176,15 @@ def timed(args, name: str, measure: Callable[[], list]):
   return load_timed(args.runs, name)
 
 
+def kept_timed(runs: str, name: str, retimed) -> list:
+  """The rows kept in runs/name ([] if none) but those whose "row" is in
+  `retimed`: what a partial retime keeps."""
+  if not os.path.exists(os.path.join(runs, name)):
+    return []
+  return [r for r in load_timed(runs, name)[0]
+          if str(r["row"]) not in retimed]
+
+
 def load_timed(runs: str, name: str):
   """(the rows save_timed kept in runs/name, host.json's dict)."""
   path = os.path.join(runs, name)
