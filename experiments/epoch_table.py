@@ -179,11 +179,24 @@ def table(runs: str) -> str:
         f"{median(none[name]):#.3g} | {layout} | "
         f"{median(auto[name], 'gflops'):.0f} | "
         f"{'-' if theirs is None else f'{theirs:#.3g}'} | "
-        f"{'-' if theirs is None else f'{ours / theirs:.2f}'} |")
+        f"{'-' if theirs is None else _ratio(auto[name], torch[name])} |")
   repeats = len(next(iter(auto.values())))
   releases = ", ".join(f"{k} {host[k]}" for k in ("jax", "torch") if k in host)
+  spread = (", in brackets the lowest and highest ratio of a run of ours to "
+            "PyTorch's of the same round" if repeats > 1 else "")
   return "\n".join([f"Seconds an epoch on {host['host']}, {releases}; medians "
-                    f"of {repeats} alternated runs each.", ""] + lines)
+                    f"of {repeats} alternated runs each{spread}.", ""] + lines)
+
+
+def _ratio(ours, theirs) -> str:
+  """The ratio of the medians, and with several rounds its range over the
+  rounds (a run of ours over PyTorch's run of the same round): on a shared
+  host PyTorch's epoch varies more than the medians show."""
+  text = f"{_median(ours) / _median(theirs):.2f}"
+  rounds = [a["epoch_time_s"] / b["epoch_time_s"] for a, b in zip(ours, theirs)]
+  if len(rounds) < 2:
+    return text
+  return f"{text} ({min(rounds):.2f}-{max(rounds):.2f})"
 
 
 def compared_table(name: str, runs: str) -> str:

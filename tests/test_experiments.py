@@ -320,6 +320,42 @@ def test_epoch_table_times_each_layout_and_writes_the_table_from_them(
   assert check.returncode == 0 and "matches" in check.stdout, check.stdout
 
 
+def test_epoch_table_gives_the_ratio_of_the_medians_and_its_range_over_rounds(
+    tmp_path):
+  """The seed table's last column: the medians' ratio, then the lowest and
+  highest ratio of a run of ours to PyTorch's run of the same round."""
+  ours, theirs = [2.0, 3.0, 2.5], [4.0, 3.0, 2.5]  # Ratios 0.5, 1.0, 1.0.
+  for kind, times in (("auto", ours), ("none", ours), ("torch", theirs)):
+    for i, t in enumerate(times):
+      (tmp_path / f"{kind}.{i}.jsonl").write_text(json.dumps(
+          {"model": "linear", "epoch_time_s": t, "parallel": "none",
+           "devices": 1, "gflops": 1.0}) + "\n")
+  (tmp_path / "host.json").write_text(json.dumps(
+      {"host": "test host", "jax": "0", "torch": "0"}))
+  row = [l for l in epoch_table.table(str(tmp_path)).splitlines()
+         if l.startswith("| linear")][0]
+  assert row.split("|")[7].strip() == f"{2.5 / 3.0:.2f} (0.50-1.00)", row
+
+
+def test_the_readme_says_what_the_epoch_table_shows():
+  """The README says every seed model's epoch takes less time than
+  PyTorch's in each round of the table's runs: every row of the committed
+  table, each round's ratio (the brackets' highest) below 1."""
+  with open(os.path.join(ROOT, "README.md")) as f:
+    readme = " ".join(f.read().split())
+  assert ("Every seed model's epoch takes less time than the same network in "
+          "PyTorch on the same 2-core CPU, in each round" in readme)
+  with open(os.path.join(ROOT, "docs", "performance.md")) as f:
+    table = f.read().split(epoch_table.MARKER.format("table"))[1].split(
+        epoch_table.MARKER.format("end"))[0]
+  rows = {l.split("|")[1].split()[0]: l.split("|")[7] for l in
+          table.splitlines() if l.startswith("| ") and "batch" in l}
+  assert set(rows) == set(models.MODELS), rows
+  for name, cell in rows.items():
+    highest = re.findall(r"[0-9.]+", cell)[-1]
+    assert float(highest) < 1.0, (name, cell)
+
+
 def _timed_table(script, marker, train_args, prepared, tmp_path):
   """Runs `script --train` on the synthetic data into a copy of
   docs/performance.md; (its table between `marker`'s lines, the --check
