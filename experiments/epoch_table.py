@@ -21,7 +21,8 @@ sharded; impls: the CNN's kernel and the BatchNorm CNN's convolutions as
 matmuls beside XLA's own layers, in ms a step). Each keeps its JSON lines in
 the runs folder (KIND.N.jsonl) beside host.json (this host and the
 releases). Each figure is the median over the repeats of each run's epoch
-time (itself the median of the epochs after the first).
+time (itself the median of the epochs after the first); the seed table's
+ratio to PyTorch adds, in brackets, its range over the rounds.
 """
 
 import argparse
