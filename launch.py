@@ -26,6 +26,7 @@ if __name__ == "__main__":  # Ctrl-C while the imports load: a quiet end.
   signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+import gc
 import sys
 import threading
 import traceback
@@ -242,4 +243,10 @@ def _run(argv):
 
 
 if __name__ == "__main__":
-  app.run(_run, flags_parser=_parse)
+  try:
+    app.run(_run, flags_parser=_parse)
+  finally:
+    # Everything is written and closed by now. Frozen, the 200,000 or so
+    # objects JAX, flax, orbax and matplotlib made are freed at exit without
+    # the garbage collector's passes over them: about half a second sooner.
+    gc.freeze()
