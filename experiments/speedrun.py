@@ -102,12 +102,17 @@ def rows(runs: str, offsets):
       spread = (f" ± {100 * final['test_accuracy_std']:.2f}"
                 if "test_accuracy_std" in final else "")
       ensemble = final.get("ensemble_test_accuracy")
+      # Its report's t-SNE map (the analysis extra installed) delays the
+      # exit: said, so that exits timed in other virtualenvs are told apart.
+      tsne = os.path.exists(os.path.join(workdir, "analysis",
+                                         "features_tsne.png"))
       out.append([
           f"`{timed['command']}`", str(seeds),
           f"{100 * mean:.2f}{spread}%",
           f"{100 * ensemble:.2f}%" if ensemble else "-",
           f"{timed['to_result_s']:.1f} s", f"{timed['to_result_s'] / seeds:.1f} s",
-          f"{timed['to_exit_s']:.1f} s", f"{timed['host']}, jax {timed['jax']}"])
+          f"{timed['to_exit_s']:.1f} s" + (" (t-SNE map drawn)" if tsne else ""),
+          f"{timed['host']}, jax {timed['jax']}"])
   torch_path = os.path.join(runs, "torch.json")
   if os.path.exists(torch_path):
     with open(torch_path) as f:

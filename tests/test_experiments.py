@@ -337,6 +337,27 @@ def test_epoch_table_gives_the_ratio_of_the_medians_and_its_range_over_rounds(
   assert row.split("|")[7].strip() == f"{2.5 / 3.0:.2f} (0.50-1.00)", row
 
 
+def test_the_speedrun_table_says_whose_exit_drew_the_t_sne_map(tmp_path):
+  """A run whose report drew the t-SNE map (the analysis extra) exits later:
+  its "launch to exit" cell says so, the others' do not."""
+  from experiments import speedrun  # pylint: disable=g-import-not-at-top
+  folders = []
+  for name, flags in speedrun.ROWS:
+    workdir = tmp_path / f"{name.replace(' ', '_')}-1"
+    (workdir / "analysis").mkdir(parents=True)
+    (workdir / "speedrun.json").write_text(json.dumps(
+        {"command": " ".join(["python launch.py", *flags]), "host": "host",
+         "jax": "0", "to_result_s": 5.0, "to_exit_s": 10.0}))
+    (workdir / "metrics.jsonl").write_text(json.dumps(
+        {"test_accuracy": 0.99, "test_loss": 0.1}) + "\n")
+    folders.append(workdir)
+  (folders[0] / "analysis" / "features_tsne.png").write_bytes(b"")
+  exits = [row[6] for row in speedrun.rows(str(tmp_path), ["1"])
+           if row[0].startswith("`")]
+  assert exits == ["10.0 s (t-SNE map drawn)"] + ["10.0 s"] * (
+      len(speedrun.ROWS) - 1), exits
+
+
 def test_the_readme_says_what_the_epoch_table_shows():
   """The README says every seed model's epoch takes less time than
   PyTorch's in each round of the table's runs: every row of the committed
