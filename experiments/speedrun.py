@@ -86,6 +86,7 @@ def train(flags, workdir: str, data_flags) -> dict:
 
 def rows(runs: str, offsets):
   """The table's rows from the run folders under `runs`, in ROWS order."""
+  from mnist_jax.results import analysis  # JAX's and scipy's imports: here.
   out = []
   for name, _ in ROWS:
     for offset in offsets:
@@ -104,8 +105,8 @@ def rows(runs: str, offsets):
       ensemble = final.get("ensemble_test_accuracy")
       # Its report's t-SNE map (the analysis extra installed) delays the
       # exit: said, so that exits timed in other virtualenvs are told apart.
-      tsne = os.path.exists(os.path.join(workdir, "analysis",
-                                         "features_tsne.png"))
+      tsne = os.path.exists(os.path.join(workdir, analysis.FOLDER,
+                                         analysis.TSNE_MAP))
       out.append([
           f"`{timed['command']}`", str(seeds),
           f"{100 * mean:.2f}{spread}%",

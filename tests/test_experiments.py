@@ -341,17 +341,18 @@ def test_the_speedrun_table_says_whose_exit_drew_the_t_sne_map(tmp_path):
   """A run whose report drew the t-SNE map (the analysis extra) exits later:
   its "launch to exit" cell says so, the others' do not."""
   from experiments import speedrun  # pylint: disable=g-import-not-at-top
+  from mnist_jax.results import analysis  # pylint: disable=g-import-not-at-top
   folders = []
   for name, flags in speedrun.ROWS:
     workdir = tmp_path / f"{name.replace(' ', '_')}-1"
-    (workdir / "analysis").mkdir(parents=True)
+    (workdir / analysis.FOLDER).mkdir(parents=True)
     (workdir / "speedrun.json").write_text(json.dumps(
         {"command": " ".join(["python launch.py", *flags]), "host": "host",
          "jax": "0", "to_result_s": 5.0, "to_exit_s": 10.0}))
     (workdir / "metrics.jsonl").write_text(json.dumps(
         {"test_accuracy": 0.99, "test_loss": 0.1}) + "\n")
     folders.append(workdir)
-  (folders[0] / "analysis" / "features_tsne.png").write_bytes(b"")
+  (folders[0] / analysis.FOLDER / analysis.TSNE_MAP).write_bytes(b"")
   exits = [row[6] for row in speedrun.rows(str(tmp_path), ["1"])
            if row[0].startswith("`")]
   assert exits == ["10.0 s (t-SNE map drawn)"] + ["10.0 s"] * (

@@ -26,6 +26,7 @@ from mnist_jax.training import metrics
 FOLDER = "analysis"  # In the run folder.
 SUMMARY, READING, ROBUSTNESS, ARRAYS = ("summary.json", "reading.csv",
                                         "robustness.csv", "arrays.npz")
+TSNE_MAP = "features_tsne.png"  # The t-SNE map, with scikit-learn installed.
 STRIDE = 10  # Levels other than 0 are on test images 0, 10, 20, ...
 GRID, MISTAKES = 12, 6
 IG_STEPS, IG_MAX_STEPS, IG_TOLERANCE, IG_CHUNK = 16, 1024, 0.01, 16
@@ -327,7 +328,7 @@ def write(workdir: str, run, test, val=None,
         perplexity=min(30, (len(points) - 1) / 3),
         init="pca" if np.ptp(points, axis=0).max() > 0 else "random",
     ).fit_transform(points)
-    analysis_plots.maps([r], path("features_tsne.png"), "tsne")
+    analysis_plots.maps([r], path(TSNE_MAP), "tsne")
     r["seconds"]["tsne"] = round(time.perf_counter() - start, 3)
   files.write_json(path(SUMMARY), summary(r))
   files.write_csv(path(ROBUSTNESS),
@@ -375,7 +376,7 @@ FIGURES = (  # (file, title, analysis_plots' function, a key it needs)
     ("attributions.png", "Where it looks", "attributions", None),
     ("features_pca.png", "What it learned (PCA)", "maps", None),
     ("reliability.png", "How sure it is", "reliability", None),
-    ("features_tsne.png", "What it learned (t-SNE)", None, None),  # write's.
+    (TSNE_MAP, "What it learned (t-SNE)", None, None),  # write's.
 )
 
 
