@@ -278,6 +278,38 @@ def test_the_comparison_page_sets_two_runs_side_by_side(two_runs, tmp_path):
       assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
 
 
+def test_the_lenses_in_their_thread_give_what_they_give_in_line():
+  """Lenses runs analyse beside the report's figures and hands on its results
+  as each lens ends: they grow, the last is all of them, and each number and
+  array is the one analyse gives run in line."""
+  images, labels = _row_digits(60)
+  run, data = _row_reader(), _data(images, labels, 20)
+  inline = analysis.analyse(run, data.test, data.val)
+  seen = list(analysis.Lenses(run, data.test, data.val).ended())
+  assert len(seen) > 2 and all(set(a) <= set(b) for a, b in zip(seen, seen[1:]))
+  assert set(seen[0]) < set(seen[-1]) == set(inline)
+  for key, value in inline.items():
+    if isinstance(value, np.ndarray):
+      np.testing.assert_array_equal(seen[-1][key], value, err_msg=key)
+    elif key != "seconds":
+      assert seen[-1][key] == value, key
+
+
+def test_a_lens_that_fails_raises_where_the_report_waits(tmp_path,
+                                                         monkeypatch):
+  """An error in the analyses' thread reaches write's caller, and the figures
+  drawn before it are those of the lenses that ended."""
+  def fail(*_):
+    raise ValueError("a lens failed")
+  monkeypatch.setattr(analysis, "robustness", fail)
+  images, labels = _row_digits(60)
+  data = _data(images, labels, 20)
+  with pytest.raises(ValueError, match="a lens failed"):
+    analysis.write(str(tmp_path), _row_reader(), data.test, data.val)
+  assert sorted(os.listdir(tmp_path / "analysis")) == [
+      "features_pca.png", "reading.png", "reliability.png"]
+
+
 @pytest.mark.parametrize("on", [pytest.param(True, marks=pytest.mark.slow),
                                 False])
 def test_the_report_writes_the_analyses_unless_told_not_to(tmp_path, on):

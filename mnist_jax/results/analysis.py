@@ -5,6 +5,8 @@ lens evaluates the model as the loop and the report do (run_lib.logits)."""
 import functools
 import importlib.util
 import os
+import queue
+import threading
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -126,7 +128,7 @@ def changed(images, seed: int = 0):
   return jax.jit(lambda x, extra: jnp.concatenate([jax.vmap(
       fn, (None, 0, None))(x, jnp.asarray([l for l in levels if l],
                                           jnp.float32), extra)
-      for *_, levels, fn in CHANGES]))(jnp.asarray(images, jnp.float32), extra)
+      for *_, levels, fn in CHANGES]))(np.asarray(images, np.float32), extra)
 
 
 def robustness(run, images, labels, accuracy: float) -> List[tuple]:
@@ -159,26 +161,32 @@ def reads_in_steps(module) -> bool:
 def attributions(module, variables, images, targets) -> Dict[str, np.ndarray]:
   """Integrated gradients of the target logits against a black image (Gauss-
   Legendre nodes, as Captum's default; doubled until each sums within 1% of
-  logit(x) - logit(black)) and gradient x input, of images [n, H, W, C]."""
-  x = jnp.asarray(images, jnp.float32)
-  n, size = len(x), IG_CHUNK * len(x)
-  c = jnp.tile(jnp.asarray(targets, jnp.int32), IG_CHUNK)
-  grad = jax.jit(lambda b: target_gradients(module, variables, b, c))
-  ends, logit = grad(jnp.concatenate([x, 0 * x,
-                                      jnp.zeros((size - 2 * n, *x.shape[1:]))]))
-  difference, steps = logit[:n] - logit[n:2 * n], IG_STEPS
+  logit(x) - logit(black)) and gradient x input, of images [n, H, W, C].
+  One compiled program, of IG_CHUNK points on the path at a time; the rest
+  is NumPy's (each eager JAX operation would compile one of its own)."""
+  x = np.asarray(images, np.float32)
+  c = np.tile(np.asarray(targets, np.int32), IG_CHUNK)
+  path = jax.jit(lambda a, x: target_gradients(
+      module, variables, (a[:, None, None, None, None] * x).reshape(
+          -1, *x.shape[1:]), c))
+
+  def at(a):  # Points a * x, a [IG_CHUNK]: (gradients, target logits).
+    grads, logits = jax.device_get(path(np.float32(a), x))
+    return grads.reshape(IG_CHUNK, *x.shape), logits.reshape(IG_CHUNK, -1)
+
+  ends, logit = at(np.arange(IG_CHUNK) == 0)  # At x, then black.
+  difference, steps = logit[0] - logit[1], IG_STEPS
   while True:
     total, (nodes, weights) = 0, np.polynomial.legendre.leggauss(steps)
-    for a, w in zip(*(np.float32(v / 2).reshape(-1, IG_CHUNK, *[1] * x.ndim)
+    for a, w in zip(*(np.float32(v / 2).reshape(-1, IG_CHUNK)
                       for v in (nodes + 1, weights))):  # On [0, 1].
-      total += (w * grad((a * x).reshape(size, *x.shape[1:]))[0].reshape(
-          IG_CHUNK, *x.shape)).sum(0)
-    ig = np.asarray(x * total)
+      total += np.tensordot(w, at(a)[0], 1)
+    ig = x * total
     error = np.abs(ig.sum((1, 2, 3)) - difference) / np.maximum(
         np.abs(difference), 1e-12)
     if error.max() <= IG_TOLERANCE or steps >= IG_MAX_STEPS:
-      return {"ig": ig, "gxi": np.asarray(x * ends[:n]), "ig_error": error,
-              "ig_steps": steps, "logit_difference": np.asarray(difference)}
+      return {"ig": ig, "gxi": x * ends[0], "ig_error": error,
+              "ig_steps": steps, "logit_difference": difference}
     steps *= 2
 
 
@@ -215,14 +223,17 @@ def fit_temperature(logits, labels) -> float:
       nll, bounds=(-5, 5), method="bounded", options={"xatol": 1e-7}).x))
 
 
-def analyse(run, test, val=None) -> Dict[str, object]:
+def analyse(run, test, val=None, done=None) -> Dict[str, object]:
   """Every lens on a Run and test Split (val: the Split the temperature is
-  fitted on; None or empty: none): numbers, arrays, seconds."""
+  fitted on; None or empty: none): numbers, arrays, seconds. done(results so
+  far): called as each lens ends, the quickest first."""
   seconds, clock = {}, [time.perf_counter()]
 
   def lap(name):
     seconds[name] = round(time.perf_counter() - clock[0], 3)
     clock[0] = time.perf_counter()
+    if done is not None:
+      done(dict(r))
 
   config, module = run.config, models.get(run.config.model).stock(run.config)
   images, labels = np.asarray(test.images), np.asarray(test.labels)
@@ -251,6 +262,15 @@ def analyse(run, test, val=None) -> Dict[str, object]:
     r["reading_note"] = ("bidirectional" if getattr(module, "bidirectional", 0)
                          else "not a sequence model")
   lap("forward_pass_and_reading")
+  r["pca"], r["explained"], _ = pca(r["features"])
+  lap("pca")
+  r["temperature"] = None
+  if val_images:
+    r["temperature"] = fit_temperature(
+        run.logits(np.asarray(val.images), config.eval_batch_size), val.labels)
+    r.update({f"scaled_{k}": v for k, v in calibration(
+        logits / r["temperature"], labels).items()})
+  lap("calibration")
   r["robustness"] = robustness(run, images, labels, r["test_accuracy"])
   lap("robustness")
   wrong = np.flatnonzero(r["predicted"] != labels)
@@ -265,15 +285,32 @@ def analyse(run, test, val=None) -> Dict[str, object]:
   if isinstance(module, recurrent.Recurrent):
     r["rows_ig"] = r["ig"].sum(axis=2)
   lap("attributions")
-  r["pca"], r["explained"], _ = pca(r["features"])
-  lap("pca")
-  if val_images:
-    r["temperature"] = fit_temperature(
-        run.logits(np.asarray(val.images), config.eval_batch_size), val.labels)
-    r.update({f"scaled_{k}": v for k, v in calibration(
-        logits / r["temperature"], labels).items()})
-  lap("calibration")
   return r
+
+
+class Lenses:
+  """`analyse` in a thread of its own, begun before the report draws its
+  figures: its XLA work lets go of Python's lock, so each figure is drawn
+  meanwhile, as soon as its lens is done (`ended`)."""
+
+  def __init__(self, run, test, val=None):
+    self._ended = queue.Queue()
+    threading.Thread(target=self._work, args=(run, test, val),
+                     name="analyses").start()
+
+  def _work(self, *args):
+    try:
+      self._ended.put((analyse(*args, done=self._ended.put),))
+    except BaseException as e:  # pylint: disable=broad-except
+      self._ended.put(e)  # Raised where the report waits for it.
+
+  def ended(self):
+    """Yields the results so far as each lens ends, all of them last."""
+    while not isinstance(item := self._ended.get(), tuple):
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+    yield item[0]
 
 
 def summary(r) -> Dict[str, object]:
@@ -295,26 +332,30 @@ def summary(r) -> Dict[str, object]:
 
 def write(workdir: str, run, test, val=None,
           class_names: Optional[Sequence[str]] = None,
-          maps: bool = True) -> List[str]:
-  """Writes `analyse` into workdir/analysis/ (timed in its summary.json);
-  returns report.md's section. maps: a t-SNE map too where scikit-learn is
-  installed (seconds)."""
+          maps: bool = True, lenses: Optional[Lenses] = None) -> List[str]:
+  """Writes `analyse` (begun by `lenses`, or now) into workdir/analysis/
+  (timed in its summary.json); returns report.md's section. maps: a t-SNE map
+  too where scikit-learn is installed (seconds)."""
   # pylint: disable=g-import-not-at-top
   from mnist_jax.results import analysis_plots
 
+  lenses = lenses or Lenses(run, test, val)
   folder = os.path.join(workdir, FOLDER)
   path = lambda name: os.path.join(folder, name)
   os.makedirs(folder, exist_ok=True)
   for name in [n for n, *_ in FIGURES if os.path.exists(path(n))]:
     os.remove(path(name))  # An earlier analysis's.
-  r = analyse(run, test, val)
-  r["names"] = list(class_names or datasets.class_names(run.config.dataset))
-  r["label"] = f"{r['model']} ({r['preset']})"
-  start = time.perf_counter()
-  for name, _, draw, key in FIGURES:
-    if draw and (key is None or key in r):
-      getattr(analysis_plots, draw)([r], path(name))
-  r["seconds"]["figures"] = round(time.perf_counter() - start, 3)
+  names = list(class_names or datasets.class_names(run.config.dataset))
+  drawing, drawn = 0.0, set()
+  for r in lenses.ended():
+    r.update(names=names, label=f"{r['model']} ({r['preset']})")
+    start = time.perf_counter()
+    for name, _, draw, key in FIGURES:
+      if draw and name not in drawn and key in r:
+        getattr(analysis_plots, draw)([r], path(name))
+        drawn.add(name)
+    drawing += time.perf_counter() - start
+  r["seconds"]["figures"] = round(drawing, 3)
   r["seconds"]["total"] = round(sum(r["seconds"].values()), 3)
   if maps and importlib.util.find_spec("sklearn"):
     from sklearn.manifold import TSNE
@@ -370,12 +411,13 @@ NOTES = (
     "model reads before its own output layer reaches 99% of its final "
     "accuracy."
 )
-FIGURES = (  # (file, title, analysis_plots' function, a key it needs)
+FIGURES = (  # (file, title, analysis_plots' function, drawn once the
+    # results hold this key)
     ("reading.png", "How far it must read", "reading", "reading_accuracy"),
-    ("robustness.png", "What breaks it", "robustness", None),
-    ("attributions.png", "Where it looks", "attributions", None),
-    ("features_pca.png", "What it learned (PCA)", "maps", None),
-    ("reliability.png", "How sure it is", "reliability", None),
+    ("robustness.png", "What breaks it", "robustness", "robustness"),
+    ("attributions.png", "Where it looks", "attributions", "ig"),
+    ("features_pca.png", "What it learned (PCA)", "maps", "pca"),
+    ("reliability.png", "How sure it is", "reliability", "temperature"),
     (TSNE_MAP, "What it learned (t-SNE)", None, None),  # write's.
 )
 

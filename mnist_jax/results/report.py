@@ -117,6 +117,14 @@ def write(workdir: str, run, test, class_names: Optional[Sequence[str]] = None,
   labels = np.asarray(test.labels).astype(np.int64)
   logits = run.logits(images, config.eval_batch_size)
   ensemble = ensemble_metrics(run, test) if len(run.seeds) > 1 else None
+  lenses = None
+  if config.analyses:  # Begun now, worked on while the figures are drawn.
+    # pylint: disable=g-import-not-at-top
+    from mnist_jax.results import analysis as analysis_lib
+    if val is None and config.val_fraction > 0:
+      from mnist_jax.data import pipeline
+      val = pipeline.load(config).val
+    lenses = analysis_lib.Lenses(run, test, val)
   # matplotlib only once a run ends: out of a run's start-up.
   from mnist_jax.results import plots  # pylint: disable=g-import-not-at-top
   n, k = len(labels), logits.shape[-1]
@@ -164,13 +172,9 @@ def write(workdir: str, run, test, class_names: Optional[Sequence[str]] = None,
   if config.sweep and records:
     write_sweep(workdir, config, records)
   analysis = []
-  if config.analyses:
-    # pylint: disable=g-import-not-at-top
-    from mnist_jax.results import analysis as analysis_lib
-    if val is None and config.val_fraction > 0:
-      from mnist_jax.data import pipeline
-      val = pipeline.load(config).val
-    analysis = analysis_lib.write(workdir, run, test, val, names)
+  if lenses is not None:
+    analysis = analysis_lib.write(workdir, run, test, val, names,
+                                  lenses=lenses)
 
   warning = (final.get(control.NOT_LEARNED) or {}).get("message")
   lines = [f"# {config.model} ({config.preset} preset) on {config.dataset}", ""]
