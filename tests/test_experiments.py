@@ -266,20 +266,24 @@ def test_speedrun_keeps_each_runs_timing_and_writes_the_table_from_them(
   base = [sys.executable, _script("speedrun.py"), f"--runs={tmp_path / 'r'}",
           f"--doc={doc}", "--offsets=3"]
   train = subprocess.run(
-      base + ["--train", f"--data_dir={prepared[1]}", "--", "--epochs=1",
-              "--noanalyses"], capture_output=True, text=True, check=False)
+      base + ["--train", f"--data_dir={prepared[1]}", "--times=2", "--",
+              "--epochs=1", "--noanalyses"], capture_output=True, text=True,
+      check=False)
   assert train.returncode == 0, train.stderr[-3000:]
   table = doc.read_text().split(speedrun.MARKER.format("table"))[1].split(
       speedrun.MARKER.format("end"))[0]
-  for _, flags in speedrun.ROWS:
+  for _, flags, _ in speedrun.ROWS:
     assert (f"`python launch.py {' '.join(flags)} --seed=3 --epochs=1 "
             "--noanalyses`") in table, table
   assert "| published, not measured here" in table
-  for name, _ in speedrun.ROWS:
+  for name, *_ in speedrun.ROWS:
     with open(tmp_path / "r" / f"{name.replace(' ', '_')}-3" /
               "speedrun.json") as f:
       timed = json.load(f)
     assert 0 < timed["to_result_s"] <= timed["to_exit_s"]
+    assert len(timed["runs_s"]) == 2  # Each cold run's, and their medians:
+    assert [timed["to_result_s"], timed["to_exit_s"]] == pytest.approx(
+        np.median(timed["runs_s"], axis=0)), timed
   check = subprocess.run(base + ["--check"], capture_output=True, text=True,
                          check=False)
   assert check.returncode == 0 and "matches" in check.stdout, check.stdout
@@ -343,7 +347,7 @@ def test_the_speedrun_table_says_whose_exit_drew_the_t_sne_map(tmp_path):
   from experiments import speedrun  # pylint: disable=g-import-not-at-top
   from mnist_jax.results import analysis  # pylint: disable=g-import-not-at-top
   folders = []
-  for name, flags in speedrun.ROWS:
+  for name, flags, _ in speedrun.ROWS:
     workdir = tmp_path / f"{name.replace(' ', '_')}-1"
     (workdir / analysis.FOLDER).mkdir(parents=True)
     (workdir / "speedrun.json").write_text(json.dumps(
