@@ -6,6 +6,8 @@ import functools
 import json
 import os
 import re
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -26,6 +28,7 @@ from mnist_jax.results import report
 from mnist_jax.results import run as run_lib
 from mnist_jax import files
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = 10
 DECIDING_ROW = 13  # 0-based: the 14th row read.
 
@@ -308,6 +311,28 @@ def test_a_lens_that_fails_raises_where_the_report_waits(tmp_path,
     analysis.write(str(tmp_path), _row_reader(), data.test, data.val)
   assert sorted(os.listdir(tmp_path / "analysis")) == [
       "features_pca.png", "reading.png", "reliability.png"]
+
+
+def test_a_process_that_stops_waits_for_no_more_lenses():
+  """A stop (here SystemExit) while the lenses run: the exiting process waits
+  for the lens under way, not for the ones after it."""
+  script = """
+import sys, time
+from mnist_jax.results import analysis
+def analyse(run, test, val, done):
+  for lens in range(50):
+    time.sleep(0.05)
+    print(lens, flush=True)
+    done({})
+analysis.analyse = analyse
+analysis.Lenses(None, None)
+time.sleep(0.3)
+sys.exit(3)
+"""
+  out = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                       text=True, cwd=ROOT, timeout=120, check=False)
+  assert out.returncode == 3, out.stderr[-2000:]
+  assert 2 <= len(out.stdout.split()) <= 12, out.stdout
 
 
 @pytest.mark.parametrize("on", [pytest.param(True, marks=pytest.mark.slow),

@@ -295,14 +295,18 @@ class Lenses:
 
   def __init__(self, run, test, val=None):
     self._ended = queue.Queue()
-    threading.Thread(target=self._work, args=(run, test, val),
-                     name="analyses").start()
+    threading.Thread(target=self._work, args=(run, test, val)).start()
 
   def _work(self, *args):
     try:
-      self._ended.put((analyse(*args, done=self._ended.put),))
+      self._ended.put((analyse(*args, done=self._lens),))
     except BaseException as e:  # pylint: disable=broad-except
       self._ended.put(e)  # Raised where the report waits for it.
+
+  def _lens(self, results):  # A process exiting (a stop) waits for no more.
+    if not threading.main_thread().is_alive():
+      raise SystemExit
+    self._ended.put(results)
 
   def ended(self):
     """Yields the results so far as each lens ends, all of them last."""
@@ -411,8 +415,7 @@ NOTES = (
     "model reads before its own output layer reaches 99% of its final "
     "accuracy."
 )
-FIGURES = (  # (file, title, analysis_plots' function, drawn once the
-    # results hold this key)
+FIGURES = (  # (file, title, analysis_plots' function, the key it waits for)
     ("reading.png", "How far it must read", "reading", "reading_accuracy"),
     ("robustness.png", "What breaks it", "robustness", "robustness"),
     ("attributions.png", "Where it looks", "attributions", "ig"),
