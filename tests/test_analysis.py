@@ -288,7 +288,7 @@ def test_the_lenses_in_their_thread_give_what_they_give_in_line():
   images, labels = _row_digits(60)
   run, data = _row_reader(), _data(images, labels, 20)
   inline = analysis.analyse(run, data.test, data.val)
-  seen = list(analysis.Lenses(run, data.test, data.val).ended())
+  seen = list(report.Lenses(run, data.test, data.val).ended())
   assert len(seen) > 2 and all(set(a) <= set(b) for a, b in zip(seen, seen[1:]))
   assert set(seen[0]) < set(seen[-1]) == set(inline)
   for key, value in inline.items():
@@ -307,8 +307,10 @@ def test_a_lens_that_fails_raises_where_the_report_waits(tmp_path,
   monkeypatch.setattr(analysis, "robustness", fail)
   images, labels = _row_digits(60)
   data = _data(images, labels, 20)
+  run = _row_reader()
   with pytest.raises(ValueError, match="a lens failed"):
-    analysis.write(str(tmp_path), _row_reader(), data.test, data.val)
+    analysis.write(str(tmp_path), run, data.test, data.val,
+                   lenses=report.Lenses(run, data.test, data.val).ended())
   assert sorted(os.listdir(tmp_path / "analysis")) == [
       "features_pca.png", "reading.png", "reliability.png"]
 
@@ -318,14 +320,14 @@ def test_a_process_that_stops_waits_for_no_more_lenses():
   for the lens under way, not for the ones after it."""
   script = """
 import sys, time
-from mnist_jax.results import analysis
+from mnist_jax.results import analysis, report
 def analyse(run, test, val, done):
   for lens in range(50):
     time.sleep(0.05)
     print(lens, flush=True)
     done({})
 analysis.analyse = analyse
-analysis.Lenses(None, None)
+report.Lenses(None, None)
 time.sleep(0.3)
 sys.exit(3)
 """

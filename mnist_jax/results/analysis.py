@@ -5,8 +5,6 @@ lens evaluates the model as the loop and the report do (run_lib.logits)."""
 import functools
 import importlib.util
 import os
-import queue
-import threading
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -288,35 +286,6 @@ def analyse(run, test, val=None, done=None) -> Dict[str, object]:
   return r
 
 
-class Lenses:
-  """`analyse` in a thread of its own, begun before the report draws its
-  figures: its XLA work lets go of Python's lock, so each figure is drawn
-  meanwhile, as soon as its lens is done (`ended`)."""
-
-  def __init__(self, run, test, val=None):
-    self._ended = queue.Queue()
-    threading.Thread(target=self._work, args=(run, test, val)).start()
-
-  def _work(self, *args):
-    try:
-      self._ended.put((analyse(*args, done=self._lens),))
-    except BaseException as e:  # pylint: disable=broad-except
-      self._ended.put(e)  # Raised where the report waits for it.
-
-  def _lens(self, results):  # A process exiting (a stop) waits for no more.
-    if not threading.main_thread().is_alive():
-      raise SystemExit
-    self._ended.put(results)
-
-  def ended(self):
-    """Yields the results so far as each lens ends, all of them last."""
-    while not isinstance(item := self._ended.get(), tuple):
-      if isinstance(item, BaseException):
-        raise item
-      yield item
-    yield item[0]
-
-
 def summary(r) -> Dict[str, object]:
   """The summary numbers of `analyse`'s result (or compare.py's
   load_analysis')."""
@@ -336,14 +305,16 @@ def summary(r) -> Dict[str, object]:
 
 def write(workdir: str, run, test, val=None,
           class_names: Optional[Sequence[str]] = None,
-          maps: bool = True, lenses: Optional[Lenses] = None) -> List[str]:
-  """Writes `analyse` (begun by `lenses`, or now) into workdir/analysis/
-  (timed in its summary.json); returns report.md's section. maps: a t-SNE map
-  too where scikit-learn is installed (seconds)."""
+          maps: bool = True, lenses=None) -> List[str]:
+  """Writes `analyse` into workdir/analysis/ (timed in its summary.json);
+  returns report.md's section. lenses: its results so far as each lens ends,
+  all of them last (report.Lenses'; default: analyse run now), each figure
+  drawn once they hold its key. maps: a t-SNE map too where scikit-learn is
+  installed (seconds)."""
   # pylint: disable=g-import-not-at-top
   from mnist_jax.results import analysis_plots
 
-  lenses = lenses or Lenses(run, test, val)
+  lenses = lenses or [analyse(run, test, val)]
   folder = os.path.join(workdir, FOLDER)
   path = lambda name: os.path.join(folder, name)
   os.makedirs(folder, exist_ok=True)
@@ -351,7 +322,7 @@ def write(workdir: str, run, test, val=None,
     os.remove(path(name))  # An earlier analysis's.
   names = list(class_names or datasets.class_names(run.config.dataset))
   drawing, drawn = 0.0, set()
-  for r in lenses.ended():
+  for r in lenses:
     r.update(names=names, label=f"{r['model']} ({r['preset']})")
     start = time.perf_counter()
     for name, _, draw, key in FIGURES:

@@ -4,6 +4,8 @@ seeds' ensemble and a sweep's every member. Files are written atomically."""
 
 import itertools
 import os
+import queue
+import threading
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -124,7 +126,7 @@ def write(workdir: str, run, test, class_names: Optional[Sequence[str]] = None,
     if val is None and config.val_fraction > 0:
       from mnist_jax.data import pipeline
       val = pipeline.load(config).val
-    lenses = analysis_lib.Lenses(run, test, val)
+    lenses = Lenses(run, test, val)
   # matplotlib only once a run ends: out of a run's start-up.
   from mnist_jax.results import plots  # pylint: disable=g-import-not-at-top
   n, k = len(labels), logits.shape[-1]
@@ -174,7 +176,7 @@ def write(workdir: str, run, test, class_names: Optional[Sequence[str]] = None,
   analysis = []
   if lenses is not None:
     analysis = analysis_lib.write(workdir, run, test, val, names,
-                                  lenses=lenses)
+                                  lenses=lenses.ended())
 
   warning = (final.get(control.NOT_LEARNED) or {}).get("message")
   lines = [f"# {config.model} ({config.preset} preset) on {config.dataset}", ""]
@@ -189,6 +191,36 @@ def write(workdir: str, run, test, class_names: Optional[Sequence[str]] = None,
             "## Settings", "", "```json", config.to_json(), "```", ""]
   files.write_text(path("report.md"), "\n".join(lines))
   return {**test_metrics, "confusion": counts}
+
+
+class Lenses:
+  """analysis.analyse in a thread of its own, begun before the report draws
+  its figures: its XLA work lets go of Python's lock, so the figures are drawn
+  meanwhile, each analysis figure as soon as its lens is done (`ended`)."""
+
+  def __init__(self, run, test, val=None):
+    self._ended = queue.Queue()
+    threading.Thread(target=self._work, args=(run, test, val)).start()
+
+  def _work(self, *args):
+    from mnist_jax.results import analysis  # pylint: disable=g-import-not-at-top
+    try:
+      self._ended.put((analysis.analyse(*args, done=self._lens),))
+    except BaseException as e:  # pylint: disable=broad-except
+      self._ended.put(e)  # Raised where the report waits for it.
+
+  def _lens(self, results):  # A process exiting (a stop) waits for no more.
+    if not threading.main_thread().is_alive():
+      raise SystemExit
+    self._ended.put(results)
+
+  def ended(self):
+    """Yields the results so far as each lens ends, all of them last."""
+    while not isinstance(item := self._ended.get(), tuple):
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+    yield item[0]
 
 
 def _digit_figures(path, title, images, labels, probs, names) -> None:
