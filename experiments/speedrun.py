@@ -15,10 +15,10 @@ report written after the result line. The time is taken from the process's
 start to the line that gives the accuracy (`to_result_s`) and to its exit
 (`to_exit_s`, the report included), the median of each over a row's cold
 runs (ROWS: three, the 99.5% rows one), and kept in the run folder as
-speedrun.json with each run's and the host. experiments/reference_torch.py --speedrun
-times PyTorch on the same recipe; its JSON line in the runs folder
-(torch.json) is the table's PyTorch row. The published anchor is quoted,
-never measured here.
+speedrun.json with each run's and the host. experiments/reference_torch.py
+--speedrun times PyTorch on the same recipe; its JSON line in the runs
+folder (torch.json) is the table's PyTorch row. The published anchor is
+quoted, never measured here.
 """
 
 import argparse

@@ -203,7 +203,8 @@ class Lenses:
     threading.Thread(target=self._work, args=(run, test, val)).start()
 
   def _work(self, *args):
-    from mnist_jax.results import analysis  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from mnist_jax.results import analysis
     try:
       self._ended.put((analysis.analyse(*args, done=self._lens),))
     except BaseException as e:  # pylint: disable=broad-except
