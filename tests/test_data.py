@@ -124,6 +124,13 @@ def test_split_holds_out_the_last_fraction(prepared, fraction, n_train, n_val):
   np.testing.assert_array_equal(ds.val.labels, arrays["train_labels"][n_train:])
 
 
+def test_a_fraction_that_holds_out_every_example_is_refused(prepared):
+  arrays = pipeline.prepare("mnist", prepared[1])
+  with pytest.raises(UserError, match=r"--val_fraction=0.999 holds out all "
+                     "600 training examples, leaving none to train on"):
+    pipeline.split(arrays, 0.999)
+
+
 def test_load_gives_the_raw_arrays_every_model_reads(prepared):
   """No views any more: each split is images [N, 28, 28] uint8 (0-255,
   as stored) and labels [N] int32, which each model scales itself."""

@@ -269,6 +269,10 @@ def split(arrays: dict, val_fraction: float, class_names=None) -> Dataset:
   n_train = int(n * (1.0 - val_fraction))
   if val_fraction > 0 and n_train == n:
     n_train = n - 1
+  if n_train == 0 < n:
+    raise UserError(f"--val_fraction={val_fraction:g} holds out all {n} "
+                    "training examples, leaving none to train on; pass a "
+                    "smaller one")
   return Dataset(train=Split(images[:n_train], labels[:n_train]),
                  val=Split(images[n_train:], labels[n_train:]),
                  test=Split(arrays["test_images"], arrays["test_labels"]),
