@@ -101,14 +101,14 @@ def test_an_epoch_is_the_pure_chunk_over_the_epochs_order():
 
 
 def test_mapped_members_compute_what_each_single_run_does():
-  """Layout.map vmaps the chunk over 3 members, their label smoothing
-  mapped with them: member i's state and sums are the single run's with
-  its seed and value."""
+  """Layout.map maps the chunk over 3 members (on a CPU, in turn), their
+  label smoothing mapped with them: member i's state and sums are the
+  single run's with its seed and value."""
   config = _config(seed=7, num_seeds=1, sweep="label_smoothing=0,0.1,0.2")
   members = members_lib.from_config(config)
   assert [m.config.label_smoothing for m in members] == [0, 0.1, 0.2]
   layout = devices.Layout(config, _stock(config), len(members))
-  assert layout.mode == "none" and layout.num_devices == 1  # vmapped still
+  assert layout.mode == "none" and layout.num_devices == 1
   data = _data()
   images, labels = layout.put(data.train)
   create = _create(config, 8)

@@ -473,9 +473,10 @@ def test_num_seeds_times_a_row_and_writes_the_members_table(prepared,
 def test_layout_parity_compares_each_layout_with_one_device(prepared,
                                                             tmp_path):
   """layout_parity.py --train for the linear row on 2 devices: a cell per
-  layout and member count, `=` for one device of the split host; --check
-  then finds the table matching the runs, and refuses runs in which that
-  cell moved (the doc's bit-for-bit claim)."""
+  layout and member count, `=` for one device of the split host and for
+  member 0 (on one device and split over 2); --check then finds the table
+  matching the runs, and refuses runs in which such a cell moved (the doc's
+  bit-for-bit claim)."""
   from experiments import layout_parity  # pylint: disable=g-import-not-at-top
   table, check = _timed_table("layout_parity.py", layout_parity.MARKER,
                               ["--rows=0", "--devices=2"], prepared, tmp_path)
@@ -485,15 +486,20 @@ def test_layout_parity_compares_each_layout_with_one_device(prepared,
                          "member 0 of `--num_seeds=2`, `none`, 1 / 2 devices",
                          "member 0, members split over the devices, 2"], rows
   linear = next(r for r in rows if r[0] == "linear")
-  assert linear[2] == "=" and len(linear[5].split(" / ")) == 2, linear
+  assert (linear[2], linear[5], linear[6]) == ("=", "= / =", "="), linear
   assert "test losses end up to" in table
   assert _matches(check)
   kept = tmp_path / "r" / "parity.jsonl"
-  runs = [json.loads(line) for line in kept.read_text().splitlines()]
-  for run in runs:
-    if (run["parallel"], run["devices"], run["members"]) == ("none", 2, 1):
-      run["train_loss"] += 1e-6
-  kept.write_text("".join(json.dumps(r) + "\n" for r in runs))
-  moved = subprocess.run(check, capture_output=True, text=True, check=False)
-  assert moved.returncode == 1 and "not bit for bit" in moved.stdout, (
-      moved.stdout)
+  text = kept.read_text()
+  for moved_cell, named in (
+      (("none", 2, 1), "none, 2 devices, 1 members"),
+      (("sharded", 2, 2), "sharded, 2 devices, 2 members")):
+    runs = [json.loads(line) for line in text.splitlines()]
+    for run in runs:
+      if (run["parallel"], run["devices"], run["members"]) == moved_cell:
+        run["train_loss"] += 1e-6
+    kept.write_text("".join(json.dumps(r) + "\n" for r in runs))
+    moved = subprocess.run(check, capture_output=True, text=True, check=False)
+    assert moved.returncode == 1 and "not bit for bit" in moved.stdout, (
+        moved.stdout)
+    assert f"linear ({named})" in moved.stdout, moved.stdout

@@ -1,4 +1,4 @@
-"""--num_seeds: N members (one per seed) in one compiled program, vmapped.
+"""--num_seeds: N members (one per seed) in one compiled program.
 
 (Members computing what their single runs compute, chunk by chunk:
 test_devices.py; split over several devices: test_parallel.py.)

@@ -170,10 +170,10 @@ def _rate(config, steps_per_epoch, step):
 
 
 @pytest.mark.slow
-def test_vmapped_sweep_members_each_compute_their_single_runs_chunk():
-  """One chunk of the members' program (vmapped, laid out as the loop lays
-  it out) gives each member what the chunk of its own single run gives:
-  its parameters, metrics and learning rate, from its own optimizer state."""
+def test_sweep_members_each_compute_their_single_runs_chunk():
+  """One chunk of the members' program (laid out as the loop lays it out)
+  gives each member what the chunk of its own single run gives: its
+  parameters, metrics and learning rate, from its own optimizer state."""
   config = models.get_config("linear", **LINEAR, sweep=SWEEP)  # 4 members.
   listed = members.from_config(config)
   rng = np.random.default_rng(0)
@@ -527,7 +527,8 @@ def test_a_sweep_resumes_from_its_checkpoint_exactly(prepared, swept, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("parallel", ["auto", "none"])  # none: in turn.
+# auto: the members split over the devices the host is split into.
+@pytest.mark.parametrize("parallel", ["auto", "none"])
 def test_a_sweep_stopped_mid_epoch_resumes_exactly(prepared, tmp_path,
                                                    parallel):
   mnist_dir, data_dir = prepared

@@ -2,13 +2,16 @@
 
 `Layout` wraps train.py's one-model functions for a run's members and
 devices, one of:
-  none     one device (several members: vmapped, on a CPU in turn).
+  none     one device.
   sharded  one `jax.jit` over a mesh, each batch split along it by train.py's
            sharding constraint: one device's run, its numbers to float
            rounding (each device sums its part of the batch first).
   pmap     `jax.pmap`, gradients averaged: each device draws its own dropout
            masks and augmentation.
-  members  several members vmapped, their axis split over the devices.
+  members  several members, their axis split over the devices.
+Several members are vmapped on a GPU or TPU. On a CPU they run in turn, each
+its single run's program (each device its share): XLA:CPU's batched matmuls
+and grouped convolutions were slower, and summed in another order.
 --parallel=auto is a rule, never a timing: one device if there is one;
 `members` for several members; `sharded` on a GPU or TPU; on a CPU host,
 split into a device per core (rundir/process.py, as for sharded and pmap),
@@ -101,16 +104,20 @@ def resolve(config, num_members: int, module) -> tuple:
   return ("sharded" if requested == "auto" else requested), count
 
 
-def _in_turn(fn: Callable, args: Sequence[str], per_member) -> Callable:
+def _in_turn(fn: Callable, args: Sequence[str], names: Sequence[str]
+             ) -> Callable:
   """`fn` of one model over [M] members one after another (lax.map), each
   member's own program, as its single run: on a CPU, where XLA computes a
-  vmapped convolution as a grouped one (slow), the CNN trains faster so."""
+  vmapped convolution as a grouped one (slow), every model trains faster so.
+  The per-member keyword arrays `names` follow the positional arguments."""
   def run(*a):
+    a, arrays = a[:len(args)], a[len(args):]
+
     def one(member):  # (its arguments by position, its keyword arguments)
       picked, kwargs = member
       return fn(*[picked.get(i, x) for i, x in enumerate(a)], **kwargs)
-    return jax.lax.map(one, ({i: x for i, (x, k) in enumerate(zip(a, args))
-                              if k == MEMBER}, per_member))
+    mapped = {i: x for i, (x, k) in enumerate(zip(a, args)) if k == MEMBER}
+    return jax.lax.map(one, (mapped, dict(zip(names, arrays))))
   return run
 
 
@@ -128,8 +135,9 @@ class Layout:
     self.mesh = Mesh(np.array(devices), (MEMBERS if self.mode == "members"
                                          else AXIS,))
     self.num_devices = count
-    # Members on one CPU device run in turn (_in_turn); else vmapped.
-    self.in_turn = self.mode == "none" and jax.default_backend() == "cpu"
+    # Members on a CPU run in turn (_in_turn), each device its share; on a
+    # GPU or TPU, vmapped.
+    self.in_turn = jax.default_backend() == "cpu"
     # What train.py is told: the pmap axis it averages over; how it splits a
     # chunk's batches [C, B, ...] over the mesh (sharded).
     self.axis_name = AXIS if self.mode == "pmap" else None
@@ -188,8 +196,17 @@ class Layout:
     SHARED (the data) or NUMBER (a host number); per_member: keyword
     arguments of [M] arrays mapped with the members. The first argument (the
     state) is donated unless not `donate`."""
+    per_member = per_member or {}
     if self.num_members > 1 and self.in_turn:
-      fn = _in_turn(fn, args, per_member or {})
+      names = sorted(per_member)
+      fn = _in_turn(fn, args, names)
+      if self.mode == "members":  # Each device its share, in turn.
+        specs = [P(MEMBERS) if a == MEMBER else P() for a in args]
+        fn = jax.shard_map(fn, mesh=self.mesh, out_specs=P(MEMBERS),
+                           in_specs=(*specs, *[P(MEMBERS)] * len(names)),
+                           check_vma=False)  # (No collectives inside.)
+      arrays = [per_member[k] for k in names]
+      fn = lambda *a, _f=fn: _f(*a, *arrays)
     else:
       if self.num_members > 1:
         fn = jax.vmap(fn, in_axes=tuple(0 if a == MEMBER else None

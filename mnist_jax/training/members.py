@@ -4,9 +4,9 @@
 combination, `--num_seeds=N` trains each point with seeds seed .. seed+N-1;
 member i, (values, seed), point major, starts from and draws what the single
 run with its values and seed does (parameters, data order, dropout masks,
-augmentation: bit for bit) and computes its numbers to float rounding
-(batched, or in turn: devices.py). Only optimizer and loss numbers can be
-swept.
+augmentation: bit for bit) and computes its numbers (on a CPU bit for bit,
+in turn; vmapped, to float rounding: devices.py). Only optimizer and loss
+numbers can be swept.
 The chosen member, by validation (never test): the point of the highest mean
 accuracy over its seeds (ties: lower mean loss, lower index), then its best
 seed; member 0 without validation. A metrics.jsonl row holds one member's
@@ -344,4 +344,5 @@ def check_divergence(members, bad, epoch, first, steps, hooks) -> None:
              f"{_where(step, epoch, steps)}", epoch, step, hooks)
   for i in np.flatnonzero(bad > (epoch - 1) * steps + first):
     hooks.message(f"member {label(members[i])} diverged at "
-                  f"{_where(int(bad[i]), epoch, steps)}; it stops, the others go on")
+                  f"{_where(int(bad[i]), epoch, steps)}; it stops, the others "
+                  "go on")
