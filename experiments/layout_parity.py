@@ -214,14 +214,15 @@ def main(argv=None):
   # The doc says one device of a host split into no more devices than
   # cores, and a member on one or on such devices, are bit for bit the
   # unsplit host's single run.
-  split = [f"{ROWS[r['row']][0]} ({r['parallel']}, {r['devices']} devices, "
-           f"{r['members']} members)" for r in runs if r["row"] != "fast" and
+  moved = [f"{ROWS[r['row']][0]} (--parallel={r['parallel']}, "
+           f"devices={r['devices']}, members={r['members']})"
+           for r in runs if r["row"] != "fast" and
            (r["parallel"], r["devices"], r["members"]) in BIT_FOR_BIT and
            cell(r, next(b for b in runs if b["row"] == r["row"] and
                         b["devices"] == 1 and b["members"] == 1)) != "="]
-  if split:
+  if moved:
     print("error: not bit for bit the unsplit host's single run: "
-          f"{'; '.join(split)}; docs/performance.md says it is; find out why "
+          f"{'; '.join(moved)}; docs/performance.md says it is; find out why "
           "before writing the table")
     sys.exit(1)
   speedrun.write_table(args.doc, table(runs, host), MARKER, "parity",

@@ -492,8 +492,8 @@ def test_layout_parity_compares_each_layout_with_one_device(prepared,
   kept = tmp_path / "r" / "parity.jsonl"
   text = kept.read_text()
   for moved_cell, named in (
-      (("none", 2, 1), "none, 2 devices, 1 members"),
-      (("sharded", 2, 2), "sharded, 2 devices, 2 members")):
+      (("none", 2, 1), "--parallel=none, devices=2, members=1"),
+      (("sharded", 2, 2), "--parallel=sharded, devices=2, members=2")):
     runs = [json.loads(line) for line in text.splitlines()]
     for run in runs:
       if (run["parallel"], run["devices"], run["members"]) == moved_cell:
