@@ -104,7 +104,7 @@ def main(argv):
   process.split_host(config.parallel, multi_process=bool(
       config.coordinator_address or config.num_processes > 1))
   process.setup_process()
-  members = members_lib.from_config(config)  # A bad --sweep says so first.
+  members = members_lib.from_config(config)
   if FLAGS.dry_run:
     return dry_run.show(config, [n for n in config_lib.SETTINGS
                                  if FLAGS[n].present], FLAGS.overwrite, members)

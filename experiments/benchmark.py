@@ -49,6 +49,7 @@ from mnist_jax.rundir import process
 from mnist_jax.training import devices
 from mnist_jax.training import members as members_lib
 from mnist_jax.training import loop
+from mnist_jax.training import population
 from mnist_jax.training import train
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -164,9 +165,9 @@ class Recorder(loop.Hooks):
   def __init__(self):
     self.rows, self.record = [], {}
 
-  def start(self, state, steps_per_epoch, record):
-    self.record = record  # And the steps its progress lines count.
-    return super().start(state, steps_per_epoch, record)
+  def start(self, state, run):
+    self.record = run.record()  # And the steps its progress lines count.
+    return super().start(state, run)
 
   def message(self, text):
     print(text, file=sys.stderr, flush=True)
@@ -218,7 +219,7 @@ def bench_model(name: str, args, peak: float) -> dict:
   num_members = len(members_lib.from_config(config))
   data = pipeline.load(config)
   n = len(data.train)
-  steps = loop.steps_per_epoch(config, n)
+  steps = population.steps_per_epoch(config, n)
   recorder = Recorder()
   model, implementation = models.build(config, recorder.message,
                                        recorder.message)
@@ -231,7 +232,7 @@ def bench_model(name: str, args, peak: float) -> dict:
   flops, xla_flops = step_flops(config, one, data.train.images,
                                 data.train.labels)
   gflops = flops * num_members * steps / epoch_time / 1e9
-  chunk = loop.chunk_len(steps, config.chunk_steps)
+  chunk = population.chunk_len(steps, config.chunk_steps)
   layout = recorder.record.get("parallel", {})
   row = {
       "model": name, "preset": args.preset, "batch_size": config.batch_size,

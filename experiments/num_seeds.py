@@ -35,8 +35,8 @@ sys.path.insert(0, ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import speedrun
+from mnist_jax import config as config_lib
 from mnist_jax import models
-from mnist_jax.training import members as members_lib
 
 # The members table's rows: (label, model, preset); each is run --epochs=2.
 ROWS = (("linear (tuned)", "linear", "tuned"),
@@ -93,7 +93,7 @@ def train_table(runs: str, names, repeats: int, data_flags) -> None:
 def table(runs: str) -> str:
   """The members table (and the line naming its host) from the runs folder."""
   timed, host = speedrun.load_timed(runs, "runs.jsonl")
-  points = len(members_lib.parse(SWEEP)["learning_rate"])
+  points = len(config_lib.sweep_grid(SWEEP)["learning_rate"])
   lines = [f"Seconds of a whole `launch.py --epochs=2` run on {host['host']}, "
            f"jax {host['jax']}; medians of "
            f"{max(r['repeat'] for r in timed) + 1} alternated runs each.", "",
@@ -139,7 +139,7 @@ def main(argv=None):
     speedrun.write_table(args.doc, table(args.runs), MARKER, "members",
                          args.check)
     return
-  points = math.prod(len(v) for v in members_lib.parse(args.sweep).values())
+  points = math.prod(len(v) for v in config_lib.sweep_grid(args.sweep).values())
   members = args.seeds * points
   many = [f"--num_seeds={args.seeds}"] + (
       [f"--sweep={args.sweep}"] if args.sweep else [])

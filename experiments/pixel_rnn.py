@@ -18,7 +18,6 @@ import os
 import sys
 import time
 
-import jax
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,23 +43,24 @@ def measure(model: str, steps: int, repeats: int, **overrides) -> dict:
   rng = np.random.default_rng(0)
   split = pipeline.Split(rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
                          rng.integers(0, 10, n).astype(np.int32))
-  chunk = profile_chunk.laid_out_chunk(config, split, say=lambda _: None)
-  assert chunk.chunk_len == steps == chunk.steps_per_epoch
-  memory = chunk.compiled.memory_analysis()
+  chunk, state = profile_chunk.laid_out_chunk(
+      config, pipeline.Dataset(split, pipeline.Split(split.images[:0],
+                                                     split.labels[:0]),
+                               split, tuple("0123456789")),
+      say=lambda _: None)
+  assert chunk.chunk_len == steps == chunk.steps
+  memory = chunk.program.memory_analysis()
   temp_mb = (getattr(memory, "temp_size_in_bytes", 0) / 2**20 if memory
              else float("nan"))
-  order = chunk.order_fn(chunk.state, 1)
-  state, times = chunk.state, []
+  times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    state, sums, _, _ = chunk.compiled(state, order, chunk.images,
-                                       chunk.labels, 0)
-    jax.block_until_ready(sums)
+    state, sums = chunk.train_chunk(state, 1, 0)
     times.append((time.perf_counter() - start) / steps)
   step_s = float(np.median(times))
   epoch_s = step_s * (EPOCH // config.batch_size)
   print(f"{model} {overrides}: temp memory {temp_mb:.0f} MiB, compile "
-        f"{chunk.compile_time_s:.1f}s, {1e3 * step_s:.0f} ms/step (median of "
+        f"{chunk.compile_s:.1f}s, {1e3 * step_s:.0f} ms/step (median of "
         f"{repeats} x {steps} steps), epoch of 54k ~ {epoch_s:.0f}s",
         flush=True)
   return {"model": model, "remat": bool(overrides.get("remat")),

@@ -10,15 +10,12 @@ XLA:CPU, the LSTM's and GRU's forward matmuls most), so the traced chunk's
 ms per step comes second: where it is well above the first, the op times
 are the traced run's, not a run's.
 
-The chunk is the run's own: `laid_out_chunk` builds train.train_chunk over
-train.epoch_order, mapped by devices.Layout, with the state, optimizer and
-data placed as loop.train_and_evaluate places them (tests/test_experiments.py
-holds it to the loop's numbers).
+The chunk is the run's own: `laid_out_chunk` is the loop's population.Population,
+its state placed as loop.train_and_evaluate places it.
 """
 
 import argparse
 import collections
-import functools
 import glob
 import gzip
 import json
@@ -26,7 +23,6 @@ import os
 import sys
 import tempfile
 import time
-from typing import Any, Callable, NamedTuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -34,59 +30,21 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax
 
 from experiments import benchmark
+from mnist_jax.training import population
 from mnist_jax import models
-from mnist_jax.data import augment as augment_lib
 from mnist_jax.data import pipeline
 from mnist_jax.errors import UserError
 from mnist_jax.rundir import process
-from mnist_jax.training import devices
-from mnist_jax.training import members as members_lib
-from mnist_jax import optim
-from mnist_jax.training import loop
-from mnist_jax.training import train
-from mnist_jax.training.devices import MEMBER, NUMBER, SHARED
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
-class Chunk(NamedTuple):
-  """A run's compiled train chunk and what it is called with."""
-  layout: devices.Layout
-  state: Any  # Placed by the layout (members stacked, replicas for pmap).
-  order_fn: Callable  # fn(state, epoch) -> the epoch's batches.
-  images: Any  # The training split, placed.
-  labels: Any
-  compiled: Callable  # fn(state, order, images, labels, first step) -> (state, sums, bad, rate)
-  chunk_len: int
-  steps_per_epoch: int
-  compile_time_s: float
-
-
-def laid_out_chunk(config, train_split, say=print) -> Chunk:
-  """The train chunk of a run of `config` on `train_split` (pipeline.Split),
-  set up as loop.train_and_evaluate sets it up, compiled."""
-  members = members_lib.from_config(config)
+def laid_out_chunk(config, data, say=print):
+  """(the run's population.Population, its state placed): the train chunk of
+  a run of `config` on `data` (pipeline.Dataset) as loop.train_and_evaluate
+  sets it up, compiled (`program`)."""
   model, _ = models.build(config, say)
-  layout = devices.Layout(config, model, len(members), say)
-  steps = loop.steps_per_epoch(config, len(train_split))
-  state = layout.put_state(loop.initial_state(
-      config, model, steps, train_split.images.shape[1:]))
-  images, labels = layout.put(train_split)
-  length = loop.chunk_len(steps, config.chunk_steps)
-  order_fn = layout.map(functools.partial(
-      train.epoch_order, n=len(train_split), steps=steps,
-      batch_size=config.batch_size), (MEMBER, NUMBER), donate=False)
-  chunk = layout.map(functools.partial(
-      train.train_chunk, chunk_len=length,
-      multiplier=optim.schedule(config, steps),
-      label_smoothing=config.label_smoothing,
-      augment=augment_lib.from_config(config), axis_name=layout.axis_name,
-      batch_sharding=layout.batch_sharding),
-                     (MEMBER, MEMBER, SHARED, SHARED, NUMBER),
-                     members_lib.per_member(members))
-  start = time.perf_counter()
-  compiled = chunk.lower(state, order_fn(state, 1), images, labels, 0).compile()
-  return Chunk(layout, state, order_fn, images, labels, compiled, length,
-               steps, time.perf_counter() - start)
+  run = population.Population(config, model, data, say)
+  return run, run.place(run.init_state())
 
 
 def main(argv=None):
@@ -110,14 +68,11 @@ def main(argv=None):
     overrides.update(benchmark.parse_sets(args.set))
     config = models.get_config(args.model, args.preset, epochs=1,
                                parallel=args.parallel, **overrides)
-    dataset = pipeline.load(config)
-    chunk = laid_out_chunk(config, dataset.train)
+    chunk, state = laid_out_chunk(config, pipeline.load(config))
   except UserError as e:
     sys.exit(f"error: {e}")
-  order = chunk.order_fn(chunk.state, 1)
-  run = lambda s: jax.block_until_ready(
-      chunk.compiled(s, order, chunk.images, chunk.labels, 0))[0]
-  state = run(chunk.state)
+  run = lambda s: jax.block_until_ready(chunk.train_chunk(s, 1, 0))[0]
+  state = run(state)
   t = time.perf_counter()
   state = run(state)
   print(f"{(time.perf_counter() - t) / chunk.chunk_len * 1e3:.2f} ms per step "

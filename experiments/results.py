@@ -41,6 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.errors import UserError
 from mnist_jax.results import analysis
@@ -80,7 +81,7 @@ class Row:
 
   def config(self):
     """The Config launch.py makes of the command."""
-    overrides = {k: members_lib.canonical(v, self.model) if k == "sweep" else v
+    overrides = {k: config_lib.sweep_text(v, self.model) if k == "sweep" else v
                  for k, v in self.flags}
     return models.get_config(self.model, self.preset, **overrides)
 

@@ -11,13 +11,14 @@ the flags' own parsers (`parse`).
 import dataclasses
 import json
 import math
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 from absl import flags
 
 from mnist_jax.data import datasets
 from mnist_jax.errors import BadFlag, UserError
 from mnist_jax import optim
+from mnist_jax.training import train
 
 # The groups --help and docs/flags.md list the flags in, in order: each is
 # the absl module_name its flags are defined with.
@@ -182,6 +183,9 @@ class Config:
   weight_decay: float = _field(
       0.0, "Weight decay of kernels, not biases: decoupled for adamw, added "
       "to the gradient otherwise", TRAINING, Number())
+  loss: str = _field("cross_entropy", "Training loss: "
+                     f"{', '.join(train.LOSSES)}", TRAINING,
+                     Choice(train.LOSSES))
   label_smoothing: float = _field(
       0.0, "Label smoothing of the training loss; reported losses are plain "
       "cross entropy", TRAINING, FRACTION)
@@ -293,6 +297,10 @@ class Config:
         self, **{k: v for k, v in changes.items() if k in FIELDS},
         model_settings=tuple(kept.items()))
 
+  def sweep_grid(self) -> Dict[str, Tuple[float, ...]]:
+    """The --sweep grid: each swept name's values, in order ({}: none)."""
+    return sweep_grid(self.sweep, self.model)
+
   def to_dict(self) -> dict:
     """config.json's flat record: every field, then the model's settings."""
     return {**{name: getattr(self, name) for name in FIELDS},
@@ -300,7 +308,6 @@ class Config:
 
   def to_json(self) -> str:
     return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
 
 FIELDS = {f.name: f.metadata["setting"] for f in dataclasses.fields(Config)
           if "setting" in f.metadata}
@@ -336,9 +343,109 @@ def validate(config: Config) -> Config:
         "--target_accuracy stops on validation accuracy, and --val_fraction=0 "
         "holds out none; pass e.g. --val_fraction=0.1 (test accuracy never "
         "decides when a run stops)")
+  _check_sweep(config)
   if config.seed + config.num_seeds > 2**32:
     raise UserError(
         f"--seed={config.seed} --num_seeds={config.num_seeds} would use seeds "
         f"up to {config.seed + config.num_seeds - 1}, past 2**32 - 1; pass a "
         "smaller --seed")
   return config
+
+
+# --sweep: the numbers a run's members can differ in without another program.
+_EXAMPLE = "e.g. --sweep=learning_rate=3e-4,1e-3,3e-3"
+
+
+def sweepable() -> Tuple[str, ...]:  # The optimizer's numbers, the losses'.
+  return tuple(dict.fromkeys((*optim.HYPERPARAMS, *(
+      n for loss in train.LOSSES.values() for n in loss.reads))))
+
+
+def _refuse(name: str, texts: Sequence[str], model: str) -> None:
+  """Refuses a name that is not sweepable, saying what trains it instead."""
+  if name == "seed":
+    raise UserError("--sweep=seed: seeds are not swept; --seed=S "
+                    "--num_seeds=N trains the seeds S .. S+N-1 of every point")
+  if name in SETTINGS:
+    command = (f"--train={','.join(texts)}" if name == "model" else
+               f"--train={model} --vary={name}={'/'.join(texts)}")
+    raise UserError(
+        f"--sweep cannot vary {name}: only the optimizer and loss numbers "
+        f"({', '.join(sweepable())}) leave shapes and the compiled program "
+        "alone; train a run per value and compare them with python "
+        f"experiments/compare.py {command}")
+  raise UserError(f"--sweep: unknown name {name!r}; sweepable: "
+                  f"{', '.join(sweepable())}")
+
+
+def _sweep_values(name: str, texts: Sequence[str]) -> Tuple[float, ...]:
+  """A swept name's values, each read as its flag reads it."""
+  values = []
+  for text in texts:
+    try:
+      value = float(text)
+    except ValueError:
+      raise BadFlag(f"--sweep={name}: {text!r} is not a number; "
+                    f"{_EXAMPLE}") from None
+    try:
+      parse(name, value)
+    except BadFlag as e:
+      raise BadFlag(f"--sweep: {e}") from None
+    if value in values:
+      raise UserError(f"--sweep={name} lists {value_text(value)} twice; give "
+                      "each value once")
+    values.append(value)
+  return tuple(values)
+
+
+def sweep_grid(specs: Union[str, Sequence[str]], model: str = "MODEL"
+               ) -> Dict[str, Tuple[float, ...]]:
+  """The grid of `--sweep` specs, each `NAME=V1,V2,...`, several `;`-joined;
+  a UserError for a malformed or unsweepable one (`model`: for its advice)."""
+  grid = {}
+  joined = specs if isinstance(specs, str) else ";".join(specs)
+  for part in (p.strip() for p in joined.split(";")):
+    if not part:
+      continue
+    name, sep, listed = (s.strip() for s in part.partition("="))
+    if not sep or not name:
+      raise UserError(f"--sweep={part}: expected NAME=V1,V2,...; {_EXAMPLE}")
+    texts = [t.strip() for t in listed.split(",") if t.strip()]
+    if name not in sweepable():
+      _refuse(name, texts, model)
+    if name in grid:
+      raise UserError(f"--sweep names {name} twice; give it once with all its "
+                      "values")
+    if not texts:
+      raise UserError(f"--sweep={name}= lists no values; {_EXAMPLE}")
+    grid[name] = _sweep_values(name, texts)
+  return grid
+
+
+def sweep_text(specs, model: str = "MODEL") -> str:
+  """The sweep as `Config.sweep` holds it: `a=1.0,2.0;b=0.1` ("": none)."""
+  return ";".join(f"{name}={','.join(repr(v) for v in values)}"
+                  for name, values in sweep_grid(specs, model).items())
+
+
+def _check_sweep(config: Config) -> None:
+  """The rules of a sweep and its members' count, each in one line."""
+  grid = config.sweep_grid()
+  readers = {**{f"--optimizer={o}": s.reads for o, s in optim.OPTIMIZERS.items()},
+             **{f"--loss={n}": s.reads for n, s in train.LOSSES.items()}}
+  for name in grid:
+    owners = [k for k, reads in readers.items() if name in reads]
+    flag = owners[0].split("=")[0] if owners else ""
+    if owners and f"{flag}={getattr(config, flag[2:])}" not in owners:
+      raise UserError(f"--sweep={name} changes nothing with {flag}="
+                      f"{getattr(config, flag[2:])}: only "
+                      f"{' or '.join(owners)} reads it")
+  if grid and config.val_fraction == 0:
+    raise UserError("--sweep chooses its member by validation accuracy, and "
+                    "--val_fraction=0 holds out none; pass e.g. "
+                    "--val_fraction=0.1")
+  count = math.prod(len(v) for v in grid.values()) * config.num_seeds
+  if count > MAX_MEMBERS:
+    raise UserError(
+        f"--sweep and --num_seeds make {count} members; one program trains at "
+        f"most {MAX_MEMBERS}: list fewer values or seeds")

@@ -19,8 +19,13 @@ class BadFlag(UserError):
 
 
 class Diverged(UserError):
-  """Training produced a non-finite loss: exit 3, unlike bad input."""
+  """Training produced a non-finite loss: exit 3, unlike bad input. `row`:
+  the metrics.jsonl row that records it (epoch, step, message)."""
   exit_code = 3
+
+  def __init__(self, message: str, row=None):
+    super().__init__(message)
+    self.row = row or {"diverged": True, "message": message}
 
 
 class OutOfResources(UserError):

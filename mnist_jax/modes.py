@@ -35,6 +35,7 @@ from mnist_jax.training import devices
 from mnist_jax.training import metrics as metrics_lib
 from mnist_jax.training import members as members_lib
 from mnist_jax.training import loop
+from mnist_jax.training import population
 
 
 class RunFolder(loop.Hooks):
@@ -59,9 +60,9 @@ class RunFolder(loop.Hooks):
     return (self.meta or {}).get("time_s", 0.0) + (
         time.perf_counter() - self.started)
 
-  def start(self, state, steps_per_epoch, record):
+  def start(self, state, run):
     """Restores the latest checkpoint, if any, then writes config.json."""
-    self.steps = steps_per_epoch
+    self.steps, self.population = run.steps, run
     start = loop.Start()
     if self.existing and not self.overwrite and self.write:
       state, start = self._restore(state)
@@ -69,7 +70,7 @@ class RunFolder(loop.Hooks):
       state, start = self._from_main(state, start)
     if self.write:
       record_lib.begin(self.workdir, self.config,
-                   {**record_lib.environment(), **record,
+                   {**record_lib.environment(), **run.record(),
                     "implementation": self.implementation},
                    existing=self.existing, overwrite=self.overwrite,
                    meta=self.meta)
@@ -138,6 +139,7 @@ class RunFolder(loop.Hooks):
         else None, bool(meta.get("done")))
 
   def save(self, state, *, epoch, epoch_step=0, sums=None, done=False):
+    state = self.population.get(state)  # One copy, which the host reads.
     step = _step(state)
     if self.write and step != self.saved:
       if self.checkpoints is None:
@@ -154,6 +156,7 @@ class RunFolder(loop.Hooks):
     signum = control.agreed(self.stop.signum)
     if signum is None:
       return
+    state = self.population.get(state)
     if done == self.steps:  # Stopped at an epoch's end: saved there.
       epoch, done = epoch + 1, 0
     if done or self.saved != _step(state):
@@ -251,7 +254,8 @@ def train_and_evaluate(config, workdir: str, stream=None,
   data_start = time.perf_counter()
   data = devices.main_first(functools.partial(pipeline.load, config))
   data_time = time.perf_counter() - data_start
-  resources.check_steps(config, loop.steps_per_epoch(config, len(data.train)))
+  resources.check_steps(config, population.steps_per_epoch(
+      config, len(data.train)))
   hooks = RunFolder(workdir, config, stream, existing=existing,
                     overwrite=overwrite, data_time=data_time)
   hooks.message(f"data ready in {data_time:.1f}s")

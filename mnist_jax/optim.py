@@ -1,9 +1,11 @@
 """The optimizer: an optax chain whose numbers (`HYPERPARAMS`) live in its
 state (`optax.inject_hyperparams`), so a sweep's members share one program.
-The rate is the peak times one of optax's schedules (`SCHEDULES`, peak 1)."""
+The rate is the peak times a schedule (`SCHEDULES`, peak 1): a function of the
+update's count and the held numbers, so a schedule's own number is one more
+entry of HYPERPARAMS (and sweepable)."""
 
 import dataclasses
-import functools
+import inspect
 from typing import Callable, Dict, Tuple
 
 import jax
@@ -38,22 +40,35 @@ OPTIMIZERS = {
                      reads=("momentum",)),
 }
 
-# name -> fn(total steps, warmup steps) -> the learning-rate multiplier.
+@dataclasses.dataclass(frozen=True)
+class Horizon:
+  """A run's length in updates: an epoch's, all of them, the warmup's."""
+  steps_per_epoch: int
+  total: int
+  warmup: int
+
+
+# name -> fn(count, horizon, held) -> the learning-rate multiplier of the
+# update after `count` updates; held: the member's HYPERPARAMS (traced).
 SCHEDULES = {
-    "constant": lambda total, warmup: optax.constant_schedule(1.0),
-    "cosine": lambda total, warmup: optax.cosine_decay_schedule(1.0, total),
-    "warmup_cosine": lambda total, warmup: optax.warmup_cosine_decay_schedule(
-        0.0, 1.0, warmup, total),
-    "onecycle": lambda total, warmup: optax.cosine_onecycle_schedule(
-        total, 1.0),
+    "constant": lambda count, run, held: optax.constant_schedule(1.0)(count),
+    "cosine": lambda count, run, held: optax.cosine_decay_schedule(
+        1.0, run.total)(count),
+    "warmup_cosine": lambda count, run, held: (
+        optax.warmup_cosine_decay_schedule(0.0, 1.0, run.warmup,
+                                           run.total)(count)),
+    "onecycle": lambda count, run, held: optax.cosine_onecycle_schedule(
+        run.total, 1.0)(count),
 }
 
 
-def schedule(config, steps_per_epoch: int) -> optax.Schedule:
-  """The run's learning-rate multiplier of the update after `count` updates."""
+def schedule(config, steps_per_epoch: int) -> Callable:
+  """The run's learning-rate multiplier: fn(count, held) of the update after
+  `count` updates, from the held numbers `held` (HYPERPARAMS -> array)."""
   total = max(2, config.epochs * steps_per_epoch)  # Room for warmup and decay.
   warmup = max(1, min(total - 1, int(config.warmup_epochs * steps_per_epoch)))
-  return SCHEDULES[config.schedule](total, warmup)
+  fn, run = SCHEDULES[config.schedule], Horizon(steps_per_epoch, total, warmup)
+  return lambda count, held: fn(count, run, held)
 
 
 def hyperparams(config) -> Dict[str, np.ndarray]:
@@ -67,37 +82,40 @@ def _decay_mask(params):
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def _chain(learning_rate, weight_decay, grad_clip, momentum, rmsprop_decay, eps,
-           *, optimizer: str, multiplier: optax.Schedule, clip: bool,
+def _chain(held, *, optimizer: str, multiplier: Callable, clip: bool,
            decay: bool) -> optax.GradientTransformation:
   """One member's chain: clip, decay, direction, learning rate. Its numbers
-  may be traced; `clip` and `decay` say which parts the run has at all."""
+  `held` (HYPERPARAMS -> value) may be traced; `clip` and `decay` say which
+  parts the run has at all."""
   spec = OPTIMIZERS[optimizer]
-  direction = [spec.direction(dict(momentum=momentum, eps=eps,
-                                   rmsprop_decay=rmsprop_decay))]
-  decayed = ([optax.add_decayed_weights(weight_decay, _decay_mask)]
+  direction = [spec.direction(held)]
+  decayed = ([optax.add_decayed_weights(held["weight_decay"], _decay_mask)]
              if decay else [])
   # A clip of 0 is off, also for a member of a swept clip.
+  clip_norm = held["grad_clip"]
   clipped = ([optax.clip_by_global_norm(
-      jnp.where(grad_clip > 0, grad_clip, jnp.inf))] if clip else [])
+      jnp.where(clip_norm > 0, clip_norm, jnp.inf))] if clip else [])
   return optax.chain(
       *clipped, *(direction + decayed if spec.decoupled else
                   decayed + direction),
       optax.scale_by_learning_rate(
-          lambda count: learning_rate * multiplier(count)))
+          lambda count: held["learning_rate"] * multiplier(count, held)))
 
 
 def make_optimizer(config, steps_per_epoch: int,
                    swept=()) -> optax.GradientTransformation:
   """The run's optimizer: `config`'s numbers in its state, the parts the
   config or a swept name (`swept`) turns on in its structure."""
-  chain = functools.partial(
-      _chain, optimizer=config.optimizer,
-      multiplier=schedule(config, steps_per_epoch),
-      clip=config.grad_clip > 0 or "grad_clip" in swept,
-      decay=config.weight_decay > 0 or "weight_decay" in swept)
-  return optax.inject_hyperparams(chain, static_args=("multiplier",))(
-      **hyperparams(config))
+  def chain(**held):
+    return _chain(held, optimizer=config.optimizer,
+                  multiplier=schedule(config, steps_per_epoch),
+                  clip=config.grad_clip > 0 or "grad_clip" in swept,
+                  decay=config.weight_decay > 0 or "weight_decay" in swept)
+  # optax.inject_hyperparams holds the numbers its factory's signature names.
+  chain.__signature__ = inspect.Signature([
+      inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY)
+      for name in HYPERPARAMS])
+  return optax.inject_hyperparams(chain)(**hyperparams(config))
 
 
 def held(opt_state) -> Dict[str, jax.Array]:
@@ -112,10 +130,11 @@ def with_hyperparams(opt_state, config):
       opt_state, hyperparams=jax.tree.map(jnp.asarray, hyperparams(config)))
 
 
-def learning_rate(opt_state, multiplier: optax.Schedule) -> jax.Array:
+def learning_rate(opt_state, multiplier: Callable) -> jax.Array:
   """The rate of the next update, from the optimizer's own state: its held
-  rate and its count of updates, which the schedule reads."""
+  numbers and its count of updates, which the schedule (`schedule`) reads."""
   count = optax.tree_utils.tree_get(opt_state, "count", filtering=lambda path,
                                     _: "Inject" in getattr(path[-1],
                                                            "tuple_name", ""))
-  return held(opt_state)["learning_rate"] * multiplier(count)
+  numbers = held(opt_state)
+  return numbers["learning_rate"] * multiplier(count, numbers)

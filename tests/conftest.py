@@ -173,6 +173,14 @@ def drawn(monkeypatch):
     close(fig)
 
 
+def steps_only(steps: int):
+  """What a run's hooks are started with (population.Population) where only
+  its steps matter: `steps`, an empty record, a state read as it is."""
+  import types  # pylint: disable=g-import-not-at-top
+  return types.SimpleNamespace(steps=steps, record=lambda: {},
+                               get=lambda state: state)
+
+
 def train_core(config, data, hooks=None):
   """The core's loop (loop.train_and_evaluate) on the module a run of
   `config` trains (models.build's choice, its notes unsaid)."""

@@ -55,6 +55,7 @@ def pause(line):
     if _caught[0] != seen:
       end = min(end, time.monotonic() + 1.0)
       seen = _caught[0]
+from mnist_jax.training import population
 from mnist_jax import modes
 _chunk, _epoch = modes.RunFolder.chunk, modes.RunFolder.epoch
 def chunk(self, state, epoch, done, sums):
@@ -192,12 +193,13 @@ def restore_latest(workdir):
   from mnist_jax import models
   from mnist_jax.rundir import checkpoints
   from mnist_jax.rundir import record
-  from mnist_jax.training import loop
+  from mnist_jax.training import population
   # pylint: enable=g-import-not-at-top
   config = record.read_config(workdir)
   model, _ = models.build(config, say=lambda _: None)
   return checkpoints.restore(workdir, jax.eval_shape(
-      lambda: loop.initial_state(config, model)), config.model)
+      lambda: population.initial_state(config, model, 1, (28, 28, 1))),
+                             config.model)
 
 
 def assert_trees_equal(a, b):

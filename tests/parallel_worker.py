@@ -9,7 +9,8 @@ table_models(); MODEL+2: the same with --num_seeds=2); the output npz holds,
 per run, the parameters and model state (flattened, float64; `params0`,
 `model_state0`: member 0's), and a JSON record: the layout the run took, its
 epoch rows, its final row and its messages. MODEL:PARALLEL:resume is the run
-stopped in its second epoch and resumed from its checkpoint.
+stopped in its second epoch and resumed from its checkpoint;
+MODEL:PARALLEL:vmap runs its members vmapped, as on a GPU or TPU.
 
   python tests/parallel_worker.py OUT.npz [--epochs=E] RUN [RUN ...]
 """
@@ -31,6 +32,7 @@ from mnist_jax import models
 from mnist_jax.data import pipeline
 from mnist_jax.models import registry
 from mnist_jax.rundir import checkpoints
+from mnist_jax.training import devices
 from mnist_jax.training import loop
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -42,6 +44,7 @@ MODELS = {
     "mlp": ("mlp", dict(mlp_hidden=(16,), dropout=0.3)),
     "mlp0": ("mlp", dict(mlp_hidden=(16,), dropout=0.0)),
     "gru": ("gru", dict(hidden=16, augment=True, learning_rate=3e-2)),
+    "gru0": ("gru", dict(hidden=16, learning_rate=3e-2)),
     "cnn": ("cnn", dict(cnn_features=(4, 8), cnn_dense=16,
                         cnn_batch_norm=True)),
     "members": ("mlp", dict(mlp_hidden=(16,), dropout=0.3, num_seeds=2,
@@ -106,8 +109,8 @@ class Recorder(loop.Hooks):
     self.record, self.rows, self.messages, self.chunks = None, [], [], []
     self.lasts, self._start = [], start
 
-  def start(self, state, steps_per_epoch, record):
-    self.record, self.steps = record, steps_per_epoch
+  def start(self, state, run):
+    self.record, self.steps = run.record(), run.steps
     if callable(self._start):
       return self._start(state)
     return state, self._start or loop.Start()
@@ -175,9 +178,11 @@ def flat(tree) -> np.ndarray:
   return np.concatenate(leaves) if leaves else np.zeros(0)
 
 
-def run(name, parallel, data, epochs=2, resume=False):
+def run(name, parallel, data, epochs=2, resume=False, vmap=False):
   """One run; `resume`: stopped after the first chunk of epoch 2 with a
-  checkpoint (as a preempted run), then resumed from it."""
+  checkpoint (as a preempted run), then resumed from it; `vmap`: its members
+  vmapped, as on a GPU or TPU."""
+  devices.IN_TURN_ON = () if vmap else ("cpu",)
   run_config = config(name, parallel, epochs)
   with tempfile.TemporaryDirectory() as workdir:
     hooks = Recorder()
@@ -216,8 +221,9 @@ def main(argv):
   data = dataset()
   results = {"device_count": np.array(jax.device_count())}
   for spec in runs:
-    name, parallel, *resume = spec.split(":")
-    for key, value in run(name, parallel, data, epochs, bool(resume)).items():
+    name, parallel, *how = spec.split(":")
+    for key, value in run(name, parallel, data, epochs, "resume" in how,
+                          "vmap" in how).items():
       results[f"{spec}/{key}"] = value
   np.savez(out, **results)
 

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 import launch_helpers as lh
+from mnist_jax.training import population
 from mnist_jax import models
 from mnist_jax.results import run as results
 from mnist_jax.rundir import checkpoints
 from mnist_jax import modes as run_folder
-from mnist_jax.training import loop
 from mnist_jax.training import train
 
 CONFIG = models.get_config("linear", "seed")
@@ -28,7 +28,7 @@ def _state(config=CONFIG):
   """What a checkpoint holds of a fresh linear model's train state (arrays,
   as a run's state is once on its devices)."""
   model, _ = models.build(config, say=lambda _: None)
-  return checkpoints.tree(loop.initial_state(config, model, 5))
+  return checkpoints.tree(population.initial_state(config, model, 5, (28, 28, 1)))
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_restore_gives_back_the_whole_trained_state(tmp_path):
   checkpoints.restore (resume's, report's and predict's one path) gives back
   equals the one saved, field for field."""
   model, _ = models.build(CONFIG, say=lambda _: None)
-  fresh = lambda: loop.initial_state(CONFIG, model, 5)
+  fresh = lambda: population.initial_state(CONFIG, model, 5, (28, 28, 1))
   rng = np.random.default_rng(0)
   state = fresh()
   for _ in range(3):

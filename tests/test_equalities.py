@@ -58,8 +58,8 @@ def _leaves(tree):
 
 
 def _first_chunk(config, split, monkeypatch):
-  """(initial state, the first epoch's order, the state and loss sum after
-  the first chunk, each as host leaves; every dropout mask and augmented
+  """(initial state (its data key: the epoch's order), the state and loss
+  sum after the first chunk, each as host leaves; every dropout mask and augmented
   batch the chunk drew, as bytes) of a run of `config`: the run's own chunk
   (profile_chunk.laid_out_chunk, as train.py lays it out), whose dropout
   layers and augmentation also hand what they draw to the host."""
@@ -97,16 +97,16 @@ def _first_chunk(config, split, monkeypatch):
 
   monkeypatch.setattr(augment_lib, "from_config", lambda _: augmented)
   monkeypatch.setattr(train, "train_chunk", chunk_fn)
-  chunk = profile_chunk.laid_out_chunk(config, split, say=lambda _: None)
+  empty = pipeline.Split(split.images[:0], split.labels[:0])
+  chunk, state = profile_chunk.laid_out_chunk(
+      config, pipeline.Dataset(split, empty, split, tuple("0123456789")),
+      say=lambda _: None)
   monkeypatch.undo()
-  init = _leaves(chunk.state)
-  order = chunk.order_fn(chunk.state, 1)
-  state, sums, bad, _ = chunk.compiled(chunk.state, order, chunk.images,
-                                       chunk.labels, 0)
+  init = _leaves(state)
+  state, sums = chunk.train_chunk(state, 1, 0)
   jax.effects_barrier()
-  assert np.all(np.asarray(bad) == -1)
-  return (init, np.asarray(order), _leaves(state.params)
-          + _leaves(state.model_state), np.asarray(sums["loss"]), drawn)
+  return (init, _leaves(state.params) + _leaves(state.model_state),
+          np.asarray(sums["loss"]), drawn)
 
 
 @pytest.fixture(scope="module")
@@ -124,15 +124,14 @@ def test_a_member_draws_and_computes_its_single_runs_numbers(
   """Members seed 5 and 6 of --num_seeds=2 against the single runs --seed=5
   and --seed=6."""
   multi = _first_chunk(_config(name, extra, num_seeds=2), split, monkeypatch)
-  init, order, after, loss, drawn = multi
+  init, after, loss, drawn = multi
   singles = [_first_chunk(_config(name, extra, seed=seed), split, monkeypatch)
              for seed in (5, 6)]
-  for m, (init1, order1, after1, loss1, drawn1) in enumerate(singles):
-    # The state it starts from, the order of the data.
+  for m, (init1, after1, loss1, drawn1) in enumerate(singles):
+    # The state it starts from, its data key (the order of the data) too.
     assert len(init1) == len(init)
     for a, b in zip(init1, init):
       np.testing.assert_array_equal(a, b[m])
-    np.testing.assert_array_equal(order1, order[m])
     # The chunk's result.
     for a, b in zip(after1, after):
       np.testing.assert_array_equal(a, b[m])
@@ -140,8 +139,8 @@ def test_a_member_draws_and_computes_its_single_runs_numbers(
     assert len(drawn1) >= STEPS  # Augmentation at least, every step.
   # Every mask and augmented batch the members drew (in no set order) is
   # one its single run drew.
-  assert collections.Counter(drawn) == (collections.Counter(singles[0][4])
-                                        + collections.Counter(singles[1][4]))
+  assert collections.Counter(drawn) == (collections.Counter(singles[0][3])
+                                        + collections.Counter(singles[1][3]))
   # The seeds differ: what the two single runs drew is not the same.
-  assert not set(singles[0][4]) & set(singles[1][4])
+  assert not set(singles[0][3]) & set(singles[1][3])
   assert any(not np.array_equal(a[0], a[1]) for a in init)

@@ -16,16 +16,11 @@ import statistics
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
-from conftest import synthetic_digits, train_core
 from experiments import epoch_table
-from experiments import profile_chunk
 from mnist_jax import models
-from mnist_jax.data import pipeline
-from mnist_jax.training import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = sorted(glob.glob(os.path.join(ROOT, "experiments", "*.py")))
@@ -148,31 +143,6 @@ def test_no_script_speaks_of_the_layout_timing_that_is_gone():
       assert gone not in text, (os.path.basename(path), gone)
 
 
-def test_profile_chunk_runs_the_loops_own_chunk():
-  """profile_chunk.laid_out_chunk (which pixel_rnn.py uses too) sets up the
-  train chunk as loop.train_and_evaluate does: its chunks over one epoch
-  end on the loop's parameters, bit for bit."""
-  images, labels = synthetic_digits(300)
-  split = pipeline.Split(images, labels.astype(np.int32))
-  data = pipeline.Dataset(split, pipeline.Split(images[:0], labels[:0]),
-                          split, tuple("0123456789"))
-  config = models.get_config("linear", "seed", epochs=1, batch_size=50,
-                             chunk_steps=4, val_fraction=0.0)
-  loop_state, _ = train_core(config, data, loop.Hooks())
-  chunk = profile_chunk.laid_out_chunk(config, split, say=lambda _: None)
-  assert (chunk.steps_per_epoch, chunk.chunk_len) == (6, 3)  # 2 chunks.
-  state, order = chunk.state, chunk.order_fn(chunk.state, 1)
-  for first in range(0, chunk.steps_per_epoch, chunk.chunk_len):
-    state, _, bad, _ = chunk.compiled(state, order, chunk.images,
-                                      chunk.labels, first)
-    assert int(bad) == -1
-  assert int(state.step) == int(loop_state.step) == 6
-  for a, b in zip(jax.tree.leaves(state.params),
-                  jax.tree.leaves(loop_state.params)):
-    np.testing.assert_array_equal(a, b)
-
-
-@pytest.mark.slow
 def test_benchmark_times_the_loop_and_reports_its_fields(prepared):
   """benchmark.py runs loop.train_and_evaluate itself: its epoch times are
   the loop's, and the derived numbers follow from them."""

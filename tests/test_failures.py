@@ -21,7 +21,6 @@ from mnist_jax import models
 from mnist_jax.errors import BadFlag, UserError
 from mnist_jax import files
 from mnist_jax.rundir import control
-from mnist_jax.training import members as members_lib
 from mnist_jax.rundir import resources
 from launch_helpers import ROOT
 
@@ -127,13 +126,11 @@ def test_values_the_meaning_allows_are_accepted():
 def test_sweep_values_take_the_same_ranges_and_a_bounded_grid():
   with pytest.raises(BadFlag, match=r"^--sweep: flag --weight_decay=inf: inf "
                      r"is not a finite number in \[0, inf\)$"):
-    members_lib.parse("weight_decay=0,inf")
-  config = models.get_config(
-      "mlp", "tuned", num_seeds=2001,
-      sweep=members_lib.canonical("learning_rate=1e-3,2e-3,3e-3,4e-3,5e-3"))
+    config_lib.sweep_grid("weight_decay=0,inf")
   with pytest.raises(UserError, match="make 10005 members; one program trains "
                      "at most 10000"):
-    members_lib.from_config(config)
+    models.get_config("mlp", "tuned", num_seeds=2001,
+                      sweep="learning_rate=1e-3,2e-3,3e-3,4e-3,5e-3")
 
 
 def test_out_of_memory_advice_names_the_model_size_flags():

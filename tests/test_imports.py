@@ -115,7 +115,7 @@ def test_the_graph_is_read_from_every_module():
   # Edges the shell has, so an empty graph cannot pass the tests below.
   assert "mnist_jax.training.loop" in graph["mnist_jax.modes"]
   assert "mnist_jax.results.report" in graph["mnist_jax.modes"]
-  assert "mnist_jax.training.devices" in graph["mnist_jax.training.loop"]
+  assert "mnist_jax.training.population" in graph["mnist_jax.training.loop"]
   assert "mnist_jax.models.registry" in graph["mnist_jax.models"]
   # A lazy import inside a function counts: the package's own API loader.
   assert "mnist_jax.api" in graph["mnist_jax"]
@@ -210,17 +210,24 @@ def test_outputs_data_and_models_do_not_import_the_loop(module):
   assert "mnist_jax.training.loop" not in _imports(modules[module], modules)
 
 
-# What importing the train step may load besides itself: its metrics,
-# optimizer and precision, never the registry, kernels, layout or shell.
-STEP_MODULES, STEP_LINES = 6, 1000
 SMALL_INIT = 40  # Package __init__ files under this many lines do not count.
+MODEL_CHOICE = ("mnist_jax.models.registry", "mnist_jax.models.kernels")
 
 
-def test_the_train_step_stands_alone():
-  """`import mnist_jax.training.train` loads at most STEP_MODULES other
-  project modules, STEP_LINES lines in all, and none of the model registry,
-  the kernels, the device layout, files.py or the shell."""
-  code = ("import sys\nimport mnist_jax.training.train\n"
+@pytest.mark.parametrize("module,most,lines,banned", [
+    # The step: its metrics, optimizer and precision; never the registry,
+    # kernels, layout, files.py or the shell.
+    ("mnist_jax.training.train", 6, 1000,
+     (*MODEL_CHOICE, "mnist_jax.training.devices", "mnist_jax.training.loop",
+      "mnist_jax.files", *SHELL)),
+    # The loop trains the module it is handed (the module a researcher edits
+    # is the one that runs): no registry or kernel, nor the shell.
+    ("mnist_jax.training.loop", 12, 2000, (*MODEL_CHOICE, *SHELL)),
+])
+def test_the_core_stands_alone(module, most, lines, banned):
+  """`import MODULE` loads at most `most` other project modules (`lines` in
+  all, small __init__ files aside), none of `banned`."""
+  code = (f"import sys\nimport {module}\n"
           "print('\\n'.join(f'{m} {sys.modules[m].__file__}' for m in "
           "sorted(sys.modules) if m.startswith('mnist_jax')))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True,
@@ -228,18 +235,14 @@ def test_the_train_step_stands_alone():
                        env={**os.environ, "PYTHONPATH": ROOT})
   assert out.returncode == 0, out.stderr[-2000:]
   loaded = dict(line.split(" ", 1) for line in out.stdout.splitlines())
-  assert "mnist_jax.training.train" in loaded
+  assert module in loaded
   counted = {}
   for name, path in loaded.items():
-    lines = sum(1 for _ in open(path))
-    if name != "mnist_jax.training.train" and not (
-        path.endswith("__init__.py") and lines < SMALL_INIT):
-      counted[name] = lines
-  assert len(counted) <= STEP_MODULES, counted
-  assert sum(counted.values()) <= STEP_LINES, counted
-  banned = ("mnist_jax.models.registry", "mnist_jax.models.kernels",
-            "mnist_jax.training.devices", "mnist_jax.training.loop",
-            "mnist_jax.files", *SHELL)
+    size = sum(1 for _ in open(path))
+    if name != module and not (path.endswith("__init__.py") and
+                               size < SMALL_INIT):
+      counted[name] = size
+  assert len(counted) <= most and sum(counted.values()) <= lines, counted
   assert not [m for m in loaded if _in(m, banned)], sorted(loaded)
 
 

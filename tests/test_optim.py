@@ -142,7 +142,8 @@ def test_schedules_are_optax_s_own_times_the_peak(schedule, steps_per_epoch,
   counts = jnp.arange(total + 3, dtype=jnp.int32)
   multiplier = optim.schedule(config, steps_per_epoch)
   peak = optim.hyperparams(config)["learning_rate"]
-  ours = jax.jit(jax.vmap(lambda c: peak * multiplier(c)))(counts)
+  held = optim.hyperparams(config)
+  ours = jax.jit(jax.vmap(lambda c: peak * multiplier(c, held)))(counts)
   theirs = jax.vmap(_reference_schedule(config, steps_per_epoch))(counts)
   np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-10)
 
@@ -236,7 +237,7 @@ def test_vmapped_members_equal_their_single_optimizers(optimizer, spec):
   the members' states: each member computes its own single run."""
   config = _config(optimizer=optimizer, schedule="warmup_cosine",
                    learning_rate=3e-2, weight_decay=1e-2, warmup_epochs=1.0)
-  config = config.replace(sweep=members_lib.canonical(spec))
+  config = config.replace(sweep=config_lib.sweep_text(spec))
   members = members_lib.from_config(config)
   tx = optim.make_optimizer(config, STEPS_PER_EPOCH, members_lib.swept(config))
   params = _params()
@@ -292,7 +293,7 @@ def test_vmapped_train_states_equal_their_single_runs():
   create = functools.partial(train.create_train_state, model=model, tx=tx,
                              image_shape=(28, 28, 1))
   states = members_lib.init_state(members, create)
-  per = members_lib.per_member(members)
+  per = members_lib.per_member(members, ("label_smoothing",))
   np.testing.assert_allclose(per["label_smoothing"], [0] * 4 + [0.2] * 4)
   batches = _batches(4)
 
@@ -329,7 +330,7 @@ def test_label_smoothing_is_a_loss_setting_not_optimizer_state():
                                    optim.make_optimizer(config, 4), (28, 28, 1))
   assert "label_smoothing" not in state.opt_state.hyperparams
   assert "label_smoothing" not in optim.HYPERPARAMS
-  assert "label_smoothing" in members_lib.SWEEPABLE
+  assert "label_smoothing" in config_lib.sweepable()
   batch = jax.tree.map(lambda a: a[0], _batches(1))
   step = jax.jit(lambda s, ls: train.train_step(s, batch, label_smoothing=ls))
   plain, plain_sums = step(state, 0.0)
@@ -397,8 +398,7 @@ def test_a_new_optimizer_is_one_table_entry(monkeypatch):
       swept.replace(sweep="momentum=0.8,0.9"))) == 2
   with pytest.raises(UserError, match="only --optimizer=sgd or "
                      "--optimizer=lion reads it"):
-    members_lib.from_config(swept.replace(optimizer="adam",
-                                          sweep="momentum=0.8,0.9"))
+    models.validate(swept.replace(optimizer="adam", sweep="momentum=0.8,0.9"))
   with pytest.raises(UserError, match="changes nothing with --optimizer=lion: "
                      "only --optimizer=rmsprop reads it"):
-    members_lib.from_config(swept.replace(sweep="eps=1e-7,1e-3"))
+    models.validate(swept.replace(sweep="eps=1e-7,1e-3"))

@@ -10,10 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import steps_only
+from mnist_jax.training import population
 from mnist_jax import models
 from mnist_jax import modes
 from mnist_jax.rundir import control
-from mnist_jax.training import loop
 
 
 def _wait_for(stop):
@@ -44,7 +45,7 @@ def _stopped(workdir, signum, step, epoch, done):
   hooks = modes.RunFolder(workdir, LINEAR, io.StringIO(), control.StopRequest(),
                           existing=False, overwrite=False, data_time=0.0)
   model, _ = models.build(LINEAR, say=lambda _: None)
-  state, _ = hooks.start(loop.initial_state(LINEAR, model, 33), 33, {})
+  state, _ = hooks.start(population.initial_state(LINEAR, model, 33, (28, 28, 1)), steps_only(33))
   hooks.stop.signum = signum
   with pytest.raises(control.Preempted) as caught:
     hooks.chunk(state.replace(step=jnp.int32(step)), epoch, done,

@@ -5,6 +5,7 @@ import io
 
 import pytest
 
+from conftest import steps_only
 from mnist_jax.training import loop
 
 ROW = {"epoch": 1, "epoch_time_s": 2.0, "examples_per_s": 1000.0,
@@ -21,7 +22,7 @@ class Terminal(io.StringIO):
 def _hooks(stream, epochs=2):
   hooks = loop.Hooks()
   hooks.stream, hooks.epochs, hooks.PROGRESS_S = stream, epochs, 0.0
-  hooks.start(None, 10, {})
+  hooks.start(None, steps_only(10))
   return hooks
 
 

@@ -15,6 +15,8 @@ from PIL import Image
 import pytest
 
 import launch_helpers as lh
+from conftest import steps_only
+from mnist_jax.training import population
 from mnist_jax import models
 from mnist_jax.results import run as results
 from mnist_jax.rundir import checkpoints
@@ -63,7 +65,7 @@ LINEAR = models.get_config("linear", "seed", epochs=3, seed=3)
 def _linear_state():
   """A fresh linear model's train state, on the device: as a run starts."""
   model, _ = models.build(LINEAR, say=lambda _: None)
-  return loop.initial_state(LINEAR, model, 33)
+  return population.initial_state(LINEAR, model, 33, (28, 28, 1))
 
 
 def _hooks(workdir, existing, stream=None):
@@ -76,7 +78,7 @@ def _hooks(workdir, existing, stream=None):
 def _saved_at(workdir, step, **where):
   """A fresh run folder whose one checkpoint is the state at `step`."""
   hooks = _hooks(workdir, existing=False)
-  state, start = hooks.start(_linear_state(), 33, {})
+  state, start = hooks.start(_linear_state(), steps_only(33))
   assert start == loop.Start()
   state = state.replace(step=jnp.asarray(step, jnp.int32), params=jax.tree.map(
       lambda p: p + 1, state.params))
@@ -92,7 +94,7 @@ def test_a_mid_epoch_checkpoint_resumes_at_its_step_with_its_sums(tmp_path):
   saved = _saved_at(workdir, 38, epoch=1, epoch_step=5, sums=sums)
   console = io.StringIO()
   hooks = _hooks(workdir, existing=True, stream=console)
-  state, start = hooks.start(_linear_state(), 33, {})
+  state, start = hooks.start(_linear_state(), steps_only(33))
   assert (start.epoch, start.epoch_step, start.finished) == (2, 5, False)
   assert {k: v for k, v in start.sums.items()} == sums
   assert all(v.dtype == np.float32 for v in start.sums.values())
@@ -116,7 +118,7 @@ def test_an_epoch_resumed_mid_way_is_marked_partial(prepared, tmp_path,
   hooks = run_lib.RunFolder(workdir, config, io.StringIO(),
                             types.SimpleNamespace(signum=None),
                             existing=False, overwrite=False, data_time=0.0)
-  state, _ = hooks.start(_linear_state(), 37, {})
+  state, _ = hooks.start(_linear_state(), steps_only(37))
   hooks.save(state.replace(step=jnp.asarray(42, jnp.int32)), epoch=1,
              epoch_step=5, sums=_meta()["sums"])
   hooks.close()
@@ -148,7 +150,7 @@ def test_a_checkpoint_of_the_end_trains_nothing(tmp_path):
   workdir = str(tmp_path / "run")
   _saved_at(workdir, 99, epoch=3, done=True)
   hooks = _hooks(workdir, existing=True)
-  _, start = hooks.start(_linear_state(), 33, {})
+  _, start = hooks.start(_linear_state(), steps_only(33))
   assert start.finished and start.epoch == 4 and start.sums is None
   hooks.close()
 
@@ -162,7 +164,7 @@ def _sent(workdir, monkeypatch, main):
   monkeypatch.setattr(run_lib.devices, "from_main",
                       lambda tree: sent.append(tree) or tree)
   hooks = _hooks(workdir, existing=True)
-  hooks.start(_linear_state(), 33, {})
+  hooks.start(_linear_state(), steps_only(33))
   hooks.close()
   [tree] = sent
   return tree
@@ -200,7 +202,7 @@ def test_a_process_that_writes_no_files_writes_no_checkpoint(tmp_path,
   monkeypatch.setattr(run_lib.devices, "is_main", lambda: False)
   workdir = str(tmp_path / "run")
   hooks = _hooks(workdir, existing=False)
-  state, _ = hooks.start(_linear_state(), 33, {})
+  state, _ = hooks.start(_linear_state(), steps_only(33))
   assert hooks.kept() == "no checkpoint had been saved yet"
   state = state.replace(step=jnp.int32(5))
   hooks.save(state, epoch=0, epoch_step=5, sums=_meta()["sums"])
@@ -219,7 +221,7 @@ def test_a_process_that_writes_no_files_writes_no_checkpoint(tmp_path,
 def test_the_hooks_record_the_runs_seconds_and_keep_checkpoints(tmp_path):
   workdir = str(tmp_path / "run")
   hooks = _hooks(workdir, existing=False)
-  state, _ = hooks.start(_linear_state(), 33, {})
+  state, _ = hooks.start(_linear_state(), steps_only(33))
   hooks.save(state.replace(step=jnp.int32(33)), epoch=1)
   hooks.save(state.replace(step=jnp.int32(38)), epoch=1, epoch_step=5,
              sums=_meta()["sums"])
@@ -232,7 +234,7 @@ def test_the_hooks_record_the_runs_seconds_and_keep_checkpoints(tmp_path):
   assert 0 < meta["time_s"] < 60  # The run's seconds so far, as of the save.
   # A resumed process counts on from the checkpoint's seconds.
   again = _hooks(workdir, existing=True)
-  again.start(_linear_state(), 33, {})
+  again.start(_linear_state(), steps_only(33))
   assert again.seconds() >= meta["time_s"]
   again.close()
 

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.data import datasets
 from mnist_jax.errors import UserError
@@ -20,21 +21,21 @@ def _config(**overrides):
 
 
 def test_repeated_flags_and_semicolons_give_one_grid_in_order():
-  flags = members_lib.parse(["learning_rate=3e-4, 1e-3,3e-3", "weight_decay=0,1e-4"])
-  joined = members_lib.parse("learning_rate=3e-4,1e-3,3e-3;weight_decay=0,1e-4")
+  flags = config_lib.sweep_grid(["learning_rate=3e-4, 1e-3,3e-3", "weight_decay=0,1e-4"])
+  joined = config_lib.sweep_grid("learning_rate=3e-4,1e-3,3e-3;weight_decay=0,1e-4")
   assert flags == joined
   assert list(flags) == ["learning_rate", "weight_decay"]
   assert flags["learning_rate"] == (3e-4, 1e-3, 3e-3)
-  assert members_lib.parse("") == {} and members_lib.parse([]) == {}
+  assert config_lib.sweep_grid("") == {} and config_lib.sweep_grid([]) == {}
 
 
 def test_canonical_reads_back_as_the_same_grid():
   specs = ["weight_decay=1e-5,0", "learning_rate=0.1,3e-4;label_smoothing=0.1"]
-  text = members_lib.canonical(specs)
-  assert members_lib.parse(text) == members_lib.parse(specs)
-  assert members_lib.canonical(text) == text
+  text = config_lib.sweep_text(specs)
+  assert config_lib.sweep_grid(text) == config_lib.sweep_grid(specs)
+  assert config_lib.sweep_text(text) == text
   assert text.startswith("weight_decay=")  # The order given is kept.
-  assert members_lib.canonical("") == ""
+  assert config_lib.sweep_text("") == ""
 
 
 @pytest.mark.parametrize("spec,words", [
@@ -53,7 +54,7 @@ def test_canonical_reads_back_as_the_same_grid():
 ])
 def test_bad_specs_are_one_line_errors(spec, words):
   with pytest.raises(UserError) as caught:
-    members_lib.parse(spec)
+    config_lib.sweep_grid(spec)
   message = str(caught.value)
   assert "\n" not in message
   for word in words:
@@ -65,7 +66,7 @@ def test_bad_specs_are_one_line_errors(spec, words):
                                   "warmup_epochs", "schedule"])
 def test_names_that_change_the_program_point_to_compare(name):
   with pytest.raises(UserError, match=r"experiments/compare\.py --train=") as e:
-    members_lib.parse(f"{name}=1,2", "mlp")
+    config_lib.sweep_grid(f"{name}=1,2", "mlp")
   assert f"cannot vary {name}" in str(e.value)
   assert "learning_rate" in str(e.value)  # It lists what can be swept.
   assert "\n" not in str(e.value)
@@ -79,12 +80,12 @@ def test_warmup_is_no_longer_swept_and_says_what_to_do_instead():
                                     sweep="warmup_epochs=0.5,2"))
   assert str(e.value).endswith(
       "python experiments/compare.py --train=mlp --vary=warmup_epochs=0.5/2")
-  assert "warmup_epochs" not in members_lib.SWEEPABLE
+  assert "warmup_epochs" not in config_lib.sweepable()
 
 
 def _sweep(spec, **overrides):
   return members_lib.from_config(_config(
-      sweep=members_lib.canonical(spec, "mlp"), **overrides))
+      sweep=config_lib.sweep_text(spec, "mlp"), **overrides))
 
 
 @pytest.mark.parametrize("spec,overrides,words", [
@@ -139,7 +140,7 @@ def test_no_sweep_is_one_grid_point_of_seeds():
       (0, 3, {}), (1, 4, {}), (2, 5, {})]
   assert members[1].config == config.replace(seed=4, num_seeds=1)
   assert members_lib.label(members[0]) == "seed=3"
-  assert members_lib.per_member(members) == {}
+  assert members_lib.per_member(members, ("label_smoothing",)) == {}
   assert members_lib.swept(config) == ()
   single = members_lib.from_config(_config())
   assert len(single) == 1 and single[0].config == _config()
@@ -160,7 +161,7 @@ def test_init_state_stacks_each_members_own_state_in_member_order():
   held = state.opt_state.hyperparams
   np.testing.assert_array_equal(held["grad_clip"], [0, 0, 1, 1] * 2)
   assert held["grad_clip"].dtype == np.float32
-  np.testing.assert_allclose(members_lib.per_member(members)["label_smoothing"],
+  np.testing.assert_allclose(members_lib.per_member(members, ("label_smoothing",))["label_smoothing"],
                              [0] * 4 + [0.1] * 4, rtol=1e-6)
   for m in members:  # Each row is what the member's own run holds.
     own = optim.hyperparams(m.config)

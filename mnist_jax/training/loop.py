@@ -1,31 +1,25 @@
 """The loop: every member of a config trained on a dataset and evaluated.
 
-`train_and_evaluate(config, data, model)` makes each thing once and hands it
-on: the members (members.py) and the device layout (devices.py) wrap
-train.py's one-model functions from outside; the run folder is a `Hooks`
-object (modes.py), and the loop imports none of it.
+`train_and_evaluate(config, data, model)` reads top to bottom: the members
+on the devices (population.Population: train.py's one-model functions made
+the population's), their state, epochs of chunks with a validation pass
+after each, the test pass, the rows. It trains the module it is given (the
+caller chooses it: models.build) and imports no model; the run folder is a
+`Hooks` object (modes.py), and the loop imports none of it.
 """
 
 import dataclasses
-import functools
 import os
 import sys
 import time
 from typing import Any, Dict, Optional
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from mnist_jax import optim
-from mnist_jax.data import augment as augment_lib
-from mnist_jax.data import datasets
-from mnist_jax.errors import UserError
-from mnist_jax.training import devices
+from mnist_jax.errors import Diverged
 from mnist_jax.training import members as members_lib
 from mnist_jax.training import metrics
-from mnist_jax.training import train
-from mnist_jax.training.devices import MEMBER, NUMBER, SHARED
+from mnist_jax.training import population
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,11 +48,10 @@ class Hooks:
   _drawn = False  # A line drawn in place, which the next one replaces.
   test_logits: Optional[np.ndarray] = None  # From `tested`.
 
-  def start(self, state, steps_per_epoch: int, record: Dict[str, Any]):
-    """(state, Start): a fresh run's, or a checkpoint's. record: how the run
-    is laid out over the devices, for config.json."""
-    del record
-    self.steps = steps_per_epoch
+  def start(self, state, run: population.Population):
+    """(state, Start): a fresh run's, or a checkpoint's; `run`: its members
+    on its devices (its steps per epoch, its record, `run.get(state)`)."""
+    self.steps = run.steps
     return state, Start()
 
   def _terminal(self) -> bool:
@@ -138,132 +131,48 @@ def _duration(seconds: float) -> str:
           f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
 
 
-def steps_per_epoch(config, num_train: int) -> int:
-  """The optimizer steps of an epoch: every full batch of the training split
-  (the one place they are counted; the schedule and the chunks read it)."""
-  if config.batch_size > num_train:
-    raise UserError(f"--batch_size={config.batch_size} is larger than the "
-                    f"{num_train} training examples; pass a smaller one")
-  return num_train // config.batch_size
-
-
-def chunk_len(steps: int, most: int) -> int:
-  """Steps per chunk: equal chunks of at most `most` covering `steps`,
-  padded by fewer steps than there are chunks."""
-  return -(-steps // -(-steps // most))
-
-
-def initial_state(config, model, steps_per_epoch: int = 1,
-                  image_shape=None) -> train.TrainState:
-  """Every member's fresh state, stacked [M, ...] for M > 1: training's start,
-  and (under jax.eval_shape) the template report and predict restore into.
-  image_shape: [H, W, C], by default the config's dataset's."""
-  tx = optim.make_optimizer(config, steps_per_epoch, members_lib.swept(config))
-  return members_lib.init_state(
-      members_lib.from_config(config), functools.partial(
-          train.create_train_state, model=model, tx=tx, dtype=config.dtype,
-          image_shape=image_shape or datasets.get(config.dataset).image_shape))
-
-
 def train_and_evaluate(config, data, model, hooks: Optional[Hooks] = None):
   """Trains `model` (a Flax module: models.build's choice) as every member
   of `config` on `data` (pipeline.Dataset), evaluates on test; `hooks`: the
   run folder, or None. Returns (the state, stacked [M, ...] if M > 1; the
   final row); raises Diverged once every member has."""
   hooks = hooks or Hooks()
-  start_time = time.perf_counter()
-  members = members_lib.from_config(config)
-  layout = devices.Layout(config, model, len(members), hooks.message)
-  steps = steps_per_epoch(config, len(data.train))
-  state = initial_state(config, model, steps, data.train.images.shape[1:])
-  state, start = hooks.start(state, steps, {"parallel": layout.record()})
-  state = layout.put_state(state)
-  splits = {name: layout.put(split) for name, split in
-            (("train", data.train), ("val", data.val), ("test", data.test))
-            if len(split)}
-  length = chunk_len(steps, config.chunk_steps)
-  placed = dict(axis_name=layout.axis_name,
-                batch_sharding=layout.batch_sharding)
-  order_fn = layout.map(functools.partial(
-      train.epoch_order, n=len(data.train), steps=steps,
-      batch_size=config.batch_size), (MEMBER, NUMBER), donate=False)
-  train_fn = layout.map(functools.partial(
-      train.train_chunk, chunk_len=length,
-      multiplier=optim.schedule(config, steps),
-      label_smoothing=config.label_smoothing,
-      augment=augment_lib.from_config(config), **placed),
-                        (MEMBER, MEMBER, SHARED, SHARED, NUMBER),
-                        members_lib.per_member(members))
-  evaluate_fn, test_fn = (layout.map(functools.partial(
-      train.evaluate, batch_size=layout.eval_batch_size(config.eval_batch_size),
-      with_logits=logits, **placed), (MEMBER, SHARED, SHARED), donate=False)
-                          for logits in (False, True))
-  compile_start = time.perf_counter()
-  # (pmap of several processes compiles for local shapes, on its first call.)
-  if layout.mode != "pmap" or jax.process_count() == 1:
-    cached = jax.config.jax_compilation_cache_dir  # JAX_COMPILATION_CACHE_DIR
-    hooks.status(f"compiling the train step ({length}-step chunks"
-                 + ("; the compilation cache keeps it for the next run)"
-                    if cached else ")"))
-    train_fn = train_fn.lower(state, order_fn(state, 1), *splits["train"], 0
-                              ).compile()
-  compile_time = time.perf_counter() - compile_start
-
-  def evaluate_split(state, name):
-    return members_lib.host_metrics(
-        layout.host(evaluate_fn(state, *splits[name])))
-
-  row, reached, val = None, False, None
-  for epoch in range(start.epoch, 1 if start.finished else config.epochs + 1):
-    done = start.epoch_step if epoch == start.epoch else 0
-    sums = layout.put_state(start.sums) if done else None
-    epoch_start = time.perf_counter()
-    order = order_fn(state, epoch)
-    for first in range(done, steps, length):
-      hooks.chunk(layout.unreplicated(state), epoch, first,
-                  layout.unreplicated(sums))
-      state, chunk_sums, bad, rate = train_fn(state, order,
-                                              *splits["train"], first)
-      sums = chunk_sums if sums is None else jax.tree.map(jnp.add, sums,
-                                                          chunk_sums)
-      members_lib.check_divergence(members, layout.host(bad).reshape(-1),
-                                   epoch, first, steps, hooks)
-    seconds = time.perf_counter() - epoch_start
-    val = evaluate_split(state, "val") if "val" in splits else None
-    train_metrics = members_lib.host_metrics(layout.host(sums))
-    members_lib.check_finite(members, {"train": train_metrics, "val": val},
-                             epoch, epoch * steps, steps, hooks)
-    row = members_lib.epoch_row(
-        members, epoch, epoch * steps, train_metrics, val, layout.host(rate),
-        epoch_time_s=seconds,
-        examples_per_s=(steps - done) * config.batch_size / seconds,
-        elapsed_s=time.perf_counter() - start_time,
-        **({"partial_steps": steps - done} if done else {}))
-    reached = bool(config.target_accuracy and
-                   row["val_accuracy"] >= config.target_accuracy)
-    hooks.epoch(layout.unreplicated(state), row,
-                last=reached or epoch == config.epochs)
-    if reached:
-      accuracy, target = row["val_accuracy"], config.target_accuracy
-      hooks.message(f"reached validation accuracy {100 * accuracy:.2f}% >= "
-                    f"{100 * target:.2f}% after epoch {epoch} in "
-                    f"{row['elapsed_s']:.1f}s")
-      break
-
-  if row is None and "val" in splits:  # No epoch ran: a finished run's.
-    val = evaluate_split(state, "val")
-  test, logits = layout.host(test_fn(state, *splits["test"]))
-  test = members_lib.host_metrics(test)
-  hooks.tested(logits.reshape(len(members), -1, logits.shape[-1])[
-      :, :len(data.test)])
-  last_step = int(np.max(layout.host(state.step)))
-  epochs_run = row["epoch"] if row else start.epoch - 1
-  members_lib.check_finite(members, {"test": test}, epochs_run, last_step,
-                           steps, hooks)
-  final = members_lib.final_row(
-      members, test, val, epochs_run=epochs_run, steps=last_step,
-      compile_time_s=compile_time, num_params=layout.num_params(state),
-      wall_time_s=time.perf_counter() - start_time)
+  began = time.perf_counter()
+  run = population.Population(config, model, data, hooks.message)
+  state, start = hooks.start(run.init_state(), run)
+  state = run.place(state, hooks.status)
+  row, val, reached = None, None, False
+  try:
+    for epoch in range(start.epoch,
+                       1 if start.finished else config.epochs + 1):
+      done = start.epoch_step if epoch == start.epoch else 0
+      sums = start.sums if done else None
+      epoch_began = time.perf_counter()
+      for first in range(done, run.steps, run.chunk_len):
+        hooks.chunk(state, epoch, first, sums)
+        state, sums = run.train_chunk(state, epoch, first, sums)
+      seconds = time.perf_counter() - epoch_began
+      row, val = run.end_epoch(
+          state, epoch, sums, epoch_time_s=seconds,
+          examples_per_s=(run.steps - done) * config.batch_size / seconds)
+      row.update(elapsed_s=time.perf_counter() - began,
+                 **({"partial_steps": run.steps - done} if done else {}))
+      reached = bool(config.target_accuracy and
+                     row["val_accuracy"] >= config.target_accuracy)
+      hooks.epoch(state, row, last=reached or epoch == config.epochs)
+      if reached:
+        hooks.message(f"reached validation accuracy "
+                      f"{100 * row['val_accuracy']:.2f}% >= "
+                      f"{100 * config.target_accuracy:.2f}% after epoch "
+                      f"{epoch} in {row['elapsed_s']:.1f}s")
+        break
+    final, logits = run.test(state, val, row["epoch"] if row
+                             else start.epoch - 1)
+  except Diverged as e:
+    hooks.diverged(e.row)
+    raise
+  final["wall_time_s"] = time.perf_counter() - began
   if reached:
     final["time_to_target_s"] = row["elapsed_s"]
-  return layout.unreplicated(state), final
+  hooks.tested(logits)
+  return run.get(state), final

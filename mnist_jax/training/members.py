@@ -15,28 +15,22 @@ metrics (`leader`, `chosen`); `<key>_mean`/`_std` over its point's seeds and
 """
 
 import itertools
-import math
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mnist_jax import config as config_lib
-from mnist_jax import models
-from mnist_jax.errors import BadFlag, Diverged, UserError
-from mnist_jax.training import metrics as metrics_lib
+from mnist_jax.errors import Diverged
 from mnist_jax import optim
-
-SWEEPABLE = (*optim.HYPERPARAMS, "label_smoothing")
-_EXAMPLE = "e.g. --sweep=learning_rate=3e-4,1e-3,3e-3"
+from mnist_jax.training import metrics as metrics_lib
 
 
 class Member(NamedTuple):
   index: int
   seed: int
   values: Dict[str, Any]
-  config: config_lib.Config
+  config: Any  # config.Config: the member's single run's.
 
 
 def _short(value) -> str:
@@ -45,103 +39,18 @@ def _short(value) -> str:
   return text if float(text) == value else repr(value)
 
 
-def _refuse(name: str, texts: Sequence[str], model: str) -> None:
-  """Refuses a name that is not sweepable, saying what trains it instead."""
-  if name == "seed":
-    raise UserError("--sweep=seed: seeds are not swept; --seed=S "
-                    "--num_seeds=N trains the seeds S .. S+N-1 of every point")
-  if name in config_lib.SETTINGS:
-    command = (f"--train={','.join(texts)}" if name == "model" else
-               f"--train={model} --vary={name}={'/'.join(texts)}")
-    raise UserError(
-        f"--sweep cannot vary {name}: only the optimizer and loss numbers "
-        f"({', '.join(SWEEPABLE)}) leave shapes and the compiled program "
-        "alone; train a run per value and compare them with python "
-        f"experiments/compare.py {command}")
-  raise UserError(f"--sweep: unknown name {name!r}; sweepable: "
-                  f"{', '.join(SWEEPABLE)}")
-
-
-def parse(specs: Union[str, Sequence[str]], model: str = "MODEL"
-          ) -> Dict[str, Tuple]:
-  """The grid of `--sweep` specs, each `NAME=V1,V2,...`, several `;`-joined;
-  a UserError for a malformed or unsweepable one (`model`: for its advice)."""
-  grid = {}
-  joined = specs if isinstance(specs, str) else ";".join(specs)
-  for part in (p.strip() for p in joined.split(";")):
-    if not part:
-      continue
-    name, sep, listed = (s.strip() for s in part.partition("="))
-    if not sep or not name:
-      raise UserError(f"--sweep={part}: expected NAME=V1,V2,...; {_EXAMPLE}")
-    texts = [t.strip() for t in listed.split(",") if t.strip()]
-    if name not in SWEEPABLE:
-      _refuse(name, texts, model)
-    if name in grid:
-      raise UserError(f"--sweep names {name} twice; give it once with all its "
-                      "values")
-    if not texts:
-      raise UserError(f"--sweep={name}= lists no values; {_EXAMPLE}")
-    values = []
-    for text in texts:
-      try:
-        value = float(text)
-      except ValueError:
-        raise BadFlag(f"--sweep={name}: {text!r} is not a number; "
-                        f"{_EXAMPLE}") from None
-      try:
-        config_lib.parse(name, value)
-      except BadFlag as e:
-        raise BadFlag(f"--sweep: {e}") from None
-      if value in values:
-        raise UserError(f"--sweep={name} lists {_short(value)} twice; give "
-                        "each value once")
-      values.append(value)
-    grid[name] = tuple(values)
-  return grid
-
-
-def canonical(specs, model: str = "MODEL") -> str:
-  """The sweep as `Config.sweep` holds it: `a=1.0,2.0;b=0.1` ("": none)."""
-  return ";".join(f"{name}={','.join(repr(v) for v in values)}"
-                  for name, values in parse(specs, model).items())
-
-
 def swept(config) -> Tuple[str, ...]:
-  return tuple(parse(config.sweep, config.model))
+  return tuple(config.sweep_grid())
 
 
 def from_config(config) -> Tuple[Member, ...]:
-  """Every member of the run, grid point major, seed minor, each validated
-  (a UserError for a sweep the run cannot train)."""
-  models.validate(config)
-  grid = parse(config.sweep, config.model)
-  reads = optim.OPTIMIZERS[config.optimizer].reads
-  for name in grid:
-    owners = [o for o, spec in optim.OPTIMIZERS.items() if name in spec.reads]
-    if owners and name not in reads:
-      only = " or ".join(f"--optimizer={o}" for o in owners)
-      raise UserError(f"--sweep={name} changes nothing with --optimizer="
-                      f"{config.optimizer}: only {only} reads it")
-  if grid and config.val_fraction == 0:
-    raise UserError("--sweep chooses its member by validation accuracy, and "
-                    "--val_fraction=0 holds out none; pass e.g. "
-                    "--val_fraction=0.1")
-  count = math.prod(len(v) for v in grid.values()) * config.num_seeds
-  if count > config_lib.MAX_MEMBERS:
-    raise UserError(
-        f"--sweep and --num_seeds make {count} members; one program trains at "
-        f"most {config_lib.MAX_MEMBERS}: list fewer values or seeds")
-  out = []
+  """Every member of a (validated) config, grid point major, seed minor."""
+  grid, out = config.sweep_grid(), []
   for point in itertools.product(*grid.values()):
     values = dict(zip(grid, point))
     for seed in range(config.seed, config.seed + config.num_seeds):
-      try:
-        member = models.validate(config.replace(
-            seed=seed, num_seeds=1, sweep="", **values))
-      except UserError as e:
-        raise UserError(f"--sweep: {e}") from None
-      out.append(Member(len(out), seed, values, member))
+      out.append(Member(len(out), seed, values, config.replace(
+          seed=seed, num_seeds=1, sweep="", **values)))
   return tuple(out)
 
 
@@ -174,12 +83,12 @@ def init_state(members: Sequence[Member], create):
       jax.default_backend()))(*states)
 
 
-def per_member(members: Sequence[Member]) -> Dict[str, np.ndarray]:
-  """The loss settings a sweep gives each member, [M] each ({} if none)."""
-  if "label_smoothing" not in members[0].values:
-    return {}
-  return {"label_smoothing": np.asarray(
-      [m.config.label_smoothing for m in members], np.float32)}
+def per_member(members: Sequence[Member], reads: Sequence[str]
+               ) -> Dict[str, np.ndarray]:
+  """The numbers of `reads` (a loss's) a sweep gives each member, [M] each."""
+  return {name: np.asarray([getattr(m.config, name) for m in members],
+                           np.float32)
+          for name in reads if name in members[0].values}
 
 
 def points(members: Sequence[Member]) -> List[Tuple[int, ...]]:
@@ -204,7 +113,7 @@ def identity(member: Member) -> Dict:
 
 
 def check_finite(members, splits: Dict[str, Optional[List[Dict]]], epoch: int,
-                 step: int, steps: int, hooks) -> None:
+                 step: int, steps: int) -> None:
   """Raises Diverged where every member has a non-finite metric in `splits`
   ({split: each member's metrics}): each step's loss can stay finite while
   their mean overflows. A member that has alone ranks last (`row`)."""
@@ -215,7 +124,7 @@ def check_finite(members, splits: Dict[str, Optional[List[Dict]]], epoch: int,
   if members and all(bad(i) for i in range(len(members))):
     split, name, value = bad(0)[0]
     _diverge(f"training diverged: the mean {split} {name} of epoch {epoch} "
-             f"is {value} at {_where(step, epoch, steps)}", epoch, step, hooks)
+             f"is {value} at {_where(step, epoch, steps)}", epoch, step)
 
 
 def host_metrics(sums) -> List[Dict[str, float]]:
@@ -329,20 +238,19 @@ def _where(step: int, epoch: int, steps: int) -> str:
           f"of {steps})")
 
 
-def _diverge(text: str, epoch: int, step: int, hooks) -> None:
-  hooks.diverged({"epoch": epoch, "step": step, "diverged": True,
-                  "message": text})
-  raise Diverged(text)
+def _diverge(text: str, epoch: int, step: int) -> None:
+  raise Diverged(text, {"epoch": epoch, "step": step, "diverged": True,
+                        "message": text})
 
 
-def check_divergence(members, bad, epoch, first, steps, hooks) -> None:
+def check_divergence(members, bad, epoch, first, steps, say) -> None:
   """Says which members diverged in the chunk run from step `first` of
   `epoch`; raises Diverged once every member has."""
   if (bad >= 0).all():
     step = int(bad.max())
     _diverge("training diverged: the loss became non-finite at "
-             f"{_where(step, epoch, steps)}", epoch, step, hooks)
+             f"{_where(step, epoch, steps)}", epoch, step)
   for i in np.flatnonzero(bad > (epoch - 1) * steps + first):
-    hooks.message(f"member {label(members[i])} diverged at "
+    say(f"member {label(members[i])} diverged at "
                   f"{_where(int(bad[i]), epoch, steps)}; it stops, the others "
                   "go on")

@@ -1,19 +1,20 @@
-"""One model's training, the research core: the state, the optimizer step, a
-scanned chunk of steps and evaluation, as pure functions of explicit state.
+"""One model's training, the research core: the state, the loss, the
+optimizer step, a scanned chunk of steps and evaluation, as pure functions of
+explicit state.
 
 The data stays on the device (uint8): nothing per step runs on the host. The
 loop (loop.py) and the device layout (devices.py) wrap these functions from
 outside; this module chooses no kernel, layout or folder.
 """
 
+import dataclasses
 import functools
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
 
-from mnist_jax import optim
 from mnist_jax.training import precision
 from mnist_jax.training import metrics as metrics_lib
 
@@ -54,13 +55,36 @@ def cross_entropy(logits, labels, label_smoothing=0.0):
   return nll, (1 - label_smoothing) * nll - label_smoothing * logp.mean(-1)
 
 
+@dataclasses.dataclass(frozen=True)
+class Loss:
+  """A training loss. fn(forward, images [B, H, W, C], labels [B], key,
+  **numbers) -> (the loss [], (logits [B, K], plain cross entropy [B] on
+  `labels`, the model state)); forward(images) -> (logits, model state) is
+  the model in training mode, key a fresh draw for the step. reads: the
+  Config numbers it takes (a sweep gives each member its own)."""
+  fn: Callable
+  reads: Tuple[str, ...] = ()
+
+
+def _smoothed(forward, images, labels, key, label_smoothing=0.0):
+  del key  # Draws nothing.
+  logits, model_state = forward(images)
+  nll, smoothed = cross_entropy(logits, labels, label_smoothing)
+  return smoothed.mean(), (logits, nll, model_state)
+
+
+LOSSES = {"cross_entropy": Loss(_smoothed, reads=("label_smoothing",))}
+
+
 def train_step(state: TrainState, batch: Dict[str, jax.Array], *,
-               label_smoothing=0.0, augment: Optional[Callable] = None,
-               axis_name: Optional[str] = None):
+               loss: Loss = LOSSES["cross_entropy"],
+               augment: Optional[Callable] = None,
+               axis_name: Optional[str] = None, **numbers):
   """One optimizer step on batch {"image" [B, H, W, C] uint8, "label" [B],
-  "valid" [] bool}; returns (state, the batch's metric sums). An invalid step
-  (padding) is a masked update, no branch. Under pmap (`axis_name`) each
-  device draws its own dropout masks and the gradients are averaged."""
+  "valid" [] bool}; returns (state, the batch's metric sums). `loss` with its
+  `numbers` (e.g. label_smoothing). An invalid step (padding) is a masked
+  update, no branch. Under pmap (`axis_name`) each device draws its own
+  dropout masks and the gradients are averaged."""
   keys = [jax.random.fold_in(state.keys[s], state.step)
           for s in ("dropout", "augment")]
   if axis_name is not None:
@@ -69,11 +93,11 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *,
   images = batch["image"] if augment is None else augment(aug, batch["image"])
 
   def loss_fn(params):
-    logits, model_state = state.apply_fn(
-        {"params": params, **state.model_state}, images, train=True,
+    forward = functools.partial(
+        state.apply_fn, {"params": params, **state.model_state}, train=True,
         rngs={"dropout": dropout}, mutable=list(state.model_state))
-    nll, smoothed = cross_entropy(logits, batch["label"], label_smoothing)
-    return smoothed.mean(), (logits, nll, model_state)
+    return loss.fn(forward, images, batch["label"],
+                   jax.random.fold_in(aug, 1), **numbers)
 
   grads, (logits, nll, model_state) = jax.grad(loss_fn, has_aux=True)(
       state.params)
@@ -112,21 +136,25 @@ def _batches(images, labels, idx, axis_name, batch_sharding):
   return batch, idx
 
 
-def train_chunk(state: TrainState, order, images, labels, first, *,
-                chunk_len: int, multiplier, label_smoothing=0.0, augment=None,
-                axis_name=None, batch_sharding=None):
-  """Steps first .. first + chunk_len - 1 of the epoch's `order` [steps, B]
-  as one `lax.scan` on the training split (images [N, H, W, C] uint8, labels
-  [N]); steps past the epoch's end are masked padding. Returns (state, metric
-  sums, the first step whose loss was not finite or -1, the next rate)."""
+def train_chunk(state: TrainState, images, labels, epoch, first, *,
+                chunk_len: int, steps: int, batch_size: int, axis_name=None,
+                batch_sharding=None, **step_args):
+  """Steps first .. first + chunk_len - 1 of epoch `epoch` (of `steps`
+  batches of `batch_size`, `epoch_order`) as one `lax.scan` on the training
+  split (images [N, H, W, C] uint8, labels [N]); steps past the epoch's end
+  are masked padding. step_args: train_step's (loss, its numbers, augment).
+  Returns (state, metric sums, the first step whose loss was not finite or
+  -1)."""
+  order = epoch_order(state, epoch, n=len(labels), steps=steps,
+                      batch_size=batch_size)
   idx = jax.lax.dynamic_slice_in_dim(
       jnp.pad(order, ((0, chunk_len), (0, 0))), first, chunk_len)
   batch, _ = _batches(images, labels, idx, axis_name, batch_sharding)
-  batch["valid"] = first + jnp.arange(chunk_len) < order.shape[0]
+  batch["valid"] = first + jnp.arange(chunk_len) < steps
   start, diverged = state.step, ~_finite(state.params)
   state, sums = jax.lax.scan(
-      functools.partial(train_step, label_smoothing=label_smoothing,
-                        augment=augment, axis_name=axis_name), state, batch)
+      functools.partial(train_step, axis_name=axis_name, **step_args), state,
+      batch)
   finite = jnp.isfinite(sums["loss"]) | ~batch["valid"]
   first_bad = jnp.where(finite.all(), -1, start + 1 + jnp.argmin(finite))
   # A member that diverged before (its step at the start), or whose last
@@ -134,8 +162,7 @@ def train_chunk(state: TrainState, order, images, labels, first, *,
   first_bad = jnp.where(diverged, start, jnp.where(
       (first_bad < 0) & ~_finite(state.params), state.step, first_bad))
   sums = jax.tree.map(lambda s: s.sum(0), sums)
-  return (state, sums, first_bad.astype(jnp.int32),
-          optim.learning_rate(state.opt_state, multiplier))
+  return state, sums, first_bad.astype(jnp.int32)
 
 
 def _finite(params) -> jax.Array:

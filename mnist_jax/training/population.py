@@ -1,0 +1,175 @@
+"""A run's members on its devices, as one object the loop calls.
+
+`Population(config, model, data)` makes train.py's one-model functions (the
+state, a chunk of steps, evaluation) the population's: mapped over the
+members (members.py: who trains, which is chosen, the rows) and laid out
+over the devices (devices.Layout), jitted once, the data placed once. Its
+methods take and return the placed state, and hand the loop host values:
+each member's metric sums, divergence (errors.Diverged, with its row) and
+the metrics.jsonl rows.
+"""
+
+import functools
+import time
+from typing import Callable, Dict, List, Optional, Tuple
+
+import jax
+import numpy as np
+
+from mnist_jax import optim
+from mnist_jax.data import augment as augment_lib
+from mnist_jax.errors import UserError
+from mnist_jax.training import devices
+from mnist_jax.training import members as members_lib
+from mnist_jax.training import train
+from mnist_jax.training.devices import MEMBER, NUMBER, SHARED
+
+
+def steps_per_epoch(config, num_train: int) -> int:
+  """The optimizer steps of an epoch: every full batch of the training split
+  (the one place they are counted; the schedule and the chunks read it)."""
+  if config.batch_size > num_train:
+    raise UserError(f"--batch_size={config.batch_size} is larger than the "
+                    f"{num_train} training examples; pass a smaller one")
+  return num_train // config.batch_size
+
+
+def chunk_len(steps: int, most: int) -> int:
+  """Steps per chunk: equal chunks of at most `most` covering `steps`,
+  padded by fewer steps than there are chunks."""
+  return -(-steps // -(-steps // most))
+
+
+def initial_state(config, model, steps: int, image_shape) -> train.TrainState:
+  """Every member's fresh state, stacked [M, ...] for M > 1, for images
+  [H, W, C] and epochs of `steps`: training's start, and (under
+  jax.eval_shape) the template report and predict restore into."""
+  tx = optim.make_optimizer(config, steps, members_lib.swept(config))
+  return members_lib.init_state(
+      members_lib.from_config(config), functools.partial(
+          train.create_train_state, model=model, tx=tx, dtype=config.dtype,
+          image_shape=tuple(image_shape)))
+
+
+class Population:
+  """Every member of `config` training `model` (a Flax module) on `data`
+  (pipeline.Dataset) over the run's devices; `say` prints its lines."""
+
+  def __init__(self, config, model, data, say: Callable[[str], None] = print):
+    self.config, self.model, self.say = config, model, say
+    self.members = members_lib.from_config(config)
+    self.layout = layout = devices.Layout(config, model, len(self.members),
+                                          say)
+    self.steps = steps_per_epoch(config, len(data.train))
+    self.chunk_len = chunk_len(self.steps, config.chunk_steps)
+    self.image_shape = tuple(data.train.images.shape[1:])
+    self.test_size = len(data.test)
+    self.splits = {name: layout.put(split) for name, split in
+                   (("train", data.train), ("val", data.val),
+                    ("test", data.test)) if len(split)}
+    placed = dict(axis_name=layout.axis_name,
+                  batch_sharding=layout.batch_sharding)
+    loss = train.LOSSES[config.loss]
+    swept = members_lib.per_member(self.members, loss.reads)
+    numbers = {n: getattr(config, n) for n in loss.reads if n not in swept}
+    self.program = layout.map(functools.partial(
+        train.train_chunk, chunk_len=self.chunk_len, steps=self.steps,
+        batch_size=config.batch_size, loss=loss,
+        augment=augment_lib.from_config(config), **numbers, **placed),
+                             (MEMBER, SHARED, SHARED, NUMBER, NUMBER), swept)
+    self._evaluate, self._test = (layout.map(functools.partial(
+        train.evaluate, with_logits=logits, **placed,
+        batch_size=layout.eval_batch_size(config.eval_batch_size)),
+                                             (MEMBER, SHARED, SHARED),
+                                             donate=False)
+                                  for logits in (False, True))
+    schedule = optim.schedule(config, self.steps)
+    self._rate = layout.map(lambda state: optim.learning_rate(
+        state.opt_state, schedule), (MEMBER,), donate=False)
+    self.compile_s = 0.0  # The seconds `place` compiled `program` in.
+
+  def record(self) -> Dict:
+    """How the run is laid out over the devices, for config.json."""
+    return {"parallel": self.layout.record()}
+
+  def init_state(self) -> train.TrainState:
+    """Every member's fresh state, on the host ([M, ...] for M > 1)."""
+    return initial_state(self.config, self.model, self.steps,
+                         self.image_shape)
+
+  def place(self, state, status: Callable[[str], None] = lambda text: None):
+    """`state` (fresh, or a checkpoint's) on the devices, and the train chunk
+    compiled for it (`compile_s`; pmap over several processes compiles on
+    its first call, for local shapes)."""
+    state = self.layout.put_state(state)
+    began = time.perf_counter()
+    if self.layout.mode != "pmap" or jax.process_count() == 1:
+      cached = jax.config.jax_compilation_cache_dir  # JAX_COMPILATION_CACHE_DIR
+      status(f"compiling the train step ({self.chunk_len}-step chunks"
+             + ("; the compilation cache keeps it for the next run)"
+                if cached else ")"))
+      self.program = self.program.lower(state, *self.splits["train"], 1,
+                                      0).compile()
+    self.compile_s = time.perf_counter() - began
+    return state
+
+  def train_chunk(self, state, epoch: int, first: int,
+                  sums: Optional[Dict[str, np.ndarray]] = None):
+    """Steps first .. first + chunk_len - 1 of `epoch`: (the state, the
+    epoch's metric sums so far, on the host: `sums` and the chunk's, [M] per
+    sum for M > 1). Says which members diverged; raises Diverged once every
+    member has."""
+    state, chunk, bad = self.program(state, *self.splits["train"], epoch,
+                                    first)
+    members_lib.check_divergence(self.members, self.host(bad).reshape(-1),
+                                 epoch, first, self.steps, self.say)
+    chunk = self.host(chunk)
+    return state, chunk if sums is None else jax.tree.map(np.add, sums, chunk)
+
+  def end_epoch(self, state, epoch: int, sums, **fields
+                ) -> Tuple[Dict, Optional[List[Dict]]]:
+    """(The epoch's metrics.jsonl row with `fields`, each member's
+    validation metrics or None): Diverged where every member's train or
+    validation metrics are not finite."""
+    val = self._metrics(state, "val")
+    train_metrics = members_lib.host_metrics(sums)
+    members_lib.check_finite(self.members, {"train": train_metrics, "val": val},
+                             epoch, epoch * self.steps, self.steps)
+    return members_lib.epoch_row(
+        self.members, epoch, epoch * self.steps, train_metrics, val,
+        self.host(self._rate(state)), **fields), val
+
+  def test(self, state, val: Optional[List[Dict]], epochs_run: int):
+    """(The final row, each member's test logits [M, N, K]), the member
+    chosen by `val` (each member's validation metrics; None: evaluated
+    here, where no epoch ran)."""
+    if val is None:
+      val = self._metrics(state, "val")
+    test, logits = self.host(self._test(state, *self.splits["test"]))
+    test = members_lib.host_metrics(test)
+    step = int(np.max(self.host(state.step)))
+    members_lib.check_finite(self.members, {"test": test}, epochs_run, step,
+                             self.steps)
+    final = members_lib.final_row(
+        self.members, test, val, epochs_run=epochs_run, steps=step,
+        compile_time_s=self.compile_s,
+        num_params=self.layout.num_params(state))
+    return final, logits.reshape(len(self.members), -1, logits.shape[-1])[
+        :, :self.test_size]
+
+  def get(self, state):
+    """A placed state as one copy of it (without pmap's device axis), which
+    the host can read: the state `train_and_evaluate` returns, and the one a
+    run folder saves."""
+    return self.layout.unreplicated(state)
+
+  def host(self, tree):
+    """Program outputs as host numpy: this process's copy."""
+    return self.layout.host(tree)
+
+  def _metrics(self, state, split: str) -> Optional[List[Dict]]:
+    """Each member's metrics on `split`, or None where it is empty."""
+    if split not in self.splits:
+      return None
+    return members_lib.host_metrics(
+        self.host(self._evaluate(state, *self.splits[split])))
