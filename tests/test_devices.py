@@ -144,7 +144,8 @@ def test_members_train_side_by_side_and_report_each():
   config, data = _config(num_seeds=2, seed=4), _data()
   hooks = Recorder()
   state, final = train_core(config, data, hooks)
-  assert hooks.record["parallel"] == {"mode": "none", "devices": 1}
+  assert hooks.record["parallel"] == {"mode": "none", "devices": 1,
+                                      "members": "in turn"}
   row = hooks.rows[0]
   assert [m["seed"] for m in row["members"]] == [4, 5]
   assert row["train_loss_mean"] == pytest.approx(

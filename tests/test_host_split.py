@@ -254,7 +254,8 @@ def _launch(prepared, workdir, *extra):
 @pytest.mark.skipif(CORES < 2, reason="needs at least 2 CPU cores")
 @pytest.mark.parametrize("extra,expected", [
     (["--batch_size=63"], {"mode": "none", "devices": 1}),
-    (["--num_seeds=2"], {"mode": "members", "devices": 2})])
+    (["--num_seeds=2"], {"mode": "members", "devices": 2,
+                         "members": "in turn"})])
 def test_auto_on_a_split_host_without_a_data_split(prepared, tmp_path, extra,
                                                   expected):
   """A batch that does not split: one device, no error; several seeds: the

@@ -143,14 +143,48 @@ def test_vmapped_members_agree_with_members_in_turn_and_single_runs(
   --parallel=none, sharded, and (no dropout or augmentation) pmap."""
   out = worker(tmp_path / "vmap.npz", 2, VMAP_RUNS[model], epochs=1)
   vmapped, in_turn = out[f"{model}+2:auto:vmap"], out[f"{model}+2:auto"]
-  assert vmapped["parallel"] == in_turn["parallel"] == {"mode": "members",
-                                                        "devices": 2}
+  assert vmapped["parallel"] == {"mode": "members", "devices": 2,
+                                "members": "vmapped"}
+  assert in_turn["parallel"] == {**vmapped["parallel"], "members": "in turn"}
   assert_same_numbers(vmapped, in_turn, VMAP_ATOL)
   for single in (f"{model}:none", f"{model}:sharded"):
     assert_same_numbers(_member0(vmapped), out[single], VMAP_ATOL)
   pmap = out[f"{model}0:pmap"]
   assert pmap["parallel"] == {"mode": "pmap", "devices": 2}
   assert_same_numbers(_member0(out[f"{model}0+2:auto:vmap"]), pmap, VMAP_ATOL)
+
+
+def test_the_accelerators_choices_end_to_end(prepared, tmp_path):
+  """launch.py where JAX's backend reports a GPU, on 2 CPU devices
+  (tests/accelerator_launch.py): --parallel=auto shards one CNN over the
+  devices (one device on a CPU), and a run of 2 seeds trains them vmapped
+  over the devices with the stock layers (no CPU kernel), then writes its
+  report."""
+  mnist_dir, data_dir = prepared
+  command = [sys.executable, "tests/accelerator_launch.py", "--model=cnn",
+             "--preset=seed", "--cnn_features=4,8", "--cnn_dense=16",
+             "--epochs=1", "--batch_size=32", "--val_fraction=0.1",
+             f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}"]
+  run = lambda *extra: subprocess.run(
+      [*command, *extra], cwd=ROOT, env=_env(2), capture_output=True,
+      text=True, timeout=TIMEOUT_S, check=False)
+  single = run("--dry_run")
+  assert single.returncode == 0, single.stderr[-3000:]
+  assert ("devices:    data parallel over 2 GPU devices (one jit over a "
+          "mesh)") in single.stdout
+  work = tmp_path / "run"
+  members = run("--num_seeds=2", f"--workdir={work}")
+  assert members.returncode == 0, members.stderr[-3000:]
+  assert "2 members split over 2 GPU devices" in members.stdout
+  with open(work / "config.json") as f:
+    record = json.load(f)
+  environment = record["environment"]
+  assert environment["backend"] == "gpu"
+  assert environment["parallel"] == {"mode": "members", "devices": 2,
+                                     "members": "vmapped"}
+  assert environment["implementation"] == {
+      "impl": "auto", "module": "mnist_jax/models/cnn.py's CNN"}
+  assert record["finished"] and (work / "report.md").exists()
 
 
 # The runs of each device count: on one device, --parallel=none of the MLP
@@ -202,11 +236,13 @@ def test_members_split_over_devices_train_as_on_one(on_devices, n):
   host of no more devices than cores, one device's numbers bit for bit."""
   ref = on_devices(1)["members:none"]
   got = on_devices(n)["members:auto"]
-  assert ref["parallel"] == {"mode": "none", "devices": 1}
+  assert ref["parallel"] == {"mode": "none", "devices": 1,
+                             "members": "in turn"}
   if n == 1:  # On one device the record says "members" (over a mesh of 1).
     assert got["parallel"]["devices"] == 1 and not got["messages"]
   else:
-    assert got["parallel"] == {"mode": "members", "devices": n}
+    assert got["parallel"] == {"mode": "members", "devices": n,
+                               "members": "in turn"}
     assert f"8 members split over {n} CPU devices" in got["messages"]
   if n <= CORES:  # Each member runs its single run's program, in turn.
     assert_bit_equal(got, ref)

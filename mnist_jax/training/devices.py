@@ -158,8 +158,10 @@ class Layout:
                       "devices"}[self.mode])
 
   def record(self) -> dict:
-    """What config.json records of the layout."""
-    return {"mode": self.mode, "devices": self.num_devices}
+    """What config.json records of the layout (and how members ran)."""
+    return {"mode": self.mode, "devices": self.num_devices, **(
+        {"members": "in turn" if self.in_turn else "vmapped"}
+        if self.num_members > 1 else {})}
 
   def eval_batch_size(self, batch_size: int) -> int:
     """A batch that splits over the data-parallel devices."""

@@ -1,0 +1,21 @@
+"""launch.py in a process whose JAX backend reports a GPU, on the CPU devices
+underneath: a machine without an accelerator runs the accelerator's choices
+(--parallel=auto's rule, members vmapped, stock layers under --impl=auto).
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=2 \\
+      python tests/accelerator_launch.py --model=cnn ...
+"""
+
+import os
+import runpy
+import sys
+
+import jax
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+if __name__ == "__main__":
+  jax.default_backend = lambda: "gpu"  # What every choice of the project asks.
+  sys.argv = [os.path.join(ROOT, "launch.py"), *sys.argv[1:]]
+  sys.path.insert(0, ROOT)
+  runpy.run_path(sys.argv[0], run_name="__main__")
