@@ -3,6 +3,7 @@
 `import mnist_jax` loads this module, and JAX, only when a name is first used.
 """
 
+import io
 import os
 from typing import Any, Dict, List, Optional
 
@@ -38,13 +39,16 @@ def load_data(config: Config, **overrides) -> pipeline.Dataset:
   return pipeline.load(config.replace(**overrides))
 
 
-def load_image(image) -> np.ndarray:
-  """A picture of one digit (a file path or PIL image) as `--mode=predict`
-  makes it the models' input: [28, 28] uint8."""
+def load_image(image, shape=(28, 28, 1)) -> np.ndarray:
+  """A picture (a file path or PIL image) as `--mode=predict` makes it a
+  dataset's input of `shape` [H, W, C], uint8 (MNIST's: a digit, [28, 28,
+  1])."""
   from mnist_jax.data import images  # pylint: disable=g-import-not-at-top
-  if isinstance(image, (str, os.PathLike)):
-    return images.load(os.fspath(image))
-  return images.preprocess(image)
+  if not isinstance(image, (str, os.PathLike)):
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    image = buffer
+  return images.load(image, shape, name="the image")
 
 
 def read_metrics(workdir: str) -> List[dict]:

@@ -103,7 +103,8 @@ def test_readme_core_example_runs(prepared, tmp_path, monkeypatch, capsys):
 def test_the_shipped_photo_is_a_seven_as_predict_sees_it():
   """docs/img/seven.png, the README's example photo, preprocessed."""
   image = mnist_jax.load_image(os.path.join(ROOT, "docs", "img", "seven.png"))
-  assert image.shape == (28, 28) and image.dtype == np.uint8
+  assert image.shape == (28, 28, 1) and image.dtype == np.uint8
+  image = image[..., 0]
   ink = image > 128  # White ink on black, the digit's box centred by mass.
   assert 0.05 < ink.mean() < 0.4
   rows, cols = np.nonzero(ink)
@@ -176,10 +177,12 @@ def test_read_metrics_gives_the_epochs_then_the_final_row(tiny_run):
 def test_load_image_takes_a_path_or_a_pil_image(tmp_path):
   _seven(tmp_path / "seven.png")
   from_path = mnist_jax.load_image(tmp_path / "seven.png")
-  assert from_path.shape == (28, 28) and from_path.dtype == np.uint8
+  assert from_path.shape == (28, 28, 1) and from_path.dtype == np.uint8
   with Image.open(tmp_path / "seven.png") as image:
     np.testing.assert_array_equal(mnist_jax.load_image(image), from_path)
   assert from_path[14].max() == 255 and from_path[0].max() == 0  # Ink, centred.
+  assert mnist_jax.load_image(tmp_path / "seven.png", (16, 12, 3)).shape == (
+      16, 12, 3)  # A colour dataset's: the picture, resized.
 
 
 def test_train_and_evaluate_defaults_to_the_configs_workdir(tiny_run, capsys):

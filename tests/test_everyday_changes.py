@@ -1,63 +1,135 @@
-"""The everyday research changes, each made as docs/design.md's "How to make
-the everyday changes" shows it: one entry in the table that declares it. A
-dataset of another shape (16 x 12 colour images of 3 classes), a model of a
-new module class (a depthwise-separable CNN with its own flag), an
-evaluation rule (a metric) and an optimizer, trained together in a run
-folder on synthetic data, their flags, rows, report and records following.
+"""The everyday research changes, each made here as docs/design.md's "How to
+make the everyday changes" says, in the files it names, on synthetic data:
+a schedule with a number of its own (warm restarts), a loss that mixes
+examples (mixup), a metric, a reading order for the recurrent models
+(columns), a dataset of colour images, a model of the CNN family. Each
+reaches what it should: flags and sweeps, rows, the report, TensorBoard,
+compare.py, the analyses, predict and the page.
 """
 
+import dataclasses
 import io
-import json
 import os
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+from PIL import Image
 
-from conftest import write_idx
+from conftest import train_core, write_idx
+from experiments import compare
 from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax import modes
 from mnist_jax import optim
 from mnist_jax.data import datasets
+from mnist_jax.data import pipeline
+from mnist_jax.models import recurrent
 from mnist_jax.models import registry
+from mnist_jax.results import analysis
+from mnist_jax.results import run as run_lib
+from mnist_jax.results import serve
 from mnist_jax.training import metrics
+from mnist_jax.training import train
+from parallel_worker import Recorder
+from tensorboard_helpers import multiplexer, scalars
 
-# The dataset: its files are IDX images [N, 16, 12, 3]; class k lights
-# channel k of a band of rows.
-STRIPES = datasets.DatasetInfo(
-    "stripes", "1.0.0", "", ("red", "green", "blue"), (16, 12, 3),
-    train_size=240)
-
-
-class SeparableCNN(nn.Module):
-  """A depthwise 3x3 convolution per channel, a pointwise one to `width`
-  channels, global average pooling, a Dense output."""
-  OUTPUT = "out"
-  width: int = 8
-  num_classes: int = 10
-
-  @nn.compact
-  def __call__(self, images, train: bool = False):
-    x = images / 255.0
-    channels = x.shape[-1]
-    x = nn.Conv(channels, (3, 3), feature_group_count=channels,
-                name="depthwise")(x)
-    x = nn.relu(nn.Conv(self.width, (1, 1), name="pointwise")(x))
-    return nn.Dense(self.num_classes, name=self.OUTPUT)(x.mean((1, 2)))
+TINY = dict(epochs=2, batch_size=32, val_fraction=0.1, tensorboard=False)
 
 
-SEPARABLE = registry.ModelSpec(
-    name="separable", module=SeparableCNN,
-    describe=lambda c: f"depthwise 3x3, pointwise {c.separable_width}, "
-                       "average pool, Dense",
-    settings={"separable_width": config_lib.Setting(
-        "width", "Channels of the pointwise convolution",
-        parser=config_lib.WIDTH)},
-    presets={"tuned": dict(epochs=4, batch_size=20, learning_rate=3e-2)})
+def add_field(monkeypatch, name, default, help_text, parser):
+  """A Config field as a line of config.py declares it (`_field`): Config,
+  FIELDS and SETTINGS as that line makes them."""
+  field = config_lib._field(  # pylint: disable=protected-access
+      default, help_text, config_lib.TRAINING, parser)
+  config = dataclasses.make_dataclass(
+      "Config", [(name, type(default), field)], bases=(config_lib.Config,),
+      frozen=True)
+  monkeypatch.setattr(config_lib, "Config", config)
+  setting = field.metadata["setting"]
+  monkeypatch.setitem(config_lib.FIELDS, name, setting)
+  monkeypatch.setitem(config_lib.SETTINGS, name, setting)
 
+
+def _data(prepared, **values):
+  mnist_dir, data_dir = prepared
+  return dict(mnist_dir=mnist_dir, data_dir=data_dir, **{**TINY, **values})
+
+
+def _run(config, workdir):
+  """A run of `config` in its run folder, quietly: its final row."""
+  return modes.train_and_evaluate(config.replace(workdir=workdir), workdir,
+                                  stream=io.StringIO())
+
+
+# A schedule with a number of its own: warm restarts (optim.py, and its
+# flag in config.py).
+
+def _warm_restarts(count, run, held):
+  """SGDR (Loshchilov and Hutter, 2017): a cosine decay started again every
+  `restart_epochs` epochs, a number the optimizer holds (sweepable)."""
+  period = held["restart_epochs"] * run.steps_per_epoch
+  return 0.5 * (1 + jnp.cos(jnp.pi * jnp.mod(count, period) / period))
+
+
+def test_a_schedule_with_a_number_of_its_own(monkeypatch, prepared):
+  monkeypatch.setattr(optim, "HYPERPARAMS",
+                      (*optim.HYPERPARAMS, "restart_epochs"))
+  monkeypatch.setitem(optim.SCHEDULES, "warm_restarts", _warm_restarts)
+  add_field(monkeypatch, "restart_epochs", 1.0, "Epochs between restarts",
+            config_lib.Number(0, open_low=True))
+  config = models.get_config(
+      "linear", "seed", schedule="warm_restarts", learning_rate=1e-2,
+      sweep="restart_epochs=1,2", **_data(prepared, epochs=4))
+  hooks = Recorder()
+  _, final = train_core(config, pipeline.load(config), hooks)
+  rates = [[m["learning_rate"] for m in row["members"]] for row in hooks.rows]
+  # Restarted every epoch: each epoch ends at the peak; every second epoch:
+  # half-way down its cosine, then at the peak again.
+  np.testing.assert_allclose(rates, [[1e-2, 5e-3], [1e-2, 1e-2]] * 2,
+                             rtol=1e-5)
+  assert final["test_accuracy"] > 0.5
+  assert "restart_epochs" in config_lib.sweepable()
+
+
+# A loss that mixes examples: mixup (train.py, and its flag in config.py).
+
+def _mixup(forward, images, labels, key, mixup_alpha=0.2,
+           label_smoothing=0.0):
+  """mixup (Zhang et al., 2018): the batch mixed with itself shuffled by a
+  Beta(alpha, alpha) weight, and its labels by the same weight."""
+  weight_key, order_key = jax.random.split(key)
+  lam = jax.random.beta(weight_key, mixup_alpha, mixup_alpha)
+  order = jax.random.permutation(order_key, len(labels))
+  logits, model_state = forward(lam * images + (1 - lam) * images[order])
+  nll, own = train.cross_entropy(logits, labels, label_smoothing)
+  _, other = train.cross_entropy(logits, labels[order], label_smoothing)
+  return (lam * own + (1 - lam) * other).mean(), (logits, nll, model_state)
+
+
+def test_a_loss_that_mixes_examples(monkeypatch, prepared):
+  monkeypatch.setitem(train.LOSSES, "mixup", train.Loss(
+      _mixup, reads=("mixup_alpha", "label_smoothing")))
+  add_field(monkeypatch, "mixup_alpha", 0.2, "mixup's Beta(alpha, alpha)",
+            config_lib.Number(0, open_low=True))
+  values = _data(prepared, mlp_hidden=(32,))
+  plain = models.get_config("mlp", "seed", **values)
+  mixed = plain.replace(loss="mixup", sweep="mixup_alpha=0.2,1")
+  data = pipeline.load(plain)
+  rows = []
+  for config in (plain, mixed):
+    rows.append(Recorder())
+    _, final = train_core(config, data, rows[-1])
+    assert final["test_accuracy"] > 0.5
+  first = rows[1].rows[0]["members"]
+  # Each member mixes by its own alpha, and differs from the plain loss.
+  assert first[0]["train_loss"] != first[1]["train_loss"]
+  assert rows[0].rows[0]["train_loss"] not in {m["train_loss"] for m in first}
+  assert "mixup_alpha" in config_lib.sweepable()
+
+
+# A metric (metrics.py): the report, TensorBoard, compare.py and the page.
 
 def _top2(batch):
   top = jax.lax.top_k(batch.logits, 2)[1]
@@ -69,11 +141,71 @@ TOP2 = metrics.Metric("top2", _top2, lambda s, n: float(s["top2"]) / n,
                       metrics.EVAL, tag="top2_accuracy",
                       label="top-2 accuracy", scale=100.0, digits=2, unit="%",
                       higher_is_better=True)
-# The optimizer: Lion's update direction, no held numbers of its own.
-LION = optim.Optimizer(lambda held: optax.scale_by_lion())
 
 
-def _stripes(folder, seed):
+def test_a_metric_reaches_every_output(monkeypatch, prepared, tmp_path):
+  monkeypatch.setattr(metrics, "METRICS", metrics.METRICS + (TOP2,))
+  work = str(tmp_path / "run")
+  config = models.get_config("mlp", "seed", **_data(
+      prepared, mlp_hidden=(32,), tensorboard=True, analyses=False))
+  final = _run(config, work)
+  assert 0.9 <= final["test_top2"] <= 1
+  assert run_lib.metrics_log.MetricsLog(work).read()[0]["val_top2"] > 0.5
+  with open(os.path.join(work, "report.md")) as f:
+    assert f"| Test top-2 accuracy | {100 * final['test_top2']:.2f}% |" in f.read()
+  got = scalars(multiplexer(work), ".")
+  assert got["top2_accuracy/test"] == [(2, final["test_top2"])]
+  assert len(got["top2_accuracy/val"]) == 2
+  compare.compare([work], str(tmp_path / "compared"), log=lambda _: None)
+  with open(tmp_path / "compared" / "comparison.md") as f:
+    assert "test top-2 accuracy" in f.read()
+  page = serve.Model(work, run_lib.load_run(work), final)
+  assert ("top-2 accuracy",
+          f"{100 * final['test_top2']:.2f}%") in page.info["metrics"]
+
+
+# A reading order of the recurrent models: columns (recurrent.py). The
+# analyses and the page ask the model how it reads.
+
+def test_a_reading_order_the_analyses_and_the_page_follow(monkeypatch,
+                                                           prepared, tmp_path):
+  monkeypatch.setitem(recurrent.SEQUENCES, "columns", (
+      "the {w} columns", lambda h, w, seed: recurrent.Reading(
+          np.arange(h * w).reshape(h, w).T, ("column", "columns"), 1)))
+  config = models.get_config("gru", "seed", sequence="columns", hidden=16,
+                             **_data(prepared))
+  assert models.get("gru").describe(config).startswith(
+      "GRU(16) over the 28 columns")
+  images = np.arange(2 * 28 * 28 * 1).reshape(2, 28, 28, 1) % 256
+  x = recurrent.as_sequence(images, "columns")
+  np.testing.assert_allclose(x[:, 3], images[:, :, 3, 0] / 255.0)
+  work = str(tmp_path / "run")
+  _run(config, work)
+  r = analysis.summary(compare.load_analysis(work))
+  assert r["reading_unit"] == ["column", "columns"]
+  assert 1 <= r["reading_units_to_99"] <= 28
+  with np.load(os.path.join(work, "analysis", "arrays.npz")) as a:
+    stripes = a["units_map"]  # Summed per column: constant down a column.
+    assert a["reading_accuracy"].shape == (28,)
+  np.testing.assert_allclose(stripes, stripes[:, :1].repeat(28, 1))
+  page = serve.Model(work, run_lib.load_run(work))
+  assert page.info["unit"] == ("column", "columns")
+  digit = np.zeros((28, 28, 1))
+  digit[5:20, 9:12] = 255  # Ink from column 9 on.
+  answer = page.result(page.start(digit))
+  assert len(answer["reading"]) == 28 and answer["first_ink"] == 9
+
+
+# A dataset of colour images (datasets.py): trains, predicts a picture in
+# its colours, is served.
+
+STRIPES = datasets.DatasetInfo(
+    "stripes", "1.0.0", "", ("red", "green", "blue"), (16, 12, 3),
+    train_size=240)
+
+
+def _stripes(folder, seed=0):
+  """Class k lights channel k of a band of rows."""
   rng = np.random.default_rng(seed)
   for part, n in (("train", 240), ("test", 60)):
     labels = (np.arange(n) % 3).astype(np.uint8)
@@ -84,40 +216,77 @@ def _stripes(folder, seed):
     write_idx(str(folder / STRIPES.file_names[f"{part}_labels"]), labels)
 
 
-def test_a_dataset_a_model_a_metric_and_an_optimizer_each_one_entry(
-    tmp_path, monkeypatch):
+def test_a_colour_dataset_trains_predicts_a_picture_and_is_served(
+    monkeypatch, tmp_path):
   monkeypatch.setitem(datasets.DATASETS, STRIPES.name, STRIPES)
-  monkeypatch.setitem(registry.MODELS, SEPARABLE.name, SEPARABLE)
-  registry.register(SEPARABLE)  # Its flag, defined once.
-  monkeypatch.setattr(metrics, "METRICS", metrics.METRICS + (TOP2,))
-  monkeypatch.setitem(optim.OPTIMIZERS, "lion", LION)
   folder = tmp_path / "idx"
   folder.mkdir()
-  _stripes(folder, 0)
-  workdir = str(tmp_path / "run")
+  _stripes(folder)
+  work = str(tmp_path / "run")
   config = models.get_config(
-      "separable", dataset="stripes", optimizer="lion", separable_width=6,
+      "cnn", "seed", dataset="stripes", cnn_features=(4,), cnn_dense=8,
       mnist_dir=str(folder), data_dir=str(tmp_path / "prepared"),
-      workdir=workdir, val_fraction=0.25, analyses=False)
-  final = modes.train_and_evaluate(config, workdir, stream=io.StringIO())
-  # The dataset's shape and classes reach the module and the report.
-  assert final["test_examples"] == 60 and final["test_accuracy"] > 0.9
-  assert "top-2 accuracy" in open(os.path.join(workdir, "report.md")).read()
-  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
-  assert {"val_top2", "val_accuracy"} <= set(rows[0])
-  assert final["test_top2"] == 1.0 and "train_top2" not in rows[0]
-  settings = json.load(open(os.path.join(workdir, "config.json")))["config"]
-  assert settings["optimizer"] == "lion" and settings["separable_width"] == 6
-  assert settings["dataset"] == "stripes"
-  # The stock models take the dataset as declared: the CNN convolves over its
-  # three channels, the recurrent ones read rows of 12 x 3 values.
-  images, key = jnp.zeros((2, 16, 12, 3), jnp.uint8), jax.random.key(0)
-  cnn = models.get("cnn").stock(models.get_config(
-      "cnn", "seed", dataset="stripes", cnn_features=(4,)))
-  params = cnn.init(key, images)["params"]
-  assert params["conv_0"]["kernel"].shape == (3, 3, 3, 4)
-  gru = models.get("gru").stock(models.get_config(
-      "gru", "seed", dataset="stripes", hidden=4))
-  params = gru.init(key, images)["params"]
-  assert params["gru_0"]["ir"]["kernel"].shape == (36, 4)
-  assert gru.apply({"params": params}, images).shape == (2, 3)
+      learning_rate=3e-2,
+      **{**TINY, "epochs": 4, "batch_size": 20, "analyses": False})
+  final = _run(config, work)
+  assert final["test_accuracy"] > 0.9
+  picture = np.zeros((64, 48, 3), np.uint8)  # A green band, 4x the size.
+  picture[16:48, :, 1] = 255
+  Image.fromarray(picture).save(tmp_path / "green.png")
+  run = run_lib.load_run(work)
+  [said] = run_lib.predict_files(run, [str(tmp_path / "green.png")])
+  assert said.image.shape == (16, 12, 3) and said.name == "green"
+  page = serve.Server(("127.0.0.1", 0), [serve.Model(work, run, final)])
+  try:
+    answer = page.answer((tmp_path / "green.png").read_bytes())
+  finally:
+    page.server_close()
+  assert np.shape(answer["input"]) == (16, 12, 3)
+  assert answer["runs"][0]["class"] == "green"
+
+
+# A model of the CNN family (its module's file and registry.py).
+
+class SeparableCNN(nn.Module):
+  """A depthwise 3x3 convolution per channel, a pointwise one to `width`
+  channels, a Dense output."""
+  OUTPUT = "out"
+  width: int = 8
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, images, train: bool = False):
+    x = images / 255.0
+    channels = x.shape[-1]
+    x = nn.Conv(channels, (3, 3), feature_group_count=channels,
+                name="depthwise")(x)
+    x = nn.relu(nn.Conv(self.width, (1, 1), name="pointwise")(x))
+    return nn.Dense(self.num_classes, name=self.OUTPUT)(
+        x.reshape(x.shape[0], -1))
+
+
+SEPARABLE = registry.ModelSpec(
+    name="separable", module=SeparableCNN,
+    describe=lambda c: f"depthwise 3x3, pointwise {c.separable_width}, "
+                       "Dense",
+    settings={"separable_width": config_lib.Setting(
+        "width", "Channels of the pointwise convolution",
+        parser=config_lib.WIDTH)},
+    presets={"tuned": dict(epochs=3, batch_size=20, learning_rate=1e-2)})
+
+
+def test_a_new_cnn_family_model(monkeypatch, prepared, tmp_path):
+  monkeypatch.setitem(registry.MODELS, SEPARABLE.name, SEPARABLE)
+  registry.register(SEPARABLE)  # Its flag, defined once.
+  work = str(tmp_path / "run")
+  config = models.get_config("separable", separable_width=6, **_data(
+      prepared, epochs=3, batch_size=20))
+  final = _run(config, work)
+  assert final["test_accuracy"] > 0.5  # Ten classes: chance is 0.1.
+  settings = run_lib.load_run(work).config
+  assert settings.separable_width == 6
+  r = analysis.summary(compare.load_analysis(work))
+  assert r["parameters"] == final["num_params"]  # Its features, OUTPUT's.
+  assert r["reading_note"] == "not a sequence model"
+  page = serve.Model(work, run_lib.load_run(work), final)
+  assert page.info["describe"] == "depthwise 3x3, pointwise 6, Dense"

@@ -102,7 +102,7 @@ def test_a_picture_past_pillows_warning_size_is_read_quietly(monkeypatch,
   monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
   with warnings.catch_warnings():
     warnings.simplefilter("error")
-    assert images.load(str(path)).shape == (28, 28)
+    assert images.load(str(path)).shape == (28, 28, 1)
 
 
 def test_error_paths_name_the_file(tmp_path):

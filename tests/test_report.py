@@ -18,11 +18,9 @@ import launch_helpers as lh
 from mnist_jax import models
 from mnist_jax.data import datasets
 from mnist_jax.data import pipeline
-from mnist_jax.errors import UserError
 from mnist_jax.results import plots
 from mnist_jax.results import report
 from mnist_jax.results import run
-from mnist_jax.results import serve
 from mnist_jax.rundir import metrics_log
 from mnist_jax.rundir import record as record_lib
 from mnist_jax.rundir import control
@@ -263,11 +261,9 @@ COLOUR = datasets.DatasetInfo("kmnist", "1.0.0", "", ("red", "green", "blue"),
                               (12, 10, 3))  # Colour bars, 3 classes.
 
 
-def test_a_colour_datasets_run_is_drawn_in_colour_and_predict_refuses_it(
-    tmp_path, monkeypatch):
-  """The report's figures and the analyses draw its images in their colours;
-  the Python API takes them; predict's and the page's pictures are grey, so
-  each refuses the run in one line."""
+def test_a_colour_datasets_run_is_drawn_in_colour(tmp_path, monkeypatch):
+  """The report's figures and the analyses draw its images in their
+  colours (predict and the page: test_everyday_changes.py)."""
   monkeypatch.setitem(datasets.DATASETS, COLOUR.name, COLOUR)
   config = models.get_config("cnn", "seed", dataset=COLOUR.name,
                              cnn_features=(4,), cnn_dense=8)
@@ -285,16 +281,6 @@ def test_a_colour_datasets_run_is_drawn_in_colour_and_predict_refuses_it(
     green = (pixels[..., 1] > 200) & (pixels[..., [0, 2]] < 60).all(-1)
     assert green.sum() > 20, name  # Class 1's digits.
   assert colour.predict(images[:5]).shape == (5,)
-  Image.fromarray(images[0]).save(tmp_path / "bar.png")
-  said = ("--mode=predict and --mode=serve read pictures as grey images, and "
-          "kmnist's have 3 channels; pass arrays [N, 12, 10, 3] to the Python "
-          "API's Run.predict instead")
-  with pytest.raises(UserError) as refused:
-    run.predict_files(colour, [str(tmp_path / "bar.png")])
-  assert str(refused.value) == said
-  with pytest.raises(UserError) as refused:
-    serve.Model(str(tmp_path), colour)
-  assert str(refused.value) == said
 
 
 def _bars(ax):

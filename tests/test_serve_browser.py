@@ -122,7 +122,7 @@ def _record_runs(path, loaded):
   the README's table."""
   info = PngImagePlugin.PngInfo()
   info.add_text("runs", json.dumps({m.name: {
-      "title": m.info["title"], "test_accuracy": m.info["accuracy"]}
+      "title": m.info["title"], "test_accuracy": m.final.get("test_accuracy")}
                                     for m in loaded}))
   with Image.open(path) as image:
     image.load()

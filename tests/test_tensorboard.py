@@ -21,7 +21,7 @@ from mnist_jax.rundir import tensorboard
 from mnist_jax.training import metrics
 
 STEPS = 10  # Steps per epoch of the hand-made rows.
-ALL_TAGS = {**tensorboard.EPOCH_TAGS, **tensorboard.SPEED_TAGS}
+ALL_TAGS = {**tensorboard.epoch_tags(), **tensorboard.SPEED_TAGS}
 
 
 def _values(split, epoch, seed=0, offset=0.0):
@@ -57,7 +57,7 @@ def _final(epochs, seeds=()):
 
 
 def _final_series(final, step):
-  return {tag: [(step, final[key])] for key, tag in tensorboard.FINAL_TAGS.items()}
+  return {tag: [(step, final[key])] for key, tag in tensorboard.final_tags().items()}
 
 
 def _labels(seeds):
@@ -153,8 +153,8 @@ def test_a_partial_epochs_speed_is_not_written_and_the_wall_time_is(tmp_path):
   got = tbh.scalars(tbh.multiplexer(tmp_path), ".")
   for tag in tensorboard.SPEED_TAGS.values():
     assert [s for s, _ in got[tag]] == [1, 3], tag
-  assert got[tensorboard.RUN_FINAL_TAGS["wall_time_s"]] == [(3, 12.5)]
-  train = tensorboard.EPOCH_TAGS[metrics.keys("train")[0]]
+  assert got[tensorboard.final_tags(run=True)["wall_time_s"]] == [(3, 12.5)]
+  train = tensorboard.epoch_tags()[metrics.keys("train")[0]]
   assert [s for s, _ in got[train]] == [1, 2, 3]
 
 
@@ -169,7 +169,7 @@ def test_the_rate_is_the_rows_own_and_older_rows_without_one_read(tmp_path):
   got = tbh.scalars(tbh.multiplexer(tmp_path), ".")
   assert got["learning_rate"] == [(2, pytest.approx(2e-3)),
                                   (3, pytest.approx(3e-3))]
-  assert [s for s, _ in got[tensorboard.EPOCH_TAGS[metrics.keys("train")[0]]]
+  assert [s for s, _ in got[tensorboard.epoch_tags()[metrics.keys("train")[0]]]
           ] == [1, 2, 3]
 
 
@@ -177,11 +177,11 @@ def test_every_metric_of_the_schema_has_its_tag_in_its_splits_only():
   """A metric declared in metrics.py is a TensorBoard series of its splits."""
   for m in metrics.METRICS:
     for split in metrics.SPLITS:
-      tags = tensorboard.FINAL_TAGS if split == "test" else tensorboard.EPOCH_TAGS
+      tags = tensorboard.final_tags() if split == "test" else tensorboard.epoch_tags()
       key = f"{split}_{m.name}"
       assert tags.get(key) == (f"{m.tag}/{split}" if split in m.splits
                                else None), key
-  assert len(tensorboard.EPOCH_TAGS) + len(tensorboard.FINAL_TAGS) == 1 + sum(
+  assert len(tensorboard.epoch_tags()) + len(tensorboard.final_tags()) == 1 + sum(
       len(m.splits) for m in metrics.METRICS)  # And the learning rate.
 
 
@@ -212,7 +212,7 @@ def test_config_is_an_hparams_session_closed_by_final(tmp_path):
 def test_events_reach_the_file_while_the_run_goes_on(tmp_path):
   """A live TensorBoard sees each epoch soon after it is logged."""
   writer = _writer(tmp_path, _config())
-  tag = tensorboard.EPOCH_TAGS[metrics.keys("train")[0]]
+  tag = tensorboard.epoch_tags()[metrics.keys("train")[0]]
   for e in (1, 2):
     writer.write(_row(e))
     deadline = time.monotonic() + 10  # FLUSH_S, on a loaded machine.
@@ -245,7 +245,7 @@ def test_each_member_is_a_run_with_the_same_tags(tmp_path):
     run = f"seed={seed}"
     own = [{**r["members"][i], "epoch": r["epoch"]} for r in rows]
     _assert_series(tbh.scalars(mux, run),
-                   {**_expect(own, tensorboard.EPOCH_TAGS),
+                   {**_expect(own, tensorboard.epoch_tags()),
                     **_final_series(final["members"][i], 2)})
     values = _session_hparams(mux, run)
     assert (values["seed"], values["num_seeds"]) == (seed, 1)
@@ -279,7 +279,7 @@ def test_sweep_members_take_their_own_learning_rate_and_older_rows_read(tmp_path
                                 "learning_rate=0.003,seed=1"]
   got = tbh.scalars(mux, "learning_rate=0.003,seed=1")
   assert got["learning_rate"] == [(1, pytest.approx(3e-3)), (2, pytest.approx(1.5e-3))]
-  assert all([s for s, _ in got[t]] == [1, 2] for t in tensorboard.EPOCH_TAGS.values())
+  assert all([s for s, _ in got[t]] == [1, 2] for t in tensorboard.epoch_tags().values())
   values = _session_hparams(mux, "learning_rate=0.003,seed=1")
   assert values["learning_rate"] == pytest.approx(3e-3) and "index" not in values
 
@@ -348,7 +348,7 @@ def test_resume_restores_rows_the_events_lost_from_metrics_jsonl(tmp_path):
         {**r["members"][int(run[-1]) - 1], "epoch": r["epoch"]} for r in rows]
     _assert_series(tbh.scalars(mux, run),
                    _expect(own, ALL_TAGS if run == "." else
-                           tensorboard.EPOCH_TAGS))
+                           tensorboard.epoch_tags()))
 
 
 def _warnings(capsys):
@@ -380,6 +380,6 @@ def test_a_failed_write_warns_once_and_the_run_goes_on(tmp_path, monkeypatch,
   [warning] = _warnings(capsys)
   assert "No space left on device" in warning
   monkeypatch.undo()
-  tag = tensorboard.EPOCH_TAGS[metrics.keys("train")[0]]
+  tag = tensorboard.epoch_tags()[metrics.keys("train")[0]]
   got = tbh.scalars(tbh.multiplexer(tmp_path / "ok"), ".")[tag]
   assert [s for s, _ in got] == [1]  # What was written before stays.

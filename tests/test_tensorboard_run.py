@@ -26,7 +26,7 @@ from mnist_jax.rundir import record as record_lib
 from mnist_jax.rundir import tensorboard
 from mnist_jax import modes as run_folder
 
-EPOCH_TAGS = {**tensorboard.EPOCH_TAGS, **tensorboard.SPEED_TAGS}
+EPOCH_TAGS = {**tensorboard.epoch_tags(), **tensorboard.SPEED_TAGS}
 TINY = dict(mlp_hidden=(16,), epochs=2, batch_size=32, val_fraction=0.1,
             schedule="cosine")
 
@@ -68,8 +68,8 @@ def _expected(epochs, final, tags=EPOCH_TAGS):
     if points:
       out[tag] = points
   last = epochs[-1]["epoch"]
-  for key, tag in (tensorboard.RUN_FINAL_TAGS if tags is EPOCH_TAGS
-                   else tensorboard.FINAL_TAGS).items():
+  for key, tag in (tensorboard.final_tags(run=True) if tags is EPOCH_TAGS
+                   else tensorboard.final_tags()).items():
     out[tag] = [(last, final[key])]
   return out
 
@@ -157,7 +157,7 @@ def test_each_seed_is_a_series_of_its_own(two_seeds):
   mux = tbh.multiplexer(workdir)
   assert sorted(mux.Runs()) == [".", "seed=5", "seed=6"]
   _assert_series(tbh.scalars(mux, "."), _expected(epochs, final))
-  member_tags = tensorboard.EPOCH_TAGS
+  member_tags = tensorboard.epoch_tags()
   for i, run in enumerate(["seed=5", "seed=6"]):
     own = [{"epoch": r["epoch"], "learning_rate": r["learning_rate"],
             **_members(r)[i]} for r in epochs]

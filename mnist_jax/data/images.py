@@ -1,4 +1,5 @@
-"""A picture of one digit as an MNIST-style input: what `--mode=predict` sees.
+"""A picture of one digit as an MNIST-style input: what `--mode=predict` sees
+(a dataset of colour images: the picture in its colours, resized).
 
 As the MNIST digits were made: light ink on dark, cropped, scaled into a 20x20
 box, centre of mass at (14, 14) of 28x28; a photo's lighting and paper colour
@@ -281,13 +282,27 @@ def preprocess(image: Image.Image, name: str = "image",
   return np.round(255.0 * out).astype(np.uint8)
 
 
-def load(path, shape=(SIZE, SIZE), name=None, max_pixels=None,
+# Pillow's mode of a picture of C channels, C > 1.
+COLOURS = {3: "RGB", 4: "RGBA"}
+
+
+def load(path, shape=(SIZE, SIZE, 1), name=None, max_pixels=None,
          notes=None) -> np.ndarray:
-  """Opens and preprocesses one file (as open_image): a grey [H, W] uint8
-  image of `shape` (a dataset's (H, W) or (H, W, C); resized from 28 x 28),
-  or ImageError; `notes` as preprocess's."""
+  """Opens one file (as open_image) as an input [H, W, C] uint8 of a
+  dataset's `shape` (H, W, C): one channel, a digit preprocessed as MNIST's
+  were made (`preprocess`, resized from 28 x 28); three or four, the
+  picture in its colours (RGB, RGBA), resized whole. ImageError, `notes` as
+  preprocess's."""
+  (h, w), c = shape[:2], (shape[2] if len(shape) > 2 else 1)
+  if c != 1 and c not in COLOURS:
+    raise UserError(f"a picture has 1, 3 or 4 channels, and these images "
+                    f"have {c}; pass arrays [N, {h}, {w}, {c}] to the Python "
+                    "API's Run.predict instead")
   with open_image(path, name, max_pixels) as image:
+    if c != 1:
+      return np.asarray(image.convert(COLOURS[c]).resize(
+          (w, h), Image.Resampling.LANCZOS), np.uint8).reshape(h, w, c)
     x = preprocess(image, name or path, notes)
-  size = tuple(shape[:2])
-  return x if x.shape == size else np.asarray(Image.fromarray(x).resize(
-      size[::-1], Image.Resampling.LANCZOS))
+  if x.shape != (h, w):
+    x = np.asarray(Image.fromarray(x).resize((w, h), Image.Resampling.LANCZOS))
+  return x[..., None]

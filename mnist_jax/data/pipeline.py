@@ -157,19 +157,22 @@ def _published() -> dict:
 
 
 def check_not_another(paths: dict, dataset: str) -> None:
-  """An IdxError if the files (find_idx_files' `paths`) are another dataset's
-  by their train labels' SHA-256: Fashion-MNIST's files are named as MNIST's,
-  and would train as MNIST unnoticed (and the reverse)."""
+  """An IdxError if the files (find_idx_files' `paths`, images of the
+  dataset's shape) are another dataset's of that shape, by their train
+  labels' SHA-256: Fashion-MNIST's files are named as MNIST's, and would
+  train as MNIST unnoticed (and the reverse). A dataset of other images
+  (colour MNIST) may share MNIST's labels."""
   with open(paths["train_labels"], "rb") as f:
     raw = f.read()
   digests = {hashlib.sha256(raw).hexdigest()}
   if raw[:2] == b"\x1f\x8b":
     digests.add(hashlib.sha256(gzip.decompress(raw)).hexdigest())
   published = _published()
+  shape = datasets.get(dataset).image_shape
   for other, info in datasets.DATASETS.items():
     known = {published.get(info.url + info.files[1] + ".gz"),
              info.labels_sha256}  # The download's; the uncompressed file's.
-    if other != dataset and digests & known:
+    if other != dataset and info.image_shape == shape and digests & known:
       folder, name = os.path.split(paths["train_labels"])
       raise idx.IdxError(
           f"{name} in {folder} is {other}'s, not {dataset}'s: pass "

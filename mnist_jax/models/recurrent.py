@@ -1,15 +1,26 @@
 """Recurrent models (SimpleRNN, LSTM, GRU) reading an image as a sequence: its
 rows (MNIST: 28 of 28 pixels), or its pixels in order (sequential MNIST) or in
-a fixed random order (permuted MNIST)."""
+a fixed random order (permuted MNIST). How each --sequence reads is declared
+once (SEQUENCES); the analyses and the page ask the model (`reading`)."""
 
 import functools
+from typing import NamedTuple, Optional, Tuple
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
 CELLS = {"rnn": nn.SimpleCell, "lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}
-SEQUENCES = ("rows", "pixels", "permuted")
+
+
+class Reading(NamedTuple):
+  """How a model reads an image [H, W, C] in steps: `order` [T, P], the flat
+  indices (row * W + column) of the pixels step t reads; every `every`
+  steps read one `unit` ((singular, plural): what the analyses and the page
+  count, e.g. ("row", "rows"))."""
+  order: np.ndarray
+  unit: Tuple[str, str]
+  every: int
 
 
 def permutation(seed: int, size: int = 784) -> np.ndarray:
@@ -17,15 +28,41 @@ def permutation(seed: int, size: int = 784) -> np.ndarray:
   return np.random.default_rng(seed).permutation(size).astype(np.int32)
 
 
+# --sequence: name -> (what it reads, "the {h} rows"; fn(H, W, seed) ->
+# Reading).
+SEQUENCES = {
+    "rows": ("the {h} rows", lambda h, w, seed: Reading(
+        np.arange(h * w).reshape(h, w), ("row", "rows"), 1)),
+    "pixels": ("the {n} pixels, row by row", lambda h, w, seed: Reading(
+        np.arange(h * w)[:, None], ("row", "rows"), w)),
+    "permuted": ("the {n} pixels in a fixed random order",
+                 lambda h, w, seed: Reading(
+                     permutation(seed, h * w)[:, None],
+                     (f"group of {w} pixels", f"groups of {w} pixels"), w)),
+}
+
+
+def describe(sequence: str, image_shape) -> str:
+  """What --sequence=`sequence` reads of images [H, W, C]: "the 28 rows"."""
+  h, w = image_shape[:2]
+  return SEQUENCES[sequence][0].format(h=h, w=w, n=h * w)
+
+
+def reading(sequence: str, image_shape, permute_seed: int = 0) -> Reading:
+  """The Reading of --sequence=`sequence` for images [H, W, C]."""
+  h, w = image_shape[:2]
+  return SEQUENCES[sequence][1](h, w, permute_seed)
+
+
 def as_sequence(images, sequence: str = "rows", permute_seed: int = 0):
-  """images [B, H, W, C] (uint8, 255 = ink) -> [B, T, F] in [0, 1]: rows
-  [B, H, W * C], or pixels [B, H * W, C] in order or permuted."""
+  """images [B, H, W, C] (uint8, 255 = ink) -> [B, T, P * C] in [0, 1]: at
+  step t the pixels `reading` says, their channels together."""
   b, h, w, c = images.shape
-  x = images / 255.0
-  if sequence == "rows":
-    return x.reshape(b, h, w * c)
-  x = x.reshape(b, h * w, c)
-  return x[:, permutation(permute_seed, h * w)] if sequence == "permuted" else x
+  order = reading(sequence, (h, w), permute_seed).order
+  x = (images / 255.0).reshape(b, h * w, c)
+  if not np.array_equal(order.ravel(), np.arange(h * w)):  # Else in place.
+    x = x[:, order.ravel()]
+  return x.reshape(b, order.shape[0], order.shape[1] * c)
 
 
 class Recurrent(nn.Module):
@@ -44,6 +81,12 @@ class Recurrent(nn.Module):
   permute_seed: int = 0
   num_classes: int = 10
   remat: bool = False  # Recompute each step in backprop: O(T) less memory.
+
+  def reading(self, image_shape) -> Optional[Reading]:
+    """How it reads images [H, W, C] in steps (None: not one way only)."""
+    if self.bidirectional:
+      return None
+    return reading(self.sequence, image_shape, self.permute_seed)
 
   @nn.compact
   def __call__(self, images, train: bool = False):

@@ -174,17 +174,12 @@ def _describe_cnn(c: config_lib.Config) -> str:
           f"{_dropout(c)}")
 
 
-_READS = {"rows": "the {h} rows", "pixels": "the {n} pixels",
-          "permuted": "the {n} pixels in a fixed random order"}
-
-
 def _describe_recurrent(cell: str):
   def describe_fn(c: config_lib.Config) -> str:
     layers = f"{c.num_layers} x " if c.num_layers > 1 else ""
     both = "bidirectional " if c.bidirectional else ""
-    h, w, _ = datasets.get(c.dataset).image_shape
-    return (f"{layers}{both}{cell}({c.hidden}) over "
-            f"{_READS[c.sequence].format(h=h, n=h * w)}, "
+    over = recurrent.describe(c.sequence, datasets.get(c.dataset).image_shape)
+    return (f"{layers}{both}{cell}({c.hidden}) over {over}, "
             f"last state to Dense({_classes(c)}){_dropout(c)}")
   return describe_fn
 
@@ -218,9 +213,10 @@ _RECURRENT = {
     "remat": Setting("remat", "Recompute each recurrent step in backprop: "
                      "less memory, slower", config_lib.DEVICES),
     "sequence": Setting(
-        "sequence", "How the image is read: rows (28 steps of 28 pixels), "
-        "pixels (784 steps of 1) or permuted (784, fixed random order)",
-        parser=flags.EnumParser(recurrent.SEQUENCES)),
+        "sequence", "How the image is read: " + ", ".join(
+            f"{name} ({recurrent.describe(name, (28, 28))})"
+            for name in recurrent.SEQUENCES) + " of MNIST's 28x28",
+        parser=config_lib.Choice(recurrent.SEQUENCES)),
     "permute_seed": Setting(
         "permute_seed", "Seed of the pixel order of --sequence=permuted",
         parser=config_lib.SEED),

@@ -18,7 +18,6 @@ import scipy.special
 from mnist_jax import models
 from mnist_jax.data import augment
 from mnist_jax.data import datasets
-from mnist_jax.models import recurrent
 from mnist_jax.results import run as run_lib
 from mnist_jax import files
 from mnist_jax.training import metrics
@@ -32,11 +31,11 @@ GRID, MISTAKES = 12, 6
 IG_STEPS, IG_MAX_STEPS, IG_TOLERANCE, IG_CHUNK = 16, 1024, 0.01, 16
 
 
-def forward(module, variables, images, steps: bool = False,
-            train: bool = False):
+def forward(module, variables, images, every: int = 0, train: bool = False):
   """Of images [B, H, W, C]: (features: the input of the stock module's
-  declared OUTPUT layer [B, F], logits [B, K], with `steps` that layer on its
-  top layer's state after each row [B, H, K]). An apply_fn for run.logits."""
+  declared OUTPUT layer [B, F], logits [B, K], with `every` > 0 that layer
+  on its top layer's state after each `every` steps [B, T / every, K]: a
+  unit of the model's reading). An apply_fn for run.logits."""
   seen = []
 
   def grab(next_fn, args, kwargs, context):
@@ -48,27 +47,42 @@ def forward(module, variables, images, steps: bool = False,
   with nn.intercept_methods(grab):
     logits, inter = module.apply(
         variables, images, train=train, mutable=["intermediates"],
-        capture_intermediates=lambda m, _: steps and isinstance(m, nn.RNN))
-  if not steps:
+        capture_intermediates=lambda m, _: bool(every) and isinstance(m, nn.RNN))
+  if not every:
     return seen[0], logits, None
   layers = inter["intermediates"]  # The top nn.RNN's outputs [B, T, H]:
   top = max(layers, key=lambda k: int(k.rsplit("_", 1)[1]))
   hidden = layers[top]["__call__"][0]
   out = variables["params"][module.OUTPUT]
-  every = hidden.shape[1] // images.shape[1]
   return seen[0], logits, nn.Dense(out["bias"].shape[-1]).apply(
       {"params": out}, hidden[:, every - 1::every])
 
 
+def reading_of(module, image_shape):
+  """How `module` reads images [H, W, C] in steps (recurrent.Reading, as it
+  declares by a `reading` method), or None: not one way, in steps."""
+  declared = getattr(module, "reading", None)
+  return declared(image_shape) if callable(declared) else None
+
+
+def unit_of_pixel(reads, image_shape) -> np.ndarray:
+  """[H, W]: the unit of `reads` (recurrent.Reading) each pixel is read in."""
+  units = np.zeros(image_shape[0] * image_shape[1], np.int64)
+  for t, pixels in enumerate(reads.order):
+    units[pixels] = t // reads.every
+  return units.reshape(image_shape[:2])
+
+
 def reading(step_logits, labels) -> Dict[str, np.ndarray]:
-  """Accuracy and mean true-class probability after each step (logits
-  [N, S, K]); rows_to_99: the first step reaching 99% of the last's accuracy."""
+  """Accuracy and mean true-class probability after each unit read (logits
+  [N, U, K]); units_to_99: the first unit reaching 99% of the last's
+  accuracy."""
   probs = run_lib.softmax(step_logits)
   y = np.asarray(labels, np.int64)
   acc = (probs.argmax(-1) == y[:, None]).mean(0)
   return {
       "accuracy": acc,
-      "rows_to_99": int(np.argmax(acc >= 0.99 * acc[-1])) + 1,
+      "units_to_99": int(np.argmax(acc >= 0.99 * acc[-1])) + 1,
       "true_class_probability": probs[np.arange(len(y)), :, y].mean(0),
   }
 
@@ -149,11 +163,6 @@ def target_gradients(module, variables, images, targets):
   pick = lambda b: jnp.take_along_axis(module.apply(variables, b),
                                        targets[:, None], 1)
   return jax.grad(lambda b: pick(b).sum())(images), pick(images)[:, 0]
-
-
-def reads_in_steps(module) -> bool:
-  """Whether a model reads its input in steps (a one-way recurrent one)."""
-  return isinstance(module, recurrent.Recurrent) and not module.bidirectional
 
 
 def attributions(module, variables, images, targets) -> Dict[str, np.ndarray]:
@@ -244,18 +253,17 @@ def analyse(run, test, val=None, done=None) -> Dict[str, object]:
        "stride": STRIDE, "grid": min(GRID, len(labels)),
        **{f"test_{k}": v for k, v in calibration(logits, labels).items()}}
   lap("test_logits")
-  steps = reads_in_steps(module)
+  reads = reading_of(module, images.shape[1:])
   # The stock module's own OUTPUT layer and recurrent layers, caught as they
   # run (a kernel may compute them its own way), evaluated as the logits are.
-  r["features"], _, step_logits = run_lib.logits(
-      functools.partial(forward, module, steps=steps), run.variables, images,
-      config.eval_batch_size)
-  if steps:
+  r["features"], _, unit_logits = run_lib.logits(
+      functools.partial(forward, module, every=reads.every if reads else 0),
+      run.variables, images, config.eval_batch_size)
+  if reads:
     r.update({f"reading_{k}": v
-              for k, v in reading(step_logits, labels).items()})
-    h, w = images.shape[1:3]
-    every = 1 if config.sequence == "rows" else w  # Steps a row.
-    r["reading_steps"] = np.arange(1, h + 1) * every
+              for k, v in reading(unit_logits, labels).items()})
+    r["reading_steps"] = np.arange(1, unit_logits.shape[1] + 1) * reads.every
+    r["reading_unit"] = list(reads.unit)
   else:
     r["reading_note"] = ("bidirectional" if getattr(module, "bidirectional", 0)
                          else "not a sequence model")
@@ -280,8 +288,11 @@ def analyse(run, test, val=None, done=None) -> Dict[str, object]:
                         r["predicted"][r["shown"]]))
   # An attribution per pixel: its channels' sum.
   r.update(ig=r["ig"].sum(-1), gxi=r["gxi"].sum(-1))
-  if isinstance(module, recurrent.Recurrent):
-    r["rows_ig"] = r["ig"].sum(axis=2)
+  if reads:  # Each pixel's unit's sum.
+    units = unit_of_pixel(reads, images.shape[1:])
+    r["units_ig"] = np.stack([np.bincount(units.ravel(), weights=ig.ravel())
+                              for ig in r["ig"]])
+    r["units_map"] = r["units_ig"][:, units]
   lap("attributions")
   return r
 
@@ -291,8 +302,9 @@ def summary(r) -> Dict[str, object]:
   load_analysis')."""
   at = {(c, l): a for c, l, a, _ in r["robustness"]}
   keys = ("model", "preset", "parameters", "test_accuracy", "test_ece",
-          "temperature", "scaled_ece", "val_images", "reading_rows_to_99",
-          "reading_note", "ig_steps", "seconds", "names", "robustness",
+          "temperature", "scaled_ece", "val_images", "reading_units_to_99",
+          "reading_unit", "reading_note", "ig_steps", "seconds", "names",
+          "robustness",
           "changes", "stride", "grid")
   return {**{k: r.get(k) for k in keys},
           "accuracy_rotation_20": at["rotation", 20],
@@ -372,8 +384,9 @@ def cells(s) -> List[tuple]:
       ("ECE after T", pct(s["scaled_ece"])),
       ("at 20 degrees", pct(s["accuracy_rotation_20"])),
       ("at noise 0.3", pct(s["accuracy_noise_0.3"])),
-      ("rows to 99%",
-       str(s["reading_rows_to_99"] or f"n/a ({s['reading_note']})")),
+      ("read to 99%",
+       f"{s['reading_units_to_99']} {s['reading_unit'][1]}"
+       if s.get("reading_units_to_99") else f"n/a ({s['reading_note']})"),
   ]
 
 
@@ -382,9 +395,9 @@ NOTES = (
     "test images; other levels are on test images #0, "
     f"#{STRIDE}, #{2 * STRIDE}, ... (each change drawn once, the same for "
     "every model). T: the temperature fitted on the validation split (never "
-    "test data); ECE after T on the test set. Rows to 99%: rows a sequence "
-    "model reads before its own output layer reaches 99% of its final "
-    "accuracy."
+    "test data); ECE after T on the test set. Read to 99%: how much of the "
+    "image a sequence model reads (in the units it reads in: rows, ...) "
+    "before its own output layer reaches 99% of its final accuracy."
 )
 FIGURES = (  # (file, title, analysis_plots' function, the key it waits for)
     ("reading.png", "How far it must read", "reading", "reading_accuracy"),

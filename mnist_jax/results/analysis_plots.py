@@ -34,38 +34,33 @@ def _panels(n: int, width: float, height: float, **kwargs):
                       layout="constrained", **kwargs)
 
 
-def _rows_read(results: Sequence[dict]) -> str:
-  """The reading plot's x label, true of each run's sequence (steps a row:
-  1 for rows, the image's width for pixels)."""
-  every = {int(r["reading_steps"][0]) for r in results}
-  w, h = max(every), max(len(r["reading_accuracy"]) for r in results)
-  if every == {1}:
-    return "Rows read (one row per step of the sequence)"
-  if every == {w}:
-    return (f"Rows' worth of pixels read ({w} steps of the {h * w}-pixel "
-            "sequence each)")
-  return f"Rows read (a step of a row sequence; {w} steps of a pixel sequence)"
+def _units_read(results: Sequence[dict]) -> str:
+  """The reading plot's x label, true of each run's reading: its units
+  (rows, ...) and the steps each takes."""
+  said = {(r["reading_unit"][1], int(r["reading_steps"][0])) for r in results}
+  return "; ".join(f"{units.capitalize()} read" + (
+      f" ({every} steps each)" if every > 1 else " (a step each)")
+                   for units, every in sorted(said))
 
 
 def reading(results: Sequence[dict], path: str) -> str:
-  """Accuracy and true-class probability after each row, a line per run."""
+  """Accuracy and true-class probability after each unit read (a row, ...),
+  a line per run."""
   fig, axes = _panels(2, 5, 4.4)
-  every = [int(r["reading_steps"][0]) for r in results]
   for ax, key, what in zip(axes[0], ("accuracy", "true_class_probability"), (
       "Test accuracy (%)", "Mean probability of the true class (%)")):
     for i, r in enumerate(results):
       y = 100 * r[f"reading_{key}"]
-      _line(ax, i, len(results), np.arange(1, len(y) + 1), y, r["label"] + (
-          " (pixel sequence)" if len(set(every)) > 1 and every[i] > 1
-          else ""), ms=4)
+      _line(ax, i, len(results), np.arange(1, len(y) + 1), y, r["label"],
+            ms=4)
     ax.axhline(100 / len(results[0]["names"]), color="gray", ls=":",
                label="chance")
-    ax.set(xlabel=_rows_read(results), ylabel=what, ylim=(0, 100),
+    ax.set(xlabel=_units_read(results), ylabel=what, ylim=(0, 100),
            xlim=(0.5, max(len(r["reading_accuracy"]) for r in results) + .5))
     ax.grid(alpha=0.3)
   return plots.save(fig, path, "How far it must read: the model's own "
-                    "output layer on its top layer's state after each row "
-                    "(test set)", axes)
+                    "output layer on its top layer's state after each unit "
+                    "it reads (test set)", axes)
 
 
 def robustness(results: Sequence[dict], path: str) -> str:
@@ -191,20 +186,21 @@ def diverging(maps, scale=None) -> np.ndarray:
 
 def attributions(results: Sequence[dict], path: str) -> str:
   """One run's shown digits over their integrated gradients, gradient x input
-  and, for a sequence model, integrated gradients summed per row (stripes,
-  on one scale in logits, with a colour bar): the first test digits, then
-  the mistakes, each group in blocks of its own under a heading."""
+  and, for a sequence model, integrated gradients summed per unit it reads
+  (rows: stripes; on one scale in logits, with a colour bar): the first
+  test digits, then the mistakes, each group in blocks of its own under a
+  heading."""
   r, cols, kinds, scale = results[0], 6, ["image", "integrated\ngradients",
                                           "gradient\nx input"], None
-  (n, _, w), names, grid = r["ig"].shape, r["names"], r["grid"]
+  n, names, grid = len(r["ig"]), r["names"], r["grid"]
   maps = [r["images"], diverging(r["ig"]), diverging(r["gxi"])]
-  if "rows_ig" in r:
-    top = float(np.abs(r["rows_ig"]).max())
-    maps.append(diverging(np.repeat(r["rows_ig"][:, :, None], w, 2), top))
-    kinds.append("integrated\ngradients\nsummed per row")
+  if "units_map" in r:
+    top, (unit, units) = float(np.abs(r["units_ig"]).max()), r["reading_unit"]
+    maps.append(diverging(r["units_map"], top))
+    kinds.append(f"integrated\ngradients\nsummed per {unit}")
     scale = (plt.cm.ScalarMappable(plt.Normalize(-top, top), CMAP),
-             "Integrated gradients summed per row (logits of the predicted "
-             "class; one scale for all rows)")
+             f"Integrated gradients summed per {unit} read (logits of the "
+             f"predicted class; one scale for all {units})")
   cells = [*range(grid), *[None] * (-grid % cols), *range(grid, n)]
   cells += [None] * (-len(cells) % cols)
   images, titles, red = [], [], set()

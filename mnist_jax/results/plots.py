@@ -276,7 +276,9 @@ def sample_probabilities(samples: Sequence[dict], path: str,
 def prediction(image: np.ndarray, probabilities: np.ndarray, path: str,
                source: str, names: Sequence[str]) -> str:
   """An input as the model saw it (preprocessed, its HxW), its probabilities."""
-  best, size = int(np.argmax(probabilities)), "x".join(map(str, image.shape))
+  best = int(np.argmax(probabilities))
+  size = "x".join(map(str, image.shape[:2] if image.shape[-1] == 1
+                      else image.shape))
   return sample_probabilities(
       [{"image": image, "probabilities": probabilities,
         "caption": f"as the model saw it ({size})"}],

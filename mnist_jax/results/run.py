@@ -20,7 +20,6 @@ from mnist_jax.data import datasets
 from mnist_jax.errors import UserError
 from mnist_jax.training import precision
 from mnist_jax.rundir import checkpoints as checkpoints_lib
-from mnist_jax import files
 from mnist_jax.rundir import lock
 from mnist_jax.rundir import metrics_log
 from mnist_jax.rundir import record
@@ -293,22 +292,9 @@ class Prediction:
   digit: Optional[int] = None  # The class index (a digit on MNIST).
   name: Optional[str] = None  # The class's name in its dataset.
   probabilities: Optional[List[float]] = None
-  image: Optional[np.ndarray] = None  # [H, W] uint8, as the model saw it.
+  image: Optional[np.ndarray] = None  # [H, W, C] uint8, as the model saw it.
   error: Optional[str] = None
   note: Optional[str] = None  # images.NO_DIGIT: a dot, not a digit.
-
-
-def grey_shape(config) -> Tuple[int, int, int]:
-  """The run's image shape (H, W, 1), that of the grey pictures images.py
-  makes of a file (predict, the page); a one-line UserError for colour."""
-  shape = datasets.get(config.dataset).image_shape
-  if shape[-1] != 1:
-    raise UserError(
-        "--mode=predict and --mode=serve read pictures as grey images, and "
-        f"{config.dataset}'s have {shape[-1]} channels; pass arrays "
-        f"[N, {shape[0]}, {shape[1]}, {shape[2]}] to the Python API's "
-        "Run.predict instead")
-  return shape
 
 
 def predict_files(run: Run, paths: Sequence[str],
@@ -320,7 +306,7 @@ def predict_files(run: Run, paths: Sequence[str],
         "--ensemble averages the seeds of the run's chosen grid point, and "
         "this run has one seed there; predict without --ensemble, or train "
         "with --num_seeds=N")
-  shape = grey_shape(run.config)
+  shape = datasets.get(run.config.dataset).image_shape
   # Imported here: scipy.ndimage would lengthen every training run's start.
   from mnist_jax.data import images as images_lib  # pylint: disable=g-import-not-at-top
   results = []

@@ -5,8 +5,8 @@ where it looks (the analyses' integrated gradients) and, for a model that
 reads in steps, its answer after each row (the analyses' reading lens); each
 card with its run's title and checkpoint note, as predict says them. Each
 run's forward pass, attribution and reading are one function, compiled once
-as the server starts. The pictures are grey: a run of colour images is
-refused in one line (run_lib.grey_shape).
+as the server starts. The pictures have the channels of each run's dataset
+(images.load): a grey digit, or a colour picture.
 
 The standard library's ThreadingHTTPServer serves it: one user on 127.0.0.1
 needs no framework, and the package gains no dependency. Only the files of
@@ -41,6 +41,7 @@ from mnist_jax.results import analysis
 from mnist_jax.results import run as run_lib
 from mnist_jax.rundir import metrics_log
 from mnist_jax.rundir import record
+from mnist_jax.training import metrics as metrics_lib
 from mnist_jax.training import train
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page")
@@ -70,11 +71,11 @@ def run_folders(paths: Sequence[str]) -> List[str]:
   return found
 
 
-def _answer(module, steps: bool, apply_fn, variables, x):
-  """x [H, W, 1] (0-255) -> (logits [K], as run_lib.logits gives them,
-  integrated gradients of the top class against black [H, W], with `steps`
-  the probabilities after each row [H, K]): the analyses' lenses on one
-  image, at IG_STEPS fixed nodes."""
+def _answer(module, every: int, apply_fn, variables, x):
+  """x [H, W, C] (0-255) -> (logits [K], as run_lib.logits gives them,
+  integrated gradients of the top class against black [H, W], with `every`
+  > 0 the probabilities after each unit the model reads [U, K]): the
+  analyses' lenses on one image, at IG_STEPS fixed nodes."""
   logits = train.logits_of(apply_fn, variables, x[None, None])[0, 0]
   nodes, weights = np.polynomial.legendre.leggauss(analysis.IG_STEPS)
   grads, _ = analysis.target_gradients(
@@ -82,42 +83,53 @@ def _answer(module, steps: bool, apply_fn, variables, x):
       jnp.full(len(nodes), jnp.argmax(logits)))
   ig = x * jnp.tensordot(np.float32(weights / 2), grads, 1)
   return (logits, ig.sum(-1), jax.nn.softmax(analysis.forward(
-      module, variables, x[None], steps)[2][0]) if steps else None)
+      module, variables, x[None], every)[2][0]) if every else None)
 
 
 class Model:
   """One run as the page shows it; `start` then `result` answer an image."""
 
-  def __init__(self, path: str, run, accuracy=None, note=None):
+  def __init__(self, path: str, run, final=None, note=None):
     config, self.path, self.run = run.config, path, run
+    self.final = final or {}  # Its final metrics row.
     self.name = name = os.path.basename(os.path.normpath(path))
     self.module = models.get(config.model).stock(config)
-    self.steps = analysis.reads_in_steps(self.module)
-    self.shape = run_lib.grey_shape(config)
+    self.shape = datasets.get(config.dataset).image_shape
+    self.reads = analysis.reading_of(self.module, self.shape)
     self.classes = [str(c) for c in datasets.class_names(config.dataset)]
     self.variables = jax.device_put(run.variables)
-    self.fn = jax.jit(functools.partial(_answer, self.module, self.steps,
-                                        run.apply))
+    self.fn = jax.jit(functools.partial(
+        _answer, self.module, self.reads.every if self.reads else 0,
+        run.apply))
     self.info = {"name": name, "title": run_lib.title(config),
                  "describe": models.get(config.model).describe(config),
-                 "steps": self.steps,
-                 "classes": self.classes, "accuracy": accuracy,
+                 "unit": self.reads and self.reads.unit,
+                 "classes": self.classes,
+                 # Its test metrics (metrics.py), each (label, value).
+                 "metrics": [(m.label, m.text(final[f"test_{m.name}"]))
+                             for m in metrics_lib.of("test")
+                             if f"test_{m.name}" in self.final],
                  "note": note}  # run_lib.checkpoint_note, as predict says.
 
   def start(self, image):
-    """Starts the compiled answer for `image` [H, W] (jax runs it async)."""
-    return self.fn(self.variables,
-                   jnp.asarray(image, jnp.float32).reshape(self.shape))
+    """Starts the compiled answer for `image` [H, W, C] (jax runs it
+    async); returns what `result` takes."""
+    image = np.asarray(image, np.float32).reshape(self.shape)
+    return image, self.fn(self.variables, jnp.asarray(image))
 
   def result(self, started) -> Dict[str, object]:
-    logits, ig, reading = jax.device_get(started)
+    image, (logits, ig, reading) = started[0], jax.device_get(started[1])
     probs = run_lib.softmax(logits)
     top = int(np.argmax(probs))
+    inked = (np.unique(analysis.unit_of_pixel(self.reads, self.shape)[
+        image.max(-1) > 0]) if self.reads else [])
     return {"name": self.name, "top": top, "class": self.classes[top],
             "probabilities": np.round(probs, 4).tolist(),
             "attribution": np.round(ig, 3).tolist(),
             "reading": None if reading is None else np.round(reading, 3
-                                                             ).tolist()}
+                                                             ).tolist(),
+            # The first unit read with ink in it (-1: none).
+            "first_ink": int(inked[0]) if len(inked) else -1}
 
 
 def load(paths: Sequence[str], **overrides) -> List[Model]:
@@ -130,8 +142,7 @@ def load(paths: Sequence[str], **overrides) -> List[Model]:
     try:
       final = metrics_log.final_metrics(path) or {}
       run = run_lib.load_run(path, **overrides)
-      model = Model(path, run, final.get("test_accuracy"),
-                    run_lib.checkpoint_note(path, run))
+      model = Model(path, run, final, run_lib.checkpoint_note(path, run))
     except UserError as e:
       refused.append((path, e))
       continue
@@ -154,7 +165,7 @@ def sample_digits(loaded: Sequence[Model]) -> List[dict]:
       with np.load(path) as a:
         shown = a["shown"][:DIGITS]
         return [{"label": m.classes[int(y)], "pixels": x.ravel().tolist(),
-                 "shape": list(x.shape[:2])} for x, y in zip(
+                 "shape": list(x.shape)} for x, y in zip(
                      np.asarray(a["images"][:DIGITS], np.uint8),
                      a["labels"][shown])]
   return []

@@ -43,13 +43,21 @@ def _tags(splits: Sequence[str]) -> Dict[str, str]:
           for split in splits for m in metrics.of(split)}
 
 
-EPOCH_TAGS = {**_tags(("train", "val")), "learning_rate": "learning_rate"}
+def epoch_tags() -> Dict[str, str]:
+  """An epoch row's tags: its metrics (metrics.METRICS, as they are now)."""
+  return {**_tags(("train", "val")), "learning_rate": "learning_rate"}
+
+
 # An epoch resumed mid-way (`partial_steps`) has none: it timed only its rest.
 SPEED_TAGS = {"epoch_time_s": "speed/epoch_time_s",
               "examples_per_s": "speed/examples_per_s"}
-FINAL_TAGS = _tags(("test",))
-# The run's own folder's: the wall time is its program's, not a member's.
-RUN_FINAL_TAGS = {**FINAL_TAGS, "wall_time_s": "speed/wall_time_s"}
+
+
+def final_tags(run: bool = False) -> Dict[str, str]:
+  """The final row's tags; `run`: the run's own folder's, with the wall time
+  (its program's, not a member's)."""
+  return {**_tags(("test",)),
+          **({"wall_time_s": "speed/wall_time_s"} if run else {})}
 # Where files are or how processes meet, not what was trained: no hparams.
 NOT_HPARAMS = ("workdir", "data_dir", "mnist_dir", "coordinator_address",
                "num_processes", "process_id", "tensorboard")
@@ -128,14 +136,14 @@ class Writer:
     epoch, ending each HParams session; nothing of a divergence's row."""
     if "test_accuracy" in row:
       self._last_epoch = row.get("epochs_run") or self._last_epoch
-      self._scalars(row, RUN_FINAL_TAGS, FINAL_TAGS, self._last_epoch)
+      self._scalars(row, final_tags(run=True), final_tags(), self._last_epoch)
       for writer in self._writers:
         writer.file_writer.add_summary(
             tensorboardX.summary.hparams({}, {})[2], self._last_epoch)
     elif row.get("epoch") is not None and row.get("train_loss") is not None:
-      self._scalars(row, {**EPOCH_TAGS, **({} if row.get("partial_steps")
+      self._scalars(row, {**epoch_tags(), **({} if row.get("partial_steps")
                                            else SPEED_TAGS)},
-                    EPOCH_TAGS, row["epoch"])
+                    epoch_tags(), row["epoch"])
       self._last_epoch = row["epoch"]
 
   @_guarded

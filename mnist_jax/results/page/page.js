@@ -119,13 +119,19 @@ async function post(body, since) {  // After busy(1); since: the stroke's end.
   return mine === asked && !answer.error;
 }
 
-function gray(canvas, pixels) {  // pixels: rows of 0-255, white ink on black.
+function colour(pixel) {  // A pixel's channels (0-255): RGB, else grey.
+  if (pixel.length >= 3) return pixel.slice(0, 3);
+  const v = pixel.reduce((a, b) => a + b, 0) / pixel.length;
+  return [v, v, v];
+}
+
+function picture(canvas, pixels) {  // pixels: [H][W][C] of 0-255.
   const h = pixels.length, w = pixels[0].length;
   canvas.width = w;
   canvas.height = h;
   const c = canvas.getContext("2d"), data = c.createImageData(w, h);
-  pixels.flat().forEach((v, i) => {
-    data.data.set([v, v, v, 255], 4 * i);
+  pixels.flat().forEach((p, i) => {
+    data.data.set([...colour(p), 255], 4 * i);
   });
   c.putImageData(data, 0, 0);
   return canvas;
@@ -138,7 +144,7 @@ function attribution(canvas, pixels, values) {
   canvas.width = w;
   canvas.height = h;
   const c = canvas.getContext("2d"), data = c.createImageData(w, h);
-  const ink = pixels.flat();
+  const ink = pixels.flat().map((p) => colour(p).reduce((a, b) => a + b) / 3);
   flat.forEach((v, i) => {
     const a = Math.sqrt(Math.abs(v) / most), g = 0.3 * ink[i];
     const rgb = v > 0 ? [255, 60, 40] : [40, 110, 255];
@@ -148,9 +154,10 @@ function attribution(canvas, pixels, values) {
   return canvas;
 }
 
-function reading(canvas, rows, lines, ink) {
+function reading(canvas, rows, lines, ink, unit) {
   // The probability of each of `lines` ([class, colour, dash]) after each
-  // row, rows 1 to n left to right; the rows before the first ink shaded.
+  // unit read (unit: [a row, rows]), 1 to n left to right; those before the
+  // first ink shaded.
   const n = rows.length, left = 36, bottom = 18, w = 276, h = 120;
   canvas.width = w;
   canvas.height = h;
@@ -175,8 +182,8 @@ function reading(canvas, rows, lines, ink) {
   }
   c.textAlign = "center";
   c.textBaseline = "top";
-  c.fillText("rows read", x((n - 1) / 2), y(0) + 4);
-  for (const r of [0, n - 1]) c.fillText(`row ${r + 1}`, Math.min(x(r), w - 24), y(0) + 4);
+  c.fillText(`${unit[1]} read`, x((n - 1) / 2), y(0) + 4);
+  for (const r of [0, n - 1]) c.fillText(`${r + 1}`, Math.min(x(r), w - 24), y(0) + 4);
   c.lineWidth = 2.5;
   for (const [j, colour, dash] of lines) {
     c.strokeStyle = colour;
@@ -199,9 +206,9 @@ function card(info, result, pixels, said) {  // said: the input's note, shown fi
   const box = element("article", "card");
   box.dataset.name = info.name;
   box.append(element("h3", "", info.name));
-  const accuracy = info.accuracy == null ? "" : `; ${info.note ? "its last epoch's " : ""}test ` +
-      `accuracy ${(100 * info.accuracy).toFixed(2)}%`;
-  box.append(element("div", "about", `${info.title}: ${info.describe}${accuracy}`));
+  const tested = info.metrics.length === 0 ? "" : `; ${info.note ? "its last epoch's " : ""}test ` +
+      info.metrics.map(([label, value]) => `${label} ${value}`).join(", ");
+  box.append(element("div", "about", `${info.title}: ${info.describe}${tested}`));
   if (info.note) box.append(element("div", "note", `note: ${info.note}`));
   if (!result) {  // Before the first stroke: which runs are loaded.
     box.append(element("div", "answer", "Draw a digit: its answer shows here."));
@@ -231,15 +238,16 @@ function card(info, result, pixels, said) {  // said: the input's note, shown fi
   maps.append(where, bars);
   box.append(maps);
   if (result.reading) {
-    const rows = result.reading, ink = pixels.findIndex((row) => row.some((v) => v > 0));
-    let from = rows.length;  // The first row with ink from which on it answers `top`.
+    const rows = result.reading, ink = result.first_ink, unit = info.unit;
+    let from = rows.length;  // The first unit with ink from which on it answers `top`.
     while (from > Math.max(0, ink) && argmax(rows[from - 1]) === result.top) from--;
     const second = argmax(result.probabilities.map((p, j) => (j === result.top ? -1 : p)));
     const lines = [[result.top, "#d9480f", []], [second, "#1864ab", [5, 3]]];
     const part = element("div", "reading");
     part.append(element("div", "", `As it reads: ${from < rows.length ?
-        `${result.class} from row ${from + 1} of ${rows.length} on` : "its last row decides"}`));
-    part.append(reading(element("canvas"), rows, lines, ink));
+        `${result.class} from ${unit[0]} ${from + 1} of ${rows.length} on` :
+        `its last ${unit[0]} decides`}`));
+    part.append(reading(element("canvas"), rows, lines, ink, unit));
     const key = element("div", "key");
     key.append(element("span", "top-line", `${info.classes[result.top]}: its answer`),
                element("span", "second-line", `${info.classes[second]}: runner-up`),
@@ -259,7 +267,7 @@ function argmax(values) {
 }
 
 function render(answer, since) {
-  gray(document.getElementById("input"), answer.input);
+  picture(document.getElementById("input"), answer.input);
   document.getElementById("seen").hidden = false;
   const byName = Object.fromEntries(about.runs.map((r) => [r.name, r]));
   document.getElementById("models").replaceChildren(
@@ -322,11 +330,13 @@ async function start() {
   idle();
   const list = document.getElementById("digit-list");
   for (const digit of about.digits) {
-    const rows = [];
-    for (let r = 0; r < digit.shape[0]; r++) {
-      rows.push(digit.pixels.slice(r * digit.shape[1], (r + 1) * digit.shape[1]));
+    const [h, w, c] = digit.shape, rows = [];
+    for (let r = 0; r < h; r++) {
+      const row = [];
+      for (let k = 0; k < w; k++) row.push(digit.pixels.slice((r * w + k) * c, (r * w + k + 1) * c));
+      rows.push(row);
     }
-    const thumb = gray(element("canvas", "pixels"), rows);
+    const thumb = picture(element("canvas", "pixels"), rows);
     thumb.title = `test digit: ${digit.label}`;
     thumb.dataset.label = digit.label;
     thumb.addEventListener("click", () => {
