@@ -68,6 +68,7 @@ from mnist_jax.rundir import process
 from mnist_jax.rundir import record
 from mnist_jax.rundir import resume
 from mnist_jax.training import members as members_lib
+from mnist_jax.training import metrics
 from mnist_jax import modes as run_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
@@ -171,8 +172,7 @@ def summarize(run_dir: str) -> Optional[dict]:
       "preset": config.preset,
       "seed": config.seed,
       "parameters": final.get("num_params"),
-      "test_accuracy": final["test_accuracy"],
-      "test_loss": final["test_loss"],
+      **_tested(final),
       "epochs": final.get("epochs_run", len(epochs)),
       "wall_time_s": metrics_log.wall_time(final),
       # None: written before it was recorded (the wall time holds it).
@@ -186,6 +186,12 @@ def summarize(run_dir: str) -> Optional[dict]:
       "last_row": rows[-1],
       "diverged": diverged(rows[-1], final, epochs),
   }
+
+
+def _tested(final: dict) -> dict:
+  """A final row's (or a member entry's) test metrics, `test_<name>` of each
+  test metric of metrics.METRICS it holds (None where it has none)."""
+  return {key: final.get(key) for key in metrics.keys("test")}
 
 
 def _finite(value) -> bool:
@@ -237,8 +243,7 @@ def split_members(summary: dict) -> List[dict]:
          for r in summary["curve"]], i)
     out.append({**share(summary, len(entries)), "config": configs[i],
                 "seed": entry["seed"], "member": i,
-                "test_accuracy": entry["test_accuracy"],
-                "test_loss": entry["test_loss"], "curve": curve,
+                **_tested(entry), "curve": curve,
                 "diverged": diverged(summary["last_row"], entry, curve)})
   return out
 
@@ -307,14 +312,8 @@ def group(summaries: Sequence[dict]) -> List[dict]:
             "curves": [s["curve"] for s in runs],
             **{
                 k: [s[k] for s in runs]
-                for k in (
-                    "test_accuracy",
-                    "test_loss",
-                    "epochs",
-                    "wall_time_s",
-                    "epoch_time_s",
-                    "examples_per_s",
-                )
+                for k in (*metrics.keys("test"), "epochs", "wall_time_s",
+                          "epoch_time_s", "examples_per_s")
             },
             "no_data_time": [
                 s["run"] for s in runs if s["data_time_s"] is None
@@ -383,31 +382,33 @@ def _time_cell(runs: Sequence[dict], key: str, digits: int) -> str:
       for t, m in programs.values()])
 
 
-# comparison.csv's columns, a configuration a row.
-CONFIG_COLUMNS = ("model preset label runs seeds parameters test_accuracy_mean "
-                  "test_accuracy_std test_loss_mean epochs wall_time_s_mean "
-                  "wall_time_s_std epoch_time_s_mean "
-                  "examples_per_s_mean").split()
+def config_columns() -> List[str]:
+  """comparison.csv's columns, a configuration a row: each test metric's
+  mean and std (metrics.METRICS)."""
+  return ["model", "preset", "label", "runs", "seeds", "parameters",
+          *(f"{k}_{s}" for k in metrics.keys("test") for s in ("mean", "std")),
+          "epochs", "wall_time_s_mean", "wall_time_s_std", "epoch_time_s_mean",
+          "examples_per_s_mean"]
 
-# runs.csv's columns: a run's value, formatted after a colon (None: "").
-RUN_COLUMNS = [c.partition(":")[::2] for c in (
-    "model preset label seed run member program_members parameters "
-    "test_accuracy:.6f test_loss:.6f epochs wall_time_s:.2f "
-    "data_time_s:.2f compile_time_s:.2f epoch_time_s:.3f examples_per_s:.0f "
-    "diverged skipped"
-).split()]
+
+def run_columns() -> List[Tuple[str, str]]:
+  """runs.csv's columns: a run's value, formatted after a colon (None: "")."""
+  return [c.partition(":")[::2] for c in (
+      "model preset label seed run member program_members parameters".split()
+      + [f"{k}:.6f" for k in metrics.keys("test")] +
+      "epochs wall_time_s:.2f data_time_s:.2f compile_time_s:.2f "
+      "epoch_time_s:.3f examples_per_s:.0f diverged skipped".split())]
 
 
 def _config_row(g: dict) -> list:
   """comparison.csv's row of a group; no wall_time_s_std where members of a
   program share its time."""
-  m = {k: _mean_std(g[k]) for k in ("test_accuracy", "test_loss",
-                                    "wall_time_s",
+  m = {k: _mean_std(g[k]) for k in (*metrics.keys("test"), "wall_time_s",
                                     "epoch_time_s", "examples_per_s")}
   shared = any(n > 1 for n in g.get("program_members", ()))
   return [g["model"], g["preset"], g["label"], len(g["runs"]),
           " ".join(map(str, g["seeds"])), g["parameters"],
-          *(f"{v:.6f}" for v in (*m["test_accuracy"], m["test_loss"][0])),
+          *(f"{v:.6f}" for k in metrics.keys("test") for v in m[k]),
           _span(g["epochs"]), f"{m['wall_time_s'][0]:.2f}",
           "" if shared else f"{m['wall_time_s'][1]:.2f}",
           f"{m['epoch_time_s'][0]:.3f}",
@@ -418,7 +419,16 @@ def _run_row(s: dict, label: str) -> list:
   """runs.csv's row of a run (or member)."""
   s = {**s, "label": label, "program_members": s.get("program_members", 1),
        "compile_time_s": s.get("compile_time_s") or 0}
-  return ["" if s.get(c) is None else format(s[c], f) for c, f in RUN_COLUMNS]
+  return ["" if s.get(c) is None else format(s[c], f)
+          for c, f in run_columns()]
+
+
+def _metric_cell(metric, values) -> str:
+  """A test metric's mean (± std over several seeds), as the report shows
+  it."""
+  mean, std = _mean_std(values)
+  return metric.text(mean) + (f" ± {metric.text(std)}" if len(values) > 1
+                              else "")
 
 
 def _notes(groups: Sequence[dict], dropped: Sequence[Tuple[dict, dict]],
@@ -460,8 +470,8 @@ def write_tables(groups: Sequence[dict], out: str,
   runs left out, `gone`: the diverged runs, `skipped`: read_runs' folders
   not compared, each named in comparison.md and runs.csv."""
   files.write_csv(os.path.join(out, "comparison.csv"),
-                  [CONFIG_COLUMNS] + [_config_row(g) for g in groups])
-  files.write_csv(os.path.join(out, "runs.csv"), [[c for c, _ in RUN_COLUMNS]]
+                  [config_columns()] + [_config_row(g) for g in groups])
+  files.write_csv(os.path.join(out, "runs.csv"), [[c for c, _ in run_columns()]]
                   + [_run_row(s, g["label"]) for g in groups for s in g["runs"]]
                   + [_run_row(s, s["model"]) for s in gone]
                   + [_run_row({"run": folder, "skipped": what}, "")
@@ -478,15 +488,17 @@ def write_tables(groups: Sequence[dict], out: str,
   if skipped:
     lines += ["Not compared: " + "; ".join(
         f"{folder} ({what})" for folder, what, _ in skipped) + ".", ""]
+  tested = metrics.of("test")
   lines += files.table(
-      ["model", "preset", "runs", "parameters", "test accuracy %", "epochs",
-       "time s", "epoch time s", "examples/s"],
+      ["model", "preset", "runs", "parameters",
+       *(f"test {m.label}" for m in tested), "epochs", "time s",
+       "epoch time s", "examples/s"],
       [(g["label"], g["preset"], len(g["runs"]), f"{g['parameters']:,}",
-        _pm(g["test_accuracy"], 100), _span(g["epochs"]),
-        _time_cell(g["runs"], "wall_time_s", 1),
+        *(_metric_cell(m, g[f"test_{m.name}"]) for m in tested),
+        _span(g["epochs"]), _time_cell(g["runs"], "wall_time_s", 1),
         _time_cell(g["runs"], "epoch_time_s", 2),
         f"{_mean_std(g['examples_per_s'])[0]:,.0f}") for g in groups],
-      "ll" + "r" * 7)
+      "ll" + "r" * (6 + len(tested)))
   lines += [
       "",
       "![test accuracy per model](accuracy.png)",

@@ -247,7 +247,7 @@ def test_spread_is_the_sample_standard_deviation_as_in_report_md(tmp_path):
   assert float(row["test_accuracy_std"]) == pytest.approx(
       final["test_accuracy_std"], abs=1e-6)
   text = open(os.path.join(out, "comparison.md")).read()
-  assert f"{100 * np.mean(accuracies):.2f} ± {100 * sample:.2f}" in text
+  assert f"{100 * np.mean(accuracies):.2f}% ± {100 * sample:.2f}%" in text
   # The figures' whiskers and labels too.
   fig = compare.accuracy_figure(compare.group(
       compare.split_members(compare.summarize(program))))
@@ -683,7 +683,7 @@ def test_members_of_one_program_show_its_time_once_without_spread(tmp_path):
   row = _table_row(text, "linear")
   assert row["time s"] == "66.0 (2 members, one program)", row
   assert row["epoch time s"] == "8.00 (2 members, one program)", row
-  assert row["test accuracy %"] == "91.50 ± 0.71"  # Two seeds: a spread.
+  assert row["test accuracy"] == "91.50% ± 0.71%"  # Two seeds: a spread.
   assert "the table gives that program's time once" in text
   [csv_row] = _csv(os.path.join(out, "comparison.csv"))
   assert csv_row["wall_time_s_std"] == ""  # No spread of one measurement.
