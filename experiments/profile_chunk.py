@@ -71,7 +71,8 @@ def main(argv=None):
     chunk, state = laid_out_chunk(config, pipeline.load(config))
   except UserError as e:
     sys.exit(f"error: {e}")
-  run = lambda s: jax.block_until_ready(chunk.train_chunk(s, 1, 0))[0]
+  order = chunk.epoch_order(state, 1)
+  run = lambda s: jax.block_until_ready(chunk.train_chunk(s, order, 1, 0))[0]
   state = run(state)
   t = time.perf_counter()
   state = run(state)

@@ -79,13 +79,13 @@ def test_an_epoch_is_the_pure_chunk_over_the_epochs_order():
 
   members = members_lib.from_config(config)
   ref = members_lib.init_state(members, _create(config, 8))
+  order = train.epoch_order(ref, 1, n=207, steps=8, batch_size=25)
   chunk = jax.jit(functools.partial(
-      train.train_chunk, chunk_len=population.chunk_len(8, 3), steps=8,
-      batch_size=25))
+      train.train_chunk, chunk_len=population.chunk_len(8, 3)))
   total = 0.0
   for first in (0, 3, 6):
-    ref, sums, bad = chunk(ref, *map(jnp.asarray, (
-        data.train.images, data.train.labels)), 1, first)
+    ref, sums, bad = chunk(ref, order, *map(jnp.asarray, (
+        data.train.images, data.train.labels)), first)
     assert int(bad) == -1
     total += float(sums["loss"])
   for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref.params)):
@@ -114,24 +114,29 @@ def test_mapped_members_compute_what_each_single_run_does(monkeypatch,
   data = _data()
   images, labels = layout.put(data.train)
   create = _create(config, 8)
-  chunk = functools.partial(train.train_chunk, chunk_len=3, steps=8,
-                            batch_size=25)
+  chunk = functools.partial(train.train_chunk, chunk_len=3)
   stacked = layout.put_state(members_lib.init_state(members, create))
+  order = layout.map(functools.partial(train.epoch_order, n=207, steps=8,
+                                       batch_size=25),
+                     (devices.MEMBER, devices.NUMBER), donate=False)(stacked, 1)
+  assert order.shape == (3, 8, 25)
   out, sums, bad = layout.map(
-      chunk, (devices.MEMBER, devices.SHARED, devices.SHARED, devices.NUMBER,
+      chunk, (devices.MEMBER, devices.MEMBER, devices.SHARED, devices.SHARED,
               devices.NUMBER),
       members_lib.per_member(members, ("label_smoothing",)))(
-          stacked, images, labels, 1, 0)
+          stacked, order, images, labels, 0)
   assert np.asarray(bad).tolist() == [-1] * 3
   assert np.asarray(out.step).tolist() == [3] * 3
   assert np.asarray(sums["count"]).tolist() == [75] * 3
   assert len(set(np.asarray(sums["loss"]).tolist())) == 3
   # One compile for the single runs: their label smoothing as an argument.
-  one_chunk = jax.jit(lambda s, smoothing: chunk(
-      s, images, labels, 1, 0, label_smoothing=smoothing))
+  one_chunk = jax.jit(lambda s, o, smoothing: chunk(
+      s, o, images, labels, 0, label_smoothing=smoothing))
   for m in members:
     single = members_lib.init_state([m], create)
-    single, one_sums, _ = one_chunk(single,
+    one_order = train.epoch_order(single, 1, n=207, steps=8, batch_size=25)
+    np.testing.assert_array_equal(one_order, order[m.index])
+    single, one_sums, _ = one_chunk(single, one_order,
                                     np.float32(m.config.label_smoothing))
     for a, b in zip(jax.tree.leaves(single.params),
                     jax.tree.leaves(out.params)):

@@ -82,11 +82,11 @@ def _chunk_setup(learning_rate=1e-3):
   images = jnp.asarray(np.random.default_rng(0).integers(0, 255, (32, 28, 28, 1)),
                        jnp.uint8)
   labels = jnp.arange(32, dtype=jnp.int32) % 10
+  order = jnp.arange(32, dtype=jnp.int32).reshape(8, 4)
 
   def chunk(state, first=0, chunk_len=8, steps=8):
-    return jax.jit(functools.partial(
-        train.train_chunk, chunk_len=chunk_len, steps=steps, batch_size=4))(
-            state, images, labels, 1, first)
+    return jax.jit(functools.partial(train.train_chunk, chunk_len=chunk_len))(
+        state, order[:steps], images, labels, first)
   return state, chunk
 
 

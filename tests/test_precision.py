@@ -38,9 +38,10 @@ def _floats(tree):
 def _train(name, dtype, **overrides):
   config, state = _state(name, dtype, **overrides)
   x, y = synthetic_digits(64)
+  order = jnp.arange(STEPS * BATCH, dtype=jnp.int32).reshape(STEPS, BATCH) % 64
   state, sums, _ = jax.jit(functools.partial(
-      train.train_chunk, chunk_len=STEPS, steps=STEPS, batch_size=BATCH))(
-          state, jnp.asarray(x), jnp.asarray(y.astype(np.int32)), 1, 0)
+      train.train_chunk, chunk_len=STEPS))(
+          state, order, jnp.asarray(x), jnp.asarray(y.astype(np.int32)), 0)
   return state, members.host_metrics(sums)[0]
 
 

@@ -160,10 +160,19 @@ def test_chunk_len_covers_steps_with_little_padding(steps, most):
 
 # The scanned chunk.
 
+def _ordered(steps, batch_size=32, **kwargs):
+  """train_chunk of (state, images, labels, epoch, first): over the epoch's
+  order of `steps` batches."""
+  def run(state, images, labels, epoch, first):
+    order = train.epoch_order(state, epoch, n=len(labels), steps=steps,
+                              batch_size=batch_size)
+    return train.train_chunk(state, order, images, labels, first, **kwargs)
+  return run
+
+
 def _chunk(config, chunk_len, steps=3, **kwargs):
-  return jax.jit(functools.partial(
-      train.train_chunk, chunk_len=chunk_len, steps=steps, batch_size=32,
-      label_smoothing=config.label_smoothing, **kwargs))
+  return jax.jit(_ordered(steps, chunk_len=chunk_len,
+                          label_smoothing=config.label_smoothing, **kwargs))
 
 
 def test_scanned_chunk_equals_step_by_step():
@@ -205,8 +214,7 @@ def test_chunk_returns_a_state_of_the_types_it_takes():
   images, labels = digits(64)
   state = fresh_state(config, steps_per_epoch=2)
   out, _, _ = jax.eval_shape(
-      functools.partial(train.train_chunk, chunk_len=2, steps=2,
-                        batch_size=32), state, images, labels, 1, 0)
+      _ordered(2, chunk_len=2), state, images, labels, 1, 0)
   kind = lambda x: (x.shape, x.dtype, x.weak_type)
   assert (jax.tree.map(lambda x: kind(jax.typeof(x)), state) ==
           jax.tree.map(kind, out))
@@ -255,10 +263,8 @@ def test_scan_body_has_no_data_dependent_control_flow(name, overrides):
   config = tiny_config(name, **overrides)
   images, labels = digits(64)
   state = fresh_state(config, steps_per_epoch=2)
-  fn = functools.partial(
-      train.train_chunk, chunk_len=3, steps=2, batch_size=32,
-      label_smoothing=config.label_smoothing,
-      augment=augment_lib.from_config(config))
+  fn = _ordered(2, chunk_len=3, label_smoothing=config.label_smoothing,
+                augment=augment_lib.from_config(config))
   jaxpr = jax.make_jaxpr(fn)(state, images, labels, 1, 0).jaxpr
   scans = _outer_scans(jaxpr)
   assert len(scans) == 1 and scans[0].params["length"] == 3

@@ -72,11 +72,13 @@ class Population:
     loss = train.LOSSES[config.loss]
     swept = members_lib.per_member(self.members, loss.reads)
     numbers = {n: getattr(config, n) for n in loss.reads if n not in swept}
+    self._order = layout.map(functools.partial(
+        train.epoch_order, n=len(data.train), steps=self.steps,
+        batch_size=config.batch_size), (MEMBER, NUMBER), donate=False)
     self.program = layout.map(functools.partial(
-        train.train_chunk, chunk_len=self.chunk_len, steps=self.steps,
-        batch_size=config.batch_size, loss=loss,
+        train.train_chunk, chunk_len=self.chunk_len, loss=loss,
         augment=augment_lib.from_config(config), **numbers, **placed),
-                             (MEMBER, SHARED, SHARED, NUMBER, NUMBER), swept)
+                              (MEMBER, MEMBER, SHARED, SHARED, NUMBER), swept)
     self._evaluate, self._test = (layout.map(functools.partial(
         train.evaluate, with_logits=logits, **placed,
         batch_size=layout.eval_batch_size(config.eval_batch_size)),
@@ -108,19 +110,24 @@ class Population:
       status(f"compiling the train step ({self.chunk_len}-step chunks"
              + ("; the compilation cache keeps it for the next run)"
                 if cached else ")"))
-      self.program = self.program.lower(state, *self.splits["train"], 1,
-                                      0).compile()
+      self.program = self.program.lower(
+          state, self.epoch_order(state, 1), *self.splits["train"],
+          0).compile()
     self.compile_s = time.perf_counter() - began
     return state
 
-  def train_chunk(self, state, epoch: int, first: int,
+  def epoch_order(self, state, epoch: int):
+    """Each member's batches of epoch `epoch` (train.epoch_order), placed."""
+    return self._order(state, epoch)
+
+  def train_chunk(self, state, order, epoch: int, first: int,
                   sums: Optional[Dict[str, np.ndarray]] = None):
-    """Steps first .. first + chunk_len - 1 of `epoch`: (the state, the
-    epoch's metric sums so far, on the host: `sums` and the chunk's, [M] per
-    sum for M > 1). Says which members diverged; raises Diverged once every
-    member has."""
-    state, chunk, bad = self.program(state, *self.splits["train"], epoch,
-                                    first)
+    """Steps first .. first + chunk_len - 1 of `epoch`, whose `order` is
+    `epoch_order`'s: (the state, the epoch's metric sums so far, on the
+    host: `sums` and the chunk's, [M] per sum for M > 1). Says which members
+    diverged; raises Diverged once every member has."""
+    state, chunk, bad = self.program(state, order, *self.splits["train"],
+                                     first)
     members_lib.check_divergence(self.members, self.host(bad).reshape(-1),
                                  epoch, first, self.steps, self.say)
     chunk = self.host(chunk)

@@ -136,21 +136,18 @@ def _batches(images, labels, idx, axis_name, batch_sharding):
   return batch, idx
 
 
-def train_chunk(state: TrainState, images, labels, epoch, first, *,
-                chunk_len: int, steps: int, batch_size: int, axis_name=None,
-                batch_sharding=None, **step_args):
-  """Steps first .. first + chunk_len - 1 of epoch `epoch` (of `steps`
-  batches of `batch_size`, `epoch_order`) as one `lax.scan` on the training
-  split (images [N, H, W, C] uint8, labels [N]); steps past the epoch's end
-  are masked padding. step_args: train_step's (loss, its numbers, augment).
-  Returns (state, metric sums, the first step whose loss was not finite or
-  -1)."""
-  order = epoch_order(state, epoch, n=len(labels), steps=steps,
-                      batch_size=batch_size)
+def train_chunk(state: TrainState, order, images, labels, first, *,
+                chunk_len: int, axis_name=None, batch_sharding=None,
+                **step_args):
+  """Steps first .. first + chunk_len - 1 of the epoch's `order` [steps, B]
+  (`epoch_order`) as one `lax.scan` on the training split (images
+  [N, H, W, C] uint8, labels [N]); steps past the epoch's end are masked
+  padding. step_args: train_step's (loss, its numbers, augment). Returns
+  (state, metric sums, the first step whose loss was not finite or -1)."""
   idx = jax.lax.dynamic_slice_in_dim(
       jnp.pad(order, ((0, chunk_len), (0, 0))), first, chunk_len)
   batch, _ = _batches(images, labels, idx, axis_name, batch_sharding)
-  batch["valid"] = first + jnp.arange(chunk_len) < steps
+  batch["valid"] = first + jnp.arange(chunk_len) < order.shape[0]
   start, diverged = state.step, ~_finite(state.params)
   state, sums = jax.lax.scan(
       functools.partial(train_step, axis_name=axis_name, **step_args), state,
