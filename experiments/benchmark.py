@@ -232,12 +232,12 @@ def bench_model(name: str, args, peak: float) -> dict:
   flops, xla_flops = step_flops(config, one, data.train.images,
                                 data.train.labels)
   gflops = flops * num_members * steps / epoch_time / 1e9
-  chunk = population.chunk_len(steps, config.chunk_steps)
+  chunk = min(steps, config.chunk_steps)
   layout = recorder.record.get("parallel", {})
   row = {
       "model": name, "preset": args.preset, "batch_size": config.batch_size,
       "members": num_members, "train_examples": n, "steps_per_epoch": steps,
-      "chunks_per_epoch": -(-steps // chunk), "chunk_steps": chunk,
+      "chunk_steps": chunk,
       "num_params": final["num_params"],
       "compile_time_s": round(final["compile_time_s"], 3),
       "epoch_time_s": _figures(epoch_time),

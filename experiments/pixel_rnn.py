@@ -55,7 +55,7 @@ def measure(model: str, steps: int, repeats: int, **overrides) -> dict:
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    state, sums = chunk.train_chunk(state, chunk.epoch_order(state, 1), 1, 0)
+    state, sums, _ = chunk.train_chunk(state, chunk.epoch_order(state, 1), 1, 0)
     times.append((time.perf_counter() - start) / steps)
   step_s = float(np.median(times))
   epoch_s = step_s * (EPOCH // config.batch_size)

@@ -224,8 +224,9 @@ class Config:
       "unfinished run of these settings under runs/, else a new "
       "runs/<model>-<timestamp>", RUN_FOLDER)
   chunk_steps: int = _field(
-      200, "Train steps per compiled scan; progress prints and preemption "
-      "checks run between chunks", DEVICES, COUNT)
+      200, "Most train steps per chunk (a chunk: about 2 s of steps in one "
+      "compiled loop; progress and a stop come between chunks)", DEVICES,
+      COUNT)
   target_accuracy: float = _field(
       0.0, "Stop once validation accuracy reaches this fraction (needs "
       "--val_fraction > 0); 0 turns it off", TRAINING, Number(0, 1))

@@ -13,10 +13,10 @@ import pytest
 
 from conftest import train_core
 
-from mnist_jax.training import population
 from mnist_jax import models
 from mnist_jax.training import devices
 from mnist_jax.training import members as members_lib
+from mnist_jax.training import metrics
 from mnist_jax import optim
 from mnist_jax.training import train
 from parallel_worker import Recorder, dataset
@@ -73,21 +73,20 @@ def test_an_epoch_is_the_pure_chunk_over_the_epochs_order():
   config, data = _config(), _data()
   hooks = Recorder()
   state, final = train_core(config, data, hooks)
-  assert hooks.steps == 8 and hooks.chunks == [(1, 0), (1, 3), (1, 6)]
+  # Chunks of at most --chunk_steps=3 (about population.CHUNK_S seconds).
+  firsts = [first for _, first in hooks.chunks]
+  assert hooks.steps == 8 and firsts[0] == 0 and max(np.diff(firsts)) <= 3
   assert final["test_examples"] == 70 and final["steps"] == 8
   assert hooks.rows[0]["step"] == 8
 
   members = members_lib.from_config(config)
   ref = members_lib.init_state(members, _create(config, 8))
   order = train.epoch_order(ref, 1, n=207, steps=8, batch_size=25)
-  chunk = jax.jit(functools.partial(
-      train.train_chunk, chunk_len=population.chunk_len(8, 3)))
-  total = 0.0
-  for first in (0, 3, 6):
-    ref, sums, bad = chunk(ref, order, *map(jnp.asarray, (
-        data.train.images, data.train.labels)), first)
-    assert int(bad) == -1
-    total += float(sums["loss"])
+  ref, sums, bad = jax.jit(train.train_chunk)(
+      ref, metrics.zeros(num_classes=10), order, *map(jnp.asarray, (
+          data.train.images, data.train.labels)), 0, 8)
+  assert int(bad) == -1
+  total = float(sums["loss"])
   for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref.params)):
     np.testing.assert_array_equal(a, b)
   assert int(state.step) == 8
@@ -114,24 +113,27 @@ def test_mapped_members_compute_what_each_single_run_does(monkeypatch,
   data = _data()
   images, labels = layout.put(data.train)
   create = _create(config, 8)
-  chunk = functools.partial(train.train_chunk, chunk_len=3)
+  chunk = lambda s, zeros, o, x, y, first, **kw: train.train_chunk(
+      s, zeros, o, x, y, first, 3, **kw)
   stacked = layout.put_state(members_lib.init_state(members, create))
   order = layout.map(functools.partial(train.epoch_order, n=207, steps=8,
                                        batch_size=25),
                      (devices.MEMBER, devices.NUMBER), donate=False)(stacked, 1)
   assert order.shape == (3, 8, 25)
+  zeros = metrics.zeros(num_classes=10)
   out, sums, bad = layout.map(
-      chunk, (devices.MEMBER, devices.MEMBER, devices.SHARED, devices.SHARED,
-              devices.NUMBER),
+      chunk,
+      (devices.MEMBER, devices.SHARED, devices.MEMBER, devices.SHARED,
+       devices.SHARED, devices.NUMBER),
       members_lib.per_member(members, ("label_smoothing",)))(
-          stacked, order, images, labels, 0)
+          stacked, zeros, order, images, labels, 0)
   assert np.asarray(bad).tolist() == [-1] * 3
   assert np.asarray(out.step).tolist() == [3] * 3
   assert np.asarray(sums["count"]).tolist() == [75] * 3
   assert len(set(np.asarray(sums["loss"]).tolist())) == 3
   # One compile for the single runs: their label smoothing as an argument.
-  one_chunk = jax.jit(lambda s, o, smoothing: chunk(
-      s, o, images, labels, 0, label_smoothing=smoothing))
+  one_chunk = jax.jit(lambda s, o, smoothing: train.train_chunk(
+      s, zeros, o, images, labels, 0, 3, label_smoothing=smoothing))
   for m in members:
     single = members_lib.init_state([m], create)
     one_order = train.epoch_order(single, 1, n=207, steps=8, batch_size=25)

@@ -2,7 +2,6 @@
 checkpoint; with several members only once every member has diverged."""
 
 import dataclasses
-import functools
 import re
 
 import jax
@@ -16,6 +15,7 @@ import launch_helpers as lh
 from mnist_jax import models
 from mnist_jax.errors import Diverged
 from mnist_jax.training import members as members_lib
+from mnist_jax.training import metrics
 from mnist_jax import optim
 from mnist_jax.training import train
 from parallel_worker import Recorder, dataset
@@ -84,9 +84,10 @@ def _chunk_setup(learning_rate=1e-3):
   labels = jnp.arange(32, dtype=jnp.int32) % 10
   order = jnp.arange(32, dtype=jnp.int32).reshape(8, 4)
 
-  def chunk(state, first=0, chunk_len=8, steps=8):
-    return jax.jit(functools.partial(train.train_chunk, chunk_len=chunk_len))(
-        state, order[:steps], images, labels, first)
+  def chunk(state, first=0, count=8):
+    return jax.jit(train.train_chunk)(
+        state, metrics.zeros(num_classes=10), order, images, labels, first,
+        count)
   return state, chunk
 
 
@@ -111,7 +112,7 @@ def test_chunk_reports_first_non_finite_step_and_nan_propagates():
 
 def test_chunk_reports_non_finite_update_of_its_last_step():
   state, chunk = _chunk_setup(float("inf"))
-  state, sums, bad = chunk(state, chunk_len=1, steps=1)  # Its loss is finite.
+  state, sums, bad = chunk(state, count=1)  # Its loss is finite.
   assert np.isfinite(float(sums["loss"])) and int(bad) == 1
   assert int(state.step) == 1
 

@@ -103,7 +103,7 @@ def _first_chunk(config, split, monkeypatch):
       say=lambda _: None)
   monkeypatch.undo()
   init = _leaves(state)
-  state, sums = chunk.train_chunk(state, chunk.epoch_order(state, 1), 1, 0)
+  state, sums, _ = chunk.train_chunk(state, chunk.epoch_order(state, 1), 1, 0)
   jax.effects_barrier()
   return (init, _leaves(state.params) + _leaves(state.model_state),
           np.asarray(sums["loss"]), drawn)

@@ -11,6 +11,7 @@ import pytest
 from conftest import synthetic_digits
 from mnist_jax import models
 from mnist_jax.training import members
+from mnist_jax.training import metrics
 from mnist_jax import optim
 from mnist_jax.training import train
 
@@ -39,9 +40,9 @@ def _train(name, dtype, **overrides):
   config, state = _state(name, dtype, **overrides)
   x, y = synthetic_digits(64)
   order = jnp.arange(STEPS * BATCH, dtype=jnp.int32).reshape(STEPS, BATCH) % 64
-  state, sums, _ = jax.jit(functools.partial(
-      train.train_chunk, chunk_len=STEPS))(
-          state, order, jnp.asarray(x), jnp.asarray(y.astype(np.int32)), 0)
+  state, sums, _ = jax.jit(train.train_chunk)(
+      state, metrics.zeros(num_classes=10), order, jnp.asarray(x),
+      jnp.asarray(y.astype(np.int32)), 0, STEPS)
   return state, members.host_metrics(sums)[0]
 
 

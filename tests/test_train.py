@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_digits, train_core
-from mnist_jax.training import population
 from mnist_jax import models
 from mnist_jax.data import augment as augment_lib
 from mnist_jax import optim
 from mnist_jax.training import loop
+from mnist_jax.training import metrics
 from mnist_jax.training import train
 from parallel_worker import Recorder, Saver, Stop, dataset, restore
 
@@ -148,61 +148,59 @@ def test_epoch_order_is_a_fresh_permutation_each_epoch():
   assert not np.array_equal(a, order(other, 1))
 
 
-@pytest.mark.parametrize("steps,most", [(421, 200), (10, 200), (200, 200),
-                                        (1875, 200), (8, 3), (1, 1)])
-def test_chunk_len_covers_steps_with_little_padding(steps, most):
-  length = population.chunk_len(steps, most)
-  num = -(-steps // length)
-  assert 1 <= length <= most and num * length >= steps
-  assert num * length - steps < num
-  assert num == -(-steps // most)  # As few chunks as `most` allows.
-
-
-# The scanned chunk.
+# The chunk: steps in one compiled loop.
 
 def _ordered(steps, batch_size=32, **kwargs):
-  """train_chunk of (state, images, labels, epoch, first): over the epoch's
-  order of `steps` batches."""
-  def run(state, images, labels, epoch, first):
+  """train_chunk of (state, images, labels, epoch, first, count) from zero
+  sums, over the epoch's order of `steps` batches."""
+  def run(state, images, labels, epoch, first, count):
     order = train.epoch_order(state, epoch, n=len(labels), steps=steps,
                               batch_size=batch_size)
-    return train.train_chunk(state, order, images, labels, first, **kwargs)
+    return train.train_chunk(state, metrics.zeros(num_classes=10), order,
+                             images, labels, first, count, **kwargs)
   return run
 
 
-def _chunk(config, chunk_len, steps=3, **kwargs):
-  return jax.jit(_ordered(steps, chunk_len=chunk_len,
-                          label_smoothing=config.label_smoothing, **kwargs))
+def _chunk(config, steps=3, **kwargs):
+  return jax.jit(_ordered(steps, label_smoothing=config.label_smoothing,
+                          **kwargs))
 
 
-def test_scanned_chunk_equals_step_by_step():
-  """Chunks of 2 over an epoch of 3 steps (the last chunk's second step
-  padding) end where 3 plain steps end, with their summed metrics."""
+def test_chunks_equal_step_by_step_wherever_cut():
+  """Chunks of 2 and 1 step over an epoch of 3 steps end where 3 plain steps
+  end, and one chunk of 3 on the same bits: an epoch's state and metric
+  sums do not depend on where it is cut into chunks."""
   config = tiny_config("mlp", dropout=0.2, label_smoothing=0.1)
   images, labels = digits(96)
   state = fresh_state(config, steps_per_epoch=3)
   order = train.epoch_order(state, 1, n=96, steps=3, batch_size=32)
-  chunk = _chunk(config, 2)
+  chunk = _chunk(config)
   ref, total = state, 0.0
   step = jax.jit(functools.partial(train.train_step, label_smoothing=0.1))
   for i in range(3):
     ref, sums = step(ref, batch_of(images[order[i]], labels[order[i]]))
     total += float(sums["loss"])
-  for first in (0, 2):
-    state, sums, bad = chunk(state, images, labels, 1, first)
+  whole, whole_sums, bad = chunk(state, images, labels, 1, 0, 3)
+  assert int(bad) == -1
+  cut, cut_sums = state, None
+  for first, count in ((0, 2), (2, 1)):
+    cut, sums, bad = chunk(cut, images, labels, 1, first, count)
     assert int(bad) == -1
-  assert int(state.step) == 3 and float(sums["count"]) == 32
+    cut_sums = sums if cut_sums is None else jax.tree.map(jnp.add, cut_sums,
+                                                           sums)
+  assert int(whole.step) == 3 and float(whole_sums["count"]) == 96
+  assert_trees_equal(cut.params, whole.params)
+  assert float(whole_sums["loss"]) == pytest.approx(total, rel=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
                                                        atol=1e-6),
-               state.params, ref.params)
+               whole.params, ref.params)
 
 
-def test_a_chunk_of_padding_changes_nothing():
+def test_a_chunk_of_no_steps_changes_nothing():
   config = tiny_config("mlp")
   images, labels = digits(64)
   state = fresh_state(config, steps_per_epoch=2)
-  state, _, _ = _chunk(config, 2, steps=2)(state, images, labels, 1, 0)
-  after, sums, bad = _chunk(config, 2, steps=2)(state, images, labels, 1, 2)
+  after, sums, bad = _chunk(config, steps=2)(state, images, labels, 1, 2, 0)
   assert int(bad) == -1 and float(sums["count"]) == 0
   assert_trees_equal(after, state)
 
@@ -213,15 +211,14 @@ def test_chunk_returns_a_state_of_the_types_it_takes():
   config = tiny_config("mlp")
   images, labels = digits(64)
   state = fresh_state(config, steps_per_epoch=2)
-  out, _, _ = jax.eval_shape(
-      _ordered(2, chunk_len=2), state, images, labels, 1, 0)
+  out, _, _ = jax.eval_shape(_ordered(2), state, images, labels, 1, 0, 2)
   kind = lambda x: (x.shape, x.dtype, x.weak_type)
   assert (jax.tree.map(lambda x: kind(jax.typeof(x)), state) ==
           jax.tree.map(kind, out))
 
 
 def _sub_jaxprs(params):
-  """The jaxprs an equation's params hold (scan's body, jit's, cond's ...)."""
+  """The jaxprs an equation's params hold (a loop's body, jit's, cond's)."""
   for value in params.values():
     for item in value if isinstance(value, (tuple, list)) else [value]:
       item = getattr(item, "jaxpr", item)  # A ClosedJaxpr's Jaxpr.
@@ -239,15 +236,16 @@ def _primitives(jaxpr, found=None):
   return found
 
 
-def _outer_scans(jaxpr):
-  """The scans of a jaxpr outside any scan (through jit and call wrappers)."""
+def _outer(jaxpr, name):
+  """The `name` loops of a jaxpr outside any loop (through jit and call
+  wrappers)."""
   out = []
   for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "scan":
-      out.append(eqn)
+    if eqn.primitive.name in ("scan", "while"):
+      out += [eqn] if eqn.primitive.name == name else []
     else:
       for sub in _sub_jaxprs(eqn.params):
-        out += _outer_scans(sub)
+        out += _outer(sub, name)
   return out
 
 
@@ -256,23 +254,21 @@ def _outer_scans(jaxpr):
     ("cnn", BN_CNN),
     ("gru", dict(hidden=8, augment=True, impl="stock", optimizer="rmsprop")),
 ])
-def test_scan_body_has_no_data_dependent_control_flow(name, overrides):
-  """The chunk is one scan of the step; its body branches on nothing (no
-  cond, no while): padding and non-finite updates are masked. Only a
-  model's own fixed-length scan (nn.RNN) may nest in it."""
+def test_the_step_loop_has_no_data_dependent_control_flow(name, overrides):
+  """The chunk is one loop of the step; its body branches on nothing (no
+  cond, no while): non-finite updates are kept, and masked padding is a
+  select. Only a model's own fixed-length scan (nn.RNN) may nest in it."""
   config = tiny_config(name, **overrides)
   images, labels = digits(64)
   state = fresh_state(config, steps_per_epoch=2)
-  fn = _ordered(2, chunk_len=3, label_smoothing=config.label_smoothing,
+  fn = _ordered(2, label_smoothing=config.label_smoothing,
                 augment=augment_lib.from_config(config))
-  jaxpr = jax.make_jaxpr(fn)(state, images, labels, 1, 0).jaxpr
-  scans = _outer_scans(jaxpr)
-  assert len(scans) == 1 and scans[0].params["length"] == 3
-  everything = _primitives(jaxpr)
-  assert not {"cond", "while"} & set(everything), everything
-  body = scans[0].params["jaxpr"].jaxpr
+  jaxpr = jax.make_jaxpr(fn)(state, images, labels, 1, 0, 2).jaxpr
+  [loop] = _outer(jaxpr, "while")
+  body = loop.params["body_jaxpr"].jaxpr
+  assert not {"cond", "while"} & set(_primitives(body)), _primitives(body)
   # The GRU's scan over the 28 rows, forward and in the backward pass.
-  assert [s.params["length"] for s in _outer_scans(body)] == (
+  assert [s.params["length"] for s in _outer(body, "scan")] == (
       [28, 28] if name == "gru" else [])
   assert _primitives(body)["select_n"] > 0  # The masked update.
 
@@ -346,7 +342,7 @@ def test_batch_norm_statistics_train_and_are_used_not_updated_in_evaluation():
   assert set(stats["bn_0"]) == {"mean", "var"}
   assert "bias" not in state.params["conv_0"]  # BatchNorm has the shift.
   images, labels = digits(96)
-  trained, _, _ = _chunk(config, 3)(state, images, labels, 1, 0)
+  trained, _, _ = _chunk(config)(state, images, labels, 1, 0, 3)
   for layer in ("bn_0", "bn_1"):
     for key in ("mean", "var"):
       assert not np.allclose(trained.model_state["batch_stats"][layer][key],
@@ -382,7 +378,7 @@ def test_the_core_alone_says_what_it_is_doing(capsys, monkeypatch):
                              chunk_steps=3)
   train_core(config, dataset())
   lines = capsys.readouterr().err.splitlines()  # Progress: stdout stays free.
-  assert lines[0].startswith("compiling the train step (3-step chunks")
+  assert lines[0].startswith("compiling the train step")
   epochs = [l for l in lines if l.startswith("epoch ") and "train loss" in l]
   assert [l.split(":")[0] for l in epochs] == ["epoch 1", "epoch 2"]
   steps = len(dataset().train) // 64

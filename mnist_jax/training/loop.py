@@ -148,10 +148,10 @@ def train_and_evaluate(config, data, model, hooks: Optional[Hooks] = None):
       done = start.epoch_step if epoch == start.epoch else 0
       sums = start.sums if done else None
       epoch_began = time.perf_counter()
-      order = run.epoch_order(state, epoch)
-      for first in range(done, run.steps, run.chunk_len):
+      order, first = run.epoch_order(state, epoch), done
+      while first < run.steps:
         hooks.chunk(state, epoch, first, sums)
-        state, sums = run.train_chunk(state, order, epoch, first, sums)
+        state, sums, first = run.train_chunk(state, order, epoch, first, sums)
       seconds = time.perf_counter() - epoch_began
       row, val = run.end_epoch(
           state, epoch, sums, epoch_time_s=seconds,

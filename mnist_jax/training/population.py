@@ -21,6 +21,7 @@ from mnist_jax.data import augment as augment_lib
 from mnist_jax.errors import UserError
 from mnist_jax.training import devices
 from mnist_jax.training import members as members_lib
+from mnist_jax.training import metrics
 from mnist_jax.training import train
 from mnist_jax.training.devices import MEMBER, NUMBER, SHARED
 
@@ -34,10 +35,11 @@ def steps_per_epoch(config, num_train: int) -> int:
   return num_train // config.batch_size
 
 
-def chunk_len(steps: int, most: int) -> int:
-  """Steps per chunk: equal chunks of at most `most` covering `steps`,
-  padded by fewer steps than there are chunks."""
-  return -(-steps // -(-steps // most))
+# A chunk (the steps of one call, between which the run prints progress and
+# may stop) lasts about this long, at most --chunk_steps steps: a stop asked
+# for is honoured within it, whatever the model, chunk or member count.
+CHUNK_S = 2.0
+FIRST_CHUNK = 8  # Steps of the first chunk, which times them.
 
 
 def initial_state(config, model, steps: int, image_shape) -> train.TrainState:
@@ -61,7 +63,8 @@ class Population:
     self.layout = layout = devices.Layout(config, model, len(self.members),
                                           say)
     self.steps = steps_per_epoch(config, len(data.train))
-    self.chunk_len = chunk_len(self.steps, config.chunk_steps)
+    self.chunk_len = min(config.chunk_steps, self.steps)  # At most.
+    self.step_s = None  # A step's seconds, as the last chunk took them.
     self.image_shape = tuple(data.train.images.shape[1:])
     self.test_size = len(data.test)
     self.splits = {name: layout.put(split) for name, split in
@@ -76,9 +79,13 @@ class Population:
         train.epoch_order, n=len(data.train), steps=self.steps,
         batch_size=config.batch_size), (MEMBER, NUMBER), donate=False)
     self.program = layout.map(functools.partial(
-        train.train_chunk, chunk_len=self.chunk_len, loss=loss,
-        augment=augment_lib.from_config(config), **numbers, **placed),
-                              (MEMBER, MEMBER, SHARED, SHARED, NUMBER), swept)
+        train.train_chunk, loss=loss, augment=augment_lib.from_config(config),
+        **numbers, **placed),
+                              (MEMBER, MEMBER, MEMBER, SHARED, SHARED, NUMBER,
+                               NUMBER), swept)
+    lead = (len(self.members),) if len(self.members) > 1 else ()
+    self._zeros = metrics.zeros(lead=lead, host=True,
+                                num_classes=len(data.class_names))
     self._evaluate, self._test = (layout.map(functools.partial(
         train.evaluate, with_logits=logits, **placed,
         batch_size=layout.eval_batch_size(config.eval_batch_size)),
@@ -107,12 +114,12 @@ class Population:
     began = time.perf_counter()
     if self.layout.mode != "pmap" or jax.process_count() == 1:
       cached = jax.config.jax_compilation_cache_dir  # JAX_COMPILATION_CACHE_DIR
-      status(f"compiling the train step ({self.chunk_len}-step chunks"
-             + ("; the compilation cache keeps it for the next run)"
-                if cached else ")"))
+      status("compiling the train step" + (
+          " (the compilation cache keeps it for the next run)"
+          if cached else ""))
       self.program = self.program.lower(
-          state, self.epoch_order(state, 1), *self.splits["train"],
-          0).compile()
+          state, self.layout.put_state(self._zeros),
+          self.epoch_order(state, 1), *self.splits["train"], 0, 1).compile()
     self.compile_s = time.perf_counter() - began
     return state
 
@@ -122,16 +129,22 @@ class Population:
 
   def train_chunk(self, state, order, epoch: int, first: int,
                   sums: Optional[Dict[str, np.ndarray]] = None):
-    """Steps first .. first + chunk_len - 1 of `epoch`, whose `order` is
-    `epoch_order`'s: (the state, the epoch's metric sums so far, on the
-    host: `sums` and the chunk's, [M] per sum for M > 1). Says which members
-    diverged; raises Diverged once every member has."""
-    state, chunk, bad = self.program(state, order, *self.splits["train"],
-                                     first)
-    members_lib.check_divergence(self.members, self.host(bad).reshape(-1),
-                                 epoch, first, self.steps, self.say)
-    chunk = self.host(chunk)
-    return state, chunk if sums is None else jax.tree.map(np.add, sums, chunk)
+    """A chunk of `epoch` from step `first`, whose `order` is
+    `epoch_order`'s: about CHUNK_S seconds of steps, at most `chunk_len`.
+    Returns (the state, the epoch's metric sums so far on the host (`sums`,
+    none: zeros, and the chunk's; [M] per sum for M > 1), the next step).
+    Says which members diverged; raises Diverged once every member has."""
+    count = min(self.steps - first, self.chunk_len, FIRST_CHUNK
+                if self.step_s is None else max(1, int(CHUNK_S / self.step_s)))
+    began = time.perf_counter()
+    state, sums, bad = self.program(
+        state, self.layout.put_state(self._zeros if sums is None else sums),
+        order, *self.splits["train"], first, count)
+    bad = self.host(bad).reshape(-1)  # Waits for the chunk.
+    self.step_s = (time.perf_counter() - began) / count
+    members_lib.check_divergence(self.members, bad, epoch, first, self.steps,
+                                 self.say)
+    return state, self.host(sums), first + count
 
   def end_epoch(self, state, epoch: int, sums, **fields
                 ) -> Tuple[Dict, Optional[List[Dict]]]:

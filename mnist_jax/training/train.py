@@ -136,29 +136,35 @@ def _batches(images, labels, idx, axis_name, batch_sharding):
   return batch, idx
 
 
-def train_chunk(state: TrainState, order, images, labels, first, *,
-                chunk_len: int, axis_name=None, batch_sharding=None,
-                **step_args):
-  """Steps first .. first + chunk_len - 1 of the epoch's `order` [steps, B]
-  (`epoch_order`) as one `lax.scan` on the training split (images
-  [N, H, W, C] uint8, labels [N]); steps past the epoch's end are masked
-  padding. step_args: train_step's (loss, its numbers, augment). Returns
-  (state, metric sums, the first step whose loss was not finite or -1)."""
-  idx = jax.lax.dynamic_slice_in_dim(
-      jnp.pad(order, ((0, chunk_len), (0, 0))), first, chunk_len)
-  batch, _ = _batches(images, labels, idx, axis_name, batch_sharding)
-  batch["valid"] = first + jnp.arange(chunk_len) < order.shape[0]
+def train_chunk(state: TrainState, sums, order, images, labels, first,
+                count, *, axis_name=None, batch_sharding=None, **step_args):
+  """Steps first .. first + count - 1 of the epoch's `order` [steps, B]
+  (`epoch_order`) on the training split (images [N, H, W, C] uint8, labels
+  [N]), one after another in one compiled loop: `count` is traced, so one
+  program runs any number of them. Each step adds its batch's metric sums
+  to `sums` in order, so the epoch's sums do not depend on where it is cut
+  into chunks. step_args: train_step's (loss, its numbers, augment).
+  Returns (state, sums, the first step whose loss was not finite or -1)."""
   start, diverged = state.step, ~_finite(state.params)
-  state, sums = jax.lax.scan(
-      functools.partial(train_step, axis_name=axis_name, **step_args), state,
-      batch)
-  finite = jnp.isfinite(sums["loss"]) | ~batch["valid"]
-  first_bad = jnp.where(finite.all(), -1, start + 1 + jnp.argmin(finite))
+
+  def step(i, carry):
+    state, sums, bad = carry
+    batch, _ = _batches(images, labels, jax.lax.dynamic_slice_in_dim(
+        order, first + i, 1), axis_name, batch_sharding)
+    batch = {"image": batch["image"][0], "label": batch["label"][0],
+             "valid": jnp.asarray(True)}
+    state, step_sums = train_step(state, batch, axis_name=axis_name,
+                                  **step_args)
+    bad = jnp.where((bad < 0) & ~jnp.isfinite(step_sums["loss"]), state.step,
+                    bad)
+    return state, jax.tree.map(jnp.add, sums, step_sums), bad
+
+  state, sums, first_bad = jax.lax.fori_loop(
+      0, count, step, (state, sums, jnp.asarray(-1, start.dtype)))
   # A member that diverged before (its step at the start), or whose last
   # update overflowed with a finite loss (its step now).
   first_bad = jnp.where(diverged, start, jnp.where(
       (first_bad < 0) & ~_finite(state.params), state.step, first_bad))
-  sums = jax.tree.map(lambda s: s.sum(0), sums)
   return state, sums, first_bad.astype(jnp.int32)
 
 
