@@ -22,6 +22,7 @@ from mnist_jax.models import recurrent
 from mnist_jax.results import report
 from mnist_jax.results import run as run_lib
 from mnist_jax.rundir import checkpoints
+from mnist_jax.rundir import code as code_lib
 from mnist_jax.rundir import control
 from mnist_jax import files
 from mnist_jax.rundir import lock
@@ -133,6 +134,9 @@ class RunFolder(loop.Hooks):
       self.message(f"resuming {self.workdir} at step {meta['step']} (epoch "
                    f"{meta['epoch'] + 1}, step {meta.get('epoch_step', 0)} of "
                    f"{self.steps})")
+    other = code_lib.note(self.workdir, record_lib.trained_code(self.workdir))
+    if other:  # Said, and resumed: its checkpoint fits the module.
+      self.message(f"note: {other}")
     return state, loop.Start(
         meta["epoch"] + 1, meta.get("epoch_step", 0),
         {k: np.asarray(v, np.float32) for k, v in sums.items()} if sums
@@ -353,7 +357,7 @@ def rewrite_report(workdir: str, **overrides) -> Dict[str, Any]:
                     "train the run again with --overwrite")
   run = run_lib.load_run(workdir, **overrides)
   dataset = pipeline.load(run.config)
-  note = run_lib.checkpoint_note(workdir, run)
+  note = run_lib.run_note(workdir, run)
   print(_reporting(path, run.config.analyses), flush=True)
   result = report.write(workdir, run, dataset.test, dataset.class_names,
                         note=note, val=dataset.val)

@@ -449,19 +449,23 @@ def test_figure_titles_wrap_between_words(drawn, tmp_path):
     assert "\n" in title  # Wrapped: the test can tell.
 
 
-def test_reliability_shows_each_bins_images_and_tells_its_lines_apart(
+def test_reliability_shows_each_bins_share_and_tells_its_lines_apart(
     drawn, tmp_path):
+  """Under each diagram the share of the images each bin holds; the bins of
+  under FEW of them drawn pale, so a jump there does not catch the eye."""
   r = _result("lstm")
   analysis_plots.reliability([r], str(tmp_path / "r.png"))
   [fig] = drawn
   top, under = fig.axes
-  counts = sorted(int(c) for key in ("test", "scaled")
-                  for c in r[f"{key}_count"] if c)
-  assert sorted(p.get_height() for p in under.patches) == counts
-  assert sorted(int(t.get_text()) for t in under.texts) == counts
+  shares = sorted(100 * c / r[f"{key}_count"].sum() for key in ("test", "scaled")
+                  for c in r[f"{key}_count"])
+  np.testing.assert_allclose(sorted(p.get_height() for p in under.patches),
+                             shares)
+  assert under.get_ylabel() == "Share of the images (%)"
   steps = [p for p in top.patches if isinstance(p, StepPatch)]
-  assert len(steps) == 2 and not any(p.get_fill() for p in steps)
-  assert steps[0].get_linestyle() != steps[1].get_linestyle()
+  assert len(steps) == 4 and not any(p.get_fill() for p in steps)
+  assert sorted(p.get_alpha() for p in steps) == [0.25, 0.25, 1.0, 1.0]
+  assert steps[0].get_linestyle() != steps[2].get_linestyle()
   assert not [p for p in top.patches if p not in steps]  # No filled bars.
   legend = fig.legends[0]
   markers = {t.get_text(): h.get_marker()

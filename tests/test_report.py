@@ -342,7 +342,7 @@ def test_learning_curves_accuracy_axis_stops_at_100(drawn, tmp_path):
   rows = [{"epoch": e, "train_loss": 1 / e, "train_accuracy": min(1, e / 3),
            "val_loss": 1 / e, "val_accuracy": min(1, e / 3)}
           for e in (1, 2, 3, 4)]
-  plots.learning_curves(rows, str(tmp_path / "c.png"))
+  plots.learning_curves([("run", [rows])], str(tmp_path / "c.png"))
   [fig] = drawn
   assert fig.axes[1].get_ylabel() == "Accuracy (%)"
   assert fig.axes[1].get_ylim()[1] == 100
@@ -354,7 +354,7 @@ def test_learning_curves_draw_a_null_metric_as_a_gap(drawn, tmp_path):
   rows = [{"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.8},
           {"epoch": 2, "train_loss": None, "train_accuracy": 0.85},
           {"test_loss": None, "test_accuracy": 0.86}]
-  plots.learning_curves(rows, str(tmp_path / "c.png"))
+  plots.learning_curves([("run", [rows])], str(tmp_path / "c.png"))
   [fig] = drawn
   loss = fig.axes[0].lines[0].get_ydata()
   assert loss[0] == 0.5 and np.isnan(loss[1])

@@ -90,10 +90,14 @@ CALIBRATED = (("test", "steelblue", "o", "-", "as trained"),
               ("scaled", "darkorange", "s", "--", "temperature scaled"))
 
 
+FEW = 0.01  # A bin with less than this share of the images is drawn pale.
+
+
 def reliability(results: Sequence[dict], path: str) -> str:
   """Reliability diagrams, a panel per run (shared axes): fraction correct
   against confidence per bin, as trained and temperature scaled, as step
-  outlines; under each, the images in each bin (log scale, numbered)."""
+  outlines, pale where a bin holds under FEW of the images; under each, the
+  share of the images each bin holds (most sit in the top one)."""
   fig, axes = plt.subplots(
       2, len(results), figsize=(4.2 * len(results) + 0.6, 6.4), squeeze=False,
       sharex=True, sharey="row", layout="constrained",
@@ -103,17 +107,23 @@ def reliability(results: Sequence[dict], path: str) -> str:
     edges, kinds = np.linspace(0, 1, bins + 1), [
         k for k in CALIBRATED if f"{k[0]}_count" in r]
     for j, (key, color, marker, line, what) in enumerate(kinds):
-      count = np.asarray(r[f"{key}_count"])
-      correct = np.where(count > 0, r[f"{key}_correct"], np.nan)
-      ax.stairs(correct, edges, baseline=None, color=color, ls=line, lw=1.6)
-      ax.plot((edges[:-1] + edges[1:]) / 2, correct, marker, color=color,
-              lw=0, mfc="none" if j else color, ms=5, clip_on=False)
+      count = np.asarray(r[f"{key}_count"], np.float64)
+      share = count / max(count.sum(), 1)
+      for few in (True, False):  # The pale bins, then the others over them.
+        shown = (count > 0) & ((share < FEW) == few)
+        correct = np.where(shown, r[f"{key}_correct"], np.nan)
+        ax.stairs(correct, edges, baseline=None, color=color, ls=line,
+                  lw=1.6, alpha=0.25 if few else 1.0)
+        ax.plot((edges[:-1] + edges[1:]) / 2, correct, marker, color=color,
+                lw=0, mfc="none" if j else color, ms=5, clip_on=False,
+                alpha=0.25 if few else 1.0)
       ax.plot([], [], ls=line, marker=marker, color=color, label=what,
               mfc="none" if j else color)
-      width, used = (edges[1] - edges[0]) / len(kinds), count > 0
-      bars = under.bar(edges[:-1][used] + j * width, count[used], width=width,
+      width = (edges[1] - edges[0]) / len(kinds)
+      bars = under.bar(edges[:-1] + j * width, 100 * share, width=width,
                        align="edge", color=color)  # The kinds side by side.
-      under.bar_label(bars, fmt="%d", fontsize=6,
+      under.bar_label(bars, labels=[f"{100 * v:.0f}%" if v >= 0.05 else ""
+                                    for v in share], fontsize=7,
                       rotation=90 if len(kinds) > 1 else 0)
     ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfect calibration")
     after = (f" -> {100 * r['scaled_ece']:.2f}% at T = {r['temperature']:.2f}"
@@ -121,16 +131,15 @@ def reliability(results: Sequence[dict], path: str) -> str:
     ax.set(title=f"{r['label']}\nECE {100 * r['test_ece']:.2f}%{after}",
            xlim=(0, 1), ylim=(0, 1))
     ax.title.set_fontsize(9)
-    under.set(yscale="log", xlabel="Confidence (top probability)")
-    plots.plain_ticks(under.yaxis)
-    under.set_ylim(0.7, 40 * max(max(r[f"{k[0]}_count"]) for k in kinds))
+    under.set(xlabel="Confidence (top probability)", ylim=(0, 140))
     for a in (ax, under):
       a.grid(alpha=0.3)
   axes[0, 0].set_ylabel("Fraction correct in the bin")
-  axes[1, 0].set_ylabel("Images in the bin")
+  axes[1, 0].set_ylabel("Share of the images (%)")
   return plots.save(fig, path, "How sure it is: reliability on the test "
-                    f"set ({bins} equal-width bins of confidence; bins of few "
-                    "images vary by chance)", axes)
+                    f"set ({bins} equal-width bins of confidence; pale: bins "
+                    f"of under {100 * FEW:g}% of the images, whose fraction "
+                    "correct varies by chance)", axes)
 
 
 # Classes' colours, 0-9: Paul Tol's colour-blind-safe "muted" and a dark grey.

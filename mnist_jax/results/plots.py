@@ -2,7 +2,7 @@
 
 import os
 import textwrap
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import matplotlib
 import numpy as np
@@ -81,33 +81,56 @@ def epoch_axis(ax, epochs) -> None:
   ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
 
 
-def learning_curves(rows: List[dict], path: str, title: str = "") -> str:
-  """Train vs validation loss and accuracy per epoch (metrics.jsonl rows)."""
-  epochs = [r for r in rows if "epoch" in r and "train_loss" in r]
-  x = [r["epoch"] for r in epochs]
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
-  for ax, key, scale, name, label in (
-      (axes[0], "loss", 1.0, "Loss", "Loss (cross entropy)"),
-      (axes[1], "accuracy", 100.0, "Accuracy", "Accuracy (%)")):
-    # A metric logged as null (not finite, in an older run folder) is a gap.
-    ax.plot(x, [np.nan if r[f"train_{key}"] is None else scale * r[f"train_{key}"]
-                for r in epochs], "o-", label="train", clip_on=False)
-    val = [(r["epoch"], scale * r[f"val_{key}"]) for r in epochs
-           if r.get(f"val_{key}") is not None]
-    if val:
-      ax.plot(*zip(*val), "s-", label="validation", clip_on=False)
-    test = [scale * r[f"test_{key}"] for r in rows
-            if r.get(f"test_{key}") is not None]
+# How a train metric of an epoch is measured (the validation's is the model at
+# the epoch's end, without them).
+TRAIN_MEAN = ("the epoch's mean over its steps (under its augmentation and "
+              "dropout, where it has them)")
+
+
+def learning_curves(runs, path: str, title: str = "") -> str:
+  """Loss and accuracy per epoch of `runs` [(label, [metrics.jsonl rows of
+  each of its seeds])]: train dashed, validation solid, a colour each, the
+  mean over seeds (a band from min to max); one run's test result marked."""
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), layout="constrained")
+  colors, every, drawn = palette(len(runs)), [], set()
+  for ax, key, scale, name in ((axes[0], "loss", 1.0, "Loss (cross entropy)"),
+                               (axes[1], "accuracy", 100.0, "Accuracy (%)")):
+    for (label, seeds), color in zip(runs, colors):
+      for split, style in (("train", "o--"), ("val", "s-")):
+        # A value logged as null (not finite) is a gap.
+        lines = [[(r["epoch"], np.nan if r.get(f"{split}_{key}") is None else
+                   scale * r[f"{split}_{key}"]) for r in rows
+                  if "epoch" in r and "train_loss" in r] for rows in seeds]
+        lines = [l for l in lines if l and not np.isnan([v for _, v in l]
+                                                        ).all()]
+        if lines:
+          n = min(map(len, lines))
+          x, y = [e for e, _ in lines[0][:n]], np.array(
+              [[v for _, v in l[:n]] for l in lines])
+          every, drawn = every + x, drawn | {split}
+          ax.plot(x, y.mean(0), style, color=color, ms=4, clip_on=False)
+          if len(y) > 1:
+            ax.fill_between(x, y.min(0), y.max(0), color=color, alpha=0.2)
+    test = [scale * r[f"test_{key}"] for r in runs[0][1][0]
+            if r.get(f"test_{key}") is not None] if len(runs) == 1 else []
     if test:
-      ax.axhline(test[-1], color="gray", ls="--",
-                 label=f"test ({test[-1]:.4g})")
-    ax.set(xlabel="Epoch", ylabel=label)
-    ax.set_title(name, pad=10)  # Clear of markers at 100%.
-    epoch_axis(ax, x)
+      ax.axhline(test[-1], color="gray", ls="--", label=f"test ({test[-1]:.4g})")
+    ax.set(xlabel="Epoch", ylabel=name)
+    ax.set_title(name.split(" (")[0], pad=10)  # Clear of markers at 100%.
+    epoch_axis(ax, every)
     if key == "accuracy":  # Not past 100 (matplotlib's margin).
       ax.set_ylim(top=min(ax.get_ylim()[1], 100))
     ax.grid(alpha=0.3)
-    ax.legend()
+  keys = [plt.Line2D([], [], ls=ls, marker=m, ms=4, color="k", label=label)
+          for split, ls, m, label in (
+              ("train", "--", "o", f"train: {TRAIN_MEAN}"),
+              ("val", "-", "s", "validation: the model at the epoch's end"))
+          if split in drawn]
+  keys += [plt.Line2D([], [], color=c, lw=4, label=label)
+           for (label, _), c in zip(runs, colors)] if len(runs) > 1 else []
+  keys += axes[1].get_legend_handles_labels()[0]  # The test result.
+  fig.legend(handles=keys, loc="outside lower center", fontsize=8,
+             ncols=1 if len(keys) < 4 else 2)
   return save(fig, path, title)
 
 

@@ -13,7 +13,9 @@ import numpy as np
 from mnist_jax.rundir import control
 from mnist_jax import files
 from mnist_jax.results import run as run_lib
+from mnist_jax.rundir import code as code_lib
 from mnist_jax.rundir import metrics_log
+from mnist_jax.rundir import record
 from mnist_jax.training import members as members_lib
 from mnist_jax.training import metrics
 
@@ -170,7 +172,8 @@ def write(workdir: str, run, test, class_names: Optional[Sequence[str]] = None,
                            "(lowest in red)")
   _digit_figures(path, title, images, labels, probs, names)
   if rows:
-    plots.learning_curves(rows, path("learning_curves.png"), title=title)
+    plots.learning_curves([(title, [rows])], path("learning_curves.png"),
+                          title=title)
   if config.sweep and records:
     write_sweep(workdir, config, records)
   analysis = []
@@ -184,6 +187,10 @@ def write(workdir: str, run, test, class_names: Optional[Sequence[str]] = None,
     lines += [f"> **Warning:** {warning[0].upper()}{warning[1:]}.", ""]
   if note:
     lines += [f"> **Note:** {note}.", ""]
+  edited = code_lib.summary(record.trained_code(workdir))
+  if edited:  # Trained on edited code: which, and its diff.
+    lines += [f"Trained with {edited} ([{code_lib.DIFF_FILE}]"
+              f"({code_lib.DIFF_FILE})).", ""]
   lines += files.table(["", ""],
                        _headline(rows, test_metrics, n, ensemble, final), "ll")
   lines += ["", *members_section(config, final, records),

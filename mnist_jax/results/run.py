@@ -20,6 +20,7 @@ from mnist_jax.data import datasets
 from mnist_jax.errors import UserError
 from mnist_jax.training import precision
 from mnist_jax.rundir import checkpoints as checkpoints_lib
+from mnist_jax.rundir import code as code_lib
 from mnist_jax.rundir import lock
 from mnist_jax.rundir import metrics_log
 from mnist_jax.rundir import record
@@ -254,9 +255,17 @@ def title(config) -> str:
   return f"{config.model} ({', '.join([config.preset, *changed])})"
 
 
-def checkpoint_note(workdir: str, run: Run) -> Optional[str]:
-  """What results of `run` stand for where not the finished run (still
-  training, an older checkpoint, unfinished); None for the last checkpoint."""
+def run_note(workdir: str, run: Run) -> Optional[str]:
+  """What results of `run` stand for where not the finished run's: trained
+  on other code than this checkout's (code.py), and still training, an older
+  checkpoint or unfinished; None for the last checkpoint of this code."""
+  notes = [code_lib.note(workdir, record.trained_code(workdir)),
+           _checkpoint_note(workdir, run)]
+  return "; ".join(n for n in notes if n) or None
+
+
+def _checkpoint_note(workdir: str, run: Run) -> Optional[str]:
+  """The checkpoint's part of run_note."""
   rows = metrics_log.MetricsLog(workdir).read()
   last = max((r["epoch"] for r in rows if "train_loss" in r), default=0)
   if lock.in_use(workdir):
@@ -341,7 +350,7 @@ def print_predictions(workdir: str, paths: Sequence[str],
   names = datasets.class_names(run.config.dataset)
   from mnist_jax.data import images as images_lib  # pylint: disable=g-import-not-at-top
   results = predict_files(run, images_lib.expand(paths), ensemble)
-  note = checkpoint_note(workdir, run)
+  note = run_note(workdir, run)
   if note:  # A run still training, unfinished, or an older checkpoint.
     print(f"note: {note}", file=err)
   plotted = set()  # Plot names taken: a/seven.png, b/seven.png both plot.

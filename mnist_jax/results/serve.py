@@ -39,6 +39,7 @@ from mnist_jax.data import images as images_lib
 from mnist_jax.errors import UserError
 from mnist_jax.results import analysis
 from mnist_jax.results import run as run_lib
+from mnist_jax.rundir import code as code_lib
 from mnist_jax.rundir import metrics_log
 from mnist_jax.rundir import record
 from mnist_jax.training import metrics as metrics_lib
@@ -109,7 +110,9 @@ class Model:
                  "metrics": [(m.label, m.text(final[f"test_{m.name}"]))
                              for m in metrics_lib.of("test")
                              if f"test_{m.name}" in self.final],
-                 "note": note}  # run_lib.checkpoint_note, as predict says.
+                 # "code: ..., edited: ..." where it trained on edited code.
+                 "code": code_lib.summary(record.trained_code(path)),
+                 "note": note}  # run_lib.run_note, as predict says.
 
   def start(self, image):
     """Starts the compiled answer for `image` [H, W, C] (jax runs it
@@ -142,7 +145,7 @@ def load(paths: Sequence[str], **overrides) -> List[Model]:
     try:
       final = metrics_log.final_metrics(path) or {}
       run = run_lib.load_run(path, **overrides)
-      model = Model(path, run, final, run_lib.checkpoint_note(path, run))
+      model = Model(path, run, final, run_lib.run_note(path, run))
     except UserError as e:
       refused.append((path, e))
       continue

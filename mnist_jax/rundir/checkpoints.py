@@ -212,6 +212,15 @@ def _check(workdir: str, where: str, meta: dict, model) -> None:
 
 
 def _edited(workdir: str) -> str:
+  """Why a run folder's checkpoint no longer fits: its code or settings."""
+  from mnist_jax.rundir import code  # pylint: disable=g-import-not-at-top
+  from mnist_jax.rundir import record  # pylint: disable=g-import-not-at-top
+  other = code.changed(record.trained_code(workdir))
+  if other:
+    return (f"the run was trained with other code ({', '.join(other)} "
+            "changed since); nothing was changed: train these settings in "
+            "another --workdir, or go back to the code it ran (config.json's "
+            "environment.code)")
   return (f"{os.path.join(workdir, 'config.json')} no longer holds the "
           "settings the run was trained with (was it edited?); nothing was "
           "changed: put back its settings, or pass another --workdir")

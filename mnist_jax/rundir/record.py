@@ -7,7 +7,6 @@ import os
 import platform
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from importlib import metadata
@@ -19,6 +18,7 @@ from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.errors import BadFlag, UserError, first_line
 from mnist_jax import files
+from mnist_jax.rundir import code as code_lib
 from mnist_jax.rundir import lock
 from mnist_jax.rundir import metrics_log
 
@@ -31,25 +31,15 @@ TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
 
 
 def environment() -> dict:
-  """Package versions, Python, platform, JAX devices, and the git commit
-  (and whether it had local changes)."""
+  """Package versions, Python, platform, JAX devices, and the code
+  (code.py's record: the git commit, the files edited, the core's hashes;
+  its diff, under "code"'s "diff", `begin` writes into the run folder)."""
   versions = {}
   for name in PACKAGES:
     try:
       versions[name] = metadata.version(name)
     except metadata.PackageNotFoundError:
       versions[name] = None
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-  def git(*args):
-    return subprocess.run(["git", "-C", root, *args], capture_output=True,
-                          text=True, timeout=5, check=True).stdout.strip()
-
-  try:
-    code = {"commit": git("rev-parse", "HEAD"),
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
-  except (OSError, subprocess.SubprocessError):
-    code = {"commit": None, "dirty": None}
   return {
       "python": sys.version.split()[0],
       "platform": platform.platform(),
@@ -60,7 +50,7 @@ def environment() -> dict:
       "process_count": jax.process_count(),
       "command": sys.argv,
       "cwd": os.getcwd(),
-      "code": code,
+      "code": code_lib.record(),
       "env": {k: v for k, v in os.environ.items() if k.startswith(
           ("XLA_", "JAX_", "TFDS_", "CUDA_VISIBLE", "TPU_"))},
   }
@@ -169,6 +159,8 @@ def begin(workdir: str, config: config_lib.Config, env: dict, *,
   appended to its record (when, from which step, what changed, how), or a new
   run's record (`overwrite`: emptying the folder first), "finished" false."""
   lock.claim(workdir)  # Refuses a run another command began meanwhile.
+  env = {**env, "code": dict(env.get("code") or {})}
+  diff = env["code"].pop("diff", None)
   if existing and not overwrite:
     record = read_record(workdir)
     # Compared as JSON holds them: a tuple (cnn_features) is a list there.
@@ -191,8 +183,24 @@ def begin(workdir: str, config: config_lib.Config, env: dict, *,
     record = {"config": config.to_dict(), "environment": env,
               "repeat": repeat_command(config),
               "started": time.strftime(TIME_FORMAT)}
+  if diff:  # The edits it trains with (a resume's: the latest).
+    files.write_text(os.path.join(workdir, code_lib.DIFF_FILE), diff)
   files.write_json(os.path.join(workdir, CONFIG_FILE),
                    {**record, "finished": False})
+
+
+def trained_code(workdir: str) -> dict:
+  """The code a run last trained with (its latest resumption's, else its
+  start's): code.py's record, {} where unknown."""
+  try:
+    record = read_record(workdir)
+  except (OSError, ValueError, TypeError):
+    return {}
+  envs = [record.get("environment")] + [
+      r.get("environment") for r in record.get("resumes") or []
+      if isinstance(r, dict)]
+  codes = [e.get("code") for e in envs if isinstance(e, dict)]
+  return next((c for c in reversed(codes) if isinstance(c, dict)), {})
 
 
 def finish(workdir: str, final: dict) -> None:

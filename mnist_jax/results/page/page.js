@@ -209,6 +209,7 @@ function card(info, result, pixels, said) {  // said: the input's note, shown fi
   const tested = info.metrics.length === 0 ? "" : `; ${info.note ? "its last epoch's " : ""}test ` +
       info.metrics.map(([label, value]) => `${label} ${value}`).join(", ");
   box.append(element("div", "about", `${info.title}: ${info.describe}${tested}`));
+  if (info.code) box.append(element("div", "about", info.code));
   if (info.note) box.append(element("div", "note", `note: ${info.note}`));
   if (!result) {  // Before the first stroke: which runs are loaded.
     box.append(element("div", "answer", "Draw a digit: its answer shows here."));
