@@ -172,6 +172,12 @@ def _parse(argv):
   except flags.Error as e:
     print(f"error: {e}; see python launch.py --help", file=sys.stderr)
     sys.exit(2)
+  except UnicodeDecodeError:  # absl reads a --flagfile as UTF-8 text.
+    files = [a.split("=", 1)[1] for a in argv if a.startswith("--flagfile=")]
+    print(f"error: --flagfile={', '.join(files) or '?'} is not a text file of "
+          "flags (it holds bytes that are not UTF-8 text); pass a file of "
+          "lines like --model=gru", file=sys.stderr)
+    sys.exit(2)
   for name in ("workdir", "data_dir", "mnist_dir"):  # No shell expands them.
     if FLAGS[name].value:
       FLAGS[name].value = os.path.expanduser(FLAGS[name].value)

@@ -132,7 +132,8 @@ def _memory(field: str) -> int:
 
 def peak_memory(loaded, body: bytes, uploads: int):
   """(MB of resident memory above idle at the peak while `uploads` POSTs of
-  `body` are answered at once, their statuses)."""
+  `body` are answered at once, and once they are answered; their
+  statuses)."""
   server = serve.Server(("127.0.0.1", 0), loaded)
   threading.Thread(target=server.serve_forever, daemon=True).start()
 
@@ -152,7 +153,8 @@ def peak_memory(loaded, body: bytes, uploads: int):
       f.write("5")  # The high-water mark starts again from here.
     with concurrent.futures.ThreadPoolExecutor(uploads) as pool:
       statuses = list(pool.map(post, range(uploads)))
-    return (_memory("VmHWM") - idle) / 2 ** 20, statuses
+    return ((_memory("VmHWM") - idle) / 2 ** 20,
+            (_memory("VmRSS") - idle) / 2 ** 20, statuses)
   finally:
     server.shutdown()
     server.server_close()
@@ -167,12 +169,12 @@ def memory(loaded, uploads: int):
       (side, png(side, side, [(side // 5, side // 3, side // 4, side // 2),
                               (side // 5, side * 4 // 5, side // 2,
                                side * 3 // 5)]))):
-    mb, statuses = peak_memory(loaded, body, uploads)
+    mb, after, statuses = peak_memory(loaded, body, uploads)
     counts = ", ".join(f"{statuses.count(s)} x {s}"
                        for s in sorted(set(statuses)))
     print(f"{uploads} uploads at once of a {width}x{width} RGBA PNG "
-          f"({len(body) / 2 ** 20:.2f} MB): peak {mb:.0f} MB above idle "
-          f"(answers: {counts})", flush=True)
+          f"({len(body) / 2 ** 20:.2f} MB): peak {mb:.0f} MB above idle, "
+          f"{after:.0f} MB once answered (answers: {counts})", flush=True)
 
 
 def browser_test():

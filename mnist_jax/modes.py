@@ -242,9 +242,12 @@ def train_and_evaluate(config, workdir: str, stream=None,
   if devices.is_main():
     lock.claim(workdir)
   existing = resume.check_run_folder(workdir, config, overwrite=overwrite)
+  final = metrics_log.final_metrics(workdir) if existing else None
   if existing and not overwrite:
-    if record_lib.finished(workdir):  # Says so, and writes nothing.
-      final = metrics_log.final_metrics(workdir)
+    # Says so, and writes nothing; where its final row was lost (a write cut
+    # short), it is completed again from its last checkpoint.
+    if record_lib.finished(workdir) and (
+        final is not None or not checkpoints.latest_meta(workdir).get("done")):
       path = os.path.join(workdir, report.FILES[0])
       missing = resume.missing_final_checkpoint(workdir)
       said = [f"{workdir} already finished" + (
@@ -344,7 +347,8 @@ def rewrite_report(workdir: str, **overrides) -> Dict[str, Any]:
       os.path.exists(os.path.join(workdir, f)) for f in report.FILES)
          else "incomplete: rebuilt" if os.path.exists(path)
          else "missing: rebuilt")
-  if (not record_lib.finished(workdir) and  # Trained to the end: complete it.
+  if ((not record_lib.finished(workdir) or  # Trained to the end: complete
+       metrics_log.final_metrics(workdir) is None) and  # it (its final row).
       checkpoints.latest_meta(workdir).get("done")):
     final = train_and_evaluate(record_lib.used_config(
         workdir, **overrides, report=True), workdir)

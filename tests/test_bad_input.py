@@ -140,6 +140,8 @@ CASES = [
     ("bad_list", ["--mlp_hidden=a,b"], 2, "flag --mlp_hidden=a,b: it takes "
      "comma-separated integers in the range [1, 16777216], e.g. 512,256"),
     ("unknown_flag", ["--epoch=3"], 2, "Unknown command line flag 'epoch'"),
+    ("binary_flagfile", lambda r, t: [f"--flagfile={_binary(t)}"], 2,
+     "is not a text file of flags (it holds bytes that are not UTF-8 text)"),
     ("stray_argument", ["train"], 1, "unexpected arguments"),
     ("unwritable_workdir", ["--workdir=/sys/mnist_jax_run"], 1, "is not writable"),
     ("workdir_under_file", lambda r, t: [f"--workdir={_file(t)}/run"], 1,
@@ -178,6 +180,12 @@ def _damaged_prepared(tmp_path):
                    ("train_images", "test_images")})
   (folder / "mnist_jax_arrays.npz").write_bytes(out.getvalue()[:3000])
   return [f"--data_dir={data_dir}", f"--workdir={tmp_path / 'new'}"]
+
+
+def _binary(tmp_path):
+  path = tmp_path / "flags.bin"
+  path.write_bytes(bytes(range(128, 256)))
+  return str(path)
 
 
 def _file(tmp_path):

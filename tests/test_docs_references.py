@@ -141,7 +141,7 @@ def _script_flags() -> set:
 def test_quoted_flags_exist():
   """Every `--flag` quoted is launch.py's (or its `--no` form, or absl's), an
   experiments/ script's, or XLA's: a renamed flag leaves no prose behind."""
-  known = set(launch.FLAGS) | {"help", "helpfull", "helpshort"} | (
+  known = set(launch.FLAGS) | {"help", "helpfull", "helpshort", "flagfile"} | (
       _script_flags())
   quoted = {name.replace("-", "_"): doc for doc in DOCS for span in _quoted(doc)
             for name in re.findall(r"(?<![\w-])--([a-z][\w-]*\w)", span)}

@@ -301,8 +301,9 @@ def test_same_seed_and_flags_give_bit_identical_metrics(prepared, reference,
 def test_a_finished_run_whose_log_was_cut_is_still_finished(reference,
                                                              tmp_path, capsys):
   """A finished run whose metrics.jsonl lost its end (a disk that filled, a
-  copy cut short): --mode=report reports the finished run from its
-  checkpoint; it is never taken for an unfinished run of 1 epoch."""
+  copy cut short): --mode=report completes it again from its last
+  checkpoint, its final row written again; it is never taken for an
+  unfinished run of 1 epoch."""
   workdir = str(tmp_path / "run")
   shutil.copytree(reference[0], workdir)
   path = os.path.join(workdir, "metrics.jsonl")
@@ -313,11 +314,14 @@ def test_a_finished_run_whose_log_was_cut_is_still_finished(reference,
     f.write(lines[0] + lines[1][:len(lines[1]) // 2])
   run_lib.rewrite_report(workdir)
   out = capsys.readouterr().out
-  assert "unfinished" not in out and "report.md was missing" in out, out
+  assert "unfinished" not in out and "the run is finished" in out, out
   assert record_lib.status(workdir)[0] == "finished"
   with open(os.path.join(workdir, "report.md")) as f:
     assert "unfinished" not in f.read()
-  assert [r["epoch"] for r in metrics_log.read_metrics(path)] == [1]
+  rows = metrics_log.read_metrics(path)
+  assert [r.get("epoch") for r in rows] == [1, None]
+  assert rows[-1]["epochs_run"] == 3 and rows[-1]["test_accuracy"] == (
+      metrics_log.final_metrics(reference[0])["test_accuracy"])
 
 
 def test_report_on_a_run_that_diverged_later_says_what_to_change(

@@ -257,3 +257,26 @@ def test_launch_serves_prints_the_address_and_stops_on_a_signal_in_one_line(
   assert len(lines) == 1 + (host != "127.0.0.1"), err
   assert host == "127.0.0.1" or "reachable from the network" in lines[0]
   assert p.returncode == 128 + signum
+
+
+def test_a_run_deleted_while_served_is_noted_and_not_answered(tiny_run,
+                                                                tmp_path,
+                                                                capsys):
+  """Its card says so from the next answer on, the server says so once, and
+  the other runs still answer."""
+  gone, kept = str(tmp_path / "gone"), str(tmp_path / "kept")
+  for folder in (gone, kept):
+    shutil.copytree(tiny_run, folder)
+  page = serve.Server(("127.0.0.1", 0), serve.load([gone, kept]))
+  try:
+    assert all("top" in r for r in page.answer(_seven())["runs"])
+    shutil.rmtree(gone)
+    for _ in range(2):
+      first, second = page.answer(_seven())["runs"]
+      assert first == {"name": "gone", "gone": (
+          f"{gone} was deleted: this page no longer answers for it (start "
+          "the page again to drop its card)")}
+      assert "top" in second
+  finally:
+    page.server_close()
+  assert capsys.readouterr().err.count(f"warning: {gone} was deleted") == 1

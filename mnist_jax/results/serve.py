@@ -19,6 +19,7 @@ that leaves early is no error.
 """
 
 import concurrent.futures
+import ctypes
 import functools
 import http.server
 import io
@@ -93,6 +94,8 @@ class Model:
   def __init__(self, path: str, run, final=None, note=None):
     config, self.path, self.run = run.config, path, run
     self.final = final or {}  # Its final metrics row.
+    # A run folder (not a Run made in Python): the page notes its deletion.
+    self.folder = os.path.isfile(os.path.join(path, record.CONFIG_FILE))
     self.name = name = os.path.basename(os.path.normpath(path))
     self.module = models.get(config.model).stock(config)
     self.shape = datasets.get(config.dataset).image_shape
@@ -174,6 +177,24 @@ def sample_digits(loaded: Sequence[Model]) -> List[dict]:
   return []
 
 
+def _released(decode):
+  """decode(), then the memory it freed given back to the system (glibc's
+  malloc_trim; elsewhere nothing): a burst of large uploads leaves the page
+  near its idle size, not holding the decodes' peak."""
+  try:
+    return decode()
+  finally:
+    if LIBC is not None:
+      LIBC.malloc_trim(0)
+
+
+try:  # glibc's allocator keeps what a thread freed for its next allocation.
+  LIBC = ctypes.CDLL("libc.so.6")
+  LIBC.malloc_trim  # pylint: disable=pointless-statement
+except (OSError, AttributeError):
+  LIBC = None
+
+
 class Server(http.server.ThreadingHTTPServer):
   """The page and its answers, for `loaded` runs."""
   daemon_threads = True  # Ctrl-C does not wait for a slow client.
@@ -185,6 +206,7 @@ class Server(http.server.ThreadingHTTPServer):
     # takes (a few times MAX_PIXELS x 4 bytes) is taken once, and kept by
     # one thread's malloc arena, not by each of the request threads'.
     self.decoder = concurrent.futures.ThreadPoolExecutor(1, "decode")
+    self.gone: Dict[str, str] = {}  # Run folders deleted since: their note.
     self.about = json.dumps({"runs": [m.info for m in loaded],
                              "digits": sample_digits(loaded),
                              "max_body": MAX_BODY}).encode()
@@ -194,14 +216,30 @@ class Server(http.server.ThreadingHTTPServer):
     """Every run's answer for one uploaded image (its file's bytes), or
     ImageError; `input`: the image as the models see it."""
     start, notes = time.perf_counter(), []
-    inputs = self.decoder.submit(lambda: {s: images_lib.load(
+    inputs = self.decoder.submit(_released, lambda: {s: images_lib.load(
         io.BytesIO(body), s, "the upload", MAX_PIXELS, notes)
         for s in {m.shape for m in self.loaded}}).result()
-    started = [m.start(inputs[m.shape]) for m in self.loaded]
-    runs = [m.result(s) for m, s in zip(self.loaded, started)]
+    here = [self.present(m) for m in self.loaded]
+    started = [m.start(inputs[m.shape]) if ok else None
+               for m, ok in zip(self.loaded, here)]
+    runs = [m.result(s) if ok else {"name": m.name, "gone": self.gone[m.path]}
+            for m, s, ok in zip(self.loaded, started, here)]
     return {"input": inputs[self.loaded[0].shape].tolist(), "runs": runs,
             "note": (notes or [None])[0],  # images.NO_DIGIT, as predict's.
             "ms": round(1000 * (time.perf_counter() - start), 1)}
+
+  def present(self, model: "Model") -> bool:
+    """Whether `model`'s run folder is still there; the first time it is
+    not, says so in a line (`gone`: the note its card shows from then on)."""
+    if not model.folder or os.path.isfile(
+        os.path.join(model.path, record.CONFIG_FILE)):
+      return True
+    if model.path not in self.gone:
+      self.gone[model.path] = (f"{model.path} was deleted: this page no "
+                               "longer answers for it (start the page again "
+                               "to drop its card)")
+      print(f"warning: {self.gone[model.path]}", file=sys.stderr, flush=True)
+    return False
 
   def server_close(self):
     super().server_close()

@@ -215,6 +215,10 @@ function card(info, result, pixels, said) {  // said: the input's note, shown fi
     box.append(element("div", "answer", "Draw a digit: its answer shows here."));
     return box;
   }
+  if (result.gone) {  // Its run folder was deleted: no answer.
+    box.append(element("div", "note", `note: ${result.gone}`));
+    return box;
+  }
   if (said) box.append(element("div", "note", said));
   const answer = element("div", "answer");
   answer.append(element("span", "top", result.class));
