@@ -134,7 +134,8 @@ class RunFolder(loop.Hooks):
       self.message(f"resuming {self.workdir} at step {meta['step']} (epoch "
                    f"{meta['epoch'] + 1}, step {meta.get('epoch_step', 0)} of "
                    f"{self.steps})")
-    other = code_lib.note(self.workdir, record_lib.trained_code(self.workdir))
+    other = code_lib.note(self.workdir, record_lib.trained_code(self.workdir),
+                          "training goes on with the code here now")
     if other:  # Said, and resumed: its checkpoint fits the module.
       self.message(f"note: {other}")
     return state, loop.Start(

@@ -76,12 +76,14 @@ def summary(recorded: Optional[Dict]) -> Optional[str]:
           f"{', '.join(recorded.get('edited') or []) or 'unknown files'}")
 
 
-def note(workdir: str, recorded: Optional[Dict]) -> Optional[str]:
+def note(workdir: str, recorded: Optional[Dict],
+         now: str = "these results are of the code here now") -> Optional[str]:
   """The one line that says `workdir` was trained on other code than this
-  checkout's, naming the files; None where they agree (or it is unknown)."""
+  checkout's, naming the files, then `now`; None where they agree (or it
+  is unknown)."""
   files = changed(recorded)
   if not files:
     return None
   return (f"{workdir} was trained with other code: {', '.join(files)} "
           "changed since (its config.json's environment.code holds what it "
-          "ran); these results are of the code here now")
+          f"ran); {now}")
