@@ -5,7 +5,7 @@ now differs.
 
 The record: the git commit, whether tracked files differed from it
 (`dirty`) and which (`edited`, with their diff in the run folder's
-code.diff), and the SHA-256 of each file of the research core (`files`:
+edits.diff), and the SHA-256 of each file of the research core (`files`:
 data/, models/, training/, optim.py, config.py: what the numbers depend
 on), which works without git too.
 """
@@ -18,7 +18,7 @@ from typing import Dict, List, Optional
 PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.path.dirname(PACKAGE)
 CORE = ("data", "models", "training", "optim.py", "config.py")
-DIFF_FILE = "code.diff"  # In the run folder, where the tree was dirty.
+DIFF_FILE = "edits.diff"  # In the run folder, where the tree was dirty.
 
 
 def core_files() -> Dict[str, str]:
