@@ -110,7 +110,7 @@ class Recorder(loop.Hooks):
     self.lasts, self._start = [], start
 
   def start(self, state, run):
-    self.record, self.steps = run.record(), run.steps
+    self.record, self.steps, self.run = run.record(), run.steps, run
     if callable(self._start):
       return self._start(state)
     return state, self._start or loop.Start()
@@ -139,6 +139,7 @@ class Saver(Recorder):
     self.workdir, self.config, self.at = workdir, config, at
 
   def _save(self, state, epoch, epoch_step=0, sums=None):
+    state = self.run.get(state)  # One copy (pmap's is one per device).
     saver = checkpoints.manager(self.workdir, keep=3)
     step = int(np.max(jax.device_get(state.step)))  # Members: [M].
     checkpoints.save(saver, step, checkpoints.tree(state), checkpoints.record(

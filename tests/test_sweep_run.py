@@ -14,7 +14,6 @@ from PIL import Image
 import pytest
 
 from experiments import compare
-from experiments import profile_chunk
 import launch
 import launch_helpers as lh
 from mnist_jax import models
@@ -167,43 +166,6 @@ def _rate(config, steps_per_epoch, step):
   times the schedule's multiplier."""
   return config.learning_rate * float(optim.schedule(config,
                                                      steps_per_epoch)(step))
-
-
-@pytest.mark.slow
-def test_sweep_members_each_compute_their_single_runs_chunk():
-  """One chunk of the members' program (laid out as the loop lays it out)
-  gives each member what the chunk of its own single run gives: its
-  parameters, metrics and learning rate, from its own optimizer state."""
-  config = models.get_config("linear", **LINEAR, sweep=SWEEP)  # 4 members.
-  listed = members.from_config(config)
-  rng = np.random.default_rng(0)
-  split = pipeline.Split(rng.integers(0, 256, (200, 28, 28, 1), dtype=np.uint8),
-                         rng.integers(0, 10, 200).astype(np.int32))
-
-  def chunk(cfg):
-    """(state's params and optimizer numbers, metric sums, first bad step,
-    next learning rate) of the first chunk, on the host."""
-    c = profile_chunk.laid_out_chunk(cfg, split, say=lambda _: None)
-    state, sums, bad, rate = c.compiled(c.state, c.order_fn(c.state, 1),
-                                        c.images, c.labels, 0)
-    return jax.device_get((state.params, state.opt_state.hyperparams, sums,
-                           bad, rate))
-
-  params, held, sums, bad, rates = chunk(config)
-  assert np.all(bad == -1)
-  np.testing.assert_allclose(held["learning_rate"], [0.003] * 2 + [0.01] * 2)
-  np.testing.assert_allclose(held["grad_clip"], [0, 1] * 2)
-  steps = 200 // LINEAR["batch_size"]
-  np.testing.assert_allclose(rates, [_rate(m.config, steps, steps)
-                                     for m in listed], rtol=1e-6)
-  assert len(set(np.asarray(sums["loss"]).round(6).tolist())) == 4
-  for m in listed:
-    one, _, one_sums, _, one_rate = chunk(m.config)
-    assert float(one_rate) == pytest.approx(float(rates[m.index]), rel=1e-6)
-    np.testing.assert_allclose(one_sums["loss"], sums["loss"][m.index],
-                               rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(params)):
-      np.testing.assert_allclose(a, b[m.index], rtol=1e-5, atol=1e-6)
 
 
 def _val(*pairs):
