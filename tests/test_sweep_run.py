@@ -164,8 +164,8 @@ def test_member_i_is_the_single_run_with_its_values_and_seed(prepared, swept,
 def _rate(config, steps_per_epoch, step):
   """The learning rate of `config`'s run after `step` updates: its peak
   times the schedule's multiplier."""
-  return config.learning_rate * float(optim.schedule(config,
-                                                     steps_per_epoch)(step))
+  fn = optim.schedule(config, steps_per_epoch)
+  return config.learning_rate * float(fn(step, optim.hyperparams(config)))
 
 
 def _val(*pairs):
