@@ -11,6 +11,7 @@ import sys
 
 import flax.linen as nn
 import jax
+import matplotlib.text
 from matplotlib.patches import StepPatch
 import numpy as np
 import pytest
@@ -260,7 +261,7 @@ def test_each_run_folder_gets_its_files_and_section(two_runs):
   assert float(rows[DECIDING_ROW - 1]["accuracy"]) == pytest.approx(0.1)
   with open(os.path.join(rnn, "analysis", "summary.json")) as f:
     summary = json.load(f)
-  assert summary["reading_rows_to_99"] == 14 and summary["temperature"] > 0
+  assert summary["reading_units_to_99"] == 14 and summary["temperature"] > 0
   assert summary["ig_max_relative_error"] <= 0.01
   text = "\n".join(lstm_lines)
   assert "| T | n/a (no validation) |" in text and "| ECE after T | n/a |" in text
@@ -350,7 +351,7 @@ def test_the_report_writes_the_analyses_unless_told_not_to(tmp_path, on):
   if on:
     summary = json.loads((tmp_path / "analysis" / "summary.json").read_text())
     assert summary["val_images"] == 20 and summary["temperature"] > 0
-    assert summary["reading_rows_to_99"] == 14
+    assert summary["reading_units_to_99"] == 14
     assert set(summary["seconds"]) >= {"robustness", "attributions", "total"}
     assert "![What breaks it](analysis/robustness.png)" in text
 
@@ -363,21 +364,21 @@ def test_the_comparison_summary_table_holds_each_runs_numbers(two_runs, tmp_path
   lines = open(os.path.join(out, "analysis.md")).read().splitlines()
   header = next(l for l in lines if l.startswith("| model |"))
   names = [c.strip() for c in header.strip("|").split("|")]
-  assert names[:4] == ["model", "parameters", "train time", "test accuracy"]
+  assert names[:4] == ["model", "parameters", "wall time", "test accuracy"]
   for (folder, *_), model, seconds in zip(two_runs, ("rnn", "lstm"), (30, 10)):
     row = next(l for l in lines if l.startswith(f"| {model} |"))
     cells = dict(zip(names, (c.strip() for c in row.strip("|").split("|"))))
     r = compare.load_analysis(folder)
     at = {(c, float(l)): a for c, l, a, _ in r["robustness"]}
     assert cells["parameters"] == f"{int(r['parameters']):,}"
-    assert cells["train time"] == f"{seconds:.1f} s"
+    assert cells["wall time"] == f"{seconds:.1f} s"
     assert cells["test accuracy"] == f"{100 * r['test_accuracy']:.2f}%"
     assert cells["ECE"] == f"{100 * r['test_ece']:.2f}%"
     assert cells["at 20 degrees"] == f"{100 * at['rotation', 20]:.2f}%"
     assert cells["at noise 0.3"] == f"{100 * at['noise', 0.3]:.2f}%"
   rnn = dict(zip(names, next(l for l in lines if l.startswith("| rnn |")).strip(
       "|").split("|")))
-  assert rnn["rows to 99%"].strip() == "14"
+  assert rnn["read to 99%"].strip() == "14"
 
 
 @pytest.mark.slow
@@ -505,11 +506,13 @@ def test_equal_robustness_lines_stay_apart(drawn, tmp_path):
 @pytest.mark.slow
 def test_the_comparison_figures_name_each_runs_preset(two_runs, drawn,
                                                      tmp_path):
-  """compare.py passes its group labels ("rnn", "lstm"): the figures name
-  the preset too."""
-  compare.analysis_page([f for f, *_ in two_runs], str(tmp_path / "a.md"),
-                        labels=["rnn", "lstm"])
-  labels = {t.get_text() for fig in drawn for legend in fig.legends
-            for t in legend.texts}
-  assert {"rnn (seed)", "lstm (seed)"} <= labels
-  assert not {"rnn", "lstm"} & labels
+  """compare.py passes its configurations' labels: the figures name each
+  run by them, and by its model and preset without."""
+  folders = [f for f, *_ in two_runs]
+  for given, named in ((["rnn (seed, A)", "lstm (seed, B)"],) * 2,
+                       (None, ["rnn (seed)", "lstm (seed)"])):
+    drawn.clear()
+    compare.analysis_page(folders, str(tmp_path / "a.md"), labels=given)
+    texts = {t.get_text() for fig in drawn for t in fig.findobj(
+        matplotlib.text.Text)}
+    assert set(named) <= texts

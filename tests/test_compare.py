@@ -96,8 +96,7 @@ def test_trains_then_compares_each_configuration_over_its_seeds(
   groups, _, table = _compare([root, tiny_run], tmp_path / "out")
   assert [g["label"] for g in groups] == ["linear (seed, --epochs=1)",
                                           "mlp (seed, --epochs=1, "
-                                          "--batch_size=32, --mlp_hidden=16, "
-                                          "--noanalyses)"]
+                                          "--batch_size=32, --mlp_hidden=16)"]
   [linear, _] = _csv(tmp_path / "out" / "comparison.csv")
   accuracies = [metrics_log.final_metrics(d)["test_accuracy"] for d in folders]
   assert (linear["runs"], linear["seeds"]) == ("2", "0 1")

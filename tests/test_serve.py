@@ -142,8 +142,10 @@ def test_runs_lists_the_runs_and_the_test_digits_their_analyses_kept(
   srv, port = server
   status, about = _ask(port, "GET", "/runs")
   assert status == 200
-  assert [(r["name"], r["steps"]) for r in about["runs"]] == [
-      (m.name, analysis.reads_in_steps(m.module)) for m in srv.loaded]
+  # A recurrent run's card names the unit it reads in (a row); others none.
+  assert [(r["name"], r["unit"]) for r in about["runs"]] == [
+      (m.name, getattr(analysis.reading_of(m.module, m.shape), "unit", None))
+      for m in srv.loaded]
   # Each card's title names the settings the run changed from its preset.
   assert [r["title"] for r in about["runs"]][1] == "rnn (seed, --hidden=8)"
   assert "--mlp_hidden=16" in about["runs"][0]["title"]

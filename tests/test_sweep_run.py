@@ -426,11 +426,11 @@ def test_compare_reads_every_member_as_its_own_configuration(swept, tmp_path):
   folder, rows = swept
   groups = compare.compare([folder], str(tmp_path / "out"), log=lambda _: None)
   assert len(groups) == 4
-  assert sorted(g["label"] for g in groups) == [
-      "mlp (learning_rate=0.003, grad_clip=0.0)",
-      "mlp (learning_rate=0.003, grad_clip=1.0)",
-      "mlp (learning_rate=0.01, grad_clip=0.0)",
-      "mlp (learning_rate=0.01, grad_clip=1.0)"]
+  # Each label names its member's swept values where they are off the preset.
+  for g in groups:
+    c = g["config"]
+    assert f"--learning_rate={c.learning_rate:g}" in g["label"]
+    assert ("--grad_clip=1" in g["label"]) == (c.grad_clip == 1.0)
   by_values = {(g["config"].learning_rate, g["config"].grad_clip): g
                for g in groups}
   for entry in rows[-1]["members"]:
@@ -459,7 +459,8 @@ def test_compare_vary_trains_a_run_per_value(prepared, tmp_path):
   assert [record_lib.read_config(f).batch_size for f in folders] == [50, 100]
   groups = compare.compare(folders, str(tmp_path / "out"), log=lambda _: None)
   assert sorted(g["label"] for g in groups) == [
-      "linear (batch_size=100)", "linear (batch_size=50)"]
+      "linear (seed, --epochs=1, --batch_size=100)",
+      "linear (seed, --epochs=1, --batch_size=50)"]
 
 
 @pytest.mark.parametrize("spec,words", [
