@@ -23,7 +23,7 @@ __all__ = ["Config", "Run", "as_images", "get_config", "load_data",
 
 
 def train_and_evaluate(config: Config, workdir: Optional[str] = None,
-                       overwrite: bool = False) -> Dict[str, Any]:
+                       overwrite: bool = False) -> Optional[Dict[str, Any]]:
   """Trains as `python launch.py` does (resuming `workdir`, default
   config.workdir or runs/<model>-<timestamp>, unless `overwrite`; one writer
   at a time); returns the final metrics row. Errors: UserError."""

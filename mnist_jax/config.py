@@ -78,7 +78,8 @@ class Sizes(flags.ListParser):
     self.syntactic_help = ("comma-separated integers in the range "
                            f"[1, {MAX_WIDTH}]")
 
-  def parse(self, argument) -> Tuple[int, ...]:
+  # absl types its list parser's values as strings; these are ints.
+  def parse(self, argument) -> Tuple[int, ...]:  # type: ignore[override]
     try:
       sizes = tuple(map(WIDTH.parse, super().parse(
           list(argument) if isinstance(argument, tuple) else argument)))

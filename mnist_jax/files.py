@@ -18,7 +18,7 @@ def atomic(path: str, mode: str = "w") -> Iterator[IO]:
   folder, name = os.path.split(os.path.abspath(path))
   tmp = os.path.join(folder, f".{name}.tmp")
   try:
-    with open(tmp, mode, **({} if "b" in mode else {"newline": ""})) as f:
+    with open(tmp, mode, newline=None if "b" in mode else "") as f:
       yield f
     os.replace(tmp, path)
   except BaseException as e:

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import jax
 import numpy as np
@@ -231,7 +231,7 @@ def _step(state) -> int:
 
 
 def train_and_evaluate(config, workdir: str, stream=None,
-                       overwrite: bool = False) -> Dict[str, Any]:
+                       overwrite: bool = False) -> Optional[Dict[str, Any]]:
   """Trains `config` in run folder `workdir` (resuming it), writes its report;
   returns the final row. UserError before anything is written, Diverged, or
   control.Preempted."""
@@ -340,7 +340,7 @@ def _reporting(path: str, analyses: bool) -> str:
       if analyses else ""))
 
 
-def rewrite_report(workdir: str, **overrides) -> Dict[str, Any]:
+def rewrite_report(workdir: str, **overrides) -> Optional[Dict[str, Any]]:
   """`--mode=report`: evaluates a run's latest checkpoint, rewrites its report
   (completes a run trained to the end). overrides: data_dir, mnist_dir, impl."""
   path = os.path.join(workdir, report.FILES[0])

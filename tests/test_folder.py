@@ -142,7 +142,7 @@ def test_a_diverged_run_is_not_repeated(tmp_path):
 
 def test_overwrite_without_workdir_deletes_nothing(tmp_path):
   root = str(tmp_path)
-  unfinished = _run(root, "unfinished", rows=[{"epoch": 1}])
+  _run(root, "unfinished", rows=[{"epoch": 1}])
   choice = choose.choose(CONFIG, overwrite=True, root=root)
   assert not os.path.exists(choice.path)
   assert os.listdir(root) == ["unfinished"]

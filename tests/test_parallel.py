@@ -458,7 +458,7 @@ def test_two_processes_match_one(prepared, single_process_rows, tmp_path, mode):
       for q in procs:
         q.kill()
       raise
-  for p, (out, err) in zip(procs, outputs):
+  for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-3000:]
   assert "[process 1/2] epoch 2/2" in outputs[1][0]
   assert not (tmp_path / "process1").exists()  # Process 1 writes no files.

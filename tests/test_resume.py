@@ -445,7 +445,8 @@ print("saved", flush=True)
 
 @pytest.mark.slow
 def test_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path):
-  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
   p = subprocess.Popen([sys.executable, "-c", _SAVER, str(tmp_path)],
                        cwd=lh.ROOT, stdout=subprocess.PIPE, text=True,
                        env=lh.child_env())

@@ -39,7 +39,7 @@ def read(path: str, expect_magic: int,
                      "replace it with a fresh copy") from None
   images = expect_magic == IMAGES_MAGIC
   kind = "images" if images else "labels"
-  magic = struct.unpack(">I", raw[:4])[0] if len(raw) >= 4 else None
+  magic = struct.unpack(">I", raw[:4])[0] if len(raw) >= 4 else -1
   allowed = (IMAGES_MAGIC, COLOUR_MAGIC) if images else (LABELS_MAGIC,)
   ndim = magic & 0xFF if magic in allowed else expect_magic & 0xFF
   header = 4 + 4 * ndim

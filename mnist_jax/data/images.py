@@ -9,7 +9,7 @@ are divided out first, and marks apart from the digit dropped.
 import glob
 import os
 import warnings
-from typing import List, Sequence, Tuple
+from typing import List, Literal, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -162,7 +162,8 @@ def _stroke_width(ink: np.ndarray) -> float:
   return 2.0 * area / max(area - inner.sum(), 1)
 
 
-def _blocks(a: np.ndarray, k: int, mode: str = "edge") -> np.ndarray:
+def _blocks(a: np.ndarray, k: int,
+            mode: Literal["edge", "constant"] = "edge") -> np.ndarray:
   """a's k x k blocks [H/k, k, W/k, k], its far edges padded (np.pad mode)."""
   h, w = -(-a.shape[0] // k) * k, -(-a.shape[1] // k) * k
   a = np.pad(a, ((0, h - a.shape[0]), (0, w - a.shape[1])), mode=mode)

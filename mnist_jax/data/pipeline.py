@@ -15,7 +15,7 @@ import zipfile
 try:
   import fcntl
 except ImportError:  # Not on a POSIX system: preparing is not locked.
-  fcntl = None
+  fcntl = None  # type: ignore[assignment]
 
 import numpy as np
 

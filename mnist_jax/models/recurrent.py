@@ -91,10 +91,10 @@ class Recurrent(nn.Module):
   @nn.compact
   def __call__(self, images, train: bool = False):
     x = as_sequence(images, self.sequence, self.permute_seed)
-    cell = nn.remat(CELLS[self.cell]) if self.remat else CELLS[self.cell]
     # The carry in the compute dtype (bfloat16 under --dtype=bfloat16).
     carry_init = lambda key, shape, dtype: jnp.zeros(shape, x.dtype)
-    cell = functools.partial(cell, carry_init=carry_init)
+    cell = functools.partial(nn.remat(CELLS[self.cell]) if self.remat
+                             else CELLS[self.cell], carry_init=carry_init)
     for layer in range(self.num_layers):
       if layer > 0:
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
@@ -104,7 +104,9 @@ class Recurrent(nn.Module):
       if self.bidirectional:
         backward = nn.RNN(cell(self.hidden, name=name + "_backward"),
                           reverse=True, keep_order=True)
-        x = jnp.concatenate([forward(x), backward(x)], axis=-1)
+        # Without return_carry an nn.RNN returns its outputs alone.
+        both = [forward(x), backward(x)]
+        x = jnp.concatenate(both, axis=-1)  # type: ignore[arg-type]
       else:
         x = forward(x)
     last = x[:, -1]

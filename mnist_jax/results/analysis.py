@@ -6,7 +6,7 @@ import functools
 import importlib.util
 import os
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -184,7 +184,8 @@ def attributions(module, variables, images, targets) -> Dict[str, np.ndarray]:
   ends, logit = at(np.arange(IG_CHUNK) == 0)  # At x, then black.
   difference, steps = logit[0] - logit[1], IG_STEPS
   while True:
-    total, (nodes, weights) = 0, np.polynomial.legendre.leggauss(steps)
+    total: Any = 0  # The weighted sum of the gradients [n, H, W, C].
+    nodes, weights = np.polynomial.legendre.leggauss(steps)
     for a, w in zip(*(np.float32(v / 2).reshape(-1, IG_CHUNK)
                       for v in (nodes + 1, weights))):  # On [0, 1].
       total += np.tensordot(w, at(a)[0], 1)
@@ -297,7 +298,7 @@ def analyse(run, test, val=None, done=None) -> Dict[str, object]:
   return r
 
 
-def summary(r) -> Dict[str, object]:
+def summary(r) -> Dict[str, Any]:
   """The summary numbers of `analyse`'s result (or compare.py's
   load_analysis')."""
   at = {(c, l): a for c, l, a, _ in r["robustness"]}
@@ -366,8 +367,9 @@ def write(workdir: str, run, test, val=None,
         ("step", "accuracy", "true_class_probability"), *zip(r["reading_steps"],
         r["reading_accuracy"], r["reading_true_class_probability"])])
   with files.atomic(path(ARRAYS), "wb") as f:
-    np.savez_compressed(f, **{k: v for k, v in r.items() if k != "features"
-                              and isinstance(v, np.ndarray)})
+    arrays: Dict[str, Any] = {k: v for k, v in r.items()
+                              if k != "features" and isinstance(v, np.ndarray)}
+    np.savez_compressed(f, **arrays)
   return section(r, folder)
 
 

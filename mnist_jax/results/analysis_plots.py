@@ -3,7 +3,7 @@ a list of runs' results: one run's figure is the comparison's
 (experiments/compare.py); small images share one axes (plots.image_grid),
 each figure well under a second."""
 
-from typing import Sequence
+from typing import List, Sequence, Set
 
 import numpy as np
 
@@ -71,8 +71,9 @@ def robustness(results: Sequence[dict], path: str) -> str:
                            layout="constrained")
   for ax, (change, unit, levels) in zip(axes.flat, results[0]["changes"]):
     for i, r in enumerate(results):
-      at = [(l, 100 * a) for c, l, a, _ in r["robustness"] if c == change]
-      _line(ax, i, len(results), *zip(*at), r["label"], ms=6, mew=1.2, lw=1.2)
+      x, y = zip(*[(l, 100 * a) for c, l, a, _ in r["robustness"]
+                   if c == change])
+      _line(ax, i, len(results), x, y, r["label"], ms=6, mew=1.2, lw=1.2)
     pad = 0.04 * (max(levels) - min(levels))  # _line: no autoscale.
     ax.set(title=change, xlabel=f"Level ({unit})", xticks=levels, ylim=(0, 100),
            xlim=(min(levels) - pad, max(levels) + pad))
@@ -212,7 +213,9 @@ def attributions(results: Sequence[dict], path: str) -> str:
              f"predicted class; one scale for all {units})")
   cells = [*range(grid), *[None] * (-grid % cols), *range(grid, n)]
   cells += [None] * (-len(cells) % cols)
-  images, titles, red = [], [], set()
+  images: list = []
+  titles: List[str] = []
+  red: Set[int] = set()
   for start in range(0, len(cells), cols):
     for k, kind in enumerate(maps):
       for i in cells[start:start + cols]:

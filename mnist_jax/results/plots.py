@@ -2,7 +2,7 @@
 
 import os
 import textwrap
-from typing import Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Set
 
 import matplotlib
 import numpy as np
@@ -92,10 +92,12 @@ def learning_curves(runs, path: str, title: str = "") -> str:
   each of its seeds])]: train dashed, validation solid, a colour each, the
   mean over seeds (a band from min to max); one run's test result marked."""
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), layout="constrained")
+  every: List[int]
+  drawn: Set[str]
   colors, every, drawn = palette(len(runs)), [], set()
   for ax, key, scale, name in ((axes[0], "loss", 1.0, "Loss (cross entropy)"),
                                (axes[1], "accuracy", 100.0, "Accuracy (%)")):
-    for (label, seeds), color in zip(runs, colors):
+    for (_, seeds), color in zip(runs, colors):
       for split, style in (("train", "o--"), ("val", "s-")):
         # A value logged as null (not finite) is a gap.
         lines = [[(r["epoch"], np.nan if r.get(f"{split}_{key}") is None else
@@ -342,7 +344,8 @@ def sweep_figure(table: Sequence[dict], names: Sequence[str], title: str = ""):
   point = [r for r in table if r["values"] == chosen["values"]]
   for ax, name in zip(axes[0], names):
     others = [n for n in names if n != name]
-    lines = {}  # The other names' values -> {this name's value: records}.
+    # The other names' values -> {this name's value: records}.
+    lines: Dict[tuple, Dict[float, List[dict]]] = {}
     for r in table:
       key = tuple(r["values"][n] for n in others)
       lines.setdefault(key, {}).setdefault(r["values"][name], []).append(r)

@@ -72,7 +72,7 @@ def _headline(rows: List[dict], test: Dict[str, float], n: int,
   """report.md's top (name, value) rows, of `test` and metrics.jsonl rows."""
   epochs = [r for r in rows if "epoch" in r and "train_loss" in r]
   last = epochs[-1] if epochs else {}
-  final_row = next((r for r in reversed(rows) if "test_accuracy" in r), {})
+  final_row = metrics_log.final_row(rows) or {}
   accuracy = test["accuracy"]
   out = [("Test accuracy", f"**{100 * accuracy:.2f}%** ({n} images, "
           f"{int(round((1 - accuracy) * n))} wrong)")]
@@ -140,7 +140,7 @@ def write(workdir: str, run, test, class_names: Optional[Sequence[str]] = None,
   title = f"{config.model} ({config.preset})"
   path = lambda name: os.path.join(workdir, name)
   rows = metrics_log.read_metrics(path(metrics_log.METRICS_FILE))
-  final = next((r for r in reversed(rows) if "test_accuracy" in r), {})
+  final = metrics_log.final_row(rows) or {}
   keys = metrics.keys("test")  # The finished run's (no note) if all recorded.
   test_metrics = ({k[len("test_"):]: final[k] for k in keys} if note is None
                   and all(final.get(k) is not None for k in keys)
@@ -309,7 +309,7 @@ def sweep_table(rows: Sequence[dict]) -> List[Dict[str, Any]]:
   member, values (swept), seed, `best_val_<metric>` (over epochs) and
   `final_val_<metric>` (None without validation), `test_<metric>` (None:
   not finite or not recorded), diverged and chosen."""
-  final = next((r for r in reversed(rows) if "test_accuracy" in r), {})
+  final = metrics_log.final_row(rows) or {}
   epochs = [r for r in rows if "train_loss" in r and r.get("members")]
   out = []
   for entry in final.get("members") or ():
@@ -393,9 +393,10 @@ def members_section(config, final: dict, records: Sequence[dict]) -> List[str]:
 
 def _mean_pm(metric: metrics.Metric, values: Sequence[Optional[float]]) -> str:
   """Values of a metric (scaled, without unit), as their mean ± std."""
-  if any(v is None for v in values):
+  scaled = [metric.scale * v for v in values if v is not None]
+  if len(scaled) < len(values):
     return "n/a"
-  scaled, d = [metric.scale * v for v in values], metric.digits
+  d = metric.digits
   if len(scaled) == 1:
     return f"{scaled[0]:.{d}f}"
   return f"{np.mean(scaled):.{d}f} ± {np.std(scaled, ddof=1):.{d}f}"

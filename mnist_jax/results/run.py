@@ -7,7 +7,8 @@ import functools
 import json
 import os
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import (Any, Callable, Dict, List, Optional, Sequence, Tuple,
+                    Union)
 
 import flax.linen as nn
 import jax
@@ -141,7 +142,7 @@ class Run:
     return probs[0] if single else probs
 
   def predict(self, images, ensemble: bool = False,
-              batch_size: int = 1000) -> np.ndarray:
+              batch_size: int = 1000) -> Union[int, np.ndarray]:
     """The most probable class of each image: [N] int64 (an int for one)."""
     classes = self.probabilities(images, ensemble, batch_size).argmax(axis=-1)
     return int(classes) if classes.ndim == 0 else classes
@@ -278,7 +279,8 @@ def _checkpoint_note(workdir: str, run: Run) -> Optional[str]:
             "missing")
   state, last_row = record.status(workdir)
   if state == "diverged":
-    return (f"{workdir} diverged ({last_row.get('message', 'training')}): "
+    why = (last_row or {}).get("message", "training")
+    return (f"{workdir} diverged ({why}): "
             f"these results are of its last good checkpoint, of epoch "
             f"{run.epoch}; its settings would diverge again: lower "
             "--learning_rate or set --grad_clip, and add --overwrite to train "
@@ -321,14 +323,16 @@ def predict_files(run: Run, paths: Sequence[str],
   results = []
   for path in paths:
     try:
-      notes = []
+      notes: List[str] = []
       image = images_lib.load(path, shape, notes=notes)
-      results.append(Prediction(path, image=image, note=(notes or [None])[0]))
+      results.append(Prediction(path, image=image,
+                                note=notes[0] if notes else None))
     except images_lib.ImageError as e:
       results.append(Prediction(path, error=str(e)))
   good = [r for r in results if r.error is None]
   if good:
-    probs = run.probabilities(np.stack([r.image for r in good]), ensemble,
+    probs = run.probabilities(np.stack([r.image for r in good
+                                        if r.image is not None]), ensemble,
                               batch_size=len(good))
     names = datasets.class_names(run.config.dataset)
     for r, p in zip(good, probs):
@@ -364,12 +368,12 @@ def print_predictions(workdir: str, paths: Sequence[str],
                         **({} if r.error is None else {"error": r.error}),
                         **({} if r.note is None else {"note": r.note})}),
             file=out)
-    elif r.error is None:
+    elif r.probabilities is not None and r.digit is not None:  # No error.
       probs = " ".join(f"{names[i]}:{p:.3f}"
                        for i, p in enumerate(r.probabilities))
       print(f"{r.file}: {r.name} ({100 * r.probabilities[r.digit]:.1f}%)  "
             f"probabilities {probs}", file=out)
-    if plot and r.error is None:
+    if plot and r.image is not None:  # No error.
       # matplotlib only for --plot: a training run starts without it.
       from mnist_jax.results import plots  # pylint: disable=g-import-not-at-top
       folder = os.path.join(workdir, PLOT_DIR)

@@ -28,7 +28,7 @@ import json
 import os
 import sys
 import time
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -81,7 +81,8 @@ def _answer(module, every: int, apply_fn, variables, x):
   logits = train.logits_of(apply_fn, variables, x[None, None])[0, 0]
   nodes, weights = np.polynomial.legendre.leggauss(analysis.IG_STEPS)
   grads, _ = analysis.target_gradients(
-      module, variables, np.float32((nodes + 1) / 2)[:, None, None, None] * x,
+      module, variables,
+      ((nodes + 1) / 2).astype(np.float32)[:, None, None, None] * x,
       jnp.full(len(nodes), jnp.argmax(logits)))
   ig = x * jnp.tensordot(np.float32(weights / 2), grads, 1)
   return (logits, ig.sum(-1), jax.nn.softmax(analysis.forward(
@@ -128,7 +129,7 @@ class Model:
     probs = run_lib.softmax(logits)
     top = int(np.argmax(probs))
     inked = (np.unique(analysis.unit_of_pixel(self.reads, self.shape)[
-        image.max(-1) > 0]) if self.reads else [])
+        image.max(-1) > 0]) if self.reads else np.zeros(0, np.int64))
     return {"name": self.name, "top": top, "class": self.classes[top],
             "probabilities": np.round(probs, 4).tolist(),
             "attribution": np.round(ig, 3).tolist(),
@@ -156,8 +157,8 @@ def load(paths: Sequence[str], **overrides) -> List[Model]:
     loaded.append(model)
   if refused and not loaded:
     raise refused[0][1]
-  for path, e in refused:
-    print(f"warning: skipped {path}, serving the others: {e}",
+  for path, error in refused:
+    print(f"warning: skipped {path}, serving the others: {error}",
           file=sys.stderr, flush=True)
   return loaded
 
@@ -184,15 +185,15 @@ def _released(decode):
   try:
     return decode()
   finally:
-    if LIBC is not None:
-      LIBC.malloc_trim(0)
+    if MALLOC_TRIM is not None:
+      MALLOC_TRIM(0)
 
 
+MALLOC_TRIM: Optional[Callable[[int], int]]
 try:  # glibc's allocator keeps what a thread freed for its next allocation.
-  LIBC = ctypes.CDLL("libc.so.6")
-  LIBC.malloc_trim  # pylint: disable=pointless-statement
+  MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
 except (OSError, AttributeError):
-  LIBC = None
+  MALLOC_TRIM = None
 
 
 class Server(http.server.ThreadingHTTPServer):
@@ -215,7 +216,7 @@ class Server(http.server.ThreadingHTTPServer):
   def answer(self, body: bytes) -> Dict[str, object]:
     """Every run's answer for one uploaded image (its file's bytes), or
     ImageError; `input`: the image as the models see it."""
-    start, notes = time.perf_counter(), []
+    start, notes = time.perf_counter(), list[str]()
     inputs = self.decoder.submit(_released, lambda: {s: images_lib.load(
         io.BytesIO(body), s, "the upload", MAX_PIXELS, notes)
         for s in {m.shape for m in self.loaded}}).result()
@@ -225,7 +226,7 @@ class Server(http.server.ThreadingHTTPServer):
     runs = [m.result(s) if ok else {"name": m.name, "gone": self.gone[m.path]}
             for m, s, ok in zip(self.loaded, started, here)]
     return {"input": inputs[self.loaded[0].shape].tolist(), "runs": runs,
-            "note": (notes or [None])[0],  # images.NO_DIGIT, as predict's.
+            "note": notes[0] if notes else None,  # images.NO_DIGIT.
             "ms": round(1000 * (time.perf_counter() - start), 1)}
 
   def present(self, model: "Model") -> bool:
@@ -355,7 +356,7 @@ def main(paths: Sequence[str], host: str = "127.0.0.1", port: int = 0,
                       "pass another --port (0: a free one) or --host") from None
     with server:
       address = f"http://{host}:{server.server_address[1]}/"
-      if not ipaddress.ip_address(server.server_address[0]).is_loopback:
+      if not ipaddress.ip_address(str(server.server_address[0])).is_loopback:
         print(f"warning: --host={host}: the page is reachable from the "
               f"network, by anyone who can reach port "
               f"{server.server_address[1]} of this machine; --host=127.0.0.1 "

@@ -6,7 +6,7 @@ import dataclasses
 import os
 import shutil
 import signal
-from typing import Optional
+from typing import Any, Dict, List, Optional
 
 from absl import flags
 
@@ -25,7 +25,8 @@ from mnist_jax.training import devices
 def _preset_help() -> str:
   """Every preset, naming its models where not all have it, then those
   holding out no validation data: "seed (linear, cnn), best"."""
-  having, empty = {}, {}
+  having: Dict[str, List[str]] = {}
+  empty: Dict[str, List[str]] = {}
   for model, spec in models.MODELS.items():
     for preset in spec.presets:
       having.setdefault(preset, []).append(model)
@@ -51,9 +52,9 @@ def define_settings() -> None:
     defaults = {repr(models.get(m).settings[name].default) for m in owners}
     help_text = declared.help + (f"; {'/'.join(owners)} only" if owners else
                                  lists.get(name, ""))
-    args = dict(default=None if len(defaults) > 1 or name == "sweep" else
-                declared.default,
-                help=help_text, module_name=declared.group)
+    args: Dict[str, Any] = dict(
+        default=None if len(defaults) > 1 or name == "sweep" else
+        declared.default, help=help_text, module_name=declared.group)
     if name == "sweep":
       flags.DEFINE_multi_string(name, **args)
       flags.FLAGS[name].help = help_text  # Says "repeat" itself.
@@ -72,7 +73,7 @@ def overrides(flag_values: flags.FlagValues) -> dict:
   if "sweep" in values:
     values["sweep"] = config_lib.sweep_text(values["sweep"],
                                            flag_values.model)
-  for name in config_lib.sweep_grid(values.get("sweep", "")):
+  for name in config_lib.sweep_grid(values.get("sweep") or ""):
     if name in values:
       raise UserError(f"--{name} and --sweep={name}=... both set {name}; pass "
                       "its values in --sweep only")
@@ -103,7 +104,8 @@ class Command:
     """Removes the run folder this command began if it failed before its
     first checkpoint: nothing half-written passes for a run."""
     work = self.work
-    if self.fresh and os.path.isdir(work) and not checkpoints.steps(work):
+    if self.fresh and work and os.path.isdir(work) and not checkpoints.steps(
+        work):
       shutil.rmtree(work, ignore_errors=True)
       if self.existed:
         os.makedirs(work, exist_ok=True)
@@ -113,18 +115,19 @@ def run_folder(config: config_lib.Config, overwrite: bool):
   """(the folder a training command trains in, claimed by process 0; a line
   saying why, or None)."""
   process.initialize(config)
-  if not config.workdir:
-    for attempt in range(3):
-      choice = choose.choose(config, overwrite=overwrite)
-      try:
-        if devices.is_main():
-          lock.claim(choice.path)
-        return choice.path, choice.reason if choice.news else None
-      except lock.InUse:  # Another command took it a moment ago.
-        if attempt == 2:
-          raise
-  if devices.is_main():
-    lock.claim(config.workdir)
-  if not overwrite:
-    resume.check_not_diverged(config.workdir, config)
-  return config.workdir, None
+  work = config.workdir
+  if work:
+    if devices.is_main():
+      lock.claim(work)
+    if not overwrite:
+      resume.check_not_diverged(work, config)
+    return work, None
+  for attempt in range(3):
+    choice = choose.choose(config, overwrite=overwrite)
+    try:
+      if devices.is_main():
+        lock.claim(choice.path)
+      return choice.path, choice.reason if choice.news else None
+    except lock.InUse:  # Another command took it a moment ago.
+      if attempt == 2:
+        raise

@@ -13,7 +13,7 @@ on), which works without git too.
 import hashlib
 import os
 import subprocess
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.path.dirname(PACKAGE)
@@ -44,7 +44,8 @@ def _git(*args) -> str:
 def record() -> Dict:
   """This checkout's code, as config.json records it, and its diff (None
   where clean or without git) under "diff", which `begin` writes apart."""
-  out = {"commit": None, "dirty": None, "edited": [], "files": core_files(),
+  out: Dict[str, Any] = {"commit": None, "dirty": None, "edited": [],
+                         "files": core_files(),
          "diff": None}
   try:
     out["commit"] = _git("rev-parse", "HEAD").strip()

@@ -47,7 +47,7 @@ def devices_line(config: config_lib.Config, members) -> str:
       int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1):
     return ("several processes: their devices are known once they connect, "
             "when the run starts")
-  lines = []
+  lines: List[str] = []
   devices.Layout(config, models.get(config.model).stock(config), len(members),
                  lines.append)
   return lines[0] if lines else f"one {jax.default_backend().upper()} device"

@@ -70,7 +70,7 @@ def locking() -> Iterator[Dict[str, tuple]]:
       with contextlib.suppress(OSError):  # The run wrote something: it stays.
         while created:
           os.rmdir(folder)
-          created = folder != created and created
+          created = None if folder == created else created
           folder = os.path.dirname(folder)
       if fd is not None:
         os.close(fd)
@@ -91,6 +91,7 @@ def claim(workdir: str, mode: str = "train", create: bool = True) -> None:
       created = os.path.dirname(created)
     os.makedirs(key, exist_ok=True)  # Made by another meanwhile: the lock
   fd = os.open(key, os.O_RDONLY)     # decides who removes it.
+  held: Optional[int] = fd
   for attempt in range(5):  # `in_use` probes hold the lock for an instant.
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -99,12 +100,12 @@ def claim(workdir: str, mode: str = "train", create: bool = True) -> None:
       time.sleep(0.1 * (attempt + 1))
     except OSError:  # No locks on this file system: the run goes unlocked.
       os.close(fd)
-      fd = None
+      held = None
       break
   else:
     os.close(fd)
     raise InUse(workdir, mode)
-  _HELD[key] = (fd, created)
+  _HELD[key] = (held, created)
   with contextlib.suppress(OSError):  # A read-only folder: no note.
     files.write_json(os.path.join(key, LOCK_FILE), {
         "pid": os.getpid(), "host": socket.gethostname(), "mode": mode,

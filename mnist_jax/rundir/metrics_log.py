@@ -6,7 +6,7 @@ run's TensorBoard events; read back skipping damaged lines.
 import json
 import os
 import statistics
-from typing import List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from mnist_jax import files
 
@@ -76,8 +76,11 @@ def wall_time(final: dict) -> float:
   return final["wall_time_s"] - (final.get("data_time_s") or 0.0)
 
 
+def final_row(rows: Sequence[dict]) -> Optional[Dict[str, Any]]:
+  """The last of `rows` with test metrics (the final row), None if none."""
+  return next((r for r in reversed(rows) if "test_accuracy" in r), None)
+
+
 def final_metrics(workdir: str) -> Optional[dict]:
   """A run folder's final row (its test metrics), None if it has none."""
-  rows = [r for r in read_metrics(os.path.join(workdir, METRICS_FILE))
-          if "test_accuracy" in r]
-  return rows[-1] if rows else None
+  return final_row(MetricsLog(workdir).read())

@@ -10,7 +10,7 @@ import shutil
 import sys
 import time
 from importlib import metadata
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import jax
 
@@ -34,7 +34,7 @@ def environment() -> dict:
   """Package versions, Python, platform, JAX devices, and the code
   (code.py's record: the git commit, the files edited, the core's hashes;
   its diff, under "code"'s "diff", `begin` writes into the run folder)."""
-  versions = {}
+  versions: Dict[str, Optional[str]] = {}
   for name in PACKAGES:
     try:
       versions[name] = metadata.version(name)

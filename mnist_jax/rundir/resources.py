@@ -85,7 +85,7 @@ def _os_error(exc: BaseException) -> Optional[int]:
                if any(text in str(exc) for text in texts)), None)
 
 
-def machine_error(exc: BaseException, where: Optional[str],
+def machine_error(exc: Optional[BaseException], where: Optional[str],
                   config: Optional[config_lib.Config] = None
                   ) -> Optional[UserError]:
   """The one-line error of a full disk, memory, a refused write or a lost

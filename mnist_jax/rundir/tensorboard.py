@@ -15,24 +15,25 @@ import io
 import os
 import sys
 import time
-from typing import Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from PIL import Image
+
+from mnist_jax import config as config_lib
+from mnist_jax.training import metrics
 
 # tensorboardX imports PyTorch where installed (a second or more) only to
 # take torch tensors: hide it.
 _HIDE_TORCH = "torch" not in sys.modules
-sys.modules.setdefault("torch", None)
+# A None entry makes `import torch` fail (typeshed allows only modules).
+sys.modules.setdefault("torch", None)  # type: ignore[arg-type]
 try:
   import tensorboardX  # pylint: disable=g-import-not-at-top
 finally:
   if _HIDE_TORCH:
     del sys.modules["torch"]
-
-# pylint: disable=g-import-not-at-top,g-bad-import-order
-from tensorboardX.proto.summary_pb2 import Summary
-from mnist_jax import config as config_lib
-from mnist_jax.training import metrics
+# pylint: disable-next=g-import-not-at-top,g-bad-import-order
+from tensorboardX.proto.summary_pb2 import Summary  # noqa: E402 (torch hidden)
 
 FLUSH_S = 0.25  # tensorboardX's thread has events on disk this soon.
 
@@ -94,7 +95,8 @@ class Writer:
 
   def __init__(self, logdir: str, config: config_lib.Config,
                members: Sequence[Dict] = ()):
-    self.logdir, self._config, self._writers = logdir, config, []
+    self.logdir, self._config = logdir, config
+    self._writers: List[Any] = []
     self._members = [{k: v for k, v in m.items() if k in config_lib.FIELDS}
                      for m in members] if len(members) > 1 else []
     self._last_epoch = 0

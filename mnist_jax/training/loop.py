@@ -141,7 +141,8 @@ def train_and_evaluate(config, data, model, hooks: Optional[Hooks] = None):
   run = population.Population(config, model, data, hooks.message)
   state, start = hooks.start(run.init_state(), run)
   state = run.place(state, hooks.status)
-  row, val, reached = None, None, False
+  row: Dict[str, Any] = {}
+  val, reached = None, False
   try:
     for epoch in range(start.epoch,
                        1 if start.finished else config.epochs + 1):

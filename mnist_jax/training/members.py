@@ -14,8 +14,9 @@ metrics (`leader`, `chosen`); `<key>_mean`/`_std` over its point's seeds and
 `members` (each one's metrics, `diverged` if so) follow.
 """
 
+import dataclasses
 import itertools
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,8 @@ from mnist_jax import optim
 from mnist_jax.training import metrics as metrics_lib
 
 
-class Member(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class Member:
   index: int
   seed: int
   values: Dict[str, Any]
@@ -45,7 +47,8 @@ def swept(config) -> Tuple[str, ...]:
 
 def from_config(config) -> Tuple[Member, ...]:
   """Every member of a (validated) config, grid point major, seed minor."""
-  grid, out = config.sweep_grid(), []
+  grid: Dict[str, Any] = config.sweep_grid()
+  out: List[Member] = []
   for point in itertools.product(*grid.values()):
     values = dict(zip(grid, point))
     for seed in range(config.seed, config.seed + config.num_seeds):
@@ -168,14 +171,14 @@ def row(members, choice, splits: Dict[str, Optional[List[Dict]]],
   `members` (each with its learning rate from `rates`)."""
   names = {s: [m.name for m in metrics_lib.of(s)] for s in splits}
   point, member = choice
-  out = {f"{s}_{k}": _json(splits[s][member][k]) if splits[s] else None
-         for s in splits for k in names[s]}
+  out: Dict[str, Any] = {f"{s}_{k}": _json(per[member][k]) if per else None
+                         for s, per in splits.items() for k in names[s]}
   if len(members) == 1:
     return out
   seeds = points(members)[point]
   for s, per in splits.items():
     for k in names[s] if per and len(seeds) > 1 else ():
-      of_seeds = [per[i][k] for i in seeds]
+      of_seeds = [per[i][k] for i in seeds]  # type: ignore[index]  # per: set.
       out[f"{s}_{k}_mean"] = _json(np.mean(of_seeds))
       out[f"{s}_{k}_std"] = _json(np.std(of_seeds, ddof=1))
   out["members"] = []

@@ -11,7 +11,7 @@ the metrics.jsonl rows.
 
 import functools
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
 import numpy as np
@@ -70,7 +70,7 @@ class Population:
     self.splits = {name: layout.put(split) for name, split in
                    (("train", data.train), ("val", data.val),
                     ("test", data.test)) if len(split)}
-    placed = dict(axis_name=layout.axis_name,
+    placed: Dict[str, Any] = dict(axis_name=layout.axis_name,
                   batch_sharding=layout.batch_sharding)
     loss = train.LOSSES[config.loss]
     swept = members_lib.per_member(self.members, loss.reads)

@@ -160,7 +160,7 @@ def train_chunk(state: TrainState, sums, order, images, labels, first,
     return state, jax.tree.map(jnp.add, sums, step_sums), bad
 
   state, sums, first_bad = jax.lax.fori_loop(
-      0, count, step, (state, sums, jnp.asarray(-1, start.dtype)))
+      0, count, step, (state, sums, jnp.asarray(-1, jnp.result_type(start))))
   # A member that diverged before (its step at the start), or whose last
   # update overflowed with a finite loss (its step now).
   first_bad = jnp.where(diverged, start, jnp.where(

@@ -14,7 +14,7 @@ layers no lowering takes.
 import dataclasses
 import functools
 import time
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -28,7 +28,8 @@ from mnist_jax.models.kernels import lowered as lowered_lib
 
 # The backends the kernels and lowerings were measured faster on (auto).
 FASTER_ON = ("cpu",)
-KERNELS = {cnn.CNN: conv_pool.CNN}  # Stock module class -> its kernel.
+# Stock module class -> its kernel.
+KERNELS: Dict[type, type] = {cnn.CNN: conv_pool.CNN}
 RTOL, ATOL = 1e-4, 1e-5  # float32 agreement, relative to each array's scale.
 CHECK_BATCH = 4
 
@@ -124,14 +125,14 @@ def swap(stock: nn.Module, impl: str, image_shape, backend: Optional[str] = None
   """
   backend = backend or jax.default_backend()
   module, line = stock, None
-  record = {"impl": impl, "module": _name(type(stock))}
+  record: Dict[str, Any] = {"impl": impl, "module": _name(type(stock))}
   if impl == "stock" or (impl == "auto" and backend not in FASTER_ON):
     return stock, None, record
   images = np.random.default_rng(0).integers(
       0, 256, (CHECK_BATCH, *image_shape), dtype=np.uint8)
   kernel = KERNELS.get(type(stock))
   if kernel:
-    fast = kernel(**{f.name: getattr(stock, f.name)
+    fast: nn.Module = kernel(**{f.name: getattr(stock, f.name)
                      for f in dataclasses.fields(stock)
                      if f.init and f.name not in ("parent", "name")})
     why, checked = _check(stock, fast, _name(kernel), images, status)

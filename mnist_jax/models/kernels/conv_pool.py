@@ -215,8 +215,8 @@ class CNN(cnn.CNN):
             :valid_extent(x.shape[2], layers)]
     x = jnp.transpose(x, (3, 1, 2, 0))  # [B, H, W, C] -> [C, H, W, B]
     for i, width in enumerate(self.features):
-      conv = Params((3, 3, x.shape[0], width), name=f"conv_{i}")
-      x = conv_relu_pool(x, *conv(), padding=self.padding)
+      kernel, bias = Params((3, 3, x.shape[0], width), name=f"conv_{i}")()
+      x = conv_relu_pool(x, kernel, bias, self.padding)
     if self.dropout == 0:
       c, h, w, _ = x.shape
       kernel, bias = Params((h * w * c, self.dense), name="dense")()

@@ -68,7 +68,8 @@ def survey(stock: nn.Module, images: np.ndarray
            ) -> Tuple[Dict[str, str], Dict[str, List[str]]]:
   """({layer: the file lowering it}, {kind of layer no lowering takes: its
   layers}) of `stock` on `images`, in training and evaluation (traced only)."""
-  lowered, uncovered = {}, {}
+  lowered: Dict[str, str] = {}
+  uncovered: Dict[str, List[str]] = {}
 
   def record(next_fun, args, kwargs, context):
     if context.method_name == "__call__":
