@@ -44,5 +44,8 @@ setup(
         # tests/test_serve_browser.py drives Chromium (Debian's chromium and
         # chromium-driver) through it.
         "browser": ["selenium>=4.11,<5"],
+        # The linter and the type checker CI runs (pyproject.toml's settings),
+        # pinned: a new release brings new rules.
+        "lint": ["ruff==0.17.6", "mypy==2.4.1"],
     },
 )
