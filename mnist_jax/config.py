@@ -1,12 +1,9 @@
 """The run configuration: one flat, frozen dataclass shared by every module.
-
-Each field is a `launch.py` flag, declared once here (`_field`): its help,
---help group, default and the absl parser that reads and bounds it. Unset, a
-flag takes the preset's value, else the field's default. A model's own
-settings are declared by the model (`Setting`) and held by its Configs only,
-read as attributes (`config.mlp_hidden`). Values given in Python are read by
-the flags' own parsers (`parse`).
-"""
+Each field is a `launch.py` flag declared once here (`_field`: its help,
+--help group, default and the absl parser that reads and bounds it); unset,
+a flag takes the preset's value, else the default. A model's own settings
+(`Setting`) are its Configs' only, read as attributes (`config.mlp_hidden`).
+Values given in Python are read by the flags' own parsers (`parse`)."""
 
 import dataclasses
 import json
@@ -38,17 +35,18 @@ MAX_PROCESSES = 2**16
 IMAGE_SIDE = 28  # Pixels; shifts, kernels and distortions beyond it are void.
 
 
+def typed(value) -> str:
+  """A value as its flag is typed: a list comma-joined, a bool lower case."""
+  if isinstance(value, (tuple, list)):
+    return ",".join(map(str, value))
+  return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def value_text(value) -> str:
   """A setting as it is typed on the command line (unset for None)."""
   if value is None or value == [] or value == "":
     return "unset"
-  if isinstance(value, bool):
-    return str(value).lower()
-  if isinstance(value, (tuple, list)):
-    return ",".join(str(v) for v in value)
-  if isinstance(value, float):
-    return f"{value:g}"
-  return str(value)
+  return f"{value:g}" if isinstance(value, float) else typed(value)
 
 
 class Number(flags.FloatParser):
@@ -325,8 +323,7 @@ def parse(name: str, value: Any) -> Any:
   parser = SETTINGS[name].reader()
   if value is None and parser.flag_type() == "string":
     return None
-  text = (",".join(map(str, value)) if isinstance(value, (tuple, list)) else
-          str(value).lower() if isinstance(value, bool) else str(value))
+  text = typed(value)
   try:
     return parser.parse(text)
   except (TypeError, ValueError) as e:  # Worded as absl's Flag words it.

@@ -290,7 +290,7 @@ def _finish(config, workdir, data, state, final, hooks, members, model):
     run.keep_logits(data.test.images, hooks.test_logits)
   if hooks.logged is None:
     rows = hooks.rows.read() if hooks.rows is not None else []
-    last = next((r for r in reversed(rows) if "train_loss" in r), None)
+    last = (metrics_log.epoch_rows(rows) or [None])[-1]
     final = dict(final, wall_time_s=hooks.seconds(),
                  data_ready_s=hooks.data_time)
     if "time_to_target_s" in final:

@@ -70,7 +70,7 @@ def _fmt_s(seconds: Optional[float]) -> str:
 def _headline(rows: List[dict], test: Dict[str, float], n: int,
               ensemble: Optional[dict], final: dict) -> List[tuple]:
   """report.md's top (name, value) rows, of `test` and metrics.jsonl rows."""
-  epochs = [r for r in rows if "epoch" in r and "train_loss" in r]
+  epochs = metrics_log.epoch_rows(rows)
   last = epochs[-1] if epochs else {}
   final_row = metrics_log.final_row(rows) or {}
   accuracy = test["accuracy"]
@@ -310,7 +310,7 @@ def sweep_table(rows: Sequence[dict]) -> List[Dict[str, Any]]:
   `final_val_<metric>` (None without validation), `test_<metric>` (None:
   not finite or not recorded), diverged and chosen."""
   final = metrics_log.final_row(rows) or {}
-  epochs = [r for r in rows if "train_loss" in r and r.get("members")]
+  epochs = [r for r in metrics_log.epoch_rows(rows) if r.get("members")]
   out = []
   for entry in final.get("members") or ():
     i = entry["index"]

@@ -267,8 +267,8 @@ def run_note(workdir: str, run: Run) -> Optional[str]:
 
 def _checkpoint_note(workdir: str, run: Run) -> Optional[str]:
   """The checkpoint's part of run_note."""
-  rows = metrics_log.MetricsLog(workdir).read()
-  last = max((r["epoch"] for r in rows if "train_loss" in r), default=0)
+  last = max((r["epoch"] for r in metrics_log.epoch_rows(
+      metrics_log.MetricsLog(workdir).read())), default=0)
   if lock.in_use(workdir):
     return (f"{workdir} is still training (epoch {last} of "
             f"{run.config.epochs} logged): these results are "

@@ -1,21 +1,17 @@
 """`--mode=serve`: a local page to draw a digit on, or drop a photo of one, and
-watch every loaded run read it side by side: its class probabilities (on
---mode=predict's preprocessing, images.py, and its evaluation, train.logits_of),
-where it looks (the analyses' integrated gradients) and, for a model that
-reads in steps, its answer after each row (the analyses' reading lens); each
-card with its run's title and checkpoint note, as predict says them. Each
-run's forward pass, attribution and reading are one function, compiled once
-as the server starts. The pictures have the channels of each run's dataset
-(images.load): a grey digit, or a colour picture.
+watch every loaded run read it side by side: its class probabilities (as
+--mode=predict reads a picture and evaluates), where it looks (the analyses'
+integrated gradients) and, for a model that reads in steps, its answer after
+each unit (the reading lens); each card with its run's title and note, as
+predict says them. Each run's answer is one function, compiled as the server
+starts.
 
-The standard library's ThreadingHTTPServer serves it: one user on 127.0.0.1
-needs no framework, and the package gains no dependency. Only the files of
-page/ are served (looked up by name, never joined to a path). Every error,
-the standard library's refusals of a malformed request included, is one line
-of JSON {"error": ...} that the page shows: bodies over MAX_BODY, images that
-are not images or hold over MAX_PIXELS (refused before they are decoded;
-one at a time, so memory is bounded however many arrive at once). A client
-that leaves early is no error.
+The standard library's ThreadingHTTPServer serves it (no dependency), only
+page/'s files (looked up by name, never joined to a path). Every error, the
+standard library's refusals included, is one line of JSON {"error": ...}:
+bodies over MAX_BODY, images that are not images or hold over MAX_PIXELS
+(refused before they are decoded, one at a time). A client that leaves early
+is no error.
 """
 
 import concurrent.futures
@@ -63,14 +59,8 @@ DIGITS = 12  # Test digits offered to start from.
 
 def run_folders(paths: Sequence[str]) -> List[str]:
   """The run folders `paths` name: each one, or the run folders in it."""
-  found = []
-  for path in paths:
-    inside = [] if not os.path.isdir(path) or os.path.isfile(
-        os.path.join(path, record.CONFIG_FILE)) else sorted(
-            e.path for e in os.scandir(path)
-            if os.path.isfile(os.path.join(e.path, record.CONFIG_FILE)))
-    found += inside or [path]
-  return found
+  return [f for path in paths for f in (
+      [] if record.is_run(path) else record.runs_in(path)) or [path]]
 
 
 def _answer(module, every: int, apply_fn, variables, x):
@@ -96,7 +86,7 @@ class Model:
     config, self.path, self.run = run.config, path, run
     self.final = final or {}  # Its final metrics row.
     # A run folder (not a Run made in Python): the page notes its deletion.
-    self.folder = os.path.isfile(os.path.join(path, record.CONFIG_FILE))
+    self.folder = record.is_run(path)
     self.name = name = os.path.basename(os.path.normpath(path))
     self.module = models.get(config.model).stock(config)
     self.shape = datasets.get(config.dataset).image_shape
@@ -232,8 +222,7 @@ class Server(http.server.ThreadingHTTPServer):
   def present(self, model: "Model") -> bool:
     """Whether `model`'s run folder is still there; the first time it is
     not, says so in a line (`gone`: the note its card shows from then on)."""
-    if not model.folder or os.path.isfile(
-        os.path.join(model.path, record.CONFIG_FILE)):
+    if not model.folder or record.is_run(model.path):
       return True
     if model.path not in self.gone:
       self.gone[model.path] = (f"{model.path} was deleted: this page no "

@@ -214,8 +214,7 @@ def _check(workdir: str, where: str, meta: dict, model) -> None:
 def _edited(workdir: str) -> str:
   """Why a run folder's checkpoint no longer fits: its code or settings."""
   from mnist_jax.rundir import code  # pylint: disable=g-import-not-at-top
-  from mnist_jax.rundir import record  # pylint: disable=g-import-not-at-top
-  other = code.changed(record.trained_code(workdir))
+  other = code.changed(run_record.trained_code(workdir))
   if other:
     return (f"the run was trained with other code ({', '.join(other)} "
             "changed since); nothing was changed: train these settings in "

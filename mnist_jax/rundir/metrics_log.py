@@ -61,11 +61,15 @@ def read_metrics(path: str) -> List[dict]:
   return [r for r in rows if isinstance(r, dict)]
 
 
+def epoch_rows(rows: Sequence[dict]) -> List[dict]:
+  """The epochs' rows of `rows` (not the final or a divergence's)."""
+  return [r for r in rows if "epoch" in r and "train_loss" in r]
+
+
 def median_speed(rows: List[dict], key: str) -> Optional[float]:
   """The median `key` (epoch_time_s, examples_per_s) over the epochs timed
   whole: an epoch resumed mid-way (`partial_steps`) timed only its rest."""
-  values = [r[key] for r in rows if "train_loss" in r and "epoch" in r
-            and not r.get("partial_steps")]
+  values = [r[key] for r in epoch_rows(rows) if not r.get("partial_steps")]
   return statistics.median(values) if values else None
 
 

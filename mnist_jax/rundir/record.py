@@ -10,7 +10,7 @@ import shutil
 import sys
 import time
 from importlib import metadata
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import jax
 
@@ -21,6 +21,7 @@ from mnist_jax import files
 from mnist_jax.rundir import code as code_lib
 from mnist_jax.rundir import lock
 from mnist_jax.rundir import metrics_log
+from mnist_jax.rundir import process
 
 CONFIG_FILE = "config.json"
 PERMUTATION_FILE = "permutation.npy"  # --sequence=permuted: the pixel order.
@@ -66,9 +67,7 @@ def cpu() -> str:
                    if l.startswith("model name"))
   except (OSError, StopIteration):
     pass
-  cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-           else os.cpu_count())
-  return f"{model}, {cores} cores"
+  return f"{model}, {process.cores()} cores"
 
 
 def read_record(workdir: str) -> dict:
@@ -106,15 +105,24 @@ def read_config(workdir: str) -> config_lib.Config:
                     ) from None
 
 
+def is_run(path: str) -> bool:
+  """Whether `path` is a run folder (it holds config.json)."""
+  return os.path.isfile(os.path.join(path, CONFIG_FILE))
+
+
+def runs_in(folder: str) -> List[str]:
+  """The run folders in `folder`, sorted ([] where it cannot be listed)."""
+  try:
+    return sorted(e.path for e in os.scandir(folder) if is_run(e.path))
+  except OSError:
+    return []
+
+
 def _runs_within(workdir: str) -> str:
   """For a --workdir that holds run folders (`runs`): which to pass."""
-  try:
-    runs = [e.path for e in os.scandir(workdir)
-            if os.path.isfile(os.path.join(e.path, CONFIG_FILE))]
-    newest = max(runs, key=lambda p: os.path.getmtime(
-        os.path.join(p, CONFIG_FILE)), default=None)
-  except OSError:
-    return ""
+  runs = runs_in(workdir)
+  newest = max(runs, key=lambda p: os.path.getmtime(
+      os.path.join(p, CONFIG_FILE)), default=None)
   return (f"; {workdir} holds {len(runs)} run folder(s): pass one, e.g. "
           f"--workdir={newest} (the newest)") if newest else ""
 
@@ -143,12 +151,8 @@ def repeat_command(config: config_lib.Config) -> str:
   for name, value in config.to_dict().items():
     if value is None or value == "" or name == "workdir" or name in swept:
       continue
-    if isinstance(value, bool):
-      parts.append(f"--{name}" if value else f"--no{name}")
-    elif isinstance(value, (list, tuple)):
-      parts.append(f"--{name}={','.join(str(v) for v in value)}")
-    else:
-      parts.append(f"--{name}={value}")
+    parts.append((f"--{name}" if value else f"--no{name}") if isinstance(
+        value, bool) else f"--{name}={config_lib.typed(value)}")
   return shlex.join(parts)
 
 
@@ -228,8 +232,7 @@ def diverged_at(row: Optional[dict]) -> str:
 def status(workdir: str) -> Tuple[str, Optional[dict]]:
   """(state, last metrics row): "finished", "diverged" (its last row says
   so) or "unfinished" (also trained to the end, its report incomplete)."""
-  rows = metrics_log.read_metrics(
-      os.path.join(workdir, metrics_log.METRICS_FILE))
+  rows = metrics_log.MetricsLog(workdir).read()
   last = rows[-1] if rows else None
   if finished(workdir):
     return "finished", last

@@ -1,4 +1,2 @@
-"""Training, the research core: train.py (the state, steps and loop),
-optim.py, metrics.py, members.py (--num_seeds, --sweep) and devices.py
-(--parallel). Import the modules themselves; this package imports none.
-"""
+"""Training, the research core (docs/design.md's map). Import the modules
+themselves; this package imports none."""

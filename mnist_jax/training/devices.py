@@ -1,22 +1,12 @@
-"""Where a run computes: its layout over the devices of the job's processes.
-
-`Layout` wraps train.py's one-model functions for a run's members and
-devices, one of:
-  none     one device.
-  sharded  one `jax.jit` over a mesh, each batch split along it by train.py's
-           sharding constraint: one device's run, its numbers to float
-           rounding (each device sums its part of the batch first).
-  pmap     `jax.pmap`, gradients averaged: each device draws its own dropout
-           masks and augmentation.
-  members  several members, their axis split over the devices.
-Several members are vmapped on a GPU or TPU. On a CPU they run in turn, each
-its single run's program (each device its share): XLA:CPU's batched matmuls
-and grouped convolutions were slower, and summed in another order.
---parallel=auto is a rule, never a timing: one device if there is one;
-`members` for several members; `sharded` on a GPU or TPU; on a CPU host,
-split into a device per core (rundir/process.py, as for sharded and pmap),
-`sharded` for a module whose class declares DATA_PARALLEL_ON_CPU (the
-recurrent ones), else one device (docs/performance.md measures it).
+"""Where a run computes: `Layout` wraps train.py's one-model functions for a
+run's members and devices: none (one device), sharded (one `jax.jit` over a
+mesh), pmap (each device its own dropout masks) or members (their axis split
+over the devices; in turn on a CPU, vmapped elsewhere). docs/design.md's
+Layouts table says what each computes. --parallel=auto is a rule, never a
+timing: one device if there is one; `members` for several members; `sharded`
+on a GPU or TPU; on a CPU host (split into a device per core,
+rundir/process.py), `sharded` for a module whose class declares
+DATA_PARALLEL_ON_CPU (the recurrent ones), else one device.
 """
 
 import math

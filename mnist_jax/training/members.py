@@ -1,17 +1,9 @@
-"""The models a run trains together (--num_seeds, --sweep), and which is chosen.
-
-`--sweep=learning_rate=3e-4,1e-3;weight_decay=0,1e-4` is the grid of every
-combination, `--num_seeds=N` trains each point with seeds seed .. seed+N-1;
-member i, (values, seed), point major, starts from and draws what the single
-run with its values and seed does (parameters, data order, dropout masks,
-augmentation: bit for bit) and computes its numbers (on a CPU bit for bit,
-in turn; vmapped, to float rounding: devices.py). Only optimizer and loss
-numbers can be swept.
-The chosen member, by validation (never test): the point of the highest mean
-accuracy over its seeds (ties: lower mean loss, lower index), then its best
-seed; member 0 without validation. A metrics.jsonl row holds one member's
-metrics (`leader`, `chosen`); `<key>_mean`/`_std` over its point's seeds and
-`members` (each one's metrics, `diverged` if so) follow.
+"""The models a run trains together (--num_seeds, --sweep; docs/design.md's
+Members), and which is chosen: by validation (never test), the point of the
+highest mean accuracy over its seeds (ties: lower mean loss, lower index),
+then its best seed; member 0 without validation. A metrics.jsonl row holds
+one member's metrics (`leader`, `chosen`); `<key>_mean`/`_std` over its
+point's seeds and `members` (each one's metrics, `diverged` if so) follow.
 """
 
 import dataclasses
