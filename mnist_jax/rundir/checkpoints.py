@@ -1,10 +1,8 @@
-"""Checkpoints: the train state's `PARTS` (its arrays less the random streams,
-which derive from the seeds) with a JSON record (`record`: where the run
-stands, the model, SHA-256 digests of the arrays and of the record), saved as
-`workdir/checkpoints/<step>` by orbax's CheckpointManager. `restore` is the
-one way a run folder's state is read back; only verified damage is called
-damage.
-"""
+"""Checkpoints: the train state's `PARTS` (less the random streams, which
+derive from the seeds) and a JSON `record` (where the run stands, the model,
+SHA-256 digests of the arrays and of the record) in workdir/checkpoints/<step>
+by orbax. `restore` is the one way a state is read back; only verified damage
+is called damage."""
 
 import contextlib
 import dataclasses

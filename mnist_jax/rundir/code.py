@@ -1,13 +1,9 @@
 """The code a run trained with (config.json's `environment.code`), and what
-changed since: a run's results are its code's, and every mode that loads a
-run (report, predict, serve, compare, resume) says where the code it runs
-now differs.
-
-The record: the git commit, whether tracked files differed from it
-(`dirty`) and which (`edited`, with their diff in the run folder's
-edits.diff), and the SHA-256 of each file of the research core (`files`:
-data/, models/, training/, optim.py, config.py: what the numbers depend
-on), which works without git too.
+changed since: every mode that loads a run (report, predict, serve, compare,
+resume) says where the code it runs now differs. The record: the git commit,
+whether tracked files differed from it (`dirty`) and which (`edited`; their
+diff in the run folder's edits.diff), and the SHA-256 of each file of the
+research core (`files`, CORE: what the numbers depend on; without git too).
 """
 
 import hashlib

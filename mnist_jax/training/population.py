@@ -1,12 +1,9 @@
-"""A run's members on its devices, as one object the loop calls.
-
-`Population(config, model, data)` makes train.py's one-model functions (the
-state, a chunk of steps, evaluation) the population's: mapped over the
-members (members.py: who trains, which is chosen, the rows) and laid out
-over the devices (devices.Layout), jitted once, the data placed once. Its
-methods take and return the placed state, and hand the loop host values:
-each member's metric sums, divergence (errors.Diverged, with its row) and
-the metrics.jsonl rows.
+"""A run's members on its devices, as one object the loop calls:
+`Population(config, model, data)` maps train.py's one-model functions over
+the members (members.py) and lays them out over the devices (devices.Layout),
+jitted once, the data placed once. Its methods take and return the placed
+state and hand the loop host values: metric sums, divergence (errors.Diverged,
+with its row) and the metrics.jsonl rows.
 """
 
 import functools

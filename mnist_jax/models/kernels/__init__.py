@@ -1,14 +1,10 @@
-"""Fast lowerings of stock modules (--impl), each taken only once checked.
-
-A kernel (KERNELS) is a subclass of one stock module class that computes the
-whole module faster: same attributes and parameter tree, so either reads the
-other's checkpoints. Where no kernel computes the module as it is now,
-`lowered.Lowered` runs the module as written with its library layers (nn.Conv,
-nn.RNN) lowered. Either runs only after one jitted check on a random batch
-that it computes the stock module, edits and attribute values included, in
-training and evaluation (float32 tolerance); else (an exception in the check
-too) the run keeps the stock module and says why in one line, as it names the
-layers no lowering takes.
+"""Fast lowerings of stock modules (--impl), each taken only once checked
+(docs/design.md's Kernels). A kernel (KERNELS) subclasses one stock module
+class with the same attributes and parameter tree; where none computes the
+module as it is now, `lowered.Lowered` runs it as written with its library
+layers (nn.Conv, nn.RNN) lowered. Either runs only after one jitted check on
+a random batch, in training and evaluation (float32 tolerance); else the run
+keeps the stock module and says why in one line.
 """
 
 import dataclasses
