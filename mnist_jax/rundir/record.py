@@ -79,6 +79,14 @@ def read_record(workdir: str) -> dict:
   return record
 
 
+def _record_or_empty(workdir: str) -> dict:
+  """config.json as a dict, {} where it is missing or not one."""
+  try:
+    return read_record(workdir)
+  except (OSError, ValueError, TypeError):
+    return {}
+
+
 def read_config(workdir: str) -> config_lib.Config:
   """The Config a run folder was trained with; a UserError that deletes
   nothing if config.json is no run's record."""
@@ -196,10 +204,7 @@ def begin(workdir: str, config: config_lib.Config, env: dict, *,
 def trained_code(workdir: str) -> dict:
   """The code a run last trained with (its latest resumption's, else its
   start's): code.py's record, {} where unknown."""
-  try:
-    record = read_record(workdir)
-  except (OSError, ValueError, TypeError):
-    return {}
+  record = _record_or_empty(workdir)
   envs = [record.get("environment")] + [
       r.get("environment") for r in record.get("resumes") or []
       if isinstance(r, dict)]
@@ -217,10 +222,7 @@ def finish(workdir: str, final: dict) -> None:
 
 def finished(workdir: str) -> bool:
   """Whether config.json records the run complete (`finish`)."""
-  try:
-    return bool(read_record(workdir).get("finished"))
-  except (OSError, ValueError, TypeError):
-    return False
+  return bool(_record_or_empty(workdir).get("finished"))
 
 
 def diverged_at(row: Optional[dict]) -> str:
