@@ -45,7 +45,8 @@ setup(
         # chromium-driver) through it.
         "browser": ["selenium>=4.11,<5"],
         # The linter and the type checker CI runs (pyproject.toml's settings),
-        # pinned: a new release brings new rules.
-        "lint": ["ruff==0.17.6", "mypy==2.4.1"],
+        # one release each (its floor, pinned in .ci/floors.txt too): a new
+        # release brings new rules.
+        "lint": ["ruff>=0.17.6,<0.17.7", "mypy>=2.4.1,<2.4.2"],
     },
 )
