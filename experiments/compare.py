@@ -9,19 +9,14 @@ r"""Compares finished runs (or trains them first): tables, figures, analyses.
   python experiments/compare.py --train=mlp --vary=mlp_hidden=256/512,256 \
       --vary=dropout=0/0.2 --out=comparison
 
-Writes into OUT comparison.md and comparison.csv (a row per configuration:
-each test metric's mean and sample std (n-1, as report.md) over its seeds),
-runs.csv (a row per run and seed), accuracy.png, accuracy_vs_time.png,
-learning_curves.png, and analysis.md with analysis_*.png, what each learned
-side by side (--no-analyses: not). A configuration is a run's settings and
-code (config.json's environment.code), labelled by what differs from its
-preset ("gru (tuned, --epochs=2, code edited: models/recurrent.py)"). A
-member of a --num_seeds or --sweep run is its configuration's run of its
-seed, charged its share of the program's time; a configuration and seed
-found twice counts once. Diverged runs and folders not compared are named
-with why; with none left the command exits 1. Times are wall times (data
-ready to test metrics, as the README's); epoch times and examples/s are
-medians over the epochs timed whole.
+Writes into OUT comparison.md and .csv (a row per configuration of settings
+and code, labelled by what differs from its preset: each test metric's mean
+and sample std (n-1) over its seeds), runs.csv (a row per run and seed; a
+member of a --num_seeds or --sweep run is one, charged its share of the
+program's time), accuracy.png, accuracy_vs_time.png, learning_curves.png,
+and analysis.md with analysis_*.png, what each learned (--no-analyses: not).
+Runs diverged or not compared are named with why; with none left the command
+exits 1. Times are wall times (data ready to test metrics, as the README's).
 """
 
 import argparse
@@ -86,7 +81,7 @@ def _runs_in(path: str) -> Tuple[List[str], Optional[Tuple[str, str]]]:
 
 
 def _left_out(run_dir: str, settings_read: bool) -> Tuple[str, str]:
-  """(why `run_dir` is not compared, what to do): its settings not read, or
+  """(why `run_dir` is not compared, what to do): its settings unread, or
   no final row."""
   name, fix = record.CONFIG_FILE, "restore it from a copy, or compare others"
   try:
@@ -141,11 +136,11 @@ def summarize(run_dir: str) -> Optional[dict]:
           **{k: final.get(k) for k in metrics.keys("test")},
           "epochs": final.get("epochs_run", len(epochs)),
           "wall_time_s": metrics_log.wall_time(final),
-          "data_time_s": final.get("data_ready_s", final.get("data_time_s")),
+          "data_time_s": final.get("data_ready_s"),
           "compile_time_s": final.get("compile_time_s"), "curve": epochs,
           **{k: metrics_log.median_speed(epochs, k) for k in TIMES[1:]},
-          "member": None, "program_members": 1, "last_row": rows[-1],
-          "final": final, "diverged": diverged(rows[-1], final, epochs)}
+          "member": None, "program_members": 1, "final": final,
+          "diverged": diverged(rows[-1], final, epochs), "last": rows[-1]}
 
 
 def split_members(s: dict) -> List[dict]:
@@ -154,28 +149,26 @@ def split_members(s: dict) -> List[dict]:
   entries = s["final"].get("members") or s["final"].get("replicas")
   if not entries:
     return [s]
-  n, out = len(entries), []
+  n = len(entries)
   share = {k: s[k] / n for k in ("wall_time_s", "epoch_time_s",
                                  "compile_time_s", "data_time_s")
            if s[k] is not None}
   share["examples_per_s"] = s["examples_per_s"] and s["examples_per_s"] * n
-  rows = [{**r, "members": r.get("members") or r["replicas"]}  # Older name.
-          for r in s["curve"]]
-  for m, entry in zip(members_lib.from_config(s["config"]), entries):
-    curve = members_lib.member_rows(rows, m.index)
-    out.append({**s, **share, "program_members": n, "config": m.config,
-                "seed": m.seed, "member": m.index, "curve": curve,
-                **{k: entry.get(k) for k in metrics.keys("test")},
-                "diverged": diverged(s["last_row"], entry, curve)})
-  return out
+  return [{**s, **share, "program_members": n, "config": m.config,
+           "seed": m.seed, "member": m.index, "curve": curve,
+           **{k: entry.get(k) for k in metrics.keys("test")},
+           "diverged": diverged(s["last"], entry, curve)}
+          for m, entry in zip(members_lib.from_config(s["config"]), entries)
+          for curve in [members_lib.member_rows([  # "replicas": older runs'.
+              {**r, "members": r.get("members") or r["replicas"]}
+              for r in s["curve"]], m.index)]]
 
 
 def read_runs(paths: Sequence[str]) -> Tuple[List[dict], list]:
   """(every finished run's summaries, a member each; [(folder, what keeps it
   out, what to do)])."""
-  skipped: list = []
   summaries: List[dict] = []
-  seen = set()
+  skipped, seen = [], set()
   for path in paths:
     runs, problem = _runs_in(path)
     skipped += [(path, *problem)] if problem else []
@@ -199,31 +192,27 @@ def read_runs(paths: Sequence[str]) -> Tuple[List[dict], list]:
 
 
 def where(s: dict) -> str:
-  return s["run"] if s.get("member") is None else (
+  return s["run"] if s["member"] is None else (
       f"member {s['member']} of {s['run']}")
 
 
 # Configurations: settings and code.
 
-def _settings(s: dict) -> tuple:
-  return tuple(sorted((k, str(v)) for k, v in s["config"].to_dict().items()
-                      if k not in NOT_CONFIGURATION))
-
-
-def _with_code(summaries: Sequence[dict]) -> List[dict]:
-  """Each summary with its `key`: its settings and core files' hashes, or
-  where it recorded none (an older run), those most runs of its settings
-  have."""
+def _with_key(summaries: Sequence[dict]) -> List[dict]:
+  """Each summary with its configuration's `key`: its settings and its core
+  files' hashes, or where it recorded none (an older run), those most runs
+  of its settings have."""
   known: Dict[tuple, List] = {}
   for s in summaries:
     found = s["code"].get("files")
-    s["key"] = (_settings(s), tuple(sorted(found.items())) if isinstance(
-        found, dict) else None)
+    s["key"] = (tuple(sorted((k, str(v)) for k, v in s["config"].to_dict(
+    ).items() if k not in NOT_CONFIGURATION)), tuple(sorted(
+        found.items())) if isinstance(found, dict) else None)
     known.setdefault(s["key"][0], []).append(s["key"][1])
   for s in summaries:
-    keys = [k for k in known[s["key"][0]] if k is not None]
-    if s["key"][1] is None and keys:
-      s["key"] = (s["key"][0], max(keys, key=keys.count))
+    codes = [k for k in known[s["key"][0]] if k is not None]
+    if s["key"][1] is None and codes:
+      s["key"] = (s["key"][0], max(codes, key=codes.count))
   return list(summaries)
 
 
@@ -267,7 +256,7 @@ def group(summaries: Sequence[dict]) -> List[dict]:
   """The runs of each configuration (all but the seed equal) as a group,
   ordered by the registry, then by the settings that tell them apart."""
   found: Dict[tuple, List[dict]] = {}
-  for s in _with_code(summaries):
+  for s in _with_key(summaries):
     found.setdefault(s["key"], []).append(s)
   out = [{**{k: runs[0][k] for k in ("model", "preset", "config", "code",
                                      "parameters")},
@@ -316,20 +305,19 @@ def _notes(groups, dropped, gone, skipped) -> List[str]:
   notes = []
   for what, count in (("epochs", lambda g: g["config"].epochs),
                       ("seeds", lambda g: len(g["seeds"]))):
-    counts = {g["label"]: count(g) for g in groups}
-    if len(set(counts.values())) > 1:
+    if len({count(g) for g in groups}) > 1:
       notes.append(f"The configurations differ in {what}: " + ", ".join(
-          f"{label} {n}" for label, n in counts.items()) + ".")
+          f"{g['label']} {count(g)}" for g in groups) + ".")
   single = [g["label"] for g in groups if len(g["runs"]) == 1]
-  spread = [_mean_std(g["test_accuracy"])[1] for g in groups
+  spread = [f"{100 * _mean_std(g['test_accuracy'])[1]:.2f}" for g in groups
             if len(g["runs"]) > 1]
   if len(groups) > 1 and single:
     notes.append(f"Ranked on one seed: {', '.join(single)}. " + (
-        "The seed-to-seed spread of the others is " + ", ".join(
-            f"{100 * s:.2f}" for s in spread) + " points of test accuracy "
-        "(standard deviation): a smaller difference is no ranking."
-        if spread else "With no configuration of several seeds, the "
-        "spread is unknown: train more (--seeds=0,1,2) before ranking."))
+        f"The seed-to-seed spread of the others is {', '.join(spread)} "
+        "points of test accuracy (standard deviation): a smaller difference "
+        "is no ranking." if spread else "With no configuration of several "
+        "seeds, the spread is unknown: train more (--seeds=0,1,2) before "
+        "ranking."))
   shared = sorted({(s["run"], s["program_members"]) for g in groups
                    for s in g["runs"] if s["program_members"] > 1})
   if shared:
@@ -344,10 +332,7 @@ def _notes(groups, dropped, gone, skipped) -> List[str]:
        "why)", [f"{where(s)} ({s['diverged']})" for s in gone]),
       ("Counted once (the same configuration and seed)",
        [f"{where(a)} left out for {where(b)}" for a, b in dropped]),
-      ("Not compared", [f"{f} ({what}; {fix})" for f, what, fix in skipped]),
-      ("Run before the data's loading time was recorded (their times hold "
-       "it)", [s["run"] for g in groups for s in g["runs"]
-               if s["data_time_s"] is None])):
+      ("Not compared", [f"{f} ({what}; {fix})" for f, what, fix in skipped])):
     notes += [f"{text}: {'; '.join(items)}."] if items else []
   return [line for n in notes for line in (n, "")]
 
@@ -356,29 +341,30 @@ def write_tables(groups, out, dropped=(), gone=(), skipped=()) -> None:
   """comparison.csv, runs.csv and comparison.md."""
   test, tested = metrics.keys("test"), metrics.of("test")
   span = lambda v: str(min(v)) if min(v) == max(v) else f"{min(v)}-{max(v)}"
-  rows = []
+  rows: List[list] = [["model", "preset", "label", "runs", "seeds",
+                       "parameters",
+           *(f"{k}_{s}" for k in test for s in ("mean", "std")), "epochs",
+           "wall_time_s_mean", "wall_time_s_std", "epoch_time_s_mean",
+           "examples_per_s_mean"]]
   for g in groups:
     m = {k: _mean_std(g[k]) for k in (*test, *TIMES)}
     rows.append([g["model"], g["preset"], g["label"], len(g["runs"]),
                  " ".join(map(str, g["seeds"])), g["parameters"],
                  *(f"{v:.6f}" for k in test for v in m[k]), span(g["epochs"]),
-                 f"{m['wall_time_s'][0]:.2f}", "" if max(
-                     g["program_members"]) > 1 else
-                 f"{m['wall_time_s'][1]:.2f}", f"{m['epoch_time_s'][0]:.3f}",
-                 f"{m['examples_per_s'][0]:.0f}"])
-  files.write_csv(os.path.join(out, "comparison.csv"), [[
-      "model", "preset", "label", "runs", "seeds", "parameters",
-      *(f"{k}_{s}" for k in test for s in ("mean", "std")), "epochs",
-      "wall_time_s_mean", "wall_time_s_std", "epoch_time_s_mean",
-      "examples_per_s_mean"]] + rows)
+                 f"{m['wall_time_s'][0]:.2f}", "" if max(g["program_members"])
+                 > 1 else f"{m['wall_time_s'][1]:.2f}",
+                 f"{m['epoch_time_s'][0]:.3f}", f"{m['examples_per_s'][0]:.0f}"])
+  files.write_csv(os.path.join(out, "comparison.csv"), rows)
   columns = [c.partition(":")[::2] for c in (
       "model preset label seed run member program_members parameters".split()
       + [f"{k}:.6f" for k in test] + "epochs wall_time_s:.2f data_time_s:.2f "
       "compile_time_s:.2f epoch_time_s:.3f examples_per_s:.0f diverged "
       "skipped".split())]
-  row = lambda s, label: ["" if v is None else format(v, f) for c, f in columns
-                          for v in [{**s, "label": label, "compile_time_s": s.get(
-                              "compile_time_s") or 0}.get(c)]]
+
+  def row(s: dict, label: str) -> list:
+    s = {**s, "label": label, "compile_time_s": s.get("compile_time_s") or 0}
+    return ["" if s.get(c) is None else format(s[c], f) for c, f in columns]
+
   files.write_csv(os.path.join(out, "runs.csv"), [
       [c for c, _ in columns],
       *(row(s, g["label"]) for g in groups for s in g["runs"]),
@@ -464,12 +450,10 @@ def accuracy_time_figure(groups):
   labels = group_labels(groups)
   fig, ax = plt.subplots(figsize=(min(6.5 + 0.06 * max(map(len, labels)), 12),
                                   4.8), layout="constrained")
-  every_acc, every_time = [], []
-  for i, (g, color, label) in enumerate(zip(groups, plots.palette(
+  accs = [100 * np.asarray(g["test_accuracy"]) for g in groups]
+  times = [np.asarray(g["wall_time_s"], np.float64) for g in groups]
+  for i, (acc, t, color, label) in enumerate(zip(accs, times, plots.palette(
       len(groups)), labels)):
-    acc = 100 * np.asarray(g["test_accuracy"])
-    t = np.asarray(g["wall_time_s"], np.float64)
-    every_acc, every_time = every_acc + list(acc), every_time + list(t)
     marker = MARKERS[i % len(MARKERS)]
     if len(acc) > 1:
       ax.plot(t, acc, marker, color=color, alpha=0.35, ms=4, ls="none")
@@ -479,17 +463,17 @@ def accuracy_time_figure(groups):
     ax.errorbar(t.mean(), acc.mean(), xerr=xerr, yerr=_mean_std(acc)[1]
                 if len(acc) > 1 else None, fmt=marker, color=color, ms=8,
                 capsize=3, label=label, clip_on=False)
-  log = max(every_time) > 10 * min(every_time)
+  low = accuracy_floor(np.concatenate(accs))
+  log = max(map(max, times)) > 10 * min(map(min, times))
   if log:
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     plots.plain_ticks(ax.xaxis)
-  ax.set_ylim(accuracy_floor(every_acc), 100)
-  ax.set_xlabel(WALL_TIME + ("; log scale" if log else "") + (
-      "\nA member of a --num_seeds or --sweep run: its share, the run's "
-      "time / its members" if any(m > 1 for g in groups
-                                  for m in g["program_members"]) else ""))
-  ax.set_ylabel(f"Test accuracy (%; from {accuracy_floor(every_acc):g})")
+  ax.set(ylim=(low, 100), ylabel=f"Test accuracy (%; from {low:g})",
+         xlabel=WALL_TIME + ("; log scale" if log else "") + (
+             "\nA member of a --num_seeds or --sweep run: its share, the "
+             "run's time / its members" if any(max(g["program_members"]) > 1
+                                               for g in groups) else ""))
   ax.grid(alpha=0.3, which="both")
   ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1),
             borderaxespad=0)
@@ -497,11 +481,10 @@ def accuracy_time_figure(groups):
 
 
 def plot_accuracy(groups, path: str) -> str:
-  return plots.save(accuracy_figure(groups), path, "Test accuracy per "
-                    "configuration " + ("(bar: mean over seeds, whisker: std, "
-                                        "dots: each run)" if _several(groups)
-                                        else "(one seed each: no spread "
-                                        "shown)"))
+  how = ("bar: mean over seeds, whisker: std, dots: each run"
+         if _several(groups) else "one seed each: no spread shown")
+  return plots.save(accuracy_figure(groups), path,
+                    f"Test accuracy per configuration ({how})")
 
 
 def plot_accuracy_time(groups, path: str) -> str:
@@ -675,20 +658,20 @@ def compare(paths, out: str, log=print, analyses: bool = False,
   gone = [s for s in summaries if s["diverged"]]
   kept: Dict[tuple, dict] = {}
   dropped = []  # (left out, kept): a run folder before a member, else first.
-  for s in _with_code([s for s in summaries if not s["diverged"]]):
+  for s in _with_key([s for s in summaries if not s["diverged"]]):
     first = kept.setdefault((s["key"], s["seed"]), s)
     if first is not s:
       if first["member"] is not None and s["member"] is None:
         kept[(s["key"], s["seed"])], s = s, first
       dropped.append((s, kept[(s["key"], s["seed"])]))
+  if not kept and len(skipped) == 1 and not gone:
+    raise UserError("{} {}; {}".format(*skipped[0]))
   if not kept:
-    raise UserError(
-        "{} {}; {}".format(*skipped[0]) if len(skipped) == 1 and not gone
-        else "no run to compare: " + "; ".join(
-            [f"{f} {what} ({fix})" for f, what, fix in skipped] +
-            [f"{where(s)} {s['diverged']}" for s in gone]) if skipped or gone
-        else "none of the runs has finished; train them first (python "
-        "launch.py --model=NAME --workdir=DIR)")
+    raise UserError("no run to compare: " + "; ".join(
+        [f"{f} {what} ({fix})" for f, what, fix in skipped] +
+        [f"{where(s)} {s['diverged']}" for s in gone]) if skipped or gone else
+                    "none of the runs has finished; train them first (python "
+                    "launch.py --model=NAME --workdir=DIR)")
   for folder, what, fix in skipped:
     (warn or (lambda line: print(line, file=sys.stderr)))(
         f"skipping {folder}: it {what}; {fix}")
@@ -720,23 +703,20 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   p.add_argument("runs", nargs="*", help="run folders, or folders of them")
   p.add_argument("--out", default="comparison", help="the tables' folder")
   p.add_argument("--analyses", action=argparse.BooleanOptionalAction,
-                 default=True, help="write OUT/analysis.md, the runs' "
-                 "analyses side by side (--no-analyses: not)")
+                 default=True, help="write OUT/analysis.md (and its figures)")
   p.add_argument("--train", type=names, default=[],
                  help="models to train first (e.g. linear,cnn,gru)")
   p.add_argument("--seeds", type=lambda t: [int(s) for s in names(t)],
                  default=[0], help="--train: each model's seeds (0,1,2)")
-  p.add_argument("--vary", action="append", default=[], help="--train: a "
-                 "setting to train several values of, NAME=V1/V2/... (e.g. "
-                 "mlp_hidden=256/512,256); repeat for a grid")
+  p.add_argument("--vary", action="append", default=[], help="--train: "
+                 "values of a setting, NAME=V1/V2/...; repeat for a grid")
   p.add_argument("--runs_root", default=os.path.join("runs", "compare"),
                  help="--train: where the run folders go (MODEL-seedN)")
   p.add_argument("--preset", default="tuned", help="--train: every model's")
-  p.add_argument("--epochs", type=int, default=None,
-                 help="--train: epochs (default: the preset's)")
-  p.add_argument("--data_dir", default=None, help="--train: tfds data dir")
-  p.add_argument("--mnist_dir", default=None,
-                 help="--train: folder with the IDX files")
+  p.add_argument("--epochs", type=int, help="--train: epochs (default: the "
+                 "preset's)")
+  p.add_argument("--data_dir", help="--train: tfds data dir")
+  p.add_argument("--mnist_dir", help="--train: folder with the IDX files")
   args = p.parse_args(argv)
   paths = list(args.runs)
   if args.train:
