@@ -1,38 +1,22 @@
-r"""Compares finished runs (or trains them first): tables, plots, analyses.
+r"""Compares finished runs (or trains them first): tables, figures, analyses.
 
-  # Compare run folders (a folder of run folders works too):
+  # Run folders (a folder of run folders works too):
   python experiments/compare.py runs/linear runs/cnn runs/gru --out=comparison
-  # Train each model (and seed) first, then compare; finished runs are reused:
+  # Train each model and seed first (finished runs are reused), then compare:
   python experiments/compare.py --train=linear,mlp,cnn,rnn,lstm,gru \
       --seeds=0,1,2 --runs_root=runs/compare --out=comparison
-  # Train several values of settings a --sweep cannot vary (one run each):
+  # Train values of settings a --sweep cannot vary (a run each):
   python experiments/compare.py --train=mlp --vary=mlp_hidden=256/512,256 \
       --vary=dropout=0/0.2 --out=comparison
 
-Writes OUT/comparison.md and OUT/comparison.csv (a row per configuration:
-each test metric's mean and sample standard deviation (n-1, as report.md)
-over its seeds), OUT/runs.csv (a row per run and seed), OUT/accuracy.png,
-OUT/accuracy_vs_time.png, OUT/learning_curves.png, and OUT/analysis.md with
-OUT/analysis_*.png: what each configuration learned, side by side (a folder
-without analysis/ gets it written first; --no-analyses skips them).
-
-A configuration is a run's settings and its code: runs whose code differs
-(config.json's environment.code: the research core's files) are two, labelled
-by what differs ("gru (tuned, --epochs=2, code edited: models/recurrent.py)");
-every label names the settings that differ from its preset. comparison.md
-says where configurations differ in epochs or seeds, and where a ranking
-rests on one seed each. Every member of a --num_seeds or --sweep run counts as
-the run of its own configuration and seed; the table shows its program's time
-once with its members (no ±), while runs.csv, the means and the time figure
-charge each its share. A run folder and a member with the same configuration
-and seed are one run (the folder is kept, and comparison.md says which was
-left out). A diverged run or member is named and left out of the table, means
-and plots. A folder not compared (unreadable, unfinished, diverged before its
-end, its final row lost) is named with why and what to do in comparison.md,
-runs.csv (`skipped`) and a line on stderr; with none left the command exits 1.
-Times are a run's wall time (`wall_time_s`, as the README defines it: data
-ready to test metrics); epoch times and examples/s are medians over the
-epochs timed whole.
+Writes into OUT comparison.md and .csv (a row per configuration of settings
+and code, labelled by what differs from its preset: each test metric's mean
+and sample std (n-1) over its seeds), runs.csv (a row per run and seed; a
+member of a --num_seeds or --sweep run is one, charged its share of the
+program's time), accuracy.png, accuracy_vs_time.png, learning_curves.png,
+and analysis.md with analysis_*.png, what each learned (--no-analyses: not).
+Runs diverged or not compared are named with why; with none left the command
+exits 1. Times are wall times (data ready to test metrics, as the README's).
 """
 
 import argparse
@@ -41,14 +25,12 @@ import json
 import math
 import os
 import sys
-import textwrap
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from matplotlib import ticker
 from mnist_jax import config as config_lib
 from mnist_jax import files
@@ -67,7 +49,6 @@ from mnist_jax.rundir import record
 from mnist_jax.rundir import resume
 from mnist_jax.training import members as members_lib
 from mnist_jax.training import metrics
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 # Settings that do not change what is trained: runs differing only in these
 # (and the seed) are repeats of one configuration.
@@ -76,7 +57,7 @@ NOT_CONFIGURATION = ("seed", "workdir", "data_dir", "mnist_dir", "chunk_steps",
 PLOTS = ("accuracy.png", "accuracy_vs_time.png", "learning_curves.png")
 ANALYSIS_PAGE = "analysis.md"
 TIMES = ("wall_time_s", "epoch_time_s", "examples_per_s")
-WALL_TIME = "wall time (s; data ready to test metrics, as the README's)"
+WALL_TIME = "Wall time (s; data ready to test metrics, as the README's)"
 
 
 # Reading runs.
@@ -88,21 +69,20 @@ def _runs_in(path: str) -> Tuple[List[str], Optional[Tuple[str, str]]]:
       record.CONFIG_FILE, metrics_log.METRICS_FILE))
   if not os.path.isdir(path):
     return [], ("does not exist", "pass run folders written by launch.py")
-  if is_run(path):
-    return [path], None
   try:
-    subs = sorted(filter(is_run, (os.path.join(path, d)
-                                  for d in os.listdir(path))))
+    runs = [path] if is_run(path) else sorted(filter(is_run, (
+        os.path.join(path, d) for d in os.listdir(path))))
   except OSError as e:
     return [], (f"cannot be read ({e.strerror or e})",
                 "give read access to it, or compare other folders")
-  return subs, None if subs else (
+  return runs, None if runs else (
       "is neither a run folder nor a folder of run folders (no config.json)",
       "pass run folders")
 
 
-def _unreadable(run_dir: str) -> Tuple[str, str]:
-  """(what keeps `run_dir`'s settings from being read, what to do)."""
+def _left_out(run_dir: str, settings_read: bool) -> Tuple[str, str]:
+  """(why `run_dir` is not compared, what to do): its settings unread, or
+  no final row."""
   name, fix = record.CONFIG_FILE, "restore it from a copy, or compare others"
   try:
     with open(os.path.join(run_dir, name), encoding="utf-8") as f:
@@ -115,42 +95,29 @@ def _unreadable(run_dir: str) -> Tuple[str, str]:
   except ValueError as e:  # JSONDecodeError, UnicodeDecodeError.
     return (f"has a {name} that is not valid JSON"
             f"{f' at line {e.lineno}' if hasattr(e, 'lineno') else ''}", fix)
-  return f"has a {name} with no settings this mnist_jax can use", fix
-
-
-def _no_final(run_dir: str) -> Tuple[str, str]:
-  """(its state, the command that fixes it) of a run with no final row."""
+  if not settings_read:
+    return f"has a {name} with no settings this mnist_jax can use", fix
   state, last = record.status(run_dir)
+  report = f"python launch.py --mode=report --workdir={run_dir}"
   if state == "finished":
     return ("finished, but metrics.jsonl lost its final row (a write cut "
-            "short)", "python launch.py --mode=report "
-            f"--workdir={run_dir} writes it again")
+            "short)", f"{report} writes it again")
   if state == "diverged":
     return ("diverged " + record.diverged_at(last),
             "lower its --learning_rate or set --grad_clip and train it again")
-  return ("is unfinished", f"python launch.py --mode=report "
-          f"--workdir={run_dir} completes a run trained to its end; else "
-          "its training command (config.json's \"repeat\") resumes it")
-
-
-def _tested(final: dict) -> dict:
-  """A final row's (or member's) test metrics: `test_<name>` of METRICS."""
-  return {key: final.get(key) for key in metrics.keys("test")}
-
-
-def _finite(value) -> bool:
-  return isinstance(value, (int, float)) and math.isfinite(value)
+  return ("is unfinished", f"{report} completes a run trained to its end; "
+          "else its training command (config.json's \"repeat\") resumes it")
 
 
 def diverged(last: dict, final: dict, curve: Sequence[dict]) -> Optional[str]:
   """Why a run or member counts as diverged, in a few words, or None."""
-  if last.get("diverged"):
-    return f"diverged at epoch {last.get('epoch', '?')}"
-  if final.get("diverged"):
-    return "diverged"
-  if not _finite(final.get("test_loss")):
+  finite = lambda v: isinstance(v, (int, float)) and math.isfinite(v)
+  if last.get("diverged") or final.get("diverged"):
+    return "diverged" + (f" at epoch {last.get('epoch', '?')}"
+                         if last.get("diverged") else "")
+  if not finite(final.get("test_loss")):
     return "test loss not finite"
-  if curve and not _finite(curve[-1].get("train_loss")):
+  if curve and not finite(curve[-1].get("train_loss")):
     return f"training loss not finite at epoch {curve[-1].get('epoch', '?')}"
   return None
 
@@ -166,131 +133,94 @@ def summarize(run_dir: str) -> Optional[dict]:
   return {"run": run_dir, "config": config, "code": record.trained_code(
       run_dir), "model": config.model, "preset": config.preset,
           "seed": config.seed, "parameters": final.get("num_params"),
-          **_tested(final), "epochs": final.get("epochs_run", len(epochs)),
+          **{k: final.get(k) for k in metrics.keys("test")},
+          "epochs": final.get("epochs_run", len(epochs)),
           "wall_time_s": metrics_log.wall_time(final),
-          "data_time_s": final.get("data_ready_s", final.get("data_time_s")),
+          "data_time_s": final.get("data_ready_s"),
           "compile_time_s": final.get("compile_time_s"), "curve": epochs,
-          "epoch_time_s": metrics_log.median_speed(epochs, "epoch_time_s"),
-          "examples_per_s": metrics_log.median_speed(epochs, "examples_per_s"),
-          "member": None, "program_members": 1, "last_row": rows[-1],
-          "diverged": diverged(rows[-1], final, epochs)}
+          **{k: metrics_log.median_speed(epochs, k) for k in TIMES[1:]},
+          "member": None, "program_members": 1, "final": final,
+          "diverged": diverged(rows[-1], final, epochs), "last": rows[-1]}
 
 
 def split_members(s: dict) -> List[dict]:
   """A run as one summary per member (its config, test metrics, curve,
   divergence and share of the program's times); one member: [s]."""
-  final = metrics_log.final_metrics(s["run"])
-  entries = final and (final.get("members") or final.get("replicas"))
+  entries = s["final"].get("members") or s["final"].get("replicas")
   if not entries:
     return [s]
-  share = {k: s[k] / len(entries) for k in (*TIMES[:2], "compile_time_s",
-                                             "data_time_s") if s[k] is not None}
-  share["examples_per_s"] = s["examples_per_s"] and (
-      s["examples_per_s"] * len(entries))
-  out = []
-  for m, entry in zip(members_lib.from_config(s["config"]), entries):
-    curve = members_lib.member_rows(
-        [{**r, "members": r.get("members") or r["replicas"]}
-         for r in s["curve"]], m.index)
-    out.append({**s, **share, "program_members": len(entries),
-                "config": m.config, "seed": m.seed, "member": m.index,
-                **_tested(entry), "curve": curve,
-                "diverged": diverged(s["last_row"], entry, curve)})
-  return out
+  n = len(entries)
+  share = {k: s[k] / n for k in ("wall_time_s", "epoch_time_s",
+                                 "compile_time_s", "data_time_s")
+           if s[k] is not None}
+  share["examples_per_s"] = s["examples_per_s"] and s["examples_per_s"] * n
+  return [{**s, **share, "program_members": n, "config": m.config,
+           "seed": m.seed, "member": m.index, "curve": curve,
+           **{k: entry.get(k) for k in metrics.keys("test")},
+           "diverged": diverged(s["last"], entry, curve)}
+          for m, entry in zip(members_lib.from_config(s["config"]), entries)
+          for curve in [members_lib.member_rows([  # "replicas": older runs'.
+              {**r, "members": r.get("members") or r["replicas"]}
+              for r in s["curve"]], m.index)]]
 
 
 def read_runs(paths: Sequence[str]) -> Tuple[List[dict], list]:
   """(every finished run's summaries, a member each; [(folder, what keeps it
   out, what to do)])."""
-  skipped, summaries, seen = [], [], set()
+  summaries: List[dict] = []
+  skipped, seen = [], set()
   for path in paths:
     runs, problem = _runs_in(path)
-    if problem:
-      skipped.append((path, *problem))
+    skipped += [(path, *problem)] if problem else []
     for run in runs:
       if os.path.realpath(run) in seen:
         continue
       seen.add(os.path.realpath(run))
       try:
         s = summarize(run)
-        problem = None if s else _no_final(run)
+        problem = None if s else _left_out(run, True)
       except UserError:
-        s, problem = None, _unreadable(run)
+        s, problem = None, _left_out(run, False)
       except KeyError as e:  # A final row another program wrote, or edited.
         s, problem = None, (f"has a final metrics row without {e.args[0]}",
                             "compare run folders launch.py wrote")
-      if problem:
-        skipped.append((run, *problem))
+      if s is None or problem:
+        skipped.append((run, *(problem or ())))
       else:
         summaries += split_members(s)
   return summaries, skipped
 
 
 def where(s: dict) -> str:
-  return s["run"] if s.get("member") is None else (
+  return s["run"] if s["member"] is None else (
       f"member {s['member']} of {s['run']}")
-
-
-def nothing_to_compare(skipped, gone=()) -> str:
-  """The one line that says no run is left: why each was left out."""
-  if not skipped and not gone:
-    return ("none of the runs has finished; train them first "
-            "(python launch.py --model=NAME --workdir=DIR)")
-  if len(skipped) == 1 and not gone:
-    return "{} {}; {}".format(*skipped[0])
-  return "no run to compare: " + "; ".join(
-      [f"{f} {what} ({fix})" for f, what, fix in skipped] +
-      [f"{where(s)} {s['diverged']}" for s in gone])
 
 
 # Configurations: settings and code.
 
-def _settings(s: dict) -> tuple:
-  return tuple(sorted((k, str(v)) for k, v in s["config"].to_dict().items()
-                      if k not in NOT_CONFIGURATION))
-
-
-def _with_code(summaries: Sequence[dict]) -> List[dict]:
-  """Each summary with its `code_key`: its core files' hashes, or where it
-  recorded none (an older run), those most runs of its settings have."""
+def _with_key(summaries: Sequence[dict]) -> List[dict]:
+  """Each summary with its configuration's `key`: its settings and its core
+  files' hashes, or where it recorded none (an older run), those most runs
+  of its settings have."""
   known: Dict[tuple, List] = {}
   for s in summaries:
     found = s["code"].get("files")
-    s["code_key"] = tuple(sorted(found.items())) if isinstance(
-        found, dict) else None
-    known.setdefault(_settings(s), []).append(s["code_key"])
+    s["key"] = (tuple(sorted((k, str(v)) for k, v in s["config"].to_dict(
+    ).items() if k not in NOT_CONFIGURATION)), tuple(sorted(
+        found.items())) if isinstance(found, dict) else None)
+    known.setdefault(s["key"][0], []).append(s["key"][1])
   for s in summaries:
-    keys = [k for k in known[_settings(s)] if k is not None]
-    if s["code_key"] is None and keys:
-      s["code_key"] = max(keys, key=keys.count)
+    codes = [k for k in known[s["key"][0]] if k is not None]
+    if s["key"][1] is None and codes:
+      s["key"] = (s["key"][0], max(codes, key=codes.count))
   return list(summaries)
-
-
-def _key(s: dict) -> tuple:
-  return _settings(s), s["code_key"]
-
-
-def deduplicate(summaries: Sequence[dict]):
-  """(each configuration and seed once, [(left out, kept)]): a run folder
-  is kept before a member (its times are its own), else the first."""
-  kept, dropped = {}, []
-  for s in summaries:
-    first = kept.setdefault((_key(s), s["seed"]), s)
-    if first is s:
-      continue
-    if first.get("member") is not None and s.get("member") is None:
-      kept[(_key(s), s["seed"])], s = s, first
-    dropped.append((s, kept[(_key(s), s["seed"])]))
-  return list(kept.values()), dropped
 
 
 def sort_key(value) -> tuple:
   """Orders values of any type: None, numbers (and numeric text), tuples
   element-wise, other text."""
-  if value is None:
-    return (0,)
-  if isinstance(value, (tuple, list)):
-    return (2, tuple(sort_key(v) for v in value))
+  if value is None or isinstance(value, (tuple, list)):
+    return (0,) if value is None else (2, tuple(map(sort_key, value)))
   try:
     return (1, float(value))
   except (TypeError, ValueError):
@@ -307,17 +237,17 @@ def _label(groups: List[dict]) -> None:
     by_title.setdefault(run_lib.title(g["config"].replace(
         seed=preset.seed, num_seeds=preset.num_seeds, sweep=preset.sweep)),
                         []).append(g)
+  text = config_lib.value_text
   for title, same in by_title.items():
     base = next((g for g in same if not g["code"].get("dirty")), same[0])
     settings = [g["config"].to_dict() for g in same]
     apart = [k for k in settings[0] if k not in NOT_CONFIGURATION and
-             len({config_lib.value_text(d[k]) for d in settings}) > 1]
+             len({text(d[k]) for d in settings}) > 1]
     for g, d in zip(same, settings):
       then, now = (x["code"].get("files") or {} for x in (base, g))
-      files = sorted(f for f in set(then) | set(now)
-                     if then.get(f) != now.get(f))
-      parts = [f"--{k}={config_lib.value_text(d[k])}" for k in apart] + (
-          [f"code edited: {', '.join(files)}"] if files and g is not base
+      edited = sorted(f for f in {*then, *now} if then.get(f) != now.get(f))
+      parts = [f"--{k}={text(d[k])}" for k in apart] + (
+          [f"code edited: {', '.join(edited)}"] if edited and g is not base
           else [])
       g["label"] = title[:-1] + "".join(f", {p}" for p in parts) + ")"
 
@@ -326,27 +256,22 @@ def group(summaries: Sequence[dict]) -> List[dict]:
   """The runs of each configuration (all but the seed equal) as a group,
   ordered by the registry, then by the settings that tell them apart."""
   found: Dict[tuple, List[dict]] = {}
-  for s in _with_code(summaries):
-    found.setdefault(_key(s), []).append(s)
-  out = []
-  for runs in found.values():
-    runs.sort(key=lambda s: s["seed"])
-    first = runs[0]
-    out.append({**{k: first[k] for k in ("model", "preset", "config", "code",
-                                         "parameters")},
-                "runs": runs, "seeds": [s["seed"] for s in runs],
-                "curves": [s["curve"] for s in runs],
-                **{k: [s[k] for s in runs] for k in (
-                    *metrics.keys("test"), "epochs", *TIMES,
-                    "program_members")},
-                "order": sorted((k, sort_key(v)) for k, v in
-                                first["config"].to_dict().items()
-                                if k not in NOT_CONFIGURATION)})
+  for s in _with_key(summaries):
+    found.setdefault(s["key"], []).append(s)
+  out = [{**{k: runs[0][k] for k in ("model", "preset", "config", "code",
+                                     "parameters")},
+          "runs": runs, "seeds": [s["seed"] for s in runs],
+          "curves": [s["curve"] for s in runs],
+          **{k: [s[k] for s in runs] for k in (
+              *metrics.keys("test"), "epochs", *TIMES, "program_members")}}
+         for runs in (sorted(r, key=lambda s: s["seed"])
+                      for r in found.values())]
   _label(out)
   names = list(models.MODELS)
-  return sorted(out, key=lambda g: (names.index(g["model"]) if g["model"] in
-                                    names else len(names), g["order"],
-                                    g["label"]))
+  return sorted(out, key=lambda g: (
+      names.index(g["model"]) if g["model"] in names else len(names),
+      sorted((k, sort_key(v)) for k, v in g["config"].to_dict().items()
+             if k not in NOT_CONFIGURATION), g["label"]))
 
 
 # Tables.
@@ -357,18 +282,6 @@ def _mean_std(values) -> tuple:
   if not len(a):  # No epoch timed whole (each resumed mid-way).
     return float("nan"), 0.0
   return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
-
-
-def _span(values) -> str:
-  return (str(min(values)) if min(values) == max(values)
-          else f"{min(values)}-{max(values)}")
-
-
-def _metric_cell(metric, values) -> str:
-  """A test metric's mean (± std over several seeds), as the report shows."""
-  mean, std = _mean_std(values)
-  return metric.text(mean) + (f" ± {metric.text(std)}" if len(values) > 1
-                              else "")
 
 
 def _time_cell(runs: Sequence[dict], key: str, digits: int) -> str:
@@ -385,40 +298,6 @@ def _time_cell(runs: Sequence[dict], key: str, digits: int) -> str:
           for t, m in programs.values()])
 
 
-def config_columns() -> List[str]:
-  """comparison.csv's columns: each test metric's mean and std."""
-  return ["model", "preset", "label", "runs", "seeds", "parameters",
-          *(f"{k}_{s}" for k in metrics.keys("test") for s in ("mean", "std")),
-          "epochs", "wall_time_s_mean", "wall_time_s_std", "epoch_time_s_mean",
-          "examples_per_s_mean"]
-
-
-def run_columns() -> List[Tuple[str, str]]:
-  """runs.csv's columns: (name, a value's format)."""
-  return [c.partition(":")[::2] for c in (
-      "model preset label seed run member program_members parameters".split()
-      + [f"{k}:.6f" for k in metrics.keys("test")] +
-      "epochs wall_time_s:.2f data_time_s:.2f compile_time_s:.2f "
-      "epoch_time_s:.3f examples_per_s:.0f diverged skipped".split())]
-
-
-def _config_row(g: dict) -> list:
-  m = {k: _mean_std(g[k]) for k in (*metrics.keys("test"), *TIMES)}
-  shared = any(n > 1 for n in g["program_members"])
-  return [g["model"], g["preset"], g["label"], len(g["runs"]),
-          " ".join(map(str, g["seeds"])), g["parameters"],
-          *(f"{v:.6f}" for k in metrics.keys("test") for v in m[k]),
-          _span(g["epochs"]), f"{m['wall_time_s'][0]:.2f}",
-          "" if shared else f"{m['wall_time_s'][1]:.2f}",
-          f"{m['epoch_time_s'][0]:.3f}", f"{m['examples_per_s'][0]:.0f}"]
-
-
-def _run_row(s: dict, label: str) -> list:
-  s = {**s, "label": label, "compile_time_s": s.get("compile_time_s") or 0}
-  return ["" if s.get(c) is None else format(s[c], f)
-          for c, f in run_columns()]
-
-
 def _notes(groups, dropped, gone, skipped) -> List[str]:
   """comparison.md's paragraphs above its table: what the configurations
   differ in beside their labels, how much one seed's ranking says, shared
@@ -426,20 +305,19 @@ def _notes(groups, dropped, gone, skipped) -> List[str]:
   notes = []
   for what, count in (("epochs", lambda g: g["config"].epochs),
                       ("seeds", lambda g: len(g["seeds"]))):
-    counts = {g["label"]: count(g) for g in groups}
-    if len(set(counts.values())) > 1:
+    if len({count(g) for g in groups}) > 1:
       notes.append(f"The configurations differ in {what}: " + ", ".join(
-          f"{label} {n}" for label, n in counts.items()) + ".")
+          f"{g['label']} {count(g)}" for g in groups) + ".")
   single = [g["label"] for g in groups if len(g["runs"]) == 1]
-  spread = [_mean_std(g["test_accuracy"])[1] for g in groups
+  spread = [f"{100 * _mean_std(g['test_accuracy'])[1]:.2f}" for g in groups
             if len(g["runs"]) > 1]
   if len(groups) > 1 and single:
     notes.append(f"Ranked on one seed: {', '.join(single)}. " + (
-        "The seed-to-seed spread of the others is " + ", ".join(
-            f"{100 * s:.2f}" for s in spread) + " points of test accuracy "
-        "(standard deviation): a smaller difference is no ranking."
-        if spread else "With no configuration of several seeds, the "
-        "spread is unknown: train more (--seeds=0,1,2) before ranking."))
+        f"The seed-to-seed spread of the others is {', '.join(spread)} "
+        "points of test accuracy (standard deviation): a smaller difference "
+        "is no ranking." if spread else "With no configuration of several "
+        "seeds, the spread is unknown: train more (--seeds=0,1,2) before "
+        "ranking."))
   shared = sorted({(s["run"], s["program_members"]) for g in groups
                    for s in g["runs"] if s["program_members"] > 1})
   if shared:
@@ -454,48 +332,68 @@ def _notes(groups, dropped, gone, skipped) -> List[str]:
        "why)", [f"{where(s)} ({s['diverged']})" for s in gone]),
       ("Counted once (the same configuration and seed)",
        [f"{where(a)} left out for {where(b)}" for a, b in dropped]),
-      ("Not compared", [f"{f} ({what}; {fix})" for f, what, fix in skipped]),
-      ("Run before the data's loading time was recorded (their times hold "
-       "it)", [s["run"] for g in groups for s in g["runs"]
-               if s["data_time_s"] is None])):
-    if items:
-      notes.append(f"{text}: {'; '.join(items)}.")
+      ("Not compared", [f"{f} ({what}; {fix})" for f, what, fix in skipped])):
+    notes += [f"{text}: {'; '.join(items)}."] if items else []
   return [line for n in notes for line in (n, "")]
 
 
 def write_tables(groups, out, dropped=(), gone=(), skipped=()) -> None:
   """comparison.csv, runs.csv and comparison.md."""
-  files.write_csv(os.path.join(out, "comparison.csv"),
-                  [config_columns()] + [_config_row(g) for g in groups])
+  test, tested = metrics.keys("test"), metrics.of("test")
+  span = lambda v: str(min(v)) if min(v) == max(v) else f"{min(v)}-{max(v)}"
+  rows: List[list] = [["model", "preset", "label", "runs", "seeds",
+                       "parameters",
+           *(f"{k}_{s}" for k in test for s in ("mean", "std")), "epochs",
+           "wall_time_s_mean", "wall_time_s_std", "epoch_time_s_mean",
+           "examples_per_s_mean"]]
+  for g in groups:
+    m = {k: _mean_std(g[k]) for k in (*test, *TIMES)}
+    rows.append([g["model"], g["preset"], g["label"], len(g["runs"]),
+                 " ".join(map(str, g["seeds"])), g["parameters"],
+                 *(f"{v:.6f}" for k in test for v in m[k]), span(g["epochs"]),
+                 f"{m['wall_time_s'][0]:.2f}", "" if max(g["program_members"])
+                 > 1 else f"{m['wall_time_s'][1]:.2f}",
+                 f"{m['epoch_time_s'][0]:.3f}", f"{m['examples_per_s'][0]:.0f}"])
+  files.write_csv(os.path.join(out, "comparison.csv"), rows)
+  columns = [c.partition(":")[::2] for c in (
+      "model preset label seed run member program_members parameters".split()
+      + [f"{k}:.6f" for k in test] + "epochs wall_time_s:.2f data_time_s:.2f "
+      "compile_time_s:.2f epoch_time_s:.3f examples_per_s:.0f diverged "
+      "skipped".split())]
+
+  def row(s: dict, label: str) -> list:
+    s = {**s, "label": label, "compile_time_s": s.get("compile_time_s") or 0}
+    return ["" if s.get(c) is None else format(s[c], f) for c, f in columns]
+
   files.write_csv(os.path.join(out, "runs.csv"), [
-      [c for c, _ in run_columns()],
-      *(_run_row(s, g["label"]) for g in groups for s in g["runs"]),
-      *(_run_row(s, s["model"]) for s in gone),
-      *(_run_row({"run": f, "skipped": what}, "") for f, what, _ in skipped)])
-  tested = metrics.of("test")
-  lines = ["# Model comparison", "",
-           "Mean ± sample standard deviation (n-1, as report.md) over seeds "
-           "where a configuration has several runs. Time is a run's wall "
-           "time (`wall_time_s`, as the README defines it: from the data "
-           "ready to the test metrics, compilation and evaluation in it, the "
-           "data's preparation and the report not). Epoch time and "
-           "examples/s are medians over the epochs timed whole.", "",
-           *_notes(groups, dropped, gone, skipped),
-           *files.table(
-               ["model", "preset", "runs", "parameters",
-                *(f"test {m.label}" for m in tested), "epochs", "time s",
-                "epoch time s", "examples/s"],
-               [(g["label"], g["preset"], len(g["runs"]),
-                 f"{g['parameters']:,}",
-                 *(_metric_cell(m, g[f"test_{m.name}"]) for m in tested),
-                 _span(g["epochs"]), _time_cell(g["runs"], "wall_time_s", 1),
-                 _time_cell(g["runs"], "epoch_time_s", 2),
-                 f"{_mean_std(g['examples_per_s'])[0]:,.0f}")
-                for g in groups], "ll" + "r" * (6 + len(tested))), "",
-           *(f"![{name[:-4]}]({name})\n" for name in PLOTS),
-           "Runs: [runs.csv](runs.csv); table: [comparison.csv](comparison.csv).",
-           ""]
-  files.write_text(os.path.join(out, "comparison.md"), "\n".join(lines))
+      [c for c, _ in columns],
+      *(row(s, g["label"]) for g in groups for s in g["runs"]),
+      *(row(s, s["model"]) for s in gone),
+      *(row({"run": f, "skipped": what}, "") for f, what, _ in skipped)])
+  cell = lambda m, v: m.text(_mean_std(v)[0]) + (
+      f" ± {m.text(_mean_std(v)[1])}" if len(v) > 1 else "")
+  files.write_text(os.path.join(out, "comparison.md"), "\n".join([
+      "# Model comparison", "",
+      "Mean ± sample standard deviation (n-1, as report.md) over seeds where "
+      "a configuration has several runs. Time is a run's wall time "
+      "(`wall_time_s`, as the README defines it: from the data ready to the "
+      "test metrics, compilation and evaluation in it, the data's "
+      "preparation and the report not). Epoch time and examples/s are "
+      "medians over the epochs timed whole.", "",
+      *_notes(groups, dropped, gone, skipped),
+      *files.table(
+          ["model", "preset", "runs", "parameters",
+           *(f"test {m.label}" for m in tested), "epochs", "time s",
+           "epoch time s", "examples/s"],
+          [(g["label"], g["preset"], len(g["runs"]), f"{g['parameters']:,}",
+            *(cell(m, g[f"test_{m.name}"]) for m in tested),
+            span(g["epochs"]), _time_cell(g["runs"], "wall_time_s", 1),
+            _time_cell(g["runs"], "epoch_time_s", 2),
+            f"{_mean_std(g['examples_per_s'])[0]:,.0f}") for g in groups],
+          "ll" + "r" * (6 + len(tested))), "",
+      *(f"![{name[:-4]}]({name})\n" for name in PLOTS),
+      "Runs: [runs.csv](runs.csv); table: [comparison.csv](comparison.csv).",
+      ""]))
 
 
 # Figures.
@@ -506,30 +404,20 @@ def accuracy_floor(values) -> float:
   return max(0.0, float(np.floor(min(values))) - 1.0)
 
 
-def fit_title(fig, title) -> None:
-  """Wraps a title (a Text artist) into lines that lie within `fig`."""
-  text, chars = title.get_text().replace("\n", " "), len(title.get_text())
-  while chars > 20:
-    fig.draw_without_rendering()
-    box = title.get_window_extent()
-    if box.x0 >= fig.bbox.x0 and box.x1 <= fig.bbox.x1:
-      break
-    chars = int(chars * 0.9)
-    title.set_text("\n".join(textwrap.wrap(
-        text, chars, break_on_hyphens=False, break_long_words=False)))
-
-
 def _several(groups) -> bool:
   return any(len(g["runs"]) > 1 for g in groups)
 
 
+def _distinct(names: Sequence[str], folders: Sequence[str]) -> List[str]:
+  """`names`, each that repeats followed by its folder's name."""
+  return [n + (f" [{os.path.basename(os.path.normpath(f))}]"
+               if list(names).count(n) > 1 else "")
+          for n, f in zip(names, folders)]
+
+
 def group_labels(groups) -> List[str]:
-  """The groups' names in figures; the first run's folder where two are
-  alike."""
-  names = [g["label"] for g in groups]
-  return [name + (f" [{os.path.basename(os.path.normpath(g['runs'][0]['run']))}]"
-                  if names.count(name) > 1 else "")
-          for name, g in zip(names, groups)]
+  return _distinct([g["label"] for g in groups],
+                   [g["runs"][0]["run"] for g in groups])
 
 
 def accuracy_figure(groups):
@@ -553,16 +441,8 @@ def accuracy_figure(groups):
   ax.invert_yaxis()
   ax.set_xlabel(f"Test accuracy (%; axis from {low:g}, a point below the "
                 "lowest run)")
-  how = (" (bar: mean over seeds, whisker: std, dots: each run)"
-         if _several(groups) else " (one seed each: no spread shown)")
-  fit_title(fig, ax.set_title(f"Test accuracy per configuration{how}",
-                              fontsize=10))
   ax.grid(axis="x", alpha=0.3)
   return fig
-
-
-def plot_accuracy(groups, path: str) -> str:
-  return plots.save(accuracy_figure(groups), path)
 
 
 def accuracy_time_figure(groups):
@@ -570,12 +450,10 @@ def accuracy_time_figure(groups):
   labels = group_labels(groups)
   fig, ax = plt.subplots(figsize=(min(6.5 + 0.06 * max(map(len, labels)), 12),
                                   4.8), layout="constrained")
-  every_acc, every_time = [], []
-  for i, (g, color, label) in enumerate(zip(groups, plots.palette(
+  accs = [100 * np.asarray(g["test_accuracy"]) for g in groups]
+  times = [np.asarray(g["wall_time_s"], np.float64) for g in groups]
+  for i, (acc, t, color, label) in enumerate(zip(accs, times, plots.palette(
       len(groups)), labels)):
-    acc, t = 100 * np.asarray(g["test_accuracy"]), np.asarray(
-        g["wall_time_s"], np.float64)
-    every_acc, every_time = every_acc + list(acc), every_time + list(t)
     marker = MARKERS[i % len(MARKERS)]
     if len(acc) > 1:
       ax.plot(t, acc, marker, color=color, alpha=0.35, ms=4, ls="none")
@@ -585,32 +463,37 @@ def accuracy_time_figure(groups):
     ax.errorbar(t.mean(), acc.mean(), xerr=xerr, yerr=_mean_std(acc)[1]
                 if len(acc) > 1 else None, fmt=marker, color=color, ms=8,
                 capsize=3, label=label, clip_on=False)
-  log = max(every_time) > 10 * min(every_time)
+  low = accuracy_floor(np.concatenate(accs))
+  log = max(map(max, times)) > 10 * min(map(min, times))
   if log:
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     plots.plain_ticks(ax.xaxis)
-  ax.set_ylim(accuracy_floor(every_acc), 100)
-  shared = any(m > 1 for g in groups for m in g["program_members"])
-  ax.set_xlabel(WALL_TIME[0].upper() + WALL_TIME[1:] + ("; log scale" if log
-                                                       else "")
-                + ("\nA member of a --num_seeds or --sweep run: its share, "
-                   "the run's time / its members" if shared else ""))
-  ax.set_ylabel(f"Test accuracy (%; from {accuracy_floor(every_acc):g})")
+  ax.set(ylim=(low, 100), ylabel=f"Test accuracy (%; from {low:g})",
+         xlabel=WALL_TIME + ("; log scale" if log else "") + (
+             "\nA member of a --num_seeds or --sweep run: its share, the "
+             "run's time / its members" if any(max(g["program_members"]) > 1
+                                               for g in groups) else ""))
   ax.grid(alpha=0.3, which="both")
   ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1),
             borderaxespad=0)
-  how = " (mean ± std over seeds)" if _several(groups) else ""
-  fit_title(fig, ax.set_title(f"Test accuracy against wall time{how}"))
   return fig
 
 
+def plot_accuracy(groups, path: str) -> str:
+  how = ("bar: mean over seeds, whisker: std, dots: each run"
+         if _several(groups) else "one seed each: no spread shown")
+  return plots.save(accuracy_figure(groups), path,
+                    f"Test accuracy per configuration ({how})")
+
+
 def plot_accuracy_time(groups, path: str) -> str:
-  return plots.save(accuracy_time_figure(groups), path)
+  return plots.save(accuracy_time_figure(groups), path, "Test accuracy "
+                    "against wall time" + (" (mean ± std over seeds)"
+                                           if _several(groups) else ""))
 
 
 def plot_curves(groups, path: str) -> str:
-  """The configurations' learning curves (plots.learning_curves)."""
   seeds = "mean over seeds, a band from min to max; " if _several(
       groups) else ""
   return plots.learning_curves(
@@ -632,8 +515,8 @@ def compare_attributions(results, path: str) -> str:
   red = {(i + 1) * n + j for i, r in enumerate(results) for j in range(n)
          if said(r, j) != r["labels"][r["shown"][j]]}
   return plots.image_grid(
-      images, titles, red, path, n, ["test image"] + [r["label"] for r in
-                                                      results],
+      images, titles, red, path, n,
+      ["test image"] + [r["label"] for r in results],
       "Where each looks: integrated gradients of the same test images to "
       "each model's predicted class (red for, blue against; each map to its "
       "own largest |value|; wrong: framed in red)", fontsize=9)
@@ -655,8 +538,9 @@ ANALYSIS_FIGURES = (
 def load_analysis(workdir: str) -> Dict[str, object]:
   """A run folder's analysis, as analysis.analyse returned it (less the
   features)."""
-  with open(os.path.join(workdir, analysis.FOLDER, analysis.SUMMARY)) as f, \
-      np.load(os.path.join(workdir, analysis.FOLDER, analysis.ARRAYS)) as a:
+  folder = os.path.join(workdir, analysis.FOLDER)
+  with open(os.path.join(folder, analysis.SUMMARY)) as f, \
+      np.load(os.path.join(folder, analysis.ARRAYS)) as a:
     return {**json.load(f), **a}
 
 
@@ -666,32 +550,29 @@ def analysis_page(folders, page: str, figures: Optional[str] = None,
   folder): the runs' analyses side by side, `note` above them. train_s:
   each run's wall time. Returns `page`."""
   results = [load_analysis(folder) for folder in folders]
-  names = list(labels or [f"{r['model']} ({r['preset']})" for r in results])
-  for r, name, folder in zip(results, names, folders):
-    r["label"] = name + (f" [{os.path.basename(os.path.normpath(folder))}]"
-                         if names.count(name) > 1 else "")
+  names = _distinct(labels or [f"{r['model']} ({r['preset']})"
+                               for r in results], folders)
   figures = figures or os.path.dirname(page) or "."
   os.makedirs(figures, exist_ok=True)
   rows = []  # report.md's table, with the wall time.
-  for r, t in zip(results, train_s or [None] * len(results)):
+  for r, name, t in zip(results, names, train_s or [None] * len(results)):
+    r["label"] = name
     first, *rest = analysis.cells(analysis.summary(r))
     rows.append([first, ("wall time", "n/a" if t is None else f"{t:.1f} s"),
                  *rest])
   link = os.path.relpath(figures, os.path.dirname(page) or ".")
-  drawn = [(title, name) for title, name, draw, key in ANALYSIS_FIGURES
+  drawn = [(title, name if link == "." else f"{link}/{name}")
+           for title, name, draw, key in ANALYSIS_FIGURES
            if (shown := [r for r in results if key is None or key in r])
            and draw(shown, os.path.join(figures, name))]
   files.write_text(page, "\n".join([
       "# What each model learned", "", *([note, ""] if note else []),
       *files.table(["model", *(k for k, _ in rows[0])],
-                   [[r["label"], *(v for _, v in cells)]
-                    for r, cells in zip(results, rows)],
+                   [[name, *(v for _, v in cells)]
+                    for name, cells in zip(names, rows)],
                    "l" + "r" * len(rows[0])), "",
       analysis.NOTES + " Wall time: the run's (a member's share of its "
-      "program's).", "",
-      *analysis.figure_lines([(title, name if link == "." else
-                               f"{link}/{name}") for title, name in drawn],
-                             "##")]))
+      "program's).", "", *analysis.figure_lines(drawn, "##")]))
   return page
 
 
@@ -700,12 +581,10 @@ def write_analyses(groups, out: str) -> None:
   it (written now for a folder trained without)."""
   shown = {}
   for g in groups:
-    for s in g["runs"]:
-      chosen = (metrics_log.final_metrics(s["run"]).get("chosen") or {}).get(
-          "index")
-      if s["run"] not in shown and s.get("member") in (None, chosen):
-        shown[s["run"]] = (g["label"], s["wall_time_s"])
-        break
+    s = next((s for s in g["runs"] if s["run"] not in shown and s["member"] in
+              (None, (s["final"].get("chosen") or {}).get("index"))), None)
+    if s:
+      shown[s["run"]] = (g["label"], s["wall_time_s"])
   for folder in shown:
     if not os.path.exists(os.path.join(folder, analysis.FOLDER,
                                        analysis.SUMMARY)):
@@ -713,13 +592,12 @@ def write_analyses(groups, out: str) -> None:
       data = pipeline.load(run.config)
       analysis.write(folder, run, data.test, data.val, data.class_names,
                      maps=False)
-  single = len(shown) > 1 and not _several(groups)
   labels, times = zip(*shown.values())
   analysis_page(list(shown), os.path.join(out, ANALYSIS_PAGE), labels=labels,
                 train_s=times, note="One run each: an order in these columns "
                 "is one seed's, which another seed may change; compare "
                 "configurations of several seeds before ranking them."
-                if single else "")
+                if len(shown) > 1 and not _several(groups) else "")
 
 
 # Training the runs first.
@@ -727,7 +605,7 @@ def write_analyses(groups, out: str) -> None:
 def parse_vary(specs: Sequence[str]) -> Dict[str, list]:
   """`--vary` specs NAME=V1/V2/... as {setting: [values]}, typed as its
   flag (`mlp_hidden=256/512,256`: (256,) and (512, 256))."""
-  grid = {}
+  grid: Dict[str, list] = {}
   for spec in specs:
     name, _, listed = (t.strip() for t in spec.partition("="))
     if name in ("model", "seed", "preset") or name not in config_lib.SETTINGS:
@@ -776,22 +654,34 @@ def compare(paths, out: str, log=print, analyses: bool = False,
             warn=None) -> List[dict]:
   """Reads the finished runs under `paths`, writes the tables and figures
   into `out` (with `analyses`, analysis.md too); returns the groups."""
-  warn = warn or (lambda line: print(line, file=sys.stderr))
   summaries, skipped = read_runs(paths)
   gone = [s for s in summaries if s["diverged"]]
-  summaries = [s for s in summaries if not s["diverged"]]
-  if not summaries:
-    raise UserError(nothing_to_compare(skipped, gone))
+  kept: Dict[tuple, dict] = {}
+  dropped = []  # (left out, kept): a run folder before a member, else first.
+  for s in _with_key([s for s in summaries if not s["diverged"]]):
+    first = kept.setdefault((s["key"], s["seed"]), s)
+    if first is not s:
+      if first["member"] is not None and s["member"] is None:
+        kept[(s["key"], s["seed"])], s = s, first
+      dropped.append((s, kept[(s["key"], s["seed"])]))
+  if not kept and len(skipped) == 1 and not gone:
+    raise UserError("{} {}; {}".format(*skipped[0]))
+  if not kept:
+    raise UserError("no run to compare: " + "; ".join(
+        [f"{f} {what} ({fix})" for f, what, fix in skipped] +
+        [f"{where(s)} {s['diverged']}" for s in gone]) if skipped or gone else
+                    "none of the runs has finished; train them first (python "
+                    "launch.py --model=NAME --workdir=DIR)")
   for folder, what, fix in skipped:
-    warn(f"skipping {folder}: it {what}; {fix}")
-  summaries, dropped = deduplicate(_with_code(summaries))
+    (warn or (lambda line: print(line, file=sys.stderr)))(
+        f"skipping {folder}: it {what}; {fix}")
   for s in gone:
     log(f"{where(s)} {s['diverged']}: named in comparison.md, left out of the "
         "means and plots")
-  for left, kept in dropped:
+  for left, s in dropped:
     log(f"counting one run once: {where(left)} has the configuration and "
-        f"seed of {where(kept)}; left out for it")
-  groups = group(summaries)
+        f"seed of {where(s)}; left out for it")
+  groups = group(list(kept.values()))
   os.makedirs(out, exist_ok=True)
   write_tables(groups, out, dropped, gone, skipped)
   for name, draw in zip(PLOTS, (plot_accuracy, plot_accuracy_time,
@@ -799,52 +689,42 @@ def compare(paths, out: str, log=print, analyses: bool = False,
     draw(groups, os.path.join(out, name))
   if analyses:
     write_analyses(groups, out)
-  log(f"compared {len(summaries)} runs in {len(groups)} configurations"
+  log(f"compared {len(kept)} runs in {len(groups)} configurations"
       f"{f' ({len(dropped)} counted once)' if dropped else ''}; "
       f"table and plots in {out}/comparison.md")
   return groups
 
 
-def _names(text: str) -> List[str]:
-  return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _parser() -> argparse.ArgumentParser:
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  names = lambda text: [t.strip() for t in text.split(",") if t.strip()]
   p = argparse.ArgumentParser(
       description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
       formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("runs", nargs="*", help="run folders, or folders of them")
   p.add_argument("--out", default="comparison", help="the tables' folder")
   p.add_argument("--analyses", action=argparse.BooleanOptionalAction,
-                 default=True, help="write OUT/analysis.md, the runs' "
-                 "analyses side by side (--no-analyses: not)")
-  p.add_argument("--train", type=_names, default=[],
+                 default=True, help="write OUT/analysis.md (and its figures)")
+  p.add_argument("--train", type=names, default=[],
                  help="models to train first (e.g. linear,cnn,gru)")
-  p.add_argument("--seeds", type=lambda t: [int(s) for s in _names(t)],
+  p.add_argument("--seeds", type=lambda t: [int(s) for s in names(t)],
                  default=[0], help="--train: each model's seeds (0,1,2)")
-  p.add_argument("--vary", action="append", default=[], help="--train: a "
-                 "setting to train several values of, NAME=V1/V2/... (e.g. "
-                 "mlp_hidden=256/512,256); repeat for a grid")
+  p.add_argument("--vary", action="append", default=[], help="--train: "
+                 "values of a setting, NAME=V1/V2/...; repeat for a grid")
   p.add_argument("--runs_root", default=os.path.join("runs", "compare"),
                  help="--train: where the run folders go (MODEL-seedN)")
   p.add_argument("--preset", default="tuned", help="--train: every model's")
-  p.add_argument("--epochs", type=int, default=None,
-                 help="--train: epochs (default: the preset's)")
-  p.add_argument("--data_dir", default=None, help="--train: tfds data dir")
-  p.add_argument("--mnist_dir", default=None,
-                 help="--train: folder with the IDX files")
-  return p
-
-
-def main(argv: Optional[Sequence[str]] = None) -> None:
-  args = _parser().parse_args(argv)
+  p.add_argument("--epochs", type=int, help="--train: epochs (default: the "
+                 "preset's)")
+  p.add_argument("--data_dir", help="--train: tfds data dir")
+  p.add_argument("--mnist_dir", help="--train: folder with the IDX files")
+  args = p.parse_args(argv)
   paths = list(args.runs)
   if args.train:
-    overrides = {k: getattr(args, k) for k in ("epochs", "data_dir",
-                                               "mnist_dir")
-                 if getattr(args, k) is not None}
     paths += train_runs(args.train, args.seeds, args.runs_root, args.preset,
-                        vary=parse_vary(args.vary), **overrides)
+                        vary=parse_vary(args.vary), **{
+                            k: getattr(args, k) for k in (
+                                "epochs", "data_dir", "mnist_dir")
+                            if getattr(args, k) is not None})
   elif args.vary:
     raise UserError("--vary needs --train=MODEL: it trains a run per value")
   if not paths:
