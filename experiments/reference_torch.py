@@ -17,7 +17,8 @@ same statistic as benchmark.py. Alternate the two scripts on an idle machine.
 network, batch, epochs, Adam with the one-cycle schedule optax computes,
 label smoothing, all 60,000 images) for --num_seeds seeds one after another,
 and writes the seconds from this process's start to their test accuracies
-(import torch and the data included): experiments/speedrun.py's PyTorch row.
+(import torch and the data included): the PyTorch row of tables.py's speedrun
+table.
 """
 
 import argparse
@@ -172,12 +173,11 @@ def main(argv=None):
   if args.speedrun:
     seeds = range(args.seed, args.seed + args.num_seeds)
     accuracies = speedrun(arrays, seeds, args.threads)
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import speedrun as speedrun_lib  # pylint: disable=g-import-not-at-top
+    from mnist_jax.rundir import record  # pylint: disable=g-import-not-at-top
     out = {"command": f"reference_torch.py --speedrun --seed={args.seed}",
            "test_accuracies": accuracies,
            "to_result_s": round(time.perf_counter() - START, 2),
-           "host": speedrun_lib.host(), "torch": torch.__version__}
+           "host": record.cpu(), "torch": torch.__version__}
     print(json.dumps(out), flush=True)
     if args.out:
       with open(args.out, "w") as f:
