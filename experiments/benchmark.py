@@ -12,14 +12,11 @@ from its jaxpr with scan bodies times their length, times the steps of an
 epoch and the members, over the epoch time) and that as a fraction of this
 machine's f32 matmul peak, measured in the same process with a big matmul.
 
-What is timed is what a run runs: the loop itself, loop.train_and_evaluate,
-with hooks that only record each epoch's row (no run folder, no checkpoints).
-So the chunk (train.train_chunk over train.epoch_order), its layout over the
-devices (devices.Layout, --parallel as launch.py resolves it), the compile
-time and each epoch's time are those of a launch.py run with these settings;
-an epoch's time ends when its last chunk has finished, and leaves out the
-validation pass after it. The persistent compilation cache is off unless
---compile_cache is given, so compile_time_s is a cold compile.
+What is timed is what a run runs: loop.train_and_evaluate, with hooks that
+only record each epoch's row (no run folder, no checkpoints), so the chunk,
+its layout (--parallel as launch.py resolves it), the compile time (cold: no
+persistent compilation cache) and each epoch's time (its last chunk's end, the
+validation pass after it left out) are those of a launch.py run.
 """
 
 import argparse
@@ -61,15 +58,11 @@ def parse_args(argv=None):
                       "rest is reported")
   p.add_argument("--mnist_dir", default=None)
   p.add_argument("--data_dir", default=None)
-  p.add_argument("--batch_size", type=int, default=None)
-  p.add_argument("--chunk_steps", type=int, default=None)
   p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                  help="override any Config field, e.g. --set=cnn_features=16,32")
   p.add_argument("--parallel", default="auto",
                  help="auto (launch.py's default: a fixed rule, see "
                       "training/devices.py), none, pmap or sharded")
-  p.add_argument("--compile_cache", action="store_true",
-                 help="use the persistent compilation cache (warm compile times)")
   p.add_argument("--peak_size", type=int, default=2048,
                  help="side of the square f32 matmul that measures the peak")
   args = p.parse_args(argv)
@@ -180,8 +173,7 @@ def _one_member(state, num_members: int):
 
 
 def bench_model(name: str, args, peak: float) -> dict:
-  overrides = {k: getattr(args, k) for k in ("mnist_dir", "data_dir", "batch_size",
-                                             "chunk_steps")
+  overrides = {k: getattr(args, k) for k in ("mnist_dir", "data_dir")
                if getattr(args, k) is not None}
   overrides.update(parse_sets(args.set))
   config = models.get_config(name, args.preset, epochs=args.epochs,
@@ -199,8 +191,7 @@ def bench_model(name: str, args, peak: float) -> dict:
   timed = epoch_times[1:] or epoch_times
   epoch_time = statistics.median(timed)
   one = _one_member(state, num_members)
-  flops = step_flops(config, one, data.train.images,
-                                data.train.labels)
+  flops = step_flops(config, one, data.train.images, data.train.labels)
   gflops = flops * num_members * steps / epoch_time / 1e9
   chunk = min(steps, config.chunk_steps)
   layout = recorder.record.get("parallel", {})
@@ -228,8 +219,7 @@ def bench_model(name: str, args, peak: float) -> dict:
 
 def main(argv=None):
   args = parse_args(argv)
-  if not args.compile_cache:
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = ""
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = ""  # Cold compiles.
   process.split_host(args.parallel)
   process.setup_process()
   names = list(models.MODELS) if args.model == "all" else args.model.split(",")

@@ -58,7 +58,7 @@ SCAN_SCALE = 4  # Clean scan: the 28x28 digit at 112x112 px on white.
 def _frame_size(rng: np.random.Generator):
   """(width, height): the longer side 300-1200 px, 4:3, 16:9 or square."""
   long_side = int(rng.integers(300, 1201))
-  ratio = rng.choice([4 / 3, 16 / 9, 1.0])
+  ratio = float(rng.choice([4 / 3, 16 / 9, 1.0]))
   short_side = int(round(long_side / ratio))
   landscape = rng.random() < 0.3
   return (long_side, short_side) if landscape else (short_side, long_side)

@@ -11,8 +11,7 @@ Each table (TABLES) lies between `<!-- tables.py: NAME -->` and
 without --train reads a table's figures again from the runs kept there;
 results also draws docs/img/accuracy_vs_time.png, sweep_mlp.png and
 analyses.md from its run folders (with --mnist_dir or --data_dir, the photo
-montage too). PyTorch's speedrun row: reference_torch.py --speedrun
---out=RUNS/torch.json.
+montage too).
 """
 
 import argparse
@@ -262,8 +261,8 @@ def draw_results(root: str, runs: str, data_flags, log=print) -> None:
   folders = require(ROWS + (SWEEP,), runs)
   source = os.path.join(folders[SWEEP], "sweep.png")
   try:
-    with open(source, "rb") as f:
-      image = f.read()
+    with open(source, "rb") as g:
+      image = g.read()
   except OSError as e:
     raise UserError(f"cannot read {source} ({e.strerror}); rewrite the run's "
                     f"report: python launch.py --mode=report "
@@ -272,11 +271,12 @@ def draw_results(root: str, runs: str, data_flags, log=print) -> None:
   with files.atomic(os.path.join(img, "sweep_mlp.png"), "wb") as f:
     f.write(image)
   tuned = [folders[r] for r in TUNED]
-  compare.plot_accuracy_time(compare.group([compare.summarize(f) for f in tuned]),
+  compare.plot_accuracy_time(compare.group([compare.summarize(f) or {}
+                                            for f in tuned]),
                              os.path.join(img, "accuracy_vs_time.png"))
   compare.analysis_page(tuned, os.path.join(root, "docs", "analyses.md"), img,
                         [r.model for r in TUNED], [metrics_log.wall_time(
-                            metrics_log.final_metrics(f)) for f in tuned])
+                            metrics_log.final_metrics(f) or {}) for f in tuned])
   log(f"wrote {img}/sweep_mlp.png, accuracy_vs_time.png and analysis_*.png")
   if data_flags:
     from experiments import photo_digits
@@ -301,8 +301,8 @@ def results_table(m: dict) -> str:
            "command |", "| --- | --- | --- | --- | --- | --- | --- |"]
   for row in ROWS:
     r = results[row.name]
-    seeds = dict(row.flags).get("num_seeds", 1)
-    cells = [row.model, row.preset + (f", {seeds} seeds" if seeds > 1 else ""),
+    seeds = dict(row.flags).get("num_seeds")
+    cells = [row.model, row.preset + (f", {seeds} seeds" if seeds else ""),
              _accuracy(r), f"{row.bar:.1f}%" if row.bar is not None else "",
              str(r["epochs_run"]), _time(r["time_s"]), f"`{row.command()}`"]
     lines.append(" ".join(["|"] + [c + " |" if c else "|" for c in cells]))
@@ -365,7 +365,7 @@ def train_epochs(args) -> None:
            "none": [sys.executable, "benchmark.py", "--parallel=none",
                     *args.extra],
            "torch": [torch, "reference_torch.py"]}
-  for repeat in range(args.repeats):
+  for repeat in range(args.repeats or 2):
     for kind, (python, script, *more) in kinds.items():
       if python:
         out = _run([python, os.path.join(ROOT, "experiments", script),
@@ -447,7 +447,7 @@ def train_speedrun(args) -> None:
       workdir = os.path.join(args.runs, f"{name.replace(' ', '_')}-{offset}")
       command = [*flags, f"--seed={offset}", *args.extra]
       runs = []
-      for _ in range(args.times or times):
+      for _ in range(args.repeats or times):
         start, to_result = time.perf_counter(), None
         proc = subprocess.Popen(
             [sys.executable, os.path.join(ROOT, "launch.py"), *command,
@@ -468,8 +468,7 @@ def train_speedrun(args) -> None:
 
 
 def measure_speedrun(runs: str) -> dict:
-  """A row per run folder with a speedrun.json, in SPEEDRUN's order, and
-  PyTorch's from torch.json."""
+  """A row per run folder with a speedrun.json, in SPEEDRUN's order."""
   from mnist_jax.results import analysis
   rows = []
   for name, *_ in SPEEDRUN:
@@ -488,14 +487,6 @@ def measure_speedrun(runs: str) -> dict:
             # Its report's t-SNE map (the analysis extra) delays the exit.
             "tsne": os.path.exists(os.path.join(folder, analysis.FOLDER,
                                                 analysis.TSNE_MAP))})
-  if os.path.exists(os.path.join(runs, "torch.json")):
-    with open(os.path.join(runs, "torch.json")) as f:
-      t = json.load(f)
-    acc = t["test_accuracies"]
-    rows.append({"command": t["command"], "torch": True, "seeds": len(acc),
-                 "mean": statistics.mean(acc), "std": statistics.pstdev(acc),
-                 "to_result_s": t["to_result_s"],
-                 "host": f"{t['host']}, torch {t['torch']}"})
   return {"rows": rows}
 
 
@@ -504,13 +495,11 @@ def speedrun_table(m: dict) -> str:
            "to result | per seed | launch to exit | host |",
            "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
   for r in m["speedrun"]["rows"]:
-    command = (f"PyTorch, the `speedrun` preset's recipe (`{r['command']}`)"
-               if r.get("torch") else f"`{r['command']}`")
     spread = f" ± {100 * r['std']:.2f}" if r.get("std") is not None else ""
-    exit_s = "-" if r.get("torch") else f"{r['to_exit_s']:.1f} s" + (
-        " (t-SNE map drawn)" if r["tsne"] else "")
+    exit_s = f"{r['to_exit_s']:.1f} s" + (" (t-SNE map drawn)" if r["tsne"]
+                                          else "")
     lines.append(" | ".join([
-        f"| {command}", str(r["seeds"]), f"{100 * r['mean']:.2f}{spread}%",
+        f"| `{r['command']}`", str(r["seeds"]), f"{100 * r['mean']:.2f}{spread}%",
         _pct(r["ensemble"]) if r.get("ensemble") else "-",
         f"{r['to_result_s']:.1f} s", f"{r['to_result_s'] / r['seeds']:.1f} s",
         exit_s, r["host"]]) + " |")
@@ -531,7 +520,7 @@ STARTUP_ROWS = (  # Row, the figure's key.
 def train_startup(args) -> None:
   from experiments import startup
   _keep(args.runs, [{**r, "host": host()} for r in startup.measure(
-      _names(args.models), "seed", args.rounds, 2, args.data)], "startup")
+      _names(args.models), "seed", args.repeats or 3, 2, args.data)], "startup")
 
 
 def measure_startup(runs: str) -> dict:
@@ -595,7 +584,7 @@ def train_members(args) -> None:
     wall(["--model=linear", "--epochs=1"])
     for label, model, preset in MEMBERS:
       if model in _names(args.models):
-        for repeat in range(args.repeats):
+        for repeat in range(args.repeats or 2):
           _keep(args.runs, [{"row": label, "kind": kind, "round": repeat,
                              "host": host(), "wall_time_s": wall(
                                  _member_flags(model, preset) + extra)}
@@ -678,14 +667,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument("--data_dir")
   p.add_argument("--models", default="all",
                  help="epochs, startup, members: these models only")
-  p.add_argument("--repeats", type=int, default=2,
-                 help="epochs, members: alternated rounds")
-  p.add_argument("--rounds", type=int, default=3,
-                 help="startup: rounds, each with a new compilation cache")
+  p.add_argument("--repeats", type=int, help="alternated rounds (epochs, "
+                 "members: 2), rounds of a new compilation cache (startup: 3), "
+                 "cold runs of each command (speedrun: SPEEDRUN's)")
   p.add_argument("--offsets", default="5000,7000",
                  help="speedrun: the seeds of its runs (none was chosen on)")
-  p.add_argument("--times", type=int, help="speedrun: cold runs of each "
-                 "command (default: SPEEDRUN's)")
   p.add_argument("--torch_python", help="epochs: the Python that runs "
                  "reference_torch.py (default: this one, if it has PyTorch)")
   p.add_argument("extra", nargs="*", help="after --: more benchmark.py or "
