@@ -274,10 +274,17 @@ def draw_results(root: str, runs: str, data_flags, log=print) -> None:
   compare.plot_accuracy_time(compare.group([compare.summarize(f) or {}
                                             for f in tuned]),
                              os.path.join(img, "accuracy_vs_time.png"))
-  compare.analysis_page(tuned, os.path.join(root, "docs", "analyses.md"), img,
-                        [r.model for r in TUNED], [metrics_log.wall_time(
-                            metrics_log.final_metrics(f) or {}) for f in tuned])
-  log(f"wrote {img}/sweep_mlp.png, accuracy_vs_time.png and analysis_*.png")
+  log(f"wrote {img}/sweep_mlp.png and accuracy_vs_time.png")
+  missing = [f for f in tuned
+             if not os.path.isdir(os.path.join(f, "analysis"))]
+  if missing:
+    log(f"docs/analyses.md not written: {', '.join(missing)} hold no analysis; "
+        "write each: python launch.py --mode=report --workdir=RUN")
+  else:
+    compare.analysis_page(tuned, os.path.join(root, "docs", "analyses.md"), img,
+                          [r.model for r in TUNED], [metrics_log.wall_time(
+                              metrics_log.final_metrics(f) or {}) for f in tuned])
+    log("wrote docs/analyses.md and docs/img/analysis_*.png")
   if data_flags:
     from experiments import photo_digits
     photo_digits.main([f"--run={folders[ROWS[2]]}", "--num=12", *data_flags,
@@ -694,9 +701,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     elif args.train and train:
       train(args)
     measurements[args.table] = measure(args.runs)
-    if args.table == "results" and not args.check:
-      draw_results(args.root, args.runs, args.data)
-  new = texts(args.root, measurements)
+  new = texts(args.root, measurements)  # Markers checked before any write.
+  if args.table == "results" and args.runs and not args.check:
+    draw_results(args.root, args.runs, args.data)
   if args.check:
     stale = []
     for doc, text in new.items():
