@@ -1,22 +1,15 @@
 r"""Phone-photo-like pictures of MNIST test digits, and how predict copes with them.
 
-Each test digit is drawn as dark pen strokes (black, blue, dark red or green
-ink) scaled smoothly to a third to a half of the frame's shorter side and put
-anywhere in it, on tinted paper (cream, grey, bluish, white, sometimes lined),
-lit by a gradient with a soft shadow, with sensor noise, a slight blur and JPEG
-compression at quality 60-85, in frames of 300-1200 px, portrait or landscape.
-The same digits are also kept as clean cases: dark ink on white at a normal
-size, and the 28x28 MNIST image itself (white on black).
+Each test digit is drawn in dark ink on tinted (sometimes ruled) paper, a third
+to a half of a 300-1200 px frame, under a lighting gradient and a soft shadow,
+with sensor noise, a slight blur and JPEG compression; the same digits are kept
+clean too (dark ink on white, and the MNIST image). The script predicts them
+with a trained run folder, through mnist_jax/data/images.py's preprocess, and
+prints the accuracy on each kind (tests use `render_photo`, `clean_scan` and
+`mnist_style` on synthetic digits):
 
-The script predicts them with a trained run folder, through the preprocess of
-mnist_jax/data/images.py, and prints the accuracy on each kind:
-
-  python experiments/photo_digits.py --run=RUN --data_dir=DIR --num=1000 --seed=0
   python experiments/photo_digits.py --run=RUN --mnist_dir=DIR --num=12 \
       --montage=docs/img/photo_digits.png
-
-Importing this module has no side effects: tests use `render_photo`,
-`clean_scan` and `mnist_style` on synthetic digits.
 """
 
 import argparse

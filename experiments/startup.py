@@ -1,18 +1,14 @@
 r"""How long a run takes to start training: process start to the first train step.
 
   python experiments/startup.py --model=gru --mnist_dir=DIR
-  # docs/performance.md's start-up table (tables.py runs this script's measure):
-  python experiments/tables.py --table=startup --train --runs=runs/startup \
-      --mnist_dir=DIR
 
-Each measurement is a fresh `python` process that goes through launch.py's own
-path (flags, imports, data load, state init with its kernel check, compile or
-cache load) and stops at the first call of the compiled train chunk. A round
-runs each model --repeats times with a new, empty persistent compilation
-cache (launch.py enables none by itself): the first run is a new user's
-first, which compiles and fills it; later ones show a warm start. Prints one
-JSON line per run with the time of each phase since the process started, and
-the kernel check's seconds (`check_s`).
+Each run is a fresh `python` process that goes through launch.py's own path
+(flags, imports, data, the state with its kernel check, compile or cache load)
+and stops at the first call of the compiled train chunk. A round runs each
+model --repeats times with a new, empty persistent compilation cache: the first
+run compiles and fills it, later ones start warm. Prints a JSON line per run:
+each phase's time since the process started, and the kernel check's `check_s`
+(tables.py's start-up table is made of them).
 """
 
 import argparse

@@ -114,7 +114,7 @@ def dump(measurements: dict) -> str:
 
 # The README's results: a run folder per launch.py command.
 
-# Where the data was read from (and whether it was analysed) does not change a run.
+# Where the data was read from, and whether it was analysed: not a run's own.
 NOT_SETTINGS = ("workdir", "data_dir", "mnist_dir", "analyses")
 
 
@@ -281,9 +281,10 @@ def draw_results(root: str, runs: str, data_flags, log=print) -> None:
     log(f"docs/analyses.md not written: {', '.join(missing)} hold no analysis; "
         "write each: python launch.py --mode=report --workdir=RUN")
   else:
+    times = [metrics_log.wall_time(metrics_log.final_metrics(f) or {})
+             for f in tuned]
     compare.analysis_page(tuned, os.path.join(root, "docs", "analyses.md"), img,
-                          [r.model for r in TUNED], [metrics_log.wall_time(
-                              metrics_log.final_metrics(f) or {}) for f in tuned])
+                          [r.model for r in TUNED], times)
     log("wrote docs/analyses.md and docs/img/analysis_*.png")
   if data_flags:
     from experiments import photo_digits
@@ -359,10 +360,6 @@ def models_table(_=None) -> str:
 # docs/performance.md's timings.
 
 
-def _names(text: str) -> List[str]:
-  return list(models.MODELS) if text == "all" else text.split(",")
-
-
 def train_epochs(args) -> None:
   """benchmark.py by default and with --parallel=none, and PyTorch's
   reference_torch.py, alternated --repeats times: KIND.jsonl in --runs."""
@@ -379,7 +376,8 @@ def train_epochs(args) -> None:
                     f"--model={args.models}", "--epochs=3", *args.data, *(
                         ["--preset=seed"] if kind != "torch" else []), *more])
         _keep(args.runs, [{**json.loads(line), "round": repeat, "kind": kind,
-                           "host": host()} for line in out.splitlines()], "epochs")
+                           "host": host()} for line in out.splitlines()],
+              "epochs")
 
 
 def measure_epochs(runs: str) -> dict:
@@ -391,7 +389,8 @@ def measure_epochs(runs: str) -> dict:
   rows = []
   for name in [n for n in models.MODELS if by("auto", n)]:
     ours, theirs = by("auto", name), by("torch", name)
-    median = lambda rs, key="epoch_time_s": statistics.median(r[key] for r in rs)
+    median = lambda rs, key="epoch_time_s": statistics.median(
+        r[key] for r in rs)
     row = {"model": name, "batch_size": ours[0]["batch_size"],
            "default_s": median(ours), "none_s": median(by("none", name)),
            "layout": ("one device" if ours[0]["parallel"] == "none" else
@@ -423,7 +422,8 @@ def epochs_table(m: dict) -> str:
         f"{r['torch_s']:#.3g}", f"{r['ratio']:.2f} ({r['ratio_range'][0]:.2f}-"
         f"{r['ratio_range'][1]:.2f})"]
     lines.append(f"| {r['model']} (batch {r['batch_size']}) | "
-                 f"{r['default_s']:#.3g} | {r['none_s']:#.3g} | {r['layout']} | "
+                 f"{r['default_s']:#.3g} | {r['none_s']:#.3g} | "
+                 f"{r['layout']} | "
                  f"{r['gflops']:.0f} | " + " | ".join(theirs) + " |")
   return "\n".join(lines)
 
@@ -465,7 +465,8 @@ def train_speedrun(args) -> None:
           if to_result is None and re.search(r"test accuracy [0-9.]+%", line):
             to_result = time.perf_counter() - start
         if proc.wait() or to_result is None:
-          sys.exit(f"error: {' '.join(command)} failed (exit {proc.returncode})")
+          sys.exit(f"error: {' '.join(command)} failed (exit "
+                   f"{proc.returncode})")
         runs.append([to_result, time.perf_counter() - start])
       files.write_json(os.path.join(workdir, "speedrun.json"), {
           "command": " ".join(["python launch.py", *command]),
@@ -490,7 +491,8 @@ def measure_speedrun(runs: str) -> dict:
             "mean": final.get("test_accuracy_mean", final["test_accuracy"]),
             "std": final.get("test_accuracy_std"),
             "ensemble": final.get("ensemble_test_accuracy"),
-            "to_result_s": timed["to_result_s"], "to_exit_s": timed["to_exit_s"],
+            "to_result_s": timed["to_result_s"],
+            "to_exit_s": timed["to_exit_s"],
             # Its report's t-SNE map (the analysis extra) delays the exit.
             "tsne": os.path.exists(os.path.join(folder, analysis.FOLDER,
                                                 analysis.TSNE_MAP))})
@@ -506,7 +508,8 @@ def speedrun_table(m: dict) -> str:
     exit_s = f"{r['to_exit_s']:.1f} s" + (" (t-SNE map drawn)" if r["tsne"]
                                           else "")
     lines.append(" | ".join([
-        f"| `{r['command']}`", str(r["seeds"]), f"{100 * r['mean']:.2f}{spread}%",
+        f"| `{r['command']}`", str(r["seeds"]),
+        f"{100 * r['mean']:.2f}{spread}%",
         _pct(r["ensemble"]) if r.get("ensemble") else "-",
         f"{r['to_result_s']:.1f} s", f"{r['to_result_s'] / r['seeds']:.1f} s",
         exit_s, r["host"]]) + " |")
@@ -527,7 +530,8 @@ STARTUP_ROWS = (  # Row, the figure's key.
 def train_startup(args) -> None:
   from experiments import startup
   _keep(args.runs, [{**r, "host": host()} for r in startup.measure(
-      _names(args.models), "seed", args.repeats or 3, 2, args.data)], "startup")
+      list(models.MODELS) if args.models == "all" else args.models.split(","),
+      "seed", args.repeats or 3, 2, args.data)], "startup")
 
 
 def measure_startup(runs: str) -> dict:
@@ -541,7 +545,8 @@ def measure_startup(runs: str) -> dict:
     marks = ("imported_train", "data_loaded", "state_ready", "compiled")
     out[name] = {"first": median("start_training_s", 1),
                  "warm": median("start_training_s", 2),
-                 "check": median("check_s", 1), "warm_check": median("check_s", 2),
+                 "check": median("check_s", 1),
+                 "warm_check": median("check_s", 2),
                  **{key: median(end, 1) - (median(start, 1) if start else 0)
                     for key, end, start in zip(
                         ("imports", "data", "state", "compile"), marks,
@@ -558,7 +563,8 @@ def startup_table(m: dict) -> str:
            "| --- |" + " ---: |" * len(s["models"])]
   for said, key in STARTUP_ROWS:
     lines.append(f"| {said} | " + " | ".join(
-        f"{v[key]:.2f}" if v[key] else "-" for v in s["models"].values()) + " |")
+        f"{v[key]:.2f}" if v[key] else "-" for v in s["models"].values())
+                 + " |")
   return "\n".join(lines)
 
 
@@ -566,7 +572,8 @@ def startup_table(m: dict) -> str:
 MEMBERS = (("linear (tuned)", "linear", "tuned"),
            ("mlp 512-256 (seed)", "mlp", "seed"),
            ("mlp 1024-1024 (tuned)", "mlp", "tuned"),
-           *((f"{m} (tuned)", m, "tuned") for m in ("cnn", "rnn", "lstm", "gru")))
+           *((f"{m} (tuned)", m, "tuned")
+             for m in ("cnn", "rnn", "lstm", "gru")))
 MEMBER_KINDS = {"one": [], "seeds": ["--num_seeds=4"],
                 "sweep": ["--sweep=learning_rate=3e-4,1e-3,3e-3,1e-2"]}
 
@@ -590,7 +597,7 @@ def train_members(args) -> None:
       return time.perf_counter() - start
     wall(["--model=linear", "--epochs=1"])
     for label, model, preset in MEMBERS:
-      if model in _names(args.models):
+      if args.models == "all" or model in args.models.split(","):
         for repeat in range(args.repeats or 2):
           _keep(args.runs, [{"row": label, "kind": kind, "round": repeat,
                              "host": host(), "wall_time_s": wall(
@@ -609,7 +616,8 @@ def measure_members(runs: str) -> dict:
                    "seeds": median["seeds"], "sweep": median["sweep"],
                    "seeds_x": median["seeds"] / median["one"],
                    "sweep_x": median["sweep"] / median["one"],
-                   "held": "--val_fraction=0.1" in _member_flags(model, preset)})
+                   "held": "--val_fraction=0.1" in _member_flags(model,
+                                                                 preset)})
   return {"host": timed[0]["host"], "rows": rows,
           "rounds": max(r["round"] for r in timed) + 1}
 
@@ -618,15 +626,17 @@ def members_table(m: dict) -> str:
   s = m["members"]
   lines = [f"Seconds of a whole `launch.py --epochs=2` run on {s['host']}; "
            f"medians of {s['rounds']} alternated runs each.", "",
-           "| model (preset) | one run | 4 seeds | / one run | 4 learning rates "
-           "| / one run |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+           "| model (preset) | one run | 4 seeds | / one run | "
+           "4 learning rates | / one run |",
+           "| --- | ---: | ---: | ---: | ---: | ---: |"]
   for r in s["rows"]:
-    lines.append(f"| {r['label']}{' ¹' if r['held'] else ''} | {r['one']:.1f} | "
+    held = " ¹" if r["held"] else ""
+    lines.append(f"| {r['label']}{held} | {r['one']:.1f} | "
                  f"{r['seeds']:.1f} | {r['seeds_x']:.2f}x | {r['sweep']:.1f} | "
                  f"{r['sweep_x']:.2f}x |")
   return "\n".join(lines + [
-      "", "¹ Its preset holds out no validation data, which a sweep chooses on: "
-      "all three of its runs add `--val_fraction=0.1`."])
+      "", "¹ Its preset holds out no validation data, which a sweep chooses "
+      "on: all three of its runs add `--val_fraction=0.1`."])
 
 
 # Table name -> (its doc, what writes it from the measurements, what measures
@@ -661,19 +671,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p = argparse.ArgumentParser(
       description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
       formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--table", choices=sorted(TABLES),
-                 help="with --train or --runs: the table to measure")
+  p.add_argument("--table", choices=sorted(TABLES), help="the one measured")
   p.add_argument("--runs", help="the folder of its runs (or run folders)")
-  p.add_argument("--train", action="store_true",
-                 help="measure it first (results: train what is missing)")
-  p.add_argument("--check", action="store_true",
-                 help="say which tables differ; write nothing")
-  p.add_argument("--root", default=ROOT, help="the checkout whose docs and "
-                 "measurements are read and written (default: this one)")
+  p.add_argument("--train", action="store_true", help="measure it first")
+  p.add_argument("--check", action="store_true", help="write nothing")
+  p.add_argument("--root", default=ROOT, help="the checkout to rewrite")
   p.add_argument("--mnist_dir")
   p.add_argument("--data_dir")
-  p.add_argument("--models", default="all",
-                 help="epochs, startup, members: these models only")
+  p.add_argument("--models", default="all", help="epochs, startup, members")
   p.add_argument("--repeats", type=int, help="alternated rounds (epochs, "
                  "members: 2), rounds of a new compilation cache (startup: 3), "
                  "cold runs of each command (speedrun: SPEEDRUN's)")

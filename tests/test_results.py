@@ -48,8 +48,8 @@ def test_the_pages_screenshot_shows_runs_of_the_results_table():
   assert shown and set(shown) <= set(rows), shown
   for name, card in shown.items():
     assert card["title"] == f"{rows[name].model} ({rows[name].preset})"
-    assert (f"{100 * card['test_accuracy']:.2f}" == f"{100 * COMMITTED[
-        'results'][name]['test_accuracy']:.2f}"), (name, card)
+    table = COMMITTED["results"][name]["test_accuracy"]
+    assert f"{card['test_accuracy']:.4f}" == f"{table:.4f}", (name, card)
 
 
 def write_run(folder, row, figures, final=True):
@@ -181,35 +181,30 @@ def _no_sweep_figure(runs, _):
   return "cannot read .*sweep.png .* --mode=report --workdir="
 
 
+def _another_run_in_the_way(runs, _):
+  """--train: the folder a missing run would go to holds another run."""
+  folder = os.path.join(runs, "linear-tuned")
+  shutil.rmtree(folder)
+  write_run(folder, tables.Row("x", "linear", "seed"),
+            COMMITTED["results"]["linear-tuned"])
+  return (f"{folder} holds no run of `python launch.py --model=linear` .* "
+          "move it out of the way")
+
+
 @pytest.mark.parametrize("break_it", [
-    _unfinished_cnn_no_gru_best, _other_seed, _no_markers, _no_sweep_figure])
+    _unfinished_cnn_no_gru_best, _other_seed, _no_markers, _no_sweep_figure,
+    _another_run_in_the_way])
 def test_a_refusal_names_what_to_do_and_writes_nothing(break_it, checkout,
                                                        runs):
   expected = break_it(runs, checkout)
   before = {n: _read(checkout, n) for n in (tables.README, tables.PERFORMANCE,
                                            tables.MEASUREMENTS)}
   with pytest.raises(UserError, match=expected) as e:
-    _results(checkout, runs)
+    _results(checkout, runs, *(["--train"] if break_it is
+                               _another_run_in_the_way else []))
   assert "\n" not in str(e.value)
   assert {n: _read(checkout, n) for n in before} == before
   assert os.listdir(os.path.join(checkout, "docs", "img")) == []
-
-
-def test_training_refuses_a_folder_holding_another_run(runs):
-  folder = os.path.join(runs, "linear-tuned")
-  shutil.rmtree(folder)
-  write_run(folder, tables.Row("x", "linear", "seed"),
-            COMMITTED["results"]["linear-tuned"])
-  with pytest.raises(UserError, match=f"{folder} holds no run of `python "
-                     "launch.py --model=linear` .* move it out of the way"):
-    tables.train_missing(tables.ROWS, runs, [], log=lambda _: None)
-
-
-@pytest.mark.parametrize("seconds,text", [(3.64, "3.6 s"), (19.94, "19.9 s"),
-                                          (78.4, "78 s"), (599.4, "599 s"),
-                                          (948.0, "15.8 min")])
-def test_times_read_as_the_table_writes_them(seconds, text):
-  assert tables._time(seconds) == text  # pylint: disable=protected-access
 
 
 @pytest.mark.slow
