@@ -275,21 +275,29 @@ def draw_results(root: str, runs: str, data_flags, log=print) -> None:
                                             for f in tuned]),
                              os.path.join(img, "accuracy_vs_time.png"))
   log(f"wrote {img}/sweep_mlp.png and accuracy_vs_time.png")
+  write_analyses(root, tuned, log)
+  if data_flags:
+    from experiments import photo_digits
+    photo_digits.main([f"--run={folders[ROWS[2]]}", "--num=12", *data_flags,
+                       f"--montage={os.path.join(img, 'photo_digits.png')}"])
+
+
+def write_analyses(root: str, tuned: Sequence[str], log=print) -> None:
+  """docs/analyses.md and docs/img/analysis_*.png from the tuned runs (in
+  TUNED's order); says which runs hold no analysis instead."""
+  from experiments import compare
   missing = [f for f in tuned
              if not os.path.isdir(os.path.join(f, "analysis"))]
   if missing:
     log(f"docs/analyses.md not written: {', '.join(missing)} hold no analysis; "
         "write each: python launch.py --mode=report --workdir=RUN")
-  else:
-    times = [metrics_log.wall_time(metrics_log.final_metrics(f) or {})
-             for f in tuned]
-    compare.analysis_page(tuned, os.path.join(root, "docs", "analyses.md"), img,
-                          [r.model for r in TUNED], times)
-    log("wrote docs/analyses.md and docs/img/analysis_*.png")
-  if data_flags:
-    from experiments import photo_digits
-    photo_digits.main([f"--run={folders[ROWS[2]]}", "--num=12", *data_flags,
-                       f"--montage={os.path.join(img, 'photo_digits.png')}"])
+    return
+  times = [metrics_log.wall_time(metrics_log.final_metrics(f) or {})
+           for f in tuned]
+  compare.analysis_page(tuned, os.path.join(root, "docs", "analyses.md"),
+                        os.path.join(root, "docs", "img"),
+                        [r.model for r in TUNED], times)
+  log("wrote docs/analyses.md and docs/img/analysis_*.png")
 
 
 def _accuracy(r: dict) -> str:
