@@ -6,11 +6,10 @@ r"""Times training of the registered models the same way every time.
       --data_dir=DIR --set=impl=stock
 
 Prints one JSON object per line per model: compile time of the scanned train
-chunk, the median epoch time over the epochs after the first, examples/s, the
-GFLOP/s achieved (the matmul and convolution FLOPs of one train step, counted
-from its jaxpr with scan bodies times their length, times the steps of an
-epoch and the members, over the epoch time) and that as a fraction of this
-machine's f32 matmul peak, measured in the same process with a big matmul.
+chunk, the median epoch time over the epochs after the first, examples/s and
+the GFLOP/s achieved (the matmul and convolution FLOPs of one train step,
+counted from its jaxpr with scan bodies times their length, times the steps of
+an epoch and the members, over the epoch time).
 
 What is timed is what a run runs: loop.train_and_evaluate, with hooks that
 only record each epoch's row (no run folder, no checkpoints), so the chunk,
@@ -25,7 +24,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -63,26 +61,10 @@ def parse_args(argv=None):
   p.add_argument("--parallel", default="auto",
                  help="auto (launch.py's default: a fixed rule, see "
                       "training/devices.py), none, pmap or sharded")
-  p.add_argument("--peak_size", type=int, default=2048,
-                 help="side of the square f32 matmul that measures the peak")
   args = p.parse_args(argv)
   if args.epochs < 1:
     p.error("--epochs must be at least 1")
   return args
-
-
-def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
-  """This machine's f32 matmul throughput: the best of `repeats` [n,n]x[n,n]."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  mm = jax.jit(jnp.matmul)
-  mm(a, b).block_until_ready()
-  best = float("inf")
-  for _ in range(repeats):
-    t = time.perf_counter()
-    mm(a, b).block_until_ready()
-    best = min(best, time.perf_counter() - t)
-  return 2.0 * n ** 3 / best / 1e9
 
 
 def jaxpr_flops(jaxpr) -> float:
@@ -172,7 +154,7 @@ def _one_member(state, num_members: int):
   return jax.tree.map(lambda x: x[0] if getattr(x, "ndim", 0) else x, state)
 
 
-def bench_model(name: str, args, peak: float) -> dict:
+def bench_model(name: str, args) -> dict:
   overrides = {k: getattr(args, k) for k in ("mnist_dir", "data_dir")
                if getattr(args, k) is not None}
   overrides.update(parse_sets(args.set))
@@ -206,8 +188,6 @@ def bench_model(name: str, args, peak: float) -> dict:
       "examples_per_s": round(steps * config.batch_size / epoch_time, 1),
       "step_gflop": round(flops / 1e9, 5),
       "gflops": round(gflops, 2),
-      "peak_gflops": round(peak, 1),
-      "fraction_of_peak": round(gflops / peak, 4),
       "last_epoch_train_accuracy": round(rows[-1]["train_accuracy"], 4),
       "backend": jax.default_backend(),
       "parallel": layout.get("mode"), "devices": layout.get("devices"),
@@ -226,9 +206,8 @@ def main(argv=None):
   try:
     for name in names:
       models.get(name)
-    peak = matmul_peak_gflops(args.peak_size)
     for name in names:
-      print(json.dumps(bench_model(name, args, peak)), flush=True)
+      print(json.dumps(bench_model(name, args)), flush=True)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
