@@ -6,22 +6,16 @@ r"""Times training of the registered models the same way every time.
       --data_dir=DIR --set=impl=stock
 
 Prints one JSON object per line per model: compile time of the scanned train
-chunk, the median epoch time over the epochs after the first, examples/s, the
-GFLOP/s achieved (the matmul and convolution FLOPs of one train step, counted
-from its jaxpr with scan bodies times their length, times the steps of an
-epoch and the members, over the epoch time; XLA's own cost analysis is
-reported beside it but counts a loop body once) and that as a fraction of
-this machine's f32 matmul peak, measured in the same process with a big
-matmul.
+chunk, the median epoch time over the epochs after the first, examples/s and
+the GFLOP/s achieved (the matmul and convolution FLOPs of one train step,
+counted from its jaxpr with scan bodies times their length, times the steps of
+an epoch and the members, over the epoch time).
 
-What is timed is what a run runs: the loop itself, loop.train_and_evaluate,
-with hooks that only record each epoch's row (no run folder, no checkpoints).
-So the chunk (train.train_chunk over train.epoch_order), its layout over the
-devices (devices.Layout, --parallel as launch.py resolves it), the compile
-time and each epoch's time are those of a launch.py run with these settings;
-an epoch's time ends when its last chunk has finished, and leaves out the
-validation pass after it. The persistent compilation cache is off unless
---compile_cache is given, so compile_time_s is a cold compile.
+What is timed is what a run runs: loop.train_and_evaluate, with hooks that
+only record each epoch's row (no run folder, no checkpoints), so the chunk,
+its layout (--parallel as launch.py resolves it), the compile time (cold: no
+persistent compilation cache) and each epoch's time (its last chunk's end, the
+validation pass after it left out) are those of a launch.py run.
 """
 
 import argparse
@@ -30,7 +24,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -46,7 +39,6 @@ from mnist_jax.data import augment as augment_lib
 from mnist_jax.data import pipeline
 from mnist_jax.errors import UserError
 from mnist_jax.rundir import process
-from mnist_jax.training import devices
 from mnist_jax.training import members as members_lib
 from mnist_jax.training import loop
 from mnist_jax.training import population
@@ -64,37 +56,15 @@ def parse_args(argv=None):
                       "rest is reported")
   p.add_argument("--mnist_dir", default=None)
   p.add_argument("--data_dir", default=None)
-  p.add_argument("--batch_size", type=int, default=None)
-  p.add_argument("--chunk_steps", type=int, default=None)
   p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                  help="override any Config field, e.g. --set=cnn_features=16,32")
   p.add_argument("--parallel", default="auto",
                  help="auto (launch.py's default: a fixed rule, see "
                       "training/devices.py), none, pmap or sharded")
-  p.add_argument("--eval", action="store_true",
-                 help="also time one evaluation pass over the test split")
-  p.add_argument("--compile_cache", action="store_true",
-                 help="use the persistent compilation cache (warm compile times)")
-  p.add_argument("--peak_size", type=int, default=2048,
-                 help="side of the square f32 matmul that measures the peak")
   args = p.parse_args(argv)
   if args.epochs < 1:
     p.error("--epochs must be at least 1")
   return args
-
-
-def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
-  """This machine's f32 matmul throughput: the best of `repeats` [n,n]x[n,n]."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-  mm = jax.jit(jnp.matmul)
-  mm(a, b).block_until_ready()
-  best = float("inf")
-  for _ in range(repeats):
-    t = time.perf_counter()
-    mm(a, b).block_until_ready()
-    best = min(best, time.perf_counter() - t)
-  return 2.0 * n ** 3 / best / 1e9
 
 
 def jaxpr_flops(jaxpr) -> float:
@@ -131,20 +101,16 @@ def jaxpr_flops(jaxpr) -> float:
   return float(total)
 
 
-def step_flops(config, state, images, labels):
-  """(jaxpr matmul+conv FLOPs, XLA cost-analysis FLOPs) of one member's
-  train step (train.train_step as train_chunk scans it)."""
+def step_flops(config, state, images, labels) -> float:
+  """The matmul and convolution FLOPs of one member's train step
+  (train.train_step as train_chunk scans it)."""
   step = functools.partial(
       train.train_step, label_smoothing=config.label_smoothing,
       augment=augment_lib.from_config(config))
   batch = {"image": jnp.asarray(images[:config.batch_size]),
            "label": jnp.asarray(labels[:config.batch_size]),
            "valid": jnp.asarray(True)}
-  counted = jaxpr_flops(jax.make_jaxpr(step)(state, batch))
-  cost = jax.jit(step).lower(state, batch).compile().cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0]
-  return counted, float((cost or {}).get("flops", float("nan")))
+  return jaxpr_flops(jax.make_jaxpr(step)(state, batch))
 
 
 def parse_sets(items) -> dict:
@@ -188,30 +154,8 @@ def _one_member(state, num_members: int):
   return jax.tree.map(lambda x: x[0] if getattr(x, "ndim", 0) else x, state)
 
 
-def _time_eval(config, data, model, state, num_members: int) -> dict:
-  """One evaluation pass over the test split, laid out as the loop lays it
-  out (train.evaluate mapped by devices.Layout): compile and run, then run."""
-  layout = devices.Layout(config, model, num_members, say=lambda _: None)
-  evaluate = layout.map(functools.partial(
-      train.evaluate, batch_size=layout.eval_batch_size(config.eval_batch_size),
-      axis_name=layout.axis_name, batch_sharding=layout.batch_sharding),
-                        (devices.MEMBER, devices.SHARED, devices.SHARED),
-                        donate=False)
-  state = layout.put_state(state)
-  test = layout.put(data.test)
-  t = time.perf_counter()
-  jax.block_until_ready(evaluate(state, *test))
-  first = time.perf_counter() - t
-  t = time.perf_counter()
-  metrics = members_lib.host_metrics(layout.host(evaluate(state, *test)))
-  return {"eval_compile_and_run_s": round(first, 3),
-          "eval_time_s": round(time.perf_counter() - t, 4),
-          "test_accuracy": round(metrics[0]["accuracy"], 4)}
-
-
-def bench_model(name: str, args, peak: float) -> dict:
-  overrides = {k: getattr(args, k) for k in ("mnist_dir", "data_dir", "batch_size",
-                                             "chunk_steps")
+def bench_model(name: str, args) -> dict:
+  overrides = {k: getattr(args, k) for k in ("mnist_dir", "data_dir")
                if getattr(args, k) is not None}
   overrides.update(parse_sets(args.set))
   config = models.get_config(name, args.preset, epochs=args.epochs,
@@ -229,8 +173,7 @@ def bench_model(name: str, args, peak: float) -> dict:
   timed = epoch_times[1:] or epoch_times
   epoch_time = statistics.median(timed)
   one = _one_member(state, num_members)
-  flops, xla_flops = step_flops(config, one, data.train.images,
-                                data.train.labels)
+  flops = step_flops(config, one, data.train.images, data.train.labels)
   gflops = flops * num_members * steps / epoch_time / 1e9
   chunk = min(steps, config.chunk_steps)
   layout = recorder.record.get("parallel", {})
@@ -244,34 +187,27 @@ def bench_model(name: str, args, peak: float) -> dict:
       "epoch_times_s": [_figures(x) for x in epoch_times],
       "examples_per_s": round(steps * config.batch_size / epoch_time, 1),
       "step_gflop": round(flops / 1e9, 5),
-      "xla_cost_analysis_step_gflop": round(xla_flops / 1e9, 5),
       "gflops": round(gflops, 2),
-      "peak_gflops": round(peak, 1),
-      "fraction_of_peak": round(gflops / peak, 4),
       "last_epoch_train_accuracy": round(rows[-1]["train_accuracy"], 4),
       "backend": jax.default_backend(),
       "parallel": layout.get("mode"), "devices": layout.get("devices"),
       "implementation": implementation,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
-  if args.eval:
-    row.update(_time_eval(config, data, model, state, num_members))
   return row
 
 
 def main(argv=None):
   args = parse_args(argv)
-  if not args.compile_cache:
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = ""
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = ""  # Cold compiles.
   process.split_host(args.parallel)
   process.setup_process()
   names = list(models.MODELS) if args.model == "all" else args.model.split(",")
   try:
     for name in names:
       models.get(name)
-    peak = matmul_peak_gflops(args.peak_size)
     for name in names:
-      print(json.dumps(bench_model(name, args, peak)), flush=True)
+      print(json.dumps(bench_model(name, args)), flush=True)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -1,52 +1,28 @@
 r"""Phone-photo-like pictures of MNIST test digits, and how predict copes with them.
 
-Each test digit is drawn as dark pen strokes (black, blue, dark red or green
-ink) scaled smoothly to a third to a half of the frame's shorter side and put
-anywhere in it, on tinted paper (cream, grey, bluish, white, sometimes lined),
-lit by a gradient with a soft shadow, with sensor noise, a slight blur and JPEG
-compression at quality 60-85, in frames of 300-1200 px, portrait or landscape.
-The same digits are also kept as clean cases: dark ink on white at a normal
-size, and the 28x28 MNIST image itself (white on black).
+Each test digit is drawn in dark ink on tinted (sometimes ruled) paper, a third
+to a half of a 300-1200 px frame, under a lighting gradient and a soft shadow,
+with sensor noise, a slight blur and JPEG compression; the same digits are kept
+clean too (dark ink on white, and the MNIST image). The script predicts them
+with a trained run folder, through mnist_jax/data/images.py's preprocess, and
+prints the accuracy on each kind (tests use `render_photo`, `clean_scan` and
+`mnist_style` on synthetic digits):
 
-The script predicts them with a trained run folder, through the preprocess of
-mnist_jax/data/images.py, and prints the accuracy on each kind;
-`--baseline_rev=REV` also measures the preprocess at that git revision (read
-with `git show`), so before and after come from one command:
-
-  python experiments/photo_digits.py --run=RUN --data_dir=DIR --num=1000 \
-      --seed=0 --baseline_rev=HEAD~3
   python experiments/photo_digits.py --run=RUN --mnist_dir=DIR --num=12 \
-      --montage=docs/img/photo_digits.png --samples=photos/
-  # docs/performance.md's photo table: photos of 1,000 digits at seeds 0 and
-  # 1 and all 10,000 clean ones, now and before photos were handled
-  # (BEFORE_PHOTOS), kept in a runs folder; without --train, the table from
-  # them (--check: whether the doc matches them):
-  python experiments/photo_digits.py --table --train --runs=runs/photos \
-      --run=RUN --mnist_dir=DIR
-
-Importing this module has no side effects: tests use `render_photo`,
-`clean_scan` and `mnist_style` on synthetic digits.
+      --montage=docs/img/photo_digits.png
 """
 
 import argparse
-import importlib
-import importlib.util
 import io
 import os
-import subprocess
 import sys
-import tempfile
-import time
-from unittest import mock
 
 import numpy as np
 from PIL import Image
 from PIL import ImageFilter
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import matplotlib.pyplot as plt
 from mnist_jax.data import idx
 from mnist_jax.data import images as images_lib
@@ -54,17 +30,6 @@ from mnist_jax.data import pipeline
 from mnist_jax.errors import UserError
 from mnist_jax.results import plots
 from mnist_jax.results import run as run_lib
-from mnist_jax.rundir import metrics_log
-from experiments import speedrun
-# pylint: enable=g-import-not-at-top,wrong-import-position
-
-TABLE_MARKER = "<!-- photo_digits.py: {} -->"
-# The table's cells: (kind, seed, digits), photos at two seeds, clean cases.
-TABLE_CASES = (("photo", 0, 1000), ("photo", 1, 1000), ("scan", 0, 10000),
-               ("mnist", 0, 10000))
-# The preprocess before photos were handled: the revision before the one that
-# added `def _paper` (its paper estimate).
-BEFORE_PHOTOS = ["git", "log", "--format=%h", "-S", "def _paper"]
 
 PAPERS = {  # RGB of the paper in full light.
     "white": (238, 238, 232),
@@ -86,7 +51,7 @@ SCAN_SCALE = 4  # Clean scan: the 28x28 digit at 112x112 px on white.
 def _frame_size(rng: np.random.Generator):
   """(width, height): the longer side 300-1200 px, 4:3, 16:9 or square."""
   long_side = int(rng.integers(300, 1201))
-  ratio = rng.choice([4 / 3, 16 / 9, 1.0])
+  ratio = float(rng.choice([4 / 3, 16 / 9, 1.0]))
   short_side = int(round(long_side / ratio))
   landscape = rng.random() < 0.3
   return (long_side, short_side) if landscape else (short_side, long_side)
@@ -210,36 +175,6 @@ def _test_arrays(mnist_dir, data_dir):
   return arrays["test_images"], arrays["test_labels"]
 
 
-# Where the preprocess lived, newest first: mnist_jax/predict.py before the
-# package had subpackages. That file imports the modules that moved under
-# their old names; they are lent to it while it loads.
-BASELINE_FILES = ("mnist_jax/data/images.py", "mnist_jax/predict.py")
-_OLD_MODULES = {"mnist_jax.datasets": "mnist_jax.data.datasets",
-                "mnist_jax.trained": "mnist_jax.results.run"}
-
-
-def baseline_preprocess(rev: str):
-  """images.preprocess as it is at git revision rev (BASELINE_FILES)."""
-  for name in BASELINE_FILES:
-    shown = subprocess.run(["git", "show", f"{rev}:{name}"], cwd=ROOT,
-                           capture_output=True, text=True, check=False)
-    if not shown.returncode:
-      break
-  else:
-    sys.exit(f"error: cannot read {' or '.join(BASELINE_FILES)} at {rev} "
-             f"({shown.stderr.strip()}); pass a revision of this repository")
-  old = {o: importlib.import_module(n) for o, n in _OLD_MODULES.items()}
-  with tempfile.TemporaryDirectory() as folder:
-    path = os.path.join(folder, "preprocess_baseline.py")
-    with open(path, "w") as f:
-      f.write(shown.stdout)
-    spec = importlib.util.spec_from_file_location("preprocess_baseline", path)
-    module = importlib.util.module_from_spec(spec)
-    with mock.patch.dict(sys.modules, old):
-      spec.loader.exec_module(module)
-  return module.preprocess
-
-
 def model_inputs(preprocess, pictures):
   """[N, 28, 28] uint8 inputs and [N] bool failures (no digit found, zeros).
 
@@ -252,7 +187,7 @@ def model_inputs(preprocess, pictures):
       picture = Image.open(io.BytesIO(picture))
     try:
       inputs[i] = preprocess(picture)
-    except UserError:  # ImageError, also that of a baseline revision.
+    except UserError:  # ImageError: no digit found.
       failed[i] = True
   return inputs, failed
 
@@ -289,195 +224,51 @@ def montage(photos, inputs, labels, probs, path: str, cols: int = 4) -> str:
   return path
 
 
-def _parse_args():
+def measure(run, kinds, labels):
+  """Prints the run's accuracy on each kind of picture ({kind: pictures});
+  {kind: (inputs [N, 28, 28], probabilities [N, 10])}."""
+  results, line = {}, []
+  for kind, pictures in kinds.items():
+    inputs, failed = model_inputs(images_lib.preprocess, pictures)
+    probs = run.probabilities(inputs)
+    predicted = np.where(failed, -1, probs.argmax(axis=1))
+    results[kind] = inputs, probs
+    line.append(f"{kind} {100 * np.mean(predicted == labels):.2f}% "
+                f"({failed.sum()} no digit)")
+  print(", ".join(line), flush=True)
+  return results
+
+
+def main(argv=None):
   parser = argparse.ArgumentParser(
-      description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter,
-      epilog=__doc__.split("\n\n", 1)[1])
-  parser.add_argument("--run", help="a trained run folder to measure")
+      description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--run", required=True, help="a trained run folder")
   parser.add_argument("--mnist_dir", help="folder with MNIST's IDX files")
   parser.add_argument("--data_dir", help="tfds data dir with MNIST prepared")
   parser.add_argument("--num", type=int, default=1000,
                       help="test digits to use (each as a photo and clean)")
   parser.add_argument("--seed", type=int, default=0,
-                      help="picks the test digits and renders the photos (of "
-                           "the test set in its order: IDX files' and tfds's "
-                           "differ, so the same seed picks other digits)")
-  parser.add_argument("--kinds", default="photo,scan,mnist",
-                      help="pictures to measure, of photo, scan, mnist")
-  parser.add_argument("--baseline_rev",
-                      help="also measure the preprocess at this git "
-                           "revision")
-  parser.add_argument("--samples", help="write the first --sample_count "
-                      "photos (JPEG) and clean scans (PNG) to this folder")
-  parser.add_argument("--sample_count", type=int, default=24)
-  parser.add_argument("--montage", help="save the first --montage_count photos "
-                      "with the run's answers as this PNG")
-  parser.add_argument("--montage_count", type=int, default=12)
-  parser.add_argument("--table", action="store_true",
-                      help="docs/performance.md's photo table (module doc)")
-  parser.add_argument("--runs", help="--table: the folder of its timings")
-  parser.add_argument("--train", action="store_true",
-                      help="--table: measure first (needs --run)")
-  parser.add_argument("--check", action="store_true",
-                      help="--table: say whether the doc matches the runs")
-  parser.add_argument("--doc", default=speedrun.DOC)
-  args = parser.parse_args()
-  if args.table:
-    if not args.runs or (args.train and not args.run):
-      parser.error("--table needs --runs=DIR, and --run=RUN with --train")
-    return args
-  args.kinds = args.kinds.split(",")
-  if not set(args.kinds) <= {"photo", "scan", "mnist"}:
-    parser.error("--kinds: each must be photo, scan or mnist")
-  if args.run is None and args.samples is None:
-    parser.error("pass --run=RUN to measure, or --samples=DIR to write pictures")
-  if args.montage and (not args.run or "photo" not in args.kinds):
-    parser.error("--montage needs --run=RUN and photo in --kinds")
-  return args
-
-
-def _write_samples(folder, photos, digits, labels, count) -> None:
-  os.makedirs(folder, exist_ok=True)
-  for i in range(min(count, len(photos))):
-    stem = os.path.join(folder, f"{i:03d}_true{labels[i]}")
-    with open(f"{stem}_photo.jpg", "wb") as f:
-      f.write(photos[i])
-    clean_scan(digits[i]).save(f"{stem}_scan.png")
-  print(f"samples: {folder}")
-
-
-def measure(run, kinds, methods, labels):
-  """Prints each preprocess's accuracy on each kind of picture.
-
-  kinds: {kind: pictures}; methods: {name: preprocess function}.
-  Returns {(method, kind): (inputs [N, 28, 28], predicted [N] (-1: no digit
-  found), probabilities [N, 10])}.
-  """
-  results = {}
-  for method, preprocess in methods.items():
-    line = []
-    for kind, pictures in kinds.items():
-      start = time.perf_counter()
-      inputs, failed = model_inputs(preprocess, pictures)
-      seconds = (time.perf_counter() - start) / len(pictures)
-      probs = run.probabilities(inputs)
-      predicted = np.where(failed, -1, probs.argmax(axis=1))
-      results[method, kind] = inputs, predicted, probs
-      line.append(f"{kind} {100 * np.mean(predicted == labels):.2f}% "
-                  f"({failed.sum()} no digit, {1000 * seconds:.0f} ms each)")
-    print(f"  {method:>10}: " + ", ".join(line), flush=True)
-  return results
-
-
-def _chosen(images, labels, seed: int, num: int):
-  """The `num` test digits [num, 28, 28] and labels seed picks."""
-  chosen = np.random.default_rng(seed).choice(
-      len(images), min(num, len(images)), replace=False)
-  return images[chosen], labels[chosen]
-
-
-def _photos(digits, seed: int):
-  start = time.perf_counter()
-  photos = [photo_jpeg(d, np.random.default_rng([seed, i]))
+                      help="picks the test digits (of the test set in its "
+                      "order: IDX files' and tfds's differ) and the photos")
+  parser.add_argument("--montage", help="save the first 12 photos with the "
+                      "run's answers as this PNG")
+  args = parser.parse_args(argv)
+  images, labels = test_digits(args.mnist_dir, args.data_dir)
+  chosen = np.random.default_rng(args.seed).choice(
+      len(images), min(args.num, len(images)), replace=False)
+  digits, labels = images[chosen], labels[chosen]
+  photos = [photo_jpeg(d, np.random.default_rng([args.seed, i]))
             for i, d in enumerate(digits)]
-  print(f"{len(photos)} photos of test digits, seed {seed} "
-        f"({time.perf_counter() - start:.0f}s to render)", flush=True)
-  return photos
-
-
-def _table_runs(args):
-  """Measures TABLE_CASES now and before photos were handled; their rows."""
-  added = subprocess.run(BEFORE_PHOTOS, cwd=ROOT, text=True,
-                         capture_output=True, check=False).stdout.split()
-  rev = added[-1] if added else None  # The oldest: where it was added.
-  if not rev:
-    sys.exit("error: this clone's history lacks the commit that added photo "
-             "handling; measure in a full clone of the repository")
-  methods = {"now": images_lib.preprocess,
-             "before": baseline_preprocess(f"{rev}~1")}
-  run = run_lib.load_run(args.run)
-  images, labels = test_digits(args.mnist_dir, args.data_dir)
-  rows = []
-  for kind, seed, num in TABLE_CASES:
-    digits, truth = _chosen(images, labels, seed, num)
-    pictures = {"photo": lambda: _photos(digits, seed),
-                "scan": lambda: [clean_scan(d) for d in digits],
-                "mnist": lambda: [mnist_style(d) for d in digits]}[kind]()
-    results = measure(run, {kind: pictures}, methods, truth)
-    rows += [{"kind": kind, "seed": seed, "digits": len(digits),
-              "method": method, "accuracy": float(np.mean(
-                  results[method, kind][1] == truth))} for method in methods]
-  final = metrics_log.final_metrics(args.run) or {}
-  for row in rows:
-    row["run"] = os.path.basename(os.path.normpath(args.run))
-    row["run_test_accuracy"] = final.get("test_accuracy")
-  return rows
-
-
-def table(rows, host) -> str:
-  """The photo table from _table_runs' rows."""
-  cell = {(r["method"], r["kind"], r["seed"]): r["accuracy"] for r in rows}
-  head = {"photo": "photos, seed {}", "scan": "clean scans",
-          "mnist": "MNIST images"}
-  first = rows[0]
-  own = first["run_test_accuracy"]
-  lines = [f"Accuracy of the run {first['run']}"
-           + (f" ({100 * own:.2f}% on MNIST's test set)" if own else "")
-           + f" on {host['host']}, jax {host['jax']}: photos of "
-           f"{first['digits']:,} test digits a seed; clean cases: all "
-           f"{rows[-1]['digits']:,}.", "",
-           "| preprocess | " + " | ".join(
-               head[k].format(seed) for k, seed, _ in TABLE_CASES) + " |",
-           "|---|" + "---:|" * len(TABLE_CASES)]
-  for method, name in (("before", "before (crop and centre only)"),
-                       ("now", "now")):
-    lines.append(f"| {name} | " + " | ".join(
-        f"{100 * cell[method, k, seed]:.2f}%" for k, seed, _ in TABLE_CASES)
-                 + " |")
-  return "\n".join(lines)
-
-
-def main():
-  args = _parse_args()
-  if args.table:
-    rows, host = speedrun.timed(args, "photos.jsonl",
-                                lambda: _table_runs(args))
-    speedrun.write_table(args.doc, table(rows, host), TABLE_MARKER, "photo",
-                         args.check)
-    return
-  images, labels = test_digits(args.mnist_dir, args.data_dir)
-  digits, labels = _chosen(images, labels, args.seed, args.num)
-  photos = []
-  if "photo" in args.kinds or args.samples:
-    photos = _photos(digits, args.seed)
-  if args.samples:
-    _write_samples(args.samples, photos, digits, labels, args.sample_count)
-  if not args.run:
-    return
-
-  make = {"photo": lambda: photos,
-          "scan": lambda: [clean_scan(d) for d in digits],
-          "mnist": lambda: [mnist_style(d) for d in digits]}
-  kinds = {kind: make[kind]() for kind in args.kinds}
-  methods = {"current": images_lib.preprocess}
-  if args.baseline_rev:
-    methods[args.baseline_rev] = baseline_preprocess(args.baseline_rev)
   print(f"accuracy of {args.run} on {len(digits)} test digits (no digit found "
-        "counts as wrong)")
-  results = measure(run_lib.load_run(args.run), kinds, methods, labels)
-  for kind in [k for k in kinds if k != "photo" and args.baseline_rev]:
-    now, before = results["current", kind], results[args.baseline_rev, kind]
-    diff = np.abs(now[0].astype(int) - before[0])
-    print(f"  {kind}: current inputs against {args.baseline_rev}'s: "
-          f"{np.all(diff == 0, axis=(1, 2)).sum()}/{len(diff)} identical, "
-          f"max |difference| {diff.max()}/255; same prediction "
-          f"{np.sum(now[1] == before[1])}/{len(diff)}")
+        "counts as wrong):")
+  results = measure(run_lib.load_run(args.run), {
+      "photo": photos, "scan": [clean_scan(d) for d in digits],
+      "mnist": [mnist_style(d) for d in digits]}, labels)
   if args.montage:
-    k = min(args.montage_count, len(photos))
-    inputs, _, probs = results["current", "photo"]
-    path = montage(photos[:k], inputs[:k], labels[:k], probs[:k], args.montage)
-    print(f"montage: {path} ({os.path.getsize(path) // 1024} KB)")
+    inputs, probs = results["photo"]
+    print("montage:", montage(photos[:12], inputs[:12], labels[:12],
+                              probs[:12], args.montage))
 
 
 if __name__ == "__main__":

@@ -9,25 +9,15 @@ would: the whole dataset as tensors in memory, one `randperm` per epoch, a slice
 per batch, `torch.set_num_threads` = the cores JAX sees. Prints one JSON line
 per model with `epoch_time_s`, the median of the epochs after the first, the
 same statistic as benchmark.py. Alternate the two scripts on an idle machine.
-
-  python experiments/reference_torch.py --speedrun --seed=1000 --mnist_dir=DIR \
-      --out=runs/speedrun/torch.json
-
---speedrun trains launch.py's `--model=cnn --preset=speedrun` recipe (its
-network, batch, epochs, Adam with the one-cycle schedule optax computes,
-label smoothing, all 60,000 images) for --num_seeds seeds one after another,
-and writes the seconds from this process's start to their test accuracies
-(import torch and the data included): experiments/speedrun.py's PyTorch row.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
 import sys
 import time
-
-START = time.perf_counter()
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,52 +87,6 @@ def time_model(name, images, labels, epochs, threads):
           "epoch_time_s": round(statistics.median(times[1:] or times), 3)}
 
 
-def speedrun(arrays, seeds, threads):
-  """Test accuracies of the speedrun preset's recipe, once per seed."""
-  import torch  # pylint: disable=g-import-not-at-top
-  from torch import nn  # pylint: disable=g-import-not-at-top
-  from mnist_jax import models  # pylint: disable=g-import-not-at-top
-  torch.set_num_threads(threads)
-  c = models.get_config("cnn", "speedrun")
-  assert c.schedule == "onecycle" and c.optimizer == "adam" and not c.augment
-  view = lambda a: torch.from_numpy(a).float().div_(255).reshape(-1, 1, 28, 28)
-  x, y = view(arrays["train_images"]), torch.from_numpy(
-      arrays["train_labels"]).long()
-  tx, ty = view(arrays["test_images"]), torch.from_numpy(arrays["test_labels"])
-  steps = len(y) // c.batch_size
-  accuracies = []
-  for seed in seeds:
-    torch.manual_seed(seed)
-    layers, side, width = [], 28, 1
-    for f in c.cnn_features:
-      layers += [nn.Conv2d(width, f, c.cnn_kernel), nn.ReLU(), nn.MaxPool2d(2)]
-      side, width = (side - c.cnn_kernel + 1) // 2, f
-    model = nn.Sequential(*layers, nn.Flatten(), nn.Dropout(c.dropout),
-                          nn.Linear(width * side * side, c.cnn_dense), nn.ReLU(),
-                          nn.Dropout(c.dropout), nn.Linear(c.cnn_dense, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=c.learning_rate)
-    # optax's cosine_onecycle_schedule: no momentum cycling.
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        opt, c.learning_rate, total_steps=c.epochs * steps,
-        cycle_momentum=False)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=c.label_smoothing)
-    model.train()
-    for _ in range(c.epochs):
-      order = torch.randperm(len(y))
-      for i in range(steps):
-        idx = order[i * c.batch_size:(i + 1) * c.batch_size]
-        opt.zero_grad(set_to_none=True)
-        loss_fn(model(x[idx]), y[idx]).backward()
-        opt.step()
-        schedule.step()
-    model.eval()
-    with torch.no_grad():
-      right = sum(int((model(tx[i:i + 1000]).argmax(1) == ty[i:i + 1000]).sum())
-                  for i in range(0, len(ty), 1000))
-    accuracies.append(right / len(ty))
-  return accuracies
-
-
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--model", default="all")
@@ -150,16 +94,9 @@ def main(argv=None):
   p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
   p.add_argument("--data_dir", default=None)
   p.add_argument("--mnist_dir", default=None)
-  p.add_argument("--speedrun", action="store_true",
-                 help="time the speedrun preset's recipe (module doc)")
-  p.add_argument("--seed", type=int, default=1000)
-  p.add_argument("--num_seeds", type=int, default=5)
-  p.add_argument("--out", default=None, help="--speedrun: its JSON file")
   args = p.parse_args(argv)
   sys.path.insert(0, ROOT)
-  try:
-    import torch  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
+  if importlib.util.find_spec("torch") is None:
     sys.exit("error: PyTorch is not installed; pip install torch (only this "
              "reference script needs it)")
   from mnist_jax import models  # pylint: disable=g-import-not-at-top
@@ -169,20 +106,6 @@ def main(argv=None):
     arrays = pipeline.prepare("mnist", args.data_dir, args.mnist_dir)
   except UserError as e:
     sys.exit(f"error: {e}")
-  if args.speedrun:
-    seeds = range(args.seed, args.seed + args.num_seeds)
-    accuracies = speedrun(arrays, seeds, args.threads)
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import speedrun as speedrun_lib  # pylint: disable=g-import-not-at-top
-    out = {"command": f"reference_torch.py --speedrun --seed={args.seed}",
-           "test_accuracies": accuracies,
-           "to_result_s": round(time.perf_counter() - START, 2),
-           "host": speedrun_lib.host(), "torch": torch.__version__}
-    print(json.dumps(out), flush=True)
-    if args.out:
-      with open(args.out, "w") as f:
-        json.dump(out, f)
-    return
   names = list(models.MODELS) if args.model == "all" else args.model.split(",")
   for name in names:
     print(json.dumps(time_model(name, arrays["train_images"],

@@ -1,40 +1,28 @@
 r"""How long a run takes to start training: process start to the first train step.
 
   python experiments/startup.py --model=gru --mnist_dir=DIR
-  # Every seed preset, 3 rounds of a first and a warm second run; then
-  # docs/performance.md's start-up table from them (--check: does it match):
-  python experiments/startup.py --train --rounds=3 --runs=runs/startup \
-      --mnist_dir=DIR
-  python experiments/startup.py --runs=runs/startup [--check]
 
-Each measurement is a fresh `python` process that goes through launch.py's own
-path (flags, imports, data load, state init with its kernel check, compile or
-cache load) and stops at the first call of the compiled train chunk. A round
-runs each model --repeats times with a new, empty persistent compilation
-cache (launch.py enables none by itself): the first run is a new user's
-first, which compiles and fills it; later ones show a warm start. Prints one
-JSON line per run with the time of each phase since the process started, and
-the kernel check's seconds (`check_s`); with --runs, keeps them there
-(startup.jsonl, host.json) and writes the table from them.
+Each run is a fresh `python` process that goes through launch.py's own path
+(flags, imports, data, the state with its kernel check, compile or cache load)
+and stops at the first call of the compiled train chunk. A round runs each
+model --repeats times with a new, empty persistent compilation cache: the first
+run compiles and fills it, later ones start warm. Prints a JSON line per run:
+each phase's time since the process started, and the kernel check's `check_s`
+(tables.py's start-up table is made of them).
 """
 
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mnist_jax import models  # pylint: disable=g-import-not-at-top
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-# pylint: disable=g-import-not-at-top,wrong-import-position
-from experiments import speedrun
-from mnist_jax import models
-
-MARKER = "<!-- startup.py: {} -->"
 
 # Runs in the child: time phases of launch.py's main up to the first step.
 _PROBE = r"""
@@ -137,42 +125,6 @@ def _probe(probe: str, name: str, preset: str, run: int, data_flags, env):
           **marks}
 
 
-def table(runs: str) -> str:
-  """The start-up table (and the line naming its host) from the runs folder."""
-  rows, host = speedrun.load_timed(runs, "startup.jsonl")
-  names = [m for m in models.MODELS if any(r["model"] == m for r in rows)]
-  median = lambda key, run, name: statistics.median(
-      r[key] for r in rows if r["model"] == name and r["run"] == run)
-  rounds = max(r["round"] for r in rows)
-  lines = [f"Seconds on {host['host']}, jax {host['jax']}, `--preset="
-           f"{rows[0]['preset']}`; medians of {rounds} rounds, each with a "
-           "new, empty compilation cache.", "",
-           "| | " + " | ".join(names) + " |",
-           "| --- |" + " ---: |" * len(names)]
-  said = {1: "launch to first step, first run (compiles)",
-          2: "launch to first step, second run (warm cache)"}
-  for run in sorted({r["run"] for r in rows}):
-    lines.append(f"| {said.get(run, f'run {run}')} | " + " | ".join(
-        f"{median('start_training_s', run, n):.2f}" for n in names) + " |")
-  # The first run's phases: (row, its mark, the mark it starts at).
-  phases = (("first run: imports", "imported_train", None),
-            ("first run: loading the data", "data_loaded", "imported_train"),
-            ("first run: the train state", "state_ready", "data_loaded"),
-            ("of it, the kernel check", "check_s", None),
-            ("first run: compiling the train chunk", "compiled",
-             "state_ready"))
-  for said_phase, end, start in phases:
-    cells = []
-    for n in names:
-      took = median(end, 1, n) - (median(start, 1, n) if start else 0)
-      cells.append(f"{took:.2f}" if took else "-")
-    lines.append(f"| {said_phase} | " + " | ".join(cells) + " |")
-  lines.append("| second run: the kernel check | " + " | ".join(
-      f"{median('check_s', 2, n):.2f}" if median("check_s", 2, n) else "-"
-      for n in names) + " |")
-  return "\n".join(lines)
-
-
 def main(argv=None):
   p = argparse.ArgumentParser(
       description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
@@ -184,22 +136,15 @@ def main(argv=None):
                  "ones are warm")
   p.add_argument("--rounds", type=int, default=1,
                  help="each with a new, empty compilation cache")
-  speedrun.add_table_flags(p, runs_required=False)  # None: print only.
+  p.add_argument("--mnist_dir")
+  p.add_argument("--data_dir")
   args = p.parse_args(argv)
   names = list(models.MODELS) if args.model == "all" else args.model.split(",")
   data_flags = [f"--{k}={v}" for k in ("data_dir", "mnist_dir")
                 if (v := getattr(args, k))]
-  if args.runs is None or args.train:
-    timed = []
-    for record in measure(names, args.preset, args.rounds, args.repeats,
-                          data_flags):
-      print(json.dumps(record), flush=True)
-      timed.append(record)
-    if args.runs is None:
-      return
-    speedrun.save_timed(args.runs, "startup.jsonl", timed)
-  speedrun.write_table(args.doc, table(args.runs), MARKER, "start-up",
-                       args.check)
+  for record in measure(names, args.preset, args.rounds, args.repeats,
+                        data_flags):
+    print(json.dumps(record), flush=True)
 
 
 if __name__ == "__main__":
