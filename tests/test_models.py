@@ -148,8 +148,13 @@ def test_batch_norm_is_described_built_and_shaped():
         state.variables, x[:1])
 
   stepped, logits, first = step_and_logits(state)
-  assert not np.allclose(stepped.model_state["batch_stats"]["bn_0"]["mean"], 0)
+  for stats in stepped.model_state["batch_stats"].values():
+    assert not np.allclose(stats["mean"], 0) and not np.allclose(
+        stats["var"], 1)
   np.testing.assert_allclose(first, logits[:1], rtol=1e-5, atol=1e-6)
+  other = stepped.replace(model_state=jax.tree.map(  # Evaluation reads them.
+      lambda s: 2 * s + 1, stepped.model_state))
+  assert not np.allclose(other.apply_fn(other.variables, x), logits)
 
 
 @pytest.mark.slow
