@@ -295,7 +295,7 @@ def test_label_smoothing_is_a_loss_setting_not_optimizer_state():
                                    optim.make_optimizer(config, 4), (28, 28, 1))
   assert "label_smoothing" not in state.opt_state.hyperparams
   assert "label_smoothing" not in optim.HYPERPARAMS
-  assert "label_smoothing" in config_lib.sweepable()
+  assert config_lib.sweepable() == (*optim.HYPERPARAMS, "label_smoothing")
   batch = jax.tree.map(lambda a: a[0], _batches(1))
   step = jax.jit(lambda s, ls: train.train_step(s, batch, label_smoothing=ls))
   plain, plain_sums = step(state, 0.0)
