@@ -200,18 +200,6 @@ def test_chunks_equal_step_by_step_wherever_cut():
                whole.params, ref.params)
 
 
-def test_chunk_returns_a_state_of_the_types_it_takes():
-  """Shapes, dtypes and weak types of the state survive a chunk, so a fresh
-  state and the chunk's output share one compile."""
-  config = tiny_config("mlp")
-  images, labels = digits(64)
-  state = fresh_state(config, steps_per_epoch=2)
-  out, _, _ = jax.eval_shape(_ordered(2), state, images, labels, 1, 0, 2)
-  kind = lambda x: (x.shape, x.dtype, x.weak_type)
-  assert (jax.tree.map(lambda x: kind(jax.typeof(x)), state) ==
-          jax.tree.map(kind, out))
-
-
 def _walk(jaxpr, inside=False):
   """(equation, inside a loop?) of a jaxpr and the jaxprs nested in it."""
   for eqn in jaxpr.eqns:
