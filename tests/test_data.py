@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import synthetic_digits, write_idx, write_idx_dir
+from conftest import synthetic_digits, write_idx_dir
 from mnist_jax.data import datasets
 from mnist_jax.data import idx
 from mnist_jax import models

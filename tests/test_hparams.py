@@ -149,7 +149,7 @@ def test_which_optimizers_read_a_number_comes_from_the_table(key):
   the decay, the clip) is read by every optimizer."""
   readers = [o for o, spec in optim.OPTIMIZERS.items() if key in spec.reads]
   for optimizer in optim.OPTIMIZERS:
-    make = lambda: models.get_config(
+    make = lambda optimizer=optimizer: models.get_config(
         "mlp", optimizer=optimizer,
         sweep=f"{key}={getattr(config_lib.Config(), key)!r}")
     if not readers or optimizer in readers:

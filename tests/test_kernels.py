@@ -140,7 +140,7 @@ def test_the_fast_path_computes_the_stock_layers(make, shape, dtype):
       jax.tree.map(np.shape, variables))
   tolerance = 1e-4 if dtype == "float32" else 5e-2
   for train in (True, False):
-    ours, theirs = (jax.jit(lambda v, m=m: _outputs(m, v, x, train, dtype))(
+    ours, theirs = (jax.jit(lambda v, m=m, t=train: _outputs(m, v, x, t, dtype))(
         variables) for m in (fast, stock))
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
       scale = max(float(jnp.max(jnp.abs(b))), 1.0)

@@ -2,7 +2,6 @@
 never decides when a run stops, so without a validation split it is refused."""
 
 import numpy as np
-import pytest
 
 from conftest import train_core
 
