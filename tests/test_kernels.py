@@ -163,38 +163,24 @@ class _Dense(nn.Module):
     return y
 
 
-class _NaN(_Dense):
+class _Planted(_Dense):
+  """A kernel for _Dense, wrong as HOW says."""
+  HOW = ""
+
   def __call__(self, images, train=False):
-    return super().__call__(images, train) * jnp.nan
-
-
-class _OffInTraining(_Dense):
-  def __call__(self, images, train=False):
-    return super().__call__(images, train) * (1.01 if train else 1.0)
-
-
-class _OffInEvaluation(_Dense):
-  def __call__(self, images, train=False):
-    return super().__call__(images, train) * (1.0 if train else 1.01)
-
-
-class _OffInState(_Dense):
-  def __call__(self, images, train=False):
+    if self.HOW == "raising":
+      raise ValueError("the kernel broke\nat its second line")
     y = super().__call__(images, train)
-    if train:
+    if self.HOW == "state" and train:  # Outputs right, the state wrong.
       self.put_variable("batch_stats", "mean", y.mean(axis=0))
-    return y
+    return y * {"nan": jnp.nan, "training": 1.01 if train else 1.0,
+                "evaluation": 1.0 if train else 1.01}.get(self.HOW, 1.0)
 
 
 class _NoState(nn.Module):
   @nn.compact
   def __call__(self, images, train=False):
     return nn.Dense(3)(images.reshape(images.shape[0], -1) / 255.0)
-
-
-class _Raising(_Dense):
-  def __call__(self, images, train=False):
-    raise ValueError("the kernel broke\nat its second line")
 
 
 class _Uncovered(nn.Module):
@@ -222,7 +208,10 @@ class _Uncovered(nn.Module):
     return nn.Dense(10)(x.reshape(x.shape[0], -1))
 
 
-def _kernel_for_dense(kernel):
+def _kernel_for_dense(how):
+  kernel = _NoState if how == "no state" else type(
+      f"_{how}", (_Planted,), {"HOW": how})
+
   def setup(monkeypatch):
     monkeypatch.setitem(kernels.KERNELS, _Dense, kernel)
     return _Dense()
@@ -243,7 +232,6 @@ _CNN = "mnist_jax/models/cnn.py's CNN"
 _KERNEL = "the fast kernel mnist_jax/models/kernels/conv_pool.py's CNN"
 _DENSE = kernels._name(_Dense)  # pylint: disable=protected-access
 _LOWERED_BY = f", its layers lowered by {CONV_MATMUL}"
-_STOCK = "; training the stock module"
 _UNCOVERED = [("grouped", "grouped convolutions"),
               ("dilated", "dilated convolutions"),
               ("padded", "convolutions padded other than SAME or VALID"),
@@ -278,19 +266,16 @@ _UNCOVERED = [("grouped", "grouped convolutions"),
     (lambda _: _stock("lstm", remat=True), "auto", "gpu", "stock", None),
     *[(lambda _, k=kind: _Uncovered(k), "auto", "cpu", "stock?",
        f"{why} (odd): XLA's, slow on CPU") for kind, why in _UNCOVERED],
-    (_kernel_for_dense(_NaN), "auto", "cpu", "stock", f"the fast kernel "
-     f"{kernels._name(_NaN)} does not compute {_DENSE} (its outputs or "  # pylint: disable=protected-access
-     f"gradients differ by up to nan): training the stock module"),
-    *[(_kernel_for_dense(k), "auto", "cpu", "stock", f"the fast kernel "
-       f"{kernels._name(k)} does not compute {_DENSE} (its outputs or "  # pylint: disable=protected-access
-       "gradients differ by up to *): training the stock module")
-      for k in (_OffInTraining, _OffInEvaluation, _OffInState)],
-    (_kernel_for_dense(_NoState), "auto", "cpu", "stock", "the fast kernel "
-     f"{kernels._name(_NoState)} does not compute {_DENSE} (it keeps no "  # pylint: disable=protected-access
-     "batch_stats): training the stock module"),
-    (_kernel_for_dense(_Raising), "auto", "cpu", "stock", "the fast kernel "
-     f"{kernels._name(_Raising)} does not compute {_DENSE} (its check "  # pylint: disable=protected-access
-     "raised ValueError: the kernel broke): training the stock module"),
+    *[(_kernel_for_dense(how), "auto", "cpu", "stock", "the fast kernel "
+       f"test_kernels.py's {kernel} does not compute {_DENSE} ({why}): "
+       "training the stock module") for how, kernel, why in (
+           ("nan", "_nan", "its outputs or gradients differ by up to nan"),
+           ("training", "_training", "its outputs or gradients differ by *"),
+           ("evaluation", "_evaluation", "its outputs or gradients differ *"),
+           ("state", "_state", "its outputs or gradients differ by up to *"),
+           ("no state", "_NoState", "it keeps no batch_stats"),
+           ("raising", "_raising", "its check raised ValueError: the kernel "
+            "broke"))],
     (lambda _: _Convs(), "auto", "cpu", "lowered",
      "strided convolutions (Conv_2): XLA's, slow on CPU"),
     *[(_lowering(how), "auto", "cpu", "stock", f"training "
