@@ -11,9 +11,9 @@ import optax
 import pytest
 
 from conftest import synthetic_digits, train_core
+from parallel_worker import dataset
 from mnist_jax import config as config_lib
 from mnist_jax import models
-from mnist_jax.data import pipeline
 from mnist_jax.errors import UserError
 from mnist_jax.training import members as members_lib
 from mnist_jax import optim
@@ -91,18 +91,13 @@ def _config(**values):
 def _chain_cases():
   """Every optimizer x schedule x extras; without the slow marker, four that
   still cover every optimizer, schedule and extras."""
-  extras = [{}, dict(grad_clip=1.0, weight_decay=1e-2, warmup_epochs=1.5)]
   fast = {("adam", "constant", 0), ("adamw", "cosine", 1),
           ("rmsprop", "warmup_cosine", 1), ("sgd", "onecycle", 1)}
-  cases = []
-  for optimizer in optim.OPTIMIZERS:
-    for schedule in optim.SCHEDULES:
-      for k, extra in enumerate(extras):
-        slow = (optimizer, schedule, k) not in fast
-        cases.append(pytest.param(
-            optimizer, schedule, extra, marks=[pytest.mark.slow] * slow,
-            id=f"{optimizer}-{schedule}-{'extras' if extra else 'plain'}"))
-  return cases
+  return [pytest.param(o, s, extra, id=f"{o}-{s}-{k}", marks=[
+      pytest.mark.slow] * ((o, s, k) not in fast))
+          for o in optim.OPTIMIZERS for s in optim.SCHEDULES
+          for k, extra in enumerate([{}, dict(
+              grad_clip=1.0, weight_decay=1e-2, warmup_epochs=1.5)])]
 
 
 @pytest.mark.parametrize("optimizer,schedule,extras", _chain_cases())
@@ -320,15 +315,6 @@ LION = optim.Optimizer(lambda h: optax.scale_by_lion(b1=h["momentum"]),
                        reads=("momentum",))
 
 
-def _tiny_data(n_train=320, n_test=100):
-  x, y = synthetic_digits(n_train, 0)
-  tx, ty = synthetic_digits(n_test, 1)
-  return pipeline.Dataset(
-      pipeline.Split(x, y.astype(np.int32)),
-      pipeline.Split(x[:0], y[:0].astype(np.int32)),
-      pipeline.Split(tx, ty.astype(np.int32)), tuple("0123456789"))
-
-
 def test_a_new_optimizer_is_one_table_entry(monkeypatch):
   """Lion added to optim.OPTIMIZERS is a valid --optimizer (the choices are
   the table, not a copy taken at import), trains, and --sweep's refusals of
@@ -348,7 +334,7 @@ def test_a_new_optimizer_is_one_table_entry(monkeypatch):
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
   # It trains (the loop, no run folder): ten classes, chance is 0.1.
-  _, final = train_core(config, _tiny_data())
+  _, final = train_core(config, dataset(320, 100, 0.0))
   assert final["test_accuracy"] > 0.5, final
   # --sweep: momentum is read by sgd and lion, so adam refuses it naming both;
   # lion sweeps it, and refuses what only rmsprop reads.
