@@ -182,3 +182,34 @@ def test_report_at_47_classes_names_every_class(tmp_path):
           for p in report.confused_pairs(out["confusion"])] == [
               (info.class_names[labels[0]],
                info.class_names[(labels[0] + 1) % 47])]
+
+
+@pytest.mark.slow
+def test_launch_trains_and_predicts_on_26_classes(tmp_path):
+  """The command line end to end on letters: --dry_run, then training in
+  --workdir (the lock, the run folder, its record), then --mode=predict
+  naming a letter."""
+  import launch_helpers as lh  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  mnist_dir = write_idx_dir(tmp_path / "idx", n_train=200, n_test=52, seed=2,
+                            dataset="emnist_letters")
+  workdir = tmp_path / "run"
+  args = ["--model=mlp", "--preset=seed", "--dataset=emnist_letters",
+          "--epochs=1", "--mlp_hidden=16", f"--mnist_dir={mnist_dir}",
+          f"--data_dir={tmp_path / 'tfds'}", f"--workdir={workdir}"]
+  rc, out, err = lh.run(args + ["--dry_run"])
+  assert rc == 0 and "784-16-26" in out, err
+  assert not workdir.exists()
+  rc, _, err = lh.run(args, timeout=300)
+  assert rc in (0, 4), err  # 4: a run that did not learn.
+  with open(workdir / "confusion_matrix.csv") as f:
+    assert next(csv.reader(f))[1:] == [chr(ord("A") + i) for i in range(26)]
+  picture = np.zeros((28, 28), np.uint8)
+  picture[8:20, 8:20] = 255
+  Image.fromarray(picture).save(tmp_path / "letter.png")
+  rc, out, err = lh.run(["--mode=predict", f"--workdir={workdir}",
+                         f"--image={tmp_path / 'letter.png'}", "--json"])
+  assert rc == 0, err
+  record = json.loads(out)
+  assert record["class"] == chr(ord("A") + record["digit"])
+  assert len(record["probabilities"]) == 26

@@ -59,6 +59,7 @@ def test_a_models_settings_appear_in_its_runs_only(model):
        "; leave it out") for m in ("mlp", "linear", "gru") for k, v, owners in (
            ("cnn_batch_norm", True, "cnn"), ("sequence", "pixels", "rnn/lstm/gru"),
            ("permute_seed", 3, "rnn/lstm/gru")) if m not in owners],
+    ("vgg", {}, f"unknown model 'vgg'; choose one of {', '.join(models.MODELS)}"),
     ("gru", dict(num_layers=101), "flag --num_layers=101: 101 is not an "
      "integer in the range [1, 100]"),
     ("cnn", dict(cnn_padding="FULL"), "flag --cnn_padding=FULL: value should "
