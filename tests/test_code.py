@@ -29,13 +29,13 @@ def _edited(monkeypatch, name="models/dense.py"):
   monkeypatch.setattr(code, "core_files", lambda: files)
 
 
-def test_report_predict_and_the_page_say_the_code_differs(tiny_run, tmp_path,
-                                                          monkeypatch):
+def test_every_mode_says_the_code_differs(tiny_run, tmp_path, monkeypatch):
+  """predict, the page and a resume say so in one line (a resume's
+  checkpoint fits the module: then it trains on)."""
   work = str(tmp_path / "run")
   shutil.copytree(tiny_run, work)
   _edited(monkeypatch)
-  run = run_lib.load_run(work)
-  said = run_lib.run_note(work, run)
+  said = run_lib.run_note(work, run_lib.load_run(work))
   assert said == (f"{work} was trained with other code: models/dense.py "
                   "changed since (its config.json's environment.code holds "
                   "what it ran); these results are of the code here now")
@@ -45,18 +45,11 @@ def test_report_predict_and_the_page_say_the_code_differs(tiny_run, tmp_path,
                             err=err)
   assert err.getvalue().startswith(f"note: {said}")
   assert serve.load([work])[0].info["note"] == said
-
-
-def test_a_resume_says_so_and_goes_on(tiny_run, tmp_path, monkeypatch):
-  """Its checkpoint fits the module: the line, then training."""
-  work = str(tmp_path / "run")
-  shutil.copytree(tiny_run, work)
   config = record.read_config(work).replace(epochs=2, workdir=work)
-  record_lib_path = os.path.join(work, "config.json")
-  stored = json.load(open(record_lib_path))
+  path = os.path.join(work, "config.json")
+  stored = json.load(open(path))
   stored.update(finished=False, config=config.to_dict())
-  json.dump(stored, open(record_lib_path, "w"))
-  _edited(monkeypatch)
+  json.dump(stored, open(path, "w"))
   out = io.StringIO()
   modes.train_and_evaluate(config, work, stream=out)
   assert (f"note: {work} was trained with other code: models/dense.py "

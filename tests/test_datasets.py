@@ -1,4 +1,5 @@
-"""MNIST's IDX-format sisters go through the same builder, models and plots."""
+"""MNIST's IDX-format sisters, and a dataset of another shape declared in
+datasets.py, go through the same builder, models, report and predict."""
 
 import io
 import json
@@ -8,8 +9,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from tests.conftest import one_per_module_class
-from tests.conftest import write_idx, write_idx_dir
+from conftest import one_per_module_class, write_idx, write_idx_dir
 from mnist_jax import models
 from mnist_jax.data import datasets
 from mnist_jax.data import pipeline
@@ -40,18 +40,6 @@ def test_each_dataset_prepares_trains_and_plots(dataset, model, extra, tmp_path)
   final = modes.train_and_evaluate(config, workdir, stream=io.StringIO())
   assert final["test_examples"] == 100
   assert os.path.getsize(os.path.join(workdir, "learning_curves.png")) > 0
-
-
-def test_sister_datasets_name_their_classes():
-  assert datasets.class_names("fashion_mnist")[0] == "T-shirt/top"
-  assert datasets.class_names("kmnist")[1] == "ki"
-  assert datasets.class_names("mnist") == [str(i) for i in range(10)]
-
-
-def test_every_model_has_a_valid_best_preset():
-  for name in models.MODELS:
-    config = models.get_config(name, "best")
-    assert config.preset == "best"
 
 
 # A dataset of another shape, declared here: 16x12 images, 3 classes (a bar

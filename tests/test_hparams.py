@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 import launch
-import launch_helpers as lh
 from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.errors import UserError
@@ -27,7 +26,6 @@ from mnist_jax.rundir import tensorboard
 from mnist_jax.training import members
 from mnist_jax import optim
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every model's own setting: a flag, but no Config field.
 MODEL_SETTINGS = sorted(set(config_lib.SETTINGS) - set(config_lib.FIELDS))
 
@@ -52,39 +50,43 @@ def test_a_models_settings_appear_in_its_runs_only(model):
       getattr(config, name)
 
 
-def test_a_setting_defaults_to_its_module_attribute_and_builds_the_module():
-  config = models.get_config("cnn", "seed", cnn_kernel=5, cnn_padding="SAME")
-  module = models.get("cnn").stock(config)
-  assert (module.kernel_size, module.padding) == (5, "SAME")
-  assert module.features == config.cnn_features
-  assert models.get("cnn").settings["cnn_kernel"].default == 3  # CNN.kernel_size's.
-
-
-def test_another_models_setting_is_refused_in_one_line(tmp_path):
-  workdir = tmp_path / "run"
-  rc, out, err = lh.run(["--model=cnn", "--mlp_hidden=64",
-                         f"--workdir={workdir}"])
-  assert rc == 1, err
-  assert err.strip() == ("error: --mlp_hidden is a setting of --model=mlp, "
-                         "not of --model=cnn; leave it out")
-  assert not out and not workdir.exists()
-
-
-def test_a_shared_setting_names_all_its_models():
-  with pytest.raises(UserError, match=re.escape(
-      "--dropout is a setting of --model=mlp/cnn/rnn/lstm/gru, not of "
-      "--model=linear")):
-    models.get_config("linear", dropout=0.1)
-  assert models.get_config("cnn", dropout=0.1).dropout == 0.1
-
-
-def test_a_models_settings_are_validated_from_their_declaration():
-  with pytest.raises(UserError, match=re.escape(
-      "flag --num_layers=101: 101 is not an integer in the range [1, 100]")):
-    models.get_config("gru", num_layers=101)
-  with pytest.raises(UserError, match=re.escape(
-      "flag --cnn_padding=FULL: value should be one of <VALID|SAME>")):
-    models.get_config("cnn", cnn_padding="FULL")
+@pytest.mark.parametrize("model,values,message", [
+    ("cnn", dict(mlp_hidden=(64,)), "--mlp_hidden is a setting of --model=mlp,"
+     " not of --model=cnn; leave it out"),
+    ("linear", dict(dropout=0.1), "--dropout is a setting of "
+     "--model=mlp/cnn/rnn/lstm/gru, not of --model=linear; leave it out"),
+    *[(m, {k: v}, f"--{k} is a setting of --model={owners}, not of --model={m}"
+       "; leave it out") for m in ("mlp", "linear", "gru") for k, v, owners in (
+           ("cnn_batch_norm", True, "cnn"), ("sequence", "pixels", "rnn/lstm/gru"),
+           ("permute_seed", 3, "rnn/lstm/gru")) if m not in owners],
+    ("vgg", {}, f"unknown model 'vgg'; choose one of {', '.join(models.MODELS)}"),
+    ("gru", dict(num_layers=101), "flag --num_layers=101: 101 is not an "
+     "integer in the range [1, 100]"),
+    ("cnn", dict(cnn_padding="FULL"), "flag --cnn_padding=FULL: value should "
+     "be one of <VALID|SAME>"),
+    ("cnn", dict(impl="turbo"), "flag --impl=turbo: value should be one of "
+     "<auto|stock|fast>"),
+    ("cnn", dict(cnn_kernel=0), "flag --cnn_kernel=0: 0 is not an integer in "
+     "the range [1, 28]"),
+    ("lstm", dict(sequence="columns"), "flag --sequence=columns: value should "
+     "be one of <rows|pixels|permuted>"),
+    ("lstm", dict(permute_seed=-1), "flag --permute_seed=-1: -1 is not an "
+     "integer in the range [0, 4294967295]"),
+    ("cnn", dict(cnn_kernel=7, cnn_features=(4, 4, 4)), "*leave no pixels*"
+     "--cnn_padding=SAME*"),
+    ("cnn", dict(cnn_padding="SAME", cnn_features=(4,) * 5), "*leave no "
+     "pixels*fewer --cnn_features*"),
+    ("mlp", dict(val_fraction=0.0, target_accuracy=0.9), "--target_accuracy "
+     "stops on validation accuracy, and --val_fraction=0 holds out none; pass "
+     "e.g. --val_fraction=0.1 (test accuracy never decides when a run stops)"),
+])
+def test_a_setting_the_model_cannot_take_is_refused_in_one_line(model, values,
+                                                                message):
+  """As every command refuses it (get_config, the flags, a config.json), in
+  docs/troubleshooting.md's words."""
+  with pytest.raises(UserError) as e:
+    models.get_config(model, **values)
+  assert re.fullmatch(re.escape(message).replace(r"\*", ".*"), str(e.value))
 
 
 def test_a_new_model_declares_its_settings_without_config_edits():
@@ -159,24 +161,6 @@ def test_which_optimizers_read_a_number_comes_from_the_table(key):
     assert str(e.value) == (
         f"--sweep={key} changes nothing with --optimizer={optimizer}: only "
         f"{' or '.join(f'--optimizer={o}' for o in readers)} reads it")
-
-
-def test_label_smoothing_is_swept_as_a_loss_setting():
-  """Sweepable beside HYPERPARAMS, held per member by the loss, not the
-  optimizer."""
-  assert config_lib.sweepable() == (*optim.HYPERPARAMS, "label_smoothing")
-  config = models.get_config("mlp", sweep="label_smoothing=0.0,0.1")
-  listed = members.from_config(config)
-  assert list(members.per_member(listed, ("label_smoothing",))["label_smoothing"]) == [
-      0.0, np.float32(0.1)]
-  assert "label_smoothing" not in optim.hyperparams(config)
-
-
-def test_the_readme_lists_exactly_the_sweepable_names():
-  with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
-    text = " ".join(f.read().split())
-  listed = text.split("Sweepable (", 1)[1].split("): ", 1)[1].split(". ")[0]
-  assert sorted(re.findall(r"`(\w+)`", listed)) == sorted(config_lib.sweepable())
 
 
 def _old_format(config_json: dict) -> dict:

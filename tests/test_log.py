@@ -29,47 +29,30 @@ class _Recorder:
     self.calls.append(("write", row.get("epoch", row.get("test_accuracy"))))
 
 
-def _write_rows(workdir, rows):
-  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
-    for row in rows:
-      f.write(json.dumps(row) + "\n")
-
-
-def test_rows_go_to_metrics_jsonl_then_to_the_events(tmp_path):
+def test_rows_go_to_metrics_jsonl_then_to_the_events_and_resume_drops(
+    tmp_path):
+  """Each row is written to metrics.jsonl, then to the events; a resumed run
+  drops later epochs and the final row (a run being completed keeps it),
+  and a damaged line (a write a kill cut short) is skipped and dropped."""
+  path = os.path.join(tmp_path, "metrics.jsonl")
   events = _Recorder()
   log = metrics_log.MetricsLog(str(tmp_path), events)
   log.resume(0)
-  log.write(_row(1))
-  log.write({"epoch": 2, "step": 15, "diverged": True, "message": "m"})
-  log.write({"test_accuracy": 0.9})
+  for row in (_row(1), _row(2), _row(3), {"test_accuracy": 0.9}):
+    log.write(row)
   assert events.calls == [("resume", []), ("write", 1), ("write", 2),
-                          ("write", 0.9)]
-  rows = metrics_log.read_metrics(os.path.join(tmp_path, "metrics.jsonl"))
-  assert [r.get("epoch") for r in rows] == [1, 2, None]
-
-
-def test_a_resumed_run_drops_later_epochs_and_the_final_row(tmp_path):
-  path = os.path.join(tmp_path, "metrics.jsonl")
-  rows = [_row(1), _row(2), _row(3), {"test_accuracy": 0.9}]
-  _write_rows(tmp_path, rows)
-  events = _Recorder()
-  metrics_log.MetricsLog(str(tmp_path), events).resume(2)
-  assert [r["epoch"] for r in metrics_log.read_metrics(path)] == [1, 2]
-  assert events.calls == [("resume", [1, 2])]
-  _write_rows(tmp_path, rows)  # A run being completed keeps its final row.
+                          ("write", 3), ("write", 0.9)]
+  rows = metrics_log.read_metrics(path)
+  assert [r.get("epoch") for r in rows] == [1, 2, 3, None]
   metrics_log.MetricsLog(str(tmp_path)).resume(3, keep_final=True)
   assert metrics_log.read_metrics(path) == rows
-
-
-def test_a_damaged_line_is_skipped_and_dropped_on_resume(tmp_path):
-  """A write a kill cut short, or any line that is not a JSON row."""
-  path = os.path.join(tmp_path, "metrics.jsonl")
-  with open(path, "w") as f:
-    f.write(json.dumps(_row(1)) + "\n{garbage\n[1]\n" + json.dumps(_row(2)) +
-            '\n{"epoch": 3, "tr')
-  log = metrics_log.MetricsLog(str(tmp_path))
-  assert [r["epoch"] for r in log.read()] == [1, 2]
-  log.resume(3)
+  with open(path, "a") as f:
+    f.write('{garbage\n[1]\n{"epoch": 4, "tr')
+  events = _Recorder()
+  log = metrics_log.MetricsLog(str(tmp_path), events)
+  assert [r.get("epoch") for r in log.read()] == [1, 2, 3, None]
+  log.resume(2)
+  assert events.calls == [("resume", [1, 2])]
   with open(path) as f:
     assert [json.loads(line)["epoch"] for line in f] == [1, 2]
 
@@ -82,7 +65,9 @@ def _events(workdir):
 
 def test_tensorboard_continues_the_kept_rows_and_takes_the_figures(tmp_path):
   config = models.get_config("mlp", epochs=3)
-  _write_rows(tmp_path, [_row(1), _row(2), _row(3), {"test_accuracy": 0.5}])
+  with open(tmp_path / "metrics.jsonl", "w") as f:
+    for row in (_row(1), _row(2), _row(3), {"test_accuracy": 0.5}):
+      f.write(json.dumps(row) + "\n")
   Image.new("L", (8, 6)).save(tmp_path / "mistakes.png")
   log = metrics_log.MetricsLog(str(tmp_path),
                                tensorboard.Writer(str(tmp_path), config))

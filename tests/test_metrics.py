@@ -78,20 +78,7 @@ def test_sums_of_parts_add_up_to_the_whole():
   assert got["ece"] == pytest.approx(want["ece"], abs=1e-6)
 
 
-def test_stacked_members_are_each_their_own_sums():
-  (l0, y0), (l1, y1) = _batch(2), _batch(3)
-  stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), _sums(l0, y0),
-                         _sums(l1, y1))
-  fetched = members.host_metrics(stacked)
-  assert len(fetched) == 2
-  for i, (l, y) in enumerate([(l0, y0), (l1, y1)]):
-    own = metrics.values(jax.device_get(_sums(l, y)))
-    assert fetched[i] == pytest.approx(own)
-  # One model's sums (no members' axis) are one member's values.
-  assert members.host_metrics(_sums(l0, y0)) == [pytest.approx(fetched[0])]
-
-
-def test_the_train_step_sums_only_the_train_metrics():
+def test_each_split_sums_its_declared_metrics():
   batch = metrics.Batch(jnp.zeros((1, 10)), jnp.zeros(1, jnp.int32),
                         jnp.zeros(1), jnp.ones(1))
   for split in metrics.SPLITS:
@@ -102,15 +89,11 @@ def test_the_train_step_sums_only_the_train_metrics():
   assert metrics.of("train") != metrics.of("test")  # The test's point.
   host = metrics.zeros(lead=(3,), host=True, num_classes=10)
   assert isinstance(host["loss"], np.ndarray) and host["loss"].shape == (3,)
-  assert metrics.zeros(metrics.EVAL, num_classes=10)["ece_count"].shape == (
-      metrics.ECE_BINS,)
-
-
-def test_no_example_gives_nan():
-  got = metrics.values(jax.device_get(metrics.zeros(metrics.EVAL,
-                                                    num_classes=10)))
-  assert got["count"] == 0
-  assert all(np.isnan(got[m.name]) for m in metrics.METRICS)
+  zeros = jax.device_get(metrics.zeros(metrics.EVAL, num_classes=10))
+  assert zeros["ece_count"].shape == (metrics.ECE_BINS,)
+  got = metrics.values(zeros)  # No example: NaN, not 0.
+  assert got["count"] == 0 and all(np.isnan(got[m.name])
+                                   for m in metrics.METRICS)
 
 
 def test_the_results_score_logits_as_the_loop_evaluates_them():
@@ -129,7 +112,7 @@ def test_the_results_score_logits_as_the_loop_evaluates_them():
   assert got["ece"] == pytest.approx(loop["ece"], abs=1e-6)
 
 
-def test_rows_carry_every_metric_of_each_split():
+def test_rows_carry_every_metric_of_each_split_and_member():
   listed = members.from_config(models.get_config("linear", num_seeds=2))
   name = metrics.of("val")[-1].name  # Differs between the two members.
   per = lambda v: [{**{m.name: v for m in metrics.METRICS}, name: x,
@@ -147,8 +130,16 @@ def test_rows_carry_every_metric_of_each_split():
   single = members.from_config(models.get_config("linear"))
   assert set(members.row(single, (0, 0), {"test": per(1.0)[:1]})) == set(
       metrics.keys("test"))
-  text = metrics.BY_NAME["ece"].text(0.0123)
-  assert text == "1.23%"
+  assert metrics.BY_NAME["ece"].text(0.0123) == "1.23%"
+  # Stacked members' sums are each their own; one model's, one member's.
+  (l0, y0), (l1, y1) = _batch(2), _batch(3)
+  stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), _sums(l0, y0),
+                         _sums(l1, y1))
+  fetched = members.host_metrics(stacked)
+  for i, (l, y) in enumerate([(l0, y0), (l1, y1)]):
+    assert fetched[i] == pytest.approx(metrics.values(jax.device_get(
+        _sums(l, y))))
+  assert members.host_metrics(_sums(l0, y0)) == [pytest.approx(fetched[0])]
 
 
 def test_a_metric_may_need_the_class_count(monkeypatch):

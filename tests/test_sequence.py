@@ -4,7 +4,6 @@ by the models themselves from raw images."""
 import io
 import json
 import os
-import re
 
 import jax
 import jax.numpy as jnp
@@ -13,11 +12,13 @@ import pytest
 
 from mnist_jax import models
 from mnist_jax.data import pipeline
-from mnist_jax.errors import UserError
 from mnist_jax.models import recurrent
 from mnist_jax.results import run as run_lib
 from mnist_jax.rundir import record as record_lib
 from mnist_jax import modes as rundir_run
+
+
+RECURRENT = [n for n, s in models.MODELS.items() if s.module is recurrent.Recurrent]
 
 
 def _images(n=3, seed=0):
@@ -27,56 +28,40 @@ def _images(n=3, seed=0):
 @pytest.mark.parametrize("seq,shape", [("rows", (3, 28, 28)),
                                        ("pixels", (3, 784, 1)),
                                        ("permuted", (3, 784, 1))])
-def test_sequence_shapes_in_the_unit_interval(seq, shape):
-  x = np.asarray(recurrent.as_sequence(jnp.asarray(_images()), seq, 3))
+def test_sequences_read_every_pixel_in_their_order(seq, shape):
+  """In [0, 1]: rows and pixels row-major, permuted in the order its seed
+  fixes (a permutation of the 784, another for another seed)."""
+  images = _images()
+  x = np.asarray(recurrent.as_sequence(jnp.asarray(images), seq, 7))
   assert x.shape == shape and x.dtype == np.float32
-  assert x.min() >= 0.0 and x.max() <= 1.0
-  np.testing.assert_allclose(np.sort(x.ravel()),
-                             np.sort(_images().ravel() / 255), rtol=1e-6)
+  order = (recurrent.permutation(7) if seq == "permuted" else np.arange(784))
+  np.testing.assert_allclose(x.reshape(3, -1), images.reshape(3, -1)[
+      :, order] / 255, rtol=1e-6)
+  np.testing.assert_array_equal(np.sort(order), np.arange(784))
+  np.testing.assert_array_equal(recurrent.permutation(7),
+                                recurrent.permutation(7))  # Fixed by its seed.
+  assert not np.array_equal(recurrent.permutation(8), recurrent.permutation(7))
 
 
-def test_pixels_are_row_major_and_permuted_reorders_them():
-  images = jnp.asarray(_images())
-  pixels = np.asarray(recurrent.as_sequence(images, "pixels"))[..., 0]
-  np.testing.assert_allclose(pixels, _images().reshape(3, -1) / 255, rtol=1e-6)
-  np.testing.assert_array_equal(
-      np.asarray(recurrent.as_sequence(images, "rows")).reshape(3, -1), pixels)
-  order = recurrent.permutation(7)
-  permuted = np.asarray(recurrent.as_sequence(images, "permuted", 7))[..., 0]
-  np.testing.assert_array_equal(permuted, pixels[:, order])
-
-
-def test_permutation_is_fixed_by_its_seed():
-  a, b, c = (recurrent.permutation(s) for s in (3, 3, 4))
-  np.testing.assert_array_equal(a, b)
-  assert not np.array_equal(a, c)
-  np.testing.assert_array_equal(np.sort(a), np.arange(784))
-  assert not np.array_equal(a, np.arange(784))
-  assert a.dtype == np.int32
-
-
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_sequence_and_its_seed_are_the_modules_attributes(cell):
-  config = models.get_config(cell, "seed", sequence="permuted", permute_seed=9)
+@pytest.mark.parametrize("cell", RECURRENT)
+def test_the_sequence_and_its_seed_are_the_modules_and_the_run_folders(cell):
+  """Attributes of the module (the presets name them), config.json keys of
+  the recurrent models only, read back as such; stacked and bidirectional
+  cells read one pixel a step."""
+  config = models.get_config(cell, "seed", sequence="permuted", permute_seed=9,
+                             hidden=4, num_layers=2, bidirectional=True)
   module = models.get(cell).stock(config)
   assert (module.sequence, module.permute_seed) == ("permuted", 9)
-  assert models.get_config(cell, "pixels").sequence == "pixels"
-  assert models.get_config(cell, "permuted").sequence == "permuted"
+  for preset in ("pixels", "permuted"):
+    assert models.get_config(cell, preset).sequence == preset
   assert models.get_config(cell).sequence == "rows"  # The module's default.
-
-
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_stacked_and_bidirectional_cells_read_pixels(cell, bidirectional):
-  config = models.get_config(cell, sequence="permuted", hidden=4, num_layers=2,
-                             bidirectional=bidirectional)
-  model = models.get(cell).stock(config)
+  assert models.from_dict(json.loads(config.to_json())) == config
+  assert "sequence" not in models.get_config("mlp").to_dict()
   x = jnp.asarray(_images())
-  variables = model.init(jax.random.key(0), x)
-  # One input feature per step: the pixel.
+  variables = module.init(jax.random.key(0), x)
   assert min(k.shape[0] for k in jax.tree.leaves(variables["params"][
       f"{cell}_0"]) if k.ndim == 2) == 1
-  assert model.apply(variables, x).shape == (3, 10)
+  assert module.apply(variables, x).shape == (3, 10)
 
 
 def test_the_permutation_is_the_models_own():
@@ -112,37 +97,6 @@ def test_remat_keeps_parameters_outputs_and_gradients():
           jax.tree_util.tree_structure(results[1][0]))
   for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("model", ["mlp", "cnn", "linear"])
-@pytest.mark.parametrize("name,value", [("sequence", "pixels"),
-                                        ("permute_seed", 3)])
-def test_sequence_settings_belong_to_the_recurrent_models(model, name, value):
-  with pytest.raises(UserError) as e:
-    models.get_config(model, **{name: value})
-  assert str(e.value) == (f"--{name} is a setting of --model=rnn/lstm/gru, not "
-                          f"of --model={model}; leave it out")
-
-
-def test_unknown_sequences_and_seeds_are_one_line_errors():
-  with pytest.raises(UserError, match=re.escape(
-      "flag --sequence=columns: value should be one of <rows|pixels|permuted>")
-                     ) as e:
-    models.get_config("lstm", sequence="columns")
-  assert "\n" not in str(e.value)
-  with pytest.raises(UserError, match=re.escape(
-      "flag --permute_seed=-1: -1 is not an integer in the range "
-      "[0, 4294967295]")):
-    models.get_config("lstm", sequence="permuted", permute_seed=-1)
-
-
-def test_a_run_folder_keeps_its_sequence_settings_with_the_model():
-  """config.json keys of the recurrent models only; read back as such."""
-  config = models.get_config("lstm", "permuted", permute_seed=4)
-  record = config.to_dict()
-  assert record["sequence"] == "permuted" and record["permute_seed"] == 4
-  assert "sequence" not in models.get_config("mlp").to_dict()
-  assert models.from_dict(json.loads(config.to_json())) == config
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
-"""train.py: the state, the optimizer step, the scanned chunk, evaluation and
-the loop: determinism, padding, resuming bit for bit, BatchNorm, the
-jaxpr of the chunk."""
+"""train.py and loop.py: the optimizer step, the scanned chunk, evaluation
+and the loop: determinism, padding, resuming bit for bit, a chunk that
+branches on no data (docs/design.md)."""
 
 import collections
 import functools
@@ -74,7 +74,7 @@ def without_times(row):
     pytest.param(n, marks=pytest.mark.slow) if n in ("rnn", "lstm") else n
     for n in sorted(models.MODELS)])  # The GRU stands for the recurrent cells.
 def test_train_step_lowers_loss_and_changes_every_parameter(name):
-  # The stock modules (their kernels: test_equivalence.py).
+  # The stock modules (the fast path: test_kernels.py).
   config = tiny_config(name, learning_rate=3e-3, impl="stock")
   images, labels = digits(32)
   state0 = fresh_state(config)
@@ -169,7 +169,8 @@ def _chunk(config, steps=3, **kwargs):
 def test_chunks_equal_step_by_step_wherever_cut():
   """Chunks of 2 and 1 step over an epoch of 3 steps end where 3 plain steps
   end, and one chunk of 3 on the same bits: an epoch's state and metric
-  sums do not depend on where it is cut into chunks."""
+  sums do not depend on where it is cut into chunks; a chunk of no steps
+  changes nothing."""
   config = tiny_config("mlp", dropout=0.2, label_smoothing=0.1)
   images, labels = digits(96)
   state = fresh_state(config, steps_per_epoch=3)
@@ -182,6 +183,9 @@ def test_chunks_equal_step_by_step_wherever_cut():
     total += float(sums["loss"])
   whole, whole_sums, bad = chunk(state, images, labels, 1, 0, 3)
   assert int(bad) == -1
+  none, none_sums, bad = chunk(state, images, labels, 1, 3, 0)  # No steps.
+  assert int(bad) == -1 and float(none_sums["count"]) == 0
+  assert_trees_equal(none, state)
   cut, cut_sums = state, None
   for first, count in ((0, 2), (2, 1)):
     cut, sums, bad = chunk(cut, images, labels, 1, first, count)
@@ -196,57 +200,16 @@ def test_chunks_equal_step_by_step_wherever_cut():
                whole.params, ref.params)
 
 
-def test_a_chunk_of_no_steps_changes_nothing():
-  config = tiny_config("mlp")
-  images, labels = digits(64)
-  state = fresh_state(config, steps_per_epoch=2)
-  after, sums, bad = _chunk(config, steps=2)(state, images, labels, 1, 2, 0)
-  assert int(bad) == -1 and float(sums["count"]) == 0
-  assert_trees_equal(after, state)
-
-
-def test_chunk_returns_a_state_of_the_types_it_takes():
-  """Shapes, dtypes and weak types of the state survive a chunk, so a fresh
-  state and the chunk's output share one compile."""
-  config = tiny_config("mlp")
-  images, labels = digits(64)
-  state = fresh_state(config, steps_per_epoch=2)
-  out, _, _ = jax.eval_shape(_ordered(2), state, images, labels, 1, 0, 2)
-  kind = lambda x: (x.shape, x.dtype, x.weak_type)
-  assert (jax.tree.map(lambda x: kind(jax.typeof(x)), state) ==
-          jax.tree.map(kind, out))
-
-
-def _sub_jaxprs(params):
-  """The jaxprs an equation's params hold (a loop's body, jit's, cond's)."""
-  for value in params.values():
-    for item in value if isinstance(value, (tuple, list)) else [value]:
-      item = getattr(item, "jaxpr", item)  # A ClosedJaxpr's Jaxpr.
-      if hasattr(item, "eqns"):
-        yield item
-
-
-def _primitives(jaxpr, found=None):
-  """primitive name -> count, nested jaxprs included."""
-  found = collections.Counter() if found is None else found
+def _walk(jaxpr, inside=False):
+  """(equation, inside a loop?) of a jaxpr and the jaxprs nested in it."""
   for eqn in jaxpr.eqns:
-    found[eqn.primitive.name] += 1
-    for sub in _sub_jaxprs(eqn.params):
-      _primitives(sub, found)
-  return found
-
-
-def _outer(jaxpr, name):
-  """The `name` loops of a jaxpr outside any loop (through jit and call
-  wrappers)."""
-  out = []
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name in ("scan", "while"):
-      out += [eqn] if eqn.primitive.name == name else []
-    else:
-      for sub in _sub_jaxprs(eqn.params):
-        out += _outer(sub, name)
-  return out
+    yield eqn, inside
+    for value in eqn.params.values():
+      for item in value if isinstance(value, (tuple, list)) else [value]:
+        item = getattr(item, "jaxpr", item)  # A ClosedJaxpr's Jaxpr.
+        if hasattr(item, "eqns"):
+          yield from _walk(item, inside or eqn.primitive.name in (
+              "scan", "while"))
 
 
 @pytest.mark.parametrize("name,overrides", [
@@ -264,13 +227,15 @@ def test_the_step_loop_has_no_data_dependent_control_flow(name, overrides):
   fn = _ordered(2, label_smoothing=config.label_smoothing,
                 augment=augment_lib.from_config(config))
   jaxpr = jax.make_jaxpr(fn)(state, images, labels, 1, 0, 2).jaxpr
-  [loop] = _outer(jaxpr, "while")
-  body = loop.params["body_jaxpr"].jaxpr
-  assert not {"cond", "while"} & set(_primitives(body)), _primitives(body)
+  [loop] = [e for e, inside in _walk(jaxpr) if not inside
+            and e.primitive.name == "while"]
+  body = list(_walk(loop.params["body_jaxpr"].jaxpr))
+  names = collections.Counter(e.primitive.name for e, _ in body)
+  assert not {"cond", "while"} & set(names), names
+  assert names["select_n"] > 0  # The masked update.
   # The GRU's scan over the 28 rows, forward and in the backward pass.
-  assert [s.params["length"] for s in _outer(body, "scan")] == (
-      [28, 28] if name == "gru" else [])
-  assert _primitives(body)["select_n"] > 0  # The masked update.
+  assert [e.params["length"] for e, inside in body if not inside and
+          e.primitive.name == "scan"] == ([28, 28] if name == "gru" else [])
 
 
 # The loop.
@@ -332,42 +297,6 @@ def test_resume_from_a_checkpoint_is_bit_identical(tmp_path, at):
       without_times(r) for r in whole_hooks.rows[1:]]
   assert hooks.chunks == ([(2, 3), (2, 6)] if at == "chunk" else
                           [(2, 0), (2, 3), (2, 6)])
-
-
-def test_batch_norm_statistics_train_and_are_used_not_updated_in_evaluation():
-  config = tiny_config("cnn", learning_rate=3e-3, **BN_CNN)
-  state = fresh_state(config)
-  stats = state.model_state["batch_stats"]
-  assert set(stats) == {"bn_0", "bn_1"}
-  assert set(stats["bn_0"]) == {"mean", "var"}
-  assert "bias" not in state.params["conv_0"]  # BatchNorm has the shift.
-  images, labels = digits(96)
-  trained, _, _ = _chunk(config)(state, images, labels, 1, 0, 3)
-  for layer in ("bn_0", "bn_1"):
-    for key in ("mean", "var"):
-      assert not np.allclose(trained.model_state["batch_stats"][layer][key],
-                             stats[layer][key]), (layer, key)
-
-  evaluate = jax.jit(functools.partial(train.evaluate, batch_size=32))
-  whole = evaluate(trained, images, labels)
-  # Used: other statistics give other numbers.
-  other = trained.replace(model_state=jax.tree.map(lambda x: 2 * x + 1,
-                                                   trained.model_state))
-  assert float(evaluate(other, images, labels)["loss"]) != pytest.approx(
-      float(whole["loss"]), rel=1e-3)
-  # Not batch statistics: an example's logits do not depend on its batch.
-  halves = [evaluate(trained, images[s], labels[s])
-            for s in (slice(0, 48), slice(48, 96))]
-  assert float(whole["correct"]) == sum(float(h["correct"]) for h in halves)
-  assert float(whole["loss"]) == pytest.approx(
-      sum(float(h["loss"]) for h in halves), rel=1e-5)
-  # Not updated: evaluation returns sums only; in training mode the same
-  # batch normalizes by its own statistics and gives another loss.
-  assert set(whole) >= {"count", "loss", "correct"}
-  _, train_sums = jax.jit(train.train_step)(trained, batch_of(images[:48],
-                                                              labels[:48]))
-  assert float(train_sums["loss"]) != pytest.approx(float(halves[0]["loss"]),
-                                                    rel=1e-3)
 
 
 def test_the_core_alone_says_what_it_is_doing(capsys, monkeypatch):
