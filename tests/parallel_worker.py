@@ -169,6 +169,30 @@ def run(model, settings, parallel="none", epochs=1, vmap=False, stop=None,
           "logits": np.asarray(hooks.test_logits)}
 
 
+def runs(folder, specs, devices=1):
+  """{label: run(**spec)}: in this process on one device, else in a child
+  process of `devices` simulated CPU devices (files in `folder`)."""
+  if devices == 1:
+    return {label: run(**spec) for label, spec in specs.items()}
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import launch_helpers  # pylint: disable=g-import-not-at-top
+  from conftest import xla_flags  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(folder, "specs.json"), "w") as f:
+    json.dump(specs, f)
+  out = os.path.join(folder, "out.pickle")
+  env = {**launch_helpers.child_env(), "XLA_FLAGS": xla_flags(devices)}
+  env.pop("JAX_NUM_CPU_DEVICES", None)
+  proc = subprocess.run(
+      [sys.executable, __file__, out, os.path.join(folder, "specs.json")],
+      env=env,
+      capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(out, "rb") as f:
+    results = pickle.load(f)
+  assert results.pop("device_count") == devices
+  return results
+
+
 if __name__ == "__main__":
   with open(sys.argv[2]) as f:
     specs = json.load(f)

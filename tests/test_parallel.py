@@ -19,7 +19,6 @@ child processes (tests/parallel_worker.py, launch.py).
 
 import json
 import os
-import pickle
 import socket
 import subprocess
 import sys
@@ -49,23 +48,6 @@ def _env(devices: int) -> dict:
   env["XLA_FLAGS"] = xla_flags(devices)
   env.pop("JAX_NUM_CPU_DEVICES", None)
   return env
-
-
-def runs(tmp_path, specs, devices=1):
-  """{label: parallel_worker.run(**spec)}: in this process on one device,
-  else in a child process of `devices` simulated CPU devices."""
-  if devices == 1:
-    return {label: pw.run(**spec) for label, spec in specs.items()}
-  (tmp_path / "specs.json").write_text(json.dumps(specs))
-  proc = subprocess.run(
-      [sys.executable, "tests/parallel_worker.py", str(tmp_path / "out.pkl"),
-       str(tmp_path / "specs.json")], cwd=ROOT, env=_env(devices),
-      capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  with open(tmp_path / "out.pkl", "rb") as f:
-    out = pickle.load(f)
-  assert out.pop("device_count") == devices
-  return out
 
 
 def assert_same(a, b, exact, path="rows"):
@@ -189,8 +171,8 @@ def test_a_member_computes_its_single_runs_numbers(prepared, tmp_path, case):
       specs[i] = dict(model=case["model"], settings={
           **case["settings"], "seed": listed[i].seed, "num_seeds": 1,
           "sweep": "", **listed[i].values})
-    out = runs(tmp_path, {str(k): v for k, v in specs.items()},
-               case["devices"])
+    out = pw.runs(tmp_path, {str(k): v for k, v in specs.items()},
+                  case["devices"])
     got = out["run"]
     rows = got["record"]["rows"] + [got["record"]["final"]]
     singles = {i: out[str(i)] for i in picked}
