@@ -2,6 +2,7 @@
 whatever devices wrote them, and telling damage apart from a checkpoint that
 is intact but does not fit, in one line wherever a run folder is restored."""
 
+import io
 import json
 import os
 import shutil
@@ -128,40 +129,22 @@ def test_a_part_the_checkpoint_lacks_comes_from_the_fresh_state(tmp_path):
   lh.assert_trees_equal(restored, state)
 
 
-def test_a_file_where_the_checkpoints_go_is_refused_in_one_line(tmp_path):
-  """Before a run trains on (its listing finds it), and by report."""
-  workdir = tmp_path / "run"
-  workdir.mkdir()
-  (workdir / checkpoints.CHECKPOINT_DIR).write_text("not a folder")
-  for attempt in (lambda: checkpoints.steps(str(workdir)),
-                  lambda: _restore(str(workdir))):
-    with pytest.raises(checkpoints.CheckpointError) as e:
-      attempt()
-    assert str(e.value) == (
-        f"{workdir / checkpoints.CHECKPOINT_DIR} is a file where the run's "
-        "checkpoints go; move it away, or pass another --workdir")
-
-
-def test_a_record_of_other_steps_per_epoch_is_refused_in_one_line():
-  """The data changed size since (a resumable --mnist_dir elsewhere)."""
-  meta = {"epoch": 2, "epoch_step": 3, "step": 23}  # 10 steps per epoch.
-  checkpoints.check_fits(meta, 10, "D")
-  for steps in (9, 3):
-    with pytest.raises(checkpoints.CheckpointError, match=(
-        r"^the latest checkpoint in D \(step 23, epoch 2\) does not fit this "
-        f"run's {steps} steps per epoch .*or pass another --workdir$")):
-      checkpoints.check_fits(meta, steps, "D")
-
-
-def test_the_newest_checkpoints_are_kept(tmp_path):
-  workdir, state = str(tmp_path / "run"), _state()
-  writer = checkpoints.manager(workdir, keep=2)
-  for step in range(1, 6):
-    checkpoints.save(writer, step, state, {"epoch": step})
-  writer.close()
-  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "5"]
-  assert checkpoints.steps(workdir) == [4, 5]
-  assert checkpoints.latest_meta(workdir)["epoch"] == 5
+def test_the_newest_checkpoints_are_kept(prepared, tmp_path):
+  """--keep_checkpoints of them, saved every --checkpoint_every epochs and
+  after the last."""
+  mnist_dir, data_dir = prepared
+  config = models.get_config(
+      "linear", "seed", epochs=5, batch_size=100, checkpoint_every=2,
+      keep_checkpoints=2, report=False, mnist_dir=mnist_dir,
+      data_dir=data_dir)
+  workdir = str(tmp_path / "run")
+  run_folder.train_and_evaluate(config, workdir, stream=io.StringIO())
+  # 6 steps per epoch; saves after epochs 2, 4 and 5 (the last); keeps two.
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["24",
+                                                                       "30"]
+  assert checkpoints.steps(workdir) == [24, 30]
+  meta = checkpoints.latest_meta(workdir)
+  assert meta["epoch"] == 5 and meta["done"]
 
 
 def _flip_array_byte(workdir, step=14):
@@ -227,18 +210,27 @@ DAMAGE = {
 }
 
 
-@pytest.mark.parametrize("damage", list(DAMAGE))
+@pytest.mark.parametrize("damage", [*DAMAGE, "the_only_checkpoint"])
 def test_damage_is_called_damage_and_names_the_checkpoint_before(
     saved, tmp_path, damage):
+  """One line naming the damaged checkpoint and why; deleting it, as it
+  advises, goes back to the one before; the only one: no deletion advised."""
   workdir = _copy(saved, tmp_path)
-  spoil, reason = DAMAGE[damage]
+  only = damage == "the_only_checkpoint"
+  if only:
+    shutil.rmtree(_step_dir(workdir, 7))
+  spoil, reason = DAMAGE["truncated_arrays" if only else damage]
   spoil(workdir)
   with pytest.raises(checkpoints.CheckpointError) as e:
     _restore(workdir)
   message = str(e.value)
-  assert "\n" not in message
-  assert f"the checkpoint {_step_dir(workdir)} is damaged or truncated (" in message
-  assert reason in message
+  assert "\n" not in message and "--overwrite" not in message
+  assert (f"the checkpoint {_step_dir(workdir)} is damaged or truncated ("
+          f"{reason}") in message
+  if only:
+    assert message.endswith("; the run has no earlier checkpoint to go back "
+                            "to: pass another --workdir to train anew")
+    return
   assert message.endswith(f"delete that folder to go back to the checkpoint "
                           f"before it, {_step_dir(workdir, 7)}")
   shutil.rmtree(_step_dir(workdir))  # As the message advises.
@@ -247,42 +239,42 @@ def test_damage_is_called_damage_and_names_the_checkpoint_before(
   lh.assert_trees_equal(restored, saved[1])
 
 
-def test_damage_of_the_only_checkpoint_advises_no_deletion(saved, tmp_path):
-  workdir = _copy(saved, tmp_path)
-  shutil.rmtree(_step_dir(workdir, 7))
-  _truncate_arrays(workdir)
-  with pytest.raises(checkpoints.CheckpointError) as e:
-    _restore(workdir)
-  message = str(e.value)
-  assert "is damaged or truncated" in message and "delete" not in message
-  assert "no earlier checkpoint to go back to: pass another --workdir" in message
-  assert "--overwrite" not in message
-
-
-def _unknown_orbax_error(monkeypatch):
-  """Makes the first read of the state fail as orbax might for a reason
-  mnist_jax cannot name (here its old topology error); later reads work."""
+def _failing_reads(monkeypatch, error, once=True):
+  """orbax's reads of the state raise `error` (once: the first only)."""
   manager = checkpoints._ocp().CheckpointManager  # pylint: disable=protected-access
   real, failed = manager.restore, []
 
   def restore(self, step, args=None):
-    if "state" in args and not failed:
+    if "state" in args and not (once and failed):
       failed.append(step)
-      raise ValueError("Topology mismatch detected. The checkpoint was saved "
-                       "with a different topology than the current one.")
+      raise error
     return real(self, step, args=args)
 
   monkeypatch.setattr(manager, "restore", restore)
 
 
 def _format(value):
-  return lambda w: _edit_meta(w, lambda m: m.update(format=value))
+  """The meta record's format number (None: none), as another mnist_jax."""
+  return lambda w: _edit_meta(w, lambda m: m.pop("format") if value is None
+                              else m.update(format=value))
 
 
-# Intact checkpoints a run cannot use: (how, the words that say why).
+def _file_for_folder(workdir):
+  shutil.rmtree(os.path.join(workdir, checkpoints.CHECKPOINT_DIR))
+  with open(os.path.join(workdir, checkpoints.CHECKPOINT_DIR), "w") as f:
+    f.write("not a folder")
+
+
+DENIED = "cannot be read by this user ("
+# Intact checkpoints a run cannot use (or may not read): (how, the words that
+# say why). how: a config or model to restore with, a spoiler of the folder,
+# or an error orbax raises.
 MISMATCH = {
-    "unknown_orbax_error": (None, "is intact but does not fit this run's "
-                            "train state (Topology mismatch detected"),
+    "unknown_orbax_error": (ValueError(
+        "Topology mismatch detected. The checkpoint was saved with a "
+        "different topology than the current one."),
+                            "is intact but does not fit this run's train "
+                            "state (Topology mismatch detected"),
     "another_optimizer": ("sgd", "is intact but does not fit this run's "
                           "train state (User-provided restore item"),
     "another_model": ("mlp", "config.json says model 'mlp', but the run's "
@@ -290,25 +282,35 @@ MISMATCH = {
     "other_shapes": ("bias", "holds another model's parameters"),
     "newer_format": (_format(checkpoints.FORMAT + 1),
                      "written by a newer mnist_jax"),
-    "older_format": (_format(1), "written by an older mnist_jax"),
+    "older_format": (_format(1), "written by an older mnist_jax (checkpoint "
+                     "format 1;"),
+    "no_format": (_format(None), "an older mnist_jax (checkpoint format 1;"),
+    "a_file_for_the_folder": (_file_for_folder, "is a file where the run's "
+                              "checkpoints go; move it away, or pass another "
+                              "--workdir"),
+    "permission_error": (PermissionError(13, "Permission denied",
+                                         "meta/metadata"), DENIED),
+    "permission_denied": (ValueError('PERMISSION_DENIED: Error opening "zarr" '
+                                     'driver'), DENIED),
 }
 
 
 @pytest.mark.parametrize("case", list(MISMATCH))
 def test_an_intact_checkpoint_that_does_not_fit_is_not_damage(
     saved, tmp_path, monkeypatch, case):
-  """Whatever does not match, the message says what and never advises
-  deleting the checkpoint or starting over."""
+  """Whatever does not match, or may not be read (then it asks for read
+  access), the one-line message says what and never advises deleting the
+  checkpoint or starting over; the checkpoint is left whole."""
   workdir = _copy(saved, tmp_path)
   how, words = MISMATCH[case]
   template, model = _state(), "linear"
-  if case == "unknown_orbax_error":
-    _unknown_orbax_error(monkeypatch)
-  elif case == "another_optimizer":
+  if isinstance(how, Exception):
+    _failing_reads(monkeypatch, how, once=words != DENIED)
+  elif how == "sgd":
     template = _state(models.get_config("linear", "seed", optimizer="sgd"))
-  elif case == "another_model":
+  elif how == "mlp":
     model = "mlp"
-  elif case == "other_shapes":
+  elif how == "bias":
     template = dict(template, params=jax.tree.map(
         lambda p: np.zeros(p.shape[:-1] + (11,), p.dtype), template["params"]))
   else:
@@ -320,65 +322,34 @@ def test_an_intact_checkpoint_that_does_not_fit_is_not_damage(
   assert "damaged" not in message and "delete" not in message
   assert "--overwrite" not in message
   assert "another --workdir" in message
-  if not case.endswith("_format"):
+  if words == DENIED:
+    assert message.startswith(f"the checkpoint {_step_dir(workdir)} {words}")
+    assert message.endswith(f"give read access to {os.path.dirname(_step_dir(workdir))}, "
+                            "or pass another --workdir")
+  elif case in ("unknown_orbax_error", "another_optimizer", "another_model",
+                "other_shapes"):
     lh.assert_trees_equal(_restore(workdir)[0], saved[1])  # Still whole.
 
 
-def _damaged_run(tiny_run, tmp_path, spoil=_flip_array_byte):
-  """A copy of a finished run whose one checkpoint `spoil` spoiled (by
-  default, a flipped byte): its folder and that checkpoint's."""
+def test_a_record_of_other_steps_per_epoch_is_refused_in_one_line():
+  """The data changed size since (a resumable --mnist_dir elsewhere)."""
+  meta = {"epoch": 2, "epoch_step": 3, "step": 23}  # 10 steps per epoch.
+  checkpoints.check_fits(meta, 10, "D")
+  for steps in (9, 3):
+    with pytest.raises(checkpoints.CheckpointError, match=(
+        r"^the latest checkpoint in D \(step 23, epoch 2\) does not fit this "
+        f"run's {steps} steps per epoch .*or pass another --workdir$")):
+      checkpoints.check_fits(meta, steps, "D")
+
+
+def _damaged_run(tiny_run, tmp_path, spoil):
+  """A copy of a finished run whose one checkpoint `spoil` spoiled: its
+  folder and that checkpoint's."""
   workdir = str(tmp_path / "damaged")
   shutil.copytree(tiny_run, workdir)
   [step] = os.listdir(os.path.join(workdir, checkpoints.CHECKPOINT_DIR))
   spoil(workdir, step)
   return workdir, _step_dir(workdir, step)
-
-
-def test_report_and_predict_call_a_damaged_run_damaged(tiny_run, tmp_path):
-  workdir, step = _damaged_run(tiny_run, tmp_path)
-  before = lh.snapshot(workdir)
-  for attempt in (lambda: results.load_run(workdir),
-                  lambda: run_folder.rewrite_report(workdir)):
-    with pytest.raises(checkpoints.CheckpointError) as e:
-      attempt()
-    _assert_damaged_arrays(str(e.value), step)
-  assert lh.snapshot(workdir) == before
-
-
-def _assert_damaged_arrays(message, step):
-  """The flipped byte lands in an array (the checksum finds it) or in what
-  orbax needs to read the arrays back (compressed chunks: orbax fails)."""
-  assert message.startswith(
-      f"the checkpoint {step} is damaged or truncated (its arrays do not "), (
-          message)
-  assert any(why in message for why in ("match the checksum saved with them",
-                                        "read back")), message
-  assert message.endswith("); the run has no earlier checkpoint to go back "
-                          "to: pass another --workdir to train anew"), message
-  assert "\n" not in message
-
-
-def test_a_checkpoint_this_user_may_not_read_is_not_called_damaged(
-    saved, tmp_path, monkeypatch):
-  """Whatever orbax says of a file it may not open (Python's PermissionError,
-  tensorstore's PERMISSION_DENIED): one line asking for read access."""
-  workdir = _copy(saved, tmp_path)
-  for error in (PermissionError(13, "Permission denied", "meta/metadata"),
-                ValueError('PERMISSION_DENIED: Error opening "zarr" driver')):
-
-    def restore(self, step, args=None, error=error):
-      raise error
-
-    monkeypatch.setattr(checkpoints._ocp().CheckpointManager, "restore",  # pylint: disable=protected-access
-                        restore)
-    with pytest.raises(checkpoints.CheckpointError) as e:
-      _restore(workdir)
-    assert str(e.value).startswith(
-        f"the checkpoint {_step_dir(workdir)} cannot be read by this user (")
-    assert str(e.value).endswith(
-        f"give read access to {os.path.dirname(_step_dir(workdir))}, or pass "
-        "another --workdir")
-    assert "damaged" not in str(e.value) and "delete" not in str(e.value)
 
 
 def _snapshot(workdir):
@@ -429,5 +400,10 @@ def test_launch_refuses_a_damaged_run_in_one_line(tiny_run, tmp_path, spoil):
       assert line.startswith(f"error: the checkpoint {step} cannot be read by "
                              "this user ("), line
     else:
-      _assert_damaged_arrays(line[len("error: "):], step)
+      # The flipped byte lands in an array (the checksum finds it) or in
+      # what orbax needs to read the arrays back (compressed chunks).
+      assert line.startswith(f"error: the checkpoint {step} is damaged or "
+                             "truncated (its arrays do not "), line
+      assert line.endswith("); the run has no earlier checkpoint to go back "
+                           "to: pass another --workdir to train anew"), line
     assert _snapshot(workdir) == before
