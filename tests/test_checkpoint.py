@@ -17,7 +17,6 @@ import pytest
 import launch_helpers as lh
 from mnist_jax.training import population
 from mnist_jax import models
-from mnist_jax.results import run as results
 from mnist_jax.rundir import checkpoints
 from mnist_jax import modes as run_folder
 from mnist_jax.training import train
@@ -60,22 +59,6 @@ def _restore(workdir, template=None, model="linear"):
                           model)
 
 
-def test_a_checkpoint_records_no_devices_and_restores_to_the_host(saved,
-                                                                  tmp_path):
-  """Format 3 saves host arrays (no sharding of the devices that wrote them is
-  recorded) and restores into a template of shapes only (load_run's) as
-  host arrays, whatever devices the restoring process has."""
-  workdir = _copy(saved, tmp_path)
-  assert not os.path.exists(os.path.join(_step_dir(workdir), "state",
-                                         "_sharding"))
-  state, meta = _restore(workdir, jax.eval_shape(_state))
-  assert meta["step"] == 14 and meta["format"] == checkpoints.FORMAT
-  assert sorted(state) == sorted(checkpoints.PARTS)
-  lh.assert_trees_equal(state, saved[1])
-  for leaf in jax.tree.leaves(state):
-    assert isinstance(leaf, np.ndarray)
-
-
 def _as_data(state):
   """`state`'s leaves as numpy arrays (typed PRNG keys as their data)."""
   return [np.asarray(jax.random.key_data(x) if jnp.issubdtype(
@@ -92,7 +75,9 @@ def test_restore_gives_back_the_whole_trained_state(tmp_path):
   """Every field training changes is saved (PARTS follow the TrainState), and
   the random streams, derived from the seed, are the fresh state's: the state
   checkpoints.restore (resume's, report's and predict's one path) gives back
-  equals the one saved, field for field."""
+  equals the one saved, field for field: host arrays, restored into a
+  template of shapes only (load_run's), whatever devices wrote them (no
+  sharding is recorded)."""
   model, _ = models.build(CONFIG, say=lambda _: None)
   fresh = lambda: population.initial_state(CONFIG, model, 5, (28, 28, 1))
   rng = np.random.default_rng(0)
@@ -112,6 +97,11 @@ def test_restore_gives_back_the_whole_trained_state(tmp_path):
   restored, meta = checkpoints.restore(workdir, jax.eval_shape(fresh),
                                        "linear")
   assert meta["step"] == 3 and type(restored) is type(state)
+  assert meta["format"] == checkpoints.FORMAT
+  assert not os.path.exists(os.path.join(workdir, "checkpoints", "3", "state",
+                                         "_sharding"))
+  assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(
+      restored.params))
   restored = restored.replace(keys=fresh().keys)  # A shape-only template's.
   assert _same(restored, state)
 

@@ -314,9 +314,10 @@ def test_two_processes_match_one(prepared, tmp_path, mode):
   on one device (this one) to its own test metrics."""
   [one] = _job(prepared, tmp_path / "one", "--parallel=none", ids=())
   procs = _job(prepared, tmp_path / "run", f"--parallel={mode}", devices=2)
-  for p, (out, err) in zip([one, *procs], _ends([one, *procs])):
+  outputs = _ends([one, *procs])
+  for p, (_, err) in zip([one, *procs], outputs):
     assert p.returncode == 0, err[-3000:]
-  assert "[process 1/2] epoch 2/2" in out
+  assert "[process 1/2] epoch 2/2" in outputs[2][0]
   assert not (tmp_path / "run-process1").exists()
   got, ref = lh.metrics(tmp_path / "run"), lh.metrics(tmp_path / "one")
   assert_same(lh.deterministic(got), lh.deterministic(ref), exact=False)
