@@ -478,34 +478,6 @@ def test_report_restores_the_right_checkpoint_and_says_what_it_is(
   assert err.getvalue().splitlines() == [note]
 
 
-@pytest.mark.slow
-def test_a_finished_run_is_repeated_in_a_new_folder_or_with_overwrite(
-    prepared, reference, tmp_path):
-  """Its command again: a new folder under runs/; with its --workdir,
-  "already finished", nothing changed; with --overwrite, trained again to
-  the same numbers."""
-  cwd = str(tmp_path)
-  shutil.copytree(reference[0], os.path.join(cwd, "runs", "mlp-first"))
-  args = _args(prepared, *FLAGS)
-  rc, out, err = lh.run(args, cwd=cwd)
-  assert rc == 0, err
-  assert ("runs/mlp-first trained these settings to the end; starting a new "
-          "run folder, runs/mlp-") in out
-  assert len(os.listdir(os.path.join(cwd, "runs"))) == 2
-  folder = os.path.join(cwd, "runs", "mlp-first")
-  before = lh.snapshot(folder)
-  rc, out, err = lh.run([*args, f"--workdir={folder}"], cwd=cwd)
-  assert rc == 0, err
-  assert (f"{folder} already finished: test accuracy" in out and
-          "to train these settings again, pass another --workdir" in out)
-  assert "--overwrite" not in out and lh.snapshot(folder) == before
-  rc, out, err = lh.run([*args, f"--workdir={folder}", "--overwrite"], cwd=cwd)
-  assert rc == 0, err
-  with open(os.path.join(folder, "config.json")) as f:
-    assert "resumes" not in json.load(f)
-  assert lh.deterministic(lh.metrics(folder)) == reference[1]
-
-
 DIVERGING = ("--noreport", "--model=linear", "--optimizer=adam",
              "--schedule=constant", "--learning_rate=1e38", "--epochs=2",
              "--batch_size=100")  # Adam at 1e38 overflows at once.
