@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from conftest import one_per_module_class
 from experiments import compare
 import launch
 from mnist_jax import config as config_lib
@@ -433,13 +434,13 @@ def test_compare_vary_errors(spec, words):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(models.MODELS))
+@pytest.mark.parametrize("name", one_per_module_class())
 def test_the_initializer_compiled_for_speed_draws_the_default_compiles_bits(
     name):
   """members.INIT_OPTIONS (LLVM at -O1 on CPU: about half the compile) gives
-  every preset of every registered model the initial state XLA's default
-  level (3; the tests' own compiles use 0) gives, bit for bit: no README
-  number moves."""
+  every preset of a model of each module class the initial state XLA's
+  default level (3; the tests' own compiles use 0) gives, bit for bit: no
+  README number moves."""
   options = members.INIT_OPTIONS.get(jax.default_backend())
   if not options:
     pytest.skip(f"no initializer options on {jax.default_backend()}")
