@@ -96,7 +96,8 @@ def case(name, model, settings, parallel="none", devices=1, vmap=False,
 
 CASES = [
     case("mlp_sweep_in_turn", "mlp", tiny("mlp", **SWEEP), marks=()),
-    case("mlp_sweep_vmapped", "mlp", tiny("mlp", **SWEEP), vmap=True,
+    case("mlp_sweep_vmapped", "mlp", tiny("mlp", num_seeds=2, sweep=(
+        "learning_rate=1e-3,3e-3;label_smoothing=0,0.1")), vmap=True,
          exact=False, layout={**MEMBERS, "members": "vmapped"}, marks=()),
     *[case(f"{m}_in_turn", m, tiny(m, num_seeds=2))
       for m in registry.MODELS if m != "mlp"],
@@ -108,13 +109,14 @@ CASES = [
          2, exact=CORES >= 2, layout={"mode": "members", "devices": 2,
                                       "members": "in turn"},
          says="4 members split over 2 CPU devices", marks=(SLOW, FLOORS)),
-    *[case(f"{name}_sharded_over_2_devices", model, settings, "sharded", 2,
+    # auto shards a recurrent model over a CPU's devices (its rule).
+    *[case(f"{name}_sharded_over_2_devices", model, settings, parallel, 2,
            exact=False, layout={"mode": "sharded", "devices": 2},
            says="data parallel over 2 CPU devices (one jit over a mesh)",
            marks=(SLOW, FLOORS))
-      for name, model, settings in (
-          ("gru", "gru", tiny("gru")),
-          ("cnn_bn", "cnn", tiny("cnn", cnn_batch_norm=True)))],
+      for name, model, settings, parallel in (
+          ("gru", "gru", tiny("gru"), "auto"),
+          ("cnn_bn", "cnn", tiny("cnn", cnn_batch_norm=True), "sharded"))],
     case("mlp_pmap_over_2_devices", "mlp", dict(mlp_hidden=(16,), dropout=0.0),
          "pmap", 2, exact=False, layout={"mode": "pmap", "devices": 2},
          says="(pmap: each device draws its own dropout masks and "

@@ -457,6 +457,22 @@ def test_report_restores_the_right_checkpoint_and_says_what_it_is(
     if state == "finished":
       assert result["accuracy"] == final["test_accuracy"]
       assert abs(result["loss"] - final["test_loss"]) <= 1e-6
+      # Its command again trains nothing, and says so (and that the final
+      # checkpoint is missing, where it is); --overwrite trains it again.
+      config = record_lib.read_config(workdir)
+      first, *_, last = checkpoints.steps(workdir)
+      shutil.rmtree(os.path.join(workdir, "checkpoints", str(last)))
+      whole = lh.snapshot(workdir)
+      assert modes.train_and_evaluate(config, workdir) == final
+      said = capsys.readouterr().out
+      assert said.startswith(f"{workdir} already finished: test accuracy "), said
+      assert "to train these settings again, pass another --workdir" in said
+      assert (f"note: the final checkpoint, {checkpoints.directory(workdir)}/"
+              f"{last}, is missing (the latest is step {last - first})") in said
+      assert lh.snapshot(workdir) == whole
+      modes.train_and_evaluate(config, workdir, io.StringIO(), overwrite=True)
+      assert lh.deterministic(lh.metrics(workdir)) == lh.deterministic(
+          lh.metrics(finished))
     rows = metrics_log.read_metrics(path)
     assert rows[-1]["epochs_run"] == 3
     assert rows[-1]["test_accuracy"] == final["test_accuracy"]

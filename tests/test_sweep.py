@@ -267,6 +267,25 @@ def test_a_run_without_sweep_writes_no_sweep_files(tiny_run):
     assert "## Members" not in f.read()
 
 
+def test_a_diverged_member_stops_alone(prepared, tmp_path):
+  """SGD at 1e38 overflows at once: that member stops (said, its row's
+  losses none, "n/a" in the report); the other trains on and is chosen."""
+  stream = io.StringIO()
+  modes.train_and_evaluate(models.get_config(
+      "linear", mnist_dir=prepared[0], data_dir=prepared[1], epochs=1,
+      batch_size=50, val_fraction=0.1, optimizer="sgd", momentum=0.0,
+      sweep="learning_rate=0.01,1e38"), str(tmp_path), stream=stream)
+  assert "member learning_rate=1e+38, seed=0 diverged at step" in (
+      stream.getvalue())
+  rows = metrics_log.read_metrics(str(tmp_path / "metrics.jsonl"))
+  assert rows[-1]["chosen"]["index"] == 0 and "diverged" not in rows[-1]
+  for row in rows:
+    good, bad = row["members"]
+    assert "diverged" not in good and bad["diverged"] is True
+    assert all(bad[k] is None for k in bad if k.endswith("_loss"))
+  assert "n/a" in (tmp_path / "report.md").read_text()
+
+
 @pytest.fixture(scope="module")
 def swept(prepared, tmp_path_factory):
   """(folder, metrics rows) of a finished 8-member sweep, with its report."""
@@ -360,6 +379,10 @@ def test_report_and_predict_use_the_chosen_member_and_the_ensemble(
       np.mean(own.argmax(-1) == labels), abs=1e-9)
   np.testing.assert_allclose(run.probabilities(images[:7]), own[:7],
                              rtol=1e-5, atol=1e-7)
+  ensemble = run.evaluate(images, labels, ensemble=True)
+  assert ensemble["accuracy"] == pytest.approx(
+      final["ensemble_test_accuracy"], abs=1e-9)
+  assert ensemble["confusion"].sum() == len(labels)
   copy = str(tmp_path / "copy")
   shutil.copytree(folder, copy)
   os.remove(os.path.join(copy, "sweep.png"))
