@@ -1,22 +1,17 @@
-"""Trains tiny models with loop.train_and_evaluate under given --parallel
-layouts, in one process with the devices it was started with.
+"""Tiny runs of loop.train_and_evaluate (the core, no run folder): in this
+process, or in a child process started with N simulated CPU devices, which
+XLA_FLAGS (--xla_force_host_platform_device_count=N) must set before JAX
+starts (tests/test_parallel.py, tests/test_resume.py):
 
-Run by tests/test_parallel.py and tests/test_host_split.py in a child
-process, because simulated CPU devices
-(XLA_FLAGS=--xla_force_host_platform_device_count=N) must be set before JAX
-starts. Each RUN is MODEL:PARALLEL (MODEL a key of MODELS, or of
-table_models(); MODEL+2: the same with --num_seeds=2); the output npz holds,
-per run, the parameters and model state (flattened, float64; `params0`,
-`model_state0`: member 0's), and a JSON record: the layout the run took, its
-epoch rows, its final row and its messages. MODEL:PARALLEL:resume is the run
-stopped in its second epoch and resumed from its checkpoint;
-MODEL:PARALLEL:vmap runs its members vmapped, as on a GPU or TPU.
+  python tests/parallel_worker.py OUT.pickle SPECS.json
 
-  python tests/parallel_worker.py OUT.npz [--epochs=E] RUN [RUN ...]
+SPECS.json: {label: run()'s keywords}; OUT: {label: run()'s result}. The
+Recorder, Saver and restore hooks serve tests/test_train.py and others.
 """
 
 import json
 import os
+import pickle
 import sys
 import tempfile
 
@@ -30,49 +25,10 @@ import numpy as np
 from conftest import synthetic_digits, train_core
 from mnist_jax import models
 from mnist_jax.data import pipeline
-from mnist_jax.models import registry
 from mnist_jax.rundir import checkpoints
 from mnist_jax.training import devices
 from mnist_jax.training import loop
 # pylint: enable=g-import-not-at-top,wrong-import-position
-
-# Tiny models, each with what makes one device's numbers hard to keep:
-# dropout masks, augmentation draws, batch statistics; "mlp0" has none of
-# them (pmap computes one device's numbers for it), "members" is a sweep
-# with 2 seeds: 8 members.
-MODELS = {
-    "mlp": ("mlp", dict(mlp_hidden=(16,), dropout=0.3)),
-    "mlp0": ("mlp", dict(mlp_hidden=(16,), dropout=0.0)),
-    "gru": ("gru", dict(hidden=16, augment=True, learning_rate=3e-2)),
-    "gru0": ("gru", dict(hidden=16, learning_rate=3e-2)),
-    "cnn": ("cnn", dict(cnn_features=(4, 8), cnn_dense=16,
-                        cnn_batch_norm=True)),
-    "members": ("mlp", dict(mlp_hidden=(16,), dropout=0.3, num_seeds=2,
-                            sweep="learning_rate=1e-3,3e-3;"
-                                  "label_smoothing=0,0.1")),
-}
-# Small settings of the registered models (a model not named here trains its
-# seed preset's shapes).
-TINY = {"mlp": dict(mlp_hidden=(16,)), "cnn": dict(cnn_features=(4, 8),
-                                                   cnn_dense=16),
-        "rnn": dict(hidden=16), "lstm": dict(hidden=16),
-        "gru": dict(hidden=16, learning_rate=3e-2)}
-
-
-def table_models():
-  """Every registered model as "table.NAME", with dropout where it has it
-  and augmentation (every random stream a step draws from), and
-  "table.cnn_bn", the CNN with BatchNorm: {name: (model, settings)}."""
-  out = {}
-  for name, spec in registry.MODELS.items():
-    values = {**TINY.get(name, {}), "augment": True}
-    if "dropout" in spec.settings:
-      values["dropout"] = 0.2
-    out[f"table.{name}"] = (name, values)
-  out["table.cnn_bn"] = ("cnn", {**out["table.cnn"][1], "dropout": 0.0,
-                                 "cnn_batch_norm": True})
-  return out
-
 
 # 540 training examples in 8 steps of 64 (a remainder dropped), 60
 # validation and 203 test examples in batches of 50 (the last one partial).
@@ -92,12 +48,11 @@ def dataset(n_train=N_TRAIN, n_test=N_TEST, val_fraction=0.1):
                         val_fraction)
 
 
-def config(name, parallel, epochs=2):
-  name, plus, seeds = name.partition("+")
-  model, values = {**MODELS, **table_models()}[name]
+def config(model, settings, parallel="none", epochs=1):
+  settings = {k: tuple(v) if isinstance(v, list) else v  # From JSON.
+              for k, v in {**COMMON, **settings}.items()}
   return models.get_config(model, "seed", epochs=epochs, parallel=parallel,
-                           **{**COMMON, **values,
-                              **({"num_seeds": int(seeds)} if plus else {})})
+                           **settings)
 
 
 class Recorder(loop.Hooks):
@@ -134,7 +89,7 @@ class Saver(Recorder):
   """Saves a format-3 checkpoint where `at` says ("epoch": after epoch 1;
   "chunk": after the first chunk of epoch 2) and stops the run there."""
 
-  def __init__(self, workdir, config, at):
+  def __init__(self, workdir, config, at):  # pylint: disable=redefined-outer-name
     super().__init__()
     self.workdir, self.config, self.at = workdir, config, at
 
@@ -159,7 +114,7 @@ class Saver(Recorder):
       self._save(state, 1)
 
 
-def restore(workdir, config):
+def restore(workdir, config):  # pylint: disable=redefined-outer-name
   """A Recorder that starts from the checkpoint in `workdir`, as the run
   folder (modes.py) does."""
   def start(state):
@@ -173,61 +128,76 @@ def restore(workdir, config):
   return Recorder(start)
 
 
-def flat(tree) -> np.ndarray:
-  leaves = [np.ravel(np.asarray(x, np.float64))
-            for x in jax.tree.leaves(jax.device_get(tree))]
+def _flat(tree) -> np.ndarray:
+  leaves = [np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)]
   return np.concatenate(leaves) if leaves else np.zeros(0)
 
 
-def run(name, parallel, data, epochs=2, resume=False, vmap=False):
-  """One run; `resume`: stopped after the first chunk of epoch 2 with a
-  checkpoint (as a preempted run), then resumed from it; `vmap`: its members
-  vmapped, as on a GPU or TPU."""
-  devices.IN_TURN_ON = () if vmap else ("cpu",)
-  run_config = config(name, parallel, epochs)
-  with tempfile.TemporaryDirectory() as workdir:
-    hooks = Recorder()
-    if resume:
-      try:
-        train_core(run_config, data,
-                                 Saver(workdir, run_config, "chunk"))
-        raise AssertionError("the run stopped at no checkpoint")
-      except Stop:
-        hooks = restore(workdir, run_config)
-    state, final = train_core(run_config, data, hooks)
-  record = {"parallel": hooks.record["parallel"], "rows": hooks.rows,
-            "final": final, "messages": hooks.messages,
-            "step": np.asarray(jax.device_get(state.step)).tolist(),
-            # The test logits the loop handed out: shape, each member's
-            # accuracy.
-            "test_logits": [list(hooks.test_logits.shape), (
-                hooks.test_logits.argmax(-1) == data.test.labels).mean(
-                    -1).tolist()]}
-  several = run_config.num_seeds > 1 or bool(run_config.sweep)
+def run(model, settings, parallel="none", epochs=1, vmap=False, stop=None,
+        data=None):
+  """One run's numbers: its record (layout, epoch rows, final row, messages,
+  steps) and, per member, its parameters and model state (flat) and test
+  logits. vmap: members vmapped (as on a GPU or TPU), not in turn; stop:
+  "chunk" or "epoch", stopped there after a checkpoint (as if killed), then
+  resumed from it (the rows: the resumed process's)."""
+  in_turn, devices.IN_TURN_ON = devices.IN_TURN_ON, () if vmap else ("cpu",)
+  run_config = config(model, settings, parallel, epochs)
+  data = data or dataset()
+  try:
+    with tempfile.TemporaryDirectory() as workdir:
+      hooks = Recorder()
+      if stop:
+        try:
+          train_core(run_config, data, Saver(workdir, run_config, stop))
+          raise AssertionError("the run stopped at no checkpoint")
+        except Stop:
+          hooks = restore(workdir, run_config)
+      state, final = train_core(run_config, data, hooks)
+  finally:
+    devices.IN_TURN_ON = in_turn
+  state = jax.device_get(state)
+  count = hooks.test_logits.shape[0]
+  member = (lambda t, i: jax.tree.map(lambda x: x[i], t)) if (
+      run_config.num_seeds > 1 or run_config.sweep) else (lambda t, i: t)
+  return {"record": json.loads(json.dumps({
+      "parallel": hooks.record["parallel"], "rows": hooks.rows,
+      "final": final, "messages": hooks.messages,
+      "step": np.asarray(state.step).tolist()})),
+          "params": [_flat(member(state.params, i)) for i in range(count)],
+          "model_state": [_flat(member(state.model_state, i))
+                          for i in range(count)],
+          "logits": np.asarray(hooks.test_logits)}
 
-  def first(tree):  # Member 0's.
-    return jax.tree.map(lambda x: x[0], tree) if several else tree
 
-  return {"params": flat(state.params), "model_state": flat(state.model_state),
-          "params0": flat(first(state.params)),
-          "model_state0": flat(first(state.model_state)),
-          "record": np.array(json.dumps(record))}
-
-
-def main(argv):
-  out, *runs = argv
-  epochs = 2
-  if runs and runs[0].startswith("--epochs="):
-    epochs = int(runs.pop(0).split("=", 1)[1])
-  data = dataset()
-  results = {"device_count": np.array(jax.device_count())}
-  for spec in runs:
-    name, parallel, *how = spec.split(":")
-    for key, value in run(name, parallel, data, epochs, "resume" in how,
-                          "vmap" in how).items():
-      results[f"{spec}/{key}"] = value
-  np.savez(out, **results)
+def runs(folder, specs, devices=1):
+  """{label: run(**spec)}: in this process on one device, else in a child
+  process of `devices` simulated CPU devices (files in `folder`)."""
+  if devices == 1:
+    return {label: run(**spec) for label, spec in specs.items()}
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import launch_helpers  # pylint: disable=g-import-not-at-top
+  from conftest import xla_flags  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(folder, "specs.json"), "w") as f:
+    json.dump(specs, f)
+  out = os.path.join(folder, "out.pickle")
+  env = {**launch_helpers.child_env(), "XLA_FLAGS": xla_flags(devices)}
+  env.pop("JAX_NUM_CPU_DEVICES", None)
+  proc = subprocess.run(
+      [sys.executable, __file__, out, os.path.join(folder, "specs.json")],
+      env=env,
+      capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(out, "rb") as f:
+    results = pickle.load(f)
+  assert results.pop("device_count") == devices
+  return results
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  with open(sys.argv[2]) as f:
+    specs = json.load(f)
+  shared = dataset()
+  results = {label: run(**spec, data=shared) for label, spec in specs.items()}
+  results["device_count"] = jax.device_count()
+  with open(sys.argv[1], "wb") as f:
+    pickle.dump(results, f)

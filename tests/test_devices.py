@@ -1,177 +1,131 @@
-"""devices.Layout maps train.py's one-model functions over members and
-devices; the loop is those functions over each epoch's order.
+"""--parallel=auto is a rule of the backend, the devices, the batch and the
+stock module's class, never a timing; process.split_host makes a CPU-only
+host one XLA device per core for it (before JAX starts: launch.py children).
 
-(Several devices: test_parallel.py; the --parallel rule: test_host_split.py.)
+(What each layout computes: test_parallel.py.)
 """
 
-import functools
+import dataclasses
+import os
+import subprocess
+import sys
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import pytest
 
-from conftest import train_core
-
+import launch_helpers as lh
 from mnist_jax import models
-from mnist_jax.training import devices
-from mnist_jax.training import members as members_lib
-from mnist_jax.training import metrics
-from mnist_jax import optim
-from mnist_jax.training import train
-from parallel_worker import Recorder, dataset
+from mnist_jax.errors import UserError
+from mnist_jax.models import dense
+from mnist_jax.models import recurrent
+from mnist_jax.models import registry
+from mnist_jax.rundir import process
+from mnist_jax.training import devices as devices_lib
 
-MLP_PARAMS = 784 * 16 + 16 + 16 * 10 + 10
-
-
-def _config(**overrides):
-  values = dict(mlp_hidden=(16,), dropout=0.2, batch_size=25, chunk_steps=3,
-                eval_batch_size=16, val_fraction=0.1, epochs=1)
-  return models.get_config("mlp", "seed", **{**values, **overrides})
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+TINY = {"gru": dict(hidden=16), "lstm": dict(hidden=16), "rnn": dict(hidden=16),
+        "mlp": dict(mlp_hidden=(16,)), "linear": {},
+        "cnn": dict(cnn_features=(4, 8), cnn_dense=16)}
 
 
-def _data():
-  """207 training examples (8 steps of 25), 23 validation, 70 test."""
-  return dataset(n_train=230, n_test=70)
+@pytest.fixture
+def host(monkeypatch):
+  """fn(devices, backend="cpu", processes=1, local=None): makes JAX report
+  such a host to the rule (devices.resolve reads only these)."""
+  def make(count, backend="cpu", processes=1, local=None):
+    monkeypatch.setattr(jax, "device_count", lambda: count)
+    monkeypatch.setattr(jax, "local_device_count",
+                        lambda: count if local is None else local)
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    monkeypatch.setattr(jax, "process_count", lambda: processes)
+  return make
 
 
-def _stock(config):
-  return models.get(config.model).stock(config)
+def resolve(model="gru", members=1, **overrides):
+  config = models.get_config(model, "seed", **{**TINY[model], **overrides})
+  return devices_lib.resolve(config, members,
+                             models.get(config.model).stock(config))
 
 
-def _create(config, steps):
-  model, _ = models.build(config, say=lambda _: None)
-  return functools.partial(
-      train.create_train_state, model=model,
-      tx=optim.make_optimizer(config, steps, members_lib.swept(config)),
-      image_shape=(28, 28, 1))
+SHARDED_FOR_100 = ("--batch_size=100 does not split over 8 devices; pass a "
+                   "multiple of 8 (e.g. 96 or 104), or --parallel=none")
 
 
-def test_one_device_layout():
-  said = []
-  config = _config(parallel="auto")
-  layout = devices.Layout(config, _stock(config), 1, said.append)
-  assert layout.mode == "none" and layout.num_devices == 1 and not said
-  assert layout.record() == {"mode": "none", "devices": 1}
-  assert layout.axis_name is None and layout.batch_sharding is None
-  assert layout.eval_batch_size(100) == 100
-  state = members_lib.init_state(members_lib.from_config(_config()),
-                                 _create(_config(), 8))
-  placed = layout.put_state(state)
-  assert layout.unreplicated(placed) is placed
-  assert layout.num_params(placed) == MLP_PARAMS
-  host = layout.host(placed.params)
-  assert isinstance(host["out"]["kernel"], np.ndarray)
-  images, labels = layout.put(_data().test)
-  assert images.shape == (70, 28, 28, 1) and images.dtype == jnp.uint8
-  assert labels.dtype == jnp.int32
+@pytest.mark.parametrize("host_is,model,members,settings,expected", [
+    # A CPU: the recurrent models sharded over devices of at least
+    # MIN_DEVICE_BATCH examples each, the others one device.
+    ((8,), "gru", 1, dict(batch_size=128), ("sharded", 4)),
+    ((2,), "gru", 1, dict(batch_size=128), ("sharded", 2)),
+    ((8,), "lstm", 1, dict(batch_size=64), ("sharded", 2)),
+    ((8,), "rnn", 1, dict(batch_size=100), ("sharded", 2)),  # Not 4 x 25.
+    ((2,), "gru", 1, dict(batch_size=63), ("none", 1)),  # No even split.
+    ((2,), "gru", 1, dict(batch_size=62), ("none", 1)),  # 31 is too few.
+    ((1,), "gru", 1, dict(batch_size=128), ("none", 1)),
+    ((8,), "mlp", 1, dict(batch_size=128), ("none", 1)),
+    ((8,), "cnn", 1, dict(batch_size=128), ("none", 1)),
+    ((8,), "linear", 1, dict(batch_size=128), ("none", 1)),
+    # A GPU or TPU: every model sharded over as many devices as split it.
+    ((4, "gpu"), "mlp", 1, dict(batch_size=128), ("sharded", 4)),
+    ((4, "tpu"), "cnn", 1, dict(batch_size=64), ("sharded", 4)),
+    ((1, "gpu"), "mlp", 1, dict(batch_size=128), ("none", 1)),
+    ((8, "gpu"), "mlp", 1, dict(batch_size=100), ("sharded", 5)),
+    # Members split over the devices, evenly.
+    ((8,), "mlp", 4, {}, ("members", 4)),
+    ((8,), "mlp", 16, {}, ("members", 8)),
+    ((8,), "mlp", 3, {}, ("members", 3)),
+    ((8,), "mlp", 4, dict(parallel="none"), ("none", 1)),
+    ((4, "gpu"), "gru", 6, {}, ("members", 3)),
+    ((4, "cpu", 2), "mlp", 4, {}, ("none", 1)),  # Each process all of them.
+    # Asked for: pmap maps each process's local devices, the batch split
+    # over all of them.
+    ((8, "cpu", 1, 4), "mlp", 1, dict(parallel="sharded", batch_size=128),
+     ("sharded", 8)),
+    ((8, "cpu", 1, 4), "mlp", 1, dict(parallel="pmap", batch_size=128),
+     ("pmap", 8)),
+    ((8,), "gru", 1, dict(parallel="none", batch_size=128), ("none", 1)),
+    # Refused, in one line.
+    ((8,), "mlp", 2, dict(parallel="pmap"), "leave out --parallel=pmap"),
+    ((8,), "mlp", 1, dict(parallel="sharded", batch_size=100),
+     SHARDED_FOR_100),
+    ((3,), "mlp", 1, dict(parallel="sharded", batch_size=2), "(e.g. 3)"),
+    ((4, "cpu", 2), "mlp", 1, dict(parallel="none"),
+     "2 processes were started; pass --parallel=sharded"),
+])
+def test_the_layout_auto_and_each_mode_take(host, host_is, model, members,
+                                            settings, expected):
+  host(*host_is)
+  if isinstance(expected, tuple):
+    assert resolve(model, members, **settings) == expected
+  else:
+    with pytest.raises(UserError) as e:
+      resolve(model, members, **settings)
+    assert "\n" not in str(e.value) and expected in str(e.value)
 
 
-def test_an_epoch_is_the_pure_chunk_over_the_epochs_order():
-  """The loop trains chunk by chunk over epoch_order: the same chunks run by
-  hand from the same fresh state end with the same arrays and sums."""
-  config, data = _config(), _data()
-  hooks = Recorder()
-  state, final = train_core(config, data, hooks)
-  # Chunks of at most --chunk_steps=3 (about population.CHUNK_S seconds).
-  firsts = [first for _, first in hooks.chunks]
-  assert hooks.steps == 8 and firsts[0] == 0 and max(np.diff(firsts)) <= 3
-  assert final["test_examples"] == 70 and final["steps"] == 8
-  assert hooks.rows[0]["step"] == 8
+def test_the_rule_reads_the_stock_module_class_not_the_model_name(
+    host, monkeypatch):
+  """A model registered outside devices.py gets the rule its stock module's
+  class declares: none on a CPU host for a new class, sharded for the
+  recurrent one (DATA_PARALLEL_ON_CPU) or a class that declares it, with
+  nothing measured and devices.py untouched."""
 
-  members = members_lib.from_config(config)
-  ref = members_lib.init_state(members, _create(config, 8))
-  order = train.epoch_order(ref, 1, n=207, steps=8, batch_size=25)
-  ref, sums, bad = jax.jit(train.train_chunk)(
-      ref, metrics.zeros(num_classes=10), order, *map(jnp.asarray, (
-          data.train.images, data.train.labels)), 0, 8)
-  assert int(bad) == -1
-  total = float(sums["loss"])
-  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref.params)):
-    np.testing.assert_array_equal(a, b)
-  assert int(state.step) == 8
-  assert hooks.rows[0]["train_loss"] == pytest.approx(total / 200, rel=1e-6)
-  val = jax.jit(functools.partial(train.evaluate, batch_size=16))(
-      ref, jnp.asarray(data.val.images), jnp.asarray(data.val.labels))
-  assert float(val["count"]) == 23
-  assert hooks.rows[0]["val_loss"] == pytest.approx(
-      float(val["loss"]) / 23, rel=1e-6)
+  class NewNet(dense.MLP):
+    pass
 
-
-@pytest.mark.parametrize("in_turn", [True, False])
-def test_mapped_members_compute_what_each_single_run_does(monkeypatch,
-                                                          in_turn):
-  """Layout.map maps the chunk over 3 members (in turn, as on a CPU, or
-  vmapped, as on a GPU or TPU), their label smoothing mapped with them:
-  member i's state and sums are the single run's with its seed and value."""
-  monkeypatch.setattr(devices, "IN_TURN_ON", ("cpu",) if in_turn else ())
-  config = _config(seed=7, num_seeds=1, sweep="label_smoothing=0,0.1,0.2")
-  members = members_lib.from_config(config)
-  assert [m.config.label_smoothing for m in members] == [0, 0.1, 0.2]
-  layout = devices.Layout(config, _stock(config), len(members))
-  assert layout.mode == "none" and layout.in_turn == in_turn
-  data = _data()
-  images, labels = layout.put(data.train)
-  create = _create(config, 8)
-  chunk = lambda s, zeros, o, x, y, first, **kw: train.train_chunk(
-      s, zeros, o, x, y, first, 3, **kw)
-  stacked = layout.put_state(members_lib.init_state(members, create))
-  order = layout.map(functools.partial(train.epoch_order, n=207, steps=8,
-                                       batch_size=25),
-                     (devices.MEMBER, devices.NUMBER), donate=False)(stacked, 1)
-  assert order.shape == (3, 8, 25)
-  zeros = metrics.zeros(num_classes=10)
-  out, sums, bad = layout.map(
-      chunk,
-      (devices.MEMBER, devices.SHARED, devices.MEMBER, devices.SHARED,
-       devices.SHARED, devices.NUMBER),
-      members_lib.per_member(members, ("label_smoothing",)))(
-          stacked, zeros, order, images, labels, 0)
-  assert np.asarray(bad).tolist() == [-1] * 3
-  assert np.asarray(out.step).tolist() == [3] * 3
-  assert np.asarray(sums["count"]).tolist() == [75] * 3
-  assert len(set(np.asarray(sums["loss"]).tolist())) == 3
-  # One compile for the single runs: their label smoothing as an argument.
-  one_chunk = jax.jit(lambda s, o, smoothing: train.train_chunk(
-      s, zeros, o, images, labels, 0, 3, label_smoothing=smoothing))
-  for m in members:
-    single = members_lib.init_state([m], create)
-    one_order = train.epoch_order(single, 1, n=207, steps=8, batch_size=25)
-    np.testing.assert_array_equal(one_order, order[m.index])
-    single, one_sums, _ = one_chunk(single, one_order,
-                                    np.float32(m.config.label_smoothing))
-    for a, b in zip(jax.tree.leaves(single.params),
-                    jax.tree.leaves(out.params)):
-      np.testing.assert_allclose(a, b[m.index], rtol=1e-5, atol=1e-6)
-    assert float(one_sums["loss"]) == pytest.approx(
-        float(sums["loss"][m.index]), rel=1e-5)
-
-
-def test_members_train_side_by_side_and_report_each():
-  config, data = _config(num_seeds=2, seed=4), _data()
-  hooks = Recorder()
-  state, final = train_core(config, data, hooks)
-  assert hooks.record["parallel"] == {"mode": "none", "devices": 1,
-                                      "members": "in turn"}
-  row = hooks.rows[0]
-  assert [m["seed"] for m in row["members"]] == [4, 5]
-  assert row["train_loss_mean"] == pytest.approx(
-      np.mean([m["train_loss"] for m in row["members"]]))
-  assert np.asarray(state.step).tolist() == [8, 8]
-  assert final["num_params"] == MLP_PARAMS
-  assert state.params["out"]["kernel"].shape == (2, 16, 10)
-  assert not np.allclose(state.params["out"]["kernel"][0],
-                         state.params["out"]["kernel"][1])
-  single_hooks = Recorder()
-  single, single_final = train_core(config.replace(
-      seed=5, num_seeds=1), data, single_hooks)
-  for a, b in zip(jax.tree.leaves(jax.tree.map(lambda x: x[1], state.params)),
-                  jax.tree.leaves(single.params)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-  assert row["members"][1]["train_loss"] == pytest.approx(
-      single_hooks.rows[0]["train_loss"], rel=1e-5)
-  assert final["members"][1]["test_loss"] == pytest.approx(
-      single_final["test_loss"], rel=1e-5)
+  host(8)
+  spec = registry.get("mlp")
+  monkeypatch.setitem(registry.MODELS, "mlp",
+                      dataclasses.replace(spec, module=NewNet))
+  assert resolve("mlp", batch_size=128) == ("none", 1)
+  config = models.get_config("mlp", "seed", batch_size=128)
+  monkeypatch.setitem(registry.MODELS, "mlp", dataclasses.replace(
+      spec, module=recurrent.Recurrent, settings={}, fixed={"hidden": 8}))
+  assert devices_lib.resolve(config, 1, models.get("mlp").stock(config)) == (
+      "sharded", 4)
+  NewNet.DATA_PARALLEL_ON_CPU = True
+  monkeypatch.setitem(registry.MODELS, "mlp",
+                      dataclasses.replace(spec, module=NewNet))
+  assert resolve("mlp", batch_size=128) == ("sharded", 4)
 
 
 @pytest.mark.parametrize("mode,count,asked,expected", [
@@ -181,6 +135,75 @@ def test_eval_batches_split_over_the_data_parallel_devices(mode, count, asked,
                                                            expected):
   """The evaluation batch rounds up to a multiple of the devices a batch is
   split over (the last batch is padded and masked: test_parallel.py)."""
-  layout = object.__new__(devices.Layout)  # The rule needs those devices.
+  layout = object.__new__(devices_lib.Layout)  # The rule needs those devices.
   layout.mode, layout.num_devices = mode, count
   assert layout.eval_batch_size(asked) == expected
+
+
+@pytest.mark.parametrize("env", [
+    dict(JAX_PLATFORMS="cpu", parallel="none"),
+    dict(JAX_PLATFORMS="cpu", multi_process=True),
+    dict(JAX_PLATFORMS="cpu",
+         XLA_FLAGS="--xla_force_host_platform_device_count=3"),
+    dict(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="2"),
+    dict(JAX_PLATFORMS="cpu", SLURM_NTASKS="2"),
+    dict(JAX_PLATFORMS="cuda"),
+    dict(JAX_PLATFORMS="cpu", started=True),
+], ids=["none", "processes", "xla_flags", "num_cpu_devices", "slurm", "cuda",
+        "jax_started"])
+def test_split_host_leaves_the_host_whole_where_it_must(monkeypatch, env):
+  """One device asked for, several processes, a count already set, a job
+  of SLURM's, an accelerator, or JAX's backends started (the CPU device
+  count then fixed: no error, and the devices unchanged)."""
+  env = dict(env)
+  started = env.pop("started", False) and jax.devices()
+  args = {k: env.pop(k) for k in ("parallel", "multi_process") if k in env}
+  for name in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES", "SLURM_NTASKS"):
+    monkeypatch.delenv(name, raising=False)
+  for name, value in env.items():
+    monkeypatch.setenv(name, value)
+  if started:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1},
+                        raising=False)
+  assert process.split_host(args.pop("parallel", "auto"), **args) == 0
+  assert not started or jax.devices() == started
+
+
+@pytest.mark.parametrize("given, expected", [
+    ("", "--xla_gpu_deterministic_ops=true"),
+    ("--xla_dump_to=/tmp/d", "--xla_dump_to=/tmp/d "
+     "--xla_gpu_deterministic_ops=true"),
+    ("--xla_gpu_deterministic_ops=false", "--xla_gpu_deterministic_ops=false"),
+])
+def test_setup_asks_for_deterministic_gpu_kernels_unless_told(monkeypatch,
+                                                              given, expected):
+  """A GPU run repeats its numbers (README): XLA's deterministic kernels,
+  unless the user's XLA_FLAGS say otherwise."""
+  monkeypatch.setenv("XLA_FLAGS", given)
+  process.setup_process()
+  assert os.environ["XLA_FLAGS"] == expected
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CORES < 2, reason="needs at least 2 CPU cores")
+@pytest.mark.parametrize("args,says", [
+    ("--model=gru", "data parallel over {two} CPU devices (one jit over a "
+     "mesh)"),
+    ("--model=cnn", "one CPU device"),
+    ("--model=cnn --parallel=sharded", "data parallel over {split} CPU "
+     "devices (one jit over a mesh)"),
+    ("--model=mlp --num_seeds=2", "2 members split over 2 CPU devices"),
+])
+def test_dry_run_names_the_layout_auto_takes_on_a_split_host(args, says):
+  """No measurement: --dry_run says what the run will take on the host
+  split_host makes (a device per core, up to MAX_HOST_DEVICES)."""
+  split = min(CORES, process.MAX_HOST_DEVICES)
+  if "sharded" in args and 64 % split:
+    pytest.skip(f"a batch of 64 does not split over {split} devices")
+  proc = subprocess.run(
+      [sys.executable, "launch.py", *args.split(), "--preset=seed",
+       "--batch_size=64", "--dry_run"], cwd=lh.ROOT, env=lh.child_env(),
+      capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  line = next(l for l in proc.stdout.splitlines() if l.startswith("devices:"))
+  assert line == "devices:    " + says.format(two=min(split, 2), split=split)

@@ -1,19 +1,17 @@
-"""Layouts give one device's numbers: every model, with --parallel=none on 1
-and 2 devices and sharded on 2, draws the same masks and augmentation and
-trains the same model to the same metrics and parameters, to float rounding;
-members split over devices (auto) train as on one, bit for bit; pmap matches
-one device without dropout and differs with it (documented); 2 processes
-match 1.
+"""A member computes its single run's numbers, and a layout its one device's:
+members in turn (a CPU's way) or vmapped (a GPU's or TPU's), a run sharded
+over 2 devices or pmapped, members split over 2 devices, 2 processes; then
+how a job's processes join and fail, each in one line.
 
 What is bit for bit: one device's program on a host of no more XLA devices
 than cores (as process.split_host makes it) computes what it computes on the
-whole host. jaxlib's CPU client gives its intra-op thread pool max(cores,
-devices) threads, and XLA:CPU splits some matmuls' sums over that pool, so
-more devices than cores (4 simulated on 2 cores) can sum them in another
-order (a convolution's weight gradient, as a matmul). Everything else agrees
-to float rounding: sharded sums each device's part of the batch first, pmap
-averages gradients over devices. Members on a CPU run in turn, each its
-single run's program.
+whole host, and members in turn each run their single run's program.
+jaxlib's CPU client gives its thread pool max(cores, devices) threads, and
+XLA:CPU splits some matmuls' sums over that pool, so more devices than cores
+can sum them in another order. Everything else agrees to float rounding:
+vmapped matmuls, sharded sums each device's part of the batch first, pmap
+averages gradients over devices (each device drawing its own dropout masks,
+so pmap is compared without them).
 
 Simulated devices need XLA_FLAGS before JAX starts, so those runs happen in
 child processes (tests/parallel_worker.py, launch.py).
@@ -29,304 +27,180 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import one_per_module_class
 from conftest import xla_flags
+import launch_helpers as lh
+import parallel_worker as pw
 from mnist_jax import models
+from mnist_jax import modes
 from mnist_jax.errors import UserError
+from mnist_jax.models import registry
 from mnist_jax.rundir import process
-from parallel_worker import table_models
-from test_train import without_times
+from mnist_jax.training import members as members_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = lh.ROOT
 TIMEOUT_S = 600
-LOSS_RTOL = 1e-5  # Test loss: float sums in another order only.
-PARAM_ATOL = 2e-5  # Parameters after 16 Adam steps (measured: up to 5e-6).
-# The same for every model with dropout and augmentation, one epoch (measured:
-# up to 5e-5, the CNN with dropout sharded).
-TABLE_PARAM_ATOL = 2e-4
+TOLERANCE = 2e-5  # Losses (relative) and parameters after 8 to 16 steps.
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 
 
 def _env(devices: int) -> dict:
-  env = dict(os.environ)
+  env = lh.child_env()
   env["XLA_FLAGS"] = xla_flags(devices)
-  env["JAX_PLATFORMS"] = "cpu"
   env.pop("JAX_NUM_CPU_DEVICES", None)
   return env
 
 
-def worker(path, devices: int, runs, epochs: int = 2) -> dict:
-  """parallel_worker.py's results of `runs` (MODEL:PARALLEL) on `devices`
-  simulated CPU devices: {run: {"params", "model_state", and the record's
-  keys}}."""
-  proc = subprocess.run(
-      [sys.executable, "tests/parallel_worker.py", str(path),
-       f"--epochs={epochs}", *runs], cwd=ROOT, env=_env(devices),
-      capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  with np.load(path) as z:
-    assert int(z["device_count"]) == devices
-    return {run: {"params": z[f"{run}/params"],
-                  "model_state": z[f"{run}/model_state"],
-                  "params0": z[f"{run}/params0"],
-                  "model_state0": z[f"{run}/model_state0"],
-                  **json.loads(str(z[f"{run}/record"]))} for run in runs}
+def assert_same(a, b, exact, path="rows"):
+  """Nested metrics rows equal: bit for bit, or floats to TOLERANCE."""
+  if exact:
+    assert a == b, path
+  elif isinstance(a, dict):
+    assert a.keys() == b.keys(), path
+    for k in a:
+      assert_same(a[k], b[k], exact, f"{path}.{k}")
+  elif isinstance(a, list):
+    assert len(a) == len(b), path
+    for i, (x, y) in enumerate(zip(a, b)):
+      assert_same(x, y, exact, f"{path}[{i}]")
+  elif isinstance(a, float):
+    assert a == pytest.approx(b, rel=TOLERANCE, abs=1e-6), path
+  else:
+    assert a == b, path
 
 
-def assert_same_numbers(got, ref, atol=PARAM_ATOL):
-  """Accuracy exactly, losses to LOSS_RTOL, parameters (and batch
-  statistics) to `atol`: one device's numbers, summed in another order."""
-  assert got["step"] == ref["step"]
-  assert got["final"]["test_examples"] == ref["final"]["test_examples"]
-  assert got["final"]["test_accuracy"] == ref["final"]["test_accuracy"]
-  assert got["final"]["test_loss"] == pytest.approx(ref["final"]["test_loss"],
-                                                    rel=LOSS_RTOL)
-  assert len(got["rows"]) == len(ref["rows"])
-  for a, b in zip(got["rows"], ref["rows"]):
-    assert a["val_accuracy"] == b["val_accuracy"]
-    for key in ("train_loss", "val_loss"):
-      assert a[key] == pytest.approx(b[key], rel=LOSS_RTOL), key
-  np.testing.assert_allclose(got["params"], ref["params"], rtol=0, atol=atol)
-  np.testing.assert_allclose(got["model_state"], ref["model_state"], rtol=0,
-                             atol=atol)
+# Small shapes of the registered models (another trains its seed preset's).
+TINY = {"mlp": dict(mlp_hidden=(16,)), "rnn": dict(hidden=16),
+        "cnn": dict(cnn_features=(4, 8), cnn_dense=16),
+        "lstm": dict(hidden=16), "gru": dict(hidden=16, learning_rate=3e-2)}
 
 
-def assert_bit_equal(got, ref):
-  """The same numbers bit for bit: parameters, state, every row (times
-  aside)."""
-  np.testing.assert_array_equal(got["params"], ref["params"])
-  np.testing.assert_array_equal(got["model_state"], ref["model_state"])
-  assert got["step"] == ref["step"]
-  assert ([without_times(r) for r in got["rows"]] ==
-          [without_times(r) for r in ref["rows"]])
-  assert without_times(got["final"]) == without_times(ref["final"])
+def tiny(name, **extra):
+  """Dropout where the model has it and augmentation: every random stream a
+  step draws from."""
+  dropout = {"dropout": 0.2} if "dropout" in registry.get(name).settings else {}
+  return {**TINY.get(name, {}), "augment": True, **dropout, **extra}
 
 
-def test_sharded_over_two_devices_is_one_devices_run(tmp_path):
-  """The fast check: an MLP with dropout, one epoch, sharded over 2 devices
-  (one jit over a mesh, the batch split) against --parallel=none."""
-  out = worker(tmp_path / "two.npz", 2, ["mlp:none", "mlp:sharded"], epochs=1)
-  one, sharded = out["mlp:none"], out["mlp:sharded"]
-  assert one["parallel"] == {"mode": "none", "devices": 1}
-  assert sharded["parallel"] == {"mode": "sharded", "devices": 2}
-  assert ("data parallel over 2 CPU devices (one jit over a mesh)"
-          in sharded["messages"])
-  assert_same_numbers(sharded, one)
-  assert sharded["final"]["test_examples"] == 203
+SWEEP = dict(num_seeds=2, sweep="learning_rate=1e-3,3e-3")  # 4 members.
+MEMBERS = {"mode": "none", "devices": 1, "members": "in turn"}
+SLOW, FLOORS = pytest.mark.slow, pytest.mark.floors
 
 
-# Members vmapped as on a GPU or TPU (forced here on the CPU), over 2 devices:
-# against the same members in turn, and member 0 against its single run on
-# one device, sharded and (without random draws) under pmap.
-VMAP_RUNS = {m: [f"{m}+2:auto", f"{m}+2:auto:vmap", f"{m}:none", f"{m}:sharded",
-                 f"{m}0+2:auto:vmap", f"{m}0:pmap"] for m in ("mlp", "gru")}
-# Vmapped matmuls sum in another order (measured here after one epoch: up to
-# 2e-7 in the parameters, 5e-6 against sharded; on MNIST:
-# docs/performance.md).
-VMAP_ATOL = 2e-5
+def case(name, model, settings, parallel="none", devices=1, vmap=False,
+         exact=True, layout=None, says=None, marks=(SLOW,)):
+  return pytest.param(dict(model=model, settings=settings, parallel=parallel,
+                           devices=devices, vmap=vmap, exact=exact,
+                           layout=layout or MEMBERS, says=says),
+                      id=name, marks=list(marks))
 
 
-def _member0(run):
-  """Member 0's numbers of a run of members, as a single run's."""
-  final = run["final"]["members"][0]
-  return {**run, "params": run["params0"], "model_state": run["model_state0"],
-          "step": run["step"][0],
-          "final": {**final, "test_examples": run["final"]["test_examples"]},
-          "rows": [r["members"][0] for r in run["rows"]]}
+CASES = [
+    case("mlp_sweep_in_turn", "mlp", tiny("mlp", **SWEEP), marks=()),
+    case("mlp_sweep_vmapped", "mlp", tiny("mlp", num_seeds=2, sweep=(
+        "learning_rate=1e-3,3e-3;label_smoothing=0,0.1")), vmap=True,
+         exact=False, layout={**MEMBERS, "members": "vmapped"}, marks=()),
+    *[case(f"{m}_in_turn", m, tiny(m, num_seeds=2))
+      for m in registry.MODELS if m != "mlp"],
+    case("cnn_bn_in_turn", "cnn", tiny("cnn", num_seeds=2, cnn_batch_norm=True)),
+    case("gru_vmapped_2_devices", "gru", tiny("gru", num_seeds=2), "auto", 2,
+         vmap=True, exact=False, layout={"mode": "members", "devices": 2,
+                                         "members": "vmapped"}),
+    case("mlp_sweep_split_over_2_devices", "mlp", tiny("mlp", **SWEEP), "auto",
+         2, exact=CORES >= 2, layout={"mode": "members", "devices": 2,
+                                      "members": "in turn"},
+         says="4 members split over 2 CPU devices", marks=(SLOW, FLOORS)),
+    # auto shards a recurrent model over a CPU's devices (its rule).
+    *[case(f"{name}_sharded_over_2_devices", model, settings, parallel, 2,
+           exact=False, layout={"mode": "sharded", "devices": 2},
+           says="data parallel over 2 CPU devices (one jit over a mesh)",
+           marks=(SLOW, FLOORS))
+      for name, model, settings, parallel in (
+          ("gru", "gru", tiny("gru"), "auto"),
+          ("cnn_bn", "cnn", tiny("cnn", cnn_batch_norm=True), "sharded"))],
+    case("mlp_pmap_over_2_devices", "mlp", dict(mlp_hidden=(16,), dropout=0.0),
+         "pmap", 2, exact=False, layout={"mode": "pmap", "devices": 2},
+         says="(pmap: each device draws its own dropout masks and "
+         "augmentation)", marks=(SLOW, FLOORS)),
+    case("cnn_vmapped_on_a_gpu_backend", "cnn", None, "auto", 2, vmap=True,
+         exact=False, layout={"mode": "members", "devices": 2,
+                              "members": "vmapped"},
+         says="2 members split over 2 GPU devices"),
+]
 
 
-@pytest.mark.parametrize("model", sorted(VMAP_RUNS))
-def test_vmapped_members_agree_with_members_in_turn_and_single_runs(
-    tmp_path, model):
-  """The accelerator's members, vmapped through the layout: to float
-  rounding the members a CPU runs in turn, and member 0 its single run with
-  --parallel=none, sharded, and (no dropout or augmentation) pmap."""
-  out = worker(tmp_path / "vmap.npz", 2, VMAP_RUNS[model], epochs=1)
-  vmapped, in_turn = out[f"{model}+2:auto:vmap"], out[f"{model}+2:auto"]
-  assert vmapped["parallel"] == {"mode": "members", "devices": 2,
-                                "members": "vmapped"}
-  assert in_turn["parallel"] == {**vmapped["parallel"], "members": "in turn"}
-  assert_same_numbers(vmapped, in_turn, VMAP_ATOL)
-  for single in (f"{model}:none", f"{model}:sharded"):
-    assert_same_numbers(_member0(vmapped), out[single], VMAP_ATOL)
-  pmap = out[f"{model}0:pmap"]
-  assert pmap["parallel"] == {"mode": "pmap", "devices": 2}
-  assert_same_numbers(_member0(out[f"{model}0+2:auto:vmap"]), pmap, VMAP_ATOL)
-
-
-def test_the_accelerators_choices_end_to_end(prepared, tmp_path):
-  """launch.py where JAX's backend reports a GPU, on 2 CPU devices
-  (tests/accelerator_launch.py): --parallel=auto shards one CNN over the
-  devices (one device on a CPU), and a run of 2 seeds trains them vmapped
-  over the devices with the stock layers (no CPU kernel), then writes its
-  report."""
+def _on_a_gpu_backend(prepared, tmp_path, *flags):
+  """launch.py where JAX's backend reports a GPU (tests/accelerator_launch.py),
+  on 2 CPU devices: (metrics rows, config.json, stdout)."""
   mnist_dir, data_dir = prepared
-  command = [sys.executable, "tests/accelerator_launch.py", "--model=cnn",
-             "--preset=seed", "--cnn_features=4,8", "--cnn_dense=16",
-             "--epochs=1", "--batch_size=32", "--val_fraction=0.1",
-             f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}"]
-  run = lambda *extra: subprocess.run(
-      [*command, *extra], cwd=ROOT, env=_env(2), capture_output=True,
-      text=True, timeout=TIMEOUT_S, check=False)
-  single = run("--dry_run")
-  assert single.returncode == 0, single.stderr[-3000:]
-  assert ("devices:    data parallel over 2 GPU devices (one jit over a "
-          "mesh)") in single.stdout
-  work = tmp_path / "run"
-  members = run("--num_seeds=2", f"--workdir={work}")
-  assert members.returncode == 0, members.stderr[-3000:]
-  assert "2 members split over 2 GPU devices" in members.stdout
-  with open(work / "config.json") as f:
-    record = json.load(f)
-  environment = record["environment"]
-  assert environment["backend"] == "gpu"
-  assert environment["parallel"] == {"mode": "members", "devices": 2,
-                                     "members": "vmapped"}
-  assert environment["implementation"] == {
-      "impl": "auto", "module": "mnist_jax/models/cnn.py's CNN"}
-  assert record["finished"] and (work / "report.md").exists()
+  workdir = tmp_path / "_".join(f.strip("-").replace("=", "") for f in flags)
+  p = subprocess.run(
+      [sys.executable, "tests/accelerator_launch.py", "--model=cnn",
+       "--preset=seed", "--cnn_features=4,8", "--cnn_dense=16", "--epochs=1",
+       "--batch_size=32", "--val_fraction=0.1", "--noanalyses",
+       f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}",
+       f"--workdir={workdir}", *flags], cwd=ROOT, env=_env(2),
+      capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+  assert p.returncode == 0, p.stderr[-3000:]
+  with open(workdir / "config.json") as f:
+    return lh.metrics(workdir), json.load(f), p.stdout
 
 
-# The runs of each device count: on one device, --parallel=none of the MLP
-# (pmap's reference) and of the members (their reference); the members with
-# auto on both; on 2 devices pmap and its references. (auto's rule:
-# test_host_split.py; what it picks, sharded, is in the table below.)
-RUNS = {1: ["mlp:none", "members:none", "members:auto"],
-        2: ["members:auto", "mlp:pmap", "mlp0:none", "mlp0:pmap", "cnn:pmap",
-            "cnn:none"]}
-# And every registered model (TABLE), one epoch, with none on 1 device and
-# sharded on 2; none on 2 for one model of each stock module class (and the
-# CNN with BatchNorm), whose ops decide how the host's threads sum. (Members
-# and pmap: RUNS; a member against its single run, every model:
-# test_equalities.py.)
-TABLE = sorted(table_models())
-NONE_ON_TWO = sorted(f"table.{m}" for m in one_per_module_class()) + [
-    "table.cnn_bn"]
-TABLE_RUNS = {1: [f"{m}:none" for m in TABLE],
-              2: [f"{m}:none" for m in NONE_ON_TWO] +
-                 [f"{m}:sharded" for m in TABLE]}
-
-
-def _runs_on_devices(tmp_path_factory, runs, epochs=2):
-  """fn(n) -> the worker's results of runs[n] on n devices (run once)."""
-  cache = {}
-
-  def get(n):
-    if n not in cache:
-      cache[n] = worker(tmp_path_factory.mktemp(f"devices{n}") / "out.npz", n,
-                        runs[n], epochs)
-    return cache[n]
-  return get
-
-
-@pytest.fixture(scope="module")
-def on_devices(tmp_path_factory):
-  return _runs_on_devices(tmp_path_factory, RUNS)
-
-
-@pytest.fixture(scope="module")
-def table_on_devices(tmp_path_factory):
-  return _runs_on_devices(tmp_path_factory, TABLE_RUNS, epochs=1)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("n", [1, 2])
-def test_members_split_over_devices_train_as_on_one(on_devices, n):
-  """8 members (a learning-rate and label-smoothing sweep, 2 seeds): on a
-  host of no more devices than cores, one device's numbers bit for bit."""
-  ref = on_devices(1)["members:none"]
-  got = on_devices(n)["members:auto"]
-  assert ref["parallel"] == {"mode": "none", "devices": 1,
-                             "members": "in turn"}
-  if n == 1:  # On one device the record says "members" (over a mesh of 1).
-    assert got["parallel"]["devices"] == 1 and not got["messages"]
+@pytest.mark.parametrize("case", CASES)
+def test_a_member_computes_its_single_runs_numbers(prepared, tmp_path, case):
+  """Member i of a run (each of --num_seeds and --sweep: its seed and values),
+  under each layout, against the single run of its seed and values with
+  --parallel=none: its epoch rows, final row, parameters (BatchNorm's
+  statistics too) and test logits; a run of one member under a data-parallel
+  layout against itself on one device."""
+  if case["settings"] is None:  # launch.py with a GPU backend: the stock
+    rows, record, out = _on_a_gpu_backend(prepared, tmp_path, "--num_seeds=2")
+    env = record["environment"]  # layers (no CPU kernel), members vmapped.
+    assert env["backend"] == "gpu" and record["finished"]
+    assert env["implementation"] == {
+        "impl": "auto", "module": "mnist_jax/models/cnn.py's CNN"}
+    assert (tmp_path / "num_seeds2" / "report.md").exists()
+    got = {"record": {"parallel": env["parallel"], "messages": [out]}}
+    picked, single = [1], _on_a_gpu_backend(prepared, tmp_path, "--seed=1",
+                                            "--parallel=none")[0]
+    singles = {1: {"rows": single}}
   else:
-    assert got["parallel"] == {"mode": "members", "devices": n,
-                               "members": "in turn"}
-    assert f"8 members split over {n} CPU devices" in got["messages"]
-  if n <= CORES:  # Each member runs its single run's program, in turn.
-    assert_bit_equal(got, ref)
-  else:
-    assert_same_numbers(got, ref)
-  assert got["step"] == ref["step"] == [16] * 8
-  for a, b in zip(got["rows"], ref["rows"]):
-    assert a["leader"] == b["leader"]
-    assert [m["val_accuracy"] for m in a["members"]] == [
-        m["val_accuracy"] for m in b["members"]]
-    np.testing.assert_allclose([m["train_loss"] for m in a["members"]],
-                               [m["train_loss"] for m in b["members"]],
-                               rtol=LOSS_RTOL)
-  assert got["final"]["chosen"] == ref["final"]["chosen"]
-  assert [m["test_accuracy"] for m in got["final"]["members"]] == [
-      m["test_accuracy"] for m in ref["final"]["members"]]
-  # The members differ from each other: their values and seeds are used.
-  assert len({m["test_loss"] for m in got["final"]["members"]}) == 8
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", TABLE)
-def test_every_model_on_every_layout_and_device_count(table_on_devices,
-                                                      name):
-  """Every registered model, with dropout where it has it and augmentation,
-  against its run on one device (the table docs/performance.md measures on
-  MNIST): bit for bit on one device of a host of no more devices than
-  cores; to float rounding sharded."""
-  ref = table_on_devices(1)[f"{name}:none"]
-  assert ref["parallel"] == {"mode": "none", "devices": 1}
-  if table_models()[name][1].get("cnn_batch_norm"):  # Statistics compared.
-    assert ref["model_state"].size
-  runs = table_on_devices(2)
-  if name in NONE_ON_TWO:
-    got = runs[f"{name}:none"]
-    assert got["parallel"] == {"mode": "none", "devices": 1}
-    if 2 <= CORES:
-      assert_bit_equal(got, ref)
-    else:
-      assert_same_numbers(got, ref, TABLE_PARAM_ATOL)
-  sharded = runs[f"{name}:sharded"]
-  assert sharded["parallel"] == {"mode": "sharded", "devices": 2}
-  assert_same_numbers(sharded, ref, TABLE_PARAM_ATOL)
-
-
-@pytest.mark.slow
-def test_pmap_matches_one_device_without_dropout_only(on_devices):
-  """pmap averages gradients over 2 devices: one device's numbers for a
-  model without dropout; with dropout each device draws its own masks, so
-  the numbers differ (devices.py's module doc says so, and the run says
-  so as it starts)."""
-  two = on_devices(2)
-  plain = two["mlp0:pmap"]
-  assert plain["parallel"] == {"mode": "pmap", "devices": 2}
-  assert_same_numbers(plain, two["mlp0:none"])
-  dropout = two["mlp:pmap"]
-  assert any("each device draws its own dropout masks" in m
-             for m in dropout["messages"])
-  assert dropout["final"]["test_examples"] == 203
-  assert np.abs(dropout["params"] - on_devices(1)["mlp:none"]["params"]
-                ).max() > 100 * PARAM_ATOL
-  # BatchNorm under pmap normalizes by each device's batch statistics: the
-  # numbers differ too, while sharded keeps the global batch's.
-  assert np.abs(two["cnn:pmap"]["params"] - two["cnn:none"]["params"]
-                ).max() > 100 * PARAM_ATOL
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("n", [1, 2])
-def test_evaluation_counts_every_example_once(on_devices, table_on_devices,
-                                              n):
-  """203 test and 60 validation examples in batches of 50: the last batch
-  partial, padded and masked, never dropped. The test logits the loop hands
-  out (for the ensemble and the report) are each member's, in order: their
-  accuracies are the final row's."""
-  for run, got in on_devices(n).items():
-    assert got["final"]["test_examples"] == 203, run
-    assert got["final"]["epochs_run"] == 2, run
-  for run, got in {**on_devices(n), **table_on_devices(n)}.items():
-    members = got["final"].get("members") or [got["final"]]
-    shape, accuracies = got["test_logits"]
-    assert shape == [len(members), 203, 10], run
-    assert accuracies == pytest.approx(
-        [m["test_accuracy"] for m in members], abs=1e-9), run
+    config = pw.config(case["model"], case["settings"], case["parallel"])
+    listed = members_lib.from_config(config)
+    picked = sorted({0, len(listed) - 1})
+    specs = {"run": {k: case[k] for k in ("model", "settings", "parallel",
+                                          "vmap")}}
+    for i in picked:
+      specs[i] = dict(model=case["model"], settings={
+          **case["settings"], "seed": listed[i].seed, "num_seeds": 1,
+          "sweep": "", **listed[i].values})
+    out = pw.runs(tmp_path, {str(k): v for k, v in specs.items()},
+                  case["devices"])
+    got = out["run"]
+    rows = got["record"]["rows"] + [got["record"]["final"]]
+    singles = {i: out[str(i)] for i in picked}
+    for single in singles.values():
+      assert single["record"]["parallel"] == {"mode": "none", "devices": 1}
+      single["rows"] = single["record"]["rows"] + [single["record"]["final"]]
+  assert got["record"]["parallel"] == case["layout"]
+  if case["says"]:
+    assert any(case["says"] in m for m in got["record"]["messages"])
+  exact = case["exact"]
+  for i, single in singles.items():
+    assert_same(lh.deterministic(members_lib.member_rows(rows, i)),
+                lh.deterministic(single["rows"]), exact)
+    if "params" not in single:
+      continue
+    for part in ("params", "model_state"):
+      np.testing.assert_allclose(got[part][i], single[part][0], rtol=0,
+                                 atol=0 if exact else TOLERANCE)
+    # The test logits the loop hands out (the ensemble's and report's):
+    # each member's own, every example counted once.
+    assert got["logits"].shape == (len(got["params"]), 203, 10)
+    np.testing.assert_allclose(got["logits"][i], single["logits"][0],
+                               rtol=0, atol=0 if exact else 1e-3)
+  if len(rows[-1].get("members", ())) > 1:  # Their values and seeds are used.
+    losses = {m["test_loss"] for m in rows[-1]["members"]}
+    assert len(losses) == len(rows[-1]["members"])
 
 
 @pytest.fixture
@@ -348,7 +222,8 @@ def joins(monkeypatch):
 def test_no_cluster_is_one_process_but_named_processes_must_join(joins):
   """jax.distributed.initialize() detects the cluster (SLURM, TPU VMs...);
   finding none is one process, unless the flags name processes: then any
-  error of jax's is one line saying what to do."""
+  error of jax's is one line saying what to do; process 0 on a port in use
+  is refused before jax's coordinator would crash on it."""
   calls, raises = joins
   config = models.get_config("mlp")
   raises.append(ValueError("coordinator_address should be defined."))
@@ -365,28 +240,21 @@ def test_no_cluster_is_one_process_but_named_processes_must_join(joins):
                      r"mpi4py\); give every"):
     process.initialize(config)  # A cluster detected, failing: said.
   raises.clear()
-  process.initialize(config.replace(coordinator_address="h:1", num_processes=2,
-                                    process_id=1))
-  assert calls[-1] == ("h:1", 2, 1)
-
-
-def test_process_0_on_a_port_in_use_is_one_line(joins):
-  """jax's coordinator segfaults on a port it cannot bind: refused before."""
-  calls, _ = joins
   with socket.socket() as taken:
     taken.bind(("127.0.0.1", 0))
     taken.listen()
     port = taken.getsockname()[1]
-    config = models.get_config("mlp", coordinator_address=f"localhost:{port}",
-                               num_processes=2, process_id=0)
+    job = config.replace(coordinator_address=f"localhost:{port}",
+                         num_processes=2, process_id=0)
     with pytest.raises(UserError, match=(
         f"^process 0 cannot listen on port {port} of this host \\(Address "
         "already in use; another job\\?\\): give every process the same "
         "--coordinator_address")):
-      process.initialize(config)
-    process.initialize(config.replace(process_id=1))  # Process 1 joins.
-  process.initialize(config)  # Free again.
-  assert [args[2] for args in calls] == [1, 0]
+      process.initialize(job)
+    process.initialize(job.replace(process_id=1))  # Process 1 joins.
+  process.initialize(job)  # Free again.
+  assert calls[-2:] == [(f"localhost:{port}", 2, 1),
+                        (f"localhost:{port}", 2, 0)]
 
 
 def test_cli_rejects_a_batch_that_does_not_split(tmp_path):
@@ -398,10 +266,9 @@ def test_cli_rejects_a_batch_that_does_not_split(tmp_path):
       cwd=ROOT, env=_env(8), capture_output=True, text=True, timeout=TIMEOUT_S,
       check=False)
   assert proc.returncode == 1
-  lines = proc.stderr.strip().splitlines()
-  assert lines == [lines[0]] and lines[0].startswith(
-      "error: --batch_size=100 does not split over 8 devices"), proc.stderr
-  assert "96 or 104" in lines[0]
+  [line] = proc.stderr.strip().splitlines()
+  assert line.startswith("error: --batch_size=100 does not split over 8 "
+                         "devices") and "96 or 104" in line, proc.stderr
   assert not work.exists() and not data.exists()
 
 
@@ -411,72 +278,58 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch_args(prepared, workdir, *extra, report="--noreport"):
-  """launch.py's command, without a report; report="--noanalyses": with the
-  report, its analyses aside."""
+def _job(prepared, workdir, *extra, ids=(0, 1), devices=1, port=None,
+         code=None):
+  """launch.py's processes `ids` of a 2-process job (an MLP, 2 epochs,
+  --noreport; ids=(): one process alone), run by `code` if given."""
   mnist_dir, data_dir = prepared
-  return [sys.executable, "launch.py", "--model=mlp", "--preset=seed",
-          "--mlp_hidden=32", "--dropout=0", "--epochs=2", "--batch_size=32",
-          "--eval_batch_size=50", "--val_fraction=0.1", report,
-          f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}",
-          f"--workdir={workdir}", *extra]
+  port = port or _free_port()
+  args = ["--model=mlp", "--preset=seed", "--mlp_hidden=32", "--dropout=0",
+          "--epochs=2", "--batch_size=32", "--eval_batch_size=50",
+          "--val_fraction=0.1", "--noreport", f"--mnist_dir={mnist_dir}",
+          f"--data_dir={data_dir}", *extra]
+  # Process 1 has a folder of its own, which it must leave unwritten.
+  job = [[f"--workdir={workdir}{'-process1' * i}",
+          f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+          f"--process_id={i}"] for i in ids] or [[f"--workdir={workdir}"]]
+  return [subprocess.Popen(
+      [sys.executable, *(["-c", code] if code else []), "launch.py", *args,
+       *own], cwd=ROOT, env=_env(devices), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for own in job]
 
 
-def _rows(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
-
-
-@pytest.fixture(scope="module")
-def single_process_rows(prepared, tmp_path_factory):
-  """metrics.jsonl of the reference run: one process, one device."""
-  single = tmp_path_factory.mktemp("single") / "run"
-  proc = subprocess.run(_launch_args(prepared, single, "--parallel=none"),
-                        cwd=ROOT, env=_env(1), capture_output=True, text=True,
-                        timeout=TIMEOUT_S, check=False)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return _rows(single)
+def _ends(procs):
+  try:
+    return [p.communicate(timeout=TIMEOUT_S) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["pmap", "sharded"])
-def test_two_processes_match_one(prepared, single_process_rows, tmp_path, mode):
-  """2 processes x 2 CPU devices over jax.distributed on loopback."""
-  port = _free_port()
-  procs = [subprocess.Popen(
-      _launch_args(prepared, tmp_path / f"process{i}", f"--parallel={mode}",
-                   f"--coordinator_address=127.0.0.1:{port}",
-                   "--num_processes=2", f"--process_id={i}",
-                   report="--noanalyses"),  # Process 0 writes the report.
-      cwd=ROOT, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True) for i in range(2)]
-  outputs = []
-  for p in procs:
-    try:
-      outputs.append(p.communicate(timeout=TIMEOUT_S))
-    except subprocess.TimeoutExpired:
-      for q in procs:
-        q.kill()
-      raise
-  for p, (_, err) in zip(procs, outputs):
+def test_two_processes_match_one(prepared, tmp_path, mode):
+  """2 processes x 2 CPU devices over jax.distributed on loopback, against
+  one process on one device; process 1 writes no files, and the run reports
+  on one device (this one) to its own test metrics."""
+  [one] = _job(prepared, tmp_path / "one", "--parallel=none", ids=())
+  procs = _job(prepared, tmp_path / "run", f"--parallel={mode}", devices=2)
+  outputs = _ends([one, *procs])
+  for p, (_, err) in zip([one, *procs], outputs):
     assert p.returncode == 0, err[-3000:]
-  assert "[process 1/2] epoch 2/2" in outputs[1][0]
-  assert not (tmp_path / "process1").exists()  # Process 1 writes no files.
-
-  multi, ref = _rows(tmp_path / "process0"), single_process_rows
-  assert len(multi) == len(ref) == 3
-  for a, b in zip(multi[:2], ref[:2]):
-    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
-      assert a[key] == pytest.approx(b[key], abs=1e-5), key
-  assert multi[2]["test_examples"] == ref[2]["test_examples"] == 200
-  assert multi[2]["test_loss"] == pytest.approx(ref[2]["test_loss"], abs=1e-5)
-  assert multi[2]["test_accuracy"] == ref[2]["test_accuracy"]
-  with open(tmp_path / "process0" / "config.json") as f:
+  assert "[process 1/2] epoch 2/2" in outputs[2][0]
+  assert not (tmp_path / "run-process1").exists()
+  got, ref = lh.metrics(tmp_path / "run"), lh.metrics(tmp_path / "one")
+  assert_same(lh.deterministic(got), lh.deterministic(ref), exact=False)
+  with open(tmp_path / "run" / "config.json") as f:
     environment = json.load(f)["environment"]
   assert environment["process_count"] == 2
   assert environment["parallel"] == {"mode": mode, "devices": 4}
-  assert (tmp_path / "process0" / "learning_curves.png").exists()
-  assert (tmp_path / "process0" / "checkpoints").exists()
+  report = modes.rewrite_report(str(tmp_path / "run"))
+  assert report["accuracy"] == pytest.approx(got[-1]["test_accuracy"],
+                                             abs=1e-6)
 
 
 @pytest.mark.slow
@@ -485,23 +338,18 @@ def test_a_process_whose_peer_never_starts_ends_in_one_line(
     prepared, tmp_path, process_id):
   """Alone, process 0 (the coordinator) or 1 waits JOIN_TIMEOUT_S (5 s here),
   then says what to do, instead of jax's abort and C++ stack trace."""
-  port = _free_port()
-  args = _launch_args(prepared, tmp_path / "run",
-                      f"--coordinator_address=127.0.0.1:{port}",
-                      "--num_processes=2", f"--process_id={process_id}")
   code = ("import runpy, sys; from mnist_jax.rundir import process; "
           "process.JOIN_TIMEOUT_S = 5; sys.argv = sys.argv[1:]; "
           "runpy.run_path('launch.py', run_name='__main__')")
-  proc = subprocess.run([sys.executable, "-c", code, *args[1:]], cwd=ROOT,
-                        env=_env(1), capture_output=True, text=True,
-                        timeout=TIMEOUT_S, check=False)
+  [proc] = _job(prepared, tmp_path / "run", ids=(process_id,), code=code)
+  [(_, err)] = _ends([proc])
   assert proc.returncode == 1
-  assert proc.stderr.strip() == (
+  assert err.strip() == (
       "error: not all processes joined in 5 s: give every process the same "
       "--coordinator_address=HOST:PORT (process 0's, reachable from every "
       "process, on a free port) and --num_processes=N, and its own "
       "--process_id (0 to N-1)")
-  assert not (tmp_path / "run").exists()
+  assert not os.listdir(tmp_path)
 
 
 @pytest.mark.slow
@@ -510,13 +358,7 @@ def test_a_process_killed_mid_run_stops_the_others_in_one_line(prepared,
   """Process 1 killed (SIGKILL) in epoch 3 or later: process 0 stops at its
   next collective with one line that says to start both again, not a
   traceback and jax's abort; both commands again then finish the run."""
-  port = _free_port()
-  args = [_launch_args(prepared, tmp_path / "run", "--epochs=40",
-                       f"--coordinator_address=127.0.0.1:{port}",
-                       "--num_processes=2", f"--process_id={i}")
-          for i in range(2)]
-  procs = [subprocess.Popen(a, cwd=ROOT, env=_env(1), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True) for a in args]
+  procs = _job(prepared, tmp_path / "run", "--epochs=40")
   try:
     for line in procs[0].stdout:
       if "epoch 3/40" in line:
@@ -534,32 +376,9 @@ def test_a_process_killed_mid_run_stops_the_others_in_one_line(prepared,
                          "crashed or was killed: "), last
   assert last.endswith("; start every process again with its same command "
                        "(they resume)"), last
-  procs = [subprocess.Popen(a, cwd=ROOT, env=_env(1), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True) for a in args]
-  for p in procs:
-    _, err = p.communicate(timeout=TIMEOUT_S)
+  procs = _job(prepared, tmp_path / "run", "--epochs=40")
+  for p, (_, err) in zip(procs, _ends(procs)):
     assert p.returncode == 0, err[-3000:]
-  rows = _rows(tmp_path / "run")
+  rows = lh.metrics(tmp_path / "run")
   assert [r["epoch"] for r in rows[:-1]] == list(range(1, 41))
   assert rows[-1]["test_examples"] == 200
-
-
-@pytest.mark.slow
-@pytest.mark.floors
-def test_a_run_stopped_mid_epoch_resumes_bit_identical_on_every_layout(
-    tmp_path):
-  """A preempted run (a checkpoint after the first chunk of epoch 2, the
-  epoch's metric sums in it) resumes to the uninterrupted run's numbers,
-  bit for bit, sharded, with members split over the devices, and under pmap."""
-  runs = [f"{run}{resume}" for run in ("gru:sharded", "members:auto",
-                                       "mlp:pmap") for resume in ("", ":resume")]
-  out = worker(tmp_path / "resume.npz", 2, runs)
-  for run in ("gru:sharded", "members:auto", "mlp:pmap"):
-    whole, resumed = out[run], out[f"{run}:resume"]
-    assert resumed["parallel"]["devices"] == 2, run
-    np.testing.assert_array_equal(resumed["params"], whole["params"], run)
-    np.testing.assert_array_equal(resumed["model_state"], whole["model_state"])
-    assert resumed["step"] == whole["step"]
-    assert ([without_times(r) for r in resumed["rows"]] ==
-            [without_times(r) for r in whole["rows"][1:]]), run
-    assert without_times(resumed["final"]) == without_times(whole["final"])

@@ -1,214 +1,470 @@
-"""--sweep: parsing, the one-line errors, member order and per-member arrays."""
+"""--sweep and --num_seeds: the grid and its refusals, member order, choosing
+a member, the run folder's files (rows, sweep.csv and .png, the report, the
+ensemble), report and predict, and compare.py reading members. (A member
+computes its single run's numbers: test_parallel.py; a sweep resumes:
+test_resume.py.)"""
 
+import csv
 import dataclasses
 import functools
+import io
+import json
+import os
+import shutil
+import types
 
 import jax
 import numpy as np
+from PIL import Image
 import pytest
 
+from conftest import one_per_module_class
+from experiments import compare
+import launch
 from mnist_jax import config as config_lib
 from mnist_jax import models
-from mnist_jax.data import datasets
-from mnist_jax.errors import UserError
-from mnist_jax.training import members as members_lib
+from mnist_jax import modes
 from mnist_jax import optim
+from mnist_jax.data import datasets
+from mnist_jax.data import images as images_lib
+from mnist_jax.data import pipeline
+from mnist_jax.errors import UserError
+from mnist_jax.results import plots
+from mnist_jax.results import report
+from mnist_jax.results import run as run_lib
+from mnist_jax.rundir import cli
+from mnist_jax.rundir import metrics_log
+from mnist_jax.rundir import record as record_lib
+from mnist_jax.training import members
 from mnist_jax.training import train
 
-
-def _config(**overrides):
-  return models.get_config("mlp", "seed", **overrides)
-
-
-def test_repeated_flags_and_semicolons_give_one_grid_in_order():
-  flags = config_lib.sweep_grid(["learning_rate=3e-4, 1e-3,3e-3", "weight_decay=0,1e-4"])
-  joined = config_lib.sweep_grid("learning_rate=3e-4,1e-3,3e-3;weight_decay=0,1e-4")
-  assert flags == joined
-  assert list(flags) == ["learning_rate", "weight_decay"]
-  assert flags["learning_rate"] == (3e-4, 1e-3, 3e-3)
-  assert config_lib.sweep_grid("") == {} and config_lib.sweep_grid([]) == {}
+# The analyses aside: tests/test_analysis.py holds them.
+TINY = dict(mlp_hidden=(16,), dropout=0.2, epochs=2, batch_size=50,
+            val_fraction=0.1, analyses=False)
+SWEEP = "learning_rate=0.003,0.01;grad_clip=0,1"  # 4 points x 2 seeds.
 
 
-def test_canonical_reads_back_as_the_same_grid():
-  specs = ["weight_decay=1e-5,0", "learning_rate=0.1,3e-4;label_smoothing=0.1"]
-  text = config_lib.sweep_text(specs)
-  assert config_lib.sweep_grid(text) == config_lib.sweep_grid(specs)
+def _overrides(*argv):
+  """launch.py's Config overrides for a command line (parsed in-process)."""
+  launch.FLAGS.unparse_flags()
+  launch.FLAGS(["launch.py", *argv])
+  try:
+    return cli.overrides(launch.FLAGS)
+  finally:
+    launch.FLAGS.unparse_flags()
+
+
+def test_repeated_and_joined_sweep_flags_give_one_canonical_grid():
+  """In the order given; the canonical text reads back as the same grid,
+  and the run's repeat command holds it (not the swept flags)."""
+  repeated = _overrides("--sweep=learning_rate=3e-4, 1e-3",
+                        "--sweep=weight_decay=0,1e-4")
+  joined = _overrides("--sweep=learning_rate=3e-4,1e-3;weight_decay=0,1e-4")
+  assert repeated == joined == {
+      "sweep": "learning_rate=0.0003,0.001;weight_decay=0.0,0.0001"}
+  assert _overrides() == {}
+  text = repeated["sweep"]
   assert config_lib.sweep_text(text) == text
-  assert text.startswith("weight_decay=")  # The order given is kept.
-  assert config_lib.sweep_text("") == ""
+  grid = config_lib.sweep_grid(text)
+  assert grid == {"learning_rate": (3e-4, 1e-3), "weight_decay": (0, 1e-4)}
+  assert config_lib.sweep_grid("") == {} and config_lib.sweep_text("") == ""
+  command = record_lib.repeat_command(models.get_config("mlp", **repeated))
+  assert "--sweep=" in command and "--learning_rate" not in command
+  assert "--weight_decay" not in command and "--epochs=20" in command
 
 
-@pytest.mark.parametrize("spec,words", [
-    ("learning_rate=abc", ["'abc' is not a number"]),
-    ("learning_rate=", ["lists no values"]),
-    ("learning_rate=,", ["lists no values"]),
-    ("learning_rate", ["expected NAME=V1,V2"]),
-    ("=1,2", ["expected NAME=V1,V2"]),
-    ("learning_rate=nan", ["flag --learning_rate=nan: nan is not a finite "
-                           "number"]),
-    ("lr=1e-3", ["unknown name 'lr'", "learning_rate, weight_decay"]),
-    ("learning_rate=1e-3;learning_rate=3e-3", ["learning_rate twice"]),
-    (["learning_rate=1e-3", "learning_rate=3e-3"], ["learning_rate twice"]),
-    ("learning_rate=1e-3,0.001", ["lists 0.001 twice"]),
-    ("seed=1,2", ["--num_seeds"]),
-])
-def test_bad_specs_are_one_line_errors(spec, words):
-  with pytest.raises(UserError) as caught:
-    config_lib.sweep_grid(spec)
-  message = str(caught.value)
-  assert "\n" not in message
-  for word in words:
-    assert word in message
-
-
-@pytest.mark.parametrize("name", ["mlp_hidden", "model", "batch_size",
-                                  "dropout", "epochs", "hidden", "optimizer",
-                                  "warmup_epochs", "schedule"])
-def test_names_that_change_the_program_point_to_compare(name):
-  with pytest.raises(UserError, match=r"experiments/compare\.py --train=") as e:
-    config_lib.sweep_grid(f"{name}=1,2", "mlp")
-  assert f"cannot vary {name}" in str(e.value)
-  assert "learning_rate" in str(e.value)  # It lists what can be swept.
-  assert "\n" not in str(e.value)
-
-
-def test_warmup_is_no_longer_swept_and_says_what_to_do_instead():
-  """optax's warmup schedule is static in the program: a run per warmup,
-  compared by experiments/compare.py, with the values the sweep named."""
-  with pytest.raises(UserError) as e:
-    members_lib.from_config(_config(schedule="warmup_cosine",
-                                    sweep="warmup_epochs=0.5,2"))
-  assert str(e.value).endswith(
-      "python experiments/compare.py --train=mlp --vary=warmup_epochs=0.5/2")
-  assert "warmup_epochs" not in config_lib.sweepable()
-
-
-def _sweep(spec, **overrides):
-  return members_lib.from_config(_config(
-      sweep=config_lib.sweep_text(spec, "mlp"), **overrides))
-
-
-@pytest.mark.parametrize("spec,overrides,words", [
-    ("learning_rate=1e-3,-1e-3", {}, ["--learning_rate=-0.001: -0.001 is not "
-                                      "a finite number in (0, inf)"]),
-    ("label_smoothing=0,1.5", {}, ["--label_smoothing=1.5: 1.5 is not a finite "
-                                   "number in [0, 1)"]),
-    ("grad_clip=-1", {}, ["--grad_clip=-1.0: -1.0 is not a finite number in "
-                          "[0, inf)"]),
-    ("momentum=0,0.9", {}, ["changes nothing with --optimizer=adam",
-                            "--optimizer=sgd"]),
-    ("eps=1e-7,1e-3", {"optimizer": "sgd"}, ["--optimizer=rmsprop"]),
-    ("rmsprop_decay=0.5,0.9", {"optimizer": "adamw"},
-     ["changes nothing with --optimizer=adamw", "--optimizer=rmsprop"]),
-    ("learning_rate=1e-3", {"num_seeds": 0}, ["--num_seeds=0: 0 is not an "
-                                              "integer in the range [1, 10000]"]),
-    ("learning_rate=1e-3,3e-3", {"val_fraction": 0.0},
+COMPARE_IT = "python experiments/compare.py --train="
+BAD_SWEEPS = [
+    (["--sweep=learning_rate=abc"], ["'abc' is not a number"]),
+    (["--sweep=learning_rate="], ["lists no values"]),
+    (["--sweep=learning_rate=,"], ["lists no values"]),
+    (["--sweep=learning_rate"], ["expected NAME=V1,V2"]),
+    (["--sweep==1,2"], ["expected NAME=V1,V2"]),
+    (["--sweep=learning_rate=nan"], ["flag --learning_rate=nan: nan is not a "
+                                     "finite number"]),
+    (["--sweep=learning_rate=1e-3,-1e-3"],
+     ["--sweep: flag --learning_rate=-0.001: -0.001 is not a finite number "
+      "in (0, inf)"]),
+    (["--sweep=label_smoothing=0,1.5"], ["--label_smoothing=1.5: 1.5 is not a "
+                                         "finite number in [0, 1)"]),
+    (["--sweep=grad_clip=-1"], ["--grad_clip=-1.0: -1.0 is not a finite "
+                                "number in [0, inf)"]),
+    (["--sweep=lr=1e-3"], ["unknown name 'lr'", "learning_rate, weight_decay"]),
+    (["--sweep=learning_rate=1e-3;learning_rate=3e-3"],
+     ["learning_rate twice"]),
+    (["--sweep=learning_rate=1e-3", "--sweep=learning_rate=3e-3"],
+     ["learning_rate twice"]),
+    (["--sweep=learning_rate=1e-3,0.001"], ["lists 0.001 twice"]),
+    (["--sweep=seed=1,2"], ["--num_seeds"]),
+    (["--learning_rate=1e-3", "--sweep=learning_rate=1e-3,3e-3"],
+     ["--learning_rate and --sweep=learning_rate=... both set"]),
+    (["--val_fraction=0", "--sweep=learning_rate=1e-3,3e-3"],
      ["by validation accuracy", "--val_fraction=0.1"]),
-    ("learning_rate=1e-5,1e-4,1e-3,1e-2,1e-1", {"num_seeds": 2001},
+    (["--sweep=momentum=0,0.9"], ["changes nothing with --optimizer=adam",
+                                  "--optimizer=sgd"]),
+    (["--optimizer=sgd", "--sweep=eps=1e-7,1e-3"], ["--optimizer=rmsprop"]),
+    (["--optimizer=adamw", "--sweep=rmsprop_decay=0.5,0.9"],
+     ["changes nothing with --optimizer=adamw", "--optimizer=rmsprop"]),
+    (["--num_seeds=2001", "--sweep=learning_rate=1e-5,1e-4,1e-3,1e-2,1e-1"],
      ["10005 members", "at most 10000"]),
-])
-def test_members_refuse_values_no_run_accepts(spec, overrides, words):
-  with pytest.raises(UserError) as caught:
-    _sweep(spec, **overrides)
-  assert "\n" not in str(caught.value)
+    (["--model=cnn", "--sweep=cnn_dense=64,128"],
+     [f"{COMPARE_IT}cnn --vary=cnn_dense=64/128"]),
+    (["--schedule=warmup_cosine", "--sweep=warmup_epochs=0.5,2"],
+     ["cannot vary warmup_epochs", f"{COMPARE_IT}mlp --vary=warmup_epochs="
+      "0.5/2"]),
+    *[([f"--sweep={name}=1,2"], [f"--sweep cannot vary {name}", COMPARE_IT,
+                                 "learning_rate"])
+      for name in ("mlp_hidden", "model", "batch_size", "dropout", "epochs",
+                   "optimizer", "schedule")],
+]
+
+
+@pytest.mark.parametrize("args,words", BAD_SWEEPS)
+def test_bad_sweeps_are_one_line_errors_before_anything_is_written(
+    prepared, tmp_path, args, words):
+  """launch.py's path in process: flags, config, then the run's first check."""
+  folder = tmp_path / "run"
+  model = next((a.partition("=")[2] for a in args if a.startswith("--model=")),
+               "mlp")
+  mnist_dir, data_dir = prepared
+  tiny = {k: v for k, v in TINY.items() if k not in ("mlp_hidden", "dropout")}
+  with pytest.raises(UserError) as e:
+    config = models.get_config(model, mnist_dir=mnist_dir, data_dir=data_dir,
+                               **{**tiny, **_overrides(*args)})
+    modes.train_and_evaluate(config, str(folder), stream=io.StringIO())
+  assert "\n" not in str(e.value)
   for word in words:
-    assert word in str(caught.value)
-
-
-def test_members_are_grid_point_major_seed_minor():
-  config = _config(seed=5, num_seeds=2, learning_rate=1.0,
-                   sweep="learning_rate=0.001,0.003;weight_decay=0.0,0.0001")
-  members = members_lib.from_config(config)
-  assert [m.index for m in members] == list(range(8))
-  assert [m.seed for m in members] == [5, 6] * 4
-  assert [(m.values["learning_rate"], m.values["weight_decay"])
-          for m in members[::2]] == [(1e-3, 0), (1e-3, 1e-4), (3e-3, 0),
-                                     (3e-3, 1e-4)]
-  for m in members:
-    assert m.config == config.replace(seed=m.seed, num_seeds=1, sweep="",
-                                      **m.values)
-  assert members_lib.label(members[3]) == (
-      "learning_rate=0.001, weight_decay=0.0001, seed=6")
-  assert members_lib.points(members) == [(0, 1), (2, 3), (4, 5), (6, 7)]
-  assert members_lib.swept(config) == ("learning_rate", "weight_decay")
-
-
-def test_no_sweep_is_one_grid_point_of_seeds():
-  config = _config(seed=3, num_seeds=3)
-  members = members_lib.from_config(config)
-  assert [(m.index, m.seed, m.values) for m in members] == [
-      (0, 3, {}), (1, 4, {}), (2, 5, {})]
-  assert members[1].config == config.replace(seed=4, num_seeds=1)
-  assert members_lib.label(members[0]) == "seed=3"
-  assert members_lib.per_member(members, ("label_smoothing",)) == {}
-  assert members_lib.swept(config) == ()
-  single = members_lib.from_config(_config())
-  assert len(single) == 1 and single[0].config == _config()
-
-
-def test_init_state_stacks_each_members_own_state_in_member_order():
-  """members.init_state: each member's init from its seed (the bits of its
-  single run), its optimizer holding its values; per_member gives the loss
-  settings a sweep varies."""
-  config = _config(seed=5, num_seeds=2, mlp_hidden=(8,),
-                   sweep="label_smoothing=0.0,0.1;grad_clip=0.0,1.0")
-  members = members_lib.from_config(config)
-  model, _ = models.build(config)
-  tx = optim.make_optimizer(config, 10, members_lib.swept(config))
-  create = functools.partial(train.create_train_state, model=model, tx=tx,
-                             image_shape=(28, 28, 1))
-  state = members_lib.init_state(members, create)
-  held = state.opt_state.hyperparams
-  np.testing.assert_array_equal(held["grad_clip"], [0, 0, 1, 1] * 2)
-  assert held["grad_clip"].dtype == np.float32
-  np.testing.assert_allclose(members_lib.per_member(members, ("label_smoothing",))["label_smoothing"],
-                             [0] * 4 + [0.1] * 4, rtol=1e-6)
-  for m in members:  # Each row is what the member's own run holds.
-    own = optim.hyperparams(m.config)
-    for key, values in held.items():
-      assert values[m.index] == own[key], (m, key)
-  assert [m.seed for m in members] == [5, 6] * 4
-  single = members_lib.init_state(  # Member 1's own run.
-      members_lib.from_config(config.replace(seed=6, num_seeds=1, sweep="")),
-      create)
-  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(single.params)):
-    assert b.ndim == 1 or not np.array_equal(a[0], b)  # Seed 5's kernels differ.
-  data = lambda x: (jax.random.key_data(x) if jax.dtypes.issubdtype(
-      x.dtype, jax.dtypes.prng_key) else x)
-  leaves = jax.tree.leaves(jax.tree.map(data, state))
-  own = jax.tree.leaves(jax.tree.map(data, single))
-  assert len(leaves) == len(own)
-  for a, b in zip(leaves, own):  # All of it: parameters, optimizer, keys.
-    assert a.shape == (8, *b.shape)
-    np.testing.assert_array_equal(a[1], b)
-  np.testing.assert_array_equal(state.step, np.zeros(8))
+    assert word in str(e.value)
+  assert not folder.exists()
 
 
 def test_a_hyperparameter_read_by_several_optimizers(monkeypatch):
   """What a sweep refuses derives from the OPTIMIZERS table: eps read by
-  rmsprop and sgd is swept with either, and refused with adam, naming both."""
+  rmsprop and sgd is swept with either, and refused with adam, naming both;
+  numbers every optimizer reads are swept with any."""
   monkeypatch.setitem(optim.OPTIMIZERS, "sgd", dataclasses.replace(
       optim.OPTIMIZERS["sgd"], reads=("momentum", "eps")))
-  assert len(_sweep("eps=1e-7,1e-3", optimizer="sgd")) == 2
-  assert len(_sweep("eps=1e-7,1e-3", optimizer="rmsprop")) == 2
+  sweep = lambda spec, **kw: members.from_config(models.get_config(
+      "mlp", "seed", sweep=config_lib.sweep_text(spec, "mlp"), **kw))
+  assert len(sweep("eps=1e-7,1e-3", optimizer="sgd")) == 2
+  assert len(sweep("eps=1e-7,1e-3", optimizer="rmsprop")) == 2
   with pytest.raises(UserError, match="only --optimizer=rmsprop or "
                      "--optimizer=sgd reads it"):
-    _sweep("eps=1e-7,1e-3", optimizer="adam")
-  # Numbers every optimizer reads are swept with any.
+    sweep("eps=1e-7,1e-3", optimizer="adam")
   for optimizer in optim.OPTIMIZERS:
-    assert len(_sweep("learning_rate=1e-3,3e-3;weight_decay=0,1e-4",
-                      optimizer=optimizer)) == 4
+    assert len(sweep("learning_rate=1e-3,3e-3;weight_decay=0,1e-4",
+                     optimizer=optimizer)) == 4
+
+
+@pytest.mark.parametrize("num_seeds,sweep,expected", [
+    (2, "learning_rate=0.001,0.003;weight_decay=0.0,0.0001",
+     [(s, {"learning_rate": lr, "weight_decay": wd})
+      for lr in (1e-3, 3e-3) for wd in (0, 1e-4) for s in (5, 6)]),
+    (3, "", [(s, {}) for s in (5, 6, 7)]),
+    (1, "", [(5, {})])])
+def test_members_are_grid_point_major_seed_minor(num_seeds, sweep, expected):
+  """Member i is the single run of its seed and values; a point's seeds
+  are consecutive."""
+  config = models.get_config("mlp", "seed", seed=5, num_seeds=num_seeds,
+                             sweep=sweep)
+  listed = members.from_config(config)
+  assert [(m.seed, m.values) for m in listed] == expected
+  assert [m.index for m in listed] == list(range(len(expected)))
+  for m in listed:
+    assert m.config == config.replace(seed=m.seed, num_seeds=1, sweep="",
+                                      **m.values)
+  assert members.points(listed) == [
+      tuple(range(i, i + num_seeds))
+      for i in range(0, len(expected), num_seeds)]
+  assert members.swept(config) == tuple(config_lib.sweep_grid(sweep))
+  if sweep:
+    assert members.label(listed[3]) == (
+        "learning_rate=0.001, weight_decay=0.0001, seed=6")
+
+
+def _val(*pairs):
+  """host_metrics-like validation metrics from (accuracy, loss) per member."""
+  return [{"accuracy": a, "loss": l, "count": 10.0} for a, l in pairs]
+
+
+def test_choosing_takes_the_best_mean_point_then_its_best_seed():
+  """Ties: the lower mean loss, then the lower index; without validation,
+  member 0; without a sweep, the best seed."""
+  listed = members.from_config(models.get_config(
+      "mlp", **TINY, num_seeds=2, sweep="learning_rate=1e-3,3e-3,1e-2"))
+  # Point 0 holds the single best member, point 1 the best mean.
+  assert members.choose(listed, _val((1.0, .1), (.6, .9), (.9, .2), (.9, .3),
+                                     (.5, 1.), (.5, 1.))) == (1, 2)
+  assert members.choose(listed, _val((.75, .25), (.25, .25), (.5, .25),
+                                     (.5, .125), (.25, 1.), (.25, 1.))) == (1, 3)
+  assert members.choose(listed, _val(*[(.9, .2)] * 6)) == (0, 0)
+  assert members.choose(listed, None) == (0, 0)
+  seeds = members.from_config(models.get_config("mlp", num_seeds=3))
+  assert members.choose(seeds, _val((.8, .3), (.9, .4), (.9, .2))) == (0, 2)
+
+
+@pytest.mark.parametrize("val_fraction,how", [
+    (0.1, "chosen by validation accuracy: seed="),
+    (0.0, "chosen as the first (no validation split to choose by): seed=0;")])
+def test_the_last_line_says_how_the_member_was_chosen(prepared, tmp_path,
+                                                     val_fraction, how):
+  """As report.md does: without a validation split the first member is shown."""
+  mnist_dir, data_dir = prepared
+  config = models.get_config("linear", "seed", num_seeds=2, epochs=1,
+                             val_fraction=val_fraction, report=False,
+                             mnist_dir=mnist_dir, data_dir=data_dir)
+  out = io.StringIO()
+  modes.train_and_evaluate(config, str(tmp_path / "run"), stream=out)
+  last = out.getvalue().splitlines()[-1]
+  assert last.startswith(how) and "; test accuracy " in last, last
+  assert "; its 2 seeds " in last
+
+
+def test_ensemble_metrics_are_the_mean_of_probabilities():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(3, 50, 10)) * 3
+  labels = rng.integers(0, 10, 50)
+  mean = (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)).mean(0)
+
+  def stub(seed_logits):  # A Run as ensemble_metrics uses one.
+    return types.SimpleNamespace(
+        config=types.SimpleNamespace(eval_batch_size=100),
+        seeds=tuple(range(len(seed_logits))),
+        seed_logits=lambda images, batch_size: seed_logits)
+
+  test = pipeline.Split(np.zeros((50, 28, 28, 1), np.uint8), labels)
+  got = report.ensemble_metrics(stub(logits), test)
+  assert got["members"] == 3
+  assert got["accuracy"] == pytest.approx(np.mean(mean.argmax(-1) == labels))
+  assert got["loss"] == pytest.approx(-np.mean(np.log(mean[np.arange(50),
+                                                           labels])))
+  # The mean of probabilities, not of logits: here only the first is right.
+  pair = np.stack([np.log([.9, .1, 1e-9]), np.log([1e-9, .45, .55])])[:, None]
+  one = pipeline.Split(np.zeros((1, 28, 28, 1), np.uint8), np.array([0]))
+  assert report.ensemble_metrics(stub(pair), one)["accuracy"] == 1.0
+  assert pair.mean(0).argmax() != 0
+  # A diverged member has no place in it; one finite member is no ensemble.
+  nan = np.concatenate([logits[:1], np.full_like(logits[:1], np.nan)])
+  assert report.ensemble_metrics(stub(nan), test) is None
+
+
+@pytest.mark.parametrize("values,scale", [
+    ([3e-4, 1e-3, 3e-3, 1e-2], "log"), ([0.0, 1e-4, 1e-2], "symlog"),
+    ([0.0, 0.1, 0.2], "linear"), ([0.5, 1.0], "linear")])
+def test_sweep_plot_axis_is_logarithmic_for_values_spanning_decades(values,
+                                                                   scale):
+  fig, ax = plots.plt.subplots()
+  plots._value_axis(ax, values)  # pylint: disable=protected-access
+  assert ax.get_xscale() == scale
+  np.testing.assert_allclose(ax.get_xticks(), sorted(values))
+  plots.plt.close(fig)
+
+
+def test_a_run_without_sweep_writes_no_sweep_files(tiny_run):
+  assert not os.path.exists(os.path.join(tiny_run, "sweep.csv"))
+  assert not os.path.exists(os.path.join(tiny_run, "sweep.png"))
+  with open(os.path.join(tiny_run, "report.md")) as f:
+    assert "## Members" not in f.read()
+
+
+def test_a_diverged_member_stops_alone(prepared, tmp_path):
+  """SGD at 1e38 overflows at once: that member stops (said, its row's
+  losses none, "n/a" in the report); the other trains on and is chosen."""
+  stream = io.StringIO()
+  modes.train_and_evaluate(models.get_config(
+      "linear", mnist_dir=prepared[0], data_dir=prepared[1], epochs=1,
+      batch_size=50, val_fraction=0.1, optimizer="sgd", momentum=0.0,
+      sweep="learning_rate=0.01,1e38"), str(tmp_path), stream=stream)
+  assert "member learning_rate=1e+38, seed=0 diverged at step" in (
+      stream.getvalue())
+  rows = metrics_log.read_metrics(str(tmp_path / "metrics.jsonl"))
+  assert rows[-1]["chosen"]["index"] == 0 and "diverged" not in rows[-1]
+  for row in rows:
+    good, bad = row["members"]
+    assert "diverged" not in good and bad["diverged"] is True
+    assert all(bad[k] is None for k in bad if k.endswith("_loss"))
+  assert "n/a" in (tmp_path / "report.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def swept(prepared, tmp_path_factory):
+  """(folder, metrics rows) of a finished 8-member sweep, with its report."""
+  mnist_dir, data_dir = prepared
+  folder = str(tmp_path_factory.mktemp("sweep") / "run")
+  modes.train_and_evaluate(models.get_config(
+      "mlp", mnist_dir=mnist_dir, data_dir=data_dir, num_seeds=2, sweep=SWEEP,
+      **TINY), folder, stream=io.StringIO())
+  return folder, metrics_log.read_metrics(os.path.join(folder,
+                                                       "metrics.jsonl"))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_a_sweeps_rows_csv_and_report_name_every_member_and_the_chosen(
+    swept):
+  """Each row: the leading member's metrics, every member's, and the mean
+  and std over the leader's point (its seeds); the final row: the chosen
+  member's, each member's, the ensemble's. sweep.csv: a row per member;
+  report.md names the chosen member and the ensemble."""
+  folder, rows = swept
+  listed = members.from_config(record_lib.read_config(folder))
+  epochs, final = rows[:-1], rows[-1]
+  for row in epochs:
+    per = row["members"]
+    assert [(p["index"], p["seed"], p["values"]) for p in per] == [
+        (m.index, m.seed, m.values) for m in listed]
+    point, leader = members.choose(listed, [
+        {"accuracy": p["val_accuracy"], "loss": p["val_loss"]} for p in per])
+    point = members.points(listed)[point]
+    assert row["leader"] == members.identity(listed[leader])
+    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+      values = [per[i][key] for i in point]
+      assert row[key] == per[leader][key]
+      assert row[key + "_mean"] == pytest.approx(np.mean(values))
+      assert row[key + "_std"] == pytest.approx(np.std(values, ddof=1))
+  chosen = final["chosen"]
+  own = final["members"][chosen["index"]]
+  assert chosen == {k: own[k] for k in ("index", "seed", "values")}
+  assert final["test_accuracy"] == own["test_accuracy"]
+  assert 0 <= final["ensemble_test_accuracy"] <= 1
+  assert final["ensemble_test_loss"] > 0
+  with open(os.path.join(folder, "sweep.csv")) as f:
+    table = list(csv.DictReader(f))
+  assert list(table[0]) == [
+      "member", "learning_rate", "grad_clip", "seed", "best_val_loss",
+      "best_val_accuracy", "best_val_ece", "final_val_loss",
+      "final_val_accuracy", "final_val_ece", "test_loss", "test_accuracy",
+      "test_ece", "diverged", "chosen"]
+  assert [r["chosen"] for r in table] == [
+      str(int(i == chosen["index"])) for i in range(8)]
+  for r, entry in zip(table, final["members"]):
+    assert float(r["learning_rate"]) == entry["values"]["learning_rate"]
+    assert float(r["test_accuracy"]) == pytest.approx(entry["test_accuracy"],
+                                                      abs=1e-6)
+    vals = [row["members"][int(r["member"])]["val_accuracy"] for row in epochs]
+    assert float(r["best_val_accuracy"]) == pytest.approx(max(vals), abs=1e-6)
+    assert float(r["final_val_accuracy"]) == pytest.approx(vals[-1], abs=1e-6)
+  with Image.open(os.path.join(folder, "sweep.png")) as image:
+    assert image.format == "PNG" and min(image.size) >= 300
+  with open(os.path.join(folder, "report.md")) as f:
+    text = f.read()
+  label = members.values_text(chosen["values"], chosen["seed"])
+  assert f"member {chosen['index']} ({label}) of 8" in text
+  assert "highest mean final validation accuracy" in text
+  assert f"{100 * final['ensemble_test_accuracy']:.2f}%" in text
+  assert f"**{100 * own['test_accuracy']:.2f}%**" in text
+  assert "![sweep](sweep.png)" in text and "(sweep.csv)" in text
+
+
+@pytest.mark.slow
+def test_report_and_predict_use_the_chosen_member_and_the_ensemble(
+    swept, tmp_path):
+  """From the checkpoint, each member's own variables through its Flax
+  module: the final row's chosen and ensemble test metrics again; report
+  writes the same report (sweep.png too); predict's probabilities."""
+  folder, rows = swept
+  run = run_lib.load_run(folder)
+  final = rows[-1]
+  assert run.member == final["chosen"]["index"]
+  assert run.seeds == members.points(members.from_config(run.config))[
+      run.member // 2]
+  test = pipeline.load(run.config).test
+  images, labels = np.asarray(test.images), np.asarray(test.labels)
+  probs = [run_lib.softmax(np.asarray(run.model.apply(jax.tree.map(
+      lambda p, k=k: p[k], run.seed_variables), images)))
+           for k in range(len(run.seeds))]
+  mean, own = np.mean(probs, axis=0), probs[run.seeds.index(run.member)]
+  assert final["ensemble_test_accuracy"] == pytest.approx(
+      np.mean(mean.argmax(-1) == labels), abs=1e-9)
+  assert final["test_accuracy"] == pytest.approx(
+      np.mean(own.argmax(-1) == labels), abs=1e-9)
+  np.testing.assert_allclose(run.probabilities(images[:7]), own[:7],
+                             rtol=1e-5, atol=1e-7)
+  ensemble = run.evaluate(images, labels, ensemble=True)
+  assert ensemble["accuracy"] == pytest.approx(
+      final["ensemble_test_accuracy"], abs=1e-9)
+  assert ensemble["confusion"].sum() == len(labels)
+  copy = str(tmp_path / "copy")
+  shutil.copytree(folder, copy)
+  os.remove(os.path.join(copy, "sweep.png"))
+  result = modes.rewrite_report(copy)
+  assert result["accuracy"] == pytest.approx(final["test_accuracy"], abs=1e-9)
+  assert os.path.exists(os.path.join(copy, "sweep.png"))
+  with open(os.path.join(copy, "report.md")) as a, open(
+      os.path.join(folder, "report.md")) as b:
+    assert a.read() == b.read()
+  path = str(tmp_path / "digit.png")
+  Image.fromarray(images[0, ..., 0]).save(path)
+  out = io.StringIO()
+  assert run_lib.print_predictions(folder, [path], as_json=True, out=out,
+                                   ensemble=True) == 0
+  np.testing.assert_allclose(
+      json.loads(out.getvalue())["probabilities"],
+      run.probabilities(images_lib.load(path)[None], ensemble=True)[0],
+      atol=2e-6)
+
+
+@pytest.mark.slow
+def test_compare_reads_every_member_as_its_own_configuration(swept, tmp_path):
+  folder, rows = swept
+  groups = compare.compare([folder], str(tmp_path / "out"), log=lambda _: None)
+  assert len(groups) == 4
+  # Each label names its member's swept values where they are off the preset.
+  for g in groups:
+    c = g["config"]
+    assert f"--learning_rate={c.learning_rate:g}" in g["label"]
+    assert ("--grad_clip=1" in g["label"]) == (c.grad_clip == 1.0)
+    assert g["seeds"] == [0, 1] and c.sweep == ""
+  by_values = {(g["config"].learning_rate, g["config"].grad_clip): g
+               for g in groups}
+  for entry in rows[-1]["members"]:
+    g = by_values[tuple(entry["values"][k] for k in ("learning_rate",
+                                                     "grad_clip"))]
+    k = g["seeds"].index(entry["seed"])
+    assert g["test_accuracy"][k] == entry["test_accuracy"]
+    assert g["curves"][k][-1]["val_loss"] == rows[-2]["members"][
+        entry["index"]]["val_loss"]
+
+
+@pytest.mark.slow
+def test_compare_vary_trains_a_run_per_value(prepared, tmp_path):
+  mnist_dir, data_dir = prepared
+  grid = compare.parse_vary(["batch_size=50/100"])
+  assert grid == {"batch_size": [50, 100]}
+  assert compare.parse_vary(["mlp_hidden=16/32,16"]) == {
+      "mlp_hidden": [(16,), (32, 16)]}
+  folders = compare.train_runs(["linear"], [0], str(tmp_path / "runs"),
+                               preset="seed", log=lambda _: None,
+                               stream=io.StringIO(), vary=grid, epochs=1,
+                               mnist_dir=mnist_dir, data_dir=data_dir)
+  assert [os.path.basename(f) for f in folders] == [
+      "linear-batch_size=50-seed0", "linear-batch_size=100-seed0"]
+  groups = compare.compare(folders, str(tmp_path / "out"), log=lambda _: None)
+  assert sorted(g["label"] for g in groups) == [
+      "linear (seed, --epochs=1, --batch_size=100)",
+      "linear (seed, --epochs=1, --batch_size=50)"]
+
+
+@pytest.mark.parametrize("spec,words", [
+    ("model=mlp/cnn", "--train, --preset and --seeds"),
+    ("nope=1/2", "--train, --preset and --seeds"),
+    ("mlp_hidden=a", "'a' is not a value of mlp_hidden"),
+    ("dropout=", "NAME=V1/V2"),
+])
+def test_compare_vary_errors(spec, words):
+  with pytest.raises(UserError) as e:
+    compare.parse_vary([spec])
+  assert words in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", one_per_module_class())
 def test_the_initializer_compiled_for_speed_draws_the_default_compiles_bits(
     name):
   """members.INIT_OPTIONS (LLVM at -O1 on CPU: about half the compile) gives
-  every preset of every registered model the initial state XLA's default
-  level (3; the tests' own compiles use 0) gives, bit for bit: no README
-  number moves."""
-  options = members_lib.INIT_OPTIONS.get(jax.default_backend())
+  every preset of a model of each module class the initial state XLA's
+  default level (3; the tests' own compiles use 0) gives, bit for bit: no
+  README number moves."""
+  options = members.INIT_OPTIONS.get(jax.default_backend())
   if not options:
     pytest.skip(f"no initializer options on {jax.default_backend()}")
   for preset in models.get(name).presets:
