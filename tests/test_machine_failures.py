@@ -34,7 +34,6 @@ from mnist_jax.errors import UserError
 from mnist_jax.models import registry
 from mnist_jax.rundir import cli
 from mnist_jax.rundir import control
-from mnist_jax.rundir import metrics_log
 from mnist_jax.rundir import resources
 
 AGAIN = ", then run the same command again"
@@ -198,13 +197,6 @@ def test_learning_verdict_by_the_test_sets_size(accuracy, train_loss, labels,
 LINEAR = registry.get_config("linear", epochs=4)
 
 
-def _unfinished_run(path, config=LINEAR):
-  os.makedirs(path)
-  files.write_json(os.path.join(path, "config.json"),
-                   {"config": config.to_dict(), "started": "2026-01-01"})
-  metrics_log.MetricsLog(path).write({"epoch": 1})
-
-
 def test_ctrl_c_outside_the_loop_says_to_run_the_same_command(tmp_path):
   again = "run the same command again"
   assert cli.Command().interrupted(again) == (
@@ -212,7 +204,7 @@ def test_ctrl_c_outside_the_loop_says_to_run_the_same_command(tmp_path):
   work = str(tmp_path / "linear-a")
   command = cli.Command(LINEAR, work)
   assert command.interrupted(again).endswith(" to start")
-  _unfinished_run(work)
+  lh.unfinished_run(work)
   assert command.interrupted(again).endswith(" to resume")
   command.signum = signal.SIGTERM
   assert command.interrupted(again).startswith("interrupted (SIGTERM); ")
@@ -224,7 +216,7 @@ def test_a_run_the_machine_stopped_before_its_first_checkpoint_is_removed(
   """Nothing half-written passes for a run: a folder that was there before
   stays (empty); a run this command did not begin is kept."""
   work = str(tmp_path / "run")
-  _unfinished_run(work)
+  lh.unfinished_run(work)
   cli.Command(LINEAR, work, fresh=False).discard_unstarted()
   assert os.listdir(work)
   cli.Command(LINEAR, work, fresh=True, existed=existed).discard_unstarted()
