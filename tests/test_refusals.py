@@ -8,6 +8,7 @@ in one child process, a case after another; those marked REAL run as their
 own `python launch.py` as well, to the same line and status.
 """
 
+import fcntl
 import gzip
 import io
 import json
@@ -86,6 +87,12 @@ class Case:
       edit(record)
     with open(path, "w") as f:
       json.dump(record, f)
+    return workdir
+
+  def locked(self, workdir):
+    """`workdir`, its lock held (by the test process) as a run's."""
+    self.held = os.open(workdir, os.O_RDONLY)
+    fcntl.flock(self.held, fcntl.LOCK_EX | fcntl.LOCK_NB)
     return workdir
 
   def repeat(self, workdir, *flags):
@@ -314,6 +321,11 @@ CASES = [
     ("unknown_config_key", lambda c: ["--mode=report", f"--workdir={c.run(edit=_set(speed=1))}"],
      1, "unknown config keys ['speed']; the known ones are python launch.py "
      "--help's flags"),
+    ("in_use", lambda c: c.repeat(c.locked(c.run(finished=False))), 1,
+     "/run is in use: another process holds its lock (", "/run/.lock names "
+     "it); wait for it to end, or pass another --workdir"),
+    ("in_use_report", lambda c: ["--mode=report", f"--workdir={c.locked(c.run())}"],
+     1, "/run/.lock names it); wait for it to end, then run this again"),
     ("no_config", lambda c: ["--mode=report", f"--workdir={c.tmp}"], 1,
      "config.json does not exist: --workdir must be a run folder written by "
      "launch.py"),
@@ -391,22 +403,23 @@ def refused(prepared, tiny_run, tmp_path_factory):
   """{id: (the child's result, snapshot before, after, what a real process
   said)} of every case."""
   root = tmp_path_factory.mktemp("refusals")
-  argvs, watched = {}, {}
+  argvs, watched, cases = {}, {}, []  # Their locks held to the end.
   for name, make, *_ in CASES:
     c = Case(root / name, prepared, tiny_run)
+    cases.append(c)
     argvs[name] = c.train(*make) if isinstance(make, list) else make(c)
     watched[name] = (str(c.tmp), *prepared, tiny_run)
   before = {name: lh.snapshot(*folders) for name, folders in watched.items()}
-  real = {name: subprocess.Popen(
-      [sys.executable, "launch.py", *argvs[name]], cwd=lh.ROOT,
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      env=lh.child_env()) for name in REAL}
   p = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(list(
       argvs.items()))], cwd=lh.ROOT, capture_output=True, text=True,
                      timeout=600, env=lh.child_env())
   assert p.returncode == 0, p.stderr[-3000:]
   line = next(l for l in p.stdout.splitlines() if l.startswith("@results "))
   results = json.loads(line[len("@results "):])
+  real = {name: subprocess.Popen(
+      [sys.executable, "launch.py", *argvs[name]], cwd=lh.ROOT,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      env=lh.child_env()) for name in REAL}
   said = {name: (proc.wait(timeout=300), proc.stderr.read())
           for name, proc in real.items()}
   return {name: (results[name], before[name], lh.snapshot(*folders),
