@@ -167,9 +167,10 @@ def test_a_big_jpeg_is_decoded_at_a_reduced_scale():
     1, pytest.param(50, marks=pytest.mark.slow)])
 def test_every_hostile_request_is_answered_in_the_pages_one_line_json(
     port, capfd, at_once):
-  """Malformed requests, bombs, lying lengths, garbage, drawings; with 50 at
-  once, every fifth client leaves as it sends. Every answer is JSON with its
-  status, nothing is printed, and the server answers a drawing after."""
+  """Malformed requests, bombs, lying lengths, garbage, drawings; every
+  fifth client leaves as it sends (a close or a reset: no error). Every
+  answer is JSON with its status, nothing is printed, and the server
+  answers a drawing after."""
   side = int(serve.MAX_PIXELS ** 0.5)
   seven, flat = _seven(), io.BytesIO()
   Image.new("L", (side, side)).save(flat, "PNG")  # The largest taken: blank.
@@ -197,7 +198,7 @@ def test_every_hostile_request_is_answered_in_the_pages_one_line_json(
 
   def one(i):
     request, status = cases[i % len(cases)]
-    if at_once > 1 and i % 5 == 4:  # Leaves as it sends: a close or reset.
+    if i % 5 == 4:
       return _raw(port, request, read=False, reset=i % 2 == 0)
     answer = _raw(port, request)
     assert status is None or answer[0] == status, (request[:60], answer)
@@ -205,31 +206,14 @@ def test_every_hostile_request_is_answered_in_the_pages_one_line_json(
       text = _json_error(answer)
       if answer[0] in (414, 431, 501, 505):
         assert "POST /predict" in text, text
-      if b"IHDR" in request and b"\x00\x003\xc8" in request:
-        assert f"{HUGE}x{HUGE} pixels" in text, text
     elif request.startswith(b"POST"):
       assert json.loads(answer[2])["runs"], answer
   with concurrent.futures.ThreadPoolExecutor(at_once) as pool:
-    list(pool.map(one, range(len(cases) * (3 if at_once > 1 else 1))))
+    list(pool.map(one, range(len(cases) * (3 if at_once > 1 else 2))))
+  assert "ended after" in _json_error(_raw(port, cases[18][0]))
+  assert f"{HUGE}x{HUGE} pixels" in _json_error(_raw(port, cases[15][0]))
   _handled()
   status, _, body = _raw(port, _post(seven))
-  assert status == 200 and json.loads(body)["runs"]
-  _handled()
-  assert capfd.readouterr().err == ""
-
-
-def test_a_client_that_leaves_early_is_no_error(port, capfd):
-  seven = _seven()
-  for reset in (False, True, True, False, True):
-    _raw(port, _post(seven), read=False, reset=reset)  # Gone before it.
-  # It promises more than it sends, and leaves.
-  _raw(port, _post(seven, length=len(seven) + 100), read=False)
-  _raw(port, _post(seven, length=len(seven) + 100), read=False, reset=True)
-  _handled()
-  assert capfd.readouterr().err == ""
-  answer = _raw(port, _post(seven, length=len(seven) + 100)[:-100])
-  assert "ended after" in _json_error(answer)  # It stops sending.
-  status, _, body = _raw(port, _post(seven))  # Still serving.
   assert status == 200 and json.loads(body)["runs"]
   _handled()
   assert capfd.readouterr().err == ""
