@@ -17,6 +17,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -24,6 +25,8 @@ import pytest
 
 import launch_helpers as lh
 from conftest import write_idx_dir
+from mnist_jax import models
+from mnist_jax.errors import UserError
 from mnist_jax.models import registry
 
 # Runs launch.py's parse and _run for each (id, argv) of the JSON list in
@@ -201,6 +204,16 @@ def _no_checkpoint(c, finished=False, instead=None):
 
 def _set(**values):
   return lambda record: record["config"].update(values)
+
+
+def _declared(side):
+  """A PNG that declares side x side pixels and holds one of them."""
+  def chunk(kind, data):
+    return (len(data).to_bytes(4, "big") + kind + data +
+            zlib.crc32(kind + data).to_bytes(4, "big"))
+  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", side.to_bytes(4, "big") * 2 +
+                                      bytes([8, 0, 0, 0, 0])) +
+          chunk(b"IDAT", zlib.compress(bytes(2))) + chunk(b"IEND", b""))
 
 
 SEVEN = Image.new("L", (28, 28))
@@ -387,6 +400,8 @@ CASES = [
      "/e.png is empty (0 bytes); pass a PNG or JPEG file"),
     ("image_unknown", lambda c: c.predict(("t.png", b"text")), 1,
      "/t.png is not an image (unknown format)"),
+    ("image_bomb", lambda c: c.predict(("big.png", _declared(20000))), 1,
+     "/big.png is too large to be a digit image; pass a smaller one"),
     ("image_blank", lambda c: c.predict(("b.png", Image.new("L", (28, 28)))),
      1, "/b.png has no digit on it (no strokes stand out from the background)"),
     ("one_seed_ensemble", lambda c: c.predict(("7.png", SEVEN),
@@ -445,3 +460,10 @@ def test_a_refusal_is_one_line_its_exit_status_and_writes_nothing(refused,
 def test_debug_shows_the_traceback(tmp_path):
   rc, _, err = lh.run(["--model=vgg", "--debug", f"--workdir={tmp_path / 'x'}"])
   assert rc == 1 and "Traceback" in err and "UserError" in err
+
+
+def test_a_setting_python_misspells_is_refused_in_one_line():
+  """get_config (or a custom preset) naming a setting no model declares."""
+  with pytest.raises(UserError, match=r"^unknown setting --speed; see "
+                     r"python launch.py --help$"):
+    models.get_config("mlp", speed=1)
