@@ -28,7 +28,6 @@ import pytest
 
 import launch_helpers as lh
 from mnist_jax import config as config_lib
-from mnist_jax import files
 from mnist_jax import models
 from mnist_jax.errors import UserError
 from mnist_jax.models import registry
@@ -129,33 +128,6 @@ def test_a_bug_in_a_job_of_processes_exits_without_jax_shutdown():
   assert proc.stderr.strip().splitlines()[-1] == (
       "error: this process stopped on the error above; mend its cause, then "
       "run every process's command again (they resume)")
-
-
-def test_atomic_write_failure_names_the_file_and_leaves_nothing(tmp_path,
-                                                                 monkeypatch):
-  target = tmp_path / "report.md"
-
-  class Full:
-    def __init__(self, path, *args, **kwargs):
-      with open(path, "w"):  # The temporary file, left to remove.
-        pass
-
-    def __enter__(self):
-      return self
-
-    def __exit__(self, *exc):
-      return False
-
-    def write(self, text):
-      raise OSError(errno.ENOSPC, "No space left on device")
-
-  monkeypatch.setattr(files, "open", Full, raising=False)
-  with pytest.raises(OSError) as caught:
-    files.write_text(str(target), "x")
-  assert caught.value.filename == str(target)
-  assert os.listdir(tmp_path) == []
-  assert str(resources.machine_error(caught.value, "/run")) == (
-      f"no space left on the disk of {target}; free some space there" + AGAIN)
 
 
 def test_steps_past_int32_are_refused_before_training():
