@@ -219,23 +219,6 @@ def test_every_hostile_request_is_answered_in_the_pages_one_line_json(
   assert capfd.readouterr().err == ""
 
 
-def test_an_address_other_than_loopback_says_the_page_is_reachable(
-    monkeypatch, capsys):
-  def stop(self, *args):
-    raise KeyboardInterrupt
-  monkeypatch.setattr(serve.Server, "serve_forever", stop)
-  monkeypatch.setattr(serve, "load", lambda paths, **overrides: [])
-  for host, warned in (("127.0.0.1", False), ("localhost", False),
-                       ("0.0.0.0", True)):
-    serve.main(["RUN"], host=host)
-    out, err = capsys.readouterr()
-    assert "serving 0 run(s)" in out
-    lines = err.splitlines()
-    assert lines[-1] == "stopped serving" and len(lines) == 1 + warned, err
-    if warned:
-      assert "reachable from the network" in lines[0] and host in lines[0]
-
-
 def test_a_damaged_run_is_skipped_in_one_line_and_the_others_served(
     tiny_run, tmp_path, capsys):
   runs = tmp_path / "runs"
