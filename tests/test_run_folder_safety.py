@@ -304,6 +304,8 @@ def test_other_settings_print_commands_that_work(prepared, reference,
                                        "--epochs=4", "--overwrite"]))
   assert rc == 0, err
   assert _config(workdir)["config"]["epochs"] == 4
+  rc, out, err = lh.run(["--mode=report", f"--workdir={workdir}"])
+  assert rc == 0 and "report.md was rewritten" in out, err
 
 
 def test_a_torn_log_resumes_without_its_damaged_line(prepared, reference,

@@ -173,7 +173,8 @@ def test_every_hostile_request_is_answered_in_the_pages_one_line_json(
   answers a drawing after."""
   side = int(serve.MAX_PIXELS ** 0.5)
   seven, flat = _seven(), io.BytesIO()
-  Image.new("L", (side, side)).save(flat, "PNG")  # The largest taken: blank.
+  # The largest taken, transparent (a pad's export): blank.
+  Image.new("RGBA", (side, side)).save(flat, "PNG")
   noise = np.random.default_rng(0).integers(0, 256, 5000, np.uint8).tobytes()
   cases = [
       (b"GARBAGE\r\n\r\n", 400), (b"GET / HTTP/x\r\n\r\n", 400),
@@ -217,6 +218,21 @@ def test_every_hostile_request_is_answered_in_the_pages_one_line_json(
   assert status == 200 and json.loads(body)["runs"]
   _handled()
   assert capfd.readouterr().err == ""
+
+
+def test_an_address_other_than_loopback_says_the_page_is_reachable(
+    monkeypatch, capsys):
+  def stop(self, *args):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(serve.Server, "serve_forever", stop)
+  monkeypatch.setattr(serve, "load", lambda paths, **overrides: [])
+  for host, warned in (("127.0.0.1", False), ("0.0.0.0", True)):
+    serve.main(["RUN"], host=host)
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert "serving 0 run(s)" in out and lines[-1] == "stopped serving"
+    assert len(lines) == 1 + warned and (
+        not warned or "reachable from the network" in lines[0]), err
 
 
 def test_a_damaged_run_is_skipped_in_one_line_and_the_others_served(
