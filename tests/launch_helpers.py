@@ -228,3 +228,18 @@ def snapshot(*folders):
 
 
 SIGKILL, SIGTERM, SIGINT = signal.SIGKILL, signal.SIGTERM, signal.SIGINT
+
+
+def unfinished_run(path, config=None):
+  """A run folder of `config` (a 4-epoch linear's) with one epoch logged and
+  no checkpoint: as a run killed in its second epoch leaves it."""
+  # pylint: disable=g-import-not-at-top
+  from mnist_jax import files
+  from mnist_jax.models import registry
+  from mnist_jax.rundir import metrics_log
+  # pylint: enable=g-import-not-at-top
+  config = config or registry.get_config("linear", epochs=4)
+  os.makedirs(path)
+  files.write_json(os.path.join(path, "config.json"),
+                   {"config": config.to_dict(), "started": "2026-01-01"})
+  metrics_log.MetricsLog(path).write({"epoch": 1})

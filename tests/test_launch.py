@@ -1,9 +1,15 @@
-"""launch.py end to end on tiny synthetic data, and its one-line errors."""
+"""The command line: flags defined from the settings' declarations, what
+--help prints, what --dry_run shows, and a training command end to end.
 
+Each setting's declared help is its flag's one-line --help text and its row
+in docs/flags.md's table; a value given in Python is read by the flag's own
+parser (its refusals: test_refusals.py, test_fuzz.py).
+"""
+
+import dataclasses
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 
@@ -11,113 +17,137 @@ import jax
 import numpy as np
 import pytest
 
-from launch_helpers import snapshot as lh_snapshot
+import launch
+import launch_helpers as lh
+from mnist_jax import config as config_lib
+from mnist_jax import models
 from mnist_jax.data import datasets
 from mnist_jax.data import pipeline
 from mnist_jax.models import registry
-from mnist_jax.rundir import cli
 from mnist_jax.rundir import dry_run
-from mnist_jax import files
-from mnist_jax.rundir import metrics_log
 from mnist_jax.rundir import resources
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLAGS = launch.FLAGS
+# A flag-table row: | `--name` | default | what it does |
+ROW = re.compile(r"^\| `--(\w+)` \| (.*?) \| (.*) \|$")
+GROUP_ROW = re.compile(r"^\| \*\*(.+)\*\* \| \| \|$")
 
 
-def launch(*args, cwd=ROOT, env=None):
-  env = {**os.environ, **(env or {})}
-  return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args],
-                        cwd=cwd, capture_output=True, text=True, timeout=300,
-                        env=env)
+def _grouped():
+  """Every flag of launch.py's --help groups, in --help's order."""
+  return [f.name for group in config_lib.GROUPS
+          for f in FLAGS.get_flags_for_module(group)]
 
 
-@pytest.mark.slow
-def test_launch_trains_and_writes_the_run_folder(prepared, tmp_path):
-  mnist_dir, data_dir = prepared
-  work = tmp_path / "run"
-  # At the tuned 2e-3 two epochs of so small a GRU learn next to nothing.
-  # The analyses' own end-to-end test: test_analysis.py.
-  result = launch("--noanalyses", "--model=gru", "--hidden=16", "--epochs=2",
-                  "--batch_size=32",
-                  "--learning_rate=1e-2", f"--mnist_dir={mnist_dir}",
-                  f"--data_dir={data_dir}", f"--workdir={work}")
+@pytest.mark.parametrize("name", sorted(config_lib.SETTINGS))
+def test_every_setting_is_a_flag_with_its_declared_help_and_default(name):
+  """One line in a group; a model's own setting says which models have it
+  and defaults to its module attribute's default (where they agree)."""
+  declared = config_lib.SETTINGS[name]
+  assert declared.help and "\n" not in declared.help and len(
+      declared.help) < 160, name
+  assert "`" not in declared.help and "|" not in declared.help, name
+  assert FLAGS.find_module_defining_flag(name) == declared.group
+  assert declared.group in config_lib.GROUPS
+  assert "(default: " not in FLAGS[name].help
+  if name in config_lib.FIELDS:
+    assert FLAGS[name].help.startswith(declared.help)
+    if name != "sweep":  # Repeated: a list, empty unless given.
+      assert FLAGS[name].default == declared.default, name
+    return
+  owners = models.models_with(name)
+  assert FLAGS[name].help == f"{declared.help}; {'/'.join(owners)} only"
+  defaults = set()
+  for model in owners:
+    own = registry.get(model).settings[name]
+    assert own.default == {f.name: f.default for f in dataclasses.fields(
+        registry.get(model).module)}[own.attribute]
+    defaults.add(repr(own.default))
+  assert FLAGS[name].default == (declared.default if len(defaults) == 1
+                                 else None)
+
+
+def _printed_help(capsys, arg="--help"):
+  with pytest.raises(SystemExit) as e:
+    launch._parse(["launch.py", arg])  # pylint: disable=protected-access
+  assert e.value.code == 0, arg
+  return capsys.readouterr().out
+
+
+def test_help_prints_every_flag_by_group_with_its_default_and_bounds(capsys):
+  """The groups in config.GROUPS' order, each group's flags by name, each
+  with its help, absl's default and the bounds its parser reads."""
+  printed = _printed_help(capsys)
+  headings = [line[:-1] for line in printed.splitlines()
+              if line.endswith(":") and not line.startswith(" ")]
+  assert headings == list(config_lib.GROUPS)
+  flag_lines = [line.split(":")[0].strip() for line in printed.splitlines()
+                if line.startswith("  --")]
+  assert [f.replace("[no]", "")[2:] for f in flag_lines] == [
+      f.name for group in config_lib.GROUPS
+      for f in sorted(FLAGS.get_flags_for_module(group), key=lambda f: f.name)]
+  printed = " ".join(printed.split())
+  for name in _grouped():
+    spelled = f"--[no]{name}:" if FLAGS[name].boolean else f"--{name}:"
+    line = f" {spelled} {' '.join(FLAGS[name].help.split())}"
+    if FLAGS[name].default_as_str:  # absl's default.
+      line += f" (default: {FLAGS[name].default_as_str})"
+    if FLAGS[name].parser.syntactic_help:
+      line += f" ({FLAGS[name].parser.syntactic_help})"
+    assert line in printed, name
+  assert set(config_lib.SETTINGS) <= set(_grouped())
+
+
+@pytest.mark.parametrize("arg", ["-h", "--help", "-?", "--helpshort",
+                                 "--helpfull", "--helpxml"])
+def test_every_help_flag_prints_help_and_exits_0(capsys, arg):
+  printed = _printed_help(capsys, arg)
+  assert "--model" in printed
+  if arg == "--helpfull":  # And the libraries' flags.
+    assert "--verbosity" in printed and printed.startswith(
+        _printed_help(capsys).rstrip())
+
+
+def test_help_exits_0_from_the_shell():
+  result = subprocess.run([sys.executable, "launch.py", "--help"],
+                          cwd=lh.ROOT, capture_output=True, text=True,
+                          timeout=120)
   assert result.returncode == 0, result.stderr
-  assert "test accuracy" in result.stdout
-  for name in ("config.json", "metrics.jsonl", "learning_curves.png"):
-    assert (work / name).stat().st_size > 0, name
-  assert os.listdir(work / "checkpoints")
-  record = json.loads((work / "config.json").read_text())
-  assert record["config"]["model"] == "gru" and record["config"]["hidden"] == 16
-  assert record["environment"]["packages"]["jax"]
-  assert record["environment"]["devices"]
-  assert record["environment"]["cpu"].endswith(  # The results table names it.
-      f", {len(os.sched_getaffinity(0))} cores")
-  # Asked of XLA for GPUs (a CPU ignores it), and recorded.
-  assert "--xla_gpu_deterministic_ops=true" in (
-      record["environment"]["env"]["XLA_FLAGS"].split())
-  # The CPU runs the GRU as written, its nn.RNN by the fused recurrence,
-  # under --impl=auto, once checked against the stock layers, and says so.
-  implementation = record["environment"]["implementation"]
-  assert implementation["impl"] == "auto"
-  assert implementation["module"] == "mnist_jax/models/recurrent.py's Recurrent"
-  assert implementation["layers"]["passed"]
-  assert implementation["layers"]["lowered"] == {
-      "gru_0": "mnist_jax/models/kernels/fused_rnn.py"}
-  rows = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
-  epoch_keys = {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-                "epoch_time_s", "examples_per_s"}
-  assert [r["epoch"] for r in rows[:-1]] == [1, 2]
-  assert all(epoch_keys <= set(r) for r in rows[:-1])
-  assert {"test_loss", "test_accuracy", "wall_time_s"} <= set(rows[-1])
-  assert 0.0 <= rows[-1]["test_accuracy"] <= 1.0
+  assert result.stdout.startswith(launch.__doc__.strip()[:40])
 
 
-def test_batch_larger_than_training_set(prepared, tmp_path):
-  mnist_dir, data_dir = prepared
-  result = launch("--model=linear", "--batch_size=100000", f"--data_dir={data_dir}",
-                  f"--workdir={tmp_path / 'run'}")
-  assert result.returncode == 1
-  assert "larger than the 600 training examples" in result.stderr
-  assert not (tmp_path / "run").exists()
+def test_docs_flag_table_is_the_help():
+  """docs/flags.md's table: the same flags, in the same groups and order,
+  with the same help, and as default the flag's ("the preset's, else X"
+  where a preset sets it; "the model's" where its models' defaults differ)."""
+  with open(os.path.join(lh.ROOT, "docs", "flags.md"), encoding="utf-8") as f:
+    lines = f.read().splitlines()
+  rows, group = [], None
+  for line in lines:
+    group = (GROUP_ROW.match(line) or [None, group])[1]
+    if ROW.match(line):
+      name, default, text = ROW.match(line).groups()
+      rows.append((name, group, *(c.replace("`", "").replace("\\|", "|")
+                                  .strip() for c in (default, text))))
+  preset_set = {name for model, spec in registry.MODELS.items()
+                for preset in spec.presets
+                for name in registry.preset_overrides(model, preset)}
+  expected = []
+  for group in config_lib.GROUPS:
+    for flag in FLAGS.get_flags_for_module(group):
+      default = ("the model's" if flag.default is None and
+                 models.models_with(flag.name) else
+                 config_lib.value_text(flag.default))
+      if flag.name in preset_set:
+        default = f"the preset's, else {default}"
+      expected.append((flag.name, group, default, flag.help))
+  assert rows == expected
 
 
-# The line a command ends with, and --dry_run.
-
-
-LINEAR = registry.get_config("linear", epochs=4)
-
-
-def _unfinished_run(path, config=LINEAR, started="2026-01-01T10:00:00+0000"):
-  os.makedirs(path)
-  files.write_json(os.path.join(path, "config.json"),
-                   {"config": config.to_dict(), "started": started})
-  metrics_log.MetricsLog(path).write({"epoch": 1})
-
-
-def test_ctrl_c_outside_the_loop_says_to_run_the_same_command(tmp_path):
-  again = "run the same command again"
-  assert cli.Command().interrupted(again) == (
-      "interrupted (Ctrl-C); run the same command again to start")
-  work = str(tmp_path / "linear-a")
-  command = cli.Command(LINEAR, work)
-  assert command.interrupted(again).endswith(" to start")
-  _unfinished_run(work)
-  assert command.interrupted(again).endswith(" to resume")
-  command.signum = signal.SIGTERM
-  assert command.interrupted(again).startswith("interrupted (SIGTERM); ")
-
-
-@pytest.mark.parametrize("existed", [False, True])
-def test_a_run_the_machine_stopped_before_its_first_checkpoint_is_removed(
-    tmp_path, existed):
-  """Nothing half-written passes for a run: a folder that was there before
-  stays (empty); a run this command did not begin is kept."""
-  work = str(tmp_path / "run")
-  _unfinished_run(work)
-  cli.Command(LINEAR, work, fresh=False).discard_unstarted()
-  assert os.listdir(work)
-  cli.Command(LINEAR, work, fresh=True, existed=existed).discard_unstarted()
-  assert (os.listdir(work) == [] if existed else not os.path.exists(work))
+def _launch(*args, cwd=lh.ROOT, env=None):
+  return subprocess.run([sys.executable, os.path.join(lh.ROOT, "launch.py"),
+                         *args], cwd=cwd, capture_output=True, text=True,
+                        timeout=300, env={**os.environ, **(env or {})})
 
 
 def test_dry_run_marks_where_each_setting_comes_from():
@@ -172,9 +202,9 @@ def test_dry_run_says_which_split_is_held_out():
 
 def test_dry_run_writes_nothing_and_names_the_run_it_would_resume(tmp_path):
   work = tmp_path / "runs" / "mlp-a"
-  _unfinished_run(str(work), registry.get_config("mlp", epochs=3))
-  before = lh_snapshot(tmp_path)
-  result = launch("--epochs=3", "--dry_run", cwd=tmp_path,
+  lh.unfinished_run(str(work), registry.get_config("mlp", epochs=3))
+  before = lh.snapshot(tmp_path)
+  result = _launch("--epochs=3", "--dry_run", cwd=tmp_path,
                   env={"TFDS_DATA_DIR": str(tmp_path / "tfds")})
   assert result.returncode == 0, result.stderr
   assert result.stdout.startswith("dry run: nothing is trained")
@@ -183,22 +213,7 @@ def test_dry_run_writes_nothing_and_names_the_run_it_would_resume(tmp_path):
           "logged)") in result.stdout
   assert ("model:      mlp (tuned preset): 784-1024-1024-10, ReLU, dropout "
           "0.3") in result.stdout
-  assert lh_snapshot(tmp_path) == before
-
-
-def test_output_into_a_closed_pipe_stops_without_a_traceback(tmp_path):
-  """`python launch.py ... | head -1`: the reader is gone before the
-  output is flushed; the command stops as a pipe's writer does (SIGPIPE's
-  status), with nothing on stderr."""
-  read, write = os.pipe()
-  os.close(read)  # As head, having read its line.
-  proc = subprocess.run(
-      [sys.executable, os.path.join(ROOT, "launch.py"), "--dry_run",
-       f"--workdir={tmp_path / 'run'}"], cwd=tmp_path, stdout=write,
-      stderr=subprocess.PIPE, text=True, timeout=300, check=False)
-  os.close(write)
-  assert proc.returncode == 128 + signal.SIGPIPE, proc.stderr
-  assert proc.stderr == ""
+  assert lh.snapshot(tmp_path) == before
 
 
 def test_a_home_folder_in_a_path_flag_is_expanded(tmp_path):
@@ -206,7 +221,7 @@ def test_a_home_folder_in_a_path_flag_is_expanded(tmp_path):
   it does in --data_dir and --mnist_dir, instead of making a folder `~`."""
   home, cwd = tmp_path / "home", tmp_path / "cwd"
   cwd.mkdir()
-  result = launch("--model=linear", "--workdir=~/runs/lin", "--data_dir=~/tfds",
+  result = _launch("--model=linear", "--workdir=~/runs/lin", "--data_dir=~/tfds",
                   "--dry_run", cwd=cwd, env={**os.environ, "HOME": str(home)})
   assert result.returncode == 0, result.stderr
   assert f"run folder: {home / 'runs' / 'lin'}, a new run folder" in (
@@ -215,11 +230,42 @@ def test_a_home_folder_in_a_path_flag_is_expanded(tmp_path):
   assert os.listdir(cwd) == []
 
 
-def test_dry_run_refuses_bad_flags_as_a_run_does(tmp_path):
-  result = launch("--model=cnn", "--preset=best", "--sweep=learning_rate=1,2",
-                  "--dry_run", cwd=tmp_path)
-  assert result.returncode == 1
-  assert result.stderr.strip().splitlines() == [
-      "error: --sweep chooses its member by validation accuracy, and "
-      "--val_fraction=0 holds out none; pass e.g. --val_fraction=0.1"]
-  assert os.listdir(tmp_path) == []
+@pytest.mark.slow
+def test_launch_trains_and_writes_the_run_folder(prepared, tmp_path):
+  mnist_dir, data_dir = prepared
+  work = tmp_path / "run"
+  # At the tuned 2e-3 two epochs of so small a GRU learn next to nothing.
+  # The analyses' own end-to-end test: test_analysis.py.
+  result = _launch("--noanalyses", "--model=gru", "--hidden=16", "--epochs=2",
+                  "--batch_size=32",
+                  "--learning_rate=1e-2", f"--mnist_dir={mnist_dir}",
+                  f"--data_dir={data_dir}", f"--workdir={work}")
+  assert result.returncode == 0, result.stderr
+  assert "test accuracy" in result.stdout
+  for name in ("config.json", "metrics.jsonl", "learning_curves.png"):
+    assert (work / name).stat().st_size > 0, name
+  assert os.listdir(work / "checkpoints")
+  record = json.loads((work / "config.json").read_text())
+  assert record["config"]["model"] == "gru" and record["config"]["hidden"] == 16
+  assert record["environment"]["packages"]["jax"]
+  assert record["environment"]["devices"]
+  assert record["environment"]["cpu"].endswith(  # The results table names it.
+      f", {len(os.sched_getaffinity(0))} cores")
+  # Asked of XLA for GPUs (a CPU ignores it), and recorded.
+  assert "--xla_gpu_deterministic_ops=true" in (
+      record["environment"]["env"]["XLA_FLAGS"].split())
+  # The CPU runs the GRU as written, its nn.RNN by the fused recurrence,
+  # under --impl=auto, once checked against the stock layers, and says so.
+  implementation = record["environment"]["implementation"]
+  assert implementation["impl"] == "auto"
+  assert implementation["module"] == "mnist_jax/models/recurrent.py's Recurrent"
+  assert implementation["layers"]["passed"]
+  assert implementation["layers"]["lowered"] == {
+      "gru_0": "mnist_jax/models/kernels/fused_rnn.py"}
+  rows = [json.loads(l) for l in (work / "metrics.jsonl").read_text().splitlines()]
+  epoch_keys = {"epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                "epoch_time_s", "examples_per_s"}
+  assert [r["epoch"] for r in rows[:-1]] == [1, 2]
+  assert all(epoch_keys <= set(r) for r in rows[:-1])
+  assert {"test_loss", "test_accuracy", "wall_time_s"} <= set(rows[-1])
+  assert 0.0 <= rows[-1]["test_accuracy"] <= 1.0

@@ -1,6 +1,8 @@
-"""The machine fails, launch.py says so in one line: a full disk, a file size
-limit, a read-only folder, too little memory, a signal while starting, and a
-run that finishes without learning.
+"""The machine fails, launch.py says so in one line, with the README's exit
+status: 5 a full disk, a file size limit or too little memory, 1 a
+read-only folder or a lost peer, 4 a run that did not learn, 130/143 a
+signal while starting, 141 a closed pipe; and a run folder the machine
+stopped before its first checkpoint is removed.
 
 A full and a read-only file system are real: a small tmpfs, mounted where
 this user may mount (root), else those tests skip and say why. The file size
@@ -9,6 +11,7 @@ fail) need no privilege. Every child gets its own compilation cache, or none
 under a file size limit (a truncated cache entry would outlive the test).
 """
 
+import errno
 import os
 import resource
 import shlex
@@ -18,12 +21,197 @@ import subprocess
 import sys
 import time
 
+import jax
+import numpy as np
 from PIL import Image
 import pytest
 
 import launch_helpers as lh
+from mnist_jax import config as config_lib
+from mnist_jax import models
+from mnist_jax.errors import UserError
+from mnist_jax.models import registry
+from mnist_jax.rundir import cli
+from mnist_jax.rundir import control
+from mnist_jax.rundir import resources
 
-pytestmark = pytest.mark.slow
+AGAIN = ", then run the same command again"
+
+
+@pytest.mark.parametrize("exc, code, text", [
+    (OSError(errno.ENOSPC, "No space left on device", "/r/config.json"), 5,
+     "no space left on the disk of /r/config.json; free some space there" +
+     AGAIN),
+    (OSError(errno.ENOSPC, "No space left on device"), 5,
+     "no space left on the disk of /run; free some space there" + AGAIN),
+    (OSError(errno.EFBIG, "File too large", "/r/m.jsonl"), 5,
+     "/r/m.jsonl reached this process's file size limit (ulimit -f); free "
+     "some space there" + AGAIN),
+    (OSError(errno.EROFS, "Read-only file system", "/r/report.md"), 1,
+     "cannot write /r/report.md (Read-only file system); make it writable" +
+     AGAIN),
+    (OSError(errno.EIO, "Input/output error", "/r/x"), 1,
+     "reading or writing /r/x failed (Input/output error); check that disk" +
+     AGAIN),
+    # How tensorstore reports a full disk inside orbax's save.
+    (ValueError("RESOURCE_EXHAUSTED: Error writing local file \"/r/c/x\": "
+                "No space left on device [os_error_code='28']"), 5,
+     "no space left on the disk of /run; free some space there" + AGAIN),
+    (ValueError("OUT_OF_RANGE: Failed to write 260161 bytes to file 16: File "
+                "too large [os_error_code='27']"), 5,
+     "/run reached this process's file size limit (ulimit -f); free some "
+     "space there" + AGAIN),
+    (MemoryError("Unable to allocate 3 TiB"), 5,
+     "out of host memory (Unable to allocate 3 TiB); close what else uses "
+     "that memory, or run it on a machine with more"),
+    (RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 4 bytes."), 5,
+     "out of memory on the CPU (Out of memory allocating 4 bytes.); close "
+     "what else uses that memory, or run it on a machine with more"),
+    # Where the allocation fails as a result is copied to the host (jax 0.12).
+    (RuntimeError("INTERNAL: Error dispatching computation: Out of memory "
+                  "allocating 8 bytes."), 5, "out of memory on the CPU "
+     "(Error dispatching computation: Out of memory allocating 8 bytes.); "
+     "close what else uses that memory, or run it on a machine with more"),
+    # In training: the sizes to lower.
+    ((MemoryError("Unable to allocate 3 TiB"), "mlp"), 5, "out of host "
+     "memory (Unable to allocate 3 TiB); lower --batch_size, "
+     "--eval_batch_size, --mlp_hidden (a new run), or run it on a machine "
+     "with more memory"),
+    # Bugs keep their traceback.
+    (ValueError("bad"), None, None), (KeyError("x"), None, None),
+    (FileNotFoundError(errno.ENOENT, "gone", "/x"), None, None),
+])
+def test_failures_of_the_machine_are_one_line(exc, code, text):
+  exc, model = exc if isinstance(exc, tuple) else (exc, None)
+  config = model and models.get_config(model, "seed")
+  wrapped = RuntimeError("while saving")
+  wrapped.__cause__ = exc  # Found down the chain, as a library raises it.
+  for raised in (exc, wrapped):
+    error = resources.machine_error(raised, "/run", config)
+    assert (error and (str(error), error.exit_code)) == (
+        text and (text, code))
+
+
+@pytest.mark.parametrize("text", [
+    "UNKNOWN: Gloo AllGather failed: [gloo/transport/tcp/pair.cc:547] Read "
+    "error [127.0.0.1]:4000: Connection reset by peer",
+    "UNKNOWN: Gloo AllReduce failed: [gloo/transport/tcp/pair.cc:598] "
+    "Connection refused",
+    "UNAVAILABLE: Task 1 heartbeat timeout. This indicates that the remote "
+    "task has failed"])
+def test_a_lost_peer_is_named_only_in_a_job_of_processes(monkeypatch, text):
+  """In one process the same text is a bug's, with its traceback."""
+  assert resources.machine_error(RuntimeError(text), "/run") is None
+  monkeypatch.setattr(jax.distributed, "is_initialized", lambda: True)
+  error = resources.machine_error(RuntimeError(text), "/run")
+  assert error.exit_code == 1 and str(error).startswith(
+      "another process of this job stopped")
+  assert str(error).endswith("; start every process again with its same "
+                             "command (they resume)")
+
+
+def test_a_bug_in_a_job_of_processes_exits_without_jax_shutdown():
+  """Its traceback, then one line and exit 1 at once: jax's shutdown at exit
+  would wait for a lost peer's heartbeat timeout, then abort in C++. What
+  it printed before, still in a pipe's buffer, reaches the pipe."""
+  code = ("import jax, launch; launch._parse(['launch.py']); "
+          "jax.distributed.is_initialized = lambda: True\n"
+          "def main(argv): print('epoch 1 of 2'); raise RuntimeError('a bug')\n"
+          "launch.main = main; launch._run(['launch.py'])")
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+  proc = subprocess.run([sys.executable, "-c", code], cwd=lh.ROOT, env=env,
+                        capture_output=True, text=True, timeout=120,
+                        check=False)
+  assert proc.returncode == 1, proc.stderr
+  assert proc.stdout == "epoch 1 of 2\n"
+  assert "Traceback" in proc.stderr and "RuntimeError: a bug" in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1] == (
+      "error: this process stopped on the error above; mend its cause, then "
+      "run every process's command again (they resume)")
+
+
+def test_steps_past_int32_are_refused_before_training():
+  config = models.get_config("mlp", "seed", epochs=config_lib.MAX_EPOCHS)
+  resources.check_steps(config, 2000)
+  with pytest.raises(UserError, match=r"^--epochs=1000000 of 60000 steps each "
+                     r"is 60000000000 steps, past the 2\*\*31 - 1 a run can "
+                     r"count; pass at most --epochs=35791 "):
+    resources.check_steps(config, 60000)
+
+
+MNIST_TEST = np.repeat(np.arange(10), [980, 1135, 1032, 1010, 982, 892, 958,
+                                       1028, 974, 1009])
+BALANCED_200 = np.repeat(np.arange(10), 20)  # The tiny runs' test set.
+
+
+@pytest.mark.parametrize("accuracy, train_loss, labels, cause", [
+    (0.0974, 1e15, MNIST_TEST, "loss"),  # Adam at --learning_rate=1e4.
+    (0.9, 400.0, MNIST_TEST, "loss"),
+    (0.0974, 2.3, MNIST_TEST, "chance"),
+    (0.1135, 2.3, MNIST_TEST, "chance"),  # Always answering "1".
+    (0.1197, 2.3, MNIST_TEST, "chance"),
+    (0.1200, 2.3, MNIST_TEST, None),
+    (0.9265, 0.27, MNIST_TEST, None),
+    (0.99, None, MNIST_TEST, None),  # No epoch run here (resumed at the end).
+    # Two standard errors over 10% of 200 images are 14.24%.
+    (0.14, None, BALANCED_200, "chance"), (0.145, None, BALANCED_200, None),
+])
+def test_learning_verdict_by_the_test_sets_size(accuracy, train_loss, labels,
+                                                cause):
+  row = None if train_loss is None else {"train_loss": train_loss}
+  verdict = control.learning_verdict({"test_accuracy": accuracy}, row, labels)
+  assert verdict.get(control.NOT_LEARNED, {}).get("cause") == cause
+  if cause:
+    assert verdict[control.NOT_LEARNED]["message"].startswith(
+        "the run did not learn: ")
+
+
+LINEAR = registry.get_config("linear", epochs=4)
+
+
+def test_ctrl_c_outside_the_loop_says_to_run_the_same_command(tmp_path):
+  again = "run the same command again"
+  assert cli.Command().interrupted(again) == (
+      "interrupted (Ctrl-C); run the same command again to start")
+  work = str(tmp_path / "linear-a")
+  command = cli.Command(LINEAR, work)
+  assert command.interrupted(again).endswith(" to start")
+  lh.unfinished_run(work)
+  assert command.interrupted(again).endswith(" to resume")
+  command.signum = signal.SIGTERM
+  assert command.interrupted(again).startswith("interrupted (SIGTERM); ")
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_run_the_machine_stopped_before_its_first_checkpoint_is_removed(
+    tmp_path, existed):
+  """Nothing half-written passes for a run: a folder that was there before
+  stays (empty); a run this command did not begin is kept."""
+  work = str(tmp_path / "run")
+  lh.unfinished_run(work)
+  cli.Command(LINEAR, work, fresh=False).discard_unstarted()
+  assert os.listdir(work)
+  cli.Command(LINEAR, work, fresh=True, existed=existed).discard_unstarted()
+  assert (os.listdir(work) == [] if existed else not os.path.exists(work))
+
+
+def test_output_into_a_closed_pipe_stops_without_a_traceback(tmp_path):
+  """`python launch.py ... | head -1`: the reader is gone before the
+  output is flushed; the command stops as a pipe's writer does (141), with
+  nothing on stderr."""
+  read, write = os.pipe()
+  os.close(read)  # As head, having read its line.
+  proc = subprocess.run(
+      [sys.executable, os.path.join(lh.ROOT, "launch.py"), "--dry_run",
+       f"--workdir={tmp_path / 'run'}"], cwd=tmp_path, stdout=write,
+      stderr=subprocess.PIPE, text=True, timeout=300, check=False)
+  os.close(write)
+  assert proc.returncode == 128 + signal.SIGPIPE, proc.stderr
+  assert proc.stderr == ""
+
+
+# The machine itself, end to end (slow).
+
 
 RUN = ("--noanalyses", "--model=mlp", "--mlp_hidden=64", "--epochs=3", "--batch_size=32",
        "--chunk_steps=50")
@@ -97,16 +285,12 @@ def _blocks(folder, block=4096):
              for d, _, names in os.walk(folder) for n in names)
 
 
-def _has_checkpoint(workdir):
-  folder = os.path.join(workdir, "checkpoints")
-  return os.path.isdir(folder) and any(n.isdigit() for n in os.listdir(folder))
-
-
+@pytest.mark.slow
 def test_full_disk_is_one_line_and_the_run_resumes_bit_identical(
     prepared, tmpfs, tmp_path):
   """Full at the first write, in a checkpoint save, in the report: one line,
-  exit 5; after freeing space the printed command ends where an
-  uninterrupted run ends, metric for metric."""
+  exit 5, no folder without a checkpoint; after freeing space the same
+  command ends where an uninterrupted run ends, metric for metric."""
   mnist_dir, data_dir = prepared
   data = (f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}",
           "--notensorboard")  # Its events stop with a warning of their own.
@@ -114,38 +298,33 @@ def test_full_disk_is_one_line_and_the_run_resumes_bit_identical(
   rc, _, err = _launch([*RUN, *data, f"--workdir={reference}"])
   assert rc == 0, err
   expected = lh.deterministic(lh.metrics(reference))
-  need = _blocks(reference)
   where = set()
   # Measured: 0 fails the first write (config.json), 0.15 the first
   # checkpoint, 0.45 a later one (resumed from the one kept), 0.9 the report.
   for fraction in (0.0, 0.15, 0.45, 0.9):
     workdir = str(tmpfs / f"run{fraction}")
-    filler = _leave_free(tmpfs, int(need * fraction))
+    filler = _leave_free(tmpfs, int(_blocks(reference) * fraction))
     rc, _, err = _launch([*RUN, *data, f"--workdir={workdir}"])
-    if rc == 0:  # It fit: without TensorBoard's last events, say.
-      assert lh.deterministic(lh.metrics(workdir)) == expected, fraction
-      shutil.rmtree(workdir)
-      continue
-    line = _one_line(err)
-    assert rc == 5 and "no space left on the disk of " in line, (fraction, line)
-    assert line.endswith("; free some space there, then run the same "
-                         "command again"), line
-    where.add(line.split(" of ", 1)[1].split(";")[0])
-    if not _has_checkpoint(workdir):  # Failed before it: nothing left.
-      assert not os.path.exists(workdir), os.listdir(workdir)
-    filler.unlink()
-    rc, out, err = lh.follow(shlex.join(["python", "launch.py", *RUN, *data,
+    if rc:
+      line = _one_line(err)
+      assert rc == 5 and line.endswith("; free some space there, then run the "
+                                       "same command again"), (fraction, line)
+      where.add(line.split("no space left on the disk of ", 1)[1].split(";")[0])
+      if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        assert not os.path.exists(workdir), os.listdir(workdir)
+      filler.unlink()
+      rc, _, err = lh.follow(shlex.join(["python", "launch.py", *RUN, *data,
                                          f"--workdir={workdir}"]))
-    assert rc == 0, (fraction, out, err)
+    assert rc == 0, (fraction, err)
     assert lh.deterministic(lh.metrics(workdir)) == expected, fraction
     shutil.rmtree(workdir)
-  # The first write, the report, and a checkpoint save (in orbax's threads,
-  # whose text names no file: the run folder).
-  for ending in ("config.json", ".png"):
-    assert any(w.endswith(ending) for w in where), where
+  # The first write (a file of the run folder), the report's figures, and a
+  # checkpoint save (in orbax's threads, whose text names no file: the run
+  # folder).
+  assert any(os.path.basename(os.path.dirname(w)) == "run0.0" for w in where)
+  assert any(w.endswith(".png") for w in where), where
   assert any(os.path.basename(w).startswith("run") for w in where), where
-  # --mode=report on a full disk: one line, no file half-written.
-  workdir = str(tmpfs / "finished")
+  workdir = str(tmpfs / "finished")  # --mode=report: no file half-written.
   shutil.copytree(reference, workdir)
   os.remove(os.path.join(workdir, "report.md"))
   _leave_free(tmpfs, 0)
@@ -155,25 +334,34 @@ def test_full_disk_is_one_line_and_the_run_resumes_bit_identical(
   assert not [n for n in os.listdir(workdir) if n.endswith(".tmp")]
 
 
-def test_file_size_limit_is_one_line_and_leaves_no_folder(prepared, tmp_path):
-  """RLIMIT_FSIZE makes the first checkpoint fail with EFBIG (inside orbax's
-  threads); the run folder, without a checkpoint, is removed."""
+@pytest.mark.slow
+@pytest.mark.parametrize("limit, flags, said", [
+    # The first checkpoint fails with EFBIG, inside orbax's threads.
+    ((resource.RLIMIT_FSIZE, 100_000), RUN, "error: {workdir} reached this "
+     "process's file size limit (ulimit -f)"),
+    # 3 GB of address space cannot hold a 784 x 1,000,000 kernel.
+    ((resource.RLIMIT_AS, 3 * 2**30), ("--model=mlp", "--mlp_hidden=1000000",
+                                       "--epochs=1"),
+     "error: out of memory on the CPU ("),
+])
+def test_a_resource_limit_is_one_line_exit_5_and_leaves_no_folder(
+    prepared, tmp_path, limit, flags, said):
   mnist_dir, data_dir = prepared
   workdir = str(tmp_path / "run")
-  args = [*RUN, f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}",
+  args = [*flags, f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}",
           f"--workdir={workdir}"]
-  rc, _, err = _launch(args, limits=[(resource.RLIMIT_FSIZE, 100_000)],
-                       JAX_COMPILATION_CACHE_DIR="")
-  line = _one_line(err)
-  assert rc == 5, err
-  assert line.startswith(f"error: {workdir} reached this "
-                         "process's file size limit (ulimit -f)"), line
+  rc, _, err = _launch(args, limits=[limit], JAX_COMPILATION_CACHE_DIR="")
+  assert rc == 5 and _one_line(err).startswith(said.format(workdir=workdir))
   assert not os.path.exists(workdir)
-  rc, _, err = _launch(args)
-  assert rc == 0, err
+  if limit[0] == resource.RLIMIT_AS:
+    assert "--mlp_hidden (a new run)" in err
+  else:  # Without the limit, the same command trains.
+    assert _launch(args)[0] == 0
 
 
-def test_read_only_run_folder_in_report_and_predict(prepared, tmp_path):
+@pytest.mark.slow
+def test_read_only_run_folder_in_report_predict_and_training(prepared,
+                                                             tmp_path):
   mnist_dir, data_dir = prepared
   mount = tmp_path / "ro"
   _mount(mount, "size=8m")
@@ -184,41 +372,23 @@ def test_read_only_run_folder_in_report_and_predict(prepared, tmp_path):
     assert rc == 0, err
     subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
     before = lh.snapshot(workdir)
-    rc, _, err = _launch(["--mode=report", f"--workdir={workdir}",
-                          f"--data_dir={data_dir}"])
-    line = _one_line(err)
-    assert rc == 1 and line.startswith(f"error: cannot write {workdir}/"), line
-    assert line.endswith("(Read-only file system); make it writable, then "
-                         "run the same command again"), line
-    stroke = Image.new("L", (28, 28), 0)
-    stroke.paste(255, (12, 4, 16, 24))  # A "1".
-    stroke.save(tmp_path / "stroke.png")
-    rc, _, err = _launch(["--mode=predict", f"--workdir={workdir}",
-                          f"--image={tmp_path / 'stroke.png'}", "--plot"])
-    line = _one_line(err)
-    assert rc == 1 and f"cannot write {workdir}/predict" in line, line
-    rc, _, err = _launch([*RUN, "--epochs=2", f"--data_dir={data_dir}",
-                          f"--workdir={workdir}"])
-    assert rc == 1 and "is not writable" in _one_line(err)
+    Image.new("L", (28, 28)).save(tmp_path / "blank.png")
+    for args, said in (
+        (["--mode=report", f"--data_dir={data_dir}"],
+         f"error: cannot write {workdir}/"),
+        (["--mode=predict", f"--image={lh.ROOT}/docs/img/seven.png", "--plot"],
+         f"error: cannot write {workdir}/predict"),
+        ([*RUN, "--epochs=2", f"--data_dir={data_dir}"], "error: --workdir="
+         f"{workdir} is not writable")):
+      rc, _, err = _launch([*args, f"--workdir={workdir}"])
+      line = _one_line(err)
+      assert rc == 1 and line.startswith(said), line
+      assert "cannot write" not in line or line.endswith(
+          "(Read-only file system); make it writable, then run the same "
+          "command again"), line
     assert lh.snapshot(workdir) == before
   finally:
     subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def test_out_of_memory_is_one_line_and_leaves_no_folder(prepared, tmp_path):
-  """A 3 GB address space cannot hold a 784 x 1,000,000 kernel: XLA's
-  RESOURCE_EXHAUSTED in one line, exit 5."""
-  mnist_dir, data_dir = prepared
-  workdir = str(tmp_path / "run")
-  rc, _, err = _launch(
-      ["--model=mlp", "--mlp_hidden=1000000", "--epochs=1", "--batch_size=32",
-       f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}",
-       f"--workdir={workdir}"], limits=[(resource.RLIMIT_AS, 3 * 2**30)],
-      JAX_COMPILATION_CACHE_DIR="")
-  line = _one_line(err)
-  assert rc == 5, err
-  assert "out of memory on the CPU" in line, line
-  assert "--mlp_hidden" in line and not os.path.exists(workdir)
 
 
 def _loaded(pid, name):
@@ -227,6 +397,7 @@ def _loaded(pid, name):
     return name in f.read()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"),
                     reason="needs /proc to see when the imports are loading")
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -250,10 +421,12 @@ def test_signal_while_starting_ends_quietly(signum, tmp_path):
   assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_a_run_that_does_not_learn_warns_exits_4_and_says_so_in_its_report(
     prepared, tmp_path):
   """Adam at --learning_rate=1e4: a finite loss of 1e3 and more, chance
-  accuracy. The run is complete; the exit status and report tell."""
+  accuracy. The run is complete; the exit status and report tell, and the
+  same command again says so, training nothing."""
   mnist_dir, data_dir = prepared
   workdir = str(tmp_path / "run")
   args = ["--model=mlp", "--mlp_hidden=8", "--epochs=2", "--batch_size=32",
@@ -262,27 +435,14 @@ def test_a_run_that_does_not_learn_warns_exits_4_and_says_so_in_its_report(
   rc, out, err = _launch(args)
   line = _one_line(err, "warning: the run did not learn: its training loss "
                    "ended at ")
-  assert rc == 4, (out, err)
-  assert line.endswith("; lower --learning_rate or set --grad_clip"), line
-  final = lh.metrics(workdir)[-1]
-  assert final["did_not_learn"]["cause"] == "loss"
-  report = open(os.path.join(workdir, "report.md")).read().splitlines()
-  assert report[2].startswith("> **Warning:** The run did not learn: ")
+  assert rc == 4 and line.endswith("; lower --learning_rate or set "
+                                   "--grad_clip"), (out, err)
+  assert lh.metrics(workdir)[-1]["did_not_learn"]["cause"] == "loss"
+  with open(os.path.join(workdir, "report.md")) as f:
+    assert f.read().splitlines()[2].startswith(
+        "> **Warning:** The run did not learn: ")
   before = lh.snapshot(workdir)
-  rc, out, err = _launch(args)  # Finished: says so again, trains nothing.
+  rc, out, err = _launch(args)
   assert rc == 4 and "already finished" in out
   _one_line(err, "warning: the run did not learn")
   assert lh.snapshot(workdir) == before
-
-
-def test_huge_epochs_refused_before_anything_is_written(prepared, tmp_path):
-  """The issue's --epochs=99999999999 and 1e30 created a run folder first."""
-  mnist_dir, data_dir = prepared
-  for value, status in (("99999999999", 2), ("1e30", 2)):
-    workdir = tmp_path / f"run{value}"
-    rc, _, err = _launch(["--model=mlp", f"--epochs={value}",
-                          f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}",
-                          f"--workdir={workdir}"])
-    line = _one_line(err)
-    assert rc == status and not workdir.exists(), line
-    assert f"--epochs={value}" in line
