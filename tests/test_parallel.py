@@ -96,6 +96,10 @@ def case(name, model, settings, parallel="none", devices=1, vmap=False,
 
 CASES = [
     case("mlp_sweep_in_turn", "mlp", tiny("mlp", **SWEEP), marks=()),
+    # A swept loss number is the members' argument, the single run's constant
+    # (folded by XLA): to float rounding (docs/performance.md).
+    case("mlp_loss_sweep_in_turn", "mlp", tiny("mlp", num_seeds=2, sweep=(
+        "label_smoothing=0,0.1")), exact=False),
     case("mlp_sweep_vmapped", "mlp", tiny("mlp", num_seeds=2, sweep=(
         "learning_rate=1e-3,3e-3;label_smoothing=0,0.1")), vmap=True,
          exact=False, layout={**MEMBERS, "members": "vmapped"}, marks=()),
