@@ -6,6 +6,7 @@ one line naming the file; a run's predictions of files, folders and patterns
 import io
 import json
 import os
+import shutil
 import warnings
 
 import numpy as np
@@ -198,6 +199,7 @@ def test_predictions_go_on_past_a_bad_file_and_note_a_dot(tiny_run, tmp_path):
   counted: the exit status is 1); a dot is predicted with a note that it is
   no digit; --plot draws each file's input under the run folder, files of
   one name each their own."""
+  tiny_run = str(shutil.copytree(tiny_run, tmp_path / "run"))  # Its plots.
   paths = [_save(_seven(ink=ink, paper=255 - ink), str(tmp_path / name))
            for name, ink in (("a.png", 0), ("b.jpg", 255))]
   bad = _save_text(tmp_path / "bad.txt", "hello\n")
