@@ -18,7 +18,6 @@ import pytest
 import launch_helpers as lh
 from experiments import photo_digits
 from mnist_jax.data import images
-from mnist_jax.errors import UserError
 from mnist_jax.results import plots
 from mnist_jax.results import run as run_lib
 
@@ -230,20 +229,6 @@ def test_predictions_go_on_past_a_bad_file_and_note_a_dot(tiny_run, tmp_path):
     assert os.path.exists(os.path.join(folder, name)), os.listdir(folder)
 
 
-def test_an_ensemble_of_one_seed_is_refused_before_anything(tiny_run, tmp_path):
-  path = _save(_seven(), str(tmp_path / "a.png"))
-  before = sorted(os.walk(tiny_run))
-  out, err = io.StringIO(), io.StringIO()
-  with pytest.raises(UserError) as info:
-    run_lib.print_predictions(tiny_run, [path], plot=True, out=out, err=err,
-                              ensemble=True)
-  message = str(info.value)
-  assert message.startswith("--ensemble averages the seeds")
-  assert "predict without --ensemble" in message and "--num_seeds=N" in message
-  assert "\n" not in message and out.getvalue() == err.getvalue() == ""
-  assert sorted(os.walk(tiny_run)) == before
-
-
 def test_predict_plots_draw_the_input_as_the_model_sees_it(monkeypatch,
                                                            tmp_path):
   """README: the model sees white ink (255) on black (0); --plot draws the
@@ -314,7 +299,8 @@ def test_image_lists_take_folders_patterns_and_commas_in_names(tiny_run, tmp_pat
 @pytest.mark.slow
 def test_predict_mode_exit_status(tiny_run, tmp_path):
   """1 where a file could not be read (each named in a line on stderr) or
-  the flags are refused; 0 where each was predicted."""
+  the flags are refused (--ensemble of a one-seed run: before anything is
+  printed or written); 0 where each was predicted."""
   good = _save(_seven(), str(tmp_path / "good.png"))
   empty = _save_text(tmp_path / "empty.png", "")
   missing = str(tmp_path / "missing.png")
@@ -326,8 +312,11 @@ def test_predict_mode_exit_status(tiny_run, tmp_path):
   assert err.strip().splitlines() == [
       f"error: {empty} is empty (0 bytes); pass a PNG or JPEG file",
       f"error: {missing} does not exist; check the path"]
+  before = sorted(os.walk(tiny_run))
   rc, out, err = lh.run(args + [f"--image={good}", "--ensemble", "--plot"])
   assert (rc, out) == (1, "") and err.startswith(
       "error: --ensemble averages the seeds") and len(err.splitlines()) == 1
+  assert "predict without --ensemble" in err and "--num_seeds=N" in err
+  assert sorted(os.walk(tiny_run)) == before
   rc, out, err = lh.run(args + [f"--image={good}"])
   assert rc == 0 and out.startswith(f"{good}: ") and "probabilities 0:" in out
