@@ -14,6 +14,7 @@ from PIL import Image
 import pytest
 
 import launch_helpers as lh
+from mnist_jax import files
 from mnist_jax import models
 from mnist_jax import modes
 from mnist_jax.data import datasets
@@ -88,7 +89,20 @@ def test_noreport_leaves_the_report_to_report_mode(prepared, tmp_path):
       f"results in {workdir} (--noreport: --mode=report writes its report)")
   assert not [n for n in os.listdir(workdir)
               if n in report.FILES or "tfevents" in n]
-  assert record_lib.finished(workdir) and metrics_log.final_metrics(workdir)
+  final = metrics_log.final_metrics(workdir)
+  assert record_lib.finished(workdir) and final
+  # Stopped after its last checkpoint, before its final row: completed.
+  saved = record_lib.read_record(workdir)
+  del saved["finished"]
+  files.write_json(os.path.join(workdir, record_lib.CONFIG_FILE), saved)
+  path = os.path.join(workdir, "metrics.jsonl")
+  files.write_text(path, "".join(json.dumps(r) + "\n" for r in
+                                 metrics_log.read_metrics(path)[:-1]))
+  out = io.StringIO()
+  modes.train_and_evaluate(config, workdir, stream=out)
+  assert f"completing {workdir}: its training ended at epoch 1" in out.getvalue()
+  assert metrics_log.final_metrics(workdir)["test_accuracy"] == final[
+      "test_accuracy"]
   out = io.StringIO()
   modes.train_and_evaluate(config, workdir, stream=out)
   assert "already finished: test accuracy" in out.getvalue()
