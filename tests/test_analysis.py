@@ -1,5 +1,6 @@
 """What each model learned (results/analysis.py): each lens on a case whose
-answer is known, and the per-run files and the comparison page."""
+answer is known; the analyses end to end (report.md's section and the run
+folder's files, compare.py's page); analysis_plots' figures."""
 
 import csv
 import functools
@@ -19,7 +20,6 @@ import pytest
 from conftest import extra
 from conftest import synthetic_digits
 from experiments import compare
-from experiments import results
 from mnist_jax import models
 from mnist_jax.data import pipeline
 from mnist_jax.results import analysis
@@ -76,13 +76,25 @@ def _row_reader(**settings):
   return _run("rnn", {"params": params}, hidden=K, **settings)
 
 
+def _saved(folder):
+  """A run folder's analysis as analysis.write saved it."""
+  path = os.path.join(folder, analysis.FOLDER)
+  with open(os.path.join(path, "summary.json")) as f, \
+      np.load(os.path.join(path, analysis.ARRAYS)) as a:
+    return {**json.load(f), **a}
+
+
 def test_a_model_that_decides_at_row_14_reaches_its_accuracy_there():
+  """The reading, evaluated as the run's logits are (run_lib.logits: in
+  padded batches, each image's own): after each row, its own readout."""
   run = _row_reader()
   images, labels = _row_digits(200)
   module = models.get(run.config.model).stock(run.config)
-  _, logits, steps = jax.jit(lambda x: analysis.forward(
-      module, run.variables, x, every=1))(images.astype(np.float32))
-  np.testing.assert_allclose(steps[:, -1], logits, rtol=1e-6)  # Its own readout.
+  _, logits, steps = run_lib.logits(functools.partial(
+      analysis.forward, module, every=1), run.variables, images, 64)
+  assert steps.shape == (200, 28, K)
+  np.testing.assert_allclose(logits, run.logits(images), rtol=1e-6)
+  np.testing.assert_allclose(steps[:, -1], logits, rtol=1e-5, atol=1e-6)
   r = analysis.reading(steps, labels)
   before, after = slice(0, DECIDING_ROW), slice(DECIDING_ROW, 28)
   np.testing.assert_array_equal(r["accuracy"][before], 1 / K)  # Ties: class 0.
@@ -117,22 +129,6 @@ def test_the_features_are_the_input_of_the_declared_output_layer():
   assert features.shape == (4, 6)
   np.testing.assert_allclose(features @ head["kernel"] + head["bias"], logits,
                              rtol=1e-5, atol=1e-6)
-
-
-def test_the_features_are_evaluated_as_the_logits_are():
-  """analyse's features and reading go through run_lib.logits, the run's
-  logits' path: in padded batches, each image's own, none dropped."""
-  run = _row_reader()
-  images, _ = _row_digits(23)
-  module = models.get(run.config.model).stock(run.config)
-  batched = run_lib.logits(functools.partial(
-      analysis.forward, module, every=1), run.variables, images, 5)
-  whole = analysis.forward(module, run.variables, images.astype(np.float32),
-                           every=1)
-  for got, want in zip(batched, whole):
-    assert got.shape[0] == 23
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(batched[1], run.logits(images), rtol=1e-6)
 
 
 def test_shift_moves_each_image_its_way_and_noise_is_clipped():
@@ -200,88 +196,6 @@ def test_temperature_scaling_calms_an_over_confident_model():
   assert t > 1 and before > 0.2 and after < before / 4
 
 
-@pytest.mark.slow
-def test_level_zero_of_every_change_is_the_run_test_accuracy(two_runs):
-  folder, _, run, data = two_runs[1]
-  expected = run.evaluate(data.test.images, data.test.labels)["accuracy"]
-  r = compare.load_analysis(folder)
-  zeros = [(a, n) for _, level, a, n in r["robustness"] if level == 0]
-  assert zeros == [(expected, len(data.test))] * len(analysis.CHANGES)
-  assert r["test_accuracy"] == expected
-  others = {n for _, level, _, n in r["robustness"] if level != 0}
-  assert others == {len(range(0, len(data.test), analysis.STRIDE))}
-  assert r["robustness_subset_accuracy"] != expected  # So the test can tell.
-
-
-@pytest.fixture(scope="module")
-def two_runs(tmp_path_factory):
-  """Two analysed run folders: the row reader (with a validation split) and
-  a bidirectional LSTM (without)."""
-  root = tmp_path_factory.mktemp("analysis")
-  images, labels = _row_digits(240)
-  digits, digit_labels = synthetic_digits(200, seed=4)
-  out = []
-  for name, run, data in (
-      ("rnn", _row_reader(), _data(images, labels, 40)),
-      ("lstm", _run("lstm", hidden=4, bidirectional=True),
-       _data(digits, digit_labels, 0))):
-    folder = str(root / name)
-    out.append((folder, analysis.write(folder, run, data.test, data.val, maps=False),
-                run, data))
-    _finished(folder, run.config, wall=30.25 if name == "rnn" else 10.25)
-  return out
-
-
-def _finished(folder, config, wall):
-  """config.json and metrics.jsonl of a finished run (0.25 s loading data)."""
-  files.write_json(os.path.join(folder, "config.json"),
-                   {"config": config.replace(workdir=folder).to_dict()})
-  rows = [{"epoch": 1, "step": 10, "train_loss": 1.0, "train_accuracy": 0.5,
-           "val_loss": None, "val_accuracy": None, "epoch_time_s": 1.0,
-           "examples_per_s": 100.0},
-          {"test_loss": 0.5, "test_accuracy": 0.5, "test_examples": 10,
-           "epochs_run": 1, "compile_time_s": 1.0, "data_time_s": 0.25,
-           "wall_time_s": wall, "num_params": 7}]
-  with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
-    f.writelines(f"{json.dumps(r)}\n" for r in rows)
-
-
-@pytest.mark.slow
-def test_each_run_folder_gets_its_files_and_section(two_runs):
-  (rnn, *_), (lstm, lstm_lines, *_) = two_runs
-  for folder, lines, *_ in two_runs:
-    links = re.findall(r"\]\(([^)]+)\)", "\n".join(lines))
-    assert "analysis/robustness.csv" in links
-    for link in links:
-      assert os.path.getsize(os.path.join(folder, link)) > 0, link
-  with open(os.path.join(rnn, "analysis", "reading.csv")) as f:
-    rows = list(csv.DictReader(f))
-  assert [int(r["step"]) for r in rows] == list(range(1, 29))
-  assert float(rows[DECIDING_ROW]["accuracy"]) == 1.0
-  assert float(rows[DECIDING_ROW - 1]["accuracy"]) == pytest.approx(0.1)
-  with open(os.path.join(rnn, "analysis", "summary.json")) as f:
-    summary = json.load(f)
-  assert summary["reading_units_to_99"] == 14 and summary["temperature"] > 0
-  assert summary["ig_max_relative_error"] <= 0.01
-  text = "\n".join(lstm_lines)
-  assert "| T | n/a (no validation) |" in text and "| ECE after T | n/a |" in text
-  assert "| rows to 99% | n/a (bidirectional" in text
-  assert not os.path.exists(os.path.join(lstm, "analysis", "reading.csv"))
-
-
-@pytest.mark.slow
-def test_the_comparison_page_sets_two_runs_side_by_side(two_runs, tmp_path):
-  page = compare.analysis_page([f for f, *_ in two_runs],
-                               str(tmp_path / "cmp" / "a.md"))
-  text = open(page).read()
-  assert "| rnn (seed) |" in text and "| lstm (seed) |" in text
-  figures = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
-  assert len(figures) == 5  # Reading (the rnn alone) and four for both.
-  for name in figures:
-    with open(os.path.join(tmp_path, "cmp", name), "rb") as f:
-      assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
-
-
 def test_the_lenses_in_their_thread_give_what_they_give_in_line():
   """Lenses runs analyse beside the report's figures and hands on its results
   as each lens ends: they grow, the last is all of them, and each number and
@@ -338,37 +252,114 @@ sys.exit(3)
   assert 2 <= len(out.stdout.split()) <= 12, out.stdout
 
 
-@pytest.mark.parametrize("on", [pytest.param(True, marks=pytest.mark.slow),
-                                False])
-def test_the_report_writes_the_analyses_unless_told_not_to(tmp_path, on):
+def test_the_analysis_extra_draws_the_tsne_map(tmp_path):
+  """With scikit-learn (the `analysis` extra) the report adds the t-SNE map,
+  even of a test split too small for t-SNE's default perplexity."""
+  extra("sklearn")
   images, labels = _row_digits(60)
-  run = _row_reader(analyses=on)
   data = _data(images, labels, 20)
-  report.write(str(tmp_path), run, data.test, val=data.val)
-  text = (tmp_path / "report.md").read_text()
-  assert ("## What the model learned" in text) == on
-  assert (tmp_path / "analysis").exists() == on
-  if on:
-    summary = json.loads((tmp_path / "analysis" / "summary.json").read_text())
-    assert summary["val_images"] == 20 and summary["temperature"] > 0
-    assert summary["reading_units_to_99"] == 14
-    assert set(summary["seconds"]) >= {"robustness", "attributions", "total"}
-    assert "![What breaks it](analysis/robustness.png)" in text
+  lines = analysis.write(str(tmp_path), _row_reader(), data.test, data.val)
+  with open(tmp_path / "analysis" / "features_tsne.png", "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert "![What it learned (t-SNE)](analysis/features_tsne.png)" in lines
+  assert _saved(str(tmp_path))["tsne"].shape == (
+      len(range(0, 40, analysis.STRIDE)), 2)
+
+
+def _finished(folder, config, wall):
+  """config.json and metrics.jsonl of a finished run (0.25 s loading data)."""
+  files.write_json(os.path.join(folder, "config.json"),
+                   {"config": config.replace(workdir=folder).to_dict()})
+  rows = [{"epoch": 1, "step": 10, "train_loss": 1.0, "train_accuracy": 0.5,
+           "val_loss": None, "val_accuracy": None, "epoch_time_s": 1.0,
+           "examples_per_s": 100.0},
+          {"test_loss": 0.5, "test_accuracy": 0.5, "test_examples": 10,
+           "epochs_run": 1, "compile_time_s": 1.0, "data_time_s": 0.25,
+           "wall_time_s": wall, "num_params": 7}]
+  with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
+    f.writelines(f"{json.dumps(r)}\n" for r in rows)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+  """Two run folders whose reports wrote their analyses: the row reader
+  (with a validation split) and a bidirectional LSTM (without); and one
+  whose report was told not to."""
+  root = tmp_path_factory.mktemp("analysis")
+  images, labels = _row_digits(240)
+  digits, digit_labels = synthetic_digits(200, seed=4)
+  out = []
+  for name, run, data in (
+      ("rnn", _row_reader(), _data(images, labels, 40)),
+      ("lstm", _run("lstm", hidden=4, bidirectional=True),
+       _data(digits, digit_labels, 0)),
+      ("off", _row_reader(analyses=False), _data(images[:60], labels[:60], 20))):
+    folder = str(root / name)
+    os.makedirs(folder)
+    report.write(folder, run, data.test, val=data.val)
+    _finished(folder, run.config, wall=30.25 if name == "rnn" else 10.25)
+    out.append((folder, run, data))
+  return out
 
 
 @pytest.mark.slow
-def test_the_comparison_summary_table_holds_each_runs_numbers(two_runs, tmp_path):
+def test_a_report_writes_its_runs_analysis_unless_told_not_to(two_runs):
+  """report.md's section links files that exist; level 0 of every change is
+  the run's test accuracy (other levels on every STRIDE-th image); the
+  reading's rows; what has no validation split or reads both ways says n/a."""
+  (rnn, *_), (lstm, *_), (off, *_) = two_runs
+  for folder, *_ in two_runs[:2]:
+    text = open(os.path.join(folder, "report.md")).read()
+    assert "## What the model learned" in text
+    links = re.findall(r"\]\((analysis/[^)]+)\)", text)
+    assert "analysis/robustness.csv" in links
+    assert "analysis/robustness.png" in links
+    for link in links:
+      assert os.path.getsize(os.path.join(folder, link)) > 0, link
+  text = open(os.path.join(off, "report.md")).read()
+  assert "## What the model learned" not in text
+  assert not os.path.exists(os.path.join(off, "analysis"))
+
+  folder, run, data = two_runs[1]  # The LSTM, of drawn weights.
+  r = _saved(folder)
+  expected = run.evaluate(data.test.images, data.test.labels)["accuracy"]
+  zeros = [(a, n) for _, level, a, n in r["robustness"] if level == 0]
+  assert zeros == [(expected, len(data.test))] * len(analysis.CHANGES)
+  assert r["test_accuracy"] == expected
+  assert {n for _, level, _, n in r["robustness"] if level != 0} == {
+      len(range(0, len(data.test), analysis.STRIDE))}
+  assert r["robustness_subset_accuracy"] != expected  # So the test can tell.
+  r = _saved(rnn)
+  assert r["val_images"] == 40 and r["temperature"] > 0
+  assert r["reading_units_to_99"] == 14 and r["ig_max_relative_error"] <= 0.01
+  assert set(r["seconds"]) >= {"robustness", "attributions", "total"}
+  with open(os.path.join(rnn, "analysis", "reading.csv")) as f:
+    rows = list(csv.DictReader(f))
+  assert [int(r["step"]) for r in rows] == list(range(1, 29))
+  assert float(rows[DECIDING_ROW]["accuracy"]) == 1.0
+  assert float(rows[DECIDING_ROW - 1]["accuracy"]) == pytest.approx(0.1)
+  text = open(os.path.join(lstm, "report.md")).read()
+  assert "| T | n/a (no validation) |" in text and "| ECE after T | n/a |" in text
+  assert "| n/a (bidirectional) |" in text
+  assert not os.path.exists(os.path.join(lstm, "analysis", "reading.csv"))
+
+
+@pytest.mark.slow
+def test_compare_sets_the_runs_analyses_side_by_side(two_runs, drawn, tmp_path):
+  """compare.py --analyses: analysis.md's table holds each run's numbers and
+  its figures are drawn; they name each run by the labels compare.py passes,
+  or by its model and preset."""
+  folders = [f for f, *_ in two_runs[:2]]
   out = str(tmp_path / "out")
-  compare.compare([f for f, *_ in two_runs], out, log=lambda _: None,
-                  analyses=True)
+  compare.compare(folders, out, log=lambda _: None, analyses=True)
   lines = open(os.path.join(out, "analysis.md")).read().splitlines()
   header = next(l for l in lines if l.startswith("| model |"))
   names = [c.strip() for c in header.strip("|").split("|")]
   assert names[:4] == ["model", "parameters", "wall time", "test accuracy"]
-  for (folder, *_), model, seconds in zip(two_runs, ("rnn", "lstm"), (30, 10)):
-    row = next(l for l in lines if l.startswith(f"| {model} |"))
+  for folder, model, seconds in zip(folders, ("rnn", "lstm"), (30, 10)):
+    row = next(l for l in lines if l.startswith(f"| {model} (seed, "))
     cells = dict(zip(names, (c.strip() for c in row.strip("|").split("|"))))
-    r = compare.load_analysis(folder)
+    r = _saved(folder)
     at = {(c, float(l)): a for c, l, a, _ in r["robustness"]}
     assert cells["parameters"] == f"{int(r['parameters']):,}"
     assert cells["wall time"] == f"{seconds:.1f} s"
@@ -376,47 +367,19 @@ def test_the_comparison_summary_table_holds_each_runs_numbers(two_runs, tmp_path
     assert cells["ECE"] == f"{100 * r['test_ece']:.2f}%"
     assert cells["at 20 degrees"] == f"{100 * at['rotation', 20]:.2f}%"
     assert cells["at noise 0.3"] == f"{100 * at['noise', 0.3]:.2f}%"
-  rnn = dict(zip(names, next(l for l in lines if l.startswith("| rnn |")).strip(
-      "|").split("|")))
-  assert rnn["read to 99%"].strip() == "14"
-
-
-@pytest.mark.slow
-def test_results_py_writes_the_docs_page_from_the_tuned_runs(two_runs, tmp_path):
-  folders = [f for f, *_ in two_runs]
-  found = {row: {"run": folders[i % 2], "time_s": 5.0 + i}
-           for i, row in enumerate(results.TUNED)}
-  logs = []
-  results.write_analyses(str(tmp_path), found, logs.append)
-  text = (tmp_path / results.ANALYSES).read_text()
-  for row in results.TUNED:
-    assert f"| {row.model} |" in text
-  for link in re.findall(r"!\[[^]]*\]\(([^)]+)\)", text):
-    assert link.startswith("img/analysis_"), link
-    assert (tmp_path / "docs" / link).stat().st_size > 0
-  assert "![" in results.HEADLINE and "docs/img/analysis_robustness.png" in (
-      results.HEADLINE)
-  found[results.TUNED[0]]["run"] = str(tmp_path / "elsewhere")
-  results.write_analyses(str(tmp_path / "other"), found, logs.append)
-  assert "hold no analysis" in logs[-1]
-  assert not (tmp_path / "other" / results.ANALYSES).exists()
-
-
-def test_the_analysis_extra_draws_the_tsne_map(tmp_path):
-  """With scikit-learn (the `analysis` extra) the report adds the t-SNE map,
-  even of a test split too small for t-SNE's default perplexity."""
-  extra("sklearn")
-  images, labels = _row_digits(60)
-  run = _row_reader()
-  data = _data(images, labels, 20)
-  lines = analysis.write(str(tmp_path), run, data.test, data.val)
-  with open(tmp_path / "analysis" / "features_tsne.png", "rb") as f:
-    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-  assert "![What it learned (t-SNE)](analysis/features_tsne.png)" in lines
-  arrays = compare.load_analysis(str(tmp_path))
-  assert arrays["tsne"].shape == (len(range(0, 40, analysis.STRIDE)), 2)
-
-
+    assert cells["read to 99%"].startswith("14" if model == "rnn" else "n/a")
+  figures = re.findall(r"!\[[^]]*\]\(([^)]+)\)", "\n".join(lines))
+  assert len(figures) == 5  # Reading (the rnn alone) and four for both.
+  for name in figures:
+    with open(os.path.join(out, name), "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
+  for given, named in ((["rnn (seed, A)", "lstm (seed, B)"],) * 2,
+                       (None, ["rnn (seed)", "lstm (seed)"])):
+    drawn.clear()
+    compare.analysis_page(folders, str(tmp_path / "a.md"), labels=given)
+    texts = {t.get_text() for fig in drawn for t in fig.findobj(
+        matplotlib.text.Text)}
+    assert set(named) <= texts
 
 def _result(model, steps=1, scaled=True):
   """A run's analysis as analysis_plots reads it, of made-up numbers."""
@@ -439,9 +402,7 @@ def _result(model, steps=1, scaled=True):
 
 def test_figure_titles_wrap_between_words(drawn, tmp_path):
   """The issue's 'equal-/width': no title breaks inside a word."""
-  # pylint: disable=protected-access
-  fig, _ = analysis_plots._panels(1, 2.0, 2.0)
-  plots.save(fig, str(tmp_path / "t.png"),
+  plots.save(plots.plt.figure(figsize=(2, 2)), str(tmp_path / "t.png"),
              "well-calibrated equal-width bins, run-to-run")
   analysis_plots.reliability([_result("lstm")], str(tmp_path / "r.png"))
   for fig in drawn:
@@ -501,18 +462,3 @@ def test_equal_robustness_lines_stay_apart(drawn, tmp_path):
     at = [line.get_transform().transform(line.get_xydata()) for line in
           ax.lines]
     assert (np.abs(at[0][:, 0] - at[1][:, 0]) >= 2).all()  # Points apart.
-
-
-@pytest.mark.slow
-def test_the_comparison_figures_name_each_runs_preset(two_runs, drawn,
-                                                     tmp_path):
-  """compare.py passes its configurations' labels: the figures name each
-  run by them, and by its model and preset without."""
-  folders = [f for f, *_ in two_runs]
-  for given, named in ((["rnn (seed, A)", "lstm (seed, B)"],) * 2,
-                       (None, ["rnn (seed)", "lstm (seed)"])):
-    drawn.clear()
-    compare.analysis_page(folders, str(tmp_path / "a.md"), labels=given)
-    texts = {t.get_text() for fig in drawn for t in fig.findobj(
-        matplotlib.text.Text)}
-    assert set(named) <= texts

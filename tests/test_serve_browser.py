@@ -16,6 +16,7 @@ The README's screenshot is this test's drawing, on three runs:
 """
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -74,20 +75,32 @@ def chromium():
       executable_path=shutil.which("chromedriver")))
 
 
-def start_server(loaded):
-  """The page's server for `loaded` (serve.load's models), on a free port, in
-  a thread: (server, its address)."""
+@contextlib.contextmanager
+def opened(loaded):
+  """The page's server for `loaded` (serve.load's models) on a free port, in
+  a thread, and the page open in a headless Chromium: (driver, server)."""
   server = serve.Server(("127.0.0.1", 0), loaded)
   threading.Thread(target=server.serve_forever, daemon=True).start()
-  return server, f"http://127.0.0.1:{server.server_address[1]}/"
+  driver = chromium()
+  try:
+    driver.get(f"http://127.0.0.1:{server.server_address[1]}/")
+    yield driver, server
+  finally:
+    driver.quit()
+    server.shutdown()
+    server.server_close()
+
+
+def wait(driver, timeout=30):
+  # pylint: disable-next=g-import-not-at-top
+  from selenium.webdriver.support.ui import WebDriverWait
+  return WebDriverWait(driver, timeout)
 
 
 def answers(driver, count, timeout=60, done=1):
   """{run name: its top answer} once `count` cards show, after the latest
   request is answered (and at least `done` answers were drawn)."""
-  # pylint: disable-next=g-import-not-at-top
-  from selenium.webdriver.support.ui import WebDriverWait
-  WebDriverWait(driver, timeout).until(lambda d: d.execute_script(
+  wait(driver, timeout).until(lambda d: d.execute_script(
       "return document.body.dataset.waiting === '0' && "
       "Number(document.body.dataset.answers || 0) >= arguments[0]", done
   ) and len(d.find_elements("css selector", ".card")) == count)
@@ -116,42 +129,32 @@ def draw(driver, strokes=SEVEN):
     actions.perform()
 
 
-def _record_runs(path, loaded):
-  """Writes into the PNG at `path` which runs it shows: a text chunk "runs",
-  {card name: {title, test accuracy}}, that tests/test_results.py holds to
-  the README's table."""
+def save_page(driver, loaded, out):
+  """Saves the whole page as a PNG at `out`, with a text chunk "runs" of
+  the runs it shows, {card name: {title, test accuracy}}, that
+  tests/test_results.py holds to the README's table."""
+  height = driver.execute_script("return document.documentElement.scrollHeight")
+  driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+      "width": 1320, "height": height, "deviceScaleFactor": 1,
+      "mobile": False})
+  driver.save_screenshot(out)
   info = PngImagePlugin.PngInfo()
   info.add_text("runs", json.dumps({m.name: {
       "title": m.info["title"], "test_accuracy": m.final.get("test_accuracy")}
                                     for m in loaded}))
-  with Image.open(path) as image:
+  with Image.open(out) as image:
     image.load()
-    image.save(path, pnginfo=info)
+    image.save(out, pnginfo=info)
 
 
 def screenshot(paths, out):
-  """Opens the page for the runs in `paths`, draws the 7 and saves the page
-  as a PNG at `out`; returns ({run name: its answer}, the milliseconds the
-  page says passed from the stroke's end to its answers drawn)."""
-  server, address = start_server(serve.load(paths))
-  driver = chromium()
-  try:
-    driver.get(address)
+  """The README's screenshot: the page for the runs in `paths` with the 7
+  drawn, saved at `out`; returns {run name: its answer}."""
+  with opened(serve.load(paths)) as (driver, server):
     draw(driver)
     got = answers(driver, len(server.loaded))
-    ms = float(driver.execute_script("return document.body.dataset.ms"))
-    height = driver.execute_script(
-        "return document.documentElement.scrollHeight")
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
-        "width": 1320, "height": height, "deviceScaleFactor": 1,
-        "mobile": False})  # The whole page.
-    driver.save_screenshot(out)
-    _record_runs(out, server.loaded)
-    return got, ms
-  finally:
-    driver.quit()
-    server.shutdown()
-    server.server_close()
+    save_page(driver, server.loaded, out)
+    return got
 
 
 def photo_of_a_seven(path):
@@ -184,16 +187,6 @@ def mnist_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_a_drawn_seven_is_read_as_seven(mnist_run, tmp_path):
-  out = str(tmp_path / "serve.png")
-  got, ms = screenshot([mnist_run], out)
-  assert got == {"mlp": "7"}
-  assert 0 < ms < 60_000  # The page timed its answer.
-  with Image.open(out) as shot:
-    assert shot.size[0] >= 1000
-
-
-@pytest.mark.slow
 def test_a_photo_is_read_and_a_file_that_is_no_image_gets_a_message(
     mnist_run, tmp_path, monkeypatch):
   """So does a photo over the size limit; either leaves the pad and the
@@ -202,10 +195,7 @@ def test_a_photo_is_read_and_a_file_that_is_no_image_gets_a_message(
   photo_of_a_seven(photo)
   with open(text, "w") as f:
     f.write("not a picture")
-  server, address = start_server(serve.load([mnist_run]))
-  driver = chromium()
-  try:
-    driver.get(address)
+  with opened(serve.load([mnist_run])) as (driver, _):
     # Dropped on the pad: a drop event carrying the file.
     driver.execute_script(
         "const input = document.createElement('input');"
@@ -221,41 +211,30 @@ def test_a_photo_is_read_and_a_file_that_is_no_image_gets_a_message(
     pad = "return document.getElementById('draw').toDataURL()"
     shown = driver.execute_script(pad)  # The photo, on the pad.
     message = driver.find_element("id", "message")
-    # pylint: disable-next=g-import-not-at-top
-    from selenium.webdriver.support.ui import WebDriverWait
     monkeypatch.setattr(serve, "MAX_BODY", os.path.getsize(photo) - 1)
     for upload, words in ((text, "not an image"), (photo, "over the")):
       driver.find_element("id", "photo").send_keys(upload)  # The file input.
-      WebDriverWait(driver, 30).until(lambda _, w=words: w in message.text)
+      wait(driver).until(lambda _, w=words: w in message.text)
       assert answers(driver, 1) == {"mlp": "7"}  # The last answer stays,
       assert driver.execute_script(pad) == shown  # and the pad with it.
     driver.set_window_size(400, 800)  # A phone: the cards go under the pad.
     assert driver.execute_script("const e = document.documentElement; "
                                  "return e.scrollWidth <= e.clientWidth")
-  finally:
-    driver.quit()
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.mark.slow
-def test_the_page_lists_its_runs_notes_a_dot_and_reads_from_the_first_ink(
-    mnist_run):
+def test_a_drawn_seven_is_read_as_seven_from_the_first_ink(mnist_run,
+                                                            tmp_path):
   """Before a stroke each run's card names its settings (and a checkpoint
-  note, here set by hand); a dot is noted as no digit; a model that reads in
-  steps (a synthetic RNN) is read from no row above the first with ink."""
+  note, here set by hand); a dot is noted as no digit; a drawn 7 is read
+  as 7, timed, and a model that reads in steps (a synthetic RNN) is read
+  from no row above the first with ink; the README's screenshot is saved."""
   import test_serve  # pylint: disable=g-import-not-at-top
-  rnn = test_serve._rnn()  # pylint: disable=protected-access
-  loaded = serve.load([mnist_run]) + [rnn]
+  loaded = serve.load([mnist_run]) + [test_serve._rnn()]  # pylint: disable=protected-access
   loaded[0].info["note"] = "of an older checkpoint"
-  server, address = start_server(loaded)
-  driver = chromium()
   card = "return document.querySelector('.card[data-name=\"%s\"]').innerText"
-  try:
-    driver.get(address)
-    # pylint: disable-next=g-import-not-at-top
-    from selenium.webdriver.support.ui import WebDriverWait
-    WebDriverWait(driver, 30).until(  # The cards, with no answer yet.
+  with opened(loaded) as (driver, _):
+    wait(driver).until(  # The cards, with no answer yet.
         lambda d: len(d.find_elements("css selector", ".card")) == 2)
     mlp = driver.execute_script(card % "mlp")
     assert "mlp (tuned, --epochs=1, --mlp_hidden=256)" in mlp, mlp
@@ -273,8 +252,10 @@ def test_the_page_lists_its_runs_notes_a_dot_and_reads_from_the_first_ink(
     assert 0 <= note < answer, (note, answer)
     driver.find_element("id", "clear").click()
     draw(driver)
-    answers(driver, 2, done=2)
+    assert answers(driver, 2, done=2)["mlp"] == "7"
     assert not message.is_displayed()
+    ms = float(driver.execute_script("return document.body.dataset.ms"))
+    assert 0 < ms < 60_000  # The page timed its answer.
     ink = driver.execute_script(  # The first row with ink of the input.
         "const c = document.getElementById('input').getContext('2d');"
         "const d = c.getImageData(0, 0, 28, 28).data;"
@@ -287,10 +268,11 @@ def test_the_page_lists_its_runs_notes_a_dot_and_reads_from_the_first_ink(
     assert driver.execute_script(  # The reading's key is readable.
         "return parseFloat(getComputedStyle(document.querySelector("
         "'.reading .key')).fontSize)") >= 11
-  finally:
-    driver.quit()
-    server.shutdown()
-    server.server_close()
+    out = str(tmp_path / "serve.png")
+    save_page(driver, loaded, out)
+    with Image.open(out) as shot:
+      assert shot.size[0] >= 1000 and set(json.loads(shot.text["runs"])) == {
+          "mlp", "rnn"}
 
 
 if __name__ == "__main__":
@@ -300,5 +282,4 @@ if __name__ == "__main__":
   parser.add_argument("--out", default=os.path.join(ROOT, "docs", "img",
                                                     "serve.png"))
   args = parser.parse_args()
-  got, ms = screenshot(args.workdir.split(","), args.out)
-  print(f"{got}, on the page {ms:.0f} ms after the stroke -> {args.out}")
+  print(f"{screenshot(args.workdir.split(','), args.out)} -> {args.out}")
