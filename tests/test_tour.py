@@ -1,10 +1,9 @@
 """experiments/tour.ipynb: kept without outputs and run end to end on tiny data
 (Jupyter, the `notebook` extra: test_dependencies.py).
 
-The slow test runs the notebook's code cells as one script in a child Python
-(no Jupyter needed), from experiments/ as Jupyter would, with a cell of its own
-after the parameters cell that points it at the synthetic data and shrinks
-the model.
+The slow test runs it in Jupyter (nbclient; skipped without the extra, failed
+where CI names it in MNIST_JAX_EXTRAS), with a cell of its own after the
+parameters cell that points it at the synthetic data and shrinks the model.
 """
 
 import json
@@ -13,6 +12,8 @@ import subprocess
 import sys
 
 import pytest
+
+from conftest import extra
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,21 +53,32 @@ def test_the_notebook_is_stored_without_outputs_and_parameters_first():
 
 
 @pytest.mark.slow
-def test_the_notebook_runs_on_tiny_data(prepared, tmp_path):
+def test_the_notebook_runs_in_jupyter(prepared, tmp_path):
+  """With the `notebook` extra installed: the notebook as Jupyter runs it
+  (nbclient, the Python kernel, its inline figures), the same overrides in
+  a cell after the parameters, as papermill would put them."""
+  nbformat, nbclient = extra("nbformat"), extra("nbclient")
+  extra("ipykernel")
   mnist_dir, data_dir = prepared
-  overrides = (f"MNIST_DIR = {mnist_dir!r}\nDATA_DIR = {data_dir!r}\n"
-               "OVERRIDES = dict(epochs=2, cnn_features=(4, 8), cnn_dense=16, "
-               "batch_size=32)\n"
-               f"WORKDIR = {str(tmp_path / 'tour')!r}\n")
-  source = _script(overrides) + "\nprint('figures', len(plt.get_fignums()))\n"
-  env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": ROOT}
-  out = subprocess.run([sys.executable, "-c", source], capture_output=True,
-                       text=True, cwd=os.path.join(ROOT, "experiments"),
-                       env=env, check=False, timeout=600)
-  assert out.returncode == 0, out.stderr[-3000:]
-  lines = out.stdout.splitlines()
-  assert lines[-1] == "figures 4"  # Curves, confusion matrix, mistakes, picture.
-  assert any(l.startswith("test accuracy ") for l in lines)
+  notebook = nbformat.read(NOTEBOOK, as_version=4)
+  at = next(i for i, c in enumerate(notebook.cells)
+            if c.cell_type == "code" and _is_parameters(c))
+  notebook.cells.insert(at + 1, nbformat.v4.new_code_cell(
+      f"MNIST_DIR = {mnist_dir!r}\nDATA_DIR = {data_dir!r}\n"
+      "OVERRIDES = dict(epochs=1, cnn_features=(4, 8), cnn_dense=16, "
+      f"batch_size=32)\nWORKDIR = {str(tmp_path / 'tour')!r}\n"))
+  nbclient.NotebookClient(
+      notebook, timeout=600, kernel_name="python3",
+      resources={"metadata": {"path": os.path.join(ROOT, "experiments")}}
+  ).execute()
+  outputs = [o for c in notebook.cells if c.cell_type == "code"
+             for o in c.outputs]
+  assert not [o for o in outputs if o.output_type == "error"]
+  figures = [o for o in outputs if "image/png" in o.get("data", {})]
+  assert len(figures) == 4  # Curves, confusion matrix, mistakes, picture.
+  printed = "".join(o.get("text", "") for o in outputs
+                    if o.output_type == "stream")
+  assert "test accuracy " in printed
   assert os.path.exists(tmp_path / "tour" / "report.md")
 
 
