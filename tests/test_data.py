@@ -31,6 +31,18 @@ def _as_set(images, labels):
   return sorted((lab, img.tobytes()) for img, lab in zip(images, labels))
 
 
+def _prepared_saying(capfd, said, *args):
+  """pipeline.prepare(*args), checking it prints one plain line (`said`, then
+  that later runs read the cache) and no warning."""
+  capfd.readouterr()
+  arrays = pipeline.prepare(*args)
+  out, err = capfd.readouterr()
+  assert out.splitlines() == [f"{said} (once; later runs read it from there)"]
+  assert "\x1b" not in out + err and "\r" not in out + err
+  assert "WARNING" not in err
+  return arrays
+
+
 @pytest.mark.parametrize("compress", [True, False])
 def test_prepare_keeps_every_example_in_tfds_order_and_caches(tmp_path, capfd,
                                                               compress):
@@ -41,14 +53,9 @@ def test_prepare_keeps_every_example_in_tfds_order_and_caches(tmp_path, capfd,
   from tensorflow_datasets.core import hashing  # pylint: disable=g-import-not-at-top
   mnist_dir = write_idx_dir(tmp_path / "idx", compress=compress)
   data_dir = str(tmp_path / "tfds")
-  capfd.readouterr()
-  arrays = pipeline.prepare("mnist", data_dir, mnist_dir)
-  out, err = capfd.readouterr()
-  assert out.splitlines() == [
-      f"preparing mnist in {data_dir} from the IDX files in {mnist_dir} (once; "
-      "later runs read it from there)"]
-  assert "\x1b" not in out + err and "\r" not in out + err
-  assert "WARNING" not in err
+  arrays = _prepared_saying(
+      capfd, f"preparing mnist in {data_dir} from the IDX files in "
+      f"{mnist_dir}", "mnist", data_dir, mnist_dir)
   assert arrays["train_images"].dtype == np.uint8
   assert arrays["train_images"].shape == (600, 28, 28, 1)
   for part, seed in (("train", 0), ("test", 1)):
@@ -226,14 +233,9 @@ def test_a_download_is_checked_by_tfds_then_prepared(served, tmp_path, capfd,
     pipeline.prepare(dataset, str(tmp_path / "bad"))
   assert not (tmp_path / "bad" / dataset).exists()
   table()
-  capfd.readouterr()
-  arrays = pipeline.prepare(dataset, str(tmp_path / "tfds"))
-  out, err = capfd.readouterr()
-  assert out.splitlines() == [
-      f"preparing {dataset} in {tmp_path / 'tfds'} from a download (once; "
-      "later runs read it from there)"]
-  assert "\x1b" not in out + err and "\r" not in out + err
-  assert "WARNING" not in err
+  arrays = _prepared_saying(
+      capfd, f"preparing {dataset} in {tmp_path / 'tfds'} from a download",
+      dataset, str(tmp_path / "tfds"))
   expected = pipeline.prepare(dataset, str(tmp_path / "offline"),
                               str(tmp_path / "served" /
                                   datasets.get(dataset).archive_folder))
