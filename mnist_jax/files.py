@@ -6,7 +6,7 @@ import contextlib
 import csv
 import json
 import os
-from typing import IO, Any, Iterator, List, Sequence
+from typing import IO, Any, Callable, Iterator, List, Sequence
 
 
 @contextlib.contextmanager
@@ -43,6 +43,15 @@ def write_csv(path: str, rows: Sequence[Sequence[Any]]) -> None:
   """Rows of cells as CSV with "\\n" line ends; the first row is the header."""
   with atomic(path) as f:
     csv.writer(f, lineterminator="\n").writerows(rows)
+
+
+def unique(base: str, taken: Callable[[str], bool]) -> str:
+  """`base`, or `base-2`, `base-3`, ... the first that is not `taken`."""
+  name, n = base, 1
+  while taken(name):
+    n += 1
+    name = f"{base}-{n}"
+  return name
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]],

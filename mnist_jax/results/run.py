@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mnist_jax import files
 from mnist_jax import models
 from mnist_jax.config import value_text
 from mnist_jax.data import datasets
@@ -378,11 +379,8 @@ def print_predictions(workdir: str, paths: Sequence[str],
       from mnist_jax.results import plots  # pylint: disable=g-import-not-at-top
       folder = os.path.join(workdir, PLOT_DIR)
       os.makedirs(folder, exist_ok=True)
-      stem = name = os.path.splitext(os.path.basename(r.file))[0]
-      number = 1
-      while name in plotted:
-        number += 1
-        name = f"{stem}-{number}"
+      name = files.unique(os.path.splitext(os.path.basename(r.file))[0],
+                          plotted.__contains__)
       plotted.add(name)
       saved = plots.prediction(r.image, np.asarray(r.probabilities),
                                os.path.join(folder, f"{name}.png"), r.file,
