@@ -358,7 +358,7 @@ def print_predictions(workdir: str, paths: Sequence[str],
   note = run_note(workdir, run)
   if note:  # A run still training, unfinished, or an older checkpoint.
     print(f"note: {note}", file=err)
-  plotted = set()  # Plot names taken: a/seven.png, b/seven.png both plot.
+  plotted: set = set()  # Names taken: a/seven.png, b/seven.png both plot.
   for r in results:
     if r.error is not None or r.note is not None:
       print(f"error: {r.error}" if r.note is None else
