@@ -6,6 +6,7 @@ import contextlib
 import csv
 import json
 import os
+import time
 from typing import IO, Any, Callable, Iterator, List, Sequence
 
 
@@ -27,6 +28,13 @@ def atomic(path: str, mode: str = "w") -> Iterator[IO]:
     if isinstance(e, OSError) and e.filename in (None, tmp):
       e.filename = path  # The file meant, not its temporary name.
     raise
+
+
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"  # config.json's and the lock's times.
+
+
+def now() -> str:
+  return time.strftime(TIME_FORMAT)
 
 
 def write_text(path: str, text: str) -> None:

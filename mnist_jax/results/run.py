@@ -34,11 +34,9 @@ from mnist_jax.training import train
 
 
 def as_images(images, shape=(28, 28, 1)) -> Tuple[np.ndarray, bool]:
-  """One image or a batch of `shape` (H, W, C): [H, W, C] or [N, H, W, C]
-  (grey ones also [H, W], [H * W], [N, H, W], [N, H * W]), uint8 (or
-  integers in 0..255) or floats in [0, 1], as ([N, H, W, C] on the 0-255
-  scale, uint8 or float32; whether one image); ValueError for another shape
-  or values outside that range."""
+  """([N, H, W, C] on the 0-255 scale, whether one image) of one image or a
+  batch of `shape`: [H, W, C] or [N, H, W, C] (grey also [H, W], [H * W]
+  and with N), integers in 0..255 or floats in [0, 1]; else ValueError."""
   x, (h, w, c) = np.asarray(images), shape
   singles = {(h, w, c)} | ({(h, w), (h * w,)} if c == 1 else set())
   single = x.shape in singles

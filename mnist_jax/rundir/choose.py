@@ -37,7 +37,7 @@ class Run:
 
 def _started(recorded: dict) -> datetime.datetime:
   try:
-    return datetime.datetime.strptime(recorded["started"], record.TIME_FORMAT)
+    return datetime.datetime.strptime(recorded["started"], files.TIME_FORMAT)
   except (KeyError, TypeError, ValueError):
     return datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
 
