@@ -108,10 +108,10 @@ def _headline(rows: List[dict], test: Dict[str, float], n: int,
 
 def write(workdir: str, run, test, class_names: Optional[Sequence[str]] = None,
           note: Optional[str] = None, val=None) -> Dict[str, Any]:
-  """Evaluates a Run (its chosen member, its seeds' ensemble) on the test Split
-  into the report files. note: why the model is not the finished run's, atop
-  report.md; val: the Split temperature scaling is fitted on (None: loaded).
-  Returns the test metrics and "confusion"."""
+  """Writes the report files of a Run (its chosen member, its seeds'
+  ensemble) on the test Split; returns the test metrics and "confusion".
+  note: atop report.md, why the model is not the finished run's; val: the
+  Split temperature scaling is fitted on (None: loaded)."""
   config = run.config
   images = np.asarray(test.images)
   labels = np.asarray(test.labels).astype(np.int64)
