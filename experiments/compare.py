@@ -130,7 +130,8 @@ def summarize(run_dir: str) -> List[dict]:
   final = metrics_log.final_row(rows)
   if final is None:
     return []
-  entries = final.get("members") or final.get("replicas")  # Older runs'.
+  # "replicas": older runs' name for the members.
+  entries: list = final.get("members") or final.get("replicas") or []
   if entries:
     rows = [{**r, "members": r.get("members") or r.get("replicas")}
             for r in rows]
@@ -152,7 +153,8 @@ def summarize(run_dir: str) -> List[dict]:
         "analysed": m is None or m.index == chosen,  # Its analysis/'s.
         "parameters": end.get("num_params"), "curve": curve,
         "epochs": end.get("epochs_run", len(curve)),
-        **{k: end.get(k) for k in metrics.keys("test")},
+        **{k: (entries[m.index] if m else end).get(k)
+           for k in metrics.keys("test")},  # A member's own, None if none.
         **{k: v if v is None else v * n if k == "examples_per_s" else v / n
            for k, v in times.items()},  # A member's share of the program's.
         "diverged": diverged(rows[-1], end, curve)})
