@@ -169,11 +169,7 @@ SINGLE_MLP = next(r for r in TUNED if r.model == "mlp")
 
 def run_folders(runs: str) -> List[str]:
   """`runs` if it is a run folder, else the run folders in it (maybe none)."""
-  if os.path.exists(os.path.join(runs, record.CONFIG_FILE)):
-    return [runs]
-  return sorted(os.path.join(runs, d) for d in (
-      os.listdir(runs) if os.path.isdir(runs) else ())
-                if os.path.exists(os.path.join(runs, d, record.CONFIG_FILE)))
+  return [runs] if record.is_run(runs) else record.runs_in(runs)
 
 
 def find(rows: Sequence[Row], runs: str):
@@ -271,9 +267,9 @@ def draw_results(root: str, runs: str, data_flags, log=print) -> None:
   with files.atomic(os.path.join(img, "sweep_mlp.png"), "wb") as f:
     f.write(image)
   tuned = [folders[r] for r in TUNED]
-  compare.plot_accuracy_time(compare.group([compare.summarize(f) or {}
-                                            for f in tuned]),
-                             os.path.join(img, "accuracy_vs_time.png"))
+  name = "accuracy_vs_time.png"
+  compare.plot(compare.group([s for f in tuned for s in compare.summarize(f)]),
+               name, os.path.join(img, name))
   log(f"wrote {img}/sweep_mlp.png and accuracy_vs_time.png")
   write_analyses(root, tuned, log)
   if data_flags:
