@@ -254,6 +254,7 @@ def draw_results(root: str, runs: str, data_flags, log=print) -> None:
   """The figures from the results' run folders: accuracy against time, the
   sweep's sweep.png, the analyses page and (with data) the photo montage."""
   from experiments import compare
+  from experiments import compare_figures
   folders = require(ROWS + (SWEEP,), runs)
   source = os.path.join(folders[SWEEP], "sweep.png")
   try:
@@ -268,8 +269,8 @@ def draw_results(root: str, runs: str, data_flags, log=print) -> None:
     f.write(image)
   tuned = [folders[r] for r in TUNED]
   name = "accuracy_vs_time.png"
-  compare.plot(compare.group([s for f in tuned for s in compare.summarize(f)]),
-               name, os.path.join(img, name))
+  groups = compare.group([s for f in tuned for s in compare.summarize(f)])
+  compare_figures.plot(groups, name, os.path.join(img, name))
   log(f"wrote {img}/sweep_mlp.png and accuracy_vs_time.png")
   write_analyses(root, tuned, log)
   if data_flags:
@@ -281,7 +282,7 @@ def draw_results(root: str, runs: str, data_flags, log=print) -> None:
 def write_analyses(root: str, tuned: Sequence[str], log=print) -> None:
   """docs/analyses.md and docs/img/analysis_*.png from the tuned runs (in
   TUNED's order); says which runs hold no analysis instead."""
-  from experiments import compare
+  from experiments import compare_figures
   missing = [f for f in tuned
              if not os.path.isdir(os.path.join(f, "analysis"))]
   if missing:
@@ -290,9 +291,9 @@ def write_analyses(root: str, tuned: Sequence[str], log=print) -> None:
     return
   times = [metrics_log.wall_time(metrics_log.final_metrics(f) or {})
            for f in tuned]
-  compare.analysis_page(tuned, os.path.join(root, "docs", "analyses.md"),
-                        os.path.join(root, "docs", "img"),
-                        [r.model for r in TUNED], times)
+  compare_figures.analysis_page(
+      tuned, os.path.join(root, "docs", "analyses.md"),
+      os.path.join(root, "docs", "img"), [r.model for r in TUNED], times)
   log("wrote docs/analyses.md and docs/img/analysis_*.png")
 
 
