@@ -22,6 +22,7 @@ import pytest
 from conftest import extra
 from conftest import synthetic_digits
 from experiments import compare
+from experiments import compare_figures
 from mnist_jax import models
 from mnist_jax.data import datasets
 from mnist_jax.data import pipeline
@@ -398,7 +399,7 @@ def test_compare_sets_the_runs_analyses_side_by_side(two_runs, drawn, tmp_path):
   for given, named in ((["rnn (seed, A)", "lstm (seed, B)"],) * 2,
                        (None, ["rnn (seed)", "lstm (seed)"])):
     drawn.clear()
-    compare.analysis_page(folders, str(tmp_path / "a.md"), labels=given)
+    compare_figures.analysis_page(folders, str(tmp_path / "a.md"), labels=given)
     texts = {t.get_text() for fig in drawn for t in fig.findobj(
         matplotlib.text.Text)}
     assert set(named) <= texts
