@@ -1,9 +1,6 @@
 """Every registered model: raw images in, logits out, its seed parameter
 count, its presets, stacking; the stock CNN's pooling; the BatchNorm CNN."""
 
-import io
-import json
-import os
 
 import flax.linen as nn
 import jax
@@ -12,13 +9,9 @@ import numpy as np
 import pytest
 
 from mnist_jax import models
-from mnist_jax import modes
 from mnist_jax import optim
-from mnist_jax.data import pipeline
 from mnist_jax.models import cnn
 from mnist_jax.models import recurrent
-from mnist_jax.results import run as run_lib
-from mnist_jax.rundir import dry_run
 from mnist_jax.training import train
 
 # Parameter counts of the seed architectures, from the layer formulas.
@@ -44,37 +37,32 @@ def _images(n=3, seed=0):
 @pytest.mark.parametrize("name", list(models.MODELS))
 def test_raw_pixels_in_logits_out_and_seed_parameter_count(name):
   """Images [B, 28, 28, 1] on the 0-255 scale, uint8 as stored or float (an
-  augmented or bfloat16 batch), read alike: the model scales them itself;
-  every preset builds and runs."""
+  augmented or bfloat16 batch), read alike: the model scales them itself."""
   assert set(SEED_PARAMS) <= set(models.MODELS)
   config = models.get_config(name, "seed")
   model, x = models.get(name).stock(config), _images()
-  variables = model.init(jax.random.key(0), x)
-  logits = model.apply(variables, x)
+  variables = jax.jit(model.init)(jax.random.key(0), x)
+  apply = jax.jit(model.apply)
+  logits = apply(variables, x)
   assert logits.shape == (3, 10) and bool(jnp.all(jnp.isfinite(logits)))
   count = sum(p.size for p in jax.tree.leaves(variables["params"]))
   assert count == SEED_PARAMS.get(name, count)
-  np.testing.assert_allclose(model.apply(variables, x.astype(jnp.float32)),
+  np.testing.assert_allclose(apply(variables, x.astype(jnp.float32)),
                              logits, rtol=1e-6, atol=1e-6)
-  assert not np.allclose(model.apply(variables, x / 255.0), logits)
-  if name not in ("cnn", "lstm", "gru"):  # Theirs: the slow suite's.
-    _every_preset_runs(name)
+  assert not np.allclose(apply(variables, x / 255.0), logits)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["cnn", "lstm", "gru"])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] * (
+    n in ("cnn", *RECURRENT))) for n in models.MODELS])
 def test_every_preset_builds_and_runs(name):
-  _every_preset_runs(name)
-
-
-def _every_preset_runs(name):
   for preset in models.get(name).presets:
     model = models.get(name).stock(models.get_config(name, preset))
     variables = model.init(jax.random.key(0), _images(2))
     assert model.apply(variables, _images(2)).shape == (2, 10), preset
 
 
-@pytest.mark.parametrize("cell", RECURRENT)
+@pytest.mark.parametrize("cell", [pytest.param(c, marks=[pytest.mark.slow] * (
+    c != RECURRENT[0])) for c in RECURRENT])  # The cells share the module.
 @pytest.mark.parametrize("layers,bidirectional", [
     pytest.param(2, False, marks=pytest.mark.slow), (2, True)])
 def test_recurrent_stacking_and_bidirectional(cell, layers, bidirectional):
@@ -121,18 +109,12 @@ BN = dict(cnn_batch_norm=True, cnn_features=(4, 8), cnn_dense=16)
 def test_batch_norm_is_described_built_and_shaped():
   """--cnn_batch_norm: the convolutions lose their bias, the running
   statistics are the state's model_state; a step updates them, evaluation
-  reads them (an image's logits do not depend on its batch); a run says in
-  one line that the kernel does not compute it, and records the stock CNN."""
-  config = models.get_config("cnn", "seed", **BN)
+  reads them (an image's logits do not depend on its batch)."""
+  config = models.get_config("cnn", "seed", impl="stock", **BN)
   assert models.get("cnn").describe(config) == (
       "Conv4 3x3, BatchNorm, max-pool, Conv8 3x3, BatchNorm, max-pool, "
       "Dense16, Dense10")
-  assert "BatchNorm" in dry_run.text(config, (), "W", (None,))
-  said = []
-  module, record = models.build(config, said.append)
-  assert type(module.stock) is cnn.CNN and len(said) == 1
-  assert "(it keeps no batch_stats)" in said[0]
-  assert record["module"] == "mnist_jax/models/cnn.py's CNN"
+  module, _ = models.build(config)
   state = train.create_train_state(jax.random.key(0), module,
                                    optim.make_optimizer(config, 1), (28, 28, 1))
   assert set(state.params["conv_0"]) == {"kernel"}
@@ -155,30 +137,3 @@ def test_batch_norm_is_described_built_and_shaped():
   other = stepped.replace(model_state=jax.tree.map(  # Evaluation reads them.
       lambda s: 2 * s + 1, stepped.model_state))
   assert not np.allclose(other.apply_fn(other.variables, x), logits)
-
-
-@pytest.mark.slow
-def test_a_batch_norm_run_trains_reports_and_predicts(prepared, tmp_path):
-  mnist_dir, data_dir = prepared
-  workdir = str(tmp_path / "bn")
-  config = models.get_config(
-      "cnn", "seed", epochs=2, batch_size=50, learning_rate=3e-3,
-      val_fraction=0.1, tensorboard=False, mnist_dir=mnist_dir,
-      data_dir=data_dir, workdir=workdir, **BN)
-  final = modes.train_and_evaluate(config, workdir, stream=io.StringIO())
-  assert final["test_accuracy"] > 0.5, final  # Ten classes: chance is 0.1.
-  with open(os.path.join(workdir, "config.json")) as f:
-    assert json.load(f)["config"]["cnn_batch_norm"] is True
-  run = run_lib.load_run(workdir)
-  stats = run.variables["batch_stats"]["bn_0"]
-  assert not np.allclose(stats["mean"], 0) and not np.allclose(stats["var"], 1)
-  test = pipeline.load(run.config).test
-  got = run.evaluate(test.images, test.labels)
-  assert got["accuracy"] == pytest.approx(final["test_accuracy"])
-  assert got["loss"] == pytest.approx(final["test_loss"], rel=1e-5)
-  predicted = run.predict(test.images[:7])
-  np.testing.assert_array_equal(predicted, run.predict(test.images)[:7])
-  assert run.predict(test.images[3]) == predicted[3]
-  os.remove(os.path.join(workdir, "report.md"))
-  assert modes.rewrite_report(workdir, analyses=False)["accuracy"] == (
-      pytest.approx(final["test_accuracy"]))

@@ -50,22 +50,14 @@ def _env(devices: int) -> dict:
   return env
 
 
-def assert_same(a, b, exact, path="rows"):
+def assert_same(a, b, exact):
   """Nested metrics rows equal: bit for bit, or floats to TOLERANCE."""
   if exact:
-    assert a == b, path
-  elif isinstance(a, dict):
-    assert a.keys() == b.keys(), path
-    for k in a:
-      assert_same(a[k], b[k], exact, f"{path}.{k}")
-  elif isinstance(a, list):
-    assert len(a) == len(b), path
-    for i, (x, y) in enumerate(zip(a, b)):
-      assert_same(x, y, exact, f"{path}[{i}]")
-  elif isinstance(a, float):
-    assert a == pytest.approx(b, rel=TOLERANCE, abs=1e-6), path
-  else:
-    assert a == b, path
+    assert a == b
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    assert x == (pytest.approx(y, rel=TOLERANCE, abs=1e-6)
+                 if isinstance(x, float) else y)
 
 
 # Small shapes of the registered models (another trains its seed preset's).
@@ -100,9 +92,13 @@ CASES = [
     # (folded by XLA): to float rounding (docs/performance.md).
     case("mlp_loss_sweep_in_turn", "mlp", tiny("mlp", num_seeds=2, sweep=(
         "label_smoothing=0,0.1")), exact=False),
-    case("mlp_sweep_vmapped", "mlp", tiny("mlp", num_seeds=2, sweep=(
-        "learning_rate=1e-3,3e-3;label_smoothing=0,0.1")), vmap=True,
-         exact=False, layout={**MEMBERS, "members": "vmapped"}, marks=()),
+    # Vmapped members of one optimizer state structure, each with its own
+    # numbers (a momentum and decay of 0: the plain run's) and smoothing.
+    case("mlp_sweep_vmapped", "mlp", tiny(
+        "mlp", num_seeds=2, optimizer="sgd", learning_rate=3e-2, sweep=(
+            "momentum=0,0.9;weight_decay=0,1e-2;label_smoothing=0,0.1")),
+         vmap=True, exact=False, layout={**MEMBERS, "members": "vmapped"},
+         marks=()),
     *[case(f"{m}_in_turn", m, tiny(m, num_seeds=2))
       for m in registry.MODELS if m != "mlp"],
     case("cnn_bn_in_turn", "cnn", tiny("cnn", num_seeds=2, cnn_batch_norm=True)),
@@ -166,36 +162,28 @@ def test_a_member_computes_its_single_runs_numbers(prepared, tmp_path, case):
         "impl": "auto", "module": "mnist_jax/models/cnn.py's CNN"}
     assert (tmp_path / "num_seeds2" / "report.md").exists()
     got = {"record": {"parallel": env["parallel"], "messages": [out]}}
-    picked, single = [1], _on_a_gpu_backend(prepared, tmp_path, "--seed=1",
-                                            "--parallel=none")[0]
-    singles = {1: {"rows": single}}
-  else:
+    i, single = 1, {"rows": _on_a_gpu_backend(
+        prepared, tmp_path, "--seed=1", "--parallel=none", "--noreport")[0]}
+  else:  # The last member: its index, seed and values.
     config = pw.config(case["model"], case["settings"], case["parallel"])
-    listed = members_lib.from_config(config)
-    picked = sorted({0, len(listed) - 1})
-    specs = {"run": {k: case[k] for k in ("model", "settings", "parallel",
-                                          "vmap")}}
-    for i in picked:
-      specs[i] = dict(model=case["model"], settings={
-          **case["settings"], "seed": listed[i].seed, "num_seeds": 1,
-          "sweep": "", **listed[i].values})
-    out = pw.runs(tmp_path, {str(k): v for k, v in specs.items()},
-                  case["devices"])
-    got = out["run"]
+    member = members_lib.from_config(config)[-1]
+    i, run = member.index, {k: case[k] for k in ("model", "settings",
+                                                 "parallel", "vmap")}
+    out = pw.runs(tmp_path, {"run": run, "single": dict(
+        model=case["model"], settings={
+            **case["settings"], "seed": member.seed, "num_seeds": 1,
+            "sweep": "", **member.values})}, case["devices"])
+    got, single = out["run"], out["single"]
     rows = got["record"]["rows"] + [got["record"]["final"]]
-    singles = {i: out[str(i)] for i in picked}
-    for single in singles.values():
-      assert single["record"]["parallel"] == {"mode": "none", "devices": 1}
-      single["rows"] = single["record"]["rows"] + [single["record"]["final"]]
+    assert single["record"]["parallel"] == {"mode": "none", "devices": 1}
+    single["rows"] = single["record"]["rows"] + [single["record"]["final"]]
   assert got["record"]["parallel"] == case["layout"]
   if case["says"]:
     assert any(case["says"] in m for m in got["record"]["messages"])
   exact = case["exact"]
-  for i, single in singles.items():
-    assert_same(lh.deterministic(members_lib.member_rows(rows, i)),
-                lh.deterministic(single["rows"]), exact)
-    if "params" not in single:
-      continue
+  assert_same(lh.deterministic(members_lib.member_rows(rows, i)),
+              lh.deterministic(single["rows"]), exact)
+  if "params" in single:
     for part in ("params", "model_state"):
       np.testing.assert_allclose(got[part][i], single[part][0], rtol=0,
                                  atol=0 if exact else TOLERANCE)

@@ -16,6 +16,7 @@ from mnist_jax.data import augment as augment_lib
 from mnist_jax import optim
 from mnist_jax.training import loop
 from mnist_jax.training import metrics
+from mnist_jax.training import population
 from mnist_jax.training import train
 from parallel_worker import Recorder, Saver, Stop, dataset, restore
 
@@ -120,21 +121,6 @@ def test_padded_steps_leave_the_state_unchanged_and_count_nothing():
   padded, sums = step(trained, batch_of(images, labels, False))
   assert_trees_equal(padded, trained)
   assert all(float(jnp.sum(jnp.abs(v))) == 0 for v in sums.values()), sums
-
-
-def test_evaluate_counts_a_partial_last_batch():
-  config = tiny_config("linear")
-  images, labels = digits(150)
-  state = fresh_state(config)
-  sums = jax.jit(functools.partial(train.evaluate, batch_size=64))(
-      state, images, labels)
-  logits = state.apply_fn(state.variables, images, train=False)
-  assert float(sums["count"]) == 150
-  assert float(sums["correct"]) == float(np.sum(
-      np.argmax(logits, -1) == np.asarray(labels)))
-  nll, _ = train.cross_entropy(logits, labels)
-  assert float(sums["loss"]) == pytest.approx(float(nll.sum()), rel=1e-5)
-  assert float(np.sum(sums["ece_count"])) == 150
 
 
 def test_epoch_order_is_a_fresh_permutation_each_epoch():
@@ -247,56 +233,41 @@ def _train(config, data=None, hooks=None):
   return state, final, hooks
 
 
-def test_same_seed_same_numbers_another_seed_others():
-  config = tiny_config("mlp", epochs=2, batch_size=64, chunk_steps=3,
-                       val_fraction=0.1)
-  a_state, a, a_hooks = _train(config)
-  b_state, b, b_hooks = _train(config)
-  assert ([without_times(r) for r in a_hooks.rows] ==
-          [without_times(r) for r in b_hooks.rows])
-  assert without_times(a) == without_times(b)
-  assert_trees_equal(a_state, b_state)
-  _, c, c_hooks = _train(config.replace(seed=1))
-  assert c["test_loss"] != a["test_loss"]
-  assert c_hooks.rows[0]["train_loss"] != a_hooks.rows[0]["train_loss"]
-
-
 # A CNN with BatchNorm, shared by the tests of the loop below (with the
 # constant schedule, the epochs do not change its compiled programs).
 LOOP_CNN = dict(batch_size=64, chunk_steps=3, val_fraction=0.1,
                 cnn_batch_norm=True, impl="stock")
 
 
-def test_tiny_run_learns_and_counts_every_test_example():
-  config = tiny_config("cnn", epochs=3, learning_rate=3e-3, **LOOP_CNN)
-  state, final, hooks = _train(config)
-  assert final["test_examples"] == 203 and final["epochs_run"] == 3
-  assert final["test_accuracy"] > 0.5  # Synthetic classes are easy; chance 0.1.
-  assert [r["epoch"] for r in hooks.rows] == [1, 2, 3]
-  assert hooks.lasts == [False, False, True]
-  assert all(r["val_accuracy"] is not None for r in hooks.rows)
-  assert final["steps"] == int(state.step) == 3 * 8  # 540 // 64 per epoch.
-  # Chunks of 3 steps from each epoch's start: 8 steps run as 3 + 3 + 2.
-  assert hooks.chunks == [(e, d) for e in (1, 2, 3) for d in (0, 3, 6)]
-
-
-@pytest.mark.parametrize("at", ["epoch", "chunk"])
-def test_resume_from_a_checkpoint_is_bit_identical(tmp_path, at):
-  """2 epochs straight == 1 epoch (or 1 and a chunk), a format-3
-  checkpoint saved and restored, then the rest: every array of the state,
-  BatchNorm's statistics included, and every number of the rows."""
-  config = tiny_config("cnn", epochs=2, **LOOP_CNN)
+def test_a_run_learns_and_resumes_from_a_checkpoint_bit_identical(
+    tmp_path, monkeypatch):
+  """A run learns, counting every test example once; stopped after epoch 1
+  or mid-epoch 2 (after a chunk), a format-3 checkpoint restored, the rest
+  ends where 2 epochs straight end: every array of the state (BatchNorm's
+  statistics included), every number of the rows (so a seed repeats its
+  numbers), from the chunk it stopped at."""
+  monkeypatch.setattr(population, "CHUNK_S", 1e9)  # Chunks of 3, however slow.
+  config = tiny_config("cnn", epochs=2, learning_rate=3e-3, **LOOP_CNN)
   assert config.schedule == "constant"
   whole_state, whole, whole_hooks = _train(config)
-  with pytest.raises(Stop):
-    _train(config, hooks=Saver(str(tmp_path), config, at))
-  state, final, hooks = _train(config, hooks=restore(str(tmp_path), config))
-  assert_trees_equal(state, whole_state)
-  assert without_times(final) == without_times(whole)
-  assert [without_times(r) for r in hooks.rows] == [
-      without_times(r) for r in whole_hooks.rows[1:]]
-  assert hooks.chunks == ([(2, 3), (2, 6)] if at == "chunk" else
-                          [(2, 0), (2, 3), (2, 6)])
+  assert whole["test_examples"] == 203 and whole["epochs_run"] == 2
+  assert whole["test_accuracy"] > 0.5  # Synthetic classes; chance 0.1.
+  assert whole["steps"] == int(whole_state.step) == 2 * 8  # 540 // 64.
+  assert whole_hooks.lasts == [False, True]
+  assert all(r["val_accuracy"] is not None for r in whole_hooks.rows)
+  # Chunks of 3 steps from each epoch's start: 8 steps run as 3 + 3 + 2.
+  assert whole_hooks.chunks == [(e, d) for e in (1, 2) for d in (0, 3, 6)]
+  for at, chunks in (("epoch", [(2, 0), (2, 3), (2, 6)]),
+                     ("chunk", [(2, 3), (2, 6)])):
+    with pytest.raises(Stop):
+      _train(config, hooks=Saver(str(tmp_path / at), config, at))
+    state, final, hooks = _train(config, hooks=restore(str(tmp_path / at),
+                                                       config))
+    assert_trees_equal(state, whole_state)
+    assert without_times(final) == without_times(whole)
+    assert [without_times(r) for r in hooks.rows] == [
+        without_times(r) for r in whole_hooks.rows[1:]]
+    assert hooks.chunks == chunks
 
 
 def test_the_core_alone_says_what_it_is_doing(capsys, monkeypatch):
