@@ -20,7 +20,6 @@ exits 1. Times are wall times (data ready to test metrics, as the README's).
 """
 
 import argparse
-import itertools
 import json
 import math
 import os
@@ -31,33 +30,24 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from matplotlib import ticker
 from mnist_jax import config as config_lib
 from mnist_jax import files
 from mnist_jax import models
-from mnist_jax import modes
-from mnist_jax.data import pipeline
 from mnist_jax.errors import UserError
-from mnist_jax.results import analysis
-from mnist_jax.results import analysis_plots
-from mnist_jax.results import plots
 from mnist_jax.results import run as run_lib
-from mnist_jax.results.plots import MARKERS, plt
 from mnist_jax.rundir import metrics_log
-from mnist_jax.rundir import process
 from mnist_jax.rundir import record
-from mnist_jax.rundir import resume
 from mnist_jax.training import members as members_lib
 from mnist_jax.training import metrics
+
+from experiments import compare_figures as figures
+from experiments.train_grid import parse_vary, train_runs
 
 # Settings that do not change what is trained: runs differing only in these
 # (and the seed) are repeats of one configuration.
 NOT_CONFIGURATION = ("seed", "workdir", "data_dir", "mnist_dir", "chunk_steps",
                      "num_seeds", "sweep", "analyses")
-PLOTS = ("accuracy.png", "accuracy_vs_time.png", "learning_curves.png")
-ANALYSIS_PAGE = "analysis.md"
 TIMES = ("wall_time_s", "epoch_time_s", "examples_per_s")
-WALL_TIME = "Wall time (s; data ready to test metrics, as the README's)"
 
 
 # Reading runs.
@@ -65,13 +55,13 @@ WALL_TIME = "Wall time (s; data ready to test metrics, as the README's)"
 def _runs_in(path: str) -> Tuple[List[str], Optional[Tuple[str, str]]]:
   """([path] if a run folder, else the run folders in it; (what is wrong,
   what to do) where there are none)."""
-  is_run = lambda p: any(os.path.isfile(os.path.join(p, n)) for n in (
-      record.CONFIG_FILE, metrics_log.METRICS_FILE))
+  is_run = lambda p: record.is_run(p) or os.path.isfile(
+      os.path.join(p, metrics_log.METRICS_FILE))
   if not os.path.isdir(path):
     return [], ("does not exist", "pass run folders written by launch.py")
   try:
-    runs = [path] if is_run(path) else sorted(filter(is_run, (
-        os.path.join(path, d) for d in os.listdir(path))))
+    runs = [path] if is_run(path) else sorted(
+        e.path for e in os.scandir(path) if is_run(e.path))
   except OSError as e:
     return [], (f"cannot be read ({e.strerror or e})",
                 "give read access to it, or compare other folders")
@@ -80,10 +70,13 @@ def _runs_in(path: str) -> Tuple[List[str], Optional[Tuple[str, str]]]:
       "pass run folders")
 
 
-def _left_out(run_dir: str, settings_read: bool) -> Tuple[str, str]:
-  """(why `run_dir` is not compared, what to do): its settings unread, or
-  no final row."""
+def _left_out(run_dir: str, error: Optional[Exception]) -> Tuple[str, str]:
+  """(why `run_dir` is not compared, what to do): summarize's `error`, its
+  config.json unread, or no final row."""
   name, fix = record.CONFIG_FILE, "restore it from a copy, or compare others"
+  if isinstance(error, KeyError):  # A final row another program wrote.
+    return (f"has a final metrics row without {error.args[0]}",
+            "compare run folders launch.py wrote")
   try:
     with open(os.path.join(run_dir, name), encoding="utf-8") as f:
       json.load(f)
@@ -95,18 +88,17 @@ def _left_out(run_dir: str, settings_read: bool) -> Tuple[str, str]:
   except ValueError as e:  # JSONDecodeError, UnicodeDecodeError.
     return (f"has a {name} that is not valid JSON"
             f"{f' at line {e.lineno}' if hasattr(e, 'lineno') else ''}", fix)
-  if not settings_read:
+  if error:  # read_config's UserError.
     return f"has a {name} with no settings this mnist_jax can use", fix
   state, last = record.status(run_dir)
   report = f"python launch.py --mode=report --workdir={run_dir}"
-  if state == "finished":
-    return ("finished, but metrics.jsonl lost its final row (a write cut "
-            "short)", f"{report} writes it again")
-  if state == "diverged":
-    return ("diverged " + record.diverged_at(last),
-            "lower its --learning_rate or set --grad_clip and train it again")
-  return ("is unfinished", f"{report} completes a run trained to its end; "
-          "else its training command (config.json's \"repeat\") resumes it")
+  return {"finished": ("finished, but metrics.jsonl lost its final row (a "
+                       "write cut short)", f"{report} writes it again"),
+          "diverged": ("diverged " + record.diverged_at(last), "lower its "
+                       "--learning_rate or set --grad_clip and train it again"),
+          "unfinished": ("is unfinished", f"{report} completes a run trained "
+                         "to its end; else its training command (config.json's "
+                         "\"repeat\") resumes it")}[state]
 
 
 def diverged(last: dict, final: dict, curve: Sequence[dict]) -> Optional[str]:
@@ -122,46 +114,43 @@ def diverged(last: dict, final: dict, curve: Sequence[dict]) -> Optional[str]:
   return None
 
 
-def summarize(run_dir: str) -> Optional[dict]:
-  """Headline numbers and curves of a finished run (None if no final row)."""
+def summarize(run_dir: str) -> List[dict]:
+  """A finished run's headline numbers and curve, a summary per member (its
+  config, metrics and share of the program's times); [] if no final row."""
   config, rows = record.read_config(run_dir), metrics_log.MetricsLog(
       run_dir).read()
-  final = metrics_log.final_metrics(run_dir)
+  final = metrics_log.final_row(rows)
   if final is None:
-    return None
-  epochs = [r for r in rows if "epoch" in r and "train_loss" in r]
-  return {"run": run_dir, "config": config, "code": record.trained_code(
-      run_dir), "model": config.model, "preset": config.preset,
-          "seed": config.seed, "parameters": final.get("num_params"),
-          **{k: final.get(k) for k in metrics.keys("test")},
-          "epochs": final.get("epochs_run", len(epochs)),
-          "wall_time_s": metrics_log.wall_time(final),
-          "data_time_s": final.get("data_ready_s"),
-          "compile_time_s": final.get("compile_time_s"), "curve": epochs,
-          **{k: metrics_log.median_speed(epochs, k) for k in TIMES[1:]},
-          "member": None, "program_members": 1, "final": final,
-          "diverged": diverged(rows[-1], final, epochs), "last": rows[-1]}
-
-
-def split_members(s: dict) -> List[dict]:
-  """A run as one summary per member (its config, test metrics, curve,
-  divergence and share of the program's times); one member: [s]."""
-  entries = s["final"].get("members") or s["final"].get("replicas")
-  if not entries:
-    return [s]
-  n = len(entries)
-  share = {k: s[k] / n for k in ("wall_time_s", "epoch_time_s",
-                                 "compile_time_s", "data_time_s")
-           if s[k] is not None}
-  share["examples_per_s"] = s["examples_per_s"] and s["examples_per_s"] * n
-  return [{**s, **share, "program_members": n, "config": m.config,
-           "seed": m.seed, "member": m.index, "curve": curve,
-           **{k: entry.get(k) for k in metrics.keys("test")},
-           "diverged": diverged(s["last"], entry, curve)}
-          for m, entry in zip(members_lib.from_config(s["config"]), entries)
-          for curve in [members_lib.member_rows([  # "replicas": older runs'.
-              {**r, "members": r.get("members") or r["replicas"]}
-              for r in s["curve"]], m.index)]]
+    return []
+  # "replicas": older runs' name for the members.
+  entries: list = final.get("members") or final.get("replicas") or []
+  if entries:
+    rows = [{**r, "members": r.get("members") or r.get("replicas")}
+            for r in rows]
+  members = members_lib.from_config(config) if entries else [None]
+  n, chosen = len(members), (final.get("chosen") or {}).get("index")
+  out, code = [], record.trained_code(run_dir)
+  for m in members:
+    own = members_lib.member_rows(rows, m.index) if m else rows
+    end, curve = metrics_log.final_row(own) or {}, metrics_log.epoch_rows(own)
+    times = {"wall_time_s": metrics_log.wall_time(end),
+             "data_time_s": end.get("data_ready_s"),
+             "compile_time_s": end.get("compile_time_s"),
+             **{k: metrics_log.median_speed(curve, k) for k in TIMES[1:]}}
+    out.append({
+        "run": run_dir, "code": code, "model": config.model,
+        "preset": config.preset, "config": m.config if m else config,
+        "seed": m.seed if m else config.seed,
+        "member": m.index if m else None, "program_members": n,
+        "analysed": m is None or m.index == chosen,  # Its analysis/'s.
+        "parameters": end.get("num_params"), "curve": curve,
+        "epochs": end.get("epochs_run", len(curve)),
+        **{k: (entries[m.index] if m else end).get(k)
+           for k in metrics.keys("test")},  # A member's own, None if none.
+        **{k: v if v is None else v * n if k == "examples_per_s" else v / n
+           for k, v in times.items()},  # A member's share of the program's.
+        "diverged": diverged(rows[-1], end, curve)})
+  return out
 
 
 def read_runs(paths: Sequence[str]) -> Tuple[List[dict], list]:
@@ -172,22 +161,14 @@ def read_runs(paths: Sequence[str]) -> Tuple[List[dict], list]:
   for path in paths:
     runs, problem = _runs_in(path)
     skipped += [(path, *problem)] if problem else []
-    for run in runs:
-      if os.path.realpath(run) in seen:
-        continue
+    for run in [r for r in runs if os.path.realpath(r) not in seen]:
       seen.add(os.path.realpath(run))
       try:
-        s = summarize(run)
-        problem = None if s else _left_out(run, True)
-      except UserError:
-        s, problem = None, _left_out(run, False)
-      except KeyError as e:  # A final row another program wrote, or edited.
-        s, problem = None, (f"has a final metrics row without {e.args[0]}",
-                            "compare run folders launch.py wrote")
-      if s is None or problem:
-        skipped.append((run, *(problem or ())))
-      else:
-        summaries += split_members(s)
+        found, error = summarize(run), None
+      except (UserError, KeyError) as e:  # KeyError: another program's row.
+        found, error = [], e
+      summaries += found
+      skipped += [] if found else [(run, *_left_out(run, error))]
   return summaries, skipped
 
 
@@ -219,10 +200,10 @@ def _with_key(summaries: Sequence[dict]) -> List[dict]:
 def sort_key(value) -> tuple:
   """Orders values of any type: None, numbers (and numeric text), tuples
   element-wise, other text."""
-  if value is None or isinstance(value, (tuple, list)):
-    return (0,) if value is None else (2, tuple(map(sort_key, value)))
+  if isinstance(value, (tuple, list)):
+    return (2, tuple(map(sort_key, value)))
   try:
-    return (1, float(value))
+    return (0,) if value is None else (1, float(value))
   except (TypeError, ValueError):
     return (3, str(value))
 
@@ -253,19 +234,27 @@ def _label(groups: List[dict]) -> None:
 
 
 def group(summaries: Sequence[dict]) -> List[dict]:
-  """The runs of each configuration (all but the seed equal) as a group,
-  ordered by the registry, then by the settings that tell them apart."""
-  found: Dict[tuple, List[dict]] = {}
+  """The runs of each configuration (all but the seed equal) as a group, a
+  run a seed (a run folder before a program's member, else the first; the
+  others its `dropped` [(left out, kept)]), ordered by the registry, then by
+  the settings that tell them apart."""
+  found: Dict[tuple, Dict[int, List[dict]]] = {}
   for s in _with_key(summaries):
-    found.setdefault(s["key"], []).append(s)
-  out = [{**{k: runs[0][k] for k in ("model", "preset", "config", "code",
-                                     "parameters")},
-          "runs": runs, "seeds": [s["seed"] for s in runs],
-          "curves": [s["curve"] for s in runs],
-          **{k: [s[k] for s in runs] for k in (
-              *metrics.keys("test"), "epochs", *TIMES, "program_members")}}
-         for runs in (sorted(r, key=lambda s: s["seed"])
-                      for r in found.values())]
+    found.setdefault(s["key"], {}).setdefault(s["seed"], []).append(s)
+  out = []
+  for seeds in found.values():
+    kept = [(next((s for s in same if s["member"] is None), same[0]), same)
+            for _, same in sorted(seeds.items())]
+    runs = [k for k, _ in kept]
+    out.append({**{k: runs[0][k] for k in ("model", "preset", "config", "code",
+                                           "parameters")},
+                "runs": runs, "seeds": [s["seed"] for s in runs],
+                "curves": [s["curve"] for s in runs],
+                "dropped": [(s, k) for k, same in kept for s in same
+                            if s is not k],
+                **{k: [s[k] for s in runs] for k in (
+                    *metrics.keys("test"), "epochs", *TIMES,
+                    "program_members")}})
   _label(out)
   names = list(models.MODELS)
   return sorted(out, key=lambda g: (
@@ -302,12 +291,12 @@ def _notes(groups, dropped, gone, skipped) -> List[str]:
   """comparison.md's paragraphs above its table: what the configurations
   differ in beside their labels, how much one seed's ranking says, shared
   programs, runs left out."""
-  notes = []
-  for what, count in (("epochs", lambda g: g["config"].epochs),
-                      ("seeds", lambda g: len(g["seeds"]))):
-    if len({count(g) for g in groups}) > 1:
-      notes.append(f"The configurations differ in {what}: " + ", ".join(
-          f"{g['label']} {count(g)}" for g in groups) + ".")
+  notes = [f"The configurations differ in {what}: " + ", ".join(
+      f"{g['label']} {n}" for g, n in zip(groups, counts)) + "."
+           for what, counts in (
+               ("epochs", [g["config"].epochs for g in groups]),
+               ("seeds", [len(g["seeds"]) for g in groups]))
+           if len(set(counts)) > 1]
   single = [g["label"] for g in groups if len(g["runs"]) == 1]
   spread = [f"{100 * _mean_std(g['test_accuracy'])[1]:.2f}" for g in groups
             if len(g["runs"]) > 1]
@@ -320,20 +309,19 @@ def _notes(groups, dropped, gone, skipped) -> List[str]:
         "ranking."))
   shared = sorted({(s["run"], s["program_members"]) for g in groups
                    for s in g["runs"] if s["program_members"] > 1})
-  if shared:
-    notes.append(
-        "The members of a --num_seeds or --sweep run trained together, in "
-        "one program: the table gives its time once, \"T (N members, one "
-        "program)\", with no ±; runs.csv, comparison.csv's means and the "
-        "time figure charge each member its share: " + ", ".join(
-            f"{run} ({m} members)" for run, m in shared) + ".")
-  for text, items in (
+  for text, items, sep in (
+      ("The members of a --num_seeds or --sweep run trained together, in "
+       "one program: the table gives its time once, \"T (N members, one "
+       "program)\", with no ±; runs.csv, comparison.csv's means and the "
+       "time figure charge each member its share",
+       [f"{run} ({m} members)" for run, m in shared], ", "),
       ("Diverged, left out of the table, means and plots (runs.csv says "
-       "why)", [f"{where(s)} ({s['diverged']})" for s in gone]),
+       "why)", [f"{where(s)} ({s['diverged']})" for s in gone], "; "),
       ("Counted once (the same configuration and seed)",
-       [f"{where(a)} left out for {where(b)}" for a, b in dropped]),
-      ("Not compared", [f"{f} ({what}; {fix})" for f, what, fix in skipped])):
-    notes += [f"{text}: {'; '.join(items)}."] if items else []
+       [f"{where(a)} left out for {where(b)}" for a, b in dropped], "; "),
+      ("Not compared", [f"{f} ({what}; {fix})" for f, what, fix in skipped],
+       "; ")):
+    notes += [f"{text}: {sep.join(items)}."] if items else []
   return [line for n in notes for line in (n, "")]
 
 
@@ -341,20 +329,18 @@ def write_tables(groups, out, dropped=(), gone=(), skipped=()) -> None:
   """comparison.csv, runs.csv and comparison.md."""
   test, tested = metrics.keys("test"), metrics.of("test")
   span = lambda v: str(min(v)) if min(v) == max(v) else f"{min(v)}-{max(v)}"
-  rows: List[list] = [["model", "preset", "label", "runs", "seeds",
-                       "parameters",
-           *(f"{k}_{s}" for k in test for s in ("mean", "std")), "epochs",
-           "wall_time_s_mean", "wall_time_s_std", "epoch_time_s_mean",
-           "examples_per_s_mean"]]
-  for g in groups:
-    m = {k: _mean_std(g[k]) for k in (*test, *TIMES)}
-    rows.append([g["model"], g["preset"], g["label"], len(g["runs"]),
-                 " ".join(map(str, g["seeds"])), g["parameters"],
-                 *(f"{v:.6f}" for k in test for v in m[k]), span(g["epochs"]),
-                 f"{m['wall_time_s'][0]:.2f}", "" if max(g["program_members"])
-                 > 1 else f"{m['wall_time_s'][1]:.2f}",
-                 f"{m['epoch_time_s'][0]:.3f}", f"{m['examples_per_s'][0]:.0f}"])
-  files.write_csv(os.path.join(out, "comparison.csv"), rows)
+  stats = [{k: _mean_std(g[k]) for k in (*test, *TIMES)} for g in groups]
+  files.write_csv(os.path.join(out, "comparison.csv"), [
+      ["model", "preset", "label", "runs", "seeds", "parameters",
+       *(f"{k}_{s}" for k in test for s in ("mean", "std")), "epochs",
+       "wall_time_s_mean", "wall_time_s_std", "epoch_time_s_mean",
+       "examples_per_s_mean"],
+      *([g["model"], g["preset"], g["label"], len(g["runs"]),
+         " ".join(map(str, g["seeds"])), g["parameters"],
+         *(f"{v:.6f}" for k in test for v in st[k]), span(g["epochs"]),
+         f"{st['wall_time_s'][0]:.2f}", "" if max(g["program_members"]) > 1
+         else f"{st['wall_time_s'][1]:.2f}", f"{st['epoch_time_s'][0]:.3f}",
+         f"{st['examples_per_s'][0]:.0f}"] for g, st in zip(groups, stats))])
   columns = [c.partition(":")[::2] for c in (
       "model preset label seed run member program_members parameters".split()
       + [f"{k}:.6f" for k in test] + "epochs wall_time_s:.2f data_time_s:.2f "
@@ -389,265 +375,11 @@ def write_tables(groups, out, dropped=(), gone=(), skipped=()) -> None:
             *(cell(m, g[f"test_{m.name}"]) for m in tested),
             span(g["epochs"]), _time_cell(g["runs"], "wall_time_s", 1),
             _time_cell(g["runs"], "epoch_time_s", 2),
-            f"{_mean_std(g['examples_per_s'])[0]:,.0f}") for g in groups],
+            f"{st['examples_per_s'][0]:,.0f}") for g, st in zip(groups, stats)],
           "ll" + "r" * (6 + len(tested))), "",
-      *(f"![{name[:-4]}]({name})\n" for name in PLOTS),
+      *(f"![{name[:-4]}]({name})\n" for name in figures.PLOTS),
       "Runs: [runs.csv](runs.csv); table: [comparison.csv](comparison.csv).",
       ""]))
-
-
-# Figures.
-
-def accuracy_floor(values) -> float:
-  """Where an accuracy axis (to 100%) starts: a whole percent, a point below
-  the lowest value, so close runs never fill the whole height."""
-  return max(0.0, float(np.floor(min(values))) - 1.0)
-
-
-def _several(groups) -> bool:
-  return any(len(g["runs"]) > 1 for g in groups)
-
-
-def _distinct(names: Sequence[str], folders: Sequence[str]) -> List[str]:
-  """`names`, each that repeats followed by its folder's name."""
-  return [n + (f" [{os.path.basename(os.path.normpath(f))}]"
-               if list(names).count(n) > 1 else "")
-          for n, f in zip(names, folders)]
-
-
-def group_labels(groups) -> List[str]:
-  return _distinct([g["label"] for g in groups],
-                   [g["runs"][0]["run"] for g in groups])
-
-
-def accuracy_figure(groups):
-  """Test accuracy per configuration: mean bar, std whisker, a dot a seed."""
-  fig, ax = plt.subplots(figsize=(8, 0.55 * len(groups) + 1.6),
-                         layout="constrained")
-  low = accuracy_floor([100 * a for g in groups for a in g["test_accuracy"]])
-  for i, (g, color) in enumerate(zip(groups, plots.palette(len(groups)))):
-    acc = 100 * np.asarray(g["test_accuracy"])
-    std = _mean_std(acc)[1] if len(acc) > 1 else None
-    ax.barh(i, acc.mean() - low, left=low, color=color, alpha=0.75, xerr=std,
-            capsize=4)
-    ax.plot(acc, [i] * len(acc), "k.", ms=6)
-    end = max(acc.max(), acc.mean() + (std or 0.0))
-    room = 100 - end > 0.3 * (100 - low)  # Beside the bar if it fits.
-    ax.text((end if room else low) + 0.015 * (100 - low), i,
-            f"{acc.mean():.2f}%{f' ± {std:.2f}' if std else ''} "
-            f"(n={len(acc)})", va="center", ha="left", fontsize=9)
-  ax.set_xlim(low, 100)
-  ax.set_yticks(range(len(groups)), group_labels(groups))
-  ax.invert_yaxis()
-  ax.set_xlabel(f"Test accuracy (%; axis from {low:g}, a point below the "
-                "lowest run)")
-  ax.grid(axis="x", alpha=0.3)
-  return fig
-
-
-def accuracy_time_figure(groups):
-  """Test accuracy against wall time, a point per configuration."""
-  labels = group_labels(groups)
-  fig, ax = plt.subplots(figsize=(min(6.5 + 0.06 * max(map(len, labels)), 12),
-                                  4.8), layout="constrained")
-  accs = [100 * np.asarray(g["test_accuracy"]) for g in groups]
-  times = [np.asarray(g["wall_time_s"], np.float64) for g in groups]
-  for i, (acc, t, color, label) in enumerate(zip(accs, times, plots.palette(
-      len(groups)), labels)):
-    marker = MARKERS[i % len(MARKERS)]
-    if len(acc) > 1:
-      ax.plot(t, acc, marker, color=color, alpha=0.35, ms=4, ls="none")
-    xerr = _mean_std(t)[1] if len(t) > 1 else None
-    if xerr is not None and t.mean() - xerr <= 0:  # No time at or below 0.
-      xerr = [[t.mean() - t.min()], [xerr]]
-    ax.errorbar(t.mean(), acc.mean(), xerr=xerr, yerr=_mean_std(acc)[1]
-                if len(acc) > 1 else None, fmt=marker, color=color, ms=8,
-                capsize=3, label=label, clip_on=False)
-  low = accuracy_floor(np.concatenate(accs))
-  log = max(map(max, times)) > 10 * min(map(min, times))
-  if log:
-    ax.set_xscale("log")
-    ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-    plots.plain_ticks(ax.xaxis)
-  ax.set(ylim=(low, 100), ylabel=f"Test accuracy (%; from {low:g})",
-         xlabel=WALL_TIME + ("; log scale" if log else "") + (
-             "\nA member of a --num_seeds or --sweep run: its share, the "
-             "run's time / its members" if any(max(g["program_members"]) > 1
-                                               for g in groups) else ""))
-  ax.grid(alpha=0.3, which="both")
-  ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1),
-            borderaxespad=0)
-  return fig
-
-
-def plot_accuracy(groups, path: str) -> str:
-  how = ("bar: mean over seeds, whisker: std, dots: each run"
-         if _several(groups) else "one seed each: no spread shown")
-  return plots.save(accuracy_figure(groups), path,
-                    f"Test accuracy per configuration ({how})")
-
-
-def plot_accuracy_time(groups, path: str) -> str:
-  return plots.save(accuracy_time_figure(groups), path, "Test accuracy "
-                    "against wall time" + (" (mean ± std over seeds)"
-                                           if _several(groups) else ""))
-
-
-def plot_curves(groups, path: str) -> str:
-  seeds = "mean over seeds, a band from min to max; " if _several(
-      groups) else ""
-  return plots.learning_curves(
-      [(label, g["curves"]) for label, g in zip(group_labels(groups), groups)],
-      path, f"Learning curves ({seeds}validation: the model at the epoch's "
-      "end)")
-
-
-# What each configuration learned.
-
-def compare_attributions(results, path: str) -> str:
-  """The same test digits' integrated gradients, a row per run."""
-  n = min(r["grid"] for r in results)
-  said = lambda r, j: r["predicted"][r["shown"][j]]
-  images = [*results[0]["images"][:n], *(
-      m for r in results for m in analysis_plots.diverging(r["ig"][:n]))]
-  titles = [f"#{results[0]['shown'][j]}" for j in range(n)] + [
-      f"pred {r['names'][said(r, j)]}" for r in results for j in range(n)]
-  red = {(i + 1) * n + j for i, r in enumerate(results) for j in range(n)
-         if said(r, j) != r["labels"][r["shown"][j]]}
-  return plots.image_grid(
-      images, titles, red, path, n,
-      ["test image"] + [r["label"] for r in results],
-      "Where each looks: integrated gradients of the same test images to "
-      "each model's predicted class (red for, blue against; each map to its "
-      "own largest |value|; wrong: framed in red)", fontsize=9)
-
-
-# analysis.md's figures: (title, file, draw, a key the runs it shows hold).
-ANALYSIS_FIGURES = (
-    ("How far it must read", "analysis_reading.png", analysis_plots.reading,
-     "reading_accuracy"),
-    ("What breaks it", "analysis_robustness.png", analysis_plots.robustness,
-     None),
-    ("How sure it is", "analysis_reliability.png", analysis_plots.reliability,
-     None),
-    ("What it learned (PCA)", "analysis_pca.png", analysis_plots.maps, None),
-    ("Where it looks", "analysis_attributions.png", compare_attributions,
-     None))
-
-
-def load_analysis(workdir: str) -> Dict[str, object]:
-  """A run folder's analysis, as analysis.analyse returned it (less the
-  features)."""
-  folder = os.path.join(workdir, analysis.FOLDER)
-  with open(os.path.join(folder, analysis.SUMMARY)) as f, \
-      np.load(os.path.join(folder, analysis.ARRAYS)) as a:
-    return {**json.load(f), **a}
-
-
-def analysis_page(folders, page: str, figures: Optional[str] = None,
-                  labels=None, train_s=None, note: str = "") -> str:
-  """Writes `page` (markdown) and its figures into `figures` (default: its
-  folder): the runs' analyses side by side, `note` above them. train_s:
-  each run's wall time. Returns `page`."""
-  results = [load_analysis(folder) for folder in folders]
-  names = _distinct(labels or [f"{r['model']} ({r['preset']})"
-                               for r in results], folders)
-  figures = figures or os.path.dirname(page) or "."
-  os.makedirs(figures, exist_ok=True)
-  rows = []  # report.md's table, with the wall time.
-  for r, name, t in zip(results, names, train_s or [None] * len(results)):
-    r["label"] = name
-    first, *rest = analysis.cells(analysis.summary(r))
-    rows.append([first, ("wall time", "n/a" if t is None else f"{t:.1f} s"),
-                 *rest])
-  link = os.path.relpath(figures, os.path.dirname(page) or ".")
-  drawn = [(title, name if link == "." else f"{link}/{name}")
-           for title, name, draw, key in ANALYSIS_FIGURES
-           if (shown := [r for r in results if key is None or key in r])
-           and draw(shown, os.path.join(figures, name))]
-  files.write_text(page, "\n".join([
-      "# What each model learned", "", *([note, ""] if note else []),
-      *files.table(["model", *(k for k, _ in rows[0])],
-                   [[name, *(v for _, v in cells)]
-                    for name, cells in zip(names, rows)],
-                   "l" + "r" * len(rows[0])), "",
-      analysis.NOTES + " Wall time: the run's (a member's share of its "
-      "program's).", "", *analysis.figure_lines(drawn, "##")]))
-  return page
-
-
-def write_analyses(groups, out: str) -> None:
-  """OUT/analysis.md: each group's first run whose folder's analysis is of
-  it (written now for a folder trained without)."""
-  shown = {}
-  for g in groups:
-    s = next((s for s in g["runs"] if s["run"] not in shown and s["member"] in
-              (None, (s["final"].get("chosen") or {}).get("index"))), None)
-    if s:
-      shown[s["run"]] = (g["label"], s["wall_time_s"])
-  for folder in shown:
-    if not os.path.exists(os.path.join(folder, analysis.FOLDER,
-                                       analysis.SUMMARY)):
-      run = run_lib.load_run(folder)
-      data = pipeline.load(run.config)
-      analysis.write(folder, run, data.test, data.val, data.class_names,
-                     maps=False)
-  labels, times = zip(*shown.values())
-  analysis_page(list(shown), os.path.join(out, ANALYSIS_PAGE), labels=labels,
-                train_s=times, note="One run each: an order in these columns "
-                "is one seed's, which another seed may change; compare "
-                "configurations of several seeds before ranking them."
-                if len(shown) > 1 and not _several(groups) else "")
-
-
-# Training the runs first.
-
-def parse_vary(specs: Sequence[str]) -> Dict[str, list]:
-  """`--vary` specs NAME=V1/V2/... as {setting: [values]}, typed as its
-  flag (`mlp_hidden=256/512,256`: (256,) and (512, 256))."""
-  grid: Dict[str, list] = {}
-  for spec in specs:
-    name, _, listed = (t.strip() for t in spec.partition("="))
-    if name in ("model", "seed", "preset") or name not in config_lib.SETTINGS:
-      raise UserError(
-          f"--vary={spec}: vary a setting other than model, preset and seed "
-          "(--train, --preset and --seeds choose those), e.g. "
-          "--vary=mlp_hidden=256/512")
-    texts = [t.strip() for t in listed.split("/") if t.strip()]
-    if not texts or name in grid:
-      raise UserError(f"--vary={spec}: give each name once, as NAME=V1/V2/...")
-    grid[name] = []
-    for text in texts:
-      try:
-        grid[name].append(config_lib.parse(name, text))  # As its flag reads.
-      except UserError as e:
-        raise UserError(f"--vary={name}: {text!r} is not a value of {name} "
-                        f"({e})") from None
-  return grid
-
-
-def train_runs(names, seeds, runs_root: str, preset: str = "tuned", log=print,
-               stream=None, vary=None, **overrides) -> List[str]:
-  """Trains each model, `vary` combination and seed into runs_root, reusing
-  finished runs; folders MODEL[-NAME=VALUE...]-seedN."""
-  process.setup_process()
-  vary, folders = vary or {}, []
-  for name, values, seed in itertools.product(
-      names, [dict(zip(vary, c)) for c in itertools.product(*vary.values())],
-      seeds):
-    folder = os.path.join(runs_root, "-".join([name] + [
-        f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
-        for k, v in values.items()] + [f"seed{seed}"]))
-    config = models.get_config(name, preset, seed=seed, workdir=folder,
-                               **{**overrides, **values})
-    if os.path.isdir(folder) and record.finished(folder) and not (
-        resume.config_differences(record.read_config(folder), config)):
-      log(f"{folder}: finished before, reused")
-    else:
-      log(f"training {os.path.basename(folder)} in {folder}")
-      modes.train_and_evaluate(config, folder, stream=stream)
-    folders.append(folder)
-  return folders
 
 
 def compare(paths, out: str, log=print, analyses: bool = False,
@@ -656,22 +388,16 @@ def compare(paths, out: str, log=print, analyses: bool = False,
   into `out` (with `analyses`, analysis.md too); returns the groups."""
   summaries, skipped = read_runs(paths)
   gone = [s for s in summaries if s["diverged"]]
-  kept: Dict[tuple, dict] = {}
-  dropped = []  # (left out, kept): a run folder before a member, else first.
-  for s in _with_key([s for s in summaries if not s["diverged"]]):
-    first = kept.setdefault((s["key"], s["seed"]), s)
-    if first is not s:
-      if first["member"] is not None and s["member"] is None:
-        kept[(s["key"], s["seed"])], s = s, first
-      dropped.append((s, kept[(s["key"], s["seed"])]))
-  if not kept and len(skipped) == 1 and not gone:
-    raise UserError("{} {}; {}".format(*skipped[0]))
-  if not kept:
-    raise UserError("no run to compare: " + "; ".join(
-        [f"{f} {what} ({fix})" for f, what, fix in skipped] +
-        [f"{where(s)} {s['diverged']}" for s in gone]) if skipped or gone else
-                    "none of the runs has finished; train them first (python "
-                    "launch.py --model=NAME --workdir=DIR)")
+  groups = group([s for s in summaries if not s["diverged"]])
+  dropped = [pair for g in groups for pair in g["dropped"]]
+  if not groups:
+    why = [f"{f} {what} ({fix})" for f, what, fix in skipped] + [
+        f"{where(s)} {s['diverged']}" for s in gone]
+    raise UserError(
+        "{} {}; {}".format(*skipped[0]) if len(why) == 1 and skipped else
+        "no run to compare: " + "; ".join(why) if why else "none of the runs "
+        "has finished; train them first (python launch.py --model=NAME "
+        "--workdir=DIR)")
   for folder, what, fix in skipped:
     (warn or (lambda line: print(line, file=sys.stderr)))(
         f"skipping {folder}: it {what}; {fix}")
@@ -681,15 +407,14 @@ def compare(paths, out: str, log=print, analyses: bool = False,
   for left, s in dropped:
     log(f"counting one run once: {where(left)} has the configuration and "
         f"seed of {where(s)}; left out for it")
-  groups = group(list(kept.values()))
   os.makedirs(out, exist_ok=True)
   write_tables(groups, out, dropped, gone, skipped)
-  for name, draw in zip(PLOTS, (plot_accuracy, plot_accuracy_time,
-                                plot_curves)):
-    draw(groups, os.path.join(out, name))
+  for name in figures.PLOTS:
+    figures.plot(groups, name, os.path.join(out, name))
   if analyses:
-    write_analyses(groups, out)
-  log(f"compared {len(kept)} runs in {len(groups)} configurations"
+    figures.write_analyses(groups, out)
+  log(f"compared {sum(len(g['runs']) for g in groups)} runs in "
+      f"{len(groups)} configurations"
       f"{f' ({len(dropped)} counted once)' if dropped else ''}; "
       f"table and plots in {out}/comparison.md")
   return groups

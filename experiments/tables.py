@@ -169,11 +169,7 @@ SINGLE_MLP = next(r for r in TUNED if r.model == "mlp")
 
 def run_folders(runs: str) -> List[str]:
   """`runs` if it is a run folder, else the run folders in it (maybe none)."""
-  if os.path.exists(os.path.join(runs, record.CONFIG_FILE)):
-    return [runs]
-  return sorted(os.path.join(runs, d) for d in (
-      os.listdir(runs) if os.path.isdir(runs) else ())
-                if os.path.exists(os.path.join(runs, d, record.CONFIG_FILE)))
+  return [runs] if record.is_run(runs) else record.runs_in(runs)
 
 
 def find(rows: Sequence[Row], runs: str):
@@ -258,6 +254,7 @@ def draw_results(root: str, runs: str, data_flags, log=print) -> None:
   """The figures from the results' run folders: accuracy against time, the
   sweep's sweep.png, the analyses page and (with data) the photo montage."""
   from experiments import compare
+  from experiments import compare_figures
   folders = require(ROWS + (SWEEP,), runs)
   source = os.path.join(folders[SWEEP], "sweep.png")
   try:
@@ -271,9 +268,9 @@ def draw_results(root: str, runs: str, data_flags, log=print) -> None:
   with files.atomic(os.path.join(img, "sweep_mlp.png"), "wb") as f:
     f.write(image)
   tuned = [folders[r] for r in TUNED]
-  compare.plot_accuracy_time(compare.group([compare.summarize(f) or {}
-                                            for f in tuned]),
-                             os.path.join(img, "accuracy_vs_time.png"))
+  name = "accuracy_vs_time.png"
+  groups = compare.group([s for f in tuned for s in compare.summarize(f)])
+  compare_figures.plot(groups, name, os.path.join(img, name))
   log(f"wrote {img}/sweep_mlp.png and accuracy_vs_time.png")
   write_analyses(root, tuned, log)
   if data_flags:
@@ -285,7 +282,7 @@ def draw_results(root: str, runs: str, data_flags, log=print) -> None:
 def write_analyses(root: str, tuned: Sequence[str], log=print) -> None:
   """docs/analyses.md and docs/img/analysis_*.png from the tuned runs (in
   TUNED's order); says which runs hold no analysis instead."""
-  from experiments import compare
+  from experiments import compare_figures
   missing = [f for f in tuned
              if not os.path.isdir(os.path.join(f, "analysis"))]
   if missing:
@@ -294,9 +291,9 @@ def write_analyses(root: str, tuned: Sequence[str], log=print) -> None:
     return
   times = [metrics_log.wall_time(metrics_log.final_metrics(f) or {})
            for f in tuned]
-  compare.analysis_page(tuned, os.path.join(root, "docs", "analyses.md"),
-                        os.path.join(root, "docs", "img"),
-                        [r.model for r in TUNED], times)
+  compare_figures.analysis_page(
+      tuned, os.path.join(root, "docs", "analyses.md"),
+      os.path.join(root, "docs", "img"), [r.model for r in TUNED], times)
   log("wrote docs/analyses.md and docs/img/analysis_*.png")
 
 

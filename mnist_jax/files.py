@@ -6,7 +6,8 @@ import contextlib
 import csv
 import json
 import os
-from typing import IO, Any, Iterator, List, Sequence
+import time
+from typing import IO, Any, Callable, Iterator, List, Sequence
 
 
 @contextlib.contextmanager
@@ -29,6 +30,13 @@ def atomic(path: str, mode: str = "w") -> Iterator[IO]:
     raise
 
 
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"  # config.json's and the lock's times.
+
+
+def now() -> str:
+  return time.strftime(TIME_FORMAT)
+
+
 def write_text(path: str, text: str) -> None:
   with atomic(path) as f:
     f.write(text)
@@ -43,6 +51,15 @@ def write_csv(path: str, rows: Sequence[Sequence[Any]]) -> None:
   """Rows of cells as CSV with "\\n" line ends; the first row is the header."""
   with atomic(path) as f:
     csv.writer(f, lineterminator="\n").writerows(rows)
+
+
+def unique(base: str, taken: Callable[[str], bool]) -> str:
+  """`base`, or `base-2`, `base-3`, ... the first that is not `taken`."""
+  name, n = base, 1
+  while taken(name):
+    n += 1
+    name = f"{base}-{n}"
+  return name
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]],

@@ -14,6 +14,7 @@ from PIL import Image
 import pytest
 
 from experiments import compare
+from experiments import compare_figures
 from mnist_jax import files
 from mnist_jax import models
 from mnist_jax.errors import UserError
@@ -89,7 +90,7 @@ def test_trains_then_compares_each_configuration_over_its_seeds(
   assert float(linear["test_accuracy_mean"]) == pytest.approx(
       np.mean(accuracies), abs=1e-6)
   assert "| linear (seed, --epochs=1) | seed | 2 | 7,850 |" in table
-  for name in compare.PLOTS:
+  for name in compare_figures.PLOTS:
     with Image.open(tmp_path / "out" / name) as image:
       assert image.format == "PNG", name
 
@@ -136,7 +137,7 @@ def test_members_are_runs_charged_their_share_of_the_program(tmp_path):
   assert "10.0; 36.0 (4 members, one program)" in table
   assert f"{program} (4 members)" in table
   assert set(os.listdir(tmp_path / "out")) == {
-      *compare.PLOTS, "comparison.md", "comparison.csv", "runs.csv"}
+      *compare_figures.PLOTS, "comparison.md", "comparison.csv", "runs.csv"}
   assert "comparison/" in open(os.path.join(ROOT, ".gitignore")).read()
 
 
@@ -179,13 +180,13 @@ def test_the_figures_say_what_their_axes_measure(tmp_path):
           _write_run(tmp_path / "b", [0.9], wall=40.0, mlp_hidden=(8,),
                      model="mlp")]
   groups = compare.group(compare.read_runs(runs)[0])
-  ax = compare.accuracy_time_figure(groups).axes[0]
+  ax = compare_figures.accuracy_time_figure(groups).axes[0]
   assert ax.get_xlabel().startswith("Wall time (s; data ready to test "
                                     "metrics, as the README's)")
   assert ax.get_ylim() == (89.0, 100.0)
   assert min(x for c in ax.collections for seg in c.get_segments()
              for x, _ in seg) > 0  # The whisker of 1 s and 20 s.
-  assert compare.accuracy_figure(groups).axes[0].get_xlim() == (89.0, 100.0)
+  assert compare_figures.accuracy_figure(groups).axes[0].get_xlim() == (89.0, 100.0)
 
 
 def _left_out(tmp_path):

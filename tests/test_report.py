@@ -7,18 +7,15 @@ import json
 import os
 import shutil
 
-import jax
 from matplotlib.patches import Rectangle
 import numpy as np
 from PIL import Image
 import pytest
 
 import launch_helpers as lh
-from mnist_jax import files
 from mnist_jax import models
 from mnist_jax import modes
-from mnist_jax.data import datasets
-from mnist_jax.data import pipeline
+from mnist_jax.errors import UserError
 from mnist_jax.results import plots
 from mnist_jax.results import report
 from mnist_jax.results import run
@@ -33,10 +30,12 @@ def _read_csv(path):
 
 
 def test_a_run_leaves_every_report_file_and_its_counts_add_up(tiny_run):
-  """Each file whole (no temporary left), each figure linked in report.md;
-  the confusion matrix's counts sum to the test split, per_class.csv and
-  confused_pairs.csv read from it."""
+  """Each file whole (no temporary left), each figure linked in report.md
+  (no analyses: told not to); the confusion matrix's counts sum to the test
+  split, per_class.csv and confused_pairs.csv read from it."""
   text = open(os.path.join(tiny_run, "report.md")).read()
+  assert "## What the model learned" not in text
+  assert not os.path.exists(os.path.join(tiny_run, "analysis"))
   for name in report.FILES:
     assert os.path.getsize(os.path.join(tiny_run, name)) > 0, name
     if name.endswith(".png"):
@@ -73,10 +72,12 @@ def test_confusion_and_pairs_on_known_labels():
   assert stats["precision"][8] == pytest.approx(1 / 3)
 
 
-def test_noreport_leaves_the_report_to_report_mode(prepared, tmp_path):
+def test_noreport_leaves_the_report_to_report_mode(prepared, tmp_path,
+                                                   capsys):
   """--noreport --notensorboard: the run ends with its metrics and
-  checkpoints, no report file and no event file, and says which mode writes
-  the report; --mode=report then does."""
+  checkpoints, no report file and no event file, and says (then and when
+  run again) which mode writes the report; --mode=report then does, and
+  says whether report.md was missing or incomplete."""
   mnist_dir, data_dir = prepared
   workdir = str(tmp_path / "run")
   config = models.get_config("mlp", "seed", epochs=1, mlp_hidden=(16,),
@@ -91,44 +92,19 @@ def test_noreport_leaves_the_report_to_report_mode(prepared, tmp_path):
               if n in report.FILES or "tfevents" in n]
   final = metrics_log.final_metrics(workdir)
   assert record_lib.finished(workdir) and final
-  # Stopped after its last checkpoint, before its final row: completed.
-  saved = record_lib.read_record(workdir)
-  del saved["finished"]
-  files.write_json(os.path.join(workdir, record_lib.CONFIG_FILE), saved)
-  path = os.path.join(workdir, "metrics.jsonl")
-  files.write_text(path, "".join(json.dumps(r) + "\n" for r in
-                                 metrics_log.read_metrics(path)[:-1]))
-  out = io.StringIO()
-  modes.train_and_evaluate(config, workdir, stream=out)
-  assert f"completing {workdir}: its training ended at epoch 1" in out.getvalue()
-  assert metrics_log.final_metrics(workdir)["test_accuracy"] == final[
-      "test_accuracy"]
   out = io.StringIO()
   modes.train_and_evaluate(config, workdir, stream=out)
   assert "already finished: test accuracy" in out.getvalue()
   assert "; --mode=report writes its report;" in out.getvalue()
-  modes.rewrite_report(workdir, analyses=False)
-  for name in report.FILES:
-    assert os.path.exists(os.path.join(workdir, name)), name
-
-
-@pytest.mark.slow
-def test_report_mode_rewrites_a_finished_run(tiny_run, tmp_path, capsys):
-  workdir = str(tmp_path / "copy")
-  shutil.copytree(tiny_run, workdir)
-  report_md = os.path.join(workdir, "report.md")
-  for gone, said in ((("report.md", "confusion_matrix.png"), "was missing"),
-                     (("mistakes.png",), "was incomplete"), ((), "was rewritten")):
+  for gone, said in (((), "missing"), (("mistakes.png",), "incomplete")):
     for name in gone:
       os.remove(os.path.join(workdir, name))
-    result = modes.rewrite_report(workdir)
+    result = modes.rewrite_report(workdir, analyses=False)
     assert capsys.readouterr().out.rstrip().endswith(
-        f"checkpoint of epoch 1); {report_md} {said}" +
-        (": rebuilt" if gone else ""))
-    assert not [n for n in report.FILES
-                if not os.path.exists(os.path.join(workdir, n))]
-  assert result["accuracy"] == pytest.approx(
-      metrics_log.final_metrics(workdir)["test_accuracy"])
+        f"{workdir}/report.md was {said}: rebuilt")
+    for name in report.FILES:
+      assert os.path.exists(os.path.join(workdir, name)), name
+  assert result["accuracy"] == pytest.approx(final["test_accuracy"])
 
 
 def _epoch(row, e, seconds, **more):
@@ -180,12 +156,15 @@ def test_report_mode_says_what_the_rows_say(tiny_run, tmp_path, capsys, case):
 
 
 @pytest.mark.slow
-def test_a_run_folder_from_another_machine_reads_this_machines_data(
-    tiny_run, prepared, tmp_path, monkeypatch, capsys):
+def test_a_run_folder_from_another_machine_is_reported_here_quietly(
+    tiny_run, prepared, tmp_path):
   """Its config.json names data folders this machine lacks (an absolute
   --data_dir, a --mnist_dir relative to the folder it was trained in):
-  --mode=report reads this machine's default data folder, and makes none of
-  the other's. A relative folder that is here, seen from there, is used."""
+  --mode=report reads this machine's default data folder and makes none of
+  the other's; where HOME cannot be written, matplotlib's config goes
+  without a word (and JAX keeps no compilation cache unless asked): the
+  report's two lines are all it prints. A relative folder that is here,
+  seen from there, is used."""
   workdir = str(tmp_path / "moved")
   shutil.copytree(tiny_run, workdir)
   path = os.path.join(workdir, record_lib.CONFIG_FILE)
@@ -200,12 +179,13 @@ def test_a_run_folder_from_another_machine_reads_this_machines_data(
 
   gone = tmp_path / "other_machine"
   trained_in(gone / "repo", data_dir=str(gone / "tfds"), mnist_dir="../mnist")
-  monkeypatch.setenv("TFDS_DATA_DIR", prepared[1])
-  assert run.load_run(workdir).config.data_dir is None
-  result = modes.rewrite_report(workdir)
-  assert result["accuracy"] == pytest.approx(
-      metrics_log.final_metrics(workdir)["test_accuracy"])
-  assert "was rewritten" in capsys.readouterr().out
+  rc, out, err = lh.run(["--mode=report", f"--workdir={workdir}"],
+                        TFDS_DATA_DIR=prepared[1], HOME="/proc/self",
+                        XDG_CONFIG_HOME="", XDG_CACHE_HOME="", MPLCONFIGDIR="",
+                        JAX_COMPILATION_CACHE_DIR="")  # As by default.
+  assert rc == 0 and err == "" and "was rewritten" in out, err
+  lines = out.splitlines()  # What it does, then its result.
+  assert len(lines) == 2 and lines[1].startswith("test accuracy "), out
   assert not gone.exists()
   mnist_dir = prepared[0]
   trained_in(os.path.dirname(mnist_dir), mnist_dir=os.path.basename(mnist_dir))
@@ -213,65 +193,19 @@ def test_a_run_folder_from_another_machine_reads_this_machines_data(
   assert record_lib.used_config(workdir, mnist_dir="x").mnist_dir == "x"
 
 
-@pytest.mark.parametrize("runs", [0, 2])
-def test_report_mode_on_a_folder_without_a_run_says_so_in_one_line(tmp_path,
-                                                                   runs):
-  """Exit status 1; a folder of runs: pass one, the newest named."""
-  for name, age in (("mlp-old", 100), ("cnn-new", 0))[:runs]:
+def test_a_folder_of_runs_passed_as_a_run_names_the_newest(tmp_path):
+  """The refusal of a folder without config.json (test_refusals.py: one
+  line, exit status 1) goes on, where the folder holds runs, to name one."""
+  for name, age in (("mlp-old", 100), ("cnn-new", 0)):
     os.makedirs(tmp_path / name)
     (tmp_path / name / "config.json").write_text("{}")
     os.utime(tmp_path / name / "config.json", (1e9 - age, 1e9 - age))
-  rc, out, err = lh.run(["--mode=report", f"--workdir={tmp_path}"])
-  said = (f"error: {tmp_path}/config.json does not exist: --workdir must be a "
-          "run folder written by launch.py")
-  assert (rc, out) == (1, "") and err.splitlines()[0].startswith(said), err
-  assert err.splitlines() == [said + (
-      f"; {tmp_path} holds 2 run folder(s): pass one, e.g. "
-      f"--workdir={tmp_path}/cnn-new (the newest)" if runs else "")]
-
-
-@pytest.mark.slow
-def test_a_read_only_home_gets_no_warnings(tiny_run, prepared, tmp_path):
-  """Where HOME cannot be written, matplotlib's config goes without a word
-  (and JAX keeps no compilation cache unless asked): the report's line is
-  all that is printed."""
-  workdir = str(tmp_path / "run")
-  shutil.copytree(tiny_run, workdir)
-  rc, out, err = lh.run(["--mode=report", f"--workdir={workdir}",
-                         f"--data_dir={prepared[1]}"], HOME="/proc/self",
-                        XDG_CONFIG_HOME="", XDG_CACHE_HOME="", MPLCONFIGDIR="",
-                        JAX_COMPILATION_CACHE_DIR="")  # As by default.
-  assert rc == 0 and out.splitlines()[-1].startswith("test accuracy "), err
-  assert len(out.splitlines()) == 2 and err == ""  # What it does, then that.
-
-
-# A dataset of colour images, declared here (in kmnist's place: --dataset's
-# choices are read when config.py is imported): 12x10, class c lit in
-# channel c.
-COLOUR = datasets.DatasetInfo("kmnist", "1.0.0", "", ("red", "green", "blue"),
-                              (12, 10, 3))  # Colour bars, 3 classes.
-
-
-def test_a_colour_datasets_run_is_drawn_in_colour(tmp_path, monkeypatch):
-  """The report's figures and the analyses draw its images in their
-  colours (predict and the page: test_everyday_changes.py)."""
-  monkeypatch.setitem(datasets.DATASETS, COLOUR.name, COLOUR)
-  config = models.get_config("cnn", "seed", dataset=COLOUR.name,
-                             cnn_features=(4,), cnn_dense=8)
-  module = models.get("cnn").stock(config)
-  variables = module.init(jax.random.key(0), np.zeros((1, 12, 10, 3)))
-  colour = run.Run(config, module, variables, 0, seed_variables=jax.tree.map(
-      lambda v: np.asarray(v)[None], variables))
-  labels = np.arange(60) % 3
-  images = np.zeros((60, 12, 10, 3), np.uint8)
-  images[np.arange(60), 2:10, 2:8, labels] = 255
-  report.write(str(tmp_path), colour, pipeline.Split(images[:40], labels[:40]),
-               val=pipeline.Split(images[40:], labels[40:]))
-  for name in ("predictions.png", "analysis/attributions.png"):
-    pixels = np.asarray(Image.open(tmp_path / name).convert("RGB"), int)
-    green = (pixels[..., 1] > 200) & (pixels[..., [0, 2]] < 60).all(-1)
-    assert green.sum() > 20, name  # Class 1's digits.
-  assert colour.predict(images[:5]).shape == (5,)
+  with pytest.raises(UserError) as e:
+    run.load_run(str(tmp_path))
+  assert str(e.value) == (
+      f"{tmp_path}/config.json does not exist: --workdir must be a run "
+      f"folder written by launch.py; {tmp_path} holds 2 run folder(s): pass "
+      f"one, e.g. --workdir={tmp_path}/cnn-new (the newest)")
 
 
 def _bars(ax):

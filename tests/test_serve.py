@@ -1,19 +1,23 @@
-"""--mode=serve (results/serve.py): the page's answers on tiny synthetic runs,
-as predict and the analyses compute them; what it refuses; a burst of
-requests; launch.py's command, and its Ctrl-C."""
+"""--mode=serve (results/serve.py): the page's answers, as predict and the
+analyses compute them; every request answered, hostile ones in the page's
+one-line JSON, while the server keeps serving; images too big to decode; the
+run folders it serves; launch.py's command and its signals."""
 
 import concurrent.futures
 import contextlib
-import http.client
 import io
 import json
 import os
 import re
 import shutil
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
+import time
+import zlib
 
 import jax
 import numpy as np
@@ -30,28 +34,284 @@ from mnist_jax.results import analysis
 from mnist_jax.results import run as run_lib
 from mnist_jax.results import serve
 
+HUGE = 13000  # A side whose RGBA image is 676 MB decoded.
 
-def _seven(size=280):
-  """A 7 drawn on the page's pad: white ink on black, as a PNG's bytes."""
+
+def _png(picture, kind="PNG"):
+  out = io.BytesIO()
+  picture.save(out, kind)
+  return out.getvalue()
+
+
+def _seven(size=280, kind="PNG"):
+  """A 7 drawn on the page's pad, white ink on black: the file's bytes."""
   pad = Image.new("L", (size, size), 0)
   s = size / 280
   ImageDraw.Draw(pad).line([(60 * s, 60 * s), (220 * s, 60 * s),
                             (120 * s, 240 * s)], fill=255, width=round(20 * s))
-  out = io.BytesIO()
-  pad.save(out, "PNG")
-  return out.getvalue()
+  return _png(pad, kind)
 
 
-def _rnn():
-  """A one-layer SimpleRNN of 8 units with drawn weights: a synthetic model
-  that reads row by row (as serve.Model wraps a run)."""
-  config = models.get_config("rnn", "seed", hidden=8)
-  module = models.get("rnn").stock(config)
+def _dot():
+  """A dot on the page's pad."""
+  dot = Image.new("L", (280, 280))
+  ImageDraw.Draw(dot).ellipse((130, 130, 150, 150), fill=255)
+  return _png(dot)
+
+
+def _declared(width, height):
+  """An RGBA PNG that declares width x height pixels and holds a row of
+  them: decoded, it would take 4 * width * height bytes."""
+  def chunk(kind, data):
+    return (struct.pack(">I", len(data)) + kind + data +
+            struct.pack(">I", zlib.crc32(kind + data)))
+  header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
+  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) +
+          chunk(b"IDAT", zlib.compress(bytes(9))) + chunk(b"IEND", b""))
+
+
+def _model(name, **settings):
+  """serve.Model of a seed-preset model with drawn weights, warmed up as
+  serve.load warms a run up."""
+  config = models.get_config(name, "seed", **settings)
+  module = models.get(name).stock(config)
   variables = jax.device_get(module.init(jax.random.key(0),
                                          np.zeros((1, 28, 28, 1), np.float32)))
   stacked = jax.tree.map(lambda v: np.asarray(v)[None], variables)
-  return serve.Model("rnn", run_lib.Run(config, module, variables, 0,
+  model = serve.Model(name, run_lib.Run(config, module, variables, 0,
                                         seed_variables=stacked))
+  model.result(model.start(np.zeros(model.shape)))
+  return model
+
+
+@contextlib.contextmanager
+def _serving(loaded):
+  """The page's server for `loaded` on a free port, in a thread: it."""
+  srv = serve.Server(("127.0.0.1", 0), loaded)
+  threading.Thread(target=srv.serve_forever, daemon=True).start()
+  try:
+    yield srv
+  finally:
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture(scope="module")
+def port():
+  """The page's server for one linear model: its port."""
+  with _serving([_model("linear")]) as srv:
+    yield srv.server_address[1]
+
+
+def _raw(port, data: bytes, read=True, reset=False):
+  """Sends `data` on a fresh connection; returns (status, headers, body)
+  of the answer (None where the client leaves at once: `read` false, or
+  `reset` to leave with a reset, not a close)."""
+  with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+    if reset:
+      s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    try:
+      s.sendall(data)
+    except ConnectionError:  # The server answered and closed first.
+      pass
+    if not read:
+      return None
+    s.shutdown(socket.SHUT_WR)
+    got = b""
+    with contextlib.suppress(ConnectionError):
+      while part := s.recv(65536):
+        got += part
+  head, _, body = got.partition(b"\r\n\r\n")
+  lines = head.decode("latin-1").split("\r\n")
+  headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+  return int(lines[0].split()[1]), headers, body
+
+
+def _get(path):
+  return f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+
+
+def _post(body: bytes, length=None, path="/predict") -> bytes:
+  """A POST's bytes, with `length` as its Content-Length (default: true)."""
+  return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: "
+          f"{len(body) if length is None else length}\r\n"
+          "Connection: close\r\n\r\n").encode() + body
+
+
+def _read(name):
+  with open(os.path.join(serve.PAGE, name), "rb") as f:
+    return f.read()
+
+
+PAGE_FILES = {n: _read(n) for n in sorted(os.listdir(serve.PAGE))}
+SEVEN = _seven()
+NOISE = np.random.default_rng(0).integers(0, 256, 5000, np.uint8).tobytes()
+SIDE = int(serve.MAX_PIXELS ** 0.5)  # The largest taken; transparent: blank.
+OTHERS = "this page answers GET of its files and POST /predict"
+REQUESTS = [  # (its bytes, the answer's status, what the answer says).
+    *[(_get(f"/{n}"), 200, data) for n, data in PAGE_FILES.items()],
+    (_get("/"), 200, PAGE_FILES["index.html"]),
+    *[(_get(p), 404, "not part of this page") for p in (
+        "/../serve.py", "/page/../serve.py", "/%2e%2e/serve.py",
+        "/..%2fserve.py", "//etc/passwd", "/etc/passwd", "/page.js/",
+        "/index.html/../../run.py", "/.", "/serve.py", "/page/index.html")],
+    (b"GARBAGE\r\n\r\n", 400, OTHERS), (b"GET / HTTP/x\r\n\r\n", 400, OTHERS),
+    (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 414, OTHERS),
+    (b"GET / HTTP/1.1\r\nX: " + b"a" * 70000 + b"\r\n\r\n", 431, OTHERS),
+    (b"GET / HTTP/1.1\r\n" + b"X: a\r\n" * 101 + b"\r\n", 431, OTHERS),
+    (b"PUT / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 501, OTHERS),
+    (b"DELETE /runs HTTP/1.1\r\n\r\n", 501, OTHERS),
+    (b"GET / HTTP/2.0\r\n\r\n", 505, OTHERS),
+    (_post(b"x", length="many"), 411, "with its length"),
+    (_post(SEVEN, length=-5), 411, "with its length"),
+    # Refused by its length, before it is read.
+    (_post(b"x" * 999, length=serve.MAX_BODY + 1), 413, "MB, over the"),
+    (_post(b""), 400, "empty"), (_post(b"not an image"), 400, "not an image"),
+    (_post(SEVEN[:100]), 400, "cannot be read"), (_post(NOISE), 400, ""),
+    (_post(_png(Image.new("L", (64, 64), 255))), 400, "no digit"),
+    (_post(_png(Image.new("RGBA", (SIDE, SIDE)))), 400, "no digit"),
+    (_post(_declared(HUGE, HUGE)), 400, f"{HUGE}x{HUGE} pixels"),
+    (_post(_declared(2 ** 31 - 1, 2 ** 31 - 1)), 400, "too large"),
+    (_post(SEVEN, length=len(SEVEN) + 10)[:-10], 400, "ended after"),
+    (_post(SEVEN, length=len(SEVEN) // 2), None, None),  # Lies, sends more.
+    (_post(SEVEN, path="/runs"), 404, "takes no uploads"),
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + NOISE[:200], 400, ""),
+    (b"GET / HTTP/1.1\r\n" + NOISE + b"\r\n\r\n", None, None),
+    (_post(_dot()), 200, images.NO_DIGIT), (_post(SEVEN), 200, None),
+    (_post(_seven(1200, "JPEG")), 200, None)]
+
+
+@pytest.mark.parametrize("at_once", [
+    1, pytest.param(50, marks=pytest.mark.slow)])
+def test_every_request_is_answered_and_the_server_keeps_serving(port, capfd,
+                                                                at_once):
+  """Only the page's files are served; every other answer, however hostile
+  the request, is one line of JSON naming why, and the same image's answer
+  is the same. Then each request twice more (`at_once` at a time), every
+  fifth client leaving as it sends (a close or a reset: no error). Nothing
+  is printed, and the server answers a drawing after."""
+  first = {}
+
+  def one(i):
+    request, status, says = REQUESTS[i % len(REQUESTS)]
+    if i >= len(REQUESTS) and i % 5 == 4:
+      return _raw(port, request, read=False, reset=i % 2 == 0)
+    got, headers, body = answer = _raw(port, request)
+    assert status is None or got == status, (request[:60], answer)
+    if isinstance(says, bytes):
+      assert body == says
+    elif got != 200:
+      assert headers["Content-Type"].startswith("application/json"), answer
+      assert body.count(b"\n") == 0 and got >= 400, answer
+      assert (says or "") in json.loads(body)["error"], answer
+    elif request.startswith(b"POST"):
+      a = json.loads(body)
+      assert a["note"] == says and len(a["runs"]) == 1, a
+      assert first.setdefault(i % len(REQUESTS), (a["input"], a["runs"][0][
+          "top"])) == (a["input"], a["runs"][0]["top"])
+
+  for i in range(len(REQUESTS)):
+    one(i)
+  with concurrent.futures.ThreadPoolExecutor(at_once) as pool:
+    list(pool.map(one, range(len(REQUESTS), 3 * len(REQUESTS))))
+  one(REQUESTS.index((_post(SEVEN), 200, None)))
+  end = time.monotonic() + 30  # Each of the server's threads done.
+  while time.monotonic() < end and any(
+      "process_request" in t.name for t in threading.enumerate()):
+    time.sleep(0.02)
+  assert capfd.readouterr().err == ""
+
+
+def _peak_mb(fn):
+  """MB this process's resident memory peaked above its level at the call."""
+  def field(name):
+    with open("/proc/self/status") as f:
+      return int(next(l for l in f if l.startswith(name + ":")).split()[1])
+  idle = field("VmRSS")
+  with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # The high-water mark starts again from here.
+  fn()
+  return (field("VmHWM") - idle) / 1024
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"),
+                    reason="reads Linux's /proc for the peak memory")
+def test_an_image_over_max_pixels_is_never_decoded_whole():
+  """A PNG is refused before it is decoded (676 MB, were it decoded); a
+  JPEG decodes at a reduced scale (its DCT's), the same 7 as a drawing."""
+  def refuse():
+    with pytest.raises(images.ImageError, match=f"{HUGE}x{HUGE} pixels"):
+      images.load(io.BytesIO(_declared(HUGE, HUGE)), name="the upload",
+                  max_pixels=serve.MAX_PIXELS)
+  assert _peak_mb(refuse) < 50
+  photo = _seven(5000, "JPEG")  # 25 million pixels.
+  wide = _png(Image.new("L", (16000, 1200)), "JPEG")  # A panorama.
+  for data, size in ((photo, (2500, 2500)), (wide, (4000, 300))):
+    with images.open_image(io.BytesIO(data), "a photo",
+                           serve.MAX_PIXELS) as image:
+      assert image.size == size
+  drafted = images.load(io.BytesIO(photo), name="a photo",
+                        max_pixels=serve.MAX_PIXELS)
+  small = images.load(io.BytesIO(SEVEN), name="a drawing")
+  assert np.abs(drafted.astype(int) - small).mean() < 12
+
+
+def test_the_page_reaches_for_no_other_host():
+  """Each file the page names is one the server serves, and no script or
+  style reaches for another host: it works offline."""
+  named = re.findall(r'(?:src|href)="([^"]*)"',
+                     PAGE_FILES["index.html"].decode())
+  assert named and all(f"/{n}" in serve.FILES for n in named), named
+  for name, data in PAGE_FILES.items():
+    assert not re.search(rb"https?:|//[a-z]|@import|url\(", data), name
+
+
+def test_a_folder_of_runs_is_each_of_them_a_damaged_one_skipped(
+    tiny_run, tmp_path, capsys):
+  """A run that cannot be loaded is skipped in one line and the others
+  served; where none can be, the first's error (launch.py: one line, exit
+  status 1)."""
+  runs = tmp_path / "runs"
+  for name in ("a", "b", "c"):
+    shutil.copytree(tiny_run, runs / name)
+  assert serve.run_folders([str(runs), tiny_run]) == [
+      *(str(runs / n) for n in "abc"), tiny_run]
+  (runs / "b" / "config.json").write_text("{ damaged")
+  shutil.rmtree(runs / "c" / "checkpoints")
+  assert [m.name for m in serve.load([str(runs)])] == ["a"]
+  lines = capsys.readouterr().err.splitlines()
+  assert len(lines) == 2 and all(
+      line.startswith(f"warning: skipped {runs / n}, serving the others: ")
+      for line, n in zip(lines, "bc")), lines
+  shutil.rmtree(runs / "a")
+  with pytest.raises(UserError, match="config.json"):  # b's.
+    serve.load([str(runs)])
+  assert serve.run_folders([str(tmp_path)]) == [str(tmp_path)]
+  with pytest.raises(UserError, match="config.json does not exist"):
+    serve.load([str(tmp_path)])
+
+
+def test_a_run_deleted_while_served_is_noted_and_not_answered(tiny_run,
+                                                                tmp_path,
+                                                                capsys):
+  """Its card says so from the next answer on, the server says so once, and
+  the other runs still answer."""
+  gone, kept = str(tmp_path / "gone"), str(tmp_path / "kept")
+  for folder in (gone, kept):
+    shutil.copytree(tiny_run, folder)
+  page = serve.Server(("127.0.0.1", 0), serve.load([gone, kept]))
+  try:
+    assert all("top" in r for r in page.answer(SEVEN)["runs"])
+    shutil.rmtree(gone)
+    for _ in range(2):
+      first, second = page.answer(SEVEN)["runs"]
+      assert first == {"name": "gone", "gone": (
+          f"{gone} was deleted: this page no longer answers for it (start "
+          "the page again to drop its card)")}
+      assert "top" in second
+  finally:
+    page.server_close()
+  assert capsys.readouterr().err.count(f"warning: {gone} was deleted") == 1
 
 
 @pytest.fixture(scope="module")
@@ -65,57 +325,39 @@ def analysed_run(tiny_run, prepared, tmp_path_factory):
   return folder
 
 
-@pytest.fixture(scope="module")
-def server(analysed_run):
-  """The page's server on a free port for the MLP run folder and a synthetic
-  RNN: (server, port)."""
-  rnn = _rnn()
-  rnn.result(rnn.start(np.zeros(rnn.shape)))  # As serve.load warms up.
-  srv = serve.Server(("127.0.0.1", 0), serve.load([analysed_run]) + [rnn])
-  thread = threading.Thread(target=srv.serve_forever, daemon=True)
-  thread.start()
-  yield srv, srv.server_address[1]
-  srv.shutdown()
-  srv.server_close()
-
-
-def _ask(port, method, path, body=None, headers=None):
-  """(status, JSON or bytes) of one request on a fresh connection."""
-  connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-  try:
-    connection.request(method, path, body, headers or {})
-    response = connection.getresponse()
-    data = response.read()
-    kind = response.getheader("Content-Type", "")
-    return response.status, json.loads(data) if "json" in kind else data
-  finally:
-    connection.close()
+def _ask(port, method, path, body=b""):
+  status, headers, data = _raw(port, (
+      f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}"
+      "\r\nConnection: close\r\n\r\n").encode() + body)
+  assert status == 200 and "json" in headers["Content-Type"], data
+  return json.loads(data)
 
 
 @pytest.mark.slow
-def test_each_run_answers_as_predict_and_the_analyses_would(server, tmp_path,
-                                                            analysed_run):
+def test_each_run_answers_as_predict_and_the_analyses_would(analysed_run,
+                                                            tmp_path):
   """/runs: each run's card (its title names the settings it changed from
   its preset, a recurrent run's the unit it reads in) and the test digits
   its analyses kept; /predict: each run's answer, attribution and reading."""
-  srv, port = server
-  status, about = _ask(port, "GET", "/runs")
-  assert status == 200
+  with _serving(serve.load([analysed_run]) + [_model("rnn", hidden=8)]) as srv:
+    port = srv.server_address[1]
+    about = _ask(port, "GET", "/runs")
+    answer = _ask(port, "POST", "/predict?x=1", SEVEN)
   assert [(r["name"], r["unit"]) for r in about["runs"]] == [
       ("mlp", None), ("rnn", ["row", "rows"])]
-  assert [r["title"] for r in about["runs"]][1] == "rnn (seed, --hidden=8)"
+  assert about["runs"][1]["title"] == "rnn (seed, --hidden=8)"
   assert "--mlp_hidden=16" in about["runs"][0]["title"]
   assert "dir=" not in about["runs"][0]["title"]  # Not where files went.
-  with np.load(os.path.join(analysed_run, analysis.FOLDER, analysis.ARRAYS)) as a:
+  with np.load(os.path.join(analysed_run, analysis.FOLDER,
+                            analysis.ARRAYS)) as a:
     kept, labels = a["images"], a["labels"][a["shown"]]
   assert len(about["digits"]) == min(serve.DIGITS, len(kept))
   for d, image, label in zip(about["digits"], kept, labels):
     assert d["pixels"] == image.ravel().tolist() and d["label"] == str(label)
 
   path = tmp_path / "seven.png"
-  path.write_bytes(_seven())
-  status, answer = _ask(port, "POST", "/predict?x=1", _seven())
-  assert status == 200 and answer["note"] is None, answer
+  path.write_bytes(SEVEN)
+  assert answer["note"] is None, answer
   seen = images.load(str(path))  # --mode=predict's preprocessing.
   np.testing.assert_array_equal(answer["input"], seen)
   assert [r["name"] for r in answer["runs"]] == ["mlp", "rnn"]
@@ -124,8 +366,7 @@ def test_each_run_answers_as_predict_and_the_analyses_would(server, tmp_path,
     np.testing.assert_allclose(r["probabilities"], predicted.probabilities,
                                atol=6e-5)  # Both rounded: one evaluation.
     assert r["top"] == predicted.digit and r["class"] == predicted.name
-    module = models.get(model.run.config.model).stock(model.run.config)
-    ig = analysis.attributions(module, model.run.variables,
+    ig = analysis.attributions(model.module, model.run.variables,
                                seen[None], [r["top"]])
     if ig["ig_steps"] == analysis.IG_STEPS:  # The analyses' first try.
       np.testing.assert_allclose(r["attribution"], ig["ig"][0, ..., 0],
@@ -133,10 +374,10 @@ def test_each_run_answers_as_predict_and_the_analyses_would(server, tmp_path,
     # Integrated gradients add up to logit(x) - logit(black).
     assert abs(np.sum(r["attribution"]) - ig["logit_difference"][0]) <= (
         0.05 * abs(ig["logit_difference"][0]) + 1e-2)
-    reads = analysis.reading_of(module, model.shape)
-    if reads:  # Declared, not named: the RNN.
-      _, _, steps = analysis.forward(module, model.run.variables,
-                                     seen[None].astype(np.float32), reads.every)
+    if model.reads:  # Declared, not named: the RNN.
+      _, _, steps = analysis.forward(model.module, model.run.variables,
+                                     seen[None].astype(np.float32),
+                                     model.reads.every)
       reading = np.asarray(r["reading"])
       assert reading.shape == (28, 10)
       np.testing.assert_allclose(reading, jax.nn.softmax(steps[0]), atol=2e-3)
@@ -147,102 +388,13 @@ def test_each_run_answers_as_predict_and_the_analyses_would(server, tmp_path,
   assert {r["name"] for r in answer["runs"] if r["reading"]} == {"rnn"}
 
 
-def _png(picture):
-  out = io.BytesIO()
-  picture.save(out, "PNG")
-  return out.getvalue()
-
-
-def _dot():
-  """A dot on the page's pad."""
-  dot = Image.new("L", (280, 280))
-  ImageDraw.Draw(dot).ellipse((130, 130, 150, 150), fill=255)
-  return _png(dot)
-
-
-PAGE = os.path.join(os.path.dirname(serve.__file__), "page")
-
-
-def _file(name):
-  with open(os.path.join(PAGE, name), "rb") as f:
-    return f.read()
-
-
-GET_ELSEWHERE = ("/../serve.py", "/page/../serve.py", "/%2e%2e/serve.py",
-                 "/..%2fserve.py", "//etc/passwd", "/etc/passwd",
-                 "/index.html/../../run.py", "/../../../../etc/passwd",
-                 "/page.js/", "/.", "/serve.py", "/page/index.html")
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("method,path,body,status,says", [
-    *[("GET", f"/{n}", None, 200, _file(n)) for n in sorted(os.listdir(PAGE))],
-    ("GET", "/", None, 200, _file("index.html")),
-    *[("GET", p, None, 404, "not part of this page") for p in GET_ELSEWHERE],
-    ("POST", "/predict", b"not an image", 400, "not an image"),
-    ("POST", "/predict", b"", 400, "empty"),
-    ("POST", "/predict", _png(Image.new("L", (64, 64), 255)), 400, "no digit"),
-    ("POST", "/predict", _seven()[:100], 400, "cannot be read"),
-    ("POST", "/predict", _dot(), 200, images.NO_DIGIT),
-    # A body over the limit is refused by its length, before it is read.
-    ("POST", "/predict", serve.MAX_BODY + 1, 413, "MB, over the"),
-    ("POST", "/predict", _seven() + bytes(1000), 413, "over the"),  # MAX_BODY=1000.
-    ("POST", "/runs", b"x", 404, "takes no uploads"),
-], ids=lambda v: v if isinstance(v, str) and len(v) < 30 else None)
-def test_each_request_gets_its_answer_and_the_server_keeps_serving(
-    server, monkeypatch, method, path, body, status, says):
-  """Only the page's files are served; each refusal is JSON naming why."""
-  _, port = server
-  if isinstance(body, int):
-    got, answer = _ask(port, method, path, None, {"Content-Length": str(body)})
-  else:
-    if body and len(body) > 1000 and status == 413:
-      monkeypatch.setattr(serve, "MAX_BODY", 1000)
-    got, answer = _ask(port, method, path, body)
-  assert got == status, answer
-  if isinstance(says, bytes):
-    assert answer == says
-  else:
-    assert says in (answer.get("error") or answer.get("note")), answer
-  monkeypatch.undo()
-  assert _ask(port, "POST", "/predict", _seven())[0] == 200
-
-
-def test_a_folder_of_runs_is_each_of_them_and_the_page_is_offline(tiny_run,
-                                                                  tmp_path):
-  """Offline: each file the page names is one the server serves, and no
-  script or style reaches for another host."""
-  assert serve.run_folders([os.path.dirname(tiny_run), tiny_run]) == [
-      tiny_run, tiny_run]
-  assert serve.run_folders([str(tmp_path)]) == [str(tmp_path)]
-  with pytest.raises(UserError, match="config.json does not exist"):
-    serve.load([str(tmp_path)])  # launch.py: one line, exit status 1.
-  named = re.findall(r'(?:src|href)="([^"]*)"', _file("index.html").decode())
-  assert named and all(f"/{n}" in serve.FILES for n in named), named
-  for name in os.listdir(PAGE):
-    assert not re.search(rb"https?:|//[a-z]|@import|url\(", _file(name)), name
-
-
-@pytest.mark.slow
-def test_fifty_requests_at_once_are_each_answered(server):
-  _, port = server
-  first = _ask(port, "POST", "/predict", _seven())[1]
-  pictures = [_seven(), _seven(140)]
-  with concurrent.futures.ThreadPoolExecutor(50) as pool:
-    got = list(pool.map(lambda i: _ask(port, "POST", "/predict",
-                                       pictures[i % 2]), range(50)))
-  assert [s for s, _ in got] == [200] * 50
-  assert all(a["runs"][0]["top"] == first["runs"][0]["top"] and
-             a["input"] == first["input"] for _, a in got[::2])
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("host,signum", [("127.0.0.1", signal.SIGINT),
                                          ("0.0.0.0", signal.SIGTERM)])
 def test_launch_serves_prints_the_address_and_stops_on_a_signal_in_one_line(
     tiny_run, host, signum):
-  """Ctrl-C exits 130 and SIGTERM 143, as the README's table says; an address
-  other than loopback says first that the page is reachable."""
+  """It prints the page's address; Ctrl-C exits 130 and SIGTERM 143, as the
+  README's table says, after a line (which: the test below)."""
   p = subprocess.Popen([sys.executable, "launch.py", "--mode=serve",
                         f"--workdir={tiny_run}", f"--host={host}"], cwd=ROOT,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -252,37 +404,28 @@ def test_launch_serves_prints_the_address_and_stops_on_a_signal_in_one_line(
     assert "serving 1 run(s)" in line and f"http://{host}:" in line, (
         line + p.stderr.read())
     port = int(line.split(f"http://{host}:")[1].split("/")[0])
-    assert _ask(port, "GET", "/")[0] == 200
+    assert _raw(port, _get("/"))[0] == 200
     p.send_signal(signum)
     out, err = p.communicate(timeout=30)
   finally:
     if p.poll() is None:
       p.kill()
-  lines = err.strip().splitlines()
-  assert lines[-1] == "stopped serving", err
-  assert len(lines) == 1 + (host != "127.0.0.1"), err
-  assert host == "127.0.0.1" or "reachable from the network" in lines[0]
+  assert err.strip().splitlines()[-1] == "stopped serving", err
   assert p.returncode == 128 + signum
 
 
-def test_a_run_deleted_while_served_is_noted_and_not_answered(tiny_run,
-                                                                tmp_path,
-                                                                capsys):
-  """Its card says so from the next answer on, the server says so once, and
-  the other runs still answer."""
-  gone, kept = str(tmp_path / "gone"), str(tmp_path / "kept")
-  for folder in (gone, kept):
-    shutil.copytree(tiny_run, folder)
-  page = serve.Server(("127.0.0.1", 0), serve.load([gone, kept]))
-  try:
-    assert all("top" in r for r in page.answer(_seven())["runs"])
-    shutil.rmtree(gone)
-    for _ in range(2):
-      first, second = page.answer(_seven())["runs"]
-      assert first == {"name": "gone", "gone": (
-          f"{gone} was deleted: this page no longer answers for it (start "
-          "the page again to drop its card)")}
-      assert "top" in second
-  finally:
-    page.server_close()
-  assert capsys.readouterr().err.count(f"warning: {gone} was deleted") == 1
+def test_serve_main_says_when_the_page_is_reachable_and_when_it_stops(
+    monkeypatch, capsys):
+  """An address other than loopback says first that the page is reachable
+  from the network; a stop says so in one line."""
+  def stop(self, *args):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(serve.Server, "serve_forever", stop)
+  monkeypatch.setattr(serve, "load", lambda paths, **overrides: [])
+  for host, warned in (("127.0.0.1", False), ("0.0.0.0", True)):
+    serve.main(["RUN"], host=host)
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert "serving 0 run(s)" in out and lines[-1] == "stopped serving"
+    assert len(lines) == 1 + warned and (
+        not warned or "reachable from the network" in lines[0]), err

@@ -1,16 +1,10 @@
 """--mode=serve's page in a real browser: headless Chromium (Debian's chromium
-and chromium-driver, through selenium: the "browser" extra) draws a 7 with
-pointer events and reads "7" as a trained model's answer, then drops a photo
-of one, and uploads a file that is no image and a photo over the size limit.
-
-A hand-drawn 7 needs a model trained on real digits: the test trains a small
-MLP for one epoch on the real MNIST in ../shared/mnist and is skipped where
-there is none (the tests' synthetic digits are blocks of light, which the
-preprocessing centres: no model of them can read a drawing). Without
-chromium, chromedriver or selenium it is skipped, unless MNIST_JAX_BROWSER is
-set (.ci/run sets it after installing them): then it fails.
-
-The README's screenshot is this test's drawing, on three runs:
+and chromium-driver, through selenium: the "browser" extra) reads a 7 drawn
+with pointer events, and a dropped photo of one, as a model trained on the
+real MNIST in ../shared/mnist answers (the tests' synthetic digits are blocks
+of light: no model of them reads a drawing). Skipped without MNIST, chromium,
+chromedriver or selenium; where MNIST_JAX_BROWSER is set (.ci/run sets it),
+missing browser parts fail it. The README's screenshot is its drawing:
   python tests/test_serve_browser.py --workdir=RUN1,RUN2,RUN3 \
       --out=docs/img/serve.png
 """
@@ -45,8 +39,7 @@ MOVE_MS = 20  # Each pointer move's time: a stroke of 10-30 moves, as a hand's.
 
 
 def selenium_webdriver():
-  """selenium.webdriver where chromium and chromedriver are on PATH too, else
-  a skip (a failure where MNIST_JAX_BROWSER is set) saying what is missing."""
+  """selenium.webdriver, where chromium and chromedriver are on PATH too."""
   missing = [n for n in ("chromium", "chromedriver") if not shutil.which(n)]
   try:
     from selenium import webdriver  # pylint: disable=g-import-not-at-top
@@ -92,9 +85,8 @@ def opened(loaded):
 
 
 def wait(driver, timeout=30):
-  # pylint: disable-next=g-import-not-at-top
-  from selenium.webdriver.support.ui import WebDriverWait
-  return WebDriverWait(driver, timeout)
+  from selenium.webdriver.support import ui  # pylint: disable=g-import-not-at-top
+  return ui.WebDriverWait(driver, timeout)
 
 
 def answers(driver, count, timeout=60, done=1):
@@ -187,50 +179,19 @@ def mnist_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_a_photo_is_read_and_a_file_that_is_no_image_gets_a_message(
-    mnist_run, tmp_path, monkeypatch):
-  """So does a photo over the size limit; either leaves the pad and the
-  answers as they were."""
-  photo, text = str(tmp_path / "seven.jpg"), str(tmp_path / "notes.png")
-  photo_of_a_seven(photo)
-  with open(text, "w") as f:
-    f.write("not a picture")
-  with opened(serve.load([mnist_run])) as (driver, _):
-    # Dropped on the pad: a drop event carrying the file.
-    driver.execute_script(
-        "const input = document.createElement('input');"
-        "input.type = 'file'; input.id = 'dropped';"
-        "document.body.append(input);")
-    driver.find_element("id", "dropped").send_keys(photo)
-    driver.execute_script(
-        "const data = new DataTransfer();"
-        "data.items.add(document.getElementById('dropped').files[0]);"
-        "document.getElementById('draw').dispatchEvent(new DragEvent('drop', "
-        "{dataTransfer: data, bubbles: true, cancelable: true}));")
-    assert answers(driver, 1) == {"mlp": "7"}
-    pad = "return document.getElementById('draw').toDataURL()"
-    shown = driver.execute_script(pad)  # The photo, on the pad.
-    message = driver.find_element("id", "message")
-    monkeypatch.setattr(serve, "MAX_BODY", os.path.getsize(photo) - 1)
-    for upload, words in ((text, "not an image"), (photo, "over the")):
-      driver.find_element("id", "photo").send_keys(upload)  # The file input.
-      wait(driver).until(lambda _, w=words: w in message.text)
-      assert answers(driver, 1) == {"mlp": "7"}  # The last answer stays,
-      assert driver.execute_script(pad) == shown  # and the pad with it.
-    driver.set_window_size(400, 800)  # A phone: the cards go under the pad.
-    assert driver.execute_script("const e = document.documentElement; "
-                                 "return e.scrollWidth <= e.clientWidth")
-
-
-@pytest.mark.slow
-def test_a_drawn_seven_is_read_as_seven_from_the_first_ink(mnist_run,
-                                                            tmp_path):
+def test_the_page_reads_a_drawn_seven_and_a_dropped_photo(mnist_run, tmp_path,
+                                                          monkeypatch):
   """Before a stroke each run's card names its settings (and a checkpoint
-  note, here set by hand); a dot is noted as no digit; a drawn 7 is read
-  as 7, timed, and a model that reads in steps (a synthetic RNN) is read
-  from no row above the first with ink; the README's screenshot is saved."""
+  note, here set by hand); a dot is noted as no digit, on each card before
+  its answer; a drawn 7 is read as 7, timed, and a model that reads in steps
+  (a synthetic RNN) from no row above the first with ink; the README's
+  screenshot is saved. A photo dropped on the pad is read as 7; a file that
+  is no image, or a photo over the size limit, gets a message and leaves
+  the pad and the answers as they were. On a phone the cards go under the
+  pad."""
   import test_serve  # pylint: disable=g-import-not-at-top
-  loaded = serve.load([mnist_run]) + [test_serve._rnn()]  # pylint: disable=protected-access
+  rnn = test_serve._model("rnn", hidden=8)  # pylint: disable=protected-access
+  loaded = serve.load([mnist_run]) + [rnn]
   loaded[0].info["note"] = "of an older checkpoint"
   card = "return document.querySelector('.card[data-name=\"%s\"]').innerText"
   with opened(loaded) as (driver, _):
@@ -243,7 +204,6 @@ def test_a_drawn_seven_is_read_as_seven_from_the_first_ink(mnist_run,
     answers(driver, 2)
     message = driver.find_element("id", "message")
     assert message.text == images.NO_DIGIT
-    # On each card too, before its answer.
     note, answer = driver.execute_script(
         "const c = [...document.querySelector('.card[data-name=\"mlp\"]')"
         ".children]; return [c.findIndex((e) => e.textContent === "
@@ -273,6 +233,34 @@ def test_a_drawn_seven_is_read_as_seven_from_the_first_ink(mnist_run,
     with Image.open(out) as shot:
       assert shot.size[0] >= 1000 and set(json.loads(shot.text["runs"])) == {
           "mlp", "rnn"}
+
+    photo, text = str(tmp_path / "seven.jpg"), str(tmp_path / "notes.png")
+    photo_of_a_seven(photo)
+    with open(text, "w") as f:
+      f.write("not a picture")
+    driver.execute_script(  # Dropped on the pad: a drop event with the file.
+        "const input = document.createElement('input');"
+        "input.type = 'file'; input.id = 'dropped';"
+        "document.body.append(input);")
+    driver.find_element("id", "dropped").send_keys(photo)
+    driver.execute_script(
+        "const data = new DataTransfer();"
+        "data.items.add(document.getElementById('dropped').files[0]);"
+        "document.getElementById('draw').dispatchEvent(new DragEvent('drop', "
+        "{dataTransfer: data, bubbles: true, cancelable: true}));")
+    read = answers(driver, 2, done=3)
+    assert read["mlp"] == "7"
+    pad = "return document.getElementById('draw').toDataURL()"
+    shown = driver.execute_script(pad)  # The photo, on the pad.
+    monkeypatch.setattr(serve, "MAX_BODY", os.path.getsize(photo) - 1)
+    for upload, words in ((text, "not an image"), (photo, "over the")):
+      driver.find_element("id", "photo").send_keys(upload)  # The file input.
+      wait(driver).until(lambda _, w=words: w in message.text)
+      assert answers(driver, 2) == read  # The last answer stays,
+      assert driver.execute_script(pad) == shown  # and the pad with it.
+    driver.set_window_size(400, 800)  # A phone: the cards go under the pad.
+    assert driver.execute_script("const e = document.documentElement; "
+                                 "return e.scrollWidth <= e.clientWidth")
 
 
 if __name__ == "__main__":

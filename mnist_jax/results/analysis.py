@@ -32,10 +32,9 @@ IG_STEPS, IG_MAX_STEPS, IG_TOLERANCE, IG_CHUNK = 16, 1024, 0.01, 16
 
 
 def forward(module, variables, images, every: int = 0, train: bool = False):
-  """Of images [B, H, W, C]: (features: the input of the stock module's
-  declared OUTPUT layer [B, F], logits [B, K], with `every` > 0 that layer
-  on its top layer's state after each `every` steps [B, T / every, K]: a
-  unit of the model's reading). An apply_fn for run.logits."""
+  """Of images [B, H, W, C]: (features: the input of the module's OUTPUT
+  layer [B, F], logits [B, K], with `every` > 0 that layer on its top
+  layer's state after each unit read [B, T / every, K]). For run.logits."""
   seen = []
 
   def grab(next_fn, args, kwargs, context):
@@ -305,8 +304,7 @@ def summary(r) -> Dict[str, Any]:
   keys = ("model", "preset", "parameters", "test_accuracy", "test_ece",
           "temperature", "scaled_ece", "val_images", "reading_units_to_99",
           "reading_unit", "reading_note", "ig_steps", "seconds", "names",
-          "robustness",
-          "changes", "stride", "grid")
+          "robustness", "changes", "stride", "grid")
   return {**{k: r.get(k) for k in keys},
           "accuracy_rotation_20": at["rotation", 20],
           "robustness_subset_accuracy": np.mean(
@@ -319,11 +317,10 @@ def summary(r) -> Dict[str, Any]:
 def write(workdir: str, run, test, val=None,
           class_names: Optional[Sequence[str]] = None,
           maps: bool = True, lenses=None) -> List[str]:
-  """Writes `analyse` into workdir/analysis/ (timed in its summary.json);
-  returns report.md's section. lenses: its results so far as each lens ends,
-  all of them last (report.Lenses'; default: analyse run now), each figure
-  drawn once they hold its key. maps: a t-SNE map too where scikit-learn is
-  installed (seconds)."""
+  """Writes `analyse` into workdir/analysis/; returns report.md's section.
+  lenses: its results as each lens ends, all of them last (report.Lenses';
+  default: analyse now), each figure drawn once they hold its key. maps: a
+  t-SNE map too, with scikit-learn (seconds)."""
   # pylint: disable=g-import-not-at-top
   from mnist_jax.results import analysis_plots
 
@@ -376,7 +373,7 @@ def write(workdir: str, run, test, val=None,
 def cells(s) -> List[tuple]:
   """The summary's (heading, text) pairs: report.md's table (compare.py's
   with the train time)."""
-  pct = lambda value: "n/a" if value is None else f"{100 * value:.2f}%"
+  pct = metrics.BY_NAME["accuracy"].text  # "n/a" for None.
   return [
       ("parameters", f"{s['parameters']:,}"),
       ("test accuracy", pct(s["test_accuracy"])),

@@ -196,10 +196,8 @@ def diverging(maps, scale=None) -> np.ndarray:
 
 def attributions(results: Sequence[dict], path: str) -> str:
   """One run's shown digits over their integrated gradients, gradient x input
-  and, for a sequence model, integrated gradients summed per unit it reads
-  (rows: stripes; on one scale in logits, with a colour bar): the first
-  test digits, then the mistakes, each group in blocks of its own under a
-  heading."""
+  and, for a sequence model, those summed per unit read (one scale, with a
+  colour bar): the first test digits, then the mistakes, under headings."""
   r, cols, kinds, scale = results[0], 6, ["image", "integrated\ngradients",
                                           "gradient\nx input"], None
   n, names, grid = len(r["ig"]), r["names"], r["grid"]

@@ -92,9 +92,9 @@ def learning_curves(runs, path: str, title: str = "") -> str:
   each of its seeds])]: train dashed, validation solid, a colour each, the
   mean over seeds (a band from min to max); one run's test result marked."""
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), layout="constrained")
-  every: List[int]
-  drawn: Set[str]
-  colors, every, drawn = palette(len(runs)), [], set()
+  every: List[int] = []
+  drawn: Set[str] = set()
+  colors = palette(len(runs))
   for ax, key, scale, name in ((axes[0], "loss", 1.0, "Loss (cross entropy)"),
                                (axes[1], "accuracy", 100.0, "Accuracy (%)")):
     for (_, seeds), color in zip(runs, colors):

@@ -70,29 +70,25 @@ def _fmt_s(seconds: Optional[float]) -> str:
 def _headline(rows: List[dict], test: Dict[str, float], n: int,
               ensemble: Optional[dict], final: dict) -> List[tuple]:
   """report.md's top (name, value) rows, of `test` and metrics.jsonl rows."""
-  epochs = metrics_log.epoch_rows(rows)
-  last = epochs[-1] if epochs else {}
-  final_row = metrics_log.final_row(rows) or {}
-  accuracy = test["accuracy"]
-  out = [("Test accuracy", f"**{100 * accuracy:.2f}%** ({n} images, "
-          f"{int(round((1 - accuracy) * n))} wrong)")]
+  epochs, pct = metrics_log.epoch_rows(rows), metrics.BY_NAME["accuracy"].text
+  last, final_row = (epochs or [{}])[-1], metrics_log.final_row(rows) or {}
   others = [m for m in metrics.of("test") if m.name != "accuracy"]
-  out += [(f"Test {m.label}", m.text(test.get(m.name))) for m in others]
+  out = [("Test accuracy", f"**{pct(test['accuracy'])}** ({n} images, "
+          f"{int(round((1 - test['accuracy']) * n))} wrong)"),
+         *((f"Test {m.label}", m.text(test.get(m.name))) for m in others)]
   if ensemble is not None:  # The mean of its members' probabilities.
     text = ", ".join(f"{m.label} {m.text(ensemble.get(m.name))}"
                      for m in others)
-    text = (f"**{100 * ensemble['accuracy']:.2f}%** ({text}; the mean "
+    text = (f"**{pct(ensemble['accuracy'])}** ({text}; the mean "
             f"probabilities of {ensemble['members']} seeds)")
     if final.get("test_accuracy_mean") is not None:
       text += (f"; single members {100 * final['test_accuracy_mean']:.2f} ± "
-               f"{100 * final['test_accuracy_std']:.2f}%")
+               f"{pct(final['test_accuracy_std'])}")
     out.append(("Ensemble test accuracy", text))
   if last.get("val_accuracy") is not None:
-    out.append(("Validation accuracy (last epoch)",
-                f"{100 * last['val_accuracy']:.2f}%"))
+    out.append(("Validation accuracy (last epoch)", pct(last["val_accuracy"])))
   if epochs:
-    out.append(("Train accuracy (last epoch)",
-                f"{100 * last['train_accuracy']:.2f}%"))
+    out.append(("Train accuracy (last epoch)", pct(last["train_accuracy"])))
   if "num_params" in final_row:
     out.append(("Parameters", f"{final_row['num_params']:,}"))
   if epochs:
@@ -112,16 +108,15 @@ def _headline(rows: List[dict], test: Dict[str, float], n: int,
 
 def write(workdir: str, run, test, class_names: Optional[Sequence[str]] = None,
           note: Optional[str] = None, val=None) -> Dict[str, Any]:
-  """Evaluates a Run (its chosen member, its seeds' ensemble) on the test Split
-  into the report files. note: why the model is not the finished run's, atop
-  report.md; val: the Split temperature scaling is fitted on (None: loaded).
-  Returns the test metrics and "confusion"."""
+  """Writes the report files of a Run (its chosen member, its seeds'
+  ensemble) on the test Split; returns the test metrics and "confusion".
+  note: atop report.md, why the model is not the finished run's; val: the
+  Split temperature scaling is fitted on (None: loaded)."""
   config = run.config
   images = np.asarray(test.images)
   labels = np.asarray(test.labels).astype(np.int64)
   logits = run.logits(images, config.eval_batch_size)
-  ensemble = ensemble_metrics(run, test) if len(run.seeds) > 1 else None
-  lenses = None
+  ensemble, lenses = ensemble_metrics(run, test), None
   if config.analyses:  # Begun now, worked on while the figures are drawn.
     # pylint: disable=g-import-not-at-top
     from mnist_jax.results import analysis as analysis_lib
@@ -131,11 +126,9 @@ def write(workdir: str, run, test, class_names: Optional[Sequence[str]] = None,
     lenses = Lenses(run, test, val)
   # matplotlib only once a run ends: out of a run's start-up.
   from mnist_jax.results import plots  # pylint: disable=g-import-not-at-top
-  n, k = len(labels), logits.shape[-1]
+  n, k, probs = len(labels), logits.shape[-1], run_lib.softmax(logits)
   names = list(class_names) if class_names else [str(i) for i in range(k)]
-  probs = run_lib.softmax(logits)
-  predicted = probs.argmax(axis=-1)
-  counts = run_lib.confusion(labels, predicted, k)
+  counts = run_lib.confusion(labels, probs.argmax(axis=-1), k)
   stats, pairs = per_class(counts), confused_pairs(counts)
   title = f"{config.model} ({config.preset})"
   path = lambda name: os.path.join(workdir, name)

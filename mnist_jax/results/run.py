@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mnist_jax import files
 from mnist_jax import models
 from mnist_jax.config import value_text
 from mnist_jax.data import datasets
@@ -33,11 +34,9 @@ from mnist_jax.training import train
 
 
 def as_images(images, shape=(28, 28, 1)) -> Tuple[np.ndarray, bool]:
-  """One image or a batch of `shape` (H, W, C): [H, W, C] or [N, H, W, C]
-  (grey ones also [H, W], [H * W], [N, H, W], [N, H * W]), uint8 (or
-  integers in 0..255) or floats in [0, 1], as ([N, H, W, C] on the 0-255
-  scale, uint8 or float32; whether one image); ValueError for another shape
-  or values outside that range."""
+  """([N, H, W, C] on the 0-255 scale, whether one image) of one image or a
+  batch of `shape`: [H, W, C] or [N, H, W, C] (grey also [H, W], [H * W]
+  and with N), integers in 0..255 or floats in [0, 1]; else ValueError."""
   x, (h, w, c) = np.asarray(images), shape
   singles = {(h, w, c)} | ({(h, w), (h * w,)} if c == 1 else set())
   single = x.shape in singles
@@ -357,7 +356,7 @@ def print_predictions(workdir: str, paths: Sequence[str],
   note = run_note(workdir, run)
   if note:  # A run still training, unfinished, or an older checkpoint.
     print(f"note: {note}", file=err)
-  plotted = set()  # Plot names taken: a/seven.png, b/seven.png both plot.
+  plotted: set = set()  # Names taken: a/seven.png, b/seven.png both plot.
   for r in results:
     if r.error is not None or r.note is not None:
       print(f"error: {r.error}" if r.note is None else
@@ -378,11 +377,8 @@ def print_predictions(workdir: str, paths: Sequence[str],
       from mnist_jax.results import plots  # pylint: disable=g-import-not-at-top
       folder = os.path.join(workdir, PLOT_DIR)
       os.makedirs(folder, exist_ok=True)
-      stem = name = os.path.splitext(os.path.basename(r.file))[0]
-      number = 1
-      while name in plotted:
-        number += 1
-        name = f"{stem}-{number}"
+      name = files.unique(os.path.splitext(os.path.basename(r.file))[0],
+                          plotted.__contains__)
       plotted.add(name)
       saved = plots.prediction(r.image, np.asarray(r.probabilities),
                                os.path.join(folder, f"{name}.png"), r.file,

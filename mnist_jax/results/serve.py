@@ -1,18 +1,12 @@
-"""`--mode=serve`: a local page to draw a digit on, or drop a photo of one, and
-watch every loaded run read it side by side: its class probabilities (as
---mode=predict reads a picture and evaluates), where it looks (the analyses'
-integrated gradients) and, for a model that reads in steps, its answer after
-each unit (the reading lens); each card with its run's title and note, as
-predict says them. Each run's answer is one function, compiled as the server
-starts.
+"""`--mode=serve`: a local page to draw a digit on, or drop a photo of one,
+that every loaded run reads side by side (as --mode=predict would): its
+class probabilities, where it looks (integrated gradients) and, for a model
+reading in steps, its answer after each unit; one compiled function per run.
 
-The standard library's ThreadingHTTPServer serves it (no dependency), only
-page/'s files (looked up by name, never joined to a path). Every error, the
-standard library's refusals included, is one line of JSON {"error": ...}:
-bodies over MAX_BODY, images that are not images or hold over MAX_PIXELS
-(refused before they are decoded, one at a time). A client that leaves early
-is no error.
-"""
+The standard library's ThreadingHTTPServer serves page/'s files (by name,
+never joined to a path). Every error is one line of JSON {"error": ...};
+images over MAX_PIXELS are refused before they are decoded. A client that
+leaves early is no error."""
 
 import concurrent.futures
 import ctypes
@@ -64,10 +58,9 @@ def run_folders(paths: Sequence[str]) -> List[str]:
 
 
 def _answer(module, every: int, apply_fn, variables, x):
-  """x [H, W, C] (0-255) -> (logits [K], as run_lib.logits gives them,
-  integrated gradients of the top class against black [H, W], with `every`
-  > 0 the probabilities after each unit the model reads [U, K]): the
-  analyses' lenses on one image, at IG_STEPS fixed nodes."""
+  """x [H, W, C] (0-255) -> (logits [K], integrated gradients of the top
+  class [H, W] at IG_STEPS fixed nodes, with `every` > 0 the probabilities
+  after each unit read [U, K]): the analyses' lenses on one image."""
   logits = train.logits_of(apply_fn, variables, x[None, None])[0, 0]
   nodes, weights = np.polynomial.legendre.leggauss(analysis.IG_STEPS)
   grads, _ = analysis.target_gradients(
@@ -130,10 +123,9 @@ class Model:
 
 
 def load(paths: Sequence[str], **overrides) -> List[Model]:
-  """The runs in `paths` (run folders or folders of them), each compiled and
-  run once on a blank image (the warm-up). A run that cannot be loaded is
-  skipped in one line while another is served; if none can, the first's
-  UserError. overrides: Config fields."""
+  """The runs in `paths` (run folders or folders of them), each warmed up on
+  a blank image; one that cannot load is skipped in a line (none: the first's
+  UserError). overrides: Config fields."""
   loaded, refused = [], []
   for path in run_folders(paths):
     try:

@@ -38,11 +38,9 @@ def _not_orbax_leftover(record: logging.LogRecord) -> bool:
 
 @functools.cache
 def _ocp():
-  """orbax.checkpoint, imported once a checkpoint is used (a new run's first
-  step does not wait for it). What orbax raises reaches the user in one
-  line: its own absl log of the error goes unsaid, and so do the futures and
-  callbacks of reads still in flight after a failed one (asyncio's log, and
-  the event loop found closed)."""
+  """orbax.checkpoint, imported at first use (a first step does not wait for
+  it), its errors one line: its absl log and asyncio's of reads still in
+  flight after a failed one go unsaid."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   logging.getLogger("absl").addFilter(
       lambda r: f"{os.sep}orbax{os.sep}" not in r.pathname)
@@ -225,10 +223,9 @@ def _edited(workdir: str) -> str:
 
 def read(workdir: str, template: dict,
          model: Optional[str] = None) -> Tuple[dict, dict]:
-  """(`template` (`tree` of a fresh state, or its shapes) with the parts the
-  latest checkpoint holds, as host arrays; its record).
-  CheckpointError: none, damaged (verified), or of another model, format or
-  structure, which the message tells apart."""
+  """(`template` (`tree` of a state, or its shapes) with the latest
+  checkpoint's parts as host arrays; its record). CheckpointError: none,
+  damaged (verified), or of another model, format or structure."""
   ocp = _ocp()
   with contextlib.closing(manager(workdir)) as checkpoints:
     step, meta = read_meta(workdir, checkpoints)

@@ -10,6 +10,7 @@ import time
 from typing import List, Optional
 
 from mnist_jax import config as config_lib
+from mnist_jax import files
 from mnist_jax import models
 from mnist_jax.errors import Diverged, UserError
 from mnist_jax.rundir import lock
@@ -21,12 +22,8 @@ RUNS_DIR = "runs"  # Where runs go without --workdir, relative to the cwd.
 
 def default_workdir(model: str, root: str = RUNS_DIR) -> str:
   """runs/<model>-<timestamp>, with -2, -3, ... if that folder exists."""
-  base = os.path.join(root, f"{model}-{time.strftime('%Y%m%d-%H%M%S')}")
-  path, n = base, 1
-  while os.path.exists(path):
-    n += 1
-    path = f"{base}-{n}"
-  return path
+  return files.unique(os.path.join(
+      root, f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"), os.path.exists)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +37,7 @@ class Run:
 
 def _started(recorded: dict) -> datetime.datetime:
   try:
-    return datetime.datetime.strptime(recorded["started"], record.TIME_FORMAT)
+    return datetime.datetime.strptime(recorded["started"], files.TIME_FORMAT)
   except (KeyError, TypeError, ValueError):
     return datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
 

@@ -24,12 +24,10 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 def learning_verdict(final: dict, last_row: Optional[dict],
                      test_labels) -> dict:
-  """{NOT_LEARNED: {"cause", "message"}} for a run that did not learn, else {}.
-
-  test_labels: [N]. cause "loss": the last training loss is LOSS_GROWTH times
-  a uniform guess's or more; "chance": test accuracy within CHANCE_MARGIN_SE
-  standard errors of always answering the commonest test class.
-  """
+  """{NOT_LEARNED: {"cause", "message"}} for a run that did not learn, else
+  {}: cause "loss" (the last training loss LOSS_GROWTH times a uniform
+  guess's or more) or "chance" (test accuracy within CHANCE_MARGIN_SE
+  standard errors of always answering the commonest test class)."""
   labels = np.asarray(test_labels).astype(np.int64).reshape(-1)
   if not len(labels) or final.get("test_accuracy") is None:
     return {}

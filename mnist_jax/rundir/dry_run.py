@@ -2,7 +2,6 @@
 trained, prepared or written (parameters are counted from shapes alone).
 """
 
-import os
 from typing import Collection, List, Optional, Tuple
 
 import jax
@@ -14,6 +13,7 @@ from mnist_jax.data import datasets
 from mnist_jax.errors import Diverged
 from mnist_jax.rundir import choose
 from mnist_jax.rundir import lock
+from mnist_jax.rundir import process
 from mnist_jax.rundir import record
 from mnist_jax.rundir import resources
 from mnist_jax.rundir import resume
@@ -44,7 +44,7 @@ def validation_line(config: config_lib.Config, num_members: int) -> str:
 def devices_line(config: config_lib.Config, members) -> str:
   """How the run would spread over this machine's devices."""
   if (config.coordinator_address or config.num_processes > 1 or
-      int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1):
+      process.slurm_tasks()):
     return ("several processes: their devices are known once they connect, "
             "when the run starts")
   lines: List[str] = []

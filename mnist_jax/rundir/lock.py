@@ -109,8 +109,7 @@ def claim(workdir: str, mode: str = "train", create: bool = True) -> None:
   with contextlib.suppress(OSError):  # A read-only folder: no note.
     files.write_json(os.path.join(key, LOCK_FILE), {
         "pid": os.getpid(), "host": socket.gethostname(), "mode": mode,
-        "command": ["python", *sys.argv], "since": time.strftime(
-            "%Y-%m-%dT%H:%M:%S%z")})
+        "command": ["python", *sys.argv], "since": files.now()})
 
 
 def in_use(workdir: str) -> bool:

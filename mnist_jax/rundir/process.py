@@ -18,6 +18,8 @@ import jax
 
 from mnist_jax.errors import UserError, first_line
 
+# Whether this process is one of a SLURM job's several tasks.
+slurm_tasks = lambda: int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1
 MAX_HOST_DEVICES = 8  # split_host's most CPU devices.
 JOIN_TIMEOUT_S = 300  # How long processes wait for each other (jax's default).
 
@@ -57,7 +59,7 @@ def split_host(parallel: str = "auto", multi_process: bool = False) -> int:
   starts, unless --parallel=none, a device count is set or several processes
   run. Returns the device count set, else 0."""
   if (parallel == "none" or multi_process or _accelerator_possible() or
-      int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1 or
+      slurm_tasks() or
       "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
       or os.environ.get("JAX_NUM_CPU_DEVICES")):
     return 0

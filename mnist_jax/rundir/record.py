@@ -8,7 +8,6 @@ import platform
 import shlex
 import shutil
 import sys
-import time
 from importlib import metadata
 from typing import Dict, List, Optional, Tuple
 
@@ -28,7 +27,6 @@ PERMUTATION_FILE = "permutation.npy"  # --sequence=permuted: the pixel order.
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
             "tensorflow-datasets", "numpy", "matplotlib", "absl-py",
             "tensorboardX")
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%z"
 
 
 def environment() -> dict:
@@ -178,7 +176,7 @@ def begin(workdir: str, config: config_lib.Config, env: dict, *,
     # Compared as JSON holds them: a tuple (cnn_features) is a list there.
     settings = json.loads(json.dumps(config.to_dict()))
     record.setdefault("resumes", []).append({
-        "time": time.strftime(TIME_FORMAT),
+        "time": files.now(),
         "from_step": meta["step"] if meta else 0,
         "changed": {k: v for k, v in settings.items()
                     if record["config"].get(k) != v},
@@ -194,7 +192,7 @@ def begin(workdir: str, config: config_lib.Config, env: dict, *,
     os.makedirs(workdir, exist_ok=True)
     record = {"config": config.to_dict(), "environment": env,
               "repeat": repeat_command(config),
-              "started": time.strftime(TIME_FORMAT)}
+              "started": files.now()}
   if diff:  # The edits it trains with (a resume's: the latest).
     files.write_text(os.path.join(workdir, code_lib.DIFF_FILE), diff)
   files.write_json(os.path.join(workdir, CONFIG_FILE),
@@ -215,7 +213,7 @@ def trained_code(workdir: str) -> dict:
 def finish(workdir: str, final: dict) -> None:
   """Records that the run is complete: the last thing a run writes."""
   record = read_record(workdir)
-  record["finished"] = {"time": time.strftime(TIME_FORMAT),
+  record["finished"] = {"time": files.now(),
                         "test_accuracy": final.get("test_accuracy")}
   files.write_json(os.path.join(workdir, CONFIG_FILE), record)
 

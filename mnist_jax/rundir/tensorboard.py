@@ -90,7 +90,7 @@ def _guarded(method):
 
 
 class Writer:
-  """The events of metrics_log.MetricsLog's rows (`resume` opens the files).
+  """The events of metrics_log.MetricsLog's rows (`resume` opens the files);
   members: each member's label ({"seed": 3}), as in a row."""
 
   def __init__(self, logdir: str, config: config_lib.Config,

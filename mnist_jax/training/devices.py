@@ -1,13 +1,10 @@
 """Where a run computes: `Layout` wraps train.py's one-model functions for a
 run's members and devices: none (one device), sharded (one `jax.jit` over a
-mesh), pmap (each device its own dropout masks) or members (their axis split
-over the devices; in turn on a CPU, vmapped elsewhere). docs/design.md's
-Layouts table says what each computes. --parallel=auto is a rule, never a
-timing: one device if there is one; `members` for several members; `sharded`
-on a GPU or TPU; on a CPU host (split into a device per core,
-rundir/process.py), `sharded` for a module whose class declares
-DATA_PARALLEL_ON_CPU (the recurrent ones), else one device.
-"""
+mesh), pmap (each device its own dropout masks) or members (split over the
+devices; in turn on a CPU, vmapped elsewhere), as docs/design.md's Layouts
+table says. --parallel=auto is a rule, never a timing: `members` for several
+members, `sharded` on a GPU or TPU or, on a CPU host (a device per core), for
+a module declaring DATA_PARALLEL_ON_CPU; else one device."""
 
 import math
 from typing import Any, Callable, Sequence

@@ -33,11 +33,10 @@ class Start:
 
 
 class Hooks:
-  """What a run does besides training, called by the loop. These print on
-  `stream` (stderr: stdout stays the caller's) what it is doing (`status`:
-  compiling, progress every PROGRESS_S seconds, drawn in place on a
-  terminal), a line per epoch, and what it has to say (`message`).
-  modes.py's RunFolder restores, saves, logs and stops through them."""
+  """What a run does besides training, called by the loop: these print on
+  `stream` (stderr) its `status` (progress every PROGRESS_S seconds, in
+  place on a terminal), a line per epoch and its `message`s; modes.py's
+  RunFolder restores, saves, logs and stops through them."""
   PROGRESS_S = 10.0
   stream = None  # None: sys.stderr.
   prefix = ""  # "[process 1/2] " in a job of several processes.

@@ -2,9 +2,8 @@
 Members), and which is chosen: by validation (never test), the point of the
 highest mean accuracy over its seeds (ties: lower mean loss, lower index),
 then its best seed; member 0 without validation. A metrics.jsonl row holds
-one member's metrics (`leader`, `chosen`); `<key>_mean`/`_std` over its
-point's seeds and `members` (each one's metrics, `diverged` if so) follow.
-"""
+the chosen member's metrics, `<key>_mean`/`_std` over its point's seeds and
+`members` (each one's metrics)."""
 
 import dataclasses
 import itertools
@@ -98,7 +97,7 @@ def values_text(values: Dict[str, Any], seed: Optional[int] = None) -> str:
                    ([f"seed={seed}"] if seed is not None else []))
 
 
-def label(member: Member) -> str:
+def label(member: Member) -> str:  # `learning_rate=0.003, seed=1`.
   return values_text(member.values, member.seed)
 
 
@@ -247,5 +246,4 @@ def check_divergence(members, bad, epoch, first, steps, say) -> None:
              f"{_where(step, epoch, steps)}", epoch, step)
   for i in np.flatnonzero(bad > (epoch - 1) * steps + first):
     say(f"member {label(members[i])} diverged at "
-                  f"{_where(int(bad[i]), epoch, steps)}; it stops, the others "
-                  "go on")
+        f"{_where(int(bad[i]), epoch, steps)}; it stops, the others go on")

@@ -1,10 +1,7 @@
-"""A run's members on its devices, as one object the loop calls:
-`Population(config, model, data)` maps train.py's one-model functions over
-the members (members.py) and lays them out over the devices (devices.Layout),
-jitted once, the data placed once. Its methods take and return the placed
-state and hand the loop host values: metric sums, divergence (errors.Diverged,
-with its row) and the metrics.jsonl rows.
-"""
+"""A run's members on its devices, as one object the loop calls: train.py's
+one-model functions mapped over the members (members.py) and laid out over
+the devices (devices.Layout), jitted once, the data placed once; the loop
+gets host values back (metric sums, Diverged, the metrics.jsonl rows)."""
 
 import functools
 import time
@@ -68,11 +65,12 @@ class Population:
                    (("train", data.train), ("val", data.val),
                     ("test", data.test)) if len(split)}
     placed: Dict[str, Any] = dict(axis_name=layout.axis_name,
-                  batch_sharding=layout.batch_sharding)
+                                  batch_sharding=layout.batch_sharding)
     loss = train.LOSSES[config.loss]
     swept = members_lib.per_member(self.members, loss.reads)
     numbers = {n: getattr(config, n) for n in loss.reads if n not in swept}
-    self._order = layout.map(functools.partial(
+    # Each member's batches of an epoch (train.epoch_order), placed.
+    self.epoch_order = layout.map(functools.partial(
         train.epoch_order, n=len(data.train), steps=self.steps,
         batch_size=config.batch_size), (MEMBER, NUMBER), donate=False)
     self.program = layout.map(functools.partial(
@@ -120,10 +118,6 @@ class Population:
     self.compile_s = time.perf_counter() - began
     return state
 
-  def epoch_order(self, state, epoch: int):
-    """Each member's batches of epoch `epoch` (train.epoch_order), placed."""
-    return self._order(state, epoch)
-
   def train_chunk(self, state, order, epoch: int, first: int,
                   sums: Optional[Dict[str, np.ndarray]] = None):
     """A chunk of `epoch` from step `first`, whose `order` is
@@ -137,11 +131,11 @@ class Population:
     state, sums, bad = self.program(
         state, self.layout.put_state(self._zeros if sums is None else sums),
         order, *self.splits["train"], first, count)
-    bad = self.host(bad).reshape(-1)  # Waits for the chunk.
+    bad = self.layout.host(bad).reshape(-1)  # Waits for the chunk.
     self.step_s = (time.perf_counter() - began) / count
     members_lib.check_divergence(self.members, bad, epoch, first, self.steps,
                                  self.say)
-    return state, self.host(sums), first + count
+    return state, self.layout.host(sums), first + count
 
   def end_epoch(self, state, epoch: int, sums, **fields
                 ) -> Tuple[Dict, Optional[List[Dict]]]:
@@ -154,7 +148,7 @@ class Population:
                              epoch, epoch * self.steps, self.steps)
     return members_lib.epoch_row(
         self.members, epoch, epoch * self.steps, train_metrics, val,
-        self.host(self._rate(state)), **fields), val
+        self.layout.host(self._rate(state)), **fields), val
 
   def test(self, state, val: Optional[List[Dict]], epochs_run: int):
     """(The final row, each member's test logits [M, N, K]), the member
@@ -162,9 +156,9 @@ class Population:
     here, where no epoch ran)."""
     if val is None:
       val = self._metrics(state, "val")
-    test, logits = self.host(self._test(state, *self.splits["test"]))
+    test, logits = self.layout.host(self._test(state, *self.splits["test"]))
     test = members_lib.host_metrics(test)
-    step = int(np.max(self.host(state.step)))
+    step = int(np.max(self.layout.host(state.step)))
     members_lib.check_finite(self.members, {"test": test}, epochs_run, step,
                              self.steps)
     final = members_lib.final_row(
@@ -175,18 +169,13 @@ class Population:
         :, :self.test_size]
 
   def get(self, state):
-    """A placed state as one copy of it (without pmap's device axis), which
-    the host can read: the state `train_and_evaluate` returns, and the one a
+    """One copy of a placed state (no pmap axis): what the loop returns and a
     run folder saves."""
     return self.layout.unreplicated(state)
-
-  def host(self, tree):
-    """Program outputs as host numpy: this process's copy."""
-    return self.layout.host(tree)
 
   def _metrics(self, state, split: str) -> Optional[List[Dict]]:
     """Each member's metrics on `split`, or None where it is empty."""
     if split not in self.splits:
       return None
     return members_lib.host_metrics(
-        self.host(self._evaluate(state, *self.splits[split])))
+        self.layout.host(self._evaluate(state, *self.splits[split])))
