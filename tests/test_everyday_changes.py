@@ -162,13 +162,14 @@ def test_a_metric_reaches_every_output(monkeypatch, prepared, tmp_path):
 
 def test_a_reading_order_the_analyses_and_the_page_follow(monkeypatch,
                                                            prepared, tmp_path):
-  """The analyses' own steps (the reading's units, the logits after each),
-  not all of them (test_analysis.py)."""
+  """On the stock layers (the kernels': test_kernels.py); the analyses' own
+  steps (the reading's units, the logits after each), not every analysis
+  (test_analysis.py)."""
   monkeypatch.setitem(recurrent.SEQUENCES, "columns", (
       "the {w} columns", lambda h, w, seed: recurrent.Reading(
           np.arange(h * w).reshape(h, w).T, ("column", "columns"), 1)))
   config = models.get_config("gru", "seed", sequence="columns", hidden=4,
-                             **_data(prepared, analyses=False))
+                             impl="stock", **_data(prepared, analyses=False))
   assert models.get("gru").describe(config).startswith(
       "GRU(4) over the 28 columns")
   images = np.arange(2 * 28 * 28 * 1).reshape(2, 28, 28, 1) % 256
