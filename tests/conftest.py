@@ -6,6 +6,7 @@ import io
 import os
 import struct
 import tempfile
+import types
 
 import jax
 import numpy as np
@@ -18,7 +19,8 @@ from mnist_jax.data import datasets
 # launch.py processes (which inherit the variable), compile it once. Set
 # JAX_COMPILATION_CACHE_DIR to share one between sessions, or "" to turn it off.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mnist_jax_tests_jit_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(
+      prefix="mnist_jax_tests_jit_")
 if os.environ["JAX_COMPILATION_CACHE_DIR"]:
   jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -88,8 +90,6 @@ def synthetic_classes(n: int, num_classes: int, seed: int = 0):
   Returns images [n, 28, 28, 1] uint8 (upright) and labels [n] uint8 in
   0..K-1.
   """
-  if not 1 <= num_classes <= 49:
-    raise ValueError(f"synthetic_classes draws 1 to 49 classes, not {num_classes}")
   rng = np.random.default_rng(seed)
   labels = (np.arange(n) % num_classes).astype(np.uint8)
   rng.shuffle(labels)
@@ -176,7 +176,6 @@ def drawn(monkeypatch):
 def steps_only(steps: int):
   """What a run's hooks are started with (population.Population) where only
   its steps matter: `steps`, an empty record, a state read as it is."""
-  import types  # pylint: disable=g-import-not-at-top
   return types.SimpleNamespace(steps=steps, record=lambda: {},
                                get=lambda state: state)
 

@@ -24,9 +24,9 @@ DOCS = ["README.md", *sorted(os.path.relpath(p, ROOT) for p in glob.glob(
 # each chunk of an epoch but its first) and `epoch` (after an epoch's last
 # chunk, before its checkpoint), members.final_row and report.write to print
 # a marker, so a test can signal it mid-epoch, as an epoch ends, after the
-# final evaluation or as the report begins. It pauses at the marker the test waits for alone
-# (PAUSE_AT, the PAUSE_NTH-th time, matched as run_and_signal matches it),
-# not at every chunk before it.
+# final evaluation or as the report begins. It pauses at the marker the test
+# waits for alone (PAUSE_AT, the PAUSE_NTH-th time, matched as run_and_signal
+# matches it), not at every chunk before it.
 _CHILD = r"""
 import os, runpy, signal, sys, time
 script = sys.argv[1]  # launch.py as the user typed it.
@@ -55,7 +55,6 @@ def pause(line):
     if _caught[0] != seen:
       end = min(end, time.monotonic() + 1.0)
       seen = _caught[0]
-from mnist_jax.training import population
 from mnist_jax import modes
 _chunk, _epoch = modes.RunFolder.chunk, modes.RunFolder.epoch
 def chunk(self, state, epoch, done, sums):
@@ -91,23 +90,21 @@ def launch_path(cwd):
 
 
 def child_env(**extra):
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             PYTHONPATH=ROOT, **extra)
-  env["XLA_FLAGS"] = xla_flags()
-  return env
+  """A child's environment: the CPU, this checkout, the tests' XLA flags."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, **extra)
+  return {**env, "XLA_FLAGS": xla_flags()}
 
 
-def run(args, timeout=120, cwd=ROOT, script=None, **env):
-  """Runs launch.py (or `script`, a stand-in) to the end: (exit status,
-  stdout, stderr)."""
-  p = subprocess.run([sys.executable, script or launch_path(cwd), *args], cwd=cwd,
+def run(args, timeout=120, cwd=ROOT, **env):
+  """Runs launch.py to the end: (exit status, stdout, stderr)."""
+  p = subprocess.run([sys.executable, launch_path(cwd), *args], cwd=cwd,
                      capture_output=True, text=True, timeout=timeout,
                      env=child_env(**env))
   return p.returncode, p.stdout, p.stderr
 
 
 def run_and_signal(args, signum, epoch, chunk=3, pause_s=0.2, timeout=120,
-                   cwd=ROOT, repeat=1, on_marker=None, script=None, env=None,
+                   cwd=ROOT, repeat=1, on_marker=None, env=None,
                    at_epoch_end=False, at=None):
   """Starts a run, sends `signum` after the `chunk`-th chunk of `epoch`
   (`at_epoch_end`: after its last chunk, before its checkpoint; `at`: at the
@@ -117,7 +114,7 @@ def run_and_signal(args, signum, epoch, chunk=3, pause_s=0.2, timeout=120,
   repeat: how many times the signal is sent, 0.3 s apart (2: a double Ctrl-C;
     give a pause_s above that).
   on_marker: called first, while the run pauses there.
-  script, env: a stand-in for launch.py; more environment variables.
+  env: more environment variables.
 
   Returns:
     (exit status, stdout, stderr, the marker line it was stopped at).
@@ -125,8 +122,7 @@ def run_and_signal(args, signum, epoch, chunk=3, pause_s=0.2, timeout=120,
   target = at or (f"@epoch_end epoch={epoch}" if at_epoch_end else
                   f"@chunk epoch={epoch}")
   nth = 1 if at or at_epoch_end else chunk
-  p = subprocess.Popen([sys.executable, "-c", _CHILD,
-                        script or launch_path(cwd), *args],
+  p = subprocess.Popen([sys.executable, "-c", _CHILD, launch_path(cwd), *args],
                        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                        text=True, env=child_env(
                            CHUNK_PAUSE_S=str(pause_s), PAUSE_AT=target,
@@ -164,12 +160,6 @@ def follow(command, cwd=ROOT, timeout=120, **env):
   p = subprocess.run([sys.executable, *argv[1:]], cwd=cwd, capture_output=True,
                      text=True, timeout=timeout, env=child_env(**env))
   return p.returncode, p.stdout, p.stderr
-
-
-def printed_command(text, after):
-  """The command a message prints after `after`, up to the line's end."""
-  line = next(l for l in text.splitlines() if after in l)
-  return line.split(after, 1)[1].strip()
 
 
 def metrics(workdir):
@@ -210,7 +200,8 @@ def assert_trees_equal(a, b):
 
 
 def snapshot(*folders):
-  """{path: (size, mtime_ns, bytes hash)} of every file under the folders."""
+  """{path: (size, mtime_ns, bytes hash)} of every file under the folders
+  ("dir" of a folder, its target of a link)."""
   state = {}
   for folder in folders:
     if not os.path.exists(folder):
@@ -220,6 +211,9 @@ def snapshot(*folders):
         state[os.path.join(dirpath, d)] = "dir"
       for name in filenames:
         path = os.path.join(dirpath, name)
+        if os.path.islink(path):
+          state[path] = os.readlink(path)
+          continue
         with open(path, "rb") as f:
           digest = hashlib.sha256(f.read()).hexdigest()
         st = os.stat(path)
@@ -227,7 +221,7 @@ def snapshot(*folders):
   return state
 
 
-SIGKILL, SIGTERM, SIGINT = signal.SIGKILL, signal.SIGTERM, signal.SIGINT
+SIGKILL, SIGTERM = signal.SIGKILL, signal.SIGTERM
 
 
 def unfinished_run(path, config=None):

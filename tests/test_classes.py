@@ -108,10 +108,11 @@ def test_downloads_are_checked_against_recorded_checksums(tmp_path,
 # Each model at one class count, alternating (26, 47, 26...).
 @pytest.mark.parametrize("model,dataset", [
     (model, EMNIST[i % 2]) for i, model in enumerate(models.MODELS)])
-def test_every_model_trains_a_step_and_evaluates(emnist, dataset, model):
+def test_every_model_has_a_logit_per_class(emnist, dataset, model):
   """Prepared, the split keeps the dataset's classes, upright (the cell of
   the 7x7 grid each image lights is its label's); the model's output layer
-  has a logit per class; a step trains, evaluation counts."""
+  has a logit per class (traced, not compiled); and, of the MLP, a step
+  trains and evaluation counts."""
   mnist_dir, data_dir = emnist[dataset]
   config = models.get_config(model, "seed", dataset=dataset, batch_size=16,
                              mnist_dir=mnist_dir, data_dir=data_dir,
@@ -124,17 +125,22 @@ def test_every_model_trains_a_step_and_evaluates(emnist, dataset, model):
   np.testing.assert_array_equal(cells.reshape(-1, 49).argmax(-1),
                                 data.test.labels)
   module, _ = models.build(config)
+  variables = jax.eval_shape(module.init, jax.random.key(0),
+                             data.test.images[:1])
+  assert jax.eval_shape(module.apply, variables, data.test.images).shape == (
+      len(data.test), k)
+  if model != "mlp":
+    return
   state = train.create_train_state(jax.random.key(0), module,
                                    optim.make_optimizer(config, 1),
                                    data.train.images.shape[1:])
-  assert state.params["out"]["kernel"].shape[-1] == k
   batch = {"image": jnp.asarray(data.train.images[:16]),
            "label": jnp.asarray(data.train.labels[:16]),
            "valid": jnp.asarray(True)}
   test = pipeline.Split(jnp.asarray(data.test.images),
                         jnp.asarray(data.test.labels))
 
-  @jax.jit  # One program: a compile per model and class count.
+  @jax.jit  # One program.
   def step_and_evaluate(state):
     state, train_sums = train.train_step(state, batch)
     test_sums = train.evaluate(state, test.images, test.labels,
@@ -144,7 +150,7 @@ def test_every_model_trains_a_step_and_evaluates(emnist, dataset, model):
   train_sums, test_sums, logits = step_and_evaluate(state)
   assert int(train_sums["count"]) == 16 and np.isfinite(float(
       train_sums["loss"]))
-  assert int(test_sums["count"]) == len(test) and logits.shape == (len(test), k)
+  assert int(test_sums["count"]) == len(test)
   assert float(test_sums["correct"]) == float(
       np.sum(np.argmax(logits, -1) == data.test.labels))
 
@@ -182,34 +188,3 @@ def test_report_at_47_classes_names_every_class(tmp_path):
           for p in report.confused_pairs(out["confusion"])] == [
               (info.class_names[labels[0]],
                info.class_names[(labels[0] + 1) % 47])]
-
-
-@pytest.mark.slow
-def test_launch_trains_and_predicts_on_26_classes(tmp_path):
-  """The command line end to end on letters: --dry_run, then training in
-  --workdir (the lock, the run folder, its record), then --mode=predict
-  naming a letter."""
-  import launch_helpers as lh  # pylint: disable=g-import-not-at-top
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  mnist_dir = write_idx_dir(tmp_path / "idx", n_train=200, n_test=52, seed=2,
-                            dataset="emnist_letters")
-  workdir = tmp_path / "run"
-  args = ["--model=mlp", "--preset=seed", "--dataset=emnist_letters",
-          "--epochs=1", "--mlp_hidden=16", f"--mnist_dir={mnist_dir}",
-          f"--data_dir={tmp_path / 'tfds'}", f"--workdir={workdir}"]
-  rc, out, err = lh.run(args + ["--dry_run"])
-  assert rc == 0 and "784-16-26" in out, err
-  assert not workdir.exists()
-  rc, _, err = lh.run(args, timeout=300)
-  assert rc in (0, 4), err  # 4: a run that did not learn.
-  with open(workdir / "confusion_matrix.csv") as f:
-    assert next(csv.reader(f))[1:] == [chr(ord("A") + i) for i in range(26)]
-  picture = np.zeros((28, 28), np.uint8)
-  picture[8:20, 8:20] = 255
-  Image.fromarray(picture).save(tmp_path / "letter.png")
-  rc, out, err = lh.run(["--mode=predict", f"--workdir={workdir}",
-                         f"--image={tmp_path / 'letter.png'}", "--json"])
-  assert rc == 0, err
-  record = json.loads(out)
-  assert record["class"] == chr(ord("A") + record["digit"])
-  assert len(record["probabilities"]) == 26

@@ -71,19 +71,15 @@ def test_prepare_keeps_every_example_in_tfds_order_and_caches(tmp_path, capfd,
     np.testing.assert_array_equal(arrays[k], again[k])
 
 
-def test_a_damaged_cache_is_refused_until_deleted(prepared, tmp_path):
+def test_a_damaged_cache_is_prepared_again_once_deleted(prepared, tmp_path):
+  """As its refusal advises (its words: test_refusals.py)."""
   mnist_dir, data_dir = prepared
   good = pipeline.prepare("mnist", data_dir)
   copy = str(tmp_path / "tfds")
   shutil.copytree(data_dir, copy)
   folder = os.path.join(copy, "mnist", "3.0.1")
-  cache = os.path.join(folder, "mnist_jax_arrays.npz")
-  with open(cache, "r+b") as f:
-    f.truncate(os.path.getsize(cache) // 2)
-  with pytest.raises(UserError, match=(
-      f"^the prepared mnist in {folder} is damaged \\(BadZipFile: .*\\); "
-      "delete that folder to prepare it again \\(offline: with "
-      "--mnist_dir=DIR\\)$")):
+  os.truncate(os.path.join(folder, "mnist_jax_arrays.npz"), 3000)
+  with pytest.raises(UserError, match="is damaged"):
     pipeline.prepare("mnist", copy, mnist_dir)
   shutil.rmtree(folder)
   again = pipeline.prepare("mnist", copy, mnist_dir)
@@ -91,86 +87,31 @@ def test_a_damaged_cache_is_refused_until_deleted(prepared, tmp_path):
     np.testing.assert_array_equal(good[k], again[k])
 
 
-@pytest.mark.parametrize("fraction,n_train,n_val", [
-    (0.1, 540, 60), (0.0, 600, 0), (0.5, 300, 300), (0.999, 0, 600)])
-def test_split_holds_out_the_last_fraction(prepared, fraction, n_train, n_val):
+@pytest.mark.parametrize("fraction,n_train", [(0.1, 540), (0.0, 600),
+                                              (0.5, 300)])
+def test_split_holds_out_the_last_fraction(prepared, fraction, n_train):
   arrays = pipeline.prepare("mnist", prepared[1])
-  if not n_train:
-    with pytest.raises(UserError, match=r"--val_fraction=0.999 holds out all "
-                       "600 training examples, leaving none to train on"):
-      pipeline.split(arrays, fraction)
-    return
   ds = pipeline.split(arrays, fraction)
-  assert (len(ds.train), len(ds.val), len(ds.test)) == (n_train, n_val, 200)
+  assert (len(ds.train), len(ds.val), len(ds.test)) == (n_train,
+                                                        600 - n_train, 200)
   np.testing.assert_array_equal(ds.val.labels, arrays["train_labels"][n_train:])
 
 
 def test_load_gives_the_raw_arrays_every_model_reads(prepared):
-  """No views any more: each split is images [N, 28, 28] uint8 (0-255,
-  as stored) and labels [N] int32, which each model scales itself."""
+  """Each split is images [N, 28, 28, 1] uint8 (0-255, as stored) and labels
+  [N] int32, which each model scales itself: the same for every model."""
   mnist_dir, data_dir = prepared
-  config = models.get_config("lstm", "pixels", mnist_dir=mnist_dir,
-                             data_dir=data_dir)
-  data = pipeline.load(config)
-  other = pipeline.load(models.get_config(  # Another model: the same arrays.
-      "cnn", mnist_dir=mnist_dir, data_dir=data_dir, val_fraction=0.1))
+  data, other = (pipeline.load(models.get_config(
+      model, mnist_dir=mnist_dir, data_dir=data_dir, val_fraction=0.1))
+                 for model in ("lstm", "cnn"))
   for a, b in zip((data.train, data.val, data.test),
                   (other.train, other.val, other.test)):
     np.testing.assert_array_equal(a.images, b.images)
     np.testing.assert_array_equal(a.labels, b.labels)
-  for split in (data.train, data.val, data.test):
-    assert split.images.dtype == np.uint8 and split.images.shape[1:] == (28, 28, 1)
-    assert split.labels.dtype == np.int32 and len(split) == len(split.images)
+    assert a.images.dtype == np.uint8 and a.images.shape[1:] == (28, 28, 1)
+    assert a.labels.dtype == np.int32 and len(a) == len(a.images)
   assert data.train.images.max() == 230  # synthetic_digits' ink, unscaled.
   assert data.class_names == tuple("0123456789")
-
-
-def _break(path, how):
-  raw = open(path, "rb").read()
-  if how == "truncated":
-    raw = raw[:len(raw) // 2]
-  elif how == "magic":
-    body = gzip.decompress(raw)
-    raw = gzip.compress(b"\x00\x00\x09\x99" + body[4:])
-  elif how == "garbage":
-    raw = b"\x1f\x8b" + os.urandom(100)
-  open(path, "wb").write(raw)
-
-
-@pytest.mark.parametrize("how", ["truncated", "magic", "garbage", "missing"])
-def test_a_bad_file_is_named_in_one_line_and_leaves_nothing(tmp_path, how):
-  mnist_dir = write_idx_dir(tmp_path / "idx", n_train=50, n_test=20)
-  bad = os.path.join(mnist_dir, "t10k-labels-idx1-ubyte.gz")
-  if how == "missing":
-    os.remove(bad)
-  else:
-    _break(bad, how)
-  data_dir = tmp_path / "tfds"
-  with pytest.raises(UserError, match="t10k-labels-idx1-ubyte") as e:
-    pipeline.prepare("mnist", str(data_dir), mnist_dir)
-  assert "\n" not in str(e.value)
-  assert [f for _, _, fs in os.walk(data_dir) for f in fs] == []
-  # The next run, with good files, is not poisoned.
-  write_idx_dir(tmp_path / "idx", n_train=50, n_test=20)
-  assert len(pipeline.prepare("mnist", str(data_dir), mnist_dir)[
-      "train_labels"]) == 50
-
-
-def test_a_data_dir_that_cannot_be_made_is_one_line(tmp_path):
-  mnist_dir = write_idx_dir(tmp_path / "idx", n_train=50, n_test=20)
-  (tmp_path / "a_file").write_text("not a folder")
-  with pytest.raises(UserError, match=(
-      f"^preparing mnist in {tmp_path / 'a_file'} failed: .*File exists")):
-    pipeline.prepare("mnist", str(tmp_path / "a_file"), mnist_dir)
-
-
-def test_offline_without_data_fails_fast(tmp_path, monkeypatch):
-  monkeypatch.setattr(pipeline, "_network_reachable", lambda url: False)
-  monkeypatch.setattr(pipeline, "_download", lambda *a: pytest.fail(
-      "tfds's download (minutes of retries) was tried offline"))
-  with pytest.raises(UserError, match="--mnist_dir") as e:
-    pipeline.prepare("mnist", str(tmp_path / "empty"))
-  assert "--data_dir" in str(e.value)
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):

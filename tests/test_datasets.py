@@ -1,5 +1,6 @@
-"""MNIST's IDX-format sisters, and a dataset of another shape declared in
-datasets.py, go through the same builder, models, report and predict."""
+"""A dataset of another shape declared in datasets.py goes through the same
+builder, models, report and predict (MNIST's IDX-format sisters: their
+names and files, test_data.py; their classes, test_classes.py)."""
 
 import io
 import json
@@ -9,37 +10,13 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from conftest import one_per_module_class, write_idx, write_idx_dir
+from conftest import one_per_module_class, write_idx
+from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.data import datasets
-from mnist_jax.data import pipeline
 from mnist_jax.models import recurrent
 from mnist_jax.results import run as run_lib
 from mnist_jax import modes
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("dataset,model,extra", [
-    ("mnist", "cnn", dict(cnn_features=(4,), cnn_dense=8, augment=True)),
-    ("fashion_mnist", "lstm", dict(hidden=4, sequence="pixels")),
-    ("kmnist", "mlp", dict(mlp_hidden=(8,), num_seeds=2)),
-])
-def test_each_dataset_prepares_trains_and_plots(dataset, model, extra, tmp_path):
-  idx_dir = write_idx_dir(tmp_path / "idx", n_train=300, n_test=100, seed=3)
-  data_dir = str(tmp_path / "tfds")
-  # The report's figures; the analyses of another dataset: below.
-  config = models.get_config(model, dataset=dataset, mnist_dir=idx_dir,
-                             data_dir=data_dir, epochs=1, batch_size=100,
-                             val_fraction=0.0, analyses=False, **extra)
-  loaded = pipeline.load(config)
-  assert loaded.class_names == tuple(datasets.class_names(dataset))
-  assert len(loaded.train) == 300 and len(loaded.test) == 100
-  # Prepared under the dataset's own name, beside any other dataset.
-  assert os.path.isdir(os.path.join(data_dir, dataset, "3.0.1"))
-  workdir = str(tmp_path / "run")
-  final = modes.train_and_evaluate(config, workdir, stream=io.StringIO())
-  assert final["test_examples"] == 100
-  assert os.path.getsize(os.path.join(workdir, "learning_curves.png")) > 0
 
 
 # A dataset of another shape, declared here: 16x12 images, 3 classes (a bar
@@ -48,6 +25,10 @@ def test_each_dataset_prepares_trains_and_plots(dataset, model, extra, tmp_path)
 SHAPED = datasets.DatasetInfo(  # Bars, 16x12, 3 classes.
     "kmnist", "1.0.0", "", ("top", "middle", "bottom"), (16, 12, 1))
 SMALL = dict(mlp_hidden=(8,), cnn_features=(4,), cnn_dense=8, hidden=4)
+# The LSTM reads the image's pixels; the MLP trains two seeds with no
+# validation split (the report shows the first, and their ensemble).
+EXTRA = {"lstm": dict(sequence="pixels"), "mlp": dict(num_seeds=2,
+                                                      val_fraction=0.0)}
 
 
 def _bars(n, seed):
@@ -70,10 +51,9 @@ def test_the_dense_models_count_the_declared_images_pixels(monkeypatch):
 
 
 # A model of each module class (a dataset's shape reaches the module, not
-# its cell), and the LSTM, which reads the image's pixels as its sequence.
+# its cell), and the LSTM.
 @pytest.mark.parametrize("model,extra", [
-    pytest.param(m, dict(sequence="pixels") if m == "lstm" else {},
-                 marks=pytest.mark.slow)
+    pytest.param(m, EXTRA.get(m, {}), marks=pytest.mark.slow)
     for m in [*one_per_module_class(), "lstm"]])
 def test_a_dataset_of_another_shape_trains_reports_and_predicts(
     model, extra, tmp_path, monkeypatch):
@@ -91,9 +71,9 @@ def test_a_dataset_of_another_shape_trains_reports_and_predicts(
   config = models.get_config(
       model, "seed", dataset=SHAPED.name, mnist_dir=str(folder),
       data_dir=str(tmp_path / "tfds"), workdir=workdir, epochs=1,
-      batch_size=20, val_fraction=0.25, tensorboard=False, impl="stock",
-      **{k: v for k, v in {**SMALL, **extra}.items()
-         if k in models.get(model).settings})
+      batch_size=20, tensorboard=False, impl="stock", **{
+          k: v for k, v in {"val_fraction": 0.25, **SMALL, **extra}.items()
+          if k in models.get(model).settings or k in config_lib.FIELDS})
   final = modes.train_and_evaluate(config, workdir, stream=io.StringIO())
   assert final["test_examples"] == 60
   with open(os.path.join(workdir, "report.md")) as f:

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
+import pytest
 
 from conftest import train_core, write_idx
 from experiments import compare
@@ -25,6 +26,7 @@ from mnist_jax import modes
 from mnist_jax import optim
 from mnist_jax.data import datasets
 from mnist_jax.data import pipeline
+from mnist_jax.errors import UserError
 from mnist_jax.models import recurrent
 from mnist_jax.models import registry
 from mnist_jax.results import analysis
@@ -35,7 +37,7 @@ from mnist_jax.training import train
 from parallel_worker import Recorder
 from tensorboard_helpers import multiplexer, scalars
 
-TINY = dict(epochs=2, batch_size=32, val_fraction=0.1, tensorboard=False)
+TINY = dict(epochs=1, batch_size=32, val_fraction=0.1, tensorboard=False)
 
 
 def add_field(monkeypatch, name, default, help_text, parser):
@@ -81,15 +83,13 @@ def test_a_schedule_with_a_number_of_its_own(monkeypatch, prepared):
             config_lib.Number(0, open_low=True))
   config = models.get_config(
       "linear", "seed", schedule="warm_restarts", learning_rate=1e-2,
-      sweep="restart_epochs=1,2", **_data(prepared, epochs=4))
+      sweep="restart_epochs=1,2", **_data(prepared, epochs=2))
   hooks = Recorder()
-  _, final = train_core(config, pipeline.load(config), hooks)
+  train_core(config, pipeline.load(config), hooks)
   rates = [[m["learning_rate"] for m in row["members"]] for row in hooks.rows]
   # Restarted every epoch: each epoch ends at the peak; every second epoch:
   # half-way down its cosine, then at the peak again.
-  np.testing.assert_allclose(rates, [[1e-2, 5e-3], [1e-2, 1e-2]] * 2,
-                             rtol=1e-5)
-  assert final["test_accuracy"] > 0.5
+  np.testing.assert_allclose(rates, [[1e-2, 5e-3], [1e-2, 1e-2]], rtol=1e-5)
   assert "restart_epochs" in config_lib.sweepable()
 
 
@@ -113,19 +113,12 @@ def test_a_loss_that_mixes_examples(monkeypatch, prepared):
       _mixup, reads=("mixup_alpha", "label_smoothing")))
   add_field(monkeypatch, "mixup_alpha", 0.2, "mixup's Beta(alpha, alpha)",
             config_lib.Number(0, open_low=True))
-  values = _data(prepared, mlp_hidden=(32,))
-  plain = models.get_config("mlp", "seed", **values)
-  mixed = plain.replace(loss="mixup", sweep="mixup_alpha=0.2,1")
-  data = pipeline.load(plain)
-  rows = []
-  for config in (plain, mixed):
-    rows.append(Recorder())
-    _, final = train_core(config, data, rows[-1])
-    assert final["test_accuracy"] > 0.5
-  first = rows[1].rows[0]["members"]
-  # Each member mixes by its own alpha, and differs from the plain loss.
+  config = models.get_config("mlp", "seed", loss="mixup", mlp_hidden=(8,),
+                             sweep="mixup_alpha=0.2,1", **_data(prepared))
+  hooks = Recorder()
+  train_core(config, pipeline.load(config), hooks)
+  first = hooks.rows[0]["members"]  # Each member mixes by its own alpha.
   assert first[0]["train_loss"] != first[1]["train_loss"]
-  assert rows[0].rows[0]["train_loss"] not in {m["train_loss"] for m in first}
   assert "mixup_alpha" in config_lib.sweepable()
 
 
@@ -147,15 +140,15 @@ def test_a_metric_reaches_every_output(monkeypatch, prepared, tmp_path):
   monkeypatch.setattr(metrics, "METRICS", metrics.METRICS + (TOP2,))
   work = str(tmp_path / "run")
   config = models.get_config("mlp", "seed", **_data(
-      prepared, mlp_hidden=(32,), tensorboard=True, analyses=False))
+      prepared, mlp_hidden=(8,), tensorboard=True, analyses=False))
   final = _run(config, work)
-  assert 0.9 <= final["test_top2"] <= 1
-  assert run_lib.metrics_log.MetricsLog(work).read()[0]["val_top2"] > 0.5
+  assert final["test_accuracy"] <= final["test_top2"] <= 1
+  assert run_lib.metrics_log.MetricsLog(work).read()[0]["val_top2"] > 0
   with open(os.path.join(work, "report.md")) as f:
     assert f"| Test top-2 accuracy | {100 * final['test_top2']:.2f}% |" in f.read()
   got = scalars(multiplexer(work), ".")
-  assert got["top2_accuracy/test"] == [(2, final["test_top2"])]
-  assert len(got["top2_accuracy/val"]) == 2
+  assert got["top2_accuracy/test"] == [(1, pytest.approx(final["test_top2"]))]
+  assert len(got["top2_accuracy/val"]) == 1
   compare.compare([work], str(tmp_path / "compared"), log=lambda _: None)
   with open(tmp_path / "compared" / "comparison.md") as f:
     assert "test top-2 accuracy" in f.read()
@@ -169,26 +162,29 @@ def test_a_metric_reaches_every_output(monkeypatch, prepared, tmp_path):
 
 def test_a_reading_order_the_analyses_and_the_page_follow(monkeypatch,
                                                            prepared, tmp_path):
+  """On the stock layers (the kernels': test_kernels.py); the analyses' own
+  steps (the reading's units, the logits after each), not every analysis
+  (test_analysis.py)."""
   monkeypatch.setitem(recurrent.SEQUENCES, "columns", (
       "the {w} columns", lambda h, w, seed: recurrent.Reading(
           np.arange(h * w).reshape(h, w).T, ("column", "columns"), 1)))
-  config = models.get_config("gru", "seed", sequence="columns", hidden=16,
-                             **_data(prepared))
+  config = models.get_config("gru", "seed", sequence="columns", hidden=4,
+                             impl="stock", **_data(prepared, analyses=False))
   assert models.get("gru").describe(config).startswith(
-      "GRU(16) over the 28 columns")
+      "GRU(4) over the 28 columns")
   images = np.arange(2 * 28 * 28 * 1).reshape(2, 28, 28, 1) % 256
   x = recurrent.as_sequence(images, "columns")
   np.testing.assert_allclose(x[:, 3], images[:, :, 3, 0] / 255.0)
   work = str(tmp_path / "run")
   _run(config, work)
-  r = analysis.summary(compare.load_analysis(work))
-  assert r["reading_unit"] == ["column", "columns"]
-  assert 1 <= r["reading_units_to_99"] <= 28
-  with np.load(os.path.join(work, "analysis", "arrays.npz")) as a:
-    stripes = a["units_map"]  # Summed per column: constant down a column.
-    assert a["reading_accuracy"].shape == (28,)
-  np.testing.assert_allclose(stripes, stripes[:, :1].repeat(28, 1))
-  page = serve.Model(work, run_lib.load_run(work))
+  run, module = run_lib.load_run(work), models.get("gru").stock(config)
+  reads = analysis.reading_of(module, (28, 28, 1))
+  assert reads.unit == ("column", "columns")
+  np.testing.assert_array_equal(analysis.unit_of_pixel(reads, (28, 28, 1)),
+                                np.tile(np.arange(28), (28, 1)))
+  _, logits, steps = analysis.forward(module, run.variables, images, every=1)
+  np.testing.assert_allclose(steps[:, -1], logits, rtol=1e-5, atol=1e-5)
+  page = serve.Model(work, run)
   assert page.info["unit"] == ("column", "columns")
   digit = np.zeros((28, 28, 1))
   digit[5:20, 9:12] = 255  # Ink from column 9 on.
@@ -226,8 +222,8 @@ def test_a_colour_dataset_trains_predicts_a_picture_and_is_served(
   config = models.get_config(
       "cnn", "seed", dataset="stripes", cnn_features=(4,), cnn_dense=8,
       mnist_dir=str(folder), data_dir=str(tmp_path / "prepared"),
-      learning_rate=3e-2,
-      **{**TINY, "epochs": 4, "batch_size": 20, "analyses": False})
+      learning_rate=3e-2, **{**TINY, "epochs": 2, "batch_size": 20,
+                             "analyses": False})
   final = _run(config, work)
   assert final["test_accuracy"] > 0.9
   picture = np.zeros((64, 48, 3), np.uint8)  # A green band, 4x the size.
@@ -276,17 +272,23 @@ SEPARABLE = registry.ModelSpec(
 
 
 def test_a_new_cnn_family_model(monkeypatch, prepared, tmp_path):
+  """Its setting is a flag, a Config value of its runs, refused by another
+  model's (config.py unchanged); the analyses find its features (the
+  input of its OUTPUT layer) and that it reads no sequence."""
   monkeypatch.setitem(registry.MODELS, SEPARABLE.name, SEPARABLE)
   registry.register(SEPARABLE)  # Its flag, defined once.
+  with pytest.raises(UserError, match="setting of --model=separable, not of"):
+    models.get_config("mlp", separable_width=6)
   work = str(tmp_path / "run")
-  config = models.get_config("separable", separable_width=6, **_data(
-      prepared, epochs=3, batch_size=20))
+  config = models.get_config("separable", separable_width="6", **_data(
+      prepared, batch_size=20, analyses=False))
   final = _run(config, work)
-  assert final["test_accuracy"] > 0.5  # Ten classes: chance is 0.1.
-  settings = run_lib.load_run(work).config
-  assert settings.separable_width == 6
-  r = analysis.summary(compare.load_analysis(work))
-  assert r["parameters"] == final["num_params"]  # Its features, OUTPUT's.
-  assert r["reading_note"] == "not a sequence model"
-  page = serve.Model(work, run_lib.load_run(work), final)
+  run = run_lib.load_run(work)
+  assert run.config.separable_width == 6
+  module = models.get("separable").stock(run.config)
+  images = np.zeros((2, 28, 28, 1), np.uint8)
+  features, _, _ = analysis.forward(module, run.variables, images)
+  assert features.shape == (2, 28 * 28 * 6)
+  assert analysis.reading_of(module, (28, 28, 1)) is None
+  page = serve.Model(work, run, final)
   assert page.info["describe"] == "depthwise 3x3, pointwise 6, Dense"

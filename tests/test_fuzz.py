@@ -1,10 +1,12 @@
 """No input ends in a traceback: every numeric flag at absurd values, any
-bytes as an IDX file, any damage to a checkpoint. Each gives its one-line
-error (or, where the input is valid after all, the right result)."""
+bytes as an IDX file (a checkpoint's damage: test_checkpoint.py). Each gives
+its one-line error (or, where the input is valid after all, the right
+result)."""
 
 import gzip
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -97,17 +99,14 @@ def test_every_numeric_flag_at_absurd_values_is_one_line_or_valid(tmp_path):
           f"error: {caught.value}; see python launch.py --help"], (case, result)
       assert str(caught.value).startswith(f"flag {case}: ")
       refused += 1
-      kind = type(config_lib.SETTINGS[name].default)
       try:  # A Config field, given in Python: refused alike.
-        number = kind(value) if name in config_lib.FIELDS else None
-      except ValueError:  # Not of its type ("nan" as an int).
-        number = None
-      for refuse in (() if number is None else (
-          config_lib.Config().replace,
-          lambda **kw: config_lib.validate(config_lib.Config(**kw)))):
-        with pytest.raises(BadFlag) as caught:
+        number = type(config_lib.FIELDS[name].default)(value)
+      except (KeyError, ValueError):  # A model's, or "nan" as an int.
+        continue
+      for refuse in (config_lib.Config().replace, lambda **kw: (
+          config_lib.validate(config_lib.Config(**kw)))):
+        with pytest.raises(BadFlag, match=re.escape(f"flag --{name}={number}:")):
           refuse(**{name: number})
-        assert str(caught.value).startswith(f"flag --{name}={number}: ")
     else:
       assert result["code"] == 0 and not lines, (case, result)
   assert os.listdir(folder) == []
@@ -157,78 +156,3 @@ def test_any_bytes_as_an_idx_file_read_or_name_the_file_in_one_line(data):
   assert how != "cut", "a file cut short was read"
   assert array.dtype == np.uint8
   assert array.shape[1:] == ((28, 28, 1) if kind == "images" else ())
-
-
-# Restores a copy of the run folder argv[1] with each file of its checkpoint
-# damaged (cut to half, a byte changed, deleted; its meta record rewritten
-# as valid JSON of another model), each in turn, in argv[2]; prints one JSON
-# line per damage: what was refused, or whether it restored the same arrays.
-_DAMAGE = r"""
-import json, os, shutil, sys
-sys.path[:0] = [os.getcwd(), os.path.join(os.getcwd(), "tests")]
-import numpy as np, jax
-import launch_helpers as lh
-from mnist_jax.rundir import checkpoints
-source, scratch = sys.argv[1:3]
-want, _ = lh.restore_latest(source)
-folder = os.path.join(source, "checkpoints")
-names = sorted(os.path.relpath(os.path.join(d, f), source)
-               for d, _, fs in os.walk(folder) for f in fs)
-for name in names:
-  for how in ("cut", "byte", "delete", "meta"):
-    if how == "meta" and not name.endswith(os.path.join("meta", "metadata")):
-      continue
-    shutil.rmtree(scratch, ignore_errors=True)
-    shutil.copytree(source, scratch)
-    path = os.path.join(scratch, name)
-    size = os.path.getsize(path)
-    if how == "delete":
-      os.remove(path)
-    elif how == "meta":
-      meta = json.load(open(path))
-      json.dump({**meta, "model": "linear"}, open(path, "w"))
-    elif how == "cut":
-      os.truncate(path, size // 2)
-    elif size:
-      with open(path, "r+b") as f:
-        f.seek(size // 2)
-        byte = f.read(1)[0]
-        f.seek(size // 2)
-        f.write(bytes([byte ^ 0x5A]))
-    case = {"file": name, "how": how}
-    try:
-      got, _ = lh.restore_latest(scratch)
-      case["same"] = all(np.array_equal(a, b) for a, b in zip(
-          jax.tree.leaves(got.params), jax.tree.leaves(want.params)))
-    except checkpoints.CheckpointError as e:
-      case["refused"] = str(e)
-    except Exception as e:
-      case["other"] = repr(e)
-    print(json.dumps(case), flush=True)
-"""
-
-
-@pytest.mark.slow
-def test_any_damage_to_a_checkpoint_is_refused_in_one_line_or_harmless(
-    tiny_run, tmp_path):
-  """Each file of a checkpoint cut short, a byte changed, deleted: a
-  CheckpointError whose advice to delete is said only of verified damage,
-  or (metadata orbax rebuilds) the same arrays. The whole process's stderr,
-  exit included, holds no stray traceback of orbax's abandoned reads."""
-  p = subprocess.run([sys.executable, "-c", _DAMAGE, tiny_run,
-                      str(tmp_path / "x")], cwd=lh.ROOT, capture_output=True,
-                     text=True, timeout=600, env=lh.child_env())
-  assert p.returncode == 0, p.stderr[-3000:]
-  cases = [json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")]
-  for case in cases:
-    assert "other" not in case and case.get("same", True), case
-    text = case.get("refused", "")
-    assert "\n" not in text
-    if "delete" in text or "--overwrite" in text:
-      assert "is damaged or truncated" in text, case
-  [meta] = [c["refused"] for c in cases if c["how"] == "meta"]
-  assert "does not match the checksum saved with it" in meta
-  assert any("damaged or truncated" in c.get("refused", "") for c in cases)
-  for marker in ("Traceback", "Exception ignored", "never retrieved",
-                 "never awaited"):
-    assert marker not in p.stderr, p.stderr[:3000]

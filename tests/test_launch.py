@@ -108,14 +108,6 @@ def test_every_help_flag_prints_help_and_exits_0(capsys, arg):
         _printed_help(capsys).rstrip())
 
 
-def test_help_exits_0_from_the_shell():
-  result = subprocess.run([sys.executable, "launch.py", "--help"],
-                          cwd=lh.ROOT, capture_output=True, text=True,
-                          timeout=120)
-  assert result.returncode == 0, result.stderr
-  assert result.stdout.startswith(launch.__doc__.strip()[:40])
-
-
 def test_docs_flag_table_is_the_help():
   """docs/flags.md's table: the same flags, in the same groups and order,
   with the same help, and as default the flag's ("the preset's, else X"
@@ -201,11 +193,13 @@ def test_dry_run_says_which_split_is_held_out():
 
 
 def test_dry_run_writes_nothing_and_names_the_run_it_would_resume(tmp_path):
-  work = tmp_path / "runs" / "mlp-a"
+  """And a `~` a shell leaves alone after `--data_dir=` (or --workdir,
+  --mnist_dir) is the home folder, not a folder `~`."""
+  work, home = tmp_path / "runs" / "mlp-a", tmp_path / "home"
   lh.unfinished_run(str(work), registry.get_config("mlp", epochs=3))
   before = lh.snapshot(tmp_path)
-  result = _launch("--epochs=3", "--dry_run", cwd=tmp_path,
-                  env={"TFDS_DATA_DIR": str(tmp_path / "tfds")})
+  result = _launch("--epochs=3", "--dry_run", "--data_dir=~/tfds",
+                   cwd=tmp_path, env={"HOME": str(home)})
   assert result.returncode == 0, result.stderr
   assert result.stdout.startswith("dry run: nothing is trained")
   assert (f"run folder: resuming {os.path.join('runs', 'mlp-a')}, the newest "
@@ -213,21 +207,8 @@ def test_dry_run_writes_nothing_and_names_the_run_it_would_resume(tmp_path):
           "logged)") in result.stdout
   assert ("model:      mlp (tuned preset): 784-1024-1024-10, ReLU, dropout "
           "0.3") in result.stdout
-  assert lh.snapshot(tmp_path) == before
-
-
-def test_a_home_folder_in_a_path_flag_is_expanded(tmp_path):
-  """A shell leaves `~` alone after `--workdir=`: launch.py expands it, as
-  it does in --data_dir and --mnist_dir, instead of making a folder `~`."""
-  home, cwd = tmp_path / "home", tmp_path / "cwd"
-  cwd.mkdir()
-  result = _launch("--model=linear", "--workdir=~/runs/lin", "--data_dir=~/tfds",
-                  "--dry_run", cwd=cwd, env={**os.environ, "HOME": str(home)})
-  assert result.returncode == 0, result.stderr
-  assert f"run folder: {home / 'runs' / 'lin'}, a new run folder" in (
-      result.stdout)
   assert f"--data_dir={home / 'tfds'}" in result.stdout
-  assert os.listdir(cwd) == []
+  assert lh.snapshot(tmp_path) == before
 
 
 @pytest.mark.slow

@@ -27,21 +27,30 @@ import launch_helpers as lh
 from conftest import write_idx_dir
 from mnist_jax import models
 from mnist_jax.errors import UserError
+from mnist_jax.data import pipeline
 from mnist_jax.models import registry
+from mnist_jax.rundir import checkpoints
 
 # Runs launch.py's parse and _run for each (id, argv) of the JSON list in
 # argv[1]; prints one JSON line {id: {code, out, err, crash}} after "@results ".
 # jax.distributed finds no cluster, as on one host (once JAX has started, as
-# from the second case, it would refuse to look).
+# from the second case, it would refuse to look); a job the flags name joins
+# as its --num_processes, to the case's end. The network is unreachable.
 _CHILD = r"""
 import contextlib, io, json, os, sys, traceback
 sys.path.insert(0, os.getcwd())
 import jax, launch
-def alone(*args, **kwargs):
-  raise ValueError("no cluster detected")
-jax.distributed.initialize = alone
+from mnist_jax.data import pipeline
+one = jax.process_count
+def join(address=None, count=None, *args, **kwargs):
+  if not count:
+    raise ValueError("no cluster detected")
+  jax.process_count = lambda: count
+jax.distributed.initialize = join
+pipeline._network_reachable = lambda *args, **kwargs: False
 results = {}
 for name, args in json.loads(sys.argv[1]):
+  jax.process_count = one
   launch.FLAGS.unparse_flags()
   launch.COMMAND = launch.cli.Command()
   out, err, code, crash = io.StringIO(), io.StringIO(), 0, None
@@ -118,6 +127,9 @@ class Case:
       raw = f.read()
     if damage == "missing":
       os.remove(labels)
+    elif damage == "unreadable":  # A file no read of succeeds, even root's.
+      os.remove(images)
+      os.symlink("/proc/self/mem", images)
     elif damage == "gzip":
       os.remove(images)
       self.file(images + ".gz", gzip.compress(raw)[:len(raw) // 4])
@@ -167,6 +179,14 @@ def _truncated(c):
       path = os.path.join(folder, name)
       os.truncate(path, os.path.getsize(path) // 3)
   return c.repeat(workdir)
+
+
+def _other_data(c):
+  """The unfinished run's command on another (smaller) data set, prepared."""
+  mnist_dir = write_idx_dir(c.tmp / "idx", n_train=100, n_test=50)
+  pipeline.prepare("mnist", str(c.tmp / "tfds"), mnist_dir)
+  return c.repeat(c.run(finished=False), f"--mnist_dir={mnist_dir}",
+                  f"--data_dir={c.tmp / 'tfds'}")
 
 
 def _config_in_place_of(c, what, mode):
@@ -362,11 +382,26 @@ CASES = [
     ("checkpoints_a_file", lambda c: c.repeat(_no_checkpoint(c, instead="file")), 1,
      "is a file where the run's checkpoints go; move it away, or pass another "
      "--workdir"),
+    # 540 // 32 steps an epoch; then 90 // 32.
+    ("other_steps_per_epoch", _other_data, 1, "(step 16, epoch 1) does not fit "
+     "this run's 2 steps per epoch (were the data or the batch size changed?)"),
+    ("none_over_processes", ["--parallel=none", "--num_processes=2",
+                             "--process_id=0"], 1, "error: --parallel=none runs "
+     "on one device, but 2 processes were started; pass --parallel=sharded"),
     # Data.
     ("batch_over_train_set", ["--batch_size=100000"], 1, "--batch_size=100000 "
      "is larger than the 540 training examples; pass a smaller one"),
     ("all_held_out", ["--val_fraction=0.999"], 1, "--val_fraction=0.999 holds "
      "out all 600 training examples, leaving none to train on"),
+    ("data_dir_a_file", lambda c: c.train(data=[
+        f"--mnist_dir={c.mnist_dir}", f"--data_dir={c.file()}"]), 1,
+     "error: preparing mnist in ", "/a_file failed: ", "File exists"),
+    ("offline", lambda c: c.train(data=[f"--data_dir={c.tmp / 'tfds'}"]), 1,
+     "error: mnist is not prepared in ", "/tfds and the network is unreachable:"
+     " pass --mnist_dir=DIR (a folder with the four IDX files) or "
+     "--data_dir=DIR (where it is already prepared)"),
+    ("idx_unreadable", lambda c: c.idx("unreadable"), 1, "error: cannot read ",
+     "/train-images-idx3-ubyte: Input/output error"),
     ("mnist_dir_not_folder", lambda c: c.train(data=[
         f"--mnist_dir={c.file()}", f"--data_dir={c.tmp / 'tfds'}"]), 1,
      "is not a folder; pass the folder that holds the four IDX files"),
@@ -455,6 +490,17 @@ def test_a_refusal_is_one_line_its_exit_status_and_writes_nothing(refused,
   assert after == before
   if real:
     assert real == (status, result["err"]), real
+
+
+def test_checkpoints_orbax_cannot_open_are_refused_in_one_line(tmp_path):
+  """Found as a run saves its first checkpoint (so not in the table above):
+  here the folder is a link to nowhere; elsewhere, its permissions."""
+  os.symlink(tmp_path / "nowhere" / "x", tmp_path / "checkpoints")
+  with pytest.raises(checkpoints.CheckpointError, match=(
+      f"^cannot open the checkpoints in {tmp_path / 'checkpoints'} \\(.+\\); "
+      "check that this user can read and write that folder, or pass another "
+      "--workdir$")):
+    checkpoints.manager(str(tmp_path), keep=2)
 
 
 def test_debug_shows_the_traceback(tmp_path):

@@ -46,10 +46,8 @@ def test_sequences_read_every_pixel_in_their_order(seq, shape):
 @pytest.mark.parametrize("cell", RECURRENT)
 def test_the_sequence_and_its_seed_are_the_modules_and_the_run_folders(cell):
   """Attributes of the module (the presets name them), config.json keys of
-  the recurrent models only, read back as such; stacked and bidirectional
-  cells read one pixel a step."""
-  config = models.get_config(cell, "seed", sequence="permuted", permute_seed=9,
-                             hidden=4, num_layers=2, bidirectional=True)
+  the recurrent models only, read back as such."""
+  config = models.get_config(cell, "seed", sequence="permuted", permute_seed=9)
   module = models.get(cell).stock(config)
   assert (module.sequence, module.permute_seed) == ("permuted", 9)
   for preset in ("pixels", "permuted"):
@@ -57,28 +55,22 @@ def test_the_sequence_and_its_seed_are_the_modules_and_the_run_folders(cell):
   assert models.get_config(cell).sequence == "rows"  # The module's default.
   assert models.from_dict(json.loads(config.to_json())) == config
   assert "sequence" not in models.get_config("mlp").to_dict()
-  x = jnp.asarray(_images())
-  variables = module.init(jax.random.key(0), x)
-  assert min(k.shape[0] for k in jax.tree.leaves(variables["params"][
-      f"{cell}_0"]) if k.ndim == 2) == 1
-  assert module.apply(variables, x).shape == (3, 10)
 
 
 def test_the_permutation_is_the_models_own():
   """A permuted model on raw images computes the pixel model on images
-  permuted by hand; another seed is another model."""
+  permuted by hand."""
   config = models.get_config("gru", sequence="permuted", permute_seed=5,
                              hidden=4)
   permuted = models.get("gru").stock(config)
   pixels = models.get("gru").stock(config.replace(sequence="pixels"))
   images = _images(2)
   variables = permuted.init(jax.random.key(0), jnp.asarray(images))
-  by_hand = images.reshape(2, -1)[:, recurrent.permutation(5)].reshape(2, 28, 28, 1)
-  apply = jax.jit(lambda m, x: m.apply(variables, x), static_argnums=0)
-  np.testing.assert_allclose(apply(permuted, images), apply(pixels, by_hand),
-                             rtol=1e-5, atol=1e-6)
-  other = models.get("gru").stock(config.replace(permute_seed=6))
-  assert not np.allclose(apply(other, images), apply(permuted, images))
+  by_hand = images.reshape(2, -1)[:, recurrent.permutation(5)].reshape(
+      2, 28, 28, 1)
+  np.testing.assert_allclose(permuted.apply(variables, images),
+                             pixels.apply(variables, by_hand), rtol=1e-5,
+                             atol=1e-6)
 
 
 @pytest.mark.slow

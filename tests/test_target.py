@@ -5,7 +5,6 @@ import numpy as np
 
 from conftest import train_core
 
-import launch_helpers as lh
 from mnist_jax import models
 from mnist_jax.data import pipeline
 from parallel_worker import Recorder, dataset
@@ -18,19 +17,10 @@ def _config(**overrides):
   return models.get_config("mlp", "seed", **{**values, **overrides})
 
 
-def test_the_command_line_refuses_it_without_validation(tmp_path):
-  """Exit 1, one line, nothing written (its words: test_hparams.py); off
-  (0), it needs no validation split."""
-  work = tmp_path / "run"
-  rc, _, err = lh.run(["--model=mlp", "--preset=seed", "--val_fraction=0",
-                       "--target_accuracy=0.9", f"--workdir={work}"])
-  assert rc == 1 and err.strip().startswith(
-      "error: --target_accuracy stops on validation accuracy"), err
-  assert len(err.strip().splitlines()) == 1 and not work.exists()
-  _config(val_fraction=0.0, target_accuracy=0.0)
-
-
 def test_stops_once_validation_accuracy_reaches_it():
+  """(Without a validation split it is refused: test_refusals.py; off, 0,
+  it needs none.)"""
+  _config(val_fraction=0.0, target_accuracy=0.0)
   hooks = Recorder()
   _, final = train_core(_config(), dataset(), hooks)
   epochs = [r["epoch"] for r in hooks.rows]
@@ -58,8 +48,7 @@ def test_test_accuracy_never_stops_a_run():
   data = pipeline.Dataset(data.train, pipeline.Split(data.val.images, labels),
                           data.test, data.class_names)
   hooks = Recorder()
-  _, final = train_core(_config(epochs=3, target_accuracy=0.5),
-                                      data, hooks)
+  _, final = train_core(_config(epochs=3, target_accuracy=0.5), data, hooks)
   assert [r["epoch"] for r in hooks.rows] == [1, 2, 3]
   assert final["epochs_run"] == 3 and final["test_accuracy"] > 0.5
   assert all(r["val_accuracy"] < 0.5 for r in hooks.rows)
