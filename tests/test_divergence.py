@@ -1,105 +1,137 @@
 """A non-finite loss stops the run, names the step, and keeps the last good
-checkpoint; with several members only once every member has diverged."""
+checkpoint; with several members only once every member has diverged (one
+member diverging alone: test_sweep.py)."""
 
 import dataclasses
+import json
+import os
 import re
+import shlex
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import train_core
-
 import launch_helpers as lh
 from mnist_jax import models
 from mnist_jax.errors import Diverged
+from mnist_jax.rundir import record
 from mnist_jax.training import members as members_lib
 from mnist_jax.training import metrics
 from mnist_jax import optim
 from mnist_jax.training import train
-from parallel_worker import Recorder, dataset
 
-# Adam with a learning rate warming up linearly towards 1e38: the linear
-# model's epoch mean loss overflows float32 in epoch 2 here (37-step epochs;
-# each step's loss still finite), so a checkpoint is written before it
-# diverges.
-NAN_FLAGS = ("--model=linear", "--batch_size=16", "--chunk_steps=8",
-             "--optimizer=adam", "--schedule=warmup_cosine",
-             "--label_smoothing=0.1", "--learning_rate=1e38",
-             "--warmup_epochs=100", "--epochs=200")
+# Adam at a learning rate of 1e38 overflows at once, before the first
+# checkpoint. NAN: warming up linearly towards 1e38, the linear model's epoch
+# mean loss overflows float32 in epoch 2 here (37-step epochs; each step's
+# loss still finite), after a checkpoint.
+AT_ONCE = ("--noreport", "--model=linear", "--optimizer=adam",
+           "--schedule=constant", "--learning_rate=1e38", "--epochs=2",
+           "--batch_size=100")
+NAN = ("--model=linear", "--batch_size=16", "--chunk_steps=8",
+       "--optimizer=adam", "--schedule=warmup_cosine", "--label_smoothing=0.1",
+       "--learning_rate=1e38", "--warmup_epochs=100", "--epochs=200")
+
+
+def _diverges(args, cwd, kept):
+  """Runs `args` twice: exit 3 and one line, naming the step and the
+  checkpoint kept (`kept` starts its words); then exit 3 again, nothing
+  written. The lines."""
+  rc, _, err = lh.run(args, cwd=cwd)
+  assert rc == 3 and "Traceback" not in err, err
+  [line] = err.strip().splitlines()
+  assert line.startswith("error: training diverged: the loss became "
+                         "non-finite at step ") or line.startswith(
+                             "error: training diverged: the mean "), line
+  assert f"; {kept}" in line and line.endswith(
+      "; lower --learning_rate or set --grad_clip and train again"), line
+  before = lh.snapshot(cwd)
+  rc, _, again = lh.run(args, cwd=cwd)
+  assert rc == 3 and lh.snapshot(cwd) == before, again
+  [again] = again.strip().splitlines()
+  return line, again
 
 
 @pytest.mark.slow
-def test_divergence_stops_with_step_epoch_status_and_good_checkpoint(
-    prepared, tmp_path):
-  mnist_dir, data_dir = prepared
-  workdir = str(tmp_path / "nan")
-  rc, out, err = lh.run([*NAN_FLAGS, f"--mnist_dir={mnist_dir}",
-                         f"--data_dir={data_dir}", f"--workdir={workdir}"])
-  assert rc == 3, err
-  assert "Traceback" not in err
-  lines = err.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("error: training diverged"), err
-  found = re.search(r"at step (\d+) \(epoch (\d+), step (\d+) of (\d+)\)", err)
+def test_a_diverged_run_stops_in_one_line_and_is_not_repeated(prepared,
+                                                              tmp_path):
+  """Exit 3 and one line naming the step and the checkpoint kept; the same
+  command again would diverge at the same step: refused, nothing written.
+  Report refuses a run with no checkpoint (predict's note on one that has:
+  test_resume.py); the command then printed trains."""
+  cwd, (mnist_dir, data_dir) = str(tmp_path), prepared
+  data = (f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}")
+  _, again = _diverges([*AT_ONCE, *data], cwd,
+                       "no checkpoint had been saved yet")
+  [name] = os.listdir(os.path.join(cwd, "runs"))
+  assert again.startswith(f"error: runs/{name} trained these settings and "
+                          "diverged (at step "), again
+  rc, out, err = lh.run(["--mode=report", f"--workdir=runs/{name}"], cwd=cwd)
+  [line] = err.splitlines()
+  assert rc == 1 and line.startswith(
+      f"error: runs/{name} has no checkpoint: its training diverged at step "
+  ) and line.endswith(", before the first was saved; lower --learning_rate "
+                      "or set --grad_clip in its training command and run it "
+                      f"with --workdir=runs/{name} --overwrite"), (out, err)
+  with open(os.path.join(cwd, "runs", name, "config.json")) as f:
+    own = shlex.split(json.load(f)["repeat"])
+  own[1] = lh.launch_path(cwd)  # "python launch.py", run from elsewhere.
+  rc, _, err = lh.follow(shlex.join([*own, f"--workdir=runs/{name}",
+                                     "--learning_rate=0.001", "--overwrite"]),
+                         cwd=cwd)
+  assert rc == 0, err
+  assert record.read_config(os.path.join(cwd, "runs", name)).learning_rate == (
+      1e-3)
+
+  workdir = os.path.join(cwd, "nan")
+  line, again = _diverges([*NAN, *data, f"--workdir={workdir}"], cwd,
+                          "the last good checkpoint, "
+                          f"{workdir}/checkpoints/")
+  found = re.search(r"at step (\d+) \(epoch (\d+), step (\d+) of (\d+)\)",
+                    line)
   step, epoch, epoch_step, per_epoch = map(int, found.groups())
   assert per_epoch == 600 // 16 and step == (epoch - 1) * per_epoch + epoch_step
   assert epoch >= 2, "diverged before the first checkpoint: raise warmup_epochs"
-  assert "last good checkpoint" in err and lines[0].endswith(
-      "; lower --learning_rate or set --grad_clip and train again"), err
-
+  assert again.startswith(f"error: {workdir} diverged with these settings (")
+  assert "resuming would diverge again" in again
+  assert "add --overwrite to start it over" in again
   rows = lh.metrics(workdir)
-  assert rows[-1]["diverged"] is True and rows[-1]["step"] == step
-  assert rows[-1]["epoch"] == epoch and "diverged" in rows[-1]["message"]
-  assert not any(r.get("diverged") for r in rows[:-1])
-  assert [r["epoch"] for r in rows[:-1]] == list(range(1, epoch))
-
+  assert [(r["epoch"], r.get("diverged")) for r in rows] == [
+      *((e, None) for e in range(1, epoch)), (epoch, True)]
+  assert rows[-1]["step"] == step and rows[-1]["message"] == line[7:]
   state, meta = lh.restore_latest(workdir)
   assert meta["epoch"] == epoch - 1 and int(state.step) < step
+  assert f"{workdir}/checkpoints/{int(state.step)}, is kept" in line
   assert all(np.isfinite(np.asarray(p)).all()
              for p in jax.tree.leaves(state.params))
 
-  # Predict on it says it diverged, and that the command it gives deletes it.
-  rc, out, err = lh.run(["--mode=predict", f"--workdir={workdir}",
-                         f"--image={lh.ROOT}/docs/img/seven.png"])
-  assert rc == 0 and out.startswith(f"{lh.ROOT}/docs/img/seven.png: "), err
-  note = err.strip()
-  assert note.startswith(f"note: {workdir} diverged (training diverged: "), note
-  assert f"last good checkpoint, of epoch {epoch - 1}" in note
-  assert note.endswith("its settings would diverge again: lower "
-                       "--learning_rate or set --grad_clip, and add --overwrite "
-                       "to train it over (which deletes this one)"), note
 
-
-def _chunk_setup(learning_rate=1e-3):
-  """A linear model's fresh state, 32 examples, 8 steps of 4 per epoch."""
+def _chunk_setup():
+  """A linear model's state at an infinite rate; 8 steps of 4 examples."""
   config = dataclasses.replace(  # inf: past the flags' parser.
       models.get_config("linear", "seed", batch_size=4),
-      learning_rate=learning_rate)
+      learning_rate=float("inf"))
   model, _ = models.build(config, say=lambda _: None)
   state = train.create_train_state(jax.random.key(0), model,
                                    optim.make_optimizer(config, 8), (28, 28, 1))
-  images = jnp.asarray(np.random.default_rng(0).integers(0, 255, (32, 28, 28, 1)),
-                       jnp.uint8)
+  images = np.random.default_rng(0).integers(0, 255, (32, 28, 28, 1), np.uint8)
   labels = jnp.arange(32, dtype=jnp.int32) % 10
   order = jnp.arange(32, dtype=jnp.int32).reshape(8, 4)
 
-  def chunk(state, first=0, count=8):
+  def chunk(state, count=8):
     return jax.jit(train.train_chunk)(
-        state, metrics.zeros(num_classes=10), order, images, labels, first,
-        count)
+        state, metrics.zeros(num_classes=10), order, images, labels, 0, count)
   return state, chunk
 
 
 def test_a_chunk_reports_its_first_non_finite_step():
-  """-1 where every step is finite. An infinite rate: the first update makes
-  the parameters non-finite, so step 2 is the first non-finite loss; with
-  one step, its update (its loss finite); parameters already non-finite:
-  the chunk's start."""
+  """-1 where no step's loss is non-finite. An infinite rate: the first
+  update makes the parameters non-finite, so step 2 is the first non-finite
+  loss; with one step, its update (its loss finite); parameters already
+  non-finite: the chunk's start."""
   state, chunk = _chunk_setup()
-  state, sums, bad = chunk(state)
-  assert int(bad) == -1 and int(state.step) == 8 and np.isfinite(sums["loss"])
-  state, chunk = _chunk_setup(float("inf"))
+  assert int(chunk(state, count=0)[2]) == -1
   _, sums, bad = chunk(state, count=1)
   assert np.isfinite(float(sums["loss"])) and int(bad) == 1
   state, sums, bad = chunk(state)
@@ -109,9 +141,8 @@ def test_a_chunk_reports_its_first_non_finite_step():
   assert int(bad) == 8 and int(state.step) == 16
 
 
-def _members(count):
-  config = models.get_config("linear", "seed", num_seeds=count)
-  return members_lib.from_config(config)
+_members = lambda count: members_lib.from_config(models.get_config(
+    "linear", "seed", num_seeds=count))
 
 
 def test_the_run_stops_once_every_member_has():
@@ -131,28 +162,6 @@ def test_the_run_stops_once_every_member_has():
     check(_members(1), np.array([75]), 3, 1, 37, said.append)
   assert str(e.value) == ("training diverged: the loss became non-finite at "
                           "step 75 (epoch 3, step 1 of 37)")
-  assert e.value.row == {"epoch": 3, "step": 75, "diverged": True,
-                         "message": str(e.value)}
-
-
-def test_a_diverged_member_stops_and_the_others_go_on():
-  """A sweep whose high rate diverges: the run goes on with the other
-  member, says which one stopped, and marks it in the rows; the chosen
-  member is the one that trained."""
-  config = models.get_config(
-      "linear", "seed", batch_size=64, epochs=2, chunk_steps=3,
-      val_fraction=0.1, sweep="learning_rate=1e-3,1e38")
-  hooks = Recorder()
-  _, final = train_core(config, dataset(), hooks)
-  stopped = [m for m in hooks.messages if "diverged" in m]
-  assert len(stopped) == 1 and stopped[0].startswith(
-      "member learning_rate=1e+38, seed=0 diverged at step ")
-  for row in hooks.rows:
-    assert "diverged" not in row["members"][0]
-    assert row["members"][1]["diverged"] is True
-  assert final["chosen"]["index"] == 0
-  assert final["members"][1]["diverged"] is True
-  assert final["test_loss"] is not None and np.isfinite(final["test_loss"])
 
 
 def test_an_epoch_mean_that_overflows_is_divergence():
@@ -171,8 +180,6 @@ def test_an_epoch_mean_that_overflows_is_divergence():
     check(_members(1), {"train": [inf], "val": None}, 2, 74, 37)
   assert str(e.value) == ("training diverged: the mean train loss of epoch 2 "
                           "is inf at step 74 (epoch 2, step 37 of 37)")
-  assert e.value.row == {"epoch": 2, "step": 74, "diverged": True,
-                         "message": str(e.value)}
   with pytest.raises(Diverged, match="the mean val accuracy of epoch 3 is nan"):
     check(_members(2), {"train": [fine, inf], "val": [nan, fine]}, 3, 111, 37)
   with pytest.raises(Diverged, match="the mean test loss of epoch 3 is inf"):

@@ -1,24 +1,24 @@
-"""A run folder is safe: kill -9 anywhere, then the same command ends as an
-uninterrupted run; a torn log, missing checkpoints, a run being trained:
-every command a message prints works when followed (the refusals' lines
-themselves: test_refusals.py).
+"""A run folder is safe: stopped anywhere, by kill -9, SIGTERM or Ctrl-C,
+then the same command (or the one its message names) ends as the
+uninterrupted run, bit for bit; a finished run missing checkpoints, or given
+other settings: every command a message prints works when followed (the
+refusals' lines themselves: test_refusals.py).
 
 Kill trials: `kill -9` at random moments of a real launch.py run (between
 chunks, right after a checkpoint save starts, inside the report's file
-writes, after the final row), then the same command (or `--mode=report`).
-The moments are markers the child prints where the code it wraps does the
-work (a renamed function fails here, loudly), chosen by a seeded generator:
-KILL_SEED (default 0) makes them reproducible, KILL_TRIALS (default 5: each
-phase, and the report again by --mode=report) raises their number for a soak.
-"""
+writes, after the final row), then the same command (or `--mode=report`),
+at markers the child prints where the code it wraps does the work (a
+renamed function fails here, loudly). KILL_SEED (default 0) seeds their
+choice; KILL_TRIALS (default 5: each phase, and the report again by
+--mode=report) raises their number for a soak."""
 
-import fcntl
 import json
 import os
 import random
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -27,15 +27,16 @@ import pytest
 
 import launch_helpers as lh
 import tensorboard_helpers as tbh
-from mnist_jax.results import report
 from mnist_jax.errors import UserError
+from mnist_jax.results import report
 from mnist_jax.results import serve
+from mnist_jax.rundir import checkpoints
 
 pytestmark = pytest.mark.slow
 
 # 540 training examples / 16 = 33 steps per epoch, in 7 chunks of 5.
-FLAGS = ("--noanalyses", "--model=mlp", "--mlp_hidden=16", "--epochs=3", "--batch_size=16",
-         "--chunk_steps=5", "--seed=3")
+FLAGS = ("--noanalyses", "--model=mlp", "--mlp_hidden=16", "--epochs=3",
+         "--batch_size=16", "--chunk_steps=5", "--seed=3")
 TRIALS = int(os.environ.get("KILL_TRIALS", "5"))
 SEED = int(os.environ.get("KILL_SEED", "0"))
 PAUSE_S = 0.3  # How long the child waits at a marker (see _CHILD).
@@ -53,7 +54,8 @@ from mnist_jax import files
 from mnist_jax import modes
 from mnist_jax.rundir import checkpoints, metrics_log
 PAUSE = float(os.environ.get("HOOK_PAUSE_S", "0"))
-AT, NTH, seen = os.environ.get("HOOK_PAUSE_AT"), int(os.environ.get("HOOK_PAUSE_NTH", "1")), [0]
+AT, seen = os.environ.get("HOOK_PAUSE_AT"), [0]
+NTH = int(os.environ.get("HOOK_PAUSE_NTH", "1"))
 
 def mark(text):
   print(f"@{text}", flush=True)
@@ -94,10 +96,10 @@ runpy.run_path(script, run_name="__main__")
 """
 
 
-def _args(prepared, workdir, *flags):
+def _args(prepared, workdir=None):
   mnist_dir, data_dir = prepared
-  return [*(flags or FLAGS), f"--mnist_dir={mnist_dir}",
-          f"--data_dir={data_dir}", f"--workdir={workdir}"]
+  return [*FLAGS, f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}",
+          *[f"--workdir={workdir}"] * bool(workdir)]
 
 
 def _start(args, pause_s=PAUSE_S, at=None):
@@ -107,20 +109,6 @@ def _start(args, pause_s=PAUSE_S, at=None):
       [sys.executable, "-c", _CHILD, "launch.py", *args], cwd=lh.ROOT,
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
       env=lh.child_env(HOOK_PAUSE_S=str(pause_s), **where))
-
-
-def _digit_image(tmp_path):
-  """A PNG of a one: a white bar on black."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  path = str(tmp_path / "one.png")
-  Image.frombytes("L", (28, 28), bytes(
-      255 * (4 <= r < 24 and 12 <= c < 16) for r in range(28)
-      for c in range(28))).save(path)
-  return path
-
-
-def _markers(out):
-  return [line.strip() for line in out.splitlines() if line.startswith("@")]
 
 
 def _temporary(workdir):
@@ -148,8 +136,8 @@ def _outcome(workdir):
       with open(os.path.join(workdir, name), "rb") as f:
         csvs[name] = f.read()
   scalars = tbh.scalars(tbh.multiplexer(workdir), ".")
-  return {"rows": lh.deterministic(lh.metrics(workdir)), "params": state.params,
-          "csvs": csvs,
+  return {"rows": lh.deterministic(lh.metrics(workdir)),
+          "state": (state.params, state.opt_state), "csvs": csvs,
           "tensorboard": {t: v for t, v in scalars.items()
                           if not t.startswith("speed/")}}
 
@@ -162,13 +150,14 @@ def reference(prepared, tmp_path_factory):
   out, err = p.communicate(timeout=300)
   assert p.returncode == 0, err
   assert _config(workdir)["finished"]
-  return workdir, _outcome(workdir), _markers(out)
+  return workdir, _outcome(workdir), [
+      line.strip() for line in out.splitlines() if line.startswith("@")]
 
 
 def _assert_as_uninterrupted(workdir, reference):
   got, want = _outcome(workdir), reference[1]
   assert got["rows"] == want["rows"]
-  lh.assert_trees_equal(got["params"], want["params"])
+  lh.assert_trees_equal(got["state"], want["state"])
   assert got["csvs"] == want["csvs"]
   assert got["tensorboard"] == want["tensorboard"]
   assert _config(workdir)["finished"]
@@ -240,131 +229,129 @@ def test_kill_9_anywhere_then_the_same_command_ends_as_uninterrupted(
   print("\n".join(outcomes))
 
 
-def _one_line_error(err):
-  lines = err.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("error: "), err
-  return lines[0]
+def signalled(name, signum, where, says, then="resuming", **how):
+  """launch.py stopped by `signum` where run_and_signal's `where` says, its
+  last line starting as the pattern `says`; the command it names then says
+  `then`."""
+  return pytest.param(dict(signum=signum, where=where, says=says, then=then,
+                           **how), id=name)
 
 
-def test_a_run_being_trained_predicts_from_its_latest_checkpoint(
-    tiny_run, tmp_path):
-  """Another process holds the run folder (its lock) and has logged 1 of 3
-  epochs: predict reads, and says what its answer stands for."""
-  workdir = str(tmp_path / "run")
-  shutil.copytree(tiny_run, workdir)
-  record = _config(workdir)
-  record["finished"], record["config"]["epochs"] = False, 3
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(record, f)
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    first = f.readline()
-  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
-    f.write(first)
-  held = os.open(workdir, os.O_RDONLY)
-  try:
-    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    image = _digit_image(tmp_path)
-    rc, out, err = lh.run(["--mode=predict", f"--workdir={workdir}",
-                           f"--image={image}"])
-  finally:
-    os.close(held)
-  assert rc == 0 and out.startswith(f"{image}: ")
-  assert err.strip() == (
-      f"note: {workdir} is still training (epoch 1 of 3 logged): "
-      "these results are of its latest checkpoint, of epoch 1")
+END_OF_3 = r"stopped by SIGINT at the end of epoch 3 \(step 99\);"
+DONE = "completing run: its training ended at epoch 3"
+MID_2 = (r"stopped by {} at step \d+ \(epoch 2, step \d+ of 33\); the "
+         r"checkpoint is in \S*/{}/checkpoints;")
+SIGNALS = [
+    signalled("sigterm_mid_epoch_with_overwrite", signal.SIGTERM,
+              dict(epoch=2), MID_2.format("SIGTERM", "run"), overwrite=True),
+    signalled("ctrl_c_twice_without_workdir", signal.SIGINT,
+              dict(epoch=2, pause_s=2, repeat=2),
+              MID_2.format("SIGINT", "runs/[^/]+"), workdir=False),
+    signalled("ctrl_c_in_the_final_evaluation", signal.SIGINT,
+              dict(epoch=3, at="@final_row"), END_OF_3, DONE),
+    signalled("ctrl_c_in_the_report", signal.SIGINT,
+              dict(epoch=3, at="@write"), r"interrupted \(Ctrl-C\)", DONE),
+    signalled("sigterm_at_an_epoch_end_then_its_own_command", signal.SIGTERM,
+              dict(epoch=2, at_epoch_end=True), r"stopped by SIGTERM at the "
+              r"end of epoch 2 \(step 66\); the checkpoint is in "
+              r"\S*/run/checkpoints;",
+              "resuming {workdir} at step 66 (epoch 3, step 0 of 33)",
+              own=True),
+]
 
 
-def _copy(reference, tmp_path, name="run"):
-  workdir = str(tmp_path / name)
-  shutil.copytree(reference[0], workdir)
-  return workdir
+@pytest.mark.parametrize("how", SIGNALS)
+def test_a_signal_anywhere_then_the_command_it_names_ends_as_uninterrupted(
+    prepared, reference, tmp_path, how):
+  """Exit 128 + the signal, no traceback, a last line that says where it
+  stopped and to run the same command again (without --overwrite where it
+  had it); that command, or config.json's "repeat" with --workdir, resumes
+  or completes the run in the same folder."""
+  cwd, overwrite = str(tmp_path), how.get("overwrite", False)
+  args = _args(prepared, "run" if how.get("workdir", True) else None)
+  rc, out, err, _ = lh.run_and_signal(args + ["--overwrite"] * overwrite,
+                                      how["signum"], cwd=cwd, **how["where"])
+  assert rc == 128 + how["signum"] and "Traceback" not in err, (out, err)
+  line = err.strip().splitlines()[-1]
+  assert re.match(how["says"], line) and line.endswith(
+      "; run the same command again" + " without --overwrite" * overwrite +
+      " to resume"), line
+  workdir = os.path.join(cwd, "run")
+  if not how.get("workdir", True):  # A new folder under runs/.
+    [name] = os.listdir(os.path.join(cwd, "runs"))
+    workdir = os.path.join(cwd, "runs", name)
+  assert not _config(workdir)["finished"]
+  command = shlex.join(["python", lh.launch_path(cwd), *args])
+  if how.get("own"):
+    command = f"{_config(workdir)['repeat']} --workdir={workdir}"
+  rc, out, err = lh.follow(command, cwd=lh.ROOT if how.get("own") else cwd)
+  assert rc == 0 and how["then"].format(workdir=workdir) in out, (out, err)
+  if not how.get("workdir", True):
+    assert len(os.listdir(os.path.join(cwd, "runs"))) == 1
+    assert _config(workdir)["resumes"][0]["changed"] == {}
+  _assert_as_uninterrupted(workdir, reference)
 
 
-def _report_and_predict(workdir, tmp_path):
-  image = _digit_image(tmp_path)
-  return {"report": ["--mode=report", f"--workdir={workdir}"],
-          "predict": ["--mode=predict", f"--workdir={workdir}",
-                      f"--image={image}"]}
+def _copy(reference, tmp_path):
+  return shutil.copytree(reference[0], str(tmp_path / "run"))
 
 
 def test_other_settings_print_commands_that_work(prepared, reference,
                                                  tmp_path):
+  """The refusal says how to resume that run (its "repeat", as followed
+  above) and what --overwrite deletes; --overwrite then trains these
+  settings there."""
   workdir = _copy(reference, tmp_path)
   args = _args(prepared, workdir)
   rc, _, err = lh.run([*args, "--epochs=4"])
-  line = _one_line_error(err)
-  assert rc == 1 and "(epochs: 3 -> 4)" in line
-  assert ("run the command in its config.json (\"repeat\") with "
-          f"--workdir={workdir};") in line
-  assert "--overwrite, which deletes its checkpoints, logs and report" in line
-  own = f"{_config(workdir)['repeat']} --workdir={workdir}"
-  rc, out, err = lh.follow(own)
-  assert rc == 0 and f"{workdir} already finished" in out, err
+  assert rc == 1 and err.strip() == (
+      f"error: {workdir} holds a run with other settings (epochs: 3 -> 4); to "
+      "resume that run, run the command in its config.json (\"repeat\") with "
+      f"--workdir={workdir}; to train these settings there instead, add "
+      "--overwrite, which deletes its checkpoints, logs and report; or pass "
+      "another --workdir")
   rc, out, err = lh.follow(shlex.join(["python", "launch.py", *args,
                                        "--epochs=4", "--overwrite"]))
-  assert rc == 0, err
-  assert _config(workdir)["config"]["epochs"] == 4
-  rc, out, err = lh.run(["--mode=report", f"--workdir={workdir}"])
-  assert rc == 0 and "report.md was rewritten" in out, err
+  assert rc == 0 and _config(workdir)["config"]["epochs"] == 4, err
 
 
-def test_a_torn_log_resumes_without_its_damaged_line(prepared, reference,
-                                                     tmp_path):
-  workdir = str(tmp_path / "run")
-  args = _args(prepared, workdir)
-  rc, _, err, _ = lh.run_and_signal(args, lh.SIGTERM, epoch=3, chunk=2)
-  assert rc == 143, err
-  rows = lh.metrics(workdir)
-  assert [r["epoch"] for r in rows] == [1, 2]
-  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
-    f.write("{\"epoch\": 1, \"tr\x00\x00\n" + json.dumps(rows[1]) + "\n")
-  rc, _, err = lh.run(args)
-  assert rc == 0 and "Traceback" not in err, err
-  assert lh.deterministic(lh.metrics(workdir)) == reference[1]["rows"][1:]
-  assert _config(workdir)["finished"]
-
-
-def test_a_finished_run_missing_its_final_checkpoint_says_so_everywhere(
+def test_a_finished_run_missing_checkpoints_says_so_and_how_to_mend_it(
     prepared, reference, tmp_path):
-  """Its report stands for the finished run: --mode=report keeps it rather
-  than rewrite it from an older checkpoint; predict, the training command and
-  the page's card say what they stand for."""
+  """Its final checkpoint gone: --mode=report keeps its report, which stands
+  for the finished run, rather than rewrite it from an older checkpoint;
+  predict, the training command and the page's card say what they stand
+  for. All of them gone: predict and the page say how to restore them (not
+  "train it first", which answers "already finished"), and that advice,
+  followed, restores the run."""
   workdir = _copy(reference, tmp_path)
   shutil.rmtree(os.path.join(workdir, "checkpoints", "99"))  # The newest.
-  with open(os.path.join(workdir, "report.md")) as f:
-    before = f.read()
   missing = (f"the final checkpoint, {workdir}/checkpoints/99, is missing "
              "(the latest is step 66)")
-  modes = _report_and_predict(workdir, tmp_path)
-  rc, out, err = lh.run(modes["report"])
+  before = lh.snapshot(workdir)
+  rc, out, err = lh.run(["--mode=report", f"--workdir={workdir}"])
   assert rc == 1 and err == (f"error: {missing}: its report.md stands for the "
                              "finished run and is kept; put that checkpoint "
                              "back to rewrite it, or train the run again with "
                              "--overwrite\n"), err
-  with open(os.path.join(workdir, "report.md")) as f:
-    assert f.read() == before
   rc, out, err = lh.run(_args(prepared, workdir))
-  assert rc == 0 and out.strip().endswith(f"; note: {missing}"), err
+  assert rc == 0 and f"{workdir} already finished: test accuracy " in out, err
+  assert "; to train these settings again, pass another --workdir" in out
+  assert out.strip().endswith(f"; note: {missing}")
+  assert lh.snapshot(workdir) == before
   said = ("these results are of the checkpoint of epoch 2, older than the "
           "run's last epoch, 3: its later checkpoints are missing")
-  rc, out, err = lh.run(modes["predict"])
-  assert f"note: {said}" in err.splitlines()
+  predict = ["--mode=predict", f"--workdir={workdir}",
+             f"--image={lh.ROOT}/docs/img/seven.png"]
+  rc, out, err = lh.run(predict)
+  assert rc == 0 and f"note: {said}" in err.splitlines()
   [served] = serve.load([workdir])  # The page's card says it too.
   assert served.info["note"] == said
-
-
-def test_a_finished_run_whose_checkpoints_are_gone_says_how_to_restore_them(
-    prepared, reference, tmp_path):
-  """Predict and the page say so (not "train it first", which answers
-  "already finished"), and the advice, followed, restores the run."""
-  workdir = _copy(reference, tmp_path)
-  shutil.rmtree(os.path.join(workdir, "checkpoints"))
+  shutil.rmtree(checkpoints.directory(workdir))
   said = (f"{workdir} finished, but its checkpoints are gone from "
           f"{workdir}/checkpoints: put them back, or train it again with its "
           "training command (config.json's \"repeat\"), "
           f"--workdir={workdir} and --overwrite, which deletes its logs and "
           "report")
-  predict = _report_and_predict(workdir, tmp_path)["predict"]
   rc, _, err = lh.run(predict)
   assert rc == 1 and err == f"error: {said}\n", err
   with pytest.raises(UserError, match=re.escape(said)):
