@@ -157,16 +157,12 @@ def _parse(argv):
   --helpxml: absl's XML), and exits 0."""
   for arg in argv[1:argv.index("--") if "--" in argv else None]:
     asked = arg.lstrip("-") if arg.startswith("-") else None
-    if asked == "helpxml":
-      FLAGS.write_help_in_xml_format(sys.stdout)
-    elif asked in ("h", "?", "help", "helpshort", "helpfull"):
-      groups = [*config_lib.GROUPS, *(
-          m for m in FLAGS.flags_by_module_dict()
-          if asked == "helpfull" and m not in config_lib.GROUPS)]
-      print(__doc__.strip(), *map(FLAGS.module_help, groups), sep="\n")
-    else:
-      continue
-    sys.exit(0)
+    if asked in ("h", "?", "help", "helpshort", "helpfull", "helpxml"):
+      try:
+        _print_help(asked)
+      except BrokenPipeError:
+        _reader_gone()
+      sys.exit(0)
   try:
     argv = FLAGS(argv)
   except flags.Error as e:
@@ -182,6 +178,24 @@ def _parse(argv):
     if FLAGS[name].value:
       FLAGS[name].value = os.path.expanduser(FLAGS[name].value)
   return argv
+
+
+def _print_help(asked: str) -> None:
+  if asked == "helpxml":
+    FLAGS.write_help_in_xml_format(sys.stdout)
+  else:
+    groups = [*config_lib.GROUPS, *(
+        m for m in FLAGS.flags_by_module_dict()
+        if asked == "helpfull" and m not in config_lib.GROUPS)]
+    print(__doc__.strip(), *map(FLAGS.module_help, groups), sep="\n")
+  sys.stdout.flush()
+
+
+def _reader_gone() -> None:
+  """Output's reader stopped reading (`| head`): so does this, as a pipe's
+  writer does (exit 141), with nothing left to flush at exit."""
+  os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+  sys.exit(128 + signal.SIGPIPE)
 
 
 def _interrupt(signum, frame):  # pylint: disable=unused-argument
@@ -225,9 +239,8 @@ def _run(argv):
   try:
     main(argv)
     sys.stdout.flush()  # A closed pipe (| head) says so here, not at exit.
-  except BrokenPipeError:  # Its reader stopped reading: so does this.
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    sys.exit(128 + signal.SIGPIPE)
+  except BrokenPipeError:
+    _reader_gone()
   except control.Preempted as e:
     _exit(f"{e}; {_again()} to resume", e.exit_code)
   except KeyboardInterrupt:

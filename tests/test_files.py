@@ -1,6 +1,7 @@
 """Files are written whole or not at all (mnist_jax/files.py), with the
 user's normal permissions."""
 
+import errno
 import io
 import os
 import shutil
@@ -46,6 +47,10 @@ def test_a_write_is_whole_or_not_at_all_with_the_umask(tmp_path, umask):
       f.write("half a new")
       raise RuntimeError("interrupted")
   assert open(path).read().startswith('{\n  "a"')
+  with pytest.raises(OSError) as full:  # Its error names the file meant.
+    with files.atomic(path) as f:
+      raise OSError(errno.ENOSPC, "No space left on device", f.name)
+  assert full.value.filename == path
   (tmp_path / ".report.md.tmp").write_text("half a report, its writer killed")
   files.write_text(str(tmp_path / "report.md"), "the report")
   assert sorted(os.listdir(tmp_path)) == ["a.json", "b.bin", "report.md"]

@@ -162,14 +162,15 @@ def test_a_run_the_machine_stopped_before_its_first_checkpoint_is_removed(
   assert (os.listdir(work) == [] if existed else not os.path.exists(work))
 
 
-def test_output_into_a_closed_pipe_stops_without_a_traceback(tmp_path):
+@pytest.mark.parametrize("asked", ["--dry_run", "--help"])
+def test_output_into_a_closed_pipe_stops_without_a_traceback(tmp_path, asked):
   """`python launch.py ... | head -1`: the reader is gone before the
   output is flushed; the command stops as a pipe's writer does (141), with
   nothing on stderr."""
   read, write = os.pipe()
   os.close(read)  # As head, having read its line.
   proc = subprocess.run(
-      [sys.executable, os.path.join(lh.ROOT, "launch.py"), "--dry_run",
+      [sys.executable, os.path.join(lh.ROOT, "launch.py"), asked,
        f"--workdir={tmp_path / 'run'}"], cwd=tmp_path, stdout=write,
       stderr=subprocess.PIPE, text=True, timeout=300, check=False)
   os.close(write)
