@@ -17,7 +17,10 @@ from experiments import tables
 from mnist_jax import models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = sorted(glob.glob(os.path.join(ROOT, "experiments", "*.py")))
+# The scripts: the files of experiments/ that run as __main__ (the others,
+# compare.py's parts, are imported).
+SCRIPTS = sorted(p for p in glob.glob(os.path.join(ROOT, "experiments", "*.py"))
+                 if '__name__ == "__main__"' in open(p).read())
 
 
 def _script(name, *args, timeout=600):
