@@ -6,6 +6,7 @@ data and written from the figures it keeps (the slow tests).
 import glob
 import json
 import os
+import pathlib
 import shutil
 import statistics
 import subprocess
@@ -20,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The scripts: the files of experiments/ that run as __main__ (the others,
 # compare.py's parts, are imported).
 SCRIPTS = sorted(p for p in glob.glob(os.path.join(ROOT, "experiments", "*.py"))
-                 if '__name__ == "__main__"' in open(p).read())
+                 if '__name__ == "__main__"' in pathlib.Path(p).read_text())
 
 
 def _script(name, *args, timeout=600):
