@@ -287,7 +287,8 @@ def test_swap_takes_the_fast_path_once_checked_else_says_why(
   training, evaluation or the state training updates, NaN included, or by
   raising) leaves the module as written (an edited cnn.py too: the module a
   researcher edits is the module that runs), and a layer no lowering takes
-  is named; each in one line, recorded in config.json."""
+  is named; each in one line, recorded in config.json. Where a fast path
+  runs, the start-up line names each layer's path."""
   stock = setup(monkeypatch)
   module, said, record = kernels.swap(stock, impl, SHAPE, backend)
   kind = ("stock" if module is stock else "lowered"
@@ -303,6 +304,15 @@ def test_swap_takes_the_fast_path_once_checked_else_says_why(
   else:
     assert re.fullmatch(re.escape(note).replace(r"\*", ".+"), said), said
   assert record["impl"] == impl
+  line = kernels.paths_line(record)
+  if kind == "stock":
+    assert line is None
+  else:  # Each layer with parameters, once, with the path it takes.
+    named = [layer for group in line.removeprefix("layers: ").split("; ")
+             for layer in group.split(": ")[0].split(", ")]
+    params = jax.eval_shape(stock.init, jax.random.key(0),
+                            jnp.zeros((1, *SHAPE), jnp.uint8))["params"]
+    assert sorted(named) == sorted(params), line
   if said and "XLA's" in said:  # The kinds said are those recorded.
     assert said.endswith("; ".join(f"{k} ({', '.join(v)})" for k, v in record[
         "uncovered"].items()) + ": XLA's, slow on CPU")

@@ -118,8 +118,9 @@ def build(config: config_lib.Config, say: Callable[[str], None] = print,
   module, note, record = kernels.swap(
       stock, config.impl, datasets.get(config.dataset).image_shape,
       status=status)
-  if note:
-    say(note)
+  for line in (note, kernels.paths_line(record)):
+    if line:
+      say(line)
   return module, record
 
 

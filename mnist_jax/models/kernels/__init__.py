@@ -134,7 +134,8 @@ def swap(stock: nn.Module, impl: str, image_shape, backend: Optional[str] = None
     why, checked = _check(stock, fast, _name(kernel), images, status)
     record.update(kernel=_name(kernel), **checked)
     if why is None:
-      return fast, None, {**record, "module": _name(kernel)}
+      return fast, None, {**record, "module": _name(kernel),
+                          "paths": fast.paths(image_shape)}
     line = (f"the fast kernel {_name(kernel)} does not compute "
             f"{_name(type(stock))} ({why}): training the stock module")
   lowered, uncovered = lowered_lib.survey(stock, images)
@@ -146,6 +147,11 @@ def swap(stock: nn.Module, impl: str, image_shape, backend: Optional[str] = None
     record["layers"]["lowered"] = lowered
     if why is None:
       module, line = fast, line and f"{line}, its layers lowered by {files}"
+      params = jax.eval_shape(lambda x: stock.init(jax.random.key(0), x),
+                              images)["params"]
+      record["paths"] = {layer: next(
+          (f"lowered by {file}" for path, file in lowered.items()
+           if path.split("/")[0] == layer), "XLA's") for layer in params}
     else:
       line = (f"{line or 'training ' + _name(type(stock))} with flax's own "
               f"layers: the lowerings of {files} do not compute them ({why})")
@@ -157,3 +163,16 @@ def swap(stock: nn.Module, impl: str, image_shape, backend: Optional[str] = None
                              in uncovered.items())
                    + f": XLA's, slow on {backend.upper()}")
   return module, "; ".join(lines) or None, record
+
+
+def paths_line(record: dict) -> Optional[str]:
+  """The start-up line of the path each layer with parameters takes (swap's
+  record), where a fast one is: "layers: conv_0: pool-phase conv, ReLU,
+  pool; conv_1, conv_2: Winograd ...; dense, out: XLA's matmul"."""
+  if "paths" not in record:
+    return None
+  layers: Dict[str, list] = {}
+  for layer, how in record["paths"].items():
+    layers.setdefault(how, []).append(layer)
+  return "layers: " + "; ".join(f"{', '.join(names)}: {how}"
+                                for how, names in layers.items())

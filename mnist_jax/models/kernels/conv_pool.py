@@ -206,6 +206,15 @@ class CNN(cnn.CNN):
   """cnn.CNN with 3x3 convolutions and without BatchNorm: images [B, H, W, C]
   -> logits [B, classes]; other attributes fail kernels' check."""
 
+  def paths(self, image_shape) -> dict:
+    """{layer: how this kernel computes it}, for the start-up line."""
+    channels, out = image_shape[-1], {}
+    for i, width in enumerate(self.features):
+      out[f"conv_{i}"] = ("pool-phase" if channels <= PHASE_MAX_IN_FEATURES
+                          else "Winograd F(2x2, 3x3)") + " conv, ReLU, pool"
+      channels = width
+    return {**out, "dense": "XLA's matmul", "out": "XLA's matmul"}
+
   @nn.compact
   def __call__(self, images, train: bool = False):
     x = images / 255.0
