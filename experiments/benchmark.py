@@ -46,27 +46,6 @@ from mnist_jax.training import train
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
-def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--model", default="all",
-                 help="a registered model name, a comma-separated list, or all")
-  p.add_argument("--preset", default="seed")
-  p.add_argument("--epochs", type=int, default=3,
-                 help="epochs to time; the first is warm-up, the median of the "
-                      "rest is reported")
-  p.add_argument("--mnist_dir", default=None)
-  p.add_argument("--data_dir", default=None)
-  p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                 help="override any Config field, e.g. --set=cnn_features=16,32")
-  p.add_argument("--parallel", default="auto",
-                 help="auto (launch.py's default: a fixed rule, see "
-                      "training/devices.py), none, pmap or sharded")
-  args = p.parse_args(argv)
-  if args.epochs < 1:
-    p.error("--epochs must be at least 1")
-  return args
-
-
 def jaxpr_flops(jaxpr) -> float:
   """Matmul and convolution FLOPs of a (closed) jaxpr, loops included.
 
@@ -147,13 +126,6 @@ def _figures(seconds: float) -> float:
   return float(f"{seconds:.4g}")
 
 
-def _one_member(state, num_members: int):
-  """Member 0's state of a (stacked, for several members) state."""
-  if num_members == 1:
-    return state
-  return jax.tree.map(lambda x: x[0] if getattr(x, "ndim", 0) else x, state)
-
-
 def bench_model(name: str, args) -> dict:
   overrides = {k: getattr(args, k) for k in ("mnist_dir", "data_dir")
                if getattr(args, k) is not None}
@@ -170,35 +142,48 @@ def bench_model(name: str, args) -> dict:
   state, final = loop.train_and_evaluate(config, data, model, recorder)
   rows = recorder.rows
   epoch_times = [r["epoch_time_s"] for r in rows]
-  timed = epoch_times[1:] or epoch_times
-  epoch_time = statistics.median(timed)
-  one = _one_member(state, num_members)
+  epoch_time = statistics.median(epoch_times[1:] or epoch_times)
+  one = state if num_members == 1 else jax.tree.map(  # Member 0's state.
+      lambda x: x[0] if getattr(x, "ndim", 0) else x, state)
   flops = step_flops(config, one, data.train.images, data.train.labels)
-  gflops = flops * num_members * steps / epoch_time / 1e9
-  chunk = min(steps, config.chunk_steps)
   layout = recorder.record.get("parallel", {})
-  row = {
+  return {
       "model": name, "preset": args.preset, "batch_size": config.batch_size,
       "members": num_members, "train_examples": n, "steps_per_epoch": steps,
-      "chunk_steps": chunk,
+      "chunk_steps": min(steps, config.chunk_steps),
       "num_params": final["num_params"],
       "compile_time_s": round(final["compile_time_s"], 3),
       "epoch_time_s": _figures(epoch_time),
       "epoch_times_s": [_figures(x) for x in epoch_times],
       "examples_per_s": round(steps * config.batch_size / epoch_time, 1),
       "step_gflop": round(flops / 1e9, 5),
-      "gflops": round(gflops, 2),
+      "gflops": round(flops * num_members * steps / epoch_time / 1e9, 2),
       "last_epoch_train_accuracy": round(rows[-1]["train_accuracy"], 4),
       "backend": jax.default_backend(),
       "parallel": layout.get("mode"), "devices": layout.get("devices"),
       "implementation": implementation,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
-  return row
 
 
 def main(argv=None):
-  args = parse_args(argv)
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--model", default="all",
+                 help="a registered model name, a comma-separated list, or all")
+  p.add_argument("--preset", default="seed")
+  p.add_argument("--epochs", type=int, default=3,
+                 help="epochs to time; the first is warm-up, the median of the "
+                      "rest is reported")
+  p.add_argument("--mnist_dir", default=None)
+  p.add_argument("--data_dir", default=None)
+  p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                 help="override any Config field, e.g. --set=cnn_features=16,32")
+  p.add_argument("--parallel", default="auto",
+                 help="auto (launch.py's default: a fixed rule, see "
+                      "training/devices.py), none, pmap or sharded")
+  args = p.parse_args(argv)
+  if args.epochs < 1:
+    p.error("--epochs must be at least 1")
   os.environ["JAX_COMPILATION_CACHE_DIR"] = ""  # Cold compiles.
   process.split_host(args.parallel)
   process.setup_process()

@@ -156,12 +156,7 @@ def test_digits(mnist_dir=None, data_dir=None):
   """MNIST's test images [10000, 28, 28] uint8 (the data's [.., 1] channel
   axis dropped: the photos are of grey digits) and labels, from IDX files in
   mnist_dir or from a prepared tfds data_dir."""
-  images, labels = _test_arrays(mnist_dir, data_dir)
-  return images.reshape(images.shape[:3]), labels
-
-
-def _test_arrays(mnist_dir, data_dir):
-  if mnist_dir:
+  if mnist_dir:  # Read as they are: the IDX files' order, not tfds's.
     paths = []
     for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
       found = [os.path.join(mnist_dir, stem + ext) for ext in ("", ".gz")]
@@ -170,9 +165,11 @@ def _test_arrays(mnist_dir, data_dir):
         sys.exit(f"error: {stem}[.gz] is not in {mnist_dir}; pass the folder "
                  "with MNIST's IDX files")
       paths.append(found[0])
-    return idx.read_pair(*paths)
-  arrays = pipeline.prepare("mnist", data_dir=data_dir)
-  return arrays["test_images"], arrays["test_labels"]
+    images, labels = idx.read_pair(*paths)
+  else:
+    arrays = pipeline.prepare("mnist", data_dir=data_dir)
+    images, labels = arrays["test_images"], arrays["test_labels"]
+  return images.reshape(images.shape[:3]), labels
 
 
 def model_inputs(preprocess, pictures):

@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from experiments import performance
 from experiments import tables
 from mnist_jax import models
 
@@ -88,7 +89,7 @@ MEASURED = {
     "epochs": (["--models=linear"], ["linear (batch 32)"]),
     "speedrun": (["--offsets=3", "--", "--epochs=1", "--noanalyses"],
                  [f"`python launch.py {' '.join(flags)} --seed=3 --epochs=1 "
-                  "--noanalyses`" for _, flags, _ in tables.SPEEDRUN]),
+                  "--noanalyses`" for _, flags, _ in performance.SPEEDRUN]),
     "startup": (["--models=linear"], ["launch to first step, first run "
                                       "(compiles)"]),
     "members": (["--models=linear", "--", "--noreport"], ["linear (tuned) ¹"]),
@@ -116,7 +117,7 @@ def test_each_timed_table_is_measured_and_written_from_its_figures(
   rows = [line.split(" | ")[0][2:] for line in table.splitlines()
           if line.startswith("| ") and "---" not in line][1:]
   assert rows[:len(first_cells)] == first_cells, table
-  assert tables.host().split(", jax")[0] in table
+  assert performance.host().split(", jax")[0] in table
   if name == "epochs":  # PyTorch's figure, and the ratio to it.
     assert "| 4.00 |" in table and "torch 9.9.9+test" in table
   kept = (checkout / tables.MEASUREMENTS).read_text()
@@ -143,7 +144,7 @@ def test_the_epoch_ratio_is_of_the_medians_with_its_range_over_rounds(
        "torch": "0"}
       for kind, times in (("auto", ours), ("none", ours), ("torch", theirs))
       for i, t in enumerate(times)])
-  [row] = tables.measure_epochs(str(tmp_path))["rows"]
+  [row] = performance.measure_epochs(str(tmp_path))["rows"]
   assert row["ratio"] == pytest.approx(2.5 / 3.0)
   assert row["ratio_range"] == [0.5, 1.0]
 
@@ -153,7 +154,7 @@ def test_the_speedrun_table_says_whose_exit_drew_the_t_sne_map(tmp_path):
   its "launch to exit" cell says so, the others' do not."""
   from mnist_jax.results import analysis  # pylint: disable=g-import-not-at-top
   folders = []
-  for name, flags, _ in tables.SPEEDRUN:
+  for name, flags, _ in performance.SPEEDRUN:
     workdir = tmp_path / f"{name.replace(' ', '_')}-1"
     (workdir / analysis.FOLDER).mkdir(parents=True)
     (workdir / "config.json").write_text("{}")
@@ -164,11 +165,11 @@ def test_the_speedrun_table_says_whose_exit_drew_the_t_sne_map(tmp_path):
         {"test_accuracy": 0.99, "test_loss": 0.1}) + "\n")
     folders.append(workdir)
   (folders[0] / analysis.FOLDER / analysis.TSNE_MAP).write_bytes(b"")
-  table = tables.speedrun_table(
-      {"speedrun": tables.measure_speedrun(str(tmp_path))})
+  table = performance.speedrun_table(
+      {"speedrun": performance.measure_speedrun(str(tmp_path))})
   exits = [row.split(" | ")[6] for row in table.splitlines()[2:-1]]
   assert exits == ["10.0 s (t-SNE map drawn)"] + ["10.0 s"] * (
-      len(tables.SPEEDRUN) - 1), exits
+      len(performance.SPEEDRUN) - 1), exits
 
 
 def test_every_seed_models_epoch_beats_pytorchs_in_each_round():
