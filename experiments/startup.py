@@ -12,7 +12,6 @@ each phase's time since the process started, and the kernel check's `check_s`
 """
 
 import argparse
-import itertools
 import json
 import os
 import subprocess
@@ -98,27 +97,32 @@ print("STARTUP " + json.dumps(marks))
 
 
 def measure(names, preset: str, rounds: int, repeats: int, data_flags):
-  """Yields one record per run, `rounds` x each model x `repeats` runs: a
-  fresh process's marks, and its seconds from launch to first step."""
+  """Yields one record per run: `rounds` x each model x `repeats` runs."""
   probe = _PROBE.format(root=ROOT)
   for rnd in range(1, rounds + 1):
     with tempfile.TemporaryDirectory(prefix="jit_") as cache:
       env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache)
-      for name, run in itertools.product(names, range(1, repeats + 1)):
-        with tempfile.TemporaryDirectory() as work:
-          launched = time.time()
-          out = subprocess.run(
-              [sys.executable, "-c", probe, f"--model={name}",
-               f"--preset={preset}", f"--workdir={work}/run", *data_flags],
-              capture_output=True, text=True, cwd=ROOT, env=env, check=False)
-        lines = [l for l in out.stdout.splitlines() if l.startswith("STARTUP ")]
-        if out.returncode or not lines:
-          sys.exit(f"error: {name} run {run} failed:\n{out.stderr[-2000:]}")
-        marks = json.loads(lines[-1][len("STARTUP "):])
-        # From the parent's launch of `python`, interpreter start included.
-        yield {"model": name, "preset": preset, "round": rnd, "run": run,
-               "start_training_s": round(
-                   marks.pop("first_step_unix") - launched, 3), **marks}
+      for name in names:
+        for run in range(1, repeats + 1):
+          yield {"model": name, "preset": preset, "round": rnd, "run": run,
+                 **_probe(probe, name, preset, run, data_flags, env)}
+
+
+def _probe(probe: str, name: str, preset: str, run: int, data_flags, env):
+  """One fresh process's marks, and its seconds from launch to first step."""
+  with tempfile.TemporaryDirectory() as work:
+    cmd = [sys.executable, "-c", probe, f"--model={name}",
+           f"--preset={preset}", f"--workdir={work}/run", *data_flags]
+    launched = time.time()
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                         env=env, check=False)
+  lines = [l for l in out.stdout.splitlines() if l.startswith("STARTUP ")]
+  if out.returncode or not lines:
+    sys.exit(f"error: {name} run {run} failed:\n{out.stderr[-2000:]}")
+  marks = json.loads(lines[-1][len("STARTUP "):])
+  # From the parent's launch of `python`, interpreter start included.
+  return {"start_training_s": round(marks.pop("first_step_unix") - launched, 3),
+          **marks}
 
 
 def main(argv=None):

@@ -138,7 +138,7 @@ def swap(stock: nn.Module, impl: str, image_shape, backend: Optional[str] = None
                           "paths": fast.paths(image_shape)}
     line = (f"the fast kernel {_name(kernel)} does not compute "
             f"{_name(type(stock))} ({why}): training the stock module")
-  lowered, uncovered = lowered_lib.survey(stock, images)
+  lowered, uncovered, layers = lowered_lib.survey(stock, images)
   if lowered:
     files = ", ".join(sorted(set(lowered.values())))
     fast = lowered_lib.Lowered(stock)
@@ -147,11 +147,9 @@ def swap(stock: nn.Module, impl: str, image_shape, backend: Optional[str] = None
     record["layers"]["lowered"] = lowered
     if why is None:
       module, line = fast, line and f"{line}, its layers lowered by {files}"
-      params = jax.eval_shape(lambda x: stock.init(jax.random.key(0), x),
-                              images)["params"]
       record["paths"] = {layer: next(
           (f"lowered by {file}" for path, file in lowered.items()
-           if path.split("/")[0] == layer), "XLA's") for layer in params}
+           if path.split("/")[0] == layer), "XLA's") for layer in layers}
     else:
       line = (f"{line or 'training ' + _name(type(stock))} with flax's own "
               f"layers: the lowerings of {files} do not compute them ({why})")

@@ -153,6 +153,12 @@ def _max_of_four_bwd(res, g):
 _max_of_four.defvjp(_max_of_four_fwd, _max_of_four_bwd)
 
 
+def method(in_features: int) -> str:
+  """How a 3x3 conv + pool of `in_features` input channels is computed."""
+  return ("pool-phase" if in_features <= PHASE_MAX_IN_FEATURES
+          else "Winograd F(2x2, 3x3)")
+
+
 def _conv3x3_pool(x, kernel):
   """max_pool_2x2(conv3x3(x)), no bias. Pool-phase: a patch column per 4x4
   stride-2 window times the kernel at the four pool positions [4 Cout, 16 Cin]
@@ -160,7 +166,7 @@ def _conv3x3_pool(x, kernel):
   cin, hin, win, b = x.shape
   cout = kernel.shape[3]
   ho, wo = (hin - 2) // 2, (win - 2) // 2
-  if cin > PHASE_MAX_IN_FEATURES:
+  if method(cin) != "pool-phase":
     return winograd_conv_pool(x[:, :2 * ho + 2, :2 * wo + 2, :], kernel)
   taps = _window_taps(x, ho, wo).reshape(16 * cin, ho * wo * b)
   # [4, 4, 4, Cin, Cout]: the kernel at each of the four pool positions.
@@ -210,8 +216,7 @@ class CNN(cnn.CNN):
     """{layer: how this kernel computes it}, for the start-up line."""
     channels, out = image_shape[-1], {}
     for i, width in enumerate(self.features):
-      out[f"conv_{i}"] = ("pool-phase" if channels <= PHASE_MAX_IN_FEATURES
-                          else "Winograd F(2x2, 3x3)") + " conv, ReLU, pool"
+      out[f"conv_{i}"] = f"{method(channels)} conv, ReLU, pool"
       channels = width
     return {**out, "dense": "XLA's matmul", "out": "XLA's matmul"}
 

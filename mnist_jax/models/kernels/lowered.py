@@ -65,9 +65,10 @@ def _path(module: nn.Module) -> str:
 
 
 def survey(stock: nn.Module, images: np.ndarray
-           ) -> Tuple[Dict[str, str], Dict[str, List[str]]]:
+           ) -> Tuple[Dict[str, str], Dict[str, List[str]], List[str]]:
   """({layer: the file lowering it}, {kind of layer no lowering takes: its
-  layers}) of `stock` on `images`, in training and evaluation (traced only)."""
+  layers}, the layers with parameters) of `stock` on `images`, in training
+  and evaluation (traced only)."""
   lowered: Dict[str, str] = {}
   uncovered: Dict[str, List[str]] = {}
 
@@ -87,5 +88,5 @@ def survey(stock: nn.Module, images: np.ndarray
             for train in (True, False)]
 
   with nn.intercept_methods(record):
-    jax.eval_shape(init, images)
-  return lowered, uncovered
+    variables = jax.eval_shape(init, images)[0]
+  return lowered, uncovered, list(variables["params"])
