@@ -72,12 +72,13 @@ def write_run(folder, row, figures, final=True):
           for e in range(1, epochs + 1)]
   if final:  # The data took 0.25 s of the wall time.
     last = {k: v for k, v in figures.items()
-            if k not in ("host", "time_s", "members", "chosen")}
+            if k not in ("host", "time_s", "members", "chosen", "seeds")}
     last.setdefault("test_accuracy", figures.get("test_accuracy_mean"))
     last.update(test_loss=0.1, data_time_s=0.25,
                 wall_time_s=figures["time_s"] + 0.25, epochs_run=epochs)
     if "members" in figures:
-      last["members"] = [{"index": i, "seed": i}
+      last["members"] = [{"index": i, "seed": i} | (
+          {"test_accuracy": figures["seeds"][i]} if "seeds" in figures else {})
                          for i in range(figures["members"])]
     if "chosen" in figures:
       values, seed = figures["chosen"].rsplit(", seed=", 1)
@@ -104,27 +105,32 @@ def runs(tmp_path):
   folder = tmp_path / "runs"
   for row in tables.ROWS + (tables.SWEEP,):
     write_run(folder / row.name, row, COMMITTED["results"][row.name])
+  for row in tables.BEST:
+    write_run(folder / row.name, row, COMMITTED["best"][row.name])
   Image.new("RGB", (8, 4), "white").save(folder / tables.SWEEP.name /
                                          "sweep.png")
   return str(folder)
 
 
-def _results(checkout, runs, *more):
-  return tables.main(["--table=results", f"--runs={runs}",
+def _results(checkout, runs, *more, table="results"):
+  return tables.main([f"--table={table}", f"--runs={runs}",
                       f"--root={checkout}", *more])
 
 
 def test_the_run_folders_give_back_the_committed_figures_and_docs(checkout,
                                                                    runs):
-  """Also the figures: the sweep run's sweep.png, accuracy against time."""
+  """Both tables of runs (results, best); also the figures: the sweep run's
+  sweep.png, accuracy against time."""
   assert _results(checkout, runs) == 0
+  assert _results(checkout, runs, table="best") == 0
   for name in (tables.README, tables.PERFORMANCE):
     assert _read(checkout, name) == _read(ROOT, name)
-  got = json.loads(_read(checkout, tables.MEASUREMENTS))["results"]
-  assert got.keys() == COMMITTED["results"].keys()
-  for name, figures in COMMITTED["results"].items():  # And the mean's
-    assert {k: pytest.approx(v) if isinstance(v, float) else v  # accuracy.
-            for k, v in figures.items()} == {k: got[name][k] for k in figures}
+  for table in ("results", "best"):
+    got = json.loads(_read(checkout, tables.MEASUREMENTS))[table]
+    assert got.keys() == COMMITTED[table].keys()
+    for name, figures in COMMITTED[table].items():  # And the mean's
+      assert {k: pytest.approx(v) if isinstance(v, float) else v  # accuracy.
+              for k, v in figures.items()} == {k: got[name][k] for k in figures}
   img = os.path.join(checkout, "docs", "img")
   with open(os.path.join(img, "sweep_mlp.png"), "rb") as f, open(os.path.join(
       runs, tables.SWEEP.name, "sweep.png"), "rb") as g:
@@ -150,14 +156,14 @@ def test_a_changed_run_changes_its_row_and_names_its_host(checkout, runs):
           "`python launch.py --model=linear` |") in table.splitlines()
 
 
-def _unfinished_cnn_no_gru_best(runs, _):
-  shutil.rmtree(os.path.join(runs, "gru-best"))
+def _unfinished_cnn_no_gru(runs, _):
+  shutil.rmtree(os.path.join(runs, "gru-tuned"))
   cnn = os.path.join(runs, "cnn-tuned")
   shutil.rmtree(cnn)
   write_run(cnn, tables.ROWS[2], COMMITTED["results"]["cnn-tuned"], final=False)
-  return (r"^2 of 15 commands have no finished run in .*`python launch.py "
-          rf"--model=cnn` \(unfinished in {cnn}\); `python launch.py "
-          r"--model=gru --preset=best` \(no run\); pass --train")
+  return (rf"^2 of {len(tables.ROWS) + 1} commands have no finished run in "
+          rf".*`python launch.py --model=cnn` \(unfinished in {cnn}\); "
+          r"`python launch.py --model=gru` \(no run\); pass --train")
 
 
 def _other_seed(runs, _):
@@ -166,7 +172,8 @@ def _other_seed(runs, _):
   shutil.rmtree(folder)
   write_run(folder, tables.Row("x", "linear", flags=(("seed", 1),)),
             COMMITTED["results"]["linear-tuned"])
-  return "1 of 15 commands .* `python launch.py --model=linear` [(]no run"
+  return (rf"1 of {len(tables.ROWS) + 1} commands .* `python launch.py "
+          r"--model=linear` [(]no run")
 
 
 def _no_markers(_, checkout):
@@ -192,7 +199,7 @@ def _another_run_in_the_way(runs, _):
 
 
 @pytest.mark.parametrize("break_it", [
-    _unfinished_cnn_no_gru_best, _other_seed, _no_markers, _no_sweep_figure,
+    _unfinished_cnn_no_gru, _other_seed, _no_markers, _no_sweep_figure,
     _another_run_in_the_way])
 def test_a_refusal_names_what_to_do_and_writes_nothing(break_it, checkout,
                                                        runs):

@@ -252,7 +252,7 @@ register(ModelSpec(
                      batch_size=128),
         "tuned": dict(base="seed", mlp_hidden=(1024, 1024), dropout=0.3,
                       epochs=20, schedule="cosine", label_smoothing=0.1),
-        "best": dict(base="tuned", epochs=40, val_fraction=0.0, **_AUGMENT),
+        "best": dict(base="tuned", epochs=150, val_fraction=0.0, **_AUGMENT),
     }))
 
 register(ModelSpec(
@@ -293,7 +293,7 @@ register(ModelSpec(
                          learning_rate=1e-2, label_smoothing=0.1),
         "best": dict(base="seed", cnn_features=(32, 64, 128),
                      cnn_padding="SAME", cnn_dense=256, dropout=0.25,
-                     epochs=18, learning_rate=3e-3, schedule="onecycle",
+                     epochs=40, learning_rate=3e-3, schedule="onecycle",
                      label_smoothing=0.1, val_fraction=0.0, **_AUGMENT),
     }))
 
@@ -323,7 +323,7 @@ def _register_recurrent(name: str, cell: str, **presets) -> None:
 _register_recurrent(
     "rnn", "SimpleRNN", seed=_RNN_SEED,
     tuned=dict(base="seed", epochs=15, schedule="cosine", grad_clip=1.0),
-    best=dict(_RNN_BEST, learning_rate=1e-3, epochs=30),
+    best=dict(_RNN_BEST, learning_rate=1e-3, epochs=120),
     pixels=dict(_PIXELS, learning_rate=1e-4))
 _register_recurrent(
     "lstm", "LSTM",
