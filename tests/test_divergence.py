@@ -22,10 +22,8 @@ from mnist_jax.training import metrics
 from mnist_jax import optim
 from mnist_jax.training import train
 
-# Adam at a learning rate of 1e38 overflows at once, before the first
-# checkpoint. NAN: warming up linearly towards 1e38, the linear model's epoch
-# mean loss overflows float32 in epoch 2 here (37-step epochs; each step's
-# loss still finite), after a checkpoint.
+# Adam at 1e38 overflows at once, before the first checkpoint; NAN, warming up
+# towards it, overflows in epoch 2 (37-step epochs), after a checkpoint.
 AT_ONCE = ("--noreport", "--model=linear", "--optimizer=adam",
            "--schedule=constant", "--learning_rate=1e38", "--epochs=2",
            "--batch_size=100")
@@ -35,9 +33,8 @@ NAN = ("--model=linear", "--batch_size=16", "--chunk_steps=8",
 
 
 def _diverges(args, cwd, kept):
-  """Runs `args` twice: exit 3 and one line, naming the step and the
-  checkpoint kept (`kept` starts its words); then exit 3 again, nothing
-  written. The lines."""
+  """The lines of `args` run twice: exit 3 and one line naming the step and
+  the checkpoint kept (`kept`); then exit 3 again, nothing written."""
   rc, _, err = lh.run(args, cwd=cwd)
   assert rc == 3 and "Traceback" not in err, err
   [line] = err.strip().splitlines()
@@ -56,10 +53,8 @@ def _diverges(args, cwd, kept):
 @pytest.mark.slow
 def test_a_diverged_run_stops_in_one_line_and_is_not_repeated(prepared,
                                                               tmp_path):
-  """Exit 3 and one line naming the step and the checkpoint kept; the same
-  command again would diverge at the same step: refused, nothing written.
-  Report refuses a run with no checkpoint (predict's note on one that has:
-  test_resume.py); the command then printed trains."""
+  """Report refuses a run with no checkpoint (predict's note on one that
+  has: test_resume.py); the command then printed trains."""
   cwd, (mnist_dir, data_dir) = str(tmp_path), prepared
   data = (f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}")
   _, again = _diverges([*AT_ONCE, *data], cwd,
@@ -107,8 +102,11 @@ def test_a_diverged_run_stops_in_one_line_and_is_not_repeated(prepared,
              for p in jax.tree.leaves(state.params))
 
 
-def _chunk_setup():
-  """A linear model's state at an infinite rate; 8 steps of 4 examples."""
+def test_a_chunk_reports_its_first_non_finite_step():
+  """-1 where no step's loss is non-finite. An infinite rate: the first
+  update makes the parameters non-finite, so step 2 is the first non-finite
+  loss; with one step, its update (its loss finite); parameters already
+  non-finite: the chunk's start."""
   config = dataclasses.replace(  # inf: past the flags' parser.
       models.get_config("linear", "seed", batch_size=4),
       learning_rate=float("inf"))
@@ -118,19 +116,8 @@ def _chunk_setup():
   images = np.random.default_rng(0).integers(0, 255, (32, 28, 28, 1), np.uint8)
   labels = jnp.arange(32, dtype=jnp.int32) % 10
   order = jnp.arange(32, dtype=jnp.int32).reshape(8, 4)
-
-  def chunk(state, count=8):
-    return jax.jit(train.train_chunk)(
-        state, metrics.zeros(num_classes=10), order, images, labels, 0, count)
-  return state, chunk
-
-
-def test_a_chunk_reports_its_first_non_finite_step():
-  """-1 where no step's loss is non-finite. An infinite rate: the first
-  update makes the parameters non-finite, so step 2 is the first non-finite
-  loss; with one step, its update (its loss finite); parameters already
-  non-finite: the chunk's start."""
-  state, chunk = _chunk_setup()
+  chunk = lambda state, count=8: jax.jit(train.train_chunk)(
+      state, metrics.zeros(num_classes=10), order, images, labels, 0, count)
   assert int(chunk(state, count=0)[2]) == -1
   _, sums, bad = chunk(state, count=1)
   assert np.isfinite(float(sums["loss"])) and int(bad) == 1

@@ -1,6 +1,5 @@
 """The run folder: its record, the one a command without --workdir picks, its
-lock, a config.json it cannot read. (Refusals end to end: test_refusals.py.)
-"""
+lock, a config.json it cannot read (refusals end to end: test_refusals.py)."""
 
 import fcntl
 import json
@@ -23,10 +22,7 @@ FINAL = {"test_accuracy": 0.9, "test_loss": 0.3}
 
 def _run(root, name, config=CONFIG, started="2026-01-01T10:00:00+0000",
          rows=(), finished=None):
-  """Writes a run folder as launch.py does: config.json and metrics.jsonl.
-
-  finished: what config.json records (None: a final row means finished).
-  """
+  """A run folder as launch.py writes it; finished (None: a final row)."""
   path = os.path.join(root, name)
   os.makedirs(path)
   if finished is None:
@@ -209,24 +205,18 @@ def test_a_folder_a_claim_created_goes_if_nothing_was_written(tmp_path):
   assert not os.path.exists(tmp_path / "missing")
 
 
-@pytest.mark.parametrize("damage, said", [
-    ("not_json", "holds settings this mnist_jax cannot use (JSONDecodeError: "),
+@pytest.mark.parametrize("damage, said", [  # Not JSON, a folder: test_refusals.
     ("a_list", "holds settings this mnist_jax cannot use (TypeError: "),
-    ("a_folder", "cannot be read (Is a directory)"),
     ("no_permission", "cannot be read (Permission denied)")])
 def test_a_damaged_config_json_advises_deleting_nothing(tmp_path, damage, said):
   path = _run(str(tmp_path), "run", rows=[{"epoch": 1}])
   config = os.path.join(path, record.CONFIG_FILE)
-  if damage == "a_folder":
-    os.remove(config)
-    os.mkdir(config)
-  elif damage == "no_permission":
+  if damage == "a_list":
+    files.write_text(config, "[1, 2]")
+  else:
     os.chmod(config, 0)
     if os.access(config, os.R_OK):
       pytest.skip("this user (root) reads files whatever their permissions")
-  else:
-    files.write_text(config, '{"config": {"model": ' if damage == "not_json"
-                     else "[1, 2]")
   with pytest.raises(UserError) as e:
     resume.check_run_folder(path, CONFIG)
   message = str(e.value)

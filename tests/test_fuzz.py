@@ -4,12 +4,9 @@ its one-line error (or, where the input is valid after all, the right
 result)."""
 
 import gzip
-import json
 import os
 import re
 import struct
-import subprocess
-import sys
 import tempfile
 
 from hypothesis import given, settings
@@ -44,50 +41,18 @@ def _model(name):
   return "mlp" if name in config_lib.FIELDS else models.models_with(name)[0]
 
 
-# Runs launch.py's parse and _run with --dry_run (every check a run makes
-# before writing; nothing written) on each argv of argv[1] (a JSON list), with
-# a --workdir of its own under argv[2]; prints {"code", "err", "crash"} each.
-_CHILD = r"""
-import contextlib, io, json, os, sys, traceback
-sys.path.insert(0, os.getcwd())
-import launch
-cases, folder = json.loads(sys.argv[1]), sys.argv[2]
-results = []
-for i, args in enumerate(cases):
-  launch.FLAGS.unparse_flags()
-  launch.COMMAND = launch.cli.Command()
-  argv = ["launch.py", *args, "--dry_run", f"--workdir={folder}/{i}"]
-  err, code, crash = io.StringIO(), 0, None
-  try:
-    with contextlib.redirect_stdout(io.StringIO()), \
-         contextlib.redirect_stderr(err):
-      launch._run(launch._parse(argv))
-  except SystemExit as e:
-    code = e.code
-  except BaseException:
-    crash = traceback.format_exc()
-  results.append({"code": code, "err": err.getvalue(), "crash": crash})
-print("@results " + json.dumps(results))
-"""
-
-
 @pytest.mark.slow
 def test_every_numeric_flag_at_absurd_values_is_one_line_or_valid(tmp_path):
   """Each value is refused in one line, exit 2, by the flag's parser, and
   get_config and Config.replace refuse it in the same words; or it is in
   the bounds and the command runs (exit 0). No run folder is made."""
   cases = [(name, value) for name in NUMERIC for value in VALUES]
-  folder = tmp_path / "runs"
-  folder.mkdir()
-  p = subprocess.run(
-      [sys.executable, "-c", _CHILD, json.dumps([
-          [f"--model={_model(n)}", f"--{n}={v}"] for n, v in cases]),
-       str(folder)], cwd=lh.ROOT, capture_output=True, text=True,
-      timeout=300, env=lh.child_env())
-  assert p.returncode == 0, p.stderr[-3000:]
-  line = next(l for l in p.stdout.splitlines() if l.startswith("@results "))
+  results = lh.in_one_process({  # --dry_run: every check a run makes first.
+      str(i): [f"--model={_model(n)}", f"--{n}={v}", "--dry_run",
+               f"--workdir={tmp_path}/{i}"] for i, (n, v) in enumerate(cases)})
   refused = 0
-  for (name, value), result in zip(cases, json.loads(line[9:])):
+  for i, (name, value) in enumerate(cases):
+    result = results[str(i)]
     case, lines = f"--{name}={value}", result["err"].splitlines()
     assert not result["crash"] and "Traceback" not in result["err"], result
     try:
@@ -109,7 +74,7 @@ def test_every_numeric_flag_at_absurd_values_is_one_line_or_valid(tmp_path):
           refuse(**{name: number})
     else:
       assert result["code"] == 0 and not lines, (case, result)
-  assert os.listdir(folder) == []
+  assert os.listdir(tmp_path) == []
   assert refused > len(cases) - refused
 
 

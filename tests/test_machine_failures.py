@@ -1,11 +1,7 @@
-"""The machine fails, launch.py says so in one line, with the README's exit
-status: 5 a full disk, a file size limit or too little memory, 1 a
-read-only folder or a bug in a job of processes (a lost peer:
-test_parallel.py), 4 a run that did not learn, 130/143 a signal while
-starting, 141 a closed pipe; a run folder the machine stopped before its
-first checkpoint is removed. End to end, the file size limit (EFBIG, as a
-full disk fails a write; no compilation cache, which it would truncate) and
-the memory limit (RLIMIT_AS) stand for the machine."""
+"""The machine fails: one line with the README's exit status (5 disk, file
+size limit or memory; 1 a read-only folder or a bug in a job of processes; 4
+a run that did not learn; 130/143 a signal while starting; 141 a closed
+pipe), and a run folder stopped before its first checkpoint is removed."""
 
 import errno
 import os
@@ -70,7 +66,6 @@ AGAIN = ", then run the same command again"
     (FileNotFoundError(errno.ENOENT, "gone", "/x"), None, None),
 ])
 def test_failures_of_the_machine_are_one_line(exc, code, text):
-  """(In training, the sizes to lower: the memory limit, below.)"""
   wrapped = RuntimeError("while saving")
   wrapped.__cause__ = exc  # Found down the chain, as a library raises it.
   for raised in (exc, wrapped):
@@ -80,9 +75,8 @@ def test_failures_of_the_machine_are_one_line(exc, code, text):
 
 
 def test_a_bug_in_a_job_of_processes_exits_without_jax_shutdown():
-  """Its traceback, then one line and exit 1 at once: jax's shutdown at exit
-  would wait for a lost peer's heartbeat timeout, then abort in C++. What
-  it printed before, still in a pipe's buffer, reaches the pipe."""
+  """Its traceback, then one line and exit 1 at once (jax's shutdown would
+  wait for a lost peer, then abort); what it printed still reaches a pipe."""
   code = ("import jax, launch; launch._parse(['launch.py']); "
           "jax.distributed.is_initialized = lambda: True\n"
           "def main(argv): print('epoch 1 of 2'); raise RuntimeError('a bug')\n"
@@ -152,8 +146,8 @@ def test_ctrl_c_outside_the_loop_says_to_run_the_same_command(tmp_path):
 @pytest.mark.parametrize("existed", [False, True])
 def test_a_run_the_machine_stopped_before_its_first_checkpoint_is_removed(
     tmp_path, existed):
-  """Nothing half-written passes for a run: a folder that was there before
-  stays (empty); a run this command did not begin is kept."""
+  """A folder that was there before stays (empty); a run this command did
+  not begin is kept."""
   work = str(tmp_path / "run")
   lh.unfinished_run(work)
   cli.Command(LINEAR, work, fresh=False).discard_unstarted()
@@ -164,9 +158,7 @@ def test_a_run_the_machine_stopped_before_its_first_checkpoint_is_removed(
 
 @pytest.mark.parametrize("asked", ["--dry_run", "--help"])
 def test_output_into_a_closed_pipe_stops_without_a_traceback(tmp_path, asked):
-  """`python launch.py ... | head -1`: the reader is gone before the
-  output is flushed; the command stops as a pipe's writer does (141), with
-  nothing on stderr."""
+  """`python launch.py ... | head -1`: exit 141, nothing on stderr."""
   read, write = os.pipe()
   os.close(read)  # As head, having read its line.
   proc = subprocess.run(
@@ -183,15 +175,13 @@ RUN = ("--noanalyses", "--model=mlp", "--mlp_hidden=64", "--epochs=3",
 
 
 def _one_line(err, prefix="error: "):
-  """The single line on stderr, which starts with `prefix`."""
   lines = err.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith(prefix), err
   return lines[0]
 
 
-# Sets the limits given as argv[1] ("KIND=BYTES,..."), then becomes launch.py
-# (argv[2:]); in a fresh interpreter, since a preexec_fn forks the
-# multithreaded test process (JAX warns of a deadlock).
+# Sets the limits of argv[1] ("KIND=BYTES,..."), then becomes launch.py
+# (argv[2:]); not a preexec_fn, which forks the multithreaded test process.
 _LIMITED = ("import os, resource, sys\n"
             "for item in filter(None, sys.argv[1].split(',')):\n"
             "  kind, value = item.split('=')\n"
@@ -211,8 +201,7 @@ def _launch(args, timeout=180, limits=(), **env):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("limit, flags, said", [
-    # A file over 100 kB: the first checkpoint (in orbax's threads, whose text
-    # names no file), or edits.diff in a working tree with edits.
+    # A file over 100 kB (no compilation cache, which it would truncate).
     ((resource.RLIMIT_FSIZE, 100_000), RUN, "error: {workdir}"),
     # 3 GB of address space cannot hold a 784 x 1,000,000 kernel.
     ((resource.RLIMIT_AS, 3 * 2**30), ("--model=mlp", "--mlp_hidden=1000000",
@@ -241,9 +230,8 @@ def test_a_resource_limit_is_one_line_exit_5_and_leaves_no_folder(
                     reason="needs /proc to see when the imports are loading")
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_while_starting_ends_quietly(signum, tmp_path):
-  """Sent while Python imports JAX (numpy is loaded): the signal ends it
-  (130 or 143 in a shell), or once launch.py handles it, one line; nothing
-  is written."""
+  """Sent while Python imports JAX: the signal ends it (130 or 143 in a
+  shell), or once launch.py handles it, one line; nothing is written."""
   workdir = tmp_path / "run"
   p = subprocess.Popen([sys.executable, os.path.join(lh.ROOT, "launch.py"),
                         "--model=mlp", f"--workdir={workdir}"], cwd=lh.ROOT,
@@ -263,9 +251,8 @@ def test_signal_while_starting_ends_quietly(signum, tmp_path):
 @pytest.mark.slow
 def test_a_run_that_does_not_learn_warns_exits_4_and_says_so_in_its_report(
     prepared, tmp_path):
-  """Adam at --learning_rate=1e4: a finite loss of 1e3 and more, chance
-  accuracy. The run is complete; the exit status tells (the report too:
-  test_report.py), and the same command again, training nothing."""
+  """Adam at --learning_rate=1e4: the run completes, exit 4 (the report
+  says so: test_report.py), and so does the same command again."""
   mnist_dir, data_dir = prepared
   workdir = str(tmp_path / "run")
   args = ["--model=mlp", "--mlp_hidden=8", "--epochs=2", "--batch_size=32",

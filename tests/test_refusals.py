@@ -1,12 +1,8 @@
 """Every refusal of flags, data, images and run folders: one table of argv ->
 exit status and message (docs/troubleshooting.md's rows, the README's exit
 statuses 1 and 2). Each is one `error:` line on stderr, no traceback, and
-nothing written: not a run folder, not a byte of the data or run it names.
-
-The cases run through launch.py's own command path (`_parse`, then `_run`)
-in one child process, a case after another; those marked REAL run as their
-own `python launch.py` as well, to the same line and status.
-"""
+nothing written. The cases run through launch.py's own command path in one
+child process; those in REAL also as `python launch.py`, to the same line."""
 
 import fcntl
 import gzip
@@ -30,41 +26,6 @@ from mnist_jax.errors import UserError
 from mnist_jax.data import pipeline
 from mnist_jax.models import registry
 from mnist_jax.rundir import checkpoints
-
-# Runs launch.py's parse and _run for each (id, argv) of the JSON list in
-# argv[1]; prints one JSON line {id: {code, out, err, crash}} after "@results ".
-# jax.distributed finds no cluster, as on one host (once JAX has started, as
-# from the second case, it would refuse to look); a job the flags name joins
-# as its --num_processes, to the case's end. The network is unreachable.
-_CHILD = r"""
-import contextlib, io, json, os, sys, traceback
-sys.path.insert(0, os.getcwd())
-import jax, launch
-from mnist_jax.data import pipeline
-one = jax.process_count
-def join(address=None, count=None, *args, **kwargs):
-  if not count:
-    raise ValueError("no cluster detected")
-  jax.process_count = lambda: count
-jax.distributed.initialize = join
-pipeline._network_reachable = lambda *args, **kwargs: False
-results = {}
-for name, args in json.loads(sys.argv[1]):
-  jax.process_count = one
-  launch.FLAGS.unparse_flags()
-  launch.COMMAND = launch.cli.Command()
-  out, err, code, crash = io.StringIO(), io.StringIO(), 0, None
-  try:
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-      launch._run(launch._parse(["launch.py", *args]))
-  except SystemExit as e:
-    code = e.code
-  except BaseException:
-    crash = traceback.format_exc()
-  results[name] = {"code": code, "out": out.getvalue(),
-                   "err": err.getvalue(), "crash": crash}
-print("@results " + json.dumps(results))
-"""
 
 
 class Case:
@@ -112,10 +73,6 @@ class Case:
     with open(os.path.join(workdir, "config.json")) as f:
       command = json.load(f)["repeat"]
     return [*shlex.split(command)[2:], f"--workdir={workdir}", *flags]
-
-  def checkpoint(self, workdir):
-    folder = os.path.join(workdir, "checkpoints")
-    return os.path.join(folder, max(os.listdir(folder), key=int))
 
   def idx(self, damage):
     """A fresh IDX folder with one file damaged: the training command."""
@@ -174,7 +131,9 @@ class Case:
 def _truncated(c):
   """A run killed while finishing, whose checkpoint was truncated since."""
   workdir = c.run(finished=False)
-  for folder, _, names in os.walk(os.path.join(c.checkpoint(workdir), "state")):
+  folder = os.path.join(workdir, "checkpoints")
+  latest = os.path.join(folder, max(os.listdir(folder), key=int), "state")
+  for folder, _, names in os.walk(latest):
     for name in names:
       path = os.path.join(folder, name)
       os.truncate(path, os.path.getsize(path) // 3)
@@ -266,12 +225,9 @@ CASES = [
      "; choose one of "),
     ("other_models_setting", ["--model=linear"], 1, "--mlp_hidden is a setting "
      "of --model=mlp, not of --model=linear; leave it out"),
-    # The ranges: one of each kind (every numeric flag: test_fuzz.py).
+    # A range of each kind (every numeric flag's: test_fuzz.py).
     ("zero_epochs", ["--epochs=0"], 2, "flag --epochs=0: 0 is not an integer "
      "in the range [1, 1000000]"),
-    ("huge_epochs", ["--epochs=99999999999"], 2, "flag --epochs=99999999999: "
-     "99999999999 is not an integer in the range [1, 1000000]"),
-    ("float_epochs", ["--epochs=1e30"], 2, "flag --epochs=1e30: "),
     ("zero_rate", ["--learning_rate=0"], 2, "flag --learning_rate=0: 0.0 is "
      "not a finite number in (0, inf)"),
     ("inf_decay", ["--weight_decay=inf"], 2, "flag --weight_decay=inf: inf is "
@@ -280,8 +236,6 @@ CASES = [
      "--augment_elastic=nan: nan is not a finite number in [0, 28]"),
     ("whole_fraction", ["--val_fraction=1"], 2, "flag --val_fraction=1: 1.0 "
      "is not a finite number in [0, 1)"),
-    ("huge_width", ["--mlp_hidden=99999999999"], 2, "flag --mlp_hidden="
-     "99999999999: it takes comma-separated integers in the range"),
     ("seeds_past_2_32", ["--seed=4294967295", "--num_seeds=2"], 1,
      "--seed=4294967295 --num_seeds=2 would use seeds up to 4294967296, past "
      "2**32 - 1; pass a smaller --seed"),
@@ -335,9 +289,9 @@ CASES = [
      "pass a new or empty folder"),
     ("other_settings", lambda c: c.repeat(c.run(), "--epochs=2"), 1,
      "holds a run with other settings (epochs: 1 -> 2); to resume that run, "
-     "run the command in its config.json (\"repeat\") with --workdir="),
-    ("other_model", lambda c: ["--model=linear", f"--workdir={c.run()}"], 1,
-     "model: 'mlp' -> 'linear'"),
+     "run the command in its config.json (\"repeat\") with --workdir=",
+     "; to train these settings there instead, add --overwrite, which deletes "
+     "its checkpoints, logs and report; or pass another --workdir"),
     *((f"config_not_json{m[6:]}", lambda c, m=m: _config_in_place_of(
         c, "text", m), 1,
        "config.json holds settings this mnist_jax cannot use (JSONDecodeError")
@@ -460,12 +414,7 @@ def refused(prepared, tiny_run, tmp_path_factory):
     argvs[name] = c.train(*make) if isinstance(make, list) else make(c)
     watched[name] = (str(c.tmp), *prepared, tiny_run)
   before = {name: lh.snapshot(*folders) for name, folders in watched.items()}
-  p = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(list(
-      argvs.items()))], cwd=lh.ROOT, capture_output=True, text=True,
-                     timeout=600, env=lh.child_env())
-  assert p.returncode == 0, p.stderr[-3000:]
-  line = next(l for l in p.stdout.splitlines() if l.startswith("@results "))
-  results = json.loads(line[len("@results "):])
+  results = lh.in_one_process(argvs)
   real = {name: subprocess.Popen(
       [sys.executable, "launch.py", *argvs[name]], cwd=lh.ROOT,
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -493,8 +442,7 @@ def test_a_refusal_is_one_line_its_exit_status_and_writes_nothing(refused,
 
 
 def test_checkpoints_orbax_cannot_open_are_refused_in_one_line(tmp_path):
-  """Found as a run saves its first checkpoint (so not in the table above):
-  here the folder is a link to nowhere; elsewhere, its permissions."""
+  """Found as a run saves its first checkpoint, so not in the table."""
   os.symlink(tmp_path / "nowhere" / "x", tmp_path / "checkpoints")
   with pytest.raises(checkpoints.CheckpointError, match=(
       f"^cannot open the checkpoints in {tmp_path / 'checkpoints'} \\(.+\\); "

@@ -1,16 +1,9 @@
 """A run folder is safe: stopped anywhere, by kill -9, SIGTERM or Ctrl-C,
 then the same command (or the one its message names) ends as the
-uninterrupted run, bit for bit; a finished run missing checkpoints, or given
-other settings: every command a message prints works when followed (the
-refusals' lines themselves: test_refusals.py).
-
-Kill trials: `kill -9` at random moments of a real launch.py run (between
-chunks, right after a checkpoint save starts, inside the report's file
-writes, after the final row), then the same command (or `--mode=report`),
-at markers the child prints where the code it wraps does the work (a
-renamed function fails here, loudly). KILL_SEED (default 0) seeds their
-choice; KILL_TRIALS (default 5: each phase, and the report again by
---mode=report) raises their number for a soak."""
+uninterrupted run, bit for bit; a finished run missing checkpoints says how to
+mend it. The kill trials: KILL_SEED (default 0) seeds their moments,
+KILL_TRIALS (default 5: each phase, and the report again by --mode=report)
+sets their number for a soak."""
 
 import json
 import os
@@ -41,11 +34,11 @@ TRIALS = int(os.environ.get("KILL_TRIALS", "5"))
 SEED = int(os.environ.get("KILL_SEED", "0"))
 PAUSE_S = 0.3  # How long the child waits at a marker (see _CHILD).
 
-# Runs launch.py with markers: "@chunk ..." between the chunks of an epoch,
-# "@save step=S" once a checkpoint save is under way (orbax writes on in the
-# background), "@write NAME" while NAME's temporary file is open, "@final"
-# once the final row is on disk. The child pauses HOOK_PAUSE_S at each (with
-# HOOK_PAUSE_AT, at the HOOK_PAUSE_NTH-th of that marker alone).
+# Runs launch.py with markers where the code they wrap does the work: "@chunk
+# ..." between chunks, "@save step=S" once a save is under way (orbax writes on
+# in the background), "@write NAME" while NAME's temporary file is open,
+# "@final" once the final row is on disk. It pauses HOOK_PAUSE_S at each (with
+# HOOK_PAUSE_AT, at its HOOK_PAUSE_NTH-th alone).
 _CHILD = r"""
 import contextlib, os, runpy, sys, time
 script = sys.argv[1]
@@ -186,15 +179,12 @@ PHASES = ("report", "training", "save", "final")
 
 
 def _moments(markers, phase):
-  """The markers of a phase, as the uninterrupted run printed them."""
-  final = markers.index("@final")
-  if phase == "training":
-    return [m for m in markers if m.startswith("@chunk")]
-  if phase == "save":
-    return [m for m in markers if m.startswith("@save")]
-  if phase == "final":
-    return ["@final"]
-  return markers[final + 1:]  # The report's files, then config.json's record.
+  """The markers of a phase, as the uninterrupted run printed them; the
+  report's: its files, then config.json's record."""
+  if phase == "report":
+    return markers[markers.index("@final") + 1:]
+  prefix = {"training": "@chunk", "save": "@save", "final": "@final"}[phase]
+  return [m for m in markers if m.startswith(prefix)]
 
 
 def test_kill_9_anywhere_then_the_same_command_ends_as_uninterrupted(
@@ -292,38 +282,13 @@ def test_a_signal_anywhere_then_the_command_it_names_ends_as_uninterrupted(
   _assert_as_uninterrupted(workdir, reference)
 
 
-def _copy(reference, tmp_path):
-  return shutil.copytree(reference[0], str(tmp_path / "run"))
-
-
-def test_other_settings_print_commands_that_work(prepared, reference,
-                                                 tmp_path):
-  """The refusal says how to resume that run (its "repeat", as followed
-  above) and what --overwrite deletes; --overwrite then trains these
-  settings there."""
-  workdir = _copy(reference, tmp_path)
-  args = _args(prepared, workdir)
-  rc, _, err = lh.run([*args, "--epochs=4"])
-  assert rc == 1 and err.strip() == (
-      f"error: {workdir} holds a run with other settings (epochs: 3 -> 4); to "
-      "resume that run, run the command in its config.json (\"repeat\") with "
-      f"--workdir={workdir}; to train these settings there instead, add "
-      "--overwrite, which deletes its checkpoints, logs and report; or pass "
-      "another --workdir")
-  rc, out, err = lh.follow(shlex.join(["python", "launch.py", *args,
-                                       "--epochs=4", "--overwrite"]))
-  assert rc == 0 and _config(workdir)["config"]["epochs"] == 4, err
-
-
 def test_a_finished_run_missing_checkpoints_says_so_and_how_to_mend_it(
     prepared, reference, tmp_path):
-  """Its final checkpoint gone: --mode=report keeps its report, which stands
-  for the finished run, rather than rewrite it from an older checkpoint;
-  predict, the training command and the page's card say what they stand
-  for. All of them gone: predict and the page say how to restore them (not
-  "train it first", which answers "already finished"), and that advice,
-  followed, restores the run."""
-  workdir = _copy(reference, tmp_path)
+  """Its final checkpoint gone: --mode=report keeps its report rather than
+  rewrite it from an older one; the training command and the page's card say
+  so (predict's note: test_report.py). All gone: the page says how to restore
+  them (predict's line: test_refusals.py), and that advice, followed, does."""
+  workdir = shutil.copytree(reference[0], str(tmp_path / "run"))
   shutil.rmtree(os.path.join(workdir, "checkpoints", "99"))  # The newest.
   missing = (f"the final checkpoint, {workdir}/checkpoints/99, is missing "
              "(the latest is step 66)")
@@ -340,11 +305,7 @@ def test_a_finished_run_missing_checkpoints_says_so_and_how_to_mend_it(
   assert lh.snapshot(workdir) == before
   said = ("these results are of the checkpoint of epoch 2, older than the "
           "run's last epoch, 3: its later checkpoints are missing")
-  predict = ["--mode=predict", f"--workdir={workdir}",
-             f"--image={lh.ROOT}/docs/img/seven.png"]
-  rc, out, err = lh.run(predict)
-  assert rc == 0 and f"note: {said}" in err.splitlines()
-  [served] = serve.load([workdir])  # The page's card says it too.
+  [served] = serve.load([workdir])
   assert served.info["note"] == said
   shutil.rmtree(checkpoints.directory(workdir))
   said = (f"{workdir} finished, but its checkpoints are gone from "
@@ -352,12 +313,11 @@ def test_a_finished_run_missing_checkpoints_says_so_and_how_to_mend_it(
           "training command (config.json's \"repeat\"), "
           f"--workdir={workdir} and --overwrite, which deletes its logs and "
           "report")
-  rc, _, err = lh.run(predict)
-  assert rc == 1 and err == f"error: {said}\n", err
   with pytest.raises(UserError, match=re.escape(said)):
     serve.load([workdir])
   rc, _, err = lh.follow(
       f"{_config(workdir)['repeat']} --workdir={workdir} --overwrite")
   assert rc == 0, err
-  rc, _, err = lh.run(predict)
+  rc, _, err = lh.run(["--mode=predict", f"--workdir={workdir}",
+                       f"--image={lh.ROOT}/docs/img/seven.png"])
   assert rc == 0 and "note" not in err, err
