@@ -181,16 +181,12 @@ def test_dry_run_writes_nothing_and_names_the_run_it_would_resume(tmp_path):
 def test_launch_trains_and_writes_the_run_folder(prepared, tmp_path):
   mnist_dir, data_dir = prepared
   work = tmp_path / "run"
-  # At the tuned 2e-3 two epochs of so small a GRU learn next to nothing.
-  # The analyses' own end-to-end test: test_analysis.py.
+  # At the tuned 2e-3 so small a GRU learns next to nothing in two epochs.
   rc, out, err = lh.run([
       "--noanalyses", "--model=gru", "--hidden=16", "--epochs=2",
       "--batch_size=32", "--learning_rate=1e-2", f"--mnist_dir={mnist_dir}",
       f"--data_dir={data_dir}", f"--workdir={work}"], timeout=300)
-  assert rc == 0 and "test accuracy" in out, err
-  for name in ("config.json", "metrics.jsonl", "learning_curves.png"):
-    assert (work / name).stat().st_size > 0, name
-  assert os.listdir(work / "checkpoints")
+  assert rc == 0 and "test accuracy" in out, err  # Its files: test_report.py.
   record = json.loads((work / "config.json").read_text())
   assert record["config"]["model"] == "gru" and record["config"]["hidden"] == 16
   assert record["environment"]["packages"]["jax"]
@@ -200,8 +196,7 @@ def test_launch_trains_and_writes_the_run_folder(prepared, tmp_path):
   # Asked of XLA for GPUs (a CPU ignores it), and recorded.
   assert "--xla_gpu_deterministic_ops=true" in (
       record["environment"]["env"]["XLA_FLAGS"].split())
-  # The CPU runs the GRU as written, its nn.RNN by the fused recurrence,
-  # under --impl=auto, once checked against the stock layers, and says so.
+  # --impl=auto on a CPU: the GRU's nn.RNN by the fused recurrence, checked.
   implementation = record["environment"]["implementation"]
   assert implementation["impl"] == "auto"
   assert implementation["module"] == "mnist_jax/models/recurrent.py's Recurrent"

@@ -159,8 +159,7 @@ def _assert_as_uninterrupted(workdir, reference):
 
 
 def _kill_at(p, marker, nth, delay_s):
-  """Reads p's output up to the `nth` `marker`, then SIGKILLs it after
-  `delay_s`. Returns whether the marker was seen (the run got that far)."""
+  """SIGKILLs p `delay_s` after its `nth` `marker`: whether it got there."""
   seen = 0
   for line in p.stdout:
     seen += line.strip() == marker
@@ -220,9 +219,8 @@ def test_kill_9_anywhere_then_the_same_command_ends_as_uninterrupted(
 
 
 def signalled(name, signum, where, says, then="resuming", **how):
-  """launch.py stopped by `signum` where run_and_signal's `where` says, its
-  last line starting as the pattern `says`; the command it names then says
-  `then`."""
+  """Stopped by `signum` at run_and_signal's `where`, its last line matching
+  `says`; the command it names then prints `then`."""
   return pytest.param(dict(signum=signum, where=where, says=says, then=then,
                            **how), id=name)
 
@@ -253,10 +251,9 @@ SIGNALS = [
 @pytest.mark.parametrize("how", SIGNALS)
 def test_a_signal_anywhere_then_the_command_it_names_ends_as_uninterrupted(
     prepared, reference, tmp_path, how):
-  """Exit 128 + the signal, no traceback, a last line that says where it
-  stopped and to run the same command again (without --overwrite where it
-  had it); that command, or config.json's "repeat" with --workdir, resumes
-  or completes the run in the same folder."""
+  """Exit 128 + the signal and a last line saying where it stopped and to run
+  the same command again (less --overwrite); that command, or config.json's
+  "repeat" with --workdir, resumes or completes the run in the same folder."""
   cwd, overwrite = str(tmp_path), how.get("overwrite", False)
   args = _args(prepared, "run" if how.get("workdir", True) else None)
   rc, out, err, _ = lh.run_and_signal(args + ["--overwrite"] * overwrite,
