@@ -21,8 +21,7 @@ STEPS, BATCH = 4, 16
 
 
 def _dot_operand_dtypes(jaxpr):
-  """Operand dtypes of every matmul and convolution, nested jaxprs (scan, jit,
-  custom_vjp) included."""
+  """Operand dtypes of every matmul and convolution, nested jaxprs too."""
   found = []
   for eqn in jaxpr.eqns:
     if eqn.primitive.name in ("dot_general", "conv_general_dilated"):
@@ -59,10 +58,9 @@ def _trained(name, dtype):
     pytest.param(n, marks=pytest.mark.slow) if n != "mlp" else n
     for n in CONFIGS])
 def test_bfloat16_computes_in_bfloat16_and_keeps_float32_state(name):
-  """The model's every matmul and convolution takes bfloat16 (the run's
-  module: a kernel or lowered layers where the run takes them); parameters,
-  optimizer state and BatchNorm's statistics stay float32 through training
-  (and move); the loss is close to float32's, not equal."""
+  """Every matmul and convolution of the run's module takes bfloat16; the
+  state stays float32 through training (and moves); the loss is close to
+  float32's, not equal."""
   fresh, state, loss, dots = _trained(name, "bfloat16")
   assert dots and all(d == ("bfloat16", "bfloat16") for d in dots), dots
   floats = [leaf for leaf in jax.tree.leaves(
