@@ -19,6 +19,7 @@ import numpy as np
 from conftest import synthetic_digits, train_core
 from mnist_jax import models
 from mnist_jax.data import pipeline
+from mnist_jax.models import registry
 from mnist_jax.rundir import checkpoints
 from mnist_jax.training import devices
 from mnist_jax.training import loop
@@ -30,6 +31,25 @@ from mnist_jax.training import population
 COMMON = dict(batch_size=64, eval_batch_size=50, chunk_steps=3,
               val_fraction=0.1, seed=3)
 N_TRAIN, N_TEST = 600, 203
+# Small shapes of the registered models (another trains its seed preset's).
+TINY = {"mlp": dict(mlp_hidden=(16,)), "rnn": dict(hidden=16),
+        "cnn": dict(cnn_features=(4, 8), cnn_dense=16),
+        "lstm": dict(hidden=16), "gru": dict(hidden=16, learning_rate=3e-2)}
+
+
+def tiny(name, **extra):
+  """With every random stream a step draws from (dropout, augmentation)."""
+  dropout = {"dropout": 0.2} if "dropout" in registry.get(name).settings else {}
+  return {**TINY.get(name, {}), "augment": True, **dropout, **extra}
+
+
+def child_env(devices: int) -> dict:
+  """A child process's environment, of `devices` simulated CPU devices."""
+  import launch_helpers  # pylint: disable=g-import-not-at-top
+  from conftest import xla_flags  # pylint: disable=g-import-not-at-top
+  env = {**launch_helpers.child_env(), "XLA_FLAGS": xla_flags(devices)}
+  env.pop("JAX_NUM_CPU_DEVICES", None)
+  return env
 
 
 def dataset(n_train=N_TRAIN, n_test=N_TEST, val_fraction=0.1):
@@ -173,16 +193,13 @@ def runs(folder, specs, devices=1):  # pylint: disable=redefined-outer-name
   if devices == 1:
     return {label: run(**spec) for label, spec in specs.items()}
   import subprocess  # pylint: disable=g-import-not-at-top
-  import launch_helpers  # pylint: disable=g-import-not-at-top
-  from conftest import xla_flags  # pylint: disable=g-import-not-at-top
   with open(os.path.join(folder, "specs.json"), "w") as f:
     json.dump(specs, f)
   out = os.path.join(folder, "out.pickle")
-  env = {**launch_helpers.child_env(), "XLA_FLAGS": xla_flags(devices)}
-  env.pop("JAX_NUM_CPU_DEVICES", None)
   proc = subprocess.run(
       [sys.executable, __file__, out, os.path.join(folder, "specs.json")],
-      env=env, capture_output=True, text=True, timeout=600, check=False)
+      env=child_env(devices), capture_output=True, text=True, timeout=600,
+      check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(out, "rb") as f:
     results = pickle.load(f)

@@ -92,8 +92,7 @@ def _edit_meta(workdir, edit, checksum=True):
   edit(meta)
   if checksum:
     meta["meta_checksum"] = checkpoints._meta_checksum(meta)  # pylint: disable=protected-access
-  with open(_meta_path(workdir), "w") as f:
-    json.dump(meta, f)
+  files.write_json(_meta_path(workdir), meta)
 
 
 DAMAGE = {

@@ -16,9 +16,9 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import xla_flags
 import launch_helpers as lh
 import parallel_worker as pw
+from parallel_worker import tiny
 from mnist_jax import models
 from mnist_jax import modes
 from mnist_jax.errors import UserError
@@ -32,13 +32,6 @@ TOLERANCE = 2e-5  # Losses (relative) and parameters after 8 to 16 steps.
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 
 
-def _env(devices: int) -> dict:
-  env = lh.child_env()
-  env["XLA_FLAGS"] = xla_flags(devices)
-  env.pop("JAX_NUM_CPU_DEVICES", None)
-  return env
-
-
 def assert_same(a, b, exact):
   """Nested metrics rows equal: bit for bit, or floats to TOLERANCE."""
   if exact:
@@ -47,18 +40,6 @@ def assert_same(a, b, exact):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     assert x == (pytest.approx(y, rel=TOLERANCE, abs=1e-6)
                  if isinstance(x, float) else y)
-
-
-# Small shapes of the registered models (another trains its seed preset's).
-TINY = {"mlp": dict(mlp_hidden=(16,)), "rnn": dict(hidden=16),
-        "cnn": dict(cnn_features=(4, 8), cnn_dense=16),
-        "lstm": dict(hidden=16), "gru": dict(hidden=16, learning_rate=3e-2)}
-
-
-def tiny(name, **extra):
-  """With every random stream a step draws from (dropout, augmentation)."""
-  dropout = {"dropout": 0.2} if "dropout" in registry.get(name).settings else {}
-  return {**TINY.get(name, {}), "augment": True, **dropout, **extra}
 
 
 SWEEP = dict(num_seeds=2, sweep="learning_rate=1e-3,3e-3")  # 4 members.
@@ -126,7 +107,7 @@ def _on_a_gpu_backend(prepared, tmp_path, *flags):
        "--preset=seed", "--cnn_features=4,8", "--cnn_dense=16", "--epochs=1",
        "--batch_size=32", "--val_fraction=0.1", "--noanalyses",
        f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}",
-       f"--workdir={workdir}", *flags], cwd=ROOT, env=_env(2),
+       f"--workdir={workdir}", *flags], cwd=ROOT, env=pw.child_env(2),
       capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
   assert p.returncode == 0, p.stderr[-3000:]
   with open(workdir / "config.json") as f:
@@ -249,7 +230,7 @@ def _job(prepared, workdir, *extra, ids=(0, 1), devices=1, code=None):
           f"--process_id={i}"] for i in ids] or [[f"--workdir={workdir}"]]
   return [subprocess.Popen(
       [sys.executable, *(["-c", code] if code else []), "launch.py", *args,
-       *own], cwd=ROOT, env=_env(devices), stdout=subprocess.PIPE,
+       *own], cwd=ROOT, env=pw.child_env(devices), stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True) for own in job]
 
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import synthetic_digits
+from conftest import jaxpr_equations, synthetic_digits
 from mnist_jax import models
 from mnist_jax import optim
 from mnist_jax.training import members
@@ -18,20 +18,6 @@ from mnist_jax.training import train
 CONFIGS = {"mlp": dict(mlp_hidden=(32,)), "gru": dict(hidden=16),
            "cnn": dict(cnn_features=(4, 8), cnn_dense=16, cnn_batch_norm=True)}
 STEPS, BATCH = 4, 16
-
-
-def _dot_operand_dtypes(jaxpr):
-  """Operand dtypes of every matmul and convolution, nested jaxprs too."""
-  found = []
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name in ("dot_general", "conv_general_dilated"):
-      found.append(tuple(str(v.aval.dtype) for v in eqn.invars))
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, (tuple, list)) else [param]:
-        sub = getattr(sub, "jaxpr", sub)
-        if hasattr(sub, "eqns"):
-          found += _dot_operand_dtypes(sub)
-  return found
 
 
 def _trained(name, dtype):
@@ -48,9 +34,11 @@ def _trained(name, dtype):
   trained, sums, _ = jax.jit(train.train_chunk)(
       state, metrics.zeros(num_classes=10), order, jnp.asarray(x),
       jnp.asarray(y.astype(np.int32)), 0, STEPS)
-  dots = _dot_operand_dtypes(jax.make_jaxpr(lambda v: state.apply_fn(
-      v, jnp.zeros((2, 28, 28, 1), jnp.uint8), train=False))(
-          state.variables).jaxpr)
+  jaxpr = jax.make_jaxpr(lambda v: state.apply_fn(
+      v, jnp.zeros((2, 28, 28, 1), jnp.uint8), train=False))(state.variables)
+  dots = [tuple(str(v.aval.dtype) for v in e.invars)  # Nested jaxprs too.
+          for e, _ in jaxpr_equations(jaxpr.jaxpr)
+          if e.primitive.name in ("dot_general", "conv_general_dilated")]
   return state, trained, members.host_metrics(sums)[0]["loss"], dots
 
 

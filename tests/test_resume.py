@@ -27,10 +27,7 @@ from mnist_jax.rundir import control
 from mnist_jax.rundir import record as record_lib
 from mnist_jax.training import population
 
-MLP = dict(mlp_hidden=(16,), dropout=0.3, augment=True)
-SWEEP = dict(MLP, num_seeds=2, sweep="learning_rate=1e-3,3e-3")
-BN_CNN = dict(cnn_features=(4, 8), cnn_dense=16, dropout=0.2,
-              cnn_batch_norm=True, impl="stock", learning_rate=3e-3)
+SWEEP = pw.tiny("mlp", num_seeds=2, sweep="learning_rate=1e-3,3e-3")
 
 
 def core(name, model, settings, stops, parallel="none", devices=1, slow=True):
@@ -40,14 +37,15 @@ def core(name, model, settings, stops, parallel="none", devices=1, slow=True):
 
 
 @pytest.mark.parametrize("model,settings,stops,parallel,devices", [
-    core("cnn_bn_at_epoch_end_and_mid_epoch", "cnn", BN_CNN,
+    core("cnn_bn_at_epoch_end_and_mid_epoch", "cnn", pw.tiny(
+        "cnn", cnn_batch_norm=True, impl="stock", learning_rate=3e-3),
          ("epoch", "chunk"), slow=False),
     core("members_at_epoch_end", "mlp", SWEEP, ("epoch",)),
-    core("gru_sharded_over_2_devices", "gru", dict(hidden=16, augment=True,
-                                                   learning_rate=3e-2),
-         ("chunk",), "sharded", 2),
+    core("gru_sharded_over_2_devices", "gru", pw.tiny("gru"), ("chunk",),
+         "sharded", 2),
     core("members_split_over_2_devices", "mlp", SWEEP, ("chunk",), "auto", 2),
-    core("mlp_pmap_over_2_devices", "mlp", MLP, ("chunk",), "pmap", 2)])
+    core("mlp_pmap_over_2_devices", "mlp", pw.tiny("mlp"), ("chunk",), "pmap",
+         2)])
 def test_a_resumed_run_equals_an_uninterrupted_one_bit_for_bit(
     tmp_path, model, settings, stops, parallel, devices):
   """Stopped after epoch 1 or mid-epoch 2, resumed from its checkpoint at

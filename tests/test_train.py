@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import synthetic_digits
+from conftest import jaxpr_equations, synthetic_digits
 from mnist_jax import models
 from mnist_jax.data import augment as augment_lib
 from mnist_jax import optim
@@ -160,18 +160,6 @@ def test_chunks_equal_step_by_step_wherever_cut():
                whole.params, ref.params)
 
 
-def _walk(jaxpr, inside=False):
-  """(equation, inside a loop?) of a jaxpr and the jaxprs nested in it."""
-  for eqn in jaxpr.eqns:
-    yield eqn, inside
-    for value in eqn.params.values():
-      for item in value if isinstance(value, (tuple, list)) else [value]:
-        item = getattr(item, "jaxpr", item)  # A ClosedJaxpr's Jaxpr.
-        if hasattr(item, "eqns"):
-          yield from _walk(item, inside or eqn.primitive.name in (
-              "scan", "while"))
-
-
 @pytest.mark.parametrize("name,overrides", [
     ("mlp", dict(dropout=0.2, grad_clip=1.0, label_smoothing=0.1)),
     ("cnn", BN_CNN),
@@ -187,9 +175,9 @@ def test_the_step_loop_has_no_data_dependent_control_flow(name, overrides):
   fn = _ordered(2, label_smoothing=config.label_smoothing,
                 augment=augment_lib.from_config(config))
   jaxpr = jax.make_jaxpr(fn)(state, images, labels, 1, 0, 2).jaxpr
-  [loop] = [e for e, inside in _walk(jaxpr) if not inside
+  [loop] = [e for e, inside in jaxpr_equations(jaxpr) if not inside
             and e.primitive.name == "while"]
-  body = list(_walk(loop.params["body_jaxpr"].jaxpr))
+  body = list(jaxpr_equations(loop.params["body_jaxpr"].jaxpr))
   names = collections.Counter(e.primitive.name for e, _ in body)
   assert not {"cond", "while"} & set(names), names
   assert names["select_n"] > 0  # The masked update.
