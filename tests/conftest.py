@@ -199,3 +199,13 @@ def jaxpr_equations(jaxpr, inside=False):
         if hasattr(item, "eqns"):
           yield from jaxpr_equations(item, inside or eqn.primitive.name in (
               "scan", "while"))
+
+
+def assert_trees_equal(a, b, **kwargs):
+  """Every leaf of `a` and `b` equal, PRNG keys by their data."""
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x, y = jax.random.key_data(x), jax.random.key_data(y)
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), **kwargs)

@@ -150,12 +150,11 @@ def _flat(tree) -> np.ndarray:
 
 def run(model, settings, parallel="none", epochs=1, vmap=False, stop=None,
         data=None):
-  """One run's record (layout, rows, final row, messages, chunks), its
-  checkpointed `state` parts (flat) and, per member, its parameters and
-  model state (flat) and test logits. vmap: members vmapped (a GPU's way),
-  not in turn; stop: "chunk" or "epoch", stopped there after a checkpoint,
-  then resumed from it (the record: the resumed run's). Chunks of
-  --chunk_steps however slow the host."""
+  """One run's record (layout, rows, final row, messages, chunks) and, per
+  member, the `state` parts a checkpoint holds (flat) and its test logits.
+  vmap: members vmapped (a GPU's way), not in turn; stop: "chunk" or
+  "epoch", stopped there after a checkpoint, then resumed from it (the
+  record: the resumed run's). Chunks of --chunk_steps however slow."""
   saved = devices.IN_TURN_ON, population.CHUNK_S
   devices.IN_TURN_ON = () if vmap else ("cpu",)
   population.CHUNK_S = 1e9
@@ -180,10 +179,8 @@ def run(model, settings, parallel="none", epochs=1, vmap=False, stop=None,
   return {"record": json.loads(json.dumps({
       "parallel": hooks.record["parallel"], "rows": hooks.rows,
       "final": final, "messages": hooks.messages, "chunks": hooks.chunks})),
-          "state": {p: _flat(getattr(state, p)) for p in checkpoints.PARTS},
-          "params": [_flat(member(state.params, i)) for i in range(count)],
-          "model_state": [_flat(member(state.model_state, i))
-                          for i in range(count)],
+          "state": {p: [_flat(member(getattr(state, p), i))
+                        for i in range(count)] for p in checkpoints.PARTS},
           "logits": np.asarray(hooks.test_logits)}
 
 

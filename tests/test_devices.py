@@ -4,8 +4,6 @@ device per core); what each layout computes: test_parallel.py."""
 
 import dataclasses
 import os
-import subprocess
-import sys
 
 import jax
 import pytest
@@ -189,10 +187,8 @@ def test_dry_run_names_the_layout_auto_takes_on_a_split_host(args, says):
   split = min(CORES, process.MAX_HOST_DEVICES)
   if "sharded" in args and 64 % split:
     pytest.skip(f"a batch of 64 does not split over {split} devices")
-  proc = subprocess.run(
-      [sys.executable, "launch.py", *args.split(), "--preset=seed",
-       "--batch_size=64", "--dry_run"], cwd=lh.ROOT, env=lh.child_env(),
-      capture_output=True, text=True, timeout=300, check=False)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  line = next(l for l in proc.stdout.splitlines() if l.startswith("devices:"))
+  rc, out, err = lh.run([*args.split(), "--preset=seed", "--batch_size=64",
+                         "--dry_run"], timeout=300)
+  assert rc == 0, err[-3000:]
+  line = next(l for l in out.splitlines() if l.startswith("devices:"))
   assert line == "devices:    " + says.format(two=min(split, 2), split=split)

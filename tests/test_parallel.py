@@ -148,12 +148,13 @@ def test_a_member_computes_its_single_runs_numbers(prepared, tmp_path, case):
   exact = case["exact"]
   assert_same(lh.deterministic(members_lib.member_rows(rows, i)),
               lh.deterministic(single["rows"]), exact)
-  if "params" in single:
+  if "state" in single:
     for part in ("params", "model_state"):
-      np.testing.assert_allclose(got[part][i], single[part][0], rtol=0,
+      np.testing.assert_allclose(got["state"][part][i],
+                                 single["state"][part][0], rtol=0,
                                  atol=0 if exact else TOLERANCE)
     # Each member's own test logits, every example once.
-    assert got["logits"].shape == (len(got["params"]), 203, 10)
+    assert got["logits"].shape == (len(got["state"]["params"]), 203, 10)
     np.testing.assert_allclose(got["logits"][i], single["logits"][0],
                                rtol=0, atol=0 if exact else 1e-3)
   if len(rows[-1].get("members", ())) > 1:  # Their values and seeds are used.

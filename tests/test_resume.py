@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import steps_only
+from conftest import steps_only, write_idx_dir
 import launch_helpers as lh
 import parallel_worker as pw
 from mnist_jax import files
@@ -65,8 +65,9 @@ def test_a_resumed_run_equals_an_uninterrupted_one_bit_for_bit(
     assert (lh.deterministic(got["rows"] + [got["final"]]) ==
             lh.deterministic(record["rows"][1:] + [record["final"]]))
     for part in checkpoints.PARTS:
-      np.testing.assert_array_equal(resumed["state"][part],
-                                    whole["state"][part], err_msg=part)
+      np.testing.assert_array_equal(np.concatenate(resumed["state"][part]),
+                                    np.concatenate(whole["state"][part]),
+                                    err_msg=part)
 
 
 # The run folder's hooks, on a linear model of 33-step epochs.
@@ -230,7 +231,6 @@ STOP_S = 10.0  # docs/troubleshooting.md's bound.
 def test_sigterm_is_honoured_within_seconds_whatever_the_chunk(tmp_path):
   """3 CNN members in chunks of up to 10,000 steps: SIGTERM as a chunk
   starts stops within STOP_S, its checkpoint at the step the line names."""
-  from conftest import write_idx_dir  # pylint: disable=g-import-not-at-top
   mnist_dir = write_idx_dir(tmp_path / "idx", n_train=6000)
   work = tmp_path / "run"
   sent = []

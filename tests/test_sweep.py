@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from conftest import one_per_module_class
+from conftest import assert_trees_equal, one_per_module_class
 from experiments import compare
 import launch
 from mnist_jax import config as config_lib
@@ -395,7 +395,4 @@ def test_the_initializer_compiled_for_speed_draws_the_default_compiles_bits(
     fast = jax.jit(create, compiler_options=options)(key)
     default = jax.jit(create, compiler_options={
         "xla_backend_optimization_level": 3})(key)
-    for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(default)):
-      if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
-        a, b = jax.random.key_data(a), jax.random.key_data(b)
-      np.testing.assert_array_equal(a, b, err_msg=f"{name} --preset={preset}")
+    assert_trees_equal(fast, default, err_msg=f"{name} --preset={preset}")

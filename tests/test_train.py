@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import jaxpr_equations, synthetic_digits
+from conftest import assert_trees_equal, jaxpr_equations, synthetic_digits
 from mnist_jax import models
 from mnist_jax.data import augment as augment_lib
 from mnist_jax import optim
@@ -40,15 +40,6 @@ def digits(n, seed=0):
 
 def batch_of(images, labels, valid=True):
   return {"image": images, "label": labels, "valid": jnp.asarray(valid)}
-
-
-def assert_trees_equal(a, b):
-  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
-  assert len(leaves_a) == len(leaves_b)
-  for x, y in zip(leaves_a, leaves_b):
-    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-      x, y = jax.random.key_data(x), jax.random.key_data(y)
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 # The optimizer step.
