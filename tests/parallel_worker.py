@@ -52,15 +52,15 @@ def child_env(devices: int) -> dict:
   return env
 
 
-def dataset(n_train=N_TRAIN, n_test=N_TEST, val_fraction=0.1):
+def dataset():
   """A pipeline.Dataset of synthetic digits (conftest.synthetic_digits)."""
-  images, labels = synthetic_digits(n_train, seed=3)
-  test_images, test_labels = synthetic_digits(n_test, seed=4)
+  images, labels = synthetic_digits(N_TRAIN, seed=3)
+  test_images, test_labels = synthetic_digits(N_TEST, seed=4)
   return pipeline.split({"train_images": images,
                          "train_labels": labels.astype(np.int32),
                          "test_images": test_images,
                          "test_labels": test_labels.astype(np.int32)},
-                        val_fraction)
+                        COMMON["val_fraction"])
 
 
 def config(model, settings, parallel="none", epochs=1):
@@ -80,7 +80,7 @@ class Recorder(loop.Hooks):
     self.lasts, self._start = [], start
 
   def start(self, state, run):
-    self.record, self.steps, self.run = run.record(), run.steps, run
+    self.record, self.run = run.record(), run
     if callable(self._start):
       return self._start(state)
     return state, self._start or loop.Start()

@@ -56,7 +56,6 @@ def test_a_resumed_run_equals_an_uninterrupted_one_bit_for_bit(
       stop: dict(spec, stop=stop) for stop in stops}}, devices)
   whole = out.pop("whole")
   record = whole["record"]
-  assert record["final"]["test_examples"] == pw.N_TEST  # Each once.
   assert record["chunks"] == [[e, d] for e in (1, 2) for d in (0, 3, 6)]
   for stop, resumed in out.items():
     got = resumed["record"]
