@@ -109,35 +109,6 @@ DAMAGE = {
 }
 
 
-@pytest.mark.parametrize("damage", [*DAMAGE, "the_only_checkpoint"])
-def test_damage_is_called_damage_and_names_the_checkpoint_before(
-    saved, tmp_path, damage):
-  """One line naming it and why; deleting it, as advised, goes back to the
-  one before (the only one: no deletion advised)."""
-  workdir = _copy(saved, tmp_path)
-  only = damage == "the_only_checkpoint"
-  if only:
-    shutil.rmtree(_step_dir(workdir, 7))
-  spoil, reason = DAMAGE["truncated_arrays" if only else damage]
-  spoil(workdir)
-  with pytest.raises(checkpoints.CheckpointError) as e:
-    _restore(workdir)
-  message = str(e.value)
-  assert "\n" not in message and "--overwrite" not in message
-  assert (f"the checkpoint {_step_dir(workdir)} is damaged or truncated ("
-          f"{reason}") in message
-  if only:
-    assert message.endswith("; the run has no earlier checkpoint to go back "
-                            "to: pass another --workdir to train anew")
-    return
-  assert message.endswith(f"delete that folder to go back to the checkpoint "
-                          f"before it, {_step_dir(workdir, 7)}")
-  shutil.rmtree(_step_dir(workdir))  # As the message advises.
-  restored, meta = _restore(workdir)
-  assert meta["step"] == 7
-  lh.assert_trees_equal(restored, saved[1])
-
-
 def _failing_reads(monkeypatch, error, once=True):
   """orbax's reads of the state raise `error` (once: the first)."""
   manager = checkpoints._ocp().CheckpointManager  # pylint: disable=protected-access
@@ -178,13 +149,18 @@ MISMATCH = {
 }
 
 
-@pytest.mark.parametrize("case", list(MISMATCH))
-def test_an_intact_checkpoint_that_does_not_fit_is_not_damage(
+@pytest.mark.parametrize("case", [*DAMAGE, "the_only_checkpoint", *MISMATCH])
+def test_damage_is_told_apart_from_a_checkpoint_that_does_not_fit(
     saved, tmp_path, monkeypatch, case):
-  """One line that says what (asking for read access where it may not be
-  read), advising no deletion nor starting over; the checkpoint stays whole."""
+  """One line. Damage: naming it and why; deleting it, as advised, goes back
+  to the one before (the only one: no deletion advised). Intact but not
+  fitting or not readable (then asking for read access): what, advising no
+  deletion nor starting over; the checkpoint stays whole."""
   workdir = _copy(saved, tmp_path)
-  how, words = MISMATCH[case]
+  only = case == "the_only_checkpoint"
+  if only:
+    shutil.rmtree(_step_dir(workdir, 7))
+  how, words = {**DAMAGE, **MISMATCH}["truncated_arrays" if only else case]
   if isinstance(how, Exception):
     _failing_reads(monkeypatch, how, once=words != DENIED)
   else:
@@ -193,16 +169,30 @@ def test_an_intact_checkpoint_that_does_not_fit_is_not_damage(
     _restore(workdir)
   message = str(e.value)
   assert "\n" not in message and words in message, message
-  assert "damaged" not in message and "delete" not in message
   assert "--overwrite" not in message
-  assert "another --workdir" in message
-  if words == DENIED:
-    assert message.startswith(f"the checkpoint {_step_dir(workdir)} {words}")
-    assert message.endswith(
-        f"give read access to {checkpoints.directory(workdir)}, or pass "
-        "another --workdir")
-  elif case == "unknown_orbax_error":
-    lh.assert_trees_equal(_restore(workdir)[0], saved[1])  # Still whole.
+  if case in MISMATCH:
+    assert "damaged" not in message and "delete" not in message
+    assert "another --workdir" in message
+    if words == DENIED:
+      assert message.startswith(f"the checkpoint {_step_dir(workdir)} {words}")
+      assert message.endswith(
+          f"give read access to {checkpoints.directory(workdir)}, or pass "
+          "another --workdir")
+    elif case == "unknown_orbax_error":
+      lh.assert_trees_equal(_restore(workdir)[0], saved[1])  # Still whole.
+    return
+  assert (f"the checkpoint {_step_dir(workdir)} is damaged or truncated ("
+          f"{words}") in message
+  if only:
+    assert message.endswith("; the run has no earlier checkpoint to go back "
+                            "to: pass another --workdir to train anew")
+    return
+  assert message.endswith(f"delete that folder to go back to the checkpoint "
+                          f"before it, {_step_dir(workdir, 7)}")
+  shutil.rmtree(_step_dir(workdir))  # As the message advises.
+  restored, meta = _restore(workdir)
+  assert meta["step"] == 7
+  lh.assert_trees_equal(restored, saved[1])
 
 
 def test_a_record_of_other_steps_per_epoch_is_refused_in_one_line():
