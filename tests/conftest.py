@@ -187,3 +187,25 @@ def train_core(config, data, hooks=None):
   from mnist_jax.training import loop  # pylint: disable=g-import-not-at-top
   model, _ = models.build(config, say=lambda _: None)
   return loop.train_and_evaluate(config, data, model, hooks)
+
+
+def jaxpr_equations(jaxpr, inside=False):
+  """(equation, inside a loop?) of a jaxpr and of the jaxprs nested in it."""
+  for eqn in jaxpr.eqns:
+    yield eqn, inside
+    for value in eqn.params.values():
+      for item in value if isinstance(value, (tuple, list)) else [value]:
+        item = getattr(item, "jaxpr", item)  # A ClosedJaxpr's Jaxpr.
+        if hasattr(item, "eqns"):
+          yield from jaxpr_equations(item, inside or eqn.primitive.name in (
+              "scan", "while"))
+
+
+def assert_trees_equal(a, b, **kwargs):
+  """Every leaf of `a` and `b` equal, PRNG keys by their data."""
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x, y = jax.random.key_data(x), jax.random.key_data(y)
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), **kwargs)

@@ -1,13 +1,7 @@
-"""Tiny runs of loop.train_and_evaluate (the core, no run folder): in this
-process, or in a child process started with N simulated CPU devices, which
-XLA_FLAGS (--xla_force_host_platform_device_count=N) must set before JAX
-starts (tests/test_parallel.py, tests/test_resume.py):
-
-  python tests/parallel_worker.py OUT.pickle SPECS.json
-
-SPECS.json: {label: run()'s keywords}; OUT: {label: run()'s result}. The
-Recorder, Saver and restore hooks serve tests/test_train.py and others.
-"""
+"""Tiny runs of loop.train_and_evaluate (the core, no run folder), in this
+process or in a child of N simulated CPU devices (XLA_FLAGS must set them
+before JAX starts): python tests/parallel_worker.py OUT.pickle SPECS.json,
+SPECS {label: run()'s keywords}, OUT {label: run()'s result}."""
 
 import json
 import os
@@ -25,27 +19,48 @@ import numpy as np
 from conftest import synthetic_digits, train_core
 from mnist_jax import models
 from mnist_jax.data import pipeline
+from mnist_jax.models import registry
 from mnist_jax.rundir import checkpoints
 from mnist_jax.training import devices
 from mnist_jax.training import loop
+from mnist_jax.training import population
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
-# 540 training examples in 8 steps of 64 (a remainder dropped), 60
-# validation and 203 test examples in batches of 50 (the last one partial).
+# 540 training examples in 8 steps of 64 (chunks of 3), 60 validation and
+# 203 test examples in batches of 50 (the last one partial).
 COMMON = dict(batch_size=64, eval_batch_size=50, chunk_steps=3,
               val_fraction=0.1, seed=3)
 N_TRAIN, N_TEST = 600, 203
+# Small shapes of the registered models (another trains its seed preset's).
+TINY = {"mlp": dict(mlp_hidden=(16,)), "rnn": dict(hidden=16),
+        "cnn": dict(cnn_features=(4, 8), cnn_dense=16),
+        "lstm": dict(hidden=16), "gru": dict(hidden=16, learning_rate=3e-2)}
 
 
-def dataset(n_train=N_TRAIN, n_test=N_TEST, val_fraction=0.1):
+def tiny(name, **extra):
+  """With every random stream a step draws from (dropout, augmentation)."""
+  dropout = {"dropout": 0.2} if "dropout" in registry.get(name).settings else {}
+  return {**TINY.get(name, {}), "augment": True, **dropout, **extra}
+
+
+def child_env(devices: int) -> dict:
+  """A child process's environment, of `devices` simulated CPU devices."""
+  import launch_helpers  # pylint: disable=g-import-not-at-top
+  from conftest import xla_flags  # pylint: disable=g-import-not-at-top
+  env = {**launch_helpers.child_env(), "XLA_FLAGS": xla_flags(devices)}
+  env.pop("JAX_NUM_CPU_DEVICES", None)
+  return env
+
+
+def dataset():
   """A pipeline.Dataset of synthetic digits (conftest.synthetic_digits)."""
-  images, labels = synthetic_digits(n_train, seed=3)
-  test_images, test_labels = synthetic_digits(n_test, seed=4)
+  images, labels = synthetic_digits(N_TRAIN, seed=3)
+  test_images, test_labels = synthetic_digits(N_TEST, seed=4)
   return pipeline.split({"train_images": images,
                          "train_labels": labels.astype(np.int32),
                          "test_images": test_images,
                          "test_labels": test_labels.astype(np.int32)},
-                        val_fraction)
+                        COMMON["val_fraction"])
 
 
 def config(model, settings, parallel="none", epochs=1):
@@ -56,16 +71,16 @@ def config(model, settings, parallel="none", epochs=1):
 
 
 class Recorder(loop.Hooks):
-  """Keeps what the loop tells its hooks: the layout record, the epoch rows
-  (with `last`), the messages, the chunks' (epoch, done); starts at `start`
-  (a loop.Start, or fn(state) -> (state, Start))."""
+  """Keeps what the loop tells its hooks (layout record, rows, `last`s,
+  messages, chunks' (epoch, done)); starts at `start` (a loop.Start, or
+  fn(state) -> (state, Start))."""
 
   def __init__(self, start=None):
     self.record, self.rows, self.messages, self.chunks = None, [], [], []
     self.lasts, self._start = [], start
 
   def start(self, state, run):
-    self.record, self.steps, self.run = run.record(), run.steps, run
+    self.record, self.run = run.record(), run
     if callable(self._start):
       return self._start(state)
     return state, self._start or loop.Start()
@@ -86,8 +101,8 @@ class Stop(Exception):
 
 
 class Saver(Recorder):
-  """Saves a format-3 checkpoint where `at` says ("epoch": after epoch 1;
-  "chunk": after the first chunk of epoch 2) and stops the run there."""
+  """Saves a checkpoint and stops the run where `at` says ("epoch": after
+  epoch 1; "chunk": after the first chunk of epoch 2)."""
 
   def __init__(self, workdir, config, at):  # pylint: disable=redefined-outer-name
     super().__init__()
@@ -119,7 +134,7 @@ def restore(workdir, config):  # pylint: disable=redefined-outer-name
   folder (modes.py) does."""
   def start(state):
     state, meta = checkpoints.restore(workdir, state, config.model)
-    assert meta["format"] == checkpoints.FORMAT == 3
+    assert meta["format"] == checkpoints.FORMAT
     sums = meta.get("sums")
     return state, loop.Start(
         meta["epoch"] + 1, meta["epoch_step"],
@@ -135,12 +150,14 @@ def _flat(tree) -> np.ndarray:
 
 def run(model, settings, parallel="none", epochs=1, vmap=False, stop=None,
         data=None):
-  """One run's numbers: its record (layout, epoch rows, final row, messages,
-  steps) and, per member, its parameters and model state (flat) and test
-  logits. vmap: members vmapped (as on a GPU or TPU), not in turn; stop:
-  "chunk" or "epoch", stopped there after a checkpoint (as if killed), then
-  resumed from it (the rows: the resumed process's)."""
-  in_turn, devices.IN_TURN_ON = devices.IN_TURN_ON, () if vmap else ("cpu",)
+  """One run's record (layout, rows, final row, messages, chunks) and, per
+  member, the `state` parts a checkpoint holds (flat) and its test logits.
+  vmap: members vmapped (a GPU's way), not in turn; stop: "chunk" or
+  "epoch", stopped there after a checkpoint, then resumed from it (the
+  record: the resumed run's). Chunks of --chunk_steps however slow."""
+  saved = devices.IN_TURN_ON, population.CHUNK_S
+  devices.IN_TURN_ON = () if vmap else ("cpu",)
+  population.CHUNK_S = 1e9
   run_config = config(model, settings, parallel, epochs)
   data = data or dataset()
   try:
@@ -154,38 +171,32 @@ def run(model, settings, parallel="none", epochs=1, vmap=False, stop=None,
           hooks = restore(workdir, run_config)
       state, final = train_core(run_config, data, hooks)
   finally:
-    devices.IN_TURN_ON = in_turn
+    devices.IN_TURN_ON, population.CHUNK_S = saved
   state = jax.device_get(state)
   count = hooks.test_logits.shape[0]
   member = (lambda t, i: jax.tree.map(lambda x: x[i], t)) if (
       run_config.num_seeds > 1 or run_config.sweep) else (lambda t, i: t)
   return {"record": json.loads(json.dumps({
       "parallel": hooks.record["parallel"], "rows": hooks.rows,
-      "final": final, "messages": hooks.messages,
-      "step": np.asarray(state.step).tolist()})),
-          "params": [_flat(member(state.params, i)) for i in range(count)],
-          "model_state": [_flat(member(state.model_state, i))
-                          for i in range(count)],
+      "final": final, "messages": hooks.messages, "chunks": hooks.chunks})),
+          "state": {p: [_flat(member(getattr(state, p), i))
+                        for i in range(count)] for p in checkpoints.PARTS},
           "logits": np.asarray(hooks.test_logits)}
 
 
-def runs(folder, specs, devices=1):
+def runs(folder, specs, devices=1):  # pylint: disable=redefined-outer-name
   """{label: run(**spec)}: in this process on one device, else in a child
   process of `devices` simulated CPU devices (files in `folder`)."""
   if devices == 1:
     return {label: run(**spec) for label, spec in specs.items()}
   import subprocess  # pylint: disable=g-import-not-at-top
-  import launch_helpers  # pylint: disable=g-import-not-at-top
-  from conftest import xla_flags  # pylint: disable=g-import-not-at-top
   with open(os.path.join(folder, "specs.json"), "w") as f:
     json.dump(specs, f)
   out = os.path.join(folder, "out.pickle")
-  env = {**launch_helpers.child_env(), "XLA_FLAGS": xla_flags(devices)}
-  env.pop("JAX_NUM_CPU_DEVICES", None)
   proc = subprocess.run(
       [sys.executable, __file__, out, os.path.join(folder, "specs.json")],
-      env=env,
-      capture_output=True, text=True, timeout=600, check=False)
+      env=child_env(devices), capture_output=True, text=True, timeout=600,
+      check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(out, "rb") as f:
     results = pickle.load(f)

@@ -1,7 +1,5 @@
-"""Checkpoints: one that lacks a newer part of the train state restores, and
-damage is told apart from a checkpoint that is intact but does not fit, in
-one line (launch.py's refusals: test_refusals.py; the whole state restored:
-test_train.py's and test_resume.py's bit-for-bit resumes)."""
+"""Checkpoints: one lacking a newer part of the state restores; damage is
+told apart from an intact checkpoint that does not fit, in one line."""
 
 import json
 import os
@@ -19,8 +17,7 @@ CONFIG = models.get_config("linear", "seed")
 
 
 def _state():
-  """What a checkpoint holds of a fresh linear model's train state (arrays,
-  as a run's state is once on its devices)."""
+  """What a checkpoint holds of a fresh linear model's train state."""
   model, _ = models.build(CONFIG, say=lambda _: None)
   return checkpoints.tree(population.initial_state(CONFIG, model, 5,
                                                    (28, 28, 1)))
@@ -52,8 +49,7 @@ def _restore(workdir):
 
 
 def test_a_part_the_checkpoint_lacks_comes_from_the_fresh_state(tmp_path):
-  """A field added to the TrainState since a checkpoint was written: that
-  checkpoint still restores, the new part as the fresh state has it."""
+  """A TrainState field newer than the checkpoint: as the fresh state has it."""
   workdir, state = str(tmp_path / "run"), _state()
   writer = checkpoints.manager(workdir, keep=3)
   checkpoints.save(writer, 3, {k: v for k, v in state.items()
@@ -65,14 +61,13 @@ def test_a_part_the_checkpoint_lacks_comes_from_the_fresh_state(tmp_path):
 
 
 def _arrays(workdir):
-  """The array data files of step 14's checkpoint, the largest first."""
+  """Step 14's array data files, the largest first."""
   folder = os.path.join(_step_dir(workdir), "state", "ocdbt.process_0", "d")
   return sorted((os.path.join(folder, f) for f in os.listdir(folder)),
                 key=os.path.getsize, reverse=True)
 
 
 def _flip_array_byte(workdir):
-  """Flips a byte in the middle of the largest array data file."""
   with open(_arrays(workdir)[0], "r+b") as f:
     f.seek(os.path.getsize(f.name) // 2)
     byte = f.read(1)[0]
@@ -91,15 +86,13 @@ def _meta_path(workdir):
 
 
 def _edit_meta(workdir, edit, checksum=True):
-  """Rewrites the meta record; `checksum`: with a matching checksum (as
-  another mnist_jax would have written it), else leaves the old one."""
+  """The meta record edited, its checksum matching (another mnist_jax's)."""
   with open(_meta_path(workdir)) as f:
     meta = json.load(f)
   edit(meta)
   if checksum:
     meta["meta_checksum"] = checkpoints._meta_checksum(meta)  # pylint: disable=protected-access
-  with open(_meta_path(workdir), "w") as f:
-    json.dump(meta, f)
+  files.write_json(_meta_path(workdir), meta)
 
 
 DAMAGE = {
@@ -116,37 +109,8 @@ DAMAGE = {
 }
 
 
-@pytest.mark.parametrize("damage", [*DAMAGE, "the_only_checkpoint"])
-def test_damage_is_called_damage_and_names_the_checkpoint_before(
-    saved, tmp_path, damage):
-  """One line naming the damaged checkpoint and why; deleting it, as it
-  advises, goes back to the one before; the only one: no deletion advised."""
-  workdir = _copy(saved, tmp_path)
-  only = damage == "the_only_checkpoint"
-  if only:
-    shutil.rmtree(_step_dir(workdir, 7))
-  spoil, reason = DAMAGE["truncated_arrays" if only else damage]
-  spoil(workdir)
-  with pytest.raises(checkpoints.CheckpointError) as e:
-    _restore(workdir)
-  message = str(e.value)
-  assert "\n" not in message and "--overwrite" not in message
-  assert (f"the checkpoint {_step_dir(workdir)} is damaged or truncated ("
-          f"{reason}") in message
-  if only:
-    assert message.endswith("; the run has no earlier checkpoint to go back "
-                            "to: pass another --workdir to train anew")
-    return
-  assert message.endswith(f"delete that folder to go back to the checkpoint "
-                          f"before it, {_step_dir(workdir, 7)}")
-  shutil.rmtree(_step_dir(workdir))  # As the message advises.
-  restored, meta = _restore(workdir)
-  assert meta["step"] == 7
-  lh.assert_trees_equal(restored, saved[1])
-
-
 def _failing_reads(monkeypatch, error, once=True):
-  """orbax's reads of the state raise `error` (once: the first only)."""
+  """orbax's reads of the state raise `error` (once: the first)."""
   manager = checkpoints._ocp().CheckpointManager  # pylint: disable=protected-access
   real, failed = manager.restore, []
 
@@ -159,16 +123,14 @@ def _failing_reads(monkeypatch, error, once=True):
   monkeypatch.setattr(manager, "restore", restore)
 
 
-def _format(value):
-  """The meta record's format number (None: none), as another mnist_jax."""
+def _format(value):  # The meta record's format (None: none).
   return lambda w: _edit_meta(w, lambda m: m.pop("format") if value is None
                               else m.update(format=value))
 
 
 DENIED = "cannot be read by this user ("
-# Intact checkpoints a run cannot use (or may not read): (how, the words that
-# say why). how: a spoiler of the folder, or an error orbax raises. (Another
-# optimizer, model or widths, a file for the folder: test_refusals.py.)
+# Intact checkpoints a run cannot use or read: (a spoiler of the folder or an
+# error orbax raises, the words that say why). Others: test_refusals.py.
 MISMATCH = {
     "unknown_orbax_error": (ValueError(
         "Topology mismatch detected. The checkpoint was saved with a "
@@ -187,14 +149,18 @@ MISMATCH = {
 }
 
 
-@pytest.mark.parametrize("case", list(MISMATCH))
-def test_an_intact_checkpoint_that_does_not_fit_is_not_damage(
+@pytest.mark.parametrize("case", [*DAMAGE, "the_only_checkpoint", *MISMATCH])
+def test_damage_is_told_apart_from_a_checkpoint_that_does_not_fit(
     saved, tmp_path, monkeypatch, case):
-  """Whatever does not match, or may not be read (then it asks for read
-  access), the one-line message says what and never advises deleting the
-  checkpoint or starting over; the checkpoint is left whole."""
+  """One line. Damage: naming it and why; deleting it, as advised, goes back
+  to the one before (the only one: no deletion advised). Intact but not
+  fitting or not readable (then asking for read access): what, advising no
+  deletion nor starting over; the checkpoint stays whole."""
   workdir = _copy(saved, tmp_path)
-  how, words = MISMATCH[case]
+  only = case == "the_only_checkpoint"
+  if only:
+    shutil.rmtree(_step_dir(workdir, 7))
+  how, words = {**DAMAGE, **MISMATCH}["truncated_arrays" if only else case]
   if isinstance(how, Exception):
     _failing_reads(monkeypatch, how, once=words != DENIED)
   else:
@@ -203,20 +169,34 @@ def test_an_intact_checkpoint_that_does_not_fit_is_not_damage(
     _restore(workdir)
   message = str(e.value)
   assert "\n" not in message and words in message, message
-  assert "damaged" not in message and "delete" not in message
   assert "--overwrite" not in message
-  assert "another --workdir" in message
-  if words == DENIED:
-    assert message.startswith(f"the checkpoint {_step_dir(workdir)} {words}")
-    assert message.endswith(
-        f"give read access to {checkpoints.directory(workdir)}, or pass "
-        "another --workdir")
-  elif case == "unknown_orbax_error":
-    lh.assert_trees_equal(_restore(workdir)[0], saved[1])  # Still whole.
+  if case in MISMATCH:
+    assert "damaged" not in message and "delete" not in message
+    assert "another --workdir" in message
+    if words == DENIED:
+      assert message.startswith(f"the checkpoint {_step_dir(workdir)} {words}")
+      assert message.endswith(
+          f"give read access to {checkpoints.directory(workdir)}, or pass "
+          "another --workdir")
+    elif case == "unknown_orbax_error":
+      lh.assert_trees_equal(_restore(workdir)[0], saved[1])  # Still whole.
+    return
+  assert (f"the checkpoint {_step_dir(workdir)} is damaged or truncated ("
+          f"{words}") in message
+  if only:
+    assert message.endswith("; the run has no earlier checkpoint to go back "
+                            "to: pass another --workdir to train anew")
+    return
+  assert message.endswith(f"delete that folder to go back to the checkpoint "
+                          f"before it, {_step_dir(workdir, 7)}")
+  shutil.rmtree(_step_dir(workdir))  # As the message advises.
+  restored, meta = _restore(workdir)
+  assert meta["step"] == 7
+  lh.assert_trees_equal(restored, saved[1])
 
 
 def test_a_record_of_other_steps_per_epoch_is_refused_in_one_line():
-  """The data changed size since (a resumable --mnist_dir elsewhere)."""
+  """The data changed size since."""
   meta = {"epoch": 2, "epoch_step": 3, "step": 23}  # 10 steps per epoch.
   checkpoints.check_fits(meta, 10, "D")
   for steps in (9, 3):

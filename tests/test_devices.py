@@ -1,14 +1,9 @@
-"""--parallel=auto is a rule of the backend, the devices, the batch and the
-stock module's class, never a timing; process.split_host makes a CPU-only
-host one XLA device per core for it (before JAX starts: launch.py children).
-
-(What each layout computes: test_parallel.py.)
-"""
+"""--parallel=auto: a rule of the backend, devices, batch and the stock
+module's class, never a timing, on the host process.split_host makes (a
+device per core); what each layout computes: test_parallel.py."""
 
 import dataclasses
 import os
-import subprocess
-import sys
 
 import jax
 import pytest
@@ -23,15 +18,12 @@ from mnist_jax.rundir import process
 from mnist_jax.training import devices as devices_lib
 
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-TINY = {"gru": dict(hidden=16), "lstm": dict(hidden=16), "rnn": dict(hidden=16),
-        "mlp": dict(mlp_hidden=(16,)), "linear": {},
-        "cnn": dict(cnn_features=(4, 8), cnn_dense=16)}
 
 
 @pytest.fixture
 def host(monkeypatch):
-  """fn(devices, backend="cpu", processes=1, local=None): makes JAX report
-  such a host to the rule (devices.resolve reads only these)."""
+  """fn(devices, backend="cpu", processes=1, local=None): JAX reports such a
+  host to the rule."""
   def make(count, backend="cpu", processes=1, local=None):
     monkeypatch.setattr(jax, "device_count", lambda: count)
     monkeypatch.setattr(jax, "local_device_count",
@@ -42,7 +34,7 @@ def host(monkeypatch):
 
 
 def resolve(model="gru", members=1, **overrides):
-  config = models.get_config(model, "seed", **{**TINY[model], **overrides})
+  config = models.get_config(model, "seed", **overrides)
   return devices_lib.resolve(config, members,
                              models.get(config.model).stock(config))
 
@@ -104,10 +96,8 @@ def test_the_layout_auto_and_each_mode_take(host, host_is, model, members,
 
 def test_the_rule_reads_the_stock_module_class_not_the_model_name(
     host, monkeypatch):
-  """A model registered outside devices.py gets the rule its stock module's
-  class declares: none on a CPU host for a new class, sharded for the
-  recurrent one (DATA_PARALLEL_ON_CPU) or a class that declares it, with
-  nothing measured and devices.py untouched."""
+  """A new model's stock module class declares its rule on a CPU host
+  (DATA_PARALLEL_ON_CPU: sharded, else none), devices.py untouched."""
 
   class NewNet(dense.MLP):
     pass
@@ -133,8 +123,7 @@ def test_the_rule_reads_the_stock_module_class_not_the_model_name(
     ("pmap", 2, 50, 50), ("none", 1, 300, 300), ("members", 4, 300, 300)])
 def test_eval_batches_split_over_the_data_parallel_devices(mode, count, asked,
                                                            expected):
-  """The evaluation batch rounds up to a multiple of the devices a batch is
-  split over (the last batch is padded and masked: test_parallel.py)."""
+  """Rounded up to a multiple of the devices a batch is split over."""
   layout = object.__new__(devices_lib.Layout)  # The rule needs those devices.
   layout.mode, layout.num_devices = mode, count
   assert layout.eval_batch_size(asked) == expected
@@ -152,9 +141,8 @@ def test_eval_batches_split_over_the_data_parallel_devices(mode, count, asked,
 ], ids=["none", "processes", "xla_flags", "num_cpu_devices", "slurm", "cuda",
         "jax_started"])
 def test_split_host_leaves_the_host_whole_where_it_must(monkeypatch, env):
-  """One device asked for, several processes, a count already set, a job
-  of SLURM's, an accelerator, or JAX's backends started (the CPU device
-  count then fixed: no error, and the devices unchanged)."""
+  """One device asked for, several processes, a count already set, SLURM, an
+  accelerator, or JAX started (no error, the devices unchanged)."""
   env = dict(env)
   started = env.pop("started", False) and jax.devices()
   args = {k: env.pop(k) for k in ("parallel", "multi_process") if k in env}
@@ -177,8 +165,8 @@ def test_split_host_leaves_the_host_whole_where_it_must(monkeypatch, env):
 ])
 def test_setup_asks_for_deterministic_gpu_kernels_unless_told(monkeypatch,
                                                               given, expected):
-  """A GPU run repeats its numbers (README): XLA's deterministic kernels,
-  unless the user's XLA_FLAGS say otherwise."""
+  """A GPU run repeats its numbers (README's promise), unless XLA_FLAGS say
+  otherwise."""
   monkeypatch.setenv("XLA_FLAGS", given)
   process.setup_process()
   assert os.environ["XLA_FLAGS"] == expected
@@ -195,15 +183,12 @@ def test_setup_asks_for_deterministic_gpu_kernels_unless_told(monkeypatch,
     ("--model=mlp --num_seeds=2", "2 members split over 2 CPU devices"),
 ])
 def test_dry_run_names_the_layout_auto_takes_on_a_split_host(args, says):
-  """No measurement: --dry_run says what the run will take on the host
-  split_host makes (a device per core, up to MAX_HOST_DEVICES)."""
+  """--dry_run names the layout on the host split_host makes."""
   split = min(CORES, process.MAX_HOST_DEVICES)
   if "sharded" in args and 64 % split:
     pytest.skip(f"a batch of 64 does not split over {split} devices")
-  proc = subprocess.run(
-      [sys.executable, "launch.py", *args.split(), "--preset=seed",
-       "--batch_size=64", "--dry_run"], cwd=lh.ROOT, env=lh.child_env(),
-      capture_output=True, text=True, timeout=300, check=False)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  line = next(l for l in proc.stdout.splitlines() if l.startswith("devices:"))
+  rc, out, err = lh.run([*args.split(), "--preset=seed", "--batch_size=64",
+                         "--dry_run"], timeout=300)
+  assert rc == 0, err[-3000:]
+  line = next(l for l in out.splitlines() if l.startswith("devices:"))
   assert line == "devices:    " + says.format(two=min(split, 2), split=split)

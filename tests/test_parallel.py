@@ -1,21 +1,10 @@
-"""A member computes its single run's numbers, and a layout its one device's:
-members in turn (a CPU's way) or vmapped (a GPU's or TPU's), a run sharded
-over 2 devices or pmapped, members split over 2 devices, 2 processes; then
-how a job's processes join and fail, each in one line.
-
-What is bit for bit: one device's program on a host of no more XLA devices
-than cores (as process.split_host makes it) computes what it computes on the
-whole host, and members in turn each run their single run's program.
-jaxlib's CPU client gives its thread pool max(cores, devices) threads, and
-XLA:CPU splits some matmuls' sums over that pool, so more devices than cores
-can sum them in another order. Everything else agrees to float rounding:
-vmapped matmuls, sharded sums each device's part of the batch first, pmap
-averages gradients over devices (each device drawing its own dropout masks,
-so pmap is compared without them).
-
-Simulated devices need XLA_FLAGS before JAX starts, so those runs happen in
-child processes (tests/parallel_worker.py, launch.py).
-"""
+"""A member computes its single run's numbers and a layout its one device's
+(members in turn or vmapped, sharded, pmapped, split over devices, 2
+processes): bit for bit where both run one device's program on no more
+devices than cores (XLA:CPU's thread pool may split sums by device count),
+else to float rounding; pmap without dropout (each device draws its own
+masks). Then how a job's processes join and fail, each in one line.
+Simulated devices need child processes (parallel_worker.py, launch.py)."""
 
 import json
 import os
@@ -27,9 +16,9 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import xla_flags
 import launch_helpers as lh
 import parallel_worker as pw
+from parallel_worker import tiny
 from mnist_jax import models
 from mnist_jax import modes
 from mnist_jax.errors import UserError
@@ -43,13 +32,6 @@ TOLERANCE = 2e-5  # Losses (relative) and parameters after 8 to 16 steps.
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 
 
-def _env(devices: int) -> dict:
-  env = lh.child_env()
-  env["XLA_FLAGS"] = xla_flags(devices)
-  env.pop("JAX_NUM_CPU_DEVICES", None)
-  return env
-
-
 def assert_same(a, b, exact):
   """Nested metrics rows equal: bit for bit, or floats to TOLERANCE."""
   if exact:
@@ -58,19 +40,6 @@ def assert_same(a, b, exact):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     assert x == (pytest.approx(y, rel=TOLERANCE, abs=1e-6)
                  if isinstance(x, float) else y)
-
-
-# Small shapes of the registered models (another trains its seed preset's).
-TINY = {"mlp": dict(mlp_hidden=(16,)), "rnn": dict(hidden=16),
-        "cnn": dict(cnn_features=(4, 8), cnn_dense=16),
-        "lstm": dict(hidden=16), "gru": dict(hidden=16, learning_rate=3e-2)}
-
-
-def tiny(name, **extra):
-  """Dropout where the model has it and augmentation: every random stream a
-  step draws from."""
-  dropout = {"dropout": 0.2} if "dropout" in registry.get(name).settings else {}
-  return {**TINY.get(name, {}), "augment": True, **dropout, **extra}
 
 
 SWEEP = dict(num_seeds=2, sweep="learning_rate=1e-3,3e-3")  # 4 members.
@@ -88,12 +57,10 @@ def case(name, model, settings, parallel="none", devices=1, vmap=False,
 
 CASES = [
     case("mlp_sweep_in_turn", "mlp", tiny("mlp", **SWEEP), marks=()),
-    # A swept loss number is the members' argument, the single run's constant
-    # (folded by XLA): to float rounding (docs/performance.md).
+    # A swept loss number is the members' argument, the single run's constant.
     case("mlp_loss_sweep_in_turn", "mlp", tiny("mlp", num_seeds=2, sweep=(
         "label_smoothing=0,0.1")), exact=False),
-    # Vmapped members of one optimizer state structure, each with its own
-    # numbers (a momentum and decay of 0: the plain run's) and smoothing.
+    # Vmapped members of one optimizer state structure, each its own numbers.
     case("mlp_sweep_vmapped", "mlp", tiny(
         "mlp", num_seeds=2, optimizer="sgd", learning_rate=3e-2, sweep=(
             "momentum=0,0.9;weight_decay=0,1e-2;label_smoothing=0,0.1")),
@@ -102,8 +69,8 @@ CASES = [
     *[case(f"{m}_in_turn", m, tiny(m, num_seeds=2))
       for m in registry.MODELS if m != "mlp"],
     case("cnn_bn_in_turn", "cnn", tiny("cnn", num_seeds=2, cnn_batch_norm=True)),
-    # The accelerator's choices, in the fast suite (issue 75): vmapped members
-    # of a recurrent model over 2 devices, and launch.py on a GPU backend.
+    # The accelerator's choices in the fast suite: vmapped members over 2
+    # devices, and launch.py on a GPU backend.
     case("gru_vmapped_2_devices", "gru", tiny("gru", num_seeds=2), "auto", 2,
          vmap=True, exact=False, layout={"mode": "members", "devices": 2,
                                          "members": "vmapped"}, marks=()),
@@ -131,8 +98,8 @@ CASES = [
 
 
 def _on_a_gpu_backend(prepared, tmp_path, *flags):
-  """launch.py where JAX's backend reports a GPU (tests/accelerator_launch.py),
-  on 2 CPU devices: (metrics rows, config.json, stdout)."""
+  """launch.py on 2 CPU devices reported as a GPU (accelerator_launch.py):
+  (metrics rows, config.json, stdout)."""
   mnist_dir, data_dir = prepared
   workdir = tmp_path / "_".join(f.strip("-").replace("=", "") for f in flags)
   p = subprocess.run(
@@ -140,7 +107,7 @@ def _on_a_gpu_backend(prepared, tmp_path, *flags):
        "--preset=seed", "--cnn_features=4,8", "--cnn_dense=16", "--epochs=1",
        "--batch_size=32", "--val_fraction=0.1", "--noanalyses",
        f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}",
-       f"--workdir={workdir}", *flags], cwd=ROOT, env=_env(2),
+       f"--workdir={workdir}", *flags], cwd=ROOT, env=pw.child_env(2),
       capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
   assert p.returncode == 0, p.stderr[-3000:]
   with open(workdir / "config.json") as f:
@@ -149,14 +116,12 @@ def _on_a_gpu_backend(prepared, tmp_path, *flags):
 
 @pytest.mark.parametrize("case", CASES)
 def test_a_member_computes_its_single_runs_numbers(prepared, tmp_path, case):
-  """Member i of a run (each of --num_seeds and --sweep: its seed and values),
-  under each layout, against the single run of its seed and values with
-  --parallel=none: its epoch rows, final row, parameters (BatchNorm's
-  statistics too) and test logits; a run of one member under a data-parallel
-  layout against itself on one device."""
-  if case["settings"] is None:  # launch.py with a GPU backend: the stock
+  """The last member (its seed and swept values) under each layout against
+  its single run with --parallel=none: rows, final row, parameters, model
+  state, test logits; one member, data-parallel, against one device."""
+  if case["settings"] is None:  # A GPU backend: stock layers, vmapped.
     rows, record, out = _on_a_gpu_backend(prepared, tmp_path, "--num_seeds=2")
-    env = record["environment"]  # layers (no CPU kernel), members vmapped.
+    env = record["environment"]
     assert env["backend"] == "gpu" and record["finished"]
     assert env["implementation"] == {
         "impl": "auto", "module": "mnist_jax/models/cnn.py's CNN"}
@@ -164,7 +129,7 @@ def test_a_member_computes_its_single_runs_numbers(prepared, tmp_path, case):
     got = {"record": {"parallel": env["parallel"], "messages": [out]}}
     i, single = 1, {"rows": _on_a_gpu_backend(
         prepared, tmp_path, "--seed=1", "--parallel=none", "--noreport")[0]}
-  else:  # The last member: its index, seed and values.
+  else:
     config = pw.config(case["model"], case["settings"], case["parallel"])
     member = members_lib.from_config(config)[-1]
     i, run = member.index, {k: case[k] for k in ("model", "settings",
@@ -183,13 +148,13 @@ def test_a_member_computes_its_single_runs_numbers(prepared, tmp_path, case):
   exact = case["exact"]
   assert_same(lh.deterministic(members_lib.member_rows(rows, i)),
               lh.deterministic(single["rows"]), exact)
-  if "params" in single:
+  if "state" in single:
     for part in ("params", "model_state"):
-      np.testing.assert_allclose(got[part][i], single[part][0], rtol=0,
+      np.testing.assert_allclose(got["state"][part][i],
+                                 single["state"][part][0], rtol=0,
                                  atol=0 if exact else TOLERANCE)
-    # The test logits the loop hands out (the ensemble's and report's):
-    # each member's own, every example counted once.
-    assert got["logits"].shape == (len(got["params"]), 203, 10)
+    # Each member's own test logits, every example once.
+    assert got["logits"].shape == (len(got["state"]["params"]), 203, 10)
     np.testing.assert_allclose(got["logits"][i], single["logits"][0],
                                rtol=0, atol=0 if exact else 1e-3)
   if len(rows[-1].get("members", ())) > 1:  # Their values and seeds are used.
@@ -199,8 +164,7 @@ def test_a_member_computes_its_single_runs_numbers(prepared, tmp_path, case):
 
 @pytest.fixture
 def joins(monkeypatch):
-  """process.initialize's calls of jax.distributed.initialize, which raises
-  what `raises` holds (as jax does where it detects no cluster: ValueError)."""
+  """(calls of jax.distributed.initialize, what it raises: none or [error])."""
   calls, raises = [], []
 
   def initialize(*args, **kwargs):
@@ -214,10 +178,9 @@ def joins(monkeypatch):
 
 
 def test_no_cluster_is_one_process_but_named_processes_must_join(joins):
-  """jax.distributed.initialize() detects the cluster (SLURM, TPU VMs...);
-  finding none is one process, unless the flags name processes: then any
-  error of jax's is one line saying what to do; process 0 on a port in use
-  is refused before jax's coordinator would crash on it."""
+  """No cluster detected: one process, unless the flags name processes; then
+  jax's errors are one line saying what to do, and process 0 on a port in
+  use is refused before jax's coordinator would crash on it."""
   calls, raises = joins
   config = models.get_config("mlp")
   raises.append(ValueError("coordinator_address should be defined."))
@@ -251,33 +214,13 @@ def test_no_cluster_is_one_process_but_named_processes_must_join(joins):
                         (f"localhost:{port}", 2, 0)]
 
 
-def test_cli_rejects_a_batch_that_does_not_split(tmp_path):
-  """Before the data is prepared (none is, here) or anything written."""
-  work, data = tmp_path / "run", tmp_path / "tfds"
-  proc = subprocess.run(
-      [sys.executable, "launch.py", "--model=mlp", "--batch_size=100",
-       "--parallel=pmap", f"--workdir={work}", f"--data_dir={data}"],
-      cwd=ROOT, env=_env(8), capture_output=True, text=True, timeout=TIMEOUT_S,
-      check=False)
-  assert proc.returncode == 1
-  [line] = proc.stderr.strip().splitlines()
-  assert line.startswith("error: --batch_size=100 does not split over 8 "
-                         "devices") and "96 or 104" in line, proc.stderr
-  assert not work.exists() and not data.exists()
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _job(prepared, workdir, *extra, ids=(0, 1), devices=1, port=None,
-         code=None):
-  """launch.py's processes `ids` of a 2-process job (an MLP, 2 epochs,
-  --noreport; ids=(): one process alone), run by `code` if given."""
+def _job(prepared, workdir, *extra, ids=(0, 1), devices=1, code=None):
+  """Processes `ids` of a 2-process MLP job (ids=(): one process alone), run
+  by `code` if given."""
   mnist_dir, data_dir = prepared
-  port = port or _free_port()
+  with socket.socket() as s:  # A free port.
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
   args = ["--model=mlp", "--preset=seed", "--mlp_hidden=32", "--dropout=0",
           "--epochs=2", "--batch_size=32", "--eval_batch_size=50",
           "--val_fraction=0.1", "--noreport", f"--mnist_dir={mnist_dir}",
@@ -288,7 +231,7 @@ def _job(prepared, workdir, *extra, ids=(0, 1), devices=1, port=None,
           f"--process_id={i}"] for i in ids] or [[f"--workdir={workdir}"]]
   return [subprocess.Popen(
       [sys.executable, *(["-c", code] if code else []), "launch.py", *args,
-       *own], cwd=ROOT, env=_env(devices), stdout=subprocess.PIPE,
+       *own], cwd=ROOT, env=pw.child_env(devices), stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True) for own in job]
 
 
@@ -305,9 +248,8 @@ def _ends(procs):
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["pmap", "sharded"])
 def test_two_processes_match_one(prepared, tmp_path, mode):
-  """2 processes x 2 CPU devices over jax.distributed on loopback, against
-  one process on one device; process 1 writes no files, and the run reports
-  on one device (this one) to its own test metrics."""
+  """2 processes x 2 CPU devices on loopback against one process on one
+  device; process 1 writes nothing; the report (here) gives its metrics."""
   [one] = _job(prepared, tmp_path / "one", "--parallel=none", ids=())
   procs = _job(prepared, tmp_path / "run", f"--parallel={mode}", devices=2)
   outputs = _ends([one, *procs])
@@ -330,8 +272,7 @@ def test_two_processes_match_one(prepared, tmp_path, mode):
 @pytest.mark.parametrize("process_id", [0, 1])
 def test_a_process_whose_peer_never_starts_ends_in_one_line(
     prepared, tmp_path, process_id):
-  """Alone, process 0 (the coordinator) or 1 waits JOIN_TIMEOUT_S (5 s here),
-  then says what to do, instead of jax's abort and C++ stack trace."""
+  """Alone, either waits JOIN_TIMEOUT_S (5 s here), then says what to do."""
   code = ("import runpy, sys; from mnist_jax.rundir import process; "
           "process.JOIN_TIMEOUT_S = 5; sys.argv = sys.argv[1:]; "
           "runpy.run_path('launch.py', run_name='__main__')")
@@ -349,9 +290,8 @@ def test_a_process_whose_peer_never_starts_ends_in_one_line(
 @pytest.mark.slow
 def test_a_process_killed_mid_run_stops_the_others_in_one_line(prepared,
                                                                tmp_path):
-  """Process 1 killed (SIGKILL) in epoch 3 or later: process 0 stops at its
-  next collective with one line that says to start both again, not a
-  traceback and jax's abort; both commands again then finish the run."""
+  """Process 1 killed in epoch 3: process 0 stops with one line saying to
+  start both again (no traceback), which then finishes the run."""
   procs = _job(prepared, tmp_path / "run", "--epochs=40")
   try:
     for line in procs[0].stdout:

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import synthetic_digits
+from conftest import jaxpr_equations, synthetic_digits
 from mnist_jax import models
 from mnist_jax import optim
 from mnist_jax.training import members
@@ -18,21 +18,6 @@ from mnist_jax.training import train
 CONFIGS = {"mlp": dict(mlp_hidden=(32,)), "gru": dict(hidden=16),
            "cnn": dict(cnn_features=(4, 8), cnn_dense=16, cnn_batch_norm=True)}
 STEPS, BATCH = 4, 16
-
-
-def _dot_operand_dtypes(jaxpr):
-  """Operand dtypes of every matmul and convolution, nested jaxprs (scan, jit,
-  custom_vjp) included."""
-  found = []
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name in ("dot_general", "conv_general_dilated"):
-      found.append(tuple(str(v.aval.dtype) for v in eqn.invars))
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, (tuple, list)) else [param]:
-        sub = getattr(sub, "jaxpr", sub)
-        if hasattr(sub, "eqns"):
-          found += _dot_operand_dtypes(sub)
-  return found
 
 
 def _trained(name, dtype):
@@ -49,9 +34,11 @@ def _trained(name, dtype):
   trained, sums, _ = jax.jit(train.train_chunk)(
       state, metrics.zeros(num_classes=10), order, jnp.asarray(x),
       jnp.asarray(y.astype(np.int32)), 0, STEPS)
-  dots = _dot_operand_dtypes(jax.make_jaxpr(lambda v: state.apply_fn(
-      v, jnp.zeros((2, 28, 28, 1), jnp.uint8), train=False))(
-          state.variables).jaxpr)
+  jaxpr = jax.make_jaxpr(lambda v: state.apply_fn(
+      v, jnp.zeros((2, 28, 28, 1), jnp.uint8), train=False))(state.variables)
+  dots = [tuple(str(v.aval.dtype) for v in e.invars)  # Nested jaxprs too.
+          for e, _ in jaxpr_equations(jaxpr.jaxpr)
+          if e.primitive.name in ("dot_general", "conv_general_dilated")]
   return state, trained, members.host_metrics(sums)[0]["loss"], dots
 
 
@@ -59,10 +46,9 @@ def _trained(name, dtype):
     pytest.param(n, marks=pytest.mark.slow) if n != "mlp" else n
     for n in CONFIGS])
 def test_bfloat16_computes_in_bfloat16_and_keeps_float32_state(name):
-  """The model's every matmul and convolution takes bfloat16 (the run's
-  module: a kernel or lowered layers where the run takes them); parameters,
-  optimizer state and BatchNorm's statistics stay float32 through training
-  (and move); the loss is close to float32's, not equal."""
+  """Every matmul and convolution of the run's module takes bfloat16; the
+  state stays float32 through training (and moves); the loss is close to
+  float32's, not equal."""
   fresh, state, loss, dots = _trained(name, "bfloat16")
   assert dots and all(d == ("bfloat16", "bfloat16") for d in dots), dots
   floats = [leaf for leaf in jax.tree.leaves(

@@ -1,8 +1,6 @@
 """A resumed run equals an uninterrupted one, bit for bit: the core stopped
-after a checkpoint, with members and on each layout (one model on one
-device: test_train.py; launch.py stopped anywhere: test_run_folder_safety.py).
-Then the run folder's hooks: where they resume, a stop before any step, and
-which checkpoint report and predict restore."""
+after a checkpoint, over layouts, members and BatchNorm (launch.py killed
+anywhere: test_run_folder_safety.py); then the run folder's hooks."""
 
 import fcntl
 import io
@@ -17,9 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import steps_only
+from conftest import steps_only, write_idx_dir
 import launch_helpers as lh
 import parallel_worker as pw
+from mnist_jax import files
 from mnist_jax import models
 from mnist_jax import modes
 from mnist_jax.results import run as results
@@ -28,41 +27,46 @@ from mnist_jax.rundir import control
 from mnist_jax.rundir import record as record_lib
 from mnist_jax.training import population
 
-MLP = dict(mlp_hidden=(16,), dropout=0.3, augment=True)
-SWEEP = dict(MLP, num_seeds=2, sweep="learning_rate=1e-3,3e-3")
+SWEEP = pw.tiny("mlp", num_seeds=2, sweep="learning_rate=1e-3,3e-3")
 
 
-def core(name, model, settings, stop, parallel="none", devices=1):
-  """The core stopped after a checkpoint (tests/parallel_worker.py's)."""
-  return pytest.param(model, settings, stop, parallel, devices, id=name,
-                      marks=[pytest.mark.slow] + [pytest.mark.floors] * (
+def core(name, model, settings, stops, parallel="none", devices=1, slow=True):
+  return pytest.param(model, settings, stops, parallel, devices, id=name,
+                      marks=[pytest.mark.slow] * slow + [pytest.mark.floors] * (
                           devices > 1))
 
 
-@pytest.mark.parametrize("model,settings,stop,parallel,devices", [
-    core("members_at_epoch_end", "mlp", SWEEP, "epoch"),
-    core("gru_sharded_over_2_devices", "gru", dict(hidden=16, augment=True,
-                                                   learning_rate=3e-2),
-         "chunk", "sharded", 2),
-    core("members_split_over_2_devices", "mlp", SWEEP, "chunk", "auto", 2),
-    core("mlp_pmap_over_2_devices", "mlp", MLP, "chunk", "pmap", 2)])
+@pytest.mark.parametrize("model,settings,stops,parallel,devices", [
+    core("cnn_bn_at_epoch_end_and_mid_epoch", "cnn", pw.tiny(
+        "cnn", cnn_batch_norm=True, impl="stock", learning_rate=3e-3),
+         ("epoch", "chunk"), slow=False),
+    core("members_at_epoch_end", "mlp", SWEEP, ("epoch",)),
+    core("gru_sharded_over_2_devices", "gru", pw.tiny("gru"), ("chunk",),
+         "sharded", 2),
+    core("members_split_over_2_devices", "mlp", SWEEP, ("chunk",), "auto", 2),
+    core("mlp_pmap_over_2_devices", "mlp", pw.tiny("mlp"), ("chunk",), "pmap",
+         2)])
 def test_a_resumed_run_equals_an_uninterrupted_one_bit_for_bit(
-    tmp_path, model, settings, stop, parallel, devices):
-  """Its rows (an epoch resumed mid-way marked as partial aside), final row,
-  parameters and model state, bit for bit."""
+    tmp_path, model, settings, stops, parallel, devices):
+  """Stopped after epoch 1 or mid-epoch 2, resumed from its checkpoint at
+  the chunk it stopped at: its rows (less timing), final row and every part
+  of the state a checkpoint holds (BatchNorm's statistics too)."""
   spec = dict(model=model, settings=settings, parallel=parallel, epochs=2)
-  out = pw.runs(tmp_path, {"whole": spec, "resumed": dict(spec, stop=stop)},
-                devices)
-  whole, resumed = out["whole"], out["resumed"]
-  assert resumed["record"]["parallel"]["devices"] == devices
-  assert (lh.deterministic(resumed["record"]["rows"]) ==
-          lh.deterministic(whole["record"]["rows"][1:]))
-  assert (lh.deterministic([resumed["record"]["final"]]) ==
-          lh.deterministic([whole["record"]["final"]]))
-  assert resumed["record"]["step"] == whole["record"]["step"]
-  for part in ("params", "model_state"):
-    for a, b in zip(resumed[part], whole[part]):
-      np.testing.assert_array_equal(a, b)
+  out = pw.runs(tmp_path, {"whole": spec, **{
+      stop: dict(spec, stop=stop) for stop in stops}}, devices)
+  whole = out.pop("whole")
+  record = whole["record"]
+  assert record["chunks"] == [[e, d] for e in (1, 2) for d in (0, 3, 6)]
+  for stop, resumed in out.items():
+    got = resumed["record"]
+    assert got["parallel"]["devices"] == devices
+    assert got["chunks"] == record["chunks"][3 + (stop == "chunk"):]
+    assert (lh.deterministic(got["rows"] + [got["final"]]) ==
+            lh.deterministic(record["rows"][1:] + [record["final"]]))
+    for part in checkpoints.PARTS:
+      np.testing.assert_array_equal(np.concatenate(resumed["state"][part]),
+                                    np.concatenate(whole["state"][part]),
+                                    err_msg=part)
 
 
 # The run folder's hooks, on a linear model of 33-step epochs.
@@ -103,10 +107,9 @@ def _config(prepared, workdir, **settings):
 
 def test_a_run_resumes_mid_epoch_where_its_checkpoint_stood(
     prepared, tmp_path, monkeypatch):
-  """At its step, its seconds counting on (its metric sums: the bit-for-bit
-  resumes). That epoch times only its other 32 (of 37) steps: its row and
-  line say so. The wall time printed is the final row's, the data's preparation
-  (1 s here) apart and printed on its own."""
+  """At its step, its seconds counting on; that epoch times only its other
+  32 of 37 steps (row and line say so); the data's preparation (1 s here) is
+  printed apart from the wall time."""
   workdir = str(tmp_path / "run")
   config = _config(prepared, workdir, report=False)
   hooks = _hooks(workdir, existing=False, config=config)
@@ -143,8 +146,7 @@ def test_a_run_resumes_mid_epoch_where_its_checkpoint_stood(
 
 @pytest.fixture(scope="module")
 def finished(prepared, tmp_path_factory):
-  """A finished 5-epoch linear run (no report, no analyses) that saved after
-  epochs 2, 4 and 5 and keeps 2 checkpoints."""
+  """A finished 5-epoch linear run, saved after epochs 2, 4 and 5, keeping 2."""
   workdir = str(tmp_path_factory.mktemp("finished") / "run")
   config = _config(prepared, workdir, epochs=5, checkpoint_every=2,
                    keep_checkpoints=2, report=False, analyses=False)
@@ -158,13 +160,10 @@ def _unfinished(source, workdir):
   shutil.rmtree(os.path.join(checkpoints.directory(workdir),
                              str(checkpoints.steps(workdir)[-1])))
   rows = lh.metrics(workdir)[:checkpoints.latest_meta(workdir)["epoch"]]
-  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
-    f.write("".join(json.dumps(r) + "\n" for r in rows))
-  path = os.path.join(workdir, "config.json")
-  with open(path) as f:
-    record = json.load(f)
-  with open(path, "w") as f:
-    json.dump({**record, "finished": False}, f)
+  files.write_text(os.path.join(workdir, "metrics.jsonl"),
+                   "".join(json.dumps(r) + "\n" for r in rows))
+  files.write_json(os.path.join(workdir, "config.json"),
+                   {**record_lib.read_record(workdir), "finished": False})
 
 
 NOTES = {
@@ -183,13 +182,10 @@ NOTES = {
 @pytest.mark.parametrize("state", ["finished", "log_cut", *NOTES])
 def test_predict_and_report_restore_the_right_checkpoint_and_say_which(
     finished, tmp_path, state):
-  """A finished run: its final checkpoint, of those it keeps (the newest
-  --keep_checkpoints, saved every --checkpoint_every epochs and after the
-  last); one whose log lost its end is still finished, and --mode=report
-  writes its final row again, its checkpoints left as they were. An
-  unfinished, still training (another process holds its lock) or diverged
-  one: its latest checkpoint, with a note saying what it is and what to do
-  (which report.md and --mode=report's line end with too)."""
+  """A finished run (its log's end lost too: --mode=report writes the final
+  row again, checkpoints untouched): its final checkpoint, of the
+  --keep_checkpoints kept. Unfinished, still training (its lock held) or
+  diverged: its latest, with a note saying what it is and what to do."""
   workdir = str(tmp_path / "run")
   if state in NOTES:
     _unfinished(finished, workdir)
@@ -200,8 +196,8 @@ def test_predict_and_report_restore_the_right_checkpoint_and_say_which(
   if state == "log_cut":
     with open(path) as f:
       lines = f.read().splitlines(keepends=True)
-    with open(path, "w") as f:
-      f.write("".join(lines[:-2]) + lines[-2][:len(lines[-2]) // 2])
+    files.write_text(path, "".join(lines[:-2]) +
+                     lines[-2][:len(lines[-2]) // 2])
   if state == "diverged_later":
     with open(path, "a") as f:
       f.write(json.dumps({"epoch": 5, "step": 170, "diverged": True,
@@ -232,11 +228,8 @@ STOP_S = 10.0  # docs/troubleshooting.md's bound.
 
 @pytest.mark.slow
 def test_sigterm_is_honoured_within_seconds_whatever_the_chunk(tmp_path):
-  """3 members of a CNN in chunks of up to 10,000 steps (of 6,000 examples):
-  SIGTERM as a chunk of epoch 1 starts stops the run within STOP_S
-  (docs/troubleshooting.md: about 10 s), its checkpoint at the step the line
-  names."""
-  from conftest import write_idx_dir  # pylint: disable=g-import-not-at-top
+  """3 CNN members in chunks of up to 10,000 steps: SIGTERM as a chunk
+  starts stops within STOP_S, its checkpoint at the step the line names."""
   mnist_dir = write_idx_dir(tmp_path / "idx", n_train=6000)
   work = tmp_path / "run"
   sent = []

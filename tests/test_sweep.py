@@ -1,8 +1,6 @@
-"""--sweep and --num_seeds: the grid and its refusals, member order, choosing
-a member, the run folder's files (rows, sweep.csv and .png, the report, the
-ensemble), report and predict, and compare.py reading members. (A member
-computes its single run's numbers: test_parallel.py; a sweep resumes:
-test_resume.py.)"""
+"""--sweep and --num_seeds: the grid and its refusals, member order, the
+choice, the run folder's files, report, predict and compare.py on members
+(a member's numbers: test_parallel.py; resumed: test_resume.py)."""
 
 import csv
 import functools
@@ -17,7 +15,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from conftest import one_per_module_class
+from conftest import assert_trees_equal, one_per_module_class
 from experiments import compare
 import launch
 from mnist_jax import config as config_lib
@@ -35,9 +33,9 @@ from mnist_jax.rundir import cli
 from mnist_jax.rundir import metrics_log
 from mnist_jax.rundir import record as record_lib
 from mnist_jax.training import members
+from mnist_jax.training import metrics
 from mnist_jax.training import train
 
-# The analyses aside: tests/test_analysis.py holds them.
 TINY = dict(mlp_hidden=(16,), dropout=0.2, epochs=2, batch_size=50,
             val_fraction=0.1, analyses=False)
 SWEEP = "learning_rate=0.003,0.01;grad_clip=0,1"  # 4 points x 2 seeds.
@@ -54,8 +52,8 @@ def _overrides(*argv):
 
 
 def test_repeated_and_joined_sweep_flags_give_one_canonical_grid():
-  """In the order given; the canonical text reads back as the same grid,
-  and the run's repeat command holds it (not the swept flags)."""
+  """In the order given, reading back as the same grid; the repeat command
+  holds it, not the swept flags."""
   repeated = _overrides("--sweep=learning_rate=3e-4, 1e-3",
                         "--sweep=weight_decay=0,1e-4")
   joined = _overrides("--sweep=learning_rate=3e-4,1e-3;weight_decay=0,1e-4")
@@ -72,8 +70,7 @@ def test_repeated_and_joined_sweep_flags_give_one_canonical_grid():
   assert "--weight_decay" not in command and "--epochs=20" in command
 
 
-# The sweep refusals only --sweep's parser makes (the others, with their exit
-# codes: test_refusals.py).
+# Refusals of --sweep's parser alone (the others: test_refusals.py).
 COMPARE_IT = "python experiments/compare.py --train="
 BAD_SWEEPS = [
     (["--sweep=learning_rate"], ["expected NAME=V1,V2"]),
@@ -88,7 +85,6 @@ BAD_SWEEPS = [
 
 @pytest.mark.parametrize("args,words", BAD_SWEEPS)
 def test_bad_sweeps_are_one_line_errors(args, words):
-  """Said in one line, naming what to do instead."""
   with pytest.raises(UserError) as e:
     _overrides(*args)
   assert "\n" not in str(e.value)
@@ -103,8 +99,8 @@ def test_bad_sweeps_are_one_line_errors(args, words):
     (3, "", [(s, {}) for s in (5, 6, 7)]),
     (1, "", [(5, {})])])
 def test_members_are_grid_point_major_seed_minor(num_seeds, sweep, expected):
-  """Member i is the single run of its seed and values; a point's seeds
-  are consecutive."""
+  """Member i's config is the single run of its seed and values; a point's
+  seeds are consecutive."""
   config = models.get_config("mlp", "seed", seed=5, num_seeds=num_seeds,
                              sweep=sweep)
   listed = members.from_config(config)
@@ -128,8 +124,7 @@ def _val(*pairs):
 
 
 def test_choosing_takes_the_best_mean_point_then_its_best_seed():
-  """Ties: the lower mean loss, then the lower index; without validation,
-  member 0; without a sweep, the best seed."""
+  """Ties: the lower mean loss, then index; no validation: member 0."""
   listed = members.from_config(models.get_config(
       "mlp", **TINY, num_seeds=2, sweep="learning_rate=1e-3,3e-3,1e-2"))
   # Point 0 holds the single best member, point 1 the best mean.
@@ -144,7 +139,6 @@ def test_choosing_takes_the_best_mean_point_then_its_best_seed():
 
 
 def test_without_validation_the_first_member_is_shown(prepared, tmp_path):
-  """The last line says so (as report.md does)."""
   mnist_dir, data_dir = prepared
   out = io.StringIO()
   modes.train_and_evaluate(models.get_config(
@@ -197,9 +191,8 @@ def test_sweep_plot_axis_is_logarithmic_for_values_spanning_decades(values,
 
 
 def test_a_diverged_member_stops_alone(prepared, tmp_path):
-  """SGD at 1e38 overflows at once: that member stops (said, its row's
-  losses none, "n/a" in the report); the other trains on and is chosen (by
-  validation accuracy, the last line says)."""
+  """SGD at 1e38 overflows: that member stops (said, losses none, "n/a" in
+  the report); the other trains on and is chosen."""
   stream = io.StringIO()
   modes.train_and_evaluate(models.get_config(
       "linear", mnist_dir=prepared[0], data_dir=prepared[1], epochs=1,
@@ -234,10 +227,9 @@ def swept(prepared, tmp_path_factory):
 @pytest.mark.slow
 def test_a_sweeps_rows_csv_and_report_name_every_member_and_the_chosen(
     swept):
-  """Each row: the leading member's metrics, every member's, and the mean
-  and std over the leader's point (its seeds); the final row: the chosen
-  member's, each member's, the ensemble's. sweep.csv: a row per member;
-  report.md names the chosen member and the ensemble."""
+  """Each row: every member's metrics and the leader validation chooses (its
+  mean and std: test_metrics.py); the final row: the chosen's, each member's,
+  the ensemble's; sweep.csv a row per member; report.md the chosen."""
   folder, rows = swept
   listed = members.from_config(record_lib.read_config(folder))
   epochs, final = rows[:-1], rows[-1]
@@ -245,15 +237,9 @@ def test_a_sweeps_rows_csv_and_report_name_every_member_and_the_chosen(
     per = row["members"]
     assert [(p["index"], p["seed"], p["values"]) for p in per] == [
         (m.index, m.seed, m.values) for m in listed]
-    point, leader = members.choose(listed, [
+    _, leader = members.choose(listed, [
         {"accuracy": p["val_accuracy"], "loss": p["val_loss"]} for p in per])
-    point = members.points(listed)[point]
     assert row["leader"] == members.identity(listed[leader])
-    for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
-      values = [per[i][key] for i in point]
-      assert row[key] == per[leader][key]
-      assert row[key + "_mean"] == pytest.approx(np.mean(values))
-      assert row[key + "_std"] == pytest.approx(np.std(values, ddof=1))
   chosen = final["chosen"]
   own = final["members"][chosen["index"]]
   assert chosen == {k: own[k] for k in ("index", "seed", "values")}
@@ -263,10 +249,9 @@ def test_a_sweeps_rows_csv_and_report_name_every_member_and_the_chosen(
   with open(os.path.join(folder, "sweep.csv")) as f:
     table = list(csv.DictReader(f))
   assert list(table[0]) == [
-      "member", "learning_rate", "grad_clip", "seed", "best_val_loss",
-      "best_val_accuracy", "best_val_ece", "final_val_loss",
-      "final_val_accuracy", "final_val_ece", "test_loss", "test_accuracy",
-      "test_ece", "diverged", "chosen"]
+      "member", "learning_rate", "grad_clip", "seed", *[
+          f"{w}_{k}" for w in ("best", "final") for k in metrics.keys("val")],
+      *metrics.keys("test"), "diverged", "chosen"]
   assert [r["chosen"] for r in table] == [
       str(int(i == chosen["index"])) for i in range(8)]
   for r, entry in zip(table, final["members"]):
@@ -291,9 +276,8 @@ def test_a_sweeps_rows_csv_and_report_name_every_member_and_the_chosen(
 @pytest.mark.slow
 def test_report_and_predict_use_the_chosen_member_and_the_ensemble(
     swept, tmp_path):
-  """From the checkpoint, each member's own variables through its Flax
-  module: the final row's chosen and ensemble test metrics again; report
-  writes the same report (sweep.png too); predict's probabilities."""
+  """From the checkpoint: the final row's chosen and ensemble test metrics
+  again, the same report (sweep.png too), predict's probabilities."""
   folder, rows = swept
   run = run_lib.load_run(folder)
   final = rows[-1]
@@ -302,12 +286,8 @@ def test_report_and_predict_use_the_chosen_member_and_the_ensemble(
       run.member // 2]
   test = pipeline.load(run.config).test
   images, labels = np.asarray(test.images), np.asarray(test.labels)
-  probs = [run_lib.softmax(np.asarray(run.model.apply(jax.tree.map(
-      lambda p, k=k: p[k], run.seed_variables), images)))
-           for k in range(len(run.seeds))]
-  mean, own = np.mean(probs, axis=0), probs[run.seeds.index(run.member)]
-  assert final["ensemble_test_accuracy"] == pytest.approx(
-      np.mean(mean.argmax(-1) == labels), abs=1e-9)
+  own = run_lib.softmax(np.asarray(run.model.apply(jax.tree.map(  # Its own.
+      lambda p: p[run.seeds.index(run.member)], run.seed_variables), images)))
   assert final["test_accuracy"] == pytest.approx(
       np.mean(own.argmax(-1) == labels), abs=1e-9)
   np.testing.assert_allclose(run.probabilities(images[:7]), own[:7],
@@ -393,10 +373,8 @@ def test_compare_vary_errors(spec, words):
 @pytest.mark.parametrize("name", one_per_module_class())
 def test_the_initializer_compiled_for_speed_draws_the_default_compiles_bits(
     name):
-  """members.INIT_OPTIONS (LLVM at -O1 on CPU: about half the compile) gives
-  every preset of a model of each module class the initial state XLA's
-  default level (3; the tests' own compiles use 0) gives, bit for bit: no
-  README number moves."""
+  """members.INIT_OPTIONS (a faster compile) gives every preset's initial
+  state XLA's default level gives, bit for bit: no README number moves."""
   options = members.INIT_OPTIONS.get(jax.default_backend())
   if not options:
     pytest.skip(f"no initializer options on {jax.default_backend()}")
@@ -411,7 +389,4 @@ def test_the_initializer_compiled_for_speed_draws_the_default_compiles_bits(
     fast = jax.jit(create, compiler_options=options)(key)
     default = jax.jit(create, compiler_options={
         "xla_backend_optimization_level": 3})(key)
-    for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(default)):
-      if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
-        a, b = jax.random.key_data(a), jax.random.key_data(b)
-      np.testing.assert_array_equal(a, b, err_msg=f"{name} --preset={preset}")
+    assert_trees_equal(fast, default, err_msg=f"{name} --preset={preset}")

@@ -1,6 +1,5 @@
-"""train.py and loop.py: the optimizer step, the scanned chunk, evaluation
-and the loop: determinism, padding, resuming bit for bit, a chunk that
-branches on no data (docs/design.md)."""
+"""train.py: the optimizer step and the scanned chunk (cut anywhere,
+branching on no data: docs/design.md); the loop: test_resume.py."""
 
 import collections
 import functools
@@ -10,25 +9,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import synthetic_digits, train_core
+from conftest import assert_trees_equal, jaxpr_equations, synthetic_digits
 from mnist_jax import models
 from mnist_jax.data import augment as augment_lib
 from mnist_jax import optim
-from mnist_jax.training import loop
 from mnist_jax.training import metrics
-from mnist_jax.training import population
 from mnist_jax.training import train
-from parallel_worker import Recorder, Saver, Stop, dataset, restore
 
-TINY = {
-    "linear": {},
-    "mlp": dict(mlp_hidden=(32,), dropout=0.2),
-    "cnn": dict(cnn_features=(4, 8), cnn_dense=16, dropout=0.2),
-    "rnn": dict(hidden=16),
-    "lstm": dict(hidden=16),
-    "gru": dict(hidden=16),
-}
-SHAPE = (28, 28, 1)
+TINY = {"mlp": dict(mlp_hidden=(32,), dropout=0.2), "rnn": dict(hidden=16),
+        "cnn": dict(cnn_features=(4, 8), cnn_dense=16, dropout=0.2),
+        "lstm": dict(hidden=16), "gru": dict(hidden=16)}
 
 
 def tiny_config(name, **overrides):
@@ -39,8 +29,8 @@ def tiny_config(name, **overrides):
 def fresh_state(config, steps_per_epoch=10, seed=0):
   model, _ = models.build(config, say=lambda _: None)
   tx = optim.make_optimizer(config, steps_per_epoch)
-  return train.create_train_state(jax.random.key(seed), model, tx, SHAPE,
-                                  config.dtype)
+  return train.create_train_state(jax.random.key(seed), model, tx,
+                                  (28, 28, 1), config.dtype)
 
 
 def digits(n, seed=0):
@@ -52,30 +42,13 @@ def batch_of(images, labels, valid=True):
   return {"image": images, "label": labels, "valid": jnp.asarray(valid)}
 
 
-def assert_trees_equal(a, b):
-  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
-  assert len(leaves_a) == len(leaves_b)
-  for x, y in zip(leaves_a, leaves_b):
-    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-      x, y = jax.random.key_data(x), jax.random.key_data(y)
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-def without_times(row):
-  """A row's numbers, less its timing (and `partial_steps`: how many steps
-  the epoch timed, marked where a resume trained only its rest)."""
-  return {k: v for k, v in row.items()
-          if not k.endswith(("_time_s", "_per_s"))
-          and k not in ("elapsed_s", "partial_steps")}
-
-
 # The optimizer step.
 
 @pytest.mark.parametrize("name", [
     pytest.param(n, marks=pytest.mark.slow) if n in ("rnn", "lstm") else n
     for n in sorted(models.MODELS)])  # The GRU stands for the recurrent cells.
 def test_train_step_lowers_loss_and_changes_every_parameter(name):
-  # The stock modules (the fast path: test_kernels.py).
+  """The stock modules (the fast paths: test_kernels.py)."""
   config = tiny_config(name, learning_rate=3e-3, impl="stock")
   images, labels = digits(32)
   state0 = fresh_state(config)
@@ -102,16 +75,14 @@ def test_dropout_masks_depend_on_the_step():
     assert (losses[0] != losses[1]) == differ, (rate, losses)
 
 
-# A CNN with BatchNorm, clipping and weight decay: every part of the state
-# (its compiled step shared by the tests that use it).
+# A CNN with BatchNorm, clipping and weight decay: every part of the state.
 BN_CNN = dict(cnn_batch_norm=True, impl="stock", grad_clip=1.0,
               weight_decay=1e-4)
 
 
 def test_padded_steps_leave_the_state_unchanged_and_count_nothing():
-  """A step that is not valid (an epoch's padding) is a masked update: the
-  parameters, optimizer state, step, batch statistics and keys stay as they
-  were, and the step's metric sums are all 0."""
+  """A step that is not valid is a masked update: the whole state stays as
+  it was, and the step's metric sums are all 0."""
   config = tiny_config("cnn", learning_rate=1e-2, **BN_CNN)
   state = fresh_state(config)
   images, labels = digits(48)
@@ -125,7 +96,8 @@ def test_padded_steps_leave_the_state_unchanged_and_count_nothing():
 
 def test_epoch_order_is_a_fresh_permutation_each_epoch():
   state = fresh_state(tiny_config("linear"))
-  order = jax.jit(functools.partial(train.epoch_order, n=100, steps=3, batch_size=32))
+  order = jax.jit(functools.partial(train.epoch_order, n=100, steps=3,
+                                    batch_size=32))
   a, b = np.asarray(order(state, 1)), np.asarray(order(state, 2))
   assert a.shape == (3, 32) and len(set(a.ravel())) == 96
   assert not np.array_equal(a, b)
@@ -147,21 +119,14 @@ def _ordered(steps, batch_size=32, **kwargs):
   return run
 
 
-def _chunk(config, steps=3, **kwargs):
-  return jax.jit(_ordered(steps, label_smoothing=config.label_smoothing,
-                          **kwargs))
-
-
 def test_chunks_equal_step_by_step_wherever_cut():
-  """Chunks of 2 and 1 step over an epoch of 3 steps end where 3 plain steps
-  end, and one chunk of 3 on the same bits: an epoch's state and metric
-  sums do not depend on where it is cut into chunks; a chunk of no steps
-  changes nothing."""
+  """Chunks of 2 and 1 step end where one chunk of 3 ends, bit for bit, and
+  3 plain steps to float rounding; a chunk of no steps changes nothing."""
   config = tiny_config("mlp", dropout=0.2, label_smoothing=0.1)
   images, labels = digits(96)
   state = fresh_state(config, steps_per_epoch=3)
   order = train.epoch_order(state, 1, n=96, steps=3, batch_size=32)
-  chunk = _chunk(config)
+  chunk = jax.jit(_ordered(3, label_smoothing=0.1))
   ref, total = state, 0.0
   step = jax.jit(functools.partial(train.train_step, label_smoothing=0.1))
   for i in range(3):
@@ -186,100 +151,28 @@ def test_chunks_equal_step_by_step_wherever_cut():
                whole.params, ref.params)
 
 
-def _walk(jaxpr, inside=False):
-  """(equation, inside a loop?) of a jaxpr and the jaxprs nested in it."""
-  for eqn in jaxpr.eqns:
-    yield eqn, inside
-    for value in eqn.params.values():
-      for item in value if isinstance(value, (tuple, list)) else [value]:
-        item = getattr(item, "jaxpr", item)  # A ClosedJaxpr's Jaxpr.
-        if hasattr(item, "eqns"):
-          yield from _walk(item, inside or eqn.primitive.name in (
-              "scan", "while"))
-
-
 @pytest.mark.parametrize("name,overrides", [
     ("mlp", dict(dropout=0.2, grad_clip=1.0, label_smoothing=0.1)),
     ("cnn", BN_CNN),
     ("gru", dict(hidden=8, augment=True, impl="stock", optimizer="rmsprop")),
 ])
 def test_the_step_loop_has_no_data_dependent_control_flow(name, overrides):
-  """The chunk is one loop of the step; its body branches on nothing (no
-  cond, no while): non-finite updates are kept, and masked padding is a
-  select. Only a model's own fixed-length scan (nn.RNN) may nest in it."""
+  """docs/design.md: the chunk is one loop whose body branches on nothing (no
+  cond, no while; masking is a select); only a model's fixed-length scan
+  (nn.RNN) nests in it."""
   config = tiny_config(name, **overrides)
   images, labels = digits(64)
   state = fresh_state(config, steps_per_epoch=2)
   fn = _ordered(2, label_smoothing=config.label_smoothing,
                 augment=augment_lib.from_config(config))
   jaxpr = jax.make_jaxpr(fn)(state, images, labels, 1, 0, 2).jaxpr
-  [loop] = [e for e, inside in _walk(jaxpr) if not inside
+  [loop] = [e for e, inside in jaxpr_equations(jaxpr) if not inside
             and e.primitive.name == "while"]
-  body = list(_walk(loop.params["body_jaxpr"].jaxpr))
+  body = list(jaxpr_equations(loop.params["body_jaxpr"].jaxpr))
   names = collections.Counter(e.primitive.name for e, _ in body)
   assert not {"cond", "while"} & set(names), names
   assert names["select_n"] > 0  # The masked update.
-  # The GRU's scan over the 28 rows, forward and in the backward pass.
+  # The GRU's scan over the 28 rows, forward and backward.
   assert [e.params["length"] for e, inside in body if not inside and
           e.primitive.name == "scan"] == ([28, 28] if name == "gru" else [])
 
-
-# The loop.
-
-def _train(config, data=None, hooks=None):
-  hooks = hooks or Recorder()
-  state, final = train_core(config, data or dataset(),
-                                          hooks)
-  return state, final, hooks
-
-
-# A CNN with BatchNorm, shared by the tests of the loop below (with the
-# constant schedule, the epochs do not change its compiled programs).
-LOOP_CNN = dict(batch_size=64, chunk_steps=3, val_fraction=0.1,
-                cnn_batch_norm=True, impl="stock")
-
-
-def test_a_run_learns_and_resumes_from_a_checkpoint_bit_identical(
-    tmp_path, monkeypatch):
-  """A run learns, counting every test example once; stopped after epoch 1
-  or mid-epoch 2 (after a chunk), a format-3 checkpoint restored, the rest
-  ends where 2 epochs straight end: every array of the state (BatchNorm's
-  statistics included), every number of the rows (so a seed repeats its
-  numbers), from the chunk it stopped at."""
-  monkeypatch.setattr(population, "CHUNK_S", 1e9)  # Chunks of 3, however slow.
-  config = tiny_config("cnn", epochs=2, learning_rate=3e-3, **LOOP_CNN)
-  assert config.schedule == "constant"
-  whole_state, whole, whole_hooks = _train(config)
-  assert whole["test_examples"] == 203 and whole["epochs_run"] == 2
-  assert whole["test_accuracy"] > 0.5  # Synthetic classes; chance 0.1.
-  assert whole["steps"] == int(whole_state.step) == 2 * 8  # 540 // 64.
-  assert whole_hooks.lasts == [False, True]
-  assert all(r["val_accuracy"] is not None for r in whole_hooks.rows)
-  # Chunks of 3 steps from each epoch's start: 8 steps run as 3 + 3 + 2.
-  assert whole_hooks.chunks == [(e, d) for e in (1, 2) for d in (0, 3, 6)]
-  for at, chunks in (("epoch", [(2, 0), (2, 3), (2, 6)]),
-                     ("chunk", [(2, 3), (2, 6)])):
-    with pytest.raises(Stop):
-      _train(config, hooks=Saver(str(tmp_path / at), config, at))
-    state, final, hooks = _train(config, hooks=restore(str(tmp_path / at),
-                                                       config))
-    assert_trees_equal(state, whole_state)
-    assert without_times(final) == without_times(whole)
-    assert [without_times(r) for r in hooks.rows] == [
-        without_times(r) for r in whole_hooks.rows[1:]]
-    assert hooks.chunks == chunks
-
-
-def test_the_core_alone_says_what_it_is_doing(capsys, monkeypatch):
-  """train_and_evaluate without a run folder prints that it compiles, each
-  epoch's line, and progress inside an epoch every PROGRESS_S seconds."""
-  monkeypatch.setattr(loop.Hooks, "PROGRESS_S", 0.0)
-  config = models.get_config("linear", "seed", epochs=2, batch_size=64,
-                             chunk_steps=3)
-  train_core(config, dataset())
-  lines = capsys.readouterr().err.splitlines()  # Progress: stdout stays free.
-  assert lines[0].startswith("compiling the train step")
-  epochs = [l for l in lines if l.startswith("epoch ") and "train loss" in l]
-  assert [l.split(":")[0] for l in epochs] == ["epoch 1", "epoch 2"]
-  steps = len(dataset().train) // 64
-  assert any(l.startswith(f"epoch 1: 3/{steps} steps, ") for l in lines)
