@@ -30,7 +30,8 @@ def _read_csv(path):
 
 def test_a_run_leaves_every_report_file_and_its_counts_add_up(tiny_run):
   """Each file whole, each figure linked in report.md (no analyses: told not
-  to); the confusion counts sum to the test split, the CSVs read from them."""
+  to); the confusion counts sum to the test split (what the CSVs compute from
+  them: the test below)."""
   text = open(os.path.join(tiny_run, "report.md")).read()
   assert "## What the model learned" not in text
   assert not os.path.exists(os.path.join(tiny_run, "analysis"))
@@ -50,10 +51,6 @@ def test_a_run_leaves_every_report_file_and_its_counts_add_up(tiny_run):
   assert np.trace(counts) / counts.sum() == pytest.approx(final["test_accuracy"])
   per_class = _read_csv(os.path.join(tiny_run, "per_class.csv"))
   assert per_class[0][:5] == ["class", "name", "support", "correct", "accuracy"]
-  assert [int(r[3]) for r in per_class[1:]] == np.diag(counts).tolist()
-  for true, predicted, count, _ in _read_csv(
-      os.path.join(tiny_run, "confused_pairs.csv"))[1:]:
-    assert true != predicted and counts[int(true), int(predicted)] == int(count)
 
 
 def test_confusion_and_pairs_on_known_labels():
