@@ -223,10 +223,9 @@ def test_the_page_reads_a_drawn_seven_and_a_dropped_photo(mnist_run, tmp_path,
       assert shot.size[0] >= 1000 and set(json.loads(shot.text["runs"])) == {
           "mlp", "rnn"}
 
-    photo, text = str(tmp_path / "seven.jpg"), str(tmp_path / "notes.png")
+    photo, text = str(tmp_path / "seven.jpg"), tmp_path / "notes.png"
     photo_of_a_seven(photo)
-    with open(text, "w") as f:
-      f.write("not a picture")
+    text.write_text("not a picture")
     driver.execute_script(  # Dropped on the pad: a drop event with the file.
         "const input = document.createElement('input');"
         "input.type = 'file'; input.id = 'dropped';"
@@ -242,7 +241,7 @@ def test_the_page_reads_a_drawn_seven_and_a_dropped_photo(mnist_run, tmp_path,
     pad = "return document.getElementById('draw').toDataURL()"
     shown = driver.execute_script(pad)  # The photo, on the pad.
     monkeypatch.setattr(serve, "MAX_BODY", os.path.getsize(photo) - 1)
-    for upload, words in ((text, "not an image"), (photo, "over the")):
+    for upload, words in ((str(text), "not an image"), (photo, "over the")):
       driver.find_element("id", "photo").send_keys(upload)  # The file input.
       wait(driver).until(lambda _, w=words: w in message.text)
       assert answers(driver, 2) == read  # The last answer stays,
