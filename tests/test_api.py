@@ -1,4 +1,4 @@
-"""The Python API (mnist_jax/api.py): its names, a loaded Run, README's blocks."""
+"""The Python API (mnist_jax/api.py): its names, a Run, README's blocks."""
 
 import fcntl
 import os
