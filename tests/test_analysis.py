@@ -1,7 +1,5 @@
-"""What each model learned (results/analysis.py): each lens on a case whose
-answer is known; the analyses end to end (report.md's section and the run
-folder's files, a colour dataset's, compare.py's page); analysis_plots'
-figures."""
+"""What each model learned (results/analysis.py): each lens on a known case;
+the analyses end to end (report.md, compare.py's page); their figures."""
 
 import csv
 import functools
@@ -90,8 +88,8 @@ def _saved(folder):
 
 
 def test_a_model_that_decides_at_row_14_reaches_its_accuracy_there():
-  """The reading, evaluated as the run's logits are (run_lib.logits: in
-  padded batches, each image's own): after each row, its own readout."""
+  """The reading, evaluated as the run's logits (in padded batches): after
+  each row, its own readout."""
   run = _row_reader()
   images, labels = _row_digits(200)
   module = models.get(run.config.model).stock(run.config)
@@ -203,10 +201,8 @@ def test_temperature_scaling_calms_an_over_confident_model():
 
 def test_the_lenses_in_their_thread_give_what_they_give_in_line(tmp_path,
                                                                 monkeypatch):
-  """Lenses runs analyse beside the report's figures and hands on its results
-  as each lens ends: they grow, the last is all of them, and each number and
-  array is the one analyse gives run in line. An error in a lens reaches
-  write's caller, with the figures of the lenses that ended drawn."""
+  """Lenses' results, handed on as each lens ends, grow to what analyse gives
+  in line; a lens's error reaches write's caller, the ended lenses drawn."""
   images, labels = _row_digits(60)
   run, data = _row_reader(), _data(images, labels, 20)
   inline = analysis.analyse(run, data.test, data.val)
@@ -229,8 +225,7 @@ def test_the_lenses_in_their_thread_give_what_they_give_in_line(tmp_path,
 
 
 def test_a_process_that_stops_waits_for_no_more_lenses():
-  """A stop (here SystemExit) while the lenses run: the exiting process waits
-  for the lens under way, not for the ones after it."""
+  """A process exiting while the lenses run waits for no more lenses."""
   script = """
 import sys, time
 from mnist_jax.results import analysis, report
@@ -250,17 +245,15 @@ sys.exit(3)
   assert 2 <= len(out.stdout.split()) <= 12, out.stdout
 
 
-# A dataset of colour images, declared here (in kmnist's place: --dataset's
-# choices are read when config.py is imported): 12x10, class c lit in
-# channel c.
+# Colour images 12x10, class c lit in channel c (in kmnist's place: --dataset's
+# choices are read as config.py is imported).
 COLOUR = datasets.DatasetInfo("kmnist", "1.0.0", "", ("red", "green", "blue"),
                               (12, 10, 3))
 
 
 @pytest.fixture(scope="module")
 def colour_report(tmp_path_factory):
-  """The folder of a report, with its analyses, of a CNN on COLOUR's 40 test
-  and 20 validation images."""
+  """A report with analyses of a CNN on COLOUR's 40 test, 20 val images."""
   folder = tmp_path_factory.mktemp("colour")
   labels = np.arange(60) % 3
   images = np.zeros((60, 12, 10, 3), np.uint8)
@@ -274,8 +267,7 @@ def colour_report(tmp_path_factory):
 
 
 def test_a_colour_datasets_run_is_drawn_in_colour(colour_report):
-  """The report's figures and the analyses draw its images in their
-  colours (predict and the page: test_everyday_changes.py)."""
+  """Report and analyses figures (predict, the page: test_everyday_changes)."""
   for name in ("predictions.png", "analysis/attributions.png"):
     with Image.open(colour_report / name) as image:
       pixels = np.asarray(image.convert("RGB"), int)
@@ -284,8 +276,8 @@ def test_a_colour_datasets_run_is_drawn_in_colour(colour_report):
 
 
 def test_the_analysis_extra_draws_the_tsne_map(colour_report):
-  """With scikit-learn (the `analysis` extra) the report adds the t-SNE map,
-  even of a test split too small for t-SNE's default perplexity."""
+  """The `analysis` extra (scikit-learn) adds the t-SNE map, even of a split
+  too small for t-SNE's default perplexity."""
   extra("sklearn")
   with open(colour_report / "analysis" / "features_tsne.png", "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -311,8 +303,8 @@ def _finished(folder, config, wall):
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
-  """Two run folders whose reports wrote their analyses: the row reader
-  (with a validation split) and a bidirectional LSTM (without)."""
+  """Reports with analyses: the row reader (with a val split) and a
+  bidirectional LSTM (without)."""
   root = tmp_path_factory.mktemp("analysis")
   images, labels = _row_digits(240)
   digits, digit_labels = synthetic_digits(200, seed=4)
@@ -331,10 +323,9 @@ def two_runs(tmp_path_factory):
 
 @pytest.mark.slow
 def test_a_report_writes_its_runs_analysis(two_runs):
-  """report.md's section links files that exist; level 0 of every change is
-  the run's test accuracy (other levels on every STRIDE-th image); the
-  reading's rows; what has no validation split or reads both ways says n/a
-  (told not to, a report has no section: test_report.py)."""
+  """report.md's section links files that exist; each change's level 0 is the
+  test accuracy (others on every STRIDE-th image); the reading's rows; no
+  validation split or reading both ways: n/a."""
   (rnn, *_), (lstm, *_) = two_runs
   for folder, *_ in two_runs:
     text = open(os.path.join(folder, "report.md")).read()
@@ -369,9 +360,8 @@ def test_a_report_writes_its_runs_analysis(two_runs):
 
 @pytest.mark.slow
 def test_compare_sets_the_runs_analyses_side_by_side(two_runs, drawn, tmp_path):
-  """compare.py --analyses: analysis.md's table holds each run's numbers and
-  its figures are drawn; they name each run by the labels compare.py passes,
-  or by its model and preset."""
+  """compare.py --analyses: analysis.md's table holds each run's numbers, its
+  figures drawn, each run named by compare's label or model and preset."""
   folders = [f for f, *_ in two_runs]
   out = str(tmp_path / "out")
   compare.compare(folders, out, log=lambda _: None, analyses=True)
@@ -433,8 +423,7 @@ def test_figure_titles_wrap_between_words(drawn, tmp_path):
 
 def test_reliability_shows_each_bins_share_and_tells_its_lines_apart(
     drawn, tmp_path):
-  """Under each diagram the share of the images each bin holds; the bins of
-  under FEW of them drawn pale, so a jump there does not catch the eye."""
+  """Under each diagram each bin's share of the images; thin bins pale."""
   r = _result("lstm")
   analysis_plots.reliability([r], str(tmp_path / "r.png"))
   [fig] = drawn

@@ -1,7 +1,5 @@
-"""--mode=serve (results/serve.py): the page's answers, as predict and the
-analyses compute them; every request answered, hostile ones in the page's
-one-line JSON, while the server keeps serving; images too big to decode; the
-run folders it serves; launch.py's command and its signals."""
+"""--mode=serve (results/serve.py): every request answered, hostile ones in one
+line of JSON; the answers predict and the analyses give; launch.py's command."""
 
 import concurrent.futures
 import contextlib
@@ -104,9 +102,8 @@ def port():
 
 
 def _raw(port, data: bytes, read=True, reset=False):
-  """Sends `data` on a fresh connection; returns (status, headers, body)
-  of the answer (None where the client leaves at once: `read` false, or
-  `reset` to leave with a reset, not a close)."""
+  """(status, headers, body) of the answer to `data` on a fresh connection;
+  None where the client leaves at once (`read` false; `reset`: with a reset)."""
   with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
     if reset:
       s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -185,11 +182,10 @@ REQUESTS = [  # (its bytes, the answer's status, what the answer says).
     1, pytest.param(50, marks=pytest.mark.slow)])
 def test_every_request_is_answered_and_the_server_keeps_serving(port, capfd,
                                                                 at_once):
-  """Only the page's files are served; every other answer, however hostile
-  the request, is one line of JSON naming why, and the same image's answer
-  is the same. Then each request twice more (`at_once` at a time), every
-  fifth client leaving as it sends (a close or a reset: no error). Nothing
-  is printed, and the server answers a drawing after."""
+  """Only the page's files are served, any other answer is one line of JSON
+  saying why, an image's answer always the same; then each twice more,
+  `at_once` at a time, every fifth client leaving as it sends: nothing
+  printed, and a drawing answered after."""
   first = {}
 
   def one(i):
@@ -237,8 +233,8 @@ def _peak_mb(fn):
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"),
                     reason="reads Linux's /proc for the peak memory")
 def test_an_image_over_max_pixels_is_never_decoded_whole():
-  """A PNG is refused before it is decoded (676 MB, were it decoded); a
-  JPEG decodes at a reduced scale (its DCT's), the same 7 as a drawing."""
+  """A PNG is refused before it is decoded (676 MB); a JPEG decodes at a
+  reduced scale (its DCT's), the same 7 as a drawing."""
   def refuse():
     with pytest.raises(images.ImageError, match=f"{HUGE}x{HUGE} pixels"):
       images.load(io.BytesIO(_declared(HUGE, HUGE)), name="the upload",
@@ -257,8 +253,7 @@ def test_an_image_over_max_pixels_is_never_decoded_whole():
 
 
 def test_the_page_reaches_for_no_other_host():
-  """Each file the page names is one the server serves, and no script or
-  style reaches for another host: it works offline."""
+  """It works offline: each file it names is served, none reaches elsewhere."""
   named = re.findall(r'(?:src|href)="([^"]*)"',
                      PAGE_FILES["index.html"].decode())
   assert named and all(f"/{n}" in serve.FILES for n in named), named
@@ -268,9 +263,8 @@ def test_the_page_reaches_for_no_other_host():
 
 def test_a_folder_of_runs_is_each_of_them_a_damaged_one_skipped(
     tiny_run, tmp_path, capsys):
-  """A run that cannot be loaded is skipped in one line and the others
-  served; where none can be, the first's error (launch.py: one line, exit
-  status 1)."""
+  """A run that cannot be loaded is skipped in one line, the others served;
+  where none can be, the first's error."""
   runs = tmp_path / "runs"
   for name in ("a", "b", "c"):
     shutil.copytree(tiny_run, runs / name)
@@ -294,8 +288,7 @@ def test_a_folder_of_runs_is_each_of_them_a_damaged_one_skipped(
 def test_a_run_deleted_while_served_is_noted_and_not_answered(tiny_run,
                                                                 tmp_path,
                                                                 capsys):
-  """Its card says so from the next answer on, the server says so once, and
-  the other runs still answer."""
+  """Its card says so from then on, the server once; the others answer."""
   gone, kept = str(tmp_path / "gone"), str(tmp_path / "kept")
   for folder in (gone, kept):
     shutil.copytree(tiny_run, folder)
@@ -325,10 +318,8 @@ def analysed_run(tiny_run, prepared, tmp_path_factory):
   return folder
 
 
-def _ask(port, method, path, body=b""):
-  status, headers, data = _raw(port, (
-      f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}"
-      "\r\nConnection: close\r\n\r\n").encode() + body)
+def _json(port, request):
+  status, headers, data = _raw(port, request)
   assert status == 200 and "json" in headers["Content-Type"], data
   return json.loads(data)
 
@@ -336,13 +327,12 @@ def _ask(port, method, path, body=b""):
 @pytest.mark.slow
 def test_each_run_answers_as_predict_and_the_analyses_would(analysed_run,
                                                             tmp_path):
-  """/runs: each run's card (its title names the settings it changed from
-  its preset, a recurrent run's the unit it reads in) and the test digits
-  its analyses kept; /predict: each run's answer, attribution and reading."""
+  """/runs: each card's title (settings off its preset), reading unit and the
+  analyses' kept digits; /predict: each run's answer, attribution, reading."""
   with _serving(serve.load([analysed_run]) + [_model("rnn", hidden=8)]) as srv:
     port = srv.server_address[1]
-    about = _ask(port, "GET", "/runs")
-    answer = _ask(port, "POST", "/predict?x=1", SEVEN)
+    about = _json(port, _get("/runs"))
+    answer = _json(port, _post(SEVEN, path="/predict?x=1"))
   assert [(r["name"], r["unit"]) for r in about["runs"]] == [
       ("mlp", None), ("rnn", ["row", "rows"])]
   assert about["runs"][1]["title"] == "rnn (seed, --hidden=8)"
@@ -381,8 +371,6 @@ def test_each_run_answers_as_predict_and_the_analyses_would(analysed_run,
       reading = np.asarray(r["reading"])
       assert reading.shape == (28, 10)
       np.testing.assert_allclose(reading, jax.nn.softmax(steps[0]), atol=2e-3)
-      # After the last row it answers what the model answers.
-      np.testing.assert_allclose(reading[-1], r["probabilities"], atol=2e-3)
     else:
       assert r["reading"] is None
   assert {r["name"] for r in answer["runs"] if r["reading"]} == {"rnn"}
@@ -393,8 +381,8 @@ def test_each_run_answers_as_predict_and_the_analyses_would(analysed_run,
                                          ("0.0.0.0", signal.SIGTERM)])
 def test_launch_serves_prints_the_address_and_stops_on_a_signal_in_one_line(
     tiny_run, host, signum):
-  """It prints the page's address; Ctrl-C exits 130 and SIGTERM 143, as the
-  README's table says, after a line (which: the test below)."""
+  """It prints the page's address (warning first where it is reachable from
+  the network); Ctrl-C exits 130 and SIGTERM 143 (the README's) in a line."""
   p = subprocess.Popen([sys.executable, "launch.py", "--mode=serve",
                         f"--workdir={tiny_run}", f"--host={host}"], cwd=ROOT,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -411,21 +399,5 @@ def test_launch_serves_prints_the_address_and_stops_on_a_signal_in_one_line(
     if p.poll() is None:
       p.kill()
   assert err.strip().splitlines()[-1] == "stopped serving", err
+  assert ("reachable from the network" in err) == (host == "0.0.0.0"), err
   assert p.returncode == 128 + signum
-
-
-def test_serve_main_says_when_the_page_is_reachable_and_when_it_stops(
-    monkeypatch, capsys):
-  """An address other than loopback says first that the page is reachable
-  from the network; a stop says so in one line."""
-  def stop(self, *args):
-    raise KeyboardInterrupt
-  monkeypatch.setattr(serve.Server, "serve_forever", stop)
-  monkeypatch.setattr(serve, "load", lambda paths, **overrides: [])
-  for host, warned in (("127.0.0.1", False), ("0.0.0.0", True)):
-    serve.main(["RUN"], host=host)
-    out, err = capsys.readouterr()
-    lines = err.splitlines()
-    assert "serving 0 run(s)" in out and lines[-1] == "stopped serving"
-    assert len(lines) == 1 + warned and (
-        not warned or "reachable from the network" in lines[0]), err

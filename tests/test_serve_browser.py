@@ -1,12 +1,8 @@
-"""--mode=serve's page in a real browser: headless Chromium (Debian's chromium
-and chromium-driver, through selenium: the "browser" extra) reads a 7 drawn
-with pointer events, and a dropped photo of one, as a model trained on the
-real MNIST in ../shared/mnist answers (the tests' synthetic digits are blocks
-of light: no model of them reads a drawing). Skipped without MNIST, chromium,
-chromedriver or selenium; where MNIST_JAX_BROWSER is set (.ci/run sets it),
-missing browser parts fail it. The README's screenshot is its drawing:
-  python tests/test_serve_browser.py --workdir=RUN1,RUN2,RUN3 \
-      --out=docs/img/serve.png
+"""--mode=serve's page in headless Chromium (selenium: the "browser" extra): a
+drawn 7 and a dropped photo, read by a model of the real MNIST (../shared/mnist;
+none of the synthetic digits reads a drawing). Skipped without them; missing
+browser parts fail it where MNIST_JAX_BROWSER is set. The README's screenshot:
+  python tests/test_serve_browser.py --workdir=RUN,... --out=docs/img/serve.png
 """
 
 import argparse
@@ -70,8 +66,8 @@ def chromium():
 
 @contextlib.contextmanager
 def opened(loaded):
-  """The page's server for `loaded` (serve.load's models) on a free port, in
-  a thread, and the page open in a headless Chromium: (driver, server)."""
+  """(driver, server): the page's server for `loaded` in a thread, the page
+  open in a headless Chromium."""
   server = serve.Server(("127.0.0.1", 0), loaded)
   threading.Thread(target=server.serve_forever, daemon=True).start()
   driver = chromium()
@@ -102,8 +98,7 @@ def answers(driver, count, timeout=60, done=1):
 
 
 def draw(driver, strokes=SEVEN):
-  """Draws `strokes` (each a list of points from the pad's centre) on the
-  pad, a stroke at a time, with pointer events: the 7 by default."""
+  """Draws `strokes` (points from the pad's centre) with pointer events."""
   # pylint: disable=g-import-not-at-top
   from selenium.webdriver.common.actions import interaction
   from selenium.webdriver.common.actions.action_builder import ActionBuilder
@@ -122,9 +117,8 @@ def draw(driver, strokes=SEVEN):
 
 
 def save_page(driver, loaded, out):
-  """Saves the whole page as a PNG at `out`, with a text chunk "runs" of
-  the runs it shows, {card name: {title, test accuracy}}, that
-  tests/test_results.py holds to the README's table."""
+  """The whole page as a PNG at `out`, its text chunk "runs" {card name:
+  {title, test accuracy}} (test_results.py holds it to the README's table)."""
   height = driver.execute_script("return document.documentElement.scrollHeight")
   driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
       "width": 1320, "height": height, "deviceScaleFactor": 1,
@@ -140,8 +134,7 @@ def save_page(driver, loaded, out):
 
 
 def screenshot(paths, out):
-  """The README's screenshot: the page for the runs in `paths` with the 7
-  drawn, saved at `out`; returns {run name: its answer}."""
+  """The README's screenshot of the runs in `paths`, the 7 drawn: answers."""
   with opened(serve.load(paths)) as (driver, server):
     draw(driver)
     got = answers(driver, len(server.loaded))
@@ -181,14 +174,10 @@ def mnist_run(tmp_path_factory):
 @pytest.mark.slow
 def test_the_page_reads_a_drawn_seven_and_a_dropped_photo(mnist_run, tmp_path,
                                                           monkeypatch):
-  """Before a stroke each run's card names its settings (and a checkpoint
-  note, here set by hand); a dot is noted as no digit, on each card before
-  its answer; a drawn 7 is read as 7, timed, and a model that reads in steps
-  (a synthetic RNN) from no row above the first with ink; the README's
-  screenshot is saved. A photo dropped on the pad is read as 7; a file that
-  is no image, or a photo over the size limit, gets a message and leaves
-  the pad and the answers as they were. On a phone the cards go under the
-  pad."""
+  """Cards name their settings and note before a stroke; a dot is no digit;
+  a drawn 7 reads 7 (an RNN's reading from its first inked row on), timed;
+  a dropped photo reads 7; a bad file or too big a photo gets a message and
+  changes nothing; on a phone the cards go under the pad."""
   import test_serve  # pylint: disable=g-import-not-at-top
   rnn = test_serve._model("rnn", hidden=8)  # pylint: disable=protected-access
   loaded = serve.load([mnist_run]) + [rnn]
@@ -234,10 +223,9 @@ def test_the_page_reads_a_drawn_seven_and_a_dropped_photo(mnist_run, tmp_path,
       assert shot.size[0] >= 1000 and set(json.loads(shot.text["runs"])) == {
           "mlp", "rnn"}
 
-    photo, text = str(tmp_path / "seven.jpg"), str(tmp_path / "notes.png")
+    photo, text = str(tmp_path / "seven.jpg"), tmp_path / "notes.png"
     photo_of_a_seven(photo)
-    with open(text, "w") as f:
-      f.write("not a picture")
+    text.write_text("not a picture")
     driver.execute_script(  # Dropped on the pad: a drop event with the file.
         "const input = document.createElement('input');"
         "input.type = 'file'; input.id = 'dropped';"
@@ -253,7 +241,7 @@ def test_the_page_reads_a_drawn_seven_and_a_dropped_photo(mnist_run, tmp_path,
     pad = "return document.getElementById('draw').toDataURL()"
     shown = driver.execute_script(pad)  # The photo, on the pad.
     monkeypatch.setattr(serve, "MAX_BODY", os.path.getsize(photo) - 1)
-    for upload, words in ((text, "not an image"), (photo, "over the")):
+    for upload, words in ((str(text), "not an image"), (photo, "over the")):
       driver.find_element("id", "photo").send_keys(upload)  # The file input.
       wait(driver).until(lambda _, w=words: w in message.text)
       assert answers(driver, 2) == read  # The last answer stays,

@@ -1,7 +1,5 @@
-"""TensorBoard events (rundir/tensorboard.py), read back with TensorBoard's own
-loaders: the Writer on hand-made rows, then runs end to end, whose events
-equal their metrics.jsonl. Tags derive from metrics.py's registry: a new
-metric needs no edit here."""
+"""TensorBoard events (rundir/tensorboard.py), read back by TensorBoard's own
+loaders: the Writer on hand-made rows, then runs end to end."""
 
 import io
 import os
@@ -109,52 +107,31 @@ def _event_files(folder):
                 for f in names if "tfevents" in f)
 
 
-def test_every_metric_of_the_registry_has_its_tag_in_its_splits_only():
-  """A metric declared in metrics.py is a TensorBoard series of its splits."""
-  for m in metrics.METRICS:
-    for split in metrics.SPLITS:
-      tags = tensorboard.final_tags() if split == "test" else tensorboard.epoch_tags()
-      assert tags.get(f"{split}_{m.name}") == (
-          f"{m.tag}/{split}" if split in m.splits else None), (m.name, split)
-  assert len(tensorboard.epoch_tags()) + len(tensorboard.final_tags()) == 1 + sum(
-      len(m.splits) for m in metrics.METRICS)  # And the learning rate.
-
-
-def test_each_row_writes_what_it_holds(tmp_path):
-  """The rate is the row's own (an older row has none); an epoch resumed
-  mid-way timed only its rest: no speed; the final row's wall time (the
-  README's) is speed/wall_time_s."""
+def test_each_row_reaches_the_file_at_once_with_what_it_holds(tmp_path):
+  """A live TensorBoard sees each epoch soon after it is logged. The rate is
+  the row's own (an older row has none); an epoch resumed mid-way timed only
+  its rest: no speed; the final row's wall time is speed/wall_time_s."""
   rows = [dict(_row(1), learning_rate=None), dict(_row(2), partial_steps=3),
           _row(3)]
   final = {**_values("test", 4), "epochs_run": 3, "wall_time_s": 12.5}
   writer = _writer(tmp_path, _config(epochs=3))
-  for row in rows + [final]:
+  seen = lambda: [s for s, _ in tbh.scalars(tbh.multiplexer(tmp_path),
+                                            ".").get(TRAIN, [])]
+  for e, row in enumerate(rows, 1):
     writer.write(row)
+    deadline = time.monotonic() + 10  # FLUSH_S, on a loaded machine.
+    while seen() != list(range(1, e + 1)) and time.monotonic() < deadline:
+      time.sleep(0.05)
+    assert seen() == list(range(1, e + 1))
+  writer.write(final)
   writer.close()
   _assert_series(tbh.scalars(tbh.multiplexer(tmp_path), "."), _expected(
       rows, final, final_tags=tensorboard.final_tags(run=True)))
 
 
-def test_events_reach_the_file_while_the_run_goes_on(tmp_path):
-  """A live TensorBoard sees each epoch soon after it is logged."""
-  writer = _writer(tmp_path, _config())
-  for e in (1, 2):
-    writer.write(_row(e))
-    deadline = time.monotonic() + 10  # FLUSH_S, on a loaded machine.
-    while True:
-      seen = tbh.scalars(tbh.multiplexer(tmp_path), ".").get(TRAIN, [])
-      if [s for s, _ in seen] == list(range(1, e + 1)) or (
-          time.monotonic() > deadline):
-        break
-      time.sleep(0.05)
-    assert [s for s, _ in seen] == list(range(1, e + 1))
-  writer.close()
-
-
 def test_sweep_members_are_named_by_their_settings_with_their_own_rate(tmp_path):
-  """Labels as a sweep gives them (index, swept values, seed); each member's
-  rows carry its rate; a run folder from before the rename to `members`
-  lists them under `replicas`."""
+  """Labels as a sweep gives them; each member's rows carry its rate; an older
+  run folder lists them under `replicas`."""
   assert tensorboard.member_name({"mlp_hidden": (64, 32)}) == "mlp_hidden=64,32"
   labels = [{"index": i, "learning_rate": rate, "seed": 1}
             for i, rate in enumerate((1e-3, 3e-3))]
@@ -182,10 +159,8 @@ def test_sweep_members_are_named_by_their_settings_with_their_own_rate(tmp_path)
                                                 "events_lost"])
 def test_a_resume_continues_one_series_of_the_kept_rows(tmp_path, caplog,
                                                         logged):
-  """Resumed after epoch 3 of metrics.jsonl, with the events written through
-  epoch 4 (a kill after the checkpoint) or through epoch 2 (a failed write,
-  or a kill within FLUSH_S): each epoch once, in each member's run too, one
-  event file per folder, without TensorBoard's purge warning."""
+  """Resumed after epoch 3, the events written through epoch 4 or only 2:
+  each epoch once in every run, one event file per folder, no purge warning."""
   config, members = _config(seed=1, num_seeds=2), [{"seed": 1}, {"seed": 2}]
   first = [_row(e, (1, 2)) for e in (1, 2, 3, 4)]
   writer = _writer(tmp_path, config, members=members)
@@ -212,8 +187,8 @@ def test_a_resume_continues_one_series_of_the_kept_rows(tmp_path, caplog,
 @pytest.mark.parametrize("way", ["member_folder_is_a_file", "disk_full"])
 def test_a_failed_write_warns_once_and_the_run_goes_on(tmp_path, monkeypatch,
                                                        capsys, way):
-  """What was written before stays, and where a folder cannot be opened on
-  resume, the older event files too."""
+  """What was written before stays (and the older event files of a folder
+  that cannot be opened on resume)."""
   writer = _writer(tmp_path, _config(num_seeds=2, seed=0),
                    members=[{"seed": 0}, {"seed": 1}])
   writer.write(_row(1, (0, 1)))
@@ -248,8 +223,7 @@ def test_a_failed_write_warns_once_and_the_run_goes_on(tmp_path, monkeypatch,
 
 
 def _train(prepared, workdir, model="mlp", **overrides):
-  """Trains a seed-preset model into `workdir` (2 tiny epochs, two seeds
-  from 5, its report without analyses): the rows of its metrics.jsonl."""
+  """metrics.jsonl's rows of a tiny seed-preset run (2 epochs, seeds 5, 6)."""
   mnist_dir, data_dir = prepared
   tiny = dict(mlp_hidden=(16,), epochs=2, batch_size=32, val_fraction=0.1,
               schedule="cosine", analyses=False, seed=5, num_seeds=2)
@@ -264,10 +238,8 @@ def _train(prepared, workdir, model="mlp", **overrides):
 
 def test_a_run_writes_its_rows_figures_config_and_each_seeds_series(
     prepared, tmp_path):
-  """A two-seed run with its report: the run's series and each seed's equal
-  metrics.jsonl, its figures are the report's PNG files, each folder's
-  Config is an HParams session the run's end closes; TensorFlow and
-  PyTorch are not imported."""
+  """Each folder's series equal metrics.jsonl, the figures are the report's
+  PNGs, each Config an HParams session the end closes; no TensorFlow/PyTorch."""
   workdir = str(tmp_path / "seeds")
   rows = _train(prepared, workdir)
   epochs, final = rows[:-1], rows[-1]
@@ -295,9 +267,10 @@ def test_a_run_writes_its_rows_figures_config_and_each_seeds_series(
 
   for run, seed, num_seeds in ((".", 5, 2), ("seed=5", 5, 1), ("seed=6", 6, 1)):
     values, end = _session(mux, run)
-    assert (values["seed"], values["num_seeds"]) == (seed, num_seeds)
-    assert values["model"] == "mlp" and values["preset"] == "seed"
-    assert values["mlp_hidden"] == "16" and values["augment"] is False
+    assert [values[k] for k in ("seed", "num_seeds", "model", "preset",
+                                "mlp_hidden")] == [seed, num_seeds, "mlp",
+                                                   "seed", "16"]
+    assert values["augment"] is False
     assert not set(tensorboard.NOT_HPARAMS) & set(values)
     assert end.status == 1  # STATUS_SUCCESS: the run finished.
   assert "tensorflow" not in sys.modules and "torch" not in sys.modules
