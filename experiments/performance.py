@@ -1,8 +1,6 @@
-"""docs/performance.md's timed tables: each measured on this host (tables.py
---table=NAME --train), its figures read back from what --runs keeps, and
-written. TABLES: name -> (what writes it, what measures it, what reads its
-figures from --runs).
-"""
+"""docs/performance.md's timed tables. TABLES: name -> (what writes it from
+the measurements, what measures it on this host (tables.py --table=NAME
+--train), what reads its figures back from --runs)."""
 
 import importlib.util
 import json
@@ -30,11 +28,11 @@ def host() -> str:
   return f"{record.cpu()}, jax {jax.__version__}"
 
 
-def _run(argv, **kwargs) -> str:
+def _run(argv) -> str:
   """stdout of a command that must succeed (else exits naming it)."""
   print(" ".join(argv[1:]), flush=True)
   out = subprocess.run(argv, capture_output=True, text=True, check=False,
-                       cwd=ROOT, **kwargs)
+                       cwd=ROOT)
   if out.returncode:
     sys.exit(f"error: {' '.join(argv[1:])} failed: "
              f"{out.stderr.strip().splitlines()[-1:]}")
@@ -339,8 +337,6 @@ def members_table(m: dict) -> str:
       "on: all three of its runs add `--val_fraction=0.1`."])
 
 
-# Table name -> (what writes it from the measurements, what measures it
-# (--train), what reads its figures from --runs).
 TABLES = {"epochs": (epochs_table, train_epochs, measure_epochs),
           "speedrun": (speedrun_table, train_speedrun, measure_speedrun),
           "startup": (startup_table, train_startup, measure_startup),
