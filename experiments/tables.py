@@ -269,51 +269,46 @@ def draw_results(root: str, runs: str, data_flags, log=print) -> None:
                        f"--montage={os.path.join(img, 'photo_digits.png')}"])
 
 
-def _accuracy(r: dict) -> str:
-  if "ensemble_test_accuracy" in r:
-    return (f"{_pct(r['ensemble_test_accuracy'])} ensemble; members "
-            f"{100 * r['test_accuracy_mean']:.2f} ± "
-            f"{100 * r['test_accuracy_std']:.2f}%")
-  return _pct(r["test_accuracy"])
+def _spread(r: dict) -> str:
+  """Its members' test accuracy, mean ± std."""
+  return (f"{100 * r['test_accuracy_mean']:.2f} ± "
+          f"{100 * r['test_accuracy_std']:.2f}%")
+
+
+def _runs_table(figures: dict, rows: Sequence[Row], head: str, align: str,
+                cells: Callable[[Row, dict], list]) -> str:
+  """A table of runs, a line naming their hosts above it."""
+  hosts = dict.fromkeys(figures[r.name]["host"] for r in rows)
+  return "\n".join([f"Run on {'; '.join(hosts)}.", "", *performance.table(
+      head, align, [cells(r, figures[r.name]) for r in rows])])
 
 
 def results_table(m: dict) -> str:
-  """The README's results table, after a line naming its hosts."""
-  results = m["results"]
-  hosts = list(dict.fromkeys(results[r.name]["host"] for r in ROWS))
-  lines = [f"Run on {'; '.join(hosts)}.", "",
-           "| model | preset | test accuracy | bar | epochs | wall time | "
-           "command |", "| --- | --- | --- | --- | --- | --- | --- |"]
-  for row in ROWS:
-    r = results[row.name]
+  """The README's results table."""
+  def cells(row: Row, r: dict) -> list:
     seeds = dict(row.flags).get("num_seeds")
-    cells = [row.model, row.preset + (f", {seeds} seeds" if seeds else ""),
-             _accuracy(r), f"{row.bar:.1f}%" if row.bar is not None else "",
-             str(r["epochs_run"]), _time(r["time_s"]), f"`{row.command()}`"]
-    lines.append(" ".join(["|"] + [c + " |" if c else "|" for c in cells]))
-  return "\n".join(lines)
+    return [row.model, row.preset + (f", {seeds} seeds" if seeds else ""),
+            f"{_pct(r['ensemble_test_accuracy'])} ensemble; members "
+            f"{_spread(r)}" if "ensemble_test_accuracy" in r else
+            _pct(r["test_accuracy"]),
+            f"{row.bar:.1f}%" if row.bar is not None else "",
+            str(r["epochs_run"]), _time(r["time_s"]), f"`{row.command()}`"]
+  return _runs_table(m["results"], ROWS, "model | preset | test accuracy | "
+                     "bar | epochs | wall time | command", "l" * 7, cells)
 
 
 def best_table(m: dict) -> str:
-  """The README's table of the best presets, after a line naming its hosts:
-  each preset's seeds, their mean and range, their ensemble, and the time of
-  the seeds together and of one."""
-  best = m["best"]
-  hosts = list(dict.fromkeys(best[r.name]["host"] for r in BEST))
-  lines = [f"Run on {'; '.join(hosts)}.", "",
-           "| model | seeds | test accuracy, mean ± std | lowest, highest | "
-           "ensemble | epochs | wall time (per seed) | command |",
-           "| --- | ---: | --- | --- | --- | ---: | --- | --- |"]
-  for row in BEST:
-    r = best[row.name]
-    seeds = len(r["seeds"])
-    lines.append(
-        f"| {row.model} | {seeds} | {100 * r['test_accuracy_mean']:.2f} ± "
-        f"{100 * r['test_accuracy_std']:.2f}% | {_pct(min(r['seeds']))}, "
-        f"{_pct(max(r['seeds']))} | {_pct(r['ensemble_test_accuracy'])} | "
-        f"{r['epochs_run']} | {_time(r['time_s'])} "
-        f"({_time(r['time_s'] / seeds)}) | `{row.command()}` |")
-  return "\n".join(lines)
+  """The README's table of the best presets: each preset's seeds, their mean
+  and range, their ensemble, and the time of the seeds together and of one."""
+  return _runs_table(m["best"], BEST, "model | seeds | test accuracy, mean ± "
+                     "std | lowest, highest | ensemble | epochs | wall time "
+                     "(per seed) | command", "lrlllrll", lambda row, r: [
+                         row.model, str(len(r["seeds"])), _spread(r),
+                         f"{_pct(min(r['seeds']))}, {_pct(max(r['seeds']))}",
+                         _pct(r["ensemble_test_accuracy"]),
+                         str(r["epochs_run"]), f"{_time(r['time_s'])} "
+                         f"({_time(r['time_s'] / len(r['seeds']))})",
+                         f"`{row.command()}`"])
 
 
 def sweep_paragraphs(m: dict) -> str:
@@ -332,9 +327,8 @@ def sweep_paragraphs(m: dict) -> str:
       f"Ensembles, one program each: the tuned CNN with `--num_seeds={seeds}` "
       f"reaches {_pct(ensemble['ensemble_test_accuracy'])} test accuracy as an "
       f"ensemble (the mean of the {seeds} members' probabilities), against "
-      f"{100 * ensemble['test_accuracy_mean']:.2f} ± "
-      f"{100 * ensemble['test_accuracy_std']:.2f}% for its single members, "
-      f"in {_time(ensemble['time_s'])}."]
+      f"{_spread(ensemble)} for its single members, in "
+      f"{_time(ensemble['time_s'])}."]
   return "\n\n".join(textwrap.fill(t, 89, break_long_words=False,
                                    break_on_hyphens=False) for t in texts)
 
@@ -342,16 +336,16 @@ def sweep_paragraphs(m: dict) -> str:
 def models_table(_=None) -> str:
   """A row per model: each architecture preset's module, "as X" where it is
   the preset X's to its left."""
-  lines = ["| `--model` | seed preset | tuned preset (default) | best preset |",
-           "| --- | --- | --- | --- |"]
+  rows = []
   for name, spec in models.MODELS.items():
-    cells, before = [], ("", "")
+    cells, before = [f"`{name}`"], ("", "")
     for preset in ("seed", "tuned", "best"):
       text = spec.describe(models.get_config(name, preset))
       cells.append(f"as {before[0]}" if text == before[1] else text)
       before = (preset, text)
-    lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+    rows.append(cells)
+  return "\n".join(performance.table("`--model` | seed preset | tuned preset "
+                                     "(default) | best preset", "llll", rows))
 
 
 def of_runs(rows: Sequence[Row]) -> Tuple[Callable, Callable[[str], dict]]:
