@@ -5,8 +5,7 @@ to a half of a 300-1200 px frame, under a lighting gradient and a soft shadow,
 with sensor noise, a slight blur and JPEG compression; the same digits are kept
 clean too (dark ink on white, and the MNIST image). The script predicts them
 with a trained run folder, through mnist_jax/data/images.py's preprocess, and
-prints the accuracy on each kind (tests use `render_photo`, `clean_scan` and
-`mnist_style` on synthetic digits):
+prints the accuracy on each kind:
 
   python experiments/photo_digits.py --run=RUN --mnist_dir=DIR --num=12 \
       --montage=docs/img/photo_digits.png
