@@ -5,20 +5,14 @@ r"""Times training of the registered models the same way every time.
   python experiments/benchmark.py --model=cnn --preset=fast --epochs=2 \
       --data_dir=DIR --set=impl=stock
 
-Prints one JSON object per line per model: compile time of the scanned train
-chunk, the median epoch time over the epochs after the first, examples/s and
-the GFLOP/s achieved (the matmul and convolution FLOPs of one train step,
-counted from its jaxpr with scan bodies times their length, times the steps of
-an epoch and the members, over the epoch time).
-
-What is timed is what a run runs: loop.train_and_evaluate, with hooks that
-only record each epoch's row (no run folder, no checkpoints), so the chunk,
-its layout (--parallel as launch.py resolves it), the compile time (cold: no
-persistent compilation cache) and each epoch's time (its last chunk's end, the
-validation pass after it left out) are those of a launch.py run.
+Prints a JSON line per model: the train chunk's compile time (cold), the
+median epoch time after the first, examples/s and GFLOP/s (one train step's
+matmul and convolution FLOPs from its jaxpr, times an epoch's steps and the
+members, over the epoch time). What is timed is a launch.py run's own
+loop.train_and_evaluate, its layout and chunks, with hooks that only keep each
+epoch's row (no run folder, no checkpoints).
 """
 
-import argparse
 import functools
 import json
 import os
@@ -27,7 +21,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 from jax.extend import core
 import jax.numpy as jnp
@@ -43,16 +36,14 @@ from mnist_jax.training import members as members_lib
 from mnist_jax.training import loop
 from mnist_jax.training import population
 from mnist_jax.training import train
-# pylint: enable=g-import-not-at-top,wrong-import-position
+
+from experiments.tables import parser, script
 
 
 def jaxpr_flops(jaxpr) -> float:
-  """Matmul and convolution FLOPs of a (closed) jaxpr, loops included.
-
-  XLA's cost analysis counts a while loop's body once, which undercounts the
-  recurrent models 28x; here scan bodies count `length` times, cond takes
-  its dearest branch, and calls are followed. Elementwise work is not counted.
-  """
+  """Matmul and convolution FLOPs of a (closed) jaxpr: scan bodies count
+  `length` times (XLA's cost analysis counts a loop's body once), cond its
+  dearest branch, calls followed; elementwise work not counted."""
   jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
   total = 0.0
   for eqn in jaxpr.eqns:
@@ -67,11 +58,9 @@ def jaxpr_flops(jaxpr) -> float:
       spec = eqn.params["dimension_numbers"].rhs_spec  # (out, in, *spatial)
       per_out = np.prod([rhs[d] for d in spec[1:]])
       total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * per_out
-    subs = [v for v in eqn.params.values()
-            if isinstance(v, (core.Jaxpr, core.ClosedJaxpr))]
-    for v in eqn.params.values():
-      if isinstance(v, (tuple, list)):
-        subs += [b for b in v if isinstance(b, (core.Jaxpr, core.ClosedJaxpr))]
+    subs = [b for v in eqn.params.values()
+            for b in (v if isinstance(v, (tuple, list)) else [v])
+            if isinstance(b, (core.Jaxpr, core.ClosedJaxpr))]
     if name == "cond":
       total += max(jaxpr_flops(b) for b in eqn.params["branches"])
     elif subs:
@@ -81,8 +70,7 @@ def jaxpr_flops(jaxpr) -> float:
 
 
 def step_flops(config, state, images, labels) -> float:
-  """The matmul and convolution FLOPs of one member's train step
-  (train.train_step as train_chunk scans it)."""
+  """jaxpr_flops of one member's train.train_step, as train_chunk scans it."""
   step = functools.partial(
       train.train_step, label_smoothing=config.label_smoothing,
       augment=augment_lib.from_config(config))
@@ -127,9 +115,8 @@ def _figures(seconds: float) -> float:
 
 
 def bench_model(name: str, args) -> dict:
-  overrides = {k: getattr(args, k) for k in ("mnist_dir", "data_dir")
-               if getattr(args, k) is not None}
-  overrides.update(parse_sets(args.set))
+  overrides = {**{k: getattr(args, k) for k in ("mnist_dir", "data_dir")
+                  if getattr(args, k) is not None}, **parse_sets(args.set)}
   config = models.get_config(name, args.preset, epochs=args.epochs,
                              parallel=args.parallel, **overrides)
   num_members = len(members_lib.from_config(config))
@@ -167,15 +154,13 @@ def bench_model(name: str, args) -> dict:
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p = parser(__doc__)
   p.add_argument("--model", default="all",
                  help="a registered model name, a comma-separated list, or all")
   p.add_argument("--preset", default="seed")
   p.add_argument("--epochs", type=int, default=3,
                  help="epochs to time; the first is warm-up, the median of the "
                       "rest is reported")
-  p.add_argument("--mnist_dir", default=None)
-  p.add_argument("--data_dir", default=None)
   p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                  help="override any Config field, e.g. --set=cnn_features=16,32")
   p.add_argument("--parallel", default="auto",
@@ -188,15 +173,11 @@ def main(argv=None):
   process.split_host(args.parallel)
   process.setup_process()
   names = list(models.MODELS) if args.model == "all" else args.model.split(",")
-  try:
-    for name in names:
-      models.get(name)
-    for name in names:
-      print(json.dumps(bench_model(name, args)), flush=True)
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  for name in names:
+    models.get(name)
+  for name in names:
+    print(json.dumps(bench_model(name, args)), flush=True)
 
 
 if __name__ == "__main__":
-  main()
+  script(main)

@@ -41,6 +41,7 @@ from mnist_jax.training import members as members_lib
 from mnist_jax.training import metrics
 
 from experiments import compare_figures as figures
+from experiments.tables import parser, script
 from experiments.train_grid import parse_vary, train_runs
 
 # Settings that do not change what is trained: runs differing only in these
@@ -49,8 +50,6 @@ NOT_CONFIGURATION = ("seed", "workdir", "data_dir", "mnist_dir", "chunk_steps",
                      "num_seeds", "sweep", "analyses")
 TIMES = ("wall_time_s", "epoch_time_s", "examples_per_s")
 
-
-# Reading runs.
 
 def _runs_in(path: str) -> Tuple[List[str], Optional[Tuple[str, str]]]:
   """([path] if a run folder, else the run folders in it; (what is wrong,
@@ -177,8 +176,6 @@ def where(s: dict) -> str:
       f"member {s['member']} of {s['run']}")
 
 
-# Configurations: settings and code.
-
 def _with_key(summaries: Sequence[dict]) -> List[dict]:
   """Each summary with its configuration's `key`: its settings and its core
   files' hashes, or where it recorded none (an older run), those most runs
@@ -262,8 +259,6 @@ def group(summaries: Sequence[dict]) -> List[dict]:
       sorted((k, sort_key(v)) for k, v in g["config"].to_dict().items()
              if k not in NOT_CONFIGURATION), g["label"]))
 
-
-# Tables.
 
 def _mean_std(values) -> tuple:
   """(mean, sample standard deviation (ddof=1, as report.md; 0 for one))."""
@@ -422,9 +417,7 @@ def compare(paths, out: str, log=print, analyses: bool = False,
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
   names = lambda text: [t.strip() for t in text.split(",") if t.strip()]
-  p = argparse.ArgumentParser(
-      description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = parser(__doc__)
   p.add_argument("runs", nargs="*", help="run folders, or folders of them")
   p.add_argument("--out", default="comparison", help="the tables' folder")
   p.add_argument("--analyses", action=argparse.BooleanOptionalAction,
@@ -440,8 +433,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   p.add_argument("--preset", default="tuned", help="--train: every model's")
   p.add_argument("--epochs", type=int, help="--train: epochs (default: the "
                  "preset's)")
-  p.add_argument("--data_dir", help="--train: tfds data dir")
-  p.add_argument("--mnist_dir", help="--train: folder with the IDX files")
   args = p.parse_args(argv)
   paths = list(args.runs)
   if args.train:
@@ -458,8 +449,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-  try:
-    main()
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  script(main)

@@ -16,8 +16,6 @@ from mnist_jax.results import plots
 from mnist_jax.results import run as run_lib
 from mnist_jax.results.plots import MARKERS, plt
 
-WALL_TIME = "Wall time (s; data ready to test metrics, as the README's)"
-
 
 def accuracy_floor(values) -> float:
   """Where an accuracy axis (to 100%) starts: a whole percent, a point below
@@ -95,7 +93,8 @@ def accuracy_time_figure(groups):
     ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     plots.plain_ticks(ax.xaxis)
   ax.set(ylim=(low, 100), ylabel=f"Test accuracy (%; from {low:g})",
-         xlabel=WALL_TIME + ("; log scale" if log else "") + (
+         xlabel="Wall time (s; data ready to test metrics, as the README's)"
+         + ("; log scale" if log else "") + (
              "\nA member of a --num_seeds or --sweep run: its share, the "
              "run's time / its members" if any(max(g["program_members"]) > 1
                                                for g in groups) else ""))
@@ -129,8 +128,6 @@ def plot(groups, name: str, path: str) -> str:
   return plots.save(figure(groups), path, title)
 
 
-# What each configuration learned.
-
 def compare_attributions(results, path: str) -> str:
   """The same test digits' integrated gradients, a row per run."""
   n = min(r["grid"] for r in results)
@@ -163,8 +160,7 @@ ANALYSIS_FIGURES = (
 
 
 def load_analysis(workdir: str) -> Dict[str, object]:
-  """A run folder's analysis, as analysis.analyse returned it (less the
-  features)."""
+  """A run folder's analysis, as analysis.analyse returned it (no features)."""
   folder = os.path.join(workdir, analysis.FOLDER)
   with open(os.path.join(folder, analysis.SUMMARY)) as f, \
       np.load(os.path.join(folder, analysis.ARRAYS)) as a:

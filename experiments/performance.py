@@ -1,8 +1,6 @@
-"""docs/performance.md's timed tables: each measured on this host (tables.py
---table=NAME --train), its figures read back from what --runs keeps, and
-written. TABLES: name -> (what writes it, what measures it, what reads its
-figures from --runs).
-"""
+"""docs/performance.md's timed tables. TABLES: name -> (what writes it from
+the measurements, what measures it on this host (tables.py --table=NAME
+--train), what reads its figures back from --runs)."""
 
 import importlib.util
 import json
@@ -30,11 +28,19 @@ def host() -> str:
   return f"{record.cpu()}, jax {jax.__version__}"
 
 
-def _run(argv, **kwargs) -> str:
+def table(head: str, align: str, rows) -> List[str]:
+  """A doc table's lines: `head`'s cells (split at " | "), `align` "l" or "r"
+  a column, a list of cells a row (an empty cell as `| |`)."""
+  line = lambda cells: "|" + "".join(f" {c} |" if c else " |" for c in cells)
+  return [line(head.split(" | ")),
+          line("---:" if a == "r" else "---" for a in align), *map(line, rows)]
+
+
+def _run(argv) -> str:
   """stdout of a command that must succeed (else exits naming it)."""
   print(" ".join(argv[1:]), flush=True)
   out = subprocess.run(argv, capture_output=True, text=True, check=False,
-                       cwd=ROOT, **kwargs)
+                       cwd=ROOT)
   if out.returncode:
     sys.exit(f"error: {' '.join(argv[1:])} failed: "
              f"{out.stderr.strip().splitlines()[-1:]}")
@@ -110,23 +116,19 @@ def measure_epochs(runs: str) -> dict:
 
 def epochs_table(m: dict) -> str:
   e = m["epochs"]
-  lines = [f"Seconds an epoch on {e['host']}" + (
-      f", torch {e['torch']}" if e["torch"] else "") +
-           f"; medians of {e['rounds']} alternated runs each, in brackets the "
-           "lowest and highest ratio of a run of ours to PyTorch's of the same "
-           "round.", "",
-           "| model | default | one device | `--parallel=auto` picks | GFLOP/s "
-           "(default) | PyTorch | default / PyTorch |",
-           "| --- | ---: | ---: | --- | ---: | ---: | ---: |"]
-  for r in e["rows"]:
-    theirs = ["-", "-"] if "torch_s" not in r else [
-        f"{r['torch_s']:#.3g}", f"{r['ratio']:.2f} ({r['ratio_range'][0]:.2f}-"
-        f"{r['ratio_range'][1]:.2f})"]
-    lines.append(f"| {r['model']} (batch {r['batch_size']}) | "
-                 f"{r['default_s']:#.3g} | {r['none_s']:#.3g} | "
-                 f"{r['layout']} | "
-                 f"{r['gflops']:.0f} | " + " | ".join(theirs) + " |")
-  return "\n".join(lines)
+  rows = [[f"{r['model']} (batch {r['batch_size']})", f"{r['default_s']:#.3g}",
+           f"{r['none_s']:#.3g}", r["layout"], f"{r['gflops']:.0f}", *(
+               ["-", "-"] if "torch_s" not in r else [
+                   f"{r['torch_s']:#.3g}", f"{r['ratio']:.2f} ("
+                   f"{r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f})"])]
+          for r in e["rows"]]
+  torch = f", torch {e['torch']}" if e["torch"] else ""
+  return "\n".join([
+      f"Seconds an epoch on {e['host']}{torch}; medians of {e['rounds']} "
+      "alternated runs each, in brackets the lowest and highest ratio of a run "
+      "of ours to PyTorch's of the same round.", "", *table(
+          "model | default | one device | `--parallel=auto` picks | GFLOP/s "
+          "(default) | PyTorch | default / PyTorch", "lrrlrrr", rows)])
 
 
 # (row name, launch.py flags, cold runs timed: their medians are kept); each
@@ -201,20 +203,16 @@ def measure_speedrun(runs: str) -> dict:
 
 
 def speedrun_table(m: dict) -> str:
-  lines = ["| command | seeds | test accuracy (mean ± std) | ensemble | launch "
-           "to result | per seed | launch to exit | host |",
-           "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
-  for r in m["speedrun"]["rows"]:
-    spread = f" ± {100 * r['std']:.2f}" if r.get("std") is not None else ""
-    exit_s = f"{r['to_exit_s']:.1f} s" + (" (t-SNE map drawn)" if r["tsne"]
-                                          else "")
-    lines.append(" | ".join([
-        f"| `{r['command']}`", str(r["seeds"]),
-        f"{100 * r['mean']:.2f}{spread}%",
-        f"{100 * r['ensemble']:.2f}%" if r.get("ensemble") else "-",
-        f"{r['to_result_s']:.1f} s", f"{r['to_result_s'] / r['seeds']:.1f} s",
-        exit_s, r["host"]]) + " |")
-  return "\n".join(lines + [ANCHOR])
+  rows = [[f"`{r['command']}`", str(r["seeds"]), f"{100 * r['mean']:.2f}" + (
+      f" ± {100 * r['std']:.2f}" if r.get("std") is not None else "") + "%",
+           f"{100 * r['ensemble']:.2f}%" if r.get("ensemble") else "-",
+           f"{r['to_result_s']:.1f} s",
+           f"{r['to_result_s'] / r['seeds']:.1f} s", f"{r['to_exit_s']:.1f} s"
+           + (" (t-SNE map drawn)" if r["tsne"] else ""), r["host"]]
+          for r in m["speedrun"]["rows"]]
+  return "\n".join(table(
+      "command | seeds | test accuracy (mean ± std) | ensemble | launch to "
+      "result | per seed | launch to exit | host", "llrrrrrl", rows) + [ANCHOR])
 
 
 STARTUP_ROWS = (  # Row, the figure's key.
@@ -258,15 +256,12 @@ def measure_startup(runs: str) -> dict:
 
 def startup_table(m: dict) -> str:
   s = m["startup"]
-  lines = [f"Seconds on {s['host']}, `--preset=seed`; medians of {s['rounds']} "
-           "rounds, each with a new, empty compilation cache.", "",
-           "| | " + " | ".join(s["models"]) + " |",
-           "| --- |" + " ---: |" * len(s["models"])]
-  for said, key in STARTUP_ROWS:
-    lines.append(f"| {said} | " + " | ".join(
-        f"{v[key]:.2f}" if v[key] else "-" for v in s["models"].values())
-                 + " |")
-  return "\n".join(lines)
+  rows = [[said, *(f"{v[key]:.2f}" if v[key] else "-"
+                   for v in s["models"].values())] for said, key in STARTUP_ROWS]
+  return "\n".join([
+      f"Seconds on {s['host']}, `--preset=seed`; medians of {s['rounds']} "
+      "rounds, each with a new, empty compilation cache.", "", *table(
+          " | ".join(["", *s["models"]]), "l" + "r" * len(s["models"]), rows)])
 
 
 # The members table's rows: (label, model, preset); each is run --epochs=2.
@@ -324,23 +319,18 @@ def measure_members(runs: str) -> dict:
 
 def members_table(m: dict) -> str:
   s = m["members"]
-  lines = [f"Seconds of a whole `launch.py --epochs=2` run on {s['host']}; "
-           f"medians of {s['rounds']} alternated runs each.", "",
-           "| model (preset) | one run | 4 seeds | / one run | "
-           "4 learning rates | / one run |",
-           "| --- | ---: | ---: | ---: | ---: | ---: |"]
-  for r in s["rows"]:
-    held = " ¹" if r["held"] else ""
-    lines.append(f"| {r['label']}{held} | {r['one']:.1f} | "
-                 f"{r['seeds']:.1f} | {r['seeds_x']:.2f}x | {r['sweep']:.1f} | "
-                 f"{r['sweep_x']:.2f}x |")
-  return "\n".join(lines + [
+  rows = [[r["label"] + (" ¹" if r["held"] else ""), f"{r['one']:.1f}",
+           f"{r['seeds']:.1f}", f"{r['seeds_x']:.2f}x", f"{r['sweep']:.1f}",
+           f"{r['sweep_x']:.2f}x"] for r in s["rows"]]
+  return "\n".join([
+      f"Seconds of a whole `launch.py --epochs=2` run on {s['host']}; medians "
+      f"of {s['rounds']} alternated runs each.", "", *table(
+          "model (preset) | one run | 4 seeds | / one run | 4 learning rates | "
+          "/ one run", "lrrrrr", rows),
       "", "¹ Its preset holds out no validation data, which a sweep chooses "
       "on: all three of its runs add `--val_fraction=0.1`."])
 
 
-# Table name -> (what writes it from the measurements, what measures it
-# (--train), what reads its figures from --runs).
 TABLES = {"epochs": (epochs_table, train_epochs, measure_epochs),
           "speedrun": (speedrun_table, train_speedrun, measure_speedrun),
           "startup": (startup_table, train_startup, measure_startup),

@@ -5,14 +5,12 @@ to a half of a 300-1200 px frame, under a lighting gradient and a soft shadow,
 with sensor noise, a slight blur and JPEG compression; the same digits are kept
 clean too (dark ink on white, and the MNIST image). The script predicts them
 with a trained run folder, through mnist_jax/data/images.py's preprocess, and
-prints the accuracy on each kind (tests use `render_photo`, `clean_scan` and
-`mnist_style` on synthetic digits):
+prints the accuracy on each kind:
 
   python experiments/photo_digits.py --run=RUN --mnist_dir=DIR --num=12 \
       --montage=docs/img/photo_digits.png
 """
 
-import argparse
 import io
 import os
 import sys
@@ -31,30 +29,23 @@ from mnist_jax.errors import UserError
 from mnist_jax.results import plots
 from mnist_jax.results import run as run_lib
 
-PAPERS = {  # RGB of the paper in full light.
-    "white": (238, 238, 232),
-    "cream": (240, 228, 196),
-    "grey": (196, 196, 190),
-    "bluish": (210, 222, 238),
-    "yellow": (246, 234, 160),
-}
-INKS = {
-    "black": (28, 28, 34),
-    "blue": (28, 40, 128),
-    "dark red": (122, 22, 28),
-    "dark green": (22, 84, 44),
-}
+from experiments.tables import parser, script
+
+# RGB of the paper in full light, and of the ink.
+PAPERS = {"white": (238, 238, 232), "cream": (240, 228, 196),
+          "grey": (196, 196, 190), "bluish": (210, 222, 238),
+          "yellow": (246, 234, 160)}
+INKS = {"black": (28, 28, 34), "blue": (28, 40, 128),
+        "dark red": (122, 22, 28), "dark green": (22, 84, 44)}
 LINE_RGB = (120, 160, 215)  # Ruled lines: light blue.
-SCAN_SCALE = 4  # Clean scan: the 28x28 digit at 112x112 px on white.
 
 
 def _frame_size(rng: np.random.Generator):
   """(width, height): the longer side 300-1200 px, 4:3, 16:9 or square."""
   long_side = int(rng.integers(300, 1201))
-  ratio = float(rng.choice([4 / 3, 16 / 9, 1.0]))
-  short_side = int(round(long_side / ratio))
-  landscape = rng.random() < 0.3
-  return (long_side, short_side) if landscape else (short_side, long_side)
+  short_side = int(round(long_side / float(rng.choice([4 / 3, 16 / 9, 1.0]))))
+  return ((long_side, short_side) if rng.random() < 0.3 else
+          (short_side, long_side))
 
 
 def _pen(digit: np.ndarray, size: int) -> np.ndarray:
@@ -77,16 +68,14 @@ def _lighting(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
   angle = rng.uniform(0, 2 * np.pi)
   edge = np.cos(angle) * (x - rng.uniform(0.1, 0.9) * w / max(h, w)) + (
       np.sin(angle) * (y - rng.uniform(0.1, 0.9) * h / max(h, w)))
-  softness = rng.uniform(0.03, 0.1)
-  shadow = 1.0 / (1.0 + np.exp(-edge / softness))
+  shadow = 1.0 / (1.0 + np.exp(-edge / rng.uniform(0.03, 0.1)))
   return light * (1.0 - rng.uniform(0.25, 0.55) * shadow)
 
 
 def _ruled(rng: np.random.Generator, paper: np.ndarray) -> np.ndarray:
   """Draws faint ruled lines across the paper [h, w, 3], in place."""
   h = paper.shape[0]
-  spacing = rng.uniform(0.06, 0.1) * h
-  width = max(1, int(round(0.004 * h)))
+  spacing, width = rng.uniform(0.06, 0.1) * h, max(1, int(round(0.004 * h)))
   strength = rng.uniform(0.25, 0.5)
   for top in np.arange(rng.uniform(0, spacing), h, spacing).astype(int):
     rows = slice(top, top + width)
@@ -95,31 +84,23 @@ def _ruled(rng: np.random.Generator, paper: np.ndarray) -> np.ndarray:
 
 
 def photo_jpeg(digit: np.ndarray, rng: np.random.Generator) -> bytes:
-  """A phone photo of a digit written on paper, as the bytes of a JPEG file.
-
-  Args:
-    digit: [28, 28] uint8, white on black (MNIST style).
-    rng: the randomness of this photo.
-  """
+  """A phone photo of `digit` ([28, 28] uint8, white on black) written on
+  paper, as a JPEG file's bytes."""
   w, h = _frame_size(rng)
   # MNIST digits fill a 20x20 box of their 28x28 field: the box spans 1/3-1/2
   # of the frame's shorter side.
-  size = int(round(rng.uniform(1 / 3, 1 / 2) * min(w, h) * 28 / 20))
-  size = min(size, min(w, h))
+  size = min(int(round(rng.uniform(1 / 3, 1 / 2) * min(w, h) * 28 / 20)), w, h)
   coverage = np.zeros((h, w))
-  top = int(rng.integers(0, h - size + 1))
-  left = int(rng.integers(0, w - size + 1))
+  top, left = (int(rng.integers(0, n - size + 1)) for n in (h, w))
   coverage[top:top + size, left:left + size] = _pen(digit, size)
   coverage *= rng.uniform(0.85, 1.0)
 
-  names = list(PAPERS)
-  paper_rgb = np.array(PAPERS[names[rng.integers(len(names))]], np.float64)
-  paper_rgb = np.clip(paper_rgb + rng.normal(0, 6, 3), 0, 255)
+  pick = lambda d: np.array(list(d.values())[rng.integers(len(d))], np.float64)
+  paper_rgb = np.clip(pick(PAPERS) + rng.normal(0, 6, 3), 0, 255)
   paper = np.broadcast_to(paper_rgb, (h, w, 3)).copy()
   if rng.random() < 0.3:
     paper = _ruled(rng, paper)
-  inks = list(INKS)
-  ink_rgb = np.array(INKS[inks[rng.integers(len(inks))]], np.float64)
+  ink_rgb = pick(INKS)
   pixels = paper * (1 - coverage[..., None]) + ink_rgb * coverage[..., None]
   pixels *= _lighting(rng, h, w)[..., None]
 
@@ -142,8 +123,7 @@ def render_photo(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
 
 def clean_scan(digit: np.ndarray) -> Image.Image:
   """The digit as a clean scan: black ink on white at 112x112 px (grayscale)."""
-  size = 28 * SCAN_SCALE
-  field = Image.fromarray(digit).resize((size, size), Image.Resampling.BICUBIC)
+  field = Image.fromarray(digit).resize((112, 112), Image.Resampling.BICUBIC)
   return Image.fromarray(255 - np.asarray(field))
 
 
@@ -157,36 +137,12 @@ def test_digits(mnist_dir=None, data_dir=None):
   axis dropped: the photos are of grey digits) and labels, from IDX files in
   mnist_dir or from a prepared tfds data_dir."""
   if mnist_dir:  # Read as they are: the IDX files' order, not tfds's.
-    paths = []
-    for stem in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
-      found = [os.path.join(mnist_dir, stem + ext) for ext in ("", ".gz")]
-      found = [p for p in found if os.path.isfile(p)]
-      if not found:
-        sys.exit(f"error: {stem}[.gz] is not in {mnist_dir}; pass the folder "
-                 "with MNIST's IDX files")
-      paths.append(found[0])
-    images, labels = idx.read_pair(*paths)
+    paths = pipeline.find_idx_files(mnist_dir)
+    images, labels = idx.read_pair(paths["test_images"], paths["test_labels"])
   else:
     arrays = pipeline.prepare("mnist", data_dir=data_dir)
     images, labels = arrays["test_images"], arrays["test_labels"]
   return images.reshape(images.shape[:3]), labels
-
-
-def model_inputs(preprocess, pictures):
-  """[N, 28, 28] uint8 inputs and [N] bool failures (no digit found, zeros).
-
-  pictures: PIL images, or JPEG bytes (decoded one at a time).
-  """
-  inputs = np.zeros((len(pictures), 28, 28), np.uint8)
-  failed = np.zeros(len(pictures), bool)
-  for i, picture in enumerate(pictures):
-    if isinstance(picture, bytes):
-      picture = Image.open(io.BytesIO(picture))
-    try:
-      inputs[i] = preprocess(picture)
-    except UserError:  # ImageError: no digit found.
-      failed[i] = True
-  return inputs, failed
 
 
 def montage(photos, inputs, labels, probs, path: str, cols: int = 4) -> str:
@@ -205,8 +161,7 @@ def montage(photos, inputs, labels, probs, path: str, cols: int = 4) -> str:
     ax.imshow(picture)
     ax_input.imshow(image, cmap=plots.DIGIT_CMAP, vmin=0, vmax=255)
     ax_input.axis("on")
-    ax_input.set_xticks([])
-    ax_input.set_yticks([])
+    ax_input.set(xticks=[], yticks=[])
     best = int(np.argmax(p))
     ax.set_title(f"a {y}, read as {best} ({100 * p[best]:.0f}%)", fontsize=9,
                  color="black" if best == y else "red", loc="left")
@@ -222,11 +177,19 @@ def montage(photos, inputs, labels, probs, path: str, cols: int = 4) -> str:
 
 
 def measure(run, kinds, labels):
-  """Prints the run's accuracy on each kind of picture ({kind: pictures});
-  {kind: (inputs [N, 28, 28], probabilities [N, 10])}."""
+  """Prints the run's accuracy on each kind of picture ({kind: PIL images or
+  JPEG bytes}); {kind: (inputs [N, 28, 28], probabilities [N, 10])}."""
   results, line = {}, []
   for kind, pictures in kinds.items():
-    inputs, failed = model_inputs(images_lib.preprocess, pictures)
+    inputs = np.zeros((len(pictures), 28, 28), np.uint8)
+    failed = np.zeros(len(pictures), bool)  # No digit found: zeros, wrong.
+    for i, picture in enumerate(pictures):
+      if isinstance(picture, bytes):
+        picture = Image.open(io.BytesIO(picture))
+      try:
+        inputs[i] = images_lib.preprocess(picture)
+      except UserError:  # ImageError: no digit found.
+        failed[i] = True
     probs = run.probabilities(inputs)
     predicted = np.where(failed, -1, probs.argmax(axis=1))
     results[kind] = inputs, probs
@@ -237,20 +200,16 @@ def measure(run, kinds, labels):
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(
-      description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--run", required=True, help="a trained run folder")
-  parser.add_argument("--mnist_dir", help="folder with MNIST's IDX files")
-  parser.add_argument("--data_dir", help="tfds data dir with MNIST prepared")
-  parser.add_argument("--num", type=int, default=1000,
-                      help="test digits to use (each as a photo and clean)")
-  parser.add_argument("--seed", type=int, default=0,
-                      help="picks the test digits (of the test set in its "
-                      "order: IDX files' and tfds's differ) and the photos")
-  parser.add_argument("--montage", help="save the first 12 photos with the "
-                      "run's answers as this PNG")
-  args = parser.parse_args(argv)
+  p = parser(__doc__)
+  p.add_argument("--run", required=True, help="a trained run folder")
+  p.add_argument("--num", type=int, default=1000,
+                 help="test digits to use (each as a photo and clean)")
+  p.add_argument("--seed", type=int, default=0,
+                 help="picks the test digits (of the test set in its order: "
+                 "IDX files' and tfds's differ) and the photos")
+  p.add_argument("--montage", help="save the first 12 photos with the run's "
+                 "answers as this PNG")
+  args = p.parse_args(argv)
   images, labels = test_digits(args.mnist_dir, args.data_dir)
   chosen = np.random.default_rng(args.seed).choice(
       len(images), min(args.num, len(images)), replace=False)
@@ -269,4 +228,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  script(main)

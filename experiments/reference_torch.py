@@ -3,12 +3,11 @@
   pip install torch   # not a dependency of mnist_jax; this script only
   python experiments/reference_torch.py --model=all --epochs=3 --mnist_dir=DIR
 
-The same networks, optimizers, batch sizes and training-set sizes as the seed
-presets (mnist_jax/models/registry.py), trained the way a careful PyTorch user
-would: the whole dataset as tensors in memory, one `randperm` per epoch, a slice
-per batch, `torch.set_num_threads` = the cores JAX sees. Prints one JSON line
-per model with `epoch_time_s`, the median of the epochs after the first, the
-same statistic as benchmark.py. Alternate the two scripts on an idle machine.
+The seed presets' networks, optimizers, batch sizes and training-set sizes,
+trained as a careful PyTorch user would (the data as tensors in memory, one
+`randperm` an epoch, a slice a batch, a thread per core JAX sees). Prints a
+JSON line per model with `epoch_time_s`, benchmark.py's statistic: the median
+of the epochs after the first.
 """
 
 import argparse
@@ -23,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _build(name, torch, nn):
-  """(module, optimizer factory, input view) of one seed preset."""
+  """(module, optimizer factory, input shape) of one seed preset."""
   class LastState(nn.Module):
     """A recurrent layer over 28 rows of 28 pixels, last state to Dense(10)."""
 
@@ -33,43 +32,39 @@ def _build(name, torch, nn):
       self.out = nn.Linear(128, 10)
 
     def forward(self, x):
-      h, _ = self.rnn(x)
-      return self.out(h[:, -1])
+      return self.out(self.rnn(x)[0][:, -1])
 
-  adam = lambda p: torch.optim.Adam(p, lr=1e-3)
+  opt = lambda p: torch.optim.Adam(p, lr=1e-3)
   if name == "linear":
-    return nn.Linear(784, 10), adam, "flat"
+    return nn.Linear(784, 10), opt, (-1, 784)
   if name == "mlp":
     return nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Dropout(0.2),
                          nn.Linear(512, 256), nn.ReLU(), nn.Dropout(0.2),
-                         nn.Linear(256, 10)), adam, "flat"
+                         nn.Linear(256, 10)), opt, (-1, 784)
   if name == "cnn":
     return nn.Sequential(
         nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(64 * 5 * 5, 128), nn.ReLU(), nn.Linear(128, 10)), adam, "image"
+        nn.Linear(64 * 5 * 5, 128), nn.ReLU(), nn.Linear(128, 10),
+    ), opt, (-1, 1, 28, 28)
   cell = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[name]
   if name == "lstm":  # The seed LSTM notebook used RMSprop.
-    return LastState(cell), (lambda p: torch.optim.RMSprop(
-        p, lr=1e-3, alpha=0.9, eps=1e-7)), "rows"
-  return LastState(cell), adam, "rows"
+    opt = lambda p: torch.optim.RMSprop(p, lr=1e-3, alpha=0.9, eps=1e-7)
+  return LastState(cell), opt, (-1, 28, 28)
 
 
 def time_model(name, images, labels, epochs, threads):
-  import torch  # pylint: disable=g-import-not-at-top
-  from torch import nn  # pylint: disable=g-import-not-at-top
-  from mnist_jax import models  # pylint: disable=g-import-not-at-top
+  import torch
+  from torch import nn
+  from mnist_jax import models
   torch.set_num_threads(threads)
   torch.manual_seed(0)
   config = models.get_config(name, "seed")
   n = int(len(labels) * (1 - config.val_fraction))
-  model, make_opt, view = _build(name, torch, nn)
-  shape = {"flat": (-1, 784), "image": (-1, 1, 28, 28), "rows": (-1, 28, 28)}[view]
+  model, make_opt, shape = _build(name, torch, nn)
   x = torch.from_numpy(images[:n]).float().div_(255).reshape(shape)
   y = torch.from_numpy(labels[:n]).long()
-  opt = make_opt(model.parameters())
-  loss_fn = nn.CrossEntropyLoss()
-  times = []
+  opt, loss_fn, times = make_opt(model.parameters()), nn.CrossEntropyLoss(), []
   for _ in range(epochs):
     start = time.perf_counter()
     model.train()
@@ -77,8 +72,7 @@ def time_model(name, images, labels, epochs, threads):
     for i in range(0, n, config.batch_size):
       idx = order[i:i + config.batch_size]
       opt.zero_grad(set_to_none=True)
-      loss = loss_fn(model(x[idx]), y[idx])
-      loss.backward()
+      loss_fn(model(x[idx]), y[idx]).backward()
       opt.step()
     times.append(time.perf_counter() - start)
   return {"model": name, "framework": "pytorch", "torch": torch.__version__,
@@ -99,15 +93,15 @@ def main(argv=None):
   if importlib.util.find_spec("torch") is None:
     sys.exit("error: PyTorch is not installed; pip install torch (only this "
              "reference script needs it)")
-  from mnist_jax import models  # pylint: disable=g-import-not-at-top
-  from mnist_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from mnist_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  from mnist_jax import models
+  from mnist_jax.data import pipeline
+  from mnist_jax.errors import UserError
   try:
     arrays = pipeline.prepare("mnist", args.data_dir, args.mnist_dir)
   except UserError as e:
     sys.exit(f"error: {e}")
-  names = list(models.MODELS) if args.model == "all" else args.model.split(",")
-  for name in names:
+  for name in (list(models.MODELS) if args.model == "all" else
+               args.model.split(",")):
     print(json.dumps(time_model(name, arrays["train_images"],
                                 arrays["train_labels"], args.epochs,
                                 args.threads)), flush=True)

@@ -11,7 +11,6 @@ each phase's time since the process started, and the kernel check's `check_s`
 (tables.py's start-up table is made of them).
 """
 
-import argparse
 import json
 import os
 import subprocess
@@ -20,7 +19,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mnist_jax import models  # pylint: disable=g-import-not-at-top
+from mnist_jax import models
+from experiments.tables import parser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,17 +73,15 @@ def layout_map(self, fn, *args, **kwargs):
                     "scipy.ndimage")
         if m in sys.modules)
     raise _Started()
-  class Compiled:
-    def __init__(self, lowered):
-      self.lowered = lowered
+  class Chunk:
+    def lower(self, *args):
+      mark("state_ready")
+      self.lowered = mapped.lower(*args)
+      return self
     def compile(self):
       self.lowered.compile()
       mark("compiled")
       return first_call
-  class Chunk:
-    def lower(self, *args):
-      mark("state_ready")
-      return Compiled(mapped.lower(*args))
   return Chunk()
 devices.Layout.map = layout_map
 
@@ -104,31 +102,25 @@ def measure(names, preset: str, rounds: int, repeats: int, data_flags):
       env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache)
       for name in names:
         for run in range(1, repeats + 1):
+          with tempfile.TemporaryDirectory() as work:
+            cmd = [sys.executable, "-c", probe, f"--model={name}",
+                   f"--preset={preset}", f"--workdir={work}/run", *data_flags]
+            launched = time.time()
+            out = subprocess.run(cmd, capture_output=True, text=True,
+                                 cwd=ROOT, env=env, check=False)
+          lines = [l for l in out.stdout.splitlines()
+                   if l.startswith("STARTUP ")]
+          if out.returncode or not lines:
+            sys.exit(f"error: {name} run {run} failed:\n{out.stderr[-2000:]}")
+          marks = json.loads(lines[-1][len("STARTUP "):])
+          # From the parent's launch of `python`, interpreter start included.
           yield {"model": name, "preset": preset, "round": rnd, "run": run,
-                 **_probe(probe, name, preset, run, data_flags, env)}
-
-
-def _probe(probe: str, name: str, preset: str, run: int, data_flags, env):
-  """One fresh process's marks, and its seconds from launch to first step."""
-  with tempfile.TemporaryDirectory() as work:
-    cmd = [sys.executable, "-c", probe, f"--model={name}",
-           f"--preset={preset}", f"--workdir={work}/run", *data_flags]
-    launched = time.time()
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
-                         env=env, check=False)
-  lines = [l for l in out.stdout.splitlines() if l.startswith("STARTUP ")]
-  if out.returncode or not lines:
-    sys.exit(f"error: {name} run {run} failed:\n{out.stderr[-2000:]}")
-  marks = json.loads(lines[-1][len("STARTUP "):])
-  # From the parent's launch of `python`, interpreter start included.
-  return {"start_training_s": round(marks.pop("first_step_unix") - launched, 3),
-          **marks}
+                 "start_training_s": round(marks.pop("first_step_unix")
+                                           - launched, 3), **marks}
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(
-      description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = parser(__doc__)
   p.add_argument("--model", default="all")
   p.add_argument("--preset", default="seed")
   p.add_argument("--repeats", type=int, default=2,
@@ -136,14 +128,12 @@ def main(argv=None):
                  "ones are warm")
   p.add_argument("--rounds", type=int, default=1,
                  help="each with a new, empty compilation cache")
-  p.add_argument("--mnist_dir")
-  p.add_argument("--data_dir")
   args = p.parse_args(argv)
-  names = list(models.MODELS) if args.model == "all" else args.model.split(",")
-  data_flags = [f"--{k}={v}" for k in ("data_dir", "mnist_dir")
-                if (v := getattr(args, k))]
-  for record in measure(names, args.preset, args.rounds, args.repeats,
-                        data_flags):
+  for record in measure(
+      list(models.MODELS) if args.model == "all" else args.model.split(","),
+      args.preset, args.rounds, args.repeats,
+      [f"--{k}={v}" for k in ("data_dir", "mnist_dir")
+       if (v := getattr(args, k))]):
     print(json.dumps(record), flush=True)
 
 

@@ -27,7 +27,6 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
 from mnist_jax import config as config_lib
 from mnist_jax import files
 from mnist_jax import models
@@ -37,7 +36,6 @@ from mnist_jax.rundir import record
 from mnist_jax.training import members as members_lib
 
 from experiments import performance
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = "README.md"
@@ -56,6 +54,25 @@ def replace_block(text: str, name: str, content: str, path: str) -> str:
                     f"`<!-- tables.py: {name} -->` and `{END}`; put the "
                     "markers back around it")
   return pattern.sub(lambda m: m.group(1) + content + m.group(2), text)
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+  """A script's flags, its docstring's first paragraph above them and the rest
+  below, and the data's, as launch.py's: --mnist_dir, --data_dir."""
+  p = argparse.ArgumentParser(
+      description=doc.split("\n\n")[0], epilog=doc.split("\n\n", 1)[1],
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--mnist_dir", help="the folder of MNIST's four IDX files")
+  p.add_argument("--data_dir", help="where the data is prepared (tfds's)")
+  return p
+
+
+def script(main: Callable[[], Optional[int]]) -> None:
+  """Runs a script's main: exits with its status, a UserError as one line."""
+  try:
+    sys.exit(main())
+  except UserError as e:
+    sys.exit(f"error: {e}")
 
 
 def _pct(fraction: float) -> str:
@@ -77,8 +94,6 @@ def dump(measurements: dict) -> str:
     text = re.sub(flat, lambda m: " ".join(m.group().split()), text)
   return text + "\n"
 
-
-# The README's results: a run folder per launch.py command.
 
 # Where the data was read from, and whether it was analysed: not a run's own.
 NOT_SETTINGS = ("workdir", "data_dir", "mnist_dir", "analyses")
@@ -104,9 +119,9 @@ class Row:
     return " ".join(["python", "launch.py", *self.args()])
 
   def settings(self) -> dict:
-    overrides = {k: config_lib.sweep_text(v, self.model) if k == "sweep" else v
-                 for k, v in self.flags}
-    return comparable(models.get_config(self.model, self.preset, **overrides))
+    return comparable(models.get_config(self.model, self.preset, **{
+        k: config_lib.sweep_text(v, self.model) if k == "sweep" else v
+        for k, v in self.flags}))
 
 
 def comparable(config) -> dict:
@@ -114,13 +129,11 @@ def comparable(config) -> dict:
   return {k: v for k, v in config.to_dict().items() if k not in NOT_SETTINGS}
 
 
+# The README's results: a run folder per launch.py command.
 ROWS = (
-    Row("linear-tuned", "linear", bar=92.0),
-    Row("mlp-tuned", "mlp", bar=98.3),
-    Row("cnn-tuned", "cnn", bar=99.2),
-    Row("rnn-tuned", "rnn", bar=97.5),
-    Row("lstm-tuned", "lstm", bar=98.8),
-    Row("gru-tuned", "gru", bar=98.8),
+    *(Row(f"{m}-tuned", m, bar=bar) for m, bar in (
+        ("linear", 92.0), ("mlp", 98.3), ("cnn", 99.2), ("rnn", 97.5),
+        ("lstm", 98.8), ("gru", 98.8))),
     Row("cnn-tuned-5seeds", "cnn", flags=(("num_seeds", 5),)),
     # A fixed 3-epoch schedule chosen in advance; judged by its seeds' mean.
     Row("cnn-fast-5seeds", "cnn", "fast", bar=99.0, flags=(("num_seeds", 5),)),
@@ -219,7 +232,7 @@ def result(folder: str) -> dict:
 
 def draw_results(root: str, runs: str, data_flags, log=print) -> None:
   """The figures from the results' run folders: accuracy against time, the
-  sweep's sweep.png, the analyses page and (with data) the photo montage."""
+  sweep's sweep.png, docs/analyses.md and (with data) the photo montage."""
   from experiments import compare
   from experiments import compare_figures
   folders = require(ROWS + (SWEEP,), runs)
@@ -239,76 +252,63 @@ def draw_results(root: str, runs: str, data_flags, log=print) -> None:
   groups = compare.group([s for f in tuned for s in compare.summarize(f)])
   compare_figures.plot(groups, name, os.path.join(img, name))
   log(f"wrote {img}/sweep_mlp.png and accuracy_vs_time.png")
-  write_analyses(root, tuned, log)
+  missing = [f for f in tuned if not os.path.isdir(os.path.join(f, "analysis"))]
+  if missing:  # docs/analyses.md from the tuned runs, in TUNED's order.
+    log(f"docs/analyses.md not written: {', '.join(missing)} hold no analysis; "
+        "write each: python launch.py --mode=report --workdir=RUN")
+  else:
+    compare_figures.analysis_page(
+        tuned, os.path.join(root, "docs", "analyses.md"), img,
+        [r.model for r in TUNED],
+        [metrics_log.wall_time(metrics_log.final_metrics(f) or {})
+         for f in tuned])
+    log("wrote docs/analyses.md and docs/img/analysis_*.png")
   if data_flags:
     from experiments import photo_digits
     photo_digits.main([f"--run={folders[ROWS[2]]}", "--num=12", *data_flags,
                        f"--montage={os.path.join(img, 'photo_digits.png')}"])
 
 
-def write_analyses(root: str, tuned: Sequence[str], log=print) -> None:
-  """docs/analyses.md and docs/img/analysis_*.png from the tuned runs (in
-  TUNED's order); says which runs hold no analysis instead."""
-  from experiments import compare_figures
-  missing = [f for f in tuned
-             if not os.path.isdir(os.path.join(f, "analysis"))]
-  if missing:
-    log(f"docs/analyses.md not written: {', '.join(missing)} hold no analysis; "
-        "write each: python launch.py --mode=report --workdir=RUN")
-    return
-  times = [metrics_log.wall_time(metrics_log.final_metrics(f) or {})
-           for f in tuned]
-  compare_figures.analysis_page(
-      tuned, os.path.join(root, "docs", "analyses.md"),
-      os.path.join(root, "docs", "img"), [r.model for r in TUNED], times)
-  log("wrote docs/analyses.md and docs/img/analysis_*.png")
+def _spread(r: dict) -> str:
+  """Its members' test accuracy, mean ± std."""
+  return (f"{100 * r['test_accuracy_mean']:.2f} ± "
+          f"{100 * r['test_accuracy_std']:.2f}%")
 
 
-def _accuracy(r: dict) -> str:
-  if "ensemble_test_accuracy" in r:
-    return (f"{_pct(r['ensemble_test_accuracy'])} ensemble; members "
-            f"{100 * r['test_accuracy_mean']:.2f} ± "
-            f"{100 * r['test_accuracy_std']:.2f}%")
-  return _pct(r["test_accuracy"])
+def _runs_table(figures: dict, rows: Sequence[Row], head: str, align: str,
+                cells: Callable[[Row, dict], list]) -> str:
+  """A table of runs, a line naming their hosts above it."""
+  hosts = dict.fromkeys(figures[r.name]["host"] for r in rows)
+  return "\n".join([f"Run on {'; '.join(hosts)}.", "", *performance.table(
+      head, align, [cells(r, figures[r.name]) for r in rows])])
 
 
 def results_table(m: dict) -> str:
-  """The README's results table, after a line naming its hosts."""
-  results = m["results"]
-  hosts = list(dict.fromkeys(results[r.name]["host"] for r in ROWS))
-  lines = [f"Run on {'; '.join(hosts)}.", "",
-           "| model | preset | test accuracy | bar | epochs | wall time | "
-           "command |", "| --- | --- | --- | --- | --- | --- | --- |"]
-  for row in ROWS:
-    r = results[row.name]
+  """The README's results table."""
+  def cells(row: Row, r: dict) -> list:
     seeds = dict(row.flags).get("num_seeds")
-    cells = [row.model, row.preset + (f", {seeds} seeds" if seeds else ""),
-             _accuracy(r), f"{row.bar:.1f}%" if row.bar is not None else "",
-             str(r["epochs_run"]), _time(r["time_s"]), f"`{row.command()}`"]
-    lines.append(" ".join(["|"] + [c + " |" if c else "|" for c in cells]))
-  return "\n".join(lines)
+    return [row.model, row.preset + (f", {seeds} seeds" if seeds else ""),
+            f"{_pct(r['ensemble_test_accuracy'])} ensemble; members "
+            f"{_spread(r)}" if "ensemble_test_accuracy" in r else
+            _pct(r["test_accuracy"]),
+            f"{row.bar:.1f}%" if row.bar is not None else "",
+            str(r["epochs_run"]), _time(r["time_s"]), f"`{row.command()}`"]
+  return _runs_table(m["results"], ROWS, "model | preset | test accuracy | "
+                     "bar | epochs | wall time | command", "l" * 7, cells)
 
 
 def best_table(m: dict) -> str:
-  """The README's table of the best presets, after a line naming its hosts:
-  each preset's seeds, their mean and range, their ensemble, and the time of
-  the seeds together and of one."""
-  best = m["best"]
-  hosts = list(dict.fromkeys(best[r.name]["host"] for r in BEST))
-  lines = [f"Run on {'; '.join(hosts)}.", "",
-           "| model | seeds | test accuracy, mean ± std | lowest, highest | "
-           "ensemble | epochs | wall time (per seed) | command |",
-           "| --- | ---: | --- | --- | --- | ---: | --- | --- |"]
-  for row in BEST:
-    r = best[row.name]
-    seeds = len(r["seeds"])
-    lines.append(
-        f"| {row.model} | {seeds} | {100 * r['test_accuracy_mean']:.2f} ± "
-        f"{100 * r['test_accuracy_std']:.2f}% | {_pct(min(r['seeds']))}, "
-        f"{_pct(max(r['seeds']))} | {_pct(r['ensemble_test_accuracy'])} | "
-        f"{r['epochs_run']} | {_time(r['time_s'])} "
-        f"({_time(r['time_s'] / seeds)}) | `{row.command()}` |")
-  return "\n".join(lines)
+  """The README's table of the best presets: each preset's seeds, their mean
+  and range, their ensemble, and the time of the seeds together and of one."""
+  return _runs_table(m["best"], BEST, "model | seeds | test accuracy, mean ± "
+                     "std | lowest, highest | ensemble | epochs | wall time "
+                     "(per seed) | command", "lrlllrll", lambda row, r: [
+                         row.model, str(len(r["seeds"])), _spread(r),
+                         f"{_pct(min(r['seeds']))}, {_pct(max(r['seeds']))}",
+                         _pct(r["ensemble_test_accuracy"]),
+                         str(r["epochs_run"]), f"{_time(r['time_s'])} "
+                         f"({_time(r['time_s'] / len(r['seeds']))})",
+                         f"`{row.command()}`"])
 
 
 def sweep_paragraphs(m: dict) -> str:
@@ -327,28 +327,25 @@ def sweep_paragraphs(m: dict) -> str:
       f"Ensembles, one program each: the tuned CNN with `--num_seeds={seeds}` "
       f"reaches {_pct(ensemble['ensemble_test_accuracy'])} test accuracy as an "
       f"ensemble (the mean of the {seeds} members' probabilities), against "
-      f"{100 * ensemble['test_accuracy_mean']:.2f} ± "
-      f"{100 * ensemble['test_accuracy_std']:.2f}% for its single members, "
-      f"in {_time(ensemble['time_s'])}."]
+      f"{_spread(ensemble)} for its single members, in "
+      f"{_time(ensemble['time_s'])}."]
   return "\n\n".join(textwrap.fill(t, 89, break_long_words=False,
                                    break_on_hyphens=False) for t in texts)
 
 
-# The README's models table, from the registry.
-
 def models_table(_=None) -> str:
   """A row per model: each architecture preset's module, "as X" where it is
   the preset X's to its left."""
-  lines = ["| `--model` | seed preset | tuned preset (default) | best preset |",
-           "| --- | --- | --- | --- |"]
+  rows = []
   for name, spec in models.MODELS.items():
-    cells, before = [], ("", "")
+    cells, before = [f"`{name}`"], ("", "")
     for preset in ("seed", "tuned", "best"):
       text = spec.describe(models.get_config(name, preset))
       cells.append(f"as {before[0]}" if text == before[1] else text)
       before = (preset, text)
-    lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
-  return "\n".join(lines)
+    rows.append(cells)
+  return "\n".join(performance.table("`--model` | seed preset | tuned preset "
+                                     "(default) | best preset", "llll", rows))
 
 
 def of_runs(rows: Sequence[Row]) -> Tuple[Callable, Callable[[str], dict]]:
@@ -372,30 +369,26 @@ TABLES: Dict[str, Tuple[str, Callable[[dict], str], Optional[Callable],
 }
 
 
-def texts(root: str, measurements: dict) -> Dict[str, str]:
-  """{doc path: its text with every table written from `measurements`}."""
-  out = {}
-  for doc in dict.fromkeys(doc for doc, *_ in TABLES.values()):
-    path = os.path.join(root, doc)
-    with open(path, encoding="utf-8") as f:
-      out[path] = f.read()
+def texts(root: str, measurements: dict) -> Dict[str, List[str]]:
+  """{doc path: [its text, that with every table written from
+  `measurements`]}."""
+  out: Dict[str, List[str]] = {}
   for name, (doc, write, *_) in TABLES.items():
     path = os.path.join(root, doc)
-    out[path] = replace_block(out[path], name, write(measurements), path)
+    if path not in out:
+      with open(path, encoding="utf-8") as f:
+        out[path] = [f.read()] * 2
+    out[path][1] = replace_block(out[path][1], name, write(measurements), path)
   return out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  p = argparse.ArgumentParser(
-      description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = parser(__doc__)
   p.add_argument("--table", choices=sorted(TABLES), help="the one measured")
   p.add_argument("--runs", help="the folder of its runs (or run folders)")
   p.add_argument("--train", action="store_true", help="measure it first")
   p.add_argument("--check", action="store_true", help="write nothing")
   p.add_argument("--root", default=ROOT, help="the checkout to rewrite")
-  p.add_argument("--mnist_dir")
-  p.add_argument("--data_dir")
   p.add_argument("--models", default="all", help="epochs, startup, members")
   p.add_argument("--repeats", type=int, help="alternated rounds (epochs, "
                  "members: 2), rounds of a new compilation cache (startup: 3), "
@@ -426,23 +419,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   if args.table == "results" and args.runs and not args.check:
     draw_results(args.root, args.runs, args.data)
   if args.check:
-    stale = []
-    for doc, text in new.items():
-      with open(doc, encoding="utf-8") as f:
-        stale += [doc] if f.read() != text else []
+    stale = [doc for doc, (old, text) in new.items() if old != text]
     print("out of date: " + ", ".join(stale) if stale else
           "every table matches the measurements")
     return 1 if stale else 0
   files.write_text(path, dump(measurements))
-  for doc, text in new.items():
+  for doc, (_, text) in new.items():
     files.write_text(doc, text)
   print(f"wrote {', '.join(new)} and {path}")
   return 0
 
 
 if __name__ == "__main__":
-  try:
-    sys.exit(main())
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+  script(main)
