@@ -50,10 +50,6 @@ def test_a_models_settings_appear_in_its_runs_only(model):
 
 
 @pytest.mark.parametrize("model,values,message", [
-    ("linear", dict(dropout=0.1), "--dropout is a setting of "
-     "--model=mlp/cnn/rnn/lstm/gru, not of --model=linear; leave it out"),
-    ("gru", dict(cnn_batch_norm=True), "--cnn_batch_norm is a setting of "
-     "--model=cnn, not of --model=gru; leave it out"),
     ("cnn", dict(cnn_kernel=7, cnn_features=(4, 4, 4)), "*leave no pixels*"
      "--cnn_padding=SAME*"),
     ("cnn", dict(cnn_padding="SAME", cnn_features=(4,) * 5), "*leave no "
@@ -61,8 +57,8 @@ def test_a_models_settings_appear_in_its_runs_only(model):
 ])
 def test_a_setting_the_model_cannot_take_is_refused_in_one_line(model, values,
                                                                 message):
-  """As every command refuses it (get_config, the flags, a config.json), in
-  docs/troubleshooting.md's words."""
+  """A CNN whose convolutions leave no pixels (another model's setting:
+  test_refusals.py's other_models_setting)."""
   with pytest.raises(UserError) as e:
     models.get_config(model, **values)
   assert re.fullmatch(re.escape(message).replace(r"\*", ".*"), str(e.value))
