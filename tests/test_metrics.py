@@ -131,15 +131,6 @@ def test_rows_carry_every_metric_of_each_split_and_member():
   assert set(members.row(single, (0, 0), {"test": per(1.0)[:1]})) == set(
       metrics.keys("test"))
   assert metrics.BY_NAME["ece"].text(0.0123) == "1.23%"
-  # Stacked members' sums are each their own; one model's, one member's.
-  (l0, y0), (l1, y1) = _batch(2), _batch(3)
-  stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), _sums(l0, y0),
-                         _sums(l1, y1))
-  fetched = members.host_metrics(stacked)
-  for i, (l, y) in enumerate([(l0, y0), (l1, y1)]):
-    assert fetched[i] == pytest.approx(metrics.values(jax.device_get(
-        _sums(l, y))))
-  assert members.host_metrics(_sums(l0, y0)) == [pytest.approx(fetched[0])]
 
 
 def test_a_metric_may_need_the_class_count(monkeypatch):
