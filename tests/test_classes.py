@@ -4,7 +4,6 @@ reader, the download, every model's output layer and the report follow."""
 
 import csv
 import json
-import re
 import types
 
 import jax
@@ -83,8 +82,7 @@ def test_the_idx_reader_follows_the_dataset(tmp_path, dataset, label, says):
 def test_downloads_are_checked_against_recorded_checksums(tmp_path,
                                                           monkeypatch):
   """Every declared download has a recorded checksum (EMNIST: one archive);
-  one without is refused, nothing written; EMNIST's file names are named
-  when missing."""
+  one without is refused, nothing written."""
   assert pipeline.download_urls("emnist_letters") == [datasets.EMNIST_URL]
   published = pipeline._published()  # pylint: disable=protected-access
   for name in datasets.DATASETS:
@@ -95,10 +93,6 @@ def test_downloads_are_checked_against_recorded_checksums(tmp_path,
                      "train-images-idx3-ubyte.gz is recorded"):
     pipeline.prepare("unchecked", str(tmp_path / "tfds"))
   assert not (tmp_path / "tfds" / "unchecked").exists()
-  write_idx_dir(tmp_path / "idx", n_train=8, n_test=8)  # MNIST's names.
-  with pytest.raises(idx.IdxError, match=re.escape(
-      "emnist-balanced-train-images-idx3-ubyte[.gz] is missing")):
-    pipeline.find_idx_files(str(tmp_path / "idx"), "emnist_balanced")
 
 
 # Each model at one class count, alternating (26, 47, 26...).
