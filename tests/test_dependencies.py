@@ -55,9 +55,8 @@ def test_every_floor_is_pinned_in_floors_txt():
 
 
 def test_the_stack_and_the_notebooks_jupyter_are_capped():
-  """A new minor release of them has broken users before it was tested. The
-  tour needs Jupyter, which mnist_jax itself does not: the `notebook` extra
-  brings it (a notebook server, or nbclient with the Python kernel)."""
+  """A new minor release broke users before it was tested; the `notebook`
+  extra brings the tour's Jupyter (mnist_jax needs none)."""
   capped = {_name(r.split(">=")[0]) for r in _requirements() if "<" in r}
   assert {"jax", "flax", "orbax-checkpoint"} <= capped
   notebook = {_name(re.match(r"[A-Za-z0-9_.-]+", r)[0]) for r in

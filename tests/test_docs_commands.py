@@ -1,12 +1,7 @@
-"""Every command in README.md's and docs/'s shell blocks, as written.
-
-A training command runs with --dry_run (every flag parsed and checked, the
-run folder named; DIR: a folder of synthetic IDX files); --mode=report and
-predict run for real on a finished run (RUN); an experiments/ script is asked
-for --help, which must name every flag the command passes. What cannot run
-here is listed in SKIPPED with the reason (installs, other machines' tools).
-The Python blocks run in test_api.py.
-"""
+"""Every command of README.md's and docs/'s shell blocks, as written: training
+with --dry_run (DIR: synthetic IDX files), --mode=report and predict on a
+finished run (RUN), a script's --help naming each flag passed; SKIPPED says
+why not (the Python blocks: test_api.py)."""
 
 import functools
 import os

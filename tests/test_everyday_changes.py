@@ -1,11 +1,7 @@
-"""The everyday research changes, each made here as docs/design.md's "How to
-make the everyday changes" says, in the files it names, on synthetic data:
-a schedule with a number of its own (warm restarts), a loss that mixes
-examples (mixup), a metric, a reading order for the recurrent models
-(columns), a dataset of colour images, a model of the CNN family. Each
-reaches what it should: flags and sweeps, rows, the report, TensorBoard,
-compare.py, the analyses, predict and the page.
-"""
+"""docs/design.md's everyday changes, each made here in the files it names (a
+schedule, a loss, a metric, a reading order, a colour dataset, a CNN-family
+model), reach what they should: flags, sweeps, rows, the report,
+TensorBoard, compare.py, the analyses, predict and the page."""
 
 import dataclasses
 import io

@@ -1,7 +1,5 @@
-"""The scripts in experiments/: each answers --help, benchmark.py times what a
-run runs, and each timed table of docs/performance.md is measured on tiny
-data and written from the figures it keeps (the slow tests).
-"""
+"""experiments/: each script answers --help, benchmark.py times what a run
+runs, each timed table is measured on tiny data and written from its figures."""
 
 import glob
 import json
@@ -100,9 +98,8 @@ MEASURED = {
 @pytest.mark.parametrize("name", sorted(MEASURED))
 def test_each_timed_table_is_measured_and_written_from_its_figures(
     name, prepared, checkout, tmp_path):
-  """--train on the synthetic data: a row per model or command measured, the
-  host on the table; its figures kept in measurements.json give the table
-  again (--check), and --runs reads the same figures back from the runs."""
+  """A row per model or command, the host on the table; the figures kept
+  give it again (--check), and --runs reads them back from the runs."""
   flags, first_cells = MEASURED[name]
   extra = flags.index("--") if "--" in flags else len(flags)
   base = [f"--table={name}", f"--runs={tmp_path / 'runs'}",

@@ -1,8 +1,6 @@
-"""Hyperparameters declared once: a model's own settings with its registry
-entry, appearing in its runs only; optimizer ones in optim.HYPERPARAMS, held
-in the optimizer state and sweepable from there, and which optimizer reads
-which in optim.OPTIMIZERS; old config.json files (every model's keys) still
-load."""
+"""Hyperparameters declared once: a model's settings in its registry entry
+(in its runs only), the optimizer's in optim.HYPERPARAMS (held, swept where
+read); old config.json files (every model's keys) still load."""
 
 import json
 import os
@@ -66,10 +64,8 @@ def test_a_setting_the_model_cannot_take_is_refused_in_one_line(model, values,
 
 @pytest.mark.parametrize("key", list(optim.HYPERPARAMS))
 def test_every_optimizer_hyperparameter_is_held_and_swept_where_read(key):
-  """One HYPERPARAMS entry (and its Config field) makes a number the
-  optimizer state holds, float32, that --sweep takes and --help lists; it is
-  swept with the OPTIMIZERS entries that read it (`reads`; none declared:
-  every one) and refused with the others, naming them."""
+  """A float32 number in the optimizer state, listed by --sweep's help, swept
+  with the optimizers that read it (`reads`), refused with the others."""
   assert key in config_lib.FIELDS and key in config_lib.sweepable()
   listed = launch.FLAGS["sweep"].help.split("NAME: ")[1].split(" (default")[0]
   assert key in listed.split(", ")

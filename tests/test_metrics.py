@@ -134,9 +134,8 @@ def test_rows_carry_every_metric_of_each_split_and_member():
 
 
 def test_a_metric_may_need_the_class_count(monkeypatch):
-  """A metric whose sums are shaped by the classes (per-class hits) or need
-  more than two of them (top-5) is declared like any other: zeros, the sums
-  of a batch, values and run.scores all follow the dataset's class count."""
+  """Sums shaped by the classes (per-class hits) or needing five (top-5):
+  zeros, a batch's sums, values and run.scores follow the class count."""
   def sums(batch):
     top5 = jax.lax.top_k(batch.logits, 5)[1]
     hit = jnp.any(top5 == batch.labels[:, None], -1).astype(jnp.float32)

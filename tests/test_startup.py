@@ -29,9 +29,8 @@ launch.main(sys.argv[:1])
 @pytest.mark.parametrize("data", ["prepared", "idx_files"])
 def test_the_first_step_needs_none_of_the_slow_imports(prepared, tmp_path,
                                                        data):
-  """With its data prepared, or preparing it from IDX files (--mnist_dir,
-  read as they are); an installed PyTorch (a stand-in that would say so) is
-  not imported either."""
+  """README's data section, performance.md's start-up: data prepared or from
+  IDX files; an installed PyTorch (a stand-in) is not imported either."""
   mnist_dir, data_dir = prepared
   fake = tmp_path / "site" / "torch"
   fake.mkdir(parents=True)
