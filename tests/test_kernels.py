@@ -208,7 +208,6 @@ _UNCOVERED = [("grouped", "grouped convolutions"),
     (lambda _: _stock("cnn"), "auto", "gpu", "stock", None),
     (lambda _: _stock("gru"), "stock", "cpu", "stock", None),
     (lambda _: _stock("mlp"), "auto", "cpu", "stock", None),
-    (lambda _: _stock("linear"), "fast", "gpu", "stock", None),
     (lambda _: _stock("cnn", cnn_batch_norm=True), "fast", "gpu", "lowered",
      f"{_KERNEL} does not compute {_CNN} (it keeps no batch_stats): training "
      f"the stock module{_LOWERED_BY}"),
@@ -226,14 +225,13 @@ _UNCOVERED = [("grouped", "grouped convolutions"),
      f"{_CNN} (its outputs or gradients differ by up to *): training the "
      f"stock module{_LOWERED_BY}"),
     *[(_kernel_for_dense(how), "auto", "cpu", "stock", "the fast kernel "
-       f"test_kernels.py's {kernel} does not compute {_DENSE} ({why}): "
-       "training the stock module") for how, kernel, why in (
-           ("nan", "_nan", "its outputs or gradients differ by up to nan"),
-           ("training", "_training", "its outputs or gradients differ by *"),
-           ("evaluation", "_evaluation", "its outputs or gradients differ *"),
-           ("state", "_state", "its outputs or gradients differ by up to *"),
-           ("raising", "_raising", "its check raised ValueError: the kernel "
-            "broke"))],
+       f"test_kernels.py's _{how} does not compute {_DENSE} ({why}): "
+       "training the stock module") for how, why in (
+           ("nan", "its outputs or gradients differ by up to nan"),
+           ("training", "its outputs or gradients differ by *"),
+           ("evaluation", "its outputs or gradients differ *"),
+           ("state", "its outputs or gradients differ by up to *"),
+           ("raising", "its check raised ValueError: the kernel broke"))],
     *[(_lowering(how), "auto", "cpu", "stock", f"training "
        f"{kernels._name(_Convs)} with flax's own layers: the lowerings of "  # pylint: disable=protected-access
        f"{CONV_MATMUL} do not compute them ({why}); strided convolutions "
