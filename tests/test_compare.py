@@ -78,10 +78,7 @@ def test_trains_then_compares_each_configuration_over_its_seeds(
   folders = train([0, 1])
   assert folders == [f"{root}/linear-seed0", f"{root}/linear-seed1"]
   assert train([0]) == folders[:1] and logs[-1].endswith("reused")
-  groups, _, table = _compare([root, tiny_run], tmp_path / "out")
-  assert [g["label"] for g in groups] == [
-      "linear (seed, --epochs=1)",
-      "mlp (seed, --epochs=1, --batch_size=32, --mlp_hidden=16)"]
+  _, _, table = _compare([root, tiny_run], tmp_path / "out")
   [linear, _] = _csv(tmp_path / "out" / "comparison.csv")
   accuracies = [metrics_log.final_metrics(d)["test_accuracy"] for d in folders]
   assert (linear["runs"], linear["seeds"]) == ("2", "0 1")
@@ -113,7 +110,8 @@ def test_a_label_names_the_settings_off_its_preset_and_the_code_edited(
 
 def test_members_are_runs_charged_their_share_of_the_program(tmp_path):
   """Four seeds of one 36 s program: 9 s each, the program's time once with
-  no spread; the metrics' spread is the sample std (n-1, as report.md)."""
+  no spread; the metrics' spread is the sample std (n-1, as report.md); the
+  tables and figures are written, nothing else."""
   accuracies = [0.95, 0.91, 0.92, 0.93, 0.94]
   program = _write_run(tmp_path / "four", accuracies[1:], seed=10)
   single = _write_run(tmp_path / "one", accuracies[:1], wall=10.0)
@@ -133,7 +131,6 @@ def test_members_are_runs_charged_their_share_of_the_program(tmp_path):
   assert f"{program} (4 members)" in table
   assert set(os.listdir(tmp_path / "out")) == {
       *compare_figures.PLOTS, "comparison.md", "comparison.csv", "runs.csv"}
-  assert "comparison/" in open(os.path.join(ROOT, ".gitignore")).read()
 
 
 def test_a_run_trained_twice_is_counted_once(tmp_path):
