@@ -8,23 +8,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _requirements(extra=None):
-  """Every requirement string in setup.py (install_requires and extras), or
-  an extra's."""
+  """setup.py's requirement strings (install_requires and extras), or an
+  extra's."""
   with open(os.path.join(ROOT, "setup.py")) as f:
-    tree = ast.parse(f.read())
-  call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call)
-              and getattr(n.func, "id", "") == "setup")
-  found = []
-  for keyword in call.keywords:
-    value = keyword.value
-    if extra and keyword.arg == "extras_require":
-      value = value.values[[k.value for k in value.keys].index(extra)]
-    if keyword.arg in (("extras_require",) if extra else (
-        "install_requires", "extras_require")):
-      found += [n.value for n in ast.walk(value)
-                if isinstance(n, ast.Constant) and isinstance(n.value, str)
-                and re.search("[<>=]", n.value)]
-  return found
+    call = next(n for n in ast.walk(ast.parse(f.read())) if isinstance(
+        n, ast.Call) and getattr(n.func, "id", "") == "setup")
+  given = {k.arg: ast.literal_eval(k.value) for k in call.keywords
+           if k.arg in ("install_requires", "extras_require")}
+  extras = given["extras_require"]
+  return extras[extra] if extra else [r for group in (
+      given["install_requires"], *extras.values()) for r in group]
 
 
 def _name(name: str) -> str:
