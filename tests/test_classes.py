@@ -122,12 +122,11 @@ def test_every_model_has_a_logit_per_class(emnist, dataset, model):
 
 
 def test_a_config_json_names_its_dataset_only():
-  """Nothing else is stored: the classes follow the dataset."""
-  config = models.get_config("mlp", dataset="emnist_letters")
-  record = json.loads(config.to_json())
+  """Nothing else is stored: the classes follow the dataset (the models'
+  logits: above)."""
+  record = json.loads(models.get_config("mlp", dataset="emnist_letters")
+                      .to_json())
   assert not {"num_classes", "class_names", "image_shape"} & set(record)
-  assert models.build(config)[0].num_classes == 26
-  assert models.get(config.model).describe(config).startswith("784-1024-1024-26")
 
 
 @pytest.mark.slow
