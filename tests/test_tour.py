@@ -1,7 +1,6 @@
-"""experiments/tour.ipynb: kept without outputs, and run end to end in Jupyter
-on tiny data (the `notebook` extra: test_dependencies.py)."""
+"""experiments/tour.ipynb runs end to end in Jupyter on tiny data (the
+`notebook` extra: test_dependencies.py)."""
 
-import json
 import os
 
 import pytest
@@ -13,23 +12,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "experiments", "tour.ipynb")
 
 
-def _code_cells():
-  with open(NOTEBOOK) as f:
-    notebook = json.load(f)
-  assert notebook["nbformat"] == 4
-  return [c for c in notebook["cells"] if c["cell_type"] == "code"]
-
-
-def _is_parameters(cell) -> bool:
-  return "parameters" in cell["metadata"].get("tags", [])
-
-
-def test_the_notebook_is_stored_without_outputs_and_parameters_first():
-  cells = _code_cells()
-  assert all(c["outputs"] == [] and c["execution_count"] is None for c in cells)
-  assert [c for c in cells if _is_parameters(c)] == cells[:1]
-
-
 @pytest.mark.slow
 def test_the_notebook_runs_in_jupyter(prepared, tmp_path):
   """nbclient with the Python kernel, its inline figures kept, the overrides
@@ -38,8 +20,8 @@ def test_the_notebook_runs_in_jupyter(prepared, tmp_path):
   extra("ipykernel")
   mnist_dir, data_dir = prepared
   notebook = nbformat.read(NOTEBOOK, as_version=4)
-  at = next(i for i, c in enumerate(notebook.cells)
-            if c.cell_type == "code" and _is_parameters(c))
+  at = next(i for i, c in enumerate(notebook.cells) if c.cell_type == "code"
+            and "parameters" in c.metadata.get("tags", []))
   notebook.cells.insert(at + 1, nbformat.v4.new_code_cell(
       f"MNIST_DIR = {mnist_dir!r}\nDATA_DIR = {data_dir!r}\n"
       "OVERRIDES = dict(epochs=1, cnn_features=(4, 8), cnn_dense=16, "
