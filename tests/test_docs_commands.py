@@ -17,7 +17,6 @@ import pytest
 import launch_helpers as lh
 
 ROOT = lh.ROOT
-DOCS = lh.DOCS
 # Commands whose first word is one of these are not ours to run here.
 SKIPPED = {
     "pip": "installs packages (CI installs what the README says)",
@@ -31,7 +30,7 @@ def _commands():
   """(doc, command) for each command of each shell block (continuation lines
   joined, comments dropped, `&&` chains split); none found fails collection."""
   out = []
-  for doc in DOCS:
+  for doc in lh.DOCS:
     with open(os.path.join(ROOT, doc), encoding="utf-8") as f:
       blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", f.read(), re.S)
     for block in blocks:

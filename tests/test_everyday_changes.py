@@ -190,8 +190,7 @@ def test_a_reading_order_the_analyses_and_the_page_follow(monkeypatch,
 
 
 # A dataset of colour images (datasets.py): a model of each module class (its
-# shape reaches the module, not its cell) and the LSTM train on it, report,
-# predict a picture in its colours and are served.
+# shape reaches the module, not its cell) and the LSTM.
 
 STRIPES = datasets.DatasetInfo(
     "stripes", "1.0.0", "", ("red", "green", "blue"), (16, 12, 3),

@@ -17,8 +17,7 @@ from experiments import tables
 from mnist_jax import models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The scripts: the files of experiments/ that run as __main__ (the others,
-# compare.py's parts, are imported).
+# The files of experiments/ that run as __main__ (not compare.py's parts).
 SCRIPTS = sorted(p for p in glob.glob(os.path.join(ROOT, "experiments", "*.py"))
                  if '__name__ == "__main__"' in pathlib.Path(p).read_text())
 

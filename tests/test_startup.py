@@ -7,9 +7,8 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Each costs start-up time (together over a second): tfds is for downloads,
-# orbax for restoring, matplotlib for the plots at the end, scipy.ndimage
-# for predict; tensorboardX would import an installed PyTorch (about 0.9 s).
+# Over a second together: tfds, orbax, matplotlib and scipy.ndimage come in
+# when needed; tensorboardX would import an installed PyTorch (0.9 s).
 HEAVY = ("tensorflow_datasets", "orbax.checkpoint", "matplotlib",
          "scipy.ndimage", "torch")
 # launch.py, stopped as it traces the first chunk of train steps.
