@@ -70,10 +70,8 @@ def test_each_example_gets_its_own_warp_in_range_and_dtype(dtype):
 
 
 def test_the_train_step_warps_from_its_augment_stream():
-  """Off by default, on where presets augment; train_step warps the batch
-  with the state's "augment" key folded with the step: the same state steps
-  alike, another augment key (or none) otherwise, and the dropout and data
-  streams do not decide the warp."""
+  """Off by default, on where presets augment; the warp is the "augment"
+  key's with the step (not the dropout or data key's)."""
   assert augment.from_config(models.get_config("cnn", "seed")) is None
   assert augment.from_config(models.get_config("mlp")) is None
   assert augment.from_config(models.get_config("cnn", "best")) is not None

@@ -46,10 +46,8 @@ def _prepared_saying(capfd, said, *args):
 @pytest.mark.parametrize("compress", [True, False])
 def test_prepare_keeps_every_example_in_tfds_order_and_caches(tmp_path, capfd,
                                                               compress):
-  """From the IDX files (gzipped or not), saying so in one line for a log
-  (no tfds progress bar, escape code or warning): every example, in the
-  order tfds's writer stores them (so --val_fraction holds out the same
-  examples as before), read from the cache the next time."""
+  """From the IDX files (gzipped or not), in one plain line: every example
+  in tfds's order (the same held out), read from the cache the next time."""
   from tensorflow_datasets.core import hashing  # pylint: disable=g-import-not-at-top
   mnist_dir = write_idx_dir(tmp_path / "idx", compress=compress)
   data_dir = str(tmp_path / "tfds")
@@ -89,27 +87,21 @@ def test_a_damaged_cache_is_prepared_again_once_deleted(prepared, tmp_path):
 
 @pytest.mark.parametrize("fraction,n_train", [(0.1, 540), (0.0, 600),
                                               (0.5, 300)])
-def test_split_holds_out_the_last_fraction(prepared, fraction, n_train):
-  arrays = pipeline.prepare("mnist", prepared[1])
-  ds = pipeline.split(arrays, fraction)
-  assert (len(ds.train), len(ds.val), len(ds.test)) == (n_train,
-                                                        600 - n_train, 200)
-  np.testing.assert_array_equal(ds.val.labels, arrays["train_labels"][n_train:])
-
-
-def test_load_gives_the_raw_arrays_every_model_reads(prepared):
-  """Each split is images [N, 28, 28, 1] uint8 (0-255, as stored) and labels
-  [N] int32, which each model scales itself: the same for every model."""
+def test_load_holds_out_the_last_fraction_as_raw_arrays(prepared, fraction,
+                                                        n_train):
+  """Each split: images [N, 28, 28, 1] uint8 as stored (each model scales
+  them itself), labels [N] int32; the last fraction of train held out."""
   mnist_dir, data_dir = prepared
-  data, other = (pipeline.load(models.get_config(
-      model, mnist_dir=mnist_dir, data_dir=data_dir, val_fraction=0.1))
-                 for model in ("lstm", "cnn"))
-  for a, b in zip((data.train, data.val, data.test),
-                  (other.train, other.val, other.test)):
-    np.testing.assert_array_equal(a.images, b.images)
-    np.testing.assert_array_equal(a.labels, b.labels)
-    assert a.images.dtype == np.uint8 and a.images.shape[1:] == (28, 28, 1)
-    assert a.labels.dtype == np.int32 and len(a) == len(a.images)
+  data = pipeline.load(models.get_config(
+      "mlp", mnist_dir=mnist_dir, data_dir=data_dir, val_fraction=fraction))
+  assert (len(data.train), len(data.val), len(data.test)) == (
+      n_train, 600 - n_train, 200)
+  np.testing.assert_array_equal(data.val.labels, pipeline.prepare(
+      "mnist", data_dir)["train_labels"][n_train:])
+  for part in (data.train, data.val, data.test):
+    assert part.images.dtype == np.uint8
+    assert part.images.shape[1:] == (28, 28, 1)
+    assert part.labels.dtype == np.int32 and len(part) == len(part.images)
   assert data.train.images.max() == 230  # synthetic_digits' ink, unscaled.
   assert data.class_names == tuple("0123456789")
 
@@ -121,10 +113,9 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture
 def served(tmp_path, monkeypatch):
-  """serve(dataset): serves a synthetic `dataset`'s download from this
-  machine (as four .gz files, or EMNIST's archive of them) and declares it
-  there; returns `table(wrong=())`, which writes its checksums.tsv (with a
-  wrong SHA-256 for the files named in `wrong`)."""
+  """serve(dataset): a synthetic `dataset`'s download served from here and
+  declared so; returns table(wrong=()), writing checksums.tsv (`wrong`: a
+  wrong SHA-256)."""
   folder, servers = tmp_path / "served", []
 
   def serve(dataset):
@@ -163,9 +154,8 @@ def served(tmp_path, monkeypatch):
     ("mnist", "train-labels-idx1-ubyte.gz"), ("emnist_letters", "gzip.zip")])
 def test_a_download_is_checked_by_tfds_then_prepared(served, tmp_path, capfd,
                                                       dataset, wrong):
-  """Online, tfds's download manager fetches the files (EMNIST's archive, then
-  read without TensorFlow) and checks them against checksums.tsv; a file that
-  does not match is refused in one line, and nothing is prepared."""
+  """tfds's download manager fetches and checks the files (EMNIST's archive
+  too); a mismatch is refused in one line, and nothing is prepared."""
   table = served(dataset)
   table(wrong={wrong})
   with pytest.raises(UserError, match=(
@@ -244,8 +234,7 @@ def test_another_datasets_files_are_refused_before_anything_is_written(
 @pytest.mark.slow
 def test_first_runs_at_once_prepare_the_data_dir_once(tmp_path):
   """Several first runs on one empty --data_dir: one prepares it, the others
-  wait for it and reuse it (before, all but one failed: 'Cannot rename ...
-  incomplete.XXXX_3.0.1. Destination ... already exists')."""
+  wait for it and reuse it."""
   mnist_dir = write_idx_dir(tmp_path / "idx", n_train=50, n_test=20)
   data_dir, go = str(tmp_path / "tfds"), tmp_path / "go"
   code = ("import hashlib, os, sys, time\n"

@@ -8,23 +8,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _requirements(extra=None):
-  """Every requirement string in setup.py (install_requires and extras), or
-  an extra's."""
+  """setup.py's requirement strings (install_requires and extras), or an
+  extra's."""
   with open(os.path.join(ROOT, "setup.py")) as f:
-    tree = ast.parse(f.read())
-  call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call)
-              and getattr(n.func, "id", "") == "setup")
-  found = []
-  for keyword in call.keywords:
-    value = keyword.value
-    if extra and keyword.arg == "extras_require":
-      value = value.values[[k.value for k in value.keys].index(extra)]
-    if keyword.arg in (("extras_require",) if extra else (
-        "install_requires", "extras_require")):
-      found += [n.value for n in ast.walk(value)
-                if isinstance(n, ast.Constant) and isinstance(n.value, str)
-                and re.search("[<>=]", n.value)]
-  return found
+    call = next(n for n in ast.walk(ast.parse(f.read())) if isinstance(
+        n, ast.Call) and getattr(n.func, "id", "") == "setup")
+  given = {k.arg: ast.literal_eval(k.value) for k in call.keywords
+           if k.arg in ("install_requires", "extras_require")}
+  extras = given["extras_require"]
+  return extras[extra] if extra else [r for group in (
+      given["install_requires"], *extras.values()) for r in group]
 
 
 def _name(name: str) -> str:
@@ -55,9 +48,8 @@ def test_every_floor_is_pinned_in_floors_txt():
 
 
 def test_the_stack_and_the_notebooks_jupyter_are_capped():
-  """A new minor release of them has broken users before it was tested. The
-  tour needs Jupyter, which mnist_jax itself does not: the `notebook` extra
-  brings it (a notebook server, or nbclient with the Python kernel)."""
+  """A new minor release broke users before it was tested; the `notebook`
+  extra brings the tour's Jupyter (mnist_jax needs none)."""
   capped = {_name(r.split(">=")[0]) for r in _requirements() if "<" in r}
   assert {"jax", "flax", "orbax-checkpoint"} <= capped
   notebook = {_name(re.match(r"[A-Za-z0-9_.-]+", r)[0]) for r in

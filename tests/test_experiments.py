@@ -1,7 +1,5 @@
-"""The scripts in experiments/: each answers --help, benchmark.py times what a
-run runs, and each timed table of docs/performance.md is measured on tiny
-data and written from the figures it keeps (the slow tests).
-"""
+"""experiments/: each script answers --help, benchmark.py times what a run
+runs, each timed table is measured on tiny data and written from its figures."""
 
 import glob
 import json
@@ -19,8 +17,7 @@ from experiments import tables
 from mnist_jax import models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The scripts: the files of experiments/ that run as __main__ (the others,
-# compare.py's parts, are imported).
+# The files of experiments/ that run as __main__ (not compare.py's parts).
 SCRIPTS = sorted(p for p in glob.glob(os.path.join(ROOT, "experiments", "*.py"))
                  if '__name__ == "__main__"' in pathlib.Path(p).read_text())
 
@@ -100,9 +97,8 @@ MEASURED = {
 @pytest.mark.parametrize("name", sorted(MEASURED))
 def test_each_timed_table_is_measured_and_written_from_its_figures(
     name, prepared, checkout, tmp_path):
-  """--train on the synthetic data: a row per model or command measured, the
-  host on the table; its figures kept in measurements.json give the table
-  again (--check), and --runs reads the same figures back from the runs."""
+  """A row per model or command, the host on the table; the figures kept
+  give it again (--check), and --runs reads them back from the runs."""
   flags, first_cells = MEASURED[name]
   extra = flags.index("--") if "--" in flags else len(flags)
   base = [f"--table={name}", f"--runs={tmp_path / 'runs'}",

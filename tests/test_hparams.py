@@ -1,8 +1,6 @@
-"""Hyperparameters declared once: a model's own settings with its registry
-entry, appearing in its runs only; optimizer ones in optim.HYPERPARAMS, held
-in the optimizer state and sweepable from there, and which optimizer reads
-which in optim.OPTIMIZERS; old config.json files (every model's keys) still
-load."""
+"""Hyperparameters declared once: a model's settings in its registry entry
+(in its runs only), the optimizer's in optim.HYPERPARAMS (held, swept where
+read); old config.json files (every model's keys) still load."""
 
 import json
 import os
@@ -50,10 +48,6 @@ def test_a_models_settings_appear_in_its_runs_only(model):
 
 
 @pytest.mark.parametrize("model,values,message", [
-    ("linear", dict(dropout=0.1), "--dropout is a setting of "
-     "--model=mlp/cnn/rnn/lstm/gru, not of --model=linear; leave it out"),
-    ("gru", dict(cnn_batch_norm=True), "--cnn_batch_norm is a setting of "
-     "--model=cnn, not of --model=gru; leave it out"),
     ("cnn", dict(cnn_kernel=7, cnn_features=(4, 4, 4)), "*leave no pixels*"
      "--cnn_padding=SAME*"),
     ("cnn", dict(cnn_padding="SAME", cnn_features=(4,) * 5), "*leave no "
@@ -61,8 +55,8 @@ def test_a_models_settings_appear_in_its_runs_only(model):
 ])
 def test_a_setting_the_model_cannot_take_is_refused_in_one_line(model, values,
                                                                 message):
-  """As every command refuses it (get_config, the flags, a config.json), in
-  docs/troubleshooting.md's words."""
+  """A CNN whose convolutions leave no pixels (another model's setting:
+  test_refusals.py's other_models_setting)."""
   with pytest.raises(UserError) as e:
     models.get_config(model, **values)
   assert re.fullmatch(re.escape(message).replace(r"\*", ".*"), str(e.value))
@@ -70,10 +64,8 @@ def test_a_setting_the_model_cannot_take_is_refused_in_one_line(model, values,
 
 @pytest.mark.parametrize("key", list(optim.HYPERPARAMS))
 def test_every_optimizer_hyperparameter_is_held_and_swept_where_read(key):
-  """One HYPERPARAMS entry (and its Config field) makes a number the
-  optimizer state holds, float32, that --sweep takes and --help lists; it is
-  swept with the OPTIMIZERS entries that read it (`reads`; none declared:
-  every one) and refused with the others, naming them."""
+  """A float32 number in the optimizer state, listed by --sweep's help, swept
+  with the optimizers that read it (`reads`), refused with the others."""
   assert key in config_lib.FIELDS and key in config_lib.sweepable()
   listed = launch.FLAGS["sweep"].help.split("NAME: ")[1].split(" (default")[0]
   assert key in listed.split(", ")
@@ -116,7 +108,6 @@ def test_an_old_run_folder_loads_resumes_and_predicts_the_same(tiny_run,
   path = os.path.join(old, record_lib.CONFIG_FILE)
   with open(path) as f:
     record = _old_format(json.load(f))
-  assert "cnn_features" in record["config"]
   with open(path, "w") as f:
     json.dump(record, f)
   config = record_lib.read_config(old)

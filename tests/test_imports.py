@@ -18,11 +18,9 @@ CORE = sorted(
 
 
 def test_the_core_loads_nothing_of_the_shell():
-  """The promise of docs/design.md's first paragraph and its core section:
-  the train step loads its metrics and precision.py, nothing else of the
-  project; the loop trains the module it is handed (no model registry or
-  kernel); the whole core (data/, models/, training/) loads no module of the
-  shell (rundir/, results/, modes.py, api.py, launch.py)."""
+  """docs/design.md's promise: the train step loads its metrics and
+  precision.py only; the loop, no model registry or kernel; the core (data/,
+  models/, training/), nothing of the shell."""
   steps = [(["mnist_jax.training.train"], SHELL + MODEL_CHOICE),
            (["mnist_jax.training.loop"], SHELL + MODEL_CHOICE), (CORE, SHELL)]
   code = "import sys\n" + "".join(

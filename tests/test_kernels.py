@@ -1,11 +1,7 @@
-"""--impl: the CPU fast path (a kernel, or the module as written with its
-nn.Conv and nn.RNN layers lowered) computes what the stock Flax layers
-compute; kernels.swap takes it only once a start-up check says so, else runs
-the module as written and says why in one line (docs/troubleshooting.md); the
-module a researcher edits is the module that runs; either module reads the
-other's checkpoints."""
+"""--impl: the CPU fast path (a kernel, or nn.Conv and nn.RNN lowered) is taken
+once its start-up check passes, else the module as written runs and says why;
+either module reads the other's checkpoints."""
 
-import functools
 import io
 import json
 import os
@@ -26,7 +22,6 @@ from mnist_jax.models import recurrent
 from mnist_jax.models.kernels import conv_matmul
 from mnist_jax.models.kernels import lowered
 from mnist_jax.results import run as run_lib
-from mnist_jax.training import precision
 
 SHAPE = (28, 28, 1)
 SLOW = pytest.mark.slow
@@ -83,9 +78,9 @@ class _Carried(nn.Module):
 
 
 def _fast_cases():
-  """(module, image shape, dtype) per registered model with a fast path, in
-  settings that take each branch of its kernel or lowering, and two modules
-  written here; bfloat16 for a kernel and a lowering."""
+  """(module, image shape) per registered model with a fast path, in settings
+  that take each branch of its kernel or lowering, and two modules written
+  here."""
   cases = [("cnn", lambda: _stock("cnn", dropout=0.25), SHAPE, []),
            ("cnn-winograd", lambda: _stock("cnn", cnn_features=(8, 8)),
             (31, 29, 1), []),
@@ -102,50 +97,18 @@ def _fast_cases():
                     sequence="permuted"), (6, 5, 1), [SLOW])]
   assert {c[0] for c in cases} >= {n for n in models.MODELS if n not in (
       "linear", "mlp")}, "a model with a fast path has no case"
-  return [pytest.param(make, shape, dtype, id=f"{name}-{dtype}", marks=marks + [
-      SLOW] * (dtype != "float32")) for name, make, shape, marks in cases
-          for dtype in ("float32", "bfloat16")[:1 + (name in ("cnn", "gru"))]]
+  return [pytest.param(make, shape, id=name, marks=marks)
+          for name, make, shape, marks in cases]
 
 
-def _outputs(module, variables, x, train, dtype):
-  """(logits, the gradients of a loss weighing every logit differently, the
-  state training updates) of `module` computing in `dtype`."""
-  apply = precision.cast_apply(module.apply, dtype)
-  mutable = sorted(set(variables) - {"params"})
-
-  def loss(params):
-    y, state = apply({**variables, "params": params}, x, train=train,
-                     rngs={"dropout": jax.random.key(7)}, mutable=mutable)
-    w = jnp.linspace(-1.0, 2.0, y.size).reshape(y.shape)
-    return jnp.sum(jnp.sin(y) * w), (y, state)
-
-  (_, (y, state)), grads = jax.value_and_grad(loss, has_aux=True)(
-      variables["params"])
-  return y, grads, state
-
-
-@pytest.mark.parametrize("make,shape,dtype", _fast_cases())
-def test_the_fast_path_computes_the_stock_layers(make, shape, dtype):
-  """What --impl=fast trains on a CPU: the same variables from the same key,
-  and in training (dropout, updated state) and evaluation the same outputs
-  and gradients, to float rounding (bfloat16's in bfloat16)."""
+@pytest.mark.parametrize("make,shape", _fast_cases())
+def test_the_fast_path_computes_the_stock_layers(make, shape):
+  """What --impl=fast trains on a CPU passes the start-up check (its failures:
+  the planted kernels below), on MNIST-like images too (ties in the pools)."""
   stock = make()
-  fast, note, _ = kernels.swap(stock, "fast", shape, "cpu")
-  assert fast is not stock, note
-  x = jnp.asarray(_images(shape=shape))
-  variables = jax.jit(stock.init)(jax.random.key(1), x)
-  shapes = functools.partial(jax.tree.map, np.shape)
-  assert shapes(jax.eval_shape(fast.init, jax.random.key(1), x)) == shapes(
-      variables)
-  tolerance = 1e-4 if dtype == "float32" else 5e-2
-  for train in (True, False):
-    ours, theirs = (jax.jit(lambda v, m=m, t=train: _outputs(m, v, x, t, dtype))(
-        variables) for m in (fast, stock))
-    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
-      scale = max(float(jnp.max(jnp.abs(b))), 1.0)
-      np.testing.assert_allclose(np.asarray(a, np.float32),
-                                 np.asarray(b, np.float32), rtol=0,
-                                 atol=tolerance * scale, err_msg=str(train))
+  fast, note, record = kernels.swap(stock, "fast", shape, "cpu")
+  assert fast is not stock and record.get("passed") is not False, note
+  assert kernels._difference(stock, fast, _images(shape=shape)) is None  # pylint: disable=protected-access
 
 
 class _Dense(nn.Module):
@@ -245,7 +208,6 @@ _UNCOVERED = [("grouped", "grouped convolutions"),
     (lambda _: _stock("cnn"), "auto", "gpu", "stock", None),
     (lambda _: _stock("gru"), "stock", "cpu", "stock", None),
     (lambda _: _stock("mlp"), "auto", "cpu", "stock", None),
-    (lambda _: _stock("linear"), "fast", "gpu", "stock", None),
     (lambda _: _stock("cnn", cnn_batch_norm=True), "fast", "gpu", "lowered",
      f"{_KERNEL} does not compute {_CNN} (it keeps no batch_stats): training "
      f"the stock module{_LOWERED_BY}"),
@@ -256,7 +218,6 @@ _UNCOVERED = [("grouped", "grouped convolutions"),
     (lambda _: _stock("lstm", remat=True), "auto", "cpu", "stock",
      f"nn.RNN over {type(nn.remat(recurrent.CELLS['lstm'])(4)).__name__} "
      "(lstm_0): XLA's, slow on CPU"),
-    (lambda _: _stock("lstm", remat=True), "auto", "gpu", "stock", None),
     (lambda _: _Uncovered(), "auto", "cpu", "stock", "; ".join(
         f"{why} ({name})" for name, why in _UNCOVERED)
      + ": XLA's, slow on CPU"),
@@ -264,14 +225,13 @@ _UNCOVERED = [("grouped", "grouped convolutions"),
      f"{_CNN} (its outputs or gradients differ by up to *): training the "
      f"stock module{_LOWERED_BY}"),
     *[(_kernel_for_dense(how), "auto", "cpu", "stock", "the fast kernel "
-       f"test_kernels.py's {kernel} does not compute {_DENSE} ({why}): "
-       "training the stock module") for how, kernel, why in (
-           ("nan", "_nan", "its outputs or gradients differ by up to nan"),
-           ("training", "_training", "its outputs or gradients differ by *"),
-           ("evaluation", "_evaluation", "its outputs or gradients differ *"),
-           ("state", "_state", "its outputs or gradients differ by up to *"),
-           ("raising", "_raising", "its check raised ValueError: the kernel "
-            "broke"))],
+       f"test_kernels.py's _{how} does not compute {_DENSE} ({why}): "
+       "training the stock module") for how, why in (
+           ("nan", "its outputs or gradients differ by up to nan"),
+           ("training", "its outputs or gradients differ by *"),
+           ("evaluation", "its outputs or gradients differ *"),
+           ("state", "its outputs or gradients differ by up to *"),
+           ("raising", "its check raised ValueError: the kernel broke"))],
     *[(_lowering(how), "auto", "cpu", "stock", f"training "
        f"{kernels._name(_Convs)} with flax's own layers: the lowerings of "  # pylint: disable=protected-access
        f"{CONV_MATMUL} do not compute them ({why}); strided convolutions "
@@ -282,13 +242,11 @@ _UNCOVERED = [("grouped", "grouped convolutions"),
 ])
 def test_swap_takes_the_fast_path_once_checked_else_says_why(
     monkeypatch, setup, impl, backend, runs, note):
-  """--impl=auto asks for the fast path on a CPU only, --impl=fast anywhere,
-  --impl=stock never; a kernel or a lowering that fails its check (in
-  training, evaluation or the state training updates, NaN included, or by
-  raising) leaves the module as written (an edited cnn.py too: the module a
-  researcher edits is the module that runs), and a layer no lowering takes
-  is named; each in one line, recorded in config.json. Where a fast path
-  runs, the start-up line names each layer's path."""
+  """--impl=auto: the fast path on a CPU only; fast: anywhere; stock: never. A
+  kernel or lowering failing its check (training, evaluation, state, NaN, or
+  raising; an edited cnn.py too) leaves the module as written, and a layer no
+  lowering takes is named: in one line, recorded in config.json. Where a fast
+  path runs, the start-up line names each layer's path."""
   stock = setup(monkeypatch)
   module, said, record = kernels.swap(stock, impl, SHAPE, backend)
   kind = ("stock" if module is stock else "lowered"

@@ -90,7 +90,6 @@ def test_each_split_sums_its_declared_metrics():
   host = metrics.zeros(lead=(3,), host=True, num_classes=10)
   assert isinstance(host["loss"], np.ndarray) and host["loss"].shape == (3,)
   zeros = jax.device_get(metrics.zeros(metrics.EVAL, num_classes=10))
-  assert zeros["ece_count"].shape == (metrics.ECE_BINS,)
   got = metrics.values(zeros)  # No example: NaN, not 0.
   assert got["count"] == 0 and all(np.isnan(got[m.name])
                                    for m in metrics.METRICS)
@@ -112,40 +111,19 @@ def test_the_results_score_logits_as_the_loop_evaluates_them():
   assert got["ece"] == pytest.approx(loop["ece"], abs=1e-6)
 
 
-def test_rows_carry_every_metric_of_each_split_and_member():
-  listed = members.from_config(models.get_config("linear", num_seeds=2))
-  name = metrics.of("val")[-1].name  # Differs between the two members.
-  per = lambda v: [{**{m.name: v for m in metrics.METRICS}, name: x,
-                    "count": 4.0} for x in (0.1, 0.3)]
-  row = members.row(listed, (0, 1), {"train": per(1.0), "val": per(2.0)},
-                    [1e-3, 2e-3])
-  top = [k for k in row if "_" in k and not k.endswith(("_mean", "_std"))]
-  assert top == [*metrics.keys("train"), *metrics.keys("val")]
-  assert row[f"val_{name}"] == 0.3  # The chosen member's (index 1).
-  assert row[f"val_{name}_mean"] == pytest.approx(0.2)
-  assert row[f"val_{name}_std"] == pytest.approx(np.std([0.1, 0.3], ddof=1))
-  assert row["members"][0][f"val_{name}"] == 0.1
-  assert row["members"][1]["learning_rate"] == 2e-3
-  # One member: its metrics only.
+def test_rows_carry_every_metric_of_each_split():
+  """In METRICS' order, a member's own (several members' leader, means,
+  spreads and entries: test_sweep.py's rows test)."""
+  per = [{**{m.name: 1.0 for m in metrics.METRICS}, "count": 4.0}]
   single = members.from_config(models.get_config("linear"))
-  assert set(members.row(single, (0, 0), {"test": per(1.0)[:1]})) == set(
-      metrics.keys("test"))
+  row = members.row(single, (0, 0), {"train": per, "val": per})
+  assert list(row) == [*metrics.keys("train"), *metrics.keys("val")]
   assert metrics.BY_NAME["ece"].text(0.0123) == "1.23%"
-  # Stacked members' sums are each their own; one model's, one member's.
-  (l0, y0), (l1, y1) = _batch(2), _batch(3)
-  stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), _sums(l0, y0),
-                         _sums(l1, y1))
-  fetched = members.host_metrics(stacked)
-  for i, (l, y) in enumerate([(l0, y0), (l1, y1)]):
-    assert fetched[i] == pytest.approx(metrics.values(jax.device_get(
-        _sums(l, y))))
-  assert members.host_metrics(_sums(l0, y0)) == [pytest.approx(fetched[0])]
 
 
 def test_a_metric_may_need_the_class_count(monkeypatch):
-  """A metric whose sums are shaped by the classes (per-class hits) or need
-  more than two of them (top-5) is declared like any other: zeros, the sums
-  of a batch, values and run.scores all follow the dataset's class count."""
+  """Sums shaped by the classes (per-class hits) or needing five (top-5):
+  zeros, a batch's sums, values and run.scores follow the class count."""
   def sums(batch):
     top5 = jax.lax.top_k(batch.logits, 5)[1]
     hit = jnp.any(top5 == batch.labels[:, None], -1).astype(jnp.float32)
@@ -156,26 +134,14 @@ def test_a_metric_may_need_the_class_count(monkeypatch):
   extra = metrics.Metric("top5", sums, lambda s, n: float(s["top5"]) / n,
                          metrics.EVAL, tag="top5", label="top-5 accuracy")
   monkeypatch.setattr(metrics, "METRICS", metrics.METRICS + (extra,))
-  _clear_caches()
-  try:
-    zeros = metrics.zeros(metrics.EVAL, num_classes=26)
-    assert zeros["class_correct"].shape == (26,) and zeros["top5"].shape == ()
-    logits, labels = _batch(5, k=26)
-    got = run_lib.scores(logits, labels)
-    top5 = np.argsort(-logits, -1)[:, :5]
-    assert got["top5"] == pytest.approx(np.mean(np.any(
-        top5 == labels[:, None], -1)))
-    assert got["accuracy"] == np.mean(logits.argmax(-1) == labels)
-  finally:
-    monkeypatch.undo()
-    _clear_caches()
-
-
-def _clear_caches():
-  """Forgets what metrics.py cached of METRICS (its shapes and keys)."""
-  for value in vars(metrics).values():
-    if hasattr(value, "cache_clear"):
-      value.cache_clear()
+  zeros = metrics.zeros(metrics.EVAL, num_classes=26)
+  assert zeros["class_correct"].shape == (26,) and zeros["top5"].shape == ()
+  logits, labels = _batch(5, k=26)
+  got = run_lib.scores(logits, labels)
+  top5 = np.argsort(-logits, -1)[:, :5]
+  assert got["top5"] == pytest.approx(np.mean(np.any(
+      top5 == labels[:, None], -1)))
+  assert got["accuracy"] == np.mean(logits.argmax(-1) == labels)
 
 
 def test_each_split_is_evaluated_once(monkeypatch):

@@ -1,5 +1,5 @@
-"""Every registered model: raw images in, logits out, its seed parameter
-count, its presets, stacking; the stock CNN's pooling; the BatchNorm CNN."""
+"""Every model: raw images in, logits out, seed parameter counts, stacking,
+the CNN's pooling and BatchNorm (every preset: test_sweep.py)."""
 
 
 import flax.linen as nn
@@ -52,23 +52,13 @@ def test_raw_pixels_in_logits_out_and_seed_parameter_count(name):
   assert not np.allclose(apply(variables, x / 255.0), logits)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] * (
-    n in ("cnn", *RECURRENT))) for n in models.MODELS])
-def test_every_preset_builds_and_runs(name):
-  for preset in models.get(name).presets:
-    model = models.get(name).stock(models.get_config(name, preset))
-    variables = model.init(jax.random.key(0), _images(2))
-    assert model.apply(variables, _images(2)).shape == (2, 10), preset
-
-
 @pytest.mark.parametrize("cell", [pytest.param(c, marks=[pytest.mark.slow] * (
     c != RECURRENT[0])) for c in RECURRENT])  # The cells share the module.
 @pytest.mark.parametrize("layers,bidirectional", [
     pytest.param(2, False, marks=pytest.mark.slow), (2, True)])
 def test_recurrent_stacking_and_bidirectional(cell, layers, bidirectional):
-  """A cell per layer and direction; the top layer's input doubles when the
-  layer below is bidirectional; the backward direction reads the whole
-  sequence (its state depends on the first row)."""
+  """A cell per layer and direction; the top layer's input doubles; the
+  backward direction reads the whole sequence (the first row too)."""
   model = models.get(cell).stock(models.get_config(
       cell, "seed", hidden=16, num_layers=layers, bidirectional=bidirectional))
   x = _images()
@@ -85,10 +75,8 @@ def test_recurrent_stacking_and_bidirectional(cell, layers, bidirectional):
 @pytest.mark.parametrize("height,width", [(26, 26), (11, 11), (9, 14)])
 def test_the_cnns_max_pool_is_flaxs_with_ties_sharing_the_gradient(height,
                                                                   width):
-  """cnn.max_pool_2x2 against nn.max_pool (odd sizes drop a row and column):
-  the same maxima and, without ties, the same gradient, exactly. A tie
-  shares its window's gradient (nn.max_pool gives it all to the first
-  maximum): the same sum per window."""
+  """cnn.max_pool_2x2 against nn.max_pool: the same maxima and gradient,
+  exactly; a tie shares its window's gradient (the same sum per window)."""
   x = jax.random.normal(jax.random.PRNGKey(0), (2, height, width, 3))
   ref = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
   w = jax.random.normal(jax.random.PRNGKey(1), ref(x).shape)
@@ -107,9 +95,8 @@ BN = dict(cnn_batch_norm=True, cnn_features=(4, 8), cnn_dense=16)
 
 
 def test_batch_norm_is_described_built_and_shaped():
-  """--cnn_batch_norm: the convolutions lose their bias, the running
-  statistics are the state's model_state; a step updates them, evaluation
-  reads them (an image's logits do not depend on its batch)."""
+  """--cnn_batch_norm: the convolutions lose their bias; a step updates the
+  statistics in model_state, evaluation reads them (not the batch's)."""
   config = models.get_config("cnn", "seed", impl="stock", **BN)
   assert models.get("cnn").describe(config) == (
       "Conv4 3x3, BatchNorm, max-pool, Conv8 3x3, BatchNorm, max-pool, "

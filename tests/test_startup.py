@@ -7,9 +7,8 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Each costs start-up time (together over a second): tfds is for downloads,
-# orbax for restoring, matplotlib for the plots at the end, scipy.ndimage
-# for predict; tensorboardX would import an installed PyTorch (about 0.9 s).
+# Over a second together: tfds, orbax, matplotlib and scipy.ndimage come in
+# when needed; tensorboardX would import an installed PyTorch (0.9 s).
 HEAVY = ("tensorflow_datasets", "orbax.checkpoint", "matplotlib",
          "scipy.ndimage", "torch")
 # launch.py, stopped as it traces the first chunk of train steps.
@@ -29,9 +28,8 @@ launch.main(sys.argv[:1])
 @pytest.mark.parametrize("data", ["prepared", "idx_files"])
 def test_the_first_step_needs_none_of_the_slow_imports(prepared, tmp_path,
                                                        data):
-  """With its data prepared, or preparing it from IDX files (--mnist_dir,
-  read as they are); an installed PyTorch (a stand-in that would say so) is
-  not imported either."""
+  """README's data section, performance.md's start-up: data prepared or from
+  IDX files; an installed PyTorch (a stand-in) is not imported either."""
   mnist_dir, data_dir = prepared
   fake = tmp_path / "site" / "torch"
   fake.mkdir(parents=True)

@@ -39,9 +39,8 @@ def test_stops_once_validation_accuracy_reaches_it():
 
 
 def test_test_accuracy_never_stops_a_run():
-  """Validation labels shuffled (so validation accuracy stays near chance)
-  while the test split is learnable: the run trains every epoch, however
-  high its test accuracy."""
+  """Validation labels shuffled, the test split learnable: the run trains
+  every epoch, however high its test accuracy."""
   data = dataset()
   labels = np.random.default_rng(0).permutation(np.asarray(data.val.labels))
   labels = (labels + 1) % 10  # No validation example keeps its class.
