@@ -75,8 +75,7 @@ def step_flops(config, state, images, labels) -> float:
       train.train_step, label_smoothing=config.label_smoothing,
       augment=augment_lib.from_config(config))
   batch = {"image": jnp.asarray(images[:config.batch_size]),
-           "label": jnp.asarray(labels[:config.batch_size]),
-           "valid": jnp.asarray(True)}
+           "label": jnp.asarray(labels[:config.batch_size])}
   return jaxpr_flops(jax.make_jaxpr(step)(state, batch))
 
 

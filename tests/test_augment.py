@@ -79,8 +79,7 @@ def test_the_train_step_warps_from_its_augment_stream():
   model, _ = models.build(config)
   state = train.create_train_state(jax.random.key(0), model,
                                    optim.make_optimizer(config, 1), (28, 28, 1))
-  batch = {"image": _images(8), "label": jnp.arange(8) % 10,
-           "valid": jnp.asarray(True)}
+  batch = {"image": _images(8), "label": jnp.arange(8) % 10}
   step = jax.jit(lambda s, warp: train.train_step(s, batch, augment=warp)[0],
                  static_argnums=1)
   warp = augment.from_config(config)

@@ -108,7 +108,7 @@ def test_batch_norm_is_described_built_and_shaped():
   assert set(state.params["bn_0"]) == {"scale", "bias"}
   assert set(state.model_state["batch_stats"]["bn_1"]) == {"mean", "var"}
   x = _images(8)
-  batch = {"image": x, "label": jnp.arange(8) % 10, "valid": jnp.asarray(True)}
+  batch = {"image": x, "label": jnp.arange(8) % 10}
 
   @jax.jit
   def step_and_logits(state):

@@ -190,8 +190,7 @@ def test_label_smoothing_is_a_loss_setting_not_optimizer_state():
   assert "label_smoothing" not in optim.HYPERPARAMS
   assert config_lib.sweepable() == (*optim.HYPERPARAMS, "label_smoothing")
   images, labels = synthetic_digits(16)
-  batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels, jnp.int32),
-           "valid": jnp.asarray(True)}
+  batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels, jnp.int32)}
   step = jax.jit(lambda s, ls: train.train_step(s, batch, label_smoothing=ls))
   plain, plain_sums = step(state, 0.0)
   smooth, smooth_sums = step(state, 0.3)

@@ -38,8 +38,8 @@ def digits(n, seed=0):
   return jnp.asarray(images), jnp.asarray(labels, jnp.int32)
 
 
-def batch_of(images, labels, valid=True):
-  return {"image": images, "label": labels, "valid": jnp.asarray(valid)}
+def batch_of(images, labels):
+  return {"image": images, "label": labels}
 
 
 # The optimizer step.
@@ -78,20 +78,6 @@ def test_dropout_masks_depend_on_the_step():
 # A CNN with BatchNorm, clipping and weight decay: every part of the state.
 BN_CNN = dict(cnn_batch_norm=True, impl="stock", grad_clip=1.0,
               weight_decay=1e-4)
-
-
-def test_padded_steps_leave_the_state_unchanged_and_count_nothing():
-  """A step that is not valid is a masked update: the whole state stays as
-  it was, and the step's metric sums are all 0."""
-  config = tiny_config("cnn", learning_rate=1e-2, **BN_CNN)
-  state = fresh_state(config)
-  images, labels = digits(48)
-  step = jax.jit(train.train_step)
-  trained, sums = step(state, batch_of(images, labels, True))
-  assert float(sums["count"]) == 48 and int(trained.step) == 1
-  padded, sums = step(trained, batch_of(images, labels, False))
-  assert_trees_equal(padded, trained)
-  assert all(float(jnp.sum(jnp.abs(v))) == 0 for v in sums.values()), sums
 
 
 def test_epoch_order_is_a_fresh_permutation_each_epoch():
@@ -171,7 +157,6 @@ def test_the_step_loop_has_no_data_dependent_control_flow(name, overrides):
   body = list(jaxpr_equations(loop.params["body_jaxpr"].jaxpr))
   names = collections.Counter(e.primitive.name for e, _ in body)
   assert not {"cond", "while"} & set(names), names
-  assert names["select_n"] > 0  # The masked update.
   # The GRU's scan over the 28 rows, forward and backward.
   assert [e.params["length"] for e, inside in body if not inside and
           e.primitive.name == "scan"] == ([28, 28] if name == "gru" else [])

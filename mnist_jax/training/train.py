@@ -80,11 +80,10 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *,
                loss: Loss = LOSSES["cross_entropy"],
                augment: Optional[Callable] = None,
                axis_name: Optional[str] = None, **numbers):
-  """One optimizer step on batch {"image" [B, H, W, C] uint8, "label" [B],
-  "valid" [] bool}; returns (state, the batch's metric sums). `loss` with its
-  `numbers` (e.g. label_smoothing). An invalid step (padding) is a masked
-  update, no branch. Under pmap (`axis_name`) each device draws its own
-  dropout masks and the gradients are averaged."""
+  """One optimizer step on batch {"image" [B, H, W, C] uint8, "label" [B]};
+  returns (state, the batch's metric sums). `loss` with its `numbers` (e.g.
+  label_smoothing). Under pmap (`axis_name`) each device draws its own dropout
+  masks and the gradients are averaged."""
   keys = [jax.random.fold_in(state.keys[s], state.step)
           for s in ("dropout", "augment")]
   if axis_name is not None:
@@ -103,10 +102,8 @@ def train_step(state: TrainState, batch: Dict[str, jax.Array], *,
       state.params)
   if axis_name is not None:
     grads, model_state = jax.lax.pmean((grads, model_state), axis_name)
-  new = state.apply_gradients(grads=grads, model_state=model_state)
-  state = jax.tree.map(lambda a, b: jnp.where(batch["valid"], a, b), new, state)
-  mask = jnp.full(nll.shape, batch["valid"], jnp.float32)
-  sums = metrics_lib.batch_sums(logits, batch["label"], nll, mask)
+  state = state.apply_gradients(grads=grads, model_state=model_state)
+  sums = metrics_lib.batch_sums(logits, batch["label"], nll)
   if axis_name is not None:
     sums = jax.lax.psum(sums, axis_name)
   return state, sums
@@ -151,8 +148,7 @@ def train_chunk(state: TrainState, sums, order, images, labels, first,
     state, sums, bad = carry
     batch, _ = _batches(images, labels, jax.lax.dynamic_slice_in_dim(
         order, first + i, 1), axis_name, batch_sharding)
-    batch = {"image": batch["image"][0], "label": batch["label"][0],
-             "valid": jnp.asarray(True)}
+    batch = {"image": batch["image"][0], "label": batch["label"][0]}
     state, step_sums = train_step(state, batch, axis_name=axis_name,
                                   **step_args)
     bad = jnp.where((bad < 0) & ~jnp.isfinite(step_sums["loss"]), state.step,
