@@ -65,6 +65,11 @@ SHARDED_FOR_100 = ("--batch_size=100 does not split over 8 devices; pass a "
     ((8,), "mlp", 4, {}, ("members", 4)),
     ((8,), "mlp", 16, {}, ("members", 8)),
     ((8,), "mlp", 3, {}, ("members", 3)),
+    # Members that split over no devices: each as its single run.
+    ((2,), "gru", 3, dict(batch_size=128), ("sharded", 2)),
+    ((2,), "mlp", 3, dict(batch_size=128), ("none", 1)),
+    ((2,), "gru", 3, dict(batch_size=128, parallel="sharded"), ("none", 1)),
+    ((2, "gpu"), "gru", 3, dict(batch_size=128), ("none", 1)),  # Vmapped.
     ((8,), "mlp", 4, dict(parallel="none"), ("none", 1)),
     ((4, "gpu"), "gru", 6, {}, ("members", 3)),
     ((4, "cpu", 2), "mlp", 4, {}, ("none", 1)),  # Each process all of them.

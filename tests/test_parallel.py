@@ -78,7 +78,12 @@ CASES = [
          2, exact=CORES >= 2, layout={"mode": "members", "devices": 2,
                                       "members": "in turn"},
          says="4 members split over 2 CPU devices", marks=(SLOW, FLOORS)),
-    # auto shards a recurrent model over a CPU's devices (its rule).
+    # auto shards a recurrent model over a CPU's devices (its rule), and
+    # each of members that do not split over them, in turn.
+    case("gru_3_members_in_turn_sharded_over_2_devices", "gru",
+         tiny("gru", num_seeds=3), "auto", 2, exact=False,
+         layout={"mode": "sharded", "devices": 2, "members": "in turn"},
+         says="3 members in turn, each data parallel over 2 CPU devices"),
     *[case(f"{name}_sharded_over_2_devices", model, settings, parallel, 2,
            exact=False, layout={"mode": "sharded", "devices": 2},
            says="data parallel over 2 CPU devices (one jit over a mesh)",

@@ -3,8 +3,9 @@ run's members and devices: none (one device), sharded (one `jax.jit` over a
 mesh), pmap (each device its own dropout masks) or members (split over the
 devices; in turn on a CPU, vmapped elsewhere), as docs/design.md's Layouts
 table says. --parallel=auto is a rule, never a timing: `members` for several
-members, `sharded` on a GPU or TPU or, on a CPU host (a device per core), for
-a module declaring DATA_PARALLEL_ON_CPU; else one device."""
+members that split over the devices, `sharded` on a GPU or TPU or, on a CPU
+host (a device per core), for a module declaring DATA_PARALLEL_ON_CPU (members
+that split over no devices: in turn, each so); else one device."""
 
 import math
 from typing import Any, Callable, Sequence
@@ -72,9 +73,14 @@ def resolve(config, num_members: int, module) -> tuple:
                       "--sweep are split over the devices, not pmapped; "
                       "leave out --parallel=pmap")
     count = _batch_devices(num_members, total)
-    if requested == "none" or jax.process_count() > 1 or count == 1:
+    if requested == "none" or jax.process_count() > 1:
       return "none", 1  # (Each process of several trains every member.)
-    return "members", count
+    if count > 1:
+      return "members", count
+    if requested != "auto" or jax.default_backend() not in IN_TURN_ON:
+      return "none", 1
+    # Members in turn that split over no devices: each laid out as its single
+    # run (sharded over the devices for a DATA_PARALLEL_ON_CPU module).
   if requested == "none" or total == 1:
     return "none", 1
   cpu = jax.default_backend() == "cpu"
@@ -135,9 +141,11 @@ class Layout:
     self.batch_sharding = (NamedSharding(self.mesh, P(None, AXIS))
                            if self.mode == "sharded" else None)
     backend = jax.default_backend().upper()
+    turn = (f"{num_members} members in turn, each "
+            if num_members > 1 and self.mode == "sharded" else "")
     if count > 1:
-      say({"sharded": f"data parallel over {count} {backend} devices (one "
-                      "jit over a mesh)",
+      say({"sharded": f"{turn}data parallel over {count} {backend} devices "
+                      "(one jit over a mesh)",
            "pmap": f"data parallel over {count} {backend} devices (pmap: "
                    "each device draws its own dropout masks and "
                    "augmentation)",
