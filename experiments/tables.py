@@ -222,8 +222,9 @@ def result(folder: str) -> dict:
                  f"{env.get('python')}")
   if "members" in final:
     out["members"] = len(final["members"])
-    if not any(m.get("values") for m in final["members"]):  # Seeds alone.
-      out["seeds"] = [m["test_accuracy"] for m in final["members"]]
+    seeds = [m.get("test_accuracy") for m in final["members"]]
+    if None not in seeds and not any(m.get("values") for m in final["members"]):
+      out["seeds"] = seeds  # Seeds alone, each with its test accuracy.
   if "chosen" in final:
     chosen = final["chosen"]
     out["chosen"] = members_lib.values_text(chosen["values"], chosen["seed"])

@@ -81,9 +81,10 @@ def write_run(folder, row, figures, final=True):
           {"test_accuracy": figures["seeds"][i]} if "seeds" in figures else {})
                          for i in range(figures["members"])]
     if "chosen" in figures:
-      values, seed = figures["chosen"].rsplit(", seed=", 1)
-      key, value = values.split("=")
-      last["chosen"] = {"values": {key: float(value)}, "seed": int(seed)}
+      values, seed = figures["chosen"].rsplit("seed=", 1)  # "[k=v, ]seed=N"
+      pairs = [v.split("=") for v in values.rstrip(", ").split(", ") if v]
+      last["chosen"] = {"values": {k: float(v) for k, v in pairs},
+                        "seed": int(seed)}
     rows.append(last)
   with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
     f.writelines(f"{json.dumps(r)}\n" for r in rows)
