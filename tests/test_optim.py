@@ -147,7 +147,9 @@ def test_the_rate_is_optax_s_schedule_and_the_next_updates(
       step, c, None, length=counts))(start)
   theirs = jax.vmap(_reference_schedule(member, steps_per_epoch))(
       jnp.arange(counts, dtype=jnp.int32))
-  np.testing.assert_allclose(rates, theirs, rtol=1e-5, atol=1e-10)
+  # To float32 rounding at the peak's scale (optax's releases round apart).
+  np.testing.assert_allclose(rates, theirs, rtol=1e-5,
+                             atol=1e-6 * member.learning_rate)
   np.testing.assert_allclose(-moved, rates, rtol=1e-6, atol=1e-12)
 
 
