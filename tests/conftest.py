@@ -209,3 +209,15 @@ def assert_trees_equal(a, b, **kwargs):
     if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
       x, y = jax.random.key_data(x), jax.random.key_data(y)
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y), **kwargs)
+
+
+def declared_png(width: int, height: int) -> bytes:
+  """An RGBA PNG that declares width x height pixels and holds a row of them:
+  decoded, it would take 4 * width * height bytes."""
+  import zlib  # pylint: disable=g-import-not-at-top
+  def chunk(kind, data):
+    return (struct.pack(">I", len(data)) + kind + data +
+            struct.pack(">I", zlib.crc32(kind + data)))
+  header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
+  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) +
+          chunk(b"IDAT", zlib.compress(bytes(9))) + chunk(b"IEND", b""))

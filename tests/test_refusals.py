@@ -13,14 +13,13 @@ import shlex
 import shutil
 import subprocess
 import sys
-import zlib
 
 import numpy as np
 from PIL import Image
 import pytest
 
 import launch_helpers as lh
-from conftest import write_idx_dir
+from conftest import declared_png, write_idx_dir
 from mnist_jax import models
 from mnist_jax.errors import UserError
 from mnist_jax.data import pipeline
@@ -181,18 +180,17 @@ def _no_checkpoint(c, finished=False, instead=None):
   return workdir
 
 
+def _runs(c):
+  """A folder of two run folders, cnn-new the newer."""
+  for name, age in (("mlp-old", 100), ("cnn-new", 0)):
+    (c.tmp / name).mkdir()
+    (c.tmp / name / "config.json").write_text("{}")
+    os.utime(c.tmp / name / "config.json", (1e9 - age, 1e9 - age))
+  return c.tmp
+
+
 def _set(**values):
   return lambda record: record["config"].update(values)
-
-
-def _declared(side):
-  """A PNG that declares side x side pixels and holds one of them."""
-  def chunk(kind, data):
-    return (len(data).to_bytes(4, "big") + kind + data +
-            zlib.crc32(kind + data).to_bytes(4, "big"))
-  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", side.to_bytes(4, "big") * 2 +
-                                      bytes([8, 0, 0, 0, 0])) +
-          chunk(b"IDAT", zlib.compress(bytes(2))) + chunk(b"IEND", b""))
 
 
 SEVEN = Image.new("L", (28, 28))
@@ -316,6 +314,10 @@ CASES = [
     ("no_config", lambda c: ["--mode=report", f"--workdir={c.tmp}"], 1,
      "config.json does not exist: --workdir must be a run folder written by "
      "launch.py"),
+    ("folder_of_runs", lambda c: ["--mode=report", f"--workdir={_runs(c)}"], 1,
+     "/config.json does not exist: --workdir must be a run folder written by "
+     "launch.py; ", "holds 2 run folder(s): pass one, e.g. --workdir=",
+     "/cnn-new (the newest)"),
     # Checkpoints.
     ("truncated_checkpoint", _truncated, 1, "is damaged or truncated"),
     ("other_widths", lambda c: ["--mode=report", f"--workdir={c.run(edit=_set(mlp_hidden=[32]))}"],
@@ -389,8 +391,8 @@ CASES = [
      "/e.png is empty (0 bytes); pass a PNG or JPEG file"),
     ("image_unknown", lambda c: c.predict(("t.png", b"text")), 1,
      "/t.png is not an image (unknown format)"),
-    ("image_bomb", lambda c: c.predict(("big.png", _declared(20000))), 1,
-     "/big.png is too large to be a digit image; pass a smaller one"),
+    ("image_bomb", lambda c: c.predict(("big.png", declared_png(20000, 20000))),
+     1, "/big.png is too large to be a digit image; pass a smaller one"),
     ("image_blank", lambda c: c.predict(("b.png", Image.new("L", (28, 28)))),
      1, "/b.png has no digit on it (no strokes stand out from the background)"),
     ("one_seed_ensemble", lambda c: c.predict(("7.png", SEVEN),
@@ -405,7 +407,7 @@ REAL = {"unknown_flag", "bad_gzip", "other_settings"}
 @pytest.fixture(scope="module")
 def refused(prepared, tiny_run, tmp_path_factory):
   """{id: (the child's result, snapshot before, after, what a real process
-  said)} of every case."""
+  said)} of every case; "debug": the child's result of one with --debug."""
   root = tmp_path_factory.mktemp("refusals")
   argvs, watched, cases = {}, {}, []  # Their locks held to the end.
   for name, make, *_ in CASES:
@@ -413,6 +415,7 @@ def refused(prepared, tiny_run, tmp_path_factory):
     cases.append(c)
     argvs[name] = c.train(*make) if isinstance(make, list) else make(c)
     watched[name] = (str(c.tmp), *prepared, tiny_run)
+  argvs["debug"] = ["--model=vgg", "--debug", f"--workdir={root / 'debug'}"]
   before = {name: lh.snapshot(*folders) for name, folders in watched.items()}
   results = lh.in_one_process(argvs)
   real = {name: subprocess.Popen(
@@ -421,8 +424,9 @@ def refused(prepared, tiny_run, tmp_path_factory):
       env=lh.child_env()) for name in REAL}
   said = {name: (proc.wait(timeout=300), proc.stderr.read())
           for name, proc in real.items()}
-  return {name: (results[name], before[name], lh.snapshot(*folders),
-                 said.get(name)) for name, folders in watched.items()}
+  return {"debug": results["debug"], **{
+      name: (results[name], before[name], lh.snapshot(*folders), said.get(name))
+      for name, folders in watched.items()}}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -451,9 +455,11 @@ def test_checkpoints_orbax_cannot_open_are_refused_in_one_line(tmp_path):
     checkpoints.manager(str(tmp_path), keep=2)
 
 
-def test_debug_shows_the_traceback(tmp_path):
-  rc, _, err = lh.run(["--model=vgg", "--debug", f"--workdir={tmp_path / 'x'}"])
-  assert rc == 1 and "Traceback" in err and "UserError" in err
+def test_debug_shows_the_traceback(refused):
+  """--debug: the error is raised out of launch.py's command path (Python then
+  prints its traceback and exits 1)."""
+  crash = refused["debug"]["crash"]
+  assert crash.startswith("Traceback") and "UserError: unknown model" in crash
 
 
 def test_a_setting_python_misspells_is_refused_in_one_line():

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import pathlib
 import re
 import shutil
 import signal
@@ -15,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-import zlib
 
 import jax
 import numpy as np
@@ -23,6 +23,7 @@ from PIL import Image
 from PIL import ImageDraw
 import pytest
 
+from conftest import declared_png
 from launch_helpers import ROOT, child_env
 from mnist_jax import models
 from mnist_jax import modes
@@ -55,17 +56,6 @@ def _dot():
   dot = Image.new("L", (280, 280))
   ImageDraw.Draw(dot).ellipse((130, 130, 150, 150), fill=255)
   return _png(dot)
-
-
-def _declared(width, height):
-  """An RGBA PNG that declares width x height pixels and holds a row of
-  them: decoded, it would take 4 * width * height bytes."""
-  def chunk(kind, data):
-    return (struct.pack(">I", len(data)) + kind + data +
-            struct.pack(">I", zlib.crc32(kind + data)))
-  header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
-  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) +
-          chunk(b"IDAT", zlib.compress(bytes(9))) + chunk(b"IEND", b""))
 
 
 def _model(name, **settings):
@@ -135,12 +125,8 @@ def _post(body: bytes, length=None, path="/predict") -> bytes:
           "Connection: close\r\n\r\n").encode() + body
 
 
-def _read(name):
-  with open(os.path.join(serve.PAGE, name), "rb") as f:
-    return f.read()
-
-
-PAGE_FILES = {n: _read(n) for n in sorted(os.listdir(serve.PAGE))}
+PAGE_FILES = {p.name: p.read_bytes() for p in sorted(
+    pathlib.Path(serve.PAGE).iterdir())}
 SEVEN = _seven()
 NOISE = np.random.default_rng(0).integers(0, 256, 5000, np.uint8).tobytes()
 SIDE = int(serve.MAX_PIXELS ** 0.5)  # The largest taken; transparent: blank.
@@ -167,8 +153,8 @@ REQUESTS = [  # (its bytes, the answer's status, what the answer says).
     (_post(SEVEN[:100]), 400, "cannot be read"), (_post(NOISE), 400, ""),
     (_post(_png(Image.new("L", (64, 64), 255))), 400, "no digit"),
     (_post(_png(Image.new("RGBA", (SIDE, SIDE)))), 400, "no digit"),
-    (_post(_declared(HUGE, HUGE)), 400, f"{HUGE}x{HUGE} pixels"),
-    (_post(_declared(2 ** 31 - 1, 2 ** 31 - 1)), 400, "too large"),
+    (_post(declared_png(HUGE, HUGE)), 400, f"{HUGE}x{HUGE} pixels"),
+    (_post(declared_png(2 ** 31 - 1, 2 ** 31 - 1)), 400, "too large"),
     (_post(SEVEN, length=len(SEVEN) + 10)[:-10], 400, "ended after"),
     (_post(SEVEN, length=len(SEVEN) // 2), None, None),  # Lies, sends more.
     (_post(SEVEN, path="/runs"), 404, "takes no uploads"),
@@ -237,7 +223,7 @@ def test_an_image_over_max_pixels_is_never_decoded_whole():
   reduced scale (its DCT's), the same 7 as a drawing."""
   def refuse():
     with pytest.raises(images.ImageError, match=f"{HUGE}x{HUGE} pixels"):
-      images.load(io.BytesIO(_declared(HUGE, HUGE)), name="the upload",
+      images.load(io.BytesIO(declared_png(HUGE, HUGE)), name="the upload",
                   max_pixels=serve.MAX_PIXELS)
   assert _peak_mb(refuse) < 50
   photo = _seven(5000, "JPEG")  # 25 million pixels.
@@ -292,8 +278,7 @@ def test_a_run_deleted_while_served_is_noted_and_not_answered(tiny_run,
   gone, kept = str(tmp_path / "gone"), str(tmp_path / "kept")
   for folder in (gone, kept):
     shutil.copytree(tiny_run, folder)
-  page = serve.Server(("127.0.0.1", 0), serve.load([gone, kept]))
-  try:
+  with _serving(serve.load([gone, kept])) as page:
     assert all("top" in r for r in page.answer(SEVEN)["runs"])
     shutil.rmtree(gone)
     for _ in range(2):
@@ -302,8 +287,6 @@ def test_a_run_deleted_while_served_is_noted_and_not_answered(tiny_run,
           f"{gone} was deleted: this page no longer answers for it (start "
           "the page again to drop its card)")}
       assert "top" in second
-  finally:
-    page.server_close()
   assert capsys.readouterr().err.count(f"warning: {gone} was deleted") == 1
 
 
