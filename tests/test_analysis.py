@@ -92,9 +92,8 @@ def test_a_model_that_decides_at_row_14_reaches_its_accuracy_there():
   each row, its own readout."""
   run = _row_reader()
   images, labels = _row_digits(200)
-  module = models.get(run.config.model).stock(run.config)
   _, logits, steps = run_lib.logits(functools.partial(
-      analysis.forward, module, every=1), run.variables, images, 64)
+      analysis.forward, run.model, every=1), run.variables, images, 64)
   assert steps.shape == (200, 28, K)
   np.testing.assert_allclose(logits, run.logits(images), rtol=1e-6)
   np.testing.assert_allclose(steps[:, -1], logits, rtol=1e-5, atol=1e-6)
@@ -161,7 +160,7 @@ def test_integrated_gradients_sum_to_the_logit_difference():
       lambda path, v: rng.normal(0, 0.5, v.shape).astype(np.float32)
       if path[-1].key == "bias" else 3 * v, run.variables),
              cnn_features=(4, 8), cnn_dense=16)
-  module = models.get(run.config.model).stock(run.config)
+  module = run.model
   apply = jax.jit(lambda x: module.apply(run.variables, x))
   logits, black = np.asarray(apply(images)), np.asarray(apply(0 * images))
   target = np.abs(logits - black).argmax(-1)

@@ -1,7 +1,6 @@
-"""No input ends in a traceback: every numeric flag at absurd values, any
-bytes as an IDX file (a checkpoint's damage: test_checkpoint.py). Each gives
-its one-line error (or, where the input is valid after all, the right
-result)."""
+"""No input ends in a traceback: every numeric flag at absurd values and any
+bytes as an IDX file (a checkpoint's: test_checkpoint.py) give one line or,
+valid after all, their result."""
 
 import gzip
 import os
