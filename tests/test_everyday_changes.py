@@ -7,6 +7,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 
 import flax.linen as nn
 import jax
@@ -56,10 +57,11 @@ def _data(prepared, **values):
   return dict(mnist_dir=mnist_dir, data_dir=data_dir, **{**TINY, **values})
 
 
-def _run(config, workdir):
-  """A run of `config` in its run folder, quietly: its final row."""
+def _run(config, workdir, stream=None):
+  """A run of `config` in its run folder (its lines to `stream`): its final
+  row."""
   return modes.train_and_evaluate(config.replace(workdir=workdir), workdir,
-                                  stream=io.StringIO())
+                                  stream=stream or io.StringIO())
 
 
 # A schedule with a number of its own: warm restarts (optim.py, and its
@@ -197,7 +199,8 @@ STRIPES = datasets.DatasetInfo(
     train_size=240)
 SMALL = dict(mlp_hidden=(8,), cnn_features=(4,), cnn_dense=8, hidden=4)
 # The CNN learns it (its analyses of colour images: test_analysis.py); the
-# LSTM reads its pixels; the MLP trains two seeds with no validation split.
+# LSTM reads its pixels; the MLP trains two seeds with no validation split
+# (the first is shown).
 EXTRA = {"cnn": dict(learning_rate=3e-2, analyses=False),
          "lstm": dict(sequence="pixels"),
          "mlp": dict(num_seeds=2, val_fraction=0.0)}
@@ -243,8 +246,13 @@ def test_a_colour_dataset_trains_predicts_a_picture_and_is_served(
       data_dir=str(tmp_path / "prepared"), **{
           k: v for k, v in values.items()
           if k in models.get(model).settings or k in config_lib.FIELDS})
-  final = _run(config, work)
+  said = io.StringIO()
+  final = _run(config, work, said)
   assert final["test_examples"] == 60
+  if config.num_seeds > 1:  # No validation split: the first member is shown.
+    assert re.search(r"\nchosen as the first \(no validation split to choose "
+                     r"by\): seed=0; test accuracy .*; its 2 seeds ",
+                     said.getvalue()), said.getvalue()
   assert model != "cnn" or final["test_accuracy"] > 0.9
   if config.analyses:
     with open(os.path.join(work, "report.md")) as f:

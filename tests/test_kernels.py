@@ -187,10 +187,11 @@ def _lowering(how):
   return setup
 
 
-_CNN = "mnist_jax/models/cnn.py's CNN"
-_KERNEL = "the fast kernel mnist_jax/models/kernels/conv_pool.py's CNN"
 _DENSE = kernels._name(_Dense)  # pylint: disable=protected-access
-_LOWERED_BY = f", its layers lowered by {CONV_MATMUL}"
+# The CNN's kernel failing its check, for `why`: the lowered stock module.
+_CNN_LOWERED = ("the fast kernel mnist_jax/models/kernels/conv_pool.py's CNN "
+                "does not compute mnist_jax/models/cnn.py's CNN ({}): "
+                f"training the stock module, its layers lowered by {CONV_MATMUL}")
 _UNCOVERED = [("grouped", "grouped convolutions"),
               ("dilated", "dilated convolutions"),
               ("padded", "convolutions padded other than SAME or VALID"),
@@ -209,21 +210,18 @@ _UNCOVERED = [("grouped", "grouped convolutions"),
     (lambda _: _stock("gru"), "stock", "cpu", "stock", None),
     (lambda _: _stock("mlp"), "auto", "cpu", "stock", None),
     (lambda _: _stock("cnn", cnn_batch_norm=True), "fast", "gpu", "lowered",
-     f"{_KERNEL} does not compute {_CNN} (it keeps no batch_stats): training "
-     f"the stock module{_LOWERED_BY}"),
+     _CNN_LOWERED.format("it keeps no batch_stats")),
     pytest.param(lambda _: _stock("cnn", cnn_kernel=5), "auto", "cpu",
-                 "lowered", f"{_KERNEL} does not compute {_CNN} (its "
-                 "parameters are not the stock module's): training the stock "
-                 f"module{_LOWERED_BY}", marks=SLOW),
+                 "lowered", _CNN_LOWERED.format(
+                     "its parameters are not the stock module's"), marks=SLOW),
     (lambda _: _stock("lstm", remat=True), "auto", "cpu", "stock",
      f"nn.RNN over {type(nn.remat(recurrent.CELLS['lstm'])(4)).__name__} "
      "(lstm_0): XLA's, slow on CPU"),
     (lambda _: _Uncovered(), "auto", "cpu", "stock", "; ".join(
         f"{why} ({name})" for name, why in _UNCOVERED)
      + ": XLA's, slow on CPU"),
-    (_edited_cnn, "auto", "cpu", "lowered", f"{_KERNEL} does not compute "
-     f"{_CNN} (its outputs or gradients differ by up to *): training the "
-     f"stock module{_LOWERED_BY}"),
+    (_edited_cnn, "auto", "cpu", "lowered", _CNN_LOWERED.format(
+        "its outputs or gradients differ by up to *")),
     *[(_kernel_for_dense(how), "auto", "cpu", "stock", "the fast kernel "
        f"test_kernels.py's _{how} does not compute {_DENSE} ({why}): "
        "training the stock module") for how, why in (

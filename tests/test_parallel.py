@@ -1,10 +1,9 @@
 """A member computes its single run's numbers and a layout its one device's
-(members in turn or vmapped, sharded, pmapped, split over devices, 2
-processes): bit for bit where both run one device's program on no more
-devices than cores (XLA:CPU's thread pool may split sums by device count),
-else to float rounding; pmap without dropout (each device draws its own
-masks). Then how a job's processes join and fail, each in one line.
-Simulated devices need child processes (parallel_worker.py, launch.py)."""
+(in turn or vmapped, sharded, pmapped, split over devices, 2 processes): bit
+for bit where both run one device's program on no more devices than cores
+(XLA:CPU may split sums by device count), else to float rounding; pmap
+without dropout (each device draws its own masks). Then how a job's processes
+join and fail, each in one line."""
 
 import json
 import os
@@ -69,8 +68,8 @@ CASES = [
     *[case(f"{m}_in_turn", m, tiny(m, num_seeds=2))
       for m in registry.MODELS if m != "mlp"],
     case("cnn_bn_in_turn", "cnn", tiny("cnn", num_seeds=2, cnn_batch_norm=True)),
-    # The accelerator's choices in the fast suite: vmapped members over 2
-    # devices, and launch.py on a GPU backend.
+    # The accelerator's choice in the fast suite: vmapped members over 2
+    # devices (launch.py on a GPU backend: the next test).
     case("gru_vmapped_2_devices", "gru", tiny("gru", num_seeds=2), "auto", 2,
          vmap=True, exact=False, layout={"mode": "members", "devices": 2,
                                          "members": "vmapped"}, marks=()),
@@ -95,76 +94,70 @@ CASES = [
          "pmap", 2, exact=False, layout={"mode": "pmap", "devices": 2},
          says="(pmap: each device draws its own dropout masks and "
          "augmentation)", marks=(SLOW, FLOORS)),
-    case("cnn_vmapped_on_a_gpu_backend", "cnn", None, "auto", 2, vmap=True,
-         exact=False, layout={"mode": "members", "devices": 2,
-                              "members": "vmapped"},
-         says="2 members split over 2 GPU devices", marks=()),
 ]
 
 
-def _on_a_gpu_backend(prepared, tmp_path, *flags):
-  """launch.py on 2 CPU devices reported as a GPU (accelerator_launch.py):
-  (metrics rows, config.json, stdout)."""
+@pytest.mark.parametrize("case", CASES)
+def test_a_member_computes_its_single_runs_numbers(tmp_path, case):
+  """The last member (its seed and swept values) under each layout against
+  its single run with --parallel=none: rows, final row, parameters, model
+  state, test logits; one member, data-parallel, against one device."""
+  config = pw.config(case["model"], case["settings"], case["parallel"])
+  member = members_lib.from_config(config)[-1]
+  i, run = member.index, {k: case[k] for k in ("model", "settings",
+                                               "parallel", "vmap")}
+  out = pw.runs(tmp_path, {"run": run, "single": dict(
+      model=case["model"], settings={
+          **case["settings"], "seed": member.seed, "num_seeds": 1,
+          "sweep": "", **member.values})}, case["devices"])
+  (got, single), exact = (out["run"], out["single"]), case["exact"]
+  assert single["record"]["parallel"] == {"mode": "none", "devices": 1}
+  assert got["record"]["parallel"] == case["layout"]
+  if case["says"]:
+    assert any(case["says"] in m for m in got["record"]["messages"])
+  rows = got["record"]["rows"] + [got["record"]["final"]]
+  assert_same(lh.deterministic(members_lib.member_rows(rows, i)),
+              lh.deterministic(single["record"]["rows"] +
+                               [single["record"]["final"]]), exact)
+  for part in ("params", "model_state"):
+    np.testing.assert_allclose(got["state"][part][i], single["state"][part][0],
+                               rtol=0, atol=0 if exact else TOLERANCE)
+  # Each member's own test logits, every example once.
+  assert got["logits"].shape == (len(got["state"]["params"]), 203, 10)
+  np.testing.assert_allclose(got["logits"][i], single["logits"][0], rtol=0,
+                             atol=0 if exact else 1e-3)
+  if len(rows[-1].get("members", ())) > 1:  # Their values and seeds are used.
+    losses = {m["test_loss"] for m in rows[-1]["members"]}
+    assert len(losses) == len(rows[-1]["members"])
+
+
+def test_launch_on_a_gpu_backend_takes_the_accelerators_choices(prepared,
+                                                               tmp_path):
+  """launch.py on 2 CPU devices reported as a GPU (accelerator_launch.py): the
+  stock layers, 2 members vmapped over the devices (--parallel=auto), its
+  report (vmapped members' numbers: the *_vmapped cases above)."""
   mnist_dir, data_dir = prepared
-  workdir = tmp_path / "_".join(f.strip("-").replace("=", "") for f in flags)
+  workdir = tmp_path / "run"
   p = subprocess.run(
       [sys.executable, "tests/accelerator_launch.py", "--model=cnn",
        "--preset=seed", "--cnn_features=4,8", "--cnn_dense=16", "--epochs=1",
        "--batch_size=32", "--val_fraction=0.1", "--noanalyses",
-       f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}",
-       f"--workdir={workdir}", *flags], cwd=ROOT, env=pw.child_env(2),
+       "--num_seeds=2", f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}",
+       f"--workdir={workdir}"], cwd=ROOT, env=pw.child_env(2),
       capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
   assert p.returncode == 0, p.stderr[-3000:]
+  assert "2 members split over 2 GPU devices" in p.stdout
   with open(workdir / "config.json") as f:
-    return lh.metrics(workdir), json.load(f), p.stdout
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_a_member_computes_its_single_runs_numbers(prepared, tmp_path, case):
-  """The last member (its seed and swept values) under each layout against
-  its single run with --parallel=none: rows, final row, parameters, model
-  state, test logits; one member, data-parallel, against one device."""
-  if case["settings"] is None:  # A GPU backend: stock layers, vmapped.
-    rows, record, out = _on_a_gpu_backend(prepared, tmp_path, "--num_seeds=2")
-    env = record["environment"]
-    assert env["backend"] == "gpu" and record["finished"]
-    assert env["implementation"] == {
-        "impl": "auto", "module": "mnist_jax/models/cnn.py's CNN"}
-    assert (tmp_path / "num_seeds2" / "report.md").exists()
-    got = {"record": {"parallel": env["parallel"], "messages": [out]}}
-    i, single = 1, {"rows": _on_a_gpu_backend(
-        prepared, tmp_path, "--seed=1", "--parallel=none", "--noreport")[0]}
-  else:
-    config = pw.config(case["model"], case["settings"], case["parallel"])
-    member = members_lib.from_config(config)[-1]
-    i, run = member.index, {k: case[k] for k in ("model", "settings",
-                                                 "parallel", "vmap")}
-    out = pw.runs(tmp_path, {"run": run, "single": dict(
-        model=case["model"], settings={
-            **case["settings"], "seed": member.seed, "num_seeds": 1,
-            "sweep": "", **member.values})}, case["devices"])
-    got, single = out["run"], out["single"]
-    rows = got["record"]["rows"] + [got["record"]["final"]]
-    assert single["record"]["parallel"] == {"mode": "none", "devices": 1}
-    single["rows"] = single["record"]["rows"] + [single["record"]["final"]]
-  assert got["record"]["parallel"] == case["layout"]
-  if case["says"]:
-    assert any(case["says"] in m for m in got["record"]["messages"])
-  exact = case["exact"]
-  assert_same(lh.deterministic(members_lib.member_rows(rows, i)),
-              lh.deterministic(single["rows"]), exact)
-  if "state" in single:
-    for part in ("params", "model_state"):
-      np.testing.assert_allclose(got["state"][part][i],
-                                 single["state"][part][0], rtol=0,
-                                 atol=0 if exact else TOLERANCE)
-    # Each member's own test logits, every example once.
-    assert got["logits"].shape == (len(got["state"]["params"]), 203, 10)
-    np.testing.assert_allclose(got["logits"][i], single["logits"][0],
-                               rtol=0, atol=0 if exact else 1e-3)
-  if len(rows[-1].get("members", ())) > 1:  # Their values and seeds are used.
-    losses = {m["test_loss"] for m in rows[-1]["members"]}
-    assert len(losses) == len(rows[-1]["members"])
+    record = json.load(f)
+  env = record["environment"]
+  assert env["backend"] == "gpu" and record["finished"]
+  assert env["implementation"] == {
+      "impl": "auto", "module": "mnist_jax/models/cnn.py's CNN"}
+  assert env["parallel"] == {"mode": "members", "devices": 2,
+                             "members": "vmapped"}
+  assert (workdir / "report.md").exists()
+  members = lh.metrics(workdir)[-1]["members"]  # Each its own seed.
+  assert len({m["test_loss"] for m in members}) == 2
 
 
 @pytest.fixture

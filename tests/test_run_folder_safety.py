@@ -1,9 +1,7 @@
-"""A run folder is safe: stopped anywhere, by kill -9, SIGTERM or Ctrl-C,
-then the same command (or the one its message names) ends as the
-uninterrupted run, bit for bit; a finished run missing checkpoints says how to
-mend it. The kill trials: KILL_SEED (default 0) seeds their moments,
-KILL_TRIALS (default 5: each phase, and the report again by --mode=report)
-sets their number for a soak."""
+"""A run folder stopped anywhere (kill -9, SIGTERM, Ctrl-C), then the command
+its message names, ends as the uninterrupted run, bit for bit; a finished run
+missing checkpoints says how to mend it. KILL_SEED seeds the kill trials'
+moments, KILL_TRIALS (5: a phase each, the report twice) counts them."""
 
 import json
 import os
@@ -34,11 +32,10 @@ TRIALS = int(os.environ.get("KILL_TRIALS", "5"))
 SEED = int(os.environ.get("KILL_SEED", "0"))
 PAUSE_S = 0.3  # How long the child waits at a marker (see _CHILD).
 
-# Runs launch.py with markers where the code they wrap does the work: "@chunk
-# ..." between chunks, "@save step=S" once a save is under way (orbax writes on
-# in the background), "@write NAME" while NAME's temporary file is open,
-# "@final" once the final row is on disk. It pauses HOOK_PAUSE_S at each (with
-# HOOK_PAUSE_AT, at its HOOK_PAUSE_NTH-th alone).
+# launch.py, printing markers: "@chunk ..." between chunks, "@save step=S" as
+# orbax writes a save, "@write NAME" while NAME's temporary file is open,
+# "@final" once the final row is written; pausing HOOK_PAUSE_S at each (or at
+# HOOK_PAUSE_AT's HOOK_PAUSE_NTH-th alone).
 _CHILD = r"""
 import contextlib, os, runpy, sys, time
 script = sys.argv[1]
