@@ -71,9 +71,8 @@ def config(model, settings, parallel="none", epochs=1):
 
 
 class Recorder(loop.Hooks):
-  """Keeps what the loop tells its hooks (layout record, rows, `last`s,
-  messages, chunks' (epoch, done)); starts at `start` (a loop.Start, or
-  fn(state) -> (state, Start))."""
+  """Keeps what the loop tells its hooks (record, rows, `last`s, messages,
+  chunks); starts at `start` (a loop.Start, or fn(state) -> (state, Start))."""
 
   def __init__(self, start=None):
     self.record, self.rows, self.messages, self.chunks = None, [], [], []
@@ -150,10 +149,9 @@ def _flat(tree) -> np.ndarray:
 
 def run(model, settings, parallel="none", epochs=1, vmap=False, stop=None,
         data=None):
-  """One run's record (layout, rows, final row, messages, chunks) and, per
-  member, the `state` parts a checkpoint holds (flat) and its test logits.
-  vmap: members vmapped (a GPU's way), not in turn; stop: "chunk" or
-  "epoch", stopped there after a checkpoint, then resumed from it (the
+  """One run's record (layout, rows, final, messages, chunks) and per member
+  its checkpointed `state` parts (flat) and test logits. vmap: members vmapped
+  (a GPU's way); stop: "chunk" or "epoch", saved and resumed there (the
   record: the resumed run's). Chunks of --chunk_steps however slow."""
   saved = devices.IN_TURN_ON, population.CHUNK_S
   devices.IN_TURN_ON = () if vmap else ("cpu",)

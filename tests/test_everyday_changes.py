@@ -1,7 +1,7 @@
-"""docs/design.md's everyday changes, each made here in the files it names (a
-schedule, a loss, a metric, a reading order, a colour dataset, a CNN-family
-model), reach what they should: flags, sweeps, rows, the report,
-TensorBoard, compare.py, the analyses, predict and the page."""
+"""docs/design.md's everyday changes (a schedule, a loss, a metric, a reading
+order, a colour dataset, a CNN-family model), made here in the files it names,
+reach flags, sweeps, rows, the report, TensorBoard, compare.py, the analyses,
+predict and the page."""
 
 import dataclasses
 import io
@@ -58,8 +58,7 @@ def _data(prepared, **values):
 
 
 def _run(config, workdir, stream=None):
-  """A run of `config` in its run folder (its lines to `stream`): its final
-  row."""
+  """The final row of `config`'s run in `workdir`, its lines to `stream`."""
   return modes.train_and_evaluate(config.replace(workdir=workdir), workdir,
                                   stream=stream or io.StringIO())
 
@@ -161,9 +160,8 @@ def test_a_metric_reaches_every_output(monkeypatch, prepared, tmp_path):
 
 def test_a_reading_order_the_analyses_and_the_page_follow(monkeypatch,
                                                            prepared, tmp_path):
-  """On the stock layers (the kernels': test_kernels.py); the analyses' own
-  steps (the reading's units, the logits after each), not every analysis
-  (test_analysis.py)."""
+  """On the stock layers (the kernels': test_kernels.py); the analyses' steps
+  (units, logits after each), not each analysis (test_analysis.py)."""
   monkeypatch.setitem(recurrent.SEQUENCES, "columns", (
       "the {w} columns", lambda h, w, seed: recurrent.Reading(
           np.arange(h * w).reshape(h, w).T, ("column", "columns"), 1)))
@@ -310,9 +308,8 @@ SEPARABLE = registry.ModelSpec(
 
 
 def test_a_new_cnn_family_model(monkeypatch, prepared, tmp_path):
-  """Its setting is a flag, a Config value of its runs, refused by another
-  model's (config.py unchanged); the analyses find its features (the
-  input of its OUTPUT layer) and that it reads no sequence."""
+  """Its setting a flag and Config value, refused by another model (config.py
+  unchanged); the analyses find its features (OUTPUT's input), no reading."""
   monkeypatch.setitem(registry.MODELS, SEPARABLE.name, SEPARABLE)
   registry.register(SEPARABLE)  # Its flag, defined once.
   with pytest.raises(UserError, match="setting of --model=separable, not of"):

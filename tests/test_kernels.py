@@ -78,9 +78,8 @@ class _Carried(nn.Module):
 
 
 def _fast_cases():
-  """(module, image shape) per registered model with a fast path, in settings
-  that take each branch of its kernel or lowering, and two modules written
-  here."""
+  """(module, image shape): each model with a fast path, in settings taking
+  each branch of its kernel or lowering, and two modules written here."""
   cases = [("cnn", lambda: _stock("cnn", dropout=0.25), SHAPE, []),
            ("cnn-winograd", lambda: _stock("cnn", cnn_features=(8, 8)),
             (31, 29, 1), []),
@@ -240,11 +239,10 @@ _UNCOVERED = [("grouped", "grouped convolutions"),
 ])
 def test_swap_takes_the_fast_path_once_checked_else_says_why(
     monkeypatch, setup, impl, backend, runs, note):
-  """--impl=auto: the fast path on a CPU only; fast: anywhere; stock: never. A
-  kernel or lowering failing its check (training, evaluation, state, NaN, or
-  raising; an edited cnn.py too) leaves the module as written, and a layer no
-  lowering takes is named: in one line, recorded in config.json. Where a fast
-  path runs, the start-up line names each layer's path."""
+  """--impl=auto: the fast path on a CPU only; fast: anywhere; stock: never.
+  A failed check (training, evaluation, state, NaN, raising, an edited cnn.py)
+  or a layer no lowering takes is said in one line and recorded; where a fast
+  path runs, the start-up line names each layer's."""
   stock = setup(monkeypatch)
   module, said, record = kernels.swap(stock, impl, SHAPE, backend)
   kind = ("stock" if module is stock else "lowered"

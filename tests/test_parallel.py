@@ -176,9 +176,8 @@ def joins(monkeypatch):
 
 
 def test_no_cluster_is_one_process_but_named_processes_must_join(joins):
-  """No cluster detected: one process, unless the flags name processes; then
-  jax's errors are one line saying what to do, and process 0 on a port in
-  use is refused before jax's coordinator would crash on it."""
+  """Unless the flags name processes, one process; jax's errors in one line,
+  and process 0 on a port in use refused before jax's coordinator crashes."""
   calls, raises = joins
   config = models.get_config("mlp")
   raises.append(ValueError("coordinator_address should be defined."))
@@ -233,7 +232,7 @@ def _job(prepared, workdir, *extra, ids=(0, 1), devices=1, code=None):
       stderr=subprocess.PIPE, text=True) for own in job]
 
 
-def _ends(procs):
+def _ends(procs):  # (stdout, stderr) of each, none left running.
   try:
     return [p.communicate(timeout=TIMEOUT_S) for p in procs]
   finally:

@@ -40,8 +40,7 @@ _CHILD = r"""
 import contextlib, os, runpy, sys, time
 script = sys.argv[1]
 sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
-from mnist_jax import files
-from mnist_jax import modes
+from mnist_jax import files, modes
 from mnist_jax.rundir import checkpoints, metrics_log
 PAUSE = float(os.environ.get("HOOK_PAUSE_S", "0"))
 AT, seen = os.environ.get("HOOK_PAUSE_AT"), [0]
@@ -53,18 +52,22 @@ def mark(text):
   if AT is None or f"@{text}" == AT and seen[0] == NTH:
     time.sleep(PAUSE)
 
-_chunk = modes.RunFolder.chunk
-def chunk(self, state, epoch, done, sums):
-  if done:
-    mark(f"chunk epoch={epoch} done={done}")
-  return _chunk(self, state, epoch, done, sums)
-modes.RunFolder.chunk = chunk
-
-_save = checkpoints.save
-def save(manager, step, state, meta):
-  _save(manager, step, state, meta)
-  mark(f"save step={step}")
-checkpoints.save = save
+def marked(owner, name, label, before=False):  # label(*args): marker or None.
+  fn = getattr(owner, name)
+  def wrapped(*args):
+    text = label(*args)
+    if text and before:
+      mark(text)
+    result = fn(*args)
+    if text and not before:
+      mark(text)
+    return result
+  setattr(owner, name, wrapped)
+marked(modes.RunFolder, "chunk", lambda self, state, epoch, done, sums:
+       done and f"chunk epoch={epoch} done={done}", before=True)
+marked(checkpoints, "save", lambda manager, step, *_: f"save step={step}")
+marked(metrics_log.MetricsLog, "write",
+       lambda self, row: "test_accuracy" in row and "final")
 
 _atomic = files.atomic
 @contextlib.contextmanager
@@ -73,13 +76,6 @@ def atomic(path, mode="w"):
     mark(f"write {os.path.basename(path)}")
     yield f
 files.atomic = atomic
-
-_write = metrics_log.MetricsLog.write
-def write(self, row):
-  _write(self, row)
-  if "test_accuracy" in row:
-    mark("final")
-metrics_log.MetricsLog.write = write
 
 sys.argv = [script] + sys.argv[2:]
 runpy.run_path(script, run_name="__main__")
@@ -248,9 +244,8 @@ SIGNALS = [
 @pytest.mark.parametrize("how", SIGNALS)
 def test_a_signal_anywhere_then_the_command_it_names_ends_as_uninterrupted(
     prepared, reference, tmp_path, how):
-  """Exit 128 + the signal and a last line saying where it stopped and to run
-  the same command again (less --overwrite); that command, or config.json's
-  "repeat" with --workdir, resumes or completes the run in the same folder."""
+  """Exit 128 + the signal, a last line saying where it stopped and to run the
+  same command (less --overwrite), which (or "repeat") resumes or completes."""
   cwd, overwrite = str(tmp_path), how.get("overwrite", False)
   args = _args(prepared, "run" if how.get("workdir", True) else None)
   rc, out, err, _ = lh.run_and_signal(args + ["--overwrite"] * overwrite,
@@ -278,10 +273,9 @@ def test_a_signal_anywhere_then_the_command_it_names_ends_as_uninterrupted(
 
 def test_a_finished_run_missing_checkpoints_says_so_and_how_to_mend_it(
     prepared, reference, tmp_path):
-  """Its final checkpoint gone: --mode=report keeps its report rather than
-  rewrite it from an older one; the training command and the page's card say
-  so (predict's note: test_report.py). All gone: the page says how to restore
-  them (predict's line: test_refusals.py), and that advice, followed, does."""
+  """Its final checkpoint gone: --mode=report keeps its report, the training
+  command and the page say so (predict: test_report.py). All gone: the page
+  says how to mend it (predict: test_refusals.py), and that advice does."""
   workdir = shutil.copytree(reference[0], str(tmp_path / "run"))
   shutil.rmtree(os.path.join(workdir, "checkpoints", "99"))  # The newest.
   missing = (f"the final checkpoint, {workdir}/checkpoints/99, is missing "

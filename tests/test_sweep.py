@@ -220,9 +220,8 @@ def swept(prepared, tmp_path_factory):
 @pytest.mark.slow
 def test_a_sweeps_rows_csv_and_report_name_every_member_and_the_chosen(
     swept):
-  """Each row: every member's metrics and the leader validation chooses (its
-  mean and std: test_metrics.py); the final row: the chosen's, each member's,
-  the ensemble's; sweep.csv a row per member; report.md the chosen."""
+  """Rows: every member's metrics and the leader; the final row: the chosen's,
+  its seeds' mean and std, each member's, the ensemble's; sweep.csv; report."""
   folder, rows = swept
   listed = members.from_config(record_lib.read_config(folder))
   epochs, final = rows[:-1], rows[-1]
@@ -237,7 +236,11 @@ def test_a_sweeps_rows_csv_and_report_name_every_member_and_the_chosen(
   own = final["members"][chosen["index"]]
   assert chosen == {k: own[k] for k in ("index", "seed", "values")}
   assert final["test_accuracy"] == own["test_accuracy"]
-  assert 0 <= final["ensemble_test_accuracy"] <= 1
+  seeds = [final["members"][i]["test_accuracy"]
+           for i in members.points(listed)[chosen["index"] // 2]]
+  assert final["test_accuracy_mean"] == pytest.approx(np.mean(seeds), abs=1e-6)
+  assert final["test_accuracy_std"] == pytest.approx(np.std(seeds, ddof=1),
+                                                     abs=1e-6)
   assert final["ensemble_test_loss"] > 0
   with open(os.path.join(folder, "sweep.csv")) as f:
     table = list(csv.DictReader(f))
