@@ -3,8 +3,6 @@ once its start-up check passes, else the module as written runs and says why;
 either module reads the other's checkpoints."""
 
 import io
-import json
-import os
 import re
 
 import flax.linen as nn
@@ -22,6 +20,7 @@ from mnist_jax.models import recurrent
 from mnist_jax.models.kernels import conv_matmul
 from mnist_jax.models.kernels import lowered
 from mnist_jax.results import run as run_lib
+from mnist_jax.rundir.record import read_record
 
 SHAPE = (28, 28, 1)
 SLOW = pytest.mark.slow
@@ -286,8 +285,7 @@ def test_a_fast_run_restores_into_stock(prepared, tmp_path, name, overrides):
       tensorboard=False, report=False, mnist_dir=mnist_dir, data_dir=data_dir,
       **{**SMALL[name], **overrides})
   final = modes.train_and_evaluate(config, workdir, stream=io.StringIO())
-  with open(os.path.join(workdir, "config.json")) as f:
-    implementation = json.load(f)["environment"]["implementation"]
+  implementation = read_record(workdir)["environment"]["implementation"]
   assert implementation.get("layers", implementation)["passed"] is True
   run = run_lib.load_run(workdir, impl="stock")
   assert type(run.model) is models.get(name).module

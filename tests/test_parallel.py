@@ -5,7 +5,6 @@ for bit where both run one device's program on no more devices than cores
 without dropout (each device draws its own masks). Then how a job's processes
 join and fail, each in one line."""
 
-import json
 import os
 import socket
 import subprocess
@@ -23,6 +22,7 @@ from mnist_jax import modes
 from mnist_jax.errors import UserError
 from mnist_jax.models import registry
 from mnist_jax.rundir import process
+from mnist_jax.rundir.record import read_record
 from mnist_jax.training import members as members_lib
 
 ROOT = lh.ROOT
@@ -147,8 +147,7 @@ def test_launch_on_a_gpu_backend_takes_the_accelerators_choices(prepared,
       capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
   assert p.returncode == 0, p.stderr[-3000:]
   assert "2 members split over 2 GPU devices" in p.stdout
-  with open(workdir / "config.json") as f:
-    record = json.load(f)
+  record = read_record(workdir)
   env = record["environment"]
   assert env["backend"] == "gpu" and record["finished"]
   assert env["implementation"] == {
@@ -256,8 +255,7 @@ def test_two_processes_match_one(prepared, tmp_path, mode):
   assert not (tmp_path / "run-process1").exists()
   got, ref = lh.metrics(tmp_path / "run"), lh.metrics(tmp_path / "one")
   assert_same(lh.deterministic(got), lh.deterministic(ref), exact=False)
-  with open(tmp_path / "run" / "config.json") as f:
-    environment = json.load(f)["environment"]
+  environment = read_record(tmp_path / "run")["environment"]
   assert environment["process_count"] == 2
   assert environment["parallel"] == {"mode": mode, "devices": 4}
   report = modes.rewrite_report(str(tmp_path / "run"))

@@ -3,7 +3,6 @@ its message names, ends as the uninterrupted run, bit for bit; a finished run
 missing checkpoints says how to mend it. KILL_SEED seeds the kill trials'
 moments, KILL_TRIALS (5: a phase each, the report twice) counts them."""
 
-import json
 import os
 import random
 import re
@@ -22,6 +21,7 @@ from mnist_jax.errors import UserError
 from mnist_jax.results import report
 from mnist_jax.results import serve
 from mnist_jax.rundir import checkpoints
+from mnist_jax.rundir.record import read_record
 
 pytestmark = pytest.mark.slow
 
@@ -107,11 +107,6 @@ def _temporary(workdir):
   return found
 
 
-def _config(workdir):
-  with open(os.path.join(workdir, "config.json")) as f:
-    return json.load(f)
-
-
 def _outcome(workdir):
   """What a run folder holds, to compare with the uninterrupted run's."""
   state, _ = lh.restore_latest(workdir)
@@ -135,7 +130,7 @@ def reference(prepared, tmp_path_factory):
   p = _start(_args(prepared, workdir), pause_s=0)
   out, err = p.communicate(timeout=300)
   assert p.returncode == 0, err
-  assert _config(workdir)["finished"]
+  assert read_record(workdir)["finished"]
   return workdir, _outcome(workdir), [
       line.strip() for line in out.splitlines() if line.startswith("@")]
 
@@ -146,7 +141,7 @@ def _assert_as_uninterrupted(workdir, reference):
   lh.assert_trees_equal(got["state"], want["state"])
   assert got["csvs"] == want["csvs"]
   assert got["tensorboard"] == want["tensorboard"]
-  assert _config(workdir)["finished"]
+  assert read_record(workdir)["finished"]
   assert _temporary(workdir) == []
   assert not os.path.exists(os.path.join(workdir, ".lock"))
 
@@ -259,15 +254,15 @@ def test_a_signal_anywhere_then_the_command_it_names_ends_as_uninterrupted(
   if not how.get("workdir", True):  # A new folder under runs/.
     [name] = os.listdir(os.path.join(cwd, "runs"))
     workdir = os.path.join(cwd, "runs", name)
-  assert not _config(workdir)["finished"]
+  assert not read_record(workdir)["finished"]
   command = shlex.join(["python", lh.launch_path(cwd), *args])
   if how.get("own"):
-    command = f"{_config(workdir)['repeat']} --workdir={workdir}"
+    command = f"{read_record(workdir)['repeat']} --workdir={workdir}"
   rc, out, err = lh.follow(command, cwd=lh.ROOT if how.get("own") else cwd)
   assert rc == 0 and how["then"].format(workdir=workdir) in out, (out, err)
   if not how.get("workdir", True):
     assert len(os.listdir(os.path.join(cwd, "runs"))) == 1
-    assert _config(workdir)["resumes"][0]["changed"] == {}
+    assert read_record(workdir)["resumes"][0]["changed"] == {}
   _assert_as_uninterrupted(workdir, reference)
 
 
@@ -304,7 +299,7 @@ def test_a_finished_run_missing_checkpoints_says_so_and_how_to_mend_it(
   with pytest.raises(UserError, match=re.escape(said)):
     serve.load([workdir])
   rc, _, err = lh.follow(
-      f"{_config(workdir)['repeat']} --workdir={workdir} --overwrite")
+      f"{read_record(workdir)['repeat']} --workdir={workdir} --overwrite")
   assert rc == 0, err
   rc, _, err = lh.run(["--mode=predict", f"--workdir={workdir}",
                        f"--image={lh.ROOT}/docs/img/seven.png"])
