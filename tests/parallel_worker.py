@@ -12,7 +12,6 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 import numpy as np
 
@@ -24,7 +23,6 @@ from mnist_jax.rundir import checkpoints
 from mnist_jax.training import devices
 from mnist_jax.training import loop
 from mnist_jax.training import population
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 # 540 training examples in 8 steps of 64 (chunks of 3), 60 validation and
 # 203 test examples in batches of 50 (the last one partial).
