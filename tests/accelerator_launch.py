@@ -1,10 +1,6 @@
 """launch.py in a process whose JAX backend reports a GPU, on the CPU devices
-underneath: a machine without an accelerator runs the accelerator's choices
-(--parallel=auto's rule, members vmapped, stock layers under --impl=auto).
-
-  XLA_FLAGS=--xla_force_host_platform_device_count=2 \\
-      python tests/accelerator_launch.py --model=cnn ...
-"""
+underneath (--xla_force_host_platform_device_count): the accelerator's choices
+(--parallel=auto's rule, members vmapped, stock layers under --impl=auto)."""
 
 import os
 import runpy

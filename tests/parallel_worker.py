@@ -12,7 +12,6 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-# pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
 import numpy as np
 
@@ -24,7 +23,6 @@ from mnist_jax.rundir import checkpoints
 from mnist_jax.training import devices
 from mnist_jax.training import loop
 from mnist_jax.training import population
-# pylint: enable=g-import-not-at-top,wrong-import-position
 
 # 540 training examples in 8 steps of 64 (chunks of 3), 60 validation and
 # 203 test examples in batches of 50 (the last one partial).
@@ -71,9 +69,8 @@ def config(model, settings, parallel="none", epochs=1):
 
 
 class Recorder(loop.Hooks):
-  """Keeps what the loop tells its hooks (layout record, rows, `last`s,
-  messages, chunks' (epoch, done)); starts at `start` (a loop.Start, or
-  fn(state) -> (state, Start))."""
+  """Keeps what the loop tells its hooks (record, rows, `last`s, messages,
+  chunks); starts at `start` (a loop.Start, or fn(state) -> (state, Start))."""
 
   def __init__(self, start=None):
     self.record, self.rows, self.messages, self.chunks = None, [], [], []
@@ -150,10 +147,9 @@ def _flat(tree) -> np.ndarray:
 
 def run(model, settings, parallel="none", epochs=1, vmap=False, stop=None,
         data=None):
-  """One run's record (layout, rows, final row, messages, chunks) and, per
-  member, the `state` parts a checkpoint holds (flat) and its test logits.
-  vmap: members vmapped (a GPU's way), not in turn; stop: "chunk" or
-  "epoch", stopped there after a checkpoint, then resumed from it (the
+  """One run's record (layout, rows, final, messages, chunks) and per member
+  its checkpointed `state` parts (flat) and test logits. vmap: members vmapped
+  (a GPU's way); stop: "chunk" or "epoch", saved and resumed there (the
   record: the resumed run's). Chunks of --chunk_steps however slow."""
   saved = devices.IN_TURN_ON, population.CHUNK_S
   devices.IN_TURN_ON = () if vmap else ("cpu",)

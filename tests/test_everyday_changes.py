@@ -1,12 +1,13 @@
-"""docs/design.md's everyday changes, each made here in the files it names (a
-schedule, a loss, a metric, a reading order, a colour dataset, a CNN-family
-model), reach what they should: flags, sweeps, rows, the report,
-TensorBoard, compare.py, the analyses, predict and the page."""
+"""docs/design.md's everyday changes (a schedule, a loss, a metric, a reading
+order, a colour dataset, a CNN-family model), made here in the files it names,
+reach flags, sweeps, rows, the report, TensorBoard, compare.py, the analyses,
+predict and the page."""
 
 import dataclasses
 import io
 import json
 import os
+import re
 
 import flax.linen as nn
 import jax
@@ -56,10 +57,10 @@ def _data(prepared, **values):
   return dict(mnist_dir=mnist_dir, data_dir=data_dir, **{**TINY, **values})
 
 
-def _run(config, workdir):
-  """A run of `config` in its run folder, quietly: its final row."""
+def _run(config, workdir, stream=None):
+  """The final row of `config`'s run in `workdir`, its lines to `stream`."""
   return modes.train_and_evaluate(config.replace(workdir=workdir), workdir,
-                                  stream=io.StringIO())
+                                  stream=stream or io.StringIO())
 
 
 # A schedule with a number of its own: warm restarts (optim.py, and its
@@ -159,9 +160,8 @@ def test_a_metric_reaches_every_output(monkeypatch, prepared, tmp_path):
 
 def test_a_reading_order_the_analyses_and_the_page_follow(monkeypatch,
                                                            prepared, tmp_path):
-  """On the stock layers (the kernels': test_kernels.py); the analyses' own
-  steps (the reading's units, the logits after each), not every analysis
-  (test_analysis.py)."""
+  """On the stock layers (the kernels': test_kernels.py); the analyses' steps
+  (units, logits after each), not each analysis (test_analysis.py)."""
   monkeypatch.setitem(recurrent.SEQUENCES, "columns", (
       "the {w} columns", lambda h, w, seed: recurrent.Reading(
           np.arange(h * w).reshape(h, w).T, ("column", "columns"), 1)))
@@ -197,7 +197,8 @@ STRIPES = datasets.DatasetInfo(
     train_size=240)
 SMALL = dict(mlp_hidden=(8,), cnn_features=(4,), cnn_dense=8, hidden=4)
 # The CNN learns it (its analyses of colour images: test_analysis.py); the
-# LSTM reads its pixels; the MLP trains two seeds with no validation split.
+# LSTM reads its pixels; the MLP trains two seeds with no validation split
+# (the first is shown).
 EXTRA = {"cnn": dict(learning_rate=3e-2, analyses=False),
          "lstm": dict(sequence="pixels"),
          "mlp": dict(num_seeds=2, val_fraction=0.0)}
@@ -243,8 +244,13 @@ def test_a_colour_dataset_trains_predicts_a_picture_and_is_served(
       data_dir=str(tmp_path / "prepared"), **{
           k: v for k, v in values.items()
           if k in models.get(model).settings or k in config_lib.FIELDS})
-  final = _run(config, work)
+  said = io.StringIO()
+  final = _run(config, work, said)
   assert final["test_examples"] == 60
+  if config.num_seeds > 1:  # No validation split: the first member is shown.
+    assert re.search(r"\nchosen as the first \(no validation split to choose "
+                     r"by\): seed=0; test accuracy .*; its 2 seeds ",
+                     said.getvalue()), said.getvalue()
   assert model != "cnn" or final["test_accuracy"] > 0.9
   if config.analyses:
     with open(os.path.join(work, "report.md")) as f:
@@ -302,9 +308,8 @@ SEPARABLE = registry.ModelSpec(
 
 
 def test_a_new_cnn_family_model(monkeypatch, prepared, tmp_path):
-  """Its setting is a flag, a Config value of its runs, refused by another
-  model's (config.py unchanged); the analyses find its features (the
-  input of its OUTPUT layer) and that it reads no sequence."""
+  """Its setting a flag and Config value, refused by another model (config.py
+  unchanged); the analyses find its features (OUTPUT's input), no reading."""
   monkeypatch.setitem(registry.MODELS, SEPARABLE.name, SEPARABLE)
   registry.register(SEPARABLE)  # Its flag, defined once.
   with pytest.raises(UserError, match="setting of --model=separable, not of"):

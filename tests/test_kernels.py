@@ -3,8 +3,6 @@ once its start-up check passes, else the module as written runs and says why;
 either module reads the other's checkpoints."""
 
 import io
-import json
-import os
 import re
 
 import flax.linen as nn
@@ -22,6 +20,7 @@ from mnist_jax.models import recurrent
 from mnist_jax.models.kernels import conv_matmul
 from mnist_jax.models.kernels import lowered
 from mnist_jax.results import run as run_lib
+from mnist_jax.rundir.record import read_record
 
 SHAPE = (28, 28, 1)
 SLOW = pytest.mark.slow
@@ -78,9 +77,8 @@ class _Carried(nn.Module):
 
 
 def _fast_cases():
-  """(module, image shape) per registered model with a fast path, in settings
-  that take each branch of its kernel or lowering, and two modules written
-  here."""
+  """(module, image shape): each model with a fast path, in settings taking
+  each branch of its kernel or lowering, and two modules written here."""
   cases = [("cnn", lambda: _stock("cnn", dropout=0.25), SHAPE, []),
            ("cnn-winograd", lambda: _stock("cnn", cnn_features=(8, 8)),
             (31, 29, 1), []),
@@ -187,10 +185,11 @@ def _lowering(how):
   return setup
 
 
-_CNN = "mnist_jax/models/cnn.py's CNN"
-_KERNEL = "the fast kernel mnist_jax/models/kernels/conv_pool.py's CNN"
 _DENSE = kernels._name(_Dense)  # pylint: disable=protected-access
-_LOWERED_BY = f", its layers lowered by {CONV_MATMUL}"
+# The CNN's kernel failing its check, for `why`: the lowered stock module.
+_CNN_LOWERED = ("the fast kernel mnist_jax/models/kernels/conv_pool.py's CNN "
+                "does not compute mnist_jax/models/cnn.py's CNN ({}): "
+                f"training the stock module, its layers lowered by {CONV_MATMUL}")
 _UNCOVERED = [("grouped", "grouped convolutions"),
               ("dilated", "dilated convolutions"),
               ("padded", "convolutions padded other than SAME or VALID"),
@@ -209,21 +208,18 @@ _UNCOVERED = [("grouped", "grouped convolutions"),
     (lambda _: _stock("gru"), "stock", "cpu", "stock", None),
     (lambda _: _stock("mlp"), "auto", "cpu", "stock", None),
     (lambda _: _stock("cnn", cnn_batch_norm=True), "fast", "gpu", "lowered",
-     f"{_KERNEL} does not compute {_CNN} (it keeps no batch_stats): training "
-     f"the stock module{_LOWERED_BY}"),
+     _CNN_LOWERED.format("it keeps no batch_stats")),
     pytest.param(lambda _: _stock("cnn", cnn_kernel=5), "auto", "cpu",
-                 "lowered", f"{_KERNEL} does not compute {_CNN} (its "
-                 "parameters are not the stock module's): training the stock "
-                 f"module{_LOWERED_BY}", marks=SLOW),
+                 "lowered", _CNN_LOWERED.format(
+                     "its parameters are not the stock module's"), marks=SLOW),
     (lambda _: _stock("lstm", remat=True), "auto", "cpu", "stock",
      f"nn.RNN over {type(nn.remat(recurrent.CELLS['lstm'])(4)).__name__} "
      "(lstm_0): XLA's, slow on CPU"),
     (lambda _: _Uncovered(), "auto", "cpu", "stock", "; ".join(
         f"{why} ({name})" for name, why in _UNCOVERED)
      + ": XLA's, slow on CPU"),
-    (_edited_cnn, "auto", "cpu", "lowered", f"{_KERNEL} does not compute "
-     f"{_CNN} (its outputs or gradients differ by up to *): training the "
-     f"stock module{_LOWERED_BY}"),
+    (_edited_cnn, "auto", "cpu", "lowered", _CNN_LOWERED.format(
+        "its outputs or gradients differ by up to *")),
     *[(_kernel_for_dense(how), "auto", "cpu", "stock", "the fast kernel "
        f"test_kernels.py's _{how} does not compute {_DENSE} ({why}): "
        "training the stock module") for how, why in (
@@ -242,11 +238,10 @@ _UNCOVERED = [("grouped", "grouped convolutions"),
 ])
 def test_swap_takes_the_fast_path_once_checked_else_says_why(
     monkeypatch, setup, impl, backend, runs, note):
-  """--impl=auto: the fast path on a CPU only; fast: anywhere; stock: never. A
-  kernel or lowering failing its check (training, evaluation, state, NaN, or
-  raising; an edited cnn.py too) leaves the module as written, and a layer no
-  lowering takes is named: in one line, recorded in config.json. Where a fast
-  path runs, the start-up line names each layer's path."""
+  """--impl=auto: the fast path on a CPU only; fast: anywhere; stock: never.
+  A failed check (training, evaluation, state, NaN, raising, an edited cnn.py)
+  or a layer no lowering takes is said in one line and recorded; where a fast
+  path runs, the start-up line names each layer's."""
   stock = setup(monkeypatch)
   module, said, record = kernels.swap(stock, impl, SHAPE, backend)
   kind = ("stock" if module is stock else "lowered"
@@ -290,8 +285,7 @@ def test_a_fast_run_restores_into_stock(prepared, tmp_path, name, overrides):
       tensorboard=False, report=False, mnist_dir=mnist_dir, data_dir=data_dir,
       **{**SMALL[name], **overrides})
   final = modes.train_and_evaluate(config, workdir, stream=io.StringIO())
-  with open(os.path.join(workdir, "config.json")) as f:
-    implementation = json.load(f)["environment"]["implementation"]
+  implementation = read_record(workdir)["environment"]["implementation"]
   assert implementation.get("layers", implementation)["passed"] is True
   run = run_lib.load_run(workdir, impl="stock")
   assert type(run.model) is models.get(name).module

@@ -1,7 +1,6 @@
-"""The machine fails: one line with the README's exit status (5 disk, file
-size limit or memory; 1 a read-only folder or a bug in a job of processes; 4
-a run that did not learn; 130/143 a signal while starting; 141 a closed
-pipe), and a run folder stopped before its first checkpoint is removed."""
+"""The machine fails: one line and the README's exit status (5 disk, file
+size or memory; 1 read-only or a bug in a job; 4 not learned; 130/143 a
+signal while starting; 141 a closed pipe); a run with no checkpoint goes."""
 
 import errno
 import os
@@ -25,17 +24,18 @@ from mnist_jax.rundir import control
 from mnist_jax.rundir import resources
 
 AGAIN = ", then run the same command again"
+FREE = "; free some space there" + AGAIN
+LIMIT = " reached this process's file size limit (ulimit -f)" + FREE
+MORE = "; close what else uses that memory, or run it on a machine with more"
 
 
 @pytest.mark.parametrize("exc, code, text", [
     (OSError(errno.ENOSPC, "No space left on device", "/r/config.json"), 5,
-     "no space left on the disk of /r/config.json; free some space there" +
-     AGAIN),
+     "no space left on the disk of /r/config.json" + FREE),
     (OSError(errno.ENOSPC, "No space left on device"), 5,
-     "no space left on the disk of /run; free some space there" + AGAIN),
+     "no space left on the disk of /run" + FREE),
     (OSError(errno.EFBIG, "File too large", "/r/m.jsonl"), 5,
-     "/r/m.jsonl reached this process's file size limit (ulimit -f); free "
-     "some space there" + AGAIN),
+     "/r/m.jsonl" + LIMIT),
     (OSError(errno.EROFS, "Read-only file system", "/r/report.md"), 1,
      "cannot write /r/report.md (Read-only file system); make it writable" +
      AGAIN),
@@ -45,22 +45,17 @@ AGAIN = ", then run the same command again"
     # How tensorstore reports a full disk inside orbax's save.
     (ValueError("RESOURCE_EXHAUSTED: Error writing local file \"/r/c/x\": "
                 "No space left on device [os_error_code='28']"), 5,
-     "no space left on the disk of /run; free some space there" + AGAIN),
+     "no space left on the disk of /run" + FREE),
     (ValueError("OUT_OF_RANGE: Failed to write 260161 bytes to file 16: File "
-                "too large [os_error_code='27']"), 5,
-     "/run reached this process's file size limit (ulimit -f); free some "
-     "space there" + AGAIN),
+                "too large [os_error_code='27']"), 5, "/run" + LIMIT),
     (MemoryError("Unable to allocate 3 TiB"), 5,
-     "out of host memory (Unable to allocate 3 TiB); close what else uses "
-     "that memory, or run it on a machine with more"),
+     "out of host memory (Unable to allocate 3 TiB)" + MORE),
     (RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 4 bytes."), 5,
-     "out of memory on the CPU (Out of memory allocating 4 bytes.); close "
-     "what else uses that memory, or run it on a machine with more"),
+     "out of memory on the CPU (Out of memory allocating 4 bytes.)" + MORE),
     # Where the allocation fails as a result is copied to the host (jax 0.12).
     (RuntimeError("INTERNAL: Error dispatching computation: Out of memory "
-                  "allocating 8 bytes."), 5, "out of memory on the CPU "
-     "(Error dispatching computation: Out of memory allocating 8 bytes.); "
-     "close what else uses that memory, or run it on a machine with more"),
+                  "allocating 8 bytes."), 5, "out of memory on the CPU (Error "
+     "dispatching computation: Out of memory allocating 8 bytes.)" + MORE),
     # Bugs keep their traceback.
     (ValueError("bad"), None, None), (KeyError("x"), None, None),
     (FileNotFoundError(errno.ENOENT, "gone", "/x"), None, None),
@@ -75,8 +70,8 @@ def test_failures_of_the_machine_are_one_line(exc, code, text):
 
 
 def test_a_bug_in_a_job_of_processes_exits_without_jax_shutdown():
-  """Its traceback, then one line and exit 1 at once (jax's shutdown would
-  wait for a lost peer, then abort); what it printed still reaches a pipe."""
+  """Its traceback, one line, exit 1 at once (jax's shutdown would wait for a
+  lost peer), what it printed still piped."""
   code = ("import jax, launch; launch._parse(['launch.py']); "
           "jax.distributed.is_initialized = lambda: True\n"
           "def main(argv): print('epoch 1 of 2'); raise RuntimeError('a bug')\n"
@@ -180,8 +175,8 @@ def _one_line(err, prefix="error: "):
   return lines[0]
 
 
-# Sets the limits of argv[1] ("KIND=BYTES,..."), then becomes launch.py
-# (argv[2:]); not a preexec_fn, which forks the multithreaded test process.
+# Sets argv[1]'s limits ("KIND=BYTES,..."), then execs argv[2:] (a preexec_fn
+# would fork the multithreaded test process).
 _LIMITED = ("import os, resource, sys\n"
             "for item in filter(None, sys.argv[1].split(',')):\n"
             "  kind, value = item.split('=')\n"
@@ -190,7 +185,7 @@ _LIMITED = ("import os, resource, sys\n"
 
 
 def _launch(args, timeout=180, limits=(), **env):
-  """Runs launch.py with resource limits [(RLIMIT_X, bytes)]: (rc, out, err)."""
+  """launch.py under limits [(RLIMIT_X, bytes)]: (rc, out, err)."""
   spec = ",".join(f"{kind}={value}" for kind, value in limits)
   p = subprocess.run([sys.executable, "-c", _LIMITED, spec,
                       os.path.join(lh.ROOT, "launch.py"), *args], cwd=lh.ROOT,
@@ -230,8 +225,8 @@ def test_a_resource_limit_is_one_line_exit_5_and_leaves_no_folder(
                     reason="needs /proc to see when the imports are loading")
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_while_starting_ends_quietly(signum, tmp_path):
-  """Sent while Python imports JAX: the signal ends it (130 or 143 in a
-  shell), or once launch.py handles it, one line; nothing is written."""
+  """Sent while JAX imports: the signal ends it (130 or 143 in a shell), or
+  once launch.py handles it, one line; nothing is written."""
   workdir = tmp_path / "run"
   p = subprocess.Popen([sys.executable, os.path.join(lh.ROOT, "launch.py"),
                         "--model=mlp", f"--workdir={workdir}"], cwd=lh.ROOT,

@@ -1,12 +1,10 @@
 """A member computes its single run's numbers and a layout its one device's
-(members in turn or vmapped, sharded, pmapped, split over devices, 2
-processes): bit for bit where both run one device's program on no more
-devices than cores (XLA:CPU's thread pool may split sums by device count),
-else to float rounding; pmap without dropout (each device draws its own
-masks). Then how a job's processes join and fail, each in one line.
-Simulated devices need child processes (parallel_worker.py, launch.py)."""
+(in turn or vmapped, sharded, pmapped, split over devices, 2 processes): bit
+for bit where both run one device's program on no more devices than cores
+(XLA:CPU may split sums by device count), else to float rounding; pmap
+without dropout (each device draws its own masks). Then how a job's processes
+join and fail, each in one line."""
 
-import json
 import os
 import socket
 import subprocess
@@ -24,6 +22,7 @@ from mnist_jax import modes
 from mnist_jax.errors import UserError
 from mnist_jax.models import registry
 from mnist_jax.rundir import process
+from mnist_jax.rundir.record import read_record
 from mnist_jax.training import members as members_lib
 
 ROOT = lh.ROOT
@@ -69,8 +68,8 @@ CASES = [
     *[case(f"{m}_in_turn", m, tiny(m, num_seeds=2))
       for m in registry.MODELS if m != "mlp"],
     case("cnn_bn_in_turn", "cnn", tiny("cnn", num_seeds=2, cnn_batch_norm=True)),
-    # The accelerator's choices in the fast suite: vmapped members over 2
-    # devices, and launch.py on a GPU backend.
+    # The accelerator's choice in the fast suite: vmapped members over 2
+    # devices (launch.py on a GPU backend: the next test).
     case("gru_vmapped_2_devices", "gru", tiny("gru", num_seeds=2), "auto", 2,
          vmap=True, exact=False, layout={"mode": "members", "devices": 2,
                                          "members": "vmapped"}, marks=()),
@@ -95,76 +94,69 @@ CASES = [
          "pmap", 2, exact=False, layout={"mode": "pmap", "devices": 2},
          says="(pmap: each device draws its own dropout masks and "
          "augmentation)", marks=(SLOW, FLOORS)),
-    case("cnn_vmapped_on_a_gpu_backend", "cnn", None, "auto", 2, vmap=True,
-         exact=False, layout={"mode": "members", "devices": 2,
-                              "members": "vmapped"},
-         says="2 members split over 2 GPU devices", marks=()),
 ]
 
 
-def _on_a_gpu_backend(prepared, tmp_path, *flags):
-  """launch.py on 2 CPU devices reported as a GPU (accelerator_launch.py):
-  (metrics rows, config.json, stdout)."""
+@pytest.mark.parametrize("case", CASES)
+def test_a_member_computes_its_single_runs_numbers(tmp_path, case):
+  """The last member (its seed and swept values) under each layout against
+  its single run with --parallel=none: rows, final row, parameters, model
+  state, test logits; one member, data-parallel, against one device."""
+  config = pw.config(case["model"], case["settings"], case["parallel"])
+  member = members_lib.from_config(config)[-1]
+  i, run = member.index, {k: case[k] for k in ("model", "settings",
+                                               "parallel", "vmap")}
+  out = pw.runs(tmp_path, {"run": run, "single": dict(
+      model=case["model"], settings={
+          **case["settings"], "seed": member.seed, "num_seeds": 1,
+          "sweep": "", **member.values})}, case["devices"])
+  (got, single), exact = (out["run"], out["single"]), case["exact"]
+  assert single["record"]["parallel"] == {"mode": "none", "devices": 1}
+  assert got["record"]["parallel"] == case["layout"]
+  if case["says"]:
+    assert any(case["says"] in m for m in got["record"]["messages"])
+  rows = got["record"]["rows"] + [got["record"]["final"]]
+  assert_same(lh.deterministic(members_lib.member_rows(rows, i)),
+              lh.deterministic(single["record"]["rows"] +
+                               [single["record"]["final"]]), exact)
+  for part in ("params", "model_state"):
+    np.testing.assert_allclose(got["state"][part][i], single["state"][part][0],
+                               rtol=0, atol=0 if exact else TOLERANCE)
+  # Each member's own test logits, every example once.
+  assert got["logits"].shape == (len(got["state"]["params"]), 203, 10)
+  np.testing.assert_allclose(got["logits"][i], single["logits"][0], rtol=0,
+                             atol=0 if exact else 1e-3)
+  if len(rows[-1].get("members", ())) > 1:  # Their values and seeds are used.
+    losses = {m["test_loss"] for m in rows[-1]["members"]}
+    assert len(losses) == len(rows[-1]["members"])
+
+
+def test_launch_on_a_gpu_backend_takes_the_accelerators_choices(prepared,
+                                                               tmp_path):
+  """launch.py on 2 CPU devices reported as a GPU (accelerator_launch.py): the
+  stock layers, 2 members vmapped over the devices (--parallel=auto), its
+  report (vmapped members' numbers: the *_vmapped cases above)."""
   mnist_dir, data_dir = prepared
-  workdir = tmp_path / "_".join(f.strip("-").replace("=", "") for f in flags)
+  workdir = tmp_path / "run"
   p = subprocess.run(
       [sys.executable, "tests/accelerator_launch.py", "--model=cnn",
        "--preset=seed", "--cnn_features=4,8", "--cnn_dense=16", "--epochs=1",
        "--batch_size=32", "--val_fraction=0.1", "--noanalyses",
-       f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}",
-       f"--workdir={workdir}", *flags], cwd=ROOT, env=pw.child_env(2),
+       "--num_seeds=2", f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}",
+       f"--workdir={workdir}"], cwd=ROOT, env=pw.child_env(2),
       capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
   assert p.returncode == 0, p.stderr[-3000:]
-  with open(workdir / "config.json") as f:
-    return lh.metrics(workdir), json.load(f), p.stdout
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_a_member_computes_its_single_runs_numbers(prepared, tmp_path, case):
-  """The last member (its seed and swept values) under each layout against
-  its single run with --parallel=none: rows, final row, parameters, model
-  state, test logits; one member, data-parallel, against one device."""
-  if case["settings"] is None:  # A GPU backend: stock layers, vmapped.
-    rows, record, out = _on_a_gpu_backend(prepared, tmp_path, "--num_seeds=2")
-    env = record["environment"]
-    assert env["backend"] == "gpu" and record["finished"]
-    assert env["implementation"] == {
-        "impl": "auto", "module": "mnist_jax/models/cnn.py's CNN"}
-    assert (tmp_path / "num_seeds2" / "report.md").exists()
-    got = {"record": {"parallel": env["parallel"], "messages": [out]}}
-    i, single = 1, {"rows": _on_a_gpu_backend(
-        prepared, tmp_path, "--seed=1", "--parallel=none", "--noreport")[0]}
-  else:
-    config = pw.config(case["model"], case["settings"], case["parallel"])
-    member = members_lib.from_config(config)[-1]
-    i, run = member.index, {k: case[k] for k in ("model", "settings",
-                                                 "parallel", "vmap")}
-    out = pw.runs(tmp_path, {"run": run, "single": dict(
-        model=case["model"], settings={
-            **case["settings"], "seed": member.seed, "num_seeds": 1,
-            "sweep": "", **member.values})}, case["devices"])
-    got, single = out["run"], out["single"]
-    rows = got["record"]["rows"] + [got["record"]["final"]]
-    assert single["record"]["parallel"] == {"mode": "none", "devices": 1}
-    single["rows"] = single["record"]["rows"] + [single["record"]["final"]]
-  assert got["record"]["parallel"] == case["layout"]
-  if case["says"]:
-    assert any(case["says"] in m for m in got["record"]["messages"])
-  exact = case["exact"]
-  assert_same(lh.deterministic(members_lib.member_rows(rows, i)),
-              lh.deterministic(single["rows"]), exact)
-  if "state" in single:
-    for part in ("params", "model_state"):
-      np.testing.assert_allclose(got["state"][part][i],
-                                 single["state"][part][0], rtol=0,
-                                 atol=0 if exact else TOLERANCE)
-    # Each member's own test logits, every example once.
-    assert got["logits"].shape == (len(got["state"]["params"]), 203, 10)
-    np.testing.assert_allclose(got["logits"][i], single["logits"][0],
-                               rtol=0, atol=0 if exact else 1e-3)
-  if len(rows[-1].get("members", ())) > 1:  # Their values and seeds are used.
-    losses = {m["test_loss"] for m in rows[-1]["members"]}
-    assert len(losses) == len(rows[-1]["members"])
+  assert "2 members split over 2 GPU devices" in p.stdout
+  record = read_record(workdir)
+  env = record["environment"]
+  assert env["backend"] == "gpu" and record["finished"]
+  assert env["implementation"] == {
+      "impl": "auto", "module": "mnist_jax/models/cnn.py's CNN"}
+  assert env["parallel"] == {"mode": "members", "devices": 2,
+                             "members": "vmapped"}
+  assert (workdir / "report.md").exists()
+  members = lh.metrics(workdir)[-1]["members"]  # Each its own seed.
+  assert len({m["test_loss"] for m in members}) == 2
 
 
 @pytest.fixture
@@ -183,9 +175,8 @@ def joins(monkeypatch):
 
 
 def test_no_cluster_is_one_process_but_named_processes_must_join(joins):
-  """No cluster detected: one process, unless the flags name processes; then
-  jax's errors are one line saying what to do, and process 0 on a port in
-  use is refused before jax's coordinator would crash on it."""
+  """Unless the flags name processes, one process; jax's errors in one line,
+  and process 0 on a port in use refused before jax's coordinator crashes."""
   calls, raises = joins
   config = models.get_config("mlp")
   raises.append(ValueError("coordinator_address should be defined."))
@@ -240,7 +231,7 @@ def _job(prepared, workdir, *extra, ids=(0, 1), devices=1, code=None):
       stderr=subprocess.PIPE, text=True) for own in job]
 
 
-def _ends(procs):
+def _ends(procs):  # (stdout, stderr) of each, none left running.
   try:
     return [p.communicate(timeout=TIMEOUT_S) for p in procs]
   finally:
@@ -264,8 +255,7 @@ def test_two_processes_match_one(prepared, tmp_path, mode):
   assert not (tmp_path / "run-process1").exists()
   got, ref = lh.metrics(tmp_path / "run"), lh.metrics(tmp_path / "one")
   assert_same(lh.deterministic(got), lh.deterministic(ref), exact=False)
-  with open(tmp_path / "run" / "config.json") as f:
-    environment = json.load(f)["environment"]
+  environment = read_record(tmp_path / "run")["environment"]
   assert environment["process_count"] == 2
   assert environment["parallel"] == {"mode": mode, "devices": 4}
   report = modes.rewrite_report(str(tmp_path / "run"))

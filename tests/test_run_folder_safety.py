@@ -1,11 +1,8 @@
-"""A run folder is safe: stopped anywhere, by kill -9, SIGTERM or Ctrl-C,
-then the same command (or the one its message names) ends as the
-uninterrupted run, bit for bit; a finished run missing checkpoints says how to
-mend it. The kill trials: KILL_SEED (default 0) seeds their moments,
-KILL_TRIALS (default 5: each phase, and the report again by --mode=report)
-sets their number for a soak."""
+"""A run folder stopped anywhere (kill -9, SIGTERM, Ctrl-C), then the command
+its message names, ends as the uninterrupted run, bit for bit; a finished run
+missing checkpoints says how to mend it. KILL_SEED seeds the kill trials'
+moments, KILL_TRIALS (5: a phase each, the report twice) counts them."""
 
-import json
 import os
 import random
 import re
@@ -24,6 +21,7 @@ from mnist_jax.errors import UserError
 from mnist_jax.results import report
 from mnist_jax.results import serve
 from mnist_jax.rundir import checkpoints
+from mnist_jax.rundir.record import read_record
 
 pytestmark = pytest.mark.slow
 
@@ -34,17 +32,15 @@ TRIALS = int(os.environ.get("KILL_TRIALS", "5"))
 SEED = int(os.environ.get("KILL_SEED", "0"))
 PAUSE_S = 0.3  # How long the child waits at a marker (see _CHILD).
 
-# Runs launch.py with markers where the code they wrap does the work: "@chunk
-# ..." between chunks, "@save step=S" once a save is under way (orbax writes on
-# in the background), "@write NAME" while NAME's temporary file is open,
-# "@final" once the final row is on disk. It pauses HOOK_PAUSE_S at each (with
-# HOOK_PAUSE_AT, at its HOOK_PAUSE_NTH-th alone).
+# launch.py, printing markers: "@chunk ..." between chunks, "@save step=S" as
+# orbax writes a save, "@write NAME" while NAME's temporary file is open,
+# "@final" once the final row is written; pausing HOOK_PAUSE_S at each (or at
+# HOOK_PAUSE_AT's HOOK_PAUSE_NTH-th alone).
 _CHILD = r"""
 import contextlib, os, runpy, sys, time
 script = sys.argv[1]
 sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
-from mnist_jax import files
-from mnist_jax import modes
+from mnist_jax import files, modes
 from mnist_jax.rundir import checkpoints, metrics_log
 PAUSE = float(os.environ.get("HOOK_PAUSE_S", "0"))
 AT, seen = os.environ.get("HOOK_PAUSE_AT"), [0]
@@ -56,18 +52,22 @@ def mark(text):
   if AT is None or f"@{text}" == AT and seen[0] == NTH:
     time.sleep(PAUSE)
 
-_chunk = modes.RunFolder.chunk
-def chunk(self, state, epoch, done, sums):
-  if done:
-    mark(f"chunk epoch={epoch} done={done}")
-  return _chunk(self, state, epoch, done, sums)
-modes.RunFolder.chunk = chunk
-
-_save = checkpoints.save
-def save(manager, step, state, meta):
-  _save(manager, step, state, meta)
-  mark(f"save step={step}")
-checkpoints.save = save
+def marked(owner, name, label, before=False):  # label(*args): marker or None.
+  fn = getattr(owner, name)
+  def wrapped(*args):
+    text = label(*args)
+    if text and before:
+      mark(text)
+    result = fn(*args)
+    if text and not before:
+      mark(text)
+    return result
+  setattr(owner, name, wrapped)
+marked(modes.RunFolder, "chunk", lambda self, state, epoch, done, sums:
+       done and f"chunk epoch={epoch} done={done}", before=True)
+marked(checkpoints, "save", lambda manager, step, *_: f"save step={step}")
+marked(metrics_log.MetricsLog, "write",
+       lambda self, row: "test_accuracy" in row and "final")
 
 _atomic = files.atomic
 @contextlib.contextmanager
@@ -76,13 +76,6 @@ def atomic(path, mode="w"):
     mark(f"write {os.path.basename(path)}")
     yield f
 files.atomic = atomic
-
-_write = metrics_log.MetricsLog.write
-def write(self, row):
-  _write(self, row)
-  if "test_accuracy" in row:
-    mark("final")
-metrics_log.MetricsLog.write = write
 
 sys.argv = [script] + sys.argv[2:]
 runpy.run_path(script, run_name="__main__")
@@ -114,11 +107,6 @@ def _temporary(workdir):
   return found
 
 
-def _config(workdir):
-  with open(os.path.join(workdir, "config.json")) as f:
-    return json.load(f)
-
-
 def _outcome(workdir):
   """What a run folder holds, to compare with the uninterrupted run's."""
   state, _ = lh.restore_latest(workdir)
@@ -142,7 +130,7 @@ def reference(prepared, tmp_path_factory):
   p = _start(_args(prepared, workdir), pause_s=0)
   out, err = p.communicate(timeout=300)
   assert p.returncode == 0, err
-  assert _config(workdir)["finished"]
+  assert read_record(workdir)["finished"]
   return workdir, _outcome(workdir), [
       line.strip() for line in out.splitlines() if line.startswith("@")]
 
@@ -153,7 +141,7 @@ def _assert_as_uninterrupted(workdir, reference):
   lh.assert_trees_equal(got["state"], want["state"])
   assert got["csvs"] == want["csvs"]
   assert got["tensorboard"] == want["tensorboard"]
-  assert _config(workdir)["finished"]
+  assert read_record(workdir)["finished"]
   assert _temporary(workdir) == []
   assert not os.path.exists(os.path.join(workdir, ".lock"))
 
@@ -251,9 +239,8 @@ SIGNALS = [
 @pytest.mark.parametrize("how", SIGNALS)
 def test_a_signal_anywhere_then_the_command_it_names_ends_as_uninterrupted(
     prepared, reference, tmp_path, how):
-  """Exit 128 + the signal and a last line saying where it stopped and to run
-  the same command again (less --overwrite); that command, or config.json's
-  "repeat" with --workdir, resumes or completes the run in the same folder."""
+  """Exit 128 + the signal, a last line saying where it stopped and to run the
+  same command (less --overwrite), which (or "repeat") resumes or completes."""
   cwd, overwrite = str(tmp_path), how.get("overwrite", False)
   args = _args(prepared, "run" if how.get("workdir", True) else None)
   rc, out, err, _ = lh.run_and_signal(args + ["--overwrite"] * overwrite,
@@ -267,24 +254,23 @@ def test_a_signal_anywhere_then_the_command_it_names_ends_as_uninterrupted(
   if not how.get("workdir", True):  # A new folder under runs/.
     [name] = os.listdir(os.path.join(cwd, "runs"))
     workdir = os.path.join(cwd, "runs", name)
-  assert not _config(workdir)["finished"]
+  assert not read_record(workdir)["finished"]
   command = shlex.join(["python", lh.launch_path(cwd), *args])
   if how.get("own"):
-    command = f"{_config(workdir)['repeat']} --workdir={workdir}"
+    command = f"{read_record(workdir)['repeat']} --workdir={workdir}"
   rc, out, err = lh.follow(command, cwd=lh.ROOT if how.get("own") else cwd)
   assert rc == 0 and how["then"].format(workdir=workdir) in out, (out, err)
   if not how.get("workdir", True):
     assert len(os.listdir(os.path.join(cwd, "runs"))) == 1
-    assert _config(workdir)["resumes"][0]["changed"] == {}
+    assert read_record(workdir)["resumes"][0]["changed"] == {}
   _assert_as_uninterrupted(workdir, reference)
 
 
 def test_a_finished_run_missing_checkpoints_says_so_and_how_to_mend_it(
     prepared, reference, tmp_path):
-  """Its final checkpoint gone: --mode=report keeps its report rather than
-  rewrite it from an older one; the training command and the page's card say
-  so (predict's note: test_report.py). All gone: the page says how to restore
-  them (predict's line: test_refusals.py), and that advice, followed, does."""
+  """Its final checkpoint gone: --mode=report keeps its report, the training
+  command and the page say so (predict: test_report.py). All gone: the page
+  says how to mend it (predict: test_refusals.py), and that advice does."""
   workdir = shutil.copytree(reference[0], str(tmp_path / "run"))
   shutil.rmtree(os.path.join(workdir, "checkpoints", "99"))  # The newest.
   missing = (f"the final checkpoint, {workdir}/checkpoints/99, is missing "
@@ -313,7 +299,7 @@ def test_a_finished_run_missing_checkpoints_says_so_and_how_to_mend_it(
   with pytest.raises(UserError, match=re.escape(said)):
     serve.load([workdir])
   rc, _, err = lh.follow(
-      f"{_config(workdir)['repeat']} --workdir={workdir} --overwrite")
+      f"{read_record(workdir)['repeat']} --workdir={workdir} --overwrite")
   assert rc == 0, err
   rc, _, err = lh.run(["--mode=predict", f"--workdir={workdir}",
                        f"--image={lh.ROOT}/docs/img/seven.png"])

@@ -70,23 +70,28 @@ def test_repeated_and_joined_sweep_flags_give_one_canonical_grid():
   assert "--weight_decay" not in command and "--epochs=20" in command
 
 
-# Refusals of --sweep's parser alone (the others: test_refusals.py).
+# Refusals of the --sweep and compare.py --vary parsers alone (the others:
+# test_refusals.py).
 COMPARE_IT = "python experiments/compare.py --train="
-BAD_SWEEPS = [
-    (["--sweep=learning_rate"], ["expected NAME=V1,V2"]),
-    (["--sweep=learning_rate=1e-3", "--sweep=learning_rate=3e-3"],
+_vary = lambda *specs: compare.parse_vary(list(specs))
+
+
+@pytest.mark.parametrize("parse,args,words", [
+    (_overrides, ["--sweep=learning_rate"], ["expected NAME=V1,V2"]),
+    (_overrides, ["--sweep=learning_rate=1e-3", "--sweep=learning_rate=3e-3"],
      ["learning_rate twice"]),
-    (["--model=cnn", "--sweep=cnn_dense=64,128"],
+    (_overrides, ["--model=cnn", "--sweep=cnn_dense=64,128"],
      ["--sweep cannot vary cnn_dense", f"{COMPARE_IT}cnn --vary=cnn_dense="
       "64/128"]),
-    (["--sweep=model=mlp,cnn"], [f"{COMPARE_IT}mlp,cnn", "learning_rate"]),
-]
-
-
-@pytest.mark.parametrize("args,words", BAD_SWEEPS)
-def test_bad_sweeps_are_one_line_errors(args, words):
+    (_overrides, ["--sweep=model=mlp,cnn"], [f"{COMPARE_IT}mlp,cnn",
+                                              "learning_rate"]),
+    (_vary, ["model=mlp/cnn"], ["--train, --preset and --seeds"]),
+    (_vary, ["nope=1/2"], ["--train, --preset and --seeds"]),
+    (_vary, ["mlp_hidden=a"], ["'a' is not a value of mlp_hidden"]),
+    (_vary, ["dropout="], ["NAME=V1/V2"])])
+def test_bad_sweeps_and_varies_are_one_line_errors(parse, args, words):
   with pytest.raises(UserError) as e:
-    _overrides(*args)
+    parse(*args)
   assert "\n" not in str(e.value)
   for word in words:
     assert word in str(e.value)
@@ -136,18 +141,6 @@ def test_choosing_takes_the_best_mean_point_then_its_best_seed():
   assert members.choose(listed, None) == (0, 0)
   seeds = members.from_config(models.get_config("mlp", num_seeds=3))
   assert members.choose(seeds, _val((.8, .3), (.9, .4), (.9, .2))) == (0, 2)
-
-
-def test_without_validation_the_first_member_is_shown(prepared, tmp_path):
-  mnist_dir, data_dir = prepared
-  out = io.StringIO()
-  modes.train_and_evaluate(models.get_config(
-      "linear", "seed", num_seeds=2, epochs=1, val_fraction=0.0, report=False,
-      mnist_dir=mnist_dir, data_dir=data_dir), str(tmp_path), stream=out)
-  last = out.getvalue().splitlines()[-1]
-  assert last.startswith("chosen as the first (no validation split to choose "
-                         "by): seed=0; test accuracy "), last
-  assert "; its 2 seeds " in last
 
 
 def test_ensemble_metrics_are_the_mean_of_probabilities():
@@ -227,9 +220,8 @@ def swept(prepared, tmp_path_factory):
 @pytest.mark.slow
 def test_a_sweeps_rows_csv_and_report_name_every_member_and_the_chosen(
     swept):
-  """Each row: every member's metrics and the leader validation chooses (its
-  mean and std: test_metrics.py); the final row: the chosen's, each member's,
-  the ensemble's; sweep.csv a row per member; report.md the chosen."""
+  """Rows: every member's metrics and the leader; the final row: the chosen's,
+  its seeds' mean and std, each member's, the ensemble's; sweep.csv; report."""
   folder, rows = swept
   listed = members.from_config(record_lib.read_config(folder))
   epochs, final = rows[:-1], rows[-1]
@@ -244,7 +236,11 @@ def test_a_sweeps_rows_csv_and_report_name_every_member_and_the_chosen(
   own = final["members"][chosen["index"]]
   assert chosen == {k: own[k] for k in ("index", "seed", "values")}
   assert final["test_accuracy"] == own["test_accuracy"]
-  assert 0 <= final["ensemble_test_accuracy"] <= 1
+  seeds = [final["members"][i]["test_accuracy"]
+           for i in members.points(listed)[chosen["index"] // 2]]
+  assert final["test_accuracy_mean"] == pytest.approx(np.mean(seeds), abs=1e-6)
+  assert final["test_accuracy_std"] == pytest.approx(np.std(seeds, ddof=1),
+                                                     abs=1e-6)
   assert final["ensemble_test_loss"] > 0
   with open(os.path.join(folder, "sweep.csv")) as f:
     table = list(csv.DictReader(f))
@@ -355,18 +351,6 @@ def test_compare_vary_trains_a_run_per_value(prepared, tmp_path):
   assert sorted(g["label"] for g in groups) == [
       "linear (seed, --epochs=1, --batch_size=100)",
       "linear (seed, --epochs=1, --batch_size=50)"]
-
-
-@pytest.mark.parametrize("spec,words", [
-    ("model=mlp/cnn", "--train, --preset and --seeds"),
-    ("nope=1/2", "--train, --preset and --seeds"),
-    ("mlp_hidden=a", "'a' is not a value of mlp_hidden"),
-    ("dropout=", "NAME=V1/V2"),
-])
-def test_compare_vary_errors(spec, words):
-  with pytest.raises(UserError) as e:
-    compare.parse_vary([spec])
-  assert words in str(e.value) and "\n" not in str(e.value)
 
 
 @pytest.mark.slow
