@@ -55,10 +55,8 @@ SHARDED_FOR_100 = ("--batch_size=100 does not split over 8 devices; pass a "
     ((1,), "gru", 1, dict(batch_size=128), ("none", 1)),
     ((8,), "mlp", 1, dict(batch_size=128), ("none", 1)),
     ((8,), "cnn", 1, dict(batch_size=128), ("none", 1)),
-    ((8,), "linear", 1, dict(batch_size=128), ("none", 1)),
-    # A GPU or TPU: every model sharded over as many devices as split it.
+    # A GPU (or TPU): every model sharded over as many devices as split it.
     ((4, "gpu"), "mlp", 1, dict(batch_size=128), ("sharded", 4)),
-    ((4, "tpu"), "cnn", 1, dict(batch_size=64), ("sharded", 4)),
     ((1, "gpu"), "mlp", 1, dict(batch_size=128), ("none", 1)),
     ((8, "gpu"), "mlp", 1, dict(batch_size=100), ("sharded", 5)),
     # Members split over the devices, evenly.

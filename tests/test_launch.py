@@ -60,10 +60,19 @@ def _printed_help(capsys, arg="--help"):
   return capsys.readouterr().out
 
 
-def test_help_prints_every_flag_by_group_with_its_default_and_bounds(capsys):
-  """The groups in config.GROUPS' order, each group's flags by name, each
-  with its help, absl's default and the bounds its parser reads."""
-  printed = _printed_help(capsys)
+@pytest.mark.parametrize("arg", ["--help", "-h", "-?", "--helpshort",
+                                 "--helpfull", "--helpxml"])
+def test_help_prints_every_flag_by_group_with_its_default_and_bounds(capsys,
+                                                                     arg):
+  """Every help flag exits 0. --help: the groups in config.GROUPS' order, each
+  group's flags by name, with its help, absl's default and its bounds."""
+  printed = _printed_help(capsys, arg)
+  assert "--model" in printed
+  if arg == "--helpfull":  # And the libraries' flags.
+    assert "--verbosity" in printed and printed.startswith(
+        _printed_help(capsys).rstrip())
+  if arg != "--help":
+    return
   headings = [line[:-1] for line in printed.splitlines()
               if line.endswith(":") and not line.startswith(" ")]
   assert headings == list(config_lib.GROUPS)
@@ -82,16 +91,6 @@ def test_help_prints_every_flag_by_group_with_its_default_and_bounds(capsys):
     if FLAGS[name].parser.syntactic_help:
       line += f" ({FLAGS[name].parser.syntactic_help})"
     assert line in printed, name
-
-
-@pytest.mark.parametrize("arg", ["-h", "--help", "-?", "--helpshort",
-                                 "--helpfull", "--helpxml"])
-def test_every_help_flag_prints_help_and_exits_0(capsys, arg):
-  printed = _printed_help(capsys, arg)
-  assert "--model" in printed
-  if arg == "--helpfull":  # And the libraries' flags.
-    assert "--verbosity" in printed and printed.startswith(
-        _printed_help(capsys).rstrip())
 
 
 def test_docs_flag_table_is_the_help():
@@ -122,7 +121,7 @@ def test_docs_flag_table_is_the_help():
   assert rows == expected
 
 
-def test_dry_run_marks_where_each_setting_comes_from():
+def test_dry_run_marks_where_each_setting_comes_from_and_the_split():
   config = registry.get_config("cnn", "best", epochs=3, learning_rate=3e-3)
   given = {"model": "cnn", "preset": "best", "epochs": 3,
            "learning_rate": 3e-3}
@@ -148,10 +147,7 @@ def test_dry_run_marks_where_each_setting_comes_from():
           "3x3 SAME, max-pool, Conv128 3x3 SAME, max-pool, Dense256, Dense10, "
           "dropout 0.25; 390,410 parameters") in text
   assert re.search(rf"    --epochs=3 +flag; preset: {preset}\n", text)
-
-
-def test_dry_run_says_which_split_is_held_out():
-  config = registry.get_config("mlp")  # The last 10%.
+  config = registry.get_config("mlp")  # The last 10% held out.
   n = datasets.get("mnist").train_size
   split = pipeline.split({"train_images": np.zeros(n), "train_labels": np.zeros(n),
                           "test_images": np.zeros(1), "test_labels": np.zeros(1)},

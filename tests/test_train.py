@@ -75,6 +75,30 @@ def test_dropout_masks_depend_on_the_step():
     assert (losses[0] != losses[1]) == differ, (rate, losses)
 
 
+def test_the_step_warps_from_its_augment_stream():
+  """Off by default, on where presets augment; the warp is the "augment"
+  key's with the step (not the dropout or data key's)."""
+  assert augment_lib.from_config(models.get_config("cnn", "seed")) is None
+  assert augment_lib.from_config(models.get_config("mlp")) is None
+  assert augment_lib.from_config(models.get_config("cnn", "best")) is not None
+  config = tiny_config("linear", augment=True, augment_shift=3.0)
+  state, warp = fresh_state(config), augment_lib.from_config(config)
+  batch = batch_of(*digits(8))
+  step = jax.jit(lambda s, warp: train.train_step(s, batch, augment=warp)[0],
+                 static_argnums=1)
+  params = lambda s: np.concatenate([np.ravel(p) for p in
+                                     jax.tree.leaves(s.params)])
+  warped = params(step(state, warp))
+  np.testing.assert_array_equal(params(step(state, warp)), warped)
+  assert not np.allclose(params(step(state, None)), warped)
+  keys = dict(state.keys)
+  other = state.replace(keys={**keys, "augment": jax.random.key(9)})
+  assert not np.allclose(params(step(other, warp)), warped)
+  other = state.replace(keys={**keys, "data": jax.random.key(9),
+                              "dropout": jax.random.key(9)})
+  np.testing.assert_array_equal(params(step(other, warp)), warped)
+
+
 # A CNN with BatchNorm, clipping and weight decay: every part of the state.
 BN_CNN = dict(cnn_batch_norm=True, impl="stock", grad_clip=1.0,
               weight_decay=1e-4)
