@@ -71,12 +71,6 @@ def _flip_array_byte(workdir):
     f.write(bytes([byte ^ 0x5A]))
 
 
-def _truncate_arrays(workdir):
-  for path in _arrays(workdir):
-    with open(path, "r+b") as f:
-      f.truncate(10)
-
-
 def _meta_path(workdir):
   return os.path.join(_step_dir(workdir), "meta", "metadata")
 
@@ -94,7 +88,8 @@ def _edit_meta(workdir, edit, checksum=True):
 DAMAGE = {
     "flipped_array_byte": (_flip_array_byte,
                            "its arrays do not match the checksum saved"),
-    "truncated_arrays": (_truncate_arrays, "its arrays do not read back"),
+    "truncated_arrays": (lambda w: [os.truncate(p, 10) for p in _arrays(w)],
+                         "its arrays do not read back"),
     "missing_meta": (lambda w: os.remove(_meta_path(w)),
                      "its meta record does not read back: File"),
     "unparsable_meta": (lambda w: files.write_text(_meta_path(w), '{"epo'),

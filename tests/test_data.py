@@ -30,10 +30,6 @@ from mnist_jax.errors import UserError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _as_set(images, labels):
-  return sorted((lab, img.tobytes()) for img, lab in zip(images, labels))
-
-
 def _prepared_saying(capfd, said, *args):
   """pipeline.prepare(*args), checking it prints one plain line (`said`, then
   that later runs read the cache) and no warning."""
@@ -114,9 +110,8 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture
 def served(tmp_path, monkeypatch):
-  """serve(dataset): a synthetic `dataset`'s download served from here and
-  declared so; returns table(wrong=()), writing checksums.tsv (`wrong`: a
-  wrong SHA-256)."""
+  """serve(dataset): a synthetic download served here; returns table(wrong=()),
+  which writes checksums.tsv (`wrong`: files given a wrong SHA-256)."""
   folder, servers = tmp_path / "served", []
 
   def serve(dataset):
@@ -322,5 +317,7 @@ def test_first_runs_at_once_prepare_the_data_dir_once(tmp_path):
       f"waiting for another process preparing mnist in {data_dir}"}
   assert lines.count(digest.hexdigest()) == 4
   assert sum(line.startswith("preparing") for line in lines) == 1
-  assert _as_set(arrays["train_images"], arrays["train_labels"]) == _as_set(
+  as_set = lambda images, labels: sorted(
+      (lab, img.tobytes()) for img, lab in zip(images, labels))
+  assert as_set(arrays["train_images"], arrays["train_labels"]) == as_set(
       *synthetic_digits(50, 0))

@@ -1,7 +1,6 @@
-"""The run folder: its record (the code it trained with, an old config.json),
-the one a command without --workdir picks, its lock, its metrics log, its files
-written whole with the user's permissions, a config.json it cannot read
-(refusals end to end: test_refusals.py)."""
+"""The run folder: its record (its code, an old config.json), the one a command
+without --workdir picks, its lock, metrics log and files (refusals end to end:
+test_refusals.py)."""
 
 import errno
 import fcntl
@@ -217,22 +216,16 @@ def test_a_folder_a_claim_created_goes_if_nothing_was_written(tmp_path):
   assert not os.path.exists(tmp_path / "missing")
 
 
-@pytest.mark.parametrize("damage, said", [  # Not JSON, a folder: test_refusals.
-    ("a_list", "holds settings this mnist_jax cannot use (TypeError: "),
-    ("no_permission", "cannot be read (Permission denied)")])
-def test_a_damaged_config_json_advises_deleting_nothing(tmp_path, damage, said):
+def test_a_config_json_of_no_settings_advises_deleting_nothing(tmp_path):
+  """A list, not settings (not JSON, unreadable: test_refusals.py)."""
   path = _run(str(tmp_path), "run", rows=[{"epoch": 1}])
   config = os.path.join(path, record.CONFIG_FILE)
-  if damage == "a_list":
-    files.write_text(config, "[1, 2]")
-  else:
-    os.chmod(config, 0)
-    if os.access(config, os.R_OK):
-      pytest.skip("this user (root) reads files whatever their permissions")
+  files.write_text(config, "[1, 2]")
   with pytest.raises(UserError) as e:
     resume.check_run_folder(path, CONFIG)
   message = str(e.value)
-  assert message.startswith(f"{config} {said}"), message
+  assert message.startswith(f"{config} holds settings this mnist_jax cannot "
+                            "use (TypeError: "), message
   assert "nothing was changed" in message and "another --workdir" in message
   assert "--overwrite" not in message and "delet" not in message
 
@@ -334,12 +327,6 @@ def test_an_old_run_folder_loads_resumes_and_predicts_the_same(tiny_run,
 # metrics.jsonl, its one writer (what TensorBoard then shows on a resume:
 # test_tensorboard.py).
 
-def _row(epoch):
-  return {"epoch": epoch, "step": 10 * epoch, "train_loss": 1.0 / epoch,
-          "train_accuracy": 0.5, "val_loss": None, "val_accuracy": None,
-          "epoch_time_s": 1.0, "examples_per_s": 100.0, "elapsed_s": epoch}
-
-
 class _Recorder:
   def __init__(self):
     self.calls = []
@@ -359,7 +346,7 @@ def test_rows_go_to_metrics_jsonl_then_to_the_events_and_resume_drops(
   events = _Recorder()
   log = metrics_log.MetricsLog(str(tmp_path), events)
   log.resume(0)
-  for row in (_row(1), _row(2), _row(3), {"test_accuracy": 0.9}):
+  for row in ({"epoch": 1}, {"epoch": 2}, {"epoch": 3}, {"test_accuracy": 0.9}):
     log.write(row)
   assert events.calls == [("resume", []), ("write", 1), ("write", 2),
                           ("write", 3), ("write", 0.9)]

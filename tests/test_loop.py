@@ -85,10 +85,8 @@ def _hooks(stream, progress_s=0.0):
 @pytest.mark.parametrize("stream,term", [
     (io.StringIO, "xterm"), (Terminal, "dumb"), (Terminal, "xterm")])
 def test_progress_in_a_log_and_on_a_terminal(monkeypatch, stream, term):
-  """An epoch with a report inside it, a message, the epoch's line (naming
-  the leading member), a message: plain lines in a log or a dumb terminal;
-  on a terminal the report is drawn in place, and a message or a stop's
-  line replaces it or starts a line of its own."""
+  """A report, a message, the epoch's line (its leader), a message: plain lines
+  in a log or a dumb terminal; on a terminal drawn in place, then replaced."""
   monkeypatch.setenv("TERM", term)
   hooks = _hooks(stream())
   hooks.end_line()

@@ -212,8 +212,9 @@ def test_permuted_run_records_its_order_and_tests_with_it(prepared, tmp_path):
   workdir = str(tmp_path / "run")
   config = models.get_config("gru", sequence="permuted", permute_seed=5,
                              hidden=8, epochs=1, batch_size=100, report=False,
-                             analyses=False, val_fraction=0.0, tensorboard=False,
-                             mnist_dir=mnist_dir, data_dir=data_dir)
+                             analyses=False, val_fraction=0.0,
+                             tensorboard=False, mnist_dir=mnist_dir,
+                             data_dir=data_dir)
   final = modes.train_and_evaluate(config, workdir, stream=io.StringIO())
   with open(os.path.join(workdir, "config.json")) as f:
     recorded = json.load(f)["config"]

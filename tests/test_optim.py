@@ -123,11 +123,9 @@ def test_equals_the_plain_optax_chain_over_a_whole_run(optimizer, schedule,
     (10, 2, 0.5), (421, 20, 1.0), (3, 1, 0.0), (5, 2, 9.0), (1, 1, 1.0)])
 def test_the_rate_is_optax_s_schedule_and_the_next_updates(
     schedule, steps_per_epoch, epochs, warmup):
-  """optim.learning_rate, read from the state (a member's peak, the count),
-  is optax's own schedule of that peak, past the run's end, and plain SGD
-  moves a parameter by it times a unit gradient. A warmup of 0 steps is 1,
-  one of the whole run stops a step short of its end, and a run of one step
-  has room for both."""
+  """optim.learning_rate, read from the state (a member's peak, the count), is
+  optax's schedule past the run's end, and plain SGD moves by it (edge cases:
+  no warmup, one of the whole run, a run of one step)."""
   config = _config(optimizer="sgd", momentum=0.0, schedule=schedule,
                    learning_rate=2e-3, epochs=epochs, warmup_epochs=warmup)
   multiplier = optim.schedule(config, steps_per_epoch)

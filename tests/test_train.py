@@ -99,11 +99,6 @@ def test_the_step_warps_from_its_augment_stream():
   np.testing.assert_array_equal(params(step(other, warp)), warped)
 
 
-# A CNN with BatchNorm, clipping and weight decay: every part of the state.
-BN_CNN = dict(cnn_batch_norm=True, impl="stock", grad_clip=1.0,
-              weight_decay=1e-4)
-
-
 def test_epoch_order_is_a_fresh_permutation_each_epoch():
   state = fresh_state(tiny_config("linear"))
   order = jax.jit(functools.partial(train.epoch_order, n=100, steps=3,
@@ -163,13 +158,13 @@ def test_chunks_equal_step_by_step_wherever_cut():
 
 @pytest.mark.parametrize("name,overrides", [
     ("mlp", dict(dropout=0.2, grad_clip=1.0, label_smoothing=0.1)),
-    ("cnn", BN_CNN),
+    ("cnn", dict(cnn_batch_norm=True, impl="stock", grad_clip=1.0,
+                 weight_decay=1e-4)),  # Every part of the state.
     ("gru", dict(hidden=8, augment=True, impl="stock", optimizer="rmsprop")),
 ])
 def test_the_step_loop_has_no_data_dependent_control_flow(name, overrides):
-  """docs/design.md: the chunk is one loop whose body branches on nothing (no
-  cond, no while; masking is a select); only a model's fixed-length scan
-  (nn.RNN) nests in it."""
+  """docs/design.md: the chunk is one loop whose body branches on nothing
+  (masking is a select); only a model's fixed-length scan nests in it."""
   config = tiny_config(name, **overrides)
   images, labels = digits(64)
   state = fresh_state(config, steps_per_epoch=2)
