@@ -1,5 +1,5 @@
 """Preparing from IDX files or a download, the cache, the split, the arrays a
-model is fed, data errors."""
+model is fed, data errors; on-device augmentation (affine warps, bilinear)."""
 
 import dataclasses
 import functools
@@ -14,10 +14,13 @@ import sys
 import threading
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from conftest import synthetic_digits, write_idx_dir
+from mnist_jax.data import augment
 from mnist_jax.data import datasets
 from mnist_jax.data import idx
 from mnist_jax import models
@@ -25,10 +28,6 @@ from mnist_jax.data import pipeline
 from mnist_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _as_set(images, labels):
-  return sorted((lab, img.tobytes()) for img, lab in zip(images, labels))
 
 
 def _prepared_saying(capfd, said, *args):
@@ -43,13 +42,11 @@ def _prepared_saying(capfd, said, *args):
   return arrays
 
 
-@pytest.mark.parametrize("compress", [True, False])
-def test_prepare_keeps_every_example_in_tfds_order_and_caches(tmp_path, capfd,
-                                                              compress):
-  """From the IDX files (gzipped or not), in one plain line: every example
-  in tfds's order (the same held out), read from the cache the next time."""
+def test_prepare_keeps_every_example_in_tfds_order_and_caches(tmp_path, capfd):
+  """From the IDX files, in one plain line: every example in tfds's order (the
+  same held out), read from the cache the next time (plain IDX files: below)."""
   from tensorflow_datasets.core import hashing  # pylint: disable=g-import-not-at-top
-  mnist_dir = write_idx_dir(tmp_path / "idx", compress=compress)
+  mnist_dir = write_idx_dir(tmp_path / "idx")
   data_dir = str(tmp_path / "tfds")
   arrays = _prepared_saying(
       capfd, f"preparing mnist in {data_dir} from the IDX files in "
@@ -113,9 +110,8 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture
 def served(tmp_path, monkeypatch):
-  """serve(dataset): a synthetic `dataset`'s download served from here and
-  declared so; returns table(wrong=()), writing checksums.tsv (`wrong`: a
-  wrong SHA-256)."""
+  """serve(dataset): a synthetic download served here; returns table(wrong=()),
+  which writes checksums.tsv (`wrong`: files given a wrong SHA-256)."""
   folder, servers = tmp_path / "served", []
 
   def serve(dataset):
@@ -231,6 +227,63 @@ def test_another_datasets_files_are_refused_before_anything_is_written(
     pipeline.prepare("kmnist", str(tmp_path / "tfds2"), folder)
 
 
+def _images(n=4, seed=0):
+  return jnp.asarray(np.random.default_rng(seed).integers(
+      0, 256, (n, 28, 28, 1)).astype(np.uint8))
+
+
+def _expected(how, x):
+  """What the warp `how` makes of x (floats)."""
+  x = np.asarray(x, np.float32)
+  if how == "identity":
+    return x
+  if how == "quarter turn":
+    return np.rot90(x, -1, axes=(1, 2))
+  if how == "shift":  # Down by 2, left by 3: zeros where it came from outside.
+    out = np.zeros_like(x)
+    out[:, 2:, :-3] = x[:, :-2, 3:]
+    return out
+  out = x.copy()  # Half a pixel: neighbours averaged.
+  out[:, :, 1:] = (x[:, :, :-1] + x[:, :, 1:]) / 2
+  return out
+
+
+@pytest.mark.parametrize("how,angle,shift", [
+    ("identity", 0.0, (0.0, 0.0)), ("shift", 0.0, (2.0, -3.0)),
+    ("quarter turn", np.pi / 2, (0.0, 0.0)), ("half pixel", 0.0, (0.0, 0.5))])
+def test_the_affine_grid_samples_as_it_says(how, angle, shift):
+  x = _images()
+  rows, cols = augment.affine_grid(x.shape, jnp.full(4, angle), jnp.ones(4),
+                                   jnp.tile(jnp.array([shift]), (4, 1)))
+  out = np.asarray(augment.sample(x, rows, cols), np.float32)
+  expected = _expected(how, x)
+  if how == "half pixel":  # The first column reads outside on its left.
+    out, expected = out[:, :, 1:], expected[:, :, 1:]
+  np.testing.assert_allclose(out, expected, atol=1e-3, rtol=1e-6)
+  if how == "identity":
+    np.testing.assert_array_equal(augment.augment(jax.random.key(0), x), x)
+
+
+@pytest.mark.parametrize("dtype", [jnp.uint8, jnp.float32])
+def test_each_example_gets_its_own_warp_in_range_and_dtype(dtype):
+  """The key decides the warps (typed and raw keys alike); outputs stay in
+  the input's range and dtype; the elastic field is smooth."""
+  x = jnp.tile(_images(1), (8, 1, 1, 1))
+  x = x if dtype == jnp.uint8 else x.astype(jnp.float32) / 255.0
+  kw = dict(shift=3, rotate=20, scale=0.2, elastic=34, elastic_sigma=4)
+  out = np.asarray(augment.augment(jax.random.key(2), x, **kw))
+  assert out.dtype == x.dtype and out.shape == x.shape
+  assert out.min() >= 0 and out.max() <= (255 if dtype == jnp.uint8 else 1.0)
+  assert len({o.tobytes() for o in out}) == 8
+  np.testing.assert_array_equal(out, augment.augment(jax.random.PRNGKey(2), x,
+                                                     **kw))
+  assert not np.array_equal(out, augment.augment(jax.random.key(3), x, **kw))
+  d_rows, _ = augment.elastic_field(jax.random.key(0), (2, 28, 28), 10.0, 4.0)
+  d = np.asarray(d_rows)
+  assert np.abs(d).max() > 0.1
+  assert np.abs(np.diff(d, axis=1)).mean() < 0.25 * d.std()
+
+
 @pytest.mark.slow
 def test_first_runs_at_once_prepare_the_data_dir_once(tmp_path):
   """Several first runs on one empty --data_dir: one prepares it, the others
@@ -264,5 +317,7 @@ def test_first_runs_at_once_prepare_the_data_dir_once(tmp_path):
       f"waiting for another process preparing mnist in {data_dir}"}
   assert lines.count(digest.hexdigest()) == 4
   assert sum(line.startswith("preparing") for line in lines) == 1
-  assert _as_set(arrays["train_images"], arrays["train_labels"]) == _as_set(
+  as_set = lambda images, labels: sorted(
+      (lab, img.tobytes()) for img, lab in zip(images, labels))
+  assert as_set(arrays["train_images"], arrays["train_labels"]) == as_set(
       *synthetic_digits(50, 0))

@@ -31,14 +31,10 @@ def _version(text: str) -> tuple:
   return tuple(parts)
 
 
-def _pins():
+def test_every_floor_is_pinned_in_floors_txt():
   with open(os.path.join(ROOT, ".ci", "floors.txt")) as f:
     lines = [l.split("#")[0].strip() for l in f]
-  return {_name(l.split("==")[0]): l.split("==")[1] for l in lines if l}
-
-
-def test_every_floor_is_pinned_in_floors_txt():
-  pins = _pins()
+  pins = {_name(l.split("==")[0]): l.split("==")[1] for l in lines if l}
   requirements = _requirements()
   assert len(requirements) >= 15
   for requirement in requirements:

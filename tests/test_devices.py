@@ -1,6 +1,5 @@
-"""--parallel=auto: a rule of the backend, devices, batch and the stock
-module's class, never a timing, on the host process.split_host makes (a
-device per core); what each layout computes: test_parallel.py."""
+"""--parallel=auto: a rule (backend, devices, batch, the stock module's class)
+on the host split_host makes; what each layout computes: test_parallel.py."""
 
 import dataclasses
 import os
@@ -39,10 +38,6 @@ def resolve(model="gru", members=1, **overrides):
                              models.get(config.model).stock(config))
 
 
-SHARDED_FOR_100 = ("--batch_size=100 does not split over 8 devices; pass a "
-                   "multiple of 8 (e.g. 96 or 104), or --parallel=none")
-
-
 @pytest.mark.parametrize("host_is,model,members,settings,expected", [
     # A CPU: the recurrent models sharded over devices of at least
     # MIN_DEVICE_BATCH examples each, the others one device.
@@ -55,10 +50,8 @@ SHARDED_FOR_100 = ("--batch_size=100 does not split over 8 devices; pass a "
     ((1,), "gru", 1, dict(batch_size=128), ("none", 1)),
     ((8,), "mlp", 1, dict(batch_size=128), ("none", 1)),
     ((8,), "cnn", 1, dict(batch_size=128), ("none", 1)),
-    ((8,), "linear", 1, dict(batch_size=128), ("none", 1)),
-    # A GPU or TPU: every model sharded over as many devices as split it.
+    # A GPU (or TPU): every model sharded over as many devices as split it.
     ((4, "gpu"), "mlp", 1, dict(batch_size=128), ("sharded", 4)),
-    ((4, "tpu"), "cnn", 1, dict(batch_size=64), ("sharded", 4)),
     ((1, "gpu"), "mlp", 1, dict(batch_size=128), ("none", 1)),
     ((8, "gpu"), "mlp", 1, dict(batch_size=100), ("sharded", 5)),
     # Members split over the devices, evenly.
@@ -82,8 +75,9 @@ SHARDED_FOR_100 = ("--batch_size=100 does not split over 8 devices; pass a "
     ((8,), "gru", 1, dict(parallel="none", batch_size=128), ("none", 1)),
     # Refused, in one line.
     ((8,), "mlp", 2, dict(parallel="pmap"), "leave out --parallel=pmap"),
-    ((8,), "mlp", 1, dict(parallel="sharded", batch_size=100),
-     SHARDED_FOR_100),
+    ((8,), "mlp", 1, dict(parallel="sharded", batch_size=100), "--batch_size="
+     "100 does not split over 8 devices; pass a multiple of 8 (e.g. 96 or "
+     "104), or --parallel=none"),
     ((3,), "mlp", 1, dict(parallel="sharded", batch_size=2), "(e.g. 3)"),
     ((4, "cpu", 2), "mlp", 1, dict(parallel="none"),
      "2 processes were started; pass --parallel=sharded"),

@@ -1,6 +1,5 @@
-"""A non-finite loss stops the run, names the step, and keeps the last good
-checkpoint; with several members only once every member has diverged (one
-member diverging alone: test_sweep.py)."""
+"""A non-finite loss stops the run, names the step, keeps the last good
+checkpoint; members once all have (one alone: test_sweep.py)."""
 
 import dataclasses
 import json
@@ -103,10 +102,8 @@ def test_a_diverged_run_stops_in_one_line_and_is_not_repeated(prepared,
 
 
 def test_a_chunk_reports_its_first_non_finite_step():
-  """-1 where no step's loss is non-finite. An infinite rate: the first
-  update makes the parameters non-finite, so step 2 is the first non-finite
-  loss; with one step, its update (its loss finite); parameters already
-  non-finite: the chunk's start."""
+  """-1 if none. An infinite rate: step 2's loss is the first (one step: its
+  update's); parameters already non-finite: the chunk's start."""
   config = dataclasses.replace(  # inf: past the flags' parser.
       models.get_config("linear", "seed", batch_size=4),
       learning_rate=float("inf"))
@@ -152,9 +149,8 @@ def test_the_run_stops_once_every_member_has():
 
 
 def test_an_epoch_mean_that_overflows_is_divergence():
-  """Each step's loss finite, their epoch mean not: the run stops as
-  diverged (of any split), unless a member is left whose metrics are finite;
-  a split with no examples (NaN by definition) is not divergence."""
+  """Of any split, unless a member's metrics are finite; a split of no
+  examples (NaN by definition) is not divergence."""
   fine = {"loss": 0.5, "accuracy": 0.9, "ece": 0.01, "count": 60.0}
   inf = {**fine, "loss": float("inf")}
   nan = {**fine, "accuracy": float("nan")}

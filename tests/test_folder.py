@@ -1,16 +1,29 @@
-"""The run folder: its record, the one a command without --workdir picks, its
-lock, a config.json it cannot read (refusals end to end: test_refusals.py)."""
+"""The run folder: its record (its code, an old config.json), the one a command
+without --workdir picks, its lock, metrics log and files (refusals end to end:
+test_refusals.py)."""
 
+import errno
 import fcntl
+import io
 import json
 import os
+import shutil
+import stat
 
+import numpy as np
 import pytest
 
+from mnist_jax import files
+from mnist_jax import models
+from mnist_jax import modes
+from mnist_jax.data import pipeline
 from mnist_jax.errors import UserError
 from mnist_jax.models import registry
+from mnist_jax.results import report
+from mnist_jax.results import run as run_lib
+from mnist_jax.results import serve
 from mnist_jax.rundir import choose
-from mnist_jax import files
+from mnist_jax.rundir import code
 from mnist_jax.rundir import lock
 from mnist_jax.rundir import metrics_log
 from mnist_jax.rundir import record
@@ -166,10 +179,8 @@ def test_a_run_training_in_another_process_is_left_alone(tmp_path):
 
 
 def test_a_run_holds_its_folder_while_it_writes_it_and_names_itself(tmp_path):
-  """Its lock file names the holder's pid and mode (one a killed holder left
-  refuses nothing: the flock is the lock; a folder another process holds:
-  test_api.py, test_refusals.py); outside locking() (the Python API),
-  nothing is locked."""
+  """Its lock file names its pid and mode (a killed holder's refuses nothing:
+  the flock is the lock); outside locking() (the Python API), none."""
   path = _run(str(tmp_path), "run", rows=[{"epoch": 1}])
   files.write_json(os.path.join(path, lock.LOCK_FILE), {"pid": 999999999})
   with lock.locking() as held:
@@ -205,21 +216,220 @@ def test_a_folder_a_claim_created_goes_if_nothing_was_written(tmp_path):
   assert not os.path.exists(tmp_path / "missing")
 
 
-@pytest.mark.parametrize("damage, said", [  # Not JSON, a folder: test_refusals.
-    ("a_list", "holds settings this mnist_jax cannot use (TypeError: "),
-    ("no_permission", "cannot be read (Permission denied)")])
-def test_a_damaged_config_json_advises_deleting_nothing(tmp_path, damage, said):
+def test_a_config_json_of_no_settings_advises_deleting_nothing(tmp_path):
+  """A list, not settings (not JSON, unreadable: test_refusals.py)."""
   path = _run(str(tmp_path), "run", rows=[{"epoch": 1}])
   config = os.path.join(path, record.CONFIG_FILE)
-  if damage == "a_list":
-    files.write_text(config, "[1, 2]")
-  else:
-    os.chmod(config, 0)
-    if os.access(config, os.R_OK):
-      pytest.skip("this user (root) reads files whatever their permissions")
+  files.write_text(config, "[1, 2]")
   with pytest.raises(UserError) as e:
     resume.check_run_folder(path, CONFIG)
   message = str(e.value)
-  assert message.startswith(f"{config} {said}"), message
+  assert message.startswith(f"{config} holds settings this mnist_jax cannot "
+                            "use (TypeError: "), message
   assert "nothing was changed" in message and "another --workdir" in message
   assert "--overwrite" not in message and "delet" not in message
+
+
+# The code a run trained with (rundir/code.py), and what every mode that
+# loads the run says where the code here differs.
+
+def test_a_run_records_the_core_files_it_trained_with(tiny_run):
+  recorded = json.load(open(os.path.join(tiny_run, "config.json")))[
+      "environment"]["code"]
+  assert recorded["files"] == code.core_files() and "diff" not in recorded
+  assert {"models/dense.py", "training/train.py", "optim.py"} <= set(
+      recorded["files"])
+  assert code.changed(recorded) == [] and code.note(tiny_run, recorded) is None
+
+
+def test_every_mode_says_the_code_differs(tiny_run, tmp_path, monkeypatch):
+  """predict, the page and a resume say so in one line (a resume's
+  checkpoint fits the module: then it trains on)."""
+  work = str(tmp_path / "run")
+  shutil.copytree(tiny_run, work)
+  edited = {**code.core_files(), "models/dense.py": "edited"}  # Since then.
+  monkeypatch.setattr(code, "core_files", lambda: edited)
+  said = run_lib.run_note(work, run_lib.load_run(work))
+  assert said == (f"{work} was trained with other code: models/dense.py "
+                  "changed since (its config.json's environment.code holds "
+                  "what it ran); these results are of the code here now")
+  out, err = io.StringIO(), io.StringIO()
+  run_lib.print_predictions(work, [os.path.join(
+      os.path.dirname(__file__), "..", "docs", "img", "seven.png")], out=out,
+                            err=err)
+  assert err.getvalue().startswith(f"note: {said}")
+  assert serve.load([work])[0].info["note"] == said
+  config = record.read_config(work).replace(epochs=2, workdir=work)
+  path = os.path.join(work, "config.json")
+  stored = json.load(open(path))
+  stored.update(finished=False, config=config.to_dict())
+  json.dump(stored, open(path, "w"))
+  out = io.StringIO()
+  modes.train_and_evaluate(config, work, stream=out)
+  assert (f"note: {work} was trained with other code: models/dense.py "
+          "changed since") in out.getvalue()
+  assert "training goes on with the code here now" in out.getvalue()
+  assert record.status(work)[0] == "finished"
+
+
+def test_edited_code_is_named_with_its_diff(tmp_path, monkeypatch):
+  """A dirty tree: config.json names the edited files, the run folder keeps
+  their diff, and the report's summary line names them."""
+  edited = {"commit": "c" * 40, "dirty": True,
+            "edited": ["mnist_jax/models/cnn.py"], "files": code.core_files(),
+            "diff": "--- a/mnist_jax/models/cnn.py\n+++ b/..."}
+  monkeypatch.setattr(code, "record", lambda: dict(edited))
+  work = str(tmp_path / "run")
+  config = models.get_config("linear", "seed", workdir=work)
+  record.begin(work, config, record.environment())
+  assert open(os.path.join(work, code.DIFF_FILE)).read() == edited["diff"]
+  kept = record.trained_code(work)
+  assert "diff" not in kept and kept["edited"] == edited["edited"]
+  assert code.summary(kept) == ("code: ccccccc, edited: "
+                                "mnist_jax/models/cnn.py")
+
+
+def _old_format(config_json: dict) -> dict:
+  """A config.json as written before models declared their settings: every
+  model's settings, at their old defaults, beside the run's own."""
+  old = {"hidden": 128, "num_layers": 1, "bidirectional": False,
+         "mlp_hidden": [512, 256], "dropout": 0.0, "cnn_features": [32, 64],
+         "cnn_kernel": 3, "cnn_dense": 128, "cnn_padding": "VALID",
+         "remat": False, "sequence": "rows", "permute_seed": 0}
+  return {**config_json, "config": {**old, **config_json["config"]}}
+
+
+def test_an_old_run_folder_loads_resumes_and_predicts_the_same(tiny_run,
+                                                               tmp_path):
+  root = tmp_path / "runs"
+  old = str(root / "old")
+  shutil.copytree(tiny_run, old)
+  path = os.path.join(old, record.CONFIG_FILE)
+  with open(path) as f:
+    recorded = _old_format(json.load(f))
+  with open(path, "w") as f:
+    json.dump(recorded, f)
+  config = record.read_config(old)
+  new = config.replace(workdir=None)
+  assert new == record.read_config(tiny_run).replace(workdir=None)
+  assert "cnn_features" not in config.to_dict()
+  assert "sequence" not in config.to_dict()
+  # The same command resumes it: its settings match a new run's.
+  assert [r.path for r in choose.find_runs(new, str(root))] == [old]
+  images = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1), np.uint8)
+  np.testing.assert_array_equal(run_lib.load_run(old).logits(images),
+                                run_lib.load_run(tiny_run).logits(images))
+  os.remove(os.path.join(old, "report.md"))
+  modes.rewrite_report(old)
+  assert os.path.exists(os.path.join(old, "report.md"))
+
+
+# metrics.jsonl, its one writer (what TensorBoard then shows on a resume:
+# test_tensorboard.py).
+
+class _Recorder:
+  def __init__(self):
+    self.calls = []
+
+  def resume(self, rows):
+    self.calls.append(("resume", [r.get("epoch") for r in rows]))
+
+  def write(self, row):
+    self.calls.append(("write", row.get("epoch", row.get("test_accuracy"))))
+
+
+def test_rows_go_to_metrics_jsonl_then_to_the_events_and_resume_drops(
+    tmp_path):
+  """metrics.jsonl, then the events; a resume drops later epochs and the final
+  row (a completion keeps it), and a line a kill cut short."""
+  path = os.path.join(tmp_path, "metrics.jsonl")
+  events = _Recorder()
+  log = metrics_log.MetricsLog(str(tmp_path), events)
+  log.resume(0)
+  for row in ({"epoch": 1}, {"epoch": 2}, {"epoch": 3}, {"test_accuracy": 0.9}):
+    log.write(row)
+  assert events.calls == [("resume", []), ("write", 1), ("write", 2),
+                          ("write", 3), ("write", 0.9)]
+  rows = metrics_log.read_metrics(path)
+  assert [r.get("epoch") for r in rows] == [1, 2, 3, None]
+  metrics_log.MetricsLog(str(tmp_path)).resume(3, keep_final=True)
+  assert metrics_log.read_metrics(path) == rows
+  with open(path, "a") as f:
+    f.write('{garbage\n[1]\n{"epoch": 4, "tr')
+  events = _Recorder()
+  log = metrics_log.MetricsLog(str(tmp_path), events)
+  assert [r.get("epoch") for r in log.read()] == [1, 2, 3, None]
+  log.resume(2)
+  assert events.calls == [("resume", [1, 2])]
+  with open(path) as f:
+    assert [json.loads(line)["epoch"] for line in f] == [1, 2]
+
+
+# Files written whole or not at all (mnist_jax/files.py), with the user's
+# normal permissions.
+
+UMASK = 0o002  # Group-writable: unlike the usual 0o022, also tells 0o664 from 0o644.
+EXPECTED = 0o666 & ~UMASK
+
+
+@pytest.fixture
+def umask():
+  old = os.umask(UMASK)
+  try:
+    yield
+  finally:
+    os.umask(old)
+
+
+def _mode(path):
+  return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_a_write_is_whole_or_not_at_all_with_the_umask(tmp_path, umask):
+  """A failed write leaves the old file and no temporary; a killed write's
+  temporary file (a run's, or --mode=predict --plot's) is the next write's."""
+  path = str(tmp_path / "a.json")
+  files.write_json(path, {"b": 1, "a": [1, 2]})
+  assert open(path).read() == '{\n  "a": [\n    1,\n    2\n  ],\n  "b": 1\n}\n'
+  with files.atomic(str(tmp_path / "b.bin"), "wb") as f:
+    f.write(b"\x00\x01")
+  assert _mode(path) == _mode(tmp_path / "b.bin") == EXPECTED
+  with pytest.raises(RuntimeError):
+    with files.atomic(path) as f:
+      f.write("half a new")
+      raise RuntimeError("interrupted")
+  assert open(path).read().startswith('{\n  "a"')
+  with pytest.raises(OSError) as full:  # Its error names the file meant.
+    with files.atomic(path) as f:
+      raise OSError(errno.ENOSPC, "No space left on device", f.name)
+  assert full.value.filename == path
+  (tmp_path / ".report.md.tmp").write_text("half a report, its writer killed")
+  files.write_text(str(tmp_path / "report.md"), "the report")
+  assert sorted(os.listdir(tmp_path)) == ["a.json", "b.bin", "report.md"]
+  assert (tmp_path / "report.md").read_text() == "the report"
+
+
+@pytest.mark.slow
+def test_run_files_get_the_users_permissions(prepared, tmp_path, umask):
+  """config.json, metrics.jsonl, the report, the events, the checkpoint and
+  the dataset cache: 0o666 & ~umask, not tempfile's 0o600."""
+  mnist_dir, data_dir = prepared
+  fresh = str(tmp_path / "tfds")
+  shutil.copytree(data_dir, fresh)
+  cache = os.path.join(fresh, "mnist", "3.0.1", "mnist_jax_arrays.npz")
+  os.remove(cache)
+  workdir = str(tmp_path / "run")
+  config = models.get_config("mlp", "seed", epochs=1, mlp_hidden=(8,),
+                             batch_size=50, mnist_dir=mnist_dir,
+                             data_dir=fresh, workdir=workdir)
+  modes.train_and_evaluate(config, workdir, stream=io.StringIO())
+  events = [f for f in os.listdir(workdir) if "tfevents" in f]
+  assert events
+  checkpoint_files = [os.path.join(d, n) for d, _, names in
+                      os.walk(os.path.join(workdir, "checkpoints")) for n in names]
+  assert checkpoint_files
+  for path in [os.path.join(workdir, name) for name in (
+      "config.json", "metrics.jsonl", *report.FILES, *events)] + [
+          cache, *checkpoint_files]:
+    assert _mode(path) == EXPECTED, path
+  assert pipeline.prepare("mnist", fresh)["train_images"].shape == (600, 28, 28, 1)

@@ -1,11 +1,17 @@
-"""The command line: flags defined from the settings' declarations (their
-help in --help and docs/flags.md's table; refusals: test_refusals.py), what
---dry_run shows, and a training command end to end."""
+"""The command line: flags from the settings' declarations (--help, the table
+in docs/flags.md; refusals: test_refusals.py), --dry_run, training end to
+end, and every command of the docs' shell blocks (Python blocks: test_api)."""
 
 import dataclasses
+import functools
 import json
 import os
 import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -60,10 +66,19 @@ def _printed_help(capsys, arg="--help"):
   return capsys.readouterr().out
 
 
-def test_help_prints_every_flag_by_group_with_its_default_and_bounds(capsys):
-  """The groups in config.GROUPS' order, each group's flags by name, each
-  with its help, absl's default and the bounds its parser reads."""
-  printed = _printed_help(capsys)
+@pytest.mark.parametrize("arg", ["--help", "-h", "-?", "--helpshort",
+                                 "--helpfull", "--helpxml"])
+def test_help_prints_every_flag_by_group_with_its_default_and_bounds(capsys,
+                                                                     arg):
+  """Every help flag exits 0. --help: the groups in config.GROUPS' order, each
+  group's flags by name, with its help, absl's default and its bounds."""
+  printed = _printed_help(capsys, arg)
+  assert "--model" in printed
+  if arg == "--helpfull":  # And the libraries' flags.
+    assert "--verbosity" in printed and printed.startswith(
+        _printed_help(capsys).rstrip())
+  if arg != "--help":
+    return
   headings = [line[:-1] for line in printed.splitlines()
               if line.endswith(":") and not line.startswith(" ")]
   assert headings == list(config_lib.GROUPS)
@@ -84,20 +99,9 @@ def test_help_prints_every_flag_by_group_with_its_default_and_bounds(capsys):
     assert line in printed, name
 
 
-@pytest.mark.parametrize("arg", ["-h", "--help", "-?", "--helpshort",
-                                 "--helpfull", "--helpxml"])
-def test_every_help_flag_prints_help_and_exits_0(capsys, arg):
-  printed = _printed_help(capsys, arg)
-  assert "--model" in printed
-  if arg == "--helpfull":  # And the libraries' flags.
-    assert "--verbosity" in printed and printed.startswith(
-        _printed_help(capsys).rstrip())
-
-
 def test_docs_flag_table_is_the_help():
-  """docs/flags.md's table: the same flags, in the same groups and order,
-  with the same help, and as default the flag's ("the preset's, else X"
-  where a preset sets it; "the model's" where its models' defaults differ)."""
+  """docs/flags.md's table: the flags, groups, order and help, and as default
+  the flag's ("the preset's, else X"; "the model's" where models differ)."""
   with open(os.path.join(lh.ROOT, "docs", "flags.md"), encoding="utf-8") as f:
     lines = f.read().splitlines()
   rows, group = [], None
@@ -122,7 +126,7 @@ def test_docs_flag_table_is_the_help():
   assert rows == expected
 
 
-def test_dry_run_marks_where_each_setting_comes_from():
+def test_dry_run_marks_where_each_setting_comes_from_and_the_split():
   config = registry.get_config("cnn", "best", epochs=3, learning_rate=3e-3)
   given = {"model": "cnn", "preset": "best", "epochs": 3,
            "learning_rate": 3e-3}
@@ -148,10 +152,7 @@ def test_dry_run_marks_where_each_setting_comes_from():
           "3x3 SAME, max-pool, Conv128 3x3 SAME, max-pool, Dense256, Dense10, "
           "dropout 0.25; 390,410 parameters") in text
   assert re.search(rf"    --epochs=3 +flag; preset: {preset}\n", text)
-
-
-def test_dry_run_says_which_split_is_held_out():
-  config = registry.get_config("mlp")  # The last 10%.
+  config = registry.get_config("mlp")  # The last 10% held out.
   n = datasets.get("mnist").train_size
   split = pipeline.split({"train_images": np.zeros(n), "train_labels": np.zeros(n),
                           "test_images": np.zeros(1), "test_labels": np.zeros(1)},
@@ -211,3 +212,101 @@ def test_launch_trains_and_writes_the_run_folder(prepared, tmp_path):
   assert all(epoch_keys <= set(r) for r in rows[:-1])
   assert {"test_loss", "test_accuracy", "wall_time_s"} <= set(rows[-1])
   assert 0.0 <= rows[-1]["test_accuracy"] <= 1.0
+
+
+# Every command of README.md's and docs/'s shell blocks, as written: training
+# with --dry_run (DIR: synthetic IDX files), --mode=report and predict on a
+# finished run (RUN), a script's --help naming each flag passed. Commands
+# whose first word is one of SKIPPED are not ours to run here.
+SKIPPED = {
+    "pip": "installs packages (CI installs what the README says)",
+    "tensorboard": "a server (test_tensorboard reads the same files)",
+    "gcloud": "a TPU pod slice", "srun": "a SLURM cluster",
+    "jupyter": "a notebook server (test_tour runs the notebook)",
+}
+
+
+def _commands():
+  """(doc, command) for each command of each shell block (continuation lines
+  joined, comments dropped, `&&` chains split); none found fails collection."""
+  out = []
+  for doc in lh.DOCS:
+    with open(os.path.join(lh.ROOT, doc), encoding="utf-8") as f:
+      blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", f.read(), re.S)
+    for block in blocks:
+      for line in block.replace("\\\n", " ").splitlines():
+        if "$(" in line:  # A shell variable for the lines below: a revision.
+          continue
+        words = shlex.split(line.replace("$REV", "HEAD"), comments=True)
+        words = words[1:] if words[:1] == ["time"] else words
+        while words:
+          cut = words.index("&&") if "&&" in words else len(words)
+          if words[:cut] not in [w for _, w in out]:  # Once, where first.
+            out.append((doc, words[:cut]))
+          words = words[cut + 1:]
+  assert any(w[:2] == ["python", "launch.py"] for _, w in out), "none found"
+  return out
+
+
+COMMANDS = _commands()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_run, tmp_path_factory):
+  return shutil.copytree(tiny_run, str(tmp_path_factory.mktemp("docs") / "run"))
+
+
+@functools.lru_cache(maxsize=None)
+def _help(script):
+  """(exit status, stdout and stderr) of `python SCRIPT --help`, once a script
+  (the docs name some scripts many times)."""
+  out = subprocess.run([sys.executable, script, "--help"], cwd=lh.ROOT,
+                       capture_output=True, text=True, timeout=120,
+                       env=lh.child_env())
+  return out.returncode, out.stdout + out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("doc,words", COMMANDS,
+                         ids=[f"{d}:{' '.join(w)[:60]}" for d, w in COMMANDS])
+def test_each_command_runs_as_written(doc, words, prepared, finished_run,
+                                      tmp_path):
+  env, words = {}, list(words)
+  while words and re.match(r"^[A-Z_]+=", words[0]):  # VAR=value python ...
+    name, value = words.pop(0).split("=", 1)
+    env[name] = value
+  if not (words[:1] == ["python"] and (words[1:2] == ["launch.py"] or
+                                       words[1].startswith("experiments/"))):
+    assert words[0] in SKIPPED or words[:3] == ["python", "-m", "pytest"], (
+        f"{doc}: a command no test runs: {' '.join(words)}")
+    return
+  mnist_dir, data_dir = prepared
+  fill = {"DIR": mnist_dir, "RUN": finished_run, "RUN=": finished_run}
+  args = [re.sub(r"\b(DIR|RUN)\b", lambda m: fill[m[1]], w) for w in words[2:]]
+  env.pop("CUDA_VISIBLE_DEVICES", None)  # A CPU here: the flags still parse.
+  if words[1] != "launch.py":  # An experiments script: its flags exist.
+    rc, text = _help(words[1])
+    assert rc == 0, text[-2000:]
+    own = args[:args.index("--")] if "--" in args else args  # Then launch.py's.
+    for flag in {a.split("=")[0] for a in own if a.startswith("--")}:
+      assert flag.lstrip("-") in text, (doc, flag)
+    return
+  if any(a.startswith("--coordinator_address") for a in args):
+    args = [a for a in args if not a.startswith(("--coordinator_address",
+                                                 "--num_processes",
+                                                 "--process_id"))]
+  if not any(a.startswith("--mode=") for a in args):
+    args += ["--dry_run", f"--data_dir={data_dir}",
+             f"--workdir={tmp_path / 'run'}"]
+  if "--mode=serve" in args:  # It serves until Ctrl-C: started, stopped.
+    p = subprocess.Popen([sys.executable, "launch.py", *args], cwd=lh.ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=lh.child_env(**env))
+    line = p.stdout.readline()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert "serving" in line and p.returncode == 130, f"{doc}: {line}{err}"
+    return
+  rc, out, err = lh.run(args, timeout=600, cwd=lh.ROOT, **env)
+  assert rc == 0, f"{doc}: {' '.join(words)}\n{err[-2000:]}"
+  assert "Traceback" not in err

@@ -78,7 +78,9 @@ def test_sums_of_parts_add_up_to_the_whole():
   assert got["ece"] == pytest.approx(want["ece"], abs=1e-6)
 
 
-def test_each_split_sums_its_declared_metrics():
+def test_each_split_sums_its_declared_metrics_and_rows_carry_them():
+  """No example: NaN, not 0. A row: in METRICS' order, a member's own (several
+  members' leader, means, spreads and entries: test_sweep.py's rows test)."""
   batch = metrics.Batch(jnp.zeros((1, 10)), jnp.zeros(1, jnp.int32),
                         jnp.zeros(1), jnp.ones(1))
   for split in metrics.SPLITS:
@@ -90,9 +92,14 @@ def test_each_split_sums_its_declared_metrics():
   host = metrics.zeros(lead=(3,), host=True, num_classes=10)
   assert isinstance(host["loss"], np.ndarray) and host["loss"].shape == (3,)
   zeros = jax.device_get(metrics.zeros(metrics.EVAL, num_classes=10))
-  got = metrics.values(zeros)  # No example: NaN, not 0.
+  got = metrics.values(zeros)
   assert got["count"] == 0 and all(np.isnan(got[m.name])
                                    for m in metrics.METRICS)
+  per = [{**{m.name: 1.0 for m in metrics.METRICS}, "count": 4.0}]
+  single = members.from_config(models.get_config("linear"))
+  row = members.row(single, (0, 0), {"train": per, "val": per})
+  assert list(row) == [*metrics.keys("train"), *metrics.keys("val")]
+  assert metrics.BY_NAME["ece"].text(0.0123) == "1.23%"
 
 
 def test_the_results_score_logits_as_the_loop_evaluates_them():
@@ -109,16 +116,6 @@ def test_the_results_score_logits_as_the_loop_evaluates_them():
   assert got["count"] == 250 and got["accuracy"] == loop["accuracy"]
   assert got["loss"] == pytest.approx(loop["loss"], rel=1e-5)
   assert got["ece"] == pytest.approx(loop["ece"], abs=1e-6)
-
-
-def test_rows_carry_every_metric_of_each_split():
-  """In METRICS' order, a member's own (several members' leader, means,
-  spreads and entries: test_sweep.py's rows test)."""
-  per = [{**{m.name: 1.0 for m in metrics.METRICS}, "count": 4.0}]
-  single = members.from_config(models.get_config("linear"))
-  row = members.row(single, (0, 0), {"train": per, "val": per})
-  assert list(row) == [*metrics.keys("train"), *metrics.keys("val")]
-  assert metrics.BY_NAME["ece"].text(0.0123) == "1.23%"
 
 
 def test_a_metric_may_need_the_class_count(monkeypatch):

@@ -1,6 +1,11 @@
 """Every model: raw images in, logits out, seed parameter counts, stacking,
-the CNN's pooling and BatchNorm (every preset: test_sweep.py)."""
+the CNN's pooling and BatchNorm (every preset: test_sweep.py); the recurrent
+models' sequences; a model's settings in its runs only."""
 
+import io
+import json
+import os
+import re
 
 import flax.linen as nn
 import jax
@@ -8,10 +13,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mnist_jax import config as config_lib
 from mnist_jax import models
+from mnist_jax import modes
 from mnist_jax import optim
+from mnist_jax.data import pipeline
+from mnist_jax.errors import UserError
 from mnist_jax.models import cnn
 from mnist_jax.models import recurrent
+from mnist_jax.results import run as run_lib
+from mnist_jax.rundir import dry_run
+from mnist_jax.rundir import record as record_lib
+from mnist_jax.rundir import tensorboard
 from mnist_jax.training import train
 
 # Parameter counts of the seed architectures, from the layer formulas.
@@ -124,3 +137,131 @@ def test_batch_norm_is_described_built_and_shaped():
   other = stepped.replace(model_state=jax.tree.map(  # Evaluation reads them.
       lambda s: 2 * s + 1, stepped.model_state))
   assert not np.allclose(other.apply_fn(other.variables, x), logits)
+
+
+@pytest.mark.parametrize("seq,shape", [("rows", (3, 28, 28)),
+                                       ("pixels", (3, 784, 1)),
+                                       ("permuted", (3, 784, 1))])
+def test_sequences_read_every_pixel_in_their_order(seq, shape):
+  """In [0, 1]: rows and pixels row-major, permuted in the order its seed
+  fixes (a permutation of the 784, another for another seed)."""
+  images = np.asarray(_images())
+  x = np.asarray(recurrent.as_sequence(jnp.asarray(images), seq, 7))
+  assert x.shape == shape and x.dtype == np.float32
+  order = (recurrent.permutation(7) if seq == "permuted" else np.arange(784))
+  np.testing.assert_allclose(x.reshape(3, -1), images.reshape(3, -1)[
+      :, order] / 255, rtol=1e-6)
+  np.testing.assert_array_equal(np.sort(order), np.arange(784))
+  np.testing.assert_array_equal(recurrent.permutation(7),
+                                recurrent.permutation(7))  # Fixed by its seed.
+  assert not np.array_equal(recurrent.permutation(8), recurrent.permutation(7))
+
+
+@pytest.mark.parametrize("cell", RECURRENT)
+def test_the_sequence_and_its_seed_are_the_modules_and_the_run_folders(cell):
+  """Attributes of the module (the presets name them), config.json keys read
+  back as such (the recurrent models' only: below)."""
+  config = models.get_config(cell, "seed", sequence="permuted", permute_seed=9)
+  module = models.get(cell).stock(config)
+  assert (module.sequence, module.permute_seed) == ("permuted", 9)
+  for preset in ("pixels", "permuted"):
+    assert models.get_config(cell, preset).sequence == preset
+  assert models.get_config(cell).sequence == "rows"  # The module's default.
+  assert models.from_dict(json.loads(config.to_json())) == config
+
+
+def test_the_permutation_is_the_models_own():
+  """A permuted model on raw images computes the pixel model on images
+  permuted by hand."""
+  config = models.get_config("gru", sequence="permuted", permute_seed=5,
+                             hidden=4)
+  permuted = models.get("gru").stock(config)
+  pixels = models.get("gru").stock(config.replace(sequence="pixels"))
+  images = np.asarray(_images(2))
+  variables = permuted.init(jax.random.key(0), jnp.asarray(images))
+  by_hand = images.reshape(2, -1)[:, recurrent.permutation(5)].reshape(
+      2, 28, 28, 1)
+  np.testing.assert_allclose(permuted.apply(variables, images),
+                             pixels.apply(variables, by_hand), rtol=1e-5,
+                             atol=1e-6)
+
+
+@pytest.mark.slow
+def test_remat_keeps_parameters_outputs_and_gradients():
+  x = _images()
+  results = []
+  for remat in (False, True):
+    config = models.get_config("lstm", sequence="pixels", hidden=4,
+                               num_layers=2, bidirectional=True, remat=remat)
+    model = models.get("lstm").stock(config)
+    params = model.init(jax.random.key(0), x)["params"]
+    loss = lambda p, m=model: m.apply({"params": p}, x).sum()
+    results.append((params, model.apply({"params": params}, x),
+                    jax.grad(loss)(params)))
+  assert (jax.tree_util.tree_structure(results[0][0]) ==
+          jax.tree_util.tree_structure(results[1][0]))
+  for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_permuted_run_records_its_order_and_tests_with_it(prepared, tmp_path):
+  """The run folder records the order; the model loaded back reads the test
+  split in it, as the run did (the order is the model's own: above)."""
+  mnist_dir, data_dir = prepared
+  workdir = str(tmp_path / "run")
+  config = models.get_config("gru", sequence="permuted", permute_seed=5,
+                             hidden=8, epochs=1, batch_size=100, report=False,
+                             analyses=False, val_fraction=0.0,
+                             tensorboard=False, mnist_dir=mnist_dir,
+                             data_dir=data_dir)
+  final = modes.train_and_evaluate(config, workdir, stream=io.StringIO())
+  with open(os.path.join(workdir, "config.json")) as f:
+    recorded = json.load(f)["config"]
+  assert recorded["sequence"] == "permuted" and recorded["permute_seed"] == 5
+  order = np.load(os.path.join(workdir, record_lib.PERMUTATION_FILE))
+  np.testing.assert_array_equal(order, recurrent.permutation(5))
+
+  run = run_lib.load_run(workdir)
+  assert (run.model.sequence, run.model.permute_seed) == ("permuted", 5)
+  test = pipeline.load(config).test
+  accuracy = run.evaluate(test.images, test.labels)["accuracy"]
+  assert accuracy == pytest.approx(final["test_accuracy"])
+  # --mode=report reads the test images in the run's order too.
+  assert modes.rewrite_report(workdir)["accuracy"] == pytest.approx(accuracy)
+
+
+# Every model's own setting: a flag, but no Config field.
+MODEL_SETTINGS = sorted(set(config_lib.SETTINGS) - set(config_lib.FIELDS))
+
+
+@pytest.mark.parametrize("model", list(models.MODELS))
+def test_a_models_settings_appear_in_its_runs_only(model):
+  """config.json, the repeat command, the dry run and TensorBoard's hparams
+  of a run carry its model's settings and no other model's."""
+  config = models.get_config(model)
+  own = set(models.get(model).settings)
+  assert set(config.to_dict()) & set(MODEL_SETTINGS) == own
+  assert set(json.loads(config.to_json())) & set(MODEL_SETTINGS) == own
+  assert set(tensorboard.hparams(config)) & set(MODEL_SETTINGS) == own
+  flags = lambda text: set(re.findall(r"--(?:no)?(\w+)", text))
+  assert flags(record_lib.repeat_command(config)) & set(MODEL_SETTINGS) == own
+  shown = "\n".join(dry_run.settings_lines(config, ()))
+  assert flags(shown) & set(MODEL_SETTINGS) == own
+  for name in own:
+    assert getattr(config, name) is not None
+  for name in set(MODEL_SETTINGS) - own:
+    with pytest.raises(AttributeError):
+      getattr(config, name)
+
+
+@pytest.mark.parametrize("values,message", [
+    (dict(cnn_kernel=7, cnn_features=(4, 4, 4)),
+     "*leave no pixels*--cnn_padding=SAME*"),
+    (dict(cnn_padding="SAME", cnn_features=(4,) * 5),
+     "*leave no pixels*fewer --cnn_features*")])
+def test_a_cnn_whose_convolutions_leave_no_pixels_is_refused(values, message):
+  """In one line (another model's setting: test_refusals.py)."""
+  with pytest.raises(UserError) as e:
+    models.get_config("cnn", **values)
+  assert re.fullmatch(re.escape(message).replace(r"\*", ".*"), str(e.value))

@@ -1,5 +1,6 @@
 """The optimizer, its numbers in its state, against plain optax chains and
-schedules over whole runs; label smoothing; a new optimizer."""
+schedules over whole runs; swept where read; label smoothing; a new
+optimizer."""
 
 import functools
 
@@ -10,6 +11,7 @@ import optax
 import pytest
 
 from conftest import synthetic_digits
+import launch
 from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.errors import UserError
@@ -121,11 +123,9 @@ def test_equals_the_plain_optax_chain_over_a_whole_run(optimizer, schedule,
     (10, 2, 0.5), (421, 20, 1.0), (3, 1, 0.0), (5, 2, 9.0), (1, 1, 1.0)])
 def test_the_rate_is_optax_s_schedule_and_the_next_updates(
     schedule, steps_per_epoch, epochs, warmup):
-  """optim.learning_rate, read from the state (a member's peak, the count),
-  is optax's own schedule of that peak, past the run's end, and plain SGD
-  moves a parameter by it times a unit gradient. A warmup of 0 steps is 1,
-  one of the whole run stops a step short of its end, and a run of one step
-  has room for both."""
+  """optim.learning_rate, read from the state (a member's peak, the count), is
+  optax's schedule past the run's end, and plain SGD moves by it (edge cases:
+  no warmup, one of the whole run, a run of one step)."""
   config = _config(optimizer="sgd", momentum=0.0, schedule=schedule,
                    learning_rate=2e-3, epochs=epochs, warmup_epochs=warmup)
   multiplier = optim.schedule(config, steps_per_epoch)
@@ -177,6 +177,27 @@ def test_a_swept_clip_or_decay_of_0_is_off_and_members_hold_their_numbers():
   for x, y in zip(jax.tree.leaves(moved.inner_state),
                   jax.tree.leaves(plain.inner_state)):
     np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("key", list(optim.HYPERPARAMS))
+def test_every_hyperparameter_is_swept_where_read(key):
+  """Listed by --sweep's help, swept with the optimizers that read it
+  (`reads`), refused with the others (held as float32: the test above)."""
+  listed = launch.FLAGS["sweep"].help.split("NAME: ")[1].split(" (default")[0]
+  assert key in listed.split(", ")
+  value = getattr(config_lib.Config(), key)
+  readers = [o for o, spec in optim.OPTIMIZERS.items() if key in spec.reads]
+  for optimizer in optim.OPTIMIZERS:
+    make = lambda optimizer=optimizer: models.get_config(
+        "mlp", optimizer=optimizer, sweep=f"{key}={value!r}")
+    if not readers or optimizer in readers:
+      assert len(members_lib.from_config(make())) == 1
+      continue
+    with pytest.raises(UserError) as e:
+      make()
+    assert str(e.value) == (
+        f"--sweep={key} changes nothing with --optimizer={optimizer}: only "
+        f"{' or '.join(f'--optimizer={o}' for o in readers)} reads it")
 
 
 def test_label_smoothing_is_a_loss_setting_not_optimizer_state():

@@ -1,6 +1,5 @@
-"""A resumed run equals an uninterrupted one, bit for bit: the core stopped
-after a checkpoint, over layouts, members and BatchNorm (launch.py killed
-anywhere: test_run_folder_safety.py); then the run folder's hooks."""
+"""A resumed run equals an uninterrupted one, bit for bit, over layouts, members
+and BatchNorm (killed anywhere: test_run_folder_safety.py); the run folder's."""
 
 import fcntl
 import io
@@ -48,9 +47,8 @@ def core(name, model, settings, stops, parallel="none", devices=1, slow=True):
          2)])
 def test_a_resumed_run_equals_an_uninterrupted_one_bit_for_bit(
     tmp_path, model, settings, stops, parallel, devices):
-  """Stopped after epoch 1 or mid-epoch 2, resumed from its checkpoint at
-  the chunk it stopped at: its rows (less timing), final row and every part
-  of the state a checkpoint holds (BatchNorm's statistics too)."""
+  """Stopped after epoch 1 or mid-epoch 2, resumed from its checkpoint: rows
+  (less timing), final row, every part of the state a checkpoint holds."""
   spec = dict(model=model, settings=settings, parallel=parallel, epochs=2)
   out = pw.runs(tmp_path, {"whole": spec, **{
       stop: dict(spec, stop=stop) for stop in stops}}, devices)
@@ -107,9 +105,8 @@ def _config(prepared, workdir, **settings):
 
 def test_a_run_resumes_mid_epoch_where_its_checkpoint_stood(
     prepared, tmp_path, monkeypatch):
-  """At its step, its seconds counting on; that epoch times only its other
-  32 of 37 steps (row and line say so); the data's preparation (1 s here) is
-  printed apart from the wall time."""
+  """At its step, its seconds counting on; that epoch times its other 32 of 37
+  steps (row and line say so); the data's 1 s is apart from the wall time."""
   workdir = str(tmp_path / "run")
   config = _config(prepared, workdir, report=False)
   hooks = _hooks(workdir, existing=False, config=config)
@@ -154,18 +151,6 @@ def finished(prepared, tmp_path_factory):
   return workdir
 
 
-def _unfinished(source, workdir):
-  """A copy of a finished run as killed after its next-to-last checkpoint."""
-  shutil.copytree(source, workdir)
-  shutil.rmtree(os.path.join(checkpoints.directory(workdir),
-                             str(checkpoints.steps(workdir)[-1])))
-  rows = lh.metrics(workdir)[:checkpoints.latest_meta(workdir)["epoch"]]
-  files.write_text(os.path.join(workdir, "metrics.jsonl"),
-                   "".join(json.dumps(r) + "\n" for r in rows))
-  files.write_json(os.path.join(workdir, "config.json"),
-                   {**record_lib.read_record(workdir), "finished": False})
-
-
 NOTES = {
     "unfinished": "note: {w} is unfinished (epoch 4 of 5): these results are "
                   "of its latest checkpoint; to train it on, run its training "
@@ -182,15 +167,18 @@ NOTES = {
 @pytest.mark.parametrize("state", ["finished", "log_cut", *NOTES])
 def test_predict_and_report_restore_the_right_checkpoint_and_say_which(
     finished, tmp_path, state):
-  """A finished run (its log's end lost too: --mode=report writes the final
-  row again, checkpoints untouched): its final checkpoint, of the
-  --keep_checkpoints kept. Unfinished, still training (its lock held) or
-  diverged: its latest, with a note saying what it is and what to do."""
-  workdir = str(tmp_path / "run")
-  if state in NOTES:
-    _unfinished(finished, workdir)
-  else:
-    shutil.copytree(finished, workdir)
+  """Finished (its log's end lost too: --mode=report writes the final row
+  again): its final checkpoint. Unfinished, still training (its lock held) or
+  diverged: its latest, and a note saying what it is and what to do."""
+  workdir = shutil.copytree(finished, str(tmp_path / "run"))
+  if state in NOTES:  # As killed after its next-to-last checkpoint.
+    shutil.rmtree(os.path.join(checkpoints.directory(workdir),
+                               str(checkpoints.steps(workdir)[-1])))
+    rows = lh.metrics(workdir)[:checkpoints.latest_meta(workdir)["epoch"]]
+    files.write_text(os.path.join(workdir, "metrics.jsonl"),
+                     "".join(json.dumps(r) + "\n" for r in rows))
+    files.write_json(os.path.join(workdir, "config.json"),
+                     {**record_lib.read_record(workdir), "finished": False})
   assert checkpoints.steps(workdir) == [148] + [185] * (state not in NOTES)
   path = os.path.join(workdir, "metrics.jsonl")
   if state == "log_cut":

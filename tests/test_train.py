@@ -75,9 +75,28 @@ def test_dropout_masks_depend_on_the_step():
     assert (losses[0] != losses[1]) == differ, (rate, losses)
 
 
-# A CNN with BatchNorm, clipping and weight decay: every part of the state.
-BN_CNN = dict(cnn_batch_norm=True, impl="stock", grad_clip=1.0,
-              weight_decay=1e-4)
+def test_the_step_warps_from_its_augment_stream():
+  """Off by default, on where presets augment; the warp is the "augment"
+  key's with the step (not the dropout or data key's)."""
+  assert augment_lib.from_config(models.get_config("cnn", "seed")) is None
+  assert augment_lib.from_config(models.get_config("mlp")) is None
+  assert augment_lib.from_config(models.get_config("cnn", "best")) is not None
+  config = tiny_config("linear", augment=True, augment_shift=3.0)
+  state, warp = fresh_state(config), augment_lib.from_config(config)
+  batch = batch_of(*digits(8))
+  step = jax.jit(lambda s, warp: train.train_step(s, batch, augment=warp)[0],
+                 static_argnums=1)
+  params = lambda s: np.concatenate([np.ravel(p) for p in
+                                     jax.tree.leaves(s.params)])
+  warped = params(step(state, warp))
+  np.testing.assert_array_equal(params(step(state, warp)), warped)
+  assert not np.allclose(params(step(state, None)), warped)
+  keys = dict(state.keys)
+  other = state.replace(keys={**keys, "augment": jax.random.key(9)})
+  assert not np.allclose(params(step(other, warp)), warped)
+  other = state.replace(keys={**keys, "data": jax.random.key(9),
+                              "dropout": jax.random.key(9)})
+  np.testing.assert_array_equal(params(step(other, warp)), warped)
 
 
 def test_epoch_order_is_a_fresh_permutation_each_epoch():
@@ -139,13 +158,13 @@ def test_chunks_equal_step_by_step_wherever_cut():
 
 @pytest.mark.parametrize("name,overrides", [
     ("mlp", dict(dropout=0.2, grad_clip=1.0, label_smoothing=0.1)),
-    ("cnn", BN_CNN),
+    ("cnn", dict(cnn_batch_norm=True, impl="stock", grad_clip=1.0,
+                 weight_decay=1e-4)),  # Every part of the state.
     ("gru", dict(hidden=8, augment=True, impl="stock", optimizer="rmsprop")),
 ])
 def test_the_step_loop_has_no_data_dependent_control_flow(name, overrides):
-  """docs/design.md: the chunk is one loop whose body branches on nothing (no
-  cond, no while; masking is a select); only a model's fixed-length scan
-  (nn.RNN) nests in it."""
+  """docs/design.md: the chunk is one loop whose body branches on nothing
+  (masking is a select); only a model's fixed-length scan nests in it."""
   config = tiny_config(name, **overrides)
   images, labels = digits(64)
   state = fresh_state(config, steps_per_epoch=2)
