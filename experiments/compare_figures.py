@@ -18,13 +18,8 @@ from mnist_jax.results.plots import MARKERS, plt
 
 
 def accuracy_floor(values) -> float:
-  """Where an accuracy axis (to 100%) starts: a whole percent, a point below
-  the lowest value, so close runs never fill the whole height."""
+  """An accuracy axis's start: the whole percent a point below the lowest."""
   return max(0.0, float(np.floor(min(values))) - 1.0)
-
-
-def _several(groups) -> bool:
-  return any(len(g["runs"]) > 1 for g in groups)
 
 
 def _distinct(names: Sequence[str], folders: Sequence[str]) -> List[str]:
@@ -104,8 +99,8 @@ def accuracy_time_figure(groups):
   return fig
 
 
-# OUT's figures: {name: (its figure of groups (None: the learning curves), its
-# title, the words in it with several seeds, with one)}.
+# OUT's figures: {name: (its figure (None: learning curves), its title, the
+# words in it with several seeds, with one)}.
 PLOTS = {
     "accuracy.png": (
         accuracy_figure, "Test accuracy per configuration ({})",
@@ -121,7 +116,8 @@ PLOTS = {
 def plot(groups, name: str, path: str) -> str:
   """Draws PLOTS' `name` of `groups` into `path`."""
   figure, title, several, one = PLOTS[name]
-  title = title.format(several if _several(groups) else one)
+  title = title.format(several if any(len(g["runs"]) > 1 for g in groups)
+                       else one)
   if figure is None:
     return plots.learning_curves([(label, g["curves"]) for label, g in zip(
         group_labels(groups), groups)], path, title)
@@ -169,9 +165,8 @@ def load_analysis(workdir: str) -> Dict[str, object]:
 
 def analysis_page(folders, page: str, figures: Optional[str] = None,
                   labels=None, train_s=None, note: str = "") -> str:
-  """Writes `page` (markdown) and its figures into `figures` (default: its
-  folder): the runs' analyses side by side, `note` above them. train_s:
-  each run's wall time. Returns `page`."""
+  """Writes `page`, the runs' analyses side by side (train_s: their wall
+  times), and its figures into `figures` (default: its folder)."""
   results = [load_analysis(folder) for folder in folders]
   names = _distinct(labels or [f"{r['model']} ({r['preset']})"
                                for r in results], folders)
@@ -200,8 +195,7 @@ def analysis_page(folders, page: str, figures: Optional[str] = None,
 
 
 def write_analyses(groups, out: str) -> None:
-  """OUT/analysis.md: each group's first run whose folder's analysis is of
-  it (written now for a folder trained without)."""
+  """OUT/analysis.md of each group's first run analysed (written if none)."""
   shown = {}
   for g in groups:
     s = next((s for s in g["runs"]
@@ -220,4 +214,5 @@ def write_analyses(groups, out: str) -> None:
                 train_s=times, note="One run each: an order in these columns "
                 "is one seed's, which another seed may change; compare "
                 "configurations of several seeds before ranking them."
-                if len(shown) > 1 and not _several(groups) else "")
+                if len(shown) > 1 and all(len(g["runs"]) == 1 for g in groups)
+                else "")

@@ -29,8 +29,7 @@ def host() -> str:
 
 
 def table(head: str, align: str, rows) -> List[str]:
-  """A doc table's lines: `head`'s cells (split at " | "), `align` "l" or "r"
-  a column, a list of cells a row (an empty cell as `| |`)."""
+  """A doc table's lines: `head`'s cells split at " | ", `align` l or r."""
   line = lambda cells: "|" + "".join(f" {c} |" if c else " |" for c in cells)
   return [line(head.split(" | ")),
           line("---:" if a == "r" else "---" for a in align), *map(line, rows)]
@@ -88,8 +87,7 @@ def train_epochs(args) -> None:
 
 
 def measure_epochs(runs: str) -> dict:
-  """The seed table's figures: each model's medians, PyTorch's, and the
-  ratio of ours to PyTorch's with its range over the rounds."""
+  """Each model's median epoch, PyTorch's, and their ratio and its range."""
   timed = _kept(runs, "epochs")
   by = lambda kind, name: [r for r in timed
                            if r["kind"] == kind and r["model"] == name]
@@ -131,8 +129,7 @@ def epochs_table(m: dict) -> str:
           "(default) | PyTorch | default / PyTorch", "lrrlrrr", rows)])
 
 
-# (row name, launch.py flags, cold runs timed: their medians are kept); each
-# is run at every seed offset.
+# (row name, launch.py flags, cold runs timed), each at every seed offset.
 SPEEDRUN = (
     ("5 seeds", ["--model=cnn", "--preset=speedrun", "--num_seeds=5"], 3),
     ("1 seed", ["--model=cnn", "--preset=speedrun", "--num_seeds=1"], 3),
@@ -147,9 +144,8 @@ ANCHOR = ("| published, not measured here: \"Training a NN to 99% accuracy on "
 
 
 def train_speedrun(args) -> None:
-  """Each SPEEDRUN command as a new user's first run (no compilation cache)
-  into RUNS/NAME-OFFSET, timed from its start to the result line and to its
-  exit; their medians in its speedrun.json."""
+  """Each SPEEDRUN command as a new user's first run into RUNS/NAME-OFFSET:
+  the medians of its times to the result line and to exit in speedrun.json."""
   env = {k: v for k, v in os.environ.items()
          if k != "JAX_COMPILATION_CACHE_DIR"}
   for name, flags, times in SPEEDRUN:
@@ -228,14 +224,12 @@ STARTUP_ROWS = (  # Row, the figure's key.
 
 def train_startup(args) -> None:
   from experiments import startup
-  _keep(args.runs, list(startup.measure(
-      list(models.MODELS) if args.models == "all" else args.models.split(","),
-      "seed", args.repeats or 3, 2, args.data)), "startup")
+  _keep(args.runs, list(startup.measure(args.models, "seed", args.repeats or 3,
+                                        2, args.data)), "startup")
 
 
 def measure_startup(runs: str) -> dict:
-  """Medians over the rounds of each model's first and warm run, and of the
-  first run's phases (each from the mark before it)."""
+  """Medians of each model's first and warm run and first run's phases."""
   timed = _kept(runs, "startup")
   out: Dict[str, dict] = {}
   for name in [m for m in models.MODELS if any(r["model"] == m for r in timed)]:
@@ -275,16 +269,15 @@ MEMBER_KINDS = {"one": [], "seeds": ["--num_seeds=4"],
 
 
 def _member_flags(model: str, preset: str) -> List[str]:
-  """A row's flags; a sweep chooses on validation data, so a preset holding
-  out none holds out 10% in all three of its row's runs."""
+  """A row's flags: 10% held out for a sweep to choose on if none is."""
   held = models.get_config(model, preset).val_fraction
   return [f"--model={model}", f"--preset={preset}", "--epochs=2"] + (
       [] if held else ["--val_fraction=0.1"])
 
 
 def train_members(args) -> None:
-  """Each row's three kinds of run as fresh processes, alternated, after an
-  untimed run that prepares the data: members.jsonl in --runs."""
+  """Each row's kinds of run alternated, after an untimed one preparing the
+  data: members.jsonl in --runs."""
   with tempfile.TemporaryDirectory() as tmp:
     def wall(flags):
       start = time.perf_counter()
