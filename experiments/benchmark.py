@@ -1,9 +1,7 @@
 r"""Times training of the registered models the same way every time.
 
-  python experiments/benchmark.py --model=all --preset=seed --epochs=3 \
-      --mnist_dir=DIR
-  python experiments/benchmark.py --model=cnn --preset=fast --epochs=2 \
-      --data_dir=DIR --set=impl=stock
+  python experiments/benchmark.py --model=cnn,gru --preset=seed --epochs=3 \
+      --mnist_dir=DIR --set=impl=stock
 
 Prints a JSON line per model: the train chunk's cold compile time, the median
 epoch time after the first, examples/s and GFLOP/s (a train step's matmul and
@@ -69,7 +67,7 @@ def jaxpr_flops(jaxpr) -> float:
 
 
 class Recorder(loop.Hooks):
-  """The loop's hooks: each epoch's row kept, messages to stderr, no files."""
+  """The loop's hooks: each epoch's row kept (not printed), no files."""
 
   def __init__(self):
     self.rows, self.record = [], {}
@@ -77,9 +75,6 @@ class Recorder(loop.Hooks):
   def start(self, state, run):
     self.record = run.record()  # And the steps its progress lines count.
     return super().start(state, run)
-
-  def message(self, text):
-    print(text, file=sys.stderr, flush=True)
 
   def epoch(self, state, row, last):
     self.rows.append(row)
@@ -109,9 +104,9 @@ def bench_model(name: str, args) -> dict:
   step = functools.partial(  # One member's step, as train_chunk scans it.
       train.train_step, label_smoothing=config.label_smoothing,
       augment=augment_lib.from_config(config))
-  flops = jaxpr_flops(jax.make_jaxpr(step)(one, {
-      "image": jnp.asarray(data.train.images[:config.batch_size]),
-      "label": jnp.asarray(data.train.labels[:config.batch_size])}))
+  flops = jaxpr_flops(jax.make_jaxpr(step)(one, jax.tree.map(  # A batch.
+      lambda a: jnp.asarray(a[:config.batch_size]),
+      {"image": data.train.images, "label": data.train.labels})))
   layout = recorder.record.get("parallel", {})
   figures = lambda s: float(f"{s:.4g}")  # A millisecond epoch keeps its own.
   return {

@@ -111,8 +111,7 @@ def diverged(last: dict, final: dict, curve: Sequence[dict]) -> Optional[str]:
 
 
 def summarize(run_dir: str) -> List[dict]:
-  """A summary per member (its config, metrics, curve and share of the
-  program's times) of a finished run; [] if it has no final row."""
+  """A summary per member of a finished run; [] if it has no final row."""
   config, rows = record.read_config(run_dir), metrics_log.MetricsLog(
       run_dir).read()
   final = metrics_log.final_row(rows)
@@ -172,23 +171,6 @@ def where(s: dict) -> str:
       f"member {s['member']} of {s['run']}")
 
 
-def _with_key(summaries: Sequence[dict]) -> List[dict]:
-  """Each summary with its `key`: its settings and its core files' hashes
-  (an older run without: those most runs of its settings have)."""
-  known: Dict[tuple, List] = {}
-  for s in summaries:
-    found = s["code"].get("files")
-    s["key"] = (tuple(sorted((k, str(v)) for k, v in s["config"].to_dict(
-    ).items() if k not in NOT_CONFIGURATION)), tuple(sorted(
-        found.items())) if isinstance(found, dict) else None)
-    known.setdefault(s["key"][0], []).append(s["key"][1])
-  for s in summaries:
-    codes = [k for k in known[s["key"][0]] if k is not None]
-    if s["key"][1] is None and codes:
-      s["key"] = (s["key"][0], max(codes, key=codes.count))
-  return list(summaries)
-
-
 def sort_key(value) -> tuple:
   """Orders None, numbers (and numeric text), tuples, then other text."""
   if isinstance(value, (tuple, list)):
@@ -226,8 +208,18 @@ def _label(groups: List[dict]) -> None:
 def group(summaries: Sequence[dict]) -> List[dict]:
   """A group per configuration, a run a seed (a run folder before a member;
   the others in `dropped`), ordered by the registry, then by settings."""
+  known: Dict[tuple, List] = {}
+  for s in summaries:  # Its key: its settings and its core files' hashes.
+    code = s["code"].get("files")
+    s["key"] = (tuple(sorted((k, str(v)) for k, v in s["config"].to_dict(
+    ).items() if k not in NOT_CONFIGURATION)), tuple(sorted(
+        code.items())) if isinstance(code, dict) else None)
+    known.setdefault(s["key"][0], []).append(s["key"][1])
   found: Dict[tuple, Dict[int, List[dict]]] = {}
-  for s in _with_key(summaries):
+  for s in summaries:  # An older run's code: most runs of its settings'.
+    codes = [k for k in known[s["key"][0]] if k is not None]
+    if s["key"][1] is None and codes:
+      s["key"] = (s["key"][0], max(codes, key=codes.count))
     found.setdefault(s["key"], {}).setdefault(s["seed"], []).append(s)
   out = []
   for seeds in found.values():
@@ -260,8 +252,7 @@ def _mean_std(values) -> tuple:
 
 
 def _time_cell(runs: Sequence[dict], key: str, digits: int) -> str:
-  """Its own runs' mean ± std, then each program of its members once, whole
-  (no ±: the members' shares are one measurement)."""
+  """Its own runs' mean ± std, then each program of members once (no ±)."""
   own = [s[key] for s in runs if s["program_members"] == 1]
   programs = {s["run"]: (s[key] * s["program_members"], s["program_members"])
               for s in runs if s["program_members"] > 1}
@@ -466,8 +457,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   p.add_argument("--runs_root", default=os.path.join("runs", "compare"),
                  help="--train: where the run folders go (MODEL-seedN)")
   p.add_argument("--preset", default="tuned", help="--train: every model's")
-  p.add_argument("--epochs", type=int, help="--train: epochs (default: the "
-                 "preset's)")
+  p.add_argument("--epochs", type=int, help="--train: the preset's by default")
   args = p.parse_args(argv)
   paths = list(args.runs)
   if args.train:

@@ -1,5 +1,4 @@
-"""compare.py's figures of configurations, and its page of their analyses side
-by side (analysis.md; docs/analyses.md through tables.py)."""
+"""compare.py's figures, and its page of analyses side by side (analysis.md)."""
 
 import json
 import os
@@ -17,9 +16,11 @@ from mnist_jax.results import run as run_lib
 from mnist_jax.results.plots import MARKERS, plt
 
 
-def accuracy_floor(values) -> float:
-  """An accuracy axis's start: the whole percent a point below the lowest."""
-  return max(0.0, float(np.floor(min(values))) - 1.0)
+def _accuracies(groups):
+  """Each group's test accuracies (%), and where their axis starts: the whole
+  percent a point below the lowest."""
+  accs = [100 * np.asarray(g["test_accuracy"]) for g in groups]
+  return accs, max(0.0, float(np.floor(np.concatenate(accs).min())) - 1.0)
 
 
 def _distinct(names: Sequence[str], folders: Sequence[str]) -> List[str]:
@@ -43,8 +44,7 @@ def accuracy_figure(groups):
   """Test accuracy per configuration: mean bar, std whisker, a dot a seed."""
   fig, ax = plt.subplots(figsize=(8, 0.55 * len(groups) + 1.6),
                          layout="constrained")
-  accs = [100 * np.asarray(g["test_accuracy"]) for g in groups]
-  low = accuracy_floor(np.concatenate(accs))
+  accs, low = _accuracies(groups)
   for i, (acc, color) in enumerate(zip(accs, plots.palette(len(groups)))):
     std = _spread(acc)
     ax.barh(i, acc.mean() - low, left=low, color=color, alpha=0.75, xerr=std,
@@ -69,7 +69,7 @@ def accuracy_time_figure(groups):
   labels = group_labels(groups)
   fig, ax = plt.subplots(figsize=(min(6.5 + 0.06 * max(map(len, labels)), 12),
                                   4.8), layout="constrained")
-  accs = [100 * np.asarray(g["test_accuracy"]) for g in groups]
+  accs, low = _accuracies(groups)
   times = [np.asarray(g["wall_time_s"], np.float64) for g in groups]
   for i, (acc, t, color, label) in enumerate(zip(accs, times, plots.palette(
       len(groups)), labels)):
@@ -81,7 +81,6 @@ def accuracy_time_figure(groups):
       xerr = [[t.mean() - t.min()], [xerr]]
     ax.errorbar(t.mean(), acc.mean(), xerr=xerr, yerr=_spread(acc), fmt=marker,
                 color=color, ms=8, capsize=3, label=label, clip_on=False)
-  low = accuracy_floor(np.concatenate(accs))
   log = max(map(max, times)) > 10 * min(map(min, times))
   if log:
     ax.set_xscale("log")
@@ -102,10 +101,9 @@ def accuracy_time_figure(groups):
 # OUT's figures: {name: (its figure (None: learning curves), its title, the
 # words in it with several seeds, with one)}.
 PLOTS = {
-    "accuracy.png": (
-        accuracy_figure, "Test accuracy per configuration ({})",
-        "bar: mean over seeds, whisker: std, dots: each run",
-        "one seed each: no spread shown"),
+    "accuracy.png": (accuracy_figure, "Test accuracy per configuration ({})",
+                     "bar: mean over seeds, whisker: std, dots: each run",
+                     "one seed each: no spread shown"),
     "accuracy_vs_time.png": (accuracy_time_figure, "Test accuracy against "
                              "wall time{}", " (mean ± std over seeds)", ""),
     "learning_curves.png": (None, "Learning curves ({}validation: the model "
@@ -164,7 +162,7 @@ def load_analysis(workdir: str) -> Dict[str, object]:
 
 
 def analysis_page(folders, page: str, figures: Optional[str] = None,
-                  labels=None, train_s=None, note: str = "") -> str:
+                  labels=None, train_s=None, note: str = "") -> None:
   """Writes `page`, the runs' analyses side by side (train_s: their wall
   times), and its figures into `figures` (default: its folder)."""
   results = [load_analysis(folder) for folder in folders]
@@ -191,7 +189,6 @@ def analysis_page(folders, page: str, figures: Optional[str] = None,
                    "l" + "r" * len(rows[0])), "",
       analysis.NOTES + " Wall time: the run's (a member's share of its "
       "program's).", "", *analysis.figure_lines(drawn, "##")]))
-  return page
 
 
 def write_analyses(groups, out: str) -> None:

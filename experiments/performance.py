@@ -1,6 +1,5 @@
-"""docs/performance.md's timed tables. TABLES: name -> (what writes it from
-the measurements, what measures it on this host (tables.py --table=NAME
---train), what reads its figures back from --runs)."""
+"""docs/performance.md's timed tables. TABLES: name -> (what writes it, what
+measures it here (tables.py --train), what reads its figures from --runs)."""
 
 import importlib.util
 import json
@@ -72,9 +71,8 @@ def train_epochs(args) -> None:
   reference_torch.py, alternated --repeats times: epochs.jsonl in --runs."""
   torch = args.torch_python or (
       sys.executable if importlib.util.find_spec("torch") else None)
-  kinds = {"auto": [sys.executable, "benchmark.py", *args.extra],
-           "none": [sys.executable, "benchmark.py", "--parallel=none",
-                    *args.extra],
+  ours = [sys.executable, "benchmark.py", *args.extra]
+  kinds = {"auto": ours, "none": [*ours, "--parallel=none"],
            "torch": [torch, "reference_torch.py"]}
   for repeat in range(args.repeats or 2):
     for kind, (python, script, *more) in kinds.items():
@@ -276,8 +274,7 @@ def _member_flags(model: str, preset: str) -> List[str]:
 
 
 def train_members(args) -> None:
-  """Each row's kinds of run alternated, after an untimed one preparing the
-  data: members.jsonl in --runs."""
+  """Each row's kinds of run alternated (data prepared first): members.jsonl."""
   with tempfile.TemporaryDirectory() as tmp:
     def wall(flags):
       start = time.perf_counter()

@@ -39,33 +39,6 @@ INKS = {"black": (28, 28, 34), "blue": (28, 40, 128),
 LINE_RGB = (120, 160, 215)  # Ruled lines: light blue.
 
 
-def _lighting(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-  """A multiplicative light field [h, w]: a linear gradient times a soft shadow."""
-  y, x = np.mgrid[0:h, 0:w].astype(np.float64)
-  y, x = y / max(h, w), x / max(h, w)
-  angle = rng.uniform(0, 2 * np.pi)
-  ramp = np.cos(angle) * x + np.sin(angle) * y
-  ramp = (ramp - ramp.min()) / max(ramp.max() - ramp.min(), 1e-9)
-  light = 1.0 - rng.uniform(0.15, 0.5) * ramp
-  # A shadow (of a hand or the phone): a half-plane with a blurred edge.
-  angle = rng.uniform(0, 2 * np.pi)
-  edge = np.cos(angle) * (x - rng.uniform(0.1, 0.9) * w / max(h, w)) + (
-      np.sin(angle) * (y - rng.uniform(0.1, 0.9) * h / max(h, w)))
-  shadow = 1.0 / (1.0 + np.exp(-edge / rng.uniform(0.03, 0.1)))
-  return light * (1.0 - rng.uniform(0.25, 0.55) * shadow)
-
-
-def _ruled(rng: np.random.Generator, paper: np.ndarray) -> np.ndarray:
-  """Draws faint ruled lines across the paper [h, w, 3], in place."""
-  h = paper.shape[0]
-  spacing, width = rng.uniform(0.06, 0.1) * h, max(1, int(round(0.004 * h)))
-  strength = rng.uniform(0.25, 0.5)
-  for top in np.arange(rng.uniform(0, spacing), h, spacing).astype(int):
-    rows = slice(top, top + width)
-    paper[rows] = (1 - strength) * paper[rows] + strength * np.array(LINE_RGB)
-  return paper
-
-
 def photo_jpeg(digit: np.ndarray, rng: np.random.Generator) -> bytes:
   """A phone photo (JPEG bytes) of `digit` ([28, 28] uint8) on paper."""
   # The frame: the longer side 300-1200 px, 4:3, 16:9 or square.
@@ -86,11 +59,26 @@ def photo_jpeg(digit: np.ndarray, rng: np.random.Generator) -> bytes:
   pick = lambda d: np.array(list(d.values())[rng.integers(len(d))], np.float64)
   paper_rgb = np.clip(pick(PAPERS) + rng.normal(0, 6, 3), 0, 255)
   paper = np.broadcast_to(paper_rgb, (h, w, 3)).copy()
-  if rng.random() < 0.3:
-    paper = _ruled(rng, paper)
+  if rng.random() < 0.3:  # Faint ruled lines.
+    spacing, width = rng.uniform(0.06, 0.1) * h, max(1, int(round(0.004 * h)))
+    strength = rng.uniform(0.25, 0.5)
+    for top in np.arange(rng.uniform(0, spacing), h, spacing).astype(int):
+      rows = slice(top, top + width)
+      paper[rows] = (1 - strength) * paper[rows] + strength * np.array(LINE_RGB)
   ink_rgb = pick(INKS)
   pixels = paper * (1 - coverage[..., None]) + ink_rgb * coverage[..., None]
-  pixels *= _lighting(rng, h, w)[..., None]
+  # The light: a linear gradient, times a shadow (of a hand or the phone), a
+  # half-plane with a blurred edge.
+  y, x = np.mgrid[0:h, 0:w].astype(np.float64) / max(h, w)
+  angle = rng.uniform(0, 2 * np.pi)
+  ramp = np.cos(angle) * x + np.sin(angle) * y
+  ramp = (ramp - ramp.min()) / max(ramp.max() - ramp.min(), 1e-9)
+  light = 1.0 - rng.uniform(0.15, 0.5) * ramp
+  angle = rng.uniform(0, 2 * np.pi)
+  edge = np.cos(angle) * (x - rng.uniform(0.1, 0.9) * w / max(h, w)) + (
+      np.sin(angle) * (y - rng.uniform(0.1, 0.9) * h / max(h, w)))
+  shadow = 1.0 / (1.0 + np.exp(-edge / rng.uniform(0.03, 0.1)))
+  pixels *= (light * (1.0 - rng.uniform(0.25, 0.55) * shadow))[..., None]
   image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
   image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.2)))
   pixels = np.asarray(image, np.float64)
@@ -150,37 +138,13 @@ def montage(photos, inputs, labels, probs, path: str, cols: int = 4) -> str:
   return path
 
 
-def measure(run, kinds, labels):
-  """Prints the run's accuracy on each kind ({kind: images or JPEG bytes});
-  {kind: (inputs [N, 28, 28], probabilities [N, 10])}."""
-  results, line = {}, []
-  for kind, pictures in kinds.items():
-    inputs = np.zeros((len(pictures), 28, 28), np.uint8)
-    failed = np.zeros(len(pictures), bool)  # No digit found: zeros, wrong.
-    for i, picture in enumerate(pictures):
-      if isinstance(picture, bytes):
-        picture = Image.open(io.BytesIO(picture))
-      try:
-        inputs[i] = images_lib.preprocess(picture)
-      except UserError:  # ImageError: no digit found.
-        failed[i] = True
-    probs = run.probabilities(inputs)
-    predicted = np.where(failed, -1, probs.argmax(axis=1))
-    results[kind] = inputs, probs
-    line.append(f"{kind} {100 * np.mean(predicted == labels):.2f}% "
-                f"({failed.sum()} no digit)")
-  print(", ".join(line), flush=True)
-  return results
-
-
 def main(argv=None):
   p = parser(__doc__)
   p.add_argument("--run", required=True, help="a trained run folder")
   p.add_argument("--num", type=int, default=1000,
                  help="test digits to use (each as a photo and clean)")
-  p.add_argument("--seed", type=int, default=0,
-                 help="picks the test digits (of the test set in its order: "
-                 "IDX files' and tfds's differ) and the photos")
+  p.add_argument("--seed", type=int, default=0, help="picks the test digits "
+                 "(IDX files' and tfds's orders differ) and the photos")
   p.add_argument("--montage", help="save the first 12 photos with the run's "
                  "answers as this PNG")
   args = p.parse_args(argv)
@@ -198,9 +162,25 @@ def main(argv=None):
             for i, d in enumerate(digits)]
   print(f"accuracy of {args.run} on {len(digits)} test digits (no digit found "
         "counts as wrong):")
-  results = measure(run_lib.load_run(args.run), {
-      "photo": photos, "scan": [clean_scan(d) for d in digits],
-      "mnist": [mnist_style(d) for d in digits]}, labels)
+  run, results, line = run_lib.load_run(args.run), {}, []
+  for kind, pictures in {"photo": photos,
+                         "scan": [clean_scan(d) for d in digits],
+                         "mnist": [mnist_style(d) for d in digits]}.items():
+    inputs = np.zeros((len(pictures), 28, 28), np.uint8)
+    failed = np.zeros(len(pictures), bool)  # No digit found: zeros, wrong.
+    for i, picture in enumerate(pictures):
+      if isinstance(picture, bytes):
+        picture = Image.open(io.BytesIO(picture))
+      try:
+        inputs[i] = images_lib.preprocess(picture)
+      except UserError:  # ImageError: no digit found.
+        failed[i] = True
+    probs = run.probabilities(inputs)
+    predicted = np.where(failed, -1, probs.argmax(axis=1))
+    results[kind] = inputs, probs
+    line.append(f"{kind} {100 * np.mean(predicted == labels):.2f}% "
+                f"({failed.sum()} no digit)")
+  print(", ".join(line), flush=True)
   if args.montage:
     inputs, probs = results["photo"]
     print("montage:", montage(photos[:12], inputs[:12], labels[:12],

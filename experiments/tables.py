@@ -7,11 +7,10 @@ r"""Writes every table the docs hold, from docs/measurements.json.
       --mnist_dir=DIR
 
 Each table (TABLES) lies between `<!-- tables.py: NAME -->` and
-`<!-- tables.py: end -->` in its doc and names its host and releases. --runs
-without --train reads a table's figures again from the runs kept there;
-results also draws docs/img/accuracy_vs_time.png, sweep_mlp.png and
-analyses.md from its run folders (with --mnist_dir or --data_dir, the photo
-montage too).
+`<!-- tables.py: end -->` in its doc, naming its host and releases. --runs
+alone reads a table's figures again from the runs kept there; results also
+draws docs/img's accuracy_vs_time.png, sweep_mlp.png and analyses.md (with
+--mnist_dir or --data_dir, the photo montage too) from its run folders.
 """
 
 import argparse
@@ -376,11 +375,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument("--check", action="store_true", help="write nothing")
   p.add_argument("--root", default=ROOT, help="the checkout to rewrite")
   p.add_argument("--models", default="all", help="epochs, startup, members")
-  p.add_argument("--repeats", type=int, help="alternated rounds (epochs, "
-                 "members: 2), rounds of a new compilation cache (startup: 3), "
-                 "cold runs of each command (speedrun: SPEEDRUN's)")
-  p.add_argument("--offsets", default="5000,7000",
-                 help="speedrun: the seeds of its runs (none was chosen on)")
+  p.add_argument("--repeats", type=int, help="rounds (epochs, members: 2; "
+                 "startup: 3) or cold runs a command (speedrun: SPEEDRUN's)")
+  p.add_argument("--offsets", default="5000,7000", help="speedrun: seeds")
   p.add_argument("--torch_python", help="epochs: the Python that runs "
                  "reference_torch.py (default: this one, if it has PyTorch)")
   p.add_argument("extra", nargs="*", help="after --: more benchmark.py or "
