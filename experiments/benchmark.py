@@ -47,8 +47,7 @@ def jaxpr_flops(jaxpr) -> float:
     name = eqn.primitive.name
     if name == "dot_general":
       (lhs_contract, _), _ = eqn.params["dimension_numbers"]
-      lhs = eqn.invars[0].aval.shape
-      k = np.prod([lhs[d] for d in lhs_contract]) if lhs_contract else 1
+      k = np.prod([eqn.invars[0].aval.shape[d] for d in lhs_contract])
       total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * k
     elif name == "conv_general_dilated":
       rhs = eqn.invars[1].aval.shape
@@ -69,12 +68,9 @@ def jaxpr_flops(jaxpr) -> float:
 class Recorder(loop.Hooks):
   """The loop's hooks: each epoch's row kept (not printed), no files."""
 
-  def __init__(self):
-    self.rows, self.record = [], {}
-
   def start(self, state, run):
-    self.record = run.record()  # And the steps its progress lines count.
-    return super().start(state, run)
+    self.rows, self.record = [], run.record()  # Its layout.
+    return super().start(state, run)  # And the steps its progress counts.
 
   def epoch(self, state, row, last):
     self.rows.append(row)

@@ -3,8 +3,7 @@ r"""Compares finished runs (or trains them first): tables, figures, analyses.
   # Run folders (a folder of run folders works too):
   python experiments/compare.py runs/linear runs/cnn runs/gru --out=comparison
   # Train each model and seed first (finished runs are reused), then compare:
-  python experiments/compare.py --train=linear,mlp,cnn,rnn,lstm,gru \
-      --seeds=0,1,2 --runs_root=runs/compare --out=comparison
+  python experiments/compare.py --train=linear,mlp,cnn,rnn,lstm,gru --seeds=0,1,2
   # Train values of settings a --sweep cannot vary (a run each):
   python experiments/compare.py --train=mlp --vary=mlp_hidden=256/512,256 \
       --vary=dropout=0/0.2 --out=comparison
@@ -137,6 +136,7 @@ def summarize(run_dir: str) -> List[dict]:
         "preset": config.preset, "config": m.config if m else config,
         "seed": m.seed if m else config.seed,
         "member": m.index if m else None, "program_members": n,
+        "where": f"member {m.index} of {run_dir}" if m else run_dir,
         "analysed": m is None or m.index == chosen,  # Its analysis/'s.
         "parameters": end.get("num_params"), "curve": curve,
         "epochs": end.get("epochs_run", len(curve)),
@@ -164,11 +164,6 @@ def read_runs(paths: Sequence[str]) -> Tuple[List[dict], list]:
       summaries += found
       skipped += [] if found else [(run, *_left_out(run, error))]
   return summaries, skipped
-
-
-def where(s: dict) -> str:
-  return s["run"] if s["member"] is None else (
-      f"member {s['member']} of {s['run']}")
 
 
 def sort_key(value) -> tuple:
@@ -290,9 +285,9 @@ def _notes(groups, dropped, gone, skipped) -> List[str]:
        "time figure charge each member its share",
        [f"{run} ({m} members)" for run, m in shared], ", "),
       ("Diverged, left out of the table, means and plots (runs.csv says "
-       "why)", [f"{where(s)} ({s['diverged']})" for s in gone], "; "),
+       "why)", [f"{s['where']} ({s['diverged']})" for s in gone], "; "),
       ("Counted once (the same configuration and seed)",
-       [f"{where(a)} left out for {where(b)}" for a, b in dropped], "; "),
+       [f"{a['where']} left out for {b['where']}" for a, b in dropped], "; "),
       ("Not compared", [f"{f} ({what}; {fix})" for f, what, fix in skipped],
        "; ")):
     notes += [f"{text}: {sep.join(items)}."] if items else []
@@ -365,7 +360,7 @@ def compare(paths, out: str, log=print, analyses: bool = False,
   dropped = [pair for g in groups for pair in g["dropped"]]
   if not groups:
     why = [f"{f} {what} ({fix})" for f, what, fix in skipped] + [
-        f"{where(s)} {s['diverged']}" for s in gone]
+        f"{s['where']} {s['diverged']}" for s in gone]
     raise UserError(
         "{} {}; {}".format(*skipped[0]) if len(why) == 1 and skipped else
         "no run to compare: " + "; ".join(why) if why else "none of the runs "
@@ -375,11 +370,11 @@ def compare(paths, out: str, log=print, analyses: bool = False,
     (warn or (lambda line: print(line, file=sys.stderr)))(
         f"skipping {folder}: it {what}; {fix}")
   for s in gone:
-    log(f"{where(s)} {s['diverged']}: named in comparison.md, left out of the "
-        "means and plots")
+    log(f"{s['where']} {s['diverged']}: named in comparison.md, left out of "
+        "the means and plots")
   for left, s in dropped:
-    log(f"counting one run once: {where(left)} has the configuration and "
-        f"seed of {where(s)}; left out for it")
+    log(f"counting one run once: {left['where']} has the configuration and "
+        f"seed of {s['where']}; left out for it")
   os.makedirs(out, exist_ok=True)
   write_tables(groups, out, dropped, gone, skipped)
   for name in figures.PLOTS:
@@ -463,9 +458,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   if args.train:
     paths += train_runs(args.train, args.seeds, args.runs_root, args.preset,
                         vary=parse_vary(args.vary), **{
-                            k: getattr(args, k) for k in (
-                                "epochs", "data_dir", "mnist_dir")
-                            if getattr(args, k) is not None})
+                            k: v for k in ("epochs", "data_dir", "mnist_dir")
+                            if (v := getattr(args, k)) is not None})
   elif args.vary:
     raise UserError("--vary needs --train=MODEL: it trains a run per value")
   if not paths:

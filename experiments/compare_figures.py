@@ -17,8 +17,7 @@ from mnist_jax.results.plots import MARKERS, plt
 
 
 def _accuracies(groups):
-  """Each group's test accuracies (%), and where their axis starts: the whole
-  percent a point below the lowest."""
+  """Each group's test accuracies (%), the axis from a whole point below."""
   accs = [100 * np.asarray(g["test_accuracy"]) for g in groups]
   return accs, max(0.0, float(np.floor(np.concatenate(accs).min())) - 1.0)
 
@@ -98,8 +97,7 @@ def accuracy_time_figure(groups):
   return fig
 
 
-# OUT's figures: {name: (its figure (None: learning curves), its title, the
-# words in it with several seeds, with one)}.
+# OUT's figures: name -> (figure (None: curves), title, its words: seeds, one).
 PLOTS = {
     "accuracy.png": (accuracy_figure, "Test accuracy per configuration ({})",
                      "bar: mean over seeds, whisker: std, dots: each run",

@@ -89,11 +89,10 @@ def measure_epochs(runs: str) -> dict:
   timed = _kept(runs, "epochs")
   by = lambda kind, name: [r for r in timed
                            if r["kind"] == kind and r["model"] == name]
+  median = lambda rs, key="epoch_time_s": statistics.median(r[key] for r in rs)
   rows = []
   for name in [n for n in models.MODELS if by("auto", n)]:
     ours, theirs = by("auto", name), by("torch", name)
-    median = lambda rs, key="epoch_time_s": statistics.median(
-        r[key] for r in rs)
     row = {"model": name, "batch_size": ours[0]["batch_size"],
            "default_s": median(ours), "none_s": median(by("none", name)),
            "layout": ("one device" if ours[0]["parallel"] == "none" else
@@ -134,8 +133,7 @@ SPEEDRUN = (
     # The best preset at the fewest epochs (of 18, 12, 8, 6) whose 5-seed mean
     # validation accuracy reached 99.55% (--val_fraction=0.1, seeds 300-304).
     ("to 99.5%", ["--model=cnn", "--preset=best", "--epochs=8",
-                  "--num_seeds=5"], 1),
-)
+                  "--num_seeds=5"], 1))
 ANCHOR = ("| published, not measured here: \"Training a NN to 99% accuracy on "
           "MNIST in 0.76 seconds\" (PyTorch, one epoch) | 1 | 99% | - | 0.76 s "
           "of training | - | - | a laptop's GeForce GTX 1660 Ti GPU |")

@@ -3,8 +3,7 @@ r"""Phone-photo-like pictures of MNIST test digits, and how predict copes with t
 Each test digit is drawn in dark ink on tinted (sometimes ruled) paper, a third
 to a half of a 300-1200 px frame, under a lighting gradient and a soft shadow,
 with sensor noise, blur and JPEG compression, and kept clean too (a scan, and
-MNIST's image). Prints a run's accuracy on each kind, through images.py's
-preprocess:
+MNIST's image). Prints a run's accuracy on each kind (images.py's preprocess):
 
   python experiments/photo_digits.py --run=RUN --mnist_dir=DIR --num=12 \
       --montage=docs/img/photo_digits.png
@@ -115,9 +114,8 @@ def montage(photos, inputs, labels, probs, path: str, cols: int = 4) -> str:
                            squeeze=False)
   for ax in axes.flat:
     ax.axis("off")
-  cells = axes.reshape(-1, 2)
-  for (ax, ax_input), photo, image, y, p in zip(cells, photos, inputs, labels,
-                                                probs):
+  for (ax, ax_input), photo, image, y, p in zip(axes.reshape(-1, 2), photos,
+                                                inputs, labels, probs):
     picture = Image.open(io.BytesIO(photo))
     picture.thumbnail((260, 260))
     ax.imshow(picture)

@@ -6,8 +6,7 @@
 The seed presets' networks, optimizers, batch sizes and training-set sizes,
 trained as a careful PyTorch user would (the data as tensors in memory, one
 `randperm` an epoch, a slice a batch, a thread per core JAX sees). Prints a
-JSON line per model with `epoch_time_s`, benchmark.py's statistic: the median
-of the epochs after the first.
+JSON line per model: `epoch_time_s`, the median of the epochs after the first.
 """
 
 import importlib.util
@@ -95,8 +94,7 @@ def main(argv=None):
     raise UserError("PyTorch is not installed; pip install torch (only this "
                     "reference script needs it)")
   arrays = pipeline.prepare("mnist", args.data_dir, args.mnist_dir)
-  for name in (list(models.MODELS) if args.model == "all" else
-               args.model.split(",")):
+  for name in models.MODELS if args.model == "all" else args.model.split(","):
     print(json.dumps(time_model(name, arrays["train_images"],
                                 arrays["train_labels"], args.epochs,
                                 args.threads)), flush=True)

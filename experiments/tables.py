@@ -9,7 +9,7 @@ r"""Writes every table the docs hold, from docs/measurements.json.
 Each table (TABLES) lies between `<!-- tables.py: NAME -->` and
 `<!-- tables.py: end -->` in its doc, naming its host and releases. --runs
 alone reads a table's figures again from the runs kept there; results also
-draws docs/img's accuracy_vs_time.png, sweep_mlp.png and analyses.md (with
+draws docs/img/accuracy_vs_time.png, sweep_mlp.png and docs/analyses.md (with
 --mnist_dir or --data_dir, the photo montage too) from its run folders.
 """
 
@@ -130,8 +130,7 @@ ROWS = (
         ("lstm", 98.8), ("gru", 98.8))),
     Row("cnn-tuned-5seeds", "cnn", flags=(("num_seeds", 5),)),
     # A fixed 3-epoch schedule chosen in advance; judged by its seeds' mean.
-    Row("cnn-fast-5seeds", "cnn", "fast", bar=99.0, flags=(("num_seeds", 5),)),
-)
+    Row("cnn-fast-5seeds", "cnn", "fast", bar=99.0, flags=(("num_seeds", 5),)))
 # The best presets, judged by their seeds' mean: seeds 0 to N-1, not those the
 # presets were chosen on (a validation split at seed 100).
 BEST = tuple(Row(f"{m}-best", m, "best",
@@ -218,8 +217,7 @@ def result(folder: str) -> dict:
     seeds = [m.get("test_accuracy") for m in final["members"]]
     if None not in seeds and not any(m.get("values") for m in final["members"]):
       out["seeds"] = seeds  # Seeds alone, each with its test accuracy.
-  if "chosen" in final:
-    chosen = final["chosen"]
+  if chosen := final.get("chosen"):
     out["chosen"] = members_lib.values_text(chosen["values"], chosen["seed"])
   return out
 
@@ -342,8 +340,7 @@ def of_runs(rows: Sequence[Row]) -> Tuple[Callable, Callable[[str], dict]]:
                         for r, f in require(rows, runs).items()})
 
 
-# Table name -> (its doc, what writes it from the measurements, what measures
-# it (--train), what reads its figures from --runs).
+# Name -> (its doc, its writer, what measures it (--train), what reads --runs).
 TABLES: Dict[str, Tuple[str, Callable[[dict], str], Optional[Callable],
                         Optional[Callable[[str], dict]]]] = {
     "results": (README, results_table, *of_runs(ROWS + (SWEEP,))),
