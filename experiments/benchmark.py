@@ -4,10 +4,9 @@ r"""Times training of the registered models the same way every time.
       --mnist_dir=DIR --set=impl=stock
 
 Prints a JSON line per model: the train chunk's cold compile time, the median
-epoch time after the first, examples/s and GFLOP/s (a train step's matmul and
-convolution FLOPs from its jaxpr x an epoch's steps x members / epoch time).
-It times a launch.py run's own loop.train_and_evaluate, layout and chunks,
-with hooks that keep each epoch's row (no run folder, no checkpoints).
+epoch time after the first, examples/s and GFLOP/s (a step's matmul and
+convolution FLOPs x steps x members / epoch time) of a launch.py run's own
+loop.train_and_evaluate, with hooks that only keep each epoch's row.
 """
 
 import functools
@@ -38,9 +37,8 @@ from experiments.tables import parser, script
 
 
 def jaxpr_flops(jaxpr) -> float:
-  """Matmul and convolution FLOPs of a (closed) jaxpr: scan bodies count
-  `length` times (XLA's cost analysis counts a loop's body once), cond its
-  dearest branch, calls followed; elementwise work not counted."""
+  """Matmul and convolution FLOPs (no elementwise) of a jaxpr: a scan's body
+  `length` times (XLA's cost analysis: once), a cond's dearest branch."""
   jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
   total = 0.0
   for eqn in jaxpr.eqns:

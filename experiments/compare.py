@@ -8,11 +8,10 @@ r"""Compares finished runs (or trains them first): tables, figures, analyses.
   python experiments/compare.py --train=mlp --vary=mlp_hidden=256/512,256 \
       --vary=dropout=0/0.2 --out=comparison
 
-Writes into OUT comparison.md and .csv (a row per configuration of settings
-and code, labelled by what differs from its preset: each test metric's mean
-and sample std over its seeds), runs.csv (a row per run or member, charged its
-share of its program's time), accuracy.png, accuracy_vs_time.png,
-learning_curves.png and analysis.md, what each learned (--no-analyses: not).
+Writes into OUT comparison.md and .csv (a row per configuration of settings and
+code, labelled by what differs from its preset: test metrics' mean and sample
+std over seeds), runs.csv (a row per run or member), accuracy.png,
+accuracy_vs_time.png, learning_curves.png and analysis.md (--no-analyses: not).
 Runs diverged or not compared are named with why; with none left it exits 1.
 """
 
@@ -177,8 +176,7 @@ def sort_key(value) -> tuple:
 
 
 def _label(groups: List[dict]) -> None:
-  """Each group's label: run_lib.title, the settings that tell groups of one
-  title apart, and the core files edited from a clean group's."""
+  """Each group's label: its title and what tells groups of one title apart."""
   by_title: Dict[str, List[dict]] = {}
   for g in groups:  # Its seeds' title: the preset's seed.
     preset = models.get_config(g["model"], g["preset"])
@@ -201,8 +199,7 @@ def _label(groups: List[dict]) -> None:
 
 
 def group(summaries: Sequence[dict]) -> List[dict]:
-  """A group per configuration, a run a seed (a run folder before a member;
-  the others in `dropped`), ordered by the registry, then by settings."""
+  """A group per configuration, a run a seed (others `dropped`), sorted."""
   known: Dict[tuple, List] = {}
   for s in summaries:  # Its key: its settings and its core files' hashes.
     code = s["code"].get("files")

@@ -161,8 +161,7 @@ def load_analysis(workdir: str) -> Dict[str, object]:
 
 def analysis_page(folders, page: str, figures: Optional[str] = None,
                   labels=None, train_s=None, note: str = "") -> None:
-  """Writes `page`, the runs' analyses side by side (train_s: their wall
-  times), and its figures into `figures` (default: its folder)."""
+  """Writes `page`, the runs' analyses side by side, figures in `figures`."""
   results = [load_analysis(folder) for folder in folders]
   names = _distinct(labels or [f"{r['model']} ({r['preset']})"
                                for r in results], folders)

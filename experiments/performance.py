@@ -67,8 +67,7 @@ def _kept(runs: str, name: str) -> List[dict]:
 
 
 def train_epochs(args) -> None:
-  """benchmark.py by default and with --parallel=none, and PyTorch's
-  reference_torch.py, alternated --repeats times: epochs.jsonl in --runs."""
+  """benchmark.py (also --parallel=none) and reference_torch.py, alternated."""
   torch = args.torch_python or (
       sys.executable if importlib.util.find_spec("torch") else None)
   ours = [sys.executable, "benchmark.py", *args.extra]
@@ -140,8 +139,7 @@ ANCHOR = ("| published, not measured here: \"Training a NN to 99% accuracy on "
 
 
 def train_speedrun(args) -> None:
-  """Each SPEEDRUN command as a new user's first run into RUNS/NAME-OFFSET:
-  the medians of its times to the result line and to exit in speedrun.json."""
+  """Each SPEEDRUN command run cold (no cache): medians in speedrun.json."""
   env = {k: v for k, v in os.environ.items()
          if k != "JAX_COMPILATION_CACHE_DIR"}
   for name, flags, times in SPEEDRUN:

@@ -66,8 +66,7 @@ def photo_jpeg(digit: np.ndarray, rng: np.random.Generator) -> bytes:
       paper[rows] = (1 - strength) * paper[rows] + strength * np.array(LINE_RGB)
   ink_rgb = pick(INKS)
   pixels = paper * (1 - coverage[..., None]) + ink_rgb * coverage[..., None]
-  # The light: a linear gradient, times a shadow (of a hand or the phone), a
-  # half-plane with a blurred edge.
+  # The light: a gradient, times a soft-edged shadow (a hand's, the phone's).
   y, x = np.mgrid[0:h, 0:w].astype(np.float64) / max(h, w)
   angle = rng.uniform(0, 2 * np.pi)
   ramp = np.cos(angle) * x + np.sin(angle) * y

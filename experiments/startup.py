@@ -2,8 +2,7 @@ r"""How long a run takes to start training: process start to the first train ste
 
   python experiments/startup.py --model=gru --mnist_dir=DIR
 
-Each run is a fresh `python` process on launch.py's own path (flags, imports,
-data, the state with its kernel check, compile or cache load), stopped at the
+Each run is a fresh `python` process on launch.py's own path, stopped at the
 first call of the compiled train chunk. A round runs each model --repeats times
 with a new, empty compilation cache: the first run compiles, later ones start
 warm. Prints a JSON line per run: each phase's time since the process started

@@ -96,8 +96,7 @@ NOT_SETTINGS = ("workdir", "data_dir", "mnist_dir", "analyses")
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-  """A launch.py command of the results: its run folder's name, flags beyond
-  --model and --preset, the test accuracy (%) its preset must keep."""
+  """A command's row: its run folder, flags, the % its preset must keep."""
   name: str
   model: str
   preset: str = "tuned"
@@ -131,8 +130,7 @@ ROWS = (
     Row("cnn-tuned-5seeds", "cnn", flags=(("num_seeds", 5),)),
     # A fixed 3-epoch schedule chosen in advance; judged by its seeds' mean.
     Row("cnn-fast-5seeds", "cnn", "fast", bar=99.0, flags=(("num_seeds", 5),)))
-# The best presets, judged by their seeds' mean: seeds 0 to N-1, not those the
-# presets were chosen on (a validation split at seed 100).
+# The best presets, judged by seeds 0 to N-1's mean (chosen on seed 100's).
 BEST = tuple(Row(f"{m}-best", m, "best",
                  flags=(("num_seeds", 5 if m == "cnn" else 3),))
              for m in models.MODELS)
@@ -177,8 +175,7 @@ def require(rows: Sequence[Row], runs: str) -> Dict[Row, str]:
 
 def train_missing(rows: Sequence[Row], runs: str, data_flags: Sequence[str],
                   log=print) -> None:
-  """Trains each row without a finished run through launch.py: an unfinished
-  run resumes, a new one goes to runs/<row.name>."""
+  """Trains each row unfinished through launch.py (resumed, or in runs/NAME)."""
   finished, unfinished = find(rows, runs)
   todo = [r for r in rows if r not in finished]
   for row in todo:
