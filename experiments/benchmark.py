@@ -1,16 +1,12 @@
 r"""Times training of the registered models the same way every time.
 
-  python experiments/benchmark.py --model=all --preset=seed --epochs=3 \
-      --mnist_dir=DIR
-  python experiments/benchmark.py --model=cnn --preset=fast --epochs=2 \
-      --data_dir=DIR --set=impl=stock
+  python experiments/benchmark.py --model=cnn,gru --preset=seed --epochs=3 \
+      --mnist_dir=DIR --set=impl=stock
 
-Prints a JSON line per model: the train chunk's compile time (cold), the
-median epoch time after the first, examples/s and GFLOP/s (one train step's
-matmul and convolution FLOPs from its jaxpr, times an epoch's steps and the
-members, over the epoch time). What is timed is a launch.py run's own
-loop.train_and_evaluate, its layout and chunks, with hooks that only keep each
-epoch's row (no run folder, no checkpoints).
+Prints a JSON line per model: the train chunk's cold compile time, the median
+epoch time after the first, examples/s and GFLOP/s (a step's matmul and
+convolution FLOPs x steps x members / epoch time) of a launch.py run's own
+loop.train_and_evaluate, with hooks that only keep each epoch's row.
 """
 
 import functools
@@ -41,17 +37,15 @@ from experiments.tables import parser, script
 
 
 def jaxpr_flops(jaxpr) -> float:
-  """Matmul and convolution FLOPs of a (closed) jaxpr: scan bodies count
-  `length` times (XLA's cost analysis counts a loop's body once), cond its
-  dearest branch, calls followed; elementwise work not counted."""
+  """Matmul and convolution FLOPs (no elementwise) of a jaxpr: a scan's body
+  `length` times (XLA's cost analysis: once), a cond's dearest branch."""
   jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
   total = 0.0
   for eqn in jaxpr.eqns:
     name = eqn.primitive.name
     if name == "dot_general":
       (lhs_contract, _), _ = eqn.params["dimension_numbers"]
-      lhs = eqn.invars[0].aval.shape
-      k = np.prod([lhs[d] for d in lhs_contract]) if lhs_contract else 1
+      k = np.prod([eqn.invars[0].aval.shape[d] for d in lhs_contract])
       total += 2.0 * np.prod(eqn.outvars[0].aval.shape) * k
     elif name == "conv_general_dilated":
       rhs = eqn.invars[1].aval.shape
@@ -69,53 +63,24 @@ def jaxpr_flops(jaxpr) -> float:
   return float(total)
 
 
-def step_flops(config, state, images, labels) -> float:
-  """jaxpr_flops of one member's train.train_step, as train_chunk scans it."""
-  step = functools.partial(
-      train.train_step, label_smoothing=config.label_smoothing,
-      augment=augment_lib.from_config(config))
-  batch = {"image": jnp.asarray(images[:config.batch_size]),
-           "label": jnp.asarray(labels[:config.batch_size])}
-  return jaxpr_flops(jax.make_jaxpr(step)(state, batch))
-
-
-def parse_sets(items) -> dict:
-  """--set FIELD=VALUE strings -> typed Config overrides."""
-  out = {}
-  for item in items:
-    key, _, value = item.partition("=")
-    if key not in config_lib.SETTINGS:
-      raise UserError(f"--set: unknown Config field {key!r}")
-    out[key] = config_lib.parse(key, value)  # As its flag reads it.
-  return out
-
-
 class Recorder(loop.Hooks):
-  """The loop's hooks for a benchmark: a fresh start, each epoch's row kept,
-  messages to stderr (stdout is the JSON lines); nothing written."""
-
-  def __init__(self):
-    self.rows, self.record = [], {}
+  """The loop's hooks: each epoch's row kept (not printed), no files."""
 
   def start(self, state, run):
-    self.record = run.record()  # And the steps its progress lines count.
-    return super().start(state, run)
-
-  def message(self, text):
-    print(text, file=sys.stderr, flush=True)
+    self.rows, self.record = [], run.record()  # Its layout.
+    return super().start(state, run)  # And the steps its progress counts.
 
   def epoch(self, state, row, last):
     self.rows.append(row)
 
 
-def _figures(seconds: float) -> float:
-  """Four significant figures: a millisecond epoch keeps its precision."""
-  return float(f"{seconds:.4g}")
-
-
 def bench_model(name: str, args) -> dict:
-  overrides = {**{k: getattr(args, k) for k in ("mnist_dir", "data_dir")
-                  if getattr(args, k) is not None}, **parse_sets(args.set)}
+  overrides = {k: getattr(args, k) for k in ("mnist_dir", "data_dir")
+               if getattr(args, k) is not None}
+  for key, _, value in (item.partition("=") for item in args.set):
+    if key not in config_lib.SETTINGS:
+      raise UserError(f"--set: unknown Config field {key!r}")
+    overrides[key] = config_lib.parse(key, value)  # As its flag reads it.
   config = models.get_config(name, args.preset, epochs=args.epochs,
                              parallel=args.parallel, **overrides)
   num_members = len(members_lib.from_config(config))
@@ -126,30 +91,34 @@ def bench_model(name: str, args) -> dict:
   model, implementation = models.build(config, recorder.message,
                                        recorder.message)
   state, final = loop.train_and_evaluate(config, data, model, recorder)
-  rows = recorder.rows
-  epoch_times = [r["epoch_time_s"] for r in rows]
+  epoch_times = [r["epoch_time_s"] for r in recorder.rows]
   epoch_time = statistics.median(epoch_times[1:] or epoch_times)
   one = state if num_members == 1 else jax.tree.map(  # Member 0's state.
       lambda x: x[0] if getattr(x, "ndim", 0) else x, state)
-  flops = step_flops(config, one, data.train.images, data.train.labels)
+  step = functools.partial(  # One member's step, as train_chunk scans it.
+      train.train_step, label_smoothing=config.label_smoothing,
+      augment=augment_lib.from_config(config))
+  flops = jaxpr_flops(jax.make_jaxpr(step)(one, jax.tree.map(  # A batch.
+      lambda a: jnp.asarray(a[:config.batch_size]),
+      {"image": data.train.images, "label": data.train.labels})))
   layout = recorder.record.get("parallel", {})
+  figures = lambda s: float(f"{s:.4g}")  # A millisecond epoch keeps its own.
   return {
       "model": name, "preset": args.preset, "batch_size": config.batch_size,
       "members": num_members, "train_examples": n, "steps_per_epoch": steps,
       "chunk_steps": min(steps, config.chunk_steps),
       "num_params": final["num_params"],
       "compile_time_s": round(final["compile_time_s"], 3),
-      "epoch_time_s": _figures(epoch_time),
-      "epoch_times_s": [_figures(x) for x in epoch_times],
+      "epoch_time_s": figures(epoch_time),
+      "epoch_times_s": [figures(x) for x in epoch_times],
       "examples_per_s": round(steps * config.batch_size / epoch_time, 1),
       "step_gflop": round(flops / 1e9, 5),
       "gflops": round(flops * num_members * steps / epoch_time / 1e9, 2),
-      "last_epoch_train_accuracy": round(rows[-1]["train_accuracy"], 4),
-      "backend": jax.default_backend(),
+      "last_epoch_train_accuracy": round(recorder.rows[-1]["train_accuracy"],
+                                         4),
       "parallel": layout.get("mode"), "devices": layout.get("devices"),
-      "implementation": implementation,
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
-  }
+      "backend": jax.default_backend(), "implementation": implementation,
+      "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def main(argv=None):
@@ -157,14 +126,12 @@ def main(argv=None):
   p.add_argument("--model", default="all",
                  help="a registered model name, a comma-separated list, or all")
   p.add_argument("--preset", default="seed")
-  p.add_argument("--epochs", type=int, default=3,
-                 help="epochs to time; the first is warm-up, the median of the "
-                      "rest is reported")
+  p.add_argument("--epochs", type=int, default=3, help="epochs to time: the "
+                 "first is warm-up, the median of the rest is reported")
   p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                  help="override any Config field, e.g. --set=cnn_features=16,32")
-  p.add_argument("--parallel", default="auto",
-                 help="auto (launch.py's default: a fixed rule, see "
-                      "training/devices.py), none, pmap or sharded")
+  p.add_argument("--parallel", default="auto", help="auto (launch.py's "
+                 "default, training/devices.py's rule), none, pmap or sharded")
   args = p.parse_args(argv)
   if args.epochs < 1:
     p.error("--epochs must be at least 1")

@@ -3,23 +3,20 @@ r"""Compares finished runs (or trains them first): tables, figures, analyses.
   # Run folders (a folder of run folders works too):
   python experiments/compare.py runs/linear runs/cnn runs/gru --out=comparison
   # Train each model and seed first (finished runs are reused), then compare:
-  python experiments/compare.py --train=linear,mlp,cnn,rnn,lstm,gru \
-      --seeds=0,1,2 --runs_root=runs/compare --out=comparison
+  python experiments/compare.py --train=linear,mlp,cnn,rnn,lstm,gru --seeds=0,1,2
   # Train values of settings a --sweep cannot vary (a run each):
   python experiments/compare.py --train=mlp --vary=mlp_hidden=256/512,256 \
       --vary=dropout=0/0.2 --out=comparison
 
-Writes into OUT comparison.md and .csv (a row per configuration of settings
-and code, labelled by what differs from its preset: each test metric's mean
-and sample std (n-1) over its seeds), runs.csv (a row per run and seed; a
-member of a --num_seeds or --sweep run is one, charged its share of the
-program's time), accuracy.png, accuracy_vs_time.png, learning_curves.png,
-and analysis.md with analysis_*.png, what each learned (--no-analyses: not).
-Runs diverged or not compared are named with why; with none left the command
-exits 1. Times are wall times (data ready to test metrics, as the README's).
+Writes into OUT comparison.md and .csv (a row per configuration of settings and
+code, labelled by what differs from its preset: test metrics' mean and sample
+std over seeds), runs.csv (a row per run or member), accuracy.png,
+accuracy_vs_time.png, learning_curves.png and analysis.md (--no-analyses: not).
+Runs diverged or not compared are named with why; with none left it exits 1.
 """
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -33,27 +30,26 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mnist_jax import config as config_lib
 from mnist_jax import files
 from mnist_jax import models
+from mnist_jax import modes
 from mnist_jax.errors import UserError
 from mnist_jax.results import run as run_lib
 from mnist_jax.rundir import metrics_log
+from mnist_jax.rundir import process
 from mnist_jax.rundir import record
+from mnist_jax.rundir import resume
 from mnist_jax.training import members as members_lib
 from mnist_jax.training import metrics
 
 from experiments import compare_figures as figures
-from experiments.tables import parser, script
-from experiments.train_grid import parse_vary, train_runs
+from experiments.tables import NOT_SETTINGS, parser, script
 
-# Settings that do not change what is trained: runs differing only in these
-# (and the seed) are repeats of one configuration.
-NOT_CONFIGURATION = ("seed", "workdir", "data_dir", "mnist_dir", "chunk_steps",
-                     "num_seeds", "sweep", "analyses")
+# Runs whose settings differ only in these are repeats of one configuration.
+NOT_CONFIGURATION = (*NOT_SETTINGS, "seed", "chunk_steps", "num_seeds", "sweep")
 TIMES = ("wall_time_s", "epoch_time_s", "examples_per_s")
 
 
 def _runs_in(path: str) -> Tuple[List[str], Optional[Tuple[str, str]]]:
-  """([path] if a run folder, else the run folders in it; (what is wrong,
-  what to do) where there are none)."""
+  """([path] or the run folders in it, (what is wrong, what to do) or None)."""
   is_run = lambda p: record.is_run(p) or os.path.isfile(
       os.path.join(p, metrics_log.METRICS_FILE))
   if not os.path.isdir(path):
@@ -70,8 +66,7 @@ def _runs_in(path: str) -> Tuple[List[str], Optional[Tuple[str, str]]]:
 
 
 def _left_out(run_dir: str, error: Optional[Exception]) -> Tuple[str, str]:
-  """(why `run_dir` is not compared, what to do): summarize's `error`, its
-  config.json unread, or no final row."""
+  """(why `run_dir` is not compared, what to do)."""
   name, fix = record.CONFIG_FILE, "restore it from a copy, or compare others"
   if isinstance(error, KeyError):  # A final row another program wrote.
     return (f"has a final metrics row without {error.args[0]}",
@@ -114,8 +109,7 @@ def diverged(last: dict, final: dict, curve: Sequence[dict]) -> Optional[str]:
 
 
 def summarize(run_dir: str) -> List[dict]:
-  """A finished run's headline numbers and curve, a summary per member (its
-  config, metrics and share of the program's times); [] if no final row."""
+  """A summary per member of a finished run; [] if it has no final row."""
   config, rows = record.read_config(run_dir), metrics_log.MetricsLog(
       run_dir).read()
   final = metrics_log.final_row(rows)
@@ -141,6 +135,7 @@ def summarize(run_dir: str) -> List[dict]:
         "preset": config.preset, "config": m.config if m else config,
         "seed": m.seed if m else config.seed,
         "member": m.index if m else None, "program_members": n,
+        "where": f"member {m.index} of {run_dir}" if m else run_dir,
         "analysed": m is None or m.index == chosen,  # Its analysis/'s.
         "parameters": end.get("num_params"), "curve": curve,
         "epochs": end.get("epochs_run", len(curve)),
@@ -153,8 +148,7 @@ def summarize(run_dir: str) -> List[dict]:
 
 
 def read_runs(paths: Sequence[str]) -> Tuple[List[dict], list]:
-  """(every finished run's summaries, a member each; [(folder, what keeps it
-  out, what to do)])."""
+  """(the finished runs' summaries, [(folder, why left out, what to do)])."""
   summaries: List[dict] = []
   skipped, seen = [], set()
   for path in paths:
@@ -171,32 +165,8 @@ def read_runs(paths: Sequence[str]) -> Tuple[List[dict], list]:
   return summaries, skipped
 
 
-def where(s: dict) -> str:
-  return s["run"] if s["member"] is None else (
-      f"member {s['member']} of {s['run']}")
-
-
-def _with_key(summaries: Sequence[dict]) -> List[dict]:
-  """Each summary with its configuration's `key`: its settings and its core
-  files' hashes, or where it recorded none (an older run), those most runs
-  of its settings have."""
-  known: Dict[tuple, List] = {}
-  for s in summaries:
-    found = s["code"].get("files")
-    s["key"] = (tuple(sorted((k, str(v)) for k, v in s["config"].to_dict(
-    ).items() if k not in NOT_CONFIGURATION)), tuple(sorted(
-        found.items())) if isinstance(found, dict) else None)
-    known.setdefault(s["key"][0], []).append(s["key"][1])
-  for s in summaries:
-    codes = [k for k in known[s["key"][0]] if k is not None]
-    if s["key"][1] is None and codes:
-      s["key"] = (s["key"][0], max(codes, key=codes.count))
-  return list(summaries)
-
-
 def sort_key(value) -> tuple:
-  """Orders values of any type: None, numbers (and numeric text), tuples
-  element-wise, other text."""
+  """Orders None, numbers (and numeric text), tuples, then other text."""
   if isinstance(value, (tuple, list)):
     return (2, tuple(map(sort_key, value)))
   try:
@@ -206,9 +176,7 @@ def sort_key(value) -> tuple:
 
 
 def _label(groups: List[dict]) -> None:
-  """Each group's label: its model, preset and the settings that differ from
-  the preset (run_lib.title), and where groups of one title ran other code,
-  the core's files that differ from the first's (a clean one's)."""
+  """Each group's label: its title and what tells groups of one title apart."""
   by_title: Dict[str, List[dict]] = {}
   for g in groups:  # Its seeds' title: the preset's seed.
     preset = models.get_config(g["model"], g["preset"])
@@ -231,12 +199,19 @@ def _label(groups: List[dict]) -> None:
 
 
 def group(summaries: Sequence[dict]) -> List[dict]:
-  """The runs of each configuration (all but the seed equal) as a group, a
-  run a seed (a run folder before a program's member, else the first; the
-  others its `dropped` [(left out, kept)]), ordered by the registry, then by
-  the settings that tell them apart."""
+  """A group per configuration, a run a seed (others `dropped`), sorted."""
+  known: Dict[tuple, List] = {}
+  for s in summaries:  # Its key: its settings and its core files' hashes.
+    code = s["code"].get("files")
+    s["key"] = (tuple(sorted((k, str(v)) for k, v in s["config"].to_dict(
+    ).items() if k not in NOT_CONFIGURATION)), tuple(sorted(
+        code.items())) if isinstance(code, dict) else None)
+    known.setdefault(s["key"][0], []).append(s["key"][1])
   found: Dict[tuple, Dict[int, List[dict]]] = {}
-  for s in _with_key(summaries):
+  for s in summaries:  # An older run's code: most runs of its settings'.
+    codes = [k for k in known[s["key"][0]] if k is not None]
+    if s["key"][1] is None and codes:
+      s["key"] = (s["key"][0], max(codes, key=codes.count))
     found.setdefault(s["key"], {}).setdefault(s["seed"], []).append(s)
   out = []
   for seeds in found.values():
@@ -269,9 +244,7 @@ def _mean_std(values) -> tuple:
 
 
 def _time_cell(runs: Sequence[dict], key: str, digits: int) -> str:
-  """A group's time: its own runs' mean ± std, then each program whose
-  members it holds, once, whole (no ±: the members' shares are one
-  measurement)."""
+  """Its own runs' mean ± std, then each program of members once (no ±)."""
   own = [s[key] for s in runs if s["program_members"] == 1]
   programs = {s["run"]: (s[key] * s["program_members"], s["program_members"])
               for s in runs if s["program_members"] > 1}
@@ -283,9 +256,7 @@ def _time_cell(runs: Sequence[dict], key: str, digits: int) -> str:
 
 
 def _notes(groups, dropped, gone, skipped) -> List[str]:
-  """comparison.md's paragraphs above its table: what the configurations
-  differ in beside their labels, how much one seed's ranking says, shared
-  programs, runs left out."""
+  """comparison.md's paragraphs above its table."""
   notes = [f"The configurations differ in {what}: " + ", ".join(
       f"{g['label']} {n}" for g, n in zip(groups, counts)) + "."
            for what, counts in (
@@ -311,9 +282,9 @@ def _notes(groups, dropped, gone, skipped) -> List[str]:
        "time figure charge each member its share",
        [f"{run} ({m} members)" for run, m in shared], ", "),
       ("Diverged, left out of the table, means and plots (runs.csv says "
-       "why)", [f"{where(s)} ({s['diverged']})" for s in gone], "; "),
+       "why)", [f"{s['where']} ({s['diverged']})" for s in gone], "; "),
       ("Counted once (the same configuration and seed)",
-       [f"{where(a)} left out for {where(b)}" for a, b in dropped], "; "),
+       [f"{a['where']} left out for {b['where']}" for a, b in dropped], "; "),
       ("Not compared", [f"{f} ({what}; {fix})" for f, what, fix in skipped],
        "; ")):
     notes += [f"{text}: {sep.join(items)}."] if items else []
@@ -379,15 +350,14 @@ def write_tables(groups, out, dropped=(), gone=(), skipped=()) -> None:
 
 def compare(paths, out: str, log=print, analyses: bool = False,
             warn=None) -> List[dict]:
-  """Reads the finished runs under `paths`, writes the tables and figures
-  into `out` (with `analyses`, analysis.md too); returns the groups."""
+  """Writes the tables and figures of the runs in `paths` into `out`."""
   summaries, skipped = read_runs(paths)
   gone = [s for s in summaries if s["diverged"]]
   groups = group([s for s in summaries if not s["diverged"]])
   dropped = [pair for g in groups for pair in g["dropped"]]
   if not groups:
     why = [f"{f} {what} ({fix})" for f, what, fix in skipped] + [
-        f"{where(s)} {s['diverged']}" for s in gone]
+        f"{s['where']} {s['diverged']}" for s in gone]
     raise UserError(
         "{} {}; {}".format(*skipped[0]) if len(why) == 1 and skipped else
         "no run to compare: " + "; ".join(why) if why else "none of the runs "
@@ -397,11 +367,11 @@ def compare(paths, out: str, log=print, analyses: bool = False,
     (warn or (lambda line: print(line, file=sys.stderr)))(
         f"skipping {folder}: it {what}; {fix}")
   for s in gone:
-    log(f"{where(s)} {s['diverged']}: named in comparison.md, left out of the "
-        "means and plots")
+    log(f"{s['where']} {s['diverged']}: named in comparison.md, left out of "
+        "the means and plots")
   for left, s in dropped:
-    log(f"counting one run once: {where(left)} has the configuration and "
-        f"seed of {where(s)}; left out for it")
+    log(f"counting one run once: {left['where']} has the configuration and "
+        f"seed of {s['where']}; left out for it")
   os.makedirs(out, exist_ok=True)
   write_tables(groups, out, dropped, gone, skipped)
   for name in figures.PLOTS:
@@ -413,6 +383,54 @@ def compare(paths, out: str, log=print, analyses: bool = False,
       f"{f' ({len(dropped)} counted once)' if dropped else ''}; "
       f"table and plots in {out}/comparison.md")
   return groups
+
+
+def parse_vary(specs: Sequence[str]) -> Dict[str, list]:
+  """--vary's NAME=V1/V2/... as {setting: [values]}, each read as its flag
+  reads it (`mlp_hidden=256/512,256`: (256,) and (512, 256))."""
+  grid: Dict[str, list] = {}
+  for spec in specs:
+    name, _, listed = (t.strip() for t in spec.partition("="))
+    if name in ("model", "seed", "preset") or name not in config_lib.SETTINGS:
+      raise UserError(
+          f"--vary={spec}: vary a setting other than model, preset and seed "
+          "(--train, --preset and --seeds choose those), e.g. "
+          "--vary=mlp_hidden=256/512")
+    texts = [t.strip() for t in listed.split("/") if t.strip()]
+    if not texts or name in grid:
+      raise UserError(f"--vary={spec}: give each name once, as NAME=V1/V2/...")
+    grid[name] = []
+    for text in texts:
+      try:
+        grid[name].append(config_lib.parse(name, text))  # As its flag reads.
+      except UserError as e:
+        raise UserError(f"--vary={name}: {text!r} is not a value of {name} "
+                        f"({e})") from None
+  return grid
+
+
+def train_runs(names, seeds, runs_root: str, preset: str = "tuned", log=print,
+               stream=None, vary=None, **overrides) -> List[str]:
+  """Trains each model, `vary` combination and seed into runs_root (folders
+  MODEL[-NAME=VALUE...]-seedN), reusing finished runs: --train, --vary."""
+  process.setup_process()
+  vary, folders = vary or {}, []
+  for name, values, seed in itertools.product(
+      names, [dict(zip(vary, c)) for c in itertools.product(*vary.values())],
+      seeds):
+    folder = os.path.join(runs_root, "-".join([name] + [
+        f"{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
+        for k, v in values.items()] + [f"seed{seed}"]))
+    config = models.get_config(name, preset, seed=seed, workdir=folder,
+                               **{**overrides, **values})
+    if os.path.isdir(folder) and record.finished(folder) and not (
+        resume.config_differences(record.read_config(folder), config)):
+      log(f"{folder}: finished before, reused")
+    else:
+      log(f"training {os.path.basename(folder)} in {folder}")
+      modes.train_and_evaluate(config, folder, stream=stream)
+    folders.append(folder)
+  return folders
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -431,16 +449,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   p.add_argument("--runs_root", default=os.path.join("runs", "compare"),
                  help="--train: where the run folders go (MODEL-seedN)")
   p.add_argument("--preset", default="tuned", help="--train: every model's")
-  p.add_argument("--epochs", type=int, help="--train: epochs (default: the "
-                 "preset's)")
+  p.add_argument("--epochs", type=int, help="--train: the preset's by default")
   args = p.parse_args(argv)
   paths = list(args.runs)
   if args.train:
     paths += train_runs(args.train, args.seeds, args.runs_root, args.preset,
                         vary=parse_vary(args.vary), **{
-                            k: getattr(args, k) for k in (
-                                "epochs", "data_dir", "mnist_dir")
-                            if getattr(args, k) is not None})
+                            k: v for k in ("epochs", "data_dir", "mnist_dir")
+                            if (v := getattr(args, k)) is not None})
   elif args.vary:
     raise UserError("--vary needs --train=MODEL: it trains a run per value")
   if not paths:

@@ -1,5 +1,4 @@
-"""compare.py's figures of configurations, and its page of their analyses side
-by side (analysis.md; docs/analyses.md through tables.py)."""
+"""compare.py's figures, and its page of analyses side by side (analysis.md)."""
 
 import json
 import os
@@ -17,14 +16,10 @@ from mnist_jax.results import run as run_lib
 from mnist_jax.results.plots import MARKERS, plt
 
 
-def accuracy_floor(values) -> float:
-  """Where an accuracy axis (to 100%) starts: a whole percent, a point below
-  the lowest value, so close runs never fill the whole height."""
-  return max(0.0, float(np.floor(min(values))) - 1.0)
-
-
-def _several(groups) -> bool:
-  return any(len(g["runs"]) > 1 for g in groups)
+def _accuracies(groups):
+  """Each group's test accuracies (%), the axis from a whole point below."""
+  accs = [100 * np.asarray(g["test_accuracy"]) for g in groups]
+  return accs, max(0.0, float(np.floor(np.concatenate(accs).min())) - 1.0)
 
 
 def _distinct(names: Sequence[str], folders: Sequence[str]) -> List[str]:
@@ -48,8 +43,7 @@ def accuracy_figure(groups):
   """Test accuracy per configuration: mean bar, std whisker, a dot a seed."""
   fig, ax = plt.subplots(figsize=(8, 0.55 * len(groups) + 1.6),
                          layout="constrained")
-  accs = [100 * np.asarray(g["test_accuracy"]) for g in groups]
-  low = accuracy_floor(np.concatenate(accs))
+  accs, low = _accuracies(groups)
   for i, (acc, color) in enumerate(zip(accs, plots.palette(len(groups)))):
     std = _spread(acc)
     ax.barh(i, acc.mean() - low, left=low, color=color, alpha=0.75, xerr=std,
@@ -74,7 +68,7 @@ def accuracy_time_figure(groups):
   labels = group_labels(groups)
   fig, ax = plt.subplots(figsize=(min(6.5 + 0.06 * max(map(len, labels)), 12),
                                   4.8), layout="constrained")
-  accs = [100 * np.asarray(g["test_accuracy"]) for g in groups]
+  accs, low = _accuracies(groups)
   times = [np.asarray(g["wall_time_s"], np.float64) for g in groups]
   for i, (acc, t, color, label) in enumerate(zip(accs, times, plots.palette(
       len(groups)), labels)):
@@ -86,7 +80,6 @@ def accuracy_time_figure(groups):
       xerr = [[t.mean() - t.min()], [xerr]]
     ax.errorbar(t.mean(), acc.mean(), xerr=xerr, yerr=_spread(acc), fmt=marker,
                 color=color, ms=8, capsize=3, label=label, clip_on=False)
-  low = accuracy_floor(np.concatenate(accs))
   log = max(map(max, times)) > 10 * min(map(min, times))
   if log:
     ax.set_xscale("log")
@@ -104,13 +97,11 @@ def accuracy_time_figure(groups):
   return fig
 
 
-# OUT's figures: {name: (its figure of groups (None: the learning curves), its
-# title, the words in it with several seeds, with one)}.
+# OUT's figures: name -> (figure (None: curves), title, its words: seeds, one).
 PLOTS = {
-    "accuracy.png": (
-        accuracy_figure, "Test accuracy per configuration ({})",
-        "bar: mean over seeds, whisker: std, dots: each run",
-        "one seed each: no spread shown"),
+    "accuracy.png": (accuracy_figure, "Test accuracy per configuration ({})",
+                     "bar: mean over seeds, whisker: std, dots: each run",
+                     "one seed each: no spread shown"),
     "accuracy_vs_time.png": (accuracy_time_figure, "Test accuracy against "
                              "wall time{}", " (mean ± std over seeds)", ""),
     "learning_curves.png": (None, "Learning curves ({}validation: the model "
@@ -121,7 +112,8 @@ PLOTS = {
 def plot(groups, name: str, path: str) -> str:
   """Draws PLOTS' `name` of `groups` into `path`."""
   figure, title, several, one = PLOTS[name]
-  title = title.format(several if _several(groups) else one)
+  title = title.format(several if any(len(g["runs"]) > 1 for g in groups)
+                       else one)
   if figure is None:
     return plots.learning_curves([(label, g["curves"]) for label, g in zip(
         group_labels(groups), groups)], path, title)
@@ -168,10 +160,8 @@ def load_analysis(workdir: str) -> Dict[str, object]:
 
 
 def analysis_page(folders, page: str, figures: Optional[str] = None,
-                  labels=None, train_s=None, note: str = "") -> str:
-  """Writes `page` (markdown) and its figures into `figures` (default: its
-  folder): the runs' analyses side by side, `note` above them. train_s:
-  each run's wall time. Returns `page`."""
+                  labels=None, train_s=None, note: str = "") -> None:
+  """Writes `page`, the runs' analyses side by side, figures in `figures`."""
   results = [load_analysis(folder) for folder in folders]
   names = _distinct(labels or [f"{r['model']} ({r['preset']})"
                                for r in results], folders)
@@ -196,12 +186,10 @@ def analysis_page(folders, page: str, figures: Optional[str] = None,
                    "l" + "r" * len(rows[0])), "",
       analysis.NOTES + " Wall time: the run's (a member's share of its "
       "program's).", "", *analysis.figure_lines(drawn, "##")]))
-  return page
 
 
 def write_analyses(groups, out: str) -> None:
-  """OUT/analysis.md: each group's first run whose folder's analysis is of
-  it (written now for a folder trained without)."""
+  """OUT/analysis.md of each group's first run analysed (written if none)."""
   shown = {}
   for g in groups:
     s = next((s for s in g["runs"]
@@ -220,4 +208,5 @@ def write_analyses(groups, out: str) -> None:
                 train_s=times, note="One run each: an order in these columns "
                 "is one seed's, which another seed may change; compare "
                 "configurations of several seeds before ranking them."
-                if len(shown) > 1 and not _several(groups) else "")
+                if len(shown) > 1 and all(len(g["runs"]) == 1 for g in groups)
+                else "")

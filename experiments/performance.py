@@ -1,6 +1,5 @@
-"""docs/performance.md's timed tables. TABLES: name -> (what writes it from
-the measurements, what measures it on this host (tables.py --table=NAME
---train), what reads its figures back from --runs)."""
+"""docs/performance.md's timed tables. TABLES: name -> (what writes it, what
+measures it here (tables.py --train), what reads its figures from --runs)."""
 
 import importlib.util
 import json
@@ -29,8 +28,7 @@ def host() -> str:
 
 
 def table(head: str, align: str, rows) -> List[str]:
-  """A doc table's lines: `head`'s cells (split at " | "), `align` "l" or "r"
-  a column, a list of cells a row (an empty cell as `| |`)."""
+  """A doc table's lines: `head`'s cells split at " | ", `align` l or r."""
   line = lambda cells: "|" + "".join(f" {c} |" if c else " |" for c in cells)
   return [line(head.split(" | ")),
           line("---:" if a == "r" else "---" for a in align), *map(line, rows)]
@@ -69,13 +67,11 @@ def _kept(runs: str, name: str) -> List[dict]:
 
 
 def train_epochs(args) -> None:
-  """benchmark.py by default and with --parallel=none, and PyTorch's
-  reference_torch.py, alternated --repeats times: epochs.jsonl in --runs."""
+  """benchmark.py (also --parallel=none) and reference_torch.py, alternated."""
   torch = args.torch_python or (
       sys.executable if importlib.util.find_spec("torch") else None)
-  kinds = {"auto": [sys.executable, "benchmark.py", *args.extra],
-           "none": [sys.executable, "benchmark.py", "--parallel=none",
-                    *args.extra],
+  ours = [sys.executable, "benchmark.py", *args.extra]
+  kinds = {"auto": ours, "none": [*ours, "--parallel=none"],
            "torch": [torch, "reference_torch.py"]}
   for repeat in range(args.repeats or 2):
     for kind, (python, script, *more) in kinds.items():
@@ -88,16 +84,14 @@ def train_epochs(args) -> None:
 
 
 def measure_epochs(runs: str) -> dict:
-  """The seed table's figures: each model's medians, PyTorch's, and the
-  ratio of ours to PyTorch's with its range over the rounds."""
+  """Each model's median epoch, PyTorch's, and their ratio and its range."""
   timed = _kept(runs, "epochs")
   by = lambda kind, name: [r for r in timed
                            if r["kind"] == kind and r["model"] == name]
+  median = lambda rs, key="epoch_time_s": statistics.median(r[key] for r in rs)
   rows = []
   for name in [n for n in models.MODELS if by("auto", n)]:
     ours, theirs = by("auto", name), by("torch", name)
-    median = lambda rs, key="epoch_time_s": statistics.median(
-        r[key] for r in rs)
     row = {"model": name, "batch_size": ours[0]["batch_size"],
            "default_s": median(ours), "none_s": median(by("none", name)),
            "layout": ("one device" if ours[0]["parallel"] == "none" else
@@ -131,25 +125,21 @@ def epochs_table(m: dict) -> str:
           "(default) | PyTorch | default / PyTorch", "lrrlrrr", rows)])
 
 
-# (row name, launch.py flags, cold runs timed: their medians are kept); each
-# is run at every seed offset.
+# (row name, launch.py flags, cold runs timed), each at every seed offset.
 SPEEDRUN = (
     ("5 seeds", ["--model=cnn", "--preset=speedrun", "--num_seeds=5"], 3),
     ("1 seed", ["--model=cnn", "--preset=speedrun", "--num_seeds=1"], 3),
     # The best preset at the fewest epochs (of 18, 12, 8, 6) whose 5-seed mean
     # validation accuracy reached 99.55% (--val_fraction=0.1, seeds 300-304).
     ("to 99.5%", ["--model=cnn", "--preset=best", "--epochs=8",
-                  "--num_seeds=5"], 1),
-)
+                  "--num_seeds=5"], 1))
 ANCHOR = ("| published, not measured here: \"Training a NN to 99% accuracy on "
           "MNIST in 0.76 seconds\" (PyTorch, one epoch) | 1 | 99% | - | 0.76 s "
           "of training | - | - | a laptop's GeForce GTX 1660 Ti GPU |")
 
 
 def train_speedrun(args) -> None:
-  """Each SPEEDRUN command as a new user's first run (no compilation cache)
-  into RUNS/NAME-OFFSET, timed from its start to the result line and to its
-  exit; their medians in its speedrun.json."""
+  """Each SPEEDRUN command run cold (no cache): medians in speedrun.json."""
   env = {k: v for k, v in os.environ.items()
          if k != "JAX_COMPILATION_CACHE_DIR"}
   for name, flags, times in SPEEDRUN:
@@ -228,14 +218,12 @@ STARTUP_ROWS = (  # Row, the figure's key.
 
 def train_startup(args) -> None:
   from experiments import startup
-  _keep(args.runs, list(startup.measure(
-      list(models.MODELS) if args.models == "all" else args.models.split(","),
-      "seed", args.repeats or 3, 2, args.data)), "startup")
+  _keep(args.runs, list(startup.measure(args.models, "seed", args.repeats or 3,
+                                        2, args.data)), "startup")
 
 
 def measure_startup(runs: str) -> dict:
-  """Medians over the rounds of each model's first and warm run, and of the
-  first run's phases (each from the mark before it)."""
+  """Medians of each model's first and warm run and first run's phases."""
   timed = _kept(runs, "startup")
   out: Dict[str, dict] = {}
   for name in [m for m in models.MODELS if any(r["model"] == m for r in timed)]:
@@ -275,16 +263,14 @@ MEMBER_KINDS = {"one": [], "seeds": ["--num_seeds=4"],
 
 
 def _member_flags(model: str, preset: str) -> List[str]:
-  """A row's flags; a sweep chooses on validation data, so a preset holding
-  out none holds out 10% in all three of its row's runs."""
+  """A row's flags: 10% held out for a sweep to choose on if none is."""
   held = models.get_config(model, preset).val_fraction
   return [f"--model={model}", f"--preset={preset}", "--epochs=2"] + (
       [] if held else ["--val_fraction=0.1"])
 
 
 def train_members(args) -> None:
-  """Each row's three kinds of run as fresh processes, alternated, after an
-  untimed run that prepares the data: members.jsonl in --runs."""
+  """Each row's kinds of run alternated (data prepared first): members.jsonl."""
   with tempfile.TemporaryDirectory() as tmp:
     def wall(flags):
       start = time.perf_counter()

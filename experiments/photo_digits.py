@@ -2,10 +2,8 @@ r"""Phone-photo-like pictures of MNIST test digits, and how predict copes with t
 
 Each test digit is drawn in dark ink on tinted (sometimes ruled) paper, a third
 to a half of a 300-1200 px frame, under a lighting gradient and a soft shadow,
-with sensor noise, a slight blur and JPEG compression; the same digits are kept
-clean too (dark ink on white, and the MNIST image). The script predicts them
-with a trained run folder, through mnist_jax/data/images.py's preprocess, and
-prints the accuracy on each kind:
+with sensor noise, blur and JPEG compression, and kept clean too (a scan, and
+MNIST's image). Prints a run's accuracy on each kind (images.py's preprocess):
 
   python experiments/photo_digits.py --run=RUN --mnist_dir=DIR --num=12 \
       --montage=docs/img/photo_digits.png
@@ -40,70 +38,45 @@ INKS = {"black": (28, 28, 34), "blue": (28, 40, 128),
 LINE_RGB = (120, 160, 215)  # Ruled lines: light blue.
 
 
-def _frame_size(rng: np.random.Generator):
-  """(width, height): the longer side 300-1200 px, 4:3, 16:9 or square."""
+def photo_jpeg(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+  """A phone photo (JPEG bytes) of `digit` ([28, 28] uint8) on paper."""
+  # The frame: the longer side 300-1200 px, 4:3, 16:9 or square.
   long_side = int(rng.integers(300, 1201))
   short_side = int(round(long_side / float(rng.choice([4 / 3, 16 / 9, 1.0]))))
-  return ((long_side, short_side) if rng.random() < 0.3 else
+  w, h = ((long_side, short_side) if rng.random() < 0.3 else
           (short_side, long_side))
-
-
-def _pen(digit: np.ndarray, size: int) -> np.ndarray:
-  """Ink coverage [size, size] in [0, 1]: the 28x28 digit upscaled smoothly,
-  its edges sharpened as a pen's are."""
-  field = Image.fromarray(digit.astype(np.float32) / 255.0)
-  a = np.asarray(field.resize((size, size), Image.Resampling.BICUBIC))
-  return np.clip((a - 0.3) / 0.35, 0.0, 1.0)
-
-
-def _lighting(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-  """A multiplicative light field [h, w]: a linear gradient times a soft shadow."""
-  y, x = np.mgrid[0:h, 0:w].astype(np.float64)
-  y, x = y / max(h, w), x / max(h, w)
+  # A digit's 20x20 box (of its 28x28) spans 1/3-1/2 of the shorter side.
+  size = min(int(round(rng.uniform(1 / 3, 1 / 2) * min(w, h) * 28 / 20)), w, h)
+  coverage = np.zeros((h, w))
+  top, left = (int(rng.integers(0, n - size + 1)) for n in (h, w))
+  # Ink coverage in [0, 1]: the digit upscaled, its edges sharp as a pen's.
+  ink = Image.fromarray(digit.astype(np.float32) / 255.0).resize(
+      (size, size), Image.Resampling.BICUBIC)
+  coverage[top:top + size, left:left + size] = np.clip(
+      (np.asarray(ink) - 0.3) / 0.35, 0.0, 1.0)
+  coverage *= rng.uniform(0.85, 1.0)
+  pick = lambda d: np.array(list(d.values())[rng.integers(len(d))], np.float64)
+  paper_rgb = np.clip(pick(PAPERS) + rng.normal(0, 6, 3), 0, 255)
+  paper = np.broadcast_to(paper_rgb, (h, w, 3)).copy()
+  if rng.random() < 0.3:  # Faint ruled lines.
+    spacing, width = rng.uniform(0.06, 0.1) * h, max(1, int(round(0.004 * h)))
+    strength = rng.uniform(0.25, 0.5)
+    for top in np.arange(rng.uniform(0, spacing), h, spacing).astype(int):
+      rows = slice(top, top + width)
+      paper[rows] = (1 - strength) * paper[rows] + strength * np.array(LINE_RGB)
+  ink_rgb = pick(INKS)
+  pixels = paper * (1 - coverage[..., None]) + ink_rgb * coverage[..., None]
+  # The light: a gradient, times a soft-edged shadow (a hand's, the phone's).
+  y, x = np.mgrid[0:h, 0:w].astype(np.float64) / max(h, w)
   angle = rng.uniform(0, 2 * np.pi)
   ramp = np.cos(angle) * x + np.sin(angle) * y
   ramp = (ramp - ramp.min()) / max(ramp.max() - ramp.min(), 1e-9)
   light = 1.0 - rng.uniform(0.15, 0.5) * ramp
-  # A shadow (of a hand or the phone): a half-plane with a blurred edge.
   angle = rng.uniform(0, 2 * np.pi)
   edge = np.cos(angle) * (x - rng.uniform(0.1, 0.9) * w / max(h, w)) + (
       np.sin(angle) * (y - rng.uniform(0.1, 0.9) * h / max(h, w)))
   shadow = 1.0 / (1.0 + np.exp(-edge / rng.uniform(0.03, 0.1)))
-  return light * (1.0 - rng.uniform(0.25, 0.55) * shadow)
-
-
-def _ruled(rng: np.random.Generator, paper: np.ndarray) -> np.ndarray:
-  """Draws faint ruled lines across the paper [h, w, 3], in place."""
-  h = paper.shape[0]
-  spacing, width = rng.uniform(0.06, 0.1) * h, max(1, int(round(0.004 * h)))
-  strength = rng.uniform(0.25, 0.5)
-  for top in np.arange(rng.uniform(0, spacing), h, spacing).astype(int):
-    rows = slice(top, top + width)
-    paper[rows] = (1 - strength) * paper[rows] + strength * np.array(LINE_RGB)
-  return paper
-
-
-def photo_jpeg(digit: np.ndarray, rng: np.random.Generator) -> bytes:
-  """A phone photo of `digit` ([28, 28] uint8, white on black) written on
-  paper, as a JPEG file's bytes."""
-  w, h = _frame_size(rng)
-  # MNIST digits fill a 20x20 box of their 28x28 field: the box spans 1/3-1/2
-  # of the frame's shorter side.
-  size = min(int(round(rng.uniform(1 / 3, 1 / 2) * min(w, h) * 28 / 20)), w, h)
-  coverage = np.zeros((h, w))
-  top, left = (int(rng.integers(0, n - size + 1)) for n in (h, w))
-  coverage[top:top + size, left:left + size] = _pen(digit, size)
-  coverage *= rng.uniform(0.85, 1.0)
-
-  pick = lambda d: np.array(list(d.values())[rng.integers(len(d))], np.float64)
-  paper_rgb = np.clip(pick(PAPERS) + rng.normal(0, 6, 3), 0, 255)
-  paper = np.broadcast_to(paper_rgb, (h, w, 3)).copy()
-  if rng.random() < 0.3:
-    paper = _ruled(rng, paper)
-  ink_rgb = pick(INKS)
-  pixels = paper * (1 - coverage[..., None]) + ink_rgb * coverage[..., None]
-  pixels *= _lighting(rng, h, w)[..., None]
-
+  pixels *= (light * (1.0 - rng.uniform(0.25, 0.55) * shadow))[..., None]
   image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
   image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.2)))
   pixels = np.asarray(image, np.float64)
@@ -132,19 +105,6 @@ def mnist_style(digit: np.ndarray) -> Image.Image:
   return Image.fromarray(digit)
 
 
-def test_digits(mnist_dir=None, data_dir=None):
-  """MNIST's test images [10000, 28, 28] uint8 (the data's [.., 1] channel
-  axis dropped: the photos are of grey digits) and labels, from IDX files in
-  mnist_dir or from a prepared tfds data_dir."""
-  if mnist_dir:  # Read as they are: the IDX files' order, not tfds's.
-    paths = pipeline.find_idx_files(mnist_dir)
-    images, labels = idx.read_pair(paths["test_images"], paths["test_labels"])
-  else:
-    arrays = pipeline.prepare("mnist", data_dir=data_dir)
-    images, labels = arrays["test_images"], arrays["test_labels"]
-  return images.reshape(images.shape[:3]), labels
-
-
 def montage(photos, inputs, labels, probs, path: str, cols: int = 4) -> str:
   """Photos with the model's answers, each beside its 28x28 input."""
   rows = -(-len(photos) // cols)
@@ -153,9 +113,8 @@ def montage(photos, inputs, labels, probs, path: str, cols: int = 4) -> str:
                            squeeze=False)
   for ax in axes.flat:
     ax.axis("off")
-  cells = axes.reshape(-1, 2)
-  for (ax, ax_input), photo, image, y, p in zip(cells, photos, inputs, labels,
-                                                probs):
+  for (ax, ax_input), photo, image, y, p in zip(axes.reshape(-1, 2), photos,
+                                                inputs, labels, probs):
     picture = Image.open(io.BytesIO(photo))
     picture.thumbnail((260, 260))
     ax.imshow(picture)
@@ -176,11 +135,34 @@ def montage(photos, inputs, labels, probs, path: str, cols: int = 4) -> str:
   return path
 
 
-def measure(run, kinds, labels):
-  """Prints the run's accuracy on each kind of picture ({kind: PIL images or
-  JPEG bytes}); {kind: (inputs [N, 28, 28], probabilities [N, 10])}."""
-  results, line = {}, []
-  for kind, pictures in kinds.items():
+def main(argv=None):
+  p = parser(__doc__)
+  p.add_argument("--run", required=True, help="a trained run folder")
+  p.add_argument("--num", type=int, default=1000,
+                 help="test digits to use (each as a photo and clean)")
+  p.add_argument("--seed", type=int, default=0, help="picks the test digits "
+                 "(IDX files' and tfds's orders differ) and the photos")
+  p.add_argument("--montage", help="save the first 12 photos with the run's "
+                 "answers as this PNG")
+  args = p.parse_args(argv)
+  if args.mnist_dir:  # Read as they are: the IDX files' order, not tfds's.
+    paths = pipeline.find_idx_files(args.mnist_dir)
+    images, labels = idx.read_pair(paths["test_images"], paths["test_labels"])
+  else:
+    arrays = pipeline.prepare("mnist", data_dir=args.data_dir)
+    images, labels = arrays["test_images"], arrays["test_labels"]
+  images = images.reshape(images.shape[:3])  # [10000, 28, 28]: grey digits.
+  chosen = np.random.default_rng(args.seed).choice(
+      len(images), min(args.num, len(images)), replace=False)
+  digits, labels = images[chosen], labels[chosen]
+  photos = [photo_jpeg(d, np.random.default_rng([args.seed, i]))
+            for i, d in enumerate(digits)]
+  print(f"accuracy of {args.run} on {len(digits)} test digits (no digit found "
+        "counts as wrong):")
+  run, results, line = run_lib.load_run(args.run), {}, []
+  for kind, pictures in {"photo": photos,
+                         "scan": [clean_scan(d) for d in digits],
+                         "mnist": [mnist_style(d) for d in digits]}.items():
     inputs = np.zeros((len(pictures), 28, 28), np.uint8)
     failed = np.zeros(len(pictures), bool)  # No digit found: zeros, wrong.
     for i, picture in enumerate(pictures):
@@ -196,31 +178,6 @@ def measure(run, kinds, labels):
     line.append(f"{kind} {100 * np.mean(predicted == labels):.2f}% "
                 f"({failed.sum()} no digit)")
   print(", ".join(line), flush=True)
-  return results
-
-
-def main(argv=None):
-  p = parser(__doc__)
-  p.add_argument("--run", required=True, help="a trained run folder")
-  p.add_argument("--num", type=int, default=1000,
-                 help="test digits to use (each as a photo and clean)")
-  p.add_argument("--seed", type=int, default=0,
-                 help="picks the test digits (of the test set in its order: "
-                 "IDX files' and tfds's differ) and the photos")
-  p.add_argument("--montage", help="save the first 12 photos with the run's "
-                 "answers as this PNG")
-  args = p.parse_args(argv)
-  images, labels = test_digits(args.mnist_dir, args.data_dir)
-  chosen = np.random.default_rng(args.seed).choice(
-      len(images), min(args.num, len(images)), replace=False)
-  digits, labels = images[chosen], labels[chosen]
-  photos = [photo_jpeg(d, np.random.default_rng([args.seed, i]))
-            for i, d in enumerate(digits)]
-  print(f"accuracy of {args.run} on {len(digits)} test digits (no digit found "
-        "counts as wrong):")
-  results = measure(run_lib.load_run(args.run), {
-      "photo": photos, "scan": [clean_scan(d) for d in digits],
-      "mnist": [mnist_style(d) for d in digits]}, labels)
   if args.montage:
     inputs, probs = results["photo"]
     print("montage:", montage(photos[:12], inputs[:12], labels[:12],

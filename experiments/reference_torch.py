@@ -6,11 +6,9 @@
 The seed presets' networks, optimizers, batch sizes and training-set sizes,
 trained as a careful PyTorch user would (the data as tensors in memory, one
 `randperm` an epoch, a slice a batch, a thread per core JAX sees). Prints a
-JSON line per model with `epoch_time_s`, benchmark.py's statistic: the median
-of the epochs after the first.
+JSON line per model: `epoch_time_s`, the median of the epochs after the first.
 """
 
-import argparse
 import importlib.util
 import json
 import os
@@ -18,7 +16,13 @@ import statistics
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mnist_jax import models
+from mnist_jax.data import pipeline
+from mnist_jax.errors import UserError
+
+from experiments.tables import parser, script
 
 
 def _build(name, torch, nn):
@@ -56,7 +60,6 @@ def _build(name, torch, nn):
 def time_model(name, images, labels, epochs, threads):
   import torch
   from torch import nn
-  from mnist_jax import models
   torch.set_num_threads(threads)
   torch.manual_seed(0)
   config = models.get_config(name, "seed")
@@ -82,30 +85,20 @@ def time_model(name, images, labels, epochs, threads):
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p = parser(__doc__)
   p.add_argument("--model", default="all")
   p.add_argument("--epochs", type=int, default=3)
   p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
-  p.add_argument("--data_dir", default=None)
-  p.add_argument("--mnist_dir", default=None)
   args = p.parse_args(argv)
-  sys.path.insert(0, ROOT)
   if importlib.util.find_spec("torch") is None:
-    sys.exit("error: PyTorch is not installed; pip install torch (only this "
-             "reference script needs it)")
-  from mnist_jax import models
-  from mnist_jax.data import pipeline
-  from mnist_jax.errors import UserError
-  try:
-    arrays = pipeline.prepare("mnist", args.data_dir, args.mnist_dir)
-  except UserError as e:
-    sys.exit(f"error: {e}")
-  for name in (list(models.MODELS) if args.model == "all" else
-               args.model.split(",")):
+    raise UserError("PyTorch is not installed; pip install torch (only this "
+                    "reference script needs it)")
+  arrays = pipeline.prepare("mnist", args.data_dir, args.mnist_dir)
+  for name in models.MODELS if args.model == "all" else args.model.split(","):
     print(json.dumps(time_model(name, arrays["train_images"],
                                 arrays["train_labels"], args.epochs,
                                 args.threads)), flush=True)
 
 
 if __name__ == "__main__":
-  main()
+  script(main)

@@ -2,13 +2,11 @@ r"""How long a run takes to start training: process start to the first train ste
 
   python experiments/startup.py --model=gru --mnist_dir=DIR
 
-Each run is a fresh `python` process that goes through launch.py's own path
-(flags, imports, data, the state with its kernel check, compile or cache load)
-and stops at the first call of the compiled train chunk. A round runs each
-model --repeats times with a new, empty persistent compilation cache: the first
-run compiles and fills it, later ones start warm. Prints a JSON line per run:
-each phase's time since the process started, and the kernel check's `check_s`
-(tables.py's start-up table is made of them).
+Each run is a fresh `python` process on launch.py's own path, stopped at the
+first call of the compiled train chunk. A round runs each model --repeats times
+with a new, empty compilation cache: the first run compiles, later ones start
+warm. Prints a JSON line per run: each phase's time since the process started
+and the kernel check's `check_s` (tables.py's start-up table).
 """
 
 import json
@@ -28,13 +26,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PROBE = r"""
 import time
 T0 = time.perf_counter()
-import functools, json, sys
+import json, os, sys
 sys.path.insert(0, {root!r})
 marks = {{}}
 def mark(name):
   marks.setdefault(name, round(time.perf_counter() - T0, 3))
 import launch
-mark("imported_launch")
 from mnist_jax.data import pipeline
 from mnist_jax.models import kernels
 from mnist_jax.training import devices, train
@@ -47,9 +44,6 @@ def check(*args, **kwargs):
   marks["check_s"] = round(marks["check_s"] + record["check_s"], 3)
   return why, record
 kernels._check = check
-
-class _Started(Exception):
-  pass
 
 _load = pipeline.load
 def load(config):
@@ -68,11 +62,8 @@ def layout_map(self, fn, *args, **kwargs):
   def first_call(*args):
     mark("first_step")
     marks["first_step_unix"] = time.time()
-    marks["heavy_modules_loaded"] = sorted(
-        m for m in ("tensorflow_datasets", "orbax.checkpoint", "matplotlib",
-                    "scipy.ndimage")
-        if m in sys.modules)
-    raise _Started()
+    print("STARTUP " + json.dumps(marks), flush=True)
+    os._exit(0)
   class Chunk:
     def lower(self, *args):
       mark("state_ready")
@@ -85,22 +76,18 @@ def layout_map(self, fn, *args, **kwargs):
   return Chunk()
 devices.Layout.map = layout_map
 
-try:
-  launch.FLAGS(sys.argv)
-  launch.main([sys.argv[0]])
-except _Started:
-  pass
-print("STARTUP " + json.dumps(marks))
+launch.FLAGS(sys.argv)
+launch.main([sys.argv[0]])
 """
 
 
-def measure(names, preset: str, rounds: int, repeats: int, data_flags):
-  """Yields one record per run: `rounds` x each model x `repeats` runs."""
+def measure(names: str, preset: str, rounds: int, repeats: int, data_flags):
+  """A record per run: rounds x models (`names`: all, or a,b) x repeats."""
   probe = _PROBE.format(root=ROOT)
   for rnd in range(1, rounds + 1):
     with tempfile.TemporaryDirectory(prefix="jit_") as cache:
       env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache)
-      for name in names:
+      for name in models.MODELS if names == "all" else names.split(","):
         for run in range(1, repeats + 1):
           with tempfile.TemporaryDirectory() as work:
             cmd = [sys.executable, "-c", probe, f"--model={name}",
@@ -123,17 +110,14 @@ def main(argv=None):
   p = parser(__doc__)
   p.add_argument("--model", default="all")
   p.add_argument("--preset", default="seed")
-  p.add_argument("--repeats", type=int, default=2,
-                 help="runs per model and round: the first compiles, later "
-                 "ones are warm")
+  p.add_argument("--repeats", type=int, default=2, help="runs per model and "
+                 "round: the first compiles, later ones are warm")
   p.add_argument("--rounds", type=int, default=1,
                  help="each with a new, empty compilation cache")
   args = p.parse_args(argv)
-  for record in measure(
-      list(models.MODELS) if args.model == "all" else args.model.split(","),
-      args.preset, args.rounds, args.repeats,
-      [f"--{k}={v}" for k in ("data_dir", "mnist_dir")
-       if (v := getattr(args, k))]):
+  for record in measure(args.model, args.preset, args.rounds, args.repeats, [
+      f"--{k}={v}" for k in ("data_dir", "mnist_dir")
+      if (v := getattr(args, k))]):
     print(json.dumps(record), flush=True)
 
 

@@ -1,18 +1,16 @@
 r"""Writes every table the docs hold, from docs/measurements.json.
 
   python experiments/tables.py [--check]   # --check: which differ; no writes
-  # Measure a table on this host (its runs kept in --runs), keep its figures
-  # in docs/measurements.json, then write it; results and best train the runs
-  # missing:
+  # Measure a table here (its runs kept in --runs), keep its figures in
+  # docs/measurements.json, then write it (results, best: train those missing):
   python experiments/tables.py --table=epochs --train --runs=runs/epochs \
       --mnist_dir=DIR
 
 Each table (TABLES) lies between `<!-- tables.py: NAME -->` and
-`<!-- tables.py: end -->` in its doc and names its host and releases. --runs
-without --train reads a table's figures again from the runs kept there;
-results also draws docs/img/accuracy_vs_time.png, sweep_mlp.png and
-analyses.md from its run folders (with --mnist_dir or --data_dir, the photo
-montage too).
+`<!-- tables.py: end -->` in its doc, naming its host and releases. --runs
+alone reads a table's figures again from the runs kept there; results also
+draws docs/img/accuracy_vs_time.png, sweep_mlp.png and docs/analyses.md (with
+--mnist_dir or --data_dir, the photo montage too) from its run folders.
 """
 
 import argparse
@@ -45,8 +43,7 @@ END = "<!-- tables.py: end -->"
 
 
 def replace_block(text: str, name: str, content: str, path: str) -> str:
-  """`text` with the lines between `<!-- tables.py: name -->` and END set to
-  `content`: the one marker rewrite of every table."""
+  """`text` with `content` between `name`'s markers: every table's rewrite."""
   pattern = re.compile(rf"(<!-- tables\.py: {re.escape(name)} -->\n).*?"
                        rf"(\n{re.escape(END)})", re.S)
   if len(pattern.findall(text)) != 1:
@@ -57,8 +54,7 @@ def replace_block(text: str, name: str, content: str, path: str) -> str:
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
-  """A script's flags, its docstring's first paragraph above them and the rest
-  below, and the data's, as launch.py's: --mnist_dir, --data_dir."""
+  """A script's flags (its docstring around them) with launch.py's data's."""
   p = argparse.ArgumentParser(
       description=doc.split("\n\n")[0], epilog=doc.split("\n\n", 1)[1],
       formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -87,8 +83,7 @@ def _time(seconds: float) -> str:
 
 
 def dump(measurements: dict) -> str:
-  """measurements.json's text: a line per row (lists and objects that hold
-  no others on one line)."""
+  """measurements.json's text, innermost lists and objects on one line."""
   text = json.dumps(measurements, indent=1, ensure_ascii=False)
   for flat in (r"\[[^{}\[\]]*\]", r"\{[^{}]*\}"):
     text = re.sub(flat, lambda m: " ".join(m.group().split()), text)
@@ -101,9 +96,7 @@ NOT_SETTINGS = ("workdir", "data_dir", "mnist_dir", "analyses")
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-  """One launch.py command whose run the results show: its run folder's name
-  under --runs, flags beyond --model and --preset (Config field, value), and
-  the test accuracy (%) the preset must keep, a requirement, not a result."""
+  """A command's row: its run folder, flags, the % its preset must keep."""
   name: str
   model: str
   preset: str = "tuned"
@@ -136,10 +129,8 @@ ROWS = (
         ("lstm", 98.8), ("gru", 98.8))),
     Row("cnn-tuned-5seeds", "cnn", flags=(("num_seeds", 5),)),
     # A fixed 3-epoch schedule chosen in advance; judged by its seeds' mean.
-    Row("cnn-fast-5seeds", "cnn", "fast", bar=99.0, flags=(("num_seeds", 5),)),
-)
-# The best presets, judged by their seeds' mean: seeds 0 to N-1, not those the
-# presets were chosen on (a validation split at seed 100).
+    Row("cnn-fast-5seeds", "cnn", "fast", bar=99.0, flags=(("num_seeds", 5),)))
+# The best presets, judged by seeds 0 to N-1's mean (chosen on seed 100's).
 BEST = tuple(Row(f"{m}-best", m, "best",
                  flags=(("num_seeds", 5 if m == "cnn" else 3),))
              for m in models.MODELS)
@@ -151,8 +142,7 @@ SINGLE_MLP = next(r for r in TUNED if r.model == "mlp")
 
 
 def find(rows: Sequence[Row], runs: str):
-  """({row: its finished run folder}, {row: its unfinished run folder}); of
-  several finished runs of one command, the one finished last."""
+  """({row: its run finished last}, {row: its unfinished run folder})."""
   finished: Dict[Row, str] = {}
   unfinished: Dict[Row, str] = {}
   when = lambda f: os.path.getmtime(os.path.join(f, metrics_log.METRICS_FILE))
@@ -185,8 +175,7 @@ def require(rows: Sequence[Row], runs: str) -> Dict[Row, str]:
 
 def train_missing(rows: Sequence[Row], runs: str, data_flags: Sequence[str],
                   log=print) -> None:
-  """Trains each row without a finished run through launch.py, one at a
-  time; an unfinished run resumes, a new one goes to runs/<row.name>."""
+  """Trains each row unfinished through launch.py (resumed, or in runs/NAME)."""
   finished, unfinished = find(rows, runs)
   todo = [r for r in rows if r not in finished]
   for row in todo:
@@ -225,15 +214,13 @@ def result(folder: str) -> dict:
     seeds = [m.get("test_accuracy") for m in final["members"]]
     if None not in seeds and not any(m.get("values") for m in final["members"]):
       out["seeds"] = seeds  # Seeds alone, each with its test accuracy.
-  if "chosen" in final:
-    chosen = final["chosen"]
+  if chosen := final.get("chosen"):
     out["chosen"] = members_lib.values_text(chosen["values"], chosen["seed"])
   return out
 
 
 def draw_results(root: str, runs: str, data_flags, log=print) -> None:
-  """The figures from the results' run folders: accuracy against time, the
-  sweep's sweep.png, docs/analyses.md and (with data) the photo montage."""
+  """The results' figures, docs/analyses.md and (with data) photo montage."""
   from experiments import compare
   from experiments import compare_figures
   folders = require(ROWS + (SWEEP,), runs)
@@ -270,22 +257,19 @@ def draw_results(root: str, runs: str, data_flags, log=print) -> None:
                        f"--montage={os.path.join(img, 'photo_digits.png')}"])
 
 
-def _spread(r: dict) -> str:
-  """Its members' test accuracy, mean ± std."""
+def _spread(r: dict) -> str:  # Its members' test accuracy, mean ± std.
   return (f"{100 * r['test_accuracy_mean']:.2f} ± "
           f"{100 * r['test_accuracy_std']:.2f}%")
 
 
 def _runs_table(figures: dict, rows: Sequence[Row], head: str, align: str,
                 cells: Callable[[Row, dict], list]) -> str:
-  """A table of runs, a line naming their hosts above it."""
   hosts = dict.fromkeys(figures[r.name]["host"] for r in rows)
   return "\n".join([f"Run on {'; '.join(hosts)}.", "", *performance.table(
       head, align, [cells(r, figures[r.name]) for r in rows])])
 
 
 def results_table(m: dict) -> str:
-  """The README's results table."""
   def cells(row: Row, r: dict) -> list:
     seeds = dict(row.flags).get("num_seeds")
     return [row.model, row.preset + (f", {seeds} seeds" if seeds else ""),
@@ -299,8 +283,6 @@ def results_table(m: dict) -> str:
 
 
 def best_table(m: dict) -> str:
-  """The README's table of the best presets: each preset's seeds, their mean
-  and range, their ensemble, and the time of the seeds together and of one."""
   return _runs_table(m["best"], BEST, "model | seeds | test accuracy, mean ± "
                      "std | lowest, highest | ensemble | epochs | wall time "
                      "(per seed) | command", "lrlllrll", lambda row, r: [
@@ -335,8 +317,7 @@ def sweep_paragraphs(m: dict) -> str:
 
 
 def models_table(_=None) -> str:
-  """A row per model: each architecture preset's module, "as X" where it is
-  the preset X's to its left."""
+  """Each preset's module, a row per model ("as X": preset X's to its left)."""
   rows = []
   for name, spec in models.MODELS.items():
     cells, before = [f"`{name}`"], ("", "")
@@ -350,15 +331,13 @@ def models_table(_=None) -> str:
 
 
 def of_runs(rows: Sequence[Row]) -> Tuple[Callable, Callable[[str], dict]]:
-  """A table of runs' (--train: train_missing of its rows, what reads each
-  row's figures from its run folder)."""
+  """(--train's train_missing of `rows`, their figures from their runs)."""
   return (lambda args: train_missing(rows, args.runs, args.data),
           lambda runs: {r.name: result(f)
                         for r, f in require(rows, runs).items()})
 
 
-# Table name -> (its doc, what writes it from the measurements, what measures
-# it (--train), what reads its figures from --runs).
+# Name -> (its doc, its writer, what measures it (--train), what reads --runs).
 TABLES: Dict[str, Tuple[str, Callable[[dict], str], Optional[Callable],
                         Optional[Callable[[str], dict]]]] = {
     "results": (README, results_table, *of_runs(ROWS + (SWEEP,))),
@@ -371,8 +350,7 @@ TABLES: Dict[str, Tuple[str, Callable[[dict], str], Optional[Callable],
 
 
 def texts(root: str, measurements: dict) -> Dict[str, List[str]]:
-  """{doc path: [its text, that with every table written from
-  `measurements`]}."""
+  """{doc path: [its text, that with every table written]}."""
   out: Dict[str, List[str]] = {}
   for name, (doc, write, *_) in TABLES.items():
     path = os.path.join(root, doc)
@@ -391,11 +369,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   p.add_argument("--check", action="store_true", help="write nothing")
   p.add_argument("--root", default=ROOT, help="the checkout to rewrite")
   p.add_argument("--models", default="all", help="epochs, startup, members")
-  p.add_argument("--repeats", type=int, help="alternated rounds (epochs, "
-                 "members: 2), rounds of a new compilation cache (startup: 3), "
-                 "cold runs of each command (speedrun: SPEEDRUN's)")
-  p.add_argument("--offsets", default="5000,7000",
-                 help="speedrun: the seeds of its runs (none was chosen on)")
+  p.add_argument("--repeats", type=int, help="rounds (epochs, members: 2; "
+                 "startup: 3) or cold runs a command (speedrun: SPEEDRUN's)")
+  p.add_argument("--offsets", default="5000,7000", help="speedrun: seeds")
   p.add_argument("--torch_python", help="epochs: the Python that runs "
                  "reference_torch.py (default: this one, if it has PyTorch)")
   p.add_argument("extra", nargs="*", help="after --: more benchmark.py or "
