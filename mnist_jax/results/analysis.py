@@ -298,7 +298,7 @@ def analyse(run, test, val=None, done=None) -> Dict[str, object]:
 
 
 def summary(r) -> Dict[str, Any]:
-  """The summary numbers of `analyse`'s result (or compare.py's
+  """The summary numbers of `analyse`'s result (or compare_figures.py's
   load_analysis')."""
   at = {(c, l): a for c, l, a, _ in r["robustness"]}
   keys = ("model", "preset", "parameters", "test_accuracy", "test_ece",
