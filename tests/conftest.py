@@ -221,3 +221,16 @@ def declared_png(width: int, height: int) -> bytes:
   header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
   return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) +
           chunk(b"IDAT", zlib.compress(bytes(9))) + chunk(b"IEND", b""))
+
+
+@pytest.fixture
+def checkout(tmp_path):
+  """A copy of the docs experiments/tables.py rewrites (and an empty docs/img)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from experiments import tables  # pylint: disable=g-import-not-at-top
+  root = tmp_path / "checkout"
+  os.makedirs(root / "docs" / "img")
+  for name in (tables.README, tables.PERFORMANCE, tables.MEASUREMENTS):
+    shutil.copy(os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), name), root / name)
+  return root

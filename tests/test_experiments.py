@@ -5,7 +5,6 @@ import glob
 import json
 import os
 import pathlib
-import shutil
 import statistics
 import subprocess
 import sys
@@ -59,16 +58,6 @@ def test_benchmark_times_the_loop_and_reports_its_fields(prepared):
                                             abs=1e-5)  # Printed to 1e-5.
   assert row["gflops"] == pytest.approx(row["step_gflop"] * steps / epoch,
                                         rel=0.02)
-
-
-@pytest.fixture
-def checkout(tmp_path):
-  """A copy of the docs and figures tables.py rewrites."""
-  root = tmp_path / "checkout"
-  os.makedirs(root / "docs")
-  for name in (tables.README, tables.PERFORMANCE, tables.MEASUREMENTS):
-    shutil.copy(os.path.join(ROOT, name), root / name)
-  return root
 
 
 def _stand_in_torch(tmp_path):

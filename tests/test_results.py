@@ -1,11 +1,6 @@
 """The docs' generated tables: each is what experiments/tables.py writes from
-the committed figures (docs/measurements.json), and the README's results are
-read from run folders, whole.
-
-The results tests write minimal run folders (config.json and metrics.jsonl as
-launch.py writes them) holding the committed figures: tables.py must read
-them back to the same figures and write the docs back unchanged.
-"""
+the committed figures (docs/measurements.json); run folders holding those
+figures give them, and the docs, back unchanged."""
 
 import json
 import os
@@ -88,16 +83,6 @@ def write_run(folder, row, figures, final=True):
     rows.append(last)
   with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
     f.writelines(f"{json.dumps(r)}\n" for r in rows)
-
-
-@pytest.fixture
-def checkout(tmp_path):
-  """A copy of the docs tables.py rewrites."""
-  root = tmp_path / "checkout"
-  os.makedirs(root / "docs" / "img")
-  for name in (tables.README, tables.PERFORMANCE, tables.MEASUREMENTS):
-    shutil.copy(os.path.join(ROOT, name), root / name)
-  return str(root)
 
 
 @pytest.fixture
