@@ -97,10 +97,9 @@ def test_downloads_are_checked_against_recorded_checksums(tmp_path,
 @pytest.mark.parametrize("model,dataset", [
     (model, EMNIST[i % 2]) for i, model in enumerate(models.MODELS)])
 def test_every_model_has_a_logit_per_class(emnist, dataset, model):
-  """Prepared, the split keeps the dataset's classes, upright (the cell of
-  the 7x7 grid each image lights is its label's); the model's output layer
-  has a logit per class (traced, not compiled; trained and evaluated at 3
-  classes: test_everyday_changes.py's colour dataset)."""
+  """Prepared, the split keeps the dataset's classes, upright (each image
+  lights its label's cell of the 7x7 grid); the model has a logit per class
+  (traced; trained at 3 classes: test_everyday_changes.py's colour dataset)."""
   mnist_dir, data_dir = emnist[dataset]
   config = models.get_config(model, "seed", dataset=dataset, batch_size=16,
                              mnist_dir=mnist_dir, data_dir=data_dir,

@@ -29,8 +29,7 @@ def _read_csv(path):
 
 def test_a_run_leaves_every_report_file_and_its_counts_add_up(tiny_run):
   """Each file whole, each figure linked in report.md (no analyses: told not
-  to); the confusion counts sum to the test split (what the CSVs compute from
-  them: the test below)."""
+  to); the confusion counts sum to the test split."""
   text = open(os.path.join(tiny_run, "report.md")).read()
   assert "## What the model learned" not in text
   assert not os.path.exists(os.path.join(tiny_run, "analysis"))

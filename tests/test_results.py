@@ -34,9 +34,8 @@ def test_each_doc_table_is_what_tables_py_writes_from_the_committed_figures(
 
 
 def test_the_pages_screenshot_shows_runs_of_the_results_table():
-  """docs/img/serve.png names the runs it shows (test_serve_browser.py --out
-  writes their titles and test accuracies into it): each is a README row's
-  run, of that row's preset, with the table's accuracy to the digit."""
+  """docs/img/serve.png's runs (test_serve_browser.py --out names them): each a
+  README row's run, of its preset, with the table's accuracy to the digit."""
   with Image.open(os.path.join(ROOT, "docs", "img", "serve.png")) as image:
     shown = json.loads(image.text["runs"])
   rows = {row.name: row for row in tables.ROWS}

@@ -135,7 +135,7 @@ OTHERS = "this page answers GET of its files and POST /predict"
 
 @pytest.fixture(scope="module")
 def requests():
-  """(its bytes, the answer's status, what it says); made here, not at import."""
+  """(its bytes, the answer's status, what it says): made here, not at import"""
   return [
     *[(_get(f"/{n}"), 200, data) for n, data in PAGE_FILES.items()],
     (_get("/"), 200, PAGE_FILES["index.html"]),
@@ -173,10 +173,9 @@ def requests():
     1, pytest.param(50, marks=pytest.mark.slow)])
 def test_every_request_is_answered_and_the_server_keeps_serving(
     port, requests, capfd, at_once):
-  """Only the page's files are served, any other answer is one line of JSON
-  saying why, an image's answer always the same; then each twice more,
-  `at_once` at a time, every fifth client leaving as it sends: nothing
-  printed, and a drawing answered after."""
+  """Only the page's files are served, other answers one line of JSON saying
+  why, an image's always the same; then each twice more, `at_once` at a time,
+  every 5th client leaving as it sends: nothing printed, a drawing answered."""
   first = {}
 
   def one(i):

@@ -2,8 +2,7 @@
 drawn 7 and a dropped photo, read by a model of the real MNIST (../shared/mnist;
 none of the synthetic digits reads a drawing). Skipped without them; missing
 browser parts fail it where MNIST_JAX_BROWSER is set. The README's screenshot:
-  python tests/test_serve_browser.py --workdir=RUN,... --out=docs/img/serve.png
-"""
+  python tests/test_serve_browser.py --workdir=RUN,...  # docs/img/serve.png"""
 
 import argparse
 import contextlib
