@@ -157,17 +157,15 @@ def test_predictions_go_on_past_a_bad_file_and_note_a_dot(tiny_run, tmp_path):
   os.makedirs(tmp_path / "again")
   paths += [bad, _save(dot, str(tmp_path / "dot.png")),
             _save(_seven(), str(tmp_path / "again" / "a.png"))]
-  results = run_lib.predict_files(run_lib.load_run(tiny_run), paths)
   out, err = io.StringIO(), io.StringIO()
   assert run_lib.print_predictions(tiny_run, paths, as_json=True, plot=True,
                                    out=out, err=err) == 1
   lines = [json.loads(line) for line in out.getvalue().splitlines()]
-  assert [line["file"] for line in lines] == [r.file for r in results] == paths
+  assert [line["file"] for line in lines] == paths
   assert [line["digit"] is None for line in lines] == [0, 0, 1, 0, 0]
-  for line, r in zip(lines, results):
-    if r.error is None:
-      assert line["digit"] == r.digit == int(np.argmax(r.probabilities))
-      assert sum(line["probabilities"]) == pytest.approx(1.0, abs=1e-4)
+  for line in lines[:2] + lines[3:]:
+    assert line["digit"] == int(np.argmax(line["probabilities"]))
+    assert sum(line["probabilities"]) == pytest.approx(1.0, abs=1e-4)
   assert "not an image" in lines[2]["error"]
   assert lines[3]["note"] == images.NO_DIGIT
   assert [line.get("note") for line in lines[:2]] == [None, None]

@@ -49,8 +49,10 @@ def selenium_webdriver():
   return webdriver
 
 
-def chromium():
-  """A headless Chromium driven by selenium (see selenium_webdriver)."""
+@contextlib.contextmanager
+def opened(loaded):
+  """(driver, server): the page's server for `loaded` in a thread, the page
+  open in a headless Chromium driven by selenium."""
   webdriver = selenium_webdriver()
   options = webdriver.ChromeOptions()
   options.binary_location = shutil.which("chromium")
@@ -59,17 +61,10 @@ def chromium():
     options.add_argument(arg)
   # pylint: disable-next=g-import-not-at-top
   from selenium.webdriver.chrome.service import Service
-  return webdriver.Chrome(options=options, service=Service(
-      executable_path=shutil.which("chromedriver")))
-
-
-@contextlib.contextmanager
-def opened(loaded):
-  """(driver, server): the page's server for `loaded` in a thread, the page
-  open in a headless Chromium."""
   server = serve.Server(("127.0.0.1", 0), loaded)
   threading.Thread(target=server.serve_forever, daemon=True).start()
-  driver = chromium()
+  driver = webdriver.Chrome(options=options, service=Service(
+      executable_path=shutil.which("chromedriver")))
   try:
     driver.get(f"http://127.0.0.1:{server.server_address[1]}/")
     yield driver, server
@@ -130,15 +125,6 @@ def save_page(driver, loaded, out):
   with Image.open(out) as image:
     image.load()
     image.save(out, pnginfo=info)
-
-
-def screenshot(paths, out):
-  """The README's screenshot of the runs in `paths`, the 7 drawn: answers."""
-  with opened(serve.load(paths)) as (driver, server):
-    draw(driver)
-    got = answers(driver, len(server.loaded))
-    save_page(driver, server.loaded, out)
-    return got
 
 
 def photo_of_a_seven(path):
@@ -257,4 +243,7 @@ if __name__ == "__main__":
   parser.add_argument("--out", default=os.path.join(ROOT, "docs", "img",
                                                     "serve.png"))
   args = parser.parse_args()
-  print(f"{screenshot(args.workdir.split(','), args.out)} -> {args.out}")
+  with opened(serve.load(args.workdir.split(","))) as (page, srv):
+    draw(page)  # The README's screenshot: the 7 drawn.
+    print(f"{answers(page, len(srv.loaded))} -> {args.out}")
+    save_page(page, srv.loaded, args.out)
