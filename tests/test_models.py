@@ -18,7 +18,6 @@ from mnist_jax import models
 from mnist_jax import modes
 from mnist_jax import optim
 from mnist_jax.data import pipeline
-from mnist_jax.errors import UserError
 from mnist_jax.models import cnn
 from mnist_jax.models import recurrent
 from mnist_jax.results import run as run_lib
@@ -253,15 +252,3 @@ def test_a_models_settings_appear_in_its_runs_only(model):
   for name in set(MODEL_SETTINGS) - own:
     with pytest.raises(AttributeError):
       getattr(config, name)
-
-
-@pytest.mark.parametrize("values,message", [
-    (dict(cnn_kernel=7, cnn_features=(4, 4, 4)),
-     "*leave no pixels*--cnn_padding=SAME*"),
-    (dict(cnn_padding="SAME", cnn_features=(4,) * 5),
-     "*leave no pixels*fewer --cnn_features*")])
-def test_a_cnn_whose_convolutions_leave_no_pixels_is_refused(values, message):
-  """In one line (another model's setting: test_refusals.py)."""
-  with pytest.raises(UserError) as e:
-    models.get_config("cnn", **values)
-  assert re.fullmatch(re.escape(message).replace(r"\*", ".*"), str(e.value))

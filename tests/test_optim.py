@@ -118,9 +118,10 @@ def test_equals_the_plain_optax_chain_over_a_whole_run(optimizer, schedule,
     assert not np.allclose(a, before)
 
 
-@pytest.mark.parametrize("schedule", list(optim.SCHEDULES))
-@pytest.mark.parametrize("steps_per_epoch,epochs,warmup", [
-    (10, 2, 0.5), (421, 20, 1.0), (3, 1, 0.0), (5, 2, 9.0), (1, 1, 1.0)])
+@pytest.mark.parametrize("schedule,steps_per_epoch,epochs,warmup", [
+    (s, *n) for s in optim.SCHEDULES for n in [  # Lengths the schedule reads.
+        (10, 2, 0.5), (421, 20, 1.0), (1, 1, 1.0), (3, 1, 0.0), (5, 2, 9.0)][
+            :{"constant": 1, "warmup_cosine": 5}.get(s, 3)]])
 def test_the_rate_is_optax_s_schedule_and_the_next_updates(
     schedule, steps_per_epoch, epochs, warmup):
   """optim.learning_rate, read from the state (a member's peak, the count), is

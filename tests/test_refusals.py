@@ -223,6 +223,12 @@ CASES = [
      "; choose one of "),
     ("other_models_setting", ["--model=linear"], 1, "--mlp_hidden is a setting "
      "of --model=mlp, not of --model=linear; leave it out"),
+    ("cnn_no_pixels", lambda c: ["--model=cnn", "--cnn_kernel=7",
+                                 "--cnn_features=4,4,4", "--dry_run"], 1,
+     "leave no pixels of a 28x28 mnist image; ", "or --cnn_padding=SAME"),
+    ("cnn_no_pixels_same", lambda c: ["--model=cnn", "--cnn_padding=SAME",
+                                      "--cnn_features=4,4,4,4,4", "--dry_run"],
+     1, "--cnn_padding=SAME leave no pixels", "; pass fewer --cnn_features"),
     # A range of each kind (every numeric flag's: test_fuzz.py).
     ("zero_epochs", ["--epochs=0"], 2, "flag --epochs=0: 0 is not an integer "
      "in the range [1, 1000000]"),
