@@ -62,6 +62,12 @@ def one_per_module_class() -> list:
   return list(first.values())
 
 
+def random_images(n: int, seed: int = 0):
+  """n images [n, 28, 28, 1] of random uint8 pixels, a JAX array."""
+  return jax.numpy.asarray(np.random.default_rng(seed).integers(
+      0, 256, (n, 28, 28, 1)).astype(np.uint8))
+
+
 def synthetic_digits(n: int, seed: int = 0):
   """Learnable fake digits, images [n, 28, 28, 1] and labels [n] uint8 of all
   10 classes: class k lights a k-dependent block of pixels."""

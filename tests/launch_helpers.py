@@ -84,10 +84,13 @@ def launch_path(cwd):
   return "launch.py" if cwd == ROOT else os.path.join(ROOT, "launch.py")
 
 
-def child_env(**extra):
-  """A child's environment: the CPU, this checkout, the tests' XLA flags."""
+def child_env(devices: int = 0, **extra):
+  """A child's environment: the CPU, this checkout, the tests' XLA flags (and
+  `devices` simulated CPU devices, if given)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, **extra)
-  return {**env, "XLA_FLAGS": xla_flags()}
+  if devices:
+    env.pop("JAX_NUM_CPU_DEVICES", None)
+  return {**env, "XLA_FLAGS": xla_flags(devices)}
 
 
 def run(args, timeout=120, cwd=ROOT, **env):

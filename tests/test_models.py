@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import random_images
 from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax import modes
@@ -41,18 +42,13 @@ SEED_PARAMS = {
 RECURRENT = [n for n, s in models.MODELS.items() if s.module is recurrent.Recurrent]
 
 
-def _images(n=3, seed=0):
-  return jnp.asarray(np.random.default_rng(seed).integers(
-      0, 256, (n, 28, 28, 1)).astype(np.uint8))
-
-
 @pytest.mark.parametrize("name", list(models.MODELS))
 def test_raw_pixels_in_logits_out_and_seed_parameter_count(name):
   """Images [B, 28, 28, 1] on the 0-255 scale, uint8 as stored or float (an
   augmented or bfloat16 batch), read alike: the model scales them itself."""
   assert set(SEED_PARAMS) <= set(models.MODELS)
   config = models.get_config(name, "seed")
-  model, x = models.get(name).stock(config), _images()
+  model, x = models.get(name).stock(config), random_images(3)
   variables = jax.jit(model.init)(jax.random.key(0), x)
   apply = jax.jit(model.apply)
   logits = apply(variables, x)
@@ -73,7 +69,7 @@ def test_recurrent_stacking_and_bidirectional(cell, layers, bidirectional):
   backward direction reads the whole sequence (the first row too)."""
   model = models.get(cell).stock(models.get_config(
       cell, "seed", hidden=16, num_layers=layers, bidirectional=bidirectional))
-  x = _images()
+  x = random_images(3)
   variables = model.init(jax.random.key(0), x)
   params = variables["params"]
   assert sum(1 for k in params if k.startswith(cell)) == layers * (
@@ -119,7 +115,7 @@ def test_batch_norm_is_described_built_and_shaped():
   assert set(state.params["conv_0"]) == {"kernel"}
   assert set(state.params["bn_0"]) == {"scale", "bias"}
   assert set(state.model_state["batch_stats"]["bn_1"]) == {"mean", "var"}
-  x = _images(8)
+  x = random_images(8)
   batch = {"image": x, "label": jnp.arange(8) % 10}
 
   @jax.jit
@@ -144,7 +140,7 @@ def test_batch_norm_is_described_built_and_shaped():
 def test_sequences_read_every_pixel_in_their_order(seq, shape):
   """In [0, 1]: rows and pixels row-major, permuted in the order its seed
   fixes (a permutation of the 784, another for another seed)."""
-  images = np.asarray(_images())
+  images = np.asarray(random_images(3))
   x = np.asarray(recurrent.as_sequence(jnp.asarray(images), seq, 7))
   assert x.shape == shape and x.dtype == np.float32
   order = (recurrent.permutation(7) if seq == "permuted" else np.arange(784))
@@ -176,7 +172,7 @@ def test_the_permutation_is_the_models_own():
                              hidden=4)
   permuted = models.get("gru").stock(config)
   pixels = models.get("gru").stock(config.replace(sequence="pixels"))
-  images = np.asarray(_images(2))
+  images = np.asarray(random_images(2))
   variables = permuted.init(jax.random.key(0), jnp.asarray(images))
   by_hand = images.reshape(2, -1)[:, recurrent.permutation(5)].reshape(
       2, 28, 28, 1)
@@ -187,7 +183,7 @@ def test_the_permutation_is_the_models_own():
 
 @pytest.mark.slow
 def test_remat_keeps_parameters_outputs_and_gradients():
-  x = _images()
+  x = random_images(3)
   results = []
   for remat in (False, True):
     config = models.get_config("lstm", sequence="pixels", hidden=4,

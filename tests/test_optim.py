@@ -36,17 +36,14 @@ def _reference_schedule(config, steps_per_epoch):
   }[config.schedule]()
 
 
-def _mask(params):
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
-
-
 def _reference_optimizer(config, steps_per_epoch):
-  """The run's optimizer as plain optax spells it."""
+  """The run's optimizer as plain optax spells it (kernels decayed)."""
   lr = _reference_schedule(config, steps_per_epoch)
+  mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
   opt = {
       "adam": lambda: optax.adam(lr),
       "adamw": lambda: optax.adamw(lr, weight_decay=config.weight_decay,
-                                   mask=_mask),
+                                   mask=mask),
       "rmsprop": lambda: optax.rmsprop(lr, decay=config.rmsprop_decay,
                                        eps=config.eps, eps_in_sqrt=False),
       "sgd": lambda: optax.sgd(lr, momentum=config.momentum or None),
@@ -55,7 +52,7 @@ def _reference_optimizer(config, steps_per_epoch):
   if config.grad_clip > 0:
     chain.append(optax.clip_by_global_norm(config.grad_clip))
   if config.weight_decay > 0 and config.optimizer != "adamw":
-    chain.append(optax.add_decayed_weights(config.weight_decay, _mask))
+    chain.append(optax.add_decayed_weights(config.weight_decay, mask))
   return optax.chain(*chain, opt)
 
 
