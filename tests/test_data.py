@@ -20,14 +20,13 @@ import numpy as np
 import pytest
 
 from conftest import random_images, synthetic_digits, write_idx_dir
+from launch_helpers import ROOT
 from mnist_jax.data import augment
 from mnist_jax.data import datasets
 from mnist_jax.data import idx
 from mnist_jax import models
 from mnist_jax.data import pipeline
 from mnist_jax.errors import UserError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _prepared_saying(capfd, said, *args):

@@ -17,7 +17,6 @@ from mnist_jax import files
 from mnist_jax import models
 from mnist_jax import modes
 from mnist_jax.data import pipeline
-from mnist_jax.errors import UserError
 from mnist_jax.models import registry
 from mnist_jax.results import report
 from mnist_jax.results import run as run_lib
@@ -214,20 +213,6 @@ def test_a_folder_a_claim_created_goes_if_nothing_was_written(tmp_path):
   with lock.locking():
     lock.claim(str(tmp_path / "missing"), mode="report", create=False)
   assert not os.path.exists(tmp_path / "missing")
-
-
-def test_a_config_json_of_no_settings_advises_deleting_nothing(tmp_path):
-  """A list, not settings (not JSON, unreadable: test_refusals.py)."""
-  path = _run(str(tmp_path), "run", rows=[{"epoch": 1}])
-  config = os.path.join(path, record.CONFIG_FILE)
-  files.write_text(config, "[1, 2]")
-  with pytest.raises(UserError) as e:
-    resume.check_run_folder(path, CONFIG)
-  message = str(e.value)
-  assert message.startswith(f"{config} holds settings this mnist_jax cannot "
-                            "use (TypeError: "), message
-  assert "nothing was changed" in message and "another --workdir" in message
-  assert "--overwrite" not in message and "delet" not in message
 
 
 # The code a run trained with (rundir/code.py), and what every mode that

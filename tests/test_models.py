@@ -99,13 +99,11 @@ def test_the_cnns_max_pool_is_flaxs_with_ties_sharing_the_gradient(height,
                              rtol=1e-6)
 
 
-BN = dict(cnn_batch_norm=True, cnn_features=(4, 8), cnn_dense=16)
-
-
 def test_batch_norm_is_described_built_and_shaped():
   """--cnn_batch_norm: the convolutions lose their bias; a step updates the
   statistics in model_state, evaluation reads them (not the batch's)."""
-  config = models.get_config("cnn", "seed", impl="stock", **BN)
+  config = models.get_config("cnn", "seed", impl="stock", cnn_batch_norm=True,
+                             cnn_features=(4, 8), cnn_dense=16)
   assert models.get("cnn").describe(config) == (
       "Conv4 3x3, BatchNorm, max-pool, Conv8 3x3, BatchNorm, max-pool, "
       "Dense16, Dense10")
@@ -226,25 +224,22 @@ def test_permuted_run_records_its_order_and_tests_with_it(prepared, tmp_path):
   assert modes.rewrite_report(workdir)["accuracy"] == pytest.approx(accuracy)
 
 
-# Every model's own setting: a flag, but no Config field.
-MODEL_SETTINGS = sorted(set(config_lib.SETTINGS) - set(config_lib.FIELDS))
-
-
 @pytest.mark.parametrize("model", list(models.MODELS))
 def test_a_models_settings_appear_in_its_runs_only(model):
   """config.json, the repeat command, the dry run and TensorBoard's hparams
   of a run carry its model's settings and no other model's."""
   config = models.get_config(model)
   own = set(models.get(model).settings)
-  assert set(config.to_dict()) & set(MODEL_SETTINGS) == own
-  assert set(json.loads(config.to_json())) & set(MODEL_SETTINGS) == own
-  assert set(tensorboard.hparams(config)) & set(MODEL_SETTINGS) == own
+  every = set(config_lib.SETTINGS) - set(config_lib.FIELDS)  # Models' own.
+  assert set(config.to_dict()) & every == own
+  assert set(json.loads(config.to_json())) & every == own
+  assert set(tensorboard.hparams(config)) & every == own
   flags = lambda text: set(re.findall(r"--(?:no)?(\w+)", text))
-  assert flags(record_lib.repeat_command(config)) & set(MODEL_SETTINGS) == own
+  assert flags(record_lib.repeat_command(config)) & every == own
   shown = "\n".join(dry_run.settings_lines(config, ()))
-  assert flags(shown) & set(MODEL_SETTINGS) == own
+  assert flags(shown) & every == own
   for name in own:
     assert getattr(config, name) is not None
-  for name in set(MODEL_SETTINGS) - own:
+  for name in every - own:
     with pytest.raises(AttributeError):
       getattr(config, name)

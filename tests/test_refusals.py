@@ -298,8 +298,9 @@ CASES = [
      "its checkpoints, logs and report; or pass another --workdir"),
     *((f"config_not_json{m[6:]}", lambda c, m=m: _config_in_place_of(
         c, "text", m), 1,
-       "config.json holds settings this mnist_jax cannot use (JSONDecodeError")
-      for m in ["--mode=train", *FOLDERS]),
+       "config.json holds settings this mnist_jax cannot use (JSONDecodeError",
+       f"; {PAD} (its checkpoints and logs are untouched): restore it from a "
+       "copy, or pass another --workdir") for m in ["--mode=train", *FOLDERS]),
     ("config_unreadable", lambda c: _config_in_place_of(
         c, "folder", "--mode=report"), 1,
      f"config.json cannot be read (Is a directory), so the run's settings are "
