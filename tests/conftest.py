@@ -14,10 +14,8 @@ import pytest
 
 from mnist_jax.data import datasets
 
-# One fresh persistent compilation cache per test session, never the user's:
-# the many tests that train the same tiny model, in this process or in child
-# launch.py processes (which inherit the variable), compile it once. Set
-# JAX_COMPILATION_CACHE_DIR to share one between sessions, or "" to turn it off.
+# A fresh compilation cache per session, never the user's, inherited by child
+# processes: a tiny model compiles once. JAX_COMPILATION_CACHE_DIR="": none.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(
       prefix="mnist_jax_tests_jit_")
@@ -26,11 +24,9 @@ if os.environ["JAX_COMPILATION_CACHE_DIR"]:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
-# Tests compile with XLA:CPU's backend (LLVM) optimizations off: the same
-# programs for about a third less CPU time (compiling is most of the suites').
-# Their numbers agree with a default compile's to float rounding, and every
-# bit-for-bit check compares programs compiled alike. Child processes get the
-# same flags (xla_flags); MNIST_JAX_TEST_XLA_FLAGS="" compiles as a run does.
+# XLA:CPU's backend optimizations off: a third less CPU time, numbers equal to
+# float rounding (bit-for-bit checks compare programs compiled alike); child
+# processes too (xla_flags). MNIST_JAX_TEST_XLA_FLAGS="" compiles as a run does.
 TEST_XLA_FLAGS = os.environ.setdefault("MNIST_JAX_TEST_XLA_FLAGS",
                                        "--xla_backend_optimization_level=0")
 
@@ -47,9 +43,8 @@ if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):  # Before JAX starts.
 
 
 def extra(module: str):
-  """`module`, from one of setup.py's extras; the test is skipped where it is
-  not installed, unless MNIST_JAX_EXTRAS lists it (comma-separated, as .ci/run
-  sets it after installing the extras): then a missing module fails the test."""
+  """`module`, of one of setup.py's extras: skipped where not installed, unless
+  MNIST_JAX_EXTRAS lists it (comma-separated, as .ci/run sets it)."""
   required = os.environ.get("MNIST_JAX_EXTRAS", "").split(",")
   if module in required:
     return __import__(module)
@@ -67,12 +62,15 @@ def one_per_module_class() -> list:
   return list(first.values())
 
 
-def synthetic_digits(n: int, seed: int = 0):
-  """Learnable fake digits: class k lights a k-dependent block of pixels.
+def random_images(n: int, seed: int = 0):
+  """n images [n, 28, 28, 1] of random uint8 pixels, a JAX array."""
+  return jax.numpy.asarray(np.random.default_rng(seed).integers(
+      0, 256, (n, 28, 28, 1)).astype(np.uint8))
 
-  Returns images [n, 28, 28, 1] uint8 and labels [n] uint8 covering all 10
-  classes.
-  """
+
+def synthetic_digits(n: int, seed: int = 0):
+  """Learnable fake digits, images [n, 28, 28, 1] and labels [n] uint8 of all
+  10 classes: class k lights a k-dependent block of pixels."""
   rng = np.random.default_rng(seed)
   labels = (np.arange(n) % 10).astype(np.uint8)
   rng.shuffle(labels)
@@ -84,12 +82,8 @@ def synthetic_digits(n: int, seed: int = 0):
 
 
 def synthetic_classes(n: int, num_classes: int, seed: int = 0):
-  """Learnable fake images of K classes: class k lights cell k of a 7x7 grid
-  of 4x4 cells (K <= 49).
-
-  Returns images [n, 28, 28, 1] uint8 (upright) and labels [n] uint8 in
-  0..K-1.
-  """
+  """Learnable fake images [n, 28, 28, 1] and labels [n] (uint8) of K <= 49
+  classes: class k lights cell k of a 7x7 grid of 4x4 cells."""
   rng = np.random.default_rng(seed)
   labels = (np.arange(n) % num_classes).astype(np.uint8)
   rng.shuffle(labels)
@@ -101,9 +95,8 @@ def synthetic_classes(n: int, num_classes: int, seed: int = 0):
 
 
 def write_idx(path, array, compress=False):
-  """Writes uint8 images [N, H, W] (grey) or [N, H, W, C], or labels [N], as
-  an IDX file: a big-endian magic (0x08, then the number of axes), the axes'
-  sizes, the bytes."""
+  """uint8 images [N, H, W(, C)] or labels [N] as an IDX file: a big-endian
+  magic (0x08, the number of axes), the axes' sizes, the bytes."""
   array = np.asarray(array, np.uint8)
   data = struct.pack(f">I{array.ndim}I", 0x0800 + array.ndim,
                      *array.shape) + array.tobytes()
@@ -133,15 +126,11 @@ def write_idx_dir(folder, n_train=600, n_test=200, compress=True, seed=0,
 
 
 @pytest.fixture(scope="session")
-def idx_dir(tmp_path_factory):
-  """A folder with a synthetic 600/200-example dataset in gzipped IDX files."""
-  return write_idx_dir(tmp_path_factory.mktemp("idx"))
-
-
-@pytest.fixture(scope="session")
-def prepared(idx_dir, tmp_path_factory):
-  """(mnist_dir, data_dir) with the synthetic dataset prepared in data_dir."""
+def prepared(tmp_path_factory):
+  """(mnist_dir, data_dir): a synthetic 600/200-example dataset in gzipped IDX
+  files, prepared in data_dir."""
   from mnist_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  idx_dir = write_idx_dir(tmp_path_factory.mktemp("idx"))
   data_dir = str(tmp_path_factory.mktemp("tfds"))
   pipeline.prepare("mnist", data_dir, idx_dir)
   return idx_dir, data_dir

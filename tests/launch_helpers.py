@@ -5,28 +5,23 @@ import hashlib
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
 
 import jax
-import numpy as np
 
-from conftest import xla_flags
+from conftest import assert_trees_equal, xla_flags  # noqa: F401 (re-exported)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The user's documents: README.md and docs/*.md, relative to ROOT.
 DOCS = ["README.md", *sorted(os.path.relpath(p, ROOT) for p in glob.glob(
     os.path.join(ROOT, "docs", "*.md")))]
 
-# Runs launch.py after wrapping the run folder's hooks `chunk` (called before
-# each chunk of an epoch but its first) and `epoch` (after an epoch's last
-# chunk, before its checkpoint), members.final_row and report.write to print
-# a marker, so a test can signal it mid-epoch, as an epoch ends, after the
-# final evaluation or as the report begins. It pauses at the marker the test
-# waits for alone (PAUSE_AT, the PAUSE_NTH-th time, matched as run_and_signal
-# matches it), not at every chunk before it.
+# launch.py printing a marker where a test may signal it: before a chunk of an
+# epoch but its first (@chunk), before an epoch's checkpoint (@epoch_end),
+# after the final evaluation (@final_row), as the report begins (@write). It
+# pauses only at the PAUSE_NTH-th marker PAUSE_AT, as run_and_signal waits.
 _CHILD = r"""
 import os, runpy, signal, sys, time
 script = sys.argv[1]  # launch.py as the user typed it.
@@ -89,10 +84,13 @@ def launch_path(cwd):
   return "launch.py" if cwd == ROOT else os.path.join(ROOT, "launch.py")
 
 
-def child_env(**extra):
-  """A child's environment: the CPU, this checkout, the tests' XLA flags."""
+def child_env(devices: int = 0, **extra):
+  """A child's environment: the CPU, this checkout, the tests' XLA flags (and
+  `devices` simulated CPU devices, if given)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, **extra)
-  return {**env, "XLA_FLAGS": xla_flags()}
+  if devices:
+    env.pop("JAX_NUM_CPU_DEVICES", None)
+  return {**env, "XLA_FLAGS": xla_flags(devices)}
 
 
 def run(args, timeout=120, cwd=ROOT, **env):
@@ -106,19 +104,11 @@ def run(args, timeout=120, cwd=ROOT, **env):
 def run_and_signal(args, signum, epoch, chunk=3, pause_s=0.2, timeout=120,
                    cwd=ROOT, repeat=1, on_marker=None, env=None,
                    at_epoch_end=False, at=None):
-  """Starts a run, sends `signum` after the `chunk`-th chunk of `epoch`
-  (`at_epoch_end`: after its last chunk, before its checkpoint; `at`: at the
-  marker `@final_row` or `@write` instead).
-
-  The run pauses `pause_s` there (ending 1 s after a signal it catches).
-  repeat: how many times the signal is sent, 0.3 s apart (2: a double Ctrl-C;
-    give a pause_s above that).
-  on_marker: called first, while the run pauses there.
-  env: more environment variables.
-
-  Returns:
-    (exit status, stdout, stderr, the marker line it was stopped at).
-  """
+  """(exit status, stdout, stderr, marker line) of a run sent `signum`
+  `repeat` times, 0.3 s apart, after the `chunk`-th chunk of `epoch`
+  (`at_epoch_end`: before its checkpoint; `at`: at @final_row or @write), where
+  it pauses `pause_s` (ending 1 s after a signal it catches); on_marker() first,
+  `env` more variables."""
   target = at or (f"@epoch_end epoch={epoch}" if at_epoch_end else
                   f"@chunk epoch={epoch}")
   nth = 1 if at or at_epoch_end else chunk
@@ -177,8 +167,7 @@ def deterministic(rows):
 
 def restore_latest(workdir):
   """(state, meta) of a run folder's latest checkpoint, restored as report and
-  predict restore it (checkpoints.restore into loop.initial_state's shapes):
-  the train state, its checkpointed parts host arrays."""
+  predict restore it (its checkpointed parts host arrays)."""
   # pylint: disable=g-import-not-at-top
   from mnist_jax import models
   from mnist_jax.rundir import checkpoints
@@ -190,13 +179,6 @@ def restore_latest(workdir):
   return checkpoints.restore(workdir, jax.eval_shape(
       lambda: population.initial_state(config, model, 1, (28, 28, 1))),
                              config.model)
-
-
-def assert_trees_equal(a, b):
-  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
-  assert len(leaves_a) == len(leaves_b)
-  for x, y in zip(leaves_a, leaves_b):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def snapshot(*folders):
@@ -219,9 +201,6 @@ def snapshot(*folders):
         st = os.stat(path)
         state[path] = (st.st_size, st.st_mtime_ns, digest)
   return state
-
-
-SIGTERM = signal.SIGTERM
 
 
 def unfinished_run(path, config=None):

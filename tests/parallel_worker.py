@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from conftest import synthetic_digits, train_core
+from launch_helpers import child_env
 from mnist_jax import models
 from mnist_jax.data import pipeline
 from mnist_jax.models import registry
@@ -39,15 +40,6 @@ def tiny(name, **extra):
   """With every random stream a step draws from (dropout, augmentation)."""
   dropout = {"dropout": 0.2} if "dropout" in registry.get(name).settings else {}
   return {**TINY.get(name, {}), "augment": True, **dropout, **extra}
-
-
-def child_env(devices: int) -> dict:
-  """A child process's environment, of `devices` simulated CPU devices."""
-  import launch_helpers  # pylint: disable=g-import-not-at-top
-  from conftest import xla_flags  # pylint: disable=g-import-not-at-top
-  env = {**launch_helpers.child_env(), "XLA_FLAGS": xla_flags(devices)}
-  env.pop("JAX_NUM_CPU_DEVICES", None)
-  return env
 
 
 def dataset():

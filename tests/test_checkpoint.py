@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-import launch_helpers as lh
+from conftest import assert_trees_equal
 from mnist_jax.training import population
 from mnist_jax import files
 from mnist_jax import models
@@ -53,7 +53,7 @@ def test_a_part_the_checkpoint_lacks_comes_from_the_fresh_state(tmp_path):
   writer.close()
   restored, meta = _restore(workdir)
   assert meta["epoch"] == 1
-  lh.assert_trees_equal(restored, state)
+  assert_trees_equal(restored, state)
 
 
 def _arrays(workdir):
@@ -168,7 +168,7 @@ def test_damage_is_told_apart_from_a_checkpoint_that_does_not_fit(
           f"give read access to {checkpoints.directory(workdir)}, or pass "
           "another --workdir")
     elif case == "unknown_orbax_error":
-      lh.assert_trees_equal(_restore(workdir)[0], saved[1])  # Still whole.
+      assert_trees_equal(_restore(workdir)[0], saved[1])  # Still whole.
     return
   assert (f"the checkpoint {_step_dir(workdir)} is damaged or truncated ("
           f"{words}") in message
@@ -181,5 +181,5 @@ def test_damage_is_told_apart_from_a_checkpoint_that_does_not_fit(
   shutil.rmtree(_step_dir(workdir))  # As the message advises.
   restored, meta = _restore(workdir)
   assert meta["step"] == 7
-  lh.assert_trees_equal(restored, saved[1])
+  assert_trees_equal(restored, saved[1])
 

@@ -19,15 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import synthetic_digits, write_idx_dir
+from conftest import random_images, synthetic_digits, write_idx_dir
+from launch_helpers import ROOT
 from mnist_jax.data import augment
 from mnist_jax.data import datasets
 from mnist_jax.data import idx
 from mnist_jax import models
 from mnist_jax.data import pipeline
 from mnist_jax.errors import UserError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _prepared_saying(capfd, said, *args):
@@ -227,11 +226,6 @@ def test_another_datasets_files_are_refused_before_anything_is_written(
     pipeline.prepare("kmnist", str(tmp_path / "tfds2"), folder)
 
 
-def _images(n=4, seed=0):
-  return jnp.asarray(np.random.default_rng(seed).integers(
-      0, 256, (n, 28, 28, 1)).astype(np.uint8))
-
-
 def _expected(how, x):
   """What the warp `how` makes of x (floats)."""
   x = np.asarray(x, np.float32)
@@ -252,7 +246,7 @@ def _expected(how, x):
     ("identity", 0.0, (0.0, 0.0)), ("shift", 0.0, (2.0, -3.0)),
     ("quarter turn", np.pi / 2, (0.0, 0.0)), ("half pixel", 0.0, (0.0, 0.5))])
 def test_the_affine_grid_samples_as_it_says(how, angle, shift):
-  x = _images()
+  x = random_images(4)
   rows, cols = augment.affine_grid(x.shape, jnp.full(4, angle), jnp.ones(4),
                                    jnp.tile(jnp.array([shift]), (4, 1)))
   out = np.asarray(augment.sample(x, rows, cols), np.float32)
@@ -268,7 +262,7 @@ def test_the_affine_grid_samples_as_it_says(how, angle, shift):
 def test_each_example_gets_its_own_warp_in_range_and_dtype(dtype):
   """The key decides the warps (typed and raw keys alike); outputs stay in
   the input's range and dtype; the elastic field is smooth."""
-  x = jnp.tile(_images(1), (8, 1, 1, 1))
+  x = jnp.tile(random_images(1), (8, 1, 1, 1))
   x = x if dtype == jnp.uint8 else x.astype(jnp.float32) / 255.0
   kw = dict(shift=3, rotate=20, scale=0.2, elastic=34, elastic_sigma=4)
   out = np.asarray(augment.augment(jax.random.key(2), x, **kw))

@@ -43,19 +43,15 @@ def resolve(model="gru", members=1, **overrides):
     # MIN_DEVICE_BATCH examples each, the others one device.
     ((8,), "gru", 1, dict(batch_size=128), ("sharded", 4)),
     ((2,), "gru", 1, dict(batch_size=128), ("sharded", 2)),
-    ((8,), "lstm", 1, dict(batch_size=64), ("sharded", 2)),
     ((8,), "rnn", 1, dict(batch_size=100), ("sharded", 2)),  # Not 4 x 25.
     ((2,), "gru", 1, dict(batch_size=63), ("none", 1)),  # No even split.
     ((2,), "gru", 1, dict(batch_size=62), ("none", 1)),  # 31 is too few.
     ((1,), "gru", 1, dict(batch_size=128), ("none", 1)),
     ((8,), "mlp", 1, dict(batch_size=128), ("none", 1)),
-    ((8,), "cnn", 1, dict(batch_size=128), ("none", 1)),
     # A GPU (or TPU): every model sharded over as many devices as split it.
     ((4, "gpu"), "mlp", 1, dict(batch_size=128), ("sharded", 4)),
-    ((1, "gpu"), "mlp", 1, dict(batch_size=128), ("none", 1)),
     ((8, "gpu"), "mlp", 1, dict(batch_size=100), ("sharded", 5)),
     # Members split over the devices, evenly.
-    ((8,), "mlp", 4, {}, ("members", 4)),
     ((8,), "mlp", 16, {}, ("members", 8)),
     ((8,), "mlp", 3, {}, ("members", 3)),
     # Members that split over no devices: each as its single run.

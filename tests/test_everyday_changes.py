@@ -1,6 +1,5 @@
-"""docs/design.md's everyday changes (a schedule, a loss, a metric, a reading
-order, a colour dataset, a CNN-family model), made here in the files it names,
-reach flags, sweeps, rows, the report, TensorBoard, compare.py, the analyses,
+"""docs/design.md's everyday changes, made here in the files it names, reach
+flags, sweeps, rows, the report, TensorBoard, compare.py, the analyses,
 predict and the page."""
 
 import dataclasses

@@ -17,7 +17,6 @@ from mnist_jax import files
 from mnist_jax import models
 from mnist_jax import modes
 from mnist_jax.data import pipeline
-from mnist_jax.errors import UserError
 from mnist_jax.models import registry
 from mnist_jax.results import report
 from mnist_jax.results import run as run_lib
@@ -216,35 +215,18 @@ def test_a_folder_a_claim_created_goes_if_nothing_was_written(tmp_path):
   assert not os.path.exists(tmp_path / "missing")
 
 
-def test_a_config_json_of_no_settings_advises_deleting_nothing(tmp_path):
-  """A list, not settings (not JSON, unreadable: test_refusals.py)."""
-  path = _run(str(tmp_path), "run", rows=[{"epoch": 1}])
-  config = os.path.join(path, record.CONFIG_FILE)
-  files.write_text(config, "[1, 2]")
-  with pytest.raises(UserError) as e:
-    resume.check_run_folder(path, CONFIG)
-  message = str(e.value)
-  assert message.startswith(f"{config} holds settings this mnist_jax cannot "
-                            "use (TypeError: "), message
-  assert "nothing was changed" in message and "another --workdir" in message
-  assert "--overwrite" not in message and "delet" not in message
-
-
 # The code a run trained with (rundir/code.py), and what every mode that
 # loads the run says where the code here differs.
 
-def test_a_run_records_the_core_files_it_trained_with(tiny_run):
-  recorded = json.load(open(os.path.join(tiny_run, "config.json")))[
-      "environment"]["code"]
+def test_every_mode_says_the_code_differs(tiny_run, tmp_path, monkeypatch):
+  """A run records the core files it trained with; where they differ since,
+  predict, the page and a resume say so in one line (a resume's checkpoint
+  fits the module: then it trains on)."""
+  recorded = record.trained_code(tiny_run)
   assert recorded["files"] == code.core_files() and "diff" not in recorded
   assert {"models/dense.py", "training/train.py", "optim.py"} <= set(
       recorded["files"])
   assert code.changed(recorded) == [] and code.note(tiny_run, recorded) is None
-
-
-def test_every_mode_says_the_code_differs(tiny_run, tmp_path, monkeypatch):
-  """predict, the page and a resume say so in one line (a resume's
-  checkpoint fits the module: then it trains on)."""
   work = str(tmp_path / "run")
   shutil.copytree(tiny_run, work)
   edited = {**code.core_files(), "models/dense.py": "edited"}  # Since then.
@@ -289,26 +271,21 @@ def test_edited_code_is_named_with_its_diff(tmp_path, monkeypatch):
                                 "mnist_jax/models/cnn.py")
 
 
-def _old_format(config_json: dict) -> dict:
-  """A config.json as written before models declared their settings: every
-  model's settings, at their old defaults, beside the run's own."""
-  old = {"hidden": 128, "num_layers": 1, "bidirectional": False,
-         "mlp_hidden": [512, 256], "dropout": 0.0, "cnn_features": [32, 64],
-         "cnn_kernel": 3, "cnn_dense": 128, "cnn_padding": "VALID",
-         "remat": False, "sequence": "rows", "permute_seed": 0}
-  return {**config_json, "config": {**old, **config_json["config"]}}
-
-
 def test_an_old_run_folder_loads_resumes_and_predicts_the_same(tiny_run,
                                                                tmp_path):
+  """A config.json as written before models declared their settings: every
+  model's settings, at their old defaults, beside the run's own."""
   root = tmp_path / "runs"
   old = str(root / "old")
   shutil.copytree(tiny_run, old)
-  path = os.path.join(old, record.CONFIG_FILE)
-  with open(path) as f:
-    recorded = _old_format(json.load(f))
-  with open(path, "w") as f:
-    json.dump(recorded, f)
+  recorded = record.read_record(old)
+  recorded["config"] = {
+      "hidden": 128, "num_layers": 1, "bidirectional": False,
+      "mlp_hidden": [512, 256], "dropout": 0.0, "cnn_features": [32, 64],
+      "cnn_kernel": 3, "cnn_dense": 128, "cnn_padding": "VALID",
+      "remat": False, "sequence": "rows", "permute_seed": 0,
+      **recorded["config"]}
+  files.write_json(os.path.join(old, record.CONFIG_FILE), recorded)
   config = record.read_config(old)
   new = config.replace(workdir=None)
   assert new == record.read_config(tiny_run).replace(workdir=None)

@@ -214,10 +214,9 @@ def test_launch_trains_and_writes_the_run_folder(prepared, tmp_path):
   assert 0.0 <= rows[-1]["test_accuracy"] <= 1.0
 
 
-# Every command of README.md's and docs/'s shell blocks, as written: training
-# with --dry_run (DIR: synthetic IDX files), --mode=report and predict on a
-# finished run (RUN), a script's --help naming each flag passed. Commands
-# whose first word is one of SKIPPED are not ours to run here.
+# Every command of the docs' shell blocks, as written: training with --dry_run
+# (DIR: synthetic IDX files), other modes on a finished run (RUN), a script's
+# --help naming each flag passed; not those SKIPPED names.
 SKIPPED = {
     "pip": "installs packages (CI installs what the README says)",
     "tensorboard": "a server (test_tensorboard reads the same files)",
@@ -256,14 +255,9 @@ def finished_run(tiny_run, tmp_path_factory):
   return shutil.copytree(tiny_run, str(tmp_path_factory.mktemp("docs") / "run"))
 
 
-@functools.lru_cache(maxsize=None)
-def _help(script):
-  """(exit status, stdout and stderr) of `python SCRIPT --help`, once a script
-  (the docs name some scripts many times)."""
-  out = subprocess.run([sys.executable, script, "--help"], cwd=lh.ROOT,
-                       capture_output=True, text=True, timeout=120,
-                       env=lh.child_env())
-  return out.returncode, out.stdout + out.stderr
+# (exit status, stdout, stderr) of `python SCRIPT --help`, once a script.
+_help = functools.lru_cache(maxsize=None)(
+    lambda script: lh.follow(f"python {script} --help"))
 
 
 @pytest.mark.slow
@@ -285,7 +279,8 @@ def test_each_command_runs_as_written(doc, words, prepared, finished_run,
   args = [re.sub(r"\b(DIR|RUN)\b", lambda m: fill[m[1]], w) for w in words[2:]]
   env.pop("CUDA_VISIBLE_DEVICES", None)  # A CPU here: the flags still parse.
   if words[1] != "launch.py":  # An experiments script: its flags exist.
-    rc, text = _help(words[1])
+    rc, out, err = _help(words[1])
+    text = out + err
     assert rc == 0, text[-2000:]
     own = args[:args.index("--")] if "--" in args else args  # Then launch.py's.
     for flag in {a.split("=")[0] for a in own if a.startswith("--")}:

@@ -13,12 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import random_images
 from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax import modes
 from mnist_jax import optim
 from mnist_jax.data import pipeline
-from mnist_jax.errors import UserError
 from mnist_jax.models import cnn
 from mnist_jax.models import recurrent
 from mnist_jax.results import run as run_lib
@@ -42,18 +42,13 @@ SEED_PARAMS = {
 RECURRENT = [n for n, s in models.MODELS.items() if s.module is recurrent.Recurrent]
 
 
-def _images(n=3, seed=0):
-  return jnp.asarray(np.random.default_rng(seed).integers(
-      0, 256, (n, 28, 28, 1)).astype(np.uint8))
-
-
 @pytest.mark.parametrize("name", list(models.MODELS))
 def test_raw_pixels_in_logits_out_and_seed_parameter_count(name):
   """Images [B, 28, 28, 1] on the 0-255 scale, uint8 as stored or float (an
   augmented or bfloat16 batch), read alike: the model scales them itself."""
   assert set(SEED_PARAMS) <= set(models.MODELS)
   config = models.get_config(name, "seed")
-  model, x = models.get(name).stock(config), _images()
+  model, x = models.get(name).stock(config), random_images(3)
   variables = jax.jit(model.init)(jax.random.key(0), x)
   apply = jax.jit(model.apply)
   logits = apply(variables, x)
@@ -74,7 +69,7 @@ def test_recurrent_stacking_and_bidirectional(cell, layers, bidirectional):
   backward direction reads the whole sequence (the first row too)."""
   model = models.get(cell).stock(models.get_config(
       cell, "seed", hidden=16, num_layers=layers, bidirectional=bidirectional))
-  x = _images()
+  x = random_images(3)
   variables = model.init(jax.random.key(0), x)
   params = variables["params"]
   assert sum(1 for k in params if k.startswith(cell)) == layers * (
@@ -104,13 +99,11 @@ def test_the_cnns_max_pool_is_flaxs_with_ties_sharing_the_gradient(height,
                              rtol=1e-6)
 
 
-BN = dict(cnn_batch_norm=True, cnn_features=(4, 8), cnn_dense=16)
-
-
 def test_batch_norm_is_described_built_and_shaped():
   """--cnn_batch_norm: the convolutions lose their bias; a step updates the
   statistics in model_state, evaluation reads them (not the batch's)."""
-  config = models.get_config("cnn", "seed", impl="stock", **BN)
+  config = models.get_config("cnn", "seed", impl="stock", cnn_batch_norm=True,
+                             cnn_features=(4, 8), cnn_dense=16)
   assert models.get("cnn").describe(config) == (
       "Conv4 3x3, BatchNorm, max-pool, Conv8 3x3, BatchNorm, max-pool, "
       "Dense16, Dense10")
@@ -120,7 +113,7 @@ def test_batch_norm_is_described_built_and_shaped():
   assert set(state.params["conv_0"]) == {"kernel"}
   assert set(state.params["bn_0"]) == {"scale", "bias"}
   assert set(state.model_state["batch_stats"]["bn_1"]) == {"mean", "var"}
-  x = _images(8)
+  x = random_images(8)
   batch = {"image": x, "label": jnp.arange(8) % 10}
 
   @jax.jit
@@ -145,7 +138,7 @@ def test_batch_norm_is_described_built_and_shaped():
 def test_sequences_read_every_pixel_in_their_order(seq, shape):
   """In [0, 1]: rows and pixels row-major, permuted in the order its seed
   fixes (a permutation of the 784, another for another seed)."""
-  images = np.asarray(_images())
+  images = np.asarray(random_images(3))
   x = np.asarray(recurrent.as_sequence(jnp.asarray(images), seq, 7))
   assert x.shape == shape and x.dtype == np.float32
   order = (recurrent.permutation(7) if seq == "permuted" else np.arange(784))
@@ -177,7 +170,7 @@ def test_the_permutation_is_the_models_own():
                              hidden=4)
   permuted = models.get("gru").stock(config)
   pixels = models.get("gru").stock(config.replace(sequence="pixels"))
-  images = np.asarray(_images(2))
+  images = np.asarray(random_images(2))
   variables = permuted.init(jax.random.key(0), jnp.asarray(images))
   by_hand = images.reshape(2, -1)[:, recurrent.permutation(5)].reshape(
       2, 28, 28, 1)
@@ -188,7 +181,7 @@ def test_the_permutation_is_the_models_own():
 
 @pytest.mark.slow
 def test_remat_keeps_parameters_outputs_and_gradients():
-  x = _images()
+  x = random_images(3)
   results = []
   for remat in (False, True):
     config = models.get_config("lstm", sequence="pixels", hidden=4,
@@ -231,37 +224,22 @@ def test_permuted_run_records_its_order_and_tests_with_it(prepared, tmp_path):
   assert modes.rewrite_report(workdir)["accuracy"] == pytest.approx(accuracy)
 
 
-# Every model's own setting: a flag, but no Config field.
-MODEL_SETTINGS = sorted(set(config_lib.SETTINGS) - set(config_lib.FIELDS))
-
-
 @pytest.mark.parametrize("model", list(models.MODELS))
 def test_a_models_settings_appear_in_its_runs_only(model):
   """config.json, the repeat command, the dry run and TensorBoard's hparams
   of a run carry its model's settings and no other model's."""
   config = models.get_config(model)
   own = set(models.get(model).settings)
-  assert set(config.to_dict()) & set(MODEL_SETTINGS) == own
-  assert set(json.loads(config.to_json())) & set(MODEL_SETTINGS) == own
-  assert set(tensorboard.hparams(config)) & set(MODEL_SETTINGS) == own
+  every = set(config_lib.SETTINGS) - set(config_lib.FIELDS)  # Models' own.
+  assert set(config.to_dict()) & every == own
+  assert set(json.loads(config.to_json())) & every == own
+  assert set(tensorboard.hparams(config)) & every == own
   flags = lambda text: set(re.findall(r"--(?:no)?(\w+)", text))
-  assert flags(record_lib.repeat_command(config)) & set(MODEL_SETTINGS) == own
+  assert flags(record_lib.repeat_command(config)) & every == own
   shown = "\n".join(dry_run.settings_lines(config, ()))
-  assert flags(shown) & set(MODEL_SETTINGS) == own
+  assert flags(shown) & every == own
   for name in own:
     assert getattr(config, name) is not None
-  for name in set(MODEL_SETTINGS) - own:
+  for name in every - own:
     with pytest.raises(AttributeError):
       getattr(config, name)
-
-
-@pytest.mark.parametrize("values,message", [
-    (dict(cnn_kernel=7, cnn_features=(4, 4, 4)),
-     "*leave no pixels*--cnn_padding=SAME*"),
-    (dict(cnn_padding="SAME", cnn_features=(4,) * 5),
-     "*leave no pixels*fewer --cnn_features*")])
-def test_a_cnn_whose_convolutions_leave_no_pixels_is_refused(values, message):
-  """In one line (another model's setting: test_refusals.py)."""
-  with pytest.raises(UserError) as e:
-    models.get_config("cnn", **values)
-  assert re.fullmatch(re.escape(message).replace(r"\*", ".*"), str(e.value))

@@ -36,17 +36,14 @@ def _reference_schedule(config, steps_per_epoch):
   }[config.schedule]()
 
 
-def _mask(params):
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
-
-
 def _reference_optimizer(config, steps_per_epoch):
-  """The run's optimizer as plain optax spells it."""
+  """The run's optimizer as plain optax spells it (kernels decayed)."""
   lr = _reference_schedule(config, steps_per_epoch)
+  mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
   opt = {
       "adam": lambda: optax.adam(lr),
       "adamw": lambda: optax.adamw(lr, weight_decay=config.weight_decay,
-                                   mask=_mask),
+                                   mask=mask),
       "rmsprop": lambda: optax.rmsprop(lr, decay=config.rmsprop_decay,
                                        eps=config.eps, eps_in_sqrt=False),
       "sgd": lambda: optax.sgd(lr, momentum=config.momentum or None),
@@ -55,7 +52,7 @@ def _reference_optimizer(config, steps_per_epoch):
   if config.grad_clip > 0:
     chain.append(optax.clip_by_global_norm(config.grad_clip))
   if config.weight_decay > 0 and config.optimizer != "adamw":
-    chain.append(optax.add_decayed_weights(config.weight_decay, _mask))
+    chain.append(optax.add_decayed_weights(config.weight_decay, mask))
   return optax.chain(*chain, opt)
 
 
@@ -118,9 +115,10 @@ def test_equals_the_plain_optax_chain_over_a_whole_run(optimizer, schedule,
     assert not np.allclose(a, before)
 
 
-@pytest.mark.parametrize("schedule", list(optim.SCHEDULES))
-@pytest.mark.parametrize("steps_per_epoch,epochs,warmup", [
-    (10, 2, 0.5), (421, 20, 1.0), (3, 1, 0.0), (5, 2, 9.0), (1, 1, 1.0)])
+@pytest.mark.parametrize("schedule,steps_per_epoch,epochs,warmup", [
+    (s, *n) for s in optim.SCHEDULES for n in [  # Lengths the schedule reads.
+        (10, 2, 0.5), (421, 20, 1.0), (1, 1, 1.0), (3, 1, 0.0), (5, 2, 9.0)][
+            :{"constant": 1, "warmup_cosine": 5}.get(s, 3)]])
 def test_the_rate_is_optax_s_schedule_and_the_next_updates(
     schedule, steps_per_epoch, epochs, warmup):
   """optim.learning_rate, read from the state (a member's peak, the count), is

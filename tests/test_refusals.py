@@ -223,6 +223,12 @@ CASES = [
      "; choose one of "),
     ("other_models_setting", ["--model=linear"], 1, "--mlp_hidden is a setting "
      "of --model=mlp, not of --model=linear; leave it out"),
+    ("cnn_no_pixels", lambda c: ["--model=cnn", "--cnn_kernel=7",
+                                 "--cnn_features=4,4,4", "--dry_run"], 1,
+     "leave no pixels of a 28x28 mnist image; ", "or --cnn_padding=SAME"),
+    ("cnn_no_pixels_same", lambda c: ["--model=cnn", "--cnn_padding=SAME",
+                                      "--cnn_features=4,4,4,4,4", "--dry_run"],
+     1, "--cnn_padding=SAME leave no pixels", "; pass fewer --cnn_features"),
     # A range of each kind (every numeric flag's: test_fuzz.py).
     ("zero_epochs", ["--epochs=0"], 2, "flag --epochs=0: 0 is not an integer "
      "in the range [1, 1000000]"),
@@ -292,8 +298,9 @@ CASES = [
      "its checkpoints, logs and report; or pass another --workdir"),
     *((f"config_not_json{m[6:]}", lambda c, m=m: _config_in_place_of(
         c, "text", m), 1,
-       "config.json holds settings this mnist_jax cannot use (JSONDecodeError")
-      for m in ["--mode=train", *FOLDERS]),
+       "config.json holds settings this mnist_jax cannot use (JSONDecodeError",
+       f"; {PAD} (its checkpoints and logs are untouched): restore it from a "
+       "copy, or pass another --workdir") for m in ["--mode=train", *FOLDERS]),
     ("config_unreadable", lambda c: _config_in_place_of(
         c, "folder", "--mode=report"), 1,
      f"config.json cannot be read (Is a directory), so the run's settings are "

@@ -224,7 +224,7 @@ def test_sigterm_is_honoured_within_seconds_whatever_the_chunk(tmp_path):
   rc, _, err, _ = lh.run_and_signal(
       ["--model=cnn", "--preset=seed", "--num_seeds=3", "--epochs=100",
        "--chunk_steps=10000", "--noreport", f"--mnist_dir={mnist_dir}",
-       f"--data_dir={tmp_path / 'tfds'}", f"--workdir={work}"], lh.SIGTERM,
+       f"--data_dir={tmp_path / 'tfds'}", f"--workdir={work}"], signal.SIGTERM,
       epoch=1, chunk=1, pause_s=0, timeout=600,
       on_marker=lambda: sent.append(time.monotonic()))
   took = time.monotonic() - sent[0]

@@ -45,8 +45,8 @@ def batch_of(images, labels):
 # The optimizer step.
 
 @pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.slow) if n in ("rnn", "lstm") else n
-    for n in sorted(models.MODELS)])  # The GRU stands for the recurrent cells.
+    pytest.param(n, marks=pytest.mark.slow) if n in ("linear", "rnn", "lstm")
+    else n for n in sorted(models.MODELS)])  # The MLP and GRU stand for them.
 def test_train_step_lowers_loss_and_changes_every_parameter(name):
   """The stock modules (the fast paths: test_kernels.py)."""
   config = tiny_config(name, learning_rate=3e-3, impl="stock")
