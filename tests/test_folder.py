@@ -147,7 +147,8 @@ def test_overwrite_without_workdir_deletes_nothing(tmp_path):
   resume.check_not_diverged(str(tmp_path / "new"), CONFIG)
 
 
-def test_default_workdir_never_names_an_existing_folder(tmp_path):
+def test_default_workdir_never_names_an_existing_folder(tmp_path, monkeypatch):
+  monkeypatch.setattr(choose.time, "strftime", lambda _: "20260101-000000")
   first = choose.default_workdir("mlp", str(tmp_path))
   os.makedirs(first)
   second = choose.default_workdir("mlp", str(tmp_path))
