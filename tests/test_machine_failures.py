@@ -39,6 +39,9 @@ MORE = "; close what else uses that memory, or run it on a machine with more"
     (OSError(errno.EROFS, "Read-only file system", "/r/report.md"), 1,
      "cannot write /r/report.md (Read-only file system); make it writable" +
      AGAIN),
+    (OSError(errno.EACCES, "Permission denied", "/r/x"), 1,
+     "cannot read or write /r/x (Permission denied); give this user access to "
+     "it" + AGAIN),
     (OSError(errno.EIO, "Input/output error", "/r/x"), 1,
      "reading or writing /r/x failed (Input/output error); check that disk" +
      AGAIN),

@@ -94,6 +94,7 @@ class Case:
     else:  # Rewrites the images file.
       self.file(images, {
           "truncated": raw[:5000], "longer": raw + bytes(7),
+          "header": raw[:10],
           "swapped": open(labels, "rb").read(),
           "size": raw[:8] + (14).to_bytes(4, "big") * 2 + raw[16:16 + 19600],
           "count": raw[:4] + (99).to_bytes(4, "big") + raw[8:16 + 99 * 784],
@@ -196,6 +197,9 @@ def _set(**values):
 SEVEN = Image.new("L", (28, 28))
 SEVEN.paste(255, (8, 6, 20, 9))
 SEVEN.paste(255, (15, 9, 18, 24))
+_png = io.BytesIO()
+SEVEN.save(_png, "PNG")
+CUT_PNG = _png.getvalue()[:60]  # Its pixels cut short.
 PAD = "nothing was changed"
 FOLDERS = ["--mode=report", "--mode=predict"]
 
@@ -374,6 +378,8 @@ CASES = [
      "file ("),
     ("truncated_idx", lambda c: c.idx("truncated"), 1, "is truncated: 4984 "
      "data bytes for 78400 expected"),
+    ("header_idx", lambda c: c.idx("header"), 1, "is truncated: 10 bytes, "
+     "shorter than an IDX images header"),
     ("longer_idx", lambda c: c.idx("longer"), 1, "is longer than its header "
      "says"),
     ("swapped_idx", lambda c: c.idx("swapped"), 1, "is not an IDX images file "
@@ -398,6 +404,8 @@ CASES = [
      "/e.png is empty (0 bytes); pass a PNG or JPEG file"),
     ("image_unknown", lambda c: c.predict(("t.png", b"text")), 1,
      "/t.png is not an image (unknown format)"),
+    ("image_cut", lambda c: c.predict(("cut.png", CUT_PNG)), 1,
+     "/cut.png cannot be read (image file is truncated); pass a PNG or JPEG"),
     ("image_bomb", lambda c: c.predict(("big.png", declared_png(20000, 20000))),
      1, "/big.png is too large to be a digit image; pass a smaller one"),
     ("image_blank", lambda c: c.predict(("b.png", Image.new("L", (28, 28)))),
