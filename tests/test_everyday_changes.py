@@ -1,6 +1,6 @@
 """docs/design.md's everyday changes, made here in the files it names, reach
 flags, sweeps, rows, the report, TensorBoard, compare.py, the analyses,
-predict and the page."""
+predict and the page. Each trains through the loop end to end: slow."""
 
 import dataclasses
 import io
@@ -34,6 +34,7 @@ from mnist_jax.training import train
 from parallel_worker import Recorder
 from tensorboard_helpers import multiplexer, scalars
 
+pytestmark = pytest.mark.slow
 TINY = dict(epochs=1, batch_size=32, val_fraction=0.1, tensorboard=False)
 
 
@@ -224,9 +225,7 @@ def test_the_dense_models_count_the_datasets_pixels(monkeypatch):
   assert describe("mlp", mlp_hidden=(8,)).startswith("576-8-3, ReLU")
 
 
-@pytest.mark.parametrize("model", [
-    pytest.param(m, marks=[pytest.mark.slow] * (m != "cnn"))
-    for m in [*one_per_module_class(), "lstm"]])
+@pytest.mark.parametrize("model", [*one_per_module_class(), "lstm"])
 def test_a_colour_dataset_trains_predicts_a_picture_and_is_served(
     model, monkeypatch, tmp_path):
   """The declaration alone: the model, the report with every analysis,
