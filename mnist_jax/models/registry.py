@@ -287,8 +287,9 @@ register(ModelSpec(
                      val_fraction=0.0),
         # The speedrun (tables.py --table=speedrun), fixed on a validation
         # split: the fewest seconds whose 5-seed mean held 99.1% at two seed
-        # offsets, each seed 99% or more (fast's network 99.17%; 12 first-layer filters, 15%
-        # faster an epoch, 99.12-99.15%; narrower, or one epoch, 98.8-99.1%).
+        # offsets, each seed 99% or more (fast's network 99.17%; 12
+        # first-layer filters, 15% faster an epoch, 99.12-99.15%; narrower,
+        # or one epoch, 98.8-99.1%).
         "speedrun": dict(base="fast", cnn_features=(12, 32), epochs=2,
                          learning_rate=1e-2, label_smoothing=0.1),
         "best": dict(base="seed", cnn_features=(32, 64, 128),
