@@ -1,9 +1,6 @@
-"""A member computes its single run's numbers and a layout its one device's
-(in turn or vmapped, sharded, pmapped, split over devices, 2 processes): bit
-for bit where both run one device's program on no more devices than cores
-(XLA:CPU may split sums by device count), else to float rounding; pmap
-without dropout (each device draws its own masks). Then how a job's processes
-join and fail, each in one line."""
+"""A member computes its single run's numbers and a layout its one device's:
+bit for bit where both run one device's program on no more devices than cores,
+else to float rounding. Then how a job's processes join and fail, in a line."""
 
 import os
 import socket
@@ -289,15 +286,10 @@ def test_a_process_killed_mid_run_stops_the_others_in_one_line(prepared,
   start both again (no traceback), which then finishes the run."""
   procs = _job(prepared, tmp_path / "run", "--epochs=40")
   try:
-    for line in procs[0].stdout:
-      if "epoch 3/40" in line:
-        break
+    next((l for l in procs[0].stdout if "epoch 3/40" in l), None)
     procs[1].kill()
-    _, err = procs[0].communicate(timeout=TIMEOUT_S)
   finally:
-    for p in procs:
-      p.kill()
-      p.wait()
+    [(_, err), _] = _ends(procs)
   assert procs[0].returncode == 1, err[-3000:]
   assert "Traceback" not in err and "Fatal" not in err, err[-3000:]
   last = err.strip().splitlines()[-1]

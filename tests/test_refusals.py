@@ -415,8 +415,9 @@ CASES = [
      "--ensemble averages the seeds of the run's chosen grid point, and this "
      "run has one seed there"),
 ]
-# Those run as `python launch.py` too: a flag absl refuses, data, a run.
-REAL = {"unknown_flag", "bad_gzip", "other_settings"}
+# Those run as `python launch.py` too: a flag absl refuses (exit 2), a run's
+# UserError (exit 1).
+REAL = {"unknown_flag", "other_settings"}
 
 
 @pytest.fixture(scope="module")

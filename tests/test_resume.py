@@ -36,9 +36,9 @@ def core(name, model, settings, stops, parallel="none", devices=1, slow=True):
 
 
 @pytest.mark.parametrize("model,settings,stops,parallel,devices", [
-    core("cnn_bn_at_epoch_end_and_mid_epoch", "cnn", pw.tiny(
+    core("cnn_bn_mid_epoch", "cnn", pw.tiny(
         "cnn", cnn_batch_norm=True, impl="stock", learning_rate=3e-3),
-         ("epoch", "chunk"), slow=False),
+         ("chunk",), slow=False),
     core("members_at_epoch_end", "mlp", SWEEP, ("epoch",)),
     core("gru_sharded_over_2_devices", "gru", pw.tiny("gru"), ("chunk",),
          "sharded", 2),
