@@ -1,6 +1,5 @@
 """Shared fixtures: small synthetic IDX datasets, never the real MNIST."""
 
-import functools
 import gzip
 import io
 import os
@@ -68,29 +67,18 @@ def random_images(n: int, seed: int = 0):
       0, 256, (n, 28, 28, 1)).astype(np.uint8))
 
 
-def synthetic_digits(n: int, seed: int = 0):
-  """Learnable fake digits, images [n, 28, 28, 1] and labels [n] uint8 of all
-  10 classes: class k lights a k-dependent block of pixels."""
-  rng = np.random.default_rng(seed)
-  labels = (np.arange(n) % 10).astype(np.uint8)
-  rng.shuffle(labels)
-  images = rng.integers(0, 40, size=(n, 28, 28, 1)).astype(np.uint8)
-  for k in range(10):
-    r, c = divmod(k, 4)
-    images[labels == k, 2 + 6 * r:7 + 6 * r, 2 + 6 * c:7 + 6 * c] = 230
-  return images, labels
-
-
-def synthetic_classes(n: int, num_classes: int, seed: int = 0):
-  """Learnable fake images [n, 28, 28, 1] and labels [n] (uint8) of K <= 49
-  classes: class k lights cell k of a 7x7 grid of 4x4 cells."""
+def synthetic_digits(n: int, seed: int = 0, num_classes: int = 10):
+  """Learnable fake images [n, 28, 28, 1] and labels [n] uint8 of K <= 49
+  classes: class k lights a block (10: 5x5 blocks 6 apart, in rows of 4;
+  else cell k of a 7x7 grid of 4x4 cells)."""
   rng = np.random.default_rng(seed)
   labels = (np.arange(n) % num_classes).astype(np.uint8)
   rng.shuffle(labels)
   images = rng.integers(0, 40, size=(n, 28, 28, 1)).astype(np.uint8)
+  cols, at, step, size = (4, 2, 6, 5) if num_classes == 10 else (7, 0, 4, 4)
   for k in range(num_classes):
-    r, c = divmod(k, 7)
-    images[labels == k, 4 * r:4 * r + 4, 4 * c:4 * c + 4] = 230
+    r, c = (at + step * i for i in divmod(k, cols))
+    images[labels == k, r:r + size, c:c + size] = 230
   return images, labels
 
 
@@ -111,11 +99,9 @@ def write_idx_dir(folder, n_train=600, n_test=200, compress=True, seed=0,
   info = datasets.get(dataset)
   os.makedirs(folder, exist_ok=True)
   suffix = ".gz" if compress else ""
-  make = (synthetic_digits if info.num_classes == 10 else
-          functools.partial(synthetic_classes, num_classes=info.num_classes))
   arrays = {}
   for part, n, part_seed in (("train", n_train, seed), ("test", n_test, seed + 1)):
-    images, labels = make(n, seed=part_seed)
+    images, labels = synthetic_digits(n, part_seed, info.num_classes)
     images = images[..., 0]  # Grey [n, H, W], as the real files hold them.
     arrays[f"{part}_images"] = (images.transpose(0, 2, 1) if info.transposed
                                 else images)

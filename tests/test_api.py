@@ -24,7 +24,7 @@ def run(tiny_run):
 
 
 @pytest.fixture(scope="module")
-def test_split(run):
+def split(run):
   return mnist_jax.load_data(run.config).test
 
 
@@ -65,10 +65,10 @@ def test_readmes_python_blocks_run_as_written(prepared, tmp_path, monkeypatch,
     assert os.listdir(tmp_path) == ["docs"]
 
 
-def test_every_layout_and_dtype_gives_the_same_answer(run, test_split):
+def test_every_layout_and_dtype_gives_the_same_answer(run, split):
   """run.logits, predict, probabilities and run.model on the raw images
   agree, on one image or a batch."""
-  images = test_split.images[:12]
+  images = split.images[:12]
   expected = run.logits(images)
   assert expected.shape == (12, 10)
   for same in (images.reshape(12, 784), images[..., 0],
@@ -103,15 +103,15 @@ def test_other_images_are_refused_with_what_to_pass(run, images, message):
 
 
 def test_evaluate_and_read_metrics_give_the_training_runs_numbers(
-    run, test_split, tiny_run):
+    run, split, tiny_run):
   """(The accuracy: the README block's test above.)"""
-  result = run.evaluate(test_split.images, test_split.labels)
+  result = run.evaluate(split.images, split.labels)
   *epochs, final = mnist_jax.read_metrics(tiny_run)
   assert [r["epoch"] for r in epochs] == [1]
   assert final == metrics_log.final_metrics(tiny_run)
   assert result["loss"] == pytest.approx(final["test_loss"], rel=1e-4)
   assert np.trace(result["confusion"]) == round(result["accuracy"] *
-                                                len(test_split))
+                                                len(split))
 
 
 def test_load_image_takes_a_path_or_a_pil_image(tmp_path):

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import synthetic_classes, write_idx, write_idx_dir
+from conftest import synthetic_digits, write_idx, write_idx_dir
 from mnist_jax import models
 from mnist_jax.data import datasets
 from mnist_jax.data import idx
@@ -121,7 +121,7 @@ def test_every_model_has_a_logit_per_class(emnist, dataset, model):
 @pytest.mark.slow
 def test_report_at_47_classes_names_every_class(tmp_path):
   info = datasets.get("emnist_balanced")
-  images, labels = synthetic_classes(94, 47, seed=1)
+  images, labels = synthetic_digits(94, seed=1, num_classes=47)
   logits = np.eye(47, dtype=np.float32)[labels] * 5
   logits[0] = np.eye(47)[(labels[0] + 1) % 47] * 5  # One mistake.
   config = models.get_config("linear", dataset="emnist_balanced",

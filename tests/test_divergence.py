@@ -2,7 +2,6 @@
 checkpoint; members once all have (one alone: test_sweep.py)."""
 
 import dataclasses
-import json
 import os
 import re
 import shlex
@@ -68,8 +67,8 @@ def test_a_diverged_run_stops_in_one_line_and_is_not_repeated(prepared,
   ) and line.endswith(", before the first was saved; lower --learning_rate "
                       "or set --grad_clip in its training command and run it "
                       f"with --workdir=runs/{name} --overwrite"), (out, err)
-  with open(os.path.join(cwd, "runs", name, "config.json")) as f:
-    own = shlex.split(json.load(f)["repeat"])
+  own = shlex.split(record.read_record(os.path.join(cwd, "runs", name))[
+      "repeat"])
   own[1] = lh.launch_path(cwd)  # "python launch.py", run from elsewhere.
   rc, _, err = lh.follow(shlex.join([*own, f"--workdir=runs/{name}",
                                      "--learning_rate=0.001", "--overwrite"]),

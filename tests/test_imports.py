@@ -1,9 +1,12 @@
-"""The research core stands alone (docs/design.md): a researcher copies or
-edits it without the product shell."""
+"""What a process loads: the research core stands alone (docs/design.md), so
+a researcher copies or edits it without the product shell; a run starts
+training without the slow imports."""
 
 import os
 import subprocess
 import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHELL = ("mnist_jax.rundir", "mnist_jax.results", "mnist_jax.modes",
@@ -39,3 +42,45 @@ def test_the_core_loads_nothing_of_the_shell():
   modules = {m for m in out.stdout.split("\n")[0].split() if m[-1] != "/"}
   assert modules == {"mnist_jax.training.train", "mnist_jax.training.metrics",
                    "mnist_jax.training.precision"}, modules
+
+
+# Over a second together: tfds, orbax, matplotlib and scipy.ndimage come in
+# when needed; tensorboardX would import an installed PyTorch (0.9 s).
+HEAVY = ("tensorflow_datasets", "orbax.checkpoint", "matplotlib",
+         "scipy.ndimage", "torch")
+# launch.py, stopped as it traces the first chunk of train steps.
+PROBE = f"""
+import os, sys
+from mnist_jax.training import train
+def first_step(*args, **kwargs):
+  print("LOADED", *sorted(m for m in {HEAVY!r} if m in sys.modules))
+  os._exit(0)
+train.train_chunk = first_step
+import launch
+launch.FLAGS(sys.argv)
+launch.main(sys.argv[:1])
+"""
+
+
+@pytest.mark.parametrize("data", ["prepared", "idx_files"])
+def test_the_first_step_needs_none_of_the_slow_imports(prepared, tmp_path,
+                                                       data):
+  """README's data section, performance.md's start-up: data prepared or from
+  IDX files; an installed PyTorch (a stand-in) is not imported either."""
+  mnist_dir, data_dir = prepared
+  fake = tmp_path / "site" / "torch"
+  fake.mkdir(parents=True)
+  (fake / "__init__.py").write_text("Tensor = object\n")
+  if data == "idx_files":
+    data_dir = str(tmp_path / "fresh")
+  out = subprocess.run(
+      [sys.executable, "-c", PROBE, "--model=mlp", "--preset=seed",
+       "--mlp_hidden=8", "--epochs=1", "--batch_size=50",
+       f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}",
+       f"--workdir={tmp_path}/run"], capture_output=True, text=True, cwd=ROOT,
+      check=False, timeout=300, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+          [str(fake.parent), ROOT])})
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.splitlines()[-1] == "LOADED", out.stdout
+  assert (data == "idx_files") == (
+      "from the IDX files" in out.stdout + out.stderr)

@@ -206,8 +206,7 @@ def test_permuted_run_records_its_order_and_tests_with_it(prepared, tmp_path):
                              tensorboard=False, mnist_dir=mnist_dir,
                              data_dir=data_dir)
   final = modes.train_and_evaluate(config, workdir, stream=io.StringIO())
-  with open(os.path.join(workdir, "config.json")) as f:
-    recorded = json.load(f)["config"]
+  recorded = record_lib.read_record(workdir)["config"]
   assert recorded["sequence"] == "permuted" and recorded["permute_seed"] == 5
   order = np.load(os.path.join(workdir, record_lib.PERMUTATION_FILE))
   np.testing.assert_array_equal(order, recurrent.permutation(5))

@@ -7,7 +7,6 @@ child process; those in REAL also as `python launch.py`, to the same line."""
 import fcntl
 import gzip
 import io
-import json
 import os
 import shlex
 import shutil
@@ -24,7 +23,9 @@ from mnist_jax import models
 from mnist_jax.errors import UserError
 from mnist_jax.data import pipeline
 from mnist_jax.models import registry
+from mnist_jax import files
 from mnist_jax.rundir import checkpoints
+from mnist_jax.rundir.record import read_record
 
 
 class Case:
@@ -51,14 +52,10 @@ class Case:
     while finishing); edit(config.json's record) changes it."""
     workdir = str(self.tmp / "run")
     shutil.copytree(self.tiny_run, workdir)
-    path = os.path.join(workdir, "config.json")
-    with open(path) as f:
-      record = json.load(f)
-    record["finished"] = finished
+    record = {**read_record(workdir), "finished": finished}
     if edit:
       edit(record)
-    with open(path, "w") as f:
-      json.dump(record, f)
+    files.write_json(os.path.join(workdir, "config.json"), record)
     return workdir
 
   def locked(self, workdir):
@@ -69,8 +66,7 @@ class Case:
 
   def repeat(self, workdir, *flags):
     """The run's training command (config.json's "repeat"), then `flags`."""
-    with open(os.path.join(workdir, "config.json")) as f:
-      command = json.load(f)["repeat"]
+    command = read_record(workdir)["repeat"]
     return [*shlex.split(command)[2:], f"--workdir={workdir}", *flags]
 
   def idx(self, damage):

@@ -59,7 +59,7 @@ def as_sequence(images, sequence: str = "rows", permute_seed: int = 0):
   step t the pixels `reading` says, their channels together."""
   b, h, w, c = images.shape
   order = reading(sequence, (h, w), permute_seed).order
-  x = (images / 255.0).reshape(b, h * w, c)
+  x = (jnp.asarray(images) / 255.0).reshape(b, h * w, c)  # float32.
   if not np.array_equal(order.ravel(), np.arange(h * w)):  # Else in place.
     x = x[:, order.ravel()]
   return x.reshape(b, order.shape[0], order.shape[1] * c)
