@@ -41,7 +41,9 @@ def _spread(values: np.ndarray) -> Optional[float]:
 
 def accuracy_figure(groups):
   """Test accuracy per configuration: mean bar, std whisker, a dot a seed."""
-  fig, ax = plt.subplots(figsize=(8, 0.55 * len(groups) + 1.6),
+  labels = group_labels(groups)  # The axes keep 5 in beside the longest.
+  fig, ax = plt.subplots(figsize=(5 + 0.075 * max(map(len, labels)),
+                                  0.55 * len(groups) + 1.6),
                          layout="constrained")
   accs, low = _accuracies(groups)
   for i, (acc, color) in enumerate(zip(accs, plots.palette(len(groups)))):
@@ -53,9 +55,10 @@ def accuracy_figure(groups):
     room = 100 - end > 0.3 * (100 - low)  # Beside the bar if it fits.
     ax.text((end if room else low) + 0.015 * (100 - low), i,
             f"{acc.mean():.2f}%{f' ± {std:.2f}' if std else ''} "
-            f"(n={len(acc)})", va="center", ha="left", fontsize=9)
+            f"(n={len(acc)})", va="center", ha="left", fontsize=9,
+            bbox=dict(fc="white", alpha=0.8, lw=0, pad=1))  # Over whiskers.
   ax.set_xlim(low, 100)
-  ax.set_yticks(range(len(groups)), group_labels(groups))
+  ax.set_yticks(range(len(groups)), labels)
   ax.invert_yaxis()
   ax.set_xlabel(f"Test accuracy (%; axis from {low:g}, a point below the "
                 "lowest run)")

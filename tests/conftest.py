@@ -6,6 +6,7 @@ import os
 import struct
 import tempfile
 import types
+import typing
 
 import jax
 import numpy as np
@@ -82,6 +83,24 @@ def synthetic_digits(n: int, seed: int = 0, num_classes: int = 10):
   return images, labels
 
 
+def drawn_run(model, variables=None, **settings):
+  """A results.run.Run of a seed-preset model of `settings`: `variables`, else
+  fan-in scaled normal draws (XLA compiles no initializer)."""
+  from mnist_jax import models  # pylint: disable=g-import-not-at-top
+  from mnist_jax.results import run  # pylint: disable=g-import-not-at-top
+  config = models.get_config(model, "seed", **settings)
+  module = models.get(model).stock(config)
+  if variables is None:
+    rng = np.random.default_rng(0)
+    variables = jax.tree.map(
+        lambda s: (rng.normal(size=s.shape) / np.sqrt(np.prod(s.shape[:-1]))
+                   ).astype(np.float32),
+        jax.eval_shape(module.init, jax.random.key(0), np.zeros(
+            (1, *datasets.get(config.dataset).image_shape))))
+  stacked = jax.tree.map(lambda v: np.asarray(v)[None], variables)
+  return run.Run(config, module, variables, 0, seed_variables=stacked)
+
+
 def write_idx(path, array, compress=False):
   """uint8 images [N, H, W(, C)] or labels [N] as an IDX file: a big-endian
   magic (0x08, the number of axes), the axes' sizes, the bytes."""
@@ -111,15 +130,22 @@ def write_idx_dir(folder, n_train=600, n_test=200, compress=True, seed=0,
   return str(folder)
 
 
+class Prepared(typing.NamedTuple):
+  """A synthetic 600/200-example dataset in gzipped IDX files (mnist_dir),
+  prepared in data_dir; as settings or as launch.py's flags."""
+  mnist_dir: str
+  data_dir: str
+  settings = property(lambda self: self._asdict())
+  flags = property(lambda s: [f"--{k}={v}" for k, v in s.settings.items()])
+
+
 @pytest.fixture(scope="session")
-def prepared(tmp_path_factory):
-  """(mnist_dir, data_dir): a synthetic 600/200-example dataset in gzipped IDX
-  files, prepared in data_dir."""
+def prepared(tmp_path_factory) -> Prepared:
   from mnist_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   idx_dir = write_idx_dir(tmp_path_factory.mktemp("idx"))
   data_dir = str(tmp_path_factory.mktemp("tfds"))
   pipeline.prepare("mnist", data_dir, idx_dir)
-  return idx_dir, data_dir
+  return Prepared(idx_dir, data_dir)
 
 
 @pytest.fixture(scope="session")

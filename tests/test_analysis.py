@@ -18,6 +18,7 @@ from PIL import Image
 import pytest
 
 from conftest import extra
+from conftest import drawn_run
 from conftest import synthetic_digits
 from experiments import compare
 from experiments import compare_figures
@@ -34,20 +35,6 @@ from mnist_jax import files
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = 10
 DECIDING_ROW = 13  # 0-based: the 14th row read.
-
-
-def _run(model, variables=None, **settings):
-  config = models.get_config(model, "seed", **settings)
-  module = models.get(model).stock(config)
-  if variables is None:  # Fan-in scaled normal draws: XLA compiles no RNG.
-    rng = np.random.default_rng(0)
-    variables = jax.tree.map(
-        lambda s: (rng.normal(size=s.shape) / np.sqrt(np.prod(s.shape[:-1]))
-                   ).astype(np.float32),
-        jax.eval_shape(module.init, jax.random.key(0), np.zeros(
-            (1, *datasets.get(config.dataset).image_shape))))
-  stacked = jax.tree.map(lambda v: np.asarray(v)[None], variables)
-  return run_lib.Run(config, module, variables, 0, seed_variables=stacked)
 
 
 def _data(images, labels, val: int):
@@ -76,7 +63,7 @@ def _row_reader(**settings):
                       "h": {"kernel": np.eye(K, dtype=np.float32)}},
             "out": {"kernel": 10 * np.eye(K, dtype=np.float32),
                     "bias": np.zeros(K, np.float32)}}
-  return _run("rnn", {"params": params}, hidden=K, **settings)
+  return drawn_run("rnn", {"params": params}, hidden=K, **settings)
 
 
 def _saved(folder):
@@ -155,8 +142,8 @@ def test_integrated_gradients_sum_to_the_logit_difference():
   (a network without is linear along it): the steps must double to get there."""
   images, _ = synthetic_digits(8, seed=2)
   rng = np.random.default_rng(0)
-  run = _run("cnn", cnn_features=(4, 8), cnn_dense=16)
-  run = _run("cnn", jax.tree_util.tree_map_with_path(
+  run = drawn_run("cnn", cnn_features=(4, 8), cnn_dense=16)
+  run = drawn_run("cnn", jax.tree_util.tree_map_with_path(
       lambda path, v: rng.normal(0, 0.5, v.shape).astype(np.float32)
       if path[-1].key == "bias" else 3 * v, run.variables),
              cnn_features=(4, 8), cnn_dense=16)
@@ -256,7 +243,7 @@ def colour_report(tmp_path_factory):
   images[np.arange(60), 2:10, 2:8, labels] = 255
   with pytest.MonkeyPatch.context() as patch:
     patch.setitem(datasets.DATASETS, COLOUR.name, COLOUR)
-    run = _run("cnn", dataset=COLOUR.name, cnn_features=(4,), cnn_dense=8)
+    run = drawn_run("cnn", dataset=COLOUR.name, cnn_features=(4,), cnn_dense=8)
     report.write(str(folder), run, pipeline.Split(images[:40], labels[:40]),
                  val=pipeline.Split(images[40:], labels[40:]))
   return folder
@@ -307,7 +294,7 @@ def two_runs(tmp_path_factory):
   out = []
   for name, run, data in (
       ("rnn", _row_reader(), _data(images, labels, 40)),
-      ("lstm", _run("lstm", hidden=4, bidirectional=True),
+      ("lstm", drawn_run("lstm", hidden=4, bidirectional=True),
        _data(digits, digit_labels, 0))):
     folder = str(root / name)
     os.makedirs(folder)
@@ -444,7 +431,7 @@ def test_reliability_shows_each_bins_share_and_tells_its_lines_apart(
     ([1], "Rows read (a step each)"),
     ([28], "Rows read (28 steps each)"),
     ([1, 28], "Rows read (a step each); Rows read (28 steps each)")])
-def test_the_reading_axis_says_what_a_unit_is_for_the_run(drawn, tmp_path,
+def test_the_reading_axis_says_what_a_unit_is_for_thedrawn_run(drawn, tmp_path,
                                                           steps, says):
   runs = [_result(m, s) for m, s in zip(("lstm", "rnn"), steps)]
   analysis_plots.reading(runs, str(tmp_path / "r.png"))

@@ -67,11 +67,10 @@ def _compare(paths, out, **kwargs):
 @pytest.mark.slow
 def test_trains_then_compares_each_configuration_over_its_seeds(
     tiny_run, prepared, tmp_path):
-  mnist_dir, data_dir = prepared
   root, logs = str(tmp_path / "runs"), []
   train = lambda seeds: compare.train_runs(
       ["linear"], seeds, root, preset="seed", log=logs.append,
-      stream=io.StringIO(), epochs=1, mnist_dir=mnist_dir, data_dir=data_dir)
+      stream=io.StringIO(), epochs=1, **prepared.settings)
   folders = train([0, 1])
   assert folders == [f"{root}/linear-seed0", f"{root}/linear-seed1"]
   assert train([0]) == folders[:1] and logs[-1].endswith("reused")

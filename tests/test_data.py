@@ -87,13 +87,12 @@ def test_load_holds_out_the_last_fraction_as_raw_arrays(prepared, fraction,
                                                         n_train):
   """Each split: images [N, 28, 28, 1] uint8 as stored (each model scales
   them itself), labels [N] int32; the last fraction of train held out."""
-  mnist_dir, data_dir = prepared
   data = pipeline.load(models.get_config(
-      "mlp", mnist_dir=mnist_dir, data_dir=data_dir, val_fraction=fraction))
+      "mlp", val_fraction=fraction, **prepared.settings))
   assert (len(data.train), len(data.val), len(data.test)) == (
       n_train, 600 - n_train, 200)
   np.testing.assert_array_equal(data.val.labels, pipeline.prepare(
-      "mnist", data_dir)["train_labels"][n_train:])
+      "mnist", prepared.data_dir)["train_labels"][n_train:])
   for part in (data.train, data.val, data.test):
     assert part.images.dtype == np.uint8
     assert part.images.shape[1:] == (28, 28, 1)

@@ -53,8 +53,7 @@ def add_field(monkeypatch, name, default, help_text, parser):
 
 
 def _data(prepared, **values):
-  mnist_dir, data_dir = prepared
-  return dict(mnist_dir=mnist_dir, data_dir=data_dir, **{**TINY, **values})
+  return {**prepared.settings, **TINY, **values}
 
 
 def _run(config, workdir, stream=None):

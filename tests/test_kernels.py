@@ -279,11 +279,10 @@ def test_swap_takes_the_fast_path_once_checked_else_says_why(
 def test_a_fast_run_restores_into_stock(prepared, tmp_path, name, overrides):
   """Trained by the kernel or lowered layers, evaluated from its checkpoint
   (BatchNorm's statistics too) by the stock module: the run's test metrics."""
-  mnist_dir, data_dir = prepared
   workdir = str(tmp_path / name)
   config = models.get_config(
       name, "seed", impl="fast", epochs=1, batch_size=50, val_fraction=0.0,
-      tensorboard=False, report=False, mnist_dir=mnist_dir, data_dir=data_dir,
+      tensorboard=False, report=False, **prepared.settings,
       **{**SMALL[name], **overrides})
   final = modes.train_and_evaluate(config, workdir, stream=io.StringIO())
   implementation = read_record(workdir)["environment"]["implementation"]

@@ -181,13 +181,12 @@ def test_dry_run_writes_nothing_and_names_the_run_it_would_resume(tmp_path):
 
 @pytest.mark.slow
 def test_launch_trains_and_writes_the_run_folder(prepared, tmp_path):
-  mnist_dir, data_dir = prepared
   work = tmp_path / "run"
   # At the tuned 2e-3 so small a GRU learns next to nothing in two epochs.
   rc, out, err = lh.run([
       "--noanalyses", "--model=gru", "--hidden=16", "--epochs=2",
-      "--batch_size=32", "--learning_rate=1e-2", f"--mnist_dir={mnist_dir}",
-      f"--data_dir={data_dir}", f"--workdir={work}"], timeout=300)
+      "--batch_size=32", "--learning_rate=1e-2", *prepared.flags,
+      f"--workdir={work}"], timeout=300)
   assert rc == 0 and "test accuracy" in out, err  # Its files: test_report.py.
   record = json.loads((work / "config.json").read_text())
   assert record["config"]["model"] == "gru" and record["config"]["hidden"] == 16

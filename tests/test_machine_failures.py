@@ -208,10 +208,8 @@ def _launch(args, timeout=180, limits=(), **env):
 ])
 def test_a_resource_limit_is_one_line_exit_5_and_leaves_no_folder(
     prepared, tmp_path, limit, flags, said):
-  mnist_dir, data_dir = prepared
   workdir = str(tmp_path / "run")
-  args = [*flags, f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}",
-          f"--workdir={workdir}"]
+  args = [*flags, *prepared.flags, f"--workdir={workdir}"]
   rc, _, err = _launch(args, limits=[limit], JAX_COMPILATION_CACHE_DIR="")
   line = _one_line(err)
   assert rc == 5 and line.startswith(said.format(workdir=workdir)), line
@@ -251,11 +249,9 @@ def test_a_run_that_does_not_learn_warns_exits_4_and_says_so_in_its_report(
     prepared, tmp_path):
   """Adam at --learning_rate=1e4: the run completes, exit 4 (the report
   says so: test_report.py), and so does the same command again."""
-  mnist_dir, data_dir = prepared
   workdir = str(tmp_path / "run")
   args = ["--model=mlp", "--mlp_hidden=8", "--epochs=2", "--batch_size=32",
-          "--learning_rate=1e4", f"--mnist_dir={mnist_dir}",
-          f"--data_dir={data_dir}", f"--workdir={workdir}"]
+          "--learning_rate=1e4", *prepared.flags, f"--workdir={workdir}"]
   rc, out, err = _launch(args)
   line = _one_line(err, "warning: the run did not learn: its training loss "
                    "ended at ")

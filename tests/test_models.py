@@ -198,13 +198,11 @@ def test_remat_keeps_parameters_outputs_and_gradients():
 def test_permuted_run_records_its_order_and_tests_with_it(prepared, tmp_path):
   """The run folder records the order; the model loaded back reads the test
   split in it, as the run did (the order is the model's own: above)."""
-  mnist_dir, data_dir = prepared
   workdir = str(tmp_path / "run")
   config = models.get_config("gru", sequence="permuted", permute_seed=5,
                              hidden=8, epochs=1, batch_size=100, report=False,
                              analyses=False, val_fraction=0.0,
-                             tensorboard=False, mnist_dir=mnist_dir,
-                             data_dir=data_dir)
+                             tensorboard=False, **prepared.settings)
   final = modes.train_and_evaluate(config, workdir, stream=io.StringIO())
   recorded = record_lib.read_record(workdir)["config"]
   assert recorded["sequence"] == "permuted" and recorded["permute_seed"] == 5

@@ -133,14 +133,12 @@ def test_launch_on_a_gpu_backend_takes_the_accelerators_choices(prepared,
   """launch.py on 2 CPU devices reported as a GPU (accelerator_launch.py): the
   stock layers, 2 members vmapped over the devices (--parallel=auto), its
   report (vmapped members' numbers: the *_vmapped cases above)."""
-  mnist_dir, data_dir = prepared
   workdir = tmp_path / "run"
   p = subprocess.run(
       [sys.executable, "tests/accelerator_launch.py", "--model=cnn",
        "--preset=seed", "--cnn_features=4,8", "--cnn_dense=16", "--epochs=1",
        "--batch_size=32", "--val_fraction=0.1", "--noanalyses",
-       "--num_seeds=2", f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}",
-       f"--workdir={workdir}"], cwd=ROOT, env=pw.child_env(2),
+       "--num_seeds=2", *prepared.flags, f"--workdir={workdir}"], cwd=ROOT, env=pw.child_env(2),
       capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
   assert p.returncode == 0, p.stderr[-3000:]
   assert "2 members split over 2 GPU devices" in p.stdout
@@ -210,14 +208,12 @@ def test_no_cluster_is_one_process_but_named_processes_must_join(joins):
 def _job(prepared, workdir, *extra, ids=(0, 1), devices=1, code=None):
   """Processes `ids` of a 2-process MLP job (ids=(): one process alone), run
   by `code` if given."""
-  mnist_dir, data_dir = prepared
   with socket.socket() as s:  # A free port.
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
   args = ["--model=mlp", "--preset=seed", "--mlp_hidden=32", "--dropout=0",
           "--epochs=2", "--batch_size=32", "--eval_batch_size=50",
-          "--val_fraction=0.1", "--noreport", f"--mnist_dir={mnist_dir}",
-          f"--data_dir={data_dir}", *extra]
+          "--val_fraction=0.1", "--noreport", *prepared.flags, *extra]
   # Process 1 has a folder of its own, which it must leave unwritten.
   job = [[f"--workdir={workdir}{'-process1' * i}",
           f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",

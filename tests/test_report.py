@@ -69,12 +69,10 @@ def test_noreport_leaves_the_report_to_report_mode(prepared, tmp_path,
                                                    capsys):
   """--noreport --notensorboard: no report or event file, and it says (run
   again too) that --mode=report writes it, which then says it was missing."""
-  mnist_dir, data_dir = prepared
   workdir = str(tmp_path / "run")
   config = models.get_config("mlp", "seed", epochs=1, mlp_hidden=(16,),
                              batch_size=32, report=False, tensorboard=False,
-                             mnist_dir=mnist_dir, data_dir=data_dir,
-                             workdir=workdir)
+                             workdir=workdir, **prepared.settings)
   out = io.StringIO()
   modes.train_and_evaluate(config, workdir, stream=out)
   assert out.getvalue().rstrip().endswith(

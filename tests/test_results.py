@@ -202,10 +202,8 @@ def test_a_refusal_names_what_to_do_and_writes_nothing(break_it, checkout,
 @pytest.mark.slow
 def test_trains_missing_runs_through_launch_py_and_reuses_them(prepared,
                                                               tmp_path):
-  mnist_dir, data_dir = prepared
   row = tables.Row("linear-seed", "linear", "seed", (("epochs", 1),))
-  runs = str(tmp_path / "runs")
-  flags = [f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}"]
+  runs, flags = str(tmp_path / "runs"), prepared.flags
   logs = []
   tables.train_missing([row], runs, flags, log=logs.append)
   assert logs == [f"[1/1] python launch.py --model=linear --preset=seed "

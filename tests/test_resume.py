@@ -98,9 +98,8 @@ def test_a_stop_before_the_first_step_has_nothing_to_save(tmp_path):
 
 def _config(prepared, workdir, **settings):
   """LINEAR in 37-step epochs of 16 examples, in chunks of 5."""
-  mnist_dir, data_dir = prepared
-  return LINEAR.replace(batch_size=16, chunk_steps=5, mnist_dir=mnist_dir,
-                        data_dir=data_dir, workdir=workdir, **settings)
+  return LINEAR.replace(batch_size=16, chunk_steps=5, workdir=workdir,
+                        **prepared.settings, **settings)
 
 
 def test_a_run_resumes_mid_epoch_where_its_checkpoint_stood(

@@ -83,9 +83,7 @@ runpy.run_path(script, run_name="__main__")
 
 
 def _args(prepared, workdir=None):
-  mnist_dir, data_dir = prepared
-  return [*FLAGS, f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}",
-          *[f"--workdir={workdir}"] * bool(workdir)]
+  return [*FLAGS, *prepared.flags, *[f"--workdir={workdir}"] * bool(workdir)]
 
 
 def _start(args, pause_s=PAUSE_S, at=None):

@@ -23,9 +23,8 @@ from PIL import Image
 from PIL import ImageDraw
 import pytest
 
-from conftest import declared_png
+from conftest import declared_png, drawn_run
 from launch_helpers import ROOT, child_env
-from mnist_jax import models
 from mnist_jax import modes
 from mnist_jax.data import images
 from mnist_jax.errors import UserError
@@ -61,13 +60,7 @@ def _dot():
 def _model(name, **settings):
   """serve.Model of a seed-preset model with drawn weights, warmed up as
   serve.load warms a run up."""
-  config = models.get_config(name, "seed", **settings)
-  module = models.get(name).stock(config)
-  variables = jax.device_get(module.init(jax.random.key(0),
-                                         np.zeros((1, 28, 28, 1), np.float32)))
-  stacked = jax.tree.map(lambda v: np.asarray(v)[None], variables)
-  model = serve.Model(name, run_lib.Run(config, module, variables, 0,
-                                        seed_variables=stacked))
+  model = serve.Model(name, drawn_run(name, **settings))
   model.result(model.start(np.zeros(model.shape)))
   return model
 

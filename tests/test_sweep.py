@@ -208,11 +208,10 @@ def test_a_diverged_member_stops_alone(prepared, tmp_path):
 @pytest.fixture(scope="module")
 def swept(prepared, tmp_path_factory):
   """(folder, metrics rows) of a finished 8-member sweep, with its report."""
-  mnist_dir, data_dir = prepared
   folder = str(tmp_path_factory.mktemp("sweep") / "run")
   modes.train_and_evaluate(models.get_config(
-      "mlp", mnist_dir=mnist_dir, data_dir=data_dir, num_seeds=2, sweep=SWEEP,
-      **TINY), folder, stream=io.StringIO())
+      "mlp", num_seeds=2, sweep=SWEEP, **prepared.settings, **TINY), folder,
+      stream=io.StringIO())
   return folder, metrics_log.read_metrics(os.path.join(folder,
                                                        "metrics.jsonl"))
 
@@ -336,7 +335,6 @@ def test_compare_reads_every_member_as_its_own_configuration(swept, tmp_path):
 
 @pytest.mark.slow
 def test_compare_vary_trains_a_run_per_value(prepared, tmp_path):
-  mnist_dir, data_dir = prepared
   grid = compare.parse_vary(["batch_size=50/100"])
   assert grid == {"batch_size": [50, 100]}
   assert compare.parse_vary(["mlp_hidden=16/32,16"]) == {
@@ -344,7 +342,7 @@ def test_compare_vary_trains_a_run_per_value(prepared, tmp_path):
   folders = compare.train_runs(["linear"], [0], str(tmp_path / "runs"),
                                preset="seed", log=lambda _: None,
                                stream=io.StringIO(), vary=grid, epochs=1,
-                               mnist_dir=mnist_dir, data_dir=data_dir)
+                               **prepared.settings)
   assert [os.path.basename(f) for f in folders] == [
       "linear-batch_size=50-seed0", "linear-batch_size=100-seed0"]
   groups = compare.compare(folders, str(tmp_path / "out"), log=lambda _: None)

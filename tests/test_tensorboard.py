@@ -214,13 +214,12 @@ def test_a_failed_write_warns_once_and_the_run_goes_on(tmp_path, monkeypatch,
 
 def _train(prepared, workdir, model="mlp", **overrides):
   """metrics.jsonl's rows of a tiny seed-preset run (2 epochs, seeds 5, 6)."""
-  mnist_dir, data_dir = prepared
   tiny = dict(mlp_hidden=(16,), epochs=2, batch_size=32, val_fraction=0.1,
               schedule="cosine", analyses=False, seed=5, num_seeds=2)
   tiny = {k: v for k, v in tiny.items()  # The linear model has no mlp_hidden.
           if k in config_lib.FIELDS or k in models.get(model).settings}
-  config = models.get_config(model, "seed", mnist_dir=mnist_dir,
-                             data_dir=data_dir, workdir=str(workdir),
+  config = models.get_config(model, "seed", workdir=str(workdir),
+                             **prepared.settings,
                              **{**tiny, **overrides})
   modes.train_and_evaluate(config, str(workdir), stream=io.StringIO())
   return metrics_log.read_metrics(os.path.join(workdir, "metrics.jsonl"))

@@ -18,12 +18,12 @@ def test_the_notebook_runs_in_jupyter(prepared, tmp_path):
   in a cell after the parameters (as papermill puts them)."""
   nbformat, nbclient = extra("nbformat"), extra("nbclient")
   extra("ipykernel")
-  mnist_dir, data_dir = prepared
   notebook = nbformat.read(NOTEBOOK, as_version=4)
   at = next(i for i, c in enumerate(notebook.cells) if c.cell_type == "code"
             and "parameters" in c.metadata.get("tags", []))
   notebook.cells.insert(at + 1, nbformat.v4.new_code_cell(
-      f"MNIST_DIR = {mnist_dir!r}\nDATA_DIR = {data_dir!r}\n"
+      f"MNIST_DIR = {prepared.mnist_dir!r}\n"
+      f"DATA_DIR = {prepared.data_dir!r}\n"
       "OVERRIDES = dict(epochs=1, cnn_features=(4, 8), cnn_dense=16, "
       f"batch_size=32)\nWORKDIR = {str(tmp_path / 'tour')!r}\n"))
   nbclient.NotebookClient(
