@@ -431,7 +431,7 @@ def test_reliability_shows_each_bins_share_and_tells_its_lines_apart(
     ([1], "Rows read (a step each)"),
     ([28], "Rows read (28 steps each)"),
     ([1, 28], "Rows read (a step each); Rows read (28 steps each)")])
-def test_the_reading_axis_says_what_a_unit_is_for_thedrawn_run(drawn, tmp_path,
+def test_the_reading_axis_says_what_a_unit_is_for_the_run(drawn, tmp_path,
                                                           steps, says):
   runs = [_result(m, s) for m, s in zip(("lstm", "rnn"), steps)]
   analysis_plots.reading(runs, str(tmp_path / "r.png"))

@@ -198,7 +198,8 @@ _UNCOVERED = [
     ("padded", "convolutions padded other than SAME or VALID"),
     ("one_d", "1-D convolutions"), ("time_major", "nn.RNN with time_major"),
     ("unroll", "nn.RNN with unroll"),
-    ("return_carry", "nn.RNN with return_carry"), ("mgu", "nn.RNN over MGUCell"),
+    ("return_carry", "nn.RNN with return_carry"),
+    ("mgu", "nn.RNN over MGUCell"),
     ("functions", "nn.RNN over GRUCell with other functions")]
 
 

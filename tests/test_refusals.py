@@ -19,11 +19,11 @@ import pytest
 
 import launch_helpers as lh
 from conftest import declared_png, write_idx_dir
+from mnist_jax import files
 from mnist_jax import models
 from mnist_jax.errors import UserError
 from mnist_jax.data import pipeline
 from mnist_jax.models import registry
-from mnist_jax import files
 from mnist_jax.rundir import checkpoints
 from mnist_jax.rundir.record import read_record
 
