@@ -1,8 +1,10 @@
 """Shared fixtures: small synthetic IDX datasets, never the real MNIST."""
 
+import atexit
 import gzip
 import io
 import os
+import shutil
 import struct
 import tempfile
 import types
@@ -10,15 +12,19 @@ import typing
 
 import jax
 import numpy as np
+from PIL import Image
+from PIL import ImageDraw
 import pytest
 
 from mnist_jax.data import datasets
 
-# A fresh compilation cache per session, never the user's, inherited by child
-# processes: a tiny model compiles once. JAX_COMPILATION_CACHE_DIR="": none.
+# A fresh compilation cache per session (removed by the process that made it),
+# never the user's, inherited by child processes: a tiny model compiles once.
+# JAX_COMPILATION_CACHE_DIR="": none.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(
       prefix="mnist_jax_tests_jit_")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], True)
 if os.environ["JAX_COMPILATION_CACHE_DIR"]:
   jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -29,6 +35,17 @@ if os.environ["JAX_COMPILATION_CACHE_DIR"]:
 # processes too (xla_flags). MNIST_JAX_TEST_XLA_FLAGS="" compiles as a run does.
 TEST_XLA_FLAGS = os.environ.setdefault("MNIST_JAX_TEST_XLA_FLAGS",
                                        "--xla_backend_optimization_level=0")
+
+
+# pytest-xdist hands out whole files (--dist loadfile, --no-loadscope-reorder)
+# in collection order: the longest first, so that short ones end a suite.
+LONGEST_FIRST = ("test_parallel", "test_refusals", "test_kernels",
+                 "test_resume", "test_models", "test_analysis",
+                 "test_run_folder_safety", "test_experiments", "test_sweep")
+
+
+def pytest_collection_modifyitems(items):
+  items.sort(key=lambda i: (*LONGEST_FIRST, i.path.stem).index(i.path.stem))
 
 
 def xla_flags(devices: int = 0) -> str:
@@ -56,10 +73,8 @@ def one_per_module_class() -> list:
   """The first registered model of each module class: the models whose
   modules differ (the recurrent cells share one), in registry order."""
   from mnist_jax.models import registry  # pylint: disable=g-import-not-at-top
-  first = {}
-  for name, spec in registry.MODELS.items():
-    first.setdefault(spec.module, name)
-  return list(first.values())
+  first = {s.module: n for n, s in reversed(registry.MODELS.items())}
+  return sorted(first.values(), key=list(registry.MODELS).index)
 
 
 def random_images(n: int, seed: int = 0):
@@ -212,6 +227,21 @@ def assert_trees_equal(a, b, **kwargs):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y), **kwargs)
 
 
+def seven(size=200, ink=0, paper=255, width=14, mode="L"):
+  """A PIL image: a '7' off-centre (top left) on a `size` px square canvas."""
+  image = Image.new(mode, (size, size), paper)
+  ImageDraw.Draw(image).line([(f * size, g * size) for f, g in (
+      (0.1, 0.1), (0.5, 0.1), (0.25, 0.6))], fill=ink, width=width)
+  return image
+
+
+def dot():
+  """A PIL image: a dot on the page's pad (280 px square, white on black)."""
+  image = Image.new("L", (280, 280))
+  ImageDraw.Draw(image).ellipse((130, 130, 150, 150), fill=255)
+  return image
+
+
 def declared_png(width: int, height: int) -> bytes:
   """An RGBA PNG that declares width x height pixels and holds a row of them:
   decoded, it would take 4 * width * height bytes."""
@@ -227,7 +257,6 @@ def declared_png(width: int, height: int) -> bytes:
 @pytest.fixture
 def checkout(tmp_path):
   """A copy of the docs experiments/tables.py rewrites (and an empty docs/img)."""
-  import shutil  # pylint: disable=g-import-not-at-top
   from experiments import tables  # pylint: disable=g-import-not-at-top
   root = tmp_path / "checkout"
   os.makedirs(root / "docs" / "img")

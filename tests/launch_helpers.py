@@ -51,29 +51,24 @@ def pause(line):
       end = min(end, time.monotonic() + 1.0)
       seen = _caught[0]
 from mnist_jax import modes
-_chunk, _epoch = modes.RunFolder.chunk, modes.RunFolder.epoch
-def chunk(self, state, epoch, done, sums):
-  if done:
-    print(f"@chunk epoch={epoch} done={done}", flush=True)
-    pause(f"@chunk epoch={epoch} done={done}")
-  return _chunk(self, state, epoch, done, sums)
-def epoch(self, state, row, last):
-  print(f"@epoch_end epoch={row['epoch']}", flush=True)
-  pause(f"@epoch_end epoch={row['epoch']}")
-  return _epoch(self, state, row, last)
-modes.RunFolder.chunk = chunk
-modes.RunFolder.epoch = epoch
 from mnist_jax.results import report
 from mnist_jax.training import members
-def marked(module, name):
-  original = getattr(module, name)
+def marked(owner, name, marker):
+  original = getattr(owner, name)
   def wrapper(*args, **kwargs):
-    print(f"@{name}", flush=True)
-    pause(f"@{name}")
+    line = marker(*args, **kwargs)
+    if line:
+      print(line, flush=True)
+      pause(line)
     return original(*args, **kwargs)
-  setattr(module, name, wrapper)
-marked(members, "final_row")  # After the final evaluation, before its row.
-marked(report, "write")  # Before the report.
+  setattr(owner, name, wrapper)
+marked(modes.RunFolder, "chunk", lambda self, state, epoch, done, sums: done
+       and f"@chunk epoch={epoch} done={done}")
+marked(modes.RunFolder, "epoch", lambda self, state, row, last: (
+    f"@epoch_end epoch={row['epoch']}"))
+# After the final evaluation, before its row; before the report.
+marked(members, "final_row", lambda *_, **__: "@final_row")
+marked(report, "write", lambda *_, **__: "@write")
 sys.argv = [script] + sys.argv[2:]
 runpy.run_path(script, run_name="__main__")
 """

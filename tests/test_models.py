@@ -112,8 +112,8 @@ def test_batch_norm_is_described_built_and_shaped():
       "Conv4 3x3, BatchNorm, max-pool, Conv8 3x3, BatchNorm, max-pool, "
       "Dense16, Dense10")
   module, _ = models.build(config)
-  state = train.create_train_state(jax.random.key(0), module,
-                                   optim.make_optimizer(config, 1), (28, 28, 1))
+  state = jax.jit(lambda: train.create_train_state(jax.random.key(0), module,
+                  optim.make_optimizer(config, 1), (28, 28, 1)))()  # 1 program.
   assert set(state.params["conv_0"]) == {"kernel"}
   assert set(state.params["bn_0"]) == {"scale", "bias"}
   assert set(state.model_state["batch_stats"]["bn_1"]) == {"mean", "var"}
@@ -133,7 +133,7 @@ def test_batch_norm_is_described_built_and_shaped():
   np.testing.assert_allclose(first, logits[:1], rtol=1e-5, atol=1e-6)
   other = stepped.replace(model_state=jax.tree.map(  # Evaluation reads them.
       lambda s: 2 * s + 1, stepped.model_state))
-  assert not np.allclose(other.apply_fn(other.variables, x), logits)
+  assert not np.allclose(jax.jit(other.apply_fn)(other.variables, x), logits)
 
 
 @pytest.mark.parametrize("seq,shape", [("rows", (3, 28, 28)),

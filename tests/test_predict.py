@@ -13,6 +13,7 @@ from PIL import ImageDraw
 from PIL import ImageOps
 import pytest
 
+from conftest import dot, seven
 import launch_helpers as lh
 from experiments import photo_digits
 from mnist_jax.data import images
@@ -34,22 +35,13 @@ def _digit(name):
   return np.asarray(image.resize((28, 28), Image.Resampling.LANCZOS))
 
 
-def _seven(size=(200, 200), ink=0, paper=255, width=14, mode="L"):
-  """A '7' drawn off-centre (in the top-left part) of a canvas."""
-  image = Image.new(mode, size, paper)
-  w, h = size
-  ImageDraw.Draw(image).line([(0.1 * w, 0.1 * h), (0.5 * w, 0.1 * h),
-                              (0.25 * w, 0.6 * h)], fill=ink, width=width)
-  return image
-
-
 PICTURES = {  # name: (the picture, its clean scan).
-    "light_on_dark": lambda: (_seven(ink=255, paper=0), _seven()),
-    "grey_paper": lambda: (_seven(ink=40, paper=200), _seven()),
-    "colour": lambda: (_seven(ink=(10, 20, 150), paper=(250, 240, 200),
-                              mode="RGB"), _seven()),
-    "transparent": lambda: (_seven(ink=(0, 0, 0, 255), paper=(0, 0, 0, 0),
-                                   mode="RGBA"), _seven()),
+    "light_on_dark": lambda: (seven(ink=255, paper=0), seven()),
+    "grey_paper": lambda: (seven(ink=40, paper=200), seven()),
+    "colour": lambda: (seven(ink=(10, 20, 150), paper=(250, 240, 200),
+                              mode="RGB"), seven()),
+    "transparent": lambda: (seven(ink=(0, 0, 0, 255), paper=(0, 0, 0, 0),
+                                   mode="RGBA"), seven()),
     # Photos (photo_digits.py's; one code path, whatever the digit): IoU >=
     # 0.63, correlation >= 0.79 over 20; shading taken for ink: <= 0.33, 0.65.
     **{f"photo_{k}_of_{d}": lambda k=k, d=d: (
@@ -86,8 +78,8 @@ def test_a_picture_of_a_digit_gives_its_clean_scans_input(name):
 
 
 def test_a_thin_pen_on_a_big_canvas_is_thickened():
-  thin = images.preprocess(_seven(size=(1200, 1200), width=3))
-  thick = images.preprocess(_seven(size=(1200, 1200), width=90))
+  thin = images.preprocess(seven(1200, width=3))
+  thick = images.preprocess(seven(1200, width=90))
   assert (thin > 127).sum() >= 0.5 * (thick > 127).sum()
 
 
@@ -137,7 +129,7 @@ def test_a_picture_past_pillows_warning_size_is_read_quietly(monkeypatch,
                                                             tmp_path):
   """A scan past Pillow's warning size (89 million pixels, here 1,000) is
   shrunk and read without its warning (past twice that: test_refusals.py)."""
-  path = _save(_seven(size=(40, 40), width=3), tmp_path / "scan.png")
+  path = _save(seven(40, width=3), tmp_path / "scan.png")
   monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
   with warnings.catch_warnings():
     warnings.simplefilter("error")
@@ -148,15 +140,13 @@ def test_predictions_go_on_past_a_bad_file_and_note_a_dot(tiny_run, tmp_path):
   """--json: a line per file, a bad one's error (on stderr too; exit 1), a
   dot's note; --plot draws each file's input, files of one name apart."""
   tiny_run = str(shutil.copytree(tiny_run, tmp_path / "run"))  # Its plots.
-  paths = [_save(_seven(ink=ink, paper=255 - ink), str(tmp_path / name))
+  paths = [_save(seven(ink=ink, paper=255 - ink), str(tmp_path / name))
            for name, ink in (("a.png", 0), ("b.jpg", 255))]
   (tmp_path / "bad.txt").write_text("hello\n")
   bad = str(tmp_path / "bad.txt")
-  dot = Image.new("L", (280, 280))  # A dot on the page's pad.
-  ImageDraw.Draw(dot).ellipse((130, 130, 150, 150), fill=255)
   os.makedirs(tmp_path / "again")
-  paths += [bad, _save(dot, str(tmp_path / "dot.png")),
-            _save(_seven(), str(tmp_path / "again" / "a.png"))]
+  paths += [bad, _save(dot(), str(tmp_path / "dot.png")),
+            _save(seven(), str(tmp_path / "again" / "a.png"))]
   out, err = io.StringIO(), io.StringIO()
   assert run_lib.print_predictions(tiny_run, paths, as_json=True, plot=True,
                                    out=out, err=err) == 1
@@ -183,7 +173,7 @@ def test_predict_plots_draw_the_input_as_the_model_sees_it(monkeypatch,
   report's digit figures draw the input so, unchanged, captioned its size."""
   figures = []
   monkeypatch.setattr(plots, "save", lambda fig, *_: figures.append(fig))
-  image = images.preprocess(_seven())
+  image = images.preprocess(seven())
   plots.prediction(image, np.full(10, 0.1), str(tmp_path / "p.png"), "7.png",
                    DIGITS)
   plots.image_grid(image[None], ["#0"], [], str(tmp_path / "g.png"), 8)
@@ -212,7 +202,7 @@ def test_image_lists_take_folders_patterns_and_commas_in_names(tmp_path,
   photos = tmp_path / "photos"
   photos.mkdir()
   for name in ("b.png", "a.JPG", "c,d.png", "e, f.png"):
-    _seven().convert("RGB").save(photos / name)
+    seven().convert("RGB").save(photos / name)
   (photos / "notes.txt").write_text("not an image\n")
   (photos / "sub").mkdir()
   empty = tmp_path / "empty"
@@ -235,7 +225,7 @@ def test_image_lists_take_folders_patterns_and_commas_in_names(tmp_path,
 def test_the_image_flag_is_split_by_expand_alone(tiny_run, tmp_path):
   """Spaces kept (absl's list flag strips them): three files named."""
   for name in ("b.png", "c,d.png", "e, f.png"):
-    _seven().save(tmp_path / name)
+    seven().save(tmp_path / name)
   rc, out, err = lh.run(["--mode=predict", f"--workdir={tiny_run}",
                          f"--image={tmp_path}/c,d.png,{tmp_path}/e, f.png, "
                          f"{tmp_path}/b.png"])

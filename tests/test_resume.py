@@ -36,9 +36,10 @@ def core(name, model, settings, stops, parallel="none", devices=1, slow=True):
 
 
 @pytest.mark.parametrize("model,settings,stops,parallel,devices", [
+    core("mlp_mid_epoch", "mlp", pw.tiny("mlp"), ("chunk",), slow=False),
     core("cnn_bn_mid_epoch", "cnn", pw.tiny(
         "cnn", cnn_batch_norm=True, impl="stock", learning_rate=3e-3),
-         ("chunk",), slow=False),
+         ("chunk",)),
     core("members_at_epoch_end", "mlp", SWEEP, ("epoch",)),
     core("gru_sharded_over_2_devices", "gru", pw.tiny("gru"), ("chunk",),
          "sharded", 2),

@@ -20,10 +20,9 @@ import time
 import jax
 import numpy as np
 from PIL import Image
-from PIL import ImageDraw
 import pytest
 
-from conftest import declared_png, drawn_run
+from conftest import declared_png, dot, drawn_run, seven
 from launch_helpers import ROOT, child_env
 from mnist_jax import modes
 from mnist_jax.data import images
@@ -42,19 +41,8 @@ def _png(picture, kind="PNG"):
 
 
 def _seven(size=280, kind="PNG"):
-  """A 7 drawn on the page's pad, white ink on black: the file's bytes."""
-  pad = Image.new("L", (size, size), 0)
-  s = size / 280
-  ImageDraw.Draw(pad).line([(60 * s, 60 * s), (220 * s, 60 * s),
-                            (120 * s, 240 * s)], fill=255, width=round(20 * s))
-  return _png(pad, kind)
-
-
-def _dot():
-  """A dot on the page's pad."""
-  dot = Image.new("L", (280, 280))
-  ImageDraw.Draw(dot).ellipse((130, 130, 150, 150), fill=255)
-  return _png(dot)
+  """A 7 as drawn on the page's pad (white ink on black): the file's bytes."""
+  return _png(seven(size, ink=255, paper=0, width=size // 14), kind)
 
 
 def _model(name, **settings):
@@ -158,7 +146,7 @@ def requests():
     (_post(SEVEN, path="/runs"), 404, "takes no uploads"),
     (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + NOISE[:200], 400, ""),
     (b"GET / HTTP/1.1\r\n" + NOISE + b"\r\n\r\n", None, None),
-    (_post(_dot()), 200, images.NO_DIGIT), (_post(SEVEN), 200, None),
+    (_post(_png(dot())), 200, images.NO_DIGIT), (_post(SEVEN), 200, None),
     (_post(_seven(1200, "JPEG")), 200, None)]
 
 

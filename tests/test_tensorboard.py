@@ -219,8 +219,7 @@ def _train(prepared, workdir, model="mlp", **overrides):
   tiny = {k: v for k, v in tiny.items()  # The linear model has no mlp_hidden.
           if k in config_lib.FIELDS or k in models.get(model).settings}
   config = models.get_config(model, "seed", workdir=str(workdir),
-                             **prepared.settings,
-                             **{**tiny, **overrides})
+                             **prepared.settings, **{**tiny, **overrides})
   modes.train_and_evaluate(config, str(workdir), stream=io.StringIO())
   return metrics_log.read_metrics(os.path.join(workdir, "metrics.jsonl"))
 
