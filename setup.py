@@ -34,7 +34,7 @@ setup(
     extras_require={
         # tensorboard: its loaders read the events back in the tests (and it
         # is what users run to view them).
-        "test": ["pytest>=8,<10", "pytest-xdist>=3.7,<4", "hypothesis>=6.100,<7",
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.8,<4", "hypothesis>=6.100,<7",
                  "tensorboard>=2.18,<3"],
         # experiments/tour.ipynb: JupyterLab, Notebook and `jupyter execute`
         # (nbclient) with the Python kernel (ipykernel).
