@@ -18,9 +18,8 @@ import pytest
 
 from mnist_jax.data import datasets
 
-# A fresh compilation cache per session (removed by the process that made it),
-# never the user's, inherited by child processes: a tiny model compiles once.
-# JAX_COMPILATION_CACHE_DIR="": none.
+# Each session's own compilation cache (a tiny model compiles once), shared
+# with its children, removed at exit; JAX_COMPILATION_CACHE_DIR="": none.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(
       prefix="mnist_jax_tests_jit_")
@@ -73,8 +72,10 @@ def one_per_module_class() -> list:
   """The first registered model of each module class: the models whose
   modules differ (the recurrent cells share one), in registry order."""
   from mnist_jax.models import registry  # pylint: disable=g-import-not-at-top
-  first = {s.module: n for n, s in reversed(registry.MODELS.items())}
-  return sorted(first.values(), key=list(registry.MODELS).index)
+  first = {}
+  for name, spec in registry.MODELS.items():
+    first.setdefault(spec.module, name)
+  return list(first.values())
 
 
 def random_images(n: int, seed: int = 0):
@@ -100,18 +101,16 @@ def synthetic_digits(n: int, seed: int = 0, num_classes: int = 10):
 
 def drawn_run(model, variables=None, **settings):
   """A results.run.Run of a seed-preset model of `settings`: `variables`, else
-  fan-in scaled normal draws (XLA compiles no initializer)."""
+  kernels.draw_variables' (XLA compiles no initializer)."""
   from mnist_jax import models  # pylint: disable=g-import-not-at-top
+  from mnist_jax.models import kernels  # pylint: disable=g-import-not-at-top
   from mnist_jax.results import run  # pylint: disable=g-import-not-at-top
   config = models.get_config(model, "seed", **settings)
   module = models.get(model).stock(config)
   if variables is None:
-    rng = np.random.default_rng(0)
-    variables = jax.tree.map(
-        lambda s: (rng.normal(size=s.shape) / np.sqrt(np.prod(s.shape[:-1]))
-                   ).astype(np.float32),
-        jax.eval_shape(module.init, jax.random.key(0), np.zeros(
-            (1, *datasets.get(config.dataset).image_shape))))
+    variables = kernels.draw_variables(jax.eval_shape(
+        module.init, jax.random.key(0),
+        np.zeros((1, *datasets.get(config.dataset).image_shape))))
   stacked = jax.tree.map(lambda v: np.asarray(v)[None], variables)
   return run.Run(config, module, variables, 0, seed_variables=stacked)
 

@@ -139,7 +139,8 @@ def test_launch_on_a_gpu_backend_takes_the_accelerators_choices(prepared,
        "--preset=seed", "--cnn_features=4,8", "--cnn_dense=16", "--epochs=1",
        "--batch_size=32", "--val_fraction=0.1", "--noanalyses",
        "--num_seeds=2", *prepared.flags, f"--workdir={workdir}"], cwd=ROOT,
-      env=pw.child_env(2), capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+      env=pw.child_env(2), capture_output=True, text=True, timeout=TIMEOUT_S,
+      check=False)
   assert p.returncode == 0, p.stderr[-3000:]
   assert "2 members split over 2 GPU devices" in p.stdout
   record = read_record(workdir)

@@ -61,20 +61,26 @@ def _worst_gap(stock: nn.Module, fast: nn.Module, images, variables
   ]))
 
 
-def _draw(rng: np.random.Generator, path, leaf) -> np.ndarray:
-  """A random value for variable `leaf` (a shape and dtype): a parameter
-  normal at 1 / sqrt(fan-in), other state (a variance, say) in [0.5, 1.5]."""
-  if not np.issubdtype(leaf.dtype, np.floating):
-    return np.zeros(leaf.shape, leaf.dtype)
-  if path[0].key != "params":
-    return rng.uniform(0.5, 1.5, leaf.shape).astype(leaf.dtype)
-  fan_in = max(1, int(np.prod(leaf.shape[:-1])))
-  return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)).astype(leaf.dtype)
+def draw_variables(shapes, seed: int = 0):
+  """Values for variables `shapes` (a module's init under jax.eval_shape),
+  drawn on the host (no initializer to compile): parameters normal at
+  1 / sqrt(fan-in), other state (a variance, say) in [0.5, 1.5]."""
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf) -> np.ndarray:
+    if not np.issubdtype(leaf.dtype, np.floating):
+      return np.zeros(leaf.shape, leaf.dtype)
+    if path[0].key != "params":
+      return rng.uniform(0.5, 1.5, leaf.shape).astype(leaf.dtype)
+    fan_in = max(1, int(np.prod(leaf.shape[:-1])))
+    return (rng.standard_normal(leaf.shape) / np.sqrt(fan_in)
+            ).astype(leaf.dtype)
+  return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def _difference(stock: nn.Module, fast: nn.Module, images) -> Optional[str]:
   """Why `fast` does not compute `stock` on `images` (_worst_gap), or None.
-  Its variables are drawn on the host (no initializer to compile), and the
+  Its variables come from draw_variables (no initializer to compile), and the
   one jit compiles without LLVM's optimizations (about half the time; the
   same numbers to float rounding)."""
   ours, theirs = (jax.eval_shape(lambda x, m=m: m.init(jax.random.key(0), x),
@@ -83,9 +89,7 @@ def _difference(stock: nn.Module, fast: nn.Module, images) -> Optional[str]:
     return f"it keeps no {', '.join(sorted(set(ours) - set(theirs)))}"
   if jax.tree.map(np.shape, theirs) != jax.tree.map(np.shape, ours):
     return "its parameters are not the stock module's"
-  rng = np.random.default_rng(0)
-  variables = jax.tree_util.tree_map_with_path(
-      lambda path, leaf: _draw(rng, path, leaf), ours)
+  variables = draw_variables(ours)
   gap = jax.jit(functools.partial(_worst_gap, stock, fast)).lower(
       images, variables).compile({"xla_backend_optimization_level": 0})
   # A NaN fails: it compares false with everything.
