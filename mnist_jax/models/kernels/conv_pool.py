@@ -64,25 +64,23 @@ def _winograd_fwd(x, kernel):
   u = jnp.einsum("ai,bj,ijco->aboc", _WINO_G, _WINO_G,
                  kernel).reshape(16, cout, cin)
   y = jnp.dot(_WINO_OUT, _batched_dot(u, v, 2, 1).reshape(16, cout * n))
-  y = y.reshape(4, cout, n)
-  m = jnp.maximum(jnp.maximum(y[0], y[1]), jnp.maximum(y[2], y[3]))
-  return m.reshape(cout, ho, wo, b), (x.shape, v, u, y, m)
+  return y.reshape(4, cout, ho, wo, b), (x.shape, v, u)
 
 
 @jax.custom_vjp
-def winograd_conv_pool(x, kernel):
-  """max_pool_2x2(conv3x3(x)), no bias: [Cin, 2 ho + 2, 2 wo + 2, B] -> [Cout,
-  ho, wo, B]. A 2x2 output tile is a pool window: 2.25x fewer multiplies than
-  im2col, and a gradient in the transformed domain (first maximum takes it)."""
+def winograd_pool_candidates(x, kernel):
+  """conv3x3(x) at the four positions of each 2x2 pool window, no bias:
+  [Cin, 2 ho + 2, 2 wo + 2, B] -> [4, Cout, ho, wo, B]. A 2x2 output tile is
+  a pool window: 2.25x fewer multiplies than im2col, and a gradient in the
+  transformed domain."""
   return _winograd_fwd(x, kernel)[0]
 
 
-def _winograd_conv_pool_bwd(res, g):
-  (cin, hin, win, b), v, u, y, m = res
+def _winograd_pool_candidates_bwd(res, dy):
+  (cin, hin, win, b), v, u = res
   cout = u.shape[1]
   ho, wo = (hin - 2) // 2, (win - 2) // 2
   n = ho * wo * b
-  dy = jnp.stack(_first_max_grads(list(y), m, g.reshape(m.shape)))
   dprod = jnp.dot(_WINO_OUT.T, dy.reshape(4, cout * n)).reshape(16, cout, n)
   du = _batched_dot(dprod, v, 2, 2).reshape(4, 4, cout, cin)
   dkernel = jnp.einsum("ai,bj,aboc->ijco", _WINO_G, _WINO_G, du)
@@ -91,7 +89,7 @@ def _winograd_conv_pool_bwd(res, g):
   return window_taps_transpose(dtaps), dkernel
 
 
-winograd_conv_pool.defvjp(_winograd_fwd, _winograd_conv_pool_bwd)
+winograd_pool_candidates.defvjp(_winograd_fwd, _winograd_pool_candidates_bwd)
 
 
 def _window_taps(x, ho, wo):
@@ -122,21 +120,10 @@ def window_taps_transpose(taps):
   return x.transpose(2, 3, 0, 4, 1, 5).reshape(c, 2 * ho + 2, 2 * wo + 2, b)
 
 
-def _first_max_grads(candidates, m, g):
-  """The gradient of m = max(candidates) as max pooling's: g to the first
-  candidate equal to m, zero to the others, one elementwise pass each."""
-  grads, taken = [], jnp.zeros(m.shape, bool)
-  for candidate in candidates:
-    first = (candidate == m) & ~taken
-    grads.append(jnp.where(first, g, 0.0))
-    taken = taken | first
-  return grads
-
-
 @jax.custom_vjp
 def _max_of_four(y):
   """[4, ...] -> [...]: the max over the four pool positions, the first
-  maximum taking the gradient."""
+  maximum taking the gradient (as max pooling's)."""
   return jnp.maximum(jnp.maximum(y[0], y[1]), jnp.maximum(y[2], y[3]))
 
 
@@ -146,8 +133,15 @@ def _max_of_four_fwd(y):
 
 
 def _max_of_four_bwd(res, g):
+  """g to the first candidate equal to the max, zero to the others, one
+  elementwise pass each."""
   y, m = res
-  return (jnp.stack(_first_max_grads(list(y), m, g)),)
+  grads, taken = [], jnp.zeros(m.shape, bool)
+  for candidate in y:
+    first = (candidate == m) & ~taken
+    grads.append(jnp.where(first, g, 0.0))
+    taken = taken | first
+  return (jnp.stack(grads),)
 
 
 _max_of_four.defvjp(_max_of_four_fwd, _max_of_four_bwd)
@@ -167,7 +161,8 @@ def _conv3x3_pool(x, kernel):
   cout = kernel.shape[3]
   ho, wo = (hin - 2) // 2, (win - 2) // 2
   if method(cin) != "pool-phase":
-    return winograd_conv_pool(x[:, :2 * ho + 2, :2 * wo + 2, :], kernel)
+    return _max_of_four(winograd_pool_candidates(
+        x[:, :2 * ho + 2, :2 * wo + 2, :], kernel))
   taps = _window_taps(x, ho, wo).reshape(16 * cin, ho * wo * b)
   # [4, 4, 4, Cin, Cout]: the kernel at each of the four pool positions.
   phases = jnp.stack([jnp.pad(kernel, ((r, 1 - r), (s, 1 - s), (0, 0), (0, 0)))
