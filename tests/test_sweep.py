@@ -34,6 +34,7 @@ from mnist_jax.rundir import metrics_log
 from mnist_jax.rundir import record as record_lib
 from mnist_jax.training import members
 from mnist_jax.training import metrics
+from mnist_jax.training import population
 from mnist_jax.training import train
 
 TINY = dict(mlp_hidden=(16,), dropout=0.2, epochs=2, batch_size=50,
@@ -355,9 +356,9 @@ def test_compare_vary_trains_a_run_per_value(prepared, tmp_path):
 @pytest.mark.parametrize("name", one_per_module_class())
 def test_the_initializer_compiled_for_speed_draws_the_default_compiles_bits(
     name):
-  """members.INIT_OPTIONS (a faster compile) gives every preset's initial
+  """population.INIT_OPTIONS (a faster compile) gives every preset's initial
   state XLA's default level gives, bit for bit: no README number moves."""
-  options = members.INIT_OPTIONS.get(jax.default_backend())
+  options = population.INIT_OPTIONS.get(jax.default_backend())
   if not options:
     pytest.skip(f"no initializer options on {jax.default_backend()}")
   for preset in models.get(name).presets:

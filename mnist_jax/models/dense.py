@@ -6,17 +6,6 @@ from typing import Sequence
 import flax.linen as nn
 
 
-class Linear(nn.Module):
-  """The seeds' no-hidden-layer baseline: logits = x W + b."""
-  OUTPUT = "out"  # Its output layer (see cnn.CNN).
-  num_classes: int = 10
-
-  @nn.compact
-  def __call__(self, images, train: bool = False):
-    x = images.reshape(images.shape[0], -1) / 255.0
-    return nn.Dense(self.num_classes, name="out")(x)
-
-
 class MLP(nn.Module):
   """Dense-ReLU-Dropout blocks, then a Dense output layer."""
   OUTPUT = "out"  # Its output layer (see cnn.CNN).
@@ -32,3 +21,8 @@ class MLP(nn.Module):
       if self.dropout > 0:
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes, name="out")(x)
+
+
+class Linear(MLP):
+  """The seeds' no-hidden-layer baseline: logits = x W + b."""
+  hidden: Sequence[int] = ()

@@ -112,8 +112,7 @@ class Recurrent(nn.Module):
     last = x[:, -1]
     if self.bidirectional:
       # The backward pass ends at t = 0, where keep_order puts its final state.
-      last = jnp.concatenate(
-          [x[:, -1, : self.hidden], x[:, 0, self.hidden :]], -1
-      )
+      last = jnp.concatenate([x[:, -1, :self.hidden], x[:, 0, self.hidden:]],
+                             -1)
     last = nn.Dropout(self.dropout, deterministic=not train)(last)
     return nn.Dense(self.num_classes, name="out")(last)

@@ -132,8 +132,6 @@ class Layout:
     self.mesh = Mesh(np.array(devices), (MEMBERS if self.mode == "members"
                                          else AXIS,))
     self.num_devices = count
-    # Members on a CPU run in turn (_in_turn), each device its share; on a
-    # GPU or TPU, vmapped.
     self.in_turn = jax.default_backend() in IN_TURN_ON
     # What train.py is told: the pmap axis it averages over; how it splits a
     # chunk's batches [C, B, ...] over the mesh (sharded).

@@ -10,11 +10,9 @@ import itertools
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mnist_jax.errors import Diverged
-from mnist_jax import optim
 from mnist_jax.training import metrics as metrics_lib
 
 
@@ -46,35 +44,6 @@ def from_config(config) -> Tuple[Member, ...]:
       out.append(Member(len(out), seed, values, config.replace(
           seed=seed, num_seeds=1, sweep="", **values)))
   return tuple(out)
-
-
-# The initializer compiles in about half the time with LLVM at -O1 on CPU, to
-# the bits of XLA's default level (tests/test_sweep.py holds it for every
-# preset of every model).
-INIT_OPTIONS = {"cpu": {"xla_backend_optimization_level": 1}}
-COPY_OPTIONS = {"cpu": {"xla_backend_optimization_level": 0}}
-
-
-def init_state(members: Sequence[Member], create):
-  """Every member's fresh train state, stacked [M, ...] for M > 1. create:
-  fn(key) -> one TrainState, jitted per member: a single run's bits."""
-  one = jax.jit(create,
-                compiler_options=INIT_OPTIONS.get(jax.default_backend()))
-  keys = [jax.random.key(m.seed) for m in members]
-  # Under jax.eval_shape (a restore's template) a nested jit takes no options.
-  traced = isinstance(keys[0], jax.core.Tracer)
-  states = [(jax.jit(create) if traced else one)(k) for k in keys]
-  states = [s.replace(opt_state=optim.with_hyperparams(s.opt_state, m.config))
-            for s, m in zip(states, members)]
-  if len(states) == 1:
-    return states[0]
-  stack = lambda *s: jax.tree.map(lambda *leaves: jnp.stack(leaves), *s)
-  if traced:
-    return stack(*states)
-  # One program (eager jnp.stack compiles once for each leaf's shape); a
-  # copy, so the same bits at LLVM's -O0, which compiles small states sooner.
-  return jax.jit(stack, compiler_options=COPY_OPTIONS.get(
-      jax.default_backend()))(*states)
 
 
 def per_member(members: Sequence[Member], reads: Sequence[str]

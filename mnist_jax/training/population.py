@@ -8,6 +8,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mnist_jax import optim
@@ -36,15 +37,40 @@ CHUNK_S = 2.0
 FIRST_CHUNK = 8  # Steps of the first chunk, which times them.
 
 
+# The initializer compiles in about half the time with LLVM at -O1 on CPU, to
+# the bits of XLA's default level (tests/test_sweep.py holds it for every
+# preset of every model).
+INIT_OPTIONS = {"cpu": {"xla_backend_optimization_level": 1}}
+COPY_OPTIONS = {"cpu": {"xla_backend_optimization_level": 0}}
+
+
 def initial_state(config, model, steps: int, image_shape) -> train.TrainState:
   """Every member's fresh state, stacked [M, ...] for M > 1, for images
   [H, W, C] and epochs of `steps`: training's start, and (under
-  jax.eval_shape) the template report and predict restore into."""
-  tx = optim.make_optimizer(config, steps, members_lib.swept(config))
-  return members_lib.init_state(
-      members_lib.from_config(config), functools.partial(
-          train.create_train_state, model=model, tx=tx, dtype=config.dtype,
-          image_shape=tuple(image_shape)))
+  jax.eval_shape) the template report and predict restore into. Each is
+  jitted on its own: its single run's bits."""
+  members = members_lib.from_config(config)
+  create = functools.partial(
+      train.create_train_state, model=model, dtype=config.dtype,
+      tx=optim.make_optimizer(config, steps, members_lib.swept(config)),
+      image_shape=tuple(image_shape))
+  one = jax.jit(create,
+                compiler_options=INIT_OPTIONS.get(jax.default_backend()))
+  keys = [jax.random.key(m.seed) for m in members]
+  # Under jax.eval_shape (a restore's template) a nested jit takes no options.
+  traced = isinstance(keys[0], jax.core.Tracer)
+  states = [(jax.jit(create) if traced else one)(k) for k in keys]
+  states = [s.replace(opt_state=optim.with_hyperparams(s.opt_state, m.config))
+            for s, m in zip(states, members)]
+  if len(states) == 1:
+    return states[0]
+  stack = lambda *s: jax.tree.map(lambda *leaves: jnp.stack(leaves), *s)
+  if traced:
+    return stack(*states)
+  # One program (eager jnp.stack compiles once for each leaf's shape); a
+  # copy, so the same bits at LLVM's -O0, which compiles small states sooner.
+  return jax.jit(stack, compiler_options=COPY_OPTIONS.get(
+      jax.default_backend()))(*states)
 
 
 class Population:
@@ -76,17 +102,14 @@ class Population:
     self.program = layout.map(functools.partial(
         train.train_chunk, loss=loss, augment=augment_lib.from_config(config),
         **numbers, **placed),
-                              (MEMBER, MEMBER, MEMBER, SHARED, SHARED, NUMBER,
-                               NUMBER), swept)
+        (MEMBER, MEMBER, MEMBER, SHARED, SHARED, NUMBER, NUMBER), swept)
     lead = (len(self.members),) if len(self.members) > 1 else ()
     self._zeros = metrics.zeros(lead=lead, host=True,
                                 num_classes=len(data.class_names))
     self._evaluate, self._test = (layout.map(functools.partial(
         train.evaluate, with_logits=logits, **placed,
         batch_size=layout.eval_batch_size(config.eval_batch_size)),
-                                             (MEMBER, SHARED, SHARED),
-                                             donate=False)
-                                  for logits in (False, True))
+        (MEMBER, SHARED, SHARED), donate=False) for logits in (False, True))
     schedule = optim.schedule(config, self.steps)
     self._rate = layout.map(lambda state: optim.learning_rate(
         state.opt_state, schedule), (MEMBER,), donate=False)
