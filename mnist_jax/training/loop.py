@@ -1,11 +1,10 @@
 """The loop: every member of a config trained on a dataset and evaluated.
 
 `train_and_evaluate(config, data, model)` reads top to bottom: the members
-on the devices (population.Population: train.py's one-model functions made
-the population's), their state, epochs of chunks with a validation pass
-after each, the test pass, the rows. It trains the module it is given (the
-caller chooses it: models.build) and imports no model; the run folder is a
-`Hooks` object (modes.py), and the loop imports none of it.
+on the devices (population.Population), their state, epochs of chunks with a
+validation pass after each, the test pass, the rows. It trains the module it
+is given (models.build's choice); the run folder is a `Hooks` object
+(modes.py). The loop imports neither.
 """
 
 import dataclasses

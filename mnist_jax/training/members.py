@@ -30,10 +30,6 @@ def _short(value) -> str:
   return text if float(text) == value else repr(value)
 
 
-def swept(config) -> Tuple[str, ...]:
-  return tuple(config.sweep_grid())
-
-
 def from_config(config) -> Tuple[Member, ...]:
   """Every member of a (validated) config, grid point major, seed minor."""
   grid: Dict[str, Any] = config.sweep_grid()

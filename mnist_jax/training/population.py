@@ -52,7 +52,7 @@ def initial_state(config, model, steps: int, image_shape) -> train.TrainState:
   members = members_lib.from_config(config)
   create = functools.partial(
       train.create_train_state, model=model, dtype=config.dtype,
-      tx=optim.make_optimizer(config, steps, members_lib.swept(config)),
+      tx=optim.make_optimizer(config, steps, config.sweep_grid()),
       image_shape=tuple(image_shape))
   one = jax.jit(create,
                 compiler_options=INIT_OPTIONS.get(jax.default_backend()))

@@ -64,7 +64,7 @@ def _winograd_fwd(x, kernel):
   u = jnp.einsum("ai,bj,ijco->aboc", _WINO_G, _WINO_G,
                  kernel).reshape(16, cout, cin)
   y = jnp.dot(_WINO_OUT, _batched_dot(u, v, 2, 1).reshape(16, cout * n))
-  return y.reshape(4, cout, ho, wo, b), (x.shape, v, u)
+  return y.reshape(4, cout, ho, wo, b), (v, u)
 
 
 @jax.custom_vjp
@@ -77,10 +77,9 @@ def winograd_pool_candidates(x, kernel):
 
 
 def _winograd_pool_candidates_bwd(res, dy):
-  (cin, hin, win, b), v, u = res
-  cout = u.shape[1]
-  ho, wo = (hin - 2) // 2, (win - 2) // 2
-  n = ho * wo * b
+  v, u = res
+  _, cout, ho, wo, b = dy.shape
+  cin, n = u.shape[2], ho * wo * b
   dprod = jnp.dot(_WINO_OUT.T, dy.reshape(4, cout * n)).reshape(16, cout, n)
   du = _batched_dot(dprod, v, 2, 2).reshape(4, 4, cout, cin)
   dkernel = jnp.einsum("ai,bj,aboc->ijco", _WINO_G, _WINO_G, du)
