@@ -174,8 +174,7 @@ class Layout:
     def put(x):  # Each process holds the whole value: global arrays.
       keys = jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
       data = np.asarray(jax.random.key_data(x) if keys else x)
-      array = jax.make_array_from_process_local_data(sharding, data,
-                                                     data.shape)
+      array = jax.make_array_from_process_local_data(sharding, data, data.shape)
       return jax.random.wrap_key_data(array) if keys else array
     return jax.tree.map(put, tree)
 

@@ -80,8 +80,7 @@ class Population:
   def __init__(self, config, model, data, say: Callable[[str], None] = print):
     self.config, self.model, self.say = config, model, say
     self.members = members_lib.from_config(config)
-    self.layout = layout = devices.Layout(config, model, len(self.members),
-                                          say)
+    self.layout = layout = devices.Layout(config, model, len(self.members), say)
     self.steps = steps_per_epoch(config, len(data.train))
     self.chunk_len = min(config.chunk_steps, self.steps)  # At most.
     self.step_s = None  # A step's seconds, as the last chunk took them.
@@ -121,8 +120,7 @@ class Population:
 
   def init_state(self) -> train.TrainState:
     """Every member's fresh state, on the host ([M, ...] for M > 1)."""
-    return initial_state(self.config, self.model, self.steps,
-                         self.image_shape)
+    return initial_state(self.config, self.model, self.steps, self.image_shape)
 
   def place(self, state, status: Callable[[str], None] = lambda text: None):
     """`state` (fresh, or a checkpoint's) on the devices, and the train chunk

@@ -36,7 +36,7 @@ class TrainState(train_state.TrainState):
 def create_train_state(key: jax.Array, model, tx, image_shape,
                        dtype: str = "float32") -> TrainState:
   """A fresh state for images [H, W, C]: `key` (the seed's) split once into
-  init and STREAMS; the model computes in `dtype`, its variables stay float32."""
+  init and STREAMS; the model computes in `dtype`, variables stay float32."""
   init_key, *streams = jax.random.split(key, 1 + len(STREAMS))
   variables = dict(model.init(init_key,
                               jnp.zeros((1, *image_shape), jnp.uint8)))

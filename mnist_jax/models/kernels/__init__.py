@@ -114,7 +114,8 @@ def _check(stock: nn.Module, fast: nn.Module, what: str, images,
                "passed": why is None}
 
 
-def swap(stock: nn.Module, impl: str, image_shape, backend: Optional[str] = None,
+def swap(stock: nn.Module, impl: str, image_shape,
+         backend: Optional[str] = None,
          status: Callable[[str], None] = lambda text: None
          ) -> Tuple[nn.Module, Optional[str], dict]:
   """(the module a run trains, a line to say or None, its config.json record).
