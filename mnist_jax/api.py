@@ -41,8 +41,7 @@ def load_data(config: Config, **overrides) -> pipeline.Dataset:
 
 def load_image(image, shape=(28, 28, 1)) -> np.ndarray:
   """A picture (a file path or PIL image) as `--mode=predict` makes it a
-  dataset's input of `shape` [H, W, C], uint8 (MNIST's: a digit, [28, 28,
-  1])."""
+  dataset's input: uint8 of `shape` [H, W, C] (MNIST's digits: [28, 28, 1])."""
   from mnist_jax.data import images  # pylint: disable=g-import-not-at-top
   if not isinstance(image, (str, os.PathLike)):
     buffer = io.BytesIO()

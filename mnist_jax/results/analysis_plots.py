@@ -15,6 +15,12 @@ from mnist_jax.results.plots import plt
 
 CMAP = "RdBu_r"  # Attributions and weights: red positive, blue negative.
 LINES = ("-", "--", ":", "-.")  # With plots.MARKERS: runs' lines told apart.
+CALIBRATED = (("test", "steelblue", "o", "-", "as trained"),
+              ("scaled", "darkorange", "s", "--", "temperature scaled"))
+FEW = 0.01  # A bin with less than this share of the images is drawn pale.
+# Classes' colours, 0-9: Paul Tol's colour-blind-safe "muted" and a dark grey.
+CLASSES = ("#332288", "#88CCEE", "#117733", "#CC6677", "#DDCC77", "#44AA99",
+           "#882255", "#999933", "#AA4499", "#555555")
 
 
 def _line(ax, i: int, n: int, x, y, label: str, **style):
@@ -34,19 +40,15 @@ def _panels(n: int, width: float, height: float, **kwargs):
                       layout="constrained", **kwargs)
 
 
-def _units_read(results: Sequence[dict]) -> str:
-  """The reading plot's x label, true of each run's reading: its units
-  (rows, ...) and the steps each takes."""
-  said = {(r["reading_unit"][1], int(r["reading_steps"][0])) for r in results}
-  return "; ".join(f"{units.capitalize()} read" + (
-      f" ({every} steps each)" if every > 1 else " (a step each)")
-                   for units, every in sorted(said))
-
-
 def reading(results: Sequence[dict], path: str) -> str:
   """Accuracy and true-class probability after each unit read (a row, ...),
   a line per run."""
   fig, axes = _panels(2, 5, 4.4)
+  # Each run's units (rows, ...) and the steps each takes.
+  said = {(r["reading_unit"][1], int(r["reading_steps"][0])) for r in results}
+  units_read = "; ".join(f"{units.capitalize()} read" + (
+      f" ({every} steps each)" if every > 1 else " (a step each)")
+                         for units, every in sorted(said))
   for ax, key, what in zip(axes[0], ("accuracy", "true_class_probability"), (
       "Test accuracy (%)", "Mean probability of the true class (%)")):
     for i, r in enumerate(results):
@@ -55,7 +57,7 @@ def reading(results: Sequence[dict], path: str) -> str:
             ms=4)
     ax.axhline(100 / len(results[0]["names"]), color="gray", ls=":",
                label="chance")
-    ax.set(xlabel=_units_read(results), ylabel=what, ylim=(0, 100),
+    ax.set(xlabel=units_read, ylabel=what, ylim=(0, 100),
            xlim=(0.5, max(len(r["reading_accuracy"]) for r in results) + .5))
     ax.grid(alpha=0.3)
   return plots.save(fig, path, "How far it must read: the model's own "
@@ -65,8 +67,7 @@ def reading(results: Sequence[dict], path: str) -> str:
 
 def robustness(results: Sequence[dict], path: str) -> str:
   """Test accuracy against each change's level: a panel per change, a line
-  per run (its own open marker and line style, nudged a few points
-  sideways so equal lines stay apart), one accuracy axis."""
+  per run (`_line`'s), one accuracy axis."""
   fig, axes = plt.subplots(2, 3, figsize=(13, 7.5), sharey=True,
                            layout="constrained")
   for ax, (change, unit, levels) in zip(axes.flat, results[0]["changes"]):
@@ -85,13 +86,6 @@ def robustness(results: Sequence[dict], path: str) -> str:
                     "test image, "
                     f"{min(n for *_, n in results[0]['robustness'])} images)",
                     axes)
-
-
-CALIBRATED = (("test", "steelblue", "o", "-", "as trained"),
-              ("scaled", "darkorange", "s", "--", "temperature scaled"))
-
-
-FEW = 0.01  # A bin with less than this share of the images is drawn pale.
 
 
 def reliability(results: Sequence[dict], path: str) -> str:
@@ -141,11 +135,6 @@ def reliability(results: Sequence[dict], path: str) -> str:
                     f"set ({bins} equal-width bins of confidence; pale: bins "
                     f"of under {100 * FEW:g}% of the images, whose fraction "
                     "correct varies by chance)", axes)
-
-
-# Classes' colours, 0-9: Paul Tol's colour-blind-safe "muted" and a dark grey.
-CLASSES = ("#332288", "#88CCEE", "#117733", "#CC6677", "#DDCC77", "#44AA99",
-           "#882255", "#999933", "#AA4499", "#555555")
 
 
 def maps(results: Sequence[dict], path: str, key: str = "pca") -> str:

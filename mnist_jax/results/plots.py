@@ -16,6 +16,7 @@ from matplotlib import patches
 from matplotlib import ticker
 
 from mnist_jax import files
+from mnist_jax.rundir import metrics_log
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 DPI = 120
@@ -101,8 +102,8 @@ def learning_curves(runs, path: str, title: str = "") -> str:
       for split, style in (("train", "o--"), ("val", "s-")):
         # A value logged as null (not finite) is a gap.
         lines = [[(r["epoch"], np.nan if r.get(f"{split}_{key}") is None else
-                   scale * r[f"{split}_{key}"]) for r in rows
-                  if "epoch" in r and "train_loss" in r] for rows in seeds]
+                   scale * r[f"{split}_{key}"])
+                  for r in metrics_log.epoch_rows(rows)] for rows in seeds]
         lines = [l for l in lines if l and not np.isnan([v for _, v in l]
                                                         ).all()]
         if lines:
@@ -316,9 +317,6 @@ def palette(n: int):
   return plt.get_cmap("tab10")(np.arange(n) % 10)
 
 
-# A sweep's figure.
-
-
 def _value_axis(ax, values) -> None:
   """Swept values' x axis, ticks at the values: log for positive values over
   10x apart (learning rates), symlog when 0 joins them, else linear."""
@@ -333,7 +331,8 @@ def _value_axis(ax, values) -> None:
   plain_ticks(ax.xaxis)
 
 
-def sweep_figure(table: Sequence[dict], names: Sequence[str], title: str = ""):
+def sweep_figure(table: Sequence[dict], names: Sequence[str], path: str,
+                 title: str = "") -> str:
   """Validation and test accuracy against each swept value (table:
   report.sweep_table's records): a panel per swept name, a line per
   combination of the others' values (mean over seeds, band +- std), the
@@ -375,4 +374,4 @@ def sweep_figure(table: Sequence[dict], names: Sequence[str], title: str = ""):
   fig.suptitle((title + "\n" if title else "") + "final validation and test "
                "accuracy" + ("; mean over seeds, band ± std" if seeds else ""),
                fontsize=10)
-  return fig
+  return save(fig, path)

@@ -169,10 +169,8 @@ def write(workdir: str, run, test, class_names: Optional[Sequence[str]] = None,
                           title=title)
   if config.sweep and records:
     write_sweep(workdir, config, records)
-  analysis = []
-  if lenses is not None:
-    analysis = analysis_lib.write(workdir, run, test, val, names,
-                                  lenses=lenses.ended())
+  analysis = (analysis_lib.write(workdir, run, test, val, names,
+                                 lenses=lenses.ended()) if lenses else [])
 
   warning = (final.get(control.NOT_LEARNED) or {}).get("message")
   lines = [f"# {config.model} ({config.preset} preset) on {config.dataset}", ""]
@@ -334,10 +332,9 @@ def write_sweep(workdir: str, config, records: Sequence[dict]) -> None:
                   [[r["member"], *[repr(r["values"][n]) for n in names],
                     r["seed"], *[text(r[key]) for key in keys],
                     int(r["diverged"]), int(r["chosen"])] for r in records])
-  plots.save(plots.sweep_figure(
-      records, names, f"{config.model} ({config.preset}): {len(records)} "
-      f"members, {_seeds(config)} per grid point"),
-             os.path.join(workdir, "sweep.png"))
+  plots.sweep_figure(records, names, os.path.join(workdir, "sweep.png"),
+                     f"{config.model} ({config.preset}): {len(records)} "
+                     f"members, {_seeds(config)} per grid point")
 
 
 def _seeds(config) -> str:

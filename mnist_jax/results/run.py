@@ -79,12 +79,11 @@ class Run:
     model: the module that trained it (else models.build's choice)."""
     members = members_lib.from_config(config)
     seeds = next(p for p in members_lib.points(members) if member in p)
-    variables = state.variables
-    pick = lambda i: jax.tree.map(lambda v: np.asarray(v)[i], variables)
+    pick = lambda i: jax.tree.map(lambda v: np.asarray(v)[i], state.variables)
     if len(members) == 1:
-      stacked = pick(None)
+      variables, stacked = state.variables, pick(None)
     else:
-      stacked, variables = pick(np.asarray(seeds)), pick(member)
+      variables, stacked = pick(member), pick(np.asarray(seeds))
     if model is None:
       model, _ = models.build(config, say=lambda _: None)
     return cls(config, model, variables, epoch, member, seeds, stacked)

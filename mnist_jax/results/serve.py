@@ -1,12 +1,8 @@
 """`--mode=serve`: a local page to draw a digit on, or drop a photo of one,
 that every loaded run reads side by side (as --mode=predict would): its
 class probabilities, where it looks (integrated gradients) and, for a model
-reading in steps, its answer after each unit; one compiled function per run.
-
-The standard library's ThreadingHTTPServer serves page/'s files (by name,
-never joined to a path). Every error is one line of JSON {"error": ...};
-images over MAX_PIXELS are refused before they are decoded. A client that
-leaves early is no error."""
+reading in steps, its answer after each unit; one compiled function per run,
+served by the standard library's ThreadingHTTPServer."""
 
 import concurrent.futures
 import ctypes
@@ -18,7 +14,7 @@ import json
 import os
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -167,15 +163,13 @@ def _released(decode):
   try:
     return decode()
   finally:
-    if MALLOC_TRIM is not None:
-      MALLOC_TRIM(0)
+    MALLOC_TRIM(0)
 
 
-MALLOC_TRIM: Optional[Callable[[int], int]]
 try:  # glibc's allocator keeps what a thread freed for its next allocation.
-  MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+  MALLOC_TRIM: Callable[[int], int] = ctypes.CDLL("libc.so.6").malloc_trim
 except (OSError, AttributeError):
-  MALLOC_TRIM = None
+  MALLOC_TRIM = lambda _: 0  # Elsewhere: nothing to give back.
 
 
 class Server(http.server.ThreadingHTTPServer):
