@@ -221,12 +221,12 @@ def _edited(workdir: str) -> str:
           "changed: put back its settings, or pass another --workdir")
 
 
-def read(workdir: str, template: dict,
-         model: Optional[str] = None) -> Tuple[dict, dict]:
-  """(`template` (`tree` of a state, or its shapes) with the latest
-  checkpoint's parts as host arrays; its record). CheckpointError: none,
-  damaged (verified), or of another model, format or structure."""
-  ocp = _ocp()
+def restore(workdir: str, state, model: Optional[str] = None):
+  """(`state` (a fresh TrainState, or its jax.eval_shape) with the latest
+  checkpoint's parts as host arrays; its record): the one restore, to train
+  on or to report on. CheckpointError: none, damaged (verified), or of
+  another model, format or structure."""
+  ocp, template = _ocp(), tree(state)
   with contextlib.closing(manager(workdir)) as checkpoints:
     step, meta = read_meta(workdir, checkpoints)
     where = f"{checkpoints.directory}/{step}"
@@ -261,15 +261,7 @@ def read(workdir: str, template: dict,
         f"({diff[0]}: {have.get(diff[0])} in the checkpoint, "
         f"{want.get(diff[0])} here; {len(diff)} differences); "
         f"{_edited(workdir)}")
-  return {**template, **restored}, meta
-
-
-def restore(workdir: str, state, model: Optional[str] = None):
-  """(`state` (a fresh TrainState, or its jax.eval_shape) with the parts of
-  the latest checkpoint, as host arrays; its record): the one restore, to
-  train on or to report on."""
-  parts, meta = read(workdir, tree(state), model)
-  return state.replace(**parts), meta
+  return state.replace(**restored), meta
 
 
 def steps(workdir: str) -> List[int]:
