@@ -41,8 +41,7 @@ def record() -> Dict:
   """This checkout's code, as config.json records it, and its diff (None
   where clean or without git) under "diff", which `begin` writes apart."""
   out: Dict[str, Any] = {"commit": None, "dirty": None, "edited": [],
-                         "files": core_files(),
-         "diff": None}
+                         "files": core_files(), "diff": None}
   try:
     out["commit"] = _git("rev-parse", "HEAD").strip()
     out["edited"] = _git("diff", "--name-only", "HEAD").split()
