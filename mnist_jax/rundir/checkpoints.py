@@ -140,9 +140,8 @@ def save(checkpoints, step: int, parts: dict, meta: dict) -> None:
 
 
 def _read(checkpoints, step: int, what: Optional[str] = None, **item):
-  """Checkpoint `step`'s item, read by orbax. CheckpointError where this user
-  may not read it (never called damage); where it fails otherwise, damage
-  (`what`: "its arrays do not read back"), else orbax's error."""
+  """Checkpoint `step`'s `item`, read by orbax: a refused read is never called
+  damage; another failure is, where `what` says how it shows."""
   try:
     return checkpoints.restore(step, args=_ocp().args.Composite(**item))
   except Exception as e:  # pylint: disable=broad-except

@@ -30,9 +30,8 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
 
 
 def environment() -> dict:
-  """Package versions, Python, platform, JAX devices, and the code
-  (code.py's record: the git commit, the files edited, the core's hashes;
-  its diff, under "code"'s "diff", `begin` writes into the run folder)."""
+  """Package versions, Python, platform, JAX devices, and code.record()
+  (`begin` writes its "diff" into the run folder)."""
   versions: Dict[str, Optional[str]] = {}
   for name in PACKAGES:
     try:
