@@ -167,8 +167,7 @@ def _damaged(checkpoints, step: int, why: str) -> CheckpointError:
 
 
 def read_meta(workdir: str, checkpoints) -> Tuple[int, dict]:
-  """(step, record) of the latest checkpoint, checked against its
-  checksum."""
+  """(step, record) of the latest checkpoint, checked against its checksum."""
   step = checkpoints.latest_step()
   if step is None:
     state, last = run_record.status(workdir)

@@ -149,8 +149,7 @@ def used_config(workdir: str, **overrides) -> config_lib.Config:
 
 
 def repeat_command(config: config_lib.Config) -> str:
-  """A launch.py command line of every setting (a swept one by --sweep
-  only)."""
+  """A launch.py command line of every setting (a swept one by --sweep only)."""
   parts = ["python", "launch.py"]
   swept = {part.partition("=")[0] for part in config.sweep.split(";")}
   for name, value in config.to_dict().items():

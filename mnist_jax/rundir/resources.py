@@ -84,11 +84,10 @@ def _os_error(exc: BaseException) -> Optional[int]:
 def machine_error(exc: Optional[BaseException], where: Optional[str],
                   config: Optional[config_lib.Config] = None
                   ) -> Optional[UserError]:
-  """The one-line error of a full disk, memory, a refused write or a lost
-  peer found in `exc` or the exceptions it came from (OutOfResources: exit
-  5); None for any other (a bug keeps its traceback). where: the folder to
-  name if the error names none; config: a training run's, whose settings
-  make it smaller."""
+  """The one-line error of a full disk, memory, a refused write or a lost peer
+  found in `exc` or the exceptions it came from (OutOfResources: exit 5);
+  None for any other (a bug keeps its traceback). where: the folder to name
+  if the error names none; config: a training run's (its settings shrink it)."""
   seen = []
   while exc is not None and exc not in seen:
     seen.append(exc)
