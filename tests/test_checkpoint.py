@@ -17,17 +17,16 @@ CONFIG = models.get_config("linear", "seed")
 
 
 def _state():
-  """What a checkpoint holds of a fresh linear model's train state."""
+  """A fresh linear model's train state."""
   model, _ = models.build(CONFIG, say=lambda _: None)
-  return checkpoints.tree(population.initial_state(CONFIG, model, 5,
-                                                   (28, 28, 1)))
+  return population.initial_state(CONFIG, model, 5, (28, 28, 1))
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
   """(workdir, tree): two checkpoints of a linear model, steps 7 and 14."""
   workdir = str(tmp_path_factory.mktemp("saved"))
-  state = _state()
+  state = checkpoints.tree(_state())
   writer = checkpoints.manager(workdir, keep=3)
   for step in (7, 14):
     checkpoints.save(writer, step, state, {"epoch": step // 7, "epoch_step": 0,
@@ -41,12 +40,13 @@ def _step_dir(workdir, step=14):
 
 
 def _restore(workdir):
-  return checkpoints.read(workdir, _state(), "linear")
+  state, meta = checkpoints.restore(workdir, _state(), "linear")
+  return checkpoints.tree(state), meta
 
 
 def test_a_part_the_checkpoint_lacks_comes_from_the_fresh_state(tmp_path):
   """A TrainState field newer than the checkpoint: as the fresh state has it."""
-  workdir, state = str(tmp_path / "run"), _state()
+  workdir, state = str(tmp_path / "run"), checkpoints.tree(_state())
   writer = checkpoints.manager(workdir, keep=3)
   checkpoints.save(writer, 3, {k: v for k, v in state.items()
                                if k != "opt_state"}, {"epoch": 1})

@@ -140,9 +140,8 @@ def save(checkpoints, step: int, parts: dict, meta: dict) -> None:
 
 
 def _read(checkpoints, step: int, what: Optional[str] = None, **item):
-  """Checkpoint `step`'s item, read by orbax. CheckpointError where this user
-  may not read it (never called damage); where it fails otherwise, damage
-  (`what`: "its arrays do not read back"), else orbax's error."""
+  """Checkpoint `step`'s `item`, read by orbax: a refused read is never called
+  damage; another failure is, where `what` says how it shows."""
   try:
     return checkpoints.restore(step, args=_ocp().args.Composite(**item))
   except Exception as e:  # pylint: disable=broad-except
@@ -168,8 +167,7 @@ def _damaged(checkpoints, step: int, why: str) -> CheckpointError:
 
 
 def read_meta(workdir: str, checkpoints) -> Tuple[int, dict]:
-  """(step, record) of the latest checkpoint, checked against its
-  checksum."""
+  """(step, record) of the latest checkpoint, checked against its checksum."""
   step = checkpoints.latest_step()
   if step is None:
     state, last = run_record.status(workdir)
@@ -221,12 +219,12 @@ def _edited(workdir: str) -> str:
           "changed: put back its settings, or pass another --workdir")
 
 
-def read(workdir: str, template: dict,
-         model: Optional[str] = None) -> Tuple[dict, dict]:
-  """(`template` (`tree` of a state, or its shapes) with the latest
-  checkpoint's parts as host arrays; its record). CheckpointError: none,
-  damaged (verified), or of another model, format or structure."""
-  ocp = _ocp()
+def restore(workdir: str, state, model: Optional[str] = None):
+  """(`state` (a fresh TrainState, or its jax.eval_shape) with the latest
+  checkpoint's parts as host arrays; its record): the one restore, to train
+  on or to report on. CheckpointError: none, damaged (verified), or of
+  another model, format or structure."""
+  ocp, template = _ocp(), tree(state)
   with contextlib.closing(manager(workdir)) as checkpoints:
     step, meta = read_meta(workdir, checkpoints)
     where = f"{checkpoints.directory}/{step}"
@@ -261,15 +259,7 @@ def read(workdir: str, template: dict,
         f"({diff[0]}: {have.get(diff[0])} in the checkpoint, "
         f"{want.get(diff[0])} here; {len(diff)} differences); "
         f"{_edited(workdir)}")
-  return {**template, **restored}, meta
-
-
-def restore(workdir: str, state, model: Optional[str] = None):
-  """(`state` (a fresh TrainState, or its jax.eval_shape) with the parts of
-  the latest checkpoint, as host arrays; its record): the one restore, to
-  train on or to report on."""
-  parts, meta = read(workdir, tree(state), model)
-  return state.replace(**parts), meta
+  return state.replace(**restored), meta
 
 
 def steps(workdir: str) -> List[int]:

@@ -44,13 +44,8 @@ def _started(recorded: dict) -> datetime.datetime:
 
 def find_runs(config: config_lib.Config, root: str = RUNS_DIR) -> List[Run]:
   """The run folders under `root` that `config` can resume, newest first."""
-  try:
-    names = os.listdir(root)
-  except OSError:
-    return []
   runs = []
-  for name in names:
-    path = os.path.join(root, name)
+  for path in record.runs_in(root):
     try:
       recorded = record.read_record(path)
       if resume.config_differences(

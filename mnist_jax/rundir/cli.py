@@ -96,8 +96,7 @@ class Command:
     """What a Ctrl-C outside the training loop says; again: how to go on."""
     name = ("Ctrl-C" if self.signum == signal.SIGINT else
             signal.Signals(self.signum).name)
-    begun = self.work and os.path.exists(os.path.join(self.work,
-                                                      record.CONFIG_FILE))
+    begun = self.work and record.is_run(self.work)
     return f"interrupted ({name}); {again} to {'resume' if begun else 'start'}"
 
   def discard_unstarted(self) -> None:

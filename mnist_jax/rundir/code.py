@@ -1,9 +1,7 @@
-"""The code a run trained with (config.json's `environment.code`), and what
-changed since: every mode that loads a run (report, predict, serve, compare,
-resume) says where the code it runs now differs. The record: the git commit,
-whether tracked files differed from it (`dirty`) and which (`edited`; their
-diff in the run folder's edits.diff), and the SHA-256 of each file of the
-research core (`files`, CORE: what the numbers depend on; without git too).
+"""The code a run trained with (config.json's `environment.code`: the git
+commit, the tracked files edited and their diff, the SHA-256 of each CORE
+file, what the numbers depend on, known without git too), and what changed
+since: every mode that loads a run says where the code it runs now differs.
 """
 
 import hashlib
@@ -41,8 +39,7 @@ def record() -> Dict:
   """This checkout's code, as config.json records it, and its diff (None
   where clean or without git) under "diff", which `begin` writes apart."""
   out: Dict[str, Any] = {"commit": None, "dirty": None, "edited": [],
-                         "files": core_files(),
-         "diff": None}
+                         "files": core_files(), "diff": None}
   try:
     out["commit"] = _git("rev-parse", "HEAD").strip()
     out["edited"] = _git("diff", "--name-only", "HEAD").split()
@@ -53,27 +50,26 @@ def record() -> Dict:
   return out
 
 
-def changed(recorded: Optional[Dict]) -> List[str]:
+def changed(recorded: Dict) -> List[str]:
   """The core's files (package paths) that differ between the code a record
   holds and this checkout's; [] where the record holds none (older runs)."""
-  then = (recorded or {}).get("files")
+  then = recorded.get("files")
   if not isinstance(then, dict):
     return []
   now = core_files()
   return sorted(f for f in set(then) | set(now) if then.get(f) != now.get(f))
 
 
-def summary(recorded: Optional[Dict]) -> Optional[str]:
+def summary(recorded: Dict) -> Optional[str]:
   """"code: 1a2b3c4, edited: mnist_jax/models/recurrent.py" where the tree
   was dirty; None where it was clean (or unknown)."""
-  recorded = recorded or {}
   if not recorded.get("dirty"):
     return None
   return (f"code: {(recorded.get('commit') or 'no commit')[:7]}, edited: "
           f"{', '.join(recorded.get('edited') or []) or 'unknown files'}")
 
 
-def note(workdir: str, recorded: Optional[Dict],
+def note(workdir: str, recorded: Dict,
          now: str = "these results are of the code here now") -> Optional[str]:
   """The one line that says `workdir` was trained on other code than this
   checkout's, naming the files, then `now`; None where they agree (or it

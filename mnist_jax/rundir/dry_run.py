@@ -104,7 +104,8 @@ def folder(config: config_lib.Config,
     if not work:
       choice = choose.choose(config, overwrite=overwrite)
       return choice.path, choice.reason
-    lock.check_not_in_use(work)
+    if lock.in_use(work):
+      raise lock.InUse(work)
     lock.check_writable(work)
     if not resume.check_run_folder(work, config, overwrite):
       return work, f"{work}, a new run folder"

@@ -129,9 +129,3 @@ def in_use(workdir: str) -> bool:
   finally:
     os.close(fd)
   return False
-
-
-def check_not_in_use(workdir: str, mode: str = "train") -> None:
-  """Refuses a run folder another process is writing now."""
-  if in_use(workdir):
-    raise InUse(workdir, mode)

@@ -3,6 +3,7 @@ the final one), appended and flushed as they come, and passed on to the
 run's TensorBoard events; read back skipping damaged lines.
 """
 
+import contextlib
 import json
 import os
 import statistics
@@ -54,10 +55,8 @@ def read_metrics(path: str) -> List[dict]:
     return []
   rows = []
   for line in lines:
-    try:
+    with contextlib.suppress(ValueError):
       rows.append(json.loads(line))
-    except ValueError:
-      continue
   return [r for r in rows if isinstance(r, dict)]
 
 

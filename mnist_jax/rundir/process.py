@@ -1,7 +1,7 @@
 """Setting up the process before JAX starts (its CPU devices, logging) and
-joining the job's other processes. JAX's
-compilation cache stays off unless JAX_COMPILATION_CACHE_DIR names a folder
-(a killed process's half-written entry warns at every later start).
+joining the job's other processes. JAX's compilation cache stays off unless
+JAX_COMPILATION_CACHE_DIR names a folder (a killed process's half-written
+entry warns at every later start).
 """
 
 import errno

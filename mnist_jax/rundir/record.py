@@ -30,9 +30,8 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
 
 
 def environment() -> dict:
-  """Package versions, Python, platform, JAX devices, and the code
-  (code.py's record: the git commit, the files edited, the core's hashes;
-  its diff, under "code"'s "diff", `begin` writes into the run folder)."""
+  """Package versions, Python, platform, JAX devices, and code.record()
+  (`begin` writes its "diff" into the run folder)."""
   versions: Dict[str, Optional[str]] = {}
   for name in PACKAGES:
     try:
@@ -150,8 +149,7 @@ def used_config(workdir: str, **overrides) -> config_lib.Config:
 
 
 def repeat_command(config: config_lib.Config) -> str:
-  """A launch.py command line of every setting (a swept one by --sweep
-  only)."""
+  """A launch.py command line of every setting (a swept one by --sweep only)."""
   parts = ["python", "launch.py"]
   swept = {part.partition("=")[0] for part in config.sweep.split(";")}
   for name, value in config.to_dict().items():

@@ -7,7 +7,7 @@ import errno
 import math
 import os
 import re
-from typing import List, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -48,21 +48,17 @@ def parameter_count(config: config_lib.Config) -> int:
              if jnp.issubdtype(leaf.dtype, jnp.floating))
 
 
-def size_flags(config: config_lib.Config) -> List[str]:
-  """The settings that size the model: its own whole numbers, seeds apart."""
-  return [f"--{name}" for name, value in config.to_dict().items()
-          if config_lib.SETTINGS[name].group == config_lib.MODEL
-          and type(value) in (int, tuple) and not name.endswith("seed")]
-
-
 def lower_advice(config: Optional[config_lib.Config]) -> str:
-  """"lower --batch_size, ...": the settings that make a run smaller."""
+  """"lower --batch_size, ...": the settings that make a run smaller (the
+  model's own whole numbers size it, seeds apart)."""
   names = ["--batch_size", "--eval_batch_size"]
   if config is not None:
     if config.num_seeds > 1 or config.sweep:
       names.append("--num_seeds" if not config.sweep else
                    "--num_seeds or the --sweep values")
-    names += size_flags(config)
+    names += [f"--{name}" for name, value in config.to_dict().items()
+              if config_lib.SETTINGS[name].group == config_lib.MODEL
+              and type(value) in (int, tuple) and not name.endswith("seed")]
   return "lower " + ", ".join(names)
 
 
@@ -88,11 +84,10 @@ def _os_error(exc: BaseException) -> Optional[int]:
 def machine_error(exc: Optional[BaseException], where: Optional[str],
                   config: Optional[config_lib.Config] = None
                   ) -> Optional[UserError]:
-  """The one-line error of a full disk, memory, a refused write or a lost
-  peer found in `exc` or the exceptions it came from (OutOfResources: exit
-  5); None for any other (a bug keeps its traceback). where: the folder to
-  name if the error names none; config: a training run's, whose settings
-  make it smaller."""
+  """The one-line error of a full disk, memory, a refused write or a lost peer
+  found in `exc` or the exceptions it came from (OutOfResources: exit 5);
+  None for any other (a bug keeps its traceback). where: the folder to name
+  if the error names none; config: a training run's (its settings shrink it)."""
   seen = []
   while exc is not None and exc not in seen:
     seen.append(exc)

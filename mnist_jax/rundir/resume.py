@@ -16,8 +16,7 @@ from mnist_jax.rundir import record
 RESUMABLE_DIFFERENCES = ("data_dir", "mnist_dir", "workdir", "chunk_steps",
                          "impl", "checkpoint_every", "keep_checkpoints",
                          "tensorboard", "parallel", "coordinator_address",
-                         "num_processes", "process_id", "report",
-                         "analyses")
+                         "num_processes", "process_id", "report", "analyses")
 
 
 def config_differences(old: config_lib.Config,

@@ -3,10 +3,9 @@
 The run folder gets metrics.jsonl's rows at their epoch, each member of a
 --num_seeds or --sweep run a subfolder (`seed=3`), each folder the Config as
 HParams. On `resume` a writer opens a new event file, writes the rows
-metrics.jsonl keeps and deletes older event files: each epoch once, with no
-"out of order event.step" warning that `purge_step` gives, and epochs whose
-events a kill lost written again. A failed write warns once and stops the
-events.
+metrics.jsonl keeps and deletes older ones: each epoch once, with no "out of
+order event.step" warning that `purge_step` gives, and epochs whose events a
+kill lost written again. A failed write warns once and stops the events.
 """
 
 import functools
