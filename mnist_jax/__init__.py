@@ -1,8 +1,7 @@
 """mnist_jax: classic MNIST architectures in JAX/Flax, trained with one command.
 
 The Python API (mnist_jax/api.py) loads on first use of one of its names, so
-`import mnist_jax` stays instant: `mnist_jax.load_run("runs/cnn-...")`.
-"""
+`import mnist_jax` stays instant: `mnist_jax.load_run("runs/cnn-...")`."""
 
 __version__ = "0.1.0"
 

@@ -158,9 +158,8 @@ class Config:
                        flags.IntegerParser(1, MAX_EPOCHS))
   batch_size: int = _field(
       128, "Global batch size, split over the devices", TRAINING, COUNT)
-  eval_batch_size: int = _field(
-      1000, "Evaluation batch size; the last batch is padded and masked",
-      DEVICES, COUNT)
+  eval_batch_size: int = _field(1000, "Evaluation batch size; the last batch "
+                                "is padded and masked", DEVICES, COUNT)
   optimizer: str = _field("adam", "The optimizer: "
                           f"{', '.join(optim.OPTIMIZERS)}",
                           TRAINING, Choice(optim.OPTIMIZERS))
@@ -173,12 +172,10 @@ class Config:
       Number(0, MAX_EPOCHS))
   momentum: float = _field(0.9, "SGD momentum; 0 for plain SGD", TRAINING,
                            FRACTION)
-  rmsprop_decay: float = _field(
-      0.9, "RMSprop decay of the squared-gradient average", TRAINING,
-      FRACTION)
-  eps: float = _field(
-      1e-7, "RMSprop epsilon, added outside the square root as in Keras",
-      TRAINING, POSITIVE)
+  rmsprop_decay: float = _field(0.9, "RMSprop decay of the squared-gradient "
+                                "average", TRAINING, FRACTION)
+  eps: float = _field(1e-7, "RMSprop epsilon, added outside the square root as "
+                      "in Keras", TRAINING, POSITIVE)
   weight_decay: float = _field(
       0.0, "Weight decay of kernels, not biases: decoupled for adamw, added "
       "to the gradient otherwise", TRAINING, Number())
@@ -188,29 +185,24 @@ class Config:
   label_smoothing: float = _field(
       0.0, "Label smoothing of the training loss; reported losses are plain "
       "cross entropy", TRAINING, FRACTION)
-  grad_clip: float = _field(
-      0.0, "Global-norm gradient clipping threshold; 0 disables it",
-      TRAINING, Number())
-  augment: bool = _field(
-      False, "Randomly shift, rotate and zoom each training image, on the "
-      "device", DATA)
-  augment_shift: float = _field(
-      2.0, "Largest --augment shift, in pixels along each axis", DATA,
-      Number(0, IMAGE_SIDE))
+  grad_clip: float = _field(0.0, "Global-norm gradient clipping threshold; "
+                            "0 disables it", TRAINING, Number())
+  augment: bool = _field(False, "Randomly shift, rotate and zoom each training "
+                         "image, on the device", DATA)
+  augment_shift: float = _field(2.0, "Largest --augment shift, in pixels along "
+                                "each axis", DATA, Number(0, IMAGE_SIDE))
   augment_rotate: float = _field(
       10.0, "Largest --augment rotation, in degrees", DATA, Number(0, 180))
-  augment_scale: float = _field(
-      0.1, "Largest --augment zoom in or out, relative, in [0, 1)", DATA,
-      FRACTION)
+  augment_scale: float = _field(0.1, "Largest --augment zoom in or out, "
+                                "relative, in [0, 1)", DATA, FRACTION)
   augment_elastic: float = _field(
       0.0, "With --augment, elastic distortion strength in pixels; 0 turns it "
       "off", DATA, Number(0, IMAGE_SIDE))
   augment_elastic_sigma: float = _field(
       4.0, "Smoothness of the elastic distortion field, in pixels", DATA,
       Number(0, IMAGE_SIDE, open_low=True))
-  seed: int = _field(
-      0, "Seed of initialisation, dropout and data order, in [0, 2**32)",
-      TRAINING, SEED)
+  seed: int = _field(0, "Seed of initialisation, dropout and data order, in "
+                     "[0, 2**32)", TRAINING, SEED)
   num_seeds: int = _field(
       1, "Train N members (seeds seed .. seed+N-1) in one compiled program; "
       "with --sweep, N per grid point", TRAINING,
@@ -222,10 +214,9 @@ class Config:
       None, "Run folder, resumed if it holds a run; unset: the newest "
       "unfinished run of these settings under runs/, else a new "
       "runs/<model>-<timestamp>", RUN_FOLDER)
-  chunk_steps: int = _field(
-      200, "Most train steps per chunk (a chunk: about 2 s of steps in one "
-      "compiled loop; progress and a stop come between chunks)", DEVICES,
-      COUNT)
+  chunk_steps: int = _field(200, "Most train steps per chunk (a chunk: about "
+                            "2 s of steps in one compiled loop; progress and "
+                            "a stop come between chunks)", DEVICES, COUNT)
   target_accuracy: float = _field(
       0.0, "Stop once validation accuracy reaches this fraction (needs "
       "--val_fraction > 0); 0 turns it off", TRAINING, Number(0, 1))
@@ -234,17 +225,15 @@ class Config:
       RUN_FOLDER, flags.IntegerParser(1, MAX_EPOCHS))
   keep_checkpoints: int = _field(
       3, "How many recent checkpoints stay on disk", RUN_FOLDER, COUNT)
-  tensorboard: bool = _field(
-      True, "Write TensorBoard event files into the run folder; "
-      "--notensorboard skips them", RUN_FOLDER)
+  tensorboard: bool = _field(True, "Write TensorBoard event files into the run "
+                             "folder; --notensorboard skips them", RUN_FOLDER)
   parallel: str = _field(
       "auto", "Device layout: auto, none (one device), sharded (one jit over a "
       "mesh, one device's run to float rounding) or pmap (per-device dropout "
       "masks)", DEVICES, flags.EnumParser(["auto", "none", "sharded", "pmap"]))
   dtype: str = _field(
-      "float32", "Compute dtype: float32 or bfloat16; parameters and "
-      "optimizer state stay float32", DEVICES,
-      flags.EnumParser(["float32", "bfloat16"]))
+      "float32", "Compute dtype: float32 or bfloat16; parameters and optimizer "
+      "state stay float32", DEVICES, flags.EnumParser(["float32", "bfloat16"]))
   impl: str = _field(
       "auto", "Layers: auto (a fast kernel where measured faster), stock (Flax "
       "layers only) or fast; a kernel runs only if it computes the stock "
@@ -430,8 +419,8 @@ def sweep_text(specs, model: str = "MODEL") -> str:
 def _check_sweep(config: Config) -> None:
   """The rules of a sweep and its members' count, each in one line."""
   grid = config.sweep_grid()
-  readers = {**{f"--optimizer={o}": s.reads for o, s in optim.OPTIMIZERS.items()},
-             **{f"--loss={n}": s.reads for n, s in train.LOSSES.items()}}
+  readers = {f"--optimizer={n}": s.reads for n, s in optim.OPTIMIZERS.items()}
+  readers.update({f"--loss={n}": s.reads for n, s in train.LOSSES.items()})
   for name in grid:
     owners = [k for k, reads in readers.items() if name in reads]
     flag = owners[0].split("=")[0] if owners else ""

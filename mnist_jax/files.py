@@ -1,6 +1,5 @@
-"""Writing a file whole or not at all (a temporary name beside it, renamed
-when complete), with the mode `open(path, "w")` gives (not mkstemp's 0o600).
-"""
+"""Writing a file whole or not at all (a temporary name beside it, renamed when
+complete), with the mode `open(path, "w")` gives (not mkstemp's 0o600)."""
 
 import contextlib
 import csv

@@ -1,7 +1,6 @@
 """A training run in its run folder: the loop (training/train.py) with the
-folder as its hooks (`RunFolder`: resume bit for bit, records, checkpoints,
-a stop after saving), then the report; and --mode=report. Process 0 writes.
-"""
+folder as its hooks (`RunFolder`: resume bit for bit, records, checkpoints, a
+stop after saving), then the report; and --mode=report. Process 0 writes."""
 
 import contextlib
 import functools
@@ -43,12 +42,12 @@ class RunFolder(loop.Hooks):
   """The loop's hooks that read and write `workdir` (see the module doc)."""
 
   def __init__(self, workdir, config, stream=None, stop=None, *, existing,
-               overwrite, data_time, implementation=None):
+               overwrite, data_time):
     self.workdir, self.config, self.stop = workdir, config, stop
     self.stream, self.epochs = stream or sys.stdout, config.epochs
     self.prefix = (f"[process {jax.process_index()}/{jax.process_count()}] "
                    if jax.process_count() > 1 else "")
-    self.implementation = implementation or {}
+    self.implementation = {}  # models.build's choice of layers.
     self.existing, self.overwrite = existing, overwrite
     self.data_time = data_time
     self.write = devices.is_main()
@@ -70,11 +69,10 @@ class RunFolder(loop.Hooks):
     if jax.process_count() > 1:  # Process 0's restore, on every process.
       state, start = self._from_main(state, start)
     if self.write:
-      record_lib.begin(self.workdir, self.config,
-                   {**record_lib.environment(), **run.record(),
-                    "implementation": self.implementation},
-                   existing=self.existing, overwrite=self.overwrite,
-                   meta=self.meta)
+      env = {**record_lib.environment(), **run.record(),
+             "implementation": self.implementation}
+      record_lib.begin(self.workdir, self.config, env, existing=self.existing,
+                       overwrite=self.overwrite, meta=self.meta)
       if getattr(self.config, "sequence", "") == "permuted":
         path = os.path.join(self.workdir, record_lib.PERMUTATION_FILE)
         with files.atomic(path, "wb") as f:
@@ -150,11 +148,10 @@ class RunFolder(loop.Hooks):
       if self.checkpoints is None:
         self.checkpoints = checkpoints.manager(self.workdir,
                                                self.config.keep_checkpoints)
-      checkpoints.save(self.checkpoints, step, checkpoints.tree(state),
-                       checkpoints.record(
-                           self.config, epoch=epoch, step=step,
-                           epoch_step=epoch_step, sums=sums, done=done,
-                           time_s=self.seconds()))
+      meta = checkpoints.record(self.config, epoch=epoch, step=step,
+                                epoch_step=epoch_step, sums=sums, done=done,
+                                time_s=self.seconds())
+      checkpoints.save(self.checkpoints, step, checkpoints.tree(state), meta)
     self.saved = step
 
   def _stop_if_asked(self, state, epoch, done, sums):
@@ -317,8 +314,9 @@ def _finish(config, workdir, data, state, final, hooks, members, model):
   if "ensemble_test_accuracy" in final:
     text += f", their ensemble {100 * final['ensemble_test_accuracy']:.2f}%"
   hooks.message(f"{text}; wall time {metrics_log.wall_time(final):.1f}s; "
-                f"results in {workdir}" + ("" if config.report else " (--noreport: "
-                                "--mode=report writes its report)"))
+                f"results in {workdir}" + ("" if config.report else
+                                           " (--noreport: --mode=report "
+                                           "writes its report)"))
   # The report comes after the result (a stop in it: the same command
   # writes it), then the record that the run is finished.
   if devices.is_main():

@@ -1,9 +1,8 @@
 """The supported datasets, each declared once: files, classes and image shape.
 
 Adding one is a `DatasetInfo` in DATASETS (and its download's checksums.tsv
-line); the models, analyses, report and predict follow its image shape. No
-tfds import here: a run with cached arrays starts without it.
-"""
+line); the models, analyses, report and predict follow its image shape. No tfds
+import here: a run with cached arrays starts without it."""
 
 import dataclasses
 import string

@@ -1,10 +1,9 @@
-"""A picture of one digit as an MNIST-style input: what `--mode=predict` sees
-(a dataset of colour images: the picture in its colours, resized).
+"""A picture of one digit as an MNIST-style input: what `--mode=predict` sees (a
+dataset of colour images: the picture in its colours, resized).
 
 As the MNIST digits were made: light ink on dark, cropped, scaled into a 20x20
 box, centre of mass at (14, 14) of 28x28; a photo's lighting and paper colour
-are divided out first, and marks apart from the digit dropped.
-"""
+are divided out first, and marks apart from the digit dropped."""
 
 import glob
 import os
@@ -17,7 +16,7 @@ from PIL import ImageOps
 from PIL import UnidentifiedImageError
 from scipy import ndimage
 
-from mnist_jax.errors import UserError
+from mnist_jax.errors import UserError, first_line
 
 SIZE = 28
 BOX = 20  # The digit's longer side after scaling, as in MNIST.
@@ -49,7 +48,8 @@ class ImageError(UserError):
 
 def _image_files(folder: str) -> List[str]:
   """`folder`'s files that Pillow opens by extension, sorted, not hidden."""
-  known = {e for e, f in Image.registered_extensions().items() if f in Image.OPEN}
+  known = {e for e, f in Image.registered_extensions().items()
+           if f in Image.OPEN}
   paths = [os.path.join(folder, n) for n in sorted(os.listdir(folder))
            if os.path.splitext(n)[1].lower() in known and n[0] != "."]
   return [p for p in paths if os.path.isfile(p)]
@@ -125,8 +125,8 @@ def open_image(path, name=None, max_pixels=None) -> Image.Image:
     raise ImageError(f"{name} is too large to be a digit image; pass a smaller "
                      "one") from None
   except (OSError, SyntaxError, ValueError) as e:
-    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-    raise ImageError(f"{name} cannot be read ({reason}); {hint}") from None
+    raise ImageError(f"{name} cannot be read ({first_line(e)}); {hint}"
+                     ) from None
   return image
 
 
@@ -289,11 +289,10 @@ COLOURS = {3: "RGB", 4: "RGBA"}
 
 def load(path, shape=(SIZE, SIZE, 1), name=None, max_pixels=None,
          notes=None) -> np.ndarray:
-  """Opens one file (as open_image) as an input [H, W, C] uint8 of a
-  dataset's `shape` (H, W, C): one channel, a digit preprocessed as MNIST's
-  were made (`preprocess`, resized from 28 x 28); three or four, the
-  picture in its colours (RGB, RGBA), resized whole. ImageError, `notes` as
-  preprocess's."""
+  """Opens one file (as open_image) as an input [H, W, C] uint8 of a dataset's
+  `shape` (H, W, C): one channel, a digit preprocessed as MNIST's were made
+  (`preprocess`, resized from 28 x 28); three or four, the picture in its
+  colours (RGB, RGBA), resized whole. ImageError, `notes` as preprocess's."""
   (h, w), c = shape[:2], (shape[2] if len(shape) > 2 else 1)
   if c != 1 and c not in COLOURS:
     raise UserError(f"a picture has 1, 3 or 4 channels, and these images "

@@ -5,17 +5,13 @@ arrays in tfds's order, then loaded from there (without tfds) and split."""
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import gzip
 import hashlib
 import os
 import socket
 import urllib.parse
 import zipfile
-
-try:
-  import fcntl
-except ImportError:  # Not on a POSIX system: preparing is not locked.
-  fcntl = None  # type: ignore[assignment]
 
 import numpy as np
 
@@ -33,8 +29,7 @@ CACHE = "mnist_jax_arrays.npz"
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """One split: images [N, H, W, C] uint8 and labels [N] int32 (numpy or
-  jax)."""
+  """One split: images [N, H, W, C] uint8, labels [N] int32 (numpy or jax)."""
   images: object
   labels: object
 
@@ -51,9 +46,9 @@ class Dataset:
 
 
 def prepare(dataset: str = "mnist", data_dir=None, mnist_dir=None) -> dict:
-  """The dataset's arrays {train,test}_{images,labels} (uint8 [N, H, W(, C)], int32
-  class indices [N]), prepared first in `data_dir` (default $TFDS_DATA_DIR or
-  ~/tensorflow_datasets) if needed, offline from `mnist_dir`'s IDX files."""
+  """The dataset's arrays {train,test}_{images,labels} (uint8 [N, H, W(, C)],
+  int32 class indices [N]), prepared first in `data_dir` (default $TFDS_DATA_DIR
+  or ~/tensorflow_datasets) if needed, offline from `mnist_dir`'s IDX files."""
   data_dir = os.path.abspath(os.path.expanduser(data_dir or os.environ.get(
       "TFDS_DATA_DIR", os.path.join("~", "tensorflow_datasets"))))
   if os.path.isdir(data_dir) and not os.access(data_dir, os.R_OK | os.X_OK):
@@ -106,8 +101,8 @@ def _read_cache(path: str, info: datasets.DatasetInfo):
   except Exception as e:  # pylint: disable=broad-except
     raise UserError(
         f"the prepared {info.name} in {os.path.dirname(path)} is damaged "
-        f"({type(e).__name__}: {first_line(e, 160)}); delete that folder to prepare it "
-        "again (offline: with --mnist_dir=DIR)") from None
+        f"({type(e).__name__}: {first_line(e, 160)}); delete that folder to "
+        "prepare it again (offline: with --mnist_dir=DIR)") from None
 
 
 def _from_idx(paths: dict, info: datasets.DatasetInfo) -> dict:
@@ -252,13 +247,12 @@ def _locked(data_dir: str, dataset: str):
   fd = os.open(os.path.join(data_dir, f"{dataset}.prepare.lock"),
                os.O_RDWR | os.O_CREAT, 0o666)
   try:  # Closing fd releases the lock.
-    if fcntl is not None:
-      try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-      except BlockingIOError:
-        print(f"waiting for another process preparing {dataset} in "
-              f"{data_dir}", flush=True)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      print(f"waiting for another process preparing {dataset} in {data_dir}",
+            flush=True)
+      fcntl.flock(fd, fcntl.LOCK_EX)
     yield
   finally:
     os.close(fd)
