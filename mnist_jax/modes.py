@@ -95,9 +95,9 @@ class RunFolder(loop.Hooks):
   def _from_main(self, state, start):
     """Process 0's restored parts and start, as arrays, on every process."""
     members = len(members_lib.from_config(self.config))
+    classes = datasets.get(self.config.dataset).num_classes
     zeros = metrics_lib.zeros(lead=(members,) * (members > 1), host=True,
-                              num_classes=datasets.num_classes(
-                                  self.config.dataset))
+                              num_classes=classes)
     parts, position, sums = devices.from_main((
         checkpoints.tree(state), np.array([start.epoch, start.epoch_step,
                                            start.finished], np.int32),

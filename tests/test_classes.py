@@ -43,9 +43,9 @@ def test_datasets_declare_their_class_names():
   assert balanced.num_classes == 47
   assert "".join(balanced.class_names[:11] + balanced.class_names[36:]) == (
       "0123456789Aabdefghnqrt")
-  assert datasets.class_names("fashion_mnist")[0] == "T-shirt/top"
-  assert datasets.class_names("kmnist")[1] == "ki"
-  assert datasets.class_names("mnist") == [str(i) for i in range(10)]
+  assert datasets.get("fashion_mnist").class_names[0] == "T-shirt/top"
+  assert datasets.get("kmnist").class_names[1] == "ki"
+  assert datasets.get("mnist").class_names == tuple(map(str, range(10)))
 
 
 @pytest.mark.parametrize("dataset,label,says", [
@@ -105,7 +105,7 @@ def test_every_model_has_a_logit_per_class(emnist, dataset, model):
                              mnist_dir=mnist_dir, data_dir=data_dir,
                              val_fraction=0.25, impl="stock",
                              **TINY.get(model, {}))
-  data, k = pipeline.load(config), datasets.num_classes(dataset)
+  data, k = pipeline.load(config), datasets.get(dataset).num_classes
   assert data.class_names == datasets.get(dataset).class_names
   assert (len(data.train), len(data.val), len(data.test)) == (72, 24, 48)
   cells = data.test.images.reshape(-1, 7, 4, 7, 4).mean(axis=(2, 4))

@@ -86,11 +86,3 @@ DATASETS = {d.name: d for d in (
 
 def get(dataset: str) -> DatasetInfo:
   return DATASETS[dataset]
-
-
-def class_names(dataset: str) -> list:
-  return list(DATASETS[dataset].class_names)
-
-
-def num_classes(dataset: str) -> int:
-  return DATASETS[dataset].num_classes

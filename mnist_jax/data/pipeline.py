@@ -258,14 +258,19 @@ def _locked(data_dir: str, dataset: str):
     os.close(fd)
 
 
+def train_size(n: int, val_fraction: float) -> int:
+  """How many of n training examples train: all but the last `val_fraction`,
+  at least one held out when it is above 0 (split's rule, and --dry_run's)."""
+  n_train = int(n * (1.0 - val_fraction))
+  return n - 1 if val_fraction > 0 and n_train == n else n_train
+
+
 def split(arrays: dict, val_fraction: float, class_names=None) -> Dataset:
   """Holds out the last `val_fraction` of the training set before any
   shuffling, as Keras' `validation_split` does, so results are comparable."""
   images, labels = arrays["train_images"], arrays["train_labels"]
   n = len(labels)
-  n_train = int(n * (1.0 - val_fraction))
-  if val_fraction > 0 and n_train == n:
-    n_train = n - 1
+  n_train = train_size(n, val_fraction)
   if n_train == 0 < n:
     raise UserError(f"--val_fraction={val_fraction:g} holds out all {n} "
                     "training examples, leaving none to train on; pass a "
@@ -284,4 +289,4 @@ def load(config) -> Dataset:
   arrays = {k: v.reshape(len(v), *shape) if k.endswith("images") else v
             for k, v in arrays.items()}
   return split(arrays, config.val_fraction,
-               datasets.class_names(config.dataset))
+               datasets.get(config.dataset).class_names)

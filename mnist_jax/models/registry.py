@@ -41,7 +41,7 @@ class ModelSpec:
   def stock(self, config: config_lib.Config) -> nn.Module:
     """Its stock module with `config`'s settings and the dataset's classes."""
     return self.module(
-        **self.fixed, num_classes=datasets.num_classes(config.dataset),
+        **self.fixed, num_classes=datasets.get(config.dataset).num_classes,
         **{s.attribute: getattr(config, name)
            for name, s in self.settings.items()})
 
@@ -154,7 +154,7 @@ def _dropout(c: config_lib.Config) -> str:
 
 
 def _classes(c: config_lib.Config) -> int:
-  return datasets.num_classes(c.dataset)
+  return datasets.get(c.dataset).num_classes
 
 
 def _pixels(c: config_lib.Config) -> int:

@@ -330,7 +330,7 @@ def write(workdir: str, run, test, val=None,
   os.makedirs(folder, exist_ok=True)
   for name in [n for n, *_ in FIGURES if os.path.exists(path(n))]:
     os.remove(path(name))  # An earlier analysis's.
-  names = list(class_names or datasets.class_names(run.config.dataset))
+  names = list(class_names or datasets.get(run.config.dataset).class_names)
   drawing, drawn = 0.0, set()
   for r in lenses:
     r.update(names=names, label=f"{r['model']} ({r['preset']})")

@@ -332,7 +332,7 @@ def predict_files(run: Run, paths: Sequence[str],
     probs = run.probabilities(np.stack([r.image for r in good
                                         if r.image is not None]), ensemble,
                               batch_size=len(good))
-    names = datasets.class_names(run.config.dataset)
+    names = datasets.get(run.config.dataset).class_names
     for r, p in zip(good, probs):
       r.digit = int(np.argmax(p))
       r.name = names[r.digit]
@@ -349,7 +349,7 @@ def print_predictions(workdir: str, paths: Sequence[str],
   if not paths:
     raise UserError("--mode=predict needs --image=FILE[,FILE...]")
   run = load_run(workdir, **overrides)
-  names = datasets.class_names(run.config.dataset)
+  names = datasets.get(run.config.dataset).class_names
   from mnist_jax.data import images as images_lib  # pylint: disable=g-import-not-at-top
   results = predict_files(run, images_lib.expand(paths), ensemble)
   note = run_note(workdir, run)

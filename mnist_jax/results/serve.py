@@ -80,7 +80,7 @@ class Model:
     self.module = models.get(config.model).stock(config)
     self.shape = datasets.get(config.dataset).image_shape
     self.reads = analysis.reading_of(self.module, self.shape)
-    self.classes = [str(c) for c in datasets.class_names(config.dataset)]
+    self.classes = [str(c) for c in datasets.get(config.dataset).class_names]
     self.variables = jax.device_put(run.variables)
     self.fn = jax.jit(functools.partial(
         _answer, self.module, self.reads.every if self.reads else 0,

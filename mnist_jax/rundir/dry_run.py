@@ -10,6 +10,7 @@ from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax.config import value_text
 from mnist_jax.data import datasets
+from mnist_jax.data import pipeline
 from mnist_jax.errors import Diverged
 from mnist_jax.rundir import choose
 from mnist_jax.rundir import lock
@@ -25,7 +26,7 @@ def validation_line(config: config_lib.Config, num_members: int) -> str:
   f = config.val_fraction
   n = datasets.get(config.dataset).train_size
   if f > 0:
-    held = n - int(n * (1.0 - f))  # As pipeline.split.
+    held = n - pipeline.train_size(n, f)
     uses = ["the validation curve"]
     if num_members > 1:
       uses.append("the member choice")
