@@ -253,36 +253,32 @@ def test_the_analysis_extra_draws_the_tsne_map(colour_report):
       len(range(0, 40, analysis.STRIDE)), 2)
 
 
-def _finished(folder, config, wall):
-  """config.json and metrics.jsonl of a finished run (0.25 s loading data)."""
-  files.write_json(os.path.join(folder, "config.json"),
-                   {"config": config.replace(workdir=folder).to_dict()})
-  rows = [{"epoch": 1, "step": 10, "train_loss": 1.0, "train_accuracy": 0.5,
-           "val_loss": None, "val_accuracy": None, "epoch_time_s": 1.0,
-           "examples_per_s": 100.0},
-          {"test_loss": 0.5, "test_accuracy": 0.5, "test_examples": 10,
-           "epochs_run": 1, "compile_time_s": 1.0, "data_time_s": 0.25,
-           "wall_time_s": wall, "num_params": 7}]
-  with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
-    f.writelines(f"{json.dumps(r)}\n" for r in rows)
-
-
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
-  """Reports with analyses: the row reader (with a val split) and a
-  bidirectional LSTM (without)."""
+  """Reports with analyses, in folders of finished runs (0.25 s of the wall
+  time loading data): the row reader (with a val split) and a bidirectional
+  LSTM (without)."""
   root = tmp_path_factory.mktemp("analysis")
   images, labels = _row_digits(240)
   digits, digit_labels = synthetic_digits(200, seed=4)
   out = []
-  for name, run, data in (
-      ("rnn", _row_reader(), _data(images, labels, 40)),
+  for name, run, data, wall in (
+      ("rnn", _row_reader(), _data(images, labels, 40), 30.25),
       ("lstm", drawn_run("lstm", hidden=4, bidirectional=True),
-       _data(digits, digit_labels, 0))):
+       _data(digits, digit_labels, 0), 10.25)):
     folder = str(root / name)
     os.makedirs(folder)
     report.write(folder, run, data.test, val=data.val)
-    _finished(folder, run.config, wall=30.25 if name == "rnn" else 10.25)
+    files.write_json(os.path.join(folder, "config.json"),
+                     {"config": run.config.replace(workdir=folder).to_dict()})
+    rows = [{"epoch": 1, "step": 10, "train_loss": 1.0, "train_accuracy": 0.5,
+             "val_loss": None, "val_accuracy": None, "epoch_time_s": 1.0,
+             "examples_per_s": 100.0},
+            {"test_loss": 0.5, "test_accuracy": 0.5, "test_examples": 10,
+             "epochs_run": 1, "compile_time_s": 1.0, "data_time_s": 0.25,
+             "wall_time_s": wall, "num_params": 7}]
+    files.write_text(os.path.join(folder, "metrics.jsonl"),
+                     "".join(f"{json.dumps(r)}\n" for r in rows))
     out.append((folder, run, data))
   return out
 
@@ -292,7 +288,7 @@ def test_a_report_writes_its_runs_analysis(two_runs):
   """report.md's section links files that exist; each change's level 0 is the
   test accuracy (others on every STRIDE-th image); the reading's rows; no
   validation split or reading both ways: n/a."""
-  (rnn, *_), (lstm, *_) = two_runs
+  (rnn, *_), (lstm, run, data) = two_runs  # The LSTM of drawn weights.
   for folder, *_ in two_runs:
     text = open(os.path.join(folder, "report.md")).read()
     assert "## What the model learned" in text
@@ -301,8 +297,7 @@ def test_a_report_writes_its_runs_analysis(two_runs):
     for link in links:
       assert os.path.getsize(os.path.join(folder, link)) > 0, link
 
-  folder, run, data = two_runs[1]  # The LSTM, of drawn weights.
-  r = compare_figures.load_analysis(folder)
+  r = compare_figures.load_analysis(lstm)
   expected = run.evaluate(data.test.images, data.test.labels)["accuracy"]
   zeros = [(a, n) for _, level, a, n in r["robustness"] if level == 0]
   assert zeros == [(expected, len(data.test))] * len(analysis.CHANGES)

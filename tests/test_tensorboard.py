@@ -3,6 +3,7 @@ loaders: the Writer on hand-made rows, then runs end to end."""
 
 import io
 import os
+import shutil
 import time
 from unittest import mock
 
@@ -179,9 +180,7 @@ def test_a_failed_write_warns_once_and_the_run_goes_on(tmp_path, monkeypatch,
   _writer(tmp_path, config, write=[_row(1, (0, 1))], members=members)
   older = _event_files(tmp_path)
   if way == "member_folder_is_a_file":
-    for name in _event_files(tmp_path / "seed=1"):
-      os.remove(name)
-    os.rmdir(tmp_path / "seed=1")
+    shutil.rmtree(tmp_path / "seed=1")
     (tmp_path / "seed=1").write_text("a file where a member folder should go")
   writer = _writer(tmp_path, config, [_row(1, (0, 1))], members=members)
   if way == "disk_full":
