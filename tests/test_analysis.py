@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from unittest import mock
 
 import flax.linen as nn
 import jax
@@ -17,9 +18,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from conftest import extra
-from conftest import drawn_run
-from conftest import synthetic_digits
+from conftest import drawn_run, extra, synthetic_digits
 from experiments import compare
 from experiments import compare_figures
 from mnist_jax import models
@@ -64,14 +63,6 @@ def _row_reader(**settings):
             "out": {"kernel": 10 * np.eye(K, dtype=np.float32),
                     "bias": np.zeros(K, np.float32)}}
   return drawn_run("rnn", {"params": params}, hidden=K, **settings)
-
-
-def _saved(folder):
-  """A run folder's analysis as analysis.write saved it."""
-  path = os.path.join(folder, analysis.FOLDER)
-  with open(os.path.join(path, "summary.json")) as f, \
-      np.load(os.path.join(path, analysis.ARRAYS)) as a:
-    return {**json.load(f), **a}
 
 
 def test_a_model_that_decides_at_row_14_reaches_its_accuracy_there():
@@ -185,21 +176,13 @@ def test_temperature_scaling_calms_an_over_confident_model():
   assert t > 1 and before > 0.2 and after < before / 4
 
 
-def test_the_lenses_in_their_thread_give_what_they_give_in_line(tmp_path,
-                                                                monkeypatch):
-  """Lenses' results, handed on as each lens ends, grow to what analyse gives
-  in line; a lens's error reaches write's caller, the ended lenses drawn."""
+def test_a_lens_that_fails_reaches_the_reports_caller(tmp_path, monkeypatch):
+  """Its error is raised where the report waits for the lenses in their
+  thread, the figures of the lenses that ended drawn."""
   images, labels = _row_digits(60)
   run, data = _row_reader(), _data(images, labels, 20)
-  inline = analysis.analyse(run, data.test, data.val)
-  seen = list(report.Lenses(run, data.test, data.val).ended())
-  assert len(seen) > 2 and all(set(a) <= set(b) for a, b in zip(seen, seen[1:]))
-  assert set(seen[0]) < set(seen[-1]) == set(inline)
-  for key in set(inline) - {"seconds"}:
-    np.testing.assert_equal(seen[-1][key], inline[key], err_msg=key)
-  def fail(*_):
-    raise ValueError("a lens failed")
-  monkeypatch.setattr(analysis, "robustness", fail)
+  monkeypatch.setattr(analysis, "robustness", mock.Mock(
+      side_effect=ValueError("a lens failed")))
   with pytest.raises(ValueError, match="a lens failed"):
     analysis.write(str(tmp_path), run, data.test, data.val,
                    lenses=report.Lenses(run, data.test, data.val).ended())
@@ -266,40 +249,36 @@ def test_the_analysis_extra_draws_the_tsne_map(colour_report):
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   assert "![What it learned (t-SNE)](analysis/features_tsne.png)" in (
       colour_report / "report.md").read_text()
-  assert _saved(str(colour_report))["tsne"].shape == (
+  assert compare_figures.load_analysis(str(colour_report))["tsne"].shape == (
       len(range(0, 40, analysis.STRIDE)), 2)
-
-
-def _finished(folder, config, wall):
-  """config.json and metrics.jsonl of a finished run (0.25 s loading data)."""
-  files.write_json(os.path.join(folder, "config.json"),
-                   {"config": config.replace(workdir=folder).to_dict()})
-  rows = [{"epoch": 1, "step": 10, "train_loss": 1.0, "train_accuracy": 0.5,
-           "val_loss": None, "val_accuracy": None, "epoch_time_s": 1.0,
-           "examples_per_s": 100.0},
-          {"test_loss": 0.5, "test_accuracy": 0.5, "test_examples": 10,
-           "epochs_run": 1, "compile_time_s": 1.0, "data_time_s": 0.25,
-           "wall_time_s": wall, "num_params": 7}]
-  with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
-    f.writelines(f"{json.dumps(r)}\n" for r in rows)
 
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
-  """Reports with analyses: the row reader (with a val split) and a
-  bidirectional LSTM (without)."""
+  """Reports with analyses, in folders of finished runs (0.25 s of the wall
+  time loading data): the row reader (with a val split) and a bidirectional
+  LSTM (without)."""
   root = tmp_path_factory.mktemp("analysis")
   images, labels = _row_digits(240)
   digits, digit_labels = synthetic_digits(200, seed=4)
   out = []
-  for name, run, data in (
-      ("rnn", _row_reader(), _data(images, labels, 40)),
+  for name, run, data, wall in (
+      ("rnn", _row_reader(), _data(images, labels, 40), 30.25),
       ("lstm", drawn_run("lstm", hidden=4, bidirectional=True),
-       _data(digits, digit_labels, 0))):
+       _data(digits, digit_labels, 0), 10.25)):
     folder = str(root / name)
     os.makedirs(folder)
     report.write(folder, run, data.test, val=data.val)
-    _finished(folder, run.config, wall=30.25 if name == "rnn" else 10.25)
+    files.write_json(os.path.join(folder, "config.json"),
+                     {"config": run.config.replace(workdir=folder).to_dict()})
+    rows = [{"epoch": 1, "step": 10, "train_loss": 1.0, "train_accuracy": 0.5,
+             "val_loss": None, "val_accuracy": None, "epoch_time_s": 1.0,
+             "examples_per_s": 100.0},
+            {"test_loss": 0.5, "test_accuracy": 0.5, "test_examples": 10,
+             "epochs_run": 1, "compile_time_s": 1.0, "data_time_s": 0.25,
+             "wall_time_s": wall, "num_params": 7}]
+    files.write_text(os.path.join(folder, "metrics.jsonl"),
+                     "".join(f"{json.dumps(r)}\n" for r in rows))
     out.append((folder, run, data))
   return out
 
@@ -309,18 +288,16 @@ def test_a_report_writes_its_runs_analysis(two_runs):
   """report.md's section links files that exist; each change's level 0 is the
   test accuracy (others on every STRIDE-th image); the reading's rows; no
   validation split or reading both ways: n/a."""
-  (rnn, *_), (lstm, *_) = two_runs
+  (rnn, *_), (lstm, run, data) = two_runs  # The LSTM of drawn weights.
   for folder, *_ in two_runs:
     text = open(os.path.join(folder, "report.md")).read()
     assert "## What the model learned" in text
     links = re.findall(r"\]\((analysis/[^)]+)\)", text)
-    assert "analysis/robustness.csv" in links
-    assert "analysis/robustness.png" in links
+    assert {"analysis/robustness.csv", "analysis/robustness.png"} <= set(links)
     for link in links:
       assert os.path.getsize(os.path.join(folder, link)) > 0, link
 
-  folder, run, data = two_runs[1]  # The LSTM, of drawn weights.
-  r = _saved(folder)
+  r = compare_figures.load_analysis(lstm)
   expected = run.evaluate(data.test.images, data.test.labels)["accuracy"]
   zeros = [(a, n) for _, level, a, n in r["robustness"] if level == 0]
   assert zeros == [(expected, len(data.test))] * len(analysis.CHANGES)
@@ -328,7 +305,7 @@ def test_a_report_writes_its_runs_analysis(two_runs):
   assert {n for _, level, _, n in r["robustness"] if level != 0} == {
       len(range(0, len(data.test), analysis.STRIDE))}
   assert r["robustness_subset_accuracy"] != expected  # So the test can tell.
-  r = _saved(rnn)  # Its numbers: the lenses' tests above.
+  r = compare_figures.load_analysis(rnn)  # Its numbers: the lenses' tests above.
   assert r["val_images"] == 40 and r["temperature"] > 0
   assert set(r["seconds"]) >= {"robustness", "attributions", "total"}
   with open(os.path.join(rnn, "analysis", "reading.csv")) as f:
@@ -355,7 +332,7 @@ def test_compare_sets_the_runs_analyses_side_by_side(two_runs, drawn, tmp_path):
   for folder, model, seconds in zip(folders, ("rnn", "lstm"), (30, 10)):
     row = next(l for l in lines if l.startswith(f"| {model} (seed, "))
     cells = dict(zip(names, (c.strip() for c in row.strip("|").split("|"))))
-    r = _saved(folder)
+    r = compare_figures.load_analysis(folder)
     at = {(c, float(l)): a for c, l, a, _ in r["robustness"]}
     assert cells["parameters"] == f"{int(r['parameters']):,}"
     assert cells["wall time"] == f"{seconds:.1f} s"

@@ -176,28 +176,23 @@ def test_the_figures_say_what_their_axes_measure(tmp_path):
   assert compare_figures.accuracy_figure(groups).axes[0].get_xlim() == (89.0, 100.0)
 
 
-def _left_out(tmp_path):
-  """Folders not compared, each its way, and a diverged run: {folder: what
-  comparison.md says}."""
+def test_each_run_left_out_is_named_with_why_and_what_to_do(tmp_path):
+  """Named in comparison.md, runs.csv and the log, left out of the means;
+  with none left, the refusal's one line names each."""
   (bad := tmp_path / "bad").mkdir()
   (bad / "config.json").write_text("{not json")
   cut = _write_run(tmp_path / "cut", [0.9], final_row=False)
   running = _write_run(tmp_path / "running", [0.9], final_row=False,
                        finished=False)
   nan = _write_run(tmp_path / "nan", [0.9], seed=1, test_loss=None)
-  return {str(bad): "has a config.json that is not valid JSON at line 1",
-          cut: f"finished, but metrics.jsonl lost its final row (a write cut "
-               f"short); python launch.py --mode=report --workdir={cut} "
-               "writes it again",
-          running: f"is unfinished; python launch.py --mode=report "
-                   f"--workdir={running} completes a run trained to its end",
-          nan: "test loss not finite"}
-
-
-def test_each_run_left_out_is_named_with_why_and_what_to_do(tmp_path):
-  """Named in comparison.md, runs.csv and the log, left out of the means;
-  with none left, the refusal's one line names each."""
-  left_out = _left_out(tmp_path)
+  left_out = {  # {folder: what comparison.md says}
+      str(bad): "has a config.json that is not valid JSON at line 1",
+      cut: f"finished, but metrics.jsonl lost its final row (a write cut "
+           f"short); python launch.py --mode=report --workdir={cut} "
+           "writes it again",
+      running: f"is unfinished; python launch.py --mode=report "
+               f"--workdir={running} completes a run trained to its end",
+      nan: "test loss not finite"}
   good = _write_run(tmp_path / "good", [0.9])
   [g], logs, table = _compare([*left_out, good], tmp_path / "out")
   assert g["runs"][0]["run"] == good and len(g["runs"]) == 1

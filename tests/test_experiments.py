@@ -60,19 +60,12 @@ def test_benchmark_times_the_loop_and_reports_its_fields(prepared):
                                         rel=0.02)
 
 
-def _stand_in_torch(tmp_path):
-  """A Python printing reference_torch.py's line for the linear model."""
-  path = tmp_path / "torch_python"
-  path.write_text("#!/bin/sh\necho '" + json.dumps(
-      {"model": "linear", "torch": "9.9.9+test", "epoch_time_s": 4.0}) + "'\n")
-  path.chmod(0o755)
-  return f"--torch_python={path}"
-
-
-# Table -> (tables.py's flags for one quick round; the first cells of the
-# rows it writes, where the prefix of `--offsets` is the seed).
+# Table -> (tables.py's flags for one quick round, {torch}: a stand-in for
+# PyTorch's Python; the first cells of the rows it writes, where the prefix of
+# `--offsets` is the seed).
 MEASURED = {
-    "epochs": (["--models=linear"], ["linear (batch 32)"]),
+    "epochs": (["--models=linear", "--torch_python={torch}"],
+               ["linear (batch 32)"]),
     "speedrun": (["--offsets=3", "--", "--epochs=1", "--noanalyses"],
                  [f"`python launch.py {' '.join(flags)} --seed=3 --epochs=1 "
                   "--noanalyses`" for _, flags, _ in performance.SPEEDRUN]),
@@ -89,13 +82,14 @@ def test_each_timed_table_is_measured_and_written_from_its_figures(
   """A row per model or command, the host on the table; the figures kept
   give it again (--check), and --runs reads them back from the runs."""
   flags, first_cells = MEASURED[name]
-  extra = flags.index("--") if "--" in flags else len(flags)
+  torch = tmp_path / "torch_python"  # Prints reference_torch.py's line.
+  torch.write_text("#!/bin/sh\necho '" + json.dumps(
+      {"model": "linear", "torch": "9.9.9+test", "epoch_time_s": 4.0}) + "'\n")
+  torch.chmod(0o755)
   base = [f"--table={name}", f"--runs={tmp_path / 'runs'}",
           f"--root={checkout}", "--repeats=1"]
   timed = _script("tables.py", *base, "--train", f"--data_dir={prepared[1]}",
-                  *flags[:extra], *([_stand_in_torch(tmp_path)]
-                                    if name == "epochs" else []),
-                  *flags[extra:])
+                  *(flag.format(torch=torch) for flag in flags))
   assert timed.returncode == 0, timed.stderr[-3000:]
   doc = (checkout / tables.PERFORMANCE).read_text()
   table = doc.split(f"<!-- tables.py: {name} -->\n")[1].split(tables.END)[0]
@@ -112,23 +106,17 @@ def test_each_timed_table_is_measured_and_written_from_its_figures(
       checkout / tables.MEASUREMENTS).read_text() == kept, again.stderr
 
 
-def _kept(folder, name, rows):
-  with open(folder / f"{name}.jsonl", "w") as f:
-    f.writelines(json.dumps({"host": "test host, jax 0", **r}) + "\n"
-                 for r in rows)
-
-
 def test_the_epoch_ratio_is_of_the_medians_with_its_range_over_rounds(
     tmp_path):
   """On a shared host PyTorch's epoch varies more than the medians show: the
   table gives each round's ratio of ours to PyTorch's too."""
   ours, theirs = [2.0, 3.0, 2.5], [4.0, 3.0, 2.5]  # Ratios 0.5, 1.0, 1.0.
-  _kept(tmp_path, "epochs", [
-      {"kind": kind, "round": i, "model": "linear", "epoch_time_s": t,
-       "parallel": "none", "devices": 1, "gflops": 1.0, "batch_size": 32,
-       "torch": "0"}
+  (tmp_path / "epochs.jsonl").write_text("".join(json.dumps(
+      {"host": "test host, jax 0", "kind": kind, "round": i, "model": "linear",
+       "epoch_time_s": t, "parallel": "none", "devices": 1, "gflops": 1.0,
+       "batch_size": 32, "torch": "0"}) + "\n"
       for kind, times in (("auto", ours), ("none", ours), ("torch", theirs))
-      for i, t in enumerate(times)])
+      for i, t in enumerate(times)))
   [row] = performance.measure_epochs(str(tmp_path))["rows"]
   assert row["ratio"] == pytest.approx(2.5 / 3.0)
   assert row["ratio_range"] == [0.5, 1.0]

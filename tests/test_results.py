@@ -48,7 +48,8 @@ def test_the_pages_screenshot_shows_runs_of_the_results_table():
 
 def write_run(folder, row, figures, final=True):
   """A run folder of `row`'s command, as launch.py leaves it, whose final row
-  holds `figures` (as measurements.json keeps them)."""
+  holds `figures` (as measurements.json keeps them), in place of any there."""
+  shutil.rmtree(folder, ignore_errors=True)
   os.makedirs(folder)
   cpu, jax, python = figures["host"].rsplit(", ", 2)
   env = {"cpu": cpu, "packages": {"jax": jax.split()[1]},
@@ -126,9 +127,7 @@ def test_the_run_folders_give_back_the_committed_figures_and_docs(checkout,
 
 
 def test_a_changed_run_changes_its_row_and_names_its_host(checkout, runs):
-  linear = os.path.join(runs, "linear-tuned")
-  shutil.rmtree(linear)
-  write_run(linear, tables.ROWS[0], {
+  write_run(os.path.join(runs, "linear-tuned"), tables.ROWS[0], {
       "test_accuracy": 0.9123, "epochs_run": 10, "time_s": 4.25,
       "host": "a CPU not recorded, jax 0.0.1, Python 3.0"})
   assert _results(checkout, runs, "--check") == 1
@@ -144,7 +143,6 @@ def test_a_changed_run_changes_its_row_and_names_its_host(checkout, runs):
 def _unfinished_cnn_no_gru(runs, _):
   shutil.rmtree(os.path.join(runs, "gru-tuned"))
   cnn = os.path.join(runs, "cnn-tuned")
-  shutil.rmtree(cnn)
   write_run(cnn, tables.ROWS[2], COMMITTED["results"]["cnn-tuned"], final=False)
   return (rf"^2 of {len(tables.ROWS) + 1} commands have no finished run in "
           rf".*`python launch.py --model=cnn` \(unfinished in {cnn}\); "
@@ -153,10 +151,8 @@ def _unfinished_cnn_no_gru(runs, _):
 
 def _other_seed(runs, _):
   """A run of other settings (the seed) is not the command's run."""
-  folder = os.path.join(runs, "linear-tuned")
-  shutil.rmtree(folder)
-  write_run(folder, tables.Row("x", "linear", flags=(("seed", 1),)),
-            COMMITTED["results"]["linear-tuned"])
+  write_run(os.path.join(runs, "linear-tuned"), tables.Row(
+      "x", "linear", flags=(("seed", 1),)), COMMITTED["results"]["linear-tuned"])
   return (rf"1 of {len(tables.ROWS) + 1} commands .* `python launch.py "
           r"--model=linear` [(]no run")
 
@@ -176,7 +172,6 @@ def _no_sweep_figure(runs, _):
 def _another_run_in_the_way(runs, _):
   """--train: the folder a missing run would go to holds another run."""
   folder = os.path.join(runs, "linear-tuned")
-  shutil.rmtree(folder)
   write_run(folder, tables.Row("x", "linear", "seed"),
             COMMITTED["results"]["linear-tuned"])
   return (f"{folder} holds no run of `python launch.py --model=linear` .* "

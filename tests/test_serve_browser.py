@@ -16,15 +16,14 @@ import threading
 
 import numpy as np
 from PIL import Image
-from PIL import ImageDraw
-from PIL import ImageFilter
 from PIL import PngImagePlugin
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 # pylint: disable-next=wrong-import-position
-from mnist_jax.data import images
+from experiments import photo_digits
+from mnist_jax.data import images  # pylint: disable=wrong-import-position
 from mnist_jax.results import serve  # pylint: disable=wrong-import-position
 
 SHARED_MNIST = os.path.join(ROOT, "..", "shared", "mnist")
@@ -127,16 +126,6 @@ def save_page(driver, loaded, out):
     image.save(out, pnginfo=info)
 
 
-def photo_of_a_seven(path):
-  """A photo-like JPEG: a dark 7 on paper lit unevenly, slightly blurred."""
-  w, h = 480, 360
-  light = np.linspace(150, 235, w)[None, :] + np.linspace(0, 15, h)[:, None]
-  image = Image.fromarray(light.astype(np.uint8)).convert("RGB")
-  ImageDraw.Draw(image).line([(190, 90), (300, 90), (230, 280)],
-                             fill=(40, 40, 55), width=16)
-  image.filter(ImageFilter.GaussianBlur(1.5)).save(path, quality=85)
-
-
 @pytest.fixture(scope="module")
 def mnist_run(tmp_path_factory):
   """A one-epoch MLP (with its analyses' test digits) on the real MNIST."""
@@ -164,6 +153,7 @@ def test_the_page_reads_a_drawn_seven_and_a_dropped_photo(mnist_run, tmp_path,
   a dropped photo reads 7; a bad file or too big a photo gets a message and
   changes nothing; on a phone the cards go under the pad."""
   import test_serve  # pylint: disable=g-import-not-at-top
+  from conftest import seven  # pylint: disable=g-import-not-at-top
   rnn = test_serve._model("rnn", hidden=8)  # pylint: disable=protected-access
   loaded = serve.load([mnist_run]) + [rnn]
   loaded[0].info["note"] = "of an older checkpoint"
@@ -208,14 +198,16 @@ def test_the_page_reads_a_drawn_seven_and_a_dropped_photo(mnist_run, tmp_path,
       assert shot.size[0] >= 1000 and set(json.loads(shot.text["runs"])) == {
           "mlp", "rnn"}
 
-    photo, text = str(tmp_path / "seven.jpg"), tmp_path / "notes.png"
-    photo_of_a_seven(photo)
+    photo, text = tmp_path / "seven.jpg", tmp_path / "notes.png"
+    photo.write_bytes(photo_digits.photo_jpeg(  # A phone's photo of a 7.
+        np.asarray(seven(28, ink=255, paper=0, width=3)),
+        np.random.default_rng(0)))
     text.write_text("not a picture")
     driver.execute_script(  # Dropped on the pad: a drop event with the file.
         "const input = document.createElement('input');"
         "input.type = 'file'; input.id = 'dropped';"
         "document.body.append(input);")
-    driver.find_element("id", "dropped").send_keys(photo)
+    driver.find_element("id", "dropped").send_keys(str(photo))
     driver.execute_script(
         "const data = new DataTransfer();"
         "data.items.add(document.getElementById('dropped').files[0]);"
@@ -226,7 +218,7 @@ def test_the_page_reads_a_drawn_seven_and_a_dropped_photo(mnist_run, tmp_path,
     pad = "return document.getElementById('draw').toDataURL()"
     shown = driver.execute_script(pad)  # The photo, on the pad.
     monkeypatch.setattr(serve, "MAX_BODY", os.path.getsize(photo) - 1)
-    for upload, words in ((str(text), "not an image"), (photo, "over the")):
+    for upload, words in ((str(text), "not an image"), (str(photo), "over the")):
       driver.find_element("id", "photo").send_keys(upload)  # The file input.
       wait(driver).until(lambda _, w=words: w in message.text)
       assert answers(driver, 2) == read  # The last answer stays,

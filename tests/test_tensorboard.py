@@ -3,7 +3,9 @@ loaders: the Writer on hand-made rows, then runs end to end."""
 
 import io
 import os
+import shutil
 import time
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -51,7 +53,6 @@ def _row(epoch, seeds=(), offset=0.0):
 def _writer(logdir, config, kept=(), write=None, **kwargs):
   """A Writer as a run opens it, resuming after the epochs metrics.jsonl holds
   (`kept`); given `write`, those rows written and the writer closed."""
-  os.makedirs(logdir, exist_ok=True)
   for row in kept:
     metrics_log.MetricsLog(str(logdir)).write(row)
   writer = tensorboard.Writer(str(logdir), config, **kwargs)
@@ -67,27 +68,22 @@ def _config(**overrides):
   return models.get_config("mlp", **{"epochs": 5, "mlp_hidden": (16,), **overrides})
 
 
-def _own(rows, i):
-  """Member i's part of each row, at the row's epoch."""
-  return [{"epoch": r["epoch"], **(r.get("members") or r.get("replicas"))[i]}
-          for r in rows]
-
-
-def _expected(rows, final=None, tags=ALL_TAGS, final_tags=None):
-  """{tag: [(epoch, value)]} that metrics rows give (an epoch resumed
-  mid-way, `partial_steps`, no speed); the final row's at the last epoch."""
-  out = {}
-  for key, tag in tags.items():
-    points = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None
-              and not (r.get("partial_steps") and key in tensorboard.SPEED_TAGS)]
-    if points:
-      out[tag] = points
+def _assert_series(got, rows, final=None, final_tags=None, member=None):
+  """`got` ({tag: [(step, value)]}) is what metrics rows give (an epoch
+  resumed mid-way, `partial_steps`, no speed), `final`'s at the last epoch; of
+  a `member`, its part of each row."""
+  tags = ALL_TAGS
+  if member is not None:
+    rows = [{"epoch": r["epoch"], **(r.get("members") or r["replicas"])[member]}
+            for r in rows]
+    tags = tensorboard.epoch_tags()
+  expected = {tag: [(r["epoch"], r[key]) for r in rows if r.get(key) is not None
+                    and not (r.get("partial_steps") and key in
+                             tensorboard.SPEED_TAGS)]
+              for key, tag in tags.items()}
+  expected = {tag: points for tag, points in expected.items() if points}
   for key, tag in (final_tags or {}).items():
-    out[tag] = [(rows[-1]["epoch"], final[key])]
-  return out
-
-
-def _assert_series(got, expected):
+    expected[tag] = [(rows[-1]["epoch"], final[key])]
   assert sorted(got) == sorted(expected)
   for tag, points in expected.items():
     assert [s for s, _ in got[tag]] == [s for s, _ in points], tag
@@ -128,8 +124,8 @@ def test_each_row_reaches_the_file_at_once_with_what_it_holds(tmp_path):
     assert seen() == list(range(1, e + 1))
   writer.write(final)
   writer.close()
-  _assert_series(tbh.scalars(tbh.multiplexer(tmp_path), "."), _expected(
-      rows, final, final_tags=tensorboard.final_tags(run=True)))
+  _assert_series(tbh.scalars(tbh.multiplexer(tmp_path), "."), rows, final,
+                 tensorboard.final_tags(run=True))
 
 
 def test_sweep_members_are_named_by_their_settings_with_their_own_rate(tmp_path):
@@ -148,8 +144,7 @@ def test_sweep_members_are_named_by_their_settings_with_their_own_rate(tmp_path)
   names = ["learning_rate=0.001,seed=1", "learning_rate=0.003,seed=1"]
   assert sorted(mux.Runs()) == [".", *names]
   for i, name in enumerate(names):
-    _assert_series(tbh.scalars(mux, name),
-                   _expected(_own(rows, i), tags=tensorboard.epoch_tags()))
+    _assert_series(tbh.scalars(mux, name), rows, member=i)
     values, _ = _session(mux, name)
     assert values["learning_rate"] == pytest.approx(labels[i]["learning_rate"])
     assert "index" not in values and values["num_seeds"] == 1
@@ -170,10 +165,9 @@ def test_a_resume_continues_one_series_of_the_kept_rows(tmp_path, caplog,
   with caplog.at_level("INFO", logger="tensorboard"):
     mux = tbh.multiplexer(tmp_path)
   assert not [r for r in caplog.records if r.levelname == "WARNING"], caplog.text
-  _assert_series(tbh.scalars(mux, "."), _expected(rows))
+  _assert_series(tbh.scalars(mux, "."), rows)
   for i, seed in enumerate((1, 2)):
-    _assert_series(tbh.scalars(mux, f"seed={seed}"),
-                   _expected(_own(rows, i), tags=tensorboard.epoch_tags()))
+    _assert_series(tbh.scalars(mux, f"seed={seed}"), rows, member=i)
   assert len(_event_files(tmp_path)) == 3
 
 
@@ -186,15 +180,12 @@ def test_a_failed_write_warns_once_and_the_run_goes_on(tmp_path, monkeypatch,
   _writer(tmp_path, config, write=[_row(1, (0, 1))], members=members)
   older = _event_files(tmp_path)
   if way == "member_folder_is_a_file":
-    for name in _event_files(tmp_path / "seed=1"):
-      os.remove(name)
-    os.rmdir(tmp_path / "seed=1")
+    shutil.rmtree(tmp_path / "seed=1")
     (tmp_path / "seed=1").write_text("a file where a member folder should go")
   writer = _writer(tmp_path, config, [_row(1, (0, 1))], members=members)
   if way == "disk_full":
-    def broken(*args, **kwargs):
-      raise OSError(28, "No space left on device")
-    monkeypatch.setattr(tensorboardX.SummaryWriter, "add_scalar", broken)
+    monkeypatch.setattr(tensorboardX.SummaryWriter, "add_scalar", mock.Mock(
+        side_effect=OSError(28, "No space left on device")))
   for e in (2, 3):
     writer.write(_row(e, (0, 1)))
   writer.write({**_values("test", 4), "epochs_run": 3})
@@ -233,14 +224,12 @@ def test_a_run_writes_its_rows_figures_config_and_each_seeds_series(
   epochs, final = rows[:-1], rows[-1]
   mux = tbh.multiplexer(workdir)
   assert sorted(mux.Runs()) == [".", "seed=5", "seed=6"]
-  expected = _expected(epochs, final,
-                       final_tags=tensorboard.final_tags(run=True))
-  assert {"loss/val", "accuracy/val", "learning_rate"} <= set(expected)
-  _assert_series(tbh.scalars(mux, "."), expected)
+  got = tbh.scalars(mux, ".")
+  assert {"loss/val", "accuracy/val", "learning_rate"} <= set(got)
+  _assert_series(got, epochs, final, tensorboard.final_tags(run=True))
   for i in range(2):
-    _assert_series(tbh.scalars(mux, f"seed={5 + i}"), _expected(
-        _own(epochs, i), final["members"][i], tensorboard.epoch_tags(),
-        tensorboard.final_tags()))
+    _assert_series(tbh.scalars(mux, f"seed={5 + i}"), epochs,
+                   final["members"][i], tensorboard.final_tags(), member=i)
   assert tbh.scalars(mux, "seed=5")[TRAIN] != tbh.scalars(mux, "seed=6")[TRAIN]
 
   acc = event_accumulator.EventAccumulator(workdir)
@@ -263,10 +252,6 @@ def test_a_run_writes_its_rows_figures_config_and_each_seeds_series(
     assert end.status == 1  # STATUS_SUCCESS: the run finished.
 
 
-def _fail_report(*args, **kwargs):
-  raise RuntimeError("the report failed")
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="Linux /proc")
 @pytest.mark.parametrize("way_out", ["report fails", "diverged"])
 def test_the_event_files_close_on_every_way_out(prepared, tmp_path,
@@ -274,7 +259,8 @@ def test_the_event_files_close_on_every_way_out(prepared, tmp_path,
   """A diverged run's session stays open (TensorBoard shows it unfinished)."""
   workdir = str(tmp_path / "run")
   if way_out == "report fails":
-    monkeypatch.setattr(report, "write", _fail_report)
+    monkeypatch.setattr(report, "write", mock.Mock(
+        side_effect=RuntimeError("the report failed")))
     with pytest.raises(RuntimeError, match="the report failed"):
       _train(prepared, workdir)
   else:  # The loss overflows within a few epochs (see test_divergence.py).
@@ -289,7 +275,6 @@ def test_the_event_files_close_on_every_way_out(prepared, tmp_path,
   # The epochs before the divergence (whose row is the note, no event).
   epochs = [r for r in rows if r.get("train_loss") is not None]
   mux = tbh.multiplexer(workdir)
-  _assert_series(tbh.scalars(mux, "."), _expected(
-      epochs, rows[-1], final_tags=(tensorboard.final_tags(run=True)
-                                    if way_out == "report fails" else None)))
+  _assert_series(tbh.scalars(mux, "."), epochs, rows[-1], (
+      tensorboard.final_tags(run=True) if way_out == "report fails" else None))
   assert (_session(mux, ".")[1] is None) == (way_out == "diverged")
