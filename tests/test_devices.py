@@ -113,17 +113,6 @@ def test_the_rule_reads_the_stock_module_class_not_the_model_name(
   assert resolve("mlp", batch_size=128) == ("sharded", 4)
 
 
-@pytest.mark.parametrize("mode,count,asked,expected", [
-    ("sharded", 8, 300, 304), ("pmap", 8, 300, 304), ("sharded", 3, 1000, 1002),
-    ("pmap", 2, 50, 50), ("none", 1, 300, 300), ("members", 4, 300, 300)])
-def test_eval_batches_split_over_the_data_parallel_devices(mode, count, asked,
-                                                           expected):
-  """Rounded up to a multiple of the devices a batch is split over."""
-  layout = object.__new__(devices_lib.Layout)  # The rule needs those devices.
-  layout.mode, layout.num_devices = mode, count
-  assert layout.eval_batch_size(asked) == expected
-
-
 @pytest.mark.parametrize("env", [
     dict(JAX_PLATFORMS="cpu", parallel="none"),
     dict(JAX_PLATFORMS="cpu", multi_process=True),
