@@ -169,6 +169,8 @@ def test_a_download_is_checked_by_tfds_then_prepared(served, tmp_path, capfd,
 
 
 def test_network_probe_reports_a_closed_port():
+  """A run with no network stops within seconds and says so (its words:
+  test_refusals.py): a closed port is unreachable."""
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))  # Bound, not listening: connections refused.
     assert not pipeline._network_reachable(  # pylint: disable=protected-access

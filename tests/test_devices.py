@@ -70,7 +70,6 @@ def resolve(model="gru", members=1, **overrides):
      ("pmap", 8)),
     ((8,), "gru", 1, dict(parallel="none", batch_size=128), ("none", 1)),
     # Refused, in one line.
-    ((8,), "mlp", 2, dict(parallel="pmap"), "leave out --parallel=pmap"),
     ((8,), "mlp", 1, dict(parallel="sharded", batch_size=100), "--batch_size="
      "100 does not split over 8 devices; pass a multiple of 8 (e.g. 96 or "
      "104), or --parallel=none"),
