@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import synthetic_digits
+from conftest import assert_trees_equal, synthetic_digits
 import launch
 from mnist_jax import config as config_lib
 from mnist_jax import models
@@ -168,9 +168,7 @@ def test_a_swept_clip_or_decay_of_0_is_off_and_members_hold_their_numbers():
         getattr(member, name), rel=1e-6)
     assert moved.hyperparams[name].dtype == jnp.float32
   assert jax.tree.structure(moved) == jax.tree.structure(plain)
-  for x, y in zip(jax.tree.leaves(moved.inner_state),
-                  jax.tree.leaves(plain.inner_state)):
-    np.testing.assert_array_equal(x, y)
+  assert_trees_equal(moved.inner_state, plain.inner_state)
 
 
 @pytest.mark.parametrize("key", list(optim.HYPERPARAMS))
