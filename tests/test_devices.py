@@ -70,7 +70,6 @@ def resolve(model="gru", members=1, **overrides):
      ("pmap", 8)),
     ((8,), "gru", 1, dict(parallel="none", batch_size=128), ("none", 1)),
     # Refused, in one line.
-    ((8,), "mlp", 2, dict(parallel="pmap"), "leave out --parallel=pmap"),
     ((8,), "mlp", 1, dict(parallel="sharded", batch_size=100), "--batch_size="
      "100 does not split over 8 devices; pass a multiple of 8 (e.g. 96 or "
      "104), or --parallel=none"),
@@ -111,17 +110,6 @@ def test_the_rule_reads_the_stock_module_class_not_the_model_name(
   monkeypatch.setitem(registry.MODELS, "mlp",
                       dataclasses.replace(spec, module=NewNet))
   assert resolve("mlp", batch_size=128) == ("sharded", 4)
-
-
-@pytest.mark.parametrize("mode,count,asked,expected", [
-    ("sharded", 8, 300, 304), ("pmap", 8, 300, 304), ("sharded", 3, 1000, 1002),
-    ("pmap", 2, 50, 50), ("none", 1, 300, 300), ("members", 4, 300, 300)])
-def test_eval_batches_split_over_the_data_parallel_devices(mode, count, asked,
-                                                           expected):
-  """Rounded up to a multiple of the devices a batch is split over."""
-  layout = object.__new__(devices_lib.Layout)  # The rule needs those devices.
-  layout.mode, layout.num_devices = mode, count
-  assert layout.eval_batch_size(asked) == expected
 
 
 @pytest.mark.parametrize("env", [

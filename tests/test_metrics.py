@@ -54,8 +54,7 @@ def test_ece_equals_a_direct_numpy_ece(scale):
   got = metrics.values(jax.device_get(_sums(logits, labels)))
   assert got["ece"] == pytest.approx(_numpy_ece(logits, labels), abs=1e-5)
   assert got["ece"] > 0
-  p = np.asarray(jax.nn.softmax(logits))
-  assert got["accuracy"] == np.mean(p.argmax(-1) == labels)
+  assert got["accuracy"] == np.mean(logits.argmax(-1) == labels)
 
 
 def test_sums_of_parts_add_up_to_the_whole():
@@ -89,8 +88,6 @@ def test_each_split_sums_its_declared_metrics_and_rows_carry_them():
     summed = {"count", *(k for m in declared for k in m.sums(batch))}
     assert set(metrics.zeros((split,), num_classes=10)) == summed
   assert metrics.of("train") != metrics.of("test")  # The test's point.
-  host = metrics.zeros(lead=(3,), host=True, num_classes=10)
-  assert isinstance(host["loss"], np.ndarray) and host["loss"].shape == (3,)
   zeros = jax.device_get(metrics.zeros(metrics.EVAL, num_classes=10))
   got = metrics.values(zeros)
   assert got["count"] == 0 and all(np.isnan(got[m.name])
@@ -99,7 +96,6 @@ def test_each_split_sums_its_declared_metrics_and_rows_carry_them():
   single = members.from_config(models.get_config("linear"))
   row = members.row(single, (0, 0), {"train": per, "val": per})
   assert list(row) == [*metrics.keys("train"), *metrics.keys("val")]
-  assert metrics.BY_NAME["ece"].text(0.0123) == "1.23%"
 
 
 def test_the_results_score_logits_as_the_loop_evaluates_them():

@@ -188,10 +188,8 @@ def test_remat_keeps_parameters_outputs_and_gradients():
     loss = lambda p, m=model: m.apply({"params": p}, x).sum()
     results.append((params, model.apply({"params": params}, x),
                     jax.grad(loss)(params)))
-  assert (jax.tree_util.tree_structure(results[0][0]) ==
-          jax.tree_util.tree_structure(results[1][0]))
-  for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                       atol=1e-6), *results)
 
 
 @pytest.mark.slow

@@ -155,27 +155,19 @@ def test_launch_on_a_gpu_backend_takes_the_accelerators_choices(prepared,
   assert len({m["test_loss"] for m in members}) == 2
 
 
-@pytest.fixture
-def joins(monkeypatch):
-  """(calls of jax.distributed.initialize, what it raises: none or [error])."""
-  calls, raises = [], []
+def test_no_cluster_is_one_process_but_named_processes_must_join(monkeypatch):
+  """Unless the flags name processes, one process; jax's errors in one line,
+  and process 0 on a port in use refused before jax's coordinator crashes."""
+  calls, raises = [], [ValueError("coordinator_address should be defined.")]
 
-  def initialize(*args, **kwargs):
+  def initialize(*args, **kwargs):  # jax.distributed's: what `raises` holds.
     calls.append(args)
     if raises:
       raise raises[0]
 
   monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
   monkeypatch.setattr(jax.distributed, "initialize", initialize)
-  return calls, raises
-
-
-def test_no_cluster_is_one_process_but_named_processes_must_join(joins):
-  """Unless the flags name processes, one process; jax's errors in one line,
-  and process 0 on a port in use refused before jax's coordinator crashes."""
-  calls, raises = joins
   config = models.get_config("mlp")
-  raises.append(ValueError("coordinator_address should be defined."))
   process.initialize(config)
   process.initialize(config, detect=False)  # Not asked to detect: no call.
   assert calls == [(None, None, None)]

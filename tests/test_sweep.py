@@ -7,6 +7,7 @@ import functools
 import io
 import json
 import os
+import pathlib
 import shutil
 import types
 
@@ -188,10 +189,9 @@ def test_a_diverged_member_stops_alone(prepared, tmp_path):
   the report); the other trains on and is chosen."""
   stream = io.StringIO()
   modes.train_and_evaluate(models.get_config(
-      "linear", mnist_dir=prepared[0], data_dir=prepared[1], epochs=1,
-      batch_size=50, val_fraction=0.1, optimizer="sgd", momentum=0.0,
-      analyses=False, sweep="learning_rate=0.01,1e38"), str(tmp_path),
-                           stream=stream)
+      "linear", **prepared.settings, epochs=1, batch_size=50, val_fraction=0.1,
+      optimizer="sgd", momentum=0.0, analyses=False,
+      sweep="learning_rate=0.01,1e38"), str(tmp_path), stream=stream)
   assert "member learning_rate=1e+38, seed=0 diverged at step" in (
       stream.getvalue())
   assert ("\nchosen by validation accuracy: learning_rate=0.01, seed=0; "
@@ -258,8 +258,7 @@ def test_a_sweeps_rows_csv_and_report_name_every_member_and_the_chosen(
     assert float(r["final_val_accuracy"]) == pytest.approx(vals[-1], abs=1e-6)
   with Image.open(os.path.join(folder, "sweep.png")) as image:
     assert image.format == "PNG" and min(image.size) >= 300
-  with open(os.path.join(folder, "report.md")) as f:
-    text = f.read()
+  text = pathlib.Path(folder, "report.md").read_text()
   label = members.values_text(chosen["values"], chosen["seed"])
   assert f"member {chosen['index']} ({label}) of 8" in text
   assert "highest mean final validation accuracy" in text
@@ -297,9 +296,8 @@ def test_report_and_predict_use_the_chosen_member_and_the_ensemble(
   result = modes.rewrite_report(copy)
   assert result["accuracy"] == pytest.approx(final["test_accuracy"], abs=1e-9)
   assert os.path.exists(os.path.join(copy, "sweep.png"))
-  with open(os.path.join(copy, "report.md")) as a, open(
-      os.path.join(folder, "report.md")) as b:
-    assert a.read() == b.read()
+  assert pathlib.Path(copy, "report.md").read_text() == pathlib.Path(
+      folder, "report.md").read_text()
   path = str(tmp_path / "digit.png")
   Image.fromarray(images[0, ..., 0]).save(path)
   out = io.StringIO()

@@ -1,7 +1,6 @@
-"""train.py: the optimizer step and the scanned chunk (cut anywhere,
-branching on no data: docs/design.md); the loop: test_resume.py."""
+"""train.py: the optimizer step and the scanned chunk (cut anywhere); the
+loop: test_resume.py."""
 
-import collections
 import functools
 
 import jax
@@ -9,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import assert_trees_equal, jaxpr_equations, synthetic_digits
+from conftest import assert_trees_equal, synthetic_digits
 from mnist_jax import models
 from mnist_jax.data import augment as augment_lib
 from mnist_jax import optim
@@ -33,13 +32,10 @@ def fresh_state(config, steps_per_epoch=10, seed=0):
                                   (28, 28, 1), config.dtype)
 
 
-def digits(n, seed=0):
-  images, labels = synthetic_digits(n, seed)
-  return jnp.asarray(images), jnp.asarray(labels, jnp.int32)
-
-
-def batch_of(images, labels):
-  return {"image": images, "label": labels}
+def digits(n):
+  """A batch of n synthetic digits: image [n, 28, 28, 1] uint8, label [n]."""
+  images, labels = synthetic_digits(n)
+  return {"image": jnp.asarray(images), "label": jnp.asarray(labels, jnp.int32)}
 
 
 # The optimizer step.
@@ -50,9 +46,8 @@ def batch_of(images, labels):
 def test_train_step_lowers_loss_and_changes_every_parameter(name):
   """The stock modules (the fast paths: test_kernels.py)."""
   config = tiny_config(name, learning_rate=3e-3, impl="stock")
-  images, labels = digits(32)
-  state0 = fresh_state(config)
-  step = jax.jit(lambda s: train.train_step(s, batch_of(images, labels)))
+  state0, batch = fresh_state(config), digits(32)
+  step = jax.jit(lambda s: train.train_step(s, batch))
   state, first = step(state0)
   for _ in range(10):
     state, last = step(state)
@@ -66,8 +61,8 @@ def test_train_step_lowers_loss_and_changes_every_parameter(name):
 def test_dropout_masks_depend_on_the_step():
   """The step folds into the dropout key: the same state and batch at
   another step draw other masks (and without dropout, the same loss)."""
-  images, labels = digits(16)
-  step = jax.jit(lambda s: train.train_step(s, batch_of(images, labels))[1])
+  batch = digits(16)
+  step = jax.jit(lambda s: train.train_step(s, batch)[1])
   for rate, differ in ((0.5, True), (0.0, False)):
     state = fresh_state(tiny_config("mlp", dropout=rate))
     losses = [float(step(state.replace(step=jnp.asarray(s)))["loss"])
@@ -83,7 +78,7 @@ def test_the_step_warps_from_its_augment_stream():
   assert augment_lib.from_config(models.get_config("cnn", "best")) is not None
   config = tiny_config("linear", augment=True, augment_shift=3.0)
   state, warp = fresh_state(config), augment_lib.from_config(config)
-  batch = batch_of(*digits(8))
+  batch = digits(8)
   step = jax.jit(lambda s, warp: train.train_step(s, batch, augment=warp)[0],
                  static_argnums=1)
   params = lambda s: np.concatenate([np.ravel(p) for p in
@@ -113,70 +108,33 @@ def test_epoch_order_is_a_fresh_permutation_each_epoch():
 
 # The chunk: steps in one compiled loop.
 
-def _ordered(steps, batch_size=32, **kwargs):
-  """train_chunk of (state, images, labels, epoch, first, count) from zero
-  sums, over the epoch's order of `steps` batches."""
-  def run(state, images, labels, epoch, first, count):
-    order = train.epoch_order(state, epoch, n=len(labels), steps=steps,
-                              batch_size=batch_size)
-    return train.train_chunk(state, metrics.zeros(num_classes=10), order,
-                             images, labels, first, count, **kwargs)
-  return run
-
-
 def test_chunks_equal_step_by_step_wherever_cut():
   """Chunks of 2 and 1 step end where one chunk of 3 ends, bit for bit, and
   3 plain steps to float rounding; a chunk of no steps changes nothing."""
   config = tiny_config("mlp", dropout=0.2, label_smoothing=0.1)
-  images, labels = digits(96)
+  batch = digits(96)
   state = fresh_state(config, steps_per_epoch=3)
   order = train.epoch_order(state, 1, n=96, steps=3, batch_size=32)
-  chunk = jax.jit(_ordered(3, label_smoothing=0.1))
+  chunk = jax.jit(lambda state, first, count: train.train_chunk(
+      state, metrics.zeros(num_classes=10), order, batch["image"],
+      batch["label"], first, count, label_smoothing=0.1))
   ref, total = state, 0.0
   step = jax.jit(functools.partial(train.train_step, label_smoothing=0.1))
   for i in range(3):
-    ref, sums = step(ref, batch_of(images[order[i]], labels[order[i]]))
+    ref, sums = step(ref, jax.tree.map(lambda x, i=i: x[order[i]], batch))
     total += float(sums["loss"])
-  whole, whole_sums, bad = chunk(state, images, labels, 1, 0, 3)
+  whole, whole_sums, bad = chunk(state, 0, 3)
   assert int(bad) == -1
-  none, none_sums, bad = chunk(state, images, labels, 1, 3, 0)  # No steps.
+  none, none_sums, bad = chunk(state, 3, 0)  # No steps.
   assert int(bad) == -1 and float(none_sums["count"]) == 0
   assert_trees_equal(none, state)
-  cut, cut_sums = state, None
+  cut = state
   for first, count in ((0, 2), (2, 1)):
-    cut, sums, bad = chunk(cut, images, labels, 1, first, count)
+    cut, _, bad = chunk(cut, first, count)
     assert int(bad) == -1
-    cut_sums = sums if cut_sums is None else jax.tree.map(jnp.add, cut_sums,
-                                                           sums)
   assert int(whole.step) == 3 and float(whole_sums["count"]) == 96
   assert_trees_equal(cut.params, whole.params)
   assert float(whole_sums["loss"]) == pytest.approx(total, rel=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
                                                        atol=1e-6),
                whole.params, ref.params)
-
-
-@pytest.mark.parametrize("name,overrides", [
-    ("mlp", dict(dropout=0.2, grad_clip=1.0, label_smoothing=0.1)),
-    ("cnn", dict(cnn_batch_norm=True, impl="stock", grad_clip=1.0,
-                 weight_decay=1e-4)),  # Every part of the state.
-    ("gru", dict(hidden=8, augment=True, impl="stock", optimizer="rmsprop")),
-])
-def test_the_step_loop_has_no_data_dependent_control_flow(name, overrides):
-  """docs/design.md: the chunk is one loop whose body branches on nothing
-  (masking is a select); only a model's fixed-length scan nests in it."""
-  config = tiny_config(name, **overrides)
-  images, labels = digits(64)
-  state = fresh_state(config, steps_per_epoch=2)
-  fn = _ordered(2, label_smoothing=config.label_smoothing,
-                augment=augment_lib.from_config(config))
-  jaxpr = jax.make_jaxpr(fn)(state, images, labels, 1, 0, 2).jaxpr
-  [loop] = [e for e, inside in jaxpr_equations(jaxpr) if not inside
-            and e.primitive.name == "while"]
-  body = list(jaxpr_equations(loop.params["body_jaxpr"].jaxpr))
-  names = collections.Counter(e.primitive.name for e, _ in body)
-  assert not {"cond", "while"} & set(names), names
-  # The GRU's scan over the 28 rows, forward and backward.
-  assert [e.params["length"] for e, inside in body if not inside and
-          e.primitive.name == "scan"] == ([28, 28] if name == "gru" else [])
-
