@@ -128,22 +128,21 @@ def test_docs_flag_table_is_the_help():
 
 def test_dry_run_marks_where_each_setting_comes_from_and_the_split():
   config = registry.get_config("cnn", "best", epochs=3, learning_rate=3e-3)
-  given = {"model": "cnn", "preset": "best", "epochs": 3,
-           "learning_rate": 3e-3}
-  origin = lambda config, given, name: re.search(
-      rf"^    --{name}=\S* +(.*)$", "\n".join(
-          dry_run.settings_lines(config, given)), re.M).group(1)
+  given = {"model", "preset", "epochs", "learning_rate"}
+
+  def origin(name, config=config, given=given):
+    lines = "\n".join(dry_run.settings_lines(config, given))
+    return re.search(rf"^    --{name}=\S* +(.*)$", lines, re.M)[1]
+
   preset = registry.get_config("cnn", "best").epochs
-  assert origin(config, given, "epochs") == f"flag; preset: {preset}"
-  assert origin(config, given, "model") == origin(config, given,
-                                                  "preset") == "flag"
-  # The preset's value, given again:
-  assert origin(config, given, "learning_rate") == "flag"
-  assert origin(config, given, "cnn_dense") == "preset"
-  assert origin(config, given, "momentum") == "default"
-  assert origin(config, given, "workdir") == "chosen (see run folder)"
-  assert origin(config.replace(momentum=0.5), {"momentum"},
-                "momentum") == "flag; default: 0.9"
+  assert origin("epochs") == f"flag; preset: {preset}"
+  assert origin("model") == origin("preset") == "flag"
+  assert origin("learning_rate") == "flag"  # The preset's value, given again.
+  assert origin("cnn_dense") == "preset"
+  assert origin("momentum") == "default"
+  assert origin("workdir") == "chosen (see run folder)"
+  assert origin("momentum", config.replace(momentum=0.5),
+                {"momentum"}) == "flag; default: 0.9"
   text = dry_run.text(config.replace(workdir="W"), {*given, "workdir"},
                       "W, a new run folder", (None,))
   assert "validation: none: it trains on all 60,000 training images" in text
@@ -167,7 +166,7 @@ def test_dry_run_writes_nothing_and_names_the_run_it_would_resume(tmp_path):
   """And a `~` a shell leaves alone after `--data_dir=` (or --workdir,
   --mnist_dir) is the home folder, not a folder `~`."""
   work, home = tmp_path / "runs" / "mlp-a", tmp_path / "home"
-  lh.unfinished_run(str(work), registry.get_config("mlp", epochs=3))
+  lh.run_folder(work, registry.get_config("mlp", epochs=3))
   before = lh.snapshot(tmp_path)
   rc, out, err = lh.run(["--epochs=3", "--dry_run", "--data_dir=~/tfds"],
                         timeout=300, cwd=str(tmp_path), HOME=str(home))
