@@ -106,20 +106,17 @@ def child_env(devices: int = 0, **extra):
 
 def run(args, timeout=120, cwd=ROOT, **env):
   """Runs launch.py to the end: (exit status, stdout, stderr)."""
-  p = subprocess.run([sys.executable, launch_path(cwd), *args], cwd=cwd,
-                     capture_output=True, text=True, timeout=timeout,
-                     env=child_env(**env))
-  return p.returncode, p.stdout, p.stderr
+  return follow(shlex.join(["python", launch_path(cwd), *args]), cwd, timeout,
+                **env)
 
 
-def start(args, cwd=ROOT, pause_s=0.0, at="", nth=1, **env):
+def start(args, cwd=ROOT, pause_s=0.0, at="", nth=1):
   """launch.py in a child process printing _CHILD's markers, which pauses
-  `pause_s` at the `nth` marker `at` (`env`: more variables)."""
+  `pause_s` at the `nth` marker `at`."""
   return subprocess.Popen(
       [sys.executable, "-c", _CHILD, launch_path(cwd), *args], cwd=cwd,
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      env=child_env(PAUSE_S=str(pause_s), PAUSE_AT=at, PAUSE_NTH=str(nth),
-                    **env))
+      env=child_env(PAUSE_S=str(pause_s), PAUSE_AT=at, PAUSE_NTH=str(nth)))
 
 
 def run_and_signal(args, signum, at, nth=1, pause_s=0.2, timeout=120,

@@ -219,8 +219,7 @@ def test_every_mode_says_the_code_differs(tiny_run, tmp_path, monkeypatch):
   assert {"models/dense.py", "training/train.py", "optim.py"} <= set(
       recorded["files"])
   assert code.changed(recorded) == [] and code.note(tiny_run, recorded) is None
-  work = str(tmp_path / "run")
-  shutil.copytree(tiny_run, work)
+  work = shutil.copytree(tiny_run, str(tmp_path / "run"))
   edited = {**code.core_files(), "models/dense.py": "edited"}  # Since then.
   monkeypatch.setattr(code, "core_files", lambda: edited)
   said = run_lib.run_note(work, run_lib.load_run(work))
@@ -229,8 +228,7 @@ def test_every_mode_says_the_code_differs(tiny_run, tmp_path, monkeypatch):
                   "what it ran); these results are of the code here now")
   out, err = io.StringIO(), io.StringIO()
   run_lib.print_predictions(work, [os.path.join(
-      os.path.dirname(__file__), "..", "docs", "img", "seven.png")], out=out,
-                            err=err)
+      lh.ROOT, "docs", "img", "seven.png")], out=out, err=err)
   assert err.getvalue().startswith(f"note: {said}")
   assert serve.load([work])[0].info["note"] == said
   config = record.read_config(work).replace(epochs=2, workdir=work)
@@ -266,8 +264,7 @@ def test_an_old_run_folder_loads_resumes_and_predicts_the_same(tiny_run,
   """A config.json as written before models declared their settings: every
   model's settings, at their old defaults, beside the run's own."""
   root = tmp_path / "runs"
-  old = str(root / "old")
-  shutil.copytree(tiny_run, old)
+  old = shutil.copytree(tiny_run, str(root / "old"))
   recorded = record.read_record(old)
   recorded["config"] = {
       "hidden": 128, "num_layers": 1, "bidirectional": False,

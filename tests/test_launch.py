@@ -84,12 +84,11 @@ def test_help_prints_every_flag_by_group_with_its_default_and_bounds(capsys,
   assert headings == list(config_lib.GROUPS)
   flag_lines = [line.split(":")[0].strip() for line in printed.splitlines()
                 if line.startswith("  --")]
-  assert [f.replace("[no]", "")[2:] for f in flag_lines] == [
-      f.name for group in config_lib.GROUPS
-      for f in sorted(FLAGS.get_flags_for_module(group), key=lambda f: f.name)]
+  names = [f.name for group in config_lib.GROUPS for f in sorted(
+      FLAGS.get_flags_for_module(group), key=lambda f: f.name)]
+  assert [f.replace("[no]", "")[2:] for f in flag_lines] == names
   printed = " ".join(printed.split())
-  for name in [f.name for group in config_lib.GROUPS
-               for f in FLAGS.get_flags_for_module(group)]:
+  for name in names:
     spelled = f"--[no]{name}:" if FLAGS[name].boolean else f"--{name}:"
     line = f" {spelled} {' '.join(FLAGS[name].help.split())}"
     if FLAGS[name].default_as_str:  # absl's default.
@@ -189,15 +188,15 @@ def test_launch_trains_and_writes_the_run_folder(prepared, tmp_path):
   assert rc == 0 and "test accuracy" in out, err  # Its files: test_report.py.
   record = json.loads((work / "config.json").read_text())
   assert record["config"]["model"] == "gru" and record["config"]["hidden"] == 16
-  assert record["environment"]["packages"]["jax"]
-  assert record["environment"]["devices"]
-  assert record["environment"]["cpu"].endswith(  # The results table names it.
-      f", {len(os.sched_getaffinity(0))} cores")
+  environment = record["environment"]
+  assert environment["packages"]["jax"] and environment["devices"]
+  # The results table names the cores.
+  assert environment["cpu"].endswith(f", {len(os.sched_getaffinity(0))} cores")
   # Asked of XLA for GPUs (a CPU ignores it), and recorded.
-  assert "--xla_gpu_deterministic_ops=true" in (
-      record["environment"]["env"]["XLA_FLAGS"].split())
+  assert "--xla_gpu_deterministic_ops=true" in environment["env"][
+      "XLA_FLAGS"].split()
   # --impl=auto on a CPU: the GRU's nn.RNN by the fused recurrence, checked.
-  implementation = record["environment"]["implementation"]
+  implementation = environment["implementation"]
   assert implementation["impl"] == "auto"
   assert implementation["module"] == "mnist_jax/models/recurrent.py's Recurrent"
   assert implementation["layers"]["passed"]

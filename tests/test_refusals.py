@@ -18,7 +18,7 @@ from PIL import Image
 import pytest
 
 import launch_helpers as lh
-from conftest import declared_png, write_idx_dir
+from conftest import declared_png, seven, write_idx_dir
 from mnist_jax import files
 from mnist_jax import models
 from mnist_jax.errors import UserError
@@ -190,9 +190,7 @@ def _set(**values):
   return lambda record: record["config"].update(values)
 
 
-SEVEN = Image.new("L", (28, 28))
-SEVEN.paste(255, (8, 6, 20, 9))
-SEVEN.paste(255, (15, 9, 18, 24))
+SEVEN = seven()
 _png = io.BytesIO()
 SEVEN.save(_png, "PNG")
 CUT_PNG = _png.getvalue()[:60]  # Its pixels cut short.
