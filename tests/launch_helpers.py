@@ -18,12 +18,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ["README.md", *sorted(os.path.relpath(p, ROOT) for p in glob.glob(
     os.path.join(ROOT, "docs", "*.md")))]
 
-# launch.py printing a marker where a test may signal it: before a chunk of an
-# epoch but its first (@chunk), before an epoch's checkpoint (@epoch_end),
-# after the final evaluation (@final_row), as the report begins (@write). It
-# pauses only at the PAUSE_NTH-th marker PAUSE_AT, as run_and_signal waits.
+# launch.py printing a marker where a test may stop it: before a chunk of an
+# epoch but its first (@chunk), before an epoch's checkpoint (@epoch_end), as
+# orbax writes a save (@save step=S), after the final evaluation (@final_row),
+# once the final row is logged (@final), as the report begins (@write), while
+# a file's temporary is open (@file NAME). It pauses PAUSE_S at the
+# PAUSE_NTH-th marker PAUSE_AT alone.
 _CHILD = r"""
-import os, runpy, signal, sys, time
+import contextlib, os, runpy, signal, sys, time
 script = sys.argv[1]  # launch.py as the user typed it.
 sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
 # Each signal the run's own handlers take is counted: a pause ends 1 s after
@@ -37,38 +39,52 @@ def _counted(signum, handler):
     return handler(*args)
   return _signal(signum, counting)
 signal.signal = _counted
-_at, _nth, _count = os.environ.get("PAUSE_AT", ""), int(os.environ.get("PAUSE_NTH", "0")), [0]
-def pause(line):
+_at, _nth, _count = os.environ["PAUSE_AT"], int(os.environ["PAUSE_NTH"]), [0]
+def mark(line):
+  print(line, flush=True)
   if not (line + " ").startswith(_at + " "):
     return
   _count[0] += 1
   if _count[0] != _nth:
     return
-  end, seen = time.monotonic() + float(os.environ.get("CHUNK_PAUSE_S", "0")), _caught[0]
+  end, seen = time.monotonic() + float(os.environ["PAUSE_S"]), _caught[0]
   while time.monotonic() < end:
     time.sleep(0.05)
     if _caught[0] != seen:
       end = min(end, time.monotonic() + 1.0)
       seen = _caught[0]
-from mnist_jax import modes
+from mnist_jax import files, modes
 from mnist_jax.results import report
+from mnist_jax.rundir import checkpoints, metrics_log
 from mnist_jax.training import members
-def marked(owner, name, marker):
+def marked(owner, name, marker, after=False):
   original = getattr(owner, name)
   def wrapper(*args, **kwargs):
     line = marker(*args, **kwargs)
-    if line:
-      print(line, flush=True)
-      pause(line)
-    return original(*args, **kwargs)
+    if line and not after:
+      mark(line)
+    result = original(*args, **kwargs)
+    if line and after:
+      mark(line)
+    return result
   setattr(owner, name, wrapper)
 marked(modes.RunFolder, "chunk", lambda self, state, epoch, done, sums: done
        and f"@chunk epoch={epoch} done={done}")
 marked(modes.RunFolder, "epoch", lambda self, state, row, last: (
     f"@epoch_end epoch={row['epoch']}"))
-# After the final evaluation, before its row; before the report.
+marked(checkpoints, "save", lambda manager, step, *_: f"@save step={step}",
+       after=True)
 marked(members, "final_row", lambda *_, **__: "@final_row")
+marked(metrics_log.MetricsLog, "write", lambda self, row: (
+    "test_accuracy" in row and "@final"), after=True)
 marked(report, "write", lambda *_, **__: "@write")
+_atomic = files.atomic
+@contextlib.contextmanager
+def atomic(path, mode="w"):
+  with _atomic(path, mode) as f:
+    mark(f"@file {os.path.basename(path)}")
+    yield f
+files.atomic = atomic
 sys.argv = [script] + sys.argv[2:]
 runpy.run_path(script, run_name="__main__")
 """
@@ -90,34 +106,31 @@ def child_env(devices: int = 0, **extra):
 
 def run(args, timeout=120, cwd=ROOT, **env):
   """Runs launch.py to the end: (exit status, stdout, stderr)."""
-  p = subprocess.run([sys.executable, launch_path(cwd), *args], cwd=cwd,
-                     capture_output=True, text=True, timeout=timeout,
-                     env=child_env(**env))
-  return p.returncode, p.stdout, p.stderr
+  return follow(shlex.join(["python", launch_path(cwd), *args]), cwd, timeout,
+                **env)
 
 
-def run_and_signal(args, signum, epoch, chunk=3, pause_s=0.2, timeout=120,
-                   cwd=ROOT, repeat=1, on_marker=None, env=None,
-                   at_epoch_end=False, at=None):
+def start(args, cwd=ROOT, pause_s=0.0, at="", nth=1):
+  """launch.py in a child process printing _CHILD's markers, which pauses
+  `pause_s` at the `nth` marker `at`."""
+  return subprocess.Popen(
+      [sys.executable, "-c", _CHILD, launch_path(cwd), *args], cwd=cwd,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+      env=child_env(PAUSE_S=str(pause_s), PAUSE_AT=at, PAUSE_NTH=str(nth)))
+
+
+def run_and_signal(args, signum, at, nth=1, pause_s=0.2, timeout=120,
+                   cwd=ROOT, repeat=1, on_marker=None):
   """(exit status, stdout, stderr, marker line) of a run sent `signum`
-  `repeat` times, 0.3 s apart, after the `chunk`-th chunk of `epoch`
-  (`at_epoch_end`: before its checkpoint; `at`: at @final_row or @write), where
-  it pauses `pause_s` (ending 1 s after a signal it catches); on_marker() first,
-  `env` more variables."""
-  target = at or (f"@epoch_end epoch={epoch}" if at_epoch_end else
-                  f"@chunk epoch={epoch}")
-  nth = 1 if at or at_epoch_end else chunk
-  p = subprocess.Popen([sys.executable, "-c", _CHILD, launch_path(cwd), *args],
-                       cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       text=True, env=child_env(
-                           CHUNK_PAUSE_S=str(pause_s), PAUSE_AT=target,
-                           PAUSE_NTH=str(nth), **(env or {})))
+  `repeat` times, 0.3 s apart, at its `nth` marker `at` (see _CHILD), where it
+  pauses `pause_s` (ending 1 s after a signal it catches); on_marker() first."""
+  p = start(args, cwd, pause_s, at, nth)
   deadline = time.monotonic() + timeout
   lines, marker, seen, out, err = [], None, 0, "", ""
   try:
     for line in p.stdout:
       lines.append(line)
-      seen += (line.strip() + " ").startswith(target + " ")  # As the child.
+      seen += (line.strip() + " ").startswith(at + " ")  # As the child.
       if seen == nth:
         marker = line.strip()
         if on_marker is not None:
@@ -181,8 +194,6 @@ def snapshot(*folders):
   ("dir" of a folder, its target of a link)."""
   state = {}
   for folder in folders:
-    if not os.path.exists(folder):
-      continue
     for dirpath, dirnames, filenames in os.walk(folder):
       for d in dirnames:
         state[os.path.join(dirpath, d)] = "dir"
@@ -198,19 +209,26 @@ def snapshot(*folders):
   return state
 
 
-def unfinished_run(path, config=None):
-  """A run folder of `config` (a 4-epoch linear's) with one epoch logged and
-  no checkpoint: as a run killed in its second epoch leaves it."""
+def run_folder(path, config=None, started="2026-01-01T10:00:00+0000",
+               rows=({"epoch": 1},), finished=None):
+  """`path` (returned as a str) as launch.py writes a run folder of `config`
+  (a 4-epoch linear's) with `rows` logged and no checkpoint: by default, as a
+  run killed in its second epoch leaves it. finished: None, if a final row."""
   # pylint: disable=g-import-not-at-top
   from mnist_jax import files
   from mnist_jax.models import registry
   from mnist_jax.rundir import metrics_log
   # pylint: enable=g-import-not-at-top
   config = config or registry.get_config("linear", epochs=4)
+  if finished is None:
+    finished = any("test_accuracy" in r for r in rows)
   os.makedirs(path)
-  files.write_json(os.path.join(path, "config.json"),
-                   {"config": config.to_dict(), "started": "2026-01-01"})
-  metrics_log.MetricsLog(path).write({"epoch": 1})
+  files.write_json(os.path.join(path, "config.json"), {
+      "config": config.to_dict(), "started": started, "finished": finished})
+  log = metrics_log.MetricsLog(str(path))
+  for row in rows:
+    log.write(row)
+  return str(path)
 
 
 # Runs launch.py's _parse and _run on each (id, argv) of the JSON list in

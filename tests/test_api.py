@@ -6,16 +6,15 @@ import re
 
 import jax
 import numpy as np
-from PIL import Image, ImageDraw
 import pytest
 
+from conftest import seven
+from launch_helpers import ROOT
 import mnist_jax
 from mnist_jax import api
 from mnist_jax.rundir import lock
 from mnist_jax.rundir import metrics_log
 from mnist_jax.rundir import record
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +28,8 @@ def split(run):
 
 
 def test_the_package_exports_the_api_names():
+  """`import mnist_jax` gives each name of the API, and nothing else."""
   assert sorted(mnist_jax.__all__) == sorted(api.__all__)
-  assert mnist_jax.load_run is api.load_run
   assert set(mnist_jax.__all__) <= set(dir(mnist_jax))
   with pytest.raises(AttributeError, match="no attribute 'nope'"):
     _ = mnist_jax.nope
@@ -117,9 +116,7 @@ def test_evaluate_and_read_metrics_give_the_training_runs_numbers(
 def test_load_image_takes_a_path_or_a_pil_image(tmp_path):
   """A picture in memory reads as its file does (at a colour dataset's shape
   too)."""
-  picture = Image.new("L", (120, 160), 235)  # A dark 7 on light paper.
-  ImageDraw.Draw(picture).line([(20, 30), (100, 30), (50, 140)], fill=20,
-                               width=12)
+  picture = seven()
   picture.save(tmp_path / "seven.png")
   from_path = mnist_jax.load_image(tmp_path / "seven.png")
   assert from_path.shape == (28, 28, 1) and from_path.dtype == np.uint8

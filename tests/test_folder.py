@@ -9,10 +9,12 @@ import json
 import os
 import shutil
 import stat
+from unittest import mock
 
 import numpy as np
 import pytest
 
+import launch_helpers as lh
 from mnist_jax import files
 from mnist_jax import models
 from mnist_jax import modes
@@ -32,20 +34,9 @@ CONFIG = registry.get_config("linear", epochs=4)
 FINAL = {"test_accuracy": 0.9, "test_loss": 0.3}
 
 
-def _run(root, name, config=CONFIG, started="2026-01-01T10:00:00+0000",
-         rows=(), finished=None):
-  """A run folder as launch.py writes it; finished (None: a final row)."""
-  path = os.path.join(root, name)
-  os.makedirs(path)
-  if finished is None:
-    finished = any("test_accuracy" in r for r in rows)
-  files.write_json(os.path.join(path, record.CONFIG_FILE),
-                   {"config": config.to_dict(), "started": started,
-                    "finished": finished})
-  log = metrics_log.MetricsLog(path)
-  for row in rows:
-    log.write(row)
-  return path
+def _started(month):
+  """config.json's start of a run begun on the 1st of `month`, 2026."""
+  return f"2026-{month:02d}-01T10:00:00+0000"
 
 
 def test_resume_records_only_the_settings_that_changed(tmp_path):
@@ -72,9 +63,10 @@ def test_junk_under_runs_is_skipped(tmp_path):
                      ("bad_bytes", b"\xff\xfe\x00".decode("latin-1"))]:
     (tmp_path / name).mkdir()
     (tmp_path / name / record.CONFIG_FILE).write_text(text, "latin-1")
-  unreadable = _run(root, "unreadable")
+  unreadable = lh.run_folder(tmp_path / "unreadable")
   os.chmod(os.path.join(unreadable, record.CONFIG_FILE), 0)
-  junk_metrics = _run(root, "junk_metrics", started="2026-01-02T10:00:00+0000")
+  junk_metrics = lh.run_folder(tmp_path / "junk_metrics",
+                               started="2026-01-02T10:00:00+0000")
   with open(os.path.join(junk_metrics, metrics_log.METRICS_FILE), "w") as f:
     f.write('3\n"text"\n{"epoch": 1}\n{torn')
   found = choose.find_runs(CONFIG, root)
@@ -91,13 +83,13 @@ def test_the_newest_run_of_these_settings_by_its_recorded_start(tmp_path):
   """Not by name or mtime; settings that may differ on a resume (workdir,
   chunk_steps, data_dir, parallel) still match, other ones do not."""
   root = str(tmp_path)
-  newer = _run(root, "a-newer", started="2026-03-01T10:00:00+0000")
-  older = _run(root, "z-older", CONFIG.replace(
+  newer = lh.run_folder(tmp_path / "a-newer", started=_started(3))
+  older = lh.run_folder(tmp_path / "z-older", CONFIG.replace(
       workdir="elsewhere", chunk_steps=7, data_dir="/data", parallel="none"),
-               started="2026-02-01T10:00:00+0100")
-  undated = _run(root, "zz-undated", started="yesterday")
-  _run(root, "other", CONFIG.replace(epochs=5),
-       started="2026-04-01T10:00:00+0000")  # Other settings: not a candidate.
+                        started="2026-02-01T10:00:00+0100")
+  undated = lh.run_folder(tmp_path / "zz-undated", started="yesterday")
+  lh.run_folder(tmp_path / "other", CONFIG.replace(epochs=5),
+                started=_started(4))  # Other settings: not a candidate.
   os.utime(older)  # The newest mtime: it must not matter.
   assert [r.path for r in choose.find_runs(CONFIG, root)] == [
       newer, older, undated]
@@ -111,18 +103,17 @@ def test_unfinished_runs_are_resumed_and_finished_ones_start_a_new_folder(
   """Finished is what config.json records once the report is written, not a
   final row: a run killed in its report is completed."""
   root = str(tmp_path)
-  finished = _run(root, "finished", started="2026-03-01T10:00:00+0000",
-                  rows=[{"epoch": 4}, FINAL])
+  finished = lh.run_folder(tmp_path / "finished", started=_started(3),
+                           rows=[{"epoch": 4}, FINAL])
   choice = choose.choose(CONFIG, root=root)
   assert choice.path.startswith(os.path.join(root, "linear-"))
   assert f"{finished} trained these settings to the end" in choice.reason
-  unfinished = _run(root, "unfinished", started="2026-02-01T10:00:00+0000",
-                    rows=[{"epoch": 1}])
+  unfinished = lh.run_folder(tmp_path / "unfinished", started=_started(2))
   choice = choose.choose(CONFIG, root=root)
   assert choice.path == unfinished
   assert "(1 of 4 epochs logged)" in choice.reason
-  killed = _run(root, "killed_in_report", rows=[{"epoch": 4}, FINAL],
-                started="2026-04-01T10:00:00+0000", finished=False)
+  killed = lh.run_folder(tmp_path / "killed_in_report", started=_started(4),
+                         rows=[{"epoch": 4}, FINAL], finished=False)
   assert record.status(killed)[0] == "unfinished"
   choice = choose.choose(CONFIG, root=root)
   assert choice.path == killed
@@ -136,8 +127,8 @@ def test_overwrite_without_workdir_deletes_nothing(tmp_path):
   """It names a new folder, leaving unfinished and diverged runs; a diverged
   run with other settings, or no run, is not refused (test_divergence.py)."""
   root = str(tmp_path)
-  _run(root, "unfinished", rows=[{"epoch": 1}])
-  diverged = _run(root, "diverged", rows=[{"epoch": 1}, {
+  lh.run_folder(tmp_path / "unfinished")
+  diverged = lh.run_folder(tmp_path / "diverged", rows=[{"epoch": 1}, {
       "epoch": 2, "step": 70, "diverged": True, "message": "..."}])
   choice = choose.choose(CONFIG, overwrite=True, root=root)
   assert not os.path.exists(choice.path)
@@ -159,7 +150,7 @@ def test_a_run_training_in_another_process_is_left_alone(tmp_path):
   """A command without --workdir starts a new folder, or resumes an idle
   one."""
   root = str(tmp_path)
-  busy = _run(root, "busy", started="2026-03-01T10:00:00+0000")
+  busy = lh.run_folder(tmp_path / "busy", started=_started(3))
   fd = os.open(busy, os.O_RDONLY)  # Another open file: another holder.
   try:
     fcntl.flock(fd, fcntl.LOCK_EX)
@@ -168,7 +159,7 @@ def test_a_run_training_in_another_process_is_left_alone(tmp_path):
     assert choice.reason == (f"{busy} (these settings) is training in another "
                              f"process; starting a new run folder, "
                              f"{choice.path}")
-    idle = _run(root, "idle", started="2026-02-01T10:00:00+0000")
+    idle = lh.run_folder(tmp_path / "idle", started=_started(2))
     assert not lock.in_use(idle)
     assert [r.status for r in choose.find_runs(CONFIG, root)] == [
         "running", "unfinished"]
@@ -181,7 +172,7 @@ def test_a_run_training_in_another_process_is_left_alone(tmp_path):
 def test_a_run_holds_its_folder_while_it_writes_it_and_names_itself(tmp_path):
   """Its lock file names its pid and mode (a killed holder's refuses nothing:
   the flock is the lock); outside locking() (the Python API), none."""
-  path = _run(str(tmp_path), "run", rows=[{"epoch": 1}])
+  path = lh.run_folder(tmp_path / "run")
   files.write_json(os.path.join(path, lock.LOCK_FILE), {"pid": 999999999})
   with lock.locking() as held:
     lock.claim(path, mode="report")
@@ -228,8 +219,7 @@ def test_every_mode_says_the_code_differs(tiny_run, tmp_path, monkeypatch):
   assert {"models/dense.py", "training/train.py", "optim.py"} <= set(
       recorded["files"])
   assert code.changed(recorded) == [] and code.note(tiny_run, recorded) is None
-  work = str(tmp_path / "run")
-  shutil.copytree(tiny_run, work)
+  work = shutil.copytree(tiny_run, str(tmp_path / "run"))
   edited = {**code.core_files(), "models/dense.py": "edited"}  # Since then.
   monkeypatch.setattr(code, "core_files", lambda: edited)
   said = run_lib.run_note(work, run_lib.load_run(work))
@@ -238,15 +228,12 @@ def test_every_mode_says_the_code_differs(tiny_run, tmp_path, monkeypatch):
                   "what it ran); these results are of the code here now")
   out, err = io.StringIO(), io.StringIO()
   run_lib.print_predictions(work, [os.path.join(
-      os.path.dirname(__file__), "..", "docs", "img", "seven.png")], out=out,
-                            err=err)
+      lh.ROOT, "docs", "img", "seven.png")], out=out, err=err)
   assert err.getvalue().startswith(f"note: {said}")
   assert serve.load([work])[0].info["note"] == said
   config = record.read_config(work).replace(epochs=2, workdir=work)
-  path = os.path.join(work, "config.json")
-  stored = json.load(open(path))
-  stored.update(finished=False, config=config.to_dict())
-  json.dump(stored, open(path, "w"))
+  files.write_json(os.path.join(work, record.CONFIG_FILE), {
+      **record.read_record(work), "finished": False, "config": config.to_dict()})
   out = io.StringIO()
   modes.train_and_evaluate(config, work, stream=out)
   assert (f"note: {work} was trained with other code: models/dense.py "
@@ -277,8 +264,7 @@ def test_an_old_run_folder_loads_resumes_and_predicts_the_same(tiny_run,
   """A config.json as written before models declared their settings: every
   model's settings, at their old defaults, beside the run's own."""
   root = tmp_path / "runs"
-  old = str(root / "old")
-  shutil.copytree(tiny_run, old)
+  old = shutil.copytree(tiny_run, str(root / "old"))
   recorded = record.read_record(old)
   recorded["config"] = {
       "hidden": 128, "num_layers": 1, "bidirectional": False,
@@ -290,8 +276,7 @@ def test_an_old_run_folder_loads_resumes_and_predicts_the_same(tiny_run,
   config = record.read_config(old)
   new = config.replace(workdir=None)
   assert new == record.read_config(tiny_run).replace(workdir=None)
-  assert "cnn_features" not in config.to_dict()
-  assert "sequence" not in config.to_dict()
+  assert not {"cnn_features", "sequence"} & set(config.to_dict())
   # The same command resumes it: its settings match a new run's.
   assert [r.path for r in choose.find_runs(new, str(root))] == [old]
   images = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1), np.uint8)
@@ -305,42 +290,31 @@ def test_an_old_run_folder_loads_resumes_and_predicts_the_same(tiny_run,
 # metrics.jsonl, its one writer (what TensorBoard then shows on a resume:
 # test_tensorboard.py).
 
-class _Recorder:
-  def __init__(self):
-    self.calls = []
-
-  def resume(self, rows):
-    self.calls.append(("resume", [r.get("epoch") for r in rows]))
-
-  def write(self, row):
-    self.calls.append(("write", row.get("epoch", row.get("test_accuracy"))))
-
-
 def test_rows_go_to_metrics_jsonl_then_to_the_events_and_resume_drops(
     tmp_path):
   """metrics.jsonl, then the events; a resume drops later epochs and the final
   row (a completion keeps it), and a line a kill cut short."""
   path = os.path.join(tmp_path, "metrics.jsonl")
-  events = _Recorder()
+  events = mock.Mock()
   log = metrics_log.MetricsLog(str(tmp_path), events)
   log.resume(0)
-  for row in ({"epoch": 1}, {"epoch": 2}, {"epoch": 3}, {"test_accuracy": 0.9}):
+  rows = [{"epoch": 1}, {"epoch": 2}, {"epoch": 3}, {"test_accuracy": 0.9}]
+  for row in rows:
     log.write(row)
-  assert events.calls == [("resume", []), ("write", 1), ("write", 2),
-                          ("write", 3), ("write", 0.9)]
-  rows = metrics_log.read_metrics(path)
-  assert [r.get("epoch") for r in rows] == [1, 2, 3, None]
+  assert events.mock_calls == [mock.call.resume([]), *map(mock.call.write,
+                                                          rows)]
+  assert metrics_log.read_metrics(path) == rows
   metrics_log.MetricsLog(str(tmp_path)).resume(3, keep_final=True)
   assert metrics_log.read_metrics(path) == rows
   with open(path, "a") as f:
     f.write('{garbage\n[1]\n{"epoch": 4, "tr')
-  events = _Recorder()
+  events = mock.Mock()
   log = metrics_log.MetricsLog(str(tmp_path), events)
-  assert [r.get("epoch") for r in log.read()] == [1, 2, 3, None]
+  assert log.read() == rows
   log.resume(2)
-  assert events.calls == [("resume", [1, 2])]
+  assert events.mock_calls == [mock.call.resume(rows[:2])]
   with open(path) as f:
-    assert [json.loads(line)["epoch"] for line in f] == [1, 2]
+    assert [json.loads(line) for line in f] == rows[:2]
 
 
 # Files written whole or not at all (mnist_jax/files.py), with the user's

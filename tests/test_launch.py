@@ -84,12 +84,11 @@ def test_help_prints_every_flag_by_group_with_its_default_and_bounds(capsys,
   assert headings == list(config_lib.GROUPS)
   flag_lines = [line.split(":")[0].strip() for line in printed.splitlines()
                 if line.startswith("  --")]
-  assert [f.replace("[no]", "")[2:] for f in flag_lines] == [
-      f.name for group in config_lib.GROUPS
-      for f in sorted(FLAGS.get_flags_for_module(group), key=lambda f: f.name)]
+  names = [f.name for group in config_lib.GROUPS for f in sorted(
+      FLAGS.get_flags_for_module(group), key=lambda f: f.name)]
+  assert [f.replace("[no]", "")[2:] for f in flag_lines] == names
   printed = " ".join(printed.split())
-  for name in [f.name for group in config_lib.GROUPS
-               for f in FLAGS.get_flags_for_module(group)]:
+  for name in names:
     spelled = f"--[no]{name}:" if FLAGS[name].boolean else f"--{name}:"
     line = f" {spelled} {' '.join(FLAGS[name].help.split())}"
     if FLAGS[name].default_as_str:  # absl's default.
@@ -128,22 +127,21 @@ def test_docs_flag_table_is_the_help():
 
 def test_dry_run_marks_where_each_setting_comes_from_and_the_split():
   config = registry.get_config("cnn", "best", epochs=3, learning_rate=3e-3)
-  given = {"model": "cnn", "preset": "best", "epochs": 3,
-           "learning_rate": 3e-3}
-  origin = lambda config, given, name: re.search(
-      rf"^    --{name}=\S* +(.*)$", "\n".join(
-          dry_run.settings_lines(config, given)), re.M).group(1)
+  given = {"model", "preset", "epochs", "learning_rate"}
+
+  def origin(name, config=config, given=given):
+    lines = "\n".join(dry_run.settings_lines(config, given))
+    return re.search(rf"^    --{name}=\S* +(.*)$", lines, re.M)[1]
+
   preset = registry.get_config("cnn", "best").epochs
-  assert origin(config, given, "epochs") == f"flag; preset: {preset}"
-  assert origin(config, given, "model") == origin(config, given,
-                                                  "preset") == "flag"
-  # The preset's value, given again:
-  assert origin(config, given, "learning_rate") == "flag"
-  assert origin(config, given, "cnn_dense") == "preset"
-  assert origin(config, given, "momentum") == "default"
-  assert origin(config, given, "workdir") == "chosen (see run folder)"
-  assert origin(config.replace(momentum=0.5), {"momentum"},
-                "momentum") == "flag; default: 0.9"
+  assert origin("epochs") == f"flag; preset: {preset}"
+  assert origin("model") == origin("preset") == "flag"
+  assert origin("learning_rate") == "flag"  # The preset's value, given again.
+  assert origin("cnn_dense") == "preset"
+  assert origin("momentum") == "default"
+  assert origin("workdir") == "chosen (see run folder)"
+  assert origin("momentum", config.replace(momentum=0.5),
+                {"momentum"}) == "flag; default: 0.9"
   text = dry_run.text(config.replace(workdir="W"), {*given, "workdir"},
                       "W, a new run folder", (None,))
   assert "validation: none: it trains on all 60,000 training images" in text
@@ -167,7 +165,7 @@ def test_dry_run_writes_nothing_and_names_the_run_it_would_resume(tmp_path):
   """And a `~` a shell leaves alone after `--data_dir=` (or --workdir,
   --mnist_dir) is the home folder, not a folder `~`."""
   work, home = tmp_path / "runs" / "mlp-a", tmp_path / "home"
-  lh.unfinished_run(str(work), registry.get_config("mlp", epochs=3))
+  lh.run_folder(work, registry.get_config("mlp", epochs=3))
   before = lh.snapshot(tmp_path)
   rc, out, err = lh.run(["--epochs=3", "--dry_run", "--data_dir=~/tfds"],
                         timeout=300, cwd=str(tmp_path), HOME=str(home))
@@ -190,15 +188,15 @@ def test_launch_trains_and_writes_the_run_folder(prepared, tmp_path):
   assert rc == 0 and "test accuracy" in out, err  # Its files: test_report.py.
   record = json.loads((work / "config.json").read_text())
   assert record["config"]["model"] == "gru" and record["config"]["hidden"] == 16
-  assert record["environment"]["packages"]["jax"]
-  assert record["environment"]["devices"]
-  assert record["environment"]["cpu"].endswith(  # The results table names it.
-      f", {len(os.sched_getaffinity(0))} cores")
+  environment = record["environment"]
+  assert environment["packages"]["jax"] and environment["devices"]
+  # The results table names the cores.
+  assert environment["cpu"].endswith(f", {len(os.sched_getaffinity(0))} cores")
   # Asked of XLA for GPUs (a CPU ignores it), and recorded.
-  assert "--xla_gpu_deterministic_ops=true" in (
-      record["environment"]["env"]["XLA_FLAGS"].split())
+  assert "--xla_gpu_deterministic_ops=true" in environment["env"][
+      "XLA_FLAGS"].split()
   # --impl=auto on a CPU: the GRU's nn.RNN by the fused recurrence, checked.
-  implementation = record["environment"]["implementation"]
+  implementation = environment["implementation"]
   assert implementation["impl"] == "auto"
   assert implementation["module"] == "mnist_jax/models/recurrent.py's Recurrent"
   assert implementation["layers"]["passed"]

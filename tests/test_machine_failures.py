@@ -135,7 +135,7 @@ def test_ctrl_c_outside_the_loop_says_to_run_the_same_command(tmp_path):
   work = str(tmp_path / "linear-a")
   command = cli.Command(LINEAR, work)
   assert command.interrupted(again).endswith(" to start")
-  lh.unfinished_run(work)
+  lh.run_folder(work)
   assert command.interrupted(again).endswith(" to resume")
   command.signum = signal.SIGTERM
   assert command.interrupted(again).startswith("interrupted (SIGTERM); ")
@@ -147,7 +147,7 @@ def test_a_run_the_machine_stopped_before_its_first_checkpoint_is_removed(
   """A folder that was there before stays (empty); a run this command did
   not begin is kept."""
   work = str(tmp_path / "run")
-  lh.unfinished_run(work)
+  lh.run_folder(work)
   cli.Command(LINEAR, work, fresh=False).discard_unstarted()
   assert os.listdir(work)
   cli.Command(LINEAR, work, fresh=True, existed=existed).discard_unstarted()
@@ -178,23 +178,12 @@ def _one_line(err, prefix="error: "):
   return lines[0]
 
 
-# Sets argv[1]'s limits ("KIND=BYTES,..."), then execs argv[2:] (a preexec_fn
-# would fork the multithreaded test process).
+# Sets the resource limit argv[1] to argv[2], then execs argv[3:] (a
+# preexec_fn would fork the multithreaded test process).
 _LIMITED = ("import os, resource, sys\n"
-            "for item in filter(None, sys.argv[1].split(',')):\n"
-            "  kind, value = item.split('=')\n"
-            "  resource.setrlimit(int(kind), (int(value), int(value)))\n"
-            "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])")
-
-
-def _launch(args, timeout=180, limits=(), **env):
-  """launch.py under limits [(RLIMIT_X, bytes)]: (rc, out, err)."""
-  spec = ",".join(f"{kind}={value}" for kind, value in limits)
-  p = subprocess.run([sys.executable, "-c", _LIMITED, spec,
-                      os.path.join(lh.ROOT, "launch.py"), *args], cwd=lh.ROOT,
-                     capture_output=True, text=True, timeout=timeout,
-                     env=lh.child_env(**env))
-  return p.returncode, p.stdout, p.stderr
+            "limit = int(sys.argv[2])\n"
+            "resource.setrlimit(int(sys.argv[1]), (limit, limit))\n"
+            "os.execv(sys.executable, [sys.executable, *sys.argv[3:]])")
 
 
 @pytest.mark.slow
@@ -210,15 +199,18 @@ def test_a_resource_limit_is_one_line_exit_5_and_leaves_no_folder(
     prepared, tmp_path, limit, flags, said):
   workdir = str(tmp_path / "run")
   args = [*flags, *prepared.flags, f"--workdir={workdir}"]
-  rc, _, err = _launch(args, limits=[limit], JAX_COMPILATION_CACHE_DIR="")
-  line = _one_line(err)
-  assert rc == 5 and line.startswith(said.format(workdir=workdir)), line
+  p = subprocess.run([sys.executable, "-c", _LIMITED, *map(str, limit),
+                      "launch.py", *args], cwd=lh.ROOT, capture_output=True,
+                     text=True, timeout=180,
+                     env=lh.child_env(JAX_COMPILATION_CACHE_DIR=""))
+  line = _one_line(p.stderr)
+  assert p.returncode == 5 and line.startswith(said.format(workdir=workdir))
   assert not os.path.exists(workdir)
   if limit[0] == resource.RLIMIT_AS:
-    assert "--mlp_hidden (a new run)" in err
+    assert "--mlp_hidden (a new run)" in line
   else:  # It names that file; without the limit, the same command trains.
     assert " reached this process's file size limit (ulimit -f)" in line
-    assert _launch(args)[0] == 0
+    assert lh.run(args, timeout=180)[0] == 0
 
 
 @pytest.mark.slow
@@ -252,14 +244,14 @@ def test_a_run_that_does_not_learn_warns_exits_4_and_says_so_in_its_report(
   workdir = str(tmp_path / "run")
   args = ["--model=mlp", "--mlp_hidden=8", "--epochs=2", "--batch_size=32",
           "--learning_rate=1e4", *prepared.flags, f"--workdir={workdir}"]
-  rc, out, err = _launch(args)
+  rc, out, err = lh.run(args, timeout=180)
   line = _one_line(err, "warning: the run did not learn: its training loss "
                    "ended at ")
   assert rc == 4 and line.endswith("; lower --learning_rate or set "
                                    "--grad_clip"), (out, err)
   assert lh.metrics(workdir)[-1]["did_not_learn"]["cause"] == "loss"
   before = lh.snapshot(workdir)
-  rc, out, err = _launch(args)
+  rc, out, err = lh.run(args, timeout=180)
   assert rc == 4 and "already finished" in out
   _one_line(err, "warning: the run did not learn")
   assert lh.snapshot(workdir) == before

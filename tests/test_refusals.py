@@ -18,7 +18,7 @@ from PIL import Image
 import pytest
 
 import launch_helpers as lh
-from conftest import declared_png, write_idx_dir
+from conftest import declared_png, seven, write_idx_dir
 from mnist_jax import files
 from mnist_jax import models
 from mnist_jax.errors import UserError
@@ -47,14 +47,12 @@ class Case:
     (self.tmp / name).write_bytes(data)
     return str(self.tmp / name)
 
-  def run(self, finished=True, edit=None):
+  def run(self, finished=True, **settings):
     """A copy of the finished one-epoch mlp run (`finished` False: killed
-    while finishing); edit(config.json's record) changes it."""
-    workdir = str(self.tmp / "run")
-    shutil.copytree(self.tiny_run, workdir)
+    while finishing), `settings` changed in its config.json."""
+    workdir = shutil.copytree(self.tiny_run, str(self.tmp / "run"))
     record = {**read_record(workdir), "finished": finished}
-    if edit:
-      edit(record)
+    record["config"].update(settings)
     files.write_json(os.path.join(workdir, "config.json"), record)
     return workdir
 
@@ -186,13 +184,7 @@ def _runs(c):
   return c.tmp
 
 
-def _set(**values):
-  return lambda record: record["config"].update(values)
-
-
-SEVEN = Image.new("L", (28, 28))
-SEVEN.paste(255, (8, 6, 20, 9))
-SEVEN.paste(255, (15, 9, 18, 24))
+SEVEN = seven()
 _png = io.BytesIO()
 SEVEN.save(_png, "PNG")
 CUT_PNG = _png.getvalue()[:60]  # Its pixels cut short.
@@ -305,12 +297,12 @@ CASES = [
         c, "folder", "--mode=report"), 1,
      f"config.json cannot be read (Is a directory), so the run's settings are "
      f"unknown; {PAD}"),
-    *((f"edited_model{m[6:]}", lambda c, m=m: _in(
-        c, m, c.run(edit=_set(model="linear"))), 1, "config.json says model 'linear', but the run's "
+    *((f"edited_model{m[6:]}", lambda c, m=m: _in(c, m, c.run(model="linear")),
+       1, "config.json says model 'linear', but the run's "
        "checkpoints were written by model 'mlp' (was one of them edited or "
        f"replaced?); {PAD}: if config.json was edited, set its \"model\" back "
        "to 'mlp'; or pass another --workdir") for m in ["--mode=train", *FOLDERS]),
-    ("unknown_config_key", lambda c: ["--mode=report", f"--workdir={c.run(edit=_set(speed=1))}"],
+    ("unknown_config_key", lambda c: ["--mode=report", f"--workdir={c.run(speed=1)}"],
      1, "unknown config keys ['speed']; the known ones are python launch.py "
      "--help's flags"),
     ("in_use", lambda c: c.repeat(c.locked(c.run(finished=False))), 1,
@@ -327,9 +319,9 @@ CASES = [
      "/cnn-new (the newest)"),
     # Checkpoints.
     ("truncated_checkpoint", _truncated, 1, "is damaged or truncated"),
-    ("other_widths", lambda c: ["--mode=report", f"--workdir={c.run(edit=_set(mlp_hidden=[32]))}"],
+    ("other_widths", lambda c: ["--mode=report", f"--workdir={c.run(mlp_hidden=[32])}"],
      1, "holds another model's parameters ("),
-    ("other_optimizer", lambda c: ["--mode=report", f"--workdir={c.run(edit=_set(optimizer='sgd'))}"],
+    ("other_optimizer", lambda c: ["--mode=report", f"--workdir={c.run(optimizer='sgd')}"],
      1, "is intact but does not fit this run's train state ("),
     ("checkpoints_gone", lambda c: c.repeat(_no_checkpoint(c)), 1,
      "trained to the end, but its report cannot be written: its checkpoints "

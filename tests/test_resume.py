@@ -3,7 +3,6 @@ and BatchNorm (killed anywhere: test_run_folder_safety.py); the run folder's."""
 
 import fcntl
 import io
-import json
 import os
 import shutil
 import signal
@@ -23,6 +22,7 @@ from mnist_jax import modes
 from mnist_jax.results import run as results
 from mnist_jax.rundir import checkpoints
 from mnist_jax.rundir import control
+from mnist_jax.rundir import metrics_log
 from mnist_jax.rundir import record as record_lib
 from mnist_jax.training import population
 
@@ -171,25 +171,22 @@ def test_predict_and_report_restore_the_right_checkpoint_and_say_which(
   again): its final checkpoint. Unfinished, still training (its lock held) or
   diverged: its latest, and a note saying what it is and what to do."""
   workdir = shutil.copytree(finished, str(tmp_path / "run"))
+  log = metrics_log.MetricsLog(workdir)
   if state in NOTES:  # As killed after its next-to-last checkpoint.
     shutil.rmtree(os.path.join(checkpoints.directory(workdir),
                                str(checkpoints.steps(workdir)[-1])))
-    rows = lh.metrics(workdir)[:checkpoints.latest_meta(workdir)["epoch"]]
-    files.write_text(os.path.join(workdir, "metrics.jsonl"),
-                     "".join(json.dumps(r) + "\n" for r in rows))
+    log.resume(checkpoints.latest_meta(workdir)["epoch"])
     files.write_json(os.path.join(workdir, "config.json"),
                      {**record_lib.read_record(workdir), "finished": False})
   assert checkpoints.steps(workdir) == [148] + [185] * (state not in NOTES)
-  path = os.path.join(workdir, "metrics.jsonl")
   if state == "log_cut":
-    with open(path) as f:
+    with open(log.path) as f:
       lines = f.read().splitlines(keepends=True)
-    files.write_text(path, "".join(lines[:-2]) +
+    files.write_text(log.path, "".join(lines[:-2]) +
                      lines[-2][:len(lines[-2]) // 2])
   if state == "diverged_later":
-    with open(path, "a") as f:
-      f.write(json.dumps({"epoch": 5, "step": 170, "diverged": True,
-                          "message": "training diverged"}) + "\n")
+    log.write({"epoch": 5, "step": 170, "diverged": True,
+               "message": "training diverged"})
   image = os.path.join(lh.ROOT, "docs", "img", "seven.png")
   out, err = io.StringIO(), io.StringIO()
   held = os.open(workdir, os.O_RDONLY)  # Another open file: another holder.
@@ -225,7 +222,7 @@ def test_sigterm_is_honoured_within_seconds_whatever_the_chunk(tmp_path):
       ["--model=cnn", "--preset=seed", "--num_seeds=3", "--epochs=100",
        "--chunk_steps=10000", "--noreport", f"--mnist_dir={mnist_dir}",
        f"--data_dir={tmp_path / 'tfds'}", f"--workdir={work}"], signal.SIGTERM,
-      epoch=1, chunk=1, pause_s=0, timeout=600,
+      "@chunk epoch=1", pause_s=0, timeout=600,
       on_marker=lambda: sent.append(time.monotonic()))
   took = time.monotonic() - sent[0]
   assert rc == 143, err

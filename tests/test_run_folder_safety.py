@@ -3,14 +3,13 @@ its message names, ends as the uninterrupted run, bit for bit; a finished run
 missing checkpoints says how to mend it. KILL_SEED seeds the kill trials'
 moments, KILL_TRIALS (5: a phase each, the report twice) counts them."""
 
+import functools
 import os
 import random
 import re
 import shlex
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -30,69 +29,11 @@ FLAGS = ("--noanalyses", "--model=mlp", "--mlp_hidden=16", "--epochs=3",
          "--batch_size=16", "--chunk_steps=5", "--seed=3")
 TRIALS = int(os.environ.get("KILL_TRIALS", "5"))
 SEED = int(os.environ.get("KILL_SEED", "0"))
-PAUSE_S = 0.3  # How long the child waits at a marker (see _CHILD).
-
-# launch.py, printing markers: "@chunk ..." between chunks, "@save step=S" as
-# orbax writes a save, "@write NAME" while NAME's temporary file is open,
-# "@final" once the final row is written; pausing HOOK_PAUSE_S at each (or at
-# HOOK_PAUSE_AT's HOOK_PAUSE_NTH-th alone).
-_CHILD = r"""
-import contextlib, os, runpy, sys, time
-script = sys.argv[1]
-sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
-from mnist_jax import files, modes
-from mnist_jax.rundir import checkpoints, metrics_log
-PAUSE = float(os.environ.get("HOOK_PAUSE_S", "0"))
-AT, seen = os.environ.get("HOOK_PAUSE_AT"), [0]
-NTH = int(os.environ.get("HOOK_PAUSE_NTH", "1"))
-
-def mark(text):
-  print(f"@{text}", flush=True)
-  seen[0] += f"@{text}" == AT
-  if AT is None or f"@{text}" == AT and seen[0] == NTH:
-    time.sleep(PAUSE)
-
-def marked(owner, name, label, before=False):  # label(*args): marker or None.
-  fn = getattr(owner, name)
-  def wrapped(*args):
-    text = label(*args)
-    if text and before:
-      mark(text)
-    result = fn(*args)
-    if text and not before:
-      mark(text)
-    return result
-  setattr(owner, name, wrapped)
-marked(modes.RunFolder, "chunk", lambda self, state, epoch, done, sums:
-       done and f"chunk epoch={epoch} done={done}", before=True)
-marked(checkpoints, "save", lambda manager, step, *_: f"save step={step}")
-marked(metrics_log.MetricsLog, "write",
-       lambda self, row: "test_accuracy" in row and "final")
-
-_atomic = files.atomic
-@contextlib.contextmanager
-def atomic(path, mode="w"):
-  with _atomic(path, mode) as f:
-    mark(f"write {os.path.basename(path)}")
-    yield f
-files.atomic = atomic
-
-sys.argv = [script] + sys.argv[2:]
-runpy.run_path(script, run_name="__main__")
-"""
+PAUSE_S = 0.3  # How long the child waits at the marker it is killed at.
 
 
 def _args(prepared, workdir=None):
   return [*FLAGS, *prepared.flags, *[f"--workdir={workdir}"] * bool(workdir)]
-
-
-def _start(args, pause_s=PAUSE_S, at=None):
-  """The child; `at`: (marker, n), pausing at its n-th time alone."""
-  where = dict(HOOK_PAUSE_AT=at[0], HOOK_PAUSE_NTH=str(at[1])) if at else {}
-  return subprocess.Popen(
-      [sys.executable, "-c", _CHILD, "launch.py", *args], cwd=lh.ROOT,
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      env=lh.child_env(HOOK_PAUSE_S=str(pause_s), **where))
 
 
 def _temporary(workdir):
@@ -125,7 +66,7 @@ def _outcome(workdir):
 def reference(prepared, tmp_path_factory):
   """The uninterrupted run: (folder, its outcome, the markers it printed)."""
   workdir = str(tmp_path_factory.mktemp("reference") / "run")
-  p = _start(_args(prepared, workdir), pause_s=0)
+  p = lh.start(_args(prepared, workdir))
   out, err = p.communicate(timeout=300)
   assert p.returncode == 0, err
   assert read_record(workdir)["finished"]
@@ -144,32 +85,18 @@ def _assert_as_uninterrupted(workdir, reference):
   assert not os.path.exists(os.path.join(workdir, ".lock"))
 
 
-def _kill_at(p, marker, nth, delay_s):
-  """SIGKILLs p `delay_s` after its `nth` `marker`: whether it got there."""
-  seen = 0
-  for line in p.stdout:
-    seen += line.strip() == marker
-    if seen == nth:
-      time.sleep(delay_s)
-      p.kill()
-      p.communicate()
-      return True
-  p.wait()
-  return False
-
-
 # In turn; a kill in the report is followed by the same command, then (the
 # next time round) by --mode=report.
 PHASES = ("report", "training", "save", "final")
 
 
 def _moments(markers, phase):
-  """The markers of a phase, as the uninterrupted run printed them; the
-  report's: its files, then config.json's record."""
+  """Where a phase's markers stand among the uninterrupted run's; the
+  report's: from its start to config.json's record."""
   if phase == "report":
-    return markers[markers.index("@final") + 1:]
-  prefix = {"training": "@chunk", "save": "@save", "final": "@final"}[phase]
-  return [m for m in markers if m.startswith(prefix)]
+    return range(markers.index("@final") + 1, len(markers))
+  name = {"training": "@chunk", "save": "@save", "final": "@final"}[phase]
+  return [i for i, m in enumerate(markers) if m.split()[0] == name]
 
 
 def test_kill_9_anywhere_then_the_same_command_ends_as_uninterrupted(
@@ -178,15 +105,16 @@ def test_kill_9_anywhere_then_the_same_command_ends_as_uninterrupted(
   outcomes = []
   for trial in range(TRIALS):
     phase = PHASES[trial % len(PHASES)]
-    moments = _moments(reference[2], phase)
-    marker = rng.choice(moments)
-    nth = moments[:moments.index(marker) + 1].count(marker)
+    at = rng.choice(_moments(reference[2], phase))
+    marker = reference[2][at]  # Its nth time in the run, as the child counts.
+    nth = reference[2][:at + 1].count(marker)
     # Inside the pause or after it; within milliseconds of a save's start,
     # while orbax writes it in the background.
     delay = rng.uniform(0, 0.03 if phase == "save" else 2 * PAUSE_S)
     workdir = str(tmp_path / f"trial{trial}")
     args = _args(prepared, workdir)
-    assert _kill_at(_start(args, at=(marker, nth)), marker, nth, delay)
+    lh.run_and_signal(args, signal.SIGKILL, marker, nth, pause_s=PAUSE_S,
+                      on_marker=functools.partial(time.sleep, delay))
     by_report = phase == "report" and trial // len(PHASES) % 2 == 1
     command = (["--mode=report", f"--workdir={workdir}"] if by_report
                else args)
@@ -217,16 +145,17 @@ MID_2 = (r"stopped by {} at step \d+ \(epoch 2, step \d+ of 33\); the "
          r"checkpoint is in \S*/{}/checkpoints;")
 SIGNALS = [
     signalled("sigterm_mid_epoch_with_overwrite", signal.SIGTERM,
-              dict(epoch=2), MID_2.format("SIGTERM", "run"), overwrite=True),
+              dict(at="@chunk epoch=2", nth=3), MID_2.format("SIGTERM", "run"),
+              overwrite=True),
     signalled("ctrl_c_twice_without_workdir", signal.SIGINT,
-              dict(epoch=2, pause_s=2, repeat=2),
+              dict(at="@chunk epoch=2", nth=3, pause_s=2, repeat=2),
               MID_2.format("SIGINT", "runs/[^/]+"), workdir=False),
     signalled("ctrl_c_in_the_final_evaluation", signal.SIGINT,
-              dict(epoch=3, at="@final_row"), END_OF_3, DONE),
+              dict(at="@final_row"), END_OF_3, DONE),
     signalled("ctrl_c_in_the_report", signal.SIGINT,
-              dict(epoch=3, at="@write"), r"interrupted \(Ctrl-C\)", DONE),
+              dict(at="@write"), r"interrupted \(Ctrl-C\)", DONE),
     signalled("sigterm_at_an_epoch_end_then_its_own_command", signal.SIGTERM,
-              dict(epoch=2, at_epoch_end=True), r"stopped by SIGTERM at the "
+              dict(at="@epoch_end epoch=2"), r"stopped by SIGTERM at the "
               r"end of epoch 2 \(step 66\); the checkpoint is in "
               r"\S*/run/checkpoints;",
               "resuming {workdir} at step 66 (epoch 3, step 0 of 33)",

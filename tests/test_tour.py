@@ -6,9 +6,8 @@ import os
 import pytest
 
 from conftest import extra
+from launch_helpers import ROOT
 
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "experiments", "tour.ipynb")
 
 
