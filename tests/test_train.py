@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import assert_trees_equal, synthetic_digits
+from conftest import assert_trees_equal, jaxpr_equations, synthetic_digits
 from mnist_jax import models
 from mnist_jax.data import augment as augment_lib
 from mnist_jax import optim
@@ -110,7 +110,8 @@ def test_epoch_order_is_a_fresh_permutation_each_epoch():
 
 def test_chunks_equal_step_by_step_wherever_cut():
   """Chunks of 2 and 1 step end where one chunk of 3 ends, bit for bit, and
-  3 plain steps to float rounding; a chunk of no steps changes nothing."""
+  3 plain steps to float rounding; a chunk of no steps changes nothing. The
+  chunk is one loop whose body branches on no data (performance.md)."""
   config = tiny_config("mlp", dropout=0.2, label_smoothing=0.1)
   batch = digits(96)
   state = fresh_state(config, steps_per_epoch=3)
@@ -125,6 +126,10 @@ def test_chunks_equal_step_by_step_wherever_cut():
     total += float(sums["loss"])
   whole, whole_sums, bad = chunk(state, 0, 3)
   assert int(bad) == -1
+  [loop] = [e for e, inside in jaxpr_equations(jax.make_jaxpr(chunk)(
+      state, 0, 3).jaxpr) if not inside and e.primitive.name == "while"]
+  assert not {"cond", "while"} & {e.primitive.name for e, _ in jaxpr_equations(
+      loop.params["body_jaxpr"].jaxpr)}
   none, none_sums, bad = chunk(state, 3, 0)  # No steps.
   assert int(bad) == -1 and float(none_sums["count"]) == 0
   assert_trees_equal(none, state)
