@@ -51,12 +51,13 @@ def test_datasets_declare_their_class_names():
 @pytest.mark.parametrize("dataset,label,says", [
     ("emnist_letters", 0, "labels must be 1-26"),
     ("emnist_letters", 27, "labels must be 1-26"),
-    ("emnist_balanced", 47, "labels must be 0-46"),
+    ("emnist_balanced", 47, "has a label 47; labels must be 0-46 "
+     r"\(emnist_balanced\)$"),
     ("emnist_letters", 26, None), ("emnist_balanced", 26, None),
     ("mnist", 9, None)])
 def test_the_idx_reader_follows_the_dataset(tmp_path, dataset, label, says):
-  """Labels outside the dataset's are refused in one line (MNIST's, and fewer
-  labels than images: test_refusals.py); EMNIST's images read upright (row 5,
+  """Labels outside the dataset's are refused in one line (fewer labels than
+  images: test_refusals.py); EMNIST's images read upright (row 5,
   column 0 here), its letters labelled from 0; MNIST's read as stored."""
   images = np.zeros((2, 28, 28), np.uint8)
   images[:, 0, 5] = 255
