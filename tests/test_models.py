@@ -13,11 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import one_per_module_class, random_images
+from conftest import fresh_state, one_per_module_class, random_images
 from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax import modes
-from mnist_jax import optim
 from mnist_jax.data import pipeline
 from mnist_jax.models import cnn
 from mnist_jax.models import recurrent
@@ -111,9 +110,7 @@ def test_batch_norm_is_described_built_and_shaped():
   assert models.get("cnn").describe(config) == (
       "Conv4 3x3, BatchNorm, max-pool, Conv8 3x3, BatchNorm, max-pool, "
       "Dense16, Dense10")
-  module, _ = models.build(config)
-  state = jax.jit(lambda: train.create_train_state(jax.random.key(0), module,
-                  optim.make_optimizer(config, 1), (28, 28, 1)))()  # 1 program.
+  state = jax.jit(lambda: fresh_state(config, 1))()  # 1 program.
   assert set(state.params["conv_0"]) == {"kernel"}
   assert set(state.params["bn_0"]) == {"scale", "bias"}
   assert set(state.model_state["batch_stats"]["bn_1"]) == {"mean", "var"}
