@@ -221,7 +221,6 @@ def test_a_models_settings_appear_in_its_runs_only(model):
   own = set(models.get(model).settings)
   every = set(config_lib.SETTINGS) - set(config_lib.FIELDS)  # Models' own.
   assert set(config.to_dict()) & every == own
-  assert set(json.loads(config.to_json())) & every == own
   assert set(tensorboard.hparams(config)) & every == own
   flags = lambda text: set(re.findall(r"--(?:no)?(\w+)", text))
   assert flags(record_lib.repeat_command(config)) & every == own
