@@ -99,6 +99,13 @@ def synthetic_digits(n: int, seed: int = 0, num_classes: int = 10):
   return images, labels
 
 
+def digits(n: int):
+  """A batch of n synthetic digits: image [n, 28, 28, 1] uint8, label [n]."""
+  images, labels = synthetic_digits(n)
+  return {"image": jax.numpy.asarray(images),
+          "label": jax.numpy.asarray(labels, jax.numpy.int32)}
+
+
 def drawn_run(model, variables=None, **settings):
   """A results.run.Run of a seed-preset model of `settings`: `variables`, else
   kernels.draw_variables' (XLA compiles no initializer)."""
@@ -202,6 +209,29 @@ def train_core(config, data, hooks=None):
   from mnist_jax.training import loop  # pylint: disable=g-import-not-at-top
   model, _ = models.build(config, say=lambda _: None)
   return loop.train_and_evaluate(config, data, model, hooks)
+
+
+def fresh_state(config, steps_per_epoch=10, seed=0):
+  """A train.TrainState of `config`'s model and optimizer (epochs of
+  `steps_per_epoch`) for MNIST's images, from key `seed`."""
+  from mnist_jax import models  # pylint: disable=g-import-not-at-top
+  from mnist_jax import optim  # pylint: disable=g-import-not-at-top
+  from mnist_jax.training import train  # pylint: disable=g-import-not-at-top
+  model, _ = models.build(config, say=lambda _: None)
+  tx = optim.make_optimizer(config, steps_per_epoch)
+  return train.create_train_state(jax.random.key(seed), model, tx,
+                                  (28, 28, 1), config.dtype)
+
+
+def initial_state(config, steps: int):
+  """population.initial_state of `config`'s model (epochs of `steps`) for
+  MNIST's images: what a run starts from and restores into."""
+  # pylint: disable=g-import-not-at-top
+  from mnist_jax import models
+  from mnist_jax.training import population
+  # pylint: enable=g-import-not-at-top
+  model, _ = models.build(config, say=lambda _: None)
+  return population.initial_state(config, model, steps, (28, 28, 1))
 
 
 def jaxpr_equations(jaxpr, inside=False):

@@ -11,7 +11,6 @@ import launch_helpers as lh
 from mnist_jax import models
 from mnist_jax.errors import UserError
 from mnist_jax.models import dense
-from mnist_jax.models import recurrent
 from mnist_jax.models import registry
 from mnist_jax.rundir import process
 from mnist_jax.training import devices as devices_lib
@@ -42,25 +41,22 @@ def resolve(model="gru", members=1, **overrides):
     # A CPU: the recurrent models sharded over devices of at least
     # MIN_DEVICE_BATCH examples each, the others one device.
     ((8,), "gru", 1, dict(batch_size=128), ("sharded", 4)),
-    ((2,), "gru", 1, dict(batch_size=128), ("sharded", 2)),
     ((8,), "rnn", 1, dict(batch_size=100), ("sharded", 2)),  # Not 4 x 25.
     ((2,), "gru", 1, dict(batch_size=63), ("none", 1)),  # No even split.
     ((2,), "gru", 1, dict(batch_size=62), ("none", 1)),  # 31 is too few.
     ((1,), "gru", 1, dict(batch_size=128), ("none", 1)),
     ((8,), "mlp", 1, dict(batch_size=128), ("none", 1)),
     # A GPU (or TPU): every model sharded over as many devices as split it.
-    ((4, "gpu"), "mlp", 1, dict(batch_size=128), ("sharded", 4)),
     ((8, "gpu"), "mlp", 1, dict(batch_size=100), ("sharded", 5)),
     # Members split over the devices, evenly.
     ((8,), "mlp", 16, {}, ("members", 8)),
-    ((8,), "mlp", 3, {}, ("members", 3)),
+    ((4, "gpu"), "gru", 6, {}, ("members", 3)),
     # Members that split over no devices: each as its single run.
     ((2,), "gru", 3, dict(batch_size=128), ("sharded", 2)),
     ((2,), "mlp", 3, dict(batch_size=128), ("none", 1)),
     ((2,), "gru", 3, dict(batch_size=128, parallel="sharded"), ("none", 1)),
     ((2, "gpu"), "gru", 3, dict(batch_size=128), ("none", 1)),  # Vmapped.
     ((8,), "mlp", 4, dict(parallel="none"), ("none", 1)),
-    ((4, "gpu"), "gru", 6, {}, ("members", 3)),
     ((4, "cpu", 2), "mlp", 4, {}, ("none", 1)),  # Each process all of them.
     # Asked for: pmap maps each process's local devices, the batch split
     # over all of them.
@@ -101,11 +97,6 @@ def test_the_rule_reads_the_stock_module_class_not_the_model_name(
   monkeypatch.setitem(registry.MODELS, "mlp",
                       dataclasses.replace(spec, module=NewNet))
   assert resolve("mlp", batch_size=128) == ("none", 1)
-  config = models.get_config("mlp", "seed", batch_size=128)
-  monkeypatch.setitem(registry.MODELS, "mlp", dataclasses.replace(
-      spec, module=recurrent.Recurrent, settings={}, fixed={"hidden": 8}))
-  assert devices_lib.resolve(config, 1, models.get("mlp").stock(config)) == (
-      "sharded", 4)
   NewNet.DATA_PARALLEL_ON_CPU = True
   monkeypatch.setitem(registry.MODELS, "mlp",
                       dataclasses.replace(spec, module=NewNet))

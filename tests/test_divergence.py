@@ -11,13 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import fresh_state
 import launch_helpers as lh
 from mnist_jax import models
 from mnist_jax.errors import Diverged
 from mnist_jax.rundir import record
 from mnist_jax.training import members as members_lib
 from mnist_jax.training import metrics
-from mnist_jax import optim
 from mnist_jax.training import train
 
 # Adam at 1e38 overflows at once, before the first checkpoint; NAN, warming up
@@ -106,9 +106,7 @@ def test_a_chunk_reports_its_first_non_finite_step():
   config = dataclasses.replace(  # inf: past the flags' parser.
       models.get_config("linear", "seed", batch_size=4),
       learning_rate=float("inf"))
-  model, _ = models.build(config, say=lambda _: None)
-  state = train.create_train_state(jax.random.key(0), model,
-                                   optim.make_optimizer(config, 8), (28, 28, 1))
+  state = fresh_state(config, steps_per_epoch=8)
   images = np.random.default_rng(0).integers(0, 255, (32, 28, 28, 1), np.uint8)
   labels = jnp.arange(32, dtype=jnp.int32) % 10
   order = jnp.arange(32, dtype=jnp.int32).reshape(8, 4)

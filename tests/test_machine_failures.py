@@ -32,8 +32,6 @@ MORE = "; close what else uses that memory, or run it on a machine with more"
 @pytest.mark.parametrize("exc, code, text", [
     (OSError(errno.ENOSPC, "No space left on device", "/r/config.json"), 5,
      "no space left on the disk of /r/config.json" + FREE),
-    (OSError(errno.ENOSPC, "No space left on device"), 5,
-     "no space left on the disk of /run" + FREE),
     (OSError(errno.EFBIG, "File too large", "/r/m.jsonl"), 5,
      "/r/m.jsonl" + LIMIT),
     (OSError(errno.EROFS, "Read-only file system", "/r/report.md"), 1,
@@ -108,7 +106,7 @@ BALANCED_200 = np.repeat(np.arange(10), 20)  # The tiny runs' test set.
 @pytest.mark.parametrize("accuracy, train_loss, labels, cause", [
     (0.0974, 1e15, MNIST_TEST, "loss"),  # Adam at --learning_rate=1e4.
     (0.9, 400.0, MNIST_TEST, "loss"),
-    (0.1135, 2.3, MNIST_TEST, "chance"),  # Always answering "1".
+    # Within two standard errors of always answering "1" (11.35%).
     (0.1197, 2.3, MNIST_TEST, "chance"),
     (0.1200, 2.3, MNIST_TEST, None),
     (0.99, None, MNIST_TEST, None),  # No epoch run here (resumed at the end).
@@ -168,10 +166,6 @@ def test_output_into_a_closed_pipe_stops_without_a_traceback(tmp_path, asked):
   assert proc.stderr == ""
 
 
-RUN = ("--noanalyses", "--model=mlp", "--mlp_hidden=64", "--epochs=3",
-       "--batch_size=32", "--chunk_steps=50")
-
-
 def _one_line(err, prefix="error: "):
   lines = err.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith(prefix), err
@@ -189,7 +183,9 @@ _LIMITED = ("import os, resource, sys\n"
 @pytest.mark.slow
 @pytest.mark.parametrize("limit, flags, said", [
     # A file over 100 kB (no compilation cache, which it would truncate).
-    ((resource.RLIMIT_FSIZE, 100_000), RUN, "error: {workdir}"),
+    ((resource.RLIMIT_FSIZE, 100_000), (
+        "--noanalyses", "--model=mlp", "--mlp_hidden=64", "--epochs=3",
+        "--batch_size=32", "--chunk_steps=50"), "error: {workdir}"),
     # 3 GB of address space cannot hold a 784 x 1,000,000 kernel.
     ((resource.RLIMIT_AS, 3 * 2**30), ("--model=mlp", "--mlp_hidden=1000000",
                                        "--epochs=1"),

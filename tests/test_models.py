@@ -13,11 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import one_per_module_class, random_images
+from conftest import fresh_state, one_per_module_class, random_images
 from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax import modes
-from mnist_jax import optim
 from mnist_jax.data import pipeline
 from mnist_jax.models import cnn
 from mnist_jax.models import recurrent
@@ -111,9 +110,7 @@ def test_batch_norm_is_described_built_and_shaped():
   assert models.get("cnn").describe(config) == (
       "Conv4 3x3, BatchNorm, max-pool, Conv8 3x3, BatchNorm, max-pool, "
       "Dense16, Dense10")
-  module, _ = models.build(config)
-  state = jax.jit(lambda: train.create_train_state(jax.random.key(0), module,
-                  optim.make_optimizer(config, 1), (28, 28, 1)))()  # 1 program.
+  state = jax.jit(lambda: fresh_state(config, 1))()  # 1 program.
   assert set(state.params["conv_0"]) == {"kernel"}
   assert set(state.params["bn_0"]) == {"scale", "bias"}
   assert set(state.model_state["batch_stats"]["bn_1"]) == {"mean", "var"}
@@ -149,8 +146,6 @@ def test_sequences_read_every_pixel_in_their_order(seq, shape):
   np.testing.assert_allclose(x.reshape(3, -1), images.reshape(3, -1)[
       :, order] / 255, rtol=1e-6)
   np.testing.assert_array_equal(np.sort(order), np.arange(784))
-  np.testing.assert_array_equal(recurrent.permutation(7),
-                                recurrent.permutation(7))  # Fixed by its seed.
   assert not np.array_equal(recurrent.permutation(8), recurrent.permutation(7))
 
 
@@ -224,7 +219,6 @@ def test_a_models_settings_appear_in_its_runs_only(model):
   own = set(models.get(model).settings)
   every = set(config_lib.SETTINGS) - set(config_lib.FIELDS)  # Models' own.
   assert set(config.to_dict()) & every == own
-  assert set(json.loads(config.to_json())) & every == own
   assert set(tensorboard.hparams(config)) & every == own
   flags = lambda text: set(re.findall(r"--(?:no)?(\w+)", text))
   assert flags(record_lib.repeat_command(config)) & every == own

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import assert_trees_equal, synthetic_digits
+from conftest import assert_trees_equal, digits, fresh_state
 import launch
 from mnist_jax import config as config_lib
 from mnist_jax import models
@@ -198,14 +198,11 @@ def test_label_smoothing_is_a_loss_setting_not_optimizer_state():
   config = models.get_config("mlp", "seed", mlp_hidden=(16,), dropout=0.0,
                              optimizer="sgd", schedule="constant",
                              label_smoothing=0.3)
-  model, _ = models.build(config)
-  state = train.create_train_state(jax.random.key(0), model,
-                                   optim.make_optimizer(config, 4), (28, 28, 1))
+  state = fresh_state(config, steps_per_epoch=4)
   assert "label_smoothing" not in state.opt_state.hyperparams
   assert "label_smoothing" not in optim.HYPERPARAMS
   assert config_lib.sweepable() == (*optim.HYPERPARAMS, "label_smoothing")
-  images, labels = synthetic_digits(16)
-  batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels, jnp.int32)}
+  batch = digits(16)
   step = jax.jit(lambda s, ls: train.train_step(s, batch, label_smoothing=ls))
   plain, plain_sums = step(state, 0.0)
   smooth, smooth_sums = step(state, 0.3)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import steps_only, write_idx_dir
+from conftest import initial_state, steps_only, write_idx_dir
 import launch_helpers as lh
 import parallel_worker as pw
 from mnist_jax import files
@@ -24,7 +24,6 @@ from mnist_jax.rundir import checkpoints
 from mnist_jax.rundir import control
 from mnist_jax.rundir import metrics_log
 from mnist_jax.rundir import record as record_lib
-from mnist_jax.training import population
 
 SWEEP = pw.tiny("mlp", num_seeds=2, sweep="learning_rate=1e-3,3e-3")
 
@@ -74,11 +73,6 @@ SUMS = {"loss": np.float32(4.5), "correct": np.float32(30.0),
         "count": np.float32(80.0)}
 
 
-def _state():
-  model, _ = models.build(LINEAR, say=lambda _: None)
-  return population.initial_state(LINEAR, model, 33, (28, 28, 1))
-
-
 def _hooks(workdir, existing, stop=None, config=LINEAR):
   return modes.RunFolder(workdir, config, io.StringIO(),
                          stop or types.SimpleNamespace(signum=None),
@@ -88,7 +82,7 @@ def _hooks(workdir, existing, stop=None, config=LINEAR):
 def test_a_stop_before_the_first_step_has_nothing_to_save(tmp_path):
   """Exit 130 for SIGINT (a stop after steps: test_run_folder_safety.py)."""
   hooks = _hooks(str(tmp_path / "run"), False, stop=control.StopRequest())
-  state, _ = hooks.start(_state(), steps_only(33))
+  state, _ = hooks.start(initial_state(LINEAR, 33), steps_only(33))
   hooks.stop.signum = signal.SIGINT
   with pytest.raises(control.Preempted) as caught:
     hooks.chunk(state, 1, 0, None)
@@ -110,7 +104,7 @@ def test_a_run_resumes_mid_epoch_where_its_checkpoint_stood(
   workdir = str(tmp_path / "run")
   config = _config(prepared, workdir, report=False)
   hooks = _hooks(workdir, existing=False, config=config)
-  state, _ = hooks.start(_state(), steps_only(37))
+  state, _ = hooks.start(initial_state(LINEAR, 37), steps_only(37))
   hooks.started -= 1000  # A run that trained 1000 s before this checkpoint.
   hooks.save(state.replace(step=jnp.asarray(42, jnp.int32)), epoch=1,
              epoch_step=5, sums=SUMS)

@@ -13,8 +13,8 @@ import tensorboardX
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
+import parallel_worker as pw
 import tensorboard_helpers as tbh
-from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax import modes
 from mnist_jax.errors import Diverged
@@ -205,10 +205,9 @@ def test_a_failed_write_warns_once_and_the_run_goes_on(tmp_path, monkeypatch,
 
 def _train(prepared, workdir, model="mlp", **overrides):
   """metrics.jsonl's rows of a tiny seed-preset run (2 epochs, seeds 5, 6)."""
-  tiny = dict(mlp_hidden=(16,), epochs=2, batch_size=32, val_fraction=0.1,
-              schedule="cosine", analyses=False, seed=5, num_seeds=2)
-  tiny = {k: v for k, v in tiny.items()  # The linear model has no mlp_hidden.
-          if k in config_lib.FIELDS or k in models.get(model).settings}
+  tiny = dict(pw.TINY.get(model, {}), epochs=2, batch_size=32,
+              val_fraction=0.1, schedule="cosine", analyses=False, seed=5,
+              num_seeds=2)
   config = models.get_config(model, "seed", workdir=str(workdir),
                              **prepared.settings, **{**tiny, **overrides})
   modes.train_and_evaluate(config, str(workdir), stream=io.StringIO())

@@ -8,34 +8,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import assert_trees_equal, jaxpr_equations, synthetic_digits
+from conftest import assert_trees_equal, digits, fresh_state, jaxpr_equations
 from mnist_jax import models
 from mnist_jax.data import augment as augment_lib
-from mnist_jax import optim
 from mnist_jax.training import metrics
 from mnist_jax.training import train
-
-TINY = {"mlp": dict(mlp_hidden=(32,), dropout=0.2), "rnn": dict(hidden=16),
-        "cnn": dict(cnn_features=(4, 8), cnn_dense=16, dropout=0.2),
-        "lstm": dict(hidden=16), "gru": dict(hidden=16)}
+from parallel_worker import tiny
 
 
 def tiny_config(name, **overrides):
-  values = {**TINY.get(name, {}), "batch_size": 32, "epochs": 1, **overrides}
-  return models.get_config(name, "seed", **values)
-
-
-def fresh_state(config, steps_per_epoch=10, seed=0):
-  model, _ = models.build(config, say=lambda _: None)
-  tx = optim.make_optimizer(config, steps_per_epoch)
-  return train.create_train_state(jax.random.key(seed), model, tx,
-                                  (28, 28, 1), config.dtype)
-
-
-def digits(n):
-  """A batch of n synthetic digits: image [n, 28, 28, 1] uint8, label [n]."""
-  images, labels = synthetic_digits(n)
-  return {"image": jnp.asarray(images), "label": jnp.asarray(labels, jnp.int32)}
+  """parallel_worker's tiny `name` (dropout, if it has it) in batches of 32."""
+  return models.get_config(name, "seed", **tiny(name, batch_size=32, epochs=1,
+                                                **overrides))
 
 
 # The optimizer step.
@@ -84,7 +68,6 @@ def test_the_step_warps_from_its_augment_stream():
   params = lambda s: np.concatenate([np.ravel(p) for p in
                                      jax.tree.leaves(s.params)])
   warped = params(step(state, warp))
-  np.testing.assert_array_equal(params(step(state, warp)), warped)
   assert not np.allclose(params(step(state, None)), warped)
   keys = dict(state.keys)
   other = state.replace(keys={**keys, "augment": jax.random.key(9)})
