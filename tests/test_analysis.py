@@ -19,6 +19,7 @@ from PIL import Image
 import pytest
 
 from conftest import drawn_run, extra, synthetic_digits
+from launch_helpers import ROOT
 from experiments import compare
 from experiments import compare_figures
 from mnist_jax import models
@@ -31,7 +32,6 @@ from mnist_jax.results import report
 from mnist_jax.results import run as run_lib
 from mnist_jax import files
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = 10
 DECIDING_ROW = 13  # 0-based: the 14th row read.
 
@@ -138,11 +138,10 @@ def test_integrated_gradients_sum_to_the_logit_difference():
       lambda path, v: rng.normal(0, 0.5, v.shape).astype(np.float32)
       if path[-1].key == "bias" else 3 * v, run.variables),
              cnn_features=(4, 8), cnn_dense=16)
-  module = run.model
-  apply = jax.jit(lambda x: module.apply(run.variables, x))
+  apply = jax.jit(lambda x: run.model.apply(run.variables, x))
   logits, black = np.asarray(apply(images)), np.asarray(apply(0 * images))
   target = np.abs(logits - black).argmax(-1)
-  r = analysis.attributions(module, run.variables, images, target)
+  r = analysis.attributions(run.model, run.variables, images, target)
   want = (logits - black)[np.arange(8), target]
   np.testing.assert_allclose(r["ig"].sum((1, 2, 3)), want, rtol=0.01)
   np.testing.assert_allclose(r["logit_difference"], want, rtol=1e-4)

@@ -11,11 +11,11 @@ import sys
 
 import pytest
 
+from launch_helpers import ROOT
 from experiments import performance
 from experiments import tables
 from mnist_jax import models
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The files of experiments/ that run as __main__ (not compare.py's parts).
 SCRIPTS = sorted(p for p in glob.glob(os.path.join(ROOT, "experiments", "*.py"))
                  if '__name__ == "__main__"' in pathlib.Path(p).read_text())

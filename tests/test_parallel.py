@@ -22,7 +22,6 @@ from mnist_jax.rundir import process
 from mnist_jax.rundir.record import read_record
 from mnist_jax.training import members as members_lib
 
-ROOT = lh.ROOT
 TIMEOUT_S = 600
 TOLERANCE = 2e-5  # Losses (relative) and parameters after 8 to 16 steps.
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
@@ -138,7 +137,7 @@ def test_launch_on_a_gpu_backend_takes_the_accelerators_choices(prepared,
       [sys.executable, "tests/accelerator_launch.py", "--model=cnn",
        "--preset=seed", "--cnn_features=4,8", "--cnn_dense=16", "--epochs=1",
        "--batch_size=32", "--val_fraction=0.1", "--noanalyses",
-       "--num_seeds=2", *prepared.flags, f"--workdir={workdir}"], cwd=ROOT,
+       "--num_seeds=2", *prepared.flags, f"--workdir={workdir}"], cwd=lh.ROOT,
       env=pw.child_env(2), capture_output=True, text=True, timeout=TIMEOUT_S,
       check=False)
   assert p.returncode == 0, p.stderr[-3000:]
@@ -213,7 +212,7 @@ def _job(prepared, workdir, *extra, ids=(0, 1), devices=1, code=None):
           f"--process_id={i}"] for i in ids] or [[f"--workdir={workdir}"]]
   return [subprocess.Popen(
       [sys.executable, *(["-c", code] if code else []), "launch.py", *args,
-       *own], cwd=ROOT, env=pw.child_env(devices), stdout=subprocess.PIPE,
+       *own], cwd=lh.ROOT, env=pw.child_env(devices), stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True) for own in job]
 
 

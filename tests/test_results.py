@@ -9,13 +9,13 @@ import shutil
 from PIL import Image
 import pytest
 
+from launch_helpers import ROOT
 from experiments import tables
 from mnist_jax import config as config_lib
 from mnist_jax import files
 from mnist_jax import models
 from mnist_jax.errors import UserError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 with open(os.path.join(ROOT, tables.MEASUREMENTS), encoding="utf-8") as _f:
   COMMITTED = json.load(_f)
 

@@ -253,9 +253,8 @@ def test_a_folder_of_runs_is_each_of_them_a_damaged_one_skipped(
     serve.load([str(runs)])
 
 
-def test_a_run_deleted_while_served_is_noted_and_not_answered(tiny_run,
-                                                                tmp_path,
-                                                                capsys):
+def test_a_run_deleted_while_served_is_noted_and_not_answered(
+    tiny_run, tmp_path, capsys):
   """Its card says so from then on, the server once; the others answer."""
   gone, kept = str(tmp_path / "gone"), str(tmp_path / "kept")
   for folder in (gone, kept):
@@ -329,7 +328,7 @@ def test_each_run_answers_as_predict_and_the_analyses_would(analysed_run,
     # Integrated gradients add up to logit(x) - logit(black).
     assert abs(np.sum(r["attribution"]) - ig["logit_difference"][0]) <= (
         0.05 * abs(ig["logit_difference"][0]) + 1e-2)
-    if model.reads:  # Declared, not named: the RNN.
+    if model.reads:  # Declared, not named: the RNN (its unit above).
       _, _, steps = analysis.forward(model.module, model.run.variables,
                                      seen[None].astype(np.float32),
                                      model.reads.every)
@@ -338,7 +337,6 @@ def test_each_run_answers_as_predict_and_the_analyses_would(analysed_run,
       np.testing.assert_allclose(reading, jax.nn.softmax(steps[0]), atol=2e-3)
     else:
       assert r["reading"] is None
-  assert {r["name"] for r in answer["runs"] if r["reading"]} == {"rnn"}
 
 
 @pytest.mark.slow
