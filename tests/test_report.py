@@ -101,9 +101,10 @@ def _epoch(row, e, seconds, **more):
 @pytest.mark.parametrize("case", ["older_checkpoint", "did_not_learn"])
 def test_report_mode_says_what_the_rows_say(tiny_run, tmp_path, capsys, case):
   """metrics.jsonl edited, a figure gone, report.md rebuilt: (a) the log past
-  the newest checkpoint: a note (predict's: test_run_folder_safety.py); the
-  epoch times whole epochs' (not the resumed epoch 2), the wall time the final
-  row's; (b) the final row's learning verdict heads it."""
+  the newest checkpoint: a note (the page's and predict's run.run_note:
+  test_run_folder_safety.py); the epoch times whole epochs' (not the resumed
+  epoch 2), the wall time the final row's; (b) the final row's learning
+  verdict heads it."""
   workdir = str(tmp_path / "copy")
   shutil.copytree(tiny_run, workdir)
   path = os.path.join(workdir, "metrics.jsonl")

@@ -196,8 +196,9 @@ def test_a_signal_anywhere_then_the_command_it_names_ends_as_uninterrupted(
 def test_a_finished_run_missing_checkpoints_says_so_and_how_to_mend_it(
     prepared, reference, tmp_path):
   """Its final checkpoint gone: --mode=report keeps its report, the training
-  command and the page say so (predict: test_report.py). All gone: the page
-  says how to mend it (predict: test_refusals.py), and that advice does."""
+  command and the page say so (predict prints the page's note, run.run_note).
+  All gone: the page says how to mend it (predict: test_refusals.py), and
+  that advice does."""
   workdir = shutil.copytree(reference[0], str(tmp_path / "run"))
   shutil.rmtree(os.path.join(workdir, "checkpoints", "99"))  # The newest.
   missing = (f"the final checkpoint, {workdir}/checkpoints/99, is missing "
