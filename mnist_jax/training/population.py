@@ -39,7 +39,7 @@ FIRST_CHUNK = 8  # Steps of the first chunk, which times them.
 
 # The initializer compiles in about half the time with LLVM at -O1 on CPU, to
 # the bits of XLA's default level (tests/test_sweep.py holds it for every
-# preset of every model).
+# preset of a model of each module class).
 INIT_OPTIONS = {"cpu": {"xla_backend_optimization_level": 1}}
 COPY_OPTIONS = {"cpu": {"xla_backend_optimization_level": 0}}
 
