@@ -11,7 +11,7 @@ import time
 
 import jax
 
-from conftest import assert_trees_equal, xla_flags  # noqa: F401 (re-exported)
+from conftest import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The user's documents: README.md and docs/*.md, relative to ROOT.
@@ -22,37 +22,19 @@ DOCS = ["README.md", *sorted(os.path.relpath(p, ROOT) for p in glob.glob(
 # epoch but its first (@chunk), before an epoch's checkpoint (@epoch_end), as
 # orbax writes a save (@save step=S), after the final evaluation (@final_row),
 # once the final row is logged (@final), as the report begins (@write), while
-# a file's temporary is open (@file NAME). It pauses PAUSE_S at the
-# PAUSE_NTH-th marker PAUSE_AT alone.
+# a file's temporary is open (@file NAME). It sleeps PAUSE_S at the
+# PAUSE_NTH-th marker PAUSE_AT alone (a signal's handler runs meanwhile).
 _CHILD = r"""
-import contextlib, os, runpy, signal, sys, time
+import contextlib, os, runpy, sys, time
 script = sys.argv[1]  # launch.py as the user typed it.
 sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
-# Each signal the run's own handlers take is counted: a pause ends 1 s after
-# one, not at its full length.
-_caught, _signal = [0], signal.signal
-def _counted(signum, handler):
-  if not callable(handler):
-    return _signal(signum, handler)
-  def counting(*args):
-    _caught[0] += 1
-    return handler(*args)
-  return _signal(signum, counting)
-signal.signal = _counted
 _at, _nth, _count = os.environ["PAUSE_AT"], int(os.environ["PAUSE_NTH"]), [0]
 def mark(line):
   print(line, flush=True)
-  if not (line + " ").startswith(_at + " "):
-    return
-  _count[0] += 1
-  if _count[0] != _nth:
-    return
-  end, seen = time.monotonic() + float(os.environ["PAUSE_S"]), _caught[0]
-  while time.monotonic() < end:
-    time.sleep(0.05)
-    if _caught[0] != seen:
-      end = min(end, time.monotonic() + 1.0)
-      seen = _caught[0]
+  if (line + " ").startswith(_at + " "):
+    _count[0] += 1
+    if _count[0] == _nth:
+      time.sleep(float(os.environ["PAUSE_S"]))
 from mnist_jax import files, modes
 from mnist_jax.results import report
 from mnist_jax.rundir import checkpoints, metrics_log
@@ -123,7 +105,7 @@ def run_and_signal(args, signum, at, nth=1, pause_s=0.2, timeout=120,
                    cwd=ROOT, repeat=1, on_marker=None):
   """(exit status, stdout, stderr, marker line) of a run sent `signum`
   `repeat` times, 0.3 s apart, at its `nth` marker `at` (see _CHILD), where it
-  pauses `pause_s` (ending 1 s after a signal it catches); on_marker() first."""
+  pauses `pause_s`; on_marker() first."""
   p = start(args, cwd, pause_s, at, nth)
   deadline = time.monotonic() + timeout
   lines, marker, seen, out, err = [], None, 0, "", ""

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from conftest import assert_trees_equal
 import launch_helpers as lh
 import tensorboard_helpers as tbh
 from mnist_jax.errors import UserError
@@ -77,7 +78,7 @@ def reference(prepared, tmp_path_factory):
 def _assert_as_uninterrupted(workdir, reference):
   got, want = _outcome(workdir), reference[1]
   assert got["rows"] == want["rows"]
-  lh.assert_trees_equal(got["state"], want["state"])
+  assert_trees_equal(got["state"], want["state"])
   assert got["csvs"] == want["csvs"]
   assert got["tensorboard"] == want["tensorboard"]
   assert read_record(workdir)["finished"]
