@@ -274,10 +274,8 @@ def test_each_command_runs_as_written(doc, words, prepared, finished_run,
     for flag in {a.split("=")[0] for a in own if a.startswith("--")}:
       assert flag.lstrip("-") in text, (doc, flag)
     return
-  if any(a.startswith("--coordinator_address") for a in args):
-    args = [a for a in args if not a.startswith(("--coordinator_address",
-                                                 "--num_processes",
-                                                 "--process_id"))]
+  args = [a for a in args if not a.startswith((  # One process here.
+      "--coordinator_address", "--num_processes", "--process_id"))]
   if not any(a.startswith("--mode=") for a in args):
     args += ["--dry_run", f"--data_dir={data_dir}",
              f"--workdir={tmp_path / 'run'}"]
@@ -290,6 +288,6 @@ def test_each_command_runs_as_written(doc, words, prepared, finished_run,
     out, err = p.communicate(timeout=60)
     assert "serving" in line and p.returncode == 130, f"{doc}: {line}{err}"
     return
-  rc, out, err = lh.run(args, timeout=600, cwd=lh.ROOT, **env)
+  rc, out, err = lh.run(args, timeout=600, **env)
   assert rc == 0, f"{doc}: {' '.join(words)}\n{err[-2000:]}"
   assert "Traceback" not in err
