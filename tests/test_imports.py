@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from launch_helpers import ROOT
 SHELL = ("mnist_jax.rundir", "mnist_jax.results", "mnist_jax.modes",
          "mnist_jax.api", "launch")
 MODEL_CHOICE = ("mnist_jax.models.registry", "mnist_jax.models.kernels")
@@ -78,7 +78,7 @@ def test_the_first_step_needs_none_of_the_slow_imports(prepared, tmp_path,
        "--mlp_hidden=8", "--epochs=1", "--batch_size=50",
        f"--mnist_dir={mnist_dir}", f"--data_dir={data_dir}",
        f"--workdir={tmp_path}/run"], capture_output=True, text=True, cwd=ROOT,
-      check=False, timeout=300, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+      timeout=300, env={**os.environ, "PYTHONPATH": os.pathsep.join(
           [str(fake.parent), ROOT])})
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.splitlines()[-1] == "LOADED", out.stdout

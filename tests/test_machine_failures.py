@@ -79,8 +79,7 @@ def test_a_bug_in_a_job_of_processes_exits_without_jax_shutdown():
           "launch.main = main; launch._run(['launch.py'])")
   env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
   proc = subprocess.run([sys.executable, "-c", code], cwd=lh.ROOT, env=env,
-                        capture_output=True, text=True, timeout=120,
-                        check=False)
+                        capture_output=True, text=True, timeout=120)
   assert proc.returncode == 1, proc.stderr
   assert proc.stdout == "epoch 1 of 2\n"
   assert "Traceback" in proc.stderr and "RuntimeError: a bug" in proc.stderr
@@ -160,7 +159,7 @@ def test_output_into_a_closed_pipe_stops_without_a_traceback(tmp_path, asked):
   proc = subprocess.run(
       [sys.executable, os.path.join(lh.ROOT, "launch.py"), asked,
        f"--workdir={tmp_path / 'run'}"], cwd=tmp_path, stdout=write,
-      stderr=subprocess.PIPE, text=True, timeout=300, check=False)
+      stderr=subprocess.PIPE, text=True, timeout=300)
   os.close(write)
   assert proc.returncode == 128 + signal.SIGPIPE, proc.stderr
   assert proc.stderr == ""

@@ -35,12 +35,12 @@ class Case:
     self.mnist_dir, self.data_dir = prepared
     tmp.mkdir()
 
-  def train(self, *flags, workdir=None, data=None):
+  def train(self, *flags, data=None):
     """A small mlp's training command, then `flags`."""
     return ["--model=mlp", "--mlp_hidden=8", "--epochs=1", "--batch_size=32",
             *(data or [f"--mnist_dir={self.mnist_dir}",
                        f"--data_dir={self.data_dir}"]),
-            f"--workdir={workdir or self.tmp / 'new'}", *flags]
+            f"--workdir={self.tmp / 'new'}", *flags]
 
   def file(self, name="a_file", data=b"not a folder"):
     (self.tmp / name).write_bytes(data)
