@@ -68,11 +68,9 @@ def test_a_diverged_run_stops_in_one_line_and_is_not_repeated(prepared,
                       "or set --grad_clip in its training command and run it "
                       f"with --workdir=runs/{name} --overwrite"), (out, err)
   own = shlex.split(record.read_record(os.path.join(cwd, "runs", name))[
-      "repeat"])
-  own[1] = lh.launch_path(cwd)  # "python launch.py", run from elsewhere.
-  rc, _, err = lh.follow(shlex.join([*own, f"--workdir=runs/{name}",
-                                     "--learning_rate=0.001", "--overwrite"]),
-                         cwd=cwd)
+      "repeat"])[2:]  # Its flags, after "python launch.py".
+  rc, _, err = lh.run([*own, f"--workdir=runs/{name}",
+                       "--learning_rate=0.001", "--overwrite"], cwd=cwd)
   assert rc == 0, err
   assert record.read_config(os.path.join(cwd, "runs", name)).learning_rate == (
       1e-3)
