@@ -321,7 +321,8 @@ CASES = [
     ("finished_checkpoints_gone", lambda c: c.predict(
         ("7.png", SEVEN), workdir=_no_checkpoint(c, True)), 1, "/run finished, but its checkpoints "
      "are gone from ", "put them back, or train it again with its training "
-     "command (config.json's \"repeat\"), --workdir="),
+     "command (config.json's \"repeat\"), --workdir=", "/run and --overwrite, "
+     "which deletes its logs and report"),
     ("no_checkpoint_yet", lambda c: [
         "--mode=report", f"--workdir={_no_checkpoint(c, instead='folder')}"], 1,
      "has no complete checkpoint yet (its training stopped before the first "
