@@ -18,7 +18,6 @@ from conftest import assert_trees_equal
 import launch_helpers as lh
 import tensorboard_helpers as tbh
 from mnist_jax.results import report
-from mnist_jax.results import serve
 from mnist_jax.rundir import checkpoints
 from mnist_jax.rundir.record import read_record
 
@@ -196,9 +195,9 @@ def test_a_signal_anywhere_then_the_command_it_names_ends_as_uninterrupted(
 def test_a_finished_run_missing_checkpoints_says_so_and_how_to_mend_it(
     prepared, reference, tmp_path):
   """Its final checkpoint gone: --mode=report keeps its report, the training
-  command and the page say so (predict prints the page's note, run.run_note).
-  All gone: the advice predict and the page give (test_refusals.py,
-  test_serve.py) mends it."""
+  command says so (the page's and predict's note, run.run_note: test_report.py,
+  test_folder.py). All gone: the advice predict and the page give
+  (test_refusals.py, test_serve.py) mends it."""
   workdir = shutil.copytree(reference[0], str(tmp_path / "run"))
   shutil.rmtree(os.path.join(workdir, "checkpoints", "99"))  # The newest.
   missing = (f"the final checkpoint, {workdir}/checkpoints/99, is missing "
@@ -214,10 +213,6 @@ def test_a_finished_run_missing_checkpoints_says_so_and_how_to_mend_it(
   assert "; to train these settings again, pass another --workdir" in out
   assert out.strip().endswith(f"; note: {missing}")
   assert lh.snapshot(workdir) == before
-  said = ("these results are of the checkpoint of epoch 2, older than the "
-          "run's last epoch, 3: its later checkpoints are missing")
-  [served] = serve.load([workdir])
-  assert served.info["note"] == said
   shutil.rmtree(checkpoints.directory(workdir))
   rc, _, err = lh.follow(
       f"{read_record(workdir)['repeat']} --workdir={workdir} --overwrite")
