@@ -333,9 +333,6 @@ CASES = [
     # 540 // 32 steps an epoch; then 90 // 32.
     ("other_steps_per_epoch", _other_data, 1, "(step 16, epoch 1) does not fit "
      "this run's 2 steps per epoch (were the data or the batch size changed?)"),
-    ("none_over_processes", ["--parallel=none", "--num_processes=2",
-                             "--process_id=0"], 1, "error: --parallel=none runs "
-     "on one device, but 2 processes were started; pass --parallel=sharded"),
     # Data.
     ("batch_over_train_set", ["--batch_size=100000"], 1, "--batch_size=100000 "
      "is larger than the 540 training examples; pass a smaller one"),
