@@ -239,8 +239,6 @@ CASES = [
      "compare.py --train=mlp --vary=batch_size=16/32"),
     ("sweep_seed", ["--sweep=seed=1,2"], 1, "--sweep=seed: seeds are not "
      "swept; --seed=S --num_seeds=N trains the seeds"),
-    ("sweep_unread", ["--optimizer=adam", "--sweep=momentum=0.5,0.9"], 1,
-     "--sweep=momentum changes nothing with --optimizer=adam: only"),
     ("sweep_not_number", ["--sweep=learning_rate=1e-3,x"], 2,
      "--sweep=learning_rate: 'x' is not a number"),
     ("sweep_unknown", ["--sweep=speed=1,2"], 1, "--sweep: unknown name "
