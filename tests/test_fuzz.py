@@ -5,7 +5,6 @@ valid after all, their result."""
 import gzip
 import os
 import re
-import struct
 import tempfile
 
 from hypothesis import given, settings
@@ -13,6 +12,7 @@ from hypothesis import strategies as st
 import numpy as np
 import pytest
 
+from conftest import write_idx
 import launch_helpers as lh
 from mnist_jax import config as config_lib
 from mnist_jax import models
@@ -77,40 +77,34 @@ def test_every_numeric_flag_at_absurd_values_is_one_line_or_valid(tmp_path):
   assert refused > len(cases) - refused
 
 
-def _idx(kind):
-  """A valid IDX file of 3 images or labels."""
-  rng = np.random.default_rng(0)
-  array = (rng.integers(0, 256, (3, 28, 28), np.uint8) if kind == "images"
-           else rng.integers(0, 10, (3,), np.uint8))
-  return struct.pack(f">I{array.ndim}I", 0x800 + array.ndim,
-                     *array.shape) + array.tobytes()
-
-
-def _damaged(draw_kind):
-  """(kind, bytes): random bytes, a valid file cut short, or one with a
-  changed header byte; maybe gzipped."""
-  kind = draw_kind(st.sampled_from(["images", "labels"]))
-  raw = _idx(kind)
-  how = draw_kind(st.sampled_from(["random", "cut", "header"]))
+def _damage(path, kind, draw):
+  """Replaces the valid IDX file at `path` by random bytes, itself cut short,
+  or itself with a changed header byte; maybe gzipped. Returns which."""
+  with open(path, "rb") as f:
+    raw = f.read()
+  how = draw(st.sampled_from(["random", "cut", "header"]))
   if how == "random":
-    raw = draw_kind(st.binary(max_size=3000))
+    raw = draw(st.binary(max_size=3000))
   elif how == "cut":
-    raw = raw[:draw_kind(st.integers(0, len(raw) - 1))]
+    raw = raw[:draw(st.integers(0, len(raw) - 1))]
   else:
-    pos = draw_kind(st.integers(0, (16 if kind == "images" else 8) - 1))
-    raw = raw[:pos] + bytes([raw[pos] ^ draw_kind(st.integers(1, 255))]) + (
+    pos = draw(st.integers(0, (16 if kind == "images" else 8) - 1))
+    raw = raw[:pos] + bytes([raw[pos] ^ draw(st.integers(1, 255))]) + (
         raw[pos + 1:])
-  return kind, how, gzip.compress(raw) if draw_kind(st.booleans()) else raw
+  with open(path, "wb") as f:
+    f.write(gzip.compress(raw) if draw(st.booleans()) else raw)
+  return how
 
 
 @settings(max_examples=150, deadline=None)
 @given(data=st.data())
 def test_any_bytes_as_an_idx_file_read_or_name_the_file_in_one_line(data):
-  kind, how, raw = _damaged(data.draw)
+  kind = data.draw(st.sampled_from(["images", "labels"]))
   with tempfile.TemporaryDirectory() as folder:
     path = os.path.join(folder, "file")
-    with open(path, "wb") as f:
-      f.write(raw)
+    write_idx(path, np.random.default_rng(0).integers(
+        0, 10, (3, 28, 28) if kind == "images" else 3))
+    how = _damage(path, kind, data.draw)
     try:
       array = idx.read(path, idx.IMAGES_MAGIC if kind == "images"
                        else idx.LABELS_MAGIC)
