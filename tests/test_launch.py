@@ -195,13 +195,10 @@ def test_launch_trains_and_writes_the_run_folder(prepared, tmp_path):
   assert implementation["layers"]["passed"]
   assert implementation["layers"]["lowered"] == {
       "gru_0": "mnist_jax/models/kernels/fused_rnn.py"}
-  rows = lh.metrics(work)
-  epoch_keys = {"epoch", "train_loss", "train_accuracy", "val_loss",
-                "val_accuracy", "epoch_time_s", "examples_per_s"}
-  assert [r["epoch"] for r in rows[:-1]] == [1, 2]
-  assert all(epoch_keys <= set(r) for r in rows[:-1])
-  assert {"test_loss", "test_accuracy", "wall_time_s"} <= set(rows[-1])
-  assert 0.0 <= rows[-1]["test_accuracy"] <= 1.0
+  # A row's keys: test_metrics.py (the metrics), test_experiments.py (times).
+  *epochs, final = lh.metrics(work)
+  assert [r["epoch"] for r in epochs] == [1, 2]
+  assert 0.0 <= final["test_accuracy"] <= 1.0
 
 
 # Every command of the docs' shell blocks, as written: training with --dry_run
