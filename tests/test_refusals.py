@@ -56,7 +56,7 @@ class Case:
     return workdir
 
   def locked(self, workdir):
-    """`workdir`, its lock held (by the test process) as a run's."""
+    """`workdir`, its lock held (by the test process, to its end) as a run's."""
     self.held = os.open(workdir, os.O_RDONLY)
     fcntl.flock(self.held, fcntl.LOCK_EX | fcntl.LOCK_NB)
     return workdir
@@ -399,10 +399,9 @@ def refused(prepared, tiny_run, tmp_path_factory):
   """{id: (the child's result, snapshot before, after, what a real process
   said)} of every case; "debug": the child's result of one with --debug."""
   root = tmp_path_factory.mktemp("refusals")
-  argvs, watched, cases = {}, {}, []  # Their locks held to the end.
+  argvs, watched = {}, {}
   for name, make, *_ in CASES:
     c = Case(root / name, prepared, tiny_run)
-    cases.append(c)
     argvs[name] = c.train(*make) if isinstance(make, list) else make(c)
     watched[name] = (str(c.tmp), *prepared, tiny_run)
   argvs["debug"] = ["--model=vgg", "--debug", f"--workdir={root / 'debug'}"]
