@@ -1,26 +1,33 @@
-"""Tiny runs of loop.train_and_evaluate (the core, no run folder), in this
-process or in a child of N simulated CPU devices (XLA_FLAGS must set them
-before JAX starts): python tests/parallel_worker.py OUT.pickle SPECS.json,
-SPECS {label: run()'s keywords}, OUT {label: run()'s result}."""
+"""Tiny runs of loop.train_and_evaluate (the core; a run folder only to stop
+and resume), in this process or in a child of N simulated CPU devices
+(XLA_FLAGS must set them before JAX starts): python tests/parallel_worker.py
+OUT.pickle SPECS.json, SPECS {label: run()'s keywords}, OUT {label: run()'s
+result}."""
 
+import io
 import json
 import os
 import pickle
+import signal
 import sys
 import tempfile
+import types
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax
 import numpy as np
+import pytest
 
 from conftest import synthetic_digits, train_core
 from launch_helpers import child_env
 from mnist_jax import models
+from mnist_jax import modes
 from mnist_jax.data import pipeline
 from mnist_jax.models import registry
 from mnist_jax.rundir import checkpoints
+from mnist_jax.rundir import control
 from mnist_jax.training import devices
 from mnist_jax.training import loop
 from mnist_jax.training import population
@@ -62,17 +69,15 @@ def config(model, settings, parallel="none", epochs=1):
 
 class Recorder(loop.Hooks):
   """Keeps what the loop tells its hooks (record, rows, `last`s, messages,
-  chunks); starts at `start` (a loop.Start, or fn(state) -> (state, Start))."""
+  chunks)."""
 
-  def __init__(self, start=None):
+  def __init__(self):
     self.record, self.rows, self.messages, self.chunks = None, [], [], []
-    self.lasts, self._start = [], start
+    self.lasts = []
 
   def start(self, state, run):
-    self.record, self.run = run.record(), run
-    if callable(self._start):
-      return self._start(state)
-    return state, self._start or loop.Start()
+    self.record = run.record()
+    return state, loop.Start()
 
   def message(self, text):
     self.messages.append(text)
@@ -85,51 +90,36 @@ class Recorder(loop.Hooks):
     self.lasts.append(last)
 
 
-class Stop(Exception):
-  """Raised by a Saver once its checkpoint is written."""
+class Folder(modes.RunFolder):
+  """The run folder's hooks (modes.py: its checkpoints, saved and restored),
+  `kept` a Recorder of the run; `at` ("epoch": after epoch 1; "chunk": after
+  the first chunk of epoch 2): stopped there as by SIGTERM, else resumed."""
 
+  def __init__(self, workdir, config, at=None):  # pylint: disable=redefined-outer-name
+    super().__init__(workdir, config.replace(tensorboard=False), io.StringIO(),
+                     types.SimpleNamespace(signum=None, close=lambda: None),
+                     existing=at is None, overwrite=False, data_time=0.0)
+    self.at, self.kept = at, Recorder()
 
-class Saver(Recorder):
-  """Saves a checkpoint and stops the run where `at` says ("epoch": after
-  epoch 1; "chunk": after the first chunk of epoch 2)."""
+  def start(self, state, run):
+    self.kept.start(state, run)
+    return super().start(state, run)
 
-  def __init__(self, workdir, config, at):  # pylint: disable=redefined-outer-name
-    super().__init__()
-    self.workdir, self.config, self.at = workdir, config, at
-
-  def _save(self, state, epoch, epoch_step=0, sums=None):
-    state = self.run.get(state)  # One copy (pmap's is one per device).
-    saver = checkpoints.manager(self.workdir, keep=3)
-    step = int(np.max(jax.device_get(state.step)))  # Members: [M].
-    checkpoints.save(saver, step, checkpoints.tree(state), checkpoints.record(
-        self.config, epoch=epoch, step=step, epoch_step=epoch_step,
-        sums=sums))
-    saver.close()
-    raise Stop()
+  def message(self, text):
+    self.kept.message(text)
+    super().message(text)
 
   def chunk(self, state, epoch, done, sums):
-    super().chunk(state, epoch, done, sums)
+    self.kept.chunk(state, epoch, done, sums)
     if self.at == "chunk" and (epoch, done) == (2, 3):
-      self._save(state, 1, done, sums)
+      self.stop.signum = signal.SIGTERM
+    super().chunk(state, epoch, done, sums)
 
   def epoch(self, state, row, last):
-    super().epoch(state, row, last)
+    self.kept.epoch(state, row, last)
     if self.at == "epoch" and row["epoch"] == 1:
-      self._save(state, 1)
-
-
-def restore(workdir, config):  # pylint: disable=redefined-outer-name
-  """A Recorder that starts from the checkpoint in `workdir`, as the run
-  folder (modes.py) does."""
-  def start(state):
-    state, meta = checkpoints.restore(workdir, state, config.model)
-    assert meta["format"] == checkpoints.FORMAT
-    sums = meta.get("sums")
-    return state, loop.Start(
-        meta["epoch"] + 1, meta["epoch_step"],
-        {k: np.asarray(v, np.float32) for k, v in sums.items()} if sums
-        else None)
-  return Recorder(start)
+      self.stop.signum = signal.SIGTERM
+    super().epoch(state, row, last)
 
 
 def _flat(tree) -> np.ndarray:
@@ -141,32 +131,33 @@ def run(model, settings, parallel="none", epochs=1, vmap=False, stop=None,
         data=None):
   """One run's record (layout, rows, final, messages, chunks) and per member
   its checkpointed `state` parts (flat) and test logits. vmap: members vmapped
-  (a GPU's way); stop: "chunk" or "epoch", saved and resumed there (the
-  record: the resumed run's). Chunks of --chunk_steps however slow."""
+  (a GPU's way); stop: "chunk" or "epoch", saved and resumed there by the run
+  folder's hooks (the record: the resumed run's). Chunks of --chunk_steps
+  however slow."""
   saved = devices.IN_TURN_ON, population.CHUNK_S
   devices.IN_TURN_ON = () if vmap else ("cpu",)
   population.CHUNK_S = 1e9
   run_config = config(model, settings, parallel, epochs)
   data = data or dataset()
   try:
-    with tempfile.TemporaryDirectory() as workdir:
-      hooks = Recorder()
+    with tempfile.TemporaryDirectory() as folder:
+      hooks, workdir = Recorder(), os.path.join(folder, "run")
       if stop:
-        try:
-          train_core(run_config, data, Saver(workdir, run_config, stop))
-          raise AssertionError("the run stopped at no checkpoint")
-        except Stop:
-          hooks = restore(workdir, run_config)
+        with pytest.raises(control.Preempted):
+          train_core(run_config, data, Folder(workdir, run_config, stop))
+        hooks = Folder(workdir, run_config)
       state, final = train_core(run_config, data, hooks)
+      if stop:
+        hooks.close()  # Its last checkpoint written.
   finally:
     devices.IN_TURN_ON, population.CHUNK_S = saved
-  state = jax.device_get(state)
+  state, kept = jax.device_get(state), getattr(hooks, "kept", hooks)
   count = hooks.test_logits.shape[0]
   member = (lambda t, i: jax.tree.map(lambda x: x[i], t)) if (
       run_config.num_seeds > 1 or run_config.sweep) else (lambda t, i: t)
   return {"record": json.loads(json.dumps({
-      "parallel": hooks.record["parallel"], "rows": hooks.rows,
-      "final": final, "messages": hooks.messages, "chunks": hooks.chunks})),
+      "parallel": kept.record["parallel"], "rows": kept.rows,
+      "final": final, "messages": kept.messages, "chunks": kept.chunks})),
           "state": {p: [_flat(member(getattr(state, p), i))
                         for i in range(count)] for p in checkpoints.PARTS},
           "logits": np.asarray(hooks.test_logits)}

@@ -3,7 +3,6 @@ the analyses end to end (report.md, compare.py's page); their figures."""
 
 import csv
 import functools
-import json
 import os
 import re
 import subprocess
@@ -19,7 +18,7 @@ from PIL import Image
 import pytest
 
 from conftest import drawn_run, extra, synthetic_digits
-from launch_helpers import ROOT
+from launch_helpers import ROOT, run_folder
 from experiments import compare
 from experiments import compare_figures
 from mnist_jax import models
@@ -30,7 +29,6 @@ from mnist_jax.results import analysis_plots
 from mnist_jax.results import plots
 from mnist_jax.results import report
 from mnist_jax.results import run as run_lib
-from mnist_jax import files
 
 K = 10
 DECIDING_ROW = 13  # 0-based: the 14th row read.
@@ -53,7 +51,7 @@ def _row_digits(n: int):
   return images, labels
 
 
-def _row_reader(**settings):
+def _row_reader():
   """A SimpleRNN that remembers which of pixels 0..9 a row lit, and nothing
   else: hidden unit c = tanh(5 x_c + h_c), read out as logit 10 h_c."""
   w_in = np.zeros((28, K), np.float32)
@@ -62,7 +60,7 @@ def _row_reader(**settings):
                       "h": {"kernel": np.eye(K, dtype=np.float32)}},
             "out": {"kernel": 10 * np.eye(K, dtype=np.float32),
                     "bias": np.zeros(K, np.float32)}}
-  return drawn_run("rnn", {"params": params}, hidden=K, **settings)
+  return drawn_run("rnn", {"params": params}, hidden=K)
 
 
 def test_a_model_that_decides_at_row_14_reaches_its_accuracy_there():
@@ -265,19 +263,15 @@ def two_runs(tmp_path_factory):
       ("rnn", _row_reader(), _data(images, labels, 40), 30.25),
       ("lstm", drawn_run("lstm", hidden=4, bidirectional=True),
        _data(digits, digit_labels, 0), 10.25)):
-    folder = str(root / name)
-    os.makedirs(folder)
-    report.write(folder, run, data.test, val=data.val)
-    files.write_json(os.path.join(folder, "config.json"),
-                     {"config": run.config.replace(workdir=folder).to_dict()})
     rows = [{"epoch": 1, "step": 10, "train_loss": 1.0, "train_accuracy": 0.5,
              "val_loss": None, "val_accuracy": None, "epoch_time_s": 1.0,
              "examples_per_s": 100.0},
             {"test_loss": 0.5, "test_accuracy": 0.5, "test_examples": 10,
              "epochs_run": 1, "compile_time_s": 1.0, "data_time_s": 0.25,
              "wall_time_s": wall, "num_params": 7}]
-    files.write_text(os.path.join(folder, "metrics.jsonl"),
-                     "".join(f"{json.dumps(r)}\n" for r in rows))
+    folder = run_folder(root / name, run.config.replace(
+        workdir=str(root / name)), rows=rows)
+    report.write(folder, run, data.test, val=data.val)
     out.append((folder, run, data))
   return out
 
@@ -353,23 +347,22 @@ def test_compare_sets_the_runs_analyses_side_by_side(two_runs, drawn, tmp_path):
         matplotlib.text.Text)}
     assert set(named) <= texts
 
-def _result(model, steps=1, scaled=True):
+def _result(model, steps=1):
   """A run's analysis as analysis_plots reads it, of made-up numbers."""
   count = np.array([0, 0, 1, 2, 3, 5, 4, 6, 8, 10, 12, 20, 40, 80, 9800.])
   correct = np.linspace(0.1, 0.99, 15)
-  r = {"model": model, "preset": "seed", "label": f"{model} (seed)",
-       "names": [str(k) for k in range(K)], "stride": analysis.STRIDE,
-       "changes": [c[:3] for c in analysis.CHANGES],
-       "robustness": [(c, l, 0.99 - 0.001 * abs(l), 100)
-                      for c, _, levels, _ in analysis.CHANGES for l in levels],
-       "test_count": count, "test_correct": correct, "test_ece": 0.01,
-       "reading_accuracy": np.linspace(0.1, 1, 28),
-       "reading_true_class_probability": np.linspace(0.1, 0.9, 28),
-       "reading_steps": np.arange(1, 29) * steps, "reading_unit": ["row", "rows"]}
-  if scaled:
-    r.update(temperature=1.5, scaled_ece=0.005, scaled_count=count[::-1],
-             scaled_correct=correct)
-  return r
+  return {"model": model, "preset": "seed", "label": f"{model} (seed)",
+          "names": [str(k) for k in range(K)], "stride": analysis.STRIDE,
+          "changes": [c[:3] for c in analysis.CHANGES],
+          "robustness": [(c, l, 0.99 - 0.001 * abs(l), 100) for c, _, levels, _
+                         in analysis.CHANGES for l in levels],
+          "test_count": count, "test_correct": correct, "test_ece": 0.01,
+          "temperature": 1.5, "scaled_ece": 0.005, "scaled_count": count[::-1],
+          "scaled_correct": correct,
+          "reading_accuracy": np.linspace(0.1, 1, 28),
+          "reading_true_class_probability": np.linspace(0.1, 0.9, 28),
+          "reading_steps": np.arange(1, 29) * steps,
+          "reading_unit": ["row", "rows"]}
 
 
 def test_figure_titles_wrap_between_words(drawn, tmp_path):

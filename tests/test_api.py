@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import seven
-from launch_helpers import ROOT
+from launch_helpers import ROOT, snapshot
 import mnist_jax
 from mnist_jax import api
 from mnist_jax.rundir import lock
@@ -133,8 +133,7 @@ def test_train_and_evaluate_returns_a_finished_run_unless_another_holds_it(
   assert mnist_jax.train_and_evaluate(config) == metrics_log.final_metrics(
       tiny_run)
   assert f"{tiny_run} already finished" in capsys.readouterr().out
-  before = {f: os.path.getmtime(os.path.join(tiny_run, f))
-            for f in os.listdir(tiny_run)}
+  before = snapshot(tiny_run)
   held = os.open(tiny_run, os.O_RDONLY)  # As launch.py holds it.
   fcntl.flock(held, fcntl.LOCK_EX)
   try:
@@ -143,5 +142,4 @@ def test_train_and_evaluate_returns_a_finished_run_unless_another_holds_it(
   finally:
     os.close(held)
   assert not lock.in_use(tiny_run)
-  assert {f: os.path.getmtime(os.path.join(tiny_run, f))
-          for f in os.listdir(tiny_run)} == before
+  assert snapshot(tiny_run) == before

@@ -15,8 +15,6 @@ from mnist_jax.models import registry
 from mnist_jax.rundir import process
 from mnist_jax.training import devices as devices_lib
 
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-
 
 @pytest.fixture
 def host(monkeypatch):
@@ -147,7 +145,7 @@ def test_setup_asks_for_deterministic_gpu_kernels_unless_told(monkeypatch,
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(CORES < 2, reason="needs at least 2 CPU cores")
+@pytest.mark.skipif(process.cores() < 2, reason="needs at least 2 CPU cores")
 @pytest.mark.parametrize("args,says", [
     ("--model=gru", "data parallel over {two} CPU devices (one jit over a "
      "mesh)"),
@@ -158,7 +156,7 @@ def test_setup_asks_for_deterministic_gpu_kernels_unless_told(monkeypatch,
 ])
 def test_dry_run_names_the_layout_auto_takes_on_a_split_host(args, says):
   """--dry_run names the layout on the host split_host makes."""
-  split = min(CORES, process.MAX_HOST_DEVICES)
+  split = min(process.cores(), process.MAX_HOST_DEVICES)
   if "sharded" in args and 64 % split:
     pytest.skip(f"a batch of 64 does not split over {split} devices")
   rc, out, err = lh.run([*args.split(), "--preset=seed", "--batch_size=64",

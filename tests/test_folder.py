@@ -323,10 +323,8 @@ EXPECTED = 0o666 & ~UMASK
 @pytest.fixture
 def umask():
   old = os.umask(UMASK)
-  try:
-    yield
-  finally:
-    os.umask(old)
+  yield
+  os.umask(old)
 
 
 def _mode(path):

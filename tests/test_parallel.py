@@ -24,7 +24,6 @@ from mnist_jax.training import members as members_lib
 
 TIMEOUT_S = 600
 TOLERANCE = 2e-5  # Losses (relative) and parameters after 8 to 16 steps.
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 
 
 def assert_same(a, b, exact):
@@ -70,8 +69,8 @@ CASES = [
          vmap=True, exact=False, layout={"mode": "members", "devices": 2,
                                          "members": "vmapped"}, marks=()),
     case("mlp_sweep_split_over_2_devices", "mlp", tiny("mlp", **SWEEP), "auto",
-         2, exact=CORES >= 2, layout={"mode": "members", "devices": 2,
-                                      "members": "in turn"},
+         2, exact=process.cores() >= 2, layout={
+             "mode": "members", "devices": 2, "members": "in turn"},
          says="4 members split over 2 CPU devices", marks=(SLOW, FLOORS)),
     # auto shards a recurrent model over a CPU's devices (its rule), and
     # each of members that do not split over them, in turn.

@@ -28,43 +28,39 @@ from mnist_jax.rundir import record as record_lib
 SWEEP = pw.tiny("mlp", num_seeds=2, sweep="learning_rate=1e-3,3e-3")
 
 
-def core(name, model, settings, stops, parallel="none", devices=1, slow=True):
-  return pytest.param(model, settings, stops, parallel, devices, id=name,
+def core(name, model, settings, stop, parallel="none", devices=1, slow=True):
+  return pytest.param(model, settings, stop, parallel, devices, id=name,
                       marks=[pytest.mark.slow] * slow + [pytest.mark.floors] * (
                           devices > 1))
 
 
-@pytest.mark.parametrize("model,settings,stops,parallel,devices", [
-    core("mlp_mid_epoch", "mlp", pw.tiny("mlp"), ("chunk",), slow=False),
+@pytest.mark.parametrize("model,settings,stop,parallel,devices", [
+    core("mlp_mid_epoch", "mlp", pw.tiny("mlp"), "chunk", slow=False),
     core("cnn_bn_mid_epoch", "cnn", pw.tiny(
-        "cnn", cnn_batch_norm=True, impl="stock", learning_rate=3e-3),
-         ("chunk",)),
-    core("members_at_epoch_end", "mlp", SWEEP, ("epoch",)),
-    core("gru_sharded_over_2_devices", "gru", pw.tiny("gru"), ("chunk",),
+        "cnn", cnn_batch_norm=True, impl="stock", learning_rate=3e-3), "chunk"),
+    core("members_at_epoch_end", "mlp", SWEEP, "epoch"),
+    core("gru_sharded_over_2_devices", "gru", pw.tiny("gru"), "chunk",
          "sharded", 2),
-    core("members_split_over_2_devices", "mlp", SWEEP, ("chunk",), "auto", 2),
-    core("mlp_pmap_over_2_devices", "mlp", pw.tiny("mlp"), ("chunk",), "pmap",
-         2)])
+    core("members_split_over_2_devices", "mlp", SWEEP, "chunk", "auto", 2),
+    core("mlp_pmap_over_2_devices", "mlp", pw.tiny("mlp"), "chunk", "pmap", 2)])
 def test_a_resumed_run_equals_an_uninterrupted_one_bit_for_bit(
-    tmp_path, model, settings, stops, parallel, devices):
+    tmp_path, model, settings, stop, parallel, devices):
   """Stopped after epoch 1 or mid-epoch 2, resumed from its checkpoint: rows
   (less timing), final row, every part of the state a checkpoint holds."""
   spec = dict(model=model, settings=settings, parallel=parallel, epochs=2)
-  out = pw.runs(tmp_path, {"whole": spec, **{
-      stop: dict(spec, stop=stop) for stop in stops}}, devices)
-  whole = out.pop("whole")
-  record = whole["record"]
+  out = pw.runs(tmp_path, {"whole": spec, "resumed": dict(spec, stop=stop)},
+                devices)
+  whole, resumed = out["whole"], out["resumed"]
+  record, got = whole["record"], resumed["record"]
   assert record["chunks"] == [[e, d] for e in (1, 2) for d in (0, 3, 6)]
-  for stop, resumed in out.items():
-    got = resumed["record"]
-    assert got["parallel"]["devices"] == devices
-    assert got["chunks"] == record["chunks"][3 + (stop == "chunk"):]
-    assert (lh.deterministic(got["rows"] + [got["final"]]) ==
-            lh.deterministic(record["rows"][1:] + [record["final"]]))
-    for part in checkpoints.PARTS:
-      np.testing.assert_array_equal(np.concatenate(resumed["state"][part]),
-                                    np.concatenate(whole["state"][part]),
-                                    err_msg=part)
+  assert got["parallel"]["devices"] == devices
+  assert got["chunks"] == record["chunks"][3 + (stop == "chunk"):]
+  assert (lh.deterministic(got["rows"] + [got["final"]]) ==
+          lh.deterministic(record["rows"][1:] + [record["final"]]))
+  for part in checkpoints.PARTS:
+    np.testing.assert_array_equal(np.concatenate(resumed["state"][part]),
+                                  np.concatenate(whole["state"][part]),
+                                  err_msg=part)
 
 
 # The run folder's hooks, on a linear model of 33-step epochs.
