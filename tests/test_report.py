@@ -101,8 +101,8 @@ def _epoch(row, e, seconds, **more):
 @pytest.mark.parametrize("case", ["older_checkpoint", "did_not_learn"])
 def test_report_mode_says_what_the_rows_say(tiny_run, tmp_path, capsys, case):
   """metrics.jsonl edited, a figure gone, report.md rebuilt: (a) the log past
-  the newest checkpoint: a note (the page's and predict's run.run_note:
-  test_run_folder_safety.py); the epoch times whole epochs' (not the resumed
+  the newest checkpoint: a note (run.run_note, which predict and the
+  page pass on: test_folder.py); the epoch times whole epochs' (not the resumed
   epoch 2), the wall time the final row's; (b) the final row's learning
   verdict heads it."""
   workdir = str(tmp_path / "copy")
