@@ -18,9 +18,6 @@ from mnist_jax.errors import UserError
 from mnist_jax.results import report
 
 EMNIST = ("emnist_letters", "emnist_balanced")
-# Each model at its smallest, so that a step compiles in about a second.
-TINY = {"mlp": dict(mlp_hidden=(8,)), "cnn": dict(cnn_features=(4,), cnn_dense=8),
-        "rnn": dict(hidden=4), "lstm": dict(hidden=4), "gru": dict(hidden=4)}
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +101,7 @@ def test_every_model_has_a_logit_per_class(emnist, dataset, model):
   mnist_dir, data_dir = emnist[dataset]
   config = models.get_config(model, "seed", dataset=dataset, batch_size=16,
                              mnist_dir=mnist_dir, data_dir=data_dir,
-                             val_fraction=0.25, impl="stock",
-                             **TINY.get(model, {}))
+                             val_fraction=0.25, impl="stock")
   data, k = pipeline.load(config), datasets.get(dataset).num_classes
   assert data.class_names == datasets.get(dataset).class_names
   assert (len(data.train), len(data.val), len(data.test)) == (72, 24, 48)
