@@ -201,6 +201,8 @@ SMALL = dict(mlp_hidden=(8,), cnn_features=(4,), cnn_dense=8, hidden=4)
 EXTRA = {"cnn": dict(learning_rate=3e-2, analyses=False),
          "lstm": dict(sequence="pixels"),
          "mlp": dict(num_seeds=2, val_fraction=0.0)}
+# The dense models' descriptions count its 16x12x3 pixels, not MNIST's 784.
+DESCRIBED = {"linear": "Dense(3) on the 576 pixels", "mlp": "576-8-3, ReLU"}
 
 
 def _stripes(folder, seed=0):
@@ -215,20 +217,11 @@ def _stripes(folder, seed=0):
     write_idx(str(folder / STRIPES.file_names[f"{part}_labels"]), labels)
 
 
-def test_the_dense_models_count_the_datasets_pixels(monkeypatch):
-  """Their one-line description: the dataset's 16x12x3, not MNIST's 784."""
-  monkeypatch.setitem(datasets.DATASETS, STRIPES.name, STRIPES)
-  describe = lambda model, **values: models.get(model).describe(
-      models.get_config(model, "seed", dataset=STRIPES.name, **values))
-  assert describe("linear") == "Dense(3) on the 576 pixels"
-  assert describe("mlp", mlp_hidden=(8,)).startswith("576-8-3, ReLU")
-
-
 @pytest.mark.parametrize("model", [*one_per_module_class(), "lstm"])
 def test_a_colour_dataset_trains_predicts_a_picture_and_is_served(
     model, monkeypatch, tmp_path):
-  """The declaration alone: the model, the report with every analysis,
-  predict and the page follow it."""
+  """The declaration alone: the model (its description too), the report with
+  every analysis, predict and the page follow it."""
   monkeypatch.setitem(datasets.DATASETS, STRIPES.name, STRIPES)
   folder = tmp_path / "idx"
   folder.mkdir()
@@ -241,6 +234,7 @@ def test_a_colour_dataset_trains_predicts_a_picture_and_is_served(
       data_dir=str(tmp_path / "prepared"), **{
           k: v for k, v in values.items()
           if k in models.get(model).settings or k in config_lib.FIELDS})
+  assert models.get(model).describe(config).startswith(DESCRIBED.get(model, ""))
   said = io.StringIO()
   final = _run(config, work, said)
   assert final["test_examples"] == 60
