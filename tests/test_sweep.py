@@ -22,8 +22,6 @@ import launch
 from mnist_jax import config as config_lib
 from mnist_jax import models
 from mnist_jax import modes
-from mnist_jax import optim
-from mnist_jax.data import datasets
 from mnist_jax.data import images as images_lib
 from mnist_jax.data import pipeline
 from mnist_jax.errors import UserError
@@ -36,7 +34,6 @@ from mnist_jax.rundir import record as record_lib
 from mnist_jax.training import members
 from mnist_jax.training import metrics
 from mnist_jax.training import population
-from mnist_jax.training import train
 
 TINY = dict(mlp_hidden=(16,), dropout=0.2, epochs=2, batch_size=50,
             val_fraction=0.1, analyses=False)
@@ -348,21 +345,19 @@ def test_compare_vary_trains_a_run_per_value(prepared, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", one_per_module_class())
 def test_the_initializer_compiled_for_speed_draws_the_default_compiles_bits(
-    name):
+    name, monkeypatch):
   """population.INIT_OPTIONS (a faster compile) gives every preset's initial
   state XLA's default level gives, bit for bit: no README number moves."""
-  options = population.INIT_OPTIONS.get(jax.default_backend())
-  if not options:
-    pytest.skip(f"no initializer options on {jax.default_backend()}")
+  backend = jax.default_backend()
+  if not population.INIT_OPTIONS.get(backend):
+    pytest.skip(f"no initializer options on {backend}")
   for preset in models.get(name).presets:
     config = models.get_config(name, preset)
     model, _ = models.build(config, say=lambda _: None)
-    create = functools.partial(
-        train.create_train_state, model=model,
-        tx=optim.make_optimizer(config, 10),
-        image_shape=datasets.get(config.dataset).image_shape)
-    key = jax.random.key(config.seed)
-    fast = jax.jit(create, compiler_options=options)(key)
-    default = jax.jit(create, compiler_options={
-        "xla_backend_optimization_level": 3})(key)
-    assert_trees_equal(fast, default, err_msg=f"{name} --preset={preset}")
+    init = functools.partial(population.initial_state, config, model, 10,
+                             (28, 28, 1))
+    fast = init()
+    with monkeypatch.context() as default:
+      default.setitem(population.INIT_OPTIONS, backend,
+                      {"xla_backend_optimization_level": 3})
+      assert_trees_equal(fast, init(), err_msg=f"{name} --preset={preset}")
