@@ -97,19 +97,16 @@ def _chain_cases():
 @pytest.mark.parametrize("optimizer,schedule,extras", _chain_cases())
 def test_equals_the_plain_optax_chain_over_a_whole_run(optimizer, schedule,
                                                       extras):
+  """Every step's update (so the parameters they move)."""
   config = _config(optimizer=optimizer, schedule=schedule, learning_rate=3e-2,
                    **extras)
-  params = _params()
-  new, _, new_updates = jax.jit(functools.partial(
-      _run, optim.make_optimizer(config, STEPS_PER_EPOCH)))(params)
-  ref, _, ref_updates = jax.jit(functools.partial(
-      _run, _reference_optimizer(config, STEPS_PER_EPOCH)))(params)
-  for a, b in zip(jax.tree.leaves(new_updates), jax.tree.leaves(ref_updates)):
+  _, _, new = jax.jit(functools.partial(
+      _run, optim.make_optimizer(config, STEPS_PER_EPOCH)))(_params())
+  _, _, ref = jax.jit(functools.partial(
+      _run, _reference_optimizer(config, STEPS_PER_EPOCH)))(_params())
+  for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(ref)):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)
-  for a, b, before in zip(jax.tree.leaves(new), jax.tree.leaves(ref),
-                          jax.tree.leaves(params)):
-    np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
-    assert not np.allclose(a, before)
+    assert np.any(a)
 
 
 @pytest.mark.parametrize("schedule,steps_per_epoch,epochs,warmup", [
