@@ -326,13 +326,12 @@ def test_compare_reads_every_member_as_its_own_configuration(swept, tmp_path):
 
 @pytest.mark.slow
 def test_compare_vary_trains_a_run_per_value(prepared, tmp_path):
-  grid = compare.parse_vary(["batch_size=50/100"])
-  assert grid == {"batch_size": [50, 100]}
   assert compare.parse_vary(["mlp_hidden=16/32,16"]) == {
       "mlp_hidden": [(16,), (32, 16)]}
   folders = compare.train_runs(["linear"], [0], str(tmp_path / "runs"),
                                preset="seed", log=lambda _: None,
-                               stream=io.StringIO(), vary=grid, epochs=1,
+                               stream=io.StringIO(), epochs=1,
+                               vary=compare.parse_vary(["batch_size=50/100"]),
                                **prepared.settings)
   assert [os.path.basename(f) for f in folders] == [
       "linear-batch_size=50-seed0", "linear-batch_size=100-seed0"]
