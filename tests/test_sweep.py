@@ -133,8 +133,6 @@ def test_choosing_takes_the_best_mean_point_then_its_best_seed():
                                      (.5, .125), (.25, 1.), (.25, 1.))) == (1, 3)
   assert members.choose(listed, _val(*[(.9, .2)] * 6)) == (0, 0)
   assert members.choose(listed, None) == (0, 0)
-  seeds = members.from_config(models.get_config("mlp", num_seeds=3))
-  assert members.choose(seeds, _val((.8, .3), (.9, .4), (.9, .2))) == (0, 2)
 
 
 def test_ensemble_metrics_are_the_mean_of_probabilities():
