@@ -227,9 +227,8 @@ def test_a_new_optimizer_is_one_table_entry(monkeypatch):
   monkeypatch.setitem(optim.OPTIMIZERS, "lion", LION)
   config = models.get_config("mlp", "seed", optimizer="lion", momentum=0.9,
                              learning_rate=3e-4, epochs=10)
-  params = _params()
-  ours, _, _ = _run(optim.make_optimizer(config, 1), params, steps=6)
-  theirs, _, _ = _run(optax.lion(3e-4, b1=0.9, weight_decay=0.0), params,
+  ours, _, _ = _run(optim.make_optimizer(config, 1), _params(), steps=6)
+  theirs, _, _ = _run(optax.lion(3e-4, b1=0.9, weight_decay=0.0), _params(),
                      steps=6)
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
