@@ -175,7 +175,6 @@ def test_a_reading_order_the_analyses_and_the_page_follow(monkeypatch,
   _run(config, work)
   run, module = run_lib.load_run(work), models.get("gru").stock(config)
   reads = analysis.reading_of(module, (28, 28, 1))
-  assert reads.unit == ("column", "columns")
   np.testing.assert_array_equal(analysis.unit_of_pixel(reads, (28, 28, 1)),
                                 np.tile(np.arange(28), (28, 1)))
   _, logits, steps = analysis.forward(module, run.variables, images, every=1)
@@ -310,7 +309,6 @@ def test_a_new_cnn_family_model(monkeypatch, prepared, tmp_path):
       prepared, batch_size=20, analyses=False))
   final = _run(config, work)
   run = run_lib.load_run(work)
-  assert run.config.separable_width == 6
   module = models.get("separable").stock(run.config)
   images = np.zeros((2, 28, 28, 1), np.uint8)
   features, _, _ = analysis.forward(module, run.variables, images)
