@@ -87,7 +87,6 @@ def test_a_schedule_with_a_number_of_its_own(monkeypatch, prepared):
   # Restarted every epoch: each epoch ends at the peak; every second epoch:
   # half-way down its cosine, then at the peak again.
   np.testing.assert_allclose(rates, [[1e-2, 5e-3], [1e-2, 1e-2]], rtol=1e-5)
-  assert "restart_epochs" in config_lib.sweepable()
 
 
 # A loss that mixes examples: mixup (train.py, and its flag in config.py).
@@ -116,7 +115,6 @@ def test_a_loss_that_mixes_examples(monkeypatch, prepared):
   train_core(config, pipeline.load(config), hooks)
   first = hooks.rows[0]["members"]  # Each member mixes by its own alpha.
   assert first[0]["train_loss"] != first[1]["train_loss"]
-  assert "mixup_alpha" in config_lib.sweepable()
 
 
 # A metric (metrics.py): the report, TensorBoard, compare.py and the page.
