@@ -36,7 +36,6 @@ def test_train_step_lowers_loss_and_changes_every_parameter(name):
   for _ in range(10):
     state, last = step(state)
   assert float(last["loss"]) < float(first["loss"])
-  assert float(first["count"]) == 32 and int(state.step) == 11
   changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state0.params,
                          state.params)
   assert all(jax.tree.leaves(changed)), changed
