@@ -57,7 +57,6 @@ def test_the_step_warps_from_its_augment_stream():
   """Off by default, on where presets augment; the warp is the "augment"
   key's with the step (not the dropout or data key's)."""
   assert augment_lib.from_config(models.get_config("cnn", "seed")) is None
-  assert augment_lib.from_config(models.get_config("mlp")) is None
   assert augment_lib.from_config(models.get_config("cnn", "best")) is not None
   config = tiny_config("linear", augment=True, augment_shift=3.0)
   state, warp = fresh_state(config), augment_lib.from_config(config)
