@@ -18,9 +18,6 @@ from mnist_jax.errors import UserError
 from mnist_jax.results import report
 
 EMNIST = ("emnist_letters", "emnist_balanced")
-# Each model at its smallest, so that a step compiles in about a second.
-TINY = {"mlp": dict(mlp_hidden=(8,)), "cnn": dict(cnn_features=(4,), cnn_dense=8),
-        "rnn": dict(hidden=4), "lstm": dict(hidden=4), "gru": dict(hidden=4)}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +37,6 @@ def test_datasets_declare_their_class_names():
   """As each dataset publishes them (EMNIST's read upright: below)."""
   letters, balanced = (datasets.get(name) for name in EMNIST)
   assert letters.num_classes == 26 and letters.class_names[0] == "A"
-  assert balanced.num_classes == 47
   assert "".join(balanced.class_names[:11] + balanced.class_names[36:]) == (
       "0123456789Aabdefghnqrt")
   assert datasets.get("fashion_mnist").class_names[0] == "T-shirt/top"
@@ -62,8 +58,7 @@ def test_the_idx_reader_follows_the_dataset(tmp_path, dataset, label, says):
   images = np.zeros((2, 28, 28), np.uint8)
   images[:, 0, 5] = 255
   write_idx(str(tmp_path / "x"), images)
-  write_idx(str(tmp_path / "y"), np.array([1] if label is None else [1, label],
-                                          np.uint8))
+  write_idx(str(tmp_path / "y"), np.array([1, label], np.uint8))
   read = lambda: idx.read_pair(str(tmp_path / "x"), str(tmp_path / "y"),
                                datasets.get(dataset))
   if says:
@@ -104,8 +99,7 @@ def test_every_model_has_a_logit_per_class(emnist, dataset, model):
   mnist_dir, data_dir = emnist[dataset]
   config = models.get_config(model, "seed", dataset=dataset, batch_size=16,
                              mnist_dir=mnist_dir, data_dir=data_dir,
-                             val_fraction=0.25, impl="stock",
-                             **TINY.get(model, {}))
+                             val_fraction=0.25, impl="stock")
   data, k = pipeline.load(config), datasets.get(dataset).num_classes
   assert data.class_names == datasets.get(dataset).class_names
   assert (len(data.train), len(data.val), len(data.test)) == (72, 24, 48)
@@ -139,7 +133,5 @@ def test_report_at_47_classes_names_every_class(tmp_path):
     assert [row[1] for row in csv.reader(f)][1:] == list(info.class_names)
   text = (tmp_path / "report.md").read_text()
   assert "| t | 2 |" in text and "| Z | 2 |" in text
-  assert [(info.class_names[p["true"]], info.class_names[p["predicted"]])
-          for p in report.confused_pairs(out["confusion"])] == [
-              (info.class_names[labels[0]],
-               info.class_names[(labels[0] + 1) % 47])]
+  assert [(p["true"], p["predicted"]) for p in report.confused_pairs(
+      out["confusion"])] == [(labels[0], (labels[0] + 1) % 47)]

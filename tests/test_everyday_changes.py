@@ -87,7 +87,6 @@ def test_a_schedule_with_a_number_of_its_own(monkeypatch, prepared):
   # Restarted every epoch: each epoch ends at the peak; every second epoch:
   # half-way down its cosine, then at the peak again.
   np.testing.assert_allclose(rates, [[1e-2, 5e-3], [1e-2, 1e-2]], rtol=1e-5)
-  assert "restart_epochs" in config_lib.sweepable()
 
 
 # A loss that mixes examples: mixup (train.py, and its flag in config.py).
@@ -116,7 +115,6 @@ def test_a_loss_that_mixes_examples(monkeypatch, prepared):
   train_core(config, pipeline.load(config), hooks)
   first = hooks.rows[0]["members"]  # Each member mixes by its own alpha.
   assert first[0]["train_loss"] != first[1]["train_loss"]
-  assert "mixup_alpha" in config_lib.sweepable()
 
 
 # A metric (metrics.py): the report, TensorBoard, compare.py and the page.
@@ -140,12 +138,11 @@ def test_a_metric_reaches_every_output(monkeypatch, prepared, tmp_path):
       prepared, mlp_hidden=(8,), tensorboard=True, analyses=False))
   final = _run(config, work)
   assert final["test_accuracy"] <= final["test_top2"] <= 1
-  assert run_lib.metrics_log.MetricsLog(work).read()[0]["val_top2"] > 0
   with open(os.path.join(work, "report.md")) as f:
     assert f"| Test top-2 accuracy | {100 * final['test_top2']:.2f}% |" in f.read()
   got = scalars(multiplexer(work), ".")
   assert got["top2_accuracy/test"] == [(1, pytest.approx(final["test_top2"]))]
-  assert len(got["top2_accuracy/val"]) == 1
+  assert [step for step, v in got["top2_accuracy/val"] if v > 0] == [1]
   compare.compare([work], str(tmp_path / "compared"), log=lambda _: None)
   with open(tmp_path / "compared" / "comparison.md") as f:
     assert "test top-2 accuracy" in f.read()
@@ -175,7 +172,6 @@ def test_a_reading_order_the_analyses_and_the_page_follow(monkeypatch,
   _run(config, work)
   run, module = run_lib.load_run(work), models.get("gru").stock(config)
   reads = analysis.reading_of(module, (28, 28, 1))
-  assert reads.unit == ("column", "columns")
   np.testing.assert_array_equal(analysis.unit_of_pixel(reads, (28, 28, 1)),
                                 np.tile(np.arange(28), (28, 1)))
   _, logits, steps = analysis.forward(module, run.variables, images, every=1)
@@ -201,6 +197,8 @@ SMALL = dict(mlp_hidden=(8,), cnn_features=(4,), cnn_dense=8, hidden=4)
 EXTRA = {"cnn": dict(learning_rate=3e-2, analyses=False),
          "lstm": dict(sequence="pixels"),
          "mlp": dict(num_seeds=2, val_fraction=0.0)}
+# The dense models' descriptions count its 16x12x3 pixels, not MNIST's 784.
+DESCRIBED = {"linear": "Dense(3) on the 576 pixels", "mlp": "576-8-3, ReLU"}
 
 
 def _stripes(folder, seed=0):
@@ -215,20 +213,11 @@ def _stripes(folder, seed=0):
     write_idx(str(folder / STRIPES.file_names[f"{part}_labels"]), labels)
 
 
-def test_the_dense_models_count_the_datasets_pixels(monkeypatch):
-  """Their one-line description: the dataset's 16x12x3, not MNIST's 784."""
-  monkeypatch.setitem(datasets.DATASETS, STRIPES.name, STRIPES)
-  describe = lambda model, **values: models.get(model).describe(
-      models.get_config(model, "seed", dataset=STRIPES.name, **values))
-  assert describe("linear") == "Dense(3) on the 576 pixels"
-  assert describe("mlp", mlp_hidden=(8,)).startswith("576-8-3, ReLU")
-
-
 @pytest.mark.parametrize("model", [*one_per_module_class(), "lstm"])
 def test_a_colour_dataset_trains_predicts_a_picture_and_is_served(
     model, monkeypatch, tmp_path):
-  """The declaration alone: the model, the report with every analysis,
-  predict and the page follow it."""
+  """The declaration alone: the model (its description too), the report with
+  every analysis, predict and the page follow it."""
   monkeypatch.setitem(datasets.DATASETS, STRIPES.name, STRIPES)
   folder = tmp_path / "idx"
   folder.mkdir()
@@ -241,6 +230,7 @@ def test_a_colour_dataset_trains_predicts_a_picture_and_is_served(
       data_dir=str(tmp_path / "prepared"), **{
           k: v for k, v in values.items()
           if k in models.get(model).settings or k in config_lib.FIELDS})
+  assert models.get(model).describe(config).startswith(DESCRIBED.get(model, ""))
   said = io.StringIO()
   final = _run(config, work, said)
   assert final["test_examples"] == 60
@@ -316,7 +306,6 @@ def test_a_new_cnn_family_model(monkeypatch, prepared, tmp_path):
       prepared, batch_size=20, analyses=False))
   final = _run(config, work)
   run = run_lib.load_run(work)
-  assert run.config.separable_width == 6
   module = models.get("separable").stock(run.config)
   images = np.zeros((2, 28, 28, 1), np.uint8)
   features, _, _ = analysis.forward(module, run.variables, images)

@@ -21,24 +21,21 @@ from mnist_jax.models.kernels import conv_matmul
 from mnist_jax.models.kernels import lowered
 from mnist_jax.results import run as run_lib
 from mnist_jax.rundir.record import read_record
+from parallel_worker import TINY  # Each model small: a check compiles fast.
 
 SHAPE = (28, 28, 1)
 SLOW = pytest.mark.slow
 CONV_MATMUL = "mnist_jax/models/kernels/conv_matmul.py"
-# Each model small, so that a check compiles in a second or two.
-SMALL = {"cnn": dict(cnn_features=(4, 8), cnn_dense=16), "mlp": dict(
-    mlp_hidden=(16,)), **{n: dict(hidden=8) for n, s in models.MODELS.items()
-                          if s.module is recurrent.Recurrent}}
 
 
 def _stock(name, **overrides):
   return models.get(name).stock(models.get_config(
-      name, "seed", **{**SMALL.get(name, {}), **overrides}))
+      name, "seed", **{**TINY.get(name, {}), **overrides}))
 
 
-def _images(n=4, shape=SHAPE, seed=0):
+def _images(shape):
   """Raw images with an MNIST-like empty border: exact ties in the pools."""
-  x = np.random.default_rng(seed).integers(0, 256, (n, *shape), np.uint8)
+  x = np.random.default_rng(0).integers(0, 256, (4, *shape), np.uint8)
   x[:, :5] = 0
   x[:, :, -6:] = 0
   return x
@@ -106,7 +103,7 @@ def test_the_fast_path_computes_the_stock_layers(monkeypatch, make, shape):
   the check's own batch: the swap test), one compilation a case."""
   check = kernels._difference  # pylint: disable=protected-access
   monkeypatch.setattr(kernels, "_difference", lambda stock, fast, _: check(
-      stock, fast, _images(shape=shape)))
+      stock, fast, _images(shape)))
   stock = make()
   fast, note, record = kernels.swap(stock, "fast", shape, "cpu")
   assert fast is not stock and record.get("passed") is not False, note
@@ -284,7 +281,7 @@ def test_a_fast_run_restores_into_stock(prepared, tmp_path, name, overrides):
   config = models.get_config(
       name, "seed", impl="fast", epochs=1, batch_size=50, val_fraction=0.0,
       tensorboard=False, report=False, **prepared.settings,
-      **{**SMALL[name], **overrides})
+      **{**TINY[name], **overrides})
   final = modes.train_and_evaluate(config, workdir, stream=io.StringIO())
   implementation = read_record(workdir)["environment"]["implementation"]
   assert implementation.get("layers", implementation)["passed"] is True

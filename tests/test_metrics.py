@@ -54,7 +54,6 @@ def test_ece_equals_a_direct_numpy_ece(scale):
   got = metrics.values(jax.device_get(_sums(logits, labels)))
   assert got["ece"] == pytest.approx(_numpy_ece(logits, labels), abs=1e-5)
   assert got["ece"] > 0
-  assert got["accuracy"] == np.mean(logits.argmax(-1) == labels)
 
 
 def test_sums_of_parts_add_up_to_the_whole():
@@ -70,7 +69,6 @@ def test_sums_of_parts_add_up_to_the_whole():
   assert sorted(parts) == sorted(whole)
   for key in whole:
     np.testing.assert_allclose(parts[key], whole[key], rtol=1e-5, atol=1e-4)
-  assert whole["ece_count"].shape == (metrics.ECE_BINS,)
   assert whole["ece_count"].sum() == whole["count"] == 300
   got, want = metrics.values(parts), metrics.values(whole)
   assert got["accuracy"] == want["accuracy"]
