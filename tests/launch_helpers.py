@@ -192,10 +192,11 @@ def snapshot(*folders):
 
 
 def run_folder(path, config=None, started="2026-01-01T10:00:00+0000",
-               rows=({"epoch": 1},), finished=None):
+               rows=({"epoch": 1},), finished=None, **record):
   """`path` (returned as a str) as launch.py writes a run folder of `config`
   (a 4-epoch linear's) with `rows` logged and no checkpoint: by default, as a
-  run killed in its second epoch leaves it. finished: None, if a final row."""
+  run killed in its second epoch leaves it. finished: None, if a final row;
+  `record`: config.json's other keys (its environment, say)."""
   # pylint: disable=g-import-not-at-top
   from mnist_jax import files
   from mnist_jax.models import registry
@@ -206,7 +207,8 @@ def run_folder(path, config=None, started="2026-01-01T10:00:00+0000",
     finished = any("test_accuracy" in r for r in rows)
   os.makedirs(path)
   files.write_json(os.path.join(path, "config.json"), {
-      "config": config.to_dict(), "started": started, "finished": finished})
+      "config": config.to_dict(), "started": started, "finished": finished,
+      **record})
   log = metrics_log.MetricsLog(str(path))
   for row in rows:
     log.write(row)

@@ -3,21 +3,19 @@ their seeds, each run counted once, what is left out named with why."""
 
 import csv
 import io
-import json
 import os
 
 import numpy as np
 from PIL import Image
 import pytest
 
+import launch_helpers as lh
 from experiments import compare
 from experiments import compare_figures
 from experiments import tables
-from mnist_jax import files
 from mnist_jax import models
 from mnist_jax.errors import UserError
 from mnist_jax.rundir import metrics_log
-from mnist_jax.rundir import record as record_lib
 
 
 def _write_run(folder, accuracies, *, seed=0, wall=36.0, model="linear",
@@ -30,10 +28,6 @@ def _write_run(folder, accuracies, *, seed=0, wall=36.0, model="linear",
                              workdir=str(folder), **{
                                  "epochs": 2, "val_fraction": 0.1,
                                  **overrides})
-  os.makedirs(folder)
-  files.write_json(os.path.join(folder, record_lib.CONFIG_FILE), {
-      "config": config.to_dict(), "environment": {"code": code or {}},
-      "finished": finished})
   member = lambda i, **k: {"index": i, "seed": seed + i, "values": {}, **k}
   rows = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1 / e,
            "epoch_time_s": 8.0, "examples_per_s": 1000.0, **({"members": [
@@ -47,9 +41,8 @@ def _write_run(folder, accuracies, *, seed=0, wall=36.0, model="linear",
                                      test_ece=0.01)
                               for i, a in enumerate(accuracies)]}
                  if m > 1 else {})}][:final_row]
-  files.write_text(os.path.join(folder, metrics_log.METRICS_FILE),
-                   "".join(json.dumps(r) + "\n" for r in rows))
-  return str(folder)
+  return lh.run_folder(folder, config, rows=rows, finished=finished,
+                       environment={"code": code or {}})
 
 
 def _csv(path):

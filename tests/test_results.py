@@ -9,14 +9,14 @@ import shutil
 from PIL import Image
 import pytest
 
-from launch_helpers import ROOT
+import launch_helpers as lh
 from experiments import tables
 from mnist_jax import config as config_lib
 from mnist_jax import files
 from mnist_jax import models
 from mnist_jax.errors import UserError
 
-with open(os.path.join(ROOT, tables.MEASUREMENTS), encoding="utf-8") as _f:
+with open(os.path.join(lh.ROOT, tables.MEASUREMENTS), encoding="utf-8") as _f:
   COMMITTED = json.load(_f)
 
 
@@ -36,7 +36,7 @@ def test_every_seed_models_epoch_beats_pytorchs_in_each_round():
 def test_the_pages_screenshot_shows_runs_of_the_results_table():
   """docs/img/serve.png's runs (test_serve_browser.py --out names them): each a
   README row's run, of its preset, with the table's accuracy to the digit."""
-  with Image.open(os.path.join(ROOT, "docs", "img", "serve.png")) as image:
+  with Image.open(os.path.join(lh.ROOT, "docs", "img", "serve.png")) as image:
     shown = json.loads(image.text["runs"])
   rows = {row.name: row for row in tables.ROWS}
   assert shown and set(shown) <= set(rows), shown
@@ -50,7 +50,6 @@ def write_run(folder, row, figures, final=True):
   """A run folder of `row`'s command, as launch.py leaves it, whose final row
   holds `figures` (as measurements.json keeps them), in place of any there."""
   shutil.rmtree(folder, ignore_errors=True)
-  os.makedirs(folder)
   cpu, jax, python = figures["host"].rsplit(", ", 2)
   env = {"cpu": cpu, "packages": {"jax": jax.split()[1]},
          "python": python.split()[1]}
@@ -58,8 +57,6 @@ def write_run(folder, row, figures, final=True):
                for k, v in row.flags}
   config = models.get_config(row.model, row.preset, **overrides).replace(
       workdir=str(folder), data_dir="/data")
-  files.write_json(os.path.join(folder, "config.json"),
-                   {"config": config.to_dict(), "environment": env})
   epochs = figures.get("epochs_run", 2)
   rows = [{"epoch": e, "step": 100 * e, "train_loss": 1.0 / e,
            "train_accuracy": 0.9, "val_loss": None, "val_accuracy": None,
@@ -81,8 +78,7 @@ def write_run(folder, row, figures, final=True):
       last["chosen"] = {"values": {k: float(v) for k, v in pairs},
                         "seed": int(seed)}
     rows.append(last)
-  with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
-    f.writelines(f"{json.dumps(r)}\n" for r in rows)
+  lh.run_folder(folder, config, rows=rows, environment=env)
 
 
 @pytest.fixture
@@ -111,7 +107,7 @@ def test_the_run_folders_give_back_the_committed_figures_and_docs(checkout,
   assert _results(checkout, runs) == 0
   assert _results(checkout, runs, table="best") == 0
   for name in (tables.README, tables.PERFORMANCE):
-    assert _read(checkout, name) == _read(ROOT, name)
+    assert _read(checkout, name) == _read(lh.ROOT, name)
   for table in ("results", "best"):
     got = json.loads(_read(checkout, tables.MEASUREMENTS))[table]
     assert got.keys() == COMMITTED[table].keys()
