@@ -1,8 +1,12 @@
 """`--mode=serve`: a local page to draw a digit on, or drop a photo of one,
 that every loaded run reads side by side (as --mode=predict would): its
 class probabilities, where it looks (integrated gradients) and, for a model
-reading in steps, its answer after each unit; one compiled function per run,
-served by the standard library's ThreadingHTTPServer."""
+reading in steps, its answer after each unit; one compiled function per run.
+
+The standard library's ThreadingHTTPServer serves page/'s files (by name,
+never joined to a path). Every error is one line of JSON {"error": ...};
+images over MAX_PIXELS are refused before they are decoded. A client that
+leaves early is no error."""
 
 import concurrent.futures
 import ctypes
