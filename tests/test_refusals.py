@@ -223,7 +223,7 @@ CASES = [
     ("inf_decay", ["--weight_decay=inf"], 2, "flag --weight_decay=inf: inf is "
      "not a finite number in [0, inf)"),
     ("nan_elastic", ["--augment", "--augment_elastic=nan"], 2, "flag "
-     "--augment_elastic=nan: nan is not a finite number in [0, 28]"),
+     "--augment_elastic=nan: nan is not a finite number in [0, 100]"),
     ("whole_fraction", ["--val_fraction=1"], 2, "flag --val_fraction=1: 1.0 "
      "is not a finite number in [0, 1)"),
     ("seeds_past_2_32", ["--seed=4294967295", "--num_seeds=2"], 1,

@@ -56,7 +56,8 @@ def _gaussian_matrix(n: int, sigma: float) -> jax.Array:
 
 
 def elastic_field(key: jax.Array, shape, alpha: float, sigma: float):
-  """Smooth random displacements alpha * blur(uniform(-1, 1)): 2 x [B, H, W]."""
+  """Smooth random displacements alpha * blur(uniform(-1, 1)): 2 x [B, H, W]
+  (Simard et al.'s field: at sigma 4 their root mean square is about alpha/26)."""
   b, h, w = shape[:3]
   noise = jax.random.uniform(key, (2, b, h, w), minval=-1.0, maxval=1.0)
   gh, gw = _gaussian_matrix(h, sigma), _gaussian_matrix(w, sigma)
@@ -69,7 +70,7 @@ def augment(key: jax.Array, images: jax.Array, *, shift: float = 0.0,
             elastic_sigma: float = 4.0) -> jax.Array:
   """Randomly warps each image [B, H, W, C] (uint8 rounds): uniform shifts up to
   `shift` px, turns up to `rotate` degrees, zoom in [1 - scale, 1 + scale];
-  elastic displacement up to `elastic` px (0: off), blurred by elastic_sigma."""
+  an elastic field of strength `elastic` (0: off), blurred by elastic_sigma."""
   b = images.shape[0]
   k_angle, k_scale, k_shift, k_elastic = jax.random.split(key, 4)
   angle = jax.random.uniform(k_angle, (b,), minval=-1.0, maxval=1.0) * (
