@@ -35,17 +35,21 @@ def test_the_package_exports_the_api_names():
     _ = mnist_jax.nope
 
 
+with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+  BLOCKS = re.findall(r"```python\n(.*?)```", f.read(), re.S)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("block", [0, 1], ids=["api", "core"])
+@pytest.mark.parametrize("block", range(len(BLOCKS)))
 def test_readmes_python_blocks_run_as_written(prepared, tmp_path, monkeypatch,
                                                capsys, block):
-  """The API's block trains, loads (the run's test accuracy) and predicts the
-  shipped photo; the core's trains with no run folder, talking on stderr."""
+  """Every Python block runs. The API's (the first) trains, loads (the run's
+  test accuracy) and predicts the shipped photo; the core's (the second)
+  trains with no run folder, talking on stderr."""
   monkeypatch.chdir(tmp_path)
   monkeypatch.setenv("TFDS_DATA_DIR", prepared[1])
   (tmp_path / "docs").symlink_to(os.path.join(ROOT, "docs"))  # Its photo.
-  with open(os.path.join(ROOT, "README.md")) as f:
-    code = re.findall(r"```python\n(.*?)```", f.read(), re.S)[block]
+  code = BLOCKS[block]
   exec(compile(code, "README.md", "exec"), {})  # pylint: disable=exec-used
   out, err = capsys.readouterr()
   if block == 0:
@@ -53,7 +57,7 @@ def test_readmes_python_blocks_run_as_written(prepared, tmp_path, monkeypatch,
     assert float(accuracy) == pytest.approx(float(final_accuracy), abs=1e-6)
     assert digit in list("0123456789")
     assert os.path.exists(tmp_path / "runs" / "mlp-api" / "report.md")
-  else:
+  elif block == 1:
     lines = err.splitlines()
     assert any(l.startswith("compiling the train step") for l in lines)
     assert [l.split(":")[0] for l in lines if "train loss" in l] == [
