@@ -197,7 +197,7 @@ class Config:
                                 "relative, in [0, 1)", DATA, FRACTION)
   augment_elastic: float = _field(
       0.0, "With --augment, elastic distortion strength, Simard et al.'s alpha "
-      "(34 at sigma 4 moves a pixel about 1.3 on average); 0 turns it off",
+      "(34 at sigma 4: about 1.3 px each axis, root mean square); 0 is off",
       DATA, Number(0, 100))
   augment_elastic_sigma: float = _field(
       4.0, "Smoothness of the elastic distortion field, in pixels", DATA,

@@ -258,8 +258,8 @@ def test_the_affine_grid_samples_as_it_says(how, angle, shift):
 @pytest.mark.parametrize("dtype", [jnp.uint8, jnp.float32])
 def test_each_example_gets_its_own_warp_in_range_and_dtype(dtype):
   """The key decides the warps (typed and raw keys alike); outputs stay in
-  the input's range and dtype; the elastic field is smooth, its root mean
-  square alpha/26 at sigma 4 (the flag's help: 34 moves a pixel about 1.3)."""
+  the input's range and dtype; the elastic field is smooth, each axis's root
+  mean square alpha/26 at sigma 4 (the flag's help: 34 gives about 1.3 px)."""
   x = jnp.tile(random_images(1), (8, 1, 1, 1))
   x = x if dtype == jnp.uint8 else x.astype(jnp.float32) / 255.0
   kw = dict(shift=3, rotate=20, scale=0.2, elastic=34, elastic_sigma=4)

@@ -57,7 +57,8 @@ def _gaussian_matrix(n: int, sigma: float) -> jax.Array:
 
 def elastic_field(key: jax.Array, shape, alpha: float, sigma: float):
   """Smooth random displacements alpha * blur(uniform(-1, 1)): 2 x [B, H, W]
-  (Simard et al.'s field: at sigma 4 their root mean square is about alpha/26)."""
+  (Simard et al.'s field; at sigma 4 each axis's root mean square is about
+  alpha/26)."""
   b, h, w = shape[:3]
   noise = jax.random.uniform(key, (2, b, h, w), minval=-1.0, maxval=1.0)
   gh, gw = _gaussian_matrix(h, sigma), _gaussian_matrix(w, sigma)
