@@ -206,7 +206,8 @@ def test_a_folder_a_claim_created_goes_if_nothing_was_written(tmp_path):
 # The code a run trained with (rundir/code.py), and what every mode that
 # loads the run says where the code here differs.
 
-def test_every_mode_says_the_code_differs(tiny_run, tmp_path, monkeypatch):
+def test_every_mode_says_the_code_differs(tiny_run, tmp_path, monkeypatch,
+                                         capsys):
   """A run records the core files it trained with; where they differ since,
   predict, the page and a resume say so in one line (a resume's checkpoint
   fits the module: then it trains on)."""
@@ -226,7 +227,8 @@ def test_every_mode_says_the_code_differs(tiny_run, tmp_path, monkeypatch):
   run_lib.print_predictions(work, [os.path.join(
       lh.ROOT, "docs", "img", "seven.png")], out=out, err=err)
   assert err.getvalue().startswith(f"note: {said}")
-  assert serve.load([work])[0].info["note"] == said
+  assert serve.load([work])[0].info["note"] == said  # Its card; and a line:
+  assert capsys.readouterr().err == f"note: {said}\n"
   config = record.read_config(work).replace(epochs=2, workdir=work)
   files.write_json(os.path.join(work, record.CONFIG_FILE), {
       **record.read_record(work), "finished": False, "config": config.to_dict()})
