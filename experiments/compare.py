@@ -267,7 +267,8 @@ def _notes(groups, dropped, gone, skipped) -> List[str]:
   spread = [f"{100 * _mean_std(g['test_accuracy'])[1]:.2f}" for g in groups
             if len(g["runs"]) > 1]
   if len(groups) > 1 and single:
-    notes.append(f"Ranked on one seed: {', '.join(single)}. " + (
+    notes.append(f"One seed each: {', '.join(single)} (a ranking of these "
+                 "rests on one seed). " + (
         f"The seed-to-seed spread of the others is {', '.join(spread)} "
         "points of test accuracy (standard deviation): a smaller difference "
         "is no ranking." if spread else "With no configuration of several "

@@ -147,9 +147,9 @@ def test_what_configurations_differ_in_is_said_above_the_table(tmp_path):
   assert ("differ in epochs: linear (seed, --val_fraction=0.1, --epochs=2) 2, "
           "linear (seed, --val_fraction=0.1, --epochs=12) 12") in above
   assert "differ in seeds:" in above
-  assert ("Ranked on one seed: linear (seed, --val_fraction=0.1, "
-          "--epochs=2). The seed-to-seed spread of the others is 1.00 points"
-          ) in above
+  assert ("One seed each: linear (seed, --val_fraction=0.1, --epochs=2) (a "
+          "ranking of these rests on one seed). The seed-to-seed spread of "
+          "the others is 1.00 points") in above
 
 
 def test_the_figures_say_what_their_axes_measure(tmp_path):
