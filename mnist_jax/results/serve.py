@@ -132,7 +132,7 @@ def load(paths: Sequence[str], **overrides) -> List[Model]:
       final = metrics_log.final_metrics(path) or {}
       run = run_lib.load_run(path, **overrides)
       model = Model(path, run, final, run_lib.run_note(path, run))
-      if model.info["note"]:  # On its card too.
+      if model.info["note"]:  # Said here as predict says it; also on its card.
         print(f"note: {model.info['note']}", file=sys.stderr, flush=True)
     except UserError as e:
       refused.append((path, e))
